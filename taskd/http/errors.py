@@ -1,0 +1,44 @@
+"""One middleware renders every error in the document's shape."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from taskd.http.responses import json_response
+from taskd.model import ApiError, ServiceUnavailable
+
+log = logging.getLogger("taskd.http")
+
+_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def render(error: ApiError) -> web.Response:
+    """The response for an ApiError, with Retry-After where it has one."""
+    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, ServiceUnavailable) else None
+    return json_response(error.body, error.status, headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """Render ApiError, aiohttp's HTTP errors, a lost Redis and anything unexpected as JSON."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return render(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = _HTTP_ERRORS.get(exc.status, "http_error")
+        return json_response({"error": error, "message": exc.reason}, exc.status)
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+        log.warning("storage unavailable for %s %s: %s", request.method, request.path, exc)
+        return render(
+            ServiceUnavailable("Task storage is unavailable, please try again later", retry_after=5)
+        )
+    except Exception:
+        log.exception("unhandled error for %s %s", request.method, request.path)
+        return json_response({"error": "internal_error", "message": "Internal server error"}, 500)

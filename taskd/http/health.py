@@ -1,0 +1,119 @@
+"""Liveness, service health, metrics and queue health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psutil
+from aiohttp import web
+
+from taskd.alerts import overall_status, queue_alerts
+from taskd.gpu.nvml import read_devices
+from taskd.heartbeat import live_workers
+from taskd.http.context import API, Api
+from taskd.http.responses import json_response
+from taskd.model import iso, now
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/health")
+async def liveness(_: web.Request) -> web.Response:
+    """The process is up; no key, no Redis."""
+    return json_response({"status": "healthy", "service": "taskd"})
+
+
+async def _redis_ok(api: Api) -> bool:
+    try:
+        async with asyncio.timeout(2):
+            return bool(await api.redis.ping())
+    except Exception:  # any failure to answer means disconnected
+        return False
+
+
+@routes.get("/api/v1/health")
+async def service_health(request: web.Request) -> web.Response:
+    """Redis, live workers, queue sizes, system load and uptime."""
+    api = request.app[API]
+    uptime = int(time.monotonic() - api.started_at)
+    system_load: dict[str, Any] = {
+        "cpu_percent": psutil.cpu_percent(interval=None),
+        "memory_percent": psutil.virtual_memory().percent,
+        "gpu_utilization": [device.utilization for device in read_devices()],
+    }
+    if not await _redis_ok(api):
+        body = {
+            "status": "unhealthy",
+            "redis_status": "disconnected",
+            "worker_count": 0,
+            "queue_sizes": {},
+            "system_load": system_load,
+            "uptime": uptime,
+        }
+        return json_response(body, 503)
+    workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
+    return json_response(
+        {
+            "status": "healthy" if workers else "degraded",
+            "redis_status": "connected",
+            "worker_count": len(workers),
+            "queue_sizes": await api.queue.waiting(api.queue_names),
+            "system_load": system_load,
+            "uptime": uptime,
+        }
+    )
+
+
+@routes.get("/api/v1/tasks/metrics")
+async def task_metrics(request: web.Request) -> web.Response:
+    """The cumulative counters shared by every process."""
+    api = request.app[API]
+    metrics = await api.store.metrics(api.queue_names)
+    return json_response(
+        {
+            "metrics": {
+                "total_tasks": metrics.total_tasks,
+                "completed_tasks": metrics.completed_tasks,
+                "failed_tasks": metrics.failed_tasks,
+                "retried_tasks": metrics.retried_tasks,
+                "cancelled_tasks": metrics.cancelled_tasks,
+                "success_rate": metrics.success_rate,
+                "failure_rate": metrics.failure_rate,
+                "average_durations": metrics.average_durations,
+                "currently_running": metrics.currently_running,
+            },
+            "timestamp": iso(now()),
+        }
+    )
+
+
+@routes.get("/api/v1/tasks/health")
+async def queue_health(request: web.Request) -> web.Response:
+    """Alerts from the failure rate, long-running tasks and worker memory."""
+    api = request.app[API]
+    metrics = await api.store.metrics(api.queue_names)
+    running = await api.store.running_since(api.queue_names)
+    workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
+    alerts = queue_alerts(metrics, running, workers, now())
+    return json_response(
+        {
+            "status": overall_status(alerts),
+            "metrics": {
+                "total_tasks": metrics.total_tasks,
+                "completed_tasks": metrics.completed_tasks,
+                "failed_tasks": metrics.failed_tasks,
+                "success_rate": metrics.success_rate,
+                "failure_rate": metrics.failure_rate,
+                "currently_running": metrics.currently_running,
+            },
+            "alerts": [alert.to_json() for alert in alerts],
+            "timestamp": iso(now()),
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the health routes."""
+    app.router.add_routes(routes)

@@ -1,0 +1,62 @@
+"""A project's tasks, filtered and paged."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from taskd.http.context import API
+from taskd.http.responses import json_response
+from taskd.http.views import list_item_view
+from taskd.model import TaskStatus, ValidationError
+
+DEFAULT_LIMIT, MAX_LIMIT = 20, 100
+
+routes = web.RouteTableDef()
+
+
+def _positive_int(raw: str | None, default: int, name: str, details: dict[str, str], high: int | None) -> int:
+    if raw is None:
+        return default
+    if raw.isdigit() and int(raw) >= 1 and (high is None or int(raw) <= high):
+        return int(raw)
+    bound = f" between 1 and {high}" if high else " of at least 1"
+    details[name] = f"{name.capitalize()} must be an integer{bound}"
+    return default
+
+
+@routes.get("/api/v1/projects/{project_id}/tasks")
+async def project_tasks(request: web.Request) -> web.Response:
+    """Newest first, filtered by `status` and `task_type`, paged by `page` and `limit`."""
+    api = request.app[API]
+    query = request.query
+    details: dict[str, str] = {}
+    page = _positive_int(query.get("page"), 1, "page", details, None)
+    limit = _positive_int(query.get("limit"), DEFAULT_LIMIT, "limit", details, MAX_LIMIT)
+    status = query.get("status") or None
+    if status is not None and status not in TaskStatus.__members__.values():
+        details["status"] = f"Status must be one of: {', '.join(s.value for s in TaskStatus)}"
+    if details:
+        raise ValidationError(details, "Invalid query parameters")
+    records, total = await api.store.list_project(
+        request.match_info["project_id"],
+        status=status,
+        task_type=query.get("task_type") or None,
+        offset=(page - 1) * limit,
+        limit=limit,
+    )
+    return json_response(
+        {
+            "tasks": [list_item_view(record) for record in records],
+            "pagination": {
+                "page": page,
+                "limit": limit,
+                "total": total,
+                "total_pages": (total + limit - 1) // limit,
+            },
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the project routes."""
+    app.router.add_routes(routes)

@@ -1,0 +1,88 @@
+"""Submit, status, cancel and retry."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from taskd.http.context import API
+from taskd.http.responses import json_response, read_json
+from taskd.http.views import status_view
+from taskd.jobs.submission import parse_submission
+from taskd.model import TaskStatus, iso
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/v1/tasks/submit")
+async def submit(request: web.Request) -> web.Response:
+    """Validate, store and enqueue a task."""
+    api = request.app[API]
+    submission = parse_submission(await read_json(request), api.registry)
+    accepted = await api.dispatcher.submit(submission)
+    return json_response(
+        {
+            "task_id": accepted.record.task_id,
+            "status": accepted.record.status.value,
+            "project_id": accepted.record.project_id,
+            "estimated_duration": accepted.estimated_duration,
+            "queue_position": accepted.queue_position,
+            "created_at": iso(accepted.record.created_at),
+        }
+    )
+
+
+@routes.get("/api/v1/tasks/{task_id}/status")
+async def status(request: web.Request) -> web.Response:
+    """A task's status, progress and outcome."""
+    api = request.app[API]
+    record = await api.store.get(request.match_info["task_id"])
+    position = None
+    if record.status is TaskStatus.QUEUED:
+        position = await api.queue.position_of(record.task_id, record.queue)
+    return json_response(status_view(record, position))
+
+
+@routes.delete("/api/v1/tasks/{task_id}")
+async def cancel(request: web.Request) -> web.Response:
+    """Revoke a queued task, stop a running one; 400 for one that already ended."""
+    api = request.app[API]
+    task_id = request.match_info["task_id"]
+    outcome = await api.dispatcher.cancel(task_id)
+    if outcome.cancelled_now:
+        message = (
+            "Task was queued and has been revoked"
+            if outcome.was is TaskStatus.QUEUED
+            else "Task was running and has been terminated"
+        )
+    else:
+        message = "Task was already cancelled"
+    return json_response(
+        {
+            "task_id": task_id,
+            "status": TaskStatus.CANCELLED.value,
+            "message": message,
+            "previous_state": outcome.previous_state,
+            "cancelled_at": iso(outcome.cancelled_at),
+        }
+    )
+
+
+@routes.post("/api/v1/tasks/{task_id}/retry")
+async def retry(request: web.Request) -> web.Response:
+    """Submit a failed or cancelled task again as a new task."""
+    api = request.app[API]
+    original = request.match_info["task_id"]
+    accepted = await api.dispatcher.retry(original)
+    return json_response(
+        {
+            "new_task_id": accepted.record.task_id,
+            "original_task_id": original,
+            "status": accepted.record.status.value,
+            "message": "Task retry submitted successfully",
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the task routes."""
+    app.router.add_routes(routes)

@@ -1,0 +1,96 @@
+"""Submit, cancel and retry: the public operations on tasks, each a single atomic step in Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+import attrs
+from redis.asyncio import Redis
+
+from taskd import keys
+from taskd.jobs.queue import TaskQueue
+from taskd.jobs.registry import Registry
+from taskd.jobs.submission import Submission
+from taskd.model import RETRYABLE, InvalidState, TaskRecord, TaskStatus, now
+from taskd.store import CancelOutcome, TaskStore
+
+_CANNOT_CANCEL = {
+    TaskStatus.COMPLETED: "Task has already completed successfully and cannot be cancelled",
+    TaskStatus.FAILED: "Task has already failed and cannot be cancelled",
+}
+
+
+@attrs.frozen
+class Accepted:
+    """A task that is in Redis and on its queue, with where it stands."""
+
+    record: TaskRecord
+    queue_position: int
+    estimated_duration: int
+
+
+class Dispatcher:
+    """Creates tasks on their queues, revokes or stops them, and re-submits failed ones."""
+
+    def __init__(self, redis: Redis, store: TaskStore, queue: TaskQueue, registry: Registry) -> None:
+        self.redis = redis
+        self.store = store
+        self.queue = queue
+        self.registry = registry
+
+    async def submit(self, submission: Submission, retry_of: str | None = None) -> Accepted:
+        """Store the record, index it, count it and enqueue it in one MULTI: a 200 means it is in Redis."""
+        task_type = self.registry.types[submission.task_type]
+        record = TaskRecord(
+            task_id=str(uuid.uuid4()),
+            project_id=submission.project_id,
+            task_type=submission.task_type,
+            queue=task_type.queue,
+            task_data=submission.task_data,
+            priority=submission.priority,
+            callback_url=submission.callback_url,
+            metadata=submission.metadata,
+            retry_of=retry_of,
+        )
+        record.updated_at = record.created_at
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self.store.add_create(pipe, record)
+            self.queue.add_enqueue(pipe, record.task_id, record.queue, record.priority, record.created_at)
+            pipe.hmget(keys.METRICS, f"duration_sum:{record.task_type}", f"duration_count:{record.task_type}")
+            *_, rank, running, (duration_sum, duration_count) = await pipe.execute()
+        if duration_count and int(duration_count):
+            estimate = float(duration_sum) / int(duration_count)
+        else:
+            estimate = task_type.expected_duration
+        return Accepted(record, self.queue.position(rank, running), max(1, round(estimate)))
+
+    async def cancel(self, task_id: str) -> CancelOutcome:
+        """Revoke a queued task or stop a running one; raise InvalidState for one that already ended."""
+        record = await self.store.get(task_id)
+        queue_key, job_keys = self.queue.revoke_keys(task_id, record.queue)
+        outcome = await self.store.cancel(record, queue_key, job_keys, now())
+        if outcome.was is TaskStatus.PROCESSING:
+            # Every worker process listens; the one running the task stops it.
+            await self.redis.publish(keys.CANCEL_CHANNEL, task_id)
+        elif outcome.was in _CANNOT_CANCEL:
+            raise InvalidState(_CANNOT_CANCEL[outcome.was])
+        return outcome
+
+    async def retry(self, task_id: str) -> Accepted:
+        """Submit a failed or cancelled task again, with the same parameters, as a new task."""
+        record = await self.store.get(task_id)
+        if record.status not in RETRYABLE:
+            raise InvalidState(
+                f"Task is {record.status.value}; only failed or cancelled tasks can be retried"
+            )
+        if record.task_type not in self.registry.types:
+            raise InvalidState(f"Task type '{record.task_type}' is no longer installed")
+        submission = Submission(
+            project_id=record.project_id,
+            task_type=record.task_type,
+            task_data=record.task_data,
+            priority=record.priority,
+            callback_url=record.callback_url,
+            metadata=record.metadata,
+        )
+        return await self.submit(submission, retry_of=task_id)

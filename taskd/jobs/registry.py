@@ -1,0 +1,101 @@
+"""The task types taskd knows: the eight built in, plus those registered through `taskd.tasks` entry points."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any
+
+import cattrs
+
+from taskd.jobs.spec import TaskType
+from taskd.model import ValidationError
+from taskd.validation import FieldErrors, structure_checked
+
+log = logging.getLogger("taskd.jobs")
+
+BUILTIN_MODULES = (
+    "generate_video",
+    "generate_image",
+    "generate_character_voice",
+    "process_audio",
+    "render_animation",
+    "evaluate_department",
+    "automated_gather_creation",
+    "test_prompt",
+)
+ENTRY_POINT_GROUP = "taskd.tasks"
+
+
+def _strict(kind: type) -> Any:
+    # JSON has no implicit conversions: "7" is not a number and true is not 1.
+    def hook(value: Any, _: type) -> Any:
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            expected = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[kind]
+            raise ValueError(f"Must be {expected}")
+        return value
+
+    return hook
+
+
+def _float(value: Any, _: type) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("Must be a number")
+    return float(value)
+
+
+def json_converter() -> cattrs.Converter:
+    """A converter that accepts JSON values only as their own types; unknown keys are kept by the caller."""
+    conv = cattrs.Converter()
+    conv.register_structure_hook(str, _strict(str))
+    conv.register_structure_hook(int, _strict(int))
+    conv.register_structure_hook(bool, _strict(bool))
+    conv.register_structure_hook(float, _float)
+    return conv
+
+
+class Registry:
+    """Task types by name, with routing to queues and input validation."""
+
+    def __init__(self, types: Iterable[TaskType]) -> None:
+        self.types: dict[str, TaskType] = {}
+        for task_type in types:
+            self.types[task_type.name] = task_type
+        self._converter = json_converter()
+
+    def get(self, name: str) -> TaskType | None:
+        """The task type called `name`, or None."""
+        return self.types.get(name)
+
+    def queues(self) -> set[str]:
+        """Every queue some task type routes to."""
+        return {task_type.queue for task_type in self.types.values()}
+
+    def parse_input(self, task_type: TaskType, task_data: Mapping[str, Any]) -> Any:
+        """Structure `task_data` into the type's input class; raise ValidationError with per-field details."""
+        try:
+            return structure_checked(self._converter, dict(task_data), task_type.input, prefix="task_data")
+        except FieldErrors as exc:
+            raise ValidationError(exc.details) from None
+
+
+def _builtin_types() -> list[TaskType]:
+    return [import_module(f"taskd.jobs.{name}").TASK for name in BUILTIN_MODULES]
+
+
+def _plugin_types() -> list[TaskType]:
+    found = []
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        task_type = entry.load()
+        if not isinstance(task_type, TaskType):
+            log.error("entry point %s in %s is not a TaskType; ignored", entry.name, ENTRY_POINT_GROUP)
+            continue
+        found.append(task_type)
+    return found
+
+
+def default_registry() -> Registry:
+    """The built-in task types, then plugins (a plugin may replace a built-in of the same name)."""
+    return Registry([*_builtin_types(), *_plugin_types()])

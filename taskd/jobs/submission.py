@@ -1,0 +1,96 @@
+"""The submit request: checked field by field into a Submission, or a 400 with every problem named."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+from taskd.jobs.registry import Registry
+from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, ValidationError
+
+PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+CALLBACK_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
+MAX_CALLBACK_URL = 2048
+
+
+@attrs.frozen
+class Submission:
+    """A valid request for work: what the submit endpoint and retry create tasks from."""
+
+    project_id: str
+    task_type: str
+    task_data: dict[str, Any]
+    priority: int = PRIORITY_NORMAL
+    callback_url: str | None = None
+    metadata: dict[str, Any] = attrs.Factory(dict)
+
+
+def _project_id(value: Any, details: dict[str, str]) -> None:
+    if value is None or value == "":
+        details["project_id"] = "Project ID is required"
+    elif not isinstance(value, str) or not PROJECT_ID.match(value):
+        details["project_id"] = (
+            "Project ID must be 1-128 characters: letters, digits and _ . : @ -, starting with a letter or digit"
+        )
+
+
+def _priority(value: Any, details: dict[str, str]) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not PRIORITY_HIGH <= value <= PRIORITY_LOW:
+        details["priority"] = "Priority must be 1 (high), 2 (normal) or 3 (low)"
+
+
+def _callback_url(value: Any, details: dict[str, str]) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or len(value) > MAX_CALLBACK_URL or not CALLBACK_URL.match(value):
+        details["callback_url"] = (
+            f"Callback URL must be an http(s) URL of at most {MAX_CALLBACK_URL} characters"
+        )
+
+
+def parse_submission(body: Any, registry: Registry) -> Submission:
+    """Check a decoded JSON body; raise ValidationError naming every bad field (task_data's included)."""
+    if not isinstance(body, dict):
+        raise ValidationError({"body": "Request body must be a JSON object"}, "Invalid request body")
+    details: dict[str, str] = {}
+    _project_id(body.get("project_id"), details)
+    priority = body.get("priority", PRIORITY_NORMAL)
+    _priority(priority, details)
+    _callback_url(body.get("callback_url"), details)
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        details["metadata"] = "Metadata must be an object"
+
+    task_type_name = body.get("task_type")
+    task_type = registry.get(task_type_name) if isinstance(task_type_name, str) else None
+    if task_type is None:
+        known = ", ".join(sorted(registry.types))
+        details["task_type"] = (
+            "Task type is required"
+            if task_type_name in (None, "")
+            else f"Unknown task type; expected one of: {known}"
+        )
+
+    task_data = body.get("task_data")
+    if task_data is None:
+        details["task_data"] = "Task data is required"
+    elif not isinstance(task_data, dict):
+        details["task_data"] = "Task data must be an object"
+    elif task_type is not None:
+        try:
+            registry.parse_input(task_type, task_data)
+        except ValidationError as exc:
+            details.update(exc.details)
+
+    if details:
+        raise ValidationError(details)
+    return Submission(
+        project_id=body["project_id"],
+        task_type=task_type_name,
+        task_data=task_data,
+        priority=priority,
+        callback_url=body.get("callback_url"),
+        metadata=metadata,
+    )

@@ -1,0 +1,89 @@
+"""The `test_prompt` task: render a prompt template and return the LLM's answer to it."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import attrs
+import orjson
+
+from taskd.jobs.llm import ChatClient
+from taskd.jobs.spec import TaskContext, TaskType
+from taskd.validation import max_length, not_blank
+
+PROMPT_LIMIT = 100_000
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
+
+
+@attrs.define
+class TestPromptInput:
+    """`task_data` of a `test_prompt` task."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    prompt_template: str = attrs.field(
+        validator=[
+            not_blank("Prompt template must not be blank"),
+            max_length(PROMPT_LIMIT, "Prompt template"),
+        ]
+    )
+    prompt_id: str | None = None
+    agent_type: str | None = None
+    test_parameters: dict[str, Any] = attrs.Factory(dict)
+    test_result_id: str | None = None
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def render(template: str, parameters: dict[str, Any]) -> tuple[str, list[str]]:
+    """Fill `{{name}}` placeholders; unknown ones stay as written and are returned, each once."""
+    missing: list[str] = []
+
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in parameters:
+            return _as_text(parameters[name])
+        if name not in missing:
+            missing.append(name)
+        return match.group(0)
+
+    return _PLACEHOLDER.sub(fill, template), missing
+
+
+async def run(ctx: TaskContext, data: TestPromptInput) -> dict[str, Any]:
+    """Render the template, send it as one user message, and report the answer with token usage."""
+    started = time.monotonic()
+    await ctx.progress(0.1, "rendering_prompt")
+    prompt, missing = render(data.prompt_template, data.test_parameters)
+    await ctx.progress(0.3, "calling_llm")
+    client = ChatClient(ctx.config.providers.llm, ctx.http)
+    reply = await client.complete([{"role": "user", "content": prompt}])
+    await ctx.progress(1.0, "done")
+    return {
+        "prompt_id": data.prompt_id,
+        "test_result_id": data.test_result_id,
+        "agent_type": data.agent_type,
+        "rendered_prompt": prompt,
+        "response": reply.content,
+        "missing_parameters": missing,
+        "model": reply.model,
+        "usage": {
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.total_tokens,
+        },
+        "processing_time": round(time.monotonic() - started, 3),
+    }
+
+
+TASK = TaskType(
+    name="test_prompt", input=TestPromptInput, queue="default", expected_duration=10.0, handler=run
+)

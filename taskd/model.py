@@ -1,0 +1,149 @@
+"""The task model: statuses, the task record and the errors the API renders.
+
+Nothing here knows about Redis, aiohttp or arq.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+
+class TaskStatus(enum.StrEnum):
+    """Every state a task can be in, as the API document names them."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = frozenset({TaskStatus.QUEUED, TaskStatus.PROCESSING})
+TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW = 1, 2, 3
+
+
+def now() -> float:
+    """Wall-clock seconds since the epoch; one place so tests and records agree."""
+    return time.time()
+
+
+def iso(ts: float | None) -> str | None:
+    """Render an epoch timestamp the way the API document does: `2025-01-15T10:30:00Z`."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@attrs.define
+class TaskRecord:
+    """Everything taskd knows about one task; stored as one Redis hash."""
+
+    task_id: str
+    project_id: str
+    task_type: str
+    queue: str
+    task_data: dict[str, Any]
+    status: TaskStatus = TaskStatus.QUEUED
+    priority: int = PRIORITY_NORMAL
+    callback_url: str | None = None
+    metadata: dict[str, Any] = attrs.Factory(dict)
+    progress: float = 0.0
+    current_step: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    traceback: str | None = None
+    attempt: int = 0
+    retry_of: str | None = None
+    previous_state: str | None = None
+    worker_id: str | None = None
+    created_at: float = attrs.Factory(now)
+    updated_at: float | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    cancelled_at: float | None = None
+    processing_time: float | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the task can change no more."""
+        return self.status in TERMINAL
+
+    def running_for(self, at: float) -> float:
+        """Seconds the task has been processing at `at`; 0 unless it is processing."""
+        if self.status is not TaskStatus.PROCESSING or self.started_at is None:
+            return 0.0
+        return max(0.0, at - self.started_at)
+
+
+class ApiError(Exception):
+    """An error with the documented body; raised where the cause is known, rendered by the HTTP layer."""
+
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body: dict[str, Any] = {"error": error, "message": message, **extra}
+
+
+class ValidationError(ApiError):
+    """400 `validation_error` with per-field `details`."""
+
+    def __init__(self, details: dict[str, str], message: str = "Invalid task data") -> None:
+        super().__init__(400, "validation_error", message, details=details)
+        self.details = details
+
+
+class TaskNotFound(ApiError):
+    """404 `task_not_found` in the document's words."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(404, "task_not_found", f"Task with ID '{task_id}' not found")
+
+
+class InvalidState(ApiError):
+    """400 with only a `detail`, the shape the document shows for cancel and retry refusals."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(400, "invalid_state", detail)
+        self.body = {"detail": detail}
+
+
+class ServiceUnavailable(ApiError):
+    """503 `service_unavailable` with `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(503, "service_unavailable", message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+
+@attrs.frozen
+class Metrics:
+    """The cumulative counters of `/api/v1/tasks/metrics`; rates are derived, never stored."""
+
+    total_tasks: int = 0
+    completed_tasks: int = 0
+    failed_tasks: int = 0
+    retried_tasks: int = 0
+    cancelled_tasks: int = 0
+    currently_running: int = 0
+    average_durations: dict[str, float] = attrs.Factory(dict)
+
+    def _percent(self, part: int) -> float:
+        return round(100.0 * part / self.total_tasks, 1) if self.total_tasks else 0.0
+
+    @property
+    def success_rate(self) -> float:
+        """Completed tasks as a percentage of all submitted, one decimal."""
+        return self._percent(self.completed_tasks)
+
+    @property
+    def failure_rate(self) -> float:
+        """Failed tasks as a percentage of all submitted, one decimal."""
+        return self._percent(self.failed_tasks)

@@ -1,0 +1,171 @@
+"""`taskd serve` and `taskd worker`: the HTTP API, the workers and the heartbeat in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import aiohttp
+import psutil
+from aiohttp import web
+from arq.connections import ArqRedis
+
+from taskd import apikey
+from taskd.config import Config, ConfigError
+from taskd.embedded import EmbeddedValkey
+from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
+from taskd.http.app import create_app
+from taskd.http.context import Api
+from taskd.jobs.dispatch import Dispatcher
+from taskd.jobs.executor import Executor
+from taskd.jobs.queue import TaskQueue
+from taskd.jobs.registry import Registry, default_registry
+from taskd.jobs.workers import WorkerPool
+from taskd.model import now
+from taskd.store import TaskStore
+
+log = logging.getLogger("taskd")
+
+SHUTDOWN_GRACE = 30.0
+
+
+def served_queues(config: Config, registry: Registry, only: list[str] | None) -> list[str]:
+    """The queues this process works on: `only` if given (checked), else every known queue."""
+    known = set(config.queues) | registry.queues()
+    missing = sorted(registry.queues() - set(config.queues))
+    if missing:
+        raise ConfigError(f"queues {', '.join(missing)} are used by task types but not configured")
+    if not only:
+        return sorted(known)
+    unknown = sorted(set(only) - known)
+    if unknown:
+        raise ConfigError(
+            f"--queues names unknown queue(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return list(dict.fromkeys(only))
+
+
+class Service:
+    """One taskd process: optionally the HTTP API, optionally workers, always on one Redis."""
+
+    def __init__(self, config: Config, *, http: bool, workers: bool, queues: list[str] | None = None) -> None:
+        self.config = config
+        self.http = http
+        self.registry = default_registry()
+        self.queues = served_queues(config, self.registry, queues) if workers else []
+        self.generated_key: str | None = None
+        self.addresses: list[tuple[str, int]] = []
+        self.worker_id = new_worker_id()
+        self._stack = contextlib.AsyncExitStack()
+        self._embedded: EmbeddedValkey | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._pool: WorkerPool | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._runner: web.AppRunner | None = None
+        self._stopped = False
+
+    async def _redis_url(self) -> str:
+        if self.config.redis.url:
+            return self.config.redis.url
+        if not self.http:
+            running = EmbeddedValkey.running_url(self.config.data_path)
+            if running is None:
+                raise ConfigError(
+                    f"no redis.url is set and no embedded server runs for data_dir {self.config.data_path}: "
+                    "start `taskd serve` with the same data_dir first, or set TASKD_REDIS__URL"
+                )
+            return running
+        self._embedded = EmbeddedValkey(self.config.data_path)
+        self._stack.push_async_callback(self._embedded.stop)
+        return await self._embedded.start()
+
+    async def start(self) -> None:
+        """Connect (starting the embedded Valkey if needed), then start workers and the API."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+
+    async def _start(self) -> None:
+        redis = ArqRedis.from_url(await self._redis_url(), health_check_interval=10, socket_keepalive=True)
+        self._stack.push_async_callback(redis.aclose)
+        await redis.ping()
+        session = await self._stack.enter_async_context(aiohttp.ClientSession())
+        store = TaskStore(redis, self.config.storage.task_ttl)
+        if self.queues:
+            self._start_workers(redis, store, session)
+        if self.http:
+            await self._start_http(redis, store)
+
+    def _start_workers(self, redis: ArqRedis, store: TaskStore, session: aiohttp.ClientSession) -> None:
+        executor = Executor(store, self.registry, self.config, session, self.worker_id)
+        self._pool = pool = WorkerPool(redis, executor, self.config, self.queues)
+        pool.start()
+        info = WorkerInfo(
+            self.worker_id, self.worker_id.split(":")[0], psutil.Process().pid, self.queues, now()
+        )
+        worker = self.config.worker
+        self._heartbeat = Heartbeat(
+            redis, info, worker.heartbeat_interval, worker.heartbeat_ttl, lambda: pool.running_jobs
+        )
+        self._background += [
+            asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
+            asyncio.create_task(executor.listen_for_cancels(redis), name="cancel-listener"),
+        ]
+        log.info("workers serving queues: %s", ", ".join(self.queues))
+
+    async def _start_http(self, redis: ArqRedis, store: TaskStore) -> None:
+        api_keys, self.generated_key = apikey.load_or_create(self.config.auth.api_keys, self.config.data_path)
+        queue = TaskQueue(redis)
+        dispatcher = Dispatcher(redis, store, queue, self.registry)
+        api = Api(self.config, redis, store, queue, self.registry, dispatcher, api_keys)
+        psutil.cpu_percent(interval=None)  # the first reading only primes the counter
+        self._runner = web.AppRunner(create_app(api), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.config.http.host, self.config.http.port).start()
+        self.addresses = [(address[0], address[1]) for address in self._runner.addresses]
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop the API, let running jobs finish for up to `grace` seconds, then close everything."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._pool is not None:
+            await self._pool.stop(grace)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._heartbeat is not None:
+            with contextlib.suppress(Exception):
+                await self._heartbeat.remove()
+        await self._stack.aclose()
+
+    def announce(self) -> None:
+        """Print where the API listens and, when taskd made the key itself, the key."""
+        for host, port in self.addresses:
+            print(f"taskd listening on http://{host}:{port}", flush=True)
+        if self.generated_key is not None:
+            where = Path(self.config.data_path) / apikey.KEY_FILE
+            print(f"API key (made by taskd, kept in {where}): {self.generated_key}", flush=True)
+
+
+async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | None = None) -> None:
+    """Run a Service until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    service = Service(config, http=http, workers=workers, queues=queues)
+    await service.start()
+    service.announce()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await service.stop()

@@ -1,0 +1,171 @@
+"""Turn cattrs/attrs failures into `{field.path: message}`, the shape of the API's `details`."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+T = TypeVar("T")
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _join(prefix: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{prefix}[{part}]"
+    return f"{prefix}.{part}" if prefix else part
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return "This field is required"
+    if isinstance(exc, TypeError | ValueError) and exc.args:
+        text = str(exc.args[0])
+        if "required positional argument" in text or ("missing" in text and "argument" in text):
+            return "This field is required"
+        return text
+    return str(exc) or exc.__class__.__name__
+
+
+def errors_by_path(exc: BaseException, prefix: str = "") -> dict[str, str]:
+    """Flatten a cattrs exception tree into dotted field paths with a readable message each."""
+    found: dict[str, str] = {}
+    if isinstance(exc, ForbiddenExtraKeysError):
+        for key in sorted(exc.extra_fields):
+            found[_join(prefix, key)] = "Unknown field"
+        return found
+    if isinstance(exc, ClassValidationError | IterableValidationError):
+        for sub in exc.exceptions:
+            path = prefix
+            for note in getattr(sub, "__notes__", []):
+                name = getattr(note, "name", None)
+                index = getattr(note, "index", None)
+                if name is not None:
+                    path = _join(prefix, name)
+                elif index is not None:
+                    path = _join(prefix, index)
+            found.update(errors_by_path(sub, path))
+        return found
+    found[prefix or "body"] = _describe(exc)
+    return found
+
+
+def _run_validators(obj: Any, prefix: str, found: dict[str, str]) -> None:
+    if attrs.has(type(obj)):
+        for field in attrs.fields(type(obj)):
+            value = getattr(obj, field.name)
+            path = _join(prefix, field.name)
+            if field.validator is not None:
+                try:
+                    field.validator(obj, field, value)
+                except (TypeError, ValueError) as exc:
+                    found[path] = _describe(exc)
+                    continue
+            _run_validators(value, path, found)
+    elif isinstance(obj, list | tuple):
+        for index, item in enumerate(obj):
+            _run_validators(item, _join(prefix, index), found)
+
+
+def structure_checked(converter: cattrs.Converter, data: Any, cls: type[T], prefix: str = "") -> T:
+    """Structure `data` into `cls`, reporting every type and validator failure at once.
+
+    Raises `FieldErrors` whose `details` maps each bad field's path to a message.
+    """
+    with attrs.validators.disabled():
+        try:
+            obj = converter.structure(data, cls)
+        except Exception as exc:  # cattrs raises exception groups of many kinds
+            found = errors_by_path(exc, prefix)
+            _check_fields_alone(converter, data, cls, prefix, found)
+            raise FieldErrors(found) from None
+    found = {}
+    _run_validators(obj, prefix, found)
+    if found:
+        raise FieldErrors(found)
+    return obj
+
+
+def _check_fields_alone(
+    converter: cattrs.Converter, data: Any, cls: type, prefix: str, found: dict[str, str]
+) -> None:
+    # The whole object could not be built, so its validators never ran: check each
+    # well-typed top-level field on its own, so one response names every bad field.
+    if not isinstance(data, dict) or not attrs.has(cls):
+        return
+    for field in attrs.fields(cls):
+        path = _join(prefix, field.name)
+        if field.name not in data or any(
+            key == path or key.startswith((f"{path}.", f"{path}[")) for key in found
+        ):
+            continue
+        try:
+            with attrs.validators.disabled():
+                value = converter.structure(data[field.name], field.type)
+            if field.validator is not None:
+                field.validator(None, field, value)
+        except (TypeError, ValueError) as exc:
+            found[path] = _describe(exc)
+        except Exception:  # type errors inside were already reported by the first pass
+            continue
+
+
+class FieldErrors(Exception):
+    """One or more fields are invalid; `details` maps each path to its message."""
+
+    def __init__(self, details: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in details.items()))
+        self.details = details
+
+
+def check(predicate: Callable[[Any], bool], message: str) -> Validator:
+    """An attrs validator that raises `message` when `predicate(value)` is false; None always passes."""
+
+    def validator(_: Any, __: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and not predicate(value):
+            raise ValueError(message)
+
+    return validator
+
+
+def between(low: float, high: float, message: str) -> Validator:
+    """Value is a finite number in [low, high]."""
+    return check(lambda v: math.isfinite(v) and low <= v <= high, message)
+
+
+def one_of(choices: Sequence[str], what: str) -> Validator:
+    """Value is one of `choices`."""
+    return check(lambda v: v in choices, f"{what} must be one of: {', '.join(choices)}")
+
+
+def not_blank(message: str) -> Validator:
+    """Value is a string with something other than whitespace."""
+    return check(lambda v: bool(v.strip()), message)
+
+
+def max_length(limit: int, what: str, unit: str = "characters") -> Validator:
+    """A string or list no longer than `limit`."""
+    return check(lambda v: len(v) <= limit, f"{what} must have at most {limit} {unit}")
+
+
+_RESOLUTION = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
+
+
+def resolution(max_side: int = 7680) -> Validator:
+    """A `WIDTHxHEIGHT` string with both sides even and at most `max_side`."""
+
+    def ok(value: str) -> bool:
+        match = _RESOLUTION.match(value)
+        return bool(match) and all(16 <= int(side) <= max_side for side in match.groups())
+
+    return check(ok, f"Resolution must look like 1920x1080, each side between 16 and {max_side}")
+
+
+def http_url(what: str) -> Validator:
+    """An absolute http(s) URL."""
+    return check(lambda v: bool(re.match(r"^https?://[^\s/]+", v)), f"{what} must be an http(s) URL")

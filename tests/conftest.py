@@ -1,0 +1,212 @@
+"""Fixtures that start real servers: an embedded Valkey per test, taskd in-process or as a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+import pytest
+from fake_openai import FakeOpenAI
+from redis.asyncio import Redis
+
+from taskd.config import (
+    AuthConfig,
+    Config,
+    HttpConfig,
+    LlmProvider,
+    ProvidersConfig,
+    RedisConfig,
+    RetryConfig,
+    WorkerConfig,
+)
+from taskd.embedded import EmbeddedValkey
+from taskd.service import Service
+
+API_KEY = "test-key-0123456789"
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+@pytest.fixture
+async def valkey_url(tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh embedded Valkey for this test; its URL."""
+    server = EmbeddedValkey(tmp_path / "redis")
+    url = await server.start()
+    yield url
+    await server.stop()
+
+
+@pytest.fixture
+async def redis(valkey_url: str) -> AsyncIterator[Redis]:
+    """A client of the test's Valkey."""
+    client = Redis.from_url(valkey_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def fake_llm() -> AsyncIterator[FakeOpenAI]:
+    """A local OpenAI-compatible server."""
+    async with FakeOpenAI() as server:
+        yield server
+
+
+def make_config(tmp_path: Path, redis_url: str, llm_url: str = "", **sections: Any) -> Config:
+    """A config for tests: port 0, the test Valkey, a known key, fast heartbeats."""
+    config = Config(
+        data_dir=str(tmp_path / "data"),
+        http=HttpConfig(host="127.0.0.1", port=0),
+        auth=AuthConfig(api_keys=[API_KEY]),
+        redis=RedisConfig(url=redis_url),
+        providers=ProvidersConfig(
+            llm=LlmProvider(base_url=llm_url, api_key="sk-test", model="test-model", timeout=5)
+        ),
+        retry=RetryConfig(base_delay=0.2),
+        worker=WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=0.02),
+    )
+    return attrs.evolve(config, **sections)
+
+
+@attrs.define
+class RunningService:
+    """A taskd Service started in the test's event loop, with an HTTP client that sends the key."""
+
+    service: Service
+    client: aiohttp.ClientSession
+    base_url: str
+
+    async def submit(self, task_type: str, task_data: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        """Submit a task and return the 200 body."""
+        body = {
+            "project_id": fields.pop("project_id", "proj-1"),
+            "task_type": task_type,
+            "task_data": task_data,
+            **fields,
+        }
+        async with self.client.post("/api/v1/tasks/submit", json=body) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    async def status(self, task_id: str) -> dict[str, Any]:
+        """The status body of a task."""
+        async with self.client.get(f"/api/v1/tasks/{task_id}/status") as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    async def wait_for(self, task_id: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20):
+        """Poll status until `predicate` holds; fail after `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            while True:
+                body = await self.status(task_id)
+                if predicate(body):
+                    return body
+                await asyncio.sleep(0.02)
+
+    async def wait_terminal(self, task_id: str, timeout: float = 20) -> dict[str, Any]:
+        """Poll until the task has ended."""
+        return await self.wait_for(task_id, lambda body: body["status"] in TERMINAL, timeout)
+
+
+@pytest.fixture
+async def start_service(tmp_path: Path, valkey_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Start taskd Services in-process; all are stopped at the end of the test."""
+    started: list[RunningService] = []
+
+    async def start(
+        *,
+        http: bool = True,
+        workers: bool = True,
+        queues: list[str] | None = None,
+        llm_url: str = "",
+        **sections: Any,
+    ) -> RunningService:
+        config = make_config(tmp_path, valkey_url, llm_url, **sections)
+        service = Service(config, http=http, workers=workers, queues=queues)
+        await service.start()
+        host, port = service.addresses[0] if service.addresses else ("127.0.0.1", 0)
+        base_url = f"http://{host}:{port}"
+        client = aiohttp.ClientSession(base_url=base_url, headers={"X-API-Key": API_KEY})
+        running = RunningService(service, client, base_url)
+        started.append(running)
+        return running
+
+    yield start
+    for running in reversed(started):
+        await running.client.close()
+        await running.service.stop(grace=1)
+
+
+@pytest.fixture
+async def taskd(start_service: Callable[..., Any], fake_llm: FakeOpenAI) -> RunningService:
+    """taskd (API + all workers) on the test's Valkey, with the fake LLM as its provider."""
+    return await start_service(llm_url=fake_llm.base_url)
+
+
+@attrs.define
+class TaskdProcess:
+    """A `taskd` command run as a child process."""
+
+    proc: subprocess.Popen[str]
+    base_url: str | None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the process and wait for it to exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def _read_until_listening(proc: subprocess.Popen[str], timeout: float) -> str:
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    assert proc.stdout is not None
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    seen = []
+    while selector.select(timeout):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        match = re.search(r"listening on (http://\S+)", line)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"taskd did not start listening; output: {''.join(seen)}")
+
+
+@pytest.fixture
+def spawn_taskd(tmp_path: Path) -> Iterator[Callable[..., TaskdProcess]]:
+    """Run `taskd ...` as child processes with a given environment; all are stopped at the end."""
+    procs: list[TaskdProcess] = []
+
+    def spawn(*args: str, env: dict[str, str], wait_listening: bool = True) -> TaskdProcess:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+        full_env.update(env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskd", *args],
+            env=full_env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        base_url = _read_until_listening(proc, 30) if wait_listening else None
+        running = TaskdProcess(proc, base_url)
+        procs.append(running)
+        return running
+
+    yield spawn
+    for running in procs:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait(10)
+        if running.proc.stdout is not None:
+            running.proc.stdout.close()

@@ -1,0 +1,66 @@
+"""The document's alert thresholds, at their edges."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskd.alerts import overall_status, queue_alerts
+from taskd.heartbeat import WorkerInfo
+from taskd.model import Metrics
+
+GB = 1024**3
+
+
+def metrics(failed: int, total: int = 100) -> Metrics:
+    return Metrics(total_tasks=total, completed_tasks=total - failed, failed_tasks=failed)
+
+
+def worker(rss: int) -> WorkerInfo:
+    return WorkerInfo("w1", "host", 1, ["default"], 0.0, rss_bytes=rss)
+
+
+@pytest.mark.parametrize(
+    ("failed", "expected"), [(10, "healthy"), (11, "warning"), (20, "warning"), (21, "critical")]
+)
+def test_failure_rate_thresholds(failed, expected):
+    assert overall_status(queue_alerts(metrics(failed), {}, [], 0)) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"), [(480, "healthy"), (481, "warning"), (570, "warning"), (571, "critical")]
+)
+def test_task_duration_thresholds(seconds, expected):
+    alerts = queue_alerts(metrics(0), {"t1": 1000.0}, [], 1000.0 + seconds)
+
+    assert overall_status(alerts) == expected
+
+
+@pytest.mark.parametrize(
+    ("rss", "expected"),
+    [
+        (int(1.5 * GB), "healthy"),
+        (int(1.5 * GB) + 1, "warning"),
+        (int(1.9 * GB), "warning"),
+        (int(1.9 * GB) + 1, "critical"),
+    ],
+)
+def test_worker_memory_thresholds(rss, expected):
+    alerts = queue_alerts(metrics(0), {}, [worker(rss)], 0)
+
+    assert overall_status(alerts) == expected
+
+
+def test_memory_alert_names_the_worker_and_megabytes():
+    (alert,) = queue_alerts(metrics(0), {}, [worker(2 * GB)], 0)
+
+    assert alert.to_json() == {
+        "severity": "critical",
+        "message": "Worker w1 using 2048.0 MB of memory",
+        "metric": "memory_usage",
+        "value": 2048.0,
+        "worker_id": "w1",
+    }
+
+
+def test_no_tasks_is_healthy():
+    assert queue_alerts(Metrics(), {}, [], 0) == []

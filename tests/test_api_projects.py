@@ -1,0 +1,163 @@
+"""GET /api/v1/projects/{project_id}/tasks: newest first, filters, pagination."""
+
+from __future__ import annotations
+
+import pytest
+from examples import TASK_DATA
+
+
+async def listing(service, project_id, **params):
+    async with service.client.get(f"/api/v1/projects/{project_id}/tasks", params=params) as response:
+        return response.status, await response.json()
+
+
+@pytest.fixture
+async def api_only(start_service):
+    return await start_service(workers=False)
+
+
+async def test_tasks_are_listed_newest_first(api_only):
+    ids = [
+        (await api_only.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
+        for _ in range(3)
+    ]
+
+    _, body = await listing(api_only, "p")
+
+    assert [task["task_id"] for task in body["tasks"]] == ids[::-1]
+
+
+async def test_list_entries_have_the_documented_fields(api_only):
+    await api_only.submit("evaluate_department", TASK_DATA["evaluate_department"], project_id="p")
+
+    _, body = await listing(api_only, "p")
+
+    entry = body["tasks"][0]
+    assert {
+        "task_id",
+        "project_id",
+        "task_type",
+        "status",
+        "task_data",
+        "result",
+        "created_at",
+        "updated_at",
+    } <= set(entry)
+    assert entry["task_data"] == TASK_DATA["evaluate_department"]
+
+
+async def test_default_page_is_twenty_tasks(api_only):
+    for _ in range(23):
+        await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+
+    _, body = await listing(api_only, "p")
+
+    assert len(body["tasks"]) == 20
+    assert body["pagination"] == {"page": 1, "limit": 20, "total": 23, "total_pages": 2}
+
+
+async def test_last_page_holds_the_remainder(api_only):
+    for _ in range(5):
+        await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+
+    _, body = await listing(api_only, "p", page=3, limit=2)
+
+    assert len(body["tasks"]) == 1
+    assert body["pagination"] == {"page": 3, "limit": 2, "total": 5, "total_pages": 3}
+
+
+async def test_page_past_the_end_is_empty(api_only):
+    await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+
+    status, body = await listing(api_only, "p", page=5)
+
+    assert status == 200
+    assert body["tasks"] == []
+    assert body["pagination"]["total"] == 1
+
+
+async def test_limit_of_one_hundred_is_allowed(api_only):
+    status, body = await listing(api_only, "p", limit=100)
+
+    assert status == 200
+    assert body["pagination"]["limit"] == 100
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("limit", 101), ("limit", 0), ("page", 0), ("page", -1), ("page", "x"), ("page", "1.5")],
+)
+async def test_out_of_range_paging_is_a_validation_error(api_only, name, value):
+    status, body = await listing(api_only, "p", **{name: value})
+
+    assert status == 400
+    assert body["error"] == "validation_error"
+    assert name in body["details"]
+
+
+async def test_unknown_project_has_no_tasks(api_only):
+    status, body = await listing(api_only, "nobody")
+
+    assert status == 200
+    assert body == {"tasks": [], "pagination": {"page": 1, "limit": 20, "total": 0, "total_pages": 0}}
+
+
+async def test_status_filter(api_only):
+    keep = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+    gone = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+    await api_only.client.delete(f"/api/v1/tasks/{gone['task_id']}")
+
+    _, queued = await listing(api_only, "p", status="queued")
+    _, cancelled = await listing(api_only, "p", status="cancelled")
+
+    assert [t["task_id"] for t in queued["tasks"]] == [keep["task_id"]]
+    assert [t["task_id"] for t in cancelled["tasks"]] == [gone["task_id"]]
+    assert queued["pagination"]["total"] == 1
+
+
+async def test_task_type_filter(api_only):
+    await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+    evaluation = await api_only.submit(
+        "evaluate_department", TASK_DATA["evaluate_department"], project_id="p"
+    )
+
+    _, body = await listing(api_only, "p", task_type="evaluate_department")
+
+    assert [t["task_id"] for t in body["tasks"]] == [evaluation["task_id"]]
+
+
+async def test_invalid_status_filter_is_refused(api_only):
+    status, body = await listing(api_only, "p", status="sleeping")
+
+    assert status == 400
+    assert "status" in body["details"]
+
+
+async def test_projects_are_isolated(api_only):
+    await api_only.submit("generate_video", {"duration": 7}, project_id="a")
+
+    _, body = await listing(api_only, "b")
+
+    assert body["tasks"] == []
+
+
+async def test_expired_records_drop_out_of_the_listing(api_only, redis):
+    from taskd import keys
+
+    task = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+    await redis.delete(keys.task(task["task_id"]))
+
+    _, body = await listing(api_only, "p")
+
+    assert body["pagination"]["total"] == 0
+    assert await redis.zcard(keys.project("p")) == 0
+
+
+async def test_records_expire_after_the_configured_ttl(api_only, redis):
+    from taskd import keys
+
+    task = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+
+    ttl = await redis.ttl(keys.task(task["task_id"]))
+
+    assert 24 * 3600 - 60 < ttl <= 24 * 3600

@@ -1,0 +1,180 @@
+"""POST /api/v1/tasks/submit: accepted bodies, validation errors, auth."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from examples import TASK_DATA
+from redis.asyncio import Redis
+
+from taskd import keys
+
+pytestmark = pytest.mark.usefixtures("fake_llm")
+
+
+@pytest.mark.parametrize("task_type", sorted(TASK_DATA))
+async def test_every_documented_task_type_is_accepted(taskd, task_type):
+    body = await taskd.submit(task_type, TASK_DATA[task_type])
+
+    assert body["status"] == "queued"
+    assert body["project_id"] == "proj-1"
+    assert set(body) == {
+        "task_id",
+        "status",
+        "project_id",
+        "estimated_duration",
+        "queue_position",
+        "created_at",
+    }
+
+
+async def test_submit_response_has_the_documented_types(taskd):
+    body = await taskd.submit("generate_video", TASK_DATA["generate_video"])
+
+    assert isinstance(body["estimated_duration"], int) and body["estimated_duration"] > 0
+    assert isinstance(body["queue_position"], int) and body["queue_position"] >= 1
+    datetime.strptime(body["created_at"], "%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_submitted_task_is_stored_before_the_response(taskd, redis: Redis):
+    body = await taskd.submit("generate_video", {"duration": 7}, project_id="stored")
+
+    assert await redis.hget(keys.task(body["task_id"]), "project_id") == b"stored"
+    assert await redis.zscore(keys.project("stored"), body["task_id"]) is not None
+
+
+async def test_queue_position_counts_the_tasks_waiting_ahead(start_service):
+    api_only = await start_service(workers=False)
+
+    positions = [
+        (await api_only.submit("generate_video", {"duration": 7}))["queue_position"] for _ in range(3)
+    ]
+
+    assert positions == [1, 2, 3]
+
+
+async def test_high_priority_task_is_placed_ahead_of_normal_ones(start_service):
+    api_only = await start_service(workers=False)
+    for _ in range(3):
+        await api_only.submit("generate_video", {"duration": 7}, priority=2)
+
+    urgent = await api_only.submit("generate_video", {"duration": 7}, priority=1)
+
+    assert urgent["queue_position"] == 1
+
+
+async def test_estimated_duration_uses_the_observed_average(taskd, redis: Redis):
+    await redis.hset(
+        keys.METRICS, mapping={"duration_sum:test_prompt": 30.0, "duration_count:test_prompt": 2}
+    )
+
+    body = await taskd.submit("test_prompt", TASK_DATA["test_prompt"])
+
+    assert body["estimated_duration"] == 15
+
+
+async def post(taskd, body, **kwargs):
+    async with taskd.client.post("/api/v1/tasks/submit", json=body, **kwargs) as response:
+        return response.status, await response.json()
+
+
+async def test_out_of_range_duration_is_a_field_error(taskd):
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_video", "task_data": {"duration": 31}}
+    )
+
+    assert status == 400
+    assert body == {
+        "error": "validation_error",
+        "message": "Invalid task data",
+        "details": {"task_data.duration": "Duration must be between 1 and 30 seconds"},
+    }
+
+
+async def test_missing_project_id_is_named(taskd):
+    status, body = await post(taskd, {"task_type": "generate_video", "task_data": {"duration": 7}})
+
+    assert status == 400
+    assert body["details"] == {"project_id": "Project ID is required"}
+
+
+async def test_every_bad_field_is_reported_at_once(taskd):
+    status, body = await post(
+        taskd,
+        {
+            "project_id": "",
+            "task_type": "generate_video",
+            "priority": 9,
+            "task_data": {"duration": 0, "fps": "fast", "resolution": "big"},
+        },
+    )
+
+    assert status == 400
+    assert set(body["details"]) == {
+        "project_id",
+        "priority",
+        "task_data.duration",
+        "task_data.fps",
+        "task_data.resolution",
+    }
+
+
+async def test_unknown_task_type_is_refused(taskd):
+    status, body = await post(taskd, {"project_id": "p", "task_type": "make_coffee", "task_data": {}})
+
+    assert status == 400
+    assert "task_type" in body["details"]
+
+
+async def test_missing_required_task_data_field_is_named(taskd):
+    status, body = await post(taskd, {"project_id": "p", "task_type": "generate_image", "task_data": {}})
+
+    assert status == 400
+    assert body["details"] == {"task_data.prompt": "This field is required"}
+
+
+@pytest.mark.parametrize("priority", [0, 4, "1", 1.5, True])
+async def test_invalid_priority_is_refused(taskd, priority):
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_video", "task_data": {}, "priority": priority}
+    )
+
+    assert status == 400
+    assert "priority" in body["details"]
+
+
+async def test_callback_url_must_be_http(taskd):
+    status, body = await post(
+        taskd,
+        {"project_id": "p", "task_type": "generate_video", "task_data": {}, "callback_url": "ftp://x/y"},
+    )
+
+    assert status == 400
+    assert "callback_url" in body["details"]
+
+
+async def test_body_that_is_not_json_is_a_validation_error(taskd):
+    async with taskd.client.post("/api/v1/tasks/submit", data=b"{not json") as response:
+        body = await response.json()
+
+    assert response.status == 400
+    assert body["error"] == "validation_error"
+
+
+async def test_refused_submission_stores_nothing(taskd, redis: Redis):
+    await post(taskd, {"project_id": "p", "task_type": "generate_video", "task_data": {"duration": 99}})
+
+    assert await redis.hget(keys.METRICS, "total_tasks") is None
+    assert await redis.zcard(keys.project("p")) == 0
+
+
+async def test_unknown_task_data_fields_are_kept(taskd):
+    task = await taskd.submit("generate_video", {"duration": 7, "mood": "tense"})
+
+    async with taskd.client.get("/api/v1/projects/proj-1/tasks") as response:
+        listed = (await response.json())["tasks"]
+
+    assert [t["task_data"] for t in listed if t["task_id"] == task["task_id"]] == [
+        {"duration": 7, "mood": "tense"}
+    ]

@@ -1,0 +1,71 @@
+"""X-API-Key on every /api/v1 route; /health is open."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from taskd.http.auth import key_matches
+
+ROUTES = [
+    ("POST", "/api/v1/tasks/submit"),
+    ("GET", "/api/v1/tasks/abc/status"),
+    ("GET", "/api/v1/projects/p/tasks"),
+    ("DELETE", "/api/v1/tasks/abc"),
+    ("POST", "/api/v1/tasks/abc/retry"),
+    ("GET", "/api/v1/health"),
+    ("GET", "/api/v1/tasks/metrics"),
+    ("GET", "/api/v1/tasks/health"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
+async def test_api_routes_refuse_a_missing_or_wrong_key(taskd, method, path, headers):
+    async with (
+        aiohttp.ClientSession() as anonymous,
+        anonymous.request(method, taskd.base_url + path, headers=headers) as response,
+    ):
+        body = await response.json()
+
+    assert response.status == 401
+    assert body == {"error": "authentication_failed", "message": "Invalid or missing API key"}
+
+
+async def test_liveness_needs_no_key(taskd):
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(taskd.base_url + "/health") as response:
+        body = await response.json()
+
+    assert response.status == 200
+    assert body["status"] == "healthy"
+
+
+async def test_every_configured_key_is_accepted(start_service, fake_llm):
+    from taskd.config import AuthConfig
+
+    service = await start_service(auth=AuthConfig(api_keys=["first-key", "second-key"]))
+
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for key in ("first-key", "second-key"):
+            async with session.get(
+                service.base_url + "/api/v1/tasks/metrics", headers={"X-API-Key": key}
+            ) as r:
+                statuses.append(r.status)
+
+    assert statuses == [200, 200]
+
+
+def test_key_comparison_rejects_prefixes_and_accepts_exact_keys():
+    assert key_matches("abc", ["zzz", "abc"])
+    assert not key_matches("ab", ["abc"])
+    assert not key_matches("", ["abc"])
+    assert not key_matches("abc", [])
+
+
+async def test_unknown_route_is_a_json_404(taskd):
+    async with taskd.client.get("/api/v1/nothing-here") as response:
+        body = await response.json()
+
+    assert response.status == 404
+    assert body["error"] == "not_found"

@@ -1,0 +1,143 @@
+"""taskd.toml, its lookup order and the TASKD_<SECTION>__<KEY> overrides."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taskd.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_follow_the_document():
+    config = load_config(environ={})
+
+    assert config.http.port == 8001
+    assert config.retry.base_delay == 60
+    assert config.storage.task_ttl == 24 * 3600
+    assert {name: (q.concurrency, q.timeout) for name, q in config.queues.items()} == {
+        "gpu_heavy": (2, 600),
+        "gpu_medium": (4, 300),
+        "cpu_intensive": (4, 600),
+        "default": (8, 120),
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "read"),
+    [
+        ({"TASKD_DATA_DIR": "/srv/taskd"}, lambda c: c.data_dir == "/srv/taskd"),
+        ({"TASKD_HTTP__HOST": "0.0.0.0"}, lambda c: c.http.host == "0.0.0.0"),
+        ({"TASKD_HTTP__PORT": "9001"}, lambda c: c.http.port == 9001),
+        ({"TASKD_AUTH__API_KEYS": "k1, k2,k3"}, lambda c: c.auth.api_keys == ["k1", "k2", "k3"]),
+        ({"TASKD_REDIS__URL": "redis://h:6379/0"}, lambda c: c.redis.url == "redis://h:6379/0"),
+        ({"TASKD_REDIS__URL": ""}, lambda c: c.redis.url == ""),
+        (
+            {"TASKD_PROVIDERS__LLM__BASE_URL": "http://127.0.0.1:9000/v1"},
+            lambda c: c.providers.llm.base_url == "http://127.0.0.1:9000/v1",
+        ),
+        ({"TASKD_PROVIDERS__LLM__API_KEY": "sk-x"}, lambda c: c.providers.llm.api_key == "sk-x"),
+        ({"TASKD_PROVIDERS__LLM__MODEL": "llama3"}, lambda c: c.providers.llm.model == "llama3"),
+        ({"TASKD_WEBHOOKS__ALLOW_PRIVATE": "true"}, lambda c: c.webhooks.allow_private is True),
+        ({"TASKD_RETRY__BASE_DELAY": "0.5"}, lambda c: c.retry.base_delay == 0.5),
+        ({"TASKD_QUEUES__DEFAULT__CONCURRENCY": "16"}, lambda c: c.queues["default"].concurrency == 16),
+    ],
+)
+def test_environment_overrides_each_contract_key(env, read):
+    assert read(load_config(environ=env))
+
+
+def test_environment_wins_over_the_file(tmp_path):
+    path = tmp_path / "taskd.toml"
+    path.write_text("[http]\nport = 7000\nhost = '0.0.0.0'\n")
+
+    config = load_config(str(path), environ={"TASKD_HTTP__PORT": "7001"})
+
+    assert (config.http.host, config.http.port) == ("0.0.0.0", 7001)
+
+
+def test_file_from_taskd_config_variable(tmp_path):
+    path = tmp_path / "elsewhere.toml"
+    path.write_text("data_dir = '/var/lib/x'\n")
+
+    assert load_config(environ={"TASKD_CONFIG": str(path)}).data_dir == "/var/lib/x"
+
+
+def test_explicit_path_wins_over_taskd_config(tmp_path):
+    explicit, other = tmp_path / "a.toml", tmp_path / "b.toml"
+    explicit.write_text("data_dir = 'from-explicit'\n")
+    other.write_text("data_dir = 'from-env'\n")
+
+    assert load_config(str(explicit), environ={"TASKD_CONFIG": str(other)}).data_dir == "from-explicit"
+
+
+def test_taskd_toml_in_the_working_directory_is_found(tmp_path, monkeypatch):
+    (tmp_path / "taskd.toml").write_text("data_dir = 'here'\n")
+    monkeypatch.chdir(tmp_path)
+
+    assert load_config(environ={}).data_dir == "here"
+
+
+def test_partly_configured_queue_keeps_the_other_defaults(tmp_path):
+    path = tmp_path / "taskd.toml"
+    path.write_text("[queues.gpu_heavy]\nconcurrency = 1\n")
+
+    config = load_config(str(path), environ={})
+
+    assert (config.queues["gpu_heavy"].concurrency, config.queues["gpu_heavy"].timeout) == (1, 600)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TASKD_HTTP__PORT": "eighty"}, "http.port"),
+        ({"TASKD_HTTP__PORT": "70000"}, "http"),
+        ({"TASKD_RETRY__BASE_DELAY": "-1"}, "retry"),
+        ({"TASKD_WEBHOOKS__ALLOW_PRIVATE": "maybe"}, "webhooks.allow_private"),
+        ({"TASKD_HTTP__COLOUR": "blue"}, "http.colour"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_key(env, named):
+    with pytest.raises(ConfigError) as raised:
+        load_config(environ=env)
+
+    assert f"config key {named}" in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.toml"), environ={})
+
+
+def test_documented_example_config_parses_to_the_defaults():
+    assert load_config(str(REPO / "taskd.toml"), environ={}) == Config()
+
+
+def test_bad_config_stops_start_up_with_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "taskd", "serve"],
+        env={"TASKD_HTTP__PORT": "not-a-port", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "taskd: config key http.port: expected an integer, got 'not-a-port'"
+    ]
+
+
+def test_help_explains_both_commands():
+    result = subprocess.run(
+        [sys.executable, "-m", "taskd", "--help"], capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0
+    assert "taskd serve" in result.stdout and "taskd worker" in result.stdout

@@ -1,0 +1,226 @@
+"""The embedded Valkey server: start, persistence, password, clean stop, stale servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError
+
+from taskd import embedded
+from taskd.embedded import EmbeddedValkey
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[EmbeddedValkey]:
+    valkey = EmbeddedValkey(tmp_path)
+    await valkey.start()
+    try:
+        yield valkey
+    finally:
+        await valkey.stop()
+
+
+async def _get(url: str, key: str) -> bytes | None:
+    client = Redis.from_url(url)
+    try:
+        return await client.get(key)
+    finally:
+        await client.aclose()
+
+
+async def _set(url: str, key: str, value: str) -> None:
+    client = Redis.from_url(url)
+    try:
+        await client.set(key, value)
+    finally:
+        await client.aclose()
+
+
+def _gone(pid: int) -> bool:
+    """True once the process has exited; a zombie counts (its new parent may never reap it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def _run_owner_that_gets_sigkilled(data_dir: Path, die_with_parent: bool) -> int:
+    """Start a server from another Python process that then SIGKILLs itself; return the server's pid."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal, sys
+        from pathlib import Path
+        from taskd.embedded import EmbeddedValkey
+
+        async def main():
+            valkey = EmbeddedValkey(Path({str(data_dir)!r}), die_with_parent={die_with_parent})
+            await valkey.start()
+            print(valkey.pid, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        asyncio.run(main())
+        """
+    )
+    owner = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE)
+    stdout, _ = await owner.communicate()
+    assert owner.returncode == -9
+    return int(stdout.decode().strip())
+
+
+async def test_starts_and_answers_commands_with_the_password(server: EmbeddedValkey) -> None:
+    assert server.url is not None
+    await _set(server.url, "greeting", "hello")
+    assert await _get(server.url, "greeting") == b"hello"
+
+
+async def test_refuses_commands_without_the_password(server: EmbeddedValkey) -> None:
+    assert server.url is not None
+    client = Redis(host="127.0.0.1", port=urlsplit(server.url).port)
+    try:
+        with pytest.raises(AuthenticationError, match=r"(?i)auth"):
+            await client.get("greeting")
+    finally:
+        await client.aclose()
+
+
+async def test_url_and_password_files_are_private(server: EmbeddedValkey) -> None:
+    assert stat.S_IMODE(server.dir.stat().st_mode) == 0o700
+    for name in ("redis.url", "password", "valkey.conf"):
+        assert stat.S_IMODE((server.dir / name).stat().st_mode) == 0o600, name
+    assert (server.dir / "redis.url").read_text().strip() == server.url
+
+
+async def test_data_survives_stop_and_start(tmp_path: Path) -> None:
+    async with EmbeddedValkey(tmp_path) as first:
+        assert first.url is not None
+        await _set(first.url, "kept", "across restarts")
+    assert (tmp_path / "valkey" / "appendonly").is_dir()
+    async with EmbeddedValkey(tmp_path) as second:
+        assert second.url is not None
+        assert await _get(second.url, "kept") == b"across restarts"
+
+
+async def test_password_is_reused_across_restarts(tmp_path: Path) -> None:
+    async with EmbeddedValkey(tmp_path) as first:
+        first_url = first.url
+    async with EmbeddedValkey(tmp_path) as second:
+        second_url = second.url
+    assert first_url is not None and second_url is not None
+    password = (tmp_path / "valkey" / "password").read_text().strip()
+    assert f"redis://:{password}@127.0.0.1:" in first_url
+    assert f"redis://:{password}@127.0.0.1:" in second_url
+
+
+async def test_stop_leaves_no_process_and_removes_url_file(tmp_path: Path) -> None:
+    valkey = EmbeddedValkey(tmp_path)
+    await valkey.start()
+    pid = valkey.pid
+    assert pid is not None and psutil.pid_exists(pid)
+    await valkey.stop()
+    assert not psutil.pid_exists(pid)
+    assert not (tmp_path / "valkey" / "redis.url").exists()
+    assert not (tmp_path / "valkey" / "valkey.pid").exists()
+    await valkey.stop()  # idempotent
+
+
+async def test_running_url_is_the_url_while_running_and_none_after_stop(tmp_path: Path) -> None:
+    assert EmbeddedValkey.running_url(tmp_path) is None
+    valkey = EmbeddedValkey(tmp_path)
+    url = await valkey.start()
+    try:
+        assert EmbeddedValkey.running_url(tmp_path) == url
+    finally:
+        await valkey.stop()
+    assert EmbeddedValkey.running_url(tmp_path) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+async def test_server_dies_when_its_owner_is_sigkilled(tmp_path: Path) -> None:
+    pid = await _run_owner_that_gets_sigkilled(tmp_path, die_with_parent=True)
+    assert await _wait_gone(pid)
+
+
+async def test_stale_server_left_by_a_sigkilled_owner_is_replaced(tmp_path: Path) -> None:
+    stale_pid = await _run_owner_that_gets_sigkilled(tmp_path, die_with_parent=False)
+    assert not _gone(stale_pid)
+    try:
+        async with EmbeddedValkey(tmp_path) as valkey:
+            assert _gone(stale_pid)
+            assert valkey.pid != stale_pid
+            assert valkey.url is not None
+            await _set(valkey.url, "after", "replacement")
+    finally:
+        if not _gone(stale_pid):
+            os.kill(stale_pid, 9)
+
+
+async def test_pidfile_naming_a_live_non_valkey_process_does_not_kill_it(tmp_path: Path) -> None:
+    bystander = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        (tmp_path / "valkey").mkdir(mode=0o700)
+        (tmp_path / "valkey" / "valkey.pid").write_text(f"{bystander.pid}\n")
+        async with EmbeddedValkey(tmp_path) as valkey:
+            assert bystander.returncode is None and not _gone(bystander.pid)
+            assert valkey.url is not None
+            await _set(valkey.url, "started", "anyway")
+    finally:
+        bystander.kill()
+        await bystander.wait()
+
+
+async def test_pidfile_naming_a_dead_process_is_cleaned(tmp_path: Path) -> None:
+    finished = await asyncio.create_subprocess_exec("true")
+    await finished.wait()
+    pidfile = tmp_path / "valkey" / "valkey.pid"
+    pidfile.parent.mkdir(mode=0o700)
+    pidfile.write_text(f"{finished.pid}\n")
+    async with EmbeddedValkey(tmp_path) as valkey:
+        assert pidfile.read_text().strip() == str(valkey.pid)
+    assert not pidfile.exists()
+
+
+async def test_start_retries_when_the_chosen_port_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken, embedded._free_port()])
+        monkeypatch.setattr(embedded, "_free_port", lambda: next(ports))
+        async with EmbeddedValkey(tmp_path) as valkey:
+            assert valkey.url is not None
+            assert f":{taken}/" not in valkey.url
+            await _set(valkey.url, "on", "another port")
+
+
+async def test_start_failure_raises_with_the_log_tail(tmp_path: Path) -> None:
+    aof_dir = tmp_path / "valkey" / "appendonly"
+    aof_dir.mkdir(parents=True)
+    (aof_dir / "appendonly.aof.manifest").write_text("this is not a manifest\n")
+    valkey = EmbeddedValkey(tmp_path)
+    with pytest.raises(RuntimeError, match=r"(?s)exited.*valkey\.log ends:.*manifest"):
+        await valkey.start()
+    assert valkey.pid is None
+    assert EmbeddedValkey.running_url(tmp_path) is None

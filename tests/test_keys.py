@@ -1,0 +1,18 @@
+"""taskd's Redis key names agree with arq's."""
+
+from __future__ import annotations
+
+from arq import constants
+
+from taskd import keys
+
+
+def test_arq_job_keys_match_arq():
+    assert keys.ARQ_JOB_PREFIX == constants.job_key_prefix
+    assert keys.ARQ_IN_PROGRESS_PREFIX == constants.in_progress_key_prefix
+
+
+def test_task_keys_are_namespaced():
+    assert keys.task("abc") == "taskd:task:abc"
+    assert keys.project("p1") == "taskd:project:p1"
+    assert keys.queue("gpu_heavy") == "taskd:queue:gpu_heavy"

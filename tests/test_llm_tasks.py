@@ -1,0 +1,428 @@
+"""The LLM-backed handlers (`test_prompt`, `evaluate_department`) against a real fake OpenAI server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import cattrs
+import orjson
+import pytest
+from fake_openai import FakeOpenAI
+
+from taskd.config import Config, LlmProvider, ProvidersConfig
+from taskd.jobs import evaluate_department
+from taskd.jobs import test_prompt as prompt_task
+from taskd.jobs.evaluate_department import EvaluateDepartmentInput, GatherItem
+from taskd.jobs.evaluate_department import PreviousEvaluation as Prev
+from taskd.jobs.llm import ChatClient, ProviderError
+from taskd.jobs.spec import TaskContext, TaskError
+from taskd.jobs.test_prompt import TestPromptInput
+from taskd.validation import FieldErrors, structure_checked
+
+VERDICT = {
+    "rating": 85,
+    "summary": "Solid story.",
+    "issues": ["Thin act three"],
+    "suggestions": ["Extend climax"],
+    "confidence": 0.9,
+}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+class Progress:
+    """Records every progress report a handler makes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, str | None]] = []
+
+    async def __call__(self, fraction: float, step: str | None) -> None:
+        self.calls.append((fraction, step))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def make_ctx(http: aiohttp.ClientSession, base_url: str, timeout: float = 2) -> tuple[TaskContext, Progress]:
+    provider = LlmProvider(base_url=base_url, api_key="sk-test", model="test-model", timeout=timeout)
+    sink = Progress()
+    ctx = TaskContext(
+        task_id="t1",
+        project_id="p1",
+        attempt=1,
+        config=Config(providers=ProvidersConfig(llm=provider)),
+        http=http,
+        metadata={},
+        sink=sink,
+    )
+    return ctx, sink
+
+
+def evaluation(**changes: Any) -> EvaluateDepartmentInput:
+    fields: dict[str, Any] = {
+        "department_slug": "story",
+        "department_number": 1,
+        "gather_data": [GatherItem("A detective arrives in a coastal town.", "Premise", "Mystery thriller")],
+        "previous_evaluations": [Prev("concept", 85, "Strong concept")],
+        "threshold": 80,
+    }
+    fields.update(changes)
+    return EvaluateDepartmentInput(**fields)
+
+
+# test_prompt
+
+
+async def test_prompt_placeholders_rendered_and_sent(server: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    data = TestPromptInput(
+        "Create a character based on: {{ concept }} in a {{genre}}",
+        test_parameters={"concept": "mysterious librarian", "genre": "thriller"},
+    )
+    result = await prompt_task.run(ctx, data)
+    expected = "Create a character based on: mysterious librarian in a thriller"
+    assert result["rendered_prompt"] == expected
+    assert server.requests[0].json["messages"] == [{"role": "user", "content": expected}]
+    assert server.requests[0].json["model"] == "test-model"
+    assert "response_format" not in server.requests[0].json
+    assert result["response"] == expected  # the fake echoes
+
+
+async def test_prompt_unknown_placeholder_kept_and_listed(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    data = TestPromptInput("{{concept}} / {{ mood }} / {{mood}}", test_parameters={"concept": "x"})
+    result = await prompt_task.run(ctx, data)
+    assert result["rendered_prompt"] == "x / {{ mood }} / {{mood}}"
+    assert result["missing_parameters"] == ["mood"]
+
+
+async def test_prompt_non_string_parameters_rendered(server: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    parameters = {"n": 3, "tags": ["a"], "meta": {"k": 1}}
+    data = TestPromptInput("{{n}} {{tags}} {{meta}}", test_parameters=parameters)
+    result = await prompt_task.run(ctx, data)
+    assert result["rendered_prompt"] == '3 ["a"] {"k":1}'
+
+
+async def test_prompt_bearer_header_sent(server: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    await prompt_task.run(ctx, TestPromptInput("hi"))
+    assert server.requests[0].headers["Authorization"] == "Bearer sk-test"
+    assert server.requests[0].path == "/v1/chat/completions"
+
+
+async def test_prompt_result_carries_ids_model_and_usage(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply("A librarian named Ada.", model="gpt-fake-1", usage=(12, 5))
+    data = TestPromptInput("hi", prompt_id="p1", agent_type="character_creator", test_result_id="r1")
+    result = await prompt_task.run(ctx, data)
+    assert result["response"] == "A librarian named Ada."
+    assert result["model"] == "gpt-fake-1"
+    assert result["usage"] == {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+    ids = (result["prompt_id"], result["agent_type"], result["test_result_id"])
+    assert ids == ("p1", "character_creator", "r1")
+    assert isinstance(result["processing_time"], float)
+
+
+async def test_prompt_401_raises_non_transient_provider_error(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.fail(401, "Incorrect API key provided: sk-test")
+    with pytest.raises(ProviderError) as caught:
+        await prompt_task.run(ctx, TestPromptInput("hi"))
+    assert (caught.value.transient, caught.value.status) == (False, 401)
+    assert "sk-test" not in str(caught.value)
+
+
+async def test_prompt_503_raises_transient_provider_error(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.fail(503)
+    with pytest.raises(ProviderError) as caught:
+        await prompt_task.run(ctx, TestPromptInput("hi"))
+    assert (caught.value.transient, caught.value.status) == (True, 503)
+
+
+async def test_prompt_429_raises_transient_provider_error(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.fail(429)
+    with pytest.raises(ProviderError) as caught:
+        await prompt_task.run(ctx, TestPromptInput("hi"))
+    assert caught.value.transient
+
+
+async def test_prompt_progress_is_monotone_and_finishes(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, sink = make_ctx(http, server.base_url)
+    await prompt_task.run(ctx, TestPromptInput("hi"))
+    fractions = [fraction for fraction, _ in sink.calls]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    assert [step for _, step in sink.calls][:2] == ["rendering_prompt", "calling_llm"]
+
+
+# ChatClient
+
+
+async def test_client_timeout_is_transient(server: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    server.hang(5)
+    client = ChatClient(LlmProvider(base_url=server.base_url, timeout=0.2), http)
+    with pytest.raises(ProviderError) as caught:
+        await client.complete([{"role": "user", "content": "hi"}])
+    assert caught.value.transient and caught.value.timeout
+
+
+async def test_client_malformed_reply_is_not_transient(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    server.raw("<html>not json</html>", content_type="text/html")
+    client = ChatClient(LlmProvider(base_url=server.base_url + "/"), http)
+    with pytest.raises(ProviderError) as caught:
+        await client.complete([{"role": "user", "content": "hi"}])
+    assert not caught.value.transient and caught.value.status is None
+
+
+async def test_client_connection_refused_is_transient(http: aiohttp.ClientSession) -> None:
+    fake = FakeOpenAI()
+    await fake.start()
+    base_url = fake.base_url
+    await fake.stop()
+    with pytest.raises(ProviderError) as caught:
+        await ChatClient(LlmProvider(base_url=base_url), http).complete([{"role": "user", "content": "hi"}])
+    assert caught.value.transient and caught.value.status is None
+
+
+async def test_client_without_api_key_sends_no_authorization(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    client = ChatClient(LlmProvider(base_url=server.base_url), http)
+    await client.complete([{"role": "user", "content": "hi"}])
+    assert "Authorization" not in server.requests[0].headers
+
+
+async def test_client_without_base_url_raises_task_error(http: aiohttp.ClientSession) -> None:
+    with pytest.raises(TaskError, match="No LLM provider configured"):
+        await ChatClient(LlmProvider(), http).complete([{"role": "user", "content": "hi"}])
+
+
+# evaluate_department
+
+
+async def test_evaluate_passes_at_threshold(server: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply(orjson.dumps({**VERDICT, "rating": 80}).decode(), usage=(1000, 500))
+    result = await evaluate_department.run(ctx, evaluation(threshold=80))
+    assert result["rating"] == 80
+    assert result["evaluation_result"] == "pass"
+    assert result["evaluation_summary"] == "Solid story."
+    assert result["issues"] == ["Thin act three"]
+    assert result["suggestions"] == ["Extend climax"]
+    assert result["metadata"] == {"model": "test-model", "tokens_used": 1500, "confidence_score": 0.9}
+    assert result["department"] == "story"
+
+
+async def test_evaluate_fails_below_threshold(server: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply(orjson.dumps({**VERDICT, "rating": 79}).decode())
+    result = await evaluate_department.run(ctx, evaluation(threshold=80))
+    assert (result["rating"], result["evaluation_result"]) == (79, "fail")
+
+
+async def test_evaluate_asks_for_json_with_department_content(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply(orjson.dumps(VERDICT).decode())
+    await evaluate_department.run(ctx, evaluation())
+    body = server.requests[0].json
+    assert body["response_format"] == {"type": "json_object"}
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    user = body["messages"][1]["content"]
+    for expected in ("story", "department 1", "coastal", "Premise", "Mystery thriller", "concept: 85/100"):
+        assert expected in user
+
+
+async def test_evaluate_verdict_in_prose_is_extracted_and_clamped(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply(
+        'Here you go:\n```json\n{"rating": "130", "summary": "Great", "issues": "one", '
+        '"suggestions": [1, "", null], "confidence": 7}\n```'
+    )
+    result = await evaluate_department.run(ctx, evaluation())
+    assert result["rating"] == 100
+    assert result["issues"] == ["one"]
+    assert result["suggestions"] == ["1"]
+    assert result["metadata"]["confidence_score"] == 1.0
+
+
+async def test_evaluate_empty_gather_data_returns_insufficient_data_without_llm(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    result = await evaluate_department.run(ctx, evaluation(gather_data=[], previous_evaluations=[]))
+    assert server.requests == []
+    processing_time = result.pop("processing_time")
+    assert isinstance(processing_time, float)
+    assert result == {
+        "department": "story",
+        "rating": 0,
+        "evaluation_result": "fail",
+        "evaluation_summary": "Insufficient data provided for evaluation",
+        "issues": ["No gather data provided"],
+        "suggestions": ["Gather content for department"],
+        "iteration_count": 1,
+        "metadata": {"model": None, "tokens_used": 0, "confidence_score": 0.0},
+    }
+
+
+async def test_evaluate_provider_timeout_gives_ai_service_timeout(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url, timeout=0.2)
+    server.hang(5)
+    result = await evaluate_department.run(ctx, evaluation())
+    assert result["rating"] == 50
+    assert result["evaluation_result"] == "fail"
+    assert result["evaluation_summary"] == "Evaluation could not be completed: AI service timeout"
+    assert result["issues"] == ["AI evaluation service unavailable"]
+    assert result["suggestions"] == ["Retry evaluation when service is available"]
+    assert result["metadata"] == {"model": None, "tokens_used": 0, "confidence_score": 0.0}
+
+
+async def test_evaluate_provider_http_error_gives_ai_service_error(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.fail(503, "overloaded sk-test")
+    result = await evaluate_department.run(ctx, evaluation(threshold=50))
+    assert result["evaluation_summary"] == "Evaluation could not be completed: AI service error (HTTP 503)"
+    assert (result["rating"], result["evaluation_result"]) == (50, "pass")
+
+
+async def test_evaluate_malformed_verdict_gives_ai_failure(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply("I think the department is fine.")
+    result = await evaluate_department.run(ctx, evaluation())
+    assert result["rating"] == 50
+    assert result["evaluation_summary"].startswith("Evaluation could not be completed: AI service error")
+    assert result["issues"] == ["AI evaluation service unavailable"]
+    assert result["metadata"]["model"] is None
+
+
+async def test_evaluate_without_provider_raises_task_error(http: aiohttp.ClientSession) -> None:
+    ctx, _ = make_ctx(http, "")
+    with pytest.raises(TaskError, match="No LLM provider configured"):
+        await evaluate_department.run(ctx, evaluation())
+
+
+async def test_evaluate_iteration_count_counts_previous_evaluations_of_same_department(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply(orjson.dumps(VERDICT).decode())
+    previous = [Prev("story", 60), Prev("concept", 85), Prev("story")]
+    result = await evaluate_department.run(ctx, evaluation(previous_evaluations=previous))
+    assert result["iteration_count"] == 3
+
+
+async def test_evaluate_progress_is_monotone(server: FakeOpenAI, http: aiohttp.ClientSession) -> None:
+    ctx, sink = make_ctx(http, server.base_url)
+    server.reply(orjson.dumps(VERDICT).decode())
+    await evaluate_department.run(ctx, evaluation())
+    fractions = [fraction for fraction, _ in sink.calls]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    steps = [step for _, step in sink.calls]
+    assert steps[:3] == ["preparing_evaluation", "calling_llm", "parsing_verdict"]
+
+
+# input validation
+
+
+def structure(data: dict[str, Any]) -> EvaluateDepartmentInput:
+    converter = cattrs.Converter(forbid_extra_keys=False)
+    return structure_checked(converter, data, EvaluateDepartmentInput, prefix="task_data")
+
+
+def test_evaluate_input_reports_bad_department_number_and_missing_gather_data() -> None:
+    with pytest.raises(FieldErrors) as caught:
+        structure({"department_slug": "story", "department_number": "first"})
+    assert set(caught.value.details) == {"task_data.department_number", "task_data.gather_data"}
+    assert caught.value.details["task_data.gather_data"] == "This field is required"
+
+
+def test_evaluate_input_reports_department_number_out_of_range() -> None:
+    # Range validators run only once the data has the right shape, so gather_data is present here.
+    with pytest.raises(FieldErrors) as caught:
+        structure({"department_slug": "story", "department_number": 13, "gather_data": []})
+    message = "Department number must be between 1 and 12"
+    assert caught.value.details == {"task_data.department_number": message}
+
+
+def test_evaluate_input_reports_threshold_and_blank_gather_content() -> None:
+    with pytest.raises(FieldErrors) as caught:
+        structure(
+            {
+                "department_slug": "story",
+                "department_number": 2,
+                "threshold": 101,
+                "gather_data": [{"content": "  "}],
+            }
+        )
+    assert caught.value.details == {
+        "task_data.threshold": "Threshold must be between 0 and 100",
+        "task_data.gather_data[0].content": "Content must not be blank",
+    }
+
+
+def test_evaluate_input_accepts_the_documented_example() -> None:
+    data = structure(
+        {
+            "department_slug": "story",
+            "department_number": 1,
+            "threshold": 80,
+            "gather_data": [
+                {
+                    "content": "A young detective...",
+                    "summary": "Main story premise",
+                    "context": "Mystery thriller genre",
+                }
+            ],
+            "previous_evaluations": [{"department": "concept", "rating": 85, "summary": "Strong"}],
+        }
+    )
+    assert data.gather_data[0].summary == "Main story premise"
+    assert data.previous_evaluations[0].rating == 85
+
+
+def test_prompt_input_requires_non_blank_template() -> None:
+    converter = cattrs.Converter(forbid_extra_keys=False)
+    with pytest.raises(FieldErrors) as caught:
+        structure_checked(converter, {"prompt_template": " "}, TestPromptInput, prefix="task_data")
+    assert caught.value.details == {"task_data.prompt_template": "Prompt template must not be blank"}
