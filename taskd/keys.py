@@ -10,6 +10,7 @@
 | `taskd:worker:{id}` | string: the worker's JSON description | heartbeat TTL: disappears when the process stops beating |
 | `taskd:queue:{queue}` | arq's queue sorted set: task id -> score | members leave when arq finishes or taskd revokes the job |
 | `arq:job:{id}` | arq's job definition | arq's own expiry (a day past its score) |
+| `taskd:webhooks:due` | sorted set: task id -> ms when its webhook is next due (the durable outbox) | members leave when delivered or given up |
 | `taskd:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
 """
 
@@ -19,6 +20,7 @@ PREFIX = "taskd:"
 METRICS = f"{PREFIX}metrics"
 WORKERS = f"{PREFIX}workers"
 CANCEL_CHANNEL = f"{PREFIX}cancel"
+WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
 
 # Must equal arq.constants.job_key_prefix and in_progress_key_prefix (a test pins it).
 ARQ_JOB_PREFIX = "arq:job:"

@@ -85,25 +85,28 @@ if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'current_step', ARGV[2]) end
 return 1
 """
 
-# KEYS: task, running zset, metrics. ARGV: worker id, counter, task type, duration, ttl, then field/value pairs.
+# KEYS: task, running zset, metrics, webhook outbox.
+# ARGV: worker id, counter, task type, duration, ttl, task id, now ms, then field/value pairs.
+# A task with a callback_url gets its webhook due in the same script that records its end.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1] then
   return status or false
 end
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZREM', KEYS[2], string.match(KEYS[1], 'task:(.*)$'))
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZREM', KEYS[2], ARGV[6])
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 if ARGV[2] == 'completed_tasks' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'duration_sum:' .. ARGV[3], ARGV[4])
   redis.call('HINCRBY', KEYS[3], 'duration_count:' .. ARGV[3], 1)
 end
+if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6]) end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 'ok'
 """
 
-# KEYS: task, running zset, metrics, the queue's sorted set, then the queued job's keys to delete.
-# ARGV: now, ttl, task id.
+# KEYS: task, running zset, metrics, webhook outbox, the queue's sorted set, then the queued job's keys.
+# ARGV: now, ttl, task id, now ms.
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
@@ -114,9 +117,10 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'previous_state', status, 'ca
            'updated_at', ARGV[1], 'completed_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'worker_id')
 redis.call('ZREM', KEYS[2], ARGV[3])
-redis.call('ZREM', KEYS[4], ARGV[3])
-for i = 5, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('ZREM', KEYS[5], ARGV[3])
+for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
 redis.call('HINCRBY', KEYS[3], 'cancelled_tasks', 1)
+if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {'cancelled_now', status, ARGV[1]}
 """
@@ -210,8 +214,17 @@ class TaskStore:
                 flat += [name, _encode_value(name, value)]
         counter = "completed_tasks" if status is TaskStatus.COMPLETED else "failed_tasks"
         outcome = await self._finish(
-            keys=[keys.task(record.task_id), keys.running(record.queue), keys.METRICS],
-            args=[worker_id, counter, record.task_type, repr(processing_time), self.task_ttl, *flat],
+            keys=[keys.task(record.task_id), keys.running(record.queue), keys.METRICS, keys.WEBHOOKS_DUE],
+            args=[
+                worker_id,
+                counter,
+                record.task_type,
+                repr(processing_time),
+                self.task_ttl,
+                record.task_id,
+                int(at * 1000),
+                *flat,
+            ],
         )
         return outcome == b"ok"
 
@@ -220,8 +233,15 @@ class TaskStore:
     ) -> CancelOutcome:
         """Cancel a queued or processing task atomically, removing its queued job; report what was there."""
         reply = await self._cancel(
-            keys=[keys.task(record.task_id), keys.running(record.queue), keys.METRICS, queue_key, *job_keys],
-            args=[repr(at), self.task_ttl, record.task_id],
+            keys=[
+                keys.task(record.task_id),
+                keys.running(record.queue),
+                keys.METRICS,
+                keys.WEBHOOKS_DUE,
+                queue_key,
+                *job_keys,
+            ],
+            args=[repr(at), self.task_ttl, record.task_id, int(at * 1000)],
         )
         if reply is None:
             raise TaskNotFound(record.task_id)
