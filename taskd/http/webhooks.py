@@ -1,0 +1,42 @@
+"""`POST /api/v1/tasks/{task_id}/webhook/redeliver`: send a task's terminal webhook again."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from taskd.http.context import API
+from taskd.http.responses import json_response
+from taskd.model import InvalidState, iso
+from taskd.webhooks.outbox import Outbox, now_ms
+from taskd.webhooks.payload import event_id
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/api/v1/tasks/{task_id}/webhook/redeliver")
+async def redeliver(request: web.Request) -> web.Response:
+    """Schedule a fresh delivery of an ended task's webhook now; its attempt count starts again."""
+    api = request.app[API]
+    record = await api.store.get(request.match_info["task_id"])
+    if not record.callback_url:
+        raise InvalidState("Task has no callback_url, so there is no webhook to redeliver")
+    if not record.is_terminal:
+        raise InvalidState(f"Task is {record.status.value}; its webhook is sent once it has ended")
+    at = now_ms()
+    await Outbox(api.redis, api.config.storage.task_ttl).redeliver(record.task_id, at)
+    return json_response(
+        {
+            "task_id": record.task_id,
+            "status": record.status.value,
+            "callback_url": record.callback_url,
+            "webhook_id": event_id(record),
+            "scheduled_at": iso(at / 1000),
+            "message": "Webhook redelivery scheduled",
+        },
+        202,
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the webhook routes."""
+    app.router.add_routes(routes)

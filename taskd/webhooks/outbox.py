@@ -1,0 +1,195 @@
+"""The durable outbox in Redis: which webhooks are due, who is sending them, and how each delivery went.
+
+`taskd:webhooks:due` scores a task id with the ms its next attempt is due. A sender claims due
+members by moving their score to a lease (now + lease): no other process sends that attempt
+while the lease runs, and if the sender dies the lease runs out and another one sends it. Only
+the holder of the lease (the score it set) may record the attempt's outcome.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+from redis.asyncio import Redis
+
+from taskd import keys
+
+# KEYS: due. ARGV: now ms, lease-until ms, most to claim.
+# Returns the claimed ids and, when none were due, the earliest score still waiting.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+local first = false
+if #ids == 0 then first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or false end
+return {ids, first}
+"""
+
+# KEYS: due, state, metrics. ARGV: task id, lease, now ms, attempt, outcome (delivered|retry|failed),
+# HTTP status or '', error or '', next due ms or '', ttl.
+_RECORD = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[2], 'attempts', ARGV[4], 'last_attempt_at', ARGV[3])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'last_status', ARGV[6]) else redis.call('HDEL', KEYS[2], 'last_status') end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[7]) else redis.call('HDEL', KEYS[2], 'last_error') end
+if ARGV[5] == 'retry' then
+  redis.call('ZADD', KEYS[1], ARGV[8], ARGV[1])
+  redis.call('HSET', KEYS[2], 'next_attempt_at', ARGV[8])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], 'next_attempt_at')
+  local field = ARGV[5] == 'delivered' and 'delivered_at' or 'failed_at'
+  redis.call('HSET', KEYS[2], field, ARGV[3])
+  redis.call('HINCRBY', KEYS[3], 'webhooks_' .. ARGV[5], 1)
+end
+redis.call('EXPIRE', KEYS[2], ARGV[9])
+return 1
+"""
+
+# KEYS: due. ARGV: task id, lease, new score ('' removes the member).
+_RELEASE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+return 1
+"""
+
+# KEYS: due, state. ARGV: task id, now ms, ttl, wake channel.
+_REDELIVER = """
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'attempts', 0, 'next_attempt_at', ARGV[2], 'redelivered_at', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[1])
+return 1
+"""
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the unit of the outbox's scores and times."""
+    return int(time.time() * 1000)
+
+
+_MS_FIELDS = ("last_attempt_at", "delivered_at", "failed_at", "next_attempt_at", "redelivered_at")
+
+
+@attrs.frozen
+class Claim:
+    """A due webhook this process now holds the lease of."""
+
+    task_id: str
+    lease: int
+
+
+@attrs.frozen
+class Attempt:
+    """How one POST went."""
+
+    delivered: bool
+    status: int | None = None
+    error: str | None = None
+
+
+@attrs.frozen
+class DeliveryState:
+    """What `GET status` shows under `webhook`; times are epoch seconds."""
+
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    last_attempt_at: float | None = None
+    delivered_at: float | None = None
+    failed_at: float | None = None
+    next_attempt_at: float | None = None
+
+    @classmethod
+    def from_redis(cls, fields: dict[bytes, bytes], due_ms: float | None) -> DeliveryState:
+        """The state from its hash and the task's score in the due set (the next attempt until one was made)."""
+        raw = {name.decode(): value.decode() for name, value in fields.items()}
+        times = {name: int(raw[name]) / 1000 for name in _MS_FIELDS if name in raw}
+        next_at = times.get("next_attempt_at")
+        if next_at is None and due_ms is not None and "delivered_at" not in raw and "failed_at" not in raw:
+            next_at = due_ms / 1000
+        return cls(
+            attempts=int(raw.get("attempts", 0)),
+            last_status=int(raw["last_status"]) if "last_status" in raw else None,
+            last_error=raw.get("last_error"),
+            last_attempt_at=times.get("last_attempt_at"),
+            delivered_at=times.get("delivered_at"),
+            failed_at=times.get("failed_at"),
+            next_attempt_at=next_at,
+        )
+
+
+class Outbox:
+    """The Redis side of webhook delivery; every change is one Lua script."""
+
+    def __init__(self, redis: Redis, ttl: int) -> None:
+        self.redis = redis
+        self.ttl = ttl
+        self._claim = redis.register_script(_CLAIM)
+        self._record = redis.register_script(_RECORD)
+        self._release = redis.register_script(_RELEASE)
+        self._redeliver = redis.register_script(_REDELIVER)
+
+    async def claim(self, now_ms: int, lease_ms: int, limit: int) -> tuple[list[Claim], int | None]:
+        """Lease up to `limit` due webhooks; with none due, also the ms the earliest one is due."""
+        lease = now_ms + lease_ms
+        ids, first = await self._claim(keys=[keys.WEBHOOKS_DUE], args=[now_ms, lease, limit])
+        claims = [Claim(raw.decode(), lease) for raw in ids]
+        return claims, int(float(first)) if first else None
+
+    async def attempts(self, task_id: str) -> int:
+        """How many attempts the current delivery has made."""
+        raw = await self.redis.hget(keys.webhook(task_id), "attempts")
+        return int(raw) if raw else 0
+
+    async def record(
+        self, claim: Claim, attempt: int, outcome: Attempt, now_ms: int, next_ms: int | None
+    ) -> bool:
+        """Write an attempt's outcome: delivered, retry at `next_ms`, or failed for good; False if the lease was lost."""
+        if outcome.delivered:
+            result = "delivered"
+        elif next_ms is not None:
+            result = "retry"
+        else:
+            result = "failed"
+        args: list[Any] = [
+            claim.task_id,
+            claim.lease,
+            now_ms,
+            attempt,
+            result,
+            "" if outcome.status is None else outcome.status,
+            outcome.error or "",
+            "" if next_ms is None else next_ms,
+            self.ttl,
+        ]
+        written = await self._record(
+            keys=[keys.WEBHOOKS_DUE, keys.webhook(claim.task_id), keys.METRICS], args=args
+        )
+        return bool(written)
+
+    async def release(self, claim: Claim, due_ms: int | None) -> None:
+        """Give a lease back: due again at `due_ms`, or dropped from the outbox when None."""
+        await self._release(
+            keys=[keys.WEBHOOKS_DUE], args=[claim.task_id, claim.lease, "" if due_ms is None else due_ms]
+        )
+
+    async def redeliver(self, task_id: str, now_ms: int) -> None:
+        """Start a fresh delivery now (the attempt count restarts) and wake every sender."""
+        await self._redeliver(
+            keys=[keys.WEBHOOKS_DUE, keys.webhook(task_id)],
+            args=[task_id, now_ms, self.ttl, keys.WEBHOOKS_WAKE],
+        )
+
+
+async def delivery_state(redis: Redis, task_id: str) -> DeliveryState:
+    """The delivery state of a task's webhook, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.webhook(task_id))
+        pipe.zscore(keys.WEBHOOKS_DUE, task_id)
+        fields, due = await pipe.execute()
+    return DeliveryState.from_redis(fields, due)

@@ -1,0 +1,213 @@
+"""The webhook sender: claims due webhooks from the outbox and POSTs them, many at once, from the event loop.
+
+Runs in every taskd process. Log lines are the API document's, under the logger `taskd.webhooks`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+
+import aiohttp
+import orjson
+from redis.asyncio import Redis
+from yarl import URL
+
+from taskd import keys
+from taskd.config import WebhooksConfig
+from taskd.logs import bind_task
+from taskd.model import TaskNotFound, TaskRecord
+from taskd.store import TaskStore
+from taskd.webhooks.guard import ForbiddenAddress, GuardedResolver, check_literal_host
+from taskd.webhooks.outbox import Attempt, Claim, Outbox, now_ms
+from taskd.webhooks.payload import build_payload, event_id
+from taskd.webhooks.schedule import SUCCESS_CODES, DeliverySchedule
+from taskd.webhooks.signing import Signer
+
+log = logging.getLogger("taskd.webhooks")
+
+POLL_INTERVAL = 0.05  # seconds between outbox polls when idle and no wake-up arrives
+LEASE_MARGIN = 30.0  # seconds a claim outlives the request timeout before another process may take it
+USER_AGENT = "taskd-webhooks/1"
+
+
+def _refusal(exc: BaseException) -> ForbiddenAddress | None:
+    # aiohttp wraps the resolver's refusal in ClientConnectorDNSError.
+    while exc is not None:
+        if isinstance(exc, ForbiddenAddress):
+            return exc
+        exc = exc.__cause__  # type: ignore[assignment]
+    return None
+
+
+class WebhookSender:
+    """Delivers due webhooks until cancelled; a slow receiver holds only its own delivery."""
+
+    def __init__(self, redis: Redis, store: TaskStore, config: WebhooksConfig, ttl: int) -> None:
+        self.redis = redis
+        self.store = store
+        self.config = config
+        self.outbox = Outbox(redis, ttl)
+        self.schedule = DeliverySchedule(tuple(config.extra_delays))
+        self.signer = Signer.from_secret(config.secret)
+        self.lease_ms = int((config.timeout + LEASE_MARGIN) * 1000)
+        self._wake = asyncio.Event()
+        self._inflight: dict[asyncio.Task[None], Claim] = {}
+        self._resolver: GuardedResolver | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def wake(self) -> None:
+        """Look at the outbox now rather than at the next poll."""
+        self._wake.set()
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        proxy_host = URL(self.config.proxy).host if self.config.proxy else None
+        if not self.config.allow_private:
+            self._resolver = GuardedResolver(exempt=[proxy_host] if proxy_host else [])
+        connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self.config.max_concurrency)
+        return aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+        )
+
+    async def run(self) -> None:
+        """Send due webhooks until cancelled; on the way out, hand unfinished claims back as due now."""
+        listener = asyncio.create_task(self._listen(), name="webhook-wake-listener")
+        try:
+            async with self._open_session() as self._session:
+                while True:
+                    try:
+                        await self._step()
+                    except Exception as exc:  # redis-py's errors do not share one base with OSError
+                        log.warning("webhook sender lost Redis (%s); retrying", exc)
+                        await asyncio.sleep(1.0)
+        finally:
+            listener.cancel()
+            await self._hand_back()
+
+    async def _step(self) -> None:
+        free = self.config.max_concurrency - len(self._inflight)
+        if free <= 0:
+            await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+            return
+        self._wake.clear()
+        at = now_ms()
+        claims, first_due = await self.outbox.claim(at, self.lease_ms, free)
+        for claim in claims:
+            task = asyncio.create_task(self._deliver(claim), name=f"webhook-{claim.task_id}")
+            self._inflight[task] = claim
+            task.add_done_callback(self._inflight.pop)
+        if claims:
+            return
+        wait = POLL_INTERVAL if first_due is None else min(POLL_INTERVAL, max(0.0, (first_due - at) / 1000))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.WEBHOOKS_WAKE)
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._wake.set()
+            except Exception as exc:  # polling still delivers; this only makes it faster
+                log.debug("webhook wake-up listener lost Redis (%s); reconnecting", exc)
+                await asyncio.sleep(1.0)
+
+    async def _hand_back(self) -> None:
+        claims = list(self._inflight.values())
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                at = now_ms()
+                for claim in claims:
+                    await self.outbox.release(claim, at)
+
+    async def _deliver(self, claim: Claim) -> None:
+        try:
+            await self._attempt(claim)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the lease runs out and the attempt is made again
+            log.exception("webhook delivery for task %s broke off", claim.task_id)
+
+    async def _attempt(self, claim: Claim) -> None:
+        try:
+            record = await self.store.get(claim.task_id)
+        except TaskNotFound:
+            log.warning("Webhook dropped: task %s no longer exists", claim.task_id)
+            await self.outbox.release(claim, None)
+            return
+        if not record.callback_url or not record.is_terminal:
+            await self.outbox.release(claim, None)
+            return
+        with bind_task(record):
+            await self._post_and_record(claim, record)
+
+    async def _post_and_record(self, claim: Claim, record: TaskRecord) -> None:
+        url = record.callback_url
+        attempt = await self.outbox.attempts(claim.task_id) + 1
+        outcome = await self.post(url, event_id(record), orjson.dumps(build_payload(record)))
+        done = now_ms()
+        next_ms = None
+        if outcome.delivered:
+            log.info(
+                "Webhook sent successfully callback_url=%s status_code=%s task_id=%s",
+                url,
+                outcome.status,
+                record.task_id,
+            )
+        else:
+            log.warning(
+                "Webhook request failed callback_url=%s error=%s attempt=%d", url, outcome.error, attempt
+            )
+            delay = self.schedule.delay_after(attempt)
+            if delay is None:
+                log.error(
+                    "Failed to send webhook after all retries callback_url=%s task_id=%s", url, record.task_id
+                )
+            else:
+                next_ms = done + int(delay * 1000)
+        await self.outbox.record(claim, attempt, outcome, done, next_ms)
+
+    async def post(self, url: str, msg_id: str, body: bytes) -> Attempt:
+        """POST one signed attempt; never follows a redirect, never raises for the receiver's failings."""
+        assert self._session is not None, "post() runs inside run()"
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            **self.signer.headers(msg_id, int(time.time()), body),
+        }
+        try:
+            if not self.config.allow_private:
+                check_literal_host(url)
+                if self.config.proxy and self._resolver is not None:
+                    # The proxy connects, not taskd; still refuse a name that now points inside.
+                    parsed = URL(url)
+                    await self._resolver.resolve(parsed.raw_host or "", parsed.port or 80, socket.AF_UNSPEC)
+            async with self._session.post(
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                proxy=self.config.proxy or None,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+            ) as response:
+                status = response.status
+        except TimeoutError:
+            return Attempt(False, None, f"timeout after {self.config.timeout:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            refusal = _refusal(exc)
+            if refusal is not None:
+                return Attempt(False, None, f"refused: {refusal}")
+            return Attempt(False, None, f"{type(exc).__name__}: {exc}")
+        if status in SUCCESS_CODES:
+            return Attempt(True, status)
+        if 300 <= status < 400:
+            return Attempt(False, status, f"HTTP {status} (redirects are not followed)")
+        return Attempt(False, status, f"HTTP {status}")

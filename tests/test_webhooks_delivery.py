@@ -1,0 +1,393 @@
+"""Webhook delivery end to end: a real taskd, a real receiver on loopback, the API document's behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from conftest import RunningService
+from examples import TASK_DATA
+from webhook_receiver import WebhookReceiver
+
+from taskd.config import WebhooksConfig
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+METADATA = {"userId": "user-123", "testResultId": "result-456", "sessionId": "session-789"}
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """A receiver's check of a Standard Webhooks signature, as the README shows it."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(
+        hmac.compare_digest(expected, sig.removeprefix("v1,")) for sig in headers["webhook-signature"].split()
+    )
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    async with WebhookReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+def start(start_service, fake_llm) -> Callable[..., Any]:
+    """Start taskd with webhook options; loopback receivers need allow_private."""
+
+    async def start_with(*, workers: bool = True, **options: Any) -> RunningService:
+        options.setdefault("allow_private", True)
+        return await start_service(
+            workers=workers, llm_url=fake_llm.base_url, webhooks=WebhooksConfig(**options)
+        )
+
+    return start_with
+
+
+async def submit_prompt(service: RunningService, receiver: WebhookReceiver, **fields: Any) -> str:
+    body = await service.submit(
+        "test_prompt", TASK_DATA["test_prompt"], callback_url=receiver.url(), **fields
+    )
+    return body["task_id"]
+
+
+async def webhook_settled(service: RunningService, task_id: str, timeout: float = 20) -> dict[str, Any]:
+    """The status once its webhook was delivered or given up."""
+    body = await service.wait_for(
+        task_id,
+        lambda body: (
+            body["webhook"] is not None and (body["webhook"]["delivered_at"] or body["webhook"]["failed_at"])
+        ),
+        timeout,
+    )
+    return body["webhook"]
+
+
+async def metrics(service: RunningService) -> dict[str, Any]:
+    async with service.client.get("/api/v1/tasks/metrics") as response:
+        return (await response.json())["metrics"]
+
+
+async def test_completed_task_posts_the_documented_success_payload(start, receiver, fake_llm):
+    service = await start()
+    fake_llm.reply("A librarian who knows every secret.")
+    task_id = await submit_prompt(service, receiver)
+
+    (request,) = await receiver.wait_for(1)
+    status = await service.status(task_id)
+
+    assert request.json == {
+        "task_id": task_id,
+        "project_id": "proj-1",
+        "status": "completed",
+        "result": status["result"],
+        "processing_time": status["processing_time"],
+        "completed_at": status["completed_at"],
+        "metadata": {},
+    }
+    assert request.json["result"]["response"] == "A librarian who knows every secret."
+    assert request.headers["content-type"] == "application/json"
+
+
+async def test_failed_task_posts_the_documented_failure_payload(start, receiver, fake_llm):
+    service = await start()
+    for _ in range(5):  # enough for any automatic retries of the task
+        fake_llm.fail(400, "Invalid prompt")
+    task_id = await submit_prompt(service, receiver)
+
+    (request,) = await receiver.wait_for(1)
+    status = await service.status(task_id)
+
+    assert status["status"] == "failed"
+    assert request.json == {
+        "task_id": task_id,
+        "project_id": "proj-1",
+        "status": "failed",
+        "error": status["error"],
+        "traceback": status.get("traceback"),
+        "failed_at": status["completed_at"],
+        "metadata": {},
+    }
+
+
+async def test_cancelled_task_posts_a_cancelled_payload(start, receiver):
+    service = await start(workers=False)
+    task_id = await submit_prompt(service, receiver)
+    async with service.client.delete(f"/api/v1/tasks/{task_id}") as response:
+        cancelled = await response.json()
+
+    (request,) = await receiver.wait_for(1)
+
+    assert request.json == {
+        "task_id": task_id,
+        "project_id": "proj-1",
+        "status": "cancelled",
+        "previous_state": "queued",
+        "cancelled_at": cancelled["cancelled_at"],
+        "metadata": {},
+    }
+
+
+async def test_metadata_is_passed_through_unchanged(start, receiver):
+    service = await start()
+    await submit_prompt(service, receiver, metadata=METADATA)
+
+    (request,) = await receiver.wait_for(1)
+
+    assert request.json["metadata"] == METADATA
+
+
+async def test_webhook_id_is_stable_per_task_and_status_and_timestamp_is_now(start, receiver):
+    service = await start()
+    task_id = await submit_prompt(service, receiver)
+
+    (request,) = await receiver.wait_for(1)
+
+    assert request.headers["webhook-id"] == f"msg_{task_id}_completed"
+    assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 5
+
+
+async def test_signature_verifies_with_the_shared_secret(start, receiver):
+    service = await start(secret=SECRET)
+    await submit_prompt(service, receiver)
+
+    (request,) = await receiver.wait_for(1)
+
+    assert request.headers["webhook-signature"].startswith("v1,")
+    assert verify(SECRET, request.headers, request.body)
+
+
+async def test_signature_fails_when_the_body_is_altered(start, receiver):
+    service = await start(secret=SECRET)
+    await submit_prompt(service, receiver)
+
+    (request,) = await receiver.wait_for(1)
+    altered = request.body.replace(b'"completed"', b'"failed"')
+
+    assert altered != request.body
+    assert not verify(SECRET, request.headers, altered)
+
+
+async def test_without_a_secret_no_signature_header_is_sent(start, receiver):
+    service = await start()
+    await submit_prompt(service, receiver)
+
+    (request,) = await receiver.wait_for(1)
+
+    assert "webhook-signature" not in request.headers
+    assert "webhook-id" in request.headers
+
+
+async def test_receiver_failing_twice_gets_the_third_attempt_about_3s_after_the_first(start, receiver):
+    service = await start()
+    receiver.respond(500, 503)
+    task_id = await submit_prompt(service, receiver)
+
+    first, second, third = await receiver.wait_for(3)
+    webhook = await webhook_settled(service, task_id)
+
+    assert 0.8 <= second.at - first.at <= 3
+    assert 2.5 <= third.at - first.at <= 6
+    assert webhook["attempts"] == 3
+    assert webhook["last_status"] == 200
+    assert webhook["delivered_at"] is not None
+
+
+async def test_always_failing_receiver_gets_exactly_four_attempts_and_the_failure_is_recorded(
+    start, receiver, caplog
+):
+    caplog.set_level(logging.INFO, logger="taskd.webhooks")
+    service = await start()
+    receiver.always(500)
+    task_id = await submit_prompt(service, receiver)
+
+    webhook = await webhook_settled(service, task_id)
+    await receiver.wait_for(4)
+    await asyncio.sleep(0.5)  # room for a fifth attempt that must not come
+
+    assert len(receiver.received) == 4
+    assert webhook["attempts"] == 4
+    assert webhook["last_status"] == 500
+    assert webhook["last_error"] == "HTTP 500"
+    assert webhook["failed_at"] is not None and webhook["delivered_at"] is None
+    assert webhook["next_attempt_at"] is None
+    assert (await metrics(service))["webhooks_failed"] == 1
+    messages = [r.getMessage() for r in caplog.records if r.name == "taskd.webhooks"]
+    assert f"Webhook request failed callback_url={receiver.url()} error=HTTP 500 attempt=4" in messages
+    assert (
+        f"Failed to send webhook after all retries callback_url={receiver.url()} task_id={task_id}"
+        in messages
+    )
+
+
+async def test_delivered_webhook_is_logged_and_counted(start, receiver, caplog):
+    caplog.set_level(logging.INFO, logger="taskd.webhooks")
+    service = await start()
+    task_id = await submit_prompt(service, receiver)
+
+    await webhook_settled(service, task_id)
+
+    assert (await metrics(service))["webhooks_delivered"] == 1
+    assert (
+        f"Webhook sent successfully callback_url={receiver.url()} status_code=200 task_id={task_id}"
+        in caplog.messages
+    )
+
+
+async def test_receiver_hanging_40s_is_a_timed_out_attempt(start, receiver, caplog):
+    caplog.set_level(logging.WARNING, logger="taskd.webhooks")
+    service = await start(timeout=1)  # the default is 30 s
+    receiver.hang(40)
+    task_id = await submit_prompt(service, receiver)
+
+    first, second = await receiver.wait_for(2)
+    webhook = await webhook_settled(service, task_id)
+
+    assert 1.5 <= second.at - first.at <= 5  # 1 s timeout, then the 1 s back-off
+    assert (
+        f"Webhook request failed callback_url={receiver.url()} error=timeout after 1s attempt=1"
+        in caplog.messages
+    )
+    assert webhook["attempts"] == 2 and webhook["delivered_at"] is not None
+
+
+async def test_redirect_is_not_followed_and_counts_as_a_failed_attempt(start, receiver, caplog):
+    caplog.set_level(logging.WARNING, logger="taskd.webhooks")
+    service = await start()
+    receiver.redirect(receiver.url("/elsewhere"))
+    task_id = await submit_prompt(service, receiver)
+
+    await receiver.wait_for(2)
+    webhook = await webhook_settled(service, task_id)
+
+    assert receiver.at("/elsewhere") == []
+    assert len(receiver.at("/hook")) == 2
+    assert webhook["attempts"] == 2
+    assert any("error=HTTP 302 (redirects are not followed) attempt=1" in m for m in caplog.messages)
+
+
+async def test_extra_delays_add_attempts_after_the_documented_four(start, receiver):
+    service = await start(extra_delays=[0.2, 0.4])
+    receiver.always(500)
+    task_id = await submit_prompt(service, receiver)
+
+    webhook = await webhook_settled(service, task_id, timeout=25)
+    times = [request.at for request in receiver.received]
+
+    assert webhook["attempts"] == 6 and len(times) == 6
+    assert 0.1 <= times[4] - times[3] <= 1.5
+    assert 0.3 <= times[5] - times[4] <= 1.7
+
+
+async def test_a_slow_receiver_does_not_delay_other_deliveries(start, receiver):
+    service = await start()
+    async with WebhookReceiver() as slow:
+        slow.hang(40)
+        await submit_prompt(service, slow)
+        await slow.wait_for(1)
+        await submit_prompt(service, receiver)
+
+        await receiver.wait_for(1, timeout=5)
+
+        assert len(slow.received) == 1  # still hanging on the first attempt
+
+
+async def test_status_shows_no_webhook_without_a_callback_url(start):
+    service = await start()
+    body = await service.submit("test_prompt", TASK_DATA["test_prompt"])
+
+    status = await service.wait_terminal(body["task_id"])
+
+    assert status["webhook"] is None
+
+
+async def test_status_shows_a_pending_webhook_of_a_queued_task(start, receiver):
+    service = await start(workers=False)
+    task_id = await submit_prompt(service, receiver)
+
+    status = await service.status(task_id)
+
+    assert status["webhook"] == {
+        "attempts": 0,
+        "last_status": None,
+        "last_error": None,
+        "last_attempt_at": None,
+        "delivered_at": None,
+        "failed_at": None,
+        "next_attempt_at": None,
+    }
+
+
+async def test_redeliver_sends_the_webhook_again_with_the_same_id(start, receiver):
+    service = await start()
+    task_id = await submit_prompt(service, receiver)
+    await webhook_settled(service, task_id)
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        status, body = response.status, await response.json()
+    first, again = await receiver.wait_for(2)
+    webhook = await webhook_settled(service, task_id)
+
+    assert status == 202
+    assert body["task_id"] == task_id
+    assert body["webhook_id"] == f"msg_{task_id}_completed"
+    assert body["message"] == "Webhook redelivery scheduled"
+    assert again.headers["webhook-id"] == first.headers["webhook-id"]
+    assert again.json == first.json
+    assert webhook["attempts"] == 1
+
+
+async def test_redeliver_restarts_the_attempt_count(start, receiver):
+    service = await start()
+    receiver.respond(500)
+    task_id = await submit_prompt(service, receiver)
+    await service.wait_for(task_id, lambda body: body["webhook"]["attempts"] == 1)
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        assert response.status == 202
+    await receiver.wait_for(2)
+    webhook = await webhook_settled(service, task_id)
+
+    assert webhook["attempts"] == 1  # a fresh delivery, not attempt 2 of the old one
+    assert webhook["delivered_at"] is not None
+
+
+async def test_redeliver_of_an_unknown_task_is_404(start):
+    service = await start()
+
+    async with service.client.post("/api/v1/tasks/nope/webhook/redeliver") as response:
+        status, body = response.status, await response.json()
+
+    assert status == 404
+    assert body == {"error": "task_not_found", "message": "Task with ID 'nope' not found"}
+
+
+async def test_redeliver_of_a_task_without_callback_url_is_400(start):
+    service = await start(workers=False)
+    task_id = (await service.submit("test_prompt", TASK_DATA["test_prompt"]))["task_id"]
+    async with service.client.delete(f"/api/v1/tasks/{task_id}"):
+        pass
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        status, body = response.status, await response.json()
+
+    assert status == 400
+    assert body == {"detail": "Task has no callback_url, so there is no webhook to redeliver"}
+
+
+async def test_redeliver_of_a_task_that_has_not_ended_is_400(start, receiver):
+    service = await start(workers=False)
+    task_id = await submit_prompt(service, receiver)
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        status, body = response.status, await response.json()
+
+    assert status == 400
+    assert body == {"detail": "Task is queued; its webhook is sent once it has ended"}

@@ -1,0 +1,112 @@
+"""A real local HTTP server that receives webhooks, answering from a script of statuses, hangs and redirects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import Any
+
+import attrs
+import orjson
+from aiohttp import web
+
+
+@attrs.frozen
+class Received:
+    """One request the receiver got."""
+
+    at: float  # time.monotonic() on arrival
+    wall: float  # time.time() on arrival
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        """The body decoded."""
+        return orjson.loads(self.body)
+
+
+@attrs.frozen
+class _Hang:
+    seconds: float
+
+
+@attrs.frozen
+class _Redirect:
+    location: str
+    status: int = 302
+
+
+class WebhookReceiver:
+    """`POST /<any path>`: records the request, then answers with the next scripted behaviour (default 200)."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.default_status = 200
+        self._script: deque[int | _Hang | _Redirect] = deque()
+        self._arrived = asyncio.Condition()
+        self._stopping = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def url(self, path: str = "/hook") -> str:
+        """A callback URL on this receiver."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def respond(self, *statuses: int) -> None:
+        """Answer the next requests with these statuses, in order."""
+        self._script.extend(statuses)
+
+    def always(self, status: int) -> None:
+        """Answer every unscripted request with `status`."""
+        self.default_status = status
+
+    def hang(self, seconds: float) -> None:
+        """Hold the next request `seconds` (or until stop) before answering 200."""
+        self._script.append(_Hang(seconds))
+
+    def redirect(self, location: str, status: int = 302) -> None:
+        """Answer the next request with a redirect to `location`."""
+        self._script.append(_Redirect(location, status))
+
+    def at(self, path: str) -> list[Received]:
+        """Requests that arrived at `path`."""
+        return [request for request in self.received if request.path == path]
+
+    async def wait_for(self, count: int, timeout: float = 20) -> list[Received]:
+        """Wait until `count` requests have arrived; return them all."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.received) >= count)
+        return list(self.received)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        async with self._arrived:
+            headers = {name.lower(): value for name, value in request.headers.items()}
+            self.received.append(Received(time.monotonic(), time.time(), request.path, headers, body))
+            self._arrived.notify_all()
+        behaviour = self._script.popleft() if self._script else self.default_status
+        if isinstance(behaviour, _Hang):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), behaviour.seconds)
+            return web.Response(status=200)
+        if isinstance(behaviour, _Redirect):
+            return web.Response(status=behaviour.status, headers={"Location": behaviour.location})
+        return web.json_response({"received": True}, status=behaviour)
+
+    async def __aenter__(self) -> WebhookReceiver:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
