@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import attrs
 
-from taskd.jobs.spec import TaskType
+from taskd.jobs.llm import ChatClient, ProviderError
+from taskd.jobs.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType
 from taskd.validation import between, max_length, not_blank
+
+DEFAULT_DEPARTMENTS = ("story", "character", "visual", "audio")
+OUTLINE_PROMPT = (
+    "You plan the pre-production of a movie project. From the brief, choose the production departments "
+    "that need gathered material (at most {limit}, e.g. story, character, visual, audio, production) and say "
+    'what each should cover. Answer with one JSON object only: {{"departments": [{{"slug": "<lowercase '
+    'word>", "focus": "<one sentence>"}}]}}'
+)
+ITEMS_PROMPT = (
+    "You gather material for the {slug} department of a movie project. Write {count} distinct, concrete "
+    "gather items grounded in the brief. Answer with one JSON object only: "
+    '{{"items": [{{"content": "<the material itself, several sentences>", "summary": "<one line>", '
+    '"context": "<where it fits or why it matters>"}}]}}'
+)
+Progress = Callable[[float, str], Awaitable[None]]
 
 
 @attrs.frozen
@@ -19,11 +40,159 @@ class AutomatedGatherCreationInput:
     )
 
 
+def first_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in `text` (models wrap them in prose or code fences)."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            found, _ = decoder.raw_decode(text, start)
+        except ValueError:
+            found = None
+        if isinstance(found, dict):
+            return found
+        start = text.find("{", start + 1)
+    return None
+
+
+def _slug(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    slug = "_".join(value.strip().lower().split())[:64]
+    return slug or None
+
+
+def parse_outline(text: str, limit: int = 12) -> list[tuple[str, str]]:
+    """(slug, focus) per department from the outline reply; empty when unreadable."""
+    found = first_object(text) or {}
+    entries = found.get("departments") if isinstance(found.get("departments"), list) else []
+    outline: dict[str, str] = {}
+    for entry in entries:
+        slug = _slug(entry.get("slug") if isinstance(entry, dict) else entry)
+        focus = entry.get("focus") if isinstance(entry, dict) else None
+        if slug and slug not in outline:
+            outline[slug] = focus.strip() if isinstance(focus, str) else ""
+    return list(outline.items())[:limit]
+
+
+def parse_items(text: str, limit: int) -> list[dict[str, str]]:
+    """Gather items ({content, summary, context}) with non-blank content, at most `limit`."""
+    found = first_object(text) or {}
+    entries = found.get("items") if isinstance(found.get("items"), list) else []
+    items = []
+    for entry in entries:
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("content"), str)
+            or not entry["content"].strip()
+        ):
+            continue
+        item = {"content": entry["content"].strip()}
+        for key in ("summary", "context"):
+            item[key] = entry[key].strip() if isinstance(entry.get(key), str) else ""
+        items.append(item)
+    return items[:limit]
+
+
+@attrs.define
+class Workflow:
+    """The outline call, then one call per department; stops early before a call that would pass the deadline."""
+
+    client: ChatClient
+    data: AutomatedGatherCreationInput
+    progress: Progress
+    deadline: float
+    calls: int = 0
+    tokens: int = 0
+    slowest: float = 0.0
+
+    async def ask(self, system: str, user: str) -> str:
+        started = time.monotonic()
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        reply = await self.client.complete(messages, json_mode=True)
+        self.calls += 1
+        self.tokens += reply.total_tokens
+        self.slowest = max(self.slowest, time.monotonic() - started)
+        return reply.content
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() + self.slowest > self.deadline
+
+    async def outline(self) -> tuple[list[tuple[str, str]], bool]:
+        if self.data.departments:
+            chosen = [(slug, "") for slug in dict.fromkeys(filter(None, map(_slug, self.data.departments)))]
+            return chosen, False
+        await self.progress(0.05, "outlining_departments")
+        outline = parse_outline(await self.ask(OUTLINE_PROMPT.format(limit=12), f"Brief:\n{self.data.brief}"))
+        return (outline, False) if outline else ([(slug, "") for slug in DEFAULT_DEPARTMENTS], True)
+
+    async def run(self) -> dict[str, Any]:
+        departments, defaulted = await self.outline()
+        gathered: dict[str, list[dict[str, str]]] = {}
+        failed: dict[str, str] = {}
+        stopped = None
+        last_error: ProviderError | None = None
+        for number, (slug, focus) in enumerate(departments):
+            if self.out_of_time():
+                stopped = "soft time limit"
+                break
+            await self.progress(0.1 + 0.85 * number / len(departments), f"gathering_{slug}")
+            prompt = f"Brief:\n{self.data.brief}" + (f"\n\nThis department covers: {focus}" if focus else "")
+            try:
+                text = await self.ask(
+                    ITEMS_PROMPT.format(slug=slug, count=self.data.items_per_department), prompt
+                )
+            except ProviderError as exc:
+                failed[slug], last_error = exc.reason, exc
+                continue
+            except SoftTimeLimitExceeded:
+                stopped = "soft time limit"
+                break
+            items = parse_items(text, self.data.items_per_department)
+            if items:
+                gathered[slug] = items
+            else:
+                failed[slug] = "unreadable reply"
+        if not gathered and last_error is not None:
+            raise last_error
+        return {
+            "gather_data": gathered,
+            "departments": [
+                {"slug": slug, "focus": focus, "item_count": len(gathered.get(slug, []))}
+                for slug, focus in departments
+            ],
+            "complete": stopped is None and not failed,
+            "stopped_early": stopped,
+            "failed_departments": failed,
+            "default_departments_used": defaulted,
+            "metadata": {"model": self.client.model, "llm_calls": self.calls, "tokens_used": self.tokens},
+        }
+
+
+async def run(ctx: TaskContext, data: AutomatedGatherCreationInput) -> dict[str, Any]:
+    """Outline departments from the brief (unless given), then ask for items per department."""
+    started = time.monotonic()
+    if not ctx.config.providers.llm.base_url.strip():
+        raise TaskError(
+            "No LLM provider configured: set providers.llm.base_url (TASKD_PROVIDERS__LLM__BASE_URL)"
+        )
+    budget = (TASK.soft_time_limit or 540.0) - 10.0
+    workflow = Workflow(ChatClient(ctx.config.providers.llm, ctx.http), data, ctx.progress, started + budget)
+    try:
+        result = await workflow.run()
+    except SoftTimeLimitExceeded:
+        raise TaskError("Soft time limit reached before any department was gathered") from None
+    result["processing_time"] = round(time.monotonic() - started, 1)
+    await ctx.progress(1.0, "done")
+    return result
+
+
 TASK = TaskType(
     name="automated_gather_creation",
     input=AutomatedGatherCreationInput,
     queue="cpu_intensive",
     expected_duration=240.0,
+    handler=run,
     soft_time_limit=540.0,
     hard_time_limit=600.0,
 )

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import attrs
 
-from taskd.jobs.spec import TaskType
+from taskd.jobs.images_api import ImagesClient
+from taskd.jobs.spec import TaskContext, TaskError, TaskType
+from taskd.media import download, ffmpeg
+from taskd.media.publish import publish
+from taskd.media.scratch import scratch_dir
+from taskd.media.store import scratch_root
 from taskd.validation import http_url, max_length, not_blank, one_of, resolution
 
 QUALITIES = ("low", "medium", "high", "standard", "hd", "auto")
@@ -30,11 +38,62 @@ class GenerateImageInput:
     quality: str = attrs.field(default="high", validator=one_of(QUALITIES, "Quality"))
 
 
+def compose_prompt(data: GenerateImageInput) -> str:
+    """The prompt with character, pose and lighting, and the style guide and references as URLs."""
+    lines = [data.prompt.strip()]
+    for label, value in (("Character", data.character_id), ("Pose", data.pose), ("Lighting", data.lighting)):
+        if value:
+            lines.append(f"{label}: {value.replace('_', ' ')}.")
+    if data.style_guide:
+        lines.append(f"Follow the style guide: {data.style_guide}")
+    if data.reference_images:
+        lines.append("Reference images: " + " ".join(data.reference_images))
+    return "\n".join(lines)
+
+
+async def _image_file(ctx: TaskContext, image: Any, workdir: Path) -> Path:
+    limits = download.Limits.from_config(ctx.config.media)
+    if image.url is not None:
+        return await download.fetch(
+            ctx.http, image.url, workdir / "image", kind="image", limits=limits, what="Generated image"
+        )
+    if len(image.data) > limits.max_bytes:
+        raise TaskError(f"Generated image is larger than the {limits.max_bytes} byte limit")
+    ext = download.sniff(image.data[:16], "image")
+    if ext is None:
+        raise TaskError("Image provider returned data that is not a PNG, JPEG, GIF, BMP or WebP image")
+    path = workdir / f"image.{ext}"
+    path.write_bytes(image.data)
+    return path
+
+
+async def run(ctx: TaskContext, data: GenerateImageInput) -> dict[str, Any]:
+    """Ask the Images API for one image and store it; metadata is measured from the stored file."""
+    client = ImagesClient(ctx.config.providers.image, ctx.http)
+    await ctx.progress(0.1, "generating_image")
+    image = await client.generate(compose_prompt(data), data.resolution, data.quality)
+    await ctx.progress(0.8, "storing_media")
+    with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
+        path = await _image_file(ctx, image, workdir)
+        info = await ffmpeg.probe(path)
+        ext = path.suffix.lstrip(".")
+        metadata = {
+            "resolution": info.resolution,
+            "format": ext,
+            "generation_model": client.model,
+            "revised_prompt": image.revised_prompt,
+        }
+        result = publish(ctx.config, ctx.project_id, path, f"image_{ctx.task_id}.{ext}", metadata)
+    await ctx.progress(1.0, "done")
+    return result
+
+
 TASK = TaskType(
     name="generate_image",
     input=GenerateImageInput,
     queue="gpu_medium",
     expected_duration=45.0,
+    handler=run,
     soft_time_limit=270.0,
     hard_time_limit=300.0,
 )

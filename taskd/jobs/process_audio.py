@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import attrs
 
-from taskd.jobs.spec import TaskType
+from taskd.jobs.spec import TaskContext, TaskError, TaskType
+from taskd.media import audio, download, ffmpeg
+from taskd.media.publish import publish
+from taskd.media.scratch import scratch_dir
+from taskd.media.store import scratch_root
 from taskd.validation import between, http_url, max_length, one_of
+
+MODEL = "taskd-ffmpeg"
 
 
 @attrs.frozen
@@ -16,6 +25,7 @@ class AudioTrack:
     )
     start: float | None = attrs.field(default=None, validator=between(0, 3600, "Start must be 0..3600 s"))
     end: float | None = attrs.field(default=None, validator=between(0, 3600, "End must be 0..3600 s"))
+    offset: float = attrs.field(default=0.0, validator=between(0, 3600, "Offset must be 0..3600 s"))
 
 
 @attrs.frozen
@@ -35,9 +45,104 @@ class ProcessAudioInput:
     )
 
 
+def mix_graph(tracks: list[AudioTrack], sample_rate: int) -> tuple[str, str]:
+    """Trim, gain, resample to stereo and delay each input, then sum them (no level change by amix)."""
+    parts = []
+    for i, track in enumerate(tracks):
+        trim = [f"start={track.start:g}"] if track.start is not None else []
+        trim += [f"end={track.end:g}"] if track.end is not None else []
+        steps = [f"atrim={':'.join(trim)}"] if trim else []
+        steps += [
+            "asetpts=PTS-STARTPTS",
+            f"volume={track.gain_db:g}dB",
+            f"aresample={sample_rate}",
+            "aformat=sample_fmts=fltp:channel_layouts=stereo",
+        ]
+        if track.offset:
+            steps.append(f"adelay={round(track.offset * 1000)}:all=1")
+        parts.append(f"[{i}:a]{','.join(steps)}[a{i}]")
+    if len(tracks) == 1:
+        return ";".join(parts), "a0"
+    inputs = "".join(f"[a{i}]" for i in range(len(tracks)))
+    parts.append(f"{inputs}amix=inputs={len(tracks)}:duration=longest:normalize=0[mix]")
+    return ";".join(parts), "mix"
+
+
+def mix_length(tracks: list[AudioTrack], lengths: list[float | None]) -> float | None:
+    """The mix's expected length from the inputs' lengths (for progress); None if unknown."""
+    ends = []
+    for track, length in zip(tracks, lengths, strict=True):
+        if length is None:
+            return None
+        end = min(length, track.end) if track.end is not None else length
+        ends.append(track.offset + max(0.0, end - (track.start or 0.0)))
+    return max(ends)
+
+
+def _check(data: ProcessAudioInput) -> None:
+    for i, track in enumerate(data.tracks):
+        if track.start is not None and track.end is not None and track.end <= track.start:
+            raise TaskError(f"Track {i}: end ({track.end:g} s) must be after start ({track.start:g} s)")
+    audio.encode_args(data.output_format, data.sample_rate)
+
+
+async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> dict[str, Any]:
+    """Download, (measure,) mix and encode in `workdir`; store the result."""
+    limits = download.Limits.from_config(ctx.config.media)
+    download.check_count([t.url for t in data.tracks], limits, "tracks")
+    files = []
+    for i, track in enumerate(data.tracks):
+        files.append(
+            await download.fetch(
+                ctx.http, track.url, workdir / f"track{i}", kind="audio", limits=limits, what="Track"
+            )
+        )
+        await ctx.progress(0.05 + 0.15 * (i + 1) / len(data.tracks), "fetching_tracks")
+    lengths = [(await ffmpeg.probe(path)).duration for path in files]
+    expected = mix_length(data.tracks, lengths)
+    if expected is not None and expected <= 0:
+        raise TaskError("Nothing is left to mix after trimming")
+    inputs = [arg for path in files for arg in ("-i", str(path))]
+    graph, label = mix_graph(data.tracks, data.sample_rate)
+
+    async def analysing(fraction: float) -> None:
+        await ctx.progress(0.2 + 0.35 * fraction, "measuring_loudness")
+
+    async def mixing(fraction: float) -> None:
+        await ctx.progress(
+            (0.55 if data.normalize else 0.2) + (0.4 if data.normalize else 0.75) * fraction, "mixing"
+        )
+
+    if data.normalize:
+        second = await audio.loudnorm_second_pass(
+            inputs, graph, label, data.target_lufs, workdir, expected, analysing
+        )
+        graph, label = f"{graph};[{label}]{second},aresample={data.sample_rate}[out]", "out"
+    output = workdir / f"mix.{data.output_format}"
+    args = [*inputs, "-filter_complex", graph, "-map", f"[{label}]"]
+    args += [*audio.encode_args(data.output_format, data.sample_rate), str(output)]
+    await ffmpeg.run_ffmpeg(
+        args, log_path=workdir / "ffmpeg.log", duration=expected, progress=mixing, what="Mixing"
+    )
+    await ctx.progress(0.96, "storing_media")
+    metadata = await audio.describe(output, data.output_format, MODEL)
+    metadata["tracks"] = len(data.tracks)
+    return publish(ctx.config, ctx.project_id, output, f"audio_{ctx.task_id}.{data.output_format}", metadata)
+
+
+async def run(ctx: TaskContext, data: ProcessAudioInput) -> dict[str, Any]:
+    """Mix the tracks with their gains and trims, normalise to target_lufs, encode at sample_rate."""
+    _check(data)
+    with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
+        result = await process(ctx, data, workdir)
+    await ctx.progress(1.0, "done")
+    return result
+
+
 TASK = TaskType(
     name="process_audio",
     input=ProcessAudioInput,
     queue="cpu_intensive",
     expected_duration=22.0,
+    handler=run,
 )

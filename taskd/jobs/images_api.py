@@ -1,0 +1,99 @@
+"""A small OpenAI-compatible Images API client (`POST {base_url}/images/generations`) over aiohttp."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import aiohttp
+import attrs
+import orjson
+
+from taskd.config import ImageProvider
+from taskd.jobs.llm import _error_detail
+from taskd.jobs.spec import TaskError, TransientError
+
+NO_PROVIDER = "No image provider configured: set providers.image.base_url (TASKD_PROVIDERS__IMAGE__BASE_URL)"
+
+
+@attrs.frozen
+class GeneratedImage:
+    """The provider's image: its bytes, or a URL to fetch them from."""
+
+    data: bytes | None
+    url: str | None
+    revised_prompt: str | None
+
+
+def quality_for(model: str, quality: str) -> str | None:
+    """The API's quality value: dall-e-3 knows standard/hd, dall-e-2 none, newer models low/medium/high/auto."""
+    name = model.lower()
+    if name.startswith("dall-e-2"):
+        return None
+    if name.startswith("dall-e-3"):
+        return "hd" if quality in ("high", "hd") else "standard"
+    return {"standard": "medium", "hd": "high"}.get(quality, quality)
+
+
+class ImagesClient:
+    """Calls the Images API of `[providers.image]`."""
+
+    def __init__(self, provider: ImageProvider, session: aiohttp.ClientSession) -> None:
+        self._provider = provider
+        self._session = session
+
+    @property
+    def model(self) -> str:
+        """The model name sent with every request."""
+        return self._provider.model
+
+    async def generate(self, prompt: str, size: str, quality: str) -> GeneratedImage:
+        """One image for `prompt`; TransientError for timeouts, 429 and 5xx, TaskError otherwise."""
+        base_url = self._provider.base_url.strip().rstrip("/")
+        if not base_url:
+            raise TaskError(NO_PROVIDER)
+        body: dict[str, Any] = {"model": self._provider.model, "prompt": prompt, "n": 1, "size": size}
+        mapped = quality_for(self._provider.model, quality)
+        if mapped:
+            body["quality"] = mapped
+        headers = {"Content-Type": "application/json"}
+        if self._provider.api_key:
+            headers["Authorization"] = f"Bearer {self._provider.api_key}"
+        timeout = aiohttp.ClientTimeout(total=self._provider.timeout)
+        try:
+            async with self._session.post(
+                f"{base_url}/images/generations", data=orjson.dumps(body), headers=headers, timeout=timeout
+            ) as resp:
+                status, raw = resp.status, await resp.read()
+        except TimeoutError:
+            raise TransientError(
+                f"Image provider did not answer within {self._provider.timeout:g}s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"Image provider unreachable: {self._redact(str(exc))}") from None
+        if status >= 400:
+            detail = self._redact(_error_detail(raw))
+            error = TransientError if status == 429 or status >= 500 else TaskError
+            raise error(f"Image provider returned HTTP {status}" + (f": {detail}" if detail else ""))
+        return _parse(raw)
+
+    def _redact(self, text: str) -> str:
+        key = self._provider.api_key
+        return text.replace(key, "***") if key else text
+
+
+def _parse(raw: bytes) -> GeneratedImage:
+    try:
+        item = orjson.loads(raw)["data"][0]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        raise TaskError("Image provider sent a malformed reply") from None
+    revised = item.get("revised_prompt") if isinstance(item.get("revised_prompt"), str) else None
+    if isinstance(item.get("b64_json"), str):
+        try:
+            return GeneratedImage(base64.b64decode(item["b64_json"], validate=True), None, revised)
+        except (binascii.Error, ValueError):
+            raise TaskError("Image provider sent invalid base64 image data") from None
+    if isinstance(item.get("url"), str):
+        return GeneratedImage(None, item["url"], revised)
+    raise TaskError("Image provider reply has neither b64_json nor url")

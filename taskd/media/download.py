@@ -1,0 +1,117 @@
+"""Bounded downloads of task inputs: http(s) only, a size cap, a time cap, and a content check."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import attrs
+
+from taskd.config import MediaConfig
+from taskd.jobs.spec import TaskError, TransientError
+
+_CHUNK = 64 * 1024
+
+# Leading bytes of the formats ffmpeg is asked to read, by kind.
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+)
+_AUDIO_MAGIC = (
+    (b"ID3", "mp3"),
+    (b"\xff\xfb", "mp3"),
+    (b"\xff\xf3", "mp3"),
+    (b"\xff\xf2", "mp3"),
+    (b"fLaC", "flac"),
+    (b"OggS", "ogg"),
+)
+
+
+@attrs.frozen
+class Limits:
+    """How much one task may download."""
+
+    max_bytes: int
+    max_inputs: int
+    timeout: float
+
+    @classmethod
+    def from_config(cls, media: MediaConfig) -> Limits:
+        """The limits of the `[media]` section."""
+        return cls(media.max_download_bytes, media.max_inputs, media.download_timeout)
+
+
+def sniff(head: bytes, kind: str) -> str | None:
+    """The file type by its first bytes (`png`, `jpg`, `wav`, ...), or None if it is not a `kind`."""
+    if kind == "image":
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return "webp"
+        return next((ext for magic, ext in _IMAGE_MAGIC if head.startswith(magic)), None)
+    if kind == "audio":
+        if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+            return "wav"
+        if head[4:8] == b"ftyp":
+            return "m4a"
+        return next((ext for magic, ext in _AUDIO_MAGIC if head.startswith(magic)), None)
+    if kind == "json":
+        return "json" if head.lstrip()[:1] in (b"{", b"[") else None
+    raise ValueError(kind)
+
+
+def check_count(urls: list[str], limits: Limits, what: str) -> None:
+    """TaskError when a task asks for more inputs than `media.max_inputs`."""
+    if len(urls) > limits.max_inputs:
+        raise TaskError(f"Too many {what}: {len(urls)} given, at most {limits.max_inputs} allowed")
+
+
+async def fetch(
+    session: aiohttp.ClientSession, url: str, dest: Path, *, kind: str, limits: Limits, what: str = "Input"
+) -> Path:
+    """Download `url` to `dest` + the sniffed extension; TaskError naming the URL when it cannot be used."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise TaskError(f"{what} {url} is not an http(s) URL")
+    written = 0
+    ext = None
+    part = dest.with_suffix(".part")
+    try:
+        async with asyncio.timeout(limits.timeout):
+            async with session.get(url, allow_redirects=True, max_redirects=5) as resp:
+                if resp.status >= 400:
+                    error = TransientError if resp.status >= 500 or resp.status == 429 else TaskError
+                    raise error(f"{what} {url} could not be fetched: HTTP {resp.status}")
+                if resp.content_length is not None and resp.content_length > limits.max_bytes:
+                    raise TaskError(_too_big(what, url, limits))
+                with part.open("wb") as out:
+                    async for chunk in resp.content.iter_chunked(_CHUNK):
+                        if written == 0:
+                            ext = sniff(chunk[:16], kind)
+                            if ext is None:
+                                ctype = resp.headers.get("Content-Type", "unknown type")
+                                raise TaskError(f"{what} {url} is not a supported {kind} file ({ctype})")
+                        written += len(chunk)
+                        if written > limits.max_bytes:
+                            raise TaskError(_too_big(what, url, limits))
+                        out.write(chunk)
+    except TimeoutError:
+        part.unlink(missing_ok=True)
+        raise TransientError(f"{what} {url} did not download within {limits.timeout:g}s") from None
+    except aiohttp.ClientError as exc:
+        part.unlink(missing_ok=True)
+        raise TaskError(f"{what} {url} is unreachable: {type(exc).__name__}: {exc}") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if written == 0 or ext is None:
+        part.unlink(missing_ok=True)
+        raise TaskError(f"{what} {url} is empty")
+    final = dest.with_suffix(f".{ext}")
+    part.rename(final)
+    return final
+
+
+def _too_big(what: str, url: str, limits: Limits) -> str:
+    return f"{what} {url} is larger than the {limits.max_bytes} byte limit (media.max_download_bytes)"

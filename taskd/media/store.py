@@ -1,0 +1,133 @@
+"""The media store: task outputs under `media.dir/<project_id>/`, served at signed, expiring URLs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import attrs
+
+from taskd.config import Config
+
+SECRET_FILE = "media_secret"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+
+
+def media_dir(config: Config) -> Path:
+    """Where media files live: `media.dir`, or `<data_dir>/media`."""
+    return Path(config.media.dir).expanduser().resolve() if config.media.dir else config.data_path / "media"
+
+
+def scratch_root(config: Config) -> Path:
+    """Where per-task scratch directories are made: `media.scratch_dir`, or `<data_dir>/scratch`."""
+    if config.media.scratch_dir:
+        return Path(config.media.scratch_dir).expanduser().resolve()
+    return config.data_path / "scratch"
+
+
+def base_url(config: Config) -> str:
+    """The absolute URL media links start with: `media.base_url`, or taskd's own HTTP address."""
+    if config.media.base_url:
+        return config.media.base_url.rstrip("/")
+    host = config.http.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.http.port}"
+
+
+def load_secret(config: Config) -> bytes:
+    """The signing key: `media.secret`, or one made once and kept (mode 0600) in `<data_dir>/media_secret`."""
+    if config.media.secret:
+        return config.media.secret.encode()
+    path = config.data_path / SECRET_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_hex(32).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as out:
+        out.write(made)
+    return made
+
+
+def valid_name(name: str) -> bool:
+    """True for a safe path segment: a project id or a file name, never `..` or a hidden file."""
+    return bool(_NAME.match(name)) and ".." not in name
+
+
+@attrs.frozen
+class StoredMedia:
+    """A file in the store and its signed URL."""
+
+    path: Path
+    url: str
+    file_size: int
+
+
+class MediaStore:
+    """Stores files per project and signs and checks download URLs."""
+
+    def __init__(self, root: Path, base: str, secret: bytes, ttl: int) -> None:
+        self.root = root
+        self.base = base
+        self._secret = secret
+        self.ttl = ttl
+
+    @classmethod
+    def from_config(cls, config: Config) -> MediaStore:
+        """The store `config` describes."""
+        return cls(media_dir(config), base_url(config), load_secret(config), config.media.url_ttl)
+
+    def path_of(self, project_id: str, filename: str) -> Path | None:
+        """The file's path, or None for an unsafe name."""
+        if not (valid_name(project_id) and valid_name(filename)):
+            return None
+        return self.root / project_id / filename
+
+    def put(self, project_id: str, filename: str, source: Path) -> StoredMedia:
+        """Move `source` into the project's folder (atomically when on one filesystem) and sign its URL."""
+        target = self.path_of(project_id, filename)
+        if target is None:
+            raise ValueError(f"unsafe media name {project_id}/{filename}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{filename}.partial")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+        return StoredMedia(target, self.url(project_id, filename), target.stat().st_size)
+
+    def signature(self, project_id: str, filename: str, expires: int) -> str:
+        """HMAC-SHA256 of `<project_id>/<filename>:<expires>` under the server secret, hex."""
+        message = f"{project_id}/{filename}:{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def url(self, project_id: str, filename: str, now: float | None = None) -> str:
+        """The absolute download URL, valid for `ttl` seconds from now."""
+        expires = int(now if now is not None else time.time()) + self.ttl
+        sig = self.signature(project_id, filename, expires)
+        return f"{self.base}/media/{project_id}/{filename}?expires={expires}&sig={sig}"
+
+    def check(
+        self, project_id: str, filename: str, expires: str, sig: str, now: float | None = None
+    ) -> str | None:
+        """None if the signature is good and unexpired, else why not."""
+        if not expires.isdigit():
+            return "Media link is missing a valid expiry"
+        expected = self.signature(project_id, filename, int(expires))
+        if not hmac.compare_digest(expected.encode(), sig.encode()):
+            return "Media link signature is invalid"
+        if int(expires) < (now if now is not None else time.time()):
+            return "Media link has expired"
+        return None

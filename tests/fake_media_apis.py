@@ -1,0 +1,187 @@
+"""Loopback servers for the media tests: static files, an OpenAI-compatible Images API and speech API."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import math
+import struct
+import wave
+from typing import Any
+
+import orjson
+from aiohttp import web
+from PIL import Image
+
+
+def png(width: int = 64, height: int = 48, colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    """A small PNG with a stripe, so pan/zoom has something to move."""
+    image = Image.new("RGB", (width, height), colour)
+    for x in range(width // 3, width // 3 + max(1, width // 8)):
+        for y in range(height):
+            image.putpixel((x, y), (255, 255, 255))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def sine_wav(seconds: float = 2.0, freq: float = 440.0, amplitude: float = 0.3, rate: int = 44100) -> bytes:
+    """A mono 16-bit sine tone as WAV bytes."""
+    frames = b"".join(
+        struct.pack("<h", int(amplitude * 32767 * math.sin(2 * math.pi * freq * n / rate)))
+        for n in range(int(seconds * rate))
+    )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames)
+    return out.getvalue()
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.requests: list[tuple[str, Any]] = []
+
+    @property
+    def url(self) -> str:
+        """`http://127.0.0.1:<port>`."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Any:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class FileServer(_Server):
+    """Serves bytes at paths; `/slow/...` waits first, `/huge` streams without a length."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, tuple[bytes, str]] = {}
+        self.app.router.add_get("/huge", self._huge)
+        self.app.router.add_get("/slow/{name}", self._slow)
+        self.app.router.add_get("/{name}", self._file)
+
+    def add(self, name: str, body: bytes, content_type: str = "application/octet-stream") -> str:
+        """Serve `body` at `/<name>`; returns its URL."""
+        self.files[name] = (body, content_type)
+        return f"{self.url}/{name}"
+
+    async def _file(self, request: web.Request) -> web.Response:
+        found = self.files.get(request.match_info["name"])
+        if found is None:
+            return web.Response(status=404, text="not found")
+        return web.Response(body=found[0], content_type=found[1])
+
+    async def _slow(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return await self._file(request)
+
+    async def _huge(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "image/png"
+        await resp.prepare(request)
+        await resp.write(png())
+        for _ in range(64):
+            await resp.write(b"\0" * 65536)
+        return resp
+
+
+class FakeImagesAPI(_Server):
+    """`POST /v1/images/generations`: answers with a PNG as b64_json, or as a URL when `as_url`."""
+
+    def __init__(self, *, as_url: bool = False, fail: int | None = None) -> None:
+        super().__init__()
+        self.as_url = as_url
+        self.fail = fail
+        self.image = png(32, 32, (10, 120, 200))
+        self.app.router.add_post("/v1/images/generations", self._generate)
+        self.app.router.add_get("/files/out.png", self._file)
+
+    @property
+    def base_url(self) -> str:
+        """The `/v1` base clients use."""
+        return f"{self.url}/v1"
+
+    async def _generate(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append((request.headers.get("Authorization", ""), body))
+        if self.fail:
+            error = {"error": {"message": f"fake image failure {self.fail}", "type": "server_error"}}
+            return web.Response(status=self.fail, body=orjson.dumps(error), content_type="application/json")
+        item = (
+            {"url": f"{self.url}/files/out.png"}
+            if self.as_url
+            else {"b64_json": base64.b64encode(self.image).decode()}
+        )
+        item["revised_prompt"] = "revised: " + body["prompt"][:20]
+        return web.Response(
+            body=orjson.dumps({"created": 1, "data": [item]}), content_type="application/json"
+        )
+
+    async def _file(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.image, content_type="image/png")
+
+
+class FakeSpeechAPI(_Server):
+    """`POST /v1/audio/speech`: answers with a short sine WAV."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.app.router.add_post("/v1/audio/speech", self._speech)
+
+    @property
+    def base_url(self) -> str:
+        """The `/v1` base clients use."""
+        return f"{self.url}/v1"
+
+    async def _speech(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append((request.headers.get("Authorization", ""), body))
+        return web.Response(body=sine_wav(1.5, rate=24000), content_type="audio/wav")
+
+
+class Progress:
+    """Records every progress report a handler makes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, str | None]] = []
+
+    async def __call__(self, fraction: float, step: str | None) -> None:
+        self.calls.append((fraction, step))
+
+
+def make_ctx(
+    http: Any, config: Any, task_id: str = "task-1", project_id: str = "proj-1"
+) -> tuple[Any, Progress]:
+    """A TaskContext for calling a handler directly."""
+    import attrs
+
+    from taskd.jobs.spec import TaskContext
+
+    sink = Progress()
+    fields: dict[str, Any] = {
+        "task_id": task_id,
+        "project_id": project_id,
+        "attempt": 1,
+        "config": config,
+        "http": http,
+        "metadata": {},
+        "sink": sink,
+    }
+    if "max_attempts" in attrs.fields_dict(TaskContext):
+        fields["max_attempts"] = 1
+    return TaskContext(**fields), sink

@@ -1,0 +1,107 @@
+"""process_audio: real ffmpeg mixing, trimming and EBU R128 normalisation of generated sine WAVs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from fake_media_apis import FileServer, make_ctx, png, sine_wav
+
+from taskd.config import Config, MediaConfig
+from taskd.jobs import process_audio
+from taskd.jobs.process_audio import AudioTrack, ProcessAudioInput
+from taskd.jobs.spec import TaskError
+from taskd.media import ffmpeg
+from taskd.media.store import MediaStore
+
+
+@pytest.fixture
+async def files() -> AsyncIterator[FileServer]:
+    async with FileServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def media_config(tmp_path: Path) -> Config:
+    media = MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch"))
+    return Config(data_dir=str(tmp_path / "data"), media=media)
+
+
+def stored_file(config: Config, media_url: str) -> Path:
+    return MediaStore.from_config(config).root / media_url.split("?")[0].removeprefix(
+        "http://media.test/media/"
+    )
+
+
+async def test_tracks_are_mixed_and_normalised_to_the_target(tmp_path, files, http):
+    voice = files.add("voice.wav", sine_wav(4.0, 440, 0.05))
+    rain = files.add("rain.wav", sine_wav(4.0, 220, 0.3, rate=22050))
+    config = media_config(tmp_path)
+    ctx, sink = make_ctx(http, config)
+    data = ProcessAudioInput(
+        tracks=[AudioTrack(voice), AudioTrack(rain, gain_db=-12)],
+        target_lufs=-18,
+        output_format="wav",
+        sample_rate=48000,
+    )
+
+    result = await process_audio.run(ctx, data)
+
+    path = stored_file(config, result["media_url"])
+    loudness = await ffmpeg.integrated_loudness(path)
+    assert loudness == pytest.approx(-18, abs=1.0)
+    meta = result["metadata"]
+    assert meta["loudness_lufs"] == pytest.approx(loudness, abs=0.05)
+    assert (meta["sample_rate"], meta["channels"], meta["format"]) == (48000, 2, "wav")
+    assert meta["duration"] == pytest.approx(4.0, abs=0.1)
+    assert meta["file_size"] == path.stat().st_size
+    steps = [step for _, step in sink.calls]
+    assert steps.index("measuring_loudness") < steps.index("mixing") < steps.index("done")
+    assert not list((tmp_path / "scratch").iterdir())
+
+
+async def test_trim_and_offset_set_the_mix_length_and_mp3_rate(tmp_path, files, http):
+    tone = files.add("tone.wav", sine_wav(3.0))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    tracks = [AudioTrack(tone, start=0.5, end=2.0), AudioTrack(tone, start=2.0, offset=1.0)]
+    data = ProcessAudioInput(tracks=tracks, normalize=False, output_format="mp3", sample_rate=22050)
+
+    result = await process_audio.run(ctx, data)
+
+    meta = result["metadata"]
+    assert meta["duration"] == pytest.approx(2.0, abs=0.1)  # second track: 1 s offset + 1 s left
+    assert (meta["sample_rate"], meta["format"]) == (22050, "mp3")
+    assert result["media_url"].startswith("http://media.test/media/proj-1/audio_task-1.mp3?")
+
+
+async def test_end_before_start_is_refused(tmp_path, files, http):
+    ctx, _ = make_ctx(http, media_config(tmp_path))
+    data = ProcessAudioInput(tracks=[AudioTrack(files.add("a.wav", sine_wav(1)), start=2, end=1)])
+
+    with pytest.raises(TaskError, match=r"Track 0: end \(1 s\) must be after start \(2 s\)"):
+        await process_audio.run(ctx, data)
+
+
+async def test_mp3_at_an_impossible_rate_is_refused(tmp_path, files, http):
+    ctx, _ = make_ctx(http, media_config(tmp_path))
+    data = ProcessAudioInput(tracks=[AudioTrack(files.add("a.wav", sine_wav(1)))], sample_rate=96000)
+
+    with pytest.raises(TaskError, match="MP3 cannot have a sample rate of 96000"):
+        await process_audio.run(ctx, data)
+
+
+async def test_an_image_given_as_a_track_is_refused(tmp_path, files, http):
+    ctx, _ = make_ctx(http, media_config(tmp_path))
+    data = ProcessAudioInput(tracks=[AudioTrack(files.add("p.png", png(), "image/png"))])
+
+    with pytest.raises(TaskError, match=r"is not a supported audio file \(image/png\)"):
+        await process_audio.run(ctx, data)
+    assert not list((tmp_path / "scratch").iterdir())

@@ -1,0 +1,131 @@
+"""automated_gather_creation against the fake OpenAI server: its output is evaluate_department's gather_data."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+import pytest
+from fake_media_apis import make_ctx
+from fake_openai import FakeOpenAI
+
+from taskd.config import Config, LlmProvider, ProvidersConfig
+from taskd.jobs import automated_gather_creation as gather
+from taskd.jobs import evaluate_department
+from taskd.jobs.automated_gather_creation import AutomatedGatherCreationInput, Workflow
+from taskd.jobs.llm import ChatClient, ProviderError
+from taskd.jobs.registry import default_registry
+
+
+def items(slug: str, count: int) -> str:
+    body = [
+        {"content": f"{slug} material {i}", "summary": f"{slug} {i}", "context": "noir"} for i in range(count)
+    ]
+    return "Here you go:\n```json\n" + orjson.dumps({"items": body}).decode() + "\n```"
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def config(llm: FakeOpenAI) -> Config:
+    return Config(
+        providers=ProvidersConfig(llm=LlmProvider(base_url=llm.base_url, model="test-model", timeout=5))
+    )
+
+
+async def test_brief_becomes_gather_data_that_evaluate_department_accepts(llm, http):
+    llm.reply(
+        orjson.dumps({"departments": [{"slug": "Story", "focus": "plot"}, {"slug": "character"}]}).decode()
+    )
+    llm.reply(items("story", 3))
+    llm.reply(items("character", 3))
+    ctx, sink = make_ctx(http, config(llm))
+
+    result = await gather.run(
+        ctx, AutomatedGatherCreationInput("A noir detective series.", items_per_department=3)
+    )
+
+    assert list(result["gather_data"]) == ["story", "character"]
+    assert result["gather_data"]["story"][0] == {
+        "content": "story material 0",
+        "summary": "story 0",
+        "context": "noir",
+    }
+    registry = default_registry()
+    for slug, gathered in result["gather_data"].items():
+        task_data = {"department_slug": slug, "department_number": 1, "gather_data": gathered}
+        parsed = registry.parse_input(evaluate_department.TASK, task_data)
+        assert len(parsed.gather_data) == 3
+    assert result["complete"] is True and result["metadata"]["llm_calls"] == 3
+    assert "plot" in llm.requests[1].json["messages"][1]["content"]
+    steps = [step for _, step in sink.calls]
+    assert steps == ["outlining_departments", "gathering_story", "gathering_character", "done"]
+
+
+async def test_given_departments_skip_the_outline_and_cap_items(llm, http):
+    llm.reply(items("story", 5))
+    ctx, _ = make_ctx(http, config(llm))
+
+    result = await gather.run(
+        ctx, AutomatedGatherCreationInput("brief", departments=["story"], items_per_department=2)
+    )
+
+    assert len(result["gather_data"]["story"]) == 2
+    assert len(llm.requests) == 1
+
+
+async def test_a_failed_department_is_reported_and_the_rest_kept(llm, http):
+    llm.fail(503)
+    llm.reply(items("audio", 1))
+    ctx, _ = make_ctx(http, config(llm))
+
+    result = await gather.run(ctx, AutomatedGatherCreationInput("brief", departments=["story", "audio"]))
+
+    assert list(result["gather_data"]) == ["audio"]
+    assert result["failed_departments"] == {"story": "HTTP 503"}
+    assert result["complete"] is False
+
+
+async def test_all_departments_failing_raises_the_provider_error(llm, http):
+    llm.fail(401)
+    ctx, _ = make_ctx(http, config(llm))
+
+    with pytest.raises(ProviderError):
+        await gather.run(ctx, AutomatedGatherCreationInput("brief", departments=["story"]))
+
+
+async def test_workflow_stops_cleanly_before_the_deadline(llm, http):
+    llm.reply(items("story", 1))
+    client = ChatClient(config(llm).providers.llm, http)
+
+    async def progress(_: float, __: str) -> None:
+        pass
+
+    workflow = Workflow(
+        client, AutomatedGatherCreationInput("b", departments=["story", "audio"]), progress, 0.0
+    )
+    workflow.slowest = 0.0
+    result = await workflow.run()
+
+    assert result["stopped_early"] == "soft time limit"
+    assert result["gather_data"] == {} and len(llm.requests) == 0
+
+
+async def test_unreadable_outline_falls_back_to_default_departments(llm, http):
+    llm.reply("no json here")
+    ctx, _ = make_ctx(http, config(llm))
+
+    result = await gather.run(ctx, AutomatedGatherCreationInput("brief", items_per_department=1))
+
+    assert result["default_departments_used"] is True
+    assert [d["slug"] for d in result["departments"]] == list(gather.DEFAULT_DEPARTMENTS)

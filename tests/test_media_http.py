@@ -1,0 +1,108 @@
+"""End to end through the HTTP API: a media task's result is served at its signed URL, and only there."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from conftest import API_KEY
+from fake_media_apis import FileServer, sine_wav
+
+from taskd.config import MediaConfig
+from taskd.media import ffmpeg
+from taskd.media.store import MediaStore
+
+
+@pytest.fixture
+async def files() -> AsyncIterator[FileServer]:
+    async with FileServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def served(start_service, tmp_path, files):
+    media = MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch"))
+    running = await start_service(media=media)
+    task = await running.submit(
+        "process_audio",
+        {
+            "tracks": [{"url": files.add("tone.wav", sine_wav(2.0))}],
+            "output_format": "wav",
+            "target_lufs": -20,
+        },
+        project_id="noir_001",
+    )
+    body = await running.wait_terminal(task["task_id"], timeout=30)
+    assert body["status"] == "completed", body
+    return running, body
+
+
+async def get(running, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession(base_url=running.base_url) as anonymous,
+        anonymous.get(path, headers=headers or {}) as resp,
+    ):
+        return resp.status, await resp.read()
+
+
+def local(media_url: str) -> str:
+    parts = urlsplit(media_url)
+    return f"{parts.path}?{parts.query}"
+
+
+async def test_completed_task_result_has_a_signed_absolute_media_url(served, tmp_path):
+    running, body = served
+    result = body["result"]
+
+    assert result["media_url"].startswith(
+        f"http://media.test/media/noir_001/audio_{body['task_id']}.wav?expires="
+    )
+    assert result["payload_media_id"] is None
+    assert result["metadata"]["loudness_lufs"] == pytest.approx(-20, abs=1)
+    status, data = await get(running, local(result["media_url"]))
+    assert status == 200
+    assert len(data) == result["metadata"]["file_size"]
+    assert not list((tmp_path / "scratch").iterdir())
+
+
+async def test_media_is_served_with_the_api_key_alone(served):
+    running, body = served
+    path = urlsplit(body["result"]["media_url"]).path
+
+    assert (await get(running, path, {"X-API-Key": API_KEY}))[0] == 200
+    status, data = await get(running, path)
+    assert status == 401
+    assert b"authentication_failed" in data
+
+
+async def test_tampered_and_expired_signatures_are_refused(served):
+    running, body = served
+    url = local(body["result"]["media_url"])
+    store = MediaStore.from_config(running.service.config)
+    filename = urlsplit(url).path.rsplit("/", 1)[1]
+
+    status, data = await get(running, url[:-4] + "0000")
+    assert (status, b"signature is invalid" in data) == (403, True)
+    expired = store.url("noir_001", filename, now=time.time() - store.ttl - 5)
+    status, data = await get(running, local(expired))
+    assert (status, b"Media link has expired" in data) == (403, True)
+
+
+async def test_unknown_or_unsafe_media_paths_are_404(served):
+    running, _ = served
+    headers = {"X-API-Key": API_KEY}
+
+    assert (await get(running, "/media/noir_001/nothing.wav", headers))[0] == 404
+    assert (await get(running, "/media/noir_001/..%2Fmedia_secret", headers))[0] == 404
+
+
+async def test_stored_media_is_real_audio(served):
+    running, body = served
+    store = MediaStore.from_config(running.service.config)
+    path = store.root / urlsplit(body["result"]["media_url"]).path.removeprefix("/media/")
+
+    info = await ffmpeg.probe(path)
+    assert info.duration == pytest.approx(2.0, abs=0.1)

@@ -1,0 +1,191 @@
+"""generate_image and generate_character_voice against loopback fakes, and espeak-ng when installed."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, FileServer, make_ctx, sine_wav
+
+from taskd.config import Config, ImageProvider, MediaConfig, ProvidersConfig, SpeechProvider
+from taskd.jobs import generate_character_voice, generate_image
+from taskd.jobs.generate_character_voice import GenerateCharacterVoiceInput
+from taskd.jobs.generate_image import GenerateImageInput
+from taskd.jobs.spec import TaskError
+from taskd.media.store import MediaStore
+
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"
+)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def files() -> AsyncIterator[FileServer]:
+    async with FileServer() as server:
+        yield server
+
+
+def config_for(tmp_path: Path, **providers: object) -> Config:
+    media = MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch"))
+    return Config(data_dir=str(tmp_path / "data"), media=media, providers=ProvidersConfig(**providers))
+
+
+def stored_file(config: Config, media_url: str) -> Path:
+    return MediaStore.from_config(config).root / media_url.split("?")[0].removeprefix(
+        "http://media.test/media/"
+    )
+
+
+# generate_image
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["b64_json", "url"])
+async def test_image_from_the_api_is_stored_and_measured(tmp_path, http, as_url):
+    async with FakeImagesAPI(as_url=as_url) as api:
+        config = config_for(
+            tmp_path, image=ImageProvider(base_url=api.base_url, api_key="sk-img", model="gpt-image-1")
+        )
+        ctx, _ = make_ctx(http, config)
+        data = GenerateImageInput(
+            prompt="1920s detective",
+            character_id="detective_jones",
+            pose="standing_confident",
+            reference_images=["https://media.example/ref1.jpg"],
+            resolution="1024x1536",
+            quality="hd",
+        )
+
+        result = await generate_image.run(ctx, data)
+
+    auth, body = api.requests[0]
+    assert auth == "Bearer sk-img"
+    assert (body["model"], body["size"], body["quality"], body["n"]) == (
+        "gpt-image-1",
+        "1024x1536",
+        "high",
+        1,
+    )
+    assert "Character: detective jones." in body["prompt"] and "Pose: standing confident." in body["prompt"]
+    assert "Reference images: https://media.example/ref1.jpg" in body["prompt"]
+    meta = result["metadata"]
+    assert (meta["resolution"], meta["format"], meta["generation_model"]) == ("32x32", "png", "gpt-image-1")
+    assert stored_file(config, result["media_url"]).read_bytes() == api.image
+    assert meta["revised_prompt"].startswith("revised: ")
+
+
+async def test_dalle3_quality_is_mapped_to_standard_or_hd(tmp_path, http):
+    async with FakeImagesAPI() as api:
+        config = config_for(tmp_path, image=ImageProvider(base_url=api.base_url, model="dall-e-3"))
+        ctx, _ = make_ctx(http, config)
+        await generate_image.run(ctx, GenerateImageInput(prompt="x", quality="medium"))
+    assert api.requests[0][1]["quality"] == "standard"
+
+
+async def test_image_provider_error_is_reported(tmp_path, http):
+    async with FakeImagesAPI(fail=400) as api:
+        ctx, _ = make_ctx(http, config_for(tmp_path, image=ImageProvider(base_url=api.base_url)))
+        with pytest.raises(TaskError, match="Image provider returned HTTP 400: fake image failure 400"):
+            await generate_image.run(ctx, GenerateImageInput(prompt="x"))
+
+
+async def test_image_without_a_provider_says_how_to_configure_one(tmp_path, http):
+    ctx, _ = make_ctx(http, config_for(tmp_path))
+    with pytest.raises(TaskError, match=r"No image provider configured: set providers\.image\.base_url"):
+        await generate_image.run(ctx, GenerateImageInput(prompt="x"))
+
+
+# generate_character_voice
+
+
+async def test_voice_from_the_speech_api_with_pace_and_built_in_rain(tmp_path, http):
+    async with FakeSpeechAPI() as api:
+        provider = SpeechProvider(
+            base_url=api.base_url, api_key="sk-tts", model="gpt-4o-mini-tts", voice="alloy"
+        )
+        config = config_for(tmp_path, speech=provider)
+        ctx, _ = make_ctx(http, config)
+        data = GenerateCharacterVoiceInput(
+            text="I've been expecting you.",
+            emotion="mysterious",
+            pace="slow",
+            background_noise="rain_ambience",
+            output_format="wav",
+            sample_rate=22050,
+        )
+
+        result = await generate_character_voice.run(ctx, data)
+
+    _, body = api.requests[0]
+    assert body["voice"] == "alloy" and body["speed"] == 0.85 and body["input"] == "I've been expecting you."
+    assert body["instructions"] == "Speak in a mysterious tone."
+    meta = result["metadata"]
+    assert (meta["sample_rate"], meta["channels"], meta["format"]) == (22050, 1, "wav")
+    assert meta["duration"] == pytest.approx(1.5, abs=0.1)  # as long as the speech, not the endless rain
+    assert meta["generation_model"] == "gpt-4o-mini-tts"
+    assert stored_file(config, result["media_url"]).stat().st_size == meta["file_size"]
+    assert not list((tmp_path / "scratch").iterdir())
+
+
+async def test_voice_profile_url_picks_the_api_voice(tmp_path, http, files):
+    profile = files.add(
+        "detective.json", orjson.dumps({"voice": "onyx", "espeak_voice": "en-gb"}), "application/json"
+    )
+    async with FakeSpeechAPI() as api:
+        config = config_for(tmp_path, speech=SpeechProvider(base_url=api.base_url, model="tts-1"))
+        ctx, _ = make_ctx(http, config)
+        await generate_character_voice.run(
+            ctx, GenerateCharacterVoiceInput(text="Hi", character_voice_profile=profile, emotion="sad")
+        )
+    assert api.requests[0][1]["voice"] == "onyx"
+    assert "instructions" not in api.requests[0][1]  # tts-1 takes none
+
+
+async def test_no_engine_is_a_clear_error(tmp_path, http, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda _: None)
+    ctx, _ = make_ctx(http, config_for(tmp_path))
+    with pytest.raises(TaskError, match=r"No speech engine available: .* install espeak-ng"):
+        await generate_character_voice.run(ctx, GenerateCharacterVoiceInput(text="Hi"))
+
+
+@needs_espeak
+async def test_espeak_speech_as_mp3_with_a_background_file(tmp_path, http, files):
+    noise = files.add("hum.wav", sine_wav(0.5, 60, 0.2))
+    config = config_for(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateCharacterVoiceInput(
+        text="I have been expecting you, detective.",
+        emotion="angry",
+        pace="fast",
+        background_noise=noise,
+        output_format="mp3",
+        sample_rate=44100,
+    )
+
+    result = await generate_character_voice.run(ctx, data)
+
+    meta = result["metadata"]
+    assert meta["generation_model"] == "espeak-ng"
+    assert (meta["sample_rate"], meta["format"]) == (44100, "mp3")
+    assert 0.8 < meta["duration"] < 6  # longer than the looped 0.5 s background
+    assert meta["loudness_lufs"] is not None
+    assert result["media_url"].startswith("http://media.test/media/proj-1/voice_task-1.mp3?")
+
+
+@needs_espeak
+async def test_espeak_unknown_voice_is_reported(tmp_path, http, files):
+    profile = files.add("p.json", b'{"espeak_voice": "nosuchvoice"}', "application/json")
+    ctx, _ = make_ctx(http, config_for(tmp_path))
+    with pytest.raises(TaskError, match=r"espeak-ng failed \(exit 1\): .*voice does not exist"):
+        await generate_character_voice.run(
+            ctx, GenerateCharacterVoiceInput(text="Hi", character_voice_profile=profile)
+        )
