@@ -1,0 +1,244 @@
+"""`GET /metrics`: Prometheus exposition of the shared counters in Redis, queues, workers, GPUs and this process.
+
+Everything but this process's own figures is read from Redis at scrape time, so any API node
+reports the whole cluster and a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+
+import attrs
+from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from taskd import keys
+from taskd.gpu.nvml import DeviceReading
+from taskd.heartbeat import WorkerInfo, live_workers
+from taskd.http.auth import key_matches
+from taskd.http.context import API, Api
+from taskd.model import ApiError, now
+
+log = logging.getLogger("taskd.http")
+
+# Task counters: metric suffix -> (aggregate field in the metrics hash, per-type field prefix, help).
+TASK_COUNTERS = {
+    "submitted": ("total_tasks", "submitted:", "Tasks submitted (retries included)"),
+    "completed": ("completed_tasks", "duration_count:", "Tasks that completed"),
+    "failed": ("failed_tasks", "failed:", "Tasks that failed"),
+    "retried": ("retried_tasks", "retried:", "Automatic retries scheduled after a failure"),
+    "cancelled": ("cancelled_tasks", "cancelled:", "Tasks cancelled while queued or processing"),
+}
+# Upper bounds (seconds) of the duration histogram buckets the store's finish script counts in
+# `duration_bucket:<type>:<le>` fields (cumulative: a task counts in every bucket it fits).
+DURATION_BUCKETS = keys.DURATION_BUCKETS
+UNTYPED = "unknown"  # counts recorded before per-type counters existed
+
+
+@attrs.frozen
+class Snapshot:
+    """What Redis says at scrape time."""
+
+    counters: dict[str, str]
+    waiting: dict[str, int]
+    running: dict[str, int]
+    oldest_started: dict[str, float | None]
+    workers: list[WorkerInfo]
+    at: float
+
+
+async def take_snapshot(api: Api) -> Snapshot:
+    """Read counters, queues and live workers from Redis."""
+    queues = api.queue_names
+    async with api.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.METRICS)
+        for queue in queues:
+            pipe.zcard(keys.running(queue))
+            pipe.zrange(keys.running(queue), 0, 0, withscores=True)
+        raw, *per_queue = await pipe.execute()
+    running = {queue: per_queue[2 * i] for i, queue in enumerate(queues)}
+    oldest = {
+        queue: (first[0][1] / 1000 if (first := per_queue[2 * i + 1]) else None)
+        for i, queue in enumerate(queues)
+    }
+    return Snapshot(
+        counters={name.decode(): value.decode() for name, value in raw.items()},
+        waiting=await api.queue.waiting(queues),
+        running=running,
+        oldest_started=oldest,
+        workers=await live_workers(api.redis, api.config.worker.heartbeat_ttl),
+        at=now(),
+    )
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _per_type(counters: Mapping[str, str], prefix: str) -> dict[str, float]:
+    return {
+        name.removeprefix(prefix): _number(value)
+        for name, value in counters.items()
+        if name.startswith(prefix) and ":" not in name.removeprefix(prefix)
+    }
+
+
+def task_counters(counters: Mapping[str, str]) -> Iterator[Metric]:
+    """`taskd_tasks_<outcome>_total{task_type}`; counts without a type are labelled `unknown`."""
+    for suffix, (total_field, prefix, help_text) in TASK_COUNTERS.items():
+        family = CounterMetricFamily(
+            f"taskd_tasks_{suffix}", f"{help_text}, by task type", labels=["task_type"]
+        )
+        by_type = _per_type(counters, prefix)
+        for task_type, value in sorted(by_type.items()):
+            family.add_metric([task_type], value)
+        untyped = _number(counters.get(total_field)) - sum(by_type.values())
+        if untyped > 0 or not by_type:
+            family.add_metric([UNTYPED], max(0.0, untyped))
+        yield family
+
+
+def duration_histogram(counters: Mapping[str, str]) -> Metric:
+    """`taskd_task_duration_seconds{task_type}` of completed tasks; only `+Inf` until buckets are counted."""
+    family = HistogramMetricFamily(
+        "taskd_task_duration_seconds", "Run time of completed tasks, by task type", labels=["task_type"]
+    )
+    for task_type, count in sorted(_per_type(counters, "duration_count:").items()):
+        buckets = []
+        for le in DURATION_BUCKETS:
+            field = counters.get(f"duration_bucket:{task_type}:{le}")
+            if field is not None:
+                buckets.append((str(float(le)), _number(field)))
+        buckets.append(("+Inf", count))
+        family.add_metric([task_type], buckets, _number(counters.get(f"duration_sum:{task_type}")))
+    return family
+
+
+def queue_gauges(snapshot: Snapshot) -> Iterator[Metric]:
+    """Waiting and running tasks per queue, and how long the oldest running task has run."""
+    waiting = GaugeMetricFamily("taskd_queue_waiting_tasks", "Tasks waiting to start", labels=["queue"])
+    running = GaugeMetricFamily("taskd_queue_running_tasks", "Tasks processing now", labels=["queue"])
+    oldest = GaugeMetricFamily(
+        "taskd_queue_oldest_running_task_age_seconds",
+        "Seconds the longest-running task of the queue has been processing (0 when none)",
+        labels=["queue"],
+    )
+    for queue in sorted(snapshot.running):
+        waiting.add_metric([queue], snapshot.waiting.get(queue, 0))
+        running.add_metric([queue], snapshot.running[queue])
+        started = snapshot.oldest_started.get(queue)
+        oldest.add_metric([queue], max(0.0, snapshot.at - started) if started is not None else 0.0)
+    yield from (waiting, running, oldest)
+
+
+def worker_gauges(workers: Iterable[WorkerInfo]) -> Iterator[Metric]:
+    """Live worker processes, and each one's RSS and running jobs."""
+    workers = list(workers)
+    yield GaugeMetricFamily(
+        "taskd_workers_live", "Worker processes with a fresh heartbeat", value=len(workers)
+    )
+    rss = GaugeMetricFamily(
+        "taskd_worker_resident_memory_bytes", "RSS of each live worker process", labels=["worker_id", "host"]
+    )
+    jobs = GaugeMetricFamily(
+        "taskd_worker_running_tasks", "Tasks each live worker process runs now", labels=["worker_id", "host"]
+    )
+    for worker in workers:
+        rss.add_metric([worker.worker_id, worker.host], worker.rss_bytes)
+        jobs.add_metric([worker.worker_id, worker.host], worker.running)
+    yield from (rss, jobs)
+
+
+def webhook_counters(counters: Mapping[str, str]) -> Iterator[Metric]:
+    """Webhooks delivered, and given up after every retry."""
+    yield CounterMetricFamily(
+        "taskd_webhooks_delivered",
+        "Webhooks delivered (2xx)",
+        value=_number(counters.get("webhooks_delivered")),
+    )
+    yield CounterMetricFamily(
+        "taskd_webhooks_failed",
+        "Webhooks given up after all retries",
+        value=_number(counters.get("webhooks_failed")),
+    )
+
+
+def gpu_gauges(devices: Iterable[DeviceReading]) -> Iterator[Metric]:
+    """Utilisation and memory of each NVIDIA device of this host."""
+    labels = ["gpu", "name"]
+    util = GaugeMetricFamily("taskd_gpu_utilization_ratio", "GPU utilisation, 0..1", labels=labels)
+    used = GaugeMetricFamily("taskd_gpu_memory_used_bytes", "GPU memory in use", labels=labels)
+    total = GaugeMetricFamily("taskd_gpu_memory_total_bytes", "GPU memory in all", labels=labels)
+    for device in devices:
+        ids = [str(device.index), device.name]
+        util.add_metric(ids, device.utilization / 100.0)
+        used.add_metric(ids, device.memory_used)
+        total.add_metric(ids, device.memory_total)
+    yield from (util, used, total)
+
+
+class SnapshotCollector(Collector):
+    """Yields the metric families of one scrape's snapshot (None: Redis did not answer)."""
+
+    def __init__(self, snapshot: Snapshot | None, devices: list[DeviceReading]) -> None:
+        self.snapshot = snapshot
+        self.devices = devices
+
+    def collect(self) -> Iterator[Metric]:
+        """Every taskd metric family."""
+        up = GaugeMetricFamily(
+            "taskd_redis_up", "1 if Redis answered this scrape", value=self.snapshot is not None
+        )
+        yield up
+        yield from gpu_gauges(self.devices)
+        if self.snapshot is None:
+            return
+        yield from task_counters(self.snapshot.counters)
+        yield duration_histogram(self.snapshot.counters)
+        yield from queue_gauges(self.snapshot)
+        yield from worker_gauges(self.snapshot.workers)
+        yield from webhook_counters(self.snapshot.counters)
+
+
+def exposition(
+    snapshot: Snapshot | None, devices: list[DeviceReading], accept: str = ""
+) -> tuple[bytes, str]:
+    """One scrape (this process's CPU, memory and file descriptors included) and its content type,
+    in the text format or OpenMetrics as the `Accept` header asks."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot, devices))
+    ProcessCollector(namespace="taskd", registry=registry)
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics; no key unless `metrics.require_key` is set."""
+    api = request.app[API]
+    if api.config.metrics.require_key and not key_matches(request.headers.get("X-API-Key", ""), api.api_keys):
+        raise ApiError(401, "authentication_failed", "Invalid or missing API key")
+    try:
+        async with asyncio.timeout(5):
+            snapshot: Snapshot | None = await take_snapshot(api)
+    except Exception as exc:  # a scrape must still answer, saying Redis is down
+        log.warning("metrics scrape could not read Redis: %s", exc)
+        snapshot = None
+    body, content_type = exposition(snapshot, api.gpu.inventory.read(), request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register `/metrics`."""
+    app.router.add_routes(routes)

@@ -1,0 +1,139 @@
+"""Rate limits per API key in Redis, shared by every taskd process (GCRA).
+
+The per-project concurrency limit and the queue length limit are checked in the submit script
+itself (taskd/store.py), atomically with the write.
+
+Each limited response carries the IETF `RateLimit-Policy` and `RateLimit` fields
+(draft-ietf-httpapi-ratelimit-headers), e.g. `RateLimit-Policy: "submit";q=100;w=60` and
+`RateLimit: "submit";r=57;t=12`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import attrs
+from aiohttp import web
+from redis.asyncio import Redis
+
+from taskd import keys
+from taskd.http.context import API
+from taskd.model import RateLimited
+
+WINDOW = 60  # seconds: every limit is "per minute"
+# Which routes spend which quota; a retry creates a task, so it is a submission.
+POLICIES = {
+    ("POST", "/api/v1/tasks/submit"): "submit",
+    ("POST", "/api/v1/tasks/{task_id}/retry"): "submit",
+    ("GET", "/api/v1/tasks/{task_id}/status"): "status",
+}
+
+_HEADERS = web.RequestKey("ratelimit_headers", dict)
+
+# GCRA: one "theoretical arrival time" per key; a request passes if, after adding one emission
+# interval (window / limit), the TAT is at most one window ahead of now. Redis's own clock is
+# used so that every taskd process agrees. Returns allowed, remaining, retry-after ms, reset ms.
+_GCRA = """
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local interval = window / limit
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > window then
+  return {0, 0, math.ceil(new_tat - window - now), math.ceil(tat - now)}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now))
+return {1, math.floor((window - (new_tat - now)) / interval), 0, math.ceil(new_tat - now)}
+"""
+
+
+@attrs.frozen
+class Decision:
+    """The outcome of spending one unit of a policy's quota."""
+
+    policy: str
+    limit: int
+    allowed: bool
+    remaining: int
+    retry_after_ms: int
+    reset_ms: int
+
+    def headers(self) -> dict[str, str]:
+        """The IETF RateLimit-Policy and RateLimit fields, plus Retry-After when refused."""
+        reset = max(0, math.ceil(self.reset_ms / 1000))
+        fields = {
+            "RateLimit-Policy": f'"{self.policy}";q={self.limit};w={WINDOW}',
+            "RateLimit": f'"{self.policy}";r={self.remaining};t={reset}',
+        }
+        if not self.allowed:
+            fields["Retry-After"] = str(self.retry_after)
+        return fields
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds until this request would pass (at least 1)."""
+        return max(1, math.ceil(self.retry_after_ms / 1000))
+
+
+def key_id(api_key: str) -> str:
+    """What identifies an API key in Redis: a hash, never the key itself."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:32]
+
+
+class RateLimiter:
+    """Spends per-key quota in Redis with one GCRA script call per request."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._gcra = redis.register_script(_GCRA)
+
+    async def hit(self, policy: str, api_key: str, limit: int) -> Decision:
+        """Spend one request of `limit` per minute for `api_key` under `policy`."""
+        allowed, remaining, retry_ms, reset_ms = await self._gcra(
+            keys=[keys.rate_limit(policy, key_id(api_key))], args=[limit, WINDOW * 1000]
+        )
+        return Decision(policy, limit, bool(allowed), int(remaining), int(retry_ms), int(reset_ms))
+
+
+LIMITER = web.AppKey("rate_limiter", RateLimiter)
+
+
+def _policy(request: web.Request) -> str | None:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    return POLICIES.get((request.method, resource.canonical))
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """Spend the route's quota for the caller's key; 429 over it. Runs after auth, so the key is valid."""
+    policy = _policy(request)
+    api = request.app[API]
+    limit = getattr(api.config.limits, f"{policy}_per_minute", 0) if policy else 0
+    if not limit:
+        return await handler(request)
+    decision = await request.app[LIMITER].hit(policy, request.headers.get("X-API-Key", ""), limit)
+    request[_HEADERS] = decision.headers()
+    if not decision.allowed:
+        raise RateLimited(
+            f"Too many {policy} requests: at most {limit} per minute per API key; "
+            f"retry in {decision.retry_after} s",
+            decision.retry_after,
+        )
+    return await handler(request)
+
+
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # Error responses are rendered outside the middleware; the signal reaches them all.
+    for name, value in request.get(_HEADERS, {}).items():
+        response.headers[name] = value
+
+
+def install(app: web.Application) -> None:
+    """Give the app its limiter and add the RateLimit fields to every response of a limited route."""
+    app[LIMITER] = RateLimiter(app[API].redis)
+    app.on_response_prepare.append(_add_headers)

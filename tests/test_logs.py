@@ -1,0 +1,269 @@
+"""Logs: JSON lines (or text on a TTY) carrying the task's ids, and no secret in any line."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import logging
+from pathlib import Path
+
+import aiohttp
+import attrs
+import childproc
+import orjson
+import pytest
+from conftest import API_KEY, TERMINAL
+from examples import TASK_DATA
+from fake_openai import FakeOpenAI
+
+from taskd import logs
+from taskd.config import Config, LlmProvider, ProvidersConfig, RedisConfig, WebhooksConfig
+
+
+@pytest.fixture
+def captured() -> tuple[logging.Logger, io.StringIO]:
+    """A logger whose lines go, as JSON, to a string buffer."""
+    stream = io.StringIO()
+    logger = logging.getLogger(f"test.logs.{id(stream)}")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(logs.make_handler("json", stream))
+    return logger, stream
+
+
+def lines(stream: io.StringIO) -> list[dict]:
+    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_a_json_line_has_time_level_logger_message_and_extra_fields(captured):
+    logger, stream = captured
+
+    logger.warning("Webhook request failed", extra={"callback_url": "https://example.com/hook", "attempt": 2})
+
+    (line,) = lines(stream)
+    assert line["level"] == "WARNING" and line["logger"] == logger.name
+    assert line["message"] == "Webhook request failed"
+    assert line["callback_url"] == "https://example.com/hook" and line["attempt"] == 2
+    assert line["ts"].endswith("Z")
+
+
+def test_lines_inside_a_task_context_carry_the_task_ids(captured):
+    logger, stream = captured
+
+    with logs.task_context("t-1", "proj-1", "generate_video"):
+        logger.info("rendering")
+    logger.info("idle")
+
+    inside, outside = lines(stream)
+    assert {k: inside[k] for k in ("task_id", "project_id", "task_type")} == {
+        "task_id": "t-1",
+        "project_id": "proj-1",
+        "task_type": "generate_video",
+    }
+    assert "task_id" not in outside
+
+
+async def test_the_task_context_reaches_coroutines_started_inside_it(captured):
+    logger, stream = captured
+
+    async def handler() -> None:
+        await asyncio.sleep(0)
+        logger.info("inside the handler")
+
+    with logs.task_context("t-2", "proj-2", "test_prompt"):
+        job = asyncio.create_task(handler())
+    await job
+
+    assert lines(stream)[0]["task_id"] == "t-2"
+
+
+def test_exceptions_are_one_json_line_with_the_traceback(captured):
+    logger, stream = captured
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("handler crashed")
+
+    (line,) = lines(stream)
+    assert "ValueError: boom" in line["exc_info"]
+
+
+def test_text_lines_put_extra_fields_after_the_message():
+    stream = io.StringIO()
+    record = logging.LogRecord(
+        "taskd.webhooks", logging.INFO, __file__, 1, "Webhook sent successfully", None, None
+    )
+    record.status_code = 200
+    record.task_id = "abc123"
+
+    text = logs.make_handler("text", stream).format(record)
+
+    assert text.endswith(" INFO taskd.webhooks: Webhook sent successfully status_code=200 task_id=abc123")
+
+
+def test_auto_is_text_on_a_terminal_and_json_elsewhere():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert logs.resolve_format("auto", Terminal()) == "text"
+    assert logs.resolve_format("auto", io.StringIO()) == "json"
+    assert logs.resolve_format("text", io.StringIO()) == "text"
+
+
+def test_redaction_masks_secrets_url_passwords_and_bearer_tokens():
+    redactor = logs.Redactor()
+    redactor.add("sk-live-0123456789", "", "abc")
+
+    text = redactor.redact(
+        "key sk-live-0123456789 url redis://:s3cretpass@10.0.0.5:6379/0 "
+        "proxy http://user:pw12345@proxy:3128 header Authorization: Bearer eyJhbGciOi.x.y"
+    )
+
+    assert text == (
+        "key *** url redis://:***@10.0.0.5:6379/0 proxy http://user:***@proxy:3128 header Authorization: Bearer ***"
+    )
+
+
+def test_every_secret_in_the_config_is_found():
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
+    config = attrs.evolve(
+        Config(),
+        redis=RedisConfig(url="redis://:redis-pass-1@db:6379/0"),
+        providers=ProvidersConfig(llm=LlmProvider(api_key="sk-provider-1")),
+        webhooks=WebhooksConfig(secret=secret),
+    )
+    config = attrs.evolve(config, auth=attrs.evolve(config.auth, api_keys=["key-one-1", "key-two-2"]))
+
+    found = set(logs.secrets_of(config))
+
+    assert {"redis-pass-1", "sk-provider-1", secret, "key-one-1", "key-two-2"} <= found
+
+
+async def _run_task(session: aiohttp.ClientSession, base_url: str, key: str, body: dict) -> dict:
+    headers = {"X-API-Key": key}
+    async with session.post(f"{base_url}/api/v1/tasks/submit", json=body, headers=headers) as response:
+        accepted = await response.json()
+        assert response.status == 200, accepted
+    async with asyncio.timeout(20):
+        while True:
+            async with session.get(
+                f"{base_url}/api/v1/tasks/{accepted['task_id']}/status", headers=headers
+            ) as r:
+                status = await r.json()
+            if status["status"] in TERMINAL:
+                return status
+            await asyncio.sleep(0.05)
+
+
+async def _serve_and_exercise(
+    tmp_path: Path, env: dict[str, str], fake_llm: FakeOpenAI, key: str
+) -> tuple[str, list]:
+    stderr = tmp_path / "stderr.log"
+    proc = childproc.start(["--log-format", "json", "--log-level", "DEBUG", "serve"], env, tmp_path, stderr)
+    try:
+        base_url = childproc.wait_listening(proc)
+        async with aiohttp.ClientSession() as session:
+            done = await _run_task(
+                session,
+                base_url,
+                key,
+                {"project_id": "logs", "task_type": "test_prompt", "task_data": TASK_DATA["test_prompt"]},
+            )
+            fake_llm.fail(401, f"Incorrect API key provided: {env['TASKD_PROVIDERS__LLM__API_KEY']}")
+            failed = await _run_task(
+                session,
+                base_url,
+                key,
+                {
+                    "project_id": "logs",
+                    "task_type": "test_prompt",
+                    "task_data": TASK_DATA["test_prompt"],
+                    "callback_url": "http://127.0.0.1:9/hook",
+                },
+            )
+            async with session.get(f"{base_url}/api/v1/health", headers={"X-API-Key": key + "-wrong"}) as r:
+                assert r.status == 401
+            await asyncio.sleep(0.5)  # let the webhook attempt be logged
+    finally:
+        childproc.stop(proc)
+    assert done["status"] == "completed" and failed["status"] == "failed"
+    return stderr.read_text(), [done, failed]
+
+
+async def test_no_secret_appears_in_any_log_line(tmp_path, fake_llm, valkey_url):
+    secrets = {
+        "api key": "api-key-never-logged-4f1c",
+        "provider key": "sk-provider-never-logged-93ab",
+        "webhook secret": "whsec_" + base64.b64encode(b"never-logged-webhook-key").decode(),
+        "redis password": valkey_url.split("://:", 1)[1].split("@", 1)[0],
+    }
+    env = childproc.taskd_env(
+        tmp_path / "data",
+        TASKD_REDIS__URL=valkey_url,
+        TASKD_AUTH__API_KEYS=secrets["api key"],
+        TASKD_PROVIDERS__LLM__BASE_URL=fake_llm.base_url,
+        TASKD_PROVIDERS__LLM__API_KEY=secrets["provider key"],
+        TASKD_PROVIDERS__LLM__MODEL="test-model",
+        TASKD_WEBHOOKS__SECRET=secrets["webhook secret"],
+        TASKD_WEBHOOKS__ALLOW_PRIVATE="true",
+        TASKD_RETRY__MAX_RETRIES="0",
+    )
+
+    output, _ = await _serve_and_exercise(tmp_path, env, fake_llm, secrets["api key"])
+
+    assert "Incorrect API key provided: ***" in output  # the provider's error was logged, masked
+    for what, secret in secrets.items():
+        assert secret not in output, f"the {what} appears in the log"
+
+
+async def test_a_served_taskd_logs_json_lines_carrying_the_task_ids(tmp_path, fake_llm, valkey_url):
+    env = childproc.taskd_env(
+        tmp_path / "data",
+        TASKD_REDIS__URL=valkey_url,
+        TASKD_AUTH__API_KEYS=API_KEY,
+        TASKD_PROVIDERS__LLM__BASE_URL=fake_llm.base_url,
+        TASKD_PROVIDERS__LLM__API_KEY="sk-test",
+        TASKD_WEBHOOKS__ALLOW_PRIVATE="true",
+        TASKD_RETRY__MAX_RETRIES="0",
+    )
+
+    output, (done, _) = await _serve_and_exercise(tmp_path, env, fake_llm, API_KEY)
+
+    parsed = [orjson.loads(line) for line in output.splitlines() if line.strip()]
+    submitted = [
+        line for line in parsed if line["message"] == "task submitted" and line["task_id"] == done["task_id"]
+    ]
+    assert submitted and submitted[0]["project_id"] == "logs" and submitted[0]["task_type"] == "test_prompt"
+
+
+async def test_every_line_that_names_a_task_carries_its_ids(tmp_path, fake_llm, valkey_url):
+    env = childproc.taskd_env(
+        tmp_path / "data",
+        TASKD_REDIS__URL=valkey_url,
+        TASKD_AUTH__API_KEYS=API_KEY,
+        TASKD_PROVIDERS__LLM__BASE_URL=fake_llm.base_url,
+        TASKD_PROVIDERS__LLM__API_KEY="sk-test",
+        TASKD_WEBHOOKS__ALLOW_PRIVATE="true",
+        TASKD_RETRY__MAX_RETRIES="0",
+    )
+
+    output, tasks = await _serve_and_exercise(tmp_path, env, fake_llm, API_KEY)
+
+    parsed = [orjson.loads(line) for line in output.splitlines() if line.strip()]
+    for task in tasks:
+        # arq's own lines are logged before taskd's job function runs; only taskd's are checked.
+        about = [
+            line
+            for line in parsed
+            if task["task_id"] in line["message"] and line["logger"].startswith("taskd")
+        ]
+        assert about, f"nothing logged about {task['task_id']}"
+        for line in about:
+            assert (line.get("task_id"), line.get("project_id"), line.get("task_type")) == (
+                task["task_id"],
+                "logs",
+                "test_prompt",
+            ), line

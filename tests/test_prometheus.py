@@ -1,0 +1,212 @@
+"""`GET /metrics`: the exposition format, values that move with real tasks, and the alert rules."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from conftest import API_KEY
+from examples import TASK_DATA
+from prometheus_client.parser import text_string_to_metric_families
+
+from taskd.config import MetricsConfig
+from taskd.gpu.nvml import DeviceReading
+from taskd.http.prom import Snapshot, exposition
+
+ROOT = Path(__file__).resolve().parent.parent
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, metric: str, **labels: str) -> float:
+    return samples[(metric, frozenset(labels.items()))]
+
+
+def total(samples: Samples, name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+async def scrape(base_url: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{base_url}/metrics", headers=headers) as response,
+    ):
+        return response.status, response.headers["Content-Type"], await response.text()
+
+
+def snapshot(counters: dict[str, str], **fields) -> Snapshot:
+    defaults = {"waiting": {}, "running": {}, "oldest_started": {}, "workers": [], "at": 1000.0}
+    return Snapshot(counters=counters, **{**defaults, **fields})
+
+
+async def test_metrics_need_no_api_key_and_use_the_exposition_format(start_service):
+    taskd = await start_service(workers=False)
+
+    status, content_type, text = await scrape(taskd.base_url)
+
+    assert status == 200
+    assert content_type.startswith("text/plain; version=0.0.4")
+    samples = parse(text)
+    assert value(samples, "taskd_redis_up") == 1
+    assert value(samples, "taskd_process_resident_memory_bytes") > 0
+
+
+async def test_metrics_can_require_the_api_key(start_service):
+    taskd = await start_service(workers=False, metrics=MetricsConfig(require_key=True))
+
+    without, _, body = await scrape(taskd.base_url)
+    with_key, _, _ = await scrape(taskd.base_url, {"X-API-Key": API_KEY})
+
+    assert without == 401 and '"authentication_failed"' in body
+    assert with_key == 200
+
+
+async def test_task_counters_and_durations_move_with_real_tasks(taskd, fake_llm):
+    before = parse((await scrape(taskd.base_url))[2])
+    done = await taskd.submit("test_prompt", TASK_DATA["test_prompt"])
+    await taskd.wait_terminal(done["task_id"])
+    fake_llm.fail(401, "Incorrect API key provided")
+    failed = await taskd.submit("test_prompt", TASK_DATA["test_prompt"])
+    assert (await taskd.wait_terminal(failed["task_id"]))["status"] == "failed"
+    fake_llm.hang(5)
+    cancelled = await taskd.submit("test_prompt", TASK_DATA["test_prompt"])
+    async with taskd.client.delete(f"/api/v1/tasks/{cancelled['task_id']}") as response:
+        assert response.status == 200
+
+    after = parse((await scrape(taskd.base_url))[2])
+
+    def moved(name: str) -> float:
+        return total(after, name) - total(before, name)
+
+    assert moved("taskd_tasks_submitted_total") == 3
+    assert moved("taskd_tasks_completed_total") == 1
+    assert value(after, "taskd_tasks_completed_total", task_type="test_prompt") == 1
+    assert moved("taskd_tasks_failed_total") == 1
+    assert moved("taskd_tasks_cancelled_total") == 1
+    assert value(after, "taskd_task_duration_seconds_count", task_type="test_prompt") == 1
+    assert value(after, "taskd_task_duration_seconds_sum", task_type="test_prompt") > 0
+
+
+async def test_queue_gauges_count_waiting_tasks_per_queue(start_service):
+    taskd = await start_service(workers=False)
+    for _ in range(2):
+        await taskd.submit("generate_video", TASK_DATA["generate_video"])
+
+    samples = parse((await scrape(taskd.base_url))[2])
+
+    assert value(samples, "taskd_queue_waiting_tasks", queue="gpu_heavy") == 2
+    assert value(samples, "taskd_queue_waiting_tasks", queue="default") == 0
+    assert value(samples, "taskd_queue_running_tasks", queue="gpu_heavy") == 0
+    assert value(samples, "taskd_workers_live") == 0
+
+
+async def test_a_running_task_shows_in_running_and_oldest_age(taskd, fake_llm):
+    fake_llm.hang(10)
+    task = await taskd.submit("test_prompt", TASK_DATA["test_prompt"])
+    await taskd.wait_for(task["task_id"], lambda body: body["status"] == "processing")
+    await asyncio.sleep(0.3)
+
+    samples = parse((await scrape(taskd.base_url))[2])
+
+    assert value(samples, "taskd_queue_running_tasks", queue="default") == 1
+    assert value(samples, "taskd_queue_oldest_running_task_age_seconds", queue="default") > 0.2
+    assert value(samples, "taskd_queue_oldest_running_task_age_seconds", queue="gpu_heavy") == 0
+
+
+async def test_worker_gauges_come_from_heartbeats(taskd):
+    samples = parse((await scrape(taskd.base_url))[2])
+
+    worker_id = taskd.service.worker_id
+    assert value(samples, "taskd_workers_live") >= 1
+    rss = [v for (name, labels), v in samples.items() if name == "taskd_worker_resident_memory_bytes"]
+    assert rss and all(v > 0 for v in rss)
+    assert any(dict(labels).get("worker_id") == worker_id for (_, labels) in samples)
+
+
+def test_per_type_counters_are_read_when_the_store_writes_them():
+    counters = {"total_tasks": "5", "submitted:generate_video": "3", "submitted:test_prompt": "1"}
+
+    samples = parse(exposition(snapshot(counters), [])[0].decode())
+
+    assert value(samples, "taskd_tasks_submitted_total", task_type="generate_video") == 3
+    assert value(samples, "taskd_tasks_submitted_total", task_type="test_prompt") == 1
+    # Counted before per-type fields existed: kept, so sums stay equal to the totals.
+    assert value(samples, "taskd_tasks_submitted_total", task_type="unknown") == 1
+
+
+def test_duration_buckets_are_read_when_the_store_writes_them():
+    counters = {
+        "duration_count:generate_image": "4",
+        "duration_sum:generate_image": "100.5",
+        "duration_bucket:generate_image:30": "1",
+        "duration_bucket:generate_image:60": "3",
+    }
+
+    samples = parse(exposition(snapshot(counters), [])[0].decode())
+
+    bucket = "taskd_task_duration_seconds_bucket"
+    assert value(samples, bucket, task_type="generate_image", le="30.0") == 1
+    assert value(samples, bucket, task_type="generate_image", le="60.0") == 3
+    assert value(samples, bucket, task_type="generate_image", le="+Inf") == 4
+    assert value(samples, "taskd_task_duration_seconds_sum", task_type="generate_image") == 100.5
+
+
+def test_gpu_utilisation_and_memory_are_exposed_per_device():
+    device = DeviceReading(index=0, name="H200", utilization=37.0, memory_used=2**30, memory_total=2**37)
+
+    samples = parse(exposition(snapshot({}), [device])[0].decode())
+
+    assert value(samples, "taskd_gpu_utilization_ratio", gpu="0", name="H200") == 0.37
+    assert value(samples, "taskd_gpu_memory_used_bytes", gpu="0", name="H200") == 2**30
+    assert value(samples, "taskd_gpu_memory_total_bytes", gpu="0", name="H200") == 2**37
+
+
+def test_webhook_counters_come_from_the_shared_metrics():
+    samples = parse(exposition(snapshot({"webhooks_delivered": "7", "webhooks_failed": "2"}), [])[0].decode())
+
+    assert value(samples, "taskd_webhooks_delivered_total") == 7
+    assert value(samples, "taskd_webhooks_failed_total") == 2
+
+
+def test_a_scrape_without_redis_says_so_and_still_answers():
+    samples = parse(exposition(None, [])[0].decode())
+
+    assert value(samples, "taskd_redis_up") == 0
+    assert value(samples, "taskd_process_resident_memory_bytes") > 0
+
+
+def test_alert_rules_use_only_metrics_that_taskd_exposes():
+    rules = yaml.safe_load((ROOT / "alerts.yaml").read_text())["groups"][0]["rules"]
+    families = list(text_string_to_metric_families(exposition(snapshot({}), [])[0].decode()))
+    exposed = {f.name for f in families} | {f"{f.name}_total" for f in families if f.type == "counter"}
+
+    used = {name for rule in rules for name in re.findall(r"\btaskd_[a-z_]+", rule["expr"])}
+
+    assert used and used <= exposed
+    assert {rule["labels"]["severity"] for rule in rules} == {"warning", "critical"}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Prometheus) is not installed")
+def test_alert_rules_pass_promtool_and_fire_at_the_queue_health_thresholds():
+    check = subprocess.run(
+        ["promtool", "check", "rules", "alerts.yaml"], cwd=ROOT, capture_output=True, text=True
+    )
+    unit = subprocess.run(
+        ["promtool", "test", "rules", "tests/alerts_test.yaml"], cwd=ROOT, capture_output=True, text=True
+    )
+
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert unit.returncode == 0, unit.stdout + unit.stderr

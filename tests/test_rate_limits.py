@@ -1,0 +1,252 @@
+"""Rate limits with real servers: per-key GCRA in Redis shared by every process, active tasks per project,
+queue length, and the IETF RateLimit fields."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import aiohttp
+from conftest import API_KEY
+from examples import TASK_DATA
+
+from taskd import keys
+from taskd.config import AuthConfig, LimitsConfig, load_config
+from taskd.http.ratelimit import key_id
+
+OTHER_KEY = "other-key-9876543210"
+SUBMIT_INTERVAL = 60 / 100  # seconds between refills of the default submit quota
+NO_PROJECT_LIMIT = LimitsConfig(concurrent_per_project=0)
+
+
+def submit_body(project_id: str = "rl") -> dict:
+    return {"project_id": project_id, "task_type": "generate_video", "task_data": TASK_DATA["generate_video"]}
+
+
+async def post_submit(base_url: str, key: str, project_id: str = "rl") -> aiohttp.ClientResponse:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{base_url}/api/v1/tasks/submit", json=submit_body(project_id), headers={"X-API-Key": key}
+        ) as response,
+    ):
+        await response.read()
+        return response
+
+
+async def burst(base_urls: list[str], key: str, count: int) -> tuple[list[int], float]:
+    """`count` submissions as fast as possible, spread over `base_urls`; statuses in order, and seconds taken."""
+    started = time.monotonic()
+    statuses = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(count):
+            url = base_urls[i % len(base_urls)]
+            async with session.post(
+                f"{url}/api/v1/tasks/submit", json=submit_body(), headers={"X-API-Key": key}
+            ) as response:
+                statuses.append(response.status)
+    return statuses, time.monotonic() - started
+
+
+def allowed_after(elapsed: float) -> int:
+    """GCRA lets 100 through at once, then one more every 0.6 s."""
+    return 100 + math.ceil(elapsed / SUBMIT_INTERVAL)
+
+
+async def test_the_101st_submission_in_a_burst_is_refused_while_another_key_is_unaffected(start_service):
+    taskd = await start_service(
+        workers=False, auth=AuthConfig(api_keys=[API_KEY, OTHER_KEY]), limits=NO_PROJECT_LIMIT
+    )
+
+    statuses, elapsed = await burst([taskd.base_url], API_KEY, 110)
+    other = await post_submit(taskd.base_url, OTHER_KEY)
+
+    accepted = statuses.count(200)
+    assert 100 <= accepted <= allowed_after(elapsed)
+    assert statuses[:100] == [200] * 100
+    assert 429 in statuses
+    assert other.status == 200
+
+
+async def test_a_refused_submission_has_retry_after_and_the_documented_body(start_service):
+    taskd = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=2, concurrent_per_project=0)
+    )
+    for _ in range(2):
+        await taskd.submit("generate_video", TASK_DATA["generate_video"])
+
+    async with taskd.client.post("/api/v1/tasks/submit", json=submit_body()) as response:
+        body = await response.json()
+
+    assert response.status == 429
+    assert body["error"] == "rate_limited"
+    assert "2 per minute" in body["message"]
+    assert body["retry_after"] == int(response.headers["Retry-After"])
+    assert 1 <= body["retry_after"] <= 30
+    assert response.headers["RateLimit"].startswith('"submit";r=0;')
+
+
+async def test_two_taskd_processes_share_one_quota_per_key(start_service):
+    first = await start_service(workers=False, limits=NO_PROJECT_LIMIT)
+    second = await start_service(workers=False, limits=NO_PROJECT_LIMIT)
+
+    statuses, elapsed = await burst([first.base_url, second.base_url], API_KEY, 110)
+
+    assert 100 <= statuses.count(200) <= allowed_after(elapsed)
+    assert 429 in statuses[100:]
+
+
+async def test_a_refused_key_gets_through_again_after_retry_after(start_service):
+    taskd = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=60, concurrent_per_project=0)
+    )
+    statuses, _ = await burst([taskd.base_url], API_KEY, 61)
+    refused = await post_submit(taskd.base_url, API_KEY)
+    assert 429 in [*statuses, refused.status]
+
+    await asyncio.sleep(int(refused.headers.get("Retry-After", "1")))
+    again = await post_submit(taskd.base_url, API_KEY)
+
+    assert again.status == 200
+
+
+async def test_status_checks_have_their_own_quota(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(submit_per_minute=1, status_per_minute=3))
+    task = await taskd.submit("generate_video", TASK_DATA["generate_video"])
+
+    codes = []
+    for _ in range(4):
+        async with taskd.client.get(f"/api/v1/tasks/{task['task_id']}/status") as response:
+            codes.append(response.status)
+
+    assert codes == [200, 200, 200, 429]
+
+
+async def test_rate_limited_responses_carry_the_ietf_ratelimit_fields(start_service):
+    taskd = await start_service(workers=False)
+    task = await taskd.submit("generate_video", TASK_DATA["generate_video"])
+
+    async with taskd.client.get(f"/api/v1/tasks/{task['task_id']}/status") as status:
+        pass
+    async with taskd.client.get("/api/v1/tasks/nope/status") as missing:
+        pass
+    async with taskd.client.post("/api/v1/tasks/submit", json={}) as invalid:
+        pass
+
+    assert status.headers["RateLimit-Policy"] == '"status";q=1000;w=60'
+    assert status.headers["RateLimit"].startswith('"status";r=999;t=')
+    assert missing.status == 404 and missing.headers["RateLimit"].startswith('"status";r=998;')
+    assert invalid.status == 400 and invalid.headers["RateLimit-Policy"] == '"submit";q=100;w=60'
+    assert invalid.headers["RateLimit"].startswith('"submit";r=98;')
+
+
+async def test_routes_without_a_limit_carry_no_ratelimit_fields(start_service):
+    taskd = await start_service(workers=False)
+
+    async with taskd.client.get("/api/v1/health") as response:
+        pass
+
+    assert "RateLimit" not in response.headers
+
+
+async def test_a_zero_limit_means_unlimited(start_service):
+    taskd = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=0, concurrent_per_project=0)
+    )
+
+    statuses, _ = await burst([taskd.base_url], API_KEY, 120)
+
+    assert set(statuses) == {200}
+
+
+async def test_redis_holds_a_hash_of_the_key_never_the_key(start_service, redis):
+    taskd = await start_service(workers=False)
+    await taskd.submit("generate_video", TASK_DATA["generate_video"])
+
+    names = [name.decode() for name in await redis.keys("taskd:ratelimit:*")]
+
+    assert names == [keys.rate_limit("submit", key_id(API_KEY))]
+    assert API_KEY not in names[0]
+
+
+async def test_the_51st_active_task_of_a_project_is_refused(start_service):
+    taskd = await start_service(workers=False)
+    for _ in range(50):
+        await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="busy")
+
+    async with taskd.client.post("/api/v1/tasks/submit", json=submit_body("busy")) as refused:
+        body = await refused.json()
+    other_project = await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="calm")
+
+    assert refused.status == 429
+    assert body["error"] == "rate_limited" and "at most 50" in body["message"]
+    assert int(refused.headers["Retry-After"]) == body["retry_after"]
+    assert other_project["status"] == "queued"
+
+
+async def test_an_ended_task_frees_its_project_slot(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=2))
+    first = await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+    await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+    async with taskd.client.post("/api/v1/tasks/submit", json=submit_body("p")) as full:
+        assert full.status == 429
+
+    async with taskd.client.delete(f"/api/v1/tasks/{first['task_id']}") as cancelled:
+        assert cancelled.status == 200
+    third = await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+
+    assert third["status"] == "queued"
+
+
+async def test_concurrent_submissions_never_pass_the_project_limit(start_service):
+    first = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=5))
+    second = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=5))
+
+    responses = await asyncio.gather(
+        *(post_submit(url, API_KEY, "race") for url in [first.base_url, second.base_url] * 10)
+    )
+
+    assert sorted(r.status for r in responses) == [200] * 5 + [429] * 15
+
+
+async def test_a_retry_counts_against_the_project_limit(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=1))
+    task = await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+    async with taskd.client.delete(f"/api/v1/tasks/{task['task_id']}"):
+        pass
+    await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+
+    async with taskd.client.post(f"/api/v1/tasks/{task['task_id']}/retry") as response:
+        body = await response.json()
+
+    assert response.status == 429 and body["error"] == "rate_limited"
+
+
+async def test_a_full_queue_answers_503_with_retry_after(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(max_queue_length=3))
+    for _ in range(3):
+        await taskd.submit("generate_video", TASK_DATA["generate_video"])
+
+    async with taskd.client.post("/api/v1/tasks/submit", json=submit_body()) as response:
+        body = await response.json()
+    other_queue = await taskd.submit("generate_image", TASK_DATA["generate_image"])
+
+    assert response.status == 503
+    assert body["error"] == "service_unavailable" and "gpu_heavy" in body["message"]
+    assert body["retry_after"] == int(response.headers["Retry-After"]) > 0
+    assert other_queue["status"] == "queued"
+
+
+def test_the_limits_are_set_by_their_documented_names():
+    environ = {
+        "TASKD_LIMITS__SUBMIT_PER_MINUTE": "10",
+        "TASKD_LIMITS__STATUS_PER_MINUTE": "20",
+        "TASKD_LIMITS__CONCURRENT_PER_PROJECT": "5",
+        "TASKD_LIMITS__MAX_QUEUE_LENGTH": "0",
+    }
+
+    limits = load_config(None, environ).limits
+
+    assert (limits.submit_per_minute, limits.status_per_minute, limits.concurrent_per_project) == (10, 20, 5)
+    assert limits.max_queue_length == 0

@@ -1,0 +1,166 @@
+"""systemd: sd_notify messages on a test NOTIFY_SOCKET from a real `taskd serve`, and the unit files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import childproc
+import pytest
+from conftest import API_KEY
+
+from taskd.sdnotify import Notifier
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = ("taskd.service", "taskd-worker@.service")
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket standing in for systemd; its path is short enough for AF_UNIX."""
+    directory = tempfile.mkdtemp(prefix="sdn", dir="/tmp")
+    path = os.path.join(directory, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    yield sock, path
+    sock.close()
+    shutil.rmtree(directory)
+
+
+def receive(sock: socket.socket, until: str, timeout: float = 15) -> list[str]:
+    """Messages until one contains `until`; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            message = sock.recv(4096).decode()
+        except TimeoutError:
+            break
+        seen.append(message)
+        if until in message:
+            return seen
+    raise AssertionError(f"no {until!r} within {timeout} s; got {seen}")
+
+
+def serve(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+    environment = childproc.taskd_env(tmp_path / "data", TASKD_AUTH__API_KEYS=API_KEY, **env)
+    for inherited in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        environment.pop(inherited, None)
+    environment.update(env)
+    proc = childproc.start(["serve"], environment, tmp_path)
+    childproc.wait_listening(proc)
+    return proc
+
+
+def test_ready_and_status_arrive_once_the_api_and_workers_are_up(tmp_path, notify_socket):
+    sock, path = notify_socket
+
+    proc = serve(tmp_path, NOTIFY_SOCKET=path)
+    messages = receive(sock, "READY=1")
+    childproc.stop(proc)
+
+    assert messages[0] == "STATUS=starting"
+    ready = messages[-1].split("\n")
+    assert ready[0] == "READY=1"
+    assert ready[1].startswith("STATUS=serving: API on http://127.0.0.1:")
+    assert ready[1].endswith("workers for cpu_intensive, default, gpu_heavy, gpu_medium")
+
+
+def test_an_abstract_namespace_socket_is_reached(tmp_path):
+    name = f"taskd-test-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+
+        proc = serve(tmp_path, NOTIFY_SOCKET="@" + name)
+        messages = receive(sock, "READY=1")
+        childproc.stop(proc)
+
+    assert "READY=1" in messages[-1]
+
+
+def test_the_watchdog_is_pinged_at_half_its_interval(tmp_path, notify_socket):
+    sock, path = notify_socket
+    proc = serve(tmp_path, NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
+    receive(sock, "READY=1")
+
+    started = time.monotonic()
+    pings = sum(1 for _ in range(3) if receive(sock, "WATCHDOG=1", timeout=2))
+    elapsed = time.monotonic() - started
+    childproc.stop(proc)
+
+    assert pings == 3
+    assert 0.2 <= elapsed <= 1.5
+
+
+def test_stopping_is_sent_when_taskd_is_asked_to_stop(tmp_path, notify_socket):
+    sock, path = notify_socket
+    proc = serve(tmp_path, NOTIFY_SOCKET=path)
+    receive(sock, "READY=1")
+
+    proc.send_signal(signal.SIGTERM)
+    messages = receive(sock, "STOPPING=1")
+    code = childproc.stop(proc)
+
+    assert messages[-1].startswith("STOPPING=1\nSTATUS=stopping")
+    assert code == 0
+
+
+def test_child_processes_do_not_inherit_the_notify_socket():
+    environ = {"NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "30000000", "PATH": "/bin"}
+
+    notifier = Notifier.from_env(environ)
+
+    assert environ == {"PATH": "/bin"}
+    assert notifier.address == "/run/systemd/notify"
+    assert notifier.watchdog_interval == 15.0
+
+
+def test_a_watchdog_meant_for_another_process_is_ignored():
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+
+    assert notifier.watchdog_interval is None
+
+
+def test_without_notify_socket_nothing_is_sent():
+    assert Notifier.from_env({}).ready("serving") is False
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_the_units_run_taskd_as_a_hardened_notify_service(unit):
+    lines = set((ROOT / "systemd" / unit).read_text().splitlines())
+
+    assert {"Type=notify", "NotifyAccess=main", "WatchdogSec=30", "KillMode=mixed"} <= lines
+    assert {"NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=taskd", "PrivateTmp=yes"} <= lines
+    assert {"User=taskd", "DevicePolicy=closed", "DeviceAllow=char-nvidia-frontend rw"} <= lines
+    assert "PrivateDevices=yes" not in lines
+    stop = next(int(line.split("=")[1]) for line in lines if line.startswith("TimeoutStopSec="))
+    assert stop > 30  # the 30 s graceful shutdown fits
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_the_units_pass_systemd_analyze_verify(tmp_path):
+    # verify checks that ExecStart= exists: point it at this checkout's taskd.
+    taskd = Path(sys.executable).parent / "taskd"
+    for unit in UNITS:
+        text = (ROOT / "systemd" / unit).read_text().replace("/opt/taskd/.venv/bin/taskd", str(taskd))
+        (tmp_path / unit).write_text(text)
+
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "./taskd.service", "./taskd-worker@gpu_heavy.service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
+        result.stdout + result.stderr
+    )
