@@ -1,0 +1,166 @@
+"""The GPU scheduler: per device a host-wide count of slots in Redis, held by running jobs.
+
+A job of a GPU queue takes `slots` slots of one device (0 = the whole device) for its whole run.
+Holders are recorded per host and device in Redis with the worker that holds them, so every
+taskd process on the host shares one count, and a holder whose worker stopped beating (killed,
+crashed) no longer counts: its slots come back without anyone releasing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+
+import attrs
+from redis.asyncio import Redis
+
+from taskd import keys
+from taskd.config import GpuConfig
+from taskd.gpu.devices import GpuInventory
+
+# KEYS: none (device hashes are named from ARGV: taskd supports standalone Redis and Sentinel).
+# ARGV: worker key prefix, device key prefix, task id, worker id, slots wanted (0 = whole device),
+#       capacity, then pairs of (device index, free memory bytes).
+# Picks the device with the most free slots, then the most free memory; returns its index or -1.
+_ACQUIRE = """
+local best, best_free, best_memory = -1, -1, -1
+for i = 7, #ARGV, 2 do
+  local key = ARGV[2] .. ARGV[i]
+  local used = 0
+  local holders = redis.call('HGETALL', key)
+  for j = 1, #holders, 2 do
+    local worker, slots = string.match(holders[j + 1], '^(.*)|(%d+)$')
+    if redis.call('EXISTS', ARGV[1] .. worker) == 0 then
+      redis.call('HDEL', key, holders[j])
+    else
+      used = used + tonumber(slots)
+    end
+  end
+  local free = tonumber(ARGV[6]) - used
+  local wanted = tonumber(ARGV[5])
+  local fits = (wanted == 0 and used == 0) or (wanted > 0 and free >= wanted)
+  local memory = tonumber(ARGV[i + 1])
+  if fits and (free > best_free or (free == best_free and memory > best_memory)) then
+    best, best_free, best_memory = tonumber(ARGV[i]), free, memory
+  end
+end
+if best >= 0 then
+  local taken = tonumber(ARGV[5])
+  if taken == 0 then taken = tonumber(ARGV[6]) end
+  redis.call('HSET', ARGV[2] .. best, ARGV[3], ARGV[4] .. '|' .. taken)
+end
+return best
+"""
+
+
+@attrs.frozen
+class Lease:
+    """Slots of one device held by a task."""
+
+    task_id: str
+    device: int
+    slots: int
+
+
+@attrs.frozen
+class DeviceUse:
+    """Who holds slots of a device now: task id -> slots."""
+
+    index: int
+    capacity: int
+    holders: dict[str, int]
+
+    @property
+    def used(self) -> int:
+        """Slots held."""
+        return sum(self.holders.values())
+
+
+class GpuScheduler:
+    """Hands out device slots to jobs of GPU queues; every taskd process on a host shares the count."""
+
+    def __init__(
+        self, redis: Redis, inventory: GpuInventory, worker_id: str, host: str | None = None
+    ) -> None:
+        self.redis = redis
+        self.inventory = inventory
+        self.config: GpuConfig = inventory.config
+        self.worker_id = worker_id
+        self.host = host or socket.gethostname()
+        self._acquire = redis.register_script(_ACQUIRE)
+
+    def slots_for(self, task_type: str, queue: str) -> int | None:
+        """Slots a task takes (0 = whole device), or None when it needs no GPU."""
+        if task_type in self.config.task_slots:
+            return self.config.task_slots[task_type]
+        return self.config.queue_slots.get(queue)
+
+    def device_key(self, index: int | str) -> str:
+        """The hash of a device's holders on this host."""
+        return keys.gpu_device(self.host, str(index))
+
+    async def try_acquire(self, task_id: str, slots: int) -> Lease | None:
+        """Take `slots` of the best device now, or None if none has room (or the host has no GPU)."""
+        devices = self.inventory.read()
+        if not devices:
+            return None
+        pairs: list[int] = []
+        for device in devices:
+            pairs += [device.index, max(0, device.memory_total - device.memory_used)]
+        index = await self._acquire(
+            args=[
+                keys.worker(""),
+                self.device_key(""),
+                task_id,
+                self.worker_id,
+                slots,
+                self.config.slots,
+                *pairs,
+            ]
+        )
+        if index is None or int(index) < 0:
+            return None
+        return Lease(task_id, int(index), slots or self.config.slots)
+
+    async def acquire(
+        self, task_id: str, slots: int, waiting: Callable[[], object] | None = None
+    ) -> Lease | None:
+        """Wait until `slots` of a device are free and take them; None at once on a host without GPUs."""
+        if not self.inventory.read():
+            return None
+        announced = False
+        while (lease := await self.try_acquire(task_id, slots)) is None:
+            if waiting is not None and not announced:
+                announced = True
+                result = waiting()
+                if asyncio.iscoroutine(result):
+                    await result
+            await asyncio.sleep(self.config.wait_poll)
+        return lease
+
+    async def release(self, lease: Lease) -> None:
+        """Give the slots back."""
+        await self.redis.hdel(self.device_key(lease.device), lease.task_id)
+
+    async def usage(self) -> list[DeviceUse]:
+        """Holders of every selected device on this host (live workers only)."""
+        devices = self.inventory.read()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for device in devices:
+                pipe.hgetall(self.device_key(device.index))
+            rows = await pipe.execute()
+        holders = [
+            (device.index, task.decode(), *value.decode().rsplit("|", 1))
+            for device, row in zip(devices, rows, strict=True)
+            for task, value in row.items()
+        ]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, _, worker, _ in holders:
+                pipe.exists(keys.worker(worker))
+            alive = await pipe.execute() if holders else []
+        live: dict[int, dict[str, int]] = {device.index: {} for device in devices}
+        for (index, task, _, slots), is_alive in zip(holders, alive, strict=True):
+            if is_alive:
+                live[index][task] = int(slots)
+        return [DeviceUse(device.index, self.config.slots, live[device.index]) for device in devices]

@@ -1,0 +1,301 @@
+"""The GPU scheduler on simulated devices: slots per device, whole-device jobs, the choice of device,
+release on every ending, a host-wide count shared by processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import aiohttp
+from conftest import API_KEY, TERMINAL
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from taskd.config import GpuConfig, LimitsConfig
+from taskd.gpu.devices import GpuInventory, SimulatedBackend, select
+from taskd.gpu.nvml import DeviceReading
+from taskd.gpu.scheduler import GpuScheduler
+from taskd.heartbeat import Heartbeat, WorkerInfo
+
+GB = 1024**3
+UNLIMITED = LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0)
+
+
+class FakeNvml:
+    """Devices as NVML would report them, with memory in use chosen by the test."""
+
+    def __init__(self, used_gb: list[float]) -> None:
+        self.used_gb = used_gb
+
+    def read(self) -> list[DeviceReading]:
+        return [
+            DeviceReading(i, f"Fake GPU {i}", 10.0 * i, int(used * GB), 16 * GB)
+            for i, used in enumerate(self.used_gb)
+        ]
+
+
+async def live_worker(redis: Redis, worker_id: str) -> None:
+    await Heartbeat(redis, WorkerInfo(worker_id, "h", 1, [], 0.0), 1, 30, lambda: 0).beat()
+
+
+def overlaps(intervals: list[tuple[float, float, int]], at: float) -> int:
+    return sum(slots for start, end, slots in intervals if start <= at < end)
+
+
+def check_capacity(results: list[dict], slots_of: dict[str, int], capacity: int) -> None:
+    by_device: dict[str, list[tuple[float, float, int]]] = {}
+    for result in results:
+        by_device.setdefault(result["device"], []).append(
+            (result["started"], result["ended"], slots_of[result["task_type"]])
+        )
+    for intervals in by_device.values():
+        for start, _, _ in intervals:
+            assert overlaps(intervals, start) <= capacity
+
+
+def test_device_selection_follows_gpu_devices():
+    readings = FakeNvml([0, 0, 0, 0]).read()
+
+    assert [d.index for d in select(readings, "auto")] == [0, 1, 2, 3]
+    assert [d.index for d in select(readings, "count:2")] == [0, 1]
+    assert [d.index for d in select(readings, "index:1,3")] == [1, 3]
+    assert select(readings, "none") == []
+
+
+async def test_device_with_most_free_slots_then_most_free_memory_is_chosen(redis):
+    await live_worker(redis, "w1")
+    scheduler = GpuScheduler(redis, GpuInventory(GpuConfig(slots=2), FakeNvml([8, 2, 4])), "w1", host="h")
+
+    first = await scheduler.try_acquire("a", 1)
+    second = await scheduler.try_acquire("b", 1)
+    third = await scheduler.try_acquire("c", 1)
+
+    assert [first.device, second.device, third.device] == [1, 2, 0]
+
+
+async def test_whole_device_job_waits_for_an_idle_device(redis):
+    await live_worker(redis, "w1")
+    scheduler = GpuScheduler(redis, GpuInventory(GpuConfig(slots=4), FakeNvml([0])), "w1", host="h")
+    small = await scheduler.try_acquire("small", 1)
+
+    assert await scheduler.try_acquire("whole", 0) is None
+    await scheduler.release(small)
+    assert (await scheduler.try_acquire("whole", 0)).slots == 4
+    assert await scheduler.try_acquire("another", 1) is None
+
+
+async def test_slots_of_a_dead_worker_come_back(redis):
+    await live_worker(redis, "alive")
+    dead = GpuScheduler(redis, GpuInventory(GpuConfig(slots=1), FakeNvml([0])), "gone", host="h")
+    alive = GpuScheduler(redis, GpuInventory(GpuConfig(slots=1), FakeNvml([0])), "alive", host="h")
+    await redis.set("taskd:worker:gone", "{}")
+    await dead.try_acquire("orphan", 1)
+    assert await alive.try_acquire("next", 1) is None
+
+    await redis.delete("taskd:worker:gone")
+
+    assert (await alive.try_acquire("next", 1)).device == 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    jobs=st.lists(st.sampled_from([0, 1, 2]), min_size=1, max_size=12),
+    devices=st.integers(min_value=1, max_value=3),
+    slots=st.integers(min_value=1, max_value=4),
+)
+async def test_generated_job_mixes_never_overfill_a_device(redis, jobs, devices, slots):
+    await redis.flushdb()
+    await live_worker(redis, "w1")
+    scheduler = GpuScheduler(
+        redis, GpuInventory(GpuConfig(slots=slots, wait_poll=0.005), FakeNvml([0] * devices)), "w1", host="h"
+    )
+    held: dict[int, int] = {}
+    worst: dict[int, int] = {}
+    wanted = [min(w, slots) for w in jobs]
+
+    async def job(n: int, want: int) -> None:
+        lease = await scheduler.acquire(f"t{n}", want)
+        held[lease.device] = held.get(lease.device, 0) + lease.slots
+        worst[lease.device] = max(worst.get(lease.device, 0), held[lease.device])
+        await asyncio.sleep(0.002 * (n % 3))
+        held[lease.device] -= lease.slots
+        await scheduler.release(lease)
+
+    async with asyncio.timeout(20):
+        await asyncio.gather(*(job(n, want) for n, want in enumerate(wanted)))
+
+    assert all(used <= slots for used in worst.values())
+    assert all(value == 0 for value in held.values())
+
+
+# Through the service: jobs of GPU queues on simulated devices.
+
+
+async def run_all(service, specs: list[tuple[str, dict]]) -> list[dict]:
+    ids = [(await service.submit(task_type, data))["task_id"] for task_type, data in specs]
+    bodies = [await service.wait_terminal(task_id, timeout=60) for task_id in ids]
+    assert all(body["status"] == "completed" for body in bodies), bodies
+    return [{**body["result"], "task_type": body["task_type"]} for body in bodies]
+
+
+async def test_jobs_get_cuda_visible_devices_of_the_device_they_hold(start_service):
+    service = await start_service(gpu_backend=SimulatedBackend(2), gpu=GpuConfig(slots=2), limits=UNLIMITED)
+
+    results = await run_all(service, [("gpu_hold", {"seconds": 0.2})] * 4)
+
+    assert all(r["cuda_visible_devices"] == r["device"] for r in results)
+    assert {r["device"] for r in results} == {"0", "1"}
+
+
+async def test_mixed_jobs_never_exceed_slots_and_whole_device_jobs_are_exclusive(start_service):
+    service = await start_service(gpu_backend=SimulatedBackend(2), gpu=GpuConfig(slots=2), limits=UNLIMITED)
+    specs = [("gpu_hold_whole", {"seconds": 0.3}), ("gpu_hold", {"seconds": 0.2})] * 4
+
+    results = await run_all(service, specs)
+
+    check_capacity(results, {"gpu_hold": 1, "gpu_hold_whole": 2}, capacity=2)
+
+
+async def held_by(service, task_id: str) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            async with service.client.get("/api/v1/health") as response:
+                if any(task_id in gpu["running"] for gpu in (await response.json())["gpus"]):
+                    return
+            await asyncio.sleep(0.02)
+
+
+async def test_slots_come_back_after_a_cancel(start_service):
+    service = await start_service(gpu_backend=SimulatedBackend(1), gpu=GpuConfig(slots=1), limits=UNLIMITED)
+    holder = await service.submit("gpu_hold", {"seconds": 30})
+    await service.wait_for(holder["task_id"], lambda b: b["status"] == "processing")
+    await held_by(service, holder["task_id"])
+    waiter = await service.submit("gpu_hold", {"seconds": 0.1})
+    waiting = await service.wait_for(waiter["task_id"], lambda b: b["current_step"] == "waiting_for_gpu")
+
+    await service.client.delete(f"/api/v1/tasks/{holder['task_id']}")
+    body = await service.wait_terminal(waiter["task_id"])
+
+    assert waiting["status"] == "processing"
+    assert body["status"] == "completed"
+
+
+async def test_slots_come_back_after_a_hard_kill(start_service):
+    from conftest import TEST_TASK_MODULES
+
+    from taskd.config import TasksConfig
+
+    service = await start_service(
+        gpu_backend=SimulatedBackend(1),
+        gpu=GpuConfig(slots=1),
+        tasks=TasksConfig(modules=TEST_TASK_MODULES, hard_time_limits={"gpu_hold_whole": 0.5}),
+        limits=UNLIMITED,
+    )
+    killed = await service.submit("gpu_hold_whole", {"seconds": 30})
+    await service.wait_for(killed["task_id"], lambda b: b["status"] == "processing")
+    await held_by(service, killed["task_id"])
+    after = await service.submit("gpu_hold", {"seconds": 0.1})
+
+    killed_body = await service.wait_terminal(killed["task_id"])
+    after_body = await service.wait_terminal(after["task_id"])
+
+    assert "hard time limit" in killed_body["error"]
+    assert after_body["status"] == "completed"
+
+
+async def test_health_lists_devices_with_their_slot_holders(start_service):
+    service = await start_service(gpu_backend=SimulatedBackend(1), gpu=GpuConfig(slots=2), limits=UNLIMITED)
+    task = await service.submit("gpu_hold", {"seconds": 30})
+    await service.wait_for(task["task_id"], lambda b: b["status"] == "processing")
+
+    async with service.client.get("/api/v1/health") as response:
+        body = await response.json()
+
+    assert body["system_load"]["gpu_utilization"] == [0.0]
+    assert body["gpus"][0]["slots_used"] == 1
+    assert body["gpus"][0]["running"] == {task["task_id"]: 1}
+
+
+async def test_without_gpus_gpu_queues_run_on_the_cpu_and_health_says_so(start_service):
+    service = await start_service(gpu_backend=SimulatedBackend(0), limits=UNLIMITED)
+
+    results = await run_all(service, [("gpu_hold", {"seconds": 0})])
+    async with service.client.get("/api/v1/health") as response:
+        body = await response.json()
+
+    assert results[0]["device"] is None
+    assert body["gpus"] == []
+    assert "GPU queues run on the CPU" in body["gpu_note"]
+
+
+# Two worker processes on one host share the per-device count.
+
+
+def env_for(tmp_path) -> dict[str, str]:
+    return {
+        "TASKD_DATA_DIR": str(tmp_path / "data"),
+        "TASKD_HTTP__PORT": "0",
+        "TASKD_AUTH__API_KEYS": API_KEY,
+        "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
+        "TASKD_GPU__SIMULATE": "1",
+        "TASKD_GPU__SLOTS": "1",
+        "TASKD_LIMITS__SUBMIT_PER_MINUTE": "0",
+        "TASKD_LIMITS__STATUS_PER_MINUTE": "0",
+        "TASKD_WORKER__HEARTBEAT_INTERVAL": "0.5",
+        "TASKD_WORKER__HEARTBEAT_TTL": "3",
+        "TASKD_EXECUTION__RECLAIM_INTERVAL": "0.5",
+    }
+
+
+async def test_two_worker_processes_share_the_host_wide_slot_count(spawn_taskd, tmp_path):
+    api = spawn_taskd("serve", "--no-worker", env=env_for(tmp_path))
+    for _ in range(2):
+        spawn_taskd("worker", "--queues", "gpu_medium", env=env_for(tmp_path), wait_listening=False)
+    headers = {"X-API-Key": API_KEY}
+    async with aiohttp.ClientSession(api.base_url, headers=headers) as session:
+        ids = []
+        for _ in range(4):
+            body = {"project_id": "gpu", "task_type": "gpu_hold", "task_data": {"seconds": 0.3}}
+            async with session.post("/api/v1/tasks/submit", json=body) as response:
+                ids.append((await response.json())["task_id"])
+        results = []
+        async with asyncio.timeout(60):
+            for task_id in ids:
+                while True:
+                    async with session.get(f"/api/v1/tasks/{task_id}/status") as response:
+                        status = await response.json()
+                    if status["status"] in TERMINAL:
+                        results.append(status["result"] | {"task_type": "gpu_hold"})
+                        break
+                    await asyncio.sleep(0.05)
+
+    assert len({r["pid"] for r in results}) >= 1
+    check_capacity(results, {"gpu_hold": 1}, capacity=1)
+
+
+async def test_slots_of_a_killed_worker_process_come_back(spawn_taskd, tmp_path):
+    api = spawn_taskd("serve", "--no-worker", env=env_for(tmp_path))
+    doomed = spawn_taskd("worker", "--queues", "gpu_medium", env=env_for(tmp_path), wait_listening=False)
+    headers = {"X-API-Key": API_KEY}
+    async with aiohttp.ClientSession(api.base_url, headers=headers) as session:
+
+        async def status(task_id: str) -> dict:
+            async with session.get(f"/api/v1/tasks/{task_id}/status") as response:
+                return await response.json()
+
+        body = {"project_id": "gpu", "task_type": "gpu_hold", "task_data": {"seconds": 2}}
+        async with session.post("/api/v1/tasks/submit", json=body) as response:
+            held = (await response.json())["task_id"]
+        async with asyncio.timeout(30):
+            while (await status(held))["status"] != "processing":
+                await asyncio.sleep(0.05)
+        doomed.stop(signal.SIGKILL)
+        # The only slot is still recorded for the dead worker; the task, taken back, needs it again.
+        spawn_taskd("worker", "--queues", "gpu_medium", env=env_for(tmp_path), wait_listening=False)
+        async with asyncio.timeout(60):
+            while (final := await status(held))["status"] not in TERMINAL:
+                await asyncio.sleep(0.1)
+
+    assert final["status"] == "completed"
+    assert final["attempt"] == 2
