@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
+from taskd import cli_client, logs
 from taskd.config import ConfigError, load_config
 from taskd.service import run
 
@@ -17,6 +19,8 @@ taskd runs GPU-heavy and long-running work submitted over HTTP.
                  with no redis.url it starts its own Valkey in the data dir
   taskd worker   workers only, joining the Redis of a `taskd serve` (redis.url,
                  or the embedded server of the same data dir on this host)
+  taskd submit|status|wait|cancel|retry|tasks|health
+                 a client of a running taskd (--url, --api-key; `taskd wait -h`)
 
 Config: --config FILE, then $TASKD_CONFIG, ./taskd.toml, /etc/taskd/taskd.toml;
 every key can be set as TASKD_<SECTION>__<KEY>, e.g. TASKD_HTTP__PORT=8001.
@@ -28,7 +32,17 @@ def _parser() -> argparse.ArgumentParser:
         prog="taskd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="path of taskd.toml")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="DEBUG, INFO, WARNING or ERROR (default: logging.level, INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        help="json (one object per line), text, or auto: text on a terminal (default: logging.format)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the HTTP API and the workers")
@@ -37,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run workers only, against the same Redis as a serve")
     worker.add_argument("--queues", help="comma-separated queues to work on, e.g. gpu_heavy,gpu_medium")
+    cli_client.add_commands(commands)
     return parser
 
 
@@ -44,20 +59,31 @@ def _queues(raw: str | None) -> list[str] | None:
     return [name.strip() for name in raw.split(",") if name.strip()] if raw else None
 
 
+def _run_loop(main_coroutine: Coroutine[Any, Any, None]) -> None:
+    # uvloop where it is installed (Linux and macOS wheels): a faster loop for the same code.
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main_coroutine)
+    else:
+        uvloop.run(main_coroutine)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if getattr(args, "client_command", None) is not None:
+        return cli_client.run(args)
     try:
         config = load_config(args.config)
-        if args.command == "serve":
-            asyncio.run(run(config, http=True, workers=not args.no_worker, queues=_queues(args.queues)))
-        else:
-            asyncio.run(run(config, http=False, workers=True, queues=_queues(args.queues)))
+        logs.configure(
+            args.log_format or config.logging.format,
+            args.log_level or config.logging.level,
+            secrets=logs.secrets_of(config),
+        )
+        serve = args.command == "serve"
+        workers = not args.no_worker if serve else True
+        _run_loop(run(config, http=serve, workers=workers, queues=_queues(args.queues)))
     except ConfigError as exc:
         print(f"taskd: {exc}", file=sys.stderr)
         return 2

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NewType
 
 import attrs
 import cattrs
@@ -14,6 +15,8 @@ import cattrs
 from taskd.validation import errors_by_path
 
 ENV_PREFIX = "TASKD_"
+# Read by the client commands (`taskd status`, ...), not config keys.
+NOT_CONFIG = frozenset({"TASKD_CONFIG", "TASKD_URL", "TASKD_API_KEY"})
 SEARCH_PATHS = (Path("taskd.toml"), Path("/etc/taskd/taskd.toml"))
 
 
@@ -48,13 +51,70 @@ class LlmProvider:
 
 
 @attrs.frozen
+class ImageProvider:
+    base_url: str = ""
+    api_key: str = ""
+    model: str = "gpt-image-1"
+    timeout: float = attrs.field(default=180.0, validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
+class SpeechProvider:
+    base_url: str = ""
+    api_key: str = ""
+    model: str = "gpt-4o-mini-tts"
+    voice: str = "alloy"
+    timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
+class VideoProvider:
+    # "module:callable" returning a taskd.media.video.ClipRenderer; empty: the built-in ffmpeg renderer.
+    plugin: str = ""
+
+
+@attrs.frozen
 class ProvidersConfig:
     llm: LlmProvider = attrs.Factory(LlmProvider)
+    image: ImageProvider = attrs.Factory(ImageProvider)
+    speech: SpeechProvider = attrs.Factory(SpeechProvider)
+    video: VideoProvider = attrs.Factory(VideoProvider)
+
+
+@attrs.frozen
+class MediaConfig:
+    dir: str = ""  # empty: <data_dir>/media
+    base_url: str = ""  # empty: http://<http.host>:<http.port>
+    url_ttl: int = attrs.field(default=7 * 24 * 3600, validator=attrs.validators.ge(60))
+    secret: str = ""  # empty: made once and kept in <data_dir>/media_secret
+    scratch_dir: str = ""  # empty: <data_dir>/scratch
+    max_download_bytes: int = attrs.field(default=50 * 1024 * 1024, validator=attrs.validators.ge(1024))
+    max_inputs: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    download_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen
 class WebhooksConfig:
     allow_private: bool = False
+    secret: str = attrs.field(default="", validator=lambda _, __, value: _check_webhook_secret(value))
+    timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    extra_delays: list[float] = attrs.field(
+        factory=list, validator=attrs.validators.deep_iterable(attrs.validators.ge(0))
+    )
+    proxy: str = ""
+    max_concurrency: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+
+
+def _check_webhook_secret(value: str) -> None:
+    # Standard Webhooks secrets are "whsec_" + base64 of the key bytes.
+    if not value:
+        return
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        key = b""
+    if not value.startswith("whsec_") or len(key) < 16:
+        raise ValueError("'secret' must be whsec_ followed by the base64 of at least 16 random bytes")
 
 
 @attrs.frozen
@@ -88,7 +148,101 @@ class StorageConfig:
 class WorkerConfig:
     heartbeat_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     heartbeat_ttl: float = attrs.field(default=20.0, validator=attrs.validators.gt(0))
-    poll_delay: float = attrs.field(default=0.05, validator=attrs.validators.gt(0))
+    poll_delay: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
+class ExecutionConfig:
+    """How jobs run: cancel grace, runner process limits, crash handling, priorities, shutdown."""
+
+    cancel_grace: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    memory_limit_mb: int = attrs.field(default=2048, validator=attrs.validators.ge(16))
+    max_tasks_per_runner: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    max_worker_deaths: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    reclaim_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    priority_aging: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
+    shutdown_grace: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+
+
+@attrs.frozen
+class TasksConfig:
+    """Extra task-type modules (each exports TASK or TASKS), and per-type overrides of queue and limits."""
+
+    modules: list[str] = attrs.Factory(list)
+    routes: dict[str, str] = attrs.Factory(dict)
+    soft_time_limits: dict[str, float] = attrs.Factory(dict)
+    hard_time_limits: dict[str, float] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class LimitsConfig:
+    """Rate limits per API key, concurrency per project, queue length and request size; 0 = unlimited."""
+
+    submit_per_minute: int = attrs.field(default=100, validator=attrs.validators.ge(0))
+    status_per_minute: int = attrs.field(default=1000, validator=attrs.validators.ge(0))
+    concurrent_per_project: int = attrs.field(default=50, validator=attrs.validators.ge(0))
+    max_queue_length: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
+    max_body_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1024))
+    max_task_data_depth: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    max_task_data_items: int = attrs.field(default=10000, validator=attrs.validators.ge(1))
+
+
+@attrs.frozen
+class LoggingConfig:
+    """Log lines on stderr: JSON, human text, or auto (text on a TTY, else JSON)."""
+
+    format: str = attrs.field(
+        default="auto", converter=str.lower, validator=attrs.validators.in_(("auto", "json", "text"))
+    )
+    level: str = attrs.field(
+        default="INFO",
+        converter=str.upper,
+        validator=attrs.validators.in_(("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
+
+
+@attrs.frozen
+class MetricsConfig:
+    """`GET /metrics` for Prometheus."""
+
+    require_key: bool = False
+
+
+DeviceSelection = NewType("DeviceSelection", str)
+
+
+def _to_device_selection(value: Any, _: type) -> str:
+    # Normalised to "auto", "none", "count:N" or "index:0,2".
+    if isinstance(value, bool):
+        raise ValueError(f"expected auto, none, a count or a list of indexes, got {value!r}")
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        return f"count:{int(value)}"
+    if isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        return "index:" + ",".join(str(i) for i in value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("auto", "none") or text.startswith(("count:", "index:")):
+            return text
+        parts = [part.strip() for part in text.strip("[]").split(",")]
+        if parts and all(part.isdigit() for part in parts):
+            return "index:" + ",".join(parts)
+    raise ValueError(f"expected auto, none, a count or a list of indexes, got {value!r}")
+
+
+@attrs.frozen
+class GpuConfig:
+    """Which GPUs taskd schedules on this host and how many jobs share one."""
+
+    # "auto" (every device NVML sees), "none", a count (2: the first two) or indexes ([0, 2]).
+    devices: DeviceSelection = DeviceSelection("auto")
+    slots: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    # Slots a job of each GPU queue takes; 0 means the whole device.
+    queue_slots: dict[str, int] = attrs.Factory(lambda: {"gpu_heavy": 0, "gpu_medium": 1})
+    # Per task type, overriding its queue's.
+    task_slots: dict[str, int] = attrs.Factory(dict)
+    # Simulated devices instead of NVML: for tests and demos on machines without a GPU.
+    simulate: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    wait_poll: float = attrs.field(default=0.25, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen
@@ -105,6 +259,13 @@ class Config:
     queues: dict[str, QueueConfig] = attrs.Factory(_default_queues)
     storage: StorageConfig = attrs.Factory(StorageConfig)
     worker: WorkerConfig = attrs.Factory(WorkerConfig)
+    execution: ExecutionConfig = attrs.Factory(ExecutionConfig)
+    gpu: GpuConfig = attrs.Factory(GpuConfig)
+    tasks: TasksConfig = attrs.Factory(TasksConfig)
+    media: MediaConfig = attrs.Factory(MediaConfig)
+    limits: LimitsConfig = attrs.Factory(LimitsConfig)
+    logging: LoggingConfig = attrs.Factory(LoggingConfig)
+    metrics: MetricsConfig = attrs.Factory(MetricsConfig)
 
     @property
     def data_path(self) -> Path:
@@ -142,6 +303,13 @@ def _to_str_list(value: Any, _: type) -> list[str]:
     raise ValueError(f"expected a list of strings, got {value!r}")
 
 
+def _to_float_list(value: Any, _: type) -> list[float]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError(f"expected a list of numbers, got {value!r}")
+    return [float(_to_number(item, float)) for item in items if not isinstance(item, str) or item.strip()]
+
+
 def _to_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -154,7 +322,9 @@ def _converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _to_number)
     conv.register_structure_hook(float, _to_number)
     conv.register_structure_hook(str, _to_str)
+    conv.register_structure_hook(DeviceSelection, _to_device_selection)
     conv.register_structure_hook_func(lambda t: t == list[str], _to_str_list)
+    conv.register_structure_hook_func(lambda t: t == list[float], _to_float_list)
     return conv
 
 
@@ -175,7 +345,7 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == "TASKD_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):

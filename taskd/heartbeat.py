@@ -29,6 +29,7 @@ class WorkerInfo:
     queues: list[str]
     started_at: float
     rss_bytes: int = 0
+    job_rss_bytes: int = 0
     running: int = 0
 
 
@@ -41,18 +42,30 @@ class Heartbeat:
     """Publishes this process's WorkerInfo every `interval` seconds, expiring after `ttl`."""
 
     def __init__(
-        self, redis: Redis, info: WorkerInfo, interval: float, ttl: float, running: Callable[[], int]
+        self,
+        redis: Redis,
+        info: WorkerInfo,
+        interval: float,
+        ttl: float,
+        running: Callable[[], int],
+        job_rss: Callable[[], int] = lambda: 0,
     ) -> None:
         self.redis = redis
         self.info = info
         self.interval = interval
         self.ttl = ttl
         self._running = running
+        self._job_rss = job_rss
         self._process = psutil.Process()
 
     async def beat(self) -> None:
         """Write one heartbeat now."""
-        info = attrs.evolve(self.info, rss_bytes=self._process.memory_info().rss, running=self._running())
+        info = attrs.evolve(
+            self.info,
+            rss_bytes=self._process.memory_info().rss,
+            job_rss_bytes=self._job_rss(),
+            running=self._running(),
+        )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.worker(info.worker_id), orjson.dumps(attrs.asdict(info)), px=int(self.ttl * 1000))
             pipe.zadd(keys.WORKERS, {info.worker_id: int(time.time() * 1000)})

@@ -9,9 +9,18 @@
 | `taskd:workers` | sorted set: worker id -> last heartbeat ms | members older than the heartbeat TTL are dead and pruned |
 | `taskd:worker:{id}` | string: the worker's JSON description | heartbeat TTL: disappears when the process stops beating |
 | `taskd:queue:{queue}` | arq's queue sorted set: task id -> score | members leave when arq finishes or taskd revokes the job |
-| `arq:job:{id}` | arq's job definition | arq's own expiry (a day past its score) |
+| `arq:job:{task id}.{n}` | arq's job definition; a new one per enqueue of the task (n counts them) | a day past its score |
 | `taskd:webhooks:due` | sorted set: task id -> ms when its webhook is next due (the durable outbox) | members leave when delivered or given up |
+| `taskd:webhook:{id}` | hash: delivery state of a task's webhook (attempts, last status/error, delivered/failed/next times) | `storage.task_ttl`, renewed with every attempt, so it lives as long as the task record |
+| `taskd:webhooks:wake` | pub/sub channel: a webhook became due now; wakes every sender | no storage |
+| `taskd:memory_events` | sorted set: JSON of job processes killed over the memory limit -> ms | trimmed to the last 10 minutes; feeds the memory alert |
+| `taskd:events:task:{id}` | stream: the task's events (status changes, progress), ids usable as SSE `Last-Event-ID` | capped at ~200 entries; expires a day after the last event |
+| `taskd:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires a day after the last event |
+| `taskd:gpu:{host}:{index}` | hash: task id -> "worker id|slots" holding slots of that device | entries leave on release, or when their worker's heartbeat is gone |
 | `taskd:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
+| `taskd:ratelimit:{policy}:{key hash}` | string: GCRA theoretical arrival time (ms) of one API key (sha256, never the key) under `submit`/`status` | until the key's quota is full again (at most a minute) |
+| `taskd:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the limit is reached |
+| `taskd:wake` | pub/sub channel: a queue name, published when a job is put on it | no storage |
 """
 
 from __future__ import annotations
@@ -20,7 +29,17 @@ PREFIX = "taskd:"
 METRICS = f"{PREFIX}metrics"
 WORKERS = f"{PREFIX}workers"
 CANCEL_CHANNEL = f"{PREFIX}cancel"
+WAKE_CHANNEL = f"{PREFIX}wake"
+MEMORY_EVENTS = f"{PREFIX}memory_events"
+MEMORY_EVENT_TTL = 600
+# Upper bounds (seconds) of the per-type duration histogram kept in the metrics hash as
+# `duration_bucket:<type>:<le>` (cumulative, like Prometheus buckets).
+DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900)
+EVENTS_TTL = 24 * 3600
+TASK_EVENTS_MAXLEN = 200
+PROJECT_EVENTS_MAXLEN = 10_000
 WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
+WEBHOOKS_WAKE = f"{PREFIX}webhooks:wake"
 
 # Must equal arq.constants.job_key_prefix and in_progress_key_prefix (a test pins it).
 ARQ_JOB_PREFIX = "arq:job:"
@@ -47,16 +66,46 @@ def worker(worker_id: str) -> str:
     return f"{PREFIX}worker:{worker_id}"
 
 
+def webhook(task_id: str) -> str:
+    """The delivery state of a task's webhook."""
+    return f"{PREFIX}webhook:{task_id}"
+
+
 def queue(name: str) -> str:
     """arq's queue for taskd's queue `name`."""
     return f"{PREFIX}queue:{name}"
 
 
-def arq_job(task_id: str) -> str:
-    """arq's job definition for a task (taskd uses the task id as the job id)."""
-    return f"{ARQ_JOB_PREFIX}{task_id}"
+def job_id(task_id: str, enqueues: int) -> str:
+    """The arq job id of the `enqueues`-th time a task is put on a queue (the store's Lua does the same)."""
+    return f"{task_id}.{enqueues}"
 
 
-def arq_in_progress(task_id: str) -> str:
-    """arq's lock on a running job."""
-    return f"{ARQ_IN_PROGRESS_PREFIX}{task_id}"
+def rate_limit(policy: str, key_id: str) -> str:
+    """The GCRA state of one hashed API key under one rate-limit policy."""
+    return f"{PREFIX}ratelimit:{policy}:{key_id}"
+
+
+def project_active(project_id: str) -> str:
+    """The project's queued and processing tasks."""
+    return f"{PREFIX}project_active:{project_id}"
+
+
+def arq_job(job: str) -> str:
+    """arq's job definition."""
+    return f"{ARQ_JOB_PREFIX}{job}"
+
+
+def task_events(task_id: str) -> str:
+    """The stream of one task's events."""
+    return f"{PREFIX}events:task:{task_id}"
+
+
+def project_events(project_id: str) -> str:
+    """The stream of events of every task of a project."""
+    return f"{PREFIX}events:project:{project_id}"
+
+
+def gpu_device(host: str, index: str) -> str:
+    """Holders of one GPU of one host (`index` "" gives the prefix)."""
+    return f"{PREFIX}gpu:{host}:{index}"

@@ -61,6 +61,11 @@ class TaskRecord:
     error: str | None = None
     traceback: str | None = None
     attempt: int = 0
+    deaths: int = 0
+    enqueues: int = 0
+    job_id: str | None = None
+    last_error: str | None = None
+    next_retry_at: float | None = None
     retry_of: str | None = None
     previous_state: str | None = None
     worker_id: str | None = None
@@ -113,6 +118,14 @@ class InvalidState(ApiError):
     def __init__(self, detail: str) -> None:
         super().__init__(400, "invalid_state", detail)
         self.body = {"detail": detail}
+
+
+class RateLimited(ApiError):
+    """429 `rate_limited` with `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(429, "rate_limited", message, retry_after=retry_after)
+        self.retry_after = retry_after
 
 
 class ServiceUnavailable(ApiError):

@@ -16,20 +16,25 @@ from arq.connections import ArqRedis
 from taskd import apikey
 from taskd.config import Config, ConfigError
 from taskd.embedded import EmbeddedValkey
+from taskd.gpu.devices import DeviceBackend, GpuInventory
+from taskd.gpu.scheduler import GpuScheduler
 from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
 from taskd.http.app import create_app
 from taskd.http.context import Api
 from taskd.jobs.dispatch import Dispatcher
 from taskd.jobs.executor import Executor
 from taskd.jobs.queue import TaskQueue
+from taskd.jobs.reclaim import Reclaimer
 from taskd.jobs.registry import Registry, default_registry
+from taskd.jobs.runners import RunnerPool
 from taskd.jobs.workers import WorkerPool
+from taskd.logs import REDACTOR, url_password
 from taskd.model import now
-from taskd.store import TaskStore
+from taskd.sdnotify import Notifier
+from taskd.store import Admission, TaskStore
+from taskd.webhooks.sender import WebhookSender
 
 log = logging.getLogger("taskd")
-
-SHUTDOWN_GRACE = 30.0
 
 
 def served_queues(config: Config, registry: Registry, only: list[str] | None) -> list[str]:
@@ -51,10 +56,19 @@ def served_queues(config: Config, registry: Registry, only: list[str] | None) ->
 class Service:
     """One taskd process: optionally the HTTP API, optionally workers, always on one Redis."""
 
-    def __init__(self, config: Config, *, http: bool, workers: bool, queues: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        http: bool,
+        workers: bool,
+        queues: list[str] | None = None,
+        gpu_backend: DeviceBackend | None = None,
+    ) -> None:
         self.config = config
+        self.gpu_backend = gpu_backend
         self.http = http
-        self.registry = default_registry()
+        self.registry = default_registry(config.tasks)
         self.queues = served_queues(config, self.registry, queues) if workers else []
         self.generated_key: str | None = None
         self.addresses: list[tuple[str, int]] = []
@@ -63,6 +77,7 @@ class Service:
         self._embedded: EmbeddedValkey | None = None
         self._background: list[asyncio.Task[None]] = []
         self._pool: WorkerPool | None = None
+        self._runners: RunnerPool | None = None
         self._heartbeat: Heartbeat | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = False
@@ -91,53 +106,102 @@ class Service:
             raise
 
     async def _start(self) -> None:
-        redis = ArqRedis.from_url(await self._redis_url(), health_check_interval=10, socket_keepalive=True)
+        url = await self._redis_url()
+        REDACTOR.add(url_password(url))  # the embedded server's password is in no config field
+        redis = ArqRedis.from_url(url, health_check_interval=10, socket_keepalive=True)
         self._stack.push_async_callback(redis.aclose)
         await redis.ping()
         session = await self._stack.enter_async_context(aiohttp.ClientSession())
         store = TaskStore(redis, self.config.storage.task_ttl)
+        queue = TaskQueue(redis, self.config.execution.priority_aging)
+        gpu = GpuScheduler(redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id)
         if self.queues:
-            self._start_workers(redis, store, session)
+            await self._start_workers(redis, store, queue, session, gpu)
         if self.http:
-            await self._start_http(redis, store)
+            await self._start_http(redis, store, queue, gpu)
+        reclaimer = Reclaimer(
+            store, queue, self.config, sorted(set(self.config.queues) | self.registry.queues())
+        )
+        self._background.append(asyncio.create_task(reclaimer.run(), name="reclaimer"))
+        sender = WebhookSender(redis, store, self.config.webhooks, self.config.storage.task_ttl)
+        self._background.append(asyncio.create_task(sender.run(), name="webhook-sender"))
 
-    def _start_workers(self, redis: ArqRedis, store: TaskStore, session: aiohttp.ClientSession) -> None:
-        executor = Executor(store, self.registry, self.config, session, self.worker_id)
-        self._pool = pool = WorkerPool(redis, executor, self.config, self.queues)
-        pool.start()
+    async def _start_workers(
+        self,
+        redis: ArqRedis,
+        store: TaskStore,
+        queue: TaskQueue,
+        session: aiohttp.ClientSession,
+        gpu: GpuScheduler,
+    ) -> None:
+        self._runners = runners = RunnerPool(self.config)
+        executor = Executor(
+            store,
+            queue,
+            self.registry,
+            self.config,
+            session,
+            self.worker_id,
+            runners,
+            gpu,
+            on_job_done=self._wake,
+        )
+        devices = gpu.inventory.read()
+        log.info(
+            "GPUs: %s",
+            ", ".join(f"{d.index} ({d.name})" for d in devices) or "none; GPU queues run on the CPU",
+        )
+        self._pool = pool = WorkerPool(redis, executor, self.registry, self.config, self.queues)
         info = WorkerInfo(
             self.worker_id, self.worker_id.split(":")[0], psutil.Process().pid, self.queues, now()
         )
         worker = self.config.worker
         self._heartbeat = Heartbeat(
-            redis, info, worker.heartbeat_interval, worker.heartbeat_ttl, lambda: pool.running_jobs
+            redis,
+            info,
+            worker.heartbeat_interval,
+            worker.heartbeat_ttl,
+            lambda: pool.running_jobs,
+            runners.peak_rss,
         )
+        # The heartbeat is the lease on every task this process runs: it must exist first.
+        await self._heartbeat.beat()
+        pool.start()
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
-            asyncio.create_task(executor.listen_for_cancels(redis), name="cancel-listener"),
+            asyncio.create_task(executor.listen(redis, self._wake), name="pubsub-listener"),
         ]
         log.info("workers serving queues: %s", ", ".join(self.queues))
 
-    async def _start_http(self, redis: ArqRedis, store: TaskStore) -> None:
+    def _wake(self, queue: str) -> None:
+        if self._pool is not None:
+            self._pool.wake(queue)
+
+    async def _start_http(
+        self, redis: ArqRedis, store: TaskStore, queue: TaskQueue, gpu: GpuScheduler
+    ) -> None:
         api_keys, self.generated_key = apikey.load_or_create(self.config.auth.api_keys, self.config.data_path)
-        queue = TaskQueue(redis)
-        dispatcher = Dispatcher(redis, store, queue, self.registry)
-        api = Api(self.config, redis, store, queue, self.registry, dispatcher, api_keys)
+        limits = self.config.limits
+        admission = Admission(limits.concurrent_per_project, limits.max_queue_length)
+        dispatcher = Dispatcher(redis, store, queue, self.registry, admission, on_enqueued=self._wake)
+        api = Api(self.config, redis, store, queue, self.registry, dispatcher, api_keys, gpu)
         psutil.cpu_percent(interval=None)  # the first reading only primes the counter
         self._runner = web.AppRunner(create_app(api), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.http.host, self.config.http.port).start()
         self.addresses = [(address[0], address[1]) for address in self._runner.addresses]
 
-    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop the API, let running jobs finish for up to `grace` seconds, then close everything."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop the API, let running jobs finish for up to `grace` seconds (default: config), hand back the rest."""
         if self._stopped:
             return
         self._stopped = True
         if self._runner is not None:
             await self._runner.cleanup()
         if self._pool is not None:
-            await self._pool.stop(grace)
+            await self._pool.stop(self.config.execution.shutdown_grace if grace is None else grace)
+        if self._runners is not None:
+            await self._runners.close()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -161,11 +225,25 @@ async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    notifier = Notifier.from_env()
     service = Service(config, http=http, workers=workers, queues=queues)
+    notifier.status("starting")
     await service.start()
     service.announce()
+    notifier.ready(_status_line(service))
+    watchdog = asyncio.create_task(notifier.watchdog(), name="systemd-watchdog")
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        notifier.stopping("stopping: draining running jobs")
         await service.stop()
+        watchdog.cancel()
+
+
+def _status_line(service: Service) -> str:
+    """What `systemctl status` shows while taskd runs."""
+    parts = [f"API on http://{host}:{port}" for host, port in service.addresses]
+    if service.queues:
+        parts.append(f"workers for {', '.join(service.queues)}")
+    return "serving: " + "; ".join(parts)

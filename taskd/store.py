@@ -12,16 +12,24 @@ from typing import Any
 import attrs
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from taskd import keys
-from taskd.model import ACTIVE, Metrics, TaskNotFound, TaskRecord, TaskStatus
+from taskd.model import ACTIVE, Metrics, RateLimited, ServiceUnavailable, TaskNotFound, TaskRecord, TaskStatus
 
 _JSON_FIELDS = frozenset({"task_data", "metadata", "result"})
 _FLOAT_FIELDS = frozenset(
-    {"progress", "created_at", "updated_at", "started_at", "completed_at", "cancelled_at", "processing_time"}
+    {
+        "progress",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "completed_at",
+        "cancelled_at",
+        "processing_time",
+        "next_retry_at",
+    }
 )
-_INT_FIELDS = frozenset({"priority", "attempt"})
+_INT_FIELDS = frozenset({"priority", "attempt", "deaths", "enqueues"})
 _FIELD_NAMES = tuple(field.name for field in attrs.fields(TaskRecord))
 
 
@@ -65,49 +73,220 @@ def decode(fields: Mapping[bytes, bytes]) -> TaskRecord:
     return TaskRecord(**values)
 
 
-_START = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return false end
-if status ~= 'queued' and status ~= 'processing' then return status end
-redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1], 'updated_at', ARGV[1],
-           'worker_id', ARGV[2], 'progress', '0.0')
-redis.call('HDEL', KEYS[1], 'current_step', 'error', 'traceback')
-redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('ZADD', KEYS[2], math.floor(tonumber(ARGV[1]) * 1000), ARGV[3])
-return 'ok'
+# Appends an event to the task's and the project's streams (what the SSE endpoints read), in
+# the same script as the change it reports. The result is spliced in as stored: re-encoding it
+# with cjson would turn empty lists into objects.
+_EMIT_LUA = f"""
+local function emit(task_key, kind)
+  local f = redis.call('HMGET', task_key, 'task_id', 'project_id', 'task_type', 'status', 'progress',
+                       'current_step', 'error', 'attempt', 'updated_at', 'result')
+  local event = {{type = kind, task_id = f[1], project_id = f[2], task_type = f[3], status = f[4],
+                 progress = tonumber(f[5]) or 0, current_step = f[6] or cjson.null, error = f[7] or cjson.null,
+                 attempt = tonumber(f[8]) or 0, at = tonumber(f[9]) or cjson.null}}
+  local data = cjson.encode(event)
+  if f[10] and f[4] == 'completed' then data = string.sub(data, 1, -2) .. ',"result":' .. f[10] .. '}}' end
+  local task_stream = '{keys.task_events("")}' .. f[1]
+  local project_stream = '{keys.project_events("")}' .. f[2]
+  redis.call('XADD', task_stream, 'MAXLEN', '~', {keys.TASK_EVENTS_MAXLEN}, '*', 'event', data)
+  redis.call('EXPIRE', task_stream, {keys.EVENTS_TTL})
+  redis.call('XADD', project_stream, 'MAXLEN', '~', {keys.PROJECT_EVENTS_MAXLEN}, '*', 'event', data)
+  redis.call('EXPIRE', project_stream, {keys.EVENTS_TTL})
+end
 """
 
-_PROGRESS = """
+# Creates a fresh arq job for a task: a new job id per enqueue, so a stale job of an earlier
+# attempt (still in arq's hands) can never run the task again. Keys built here follow
+# taskd.keys and arq's layout; taskd supports standalone Redis and Sentinel, not Cluster.
+_ENQUEUE_LUA = """
+local function enqueue(task_key, task_id, queue, score, now_ms)
+  local n = redis.call('HINCRBY', task_key, 'enqueues', 1)
+  local job_id = task_id .. '.' .. n
+  redis.call('HSET', task_key, 'job_id', job_id)
+  local job = '{"t":null,"f":"run_task","a":["' .. task_id .. '"],"k":{},"et":' .. now_ms .. '}'
+  redis.call('SET', 'arq:job:' .. job_id, job, 'PX', 86400000 + math.max(0, score - now_ms))
+  redis.call('ZADD', 'taskd:queue:' .. queue, score, job_id)
+  redis.call('PUBLISH', 'taskd:wake', queue)
+  return job_id
+end
+"""
+
+# KEYS: task, project index, metrics, queue zset, arq job, project's active set, running zset.
+# ARGV: task id, created ms, ttl, queue score, job id, job payload, job expiry ms, project limit,
+#       queue limit, queue name, task type, then the record's field/value pairs.
+# One round trip: admission (project concurrency, queue length), the record, its index, the
+# counters, the queued job, the wake-up and the first event, all or nothing.
+_SUBMIT = (
+    _EMIT_LUA
+    + """
+local project_limit, queue_limit = tonumber(ARGV[8]), tonumber(ARGV[9])
+if project_limit > 0 and redis.call('SCARD', KEYS[6]) >= project_limit then
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+    local status = redis.call('HGET', '@TASK_PREFIX@' .. id, 'status')
+    if status ~= 'queued' and status ~= 'processing' then redis.call('SREM', KEYS[6], id) end
+  end
+  local active = redis.call('SCARD', KEYS[6])
+  if active >= project_limit then return {'project_full', active} end
+end
+if queue_limit > 0 then
+  local waiting = redis.call('ZCARD', KEYS[4]) - redis.call('ZCARD', KEYS[7])
+  if waiting >= queue_limit then return {'queue_full', waiting} end
+end
+for i = 12, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[6], ARGV[1])
+redis.call('EXPIRE', KEYS[6], ARGV[3])
+redis.call('HINCRBY', KEYS[3], 'total_tasks', 1)
+redis.call('HINCRBY', KEYS[3], 'submitted:' .. ARGV[11], 1)
+redis.call('SET', KEYS[5], ARGV[6], 'PX', ARGV[7])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
+redis.call('PUBLISH', '@WAKE@', ARGV[10])
+emit(KEYS[1], 'status')
+local durations = redis.call('HMGET', KEYS[3], 'duration_sum:' .. ARGV[11], 'duration_count:' .. ARGV[11])
+return {'ok', redis.call('ZRANK', KEYS[4], ARGV[5]) or -1, redis.call('ZCARD', KEYS[7]),
+        durations[1] or '0', durations[2] or '0'}
+"""
+)
+
+# KEYS: task, running zset. ARGV: now, worker id, task id, job id.
+# A processing task is never started again here, whatever arq thinks: only the reclaimer
+# (which knows its worker is dead) puts it back on a queue, under a new job id.
+_START = (
+    _EMIT_LUA
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'gone' end
+if redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[4] then return 'stale' end
+if status ~= 'queued' then return status end
+redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1], 'updated_at', ARGV[1],
+           'worker_id', ARGV[2], 'progress', '0.0')
+redis.call('HDEL', KEYS[1], 'current_step', 'next_retry_at')
+redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('ZADD', KEYS[2], math.floor(tonumber(ARGV[1]) * 1000), ARGV[3])
+emit(KEYS[1], 'status')
+return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+_PROGRESS = (
+    _EMIT_LUA
+    + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'processing' then return 0 end
 if redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[4] then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'updated_at', ARGV[3])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'current_step', ARGV[2]) end
+emit(KEYS[1], 'progress')
 return 1
 """
+)
 
 # KEYS: task, running zset, metrics, webhook outbox.
 # ARGV: worker id, counter, task type, duration, ttl, task id, now ms, then field/value pairs.
 # A task with a callback_url gets its webhook due in the same script that records its end.
-_FINISH = """
+_FINISH = (
+    _EMIT_LUA
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1] then
   return status or false
 end
 for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', KEYS[2], ARGV[6])
+redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[6])
 redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 if ARGV[2] == 'completed_tasks' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'duration_sum:' .. ARGV[3], ARGV[4])
   redis.call('HINCRBY', KEYS[3], 'duration_count:' .. ARGV[3], 1)
+  local d = tonumber(ARGV[4])
+  for _, le in ipairs({@DURATION_BUCKETS@}) do
+    if d <= le then redis.call('HINCRBY', KEYS[3], 'duration_bucket:' .. ARGV[3] .. ':' .. le, 1) end
+  end
+else
+  redis.call('HINCRBY', KEYS[3], 'failed:' .. ARGV[3], 1)
 end
-if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6]) end
+if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
+  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
+  redis.call('PUBLISH', '@WEBHOOKS_WAKE@', ARGV[6])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
+emit(KEYS[1], 'status')
 return 'ok'
 """
+)
 
-# KEYS: task, running zset, metrics, webhook outbox, the queue's sorted set, then the queued job's keys.
+# KEYS: task, running zset, metrics.
+# ARGV: worker id, task id, now, now ms, queue, score, retried (1 = count an automatic retry), last error.
+# Puts a task this worker runs back on its queue: a retry after a transient error, or a
+# running task handed back at shutdown.
+_REQUEUE = (
+    _EMIT_LUA
+    + _ENQUEUE_LUA
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1] then
+  return status or false
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[3], 'progress', '0.0')
+redis.call('HDEL', KEYS[1], 'worker_id', 'started_at', 'current_step')
+redis.call('ZREM', KEYS[2], ARGV[2])
+if ARGV[7] == '1' then
+  redis.call('HINCRBY', KEYS[3], 'retried_tasks', 1)
+  redis.call('HINCRBY', KEYS[3], 'retried:' .. redis.call('HGET', KEYS[1], 'task_type'), 1)
+  redis.call('HSET', KEYS[1], 'last_error', ARGV[8], 'next_retry_at', tonumber(ARGV[6]) / 1000)
+end
+enqueue(KEYS[1], ARGV[2], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[4]))
+emit(KEYS[1], 'status')
+return 'ok'
+"""
+)
+
+# KEYS: task, running zset, metrics, webhook outbox.
+# ARGV: task id, now, now ms, queue, score, max deaths, ttl, worker key prefix.
+# Takes back a task whose worker stopped beating: requeued, or failed once it has taken
+# down `max deaths` workers.
+_RECLAIM = (
+    _EMIT_LUA
+    + _ENQUEUE_LUA
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'processing' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 'not_processing'
+end
+local owner = redis.call('HGET', KEYS[1], 'worker_id') or '?'
+if redis.call('EXISTS', ARGV[8] .. owner) == 1 then return 'alive' end
+local deaths = redis.call('HINCRBY', KEYS[1], 'deaths', 1)
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], 'worker_id', 'current_step')
+local reason = 'worker ' .. owner .. ' died while running the task'
+if deaths >= tonumber(ARGV[6]) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', ARGV[2], 'completed_at', ARGV[2],
+             'error', 'Task failed: its worker died ' .. deaths .. ' times while running it (last: ' .. reason .. ')')
+  redis.call('HINCRBY', KEYS[3], 'failed_tasks', 1)
+  redis.call('HINCRBY', KEYS[3], 'failed:' .. redis.call('HGET', KEYS[1], 'task_type'), 1)
+  redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[1])
+  if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
+    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+    redis.call('PUBLISH', '@WEBHOOKS_WAKE@', ARGV[1])
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+  emit(KEYS[1], 'status')
+  return 'failed'
+end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[2], 'progress', '0.0', 'last_error', reason)
+redis.call('HDEL', KEYS[1], 'started_at')
+enqueue(KEYS[1], ARGV[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[3]))
+emit(KEYS[1], 'status')
+return 'requeued'
+"""
+)
+
+# KEYS: task, running zset, metrics, webhook outbox, the queue's sorted set.
 # ARGV: now, ttl, task id, now ms.
-_CANCEL = """
+_CANCEL = (
+    _EMIT_LUA
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if status ~= 'queued' and status ~= 'processing' then
@@ -115,15 +294,71 @@ if status ~= 'queued' and status ~= 'processing' then
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'previous_state', status, 'cancelled_at', ARGV[1],
            'updated_at', ARGV[1], 'completed_at', ARGV[1])
-redis.call('HDEL', KEYS[1], 'worker_id')
+redis.call('HDEL', KEYS[1], 'worker_id', 'next_retry_at')
 redis.call('ZREM', KEYS[2], ARGV[3])
-redis.call('ZREM', KEYS[5], ARGV[3])
-for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
+local job_id = redis.call('HGET', KEYS[1], 'job_id')
+if job_id then
+  redis.call('ZREM', KEYS[5], job_id)
+  redis.call('DEL', 'arq:job:' .. job_id)
+end
 redis.call('HINCRBY', KEYS[3], 'cancelled_tasks', 1)
-if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3]) end
+redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[3])
+redis.call('HINCRBY', KEYS[3], 'cancelled:' .. redis.call('HGET', KEYS[1], 'task_type'), 1)
+if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+  redis.call('PUBLISH', '@WEBHOOKS_WAKE@', ARGV[3])
+end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+emit(KEYS[1], 'status')
 return {'cancelled_now', status, ARGV[1]}
 """
+)
+
+
+def _with_constants(script: str) -> str:
+    # A task's end wakes the webhook senders of every process at once; durations feed a histogram.
+    replacements = {
+        "@WEBHOOKS_WAKE@": keys.WEBHOOKS_WAKE,
+        "@WAKE@": keys.WAKE_CHANNEL,
+        "@TASK_PREFIX@": keys.task(""),
+        "@ACTIVE_PREFIX@": keys.project_active(""),
+        "@DURATION_BUCKETS@": ", ".join(str(le) for le in keys.DURATION_BUCKETS),
+    }
+    for token, value in replacements.items():
+        script = script.replace(token, value)
+    return script
+
+
+PROJECT_FULL_RETRY_AFTER = 10
+QUEUE_FULL_RETRY_AFTER = 30
+
+
+@attrs.frozen
+class QueuedJob:
+    """The arq job that will run a new task: its id, serialised form, queue score and expiry."""
+
+    job_id: str
+    payload: bytes
+    score: int
+    expiry_ms: int
+
+
+@attrs.frozen
+class Admission:
+    """Limits a submit must pass; 0 = unlimited."""
+
+    concurrent_per_project: int = 0
+    max_queue_length: int = 0
+
+
+@attrs.frozen
+class Created:
+    """Where a new task stands: its rank in arq's queue set, the queue's running count, past durations."""
+
+    rank: int | None
+    running: int
+    duration_sum: float
+    duration_count: int
 
 
 @attrs.frozen
@@ -146,20 +381,67 @@ class TaskStore:
     def __init__(self, redis: Redis, task_ttl: int) -> None:
         self.redis = redis
         self.task_ttl = task_ttl
+        self._submit = redis.register_script(_with_constants(_SUBMIT))
         self._start = redis.register_script(_START)
         self._progress = redis.register_script(_PROGRESS)
-        self._finish = redis.register_script(_FINISH)
-        self._cancel = redis.register_script(_CANCEL)
+        self._finish = redis.register_script(_with_constants(_FINISH))
+        self._requeue = redis.register_script(_REQUEUE)
+        self._reclaim = redis.register_script(_with_constants(_RECLAIM))
+        self._cancel = redis.register_script(_with_constants(_CANCEL))
 
-    def add_create(self, pipe: Pipeline, record: TaskRecord) -> None:
-        """Queue on `pipe` the writes that create `record`, index it and count it."""
-        key = keys.task(record.task_id)
-        pipe.hset(key, mapping=encode(record))
-        pipe.expire(key, self.task_ttl)
-        index = keys.project(record.project_id)
-        pipe.zadd(index, {record.task_id: int(record.created_at * 1000)})
-        pipe.expire(index, self.task_ttl)
-        pipe.hincrby(keys.METRICS, "total_tasks", 1)
+    async def create(self, record: TaskRecord, job: QueuedJob, admission: Admission) -> Created:
+        """Admit, store, index, count and enqueue `record` in one script; a return means it is in Redis.
+
+        Raises RateLimited when the project has too many active tasks, ServiceUnavailable when the
+        queue is full; nothing is written then.
+        """
+        flat: list[bytes | str] = []
+        for name, value in encode(record).items():
+            flat += [name, value]
+        reply = await self._submit(
+            keys=[
+                keys.task(record.task_id),
+                keys.project(record.project_id),
+                keys.METRICS,
+                keys.queue(record.queue),
+                keys.arq_job(job.job_id),
+                keys.project_active(record.project_id),
+                keys.running(record.queue),
+            ],
+            args=[
+                record.task_id,
+                int(record.created_at * 1000),
+                self.task_ttl,
+                job.score,
+                job.job_id,
+                job.payload,
+                job.expiry_ms,
+                admission.concurrent_per_project,
+                admission.max_queue_length,
+                record.queue,
+                record.task_type,
+                *flat,
+            ],
+        )
+        verdict = reply[0].decode()
+        if verdict == "project_full":
+            raise RateLimited(
+                f"Project '{record.project_id}' already has {reply[1]} queued or processing tasks; "
+                f"at most {admission.concurrent_per_project} may be active at once",
+                PROJECT_FULL_RETRY_AFTER,
+            )
+        if verdict == "queue_full":
+            raise ServiceUnavailable(
+                f"Queue '{record.queue}' is full ({reply[1]} tasks waiting), please try again later",
+                retry_after=QUEUE_FULL_RETRY_AFTER,
+            )
+        _, rank, running, duration_sum, duration_count = reply
+        return Created(
+            rank=None if int(rank) < 0 else int(rank),
+            running=int(running),
+            duration_sum=float(duration_sum),
+            duration_count=int(duration_count),
+        )
 
     async def get(self, task_id: str) -> TaskRecord:
         """The record of `task_id`; raises TaskNotFound."""
@@ -176,14 +458,16 @@ class TaskStore:
             rows = await pipe.execute()
         return [decode(fields) for fields in rows if fields]
 
-    async def start(self, task_id: str, queue: str, worker_id: str, at: float) -> TaskRecord | None:
-        """Mark a queued task processing for `worker_id`; None if it is gone or already ended."""
-        outcome = await self._start(
-            keys=[keys.task(task_id), keys.running(queue)], args=[repr(at), worker_id, task_id]
+    async def start(
+        self, task_id: str, job_id: str, queue: str, worker_id: str, at: float
+    ) -> TaskRecord | None:
+        """Mark a queued task processing for `worker_id`; None if this job may not run it (ended, stale, running)."""
+        reply = await self._start(
+            keys=[keys.task(task_id), keys.running(queue)], args=[repr(at), worker_id, task_id, job_id]
         )
-        if outcome != b"ok":
+        if not isinstance(reply, list):
             return None
-        return await self.get(task_id)
+        return decode(dict(zip(reply[::2], reply[1::2], strict=True)))
 
     async def progress(
         self, task_id: str, worker_id: str, progress: float, step: str | None, at: float
@@ -228,9 +512,66 @@ class TaskStore:
         )
         return outcome == b"ok"
 
-    async def cancel(
-        self, record: TaskRecord, queue_key: str, job_keys: Iterable[str], at: float
-    ) -> CancelOutcome:
+    async def requeue(
+        self, record: TaskRecord, worker_id: str, at: float, score: int, *, retry_error: str | None = None
+    ) -> bool:
+        """Put a task this worker runs back on its queue at `score` (ms): a retry if `retry_error` is given."""
+        outcome = await self._requeue(
+            keys=[keys.task(record.task_id), keys.running(record.queue), keys.METRICS],
+            args=[
+                worker_id,
+                record.task_id,
+                repr(at),
+                int(at * 1000),
+                record.queue,
+                score,
+                "1" if retry_error is not None else "0",
+                retry_error or "",
+            ],
+        )
+        return outcome == b"ok"
+
+    async def orphans(self, queues: Iterable[str]) -> list[tuple[str, str, int]]:
+        """Processing tasks whose worker's heartbeat is gone: (task id, queue, priority) each."""
+        candidates: list[tuple[str, str]] = []
+        for queue in queues:
+            candidates += [
+                (raw.decode(), queue) for raw in await self.redis.zrange(keys.running(queue), 0, -1)
+            ]
+        if not candidates:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id, _ in candidates:
+                pipe.hmget(keys.task(task_id), "worker_id", "priority")
+            owners = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id, _ in owners:
+                pipe.exists(keys.worker(worker_id.decode() if worker_id else "?"))
+            alive = await pipe.execute()
+        return [
+            (task_id, queue, int(priority or 2))
+            for (task_id, queue), (_, priority), live in zip(candidates, owners, alive, strict=True)
+            if not live
+        ]
+
+    async def reclaim(self, task_id: str, queue: str, at: float, score: int, max_deaths: int) -> str:
+        """Requeue (or, past `max_deaths`, fail) a task whose worker died; says which it did."""
+        outcome = await self._reclaim(
+            keys=[keys.task(task_id), keys.running(queue), keys.METRICS, keys.WEBHOOKS_DUE],
+            args=[
+                task_id,
+                repr(at),
+                int(at * 1000),
+                queue,
+                score,
+                max_deaths,
+                self.task_ttl,
+                keys.worker(""),
+            ],
+        )
+        return outcome.decode() if isinstance(outcome, bytes) else "gone"
+
+    async def cancel(self, record: TaskRecord, queue_key: str, at: float) -> CancelOutcome:
         """Cancel a queued or processing task atomically, removing its queued job; report what was there."""
         reply = await self._cancel(
             keys=[
@@ -239,7 +580,6 @@ class TaskStore:
                 keys.METRICS,
                 keys.WEBHOOKS_DUE,
                 queue_key,
-                *job_keys,
             ],
             args=[repr(at), self.task_ttl, record.task_id, int(at * 1000)],
         )
@@ -321,3 +661,17 @@ class TaskStore:
             for member, score in await self.redis.zrange(keys.running(queue), 0, -1, withscores=True):
                 started[member.decode()] = score / 1000
         return started
+
+    async def note_memory_recycle(self, event: Mapping[str, Any], at: float) -> None:
+        """Remember a job process killed over the memory limit, for the memory alert."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(keys.MEMORY_EVENTS, {orjson.dumps(dict(event)): int(at * 1000)})
+            pipe.zremrangebyscore(keys.MEMORY_EVENTS, "-inf", int((at - keys.MEMORY_EVENT_TTL) * 1000))
+            await pipe.execute()
+
+    async def memory_recycles(self, at: float) -> list[dict[str, Any]]:
+        """Job processes killed over the memory limit in the last ten minutes."""
+        since = int((at - keys.MEMORY_EVENT_TTL) * 1000)
+        return [
+            orjson.loads(raw) for raw in await self.redis.zrangebyscore(keys.MEMORY_EVENTS, since, "+inf")
+        ]

@@ -21,17 +21,24 @@ from redis.asyncio import Redis
 from taskd.config import (
     AuthConfig,
     Config,
+    ExecutionConfig,
     HttpConfig,
     LlmProvider,
     ProvidersConfig,
     RedisConfig,
     RetryConfig,
+    TasksConfig,
     WorkerConfig,
 )
 from taskd.embedded import EmbeddedValkey
 from taskd.service import Service
 
 API_KEY = "test-key-0123456789"
+TEST_TASK_MODULES = ["taskd.jobs.diagnostics", "support_tasks"]
+# Job processes import the test task modules too.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])
+)
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
@@ -70,7 +77,9 @@ def make_config(tmp_path: Path, redis_url: str, llm_url: str = "", **sections: A
             llm=LlmProvider(base_url=llm_url, api_key="sk-test", model="test-model", timeout=5)
         ),
         retry=RetryConfig(base_delay=0.2),
-        worker=WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=0.02),
+        worker=WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=0.5),
+        execution=ExecutionConfig(cancel_grace=2, reclaim_interval=0.5, shutdown_grace=2),
+        tasks=TasksConfig(modules=TEST_TASK_MODULES),
     )
     return attrs.evolve(config, **sections)
 
@@ -124,12 +133,13 @@ async def start_service(tmp_path: Path, valkey_url: str) -> AsyncIterator[Callab
         *,
         http: bool = True,
         workers: bool = True,
-        queues: list[str] | None = None,
+        serve_queues: list[str] | None = None,
+        gpu_backend: Any = None,
         llm_url: str = "",
         **sections: Any,
     ) -> RunningService:
         config = make_config(tmp_path, valkey_url, llm_url, **sections)
-        service = Service(config, http=http, workers=workers, queues=queues)
+        service = Service(config, http=http, workers=workers, queues=serve_queues, gpu_backend=gpu_backend)
         await service.start()
         host, port = service.addresses[0] if service.addresses else ("127.0.0.1", 0)
         base_url = f"http://{host}:{port}"

@@ -86,7 +86,7 @@ async def test_completed_task_cannot_be_cancelled(taskd, fake_llm):
 
 
 async def test_failed_task_cannot_be_cancelled(taskd):
-    task = await taskd.submit("generate_video", {"duration": 7})
+    task = await taskd.submit("fail", {})
     await taskd.wait_terminal(task["task_id"])
 
     status, body = await cancel(taskd, task["task_id"])

@@ -72,12 +72,12 @@ async def test_running_task_shows_processing_with_its_current_step(taskd, fake_l
 
 
 async def test_task_type_without_a_handler_fails_saying_so(taskd):
-    task = await taskd.submit("generate_video", TASK_DATA["generate_video"])
+    task = await taskd.submit("declared_only", {})
 
     body = await taskd.wait_terminal(task["task_id"])
 
     assert body["status"] == "failed"
-    assert body["error"] == "No handler is installed for task type 'generate_video'"
+    assert body["error"] == "No handler is installed for task type 'declared_only'"
     assert body["result"] is None
 
 

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.usefixtures("fake_llm")
 
 
 @pytest.mark.parametrize("task_type", sorted(TASK_DATA))
-async def test_every_documented_task_type_is_accepted(taskd, task_type):
-    body = await taskd.submit(task_type, TASK_DATA[task_type])
+async def test_every_documented_task_type_is_accepted(start_service, task_type):
+    api_only = await start_service(workers=False)
+    body = await api_only.submit(task_type, TASK_DATA[task_type])
 
     assert body["status"] == "queued"
     assert body["project_id"] == "proj-1"
@@ -29,16 +30,18 @@ async def test_every_documented_task_type_is_accepted(taskd, task_type):
     }
 
 
-async def test_submit_response_has_the_documented_types(taskd):
-    body = await taskd.submit("generate_video", TASK_DATA["generate_video"])
+async def test_submit_response_has_the_documented_types(start_service):
+    api_only = await start_service(workers=False)
+    body = await api_only.submit("generate_video", TASK_DATA["generate_video"])
 
     assert isinstance(body["estimated_duration"], int) and body["estimated_duration"] > 0
     assert isinstance(body["queue_position"], int) and body["queue_position"] >= 1
     datetime.strptime(body["created_at"], "%Y-%m-%dT%H:%M:%SZ")
 
 
-async def test_submitted_task_is_stored_before_the_response(taskd, redis: Redis):
-    body = await taskd.submit("generate_video", {"duration": 7}, project_id="stored")
+async def test_submitted_task_is_stored_before_the_response(start_service, redis: Redis):
+    api_only = await start_service(workers=False)
+    body = await api_only.submit("generate_video", {"duration": 7}, project_id="stored")
 
     assert await redis.hget(keys.task(body["task_id"]), "project_id") == b"stored"
     assert await redis.zscore(keys.project("stored"), body["task_id"]) is not None
@@ -169,10 +172,11 @@ async def test_refused_submission_stores_nothing(taskd, redis: Redis):
     assert await redis.zcard(keys.project("p")) == 0
 
 
-async def test_unknown_task_data_fields_are_kept(taskd):
-    task = await taskd.submit("generate_video", {"duration": 7, "mood": "tense"})
+async def test_unknown_task_data_fields_are_kept(start_service):
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("generate_video", {"duration": 7, "mood": "tense"})
 
-    async with taskd.client.get("/api/v1/projects/proj-1/tasks") as response:
+    async with api_only.client.get("/api/v1/projects/proj-1/tasks") as response:
         listed = (await response.json())["tasks"]
 
     assert [t["task_data"] for t in listed if t["task_id"] == task["task_id"]] == [

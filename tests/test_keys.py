@@ -8,8 +8,8 @@ from taskd import keys
 
 
 def test_arq_job_keys_match_arq():
-    assert keys.ARQ_JOB_PREFIX == constants.job_key_prefix
-    assert keys.ARQ_IN_PROGRESS_PREFIX == constants.in_progress_key_prefix
+    assert constants.job_key_prefix == keys.ARQ_JOB_PREFIX
+    assert constants.in_progress_key_prefix == keys.ARQ_IN_PROGRESS_PREFIX
 
 
 def test_task_keys_are_namespaced():

@@ -63,6 +63,7 @@ def make_ctx(http: aiohttp.ClientSession, base_url: str, timeout: float = 2) -> 
         task_id="t1",
         project_id="p1",
         attempt=1,
+        max_attempts=1,
         config=Config(providers=ProvidersConfig(llm=provider)),
         http=http,
         metadata={},

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from taskd.http import health, projects, tasks
+from taskd.http import dashboard, events, health, media, openapi, projects, prom, ratelimit, tasks, webhooks
 from taskd.http.auth import auth_middleware
 from taskd.http.context import API, Api
 from taskd.http.errors import error_middleware
+from taskd.http.ratelimit import rate_limit_middleware
 
 
 def create_app(api: Api) -> web.Application:
     """The HTTP API with auth and the documented error bodies on every route."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware])
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware, rate_limit_middleware],
+        client_max_size=api.config.limits.max_body_bytes,
+    )
     app[API] = api
+    ratelimit.install(app)
+    openapi.add_routes(app)
+    prom.add_routes(app)
     health.add_routes(app)
     tasks.add_routes(app)
     projects.add_routes(app)
+    webhooks.add_routes(app)
+    media.add_routes(app)
+    events.add_routes(app)
+    dashboard.add_routes(app)
     return app

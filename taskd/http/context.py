@@ -9,6 +9,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from taskd.config import Config
+from taskd.gpu.scheduler import GpuScheduler
 from taskd.jobs.dispatch import Dispatcher
 from taskd.jobs.queue import TaskQueue
 from taskd.jobs.registry import Registry
@@ -26,6 +27,7 @@ class Api:
     registry: Registry
     dispatcher: Dispatcher
     api_keys: list[str]
+    gpu: GpuScheduler
     started_at: float = attrs.Factory(time.monotonic)
 
     @property

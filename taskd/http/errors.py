@@ -18,7 +18,8 @@ _HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_l
 
 def render(error: ApiError) -> web.Response:
     """The response for an ApiError, with Retry-After where it has one."""
-    headers = {"Retry-After": str(error.retry_after)} if isinstance(error, ServiceUnavailable) else None
+    retry_after = getattr(error, "retry_after", None)  # 503 service_unavailable, 429 rate_limited
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return json_response(error.body, error.status, headers)
 
 
@@ -33,7 +34,10 @@ async def error_middleware(request: web.Request, handler: web.Handler) -> web.St
         if exc.status < 400:
             raise
         error = _HTTP_ERRORS.get(exc.status, "http_error")
-        return json_response({"error": error, "message": exc.reason}, exc.status)
+        message = exc.reason
+        if exc.status == 413:
+            message = f"Request body is larger than the limit of {request.client_max_size} bytes"
+        return json_response({"error": error, "message": message}, exc.status)
     except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
         log.warning("storage unavailable for %s %s: %s", request.method, request.path, exc)
         return render(

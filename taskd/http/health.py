@@ -9,8 +9,9 @@ from typing import Any
 import psutil
 from aiohttp import web
 
+from taskd import keys
 from taskd.alerts import overall_status, queue_alerts
-from taskd.gpu.nvml import read_devices
+from taskd.gpu.nvml import DeviceReading
 from taskd.heartbeat import live_workers
 from taskd.http.context import API, Api
 from taskd.http.responses import json_response
@@ -38,10 +39,11 @@ async def service_health(request: web.Request) -> web.Response:
     """Redis, live workers, queue sizes, system load and uptime."""
     api = request.app[API]
     uptime = int(time.monotonic() - api.started_at)
+    devices = api.gpu.inventory.read()
     system_load: dict[str, Any] = {
         "cpu_percent": psutil.cpu_percent(interval=None),
         "memory_percent": psutil.virtual_memory().percent,
-        "gpu_utilization": [device.utilization for device in read_devices()],
+        "gpu_utilization": [device.utilization for device in devices],
     }
     if not await _redis_ok(api):
         body = {
@@ -54,16 +56,37 @@ async def service_health(request: web.Request) -> web.Response:
         }
         return json_response(body, 503)
     workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
-    return json_response(
+    body = {
+        "status": "healthy" if workers else "degraded",
+        "redis_status": "connected",
+        "worker_count": len(workers),
+        "queue_sizes": await api.queue.waiting(api.queue_names),
+        "system_load": system_load,
+        "uptime": uptime,
+        "gpus": await _gpus(api, devices),
+    }
+    if not devices:
+        body["gpu_note"] = (
+            "No GPU found on this host (NVML unavailable or no device); GPU queues run on the CPU"
+        )
+    return json_response(body)
+
+
+async def _gpus(api: Api, devices: list[DeviceReading]) -> list[dict[str, Any]]:
+    uses = {use.index: use for use in await api.gpu.usage()}
+    return [
         {
-            "status": "healthy" if workers else "degraded",
-            "redis_status": "connected",
-            "worker_count": len(workers),
-            "queue_sizes": await api.queue.waiting(api.queue_names),
-            "system_load": system_load,
-            "uptime": uptime,
+            "index": device.index,
+            "name": device.name,
+            "utilization": device.utilization,
+            "memory_used": device.memory_used,
+            "memory_total": device.memory_total,
+            "slots": api.config.gpu.slots,
+            "slots_used": uses[device.index].used if device.index in uses else 0,
+            "running": uses[device.index].holders if device.index in uses else {},
         }
-    )
+        for device in devices
+    ]
 
 
 @routes.get("/api/v1/tasks/metrics")
@@ -71,6 +94,7 @@ async def task_metrics(request: web.Request) -> web.Response:
     """The cumulative counters shared by every process."""
     api = request.app[API]
     metrics = await api.store.metrics(api.queue_names)
+    delivered, failed = await api.redis.hmget(keys.METRICS, "webhooks_delivered", "webhooks_failed")
     return json_response(
         {
             "metrics": {
@@ -83,6 +107,8 @@ async def task_metrics(request: web.Request) -> web.Response:
                 "failure_rate": metrics.failure_rate,
                 "average_durations": metrics.average_durations,
                 "currently_running": metrics.currently_running,
+                "webhooks_delivered": int(delivered or 0),
+                "webhooks_failed": int(failed or 0),
             },
             "timestamp": iso(now()),
         }
@@ -96,7 +122,10 @@ async def queue_health(request: web.Request) -> web.Response:
     metrics = await api.store.metrics(api.queue_names)
     running = await api.store.running_since(api.queue_names)
     workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
-    alerts = queue_alerts(metrics, running, workers, now())
+    at = now()
+    recycles = await api.store.memory_recycles(at)
+    memory_limit = api.config.execution.memory_limit_mb * 1024 * 1024
+    alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles)
     return json_response(
         {
             "status": overall_status(alerts),

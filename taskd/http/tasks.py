@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from taskd.http.context import API
+from taskd.http.input_limits import check_body_shape
 from taskd.http.responses import json_response, read_json
 from taskd.http.views import status_view
 from taskd.jobs.submission import parse_submission
+from taskd.logs import bind_task
 from taskd.model import TaskStatus, iso
+from taskd.webhooks.guard import check_callback_url
+from taskd.webhooks.outbox import delivery_state
+
+log = logging.getLogger("taskd.http")
 
 routes = web.RouteTableDef()
 
@@ -17,8 +25,16 @@ routes = web.RouteTableDef()
 async def submit(request: web.Request) -> web.Response:
     """Validate, store and enqueue a task."""
     api = request.app[API]
-    submission = parse_submission(await read_json(request), api.registry)
+    body = await read_json(request)
+    check_body_shape(body, api.config.limits)
+    submission = parse_submission(body, api.registry)
+    if submission.callback_url:
+        await check_callback_url(submission.callback_url, allow_private=api.config.webhooks.allow_private)
     accepted = await api.dispatcher.submit(submission)
+    with bind_task(accepted.record):
+        log.info(
+            "task submitted", extra={"queue": accepted.record.queue, "priority": accepted.record.priority}
+        )
     return json_response(
         {
             "task_id": accepted.record.task_id,
@@ -38,8 +54,9 @@ async def status(request: web.Request) -> web.Response:
     record = await api.store.get(request.match_info["task_id"])
     position = None
     if record.status is TaskStatus.QUEUED:
-        position = await api.queue.position_of(record.task_id, record.queue)
-    return json_response(status_view(record, position))
+        position = await api.queue.position_of(record.job_id, record.queue)
+    webhook = await delivery_state(api.redis, record.task_id) if record.callback_url else None
+    return json_response(status_view(record, position, webhook))
 
 
 @routes.delete("/api/v1/tasks/{task_id}")
@@ -73,6 +90,8 @@ async def retry(request: web.Request) -> web.Response:
     api = request.app[API]
     original = request.match_info["task_id"]
     accepted = await api.dispatcher.retry(original)
+    with bind_task(accepted.record):
+        log.info("task submitted as a retry", extra={"retry_of": original, "queue": accepted.record.queue})
     return json_response(
         {
             "new_task_id": accepted.record.task_id,

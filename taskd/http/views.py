@@ -5,9 +5,25 @@ from __future__ import annotations
 from typing import Any
 
 from taskd.model import TaskRecord, TaskStatus, iso
+from taskd.webhooks.outbox import DeliveryState
 
 
-def status_view(record: TaskRecord, queue_position: int | None = None) -> dict[str, Any]:
+def webhook_view(state: DeliveryState) -> dict[str, Any]:
+    """The `webhook` field of a status: how the delivery of the task's webhook is going."""
+    return {
+        "attempts": state.attempts,
+        "last_status": state.last_status,
+        "last_error": state.last_error,
+        "last_attempt_at": iso(state.last_attempt_at),
+        "delivered_at": iso(state.delivered_at),
+        "failed_at": iso(state.failed_at),
+        "next_attempt_at": iso(state.next_attempt_at),
+    }
+
+
+def status_view(
+    record: TaskRecord, queue_position: int | None = None, webhook: DeliveryState | None = None
+) -> dict[str, Any]:
     """The body of `GET /api/v1/tasks/{id}/status`: the document's fields, then taskd's extras."""
     body: dict[str, Any] = {
         "task_id": record.task_id,
@@ -23,6 +39,8 @@ def status_view(record: TaskRecord, queue_position: int | None = None) -> dict[s
         "task_type": record.task_type,
         "priority": record.priority,
         "attempt": record.attempt,
+        "last_error": record.last_error,
+        "next_retry_at": iso(record.next_retry_at),
         "created_at": iso(record.created_at),
         "updated_at": iso(record.updated_at),
     }
@@ -35,6 +53,7 @@ def status_view(record: TaskRecord, queue_position: int | None = None) -> dict[s
         body["retry_of"] = record.retry_of
     if queue_position is not None:
         body["queue_position"] = queue_position
+    body["webhook"] = webhook_view(webhook) if webhook is not None else None
     return body
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import attrs
 from redis.asyncio import Redis
@@ -12,7 +13,7 @@ from taskd.jobs.queue import TaskQueue
 from taskd.jobs.registry import Registry
 from taskd.jobs.submission import Submission
 from taskd.model import RETRYABLE, InvalidState, TaskRecord, TaskStatus, now
-from taskd.store import CancelOutcome, TaskStore
+from taskd.store import Admission, CancelOutcome, TaskStore
 
 _CANNOT_CANCEL = {
     TaskStatus.COMPLETED: "Task has already completed successfully and cannot be cancelled",
@@ -32,14 +33,25 @@ class Accepted:
 class Dispatcher:
     """Creates tasks on their queues, revokes or stops them, and re-submits failed ones."""
 
-    def __init__(self, redis: Redis, store: TaskStore, queue: TaskQueue, registry: Registry) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        store: TaskStore,
+        queue: TaskQueue,
+        registry: Registry,
+        admission: Admission | None = None,
+        on_enqueued: Callable[[str], None] | None = None,
+    ) -> None:
         self.redis = redis
         self.store = store
         self.queue = queue
         self.registry = registry
+        self.admission = admission or Admission()
+        # Wakes this process's own workers without waiting for the pub/sub round trip.
+        self.on_enqueued = on_enqueued
 
     async def submit(self, submission: Submission, retry_of: str | None = None) -> Accepted:
-        """Store the record, index it, count it and enqueue it in one MULTI: a 200 means it is in Redis."""
+        """Admit, store, index, count and enqueue the task in one Redis script: a 200 means it is in Redis."""
         task_type = self.registry.types[submission.task_type]
         record = TaskRecord(
             task_id=str(uuid.uuid4()),
@@ -51,24 +63,25 @@ class Dispatcher:
             callback_url=submission.callback_url,
             metadata=submission.metadata,
             retry_of=retry_of,
+            enqueues=1,
         )
+        job = self.queue.new_job(record.task_id, 1, record.priority, record.created_at)
+        record.job_id = job.job_id
         record.updated_at = record.created_at
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self.store.add_create(pipe, record)
-            self.queue.add_enqueue(pipe, record.task_id, record.queue, record.priority, record.created_at)
-            pipe.hmget(keys.METRICS, f"duration_sum:{record.task_type}", f"duration_count:{record.task_type}")
-            *_, rank, running, (duration_sum, duration_count) = await pipe.execute()
-        if duration_count and int(duration_count):
-            estimate = float(duration_sum) / int(duration_count)
+        created = await self.store.create(record, job, self.admission)
+        if self.on_enqueued is not None:
+            self.on_enqueued(record.queue)
+        if created.duration_count:
+            estimate = created.duration_sum / created.duration_count
         else:
             estimate = task_type.expected_duration
+        rank, running = created.rank, created.running
         return Accepted(record, self.queue.position(rank, running), max(1, round(estimate)))
 
     async def cancel(self, task_id: str) -> CancelOutcome:
         """Revoke a queued task or stop a running one; raise InvalidState for one that already ended."""
         record = await self.store.get(task_id)
-        queue_key, job_keys = self.queue.revoke_keys(task_id, record.queue)
-        outcome = await self.store.cancel(record, queue_key, job_keys, now())
+        outcome = await self.store.cancel(record, keys.queue(record.queue), now())
         if outcome.was is TaskStatus.PROCESSING:
             # Every worker process listens; the one running the task stops it.
             await self.redis.publish(keys.CANCEL_CHANNEL, task_id)

@@ -213,6 +213,10 @@ async def run(ctx: TaskContext, data: EvaluateDepartmentInput) -> dict[str, Any]
         client = ChatClient(ctx.config.providers.llm, ctx.http)
         reply: ChatReply = await client.complete(messages, json_mode=True)
     except ProviderError as exc:
+        # A provider that may recover gets the task's automatic retries first; the document's
+        # "AI service failure" result is the answer once they are used up.
+        if exc.transient and not ctx.final_attempt:
+            raise
         await ctx.progress(1.0, "done")
         return service_failure(data, started, exc.reason)
     await ctx.progress(0.9, "parsing_verdict")

@@ -1,28 +1,134 @@
-"""Runs one task: claim the record, call the handler under its time limit, record how it ended."""
+"""Runs one task: claim the record, run the handler under its limits, record how it ended.
+
+A coroutine handler runs in this event loop; a plain-function handler runs in a job process
+(taskd/jobs/runners.py). Either way the outcome is one of: completed, failed, retry later
+(transient error with attempts left), cancelled (the API already recorded it), or handed back
+(the worker is shutting down: the task goes back on its queue for another worker).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from functools import partial
 from typing import Any
 
 import aiohttp
+import attrs
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import keys
+from taskd.backoff import exponential_delay
 from taskd.config import Config
+from taskd.gpu.scheduler import GpuScheduler, Lease
+from taskd.jobs.queue import TaskQueue
 from taskd.jobs.registry import Registry
-from taskd.jobs.spec import TaskContext, TaskError
+from taskd.jobs.runners import Limits, ProcessOutcome, Runner, RunnerPool
+from taskd.jobs.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, TransientError
+from taskd.logs import bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.store import TaskStore
 
 log = logging.getLogger("taskd.jobs")
 
 ArqJob = Callable[[dict[str, Any], str], Awaitable[None]]
+
+_TRANSIENT = (
+    TransientError,
+    aiohttp.ClientConnectionError,
+    aiohttp.ServerTimeoutError,
+    ConnectionError,
+    TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: connection errors, timeouts, provider 429/5xx; never bad input or auth."""
+    if isinstance(exc, TaskError) and not isinstance(exc, TransientError):
+        return False
+    return isinstance(exc, _TRANSIENT) or bool(getattr(exc, "transient", False))
+
+
+@attrs.frozen
+class Outcome:
+    """How a run ended, before it is recorded."""
+
+    kind: str  # completed | failed | retry | cancelled | handed_back
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+
+
+class _Interruptible:
+    """Wraps a coroutine so that one cancellation can reach it as another exception.
+
+    That is how a coroutine handler gets `SoftTimeLimitExceeded` at an await, where it can
+    clean up and re-raise, just like a plain function in a job process gets it from a signal.
+    """
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._coro = coro
+        self._replacement: BaseException | None = None
+
+    def interrupt(self, task: asyncio.Task[Any], exc: BaseException) -> None:
+        """Deliver `exc` at the coroutine's current await."""
+        self._replacement = exc
+        task.cancel()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                yielded = self._coro.throw(error) if error is not None else self._coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value, error = None, None
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                self._coro.close()
+                raise
+            except asyncio.CancelledError as exc:
+                error = exc
+                if self._replacement is not None:
+                    error, self._replacement = self._replacement, None
+                    current = asyncio.current_task()
+                    if current is not None:
+                        current.uncancel()
+            except BaseException as exc:
+                error = exc
+
+
+class _Running:
+    """A task running in this process, and how to stop it."""
+
+    def __init__(self, task: asyncio.Task[Any] | None = None, runner: Runner | None = None) -> None:
+        self.task = task
+        self.runner = runner
+        self.cancelled = False
+        self.grace = 0.0
+
+    def cancel(self, grace: float) -> None:
+        self.cancelled = True
+        self.grace = grace
+        if self.runner is not None:
+            self.runner.terminate(grace)
+        elif self.task is not None:
+            self.task.cancel()
+
+    def attach(self, runner: Runner) -> None:
+        """The job process now running the task; a cancel that came while it started applies now."""
+        self.runner = runner
+        if self.cancelled:
+            runner.terminate(self.grace)
 
 
 class Executor:
@@ -31,109 +137,312 @@ class Executor:
     def __init__(
         self,
         store: TaskStore,
+        queue: TaskQueue,
         registry: Registry,
         config: Config,
         http: aiohttp.ClientSession,
         worker_id: str,
+        runners: RunnerPool,
+        gpu: GpuScheduler | None = None,
+        on_job_done: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
+        self.queue = queue
         self.registry = registry
         self.config = config
         self.http = http
         self.worker_id = worker_id
-        self.running: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        self.runners = runners
+        self.gpu = gpu
+        self.running: dict[str, _Running] = {}
+        self.on_job_done = on_job_done
+
+    @property
+    def max_attempts(self) -> int:
+        """Runs a task gets before a transient error fails it: the first plus the retries."""
+        return 1 + self.config.retry.max_retries
 
     def job_for(self, queue: str) -> ArqJob:
         """The arq job function for `queue`."""
 
-        async def run_task(_: dict[str, Any], task_id: str) -> None:
-            await self.run(queue, task_id)
+        async def run_task(ctx: dict[str, Any], task_id: str) -> None:
+            try:
+                await self.run(queue, task_id, ctx["job_id"])
+            finally:
+                if self.on_job_done is not None:
+                    self.on_job_done(queue)
 
         return run_task
 
-    async def run(self, queue: str, task_id: str) -> None:
-        """Run a task to its end; a task that was cancelled or is gone is skipped."""
-        record = await self.store.start(task_id, queue, self.worker_id, now())
+    async def run(self, queue: str, task_id: str, job_id: str) -> None:
+        """Run a task to its end; a job that may not run it (ended, cancelled, stale, running) is skipped."""
+        record = await self.store.start(task_id, job_id, queue, self.worker_id, now())
         if record is None:
-            log.info("task %s is no longer queued; skipped", task_id)
+            log.debug("job %s of task %s skipped: the task is not waiting for it", job_id, task_id)
             return
+        with bind_task(record):
+            await self._run(record, queue)
+
+    async def _run(self, record: TaskRecord, queue: str) -> None:
+        task_id = record.task_id
         task_type = self.registry.get(record.task_type)
         if task_type is None or task_type.handler is None:
-            await self._fail(record, f"No handler is installed for task type '{record.task_type}'")
+            await self._record(
+                record, Outcome("failed", error=f"No handler is installed for task type '{record.task_type}'")
+            )
             return
         try:
             data = self.registry.parse_input(task_type, record.task_data)
         except ValidationError as exc:
-            await self._fail(record, f"Invalid task data: {exc.details}")
+            await self._record(record, Outcome("failed", error=f"Invalid task data: {exc.details}"))
             return
-        context = TaskContext(
-            task_id=task_id,
-            project_id=record.project_id,
-            attempt=record.attempt,
-            config=self.config,
-            http=self.http,
-            metadata=record.metadata,
-            sink=partial(self._report, task_id),
-        )
-        limit = task_type.hard_time_limit or self.config.queues[queue].timeout
-        job = asyncio.create_task(task_type.handler(context, data))
-        self.running[task_id] = job
+        running = _Running()
+        self.running[task_id] = running
+        lease: Lease | None = None
         try:
-            async with asyncio.timeout(limit):
-                result = await job
+            lease = await self._gpu_lease(record, task_type, running)
+            device = None if lease is None else str(lease.device)
+            if running.cancelled:
+                outcome = Outcome("cancelled")
+            elif task_type.runs_in_process:
+                outcome = await self._in_process(record, task_type, running, device)
+            else:
+                outcome = await self._in_loop(record, task_type, data, running, device)
+        except asyncio.CancelledError:
+            # The worker is stopping: hand the task back so another worker runs it.
+            await asyncio.shield(self._record(record, Outcome("handed_back")))
+            raise
+        finally:
+            self.running.pop(task_id, None)
+            if lease is not None and self.gpu is not None:
+                await asyncio.shield(self.gpu.release(lease))
+        await self._record(record, outcome)
+
+    async def _gpu_lease(self, record: TaskRecord, task_type: TaskType, running: _Running) -> Lease | None:
+        """Wait for the GPU slots the task needs (none on a host without GPUs); a cancel stops the wait."""
+        slots = None if self.gpu is None else self.gpu.slots_for(task_type.name, record.queue)
+        if self.gpu is None or slots is None:
+            return None
+        waiting = asyncio.create_task(
+            self.gpu.acquire(
+                record.task_id, slots, waiting=lambda: self._report(record.task_id, 0.0, "waiting_for_gpu")
+            )
+        )
+        running.task = waiting
+        try:
+            return await waiting
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
-            log.info("task %s stopped: cancelled", task_id)
-        except TimeoutError:
-            await self._fail(record, f"Task exceeded its hard time limit of {limit:g} seconds")
-        except TaskError as exc:
-            await self._fail(record, str(exc), traceback.format_exc())
-        except Exception as exc:
-            await self._fail(
-                record, f"Task execution failed: {type(exc).__name__}: {exc}", traceback.format_exc()
-            )
-        else:
-            await self._complete(record, result)
+            return None
         finally:
-            self.running.pop(task_id, None)
+            running.task = None
+
+    def _limits(self, record: TaskRecord, task_type: TaskType) -> tuple[float | None, float]:
+        hard = task_type.hard_time_limit or self.config.queues[record.queue].timeout
+        return task_type.soft_time_limit, hard
+
+    async def _in_loop(
+        self, record: TaskRecord, task_type: TaskType, data: Any, running: _Running, device: str | None
+    ) -> Outcome:
+        context = TaskContext(
+            task_id=record.task_id,
+            project_id=record.project_id,
+            attempt=record.attempt,
+            max_attempts=self.max_attempts,
+            config=self.config,
+            http=self.http,
+            metadata=record.metadata,
+            sink=partial(self._report, record.task_id),
+            device=device,
+        )
+        soft, hard = self._limits(record, task_type)
+        assert task_type.handler is not None
+        interruptible = _Interruptible(task_type.handler(context, data))  # type: ignore[arg-type]
+
+        async def body() -> Any:
+            return await interruptible
+
+        task = asyncio.create_task(body())
+        running.task = task
+        loop = asyncio.get_running_loop()
+        soft_timer = None
+        if soft is not None:
+            soft_timer = loop.call_later(
+                soft, interruptible.interrupt, task, SoftTimeLimitExceeded(f"{soft:g} s")
+            )
+        deadline = asyncio.timeout(hard)
+        try:
+            async with deadline:
+                result = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            return Outcome("cancelled")
+        except TimeoutError as exc:
+            if deadline.expired():
+                return Outcome("failed", error=f"Task exceeded its hard time limit of {hard:g} seconds")
+            return self._failure(record, exc)
+        except SoftTimeLimitExceeded:
+            return Outcome(
+                "failed",
+                error=f"Task exceeded its soft time limit of {soft:g} seconds",
+                traceback=traceback.format_exc(),
+            )
+        except Exception as exc:
+            return self._failure(record, exc)
+        finally:
+            if soft_timer is not None:
+                soft_timer.cancel()
+        return Outcome("completed", result=result)
+
+    async def _in_process(
+        self, record: TaskRecord, task_type: TaskType, running: _Running, device: str | None
+    ) -> Outcome:
+        # The job process parses task_data itself.
+        soft, hard = self._limits(record, task_type)
+        execution = self.config.execution
+        limits = Limits(soft, hard, execution.memory_limit_mb * 1024 * 1024, execution.cancel_grace)
+        runner = await self.runners.acquire(device)
+        running.attach(runner)
+        request = {
+            "task_id": record.task_id,
+            "project_id": record.project_id,
+            "task_type": record.task_type,
+            "task_data": record.task_data,
+            "metadata": record.metadata,
+            "attempt": record.attempt,
+            "max_attempts": self.max_attempts,
+            "device": device,
+        }
+        try:
+            result = await runner.execute(request, limits, partial(self._report, record.task_id))
+        except asyncio.CancelledError:
+            runner.terminate(min(execution.cancel_grace, 5.0))
+            await asyncio.shield(runner.wait_exit(execution.cancel_grace))
+            raise
+        finally:
+            await asyncio.shield(self.runners.release(runner))
+        return await self._process_outcome(record, result, soft, hard, limits)
+
+    async def _process_outcome(
+        self, record: TaskRecord, result: ProcessOutcome, soft: float | None, hard: float, limits: Limits
+    ) -> Outcome:
+        if result.kind == "done":
+            return Outcome("completed", result=result.result)
+        if result.kind == "cancelled":
+            return Outcome("cancelled")
+        if result.kind == "hard_limit":
+            return Outcome(
+                "failed", error=f"Task exceeded its hard time limit of {hard:g} seconds (job process killed)"
+            )
+        if result.kind == "memory":
+            limit_mb = limits.memory_bytes // (1024 * 1024)
+            used_mb = result.peak_rss // (1024 * 1024)
+            await self._note_memory_recycle(record, used_mb)
+            return Outcome(
+                "failed",
+                error=f"Job process exceeded the memory limit of {limit_mb} MB ({used_mb} MB); it was replaced",
+            )
+        if result.kind == "crashed":
+            return Outcome("failed", error=f"Job process died while running the task ({result.error})")
+        if result.error_kind == "soft_limit":
+            return Outcome(
+                "failed",
+                error=f"Task exceeded its soft time limit of {soft:g} seconds",
+                traceback=result.traceback,
+            )
+        if result.error_kind == "transient" and record.attempt < self.max_attempts:
+            return Outcome("retry", error=result.error, traceback=result.traceback)
+        return Outcome("failed", error=result.error, traceback=result.traceback)
+
+    def _failure(self, record: TaskRecord, exc: Exception) -> Outcome:
+        trace = traceback.format_exc()
+        message = (
+            str(exc) if isinstance(exc, TaskError) else f"Task execution failed: {type(exc).__name__}: {exc}"
+        )
+        if is_transient(exc) and record.attempt < self.max_attempts:
+            return Outcome("retry", error=message, traceback=trace)
+        return Outcome("failed", error=message, traceback=trace)
+
+    async def _record(self, record: TaskRecord, outcome: Outcome) -> None:
+        at = now()
+        if outcome.kind == "completed":
+            try:
+                orjson.dumps(outcome.result)
+            except TypeError as exc:
+                outcome = Outcome("failed", error=f"Task returned a result that is not JSON: {exc}")
+            else:
+                if await self.store.finish(
+                    record, self.worker_id, TaskStatus.COMPLETED, at, result=outcome.result
+                ):
+                    log.info("task %s completed in %.3f s", record.task_id, at - (record.started_at or at))
+                else:
+                    log.info(
+                        "task %s finished after it was cancelled or taken over; result dropped",
+                        record.task_id,
+                    )
+                return
+        if outcome.kind == "failed":
+            log.warning("task %s failed: %s", record.task_id, outcome.error)
+            await self.store.finish(
+                record,
+                self.worker_id,
+                TaskStatus.FAILED,
+                at,
+                error=outcome.error,
+                traceback=outcome.traceback,
+            )
+        elif outcome.kind == "retry":
+            delay = exponential_delay(record.attempt, self.config.retry.base_delay)
+            log.warning(
+                "task %s attempt %d failed (%s); retrying in %.1f s",
+                record.task_id,
+                record.attempt,
+                outcome.error,
+                delay,
+            )
+            await self.store.requeue(
+                record, self.worker_id, at, int((at + delay) * 1000), retry_error=outcome.error
+            )
+        elif outcome.kind == "handed_back":
+            log.info("task %s handed back to its queue", record.task_id)
+            await self.store.requeue(record, self.worker_id, at, self.queue.score(at, record.priority))
+        elif outcome.kind == "cancelled":
+            log.info("task %s stopped: cancelled", record.task_id)
+
+    async def _note_memory_recycle(self, record: TaskRecord, used_mb: int) -> None:
+        at = now()
+        event = {"task_id": record.task_id, "worker_id": self.worker_id, "rss_mb": used_mb, "at": at}
+        await self.store.note_memory_recycle(event, at)
 
     def cancel_local(self, task_id: str) -> bool:
-        """Stop the handler of `task_id` if it runs in this process."""
-        job = self.running.get(task_id)
-        if job is None or job.done():
+        """Stop `task_id` if it runs in this process: SIGTERM to its job process, or asyncio cancel."""
+        running = self.running.get(task_id)
+        if running is None:
             return False
-        job.cancel()
+        running.cancel(self.config.execution.cancel_grace)
         return True
-
-    async def listen_for_cancels(self, redis: Redis) -> None:
-        """Stop local handlers whose tasks are cancelled from any taskd process; reconnects on errors."""
-        while True:
-            try:
-                async with redis.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.CANCEL_CHANNEL)
-                    async for message in pubsub.listen():
-                        if message["type"] == "message":
-                            self.cancel_local(message["data"].decode())
-            except Exception as exc:  # redis-py's errors do not share one base with OSError
-                log.warning("cancel listener lost Redis (%s); reconnecting", exc)
-                await asyncio.sleep(1.0)
 
     async def _report(self, task_id: str, progress: float, step: str | None) -> None:
         await self.store.progress(task_id, self.worker_id, progress, step, now())
 
-    async def _complete(self, record: TaskRecord, result: Any) -> None:
-        try:
-            orjson.dumps(result)
-        except TypeError as exc:
-            await self._fail(record, f"Task returned a result that is not JSON: {exc}")
-            return
-        if not await self.store.finish(record, self.worker_id, TaskStatus.COMPLETED, now(), result=result):
-            log.info("task %s finished after it was cancelled; result dropped", record.task_id)
-
-    async def _fail(self, record: TaskRecord, error: str, trace: str | None = None) -> None:
-        log.warning("task %s failed: %s", record.task_id, error)
-        await self.store.finish(
-            record, self.worker_id, TaskStatus.FAILED, now(), error=error, traceback=trace
-        )
+    async def listen(self, redis: Redis, on_wake: Callable[[str], None]) -> None:
+        """Follow the cancel and wake channels of every taskd process; reconnects on errors."""
+        while True:
+            try:
+                async with redis.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.CANCEL_CHANNEL, keys.WAKE_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message["type"] != "message":
+                            continue
+                        payload = message["data"].decode()
+                        if message["channel"] == keys.CANCEL_CHANNEL.encode():
+                            self.cancel_local(payload)
+                        else:
+                            on_wake(payload)
+            except Exception as exc:  # redis-py's errors do not share one base with OSError
+                log.warning("pub/sub listener lost Redis (%s); reconnecting", exc)
+                await asyncio.sleep(1.0)

@@ -1,6 +1,7 @@
-"""taskd's queue on top of arq's storage: enqueue into a pipeline, revoke, measure.
+"""taskd's queue on top of arq's storage: enqueue into a pipeline, measure, order by priority.
 
-Everything that depends on arq's key layout or job format lives here.
+Everything that depends on arq's key layout or job format lives here and in the store's
+enqueue Lua (which writes the same job format; a test pins that they agree).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from collections.abc import Iterable
 import orjson
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from taskd import keys
 from taskd.model import PRIORITY_LOW
+from taskd.store import QueuedJob
 
 JOB_FUNCTION = "run_task"
 # arq drops a job that has not started within this long after its score.
@@ -30,21 +31,30 @@ def job_score(enqueued_at: float, priority: int, aging_window: float) -> int:
     return int(enqueued_at * 1000) - int((PRIORITY_LOW - priority) * aging_window * 1000)
 
 
+def job_payload(task_id: str, enqueue_ms: int) -> bytes:
+    """arq's serialised job that runs `task_id`."""
+    return serialize_job(JOB_FUNCTION, (task_id,), {}, None, enqueue_ms, serializer=orjson.dumps)
+
+
 class TaskQueue:
-    """Enqueues task ids as arq jobs on taskd's per-queue sorted sets."""
+    """Puts task ids on taskd's per-queue arq sorted sets and tells where they stand."""
 
     def __init__(self, redis: Redis, aging_window: float = 300.0) -> None:
         self.redis = redis
         self.aging_window = aging_window
 
-    def add_enqueue(self, pipe: Pipeline, task_id: str, queue: str, priority: int, at: float) -> None:
-        """Queue on `pipe` the writes that put `task_id` on `queue`; then its rank and the queue's running count."""
-        enqueue_ms = int(at * 1000)
-        job = serialize_job(JOB_FUNCTION, (task_id,), {}, None, enqueue_ms, serializer=orjson.dumps)
-        pipe.psetex(keys.arq_job(task_id), JOB_EXPIRY_MS, job)
-        pipe.zadd(keys.queue(queue), {task_id: job_score(at, priority, self.aging_window)})
-        pipe.zrank(keys.queue(queue), task_id)
-        pipe.zcard(keys.running(queue))
+    def score(self, at: float, priority: int) -> int:
+        """The queue score of a task of `priority` enqueued at `at`."""
+        return job_score(at, priority, self.aging_window)
+
+    def new_job(self, task_id: str, enqueues: int, priority: int, at: float) -> QueuedJob:
+        """The arq job that puts a task on its queue for the `enqueues`-th time."""
+        return QueuedJob(
+            job_id=keys.job_id(task_id, enqueues),
+            payload=job_payload(task_id, int(at * 1000)),
+            score=self.score(at, priority),
+            expiry_ms=JOB_EXPIRY_MS,
+        )
 
     @staticmethod
     def position(rank: int | None, running: int) -> int:
@@ -53,18 +63,15 @@ class TaskQueue:
             return 0
         return max(1, rank + 1 - running)
 
-    async def position_of(self, task_id: str, queue: str) -> int:
-        """Where a waiting task stands in its queue now (1 = next to start)."""
+    async def position_of(self, job: str | None, queue: str) -> int:
+        """Where a waiting job stands in its queue now (1 = next to start; 0 = not on the queue)."""
+        if job is None:
+            return 0
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrank(keys.queue(queue), task_id)
+            pipe.zrank(keys.queue(queue), job)
             pipe.zcard(keys.running(queue))
             rank, running = await pipe.execute()
         return self.position(rank, running)
-
-    @staticmethod
-    def revoke_keys(task_id: str, queue: str) -> tuple[str, list[str]]:
-        """The queue's sorted set and the job keys to delete so a queued task never starts."""
-        return keys.queue(queue), [keys.arq_job(task_id)]
 
     async def waiting(self, queues: Iterable[str]) -> dict[str, int]:
         """Tasks waiting (not yet started) per queue."""

@@ -8,8 +8,10 @@ from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
+import attrs
 import cattrs
 
+from taskd.config import TasksConfig
 from taskd.jobs.spec import TaskType
 from taskd.model import ValidationError
 from taskd.validation import FieldErrors, structure_checked
@@ -85,6 +87,17 @@ def _builtin_types() -> list[TaskType]:
     return [import_module(f"taskd.jobs.{name}").TASK for name in BUILTIN_MODULES]
 
 
+def _module_types(modules: Iterable[str]) -> list[TaskType]:
+    found: list[TaskType] = []
+    for name in modules:
+        module = import_module(name)
+        exported = getattr(module, "TASKS", None) or [getattr(module, "TASK", None)]
+        if not all(isinstance(task_type, TaskType) for task_type in exported):
+            raise ValueError(f"task module {name} must export TASK or TASKS (TaskType instances)")
+        found += exported
+    return found
+
+
 def _plugin_types() -> list[TaskType]:
     found = []
     for entry in entry_points(group=ENTRY_POINT_GROUP):
@@ -96,6 +109,19 @@ def _plugin_types() -> list[TaskType]:
     return found
 
 
-def default_registry() -> Registry:
-    """The built-in task types, then plugins (a plugin may replace a built-in of the same name)."""
-    return Registry([*_builtin_types(), *_plugin_types()])
+def _configured(task_type: TaskType, tasks: TasksConfig) -> TaskType:
+    name = task_type.name
+    return attrs.evolve(
+        task_type,
+        queue=tasks.routes.get(name, task_type.queue),
+        soft_time_limit=tasks.soft_time_limits.get(name, task_type.soft_time_limit),
+        hard_time_limit=tasks.hard_time_limits.get(name, task_type.hard_time_limit),
+    )
+
+
+def default_registry(tasks: TasksConfig | None = None) -> Registry:
+    """The built-in task types, then entry-point plugins, then `tasks.modules` (later names win),
+    with the queue and time limits `[tasks]` sets for each."""
+    tasks = tasks or TasksConfig()
+    found = [*_builtin_types(), *_plugin_types(), *_module_types(tasks.modules)]
+    return Registry([_configured(task_type, tasks) for task_type in found])

@@ -1,7 +1,14 @@
-"""What a task type is, and what its handler gets: the interface between taskd and task code."""
+"""What a task type is, and what its handler gets: the interface between taskd and task code.
+
+A handler is either a coroutine function, run in the worker's event loop (work that waits on the
+network or supervises its own child process such as ffmpeg), or a plain function, run in a
+supervised job process (work that burns CPU or GPU in Python). Either may be run more than once
+for the same task (at-least-once): `attempt` tells which run this is.
+"""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,18 +24,38 @@ class TaskError(Exception):
     """A failure the handler understands; its message becomes the task's `error` as written."""
 
 
+class TransientError(TaskError):
+    """A failure worth retrying later (a provider that is down, rate-limited or timing out)."""
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a handler at its soft time limit: clean up, then re-raise (or return a result)."""
+
+
+class Cancelled(BaseException):
+    """Raised inside a job process when its task is cancelled (SIGTERM); `finally` blocks still run."""
+
+
 @attrs.define
 class TaskContext:
-    """Handed to a handler: who it runs for, shared clients, and a way to report progress."""
+    """Handed to a coroutine handler: who it runs for, shared clients, and a way to report progress."""
 
     task_id: str
     project_id: str
     attempt: int
+    max_attempts: int
     config: Config
     http: aiohttp.ClientSession
     metadata: dict[str, Any]
     _sink: ProgressSink
+    # The GPU this task holds (as CUDA_VISIBLE_DEVICES would name it), None without one.
+    device: str | None = None
     _progress: float = attrs.field(default=0.0, init=False)
+
+    @property
+    def final_attempt(self) -> bool:
+        """True when a TransientError now would fail the task instead of retrying it."""
+        return self.attempt >= self.max_attempts
 
     async def progress(self, fraction: float, step: str | None = None) -> None:
         """Report progress 0..1 and the current step; progress never moves backwards."""
@@ -36,7 +63,32 @@ class TaskContext:
         await self._sink(self._progress, step)
 
 
-Handler = Callable[[TaskContext, Any], Awaitable[dict[str, Any]]]
+@attrs.define
+class ProcessContext:
+    """Handed to a plain-function handler in its job process; `progress` sends to the worker."""
+
+    task_id: str
+    project_id: str
+    attempt: int
+    max_attempts: int
+    config: Config
+    metadata: dict[str, Any]
+    device: str | None
+    _send: Callable[[float, str | None], None]
+    _progress: float = attrs.field(default=0.0, init=False)
+
+    @property
+    def final_attempt(self) -> bool:
+        """True when a TransientError now would fail the task instead of retrying it."""
+        return self.attempt >= self.max_attempts
+
+    def progress(self, fraction: float, step: str | None = None) -> None:
+        """Report progress 0..1 and the current step; progress never moves backwards."""
+        self._progress = max(self._progress, min(1.0, max(0.0, fraction)))
+        self._send(self._progress, step)
+
+
+Handler = Callable[[Any, Any], Awaitable[dict[str, Any]] | dict[str, Any]]
 
 
 @attrs.frozen
@@ -50,3 +102,8 @@ class TaskType:
     handler: Handler | None = None
     soft_time_limit: float | None = None
     hard_time_limit: float | None = None
+
+    @property
+    def runs_in_process(self) -> bool:
+        """True for a plain-function handler, which runs in a supervised job process."""
+        return self.handler is not None and not inspect.iscoroutinefunction(self.handler)

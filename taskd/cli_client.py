@@ -1,0 +1,360 @@
+"""The client commands of `taskd`: submit, status, wait, cancel, retry, tasks, health.
+
+They talk to a running taskd over HTTP with `taskd.client.TaskClient`. The server is `--url`,
+else `$TASKD_URL`, else the `http.host`/`http.port` of the config (http://127.0.0.1:8001 by
+default). The key is `--api-key`, else `$TASKD_API_KEY`, else the first `auth.api_keys` of the
+config, else the key a local `taskd serve` made in `<data_dir>/api_key`.
+
+Exit codes: 0 ok; 1 the task failed or was cancelled (or `health` is not healthy); 2 usage or
+configuration error; 3 HTTP or API error (the error body is printed); 4 `wait --timeout` ran out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from taskd.apikey import KEY_FILE
+from taskd.client import TaskClient, TaskdError, TaskEvent, TaskStatus
+from taskd.config import ConfigError, load_config
+
+EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+BAR_WIDTH = 30
+
+Command = Callable[[TaskClient, argparse.Namespace], Awaitable[int]]
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit code 2."""
+
+
+def _print_json(body: Any, out: TextIO | None = None) -> None:
+    print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode(), file=out or sys.stdout)
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _read_data(raw: str) -> dict[str, Any]:
+    """`--data`: JSON text, `@file.json`, or `@-` for standard input."""
+    source = "--data"
+    if raw.startswith("@"):
+        source = raw[1:]
+        try:
+            raw = sys.stdin.read() if source == "-" else Path(source).read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read {source}: {exc.strerror}") from None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{source} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{source} must be a JSON object")
+    return data
+
+
+class ProgressView:
+    """Shows a task's events: a redrawn bar on a terminal, one line per change otherwise."""
+
+    def __init__(self, out: TextIO, tty: bool) -> None:
+        self.out = out
+        self.tty = tty
+        self.last: tuple[Any, ...] | None = None
+        self.drawn = False
+
+    def __call__(self, event: TaskEvent) -> None:
+        state = (event.status, round(event.progress, 3), event.current_step)
+        if state == self.last:
+            return
+        self.last = state
+        percent = f"{event.progress * 100:3.0f}%"
+        step = event.current_step or ""
+        if self.tty:
+            filled = round(event.progress * BAR_WIDTH)
+            bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+            self.out.write(f"\r\x1b[2K[{bar}] {percent} {event.status.value:<10} {step}")
+            self.drawn = True
+        else:
+            self.out.write(f"{event.status.value} {percent} {step}".rstrip() + "\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        """End the bar's line."""
+        if self.drawn:
+            self.out.write("\n")
+            self.out.flush()
+            self.drawn = False
+
+
+async def _follow(client: TaskClient, task_id: str, args: argparse.Namespace) -> int:
+    view = ProgressView(sys.stderr, sys.stderr.isatty()) if not args.json else None
+    try:
+        task = await client.wait(task_id, timeout=args.timeout, on_event=view, raise_on_failure=False)
+    except TimeoutError:
+        if view is not None:
+            view.finish()
+        _note(f"taskd: task {task_id} did not end within {args.timeout} s")
+        return EXIT_TIMEOUT
+    if view is not None:
+        view.finish()
+    if args.json:
+        _print_json(task.raw)
+    elif task.status is TaskStatus.COMPLETED:
+        _print_json(task.result)
+    elif task.status is TaskStatus.FAILED:
+        _note(f"task {task_id} failed: {task.error}")
+    else:
+        _note(f"task {task_id} was cancelled (it was {task.previous_state})")
+    return EXIT_OK if task.status is TaskStatus.COMPLETED else EXIT_TASK_FAILED
+
+
+async def cmd_submit(client: TaskClient, args: argparse.Namespace) -> int:
+    """Submit a task; print its id (or the answer with --json); follow it with --wait."""
+    data = _read_data(args.data)
+    metadata = _read_data(args.metadata) if args.metadata else None
+    submitted = await client.submit(
+        args.project,
+        args.type,
+        data,
+        priority=args.priority,
+        callback_url=args.callback,
+        metadata=metadata,
+    )
+    if args.json and not args.wait:
+        _print_json(submitted.raw)
+    elif not args.json:
+        print(submitted.task_id, flush=True)
+        _note(f"queued: position {submitted.queue_position}, estimated {submitted.estimated_duration} s")
+    if args.wait:
+        return await _follow(client, submitted.task_id, args)
+    return EXIT_OK
+
+
+STATUS_FIELDS = (
+    "task_id",
+    "project_id",
+    "task_type",
+    "status",
+    "progress",
+    "current_step",
+    "queue_position",
+    "attempt",
+    "priority",
+    "created_at",
+    "started_at",
+    "completed_at",
+    "processing_time",
+    "previous_state",
+    "cancelled_at",
+    "retry_of",
+    "last_error",
+    "error",
+)
+
+
+def _fields(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [(name, body[name]) for name in STATUS_FIELDS if body.get(name) is not None]
+
+
+async def cmd_status(client: TaskClient, args: argparse.Namespace) -> int:
+    """Print a task's status."""
+    task = await client.status(args.task_id)
+    if args.json:
+        _print_json(task.raw)
+        return EXIT_OK
+    for name, value in _fields(task.raw):
+        if name == "progress":
+            value = f"{value * 100:.0f}%"
+        print(f"{name + ':':<16} {value}")
+    if task.result is not None:
+        print("result:")
+        _print_json(task.result)
+    if task.traceback:
+        print("traceback:\n" + task.traceback.rstrip())
+    if task.webhook:
+        print("webhook:", orjson.dumps(task.webhook).decode())
+    return EXIT_OK
+
+
+async def cmd_wait(client: TaskClient, args: argparse.Namespace) -> int:
+    """Follow a task to its end; exit 1 when it failed or was cancelled."""
+    return await _follow(client, args.task_id, args)
+
+
+async def cmd_cancel(client: TaskClient, args: argparse.Namespace) -> int:
+    """Cancel a task."""
+    outcome = await client.cancel(args.task_id)
+    if args.json:
+        _print_json(outcome.raw)
+    else:
+        print(f"{outcome.task_id}: {outcome.message}")
+    return EXIT_OK
+
+
+async def cmd_retry(client: TaskClient, args: argparse.Namespace) -> int:
+    """Submit a failed or cancelled task again; print the new task's id."""
+    retried = await client.retry(args.task_id)
+    if args.json:
+        _print_json(retried.raw)
+    else:
+        print(retried.new_task_id)
+        _note(retried.message)
+    return EXIT_OK
+
+
+async def cmd_tasks(client: TaskClient, args: argparse.Namespace) -> int:
+    """List a project's tasks, newest first."""
+    page = await client.list_tasks(
+        args.project, status=args.status, task_type=args.type, page=args.page, limit=args.limit
+    )
+    if args.json:
+        _print_json(page.raw)
+        return EXIT_OK
+    rows = [("TASK ID", "TYPE", "STATUS", "PROGRESS", "CREATED")]
+    for task in page.tasks:
+        created = task.created_at.strftime("%Y-%m-%d %H:%M:%S") if task.created_at else ""
+        rows.append((task.task_id, task.task_type, task.status.value, f"{task.progress * 100:.0f}%", created))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"page {page.page} of {max(1, page.total_pages)}, {page.total} tasks")
+    return EXIT_OK
+
+
+async def cmd_health(client: TaskClient, args: argparse.Namespace) -> int:
+    """Service health and queue alerts; exit 1 unless both are healthy."""
+    health, queues = await client.health(), await client.queue_health()
+    healthy = health.status == "healthy" and queues.status == "healthy"
+    if args.json:
+        _print_json({"health": health.raw, "queue_health": queues.raw})
+        return EXIT_OK if healthy else EXIT_TASK_FAILED
+    print(
+        f"service:  {health.status} (redis {health.redis_status}, {health.worker_count} workers, up {health.uptime} s)"
+    )
+    print("queues:   " + ", ".join(f"{name} {size}" for name, size in sorted(health.queue_sizes.items())))
+    gpus = health.system_load.get("gpu_utilization") or []
+    print(
+        "gpus:     " + (", ".join(f"{value:.0f}%" for value in gpus) if gpus else "none (NVML not available)")
+    )
+    print(f"alerts:   {queues.status}")
+    for alert in queues.alerts:
+        print(f"  {alert.severity}: {alert.message}")
+    return EXIT_OK if healthy else EXIT_TASK_FAILED
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", help="taskd's base URL (default: $TASKD_URL, else http.host:http.port of the config)"
+    )
+    common.add_argument(
+        "--api-key", help="API key (default: $TASKD_API_KEY, else auth.api_keys, else <data_dir>/api_key)"
+    )
+    common.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
+    return common
+
+
+def _timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, help="give up waiting after this many seconds (exit 4)")
+
+
+def add_commands(commands: Any) -> None:
+    """Register the client commands on the `taskd` sub-command parser."""
+    common = _connection_options()
+
+    submit = commands.add_parser("submit", parents=[common], help="submit a task")
+    submit.add_argument("--project", required=True, help="project id")
+    submit.add_argument("--type", required=True, help="task type, e.g. generate_image")
+    submit.add_argument("--data", required=True, help="task_data: JSON, @file.json or @- (stdin)")
+    submit.add_argument("--priority", type=int, default=2, choices=(1, 2, 3), help="1 high, 2 normal, 3 low")
+    submit.add_argument("--callback", help="callback_url for the webhook")
+    submit.add_argument("--metadata", help="metadata: JSON, @file.json or @-")
+    submit.add_argument("--wait", action="store_true", help="follow the task until it ends")
+    _timeout_option(submit)
+    submit.set_defaults(client_command=cmd_submit)
+
+    status = commands.add_parser("status", parents=[common], help="show a task's status")
+    status.add_argument("task_id")
+    status.set_defaults(client_command=cmd_status)
+
+    wait = commands.add_parser(
+        "wait", parents=[common], help="follow a task with a progress bar until it ends"
+    )
+    wait.add_argument("task_id")
+    _timeout_option(wait)
+    wait.set_defaults(client_command=cmd_wait)
+
+    cancel = commands.add_parser("cancel", parents=[common], help="cancel a queued or running task")
+    cancel.add_argument("task_id")
+    cancel.set_defaults(client_command=cmd_cancel)
+
+    retry = commands.add_parser("retry", parents=[common], help="submit a failed or cancelled task again")
+    retry.add_argument("task_id")
+    retry.set_defaults(client_command=cmd_retry)
+
+    tasks = commands.add_parser("tasks", parents=[common], help="list a project's tasks, newest first")
+    tasks.add_argument("project")
+    tasks.add_argument("--status", choices=[status.value for status in TaskStatus])
+    tasks.add_argument("--type", help="only this task type")
+    tasks.add_argument("--page", type=int, default=1)
+    tasks.add_argument("--limit", type=int, default=20)
+    tasks.set_defaults(client_command=cmd_tasks)
+
+    health = commands.add_parser("health", parents=[common], help="service health and queue alerts")
+    health.set_defaults(client_command=cmd_health)
+
+
+def _server(args: argparse.Namespace, config_path: str | None) -> tuple[str, str]:
+    """The URL and key to use, from the options, the environment, then the config."""
+    url = args.url or os.environ.get("TASKD_URL", "")
+    key = args.api_key or os.environ.get("TASKD_API_KEY", "")
+    if url and key:
+        return url, key
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if not url:
+        host = config.http.host if config.http.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        url = f"http://{host}:{config.http.port}"
+    if not key and config.auth.api_keys:
+        key = config.auth.api_keys[0]
+    key_file = config.data_path / KEY_FILE
+    if not key and key_file.is_file():
+        key = key_file.read_text().strip()
+    if not key:
+        raise UsageError(f"no API key: pass --api-key, set TASKD_API_KEY, or run where {key_file} exists")
+    return url, key
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one client command; its exit code."""
+    try:
+        url, key = _server(args, args.config)
+        return asyncio.run(_run(args.client_command, url, key, args))
+    except UsageError as exc:
+        _note(f"taskd: {exc}")
+        return EXIT_USAGE
+    except TaskdError as exc:
+        _note(f"taskd: {exc.status} {exc.error}: {exc.message}" if exc.status else f"taskd: {exc.message}")
+        if exc.body.get("details"):
+            for field, problem in exc.body["details"].items():
+                _note(f"  {field}: {problem}")
+        if args.json:
+            _print_json({"status": exc.status, **exc.body})
+        return EXIT_API_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(command: Command, url: str, key: str, args: argparse.Namespace) -> int:
+    async with TaskClient(url, key) as client:
+        return await command(client, args)

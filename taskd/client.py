@@ -1,0 +1,612 @@
+"""`TaskClient`: an async Python client of the taskd API (aiohttp), with typed results and errors.
+
+    async with TaskClient("http://127.0.0.1:8001", api_key) as client:
+        submitted = await client.submit("detective_series_001", "test_prompt", {"prompt_template": "Hi"})
+        task = await client.wait(submitted.task_id, on_event=print)
+        print(task.result)
+
+`wait` follows the task's server-sent events (resuming with `Last-Event-ID` when the connection
+drops) and falls back to polling the status when the stream is not available. Every refused
+request raises a `TaskdError` subclass carrying the documented error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any, Self
+
+import aiohttp
+import attrs
+import cattrs
+import orjson
+
+from taskd.model import TaskStatus
+
+DEFAULT_URL = "http://127.0.0.1:8001"
+TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+_STREAM_READ_TIMEOUT = 45.0  # the server sends a keep-alive every 15 s
+_STREAM_RETRIES = 5  # consecutive failed stream connections before falling back to polling
+
+
+# ---- errors ----
+
+
+class TaskdError(Exception):
+    """A request taskd refused (or could not answer): HTTP `status` and the error `body` as sent."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+        self.error: str = str(body.get("error", "invalid_state" if "detail" in body else "http_error"))
+        self.message: str = str(body.get("message") or body.get("detail") or f"HTTP {status}")
+        super().__init__(self.message)
+
+
+class TaskdConnectionError(TaskdError):
+    """taskd could not be reached at all (status 0)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, {"error": "connection_error", "message": message})
+
+
+class AuthenticationFailed(TaskdError):
+    """401 `authentication_failed`: the API key is missing or wrong."""
+
+
+class TaskNotFoundError(TaskdError):
+    """404 `task_not_found`."""
+
+
+class ValidationFailed(TaskdError):
+    """400 `validation_error`; `details` maps each bad field to what is wrong with it."""
+
+    @property
+    def details(self) -> dict[str, str]:
+        """Per-field messages."""
+        return dict(self.body.get("details") or {})
+
+
+class InvalidState(TaskdError):
+    """400 with a `detail`: the task cannot be cancelled or retried in its state."""
+
+    @property
+    def detail(self) -> str:
+        """The document's `detail` text."""
+        return str(self.body.get("detail", self.message))
+
+
+class RateLimited(TaskdError):
+    """429 `rate_limited`; `retry_after` seconds."""
+
+    @property
+    def retry_after(self) -> int | None:
+        """Seconds to wait before trying again."""
+        value = self.body.get("retry_after")
+        return int(value) if value is not None else None
+
+
+class ServiceUnavailable(RateLimited):
+    """503 `service_unavailable` (storage unreachable, queue full); `retry_after` seconds."""
+
+
+class TaskEnded(Exception):
+    """`wait` found the task ended without completing; `task` is its final status."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        super().__init__(f"Task {task.task_id} {task.status.value}: {task.error or 'no error given'}")
+
+
+class TaskFailed(TaskEnded):
+    """The task failed."""
+
+
+class TaskCancelled(TaskEnded):
+    """The task was cancelled."""
+
+
+def error_for(status: int, body: Any) -> TaskdError:
+    """The TaskdError subclass for an error response."""
+    if not isinstance(body, dict):
+        body = {"error": "http_error", "message": str(body) or f"HTTP {status}"}
+    kind = body.get("error")
+    if status == 401:
+        return AuthenticationFailed(status, body)
+    if status == 404 and kind == "task_not_found":
+        return TaskNotFoundError(status, body)
+    if status == 400 and kind == "validation_error":
+        return ValidationFailed(status, body)
+    if status == 400 and "detail" in body:
+        return InvalidState(status, body)
+    if status == 429:
+        return RateLimited(status, body)
+    if status == 503:
+        return ServiceUnavailable(status, body)
+    return TaskdError(status, body)
+
+
+# ---- results ----
+
+
+def _timestamp(value: Any, _: type) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+_converter = cattrs.Converter()
+_converter.register_structure_hook(datetime, _timestamp)
+
+
+def _structure(cls: type[Any], body: dict[str, Any]) -> Any:
+    known = {field.name for field in attrs.fields(cls)}
+    value = _converter.structure({k: v for k, v in body.items() if k in known}, cls)
+    if "raw" in known:
+        value = attrs.evolve(value, raw=body)
+    return value
+
+
+@attrs.frozen
+class Submitted:
+    """The answer to a submit."""
+
+    task_id: str
+    status: TaskStatus
+    project_id: str
+    estimated_duration: float | None = None
+    queue_position: int | None = None
+    created_at: datetime | None = None
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+
+@attrs.frozen
+class Task:
+    """A task's status: the document's fields and taskd's extras."""
+
+    task_id: str
+    project_id: str
+    status: TaskStatus
+    progress: float = 0.0
+    current_step: str | None = None
+    result: Any = None
+    error: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    processing_time: float | None = None
+    task_type: str | None = None
+    priority: int | None = None
+    attempt: int = 0
+    last_error: str | None = None
+    next_retry_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    queue_position: int | None = None
+    traceback: str | None = None
+    previous_state: str | None = None
+    cancelled_at: datetime | None = None
+    retry_of: str | None = None
+    webhook: dict[str, Any] | None = None
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the task can change no more."""
+        return self.status in TERMINAL
+
+
+@attrs.frozen
+class TaskSummary:
+    """One entry of a project's task list."""
+
+    task_id: str
+    project_id: str
+    task_type: str
+    status: TaskStatus
+    task_data: dict[str, Any] = attrs.Factory(dict)
+    result: Any = None
+    error: str | None = None
+    progress: float = 0.0
+    priority: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@attrs.frozen
+class TaskPage:
+    """One page of a project's tasks, newest first."""
+
+    tasks: list[TaskSummary]
+    page: int
+    limit: int
+    total: int
+    total_pages: int
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+
+@attrs.frozen
+class Cancellation:
+    """The answer to a cancel."""
+
+    task_id: str
+    status: TaskStatus
+    message: str
+    previous_state: str | None = None
+    cancelled_at: datetime | None = None
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+
+@attrs.frozen
+class Retried:
+    """The answer to a retry: the new task's id."""
+
+    new_task_id: str
+    original_task_id: str
+    status: TaskStatus
+    message: str
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+
+@attrs.frozen
+class Health:
+    """`GET /api/v1/health` (also when it answers 503 unhealthy)."""
+
+    status: str
+    redis_status: str
+    worker_count: int
+    queue_sizes: dict[str, int]
+    system_load: dict[str, Any]
+    uptime: int
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+
+@attrs.frozen
+class Alert:
+    """One queue-health alert."""
+
+    severity: str
+    message: str
+    metric: str
+    value: float
+    task_id: str | None = None
+    worker_id: str | None = None
+
+
+@attrs.frozen
+class QueueHealth:
+    """`GET /api/v1/tasks/health`: the worst alert's severity, the metrics and the alerts."""
+
+    status: str
+    metrics: dict[str, Any]
+    alerts: list[Alert]
+    timestamp: datetime | None = None
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+
+@attrs.frozen
+class Metrics:
+    """`GET /api/v1/tasks/metrics`."""
+
+    total_tasks: int
+    completed_tasks: int
+    failed_tasks: int
+    retried_tasks: int
+    cancelled_tasks: int
+    success_rate: float
+    failure_rate: float
+    average_durations: dict[str, float]
+    currently_running: int
+    timestamp: datetime | None = None
+    raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+
+
+@attrs.frozen
+class TaskEvent:
+    """One server-sent event of a task: `type` is `status` or `progress`; `id` resumes a stream."""
+
+    id: str | None
+    type: str
+    task_id: str
+    project_id: str
+    status: TaskStatus
+    progress: float = 0.0
+    current_step: str | None = None
+    error: str | None = None
+    attempt: int = 0
+    task_type: str | None = None
+    at: float | None = None
+    result: Any = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the status event that ends the task."""
+        return self.type == "status" and self.status in TERMINAL
+
+    @classmethod
+    def from_task(cls, task: Task) -> TaskEvent:
+        """The event a poll stands for (no id)."""
+        return cls(
+            None,
+            "status",
+            task.task_id,
+            task.project_id,
+            task.status,
+            task.progress,
+            task.current_step,
+            task.error,
+            task.attempt,
+            task.task_type,
+            time.time(),
+            task.result,
+        )
+
+
+class _StreamUnavailable(Exception):
+    """The server has no event stream for this (an older taskd, or a proxy that refuses it)."""
+
+
+async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str, str]]:
+    """(id, event, data) of each event of a text/event-stream response."""
+    event_id: str | None = None
+    name, data = "message", []
+    async for raw in response.content:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                yield event_id, name, "\n".join(data)
+            name, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "id":
+            event_id = value or None
+        elif field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+
+
+class TaskClient:
+    """An async client of one taskd server; use `async with` (or call `close`)."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        api_key: str = "",
+        *,
+        timeout: float = 60.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self._session = session
+        self._own_session = session is None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session this client made."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session (made on first use)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        return self._session
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {"X-API-Key": self.api_key, **(extra or {})}
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> Any:
+        data = orjson.dumps(json) if json is not None else None
+        headers = self._headers({"Content-Type": "application/json"} if data is not None else None)
+        try:
+            async with self.session.request(
+                method, self.url + path, data=data, params=params, headers=headers
+            ) as response:
+                raw = await response.read()
+                try:
+                    body = orjson.loads(raw) if raw else {}
+                except orjson.JSONDecodeError:
+                    body = {"error": "http_error", "message": raw.decode(errors="replace")[:500]}
+                if response.status not in ok:
+                    raise error_for(response.status, body)
+                return body
+        except aiohttp.ClientError as exc:
+            raise TaskdConnectionError(f"cannot reach taskd at {self.url}: {exc}") from exc
+        except TimeoutError as exc:
+            raise TaskdConnectionError(f"taskd at {self.url} did not answer in {self.timeout} s") from exc
+
+    async def submit(
+        self,
+        project_id: str,
+        task_type: str,
+        task_data: dict[str, Any],
+        *,
+        priority: int = 2,
+        callback_url: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Submitted:
+        """Submit a task; raises ValidationFailed with per-field `details` when it is refused."""
+        body: dict[str, Any] = {
+            "project_id": project_id,
+            "task_type": task_type,
+            "task_data": task_data,
+            "priority": priority,
+            "metadata": metadata or {},
+        }
+        if callback_url:
+            body["callback_url"] = callback_url
+        return _structure(Submitted, await self._request("POST", "/api/v1/tasks/submit", json=body))
+
+    async def status(self, task_id: str) -> Task:
+        """A task's status; raises TaskNotFoundError."""
+        return _structure(Task, await self._request("GET", f"/api/v1/tasks/{task_id}/status"))
+
+    async def cancel(self, task_id: str) -> Cancellation:
+        """Cancel a queued or running task; raises InvalidState for one that already ended."""
+        return _structure(Cancellation, await self._request("DELETE", f"/api/v1/tasks/{task_id}"))
+
+    async def retry(self, task_id: str) -> Retried:
+        """Submit a failed or cancelled task again; the answer holds the new task's id."""
+        return _structure(Retried, await self._request("POST", f"/api/v1/tasks/{task_id}/retry"))
+
+    async def list_tasks(
+        self,
+        project_id: str,
+        *,
+        status: str | None = None,
+        task_type: str | None = None,
+        page: int = 1,
+        limit: int = 20,
+    ) -> TaskPage:
+        """One page of a project's tasks, newest first."""
+        params: dict[str, Any] = {"page": page, "limit": limit}
+        if status:
+            params["status"] = status
+        if task_type:
+            params["task_type"] = task_type
+        body = await self._request("GET", f"/api/v1/projects/{project_id}/tasks", params=params)
+        return TaskPage(
+            tasks=[_structure(TaskSummary, item) for item in body["tasks"]],
+            **{name: body["pagination"][name] for name in ("page", "limit", "total", "total_pages")},
+            raw=body,
+        )
+
+    async def health(self) -> Health:
+        """Service health; an unhealthy service (503) is an answer too, not an error."""
+        return _structure(Health, await self._request("GET", "/api/v1/health", ok=(200, 503)))
+
+    async def queue_health(self) -> QueueHealth:
+        """Queue health: alerts at the document's thresholds."""
+        return _structure(QueueHealth, await self._request("GET", "/api/v1/tasks/health"))
+
+    async def metrics(self) -> Metrics:
+        """The cumulative task metrics."""
+        body = await self._request("GET", "/api/v1/tasks/metrics")
+        metrics = _structure(Metrics, {**body["metrics"], "timestamp": body.get("timestamp")})
+        return attrs.evolve(metrics, raw=body)
+
+    async def events(self, task_id: str, *, last_event_id: str | None = None) -> AsyncIterator[TaskEvent]:
+        """A task's events as they happen (from the first, or after `last_event_id`); ends after the last."""
+        async for event in self._stream(f"/api/v1/tasks/{task_id}/events", last_event_id):
+            yield event
+
+    async def project_events(
+        self, project_id: str, *, last_event_id: str | None = None
+    ) -> AsyncIterator[TaskEvent]:
+        """Events of every task of a project from now (or after `last_event_id`); never ends by itself."""
+        async for event in self._stream(f"/api/v1/projects/{project_id}/events", last_event_id):
+            yield event
+
+    async def _stream(self, path: str, last_event_id: str | None) -> AsyncIterator[TaskEvent]:
+        headers = self._headers({"Accept": "text/event-stream"})
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=_STREAM_READ_TIMEOUT)
+        try:
+            async with self.session.get(self.url + path, headers=headers, timeout=timeout) as response:
+                if response.status == 204:
+                    return
+                if response.status != 200:
+                    raw = await response.read()
+                    try:
+                        body = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        body = {"error": "http_error", "message": raw.decode(errors="replace")[:500]}
+                    if response.status in (404, 405) and body.get("error") != "task_not_found":
+                        raise _StreamUnavailable(path)
+                    raise error_for(response.status, body)
+                if not response.content_type.startswith("text/event-stream"):
+                    raise _StreamUnavailable(path)
+                async for event_id, name, data in _sse(response):
+                    yield _structure(TaskEvent, {**orjson.loads(data), "id": event_id, "type": name})
+        except aiohttp.ClientError as exc:
+            raise TaskdConnectionError(f"event stream from {self.url} broke: {exc}") from exc
+        except TimeoutError as exc:
+            raise TaskdConnectionError(f"event stream from {self.url} went silent") from exc
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float | None = None,
+        on_event: Callable[[TaskEvent], Any] | None = None,
+        poll_interval: float = 1.0,
+        raise_on_failure: bool = True,
+    ) -> Task:
+        """Follow a task until it ends and return its final status.
+
+        Events come over SSE (resumed with `Last-Event-ID` after a dropped connection); when the
+        stream is not available, the status is polled every `poll_interval` seconds instead.
+        `on_event` is called with each TaskEvent. Raises TaskFailed / TaskCancelled (with `.task`)
+        unless `raise_on_failure` is false, and TimeoutError after `timeout` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            try:
+                await self._follow_stream(task_id, on_event)
+            except _StreamUnavailable:
+                await self._poll(task_id, on_event, poll_interval)
+            task = await self.status(task_id)
+        if raise_on_failure and task.status is TaskStatus.FAILED:
+            raise TaskFailed(task)
+        if raise_on_failure and task.status is TaskStatus.CANCELLED:
+            raise TaskCancelled(task)
+        return task
+
+    async def _follow_stream(self, task_id: str, on_event: Callable[[TaskEvent], Any] | None) -> None:
+        """Return once the terminal event was seen, or the task has ended; reconnect in between."""
+        last_id: str | None = None
+        failures = 0
+        while True:
+            received = False
+            try:
+                async for event in self.events(task_id, last_event_id=last_id):
+                    received, failures = True, 0
+                    last_id = event.id or last_id
+                    if on_event is not None:
+                        on_event(event)
+                    if event.is_terminal:
+                        return
+            except TaskdConnectionError:
+                failures += 1
+                if failures >= _STREAM_RETRIES:
+                    raise _StreamUnavailable(task_id) from None
+                await asyncio.sleep(min(2.0, 0.2 * 2**failures))
+                continue
+            # The stream ended early (a server restart) or had nothing more to send (204).
+            if (await self.status(task_id)).is_terminal:
+                return
+            if not received:
+                await asyncio.sleep(0.5)
+
+    async def _poll(self, task_id: str, on_event: Callable[[TaskEvent], Any] | None, interval: float) -> None:
+        seen: tuple[Any, ...] | None = None
+        while True:
+            task = await self.status(task_id)
+            if on_event is not None and (task.status, task.progress, task.current_step) != seen:
+                seen = (task.status, task.progress, task.current_step)
+                on_event(TaskEvent.from_task(task))
+            if task.is_terminal:
+                return
+            await asyncio.sleep(interval)

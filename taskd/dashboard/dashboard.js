@@ -1,0 +1,394 @@
+// taskd dashboard: plain JS, no build step. Every value shown is set with textContent, never as HTML.
+"use strict";
+
+const KEY_STORE = "taskd.api_key";
+const PROJECT_STORE = "taskd.project";
+const OVERVIEW_EVERY_MS = 3000;
+const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const PAGE_SIZE = 50;
+
+const state = {
+  key: sessionStorage.getItem(KEY_STORE) || "",
+  project: "",
+  status: "",
+  type: "",
+  page: 1,
+  totalPages: 1,
+  tasks: new Map(), // task_id -> list item (plus live fields)
+  selected: null,
+  source: null,
+  overviewTimer: null,
+  reloadTimer: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function fmtTime(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  return isNaN(date) ? iso : date.toLocaleTimeString();
+}
+
+function fmtEpoch(seconds) {
+  return seconds ? new Date(seconds * 1000).toISOString().replace(/\.\d+Z$/, "Z") : null;
+}
+
+function mb(bytes) {
+  return `${(bytes / 1048576).toFixed(0)} MB`;
+}
+
+class AuthError extends Error {}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { "X-API-Key": state.key, "Content-Type": "application/json", ...(options.headers || {}) },
+  });
+  let body = null;
+  try { body = await response.json(); } catch (_) { body = null; }
+  if (response.status === 401) throw new AuthError((body && body.message) || "Invalid API key");
+  if (!response.ok) {
+    const message = body ? body.message || body.detail || JSON.stringify(body) : response.statusText;
+    throw new Error(message);
+  }
+  return body;
+}
+
+function showKeyForm(message) {
+  $("key-panel").hidden = false;
+  $("main").hidden = true;
+  $("forget-key").hidden = true;
+  $("key-error").hidden = !message;
+  $("key-error").textContent = message || "";
+  stopLive();
+  $("api-key").focus();
+}
+
+function handleError(error) {
+  if (error instanceof AuthError) {
+    sessionStorage.removeItem(KEY_STORE);
+    state.key = "";
+    showKeyForm(error.message);
+  } else {
+    console.warn(error);
+  }
+}
+
+// ---- overview: queues, workers, GPUs, alerts, metrics ----
+
+function fillRows(tbody, rows) {
+  tbody.replaceChildren(...rows.map((cells) => {
+    const tr = el("tr");
+    for (const cell of cells) tr.append(cell instanceof Node ? wrapCell(cell) : el("td", cell));
+    return tr;
+  }));
+}
+
+function wrapCell(node) {
+  const td = el("td");
+  td.append(node);
+  return td;
+}
+
+function renderOverview(overview) {
+  fillRows($("queues").tBodies[0], overview.queues.map((q) => [
+    q.name, q.waiting, q.running, q.concurrency === null ? "" : q.concurrency, q.workers,
+  ]));
+  fillRows($("workers").tBodies[0], overview.workers.map((w) => {
+    const id = el("span", `${w.host}:${w.pid}`);
+    id.title = w.worker_id;
+    return [id, w.queues.join(", "), w.running, mb(w.rss_bytes + w.job_rss_bytes), `${w.heartbeat_age.toFixed(1)} s ago`];
+  }));
+  const gpus = $("gpus");
+  if (!overview.gpus.devices.length) {
+    gpus.replaceChildren(el("p", overview.gpus.note || "no GPUs", "hint"));
+  } else {
+    gpus.replaceChildren(...overview.gpus.devices.map((d) => {
+      const box = el("div", null, "gpu");
+      const bar = el("progress");
+      bar.max = 100;
+      bar.value = d.utilization;
+      box.append(el("strong", `GPU ${d.index} `), el("span", d.name + " "), bar,
+        el("span", ` ${d.utilization.toFixed(0)} % · ${mb(d.memory_used)} / ${mb(d.memory_total)}`));
+      if (Array.isArray(d.holders) && d.holders.length) box.append(el("div", `holding: ${d.holders.join(", ")}`, "hint"));
+      return box;
+    }));
+  }
+}
+
+function renderHealth(health) {
+  const alerts = $("alerts");
+  if (!health.alerts.length) {
+    alerts.replaceChildren(el("div", `Queue health: ${health.status}`, "alert healthy"));
+  } else {
+    alerts.replaceChildren(...health.alerts.map((a) => el("div", `${a.severity}: ${a.message}`, `alert ${a.severity}`)));
+  }
+  const m = health.metrics;
+  const dl = $("metrics");
+  dl.replaceChildren();
+  for (const [name, value] of [["total", m.total_tasks], ["completed", m.completed_tasks], ["failed", m.failed_tasks],
+    ["success rate", `${m.success_rate} %`], ["failure rate", `${m.failure_rate} %`], ["running", m.currently_running]]) {
+    dl.append(el("dt", name), el("dd", value));
+  }
+}
+
+async function refreshOverview() {
+  try {
+    const [overview, health] = await Promise.all([api("/api/v1/dashboard/overview"), api("/api/v1/tasks/health")]);
+    renderOverview(overview);
+    renderHealth(health);
+  } catch (error) {
+    handleError(error);
+  }
+}
+
+// ---- tasks ----
+
+function matchesFilters(task) {
+  return (!state.status || task.status === state.status) && (!state.type || task.task_type === state.type);
+}
+
+function rowFor(task) {
+  const tr = el("tr");
+  tr.dataset.taskId = task.task_id;
+  const id = el("code", task.task_id.slice(0, 8));
+  id.title = task.task_id;
+  const bar = el("progress");
+  bar.max = 1;
+  bar.value = task.progress || 0;
+  const pct = el("span", ` ${Math.round((task.progress || 0) * 100)} %`, "pct");
+  const progress = el("td");
+  progress.append(bar, pct);
+  tr.append(wrapCell(id), el("td", task.task_type), el("td", task.status, `status status-${task.status}`),
+    progress, el("td", task.current_step || "", "step"), el("td", fmtTime(task.created_at)),
+    el("td", fmtTime(task.updated_at), "updated"));
+  if (state.selected === task.task_id) tr.classList.add("selected");
+  tr.addEventListener("click", () => openDetail(task.task_id));
+  return tr;
+}
+
+function renderTasks() {
+  const visible = [...state.tasks.values()].filter(matchesFilters);
+  visible.sort((a, b) => (b.created_at || "").localeCompare(a.created_at || ""));
+  $("tasks").tBodies[0].replaceChildren(...visible.map(rowFor));
+  $("tasks-empty").hidden = visible.length > 0;
+  $("page-info").textContent = `page ${state.page} of ${Math.max(1, state.totalPages)}`;
+  $("prev-page").disabled = state.page <= 1;
+  $("next-page").disabled = state.page >= state.totalPages;
+  const types = new Set([...state.tasks.values()].map((t) => t.task_type));
+  $("known-types").replaceChildren(...[...types].sort().map((t) => { const o = el("option"); o.value = t; return o; }));
+}
+
+async function loadTasks() {
+  if (!state.project) return;
+  const query = new URLSearchParams({ page: state.page, limit: PAGE_SIZE });
+  if (state.status) query.set("status", state.status);
+  if (state.type) query.set("task_type", state.type);
+  try {
+    const body = await api(`/api/v1/projects/${encodeURIComponent(state.project)}/tasks?${query}`);
+    state.tasks = new Map(body.tasks.map((t) => [t.task_id, t]));
+    state.totalPages = body.pagination.total_pages;
+    $("task-count").textContent = `${body.pagination.total} in ${state.project}`;
+    renderTasks();
+  } catch (error) {
+    handleError(error);
+  }
+}
+
+function reloadSoon() {
+  clearTimeout(state.reloadTimer);
+  state.reloadTimer = setTimeout(loadTasks, 300);
+}
+
+function applyEvent(event) {
+  const data = JSON.parse(event.data);
+  const known = state.tasks.get(data.task_id);
+  if (!known) {
+    // A task this page has not listed (new, or on another page): the list endpoint has its data.
+    if (state.page === 1 && matchesFilters(data)) reloadSoon();
+    return;
+  }
+  Object.assign(known, {
+    status: data.status, progress: data.progress, current_step: data.current_step, error: data.error,
+    updated_at: fmtEpoch(data.at) || known.updated_at,
+  });
+  if ("result" in data) known.result = data.result;
+  const row = document.querySelector(`#tasks tr[data-task-id="${CSS.escape(data.task_id)}"]`);
+  if (row) row.replaceWith(rowFor(known));
+  if (state.selected === data.task_id) {
+    if (event.type === "status") openDetail(data.task_id);
+    else renderProgressInDetail(known);
+  }
+}
+
+function stopLive() {
+  if (state.source) state.source.close();
+  state.source = null;
+  setLive(false);
+}
+
+function setLive(on) {
+  const badge = $("live");
+  badge.textContent = on ? "live" : "offline";
+  badge.className = `badge ${on ? "on" : "off"}`;
+}
+
+function startLive() {
+  stopLive();
+  if (!state.project) return;
+  const url = `/api/v1/projects/${encodeURIComponent(state.project)}/events?api_key=${encodeURIComponent(state.key)}`;
+  const source = new EventSource(url);
+  source.addEventListener("open", () => { setLive(true); });
+  source.addEventListener("error", () => { setLive(false); });
+  source.addEventListener("status", applyEvent);
+  source.addEventListener("progress", applyEvent);
+  state.source = source;
+}
+
+// ---- detail, cancel, retry ----
+
+function setPre(id, value) {
+  $(id).textContent = value === null || value === undefined ? "—" : JSON.stringify(value, null, 2);
+}
+
+function renderProgressInDetail(task) {
+  const progress = document.querySelector("#detail-fields dd[data-field=progress]");
+  if (progress) progress.textContent = `${Math.round((task.progress || 0) * 100)} % ${task.current_step || ""}`;
+}
+
+async function openDetail(taskId) {
+  state.selected = taskId;
+  document.querySelectorAll("#tasks tr.selected").forEach((tr) => tr.classList.remove("selected"));
+  const row = document.querySelector(`#tasks tr[data-task-id="${CSS.escape(taskId)}"]`);
+  if (row) row.classList.add("selected");
+  let status;
+  try {
+    status = await api(`/api/v1/tasks/${encodeURIComponent(taskId)}/status`);
+  } catch (error) {
+    handleError(error);
+    $("action-message").textContent = error.message;
+    return;
+  }
+  if (state.selected !== taskId) return;
+  $("detail").hidden = false;
+  $("detail-id").textContent = taskId;
+  $("detail").dataset.status = status.status;
+  const fields = $("detail-fields");
+  fields.replaceChildren();
+  const rows = [["status", status.status], ["progress", `${Math.round(status.progress * 100)} % ${status.current_step || ""}`],
+    ["type", status.task_type], ["project", status.project_id], ["priority", status.priority], ["attempt", status.attempt],
+    ["created", status.created_at], ["started", status.started_at], ["completed", status.completed_at],
+    ["processing time", status.processing_time === null ? null : `${status.processing_time} s`],
+    ["queue position", status.queue_position], ["previous state", status.previous_state],
+    ["retry of", status.retry_of], ["last error", status.last_error]];
+  for (const [name, value] of rows) {
+    if (value === null || value === undefined) continue;
+    const dd = el("dd", value);
+    dd.dataset.field = name;
+    fields.append(el("dt", name), dd);
+  }
+  const listed = state.tasks.get(taskId);
+  setPre("detail-data", listed ? listed.task_data : null);
+  setPre("detail-result", status.result);
+  $("detail-error-block").hidden = !status.error;
+  $("detail-error").textContent = status.error || "";
+  $("detail-traceback-block").hidden = !status.traceback;
+  $("detail-traceback").textContent = status.traceback || "";
+  const webhook = status.webhook;
+  $("detail-webhook-block").hidden = !webhook;
+  const wh = $("detail-webhook");
+  wh.replaceChildren();
+  if (webhook) {
+    for (const [name, value] of Object.entries(webhook)) {
+      if (value !== null && value !== undefined) wh.append(el("dt", name.replaceAll("_", " ")), el("dd", value));
+    }
+  }
+  $("cancel-button").disabled = TERMINAL.has(status.status);
+  $("retry-button").disabled = !(status.status === "failed" || status.status === "cancelled");
+}
+
+async function cancelSelected() {
+  const taskId = state.selected;
+  if (!taskId) return;
+  $("action-message").textContent = "cancelling…";
+  try {
+    const body = await api(`/api/v1/tasks/${encodeURIComponent(taskId)}`, { method: "DELETE" });
+    $("action-message").textContent = body.message || body.detail || "";
+  } catch (error) {
+    handleError(error);
+    $("action-message").textContent = error.message;
+  }
+  await openDetail(taskId);
+}
+
+async function retrySelected() {
+  const taskId = state.selected;
+  if (!taskId) return;
+  try {
+    const body = await api(`/api/v1/tasks/${encodeURIComponent(taskId)}/retry`, { method: "POST" });
+    $("action-message").textContent = `retried as ${body.new_task_id}`;
+    await loadTasks();
+    await openDetail(body.new_task_id);
+  } catch (error) {
+    handleError(error);
+    $("action-message").textContent = error.message;
+  }
+}
+
+// ---- wiring ----
+
+function showProject() {
+  state.project = $("project").value.trim();
+  state.status = $("filter-status").value;
+  state.type = $("filter-type").value.trim();
+  state.page = 1;
+  sessionStorage.setItem(PROJECT_STORE, state.project);
+  const url = new URL(location.href);
+  url.searchParams.set("project", state.project);
+  history.replaceState(null, "", url);
+  loadTasks();
+  startLive();
+}
+
+function start() {
+  $("key-panel").hidden = true;
+  $("main").hidden = false;
+  $("forget-key").hidden = false;
+  refreshOverview();
+  clearInterval(state.overviewTimer);
+  state.overviewTimer = setInterval(refreshOverview, OVERVIEW_EVERY_MS);
+  if ($("project").value.trim()) showProject();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const params = new URLSearchParams(location.search);
+  $("project").value = params.get("project") || sessionStorage.getItem(PROJECT_STORE) || "";
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.key = $("api-key").value.trim();
+    sessionStorage.setItem(KEY_STORE, state.key);
+    $("api-key").value = "";
+    start();
+  });
+  $("forget-key").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY_STORE);
+    state.key = "";
+    clearInterval(state.overviewTimer);
+    showKeyForm("");
+  });
+  $("project-form").addEventListener("submit", (event) => { event.preventDefault(); showProject(); });
+  $("filter-status").addEventListener("change", () => { if (state.project) showProject(); });
+  $("prev-page").addEventListener("click", () => { state.page = Math.max(1, state.page - 1); loadTasks(); });
+  $("next-page").addEventListener("click", () => { state.page += 1; loadTasks(); });
+  $("close-detail").addEventListener("click", () => { state.selected = null; $("detail").hidden = true; renderTasks(); });
+  $("cancel-button").addEventListener("click", cancelSelected);
+  $("retry-button").addEventListener("click", retrySelected);
+  if (state.key) start(); else showKeyForm("");
+});

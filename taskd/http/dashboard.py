@@ -1,0 +1,151 @@
+"""`/dashboard`: the live web dashboard (static files from `taskd/dashboard/`), and the overview it polls.
+
+The page itself needs no key (it holds no data); it asks for the API key once and keeps it in the
+browser's session storage. Everything it shows comes from the `/api/v1/` routes with that key:
+`GET /api/v1/dashboard/overview` (queues, workers, GPUs), `GET /api/v1/tasks/health` (alerts),
+a project's task list and its event stream.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from taskd import keys
+from taskd.gpu.nvml import read_devices
+from taskd.heartbeat import live_workers
+from taskd.http.context import API
+from taskd.http.responses import json_response
+from taskd.model import ApiError, iso, now
+
+NO_GPUS = "no GPUs (NVML not available)"
+RUNNING_SHOWN = 50  # running task ids listed per queue
+_CONTENT_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+}
+
+
+def _assets() -> dict[str, tuple[bytes, str]]:
+    """Every file of the dashboard package by name, with its content type."""
+    found = {}
+    for entry in resources.files("taskd.dashboard").iterdir():
+        suffix = "." + entry.name.rpartition(".")[2]
+        if entry.is_file() and suffix in _CONTENT_TYPES:
+            found[entry.name] = (entry.read_bytes(), _CONTENT_TYPES[suffix])
+    return found
+
+
+ASSETS = web.AppKey("dashboard_assets", dict)
+
+
+def _asset_response(request: web.Request, name: str) -> web.Response:
+    asset = request.app[ASSETS].get(name)
+    if asset is None:
+        raise ApiError(404, "not_found", f"No dashboard file {name!r}")
+    body, content_type = asset
+    return web.Response(body=body, content_type=content_type, charset="utf-8", headers=_HEADERS)
+
+
+async def page(request: web.Request) -> web.Response:
+    """The dashboard page."""
+    return _asset_response(request, "index.html")
+
+
+async def asset(request: web.Request) -> web.Response:
+    """A stylesheet or script of the page."""
+    name = request.match_info["asset"]
+    if name == "index.html":
+        raise ApiError(404, "not_found", f"No dashboard file {name!r}")
+    return _asset_response(request, name)
+
+
+async def _queues(request: web.Request, workers: list[Any]) -> list[dict[str, Any]]:
+    api = request.app[API]
+    names = api.queue_names
+    waiting = await api.queue.waiting(names)
+    async with api.redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zcard(keys.running(name))
+            pipe.zrange(keys.running(name), 0, RUNNING_SHOWN - 1)
+        replies = await pipe.execute()
+    queues = []
+    for i, name in enumerate(names):
+        configured = api.config.queues.get(name)
+        queues.append(
+            {
+                "name": name,
+                "waiting": waiting.get(name, 0),
+                "running": replies[2 * i],
+                "running_tasks": [member.decode() for member in replies[2 * i + 1]],
+                "concurrency": configured.concurrency if configured else None,
+                "workers": sum(1 for worker in workers if name in worker.queues),
+            }
+        )
+    return queues
+
+
+async def overview(request: web.Request) -> web.Response:
+    """Queues (waiting, running, concurrency), workers with their last heartbeat, and GPUs, in one call."""
+    api = request.app[API]
+    workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
+    beats = {
+        member.decode(): score / 1000
+        for member, score in await api.redis.zrange(keys.WORKERS, 0, -1, withscores=True)
+    }
+    at = now()
+    devices = read_devices()
+    return json_response(
+        {
+            "queues": await _queues(request, workers),
+            "workers": [
+                {
+                    "worker_id": worker.worker_id,
+                    "host": worker.host,
+                    "pid": worker.pid,
+                    "queues": worker.queues,
+                    "running": worker.running,
+                    "rss_bytes": worker.rss_bytes,
+                    "job_rss_bytes": worker.job_rss_bytes,
+                    "started_at": iso(worker.started_at),
+                    "last_heartbeat": iso(beats.get(worker.worker_id)),
+                    "heartbeat_age": round(max(0.0, at - beats.get(worker.worker_id, at)), 1),
+                }
+                for worker in workers
+            ],
+            "gpus": {
+                "available": bool(devices),
+                "note": None if devices else NO_GPUS,
+                "devices": [
+                    {
+                        "index": device.index,
+                        "name": device.name,
+                        "utilization": device.utilization,
+                        "memory_used": device.memory_used,
+                        "memory_total": device.memory_total,
+                    }
+                    for device in devices
+                ],
+            },
+            "uptime": int(time.monotonic() - api.started_at),
+            "timestamp": iso(at),
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the page, its files and the overview."""
+    app[ASSETS] = _assets()
+    app.router.add_get("/dashboard", page)
+    app.router.add_get("/dashboard/{asset}", asset)
+    app.router.add_get("/api/v1/dashboard/overview", overview)

@@ -1,0 +1,401 @@
+"""Task events as Server-Sent Events: `GET /api/v1/tasks/{task_id}/events`, `GET /api/v1/projects/{project_id}/events`.
+
+Every change of a task is appended to Redis streams by the store, atomically with the change
+(`taskd.keys.task_events`, `taskd.keys.project_events`), so an event raised by any taskd process
+reaches every client. The stream entry id is the SSE `id`; a client that reconnects with
+`Last-Event-ID` is sent what it missed from the stream (`XRANGE`), then live events.
+
+One `EventHub` per process reads every watched stream with a single blocking `XREAD` on one
+dedicated Redis connection, however many clients listen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+import orjson
+from aiohttp import web
+from redis.asyncio import Redis
+
+from taskd import keys
+from taskd.http.auth import query_key_allowed
+from taskd.http.context import API
+from taskd.model import TERMINAL, TaskRecord, TaskStatus, ValidationError
+
+log = logging.getLogger("taskd.http.events")
+
+KEEPALIVE_SECONDS = 15.0
+RECONNECT_MS = 3000  # the `retry:` hint sent to EventSource
+BLOCK_MS = 5000  # one XREAD waits at most this long before it is issued again
+READ_COUNT = 500  # entries per stream per XREAD
+MAX_PENDING = 5000  # events held for one slow client before it re-reads the stream itself
+_CHECK_SECONDS = 1.0  # how often an idle stream notices that its client went away
+_EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+_TERMINAL_NAMES = frozenset(status.value for status in TERMINAL)
+
+
+def id_key(event_id: str) -> tuple[int, int]:
+    """A stream entry id (`1700000000000-3`, or `1700000000000`) as a tuple that sorts like Redis does."""
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@attrs.frozen
+class StreamEvent:
+    """One entry of an event stream: its id (None for an event made up from the record) and the JSON."""
+
+    id: str | None
+    type: str
+    status: str
+    data: bytes
+
+    @classmethod
+    def from_entry(cls, entry_id: bytes, fields: dict[bytes, bytes]) -> StreamEvent:
+        """Parse an XRANGE/XREAD entry."""
+        data = fields[b"event"]
+        event = orjson.loads(data)
+        return cls(entry_id.decode(), str(event.get("type", "status")), str(event.get("status", "")), data)
+
+    @classmethod
+    def from_record(cls, record: TaskRecord) -> StreamEvent:
+        """The status event of a record, for a finished task whose stream has expired."""
+        event: dict[str, Any] = {
+            "type": "status",
+            "task_id": record.task_id,
+            "project_id": record.project_id,
+            "task_type": record.task_type,
+            "status": record.status.value,
+            "progress": record.progress,
+            "current_step": record.current_step,
+            "error": record.error,
+            "attempt": record.attempt,
+            "at": record.updated_at or record.created_at,
+        }
+        if record.status is TaskStatus.COMPLETED:
+            event["result"] = record.result
+        return cls(None, "status", record.status.value, orjson.dumps(event))
+
+    @property
+    def terminal(self) -> bool:
+        """True for the status event that ends a task."""
+        return self.type == "status" and self.status in _TERMINAL_NAMES
+
+    def frame(self) -> bytes:
+        """The event in the SSE wire format."""
+        lines = [b"id: " + self.id.encode()] if self.id else []
+        lines.append(b"event: " + self.type.encode())
+        lines.extend(b"data: " + line for line in self.data.split(b"\n"))
+        return b"\n".join(lines) + b"\n\n"
+
+
+class Subscription:
+    """What the hub has read for one client and the client has not sent yet."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        self.pending: collections.deque[StreamEvent] = collections.deque()
+        self.overflowed = False  # events were dropped: the client must re-read the stream
+        self.closed = False
+        self.wakeup = asyncio.Event()
+
+    def push(self, events: Iterable[StreamEvent]) -> None:
+        """Hand new events to the client (or mark it overflowed when it is too far behind)."""
+        for event in events:
+            if len(self.pending) >= MAX_PENDING:
+                self.pending.clear()
+                self.overflowed = True
+                break
+            self.pending.append(event)
+        self.wakeup.set()
+
+    def close(self) -> None:
+        """End the client's stream (server shutdown)."""
+        self.closed = True
+        self.wakeup.set()
+
+    def take(self) -> list[StreamEvent]:
+        """Everything pending, oldest first."""
+        events = list(self.pending)
+        self.pending.clear()
+        self.wakeup.clear()
+        return events
+
+
+class EventHub:
+    """Reads every stream some client watches with one blocking XREAD and fans the entries out."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._cursors: dict[str, str] = {}
+        self._changed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._client_id: int | None = None
+        self._blocked = False
+        self._unblocks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def subscribe(self, stream: str, after: str) -> Subscription:
+        """Watch `stream`; entries newer than `after` (or than where the hub already reads) are pushed."""
+        subscription = Subscription(stream)
+        if self._closed:
+            subscription.close()
+            return subscription
+        if stream not in self._subscribers:
+            self._subscribers[stream] = set()
+            self._cursors[stream] = after
+        self._subscribers[stream].add(subscription)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._run(), name="sse-event-hub")
+        self._wake()
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop watching; the stream is dropped from the XREAD when nobody watches it."""
+        watchers = self._subscribers.get(subscription.stream)
+        if watchers is None:
+            return
+        watchers.discard(subscription)
+        if not watchers:
+            del self._subscribers[subscription.stream]
+            del self._cursors[subscription.stream]
+
+    async def close(self) -> None:
+        """End every client's stream and stop reading."""
+        self._closed = True
+        for watchers in self._subscribers.values():
+            for subscription in watchers:
+                subscription.close()
+        self._subscribers.clear()
+        self._cursors.clear()
+        tasks = [task for task in (self._reader, *self._unblocks) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _wake(self) -> None:
+        # A new stream must join the XREAD now, not when the current one times out.
+        self._changed.set()
+        if self._blocked and self._client_id is not None:
+            task = asyncio.create_task(self._redis.client_unblock(self._client_id))
+            self._unblocks.add(task)
+            task.add_done_callback(self._unblocks.discard)
+
+    async def _run(self) -> None:
+        while not self._closed:
+            connection = Redis(connection_pool=self._redis.connection_pool, single_connection_client=True)
+            try:
+                self._client_id = await connection.client_id()
+                await self._read_forever(connection)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: keep the cursors, read again once it is back
+                log.warning("event stream reader failed, retrying: %s", exc)
+                await asyncio.sleep(1)
+            finally:
+                self._client_id = None
+                with contextlib.suppress(Exception):
+                    await connection.aclose()
+
+    async def _read_forever(self, connection: Redis) -> None:
+        while True:
+            if not self._cursors:
+                await self._changed.wait()
+            self._changed.clear()
+            self._blocked = True
+            try:
+                reply = await connection.xread(dict(self._cursors), count=READ_COUNT, block=BLOCK_MS)
+            finally:
+                self._blocked = False
+            for raw_stream, entries in reply or []:
+                stream = raw_stream.decode()
+                watchers = self._subscribers.get(stream)
+                if not watchers or not entries:
+                    continue
+                events = [StreamEvent.from_entry(entry_id, fields) for entry_id, fields in entries]
+                self._cursors[stream] = events[-1].id or self._cursors[stream]
+                for subscription in watchers:
+                    subscription.push(events)
+
+
+HUB = web.AppKey("event_hub", EventHub)
+
+
+def _last_event_id(request: web.Request) -> str | None:
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    if not raw:
+        return None
+    if not _EVENT_ID.match(raw) or max(id_key(raw)) >= 2**64:
+        raise ValidationError(
+            {"Last-Event-ID": "Last-Event-ID must be an event id sent by this stream, e.g. 1700000000000-0"},
+            "Invalid Last-Event-ID",
+        )
+    return raw
+
+
+async def _read_after(redis: Redis, stream: str, after: str) -> list[StreamEvent]:
+    """Entries of `stream` newer than `after`."""
+    entries = await redis.xrange(stream, min=f"({after}", max="+")
+    return [StreamEvent.from_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+class EventWriter:
+    """Sends events to one SSE client in order, never twice, and says when a task's stream is over."""
+
+    def __init__(self, request: web.Request, response: web.StreamResponse, after: str) -> None:
+        self.request = request
+        self.response = response
+        self.last = id_key(after)
+        self.sent_terminal = False
+        self.last_write = time.monotonic()
+
+    async def send(self, events: Iterable[StreamEvent]) -> None:
+        """Write the events not sent yet."""
+        frames = []
+        for event in events:
+            if event.id is not None:
+                key = id_key(event.id)
+                if key <= self.last:
+                    continue
+                self.last = key
+            frames.append(event.frame())
+            self.sent_terminal = self.sent_terminal or event.terminal
+        if frames:
+            await self.write(b"".join(frames))
+
+    async def write(self, data: bytes) -> None:
+        """Write raw bytes; raises ConnectionResetError once the client has gone."""
+        await self.response.write(data)
+        self.last_write = time.monotonic()
+
+    def client_gone(self) -> bool:
+        """True once the client closed the connection."""
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
+
+
+def _stream_response() -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",  # nginx: pass events through as they come
+        }
+    )
+    response.enable_chunked_encoding()
+    return response
+
+
+async def _follow(
+    writer: EventWriter, subscription: Subscription, redis: Redis, *, until_terminal: bool
+) -> None:
+    """Send live events (and keep-alives) until the client leaves, the server stops, or the task ends."""
+    while not (until_terminal and writer.sent_terminal):
+        if subscription.closed or writer.client_gone():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(subscription.wakeup.wait(), _CHECK_SECONDS)
+        events = subscription.take()
+        if subscription.overflowed:
+            subscription.overflowed = False
+            events = await _read_after(redis, subscription.stream, "{}-{}".format(*writer.last))
+        await writer.send(events)
+        if time.monotonic() - writer.last_write >= KEEPALIVE_SECONDS:
+            await writer.write(b": keep-alive\n\n")
+
+
+async def _serve(
+    request: web.Request,
+    response: web.StreamResponse,
+    writer: EventWriter,
+    subscription: Subscription,
+    backlog: list[StreamEvent],
+    *,
+    until_terminal: bool,
+) -> web.StreamResponse:
+    api = request.app[API]
+    try:
+        await response.prepare(request)
+        await writer.write(f"retry: {RECONNECT_MS}\n\n".encode())
+        await writer.send(backlog)
+        await _follow(writer, subscription, api.redis, until_terminal=until_terminal)
+    except ConnectionResetError:
+        pass  # the client went away
+    except Exception as exc:  # headers are sent: the error can only end the stream
+        log.warning("event stream for %s ended: %s", request.path, exc)
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+@query_key_allowed
+async def task_events(request: web.Request) -> web.StreamResponse:
+    """A task's events from its first (or from `Last-Event-ID`); the stream ends after the terminal event."""
+    api, hub = request.app[API], request.app[HUB]
+    task_id = request.match_info["task_id"]
+    last_event_id = _last_event_id(request)
+    await api.store.get(task_id)  # 404 task_not_found before any stream starts
+    stream = keys.task_events(task_id)
+    after = last_event_id or "0-0"
+    subscription = hub.subscribe(stream, after)
+    try:
+        backlog = await _read_after(api.redis, stream, after)
+        if not any(event.terminal for event in backlog):
+            # The record and its events change together, so a finished record means the
+            # terminal event is in the stream now, unless the stream expired or the client has it.
+            record = await api.store.get(task_id)
+            if record.is_terminal:
+                backlog += await _read_after(api.redis, stream, backlog[-1].id if backlog else after)
+                if not any(event.terminal for event in backlog):
+                    if last_event_id and await _is_terminal_entry(api.redis, stream, last_event_id):
+                        return web.Response(status=204)  # EventSource stops reconnecting on 204
+                    backlog.append(StreamEvent.from_record(record))
+        response = _stream_response()
+        writer = EventWriter(request, response, after)
+        return await _serve(request, response, writer, subscription, backlog, until_terminal=True)
+    finally:
+        hub.unsubscribe(subscription)
+
+
+async def _is_terminal_entry(redis: Redis, stream: str, event_id: str) -> bool:
+    entries = await redis.xrange(stream, min=event_id, max=event_id)
+    return any(StreamEvent.from_entry(entry_id, fields).terminal for entry_id, fields in entries)
+
+
+@query_key_allowed
+async def project_events(request: web.Request) -> web.StreamResponse:
+    """Events of every task of a project from now (or from `Last-Event-ID`); the stream stays open."""
+    api, hub = request.app[API], request.app[HUB]
+    stream = keys.project_events(request.match_info["project_id"])
+    after = _last_event_id(request)
+    if after is None:
+        newest = await api.redis.xrevrange(stream, count=1)
+        after = newest[0][0].decode() if newest else "0-0"
+    subscription = hub.subscribe(stream, after)
+    try:
+        backlog = await _read_after(api.redis, stream, after)
+        response = _stream_response()
+        writer = EventWriter(request, response, after)
+        return await _serve(request, response, writer, subscription, backlog, until_terminal=False)
+    finally:
+        hub.unsubscribe(subscription)
+
+
+async def _close_hub(app: web.Application) -> None:
+    await app[HUB].close()
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the two event streams and the hub that feeds them; open streams end at shutdown."""
+    app[HUB] = EventHub(app[API].redis)
+    app.on_shutdown.append(_close_hub)
+    app.router.add_get("/api/v1/tasks/{task_id}/events", task_events)
+    app.router.add_get("/api/v1/projects/{project_id}/events", project_events)

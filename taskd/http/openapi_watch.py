@@ -1,0 +1,202 @@
+"""The OpenAPI description of the event streams and the dashboard; merged into `taskd.http.openapi`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Schema = dict[str, Any]
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_KEY = [{"ApiKey": []}]
+
+
+def _error(description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+_LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "description": "Resume after this event id (sent by EventSource on reconnect)",
+    "schema": {"type": "string", "pattern": r"^\d+(-\d+)?$"},
+}
+_QUERY_KEY = {
+    "name": "api_key",
+    "in": "query",
+    "description": "The API key, for clients that cannot send X-API-Key (a browser's EventSource)",
+    "schema": {"type": "string"},
+}
+_EVENT_STREAM = {
+    "description": (
+        "Server-sent events: `id: <stream id>`, `event: status|progress`, `data: <TaskEvent JSON>`; "
+        "a `: keep-alive` comment every 15 s"
+    ),
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+def schemas() -> dict[str, Schema]:
+    """Component schemas used by these paths."""
+    return {
+        "TaskEvent": {
+            "type": "object",
+            "required": ["type", "task_id", "project_id", "task_type", "status", "progress", "attempt"],
+            "properties": {
+                "type": {"type": "string", "enum": ["status", "progress"]},
+                "task_id": {"type": "string"},
+                "project_id": {"type": "string"},
+                "task_type": {"type": "string"},
+                "status": {"type": "string"},
+                "progress": {"type": "number"},
+                "current_step": {"type": ["string", "null"]},
+                "error": {"type": ["string", "null"]},
+                "attempt": {"type": "integer"},
+                "at": {"type": ["number", "null"], "description": "epoch seconds"},
+                "result": {"description": "on the `completed` status event only"},
+            },
+        },
+        "DashboardOverview": {
+            "type": "object",
+            "required": ["queues", "workers", "gpus", "uptime", "timestamp"],
+            "properties": {
+                "queues": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "waiting", "running", "running_tasks", "concurrency", "workers"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "waiting": {"type": "integer"},
+                            "running": {"type": "integer"},
+                            "running_tasks": {"type": "array", "items": {"type": "string"}},
+                            "concurrency": {"type": ["integer", "null"]},
+                            "workers": {"type": "integer"},
+                        },
+                    },
+                },
+                "workers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["worker_id", "host", "pid", "queues", "running", "heartbeat_age"],
+                        "properties": {
+                            "worker_id": {"type": "string"},
+                            "host": {"type": "string"},
+                            "pid": {"type": "integer"},
+                            "queues": {"type": "array", "items": {"type": "string"}},
+                            "running": {"type": "integer"},
+                            "rss_bytes": {"type": "integer"},
+                            "job_rss_bytes": {"type": "integer"},
+                            "started_at": {"type": ["string", "null"]},
+                            "last_heartbeat": {"type": ["string", "null"]},
+                            "heartbeat_age": {"type": "number"},
+                        },
+                    },
+                },
+                "gpus": {
+                    "type": "object",
+                    "required": ["available", "devices"],
+                    "properties": {
+                        "available": {"type": "boolean"},
+                        "note": {"type": ["string", "null"]},
+                        "devices": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+                "uptime": {"type": "integer"},
+                "timestamp": {"type": "string"},
+            },
+        },
+    }
+
+
+def paths() -> dict[str, Any]:
+    """The event streams, the dashboard page and its overview."""
+    return {
+        "/api/v1/tasks/{task_id}/events": {
+            "get": {
+                "summary": "A task's events as server-sent events; ends after the terminal status event",
+                "operationId": "task_events",
+                "security": _KEY,
+                "parameters": [
+                    {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    _LAST_EVENT_ID,
+                    _QUERY_KEY,
+                ],
+                "responses": {
+                    "200": _EVENT_STREAM,
+                    "204": {
+                        "description": "The client's Last-Event-ID was already the task's terminal event"
+                    },
+                    "400": _error("`validation_error`: a malformed Last-Event-ID"),
+                    "401": _error("`authentication_failed`: missing or wrong key"),
+                    "404": _error("`task_not_found`"),
+                    "503": _error("`service_unavailable`: storage unreachable"),
+                },
+            }
+        },
+        "/api/v1/projects/{project_id}/events": {
+            "get": {
+                "summary": "Events of every task of a project as server-sent events, from now on; stays open",
+                "operationId": "project_events",
+                "security": _KEY,
+                "parameters": [
+                    {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    _LAST_EVENT_ID,
+                    _QUERY_KEY,
+                ],
+                "responses": {
+                    "200": _EVENT_STREAM,
+                    "400": _error("`validation_error`: a malformed Last-Event-ID"),
+                    "401": _error("`authentication_failed`: missing or wrong key"),
+                    "503": _error("`service_unavailable`: storage unreachable"),
+                },
+            }
+        },
+        "/api/v1/dashboard/overview": {
+            "get": {
+                "summary": "Queues (waiting, running), live workers with their heartbeats, and GPUs, in one call",
+                "operationId": "dashboard_overview",
+                "security": _KEY,
+                "responses": {
+                    "200": {
+                        "description": "The overview",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/DashboardOverview"}}
+                        },
+                    },
+                    "401": _error("`authentication_failed`: missing or wrong key"),
+                    "503": _error("`service_unavailable`: storage unreachable"),
+                },
+            }
+        },
+        "/dashboard": {
+            "get": {
+                "summary": "The live web dashboard (asks for the API key in the page)",
+                "operationId": "dashboard_page",
+                "security": [],
+                "responses": {
+                    "200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
+        "/dashboard/{asset}": {
+            "get": {
+                "summary": "A stylesheet or script of the dashboard",
+                "operationId": "dashboard_asset",
+                "security": [],
+                "parameters": [
+                    {"name": "asset", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file",
+                        "content": {
+                            "text/css": {"schema": {"type": "string"}},
+                            "text/javascript": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "404": _error("`not_found`: no such file"),
+                },
+            }
+        },
+    }

@@ -1,0 +1,46 @@
+"""Taking back the tasks of dead workers: a running task is held only while its worker's heartbeat lives."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from taskd.config import Config
+from taskd.jobs.queue import TaskQueue
+from taskd.model import now
+from taskd.store import TaskStore
+
+log = logging.getLogger("taskd.jobs")
+
+
+class Reclaimer:
+    """Requeues tasks whose worker stopped beating; fails those that killed `max_worker_deaths` workers."""
+
+    def __init__(self, store: TaskStore, queue: TaskQueue, config: Config, queues: list[str]) -> None:
+        self.store = store
+        self.queue = queue
+        self.config = config
+        self.queues = queues
+
+    async def once(self) -> int:
+        """One look; returns how many tasks were taken back."""
+        taken = 0
+        for task_id, queue, priority in await self.store.orphans(self.queues):
+            at = now()
+            score = self.queue.score(at, priority)
+            outcome = await self.store.reclaim(
+                task_id, queue, at, score, self.config.execution.max_worker_deaths
+            )
+            if outcome in ("requeued", "failed"):
+                taken += 1
+                log.warning("task %s of a dead worker: %s", task_id, outcome)
+        return taken
+
+    async def run(self) -> None:
+        """Look every `execution.reclaim_interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.config.execution.reclaim_interval)
+            try:
+                await self.once()
+            except Exception as exc:  # a Redis outage only delays the next look
+                log.warning("looking for tasks of dead workers failed: %s", exc)

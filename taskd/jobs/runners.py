@@ -1,0 +1,256 @@
+"""Job processes, seen from the worker: a pool of long-lived runners, each supervised while it works.
+
+A runner runs one task at a time. The worker enforces the limits from outside: SIGUSR1 at the
+soft time limit, SIGKILL at the hard limit or when the runner's memory passes the limit,
+SIGTERM (then SIGKILL after a grace) on cancel. A runner is replaced after `max_tasks` tasks and
+after anything that left it in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import cattrs
+import psutil
+
+from taskd.config import Config
+from taskd.jobs import frames
+
+log = logging.getLogger("taskd.jobs")
+
+MEMORY_CHECK_INTERVAL = 0.25
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+
+ProgressCallback = Callable[[float, str | None], Awaitable[None]]
+
+
+@attrs.frozen
+class Limits:
+    """What a runner may use for one task; None means no limit."""
+
+    soft: float | None
+    hard: float | None
+    memory_bytes: int
+    cancel_grace: float
+
+
+@attrs.frozen
+class ProcessOutcome:
+    """How a task ended in a runner: `done`, `error`, `cancelled`, `hard_limit`, `memory` or `crashed`."""
+
+    kind: str
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    error_kind: str | None = None
+    peak_rss: int = 0
+
+
+def _rss(process: psutil.Process) -> int:
+    try:
+        total = process.memory_info().rss
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total
+    except psutil.Error:
+        return 0
+
+
+class Runner:
+    """One job process and the frames it sends."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, device: str | None = None) -> None:
+        self.proc = proc
+        self.device = device
+        self.tasks_done = 0
+        self.cancelled = False
+        self._frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self.rss = 0
+
+    @classmethod
+    async def spawn(cls, config: Config, device: str | None = None) -> Runner:
+        """Start a job process (seeing only GPU `device`, if given) and hand it the config."""
+        env = dict(os.environ)
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "taskd.jobs.runner",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=frames.MAX_FRAME,
+            env=env,
+        )
+        runner = cls(proc, device)
+        runner._send({"op": "init", "config": cattrs.unstructure(config)})
+        ready = await asyncio.wait_for(runner._frames.get(), START_TIMEOUT)
+        if ready is None or ready.get("op") != "ready":
+            await runner.kill()
+            raise RuntimeError("job process failed to start")
+        return runner
+
+    @property
+    def pid(self) -> int:
+        """The job process's pid."""
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc.returncode is None
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            while (frame := await frames.read_async(self.proc.stdout)) is not None:
+                await self._frames.put(frame)
+        finally:
+            await self._frames.put(None)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(frames.encode(message))
+
+    def _signal(self, sig: int) -> None:
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def terminate(self, grace: float) -> None:
+        """Cancel: SIGTERM now, SIGKILL after `grace` seconds if it is still there."""
+        self.cancelled = True
+        self._signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        self._kill_timer = loop.call_later(grace, self._signal, signal.SIGKILL)
+
+    async def kill(self) -> None:
+        """SIGKILL and reap."""
+        self._signal(signal.SIGKILL)
+        await self.wait_exit(STOP_TIMEOUT)
+
+    async def wait_exit(self, timeout: float) -> None:
+        """Wait for the process to exit (bounded), then stop watching it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        if not self.alive:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def stop(self) -> None:
+        """Close stdin so the process exits on its own; kill it if it does not."""
+        if self.alive and self.proc.stdin is not None:
+            self.proc.stdin.close()
+            await self.wait_exit(STOP_TIMEOUT)
+        if self.alive:
+            await self.kill()
+
+    async def execute(
+        self, request: dict[str, Any], limits: Limits, on_progress: ProgressCallback
+    ) -> ProcessOutcome:
+        """Run one task to its end under `limits`."""
+        self._send({"op": "run", **request})
+        started = time.monotonic()
+        soft_sent = False
+        process = psutil.Process(self.pid)
+        peak = 0
+        while True:
+            elapsed = time.monotonic() - started
+            if limits.hard is not None and elapsed >= limits.hard:
+                await self.kill()
+                return ProcessOutcome("hard_limit", peak_rss=peak)
+            if limits.soft is not None and not soft_sent and elapsed >= limits.soft:
+                soft_sent = True
+                self._signal(signal.SIGUSR1)
+            self.rss = _rss(process)
+            peak = max(peak, self.rss)
+            if self.rss > limits.memory_bytes:
+                await self.kill()
+                return ProcessOutcome("memory", peak_rss=peak)
+            try:
+                frame = await asyncio.wait_for(self._frames.get(), MEMORY_CHECK_INTERVAL)
+            except TimeoutError:
+                continue
+            if frame is None:
+                await self.wait_exit(STOP_TIMEOUT)
+                if self.cancelled:
+                    return ProcessOutcome("cancelled", peak_rss=peak)
+                return ProcessOutcome("crashed", error=f"exit status {self.proc.returncode}", peak_rss=peak)
+            op = frame.get("op")
+            if op == "progress":
+                await on_progress(frame["progress"], frame.get("step"))
+            elif op == "done":
+                self.tasks_done += 1
+                return ProcessOutcome("done", result=frame["result"], peak_rss=peak)
+            elif op == "error":
+                self.tasks_done += 1
+                return ProcessOutcome(
+                    "error",
+                    error=frame["error"],
+                    traceback=frame.get("traceback"),
+                    error_kind=frame.get("kind"),
+                    peak_rss=peak,
+                )
+            elif op == "cancelled":
+                await self.wait_exit(limits.cancel_grace)
+                return ProcessOutcome("cancelled", peak_rss=peak)
+
+
+class RunnerPool:
+    """Idle job processes ready for the next task, kept per GPU (a process's CUDA device is fixed at
+    its start); a process is retired after `max_tasks` tasks."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.max_tasks = config.execution.max_tasks_per_runner
+        self._idle: dict[str | None, list[Runner]] = {}
+        self.busy: set[Runner] = set()
+
+    async def acquire(self, device: str | None = None) -> Runner:
+        """An idle runner for `device`, or a new one."""
+        idle = self._idle.setdefault(device, [])
+        while idle:
+            runner = idle.pop()
+            if runner.alive:
+                self.busy.add(runner)
+                return runner
+        runner = await Runner.spawn(self.config, device)
+        self.busy.add(runner)
+        return runner
+
+    async def release(self, runner: Runner) -> None:
+        """Take a runner back: kept if healthy and not worn out, else stopped (a new one comes when needed)."""
+        self.busy.discard(runner)
+        if runner.alive and not runner.cancelled and runner.tasks_done < self.max_tasks:
+            self._idle.setdefault(runner.device, []).append(runner)
+            return
+        if runner.alive:
+            log.info("retiring job process %d after %d tasks", runner.pid, runner.tasks_done)
+        await runner.stop()
+
+    def peak_rss(self) -> int:
+        """The largest RSS among busy job processes now."""
+        return max((runner.rss for runner in self.busy), default=0)
+
+    async def close(self) -> None:
+        """Stop every idle runner (busy ones are stopped by their tasks)."""
+        idle = [runner for runners in self._idle.values() for runner in runners]
+        self._idle = {}
+        await asyncio.gather(*(runner.stop() for runner in idle))
+        for runner in list(self.busy):
+            await runner.kill()

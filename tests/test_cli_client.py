@@ -1,0 +1,260 @@
+"""`taskd submit|status|wait|cancel|retry|tasks|health` as child processes against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import attrs
+from conftest import API_KEY
+
+from taskd.cli_client import ProgressView
+from taskd.client import TaskEvent, TaskStatus
+from taskd.config import AuthConfig, load_config
+
+
+@attrs.frozen
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+async def taskd_cli(*args: str, url: str | None = None, key: str | None = API_KEY, **env: str) -> Run:
+    """Run `python -m taskd *args` without blocking the event loop the server runs in."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    full_env.update(TASKD_DATA_DIR=env.pop("data_dir", "/nonexistent"), **env)
+    if url:
+        full_env["TASKD_URL"] = url
+    if key:
+        full_env["TASKD_API_KEY"] = key
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskd",
+        *args,
+        env=full_env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def test_submit_prints_the_task_id_and_exits_0(taskd):
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "noop", "--data", "{}", url=taskd.base_url
+    )
+
+    assert run.code == 0, run.err
+    status = await taskd.status(run.out.strip())
+    assert status["project_id"] == "films"
+
+
+async def test_submit_json_prints_the_apis_answer(taskd):
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "noop", "--data", "{}", "--priority", "1", "--json",
+        url=taskd.base_url,
+    )  # fmt: skip
+
+    assert run.code == 0, run.err
+    assert set(run.json()) == {
+        "task_id",
+        "status",
+        "project_id",
+        "estimated_duration",
+        "queue_position",
+        "created_at",
+    }
+
+
+async def test_submit_reads_task_data_from_a_file_and_waits_for_the_result(taskd, tmp_path: Path):
+    (tmp_path / "data.json").write_text('{"seconds": 0.3, "steps": 3}')
+
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "sleep", "--data", f"@{tmp_path / 'data.json'}", "--wait",
+        url=taskd.base_url,
+    )  # fmt: skip
+
+    assert run.code == 0, run.err
+    assert json.loads(run.out.split("\n", 1)[1]) == {"slept": 0.3, "attempt": 1}
+    assert "processing 100% step_3_of_3" in run.err.splitlines()
+
+
+async def test_wait_exits_1_with_the_error_when_the_task_failed(taskd):
+    task = await taskd.submit("fail", {"message": "no good"})
+
+    run = await taskd_cli("wait", task["task_id"], url=taskd.base_url)
+
+    assert run.code == 1
+    assert f"task {task['task_id']} failed: no good" in run.err
+
+
+async def test_wait_exits_1_when_the_task_is_cancelled(taskd):
+    task = await taskd.submit("sleep", {"seconds": 30, "steps": 30})
+    waiting = asyncio.create_task(taskd_cli("wait", task["task_id"], "--json", url=taskd.base_url))
+    await taskd.wait_for(task["task_id"], lambda body: body["progress"] > 0)
+
+    await taskd.client.delete(f"/api/v1/tasks/{task['task_id']}")
+
+    run = await waiting
+    assert run.code == 1
+    assert run.json()["status"] == "cancelled"
+
+
+async def test_wait_with_a_timeout_exits_4(taskd):
+    task = await taskd.submit("sleep", {"seconds": 30, "steps": 1})
+
+    run = await taskd_cli("wait", task["task_id"], "--timeout", "0.5", url=taskd.base_url)
+
+    assert run.code == 4
+
+
+async def test_status_json_is_the_status_body(taskd):
+    task = await taskd.submit("noop", {})
+    body = await taskd.wait_terminal(task["task_id"])
+
+    run = await taskd_cli("status", task["task_id"], "--json", url=taskd.base_url)
+
+    assert run.code == 0
+    assert run.json() == body
+
+
+async def test_status_of_an_unknown_task_exits_3_with_the_error_body(taskd):
+    run = await taskd_cli("status", "nope", "--json", url=taskd.base_url)
+
+    assert run.code == 3
+    assert run.json() == {
+        "status": 404,
+        "error": "task_not_found",
+        "message": "Task with ID 'nope' not found",
+    }
+
+
+async def test_an_invalid_submission_exits_3_and_names_the_bad_fields(taskd):
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "generate_video", "--data", '{"duration": 99}',
+        url=taskd.base_url,
+    )  # fmt: skip
+
+    assert run.code == 3
+    assert "task_data.duration: Duration must be between 1 and 30 seconds" in run.err
+
+
+async def test_data_that_is_not_json_exits_2(taskd):
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "noop", "--data", "{oops", url=taskd.base_url
+    )
+
+    assert run.code == 2
+    assert "--data is not valid JSON" in run.err
+
+
+async def test_cancel_then_retry_prints_the_new_task_id(start_service):
+    taskd = await start_service(workers=False)
+    task = await taskd.submit("noop", {})
+
+    cancelled = await taskd_cli("cancel", task["task_id"], url=taskd.base_url)
+    retried = await taskd_cli("retry", task["task_id"], url=taskd.base_url)
+
+    assert (cancelled.code, cancelled.out.strip()) == (
+        0,
+        f"{task['task_id']}: Task was queued and has been revoked",
+    )
+    assert retried.code == 0
+    assert (await taskd.status(retried.out.strip()))["retry_of"] == task["task_id"]
+
+
+async def test_tasks_lists_a_project_as_a_table_and_as_json(taskd):
+    task = await taskd.submit("noop", {}, project_id="films")
+    await taskd.wait_terminal(task["task_id"])
+
+    table = await taskd_cli("tasks", "films", "--status", "completed", url=taskd.base_url)
+    as_json = await taskd_cli("tasks", "films", "--json", url=taskd.base_url)
+
+    assert table.code == 0
+    assert table.out.splitlines()[0].split() == ["TASK", "ID", "TYPE", "STATUS", "PROGRESS", "CREATED"]
+    assert table.out.splitlines()[1].split()[:4] == [task["task_id"], "noop", "completed", "100%"]
+    assert as_json.json()["pagination"]["total"] == 1
+
+
+async def test_health_exits_0_when_healthy_and_prints_both_bodies_as_json(taskd):
+    run = await taskd_cli("health", "--json", url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    assert run.json()["health"]["status"] == "healthy"
+    assert run.json()["queue_health"]["alerts"] == []
+
+
+async def test_health_exits_1_when_no_worker_is_alive(start_service):
+    taskd = await start_service(workers=False)
+
+    run = await taskd_cli("health", url=taskd.base_url)
+
+    assert run.code == 1
+    assert run.out.startswith("service:  degraded")
+
+
+async def test_the_key_is_read_from_the_data_dir_when_none_is_given(start_service, tmp_path: Path):
+    taskd = await start_service(workers=False, auth=AuthConfig(api_keys=[]))  # taskd makes and keeps a key
+
+    run = await taskd_cli("health", "--json", url=taskd.base_url, key=None, data_dir=str(tmp_path / "data"))
+
+    assert run.code == 1, run.err  # answered (degraded: no worker), so the key was accepted
+    assert run.json()["health"]["status"] == "degraded"
+
+
+async def test_no_key_anywhere_exits_2(tmp_path: Path):
+    run = await taskd_cli("status", "x", url="http://127.0.0.1:1", key=None, data_dir=str(tmp_path))
+
+    assert run.code == 2
+    assert "no API key" in run.err
+
+
+async def test_an_unreachable_server_exits_3():
+    run = await taskd_cli("status", "x", url="http://127.0.0.1:1")
+
+    assert run.code == 3
+    assert "cannot reach taskd at http://127.0.0.1:1" in run.err
+
+
+def event(progress: float, step: str | None, status: TaskStatus = TaskStatus.PROCESSING) -> TaskEvent:
+    return TaskEvent("1-0", "progress", "t", "p", status, progress, step)
+
+
+def test_on_a_terminal_the_progress_bar_is_redrawn_in_place():
+    out = io.StringIO()
+    view = ProgressView(out, tty=True)
+
+    view(event(0.5, "step_1_of_2"))
+    view(event(1.0, "step_2_of_2"))
+    view.finish()
+
+    frames = out.getvalue().split("\r")
+    assert frames[1].endswith("[" + "#" * 15 + "-" * 15 + "]  50% processing step_1_of_2")
+    assert frames[2].endswith("[" + "#" * 30 + "] 100% processing step_2_of_2\n")
+
+
+def test_without_a_terminal_each_change_is_one_plain_line():
+    out = io.StringIO()
+    view = ProgressView(out, tty=False)
+
+    view(event(0.5, "step_1_of_2"))
+    view(event(0.5, "step_1_of_2"))
+    view(event(1.0, None, TaskStatus.COMPLETED))
+
+    assert out.getvalue() == "processing  50% step_1_of_2\ncompleted 100%\n"
+
+
+def test_the_client_variables_are_not_config_keys():
+    config = load_config(environ={"TASKD_URL": "http://10.0.0.5:8001", "TASKD_API_KEY": "k"})
+
+    assert config.http.port == 8001

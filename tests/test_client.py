@@ -1,0 +1,298 @@
+"""`taskd.client.TaskClient` against a real taskd, and the API document's own `TaskServiceClient` unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from conftest import API_KEY
+
+from taskd.client import (
+    AuthenticationFailed,
+    InvalidState,
+    RateLimited,
+    ServiceUnavailable,
+    Task,
+    TaskCancelled,
+    TaskClient,
+    TaskdConnectionError,
+    TaskFailed,
+    TaskNotFoundError,
+    TaskStatus,
+    ValidationFailed,
+)
+from taskd.config import LimitsConfig
+
+
+@pytest.fixture
+async def client(taskd):
+    async with TaskClient(taskd.base_url, API_KEY) as client:
+        yield client
+
+
+async def test_submit_returns_the_task_id_and_where_it_stands(client):
+    submitted = await client.submit("films", "noop", {}, priority=1, metadata={"user_id": "u1"})
+
+    assert submitted.status is TaskStatus.QUEUED
+    assert submitted.project_id == "films"
+    assert submitted.queue_position >= 0
+    assert submitted.created_at is not None
+
+
+async def test_wait_follows_the_events_and_returns_the_final_status(client):
+    submitted = await client.submit("films", "sleep", {"seconds": 0.3, "steps": 3})
+    seen = []
+
+    task = await client.wait(submitted.task_id, timeout=10, on_event=seen.append)
+
+    assert isinstance(task, Task)
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, {"slept": 0.3, "attempt": 1})
+    assert [e.current_step for e in seen if e.type == "progress"] == [
+        "step_1_of_3",
+        "step_2_of_3",
+        "step_3_of_3",
+    ]
+    assert all(event.id for event in seen)
+    assert seen[-1].is_terminal
+
+
+async def test_wait_raises_task_failed_carrying_the_final_status(client):
+    submitted = await client.submit("films", "fail", {"message": "no good"})
+
+    with pytest.raises(TaskFailed) as failed:
+        await client.wait(submitted.task_id, timeout=10)
+
+    assert failed.value.task.status is TaskStatus.FAILED
+    assert failed.value.task.error == "no good"
+
+
+async def test_wait_raises_task_cancelled_when_the_task_is_cancelled(client):
+    submitted = await client.submit("films", "sleep", {"seconds": 30, "steps": 30})
+    waiting = asyncio.create_task(client.wait(submitted.task_id, timeout=10))
+    await asyncio.sleep(0.3)
+
+    cancellation = await client.cancel(submitted.task_id)
+
+    with pytest.raises(TaskCancelled):
+        await waiting
+    assert cancellation.status is TaskStatus.CANCELLED
+
+
+async def test_wait_without_raising_returns_a_failed_task(client):
+    submitted = await client.submit("films", "fail", {"message": "no good"})
+
+    task = await client.wait(submitted.task_id, timeout=10, raise_on_failure=False)
+
+    assert task.status is TaskStatus.FAILED
+
+
+async def test_wait_gives_up_after_its_timeout(client):
+    submitted = await client.submit("films", "sleep", {"seconds": 30, "steps": 1})
+
+    with pytest.raises(TimeoutError):
+        await client.wait(submitted.task_id, timeout=0.5)
+
+
+async def test_an_invalid_submission_raises_validation_failed_with_the_details(client):
+    with pytest.raises(ValidationFailed) as refused:
+        await client.submit("films", "generate_video", {"duration": 99})
+
+    assert refused.value.status == 400
+    assert "task_data.duration" in refused.value.details
+
+
+async def test_an_unknown_task_raises_task_not_found_with_the_documented_body(client):
+    with pytest.raises(TaskNotFoundError) as missing:
+        await client.status("nope")
+
+    assert missing.value.body == {"error": "task_not_found", "message": "Task with ID 'nope' not found"}
+
+
+async def test_cancelling_a_completed_task_raises_invalid_state_with_the_detail(client):
+    submitted = await client.submit("films", "noop", {})
+    await client.wait(submitted.task_id, timeout=10)
+
+    with pytest.raises(InvalidState) as refused:
+        await client.cancel(submitted.task_id)
+
+    assert refused.value.detail == "Task has already completed successfully and cannot be cancelled"
+
+
+async def test_retry_submits_a_failed_task_again(client):
+    submitted = await client.submit("films", "fail", {"message": "no good"})
+    await client.wait(submitted.task_id, timeout=10, raise_on_failure=False)
+
+    retried = await client.retry(submitted.task_id)
+
+    assert retried.original_task_id == submitted.task_id
+    assert (await client.status(retried.new_task_id)).retry_of == submitted.task_id
+
+
+async def test_list_tasks_filters_and_pages(client):
+    done = await client.submit("films", "noop", {})
+    await client.wait(done.task_id, timeout=10)
+    failed = await client.submit("films", "fail", {})
+    await client.wait(failed.task_id, timeout=10, raise_on_failure=False)
+
+    page = await client.list_tasks("films", status="failed", limit=1)
+
+    assert [t.task_id for t in page.tasks] == [failed.task_id]
+    assert (page.page, page.limit, page.total, page.total_pages) == (1, 1, 1, 1)
+    assert page.tasks[0].task_type == "fail"
+
+
+async def test_health_queue_health_and_metrics_are_typed(client):
+    submitted = await client.submit("films", "noop", {})
+    await client.wait(submitted.task_id, timeout=10)
+
+    health, queues, metrics = await client.health(), await client.queue_health(), await client.metrics()
+
+    assert (health.status, health.redis_status, health.worker_count) == ("healthy", "connected", 1)
+    assert (queues.status, queues.alerts) == ("healthy", [])
+    assert (metrics.total_tasks, metrics.completed_tasks, metrics.success_rate) == (1, 1, 100.0)
+
+
+async def test_a_wrong_key_raises_authentication_failed(taskd):
+    async with TaskClient(taskd.base_url, "wrong") as client:
+        with pytest.raises(AuthenticationFailed) as refused:
+            await client.health()
+
+    assert refused.value.body["error"] == "authentication_failed"
+
+
+async def test_too_many_submissions_raise_rate_limited_with_retry_after(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(submit_per_minute=1))
+    async with TaskClient(taskd.base_url, API_KEY) as client:
+        await client.submit("films", "noop", {})
+        with pytest.raises(RateLimited) as limited:
+            await client.submit("films", "noop", {})
+
+    assert limited.value.retry_after >= 1
+
+
+async def test_a_full_queue_raises_service_unavailable_with_retry_after(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(max_queue_length=1))
+    async with TaskClient(taskd.base_url, API_KEY) as client:
+        await client.submit("films", "noop", {})
+        with pytest.raises(ServiceUnavailable) as full:
+            await client.submit("films", "noop", {})
+
+    assert full.value.status == 503
+    assert full.value.retry_after == 30
+
+
+async def test_an_unreachable_server_raises_taskd_connection_error():
+    async with TaskClient("http://127.0.0.1:1", API_KEY, timeout=2) as client:
+        with pytest.raises(TaskdConnectionError):
+            await client.status("x")
+
+
+class ScriptedServer:
+    """A stand-in taskd whose event stream drops after two events, or that has no stream at all."""
+
+    def __init__(self, *, streams: bool) -> None:
+        self.streams = streams
+        self.last_event_ids: list[str | None] = []
+        self.polls = 0
+        self.runner: web.AppRunner | None = None
+
+    def _status(self, status: str, progress: float) -> dict[str, Any]:
+        return {"task_id": "t1", "project_id": "p", "status": status, "progress": progress, "result": None}
+
+    async def status(self, _: web.Request) -> web.Response:
+        self.polls += 1
+        done = self.polls >= 3 if not self.streams else len(self.last_event_ids) >= 2
+        return web.json_response(self._status("completed" if done else "processing", 1.0 if done else 0.5))
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        if not self.streams:
+            return web.json_response({"error": "not_found", "message": "Not Found"}, status=404)
+        self.last_event_ids.append(request.headers.get("Last-Event-ID"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        event = 'id: 1-{n}\nevent: {kind}\ndata: {{"task_id":"t1","project_id":"p","status":"{status}","progress":{p}}}\n\n'
+        if len(self.last_event_ids) == 1:
+            await response.write(event.format(n=1, kind="status", status="processing", p=0).encode())
+            await response.write(event.format(n=2, kind="progress", status="processing", p=0.5).encode())
+        else:
+            await response.write(event.format(n=3, kind="status", status="completed", p=1).encode())
+        return response
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_get("/api/v1/tasks/t1/status", self.status)
+        app.router.add_get("/api/v1/tasks/t1/events", self.events)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self.runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+async def test_wait_resumes_a_dropped_stream_with_last_event_id():
+    server = ScriptedServer(streams=True)
+    async with server as url, TaskClient(url, API_KEY) as client:
+        seen = []
+        task = await client.wait("t1", timeout=10, on_event=seen.append)
+
+    assert server.last_event_ids == [None, "1-2"]
+    assert [event.id for event in seen] == ["1-1", "1-2", "1-3"]
+    assert task.status is TaskStatus.COMPLETED
+
+
+async def test_wait_polls_the_status_when_the_server_has_no_event_stream():
+    server = ScriptedServer(streams=False)
+    async with server as url, TaskClient(url, API_KEY) as client:
+        seen = []
+        task = await client.wait("t1", timeout=10, on_event=seen.append, poll_interval=0.05)
+
+    assert task.status is TaskStatus.COMPLETED
+    assert [(event.status, event.progress) for event in seen] == [
+        (TaskStatus.PROCESSING, 0.5),
+        (TaskStatus.COMPLETED, 1.0),
+    ]
+
+
+# The API document's own client, unchanged (tests/task_service_client.py is a verbatim copy).
+
+
+@pytest.fixture
+async def document_client(taskd, monkeypatch):
+    from task_service_client import TaskServiceClient
+
+    monkeypatch.setenv("TASK_SERVICE_URL", taskd.base_url)
+    monkeypatch.setenv("CELERY_TASK_API_KEY", API_KEY)
+    client = TaskServiceClient()
+    yield client
+    await client.close()
+
+
+async def test_the_documents_client_submits_and_waits_for_completion(document_client):
+    submitted = await document_client.submit_task("films", "noop", {}, metadata={"user_id": "user123"})
+
+    final = await document_client.wait_for_completion(submitted["task_id"], timeout=20, poll_interval=0.1)
+
+    assert final["status"] == "completed"
+    assert final["result"]["ok"] is True
+
+
+async def test_the_documents_client_reports_a_failed_task_as_its_exception(document_client):
+    submitted = await document_client.submit_task("films", "fail", {"message": "no good"})
+
+    with pytest.raises(Exception, match="Task failed: no good"):
+        await document_client.wait_for_completion(submitted["task_id"], timeout=20, poll_interval=0.1)
+
+
+async def test_the_documents_client_gets_an_http_error_for_an_unknown_task(document_client):
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        await document_client.get_task_status("nope")
+
+    assert refused.value.response.status_code == 404

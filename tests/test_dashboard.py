@@ -1,0 +1,113 @@
+"""`/dashboard` and `GET /api/v1/dashboard/overview`, and the page end to end in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+import pytest
+from chromium import Browser, find_chromium
+from conftest import API_KEY
+
+CHROMIUM = find_chromium()
+
+
+async def test_the_page_is_served_without_a_key_and_with_a_strict_content_security_policy(taskd):
+    async with aiohttp.ClientSession(taskd.base_url) as anonymous, anonymous.get("/dashboard") as response:
+        html = await response.text()
+
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert '<script src="/dashboard/dashboard.js"' in html
+    assert "https://" not in html, "no CDN"
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"), [("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")]
+)
+async def test_the_pages_files_are_served_from_package_data(taskd, name, content_type):
+    async with taskd.client.get(f"/dashboard/{name}") as response:
+        assert (response.status, response.content_type) == (200, content_type)
+
+
+async def test_an_unknown_dashboard_file_is_404(taskd):
+    async with taskd.client.get("/dashboard/..%2fconfig.py") as response:
+        assert response.status == 404
+
+
+async def test_overview_lists_queues_with_running_counts_and_live_workers(taskd):
+    task = await taskd.submit("sleep", {"seconds": 30, "steps": 30})
+    await taskd.wait_for(task["task_id"], lambda body: body["status"] == "processing")
+
+    async with taskd.client.get("/api/v1/dashboard/overview") as response:
+        overview = await response.json()
+
+    queues = {queue["name"]: queue for queue in overview["queues"]}
+    assert (queues["default"]["running"], queues["default"]["running_tasks"]) == (1, [task["task_id"]])
+    assert queues["gpu_heavy"]["concurrency"] == 2
+    [worker] = overview["workers"]
+    assert "default" in worker["queues"]
+    assert 0 <= worker["heartbeat_age"] < 3  # younger than the heartbeat TTL
+    assert worker["last_heartbeat"].endswith("Z")
+
+
+async def test_overview_says_when_there_are_no_gpus(taskd, monkeypatch):
+    monkeypatch.setattr("taskd.http.dashboard.read_devices", lambda: [])
+
+    async with taskd.client.get("/api/v1/dashboard/overview") as response:
+        gpus = (await response.json())["gpus"]
+
+    assert gpus == {"available": False, "note": "no GPUs (NVML not available)", "devices": []}
+
+
+async def test_overview_needs_the_key(taskd):
+    async with (
+        aiohttp.ClientSession(taskd.base_url) as anonymous,
+        anonymous.get("/api/v1/dashboard/overview") as response,
+    ):
+        assert response.status == 401
+
+
+def row(task_id: str) -> str:
+    return f"document.querySelector('#tasks tr[data-task-id=\"{task_id}\"]')"
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed (Debian: apt-get install chromium); it drives the dashboard",
+)
+async def test_in_chromium_a_submitted_task_shows_up_its_progress_moves_and_cancel_works(
+    taskd, tmp_path: Path
+):
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate(f"{taskd.base_url}/dashboard?project=proj-1")
+        await browser.wait_for("!document.getElementById('key-panel').hidden")
+        await browser.evaluate(
+            f"document.getElementById('api-key').value = {json.dumps(API_KEY)};"
+            "document.getElementById('key-form').requestSubmit(); true"
+        )
+        await browser.wait_for("document.getElementById('live').textContent === 'live'")
+        await browser.wait_for("document.querySelectorAll('#workers tbody tr').length === 1")
+
+        task = await taskd.submit("sleep", {"seconds": 3, "steps": 6})
+        await browser.wait_for(f"{row(task['task_id'])} !== null")
+        await browser.wait_for(f"{row(task['task_id'])}.querySelector('progress').value > 0")
+        step = await browser.evaluate(f"{row(task['task_id'])}.querySelector('.step').textContent")
+
+        await browser.evaluate(f"{row(task['task_id'])}.click(); true")
+        await browser.wait_for(f"document.getElementById('detail-id').textContent === '{task['task_id']}'")
+        await browser.evaluate("document.getElementById('cancel-button').click(); true")
+        await browser.wait_for(f"{row(task['task_id'])}.querySelector('.status').textContent === 'cancelled'")
+        await browser.wait_for("document.getElementById('detail').dataset.status === 'cancelled'")
+        await browser.screenshot(tmp_path / "dashboard.png")
+        exceptions = browser.exceptions
+    finally:
+        await browser.close()
+
+    assert step.startswith("step_")
+    assert (await taskd.status(task["task_id"]))["status"] == "cancelled"
+    assert (tmp_path / "dashboard.png").stat().st_size > 0
+    assert exceptions == []

@@ -1,0 +1,68 @@
+"""Every change of a task is appended to its stream and its project's stream, in order."""
+
+from __future__ import annotations
+
+import orjson
+
+from taskd import keys
+
+
+async def events(redis, stream: str) -> list[dict]:
+    return [orjson.loads(fields[b"event"]) for _, fields in await redis.xrange(stream)]
+
+
+async def test_task_stream_holds_queued_processing_and_completed_with_the_result(taskd, redis):
+    task = await taskd.submit("noop", {})
+    await taskd.wait_terminal(task["task_id"])
+
+    seen = await events(redis, keys.task_events(task["task_id"]))
+
+    assert [event["status"] for event in seen] == ["queued", "processing", "completed"]
+    assert seen[-1]["result"]["ok"] is True
+    assert {event["project_id"] for event in seen} == {"proj-1"}
+
+
+async def test_progress_events_carry_the_current_step(taskd, redis):
+    task = await taskd.submit("sleep", {"seconds": 0.2, "steps": 2})
+    await taskd.wait_terminal(task["task_id"])
+
+    progress = [e for e in await events(redis, keys.task_events(task["task_id"])) if e["type"] == "progress"]
+
+    assert [(e["progress"], e["current_step"]) for e in progress] == [
+        (0.5, "step_1_of_2"),
+        (1.0, "step_2_of_2"),
+    ]
+
+
+async def test_failure_event_carries_the_error(taskd, redis):
+    task = await taskd.submit("fail", {"message": "no good"})
+    await taskd.wait_terminal(task["task_id"])
+
+    last = (await events(redis, keys.task_events(task["task_id"])))[-1]
+
+    assert (last["status"], last["error"]) == ("failed", "no good")
+
+
+async def test_cancel_event_reaches_the_project_stream(start_service, redis):
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("noop", {}, project_id="films")
+    await api_only.client.delete(f"/api/v1/tasks/{task['task_id']}")
+
+    seen = await events(redis, keys.project_events("films"))
+
+    assert [(e["task_id"], e["status"]) for e in seen] == [
+        (task["task_id"], "queued"),
+        (task["task_id"], "cancelled"),
+    ]
+
+
+async def test_empty_lists_in_a_result_stay_lists(taskd, redis, fake_llm):
+    fake_llm.reply('{"rating": 90, "summary": "fine", "issues": [], "suggestions": [], "confidence": 0.9}')
+    from examples import TASK_DATA
+
+    task = await taskd.submit("evaluate_department", TASK_DATA["evaluate_department"])
+    await taskd.wait_terminal(task["task_id"])
+
+    last = (await events(redis, keys.task_events(task["task_id"])))[-1]
+
+    assert last["result"]["issues"] == []

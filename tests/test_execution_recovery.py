@@ -1,0 +1,194 @@
+"""Priorities, graceful shutdown, dead workers' tasks taken back, and never running a live task twice."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import aiohttp
+import pytest
+from conftest import API_KEY, TERMINAL
+
+from taskd import keys
+from taskd.config import QueueConfig
+
+ONE_AT_A_TIME = {
+    "default": QueueConfig(concurrency=1, timeout=60),
+    "cpu_intensive": QueueConfig(concurrency=1, timeout=60),
+    "gpu_heavy": QueueConfig(concurrency=1, timeout=60),
+    "gpu_medium": QueueConfig(concurrency=1, timeout=60),
+}
+
+
+async def started_at(redis, task_id: str) -> float:
+    return float(await redis.hget(keys.task(task_id), "started_at"))
+
+
+async def test_waiting_high_priority_tasks_start_first_and_fifo_within_a_priority(start_service, redis):
+    service = await start_service(queues=ONE_AT_A_TIME)
+    blocker = await service.submit("sleep", {"seconds": 1, "steps": 1})
+    await service.wait_for(blocker["task_id"], lambda b: b["status"] == "processing")
+    submitted = []
+    for name, priority in [("low", 3), ("normal-a", 2), ("high-a", 1), ("normal-b", 2), ("high-b", 1)]:
+        submitted.append((name, (await service.submit("noop", {}, priority=priority))["task_id"]))
+
+    for _, task_id in submitted:
+        await service.wait_terminal(task_id)
+    starts = {name: await started_at(redis, task_id) for name, task_id in submitted}
+    order = sorted(starts, key=starts.__getitem__)
+
+    assert order == ["high-a", "high-b", "normal-a", "normal-b", "low"]
+
+
+async def test_low_priority_task_that_waited_past_the_aging_window_is_not_passed_over(start_service, redis):
+    from taskd.config import ExecutionConfig
+
+    service = await start_service(queues=ONE_AT_A_TIME, execution=ExecutionConfig(priority_aging=0.2))
+    blocker = await service.submit("sleep", {"seconds": 1.0, "steps": 1})
+    await service.wait_for(blocker["task_id"], lambda b: b["status"] == "processing")
+    low = await service.submit("noop", {}, priority=3)
+    await asyncio.sleep(0.6)  # longer than two aging windows
+    high = await service.submit("noop", {}, priority=1)
+
+    await service.wait_terminal(high["task_id"])
+    await service.wait_terminal(low["task_id"])
+
+    assert await started_at(redis, low["task_id"]) < await started_at(redis, high["task_id"])
+
+
+async def test_graceful_stop_hands_a_running_task_back_for_another_worker(start_service):
+    first = await start_service()
+    task = await first.submit("sleep", {"seconds": 3, "steps": 30})
+    await first.wait_for(task["task_id"], lambda b: b["status"] == "processing")
+
+    await first.service.stop(grace=0.2)
+    api = await start_service(workers=False)
+    handed_back = await api.status(task["task_id"])
+    await start_service(http=False)
+    body = await api.wait_terminal(task["task_id"])
+
+    assert handed_back["status"] == "queued"
+    assert body["status"] == "completed"
+    assert body["attempt"] == 2
+
+
+async def test_graceful_stop_lets_short_tasks_finish(start_service):
+    service = await start_service()
+    task = await service.submit("sleep", {"seconds": 0.5, "steps": 2})
+    await service.wait_for(task["task_id"], lambda b: b["status"] == "processing")
+
+    await service.service.stop(grace=10)
+    api = await start_service(workers=False)
+
+    assert (await api.status(task["task_id"]))["status"] == "completed"
+
+
+async def test_running_task_is_never_started_again_while_its_worker_lives(start_service, redis):
+    first = await start_service()
+    await start_service(http=False)
+    task = await first.submit("sleep", {"seconds": 2, "steps": 20})
+    await first.wait_for(task["task_id"], lambda b: b["status"] == "processing")
+    # What arq does when its lock on a long job expires: the job becomes pickable again.
+    job_id = (await redis.hget(keys.task(task["task_id"]), "job_id")).decode()
+    await redis.delete(f"{keys.ARQ_IN_PROGRESS_PREFIX}{job_id}")
+    await redis.zadd(keys.queue("default"), {job_id: 0})
+    await redis.publish(keys.WAKE_CHANNEL, "default")
+
+    body = await first.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed"
+    assert body["attempt"] == 1
+    assert body["result"]["attempt"] == 1
+
+
+# Real processes: a worker killed with SIGKILL.
+
+
+def env_for(tmp_path, **extra: str) -> dict[str, str]:
+    return {
+        "TASKD_DATA_DIR": str(tmp_path / "data"),
+        "TASKD_HTTP__PORT": "0",
+        "TASKD_AUTH__API_KEYS": API_KEY,
+        "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
+        "TASKD_WORKER__HEARTBEAT_INTERVAL": "0.5",
+        "TASKD_WORKER__HEARTBEAT_TTL": "3",
+        "TASKD_EXECUTION__RECLAIM_INTERVAL": "0.5",
+        **extra,
+    }
+
+
+class Api:
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session, self.base_url = session, base_url
+
+    async def submit(self, task_type: str, task_data: dict) -> str:
+        async with self.session.post(
+            f"{self.base_url}/api/v1/tasks/submit",
+            json={"project_id": "p", "task_type": task_type, "task_data": task_data},
+            headers={"X-API-Key": API_KEY},
+        ) as response:
+            return (await response.json())["task_id"]
+
+    async def status(self, task_id: str) -> dict:
+        async with self.session.get(
+            f"{self.base_url}/api/v1/tasks/{task_id}/status", headers={"X-API-Key": API_KEY}
+        ) as response:
+            return await response.json()
+
+    async def wait(self, task_id: str, predicate, timeout: float = 60) -> dict:
+        async with asyncio.timeout(timeout):
+            while not predicate(body := await self.status(task_id)):
+                await asyncio.sleep(0.1)
+        return body
+
+
+@pytest.fixture
+async def session():
+    async with aiohttp.ClientSession() as client_session:
+        yield client_session
+
+
+async def test_task_of_a_killed_worker_is_finished_by_another_worker(spawn_taskd, tmp_path, session):
+    api = Api(session, spawn_taskd("serve", "--no-worker", env=env_for(tmp_path)).base_url)
+    doomed = spawn_taskd("worker", env=env_for(tmp_path), wait_listening=False)
+    task_id = await api.submit("sleep", {"seconds": 2, "steps": 4})
+    await api.wait(task_id, lambda b: b["status"] == "processing")
+
+    doomed.stop(signal.SIGKILL)
+    killed_at = time.monotonic()
+    spawn_taskd("worker", env=env_for(tmp_path), wait_listening=False)
+    body = await api.wait(task_id, lambda b: b["status"] in TERMINAL)
+
+    assert body["status"] == "completed"
+    assert body["attempt"] == 2
+    assert time.monotonic() - killed_at < 60
+
+
+async def test_task_that_kills_its_worker_every_time_fails_after_three_deaths(spawn_taskd, tmp_path, session):
+    api = Api(session, spawn_taskd("serve", "--no-worker", env=env_for(tmp_path)).base_url)
+    task_id = await api.submit("crash_worker", {})
+
+    for _ in range(3):
+        worker = spawn_taskd("worker", env=env_for(tmp_path), wait_listening=False)
+        await asyncio.to_thread(worker.proc.wait, 60)
+    body = await api.wait(task_id, lambda b: b["status"] in TERMINAL)
+
+    assert body["status"] == "failed"
+    assert body["error"].startswith("Task failed: its worker died 3 times while running it")
+    assert body["attempt"] == 3
+
+
+async def test_sigterm_to_a_worker_hands_its_running_task_back(spawn_taskd, tmp_path, session):
+    api = Api(session, spawn_taskd("serve", "--no-worker", env=env_for(tmp_path)).base_url)
+    worker = spawn_taskd(
+        "worker", env=env_for(tmp_path, TASKD_EXECUTION__SHUTDOWN_GRACE="0.5"), wait_listening=False
+    )
+    task_id = await api.submit("sleep", {"seconds": 30, "steps": 30})
+    await api.wait(task_id, lambda b: b["status"] == "processing")
+
+    assert await asyncio.to_thread(worker.stop, signal.SIGTERM, 30) == 0
+    body = await api.status(task_id)
+
+    assert body["status"] == "queued"
+    assert body["attempt"] == 1

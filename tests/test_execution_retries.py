@@ -1,0 +1,119 @@
+"""Automatic retries with backoff for transient errors only; the attempt and last error are visible."""
+
+from __future__ import annotations
+
+import asyncio
+
+from examples import TASK_DATA
+
+from taskd import keys
+from taskd.config import RetryConfig
+
+
+async def metrics(service) -> dict:
+    async with service.client.get("/api/v1/tasks/metrics") as response:
+        return (await response.json())["metrics"]
+
+
+async def test_transient_failures_are_retried_until_the_task_succeeds(start_service):
+    service = await start_service(retry=RetryConfig(base_delay=0.1))
+    task = await service.submit("fail", {"transient": True, "fail_times": 2})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed"
+    assert body["attempt"] == 3
+    assert body["result"] == {"succeeded_on_attempt": 3}
+    assert (await metrics(service))["retried_tasks"] == 2
+
+
+async def test_transient_failure_fails_for_good_after_three_retries(start_service):
+    service = await start_service(retry=RetryConfig(base_delay=0.05))
+    task = await service.submit("fail", {"transient": True, "message": "provider down"})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "failed"
+    assert body["attempt"] == 4
+    assert body["error"] == "provider down"
+    assert (await metrics(service))["retried_tasks"] == 3
+    assert (await metrics(service))["failed_tasks"] == 1
+
+
+async def test_non_transient_error_fails_at_once(start_service):
+    service = await start_service(retry=RetryConfig(base_delay=0.05))
+    task = await service.submit("fail", {"message": "bad scene description"})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["attempt"], body["error"]) == ("failed", 1, "bad scene description")
+    assert (await metrics(service))["retried_tasks"] == 0
+
+
+async def test_waiting_retry_shows_attempt_last_error_and_when(start_service):
+    service = await start_service(retry=RetryConfig(base_delay=30))
+    task = await service.submit("fail", {"transient": True, "message": "rate limited"})
+
+    body = await service.wait_for(task["task_id"], lambda b: b.get("last_error") == "rate limited")
+
+    assert body["status"] == "queued"
+    assert body["attempt"] == 1
+    assert body["next_retry_at"] is not None
+    assert body["error"] is None
+
+
+async def test_backoff_doubles_from_the_base_delay(start_service, redis):
+    service = await start_service(retry=RetryConfig(base_delay=0.4))
+    task = await service.submit("fail", {"transient": True, "fail_times": 2})
+    schedule: dict[int, tuple[float, float]] = {}
+    async with asyncio.timeout(20):
+        while len(schedule) < 2:
+            attempt, failed_at, retry_at = await redis.hmget(
+                keys.task(task["task_id"]), "attempt", "updated_at", "next_retry_at"
+            )
+            if retry_at is not None:
+                schedule[int(attempt)] = (float(failed_at), float(retry_at))
+            await asyncio.sleep(0.01)
+
+    delays = [round(retry_at - failed_at, 2) for failed_at, retry_at in (schedule[1], schedule[2])]
+    assert delays == [0.4, 0.8]
+
+
+async def test_provider_rate_limit_is_retried(start_service, fake_llm):
+    service = await start_service(llm_url=fake_llm.base_url, retry=RetryConfig(base_delay=0.05))
+    fake_llm.fail(429, "slow down")
+    fake_llm.reply("second time lucky")
+    task = await service.submit("test_prompt", TASK_DATA["test_prompt"])
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed"
+    assert body["attempt"] == 2
+    assert body["result"]["response"] == "second time lucky"
+
+
+async def test_provider_auth_failure_is_not_retried(start_service, fake_llm):
+    service = await start_service(llm_url=fake_llm.base_url, retry=RetryConfig(base_delay=0.05))
+    fake_llm.fail(401, "bad key")
+    task = await service.submit("test_prompt", TASK_DATA["test_prompt"])
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["attempt"]) == ("failed", 1)
+    assert len(fake_llm.requests) == 1
+
+
+async def test_evaluation_returns_the_documented_fallback_once_retries_run_out(start_service, fake_llm):
+    service = await start_service(
+        llm_url=fake_llm.base_url, retry=RetryConfig(base_delay=0.05, max_retries=1)
+    )
+    fake_llm.fail(503)
+    fake_llm.fail(503)
+    task = await service.submit("evaluate_department", TASK_DATA["evaluate_department"])
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed"
+    assert body["attempt"] == 2
+    assert body["result"]["rating"] == 50
+    assert body["result"]["issues"] == ["AI evaluation service unavailable"]

@@ -1,0 +1,95 @@
+"""Small pieces of the execution engine, on their own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+import pytest
+
+from taskd import keys
+from taskd.jobs.executor import _Interruptible, is_transient
+from taskd.jobs.llm import ProviderError
+from taskd.jobs.queue import job_payload, job_score
+from taskd.jobs.spec import SoftTimeLimitExceeded, TaskError, TransientError
+
+
+async def test_interruptible_delivers_soft_limit_at_the_current_await_and_cleanup_can_continue():
+    events = []
+
+    async def handler():
+        try:
+            await asyncio.sleep(10)
+        except SoftTimeLimitExceeded:
+            events.append("soft")
+            await asyncio.sleep(0)  # cleanup may still await
+            events.append("cleaned")
+            return "partial result"
+
+    wrapped = _Interruptible(handler())
+
+    async def body():
+        return await wrapped
+
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0.01)
+    wrapped.interrupt(task, SoftTimeLimitExceeded())
+
+    assert await task == "partial result"
+    assert events == ["soft", "cleaned"]
+
+
+async def test_interruptible_passes_a_plain_cancel_through():
+    async def handler():
+        await asyncio.sleep(10)
+
+    wrapped = _Interruptible(handler())
+
+    async def body():
+        return await wrapped
+
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0.01)
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (TransientError("down"), True),
+        (ProviderError("rate limited", transient=True, status=429), True),
+        (ProviderError("bad key", transient=False, status=401), False),
+        (aiohttp.ClientConnectionError(), True),
+        (TimeoutError(), True),
+        (ConnectionResetError(), True),
+        (TaskError("bad input"), False),
+        (ValueError("bug"), False),
+        (KeyError("bug"), False),
+    ],
+)
+def test_only_transient_errors_are_retried(exc, transient):
+    assert is_transient(exc) is transient
+
+
+def test_store_lua_writes_the_same_arq_job_as_python():
+    from taskd.store import _ENQUEUE_LUA
+
+    python_job = orjson.loads(job_payload("abc-123", 1700000000000))
+    lua_template = _ENQUEUE_LUA.split("local job = '")[1].split("'\n")[0]
+    lua_job = orjson.loads(
+        lua_template.replace("' .. task_id .. '", "abc-123").replace("' .. now_ms .. '", "1700000000000")
+    )
+
+    assert lua_job == python_job
+    assert keys.job_id("abc-123", 1) == "abc-123.1"
+
+
+def test_priority_moves_the_score_by_whole_aging_windows():
+    at = 1000.0
+
+    assert job_score(at, 1, 300) == job_score(at, 3, 300) - 600_000
+    assert job_score(at, 2, 300) == job_score(at, 3, 300) - 300_000

@@ -1,0 +1,228 @@
+"""`GET /api/v1/tasks/{id}/events` and `GET /api/v1/projects/{id}/events`: order, resume, auth, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from conftest import API_KEY
+from sse import iter_events, read_events
+
+from taskd import keys
+from taskd.http import events as events_module
+
+EXPECTED_SLEEP_3 = [
+    ("status", "queued", None),
+    ("status", "processing", None),
+    ("progress", "processing", "step_1_of_3"),
+    ("progress", "processing", "step_2_of_3"),
+    ("progress", "processing", "step_3_of_3"),
+    ("status", "completed", "step_3_of_3"),
+]
+
+
+def shape(seen):
+    return [(e.event, e.data["status"], e.data["current_step"]) for e in seen]
+
+
+def order_key(event_id: str) -> tuple[int, int]:
+    ms, seq = event_id.split("-")
+    return int(ms), int(seq)
+
+
+async def test_task_stream_sends_every_event_in_order_and_ends_after_the_terminal_event(taskd):
+    task = await taskd.submit("sleep", {"seconds": 0.3, "steps": 3})
+
+    async with asyncio.timeout(10), taskd.client.get(f"/api/v1/tasks/{task['task_id']}/events") as response:
+        seen = await read_events(response)
+
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert shape(seen) == EXPECTED_SLEEP_3
+    assert [e.id for e in seen] == sorted((e.id for e in seen), key=order_key)
+    assert seen[-1].data["result"] == {"slept": 0.3, "attempt": 1}
+
+
+async def test_event_ids_are_the_stream_entry_ids(taskd, redis):
+    task = await taskd.submit("noop", {})
+    await taskd.wait_terminal(task["task_id"])
+
+    async with taskd.client.get(f"/api/v1/tasks/{task['task_id']}/events") as response:
+        seen = await read_events(response)
+
+    entries = await redis.xrange(keys.task_events(task["task_id"]))
+    assert [e.id for e in seen] == [entry_id.decode() for entry_id, _ in entries]
+
+
+async def test_reconnecting_mid_task_with_last_event_id_loses_and_repeats_nothing(taskd):
+    task = await taskd.submit("sleep", {"seconds": 0.6, "steps": 3})
+    path = f"/api/v1/tasks/{task['task_id']}/events"
+    async with asyncio.timeout(10):
+        async with taskd.client.get(path) as response:
+            first = await read_events(response, count=2)
+
+        async with taskd.client.get(path, headers={"Last-Event-ID": first[-1].id}) as response:
+            rest = await read_events(response)
+
+    assert shape(first + rest) == EXPECTED_SLEEP_3
+
+
+async def test_reconnecting_after_the_task_ended_still_gets_the_terminal_event(taskd):
+    task = await taskd.submit("sleep", {"seconds": 0.3, "steps": 3})
+    path = f"/api/v1/tasks/{task['task_id']}/events"
+    async with taskd.client.get(path) as response:
+        first = await read_events(response, count=3)
+    await taskd.wait_terminal(task["task_id"])
+
+    async with taskd.client.get(path, headers={"Last-Event-ID": first[-1].id}) as response:
+        rest = await read_events(response)
+
+    assert shape(first + rest) == EXPECTED_SLEEP_3
+
+
+async def test_reconnecting_with_the_terminal_event_id_gets_204_so_eventsource_stops(taskd):
+    task = await taskd.submit("noop", {})
+    await taskd.wait_terminal(task["task_id"])
+    path = f"/api/v1/tasks/{task['task_id']}/events"
+    async with taskd.client.get(path) as response:
+        terminal = (await read_events(response))[-1]
+
+    async with taskd.client.get(path, headers={"Last-Event-ID": terminal.id}) as response:
+        assert response.status == 204
+
+
+async def test_a_finished_task_whose_stream_expired_still_gets_a_terminal_event(taskd, redis):
+    task = await taskd.submit("fail", {"message": "no good"})
+    await taskd.wait_terminal(task["task_id"])
+    await redis.delete(keys.task_events(task["task_id"]))
+
+    async with taskd.client.get(f"/api/v1/tasks/{task['task_id']}/events") as response:
+        seen = await read_events(response)
+
+    assert [(e.id, e.event, e.data["status"], e.data["error"]) for e in seen] == [
+        (None, "status", "failed", "no good")
+    ]
+
+
+async def test_unknown_task_is_404_task_not_found_before_any_stream(taskd):
+    async with taskd.client.get("/api/v1/tasks/nope/events") as response:
+        body = await response.json()
+
+    assert response.status == 404
+    assert body == {"error": "task_not_found", "message": "Task with ID 'nope' not found"}
+
+
+async def test_a_malformed_last_event_id_is_a_400_validation_error(taskd):
+    task = await taskd.submit("noop", {})
+
+    async with taskd.client.get(
+        f"/api/v1/tasks/{task['task_id']}/events", headers={"Last-Event-ID": "yesterday"}
+    ) as response:
+        body = await response.json()
+
+    assert response.status == 400
+    assert body["error"] == "validation_error"
+    assert "Last-Event-ID" in body["details"]
+
+
+async def test_event_streams_take_the_key_from_the_query_for_eventsource(taskd):
+    task = await taskd.submit("noop", {})
+    await taskd.wait_terminal(task["task_id"])
+
+    async with aiohttp.ClientSession(taskd.base_url) as anonymous:
+        async with anonymous.get(f"/api/v1/tasks/{task['task_id']}/events?api_key={API_KEY}") as response:
+            assert response.status == 200
+        async with anonymous.get(f"/api/v1/tasks/{task['task_id']}/events?api_key=wrong") as response:
+            assert response.status == 401
+        async with anonymous.get(f"/api/v1/tasks/{task['task_id']}/status?api_key={API_KEY}") as response:
+            assert response.status == 401, "only the event streams accept ?api_key="
+
+
+async def test_project_stream_sends_the_projects_events_from_now_on(taskd):
+    before = await taskd.submit("noop", {}, project_id="films")
+    await taskd.wait_terminal(before["task_id"])
+
+    async with asyncio.timeout(10), taskd.client.get("/api/v1/projects/films/events") as response:
+        first = await taskd.submit("noop", {}, project_id="films")
+        await taskd.submit("noop", {}, project_id="elsewhere")
+        second = await taskd.submit("noop", {}, project_id="films")
+        seen = []
+        async for event in iter_events(response):
+            seen.append(event)
+            if sum(e.data["status"] == "completed" for e in seen) == 2:
+                break
+
+    assert {e.data["task_id"] for e in seen} == {first["task_id"], second["task_id"]}
+    for task in (first, second):
+        statuses = [e.data["status"] for e in seen if e.data["task_id"] == task["task_id"]]
+        assert statuses == ["queued", "processing", "completed"]
+
+
+async def test_project_stream_resumes_after_last_event_id(taskd):
+    tasks = [await taskd.submit("noop", {}, project_id="films") for _ in range(2)]
+    for task in tasks:
+        await taskd.wait_terminal(task["task_id"])
+    async with taskd.client.get("/api/v1/projects/films/events", headers={"Last-Event-ID": "0"}) as response:
+        everything = await read_events(response, count=6)
+
+    async with taskd.client.get(
+        "/api/v1/projects/films/events", headers={"Last-Event-ID": everything[2].id}
+    ) as response:
+        rest = await read_events(response, count=3)
+
+    assert rest == everything[3:]
+
+
+async def test_events_raised_by_a_worker_in_another_taskd_reach_the_stream(start_service):
+    api_node = await start_service(workers=False)
+    await start_service(http=False)  # the only worker: a second taskd on the same Redis
+
+    task = await api_node.submit("sleep", {"seconds": 0.3, "steps": 3})
+    async with (
+        asyncio.timeout(10),
+        api_node.client.get(f"/api/v1/tasks/{task['task_id']}/events") as response,
+    ):
+        seen = await read_events(response)
+
+    assert shape(seen) == EXPECTED_SLEEP_3
+
+
+async def test_an_idle_stream_sends_keep_alive_comments(taskd, monkeypatch):
+    monkeypatch.setattr(events_module, "KEEPALIVE_SECONDS", 0.2)
+
+    async with asyncio.timeout(10), taskd.client.get("/api/v1/projects/quiet/events") as response:
+        lines = []
+        async for raw in response.content:
+            lines.append(raw.decode().strip())
+            if ": keep-alive" in lines:
+                break
+
+    assert lines[0] == f"retry: {events_module.RECONNECT_MS}"
+
+
+async def test_open_streams_end_when_the_server_stops(taskd):
+    async with taskd.client.get("/api/v1/projects/films/events") as response:
+        stop = asyncio.create_task(taskd.service.stop(grace=1))
+        async with asyncio.timeout(5):
+            await read_events(response)
+        await stop
+
+
+async def test_many_clients_share_one_blocking_redis_read(taskd, redis):
+    streams = [taskd.client.get(f"/api/v1/projects/p{i}/events") for i in range(20)]
+    responses = [await stream.__aenter__() for stream in streams]
+    try:
+        await asyncio.sleep(0.3)
+        clients = (await redis.execute_command("CLIENT", "LIST")).decode().splitlines()
+    finally:
+        for stream in streams:
+            await stream.__aexit__(None, None, None)
+
+    assert all(response.status == 200 for response in responses)
+    assert sum("cmd=xread" in line for line in clients) == 1
+
+
+@pytest.mark.parametrize("path", ["/api/v1/tasks/x/events", "/api/v1/projects/x/events"])
+async def test_event_streams_need_the_key(taskd, path):
+    async with aiohttp.ClientSession(taskd.base_url) as anonymous, anonymous.get(path) as response:
+        assert response.status == 401
