@@ -1,28 +1,16 @@
-"""The one backoff helper: exponential delays with a cap and optional jitter, for retries and webhooks alike."""
+"""The one backoff helper, for task retries and webhooks alike, on top of the `backoff` library."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
+from itertools import islice
+
+import backoff
 
 
-def exponential_delay(
-    attempt: int,
-    base: float,
-    *,
-    factor: float = 2.0,
-    cap: float | None = None,
-    jitter: float = 0.0,
-    rand: Callable[[], float] = random.random,
-) -> float:
-    """Seconds to wait after failed attempt `attempt` (1-based): base, base*factor, base*factor**2, ...
-
-    `cap` bounds the delay; `jitter` (0..1) takes up to that fraction off at random, so that many
-    clients failing together do not retry together.
-    """
+def exponential_delay(attempt: int, base: float, *, factor: float = 2.0, cap: float | None = None) -> float:
+    """Seconds to wait after failed attempt `attempt` (1-based): base, base*factor, base*factor**2, ... up to `cap`."""
     if attempt < 1:
         raise ValueError("attempt counts from 1")
-    delay = base * factor ** (attempt - 1)
-    if cap is not None:
-        delay = min(delay, cap)
-    return delay * (1.0 - jitter * rand())
+    delays = backoff.expo(base=factor, factor=base, max_value=cap)
+    next(delays)  # backoff's generators are primed with a None first
+    return float(next(islice(delays, attempt - 1, None)))

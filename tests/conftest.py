@@ -160,6 +160,23 @@ async def taskd(start_service: Callable[..., Any], fake_llm: FakeOpenAI) -> Runn
     return await start_service(llm_url=fake_llm.base_url)
 
 
+def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """Environment for a `taskd` child process in tests: its data dir, a free port, the test key,
+    the diagnostic task types, no rate limits, and fast heartbeats so dead workers are noticed in seconds."""
+    return {
+        "TASKD_DATA_DIR": str(data_dir),
+        "TASKD_HTTP__PORT": "0",
+        "TASKD_AUTH__API_KEYS": API_KEY,
+        "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
+        "TASKD_LIMITS__SUBMIT_PER_MINUTE": "0",
+        "TASKD_LIMITS__STATUS_PER_MINUTE": "0",
+        "TASKD_WORKER__HEARTBEAT_INTERVAL": "0.5",
+        "TASKD_WORKER__HEARTBEAT_TTL": "3",
+        "TASKD_EXECUTION__RECLAIM_INTERVAL": "0.5",
+        **extra,
+    }
+
+
 @attrs.define
 class TaskdProcess:
     """A `taskd` command run as a child process."""

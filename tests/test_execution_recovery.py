@@ -8,7 +8,7 @@ import time
 
 import aiohttp
 import pytest
-from conftest import API_KEY, TERMINAL
+from conftest import API_KEY, TERMINAL, child_env
 
 from taskd import keys
 from taskd.config import QueueConfig
@@ -106,16 +106,7 @@ async def test_running_task_is_never_started_again_while_its_worker_lives(start_
 
 
 def env_for(tmp_path, **extra: str) -> dict[str, str]:
-    return {
-        "TASKD_DATA_DIR": str(tmp_path / "data"),
-        "TASKD_HTTP__PORT": "0",
-        "TASKD_AUTH__API_KEYS": API_KEY,
-        "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
-        "TASKD_WORKER__HEARTBEAT_INTERVAL": "0.5",
-        "TASKD_WORKER__HEARTBEAT_TTL": "3",
-        "TASKD_EXECUTION__RECLAIM_INTERVAL": "0.5",
-        **extra,
-    }
+    return child_env(tmp_path / "data", **extra)
 
 
 class Api:
@@ -192,3 +183,18 @@ async def test_sigterm_to_a_worker_hands_its_running_task_back(spawn_taskd, tmp_
 
     assert body["status"] == "queued"
     assert body["attempt"] == 1
+
+
+async def test_busy_worker_does_not_hoard_jobs_an_idle_worker_can_start(start_service, redis):
+    first = await start_service(queues=ONE_AT_A_TIME)
+    await start_service(http=False, queues=ONE_AT_A_TIME)
+    long = await first.submit("sleep", {"seconds": 2, "steps": 4})
+    await first.wait_for(long["task_id"], lambda b: b["status"] == "processing")
+
+    quick = await first.submit("noop", {})
+    body = await first.wait_terminal(quick["task_id"], timeout=1.5)
+
+    assert body["status"] == "completed"
+    assert (await first.status(long["task_id"]))["status"] == "processing"
+    workers = await redis.hmget(keys.task(long["task_id"]), "worker_id")
+    assert workers != await redis.hmget(keys.task(quick["task_id"]), "worker_id")

@@ -7,7 +7,7 @@ import asyncio
 import signal
 
 import aiohttp
-from conftest import API_KEY, TERMINAL
+from conftest import API_KEY, TERMINAL, child_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
@@ -233,19 +233,7 @@ async def test_without_gpus_gpu_queues_run_on_the_cpu_and_health_says_so(start_s
 
 
 def env_for(tmp_path) -> dict[str, str]:
-    return {
-        "TASKD_DATA_DIR": str(tmp_path / "data"),
-        "TASKD_HTTP__PORT": "0",
-        "TASKD_AUTH__API_KEYS": API_KEY,
-        "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
-        "TASKD_GPU__SIMULATE": "1",
-        "TASKD_GPU__SLOTS": "1",
-        "TASKD_LIMITS__SUBMIT_PER_MINUTE": "0",
-        "TASKD_LIMITS__STATUS_PER_MINUTE": "0",
-        "TASKD_WORKER__HEARTBEAT_INTERVAL": "0.5",
-        "TASKD_WORKER__HEARTBEAT_TTL": "3",
-        "TASKD_EXECUTION__RECLAIM_INTERVAL": "0.5",
-    }
+    return child_env(tmp_path / "data", TASKD_GPU__SIMULATE="1", TASKD_GPU__SLOTS="1")
 
 
 async def test_two_worker_processes_share_the_host_wide_slot_count(spawn_taskd, tmp_path):

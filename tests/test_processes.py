@@ -9,22 +9,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import API_KEY, TERMINAL
+from conftest import API_KEY, TERMINAL, child_env
 from examples import TASK_DATA
 
 from taskd.embedded import EmbeddedValkey
 
 
 def env_for(data_dir: Path, **extra: str) -> dict[str, str]:
-    return {
-        "TASKD_DATA_DIR": str(data_dir),
-        "TASKD_HTTP__PORT": "0",
-        "TASKD_AUTH__API_KEYS": API_KEY,
-        "TASKD_WORKER__HEARTBEAT_INTERVAL": "0.5",
-        "TASKD_WORKER__POLL_DELAY": "0.5",
-        "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
-        **extra,
-    }
+    return child_env(data_dir, **extra)
 
 
 class Client:

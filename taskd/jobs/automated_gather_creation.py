@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 
-from taskd.jobs.llm import ChatClient, ProviderError
+from taskd.jobs.llm import ChatClient, ProviderError, first_object
 from taskd.jobs.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType
 from taskd.validation import between, max_length, not_blank
 
@@ -38,21 +37,6 @@ class AutomatedGatherCreationInput:
     items_per_department: int = attrs.field(
         default=5, validator=between(1, 20, "Items per department must be between 1 and 20")
     )
-
-
-def first_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in `text` (models wrap them in prose or code fences)."""
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    while start != -1:
-        try:
-            found, _ = decoder.raw_decode(text, start)
-        except ValueError:
-            found = None
-        if isinstance(found, dict):
-            return found
-        start = text.find("{", start + 1)
-    return None
 
 
 def _slug(value: Any) -> str | None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
 
 import attrs
-import orjson
 
-from taskd.jobs.llm import ChatClient, ChatReply, ProviderError
+from taskd.jobs.llm import ChatClient, ChatReply, ProviderError, first_object
 from taskd.jobs.spec import TaskContext, TaskType
 from taskd.validation import between, max_length, not_blank
 
@@ -141,27 +139,6 @@ def build_messages(data: EvaluateDepartmentInput) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n".join(lines)}]
 
 
-def _first_object(text: str) -> dict[str, Any] | None:
-    try:
-        found = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        found = None
-    if isinstance(found, dict):
-        return found
-    # Models sometimes wrap the object in prose or a code fence: take the first object that parses.
-    decoder = json.JSONDecoder()
-    start = text.find("{")
-    while start != -1:
-        try:
-            found, _ = decoder.raw_decode(text, start)
-        except ValueError:
-            found = None
-        if isinstance(found, dict):
-            return found
-        start = text.find("{", start + 1)
-    return None
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -183,7 +160,7 @@ def _strings(value: Any) -> list[str]:
 
 def parse_verdict(text: str) -> Verdict | None:
     """Read the LLM's JSON verdict tolerantly; None when there is no usable rating."""
-    found = _first_object(text)
+    found = first_object(text)
     if found is None:
         return None
     rating = _number(found.get("rating"))

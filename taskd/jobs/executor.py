@@ -19,8 +19,6 @@ import aiohttp
 import attrs
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import keys
 from taskd.backoff import exponential_delay
@@ -29,7 +27,7 @@ from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.jobs.queue import TaskQueue
 from taskd.jobs.registry import Registry
 from taskd.jobs.runners import Limits, ProcessOutcome, Runner, RunnerPool
-from taskd.jobs.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, TransientError
+from taskd.jobs.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 from taskd.logs import bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.store import TaskStore
@@ -37,23 +35,6 @@ from taskd.store import TaskStore
 log = logging.getLogger("taskd.jobs")
 
 ArqJob = Callable[[dict[str, Any], str], Awaitable[None]]
-
-_TRANSIENT = (
-    TransientError,
-    aiohttp.ClientConnectionError,
-    aiohttp.ServerTimeoutError,
-    ConnectionError,
-    TimeoutError,
-    RedisConnectionError,
-    RedisTimeoutError,
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: connection errors, timeouts, provider 429/5xx; never bad input or auth."""
-    if isinstance(exc, TaskError) and not isinstance(exc, TransientError):
-        return False
-    return isinstance(exc, _TRANSIENT) or bool(getattr(exc, "transient", False))
 
 
 @attrs.frozen

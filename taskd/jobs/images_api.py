@@ -11,8 +11,8 @@ import attrs
 import orjson
 
 from taskd.config import ImageProvider
-from taskd.jobs.llm import _error_detail
-from taskd.jobs.spec import TaskError, TransientError
+from taskd.jobs.provider_http import post_json
+from taskd.jobs.spec import TaskError
 
 NO_PROVIDER = "No image provider configured: set providers.image.base_url (TASKD_PROVIDERS__IMAGE__BASE_URL)"
 
@@ -57,30 +57,15 @@ class ImagesClient:
         mapped = quality_for(self._provider.model, quality)
         if mapped:
             body["quality"] = mapped
-        headers = {"Content-Type": "application/json"}
-        if self._provider.api_key:
-            headers["Authorization"] = f"Bearer {self._provider.api_key}"
-        timeout = aiohttp.ClientTimeout(total=self._provider.timeout)
-        try:
-            async with self._session.post(
-                f"{base_url}/images/generations", data=orjson.dumps(body), headers=headers, timeout=timeout
-            ) as resp:
-                status, raw = resp.status, await resp.read()
-        except TimeoutError:
-            raise TransientError(
-                f"Image provider did not answer within {self._provider.timeout:g}s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"Image provider unreachable: {self._redact(str(exc))}") from None
-        if status >= 400:
-            detail = self._redact(_error_detail(raw))
-            error = TransientError if status == 429 or status >= 500 else TaskError
-            raise error(f"Image provider returned HTTP {status}" + (f": {detail}" if detail else ""))
+        raw = await post_json(
+            self._session,
+            f"{base_url}/images/generations",
+            body,
+            api_key=self._provider.api_key,
+            timeout=self._provider.timeout,
+            name="Image provider",
+        )
         return _parse(raw)
-
-    def _redact(self, text: str) -> str:
-        key = self._provider.api_key
-        return text.replace(key, "***") if key else text
 
 
 def _parse(raw: bytes) -> GeneratedImage:

@@ -20,7 +20,7 @@ import cattrs
 from taskd.config import Config
 from taskd.jobs import frames
 from taskd.jobs.registry import Registry, default_registry
-from taskd.jobs.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, TransientError
+from taskd.jobs.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
 from taskd.model import ValidationError
 
 
@@ -65,12 +65,10 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
         result = task_type.handler(context, data)
     except SoftTimeLimitExceeded:
         return _error("soft_limit", "soft time limit exceeded", traceback.format_exc())
-    except TransientError as exc:
-        return _error("transient", str(exc), traceback.format_exc())
     except TaskError as exc:
-        return _error("task", str(exc), traceback.format_exc())
+        return _error("transient" if exc.transient else "task", str(exc), traceback.format_exc())
     except Exception as exc:
-        kind = "transient" if getattr(exc, "transient", False) else "exception"
+        kind = "transient" if is_transient(exc) else "exception"
         return _error(kind, f"{type(exc).__name__}: {exc}", traceback.format_exc())
     finally:
         _State.running = False

@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 import attrs
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd.config import Config
 
@@ -23,9 +25,30 @@ ProgressSink = Callable[[float, str | None], Awaitable[None]]
 class TaskError(Exception):
     """A failure the handler understands; its message becomes the task's `error` as written."""
 
+    transient = False
+
 
 class TransientError(TaskError):
     """A failure worth retrying later (a provider that is down, rate-limited or timing out)."""
+
+    transient = True
+
+
+_TRANSIENT = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ServerTimeoutError,
+    ConnectionError,
+    TimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: connection errors, timeouts, provider 429/5xx; never bad input or auth."""
+    if isinstance(exc, TaskError):
+        return exc.transient  # the handler (or provider client) knows best
+    return isinstance(exc, _TRANSIENT)
 
 
 class SoftTimeLimitExceeded(Exception):

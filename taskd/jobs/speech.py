@@ -12,8 +12,8 @@ import attrs
 import orjson
 
 from taskd.config import SpeechProvider
-from taskd.jobs.llm import _error_detail
-from taskd.jobs.spec import TaskError, TransientError
+from taskd.jobs.provider_http import post_json
+from taskd.jobs.spec import TaskError
 from taskd.media import download
 from taskd.media.ffmpeg import stop_process
 
@@ -127,35 +127,20 @@ class SpeechClient:
         }
         if emotion and not self._provider.model.startswith("tts-1"):
             body["instructions"] = f"Speak in a {emotion.replace('_', ' ')} tone."
-        headers = {"Content-Type": "application/json"}
-        if self._provider.api_key:
-            headers["Authorization"] = f"Bearer {self._provider.api_key}"
-        timeout = aiohttp.ClientTimeout(total=self._provider.timeout)
-        try:
-            async with self._session.post(
-                f"{base_url}/audio/speech", data=orjson.dumps(body), headers=headers, timeout=timeout
-            ) as resp:
-                status, raw = resp.status, await resp.read()
-        except TimeoutError:
-            raise TransientError(
-                f"Speech provider did not answer within {self._provider.timeout:g}s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise TransientError(f"Speech provider unreachable: {self._redact(str(exc))}") from None
-        if status >= 400:
-            detail = self._redact(_error_detail(raw))
-            error = TransientError if status == 429 or status >= 500 else TaskError
-            raise error(f"Speech provider returned HTTP {status}" + (f": {detail}" if detail else ""))
+        raw = await post_json(
+            self._session,
+            f"{base_url}/audio/speech",
+            body,
+            api_key=self._provider.api_key,
+            timeout=self._provider.timeout,
+            name="Speech provider",
+        )
         ext = download.sniff(raw[:16], "audio")
         if ext is None:
             raise TaskError("Speech provider returned data that is not audio")
         path = out.with_suffix(f".{ext}")
         path.write_bytes(raw)
         return path
-
-    def _redact(self, text: str) -> str:
-        key = self._provider.api_key
-        return text.replace(key, "***") if key else text
 
 
 def espeak_binary() -> str | None:

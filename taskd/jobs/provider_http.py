@@ -1,0 +1,90 @@
+"""One JSON POST to an OpenAI-compatible provider (chat, images, speech): auth, timeout, and errors
+that name the provider, say whether a retry may help, and never contain its key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+from taskd.jobs.spec import TaskError
+
+_DETAIL_LIMIT = 300
+
+
+class ProviderError(TaskError):
+    """A provider failed; `transient` says whether trying again later may help."""
+
+    def __init__(self, message: str, transient: bool, status: int | None = None, *, timeout: bool = False):
+        super().__init__(message)
+        self.message = message
+        self.transient = transient
+        self.status = status
+        self.timeout = timeout
+
+    @property
+    def reason(self) -> str:
+        """A short, secret-free cause: `timeout`, `HTTP 503`, `connection failed` or `malformed reply`."""
+        if self.timeout:
+            return "timeout"
+        if self.status is not None:
+            return f"HTTP {self.status}"
+        return "connection failed" if self.transient else "malformed reply"
+
+
+def redact(text: str, secret: str) -> str:
+    """`text` with `secret` masked."""
+    return text.replace(secret, "***") if secret else text
+
+
+def error_detail(raw: bytes) -> str:
+    """The provider's own error message (OpenAI shape `{"error": {"message": ...}}`), shortened."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        text = raw.decode("utf-8", "replace").strip()
+    else:
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            text = str(error.get("message") or "")
+        elif isinstance(error, str):
+            text = error
+        else:
+            text = ""
+    text = " ".join(text.split())
+    return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
+
+
+async def post_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    *,
+    api_key: str,
+    timeout: float,
+    name: str,
+) -> bytes:
+    """POST `body` to `url` and return the 2xx reply's bytes; ProviderError for anything else.
+
+    Timeouts, connection errors, 429 and 5xx are transient; other 4xx are not.
+    """
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    try:
+        async with session.post(
+            url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as response:
+            status, raw = response.status, await response.read()
+    except TimeoutError:
+        # Checked before ClientError: aiohttp's timeout errors are both.
+        raise ProviderError(f"{name} did not answer within {timeout:g}s", True, timeout=True) from None
+    except aiohttp.ClientError as exc:
+        reason = redact(f"{type(exc).__name__}: {exc}", api_key)
+        raise ProviderError(f"{name} unreachable: {reason}", True) from None
+    if status >= 400:
+        detail = redact(error_detail(raw), api_key)
+        message = f"{name} returned HTTP {status}" + (f": {detail}" if detail else "")
+        raise ProviderError(message, status == 429 or status >= 500, status)
+    return raw
