@@ -1,0 +1,77 @@
+"""SIGKILL of `taskd serve` and of one of three `taskd worker` processes loses no task and no webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+
+import aiohttp
+from faultkit import Api, Receiver, child_env, runs
+
+from taskd.embedded import EmbeddedValkey
+
+
+async def test_serve_killed_mid_run_finishes_every_task_once_after_restart(spawn_taskd, tmp_path):
+    data = tmp_path / "data"
+    env = child_env(data, TASKD_QUEUES__DEFAULT__CONCURRENCY="2")
+    async with (
+        asyncio.timeout(90),
+        Receiver(fail_first={"/flaky": 2}) as receiver,
+        aiohttp.ClientSession() as s,
+    ):
+        first = spawn_taskd("serve", env=env)
+        api = Api(s, first.base_url)
+        flaky = await api.submit("noop", {}, callback_url=receiver.url("/flaky"))
+        await api.wait_all([flaky], lambda b: (b["webhook"] or {}).get("attempts", 0) >= 1)
+        running = [
+            await api.submit("record_run", {"seconds": 4}, callback_url=receiver.url()) for _ in range(2)
+        ]
+        await api.wait_all(running, lambda b: b["status"] == "processing")
+        queued = [
+            await api.submit("record_run", {"seconds": 0.05}, callback_url=receiver.url()) for _ in range(20)
+        ]
+
+        first.stop(signal.SIGKILL)
+        api = Api(s, spawn_taskd("serve", env=env).base_url)
+        everything = [flaky, *running, *queued]
+        bodies = await api.wait_all(everything, timeout=60)
+        async with asyncio.timeout(20):
+            while not receiver.delivered >= {f"msg_{task_id}_completed" for task_id in everything}:
+                await asyncio.sleep(0.1)
+        _, metrics = await api.call("GET", "/api/v1/tasks/metrics")
+
+    ends = collections.Counter(task_id for event, task_id, _, _ in runs(data) if event == "end")
+    assert [body["status"] for body in bodies] == ["completed"] * len(everything)
+    assert metrics["metrics"]["completed_tasks"] == len(
+        everything
+    )  # each task ended once, whatever ran twice
+    assert {body["attempt"] for body in bodies if body["task_id"] in running} == {2}
+    assert set(ends) == {*running, *queued}
+    assert receiver.delivered == {f"msg_{task_id}_completed" for task_id in everything}
+    assert receiver.ids[f"msg_{flaky}_completed"] == 3  # two failed attempts, then one after the restart
+
+
+async def test_worker_killed_among_three_has_its_tasks_finished_by_the_others(spawn_taskd, tmp_path):
+    data = tmp_path / "data"
+    env = child_env(data, TASKD_QUEUES__DEFAULT__CONCURRENCY="2")
+    async with asyncio.timeout(90), aiohttp.ClientSession() as session:
+        api = Api(session, spawn_taskd("serve", "--no-worker", env=env).base_url)
+        workers = [spawn_taskd("worker", env=env, wait_listening=False) for _ in range(3)]
+        redis_url = EmbeddedValkey.running_url(data)
+        assert redis_url is not None
+        task_ids = [await api.submit("record_run", {"seconds": 1.5}) for _ in range(18)]
+        await api.wait_all(task_ids[:6], lambda b: b["status"] != "queued")
+        victim = workers[0]
+        await asyncio.sleep(0.3)
+
+        victim.stop(signal.SIGKILL)
+        bodies = await api.wait_all(task_ids, timeout=60)
+
+    rows = runs(data)
+    victim_tasks = {task_id for event, task_id, _, pid in rows if event == "start" and pid == victim.proc.pid}
+    finished_by = {task_id: pid for event, task_id, _, pid in rows if event == "end"}
+    assert victim_tasks, "the killed worker was running tasks"
+    assert [body["status"] for body in bodies] == ["completed"] * len(task_ids)
+    assert all(finished_by[task_id] != victim.proc.pid for task_id in victim_tasks)
+    assert {body["attempt"] for body in bodies if body["task_id"] in victim_tasks} == {2}

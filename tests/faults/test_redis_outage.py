@@ -1,0 +1,85 @@
+"""Redis stopped for 5 s and started again: 503 while it is down, no restart of taskd, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import aiohttp
+import pytest
+from conftest import make_config
+from faultkit import Api, ValkeyServer, runs
+
+from taskd.config import LimitsConfig, RedisConfig
+from taskd.service import Service
+
+OUTAGE = 5.0
+
+
+@pytest.fixture
+async def outage_service(tmp_path):
+    server = await ValkeyServer(tmp_path / "valkey").start()
+    config = make_config(
+        tmp_path,
+        server.url,
+        redis=RedisConfig(url=server.url, socket_timeout=2),
+        limits=LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0),
+    )
+    service = Service(config, http=True, workers=True)
+    await service.start()
+    host, port = service.addresses[0]
+    async with aiohttp.ClientSession() as session:
+        yield server, Api(session, f"http://{host}:{port}"), config
+    await service.stop(grace=1)
+    server.stop()
+
+
+async def test_api_answers_503_while_redis_is_down_and_recovers_without_a_restart(outage_service):
+    server, api, _ = outage_service
+    before = await api.submit("noop", {})
+    server.stop()
+    answers = []
+    down_since = time.monotonic()
+    async with asyncio.timeout(30):
+        while time.monotonic() - down_since < OUTAGE:
+            started = time.monotonic()
+            status, body = await api.call("GET", f"/api/v1/tasks/{before}/status")
+            answers.append((status, body, time.monotonic() - started))
+            status, body = await api.call(
+                "POST", "/api/v1/tasks/submit", json={"project_id": "p", "task_type": "noop", "task_data": {}}
+            )
+            answers.append((status, body, time.monotonic() - started))
+            await asyncio.sleep(0.2)
+        await server.start()
+        after = await _submit_when_back(api)
+        bodies = await api.wait_all([before, after], timeout=20)
+
+    assert {status for status, _, _ in answers} == {503}
+    assert all(body["error"] == "service_unavailable" and body["retry_after"] > 0 for _, body, _ in answers)
+    assert max(elapsed for _, _, elapsed in answers) < 3  # bounded by redis.socket_timeout, never hung
+    assert [body["status"] for body in bodies] == ["completed", "completed"]
+
+
+async def test_tasks_submitted_before_a_redis_outage_all_complete_after_it(outage_service, tmp_path):
+    server, api, config = outage_service
+    task_ids = [await api.submit("record_run", {"seconds": 0.5 if i % 3 else 0}) for i in range(30)]
+
+    server.stop()
+    await asyncio.sleep(OUTAGE)
+    await server.start()
+    bodies = await api.wait_all(task_ids, timeout=40)
+
+    ends = collections.Counter(task_id for event, task_id, _, _ in runs(config.data_path) if event == "end")
+    assert [body["status"] for body in bodies] == ["completed"] * len(task_ids)
+    assert set(ends) == set(task_ids)
+
+
+async def _submit_when_back(api: Api) -> str:
+    while True:
+        status, body = await api.call(
+            "POST", "/api/v1/tasks/submit", json={"project_id": "p", "task_type": "noop", "task_data": {}}
+        )
+        if status == 200:
+            return body["task_id"]
+        await asyncio.sleep(0.1)

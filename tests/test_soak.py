@@ -1,0 +1,39 @@
+"""The short soak run of `bench/soak.py`: 2 000 tasks across every queue, each ends once, every webhook arrives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SOAK = Path(__file__).parent.parent / "bench" / "soak.py"
+
+
+@pytest.mark.timeout(110)
+def test_short_soak_completes_every_task_once_with_every_webhook_and_no_5xx(tmp_path):
+    report_path = tmp_path / "soak.json"
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(SOAK),
+            "--tasks",
+            "2000",
+            "--clients",
+            "16",
+            "--timeout",
+            "80",
+            "--json",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    report = json.loads(report_path.read_text())
+
+    assert report["checks"] == dict.fromkeys(report["checks"], True), run.stdout
+    assert run.returncode == 0
