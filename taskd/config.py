@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -33,13 +34,33 @@ class HttpConfig:
 
 
 @attrs.frozen
+class ScopedKey:
+    """An API key that may use only the listed projects (empty list: every project)."""
+
+    key: str = attrs.field(validator=attrs.validators.min_len(1))
+    projects: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
 class AuthConfig:
     api_keys: list[str] = attrs.Factory(list)
+    # [{key = "…", projects = ["p1", "p2"]}]; env TASKD_AUTH__KEYS as JSON.
+    keys: list[ScopedKey] = attrs.Factory(list)
 
 
 @attrs.frozen
 class RedisConfig:
+    # redis://…, rediss://…, or redis+sentinel://[:password@]host:26379,host2:26379/<service>/<db>.
     url: str = ""
+    # Seconds any one Redis command may take before the API answers 503 (0: no limit).
+    socket_timeout: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    # Replicas that must hold a new task before its submit is acknowledged (WAIT); 0: do not wait.
+    wait_replicas: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    wait_timeout: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
+    # How often the embedded Valkey fsyncs its append-only file: everysec, always or no.
+    embedded_appendfsync: str = attrs.field(
+        default="everysec", converter=str.lower, validator=attrs.validators.in_(("everysec", "always", "no"))
+    )
 
 
 @attrs.frozen
@@ -310,6 +331,18 @@ def _to_float_list(value: Any, _: type) -> list[float]:
     return [float(_to_number(item, float)) for item in items if not isinstance(item, str) or item.strip()]
 
 
+def _json_list(value: Any) -> list[Any]:
+    # TASKD_AUTH__KEYS='[{"key": "…", "projects": ["p1"]}]' arrives as one string.
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError:
+            raise ValueError("expected a JSON list of {key, projects} objects") from None
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list, got {value!r}")
+    return value
+
+
 def _to_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -318,6 +351,10 @@ def _to_str(value: Any, _: type) -> str:
 
 def _converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
+    conv.register_structure_hook_func(
+        lambda t: t == list[ScopedKey],
+        lambda value, _: [conv.structure(item, ScopedKey) for item in _json_list(value)],
+    )
     conv.register_structure_hook(bool, _to_bool)
     conv.register_structure_hook(int, _to_number)
     conv.register_structure_hook(float, _to_number)

@@ -30,7 +30,9 @@ from taskd.jobs.runners import RunnerPool
 from taskd.jobs.workers import WorkerPool
 from taskd.logs import REDACTOR, url_password
 from taskd.model import now
+from taskd.redis_conn import connect
 from taskd.sdnotify import Notifier
+from taskd.stopping import cancel_and_wait
 from taskd.store import Admission, TaskStore
 from taskd.webhooks.sender import WebhookSender
 
@@ -81,6 +83,7 @@ class Service:
         self._heartbeat: Heartbeat | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = False
+        self._listener: ArqRedis | None = None
 
     async def _redis_url(self) -> str:
         if self.config.redis.url:
@@ -93,7 +96,9 @@ class Service:
                     "start `taskd serve` with the same data_dir first, or set TASKD_REDIS__URL"
                 )
             return running
-        self._embedded = EmbeddedValkey(self.config.data_path)
+        self._embedded = EmbeddedValkey(
+            self.config.data_path, appendfsync=self.config.redis.embedded_appendfsync
+        )
         self._stack.push_async_callback(self._embedded.stop)
         return await self._embedded.start()
 
@@ -108,11 +113,20 @@ class Service:
     async def _start(self) -> None:
         url = await self._redis_url()
         REDACTOR.add(url_password(url))  # the embedded server's password is in no config field
-        redis = ArqRedis.from_url(url, health_check_interval=10, socket_keepalive=True)
+        # Every command is bounded (a hung Redis means 503s, not hung requests); the pub/sub
+        # listener gets its own client without a read timeout, as it may wait for ever.
+        redis = connect(url, socket_timeout=self.config.redis.socket_timeout or None)
         self._stack.push_async_callback(redis.aclose)
+        self._listener = connect(url)
+        self._stack.push_async_callback(self._listener.aclose)
         await redis.ping()
         session = await self._stack.enter_async_context(aiohttp.ClientSession())
-        store = TaskStore(redis, self.config.storage.task_ttl)
+        store = TaskStore(
+            redis,
+            self.config.storage.task_ttl,
+            self.config.redis.wait_replicas,
+            self.config.redis.wait_timeout,
+        )
         queue = TaskQueue(redis, self.config.execution.priority_aging)
         gpu = GpuScheduler(redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id)
         if self.queues:
@@ -123,7 +137,9 @@ class Service:
             store, queue, self.config, sorted(set(self.config.queues) | self.registry.queues())
         )
         self._background.append(asyncio.create_task(reclaimer.run(), name="reclaimer"))
-        sender = WebhookSender(redis, store, self.config.webhooks, self.config.storage.task_ttl)
+        sender = WebhookSender(
+            redis, store, self.config.webhooks, self.config.storage.task_ttl, listener=self._listener
+        )
         self._background.append(asyncio.create_task(sender.run(), name="webhook-sender"))
 
     async def _start_workers(
@@ -169,7 +185,7 @@ class Service:
         pool.start()
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
-            asyncio.create_task(executor.listen(redis, self._wake), name="pubsub-listener"),
+            asyncio.create_task(executor.listen(self._listener, self._wake), name="pubsub-listener"),
         ]
         log.info("workers serving queues: %s", ", ".join(self.queues))
 
@@ -180,11 +196,19 @@ class Service:
     async def _start_http(
         self, redis: ArqRedis, store: TaskStore, queue: TaskQueue, gpu: GpuScheduler
     ) -> None:
-        api_keys, self.generated_key = apikey.load_or_create(self.config.auth.api_keys, self.config.data_path)
+        scoped = {entry.key: frozenset(entry.projects) for entry in self.config.auth.keys if entry.projects}
+        for entry in self.config.auth.keys:
+            REDACTOR.add(entry.key)
+        api_keys, self.generated_key = apikey.load_or_create(
+            [*self.config.auth.api_keys, *(entry.key for entry in self.config.auth.keys)],
+            self.config.data_path,
+        )
         limits = self.config.limits
         admission = Admission(limits.concurrent_per_project, limits.max_queue_length)
         dispatcher = Dispatcher(redis, store, queue, self.registry, admission, on_enqueued=self._wake)
-        api = Api(self.config, redis, store, queue, self.registry, dispatcher, api_keys, gpu)
+        api = Api(
+            self.config, redis, store, queue, self.registry, dispatcher, api_keys, gpu, key_projects=scoped
+        )
         psutil.cpu_percent(interval=None)  # the first reading only primes the counter
         self._runner = web.AppRunner(create_app(api), access_log=None)
         await self._runner.setup()
@@ -202,9 +226,7 @@ class Service:
             await self._pool.stop(self.config.execution.shutdown_grace if grace is None else grace)
         if self._runners is not None:
             await self._runners.close()
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await cancel_and_wait(self._background)
         if self._heartbeat is not None:
             with contextlib.suppress(Exception):
                 await self._heartbeat.remove()

@@ -6,6 +6,8 @@ cancelled task can never be overwritten by a late `completed` from its worker.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -15,6 +17,8 @@ from redis.asyncio import Redis
 
 from taskd import keys
 from taskd.model import ACTIVE, Metrics, RateLimited, ServiceUnavailable, TaskNotFound, TaskRecord, TaskStatus
+
+log = logging.getLogger("taskd.store")
 
 _JSON_FIELDS = frozenset({"task_data", "metadata", "result"})
 _FLOAT_FIELDS = frozenset(
@@ -63,14 +67,31 @@ def _decode_value(name: str, raw: bytes) -> Any:
     return text
 
 
+class CorruptRecord(TaskNotFound):
+    """A record hash that cannot be read (missing fields, bad JSON, unknown status): treated as absent.
+
+    The API answers 404 task_not_found for it, lists skip it, workers and the webhook sender drop
+    it; each logs the cause, so one broken hash never becomes a 500 or a crash loop (issue 9).
+    """
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(task_id)
+        self.reason = reason
+
+
 def decode(fields: Mapping[bytes, bytes]) -> TaskRecord:
-    """A record from its hash fields; fields taskd does not know are ignored."""
+    """A record from its hash fields; fields taskd does not know are ignored. Raises CorruptRecord."""
     values = {}
-    for raw_name, raw in fields.items():
-        name = raw_name.decode()
-        if name in _FIELD_NAMES:
-            values[name] = _decode_value(name, raw)
-    return TaskRecord(**values)
+    task_id = fields.get(b"task_id", b"?").decode(errors="replace")
+    try:
+        for raw_name, raw in fields.items():
+            name = raw_name.decode()
+            if name in _FIELD_NAMES:
+                values[name] = _decode_value(name, raw)
+        return TaskRecord(**values)
+    except (ValueError, TypeError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+        log.error("task record %s is corrupt and is skipped: %s", task_id, exc)
+        raise CorruptRecord(task_id, str(exc)) from None
 
 
 # Appends an event to the task's and the project's streams (what the SSE endpoints read), in
@@ -158,6 +179,10 @@ _START = (
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'gone' end
 if redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[4] then return 'stale' end
+-- The same worker asking again for the same job: its first call went through but the reply was lost.
+if status == 'processing' and redis.call('HGET', KEYS[1], 'worker_id') == ARGV[2] then
+  return redis.call('HGETALL', KEYS[1])
+end
 if status ~= 'queued' then return status end
 redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1], 'updated_at', ARGV[1],
            'worker_id', ARGV[2], 'progress', '0.0')
@@ -378,9 +403,14 @@ class CancelOutcome:
 class TaskStore:
     """Reads and writes task records, project indexes and metrics."""
 
-    def __init__(self, redis: Redis, task_ttl: int) -> None:
+    def __init__(
+        self, redis: Redis, task_ttl: int, wait_replicas: int = 0, wait_timeout: float = 2.0
+    ) -> None:
         self.redis = redis
         self.task_ttl = task_ttl
+        # Replicas that must have a new task before its submit is acknowledged (redis.wait_replicas).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = int(wait_timeout * 1000)
         self._submit = redis.register_script(_with_constants(_SUBMIT))
         self._start = redis.register_script(_START)
         self._progress = redis.register_script(_PROGRESS)
@@ -398,8 +428,8 @@ class TaskStore:
         flat: list[bytes | str] = []
         for name, value in encode(record).items():
             flat += [name, value]
-        reply = await self._submit(
-            keys=[
+        reply, replicated = await self._create(
+            key_names=[
                 keys.task(record.task_id),
                 keys.project(record.project_id),
                 keys.METRICS,
@@ -424,6 +454,13 @@ class TaskStore:
             ],
         )
         verdict = reply[0].decode()
+        if verdict == "ok" and replicated is not None and replicated < self.wait_replicas:
+            # Issue 9: not yet on enough replicas, so a failover now could lose it; the caller may retry.
+            raise ServiceUnavailable(
+                f"Task storage could not copy the task to {self.wait_replicas} replica(s) in time, "
+                "please try again later",
+                retry_after=5,
+            )
         if verdict == "project_full":
             raise RateLimited(
                 f"Project '{record.project_id}' already has {reply[1]} queued or processing tasks; "
@@ -443,6 +480,16 @@ class TaskStore:
             duration_count=int(duration_count),
         )
 
+    async def _create(self, key_names: list[str], args: list[Any]) -> tuple[Any, int | None]:
+        # WAIT counts the writes of its own connection, so it follows the script in one pipeline.
+        if not self.wait_replicas:
+            return await self._submit(keys=key_names, args=args), None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._submit(keys=key_names, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            reply, replicated = await pipe.execute()
+        return reply, int(replicated)
+
     async def get(self, task_id: str) -> TaskRecord:
         """The record of `task_id`; raises TaskNotFound."""
         fields = await self.redis.hgetall(keys.task(task_id))
@@ -456,7 +503,12 @@ class TaskStore:
             for task_id in task_ids:
                 pipe.hgetall(keys.task(task_id))
             rows = await pipe.execute()
-        return [decode(fields) for fields in rows if fields]
+        records = []
+        for fields in rows:
+            if fields:
+                with contextlib.suppress(CorruptRecord):  # logged by decode; a list shows the rest
+                    records.append(decode(fields))
+        return records
 
     async def start(
         self, task_id: str, job_id: str, queue: str, worker_id: str, at: float
@@ -549,7 +601,7 @@ class TaskStore:
                 pipe.exists(keys.worker(worker_id.decode() if worker_id else "?"))
             alive = await pipe.execute()
         return [
-            (task_id, queue, int(priority or 2))
+            (task_id, queue, int(priority) if (priority or b"").isdigit() else 2)
             for (task_id, queue), (_, priority), live in zip(candidates, owners, alive, strict=True)
             if not live
         ]

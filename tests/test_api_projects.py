@@ -85,7 +85,16 @@ async def test_limit_of_one_hundred_is_allowed(api_only):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("limit", 101), ("limit", 0), ("page", 0), ("page", -1), ("page", "x"), ("page", "1.5")],
+    [
+        ("limit", 101),
+        ("limit", 0),
+        ("page", 0),
+        ("page", -1),
+        ("page", "x"),
+        ("page", "1.5"),
+        ("page", "1716740004670293120385024"),
+        ("page", "٣"),
+    ],
 )
 async def test_out_of_range_paging_is_a_validation_error(api_only, name, value):
     status, body = await listing(api_only, "p", **{name: value})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import aiohttp
 import pytest
 from chromium import Browser, find_chromium
 from conftest import API_KEY
+
+from taskd.gpu.devices import SimulatedBackend
 
 CHROMIUM = find_chromium()
 
@@ -53,13 +56,28 @@ async def test_overview_lists_queues_with_running_counts_and_live_workers(taskd)
     assert worker["last_heartbeat"].endswith("Z")
 
 
-async def test_overview_says_when_there_are_no_gpus(taskd, monkeypatch):
-    monkeypatch.setattr("taskd.http.dashboard.read_devices", lambda: [])
+async def test_overview_says_when_there_are_no_gpus(start_service):
+    service = await start_service(gpu_backend=SimulatedBackend(0))
 
-    async with taskd.client.get("/api/v1/dashboard/overview") as response:
+    async with service.client.get("/api/v1/dashboard/overview") as response:
         gpus = (await response.json())["gpus"]
 
     assert gpus == {"available": False, "note": "no GPUs (NVML not available)", "devices": []}
+
+
+async def test_overview_shows_which_tasks_hold_each_gpu(start_service):
+    service = await start_service(gpu_backend=SimulatedBackend(1))
+    task = await service.submit("gpu_hold", {"seconds": 30})
+    async with asyncio.timeout(20):
+        while True:
+            async with service.client.get("/api/v1/dashboard/overview") as response:
+                [device] = (await response.json())["gpus"]["devices"]
+            if device["holders"]:
+                break
+            await asyncio.sleep(0.05)
+
+    assert device["holders"] == [task["task_id"]]
+    assert device["slots"] == 4
 
 
 async def test_overview_needs_the_key(taskd):

@@ -93,3 +93,21 @@ def test_priority_moves_the_score_by_whole_aging_windows():
 
     assert job_score(at, 1, 300) == job_score(at, 3, 300) - 600_000
     assert job_score(at, 2, 300) == job_score(at, 3, 300) - 300_000
+
+
+async def test_a_repeated_start_by_the_same_worker_is_answered_again_and_no_one_else_gets_it(
+    start_service, redis
+):
+    from taskd.store import TaskStore
+
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("noop", {})
+    job_id = (await redis.hget(keys.task(task["task_id"]), "job_id")).decode()
+    store = TaskStore(redis, 3600)
+
+    first = await store.start(task["task_id"], job_id, "default", "worker-a", 1.0)
+    again = await store.start(task["task_id"], job_id, "default", "worker-a", 2.0)
+    other = await store.start(task["task_id"], job_id, "default", "worker-b", 3.0)
+
+    assert (first.attempt, again.attempt) == (1, 1)
+    assert other is None

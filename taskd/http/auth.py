@@ -6,12 +6,15 @@ import hmac
 
 from aiohttp import web
 
+from taskd import keys as redis_keys
 from taskd.http.context import API
-from taskd.model import ApiError
+from taskd.model import ApiError, TaskNotFound
 
 PROTECTED_PREFIX = "/api/v1/"
 QUERY_KEY = "api_key"
 _QUERY_KEY_ALLOWED = "_taskd_query_key_allowed"
+# The projects the request's key may use; None: every project.
+PROJECTS = web.RequestKey("taskd_projects", object)
 
 
 def query_key_allowed(handler: web.Handler) -> web.Handler:
@@ -35,6 +38,35 @@ async def auth_middleware(request: web.Request, handler: web.Handler) -> web.Str
     given = request.headers.get("X-API-Key", "")
     if not given and getattr(request.match_info.handler, _QUERY_KEY_ALLOWED, False):
         given = request.query.get(QUERY_KEY, "")
-    if request.path.startswith(PROTECTED_PREFIX) and not key_matches(given, request.app[API].api_keys):
+    if not request.path.startswith(PROTECTED_PREFIX):
+        return await handler(request)
+    api = request.app[API]
+    if not key_matches(given, api.api_keys):
         raise ApiError(401, "authentication_failed", "Invalid or missing API key")
+    request[PROJECTS] = projects = key_projects(given, api.key_projects)
+    task_id = request.match_info.get("task_id")
+    if projects is not None and task_id is not None:
+        # Another project's task does not exist for this key: 404, never 403, so ids leak nothing.
+        owner = await api.redis.hget(redis_keys.task(task_id), "project_id")
+        if owner is not None and owner.decode() not in projects:
+            raise TaskNotFound(task_id)
+    project_id = request.match_info.get("project_id")
+    if project_id is not None and not request.path.endswith("/tasks") and not may_use(request, project_id):
+        raise ApiError(404, "not_found", f"Project '{project_id}' not found")  # e.g. its event stream
     return await handler(request)
+
+
+def key_projects(given: str, scoped: dict[str, frozenset[str]]) -> frozenset[str] | None:
+    """The projects a (valid) key may use, or None for every project; compared in constant time."""
+    given_bytes = given.encode()
+    found: frozenset[str] | None = None
+    for key, projects in scoped.items():
+        if hmac.compare_digest(given_bytes, key.encode()):
+            found = projects
+    return found
+
+
+def may_use(request: web.Request, project_id: str) -> bool:
+    """True if the request's key may see and submit to `project_id`."""
+    projects = request.get(PROJECTS)
+    return projects is None or project_id in projects

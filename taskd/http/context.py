@@ -28,6 +28,8 @@ class Api:
     dispatcher: Dispatcher
     api_keys: list[str]
     gpu: GpuScheduler
+    # Keys limited to some projects (auth.keys): key -> the projects it may use.
+    key_projects: dict[str, frozenset[str]] = attrs.Factory(dict)
     started_at: float = attrs.Factory(time.monotonic)
 
     @property

@@ -15,7 +15,6 @@ from typing import Any
 from aiohttp import web
 
 from taskd import keys
-from taskd.gpu.nvml import read_devices
 from taskd.heartbeat import live_workers
 from taskd.http.context import API
 from taskd.http.responses import json_response
@@ -104,7 +103,8 @@ async def overview(request: web.Request) -> web.Response:
         for member, score in await api.redis.zrange(keys.WORKERS, 0, -1, withscores=True)
     }
     at = now()
-    devices = read_devices()
+    devices = api.gpu.inventory.read()
+    uses = {use.index: use for use in await api.gpu.usage()}
     return json_response(
         {
             "queues": await _queues(request, workers),
@@ -133,6 +133,8 @@ async def overview(request: web.Request) -> web.Response:
                         "utilization": device.utilization,
                         "memory_used": device.memory_used,
                         "memory_total": device.memory_total,
+                        "slots": api.config.gpu.slots,
+                        "holders": sorted(uses[device.index].holders) if device.index in uses else [],
                     }
                     for device in devices
                 ],

@@ -29,6 +29,7 @@ from taskd import keys
 from taskd.http.auth import query_key_allowed
 from taskd.http.context import API
 from taskd.model import TERMINAL, TaskRecord, TaskStatus, ValidationError
+from taskd.stopping import cancel_and_wait
 
 log = logging.getLogger("taskd.http.events")
 
@@ -176,10 +177,7 @@ class EventHub:
                 subscription.close()
         self._subscribers.clear()
         self._cursors.clear()
-        tasks = [task for task in (self._reader, *self._unblocks) if task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([task for task in (self._reader, *self._unblocks) if task is not None])
 
     def _wake(self) -> None:
         # A new stream must join the XREAD now, not when the current one times out.
@@ -302,7 +300,8 @@ async def _follow(
         if subscription.closed or writer.client_gone():
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(subscription.wakeup.wait(), _CHECK_SECONDS)
+            async with asyncio.timeout(_CHECK_SECONDS):
+                await subscription.wakeup.wait()
         events = subscription.take()
         if subscription.overflowed:
             subscription.overflowed = False

@@ -46,7 +46,8 @@ local new_tat = tat + interval
 if new_tat - now > window then
   return {0, 0, math.ceil(new_tat - window - now), math.ceil(tat - now)}
 end
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now))
+-- At a huge limit the interval is below a double's precision at `now`: new_tat == now, PX 0 is refused.
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
 return {1, math.floor((window - (new_tat - now)) / interval), 0, math.ceil(new_tat - now)}
 """
 

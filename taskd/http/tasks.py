@@ -6,13 +6,14 @@ import logging
 
 from aiohttp import web
 
+from taskd.http.auth import may_use
 from taskd.http.context import API
 from taskd.http.input_limits import check_body_shape
 from taskd.http.responses import json_response, read_json
 from taskd.http.views import status_view
 from taskd.jobs.submission import parse_submission
 from taskd.logs import bind_task
-from taskd.model import TaskStatus, iso
+from taskd.model import TaskStatus, ValidationError, iso
 from taskd.webhooks.guard import check_callback_url
 from taskd.webhooks.outbox import delivery_state
 
@@ -28,6 +29,10 @@ async def submit(request: web.Request) -> web.Response:
     body = await read_json(request)
     check_body_shape(body, api.config.limits)
     submission = parse_submission(body, api.registry)
+    if not may_use(request, submission.project_id):
+        raise ValidationError(
+            {"project_id": f"Project '{submission.project_id}' is not available to this API key"}
+        )
     if submission.callback_url:
         await check_callback_url(submission.callback_url, allow_private=api.config.webhooks.allow_private)
     accepted = await api.dispatcher.submit(submission)

@@ -74,6 +74,29 @@ async def sleep(ctx: TaskContext, data: SleepInput) -> dict[str, Any]:
 
 
 @attrs.frozen
+class RecordRunInput:
+    seconds: float = attrs.field(default=0.0, validator=between(0, 3600, "Seconds must be 0..3600"))
+
+
+def runs_path(data_dir: Path) -> Path:
+    """The file where `record_run` appends one line per run: `<event> <task id> <attempt> <pid>`."""
+    return Path(data_dir) / "diagnostics" / "runs"
+
+
+async def record_run(ctx: TaskContext, data: RecordRunInput) -> dict[str, Any]:
+    """Append `start`, wait `seconds`, append `end` to the runs file: what fault tests count runs with."""
+    path = runs_path(ctx.config.data_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n"
+    with path.open("a") as runs:  # one short O_APPEND write per line: lines never interleave
+        runs.write("start " + line)
+    await asyncio.sleep(data.seconds)
+    with path.open("a") as runs:
+        runs.write("end " + line)
+    return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@attrs.frozen
 class FailInput:
     message: str = "diagnostic failure"
     transient: bool = False
@@ -204,6 +227,7 @@ def cuda_matmul(ctx: ProcessContext, data: CudaMatmulInput) -> dict[str, Any]:
 TASKS = [
     TaskType("noop", NoopInput, queue="default", expected_duration=0.01, handler=noop),
     TaskType("sleep", SleepInput, queue="default", expected_duration=1.0, handler=sleep),
+    TaskType("record_run", RecordRunInput, queue="default", expected_duration=0.1, handler=record_run),
     TaskType("fail", FailInput, queue="default", expected_duration=0.01, handler=fail),
     TaskType("cpu", CpuInput, queue="cpu_intensive", expected_duration=1.0, handler=cpu),
     TaskType("allocate", AllocateInput, queue="cpu_intensive", expected_duration=1.0, handler=allocate),

@@ -13,12 +13,14 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import attrs
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import keys
 from taskd.backoff import exponential_delay
@@ -30,11 +32,32 @@ from taskd.jobs.runners import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.jobs.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 from taskd.logs import bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
-from taskd.store import TaskStore
+from taskd.store import CorruptRecord, TaskStore
 
 log = logging.getLogger("taskd.jobs")
 
 ArqJob = Callable[[dict[str, Any], str], Awaitable[None]]
+# Retrying the write of a task's outcome while Redis is unreachable (issue 9, tests/faults/).
+STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.25, 5.0
+T = TypeVar("T")
+
+
+async def _until_stored(what: str, write: Callable[[], Awaitable[T]]) -> T:
+    """Run a Redis write of a task's start or outcome, retrying while Redis is unreachable.
+
+    Without this a task running during a Redis outage was lost: its outcome write failed, and
+    once Redis was back the worker's heartbeat (beating again) kept the task `processing` for ever.
+    The scripts refuse a second write (and a repeated start by the same worker only reads), so a
+    retry after a lost reply changes nothing.
+    """
+    delay = STORE_RETRY_FIRST
+    while True:
+        try:
+            return await write()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("recording %s failed (%s); retrying in %.2f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_RETRY_MAX)
 
 
 @attrs.frozen
@@ -157,7 +180,13 @@ class Executor:
 
     async def run(self, queue: str, task_id: str, job_id: str) -> None:
         """Run a task to its end; a job that may not run it (ended, cancelled, stale, running) is skipped."""
-        record = await self.store.start(task_id, job_id, queue, self.worker_id, now())
+        try:
+            record = await _until_stored(
+                f"start of task {task_id}",
+                partial(self.store.start, task_id, job_id, queue, self.worker_id, now()),
+            )
+        except CorruptRecord:  # logged by the store; running it would only fail again (issue 9)
+            return
         if record is None:
             log.debug("job %s of task %s skipped: the task is not waiting for it", job_id, task_id)
             return
@@ -356,8 +385,16 @@ class Executor:
             except TypeError as exc:
                 outcome = Outcome("failed", error=f"Task returned a result that is not JSON: {exc}")
             else:
-                if await self.store.finish(
-                    record, self.worker_id, TaskStatus.COMPLETED, at, result=outcome.result
+                if await _until_stored(
+                    f"task {record.task_id} completed",
+                    partial(
+                        self.store.finish,
+                        record,
+                        self.worker_id,
+                        TaskStatus.COMPLETED,
+                        at,
+                        result=outcome.result,
+                    ),
                 ):
                     log.info("task %s completed in %.3f s", record.task_id, at - (record.started_at or at))
                 else:
@@ -368,13 +405,17 @@ class Executor:
                 return
         if outcome.kind == "failed":
             log.warning("task %s failed: %s", record.task_id, outcome.error)
-            await self.store.finish(
-                record,
-                self.worker_id,
-                TaskStatus.FAILED,
-                at,
-                error=outcome.error,
-                traceback=outcome.traceback,
+            await _until_stored(
+                f"task {record.task_id} failed",
+                partial(
+                    self.store.finish,
+                    record,
+                    self.worker_id,
+                    TaskStatus.FAILED,
+                    at,
+                    error=outcome.error,
+                    traceback=outcome.traceback,
+                ),
             )
         elif outcome.kind == "retry":
             delay = exponential_delay(record.attempt, self.config.retry.base_delay)
@@ -385,12 +426,25 @@ class Executor:
                 outcome.error,
                 delay,
             )
-            await self.store.requeue(
-                record, self.worker_id, at, int((at + delay) * 1000), retry_error=outcome.error
+            await _until_stored(
+                f"task {record.task_id} retry",
+                partial(
+                    self.store.requeue,
+                    record,
+                    self.worker_id,
+                    at,
+                    int((at + delay) * 1000),
+                    retry_error=outcome.error,
+                ),
             )
         elif outcome.kind == "handed_back":
             log.info("task %s handed back to its queue", record.task_id)
-            await self.store.requeue(record, self.worker_id, at, self.queue.score(at, record.priority))
+            await _until_stored(
+                f"task {record.task_id} handed back",
+                partial(
+                    self.store.requeue, record, self.worker_id, at, self.queue.score(at, record.priority)
+                ),
+            )
         elif outcome.kind == "cancelled":
             log.info("task %s stopped: cancelled", record.task_id)
 

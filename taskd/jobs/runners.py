@@ -97,7 +97,8 @@ class Runner:
         )
         runner = cls(proc, device)
         runner._send({"op": "init", "config": cattrs.unstructure(config)})
-        ready = await asyncio.wait_for(runner._frames.get(), START_TIMEOUT)
+        async with asyncio.timeout(START_TIMEOUT):
+            ready = await runner._frames.get()
         if ready is None or ready.get("op") != "ready":
             await runner.kill()
             raise RuntimeError("job process failed to start")
@@ -145,7 +146,8 @@ class Runner:
     async def wait_exit(self, timeout: float) -> None:
         """Wait for the process to exit (bounded), then stop watching it."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.proc.wait()
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         if not self.alive:
@@ -183,7 +185,8 @@ class Runner:
                 await self.kill()
                 return ProcessOutcome("memory", peak_rss=peak)
             try:
-                frame = await asyncio.wait_for(self._frames.get(), MEMORY_CHECK_INTERVAL)
+                async with asyncio.timeout(MEMORY_CHECK_INTERVAL):
+                    frame = await self._frames.get()
             except TimeoutError:
                 continue
             if frame is None:

@@ -20,6 +20,7 @@ from taskd import keys
 from taskd.config import WebhooksConfig
 from taskd.logs import bind_task
 from taskd.model import TaskNotFound, TaskRecord
+from taskd.stopping import cancel_and_wait
 from taskd.store import TaskStore
 from taskd.webhooks.guard import ForbiddenAddress, GuardedResolver, check_literal_host
 from taskd.webhooks.outbox import Attempt, Claim, Outbox, now_ms
@@ -46,8 +47,12 @@ def _refusal(exc: BaseException) -> ForbiddenAddress | None:
 class WebhookSender:
     """Delivers due webhooks until cancelled; a slow receiver holds only its own delivery."""
 
-    def __init__(self, redis: Redis, store: TaskStore, config: WebhooksConfig, ttl: int) -> None:
+    def __init__(
+        self, redis: Redis, store: TaskStore, config: WebhooksConfig, ttl: int, listener: Redis | None = None
+    ) -> None:
         self.redis = redis
+        # Pub/sub may wait for ever: it wants a client without a read timeout.
+        self.listener = listener or redis
         self.store = store
         self.config = config
         self.outbox = Outbox(redis, ttl)
@@ -84,8 +89,8 @@ class WebhookSender:
                         log.warning("webhook sender lost Redis (%s); retrying", exc)
                         await asyncio.sleep(1.0)
         finally:
-            listener.cancel()
             await self._hand_back()
+            await cancel_and_wait([listener])
 
     async def _step(self) -> None:
         free = self.config.max_concurrency - len(self._inflight)
@@ -103,12 +108,13 @@ class WebhookSender:
             return
         wait = POLL_INTERVAL if first_due is None else min(POLL_INTERVAL, max(0.0, (first_due - at) / 1000))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), wait)
+            async with asyncio.timeout(wait):
+                await self._wake.wait()
 
     async def _listen(self) -> None:
         while True:
             try:
-                async with self.redis.pubsub() as pubsub:
+                async with self.listener.pubsub() as pubsub:
                     await pubsub.subscribe(keys.WEBHOOKS_WAKE)
                     async for message in pubsub.listen():
                         if message["type"] == "message":
