@@ -124,9 +124,9 @@ local function enqueue(task_key, task_id, queue, score, now_ms)
   local job_id = task_id .. '.' .. n
   redis.call('HSET', task_key, 'job_id', job_id)
   local job = '{"t":null,"f":"run_task","a":["' .. task_id .. '"],"k":{},"et":' .. now_ms .. '}'
-  redis.call('SET', 'arq:job:' .. job_id, job, 'PX', 86400000 + math.max(0, score - now_ms))
-  redis.call('ZADD', 'taskd:queue:' .. queue, score, job_id)
-  redis.call('PUBLISH', 'taskd:wake', queue)
+  redis.call('SET', '@JOB_PREFIX@' .. job_id, job, 'PX', 86400000 + math.max(0, score - now_ms))
+  redis.call('ZADD', '@QUEUE_PREFIX@' .. queue, score, job_id)
+  redis.call('PUBLISH', '@WAKE@', queue)
   return job_id
 end
 """
@@ -170,6 +170,18 @@ return {'ok', redis.call('ZRANK', KEYS[4], ARGV[5]) or -1, redis.call('ZCARD', K
 """
 )
 
+# Removes the task's current arq job (definition, lock, queue entry) in the script that ends or
+# requeues the task, so the worker need not drop it in a round trip of its own.
+_DROP_JOB_LUA = """
+local function drop_job(task_key, queue_key)
+  local job_id = redis.call('HGET', task_key, 'job_id')
+  if job_id then
+    redis.call('DEL', '@JOB_PREFIX@' .. job_id, '@IN_PROGRESS_PREFIX@' .. job_id)
+    redis.call('ZREM', queue_key, job_id)
+  end
+end
+"""
+
 # KEYS: task, running zset. ARGV: now, worker id, task id, job id.
 # A processing task is never started again here, whatever arq thinks: only the reclaimer
 # (which knows its worker is dead) puts it back on a queue, under a new job id.
@@ -206,16 +218,18 @@ return 1
 """
 )
 
-# KEYS: task, running zset, metrics, webhook outbox.
+# KEYS: task, running zset, metrics, webhook outbox, the queue's sorted set.
 # ARGV: worker id, counter, task type, duration, ttl, task id, now ms, then field/value pairs.
 # A task with a callback_url gets its webhook due in the same script that records its end.
 _FINISH = (
     _EMIT_LUA
+    + _DROP_JOB_LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1] then
   return status or false
 end
+drop_job(KEYS[1], KEYS[5])
 for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', KEYS[2], ARGV[6])
 redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[6])
@@ -247,6 +261,7 @@ return 'ok'
 _REQUEUE = (
     _EMIT_LUA
     + _ENQUEUE_LUA
+    + _DROP_JOB_LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1] then
@@ -260,6 +275,7 @@ if ARGV[7] == '1' then
   redis.call('HINCRBY', KEYS[3], 'retried:' .. redis.call('HGET', KEYS[1], 'task_type'), 1)
   redis.call('HSET', KEYS[1], 'last_error', ARGV[8], 'next_retry_at', tonumber(ARGV[6]) / 1000)
 end
+drop_job(KEYS[1], '@QUEUE_PREFIX@' .. ARGV[5])
 enqueue(KEYS[1], ARGV[2], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[4]))
 emit(KEYS[1], 'status')
 return 'ok'
@@ -311,6 +327,7 @@ return 'requeued'
 # ARGV: now, ttl, task id, now ms.
 _CANCEL = (
     _EMIT_LUA
+    + _DROP_JOB_LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
@@ -321,11 +338,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'previous_state', status, 'ca
            'updated_at', ARGV[1], 'completed_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'worker_id', 'next_retry_at')
 redis.call('ZREM', KEYS[2], ARGV[3])
-local job_id = redis.call('HGET', KEYS[1], 'job_id')
-if job_id then
-  redis.call('ZREM', KEYS[5], job_id)
-  redis.call('DEL', 'arq:job:' .. job_id)
-end
+drop_job(KEYS[1], KEYS[5])
 redis.call('HINCRBY', KEYS[3], 'cancelled_tasks', 1)
 redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[3])
 redis.call('HINCRBY', KEYS[3], 'cancelled:' .. redis.call('HGET', KEYS[1], 'task_type'), 1)
@@ -347,6 +360,9 @@ def _with_constants(script: str) -> str:
         "@WAKE@": keys.WAKE_CHANNEL,
         "@TASK_PREFIX@": keys.task(""),
         "@ACTIVE_PREFIX@": keys.project_active(""),
+        "@JOB_PREFIX@": keys.ARQ_JOB_PREFIX,
+        "@IN_PROGRESS_PREFIX@": keys.ARQ_IN_PROGRESS_PREFIX,
+        "@QUEUE_PREFIX@": keys.queue(""),
         "@DURATION_BUCKETS@": ", ".join(str(le) for le in keys.DURATION_BUCKETS),
     }
     for token, value in replacements.items():
@@ -412,10 +428,10 @@ class TaskStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
         self._submit = redis.register_script(_with_constants(_SUBMIT))
-        self._start = redis.register_script(_START)
-        self._progress = redis.register_script(_PROGRESS)
+        self._start = redis.register_script(_with_constants(_START))
+        self._progress = redis.register_script(_with_constants(_PROGRESS))
         self._finish = redis.register_script(_with_constants(_FINISH))
-        self._requeue = redis.register_script(_REQUEUE)
+        self._requeue = redis.register_script(_with_constants(_REQUEUE))
         self._reclaim = redis.register_script(_with_constants(_RECLAIM))
         self._cancel = redis.register_script(_with_constants(_CANCEL))
 
@@ -533,7 +549,8 @@ class TaskStore:
     async def finish(
         self, record: TaskRecord, worker_id: str, status: TaskStatus, at: float, **fields: Any
     ) -> bool:
-        """End a processing task as completed or failed; False if it was cancelled or taken over meanwhile."""
+        """End a processing task as completed or failed, dropping its arq job; False if it was cancelled
+        or taken over meanwhile."""
         processing_time = round(at - (record.started_at or at), 3)
         values: dict[str, Any] = {
             "status": status.value,
@@ -550,7 +567,13 @@ class TaskStore:
                 flat += [name, _encode_value(name, value)]
         counter = "completed_tasks" if status is TaskStatus.COMPLETED else "failed_tasks"
         outcome = await self._finish(
-            keys=[keys.task(record.task_id), keys.running(record.queue), keys.METRICS, keys.WEBHOOKS_DUE],
+            keys=[
+                keys.task(record.task_id),
+                keys.running(record.queue),
+                keys.METRICS,
+                keys.WEBHOOKS_DUE,
+                keys.queue(record.queue),
+            ],
             args=[
                 worker_id,
                 counter,

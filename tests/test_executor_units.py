@@ -111,3 +111,12 @@ async def test_a_repeated_start_by_the_same_worker_is_answered_again_and_no_one_
 
     assert (first.attempt, again.attempt) == (1, 1)
     assert other is None
+
+
+async def test_a_finished_task_leaves_no_arq_job_behind(taskd, redis):
+    task = await taskd.submit("noop", {})
+    await taskd.wait_terminal(task["task_id"])
+    job_id = (await redis.hget(keys.task(task["task_id"]), "job_id")).decode()
+
+    assert await redis.exists(keys.arq_job(job_id), keys.ARQ_IN_PROGRESS_PREFIX + job_id) == 0
+    assert await redis.zscore(keys.queue("default"), job_id) is None

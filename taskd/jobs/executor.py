@@ -36,7 +36,7 @@ from taskd.store import CorruptRecord, TaskStore
 
 log = logging.getLogger("taskd.jobs")
 
-ArqJob = Callable[[dict[str, Any], str], Awaitable[None]]
+ArqJob = Callable[[dict[str, Any], str], Awaitable[bool]]
 # Retrying the write of a task's outcome while Redis is unreachable (issue 9, tests/faults/).
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.25, 5.0
 T = TypeVar("T")
@@ -169,43 +169,44 @@ class Executor:
     def job_for(self, queue: str) -> ArqJob:
         """The arq job function for `queue`."""
 
-        async def run_task(ctx: dict[str, Any], task_id: str) -> None:
+        async def run_task(ctx: dict[str, Any], task_id: str) -> bool:
             try:
-                await self.run(queue, task_id, ctx["job_id"])
+                return await self.run(queue, task_id, ctx["job_id"])
             finally:
                 if self.on_job_done is not None:
                     self.on_job_done(queue)
 
         return run_task
 
-    async def run(self, queue: str, task_id: str, job_id: str) -> None:
-        """Run a task to its end; a job that may not run it (ended, cancelled, stale, running) is skipped."""
+    async def run(self, queue: str, task_id: str, job_id: str) -> bool:
+        """Run a task to its end; a job that may not run it (ended, cancelled, stale, running) is skipped.
+
+        Returns True when the store dropped the arq job with the write that ended the run.
+        """
         try:
             record = await _until_stored(
                 f"start of task {task_id}",
                 partial(self.store.start, task_id, job_id, queue, self.worker_id, now()),
             )
         except CorruptRecord:  # logged by the store; running it would only fail again (issue 9)
-            return
+            return False
         if record is None:
             log.debug("job %s of task %s skipped: the task is not waiting for it", job_id, task_id)
-            return
+            return False
         with bind_task(record):
-            await self._run(record, queue)
+            return await self._run(record, queue)
 
-    async def _run(self, record: TaskRecord, queue: str) -> None:
+    async def _run(self, record: TaskRecord, queue: str) -> bool:
         task_id = record.task_id
         task_type = self.registry.get(record.task_type)
         if task_type is None or task_type.handler is None:
-            await self._record(
+            return await self._record(
                 record, Outcome("failed", error=f"No handler is installed for task type '{record.task_type}'")
             )
-            return
         try:
             data = self.registry.parse_input(task_type, record.task_data)
         except ValidationError as exc:
-            await self._record(record, Outcome("failed", error=f"Invalid task data: {exc.details}"))
-            return
+            return await self._record(record, Outcome("failed", error=f"Invalid task data: {exc.details}"))
         running = _Running()
         self.running[task_id] = running
         lease: Lease | None = None
@@ -226,7 +227,7 @@ class Executor:
             self.running.pop(task_id, None)
             if lease is not None and self.gpu is not None:
                 await asyncio.shield(self.gpu.release(lease))
-        await self._record(record, outcome)
+        return await self._record(record, outcome)
 
     async def _gpu_lease(self, record: TaskRecord, task_type: TaskType, running: _Running) -> Lease | None:
         """Wait for the GPU slots the task needs (none on a host without GPUs); a cancel stops the wait."""
@@ -377,45 +378,29 @@ class Executor:
             return Outcome("retry", error=message, traceback=trace)
         return Outcome("failed", error=message, traceback=trace)
 
-    async def _record(self, record: TaskRecord, outcome: Outcome) -> None:
+    async def _record(self, record: TaskRecord, outcome: Outcome) -> bool:
+        """Write how the run ended; True when that write also dropped the task's arq job."""
         at = now()
         if outcome.kind == "completed":
             try:
                 orjson.dumps(outcome.result)
             except TypeError as exc:
                 outcome = Outcome("failed", error=f"Task returned a result that is not JSON: {exc}")
-            else:
-                if await _until_stored(
-                    f"task {record.task_id} completed",
-                    partial(
-                        self.store.finish,
-                        record,
-                        self.worker_id,
-                        TaskStatus.COMPLETED,
-                        at,
-                        result=outcome.result,
-                    ),
-                ):
-                    log.info("task %s completed in %.3f s", record.task_id, at - (record.started_at or at))
-                else:
-                    log.info(
-                        "task %s finished after it was cancelled or taken over; result dropped",
-                        record.task_id,
-                    )
-                return
-        if outcome.kind == "failed":
+        write: Callable[[], Awaitable[bool]] | None = None
+        if outcome.kind == "completed":
+            write = partial(
+                self.store.finish, record, self.worker_id, TaskStatus.COMPLETED, at, result=outcome.result
+            )
+        elif outcome.kind == "failed":
             log.warning("task %s failed: %s", record.task_id, outcome.error)
-            await _until_stored(
-                f"task {record.task_id} failed",
-                partial(
-                    self.store.finish,
-                    record,
-                    self.worker_id,
-                    TaskStatus.FAILED,
-                    at,
-                    error=outcome.error,
-                    traceback=outcome.traceback,
-                ),
+            write = partial(
+                self.store.finish,
+                record,
+                self.worker_id,
+                TaskStatus.FAILED,
+                at,
+                error=outcome.error,
+                traceback=outcome.traceback,
             )
         elif outcome.kind == "retry":
             delay = exponential_delay(record.attempt, self.config.retry.base_delay)
@@ -426,27 +411,24 @@ class Executor:
                 outcome.error,
                 delay,
             )
-            await _until_stored(
-                f"task {record.task_id} retry",
-                partial(
-                    self.store.requeue,
-                    record,
-                    self.worker_id,
-                    at,
-                    int((at + delay) * 1000),
-                    retry_error=outcome.error,
-                ),
-            )
+            score = int((at + delay) * 1000)
+            write = partial(self.store.requeue, record, self.worker_id, at, score, retry_error=outcome.error)
         elif outcome.kind == "handed_back":
             log.info("task %s handed back to its queue", record.task_id)
-            await _until_stored(
-                f"task {record.task_id} handed back",
-                partial(
-                    self.store.requeue, record, self.worker_id, at, self.queue.score(at, record.priority)
-                ),
-            )
-        elif outcome.kind == "cancelled":
+            score = self.queue.score(at, record.priority)
+            write = partial(self.store.requeue, record, self.worker_id, at, score)
+        else:
             log.info("task %s stopped: cancelled", record.task_id)
+            return False
+        written = await _until_stored(f"task {record.task_id} {outcome.kind}", write)
+        if outcome.kind == "completed":
+            if written:
+                log.info("task %s completed in %.3f s", record.task_id, at - (record.started_at or at))
+            else:
+                log.info(
+                    "task %s finished after it was cancelled or taken over; result dropped", record.task_id
+                )
+        return written
 
     async def _note_memory_recycle(self, record: TaskRecord, used_mb: int) -> None:
         at = now()

@@ -92,10 +92,11 @@ class TaskdWorker(Worker):
         per task, ~1,050 to ~1,400 tasks/s.
         """
         ctx = {**self.ctx, "job_id": job_id, "score": score}
+        dropped = False
         try:
             # arq's own job timeout: a safety net well after taskd's hard limit (ARQ_TIMEOUT_MARGIN).
             async with asyncio.timeout(self.job_timeout_s):
-                await self.functions[JOB_FUNCTION].coroutine(ctx, job_id.rsplit(".", 1)[0])
+                dropped = await self.functions[JOB_FUNCTION].coroutine(ctx, job_id.rsplit(".", 1)[0])
         except asyncio.CancelledError:
             # Shutdown: the executor has handed the task back under a new job id (arq, with
             # retry_jobs off, also drops a cancelled job and does not re-raise).
@@ -105,7 +106,10 @@ class TaskdWorker(Worker):
             self.jobs_failed += 1
         else:
             self.jobs_complete += 1
-        await asyncio.shield(self._drop_job(job_id))
+        if not dropped:
+            # The store drops the job in the script that ends the run; a skipped or failed run
+            # leaves it to the worker.
+            await asyncio.shield(self._drop_job(job_id))
 
     async def _drop_job(self, job_id: str) -> None:
         # What arq's finish_job does for a finished job that keeps no result, in one round trip.
