@@ -109,3 +109,8 @@ def project_events(project_id: str) -> str:
 def gpu_device(host: str, index: str) -> str:
     """Holders of one GPU of one host (`index` "" gives the prefix)."""
     return f"{PREFIX}gpu:{host}:{index}"
+
+
+def arq_in_progress(job: str) -> str:
+    """arq's lock on a running job (taskd stores the id of the worker holding it)."""
+    return f"{ARQ_IN_PROGRESS_PREFIX}{job}"

@@ -160,7 +160,6 @@ class Service:
             self.worker_id,
             runners,
             gpu,
-            on_job_done=self._wake,
         )
         devices = gpu.inventory.read()
         log.info(

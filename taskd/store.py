@@ -182,27 +182,37 @@ local function drop_job(task_key, queue_key)
 end
 """
 
-# KEYS: task, running zset. ARGV: now, worker id, task id, job id.
-# A processing task is never started again here, whatever arq thinks: only the reclaimer
+# KEYS: task, running zset, the job's arq lock, the queue's sorted set.
+# ARGV: now, worker id, task id, job id, now ms, lock ms.
+# Claims the arq job (arq's rule: unlocked, still queued, due) and starts its task, in one round
+# trip. A processing task is never started again here, whatever arq thinks: only the reclaimer
 # (which knows its worker is dead) puts it back on a queue, under a new job id.
 _START = (
     _EMIT_LUA
     + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'gone' end
-if redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[4] then return 'stale' end
--- The same worker asking again for the same job: its first call went through but the reply was lost.
-if status == 'processing' and redis.call('HGET', KEYS[1], 'worker_id') == ARGV[2] then
-  return redis.call('HGETALL', KEYS[1])
+local lock = redis.call('GET', KEYS[3])
+if lock and lock ~= ARGV[2] then return 'locked' end
+local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
+if not score or tonumber(score) > tonumber(ARGV[5]) then return 'not_due' end
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[6])
+local function started()
+  local reply = {score, 'started'}
+  for _, value in ipairs(redis.call('HGETALL', KEYS[1])) do reply[#reply + 1] = value end
+  return reply
 end
-if status ~= 'queued' then return status end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {score, 'gone'} end
+if redis.call('HGET', KEYS[1], 'job_id') ~= ARGV[4] then return {score, 'stale'} end
+-- The same worker asking again for the same job: its first call went through but the reply was lost.
+if status == 'processing' and redis.call('HGET', KEYS[1], 'worker_id') == ARGV[2] then return started() end
+if status ~= 'queued' then return {score, status} end
 redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1], 'updated_at', ARGV[1],
            'worker_id', ARGV[2], 'progress', '0.0')
 redis.call('HDEL', KEYS[1], 'current_step', 'next_retry_at')
 redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('ZADD', KEYS[2], math.floor(tonumber(ARGV[1]) * 1000), ARGV[3])
 emit(KEYS[1], 'status')
-return redis.call('HGETALL', KEYS[1])
+return started()
 """
 )
 
@@ -385,6 +395,15 @@ class QueuedJob:
 
 
 @attrs.frozen
+class Start:
+    """What a worker's claim of a job found: whether it holds the job, and the task it may run."""
+
+    claimed: bool
+    score: int = 0
+    record: TaskRecord | None = None
+
+
+@attrs.frozen
 class Admission:
     """Limits a submit must pass; 0 = unlimited."""
 
@@ -527,15 +546,26 @@ class TaskStore:
         return records
 
     async def start(
-        self, task_id: str, job_id: str, queue: str, worker_id: str, at: float
-    ) -> TaskRecord | None:
-        """Mark a queued task processing for `worker_id`; None if this job may not run it (ended, stale, running)."""
+        self, task_id: str, job_id: str, queue: str, worker_id: str, at: float, lock_ms: int
+    ) -> Start:
+        """Claim arq job `job_id` for `worker_id` and mark its task processing, in one script.
+
+        `claimed` is False when the job is another worker's or not due; a claimed job whose task
+        may not run (ended, cancelled, stale, running elsewhere) comes back without a record.
+        """
         reply = await self._start(
-            keys=[keys.task(task_id), keys.running(queue)], args=[repr(at), worker_id, task_id, job_id]
+            keys=[keys.task(task_id), keys.running(queue), keys.arq_in_progress(job_id), keys.queue(queue)],
+            args=[repr(at), worker_id, task_id, job_id, int(at * 1000), lock_ms],
         )
         if not isinstance(reply, list):
-            return None
-        return decode(dict(zip(reply[::2], reply[1::2], strict=True)))
+            return Start(claimed=False)
+        score = int(float(reply[0]))
+        if reply[1] != b"started":
+            return Start(claimed=True, score=score)
+        fields = reply[2:]
+        return Start(
+            claimed=True, score=score, record=decode(dict(zip(fields[::2], fields[1::2], strict=True)))
+        )
 
     async def progress(
         self, task_id: str, worker_id: str, progress: float, step: str | None, at: float

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import orjson
@@ -105,12 +106,27 @@ async def test_a_repeated_start_by_the_same_worker_is_answered_again_and_no_one_
     job_id = (await redis.hget(keys.task(task["task_id"]), "job_id")).decode()
     store = TaskStore(redis, 3600)
 
-    first = await store.start(task["task_id"], job_id, "default", "worker-a", 1.0)
-    again = await store.start(task["task_id"], job_id, "default", "worker-a", 2.0)
-    other = await store.start(task["task_id"], job_id, "default", "worker-b", 3.0)
+    at = time.time()
+    first = await store.start(task["task_id"], job_id, "default", "worker-a", at, 60_000)
+    again = await store.start(task["task_id"], job_id, "default", "worker-a", at + 1, 60_000)
+    other = await store.start(task["task_id"], job_id, "default", "worker-b", at + 2, 60_000)
 
-    assert (first.attempt, again.attempt) == (1, 1)
-    assert other is None
+    assert (first.record.attempt, again.record.attempt) == (1, 1)
+    assert not other.claimed
+
+
+async def test_a_claimed_job_whose_task_ended_comes_back_without_a_record(start_service, redis):
+    from taskd.store import TaskStore
+
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("noop", {})
+    job_id = (await redis.hget(keys.task(task["task_id"]), "job_id")).decode()
+    await redis.hset(keys.task(task["task_id"]), "status", "cancelled")
+
+    start = await TaskStore(redis, 3600).start(task["task_id"], job_id, "default", "w", time.time(), 60_000)
+
+    assert start.claimed
+    assert start.record is None
 
 
 async def test_a_finished_task_leaves_no_arq_job_behind(taskd, redis):

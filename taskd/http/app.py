@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from taskd.http import dashboard, events, health, media, openapi, projects, prom, ratelimit, tasks, webhooks
+from taskd.http import dashboard, events, health, media, openapi, projects, ratelimit, tasks, webhooks
 from taskd.http.auth import auth_middleware
 from taskd.http.context import API, Api
 from taskd.http.errors import error_middleware
 from taskd.http.ratelimit import rate_limit_middleware
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    # prometheus-client is loaded at the first scrape rather than by every taskd process at start.
+    from taskd.http import prom
+
+    return await prom.metrics(request)
 
 
 def create_app(api: Api) -> web.Application:
@@ -20,7 +27,7 @@ def create_app(api: Api) -> web.Application:
     app[API] = api
     ratelimit.install(app)
     openapi.add_routes(app)
-    prom.add_routes(app)
+    app.router.add_get("/metrics", _metrics)
     health.add_routes(app)
     tasks.add_routes(app)
     projects.add_routes(app)

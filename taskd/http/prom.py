@@ -220,10 +220,6 @@ def exposition(
     return encoder(registry), content_type
 
 
-routes = web.RouteTableDef()
-
-
-@routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics; no key unless `metrics.require_key` is set."""
     api = request.app[API]
@@ -237,8 +233,3 @@ async def metrics(request: web.Request) -> web.Response:
         snapshot = None
     body, content_type = exposition(snapshot, api.gpu.inventory.read(), request.headers.get("Accept", ""))
     return web.Response(body=body, headers={"Content-Type": content_type})
-
-
-def add_routes(app: web.Application) -> None:
-    """Register `/metrics`."""
-    app.router.add_routes(routes)

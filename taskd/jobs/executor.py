@@ -32,7 +32,7 @@ from taskd.jobs.runners import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.jobs.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 from taskd.logs import bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
-from taskd.store import CorruptRecord, TaskStore
+from taskd.store import CorruptRecord, Start, TaskStore
 
 log = logging.getLogger("taskd.jobs")
 
@@ -148,7 +148,6 @@ class Executor:
         worker_id: str,
         runners: RunnerPool,
         gpu: GpuScheduler | None = None,
-        on_job_done: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -159,42 +158,35 @@ class Executor:
         self.runners = runners
         self.gpu = gpu
         self.running: dict[str, _Running] = {}
-        self.on_job_done = on_job_done
 
     @property
     def max_attempts(self) -> int:
         """Runs a task gets before a transient error fails it: the first plus the retries."""
         return 1 + self.config.retry.max_retries
 
+    async def claim(self, queue: str, job_id: str, lock_ms: int) -> Start:
+        """Claim an arq job of `queue` for this worker and start its task (one round trip)."""
+        task_id = job_id.rsplit(".", 1)[0]
+        try:
+            return await _until_stored(
+                f"start of task {task_id}",
+                partial(self.store.start, task_id, job_id, queue, self.worker_id, now(), lock_ms),
+            )
+        except CorruptRecord:  # logged by the store; running it would only fail again (issue 9)
+            return Start(claimed=True)
+
     def job_for(self, queue: str) -> ArqJob:
-        """The arq job function for `queue`."""
-
-        async def run_task(ctx: dict[str, Any], task_id: str) -> bool:
-            try:
-                return await self.run(queue, task_id, ctx["job_id"])
-            finally:
-                if self.on_job_done is not None:
-                    self.on_job_done(queue)
-
-        return run_task
-
-    async def run(self, queue: str, task_id: str, job_id: str) -> bool:
-        """Run a task to its end; a job that may not run it (ended, cancelled, stale, running) is skipped.
+        """The arq job function for `queue`: runs the task its claim started (`ctx["record"]`).
 
         Returns True when the store dropped the arq job with the write that ended the run.
         """
-        try:
-            record = await _until_stored(
-                f"start of task {task_id}",
-                partial(self.store.start, task_id, job_id, queue, self.worker_id, now()),
-            )
-        except CorruptRecord:  # logged by the store; running it would only fail again (issue 9)
-            return False
-        if record is None:
-            log.debug("job %s of task %s skipped: the task is not waiting for it", job_id, task_id)
-            return False
-        with bind_task(record):
-            return await self._run(record, queue)
+
+        async def run_task(ctx: dict[str, Any], task_id: str) -> bool:
+            record: TaskRecord = ctx["record"]
+            with bind_task(record):
+                return await self._run(record, queue)
+
+        return run_task
 
     async def _run(self, record: TaskRecord, queue: str) -> bool:
         task_id = record.task_id

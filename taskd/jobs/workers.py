@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import orjson
 from arq.connections import ArqRedis
@@ -17,6 +18,9 @@ from taskd.jobs.executor import Executor
 from taskd.jobs.queue import JOB_FUNCTION
 from taskd.jobs.registry import Registry
 from taskd.stopping import cancel_and_wait
+from taskd.store import Start
+
+Claim = Callable[[str, int], Awaitable[Start]]
 
 log = logging.getLogger("taskd.jobs")
 
@@ -39,73 +43,65 @@ class _HandedBackJobs(logging.Filter):
 logging.getLogger("arq.worker").addFilter(_HandedBackJobs())
 
 
-# arq's claim of a job (lock it unless it is locked, gone or not yet due), in one round trip
-# instead of arq's WATCH/EXISTS/ZSCORE/MULTI.
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
-return score
-"""
-
-
 class TaskdWorker(Worker):
     """arq's worker, woken by an event instead of sleeping a full poll delay between polls."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: object, claim: Claim, running: Callable[[str], bool], **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.wake = asyncio.Event()
         self.stopping = False
-        self._claim = self.pool.register_script(_CLAIM)
+        self._claim = claim
+        self._running = running
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Start each job this worker can claim, while it has free slots (arq's rules, one round trip each)."""
+        """Claim and start each job while this worker has free slots (arq's rules; one round trip each,
+        which also marks the task processing)."""
         for raw in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
                 self.sem.release()
                 return
-            self.job_counter += 1
             job_id = raw.decode()
-            score = await self._claim(
-                keys=[keys.ARQ_IN_PROGRESS_PREFIX + job_id, self.queue_name],
-                args=[job_id, int(time.time() * 1000), int(self.in_progress_timeout_s * 1000)],
-            )
-            if score is None:
+            if job_id in self.tasks or self._running(job_id.rsplit(".", 1)[0]):
+                # Already running here: arq lists a job until it is dropped, and a claim by the
+                # same worker counts as a retry of a lost reply, so it must not be asked again.
+                self.sem.release()
+                continue
+            self.job_counter += 1
+            start = await self._claim(job_id, int(self.in_progress_timeout_s * 1000))
+            if not start.claimed:
                 self.job_counter -= 1
                 self.sem.release()
                 continue
-            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task = self.loop.create_task(self.run_job(job_id, start))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
-    async def run_job(self, job_id: str, score: int) -> None:
-        """Run the task a claimed job names, then drop the job: arq's run_job minus what taskd never uses.
+    async def run_job(self, job_id: str, start: Start) -> None:  # type: ignore[override]
+        """Run the task a claim started, then make sure the job is gone: arq's run_job minus what taskd
+        never uses.
 
-        A job id is `<task id>.<n>` and taskd's one job function takes the task id, so the payload
-        need not be read; arq's retry counter, result key and abort set are unused (the record
-        holds attempts and results; the executor decides retries and hand-backs). That saves arq's
-        first MULTI (GET job, INCR/EXPIRE retry key) and most of its per-job Python (payload and
-        result serialising, log formatting). Measured with py-spy and bench/compare.py on a 2-core
-        box (issue #10): a worker draining 5000 queued noop tasks went from ~840 to ~600 µs of CPU
-        per task, ~1,050 to ~1,400 tasks/s.
+        A job id is `<task id>.<n>` and the claim already started the task, so the payload need
+        not be read; arq's retry counter, result key and abort set are unused (the record holds
+        attempts and results; the executor decides retries and hand-backs). Measured with py-spy
+        and bench/compare.py on a 2-core box: a worker draining 5000 queued noop tasks went from
+        ~840 to ~600 µs of CPU per task with this, before the claim and the start became one script.
         """
-        ctx = {**self.ctx, "job_id": job_id, "score": score}
         dropped = False
-        try:
-            # arq's own job timeout: a safety net well after taskd's hard limit (ARQ_TIMEOUT_MARGIN).
-            async with asyncio.timeout(self.job_timeout_s):
-                dropped = await self.functions[JOB_FUNCTION].coroutine(ctx, job_id.rsplit(".", 1)[0])
-        except asyncio.CancelledError:
-            # Shutdown: the executor has handed the task back under a new job id (arq, with
-            # retry_jobs off, also drops a cancelled job and does not re-raise).
-            self.jobs_failed += 1
-        except Exception:
-            log.exception("job %s failed", job_id)
-            self.jobs_failed += 1
-        else:
-            self.jobs_complete += 1
+        if start.record is not None:
+            ctx = {**self.ctx, "job_id": job_id, "score": start.score, "record": start.record}
+            try:
+                # arq's own job timeout: a safety net well after taskd's hard limit (ARQ_TIMEOUT_MARGIN).
+                async with asyncio.timeout(self.job_timeout_s):
+                    dropped = await self.functions[JOB_FUNCTION].coroutine(ctx, start.record.task_id)
+            except asyncio.CancelledError:
+                # Shutdown: the executor has handed the task back under a new job id.
+                self.jobs_failed += 1
+            except Exception:
+                log.exception("job %s failed", job_id)
+                self.jobs_failed += 1
+            else:
+                self.jobs_complete += 1
         if not dropped:
             # The store drops the job in the script that ends the run; a skipped or failed run
             # leaves it to the worker.
@@ -157,6 +153,8 @@ class WorkerPool:
 
     def _make_worker(self, queue: str) -> TaskdWorker:
         return TaskdWorker(
+            claim=partial(self.executor.claim, queue),
+            running=self.executor.running.__contains__,
             functions=[func(self.executor.job_for(queue), name=JOB_FUNCTION)],
             queue_name=keys.queue(queue),
             redis_pool=self.redis,

