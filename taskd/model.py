@@ -81,12 +81,6 @@ class TaskRecord:
         """True once the task can change no more."""
         return self.status in TERMINAL
 
-    def running_for(self, at: float) -> float:
-        """Seconds the task has been processing at `at`; 0 unless it is processing."""
-        if self.status is not TaskStatus.PROCESSING or self.started_at is None:
-            return 0.0
-        return max(0.0, at - self.started_at)
-
 
 class ApiError(Exception):
     """An error with the documented body; raised where the cause is known, rendered by the HTTP layer."""
