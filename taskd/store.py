@@ -182,6 +182,24 @@ local function drop_job(task_key, queue_key)
 end
 """
 
+# What every end of a task (completed, failed, cancelled) also does: count it, free its place in
+# the project's concurrency, queue its webhook (waking the senders), keep the record a day, emit.
+_ENDED_LUA = """
+local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl)
+  redis.call('HINCRBY', metrics_key, counter, 1)
+  if per_type then
+    redis.call('HINCRBY', metrics_key, per_type .. ':' .. redis.call('HGET', task_key, 'task_type'), 1)
+  end
+  redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', task_key, 'project_id'), task_id)
+  if redis.call('HEXISTS', task_key, 'callback_url') == 1 then
+    redis.call('ZADD', outbox_key, now_ms, task_id)
+    redis.call('PUBLISH', '@WEBHOOKS_WAKE@', task_id)
+  end
+  redis.call('EXPIRE', task_key, ttl)
+  emit(task_key, 'status')
+end
+"""
+
 # KEYS: task, running zset, the job's arq lock, the queue's sorted set.
 # ARGV: now, worker id, task id, job id, now ms, lock ms.
 # Claims the arq job (arq's rule: unlocked, still queued, due) and starts its task, in one round
@@ -234,6 +252,7 @@ return 1
 _FINISH = (
     _EMIT_LUA
     + _DROP_JOB_LUA
+    + _ENDED_LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1] then
@@ -242,8 +261,6 @@ end
 drop_job(KEYS[1], KEYS[5])
 for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', KEYS[2], ARGV[6])
-redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[6])
-redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 if ARGV[2] == 'completed_tasks' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'duration_sum:' .. ARGV[3], ARGV[4])
   redis.call('HINCRBY', KEYS[3], 'duration_count:' .. ARGV[3], 1)
@@ -251,15 +268,10 @@ if ARGV[2] == 'completed_tasks' then
   for _, le in ipairs({@DURATION_BUCKETS@}) do
     if d <= le then redis.call('HINCRBY', KEYS[3], 'duration_bucket:' .. ARGV[3] .. ':' .. le, 1) end
   end
+  ended(KEYS[1], KEYS[3], KEYS[4], 'completed_tasks', nil, ARGV[6], ARGV[7], ARGV[5])
 else
-  redis.call('HINCRBY', KEYS[3], 'failed:' .. ARGV[3], 1)
+  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[6], ARGV[7], ARGV[5])
 end
-if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
-  redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6])
-  redis.call('PUBLISH', '@WEBHOOKS_WAKE@', ARGV[6])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-emit(KEYS[1], 'status')
 return 'ok'
 """
 )
@@ -299,6 +311,7 @@ return 'ok'
 _RECLAIM = (
     _EMIT_LUA
     + _ENQUEUE_LUA
+    + _ENDED_LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'processing' then
@@ -314,15 +327,7 @@ local reason = 'worker ' .. owner .. ' died while running the task'
 if deaths >= tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', ARGV[2], 'completed_at', ARGV[2],
              'error', 'Task failed: its worker died ' .. deaths .. ' times while running it (last: ' .. reason .. ')')
-  redis.call('HINCRBY', KEYS[3], 'failed_tasks', 1)
-  redis.call('HINCRBY', KEYS[3], 'failed:' .. redis.call('HGET', KEYS[1], 'task_type'), 1)
-  redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[1])
-  if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
-    redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-    redis.call('PUBLISH', '@WEBHOOKS_WAKE@', ARGV[1])
-  end
-  redis.call('EXPIRE', KEYS[1], ARGV[7])
-  emit(KEYS[1], 'status')
+  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[1], ARGV[3], ARGV[7])
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[2], 'progress', '0.0', 'last_error', reason)
@@ -338,6 +343,7 @@ return 'requeued'
 _CANCEL = (
     _EMIT_LUA
     + _DROP_JOB_LUA
+    + _ENDED_LUA
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
@@ -349,15 +355,7 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'previous_state', status, 'ca
 redis.call('HDEL', KEYS[1], 'worker_id', 'next_retry_at')
 redis.call('ZREM', KEYS[2], ARGV[3])
 drop_job(KEYS[1], KEYS[5])
-redis.call('HINCRBY', KEYS[3], 'cancelled_tasks', 1)
-redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[3])
-redis.call('HINCRBY', KEYS[3], 'cancelled:' .. redis.call('HGET', KEYS[1], 'task_type'), 1)
-if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
-  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
-  redis.call('PUBLISH', '@WEBHOOKS_WAKE@', ARGV[3])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-emit(KEYS[1], 'status')
+ended(KEYS[1], KEYS[3], KEYS[4], 'cancelled_tasks', 'cancelled', ARGV[3], ARGV[4], ARGV[2])
 return {'cancelled_now', status, ARGV[1]}
 """
 )
