@@ -15,6 +15,8 @@ DURATION_WARNING, DURATION_CRITICAL = 8 * 60.0, 9.5 * 60.0
 # With the default 2 GB limit these are the document's 1.5 GB and 1.9 GB.
 MEMORY_WARNING_SHARE, MEMORY_CRITICAL_SHARE = 0.75, 0.95
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
+# Redis (maxmemory, noeviction): writes, and so submits, fail once it is full.
+REDIS_MEMORY_WARNING_SHARE, REDIS_MEMORY_CRITICAL_SHARE = 0.80, 0.95
 
 SEVERITY_ORDER = {"healthy": 0, "warning": 1, "critical": 2}
 
@@ -112,6 +114,23 @@ def queue_alerts(
         *_memory(workers, memory_limit),
         *_recycles(memory_events),
     ]
+
+
+def redis_memory_alerts(used: int, maxmemory: int) -> list[Alert]:
+    """A warning from 80 % of Redis's maxmemory, critical from 95 %; none without a maxmemory."""
+    if maxmemory <= 0:
+        return []
+    share = used / maxmemory
+    if share < REDIS_MEMORY_WARNING_SHARE:
+        return []
+    severity = "critical" if share >= REDIS_MEMORY_CRITICAL_SHARE else "warning"
+    percent = round(share * 100, 1)
+    message = (
+        f"Redis memory at {percent}% of maxmemory ({used / 1024**2:.1f} of {maxmemory / 1024**2:.1f} MB); "
+        "when it is full new tasks are refused"
+    )
+    extra = {"used_memory": used, "maxmemory": maxmemory}
+    return [Alert(severity, message, "redis_memory", percent, extra)]
 
 
 def overall_status(alerts: Iterable[Alert]) -> str:

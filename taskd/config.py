@@ -33,18 +33,44 @@ class HttpConfig:
     )
 
 
+def _webhook_secret(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    # Standard Webhooks secrets are "whsec_" + base64 of the key bytes; "" means none.
+    if not value:
+        return
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        key = b""
+    if not value.startswith("whsec_") or len(key) < 16:
+        raise ValueError(
+            f"'{attribute.name}' must be whsec_ followed by the base64 of at least 16 random bytes"
+        )
+
+
+def _previous_webhook_secret(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    _webhook_secret(instance, attribute, value)
+    if value and not instance.webhook_secret:
+        raise ValueError(f"'{attribute.name}' is for rotation: it needs a 'webhook_secret' too")
+
+
 @attrs.frozen
 class ScopedKey:
-    """An API key that may use only the listed projects (empty list: every project)."""
+    """An API key that may use only the listed projects (empty list: every project).
+
+    With `webhook_secret`, the webhooks of its tasks are signed with that secret (and
+    `previous_webhook_secret` during a rotation) instead of `webhooks.secret`.
+    """
 
     key: str = attrs.field(validator=attrs.validators.min_len(1))
     projects: list[str] = attrs.Factory(list)
+    webhook_secret: str = attrs.field(default="", validator=_webhook_secret)
+    previous_webhook_secret: str = attrs.field(default="", validator=_previous_webhook_secret)
 
 
 @attrs.frozen
 class AuthConfig:
     api_keys: list[str] = attrs.Factory(list)
-    # [{key = "…", projects = ["p1", "p2"]}]; env TASKD_AUTH__KEYS as JSON.
+    # [{key = "…", projects = ["p1", "p2"], webhook_secret = "whsec_…"}]; env TASKD_AUTH__KEYS as JSON.
     keys: list[ScopedKey] = attrs.Factory(list)
 
 
@@ -117,25 +143,16 @@ class MediaConfig:
 @attrs.frozen
 class WebhooksConfig:
     allow_private: bool = False
-    secret: str = attrs.field(default="", validator=lambda _, __, value: _check_webhook_secret(value))
+    # Empty: taskd makes one on first start and keeps it in <data_dir>/webhook_secret.
+    secret: str = attrs.field(default="", validator=_webhook_secret)
+    # The secret before `secret` during a rotation: both sign every webhook until it is removed.
+    previous_secret: str = attrs.field(default="", validator=_webhook_secret)
     timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     extra_delays: list[float] = attrs.field(
         factory=list, validator=attrs.validators.deep_iterable(attrs.validators.ge(0))
     )
     proxy: str = ""
     max_concurrency: int = attrs.field(default=64, validator=attrs.validators.ge(1))
-
-
-def _check_webhook_secret(value: str) -> None:
-    # Standard Webhooks secrets are "whsec_" + base64 of the key bytes.
-    if not value:
-        return
-    try:
-        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-    except ValueError:
-        key = b""
-    if not value.startswith("whsec_") or len(key) < 16:
-        raise ValueError("'secret' must be whsec_ followed by the base64 of at least 16 random bytes")
 
 
 @attrs.frozen

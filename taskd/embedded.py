@@ -44,6 +44,7 @@ STOP_TIMEOUT_S = 10.0
 STALE_STOP_TIMEOUT_S = 5.0
 BIND_ATTEMPTS = 3
 _POLL_S = 0.05
+DEFAULT_MAXMEMORY = "1gb"
 _LOG_TAIL_CHARS = 2000
 _PR_SET_PDEATHSIG = 1
 
@@ -82,12 +83,18 @@ class EmbeddedValkey:
     """A Valkey server run as a child process, persisting to `<data_dir>/valkey`."""
 
     def __init__(
-        self, data_dir: Path, *, die_with_parent: bool = True, appendfsync: str = "everysec"
+        self,
+        data_dir: Path,
+        *,
+        die_with_parent: bool = True,
+        appendfsync: str = "everysec",
+        maxmemory: str = DEFAULT_MAXMEMORY,
     ) -> None:
         # die_with_parent=False is for tests that need a server outliving its owner.
         self.dir: Path = Path(data_dir).resolve() / SUBDIR
         # everysec: a machine crash loses up to ~1 s of writes; always: nothing acknowledged.
         self.appendfsync = appendfsync
+        self.maxmemory = maxmemory
         self._die_with_parent = die_with_parent
         self._proc: asyncio.subprocess.Process | None = None
         self._url: str | None = None
@@ -177,7 +184,7 @@ class EmbeddedValkey:
 
     async def _spawn_and_wait(self, port: int, password: str) -> asyncio.subprocess.Process:
         conf = self.dir / CONFFILE
-        _write_private(conf, _config_text(self.dir, port, password, self.appendfsync))
+        _write_private(conf, _config_text(self.dir, port, password, self.appendfsync, self.maxmemory))
         with open(self.log_path, "ab") as log_file:
             log_offset = log_file.tell()
             # The log file, not a pipe: nobody would read a pipe, and a full one blocks the server.
@@ -209,7 +216,13 @@ class EmbeddedValkey:
         raise RuntimeError(f"embedded valkey {what} during start-up; {self.log_path} ends:\n{tail}")
 
 
-def _config_text(valkey_dir: Path, port: int, password: str, appendfsync: str = "everysec") -> str:
+def _config_text(
+    valkey_dir: Path,
+    port: int,
+    password: str,
+    appendfsync: str = "everysec",
+    maxmemory: str = DEFAULT_MAXMEMORY,
+) -> str:
     lines = [
         "# Written by taskd on every start; edits are overwritten.",
         f"bind {HOST}",
@@ -224,6 +237,10 @@ def _config_text(valkey_dir: Path, port: int, password: str, appendfsync: str = 
         # The AOF is the persistence; RDB snapshots would only add a second copy.
         'save ""',
         f"requirepass {password}",
+        # Bounded memory; when it is full, writes fail (the API answers 503) rather than Valkey
+        # silently evicting task records, queues or undelivered webhooks.
+        f"maxmemory {maxmemory}",
+        "maxmemory-policy noeviction",
     ]
     return "\n".join(lines) + "\n"
 

@@ -67,6 +67,9 @@ class TaskRecord:
     last_error: str | None = None
     next_retry_at: float | None = None
     retry_of: str | None = None
+    # The id of the API key that submitted it (taskd.webhooks.signing.key_id), never the key itself:
+    # its webhooks are signed with that key's secret. None on records from before key ids.
+    key_id: str | None = None
     previous_state: str | None = None
     worker_id: str | None = None
     created_at: float = attrs.Factory(now)

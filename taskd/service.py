@@ -35,6 +35,7 @@ from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
 from taskd.store import Admission, TaskStore
 from taskd.webhooks.sender import WebhookSender
+from taskd.webhooks.signing import SECRET_PREFIX, Signers
 
 log = logging.getLogger("taskd")
 
@@ -73,6 +74,8 @@ class Service:
         self.registry = default_registry(config.tasks)
         self.queues = served_queues(config, self.registry, queues) if workers else []
         self.generated_key: str | None = None
+        # The file of the webhook signing secret taskd made, when webhooks.secret is not set.
+        self.webhook_secret_file: Path | None = None
         self.addresses: list[tuple[str, int]] = []
         self.worker_id = new_worker_id()
         self._stack = contextlib.AsyncExitStack()
@@ -111,6 +114,7 @@ class Service:
             raise
 
     async def _start(self) -> None:
+        signers = self._webhook_signers()  # first: a damaged secret file stops start-up before anything runs
         url = await self._redis_url()
         REDACTOR.add(url_password(url))  # the embedded server's password is in no config field
         # Every command is bounded (a hung Redis means 503s, not hung requests); the pub/sub
@@ -138,9 +142,22 @@ class Service:
         )
         self._background.append(asyncio.create_task(reclaimer.run(), name="reclaimer"))
         sender = WebhookSender(
-            redis, store, self.config.webhooks, self.config.storage.task_ttl, listener=self._listener
+            redis,
+            store,
+            self.config.webhooks,
+            self.config.storage.task_ttl,
+            signers,
+            listener=self._listener,
         )
         self._background.append(asyncio.create_task(sender.run(), name="webhook-sender"))
+
+    def _webhook_signers(self) -> Signers:
+        signers = Signers.from_config(self.config)
+        self.webhook_secret_file = signers.generated_file
+        if signers.generated_secret is not None:
+            # No config field holds it, so the log redactor learns it here (its key part too).
+            REDACTOR.add(signers.generated_secret, signers.generated_secret.removeprefix(SECRET_PREFIX))
+        return signers
 
     async def _start_workers(
         self,
@@ -238,6 +255,8 @@ class Service:
         if self.generated_key is not None:
             where = Path(self.config.data_path) / apikey.KEY_FILE
             print(f"API key (made by taskd, kept in {where}): {self.generated_key}", flush=True)
+        if self.webhook_secret_file is not None:
+            print(f"Webhook signing secret (made by taskd) kept in {self.webhook_secret_file}", flush=True)
 
 
 async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | None = None) -> None:

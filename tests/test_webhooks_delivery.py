@@ -175,14 +175,14 @@ async def test_signature_fails_when_the_body_is_altered(start, receiver):
     assert not verify(SECRET, request.headers, altered)
 
 
-async def test_without_a_secret_no_signature_header_is_sent(start, receiver):
+async def test_without_a_configured_secret_the_secret_taskd_made_signs(start, receiver):
     service = await start()
     await submit_prompt(service, receiver)
 
     (request,) = await receiver.wait_for(1)
+    made = service.service.webhook_secret_file.read_text().strip()
 
-    assert "webhook-signature" not in request.headers
-    assert "webhook-id" in request.headers
+    assert verify(made, request.headers, request.body)
 
 
 async def test_receiver_failing_twice_gets_the_third_attempt_about_3s_after_the_first(start, receiver):

@@ -9,12 +9,15 @@ from aiohttp import web
 from taskd import keys as redis_keys
 from taskd.http.context import API
 from taskd.model import ApiError, TaskNotFound
+from taskd.webhooks.signing import key_id
 
 PROTECTED_PREFIX = "/api/v1/"
 QUERY_KEY = "api_key"
 _QUERY_KEY_ALLOWED = "_taskd_query_key_allowed"
 # The projects the request's key may use; None: every project.
 PROJECTS = web.RequestKey("taskd_projects", object)
+# The id of the request's key (never the key): tasks it submits are signed with its webhook secret.
+KEY_ID = web.RequestKey("taskd_key_id", str)
 
 
 def query_key_allowed(handler: web.Handler) -> web.Handler:
@@ -44,6 +47,7 @@ async def auth_middleware(request: web.Request, handler: web.Handler) -> web.Str
     if not key_matches(given, api.api_keys):
         raise ApiError(401, "authentication_failed", "Invalid or missing API key")
     request[PROJECTS] = projects = key_projects(given, api.key_projects)
+    request[KEY_ID] = key_id(given)
     task_id = request.match_info.get("task_id")
     if projects is not None and task_id is not None:
         # Another project's task does not exist for this key: 404, never 403, so ids leak nothing.

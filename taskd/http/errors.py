@@ -6,6 +6,7 @@ import logging
 
 from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd.http.responses import json_response
@@ -13,6 +14,8 @@ from taskd.model import ApiError, ServiceUnavailable
 
 log = logging.getLogger("taskd.http")
 
+STORAGE_FULL = "Task storage is full; new work is refused until it has room again, please try again later"
+STORAGE_FULL_RETRY_AFTER = 60
 _HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -38,6 +41,10 @@ async def error_middleware(request: web.Request, handler: web.Handler) -> web.St
         if exc.status == 413:
             message = f"Request body is larger than the limit of {request.client_max_size} bytes"
         return json_response({"error": error, "message": message}, exc.status)
+    except RedisOutOfMemoryError:
+        # maxmemory with noeviction: Redis refuses writes rather than drop task data.
+        log.warning("storage full (redis maxmemory) for %s %s", request.method, request.path)
+        return render(ServiceUnavailable(STORAGE_FULL, retry_after=STORAGE_FULL_RETRY_AFTER))
     except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
         log.warning("storage unavailable for %s %s: %s", request.method, request.path, exc)
         return render(

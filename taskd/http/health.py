@@ -10,12 +10,13 @@ import psutil
 from aiohttp import web
 
 from taskd import keys
-from taskd.alerts import overall_status, queue_alerts
+from taskd.alerts import overall_status, queue_alerts, redis_memory_alerts
 from taskd.gpu.nvml import DeviceReading
 from taskd.heartbeat import live_workers
 from taskd.http.context import API, Api
 from taskd.http.responses import json_response
 from taskd.model import iso, now
+from taskd.redis_memory import read_memory
 
 routes = web.RouteTableDef()
 
@@ -117,7 +118,7 @@ async def task_metrics(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/tasks/health")
 async def queue_health(request: web.Request) -> web.Response:
-    """Alerts from the failure rate, long-running tasks and worker memory."""
+    """Alerts from the failure rate, long-running tasks, worker memory and Redis memory."""
     api = request.app[API]
     metrics = await api.store.metrics(api.queue_names)
     running = await api.store.running_since(api.queue_names)
@@ -126,6 +127,8 @@ async def queue_health(request: web.Request) -> web.Response:
     recycles = await api.store.memory_recycles(at)
     memory_limit = api.config.execution.memory_limit_mb * 1024 * 1024
     alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles)
+    if (redis_memory := await read_memory(api.redis)) is not None:
+        alerts += redis_memory_alerts(redis_memory.used, redis_memory.limit)
     return json_response(
         {
             "status": overall_status(alerts),

@@ -362,7 +362,12 @@ def _errors(*codes: int, limited: bool = False) -> dict[str, Schema]:
             "`rate_limited`: a per-key quota or the project's active-task limit",
             {**_LIMIT_HEADERS, **_RETRY_AFTER},
         ),
-        503: _json("Error", "`service_unavailable`: storage unreachable or the queue is full", _RETRY_AFTER),
+        503: _json(
+            "Error",
+            "`service_unavailable`: storage unreachable or full, the queue is full, "
+            "or (media task types) the media disk is nearly full",
+            _RETRY_AFTER,
+        ),
     }
     return {str(code): described[code] for code in codes}
 

@@ -23,6 +23,7 @@ from taskd.heartbeat import WorkerInfo, live_workers
 from taskd.http.auth import key_matches
 from taskd.http.context import API, Api
 from taskd.model import ApiError, now
+from taskd.redis_memory import RedisMemory, read_memory
 
 log = logging.getLogger("taskd.http")
 
@@ -50,6 +51,7 @@ class Snapshot:
     oldest_started: dict[str, float | None]
     workers: list[WorkerInfo]
     at: float
+    redis_memory: RedisMemory | None = None
 
 
 async def take_snapshot(api: Api) -> Snapshot:
@@ -73,6 +75,7 @@ async def take_snapshot(api: Api) -> Snapshot:
         oldest_started=oldest,
         workers=await live_workers(api.redis, api.config.worker.heartbeat_ttl),
         at=now(),
+        redis_memory=await read_memory(api.redis),
     )
 
 
@@ -185,6 +188,18 @@ def gpu_gauges(devices: Iterable[DeviceReading]) -> Iterator[Metric]:
     yield from (util, used, total)
 
 
+def redis_memory_gauges(memory: RedisMemory | None) -> Iterator[Metric]:
+    """Redis's used memory and its maxmemory (0: none); no sample when INFO gave no answer."""
+    used = GaugeMetricFamily("taskd_redis_memory_used_bytes", "Memory Redis uses (INFO used_memory)")
+    limit = GaugeMetricFamily(
+        "taskd_redis_memory_max_bytes", "Redis maxmemory; writes are refused past it (0: no limit)"
+    )
+    if memory is not None:
+        used.add_metric([], memory.used)
+        limit.add_metric([], memory.limit)
+    yield from (used, limit)
+
+
 class SnapshotCollector(Collector):
     """Yields the metric families of one scrape's snapshot (None: Redis did not answer)."""
 
@@ -206,6 +221,7 @@ class SnapshotCollector(Collector):
         yield from queue_gauges(self.snapshot)
         yield from worker_gauges(self.snapshot.workers)
         yield from webhook_counters(self.snapshot.counters)
+        yield from redis_memory_gauges(self.snapshot.redis_memory)
 
 
 def exposition(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 
+import attrs
 from aiohttp import web
 
-from taskd.http.auth import may_use
+from taskd.http.auth import KEY_ID, may_use
 from taskd.http.context import API
 from taskd.http.input_limits import check_body_shape
 from taskd.http.responses import json_response, read_json
@@ -28,7 +29,7 @@ async def submit(request: web.Request) -> web.Response:
     api = request.app[API]
     body = await read_json(request)
     check_body_shape(body, api.config.limits)
-    submission = parse_submission(body, api.registry)
+    submission = attrs.evolve(parse_submission(body, api.registry), key_id=request[KEY_ID])
     if not may_use(request, submission.project_id):
         raise ValidationError(
             {"project_id": f"Project '{submission.project_id}' is not available to this API key"}

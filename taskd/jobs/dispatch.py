@@ -63,6 +63,7 @@ class Dispatcher:
             callback_url=submission.callback_url,
             metadata=submission.metadata,
             retry_of=retry_of,
+            key_id=submission.key_id,
             enqueues=1,
         )
         job = self.queue.new_job(record.task_id, 1, record.priority, record.created_at)
@@ -105,5 +106,7 @@ class Dispatcher:
             priority=record.priority,
             callback_url=record.callback_url,
             metadata=record.metadata,
+            # The callback URL is the original submitter's, so its webhook stays signed with their secret.
+            key_id=record.key_id,
         )
         return await self.submit(submission, retry_of=task_id)

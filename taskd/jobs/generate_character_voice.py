@@ -123,4 +123,5 @@ TASK = TaskType(
     queue="default",
     expected_duration=20.0,
     handler=run,
+    stores_media=True,
 )

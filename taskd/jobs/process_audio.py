@@ -145,4 +145,5 @@ TASK = TaskType(
     queue="cpu_intensive",
     expected_duration=22.0,
     handler=run,
+    stores_media=True,
 )

@@ -125,6 +125,8 @@ class TaskType:
     handler: Handler | None = None
     soft_time_limit: float | None = None
     hard_time_limit: float | None = None
+    # Stores its result in the media store: refused with 503 while the media disk is nearly full.
+    stores_media: bool = False
 
     @property
     def runs_in_process(self) -> bool:

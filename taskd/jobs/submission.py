@@ -25,6 +25,8 @@ class Submission:
     priority: int = PRIORITY_NORMAL
     callback_url: str | None = None
     metadata: dict[str, Any] = attrs.Factory(dict)
+    # The id of the submitting API key (taskd.webhooks.signing.key_id): whose secret signs its webhook.
+    key_id: str | None = None
 
 
 def _project_id(value: Any, details: dict[str, str]) -> None:

@@ -6,13 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from taskd.config import Config
-from taskd.media.store import MediaStore
+from taskd.jobs.spec import TransientError
+from taskd.media.capacity import Threshold, disk_usage, shortfall
+from taskd.media.store import MediaStore, media_dir
 
 
 def publish(
     config: Config, project_id: str, source: Path, filename: str, metadata: dict[str, Any]
 ) -> dict[str, Any]:
     """Store `source` as `<project_id>/<filename>`; the result: media_url, payload_media_id, metadata + file_size."""
+    # Checked again here, not only at submit: the disk may have filled while the task ran.
+    if shortfall(disk_usage(media_dir(config)), Threshold.from_config(config), source.stat().st_size):
+        raise TransientError("Media storage is nearly full: the result was not stored")
     stored = MediaStore.from_config(config).put(project_id, filename, source)
     return {
         "media_url": stored.url,

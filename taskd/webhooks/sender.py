@@ -26,7 +26,7 @@ from taskd.webhooks.guard import ForbiddenAddress, GuardedResolver, check_litera
 from taskd.webhooks.outbox import Attempt, Claim, Outbox, now_ms
 from taskd.webhooks.payload import build_payload, event_id
 from taskd.webhooks.schedule import SUCCESS_CODES, DeliverySchedule
-from taskd.webhooks.signing import Signer
+from taskd.webhooks.signing import Signer, Signers
 
 log = logging.getLogger("taskd.webhooks")
 
@@ -48,7 +48,13 @@ class WebhookSender:
     """Delivers due webhooks until cancelled; a slow receiver holds only its own delivery."""
 
     def __init__(
-        self, redis: Redis, store: TaskStore, config: WebhooksConfig, ttl: int, listener: Redis | None = None
+        self,
+        redis: Redis,
+        store: TaskStore,
+        config: WebhooksConfig,
+        ttl: int,
+        signers: Signers,
+        listener: Redis | None = None,
     ) -> None:
         self.redis = redis
         # Pub/sub may wait for ever: it wants a client without a read timeout.
@@ -57,7 +63,7 @@ class WebhookSender:
         self.config = config
         self.outbox = Outbox(redis, ttl)
         self.schedule = DeliverySchedule(tuple(config.extra_delays))
-        self.signer = Signer.from_secret(config.secret)
+        self.signers = signers
         self.lease_ms = int((config.timeout + LEASE_MARGIN) * 1000)
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Claim] = {}
@@ -158,7 +164,8 @@ class WebhookSender:
     async def _post_and_record(self, claim: Claim, record: TaskRecord) -> None:
         url = record.callback_url
         attempt = await self.outbox.attempts(claim.task_id) + 1
-        outcome = await self.post(url, event_id(record), orjson.dumps(build_payload(record)))
+        signer = self.signers.for_key(record.key_id)
+        outcome = await self.post(url, event_id(record), orjson.dumps(build_payload(record)), signer)
         done = now_ms()
         next_ms = None
         if outcome.delivered:
@@ -181,13 +188,13 @@ class WebhookSender:
                 next_ms = done + int(delay * 1000)
         await self.outbox.record(claim, attempt, outcome, done, next_ms)
 
-    async def post(self, url: str, msg_id: str, body: bytes) -> Attempt:
-        """POST one signed attempt; never follows a redirect, never raises for the receiver's failings."""
+    async def post(self, url: str, msg_id: str, body: bytes, signer: Signer) -> Attempt:
+        """POST one attempt signed by `signer`; never follows a redirect, never raises for the receiver's failings."""
         assert self._session is not None, "post() runs inside run()"
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            **self.signer.headers(msg_id, int(time.time()), body),
+            **signer.headers(msg_id, int(time.time()), body),
         }
         try:
             if not self.config.allow_private:
