@@ -87,6 +87,13 @@ class RedisConfig:
     embedded_appendfsync: str = attrs.field(
         default="everysec", converter=str.lower, validator=attrs.validators.in_(("everysec", "always", "no"))
     )
+    # The embedded Valkey's memory bound (Valkey units: 1gb, 512mb, bytes; "0": none). Past it writes
+    # are refused (noeviction), never silently evicted: submits answer 503.
+    embedded_maxmemory: str = attrs.field(
+        default="1gb",
+        converter=lambda value: value.strip().lower() if isinstance(value, str) else value,
+        validator=attrs.validators.matches_re(r"^\d{1,15}(b|k|kb|m|mb|g|gb)?$"),
+    )
 
 
 @attrs.frozen
@@ -138,6 +145,14 @@ class MediaConfig:
     max_download_bytes: int = attrs.field(default=50 * 1024 * 1024, validator=attrs.validators.ge(1024))
     max_inputs: int = attrs.field(default=32, validator=attrs.validators.ge(1))
     download_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    # Stored media older than this (seconds, by mtime) is deleted by the sweeper, every sweep_interval.
+    retention: int = attrs.field(default=7 * 24 * 3600, validator=attrs.validators.ge(60))
+    sweep_interval: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
+    # Media tasks are refused (503) while the media dir's filesystem has less free than either.
+    min_free_bytes: int = attrs.field(default=1024**3, validator=attrs.validators.ge(0))
+    min_free_ratio: float = attrs.field(
+        default=0.05, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.lt(1))
+    )
 
 
 @attrs.frozen

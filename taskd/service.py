@@ -29,6 +29,8 @@ from taskd.jobs.registry import Registry, default_registry
 from taskd.jobs.runners import RunnerPool
 from taskd.jobs.workers import WorkerPool
 from taskd.logs import REDACTOR, url_password
+from taskd.media.capacity import MediaCapacity
+from taskd.media.retention import MediaSweeper
 from taskd.model import now
 from taskd.redis_conn import connect
 from taskd.sdnotify import Notifier
@@ -100,7 +102,9 @@ class Service:
                 )
             return running
         self._embedded = EmbeddedValkey(
-            self.config.data_path, appendfsync=self.config.redis.embedded_appendfsync
+            self.config.data_path,
+            appendfsync=self.config.redis.embedded_appendfsync,
+            maxmemory=self.config.redis.embedded_maxmemory,
         )
         self._stack.push_async_callback(self._embedded.stop)
         return await self._embedded.start()
@@ -150,6 +154,12 @@ class Service:
             listener=self._listener,
         )
         self._background.append(asyncio.create_task(sender.run(), name="webhook-sender"))
+        sweeper = MediaSweeper.from_config(
+            self.config, (task_type.hard_time_limit for task_type in self.registry.types.values())
+        )
+        self._background.append(
+            asyncio.create_task(sweeper.run(self.config.media.sweep_interval), name="media-sweeper")
+        )
 
     def _webhook_signers(self) -> Signers:
         signers = Signers.from_config(self.config)
@@ -221,7 +231,15 @@ class Service:
         )
         limits = self.config.limits
         admission = Admission(limits.concurrent_per_project, limits.max_queue_length)
-        dispatcher = Dispatcher(redis, store, queue, self.registry, admission, on_enqueued=self._wake)
+        dispatcher = Dispatcher(
+            redis,
+            store,
+            queue,
+            self.registry,
+            admission,
+            on_enqueued=self._wake,
+            media_capacity=MediaCapacity.from_config(self.config),
+        )
         api = Api(
             self.config, redis, store, queue, self.registry, dispatcher, api_keys, gpu, key_projects=scoped
         )

@@ -12,7 +12,9 @@ from taskd import keys
 from taskd.jobs.queue import TaskQueue
 from taskd.jobs.registry import Registry
 from taskd.jobs.submission import Submission
-from taskd.model import RETRYABLE, InvalidState, TaskRecord, TaskStatus, now
+from taskd.media import capacity
+from taskd.media.capacity import MediaCapacity
+from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
 from taskd.store import Admission, CancelOutcome, TaskStore
 
 _CANNOT_CANCEL = {
@@ -41,6 +43,7 @@ class Dispatcher:
         registry: Registry,
         admission: Admission | None = None,
         on_enqueued: Callable[[str], None] | None = None,
+        media_capacity: MediaCapacity | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -49,10 +52,14 @@ class Dispatcher:
         self.admission = admission or Admission()
         # Wakes this process's own workers without waiting for the pub/sub round trip.
         self.on_enqueued = on_enqueued
+        # Refuses task types that store media while the media disk is nearly full (None: never).
+        self.media_capacity = media_capacity
 
     async def submit(self, submission: Submission, retry_of: str | None = None) -> Accepted:
         """Admit, store, index, count and enqueue the task in one Redis script: a 200 means it is in Redis."""
         task_type = self.registry.types[submission.task_type]
+        if task_type.stores_media and self.media_capacity is not None and self.media_capacity.is_full():
+            raise ServiceUnavailable(capacity.REFUSED, retry_after=capacity.RETRY_AFTER)
         record = TaskRecord(
             task_id=str(uuid.uuid4()),
             project_id=submission.project_id,
