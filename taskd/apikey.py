@@ -14,8 +14,8 @@ def load_or_create(configured: list[str], data_dir: Path) -> tuple[list[str], st
     if configured:
         return configured, None
     path = data_dir / KEY_FILE
-    if path.is_file() and path.read_text().strip():
-        key = path.read_text().strip()
+    if (kept := kept_key(data_dir)) is not None:
+        key = kept
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(32)
@@ -24,3 +24,11 @@ def load_or_create(configured: list[str], data_dir: Path) -> tuple[list[str], st
         with os.fdopen(fd, "w") as handle:
             handle.write(key + "\n")
     return [key], key
+
+
+def kept_key(data_dir: Path) -> str | None:
+    """The key an earlier start made and kept in the data directory, if there is one."""
+    path = data_dir / KEY_FILE
+    if path.is_file() and (key := path.read_text().strip()):
+        return key
+    return None

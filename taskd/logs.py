@@ -25,8 +25,10 @@ import orjson
 FORMATS = ("auto", "json", "text")
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words
-# Config fields whose values are secrets, wherever they are in the config tree.
-SECRET_FIELD = re.compile(r"(^|_)(api_keys?|secret|password|token)$")
+WEBHOOK_SECRET_PREFIX = "whsec_"
+# Config fields whose values are secrets, wherever they are in the config tree (a scoped key's
+# `key`, a key's `webhook_secret`, rotated `secrets` included).
+SECRET_FIELD = re.compile(r"(^|_)(api_keys?|key|secrets?|password|token)$")
 # The password of any URL with credentials: redis://:pw@host, https://user:pw@host.
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s@/]+(?=@)")
 _BEARER = re.compile(r"(?P<head>\bBearer\s+)[A-Za-z0-9._~+/=-]+")
@@ -114,7 +116,8 @@ def secrets_of(config: Any) -> list[str]:
                 walk(item, secret)
         elif isinstance(value, str):
             if secret:
-                found.append(value)
+                # A Standard Webhooks secret is also masked by its key part alone.
+                found.extend({value, value.removeprefix(WEBHOOK_SECRET_PREFIX)})
             elif "://" in value and (password := url_password(value)):
                 found.append(password)
 

@@ -28,7 +28,8 @@ from taskd.jobs.reclaim import Reclaimer
 from taskd.jobs.registry import Registry, default_registry
 from taskd.jobs.runners import RunnerPool
 from taskd.jobs.workers import WorkerPool
-from taskd.logs import REDACTOR, url_password
+from taskd.logs import REDACTOR, secrets_of, url_password
+from taskd.media.store import load_secret
 from taskd.media.capacity import MediaCapacity
 from taskd.media.retention import MediaSweeper
 from taskd.model import now
@@ -76,6 +77,7 @@ class Service:
         self.registry = default_registry(config.tasks)
         self.queues = served_queues(config, self.registry, queues) if workers else []
         self.generated_key: str | None = None
+        self.key_is_new = False  # the generated key was made by this start (printed once, now)
         # The file of the webhook signing secret taskd made, when webhooks.secret is not set.
         self.webhook_secret_file: Path | None = None
         self.addresses: list[tuple[str, int]] = []
@@ -121,6 +123,7 @@ class Service:
         signers = self._webhook_signers()  # first: a damaged secret file stops start-up before anything runs
         url = await self._redis_url()
         REDACTOR.add(url_password(url))  # the embedded server's password is in no config field
+        self._register_secrets()
         # Every command is bounded (a hung Redis means 503s, not hung requests); the pub/sub
         # listener gets its own client without a read timeout, as it may wait for ever.
         redis = connect(url, socket_timeout=self.config.redis.socket_timeout or None)
@@ -160,6 +163,12 @@ class Service:
         self._background.append(
             asyncio.create_task(sweeper.run(self.config.media.sweep_interval), name="media-sweeper")
         )
+
+    def _register_secrets(self) -> None:
+        # Every process masks every secret it holds, however it was started (the CLI, tests, an
+        # embedding program): the config's, and those taskd keeps in files of the data dir.
+        media_secret = load_secret(self.config).decode("utf-8", "replace")
+        REDACTOR.add(*secrets_of(self.config), apikey.kept_key(self.config.data_path), media_secret)
 
     def _webhook_signers(self) -> Signers:
         signers = Signers.from_config(self.config)
@@ -225,10 +234,12 @@ class Service:
         scoped = {entry.key: frozenset(entry.projects) for entry in self.config.auth.keys if entry.projects}
         for entry in self.config.auth.keys:
             REDACTOR.add(entry.key)
+        self.key_is_new = apikey.kept_key(self.config.data_path) is None
         api_keys, self.generated_key = apikey.load_or_create(
             [*self.config.auth.api_keys, *(entry.key for entry in self.config.auth.keys)],
             self.config.data_path,
         )
+        REDACTOR.add(self.generated_key)
         limits = self.config.limits
         admission = Admission(limits.concurrent_per_project, limits.max_queue_length)
         dispatcher = Dispatcher(
@@ -272,7 +283,11 @@ class Service:
             print(f"taskd listening on http://{host}:{port}", flush=True)
         if self.generated_key is not None:
             where = Path(self.config.data_path) / apikey.KEY_FILE
-            print(f"API key (made by taskd, kept in {where}): {self.generated_key}", flush=True)
+            if self.key_is_new:
+                # The only time the key is shown: on the terminal, never in a log line.
+                print(f"API key (made by taskd, kept in {where}): {self.generated_key}", flush=True)
+            else:
+                print(f"API key: in {where}", flush=True)
         if self.webhook_secret_file is not None:
             print(f"Webhook signing secret (made by taskd) kept in {self.webhook_secret_file}", flush=True)
 

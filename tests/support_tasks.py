@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import attrs
+import os
+from typing import Any
 
-from taskd.jobs.spec import TaskType
+import attrs
+import cattrs
+
+from taskd.jobs.spec import ProcessContext, TaskType
 
 
 @attrs.frozen
@@ -12,4 +16,19 @@ class AnythingInput:
     pass
 
 
-TASKS = [TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0)]
+@attrs.frozen
+class ShowWhatIGotInput:
+    pass
+
+
+def show_what_i_got(ctx: ProcessContext, _: ShowWhatIGotInput) -> dict[str, Any]:
+    """In a job process: its environment and the config it was sent, for tests that look for secrets."""
+    return {"environ": dict(os.environ), "config": cattrs.unstructure(ctx.config), "pid": os.getpid()}
+
+
+TASKS = [
+    TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0),
+    TaskType(
+        "show_what_i_got", ShowWhatIGotInput, queue="default", expected_duration=0.1, handler=show_what_i_got
+    ),
+]

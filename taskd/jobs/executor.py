@@ -30,7 +30,7 @@ from taskd.jobs.queue import TaskQueue
 from taskd.jobs.registry import Registry
 from taskd.jobs.runners import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.jobs.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
-from taskd.logs import bind_task
+from taskd.logs import REDACTOR, bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.store import CorruptRecord, Start, TaskStore
 
@@ -66,8 +66,9 @@ class Outcome:
 
     kind: str  # completed | failed | retry | cancelled | handed_back
     result: Any = None
-    error: str | None = None
-    traceback: str | None = None
+    # What the caller reads is masked like a log line: a provider's error may quote a key.
+    error: str | None = attrs.field(default=None, converter=attrs.converters.optional(REDACTOR.redact))
+    traceback: str | None = attrs.field(default=None, converter=attrs.converters.optional(REDACTOR.redact))
 
 
 class _Interruptible:

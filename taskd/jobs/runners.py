@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 import time
@@ -22,14 +21,17 @@ import attrs
 import cattrs
 import psutil
 
+from taskd.childenv import child_environment, job_config
 from taskd.config import Config
 from taskd.jobs import frames
+from taskd.media.store import scratch_root
 
 log = logging.getLogger("taskd.jobs")
 
 MEMORY_CHECK_INTERVAL = 0.25
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
+HOME_DIR = "home"
 
 ProgressCallback = Callable[[float, str | None], Awaitable[None]]
 
@@ -82,10 +84,15 @@ class Runner:
 
     @classmethod
     async def spawn(cls, config: Config, device: str | None = None) -> Runner:
-        """Start a job process (seeing only GPU `device`, if given) and hand it the config."""
-        env = dict(os.environ)
-        if device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = device
+        """Start a job process (seeing only GPU `device`, if given) and hand it the config it needs.
+
+        It gets the allow-listed environment and the config without secrets; its HOME is an empty
+        directory of taskd's, so no library finds the host user's credentials (~/.netrc, ~/.aws).
+        """
+        home = scratch_root(config) / HOME_DIR
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        gpu = {"CUDA_VISIBLE_DEVICES": device} if device is not None else {}
+        env = child_environment(home=home, extra=gpu)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -96,7 +103,7 @@ class Runner:
             env=env,
         )
         runner = cls(proc, device)
-        runner._send({"op": "init", "config": cattrs.unstructure(config)})
+        runner._send({"op": "init", "config": cattrs.unstructure(job_config(config))})
         async with asyncio.timeout(START_TIMEOUT):
             ready = await runner._frames.get()
         if ready is None or ready.get("op") != "ready":

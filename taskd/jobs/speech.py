@@ -11,6 +11,7 @@ import aiohttp
 import attrs
 import orjson
 
+from taskd.childenv import child_environment
 from taskd.config import SpeechProvider
 from taskd.jobs.provider_http import post_json
 from taskd.jobs.spec import TaskError
@@ -182,6 +183,7 @@ async def espeak(binary: str, text: str, args: list[str], workdir: Path) -> Path
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env=child_environment(),
     )
     try:
         err, _ = await proc.communicate()

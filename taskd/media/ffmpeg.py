@@ -12,6 +12,7 @@ from pathlib import Path
 
 import attrs
 
+from taskd.childenv import child_environment
 from taskd.jobs.spec import TaskError
 
 TERM_GRACE = 2.0
@@ -33,7 +34,11 @@ def encoders() -> frozenset[str]:
     import subprocess
 
     out = subprocess.run(
-        [ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True, text=True, check=False
+        [ffmpeg_exe(), "-hide_banner", "-encoders"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=child_environment(),
     ).stdout
     return frozenset(m.group(1) for m in re.finditer(r"^\s*[VAS][A-Z.]{5}\s+(\S+)", out, re.M))
 
@@ -92,7 +97,12 @@ async def run_ffmpeg(
     ]
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
-            *cmd, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log
+            *cmd,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            env=child_environment(),
         )
         try:
             assert proc.stdout is not None
@@ -121,6 +131,7 @@ async def ffmpeg_output(args: Sequence[str]) -> str:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
+        env=child_environment(),
     )
     try:
         _, err = await proc.communicate()

@@ -1,0 +1,133 @@
+"""What a child process of taskd gets: an allow-listed environment, and for a job process a config
+without secrets.
+
+Job processes, ffmpeg, espeak-ng and any other tool child start from `child_environment()`, never
+from `os.environ`: taskd's own environment may hold `TASKD_AUTH__API_KEYS`, a Redis URL with its
+password, provider keys or `OPENAI_API_KEY`, and a child needs none of them. A job process gets
+`job_config()`, the config with every secret blanked; it answers no requests, talks to no Redis
+and signs nothing, and the handlers it runs are plain functions that burn CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from taskd.config import AuthConfig, Config
+from taskd.logs import SECRET_FIELD, url_password
+
+# Names a child may inherit: the search path, locale and time zone, temp dir, the Python that runs
+# job processes, the tools' own settings, GPU selection and model caches, CA bundles and proxies.
+_NAMES = frozenset(
+    {
+        "PATH",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "LD_LIBRARY_PATH",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "VIRTUAL_ENV",
+        "PYTHONHASHSEED",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONIOENCODING",
+        "PYTHONUTF8",
+        "COVERAGE_PROCESS_START",
+        "IMAGEIO_FFMPEG_EXE",
+        "ESPEAK_DATA_PATH",
+        "FONTCONFIG_FILE",
+        "FONTCONFIG_PATH",
+        "XDG_CACHE_HOME",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_CACHE",
+        "TRANSFORMERS_OFFLINE",
+        "TORCH_HOME",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "all_proxy",
+    }
+)
+_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "PYTORCH_", "NCCL_")
+# Even an allowed name is dropped when it looks like a credential (CUDA_…_TOKEN, HF_…_KEY).
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
+_NEVER_PREFIX = "TASKD_"
+
+
+def _allowed(name: str, value: str) -> bool:
+    if name.startswith(_NEVER_PREFIX) or _SECRET_NAME.search(name):
+        return False
+    if name not in _NAMES and not name.startswith(_PREFIXES):
+        return False
+    # A proxy (or anything else) that carries a password in its URL stays behind.
+    return not ("://" in value and url_password(value))
+
+
+def child_environment(
+    *,
+    home: Path | None = None,
+    extra: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment for a child process: the allow-listed part of `environ` (default: this
+    process's), HOME set to `home` (unset without one), and `extra` on top."""
+    source = os.environ if environ is None else environ
+    env = {name: value for name, value in source.items() if _allowed(name, value)}
+    # Caches (models, fonts) stay where they are even when HOME moves.
+    real_home = source.get("HOME") or str(Path.home())
+    env.setdefault("XDG_CACHE_HOME", str(Path(real_home) / ".cache"))
+    if home is not None:
+        env["HOME"] = str(home)
+    env.update(extra or {})
+    return env
+
+
+def _blank(value: Any) -> Any:
+    return type(value)() if isinstance(value, str | list | dict | tuple) else value
+
+
+def _scrub(value: Any) -> Any:
+    # Fields named like a secret are blanked; any other string holding a URL password is dropped.
+    if attrs.has(type(value)):
+        changes = {}
+        for field in attrs.fields(type(value)):
+            current = getattr(value, field.name)
+            cleaned = _blank(current) if SECRET_FIELD.search(field.name) else _scrub(current)
+            if cleaned is not current:
+                changes[field.name] = cleaned
+        return attrs.evolve(value, **changes) if changes else value
+    if isinstance(value, dict):
+        return {key: _scrub(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(item) for item in value)
+    if isinstance(value, str) and "://" in value and url_password(value):
+        return ""
+    return value
+
+
+def job_config(config: Config) -> Config:
+    """`config` as a job process gets it: no API keys, no Redis URL, no signing secrets, no provider keys."""
+    # Whole sections a job process never uses go first: a scoped key cannot be blank, so it cannot
+    # stay behind with its key removed.
+    lean = attrs.evolve(config, auth=AuthConfig(), redis=attrs.evolve(config.redis, url=""))
+    return _scrub(lean)
