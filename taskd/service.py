@@ -29,9 +29,9 @@ from taskd.jobs.registry import Registry, default_registry
 from taskd.jobs.runners import RunnerPool
 from taskd.jobs.workers import WorkerPool
 from taskd.logs import REDACTOR, secrets_of, url_password
-from taskd.media.store import load_secret
 from taskd.media.capacity import MediaCapacity
 from taskd.media.retention import MediaSweeper
+from taskd.media.store import load_secret
 from taskd.model import now
 from taskd.redis_conn import connect
 from taskd.sdnotify import Notifier
