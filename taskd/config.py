@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import tomllib
@@ -153,6 +154,24 @@ class MediaConfig:
     min_free_ratio: float = attrs.field(
         default=0.05, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.lt(1))
     )
+
+
+def _ip_networks(_: Any, attribute: attrs.Attribute[list[str]], value: list[str]) -> None:
+    for text in value:
+        try:
+            ipaddress.ip_network(text)
+        except ValueError as exc:
+            raise ValueError(f"'{attribute.name}' entries must be networks like 10.0.0.0/8: {exc}") from None
+
+
+@attrs.frozen
+class NetworkConfig:
+    """Where outbound requests made for callers (task inputs, download URLs, webhooks) may go."""
+
+    # true: any address, loopback and private ones too (dev and tests); webhooks.allow_private is an alias.
+    allow_private: bool = False
+    # CIDRs allowed even when allow_private is false, e.g. an internal object store the deployment trusts.
+    allow_networks: list[str] = attrs.field(factory=list, validator=_ip_networks)
 
 
 @attrs.frozen
@@ -308,6 +327,7 @@ class Config:
     redis: RedisConfig = attrs.Factory(RedisConfig)
     providers: ProvidersConfig = attrs.Factory(ProvidersConfig)
     webhooks: WebhooksConfig = attrs.Factory(WebhooksConfig)
+    network: NetworkConfig = attrs.Factory(NetworkConfig)
     retry: RetryConfig = attrs.Factory(RetryConfig)
     queues: dict[str, QueueConfig] = attrs.Factory(_default_queues)
     storage: StorageConfig = attrs.Factory(StorageConfig)

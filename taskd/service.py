@@ -33,6 +33,7 @@ from taskd.media.capacity import MediaCapacity
 from taskd.media.retention import MediaSweeper
 from taskd.media.store import load_secret
 from taskd.model import now
+from taskd.net.guard import AddressPolicy
 from taskd.redis_conn import connect
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
@@ -155,6 +156,7 @@ class Service:
             self.config.storage.task_ttl,
             signers,
             listener=self._listener,
+            policy=AddressPolicy.from_config(self.config),
         )
         self._background.append(asyncio.create_task(sender.run(), name="webhook-sender"))
         sweeper = MediaSweeper.from_config(

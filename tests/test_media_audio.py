@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from fake_media_apis import FileServer, make_ctx, png, sine_wav
 
-from taskd.config import Config, MediaConfig
+from taskd.config import Config, MediaConfig, NetworkConfig
 from taskd.jobs import process_audio
 from taskd.jobs.process_audio import AudioTrack, ProcessAudioInput
 from taskd.jobs.spec import TaskError
@@ -31,7 +31,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 def media_config(tmp_path: Path) -> Config:
     media = MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch"))
-    return Config(data_dir=str(tmp_path / "data"), media=media)
+    # The fake file server is on loopback.
+    return Config(data_dir=str(tmp_path / "data"), media=media, network=NetworkConfig(allow_private=True))
 
 
 def stored_file(config: Config, media_url: str) -> Path:
@@ -102,6 +103,6 @@ async def test_an_image_given_as_a_track_is_refused(tmp_path, files, http):
     ctx, _ = make_ctx(http, media_config(tmp_path))
     data = ProcessAudioInput(tracks=[AudioTrack(files.add("p.png", png(), "image/png"))])
 
-    with pytest.raises(TaskError, match=r"is not a supported audio file \(image/png\)"):
+    with pytest.raises(TaskError, match=r"is not a supported audio file$"):
         await process_audio.run(ctx, data)
     assert not list((tmp_path / "scratch").iterdir())

@@ -11,7 +11,7 @@ import pytest
 from conftest import API_KEY
 from fake_media_apis import FileServer, sine_wav
 
-from taskd.config import MediaConfig
+from taskd.config import MediaConfig, NetworkConfig
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
 
@@ -25,7 +25,7 @@ async def files() -> AsyncIterator[FileServer]:
 @pytest.fixture
 async def served(start_service, tmp_path, files):
     media = MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch"))
-    running = await start_service(media=media)
+    running = await start_service(media=media, network=NetworkConfig(allow_private=True))  # loopback files
     task = await running.submit(
         "process_audio",
         {

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, FileServer, make_ctx, sine_wav
 
-from taskd.config import Config, ImageProvider, MediaConfig, ProvidersConfig, SpeechProvider
+from taskd.config import Config, ImageProvider, MediaConfig, NetworkConfig, ProvidersConfig, SpeechProvider
 from taskd.jobs import generate_character_voice, generate_image
 from taskd.jobs.generate_character_voice import GenerateCharacterVoiceInput
 from taskd.jobs.generate_image import GenerateImageInput
@@ -37,7 +37,11 @@ async def files() -> AsyncIterator[FileServer]:
 
 def config_for(tmp_path: Path, **providers: object) -> Config:
     media = MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch"))
-    return Config(data_dir=str(tmp_path / "data"), media=media, providers=ProvidersConfig(**providers))
+    # The fakes are on loopback.
+    network = NetworkConfig(allow_private=True)
+    return Config(
+        data_dir=str(tmp_path / "data"), media=media, providers=ProvidersConfig(**providers), network=network
+    )
 
 
 def stored_file(config: Config, media_url: str) -> Path:

@@ -14,7 +14,7 @@ from examples import TASK_DATA
 from webhook_receiver import WebhookReceiver
 
 from taskd.config import WebhooksConfig
-from taskd.webhooks.guard import ForbiddenAddress, GuardedResolver, check_literal_host, is_public
+from taskd.net.guard import ForbiddenAddress, GuardedResolver, check_literal_host, is_public
 
 NON_PUBLIC_TARGETS = [
     "http://127.0.0.1:8080/hook",

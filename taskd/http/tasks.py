@@ -15,7 +15,7 @@ from taskd.http.views import status_view
 from taskd.jobs.submission import parse_submission
 from taskd.logs import bind_task
 from taskd.model import TaskStatus, ValidationError, iso
-from taskd.webhooks.guard import check_callback_url
+from taskd.net.guard import AddressPolicy, check_callback_url
 from taskd.webhooks.outbox import delivery_state
 
 log = logging.getLogger("taskd.http")
@@ -35,7 +35,7 @@ async def submit(request: web.Request) -> web.Response:
             {"project_id": f"Project '{submission.project_id}' is not available to this API key"}
         )
     if submission.callback_url:
-        await check_callback_url(submission.callback_url, allow_private=api.config.webhooks.allow_private)
+        await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
     accepted = await api.dispatcher.submit(submission)
     with bind_task(accepted.record):
         log.info(

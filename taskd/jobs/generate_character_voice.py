@@ -55,7 +55,7 @@ class GenerateCharacterVoiceInput:
 async def synthesise(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Path) -> tuple[Path, str]:
     """Speech as an audio file in `workdir`, and the engine's name: the speech API if configured, else espeak-ng."""
     limits = download.Limits.from_config(ctx.config.media)
-    profile = await speech.load_profile(data.character_voice_profile, ctx.http, limits, workdir)
+    profile = await speech.load_profile(data.character_voice_profile, ctx.inputs, limits, workdir)
     pace = speech.pace_factor(data.pace)
     if ctx.config.providers.speech.base_url.strip():
         client = speech.SpeechClient(ctx.config.providers.speech, ctx.http)
@@ -74,7 +74,7 @@ async def _background(ctx: TaskContext, name: str, workdir: Path) -> list[str]:
         return ["-f", "lavfi", "-i", NOISES[name]]
     limits = download.Limits.from_config(ctx.config.media)
     path = await download.fetch(
-        ctx.http, name, workdir / "background", kind="audio", limits=limits, what="Background noise"
+        ctx.inputs, name, workdir / "background", kind="audio", limits=limits, what="Background noise"
     )
     return ["-stream_loop", "-1", "-i", str(path)]
 

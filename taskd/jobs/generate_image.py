@@ -54,8 +54,15 @@ def compose_prompt(data: GenerateImageInput) -> str:
 async def _image_file(ctx: TaskContext, image: Any, workdir: Path) -> Path:
     limits = download.Limits.from_config(ctx.config.media)
     if image.url is not None:
+        # The provider's own host is trusted (the operator chose it); anywhere else is guarded.
         return await download.fetch(
-            ctx.http, image.url, workdir / "image", kind="image", limits=limits, what="Generated image"
+            ctx.inputs,
+            image.url,
+            workdir / "image",
+            kind="image",
+            limits=limits,
+            what="Generated image",
+            trusted=[ctx.config.providers.image.base_url],
         )
     if len(image.data) > limits.max_bytes:
         raise TaskError(f"Generated image is larger than the {limits.max_bytes} byte limit")

@@ -94,7 +94,7 @@ async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> d
     for i, track in enumerate(data.tracks):
         files.append(
             await download.fetch(
-                ctx.http, track.url, workdir / f"track{i}", kind="audio", limits=limits, what="Track"
+                ctx.inputs, track.url, workdir / f"track{i}", kind="audio", limits=limits, what="Track"
             )
         )
         await ctx.progress(0.05 + 0.15 * (i + 1) / len(data.tracks), "fetching_tracks")

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd.config import Config
+from taskd.net.guarded import GuardedClient
 
 ProgressSink = Callable[[float, str | None], Awaitable[None]]
 
@@ -68,6 +69,8 @@ class TaskContext:
     attempt: int
     max_attempts: int
     config: Config
+    # For the providers the operator configured, never for a URL a caller or a provider's answer
+    # supplies: those go through `inputs`.
     http: aiohttp.ClientSession
     metadata: dict[str, Any]
     _sink: ProgressSink
@@ -79,6 +82,12 @@ class TaskContext:
     def final_attempt(self) -> bool:
         """True when a TransientError now would fail the task instead of retrying it."""
         return self.attempt >= self.max_attempts
+
+    @property
+    def inputs(self) -> GuardedClient:
+        """The client for URLs a caller or a provider's answer supplies (the SSRF guard); `http` is for
+        the providers the operator configured."""
+        return GuardedClient.from_config(self.config, self.http)
 
     async def progress(self, fraction: float, step: str | None = None) -> None:
         """Report progress 0..1 and the current step; progress never moves backwards."""

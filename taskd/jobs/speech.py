@@ -17,6 +17,7 @@ from taskd.jobs.provider_http import post_json
 from taskd.jobs.spec import TaskError
 from taskd.media import download
 from taskd.media.ffmpeg import stop_process
+from taskd.net.guarded import GuardedClient
 
 NO_ENGINE = (
     "No speech engine available: set providers.speech.base_url (TASKD_PROVIDERS__SPEECH__BASE_URL) "
@@ -79,7 +80,7 @@ class VoiceProfile:
 
 
 async def load_profile(
-    profile: str | None, http: aiohttp.ClientSession, limits: download.Limits, workdir: Path
+    profile: str | None, inputs: GuardedClient, limits: download.Limits, workdir: Path
 ) -> VoiceProfile:
     """A URL is fetched as a JSON voice profile; any other string is the speech API's voice name."""
     if not profile:
@@ -88,7 +89,7 @@ async def load_profile(
         return VoiceProfile(voice=profile)
     small = attrs.evolve(limits, max_bytes=min(limits.max_bytes, 64 * 1024))
     path = await download.fetch(
-        http, profile, workdir / "profile", kind="json", limits=small, what="Voice profile"
+        inputs, profile, workdir / "profile", kind="json", limits=small, what="Voice profile"
     )
     try:
         data = orjson.loads(path.read_bytes())

@@ -1,17 +1,22 @@
-"""Bounded downloads of task inputs: http(s) only, a size cap, a time cap, and a content check."""
+"""Bounded downloads of task inputs: through the SSRF guard, a size cap, a time cap, and a content check."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
 
 import aiohttp
 import attrs
+from yarl import URL
 
 from taskd.config import MediaConfig
 from taskd.jobs.spec import TaskError, TransientError
+from taskd.net.guard import ForbiddenAddress, NotHttp, refusal
+from taskd.net.guarded import GuardedClient, RedirectRefused
 
 _CHUNK = 64 * 1024
+_ALLOW_HINT = "network.allow_private is off"
 
 # Leading bytes of the formats ffmpeg is asked to read, by kind.
 _IMAGE_MAGIC = (
@@ -69,48 +74,85 @@ def check_count(urls: list[str], limits: Limits, what: str) -> None:
 
 
 async def fetch(
-    session: aiohttp.ClientSession, url: str, dest: Path, *, kind: str, limits: Limits, what: str = "Input"
+    client: GuardedClient,
+    url: str,
+    dest: Path,
+    *,
+    kind: str,
+    limits: Limits,
+    what: str = "Input",
+    trusted: Iterable[str] = (),
 ) -> Path:
-    """Download `url` to `dest` + the sniffed extension; TaskError naming the URL when it cannot be used."""
-    if not url.lower().startswith(("http://", "https://")):
-        raise TaskError(f"{what} {url} is not an http(s) URL")
-    written = 0
-    ext = None
+    """Download `url` to `dest` + the sniffed extension; TaskError naming the URL when it cannot be used.
+
+    Every hop goes through the SSRF guard (`trusted`: origins exempt from it, see GuardedClient).
+    Errors never carry what answered beyond a status code: no content type, size or body.
+    """
+    try:
+        URL(url)
+    except ValueError:
+        raise TaskError(f"{what} {url} is not a valid URL") from None
     part = dest.with_suffix(".part")
     try:
         async with asyncio.timeout(limits.timeout):
-            async with session.get(url, allow_redirects=True, max_redirects=5) as resp:
-                if resp.status >= 400:
-                    error = TransientError if resp.status >= 500 or resp.status == 429 else TaskError
-                    raise error(f"{what} {url} could not be fetched: HTTP {resp.status}")
-                if resp.content_length is not None and resp.content_length > limits.max_bytes:
-                    raise TaskError(_too_big(what, url, limits))
-                with part.open("wb") as out:
-                    async for chunk in resp.content.iter_chunked(_CHUNK):
-                        if written == 0:
-                            ext = sniff(chunk[:16], kind)
-                            if ext is None:
-                                ctype = resp.headers.get("Content-Type", "unknown type")
-                                raise TaskError(f"{what} {url} is not a supported {kind} file ({ctype})")
-                        written += len(chunk)
-                        if written > limits.max_bytes:
-                            raise TaskError(_too_big(what, url, limits))
-                        out.write(chunk)
+            async with client.get(url, trusted=trusted) as resp:
+                ext = await _save(resp, part, kind, limits, what, url)
     except TimeoutError:
         part.unlink(missing_ok=True)
         raise TransientError(f"{what} {url} did not download within {limits.timeout:g}s") from None
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, ForbiddenAddress, RedirectRefused) as exc:
         part.unlink(missing_ok=True)
-        raise TaskError(f"{what} {url} is unreachable: {type(exc).__name__}: {exc}") from None
+        raise TaskError(f"{what} {url} {_failure(exc)}") from None
     except BaseException:
         part.unlink(missing_ok=True)
         raise
-    if written == 0 or ext is None:
-        part.unlink(missing_ok=True)
-        raise TaskError(f"{what} {url} is empty")
     final = dest.with_suffix(f".{ext}")
     part.rename(final)
     return final
+
+
+async def _save(
+    resp: aiohttp.ClientResponse, part: Path, kind: str, limits: Limits, what: str, url: str
+) -> str:
+    # The response passed the guard, so its status may be named; nothing else of it is.
+    if resp.status >= 400:
+        error = TransientError if resp.status >= 500 or resp.status == 429 else TaskError
+        raise error(f"{what} {url} could not be fetched: HTTP {resp.status}")
+    if resp.content_length is not None and resp.content_length > limits.max_bytes:
+        raise TaskError(_too_big(what, url, limits))
+    written = 0
+    ext = None
+    with part.open("wb") as out:
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            if written == 0:
+                ext = sniff(chunk[:16], kind)
+                if ext is None:
+                    raise TaskError(f"{what} {url} is not a supported {kind} file")
+            written += len(chunk)
+            if written > limits.max_bytes:
+                raise TaskError(_too_big(what, url, limits))
+            out.write(chunk)
+    if written == 0 or ext is None:
+        raise TaskError(f"{what} {url} is empty")
+    return ext
+
+
+def _failure(exc: BaseException) -> str:
+    """Why a fetch failed, in words that say nothing of an internal service."""
+    refused = refusal(exc)
+    if isinstance(refused, NotHttp):
+        return f"was refused: {refused}"
+    if refused is not None:
+        return f"was refused: {refused} ({_ALLOW_HINT})"
+    if isinstance(exc, RedirectRefused):
+        return f"was refused: {exc}"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "is not a valid URL"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "is unreachable: its host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "is unreachable: the connection failed"
+    return f"is unreachable: the transfer broke off ({type(exc).__name__})"
 
 
 def _too_big(what: str, url: str, limits: Limits) -> str:

@@ -15,6 +15,7 @@ import attrs
 from taskd.config import Config
 from taskd.jobs.spec import TaskError
 from taskd.media import download, ffmpeg
+from taskd.net.guarded import GuardedClient
 
 ProgressFn = Callable[[float], Awaitable[None]]
 MODEL = "taskd-ffmpeg"
@@ -68,7 +69,9 @@ def load_renderer(config: Config, http: aiohttp.ClientSession) -> ClipRenderer:
     """The built-in renderer, or the one `providers.video.plugin` ("module:factory") makes."""
     plugin = config.providers.video.plugin.strip()
     if not plugin:
-        return FfmpegRenderer(http, download.Limits.from_config(config.media))
+        return FfmpegRenderer(
+            GuardedClient.from_config(config, http), download.Limits.from_config(config.media)
+        )
     module_name, _, attr = plugin.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr or "renderer")
@@ -170,8 +173,8 @@ class FfmpegRenderer:
 
     model = MODEL
 
-    def __init__(self, http: aiohttp.ClientSession, limits: download.Limits) -> None:
-        self.http = http
+    def __init__(self, inputs: GuardedClient, limits: download.Limits) -> None:
+        self.inputs = inputs
         self.limits = limits
 
     async def render(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> Path:
@@ -184,7 +187,7 @@ class FfmpegRenderer:
             for i, shot in enumerate(clip.shots):
                 images.append(
                     await download.fetch(
-                        self.http,
+                        self.inputs,
                         shot.url,
                         workdir / f"image{i}",
                         kind="image",

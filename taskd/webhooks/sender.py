@@ -20,9 +20,9 @@ from taskd import keys
 from taskd.config import WebhooksConfig
 from taskd.logs import bind_task
 from taskd.model import TaskNotFound, TaskRecord
+from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, refusal
 from taskd.stopping import cancel_and_wait
 from taskd.store import TaskStore
-from taskd.webhooks.guard import ForbiddenAddress, GuardedResolver, check_literal_host
 from taskd.webhooks.outbox import Attempt, Claim, Outbox, now_ms
 from taskd.webhooks.payload import build_payload, event_id
 from taskd.webhooks.schedule import SUCCESS_CODES, DeliverySchedule
@@ -33,15 +33,6 @@ log = logging.getLogger("taskd.webhooks")
 POLL_INTERVAL = 0.05  # seconds between outbox polls when idle and no wake-up arrives
 LEASE_MARGIN = 30.0  # seconds a claim outlives the request timeout before another process may take it
 USER_AGENT = "taskd-webhooks/1"
-
-
-def _refusal(exc: BaseException) -> ForbiddenAddress | None:
-    # aiohttp wraps the resolver's refusal in ClientConnectorDNSError.
-    while exc is not None:
-        if isinstance(exc, ForbiddenAddress):
-            return exc
-        exc = exc.__cause__  # type: ignore[assignment]
-    return None
 
 
 class WebhookSender:
@@ -55,12 +46,15 @@ class WebhookSender:
         ttl: int,
         signers: Signers,
         listener: Redis | None = None,
+        *,
+        policy: AddressPolicy,
     ) -> None:
         self.redis = redis
         # Pub/sub may wait for ever: it wants a client without a read timeout.
         self.listener = listener or redis
         self.store = store
         self.config = config
+        self.policy = policy  # the addresses callback URLs may reach (the [network] section)
         self.outbox = Outbox(redis, ttl)
         self.schedule = DeliverySchedule(tuple(config.extra_delays))
         self.signers = signers
@@ -76,8 +70,10 @@ class WebhookSender:
 
     def _open_session(self) -> aiohttp.ClientSession:
         proxy_host = URL(self.config.proxy).host if self.config.proxy else None
-        if not self.config.allow_private:
-            self._resolver = GuardedResolver(exempt=[proxy_host] if proxy_host else [])
+        if not self.policy.allow_private:
+            self._resolver = GuardedResolver(
+                exempt=[proxy_host] if proxy_host else [], allowed=self.policy.allows
+            )
         connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self.config.max_concurrency)
         return aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
@@ -197,8 +193,8 @@ class WebhookSender:
             **signer.headers(msg_id, int(time.time()), body),
         }
         try:
-            if not self.config.allow_private:
-                check_literal_host(url)
+            if not self.policy.allow_private:
+                check_literal_host(url, self.policy.allows)
                 if self.config.proxy and self._resolver is not None:
                     # The proxy connects, not taskd; still refuse a name that now points inside.
                     parsed = URL(url)
@@ -215,9 +211,9 @@ class WebhookSender:
         except TimeoutError:
             return Attempt(False, None, f"timeout after {self.config.timeout:g}s")
         except (aiohttp.ClientError, OSError) as exc:
-            refusal = _refusal(exc)
-            if refusal is not None:
-                return Attempt(False, None, f"refused: {refusal}")
+            refused = refusal(exc)
+            if refused is not None:
+                return Attempt(False, None, f"refused: {refused}")
             return Attempt(False, None, f"{type(exc).__name__}: {exc}")
         if status in SUCCESS_CODES:
             return Attempt(True, status)

@@ -1,0 +1,84 @@
+"""GETs of URLs that callers (or providers' answers) supply: the SSRF guard on every hop, redirects by hand."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+
+import aiohttp
+import attrs
+from yarl import URL
+
+from taskd.config import Config
+from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port
+
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class RedirectRefused(Exception):
+    """A redirect taskd does not follow: past MAX_REDIRECTS, or to a URL that does not parse."""
+
+
+def origin(url: str | URL) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an absolute http(s) URL, or None for anything else."""
+    try:
+        parsed = URL(url)
+        host, port = host_and_port(parsed)
+    except (ValueError, OSError):
+        return None
+    return parsed.scheme, host.lower(), port
+
+
+def _redirect_target(current: URL, location: str) -> URL:
+    try:
+        return current.join(URL(location))
+    except ValueError:
+        raise RedirectRefused("it redirects to a URL that does not parse") from None
+
+
+@attrs.frozen
+class GuardedClient:
+    """Opens caller-supplied URLs: each hop's scheme and address checked, at most MAX_REDIRECTS redirects.
+
+    Every `get` has a connection pool of its own, so no DNS answer or open connection carries over
+    from one fetch (or tenant) to the next. A hop on a `trusted` origin, a provider the operator
+    configured (which may sit on a private network), goes through `trusted_session` unchecked.
+    """
+
+    policy: AddressPolicy
+    trusted_session: aiohttp.ClientSession
+
+    @classmethod
+    def from_config(cls, config: Config, trusted_session: aiohttp.ClientSession) -> GuardedClient:
+        """A client with the `[network]` policy of `config`."""
+        return cls(AddressPolicy.from_config(config), trusted_session)
+
+    def _session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(allowed=self.policy.allows), use_dns_cache=False
+        )
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    @contextlib.asynccontextmanager
+    async def get(self, url: str, *, trusted: Iterable[str] = ()) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The response that `url` finally gives; ForbiddenAddress when a hop is refused (before it is
+        connected to), RedirectRefused for a redirect not followed, ValueError for a `url` that does not parse."""
+        trusted_origins = {found for found in map(origin, trusted) if found is not None}
+        target = URL(url)
+        async with self._session() as session:
+            for _ in range(MAX_REDIRECTS + 1):
+                host_and_port(target)
+                on_trusted = origin(target) in trusted_origins
+                if not on_trusted:
+                    check_literal_host(target, self.policy.allows)
+                client = self.trusted_session if on_trusted else session
+                async with client.get(target, allow_redirects=False) as response:
+                    location = (
+                        response.headers.get("Location") if response.status in _REDIRECT_STATUSES else None
+                    )
+                    if location is None:
+                        yield response
+                        return
+                target = _redirect_target(target, location)
+        raise RedirectRefused(f"it redirects more than {MAX_REDIRECTS} times")
