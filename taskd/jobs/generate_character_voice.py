@@ -10,6 +10,7 @@ import attrs
 from taskd.jobs import speech
 from taskd.jobs.spec import TaskContext, TaskError, TaskType
 from taskd.media import audio, download, ffmpeg
+from taskd.media.bounds import Bounds
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
@@ -69,14 +70,15 @@ async def synthesise(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdi
     ), "espeak-ng"
 
 
-async def _background(ctx: TaskContext, name: str, workdir: Path) -> list[str]:
+async def _background(ctx: TaskContext, name: str, workdir: Path, bounds: Bounds) -> list[str]:
     if name in NOISES:
         return ["-f", "lavfi", "-i", NOISES[name]]
     limits = download.Limits.from_config(ctx.config.media)
     path = await download.fetch(
         ctx.inputs, name, workdir / "background", kind="audio", limits=limits, what="Background noise"
     )
-    return ["-stream_loop", "-1", "-i", str(path)]
+    await bounds.check_audio(path, f"Background noise {name}")
+    return bounds.audio_input(path, loop=True)
 
 
 async def voice(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Path) -> dict[str, Any]:
@@ -84,19 +86,21 @@ async def voice(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Pa
     await ctx.progress(0.1, "synthesising_speech")
     speech_file, model = await synthesise(ctx, data, workdir)
     await ctx.progress(0.6, "mixing_audio")
-    length = (await ffmpeg.probe(speech_file)).duration
+    bounds = Bounds.from_config(ctx.config.media)
+    # A speech provider's answer is bounded like a caller's file.
+    length = await bounds.check_audio(speech_file, "The synthesised speech")
     voice_chain = f"aresample={data.sample_rate},aformat=sample_fmts=fltp:channel_layouts=mono"
-    inputs = ["-i", str(speech_file)]
+    inputs = bounds.audio_input(speech_file)
     graph = f"[0:a]{voice_chain}[out]"
     if data.background_noise:
-        inputs += await _background(ctx, data.background_noise, workdir)
+        inputs += await _background(ctx, data.background_noise, workdir, bounds)
         graph = (
             f"[0:a]{voice_chain}[v];[1:a]volume={NOISE_GAIN_DB:g}dB,{voice_chain}[n];"
             "[v][n]amix=inputs=2:duration=first:normalize=0[out]"
         )
     output = workdir / f"voice.{data.output_format}"
     args = [*inputs, "-filter_complex", graph, "-map", "[out]"]
-    args += [*audio.encode_args(data.output_format, data.sample_rate), str(output)]
+    args += [*audio.encode_args(data.output_format, data.sample_rate), *bounds.output_args(), str(output)]
 
     async def mixing(fraction: float) -> None:
         await ctx.progress(0.6 + 0.3 * fraction, "mixing_audio")
@@ -104,6 +108,7 @@ async def voice(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Pa
     await ffmpeg.run_ffmpeg(
         args, log_path=workdir / "ffmpeg.log", duration=length, progress=mixing, what="Encoding"
     )
+    bounds.check_output(output, "The voice file")
     await ctx.progress(0.95, "storing_media")
     metadata = await audio.describe(output, data.output_format, model)
     return publish(ctx.config, ctx.project_id, output, f"voice_{ctx.task_id}.{data.output_format}", metadata)

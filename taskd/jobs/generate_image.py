@@ -9,7 +9,8 @@ import attrs
 
 from taskd.jobs.images_api import ImagesClient
 from taskd.jobs.spec import TaskContext, TaskError, TaskType
-from taskd.media import download, ffmpeg
+from taskd.media import download
+from taskd.media.bounds import Bounds
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
@@ -82,10 +83,11 @@ async def run(ctx: TaskContext, data: GenerateImageInput) -> dict[str, Any]:
     await ctx.progress(0.8, "storing_media")
     with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
         path = await _image_file(ctx, image, workdir)
-        info = await ffmpeg.probe(path)
+        # Read from the header, not decoded: a provider's answer is bounded like a caller's file.
+        width, height = Bounds.from_config(ctx.config.media).check_image(path, "Generated image")
         ext = path.suffix.lstrip(".")
         metadata = {
-            "resolution": info.resolution,
+            "resolution": f"{width}x{height}",
             "format": ext,
             "generation_model": client.model,
             "revised_prompt": image.revised_prompt,

@@ -9,6 +9,7 @@ import attrs
 
 from taskd.jobs.spec import TaskContext, TaskError, TaskType
 from taskd.media import audio, download, ffmpeg
+from taskd.media.bounds import Bounds
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
@@ -98,11 +99,15 @@ async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> d
             )
         )
         await ctx.progress(0.05 + 0.15 * (i + 1) / len(data.tracks), "fetching_tracks")
-    lengths = [(await ffmpeg.probe(path)).duration for path in files]
+    bounds = Bounds.from_config(ctx.config.media)
+    lengths: list[float | None] = [
+        await bounds.check_audio(path, f"Track {track.url}")
+        for path, track in zip(files, data.tracks, strict=True)
+    ]
     expected = mix_length(data.tracks, lengths)
     if expected is not None and expected <= 0:
         raise TaskError("Nothing is left to mix after trimming")
-    inputs = [arg for path in files for arg in ("-i", str(path))]
+    inputs = [arg for path in files for arg in bounds.audio_input(path)]
     graph, label = mix_graph(data.tracks, data.sample_rate)
 
     async def analysing(fraction: float) -> None:
@@ -120,10 +125,11 @@ async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> d
         graph, label = f"{graph};[{label}]{second},aresample={data.sample_rate}[out]", "out"
     output = workdir / f"mix.{data.output_format}"
     args = [*inputs, "-filter_complex", graph, "-map", f"[{label}]"]
-    args += [*audio.encode_args(data.output_format, data.sample_rate), str(output)]
+    args += [*audio.encode_args(data.output_format, data.sample_rate), *bounds.output_args(), str(output)]
     await ffmpeg.run_ffmpeg(
         args, log_path=workdir / "ffmpeg.log", duration=expected, progress=mixing, what="Mixing"
     )
+    bounds.check_output(output, "The mix")
     await ctx.progress(0.96, "storing_media")
     metadata = await audio.describe(output, data.output_format, MODEL)
     metadata["tracks"] = len(data.tracks)

@@ -24,6 +24,8 @@ NO_ENGINE = (
     "or install espeak-ng (apt-get install espeak-ng)"
 )
 ESPEAK_BASE_RATE = 175  # words per minute at pace 1.0
+# An espeak-ng voice name (`en-us`, `gmw/en-US`, `en+whisper`): never a path or an option.
+ESPEAK_VOICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:/[A-Za-z0-9][A-Za-z0-9_-]*)?(?:\+[A-Za-z0-9_-]+)?")
 PACES = {"very_slow": 0.7, "slow": 0.85, "normal": 1.0, "medium": 1.0, "fast": 1.2, "very_fast": 1.4}
 
 
@@ -154,6 +156,11 @@ def espeak_args(profile: VoiceProfile, emotion: str | None, pace: float) -> list
     """Voice, rate, pitch and amplitude arguments for the emotion and pace."""
     tone = EMOTIONS.get((emotion or "neutral").lower(), Tone())
     voice = profile.espeak_voice or "en-us"
+    if not ESPEAK_VOICE.fullmatch(voice):
+        raise TaskError(
+            "Voice profile espeak_voice must be a voice name such as en-us or gmw/en-US "
+            "(letters, digits, - and _, an optional +variant)"
+        )
     if tone.variant and "+" not in voice:
         voice = f"{voice}+{tone.variant}"
     rate = round((profile.rate or ESPEAK_BASE_RATE) * tone.rate * pace)

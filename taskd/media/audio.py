@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import orjson
 
 from taskd.jobs.spec import TaskError
@@ -33,6 +35,56 @@ def _loudnorm(target: float) -> str:
     return f"loudnorm=I={target:g}:TP={TRUE_PEAK:g}:LRA={LRA:g}"
 
 
+@attrs.frozen
+class Loudnorm:
+    """What loudnorm's first pass measured, as numbers."""
+
+    input_i: float
+    input_tp: float
+    input_lra: float
+    input_thresh: float
+    target_offset: float
+
+    def second_pass(self, target: float) -> str:
+        """The linear loudnorm filter that brings this measurement to `target` LUFS, formatted by taskd."""
+        return (
+            f"{_loudnorm(target)}:measured_I={self.input_i:.2f}:measured_TP={self.input_tp:.2f}:"
+            f"measured_LRA={self.input_lra:.2f}:measured_thresh={self.input_thresh:.2f}:"
+            f"offset={self.target_offset:.2f}:linear=true"
+        )
+
+
+# loudnorm prints its JSON when it closes, after the inputs' tags and everything else a file can
+# make ffmpeg print: only the block after the last `[Parsed_loudnorm_N @ 0x...]` line is read.
+_LOUDNORM_BLOCK = re.compile(r"^\[Parsed_loudnorm_\d+ @ 0x[0-9a-f]+\] *\n(\{[^{}]*\})", re.M)
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|inf)")
+_UNUSABLE = "Loudness analysis gave no usable measurement"
+
+
+def _number(printed: object) -> float:
+    # loudnorm prints every value as a quoted decimal (or "-inf"); anything else is not its output.
+    if not isinstance(printed, str) or not _NUMBER.fullmatch(printed):
+        raise ValueError(printed)
+    return float(printed)
+
+
+def parse_loudnorm(log: str) -> Loudnorm:
+    """The measurement in loudnorm's last JSON block; TaskError unless every value is a number."""
+    blocks = _LOUDNORM_BLOCK.findall(log)
+    if not blocks:
+        raise TaskError(_UNUSABLE)
+    try:
+        printed = orjson.loads(blocks[-1])
+        values = {field: _number(printed[field]) for field in attrs.fields_dict(Loudnorm)}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise TaskError(_UNUSABLE) from None
+    if values["input_i"] == -math.inf:
+        raise TaskError("The mix is silent: there is no loudness to normalise")
+    if not all(math.isfinite(value) for value in values.values()):
+        raise TaskError(_UNUSABLE)
+    return Loudnorm(**values)
+
+
 async def loudnorm_second_pass(
     inputs: list[str],
     graph: str,
@@ -49,18 +101,7 @@ async def loudnorm_second_pass(
     await ffmpeg.run_ffmpeg(
         args, log_path=log, duration=duration, progress=progress, what="Loudness analysis", loglevel="info"
     )
-    text = log.read_text("utf-8", "replace")
-    found = re.search(r"\{[^{}]*\"input_i\"[^{}]*\}", text)
-    if not found:
-        raise TaskError("Loudness analysis gave no measurement")
-    measured = orjson.loads(found.group(0))
-    if measured["input_i"] in ("-inf", "inf"):
-        raise TaskError("The mix is silent: there is no loudness to normalise")
-    return (
-        f"{_loudnorm(target)}:measured_I={measured['input_i']}:measured_TP={measured['input_tp']}:"
-        f"measured_LRA={measured['input_lra']}:measured_thresh={measured['input_thresh']}:"
-        f"offset={measured['target_offset']}:linear=true"
-    )
+    return parse_loudnorm(log.read_text("utf-8", "replace")).second_pass(target)
 
 
 async def describe(path: Path, output_format: str, model: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from taskd.jobs.spec import TaskError
 
 TERM_GRACE = 2.0
 _STDERR_TAIL = 600
+_ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
 ProgressFn = Callable[[float], Awaitable[None]]
 
 
@@ -116,7 +117,11 @@ async def run_ffmpeg(
         finally:
             await stop_process(proc)
     if code != 0:
-        lines = log_path.read_text("utf-8", "replace").strip().splitlines()
+        # A file in the scratch dir is named alone (where taskd keeps its data is not the caller's
+        # business), and ffmpeg's `[png @ 0x55d6...]` prefixes lose their memory addresses.
+        text = log_path.read_text("utf-8", "replace").replace(f"{log_path.parent}/", "")
+        text = _ADDRESS.sub("", text)
+        lines = text.strip().splitlines()
         tail = " | ".join(line for line in lines[-6:] if line.strip())[-_STDERR_TAIL:]
         raise TaskError(f"{what} failed (ffmpeg exit {code}): {tail or 'no message'}")
 
@@ -159,15 +164,21 @@ class MediaInfo:
         return f"{self.width}x{self.height}" if self.width and self.height else None
 
 
-_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-_VIDEO = re.compile(r"Stream #\S+.*?: Video: (\w+).*?, (\d{2,5})x(\d{2,5})")
-_FPS = re.compile(r"Stream #\S+.*?: Video: .*?([\d.]+) fps")
-_AUDIO = re.compile(r"Stream #\S+.*?: Audio: (\w+).*?, (\d+) Hz, ([^,]+)")
+# `ffmpeg -i` prints a file's tags too, as `    key             : value` lines, a value's newlines as
+# `                    : more` lines. Only ffmpeg's own lines start with exactly two spaces and then
+# `Duration:` or `Stream #N:N`, so a tag *value* cannot pass for one. A tag *key* or an Ogg/Matroska
+# stream language is printed verbatim and can: so this is for files taskd wrote with no tags copied
+# (Bounds.output_args); an input's length comes from input_duration, its picture size from its header.
+_DURATION = re.compile(r"^  Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.M)
+_STREAM = r"^  Stream #\d+:\d+(?:\[0x[0-9a-f]+\])?(?:\([^)\n]*\))?: "
+_VIDEO = re.compile(_STREAM + r"Video: (\w+).*?, (\d{2,5})x(\d{2,5})", re.M)
+_FPS = re.compile(_STREAM + r"Video: .*?([\d.]+) fps", re.M)
+_AUDIO = re.compile(_STREAM + r"Audio: (\w+).*?, (\d+) Hz, ([^,\n]+)", re.M)
 _CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "quad": 4, "5.0": 5, "5.1": 6, "7.1": 8}
 
 
 def parse_info(text: str) -> MediaInfo:
-    """Read duration, video size/fps and audio rate/channels from `ffmpeg -i` output."""
+    """Read duration, video size/fps and audio rate/channels from ffmpeg's own lines of `ffmpeg -i` output."""
     duration = None
     if match := _DURATION.search(text):
         hours, minutes, seconds = match.groups()
@@ -194,17 +205,49 @@ def parse_info(text: str) -> MediaInfo:
 
 
 async def probe(path: Path) -> MediaInfo:
-    """Measure a file with `ffmpeg -i` (imageio-ffmpeg ships no ffprobe)."""
+    """Measure a file taskd wrote with `ffmpeg -i` (imageio-ffmpeg ships no ffprobe); see _DURATION."""
     return parse_info(await ffmpeg_output(["-i", str(path)]))
 
 
+async def input_duration(path: Path, limit: float, what: str) -> float:
+    """Seconds of audio in an input file, counted by copying its packets to nowhere (nothing is decoded),
+    at most `limit` + 1; TaskError when ffmpeg cannot read an audio stream from it.
+
+    The count is read from `-progress` on stdout, which holds ffmpeg's counters alone: the file's tags,
+    its stream language and its header's claimed length go to stderr, which nobody reads.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *(ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "quiet"),
+        *("-t", f"{limit + 1:.3f}", "-i", str(path), "-map", "0:a:0", "-c", "copy"),
+        *("-f", "null", "-progress", "pipe:1", "-"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=child_environment(),
+    )
+    try:
+        out, _ = await proc.communicate()
+    finally:
+        await stop_process(proc)
+    counted = re.findall(rb"^out_time_us=(-?\d+)$", out, re.M)
+    if proc.returncode != 0 or not counted:
+        raise TaskError(f"{what} is not a readable audio file")
+    return max(0, int(counted[-1])) / 1e6
+
+
+# ebur128 prints its summary when it closes, after everything a file can make ffmpeg print.
+_SUMMARY = re.compile(
+    r"^\[Parsed_ebur128_\d+ @ 0x[0-9a-f]+\] Summary:\n\s*\n  Integrated loudness:\n    I: +(-?\d+\.\d|-inf) LUFS$",
+    re.M,
+)
+
+
 async def integrated_loudness(path: Path) -> float | None:
-    """The file's integrated loudness (LUFS) by ffmpeg's EBU R128 `ebur128` filter."""
+    """The file's integrated loudness (LUFS) by ffmpeg's EBU R128 `ebur128` filter; None for silence."""
     text = await ffmpeg_output(
         ["-nostats", "-i", str(path), "-filter_complex", "ebur128=framelog=quiet", "-f", "null", "-"]
     )
-    summary = text.rpartition("Summary:")[2]
-    match = re.search(r"I:\s+(-?[\d.]+|-inf) LUFS", summary)
-    if not match or match.group(1) == "-inf":
+    found = _SUMMARY.findall(text)
+    if not found or found[-1] == "-inf":
         return None
-    return float(match.group(1))
+    return float(found[-1])

@@ -15,6 +15,7 @@ import attrs
 from taskd.config import Config
 from taskd.jobs.spec import TaskError
 from taskd.media import download, ffmpeg
+from taskd.media.bounds import Bounds
 from taskd.net.guarded import GuardedClient
 
 ProgressFn = Callable[[float], Awaitable[None]]
@@ -70,7 +71,9 @@ def load_renderer(config: Config, http: aiohttp.ClientSession) -> ClipRenderer:
     plugin = config.providers.video.plugin.strip()
     if not plugin:
         return FfmpegRenderer(
-            GuardedClient.from_config(config, http), download.Limits.from_config(config.media)
+            GuardedClient.from_config(config, http),
+            download.Limits.from_config(config.media),
+            Bounds.from_config(config.media),
         )
     module_name, _, attr = plugin.partition(":")
     try:
@@ -132,7 +135,8 @@ def slideshow_graph(motions: list[str], holds: list[int], fade: int, clip: ClipR
     for i, (motion, hold) in enumerate(zip(motions, holds, strict=True)):
         frames = hold + (fade if i < len(holds) - 1 else 0)
         parts.append(
-            f"[{i}:v]scale={clip.width}:{clip.height}:force_original_aspect_ratio=increase,"
+            # One frame of each image (an animated GIF, APNG or WebP has more), held for `frames`.
+            f"[{i}:v]trim=end_frame=1,scale={clip.width}:{clip.height}:force_original_aspect_ratio=increase,"
             f"crop={clip.width}:{clip.height},setsar=1,"
             f"zoompan={_motion(motion, frames)}:d={frames}:s={size}:fps={clip.fps},"
             f"format=yuv420p,trim=end_frame={frames}[s{i}]"
@@ -173,9 +177,10 @@ class FfmpegRenderer:
 
     model = MODEL
 
-    def __init__(self, inputs: GuardedClient, limits: download.Limits) -> None:
+    def __init__(self, inputs: GuardedClient, limits: download.Limits, bounds: Bounds) -> None:
         self.inputs = inputs
         self.limits = limits
+        self.bounds = bounds
 
     async def render(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> Path:
         """Download, then render; progress is 0..0.2 for downloads and 0.2..1 for ffmpeg."""
@@ -195,13 +200,14 @@ class FfmpegRenderer:
                         what="Image",
                     )
                 )
+                self.bounds.check_image(images[-1], f"Image {shot.url}")
                 await progress(0.2 * (i + 1) / len(clip.shots))
             holds = _frames([s.hold for s in clip.shots], total)
             fade = min(round(FADE_SECONDS * clip.fps), min(holds) // 2) if len(holds) > 1 else 0
             graph, label = slideshow_graph([s.motion for s in clip.shots], holds, fade, clip)
-            inputs = [arg for path in images for arg in ("-i", str(path))]
+            inputs = [arg for path in images for arg in self.bounds.image_input(path)]
         else:
-            graph, label = self._title_graph(clip, workdir, total)
+            graph, label = title_graph(clip, workdir, total)
             inputs = ["-f", "lavfi", "-i", f"color=c=0x15151c:s={clip.width}x{clip.height}:r={clip.fps}"]
 
         async def encoding(fraction: float) -> None:
@@ -223,24 +229,32 @@ class FfmpegRenderer:
             "-movflags",
             "+faststart",
             "-an",
+            *self.bounds.output_args(),
             str(output),
         ]
         await ffmpeg.run_ffmpeg(
             args, log_path=workdir / "ffmpeg.log", duration=clip.duration, progress=encoding, what="Rendering"
         )
+        self.bounds.check_output(output, "The rendered clip")
         return output
 
-    def _title_graph(self, clip: ClipRequest, workdir: Path, total: int) -> tuple[str, str]:
-        fade = min(1.0, clip.duration / 4)
-        steps = [f"[0:v]trim=end_frame={total},setsar=1,format=yuv420p"]
-        font = find_font()
-        if font and clip.title:
-            text_file = workdir / "title.txt"
-            text_file.write_text("\n".join(textwrap.wrap(clip.title, 40)[:8]))
-            steps.append(
-                f"drawtext=fontfile='{_escape(font)}':textfile='{_escape(str(text_file))}':"
-                f"fontcolor=white:fontsize={max(12, clip.height // 18)}:line_spacing={max(4, clip.height // 60)}:"
-                "x=(w-text_w)/2:y=(h-text_h)/2"
-            )
-        steps.append(f"fade=t=in:d={fade:.3f},fade=t=out:st={clip.duration - fade:.3f}:d={fade:.3f}")
-        return ",".join(steps) + "[out]", "out"
+
+def title_graph(clip: ClipRequest, workdir: Path, total: int) -> tuple[str, str]:
+    """The filter graph of a title card over input 0 (a colour source): the title, fading in and out.
+
+    The caller's text reaches ffmpeg only as a file, drawn as it is: `expansion=none`, so `%{...}`
+    sequences (expressions, metadata, time) in it are letters, not instructions.
+    """
+    fade = min(1.0, clip.duration / 4)
+    steps = [f"[0:v]trim=end_frame={total},setsar=1,format=yuv420p"]
+    font = find_font()
+    if font and clip.title:
+        text_file = workdir / "title.txt"
+        text_file.write_text("\n".join(textwrap.wrap(clip.title, 40)[:8]), "utf-8")
+        steps.append(
+            f"drawtext=fontfile='{_escape(font)}':textfile='{_escape(str(text_file))}':expansion=none:"
+            f"fontcolor=white:fontsize={max(12, clip.height // 18)}:line_spacing={max(4, clip.height // 60)}:"
+            "x=(w-text_w)/2:y=(h-text_h)/2"
+        )
+    steps.append(f"fade=t=in:d={fade:.3f},fade=t=out:st={clip.duration - fade:.3f}:d={fade:.3f}")
+    return ",".join(steps) + "[out]", "out"

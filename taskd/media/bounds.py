@@ -1,0 +1,72 @@
+"""What a task's inputs may make ffmpeg decode, and what a task may write: the `media.max_*` settings.
+
+Each bound is checked before ffmpeg decodes anything (an image's header, an audio input's packets
+counted without decoding), and enforced by ffmpeg itself as a second line (`-max_pixels`, `-t`, `-fs`)
+so that a file which lies in its header still cannot make it decode or write more.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from taskd.config import MediaConfig
+from taskd.jobs.spec import TaskError
+from taskd.media import ffmpeg, image_header
+
+
+@attrs.frozen
+class Bounds:
+    """The limits of the `[media]` section on decoded inputs and written outputs."""
+
+    max_image_pixels: int
+    max_input_seconds: float
+    max_output_bytes: int
+
+    @classmethod
+    def from_config(cls, media: MediaConfig) -> Bounds:
+        """The bounds of the `[media]` section."""
+        return cls(media.max_image_pixels, media.max_input_seconds, media.max_output_bytes)
+
+    def check_image(self, path: Path, what: str) -> tuple[int, int]:
+        """The image's (width, height) from its header; TaskError if it has none or is over max_image_pixels."""
+        size = image_header.dimensions(path)
+        if size is None:
+            raise TaskError(f"{what} is not a readable image (no PNG, JPEG, GIF, BMP or WebP header)")
+        width, height = size
+        if width * height > self.max_image_pixels:
+            raise TaskError(
+                f"{what} is {width}x{height} pixels, over the limit of {self.max_image_pixels} pixels "
+                "(media.max_image_pixels)"
+            )
+        return size
+
+    async def check_audio(self, path: Path, what: str) -> float:
+        """The audio input's length in seconds, counted from its packets; TaskError over max_input_seconds."""
+        seconds = await ffmpeg.input_duration(path, self.max_input_seconds, what)
+        if seconds > self.max_input_seconds:
+            raise TaskError(
+                f"{what} is longer than the limit of {self.max_input_seconds:g} s (media.max_input_seconds)"
+            )
+        return seconds
+
+    def image_input(self, path: Path) -> list[str]:
+        """`-i` for an image, with ffmpeg's decoder refusing any frame over max_image_pixels."""
+        return ["-max_pixels", str(self.max_image_pixels), "-i", str(path)]
+
+    def audio_input(self, path: Path, *, loop: bool = False) -> list[str]:
+        """`-i` for an audio input, of which ffmpeg reads at most max_input_seconds (looped or not)."""
+        looping = ["-stream_loop", "-1"] if loop else []
+        return [*looping, "-t", f"{self.max_input_seconds:.3f}", "-i", str(path)]
+
+    def output_args(self) -> list[str]:
+        """Output options: no tags or chapters copied from the inputs, and ffmpeg stops at max_output_bytes."""
+        return ["-map_metadata", "-1", "-map_chapters", "-1", "-fs", str(self.max_output_bytes)]
+
+    def check_output(self, path: Path, what: str) -> None:
+        """TaskError when ffmpeg stopped writing `path` at max_output_bytes (`-fs` ends it without an error)."""
+        if path.stat().st_size >= self.max_output_bytes:
+            raise TaskError(
+                f"{what} reached the limit of {self.max_output_bytes} bytes (media.max_output_bytes)"
+            )

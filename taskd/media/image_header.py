@@ -1,0 +1,115 @@
+"""Image dimensions read from the file's own header, without decoding a pixel: PNG, JPEG, GIF, BMP, WebP.
+
+A decompression bomb is a small file that declares a huge picture; its header is enough to refuse it
+before ffmpeg allocates the frame. Only the first picture a file declares is read here: ffmpeg's
+`-max_pixels` (taskd/media/bounds.py) bounds every frame it decodes as well.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+# JPEG start-of-frame markers: every SOFn except DHT (C4), JPG (C8) and DAC (CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# JPEG markers that stand alone, with no length field after them.
+_JPEG_BARE = frozenset({0x01, *range(0xD0, 0xD9)})
+_WEBP_CHUNKS_READ = 4096  # an animation has a chunk per frame
+
+
+def dimensions(path: Path) -> tuple[int, int] | None:
+    """(width, height) the image's header declares, or None when the file has no header taskd can read."""
+    with path.open("rb") as stream:
+        head = stream.read(32)
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            return _positive(*struct.unpack(">II", head[16:24]))
+        if head[:6] in (b"GIF87a", b"GIF89a"):
+            return _positive(*struct.unpack("<HH", head[6:10]))
+        if head.startswith(b"BM") and len(head) >= 26:
+            return _bmp(head)
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return _webp(stream)
+        if head.startswith(b"\xff\xd8"):
+            return _jpeg(stream)
+    return None
+
+
+def _positive(width: int, height: int) -> tuple[int, int] | None:
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def _bmp(head: bytes) -> tuple[int, int] | None:
+    (info_size,) = struct.unpack("<I", head[14:18])
+    if info_size == 12:  # BITMAPCOREHEADER: 16-bit sides
+        return _positive(*struct.unpack("<HH", head[18:22]))
+    width, height = struct.unpack("<ii", head[18:26])
+    return _positive(width, abs(height))  # a negative height means top-down rows
+
+
+def _webp(stream: BinaryIO) -> tuple[int, int] | None:
+    # The canvas (VP8X), a bitstream's own size (VP8, VP8L) and each animation frame (ANMF) may all
+    # differ, and ffmpeg's decoder allocates whichever it is handed: the largest one counts.
+    sizes = []
+    stream.seek(12)
+    for _ in range(_WEBP_CHUNKS_READ):
+        header = stream.read(8)
+        if len(header) < 8:
+            break
+        kind, size = header[:4], struct.unpack("<I", header[4:])[0]
+        data = stream.read(min(size, 34))
+        sizes += _webp_chunk_sizes(kind, data)
+        stream.seek(size + (size & 1) - len(data), 1)  # chunks are padded to an even length
+    return max((side for side in sizes if min(side) > 0), key=lambda side: side[0] * side[1], default=None)
+
+
+def _webp_chunk_sizes(kind: bytes, data: bytes) -> list[tuple[int, int]]:
+    if kind in (b"VP8X", b"ANMF") and len(data) >= 10:
+        at = 4 if kind == b"VP8X" else 6  # ANMF starts with the frame's x and y offsets
+        size = [
+            (
+                1 + int.from_bytes(data[at : at + 3], "little"),
+                1 + int.from_bytes(data[at + 3 : at + 6], "little"),
+            )
+        ]
+        # An animation frame holds its own bitstream chunk, after a 16-byte frame header.
+        return size + (_webp_chunk_sizes(data[16:20], data[24:]) if kind == b"ANMF" else [])
+    if kind == b"VP8 " and len(data) >= 10 and data[3:6] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[6:10])
+        return [(width & 0x3FFF, height & 0x3FFF)]
+    if kind == b"VP8L" and len(data) >= 5 and data[0] == 0x2F:
+        bits = int.from_bytes(data[1:5], "little")
+        return [(1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF))]
+    return []
+
+
+def _jpeg(stream: BinaryIO) -> tuple[int, int] | None:
+    # Walk the segments after SOI by their lengths (so an EXIF thumbnail's SOF is never read) up to the
+    # first frame header; the entropy-coded data only starts after it.
+    stream.seek(2)
+    while True:
+        if stream.read(1) != b"\xff":
+            return None
+        marker = stream.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = stream.read(1)
+        if not marker:
+            return None
+        code = marker[0]
+        if code in _JPEG_BARE:
+            continue
+        if code in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            return None
+        length_bytes = stream.read(2)
+        if len(length_bytes) < 2:
+            return None
+        (length,) = struct.unpack(">H", length_bytes)
+        if length < 2:
+            return None
+        if code in _JPEG_SOF:
+            frame = stream.read(5)
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack(">HH", frame[1:5])
+            return _positive(width, height)
+        stream.seek(length - 2, 1)

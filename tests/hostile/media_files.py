@@ -1,0 +1,82 @@
+"""Hostile media files for the attacker suite, made with the bundled ffmpeg or written byte by byte."""
+
+from __future__ import annotations
+
+import io
+import struct
+import subprocess
+import wave
+import zlib
+from pathlib import Path
+
+import imageio_ffmpeg
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", *args], check=True)
+
+
+def square_wav(seconds: float = 2.0, rate: int = 8000) -> bytes:
+    """Mono 16-bit WAV of a quiet square wave (loud enough to have a loudness)."""
+    frames = b"".join(struct.pack("<h", 3000 if (n // 20) % 2 else -3000) for n in range(int(seconds * rate)))
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames)
+    return out.getvalue()
+
+
+def tagged_flac(workdir: Path, *, seconds: float = 2.0, **tags: str) -> bytes:
+    """A FLAC of a square wave whose Vorbis comments hold `tags` (title, comment, ...)."""
+    source, target = workdir / "tagged-source.wav", workdir / "tagged.flac"
+    source.write_bytes(square_wav(seconds))
+    metadata = [arg for key, value in tags.items() for arg in ("-metadata", f"{key}={value}")]
+    _ffmpeg("-i", str(source), *metadata, str(target))
+    return target.read_bytes()
+
+
+def tagged_ogg(workdir: Path, *, language: str, key: str) -> bytes:
+    """A one-second Ogg Vorbis whose stream language and one tag key hold `language` and `key` verbatim."""
+    target = workdir / "tagged.ogg"
+    _ffmpeg(
+        *("-f", "lavfi", "-i", "sine=f=440:d=1", "-c:a", "libvorbis"),
+        *("-metadata:s:a:0", f"language={language}", "-metadata", f"{key}=x", str(target)),
+    )
+    return target.read_bytes()
+
+
+def long_silent_flac(workdir: Path, hours: float) -> bytes:
+    """A FLAC of `hours` of 8 kHz silence: a few hundred KB, generated in a second or two."""
+    target = workdir / "long.flac"
+    _ffmpeg(
+        *("-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono:n=32768", "-t", str(int(hours * 3600))),
+        *("-c:a", "flac", "-frame_size", "32768", "-compression_level", "0", str(target)),
+    )
+    return target.read_bytes()
+
+
+def wav_claiming(seconds: float, body_seconds: float = 1.0, rate: int = 8000) -> bytes:
+    """A WAV whose header declares `seconds` of audio but whose body holds only `body_seconds`."""
+    real = square_wav(body_seconds, rate)
+    declared = int(seconds * rate * 2)
+    return real[:4] + struct.pack("<I", declared + 36) + real[8:40] + struct.pack("<I", declared) + real[44:]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A grey PNG of about width x height / 1000 bytes that decodes to width x height pixels."""
+    row = b"\x00" * (1 + width)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )

@@ -1,0 +1,235 @@
+"""Resource bombs in task inputs (issue 13, finding 4, media side): bounded before they are decoded.
+
+A small file that declares a huge picture, an hour-long input, a mix that would fill the disk: each
+fails its task with an error naming the bound and the `media.*` key that sets it, and taskd's worker
+keeps its memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+from fake_media_apis import FakeImagesAPI, FileServer, make_ctx
+from media_files import long_silent_flac, png_bomb, square_wav, wav_claiming
+from PIL import Image
+
+from taskd.config import Config, ImageProvider, MediaConfig, NetworkConfig, ProvidersConfig
+from taskd.jobs import generate_image
+from taskd.jobs.generate_image import GenerateImageInput
+from taskd.jobs.spec import TaskError
+from taskd.media import ffmpeg, image_header
+from taskd.media.bounds import Bounds
+
+MEGABYTE = 1024 * 1024
+
+
+@pytest.fixture
+async def files() -> AsyncIterator[FileServer]:
+    async with FileServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def start(start_service, tmp_path: Path, **media: object):
+    settings = {"base_url": "http://media.test", "scratch_dir": str(tmp_path / "scratch"), **media}
+    # The attacker's files are served on loopback.
+    return await start_service(media=MediaConfig(**settings), network=NetworkConfig(allow_private=True))
+
+
+def assert_no_internals(body: dict, service) -> None:
+    """The task's error names neither where taskd keeps its data nor a secret it holds."""
+    text = json.dumps(body)
+    assert str(service.service.config.data_path) not in text
+    assert str(Path(service.service.config.media.scratch_dir)) not in text
+    assert service.service.config.auth.api_keys[0] not in text
+
+
+async def test_a_png_decompression_bomb_fails_before_it_is_decoded(start_service, tmp_path, files):
+    service = await start(start_service, tmp_path)
+    url = files.add("bomb.png", png_bomb(10_000, 10_000))  # ~100 KB, 100 megapixels
+    worker = psutil.Process()
+    rss_before = worker.memory_info().rss
+
+    task = await service.submit("render_animation", {"character_id": "c", "keyframes": [{"image_url": url}]})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == (
+        f"Image {url} is 10000x10000 pixels, over the limit of 40000000 pixels (media.max_image_pixels)"
+    )
+    assert worker.memory_info().rss - rss_before < 100 * MEGABYTE
+    assert_no_internals(body, service)
+
+
+async def test_a_generated_image_over_the_pixel_limit_is_not_stored(tmp_path, http):
+    async with FakeImagesAPI() as api:
+        api.image = png_bomb(8_000, 6_000)
+        provider = ImageProvider(base_url=api.base_url, api_key="sk-img")
+        config = Config(
+            data_dir=str(tmp_path / "data"),
+            media=MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch")),
+            providers=ProvidersConfig(image=provider),
+            network=NetworkConfig(allow_private=True),
+        )
+        ctx, _ = make_ctx(http, config)
+
+        with pytest.raises(
+            TaskError, match=r"^Generated image is 8000x6000 pixels, over the limit of 40000000"
+        ):
+            await generate_image.run(ctx, GenerateImageInput(prompt="a bomb"))
+
+    assert not list((tmp_path / "data").rglob("*.png"))
+
+
+async def test_a_ten_hour_track_fails_naming_the_duration_limit(start_service, tmp_path, files):
+    service = await start(start_service, tmp_path)
+    url = files.add("long.flac", long_silent_flac(tmp_path, hours=10))  # ~120 KB
+
+    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == f"Track {url} is longer than the limit of 3600 s (media.max_input_seconds)"
+    assert_no_internals(body, service)
+
+
+async def test_the_duration_limit_is_a_setting(start_service, tmp_path, files):
+    service = await start(start_service, tmp_path, max_input_seconds=1.5)
+    url = files.add("two.wav", square_wav(2.0))
+
+    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == f"Track {url} is longer than the limit of 1.5 s (media.max_input_seconds)"
+
+
+async def test_a_header_claiming_ten_hours_is_measured_by_what_the_file_holds(tmp_path):
+    path = tmp_path / "liar.wav"
+    path.write_bytes(wav_claiming(seconds=36_000, body_seconds=1.0))
+
+    seconds = await ffmpeg.input_duration(path, limit=3600, what="Track")
+
+    assert seconds == pytest.approx(1.0, abs=0.01)
+
+
+async def test_a_mix_over_the_output_limit_fails_instead_of_being_stored(start_service, tmp_path, files):
+    service = await start(start_service, tmp_path, max_output_bytes=MEGABYTE)
+    url = files.add("ten.wav", square_wav(10.0))  # 10 s as 48 kHz stereo WAV: 1.8 MB
+
+    task = await service.submit(
+        "process_audio",
+        {"tracks": [{"url": url}], "normalize": False, "output_format": "wav", "sample_rate": 48000},
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == "The mix reached the limit of 1048576 bytes (media.max_output_bytes)"
+    assert not list(Path(service.service.config.data_path, "media").rglob("*.wav"))
+
+
+async def test_a_truncated_image_fails_in_ffmpeg_words_without_internal_details(
+    start_service, tmp_path, files
+):
+    service = await start(start_service, tmp_path)
+    url = files.add("cut.png", png_bomb(64, 48)[:33])  # the signature and IHDR, no picture
+
+    task = await service.submit("render_animation", {"character_id": "c", "keyframes": [{"image_url": url}]})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"].startswith("Rendering failed (ffmpeg exit ")
+    assert " @ 0x" not in body["error"]
+    assert_no_internals(body, service)
+
+
+async def test_ffmpeg_itself_refuses_to_decode_an_image_over_the_pixel_bound(tmp_path):
+    # The second line, for a picture the header reader did not see (a later frame, a format it skips).
+    path = tmp_path / "big.png"
+    path.write_bytes(png_bomb(2_000, 1_000))
+    bounds = Bounds(max_image_pixels=1_000_000, max_input_seconds=60, max_output_bytes=MEGABYTE)
+    log = tmp_path / "ffmpeg.log"
+
+    with pytest.raises(TaskError, match=r"^Decoding failed \(ffmpeg exit"):
+        await ffmpeg.run_ffmpeg([*bounds.image_input(path), "-f", "null", "-"], log_path=log, what="Decoding")
+
+    assert "exceeds specified max pixel count 1000000" in log.read_text()
+
+
+async def test_ffmpeg_reads_no_more_of_an_audio_input_than_the_duration_bound(tmp_path):
+    # The second line, for a file whose packets were counted short but decode long.
+    path, out = tmp_path / "two.wav", tmp_path / "out.wav"
+    path.write_bytes(square_wav(2.0))
+    bounds = Bounds(max_image_pixels=1_000_000, max_input_seconds=0.5, max_output_bytes=MEGABYTE)
+
+    await ffmpeg.run_ffmpeg(
+        [*bounds.audio_input(path), *bounds.output_args(), str(out)], log_path=tmp_path / "log"
+    )
+
+    assert (await ffmpeg.probe(out)).duration == pytest.approx(0.5, abs=0.01)
+
+
+def encoded(fmt: str, size: tuple[int, int], **options: object) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (90, 40, 200)).save(out, fmt, **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        ("PNG", {}),
+        ("JPEG", {}),
+        ("JPEG", {"progressive": True}),
+        ("GIF", {}),
+        ("BMP", {}),
+        ("WEBP", {"lossless": False}),
+        ("WEBP", {"lossless": True}),
+    ],
+)
+def test_image_sizes_are_read_from_the_header(tmp_path, fmt, options):
+    path = tmp_path / "image"
+    path.write_bytes(encoded(fmt, (1234, 567), **options))
+
+    assert image_header.dimensions(path) == (1234, 567)
+
+
+def test_a_jpeg_frame_header_hidden_in_an_app_segment_is_not_read(tmp_path):
+    jpeg = encoded("JPEG", (64, 48))
+    fake_sof = b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 60_000, 60_000) + b"\x03" + b"\x00" * 9
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + len(fake_sof)) + fake_sof
+    path = tmp_path / "image.jpg"
+    path.write_bytes(jpeg[:2] + app1 + jpeg[2:])
+
+    assert image_header.dimensions(path) == (64, 48)
+
+
+def test_a_webp_canvas_smaller_than_its_picture_is_measured_by_the_picture(tmp_path):
+    webp = encoded("WEBP", (1234, 567), lossless=False)
+    small_canvas = b"VP8X" + struct.pack("<I", 10) + b"\x00" * 4 + (15).to_bytes(3, "little") * 2
+    path = tmp_path / "image.webp"
+    path.write_bytes(webp[:12] + small_canvas + webp[12:])
+
+    assert image_header.dimensions(path) == (1234, 567)
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0\x00", b"RIFF\x00\x00\x00\x00WEBP"]
+)
+def test_a_truncated_header_reads_as_no_size(tmp_path, data):
+    path = tmp_path / "image"
+    path.write_bytes(data)
+
+    assert image_header.dimensions(path) is None
