@@ -28,6 +28,8 @@ import psutil
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from taskd.childenv import child_environment
+
 log = logging.getLogger("taskd.embedded")
 
 HOST = "127.0.0.1"
@@ -195,6 +197,8 @@ class EmbeddedValkey:
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self.dir,
+                # Valkey needs none of taskd's environment (which may hold keys and passwords).
+                env=child_environment(),
                 preexec_fn=_die_with_parent_hook() if self._die_with_parent else None,
             )
         # Valkey writes its pidfile too, but only once it gets that far; ours closes the gap.

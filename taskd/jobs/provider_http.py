@@ -9,6 +9,7 @@ import aiohttp
 import orjson
 
 from taskd.jobs.spec import TaskError
+from taskd.logs import REDACTOR
 
 _DETAIL_LIMIT = 300
 
@@ -38,8 +39,11 @@ def redact(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-def error_detail(raw: bytes) -> str:
-    """The provider's own error message (OpenAI shape `{"error": {"message": ...}}`), shortened."""
+def error_detail(raw: bytes, secret: str = "") -> str:
+    """The provider's own error message (OpenAI shape `{"error": {"message": ...}}`), masked, then shortened.
+
+    Masking comes first: a secret cut in half by the shortening would no longer be recognised.
+    """
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -52,7 +56,7 @@ def error_detail(raw: bytes) -> str:
             text = error
         else:
             text = ""
-    text = " ".join(text.split())
+    text = REDACTOR.redact(redact(" ".join(text.split()), secret))
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
 
@@ -84,7 +88,7 @@ async def post_json(
         reason = redact(f"{type(exc).__name__}: {exc}", api_key)
         raise ProviderError(f"{name} unreachable: {reason}", True) from None
     if status >= 400:
-        detail = redact(error_detail(raw), api_key)
+        detail = error_detail(raw, api_key)
         message = f"{name} returned HTTP {status}" + (f": {detail}" if detail else "")
         raise ProviderError(message, status == 429 or status >= 500, status)
     return raw

@@ -26,6 +26,8 @@ import aiohttp
 import attrs
 import cattrs
 import imageio_ffmpeg
+import orjson
+import psutil
 import pytest
 from conftest import TERMINAL
 from examples import TASK_DATA
@@ -42,6 +44,8 @@ from taskd.config import (
     ScopedKey,
     WebhooksConfig,
 )
+from taskd.embedded import EmbeddedValkey
+from taskd.jobs.provider_http import error_detail
 from taskd.logs import secrets_of, url_password
 
 ADMIN_KEY = "secrets-suite-admin-key-8d1e4b"
@@ -400,3 +404,24 @@ def test_a_later_start_names_the_key_file_without_printing_the_key(tmp_path):
     assert f"API key: in {tmp_path / 'data' / 'api_key'}" in printed
     assert key not in printed
     assert key not in logged
+
+
+async def test_the_embedded_valkey_is_started_without_taskds_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TASKD_AUTH__API_KEYS", ADMIN_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", FOREIGN["OPENAI_API_KEY"])
+
+    async with EmbeddedValkey(tmp_path) as valkey:
+        assert valkey.pid is not None
+        seen = psutil.Process(valkey.pid).environ()
+
+    assert not [name for name in seen if name.startswith("TASKD_")]
+    assert _leaks(json.dumps(seen), {"admin key": ADMIN_KEY, **FOREIGN}) == []
+
+
+def test_a_secret_at_the_cut_of_a_long_provider_message_is_masked_whole():
+    # The secret straddles the 300-character cut: masked first, no prefix of it survives.
+    message = "x" * 290 + " " + PROVIDER_KEYS["LLM"]
+
+    detail = error_detail(orjson.dumps({"error": {"message": message}}), PROVIDER_KEYS["LLM"])
+
+    assert PROVIDER_KEYS["LLM"][:8] not in detail
