@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -19,6 +19,8 @@ DEFAULT_MEMORY_LIMIT = 2 * 1024**3
 REDIS_MEMORY_WARNING_SHARE, REDIS_MEMORY_CRITICAL_SHARE = 0.80, 0.95
 
 SEVERITY_ORDER = {"healthy": 0, "warning": 1, "critical": 2}
+# How an alert names a task the caller's key may not see (a key scoped to other projects).
+ANOTHER_PROJECTS_TASK = "A task of another project"
 
 
 @attrs.frozen
@@ -51,21 +53,17 @@ def _failure_rate(metrics: Metrics) -> list[Alert]:
     return []
 
 
-def _durations(running_since: Mapping[str, float], at: float) -> list[Alert]:
+def _durations(running_since: Mapping[str, float], at: float, named: Container[str] | None) -> list[Alert]:
     alerts = []
     for task_id, started in sorted(running_since.items(), key=lambda item: item[1]):
         seconds = int(at - started)
         if seconds > DURATION_WARNING:
             severity = "critical" if seconds > DURATION_CRITICAL else "warning"
-            alerts.append(
-                Alert(
-                    severity,
-                    f"Task {task_id} running for {seconds} seconds",
-                    "task_duration",
-                    seconds,
-                    {"task_id": task_id},
-                )
-            )
+            if named is None or task_id in named:
+                message, extra = f"Task {task_id} running for {seconds} seconds", {"task_id": task_id}
+            else:
+                message, extra = f"{ANOTHER_PROJECTS_TASK} running for {seconds} seconds", {}
+            alerts.append(Alert(severity, message, "task_duration", seconds, extra))
     return alerts
 
 
@@ -81,18 +79,16 @@ def _memory(workers: Iterable[WorkerInfo], limit: int) -> list[Alert]:
     return alerts
 
 
-def _recycles(events: Iterable[Mapping[str, Any]]) -> list[Alert]:
-    return [
-        Alert(
-            "critical",
-            f"Job process for task {event['task_id']} exceeded the memory limit ({event['rss_mb']} MB) "
-            "and was replaced",
-            "memory_usage",
-            float(event["rss_mb"]),
-            {"task_id": event["task_id"], "worker_id": event["worker_id"]},
-        )
-        for event in events
-    ]
+def _recycles(events: Iterable[Mapping[str, Any]], named: Container[str] | None) -> list[Alert]:
+    alerts = []
+    for event in events:
+        task_id = event["task_id"]
+        task, extra = f"task {task_id}", {"task_id": task_id, "worker_id": event["worker_id"]}
+        if named is not None and task_id not in named:
+            task, extra = ANOTHER_PROJECTS_TASK.lower(), {"worker_id": event["worker_id"]}
+        message = f"Job process for {task} exceeded the memory limit ({event['rss_mb']} MB) and was replaced"
+        alerts.append(Alert("critical", message, "memory_usage", float(event["rss_mb"]), extra))
+    return alerts
 
 
 def queue_alerts(
@@ -102,17 +98,19 @@ def queue_alerts(
     at: float,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     memory_events: Iterable[Mapping[str, Any]] = (),
+    named: Container[str] | None = None,
 ) -> list[Alert]:
     """Every alert that holds now, in the document's order: failure rate, task duration, memory.
 
     Memory alerts come from live processes (warning over 75 % of the limit, critical over 95 %)
-    and from job processes recently killed for passing it.
+    and from job processes recently killed for passing it. Only the task ids in `named` (None:
+    all) are named; an alert about any other task still counts, without its id.
     """
     return [
         *_failure_rate(metrics),
-        *_durations(running_since, at),
+        *_durations(running_since, at, named),
         *_memory(workers, memory_limit),
-        *_recycles(memory_events),
+        *_recycles(memory_events, named),
     ]
 
 

@@ -6,7 +6,11 @@ import os
 import secrets
 from pathlib import Path
 
+from taskd.config import ConfigError
+
 KEY_FILE = "api_key"
+# taskd writes 43 characters (32 random bytes); a kept key shorter than this is damaged, never used.
+MIN_KEPT_LENGTH = 32
 
 
 def load_or_create(configured: list[str], data_dir: Path) -> tuple[list[str], str | None]:
@@ -27,8 +31,17 @@ def load_or_create(configured: list[str], data_dir: Path) -> tuple[list[str], st
 
 
 def kept_key(data_dir: Path) -> str | None:
-    """The key an earlier start made and kept in the data directory, if there is one."""
+    """The key an earlier start made and kept in the data directory, if there is one.
+
+    Raises ConfigError, one line naming the file, when it is truncated or not text: a short
+    key is a guessable one. An empty file counts as none (a new key is made).
+    """
     path = data_dir / KEY_FILE
-    if path.is_file() and (key := path.read_text().strip()):
-        return key
-    return None
+    if not path.is_file() or not (key := path.read_text("utf-8", "replace").strip()):
+        return None
+    if len(key) < MIN_KEPT_LENGTH or not key.isascii() or not key.isprintable():
+        raise ConfigError(
+            f"{path} does not hold a key taskd made (truncated or damaged): delete it "
+            "(taskd makes a new one when auth.api_keys is empty)"
+        )
+    return key

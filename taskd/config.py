@@ -13,6 +13,7 @@ from typing import Any, NewType
 
 import attrs
 import cattrs
+from cattrs.gen import make_dict_structure_fn, override
 
 from taskd.validation import errors_by_path
 
@@ -62,15 +63,24 @@ class ScopedKey:
     `previous_webhook_secret` during a rotation) instead of `webhooks.secret`.
     """
 
-    key: str = attrs.field(validator=attrs.validators.min_len(1))
+    key: str = attrs.field(validator=lambda _, __, value: _check_api_key(value))
     projects: list[str] = attrs.Factory(list)
     webhook_secret: str = attrs.field(default="", validator=_webhook_secret)
     previous_webhook_secret: str = attrs.field(default="", validator=_previous_webhook_secret)
 
 
+def _check_api_key(key: str) -> None:
+    # An empty key would let in a request that sends none; a blank one no header can carry.
+    if not key.strip():
+        raise ValueError("an API key must not be empty or blank")
+
+
 @attrs.frozen
 class AuthConfig:
-    api_keys: list[str] = attrs.Factory(list)
+    # Empty: taskd makes one key on first start. Env TASKD_AUTH__API_KEYS=k1,k2.
+    api_keys: list[str] = attrs.field(
+        factory=list, validator=attrs.validators.deep_iterable(lambda _, __, key: _check_api_key(key))
+    )
     # [{key = "…", projects = ["p1", "p2"], webhook_secret = "whsec_…"}]; env TASKD_AUTH__KEYS as JSON.
     keys: list[ScopedKey] = attrs.Factory(list)
 
@@ -380,6 +390,18 @@ def _to_str_list(value: Any, _: type) -> list[str]:
     raise ValueError(f"expected a list of strings, got {value!r}")
 
 
+def _to_api_keys(value: Any, _: type) -> list[str]:
+    # Unlike other lists, an empty item is kept (and refused): "k1,,k2" or " , " is a mistake,
+    # not fewer keys; a blank value as a whole means none (taskd makes one).
+    if isinstance(value, str):
+        keys = [item.strip() for item in value.split(",")] if value.strip() else []
+    else:
+        keys = _to_str_list(value, list)
+    for key in keys:
+        _check_api_key(key)
+    return keys
+
+
 def _to_float_list(value: Any, _: type) -> list[float]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list):
@@ -418,6 +440,10 @@ def _converter() -> cattrs.Converter:
     conv.register_structure_hook(DeviceSelection, _to_device_selection)
     conv.register_structure_hook_func(lambda t: t == list[str], _to_str_list)
     conv.register_structure_hook_func(lambda t: t == list[float], _to_float_list)
+    # Last: the generated function takes the other fields' hooks as they are now.
+    conv.register_structure_hook(
+        AuthConfig, make_dict_structure_fn(AuthConfig, conv, api_keys=override(struct_hook=_to_api_keys))
+    )
     return conv
 
 

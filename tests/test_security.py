@@ -58,14 +58,14 @@ async def test_a_project_key_gets_404_task_not_found_for_another_projects_task(s
     assert body == {"error": "task_not_found", "message": f"Task with ID '{other}' not found"}
 
 
-async def test_a_project_key_lists_no_task_of_another_project(scoped):
+async def test_a_project_key_gets_404_for_another_projects_task_list(scoped):
     service, _ = scoped
 
     async with service.client.get("/api/v1/projects/p2/tasks", headers={"X-API-Key": P1_KEY}) as response:
         body = await response.json()
 
-    assert response.status == 200
-    assert body["tasks"] == [] and body["pagination"]["total"] == 0
+    assert response.status == 404
+    assert body == {"error": "not_found", "message": "Project 'p2' not found"}
 
 
 async def test_a_project_key_cannot_submit_to_another_project(scoped, redis):

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from taskd.http import dashboard, events, health, media, openapi, projects, ratelimit, tasks, webhooks
+from taskd.http import (
+    dashboard,
+    events,
+    health,
+    media,
+    openapi,
+    projects,
+    protocol_log,
+    ratelimit,
+    tasks,
+    webhooks,
+)
 from taskd.http.auth import auth_middleware
 from taskd.http.context import API, Api
 from taskd.http.errors import error_middleware
 from taskd.http.ratelimit import rate_limit_middleware
+from taskd.http.scope import Touches, touches
 
 
+@touches(Touches.NOTHING)  # counts over every project; no project or task id in any label
 async def _metrics(request: web.Request) -> web.StreamResponse:
     # prometheus-client is loaded at the first scrape rather than by every taskd process at start.
     from taskd.http import prom
@@ -25,6 +38,7 @@ def create_app(api: Api) -> web.Application:
         client_max_size=api.config.limits.max_body_bytes,
     )
     app[API] = api
+    protocol_log.install()
     ratelimit.install(app)
     openapi.add_routes(app)
     app.router.add_get("/metrics", _metrics)

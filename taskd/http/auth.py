@@ -1,4 +1,8 @@
-"""`X-API-Key` on every `/api/v1/` route, compared in constant time against every configured key."""
+"""`X-API-Key` on every `/api/v1/` route, compared in constant time against every configured key.
+
+A valid key, on any route, becomes the request's `Caller`; the route's project scope
+(`taskd.http.scope`) is then applied to it before the handler runs.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,14 @@ import hmac
 
 from aiohttp import web
 
-from taskd import keys as redis_keys
 from taskd.http.context import API
-from taskd.model import ApiError, TaskNotFound
+from taskd.http.scope import CALLER, Caller, enforce
+from taskd.model import ApiError
 from taskd.webhooks.signing import key_id
 
 PROTECTED_PREFIX = "/api/v1/"
 QUERY_KEY = "api_key"
 _QUERY_KEY_ALLOWED = "_taskd_query_key_allowed"
-# The projects the request's key may use; None: every project.
-PROJECTS = web.RequestKey("taskd_projects", object)
 # The id of the request's key (never the key): tasks it submits are signed with its webhook secret.
 KEY_ID = web.RequestKey("taskd_key_id", str)
 
@@ -26,51 +28,44 @@ def query_key_allowed(handler: web.Handler) -> web.Handler:
     return handler
 
 
+def _utf8(text: str) -> bytes:
+    # A header that is not UTF-8 arrives with its bytes escaped as surrogates; they compare as bytes.
+    return text.encode("utf-8", "surrogateescape")
+
+
 def key_matches(given: str, keys: list[str]) -> bool:
-    """True if `given` equals one of `keys`; every key is compared, so timing tells nothing."""
-    given_bytes = given.encode()
+    """True if `given` equals one of `keys`; every key is compared, so timing tells nothing.
+
+    An empty `given` never matches, whatever the keys are.
+    """
+    given_bytes = _utf8(given)
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(given_bytes, key.encode())
-    return matched
+        matched |= hmac.compare_digest(given_bytes, _utf8(key))
+    return matched and bool(given_bytes)
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    """Refuse `/api/v1/` requests without a valid key with the document's 401 body."""
+    """Know the caller by its key, refuse `/api/v1/` without one (401), then apply the route's scope."""
     given = request.headers.get("X-API-Key", "")
     if not given and getattr(request.match_info.handler, _QUERY_KEY_ALLOWED, False):
         given = request.query.get(QUERY_KEY, "")
-    if not request.path.startswith(PROTECTED_PREFIX):
-        return await handler(request)
     api = request.app[API]
-    if not key_matches(given, api.api_keys):
+    if key_matches(given, api.api_keys):
+        request[CALLER] = Caller(key_projects(given, api.key_projects))
+        request[KEY_ID] = key_id(given)
+    elif request.path.startswith(PROTECTED_PREFIX):
         raise ApiError(401, "authentication_failed", "Invalid or missing API key")
-    request[PROJECTS] = projects = key_projects(given, api.key_projects)
-    request[KEY_ID] = key_id(given)
-    task_id = request.match_info.get("task_id")
-    if projects is not None and task_id is not None:
-        # Another project's task does not exist for this key: 404, never 403, so ids leak nothing.
-        owner = await api.redis.hget(redis_keys.task(task_id), "project_id")
-        if owner is not None and owner.decode() not in projects:
-            raise TaskNotFound(task_id)
-    project_id = request.match_info.get("project_id")
-    if project_id is not None and not request.path.endswith("/tasks") and not may_use(request, project_id):
-        raise ApiError(404, "not_found", f"Project '{project_id}' not found")  # e.g. its event stream
+    await enforce(request)
     return await handler(request)
 
 
 def key_projects(given: str, scoped: dict[str, frozenset[str]]) -> frozenset[str] | None:
     """The projects a (valid) key may use, or None for every project; compared in constant time."""
-    given_bytes = given.encode()
+    given_bytes = _utf8(given)
     found: frozenset[str] | None = None
     for key, projects in scoped.items():
-        if hmac.compare_digest(given_bytes, key.encode()):
+        if hmac.compare_digest(given_bytes, _utf8(key)):
             found = projects
     return found
-
-
-def may_use(request: web.Request, project_id: str) -> bool:
-    """True if the request's key may see and submit to `project_id`."""
-    projects = request.get(PROJECTS)
-    return projects is None or project_id in projects

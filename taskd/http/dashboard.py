@@ -18,6 +18,7 @@ from taskd import keys
 from taskd.heartbeat import live_workers
 from taskd.http.context import API
 from taskd.http.responses import json_response
+from taskd.http.scope import Touches, touches, visible_tasks
 from taskd.model import ApiError, iso, now
 
 NO_GPUS = "no GPUs (NVML not available)"
@@ -56,11 +57,13 @@ def _asset_response(request: web.Request, name: str) -> web.Response:
     return web.Response(body=body, content_type=content_type, charset="utf-8", headers=_HEADERS)
 
 
+@touches(Touches.NOTHING)
 async def page(request: web.Request) -> web.Response:
     """The dashboard page."""
     return _asset_response(request, "index.html")
 
 
+@touches(Touches.NOTHING)
 async def asset(request: web.Request) -> web.Response:
     """A stylesheet or script of the page."""
     name = request.match_info["asset"]
@@ -78,6 +81,9 @@ async def _queues(request: web.Request, workers: list[Any]) -> list[dict[str, An
             pipe.zcard(keys.running(name))
             pipe.zrange(keys.running(name), 0, RUNNING_SHOWN - 1)
         replies = await pipe.execute()
+    listed = [[member.decode() for member in replies[2 * i + 1]] for i in range(len(names))]
+    # Running counts are every project's; only the running tasks the key may see are listed.
+    shown = await visible_tasks(request, (task_id for ids in listed for task_id in ids))
     queues = []
     for i, name in enumerate(names):
         configured = api.config.queues.get(name)
@@ -86,7 +92,7 @@ async def _queues(request: web.Request, workers: list[Any]) -> list[dict[str, An
                 "name": name,
                 "waiting": waiting.get(name, 0),
                 "running": replies[2 * i],
-                "running_tasks": [member.decode() for member in replies[2 * i + 1]],
+                "running_tasks": [task_id for task_id in listed[i] if task_id in shown],
                 "concurrency": configured.concurrency if configured else None,
                 "workers": sum(1 for worker in workers if name in worker.queues),
             }
@@ -94,6 +100,7 @@ async def _queues(request: web.Request, workers: list[Any]) -> list[dict[str, An
     return queues
 
 
+@touches(Touches.FILTERED)
 async def overview(request: web.Request) -> web.Response:
     """Queues (waiting, running, concurrency), workers with their last heartbeat, and GPUs, in one call."""
     api = request.app[API]
@@ -105,6 +112,8 @@ async def overview(request: web.Request) -> web.Response:
     at = now()
     devices = api.gpu.inventory.read()
     uses = {use.index: use for use in await api.gpu.usage()}
+    shown = await visible_tasks(request, (task_id for use in uses.values() for task_id in use.holders))
+    holders = {index: sorted(shown.intersection(use.holders)) for index, use in uses.items()}
     return json_response(
         {
             "queues": await _queues(request, workers),
@@ -134,7 +143,7 @@ async def overview(request: web.Request) -> web.Response:
                         "memory_used": device.memory_used,
                         "memory_total": device.memory_total,
                         "slots": api.config.gpu.slots,
-                        "holders": sorted(uses[device.index].holders) if device.index in uses else [],
+                        "holders": holders.get(device.index, []),
                     }
                     for device in devices
                 ],

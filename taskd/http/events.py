@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.http.auth import query_key_allowed
 from taskd.http.context import API
+from taskd.http.scope import Touches, touches
 from taskd.model import TERMINAL, TaskRecord, TaskStatus, ValidationError
 from taskd.stopping import cancel_and_wait
 
@@ -39,7 +40,8 @@ BLOCK_MS = 5000  # one XREAD waits at most this long before it is issued again
 READ_COUNT = 500  # entries per stream per XREAD
 MAX_PENDING = 5000  # events held for one slow client before it re-reads the stream itself
 _CHECK_SECONDS = 1.0  # how often an idle stream notices that its client went away
-_EVENT_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
+# ASCII digits only: `\d` would take other scripts' digits, which int() reads but Redis refuses.
+_EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 _TERMINAL_NAMES = frozenset(status.value for status in TERMINAL)
 
 
@@ -231,7 +233,7 @@ def _last_event_id(request: web.Request) -> str | None:
     raw = request.headers.get("Last-Event-ID", "").strip()
     if not raw:
         return None
-    if not _EVENT_ID.match(raw) or max(id_key(raw)) >= 2**64:
+    if not _EVENT_ID.fullmatch(raw) or max(id_key(raw)) >= 2**64:
         raise ValidationError(
             {"Last-Event-ID": "Last-Event-ID must be an event id sent by this stream, e.g. 1700000000000-0"},
             "Invalid Last-Event-ID",
@@ -336,6 +338,7 @@ async def _serve(
 
 
 @query_key_allowed
+@touches(Touches.PATH_TASK)
 async def task_events(request: web.Request) -> web.StreamResponse:
     """A task's events from its first (or from `Last-Event-ID`); the stream ends after the terminal event."""
     api, hub = request.app[API], request.app[HUB]
@@ -370,6 +373,7 @@ async def _is_terminal_entry(redis: Redis, stream: str, event_id: str) -> bool:
 
 
 @query_key_allowed
+@touches(Touches.PATH_PROJECT)
 async def project_events(request: web.Request) -> web.StreamResponse:
     """Events of every task of a project from now (or from `Last-Event-ID`); the stream stays open."""
     api, hub = request.app[API], request.app[HUB]

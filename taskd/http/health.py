@@ -15,6 +15,7 @@ from taskd.gpu.nvml import DeviceReading
 from taskd.heartbeat import live_workers
 from taskd.http.context import API, Api
 from taskd.http.responses import json_response
+from taskd.http.scope import Touches, touches, visible_tasks
 from taskd.model import iso, now
 from taskd.redis_memory import read_memory
 
@@ -22,6 +23,7 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/health")
+@touches(Touches.NOTHING)
 async def liveness(_: web.Request) -> web.Response:
     """The process is up; no key, no Redis."""
     return json_response({"status": "healthy", "service": "taskd"})
@@ -36,6 +38,7 @@ async def _redis_ok(api: Api) -> bool:
 
 
 @routes.get("/api/v1/health")
+@touches(Touches.FILTERED)
 async def service_health(request: web.Request) -> web.Response:
     """Redis, live workers, queue sizes, system load and uptime."""
     api = request.app[API]
@@ -64,7 +67,7 @@ async def service_health(request: web.Request) -> web.Response:
         "queue_sizes": await api.queue.waiting(api.queue_names),
         "system_load": system_load,
         "uptime": uptime,
-        "gpus": await _gpus(api, devices),
+        "gpus": await _gpus(request, devices),
     }
     if not devices:
         body["gpu_note"] = (
@@ -73,8 +76,15 @@ async def service_health(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-async def _gpus(api: Api, devices: list[DeviceReading]) -> list[dict[str, Any]]:
+async def _gpus(request: web.Request, devices: list[DeviceReading]) -> list[dict[str, Any]]:
+    api = request.app[API]
     uses = {use.index: use for use in await api.gpu.usage()}
+    # Slots used count every holder; only the holders the key may see are named.
+    shown = await visible_tasks(request, (task_id for use in uses.values() for task_id in use.holders))
+    named = {
+        index: {task_id: slots for task_id, slots in use.holders.items() if task_id in shown}
+        for index, use in uses.items()
+    }
     return [
         {
             "index": device.index,
@@ -84,13 +94,14 @@ async def _gpus(api: Api, devices: list[DeviceReading]) -> list[dict[str, Any]]:
             "memory_total": device.memory_total,
             "slots": api.config.gpu.slots,
             "slots_used": uses[device.index].used if device.index in uses else 0,
-            "running": uses[device.index].holders if device.index in uses else {},
+            "running": named.get(device.index, {}),
         }
         for device in devices
     ]
 
 
 @routes.get("/api/v1/tasks/metrics")
+@touches(Touches.NOTHING)
 async def task_metrics(request: web.Request) -> web.Response:
     """The cumulative counters shared by every process."""
     api = request.app[API]
@@ -117,6 +128,7 @@ async def task_metrics(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/tasks/health")
+@touches(Touches.FILTERED)
 async def queue_health(request: web.Request) -> web.Response:
     """Alerts from the failure rate, long-running tasks, worker memory and Redis memory."""
     api = request.app[API]
@@ -126,7 +138,8 @@ async def queue_health(request: web.Request) -> web.Response:
     at = now()
     recycles = await api.store.memory_recycles(at)
     memory_limit = api.config.execution.memory_limit_mb * 1024 * 1024
-    alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles)
+    named = await visible_tasks(request, [*running, *(str(event.get("task_id")) for event in recycles)])
+    alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named)
     if (redis_memory := await read_memory(api.redis)) is not None:
         alerts += redis_memory_alerts(redis_memory.used, redis_memory.limit)
     return json_response(

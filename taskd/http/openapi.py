@@ -17,6 +17,7 @@ from aiohttp import web
 from taskd.http import openapi_watch
 from taskd.http.context import API
 from taskd.http.responses import json_response
+from taskd.http.scope import Touches, touches
 from taskd.jobs.registry import Registry
 from taskd.jobs.submission import MAX_CALLBACK_URL, PROJECT_ID
 from taskd.model import TaskStatus
@@ -566,6 +567,8 @@ def document(registry: Registry) -> dict[str, Any]:
             "version": "1.0.0",
             "description": (
                 "The task service of the AI movie platform. Every `/api/v1/` route needs `X-API-Key`. "
+                "A key scoped to projects (`auth.keys`) gets 404 for anything of another project, and "
+                "views across projects name only its own tasks. "
                 "Request bodies over `limits.max_body_bytes` (1 MiB) get 413; unknown top-level fields "
                 "of a submission are ignored, unknown `task_data` fields are kept as sent."
             ),
@@ -582,6 +585,7 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/openapi.json")
+@touches(Touches.NOTHING)
 async def openapi_document(request: web.Request) -> web.Response:
     """The OpenAPI document; no key needed."""
     return json_response(document(request.app[API].registry))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from taskd.http.auth import may_use
 from taskd.http.context import API
 from taskd.http.responses import json_response
+from taskd.http.scope import Touches, touches
 from taskd.http.views import list_item_view
 from taskd.model import TaskStatus, ValidationError
 
@@ -27,6 +27,7 @@ def _positive_int(raw: str | None, default: int, name: str, details: dict[str, s
 
 
 @routes.get("/api/v1/projects/{project_id}/tasks")
+@touches(Touches.PATH_PROJECT)
 async def project_tasks(request: web.Request) -> web.Response:
     """Newest first, filtered by `status` and `task_type`, paged by `page` and `limit`."""
     api = request.app[API]
@@ -39,16 +40,13 @@ async def project_tasks(request: web.Request) -> web.Response:
         details["status"] = f"Status must be one of: {', '.join(s.value for s in TaskStatus)}"
     if details:
         raise ValidationError(details, "Invalid query parameters")
-    project_id = request.match_info["project_id"]
-    records, total = [], 0
-    if may_use(request, project_id):  # another project's list is empty for a scoped key
-        records, total = await api.store.list_project(
-            project_id,
-            status=status,
-            task_type=query.get("task_type") or None,
-            offset=(page - 1) * limit,
-            limit=limit,
-        )
+    records, total = await api.store.list_project(
+        request.match_info["project_id"],
+        status=status,
+        task_type=query.get("task_type") or None,
+        offset=(page - 1) * limit,
+        limit=limit,
+    )
     return json_response(
         {
             "tasks": [list_item_view(record) for record in records],

@@ -20,8 +20,8 @@ from prometheus_client.registry import Collector
 from taskd import keys
 from taskd.gpu.nvml import DeviceReading
 from taskd.heartbeat import WorkerInfo, live_workers
-from taskd.http.auth import key_matches
 from taskd.http.context import API, Api
+from taskd.http.scope import CALLER
 from taskd.model import ApiError, now
 from taskd.redis_memory import RedisMemory, read_memory
 
@@ -239,7 +239,7 @@ def exposition(
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics; no key unless `metrics.require_key` is set."""
     api = request.app[API]
-    if api.config.metrics.require_key and not key_matches(request.headers.get("X-API-Key", ""), api.api_keys):
+    if api.config.metrics.require_key and CALLER not in request:
         raise ApiError(401, "authentication_failed", "Invalid or missing API key")
     try:
         async with asyncio.timeout(5):

@@ -7,14 +7,15 @@ import logging
 import attrs
 from aiohttp import web
 
-from taskd.http.auth import KEY_ID, may_use
+from taskd.http.auth import KEY_ID
 from taskd.http.context import API
 from taskd.http.input_limits import check_body_shape
 from taskd.http.responses import json_response, read_json
+from taskd.http.scope import Touches, touches
 from taskd.http.views import status_view
 from taskd.jobs.submission import parse_submission
 from taskd.logs import bind_task
-from taskd.model import TaskStatus, ValidationError, iso
+from taskd.model import TaskStatus, iso
 from taskd.net.guard import AddressPolicy, check_callback_url
 from taskd.webhooks.outbox import delivery_state
 
@@ -24,16 +25,13 @@ routes = web.RouteTableDef()
 
 
 @routes.post("/api/v1/tasks/submit")
+@touches(Touches.BODY_PROJECT)
 async def submit(request: web.Request) -> web.Response:
     """Validate, store and enqueue a task."""
     api = request.app[API]
     body = await read_json(request)
     check_body_shape(body, api.config.limits)
     submission = attrs.evolve(parse_submission(body, api.registry), key_id=request[KEY_ID])
-    if not may_use(request, submission.project_id):
-        raise ValidationError(
-            {"project_id": f"Project '{submission.project_id}' is not available to this API key"}
-        )
     if submission.callback_url:
         await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
     accepted = await api.dispatcher.submit(submission)
@@ -54,6 +52,7 @@ async def submit(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/tasks/{task_id}/status")
+@touches(Touches.PATH_TASK)
 async def status(request: web.Request) -> web.Response:
     """A task's status, progress and outcome."""
     api = request.app[API]
@@ -66,6 +65,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/tasks/{task_id}")
+@touches(Touches.PATH_TASK)
 async def cancel(request: web.Request) -> web.Response:
     """Revoke a queued task, stop a running one; 400 for one that already ended."""
     api = request.app[API]
@@ -91,6 +91,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/tasks/{task_id}/retry")
+@touches(Touches.PATH_TASK)
 async def retry(request: web.Request) -> web.Response:
     """Submit a failed or cancelled task again as a new task."""
     api = request.app[API]

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from taskd.http.context import API
 from taskd.http.responses import json_response
+from taskd.http.scope import Touches, touches
 from taskd.model import InvalidState, iso
 from taskd.webhooks.outbox import Outbox, now_ms
 from taskd.webhooks.payload import event_id
@@ -14,6 +15,7 @@ routes = web.RouteTableDef()
 
 
 @routes.post("/api/v1/tasks/{task_id}/webhook/redeliver")
+@touches(Touches.PATH_TASK)
 async def redeliver(request: web.Request) -> web.Response:
     """Schedule a fresh delivery of an ended task's webhook now; its attempt count starts again."""
     api = request.app[API]

@@ -13,10 +13,15 @@ from pathlib import Path
 
 import attrs
 
-from taskd.config import Config
+from taskd.config import Config, ConfigError
 
 SECRET_FILE = "media_secret"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+# What taskd writes: 64 hex digits, 32 random bytes. A shorter file is damaged, never used.
+SECRET_HEX_DIGITS = 64
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+# Unix seconds in ASCII digits; 12 digits last until the year 33658.
+_EXPIRES = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
 
 
 def media_dir(config: Config) -> Path:
@@ -44,28 +49,49 @@ def base_url(config: Config) -> str:
 
 
 def load_secret(config: Config) -> bytes:
-    """The signing key: `media.secret`, or one made once and kept (mode 0600) in `<data_dir>/media_secret`."""
+    """The signing key: `media.secret`, or one made once and kept (mode 0600) in `<data_dir>/media_secret`.
+
+    Raises ConfigError, one line naming the file, when the kept file is empty or truncated:
+    signing with it would let anyone forge media links.
+    """
     if config.media.secret:
         return config.media.secret.encode()
     path = config.data_path / SECRET_FILE
     try:
-        return path.read_bytes().strip()
+        kept = path.read_bytes().strip()
     except FileNotFoundError:
-        pass
+        kept = _make_secret(path)
+    if len(kept) < SECRET_HEX_DIGITS:
+        raise ConfigError(
+            f"{path} holds {len(kept)} characters, not a media signing secret of {SECRET_HEX_DIGITS} "
+            "(empty or truncated): delete it to have taskd make a new one, or set media.secret"
+        )
+    return kept
+
+
+def _make_secret(path: Path) -> bytes:
+    # Written whole to a private file, then linked into place: no process ever reads half a
+    # secret, and when two start at once the first link wins and both use that one.
     path.parent.mkdir(parents=True, exist_ok=True)
-    made = secrets.token_hex(32).encode()
+    made = secrets.token_hex(SECRET_HEX_DIGITS // 2).encode()
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
+        with os.fdopen(fd, "wb") as out:
+            out.write(made)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(partial, path)
+    except FileExistsError:
         return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as out:
-        out.write(made)
+    finally:
+        partial.unlink(missing_ok=True)
     return made
 
 
 def valid_name(name: str) -> bool:
     """True for a safe path segment: a project id or a file name, never `..` or a hidden file."""
-    return bool(_NAME.match(name)) and ".." not in name
+    return bool(_NAME.fullmatch(name)) and ".." not in name
 
 
 @attrs.frozen
@@ -123,8 +149,10 @@ class MediaStore:
         self, project_id: str, filename: str, expires: str, sig: str, now: float | None = None
     ) -> str | None:
         """None if the signature is good and unexpired, else why not."""
-        if not expires.isdigit():
+        if not _EXPIRES.fullmatch(expires):
             return "Media link is missing a valid expiry"
+        if not _SIGNATURE.fullmatch(sig):
+            return "Media link signature is invalid"
         expected = self.signature(project_id, filename, int(expires))
         if not hmac.compare_digest(expected.encode(), sig.encode()):
             return "Media link signature is invalid"
