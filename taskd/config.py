@@ -156,6 +156,10 @@ class MediaConfig:
     max_download_bytes: int = attrs.field(default=50 * 1024 * 1024, validator=attrs.validators.ge(1024))
     max_inputs: int = attrs.field(default=32, validator=attrs.validators.ge(1))
     download_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    # Bounds on what a task's inputs may make ffmpeg decode, and on what it may write.
+    max_image_pixels: int = attrs.field(default=40_000_000, validator=attrs.validators.ge(1))
+    max_input_seconds: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
+    max_output_bytes: int = attrs.field(default=2 * 1024**3, validator=attrs.validators.ge(1024 * 1024))
     # Stored media older than this (seconds, by mtime) is deleted by the sweeper, every sweep_interval.
     retention: int = attrs.field(default=7 * 24 * 3600, validator=attrs.validators.ge(60))
     sweep_interval: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
@@ -166,10 +170,6 @@ class MediaConfig:
     )
 
 
-    # Bounds on what a task's inputs may make ffmpeg decode, and on what it may write.
-    max_image_pixels: int = attrs.field(default=40_000_000, validator=attrs.validators.ge(1))
-    max_input_seconds: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
-    max_output_bytes: int = attrs.field(default=2 * 1024**3, validator=attrs.validators.ge(1024 * 1024))
 def _ip_networks(_: Any, attribute: attrs.Attribute[list[str]], value: list[str]) -> None:
     for text in value:
         try:
