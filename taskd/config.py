@@ -103,7 +103,7 @@ class RedisConfig:
     embedded_maxmemory: str = attrs.field(
         default="1gb",
         converter=lambda value: value.strip().lower() if isinstance(value, str) else value,
-        validator=attrs.validators.matches_re(r"^\d{1,15}(b|k|kb|m|mb|g|gb)?$"),
+        validator=attrs.validators.matches_re(r"[0-9]{1,15}(b|k|kb|m|mb|g|gb)?"),
     )
 
 

@@ -10,7 +10,7 @@ import attrs
 from taskd.jobs.registry import Registry
 from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, ValidationError
 
-PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 CALLBACK_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 MAX_CALLBACK_URL = 2048
 
@@ -32,7 +32,7 @@ class Submission:
 def _project_id(value: Any, details: dict[str, str]) -> None:
     if value is None or value == "":
         details["project_id"] = "Project ID is required"
-    elif not isinstance(value, str) or not PROJECT_ID.match(value):
+    elif not isinstance(value, str) or not PROJECT_ID.fullmatch(value):
         details["project_id"] = (
             "Project ID must be 1-128 characters: letters, digits and _ . : @ -, starting with a letter or digit"
         )

@@ -104,6 +104,18 @@ async def test_a_project_id_that_no_task_can_have_is_404(taskd, route):
     assert body["error"] == "not_found"
 
 
+@pytest.mark.parametrize("project_id", ["p1\n", "p1\r\n", "p1\x00"])
+async def test_a_project_id_with_a_trailing_control_character_is_refused_at_submit(taskd, project_id):
+    body = {"project_id": project_id, "task_type": "noop", "task_data": {}}
+
+    async with taskd.client.post("/api/v1/tasks/submit", json=body) as response:
+        status, answer = response.status, await response.json()
+
+    assert status == 400
+    assert answer["error"] == "validation_error"
+    assert "project_id" in answer["details"]
+
+
 def test_an_empty_key_never_matches_even_an_empty_configured_key():
     assert not key_matches("", [""])
 

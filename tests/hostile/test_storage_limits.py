@@ -202,9 +202,10 @@ def test_the_embedded_valkey_is_bounded_by_default(tmp_path):
     assert config.redis.embedded_maxmemory == "1gb"
 
 
-def test_a_malformed_embedded_maxmemory_stops_start_up_with_one_line(tmp_path):
+@pytest.mark.parametrize("value", ["lots", "\u0661gb"])
+def test_a_malformed_embedded_maxmemory_stops_start_up_with_one_line(tmp_path, value):
     with pytest.raises(ConfigError, match="embedded_maxmemory") as caught:
-        load_config(environ={"TASKD_DATA_DIR": str(tmp_path), "TASKD_REDIS__EMBEDDED_MAXMEMORY": "lots"})
+        load_config(environ={"TASKD_DATA_DIR": str(tmp_path), "TASKD_REDIS__EMBEDDED_MAXMEMORY": value})
 
     assert "\n" not in str(caught.value)
 
