@@ -170,7 +170,11 @@ class Service:
         # Every process masks every secret it holds, however it was started (the CLI, tests, an
         # embedding program): the config's, and those taskd keeps in files of the data dir.
         media_secret = load_secret(self.config).decode("utf-8", "replace")
-        REDACTOR.add(*secrets_of(self.config), apikey.kept_key(self.config.data_path), media_secret)
+        # A kept key file is read (and checked) only when it is the key in use: with configured
+        # keys, an old or damaged file there is ignored rather than stopping start-up.
+        configured = self.config.auth.api_keys or self.config.auth.keys
+        kept = None if configured else apikey.kept_key(self.config.data_path)
+        REDACTOR.add(*secrets_of(self.config), kept, media_secret)
 
     def _webhook_signers(self) -> Signers:
         signers = Signers.from_config(self.config)
