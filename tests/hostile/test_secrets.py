@@ -106,7 +106,12 @@ def _start(
 def _stop(proc: subprocess.Popen[str]) -> str:
     """SIGTERM, wait for the exit; the rest of what it printed."""
     proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=30)
+    assert proc.stdout is not None
+    # Read through the text stream, not communicate(): communicate reads the pipe underneath and
+    # would miss lines that readline() in _start already pulled into the stream's buffer.
+    rest = proc.stdout.read()
+    proc.stdout.close()
+    proc.wait(30)
     return rest
 
 
