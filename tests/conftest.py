@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import attrs
 import pytest
+from fake_media_apis import FileServer
 from fake_openai import FakeOpenAI
 from redis.asyncio import Redis
 
@@ -57,6 +58,20 @@ async def redis(valkey_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(valkey_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client session, for task contexts built by hand."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def files() -> AsyncIterator[FileServer]:
+    """A loopback server of static files (test media inputs)."""
+    async with FileServer() as server:
+        yield server
 
 
 @pytest.fixture

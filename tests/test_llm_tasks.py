@@ -50,12 +50,6 @@ class Progress:
         self.calls.append((fraction, step))
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def make_ctx(http: aiohttp.ClientSession, base_url: str, timeout: float = 2) -> tuple[TaskContext, Progress]:
     provider = LlmProvider(base_url=base_url, api_key="sk-test", model="test-model", timeout=timeout)
     sink = Progress()

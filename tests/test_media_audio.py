@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
-from fake_media_apis import FileServer, make_ctx, png, sine_wav
+from fake_media_apis import make_ctx, png, sine_wav
 
 from taskd.config import Config, MediaConfig, NetworkConfig
 from taskd.jobs import process_audio
@@ -15,18 +13,6 @@ from taskd.jobs.process_audio import AudioTrack, ProcessAudioInput
 from taskd.jobs.spec import TaskError
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
-
-
-@pytest.fixture
-async def files() -> AsyncIterator[FileServer]:
-    async with FileServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def media_config(tmp_path: Path) -> Config:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 import pytest
 from fake_media_apis import make_ctx
@@ -29,12 +28,6 @@ def items(slug: str, count: int) -> str:
 async def llm() -> AsyncIterator[FakeOpenAI]:
     async with FakeOpenAI() as server:
         yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def config(llm: FakeOpenAI) -> Config:

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 from conftest import API_KEY
-from fake_media_apis import FileServer, sine_wav
+from fake_media_apis import sine_wav
 
 from taskd.config import MediaConfig, NetworkConfig
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
-
-
-@pytest.fixture
-async def files() -> AsyncIterator[FileServer]:
-    async with FileServer() as server:
-        yield server
 
 
 @pytest.fixture

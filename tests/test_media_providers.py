@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
-from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, FileServer, make_ctx, sine_wav
+from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, make_ctx, sine_wav
 
 from taskd.config import Config, ImageProvider, MediaConfig, NetworkConfig, ProvidersConfig, SpeechProvider
 from taskd.jobs import generate_character_voice, generate_image
@@ -21,18 +19,6 @@ from taskd.media.store import MediaStore
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"
 )
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def files() -> AsyncIterator[FileServer]:
-    async with FileServer() as server:
-        yield server
 
 
 def config_for(tmp_path: Path, **providers: object) -> Config:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import psutil
 import pytest
-from fake_media_apis import FileServer, make_ctx, png
+from fake_media_apis import make_ctx, png
 
 from taskd.config import Config, MediaConfig, NetworkConfig
 from taskd.jobs import generate_video, render_animation
@@ -18,18 +16,6 @@ from taskd.jobs.render_animation import Keyframe, RenderAnimationInput
 from taskd.jobs.spec import TaskError
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
-
-
-@pytest.fixture
-async def files() -> AsyncIterator[FileServer]:
-    async with FileServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 def media_config(tmp_path: Path, **media: object) -> Config:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import psutil
 import pytest
-from fake_media_apis import FakeImagesAPI, FileServer, make_ctx
+from fake_media_apis import FakeImagesAPI, make_ctx
 from media_files import long_silent_flac, png_bomb, square_wav, wav_claiming
 from PIL import Image
 
@@ -28,18 +26,6 @@ from taskd.media import ffmpeg, image_header
 from taskd.media.bounds import Bounds
 
 MEGABYTE = 1024 * 1024
-
-
-@pytest.fixture
-async def files() -> AsyncIterator[FileServer]:
-    async with FileServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def start(start_service, tmp_path: Path, **media: object):

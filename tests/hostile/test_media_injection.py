@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
-from fake_media_apis import FileServer, make_ctx
+from fake_media_apis import make_ctx
 from media_files import tagged_flac, tagged_ogg
 
 from taskd.config import Config, MediaConfig, NetworkConfig
@@ -33,18 +31,6 @@ FAKE_LINES = (
 )
 # Without a font the title card has no text, so there is nothing to draw or to evaluate.
 NEEDS_FONT = pytest.mark.skipif(video.find_font() is None, reason="no TrueType font on this machine")
-
-
-@pytest.fixture
-async def files() -> AsyncIterator[FileServer]:
-    async with FileServer() as server:
-        yield server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

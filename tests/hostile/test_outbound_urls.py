@@ -342,12 +342,6 @@ def test_allow_networks_that_are_not_networks_stop_start_up_with_one_line(value)
 # ---- a provider's download URL ----------------------------------------------------------------------
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 def image_config(tmp_path: Path, base_url: str) -> Config:
     """The images provider at `base_url` (on loopback, so private), and the guard closed."""
     return Config(
