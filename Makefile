@@ -19,7 +19,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
-# taskd beside the FastAPI + Celery + Redis stack it replaces (bench/compare.py, docs/readme/performance.md).
+# taskd beside the FastAPI + Celery + Redis stack it replaces (bench/compare.py, docs/performance.md).
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/compare.py
