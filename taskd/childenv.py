@@ -130,4 +130,5 @@ def job_config(config: Config) -> Config:
     # Whole sections a job process never uses go first: a scoped key cannot be blank, so it cannot
     # stay behind with its key removed.
     lean = attrs.evolve(config, auth=AuthConfig(), redis=attrs.evolve(config.redis, url=""))
-    return _scrub(lean)
+    scrubbed: Config = _scrub(lean)
+    return scrubbed

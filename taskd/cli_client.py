@@ -22,8 +22,9 @@ from typing import Any, TextIO
 import orjson
 
 from taskd.apikey import KEY_FILE
-from taskd.client import TaskClient, TaskdError, TaskEvent, TaskStatus
+from taskd.client import TaskClient, TaskdError, TaskEvent
 from taskd.config import ConfigError, load_config
+from taskd.model import TaskStatus
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 BAR_WIDTH = 30

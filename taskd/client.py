@@ -16,19 +16,21 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import aiohttp
 import attrs
 import cattrs
 import orjson
 
+from taskd.backoff import exponential_delay
 from taskd.model import TaskStatus
 
 DEFAULT_URL = "http://127.0.0.1:8001"
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 _STREAM_READ_TIMEOUT = 45.0  # the server sends a keep-alive every 15 s
 _STREAM_RETRIES = 5  # consecutive failed stream connections before falling back to polling
+_STREAM_RETRY_FIRST, _STREAM_RETRY_CAP = 0.4, 2.0  # seconds before reconnecting the stream
 
 
 # ---- errors ----
@@ -141,12 +143,15 @@ _converter = cattrs.Converter()
 _converter.register_structure_hook(datetime, _timestamp)
 
 
-def _structure(cls: type[Any], body: dict[str, Any]) -> Any:
+_Shape = TypeVar("_Shape", bound=attrs.AttrsInstance)
+
+
+def _structure(cls: type[_Shape], body: dict[str, Any]) -> _Shape:
     known = {field.name for field in attrs.fields(cls)}
-    value = _converter.structure({k: v for k, v in body.items() if k in known}, cls)
+    fields = {k: v for k, v in body.items() if k in known}
     if "raw" in known:
-        value = attrs.evolve(value, raw=body)
-    return value
+        fields["raw"] = body
+    return _converter.structure(fields, cls)
 
 
 @attrs.frozen
@@ -350,7 +355,7 @@ class _StreamUnavailable(Exception):
 async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str, str]]:
     """(id, event, data) of each event of a text/event-stream response."""
     event_id: str | None = None
-    name, data = "message", []
+    name, data = "message", list[str]()
     async for raw in response.content:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:
@@ -592,7 +597,7 @@ class TaskClient:
                 failures += 1
                 if failures >= _STREAM_RETRIES:
                     raise _StreamUnavailable(task_id) from None
-                await asyncio.sleep(min(2.0, 0.2 * 2**failures))
+                await asyncio.sleep(exponential_delay(failures, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP))
                 continue
             # The stream ended early (a server restart) or had nothing more to send (204).
             if (await self.status(task_id)).is_terminal:

@@ -55,6 +55,16 @@ def _previous_webhook_secret(instance: Any, attribute: attrs.Attribute[str], val
         raise ValueError(f"'{attribute.name}' is for rotation: it needs a 'webhook_secret' too")
 
 
+def _check_api_key(key: str) -> None:
+    # An empty key would let in a request that sends none; a blank one no header can carry.
+    if not key.strip():
+        raise ValueError("an API key must not be empty or blank")
+
+
+def _api_key(_: object, __: attrs.Attribute[str], key: str) -> None:
+    _check_api_key(key)
+
+
 @attrs.frozen
 class ScopedKey:
     """An API key that may use only the listed projects (empty list: every project).
@@ -63,24 +73,24 @@ class ScopedKey:
     `previous_webhook_secret` during a rotation) instead of `webhooks.secret`.
     """
 
-    key: str = attrs.field(validator=lambda _, __, value: _check_api_key(value))
+    key: str = attrs.field(validator=_api_key)
     projects: list[str] = attrs.Factory(list)
     webhook_secret: str = attrs.field(default="", validator=_webhook_secret)
     previous_webhook_secret: str = attrs.field(default="", validator=_previous_webhook_secret)
 
 
-def _check_api_key(key: str) -> None:
-    # An empty key would let in a request that sends none; a blank one no header can carry.
-    if not key.strip():
-        raise ValueError("an API key must not be empty or blank")
+def _lower(value: str) -> str:
+    return value.strip().lower()
+
+
+def _upper(value: str) -> str:
+    return value.strip().upper()
 
 
 @attrs.frozen
 class AuthConfig:
     # Empty: taskd makes one key on first start. Env TASKD_AUTH__API_KEYS=k1,k2.
-    api_keys: list[str] = attrs.field(
-        factory=list, validator=attrs.validators.deep_iterable(lambda _, __, key: _check_api_key(key))
-    )
+    api_keys: list[str] = attrs.field(factory=list, validator=attrs.validators.deep_iterable(_api_key))
     # [{key = "…", projects = ["p1", "p2"], webhook_secret = "whsec_…"}]; env TASKD_AUTH__KEYS as JSON.
     keys: list[ScopedKey] = attrs.Factory(list)
 
@@ -96,13 +106,13 @@ class RedisConfig:
     wait_timeout: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
     # How often the embedded Valkey fsyncs its append-only file: everysec, always or no.
     embedded_appendfsync: str = attrs.field(
-        default="everysec", converter=str.lower, validator=attrs.validators.in_(("everysec", "always", "no"))
+        default="everysec", converter=_lower, validator=attrs.validators.in_(("everysec", "always", "no"))
     )
     # The embedded Valkey's memory bound (Valkey units: 1gb, 512mb, bytes; "0": none). Past it writes
     # are refused (noeviction), never silently evicted: submits answer 503.
     embedded_maxmemory: str = attrs.field(
         default="1gb",
-        converter=lambda value: value.strip().lower() if isinstance(value, str) else value,
+        converter=_lower,
         validator=attrs.validators.matches_re(r"[0-9]{1,15}(b|k|kb|m|mb|g|gb)?"),
     )
 
@@ -278,11 +288,11 @@ class LoggingConfig:
     """Log lines on stderr: JSON, human text, or auto (text on a TTY, else JSON)."""
 
     format: str = attrs.field(
-        default="auto", converter=str.lower, validator=attrs.validators.in_(("auto", "json", "text"))
+        default="auto", converter=_lower, validator=attrs.validators.in_(("auto", "json", "text"))
     )
     level: str = attrs.field(
         default="INFO",
-        converter=str.upper,
+        converter=_upper,
         validator=attrs.validators.in_(("DEBUG", "INFO", "WARNING", "ERROR")),
     )
 
@@ -372,7 +382,7 @@ def _to_bool(value: Any, _: type) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
-def _to_number(value: Any, kind: type) -> int | float:
+def _to_number(value: Any, kind: type[int] | type[float]) -> int | float:
     # Environment values arrive as strings; TOML values already have their type.
     if isinstance(value, bool):
         raise ValueError(f"expected a number, got {value!r}")

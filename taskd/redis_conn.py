@@ -90,7 +90,8 @@ def connect(url: str, *, socket_timeout: float | None = None) -> ArqRedis:
         "socket_timeout": socket_timeout,
     }
     if not url.startswith(SENTINEL_SCHEME + "://"):
-        return ArqRedis.from_url(url, **options)
+        direct: ArqRedis = ArqRedis.from_url(url, **options)
+        return direct
     parsed = parse_sentinel_url(url)
     sentinel_options: dict[str, Any] = {
         "socket_connect_timeout": CONNECT_TIMEOUT,
@@ -108,4 +109,5 @@ def connect(url: str, *, socket_timeout: float | None = None) -> ArqRedis:
         **options,
     )
     client.sentinel = sentinel
-    return client
+    managed: ArqRedis = client
+    return managed

@@ -161,7 +161,7 @@ def resolution(max_side: int = 7680) -> Validator:
 
     def ok(value: str) -> bool:
         match = _RESOLUTION.match(value)
-        return bool(match) and all(16 <= int(side) <= max_side for side in match.groups())
+        return match is not None and all(16 <= int(side) <= max_side for side in match.groups())
 
     return check(ok, f"Resolution must look like 1920x1080, each side between 16 and {max_side}")
 

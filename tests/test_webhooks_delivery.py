@@ -23,7 +23,7 @@ METADATA = {"userId": "user-123", "testResultId": "result-456", "sessionId": "se
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """A receiver's check of a Standard Webhooks signature, as the README shows it."""
+    """A receiver's check of a Standard Webhooks signature, as docs/webhooks.md shows it."""
     key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()

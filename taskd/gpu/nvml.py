@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from functools import cache
+from types import ModuleType
 
 import attrs
 
@@ -22,7 +23,7 @@ class DeviceReading:
 
 
 @cache
-def _nvml() -> object | None:
+def _nvml() -> ModuleType | None:
     try:
         import pynvml
 
@@ -30,7 +31,8 @@ def _nvml() -> object | None:
     except Exception as exc:  # no library, no driver or no device: the same answer for taskd
         log.info("NVML not available (%s); GPU queues run without device readings", exc)
         return None
-    return pynvml
+    module: ModuleType = pynvml
+    return module
 
 
 def read_devices() -> list[DeviceReading]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from taskd.http.context import API
 from taskd.http.scope import CALLER, Caller, enforce
@@ -22,7 +23,7 @@ _QUERY_KEY_ALLOWED = "_taskd_query_key_allowed"
 KEY_ID = web.RequestKey("taskd_key_id", str)
 
 
-def query_key_allowed(handler: web.Handler) -> web.Handler:
+def query_key_allowed(handler: Handler) -> Handler:
     """Mark a route that also takes the key as `?api_key=` (for EventSource, which cannot send headers)."""
     setattr(handler, _QUERY_KEY_ALLOWED, True)
     return handler
@@ -46,7 +47,7 @@ def key_matches(given: str, keys: list[str]) -> bool:
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Know the caller by its key, refuse `/api/v1/` without one (401), then apply the route's scope."""
     given = request.headers.get("X-API-Key", "")
     if not given and getattr(request.match_info.handler, _QUERY_KEY_ALLOWED, False):

@@ -26,6 +26,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from taskd import keys
+from taskd.backoff import Backoff
 from taskd.http.auth import query_key_allowed
 from taskd.http.context import API
 from taskd.http.scope import Touches, touches
@@ -190,16 +191,19 @@ class EventHub:
             task.add_done_callback(self._unblocks.discard)
 
     async def _run(self) -> None:
+        reconnects = Backoff.reconnect()
         while not self._closed:
             connection = Redis(connection_pool=self._redis.connection_pool, single_connection_client=True)
             try:
                 self._client_id = await connection.client_id()
+                reconnects.reset()
                 await self._read_forever(connection)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: keep the cursors, read again once it is back
-                log.warning("event stream reader failed, retrying: %s", exc)
-                await asyncio.sleep(1)
+                delay = reconnects.next_delay()
+                log.warning("event stream reader failed, retrying in %.2f s: %s", delay, exc)
+                await asyncio.sleep(delay)
             finally:
                 self._client_id = None
                 with contextlib.suppress(Exception):
@@ -355,7 +359,7 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             # terminal event is in the stream now, unless the stream expired or the client has it.
             record = await api.store.get(task_id)
             if record.is_terminal:
-                backlog += await _read_after(api.redis, stream, backlog[-1].id if backlog else after)
+                backlog += await _read_after(api.redis, stream, (backlog[-1].id if backlog else None) or after)
                 if not any(event.terminal for event in backlog):
                     if last_event_id and await _is_terminal_entry(api.redis, stream, last_event_id):
                         return web.Response(status=204)  # EventSource stops reconnecting on 204

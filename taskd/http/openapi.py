@@ -378,7 +378,7 @@ def _task_id() -> Schema:
 
 
 def _paths() -> dict[str, Any]:
-    key = [{"ApiKey": []}]
+    key: list[dict[str, list[str]]] = [{"ApiKey": []}]
     return {
         "/health": {
             "get": {

@@ -7,7 +7,7 @@ from typing import Any
 Schema = dict[str, Any]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
-_KEY = [{"ApiKey": []}]
+_KEY: list[dict[str, list[str]]] = [{"ApiKey": []}]
 
 
 def _error(description: str) -> Schema:

@@ -15,6 +15,7 @@ import math
 
 import attrs
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from redis.asyncio import Redis
 
 from taskd import keys
@@ -110,12 +111,12 @@ def _policy(request: web.Request) -> str | None:
 
 
 @web.middleware
-async def rate_limit_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Spend the route's quota for the caller's key; 429 over it. Runs after auth, so the key is valid."""
     policy = _policy(request)
     api = request.app[API]
     limit = getattr(api.config.limits, f"{policy}_per_minute", 0) if policy else 0
-    if not limit:
+    if policy is None or not limit:
         return await handler(request)
     decision = await request.app[LIMITER].hit(policy, request.headers.get("X-API-Key", ""), limit)
     request[_HEADERS] = decision.headers()

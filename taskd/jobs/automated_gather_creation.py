@@ -49,7 +49,9 @@ def _slug(value: Any) -> str | None:
 def parse_outline(text: str, limit: int = 12) -> list[tuple[str, str]]:
     """(slug, focus) per department from the outline reply; empty when unreadable."""
     found = first_object(text) or {}
-    entries = found.get("departments") if isinstance(found.get("departments"), list) else []
+    entries = found.get("departments")
+    if not isinstance(entries, list):
+        entries = []
     outline: dict[str, str] = {}
     for entry in entries:
         slug = _slug(entry.get("slug") if isinstance(entry, dict) else entry)
@@ -62,7 +64,9 @@ def parse_outline(text: str, limit: int = 12) -> list[tuple[str, str]]:
 def parse_items(text: str, limit: int) -> list[dict[str, str]]:
     """Gather items ({content, summary, context}) with non-blank content, at most `limit`."""
     found = first_object(text) or {}
-    entries = found.get("items") if isinstance(found.get("items"), list) else []
+    entries = found.get("items")
+    if not isinstance(entries, list):
+        entries = []
     items = []
     for entry in entries:
         if (

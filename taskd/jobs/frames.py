@@ -33,7 +33,8 @@ def read(stream: BinaryIO) -> dict[str, Any] | None:
     body = stream.read(length)
     if len(body) < length:
         return None
-    return orjson.loads(body)
+    frame: dict[str, Any] = orjson.loads(body)
+    return frame
 
 
 async def read_async(reader: asyncio.StreamReader) -> dict[str, Any] | None:
@@ -43,6 +44,7 @@ async def read_async(reader: asyncio.StreamReader) -> dict[str, Any] | None:
         (length,) = _HEADER.unpack(header)
         if length > MAX_FRAME:
             raise ValueError(f"frame of {length} bytes is over the limit")
-        return orjson.loads(await reader.readexactly(length))
+        frame: dict[str, Any] = orjson.loads(await reader.readexactly(length))
+        return frame
     except asyncio.IncompleteReadError:
         return None

@@ -86,11 +86,11 @@ def parse_submission(body: Any, registry: Registry) -> Submission:
         except ValidationError as exc:
             details.update(exc.details)
 
-    if details:
+    if details or task_type is None or not isinstance(task_data, dict):
         raise ValidationError(details)
     return Submission(
         project_id=body["project_id"],
-        task_type=task_type_name,
+        task_type=task_type.name,
         task_data=task_data,
         priority=priority,
         callback_url=body.get("callback_url"),

@@ -80,7 +80,8 @@ def load_renderer(config: Config, http: aiohttp.ClientSession) -> ClipRenderer:
         factory = getattr(importlib.import_module(module_name), attr or "renderer")
     except (ImportError, AttributeError) as exc:
         raise TaskError(f"providers.video.plugin {plugin!r} cannot be loaded: {exc}") from None
-    return factory(config, http)
+    renderer: ClipRenderer = factory(config, http)
+    return renderer
 
 
 def even_split(total: float, count: int) -> list[float]:
