@@ -77,10 +77,10 @@ def test_only_transient_errors_are_retried(exc, transient):
 
 
 def test_store_lua_writes_the_same_arq_job_as_python():
-    from taskd.store import _ENQUEUE_LUA
+    from taskd.store.scripts import read
 
     python_job = orjson.loads(job_payload("abc-123", 1700000000000))
-    lua_template = _ENQUEUE_LUA.split("local job = '")[1].split("'\n")[0]
+    lua_template = read("lib/enqueue.lua").split("local job = '")[1].split("'\n")[0]
     lua_job = orjson.loads(
         lua_template.replace("' .. task_id .. '", "abc-123").replace("' .. now_ms .. '", "1700000000000")
     )

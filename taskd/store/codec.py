@@ -1,0 +1,89 @@
+"""A task record as a Redis hash: the fields written for it and the record read back from them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import orjson
+
+from taskd.model import TaskNotFound, TaskRecord, TaskStatus
+
+# The store's logger name since before the store was a package; operators filter on it.
+log = logging.getLogger("taskd.store")
+
+_JSON_FIELDS = frozenset({"task_data", "metadata", "result"})
+_FLOAT_FIELDS = frozenset(
+    {
+        "progress",
+        "created_at",
+        "updated_at",
+        "started_at",
+        "completed_at",
+        "cancelled_at",
+        "processing_time",
+        "next_retry_at",
+    }
+)
+_INT_FIELDS = frozenset({"priority", "attempt", "deaths", "enqueues"})
+_FIELD_NAMES = tuple(field.name for field in attrs.fields(TaskRecord))
+
+
+def encode_value(name: str, value: Any) -> bytes | str:
+    """One field's stored form: JSON for the JSON fields, repr for floats, str for the rest."""
+    if name in _JSON_FIELDS:
+        return orjson.dumps(value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def encode(record: TaskRecord) -> dict[str, bytes | str]:
+    """The hash fields of a record; None values are left out."""
+    return {
+        name: encode_value(name, value)
+        for name in _FIELD_NAMES
+        if (value := getattr(record, name)) is not None
+    }
+
+
+def _decode_value(name: str, raw: bytes) -> Any:
+    if name in _JSON_FIELDS:
+        return orjson.loads(raw)
+    text = raw.decode()
+    if name in _FLOAT_FIELDS:
+        return float(text)
+    if name in _INT_FIELDS:
+        return int(text)
+    if name == "status":
+        return TaskStatus(text)
+    return text
+
+
+class CorruptRecord(TaskNotFound):
+    """A record hash that cannot be read (missing fields, bad JSON, unknown status): treated as absent.
+
+    The API answers 404 task_not_found for it, lists skip it, workers and the webhook sender drop
+    it; each logs the cause, so one broken hash never becomes a 500 or a crash loop (issue 9).
+    """
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(task_id)
+        self.reason = reason
+
+
+def decode(fields: Mapping[bytes, bytes]) -> TaskRecord:
+    """A record from its hash fields; fields taskd does not know are ignored. Raises CorruptRecord."""
+    values = {}
+    task_id = fields.get(b"task_id", b"?").decode(errors="replace")
+    try:
+        for raw_name, raw in fields.items():
+            name = raw_name.decode()
+            if name in _FIELD_NAMES:
+                values[name] = _decode_value(name, raw)
+        return TaskRecord(**values)
+    except (ValueError, TypeError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+        log.error("task record %s is corrupt and is skipped: %s", task_id, exc)
+        raise CorruptRecord(task_id, str(exc)) from None

@@ -1,0 +1,31 @@
+-- cancel.lua: cancels a queued or processing task, removing its arq job.
+--
+-- Writes the cancellation (and the state it came from), frees the task's running entry and
+-- drops its job, and, through ended(), counts it, frees its project slot, makes its webhook due
+-- and emits the event. A task that already ended is left as it is.
+-- KEYS[1]  task     taskd:task:{id}, the record hash
+-- KEYS[2]  running  taskd:running:{queue}, the queue's processing tasks
+-- KEYS[3]  metrics  taskd:metrics, the shared counters
+-- KEYS[4]  outbox   taskd:webhooks:due, the webhook outbox
+-- KEYS[5]  queue    taskd:queue:{queue}, arq's sorted set of the queue
+-- ARGV[1]  now      now, in seconds (its cancelled_at)
+-- ARGV[2]  ttl      seconds the record is kept from now
+-- ARGV[3]  task_id  the task's id
+-- ARGV[4]  now_ms   now, in ms: when its webhook is due
+-- Returns {'cancelled_now', previous status, cancelled_at} when cancelled here; {status,
+-- previous_state or '', cancelled_at or ''} when it had already ended; false if the record is gone.
+-- include lib/emit.lua
+-- include lib/drop_job.lua
+-- include lib/ended.lua
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if status ~= 'queued' and status ~= 'processing' then
+  return {status, redis.call('HGET', KEYS[1], 'previous_state') or '', redis.call('HGET', KEYS[1], 'cancelled_at') or ''}
+end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'previous_state', status, 'cancelled_at', ARGV[1],
+           'updated_at', ARGV[1], 'completed_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'worker_id', 'next_retry_at')
+redis.call('ZREM', KEYS[2], ARGV[3])
+drop_job(KEYS[1], KEYS[5])
+ended(KEYS[1], KEYS[3], KEYS[4], 'cancelled_tasks', 'cancelled', ARGV[3], ARGV[4], ARGV[2])
+return {'cancelled_now', status, ARGV[1]}

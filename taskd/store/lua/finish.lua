@@ -1,0 +1,41 @@
+-- finish.lua: ends a processing task as completed or failed, if the calling worker still runs it.
+--
+-- Drops the task's arq job, writes its end, counts it (a completed task's duration also feeds the
+-- per-type sum, count and histogram), and, through ended(), frees its project slot, makes its
+-- webhook due and emits the event. A task cancelled or taken over meanwhile is left as it is.
+-- KEYS[1]  task       taskd:task:{id}, the record hash
+-- KEYS[2]  running    taskd:running:{queue}, the queue's processing tasks
+-- KEYS[3]  metrics    taskd:metrics, the shared counters
+-- KEYS[4]  outbox     taskd:webhooks:due, the webhook outbox
+-- KEYS[5]  queue      taskd:queue:{queue}, arq's sorted set of the queue
+-- ARGV[1]  worker_id  the calling worker's id
+-- ARGV[2]  counter    'completed_tasks' or 'failed_tasks'
+-- ARGV[3]  task_type  the task's type, for the per-type counters
+-- ARGV[4]  duration   seconds the run took
+-- ARGV[5]  ttl        seconds the record is kept from now
+-- ARGV[6]  task_id    the task's id
+-- ARGV[7]  now_ms     now, in ms: when its webhook is due
+-- ARGV[8..] fields    the fields to write: name, value, name, value, ...
+-- Returns 'ok' when ended here; else the task's status (false if the record is gone).
+-- include lib/emit.lua
+-- include lib/drop_job.lua
+-- include lib/ended.lua
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1] then
+  return status or false
+end
+drop_job(KEYS[1], KEYS[5])
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZREM', KEYS[2], ARGV[6])
+if ARGV[2] == 'completed_tasks' then
+  redis.call('HINCRBYFLOAT', KEYS[3], 'duration_sum:' .. ARGV[3], ARGV[4])
+  redis.call('HINCRBY', KEYS[3], 'duration_count:' .. ARGV[3], 1)
+  local d = tonumber(ARGV[4])
+  for _, le in ipairs({@DURATION_BUCKETS@}) do
+    if d <= le then redis.call('HINCRBY', KEYS[3], 'duration_bucket:' .. ARGV[3] .. ':' .. le, 1) end
+  end
+  ended(KEYS[1], KEYS[3], KEYS[4], 'completed_tasks', nil, ARGV[6], ARGV[7], ARGV[5])
+else
+  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[6], ARGV[7], ARGV[5])
+end
+return 'ok'

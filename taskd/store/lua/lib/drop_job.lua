@@ -1,0 +1,20 @@
+-- lib/drop_job.lua: drop_job(task_key, queue_key), removes the task's current arq job.
+--
+-- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
+-- of its own; its caller passes the keys it works on.
+-- KEYS: none
+-- ARGV: none
+--   task_key   the task's record hash (taskd:task:{id}); its job_id field names the job
+--   queue_key  arq's sorted set of the task's queue (taskd:queue:{queue})
+--
+-- Deletes the job's definition (arq:job:{job id}) and lock (arq:in-progress:{job id}) and takes
+-- it off the queue, in the script that ends or requeues the task, so the worker need not drop
+-- it in a round trip of its own.
+-- Returns nothing.
+local function drop_job(task_key, queue_key)
+  local job_id = redis.call('HGET', task_key, 'job_id')
+  if job_id then
+    redis.call('DEL', '@JOB_PREFIX@' .. job_id, '@IN_PROGRESS_PREFIX@' .. job_id)
+    redis.call('ZREM', queue_key, job_id)
+  end
+end

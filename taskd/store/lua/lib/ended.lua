@@ -1,0 +1,34 @@
+-- lib/ended.lua: ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl),
+-- what every end of a task (completed, failed, cancelled) also does.
+--
+-- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
+-- of its own; its caller passes the keys and values it works on.
+-- KEYS: none
+-- ARGV: none
+--   task_key     the task's record hash (taskd:task:{id}), already holding its end state
+--   metrics_key  the shared counters (taskd:metrics)
+--   outbox_key   the webhook outbox (taskd:webhooks:due)
+--   counter      the metrics counter to add one to: completed_tasks, failed_tasks or cancelled_tasks
+--   per_type     prefix of a per-task-type counter to add one to ({per_type}:{task type}), or nil
+--   task_id      the task's id
+--   now_ms       now, in ms: when its webhook is due
+--   ttl          seconds the record is kept from now (storage.task_ttl)
+--
+-- Counts the end, frees the task's place in its project's concurrency
+-- (taskd:project_active:{project_id}), queues its webhook when it has a callback_url (waking the
+-- senders on taskd:webhooks:wake), keeps the record for `ttl` and emits a status event.
+-- Returns nothing.
+-- include lib/emit.lua
+local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl)
+  redis.call('HINCRBY', metrics_key, counter, 1)
+  if per_type then
+    redis.call('HINCRBY', metrics_key, per_type .. ':' .. redis.call('HGET', task_key, 'task_type'), 1)
+  end
+  redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', task_key, 'project_id'), task_id)
+  if redis.call('HEXISTS', task_key, 'callback_url') == 1 then
+    redis.call('ZADD', outbox_key, now_ms, task_id)
+    redis.call('PUBLISH', '@WEBHOOKS_WAKE@', task_id)
+  end
+  redis.call('EXPIRE', task_key, ttl)
+  emit(task_key, 'status')
+end

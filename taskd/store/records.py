@@ -1,0 +1,446 @@
+"""The task store: records, the per-project index and the shared metrics, in Redis.
+
+State changes that must not race (submit, start, progress, finish, requeue, reclaim, cancel) are
+Lua scripts (taskd/store/lua/), one round trip each, so a cancelled task can never be overwritten
+by a late `completed` from its worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import orjson
+from redis.asyncio import Redis
+
+from taskd import keys
+from taskd.model import ACTIVE, Metrics, RateLimited, ServiceUnavailable, TaskNotFound, TaskRecord, TaskStatus
+from taskd.store import scripts
+from taskd.store.codec import CorruptRecord, decode, encode, encode_value
+
+PROJECT_FULL_RETRY_AFTER = 10
+QUEUE_FULL_RETRY_AFTER = 30
+
+
+@attrs.frozen
+class QueuedJob:
+    """The arq job that will run a new task: its id, serialised form, queue score and expiry."""
+
+    job_id: str
+    payload: bytes
+    score: int
+    expiry_ms: int
+
+
+@attrs.frozen
+class Start:
+    """What a worker's claim of a job found: whether it holds the job, and the task it may run."""
+
+    claimed: bool
+    score: int = 0
+    record: TaskRecord | None = None
+
+
+@attrs.frozen
+class Admission:
+    """Limits a submit must pass; 0 = unlimited."""
+
+    concurrent_per_project: int = 0
+    max_queue_length: int = 0
+
+
+@attrs.frozen
+class Created:
+    """Where a new task stands: its rank in arq's queue set, the queue's running count, past durations."""
+
+    rank: int | None
+    running: int
+    duration_sum: float
+    duration_count: int
+
+
+@attrs.frozen
+class CancelOutcome:
+    """What a cancel found: the status before (`was`) and, once cancelled, when and from which state."""
+
+    was: TaskStatus
+    previous_state: str | None
+    cancelled_at: float | None
+
+    @property
+    def cancelled_now(self) -> bool:
+        """True if this call did the cancelling."""
+        return self.was in ACTIVE
+
+
+class TaskStore:
+    """Reads and writes task records, project indexes and metrics."""
+
+    def __init__(
+        self, redis: Redis, task_ttl: int, wait_replicas: int = 0, wait_timeout: float = 2.0
+    ) -> None:
+        self.redis = redis
+        self.task_ttl = task_ttl
+        # Replicas that must have a new task before its submit is acknowledged (redis.wait_replicas).
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = int(wait_timeout * 1000)
+        self._submit = scripts.load(redis, "submit")
+        self._start = scripts.load(redis, "start")
+        self._progress = scripts.load(redis, "progress")
+        self._finish = scripts.load(redis, "finish")
+        self._requeue = scripts.load(redis, "requeue")
+        self._reclaim = scripts.load(redis, "reclaim")
+        self._cancel = scripts.load(redis, "cancel")
+
+    async def create(self, record: TaskRecord, job: QueuedJob, admission: Admission) -> Created:
+        """Admit, store, index, count and enqueue `record` in one script; a return means it is in Redis.
+
+        Raises RateLimited when the project has too many active tasks, ServiceUnavailable when the
+        queue is full; nothing is written then.
+        """
+        flat: list[bytes | str] = []
+        for name, value in encode(record).items():
+            flat += [name, value]
+        reply, replicated = await self._create(
+            key_names={
+                "task": keys.task(record.task_id),
+                "project": keys.project(record.project_id),
+                "metrics": keys.METRICS,
+                "queue": keys.queue(record.queue),
+                "job": keys.arq_job(job.job_id),
+                "active": keys.project_active(record.project_id),
+                "running": keys.running(record.queue),
+            },
+            args={
+                "task_id": record.task_id,
+                "created_ms": int(record.created_at * 1000),
+                "ttl": self.task_ttl,
+                "score": job.score,
+                "job_id": job.job_id,
+                "job": job.payload,
+                "job_expiry_ms": job.expiry_ms,
+                "project_limit": admission.concurrent_per_project,
+                "queue_limit": admission.max_queue_length,
+                "queue": record.queue,
+                "task_type": record.task_type,
+                "fields": flat,
+            },
+        )
+        verdict = reply[0].decode()
+        if verdict == "ok" and replicated is not None and replicated < self.wait_replicas:
+            # Issue 9: not yet on enough replicas, so a failover now could lose it; the caller may retry.
+            raise ServiceUnavailable(
+                f"Task storage could not copy the task to {self.wait_replicas} replica(s) in time, "
+                "please try again later",
+                retry_after=5,
+            )
+        if verdict == "project_full":
+            raise RateLimited(
+                f"Project '{record.project_id}' already has {reply[1]} queued or processing tasks; "
+                f"at most {admission.concurrent_per_project} may be active at once",
+                PROJECT_FULL_RETRY_AFTER,
+            )
+        if verdict == "queue_full":
+            raise ServiceUnavailable(
+                f"Queue '{record.queue}' is full ({reply[1]} tasks waiting), please try again later",
+                retry_after=QUEUE_FULL_RETRY_AFTER,
+            )
+        _, rank, running, duration_sum, duration_count = reply
+        return Created(
+            rank=None if int(rank) < 0 else int(rank),
+            running=int(running),
+            duration_sum=float(duration_sum),
+            duration_count=int(duration_count),
+        )
+
+    async def _create(self, key_names: Mapping[str, str], args: Mapping[str, Any]) -> tuple[Any, int | None]:
+        # WAIT counts the writes of its own connection, so it follows the script in one pipeline.
+        if not self.wait_replicas:
+            return await self._submit(keys=key_names, args=args), None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._submit(keys=key_names, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            reply, replicated = await pipe.execute()
+        return reply, int(replicated)
+
+    async def get(self, task_id: str) -> TaskRecord:
+        """The record of `task_id`; raises TaskNotFound."""
+        fields = await self.redis.hgetall(keys.task(task_id))
+        if not fields:
+            raise TaskNotFound(task_id)
+        return decode(fields)
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
+        """Records of the ids that still exist, in the given order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(keys.task(task_id))
+            rows = await pipe.execute()
+        records = []
+        for fields in rows:
+            if fields:
+                with contextlib.suppress(CorruptRecord):  # logged by decode; a list shows the rest
+                    records.append(decode(fields))
+        return records
+
+    async def start(
+        self, task_id: str, job_id: str, queue: str, worker_id: str, at: float, lock_ms: int
+    ) -> Start:
+        """Claim arq job `job_id` for `worker_id` and mark its task processing, in one script.
+
+        `claimed` is False when the job is another worker's or not due; a claimed job whose task
+        may not run (ended, cancelled, stale, running elsewhere) comes back without a record.
+        """
+        reply = await self._start(
+            keys={
+                "task": keys.task(task_id),
+                "running": keys.running(queue),
+                "lock": keys.arq_in_progress(job_id),
+                "queue": keys.queue(queue),
+            },
+            args={
+                "now": repr(at),
+                "worker_id": worker_id,
+                "task_id": task_id,
+                "job_id": job_id,
+                "now_ms": int(at * 1000),
+                "lock_ms": lock_ms,
+            },
+        )
+        if not isinstance(reply, list):
+            return Start(claimed=False)
+        score = int(float(reply[0]))
+        if reply[1] != b"started":
+            return Start(claimed=True, score=score)
+        fields = reply[2:]
+        return Start(
+            claimed=True, score=score, record=decode(dict(zip(fields[::2], fields[1::2], strict=True)))
+        )
+
+    async def progress(
+        self, task_id: str, worker_id: str, progress: float, step: str | None, at: float
+    ) -> bool:
+        """Record progress of a task this worker runs; False if the task is no longer its to run."""
+        written = await self._progress(
+            keys={"task": keys.task(task_id)},
+            args={"progress": repr(progress), "step": step or "", "now": repr(at), "worker_id": worker_id},
+        )
+        return bool(written)
+
+    async def finish(
+        self, record: TaskRecord, worker_id: str, status: TaskStatus, at: float, **fields: Any
+    ) -> bool:
+        """End a processing task as completed or failed, dropping its arq job; False if it was cancelled
+        or taken over meanwhile."""
+        processing_time = round(at - (record.started_at or at), 3)
+        values: dict[str, Any] = {
+            "status": status.value,
+            "updated_at": at,
+            "completed_at": at,
+            "processing_time": processing_time,
+            **fields,
+        }
+        if status is TaskStatus.COMPLETED:
+            values["progress"] = 1.0
+        flat: list[bytes | str] = []
+        for name, value in values.items():
+            if value is not None:
+                flat += [name, encode_value(name, value)]
+        counter = "completed_tasks" if status is TaskStatus.COMPLETED else "failed_tasks"
+        # The script's status reply (bytes), or None for a Lua false: the record is gone.
+        outcome: bytes | None = await self._finish(
+            keys={
+                "task": keys.task(record.task_id),
+                "running": keys.running(record.queue),
+                "metrics": keys.METRICS,
+                "outbox": keys.WEBHOOKS_DUE,
+                "queue": keys.queue(record.queue),
+            },
+            args={
+                "worker_id": worker_id,
+                "counter": counter,
+                "task_type": record.task_type,
+                "duration": repr(processing_time),
+                "ttl": self.task_ttl,
+                "task_id": record.task_id,
+                "now_ms": int(at * 1000),
+                "fields": flat,
+            },
+        )
+        return outcome == b"ok"
+
+    async def requeue(
+        self, record: TaskRecord, worker_id: str, at: float, score: int, *, retry_error: str | None = None
+    ) -> bool:
+        """Put a task this worker runs back on its queue at `score` (ms): a retry if `retry_error` is given."""
+        # The script's status reply (bytes), or None for a Lua false: the record is gone.
+        outcome: bytes | None = await self._requeue(
+            keys={
+                "task": keys.task(record.task_id),
+                "running": keys.running(record.queue),
+                "metrics": keys.METRICS,
+            },
+            args={
+                "worker_id": worker_id,
+                "task_id": record.task_id,
+                "now": repr(at),
+                "now_ms": int(at * 1000),
+                "queue": record.queue,
+                "score": score,
+                "retried": "1" if retry_error is not None else "0",
+                "last_error": retry_error or "",
+            },
+        )
+        return outcome == b"ok"
+
+    async def orphans(self, queues: Iterable[str]) -> list[tuple[str, str, int]]:
+        """Processing tasks whose worker's heartbeat is gone: (task id, queue, priority) each."""
+        candidates: list[tuple[str, str]] = []
+        for queue in queues:
+            candidates += [
+                (raw.decode(), queue) for raw in await self.redis.zrange(keys.running(queue), 0, -1)
+            ]
+        if not candidates:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id, _ in candidates:
+                pipe.hmget(keys.task(task_id), "worker_id", "priority")
+            owners = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id, _ in owners:
+                pipe.exists(keys.worker(worker_id.decode() if worker_id else "?"))
+            alive = await pipe.execute()
+        return [
+            (task_id, queue, int(priority) if (priority or b"").isdigit() else 2)
+            for (task_id, queue), (_, priority), live in zip(candidates, owners, alive, strict=True)
+            if not live
+        ]
+
+    async def reclaim(self, task_id: str, queue: str, at: float, score: int, max_deaths: int) -> str:
+        """Requeue (or, past `max_deaths`, fail) a task whose worker died; says which it did."""
+        outcome = await self._reclaim(
+            keys={
+                "task": keys.task(task_id),
+                "running": keys.running(queue),
+                "metrics": keys.METRICS,
+                "outbox": keys.WEBHOOKS_DUE,
+            },
+            args={
+                "task_id": task_id,
+                "now": repr(at),
+                "now_ms": int(at * 1000),
+                "queue": queue,
+                "score": score,
+                "max_deaths": max_deaths,
+                "ttl": self.task_ttl,
+                "worker_prefix": keys.worker(""),
+            },
+        )
+        return outcome.decode() if isinstance(outcome, bytes) else "gone"
+
+    async def cancel(self, record: TaskRecord, queue_key: str, at: float) -> CancelOutcome:
+        """Cancel a queued or processing task atomically, removing its queued job; report what was there."""
+        reply = await self._cancel(
+            keys={
+                "task": keys.task(record.task_id),
+                "running": keys.running(record.queue),
+                "metrics": keys.METRICS,
+                "outbox": keys.WEBHOOKS_DUE,
+                "queue": queue_key,
+            },
+            args={"now": repr(at), "ttl": self.task_ttl, "task_id": record.task_id, "now_ms": int(at * 1000)},
+        )
+        if reply is None:
+            raise TaskNotFound(record.task_id)
+        if isinstance(reply, bytes):
+            return CancelOutcome(TaskStatus(reply.decode()), None, None)
+        status, previous, cancelled_at = (part.decode() for part in reply)
+        was = TaskStatus(previous) if status == "cancelled_now" else TaskStatus(status)
+        return CancelOutcome(was, previous or None, float(cancelled_at) if cancelled_at else None)
+
+    async def project_task_ids(self, project_id: str) -> list[str]:
+        """Ids of a project's tasks, newest first, pruning ids whose record has expired."""
+        index = keys.project(project_id)
+        ids = [raw.decode() for raw in await self.redis.zrevrange(index, 0, -1)]
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.exists(keys.task(task_id))
+            alive = await pipe.execute()
+        expired = [task_id for task_id, exists in zip(ids, alive, strict=True) if not exists]
+        if expired:
+            await self.redis.zrem(index, *expired)
+        return [task_id for task_id, exists in zip(ids, alive, strict=True) if exists]
+
+    async def list_project(
+        self,
+        project_id: str,
+        *,
+        status: str | None,
+        task_type: str | None,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[TaskRecord], int]:
+        """One page of a project's tasks (newest first) matching the filters, and how many match in all."""
+        ids = await self.project_task_ids(project_id)
+        if status or task_type:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in ids:
+                    pipe.hmget(keys.task(task_id), "status", "task_type")
+                rows = await pipe.execute()
+            ids = [
+                task_id
+                for task_id, (st, tt) in zip(ids, rows, strict=True)
+                if (not status or st == status.encode()) and (not task_type or tt == task_type.encode())
+            ]
+        return await self.get_many(ids[offset : offset + limit]), len(ids)
+
+    async def metrics(self, queues: Iterable[str]) -> Metrics:
+        """The shared counters, with the running count and average durations per task type."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.METRICS)
+            for queue in queues:
+                pipe.zcard(keys.running(queue))
+            counters, *running = await pipe.execute()
+        raw = {name.decode(): value.decode() for name, value in counters.items()}
+        averages = {}
+        for name, value in raw.items():
+            if name.startswith("duration_sum:"):
+                task_type = name.removeprefix("duration_sum:")
+                count = int(raw.get(f"duration_count:{task_type}", 0))
+                if count:
+                    averages[task_type] = round(float(value) / count, 3)
+        return Metrics(
+            total_tasks=int(raw.get("total_tasks", 0)),
+            completed_tasks=int(raw.get("completed_tasks", 0)),
+            failed_tasks=int(raw.get("failed_tasks", 0)),
+            retried_tasks=int(raw.get("retried_tasks", 0)),
+            cancelled_tasks=int(raw.get("cancelled_tasks", 0)),
+            currently_running=sum(running),
+            average_durations=averages,
+        )
+
+    async def running_since(self, queues: Iterable[str]) -> dict[str, float]:
+        """Processing task ids with the time each started."""
+        started: dict[str, float] = {}
+        for queue in queues:
+            for member, score in await self.redis.zrange(keys.running(queue), 0, -1, withscores=True):
+                started[member.decode()] = score / 1000
+        return started
+
+    async def note_memory_recycle(self, event: Mapping[str, Any], at: float) -> None:
+        """Remember a job process killed over the memory limit, for the memory alert."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(keys.MEMORY_EVENTS, {orjson.dumps(dict(event)): int(at * 1000)})
+            pipe.zremrangebyscore(keys.MEMORY_EVENTS, "-inf", int((at - keys.MEMORY_EVENT_TTL) * 1000))
+            await pipe.execute()
+
+    async def memory_recycles(self, at: float) -> list[dict[str, Any]]:
+        """Job processes killed over the memory limit in the last ten minutes."""
+        since = int((at - keys.MEMORY_EVENT_TTL) * 1000)
+        return [
+            orjson.loads(raw) for raw in await self.redis.zrangebyscore(keys.MEMORY_EVENTS, since, "+inf")
+        ]

@@ -1,0 +1,160 @@
+"""The store's Lua scripts: read from `taskd/store/lua/` by name, composed, filled in and registered.
+
+Each script opens with a comment block (the header) that says what it does, then one line per
+key and argument, in order, each with the name callers pass it under:
+
+    -- KEYS[1]  task      taskd:task:{id}, the record hash
+    -- ARGV[1]  task_id   the task's id
+    -- ARGV[2..] fields   field/value pairs (a trailing `..` takes the rest of ARGV)
+    -- Returns ...
+    -- include lib/emit.lua
+
+`-- include lib/<name>.lua` prepends a library file (a `local function` shared by several
+scripts; libraries may include others, each file comes in once, in the order first named).
+`@NAME@` tokens are replaced by the key prefixes and constants of taskd.keys (CONSTANTS), so
+the Lua and the Python cannot disagree on a key's spelling; an unknown token is an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import attrs
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
+
+from taskd import keys
+
+CONSTANTS: Mapping[str, str] = {
+    "TASK_PREFIX": keys.task(""),
+    "ACTIVE_PREFIX": keys.project_active(""),
+    "QUEUE_PREFIX": keys.queue(""),
+    "JOB_PREFIX": keys.ARQ_JOB_PREFIX,
+    "IN_PROGRESS_PREFIX": keys.ARQ_IN_PROGRESS_PREFIX,
+    "TASK_EVENTS_PREFIX": keys.task_events(""),
+    "PROJECT_EVENTS_PREFIX": keys.project_events(""),
+    "TASK_EVENTS_MAXLEN": str(keys.TASK_EVENTS_MAXLEN),
+    "PROJECT_EVENTS_MAXLEN": str(keys.PROJECT_EVENTS_MAXLEN),
+    "EVENTS_TTL": str(keys.EVENTS_TTL),
+    # A task's end wakes the webhook senders of every process at once; a job wakes the workers.
+    "WEBHOOKS_WAKE": keys.WEBHOOKS_WAKE,
+    "WAKE": keys.WAKE_CHANNEL,
+    # Upper bounds of the per-type duration histogram, as a Lua list.
+    "DURATION_BUCKETS": ", ".join(str(le) for le in keys.DURATION_BUCKETS),
+}
+
+_TOKEN = re.compile(r"@([A-Z_]+)@")
+_INCLUDE = re.compile(r"^--\s+include\s+(\S+\.lua)\s*$")
+_PARAMETER = re.compile(r"^--\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]\s+(\w+)\b")
+
+
+@attrs.frozen
+class Header:
+    """What a script's header declares: its key and argument names in order, and its includes."""
+
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    # The name of a trailing `ARGV[n..]` entry that takes the rest of ARGV, if any.
+    rest: str | None
+    includes: tuple[str, ...]
+
+
+def header_lines(text: str) -> list[str]:
+    """The comment lines a Lua file opens with, up to its first line of code."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line)
+    return lines
+
+
+def parse_header(name: str, text: str) -> Header:
+    """The names and includes declared in the header of file `name`; raises ValueError if malformed."""
+    names: dict[str, list[str]] = {"KEYS": [], "ARGV": []}
+    rest = None
+    includes = []
+    for line in header_lines(text):
+        if include := _INCLUDE.match(line):
+            includes.append(include[1])
+        elif parameter := _PARAMETER.match(line):
+            kind, index, variadic, label = parameter.groups()
+            if rest is not None or int(index) != len(names[kind]) + 1:
+                raise ValueError(f"{name}: {kind}[{index}] {label} is out of order")
+            if variadic:
+                rest = label
+            else:
+                names[kind].append(label)
+    for given in (names["KEYS"], names["ARGV"] + ([rest] if rest else [])):
+        if len(set(given)) != len(given):
+            raise ValueError(f"{name}: a key name or an argument name is used twice")
+    return Header(tuple(names["KEYS"]), tuple(names["ARGV"]), rest, tuple(includes))
+
+
+def read(name: str) -> str:
+    """The text of `lua/<name>` (e.g. "lib/emit.lua") as shipped: no includes, no constants filled in."""
+    return (resources.files("taskd.store") / "lua" / name).read_text(encoding="utf-8")
+
+
+def _with_includes(name: str, seen: list[str]) -> None:
+    # Depth first, so a library comes before the first file that calls it.
+    for include in parse_header(name, read(name)).includes:
+        if include not in seen:
+            _with_includes(include, seen)
+    if name not in seen:
+        seen.append(name)
+
+
+def _fill(text: str) -> str:
+    def constant(match: re.Match[str]) -> str:
+        if match[1] not in CONSTANTS:
+            raise ValueError(f"unknown constant @{match[1]}@ in a store script")
+        return CONSTANTS[match[1]]
+
+    return _TOKEN.sub(constant, text)
+
+
+@functools.cache
+def source(name: str) -> str:
+    """The text Redis runs for script `name` (e.g. "submit"): its includes first, constants filled in."""
+    files: list[str] = []
+    _with_includes(f"{name}.lua", files)
+    return _fill("\n".join(read(file) for file in files))
+
+
+@attrs.frozen
+class Script:
+    """A registered store script, called with its keys and arguments by the names its header gives."""
+
+    name: str
+    header: Header
+    registered: AsyncScript
+
+    async def __call__(
+        self, keys: Mapping[str, Any], args: Mapping[str, Any], client: Redis | Pipeline | None = None
+    ) -> Any:
+        """Run the script (queued on `client` when that is a pipeline); raises TypeError on a wrong name."""
+        key_values = self._ordered("KEYS", self.header.keys, keys)
+        arg_values = self._ordered("ARGV", self._arg_names, args)
+        if self.header.rest:
+            arg_values = [*arg_values[:-1], *arg_values[-1]]
+        return await self.registered(keys=key_values, args=arg_values, client=client)
+
+    @property
+    def _arg_names(self) -> tuple[str, ...]:
+        return (*self.header.args, self.header.rest) if self.header.rest else self.header.args
+
+    def _ordered(self, kind: str, names: tuple[str, ...], given: Mapping[str, Any]) -> list[Any]:
+        if given.keys() != set(names):
+            raise TypeError(f"{self.name}.lua takes {kind} {list(names)}, was given {list(given)}")
+        return [given[name] for name in names]
+
+
+def load(redis: Redis, name: str) -> Script:
+    """Script `lua/<name>.lua`, registered with `redis` (registering sends nothing to Redis)."""
+    return Script(name, parse_header(f"{name}.lua", read(f"{name}.lua")), redis.register_script(source(name)))

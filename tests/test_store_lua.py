@@ -1,0 +1,117 @@
+"""The store's Lua lives in taskd/store/lua/*.lua, each file documenting its KEYS, ARGV and reply."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+import taskd.store
+from taskd.store import TaskStore, scripts
+
+STORE_DIR = Path(taskd.store.__file__).parent
+LUA_DIR = STORE_DIR / "lua"
+LUA_FILES = sorted(path.relative_to(LUA_DIR).as_posix() for path in LUA_DIR.rglob("*.lua"))
+SCRIPTS = [name.removesuffix(".lua") for name in LUA_FILES if not name.startswith("lib/")]
+LIBRARIES = [name for name in LUA_FILES if name.startswith("lib/")]
+
+
+def _body(name: str) -> str:
+    text = scripts.read(name)
+    return text[len("\n".join(scripts.header_lines(text))) :]
+
+
+def _used(kind: str, text: str) -> set[int]:
+    return {int(index) for index in re.findall(rf"\b{kind}\[(\d+)\]", text)}
+
+
+def test_the_store_has_its_scripts_and_libraries_as_files():
+    assert set(SCRIPTS) == {"submit", "start", "progress", "finish", "requeue", "reclaim", "cancel"}
+    assert LIBRARIES
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_script_opens_with_its_keys_its_argv_and_what_it_returns(name):
+    header = scripts.parse_header(name, scripts.read(f"{name}.lua"))
+    lines = scripts.header_lines(scripts.read(f"{name}.lua"))
+
+    assert header.keys
+    assert header.args or header.rest
+    assert any(line.startswith("-- Returns") for line in lines)
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_a_library_opens_saying_it_takes_no_keys_or_argv_and_what_it_returns(name):
+    lines = scripts.header_lines(scripts.read(name))
+
+    assert lines[0].startswith(f"-- {name}: ")
+    assert "-- KEYS: none" in lines
+    assert "-- ARGV: none" in lines
+    assert any(line.startswith("-- Returns") for line in lines)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_key_and_argument_a_script_uses_is_the_one_its_header_documents(name):
+    header = scripts.parse_header(name, scripts.read(f"{name}.lua"))
+    body = _body(f"{name}.lua")
+
+    assert _used("KEYS", body) == set(range(1, len(header.keys) + 1))
+    assert _used("ARGV", body) == set(range(1, len(header.args) + 1))
+    assert (f"for i = {len(header.args) + 1}, #ARGV, 2" in body) == (header.rest is not None)
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_a_library_reads_only_its_parameters(name):
+    body = _body(name)
+
+    assert _used("KEYS", body) == set()
+    assert _used("ARGV", body) == set()
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_constant_of_a_script_is_filled_in(name):
+    assert "@" not in scripts.source(name)
+
+
+def test_a_library_comes_once_and_before_the_library_that_calls_it():
+    finish = scripts.source("finish")
+
+    assert finish.count("local function emit(") == 1
+    assert finish.index("local function emit(") < finish.index("local function ended(")
+
+
+async def test_every_script_the_store_registers_is_its_lua_file():
+    redis = Redis()
+    store = TaskStore(redis, 3600)
+    registered = [value for value in vars(store).values() if isinstance(value, scripts.Script | AsyncScript)]
+    await redis.aclose()
+
+    assert all(isinstance(script, scripts.Script) for script in registered)
+    assert {script.name for script in registered} == set(SCRIPTS)
+    assert all(script.registered.script == scripts.source(script.name) for script in registered)
+
+
+def test_no_lua_is_left_in_the_store_python():
+    lua_in_python = [
+        path.name
+        for path in STORE_DIR.glob("*.py")
+        if re.search(r"redis\.p?call\(|cjson\.", path.read_text(encoding="utf-8"))
+    ]
+
+    assert lua_in_python == []
+
+
+async def test_a_script_called_with_a_key_its_header_does_not_name_is_refused_before_redis():
+    # Port 1 has no server: a call that got as far as Redis would fail with a connection error.
+    redis = Redis(port=1)
+    progress = scripts.load(redis, "progress")
+
+    with pytest.raises(TypeError, match=r"progress.lua takes KEYS \['task'\]"):
+        await progress(
+            keys={"record": "taskd:task:x"},
+            args={"progress": "0.5", "step": "", "now": "1.0", "worker_id": "w"},
+        )
+    await redis.aclose()
