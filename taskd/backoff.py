@@ -1,16 +1,58 @@
-"""The one backoff helper, for task retries and webhooks alike, on top of the `backoff` library."""
+"""The one backoff helper, for task retries, webhooks and reconnects alike, on top of the `backoff` library."""
 
 from __future__ import annotations
 
+import random
 from itertools import islice
 
+import attrs
 import backoff
 
+# Reconnecting to Redis (pub/sub listeners, the event stream reader, the worker and webhook loops):
+# a blip is bridged in a quarter second, a long outage is tried about once a second, and the
+# jitter spreads out the processes that all lost the same Redis at the same moment.
+RECONNECT_FIRST = 0.25
+RECONNECT_CAP = 1.0
+RECONNECT_JITTER = 0.5
 
-def exponential_delay(attempt: int, base: float, *, factor: float = 2.0, cap: float | None = None) -> float:
-    """Seconds to wait after failed attempt `attempt` (1-based): base, base*factor, base*factor**2, ... up to `cap`."""
+
+def exponential_delay(
+    attempt: int, base: float, *, factor: float = 2.0, cap: float | None = None, jitter: float = 0.0
+) -> float:
+    """Seconds to wait after failed attempt `attempt` (1-based): base, base*factor, ... up to `cap`, less up to `jitter` of it at random."""
     if attempt < 1:
         raise ValueError("attempt counts from 1")
+    if not 0.0 <= jitter <= 1.0:
+        raise ValueError("jitter is a fraction of the delay, from 0 to 1")
     delays = backoff.expo(base=factor, factor=base, max_value=cap)
     next(delays)  # backoff's generators are primed with a None first
-    return float(next(islice(delays, attempt - 1, None)))
+    delay = float(next(islice(delays, attempt - 1, None)))
+    # Jitter only ever shortens a delay, so `cap` stays the longest wait there is.
+    return delay * (1.0 - jitter * random.random()) if jitter else delay
+
+
+@attrs.define
+class Backoff:
+    """The delays of one retrying loop: `first`, growing by `factor` up to `cap`; `reset()` once a try worked."""
+
+    first: float
+    cap: float
+    factor: float = 2.0
+    jitter: float = 0.0
+    failures: int = attrs.field(default=0, init=False)
+
+    @classmethod
+    def reconnect(cls) -> Backoff:
+        """The delays between attempts to reach a Redis that went away."""
+        return cls(RECONNECT_FIRST, RECONNECT_CAP, jitter=RECONNECT_JITTER)
+
+    def next_delay(self) -> float:
+        """Count one more failure; the seconds to wait before the next try."""
+        self.failures += 1
+        return exponential_delay(
+            self.failures, self.first, factor=self.factor, cap=self.cap, jitter=self.jitter
+        )
+
+    def reset(self) -> None:
+        """Start again from `first`: the last try worked."""
+        self.failures = 0

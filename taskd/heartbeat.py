@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -15,6 +14,7 @@ import psutil
 from redis.asyncio import Redis
 
 from taskd import keys
+from taskd.loops import every
 
 log = logging.getLogger("taskd.heartbeat")
 
@@ -73,12 +73,7 @@ class Heartbeat:
 
     async def run(self) -> None:
         """Beat until cancelled; a Redis outage only delays the next beat."""
-        while True:
-            try:
-                await self.beat()
-            except Exception as exc:  # a lost beat must not kill the worker
-                log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(self.interval)
+        await every(self.interval, self.beat, name="heartbeat", logger=log)
 
     async def remove(self) -> None:
         """Say goodbye so this worker stops counting at once."""

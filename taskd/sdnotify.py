@@ -3,11 +3,12 @@ datagrams on the unix socket named by $NOTIFY_SOCKET (a path, or `@name` in the 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
 from collections.abc import MutableMapping
+
+from taskd.loops import every
 
 log = logging.getLogger("taskd.systemd")
 
@@ -67,6 +68,7 @@ class Notifier:
         interval = self.watchdog_interval
         if interval is None or not self.address:
             return
-        while True:
-            self.send("WATCHDOG=1")
-            await asyncio.sleep(interval)
+        await every(interval, self._ping_watchdog, name="systemd watchdog ping", logger=log)
+
+    async def _ping_watchdog(self) -> None:
+        self.send("WATCHDOG=1")

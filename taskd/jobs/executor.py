@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import keys
-from taskd.backoff import exponential_delay
+from taskd.backoff import Backoff, exponential_delay
 from taskd.config import Config
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.jobs.queue import TaskQueue
@@ -50,14 +50,14 @@ async def _until_stored(what: str, write: Callable[[], Awaitable[T]]) -> T:
     The scripts refuse a second write (and a repeated start by the same worker only reads), so a
     retry after a lost reply changes nothing.
     """
-    delay = STORE_RETRY_FIRST
+    delays = Backoff(STORE_RETRY_FIRST, STORE_RETRY_MAX)
     while True:
         try:
             return await write()
         except (RedisConnectionError, RedisTimeoutError) as exc:
+            delay = delays.next_delay()
             log.warning("recording %s failed (%s); retrying in %.2f s", what, exc, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, STORE_RETRY_MAX)
 
 
 @attrs.frozen
@@ -441,10 +441,12 @@ class Executor:
 
     async def listen(self, redis: Redis, on_wake: Callable[[str], None]) -> None:
         """Follow the cancel and wake channels of every taskd process; reconnects on errors."""
+        reconnects = Backoff.reconnect()
         while True:
             try:
                 async with redis.pubsub() as pubsub:
                     await pubsub.subscribe(keys.CANCEL_CHANNEL, keys.WAKE_CHANNEL)
+                    reconnects.reset()
                     async for message in pubsub.listen():
                         if message["type"] != "message":
                             continue
@@ -454,5 +456,6 @@ class Executor:
                         else:
                             on_wake(payload)
             except Exception as exc:  # redis-py's errors do not share one base with OSError
-                log.warning("pub/sub listener lost Redis (%s); reconnecting", exc)
-                await asyncio.sleep(1.0)
+                delay = reconnects.next_delay()
+                log.warning("pub/sub listener lost Redis (%s); reconnecting in %.2f s", exc, delay)
+                await asyncio.sleep(delay)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from taskd.config import Config
 from taskd.jobs.queue import TaskQueue
+from taskd.loops import every
 from taskd.model import now
 from taskd.store import TaskStore
 
@@ -37,10 +37,8 @@ class Reclaimer:
         return taken
 
     async def run(self) -> None:
-        """Look every `execution.reclaim_interval` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(self.config.execution.reclaim_interval)
-            try:
-                await self.once()
-            except Exception as exc:  # a Redis outage only delays the next look
-                log.warning("looking for tasks of dead workers failed: %s", exc)
+        """Look every `execution.reclaim_interval` seconds until cancelled; a Redis outage only delays the next look."""
+        interval = self.config.execution.reclaim_interval
+        await every(
+            interval, self.once, name="looking for tasks of dead workers", wait_first=True, logger=log
+        )

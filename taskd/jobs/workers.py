@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 from arq.worker import Worker, func
 
 from taskd import keys
+from taskd.backoff import Backoff
 from taskd.config import Config
 from taskd.jobs.executor import Executor
 from taskd.jobs.queue import JOB_FUNCTION
@@ -27,7 +28,6 @@ log = logging.getLogger("taskd.jobs")
 # arq cancels a job at its own timeout and re-runs it once its lock expires; both must come
 # well after taskd's own hard limit and cancel grace, which decide a task's fate.
 ARQ_TIMEOUT_MARGIN = 60.0
-RESTART_DELAY = 1.0
 STOP_TIMEOUT = 5.0
 # Job ids are unique per enqueue, so arq's per-job try counter never matters.
 ARQ_MAX_TRIES = 1_000_000
@@ -50,6 +50,7 @@ class TaskdWorker(Worker):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.wake = asyncio.Event()
         self.stopping = False
+        self.polled = False  # it reached Redis at least once
         self._claim = claim
         self._running = running
 
@@ -120,6 +121,7 @@ class TaskdWorker(Worker):
         while not self.stopping:
             self.wake.clear()
             await self._poll_iteration()
+            self.polled = True
             # asyncio.timeout, unlike wait_for on 3.11, never swallows a cancellation.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_delay_s):
@@ -172,6 +174,7 @@ class WorkerPool:
 
     async def _supervise(self, queue: str) -> None:
         # arq's worker loop ends on the first Redis error; a new one takes over after a pause.
+        restarts = Backoff.reconnect()
         while not self._stopping:
             worker = self._make_worker(queue)
             self.workers[queue] = worker
@@ -182,8 +185,11 @@ class WorkerPool:
                     return
                 raise
             except Exception as exc:
-                log.warning("worker for queue %s stopped (%s); restarting", queue, exc)
-                await asyncio.sleep(RESTART_DELAY)
+                if worker.polled:
+                    restarts.reset()
+                delay = restarts.next_delay()
+                log.warning("worker for queue %s stopped (%s); restarting in %.2f s", queue, exc, delay)
+                await asyncio.sleep(delay)
 
     def start(self) -> None:
         """Start a supervised worker for every queue."""

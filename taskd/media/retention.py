@@ -24,6 +24,7 @@ from pathlib import Path
 import attrs
 
 from taskd.config import Config
+from taskd.loops import every
 from taskd.media.store import media_dir, scratch_root
 
 log = logging.getLogger("taskd.media")
@@ -108,13 +109,11 @@ class MediaSweeper:
         return report
 
     async def run(self, interval: float) -> None:
-        """Sweep now and then every `interval` seconds, in a thread, until cancelled."""
-        while True:
-            try:
-                await asyncio.to_thread(self.sweep)
-            except Exception as exc:  # a failed pass only delays the next one
-                log.warning("media sweep failed: %s", exc)
-            await asyncio.sleep(interval)
+        """Sweep now and then every `interval` seconds, in a thread, until cancelled; a failed pass only delays the next."""
+        await every(interval, self._sweep_in_thread, name="media sweep", logger=log)
+
+    async def _sweep_in_thread(self) -> SweepReport:
+        return await asyncio.to_thread(self.sweep)
 
     def _safe(self, root: Path, other: Path) -> bool:
         problem = unsafe_root(root, self.data_dir, other)

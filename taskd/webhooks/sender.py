@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from yarl import URL
 
 from taskd import keys
+from taskd.backoff import Backoff
 from taskd.config import WebhooksConfig
 from taskd.logs import bind_task
 from taskd.model import TaskNotFound, TaskRecord
@@ -84,12 +85,16 @@ class WebhookSender:
         listener = asyncio.create_task(self._listen(), name="webhook-wake-listener")
         try:
             async with self._open_session() as self._session:
+                retries = Backoff.reconnect()
                 while True:
                     try:
                         await self._step()
                     except Exception as exc:  # redis-py's errors do not share one base with OSError
-                        log.warning("webhook sender lost Redis (%s); retrying", exc)
-                        await asyncio.sleep(1.0)
+                        delay = retries.next_delay()
+                        log.warning("webhook sender lost Redis (%s); retrying in %.2f s", exc, delay)
+                        await asyncio.sleep(delay)
+                    else:
+                        retries.reset()
         finally:
             await self._hand_back()
             await cancel_and_wait([listener])
@@ -114,16 +119,19 @@ class WebhookSender:
                 await self._wake.wait()
 
     async def _listen(self) -> None:
+        reconnects = Backoff.reconnect()
         while True:
             try:
                 async with self.listener.pubsub() as pubsub:
                     await pubsub.subscribe(keys.WEBHOOKS_WAKE)
+                    reconnects.reset()
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             self._wake.set()
             except Exception as exc:  # polling still delivers; this only makes it faster
-                log.debug("webhook wake-up listener lost Redis (%s); reconnecting", exc)
-                await asyncio.sleep(1.0)
+                delay = reconnects.next_delay()
+                log.debug("webhook wake-up listener lost Redis (%s); reconnecting in %.2f s", exc, delay)
+                await asyncio.sleep(delay)
 
     async def _hand_back(self) -> None:
         claims = list(self._inflight.values())
