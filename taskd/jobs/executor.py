@@ -60,6 +60,10 @@ async def _until_stored(what: str, write: Callable[[], Awaitable[T]]) -> T:
             await asyncio.sleep(delay)
 
 
+def _masked(text: str | None) -> str | None:
+    return None if text is None else REDACTOR.redact(text)
+
+
 @attrs.frozen
 class Outcome:
     """How a run ended, before it is recorded."""
@@ -67,8 +71,8 @@ class Outcome:
     kind: str  # completed | failed | retry | cancelled | handed_back
     result: Any = None
     # What the caller reads is masked like a log line: a provider's error may quote a key.
-    error: str | None = attrs.field(default=None, converter=attrs.converters.optional(REDACTOR.redact))
-    traceback: str | None = attrs.field(default=None, converter=attrs.converters.optional(REDACTOR.redact))
+    error: str | None = attrs.field(default=None, converter=_masked)
+    traceback: str | None = attrs.field(default=None, converter=_masked)
 
 
 class _Interruptible:

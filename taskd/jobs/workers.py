@@ -7,9 +7,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import cast
 
 import orjson
 from arq.connections import ArqRedis
+from arq.typing import WorkerCoroutine
 from arq.worker import Worker, func
 
 from taskd import keys
@@ -157,7 +159,8 @@ class WorkerPool:
         return TaskdWorker(
             claim=partial(self.executor.claim, queue),
             running=self.executor.running.__contains__,
-            functions=[func(self.executor.job_for(queue), name=JOB_FUNCTION)],
+            # arq's protocol admits any arguments (`ctx, *args, **kwargs`); ours takes (ctx, task_id).
+            functions=[func(cast(WorkerCoroutine, self.executor.job_for(queue)), name=JOB_FUNCTION)],
             queue_name=keys.queue(queue),
             redis_pool=self.redis,
             max_jobs=self.config.queues[queue].concurrency,

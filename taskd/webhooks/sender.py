@@ -159,14 +159,14 @@ class WebhookSender:
             log.warning("Webhook dropped: task %s no longer exists", claim.task_id)
             await self.outbox.release(claim, None)
             return
-        if not record.callback_url or not record.is_terminal:
+        url = record.callback_url
+        if not url or not record.is_terminal:
             await self.outbox.release(claim, None)
             return
         with bind_task(record):
-            await self._post_and_record(claim, record)
+            await self._post_and_record(claim, record, url)
 
-    async def _post_and_record(self, claim: Claim, record: TaskRecord) -> None:
-        url = record.callback_url
+    async def _post_and_record(self, claim: Claim, record: TaskRecord, url: str) -> None:
         attempt = await self.outbox.attempts(claim.task_id) + 1
         signer = self.signers.for_key(record.key_id)
         outcome = await self.post(url, event_id(record), orjson.dumps(build_payload(record)), signer)
