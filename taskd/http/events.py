@@ -359,7 +359,9 @@ async def task_events(request: web.Request) -> web.StreamResponse:
             # terminal event is in the stream now, unless the stream expired or the client has it.
             record = await api.store.get(task_id)
             if record.is_terminal:
-                backlog += await _read_after(api.redis, stream, (backlog[-1].id if backlog else None) or after)
+                backlog += await _read_after(
+                    api.redis, stream, (backlog[-1].id if backlog else None) or after
+                )
                 if not any(event.terminal for event in backlog):
                     if last_event_id and await _is_terminal_entry(api.redis, stream, last_event_id):
                         return web.Response(status=204)  # EventSource stops reconnecting on 204
