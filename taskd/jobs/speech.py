@@ -11,12 +11,11 @@ import aiohttp
 import attrs
 import orjson
 
-from taskd.childenv import child_environment
 from taskd.config import SpeechProvider
 from taskd.jobs.provider_http import post_json
 from taskd.jobs.spec import TaskError
 from taskd.media import download
-from taskd.media.ffmpeg import stop_process
+from taskd.media.ffmpeg import collect
 from taskd.net.guarded import GuardedClient
 
 NO_ENGINE = (
@@ -181,23 +180,12 @@ async def espeak(binary: str, text: str, args: list[str], workdir: Path) -> Path
     """Run espeak-ng into a WAV in `workdir`; killed if the task is cancelled."""
     text_file, out = workdir / "text.txt", workdir / "speech.wav"
     text_file.write_text(text, "utf-8")
-    proc = await asyncio.create_subprocess_exec(
-        binary,
-        *args,
-        "-w",
-        str(out),
-        "-f",
-        str(text_file),
-        stdin=asyncio.subprocess.DEVNULL,
+    code, err = await collect(
+        [binary, *args, "-w", str(out), "-f", str(text_file)],
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env=child_environment(),
     )
-    try:
-        err, _ = await proc.communicate()
-    finally:
-        await stop_process(proc)
     message = re.sub(r"\s+", " ", err.decode("utf-8", "replace")).strip()
-    if proc.returncode != 0 or not out.is_file() or out.stat().st_size <= 44:
-        raise TaskError(f"espeak-ng failed (exit {proc.returncode}): {message or 'no output'}")
+    if code != 0 or not out.is_file() or out.stat().st_size <= 44:
+        raise TaskError(f"espeak-ng failed (exit {code}): {message or 'no output'}")
     return out

@@ -127,22 +127,29 @@ async def run_ffmpeg(
         raise TaskError(f"{what} failed (ffmpeg exit {code}): {tail or 'no message'}")
 
 
-async def ffmpeg_output(args: Sequence[str]) -> str:
-    """Run a short ffmpeg command and return its stderr (where `-i` and the analysis filters report)."""
+async def collect(cmd: Sequence[str], *, stdout: int, stderr: int) -> tuple[int | None, bytes]:
+    """Run a short tool command (with the child environment); its exit code and what its piped stream held.
+
+    One of `stdout`/`stderr` is `asyncio.subprocess.PIPE` (stderr may be STDOUT, into the same pipe);
+    the process is stopped however the wait ends, a cancel included.
+    """
     proc = await asyncio.create_subprocess_exec(
-        ffmpeg_exe(),
-        "-hide_banner",
-        "-nostdin",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=child_environment(),
+        *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=child_environment()
     )
     try:
-        _, err = await proc.communicate()
+        out, err = await proc.communicate()
     finally:
         await stop_process(proc)
+    return proc.returncode, out if stdout == asyncio.subprocess.PIPE else err
+
+
+async def ffmpeg_output(args: Sequence[str]) -> str:
+    """Run a short ffmpeg command and return its stderr (where `-i` and the analysis filters report)."""
+    _, err = await collect(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", *args],
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     return err.decode("utf-8", "replace")
 
 
@@ -217,21 +224,17 @@ async def input_duration(path: Path, limit: float, what: str) -> float:
     The count is read from `-progress` on stdout, which holds ffmpeg's counters alone: the file's tags,
     its stream language and its header's claimed length go to stderr, which nobody reads.
     """
-    proc = await asyncio.create_subprocess_exec(
-        *(ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "quiet"),
-        *("-t", f"{limit + 1:.3f}", "-i", str(path), "-map", "0:a:0", "-c", "copy"),
-        *("-f", "null", "-progress", "pipe:1", "-"),
-        stdin=asyncio.subprocess.DEVNULL,
+    code, out = await collect(
+        [
+            *(ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "quiet"),
+            *("-t", f"{limit + 1:.3f}", "-i", str(path), "-map", "0:a:0", "-c", "copy"),
+            *("-f", "null", "-progress", "pipe:1", "-"),
+        ],
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
-        env=child_environment(),
     )
-    try:
-        out, _ = await proc.communicate()
-    finally:
-        await stop_process(proc)
     counted = re.findall(rb"^out_time_us=(-?\d+)$", out, re.M)
-    if proc.returncode != 0 or not counted:
+    if code != 0 or not counted:
         raise TaskError(f"{what} is not a readable audio file")
     return max(0, int(counted[-1])) / 1e6
 
