@@ -12,7 +12,9 @@ import pytest
 SOAK = Path(__file__).parent.parent / "bench" / "soak.py"
 
 
-@pytest.mark.timeout(110)
+# The deadline is generous on purpose: this checks that nothing is lost or run twice, not speed
+# (bench/ measures that); a shared 2-core machine has taken 95 s for the 2 000 tasks.
+@pytest.mark.timeout(200)
 def test_short_soak_completes_every_task_once_with_every_webhook_and_no_5xx(tmp_path):
     report_path = tmp_path / "soak.json"
 
@@ -25,13 +27,13 @@ def test_short_soak_completes_every_task_once_with_every_webhook_and_no_5xx(tmp_
             "--clients",
             "16",
             "--timeout",
-            "80",
+            "160",
             "--json",
             str(report_path),
         ],
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=180,
     )
     report = json.loads(report_path.read_text())
 
