@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean bench
+.PHONY: run test lint install clean bench floors
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The lowest version pyproject.toml allows of each runtime dependency, installed in a throwaway venv
+# and run against a smoke subset (docs/development.md#packaging). Needs the network; not in `make test`.
+floors:
+	PYTHON=$(PYTHON) bash scripts/check_floors.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

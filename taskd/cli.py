@@ -10,7 +10,6 @@ from typing import Any
 
 from taskd import cli_client, logs
 from taskd.config import ConfigError, load_config
-from taskd.service import run
 
 DESCRIPTION = """\
 taskd runs GPU-heavy and long-running work submitted over HTTP.
@@ -74,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "client_command", None) is not None:
         return cli_client.run(args)
+    try:
+        # Here, not at the top: the client commands above run on the base install, without the
+        # server's packages (the `server` extra).
+        from taskd.service import run
+    except ModuleNotFoundError as exc:
+        print(
+            f"taskd {args.command}: {exc.name} is not installed: pip install 'taskd[server]'", file=sys.stderr
+        )
+        return 2
     try:
         config = load_config(args.config)
         logs.configure(
