@@ -34,7 +34,10 @@ from taskd.validation import between
 def _marker(config: Config, task_id: str, event: str, text: str = "") -> None:
     folder = config.data_path / "diagnostics"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{task_id}.{event}").write_text(text)
+    # Written aside and renamed into place: a watcher that sees the file sees its whole text.
+    part = folder / f".{task_id}.{event}.{os.getpid()}"
+    part.write_text(text)
+    part.rename(folder / f"{task_id}.{event}")
 
 
 def marker_path(data_dir: Path, task_id: str, event: str) -> Path:

@@ -103,12 +103,17 @@ class Runner:
             env=env,
         )
         runner = cls(proc, device)
-        runner._send({"op": "init", "config": cattrs.unstructure(job_config(config))})
-        async with asyncio.timeout(START_TIMEOUT):
-            ready = await runner._frames.get()
-        if ready is None or ready.get("op") != "ready":
-            await runner.kill()
-            raise RuntimeError("job process failed to start")
+        try:
+            runner._send({"op": "init", "config": cattrs.unstructure(job_config(config))})
+            async with asyncio.timeout(START_TIMEOUT):
+                ready = await runner._frames.get()
+            if ready is None or ready.get("op") != "ready":
+                raise RuntimeError("job process failed to start")
+        except BaseException:
+            # Not started (a timeout, or the service stopping while it started): nobody else holds
+            # this process, so it is killed and reaped here rather than left running.
+            await asyncio.shield(runner.kill())
+            raise
         return runner
 
     @property
@@ -162,12 +167,14 @@ class Runner:
                 await self._reader
 
     async def stop(self) -> None:
-        """Close stdin so the process exits on its own; kill it if it does not."""
-        if self.alive and self.proc.stdin is not None:
-            self.proc.stdin.close()
-            await self.wait_exit(STOP_TIMEOUT)
-        if self.alive:
-            await self.kill()
+        """Close stdin so the process exits on its own; kill it if it does not (or if the wait is cancelled)."""
+        try:
+            if self.alive and self.proc.stdin is not None:
+                self.proc.stdin.close()
+                await self.wait_exit(STOP_TIMEOUT)
+        finally:
+            if self.alive:
+                await asyncio.shield(self.kill())
 
     async def execute(
         self, request: dict[str, Any], limits: Limits, on_progress: ProgressCallback
