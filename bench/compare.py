@@ -807,7 +807,7 @@ def main() -> int:
         print(line, file=sys.stderr, flush=True)
 
     if missing and not args.no_reference:
-        log(f"reference stack not installed (missing {', '.join(missing)}): pip install -e '.[bench]'")
+        log(f"reference stack not installed (missing {', '.join(missing)}): pip install -e '.[dev,bench]'")
     results = asyncio.run(run(sizes, with_reference, log))
     if not with_reference:
         results["reference_missing"] = NOT_INSTALLED if missing else "not run"
