@@ -18,21 +18,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd.config import Config
+
+# Re-exported: task modules import these from here (they live at the bottom floor, taskd.errors).
+from taskd.errors import Cancelled as Cancelled
+from taskd.errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
+from taskd.errors import TaskError as TaskError
+from taskd.errors import TransientError as TransientError
 from taskd.net.guarded import GuardedClient
 
 ProgressSink = Callable[[float, str | None], Awaitable[None]]
-
-
-class TaskError(Exception):
-    """A failure the handler understands; its message becomes the task's `error` as written."""
-
-    transient = False
-
-
-class TransientError(TaskError):
-    """A failure worth retrying later (a provider that is down, rate-limited or timing out)."""
-
-    transient = True
 
 
 _TRANSIENT = (
@@ -50,14 +44,6 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TaskError):
         return exc.transient  # the handler (or provider client) knows best
     return isinstance(exc, _TRANSIENT)
-
-
-class SoftTimeLimitExceeded(Exception):
-    """Raised inside a handler at its soft time limit: clean up, then re-raise (or return a result)."""
-
-
-class Cancelled(BaseException):
-    """Raised inside a job process when its task is cancelled (SIGTERM); `finally` blocks still run."""
 
 
 @attrs.define

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 import orjson
 
-from taskd.jobs.spec import TaskError
+from taskd.errors import TaskError
 from taskd.media import ffmpeg
 
 TRUE_PEAK = -1.5

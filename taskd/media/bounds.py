@@ -12,7 +12,7 @@ from pathlib import Path
 import attrs
 
 from taskd.config import MediaConfig
-from taskd.jobs.spec import TaskError
+from taskd.errors import TaskError
 from taskd.media import ffmpeg, image_header
 
 

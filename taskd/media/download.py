@@ -11,7 +11,7 @@ import attrs
 from yarl import URL
 
 from taskd.config import MediaConfig
-from taskd.jobs.spec import TaskError, TransientError
+from taskd.errors import TaskError, TransientError
 from taskd.net.guard import ForbiddenAddress, NotHttp, refusal
 from taskd.net.guarded import GuardedClient, RedirectRefused
 

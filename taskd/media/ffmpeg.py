@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 
 from taskd.childenv import child_environment
-from taskd.jobs.spec import TaskError
+from taskd.errors import TaskError
 
 TERM_GRACE = 2.0
 _STDERR_TAIL = 600

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from taskd.config import Config
-from taskd.jobs.spec import TransientError
+from taskd.errors import TransientError
 from taskd.media.capacity import Threshold, disk_usage, shortfall
 from taskd.media.store import MediaStore, media_dir
 

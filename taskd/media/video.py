@@ -13,7 +13,7 @@ import aiohttp
 import attrs
 
 from taskd.config import Config
-from taskd.jobs.spec import TaskError
+from taskd.errors import TaskError
 from taskd.media import download, ffmpeg
 from taskd.media.bounds import Bounds
 from taskd.net.guarded import GuardedClient

@@ -1,0 +1,26 @@
+"""The errors a task's code raises, at the bottom floor: media, providers and the engine all use them.
+
+`taskd.jobs.spec` re-exports them, so task modules that import them from there keep working.
+"""
+
+from __future__ import annotations
+
+
+class TaskError(Exception):
+    """A failure the handler understands; its message becomes the task's `error` as written."""
+
+    transient = False
+
+
+class TransientError(TaskError):
+    """A failure worth retrying later (a provider that is down, rate-limited or timing out)."""
+
+    transient = True
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a handler at its soft time limit: clean up, then re-raise (or return a result)."""
+
+
+class Cancelled(BaseException):
+    """Raised inside a job process when its task is cancelled (SIGTERM); `finally` blocks still run."""
