@@ -32,6 +32,11 @@ def sine_wav(seconds: float = 2.0, freq: float = 440.0, amplitude: float = 0.3, 
         struct.pack("<h", int(amplitude * 32767 * math.sin(2 * math.pi * freq * n / rate)))
         for n in range(int(seconds * rate))
     )
+    return mono_wav(frames, rate)
+
+
+def mono_wav(frames: bytes, rate: int) -> bytes:
+    """Mono 16-bit little-endian samples as WAV bytes."""
     out = io.BytesIO()
     with wave.open(out, "wb") as w:
         w.setnchannels(1)

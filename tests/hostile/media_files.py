@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import subprocess
-import wave
 import zlib
 from pathlib import Path
 
 import imageio_ffmpeg
+from fake_media_apis import mono_wav
 
 
 def _ffmpeg(*args: str) -> None:
@@ -19,13 +18,7 @@ def _ffmpeg(*args: str) -> None:
 def square_wav(seconds: float = 2.0, rate: int = 8000) -> bytes:
     """Mono 16-bit WAV of a quiet square wave (loud enough to have a loudness)."""
     frames = b"".join(struct.pack("<h", 3000 if (n // 20) % 2 else -3000) for n in range(int(seconds * rate)))
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(frames)
-    return out.getvalue()
+    return mono_wav(frames, rate)
 
 
 def tagged_flac(workdir: Path, *, seconds: float = 2.0, **tags: str) -> bytes:
