@@ -139,7 +139,7 @@ class Taskd(System):
             "TASKD_HTTP__HOST": "127.0.0.1",
             "TASKD_HTTP__PORT": "0",
             "TASKD_AUTH__API_KEYS": API_KEY,
-            "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
+            "TASKD_TASKS__MODULES": "taskd.tasks.diagnostics",
             "TASKD_LOGGING__LEVEL": "WARNING",
             "TASKD_WEBHOOKS__ALLOW_PRIVATE": "true",
             # The reference has no such limits; a load test is not a client to protect from.

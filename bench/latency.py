@@ -39,7 +39,7 @@ def start_taskd(data_dir: str) -> tuple[subprocess.Popen[str], str]:
         "TASKD_DATA_DIR": data_dir,
         "TASKD_HTTP__PORT": "0",
         "TASKD_AUTH__API_KEYS": API_KEY,
-        "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
+        "TASKD_TASKS__MODULES": "taskd.tasks.diagnostics",
         "TASKD_LOGGING__LEVEL": "WARNING",
         # A benchmark is not a client to protect the service from.
         "TASKD_LIMITS__SUBMIT_PER_MINUTE": "0",

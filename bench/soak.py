@@ -94,7 +94,7 @@ def _describe(proc: psutil.Process) -> str:
     cmd = " ".join(proc.cmdline())
     if "valkey" in cmd:
         return "valkey-server (embedded)"
-    if "taskd.jobs.runner" in cmd:
+    if "taskd.engine.jobproc.child" in cmd:
         return "job process"
     if "-m taskd" in cmd:
         return "taskd serve"
@@ -115,7 +115,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         TASKD_DATA_DIR=str(data_dir),
         TASKD_HTTP__PORT="0",
         TASKD_AUTH__API_KEYS=API_KEY,
-        TASKD_TASKS__MODULES="taskd.jobs.diagnostics",
+        TASKD_TASKS__MODULES="taskd.tasks.diagnostics",
         TASKD_LIMITS__SUBMIT_PER_MINUTE="0",
         TASKD_LIMITS__STATUS_PER_MINUTE="0",
         TASKD_LIMITS__CONCURRENT_PER_PROJECT="0",

@@ -64,7 +64,7 @@ async def check(args: argparse.Namespace) -> int:
             auth=AuthConfig(api_keys=[KEY]),
             redis=RedisConfig(url=url),
             gpu=GpuConfig(slots=args.slots),
-            tasks=TasksConfig(modules=["taskd.jobs.diagnostics"]),
+            tasks=TasksConfig(modules=["taskd.tasks.diagnostics"]),
             limits=LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0),
         )
         service = Service(config, http=True, workers=True)

@@ -1,6 +1,6 @@
 """The errors a task's code raises, at the bottom floor: media, providers and the engine all use them.
 
-`taskd.jobs.spec` re-exports them, so task modules that import them from there keep working.
+`taskd.tasks.spec` re-exports them, so task modules that import them from there keep working.
 """
 
 from __future__ import annotations

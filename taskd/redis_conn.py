@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 
 from taskd.config import ConfigError
@@ -65,8 +65,9 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     )
 
 
-class _SentinelArqRedis(ArqRedis):
-    """An ArqRedis on a Sentinel-managed primary that also closes its clients of the sentinels."""
+# redis-py is not followed by mypy (pyproject.toml, [tool.mypy]), so its Redis is Any here.
+class _SentinelRedis(Redis):  # type: ignore[misc]
+    """A client of a Sentinel-managed primary that also closes its clients of the sentinels."""
 
     sentinel: Sentinel | None = None
 
@@ -78,7 +79,7 @@ class _SentinelArqRedis(ArqRedis):
                 await client.aclose()
 
 
-def connect(url: str, *, socket_timeout: float | None = None) -> ArqRedis:
+def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
     """A client for `url` (`redis://`, `rediss://`, `unix://` or `redis+sentinel://`); connects lazily.
 
     `socket_timeout` bounds every command (None: wait for ever, for pub/sub listeners).
@@ -90,7 +91,7 @@ def connect(url: str, *, socket_timeout: float | None = None) -> ArqRedis:
         "socket_timeout": socket_timeout,
     }
     if not url.startswith(SENTINEL_SCHEME + "://"):
-        direct: ArqRedis = ArqRedis.from_url(url, **options)
+        direct: Redis = Redis.from_url(url, **options)
         return direct
     parsed = parse_sentinel_url(url)
     sentinel_options: dict[str, Any] = {
@@ -102,12 +103,12 @@ def connect(url: str, *, socket_timeout: float | None = None) -> ArqRedis:
     sentinel = Sentinel(parsed.hosts, sentinel_kwargs=sentinel_options)
     client = sentinel.master_for(
         parsed.service,
-        redis_class=_SentinelArqRedis,
+        redis_class=_SentinelRedis,
         db=parsed.db,
         password=parsed.password,
         username=parsed.username,
         **options,
     )
     client.sentinel = sentinel
-    managed: ArqRedis = client
+    managed: Redis = client
     return managed

@@ -11,33 +11,33 @@ from pathlib import Path
 import aiohttp
 import psutil
 from aiohttp import web
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from taskd import apikey
 from taskd.config import Config, ConfigError
 from taskd.embedded import EmbeddedValkey
+from taskd.engine.executor import Executor
+from taskd.engine.jobproc.pool import RunnerPool
+from taskd.engine.reclaim import Reclaimer
 from taskd.gpu.devices import DeviceBackend, GpuInventory
 from taskd.gpu.scheduler import GpuScheduler
 from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
 from taskd.http.app import create_app
 from taskd.http.context import Api
-from taskd.jobs.dispatch import Dispatcher
-from taskd.jobs.executor import Executor
-from taskd.jobs.queue import TaskQueue
-from taskd.jobs.reclaim import Reclaimer
-from taskd.jobs.registry import Registry, default_registry
-from taskd.jobs.runners import RunnerPool
-from taskd.jobs.workers import WorkerPool
 from taskd.logs import REDACTOR, secrets_of, url_password
 from taskd.media.capacity import MediaCapacity
 from taskd.media.retention import MediaSweeper
 from taskd.media.store import load_secret
 from taskd.model import now
 from taskd.net.guard import AddressPolicy
+from taskd.queue.task_queue import TaskQueue
+from taskd.queue.workers import WorkerPool
 from taskd.redis_conn import connect
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
 from taskd.store import Admission, TaskStore
+from taskd.submit.dispatch import Dispatcher
+from taskd.tasks.registry import Registry, default_registry
 from taskd.webhooks.sender import WebhookSender
 from taskd.webhooks.signing import SECRET_PREFIX, Signers
 
@@ -91,7 +91,7 @@ class Service:
         self._heartbeat: Heartbeat | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = False
-        self._listener: ArqRedis | None = None
+        self._listener: Redis | None = None
 
     async def _redis_url(self) -> str:
         if self.config.redis.url:
@@ -186,7 +186,7 @@ class Service:
 
     async def _start_workers(
         self,
-        redis: ArqRedis,
+        redis: Redis,
         store: TaskStore,
         queue: TaskQueue,
         session: aiohttp.ClientSession,
@@ -234,9 +234,7 @@ class Service:
         if self._pool is not None:
             self._pool.wake(queue)
 
-    async def _start_http(
-        self, redis: ArqRedis, store: TaskStore, queue: TaskQueue, gpu: GpuScheduler
-    ) -> None:
+    async def _start_http(self, redis: Redis, store: TaskStore, queue: TaskQueue, gpu: GpuScheduler) -> None:
         scoped = {entry.key: frozenset(entry.projects) for entry in self.config.auth.keys if entry.projects}
         for entry in self.config.auth.keys:
             REDACTOR.add(entry.key)

@@ -35,7 +35,7 @@ from taskd.embedded import EmbeddedValkey
 from taskd.service import Service
 
 API_KEY = "test-key-0123456789"
-TEST_TASK_MODULES = ["taskd.jobs.diagnostics", "support_tasks"]
+TEST_TASK_MODULES = ["taskd.tasks.diagnostics", "support_tasks"]
 # Job processes import the test task modules too.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])
@@ -182,7 +182,7 @@ def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "TASKD_DATA_DIR": str(data_dir),
         "TASKD_HTTP__PORT": "0",
         "TASKD_AUTH__API_KEYS": API_KEY,
-        "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
+        "TASKD_TASKS__MODULES": "taskd.tasks.diagnostics",
         "TASKD_LIMITS__SUBMIT_PER_MINUTE": "0",
         "TASKD_LIMITS__STATUS_PER_MINUTE": "0",
         "TASKD_WORKER__HEARTBEAT_INTERVAL": "0.5",

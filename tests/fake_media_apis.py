@@ -175,7 +175,7 @@ def make_ctx(
     """A TaskContext for calling a handler directly."""
     import attrs
 
-    from taskd.jobs.spec import TaskContext
+    from taskd.tasks.spec import TaskContext
 
     sink = Progress()
     fields: dict[str, Any] = {

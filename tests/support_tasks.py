@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from taskd.jobs.spec import ProcessContext, TaskType
+from taskd.tasks.spec import ProcessContext, TaskType
 
 
 @attrs.frozen

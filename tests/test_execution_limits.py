@@ -11,7 +11,7 @@ import pytest
 from conftest import TEST_TASK_MODULES
 
 from taskd.config import ExecutionConfig, QueueConfig, TasksConfig
-from taskd.jobs.diagnostics import marker_path
+from taskd.tasks.diagnostics import marker_path
 
 
 def data_dir(service) -> str:

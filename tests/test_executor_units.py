@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from taskd import keys
-from taskd.jobs.executor import _Interruptible
-from taskd.jobs.llm import ProviderError
-from taskd.jobs.queue import job_payload, job_score
-from taskd.jobs.spec import SoftTimeLimitExceeded, TaskError, TransientError, is_transient
+from taskd.engine.executor import _Interruptible
+from taskd.providers.llm import ProviderError
+from taskd.queue.task_queue import job_payload, job_score
+from taskd.tasks.spec import SoftTimeLimitExceeded, TaskError, TransientError, is_transient
 
 
 async def test_interruptible_delivers_soft_limit_at_the_current_await_and_cleanup_can_continue():

@@ -12,13 +12,13 @@ import pytest
 from fake_openai import FakeOpenAI
 
 from taskd.config import Config, LlmProvider, ProvidersConfig
-from taskd.jobs import evaluate_department
-from taskd.jobs import test_prompt as prompt_task
-from taskd.jobs.evaluate_department import EvaluateDepartmentInput, GatherItem
-from taskd.jobs.evaluate_department import PreviousEvaluation as Prev
-from taskd.jobs.llm import ChatClient, ProviderError
-from taskd.jobs.spec import TaskContext, TaskError
-from taskd.jobs.test_prompt import TestPromptInput
+from taskd.providers.llm import ChatClient, ProviderError
+from taskd.tasks.builtin import evaluate_department
+from taskd.tasks.builtin import test_prompt as prompt_task
+from taskd.tasks.builtin.evaluate_department import EvaluateDepartmentInput, GatherItem
+from taskd.tasks.builtin.evaluate_department import PreviousEvaluation as Prev
+from taskd.tasks.builtin.test_prompt import TestPromptInput
+from taskd.tasks.spec import TaskContext, TaskError
 from taskd.validation import FieldErrors, structure_checked
 
 VERDICT = {

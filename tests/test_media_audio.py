@@ -8,11 +8,11 @@ import pytest
 from fake_media_apis import make_ctx, png, sine_wav
 
 from taskd.config import Config, MediaConfig, NetworkConfig
-from taskd.jobs import process_audio
-from taskd.jobs.process_audio import AudioTrack, ProcessAudioInput
-from taskd.jobs.spec import TaskError
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
+from taskd.tasks.builtin import process_audio
+from taskd.tasks.builtin.process_audio import AudioTrack, ProcessAudioInput
+from taskd.tasks.spec import TaskError
 
 
 def media_config(tmp_path: Path) -> Config:

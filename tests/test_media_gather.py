@@ -10,11 +10,11 @@ from fake_media_apis import make_ctx
 from fake_openai import FakeOpenAI
 
 from taskd.config import Config, LlmProvider, ProvidersConfig
-from taskd.jobs import automated_gather_creation as gather
-from taskd.jobs import evaluate_department
-from taskd.jobs.automated_gather_creation import AutomatedGatherCreationInput, Workflow
-from taskd.jobs.llm import ChatClient, ProviderError
-from taskd.jobs.registry import default_registry
+from taskd.providers.llm import ChatClient, ProviderError
+from taskd.tasks.builtin import automated_gather_creation as gather
+from taskd.tasks.builtin import evaluate_department
+from taskd.tasks.builtin.automated_gather_creation import AutomatedGatherCreationInput, Workflow
+from taskd.tasks.registry import default_registry
 
 
 def items(slug: str, count: int) -> str:

@@ -10,11 +10,11 @@ import pytest
 from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, make_ctx, sine_wav
 
 from taskd.config import Config, ImageProvider, MediaConfig, NetworkConfig, ProvidersConfig, SpeechProvider
-from taskd.jobs import generate_character_voice, generate_image
-from taskd.jobs.generate_character_voice import GenerateCharacterVoiceInput
-from taskd.jobs.generate_image import GenerateImageInput
-from taskd.jobs.spec import TaskError
 from taskd.media.store import MediaStore
+from taskd.tasks.builtin import generate_character_voice, generate_image
+from taskd.tasks.builtin.generate_character_voice import GenerateCharacterVoiceInput
+from taskd.tasks.builtin.generate_image import GenerateImageInput
+from taskd.tasks.spec import TaskError
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"

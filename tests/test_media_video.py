@@ -10,12 +10,12 @@ import pytest
 from fake_media_apis import make_ctx, png
 
 from taskd.config import Config, MediaConfig, NetworkConfig
-from taskd.jobs import generate_video, render_animation
-from taskd.jobs.generate_video import GenerateVideoInput
-from taskd.jobs.render_animation import Keyframe, RenderAnimationInput
-from taskd.jobs.spec import TaskError
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
+from taskd.tasks.builtin import generate_video, render_animation
+from taskd.tasks.builtin.generate_video import GenerateVideoInput
+from taskd.tasks.builtin.render_animation import Keyframe, RenderAnimationInput
+from taskd.tasks.spec import TaskError
 
 
 def media_config(tmp_path: Path, **media: object) -> Config:

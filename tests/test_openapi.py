@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from taskd.http.openapi import document
-from taskd.jobs.registry import default_registry
+from taskd.tasks.registry import default_registry
 
 DOCUMENT = document(default_registry())
 SCHEMA = schemathesis.openapi.from_dict(DOCUMENT)

@@ -10,10 +10,10 @@ from redis.asyncio import Redis
 
 from taskd.config import Config
 from taskd.gpu.scheduler import GpuScheduler
-from taskd.jobs.dispatch import Dispatcher
-from taskd.jobs.queue import TaskQueue
-from taskd.jobs.registry import Registry
+from taskd.queue.task_queue import TaskQueue
 from taskd.store import TaskStore
+from taskd.submit.dispatch import Dispatcher
+from taskd.tasks.registry import Registry
 
 
 @attrs.define

@@ -18,9 +18,9 @@ from taskd.http import openapi_watch
 from taskd.http.context import API
 from taskd.http.responses import json_response
 from taskd.http.scope import Touches, touches
-from taskd.jobs.registry import Registry
-from taskd.jobs.submission import MAX_CALLBACK_URL, PROJECT_ID
 from taskd.model import TaskStatus
+from taskd.submit.submission import MAX_CALLBACK_URL, PROJECT_ID
+from taskd.tasks.registry import Registry
 
 Schema = dict[str, Any]
 

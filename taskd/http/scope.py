@@ -23,8 +23,8 @@ from aiohttp import web
 
 from taskd import keys
 from taskd.http.context import API
-from taskd.jobs.submission import PROJECT_ID
 from taskd.model import ApiError, TaskNotFound, ValidationError
+from taskd.submit.submission import PROJECT_ID
 
 _DECLARATION = "_taskd_touches"
 H = TypeVar("H", bound=Callable[..., Any])

@@ -13,10 +13,10 @@ from taskd.http.input_limits import check_body_shape
 from taskd.http.responses import json_response, read_json
 from taskd.http.scope import Touches, touches
 from taskd.http.views import status_view
-from taskd.jobs.submission import parse_submission
 from taskd.logs import bind_task
 from taskd.model import TaskStatus, iso
 from taskd.net.guard import AddressPolicy, check_callback_url
+from taskd.submit.submission import parse_submission
 from taskd.webhooks.outbox import delivery_state
 
 log = logging.getLogger("taskd.http")

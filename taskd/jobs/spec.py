@@ -1,129 +1,16 @@
-"""What a task type is, and what its handler gets: the interface between taskd and task code.
-
-A handler is either a coroutine function, run in the worker's event loop (work that waits on the
-network or supervises its own child process such as ffmpeg), or a plain function, run in a
-supervised job process (work that burns CPU or GPU in Python). Either may be run more than once
-for the same task (at-least-once): `attempt` tells which run this is.
-"""
+"""Deprecated alias of `taskd.tasks.spec` (the task-type interface), kept for one release."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable
-from typing import Any
+from taskd.jobs import warn_moved
+from taskd.tasks.spec import Cancelled as Cancelled
+from taskd.tasks.spec import ProcessContext as ProcessContext
+from taskd.tasks.spec import ProgressSink as ProgressSink
+from taskd.tasks.spec import SoftTimeLimitExceeded as SoftTimeLimitExceeded
+from taskd.tasks.spec import TaskContext as TaskContext
+from taskd.tasks.spec import TaskError as TaskError
+from taskd.tasks.spec import TaskType as TaskType
+from taskd.tasks.spec import TransientError as TransientError
+from taskd.tasks.spec import is_transient as is_transient
 
-import aiohttp
-import attrs
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from taskd.config import Config
-
-# Re-exported: task modules import these from here (they live at the bottom floor, taskd.errors).
-from taskd.errors import Cancelled as Cancelled
-from taskd.errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
-from taskd.errors import TaskError as TaskError
-from taskd.errors import TransientError as TransientError
-from taskd.net.guarded import GuardedClient
-
-ProgressSink = Callable[[float, str | None], Awaitable[None]]
-
-
-_TRANSIENT = (
-    aiohttp.ClientConnectionError,
-    aiohttp.ServerTimeoutError,
-    ConnectionError,
-    TimeoutError,
-    RedisConnectionError,
-    RedisTimeoutError,
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: connection errors, timeouts, provider 429/5xx; never bad input or auth."""
-    if isinstance(exc, TaskError):
-        return exc.transient  # the handler (or provider client) knows best
-    return isinstance(exc, _TRANSIENT)
-
-
-@attrs.define
-class TaskContext:
-    """Handed to a coroutine handler: who it runs for, shared clients, and a way to report progress."""
-
-    task_id: str
-    project_id: str
-    attempt: int
-    max_attempts: int
-    config: Config
-    # For the providers the operator configured, never for a URL a caller or a provider's answer
-    # supplies: those go through `inputs`.
-    http: aiohttp.ClientSession
-    metadata: dict[str, Any]
-    _sink: ProgressSink
-    # The GPU this task holds (as CUDA_VISIBLE_DEVICES would name it), None without one.
-    device: str | None = None
-    _progress: float = attrs.field(default=0.0, init=False)
-
-    @property
-    def final_attempt(self) -> bool:
-        """True when a TransientError now would fail the task instead of retrying it."""
-        return self.attempt >= self.max_attempts
-
-    @property
-    def inputs(self) -> GuardedClient:
-        """The client for URLs a caller or a provider's answer supplies (the SSRF guard); `http` is for
-        the providers the operator configured."""
-        return GuardedClient.from_config(self.config, self.http)
-
-    async def progress(self, fraction: float, step: str | None = None) -> None:
-        """Report progress 0..1 and the current step; progress never moves backwards."""
-        self._progress = max(self._progress, min(1.0, max(0.0, fraction)))
-        await self._sink(self._progress, step)
-
-
-@attrs.define
-class ProcessContext:
-    """Handed to a plain-function handler in its job process; `progress` sends to the worker."""
-
-    task_id: str
-    project_id: str
-    attempt: int
-    max_attempts: int
-    config: Config
-    metadata: dict[str, Any]
-    device: str | None
-    _send: Callable[[float, str | None], None]
-    _progress: float = attrs.field(default=0.0, init=False)
-
-    @property
-    def final_attempt(self) -> bool:
-        """True when a TransientError now would fail the task instead of retrying it."""
-        return self.attempt >= self.max_attempts
-
-    def progress(self, fraction: float, step: str | None = None) -> None:
-        """Report progress 0..1 and the current step; progress never moves backwards."""
-        self._progress = max(self._progress, min(1.0, max(0.0, fraction)))
-        self._send(self._progress, step)
-
-
-Handler = Callable[[Any, Any], Awaitable[dict[str, Any]] | dict[str, Any]]
-
-
-@attrs.frozen
-class TaskType:
-    """One kind of work: its input class, queue, limits and handler (None until one is installed)."""
-
-    name: str
-    input: type
-    queue: str
-    expected_duration: float
-    handler: Handler | None = None
-    soft_time_limit: float | None = None
-    hard_time_limit: float | None = None
-    # Stores its result in the media store: refused with 503 while the media disk is nearly full.
-    stores_media: bool = False
-
-    @property
-    def runs_in_process(self) -> bool:
-        """True for a plain-function handler, which runs in a supervised job process."""
-        return self.handler is not None and not inspect.iscoroutinefunction(self.handler)
+warn_moved(__name__, "taskd.tasks.spec")

@@ -18,7 +18,7 @@ from conftest import API_KEY, TERMINAL
 from redis.asyncio import Redis
 
 from taskd.embedded import valkey_server_binary as get_binary_path
-from taskd.jobs.diagnostics import runs_path
+from taskd.tasks.diagnostics import runs_path
 
 
 def free_port() -> int:
@@ -177,7 +177,7 @@ def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "TASKD_DATA_DIR": str(data_dir),
         "TASKD_HTTP__PORT": "0",
         "TASKD_AUTH__API_KEYS": API_KEY,
-        "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
+        "TASKD_TASKS__MODULES": "taskd.tasks.diagnostics",
         "TASKD_LIMITS__SUBMIT_PER_MINUTE": "0",
         "TASKD_LIMITS__STATUS_PER_MINUTE": "0",
         "TASKD_LIMITS__CONCURRENT_PER_PROJECT": "0",

@@ -162,7 +162,7 @@ def start_taskd(root: Path, secrets: Secrets, public: Recorder) -> Taskd:
             "TASKD_PROVIDERS__SPEECH__API_KEY": secrets.provider_key,
             "TASKD_PROVIDERS__LLM__BASE_URL": f"{public.base_url}/v1",
             "TASKD_NETWORK__ALLOW_NETWORKS": f"{PUBLIC_HOST}/32",
-            "TASKD_TASKS__MODULES": "taskd.jobs.diagnostics",
+            "TASKD_TASKS__MODULES": "taskd.tasks.diagnostics",
             "TASKD_LIMITS__SUBMIT_PER_MINUTE": "0",
             "TASKD_LIMITS__STATUS_PER_MINUTE": "0",
             "TASKD_MEDIA__DOWNLOAD_TIMEOUT": "5",

@@ -19,11 +19,11 @@ from media_files import long_silent_flac, png_bomb, square_wav, wav_claiming
 from PIL import Image
 
 from taskd.config import Config, ImageProvider, MediaConfig, NetworkConfig, ProvidersConfig
-from taskd.jobs import generate_image
-from taskd.jobs.generate_image import GenerateImageInput
-from taskd.jobs.spec import TaskError
 from taskd.media import ffmpeg, image_header
 from taskd.media.bounds import Bounds
+from taskd.tasks.builtin import generate_image
+from taskd.tasks.builtin.generate_image import GenerateImageInput
+from taskd.tasks.spec import TaskError
 
 MEGABYTE = 1024 * 1024
 

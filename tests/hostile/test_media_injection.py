@@ -17,11 +17,12 @@ from fake_media_apis import make_ctx
 from media_files import tagged_flac, tagged_ogg
 
 from taskd.config import Config, MediaConfig, NetworkConfig
-from taskd.jobs import generate_video, speech
-from taskd.jobs.generate_video import GenerateVideoInput
-from taskd.jobs.spec import TaskError
 from taskd.media import audio, ffmpeg, video
 from taskd.media.store import MediaStore, load_secret
+from taskd.providers import speech
+from taskd.tasks.builtin import generate_video
+from taskd.tasks.builtin.generate_video import GenerateVideoInput
+from taskd.tasks.spec import TaskError
 
 FAKE_LINES = (
     "Duration: 99:00:00.00, start: 0.000000, bitrate: 1 kb/s\n"

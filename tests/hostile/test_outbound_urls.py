@@ -31,11 +31,11 @@ from taskd.config import (
     WebhooksConfig,
     load_config,
 )
-from taskd.jobs import generate_image
-from taskd.jobs.generate_image import GenerateImageInput
-from taskd.jobs.spec import TaskError
 from taskd.net.guard import AddressPolicy, ForbiddenAddress, GuardedResolver
 from taskd.net.guarded import GuardedClient
+from taskd.tasks.builtin import generate_image
+from taskd.tasks.builtin.generate_image import GenerateImageInput
+from taskd.tasks.spec import TaskError
 
 PUBLIC_HOST = "127.0.0.2"
 INTERNAL_SECRET = b'{"token": "INTERNAL-ONLY-7c1e"}'

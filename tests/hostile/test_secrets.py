@@ -45,8 +45,8 @@ from taskd.config import (
     WebhooksConfig,
 )
 from taskd.embedded import EmbeddedValkey
-from taskd.jobs.provider_http import error_detail
 from taskd.logs import secrets_of, url_password
+from taskd.providers.http import error_detail
 
 ADMIN_KEY = "secrets-suite-admin-key-8d1e4b"
 SCOPED_KEY = "secrets-suite-tenant-key-71f0"
@@ -71,7 +71,7 @@ def _base_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env.update(
         TASKD_DATA_DIR=str(data_dir),
         TASKD_HTTP__PORT="0",
-        TASKD_TASKS__MODULES="taskd.jobs.diagnostics,support_tasks",
+        TASKD_TASKS__MODULES="taskd.tasks.diagnostics,support_tasks",
         TASKD_LIMITS__SUBMIT_PER_MINUTE="0",
         TASKD_LIMITS__STATUS_PER_MINUTE="0",
         TASKD_RETRY__MAX_RETRIES="0",

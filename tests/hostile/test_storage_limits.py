@@ -18,10 +18,10 @@ from redis.exceptions import OutOfMemoryError
 from taskd.alerts import redis_memory_alerts
 from taskd.config import ConfigError, MediaConfig, load_config
 from taskd.embedded import EmbeddedValkey
-from taskd.jobs.spec import TransientError
 from taskd.media.publish import publish
 from taskd.media.retention import MediaSweeper
 from taskd.media.store import MediaStore, media_dir, scratch_root
+from taskd.tasks.spec import TransientError
 
 DAY = 24 * 3600
 NEARLY_FULL = MediaConfig(min_free_bytes=2**62)  # more than any disk has free

@@ -12,7 +12,7 @@
 --
 -- A new job id per enqueue ({task id}.{n}, n counting the task's enqueues), so a stale job of an
 -- earlier attempt (still in arq's hands) can never run the task again. The job is written in
--- arq's format (the same JSON as taskd.jobs.queue.job_payload, a test pins it) and lives a day
+-- arq's format (the same JSON as taskd.queue.task_queue.job_payload, a test pins it) and lives a day
 -- past its score; the queue's name is published on taskd:wake to wake the workers.
 -- Keys built here follow taskd.keys and arq's layout; taskd supports standalone Redis and
 -- Sentinel, not Cluster.

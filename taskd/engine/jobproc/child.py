@@ -1,4 +1,4 @@
-"""A job process: runs plain-function handlers one at a time for its worker (`python -m taskd.jobs.runner`).
+"""A job process: runs plain-function handlers one at a time for its worker (`python -m taskd.engine.jobproc.child`).
 
 The worker writes one `init` frame (the config) and then `run` frames on stdin; this process
 answers on its original stdout with `progress` frames and one `done`/`error`/`cancelled` frame per
@@ -18,10 +18,10 @@ from typing import Any, BinaryIO
 import cattrs
 
 from taskd.config import Config
-from taskd.jobs import frames
-from taskd.jobs.registry import Registry, default_registry
-from taskd.jobs.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
+from taskd.engine.jobproc import frames
 from taskd.model import ValidationError
+from taskd.tasks.registry import Registry, default_registry
+from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
 
 
 class _State:

@@ -6,9 +6,9 @@ from typing import Any
 
 import attrs
 
-from taskd.jobs.generate_video import EVEN_RESOLUTION, render_and_publish
-from taskd.jobs.spec import TaskContext, TaskError, TaskType
 from taskd.media import video
+from taskd.tasks.builtin.generate_video import EVEN_RESOLUTION, render_and_publish
+from taskd.tasks.spec import TaskContext, TaskError, TaskType
 from taskd.validation import between, check, http_url, max_length, not_blank, one_of, resolution
 
 

@@ -7,13 +7,13 @@ from typing import Any
 
 import attrs
 
-from taskd.jobs.images_api import ImagesClient
-from taskd.jobs.spec import TaskContext, TaskError, TaskType
 from taskd.media import download
 from taskd.media.bounds import Bounds
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
+from taskd.providers.images import ImagesClient
+from taskd.tasks.spec import TaskContext, TaskError, TaskType
 from taskd.validation import http_url, max_length, not_blank, one_of, resolution
 
 QUALITIES = ("low", "medium", "high", "standard", "hd", "auto")

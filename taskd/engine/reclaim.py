@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 from taskd.config import Config
-from taskd.jobs.queue import TaskQueue
 from taskd.loops import every
 from taskd.model import now
+from taskd.queue.task_queue import TaskQueue
 from taskd.store import TaskStore
 
-log = logging.getLogger("taskd.jobs")
+log = logging.getLogger("taskd.engine")
 
 
 class Reclaimer:

@@ -9,8 +9,8 @@ from typing import Any
 import attrs
 import orjson
 
-from taskd.jobs.llm import ChatClient
-from taskd.jobs.spec import TaskContext, TaskType
+from taskd.providers.llm import ChatClient
+from taskd.tasks.spec import TaskContext, TaskType
 from taskd.validation import max_length, not_blank
 
 PROMPT_LIMIT = 100_000

@@ -8,8 +8,8 @@ from typing import Any
 
 import attrs
 
-from taskd.jobs.llm import ChatClient, ChatReply, ProviderError, first_object
-from taskd.jobs.spec import TaskContext, TaskType
+from taskd.providers.llm import ChatClient, ChatReply, ProviderError, first_object
+from taskd.tasks.spec import TaskContext, TaskType
 from taskd.validation import between, max_length, not_blank
 
 GATHER_LIMIT = 500

@@ -7,13 +7,13 @@ from typing import Any
 
 import attrs
 
-from taskd.jobs import speech
-from taskd.jobs.spec import TaskContext, TaskError, TaskType
 from taskd.media import audio, download, ffmpeg
 from taskd.media.bounds import Bounds
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
+from taskd.providers import speech
+from taskd.tasks.spec import TaskContext, TaskError, TaskType
 from taskd.validation import check, max_length, not_blank, one_of
 
 SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)

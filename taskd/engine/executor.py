@@ -1,7 +1,7 @@
 """Runs one task: claim the record, run the handler under its limits, record how it ended.
 
 A coroutine handler runs in this event loop; a plain-function handler runs in a job process
-(taskd/jobs/runners.py). Either way the outcome is one of: completed, failed, retry later
+(taskd/engine/jobproc/pool.py). Either way the outcome is one of: completed, failed, retry later
 (transient error with attempts left), cancelled (the API already recorded it), or handed back
 (the worker is shutting down: the task goes back on its queue for another worker).
 """
@@ -25,18 +25,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskd import keys
 from taskd.backoff import Backoff, exponential_delay
 from taskd.config import Config
+from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.gpu.scheduler import GpuScheduler, Lease
-from taskd.jobs.queue import TaskQueue
-from taskd.jobs.registry import Registry
-from taskd.jobs.runners import Limits, ProcessOutcome, Runner, RunnerPool
-from taskd.jobs.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 from taskd.logs import REDACTOR, bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
+from taskd.queue.task_queue import TaskQueue
+from taskd.queue.workers import JobFunction
 from taskd.store import CorruptRecord, Start, TaskStore
+from taskd.tasks.registry import Registry
+from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 
-log = logging.getLogger("taskd.jobs")
+log = logging.getLogger("taskd.engine")
 
-ArqJob = Callable[[dict[str, Any], str], Awaitable[bool]]
 # Retrying the write of a task's outcome while Redis is unreachable (issue 9, tests/faults/).
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.25, 5.0
 T = TypeVar("T")
@@ -180,7 +180,7 @@ class Executor:
         except CorruptRecord:  # logged by the store; running it would only fail again (issue 9)
             return Start(claimed=True)
 
-    def job_for(self, queue: str) -> ArqJob:
+    def job_for(self, queue: str) -> JobFunction:
         """The arq job function for `queue`: runs the task its claim started (`ctx["record"]`).
 
         Returns True when the store dropped the arq job with the write that ended the run.

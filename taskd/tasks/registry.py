@@ -12,11 +12,11 @@ import attrs
 import cattrs
 
 from taskd.config import TasksConfig
-from taskd.jobs.spec import TaskType
 from taskd.model import ValidationError
+from taskd.tasks.spec import TaskType
 from taskd.validation import FieldErrors, structure_checked
 
-log = logging.getLogger("taskd.jobs")
+log = logging.getLogger("taskd.tasks")
 
 BUILTIN_MODULES = (
     "generate_video",
@@ -84,7 +84,7 @@ class Registry:
 
 
 def _builtin_types() -> list[TaskType]:
-    return [import_module(f"taskd.jobs.{name}").TASK for name in BUILTIN_MODULES]
+    return [import_module(f"taskd.tasks.builtin.{name}").TASK for name in BUILTIN_MODULES]
 
 
 def _module_types(modules: Iterable[str]) -> list[TaskType]:

@@ -6,11 +6,11 @@ from typing import Any
 
 import attrs
 
-from taskd.jobs.spec import TaskContext, TaskType
 from taskd.media import video
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
+from taskd.tasks.spec import TaskContext, TaskType
 from taskd.validation import between, check, http_url, max_length, resolution
 
 EVEN_RESOLUTION = check(

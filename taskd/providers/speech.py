@@ -12,11 +12,11 @@ import attrs
 import orjson
 
 from taskd.config import SpeechProvider
-from taskd.jobs.provider_http import post_json
-from taskd.jobs.spec import TaskError
+from taskd.errors import TaskError
 from taskd.media import download
 from taskd.media.ffmpeg import collect
 from taskd.net.guarded import GuardedClient
+from taskd.providers.http import post_json
 
 NO_ENGINE = (
     "No speech engine available: set providers.speech.base_url (TASKD_PROVIDERS__SPEECH__BASE_URL) "

@@ -7,8 +7,8 @@ from typing import Any
 
 import attrs
 
-from taskd.jobs.registry import Registry
 from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, ValidationError
+from taskd.tasks.registry import Registry
 
 PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 CALLBACK_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")

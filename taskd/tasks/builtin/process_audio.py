@@ -7,12 +7,12 @@ from typing import Any
 
 import attrs
 
-from taskd.jobs.spec import TaskContext, TaskError, TaskType
 from taskd.media import audio, download, ffmpeg
 from taskd.media.bounds import Bounds
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
+from taskd.tasks.spec import TaskContext, TaskError, TaskType
 from taskd.validation import between, http_url, max_length, one_of
 
 MODEL = "taskd-ffmpeg"

@@ -11,8 +11,8 @@ import attrs
 import orjson
 
 from taskd.config import ImageProvider
-from taskd.jobs.provider_http import post_json
-from taskd.jobs.spec import TaskError
+from taskd.errors import TaskError
+from taskd.providers.http import post_json
 
 NO_PROVIDER = "No image provider configured: set providers.image.base_url (TASKD_PROVIDERS__IMAGE__BASE_URL)"
 

@@ -23,10 +23,10 @@ import psutil
 
 from taskd.childenv import child_environment, job_config
 from taskd.config import Config
-from taskd.jobs import frames
+from taskd.engine.jobproc import frames
 from taskd.media.store import scratch_root
 
-log = logging.getLogger("taskd.jobs")
+log = logging.getLogger("taskd.engine")
 
 MEMORY_CHECK_INTERVAL = 0.25
 START_TIMEOUT = 30.0
@@ -96,7 +96,7 @@ class Runner:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "taskd.jobs.runner",
+            "taskd.engine.jobproc.child",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=frames.MAX_FRAME,

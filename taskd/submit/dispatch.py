@@ -9,13 +9,13 @@ import attrs
 from redis.asyncio import Redis
 
 from taskd import keys
-from taskd.jobs.queue import TaskQueue
-from taskd.jobs.registry import Registry
-from taskd.jobs.submission import Submission
 from taskd.media import capacity
 from taskd.media.capacity import MediaCapacity
 from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
+from taskd.queue.task_queue import TaskQueue
 from taskd.store import Admission, CancelOutcome, TaskStore
+from taskd.submit.submission import Submission
+from taskd.tasks.registry import Registry
 
 _CANNOT_CANCEL = {
     TaskStatus.COMPLETED: "Task has already completed successfully and cannot be cancelled",

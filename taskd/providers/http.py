@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from taskd.jobs.spec import TaskError
+from taskd.errors import TaskError
 from taskd.logs import REDACTOR
 
 _DETAIL_LIMIT = 300

@@ -10,8 +10,8 @@ import attrs
 import orjson
 
 from taskd.config import LlmProvider
-from taskd.jobs.provider_http import ProviderError, post_json
-from taskd.jobs.spec import TaskError
+from taskd.errors import TaskError
+from taskd.providers.http import ProviderError, post_json
 
 __all__ = ["NO_PROVIDER", "ChatClient", "ChatReply", "ProviderError", "first_object"]
 

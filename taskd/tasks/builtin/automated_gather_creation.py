@@ -8,8 +8,8 @@ from typing import Any
 
 import attrs
 
-from taskd.jobs.llm import ChatClient, ProviderError, first_object
-from taskd.jobs.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType
+from taskd.providers.llm import ChatClient, ProviderError, first_object
+from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType
 from taskd.validation import between, max_length, not_blank
 
 DEFAULT_DEPARTMENTS = ("story", "character", "visual", "audio")

@@ -5,27 +5,48 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
-from typing import cast
+from typing import Any, Protocol, cast
 
 import orjson
 from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
 from arq.worker import Worker, func
+from redis.asyncio import Redis
 
 from taskd import keys
 from taskd.backoff import Backoff
 from taskd.config import Config
-from taskd.jobs.executor import Executor
-from taskd.jobs.queue import JOB_FUNCTION
-from taskd.jobs.registry import Registry
+from taskd.queue.task_queue import JOB_FUNCTION
 from taskd.stopping import cancel_and_wait
 from taskd.store import Start
+from taskd.tasks.registry import Registry
 
 Claim = Callable[[str, int], Awaitable[Start]]
+# arq's job function as taskd registers it: (ctx, task_id) -> whether the run already dropped the job.
+JobFunction = Callable[[dict[str, Any], str], Awaitable[bool]]
 
-log = logging.getLogger("taskd.jobs")
+
+class JobRunner(Protocol):
+    """What the workers need from whatever runs tasks (taskd.engine.executor.Executor), so the queue
+    room imports nothing from the engine above it."""
+
+    @property
+    def running(self) -> Mapping[str, object]:
+        """Tasks running in this process, by task id."""
+        ...
+
+    async def claim(self, queue: str, job_id: str, lock_ms: int) -> Start:
+        """Claim a job of `queue` and start its task (one round trip)."""
+        ...
+
+    def job_for(self, queue: str) -> JobFunction:
+        """The job function that runs the task a claim started."""
+        ...
+
+
+log = logging.getLogger("taskd.queue")
 
 # arq cancels a job at its own timeout and re-runs it once its lock expires; both must come
 # well after taskd's own hard limit and cancel grace, which decide a task's fate.
@@ -139,9 +160,10 @@ class WorkerPool:
     """Runs a TaskdWorker for each served queue and keeps it running."""
 
     def __init__(
-        self, redis: ArqRedis, executor: Executor, registry: Registry, config: Config, queues: list[str]
+        self, redis: Redis, executor: JobRunner, registry: Registry, config: Config, queues: list[str]
     ) -> None:
-        self.redis = redis
+        # arq's worker wants its own client class; it shares the connections of taskd's client.
+        self.redis = ArqRedis(connection_pool=redis.connection_pool)
         self.executor = executor
         self.registry = registry
         self.config = config
