@@ -115,3 +115,51 @@ async def test_a_script_called_with_a_key_its_header_does_not_name_is_refused_be
             args={"progress": "0.5", "step": "", "now": "1.0", "worker_id": "w"},
         )
     await redis.aclose()
+
+
+# The rooms besides the store that keep state in Redis load their scripts the same way.
+ROOMS = ["taskd.gpu", "taskd.http", "taskd.webhooks"]
+ROOM_SCRIPTS = [
+    (room, path.stem)
+    for room in ROOMS
+    for path in sorted((STORE_DIR.parent / room.removeprefix("taskd.") / "lua").glob("*.lua"))
+]
+
+
+def test_each_room_that_keeps_state_in_redis_has_its_scripts_as_files():
+    assert {room for room, _ in ROOM_SCRIPTS} == set(ROOMS)
+
+
+@pytest.mark.parametrize(("room", "name"), ROOM_SCRIPTS)
+def test_a_room_script_documents_its_keys_its_argv_and_what_it_returns(room, name):
+    text = scripts.read(f"{name}.lua", room)
+    header = scripts.parse_header(name, text)
+    lines = scripts.header_lines(text)
+    body = text[len("\n".join(lines)) :]
+
+    assert lines[0].startswith(f"-- {name}.lua: ")
+    assert header.keys or any(line.startswith("-- KEYS: none") for line in lines)
+    assert header.args or header.rest
+    assert any(line.startswith("-- Returns") for line in lines)
+    assert _used("KEYS", body) == set(range(1, len(header.keys) + 1))
+    assert _used("ARGV", body) == set(range(1, len(header.args) + 1))
+
+
+@pytest.mark.parametrize(("room", "name"), ROOM_SCRIPTS)
+async def test_a_room_script_is_registered_as_its_file(room, name):
+    redis = Redis(port=1)
+
+    script = scripts.load(redis, name, room)
+    await redis.aclose()
+
+    assert script.registered.script == scripts.read(f"{name}.lua", room)
+
+
+def test_no_lua_is_left_in_any_python_module_of_taskd():
+    lua_in_python = [
+        str(path.relative_to(STORE_DIR.parent))
+        for path in STORE_DIR.parent.rglob("*.py")
+        if re.search(r"redis\.p?call\(|cjson\.", path.read_text(encoding="utf-8"))
+    ]
+
+    assert lua_in_python == []

@@ -18,40 +18,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.config import GpuConfig
 from taskd.gpu.devices import GpuInventory
-
-# KEYS: none (device hashes are named from ARGV: taskd supports standalone Redis and Sentinel).
-# ARGV: worker key prefix, device key prefix, task id, worker id, slots wanted (0 = whole device),
-#       capacity, then pairs of (device index, free memory bytes).
-# Picks the device with the most free slots, then the most free memory; returns its index or -1.
-_ACQUIRE = """
-local best, best_free, best_memory = -1, -1, -1
-for i = 7, #ARGV, 2 do
-  local key = ARGV[2] .. ARGV[i]
-  local used = 0
-  local holders = redis.call('HGETALL', key)
-  for j = 1, #holders, 2 do
-    local worker, slots = string.match(holders[j + 1], '^(.*)|(%d+)$')
-    if redis.call('EXISTS', ARGV[1] .. worker) == 0 then
-      redis.call('HDEL', key, holders[j])
-    else
-      used = used + tonumber(slots)
-    end
-  end
-  local free = tonumber(ARGV[6]) - used
-  local wanted = tonumber(ARGV[5])
-  local fits = (wanted == 0 and used == 0) or (wanted > 0 and free >= wanted)
-  local memory = tonumber(ARGV[i + 1])
-  if fits and (free > best_free or (free == best_free and memory > best_memory)) then
-    best, best_free, best_memory = tonumber(ARGV[i]), free, memory
-  end
-end
-if best >= 0 then
-  local taken = tonumber(ARGV[5])
-  if taken == 0 then taken = tonumber(ARGV[6]) end
-  redis.call('HSET', ARGV[2] .. best, ARGV[3], ARGV[4] .. '|' .. taken)
-end
-return best
-"""
+from taskd.store import scripts
 
 
 @attrs.frozen
@@ -88,7 +55,7 @@ class GpuScheduler:
         self.config: GpuConfig = inventory.config
         self.worker_id = worker_id
         self.host = host or socket.gethostname()
-        self._acquire = redis.register_script(_ACQUIRE)
+        self._acquire = scripts.load(redis, "acquire", "taskd.gpu")
 
     def slots_for(self, task_type: str, queue: str) -> int | None:
         """Slots a task takes (0 = whole device), or None when it needs no GPU."""
@@ -109,15 +76,16 @@ class GpuScheduler:
         for device in devices:
             pairs += [device.index, max(0, device.memory_total - device.memory_used)]
         index = await self._acquire(
-            args=[
-                keys.worker(""),
-                self.device_key(""),
-                task_id,
-                self.worker_id,
-                slots,
-                self.config.slots,
-                *pairs,
-            ]
+            {},
+            {
+                "worker_prefix": keys.worker(""),
+                "device_prefix": self.device_key(""),
+                "task_id": task_id,
+                "worker_id": self.worker_id,
+                "wanted": slots,
+                "capacity": self.config.slots,
+                "devices": pairs,
+            },
         )
         if index is None or int(index) < 0:
             return None

@@ -1,7 +1,8 @@
 """Rate limits per API key in Redis, shared by every taskd process (GCRA).
 
 The per-project concurrency limit and the queue length limit are checked in the submit script
-itself (taskd/store.py), atomically with the write.
+itself (taskd/store/lua/submit.lua), atomically with the write. The GCRA script is
+taskd/http/lua/gcra.lua.
 
 Each limited response carries the IETF `RateLimit-Policy` and `RateLimit` fields
 (draft-ietf-httpapi-ratelimit-headers), e.g. `RateLimit-Policy: "submit";q=100;w=60` and
@@ -21,6 +22,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.http.context import API
 from taskd.model import RateLimited
+from taskd.store import scripts
 
 WINDOW = 60  # seconds: every limit is "per minute"
 # Which routes spend which quota; a retry creates a task, so it is a submission.
@@ -31,26 +33,6 @@ POLICIES = {
 }
 
 _HEADERS = web.RequestKey("ratelimit_headers", dict)
-
-# GCRA: one "theoretical arrival time" per key; a request passes if, after adding one emission
-# interval (window / limit), the TAT is at most one window ahead of now. Redis's own clock is
-# used so that every taskd process agrees. Returns allowed, remaining, retry-after ms, reset ms.
-_GCRA = """
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local interval = window / limit
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval
-if new_tat - now > window then
-  return {0, 0, math.ceil(new_tat - window - now), math.ceil(tat - now)}
-end
--- At a huge limit the interval is below a double's precision at `now`: new_tat == now, PX 0 is refused.
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
-return {1, math.floor((window - (new_tat - now)) / interval), 0, math.ceil(new_tat - now)}
-"""
 
 
 @attrs.frozen
@@ -90,12 +72,12 @@ class RateLimiter:
     """Spends per-key quota in Redis with one GCRA script call per request."""
 
     def __init__(self, redis: Redis) -> None:
-        self._gcra = redis.register_script(_GCRA)
+        self._gcra = scripts.load(redis, "gcra", "taskd.http")
 
     async def hit(self, policy: str, api_key: str, limit: int) -> Decision:
         """Spend one request of `limit` per minute for `api_key` under `policy`."""
         allowed, remaining, retry_ms, reset_ms = await self._gcra(
-            keys=[keys.rate_limit(policy, key_id(api_key))], args=[limit, WINDOW * 1000]
+            {"bucket": keys.rate_limit(policy, key_id(api_key))}, {"limit": limit, "window": WINDOW * 1000}
         )
         return Decision(policy, limit, bool(allowed), int(remaining), int(retry_ms), int(reset_ms))
 

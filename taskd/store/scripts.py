@@ -1,4 +1,7 @@
-"""The store's Lua scripts: read from `taskd/store/lua/` by name, composed, filled in and registered.
+"""taskd's Lua scripts: read from a room's `lua/` folder by name, composed, filled in and registered.
+
+The store's scripts are in `taskd/store/lua/`; the rooms that keep other state in Redis (the GPU
+slots, the webhook outbox, the rate limits) load theirs from their own `lua/` folders the same way.
 
 Each script opens with a comment block (the header) that says what it does, then one line per
 key and argument, in order, each with the name callers pass it under:
@@ -96,16 +99,20 @@ def parse_header(name: str, text: str) -> Header:
     return Header(tuple(names["KEYS"]), tuple(names["ARGV"]), rest, tuple(includes))
 
 
-def read(name: str) -> str:
-    """The text of `lua/<name>` (e.g. "lib/emit.lua") as shipped: no includes, no constants filled in."""
-    return (resources.files("taskd.store") / "lua" / name).read_text(encoding="utf-8")
+STORE = "taskd.store"
 
 
-def _with_includes(name: str, seen: list[str]) -> None:
+def read(name: str, package: str = STORE) -> str:
+    """The text of `lua/<name>` (e.g. "lib/emit.lua") in `package` as shipped: no includes, no
+    constants filled in."""
+    return (resources.files(package) / "lua" / name).read_text(encoding="utf-8")
+
+
+def _with_includes(name: str, package: str, seen: list[str]) -> None:
     # Depth first, so a library comes before the first file that calls it.
-    for include in parse_header(name, read(name)).includes:
+    for include in parse_header(name, read(name, package)).includes:
         if include not in seen:
-            _with_includes(include, seen)
+            _with_includes(include, package, seen)
     if name not in seen:
         seen.append(name)
 
@@ -120,11 +127,12 @@ def _fill(text: str) -> str:
 
 
 @functools.cache
-def source(name: str) -> str:
-    """The text Redis runs for script `name` (e.g. "submit"): its includes first, constants filled in."""
+def source(name: str, package: str = STORE) -> str:
+    """The text Redis runs for script `name` (e.g. "submit") of `package`: its includes first,
+    constants filled in."""
     files: list[str] = []
-    _with_includes(f"{name}.lua", files)
-    return _fill("\n".join(read(file) for file in files))
+    _with_includes(f"{name}.lua", package, files)
+    return _fill("\n".join(read(file, package) for file in files))
 
 
 @attrs.frozen
@@ -155,6 +163,7 @@ class Script:
         return [given[name] for name in names]
 
 
-def load(redis: Redis, name: str) -> Script:
-    """Script `lua/<name>.lua`, registered with `redis` (registering sends nothing to Redis)."""
-    return Script(name, parse_header(f"{name}.lua", read(f"{name}.lua")), redis.register_script(source(name)))
+def load(redis: Redis, name: str, package: str = STORE) -> Script:
+    """Script `lua/<name>.lua` of `package`, registered with `redis` (registering sends nothing to Redis)."""
+    header = parse_header(f"{name}.lua", read(f"{name}.lua", package))
+    return Script(name, header, redis.register_script(source(name, package)))

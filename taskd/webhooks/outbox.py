@@ -15,56 +15,9 @@ import attrs
 from redis.asyncio import Redis
 
 from taskd import keys
+from taskd.store import scripts
 
-# KEYS: due. ARGV: now ms, lease-until ms, most to claim.
-# Returns the claimed ids and, when none were due, the earliest score still waiting.
-_CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
-local first = false
-if #ids == 0 then first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or false end
-return {ids, first}
-"""
-
-# KEYS: due, state, metrics. ARGV: task id, lease, now ms, attempt, outcome (delivered|retry|failed),
-# HTTP status or '', error or '', next due ms or '', ttl.
-_RECORD = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[2], 'attempts', ARGV[4], 'last_attempt_at', ARGV[3])
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'last_status', ARGV[6]) else redis.call('HDEL', KEYS[2], 'last_status') end
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[7]) else redis.call('HDEL', KEYS[2], 'last_error') end
-if ARGV[5] == 'retry' then
-  redis.call('ZADD', KEYS[1], ARGV[8], ARGV[1])
-  redis.call('HSET', KEYS[2], 'next_attempt_at', ARGV[8])
-else
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], 'next_attempt_at')
-  local field = ARGV[5] == 'delivered' and 'delivered_at' or 'failed_at'
-  redis.call('HSET', KEYS[2], field, ARGV[3])
-  redis.call('HINCRBY', KEYS[3], 'webhooks_' .. ARGV[5], 1)
-end
-redis.call('EXPIRE', KEYS[2], ARGV[9])
-return 1
-"""
-
-# KEYS: due. ARGV: task id, lease, new score ('' removes the member).
-_RELEASE = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
-if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
-return 1
-"""
-
-# KEYS: due, state. ARGV: task id, now ms, ttl, wake channel.
-_REDELIVER = """
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], 'attempts', 0, 'next_attempt_at', ARGV[2], 'redelivered_at', ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('PUBLISH', ARGV[4], ARGV[1])
-return 1
-"""
+LUA = "taskd.webhooks"  # the package whose lua/ folder holds the outbox's scripts
 
 
 def now_ms() -> int:
@@ -129,15 +82,17 @@ class Outbox:
     def __init__(self, redis: Redis, ttl: int) -> None:
         self.redis = redis
         self.ttl = ttl
-        self._claim = redis.register_script(_CLAIM)
-        self._record = redis.register_script(_RECORD)
-        self._release = redis.register_script(_RELEASE)
-        self._redeliver = redis.register_script(_REDELIVER)
+        self._claim = scripts.load(redis, "claim", LUA)
+        self._record = scripts.load(redis, "record", LUA)
+        self._release = scripts.load(redis, "release", LUA)
+        self._redeliver = scripts.load(redis, "redeliver", LUA)
 
     async def claim(self, now_ms: int, lease_ms: int, limit: int) -> tuple[list[Claim], int | None]:
         """Lease up to `limit` due webhooks; with none due, also the ms the earliest one is due."""
         lease = now_ms + lease_ms
-        ids, first = await self._claim(keys=[keys.WEBHOOKS_DUE], args=[now_ms, lease, limit])
+        ids, first = await self._claim(
+            {"due": keys.WEBHOOKS_DUE}, {"now": now_ms, "lease_until": lease, "most": limit}
+        )
         claims = [Claim(raw.decode(), lease) for raw in ids]
         return claims, int(float(first)) if first else None
 
@@ -156,33 +111,34 @@ class Outbox:
             result = "retry"
         else:
             result = "failed"
-        args: list[Any] = [
-            claim.task_id,
-            claim.lease,
-            now_ms,
-            attempt,
-            result,
-            "" if outcome.status is None else outcome.status,
-            outcome.error or "",
-            "" if next_ms is None else next_ms,
-            self.ttl,
-        ]
+        args: dict[str, Any] = {
+            "task_id": claim.task_id,
+            "lease": claim.lease,
+            "now": now_ms,
+            "attempt": attempt,
+            "outcome": result,
+            "status": "" if outcome.status is None else outcome.status,
+            "error": outcome.error or "",
+            "next_due": "" if next_ms is None else next_ms,
+            "ttl": self.ttl,
+        }
         written = await self._record(
-            keys=[keys.WEBHOOKS_DUE, keys.webhook(claim.task_id), keys.METRICS], args=args
+            {"due": keys.WEBHOOKS_DUE, "state": keys.webhook(claim.task_id), "metrics": keys.METRICS}, args
         )
         return bool(written)
 
     async def release(self, claim: Claim, due_ms: int | None) -> None:
         """Give a lease back: due again at `due_ms`, or dropped from the outbox when None."""
         await self._release(
-            keys=[keys.WEBHOOKS_DUE], args=[claim.task_id, claim.lease, "" if due_ms is None else due_ms]
+            {"due": keys.WEBHOOKS_DUE},
+            {"task_id": claim.task_id, "lease": claim.lease, "due_at": "" if due_ms is None else due_ms},
         )
 
     async def redeliver(self, task_id: str, now_ms: int) -> None:
         """Start a fresh delivery now (the attempt count restarts) and wake every sender."""
         await self._redeliver(
-            keys=[keys.WEBHOOKS_DUE, keys.webhook(task_id)],
-            args=[task_id, now_ms, self.ttl, keys.WEBHOOKS_WAKE],
+            {"due": keys.WEBHOOKS_DUE, "state": keys.webhook(task_id)},
+            {"task_id": task_id, "now": now_ms, "ttl": self.ttl, "wake": keys.WEBHOOKS_WAKE},
         )
 
 
