@@ -11,7 +11,17 @@ TASKD = Path(__file__).parent.parent / "taskd"
 # The floors of the house, lowest first (docs/development.md, "Layout"): a room imports only from
 # its own floor or the floors below it.
 FLOORS = [
-    ["errors.py", "model.py", "config.py", "validation.py", "keys.py", "logs.py", "loops.py", "backoff.py"],
+    [
+        "errors.py",
+        "model.py",
+        "config.py",
+        "validation.py",
+        "keys.py",
+        "logs.py",
+        "loops.py",
+        "backoff.py",
+        "shapes.py",
+    ],
     ["stopping.py", "childenv.py", "apikey.py", "redis_conn.py", "redis_memory.py", "sdnotify.py"],
     ["heartbeat.py", "alerts.py", "embedded.py", "client.py", "net", "store", "gpu"],
     ["media"],

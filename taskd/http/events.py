@@ -25,7 +25,7 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from taskd import keys
+from taskd import keys, shapes
 from taskd.backoff import Backoff
 from taskd.http.auth import query_key_allowed
 from taskd.http.context import API
@@ -71,21 +71,20 @@ class StreamEvent:
     @classmethod
     def from_record(cls, record: TaskRecord) -> StreamEvent:
         """The status event of a record, for a finished task whose stream has expired."""
-        event: dict[str, Any] = {
-            "type": "status",
-            "task_id": record.task_id,
-            "project_id": record.project_id,
-            "task_type": record.task_type,
-            "status": record.status.value,
-            "progress": record.progress,
-            "current_step": record.current_step,
-            "error": record.error,
-            "attempt": record.attempt,
-            "at": record.updated_at or record.created_at,
-        }
-        if record.status is TaskStatus.COMPLETED:
-            event["result"] = record.result
-        return cls(None, "status", record.status.value, orjson.dumps(event))
+        event = shapes.TaskEvent(
+            type="status",
+            task_id=record.task_id,
+            project_id=record.project_id,
+            task_type=record.task_type,
+            status=record.status,
+            progress=record.progress,
+            current_step=record.current_step,
+            error=record.error,
+            attempt=record.attempt,
+            at=record.updated_at or record.created_at,
+            result=record.result if record.status is TaskStatus.COMPLETED else shapes.ABSENT,
+        )
+        return cls(None, "status", record.status.value, orjson.dumps(shapes.render(event)))
 
     @property
     def terminal(self) -> bool:

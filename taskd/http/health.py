@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+import typing
 
 import psutil
 from aiohttp import web
 
-from taskd import keys
+from taskd import keys, shapes
 from taskd.alerts import overall_status, queue_alerts, redis_memory_alerts
 from taskd.gpu.nvml import DeviceReading
 from taskd.heartbeat import live_workers
 from taskd.http.context import API, Api
-from taskd.http.responses import json_response
+from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches, visible_tasks
-from taskd.model import iso, now
+from taskd.http.views import stamp
+from taskd.model import now
 from taskd.redis_memory import read_memory
 
 routes = web.RouteTableDef()
@@ -26,7 +27,7 @@ routes = web.RouteTableDef()
 @touches(Touches.NOTHING)
 async def liveness(_: web.Request) -> web.Response:
     """The process is up; no key, no Redis."""
-    return json_response({"status": "healthy", "service": "taskd"})
+    return shape_response(shapes.Liveness(status="healthy", service="taskd"))
 
 
 async def _redis_ok(api: Api) -> bool:
@@ -44,39 +45,38 @@ async def service_health(request: web.Request) -> web.Response:
     api = request.app[API]
     uptime = int(time.monotonic() - api.started_at)
     devices = api.gpu.inventory.read()
-    system_load: dict[str, Any] = {
-        "cpu_percent": psutil.cpu_percent(interval=None),
-        "memory_percent": psutil.virtual_memory().percent,
-        "gpu_utilization": [device.utilization for device in devices],
-    }
+    system_load = shapes.SystemLoad(
+        cpu_percent=psutil.cpu_percent(interval=None),
+        memory_percent=psutil.virtual_memory().percent,
+        gpu_utilization=[device.utilization for device in devices],
+    )
     if not await _redis_ok(api):
-        body = {
-            "status": "unhealthy",
-            "redis_status": "disconnected",
-            "worker_count": 0,
-            "queue_sizes": {},
-            "system_load": system_load,
-            "uptime": uptime,
-        }
-        return json_response(body, 503)
-    workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
-    body = {
-        "status": "healthy" if workers else "degraded",
-        "redis_status": "connected",
-        "worker_count": len(workers),
-        "queue_sizes": await api.queue.waiting(api.queue_names),
-        "system_load": system_load,
-        "uptime": uptime,
-        "gpus": await _gpus(request, devices),
-    }
-    if not devices:
-        body["gpu_note"] = (
-            "No GPU found on this host (NVML unavailable or no device); GPU queues run on the CPU"
+        unhealthy = shapes.ServiceHealth(
+            status="unhealthy",
+            redis_status="disconnected",
+            worker_count=0,
+            queue_sizes={},
+            system_load=system_load,
+            uptime=uptime,
         )
-    return json_response(body)
+        return shape_response(unhealthy, 503)
+    workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
+    health = shapes.ServiceHealth(
+        status="healthy" if workers else "degraded",
+        redis_status="connected",
+        worker_count=len(workers),
+        queue_sizes=await api.queue.waiting(api.queue_names),
+        system_load=system_load,
+        uptime=uptime,
+        gpus=await _gpus(request, devices),
+        gpu_note=shapes.ABSENT
+        if devices
+        else "No GPU found on this host (NVML unavailable or no device); GPU queues run on the CPU",
+    )
+    return shape_response(health)
 
 
-async def _gpus(request: web.Request, devices: list[DeviceReading]) -> list[dict[str, Any]]:
+async def _gpus(request: web.Request, devices: list[DeviceReading]) -> list[shapes.GpuDevice]:
     api = request.app[API]
     uses = {use.index: use for use in await api.gpu.usage()}
     # Slots used count every holder; only the holders the key may see are named.
@@ -86,16 +86,16 @@ async def _gpus(request: web.Request, devices: list[DeviceReading]) -> list[dict
         for index, use in uses.items()
     }
     return [
-        {
-            "index": device.index,
-            "name": device.name,
-            "utilization": device.utilization,
-            "memory_used": device.memory_used,
-            "memory_total": device.memory_total,
-            "slots": api.config.gpu.slots,
-            "slots_used": uses[device.index].used if device.index in uses else 0,
-            "running": named.get(device.index, {}),
-        }
+        shapes.GpuDevice(
+            index=device.index,
+            name=device.name,
+            utilization=device.utilization,
+            memory_used=device.memory_used,
+            memory_total=device.memory_total,
+            slots=api.config.gpu.slots,
+            slots_used=uses[device.index].used if device.index in uses else 0,
+            running=named.get(device.index, {}),
+        )
         for device in devices
     ]
 
@@ -107,24 +107,20 @@ async def task_metrics(request: web.Request) -> web.Response:
     api = request.app[API]
     metrics = await api.store.metrics(api.queue_names)
     delivered, failed = await api.redis.hmget(keys.METRICS, "webhooks_delivered", "webhooks_failed")
-    return json_response(
-        {
-            "metrics": {
-                "total_tasks": metrics.total_tasks,
-                "completed_tasks": metrics.completed_tasks,
-                "failed_tasks": metrics.failed_tasks,
-                "retried_tasks": metrics.retried_tasks,
-                "cancelled_tasks": metrics.cancelled_tasks,
-                "success_rate": metrics.success_rate,
-                "failure_rate": metrics.failure_rate,
-                "average_durations": metrics.average_durations,
-                "currently_running": metrics.currently_running,
-                "webhooks_delivered": int(delivered or 0),
-                "webhooks_failed": int(failed or 0),
-            },
-            "timestamp": iso(now()),
-        }
+    counters = shapes.Counters(
+        total_tasks=metrics.total_tasks,
+        completed_tasks=metrics.completed_tasks,
+        failed_tasks=metrics.failed_tasks,
+        retried_tasks=metrics.retried_tasks,
+        cancelled_tasks=metrics.cancelled_tasks,
+        success_rate=metrics.success_rate,
+        failure_rate=metrics.failure_rate,
+        average_durations=metrics.average_durations,
+        currently_running=metrics.currently_running,
+        webhooks_delivered=int(delivered or 0),
+        webhooks_failed=int(failed or 0),
     )
+    return shape_response(shapes.TaskMetrics(metrics=counters, timestamp=stamp(now())))
 
 
 @routes.get("/api/v1/tasks/health")
@@ -142,21 +138,22 @@ async def queue_health(request: web.Request) -> web.Response:
     alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named)
     if (redis_memory := await read_memory(api.redis)) is not None:
         alerts += redis_memory_alerts(redis_memory.used, redis_memory.limit)
-    return json_response(
-        {
-            "status": overall_status(alerts),
-            "metrics": {
-                "total_tasks": metrics.total_tasks,
-                "completed_tasks": metrics.completed_tasks,
-                "failed_tasks": metrics.failed_tasks,
-                "success_rate": metrics.success_rate,
-                "failure_rate": metrics.failure_rate,
-                "currently_running": metrics.currently_running,
-            },
-            "alerts": [alert.to_json() for alert in alerts],
-            "timestamp": iso(now()),
-        }
+    health = shapes.QueueHealth(
+        # `healthy` or an alert's severity, which the alerts' shape below checks.
+        status=typing.cast(shapes.QueueStatus, overall_status(alerts)),
+        metrics=shapes.QueueHealthMetrics(
+            total_tasks=metrics.total_tasks,
+            completed_tasks=metrics.completed_tasks,
+            failed_tasks=metrics.failed_tasks,
+            success_rate=metrics.success_rate,
+            failure_rate=metrics.failure_rate,
+            currently_running=metrics.currently_running,
+        ),
+        # An alert's extra fields (task_id, worker_id, ...) are checked against the shape here.
+        alerts=[shapes.CONVERTER.structure(alert.to_json(), shapes.Alert) for alert in alerts],
+        timestamp=stamp(now()),
     )
+    return shape_response(health)
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,12 +1,15 @@
 """`GET /openapi.json`: the OpenAPI 3.1 document of every route, its parameters, bodies and responses.
 
-`task_data` schemas are derived from each installed task type's attrs input class, so a plugin
-task type is described as soon as it is installed. A test walks the app's routes and fails when
-a route and this document disagree.
+Every schema is generated from an attrs class: the bodies taskd sends from `taskd.shapes` (the
+classes the views render), and each installed task type's `task_data` from its input class, with
+the defaults, ranges, enums and patterns of its validators (`taskd.validation.Check.schema`), so a
+plugin task type is described as soon as it is installed. A test walks the app's routes and fails
+when a route and this document disagree.
 """
 
 from __future__ import annotations
 
+import enum
 import types
 import typing
 from typing import Any
@@ -14,6 +17,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from taskd import shapes
 from taskd.http import openapi_watch
 from taskd.http.context import API
 from taskd.http.responses import json_response
@@ -21,6 +25,7 @@ from taskd.http.scope import Touches, touches
 from taskd.model import TaskStatus
 from taskd.submit.submission import MAX_CALLBACK_URL, PROJECT_ID
 from taskd.tasks.registry import Registry
+from taskd.validation import Check
 
 Schema = dict[str, Any]
 
@@ -31,6 +36,22 @@ _SCALARS: dict[Any, Schema] = {
     bool: {"type": "boolean"},
     Any: {},
 }
+# The bodies taskd sends, by the name the document gives each; the classes they use come along.
+BODIES = (
+    shapes.Error,
+    shapes.Detail,
+    shapes.SubmitResponse,
+    shapes.TaskStatusBody,
+    shapes.ProjectTasks,
+    shapes.CancelResponse,
+    shapes.RetryResponse,
+    shapes.RedeliverResponse,
+    shapes.Liveness,
+    shapes.ServiceHealth,
+    shapes.TaskMetrics,
+    shapes.QueueHealth,
+    shapes.TaskEvent,
+)
 
 
 def _ref(name: str) -> Schema:
@@ -41,265 +62,144 @@ def _nullable(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+def schema_name(cls: type) -> str:
+    """The name of an attrs class among the document's schemas."""
+    return str(getattr(cls, "schema_name", cls.__name__))
+
+
+class _Classes:
+    """Collects the schemas of attrs classes by name; `sent` for what taskd sends, else what it reads."""
+
+    def __init__(self, schemas: dict[str, Schema], *, sent: bool) -> None:
+        self.schemas = schemas
+        self.sent = sent
+
+    def type_schema(self, kind: Any) -> Schema:
+        if kind in _SCALARS:
+            return dict(_SCALARS[kind])
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin in (types.UnionType, typing.Union):
+            # ABSENT is no value on the wire: the field is left out, which `required` says.
+            options = [self.type_schema(arg) for arg in args if arg not in (type(None), shapes.Absent)]
+            schema = options[0] if len(options) == 1 else {"anyOf": options}
+            return _nullable(schema) if type(None) in args else schema
+        if origin in (list, tuple, set, frozenset):
+            return {"type": "array", "items": self.type_schema(args[0]) if args else {}}
+        if origin is dict:
+            return {"type": "object", "additionalProperties": self.type_schema(args[1]) if args else {}}
+        if origin is typing.Literal:
+            schema = {"const": args[0]} if len(args) == 1 else {"enum": list(args)}
+            return {"type": "string", **schema} if all(isinstance(arg, str) for arg in args) else schema
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            return {"type": "string", "enum": [member.value for member in kind]}
+        if attrs.has(kind):
+            return _ref(self.add(kind))
+        return {}
+
+    def add(self, cls: type) -> str:
+        """Add an attrs class (and the classes it uses) to the schemas; its name there."""
+        name = schema_name(cls)
+        if name in self.schemas:
+            return name
+        self.schemas[name] = {}  # reserve the name first: classes may refer to each other
+        hints = typing.get_type_hints(cls)
+        properties, required = {}, []
+        for field in attrs.fields(cls):
+            properties[field.name] = self.field_schema(field, hints[field.name])
+            if self._required(field):
+                required.append(field.name)
+        schema: Schema = {"type": "object", "properties": properties}
+        if cls.__doc__:
+            schema["description"] = cls.__doc__.split("\n\n")[0].strip()
+        if required:
+            schema["required"] = required
+        # What taskd sends is exactly its class; in what it reads, unknown fields are kept as sent.
+        schema["additionalProperties"] = not self.sent
+        self.schemas[name] = schema
+        return name
+
+    def _required(self, field: attrs.Attribute[Any]) -> bool:
+        if self.sent:
+            return field.default is not shapes.ABSENT
+        return field.default is attrs.NOTHING
+
+    def field_schema(self, field: attrs.Attribute[Any], kind: Any) -> Schema:
+        """A field's type, then its metadata's keywords, its validators' and its default."""
+        schema = self.type_schema(kind)
+        _merge(schema, _validator_schema(field.validator), array=_is_array(kind))
+        _merge(schema, field.metadata.get("schema", {}), array=_is_array(kind))
+        if description := field.metadata.get("description"):
+            schema["description"] = description
+        # A constant default is published; a factory's (an empty list) and None say nothing more.
+        default = field.default
+        constant = default is not attrs.NOTHING and not isinstance(default, _FACTORY)
+        if not self.sent and constant and default is not None:
+            schema["default"] = default.value if isinstance(default, enum.Enum) else default
+        return schema
+
+
+def _is_array(kind: Any) -> bool:
+    args = [arg for arg in typing.get_args(kind) if arg not in (type(None), shapes.Absent)]
+    if typing.get_origin(kind) in (types.UnionType, typing.Union) and len(args) == 1:
+        return _is_array(args[0])
+    return typing.get_origin(kind) in (list, tuple, set, frozenset)
+
+
+def _validator_schema(validator: Any) -> Schema:
+    """The JSON Schema keywords a validator stands for: taskd's `Check`s and attrs' own."""
+    if validator is None:
+        return {}
+    if isinstance(validator, Check):
+        return dict(validator.schema)
+    found: Schema = {}
+    for part in getattr(validator, "_validators", ()):  # attrs.validators.and_, or a list of validators
+        _merge(found, _validator_schema(part), array=False)
+    if (member := getattr(validator, "member_validator", None)) is not None:  # deep_iterable
+        _merge(found, _validator_schema(getattr(validator, "iterable_validator", None)), array=False)
+        if items := _validator_schema(member):
+            found["items"] = items
+    if (minimum := getattr(validator, "min_length", None)) is not None:  # attrs.validators.min_len
+        found["minLength"] = minimum
+    if (maximum := getattr(validator, "max_length", None)) is not None:  # attrs.validators.max_len
+        found["maxLength"] = maximum
+    if (options := getattr(validator, "options", None)) is not None:  # attrs.validators.in_
+        found["enum"] = list(options)
+    return found
+
+
+# attrs.Factory is typed as a function (its overloads), so isinstance needs the class it makes.
+_FACTORY: type = type(attrs.Factory(list))
+_ITEM_COUNTS = {"minLength": "minItems", "maxLength": "maxItems"}
+
+
+def _merge(schema: Schema, keywords: typing.Mapping[str, Any], *, array: bool) -> None:
+    """Add `keywords` to a field's schema; a length of a list is its number of items."""
+    for key, value in keywords.items():
+        if key == "items" and isinstance(schema.get("items"), dict):
+            _merge(schema["items"], value, array=False)
+        else:
+            schema[_ITEM_COUNTS.get(key, key) if array else key] = value
+
+
 def type_schema(kind: Any, schemas: dict[str, Schema]) -> Schema:
     """The JSON Schema of a type used in a task input class; attrs classes go to `schemas` by name."""
-    if kind in _SCALARS:
-        return dict(_SCALARS[kind])
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (types.UnionType, typing.Union):
-        options = [type_schema(arg, schemas) for arg in args if arg is not type(None)]
-        schema = options[0] if len(options) == 1 else {"anyOf": options}
-        return _nullable(schema) if type(None) in args else schema
-    if origin in (list, tuple, set, frozenset):
-        return {"type": "array", "items": type_schema(args[0], schemas) if args else {}}
-    if origin is dict:
-        return {"type": "object", "additionalProperties": type_schema(args[1], schemas) if args else {}}
-    if origin is typing.Literal:
-        return {"enum": list(args)}
-    if attrs.has(kind):
-        return _ref(class_schema(kind, schemas))
-    return {}
+    return _Classes(schemas, sent=False).type_schema(kind)
 
 
 def class_schema(cls: type, schemas: dict[str, Schema]) -> str:
-    """Add an attrs class (and the classes it uses) to `schemas`; its name there."""
-    name = cls.__name__
-    if name in schemas:
-        return name
-    schemas[name] = {}  # reserve the name first: classes may refer to each other
-    hints = typing.get_type_hints(cls)
-    properties, required = {}, []
-    for field in attrs.fields(cls):
-        properties[field.name] = type_schema(hints[field.name], schemas)
-        if field.default is attrs.NOTHING:
-            required.append(field.name)
-    # Unknown fields are accepted and kept as sent.
-    schemas[name] = {"type": "object", "properties": properties, "additionalProperties": True}
-    if required:
-        schemas[name]["required"] = required
-    return name
+    """Add a task input class (and the classes it uses) to `schemas`; its name there."""
+    return _Classes(schemas, sent=False).add(cls)
 
 
-def _nullable_types(*names: str) -> Schema:
-    return {"type": [*names, "null"]}
+def _body_schemas() -> dict[str, Schema]:
+    schemas: dict[str, Schema] = {}
+    classes = _Classes(schemas, sent=True)
+    for cls in BODIES:
+        classes.add(cls)
+    return schemas
 
 
-_TIMESTAMP = {"type": "string", "examples": ["2025-01-15T10:30:00Z"]}
-_NULLABLE_TIMESTAMP = _nullable_types("string")
 _STATUS = {"type": "string", "enum": [status.value for status in TaskStatus]}
-
-
-def _common_schemas() -> dict[str, Schema]:
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error", "message"],
-            "properties": {
-                "error": {"type": "string", "examples": ["validation_error", "rate_limited"]},
-                "message": {"type": "string"},
-                "details": {"type": "object", "additionalProperties": {"type": "string"}},
-                "retry_after": {"type": "integer", "minimum": 0},
-            },
-        },
-        "Detail": {
-            "type": "object",
-            "required": ["detail"],
-            "properties": {"detail": {"type": "string"}},
-        },
-        "SubmitResponse": {
-            "type": "object",
-            "required": [
-                "task_id",
-                "status",
-                "project_id",
-                "estimated_duration",
-                "queue_position",
-                "created_at",
-            ],
-            "properties": {
-                "task_id": {"type": "string"},
-                "status": _STATUS,
-                "project_id": {"type": "string"},
-                "estimated_duration": {"type": "integer", "minimum": 1},
-                "queue_position": {"type": "integer", "minimum": 0},
-                "created_at": _TIMESTAMP,
-            },
-        },
-        "Webhook": {
-            "type": "object",
-            "properties": {
-                "attempts": {"type": "integer"},
-                "last_status": _nullable_types("integer"),
-                "last_error": _nullable_types("string"),
-                "last_attempt_at": _NULLABLE_TIMESTAMP,
-                "delivered_at": _NULLABLE_TIMESTAMP,
-                "failed_at": _NULLABLE_TIMESTAMP,
-                "next_attempt_at": _NULLABLE_TIMESTAMP,
-            },
-        },
-        "TaskStatus": {
-            "type": "object",
-            "required": ["task_id", "project_id", "status", "progress", "task_type", "created_at"],
-            "properties": {
-                "task_id": {"type": "string"},
-                "project_id": {"type": "string"},
-                "status": _STATUS,
-                "progress": {"type": "number", "minimum": 0, "maximum": 1},
-                "current_step": _nullable_types("string"),
-                "result": _nullable_types("object"),
-                "error": _nullable_types("string"),
-                "started_at": _NULLABLE_TIMESTAMP,
-                "completed_at": _NULLABLE_TIMESTAMP,
-                "processing_time": _nullable_types("number"),
-                "task_type": {"type": "string"},
-                "priority": {"type": "integer"},
-                "attempt": {"type": "integer"},
-                "last_error": _nullable_types("string"),
-                "next_retry_at": _NULLABLE_TIMESTAMP,
-                "created_at": _TIMESTAMP,
-                "updated_at": _NULLABLE_TIMESTAMP,
-                "traceback": {"type": "string"},
-                "previous_state": _nullable_types("string"),
-                "cancelled_at": _NULLABLE_TIMESTAMP,
-                "retry_of": {"type": "string"},
-                "queue_position": {"type": "integer", "minimum": 0},
-                "webhook": {"anyOf": [_ref("Webhook"), {"type": "null"}]},
-            },
-        },
-        "TaskListItem": {
-            "type": "object",
-            "required": ["task_id", "project_id", "task_type", "status", "task_data", "created_at"],
-            "properties": {
-                "task_id": {"type": "string"},
-                "project_id": {"type": "string"},
-                "task_type": {"type": "string"},
-                "status": _STATUS,
-                "task_data": {"type": "object"},
-                "result": _nullable_types("object"),
-                "error": _nullable_types("string"),
-                "progress": {"type": "number"},
-                "priority": {"type": "integer"},
-                "created_at": _TIMESTAMP,
-                "updated_at": _NULLABLE_TIMESTAMP,
-            },
-        },
-        "ProjectTasks": {
-            "type": "object",
-            "required": ["tasks", "pagination"],
-            "properties": {
-                "tasks": {"type": "array", "items": _ref("TaskListItem")},
-                "pagination": {
-                    "type": "object",
-                    "required": ["page", "limit", "total", "total_pages"],
-                    "properties": {
-                        name: {"type": "integer", "minimum": 0}
-                        for name in ("page", "limit", "total", "total_pages")
-                    },
-                },
-            },
-        },
-        "CancelResponse": {
-            "type": "object",
-            "required": ["task_id", "status", "message", "previous_state", "cancelled_at"],
-            "properties": {
-                "task_id": {"type": "string"},
-                "status": {"const": "cancelled"},
-                "message": {"type": "string"},
-                "previous_state": _nullable_types("string"),
-                "cancelled_at": _NULLABLE_TIMESTAMP,
-            },
-        },
-        "RetryResponse": {
-            "type": "object",
-            "required": ["new_task_id", "original_task_id", "status", "message"],
-            "properties": {
-                "new_task_id": {"type": "string"},
-                "original_task_id": {"type": "string"},
-                "status": _STATUS,
-                "message": {"type": "string"},
-            },
-        },
-        "RedeliverResponse": {
-            "type": "object",
-            "required": ["task_id", "status", "callback_url", "webhook_id", "scheduled_at", "message"],
-            "properties": {
-                "task_id": {"type": "string"},
-                "status": _STATUS,
-                "callback_url": {"type": "string"},
-                "webhook_id": {"type": "string"},
-                "scheduled_at": _TIMESTAMP,
-                "message": {"type": "string"},
-            },
-        },
-        "Liveness": {
-            "type": "object",
-            "required": ["status", "service"],
-            "properties": {"status": {"const": "healthy"}, "service": {"const": "taskd"}},
-        },
-        "ServiceHealth": {
-            "type": "object",
-            "required": ["status", "redis_status", "worker_count", "queue_sizes", "system_load", "uptime"],
-            "properties": {
-                "status": {"enum": ["healthy", "degraded", "unhealthy"]},
-                "redis_status": {"enum": ["connected", "disconnected"]},
-                "worker_count": {"type": "integer", "minimum": 0},
-                "queue_sizes": {"type": "object", "additionalProperties": {"type": "integer"}},
-                "system_load": {
-                    "type": "object",
-                    "properties": {
-                        "cpu_percent": {"type": "number"},
-                        "memory_percent": {"type": "number"},
-                        "gpu_utilization": {"type": "array", "items": {"type": "number"}},
-                    },
-                },
-                "uptime": {"type": "integer", "minimum": 0},
-            },
-        },
-        "TaskMetrics": {
-            "type": "object",
-            "required": ["metrics", "timestamp"],
-            "properties": {
-                "metrics": {
-                    "type": "object",
-                    "required": ["total_tasks", "success_rate", "failure_rate", "average_durations"],
-                    "properties": {
-                        "total_tasks": {"type": "integer"},
-                        "completed_tasks": {"type": "integer"},
-                        "failed_tasks": {"type": "integer"},
-                        "retried_tasks": {"type": "integer"},
-                        "cancelled_tasks": {"type": "integer"},
-                        "success_rate": {"type": "number"},
-                        "failure_rate": {"type": "number"},
-                        "average_durations": {"type": "object", "additionalProperties": {"type": "number"}},
-                        "currently_running": {"type": "integer"},
-                    },
-                },
-                "timestamp": _TIMESTAMP,
-            },
-        },
-        "QueueHealth": {
-            "type": "object",
-            "required": ["status", "metrics", "alerts", "timestamp"],
-            "properties": {
-                "status": {"enum": ["healthy", "warning", "critical"]},
-                "metrics": {"type": "object"},
-                "alerts": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["severity", "message", "metric", "value"],
-                        "properties": {
-                            "severity": {"enum": ["warning", "critical"]},
-                            "message": {"type": "string"},
-                            "metric": {"type": "string"},
-                            "value": {"type": "number"},
-                        },
-                    },
-                },
-                "timestamp": _TIMESTAMP,
-            },
-        },
-    }
 
 
 def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
@@ -310,7 +210,7 @@ def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
             "type": "object",
             "required": ["project_id", "task_type", "task_data"],
             "properties": {
-                "project_id": {"type": "string", "pattern": PROJECT_ID.pattern},
+                "project_id": {"type": "string", "pattern": f"^{PROJECT_ID.pattern}$"},
                 "task_type": {"const": name},
                 "task_data": _ref(data),
                 "priority": {"enum": [1, 2, 3], "default": 2},
@@ -557,7 +457,7 @@ def _paths() -> dict[str, Any]:
 
 def document(registry: Registry) -> dict[str, Any]:
     """The OpenAPI 3.1 document for the task types in `registry`."""
-    schemas = _common_schemas()
+    schemas = _body_schemas()
     _submit_schemas(registry, schemas)
     schemas.update(openapi_watch.schemas())
     return {

@@ -36,25 +36,8 @@ _EVENT_STREAM = {
 
 
 def schemas() -> dict[str, Schema]:
-    """Component schemas used by these paths."""
+    """Component schemas used by these paths (`TaskEvent` is `taskd.shapes.TaskEvent`)."""
     return {
-        "TaskEvent": {
-            "type": "object",
-            "required": ["type", "task_id", "project_id", "task_type", "status", "progress", "attempt"],
-            "properties": {
-                "type": {"type": "string", "enum": ["status", "progress"]},
-                "task_id": {"type": "string"},
-                "project_id": {"type": "string"},
-                "task_type": {"type": "string"},
-                "status": {"type": "string"},
-                "progress": {"type": "number"},
-                "current_step": {"type": ["string", "null"]},
-                "error": {"type": ["string", "null"]},
-                "attempt": {"type": "integer"},
-                "at": {"type": ["number", "null"], "description": "epoch seconds"},
-                "result": {"description": "on the `completed` status event only"},
-            },
-        },
         "DashboardOverview": {
             "type": "object",
             "required": ["queues", "workers", "gpus", "uptime", "timestamp"],

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from taskd import shapes
 from taskd.http.context import API
-from taskd.http.responses import json_response
+from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches
 from taskd.http.views import list_item_view
 from taskd.model import TaskStatus, ValidationError
@@ -47,16 +48,13 @@ async def project_tasks(request: web.Request) -> web.Response:
         offset=(page - 1) * limit,
         limit=limit,
     )
-    return json_response(
-        {
-            "tasks": [list_item_view(record) for record in records],
-            "pagination": {
-                "page": page,
-                "limit": limit,
-                "total": total,
-                "total_pages": (total + limit - 1) // limit,
-            },
-        }
+    return shape_response(
+        shapes.ProjectTasks(
+            tasks=[list_item_view(record) for record in records],
+            pagination=shapes.Pagination(
+                page=page, limit=limit, total=total, total_pages=(total + limit - 1) // limit
+            ),
+        )
     )
 
 

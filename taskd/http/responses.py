@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from taskd import shapes
 from taskd.model import ValidationError
 
 
@@ -15,6 +16,11 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(
         body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
     )
+
+
+def shape_response(shape: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response of one of `taskd.shapes`' bodies."""
+    return json_response(shapes.render(shape), status, headers)
 
 
 async def read_json(request: web.Request) -> Any:

@@ -7,12 +7,13 @@ import logging
 import attrs
 from aiohttp import web
 
+from taskd import shapes
 from taskd.http.auth import KEY_ID
 from taskd.http.context import API
 from taskd.http.input_limits import check_body_shape
-from taskd.http.responses import json_response, read_json
+from taskd.http.responses import read_json, shape_response
 from taskd.http.scope import Touches, touches
-from taskd.http.views import status_view
+from taskd.http.views import stamp, status_view
 from taskd.logs import bind_task
 from taskd.model import TaskStatus, iso
 from taskd.net.guard import AddressPolicy, check_callback_url
@@ -39,15 +40,15 @@ async def submit(request: web.Request) -> web.Response:
         log.info(
             "task submitted", extra={"queue": accepted.record.queue, "priority": accepted.record.priority}
         )
-    return json_response(
-        {
-            "task_id": accepted.record.task_id,
-            "status": accepted.record.status.value,
-            "project_id": accepted.record.project_id,
-            "estimated_duration": accepted.estimated_duration,
-            "queue_position": accepted.queue_position,
-            "created_at": iso(accepted.record.created_at),
-        }
+    return shape_response(
+        shapes.SubmitResponse(
+            task_id=accepted.record.task_id,
+            status=accepted.record.status,
+            project_id=accepted.record.project_id,
+            estimated_duration=accepted.estimated_duration,
+            queue_position=accepted.queue_position,
+            created_at=stamp(accepted.record.created_at),
+        )
     )
 
 
@@ -61,7 +62,7 @@ async def status(request: web.Request) -> web.Response:
     if record.status is TaskStatus.QUEUED:
         position = await api.queue.position_of(record.job_id, record.queue)
     webhook = await delivery_state(api.redis, record.task_id) if record.callback_url else None
-    return json_response(status_view(record, position, webhook))
+    return shape_response(status_view(record, position, webhook))
 
 
 @routes.delete("/api/v1/tasks/{task_id}")
@@ -79,14 +80,14 @@ async def cancel(request: web.Request) -> web.Response:
         )
     else:
         message = "Task was already cancelled"
-    return json_response(
-        {
-            "task_id": task_id,
-            "status": TaskStatus.CANCELLED.value,
-            "message": message,
-            "previous_state": outcome.previous_state,
-            "cancelled_at": iso(outcome.cancelled_at),
-        }
+    return shape_response(
+        shapes.CancelResponse(
+            task_id=task_id,
+            status="cancelled",
+            message=message,
+            previous_state=outcome.previous_state,
+            cancelled_at=iso(outcome.cancelled_at),
+        )
     )
 
 
@@ -99,13 +100,13 @@ async def retry(request: web.Request) -> web.Response:
     accepted = await api.dispatcher.retry(original)
     with bind_task(accepted.record):
         log.info("task submitted as a retry", extra={"retry_of": original, "queue": accepted.record.queue})
-    return json_response(
-        {
-            "new_task_id": accepted.record.task_id,
-            "original_task_id": original,
-            "status": accepted.record.status.value,
-            "message": "Task retry submitted successfully",
-        }
+    return shape_response(
+        shapes.RetryResponse(
+            new_task_id=accepted.record.task_id,
+            original_task_id=original,
+            status=accepted.record.status,
+            message="Task retry submitted successfully",
+        )
     )
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from taskd import shapes
 from taskd.http.context import API
-from taskd.http.responses import json_response
+from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches
-from taskd.model import InvalidState, iso
+from taskd.http.views import stamp
+from taskd.model import InvalidState
 from taskd.webhooks.outbox import Outbox, now_ms
 from taskd.webhooks.payload import event_id
 
@@ -26,15 +28,15 @@ async def redeliver(request: web.Request) -> web.Response:
         raise InvalidState(f"Task is {record.status.value}; its webhook is sent once it has ended")
     at = now_ms()
     await Outbox(api.redis, api.config.storage.task_ttl).redeliver(record.task_id, at)
-    return json_response(
-        {
-            "task_id": record.task_id,
-            "status": record.status.value,
-            "callback_url": record.callback_url,
-            "webhook_id": event_id(record),
-            "scheduled_at": iso(at / 1000),
-            "message": "Webhook redelivery scheduled",
-        },
+    return shape_response(
+        shapes.RedeliverResponse(
+            task_id=record.task_id,
+            status=record.status,
+            callback_url=record.callback_url,
+            webhook_id=event_id(record),
+            scheduled_at=stamp(at / 1000),
+            message="Webhook redelivery scheduled",
+        ),
         202,
     )
 

@@ -1,0 +1,371 @@
+"""Every JSON body taskd sends, one attrs class each: the views render them, the OpenAPI document is
+generated from them, the Python client reads them, and the events the store's Lua writes are checked
+against `TaskEvent`.
+
+A field's `metadata` carries its description and the JSON Schema keywords the document publishes for
+it (`meta`). A field whose default is `ABSENT` is left out of the body when it has no value; every
+other field is always sent (as `null` when it has none), so the document lists it as required.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar, Final, Literal
+
+import attrs
+import cattrs
+
+from taskd import model
+
+
+class Absent(enum.Enum):
+    """The type of `ABSENT`: a field that is not in the body at all (unlike `None`, sent as null)."""
+
+    ABSENT = "absent"
+
+
+ABSENT: Final = Absent.ABSENT
+
+# `2025-01-15T10:30:00Z`, as `taskd.model.iso` renders every time.
+TIMESTAMP: Final = {"pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"}
+
+
+def meta(description: str = "", **schema: Any) -> dict[str, Any]:
+    """A field's metadata: its description and the JSON Schema keywords that hold for its values."""
+    return {"description": description, "schema": schema}
+
+
+def render(shape: Any) -> Any:
+    """A shape as plain JSON data: attrs classes as objects without their `ABSENT` fields, enums as values."""
+    if attrs.has(type(shape)):
+        return {
+            field.name: render(value)
+            for field in attrs.fields(type(shape))
+            if (value := getattr(shape, field.name)) is not ABSENT
+        }
+    if isinstance(shape, enum.Enum):
+        return shape.value
+    if isinstance(shape, list | tuple):
+        return [render(item) for item in shape]
+    if isinstance(shape, dict):
+        return {key: render(value) for key, value in shape.items()}
+    return shape
+
+
+def _absent_union(kind: Any) -> bool:
+    return typing.get_origin(kind) in (types.UnionType, typing.Union) and Absent in typing.get_args(kind)
+
+
+def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
+    """A cattrs converter that reads these bodies back; strict about unknown fields when asked."""
+    converter = cattrs.Converter(forbid_extra_keys=forbid_extra_keys)
+
+    # A field that may be ABSENT holds, when the body has it, a value of the rest of its type.
+    def absent_hook(kind: Any) -> Callable[[Any, Any], Any]:
+        rest = tuple(arg for arg in typing.get_args(kind) if arg is not Absent)
+        inner: Any = rest[0] if len(rest) == 1 else typing.Union[rest]  # noqa: UP007 (a union made at run time)
+        return lambda value, _: converter.structure(value, inner)
+
+    converter.register_structure_hook_factory(_absent_union, absent_hook)
+    return converter
+
+
+CONVERTER: Final = make_converter()
+
+
+# ---- errors ----
+
+
+@attrs.frozen
+class Error:
+    """Every refused request (and `internal_error`): what went wrong, per field where it can say."""
+
+    error: str = attrs.field(
+        metadata=meta("What kind of error", examples=["validation_error", "rate_limited"])
+    )
+    message: str = attrs.field(metadata=meta("What went wrong, for a person"))
+    details: dict[str, str] | Absent = attrs.field(
+        default=ABSENT, metadata=meta("`validation_error`: one message per bad field, by its path")
+    )
+    retry_after: int | Absent = attrs.field(
+        default=ABSENT, metadata=meta("`rate_limited`, `service_unavailable`: seconds to wait", minimum=0)
+    )
+
+
+@attrs.frozen
+class Detail:
+    """A cancel or retry refused because of the task's state, in the document's `detail` shape."""
+
+    detail: str
+
+
+# ---- tasks ----
+
+
+Status = model.TaskStatus
+
+
+@attrs.frozen
+class SubmitResponse:
+    """`POST /api/v1/tasks/submit`: the task as stored and queued."""
+
+    task_id: str
+    status: Status
+    project_id: str
+    estimated_duration: int = attrs.field(metadata=meta("Seconds the task is expected to run", minimum=1))
+    queue_position: int = attrs.field(metadata=meta("Tasks ahead of it on its queue", minimum=0))
+    created_at: str = attrs.field(metadata=meta(**TIMESTAMP))
+
+
+@attrs.frozen
+class Webhook:
+    """How the delivery of a task's webhook is going."""
+
+    attempts: int = attrs.field(metadata=meta(minimum=0))
+    last_status: int | None = attrs.field(metadata=meta("HTTP status of the last attempt"))
+    last_error: str | None
+    last_attempt_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+    delivered_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+    failed_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+    next_attempt_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+
+
+@attrs.frozen
+class TaskStatusBody:
+    """`GET /api/v1/tasks/{task_id}/status`: the document's fields, then taskd's extras."""
+
+    schema_name: ClassVar[str] = "TaskStatus"  # the name the OpenAPI document has always given it
+
+    task_id: str
+    project_id: str
+    status: Status
+    progress: float = attrs.field(metadata=meta(minimum=0, maximum=1))
+    current_step: str | None
+    result: dict[str, Any] | None
+    error: str | None
+    started_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+    completed_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+    processing_time: float | None = attrs.field(metadata=meta("Seconds from start to end"))
+    task_type: str
+    priority: int
+    attempt: int = attrs.field(metadata=meta("Runs started so far", minimum=0))
+    last_error: str | None
+    next_retry_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+    created_at: str = attrs.field(metadata=meta(**TIMESTAMP))
+    updated_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+    traceback: str | Absent = attrs.field(default=ABSENT, metadata=meta("A failed task's traceback"))
+    previous_state: str | Absent | None = attrs.field(default=ABSENT, metadata=meta("Cancelled tasks only"))
+    cancelled_at: str | Absent | None = attrs.field(
+        default=ABSENT, metadata=meta("Cancelled tasks only", **TIMESTAMP)
+    )
+    retry_of: str | Absent = attrs.field(default=ABSENT, metadata=meta("The task this one retries"))
+    queue_position: int | Absent = attrs.field(default=ABSENT, metadata=meta("Queued tasks only", minimum=0))
+    webhook: Webhook | None = attrs.field(default=None, metadata=meta("Tasks with a `callback_url` only"))
+
+
+@attrs.frozen
+class TaskListItem:
+    """One entry of a project's task list."""
+
+    task_id: str
+    project_id: str
+    task_type: str
+    status: Status
+    task_data: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    progress: float = attrs.field(metadata=meta(minimum=0, maximum=1))
+    priority: int
+    created_at: str = attrs.field(metadata=meta(**TIMESTAMP))
+    updated_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+
+
+@attrs.frozen
+class Pagination:
+    """Where a page is in a project's task list."""
+
+    page: int = attrs.field(metadata=meta(minimum=1))
+    limit: int = attrs.field(metadata=meta(minimum=1, maximum=100))
+    total: int = attrs.field(metadata=meta(minimum=0))
+    total_pages: int = attrs.field(metadata=meta(minimum=0))
+
+
+@attrs.frozen
+class ProjectTasks:
+    """`GET /api/v1/projects/{project_id}/tasks`: one page, newest first."""
+
+    tasks: list[TaskListItem]
+    pagination: Pagination
+
+
+@attrs.frozen
+class CancelResponse:
+    """`DELETE /api/v1/tasks/{task_id}`: cancelled now, or already."""
+
+    task_id: str
+    status: Literal["cancelled"]
+    message: str
+    previous_state: str | None
+    cancelled_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+
+
+@attrs.frozen
+class RetryResponse:
+    """`POST /api/v1/tasks/{task_id}/retry`: the new task."""
+
+    new_task_id: str
+    original_task_id: str
+    status: Status
+    message: str
+
+
+@attrs.frozen
+class RedeliverResponse:
+    """`POST /api/v1/tasks/{task_id}/webhook/redeliver`: a fresh delivery is scheduled."""
+
+    task_id: str
+    status: Status
+    callback_url: str
+    webhook_id: str
+    scheduled_at: str = attrs.field(metadata=meta(**TIMESTAMP))
+    message: str
+
+
+# ---- health and metrics ----
+
+
+@attrs.frozen
+class Liveness:
+    """`GET /health`: the process is up."""
+
+    status: Literal["healthy"]
+    service: Literal["taskd"]
+
+
+@attrs.frozen
+class SystemLoad:
+    """This host's load."""
+
+    cpu_percent: float = attrs.field(metadata=meta(minimum=0))
+    memory_percent: float = attrs.field(metadata=meta(minimum=0, maximum=100))
+    gpu_utilization: list[float] = attrs.field(metadata=meta("Per device, percent"))
+
+
+@attrs.frozen
+class GpuDevice:
+    """One GPU of this host: what NVML reads and the slots taskd hands out."""
+
+    index: int = attrs.field(metadata=meta(minimum=0))
+    name: str
+    utilization: float
+    memory_used: int = attrs.field(metadata=meta("Bytes", minimum=0))
+    memory_total: int = attrs.field(metadata=meta("Bytes", minimum=0))
+    slots: int = attrs.field(metadata=meta("Jobs the device runs at once"))
+    slots_used: int = attrs.field(metadata=meta(minimum=0))
+    running: dict[str, int] = attrs.field(metadata=meta("Slots held, by task id (tasks the key may see)"))
+
+
+@attrs.frozen
+class ServiceHealth:
+    """`GET /api/v1/health`."""
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    redis_status: Literal["connected", "disconnected"]
+    worker_count: int = attrs.field(metadata=meta(minimum=0))
+    queue_sizes: dict[str, int] = attrs.field(metadata=meta("Waiting tasks, by queue"))
+    system_load: SystemLoad
+    uptime: int = attrs.field(metadata=meta("Seconds", minimum=0))
+    gpus: list[GpuDevice] | Absent = attrs.field(default=ABSENT, metadata=meta("Not when unhealthy"))
+    gpu_note: str | Absent = attrs.field(default=ABSENT, metadata=meta("When this host has no GPU"))
+
+
+@attrs.frozen
+class Counters:
+    """The cumulative task counters shared by every process."""
+
+    total_tasks: int = attrs.field(metadata=meta(minimum=0))
+    completed_tasks: int = attrs.field(metadata=meta(minimum=0))
+    failed_tasks: int = attrs.field(metadata=meta(minimum=0))
+    retried_tasks: int = attrs.field(metadata=meta(minimum=0))
+    cancelled_tasks: int = attrs.field(metadata=meta(minimum=0))
+    success_rate: float = attrs.field(metadata=meta("Percent", minimum=0, maximum=100))
+    failure_rate: float = attrs.field(metadata=meta("Percent", minimum=0, maximum=100))
+    average_durations: dict[str, float] = attrs.field(metadata=meta("Seconds, by task type"))
+    currently_running: int = attrs.field(metadata=meta(minimum=0))
+    webhooks_delivered: int = attrs.field(metadata=meta(minimum=0))
+    webhooks_failed: int = attrs.field(metadata=meta(minimum=0))
+
+
+@attrs.frozen
+class TaskMetrics:
+    """`GET /api/v1/tasks/metrics`."""
+
+    metrics: Counters
+    timestamp: str = attrs.field(metadata=meta(**TIMESTAMP))
+
+
+@attrs.frozen
+class QueueHealthMetrics:
+    """The counters queue health is judged by."""
+
+    total_tasks: int = attrs.field(metadata=meta(minimum=0))
+    completed_tasks: int = attrs.field(metadata=meta(minimum=0))
+    failed_tasks: int = attrs.field(metadata=meta(minimum=0))
+    success_rate: float = attrs.field(metadata=meta("Percent", minimum=0, maximum=100))
+    failure_rate: float = attrs.field(metadata=meta("Percent", minimum=0, maximum=100))
+    currently_running: int = attrs.field(metadata=meta(minimum=0))
+
+
+@attrs.frozen
+class Alert:
+    """One queue-health alert; the fields after `value` come with the metrics that name them."""
+
+    severity: Literal["warning", "critical"]
+    message: str
+    metric: str = attrs.field(
+        metadata=meta(examples=["failure_rate", "task_duration", "memory_usage", "redis_memory"])
+    )
+    value: float
+    task_id: str | Absent = attrs.field(default=ABSENT, metadata=meta("`task_duration`, `memory_usage`"))
+    worker_id: str | Absent = attrs.field(default=ABSENT, metadata=meta("`memory_usage`"))
+    used_memory: int | Absent = attrs.field(default=ABSENT, metadata=meta("`redis_memory`: bytes"))
+    maxmemory: int | Absent = attrs.field(default=ABSENT, metadata=meta("`redis_memory`: bytes"))
+
+
+QueueStatus = Literal["healthy", "warning", "critical"]
+
+
+@attrs.frozen
+class QueueHealth:
+    """`GET /api/v1/tasks/health`: the worst alert's severity, the metrics and the alerts."""
+
+    status: QueueStatus
+    metrics: QueueHealthMetrics
+    alerts: list[Alert]
+    timestamp: str = attrs.field(metadata=meta(**TIMESTAMP))
+
+
+# ---- events ----
+
+
+@attrs.frozen
+class TaskEvent:
+    """The `data` of one server-sent event: the task's public fields after a change.
+
+    Written by the store's Lua (`taskd/store/lua/lib/emit.lua`), atomically with the change.
+    """
+
+    type: Literal["status", "progress"]
+    task_id: str
+    project_id: str
+    task_type: str
+    status: Status
+    progress: float = attrs.field(metadata=meta(minimum=0, maximum=1))
+    current_step: str | None
+    error: str | None
+    attempt: int = attrs.field(metadata=meta(minimum=0))
+    at: float | None = attrs.field(metadata=meta("Epoch seconds"))
+    result: Any = attrs.field(default=ABSENT, metadata=meta("On the `completed` status event only"))
