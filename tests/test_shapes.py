@@ -8,6 +8,8 @@ import orjson
 import pytest
 
 from taskd import client, keys, shapes
+from taskd.http.openapi import document
+from taskd.tasks.registry import default_registry
 
 STRICT = shapes.make_converter(forbid_extra_keys=True)
 
@@ -77,3 +79,31 @@ def test_the_client_reads_every_field_of_the_body_it_stands_for(result, shape, e
     read = {field.name for field in attrs.fields(result)}
 
     assert {field.name for field in attrs.fields(shape)} - elsewhere - read == set()
+
+
+def test_task_data_is_published_with_the_defaults_ranges_and_enums_of_its_validators():
+
+    schemas = document(default_registry())["components"]["schemas"]
+
+    assert schemas["GenerateVideoInput"]["properties"]["duration"] == {
+        "type": "number",
+        "minimum": 1,
+        "maximum": 30,
+        "default": 7,
+    }
+    assert schemas["ProcessAudioInput"]["properties"]["output_format"]["enum"] == [
+        "mp3",
+        "wav",
+        "flac",
+        "ogg",
+    ]
+    assert schemas["ProcessAudioInput"]["properties"]["tracks"]["minItems"] == 1
+
+
+def test_a_body_taskd_sends_lists_every_field_it_always_sends_as_required_and_no_other():
+
+    status = document(default_registry())["components"]["schemas"]["TaskStatus"]
+
+    assert "current_step" in status["required"]
+    assert "queue_position" not in status["required"]
+    assert status["additionalProperties"] is False
