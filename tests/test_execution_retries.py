@@ -103,17 +103,17 @@ async def test_provider_auth_failure_is_not_retried(start_service, fake_llm):
     assert len(fake_llm.requests) == 1
 
 
-async def test_evaluation_returns_the_documented_fallback_once_retries_run_out(start_service, fake_llm):
+async def test_evaluation_fails_once_the_retries_of_a_failing_provider_run_out(start_service, fake_llm):
+    # The issue 15 behaviour: no made-up "AI service failure" rating once the retries are used up.
     service = await start_service(
         llm_url=fake_llm.base_url, retry=RetryConfig(base_delay=0.05, max_retries=1)
     )
-    fake_llm.fail(503)
-    fake_llm.fail(503)
+    fake_llm.fail(500, "upstream exploded")
+    fake_llm.fail(500, "upstream exploded")
     task = await service.submit("evaluate_department", TASK_DATA["evaluate_department"])
 
     body = await service.wait_terminal(task["task_id"])
 
-    assert body["status"] == "completed"
-    assert body["attempt"] == 2
-    assert body["result"]["rating"] == 50
-    assert body["result"]["issues"] == ["AI evaluation service unavailable"]
+    assert (body["status"], body["attempt"], body["result"]) == ("failed", 2, None)
+    assert body["error"] == "Evaluation could not be made: LLM provider returned HTTP 500: upstream exploded"
+    assert len(fake_llm.requests) == 2

@@ -1,4 +1,5 @@
-"""The LLM-backed handlers (`test_prompt`, `evaluate_department`) against a real fake OpenAI server."""
+"""The LLM-backed handlers (`test_prompt`, `evaluate_department`, `automated_gather_creation`)
+against a real fake OpenAI server."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from fake_openai import FakeOpenAI
 
 from taskd.config import Config, LlmProvider, ProvidersConfig
 from taskd.providers.llm import ChatClient, ProviderError
+from taskd.tasks.builtin import automated_gather_creation as gather_task
 from taskd.tasks.builtin import evaluate_department
 from taskd.tasks.builtin import test_prompt as prompt_task
+from taskd.tasks.builtin.automated_gather_creation import AutomatedGatherCreationInput
 from taskd.tasks.builtin.evaluate_department import EvaluateDepartmentInput, GatherItem
 from taskd.tasks.builtin.evaluate_department import PreviousEvaluation as Prev
 from taskd.tasks.builtin.test_prompt import TestPromptInput
@@ -294,40 +297,89 @@ async def test_evaluate_empty_gather_data_returns_insufficient_data_without_llm(
     }
 
 
-async def test_evaluate_provider_timeout_gives_ai_service_timeout(
+# An evaluation that could not be made fails the task: the document's "AI service failure"
+# result (rating 50, which passes any threshold up to 50) was a verdict nobody gave. make_ctx is
+# the task's last attempt, so these are the outcomes once the automatic retries are used up.
+
+
+async def test_evaluate_fails_when_the_provider_answers_500_on_the_last_attempt(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.fail(500, "upstream exploded")
+    with pytest.raises(ProviderError) as caught:
+        await evaluate_department.run(ctx, evaluation(threshold=50))
+    assert str(caught.value) == (
+        "Evaluation could not be made: LLM provider returned HTTP 500: upstream exploded"
+    )
+    # Still transient: on an earlier attempt the executor retries it.
+    assert (caught.value.transient, caught.value.status) == (True, 500)
+
+
+async def test_evaluate_fails_when_the_provider_times_out(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
     ctx, _ = make_ctx(http, server.base_url, timeout=0.2)
     server.hang(5)
-    result = await evaluate_department.run(ctx, evaluation())
-    assert result["rating"] == 50
-    assert result["evaluation_result"] == "fail"
-    assert result["evaluation_summary"] == "Evaluation could not be completed: AI service timeout"
-    assert result["issues"] == ["AI evaluation service unavailable"]
-    assert result["suggestions"] == ["Retry evaluation when service is available"]
-    assert result["metadata"] == {"model": None, "tokens_used": 0, "confidence_score": 0.0}
+    with pytest.raises(ProviderError) as caught:
+        await evaluate_department.run(ctx, evaluation())
+    assert str(caught.value) == "Evaluation could not be made: LLM provider did not answer within 0.2s"
+    assert caught.value.transient and caught.value.timeout
 
 
-async def test_evaluate_provider_http_error_gives_ai_service_error(
+async def test_evaluate_fails_without_retry_when_the_provider_answers_401(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
     ctx, _ = make_ctx(http, server.base_url)
-    server.fail(503, "overloaded sk-test")
-    result = await evaluate_department.run(ctx, evaluation(threshold=50))
-    assert result["evaluation_summary"] == "Evaluation could not be completed: AI service error (HTTP 503)"
-    assert (result["rating"], result["evaluation_result"]) == (50, "pass")
+    server.fail(401, "Incorrect API key provided: sk-test")
+    with pytest.raises(ProviderError) as caught:
+        await evaluate_department.run(ctx, evaluation())
+    assert str(caught.value).startswith("Evaluation could not be made: LLM provider returned HTTP 401")
+    assert "sk-test" not in str(caught.value)
+    assert not caught.value.transient
 
 
-async def test_evaluate_malformed_verdict_gives_ai_failure(
+async def test_evaluate_fails_when_the_answer_is_not_json(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
     ctx, _ = make_ctx(http, server.base_url)
     server.reply("I think the department is fine.")
-    result = await evaluate_department.run(ctx, evaluation())
-    assert result["rating"] == 50
-    assert result["evaluation_summary"].startswith("Evaluation could not be completed: AI service error")
-    assert result["issues"] == ["AI evaluation service unavailable"]
-    assert result["metadata"]["model"] is None
+    with pytest.raises(TaskError) as caught:
+        await evaluate_department.run(ctx, evaluation())
+    assert str(caught.value) == (
+        "Evaluation could not be made: the LLM's answer has no rating from 0 to 100 "
+        "(it began: I think the department is fine.)"
+    )
+    assert not caught.value.transient
+
+
+async def test_evaluate_fails_when_the_json_answer_has_no_rating(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply(orjson.dumps({**VERDICT, "rating": "excellent"}).decode())
+    with pytest.raises(TaskError, match="the LLM's answer has no rating from 0 to 100"):
+        await evaluate_department.run(ctx, evaluation())
+
+
+async def test_evaluate_fails_when_the_provider_reply_is_not_a_completion(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.raw("<html>gateway page</html>", content_type="text/html")
+    with pytest.raises(ProviderError) as caught:
+        await evaluate_department.run(ctx, evaluation())
+    assert str(caught.value) == "Evaluation could not be made: LLM provider sent a malformed reply"
+
+
+async def test_evaluate_reports_no_progress_past_the_failed_call(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, sink = make_ctx(http, server.base_url)
+    server.fail(503)
+    with pytest.raises(ProviderError):
+        await evaluate_department.run(ctx, evaluation())
+    assert [step for _, step in sink.calls] == ["preparing_evaluation", "calling_llm"]
 
 
 async def test_evaluate_without_provider_raises_task_error(http: aiohttp.ClientSession) -> None:
@@ -355,6 +407,31 @@ async def test_evaluate_progress_is_monotone(server: FakeOpenAI, http: aiohttp.C
     assert fractions[-1] == 1.0
     steps = [step for _, step in sink.calls]
     assert steps[:3] == ["preparing_evaluation", "calling_llm", "parsing_verdict"]
+
+
+# automated_gather_creation
+
+
+async def test_gather_fails_when_every_departments_reply_is_unreadable(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply("Sorry, I cannot help with that.")
+    server.reply('{"items": [{"content": "   "}]}')
+    data = AutomatedGatherCreationInput("A noir brief", departments=["story", "audio"])
+    with pytest.raises(TaskError) as caught:
+        await gather_task.run(ctx, data)
+    assert str(caught.value) == "No gather items: the LLM's reply for every department was unreadable"
+
+
+async def test_gather_fails_when_no_department_slug_is_usable(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    data = AutomatedGatherCreationInput("A noir brief", departments=["  ", ""])
+    with pytest.raises(TaskError, match="no department to gather for"):
+        await gather_task.run(ctx, data)
+    assert server.requests == []
 
 
 # input validation

@@ -25,6 +25,7 @@ ITEMS_PROMPT = (
     '{{"items": [{{"content": "<the material itself, several sentences>", "summary": "<one line>", '
     '"context": "<where it fits or why it matters>"}}]}}'
 )
+NOTHING_IN_TIME = "Soft time limit reached before any department was gathered"
 Progress = Callable[[float, str], Awaitable[None]]
 
 
@@ -157,6 +158,15 @@ class Workflow:
         }
 
 
+def _nothing_gathered(result: dict[str, Any]) -> str:
+    """Why a workflow that raised nothing still has no gather item."""
+    if result["stopped_early"]:
+        return NOTHING_IN_TIME
+    if not result["departments"]:
+        return "No gather items: no department to gather for (the given slugs are blank)"
+    return "No gather items: the LLM's reply for every department was unreadable"
+
+
 async def run(ctx: TaskContext, data: AutomatedGatherCreationInput) -> dict[str, Any]:
     """Outline departments from the brief (unless given), then ask for items per department."""
     started = time.monotonic()
@@ -169,7 +179,11 @@ async def run(ctx: TaskContext, data: AutomatedGatherCreationInput) -> dict[str,
     try:
         result = await workflow.run()
     except SoftTimeLimitExceeded:
-        raise TaskError("Soft time limit reached before any department was gathered") from None
+        raise TaskError(NOTHING_IN_TIME) from None
+    if not result["gather_data"]:
+        # `completed` with no item at all would read as "the brief needs nothing gathered"; it means
+        # the work could not be done, which is a failure (provider errors already raised above).
+        raise TaskError(_nothing_gathered(result))
     result["processing_time"] = round(time.monotonic() - started, 1)
     await ctx.progress(1.0, "done")
     return result

@@ -9,10 +9,12 @@ from typing import Any
 import attrs
 
 from taskd.providers.llm import ChatClient, ChatReply, ProviderError, first_object
-from taskd.tasks.spec import TaskContext, TaskType
+from taskd.tasks.spec import TaskContext, TaskError, TaskType
 from taskd.validation import between, max_length, not_blank
 
 GATHER_LIMIT = 500
+EXCERPT_LIMIT = 120
+NO_VERDICT = "Evaluation could not be made"
 SYSTEM_PROMPT = (
     "You evaluate the readiness of one department of a movie production. "
     "Judge the gathered content for quality, completeness and consistency with earlier departments. "
@@ -102,19 +104,6 @@ def insufficient_data(data: EvaluateDepartmentInput, started: float) -> dict[str
     return result
 
 
-def service_failure(data: EvaluateDepartmentInput, started: float, reason: str) -> dict[str, Any]:
-    """The API document's result when the AI service could not give a verdict."""
-    what = "AI service timeout" if reason == "timeout" else f"AI service error ({reason})"
-    return _result(
-        data,
-        started,
-        rating=50,
-        summary=f"Evaluation could not be completed: {what}",
-        issues=["AI evaluation service unavailable"],
-        suggestions=["Retry evaluation when service is available"],
-    )
-
-
 def build_messages(data: EvaluateDepartmentInput) -> list[dict[str, str]]:
     """The system and user messages asking for a verdict on this department."""
     lines = [
@@ -178,7 +167,12 @@ def parse_verdict(text: str) -> Verdict | None:
 
 
 async def run(ctx: TaskContext, data: EvaluateDepartmentInput) -> dict[str, Any]:
-    """Ask the LLM for a verdict on the department; never fails for a provider problem, see the document."""
+    """Ask the LLM for a verdict on the department; fail when no verdict could be had.
+
+    A result is only ever the LLM's own rating (or the document's "insufficient data" answer for
+    empty `gather_data`): a caller acts on `evaluation_result`, so a rating made up because the
+    provider was down or answered nonsense would pass or fail a department on no evidence.
+    """
     started = time.monotonic()
     await ctx.progress(0.1, "preparing_evaluation")
     if not data.gather_data:
@@ -186,21 +180,22 @@ async def run(ctx: TaskContext, data: EvaluateDepartmentInput) -> dict[str, Any]
         return insufficient_data(data, started)
     messages = build_messages(data)
     await ctx.progress(0.2, "calling_llm")
+    client = ChatClient(ctx.config.providers.llm, ctx.http)
     try:
-        client = ChatClient(ctx.config.providers.llm, ctx.http)
         reply: ChatReply = await client.complete(messages, json_mode=True)
     except ProviderError as exc:
-        # A provider that may recover gets the task's automatic retries first; the document's
-        # "AI service failure" result is the answer once they are used up.
-        if exc.transient and not ctx.final_attempt:
-            raise
-        await ctx.progress(1.0, "done")
-        return service_failure(data, started, exc.reason)
+        # Still transient or not as the provider's answer was: a provider that may recover gets
+        # the task's automatic retries, then the task fails with this error.
+        raise ProviderError(
+            f"{NO_VERDICT}: {exc.message}", exc.transient, exc.status, timeout=exc.timeout
+        ) from exc
     await ctx.progress(0.9, "parsing_verdict")
     verdict = parse_verdict(reply.content)
-    await ctx.progress(1.0, "done")
     if verdict is None:
-        return service_failure(data, started, "unreadable verdict")
+        raise TaskError(
+            f"{NO_VERDICT}: the LLM's answer has no rating from 0 to 100 ({_excerpt(reply.content)})"
+        )
+    await ctx.progress(1.0, "done")
     return _result(
         data,
         started,
@@ -212,6 +207,14 @@ async def run(ctx: TaskContext, data: EvaluateDepartmentInput) -> dict[str, Any]
         tokens_used=reply.total_tokens,
         confidence=verdict.confidence,
     )
+
+
+def _excerpt(text: str) -> str:
+    """The start of an unusable answer, for the error: enough to see what the model did instead."""
+    flat = " ".join(text.split())
+    if not flat:
+        return "it was empty"
+    return "it began: " + (flat if len(flat) <= EXCERPT_LIMIT else flat[: EXCERPT_LIMIT - 1] + "…")
 
 
 TASK = TaskType(
