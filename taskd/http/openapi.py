@@ -181,11 +181,6 @@ def _merge(schema: Schema, keywords: typing.Mapping[str, Any], *, array: bool) -
             schema[_ITEM_COUNTS.get(key, key) if array else key] = value
 
 
-def type_schema(kind: Any, schemas: dict[str, Schema]) -> Schema:
-    """The JSON Schema of a type used in a task input class; attrs classes go to `schemas` by name."""
-    return _Classes(schemas, sent=False).type_schema(kind)
-
-
 def class_schema(cls: type, schemas: dict[str, Schema]) -> str:
     """Add a task input class (and the classes it uses) to `schemas`; its name there."""
     return _Classes(schemas, sent=False).add(cls)
