@@ -74,6 +74,8 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
 
 
 CONVERTER: Final = make_converter()
+# For bodies taskd builds from dicts of its own: a key the shape lacks is a bug to see, not to drop.
+STRICT_CONVERTER: Final = make_converter(forbid_extra_keys=True)
 
 
 # ---- errors ----

@@ -150,7 +150,7 @@ async def queue_health(request: web.Request) -> web.Response:
             currently_running=metrics.currently_running,
         ),
         # An alert's extra fields (task_id, worker_id, ...) are checked against the shape here.
-        alerts=[shapes.CONVERTER.structure(alert.to_json(), shapes.Alert) for alert in alerts],
+        alerts=[shapes.STRICT_CONVERTER.structure(alert.to_json(), shapes.Alert) for alert in alerts],
         timestamp=stamp(now()),
     )
     return shape_response(health)
