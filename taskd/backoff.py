@@ -15,6 +15,12 @@ RECONNECT_FIRST = 0.25
 RECONNECT_CAP = 1.0
 RECONNECT_JITTER = 0.5
 
+# Automatic task retries: the configured schedule (retry.base_delay, 2x, 4x: 60/120/240 s by
+# default) gives upper bounds, and each wait is drawn uniformly below its bound ("full jitter"),
+# so the tasks that one provider outage failed together come back spread over the whole window
+# instead of all in the same second.
+RETRY_JITTER = 1.0
+
 
 def exponential_delay(
     attempt: int, base: float, *, factor: float = 2.0, cap: float | None = None, jitter: float = 0.0
@@ -29,6 +35,11 @@ def exponential_delay(
     delay = float(next(islice(delays, attempt - 1, None)))
     # Jitter only ever shortens a delay, so `cap` stays the longest wait there is.
     return delay * (1.0 - jitter * random.random()) if jitter else delay
+
+
+def retry_delay(attempt: int, base: float) -> float:
+    """Seconds before the automatic retry after failed attempt `attempt`: at random in (0, base * 2**(attempt-1)]."""
+    return exponential_delay(attempt, base, jitter=RETRY_JITTER)
 
 
 @attrs.define

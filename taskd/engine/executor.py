@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import keys
-from taskd.backoff import Backoff, exponential_delay
+from taskd.backoff import Backoff, retry_delay
 from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.gpu.scheduler import GpuScheduler, Lease
@@ -400,7 +400,7 @@ class Executor:
                 traceback=outcome.traceback,
             )
         elif outcome.kind == "retry":
-            delay = exponential_delay(record.attempt, self.config.retry.base_delay)
+            delay = retry_delay(record.attempt, self.config.retry.base_delay)
             log.warning(
                 "task %s attempt %d failed (%s); retrying in %.1f s",
                 record.task_id,

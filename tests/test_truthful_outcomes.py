@@ -1,0 +1,80 @@
+"""Outcomes that tell the truth (issue 15, item 4): an evaluation nobody made fails, and retries
+are spread by full jitter."""
+
+from __future__ import annotations
+
+from examples import TASK_DATA
+
+from taskd import keys
+from taskd.backoff import retry_delay
+from taskd.config import RetryConfig
+
+# evaluate_department through the API: a failed task, never a completed made-up verdict
+
+
+async def test_evaluation_refused_with_401_fails_at_once_without_a_result(start_service, fake_llm):
+    service = await start_service(llm_url=fake_llm.base_url, retry=RetryConfig(base_delay=0.05))
+    fake_llm.fail(401, "Incorrect API key provided")
+    task = await service.submit("evaluate_department", TASK_DATA["evaluate_department"])
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["attempt"], body["result"]) == ("failed", 1, None)
+    assert body["error"] == (
+        "Evaluation could not be made: LLM provider returned HTTP 401: Incorrect API key provided"
+    )
+    assert len(fake_llm.requests) == 1
+
+
+async def test_evaluation_answered_without_a_rating_fails_without_a_result(start_service, fake_llm):
+    service = await start_service(llm_url=fake_llm.base_url, retry=RetryConfig(base_delay=0.05))
+    fake_llm.reply('{"summary": "Looks good to me", "issues": []}')
+    task = await service.submit("evaluate_department", TASK_DATA["evaluate_department"])
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["result"]) == ("failed", None)
+    assert body["error"].startswith(
+        "Evaluation could not be made: the LLM's answer has no rating from 0 to 100"
+    )
+
+
+# Retries: the documented waits are upper bounds of a random wait ("full jitter")
+
+
+def test_retry_waits_are_drawn_below_the_documented_60_120_240_s():
+    for attempt, bound in ((1, 60.0), (2, 120.0), (3, 240.0)):
+        drawn = [retry_delay(attempt, 60.0) for _ in range(500)]
+
+        assert all(0.0 < delay <= bound for delay in drawn)
+        assert len(set(drawn)) > 1
+
+
+def test_retry_waits_spread_over_the_whole_window_not_around_the_bound():
+    # Full jitter, not ±20 %: waits come from the whole of (0, 60], short ones included.
+    drawn = [retry_delay(1, 60.0) for _ in range(2000)]
+
+    assert min(drawn) < 6.0
+    assert max(drawn) > 54.0
+
+
+async def test_tasks_failing_together_are_requeued_at_different_times_within_the_bound(start_service, redis):
+    service = await start_service(retry=RetryConfig(base_delay=30))
+    ids = [
+        (await service.submit("fail", {"transient": True, "message": "provider down"}))["task_id"]
+        for _ in range(4)
+    ]
+    delays = []
+    for task_id in ids:
+        await service.wait_for(task_id, lambda body: body.get("last_error") == "provider down")
+        failed_at, retry_at, job_id = await redis.hmget(
+            keys.task(task_id), "updated_at", "next_retry_at", "job_id"
+        )
+        score = await redis.zscore(keys.queue("default"), job_id)
+
+        # The queue score (ms) is when the worker may take the task again: within (failure, failure + 30 s].
+        assert float(failed_at) * 1000 - 1 <= score <= (float(failed_at) + 30) * 1000
+        assert float(retry_at) == score / 1000
+        delays.append(score / 1000 - float(failed_at))
+
+    assert len({round(delay, 3) for delay in delays}) > 1
