@@ -86,7 +86,12 @@ def _recycles(events: Iterable[Mapping[str, Any]], named: Container[str] | None)
         task, extra = f"task {task_id}", {"task_id": task_id, "worker_id": event["worker_id"]}
         if named is not None and task_id not in named:
             task, extra = ANOTHER_PROJECTS_TASK.lower(), {"worker_id": event["worker_id"]}
-        message = f"Job process for {task} exceeded the memory limit ({event['rss_mb']} MB) and was replaced"
+        if event.get("what") == "processes":
+            message = f"Processes of {task} exceeded the memory limit ({event['rss_mb']} MB) and were killed"
+        else:
+            message = (
+                f"Job process for {task} exceeded the memory limit ({event['rss_mb']} MB) and was replaced"
+            )
         alerts.append(Alert("critical", message, "memory_usage", float(event["rss_mb"]), extra))
     return alerts
 

@@ -253,11 +253,17 @@ class ExecutionConfig:
 
     cancel_grace: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     memory_limit_mb: int = attrs.field(default=2048, validator=attrs.validators.ge(16))
+    # RLIMIT_AS of every tool child (ffmpeg, espeak-ng, a plugin's tools), 0 = none: the second line
+    # behind the tree's memory watcher. Address space, not RSS: a tool's threads and mappings count.
+    tool_address_space_mb: int = attrs.field(default=8192, validator=attrs.validators.ge(0))
     max_tasks_per_runner: int = attrs.field(default=10, validator=attrs.validators.ge(1))
     max_worker_deaths: int = attrs.field(default=3, validator=attrs.validators.ge(1))
     reclaim_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     priority_aging: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
     shutdown_grace: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    # A result is kept in Redis and sent whole in every status answer, event and webhook: a
+    # handler's result longer than this (as JSON) fails its task instead.
+    result_max_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1))
 
 
 @attrs.frozen

@@ -219,7 +219,8 @@ class Service:
             worker.heartbeat_interval,
             worker.heartbeat_ttl,
             lambda: pool.running_jobs,
-            runners.peak_rss,
+            # A job process or a coroutine task's tools (ffmpeg, espeak-ng): whichever is largest.
+            lambda: max(runners.peak_rss(), executor.tools_rss),
         )
         # The heartbeat is the lease on every task this process runs: it must exist first.
         await self._heartbeat.beat()

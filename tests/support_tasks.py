@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from typing import Any
 
 import attrs
 import cattrs
 
-from taskd.tasks.spec import ProcessContext, TaskType
+from taskd import proctree
+from taskd.tasks.diagnostics import marker_path
+from taskd.tasks.spec import ProcessContext, TaskContext, TaskType
+
+# A tool child: leaves a `child_started` marker with its pid (after touching `megabytes` of memory),
+# a `child_sigterm` marker when SIGTERM comes (then exits, unless told to ignore it), and waits.
+TOOL_CHILD = """
+import os, signal, sys, time
+started, sigterm, megabytes, ignore = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+def mark(path):
+    with open(path + ".tmp", "w") as out:
+        out.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+def on_sigterm(*_):
+    mark(sigterm)
+    if not ignore:
+        sys.exit(0)
+signal.signal(signal.SIGTERM, on_sigterm)
+held = bytearray(megabytes * 1024 * 1024)
+for i in range(0, len(held), 4096):
+    held[i] = 1
+mark(started)
+while True:
+    time.sleep(0.05)
+"""
 
 
 @attrs.frozen
@@ -26,9 +52,62 @@ def show_what_i_got(ctx: ProcessContext, _: ShowWhatIGotInput) -> dict[str, Any]
     return {"environ": dict(os.environ), "config": cattrs.unstructure(ctx.config), "pid": os.getpid()}
 
 
+@attrs.frozen
+class BigResultInput:
+    characters: int = 0
+
+
+def _filler(characters: int) -> dict[str, Any]:
+    return {"filler": "x" * characters}
+
+
+async def big_result(_: TaskContext, data: BigResultInput) -> dict[str, Any]:
+    """A result of `characters` of filler (its JSON is 13 bytes longer), for the result size limit."""
+    return _filler(data.characters)
+
+
+def big_result_in_process(_: ProcessContext, data: BigResultInput) -> dict[str, Any]:
+    """The same, returned from a job process."""
+    return _filler(data.characters)
+
+
+@attrs.frozen
+class ToolChildInput:
+    megabytes: int = 0
+    ignore_sigterm: bool = False
+
+
+async def tool_child(ctx: TaskContext, data: ToolChildInput) -> dict[str, Any]:
+    """A coroutine handler that starts one tool child (taskd.proctree.spawn) and waits for it."""
+    data_dir = ctx.config.data_path
+    marker_path(data_dir, ctx.task_id, "any").parent.mkdir(parents=True, exist_ok=True)
+    started, sigterm = (
+        str(marker_path(data_dir, ctx.task_id, event)) for event in ("child_started", "child_sigterm")
+    )
+    flags = [str(data.megabytes), "1" if data.ignore_sigterm else "0"]
+    child = await proctree.spawn(sys.executable, "-c", TOOL_CHILD, started, sigterm, *flags)
+    try:
+        return {"exit": await child.wait()}
+    except asyncio.CancelledError:
+        # A handler that waits on its child past the cancel: the tree's grace decides when it goes.
+        await asyncio.shield(child.wait())
+        raise
+    finally:
+        marker_path(data_dir, ctx.task_id, "cleanup").write_text("")
+
+
 TASKS = [
     TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0),
     TaskType(
         "show_what_i_got", ShowWhatIGotInput, queue="default", expected_duration=0.1, handler=show_what_i_got
     ),
+    TaskType("big_result", BigResultInput, queue="default", expected_duration=0.01, handler=big_result),
+    TaskType(
+        "big_result_in_process",
+        BigResultInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=big_result_in_process,
+    ),
+    TaskType("tool_child", ToolChildInput, queue="default", expected_duration=1.0, handler=tool_child),
 ]

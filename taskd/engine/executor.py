@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from functools import partial
@@ -29,6 +30,7 @@ from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.logs import REDACTOR, bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
+from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
 from taskd.store import CorruptRecord, Start, TaskStore
@@ -122,15 +124,32 @@ class _Running:
     def __init__(self, task: asyncio.Task[Any] | None = None, runner: Runner | None = None) -> None:
         self.task = task
         self.runner = runner
+        # The processes a coroutine handler started (ffmpeg, espeak-ng, a plugin's tools).
+        self.tree: ProcessTree | None = None
         self.cancelled = False
         self.grace = 0.0
+        # Why the engine stopped the handler itself: "hard_limit" or "memory" (None: it did not).
+        self.stopped_for: str | None = None
 
     def cancel(self, grace: float) -> None:
         self.cancelled = True
         self.grace = grace
         if self.runner is not None:
             self.runner.terminate(grace)
-        elif self.task is not None:
+            return
+        if self.tree is not None:
+            # SIGTERM to every process of the task now, SIGKILL after the grace; the handler is
+            # cancelled at its current await, so its `finally` cleanup runs meanwhile.
+            self.tree.terminate(grace)
+        if self.task is not None:
+            self.task.cancel()
+
+    def stop_for(self, reason: str) -> None:
+        """A limit was passed: kill the task's processes now and cancel the handler."""
+        self.stopped_for = reason
+        if self.tree is not None:
+            self.tree.signal(signal.SIGKILL)
+        if self.task is not None:
             self.task.cancel()
 
     def attach(self, runner: Runner) -> None:
@@ -267,32 +286,31 @@ class Executor:
         )
         soft, hard = self._limits(record, task_type)
         assert task_type.handler is not None
+        tree = ProcessTree(self._tree_limits())
+        running.tree = tree
         interruptible = _Interruptible(task_type.handler(context, data))  # type: ignore[arg-type]
 
         async def body() -> Any:
+            # Every child the handler starts (taskd.proctree.spawn) joins this task's tree.
+            CURRENT.set(tree)
             return await interruptible
 
         task = asyncio.create_task(body())
         running.task = task
         loop = asyncio.get_running_loop()
-        soft_timer = None
+        timers = [loop.call_later(hard, running.stop_for, "hard_limit")]
         if soft is not None:
-            soft_timer = loop.call_later(
-                soft, interruptible.interrupt, task, SoftTimeLimitExceeded(f"{soft:g} s")
+            timers.append(
+                loop.call_later(soft, interruptible.interrupt, task, SoftTimeLimitExceeded(f"{soft:g} s"))
             )
-        deadline = asyncio.timeout(hard)
+        watcher = asyncio.create_task(self._watch_memory(record, tree, running))
         try:
-            async with deadline:
-                result = await task
+            result = await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
-            return Outcome("cancelled")
-        except TimeoutError as exc:
-            if deadline.expired():
-                return Outcome("failed", error=f"Task exceeded its hard time limit of {hard:g} seconds")
-            return self._failure(record, exc)
+            return self._stopped(record, running, tree, hard) or Outcome("cancelled")
         except SoftTimeLimitExceeded:
             return Outcome(
                 "failed",
@@ -300,11 +318,50 @@ class Executor:
                 traceback=traceback.format_exc(),
             )
         except Exception as exc:
-            return self._failure(record, exc)
+            return self._stopped(record, running, tree, hard) or self._failure(record, exc)
         finally:
-            if soft_timer is not None:
-                soft_timer.cancel()
-        return Outcome("completed", result=result)
+            for timer in timers:
+                timer.cancel()
+            watcher.cancel()
+            # Whatever the handler left running goes with it (it had its chance to stop it).
+            await asyncio.shield(tree.kill())
+        return self._stopped(record, running, tree, hard) or Outcome("completed", result=result)
+
+    def _tree_limits(self) -> TreeLimits:
+        execution = self.config.execution
+        return TreeLimits(
+            grace=execution.cancel_grace,
+            memory_bytes=execution.memory_limit_mb * 1024 * 1024,
+            address_space_bytes=execution.tool_address_space_mb * 1024 * 1024,
+        )
+
+    async def _watch_memory(self, record: TaskRecord, tree: ProcessTree, running: _Running) -> None:
+        """Kill the task's processes when together they pass the memory limit (the job-process rule)."""
+        while running.stopped_for is None:
+            await asyncio.sleep(WATCH_INTERVAL)
+            used = tree.over_memory()
+            if used is not None:
+                running.stop_for("memory")
+                # The health alerts name the task and the memory it reached.
+                await asyncio.shield(self._note_memory_recycle(record, used // (1024 * 1024), "processes"))
+
+    def _stopped(
+        self, record: TaskRecord, running: _Running, tree: ProcessTree, hard: float
+    ) -> Outcome | None:
+        """The failure a limit the engine enforced makes of the run, whatever the handler did after."""
+        if running.stopped_for == "hard_limit":
+            return Outcome("failed", error=f"Task exceeded its hard time limit of {hard:g} seconds")
+        if running.stopped_for == "memory":
+            limit_mb = tree.limits.memory_bytes // (1024 * 1024)
+            used_mb = tree.peak_rss // (1024 * 1024)
+            return Outcome(
+                "failed",
+                error=(
+                    f"The task's processes exceeded the memory limit of {limit_mb} MB ({used_mb} MB); "
+                    "they were killed"
+                ),
+            )
+        return None
 
     async def _in_process(
         self, record: TaskRecord, task_type: TaskType, running: _Running, device: str | None
@@ -349,7 +406,7 @@ class Executor:
         if result.kind == "memory":
             limit_mb = limits.memory_bytes // (1024 * 1024)
             used_mb = result.peak_rss // (1024 * 1024)
-            await self._note_memory_recycle(record, used_mb)
+            await self._note_memory_recycle(record, used_mb, "job_process")
             return Outcome(
                 "failed",
                 error=f"Job process exceeded the memory limit of {limit_mb} MB ({used_mb} MB); it was replaced",
@@ -380,9 +437,14 @@ class Executor:
         at = now()
         if outcome.kind == "completed":
             try:
-                orjson.dumps(outcome.result)
+                size = len(orjson.dumps(outcome.result))
             except TypeError as exc:
                 outcome = Outcome("failed", error=f"Task returned a result that is not JSON: {exc}")
+            else:
+                limit = self.config.execution.result_max_bytes
+                if size > limit:
+                    error = f"Task returned a result of {size} bytes of JSON, over the limit of {limit} bytes"
+                    outcome = Outcome("failed", error=f"{error} (execution.result_max_bytes)")
         write: Callable[[], Awaitable[bool]] | None = None
         if outcome.kind == "completed":
             write = partial(
@@ -427,10 +489,22 @@ class Executor:
                 )
         return written
 
-    async def _note_memory_recycle(self, record: TaskRecord, used_mb: int) -> None:
+    async def _note_memory_recycle(self, record: TaskRecord, used_mb: int, what: str) -> None:
+        """Keep a memory kill for the health alerts: `what` was killed, a job process or a task's tools."""
         at = now()
-        event = {"task_id": record.task_id, "worker_id": self.worker_id, "rss_mb": used_mb, "at": at}
+        event = {
+            "task_id": record.task_id,
+            "worker_id": self.worker_id,
+            "rss_mb": used_mb,
+            "at": at,
+            "what": what,
+        }
         await self.store.note_memory_recycle(event, at)
+
+    @property
+    def tools_rss(self) -> int:
+        """The largest process tree of a coroutine task running here, at its last memory check."""
+        return max((r.tree.last_rss for r in self.running.values() if r.tree is not None), default=0)
 
     def cancel_local(self, task_id: str) -> bool:
         """Stop `task_id` if it runs in this process: SIGTERM to its job process, or asyncio cancel."""

@@ -1,21 +1,23 @@
-"""Running the ffmpeg of `imageio-ffmpeg`: progress from `-progress pipe:1`, kill on cancel, probing by `ffmpeg -i`."""
+"""Running the ffmpeg of `imageio-ffmpeg`: progress from `-progress pipe:1`, probing by `ffmpeg -i`.
+
+Every ffmpeg (and any other tool, `collect`) is a member of the running task's process tree
+(taskd/proctree.py): its own process group, the task's cancel grace, memory limit and rlimit.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import re
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import attrs
 
+from taskd import proctree
 from taskd.childenv import child_environment
 from taskd.errors import TaskError
 
-TERM_GRACE = 2.0
 _STDERR_TAIL = 600
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
 ProgressFn = Callable[[float], Awaitable[None]]
@@ -52,27 +54,6 @@ def h264_encoder() -> list[str]:
     return ["-c:v", "libopenh264", "-b:v", "4M"]
 
 
-async def stop_process(proc: asyncio.subprocess.Process, grace: float = TERM_GRACE) -> None:
-    """SIGTERM, then SIGKILL after `grace` seconds; the process is reaped either way."""
-    if proc.returncode is not None:
-        return
-    try:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-    except BaseException:
-        # Cancelled again while waiting: never leave the child running.
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        raise
-
-
 async def run_ffmpeg(
     args: Sequence[str],
     *,
@@ -98,13 +79,8 @@ async def run_ffmpeg(
         "pipe:1",
     ]
     with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-            env=child_environment(),
+        proc = await proctree.spawn(
+            *cmd, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log
         )
         try:
             assert proc.stdout is not None
@@ -116,7 +92,7 @@ async def run_ffmpeg(
                         await progress(min(1.0, int(value) / 1e6 / duration))
             code = await proc.wait()
         finally:
-            await stop_process(proc)
+            await proctree.stop_process(proc)
     if code != 0:
         # A file in the scratch dir is named alone (where taskd keeps its data is not the caller's
         # business), and ffmpeg's `[png @ 0x55d6...]` prefixes lose their memory addresses.
@@ -133,13 +109,11 @@ async def collect(cmd: Sequence[str], *, stdout: int, stderr: int) -> tuple[int 
     One of `stdout`/`stderr` is `asyncio.subprocess.PIPE` (stderr may be STDOUT, into the same pipe);
     the process is stopped however the wait ends, a cancel included.
     """
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=child_environment()
-    )
+    proc = await proctree.spawn(*cmd, stdin=asyncio.subprocess.DEVNULL, stdout=stdout, stderr=stderr)
     try:
         out, err = await proc.communicate()
     finally:
-        await stop_process(proc)
+        await proctree.stop_process(proc)
     return proc.returncode, out if stdout == asyncio.subprocess.PIPE else err
 
 

@@ -25,6 +25,7 @@ from taskd.childenv import child_environment, job_config
 from taskd.config import Config
 from taskd.engine.jobproc import frames
 from taskd.media.store import scratch_root
+from taskd.proctree import child_setup, signal_group
 
 log = logging.getLogger("taskd.engine")
 
@@ -101,6 +102,10 @@ class Runner:
             stdout=asyncio.subprocess.PIPE,
             limit=frames.MAX_FRAME,
             env=env,
+            # Its own process group: a cancel or a kill reaches what the handler started too
+            # (taskd/proctree.py); and it dies with the worker even when that is SIGKILLed.
+            start_new_session=True,
+            preexec_fn=child_setup(0),
         )
         runner = cls(proc, device)
         try:
@@ -139,9 +144,9 @@ class Runner:
         self.proc.stdin.write(frames.encode(message))
 
     def _signal(self, sig: int) -> None:
+        """Signal the job process's whole group (a cancel or a kill stops what the handler started)."""
         if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
+            signal_group(self.pid, sig)
 
     def terminate(self, grace: float) -> None:
         """Cancel: SIGTERM now, SIGKILL after `grace` seconds if it is still there."""
@@ -192,7 +197,9 @@ class Runner:
                 return ProcessOutcome("hard_limit", peak_rss=peak)
             if limits.soft is not None and not soft_sent and elapsed >= limits.soft:
                 soft_sent = True
-                self._signal(signal.SIGUSR1)
+                # The soft limit is the handler's business alone: its children keep running.
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(signal.SIGUSR1)
             self.rss = _rss(process)
             peak = max(peak, self.rss)
             if self.rss > limits.memory_bytes:

@@ -1,0 +1,168 @@
+"""Every child a coroutine task starts is part of the task: cancels, limits and memory reach it."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import sys
+
+import psutil
+import pytest
+from conftest import TEST_TASK_MODULES
+from fake_media_apis import png
+
+from taskd import proctree
+from taskd.config import ExecutionConfig, MediaConfig, NetworkConfig, TasksConfig
+from taskd.tasks.diagnostics import marker_path
+
+
+def marker(service, task_id: str, event: str):
+    return marker_path(service.service.config.data_path, task_id, event)
+
+
+async def wait_marker(service, task_id: str, event: str, timeout: float = 20) -> str:
+    path = marker(service, task_id, event)
+    async with asyncio.timeout(timeout):
+        while not path.exists():
+            await asyncio.sleep(0.02)
+    return path.read_text()
+
+
+async def wait_gone(pid: int, timeout: float = 20) -> None:
+    async with asyncio.timeout(timeout):
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(0.05)
+
+
+async def cancel(service, task_id: str) -> None:
+    async with service.client.delete(f"/api/v1/tasks/{task_id}") as response:
+        assert response.status == 200
+
+
+async def test_a_cancel_gives_a_tool_child_sigterm_then_the_grace_then_sigkill(start_service):
+    service = await start_service(execution=ExecutionConfig(cancel_grace=2))
+    task = await service.submit("tool_child", {"ignore_sigterm": True})
+    pid = int(await wait_marker(service, task["task_id"], "child_started"))
+
+    await cancel(service, task["task_id"])
+    await wait_marker(service, task["task_id"], "child_sigterm")
+    await asyncio.sleep(0.5)
+    alive_within_the_grace = psutil.pid_exists(pid)
+    await wait_gone(pid)
+
+    assert alive_within_the_grace
+    await wait_marker(service, task["task_id"], "cleanup")
+    assert (await service.wait_terminal(task["task_id"]))["status"] == "cancelled"
+
+
+async def test_a_tool_child_that_heeds_sigterm_ends_at_once_and_the_task_is_cancelled(start_service):
+    service = await start_service(execution=ExecutionConfig(cancel_grace=60))
+    task = await service.submit("tool_child", {})
+    pid = int(await wait_marker(service, task["task_id"], "child_started"))
+
+    await cancel(service, task["task_id"])
+
+    await wait_gone(pid, timeout=10)  # far inside the 60 s grace
+    assert (await service.wait_terminal(task["task_id"], timeout=10))["status"] == "cancelled"
+
+
+async def test_a_hard_time_limit_kills_the_tool_children(start_service):
+    tasks = TasksConfig(modules=TEST_TASK_MODULES, hard_time_limits={"tool_child": 1.5})
+    service = await start_service(tasks=tasks, execution=ExecutionConfig(cancel_grace=60))
+    task = await service.submit("tool_child", {"ignore_sigterm": True})
+    pid = int(await wait_marker(service, task["task_id"], "child_started"))
+
+    body = await service.wait_terminal(task["task_id"], timeout=20)
+
+    assert body["error"] == "Task exceeded its hard time limit of 1.5 seconds"
+    await wait_gone(pid, timeout=10)  # SIGKILL, not the 60 s grace
+
+
+async def test_tool_children_over_the_memory_limit_are_killed_and_the_task_fails_naming_it(start_service):
+    service = await start_service(execution=ExecutionConfig(memory_limit_mb=100, cancel_grace=60))
+    task = await service.submit("tool_child", {"megabytes": 300, "ignore_sigterm": True})
+
+    body = await service.wait_terminal(task["task_id"], timeout=30)
+    async with service.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    assert body["status"] == "failed"
+    assert body["error"].startswith("The task's processes exceeded the memory limit of 100 MB (")
+    killed = [alert for alert in health["alerts"] if alert.get("task_id") == task["task_id"]]
+    assert [(alert["metric"], alert["severity"]) for alert in killed] == [("memory_usage", "critical")]
+    assert killed[0]["value"] >= 100
+    assert "were killed" in killed[0]["message"]
+
+
+async def test_a_cancel_mid_render_stops_ffmpeg_and_removes_the_scratch_dir(start_service, tmp_path, files):
+    scratch = tmp_path / "scratch"
+    media = MediaConfig(base_url="http://media.test", scratch_dir=str(scratch))
+    service = await start_service(
+        media=media, network=NetworkConfig(allow_private=True), execution=ExecutionConfig(cancel_grace=3)
+    )
+    url = files.add("frame.png", png(320, 240))
+    data = {"storyboard_images": [url], "duration": 30, "fps": 30, "resolution": "1920x1080"}
+    task = await service.submit("generate_video", data)
+    async with asyncio.timeout(30):
+        while not (
+            renderers := [p for p in psutil.Process().children(recursive=True) if "ffmpeg" in p.name()]
+        ):
+            await asyncio.sleep(0.05)
+
+    await cancel(service, task["task_id"])
+
+    body = await service.wait_terminal(task["task_id"], timeout=20)
+    assert body["status"] == "cancelled"
+    for renderer in renderers:
+        await wait_gone(renderer.pid, timeout=10)
+    # The record says cancelled at once; the handler's cleanup follows within the grace.
+    async with asyncio.timeout(10):
+        while any(scratch.iterdir()):
+            await asyncio.sleep(0.05)
+
+
+async def test_a_tool_child_gets_its_own_process_group_and_the_address_space_limit():
+    tree = proctree.ProcessTree(proctree.TreeLimits(address_space_bytes=512 * 1024 * 1024))
+    probe = (
+        "import os, resource; print(os.getpgid(0) == os.getpid(), resource.getrlimit(resource.RLIMIT_AS)[0])"
+    )
+
+    child = await tree.spawn(sys.executable, "-c", probe, stdout=asyncio.subprocess.PIPE)
+    out, _ = await child.communicate()
+
+    assert out.decode().split() == ["True", str(512 * 1024 * 1024)]
+    assert resource.getrlimit(resource.RLIMIT_AS)[0] != 512 * 1024 * 1024  # taskd's own is untouched
+
+
+async def test_an_allocation_past_the_address_space_limit_fails_inside_the_tool():
+    tree = proctree.ProcessTree(proctree.TreeLimits(address_space_bytes=256 * 1024 * 1024))
+    greedy = "bytearray(1024 * 1024 * 1024)"
+
+    child = await tree.spawn(sys.executable, "-c", greedy, stderr=asyncio.subprocess.PIPE)
+    _, err = await child.communicate()
+
+    assert child.returncode != 0
+    assert b"MemoryError" in err
+
+
+async def test_whatever_a_task_left_running_is_killed_when_the_tree_is_done():
+    tree = proctree.ProcessTree()
+    child = await tree.spawn(sys.executable, "-c", "import time; time.sleep(60)")
+
+    await tree.kill()
+
+    assert child.returncode is not None
+    assert tree.alive == []
+
+
+@pytest.mark.parametrize("grace", [0.3])
+async def test_stop_waits_the_grace_for_a_child_that_ignores_sigterm(grace):
+    tree = proctree.ProcessTree(proctree.TreeLimits(grace=grace))
+    stubborn = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(60)"
+    child = await tree.spawn(sys.executable, "-c", stubborn, stdout=asyncio.subprocess.PIPE)
+    assert child.stdout is not None
+    await child.stdout.readline()  # the handler is installed
+
+    await tree.stop()
+
+    assert child.returncode == -9  # SIGKILL, after the grace
