@@ -1,13 +1,20 @@
-"""Outcomes that tell the truth (issue 15, item 4): an evaluation nobody made fails, and retries
-are spread by full jitter."""
+"""Outcomes that tell the truth (issue 15, item 4): an evaluation nobody made fails, retries are
+spread by full jitter, and a result over the size limit fails its task."""
 
 from __future__ import annotations
 
+import orjson
 from examples import TASK_DATA
 
 from taskd import keys
 from taskd.backoff import retry_delay
-from taskd.config import RetryConfig
+from taskd.config import Config, ExecutionConfig, RetryConfig
+
+MIB = 1024 * 1024
+FILLER_OVERHEAD = len(orjson.dumps({"filler": ""}))  # what support_tasks' big results add to their filler
+# The test config's fast shutdown and reclaim (conftest.make_config), with a 1000-byte result limit.
+SMALL_RESULTS = ExecutionConfig(cancel_grace=2, reclaim_interval=0.5, shutdown_grace=2, result_max_bytes=1000)
+
 
 # evaluate_department through the API: a failed task, never a completed made-up verdict
 
@@ -78,3 +85,55 @@ async def test_tasks_failing_together_are_requeued_at_different_times_within_the
         delays.append(score / 1000 - float(failed_at))
 
     assert len({round(delay, 3) for delay in delays}) > 1
+
+
+# The result size limit (execution.result_max_bytes, default 1 MiB of JSON)
+
+
+def test_the_default_result_limit_is_one_mebibyte_of_json():
+    assert Config().execution.result_max_bytes == MIB
+
+
+async def test_a_result_one_byte_over_the_default_limit_fails_naming_the_limit(start_service):
+    service = await start_service()
+    task = await service.submit("big_result", {"characters": MIB - FILLER_OVERHEAD + 1})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["result"]) == ("failed", None)
+    assert body["error"] == (
+        f"Task returned a result of {MIB + 1} bytes of JSON, over the limit of {MIB} bytes "
+        "(execution.result_max_bytes)"
+    )
+
+
+async def test_a_result_of_exactly_the_default_limit_completes(start_service):
+    service = await start_service()
+    task = await service.submit("big_result", {"characters": MIB - FILLER_OVERHEAD})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed"
+    assert len(orjson.dumps(body["result"])) == MIB
+
+
+async def test_a_job_process_result_over_a_configured_limit_fails_too(start_service):
+    service = await start_service(execution=SMALL_RESULTS)
+    task = await service.submit("big_result_in_process", {"characters": 2000})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "failed"
+    assert body["error"] == (
+        f"Task returned a result of {2000 + FILLER_OVERHEAD} bytes of JSON, over the limit of 1000 bytes "
+        "(execution.result_max_bytes)"
+    )
+
+
+async def test_a_small_result_under_a_configured_limit_completes(start_service):
+    service = await start_service(execution=SMALL_RESULTS)
+    task = await service.submit("big_result_in_process", {"characters": 10})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["result"]) == ("completed", {"filler": "x" * 10})
