@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 import orjson
@@ -49,6 +49,7 @@ class Heartbeat:
         ttl: float,
         running: Callable[[], int],
         job_rss: Callable[[], int] = lambda: 0,
+        after_beat: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.redis = redis
         self.info = info
@@ -56,6 +57,7 @@ class Heartbeat:
         self.ttl = ttl
         self._running = running
         self._job_rss = job_rss
+        self._after_beat = after_beat
         self._process = psutil.Process()
 
     async def beat(self) -> None:
@@ -72,8 +74,13 @@ class Heartbeat:
             await pipe.execute()
 
     async def run(self) -> None:
-        """Beat until cancelled; a Redis outage only delays the next beat."""
-        await every(self.interval, self.beat, name="heartbeat", logger=log)
+        """Beat (then run `after_beat`) until cancelled; a Redis outage only delays the next beat."""
+        await every(self.interval, self._beat_then_check, name="heartbeat", logger=log)
+
+    async def _beat_then_check(self) -> None:
+        await self.beat()
+        if self._after_beat is not None:
+            await self._after_beat()
 
     async def remove(self) -> None:
         """Say goodbye so this worker stops counting at once."""

@@ -221,6 +221,8 @@ class Service:
             lambda: pool.running_jobs,
             # A job process or a coroutine task's tools (ffmpeg, espeak-ng): whichever is largest.
             lambda: max(runners.peak_rss(), executor.tools_rss),
+            # Every beat also stops the tasks whose cancel this process may have missed.
+            executor.reconcile,
         )
         # The heartbeat is the lease on every task this process runs: it must exist first.
         await self._heartbeat.beat()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -511,11 +511,32 @@ class Executor:
         running = self.running.get(task_id)
         if running is None:
             return False
-        running.cancel(self.config.execution.cancel_grace)
+        if not running.cancelled:  # a second notice (pub/sub and reconcile) changes nothing
+            running.cancel(self.config.execution.cancel_grace)
         return True
 
     async def _report(self, task_id: str, progress: float, step: str | None) -> None:
-        await self.store.progress(task_id, self.worker_id, progress, step, now())
+        if not await self.store.progress(task_id, self.worker_id, progress, step, now()):
+            # The record refused the write: the task may have been cancelled while the pub/sub
+            # message that says so was lost.
+            await self.reconcile([task_id])
+
+    async def reconcile(self, task_ids: Iterable[str] | None = None) -> None:
+        """Stop every task running here (or those of `task_ids`) whose record says `cancelled`.
+
+        The cancel channel is the fast path; this is the one that cannot be lost. It runs on every
+        refused progress write and on every heartbeat, so a cancel published while this process's
+        subscriber was disconnected stops the task within one heartbeat interval.
+        """
+        ids = [
+            task_id for task_id in (self.running if task_ids is None else task_ids) if task_id in self.running
+        ]
+        if not ids:
+            return
+        for task_id, status in zip(ids, await self.store.statuses(ids), strict=True):
+            if status == TaskStatus.CANCELLED.value:
+                log.info("task %s is cancelled in its record; stopping it", task_id)
+                self.cancel_local(task_id)
 
     async def listen(self, redis: Redis, on_wake: Callable[[str], None]) -> None:
         """Follow the cancel and wake channels of every taskd process; reconnects on errors."""

@@ -229,6 +229,14 @@ class TaskStore:
         )
         return bool(written)
 
+    async def statuses(self, task_ids: list[str]) -> list[str | None]:
+        """The status of each task in its record (None where there is no record), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hget(keys.task(task_id), "status")
+            raw = await pipe.execute()
+        return [None if value is None else value.decode() for value in raw]
+
     async def finish(
         self, record: TaskRecord, worker_id: str, status: TaskStatus, at: float, **fields: Any
     ) -> bool:

@@ -1,0 +1,61 @@
+"""A cancel cannot be lost: when the pub/sub message misses a worker, its record still stops the task."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psutil
+
+from taskd.config import ExecutionConfig, WorkerConfig
+from taskd.tasks.diagnostics import marker_path
+
+
+async def wait_marker(service, task_id: str, event: str, timeout: float = 20) -> str:
+    path = marker_path(service.service.config.data_path, task_id, event)
+    async with asyncio.timeout(timeout):
+        while not path.exists():
+            await asyncio.sleep(0.02)
+    return path.read_text()
+
+
+def deafen(service) -> None:
+    """Stop this service's cancel/wake subscriber, as if its pub/sub connection had dropped."""
+    (listener,) = [task for task in service.service._background if task.get_name() == "pubsub-listener"]
+    listener.cancel()
+
+
+async def cancel(service, task_id: str) -> None:
+    async with service.client.delete(f"/api/v1/tasks/{task_id}") as response:
+        assert response.status == 200
+
+
+async def test_a_cancel_the_subscriber_missed_stops_the_process_tree_within_one_heartbeat(start_service):
+    service = await start_service(
+        worker=WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3),
+        execution=ExecutionConfig(cancel_grace=1),
+    )
+    task = await service.submit("tool_child", {})
+    pid = int(await wait_marker(service, task["task_id"], "child_started"))
+    deafen(service)
+
+    await cancel(service, task["task_id"])
+
+    async with asyncio.timeout(5):  # one heartbeat (0.5 s) and the grace, with room for a slow box
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(0.05)
+        while service.service._pool.running_jobs:
+            await asyncio.sleep(0.05)
+    await wait_marker(service, task["task_id"], "cleanup")
+
+
+async def test_a_cancel_the_subscriber_missed_stops_the_task_at_its_next_progress_write(start_service):
+    # Heartbeats far apart: only the refused progress write can notice the cancel in time.
+    service = await start_service(worker=WorkerConfig(heartbeat_interval=60, heartbeat_ttl=180))
+    task = await service.submit("sleep", {"seconds": 60, "steps": 120})
+    await wait_marker(service, task["task_id"], "started")
+    deafen(service)
+
+    await cancel(service, task["task_id"])
+
+    await wait_marker(service, task["task_id"], "cleanup", timeout=10)
+    assert (await service.status(task["task_id"]))["status"] == "cancelled"
