@@ -25,6 +25,7 @@ from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
 from taskd.http.app import create_app
 from taskd.http.context import Api
 from taskd.logs import REDACTOR, secrets_of, url_password
+from taskd.media import ffmpeg
 from taskd.media.capacity import MediaCapacity
 from taskd.media.retention import MediaSweeper
 from taskd.media.store import load_secret
@@ -142,6 +143,9 @@ class Service:
         queue = TaskQueue(redis, self.config.execution.priority_aging)
         gpu = GpuScheduler(redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id)
         if self.queues:
+            # Locating ffmpeg and probing its encoders block (file checks, a subprocess): done once
+            # now, in a thread, not inside the event loop when the first media task needs them.
+            self._background.append(asyncio.create_task(ffmpeg.warm_up(), name="ffmpeg-warm-up"))
             await self._start_workers(redis, store, queue, session, gpu)
         if self.http:
             await self._start_http(redis, store, queue, gpu)
@@ -209,6 +213,8 @@ class Service:
             ", ".join(f"{d.index} ({d.name})" for d in devices) or "none; GPU queues run on the CPU",
         )
         self._pool = pool = WorkerPool(redis, executor, self.registry, self.config, self.queues)
+        # GPU slots came back: any queue's worker may now find a job that fits (cheap: a wake-up).
+        executor.slots_freed = pool.wake_all
         info = WorkerInfo(
             self.worker_id, self.worker_id.split(":")[0], psutil.Process().pid, self.queues, now()
         )

@@ -177,7 +177,7 @@ async def test_slots_come_back_after_a_cancel(start_service):
     await service.client.delete(f"/api/v1/tasks/{holder['task_id']}")
     body = await service.wait_terminal(waiter["task_id"])
 
-    assert waiting["status"] == "processing"
+    assert waiting["status"] == "queued"
     assert body["status"] == "completed"
 
 
@@ -287,3 +287,25 @@ async def test_slots_of_a_killed_worker_process_come_back(spawn_taskd, tmp_path)
 
     assert final["status"] == "completed"
     assert final["attempt"] == 2
+
+
+async def test_a_task_waiting_for_a_gpu_is_queued_not_processing_and_starts_when_it_gets_a_device(
+    start_service,
+):
+    service = await start_service(gpu_backend=SimulatedBackend(1), gpu=GpuConfig(slots=1), limits=UNLIMITED)
+    holder = await service.submit("gpu_hold", {"seconds": 30})
+    await service.wait_for(holder["task_id"], lambda b: b["status"] == "processing")
+    await held_by(service, holder["task_id"])
+    waiter = await service.submit("gpu_hold", {"seconds": 0.1})
+
+    waiting = await service.wait_for(waiter["task_id"], lambda b: b["current_step"] == "waiting_for_gpu")
+    async with service.client.get("/api/v1/tasks/metrics") as response:
+        metrics = (await response.json())["metrics"]
+    await service.client.delete(f"/api/v1/tasks/{holder['task_id']}")
+    cancelled = await service.status(holder["task_id"])
+    done = await service.wait_terminal(waiter["task_id"])
+
+    assert (waiting["status"], waiting["started_at"]) == ("queued", None)
+    assert metrics["currently_running"] == 1  # the holder only: waiting is not running
+    assert done["status"] == "completed"
+    assert done["started_at"] >= cancelled["cancelled_at"]  # it began once it had the device

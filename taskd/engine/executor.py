@@ -14,7 +14,7 @@ import signal
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import attrs
@@ -182,6 +182,12 @@ class Executor:
         self.runners = runners
         self.gpu = gpu
         self.running: dict[str, _Running] = {}
+        # GPU slots taken for a task at its claim, held until its run ends.
+        self._leases: dict[str, Lease] = {}
+        # Queued tasks already shown as waiting for a GPU (one write each, not one per poll).
+        self._waiting_noted: set[str] = set()
+        # Set by the service: wakes the workers of the GPU queues when slots come back.
+        self.slots_freed: Callable[[], None] = lambda: None
 
     @property
     def max_attempts(self) -> int:
@@ -189,15 +195,54 @@ class Executor:
         return 1 + self.config.retry.max_retries
 
     async def claim(self, queue: str, job_id: str, lock_ms: int) -> Start:
-        """Claim an arq job of `queue` for this worker and start its task (one round trip)."""
+        """Claim an arq job of `queue` for this worker and start its task (one round trip).
+
+        A task that needs GPU slots is claimed only once it holds them: until a device has room
+        it stays `queued` (showing `current_step: waiting_for_gpu`), the job stays on the queue
+        for whichever worker finds room first, and no worker slot is held meanwhile.
+        """
         task_id = job_id.rsplit(".", 1)[0]
+        lease = await self._lease_for(task_id, queue)
+        if lease is False:
+            return Start(claimed=False)
         try:
-            return await _until_stored(
+            start = await _until_stored(
                 f"start of task {task_id}",
                 partial(self.store.start, task_id, job_id, queue, self.worker_id, now(), lock_ms),
             )
         except CorruptRecord:  # logged by the store; running it would only fail again (issue 9)
-            return Start(claimed=True)
+            start = Start(claimed=True)
+        finally:
+            if lease:
+                self._leases[task_id] = lease
+        if start.record is None:
+            await self._release_lease(task_id)
+        return start
+
+    async def _lease_for(self, task_id: str, queue: str) -> Lease | Literal[False] | None:
+        """The GPU slots `task_id` needs, taken now; None when it needs none (or the host has no GPU);
+        False when no device has room."""
+        if self.gpu is None or task_id in self._leases or not self.gpu.inventory.read():
+            return None
+        task_type = await self.store.task_type(task_id)
+        slots = None if task_type is None else self.gpu.slots_for(task_type, queue)
+        if slots is None:
+            return None
+        lease = await self.gpu.try_acquire(task_id, slots)
+        if lease is None:
+            if task_id not in self._waiting_noted:
+                self._waiting_noted.add(task_id)
+                await self.gpu.note_waiting(task_id)
+            return False
+        self._waiting_noted.discard(task_id)
+        return lease
+
+    async def _release_lease(self, task_id: str) -> None:
+        lease = self._leases.pop(task_id, None)
+        if lease is not None and self.gpu is not None:
+            await self.gpu.release(lease)
+            # Slots are free: the GPU queues' workers look for a job that fits now.
+            self.slots_freed()
 
     def job_for(self, queue: str) -> JobFunction:
         """The arq job function for `queue`: runs the task its claim started (`ctx["record"]`).
@@ -214,6 +259,13 @@ class Executor:
 
     async def _run(self, record: TaskRecord, queue: str) -> bool:
         task_id = record.task_id
+        try:
+            return await self._run_claimed(record)
+        finally:
+            await asyncio.shield(self._release_lease(task_id))
+
+    async def _run_claimed(self, record: TaskRecord) -> bool:
+        task_id = record.task_id
         task_type = self.registry.get(record.task_type)
         if task_type is None or task_type.handler is None:
             return await self._record(
@@ -225,13 +277,10 @@ class Executor:
             return await self._record(record, Outcome("failed", error=f"Invalid task data: {exc.details}"))
         running = _Running()
         self.running[task_id] = running
-        lease: Lease | None = None
+        lease = self._leases.get(task_id)
+        device = None if lease is None else str(lease.device)
         try:
-            lease = await self._gpu_lease(record, task_type, running)
-            device = None if lease is None else str(lease.device)
-            if running.cancelled:
-                outcome = Outcome("cancelled")
-            elif task_type.runs_in_process:
+            if task_type.runs_in_process:
                 outcome = await self._in_process(record, task_type, running, device)
             else:
                 outcome = await self._in_loop(record, task_type, data, running, device)
@@ -241,30 +290,7 @@ class Executor:
             raise
         finally:
             self.running.pop(task_id, None)
-            if lease is not None and self.gpu is not None:
-                await asyncio.shield(self.gpu.release(lease))
         return await self._record(record, outcome)
-
-    async def _gpu_lease(self, record: TaskRecord, task_type: TaskType, running: _Running) -> Lease | None:
-        """Wait for the GPU slots the task needs (none on a host without GPUs); a cancel stops the wait."""
-        slots = None if self.gpu is None else self.gpu.slots_for(task_type.name, record.queue)
-        if self.gpu is None or slots is None:
-            return None
-        waiting = asyncio.create_task(
-            self.gpu.acquire(
-                record.task_id, slots, waiting=lambda: self._report(record.task_id, 0.0, "waiting_for_gpu")
-            )
-        )
-        running.task = waiting
-        try:
-            return await waiting
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-            return None
-        finally:
-            running.task = None
 
     def _limits(self, record: TaskRecord, task_type: TaskType) -> tuple[float | None, float]:
         hard = task_type.hard_time_limit or self.config.queues[record.queue].timeout

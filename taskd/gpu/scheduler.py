@@ -20,6 +20,9 @@ from taskd.config import GpuConfig
 from taskd.gpu.devices import GpuInventory
 from taskd.store import scripts
 
+# What a queued task that no device has room for shows as its current_step.
+WAITING_STEP = "waiting_for_gpu"
+
 
 @attrs.frozen
 class Lease:
@@ -56,6 +59,7 @@ class GpuScheduler:
         self.worker_id = worker_id
         self.host = host or socket.gethostname()
         self._acquire = scripts.load(redis, "acquire", "taskd.gpu")
+        self._waiting = scripts.load(redis, "waiting", "taskd.gpu")
 
     def slots_for(self, task_type: str, queue: str) -> int | None:
         """Slots a task takes (0 = whole device), or None when it needs no GPU."""
@@ -106,6 +110,10 @@ class GpuScheduler:
                     await result
             await asyncio.sleep(self.config.wait_poll)
         return lease
+
+    async def note_waiting(self, task_id: str) -> None:
+        """Show on a still-queued task that it waits for a GPU slot (`current_step: waiting_for_gpu`)."""
+        await self._waiting({"task": keys.task(task_id)}, {"step": WAITING_STEP})
 
     async def release(self, lease: Lease) -> None:
         """Give the slots back."""

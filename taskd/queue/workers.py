@@ -227,6 +227,11 @@ class WorkerPool:
         if worker is not None:
             worker.wake.set()
 
+    def wake_all(self) -> None:
+        """Make every worker of this process look for jobs now."""
+        for worker in self.workers.values():
+            worker.wake.set()
+
     @property
     def running_jobs(self) -> int:
         """Jobs running in this process now."""

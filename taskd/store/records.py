@@ -229,6 +229,11 @@ class TaskStore:
         )
         return bool(written)
 
+    async def task_type(self, task_id: str) -> str | None:
+        """The type of a task (None when it has no record)."""
+        raw = await self.redis.hget(keys.task(task_id), "task_type")
+        return None if raw is None else str(raw.decode())
+
     async def statuses(self, task_ids: list[str]) -> list[str | None]:
         """The status of each task in its record (None where there is no record), in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
