@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from pathlib import Path
@@ -101,7 +102,7 @@ async def loudnorm_second_pass(
     await ffmpeg.run_ffmpeg(
         args, log_path=log, duration=duration, progress=progress, what="Loudness analysis", loglevel="info"
     )
-    return parse_loudnorm(log.read_text("utf-8", "replace")).second_pass(target)
+    return parse_loudnorm(await asyncio.to_thread(log.read_text, "utf-8", "replace")).second_pass(target)
 
 
 async def describe(path: Path, output_format: str, model: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ import attrs
 from taskd import proctree
 from taskd.childenv import child_environment
 from taskd.errors import TaskError
+
+log = logging.getLogger("taskd.media")
 
 _STDERR_TAIL = 600
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
@@ -47,8 +50,32 @@ def encoders() -> frozenset[str]:
     return frozenset(m.group(1) for m in re.finditer(r"^\s*[VAS][A-Z.]{5}\s+(\S+)", out, re.M))
 
 
+def warm() -> None:
+    """Locate ffmpeg and probe its encoders now: both block (file checks, a subprocess), so never on the loop."""
+    ffmpeg_exe()
+    encoders()
+
+
+async def ready() -> None:
+    """Make sure ffmpeg_exe() and encoders() are known, working them out in a thread the first time.
+
+    The service warms them at start-up (taskd/service.py); this covers a task that runs before that is
+    done, and a program that runs task types without a service.
+    """
+    if not (ffmpeg_exe.cache_info().currsize and encoders.cache_info().currsize):
+        await asyncio.to_thread(warm)
+
+
+async def warm_up() -> None:
+    """ready() at start-up: a failure is only logged; the task that needs ffmpeg reports it as its error."""
+    try:
+        await ready()
+    except Exception as exc:  # imageio-ffmpeg raises RuntimeError, a broken binary OSError
+        log.warning("ffmpeg could not be located or probed at start-up: %s", exc)
+
+
 def h264_encoder() -> list[str]:
-    """Encoder arguments for H.264: libx264 when built in, else OpenH264."""
+    """Encoder arguments for H.264: libx264 when built in, else OpenH264 (on the loop: after `ready()`)."""
     if "libx264" in encoders():
         return ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20"]
     return ["-c:v", "libopenh264", "-b:v", "4M"]
@@ -67,6 +94,7 @@ async def run_ffmpeg(
 
     stderr goes to `log_path` (a file in the task's scratch dir), so a chatty ffmpeg never blocks on a pipe.
     """
+    await ready()
     cmd = [
         ffmpeg_exe(),
         "-hide_banner",
@@ -96,7 +124,8 @@ async def run_ffmpeg(
     if code != 0:
         # A file in the scratch dir is named alone (where taskd keeps its data is not the caller's
         # business), and ffmpeg's `[png @ 0x55d6...]` prefixes lose their memory addresses.
-        text = log_path.read_text("utf-8", "replace").replace(f"{log_path.parent}/", "")
+        logged = await asyncio.to_thread(log_path.read_text, "utf-8", "replace")
+        text = logged.replace(f"{log_path.parent}/", "")
         text = _ADDRESS.sub("", text)
         lines = text.strip().splitlines()
         tail = " | ".join(line for line in lines[-6:] if line.strip())[-_STDERR_TAIL:]
@@ -119,6 +148,7 @@ async def collect(cmd: Sequence[str], *, stdout: int, stderr: int) -> tuple[int 
 
 async def ffmpeg_output(args: Sequence[str]) -> str:
     """Run a short ffmpeg command and return its stderr (where `-i` and the analysis filters report)."""
+    await ready()
     _, err = await collect(
         [ffmpeg_exe(), "-hide_banner", "-nostdin", *args],
         stdout=asyncio.subprocess.DEVNULL,
@@ -198,6 +228,7 @@ async def input_duration(path: Path, limit: float, what: str) -> float:
     The count is read from `-progress` on stdout, which holds ffmpeg's counters alone: the file's tags,
     its stream language and its header's claimed length go to stderr, which nobody reads.
     """
+    await ready()
     code, out = await collect(
         [
             *(ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "quiet"),

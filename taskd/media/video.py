@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import importlib
 import textwrap
@@ -201,19 +202,22 @@ class FfmpegRenderer:
                         what="Image",
                     )
                 )
-                self.bounds.check_image(images[-1], f"Image {shot.url}")
+                # The header is read from disk: in a thread.
+                await asyncio.to_thread(self.bounds.check_image, images[-1], f"Image {shot.url}")
                 await progress(0.2 * (i + 1) / len(clip.shots))
             holds = _frames([s.hold for s in clip.shots], total)
             fade = min(round(FADE_SECONDS * clip.fps), min(holds) // 2) if len(holds) > 1 else 0
             graph, label = slideshow_graph([s.motion for s in clip.shots], holds, fade, clip)
             inputs = [arg for path in images for arg in self.bounds.image_input(path)]
         else:
-            graph, label = title_graph(clip, workdir, total)
+            # Looking for a font may walk /usr/share/fonts, and the title is written to a file: in a thread.
+            graph, label = await asyncio.to_thread(title_graph, clip, workdir, total)
             inputs = ["-f", "lavfi", "-i", f"color=c=0x15151c:s={clip.width}x{clip.height}:r={clip.fps}"]
 
         async def encoding(fraction: float) -> None:
             await progress(0.2 + 0.8 * fraction)
 
+        await ffmpeg.ready()  # h264_encoder() asks which encoders ffmpeg has
         args = [
             *inputs,
             "-filter_complex",

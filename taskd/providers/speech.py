@@ -93,7 +93,7 @@ async def load_profile(
         inputs, profile, workdir / "profile", kind="json", limits=small, what="Voice profile"
     )
     try:
-        data = orjson.loads(path.read_bytes())
+        data = orjson.loads(await asyncio.to_thread(path.read_bytes))
     except orjson.JSONDecodeError:
         raise TaskError(f"Voice profile {profile} is not valid JSON") from None
     if not isinstance(data, dict):
@@ -142,7 +142,7 @@ class SpeechClient:
         if ext is None:
             raise TaskError("Speech provider returned data that is not audio")
         path = out.with_suffix(f".{ext}")
-        path.write_bytes(raw)
+        await asyncio.to_thread(path.write_bytes, raw)  # an answer can be megabytes
         return path
 
 
@@ -179,7 +179,7 @@ def espeak_args(profile: VoiceProfile, emotion: str | None, pace: float) -> list
 async def espeak(binary: str, text: str, args: list[str], workdir: Path) -> Path:
     """Run espeak-ng into a WAV in `workdir`; killed if the task is cancelled."""
     text_file, out = workdir / "text.txt", workdir / "speech.wav"
-    text_file.write_text(text, "utf-8")
+    await asyncio.to_thread(text_file.write_text, text, "utf-8")
     code, err = await collect(
         [binary, *args, "-w", str(out), "-f", str(text_file)],
         stdout=asyncio.subprocess.PIPE,

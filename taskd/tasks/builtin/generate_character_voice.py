@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ async def synthesise(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdi
         client = speech.SpeechClient(ctx.config.providers.speech, ctx.http)
         path = await client.speak(data.text, profile.voice, pace, data.emotion, workdir / "speech")
         return path, client.model
-    binary = speech.espeak_binary()
+    binary = await asyncio.to_thread(speech.espeak_binary)  # a walk of PATH
     if binary is None:
         raise TaskError(speech.NO_ENGINE)
     return await speech.espeak(
@@ -111,12 +112,15 @@ async def voice(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Pa
     bounds.check_output(output, "The voice file")
     await ctx.progress(0.95, "storing_media")
     metadata = await audio.describe(output, data.output_format, model)
-    return publish(ctx.config, ctx.project_id, output, f"voice_{ctx.task_id}.{data.output_format}", metadata)
+    # Storing copies the whole file: in a thread, so the API keeps answering meanwhile.
+    return await asyncio.to_thread(
+        publish, ctx.config, ctx.project_id, output, f"voice_{ctx.task_id}.{data.output_format}", metadata
+    )
 
 
 async def run(ctx: TaskContext, data: GenerateCharacterVoiceInput) -> dict[str, Any]:
     """Speak `text` in the character's voice with emotion and pace; optional background noise."""
-    with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
+    async with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
         result = await voice(ctx, data, workdir)
     await ctx.progress(1.0, "done")
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ async def _image_file(ctx: TaskContext, image: Any, workdir: Path) -> Path:
     if ext is None:
         raise TaskError("Image provider returned data that is not a PNG, JPEG, GIF, BMP or WebP image")
     path = workdir / f"image.{ext}"
-    path.write_bytes(image.data)
+    await asyncio.to_thread(path.write_bytes, image.data)
     return path
 
 
@@ -81,10 +82,11 @@ async def run(ctx: TaskContext, data: GenerateImageInput) -> dict[str, Any]:
     await ctx.progress(0.1, "generating_image")
     image = await client.generate(compose_prompt(data), data.resolution, data.quality)
     await ctx.progress(0.8, "storing_media")
-    with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
+    async with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
         path = await _image_file(ctx, image, workdir)
         # Read from the header, not decoded: a provider's answer is bounded like a caller's file.
-        width, height = Bounds.from_config(ctx.config.media).check_image(path, "Generated image")
+        bounds = Bounds.from_config(ctx.config.media)
+        width, height = await asyncio.to_thread(bounds.check_image, path, "Generated image")
         ext = path.suffix.lstrip(".")
         metadata = {
             "resolution": f"{width}x{height}",
@@ -92,7 +94,10 @@ async def run(ctx: TaskContext, data: GenerateImageInput) -> dict[str, Any]:
             "generation_model": client.model,
             "revised_prompt": image.revised_prompt,
         }
-        result = publish(ctx.config, ctx.project_id, path, f"image_{ctx.task_id}.{ext}", metadata)
+        # Storing copies the whole file: in a thread, so the API keeps answering meanwhile.
+        result = await asyncio.to_thread(
+            publish, ctx.config, ctx.project_id, path, f"image_{ctx.task_id}.{ext}", metadata
+        )
     await ctx.progress(1.0, "done")
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import attrs
@@ -81,7 +82,7 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
             0.05 + 0.9 * fraction, "fetching_images" if fraction < 0.2 and clip.shots else "rendering_video"
         )
 
-    with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
+    async with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
         await ctx.progress(0.05, "fetching_images" if clip.shots else "rendering_video")
         path, info = await video.render_clip(renderer, clip, workdir, rendering)
         await ctx.progress(0.96, "storing_media")
@@ -92,7 +93,10 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
             "format": "mp4",
             "generation_model": getattr(renderer, "model", video.MODEL),
         }
-        result = publish(ctx.config, ctx.project_id, path, f"{prefix}_{ctx.task_id}.mp4", metadata)
+        # Storing copies the whole file: in a thread, so the API keeps answering meanwhile.
+        result = await asyncio.to_thread(
+            publish, ctx.config, ctx.project_id, path, f"{prefix}_{ctx.task_id}.mp4", metadata
+        )
     await ctx.progress(1.0, "done")
     return result
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +134,16 @@ async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> d
     await ctx.progress(0.96, "storing_media")
     metadata = await audio.describe(output, data.output_format, MODEL)
     metadata["tracks"] = len(data.tracks)
-    return publish(ctx.config, ctx.project_id, output, f"audio_{ctx.task_id}.{data.output_format}", metadata)
+    # Storing copies the whole file: in a thread, so the API keeps answering meanwhile.
+    return await asyncio.to_thread(
+        publish, ctx.config, ctx.project_id, output, f"audio_{ctx.task_id}.{data.output_format}", metadata
+    )
 
 
 async def run(ctx: TaskContext, data: ProcessAudioInput) -> dict[str, Any]:
     """Mix the tracks with their gains and trims, normalise to target_lufs, encode at sample_rate."""
     _check(data)
-    with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
+    async with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
         result = await process(ctx, data, workdir)
     await ctx.progress(1.0, "done")
     return result
