@@ -352,12 +352,30 @@ class _StreamUnavailable(Exception):
     """The server has no event stream for this (an older taskd, or a proxy that refuses it)."""
 
 
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The stream's lines (LF or CRLF ended), however long.
+
+    aiohttp's own line reading gives up on a line past twice its read buffer (128 KiB) with
+    LineTooLong, and a `completed` event carries the task's result, up to the server's
+    execution.result_max_bytes (1 MiB by default), in one line: so chunks are split here. The
+    pieces of a long line are kept in a list and joined once, so reading one is linear in its size.
+    """
+    pieces: list[bytes] = []
+    async for chunk in content.iter_any():
+        *ended, rest = chunk.split(b"\n")
+        for end in ended:
+            pieces.append(end)
+            yield b"".join(pieces).removesuffix(b"\r").decode("utf-8")
+            pieces = []
+        if rest:
+            pieces.append(rest)
+
+
 async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str, str]]:
     """(id, event, data) of each event of a text/event-stream response."""
     event_id: str | None = None
     name, data = "message", list[str]()
-    async for raw in response.content:
-        line = raw.decode("utf-8").rstrip("\r\n")
+    async for line in _lines(response.content):
         if not line:
             if data:
                 yield event_id, name, "\n".join(data)

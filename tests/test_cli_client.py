@@ -14,7 +14,7 @@ from conftest import API_KEY
 
 from taskd.cli_client import ProgressView
 from taskd.client import TaskEvent, TaskStatus
-from taskd.config import AuthConfig, load_config
+from taskd.config import AuthConfig, ExecutionConfig, load_config
 
 
 @attrs.frozen
@@ -87,6 +87,17 @@ async def test_submit_reads_task_data_from_a_file_and_waits_for_the_result(taskd
     assert run.code == 0, run.err
     assert json.loads(run.out.split("\n", 1)[1]) == {"slept": 0.3, "attempt": 1}
     assert "processing 100% step_3_of_3" in run.err.splitlines()
+
+
+async def test_wait_prints_a_result_of_the_largest_size_the_server_keeps(taskd):
+    # Its `completed` event is one SSE line over 1 MiB long (execution.result_max_bytes of JSON).
+    characters = ExecutionConfig().result_max_bytes - len('{"filler":""}')
+    task = await taskd.submit("big_result", {"characters": characters})
+
+    run = await taskd_cli("wait", task["task_id"], url=taskd.base_url)
+
+    assert run.code == 0, run.err[-2000:]
+    assert json.loads(run.out) == {"filler": "x" * characters}
 
 
 async def test_wait_exits_1_with_the_error_when_the_task_failed(taskd):

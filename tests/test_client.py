@@ -24,7 +24,7 @@ from taskd.client import (
     TaskStatus,
     ValidationFailed,
 )
-from taskd.config import LimitsConfig
+from taskd.config import ExecutionConfig, LimitsConfig
 
 
 @pytest.fixture
@@ -57,6 +57,21 @@ async def test_wait_follows_the_events_and_returns_the_final_status(client):
     ]
     assert all(event.id for event in seen)
     assert seen[-1].is_terminal
+
+
+async def test_a_completed_event_carrying_the_largest_result_the_server_keeps_is_read_whole(client):
+    # A result of execution.result_max_bytes of JSON (1 MiB by default) travels in one `data:` line.
+    characters = ExecutionConfig().result_max_bytes - len('{"filler":""}')
+    submitted = await client.submit("films", "big_result", {"characters": characters})
+    seen = []
+
+    task = await client.wait(submitted.task_id, timeout=20, on_event=seen.append)
+    replayed = [event async for event in client.events(submitted.task_id)]
+
+    assert task.result == {"filler": "x" * characters}
+    assert seen[-1].is_terminal
+    assert seen[-1].result == task.result
+    assert replayed[-1].result == task.result
 
 
 async def test_wait_raises_task_failed_carrying_the_final_status(client):
