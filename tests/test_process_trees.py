@@ -166,3 +166,29 @@ async def test_stop_waits_the_grace_for_a_child_that_ignores_sigterm(grace):
     await tree.stop()
 
     assert child.returncode == -9  # SIGKILL, after the grace
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux-only")
+async def test_a_tool_child_dies_with_the_process_that_started_it_even_by_sigkill():
+    # A stand-in for a worker: it starts a tool child through the tree, prints the child's pid, waits.
+    worker_code = (
+        "import asyncio, sys\n"
+        "from taskd import proctree\n"
+        "async def main():\n"
+        "    child = await proctree.spawn(sys.executable, '-c', 'import time; time.sleep(60)')\n"
+        "    print(child.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", worker_code, stdout=asyncio.subprocess.PIPE
+    )
+    assert worker.stdout is not None
+    tool_pid = int(await worker.stdout.readline())
+
+    worker.kill()
+    await worker.wait()
+
+    async with asyncio.timeout(10):
+        while psutil.pid_exists(tool_pid) and psutil.Process(tool_pid).status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(0.05)
