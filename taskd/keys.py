@@ -18,7 +18,7 @@
 | `taskd:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires a day after the last event |
 | `taskd:gpu:{host}:{index}` | hash: task id -> "worker id|slots" holding slots of that device | entries leave on release, or when their worker's heartbeat is gone |
 | `taskd:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
-| `taskd:ratelimit:{policy}:{key hash}` | string: GCRA theoretical arrival time (ms) of one API key (sha256, never the key) under `submit`/`status` | until the key's quota is full again (at most a minute) |
+| `taskd:ratelimit:{policy}:{key hash}` | sorted set: the times (ms) of the requests of one API key (sha256, never the key) accepted under `submit`/`status` in the last minute | a minute after its last accepted request; older members are dropped on each request |
 | `taskd:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the limit is reached |
 | `taskd:wake` | pub/sub channel: a queue name, published when a job is put on it | no storage |
 """
@@ -82,7 +82,7 @@ def job_id(task_id: str, enqueues: int) -> str:
 
 
 def rate_limit(policy: str, key_id: str) -> str:
-    """The GCRA state of one hashed API key under one rate-limit policy."""
+    """The sliding-window log of one hashed API key under one rate-limit policy."""
     return f"{PREFIX}ratelimit:{policy}:{key_id}"
 
 

@@ -1,8 +1,8 @@
-"""Rate limits per API key in Redis, shared by every taskd process (GCRA).
+"""Rate limits per API key in Redis, shared by every taskd process: at most N requests in any window.
 
 The per-project concurrency limit and the queue length limit are checked in the submit script
-itself (taskd/store/lua/submit.lua), atomically with the write. The GCRA script is
-taskd/http/lua/gcra.lua.
+itself (taskd/store/lua/submit.lua), atomically with the write. The sliding-window
+script is taskd/http/lua/window.lua: one round trip per request.
 
 Each limited response carries the IETF `RateLimit-Policy` and `RateLimit` fields
 (draft-ietf-httpapi-ratelimit-headers), e.g. `RateLimit-Policy: "submit";q=100;w=60` and
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 
 import attrs
 from aiohttp import web
@@ -69,15 +70,16 @@ def key_id(api_key: str) -> str:
 
 
 class RateLimiter:
-    """Spends per-key quota in Redis with one GCRA script call per request."""
+    """Spends per-key quota in Redis with one sliding-window script call per request."""
 
     def __init__(self, redis: Redis) -> None:
-        self._gcra = scripts.load(redis, "gcra", "taskd.http")
+        self._window = scripts.load(redis, "window", "taskd.http")
 
     async def hit(self, policy: str, api_key: str, limit: int) -> Decision:
         """Spend one request of `limit` per minute for `api_key` under `policy`."""
-        allowed, remaining, retry_ms, reset_ms = await self._gcra(
-            {"bucket": keys.rate_limit(policy, key_id(api_key))}, {"limit": limit, "window": WINDOW * 1000}
+        allowed, remaining, retry_ms, reset_ms = await self._window(
+            {"log": keys.rate_limit(policy, key_id(api_key))},
+            {"limit": limit, "window": WINDOW * 1000, "nonce": secrets.token_hex(6)},
         )
         return Decision(policy, limit, bool(allowed), int(remaining), int(retry_ms), int(reset_ms))
 
