@@ -331,6 +331,10 @@ def _to_device_selection(value: Any, _: type) -> str:
     raise ValueError(f"expected auto, none, a count or a list of indexes, got {value!r}")
 
 
+# What a task type needs from a GPU: nothing, one slot of a device, or a whole device.
+GPU_NEEDS = ("none", "slot", "device")
+
+
 @attrs.frozen
 class GpuConfig:
     """Which GPUs taskd schedules on this host and how many jobs share one."""
@@ -338,9 +342,17 @@ class GpuConfig:
     # "auto" (every device NVML sees), "none", a count (2: the first two) or indexes ([0, 2]).
     devices: DeviceSelection = DeviceSelection("auto")
     slots: int = attrs.field(default=4, validator=attrs.validators.ge(1))
-    # Slots a job of each GPU queue takes; 0 means the whole device.
+    # Slots a job of each GPU queue takes (0 means the whole device), for a task type that does not
+    # say what it needs (a plugin's; every built-in type does).
     queue_slots: dict[str, int] = attrs.Factory(lambda: {"gpu_heavy": 0, "gpu_medium": 1})
-    # Per task type, overriding its queue's.
+    # Per task type: what it needs, overriding what the type declares ("none", "slot", "device").
+    task_needs: dict[str, str] = attrs.field(
+        factory=dict,
+        validator=attrs.validators.deep_mapping(
+            key_validator=attrs.validators.instance_of(str), value_validator=attrs.validators.in_(GPU_NEEDS)
+        ),
+    )
+    # Per task type: the number of slots (0 = the whole device), overriding everything above.
     task_slots: dict[str, int] = attrs.Factory(dict)
     # Simulated devices instead of NVML: for tests and demos on machines without a GPU.
     simulate: int = attrs.field(default=0, validator=attrs.validators.ge(0))

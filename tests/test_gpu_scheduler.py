@@ -7,6 +7,7 @@ import asyncio
 import signal
 
 import aiohttp
+import pytest
 from conftest import API_KEY, TERMINAL, child_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -309,3 +310,45 @@ async def test_a_task_waiting_for_a_gpu_is_queued_not_processing_and_starts_when
     assert metrics["currently_running"] == 1  # the holder only: waiting is not running
     assert done["status"] == "completed"
     assert done["started_at"] >= cancelled["cancelled_at"]  # it began once it had the device
+
+
+async def test_a_task_type_that_needs_no_gpu_runs_on_a_gpu_queue_without_taking_a_slot(
+    start_service, tmp_path
+):
+    from taskd.config import MediaConfig
+
+    media = MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch"))
+    service = await start_service(
+        gpu_backend=SimulatedBackend(1), gpu=GpuConfig(slots=1), limits=UNLIMITED, media=media
+    )
+    holder = await service.submit("gpu_hold", {"seconds": 30})
+    await held_by(service, holder["task_id"])
+
+    # generate_video encodes with ffmpeg on the CPU: it runs while the only slot is held.
+    video = await service.submit("generate_video", {"duration": 1, "fps": 4, "resolution": "320x240"})
+    body = await service.wait_terminal(video["task_id"], timeout=60)
+
+    assert body["status"] == "completed"
+    assert (await service.status(holder["task_id"]))["status"] == "processing"
+
+
+async def test_the_config_overrides_what_a_task_type_needs_from_a_gpu(start_service):
+    gpu = GpuConfig(slots=1, task_needs={"gpu_hold": "none"})
+    service = await start_service(gpu_backend=SimulatedBackend(1), gpu=gpu, limits=UNLIMITED)
+    first = await service.submit("gpu_hold", {"seconds": 30})
+    second = await service.submit("gpu_hold", {"seconds": 30})
+
+    for task in (first, second):  # both at once on a one-slot device: neither holds a slot
+        body = await service.wait_for(task["task_id"], lambda b: b["status"] == "processing")
+        assert body["status"] == "processing"
+
+
+def test_a_task_type_and_the_config_accept_only_the_three_gpu_needs():
+    from taskd.tasks.registry import default_registry
+    from taskd.tasks.spec import TaskType
+
+    with pytest.raises(ValueError, match="gpu"):
+        TaskType("x", object, queue="default", expected_duration=1, gpu="half")
+    with pytest.raises(ValueError, match="task_needs"):
+        GpuConfig(task_needs={"gpu_hold": "half"})
+    assert {t.gpu for t in default_registry().types.values()} == {"none"}  # no built-in type uses a GPU

@@ -224,8 +224,9 @@ class Executor:
         False when no device has room."""
         if self.gpu is None or task_id in self._leases or not self.gpu.inventory.read():
             return None
-        task_type = await self.store.task_type(task_id)
-        slots = None if task_type is None else self.gpu.slots_for(task_type, queue)
+        name = await self.store.task_type(task_id)
+        task_type = None if name is None else self.registry.get(name)
+        slots = None if task_type is None else self.gpu.slots_for(task_type.name, queue, task_type.gpu)
         if slots is None:
             return None
         lease = await self.gpu.try_acquire(task_id, slots)

@@ -20,6 +20,8 @@ from taskd.config import GpuConfig
 from taskd.gpu.devices import GpuInventory
 from taskd.store import scripts
 
+# Slots per declared need: one slot, or 0 (= the whole device).
+_NEED_SLOTS: dict[str, int | None] = {"none": None, "slot": 1, "device": 0}
 # What a queued task that no device has room for shows as its current_step.
 WAITING_STEP = "waiting_for_gpu"
 
@@ -61,10 +63,17 @@ class GpuScheduler:
         self._acquire = scripts.load(redis, "acquire", "taskd.gpu")
         self._waiting = scripts.load(redis, "waiting", "taskd.gpu")
 
-    def slots_for(self, task_type: str, queue: str) -> int | None:
-        """Slots a task takes (0 = whole device), or None when it needs no GPU."""
+    def slots_for(self, task_type: str, queue: str, declared: str | None = None) -> int | None:
+        """Slots a task takes (0 = whole device), or None when it needs no GPU.
+
+        The config's `task_slots`, then its `task_needs`, then what the type `declared`, then its
+        queue's `queue_slots`.
+        """
         if task_type in self.config.task_slots:
             return self.config.task_slots[task_type]
+        need = self.config.task_needs.get(task_type, declared)
+        if need is not None:
+            return _NEED_SLOTS[need]
         return self.config.queue_slots.get(queue)
 
     def device_key(self, index: int | str) -> str:

@@ -235,7 +235,23 @@ TASKS = [
     TaskType("cpu", CpuInput, queue="cpu_intensive", expected_duration=1.0, handler=cpu),
     TaskType("allocate", AllocateInput, queue="cpu_intensive", expected_duration=1.0, handler=allocate),
     TaskType("crash_worker", CrashInput, queue="default", expected_duration=0.01, handler=crash_worker),
-    TaskType("gpu_hold", GpuHoldInput, queue="gpu_medium", expected_duration=0.5, handler=gpu_hold),
-    TaskType("gpu_hold_whole", GpuHoldInput, queue="gpu_heavy", expected_duration=0.5, handler=gpu_hold),
-    TaskType("cuda_matmul", CudaMatmulInput, queue="gpu_medium", expected_duration=10.0, handler=cuda_matmul),
+    TaskType(
+        "gpu_hold", GpuHoldInput, queue="gpu_medium", expected_duration=0.5, handler=gpu_hold, gpu="slot"
+    ),
+    TaskType(
+        "gpu_hold_whole",
+        GpuHoldInput,
+        queue="gpu_heavy",
+        expected_duration=0.5,
+        handler=gpu_hold,
+        gpu="device",
+    ),
+    TaskType(
+        "cuda_matmul",
+        CudaMatmulInput,
+        queue="gpu_medium",
+        expected_duration=10.0,
+        handler=cuda_matmul,
+        gpu="slot",
+    ),
 ]

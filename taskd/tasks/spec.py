@@ -17,7 +17,7 @@ import attrs
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from taskd.config import Config
+from taskd.config import GPU_NEEDS, Config
 
 # Re-exported: task modules import these from here (they live at the bottom floor, taskd.errors).
 from taskd.errors import Cancelled as Cancelled
@@ -122,6 +122,12 @@ class TaskType:
     hard_time_limit: float | None = None
     # Stores its result in the media store: refused with 503 while the media disk is nearly full.
     stores_media: bool = False
+    # What it needs from a GPU while it runs: "none" (ffmpeg on the CPU, a remote provider), "slot"
+    # (one of a device's `gpu.slots`) or "device" (a whole device); None lets its queue decide
+    # (`gpu.queue_slots`), as for task types written before types could say.
+    gpu: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(GPU_NEEDS))
+    )
 
     @property
     def runs_in_process(self) -> bool:

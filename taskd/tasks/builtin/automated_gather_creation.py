@@ -197,4 +197,5 @@ TASK = TaskType(
     handler=run,
     soft_time_limit=540.0,
     hard_time_limit=600.0,
+    gpu="none",
 )

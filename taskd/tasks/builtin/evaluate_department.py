@@ -225,4 +225,5 @@ TASK = TaskType(
     handler=run,
     soft_time_limit=270.0,
     hard_time_limit=300.0,
+    gpu="none",
 )

@@ -133,4 +133,5 @@ TASK = TaskType(
     expected_duration=20.0,
     handler=run,
     stores_media=True,
+    gpu="none",
 )

@@ -115,4 +115,5 @@ TASK = TaskType(
     soft_time_limit=540.0,
     hard_time_limit=600.0,
     stores_media=True,
+    gpu="none",
 )

@@ -156,4 +156,5 @@ TASK = TaskType(
     expected_duration=22.0,
     handler=run,
     stores_media=True,
+    gpu="none",
 )

@@ -89,4 +89,5 @@ TASK = TaskType(
     soft_time_limit=270.0,
     hard_time_limit=300.0,
     stores_media=True,
+    gpu="none",
 )

@@ -85,5 +85,10 @@ async def run(ctx: TaskContext, data: TestPromptInput) -> dict[str, Any]:
 
 
 TASK = TaskType(
-    name="test_prompt", input=TestPromptInput, queue="default", expected_duration=10.0, handler=run
+    name="test_prompt",
+    input=TestPromptInput,
+    queue="default",
+    expected_duration=10.0,
+    handler=run,
+    gpu="none",
 )
