@@ -1,6 +1,6 @@
 """Every JSON body taskd sends, one attrs class each: the views render them, the OpenAPI document is
 generated from them, the Python client reads them, and the events the store's Lua writes are checked
-against `TaskEvent`.
+against `TaskEvent`. The one body taskd reads, the submission, is `SubmitRequest`, with its limits.
 
 A field's `metadata` carries its description and the JSON Schema keywords the document publishes for
 it (`meta`). A field whose default is `ABSENT` is left out of the body when it has no value; every
@@ -10,6 +10,7 @@ other field is always sent (as `null` when it has none), so the document lists i
 from __future__ import annotations
 
 import enum
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -102,6 +103,44 @@ class Detail:
     """A cancel or retry refused because of the task's state, in the document's `detail` shape."""
 
     detail: str
+
+
+# ---- requests ----
+
+# The limits of a submission: `taskd.submit.submission` checks them, the document publishes them.
+PROJECT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+CALLBACK_URL: Final = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
+MAX_CALLBACK_URL: Final = 2048
+PRIORITIES: Final = (model.PRIORITY_HIGH, model.PRIORITY_NORMAL, model.PRIORITY_LOW)
+
+
+@attrs.frozen
+class SubmitRequest:
+    """`POST /api/v1/tasks/submit`: one task to run. Unknown top-level fields are ignored.
+
+    The document publishes one variant per task type, with `task_data` that type's input class.
+    No validators here: `taskd.submit.submission.parse_submission` checks a body against these
+    limits with the document's messages, and `Submission` (this class and the submitting key) is
+    also built from stored records, which it must not check again.
+    """
+
+    project_id: str = attrs.field(metadata=meta("Whose task it is", pattern=f"^{PROJECT_ID.pattern}$"))
+    task_type: str = attrs.field(metadata=meta("An installed task type"))
+    task_data: dict[str, Any] = attrs.field(metadata=meta("The task type's input"))
+    priority: int = attrs.field(
+        default=model.PRIORITY_NORMAL, metadata=meta("1 high, 2 normal, 3 low", enum=list(PRIORITIES))
+    )
+    callback_url: str | None = attrs.field(
+        default=None,
+        metadata=meta(
+            "Where the webhook goes when the task ends",
+            pattern=CALLBACK_URL.pattern,
+            maxLength=MAX_CALLBACK_URL,
+        ),
+    )
+    metadata: dict[str, Any] = attrs.field(
+        factory=dict, metadata=meta("Kept with the task and sent back in its webhook")
+    )
 
 
 # ---- tasks ----
@@ -347,6 +386,70 @@ class QueueHealth:
     status: QueueStatus
     metrics: QueueHealthMetrics
     alerts: list[Alert]
+    timestamp: str = attrs.field(metadata=meta(**TIMESTAMP))
+
+
+# ---- dashboard ----
+
+
+@attrs.frozen
+class DashboardQueue:
+    """One queue: what waits, what runs (every project's count; the ids the key may see)."""
+
+    name: str
+    waiting: int = attrs.field(metadata=meta(minimum=0))
+    running: int = attrs.field(metadata=meta(minimum=0))
+    running_tasks: list[str] = attrs.field(metadata=meta("The first running tasks the key may see"))
+    concurrency: int | None = attrs.field(metadata=meta("Configured jobs at once per worker"))
+    workers: int = attrs.field(metadata=meta("Live workers serving it", minimum=0))
+
+
+@attrs.frozen
+class DashboardWorker:
+    """One live worker process and its last heartbeat."""
+
+    worker_id: str
+    host: str
+    pid: int
+    queues: list[str]
+    running: int = attrs.field(metadata=meta(minimum=0))
+    rss_bytes: int = attrs.field(metadata=meta(minimum=0))
+    job_rss_bytes: int = attrs.field(metadata=meta("Its job processes together", minimum=0))
+    started_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+    last_heartbeat: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+    heartbeat_age: float = attrs.field(metadata=meta("Seconds", minimum=0))
+
+
+@attrs.frozen
+class DashboardGpu:
+    """One GPU of this host and the tasks holding its slots."""
+
+    index: int = attrs.field(metadata=meta(minimum=0))
+    name: str
+    utilization: float
+    memory_used: int = attrs.field(metadata=meta("Bytes", minimum=0))
+    memory_total: int = attrs.field(metadata=meta("Bytes", minimum=0))
+    slots: int = attrs.field(metadata=meta("Jobs the device runs at once"))
+    holders: list[str] = attrs.field(metadata=meta("Tasks holding a slot (those the key may see)"))
+
+
+@attrs.frozen
+class DashboardGpus:
+    """This host's GPUs, or a note saying why there are none."""
+
+    available: bool
+    note: str | None
+    devices: list[DashboardGpu]
+
+
+@attrs.frozen
+class DashboardOverview:
+    """`GET /api/v1/dashboard/overview`: queues, live workers and GPUs, in one call."""
+
+    queues: list[DashboardQueue]
+    workers: list[DashboardWorker]
+    gpus: DashboardGpus
+    uptime: int = attrs.field(metadata=meta("Seconds", minimum=0))
     timestamp: str = attrs.field(metadata=meta(**TIMESTAMP))
 
 

@@ -20,6 +20,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from taskd.http.openapi import document
+from taskd.model import ValidationError
+from taskd.submit.submission import parse_submission
 from taskd.tasks.registry import default_registry
 
 DOCUMENT = document(default_registry())
@@ -86,6 +88,39 @@ def test_task_data_schemas_follow_the_input_classes():
 def test_a_submission_without_required_task_data_fields_is_not_valid():
     body = {"project_id": "p", "task_type": "generate_image", "task_data": {}}
 
+    assert not validator("SubmitRequest").is_valid(body)
+
+
+def submission(**fields: object) -> dict:
+    return {"project_id": "p", "task_type": "test_prompt", "task_data": TASK_DATA["test_prompt"], **fields}
+
+
+# A submission at each limit `taskd.shapes.SubmitRequest` publishes, and one past it, by field.
+AT_THE_LIMITS = {
+    "project_id": ({"project_id": "p" * 128}, {"project_id": "p" * 129}),
+    "callback_url": (
+        {"callback_url": "https://hooks.example/" + "x" * (2048 - 22)},
+        {"callback_url": "https://hooks.example/" + "x" * (2048 - 21)},
+    ),
+    "priority": ({"priority": 3}, {"priority": 4}),
+}
+
+
+@pytest.mark.parametrize("field", sorted(AT_THE_LIMITS))
+def test_a_submission_at_a_limit_is_accepted_by_the_parser_and_valid_by_the_document(field):
+    body = submission(**AT_THE_LIMITS[field][0])
+
+    parse_submission(body, default_registry())
+    validator("SubmitRequest").validate(body)
+
+
+@pytest.mark.parametrize("field", sorted(AT_THE_LIMITS))
+def test_a_submission_past_a_limit_is_refused_by_the_parser_and_not_valid_by_the_document(field):
+    body = submission(**AT_THE_LIMITS[field][1])
+
+    with pytest.raises(ValidationError) as refused:
+        parse_submission(body, default_registry())
+    assert list(refused.value.details) == [field]
     assert not validator("SubmitRequest").is_valid(body)
 
 

@@ -3,11 +3,16 @@ are the classes of `taskd.shapes` that the views render and the OpenAPI document
 
 from __future__ import annotations
 
+import asyncio
+
 import attrs
+import jsonschema_rs
 import orjson
 import pytest
 
-from taskd import client, keys, shapes
+from taskd import client, keys, model, shapes
+from taskd.gpu.devices import SimulatedBackend
+from taskd.http import errors
 from taskd.http.openapi import document
 from taskd.tasks.registry import default_registry
 
@@ -107,3 +112,38 @@ def test_a_body_taskd_sends_lists_every_field_it_always_sends_as_required_and_no
     assert "current_step" in status["required"]
     assert "queue_position" not in status["required"]
     assert status["additionalProperties"] is False
+
+
+# Every error the model raises, as the views raise them.
+API_ERRORS = [
+    model.ApiError(401, "authentication_failed", "Invalid or missing API key"),
+    model.ValidationError({"task_data.prompt": "This field is required"}),
+    model.TaskNotFound("t-1"),
+    model.InvalidState("Task is completed; only failed or cancelled tasks can be retried"),
+    model.RateLimited("Rate limit exceeded", retry_after=7),
+    model.ServiceUnavailable("Task storage is unavailable, please try again later"),
+]
+
+
+@pytest.mark.parametrize("error", API_ERRORS, ids=lambda error: type(error).__name__)
+def test_an_error_is_rendered_through_its_shape_to_the_same_bytes_as_its_body(error):
+    rendered = shapes.render(errors.shape(error))
+
+    assert orjson.dumps(rendered) == orjson.dumps(error.body)
+
+
+async def test_the_dashboard_overview_is_exactly_its_shape_and_valid_by_the_document(start_service):
+    service = await start_service(gpu_backend=SimulatedBackend(1))
+    task = await service.submit("gpu_hold", {"seconds": 30})
+    async with asyncio.timeout(20):
+        while True:  # until every part of the overview has something in it: a worker, a GPU holder
+            async with service.client.get("/api/v1/dashboard/overview") as response:
+                overview = await response.json()
+            if overview["workers"] and overview["gpus"]["devices"][0]["holders"] == [task["task_id"]]:
+                break
+            await asyncio.sleep(0.05)
+    doc = document(default_registry())
+    schema = jsonschema_rs.Draft202012Validator({**doc, "$ref": "#/components/schemas/DashboardOverview"})
+
+    assert shapes.render(STRICT.structure(overview, shapes.DashboardOverview)) == overview
+    schema.validate(overview)

@@ -14,11 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
-from taskd import keys
+from taskd import keys, shapes
 from taskd.heartbeat import live_workers
 from taskd.http.context import API
-from taskd.http.responses import json_response
+from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches, visible_tasks
+from taskd.http.views import stamp
 from taskd.model import ApiError, iso, now
 
 NO_GPUS = "no GPUs (NVML not available)"
@@ -72,7 +73,7 @@ async def asset(request: web.Request) -> web.Response:
     return _asset_response(request, name)
 
 
-async def _queues(request: web.Request, workers: list[Any]) -> list[dict[str, Any]]:
+async def _queues(request: web.Request, workers: list[Any]) -> list[shapes.DashboardQueue]:
     api = request.app[API]
     names = api.queue_names
     waiting = await api.queue.waiting(names)
@@ -88,14 +89,14 @@ async def _queues(request: web.Request, workers: list[Any]) -> list[dict[str, An
     for i, name in enumerate(names):
         configured = api.config.queues.get(name)
         queues.append(
-            {
-                "name": name,
-                "waiting": waiting.get(name, 0),
-                "running": replies[2 * i],
-                "running_tasks": [task_id for task_id in listed[i] if task_id in shown],
-                "concurrency": configured.concurrency if configured else None,
-                "workers": sum(1 for worker in workers if name in worker.queues),
-            }
+            shapes.DashboardQueue(
+                name=name,
+                waiting=waiting.get(name, 0),
+                running=replies[2 * i],
+                running_tasks=[task_id for task_id in listed[i] if task_id in shown],
+                concurrency=configured.concurrency if configured else None,
+                workers=sum(1 for worker in workers if name in worker.queues),
+            )
         )
     return queues
 
@@ -114,43 +115,43 @@ async def overview(request: web.Request) -> web.Response:
     uses = {use.index: use for use in await api.gpu.usage()}
     shown = await visible_tasks(request, (task_id for use in uses.values() for task_id in use.holders))
     holders = {index: sorted(shown.intersection(use.holders)) for index, use in uses.items()}
-    return json_response(
-        {
-            "queues": await _queues(request, workers),
-            "workers": [
-                {
-                    "worker_id": worker.worker_id,
-                    "host": worker.host,
-                    "pid": worker.pid,
-                    "queues": worker.queues,
-                    "running": worker.running,
-                    "rss_bytes": worker.rss_bytes,
-                    "job_rss_bytes": worker.job_rss_bytes,
-                    "started_at": iso(worker.started_at),
-                    "last_heartbeat": iso(beats.get(worker.worker_id)),
-                    "heartbeat_age": round(max(0.0, at - beats.get(worker.worker_id, at)), 1),
-                }
+    return shape_response(
+        shapes.DashboardOverview(
+            queues=await _queues(request, workers),
+            workers=[
+                shapes.DashboardWorker(
+                    worker_id=worker.worker_id,
+                    host=worker.host,
+                    pid=worker.pid,
+                    queues=worker.queues,
+                    running=worker.running,
+                    rss_bytes=worker.rss_bytes,
+                    job_rss_bytes=worker.job_rss_bytes,
+                    started_at=iso(worker.started_at),
+                    last_heartbeat=iso(beats.get(worker.worker_id)),
+                    heartbeat_age=round(max(0.0, at - beats.get(worker.worker_id, at)), 1),
+                )
                 for worker in workers
             ],
-            "gpus": {
-                "available": bool(devices),
-                "note": None if devices else NO_GPUS,
-                "devices": [
-                    {
-                        "index": device.index,
-                        "name": device.name,
-                        "utilization": device.utilization,
-                        "memory_used": device.memory_used,
-                        "memory_total": device.memory_total,
-                        "slots": api.config.gpu.slots,
-                        "holders": holders.get(device.index, []),
-                    }
+            gpus=shapes.DashboardGpus(
+                available=bool(devices),
+                note=None if devices else NO_GPUS,
+                devices=[
+                    shapes.DashboardGpu(
+                        index=device.index,
+                        name=device.name,
+                        utilization=device.utilization,
+                        memory_used=device.memory_used,
+                        memory_total=device.memory_total,
+                        slots=api.config.gpu.slots,
+                        holders=holders.get(device.index, []),
+                    )
                     for device in devices
                 ],
-            },
-            "uptime": int(time.monotonic() - api.started_at),
-            "timestamp": iso(at),
-        }
+            ),
+            uptime=int(time.monotonic() - api.started_at),
+            timestamp=stamp(at),
+        )
     )
 
 

@@ -10,8 +10,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from taskd.http.responses import json_response
-from taskd.model import ApiError, ServiceUnavailable
+from taskd import shapes
+from taskd.http.responses import shape_response
+from taskd.model import ApiError, InvalidState, ServiceUnavailable
 
 log = logging.getLogger("taskd.http")
 
@@ -20,11 +21,22 @@ STORAGE_FULL_RETRY_AFTER = 60
 _HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
+def shape(error: ApiError) -> shapes.Error | shapes.Detail:
+    """An ApiError's body as the shape the document gives it.
+
+    `taskd.model` (floor 0, below `taskd.shapes`, which imports it) keeps the body as a dict; a key
+    that `shapes.Error` lacks is a bug to see, so it is structured strictly.
+    """
+    if isinstance(error, InvalidState):
+        return shapes.Detail(**error.body)
+    return shapes.STRICT_CONVERTER.structure(error.body, shapes.Error)
+
+
 def render(error: ApiError) -> web.Response:
     """The response for an ApiError, with Retry-After where it has one."""
     retry_after = getattr(error, "retry_after", None)  # 503 service_unavailable, 429 rate_limited
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return json_response(error.body, error.status, headers)
+    return shape_response(shape(error), error.status, headers)
 
 
 @web.middleware
@@ -41,7 +53,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = exc.reason
         if exc.status == 413:
             message = f"Request body is larger than the limit of {request.client_max_size} bytes"
-        return json_response({"error": error, "message": message}, exc.status)
+        return shape_response(shapes.Error(error, message), exc.status)
     except RedisOutOfMemoryError:
         # maxmemory with noeviction: Redis refuses writes rather than drop task data.
         log.warning("storage full (redis maxmemory) for %s %s", request.method, request.path)
@@ -53,4 +65,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
     except Exception:
         log.exception("unhandled error for %s %s", request.method, request.path)
-        return json_response({"error": "internal_error", "message": "Internal server error"}, 500)
+        return shape_response(shapes.Error("internal_error", "Internal server error"), 500)

@@ -1,10 +1,12 @@
 """`GET /openapi.json`: the OpenAPI 3.1 document of every route, its parameters, bodies and responses.
 
 Every schema is generated from an attrs class: the bodies taskd sends from `taskd.shapes` (the
-classes the views render), and each installed task type's `task_data` from its input class, with
-the defaults, ranges, enums and patterns of its validators (`taskd.validation.Check.schema`), so a
-plugin task type is described as soon as it is installed. A test walks the app's routes and fails
-when a route and this document disagree.
+classes the views and the error middleware render), the submission from `shapes.SubmitRequest`
+(with the limits `taskd.submit.submission` checks), and each installed task type's `task_data`
+from its input class, with the defaults, ranges, enums and patterns of its validators
+(`taskd.validation.Check.schema`), so a plugin task type is described as soon as it is installed.
+Only the paths, their parameters and headers are written out here and in `openapi_watch`. A test
+walks the app's routes and fails when a route and this document disagree.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from taskd.http.context import API
 from taskd.http.responses import json_response
 from taskd.http.scope import Touches, touches
 from taskd.model import TaskStatus
-from taskd.submit.submission import MAX_CALLBACK_URL, PROJECT_ID
 from taskd.tasks.registry import Registry
 from taskd.validation import Check
 
@@ -51,6 +52,7 @@ BODIES = (
     shapes.TaskMetrics,
     shapes.QueueHealth,
     shapes.TaskEvent,
+    shapes.DashboardOverview,
 )
 
 
@@ -198,22 +200,21 @@ _STATUS = {"type": "string", "enum": [status.value for status in TaskStatus]}
 
 
 def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
+    """`SubmitRequest`: one variant of `shapes.SubmitRequest` per task type, told apart by `task_type`."""
+    # Generated aside: the class's own name is the union's, and only its variants are published.
+    generated: dict[str, Schema] = {}
+    request = generated[class_schema(shapes.SubmitRequest, generated)]
     variants = []
     for name, task_type in sorted(registry.types.items()):
         data = class_schema(task_type.input, schemas)
+        properties = request["properties"]
         schemas[f"Submit_{name}"] = {
-            "type": "object",
-            "required": ["project_id", "task_type", "task_data"],
+            **request,
             "properties": {
-                "project_id": {"type": "string", "pattern": f"^{PROJECT_ID.pattern}$"},
-                "task_type": {"const": name},
-                "task_data": _ref(data),
-                "priority": {"enum": [1, 2, 3], "default": 2},
-                "callback_url": {"type": "string", "pattern": r"^https?://", "maxLength": MAX_CALLBACK_URL},
-                "metadata": {"type": "object"},
+                **properties,
+                "task_type": {**properties["task_type"], "const": name},
+                "task_data": {**_ref(data), "description": properties["task_data"]["description"]},
             },
-            # Unknown top-level fields are ignored.
-            "additionalProperties": True,
             "description": f"A `{name}` task; runs on the `{task_type.queue}` queue.",
         }
         variants.append(_ref(f"Submit_{name}"))
@@ -454,7 +455,6 @@ def document(registry: Registry) -> dict[str, Any]:
     """The OpenAPI 3.1 document for the task types in `registry`."""
     schemas = _body_schemas()
     _submit_schemas(registry, schemas)
-    schemas.update(openapi_watch.schemas())
     return {
         "openapi": "3.1.0",
         "info": {

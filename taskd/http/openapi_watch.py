@@ -1,4 +1,7 @@
-"""The OpenAPI description of the event streams and the dashboard; merged into `taskd.http.openapi`."""
+"""The OpenAPI paths of the event streams and the dashboard; merged into `taskd.http.openapi`.
+
+Their bodies' schemas (`TaskEvent`, `DashboardOverview`) are generated there from `taskd.shapes`.
+"""
 
 from __future__ import annotations
 
@@ -33,63 +36,6 @@ _EVENT_STREAM = {
     ),
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
 }
-
-
-def schemas() -> dict[str, Schema]:
-    """Component schemas used by these paths (`TaskEvent` is `taskd.shapes.TaskEvent`)."""
-    return {
-        "DashboardOverview": {
-            "type": "object",
-            "required": ["queues", "workers", "gpus", "uptime", "timestamp"],
-            "properties": {
-                "queues": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "waiting", "running", "running_tasks", "concurrency", "workers"],
-                        "properties": {
-                            "name": {"type": "string"},
-                            "waiting": {"type": "integer"},
-                            "running": {"type": "integer"},
-                            "running_tasks": {"type": "array", "items": {"type": "string"}},
-                            "concurrency": {"type": ["integer", "null"]},
-                            "workers": {"type": "integer"},
-                        },
-                    },
-                },
-                "workers": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["worker_id", "host", "pid", "queues", "running", "heartbeat_age"],
-                        "properties": {
-                            "worker_id": {"type": "string"},
-                            "host": {"type": "string"},
-                            "pid": {"type": "integer"},
-                            "queues": {"type": "array", "items": {"type": "string"}},
-                            "running": {"type": "integer"},
-                            "rss_bytes": {"type": "integer"},
-                            "job_rss_bytes": {"type": "integer"},
-                            "started_at": {"type": ["string", "null"]},
-                            "last_heartbeat": {"type": ["string", "null"]},
-                            "heartbeat_age": {"type": "number"},
-                        },
-                    },
-                },
-                "gpus": {
-                    "type": "object",
-                    "required": ["available", "devices"],
-                    "properties": {
-                        "available": {"type": "boolean"},
-                        "note": {"type": ["string", "null"]},
-                        "devices": {"type": "array", "items": {"type": "object"}},
-                    },
-                },
-                "uptime": {"type": "integer"},
-                "timestamp": {"type": "string"},
-            },
-        },
-    }
 
 
 def paths() -> dict[str, Any]:

@@ -1,30 +1,30 @@
-"""The submit request: checked field by field into a Submission, or a 400 with every problem named."""
+"""The submit request: checked field by field into a Submission, or a 400 with every problem named.
+
+The fields and their limits are `taskd.shapes.SubmitRequest`'s (the OpenAPI document is generated
+from that class). A body is checked here by hand rather than structured into the class by cattrs,
+because that would change what is accepted and what is said: cattrs turns a number into a string
+(`"project_id": 5` would pass), names a missing field "This field is required" where the document
+says "Project ID is required", and would refuse the `null`, `false` or `""` metadata that has always
+been read as none; and `task_data` is checked against its task type's own input class.
+"""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import attrs
 
 from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, ValidationError
+from taskd.shapes import CALLBACK_URL, MAX_CALLBACK_URL, PROJECT_ID, SubmitRequest
 from taskd.tasks.registry import Registry
 
-PROJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
-CALLBACK_URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
-MAX_CALLBACK_URL = 2048
+__all__ = ["CALLBACK_URL", "MAX_CALLBACK_URL", "PROJECT_ID", "Submission", "parse_submission"]
 
 
 @attrs.frozen
-class Submission:
+class Submission(SubmitRequest):
     """A valid request for work: what the submit endpoint and retry create tasks from."""
 
-    project_id: str
-    task_type: str
-    task_data: dict[str, Any]
-    priority: int = PRIORITY_NORMAL
-    callback_url: str | None = None
-    metadata: dict[str, Any] = attrs.Factory(dict)
     # The id of the submitting API key (taskd.webhooks.signing.key_id): whose secret signs its webhook.
     key_id: str | None = None
 
