@@ -22,6 +22,7 @@ from aiohttp import web
 from taskd import shapes
 from taskd.http import openapi_watch
 from taskd.http.context import API
+from taskd.http.projects import DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE
 from taskd.http.responses import json_response
 from taskd.http.scope import Touches, touches
 from taskd.model import TaskStatus
@@ -420,12 +421,17 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "page",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "default": 1},
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
                     },
                     {
                         "name": "limit",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIMIT,
+                            "default": DEFAULT_LIMIT,
+                        },
                     },
                 ],
                 "responses": {"200": _json("ProjectTasks", "One page"), **_errors(400, 401, 404, 503)},
