@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import ctypes
 import os
-import resource
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -38,6 +37,23 @@ _PR_SET_PDEATHSIG = 1
 
 MB = 1024 * 1024
 
+# What a tool child runs first, as `python -I -S -c TOOL_START <address space> <parent pid> cmd…`:
+# the address-space rlimit (0 = none; the second line behind the tree's RSS watcher: an allocation
+# past it fails inside the tool at once, between two watcher ticks), the parent-death signal
+# (Linux: a tool must not outlive a worker killed by SIGKILL, nobody would stop it), then exec.
+TOOL_START = """
+import os, resource, sys
+limit, parent, command = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+if limit:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+if sys.platform.startswith("linux"):
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)  # the worker died before the signal was armed
+os.execvp(command[0], command)
+"""
+
 
 @attrs.frozen
 class TreeLimits:
@@ -48,23 +64,21 @@ class TreeLimits:
     address_space_bytes: int = 0  # 0 = no rlimit
 
 
-def child_setup(address_space: int) -> Callable[[], None] | None:
-    """What runs in the child between fork and exec: the rlimit, and dying with taskd (Linux)."""
-    libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-    parent = os.getpid()
-    if libc is None and not address_space:
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel SIGKILL the child when taskd dies (Linux; None elsewhere).
+
+    For job processes, started a few times per worker's life: a tool child, started often, gets
+    the same from TOOL_START instead, which keeps the fork cheap.
+    """
+    if not sys.platform.startswith("linux"):
         return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child does little
+    parent = os.getpid()
 
     def hook() -> None:
-        if address_space:
-            # The second line behind the RSS watcher: an allocation past it fails inside the tool
-            # at once, between two watcher ticks, instead of taking the host's memory.
-            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-        if libc is not None:
-            # A tool must not outlive a worker killed by SIGKILL (nobody would stop it).
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-            if os.getppid() != parent:
-                os._exit(1)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
 
     return hook
 
@@ -88,12 +102,24 @@ class ProcessTree:
     async def spawn(
         self, *cmd: str, env: dict[str, str] | None = None, **kwargs: Any
     ) -> asyncio.subprocess.Process:
-        """Start `cmd` as a member of this tree (asyncio.create_subprocess_exec's keyword arguments)."""
+        """Start `cmd` as a member of this tree (asyncio.create_subprocess_exec's keyword arguments).
+
+        It starts as `python -I -S -c TOOL_START <limit> <parent pid> cmd…`, which sets the rlimit and
+        the parent-death signal and then execs `cmd` (same pid, same group): a `preexec_fn` would
+        do the same in the forked child, but it makes Python fork the whole worker instead of vfork,
+        and the event loop waits for that fork, tens of milliseconds under load.
+        """
         proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            TOOL_START,
+            str(self.limits.address_space_bytes),
+            str(os.getpid()),
             *cmd,
             env=child_environment() if env is None else env,
             start_new_session=True,
-            preexec_fn=child_setup(self.limits.address_space_bytes),
             **kwargs,
         )
         self.adopt(proc)

@@ -366,7 +366,8 @@ class Executor:
         """Kill the task's processes when together they pass the memory limit (the job-process rule)."""
         while running.stopped_for is None:
             await asyncio.sleep(WATCH_INTERVAL)
-            used = tree.over_memory()
+            # Adding up the tree reads /proc for every process of the host: not on the loop.
+            used = await asyncio.to_thread(tree.over_memory)
             if used is not None:
                 running.stop_for("memory")
                 # The health alerts name the task and the memory it reached.

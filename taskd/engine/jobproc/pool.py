@@ -25,7 +25,7 @@ from taskd.childenv import child_environment, job_config
 from taskd.config import Config
 from taskd.engine.jobproc import frames
 from taskd.media.store import scratch_root
-from taskd.proctree import child_setup, signal_group
+from taskd.proctree import die_with_parent, signal_group
 
 log = logging.getLogger("taskd.engine")
 
@@ -105,7 +105,7 @@ class Runner:
             # Its own process group: a cancel or a kill reaches what the handler started too
             # (taskd/proctree.py); and it dies with the worker even when that is SIGKILLed.
             start_new_session=True,
-            preexec_fn=child_setup(0),
+            preexec_fn=die_with_parent(),
         )
         runner = cls(proc, device)
         try:
