@@ -31,6 +31,7 @@ from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.logs import REDACTOR, bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
+from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
 from taskd.store import CorruptRecord, Start, TaskStore
@@ -172,6 +173,7 @@ class Executor:
         worker_id: str,
         runners: RunnerPool,
         gpu: GpuScheduler | None = None,
+        provider_limits: ProviderLimits | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -181,6 +183,7 @@ class Executor:
         self.worker_id = worker_id
         self.runners = runners
         self.gpu = gpu
+        self.provider_limits = provider_limits
         self.running: dict[str, _Running] = {}
         # GPU slots taken for a task at its claim, held until its run ends.
         self._leases: dict[str, Lease] = {}
@@ -310,6 +313,7 @@ class Executor:
             metadata=record.metadata,
             sink=partial(self._report, record.task_id),
             device=device,
+            provider_limits=self.provider_limits,
         )
         soft, hard = self._limits(record, task_type)
         assert task_type.handler is not None
