@@ -9,11 +9,14 @@ import sys
 import time
 
 import pytest
+from fake_media_apis import FakeImagesAPI, FakeSpeechAPI
 from redis.asyncio import Redis
 
 from taskd import keys
-from taskd.config import Config, LlmProvider, ProvidersConfig, QueueConfig
+from taskd.config import Config, ImageProvider, LlmProvider, ProvidersConfig, QueueConfig, SpeechProvider
+from taskd.providers.images import ImagesClient
 from taskd.providers.limits import ProviderLimits
+from taskd.providers.speech import SpeechClient
 
 WAITING = "waiting_for_provider:llm"
 
@@ -80,8 +83,11 @@ async def test_a_request_over_the_per_minute_limit_waits_for_the_window_instead_
 
 DOOMED_WORKER = """
 import asyncio, sys
+from fake_media_apis import FakeImagesAPI, FakeSpeechAPI
 from redis.asyncio import Redis
+from taskd.providers.images import ImagesClient
 from taskd.providers.limits import ProviderLimits
+from taskd.providers.speech import SpeechClient
 
 async def main():
     gate = ProviderLimits(Redis.from_url(sys.argv[1]), "doomed", lease=1.0).gate("image", 1, 0)
@@ -141,6 +147,27 @@ async def test_a_task_cancelled_while_waiting_for_a_slot_leaves_no_slot_held(red
             await waiter
 
     assert await redis.zcard(keys.provider_slots("speech")) == 0
+
+
+async def test_the_image_and_speech_clients_send_nothing_while_their_provider_has_no_free_slot(
+    redis, http, tmp_path
+):
+    limits = ProviderLimits(redis, "w")
+    async with FakeImagesAPI() as images, FakeSpeechAPI() as speech:
+        image = ImagesClient(ImageProvider(base_url=images.base_url), http, limits.gate("image", 1, 0))
+        voice = SpeechClient(SpeechProvider(base_url=speech.base_url), http, limits.gate("speech", 1, 0))
+        image_slot, speech_slot = limits.gate("image", 1, 0), limits.gate("speech", 1, 0)
+        assert image_slot is not None and speech_slot is not None
+        async with image_slot.slot(), speech_slot.slot():
+            calls = asyncio.gather(
+                image.generate("a lighthouse", "1024x1024", "standard"),
+                voice.speak("hello", None, 1.0, None, tmp_path / "voice"),
+            )
+            await asyncio.sleep(0.5)
+            assert (images.requests, speech.requests) == ([], [])
+        await calls
+
+    assert (len(images.requests), len(speech.requests)) == (1, 1)
 
 
 def test_a_provider_without_limits_gets_no_gate_and_asks_nothing_of_redis():
