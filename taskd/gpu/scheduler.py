@@ -22,6 +22,10 @@ from taskd.store import scripts
 
 # Slots per declared need: one slot, or 0 (= the whole device).
 _NEED_SLOTS: dict[str, int | None] = {"none": None, "slot": 1, "device": 0}
+# A whole-device task's reservation lasts this long after its last try: workers try again at every
+# poll (`worker.poll_delay`, 0.5 s) and when slots come back, so it lapses only for a task that
+# stopped asking (cancelled, or started elsewhere).
+RESERVATION_MS = 5000
 # What a queued task that no device has room for shows as its current_step.
 WAITING_STEP = "waiting_for_gpu"
 
@@ -97,6 +101,7 @@ class GpuScheduler:
                 "worker_id": self.worker_id,
                 "wanted": slots,
                 "capacity": self.config.slots,
+                "reserve_ms": RESERVATION_MS,
                 "devices": pairs,
             },
         )
