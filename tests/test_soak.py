@@ -14,6 +14,7 @@ SOAK = Path(__file__).parent.parent / "bench" / "soak.py"
 
 # The deadline is generous on purpose: this checks that nothing is lost or run twice, not speed
 # (bench/ measures that); a shared 2-core machine has taken 95 s for the 2 000 tasks.
+@pytest.mark.long
 @pytest.mark.timeout(200)
 def test_short_soak_completes_every_task_once_with_every_webhook_and_no_5xx(tmp_path):
     report_path = tmp_path / "soak.json"
