@@ -382,7 +382,7 @@ async def test_whole_device_jobs_are_not_starved_and_devices_never_overfill(redi
                 del running[n]
         for n in list(waiting):
             want, duration = jobs[n]
-            lease = await scheduler.try_acquire(f"t{n}", want)
+            lease = await scheduler.try_acquire(f"t{n}", want, score=n)
             if lease is not None:
                 waiting.remove(n)
                 running[n], started[n] = (lease, tick + duration), tick

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 
 import attrs
@@ -84,8 +85,12 @@ class GpuScheduler:
         """The hash of a device's holders on this host."""
         return keys.gpu_device(self.host, str(index))
 
-    async def try_acquire(self, task_id: str, slots: int) -> Lease | None:
-        """Take `slots` of the best device now, or None if none has room (or the host has no GPU)."""
+    async def try_acquire(self, task_id: str, slots: int, score: int | None = None) -> Lease | None:
+        """Take `slots` of the best device now, or None if none has room (or the host has no GPU).
+
+        `score` is the task's place in the queues (its job's score in ms; None: now, behind every
+        queued task): a device reserved for a whole-device task binds only the tasks behind it.
+        """
         devices = self.inventory.read()
         if not devices:
             return None
@@ -102,6 +107,7 @@ class GpuScheduler:
                 "wanted": slots,
                 "capacity": self.config.slots,
                 "reserve_ms": RESERVATION_MS,
+                "score": int(time.time() * 1000) if score is None else score,
                 "devices": pairs,
             },
         )
