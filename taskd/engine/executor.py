@@ -205,7 +205,7 @@ class Executor:
         for whichever worker finds room first, and no worker slot is held meanwhile.
         """
         task_id = job_id.rsplit(".", 1)[0]
-        lease = await self._lease_for(task_id, queue)
+        lease = await self._lease_for(task_id, job_id, queue)
         if lease is False:
             return Start(claimed=False)
         try:
@@ -222,7 +222,7 @@ class Executor:
             await self._release_lease(task_id)
         return start
 
-    async def _lease_for(self, task_id: str, queue: str) -> Lease | Literal[False] | None:
+    async def _lease_for(self, task_id: str, job_id: str, queue: str) -> Lease | Literal[False] | None:
         """The GPU slots `task_id` needs, taken now; None when it needs none (or the host has no GPU);
         False when no device has room."""
         if self.gpu is None or task_id in self._leases or not self.gpu.inventory.read():
@@ -232,7 +232,9 @@ class Executor:
         slots = None if task_type is None else self.gpu.slots_for(task_type.name, queue, task_type.gpu)
         if slots is None:
             return None
-        lease = await self.gpu.try_acquire(task_id, slots)
+        # Its place in the queues decides whom a device reserved for a whole-device task holds back.
+        score = await self.queue.score_of(job_id, queue)
+        lease = await self.gpu.try_acquire(task_id, slots, score)
         if lease is None:
             if task_id not in self._waiting_noted:
                 self._waiting_noted.add(task_id)

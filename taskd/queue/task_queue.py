@@ -56,6 +56,11 @@ class TaskQueue:
             expiry_ms=JOB_EXPIRY_MS,
         )
 
+    async def score_of(self, job: str, queue: str) -> int | None:
+        """A waiting job's score in its queue (None when it is not on the queue)."""
+        score = await self.redis.zscore(keys.queue(queue), job)
+        return None if score is None else int(score)
+
     @staticmethod
     def position(rank: int | None, running: int) -> int:
         """1-based place among waiting tasks, from a rank in arq's set (which still holds running jobs)."""
