@@ -16,8 +16,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/taskd serve
 
+# Two passes (docs/development.md#build-and-test): the suite in parallel (pytest-xdist, work stealing:
+# the minutes-long soak starts first and the others take its share), then the tests marked `serial`
+# (timing-sensitive under CPU load) alone. Bytecode is cached even where PYTHONDONTWRITEBYTECODE is set:
+# else every xdist worker and every taskd child recompiles pytest's rewritten test modules and plugins.
+TEST_WORKERS ?= 3
+
 test: $(STAMP)
-	$(BIN)/pytest -q
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial"
+	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -m serial
 
 # taskd beside the FastAPI + Celery + Redis stack it replaces (bench/compare.py, docs/performance.md).
 bench: $(STAMP)

@@ -123,6 +123,9 @@ class LlmProvider:
     api_key: str = ""
     model: str = "gpt-4o-mini"
     timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
+    # Shared by every worker on every host (taskd/providers/limits.py); 0 = unlimited.
+    max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen
@@ -131,6 +134,8 @@ class ImageProvider:
     api_key: str = ""
     model: str = "gpt-image-1"
     timeout: float = attrs.field(default=180.0, validator=attrs.validators.gt(0))
+    max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen
@@ -140,10 +145,14 @@ class SpeechProvider:
     model: str = "gpt-4o-mini-tts"
     voice: str = "alloy"
     timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
+    max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen
 class VideoProvider:
+    # No max_concurrency/per_minute: taskd sends no request to a video service (the built-in renderer
+    # is ffmpeg on this machine); a plugin that calls one limits its own calls.
     # "module:callable" returning a taskd.media.video.ClipRenderer; empty: the built-in ffmpeg renderer.
     plugin: str = ""
 

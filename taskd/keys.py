@@ -20,6 +20,8 @@
 | `taskd:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
 | `taskd:ratelimit:{policy}:{key hash}` | sorted set: the times (ms) of the requests of one API key (sha256, never the key) accepted under `submit`/`status` in the last minute | a minute after its last accepted request; older members are dropped on each request |
 | `taskd:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the limit is reached |
+| `taskd:provider:{name}:slots` | sorted set: holder (worker id, task id, request) -> ms its lease ends, of the requests in flight to provider `llm`/`image`/`speech` (`providers.<name>.max_concurrency`) | a lease after the last acquire or renewal; holders whose lease ended are dropped on each acquire |
+| `taskd:provider:{name}:minute` | sorted set: the times (ms) of the requests sent to the provider in the last minute (`providers.<name>.per_minute`) | a minute after its last request; older members are dropped on each acquire |
 | `taskd:wake` | pub/sub channel: a queue name, published when a job is put on it | no storage |
 | `taskd:waiting:{queue}` | sorted set: every waiting job of the queue (job id -> its own score); its size is the queue's length | members leave when their job starts or its task is cancelled |
 | `taskd:project_waiting:{queue}:{project_id}` | sorted set: the project's waiting jobs on the queue, its head included (job id -> its own score) | members leave when their job starts or its task is cancelled |
@@ -138,3 +140,13 @@ def gpu_device(host: str, index: str) -> str:
 def arq_in_progress(job: str) -> str:
     """arq's lock on a running job (taskd stores the id of the worker holding it)."""
     return f"{ARQ_IN_PROGRESS_PREFIX}{job}"
+
+
+def provider_slots(name: str) -> str:
+    """The holders of the concurrency slots of one outside provider (`llm`, `image`, `speech`)."""
+    return f"{PREFIX}provider:{name}:slots"
+
+
+def provider_minute(name: str) -> str:
+    """The sliding-window log of the requests sent to one outside provider."""
+    return f"{PREFIX}provider:{name}:minute"

@@ -31,6 +31,7 @@ from taskd.media.retention import MediaSweeper
 from taskd.media.store import load_secret
 from taskd.model import now
 from taskd.net.guard import AddressPolicy
+from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import WorkerPool
 from taskd.redis_conn import connect
@@ -208,6 +209,7 @@ class Service:
             self.worker_id,
             runners,
             gpu,
+            ProviderLimits(redis, self.worker_id),
         )
         devices = gpu.inventory.read()
         log.info(

@@ -43,6 +43,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `long` go first, so that under pytest-xdist they overlap the rest of the suite
+    instead of running alone at its end. The order is stable, the same in every xdist worker."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture
 async def valkey_url(tmp_path: Path) -> AsyncIterator[str]:
     """A fresh embedded Valkey for this test; its URL."""
@@ -224,31 +230,50 @@ def _read_until_listening(proc: subprocess.Popen[str], timeout: float) -> str:
     raise AssertionError(f"taskd did not start listening; output: {''.join(seen)}")
 
 
-@pytest.fixture
-def spawn_taskd(tmp_path: Path) -> Iterator[Callable[..., TaskdProcess]]:
-    """Run `taskd ...` as child processes with a given environment; all are stopped at the end."""
-    procs: list[TaskdProcess] = []
+class TaskdSpawner:
+    """Runs `taskd ...` as child processes in `cwd`; `stop_all` kills and reaps what is still running."""
 
-    def spawn(*args: str, env: dict[str, str], wait_listening: bool = True) -> TaskdProcess:
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.procs: list[TaskdProcess] = []
+
+    def __call__(self, *args: str, env: dict[str, str], wait_listening: bool = True) -> TaskdProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
         full_env.update(env)
         proc = subprocess.Popen(
             [sys.executable, "-m", "taskd", *args],
             env=full_env,
-            cwd=tmp_path,
+            cwd=self.cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
         base_url = _read_until_listening(proc, 30) if wait_listening else None
         running = TaskdProcess(proc, base_url)
-        procs.append(running)
+        self.procs.append(running)
         return running
 
-    yield spawn
-    for running in procs:
-        if running.proc.poll() is None:
-            running.proc.kill()
-            running.proc.wait(10)
-        if running.proc.stdout is not None:
-            running.proc.stdout.close()
+    def stop_all(self) -> None:
+        for running in self.procs:
+            if running.proc.poll() is None:
+                running.proc.kill()
+                running.proc.wait(10)
+            if running.proc.stdout is not None:
+                running.proc.stdout.close()
+
+
+@pytest.fixture
+def spawn_taskd(tmp_path: Path) -> Iterator[Callable[..., TaskdProcess]]:
+    """Run `taskd ...` as child processes with a given environment; all are stopped at the end."""
+    spawner = TaskdSpawner(tmp_path)
+    yield spawner
+    spawner.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_spawn_taskd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., TaskdProcess]]:
+    """`spawn_taskd` for a module-scoped fixture (one child shared by a module's tests, where their
+    checks do not depend on what the others stored); all are stopped at the end of the module."""
+    spawner = TaskdSpawner(tmp_path_factory.mktemp("taskd"))
+    yield spawner
+    spawner.stop_all()

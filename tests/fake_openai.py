@@ -30,6 +30,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     json: Any
+    # time.monotonic() when it arrived.
+    at: float = attrs.field(factory=time.monotonic)
 
 
 @attrs.frozen
@@ -72,6 +74,11 @@ class FakeOpenAI:
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._port = 0
+        # Seconds every request takes before it is answered, so that requests overlap.
+        self.delay = 0.0
+        # Requests being answered now, and the most there ever were at once.
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     @property
     def base_url(self) -> str:
@@ -127,6 +134,16 @@ class FakeOpenAI:
         self._script.append(_Raw(status, data, content_type))
 
     async def _handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.Response:
         raw = await request.read()
         try:
             body = orjson.loads(raw)

@@ -352,3 +352,50 @@ def test_a_task_type_and_the_config_accept_only_the_three_gpu_needs():
     with pytest.raises(ValueError, match="task_needs"):
         GpuConfig(task_needs={"gpu_hold": "half"})
     assert {t.gpu for t in default_registry().types.values()} == {"none"}  # no built-in type uses a GPU
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    jobs=st.lists(
+        st.tuples(st.sampled_from([0, 1, 2]), st.integers(min_value=1, max_value=4)), min_size=1, max_size=14
+    ),
+    devices=st.integers(min_value=1, max_value=3),
+    slots=st.integers(min_value=2, max_value=4),
+)
+async def test_whole_device_jobs_are_not_starved_and_devices_never_overfill(redis, jobs, devices, slots):
+    """Jobs (slots wanted, 0 = whole device; run time in ticks) arrive in order; at each tick every
+    waiting job tries, in order, as the workers' polls do, and any that fits starts: slot jobs behind a
+    waiting whole-device job go first where they fit, but not on the device reserved for it."""
+    await redis.flushdb()
+    await live_worker(redis, "w1")
+    scheduler = GpuScheduler(
+        redis, GpuInventory(GpuConfig(slots=slots), FakeNvml([0] * devices)), "w1", host="h"
+    )
+    waiting = list(range(len(jobs)))
+    running: dict[int, tuple[object, int]] = {}  # job -> (lease, tick it ends)
+    started: dict[int, int] = {}
+    tick = 0
+    while waiting or running:
+        for n, (lease, ends) in list(running.items()):
+            if ends == tick:
+                await scheduler.release(lease)
+                del running[n]
+        for n in list(waiting):
+            want, duration = jobs[n]
+            lease = await scheduler.try_acquire(f"t{n}", want, score=n)
+            if lease is not None:
+                waiting.remove(n)
+                running[n], started[n] = (lease, tick + duration), tick
+        per_device: dict[int, list[int]] = {}
+        for lease, _ in running.values():
+            per_device.setdefault(lease.device, []).append(lease.slots)
+        assert all(sum(held) <= slots for held in per_device.values())  # never more than its slots
+        assert all(len(held) == 1 for held in per_device.values() if slots in held)  # whole means alone
+        tick += 1
+        assert tick < 1000
+
+    longest = max(duration for _, duration in jobs)
+    for n, (want, _) in enumerate(jobs):
+        work_ahead = sum(duration for _, duration in jobs[:n])
+        # At worst the work ahead of it runs one job at a time, then the reserved device drains.
+        assert started[n] <= work_ahead + longest, (n, want, started)

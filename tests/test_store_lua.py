@@ -119,7 +119,7 @@ async def test_a_script_called_with_a_key_its_header_does_not_name_is_refused_be
 
 
 # The rooms besides the store that keep state in Redis load their scripts the same way.
-ROOMS = ["taskd.gpu", "taskd.http", "taskd.webhooks"]
+ROOMS = ["taskd.gpu", "taskd.http", "taskd.webhooks", "taskd.providers"]
 ROOM_SCRIPTS = [
     (room, path.stem)
     for room in ROOMS

@@ -31,6 +31,7 @@ from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.logs import REDACTOR, bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
+from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
 from taskd.store import CorruptRecord, Start, TaskStore
@@ -172,6 +173,7 @@ class Executor:
         worker_id: str,
         runners: RunnerPool,
         gpu: GpuScheduler | None = None,
+        provider_limits: ProviderLimits | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -181,6 +183,7 @@ class Executor:
         self.worker_id = worker_id
         self.runners = runners
         self.gpu = gpu
+        self.provider_limits = provider_limits
         self.running: dict[str, _Running] = {}
         # GPU slots taken for a task at its claim, held until its run ends.
         self._leases: dict[str, Lease] = {}
@@ -202,7 +205,7 @@ class Executor:
         for whichever worker finds room first, and no worker slot is held meanwhile.
         """
         task_id = job_id.rsplit(".", 1)[0]
-        lease = await self._lease_for(task_id, queue)
+        lease = await self._lease_for(task_id, job_id, queue)
         if lease is False:
             return Start(claimed=False)
         try:
@@ -221,7 +224,7 @@ class Executor:
             await self._release_lease(task_id, wake=not start.throttled)
         return start
 
-    async def _lease_for(self, task_id: str, queue: str) -> Lease | Literal[False] | None:
+    async def _lease_for(self, task_id: str, job_id: str, queue: str) -> Lease | Literal[False] | None:
         """The GPU slots `task_id` needs, taken now; None when it needs none (or the host has no GPU);
         False when no device has room."""
         if self.gpu is None or task_id in self._leases or not self.gpu.inventory.read():
@@ -231,7 +234,9 @@ class Executor:
         slots = None if task_type is None else self.gpu.slots_for(task_type.name, queue, task_type.gpu)
         if slots is None:
             return None
-        lease = await self.gpu.try_acquire(task_id, slots)
+        # Its place in the queues decides whom a device reserved for a whole-device task holds back.
+        score = await self.queue.score_of(job_id, queue)
+        lease = await self.gpu.try_acquire(task_id, slots, score)
         if lease is None:
             if task_id not in self._waiting_noted:
                 self._waiting_noted.add(task_id)
@@ -313,6 +318,7 @@ class Executor:
             metadata=record.metadata,
             sink=partial(self._report, record.task_id),
             device=device,
+            provider_limits=self.provider_limits,
         )
         soft, hard = self._limits(record, task_type)
         assert task_type.handler is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable
 
 import attrs
@@ -22,6 +23,10 @@ from taskd.store import scripts
 
 # Slots per declared need: one slot, or 0 (= the whole device).
 _NEED_SLOTS: dict[str, int | None] = {"none": None, "slot": 1, "device": 0}
+# A whole-device task's reservation lasts this long after its last try: workers try again at every
+# poll (`worker.poll_delay`, 0.5 s) and when slots come back, so it lapses only for a task that
+# stopped asking (cancelled, or started elsewhere).
+RESERVATION_MS = 5000
 # What a queued task that no device has room for shows as its current_step.
 WAITING_STEP = "waiting_for_gpu"
 
@@ -80,8 +85,12 @@ class GpuScheduler:
         """The hash of a device's holders on this host."""
         return keys.gpu_device(self.host, str(index))
 
-    async def try_acquire(self, task_id: str, slots: int) -> Lease | None:
-        """Take `slots` of the best device now, or None if none has room (or the host has no GPU)."""
+    async def try_acquire(self, task_id: str, slots: int, score: int | None = None) -> Lease | None:
+        """Take `slots` of the best device now, or None if none has room (or the host has no GPU).
+
+        `score` is the task's place in the queues (its job's score in ms; None: now, behind every
+        queued task): a device reserved for a whole-device task binds only the tasks behind it.
+        """
         devices = self.inventory.read()
         if not devices:
             return None
@@ -97,6 +106,8 @@ class GpuScheduler:
                 "worker_id": self.worker_id,
                 "wanted": slots,
                 "capacity": self.config.slots,
+                "reserve_ms": RESERVATION_MS,
+                "score": int(time.time() * 1000) if score is None else score,
                 "devices": pairs,
             },
         )

@@ -3,6 +3,7 @@ that name the provider, say whether a retry may help, and never contain its key.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -10,6 +11,7 @@ import orjson
 
 from taskd.errors import TaskError
 from taskd.logs import REDACTOR
+from taskd.providers.limits import Gate
 
 _DETAIL_LIMIT = 300
 
@@ -68,18 +70,24 @@ async def post_json(
     api_key: str,
     timeout: float,
     name: str,
+    gate: Gate | None = None,
 ) -> bytes:
     """POST `body` to `url` and return the 2xx reply's bytes; ProviderError for anything else.
 
-    Timeouts, connection errors, 429 and 5xx are transient; other 4xx are not.
+    Timeouts, connection errors, 429 and 5xx are transient; other 4xx are not. With a `gate`, the
+    request first waits for a slot of the provider's limits and holds it until the reply is read;
+    `timeout` counts from when the request is sent, not while it waits.
     """
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     try:
-        async with session.post(
-            url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as response:
+        async with (
+            gate.slot() if gate else contextlib.nullcontext(),
+            session.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as response,
+        ):
             status, raw = response.status, await response.read()
     except TimeoutError:
         # Checked before ClientError: aiohttp's timeout errors are both.

@@ -13,6 +13,7 @@ import orjson
 from taskd.config import ImageProvider
 from taskd.errors import TaskError
 from taskd.providers.http import post_json
+from taskd.providers.limits import Gate
 
 NO_PROVIDER = "No image provider configured: set providers.image.base_url (TASKD_PROVIDERS__IMAGE__BASE_URL)"
 
@@ -39,9 +40,13 @@ def quality_for(model: str, quality: str) -> str | None:
 class ImagesClient:
     """Calls the Images API of `[providers.image]`."""
 
-    def __init__(self, provider: ImageProvider, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, provider: ImageProvider, session: aiohttp.ClientSession, gate: Gate | None = None
+    ) -> None:
         self._provider = provider
         self._session = session
+        # The provider's shared limits (providers.<name>.max_concurrency, per_minute); None: unlimited.
+        self._gate = gate
 
     @property
     def model(self) -> str:
@@ -63,6 +68,7 @@ class ImagesClient:
             body,
             api_key=self._provider.api_key,
             timeout=self._provider.timeout,
+            gate=self._gate,
             name="Image provider",
         )
         return _parse(raw)

@@ -12,6 +12,7 @@ import orjson
 from taskd.config import LlmProvider
 from taskd.errors import TaskError
 from taskd.providers.http import ProviderError, post_json
+from taskd.providers.limits import Gate
 
 __all__ = ["NO_PROVIDER", "ChatClient", "ChatReply", "ProviderError", "first_object"]
 
@@ -32,9 +33,13 @@ class ChatReply:
 class ChatClient:
     """Calls `POST {base_url}/chat/completions` of an OpenAI-compatible provider."""
 
-    def __init__(self, provider: LlmProvider, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, provider: LlmProvider, session: aiohttp.ClientSession, gate: Gate | None = None
+    ) -> None:
         self._provider = provider
         self._session = session
+        # The provider's shared limits (providers.<name>.max_concurrency, per_minute); None: unlimited.
+        self._gate = gate
 
     @property
     def model(self) -> str:
@@ -55,6 +60,7 @@ class ChatClient:
             body,
             api_key=self._provider.api_key,
             timeout=self._provider.timeout,
+            gate=self._gate,
             name="LLM provider",
         )
         return self._parse(raw)

@@ -17,6 +17,7 @@ from taskd.media import download
 from taskd.media.ffmpeg import collect
 from taskd.net.guarded import GuardedClient
 from taskd.providers.http import post_json
+from taskd.providers.limits import Gate
 
 NO_ENGINE = (
     "No speech engine available: set providers.speech.base_url (TASKD_PROVIDERS__SPEECH__BASE_URL) "
@@ -109,9 +110,13 @@ async def load_profile(
 class SpeechClient:
     """Calls the speech API of `[providers.speech]`; asks for WAV so nothing is encoded lossily twice."""
 
-    def __init__(self, provider: SpeechProvider, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, provider: SpeechProvider, session: aiohttp.ClientSession, gate: Gate | None = None
+    ) -> None:
         self._provider = provider
         self._session = session
+        # The provider's shared limits (providers.<name>.max_concurrency, per_minute); None: unlimited.
+        self._gate = gate
 
     @property
     def model(self) -> str:
@@ -136,6 +141,7 @@ class SpeechClient:
             body,
             api_key=self._provider.api_key,
             timeout=self._provider.timeout,
+            gate=self._gate,
             name="Speech provider",
         )
         ext = download.sniff(raw[:16], "audio")

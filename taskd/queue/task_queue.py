@@ -56,6 +56,11 @@ class TaskQueue:
             expiry_ms=JOB_EXPIRY_MS,
         )
 
+    async def score_of(self, job: str, queue: str) -> int | None:
+        """A waiting job's score on arq's set of its queue (None when it is not there)."""
+        score = await self.redis.zscore(keys.queue(queue), job)
+        return None if score is None else int(score)
+
     async def waiting(self, queues: Iterable[str]) -> dict[str, int]:
         """Tasks waiting (not yet started) per queue: its whole line, not only the projects' heads on arq's set."""
         names = list(queues)

@@ -1,7 +1,7 @@
 """taskd's Lua scripts: read from a room's `lua/` folder by name, composed, filled in and registered.
 
 The store's scripts are in `taskd/store/lua/`; the rooms that keep other state in Redis (the GPU
-slots, the webhook outbox, the rate limits) load theirs from their own `lua/` folders the same way.
+slots, the webhook outbox, the rate limits, the provider limits) load theirs from their own `lua/` folders the same way.
 
 Each script opens with a comment block (the header) that says what it does, then one line per
 key and argument, in order, each with the name callers pass it under:

@@ -8,9 +8,10 @@ for the same task (at-least-once): `attempt` tells which run this is.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import attrs
@@ -25,6 +26,7 @@ from taskd.errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from taskd.errors import TaskError as TaskError
 from taskd.errors import TransientError as TransientError
 from taskd.net.guarded import GuardedClient
+from taskd.providers.limits import Gate, ProviderLimits
 
 ProgressSink = Callable[[float, str | None], Awaitable[None]]
 
@@ -62,7 +64,11 @@ class TaskContext:
     _sink: ProgressSink
     # The GPU this task holds (as CUDA_VISIBLE_DEVICES would name it), None without one.
     device: str | None = None
+    # The worker's shared provider limits; None (a context made by hand): the providers are unlimited.
+    provider_limits: ProviderLimits | None = None
     _progress: float = attrs.field(default=0.0, init=False)
+    # The last step reported, shown again once a wait for a provider slot is over.
+    _step: str | None = attrs.field(default=None, init=False)
 
     @property
     def final_attempt(self) -> bool:
@@ -78,7 +84,23 @@ class TaskContext:
     async def progress(self, fraction: float, step: str | None = None) -> None:
         """Report progress 0..1 and the current step; progress never moves backwards."""
         self._progress = max(self._progress, min(1.0, max(0.0, fraction)))
+        # None or "" leaves the stored step as it was.
+        self._step = step or self._step
         await self._sink(self._progress, step)
+
+    def provider_gate(self, name: Literal["llm", "image", "speech"]) -> Gate | None:
+        """The shared limits of provider `name` ("llm", "image" or "speech") for its client; None when
+        it has none. While a request waits for a slot the task's `current_step` says so."""
+        if self.provider_limits is None:
+            return None
+        provider = getattr(self.config.providers, name)
+        waiting = functools.partial(self._waiting, name)
+        return self.provider_limits.gate(name, provider.max_concurrency, provider.per_minute, waiting)
+
+    async def _waiting(self, name: str, step: str | None) -> None:
+        # The wait is shown, then the handler's own step again (one that names the call, if the
+        # handler gave none yet: the stored step cannot be cleared).
+        await self._sink(self._progress, step or self._step or f"calling_provider:{name}")
 
 
 @attrs.define

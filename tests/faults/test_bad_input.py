@@ -75,11 +75,12 @@ HOSTILE_TEXT = [
 ]
 
 
-@pytest.fixture
-def api(spawn_taskd, tmp_path):
+# One child for the module: every check here compares the records before and after its own request.
+@pytest.fixture(scope="module")
+def api(module_spawn_taskd, tmp_path_factory):
     """An API-only taskd child (nothing runs the tasks), an HTTP client and a Redis client of its data."""
-    data = tmp_path / "data"
-    proc = spawn_taskd("serve", "--no-worker", env=child_env(data))
+    data = tmp_path_factory.mktemp("bad-input") / "data"
+    proc = module_spawn_taskd("serve", "--no-worker", env=child_env(data))
     store = redis_sync.Redis.from_url(EmbeddedValkey.running_url(data))
     with httpx.Client(base_url=proc.base_url, headers={"X-API-Key": API_KEY}, timeout=30) as client:
         yield client, store

@@ -3,17 +3,39 @@
 -- KEYS: none (the device hashes are named from ARGV, one per device of the host; taskd runs on a
 -- standalone Redis or a Sentinel-managed one, where a script may touch keys it was not given).
 -- ARGV[1]  worker_prefix  taskd:worker:, the liveness key of a holder's worker is this + its id
--- ARGV[2]  device_prefix  taskd:gpu:{host}:, a device's holders hash is this + its index
+-- ARGV[2]  device_prefix  taskd:gpu:{host}:, a device's holders hash is this + its index, and
+--                         this + 'reserved' the host's reservation ('task|device|until ms|score')
 -- ARGV[3]  task_id        the task taking the slots
 -- ARGV[4]  worker_id      the worker running it
 -- ARGV[5]  wanted         slots wanted (0 = the whole device)
 -- ARGV[6]  capacity       slots per device
--- ARGV[7..] devices       pairs of (device index, free memory in bytes)
+-- ARGV[7]  reserve_ms     how long a reservation lasts after the last try of its task
+-- ARGV[8]  score          the task's place in the queues (its job's score, ms): lower goes first
+-- ARGV[9..] devices       pairs of (device index, free memory in bytes)
 -- Holders whose worker stopped beating are dropped on the way (their slots come back). The
 -- device with the most free slots wins, then the one with the most free memory.
+-- A whole-device task that finds no room reserves the device that should free first (the fewest
+-- slots in use, then the most memory) unless a task ahead of it (a lower score) holds the
+-- reservation: no task behind the reserving one starts on that device until it has it (or stops
+-- asking for reserve_ms), so the slot jobs behind a whole-device job cannot keep it waiting for
+-- ever, and the tasks ahead of it are not held up by it.
 -- Returns the chosen device's index, or -1 when none has room.
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local reserved_key = ARGV[2] .. 'reserved'
+local score = tonumber(ARGV[8])
+local reserver, reserved_device, reserver_score = nil, nil, nil
+local reservation = redis.call('GET', reserved_key)
+if reservation then
+  local task, device, till, place = string.match(reservation, '^(.*)|(%d+)|(%d+)|(%-?%d+)$')
+  if task and tonumber(till) >= now then reserver, reserved_device, reserver_score = task, device, tonumber(place) end
+end
+-- The reservation binds only the tasks behind the one that holds it.
+local bound = reserver ~= nil and reserver ~= ARGV[3] and score >= reserver_score
+local wanted = tonumber(ARGV[5])
 local best, best_free, best_memory = -1, -1, -1
-for i = 7, #ARGV, 2 do
+local drain, drain_used, drain_memory = -1, math.huge, -1
+for i = 9, #ARGV, 2 do
   local key = ARGV[2] .. ARGV[i]
   local used = 0
   local holders = redis.call('HGETALL', key)
@@ -26,16 +48,26 @@ for i = 7, #ARGV, 2 do
     end
   end
   local free = tonumber(ARGV[6]) - used
-  local wanted = tonumber(ARGV[5])
   local fits = (wanted == 0 and used == 0) or (wanted > 0 and free >= wanted)
   local memory = tonumber(ARGV[i + 1])
-  if fits and (free > best_free or (free == best_free and memory > best_memory)) then
+  local kept_for_another = bound and reserved_device == ARGV[i]
+  if fits and not kept_for_another and (free > best_free or (free == best_free and memory > best_memory)) then
     best, best_free, best_memory = tonumber(ARGV[i]), free, memory
+  end
+  if used < drain_used or (used == drain_used and memory > drain_memory) then
+    drain, drain_used, drain_memory = tonumber(ARGV[i]), used, memory
   end
 end
 if best >= 0 then
-  local taken = tonumber(ARGV[5])
+  local taken = wanted
   if taken == 0 then taken = tonumber(ARGV[6]) end
   redis.call('HSET', ARGV[2] .. best, ARGV[3], ARGV[4] .. '|' .. taken)
+  if reserver == ARGV[3] then redis.call('DEL', reserved_key) end
+elseif wanted == 0 and drain >= 0 and not bound then
+  -- Kept for this task while it keeps asking (taken over by a task ahead of the holder); the
+  -- device it reserved first stays its choice.
+  local device = drain
+  if reserver == ARGV[3] then device = tonumber(reserved_device) end
+  redis.call('SET', reserved_key, ARGV[3] .. '|' .. device .. '|' .. (now + tonumber(ARGV[7])) .. '|' .. score)
 end
 return best

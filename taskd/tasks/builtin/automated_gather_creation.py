@@ -175,7 +175,12 @@ async def run(ctx: TaskContext, data: AutomatedGatherCreationInput) -> dict[str,
             "No LLM provider configured: set providers.llm.base_url (TASKD_PROVIDERS__LLM__BASE_URL)"
         )
     budget = (TASK.soft_time_limit or 540.0) - 10.0
-    workflow = Workflow(ChatClient(ctx.config.providers.llm, ctx.http), data, ctx.progress, started + budget)
+    workflow = Workflow(
+        ChatClient(ctx.config.providers.llm, ctx.http, ctx.provider_gate("llm")),
+        data,
+        ctx.progress,
+        started + budget,
+    )
     try:
         result = await workflow.run()
     except SoftTimeLimitExceeded:

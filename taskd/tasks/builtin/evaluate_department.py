@@ -180,7 +180,7 @@ async def run(ctx: TaskContext, data: EvaluateDepartmentInput) -> dict[str, Any]
         return insufficient_data(data, started)
     messages = build_messages(data)
     await ctx.progress(0.2, "calling_llm")
-    client = ChatClient(ctx.config.providers.llm, ctx.http)
+    client = ChatClient(ctx.config.providers.llm, ctx.http, ctx.provider_gate("llm"))
     try:
         reply: ChatReply = await client.complete(messages, json_mode=True)
     except ProviderError as exc:

@@ -60,7 +60,7 @@ async def synthesise(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdi
     profile = await speech.load_profile(data.character_voice_profile, ctx.inputs, limits, workdir)
     pace = speech.pace_factor(data.pace)
     if ctx.config.providers.speech.base_url.strip():
-        client = speech.SpeechClient(ctx.config.providers.speech, ctx.http)
+        client = speech.SpeechClient(ctx.config.providers.speech, ctx.http, ctx.provider_gate("speech"))
         path = await client.speak(data.text, profile.voice, pace, data.emotion, workdir / "speech")
         return path, client.model
     binary = await asyncio.to_thread(speech.espeak_binary)  # a walk of PATH

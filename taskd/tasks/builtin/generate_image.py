@@ -78,7 +78,7 @@ async def _image_file(ctx: TaskContext, image: Any, workdir: Path) -> Path:
 
 async def run(ctx: TaskContext, data: GenerateImageInput) -> dict[str, Any]:
     """Ask the Images API for one image and store it; metadata is measured from the stored file."""
-    client = ImagesClient(ctx.config.providers.image, ctx.http)
+    client = ImagesClient(ctx.config.providers.image, ctx.http, ctx.provider_gate("image"))
     await ctx.progress(0.1, "generating_image")
     image = await client.generate(compose_prompt(data), data.resolution, data.quality)
     await ctx.progress(0.8, "storing_media")

@@ -64,7 +64,7 @@ async def run(ctx: TaskContext, data: TestPromptInput) -> dict[str, Any]:
     await ctx.progress(0.1, "rendering_prompt")
     prompt, missing = render(data.prompt_template, data.test_parameters)
     await ctx.progress(0.3, "calling_llm")
-    client = ChatClient(ctx.config.providers.llm, ctx.http)
+    client = ChatClient(ctx.config.providers.llm, ctx.http, ctx.provider_gate("llm"))
     reply = await client.complete([{"role": "user", "content": prompt}])
     await ctx.progress(1.0, "done")
     return {
