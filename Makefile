@@ -19,7 +19,7 @@ run: $(STAMP)
 # Two passes (docs/development.md#build-and-test): the suite in parallel (pytest-xdist, work stealing:
 # the minutes-long soak starts first and the others take its share), then the tests marked `serial`
 # (timing-sensitive under CPU load) alone. Bytecode is cached even where PYTHONDONTWRITEBYTECODE is set:
-# else every xdist worker and every taskd child recompiles pytest's rewritten test modules and plugins.
+# else every pytest process rewrites and compiles the test modules and the plugins' packages again.
 TEST_WORKERS ?= 3
 
 test: $(STAMP)

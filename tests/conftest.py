@@ -43,10 +43,26 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
+@pytest.hookimpl(trylast=True)  # after -m has deselected
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `long` go first, so that under pytest-xdist they overlap the rest of the suite
-    instead of running alone at its end. The order is stable, the same in every xdist worker."""
-    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+    instead of running alone at its end: one at the head of each worker's share. `--dist worksteal`
+    first hands each of the N workers a contiguous share (len(pending) // workers left), runs a share
+    from its head and steals from its tail. The order is the same in every xdist worker."""
+    long = [item for item in items if item.get_closest_marker("long") is not None]
+    rest = [item for item in items if item.get_closest_marker("long") is None]
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    heads, pending = [], len(items)
+    for worker in range(workers):
+        heads.append(len(items) - pending)
+        pending -= pending // (workers - worker)
+    ordered: list[pytest.Item] = []
+    for head, item in zip(heads, long, strict=False):
+        take = max(0, head - len(ordered))
+        ordered += rest[:take]
+        rest = rest[take:]
+        ordered.append(item)
+    items[:] = ordered + long[len(heads) :] + rest
 
 
 @pytest.fixture

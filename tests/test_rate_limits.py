@@ -9,6 +9,7 @@ import math
 import time
 
 import aiohttp
+import pytest
 from conftest import API_KEY
 from examples import TASK_DATA
 
@@ -119,6 +120,8 @@ async def test_two_taskd_processes_share_one_quota_per_key(start_service):
     assert 429 in statuses[100:]
 
 
+# It waits out a Retry-After of up to a minute: started first, beside the rest of the suite.
+@pytest.mark.long
 async def test_a_refused_key_gets_through_again_after_retry_after(start_service):
     taskd = await start_service(
         workers=False, limits=LimitsConfig(submit_per_minute=60, concurrent_per_project=0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,8 @@ SOAK = Path(__file__).parent.parent / "bench" / "soak.py"
 def test_short_soak_completes_every_task_once_with_every_webhook_and_no_5xx(tmp_path):
     report_path = tmp_path / "soak.json"
 
-    run = subprocess.run(
+    # Its own session: on a timeout the whole tree goes, not soak.py alone (its `taskd serve` too).
+    with subprocess.Popen(
         [
             sys.executable,
             str(SOAK),
@@ -33,11 +36,17 @@ def test_short_soak_completes_every_task_once_with_every_webhook_and_no_5xx(tmp_
             "--json",
             str(report_path),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=330,
-    )
+        start_new_session=True,
+    ) as run:
+        try:
+            stdout, _ = run.communicate(timeout=330)
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            raise
     report = json.loads(report_path.read_text())
 
-    assert report["checks"] == dict.fromkeys(report["checks"], True), run.stdout
+    assert report["checks"] == dict.fromkeys(report["checks"], True), stdout
     assert run.returncode == 0
