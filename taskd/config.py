@@ -291,7 +291,10 @@ class LimitsConfig:
 
     submit_per_minute: int = attrs.field(default=100, validator=attrs.validators.ge(0))
     status_per_minute: int = attrs.field(default=1000, validator=attrs.validators.ge(0))
+    # A throttle: a project's tasks past this many wait queued (start.lua), they are not refused.
     concurrent_per_project: int = attrs.field(default=50, validator=attrs.validators.ge(0))
+    # A refusal: a project with this many tasks waiting gets 429 for the next one.
+    queued_per_project: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
     max_queue_length: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1024))
     max_task_data_depth: int = attrs.field(default=32, validator=attrs.validators.ge(1))

@@ -23,6 +23,10 @@
 | `taskd:provider:{name}:slots` | sorted set: holder (worker id, task id, request) -> ms its lease ends, of the requests in flight to provider `llm`/`image`/`speech` (`providers.<name>.max_concurrency`) | a lease after the last acquire or renewal; holders whose lease ended are dropped on each acquire |
 | `taskd:provider:{name}:minute` | sorted set: the times (ms) of the requests sent to the provider in the last minute (`providers.<name>.per_minute`) | a minute after its last request; older members are dropped on each acquire |
 | `taskd:wake` | pub/sub channel: a queue name, published when a job is put on it | no storage |
+| `taskd:waiting:{queue}` | sorted set: every waiting job of the queue (job id -> its own score); its size is the queue's length | members leave when their job starts or its task is cancelled |
+| `taskd:project_waiting:{queue}:{project_id}` | sorted set: the project's waiting jobs on the queue, its head included (job id -> its own score) | members leave when their job starts or its task is cancelled |
+| `taskd:heads:{queue}` | hash: project id -> the one job of the project on arq's queue set (its head), for fair turns | a field leaves when the project has nothing waiting on the queue |
+| `taskd:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached |
 """
 
 from __future__ import annotations
@@ -91,6 +95,26 @@ def rate_limit(policy: str, key_id: str) -> str:
 def project_active(project_id: str) -> str:
     """The project's queued and processing tasks."""
     return f"{PREFIX}project_active:{project_id}"
+
+
+def project_processing(project_id: str) -> str:
+    """The project's processing tasks, across queues: the concurrency throttle counts them."""
+    return f"{PREFIX}project_processing:{project_id}"
+
+
+def waiting(queue: str) -> str:
+    """Every waiting job of `queue`, by its own score (arq's set holds only the projects' heads)."""
+    return f"{PREFIX}waiting:{queue}"
+
+
+def project_waiting(queue: str, project_id: str) -> str:
+    """The waiting jobs of one project on `queue`, by their own score (`project_id` "" gives the prefix)."""
+    return f"{PREFIX}project_waiting:{queue}:{project_id}"
+
+
+def heads(queue: str) -> str:
+    """Which job of each project is on arq's set of `queue` now: the project's turn in the round."""
+    return f"{PREFIX}heads:{queue}"
 
 
 def arq_job(job: str) -> str:

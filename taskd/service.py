@@ -140,6 +140,8 @@ class Service:
             self.config.storage.task_ttl,
             self.config.redis.wait_replicas,
             self.config.redis.wait_timeout,
+            concurrent_per_project=self.config.limits.concurrent_per_project,
+            aging_window=self.config.execution.priority_aging,
         )
         queue = TaskQueue(redis, self.config.execution.priority_aging)
         gpu = GpuScheduler(redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id)
@@ -256,7 +258,7 @@ class Service:
         )
         REDACTOR.add(self.generated_key)
         limits = self.config.limits
-        admission = Admission(limits.concurrent_per_project, limits.max_queue_length)
+        admission = Admission(limits.queued_per_project, limits.max_queue_length)
         dispatcher = Dispatcher(
             redis,
             store,

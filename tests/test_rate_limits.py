@@ -1,5 +1,6 @@
 """Rate limits with real servers: per-key counts per sliding minute in Redis shared by every process,
-active tasks per project, queue length, and the IETF RateLimit fields."""
+waiting tasks per project, queue length, and the IETF RateLimit fields. The concurrency throttle
+per project (which refuses nothing) is tested with running workers in test_fair_scheduling.py."""
 
 from __future__ import annotations
 
@@ -194,9 +195,23 @@ async def test_redis_holds_a_hash_of_the_key_never_the_key(start_service, redis)
     assert API_KEY not in names[0]
 
 
-async def test_the_51st_active_task_of_a_project_is_refused(start_service):
+async def test_the_51st_task_of_a_project_is_accepted_and_waits(start_service):
+    # Issue 16: "Concurrent tasks: 50 per project" throttles how many run; it refuses nothing.
     taskd = await start_service(workers=False)
     for _ in range(50):
+        await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="busy")
+
+    fifty_first = await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="busy")
+
+    assert fifty_first["status"] == "queued"
+    assert fifty_first["queue_position"] == 51
+
+
+async def test_a_project_with_its_waiting_cap_of_tasks_queued_is_refused_with_the_documented_body(
+    start_service,
+):
+    taskd = await start_service(workers=False, limits=LimitsConfig(queued_per_project=3))
+    for _ in range(3):
         await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="busy")
 
     async with taskd.client.post("/api/v1/tasks/submit", json=submit_body("busy")) as refused:
@@ -204,13 +219,14 @@ async def test_the_51st_active_task_of_a_project_is_refused(start_service):
     other_project = await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="calm")
 
     assert refused.status == 429
-    assert body["error"] == "rate_limited" and "at most 50" in body["message"]
+    assert body["error"] == "rate_limited"
+    assert "3 tasks waiting" in body["message"] and "at most 3 may wait" in body["message"]
     assert int(refused.headers["Retry-After"]) == body["retry_after"]
     assert other_project["status"] == "queued"
 
 
-async def test_an_ended_task_frees_its_project_slot(start_service):
-    taskd = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=2))
+async def test_a_cancelled_waiting_task_frees_its_place_under_the_waiting_cap(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(queued_per_project=2))
     first = await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
     await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
     async with taskd.client.post("/api/v1/tasks/submit", json=submit_body("p")) as full:
@@ -223,9 +239,9 @@ async def test_an_ended_task_frees_its_project_slot(start_service):
     assert third["status"] == "queued"
 
 
-async def test_concurrent_submissions_never_pass_the_project_limit(start_service):
-    first = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=5))
-    second = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=5))
+async def test_concurrent_submissions_never_pass_the_waiting_cap(start_service):
+    first = await start_service(workers=False, limits=LimitsConfig(queued_per_project=5))
+    second = await start_service(workers=False, limits=LimitsConfig(queued_per_project=5))
 
     responses = await asyncio.gather(
         *(post_submit(url, API_KEY, "race") for url in [first.base_url, second.base_url] * 10)
@@ -234,8 +250,8 @@ async def test_concurrent_submissions_never_pass_the_project_limit(start_service
     assert sorted(r.status for r in responses) == [200] * 5 + [429] * 15
 
 
-async def test_a_retry_counts_against_the_project_limit(start_service):
-    taskd = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=1))
+async def test_a_retry_counts_against_the_waiting_cap(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(queued_per_project=1))
     task = await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
     async with taskd.client.delete(f"/api/v1/tasks/{task['task_id']}"):
         pass
@@ -274,3 +290,8 @@ def test_the_limits_are_set_by_their_documented_names():
 
     assert (limits.submit_per_minute, limits.status_per_minute, limits.concurrent_per_project) == (10, 20, 5)
     assert limits.max_queue_length == 0
+
+
+def test_the_waiting_cap_is_set_by_its_documented_name_and_defaults_to_ten_thousand():
+    assert load_config(None, {}).limits.queued_per_project == 10_000
+    assert load_config(None, {"TASKD_LIMITS__QUEUED_PER_PROJECT": "7"}).limits.queued_per_project == 7

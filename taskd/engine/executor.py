@@ -219,7 +219,9 @@ class Executor:
             if lease:
                 self._leases[task_id] = lease
         if start.record is None:
-            await self._release_lease(task_id)
+            # A throttled project's head is asked again at every poll: giving its slots back must
+            # not wake the workers, or they would ask again at once, in a loop.
+            await self._release_lease(task_id, wake=not start.throttled)
         return start
 
     async def _lease_for(self, task_id: str, job_id: str, queue: str) -> Lease | Literal[False] | None:
@@ -243,12 +245,13 @@ class Executor:
         self._waiting_noted.discard(task_id)
         return lease
 
-    async def _release_lease(self, task_id: str) -> None:
+    async def _release_lease(self, task_id: str, *, wake: bool = True) -> None:
         lease = self._leases.pop(task_id, None)
         if lease is not None and self.gpu is not None:
             await self.gpu.release(lease)
-            # Slots are free: the GPU queues' workers look for a job that fits now.
-            self.slots_freed()
+            if wake:
+                # Slots are free: the GPU queues' workers look for a job that fits now.
+                self.slots_freed()
 
     def job_for(self, queue: str) -> JobFunction:
         """The arq job function for `queue`: runs the task its claim started (`ctx["record"]`).

@@ -60,7 +60,7 @@ async def status(request: web.Request) -> web.Response:
     record = await api.store.get(request.match_info["task_id"])
     position = None
     if record.status is TaskStatus.QUEUED:
-        position = await api.queue.position_of(record.job_id, record.queue)
+        position = await api.store.position(record)
     webhook = await delivery_state(api.redis, record.task_id) if record.callback_url else None
     return shape_response(status_view(record, position, webhook))
 

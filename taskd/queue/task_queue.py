@@ -57,33 +57,15 @@ class TaskQueue:
         )
 
     async def score_of(self, job: str, queue: str) -> int | None:
-        """A waiting job's score in its queue (None when it is not on the queue)."""
+        """A waiting job's score on arq's set of its queue (None when it is not there)."""
         score = await self.redis.zscore(keys.queue(queue), job)
         return None if score is None else int(score)
 
-    @staticmethod
-    def position(rank: int | None, running: int) -> int:
-        """1-based place among waiting tasks, from a rank in arq's set (which still holds running jobs)."""
-        if rank is None:
-            return 0
-        return max(1, rank + 1 - running)
-
-    async def position_of(self, job: str | None, queue: str) -> int:
-        """Where a waiting job stands in its queue now (1 = next to start; 0 = not on the queue)."""
-        if job is None:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrank(keys.queue(queue), job)
-            pipe.zcard(keys.running(queue))
-            rank, running = await pipe.execute()
-        return self.position(rank, running)
-
     async def waiting(self, queues: Iterable[str]) -> dict[str, int]:
-        """Tasks waiting (not yet started) per queue."""
+        """Tasks waiting (not yet started) per queue: its whole line, not only the projects' heads on arq's set."""
         names = list(queues)
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.zcard(keys.queue(name))
-                pipe.zcard(keys.running(name))
+                pipe.zcard(keys.waiting(name))
             counts = await pipe.execute()
-        return {name: max(0, counts[2 * i] - counts[2 * i + 1]) for i, name in enumerate(names)}
+        return {name: int(count) for name, count in zip(names, counts, strict=True)}

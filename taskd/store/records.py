@@ -41,22 +41,23 @@ class Start:
     claimed: bool
     score: int = 0
     record: TaskRecord | None = None
+    # Not claimed because its project already runs limits.concurrent_per_project tasks.
+    throttled: bool = False
 
 
 @attrs.frozen
 class Admission:
     """Limits a submit must pass; 0 = unlimited."""
 
-    concurrent_per_project: int = 0
+    queued_per_project: int = 0
     max_queue_length: int = 0
 
 
 @attrs.frozen
 class Created:
-    """Where a new task stands: its rank in arq's queue set, the queue's running count, past durations."""
+    """Where a new task stands: its 1-based queue position under fair turns, and its type's past durations."""
 
-    rank: int | None
-    running: int
+    position: int
     duration_sum: float
     duration_count: int
 
@@ -79,10 +80,21 @@ class TaskStore:
     """Reads and writes task records, project indexes and metrics."""
 
     def __init__(
-        self, redis: Redis, task_ttl: int, wait_replicas: int = 0, wait_timeout: float = 2.0
+        self,
+        redis: Redis,
+        task_ttl: int,
+        wait_replicas: int = 0,
+        wait_timeout: float = 2.0,
+        *,
+        concurrent_per_project: int = 0,
+        aging_window: float = 300.0,
     ) -> None:
         self.redis = redis
         self.task_ttl = task_ttl
+        # The throttle start.lua applies: processing tasks of one project at once (0 = no limit).
+        self.concurrent_per_project = concurrent_per_project
+        # execution.priority_aging: where a project's next job goes when its head starts (lib/fair.lua).
+        self.aging_ms = int(aging_window * 1000)
         # Replicas that must have a new task before its submit is acknowledged (redis.wait_replicas).
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
@@ -93,11 +105,12 @@ class TaskStore:
         self._requeue = scripts.load(redis, "requeue")
         self._reclaim = scripts.load(redis, "reclaim")
         self._cancel = scripts.load(redis, "cancel")
+        self._position = scripts.load(redis, "position")
 
     async def create(self, record: TaskRecord, job: QueuedJob, admission: Admission) -> Created:
         """Admit, store, index, count and enqueue `record` in one script; a return means it is in Redis.
 
-        Raises RateLimited when the project has too many active tasks, ServiceUnavailable when the
+        Raises RateLimited when the project has too many tasks waiting, ServiceUnavailable when the
         queue is full; nothing is written then.
         """
         flat: list[bytes | str] = []
@@ -108,10 +121,10 @@ class TaskStore:
                 "task": keys.task(record.task_id),
                 "project": keys.project(record.project_id),
                 "metrics": keys.METRICS,
-                "queue": keys.queue(record.queue),
+                "waiting": keys.waiting(record.queue),
                 "job": keys.arq_job(job.job_id),
                 "active": keys.project_active(record.project_id),
-                "running": keys.running(record.queue),
+                "processing": keys.project_processing(record.project_id),
             },
             args={
                 "task_id": record.task_id,
@@ -121,10 +134,11 @@ class TaskStore:
                 "job_id": job.job_id,
                 "job": job.payload,
                 "job_expiry_ms": job.expiry_ms,
-                "project_limit": admission.concurrent_per_project,
+                "queued_limit": admission.queued_per_project,
                 "queue_limit": admission.max_queue_length,
                 "queue": record.queue,
                 "task_type": record.task_type,
+                "aging_ms": self.aging_ms,
                 "fields": flat,
             },
         )
@@ -138,8 +152,8 @@ class TaskStore:
             )
         if verdict == "project_full":
             raise RateLimited(
-                f"Project '{record.project_id}' already has {reply[1]} queued or processing tasks; "
-                f"at most {admission.concurrent_per_project} may be active at once",
+                f"Project '{record.project_id}' already has {reply[1]} tasks waiting to start; "
+                f"at most {admission.queued_per_project} may wait at once (its running tasks do not count)",
                 PROJECT_FULL_RETRY_AFTER,
             )
         if verdict == "queue_full":
@@ -147,10 +161,9 @@ class TaskStore:
                 f"Queue '{record.queue}' is full ({reply[1]} tasks waiting), please try again later",
                 retry_after=QUEUE_FULL_RETRY_AFTER,
             )
-        _, rank, running, duration_sum, duration_count = reply
+        _, position, duration_sum, duration_count = reply
         return Created(
-            rank=None if int(rank) < 0 else int(rank),
-            running=int(running),
+            position=int(position),
             duration_sum=float(duration_sum),
             duration_count=int(duration_count),
         )
@@ -207,16 +220,27 @@ class TaskStore:
                 "job_id": job_id,
                 "now_ms": int(at * 1000),
                 "lock_ms": lock_ms,
+                "project_limit": self.concurrent_per_project,
+                "aging_ms": self.aging_ms,
             },
         )
         if not isinstance(reply, list):
-            return Start(claimed=False)
+            return Start(claimed=False, throttled=reply == b"throttled")
         score = int(float(reply[0]))
         if reply[1] != b"started":
             return Start(claimed=True, score=score)
         fields = reply[2:]
         return Start(
             claimed=True, score=score, record=decode(dict(zip(fields[::2], fields[1::2], strict=True)))
+        )
+
+    async def position(self, record: TaskRecord) -> int:
+        """Where a queued task stands in its queue now: 1 = next to start, counting the turns of other
+        projects' tasks (lib/fair.lua's place); 0 when it is not waiting."""
+        if record.job_id is None:
+            return 0
+        return int(
+            await self._position(keys={"task": keys.task(record.task_id)}, args={"job_id": record.job_id})
         )
 
     async def progress(
@@ -304,6 +328,7 @@ class TaskStore:
                 "score": score,
                 "retried": "1" if retry_error is not None else "0",
                 "last_error": retry_error or "",
+                "aging_ms": self.aging_ms,
             },
         )
         return outcome == b"ok"
@@ -349,6 +374,7 @@ class TaskStore:
                 "max_deaths": max_deaths,
                 "ttl": self.task_ttl,
                 "worker_prefix": keys.worker(""),
+                "aging_ms": self.aging_ms,
             },
         )
         return outcome.decode() if isinstance(outcome, bytes) else "gone"
@@ -363,7 +389,13 @@ class TaskStore:
                 "outbox": keys.WEBHOOKS_DUE,
                 "queue": queue_key,
             },
-            args={"now": repr(at), "ttl": self.task_ttl, "task_id": record.task_id, "now_ms": int(at * 1000)},
+            args={
+                "now": repr(at),
+                "ttl": self.task_ttl,
+                "task_id": record.task_id,
+                "now_ms": int(at * 1000),
+                "aging_ms": self.aging_ms,
+            },
         )
         if reply is None:
             raise TaskNotFound(record.task_id)

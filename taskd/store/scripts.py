@@ -32,11 +32,18 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from taskd import keys
+from taskd.model import PRIORITY_LOW
 
 CONSTANTS: Mapping[str, str] = {
     "TASK_PREFIX": keys.task(""),
     "ACTIVE_PREFIX": keys.project_active(""),
     "QUEUE_PREFIX": keys.queue(""),
+    "WAITING_PREFIX": keys.waiting(""),
+    "PROJECT_WAITING_PREFIX": keys.project_waiting("", "")[: -len(":")],
+    "HEADS_PREFIX": keys.heads(""),
+    "PROCESSING_PREFIX": keys.project_processing(""),
+    # The lowest priority: its jobs are not moved earlier by aging (taskd.queue.task_queue.job_score).
+    "PRIORITY_LOW": str(PRIORITY_LOW),
     "JOB_PREFIX": keys.ARQ_JOB_PREFIX,
     "IN_PROGRESS_PREFIX": keys.ARQ_IN_PROGRESS_PREFIX,
     "TASK_EVENTS_PREFIX": keys.task_events(""),

@@ -83,8 +83,7 @@ class Dispatcher:
             estimate = created.duration_sum / created.duration_count
         else:
             estimate = task_type.expected_duration
-        rank, running = created.rank, created.running
-        return Accepted(record, self.queue.position(rank, running), max(1, round(estimate)))
+        return Accepted(record, created.position, max(1, round(estimate)))
 
     async def cancel(self, task_id: str) -> CancelOutcome:
         """Revoke a queued task or stop a running one; raise InvalidState for one that already ended."""

@@ -12,11 +12,15 @@
 -- ARGV[2]  ttl      seconds the record is kept from now
 -- ARGV[3]  task_id  the task's id
 -- ARGV[4]  now_ms   now, in ms: when its webhook is due
+-- ARGV[5]  aging_ms execution.priority_aging in ms (lib/fair.lua)
+-- A queued task leaves its project's line, and when it was the head the next one takes its turn
+-- (lib/fair.lua).
 -- Returns {'cancelled_now', previous status, cancelled_at} when cancelled here; {status,
 -- previous_state or '', cancelled_at or ''} when it had already ended; false if the record is gone.
 -- include lib/emit.lua
 -- include lib/drop_job.lua
 -- include lib/ended.lua
+-- include lib/fair.lua
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if status ~= 'queued' and status ~= 'processing' then
@@ -24,6 +28,9 @@ if status ~= 'queued' and status ~= 'processing' then
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'previous_state', status, 'cancelled_at', ARGV[1],
            'updated_at', ARGV[1], 'completed_at', ARGV[1])
+if status == 'queued' then
+  leave_line(KEYS[1], redis.call('HGET', KEYS[1], 'job_id'), tonumber(ARGV[4]), tonumber(ARGV[5]))
+end
 redis.call('HDEL', KEYS[1], 'worker_id', 'next_retry_at')
 redis.call('ZREM', KEYS[2], ARGV[3])
 drop_job(KEYS[1], KEYS[5])

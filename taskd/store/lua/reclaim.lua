@@ -14,6 +14,9 @@
 -- ARGV[6]  max_deaths     the worker deaths after which the task fails
 -- ARGV[7]  ttl            seconds a failed task's record is kept from now
 -- ARGV[8]  worker_prefix  the prefix of a worker's heartbeat key (taskd:worker:)
+-- ARGV[9]  aging_ms       execution.priority_aging in ms (lib/fair.lua)
+-- The task leaves its project's processing set (taskd:project_processing:{project_id}); a requeued
+-- one's new job joins its project's line (lib/fair.lua).
 -- Returns 'requeued', 'failed', 'alive' (its worker beats again) or 'not_processing' (the task
 -- ended meanwhile; its running entry is removed).
 -- include lib/emit.lua
@@ -28,6 +31,7 @@ local owner = redis.call('HGET', KEYS[1], 'worker_id') or '?'
 if redis.call('EXISTS', ARGV[8] .. owner) == 1 then return 'alive' end
 local deaths = redis.call('HINCRBY', KEYS[1], 'deaths', 1)
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', '@PROCESSING_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[1])
 redis.call('HDEL', KEYS[1], 'worker_id', 'current_step')
 local reason = 'worker ' .. owner .. ' died while running the task'
 if deaths >= tonumber(ARGV[6]) then
@@ -38,6 +42,6 @@ if deaths >= tonumber(ARGV[6]) then
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[2], 'progress', '0.0', 'last_error', reason)
 redis.call('HDEL', KEYS[1], 'started_at')
-enqueue(KEYS[1], ARGV[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[3]))
+enqueue(KEYS[1], ARGV[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[3]), tonumber(ARGV[9]))
 emit(KEYS[1], 'status')
 return 'requeued'

@@ -13,6 +13,9 @@
 -- ARGV[6]  score       when the new job is due, in ms
 -- ARGV[7]  retried     '1' counts an automatic retry (and keeps last_error), '0' a hand-back
 -- ARGV[8]  last_error  the transient error a retry follows; '' for a hand-back
+-- ARGV[9]  aging_ms    execution.priority_aging in ms (lib/fair.lua)
+-- The task leaves its project's processing set (taskd:project_processing:{project_id}) and its new
+-- job joins its project's line (lib/fair.lua).
 -- Returns 'ok' when requeued here; else the task's status (false if the record is gone).
 -- include lib/emit.lua
 -- include lib/enqueue.lua
@@ -24,12 +27,13 @@ end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[3], 'progress', '0.0')
 redis.call('HDEL', KEYS[1], 'worker_id', 'started_at', 'current_step')
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('SREM', '@PROCESSING_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[2])
 if ARGV[7] == '1' then
   redis.call('HINCRBY', KEYS[3], 'retried_tasks', 1)
   redis.call('HINCRBY', KEYS[3], 'retried:' .. redis.call('HGET', KEYS[1], 'task_type'), 1)
   redis.call('HSET', KEYS[1], 'last_error', ARGV[8], 'next_retry_at', tonumber(ARGV[6]) / 1000)
 end
 drop_job(KEYS[1], '@QUEUE_PREFIX@' .. ARGV[5])
-enqueue(KEYS[1], ARGV[2], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[4]))
+enqueue(KEYS[1], ARGV[2], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[4]), tonumber(ARGV[9]))
 emit(KEYS[1], 'status')
 return 'ok'

@@ -14,8 +14,9 @@
 --   now_ms       now, in ms: when its webhook is due
 --   ttl          seconds the record is kept from now (storage.task_ttl)
 --
--- Counts the end, frees the task's place in its project's concurrency
--- (taskd:project_active:{project_id}), queues its webhook when it has a callback_url (waking the
+-- Counts the end, frees the task's place among its project's active tasks
+-- (taskd:project_active:{project_id}) and processing ones (taskd:project_processing:{project_id},
+-- the throttle start.lua keeps), queues its webhook when it has a callback_url (waking the
 -- senders on taskd:webhooks:wake), keeps the record for `ttl` and emits a status event.
 -- Returns nothing.
 -- include lib/emit.lua
@@ -24,7 +25,9 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
   if per_type then
     redis.call('HINCRBY', metrics_key, per_type .. ':' .. redis.call('HGET', task_key, 'task_type'), 1)
   end
-  redis.call('SREM', '@ACTIVE_PREFIX@' .. redis.call('HGET', task_key, 'project_id'), task_id)
+  local project = redis.call('HGET', task_key, 'project_id')
+  redis.call('SREM', '@ACTIVE_PREFIX@' .. project, task_id)
+  redis.call('SREM', '@PROCESSING_PREFIX@' .. project, task_id)
   if redis.call('HEXISTS', task_key, 'callback_url') == 1 then
     redis.call('ZADD', outbox_key, now_ms, task_id)
     redis.call('PUBLISH', '@WEBHOOKS_WAKE@', task_id)

@@ -1,4 +1,4 @@
--- lib/enqueue.lua: enqueue(task_key, task_id, queue, score, now_ms), a fresh arq job for a task.
+-- lib/enqueue.lua: enqueue(task_key, task_id, queue, score, now_ms, aging_ms), a fresh arq job for a task.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
 -- of its own; its caller passes the keys and values it works on.
@@ -9,21 +9,24 @@
 --   queue     taskd's queue name; the job goes on arq's sorted set taskd:queue:{queue}
 --   score     when the job is due, in ms (arq's queue score)
 --   now_ms    now, in ms: the job's enqueue time
+--   aging_ms  execution.priority_aging in ms (lib/fair.lua)
 --
 -- A new job id per enqueue ({task id}.{n}, n counting the task's enqueues), so a stale job of an
 -- earlier attempt (still in arq's hands) can never run the task again. The job is written in
 -- arq's format (the same JSON as taskd.queue.task_queue.job_payload, a test pins it) and lives a day
--- past its score; the queue's name is published on taskd:wake to wake the workers.
+-- past its score. It waits in its project's line (lib/fair.lua), on arq's set once it is the
+-- project's head; the queue's name is published on taskd:wake to wake the workers.
 -- Keys built here follow taskd.keys and arq's layout; taskd supports standalone Redis and
 -- Sentinel, not Cluster.
 -- Returns the new job id.
-local function enqueue(task_key, task_id, queue, score, now_ms)
+-- include lib/fair.lua
+local function enqueue(task_key, task_id, queue, score, now_ms, aging_ms)
   local n = redis.call('HINCRBY', task_key, 'enqueues', 1)
   local job_id = task_id .. '.' .. n
   redis.call('HSET', task_key, 'job_id', job_id)
   local job = '{"t":null,"f":"run_task","a":["' .. task_id .. '"],"k":{},"et":' .. now_ms .. '}'
   redis.call('SET', '@JOB_PREFIX@' .. job_id, job, 'PX', 86400000 + math.max(0, score - now_ms))
-  redis.call('ZADD', '@QUEUE_PREFIX@' .. queue, score, job_id)
+  wait_in_line(task_key, job_id, score, now_ms, aging_ms)
   redis.call('PUBLISH', '@WAKE@', queue)
   return job_id
 end

@@ -1,0 +1,116 @@
+-- lib/fair.lua: fair turns between projects on a queue, and the per-project throttle.
+--
+-- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
+-- of its own; its callers pass the task record, and the keys follow from its queue and project.
+-- KEYS: none
+-- ARGV: none
+--
+-- arq's sorted set of a queue (taskd:queue:{queue}) holds, besides the running jobs, at most one
+-- waiting job per project: the project's head (taskd:heads:{queue} says which). Every waiting job
+-- is also in its project's line (taskd:project_waiting:{queue}:{project_id}) and in the queue's
+-- line (taskd:waiting:{queue}), both by the job's own score (its due time moved earlier by its
+-- priority, taskd.queue.task_queue.job_score). The head is the first of its project's line; when
+-- it starts, the next one goes on arq's set with the score it would get if submitted now (never
+-- earlier than its own): behind the heads of the projects already waiting, so projects take
+-- turns, each in its own FIFO (by priority) order, and aging still lifts a head that waits long.
+--
+--   wait_in_line(task_key, job, score, now_ms, aging_ms)  puts the task's job in line
+--   leave_line(task_key, job, now_ms, aging_ms)           takes it out (started or cancelled)
+--   seat(queue, project, now_ms, aging_ms)                makes the line's first job the head
+--   throttled(project, limit)                             whether the project runs `limit` tasks
+--   place(queue, project, job)                            a waiting job's queue position
+--     task_key  the task's record hash (taskd:task:{id}); its queue and project_id name the lines
+--     job       the arq job id ({task id}.{n})
+--     score     the job's own score, in ms (arq's score had it no turns to wait)
+--     now_ms    now, in ms
+--     aging_ms  execution.priority_aging, in ms: a priority step moves a job this much earlier
+--     limit     limits.concurrent_per_project; 0 = no throttle
+-- Returns: wait_in_line, leave_line and seat nothing; throttled a boolean; place the 1-based
+-- position (0 when the job is not waiting).
+local function seat(queue, project, now_ms, aging_ms)
+  local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
+  local arq_queue = '@QUEUE_PREFIX@' .. queue
+  local heads = '@HEADS_PREFIX@' .. queue
+  local head = redis.call('HGET', heads, project)
+  while true do
+    local first = redis.call('ZRANGE', line, 0, 0, 'WITHSCORES')
+    if #first == 0 then
+      if head then redis.call('ZREM', arq_queue, head) end
+      redis.call('HDEL', heads, project)
+      return
+    end
+    local job, own = first[1], tonumber(first[2])
+    local task_key = '@TASK_PREFIX@' .. string.match(job, '^(.*)%.[^.]*$')
+    local fields = redis.call('HMGET', task_key, 'status', 'job_id', 'priority')
+    if fields[1] == 'queued' and fields[2] == job then
+      if job == head and redis.call('ZSCORE', arq_queue, job) then return end
+      if head and head ~= job then redis.call('ZREM', arq_queue, head) end
+      local offset = (@PRIORITY_LOW@ - (tonumber(fields[3]) or @PRIORITY_LOW@)) * aging_ms
+      redis.call('ZADD', arq_queue, math.max(own, now_ms - offset), job)
+      redis.call('HSET', heads, project, job)
+      return
+    end
+    -- Its task ended, expired or has a newer job: it no longer waits (a cancel takes its job out
+    -- itself; this is for a record that expired while queued).
+    redis.call('ZREM', line, job)
+    redis.call('ZREM', '@WAITING_PREFIX@' .. queue, job)
+  end
+end
+
+local function wait_in_line(task_key, job, score, now_ms, aging_ms)
+  local where = redis.call('HMGET', task_key, 'queue', 'project_id')
+  redis.call('ZADD', '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2], score, job)
+  redis.call('ZADD', '@WAITING_PREFIX@' .. where[1], score, job)
+  seat(where[1], where[2], now_ms, aging_ms)
+end
+
+local function leave_line(task_key, job, now_ms, aging_ms)
+  local where = redis.call('HMGET', task_key, 'queue', 'project_id')
+  redis.call('ZREM', '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2], job)
+  redis.call('ZREM', '@WAITING_PREFIX@' .. where[1], job)
+  local heads = '@HEADS_PREFIX@' .. where[1]
+  -- A started head stays on arq's set (arq lists a running job until it is dropped).
+  if redis.call('HGET', heads, where[2]) == job then redis.call('HDEL', heads, where[2]) end
+  seat(where[1], where[2], now_ms, aging_ms)
+end
+
+local function throttled(project, limit)
+  if limit <= 0 then return false end
+  local processing = '@PROCESSING_PREFIX@' .. project
+  if redis.call('SCARD', processing) < limit then return false end
+  -- Only at the limit: a record that expired while processing must not hold a place for ever.
+  for _, id in ipairs(redis.call('SMEMBERS', processing)) do
+    if redis.call('HGET', '@TASK_PREFIX@' .. id, 'status') ~= 'processing' then
+      redis.call('SREM', processing, id)
+    end
+  end
+  return redis.call('SCARD', processing) >= limit
+end
+
+-- Under round-robin, before the k-th job of a project (k counted from 0) start its project's k
+-- earlier jobs, k jobs of every other project (or all it has, if fewer), and one more of each
+-- project whose head is ahead of this project's head and that has more than k waiting. Exact
+-- while every project keeps its turn; a throttled project's turns are counted though they wait.
+local function place(queue, project, job)
+  local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
+  local k = redis.call('ZRANK', line, job)
+  if not k then return 0 end
+  local arq_queue = '@QUEUE_PREFIX@' .. queue
+  local heads = redis.call('HGETALL', '@HEADS_PREFIX@' .. queue)
+  local mine = nil
+  for i = 1, #heads, 2 do
+    if heads[i] == project then mine = tonumber(redis.call('ZSCORE', arq_queue, heads[i + 1])) end
+  end
+  local ahead = k
+  for i = 1, #heads, 2 do
+    if heads[i] ~= project then
+      local waiting = redis.call('ZCARD', '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. heads[i])
+      ahead = ahead + math.min(waiting, k)
+      if waiting > k then
+        local score = tonumber(redis.call('ZSCORE', arq_queue, heads[i + 1]))
+        if mine == nil or (score and score < mine) then ahead = ahead + 1 end
+      end
+    end
+  end
+  return ahead + 1
+end
