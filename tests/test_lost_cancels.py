@@ -18,6 +18,14 @@ async def wait_marker(service, task_id: str, event: str, timeout: float = 20) ->
     return path.read_text()
 
 
+def running(pid: int) -> bool:
+    """The process is there and not a zombie (it may be reaped between two looks)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def deafen(service) -> None:
     """Stop this service's cancel/wake subscriber, as if its pub/sub connection had dropped."""
     (listener,) = [task for task in service.service._background if task.get_name() == "pubsub-listener"]
@@ -41,7 +49,7 @@ async def test_a_cancel_the_subscriber_missed_stops_the_process_tree_within_one_
     await cancel(service, task["task_id"])
 
     async with asyncio.timeout(5):  # one heartbeat (0.5 s) and the grace, with room for a slow box
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        while running(pid):
             await asyncio.sleep(0.05)
         while service.service._pool.running_jobs:
             await asyncio.sleep(0.05)

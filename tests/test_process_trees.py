@@ -16,6 +16,14 @@ from taskd.config import ExecutionConfig, MediaConfig, NetworkConfig, TasksConfi
 from taskd.tasks.diagnostics import marker_path
 
 
+def running(pid: int) -> bool:
+    """The process is there and not a zombie (it may be reaped between two looks)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def marker(service, task_id: str, event: str):
     return marker_path(service.service.config.data_path, task_id, event)
 
@@ -30,7 +38,7 @@ async def wait_marker(service, task_id: str, event: str, timeout: float = 20) ->
 
 async def wait_gone(pid: int, timeout: float = 20) -> None:
     async with asyncio.timeout(timeout):
-        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        while running(pid):
             await asyncio.sleep(0.05)
 
 
@@ -47,7 +55,7 @@ async def test_a_cancel_gives_a_tool_child_sigterm_then_the_grace_then_sigkill(s
     await cancel(service, task["task_id"])
     await wait_marker(service, task["task_id"], "child_sigterm")
     await asyncio.sleep(0.5)
-    alive_within_the_grace = psutil.pid_exists(pid)
+    alive_within_the_grace = running(pid)
     await wait_gone(pid)
 
     assert alive_within_the_grace
@@ -190,5 +198,5 @@ async def test_a_tool_child_dies_with_the_process_that_started_it_even_by_sigkil
     await worker.wait()
 
     async with asyncio.timeout(10):
-        while psutil.pid_exists(tool_pid) and psutil.Process(tool_pid).status() != psutil.STATUS_ZOMBIE:
+        while running(tool_pid):
             await asyncio.sleep(0.05)

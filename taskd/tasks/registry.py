@@ -119,9 +119,9 @@ def _configured(task_type: TaskType, tasks: TasksConfig) -> TaskType:
     )
 
 
-def default_registry(tasks: TasksConfig | None = None) -> Registry:
-    """The built-in task types, then entry-point plugins, then `tasks.modules` (later names win),
-    with the queue and time limits `[tasks]` sets for each."""
+def default_registry(tasks: TasksConfig | None = None, *, builtin: bool = True) -> Registry:
+    """The built-in task types (unless `builtin` is False), then entry-point plugins, then
+    `tasks.modules` (later names win), with the queue and time limits `[tasks]` sets for each."""
     tasks = tasks or TasksConfig()
-    found = [*_builtin_types(), *_plugin_types(), *_module_types(tasks.modules)]
+    found = [*(_builtin_types() if builtin else []), *_plugin_types(), *_module_types(tasks.modules)]
     return Registry([_configured(task_type, tasks) for task_type in found])

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 import attrs
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd.config import GPU_NEEDS, Config
 
@@ -25,27 +23,33 @@ from taskd.errors import Cancelled as Cancelled
 from taskd.errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from taskd.errors import TaskError as TaskError
 from taskd.errors import TransientError as TransientError
-from taskd.net.guarded import GuardedClient
-from taskd.providers.limits import Gate, ProviderLimits
+
+if TYPE_CHECKING:
+    # Only for the coroutine side: a job process imports this module too, and aiohttp, redis-py and
+    # the provider limits would add most of a second to each one's start.
+    import aiohttp
+
+    from taskd.net.guarded import GuardedClient
+    from taskd.providers.limits import Gate, ProviderLimits
 
 ProgressSink = Callable[[float, str | None], Awaitable[None]]
 
 
-_TRANSIENT = (
-    aiohttp.ClientConnectionError,
-    aiohttp.ServerTimeoutError,
-    ConnectionError,
-    TimeoutError,
-    RedisConnectionError,
-    RedisTimeoutError,
-)
+def _transient_types() -> tuple[type[BaseException], ...]:
+    # Only a library that is loaded can have raised: a job process never loads aiohttp or redis-py.
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    if (aiohttp_module := sys.modules.get("aiohttp")) is not None:
+        found += [aiohttp_module.ClientConnectionError, aiohttp_module.ServerTimeoutError]
+    if (redis_errors := sys.modules.get("redis.exceptions")) is not None:
+        found += [redis_errors.ConnectionError, redis_errors.TimeoutError]
+    return tuple(found)
 
 
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying: connection errors, timeouts, provider 429/5xx; never bad input or auth."""
     if isinstance(exc, TaskError):
         return exc.transient  # the handler (or provider client) knows best
-    return isinstance(exc, _TRANSIENT)
+    return isinstance(exc, _transient_types())
 
 
 @attrs.define
@@ -79,6 +83,8 @@ class TaskContext:
     def inputs(self) -> GuardedClient:
         """The client for URLs a caller or a provider's answer supplies (the SSRF guard); `http` is for
         the providers the operator configured."""
+        from taskd.net.guarded import GuardedClient  # not at the top: see TYPE_CHECKING above
+
         return GuardedClient.from_config(self.config, self.http)
 
     async def progress(self, fraction: float, step: str | None = None) -> None:

@@ -89,7 +89,9 @@ def main() -> None:
         if init is None:
             return
         config = cattrs.Converter().structure(init["config"], Config)
-        registry = default_registry(config.tasks)
+        # Every built-in type has a coroutine handler, which never runs here; leaving them out spares
+        # each job process importing aiohttp, ffmpeg's helpers and the providers.
+        registry = default_registry(config.tasks, builtin=False)
         frames.write(out, {"op": "ready", "pid": os.getpid()})
         while (request := frames.read(stdin)) is not None:
             try:
