@@ -14,9 +14,10 @@ from taskd.config import ExecutionConfig, LimitsConfig, QueueConfig, load_config
 SLEEP = "sleep"
 
 
-def one_at_a_time() -> dict[str, QueueConfig]:
-    """The queues, with `default` (where sleep and noop run) taking one task at a time per process."""
-    return {**load_config(None, {}).queues, "default": QueueConfig(concurrency=1, timeout=120)}
+def one_at_a_time(concurrency: int = 1) -> dict[str, QueueConfig]:
+    """The queues, with `default` (where sleep and noop run) taking `concurrency` tasks at a time per
+    process (one by default)."""
+    return {**load_config(None, {}).queues, "default": QueueConfig(concurrency=concurrency, timeout=120)}
 
 
 def naps(seconds: float) -> dict[str, Any]:
@@ -63,8 +64,9 @@ async def test_sixty_tasks_of_one_project_are_accepted_and_never_more_than_the_l
     start_service, redis
 ):
     limits = LimitsConfig(concurrent_per_project=5)
-    first = await start_service(limits=limits)
-    second = await start_service(limits=limits)
+    # Three slots each: one process alone cannot reach the limit, so reaching it takes both.
+    first = await start_service(limits=limits, queues=one_at_a_time(3))
+    second = await start_service(limits=limits, queues=one_at_a_time(3))
     accepted = [
         await (first if i % 2 else second).submit(SLEEP, naps(0.3), project_id="episode") for i in range(60)
     ]
@@ -79,7 +81,7 @@ async def test_sixty_tasks_of_one_project_are_accepted_and_never_more_than_the_l
 
     assert {task["status"] for task in accepted} == {"queued"}
     assert {task["status"] for task in ended} == {"completed"}
-    # Two processes with 8 slots each could run 16: the throttle held them to 5 whenever looked at...
+    # Two processes with 3 slots each could run 6: the throttle held them to 5 whenever looked at...
     assert most <= 5
     # ...and was reached (the stamps, not the sampling, which can fall between an end and the next start).
     assert await most_overlapping_runs(redis, ids) >= 5

@@ -43,10 +43,17 @@ local function started()
   return reply
 end
 if not status then return {score, 'gone'} end
-if record[2] ~= ARGV[4] then return {score, 'stale'} end
+-- A job that will not run (the worker drops it) gives its project's turn to the next job in line.
+if record[2] ~= ARGV[4] then
+  leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
+  return {score, 'stale'}
+end
 -- The same worker asking again for the same job: its first call went through but the reply was lost.
 if status == 'processing' and record[3] == ARGV[2] then return started() end
-if status ~= 'queued' then return {score, status} end
+if status ~= 'queued' then
+  leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
+  return {score, status}
+end
 redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1], 'updated_at', ARGV[1],
            'worker_id', ARGV[2], 'progress', '0.0')
 redis.call('HDEL', KEYS[1], 'current_step', 'next_retry_at')
