@@ -4,7 +4,7 @@ that name the provider, say whether a retry may help, and never contain its key.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -14,6 +14,31 @@ from taskd.logs import REDACTOR
 from taskd.providers.limits import Gate
 
 _DETAIL_LIMIT = 300
+
+
+class ProviderSettings(Protocol):
+    """What every `[providers.*]` section has."""
+
+    @property
+    def model(self) -> str: ...
+
+
+Settings = TypeVar("Settings", bound=ProviderSettings)
+
+
+class ProviderClient(Generic[Settings]):
+    """What every provider client holds: its config section, the shared session, and its limits."""
+
+    def __init__(self, provider: Settings, session: aiohttp.ClientSession, gate: Gate | None = None) -> None:
+        self._provider = provider
+        self._session = session
+        # The provider's shared limits (providers.<name>.max_concurrency, per_minute); None: unlimited.
+        self._gate = gate
+
+    @property
+    def model(self) -> str:
+        """The model name sent with every request."""
+        return self._provider.model
 
 
 class ProviderError(TaskError):

@@ -6,14 +6,12 @@ import base64
 import binascii
 from typing import Any
 
-import aiohttp
 import attrs
 import orjson
 
 from taskd.config import ImageProvider
 from taskd.errors import TaskError
-from taskd.providers.http import post_json
-from taskd.providers.limits import Gate
+from taskd.providers.http import ProviderClient, post_json
 
 NO_PROVIDER = "No image provider configured: set providers.image.base_url (TASKD_PROVIDERS__IMAGE__BASE_URL)"
 
@@ -37,21 +35,8 @@ def quality_for(model: str, quality: str) -> str | None:
     return {"standard": "medium", "hd": "high"}.get(quality, quality)
 
 
-class ImagesClient:
+class ImagesClient(ProviderClient[ImageProvider]):
     """Calls the Images API of `[providers.image]`."""
-
-    def __init__(
-        self, provider: ImageProvider, session: aiohttp.ClientSession, gate: Gate | None = None
-    ) -> None:
-        self._provider = provider
-        self._session = session
-        # The provider's shared limits (providers.<name>.max_concurrency, per_minute); None: unlimited.
-        self._gate = gate
-
-    @property
-    def model(self) -> str:
-        """The model name sent with every request."""
-        return self._provider.model
 
     async def generate(self, prompt: str, size: str, quality: str) -> GeneratedImage:
         """One image for `prompt`; TransientError for timeouts, 429 and 5xx, TaskError otherwise."""

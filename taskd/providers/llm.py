@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import aiohttp
 import attrs
 import orjson
 
 from taskd.config import LlmProvider
 from taskd.errors import TaskError
-from taskd.providers.http import ProviderError, post_json
-from taskd.providers.limits import Gate
+from taskd.providers.http import ProviderClient, ProviderError, post_json
 
 __all__ = ["NO_PROVIDER", "ChatClient", "ChatReply", "ProviderError", "first_object"]
 
@@ -30,21 +28,8 @@ class ChatReply:
     total_tokens: int = 0
 
 
-class ChatClient:
+class ChatClient(ProviderClient[LlmProvider]):
     """Calls `POST {base_url}/chat/completions` of an OpenAI-compatible provider."""
-
-    def __init__(
-        self, provider: LlmProvider, session: aiohttp.ClientSession, gate: Gate | None = None
-    ) -> None:
-        self._provider = provider
-        self._session = session
-        # The provider's shared limits (providers.<name>.max_concurrency, per_minute); None: unlimited.
-        self._gate = gate
-
-    @property
-    def model(self) -> str:
-        """The model name sent with every request."""
-        return self._provider.model
 
     async def complete(self, messages: list[dict[str, Any]], *, json_mode: bool = False) -> ChatReply:
         """Send `messages` and return the first choice; raise ProviderError on any provider failure."""

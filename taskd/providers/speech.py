@@ -7,7 +7,6 @@ import re
 import shutil
 from pathlib import Path
 
-import aiohttp
 import attrs
 import orjson
 
@@ -16,8 +15,7 @@ from taskd.errors import TaskError
 from taskd.media import download
 from taskd.media.ffmpeg import collect
 from taskd.net.guarded import GuardedClient
-from taskd.providers.http import post_json
-from taskd.providers.limits import Gate
+from taskd.providers.http import ProviderClient, post_json
 
 NO_ENGINE = (
     "No speech engine available: set providers.speech.base_url (TASKD_PROVIDERS__SPEECH__BASE_URL) "
@@ -107,21 +105,8 @@ async def load_profile(
     return VoiceProfile(pick("voice", str), pick("espeak_voice", str), pick("pitch", int), pick("rate", int))  # type: ignore[arg-type]
 
 
-class SpeechClient:
+class SpeechClient(ProviderClient[SpeechProvider]):
     """Calls the speech API of `[providers.speech]`; asks for WAV so nothing is encoded lossily twice."""
-
-    def __init__(
-        self, provider: SpeechProvider, session: aiohttp.ClientSession, gate: Gate | None = None
-    ) -> None:
-        self._provider = provider
-        self._session = session
-        # The provider's shared limits (providers.<name>.max_concurrency, per_minute); None: unlimited.
-        self._gate = gate
-
-    @property
-    def model(self) -> str:
-        """The model name sent with every request."""
-        return self._provider.model
 
     async def speak(self, text: str, voice: str | None, speed: float, emotion: str | None, out: Path) -> Path:
         """Synthesise `text` into `out` (+ sniffed extension)."""
