@@ -42,6 +42,8 @@ log = logging.getLogger("taskd.engine")
 
 # Retrying the write of a task's outcome while Redis is unreachable (issue 9, tests/faults/).
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.25, 5.0
+# How many queued tasks a worker remembers having shown as waiting for a GPU.
+WAITING_NOTED_MAX = 10_000
 T = TypeVar("T")
 
 
@@ -239,6 +241,10 @@ class Executor:
         lease = await self.gpu.try_acquire(task_id, slots, score)
         if lease is None:
             if task_id not in self._waiting_noted:
+                if len(self._waiting_noted) >= WAITING_NOTED_MAX:
+                    # Tasks another worker started or a caller cancelled are never discarded here;
+                    # forgetting them all costs one more (idempotent) write per task still waiting.
+                    self._waiting_noted.clear()
                 self._waiting_noted.add(task_id)
                 await self.gpu.note_waiting(task_id)
             return False
