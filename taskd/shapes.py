@@ -296,8 +296,8 @@ class SystemLoad:
 
 
 @attrs.frozen
-class GpuDevice:
-    """One GPU of this host: what NVML reads and the slots taskd hands out."""
+class GpuReading:
+    """What every view of a GPU of this host shows: what NVML reads and its slots."""
 
     index: int = attrs.field(metadata=meta(minimum=0))
     name: str
@@ -305,6 +305,12 @@ class GpuDevice:
     memory_used: int = attrs.field(metadata=meta("Bytes", minimum=0))
     memory_total: int = attrs.field(metadata=meta("Bytes", minimum=0))
     slots: int = attrs.field(metadata=meta("Jobs the device runs at once"))
+
+
+@attrs.frozen
+class GpuDevice(GpuReading):
+    """One GPU of this host: what NVML reads and the slots taskd hands out."""
+
     slots_used: int = attrs.field(metadata=meta(minimum=0))
     running: dict[str, int] = attrs.field(metadata=meta("Slots held, by task id (tasks the key may see)"))
 
@@ -421,15 +427,9 @@ class DashboardWorker:
 
 
 @attrs.frozen
-class DashboardGpu:
+class DashboardGpu(GpuReading):
     """One GPU of this host and the tasks holding its slots."""
 
-    index: int = attrs.field(metadata=meta(minimum=0))
-    name: str
-    utilization: float
-    memory_used: int = attrs.field(metadata=meta("Bytes", minimum=0))
-    memory_total: int = attrs.field(metadata=meta("Bytes", minimum=0))
-    slots: int = attrs.field(metadata=meta("Jobs the device runs at once"))
     holders: list[str] = attrs.field(metadata=meta("Tasks holding a slot (those the key may see)"))
 
 

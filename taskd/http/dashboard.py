@@ -19,7 +19,7 @@ from taskd.heartbeat import live_workers
 from taskd.http.context import API
 from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches, visible_tasks
-from taskd.http.views import stamp
+from taskd.http.views import gpu_reading, stamp
 from taskd.model import ApiError, iso, now
 
 NO_GPUS = "no GPUs (NVML not available)"
@@ -138,12 +138,7 @@ async def overview(request: web.Request) -> web.Response:
                 note=None if devices else NO_GPUS,
                 devices=[
                     shapes.DashboardGpu(
-                        index=device.index,
-                        name=device.name,
-                        utilization=device.utilization,
-                        memory_used=device.memory_used,
-                        memory_total=device.memory_total,
-                        slots=api.config.gpu.slots,
+                        **gpu_reading(device, api.config.gpu.slots),
                         holders=holders.get(device.index, []),
                     )
                     for device in devices

@@ -16,7 +16,7 @@ from taskd.heartbeat import live_workers
 from taskd.http.context import API, Api
 from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches, visible_tasks
-from taskd.http.views import stamp
+from taskd.http.views import gpu_reading, stamp
 from taskd.model import now
 from taskd.redis_memory import read_memory
 
@@ -87,12 +87,7 @@ async def _gpus(request: web.Request, devices: list[DeviceReading]) -> list[shap
     }
     return [
         shapes.GpuDevice(
-            index=device.index,
-            name=device.name,
-            utilization=device.utilization,
-            memory_used=device.memory_used,
-            memory_total=device.memory_total,
-            slots=api.config.gpu.slots,
+            **gpu_reading(device, api.config.gpu.slots),
             slots_used=uses[device.index].used if device.index in uses else 0,
             running=named.get(device.index, {}),
         )

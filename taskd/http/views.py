@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from taskd import shapes
+from taskd.gpu.nvml import DeviceReading
 from taskd.model import TaskRecord, TaskStatus, iso
 from taskd.webhooks.outbox import DeliveryState
 
@@ -74,3 +77,15 @@ def stamp(ts: float) -> str:
     text = iso(ts)
     assert text is not None, "iso() answers None for None only"
     return text
+
+
+def gpu_reading(device: DeviceReading, slots: int) -> dict[str, Any]:
+    """The fields of `shapes.GpuReading` for a device NVML read, as keyword arguments."""
+    return {
+        "index": device.index,
+        "name": device.name,
+        "utilization": device.utilization,
+        "memory_used": device.memory_used,
+        "memory_total": device.memory_total,
+        "slots": slots,
+    }
