@@ -16,6 +16,7 @@
 | `taskd:memory_events` | sorted set: JSON of job processes killed over the memory limit -> ms | trimmed to the last 10 minutes; feeds the memory alert |
 | `taskd:events:task:{id}` | stream: the task's events (status changes, progress), ids usable as SSE `Last-Event-ID` | capped at ~200 entries; expires a day after the last event |
 | `taskd:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires a day after the last event |
+| `taskd:events:wake:{hub id}` | stream: one entry, added when a client starts watching a stream while the process's event reader is blocked in `XREAD`; the read includes it, so it returns at once | one entry (MAXLEN 1); expires a minute after the last wake; deleted when the process stops |
 | `taskd:gpu:{host}:{index}` | hash: task id -> "worker id|slots" holding slots of that device | entries leave on release, or when their worker's heartbeat is gone |
 | `taskd:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
 | `taskd:ratelimit:{policy}:{key hash}` | sorted set: the times (ms) of the requests of one API key (sha256, never the key) accepted under `submit`/`status` in the last minute | a minute after its last accepted request; older members are dropped on each request |
@@ -130,6 +131,11 @@ def task_events(task_id: str) -> str:
 def project_events(project_id: str) -> str:
     """The stream of events of every task of a project."""
     return f"{PREFIX}events:project:{project_id}"
+
+
+def events_wake(hub_id: str) -> str:
+    """The wake-up stream of one process's event reader (`taskd.http.events.EventHub`)."""
+    return f"{PREFIX}events:wake:{hub_id}"
 
 
 def gpu_device(host: str, index: str) -> str:

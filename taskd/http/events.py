@@ -6,7 +6,8 @@ reaches every client. The stream entry id is the SSE `id`; a client that reconne
 `Last-Event-ID` is sent what it missed from the stream (`XRANGE`), then live events.
 
 One `EventHub` per process reads every watched stream with a single blocking `XREAD` on one
-dedicated Redis connection, however many clients listen.
+dedicated Redis connection, however many clients listen. A stream a client starts watching joins
+the read at once: the read also watches the hub's own wake stream, which `subscribe` appends to.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import contextlib
 import logging
 import re
 import time
+import uuid
 from collections.abc import Iterable
-from typing import Any
 
 import attrs
 import orjson
@@ -38,6 +39,7 @@ log = logging.getLogger("taskd.http.events")
 KEEPALIVE_SECONDS = 15.0
 RECONNECT_MS = 3000  # the `retry:` hint sent to EventSource
 BLOCK_MS = 5000  # one XREAD waits at most this long before it is issued again
+WAKE_TTL_MS = 60_000  # the hub's wake stream expires this long after its last wake
 READ_COUNT = 500  # entries per stream per XREAD
 MAX_PENDING = 5000  # events held for one slow client before it re-reads the stream itself
 _CHECK_SECONDS = 1.0  # how often an idle stream notices that its client went away
@@ -133,17 +135,27 @@ class Subscription:
 
 
 class EventHub:
-    """Reads every stream some client watches with one blocking XREAD and fans the entries out."""
+    """Reads every stream some client watches with one blocking XREAD and fans the entries out.
+
+    A stream watched for the first time must join the read now, not when the XREAD in flight
+    times out. That XREAD also reads the hub's wake stream from the last wake entry it has seen,
+    and `_wake` appends an entry to it: a read whose streams were chosen before the subscribe
+    returns at once, whether the XADD reaches Redis before the XREAD or after it (a CLIENT UNBLOCK
+    that arrives first does nothing, and the read would sit out BLOCK_MS).
+    """
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._subscribers: dict[str, set[Subscription]] = {}
         self._cursors: dict[str, str] = {}
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()  # a stream was added while the reader had none to read
         self._reader: asyncio.Task[None] | None = None
-        self._client_id: int | None = None
-        self._blocked = False
-        self._unblocks: set[asyncio.Task[Any]] = set()
+        self._wake_key = keys.events_wake(uuid.uuid4().hex)
+        self._wake_cursor = "0-0"  # the last wake entry a read has returned
+        self._reading = False  # an XREAD's streams are chosen and its reply not handled yet
+        self._woken = False  # a wake was sent for the XREAD in flight
+        self._wakes: set[asyncio.Task[None]] = set()
+        self._wake_written = False
         self._closed = False
 
     def subscribe(self, stream: str, after: str) -> Subscription:
@@ -152,13 +164,15 @@ class EventHub:
         if self._closed:
             subscription.close()
             return subscription
-        if stream not in self._subscribers:
+        new = stream not in self._subscribers
+        if new:
             self._subscribers[stream] = set()
             self._cursors[stream] = after
         self._subscribers[stream].add(subscription)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._run(), name="sse-event-hub")
-        self._wake()
+        if new:
+            self._wake()
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -179,24 +193,39 @@ class EventHub:
                 subscription.close()
         self._subscribers.clear()
         self._cursors.clear()
-        await cancel_and_wait([task for task in (self._reader, *self._unblocks) if task is not None])
+        await cancel_and_wait([task for task in (self._reader, *self._wakes) if task is not None])
+        if self._wake_written:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await self._redis.delete(self._wake_key)
 
     def _wake(self) -> None:
-        # A new stream must join the XREAD now, not when the current one times out.
+        """Make the reader read the streams as they are now, whatever it is doing."""
+        # Not reading: it chooses its streams after this, the new one among them.
         self._changed.set()
-        if self._blocked and self._client_id is not None:
-            task = asyncio.create_task(self._redis.client_unblock(self._client_id))
-            self._unblocks.add(task)
-            task.add_done_callback(self._unblocks.discard)
+        # Reading: one wake entry makes the XREAD in flight return, however many streams were added.
+        if self._reading and not self._woken:
+            self._woken = True
+            task = asyncio.create_task(self._send_wake(), name="sse-event-hub-wake")
+            self._wakes.add(task)
+            task.add_done_callback(self._wakes.discard)
+
+    async def _send_wake(self) -> None:
+        self._wake_written = True
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:  # one round trip
+                pipe.xadd(self._wake_key, {"wake": "1"}, maxlen=1, approximate=False)
+                pipe.pexpire(self._wake_key, WAKE_TTL_MS)
+                await pipe.execute()
+        except Exception as exc:  # Redis went away: the reader fails too, and reads everything once back
+            log.debug("event stream wake-up not sent: %s", exc)
 
     async def _run(self) -> None:
         reconnects = Backoff.reconnect()
         while not self._closed:
             connection = Redis(connection_pool=self._redis.connection_pool, single_connection_client=True)
             try:
-                self._client_id = await connection.client_id()
-                reconnects.reset()
-                await self._read_forever(connection)
+                await self._read_forever(connection, reconnects)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: keep the cursors, read again once it is back
@@ -204,22 +233,29 @@ class EventHub:
                 log.warning("event stream reader failed, retrying in %.2f s: %s", delay, exc)
                 await asyncio.sleep(delay)
             finally:
-                self._client_id = None
                 with contextlib.suppress(Exception):
                     await connection.aclose()
 
-    async def _read_forever(self, connection: Redis) -> None:
+    async def _read_forever(self, connection: Redis, reconnects: Backoff) -> None:
         while True:
-            if not self._cursors:
+            while not self._cursors:
+                # Cleared right before the wait: a wake-up left over from a stream that is gone
+                # again must not start a read of nothing.
+                self._changed.clear()
                 await self._changed.wait()
-            self._changed.clear()
-            self._blocked = True
+            streams = {self._wake_key: self._wake_cursor, **self._cursors}
+            self._reading, self._woken = True, False
             try:
-                reply = await connection.xread(dict(self._cursors), count=READ_COUNT, block=BLOCK_MS)
+                reply = await connection.xread(streams, count=READ_COUNT, block=BLOCK_MS)
             finally:
-                self._blocked = False
+                self._reading = False
+            reconnects.reset()
             for raw_stream, entries in reply or []:
                 stream = raw_stream.decode()
+                if stream == self._wake_key:
+                    if entries:
+                        self._wake_cursor = entries[-1][0].decode()
+                    continue
                 watchers = self._subscribers.get(stream)
                 if not watchers or not entries:
                     continue
