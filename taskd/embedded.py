@@ -26,6 +26,7 @@ from types import TracebackType
 
 import psutil
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from taskd.childenv import child_environment
@@ -138,21 +139,25 @@ class EmbeddedValkey:
         raise RuntimeError(f"embedded valkey could not bind a free port in {BIND_ATTEMPTS} attempts")
 
     async def stop(self) -> None:
-        """Shut the server down cleanly (SIGTERM, then SIGKILL after a timeout); idempotent."""
-        proc, self._proc, self._url = self._proc, None, None
+        """Shut the server down cleanly (SHUTDOWN, else SIGTERM; SIGKILL after a timeout); idempotent."""
+        proc, self._proc = self._proc, None
         if proc is None:
+            self._url = None
             return
+        url, self._url = self._url, None
         _unlink(self.dir / URLFILE)
         if proc.returncode is None:
-            # On SIGTERM Valkey fsyncs the AOF and removes its pidfile before exiting.
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+            # SHUTDOWN and SIGTERM both fsync the AOF and remove the pidfile before exiting, but a
+            # SIGTERM only takes effect at the server's next cron tick (up to 100 ms later).
+            if url is None or not await _shutdown(url):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
             try:
                 async with asyncio.timeout(STOP_TIMEOUT_S):
                     await proc.wait()
             except TimeoutError:
                 log.warning(
-                    "embedded valkey (pid %d) ignored SIGTERM for %.0f s; killing it",
+                    "embedded valkey (pid %d) did not stop within %.0f s; killing it",
                     proc.pid,
                     STOP_TIMEOUT_S,
                 )
@@ -273,6 +278,25 @@ async def _wait_ready(proc: asyncio.subprocess.Process, port: int, password: str
     finally:
         await client.aclose()
     return False
+
+
+async def _shutdown(url: str) -> bool:
+    """Ask the server to shut down now; False if it could not be asked (then signal it)."""
+    client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        try:
+            await client.ping()
+        except (RedisError, OSError):
+            return False  # unreachable, or it does not let us in
+        try:
+            await client.execute_command("SHUTDOWN")
+        except RedisConnectionError:
+            pass  # it closes the connection as it exits
+        except (RedisError, OSError):
+            return False  # e.g. it could not write its AOF, and stays up
+        return True
+    finally:
+        await client.aclose()
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:

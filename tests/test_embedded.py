@@ -144,6 +144,28 @@ async def test_stop_leaves_no_process_and_removes_url_file(tmp_path: Path) -> No
     await valkey.stop()  # idempotent
 
 
+async def test_stop_asks_the_server_to_shut_down_instead_of_signalling_it(tmp_path: Path) -> None:
+    # A SIGTERM only takes effect at the server's next cron tick; SHUTDOWN takes effect at once.
+    valkey = EmbeddedValkey(tmp_path)
+    await valkey.start()
+    await valkey.stop()
+    log = valkey.log_path.read_text()
+    assert "User requested shutdown" in log
+    assert "Received SIGTERM" not in log
+
+
+async def test_a_server_that_refuses_shutdown_is_stopped_with_sigterm(tmp_path: Path) -> None:
+    valkey = EmbeddedValkey(tmp_path)
+    url = await valkey.start()
+    pid = valkey.pid
+    client = Redis.from_url(url)
+    await client.config_set("requirepass", "changed-behind-taskds-back")
+    await client.aclose()
+    await valkey.stop()
+    assert pid is not None and not psutil.pid_exists(pid)
+    assert "Received SIGTERM" in valkey.log_path.read_text()
+
+
 async def test_running_url_is_the_url_while_running_and_none_after_stop(tmp_path: Path) -> None:
     assert EmbeddedValkey.running_url(tmp_path) is None
     valkey = EmbeddedValkey(tmp_path)
