@@ -69,9 +69,14 @@ async def test_worker_killed_among_three_has_its_tasks_finished_by_the_others(sp
         bodies = await api.wait_all(task_ids, timeout=60)
 
     rows = runs(data)
-    victim_tasks = {task_id for event, task_id, _, pid in rows if event == "start" and pid == victim.proc.pid}
-    finished_by = {task_id: pid for event, task_id, _, pid in rows if event == "end"}
-    assert victim_tasks, "the killed worker was running tasks"
+    # Under load the victim may also have finished a task or two before the kill: those are not its to hand back.
+    by_victim = {
+        event: {task_id for e, task_id, _, pid in rows if e == event and pid == victim.proc.pid}
+        for event in ("start", "end")
+    }
+    interrupted = by_victim["start"] - by_victim["end"]
+    ends = collections.Counter(task_id for event, task_id, _, _ in rows if event == "end")
+    assert interrupted, "the killed worker was running tasks"
     assert [body["status"] for body in bodies] == ["completed"] * len(task_ids)
-    assert all(finished_by[task_id] != victim.proc.pid for task_id in victim_tasks)
-    assert {body["attempt"] for body in bodies if body["task_id"] in victim_tasks} == {2}
+    assert all(ends[task_id] == 1 for task_id in task_ids)
+    assert {body["attempt"] for body in bodies if body["task_id"] in interrupted} == {2}
