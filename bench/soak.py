@@ -77,7 +77,7 @@ class RssSampler:
             return
         for proc in procs:
             try:
-                name = _describe(proc)
+                name = _describe(proc, self.root.pid)
                 rss = proc.memory_info().rss
             except psutil.Error:
                 continue
@@ -90,12 +90,13 @@ class RssSampler:
             await asyncio.sleep(0.5)
 
 
-def _describe(proc: psutil.Process) -> str:
+def _describe(proc: psutil.Process, root: int) -> str:
     cmd = " ".join(proc.cmdline())
     if "valkey" in cmd:
         return "valkey-server (embedded)"
-    if "taskd.engine.jobproc.child" in cmd:
-        return "job process"
+    if "taskd.engine.jobproc.template" in cmd:
+        # Job processes are forks of the template, and keep its command line.
+        return "job-process template" if proc.ppid() == root else "job process"
     if "-m taskd" in cmd:
         return "taskd serve"
     return proc.name()

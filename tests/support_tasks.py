@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from typing import Any
 
@@ -47,9 +48,26 @@ class ShowWhatIGotInput:
     pass
 
 
+# The process that imported this module: in a job process, the template it was forked from.
+IMPORTED_IN = os.getpid()
+
+
 def show_what_i_got(ctx: ProcessContext, _: ShowWhatIGotInput) -> dict[str, Any]:
-    """In a job process: its environment and the config it was sent, for tests that look for secrets."""
-    return {"environ": dict(os.environ), "config": cattrs.unstructure(ctx.config), "pid": os.getpid()}
+    """In a job process: its environment, the config it was sent, its parent, where this module was
+    imported and what its stdin holds, for tests of what a job process is given."""
+    return {
+        "environ": dict(os.environ),
+        "config": cattrs.unstructure(ctx.config),
+        "pid": os.getpid(),
+        "parent_pid": os.getppid(),
+        "module_imported_in": IMPORTED_IN,
+        "stdin": sys.stdin.read(100),
+    }
+
+
+def die_by_sigkill(_: ProcessContext, __: AnythingInput) -> None:
+    """A job process that dies in the middle of its task."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @attrs.frozen
@@ -110,4 +128,5 @@ TASKS = [
         handler=big_result_in_process,
     ),
     TaskType("tool_child", ToolChildInput, queue="default", expected_duration=1.0, handler=tool_child),
+    TaskType("die_by_sigkill", AnythingInput, queue="default", expected_duration=0.1, handler=die_by_sigkill),
 ]

@@ -1,26 +1,24 @@
-"""A job process: runs plain-function handlers one at a time for its worker (`python -m taskd.engine.jobproc.child`).
+"""A job process: runs plain-function handlers one at a time for its worker.
 
-The worker writes one `init` frame (the config) and then `run` frames on stdin; this process
-answers on its original stdout with `progress` frames and one `done`/`error`/`cancelled` frame per
-task. SIGTERM raises `Cancelled` inside the handler, SIGUSR1 raises `SoftTimeLimitExceeded`; the
-worker sends SIGKILL for the hard limit and the memory limit.
+Forked from the worker's job-process template (template.py), which has the config and the task
+types loaded already. The worker writes `run` frames on the process's task pipe; the process
+answers `ready` once, then `progress` frames and one `done`/`error`/`cancelled` frame per task.
+SIGTERM raises `Cancelled` inside the handler, SIGUSR1 raises `SoftTimeLimitExceeded`; the worker
+sends SIGKILL for the hard limit and the memory limit.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 import traceback
 from types import FrameType
 from typing import Any, BinaryIO
 
-import cattrs
-
 from taskd.config import Config
 from taskd.engine.jobproc import frames
 from taskd.model import ValidationError
-from taskd.tasks.registry import Registry, default_registry
+from taskd.tasks.registry import Registry
 from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
 
 
@@ -75,25 +73,14 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
     return {"op": "done", "result": result}
 
 
-def main() -> None:
-    """Serve `run` requests until stdin closes or SIGTERM arrives."""
-    # Handlers that print must not corrupt the protocol: fd 1 becomes stderr, frames use a dup.
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    stdin = sys.stdin.buffer
+def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) -> None:
+    """Run tasks until the task pipe closes or SIGTERM arrives."""
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGUSR1, _on_soft_limit)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        init = frames.read(stdin)
-        if init is None:
-            return
-        config = cattrs.Converter().structure(init["config"], Config)
-        # Every built-in type has a coroutine handler, which never runs here; leaving them out spares
-        # each job process importing aiohttp, ffmpeg's helpers and the providers.
-        registry = default_registry(config.tasks, builtin=False)
         frames.write(out, {"op": "ready", "pid": os.getpid()})
-        while (request := frames.read(stdin)) is not None:
+        while (request := frames.read(tasks)) is not None:
             try:
                 answer = _run_one(request, config, registry, out)
             except (BrokenPipeError, OSError):
@@ -104,7 +91,3 @@ def main() -> None:
         frames.write(out, {"op": "cancelled"})
     except SoftTimeLimitExceeded:
         pass
-
-
-if __name__ == "__main__":
-    main()

@@ -12,27 +12,23 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-import cattrs
 import psutil
 
-from taskd.childenv import child_environment, job_config
 from taskd.config import Config
 from taskd.engine.jobproc import frames
-from taskd.media.store import scratch_root
-from taskd.proctree import die_with_parent, signal_group
+from taskd.engine.jobproc.forkserver import ForkedProcess, Template, TemplateGone
+from taskd.proctree import signal_group
 
 log = logging.getLogger("taskd.engine")
 
 MEMORY_CHECK_INTERVAL = 0.25
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
-HOME_DIR = "home"
 
 ProgressCallback = Callable[[float, str | None], Awaitable[None]]
 
@@ -73,7 +69,7 @@ def _rss(process: psutil.Process) -> int:
 class Runner:
     """One job process and the frames it sends."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, device: str | None = None) -> None:
+    def __init__(self, proc: ForkedProcess, device: str | None = None) -> None:
         self.proc = proc
         self.device = device
         self.tasks_done = 0
@@ -84,32 +80,10 @@ class Runner:
         self.rss = 0
 
     @classmethod
-    async def spawn(cls, config: Config, device: str | None = None) -> Runner:
-        """Start a job process (seeing only GPU `device`, if given) and hand it the config it needs.
-
-        It gets the allow-listed environment and the config without secrets; its HOME is an empty
-        directory of taskd's, so no library finds the host user's credentials (~/.netrc, ~/.aws).
-        """
-        home = scratch_root(config) / HOME_DIR
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        gpu = {"CUDA_VISIBLE_DEVICES": device} if device is not None else {}
-        env = child_environment(home=home, extra=gpu)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "taskd.engine.jobproc.child",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=frames.MAX_FRAME,
-            env=env,
-            # Its own process group: a cancel or a kill reaches what the handler started too
-            # (taskd/proctree.py); and it dies with the worker even when that is SIGKILLed.
-            start_new_session=True,
-            preexec_fn=die_with_parent(),
-        )
-        runner = cls(proc, device)
+    async def start(cls, template: Template, device: str | None = None) -> Runner:
+        """A job process forked from `template` (seeing only GPU `device`, if given), ready for tasks."""
+        runner = cls(await template.fork(device), device)
         try:
-            runner._send({"op": "init", "config": cattrs.unstructure(job_config(config))})
             async with asyncio.timeout(START_TIMEOUT):
                 ready = await runner._frames.get()
             if ready is None or ready.get("op") != "ready":
@@ -244,6 +218,8 @@ class RunnerPool:
         self.max_tasks = config.execution.max_tasks_per_runner
         self._idle: dict[str | None, list[Runner]] = {}
         self.busy: set[Runner] = set()
+        self._template: Template | None = None
+        self._template_lock = asyncio.Lock()
 
     async def acquire(self, device: str | None = None) -> Runner:
         """An idle runner for `device`, or a new one."""
@@ -253,9 +229,23 @@ class RunnerPool:
             if runner.alive:
                 self.busy.add(runner)
                 return runner
-        runner = await Runner.spawn(self.config, device)
+        try:
+            runner = await Runner.start(await self._running_template(), device)
+        except TemplateGone as exc:
+            log.warning("job-process template gone (%s); starting a new one", exc)
+            runner = await Runner.start(await self._running_template(), device)
         self.busy.add(runner)
         return runner
+
+    async def _running_template(self) -> Template:
+        """The template job processes are forked from, started on first use and after it died."""
+        async with self._template_lock:
+            if self._template is None or not self._template.alive:
+                if self._template is not None:
+                    await self._template.close()
+                self._template = Template(self.config)
+                await self._template.start()
+            return self._template
 
     async def release(self, runner: Runner) -> None:
         """Take a runner back: kept if healthy and not worn out, else stopped (a new one comes when needed)."""
@@ -278,3 +268,6 @@ class RunnerPool:
         await asyncio.gather(*(runner.stop() for runner in idle))
         for runner in list(self.busy):
             await runner.kill()
+        if self._template is not None:
+            await self._template.close()
+            self._template = None

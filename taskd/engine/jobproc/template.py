@@ -1,0 +1,152 @@
+"""The job-process template: imports the task modules once, then forks every job process of its worker.
+
+`python -m taskd.engine.jobproc.template`, started by a worker's pool (`forkserver.Template`) with
+the allow-listed environment. Its stdin is a SOCK_SEQPACKET socket: the first packet is the config
+(JSON, without secrets); each later packet asks for one job process (`{"device": …}`) and carries
+the two pipe ends that become that process's frame input and output. It answers on stdout with
+frames: `ready` once, then `forked` (the pid) for each request in order, and `exited` (pid and
+status, negative for a signal, as asyncio reports it) as each job process ends.
+
+Why fork: a fresh interpreter spends ~0.4 s of CPU importing taskd and the task modules before it
+can take a task; a fork of this template starts with all of that in memory (copy-on-write), so
+"replace a job process after N tasks" costs milliseconds. The price is the usual one of a
+fork server (gunicorn's preload, Celery's prefork): task modules are imported here, once, so
+they must not start threads or initialise CUDA at import time; a model belongs in the handler,
+loaded lazily and cached per job process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+from typing import BinaryIO
+
+import cattrs
+import orjson
+
+from taskd.config import Config
+from taskd.engine.jobproc import child, frames
+from taskd.proctree import die_with_parent
+from taskd.tasks.registry import Registry, default_registry
+
+MAX_PACKET = 1024 * 1024  # the config packet is the largest: a few KiB
+FDS_PER_REQUEST = 2
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 512):
+            pass
+
+
+class _Template:
+    """The loaded config and task types, the channels to the worker, and the forking."""
+
+    def __init__(self, control: socket.socket, out: BinaryIO, config: Config, registry: Registry) -> None:
+        self.control = control
+        self.out = out
+        self.config = config
+        self.registry = registry
+        # SIGCHLD wakes the select through this pipe; the handler itself does nothing.
+        self.wake_read, wake_write = os.pipe()
+        os.set_blocking(self.wake_read, False)
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+        self.channels = [control.fileno(), self.wake_read, wake_write, out.fileno()]
+        # Made here, not in a child: it checks that the child's parent is this process.
+        self.die_with_template = die_with_parent()
+
+    def serve(self) -> None:
+        """Fork job processes on request until the worker closes the control socket."""
+        frames.write(self.out, {"op": "ready", "pid": os.getpid()})
+        while True:
+            readable, _, _ = select.select([self.control.fileno(), self.wake_read], [], [])
+            if self.wake_read in readable:
+                _drain(self.wake_read)
+                self._reap()
+            if self.control.fileno() in readable and not self._fork_requested():
+                return
+
+    def _reap(self) -> None:
+        """Report every job process that has ended since the last look."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            frames.write(self.out, {"op": "exited", "pid": pid, "status": os.waitstatus_to_exitcode(status)})
+
+    def _fork_requested(self) -> bool:
+        """Fork the job process one packet asks for; False once the worker has closed the socket."""
+        message, fds, _, _ = socket.recv_fds(self.control, MAX_PACKET, FDS_PER_REQUEST)
+        if not message:
+            return False
+        if len(fds) != FDS_PER_REQUEST:
+            for fd in fds:
+                os.close(fd)
+            return True
+        pid = os.fork()
+        if pid == 0:
+            self._become_job_process(orjson.loads(message).get("device"), fds)
+        for fd in fds:
+            os.close(fd)
+        frames.write(self.out, {"op": "forked", "pid": pid})
+        return True
+
+    def _become_job_process(self, device: str | None, fds: list[int]) -> None:
+        """In the forked child: shed the template's channels, take the pipes, serve tasks, never return."""
+        code = 0
+        try:
+            os.setsid()  # its own process group: a cancel or a kill reaches what the handler starts
+            if self.die_with_template is not None:
+                self.die_with_template()  # and the template dies with the worker
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for fd in self.channels:
+                os.close(fd)
+            # fd 0 was the control socket (closed above): a handler reading stdin reads nothing.
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            if devnull != 0:
+                os.dup2(devnull, 0)
+                os.close(devnull)
+            if device is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = device
+            read_fd, write_fd = fds
+            with os.fdopen(read_fd, "rb") as tasks, os.fdopen(write_fd, "wb") as answers:
+                child.serve(tasks, answers, self.config, self.registry)
+        except BaseException:  # nothing may unwind into the template's loop in a child
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+
+
+def main() -> None:
+    """Load the config and the task types once, then fork job processes on request."""
+    control = socket.socket(fileno=0)
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a task module that prints must not corrupt the frames
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init = control.recv(MAX_PACKET)
+    if not init:
+        return
+    config = cattrs.Converter().structure(orjson.loads(init)["config"], Config)
+    # Every built-in type has a coroutine handler, which never runs in a job process; leaving them
+    # out spares importing aiohttp, ffmpeg's helpers and the providers.
+    registry = default_registry(config.tasks, builtin=False)
+    _Template(control, out, config, registry).serve()
+
+
+if __name__ == "__main__":
+    main()

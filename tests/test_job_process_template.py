@@ -1,0 +1,86 @@
+"""Job processes are forked from one template per worker, which imported the task modules once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+import aiohttp
+import psutil
+from conftest import API_KEY, child_env
+
+from taskd.config import ExecutionConfig
+
+
+async def _show(service) -> dict:
+    task = await service.submit("show_what_i_got", {})
+    body = await service.wait_terminal(task["task_id"])
+    assert body["status"] == "completed", body
+    return body["result"]
+
+
+async def test_job_processes_are_forks_of_one_template_that_imported_the_task_modules(start_service):
+    service = await start_service(execution=ExecutionConfig(max_tasks_per_runner=1, reclaim_interval=0.5))
+
+    results = [await _show(service) for _ in range(3)]
+
+    assert len({result["pid"] for result in results}) == 3  # a new job process for each task
+    templates = {result["parent_pid"] for result in results}
+    assert len(templates) == 1 and os.getpid() not in templates
+    template = templates.pop()
+    assert {result["module_imported_in"] for result in results} == {template}
+    assert "taskd.engine.jobproc.template" in " ".join(psutil.Process(template).cmdline())
+
+
+async def test_a_killed_template_is_replaced_and_the_next_task_runs(start_service):
+    service = await start_service(execution=ExecutionConfig(max_tasks_per_runner=1, reclaim_interval=0.5))
+    first = await _show(service)
+
+    os.kill(first["parent_pid"], signal.SIGKILL)
+    second = await _show(service)
+
+    assert second["parent_pid"] != first["parent_pid"]
+
+
+async def test_a_job_process_reads_nothing_on_its_stdin(start_service):
+    service = await start_service()
+
+    assert (await _show(service))["stdin"] == ""
+
+
+async def test_a_job_process_that_dies_fails_its_task_with_its_exit_status(start_service):
+    service = await start_service()
+    task = await service.submit("die_by_sigkill", {})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "failed"
+    assert body["error"] == "Job process died while running the task (exit status -9)"
+
+
+async def test_the_template_and_its_job_processes_die_with_a_worker_killed_by_sigkill(spawn_taskd, tmp_path):
+    serve = spawn_taskd("serve", env=child_env(tmp_path / "data"))
+    async with aiohttp.ClientSession(serve.base_url, headers={"X-API-Key": API_KEY}) as session:
+        body = {"project_id": "p", "task_type": "cpu", "task_data": {"seconds": 60}}
+        async with session.post("/api/v1/tasks/submit", json=body) as response:
+            assert response.status == 200
+    # The template, and the job process it forked for the task.
+    async with asyncio.timeout(30):
+        while len(forked := _forked_under(serve.proc.pid)) < 2:
+            await asyncio.sleep(0.05)
+
+    serve.stop(signal.SIGKILL)
+    _, alive = psutil.wait_procs(forked, timeout=10)
+
+    assert alive == []
+
+
+def _forked_under(pid: int) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "taskd.engine.jobproc.template" in " ".join(proc.cmdline()):
+                found.append(proc)
+    return found
