@@ -1,23 +1,13 @@
-"""`GET /openapi.json`: it describes exactly the app's routes, and schemathesis finds the service true to it."""
+"""`GET /openapi.json`: it describes exactly the app's routes and their bodies (test_openapi_conformance.py
+checks the running service against it)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from pathlib import Path
 
-import childproc
 import jsonschema_rs
 import pytest
-import schemathesis
-from conftest import API_KEY
 from examples import TASK_DATA
-from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from taskd.http.openapi import document
 from taskd.model import ValidationError
@@ -25,14 +15,7 @@ from taskd.submit.submission import parse_submission
 from taskd.tasks.registry import default_registry
 
 DOCUMENT = document(default_registry())
-SCHEMA = schemathesis.openapi.from_dict(DOCUMENT)
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_schema_conformance,
-    response_headers_conformance,
-]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def described(doc: dict) -> set[tuple[str, str]]:
@@ -124,25 +107,9 @@ def test_a_submission_past_a_limit_is_refused_by_the_parser_and_not_valid_by_the
     assert not validator("SubmitRequest").is_valid(body)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An API-only `taskd serve` child with its own embedded Valkey; its base URL."""
-    tmp = tmp_path_factory.mktemp("openapi")
-    env = childproc.taskd_env(
-        tmp / "data",
-        TASKD_AUTH__API_KEYS=API_KEY,
-        TASKD_WEBHOOKS__ALLOW_PRIVATE="true",  # no DNS look-ups of generated callback hosts
-        TASKD_LOGGING__LEVEL="WARNING",
-    )
-    proc = childproc.start(["serve", "--no-worker"], env, tmp)
-    try:
-        yield childproc.wait_listening(proc)
-    finally:
-        childproc.stop(proc)
+def test_the_schemathesis_run_left_out_of_the_serial_pass_holds_no_serial_test():
+    makefile = (ROOT / "Makefile").read_text()
+    conformance = ROOT / "tests" / "test_openapi_conformance.py"
 
-
-# A project's event stream stays open until the client leaves, so a request to it never completes.
-@SCHEMA.exclude(operation_id="project_events").parametrize()
-@settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-def test_the_service_keeps_to_its_openapi_document(case, served):
-    case.call_and_validate(base_url=served, headers={"X-API-Key": API_KEY}, checks=CHECKS, timeout=10)
+    assert "SCHEMATHESIS_RUN := tests/test_openapi_conformance.py" in makefile
+    assert "mark.serial" not in conformance.read_text()
