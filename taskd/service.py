@@ -45,6 +45,10 @@ from taskd.webhooks.signing import SECRET_PREFIX, Signers
 
 log = logging.getLogger("taskd")
 
+# How long a stop waits for the hand-back writes of the runs it cancelled before it lets go of
+# Redis (they retry while Redis is unreachable; one not done by then is queued again by the reclaim).
+HAND_BACK_WAIT = 10.0
+
 
 def served_queues(config: Config, registry: Registry, only: list[str] | None) -> list[str]:
     """The queues this process works on: `only` if given (checked), else every known queue."""
@@ -90,6 +94,7 @@ class Service:
         self._background: list[asyncio.Task[None]] = []
         self._pool: WorkerPool | None = None
         self._runners: RunnerPool | None = None
+        self._executor: Executor | None = None
         self._heartbeat: Heartbeat | None = None
         self._runner: web.AppRunner | None = None
         self._stopped = False
@@ -200,7 +205,7 @@ class Service:
         gpu: GpuScheduler,
     ) -> None:
         self._runners = runners = RunnerPool(self.config)
-        executor = Executor(
+        self._executor = executor = Executor(
             store,
             queue,
             self.registry,
@@ -286,6 +291,8 @@ class Service:
             await self._runner.cleanup()
         if self._pool is not None:
             await self._pool.stop(self.config.execution.shutdown_grace if grace is None else grace)
+        if self._executor is not None:
+            await self._executor.finish_hand_backs(HAND_BACK_WAIT)
         if self._runners is not None:
             await self._runners.close()
         await cancel_and_wait(self._background)

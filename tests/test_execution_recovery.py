@@ -73,6 +73,21 @@ async def test_graceful_stop_hands_a_running_task_back_for_another_worker(start_
     assert body["attempt"] == 2
 
 
+async def test_a_hand_back_that_outlives_its_cancelled_run_is_waited_for(start_service, redis):
+    # A stop cancels a run more than once; a slow hand-back write then outlives the run, and the
+    # service must wait for it before letting go of Redis (the embedded Valkey stops next).
+    service = await start_service()
+    task = await service.submit("sleep", {"seconds": 30, "steps": 30})
+    await service.wait_for(task["task_id"], lambda b: b["status"] == "processing")
+    await redis.execute_command("CLIENT", "PAUSE", "3000", "WRITE")
+
+    await service.service._pool.stop(grace=0)  # the run is cancelled until it ends; its write waits
+    assert await redis.hget(keys.task(task["task_id"]), "status") == b"processing"
+    await service.service._executor.finish_hand_backs(timeout=10)
+
+    assert await redis.hget(keys.task(task["task_id"]), "status") == b"queued"
+
+
 async def test_graceful_stop_lets_short_tasks_finish(start_service):
     service = await start_service()
     task = await service.submit("sleep", {"seconds": 0.5, "steps": 2})

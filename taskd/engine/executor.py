@@ -34,6 +34,7 @@ from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
 from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
+from taskd.stopping import cancel_and_wait
 from taskd.store import CorruptRecord, Start, TaskStore
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
@@ -193,6 +194,9 @@ class Executor:
         self._waiting_noted: set[str] = set()
         # Set by the service: wakes the workers of the GPU queues when slots come back.
         self.slots_freed: Callable[[], None] = lambda: None
+        # Hand-back writes of cancelled runs: they outlive their runs (a stop cancels a run more
+        # than once), and the service waits for them before it lets go of Redis.
+        self._hand_backs: set[asyncio.Task[Any]] = set()
 
     @property
     def max_attempts(self) -> int:
@@ -301,11 +305,31 @@ class Executor:
                 outcome = await self._in_loop(record, task_type, data, running, device)
         except asyncio.CancelledError:
             # The worker is stopping: hand the task back so another worker runs it.
-            await asyncio.shield(self._record(record, Outcome("handed_back")))
+            write = asyncio.ensure_future(self._record(record, Outcome("handed_back")))
+            self._hand_backs.add(write)
+            write.add_done_callback(self._hand_backs.discard)
+            await asyncio.shield(write)
             raise
         finally:
             self.running.pop(task_id, None)
         return await self._record(record, outcome)
+
+    async def finish_hand_backs(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the hand-back writes still going; give up on the rest.
+
+        One given up on (Redis unreachable all that time) is not lost: the task stays `processing`
+        under this worker, whose heartbeat then expires, and the reclaim queues it again.
+        """
+        if not self._hand_backs:
+            return
+        _, unfinished = await asyncio.wait(self._hand_backs, timeout=timeout)
+        if unfinished:
+            log.warning(
+                "%d tasks not handed back within %.0f s (Redis unreachable); the reclaim queues them again",
+                len(unfinished),
+                timeout,
+            )
+            await cancel_and_wait(unfinished)
 
     def _limits(self, record: TaskRecord, task_type: TaskType) -> tuple[float | None, float]:
         hard = task_type.hard_time_limit or self.config.queues[record.queue].timeout
