@@ -24,6 +24,16 @@ async def noop(_: dict[str, Any]) -> float:
     return time.time()
 
 
+# The `arq` command logs every job's start and end at INFO unless given a logging config: at WARNING,
+# like every other system here.
+log_config = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"level": "WARNING", "class": "logging.StreamHandler"}},
+    "loggers": {"arq": {"handlers": ["stderr"], "level": "WARNING"}},
+}
+
+
 class WorkerSettings:
     functions = [noop]
     redis_settings = RedisSettings.from_dsn(redis_url())
@@ -42,7 +52,7 @@ class Arq(Peer[Job]):
 
     @property
     def worker_args(self) -> list[str]:
-        return ["-m", "arq", "arq_peer.WorkerSettings"]
+        return ["-m", "arq", "arq_peer.WorkerSettings", "--custom-log-dict", "arq_peer.log_config"]
 
     async def open(self) -> None:
         self.pool = await create_pool(WorkerSettings.redis_settings)

@@ -15,7 +15,12 @@ from _peer import Peer, main, redis_url
 from taskiq import AsyncTaskiqTask
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
 
-broker = ListQueueBroker(url=redis_url()).with_result_backend(RedisAsyncResultBackend(redis_url=redis_url()))
+# redis-py 8 times socket reads out after 5 s by default, and taskiq-redis 1.2.4 (which wants redis-py
+# 8) waits on an empty queue with a BRPOP that never times out: left so, each worker process dies
+# after 5 s idle and its supervisor starts a new one a second later. No read timeout on the broker.
+broker = ListQueueBroker(url=redis_url(), socket_timeout=None).with_result_backend(
+    RedisAsyncResultBackend(redis_url=redis_url())
+)
 
 
 # Named: this module is `__main__` where the jobs are sent and `taskiq_peer` in the worker.
