@@ -267,8 +267,9 @@ def render(rows: list[Row]) -> str:
 
 
 def _json_number(value: float | None) -> float | None:
-    # JSON has no NaN: a figure that could not be measured is null.
-    return value if _known(value) else None
+    # JSON has no NaN: a figure that could not be measured is null. Two decimals are more than a
+    # shared machine measures.
+    return round(value, 2) if _known(value) else None
 
 
 def summary(rows: list[Row]) -> dict[str, dict[str, Any]]:
@@ -281,7 +282,7 @@ def summary(rows: list[Row]) -> dict[str, dict[str, Any]]:
         found[row.key] = {
             "taskd": _json_number(row.taskd),
             "reference": _json_number(row.best_reference),
-            "best_peer": None if best is None else best[1],
+            "best_peer": None if best is None else _json_number(best[1]),
             "best_peer_name": None if best is None else best[0],
         }
     return {key: found[key] for key in KEYS if key in found}
