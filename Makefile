@@ -29,9 +29,11 @@ test: $(STAMP)
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial"
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -m serial --ignore=$(SCHEMATHESIS_RUN)
 
-# taskd beside the FastAPI + Celery + Redis stack it replaces (bench/compare.py, docs/performance.md).
+# taskd beside the FastAPI + Celery stack it replaces and the task libraries a user would pick instead
+# (bench/compare.py, docs/performance.md). Each of them runs from its own virtualenv in .bench-venvs/,
+# built from its pinned bench/requirements/*.txt on the first run (that needs the network) and reused
+# while the file is unchanged.
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/compare.py
 
 lint: $(STAMP)
@@ -45,4 +47,4 @@ floors:
 	PYTHON=$(PYTHON) bash scripts/check_floors.sh
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .bench-venvs build *.egg-info

