@@ -14,11 +14,12 @@
 -- ARGV[9..] devices       pairs of (device index, free memory in bytes)
 -- Holders whose worker stopped beating are dropped on the way (their slots come back). The
 -- device with the most free slots wins, then the one with the most free memory.
--- A whole-device task that finds no room reserves the device that should free first (the fewest
--- slots in use, then the most memory) unless a task ahead of it (a lower score) holds the
--- reservation: no task behind the reserving one starts on that device until it has it (or stops
--- asking for reserve_ms), so the slot jobs behind a whole-device job cannot keep it waiting for
--- ever, and the tasks ahead of it are not held up by it.
+-- A task wanting more than one slot (or the whole device) that finds no room reserves the device
+-- that should free first (the fewest slots in use, then the most memory) unless a task ahead of it
+-- (a lower score) holds the reservation: no task behind the reserving one starts on that device
+-- until it has it (or stops asking for reserve_ms), so the one-slot jobs behind it cannot keep it
+-- waiting for ever, and the tasks ahead of it are not held up by it. (A one-slot task needs no
+-- reservation: any slot that frees fits it, and the tasks ahead of it ask first.)
 -- Returns the chosen device's index, or -1 when none has room.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -63,7 +64,7 @@ if best >= 0 then
   if taken == 0 then taken = tonumber(ARGV[6]) end
   redis.call('HSET', ARGV[2] .. best, ARGV[3], ARGV[4] .. '|' .. taken)
   if reserver == ARGV[3] then redis.call('DEL', reserved_key) end
-elseif wanted == 0 and drain >= 0 and not bound then
+elseif wanted ~= 1 and drain >= 0 and not bound then
   -- Kept for this task while it keeps asking (taken over by a task ahead of the holder); the
   -- device it reserved first stays its choice.
   local device = drain
