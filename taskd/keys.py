@@ -2,8 +2,8 @@
 
 | key | type | lives |
 |---|---|---|
-| `taskd:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation, renewed when the task ends, so a finished task stays readable for a full day |
-| `taskd:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit; ids whose record expired are pruned when listed |
+| `taskd:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation, renewed when the task ends, so a finished task stays readable for a full day (or for its submission's `keep_for`) |
+| `taskd:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task with a `keep_for` ends, to at least that; ids whose record expired are pruned when listed |
 | `taskd:metrics` | hash: cumulative counters | forever: the document says metrics survive restarts |
 | `taskd:running:{queue}` | sorted set: task id -> started ms | members leave when their task ends |
 | `taskd:workers` | sorted set: worker id -> last heartbeat ms | members older than the heartbeat TTL are dead and pruned |

@@ -70,6 +70,8 @@ class TaskRecord:
     # The id of the API key that submitted it (taskd.webhooks.signing.key_id), never the key itself:
     # its webhooks are signed with that key's secret. None on records from before key ids.
     key_id: str | None = None
+    # Seconds the record is kept once the task ends (`keep_for`); None: storage.task_ttl.
+    keep_for: int | None = None
     previous_state: str | None = None
     worker_id: str | None = None
     created_at: float = attrs.Factory(now)

@@ -112,6 +112,9 @@ PROJECT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 CALLBACK_URL: Final = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 MAX_CALLBACK_URL: Final = 2048
 PRIORITIES: Final = (model.PRIORITY_HIGH, model.PRIORITY_NORMAL, model.PRIORITY_LOW)
+# `keep_for`, seconds an ended task's record is kept: a minute at least, 30 days at most.
+MIN_KEEP_FOR: Final = 60
+MAX_KEEP_FOR: Final = 30 * 24 * 3600
 
 
 @attrs.frozen
@@ -140,6 +143,14 @@ class SubmitRequest:
     )
     metadata: dict[str, Any] = attrs.field(
         factory=dict, metadata=meta("Kept with the task and sent back in its webhook")
+    )
+    keep_for: int | None = attrs.field(
+        default=None,
+        metadata=meta(
+            "Seconds the task's record and result are kept after it ends (default `storage.task_ttl`, 24 h)",
+            minimum=MIN_KEEP_FOR,
+            maximum=MAX_KEEP_FOR,
+        ),
     )
 
 

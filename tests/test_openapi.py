@@ -86,6 +86,7 @@ AT_THE_LIMITS = {
         {"callback_url": "https://hooks.example/" + "x" * (2048 - 21)},
     ),
     "priority": ({"priority": 3}, {"priority": 4}),
+    "keep_for": ({"keep_for": 30 * 24 * 3600}, {"keep_for": 30 * 24 * 3600 + 1}),
 }
 
 

@@ -27,7 +27,7 @@ _FLOAT_FIELDS = frozenset(
         "next_retry_at",
     }
 )
-_INT_FIELDS = frozenset({"priority", "attempt", "deaths", "enqueues"})
+_INT_FIELDS = frozenset({"priority", "attempt", "deaths", "enqueues", "keep_for"})
 _FIELD_NAMES = tuple(field.name for field in attrs.fields(TaskRecord))
 
 

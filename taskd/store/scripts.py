@@ -37,6 +37,7 @@ from taskd.model import PRIORITY_LOW
 CONSTANTS: Mapping[str, str] = {
     "TASK_PREFIX": keys.task(""),
     "ACTIVE_PREFIX": keys.project_active(""),
+    "PROJECT_PREFIX": keys.project(""),
     "QUEUE_PREFIX": keys.queue(""),
     "WAITING_PREFIX": keys.waiting(""),
     "PROJECT_WAITING_PREFIX": keys.project_waiting("", "")[: -len(":")],

@@ -71,6 +71,7 @@ class Dispatcher:
             metadata=submission.metadata,
             retry_of=retry_of,
             key_id=submission.key_id,
+            keep_for=submission.keep_for,
             enqueues=1,
         )
         job = self.queue.new_job(record.task_id, 1, record.priority, record.created_at)
@@ -112,6 +113,7 @@ class Dispatcher:
             priority=record.priority,
             callback_url=record.callback_url,
             metadata=record.metadata,
+            keep_for=record.keep_for,
             # The callback URL is the original submitter's, so its webhook stays signed with their secret.
             key_id=record.key_id,
         )

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, ValidationError
-from taskd.shapes import CALLBACK_URL, MAX_CALLBACK_URL, PROJECT_ID, SubmitRequest
+from taskd.shapes import CALLBACK_URL, MAX_CALLBACK_URL, MAX_KEEP_FOR, MIN_KEEP_FOR, PROJECT_ID, SubmitRequest
 from taskd.tasks.registry import Registry
 
 __all__ = ["CALLBACK_URL", "MAX_CALLBACK_URL", "PROJECT_ID", "Submission", "parse_submission"]
@@ -52,6 +52,15 @@ def _callback_url(value: Any, details: dict[str, str]) -> None:
         )
 
 
+def _keep_for(value: Any, details: dict[str, str]) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_KEEP_FOR <= value <= MAX_KEEP_FOR:
+        details["keep_for"] = (
+            f"Keep for must be a whole number of seconds from {MIN_KEEP_FOR} to {MAX_KEEP_FOR} (30 days)"
+        )
+
+
 def parse_submission(body: Any, registry: Registry) -> Submission:
     """Check a decoded JSON body; raise ValidationError naming every bad field (task_data's included)."""
     if not isinstance(body, dict):
@@ -61,6 +70,7 @@ def parse_submission(body: Any, registry: Registry) -> Submission:
     priority = body.get("priority", PRIORITY_NORMAL)
     _priority(priority, details)
     _callback_url(body.get("callback_url"), details)
+    _keep_for(body.get("keep_for"), details)
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         details["metadata"] = "Metadata must be an object"
@@ -95,4 +105,5 @@ def parse_submission(body: Any, registry: Registry) -> Submission:
         priority=priority,
         callback_url=body.get("callback_url"),
         metadata=metadata,
+        keep_for=body.get("keep_for"),
     )
