@@ -27,10 +27,13 @@
 | `taskd:waiting:{queue}` | sorted set: every waiting job of the queue (job id -> its own score); its size is the queue's length | members leave when their job starts or its task is cancelled |
 | `taskd:project_waiting:{queue}:{project_id}` | sorted set: the project's waiting jobs on the queue, its head included (job id -> its own score) | members leave when their job starts or its task is cancelled |
 | `taskd:heads:{queue}` | hash: project id -> the one job of the project on arq's queue set (its head), for fair turns | a field leaves when the project has nothing waiting on the queue |
+| `taskd:idempotency:{key id}:{sha256 of the Idempotency-Key}` | hash: what the first submit or retry with that key by that API key made (its body's fingerprint, the task id, its creation time, queue position and the type's durations), for replays | `IDEMPOTENCY_TTL` (24 h) from that first request |
 | `taskd:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached |
 """
 
 from __future__ import annotations
+
+import hashlib
 
 PREFIX = "taskd:"
 METRICS = f"{PREFIX}metrics"
@@ -47,6 +50,8 @@ TASK_EVENTS_MAXLEN = 200
 PROJECT_EVENTS_MAXLEN = 10_000
 WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
 WEBHOOKS_WAKE = f"{PREFIX}webhooks:wake"
+# How long an Idempotency-Key is remembered: a repeat within this window is answered, not run again.
+IDEMPOTENCY_TTL = 24 * 3600
 
 # Must equal arq.constants.job_key_prefix and in_progress_key_prefix (a test pins it).
 ARQ_JOB_PREFIX = "arq:job:"
@@ -156,3 +161,11 @@ def provider_slots(name: str) -> str:
 def provider_minute(name: str) -> str:
     """The sliding-window log of the requests sent to one outside provider."""
     return f"{PREFIX}provider:{name}:minute"
+
+
+def idempotency(key_id: str, idempotency_key: str) -> str:
+    """What one API key's first request with an Idempotency-Key made; the key is hashed, so any
+    header value makes a short key name of fixed shape."""
+    # A header that is not UTF-8 arrives with its bytes escaped as surrogates; they are hashed as bytes.
+    digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{PREFIX}idempotency:{key_id}:{digest}"

@@ -119,6 +119,17 @@ class InvalidState(ApiError):
         self.body = {"detail": detail}
 
 
+class IdempotencyKeyReused(ApiError):
+    """422 `idempotency_key_reused`: an Idempotency-Key sent again with another request."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            422,
+            "idempotency_key_reused",
+            "This Idempotency-Key was already used with a different request; use a new key for a new request",
+        )
+
+
 class RateLimited(ApiError):
     """429 `rate_limited` with `retry_after` seconds."""
 

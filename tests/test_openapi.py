@@ -108,6 +108,16 @@ def test_a_submission_past_a_limit_is_refused_by_the_parser_and_not_valid_by_the
     assert not validator("SubmitRequest").is_valid(body)
 
 
+@pytest.mark.parametrize("path", ["/api/v1/tasks/submit", "/api/v1/tasks/{task_id}/retry"])
+def test_submit_and_retry_document_the_idempotency_key_its_replay_and_its_422(path):
+    operation = DOCUMENT["paths"][path]["post"]
+
+    (header,) = [p for p in operation["parameters"] if p["in"] == "header"]
+    assert (header["name"], header["schema"]["maxLength"]) == ("Idempotency-Key", 255)
+    assert "Idempotent-Replayed" in operation["responses"]["200"]["headers"]
+    assert "idempotency_key_reused" in operation["responses"]["422"]["description"]
+
+
 def test_the_schemathesis_run_left_out_of_the_serial_pass_holds_no_serial_test():
     makefile = (ROOT / "Makefile").read_text()
     conformance = ROOT / "tests" / "test_openapi_conformance.py"

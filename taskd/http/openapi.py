@@ -26,6 +26,7 @@ from taskd.http.projects import DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE
 from taskd.http.responses import json_response
 from taskd.http.scope import Touches, touches
 from taskd.model import TaskStatus
+from taskd.submit import idempotency
 from taskd.tasks.registry import Registry
 from taskd.validation import Check
 
@@ -270,6 +271,31 @@ def _errors(*codes: int, limited: bool = False) -> dict[str, Schema]:
     return {str(code): described[code] for code in codes}
 
 
+_REPLAYED = {
+    idempotency.REPLAYED: {
+        "description": "`true` when this is the answer to an earlier request with the same Idempotency-Key",
+        "schema": {"type": "string", "const": "true"},
+    }
+}
+
+
+def _idempotency_key() -> Schema:
+    return {
+        "name": idempotency.HEADER,
+        "in": "header",
+        "description": (
+            "Makes a resend safe: the same key with the same request within 24 h (per API key) gets the "
+            "first answer again, with `Idempotent-Replayed: true`, and creates nothing"
+        ),
+        "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY},
+    }
+
+
+_REUSED = {
+    "422": _json("Error", "`idempotency_key_reused`: the Idempotency-Key was used with a different request")
+}
+
+
 def _task_id() -> Schema:
     return {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -348,13 +374,15 @@ def _paths() -> dict[str, Any]:
                 "summary": "Submit a task (quota `submit`: 100/min per key; 50 active tasks per project)",
                 "operationId": "submit_task",
                 "security": key,
+                "parameters": [_idempotency_key()],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("SubmitRequest")}},
                 },
                 "responses": {
-                    "200": _json("SubmitResponse", "Stored and queued", _LIMIT_HEADERS),
+                    "200": _json("SubmitResponse", "Stored and queued", {**_LIMIT_HEADERS, **_REPLAYED}),
                     **_errors(400, 401, 413, 429, 503, limited=True),
+                    **_REUSED,
                 },
             }
         },
@@ -388,11 +416,19 @@ def _paths() -> dict[str, Any]:
                 "summary": "Submit a failed or cancelled task again (quota `submit`)",
                 "operationId": "retry_task",
                 "security": key,
-                "parameters": [_task_id()],
+                "parameters": [_task_id(), _idempotency_key()],
                 "responses": {
-                    "200": _json("RetryResponse", "Submitted as a new task", _LIMIT_HEADERS),
-                    "400": _json("Detail", "The task is not failed or cancelled", _LIMIT_HEADERS),
+                    "200": _json("RetryResponse", "Submitted as a new task", {**_LIMIT_HEADERS, **_REPLAYED}),
+                    "400": {
+                        "description": "The task is not failed or cancelled (`Detail`), or a bad "
+                        "Idempotency-Key (`Error`, `validation_error`)",
+                        "content": {
+                            "application/json": {"schema": {"anyOf": [_ref("Detail"), _ref("Error")]}}
+                        },
+                        "headers": _LIMIT_HEADERS,
+                    },
                     **_errors(401, 404, 429, 503, limited=True),
+                    **_REUSED,
                 },
             }
         },

@@ -17,6 +17,8 @@ from taskd.http.views import stamp, status_view
 from taskd.logs import bind_task
 from taskd.model import TaskStatus, iso
 from taskd.net.guard import AddressPolicy, check_callback_url
+from taskd.submit.dispatch import Accepted
+from taskd.submit.idempotency import HEADER, REPLAYED, idempotency
 from taskd.submit.submission import parse_submission
 from taskd.webhooks.outbox import delivery_state
 
@@ -33,12 +35,14 @@ async def submit(request: web.Request) -> web.Response:
     body = await read_json(request)
     check_body_shape(body, api.config.limits)
     submission = attrs.evolve(parse_submission(body, api.registry), key_id=request[KEY_ID])
+    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, body)
     if submission.callback_url:
         await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
-    accepted = await api.dispatcher.submit(submission)
+    accepted = await api.dispatcher.submit(submission, idempotency=remembered)
     with bind_task(accepted.record):
         log.info(
-            "task submitted", extra={"queue": accepted.record.queue, "priority": accepted.record.priority}
+            "task submission replayed" if accepted.replayed else "task submitted",
+            extra={"queue": accepted.record.queue, "priority": accepted.record.priority},
         )
     return shape_response(
         shapes.SubmitResponse(
@@ -48,7 +52,8 @@ async def submit(request: web.Request) -> web.Response:
             estimated_duration=accepted.estimated_duration,
             queue_position=accepted.queue_position,
             created_at=stamp(accepted.record.created_at),
-        )
+        ),
+        headers=_replayed(accepted),
     )
 
 
@@ -97,17 +102,27 @@ async def retry(request: web.Request) -> web.Response:
     """Submit a failed or cancelled task again as a new task."""
     api = request.app[API]
     original = request.match_info["task_id"]
-    accepted = await api.dispatcher.retry(original)
+    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, None)
+    accepted = await api.dispatcher.retry(original, remembered)
     with bind_task(accepted.record):
-        log.info("task submitted as a retry", extra={"retry_of": original, "queue": accepted.record.queue})
+        log.info(
+            "task retry replayed" if accepted.replayed else "task submitted as a retry",
+            extra={"retry_of": original, "queue": accepted.record.queue},
+        )
     return shape_response(
         shapes.RetryResponse(
             new_task_id=accepted.record.task_id,
             original_task_id=original,
             status=accepted.record.status,
             message="Task retry submitted successfully",
-        )
+        ),
+        headers=_replayed(accepted),
     )
+
+
+def _replayed(accepted: Accepted) -> dict[str, str] | None:
+    # Says that the answer is the first one's, sent again for a repeated Idempotency-Key.
+    return {REPLAYED: "true"} if accepted.replayed else None
 
 
 def add_routes(app: web.Application) -> None:

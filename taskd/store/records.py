@@ -16,7 +16,16 @@ import orjson
 from redis.asyncio import Redis
 
 from taskd import keys
-from taskd.model import ACTIVE, Metrics, RateLimited, ServiceUnavailable, TaskNotFound, TaskRecord, TaskStatus
+from taskd.model import (
+    ACTIVE,
+    IdempotencyKeyReused,
+    Metrics,
+    RateLimited,
+    ServiceUnavailable,
+    TaskNotFound,
+    TaskRecord,
+    TaskStatus,
+)
 from taskd.store import scripts
 from taskd.store.codec import CorruptRecord, decode, encode, encode_value
 
@@ -54,12 +63,28 @@ class Admission:
 
 
 @attrs.frozen
+class Idempotency:
+    """A submit's Idempotency-Key: where the first request with it is remembered, and what it asked."""
+
+    # taskd:idempotency:{key id}:{hash} (taskd.keys.idempotency).
+    key: str
+    # A digest of the route and body: the same key with another fingerprint is refused.
+    fingerprint: str
+
+
+@attrs.frozen
 class Created:
-    """Where a new task stands: its 1-based queue position under fair turns, and its type's past durations."""
+    """Where a new task stands: its 1-based queue position under fair turns, and its type's past durations.
+
+    A replay (an Idempotency-Key seen before) gives the first request's task and the figures it got.
+    """
 
     position: int
     duration_sum: float
     duration_count: int
+    task_id: str
+    created_at: float
+    replayed: bool = False
 
 
 @attrs.frozen
@@ -107,11 +132,19 @@ class TaskStore:
         self._cancel = scripts.load(redis, "cancel")
         self._position = scripts.load(redis, "position")
 
-    async def create(self, record: TaskRecord, job: QueuedJob, admission: Admission) -> Created:
+    async def create(
+        self,
+        record: TaskRecord,
+        job: QueuedJob,
+        admission: Admission,
+        idempotency: Idempotency | None = None,
+    ) -> Created:
         """Admit, store, index, count and enqueue `record` in one script; a return means it is in Redis.
 
         Raises RateLimited when the project has too many tasks waiting, ServiceUnavailable when the
-        queue is full; nothing is written then.
+        queue is full; nothing is written then. With an `idempotency` key seen before, nothing is
+        written either: the first request's task comes back (`replayed`), or IdempotencyKeyReused
+        when that request had another fingerprint.
         """
         flat: list[bytes | str] = []
         for name, value in encode(record).items():
@@ -125,6 +158,7 @@ class TaskStore:
                 "job": keys.arq_job(job.job_id),
                 "active": keys.project_active(record.project_id),
                 "processing": keys.project_processing(record.project_id),
+                "idempotency": idempotency.key if idempotency else "",
             },
             args={
                 "task_id": record.task_id,
@@ -139,10 +173,14 @@ class TaskStore:
                 "queue": record.queue,
                 "task_type": record.task_type,
                 "aging_ms": self.aging_ms,
+                "fingerprint": idempotency.fingerprint if idempotency else "",
+                "idempotency_ttl": keys.IDEMPOTENCY_TTL,
                 "fields": flat,
             },
         )
         verdict = reply[0].decode()
+        if verdict == "idempotency_key_reused":
+            raise IdempotencyKeyReused()
         if verdict == "ok" and replicated is not None and replicated < self.wait_replicas:
             # Issue 9: not yet on enough replicas, so a failover now could lose it; the caller may retry.
             raise ServiceUnavailable(
@@ -161,11 +199,23 @@ class TaskStore:
                 f"Queue '{record.queue}' is full ({reply[1]} tasks waiting), please try again later",
                 retry_after=QUEUE_FULL_RETRY_AFTER,
             )
+        if verdict == "replayed":
+            _, position, duration_sum, duration_count, task_id, created_ms = reply
+            return Created(
+                position=int(position),
+                duration_sum=float(duration_sum),
+                duration_count=int(duration_count),
+                task_id=task_id.decode(),
+                created_at=int(created_ms) / 1000,
+                replayed=True,
+            )
         _, position, duration_sum, duration_count = reply
         return Created(
             position=int(position),
             duration_sum=float(duration_sum),
             duration_count=int(duration_count),
+            task_id=record.task_id,
+            created_at=record.created_at,
         )
 
     async def _create(self, key_names: Mapping[str, str], args: Mapping[str, Any]) -> tuple[Any, int | None]:

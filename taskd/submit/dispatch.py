@@ -13,7 +13,7 @@ from taskd.media import capacity
 from taskd.media.capacity import MediaCapacity
 from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
 from taskd.queue.task_queue import TaskQueue
-from taskd.store import Admission, CancelOutcome, TaskStore
+from taskd.store import Admission, CancelOutcome, Idempotency, TaskStore
 from taskd.submit.submission import Submission
 from taskd.tasks.registry import Registry
 
@@ -25,11 +25,15 @@ _CANNOT_CANCEL = {
 
 @attrs.frozen
 class Accepted:
-    """A task that is in Redis and on its queue, with where it stands."""
+    """A task that is in Redis and on its queue, with where it stands.
+
+    `replayed`: an Idempotency-Key seen before; the task, position and estimate are its first request's.
+    """
 
     record: TaskRecord
     queue_position: int
     estimated_duration: int
+    replayed: bool = False
 
 
 class Dispatcher:
@@ -55,8 +59,14 @@ class Dispatcher:
         # Refuses task types that store media while the media disk is nearly full (None: never).
         self.media_capacity = media_capacity
 
-    async def submit(self, submission: Submission, retry_of: str | None = None) -> Accepted:
-        """Admit, store, index, count and enqueue the task in one Redis script: a 200 means it is in Redis."""
+    async def submit(
+        self, submission: Submission, retry_of: str | None = None, idempotency: Idempotency | None = None
+    ) -> Accepted:
+        """Admit, store, index, count and enqueue the task in one Redis script: a 200 means it is in Redis.
+
+        With an `idempotency` key seen before, the same script creates nothing and answers with the
+        first request's task (or raises IdempotencyKeyReused for another request under that key).
+        """
         task_type = self.registry.types[submission.task_type]
         if task_type.stores_media and self.media_capacity is not None and self.media_capacity.is_full():
             raise ServiceUnavailable(capacity.REFUSED, retry_after=capacity.RETRY_AFTER)
@@ -77,14 +87,17 @@ class Dispatcher:
         job = self.queue.new_job(record.task_id, 1, record.priority, record.created_at)
         record.job_id = job.job_id
         record.updated_at = record.created_at
-        created = await self.store.create(record, job, self.admission)
-        if self.on_enqueued is not None:
+        created = await self.store.create(record, job, self.admission, idempotency)
+        if created.replayed:
+            # The record as the first request made it, from the same submission.
+            record = attrs.evolve(record, task_id=created.task_id, created_at=created.created_at)
+        elif self.on_enqueued is not None:
             self.on_enqueued(record.queue)
         if created.duration_count:
             estimate = created.duration_sum / created.duration_count
         else:
             estimate = task_type.expected_duration
-        return Accepted(record, created.position, max(1, round(estimate)))
+        return Accepted(record, created.position, max(1, round(estimate)), created.replayed)
 
     async def cancel(self, task_id: str) -> CancelOutcome:
         """Revoke a queued task or stop a running one; raise InvalidState for one that already ended."""
@@ -97,7 +110,7 @@ class Dispatcher:
             raise InvalidState(_CANNOT_CANCEL[outcome.was])
         return outcome
 
-    async def retry(self, task_id: str) -> Accepted:
+    async def retry(self, task_id: str, idempotency: Idempotency | None = None) -> Accepted:
         """Submit a failed or cancelled task again, with the same parameters, as a new task."""
         record = await self.store.get(task_id)
         if record.status not in RETRYABLE:
@@ -117,4 +130,4 @@ class Dispatcher:
             # The callback URL is the original submitter's, so its webhook stays signed with their secret.
             key_id=record.key_id,
         )
-        return await self.submit(submission, retry_of=task_id)
+        return await self.submit(submission, retry_of=task_id, idempotency=idempotency)

@@ -5,6 +5,11 @@
 -- the project's head: lib/fair.lua), the workers' wake-up and the first event. How many of the
 -- project's tasks run at once is not decided here: start.lua throttles, so a busy project's
 -- tasks are accepted and wait.
+-- With an Idempotency-Key (KEYS[8] not ''), the key is checked and remembered in the same step
+-- as the task is created, so of two identical requests racing exactly one creates the task: a key
+-- seen before with the same fingerprint answers with what its first request made, with another
+-- fingerprint it is refused; either way nothing is written. A refused submit (a full project or
+-- queue) remembers nothing, so the same request may be sent again later.
 -- KEYS[1]  task           taskd:task:{id}, the record hash to write
 -- KEYS[2]  project        taskd:project:{project_id}, the project's index (id -> created ms)
 -- KEYS[3]  metrics        taskd:metrics, the shared counters
@@ -12,6 +17,7 @@
 -- KEYS[5]  job            arq:job:{job id}, the arq job to create
 -- KEYS[6]  active         taskd:project_active:{project_id}, the project's queued and processing ids
 -- KEYS[7]  processing     taskd:project_processing:{project_id}, the project's processing ids
+-- KEYS[8]  idempotency    taskd:idempotency:{key id}:{key hash}, the Idempotency-Key's memory; '' for none
 -- ARGV[1]  task_id        the task's id
 -- ARGV[2]  created_ms     its creation time in ms (its score in the project index)
 -- ARGV[3]  ttl            seconds the record, the index and the active set are kept
@@ -24,14 +30,27 @@
 -- ARGV[10] queue          taskd's queue name, published on taskd:wake
 -- ARGV[11] task_type      the task's type, for the per-type counters
 -- ARGV[12] aging_ms       execution.priority_aging in ms (where a promoted head goes: lib/fair.lua)
--- ARGV[13..] fields       the record's fields: name, value, name, value, ...
+-- ARGV[13] fingerprint    a digest of the request's route and body ('' without an Idempotency-Key)
+-- ARGV[14] idempotency_ttl seconds the Idempotency-Key is remembered
+-- ARGV[15..] fields       the record's fields: name, value, name, value, ...
 -- The lines and heads it writes through lib/fair.lua are taskd:project_waiting:{queue}:{project_id},
 -- taskd:heads:{queue} and arq's taskd:queue:{queue}.
 -- Returns {'ok', position, duration_sum, duration_count}: the task's 1-based queue position
 -- (lib/fair.lua's place) and the type's past durations (sum and count, as stored); or
--- {'project_full', waiting tasks} or {'queue_full', waiting tasks}, and then nothing is written.
+-- {'project_full', waiting tasks} or {'queue_full', waiting tasks}, and then nothing is written;
+-- or {'replayed', position, duration_sum, duration_count, task_id, created_ms}, what the key's first
+-- request got, or {'idempotency_key_reused'}, and then nothing is written either.
 -- include lib/emit.lua
 -- include lib/fair.lua
+local remembered = KEYS[8] ~= ''
+if remembered then
+  local first = redis.call('HMGET', KEYS[8], 'fingerprint', 'position', 'duration_sum', 'duration_count',
+    'task_id', 'created_ms')
+  if first[1] then
+    if first[1] ~= ARGV[13] then return {'idempotency_key_reused'} end
+    return {'replayed', first[2], first[3], first[4], first[5], first[6]}
+  end
+end
 local queued_limit, queue_limit = tonumber(ARGV[8]), tonumber(ARGV[9])
 if queued_limit > 0 and redis.call('SCARD', KEYS[6]) - redis.call('SCARD', KEYS[7]) >= queued_limit then
   for _, id in ipairs(redis.call('SMEMBERS', KEYS[6])) do
@@ -45,7 +64,7 @@ if queue_limit > 0 then
   local waiting = redis.call('ZCARD', KEYS[4])
   if waiting >= queue_limit then return {'queue_full', waiting} end
 end
-for i = 13, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 15, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -59,4 +78,10 @@ redis.call('PUBLISH', '@WAKE@', ARGV[10])
 emit(KEYS[1], 'status')
 local durations = redis.call('HMGET', KEYS[3], 'duration_sum:' .. ARGV[11], 'duration_count:' .. ARGV[11])
 local project = redis.call('HGET', KEYS[1], 'project_id')
-return {'ok', place(ARGV[10], project, ARGV[5]), durations[1] or '0', durations[2] or '0'}
+local reply = {'ok', place(ARGV[10], project, ARGV[5]), durations[1] or '0', durations[2] or '0'}
+if remembered then
+  redis.call('HSET', KEYS[8], 'fingerprint', ARGV[13], 'position', reply[2], 'duration_sum', reply[3],
+    'duration_count', reply[4], 'task_id', ARGV[1], 'created_ms', ARGV[2])
+  redis.call('EXPIRE', KEYS[8], ARGV[14])
+end
+return reply

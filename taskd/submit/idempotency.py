@@ -1,0 +1,36 @@
+"""The Idempotency-Key of a submit or a retry: checked, and made into what the store remembers.
+
+A caller that timed out resends the same request with the same key and gets the first answer
+instead of a second task. The key belongs to the API key that sent it (two keys' requests never
+meet), and is bound to what it first asked for: the route (so a submit's key is not a retry's) and
+the body, compared as JSON (so the order of its fields and its spacing do not matter).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from taskd import keys
+from taskd.model import ValidationError
+from taskd.store import Idempotency
+
+HEADER = "Idempotency-Key"
+# The header a replayed answer carries.
+REPLAYED = "Idempotent-Replayed"
+MAX_KEY = 255
+
+
+def idempotency(header: str | None, key_id: str, route: str, body: Any) -> Idempotency | None:
+    """The Idempotency of a request (None without the header); a 400 naming the header when it is
+    empty or over MAX_KEY characters."""
+    if header is None:
+        return None
+    if not 1 <= len(header) <= MAX_KEY:
+        raise ValidationError(
+            {HEADER: f"{HEADER} must be 1-{MAX_KEY} characters"}, f"Invalid {HEADER} header"
+        )
+    canonical = orjson.dumps([route, body], option=orjson.OPT_SORT_KEYS)
+    return Idempotency(keys.idempotency(key_id, header), hashlib.sha256(canonical).hexdigest())

@@ -1,0 +1,158 @@
+"""`Idempotency-Key` on submit and retry: a resend gets the first answer and creates nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from conftest import API_KEY
+from redis.asyncio import Redis
+
+from taskd import keys
+from taskd.config import AuthConfig, LimitsConfig
+
+OTHER_KEY = "other-key-9876543210"
+BODY = {"project_id": "films", "task_type": "generate_video", "task_data": {"duration": 7}}
+
+
+async def post(
+    client: aiohttp.ClientSession, path: str, body: Any = None, **headers: str
+) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+    async with client.post(path, json=body, headers=headers) as response:
+        return response.status, await response.json(), response.headers
+
+
+async def submit(client: aiohttp.ClientSession, key: str, body: Any = BODY):
+    return await post(client, "/api/v1/tasks/submit", body, **{"Idempotency-Key": key})
+
+
+async def stored_tasks(redis: Redis, project_id: str = "films") -> int:
+    return int(await redis.zcard(keys.project(project_id)))
+
+
+async def test_the_same_key_and_body_return_the_first_answer_and_create_nothing(start_service, redis):
+    api_only = await start_service(workers=False)
+    first_status, first, first_headers = await submit(api_only.client, "scene-1")
+
+    status, again, headers = await submit(api_only.client, "scene-1")
+
+    assert (first_status, status) == (200, 200)
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first_headers
+    assert await stored_tasks(redis) == 1
+
+
+async def test_the_body_is_compared_as_json_not_as_bytes(start_service):
+    api_only = await start_service(workers=False)
+    _, first, _ = await submit(api_only.client, "scene-1")
+    reordered = {"task_data": {"duration": 7}, "task_type": "generate_video", "project_id": "films"}
+
+    status, again, _ = await submit(api_only.client, "scene-1", reordered)
+
+    assert status == 200 and again["task_id"] == first["task_id"]
+
+
+async def test_the_same_key_with_another_body_is_422_and_stores_nothing(start_service, redis):
+    api_only = await start_service(workers=False)
+    await submit(api_only.client, "scene-1")
+
+    status, body, _ = await submit(api_only.client, "scene-1", {**BODY, "priority": 1})
+
+    assert status == 422
+    assert body["error"] == "idempotency_key_reused"
+    assert body["message"]
+    assert await stored_tasks(redis) == 1
+
+
+async def test_twenty_identical_requests_racing_make_one_task(start_service, redis):
+    api_only = await start_service(workers=False)
+
+    answers = await asyncio.gather(*(submit(api_only.client, "race") for _ in range(20)))
+
+    assert {status for status, _, _ in answers} == {200}
+    assert len({body["task_id"] for _, body, _ in answers}) == 1
+    assert sum("Idempotent-Replayed" in headers for _, _, headers in answers) == 19
+    assert await stored_tasks(redis) == 1
+
+
+async def test_another_api_keys_requests_with_the_same_key_do_not_collide(start_service, redis):
+    api_only = await start_service(workers=False, auth=AuthConfig(api_keys=[API_KEY, OTHER_KEY]))
+    _, mine, _ = await submit(api_only.client, "scene-1")
+
+    async with aiohttp.ClientSession(api_only.base_url, headers={"X-API-Key": OTHER_KEY}) as other:
+        status, theirs, headers = await submit(other, "scene-1")
+
+    assert status == 200 and theirs["task_id"] != mine["task_id"]
+    assert "Idempotent-Replayed" not in headers
+    assert await stored_tasks(redis) == 2
+
+
+async def test_a_key_over_255_characters_is_400_and_stores_nothing(start_service, redis):
+    api_only = await start_service(workers=False)
+
+    status, body, _ = await submit(api_only.client, "k" * 256)
+
+    assert status == 400
+    assert body["error"] == "validation_error"
+    assert set(body["details"]) == {"Idempotency-Key"}
+    assert await stored_tasks(redis) == 0
+
+
+async def test_a_key_of_255_characters_is_accepted(start_service):
+    api_only = await start_service(workers=False)
+
+    status, _, _ = await submit(api_only.client, "k" * 255)
+
+    assert status == 200
+
+
+async def test_a_submit_without_the_header_creates_a_task_each_time(start_service, redis):
+    api_only = await start_service(workers=False)
+
+    for _ in range(2):
+        await post(api_only.client, "/api/v1/tasks/submit", BODY)
+
+    assert await stored_tasks(redis) == 2
+
+
+async def test_a_submit_refused_for_a_full_project_does_not_keep_the_key(start_service, redis):
+    api_only = await start_service(workers=False, limits=LimitsConfig(queued_per_project=1))
+    _, waiting, _ = await post(api_only.client, "/api/v1/tasks/submit", BODY)
+    refused, _, _ = await submit(api_only.client, "scene-1")
+    await api_only.client.delete(f"/api/v1/tasks/{waiting['task_id']}")
+
+    status, body, headers = await submit(api_only.client, "scene-1")
+
+    assert (refused, status) == (429, 200)
+    assert "Idempotent-Replayed" not in headers
+    assert body["task_id"] != waiting["task_id"]
+
+
+async def retry(client: aiohttp.ClientSession, task_id: str, key: str):
+    return await post(client, f"/api/v1/tasks/{task_id}/retry", **{"Idempotency-Key": key})
+
+
+async def test_a_retry_with_a_key_is_idempotent(start_service, redis):
+    api_only = await start_service(workers=False)
+    _, task, _ = await submit(api_only.client, "scene-1")
+    await api_only.client.delete(f"/api/v1/tasks/{task['task_id']}")
+
+    first_status, first, _ = await retry(api_only.client, task["task_id"], "retry-1")
+    status, again, headers = await retry(api_only.client, task["task_id"], "retry-1")
+
+    assert (first_status, status) == (200, 200)
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 2
+
+
+async def test_a_submits_key_sent_on_a_retry_is_422(start_service):
+    api_only = await start_service(workers=False)
+    _, task, _ = await submit(api_only.client, "scene-1")
+    await api_only.client.delete(f"/api/v1/tasks/{task['task_id']}")
+
+    status, body, _ = await retry(api_only.client, task["task_id"], "scene-1")
+
+    assert status == 422 and body["error"] == "idempotency_key_reused"
