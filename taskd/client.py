@@ -80,6 +80,10 @@ class InvalidState(TaskdError):
         return str(self.body.get("detail", self.message))
 
 
+class IdempotencyKeyReused(TaskdError):
+    """422 `idempotency_key_reused`: the idempotency key was already used with a different request."""
+
+
 class RateLimited(TaskdError):
     """429 `rate_limited`; `retry_after` seconds."""
 
@@ -123,6 +127,8 @@ def error_for(status: int, body: Any) -> TaskdError:
         return ValidationFailed(status, body)
     if status == 400 and "detail" in body:
         return InvalidState(status, body)
+    if status == 422 and kind == "idempotency_key_reused":
+        return IdempotencyKeyReused(status, body)
     if status == 429:
         return RateLimited(status, body)
     if status == 503:
@@ -440,9 +446,12 @@ class TaskClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         ok: tuple[int, ...] = (200,),
+        idempotency_key: str | None = None,
     ) -> Any:
         data = orjson.dumps(json) if json is not None else None
         headers = self._headers({"Content-Type": "application/json"} if data is not None else None)
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
         try:
             async with self.session.request(
                 method, self.url + path, data=data, params=params, headers=headers
@@ -469,8 +478,16 @@ class TaskClient:
         priority: int = 2,
         callback_url: str | None = None,
         metadata: dict[str, Any] | None = None,
+        keep_for: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Submitted:
-        """Submit a task; raises ValidationFailed with per-field `details` when it is refused."""
+        """Submit a task; raises ValidationFailed with per-field `details` when it is refused.
+
+        `keep_for`: seconds the task's record and result are kept once it ends (default: the
+        server's, 24 h). `idempotency_key`: the same key with the same call within 24 h answers
+        with the first call's task instead of making another (so a call that timed out can be sent
+        again); with a different call it raises IdempotencyKeyReused.
+        """
         body: dict[str, Any] = {
             "project_id": project_id,
             "task_type": task_type,
@@ -480,7 +497,12 @@ class TaskClient:
         }
         if callback_url:
             body["callback_url"] = callback_url
-        return _structure(Submitted, await self._request("POST", "/api/v1/tasks/submit", json=body))
+        if keep_for is not None:
+            body["keep_for"] = keep_for
+        answer = await self._request(
+            "POST", "/api/v1/tasks/submit", json=body, idempotency_key=idempotency_key
+        )
+        return _structure(Submitted, answer)
 
     async def status(self, task_id: str) -> Task:
         """A task's status; raises TaskNotFoundError."""
@@ -490,9 +512,15 @@ class TaskClient:
         """Cancel a queued or running task; raises InvalidState for one that already ended."""
         return _structure(Cancellation, await self._request("DELETE", f"/api/v1/tasks/{task_id}"))
 
-    async def retry(self, task_id: str) -> Retried:
-        """Submit a failed or cancelled task again; the answer holds the new task's id."""
-        return _structure(Retried, await self._request("POST", f"/api/v1/tasks/{task_id}/retry"))
+    async def retry(self, task_id: str, *, idempotency_key: str | None = None) -> Retried:
+        """Submit a failed or cancelled task again; the answer holds the new task's id.
+
+        `idempotency_key`: as for `submit`, the same key again answers with the first retry's task.
+        """
+        answer = await self._request(
+            "POST", f"/api/v1/tasks/{task_id}/retry", idempotency_key=idempotency_key
+        )
+        return _structure(Retried, answer)
 
     async def list_tasks(
         self,

@@ -10,8 +10,10 @@ import pytest
 from aiohttp import web
 from conftest import API_KEY
 
+from taskd import keys
 from taskd.client import (
     AuthenticationFailed,
+    IdempotencyKeyReused,
     InvalidState,
     RateLimited,
     ServiceUnavailable,
@@ -144,6 +146,39 @@ async def test_retry_submits_a_failed_task_again(client):
 
     assert retried.original_task_id == submitted.task_id
     assert (await client.status(retried.new_task_id)).retry_of == submitted.task_id
+
+
+async def test_submit_with_the_same_idempotency_key_gives_the_same_task(client):
+    first = await client.submit("films", "noop", {}, idempotency_key="scene-1")
+
+    again = await client.submit("films", "noop", {}, idempotency_key="scene-1")
+
+    assert again.task_id == first.task_id
+
+
+async def test_an_idempotency_key_reused_for_another_submit_raises_idempotency_key_reused(client):
+    await client.submit("films", "noop", {}, idempotency_key="scene-1")
+
+    with pytest.raises(IdempotencyKeyReused) as refused:
+        await client.submit("films", "noop", {}, priority=1, idempotency_key="scene-1")
+
+    assert (refused.value.status, refused.value.error) == (422, "idempotency_key_reused")
+
+
+async def test_retry_with_the_same_idempotency_key_gives_the_same_new_task(client):
+    submitted = await client.submit("films", "fail", {"message": "no good"})
+    await client.wait(submitted.task_id, timeout=10, raise_on_failure=False)
+
+    first = await client.retry(submitted.task_id, idempotency_key="again-1")
+    again = await client.retry(submitted.task_id, idempotency_key="again-1")
+
+    assert again.new_task_id == first.new_task_id
+
+
+async def test_submit_sends_keep_for(client, redis):
+    submitted = await client.submit("films", "noop", {}, keep_for=600)
+
+    assert await redis.hget(keys.task(submitted.task_id), "keep_for") == b"600"
 
 
 async def test_list_tasks_filters_and_pages(client):
