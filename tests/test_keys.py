@@ -16,3 +16,11 @@ def test_task_keys_are_namespaced():
     assert keys.task("abc") == "taskd:task:abc"
     assert keys.project("p1") == "taskd:project:p1"
     assert keys.queue("gpu_heavy") == "taskd:queue:gpu_heavy"
+
+
+def test_an_idempotency_key_is_kept_per_api_key_under_a_hash_of_fixed_length():
+    long = keys.idempotency("kid1", "k" * 255)
+
+    assert long.startswith("taskd:idempotency:kid1:")
+    assert len(long) == len(keys.idempotency("kid1", "k"))
+    assert keys.idempotency("kid2", "k") != keys.idempotency("kid1", "k")
