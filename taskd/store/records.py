@@ -16,11 +16,28 @@ import orjson
 from redis.asyncio import Redis
 
 from taskd import keys
-from taskd.model import ACTIVE, Metrics, RateLimited, ServiceUnavailable, TaskNotFound, TaskRecord, TaskStatus
+from taskd.model import (
+    ACTIVE,
+    Metrics,
+    RateLimited,
+    ServiceUnavailable,
+    TaskNotFound,
+    TaskRecord,
+    TaskStatus,
+    ValidationError,
+)
 from taskd.store import scripts
 from taskd.store.codec import CorruptRecord, decode, encode, encode_value
 
 PROJECT_FULL_RETRY_AFTER = 10
+# What submit.lua found wrong with a dependency, as the 400's `depends_on` detail. A dependency
+# that already failed is refused rather than accepted and cancelled at once: the caller learns it now.
+_BAD_DEPENDENCY = {
+    "unknown": "Unknown task '{}'",
+    "project": "Task '{}' belongs to another project",
+    "failed": "Dependency '{}' failed",
+    "cancelled": "Dependency '{}' was cancelled",
+}
 QUEUE_FULL_RETRY_AFTER = 30
 
 
@@ -139,10 +156,16 @@ class TaskStore:
                 "queue": record.queue,
                 "task_type": record.task_type,
                 "aging_ms": self.aging_ms,
+                "depends_on": orjson.dumps(record.depends_on or []),
                 "fields": flat,
             },
         )
         verdict = reply[0].decode()
+        if verdict == "bad_dependency":
+            raise ValidationError(
+                {"depends_on": _BAD_DEPENDENCY[reply[2].decode()].format(reply[1].decode())},
+                "Invalid dependencies",
+            )
         if verdict == "ok" and replicated is not None and replicated < self.wait_replicas:
             # Issue 9: not yet on enough replicas, so a failover now could lose it; the caller may retry.
             raise ServiceUnavailable(
@@ -303,6 +326,7 @@ class TaskStore:
                 "ttl": self.task_ttl,
                 "task_id": record.task_id,
                 "now_ms": int(at * 1000),
+                "aging_ms": self.aging_ms,
                 "fields": flat,
             },
         )
