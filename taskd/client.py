@@ -193,6 +193,8 @@ class Task:
     previous_state: str | None = None
     cancelled_at: datetime | None = None
     retry_of: str | None = None
+    depends_on: list[str] | None = None
+    waiting_for: list[str] | None = None
     webhook: dict[str, Any] | None = None
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
@@ -469,8 +471,13 @@ class TaskClient:
         priority: int = 2,
         callback_url: str | None = None,
         metadata: dict[str, Any] | None = None,
+        depends_on: list[str] | None = None,
     ) -> Submitted:
-        """Submit a task; raises ValidationFailed with per-field `details` when it is refused."""
+        """Submit a task; raises ValidationFailed with per-field `details` when it is refused.
+
+        With `depends_on` it queues once those tasks have completed, and its task_data may read their
+        results through `{"$ref": "<task_id>#/<JSON pointer>"}` objects.
+        """
         body: dict[str, Any] = {
             "project_id": project_id,
             "task_type": task_type,
@@ -480,6 +487,8 @@ class TaskClient:
         }
         if callback_url:
             body["callback_url"] = callback_url
+        if depends_on:
+            body["depends_on"] = depends_on
         return _structure(Submitted, await self._request("POST", "/api/v1/tasks/submit", json=body))
 
     async def status(self, task_id: str) -> Task:

@@ -112,6 +112,7 @@ PROJECT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 CALLBACK_URL: Final = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 MAX_CALLBACK_URL: Final = 2048
 PRIORITIES: Final = (model.PRIORITY_HIGH, model.PRIORITY_NORMAL, model.PRIORITY_LOW)
+MAX_DEPENDS_ON: Final = 20
 
 
 @attrs.frozen
@@ -141,6 +142,16 @@ class SubmitRequest:
     metadata: dict[str, Any] = attrs.field(
         factory=dict, metadata=meta("Kept with the task and sent back in its webhook")
     )
+    depends_on: list[str] = attrs.field(
+        factory=list,
+        metadata=meta(
+            "Ids of tasks of the same project that must complete before this one queues; "
+            'task_data may then hold {"$ref": "<task_id>#/<JSON pointer>"} objects, replaced by '
+            "that part of the named task's result just before this one runs",
+            maxItems=MAX_DEPENDS_ON,
+            uniqueItems=True,
+        ),
+    )
 
 
 # ---- tasks ----
@@ -157,7 +168,9 @@ class SubmitResponse:
     status: Status
     project_id: str
     estimated_duration: int = attrs.field(metadata=meta("Seconds the task is expected to run", minimum=1))
-    queue_position: int = attrs.field(metadata=meta("Tasks ahead of it on its queue", minimum=0))
+    queue_position: int = attrs.field(
+        metadata=meta("Tasks ahead of it on its queue; 0 while it waits for its dependencies", minimum=0)
+    )
     created_at: str = attrs.field(metadata=meta(**TIMESTAMP))
 
 
@@ -203,7 +216,15 @@ class TaskStatusBody:
         default=ABSENT, metadata=meta("Cancelled tasks only", **TIMESTAMP)
     )
     retry_of: str | Absent = attrs.field(default=ABSENT, metadata=meta("The task this one retries"))
-    queue_position: int | Absent = attrs.field(default=ABSENT, metadata=meta("Queued tasks only", minimum=0))
+    queue_position: int | Absent = attrs.field(
+        default=ABSENT, metadata=meta("Queued tasks only; 0 while it waits for its dependencies", minimum=0)
+    )
+    depends_on: list[str] | Absent = attrs.field(
+        default=ABSENT, metadata=meta("Tasks submitted with `depends_on` only")
+    )
+    waiting_for: list[str] | Absent = attrs.field(
+        default=ABSENT, metadata=meta("Queued tasks still waiting: the dependencies not yet completed")
+    )
     webhook: Webhook | None = attrs.field(default=None, metadata=meta("Tasks with a `callback_url` only"))
 
 
