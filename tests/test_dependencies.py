@@ -218,3 +218,16 @@ async def test_a_ref_value_of_the_wrong_type_fails_with_the_field_named_message(
 
     assert body["status"] == "failed"
     assert body["error"].startswith("Invalid task data: {'task_data.text': ")
+
+
+async def test_a_retry_of_a_task_cancelled_by_its_failed_dependency_is_refused(start_service):
+    taskd = await start_service()
+    first = await taskd.submit("fail", {})
+    second = await taskd.submit("noop", {}, depends_on=[first["task_id"]])
+    await taskd.wait_for(second["task_id"], lambda b: b["status"] == "cancelled")
+
+    async with taskd.client.post(f"/api/v1/tasks/{second['task_id']}/retry") as response:
+        assert response.status == 400
+        body = await response.json()
+
+    assert body["details"] == {"depends_on": f"Dependency '{first['task_id']}' failed"}
