@@ -48,7 +48,9 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
   local dependents_key = '@DEPENDENTS_PREFIX@' .. task_id
   local dependents = redis.call('SMEMBERS', dependents_key)
   redis.call('DEL', dependents_key)
-  local now = tostring(now_ms / 1000)
+  -- now_ms comes from ARGV, a string; the line (lib/fair.lua) compares it with numbers.
+  local at_ms = tonumber(now_ms)
+  local now = tostring(at_ms / 1000)
   for _, id in ipairs(dependents) do
     local key = '@TASK_PREFIX@' .. id
     local fields = redis.call('HMGET', key, 'status', 'waiting_for', 'queue', 'priority')
@@ -66,7 +68,7 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
           redis.call('HSET', key, 'updated_at', now)
           redis.call('EXPIRE', key, ttl)
           local offset = (@PRIORITY_LOW@ - (tonumber(fields[4]) or @PRIORITY_LOW@)) * aging_ms
-          enqueue(key, id, fields[3], now_ms - offset, now_ms, aging_ms)
+          enqueue(key, id, fields[3], at_ms - offset, at_ms, aging_ms)
           emit(key, 'status')
         end
       else
@@ -74,7 +76,7 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
         redis.call('HSET', key, 'status', 'cancelled', 'previous_state', 'queued', 'error',
                    "Dependency '" .. task_id .. why, 'cancelled_at', now, 'updated_at', now,
                    'completed_at', now)
-        ended(key, metrics_key, outbox_key, 'cancelled_tasks', 'cancelled', id, now_ms, ttl, aging_ms)
+        ended(key, metrics_key, outbox_key, 'cancelled_tasks', 'cancelled', id, at_ms, ttl, aging_ms)
       end
     end
   end
