@@ -199,6 +199,8 @@ class Task:
     previous_state: str | None = None
     cancelled_at: datetime | None = None
     retry_of: str | None = None
+    depends_on: list[str] | None = None
+    waiting_for: list[str] | None = None
     webhook: dict[str, Any] | None = None
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
@@ -480,13 +482,16 @@ class TaskClient:
         metadata: dict[str, Any] | None = None,
         keep_for: int | None = None,
         idempotency_key: str | None = None,
+        depends_on: list[str] | None = None,
     ) -> Submitted:
         """Submit a task; raises ValidationFailed with per-field `details` when it is refused.
 
         `keep_for`: seconds the task's record and result are kept once it ends (default: the
         server's, 24 h). `idempotency_key`: the same key with the same call within 24 h answers
         with the first call's task instead of making another (so a call that timed out can be sent
-        again); with a different call it raises IdempotencyKeyReused.
+        again); with a different call it raises IdempotencyKeyReused. With `depends_on` it queues
+        once those tasks have completed, and its task_data may read their results through
+        `{"$ref": "<task_id>#/<JSON pointer>"}` objects.
         """
         body: dict[str, Any] = {
             "project_id": project_id,
@@ -499,6 +504,8 @@ class TaskClient:
             body["callback_url"] = callback_url
         if keep_for is not None:
             body["keep_for"] = keep_for
+        if depends_on:
+            body["depends_on"] = depends_on
         answer = await self._request(
             "POST", "/api/v1/tasks/submit", json=body, idempotency_key=idempotency_key
         )

@@ -28,6 +28,7 @@
 | `taskd:project_waiting:{queue}:{project_id}` | sorted set: the project's waiting jobs on the queue, its head included (job id -> its own score) | members leave when their job starts or its task is cancelled |
 | `taskd:heads:{queue}` | hash: project id -> the one job of the project on arq's queue set (its head), for fair turns | a field leaves when the project has nothing waiting on the queue |
 | `taskd:idempotency:{key id}:{sha256 of the Idempotency-Key}` | hash: what the first submit or retry with that key by that API key made (its body's fingerprint, the task id, its creation time, queue position and the type's durations), for replays | `IDEMPOTENCY_TTL` (24 h) from that first request |
+| `taskd:dependents:{id}` | set: the ids of the tasks waiting for task `{id}` to complete (`depends_on`); the script that ends the task releases or cancels them | deleted when the task ends; `storage.task_ttl` from the last dependent's submit |
 | `taskd:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached |
 """
 
@@ -121,6 +122,11 @@ def project_waiting(queue: str, project_id: str) -> str:
 def heads(queue: str) -> str:
     """Which job of each project is on arq's set of `queue` now: the project's turn in the round."""
     return f"{PREFIX}heads:{queue}"
+
+
+def dependents(task_id: str) -> str:
+    """The tasks whose `depends_on` names `task_id` and that still wait for it."""
+    return f"{PREFIX}dependents:{task_id}"
 
 
 def arq_job(job: str) -> str:

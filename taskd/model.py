@@ -67,6 +67,10 @@ class TaskRecord:
     last_error: str | None = None
     next_retry_at: float | None = None
     retry_of: str | None = None
+    # The tasks that must complete before this one queues (`depends_on`), and those of them that
+    # have not yet completed while it waits (None once it no longer waits: the store's Lua keeps it).
+    depends_on: list[str] | None = None
+    waiting_for: list[str] | None = None
     # The id of the API key that submitted it (taskd.webhooks.signing.key_id), never the key itself:
     # its webhooks are signed with that key's secret. None on records from before key ids.
     key_id: str | None = None

@@ -115,6 +115,7 @@ PRIORITIES: Final = (model.PRIORITY_HIGH, model.PRIORITY_NORMAL, model.PRIORITY_
 # `keep_for`, seconds an ended task's record is kept: a minute at least, 30 days at most.
 MIN_KEEP_FOR: Final = 60
 MAX_KEEP_FOR: Final = 30 * 24 * 3600
+MAX_DEPENDS_ON: Final = 20
 
 
 @attrs.frozen
@@ -152,6 +153,16 @@ class SubmitRequest:
             maximum=MAX_KEEP_FOR,
         ),
     )
+    depends_on: list[str] = attrs.field(
+        factory=list,
+        metadata=meta(
+            "Ids of tasks of the same project that must complete before this one queues; "
+            'task_data may then hold {"$ref": "<task_id>#/<JSON pointer>"} objects, replaced by '
+            "that part of the named task's result just before this one runs",
+            maxItems=MAX_DEPENDS_ON,
+            uniqueItems=True,
+        ),
+    )
 
 
 # ---- tasks ----
@@ -168,7 +179,9 @@ class SubmitResponse:
     status: Status
     project_id: str
     estimated_duration: int = attrs.field(metadata=meta("Seconds the task is expected to run", minimum=1))
-    queue_position: int = attrs.field(metadata=meta("Tasks ahead of it on its queue", minimum=0))
+    queue_position: int = attrs.field(
+        metadata=meta("Tasks ahead of it on its queue; 0 while it waits for its dependencies", minimum=0)
+    )
     created_at: str = attrs.field(metadata=meta(**TIMESTAMP))
 
 
@@ -214,7 +227,15 @@ class TaskStatusBody:
         default=ABSENT, metadata=meta("Cancelled tasks only", **TIMESTAMP)
     )
     retry_of: str | Absent = attrs.field(default=ABSENT, metadata=meta("The task this one retries"))
-    queue_position: int | Absent = attrs.field(default=ABSENT, metadata=meta("Queued tasks only", minimum=0))
+    queue_position: int | Absent = attrs.field(
+        default=ABSENT, metadata=meta("Queued tasks only; 0 while it waits for its dependencies", minimum=0)
+    )
+    depends_on: list[str] | Absent = attrs.field(
+        default=ABSENT, metadata=meta("Tasks submitted with `depends_on` only")
+    )
+    waiting_for: list[str] | Absent = attrs.field(
+        default=ABSENT, metadata=meta("Queued tasks still waiting: the dependencies not yet completed")
+    )
     webhook: Webhook | None = attrs.field(default=None, metadata=meta("Tasks with a `callback_url` only"))
 
 

@@ -114,7 +114,19 @@ async def tool_child(ctx: TaskContext, data: ToolChildInput) -> dict[str, Any]:
         marker_path(data_dir, ctx.task_id, "cleanup").write_text("")
 
 
+@attrs.frozen
+class AppendInput:
+    text: str
+    suffix: str = "!"
+
+
+async def append(_: TaskContext, data: AppendInput) -> dict[str, Any]:
+    """Its text with the suffix added: a step whose result the next step's $ref can read."""
+    return {"text": data.text + data.suffix, "length": len(data.text) + len(data.suffix)}
+
+
 TASKS = [
+    TaskType("append", AppendInput, queue="default", expected_duration=0.01, handler=append),
     TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0),
     TaskType(
         "show_what_i_got", ShowWhatIGotInput, queue="default", expected_duration=0.1, handler=show_what_i_got

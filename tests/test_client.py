@@ -44,6 +44,18 @@ async def test_submit_returns_the_task_id_and_where_it_stands(client):
     assert submitted.created_at is not None
 
 
+async def test_submit_with_depends_on_feeds_a_result_into_the_next_task(client):
+    first = await client.submit("films", "append", {"text": "frame"})
+    second = await client.submit(
+        "films", "append", {"text": {"$ref": f"{first.task_id}#/text"}}, depends_on=[first.task_id]
+    )
+
+    task = await client.wait(second.task_id, timeout=10)
+
+    assert task.result == {"text": "frame!!", "length": 7}
+    assert task.depends_on == [first.task_id]
+
+
 async def test_wait_follows_the_events_and_returns_the_final_status(client):
     submitted = await client.submit("films", "sleep", {"seconds": 0.3, "steps": 3})
     seen = []

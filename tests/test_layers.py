@@ -21,6 +21,7 @@ FLOORS = [
         "loops.py",
         "backoff.py",
         "shapes.py",
+        "refs.py",
     ],
     [
         "stopping.py",

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from taskd import keys
+from taskd import keys, refs
 from taskd.backoff import Backoff, retry_delay
 from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
@@ -283,6 +283,13 @@ class Executor:
         finally:
             await asyncio.shield(self._release_lease(task_id))
 
+    async def _resolve_refs(self, record: TaskRecord) -> dict[str, Any]:
+        """record.task_data with each $ref replaced from its dependency's result; raises refs.Unresolved."""
+        dependencies = await self.store.get_many(record.depends_on or [])
+        results = {dependency.task_id: dependency.result for dependency in dependencies}
+        resolved: dict[str, Any] = refs.substitute(record.task_data, results)
+        return resolved
+
     async def _run_claimed(self, record: TaskRecord) -> bool:
         task_id = record.task_id
         task_type = self.registry.get(record.task_type)
@@ -290,6 +297,13 @@ class Executor:
             return await self._record(
                 record, Outcome("failed", error=f"No handler is installed for task type '{record.task_type}'")
             )
+        if record.depends_on and any(refs.find(record.task_data)):
+            try:
+                # The stored task_data keeps its $refs (a retry resolves them again); this run,
+                # in the loop or in a job process, gets the values they point to.
+                record = attrs.evolve(record, task_data=await self._resolve_refs(record))
+            except refs.Unresolved as exc:
+                return await self._record(record, Outcome("failed", error=str(exc)))
         try:
             data = self.registry.parse_input(task_type, record.task_data)
         except ValidationError as exc:

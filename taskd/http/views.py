@@ -51,6 +51,8 @@ def status_view(
         cancelled_at=iso(record.cancelled_at) if cancelled else shapes.ABSENT,
         retry_of=shapes.ABSENT if record.retry_of is None else record.retry_of,
         queue_position=shapes.ABSENT if queue_position is None else queue_position,
+        depends_on=record.depends_on or shapes.ABSENT,
+        waiting_for=record.waiting_for or shapes.ABSENT,
         webhook=webhook_view(webhook) if webhook is not None else None,
     )
 

@@ -25,11 +25,20 @@ from taskd.model import (
     TaskNotFound,
     TaskRecord,
     TaskStatus,
+    ValidationError,
 )
 from taskd.store import scripts
 from taskd.store.codec import CorruptRecord, decode, encode, encode_value
 
 PROJECT_FULL_RETRY_AFTER = 10
+# What submit.lua found wrong with a dependency, as the 400's `depends_on` detail. A dependency
+# that already failed is refused rather than accepted and cancelled at once: the caller learns it now.
+_BAD_DEPENDENCY = {
+    "unknown": "Unknown task '{}'",
+    "project": "Task '{}' belongs to another project",
+    "failed": "Dependency '{}' failed",
+    "cancelled": "Dependency '{}' was cancelled",
+}
 QUEUE_FULL_RETRY_AFTER = 30
 
 
@@ -175,12 +184,18 @@ class TaskStore:
                 "aging_ms": self.aging_ms,
                 "fingerprint": idempotency.fingerprint if idempotency else "",
                 "idempotency_ttl": keys.IDEMPOTENCY_TTL,
+                "depends_on": orjson.dumps(record.depends_on or []),
                 "fields": flat,
             },
         )
         verdict = reply[0].decode()
         if verdict == "idempotency_key_reused":
             raise IdempotencyKeyReused()
+        if verdict == "bad_dependency":
+            raise ValidationError(
+                {"depends_on": _BAD_DEPENDENCY[reply[2].decode()].format(reply[1].decode())},
+                "Invalid dependencies",
+            )
         if verdict == "ok" and replicated is not None and replicated < self.wait_replicas:
             # Issue 9: not yet on enough replicas, so a failover now could lose it; the caller may retry.
             raise ServiceUnavailable(
@@ -353,6 +368,7 @@ class TaskStore:
                 "ttl": self.task_ttl,
                 "task_id": record.task_id,
                 "now_ms": int(at * 1000),
+                "aging_ms": self.aging_ms,
                 "fields": flat,
             },
         )

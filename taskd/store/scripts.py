@@ -43,6 +43,7 @@ CONSTANTS: Mapping[str, str] = {
     "PROJECT_WAITING_PREFIX": keys.project_waiting("", "")[: -len(":")],
     "HEADS_PREFIX": keys.heads(""),
     "PROCESSING_PREFIX": keys.project_processing(""),
+    "DEPENDENTS_PREFIX": keys.dependents(""),
     # The lowest priority: its jobs are not moved earlier by aging (taskd.queue.task_queue.job_score).
     "PRIORITY_LOW": str(PRIORITY_LOW),
     "JOB_PREFIX": keys.ARQ_JOB_PREFIX,

@@ -80,6 +80,7 @@ class Dispatcher:
             callback_url=submission.callback_url,
             metadata=submission.metadata,
             retry_of=retry_of,
+            depends_on=submission.depends_on or None,
             key_id=submission.key_id,
             keep_for=submission.keep_for,
             enqueues=1,
@@ -127,6 +128,8 @@ class Dispatcher:
             callback_url=record.callback_url,
             metadata=record.metadata,
             keep_for=record.keep_for,
+            # Its $refs, if any, read the same dependencies; one that failed refuses the retry (400).
+            depends_on=record.depends_on or [],
             # The callback URL is the original submitter's, so its webhook stays signed with their secret.
             key_id=record.key_id,
         )

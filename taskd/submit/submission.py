@@ -14,8 +14,17 @@ from typing import Any
 
 import attrs
 
+from taskd import refs
 from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, ValidationError
-from taskd.shapes import CALLBACK_URL, MAX_CALLBACK_URL, MAX_KEEP_FOR, MIN_KEEP_FOR, PROJECT_ID, SubmitRequest
+from taskd.shapes import (
+    CALLBACK_URL,
+    MAX_CALLBACK_URL,
+    MAX_DEPENDS_ON,
+    MAX_KEEP_FOR,
+    MIN_KEEP_FOR,
+    PROJECT_ID,
+    SubmitRequest,
+)
 from taskd.tasks.registry import Registry
 
 __all__ = ["CALLBACK_URL", "MAX_CALLBACK_URL", "PROJECT_ID", "Submission", "parse_submission"]
@@ -61,6 +70,35 @@ def _keep_for(value: Any, details: dict[str, str]) -> None:
         )
 
 
+def _depends_on(value: Any, details: dict[str, str]) -> list[str]:
+    # Whether each id exists, is of the same project and has not failed is the submit script's to
+    # say (taskd/store/lua/submit.lua), atomically with the write.
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        details["depends_on"] = "depends_on must be a list of task ids"
+    elif len(value) > MAX_DEPENDS_ON:
+        details["depends_on"] = f"depends_on may name at most {MAX_DEPENDS_ON} tasks"
+    elif len(set(value)) != len(value):
+        details["depends_on"] = "depends_on names a task more than once"
+    else:
+        return value
+    return []
+
+
+def _refs(task_data: dict[str, Any], depends_on: list[str], details: dict[str, str]) -> list[str]:
+    """Check every $ref in task_data; return the field paths they stand at."""
+    paths = []
+    for path, value in refs.find(task_data):
+        paths.append(path)
+        ref = refs.parse(value)
+        if ref is None:
+            details[path] = refs.MALFORMED
+        elif ref.task_id not in depends_on:
+            details[path] = f"A $ref must name a task in depends_on; '{ref.task_id}' is not"
+    return paths
+
+
 def parse_submission(body: Any, registry: Registry) -> Submission:
     """Check a decoded JSON body; raise ValidationError naming every bad field (task_data's included)."""
     if not isinstance(body, dict):
@@ -71,6 +109,7 @@ def parse_submission(body: Any, registry: Registry) -> Submission:
     _priority(priority, details)
     _callback_url(body.get("callback_url"), details)
     _keep_for(body.get("keep_for"), details)
+    depends_on = _depends_on(body.get("depends_on"), details)
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         details["metadata"] = "Metadata must be an object"
@@ -90,11 +129,17 @@ def parse_submission(body: Any, registry: Registry) -> Submission:
         details["task_data"] = "Task data is required"
     elif not isinstance(task_data, dict):
         details["task_data"] = "Task data must be an object"
-    elif task_type is not None:
-        try:
-            registry.parse_input(task_type, task_data)
-        except ValidationError as exc:
-            details.update(exc.details)
+    else:
+        ref_paths = _refs(task_data, depends_on, details)
+        if task_type is not None:
+            try:
+                registry.parse_input(task_type, refs.blank(task_data) if ref_paths else task_data)
+            except ValidationError as exc:
+                details.update(
+                    (field, message)
+                    for field, message in exc.details.items()
+                    if not any(refs.covers(path, field) for path in ref_paths)
+                )
 
     if details or task_type is None or not isinstance(task_data, dict):
         raise ValidationError(details)
@@ -106,4 +151,5 @@ def parse_submission(body: Any, registry: Registry) -> Submission:
         callback_url=body.get("callback_url"),
         metadata=metadata,
         keep_for=body.get("keep_for"),
+        depends_on=depends_on,
     )

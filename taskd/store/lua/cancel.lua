@@ -14,7 +14,7 @@
 -- ARGV[4]  now_ms   now, in ms: when its webhook is due
 -- ARGV[5]  aging_ms execution.priority_aging in ms (lib/fair.lua)
 -- A queued task leaves its project's line, and when it was the head the next one takes its turn
--- (lib/fair.lua).
+-- (lib/fair.lua). Through ended(), the tasks waiting for it (depends_on) are cancelled too.
 -- Returns {'cancelled_now', previous status, cancelled_at} when cancelled here; {status,
 -- previous_state or '', cancelled_at or ''} when it had already ended; false if the record is gone.
 -- include lib/emit.lua
@@ -28,11 +28,13 @@ if status ~= 'queued' and status ~= 'processing' then
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'previous_state', status, 'cancelled_at', ARGV[1],
            'updated_at', ARGV[1], 'completed_at', ARGV[1])
-if status == 'queued' then
-  leave_line(KEYS[1], redis.call('HGET', KEYS[1], 'job_id'), tonumber(ARGV[4]), tonumber(ARGV[5]))
+-- A task waiting for its dependencies has no job yet, so no place in line.
+local job_id = redis.call('HGET', KEYS[1], 'job_id')
+if status == 'queued' and job_id then
+  leave_line(KEYS[1], job_id, tonumber(ARGV[4]), tonumber(ARGV[5]))
 end
 redis.call('HDEL', KEYS[1], 'worker_id', 'next_retry_at')
 redis.call('ZREM', KEYS[2], ARGV[3])
 drop_job(KEYS[1], KEYS[5])
-ended(KEYS[1], KEYS[3], KEYS[4], 'cancelled_tasks', 'cancelled', ARGV[3], ARGV[4], ARGV[2])
+ended(KEYS[1], KEYS[3], KEYS[4], 'cancelled_tasks', 'cancelled', ARGV[3], ARGV[4], ARGV[2], tonumber(ARGV[5]))
 return {'cancelled_now', status, ARGV[1]}

@@ -15,7 +15,8 @@
 -- ARGV[5]  ttl        seconds the record is kept from now
 -- ARGV[6]  task_id    the task's id
 -- ARGV[7]  now_ms     now, in ms: when its webhook is due
--- ARGV[8..] fields    the fields to write: name, value, name, value, ...
+-- ARGV[8]  aging_ms   execution.priority_aging in ms (lib/fair.lua), for the dependents it queues
+-- ARGV[9..] fields    the fields to write: name, value, name, value, ...
 -- Returns 'ok' when ended here; else the task's status (false if the record is gone).
 -- include lib/emit.lua
 -- include lib/drop_job.lua
@@ -25,7 +26,7 @@ if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1]
   return status or false
 end
 drop_job(KEYS[1], KEYS[5])
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', KEYS[2], ARGV[6])
 if ARGV[2] == 'completed_tasks' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'duration_sum:' .. ARGV[3], ARGV[4])
@@ -34,8 +35,8 @@ if ARGV[2] == 'completed_tasks' then
   for _, le in ipairs({@DURATION_BUCKETS@}) do
     if d <= le then redis.call('HINCRBY', KEYS[3], 'duration_bucket:' .. ARGV[3] .. ':' .. le, 1) end
   end
-  ended(KEYS[1], KEYS[3], KEYS[4], 'completed_tasks', nil, ARGV[6], ARGV[7], ARGV[5])
+  ended(KEYS[1], KEYS[3], KEYS[4], 'completed_tasks', nil, ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]))
 else
-  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[6], ARGV[7], ARGV[5])
+  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]))
 end
 return 'ok'

@@ -37,7 +37,7 @@ local reason = 'worker ' .. owner .. ' died while running the task'
 if deaths >= tonumber(ARGV[6]) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'updated_at', ARGV[2], 'completed_at', ARGV[2],
              'error', 'Task failed: its worker died ' .. deaths .. ' times while running it (last: ' .. reason .. ')')
-  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[1], ARGV[3], ARGV[7])
+  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[1], ARGV[3], ARGV[7], tonumber(ARGV[9]))
   return 'failed'
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[2], 'progress', '0.0', 'last_error', reason)

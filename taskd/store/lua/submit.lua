@@ -32,14 +32,20 @@
 -- ARGV[12] aging_ms       execution.priority_aging in ms (where a promoted head goes: lib/fair.lua)
 -- ARGV[13] fingerprint    a digest of the request's route and body ('' without an Idempotency-Key)
 -- ARGV[14] idempotency_ttl seconds the Idempotency-Key is remembered
--- ARGV[15..] fields       the record's fields: name, value, name, value, ...
+-- ARGV[15] depends_on     the ids the task depends on, as a JSON list ('[]': none)
+-- ARGV[16..] fields       the record's fields: name, value, name, value, ...
+-- A task with dependencies not yet completed is stored queued with `waiting_for` (a JSON list of
+-- them) and no job (its `job_id` left out, `enqueues` 0), and added to each one's
+-- taskd:dependents:{id}; lib/ended.lua queues it when the last one completes.
 -- The lines and heads it writes through lib/fair.lua are taskd:project_waiting:{queue}:{project_id},
 -- taskd:heads:{queue} and arq's taskd:queue:{queue}.
 -- Returns {'ok', position, duration_sum, duration_count}: the task's 1-based queue position
 -- (lib/fair.lua's place) and the type's past durations (sum and count, as stored); or
--- {'project_full', waiting tasks} or {'queue_full', waiting tasks}, and then nothing is written;
--- or {'replayed', position, duration_sum, duration_count, task_id, created_ms}, what the key's first
--- request got, or {'idempotency_key_reused'}, and then nothing is written either.
+-- {'project_full', waiting tasks} or {'queue_full', waiting tasks}, or {'bad_dependency', id, why}
+-- (why: 'unknown', 'project', 'failed' or 'cancelled'), and then nothing is written; or
+-- {'replayed', position, duration_sum, duration_count, task_id, created_ms}, what the key's first
+-- request got, or {'idempotency_key_reused'}, and then nothing is written either. A waiting
+-- task's position is 0.
 -- include lib/emit.lua
 -- include lib/fair.lua
 local remembered = KEYS[8] ~= ''
@@ -50,6 +56,20 @@ if remembered then
     if first[1] ~= ARGV[13] then return {'idempotency_key_reused'} end
     return {'replayed', first[2], first[3], first[4], first[5], first[6]}
   end
+end
+local project = nil
+for i = 16, #ARGV, 2 do
+  if ARGV[i] == 'project_id' then project = ARGV[i + 1] end
+end
+local waiting_for = {}
+for _, id in ipairs(cjson.decode(ARGV[15])) do
+  local dependency = redis.call('HMGET', '@TASK_PREFIX@' .. id, 'status', 'project_id')
+  if not dependency[1] then return {'bad_dependency', id, 'unknown'} end
+  if dependency[2] ~= project then return {'bad_dependency', id, 'project'} end
+  if dependency[1] == 'failed' or dependency[1] == 'cancelled' then
+    return {'bad_dependency', id, dependency[1]}
+  end
+  if dependency[1] ~= 'completed' then table.insert(waiting_for, id) end
 end
 local queued_limit, queue_limit = tonumber(ARGV[8]), tonumber(ARGV[9])
 if queued_limit > 0 and redis.call('SCARD', KEYS[6]) - redis.call('SCARD', KEYS[7]) >= queued_limit then
@@ -64,7 +84,7 @@ if queue_limit > 0 then
   local waiting = redis.call('ZCARD', KEYS[4])
   if waiting >= queue_limit then return {'queue_full', waiting} end
 end
-for i = 15, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 16, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -72,13 +92,23 @@ redis.call('SADD', KEYS[6], ARGV[1])
 redis.call('EXPIRE', KEYS[6], ARGV[3])
 redis.call('HINCRBY', KEYS[3], 'total_tasks', 1)
 redis.call('HINCRBY', KEYS[3], 'submitted:' .. ARGV[11], 1)
-redis.call('SET', KEYS[5], ARGV[6], 'PX', ARGV[7])
-wait_in_line(KEYS[1], ARGV[5], tonumber(ARGV[4]), tonumber(ARGV[2]), tonumber(ARGV[12]))
-redis.call('PUBLISH', '@WAKE@', ARGV[10])
+local position = 0
+if #waiting_for > 0 then
+  redis.call('HDEL', KEYS[1], 'job_id')
+  redis.call('HSET', KEYS[1], 'enqueues', 0, 'waiting_for', cjson.encode(waiting_for))
+  for _, id in ipairs(waiting_for) do
+    redis.call('SADD', '@DEPENDENTS_PREFIX@' .. id, ARGV[1])
+    redis.call('EXPIRE', '@DEPENDENTS_PREFIX@' .. id, ARGV[3])
+  end
+else
+  redis.call('SET', KEYS[5], ARGV[6], 'PX', ARGV[7])
+  wait_in_line(KEYS[1], ARGV[5], tonumber(ARGV[4]), tonumber(ARGV[2]), tonumber(ARGV[12]))
+  redis.call('PUBLISH', '@WAKE@', ARGV[10])
+  position = place(ARGV[10], project, ARGV[5])
+end
 emit(KEYS[1], 'status')
 local durations = redis.call('HMGET', KEYS[3], 'duration_sum:' .. ARGV[11], 'duration_count:' .. ARGV[11])
-local project = redis.call('HGET', KEYS[1], 'project_id')
-local reply = {'ok', place(ARGV[10], project, ARGV[5]), durations[1] or '0', durations[2] or '0'}
+local reply = {'ok', position, durations[1] or '0', durations[2] or '0'}
 if remembered then
   redis.call('HSET', KEYS[8], 'fingerprint', ARGV[13], 'position', reply[2], 'duration_sum', reply[3],
     'duration_count', reply[4], 'task_id', ARGV[1], 'created_ms', ARGV[2])

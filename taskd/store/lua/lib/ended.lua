@@ -1,4 +1,5 @@
--- lib/ended.lua: ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl),
+-- lib/ended.lua: ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl,
+-- aging_ms),
 -- what every end of a task (completed, failed, cancelled) also does.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
@@ -14,6 +15,7 @@
 --   now_ms       now, in ms: when its webhook is due
 --   ttl          seconds the record is kept from now (storage.task_ttl), unless the record has its
 --                own `keep_for` (the submission's), which wins
+--   aging_ms     execution.priority_aging in ms (lib/fair.lua), for the dependents it queues
 --
 -- Counts the end, frees the task's place among its project's active tasks
 -- (taskd:project_active:{project_id}) and processing ones (taskd:project_processing:{project_id},
@@ -21,9 +23,15 @@
 -- senders on taskd:webhooks:wake), keeps the record for its `keep_for` or `ttl` (and, with a
 -- `keep_for`, the project's index taskd:project:{project_id} at least as long, so the task stays in
 -- the project's list) and emits a status event.
+-- Then it settles the tasks waiting for this one (taskd:dependents:{id}, `depends_on`), in the
+-- same script so that no end can be lost between the two: when this one completed, it leaves
+-- each one's `waiting_for`, and one that waits for nothing more gets its first job, due now
+-- (moved earlier by its priority, as taskd.queue.task_queue.job_score does); when this one failed
+-- or was cancelled, each one is cancelled with an error naming it, and so on down the chain.
 -- Returns nothing.
 -- include lib/emit.lua
-local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl)
+-- include lib/enqueue.lua
+local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms)
   redis.call('HINCRBY', metrics_key, counter, 1)
   if per_type then
     redis.call('HINCRBY', metrics_key, per_type .. ':' .. redis.call('HGET', task_key, 'task_type'), 1)
@@ -35,12 +43,53 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
     redis.call('ZADD', outbox_key, now_ms, task_id)
     redis.call('PUBLISH', '@WEBHOOKS_WAKE@', task_id)
   end
+  redis.call('HDEL', task_key, 'waiting_for')
+  -- Its own `keep_for` decides how long this record stays; `ttl` stays the default for the
+  -- dependents settled below.
+  local kept = ttl
   local keep_for = redis.call('HGET', task_key, 'keep_for')
   if keep_for then
-    ttl = keep_for
+    kept = keep_for
     local index = '@PROJECT_PREFIX@' .. project
     if redis.call('TTL', index) < tonumber(keep_for) then redis.call('EXPIRE', index, keep_for) end
   end
-  redis.call('EXPIRE', task_key, ttl)
+  redis.call('EXPIRE', task_key, kept)
   emit(task_key, 'status')
+
+  local status = redis.call('HGET', task_key, 'status')
+  local dependents_key = '@DEPENDENTS_PREFIX@' .. task_id
+  local dependents = redis.call('SMEMBERS', dependents_key)
+  redis.call('DEL', dependents_key)
+  -- now_ms comes from ARGV, a string; the line (lib/fair.lua) compares it with numbers.
+  local at_ms = tonumber(now_ms)
+  local now = tostring(at_ms / 1000)
+  for _, id in ipairs(dependents) do
+    local key = '@TASK_PREFIX@' .. id
+    local fields = redis.call('HMGET', key, 'status', 'waiting_for', 'queue', 'priority')
+    -- A dependent cancelled meanwhile, or expired, waits no more.
+    if fields[1] == 'queued' and fields[2] then
+      if status == 'completed' then
+        local waiting = {}
+        for _, other in ipairs(cjson.decode(fields[2])) do
+          if other ~= task_id then table.insert(waiting, other) end
+        end
+        if #waiting > 0 then
+          redis.call('HSET', key, 'waiting_for', cjson.encode(waiting))
+        else
+          redis.call('HDEL', key, 'waiting_for')
+          redis.call('HSET', key, 'updated_at', now)
+          redis.call('EXPIRE', key, ttl)
+          local offset = (@PRIORITY_LOW@ - (tonumber(fields[4]) or @PRIORITY_LOW@)) * aging_ms
+          enqueue(key, id, fields[3], at_ms - offset, at_ms, aging_ms)
+          emit(key, 'status')
+        end
+      else
+        local why = status == 'failed' and "' failed" or "' was cancelled"
+        redis.call('HSET', key, 'status', 'cancelled', 'previous_state', 'queued', 'error',
+                   "Dependency '" .. task_id .. why, 'cancelled_at', now, 'updated_at', now,
+                   'completed_at', now)
+        ended(key, metrics_key, outbox_key, 'cancelled_tasks', 'cancelled', id, at_ms, ttl, aging_ms)
+      end
+    end
+  end
 end

@@ -1,0 +1,117 @@
+"""`{"$ref": "<task_id>#/<JSON pointer>"}` in task_data: a part of a dependency's result, filled in
+just before the task runs.
+
+A submit finds every $ref (`find`) and checks its form and that its task is in `depends_on`; the
+executor replaces them (`substitute`) with what the pointer (RFC 6901) reaches in that task's
+result, then checks the data against the task type as a submit does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+
+REF = "$ref"
+# `<task_id>#` and then a JSON pointer: empty (the whole result) or `/`-separated tokens.
+_REF = re.compile(r"(?P<task_id>[^#\s]+)#(?P<pointer>(/[^/]*)*)")
+_INDEX = re.compile(r"0|[1-9][0-9]*")
+MALFORMED = 'A $ref must be "<task_id>#/<JSON pointer>"'
+
+
+@attrs.frozen
+class Ref:
+    """One $ref: the task it reads from and the pointer's tokens, unescaped."""
+
+    text: str
+    task_id: str
+    tokens: tuple[str, ...]
+
+
+class Unresolved(LookupError):
+    """A $ref whose pointer reaches nothing in its task's result."""
+
+    def __init__(self, text: str, path: str) -> None:
+        super().__init__(f"$ref '{text}' at {path} resolves to nothing in that task's result")
+
+
+def is_ref(value: Any) -> bool:
+    """Whether `value` is a $ref object (an object whose only key is `$ref`)."""
+    return isinstance(value, dict) and len(value) == 1 and REF in value
+
+
+def parse(value: Any) -> Ref | None:
+    """The $ref a `$ref` value names, or None when it is not of the form `<task_id>#/<pointer>`."""
+    match = _REF.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return None
+    pointer = match["pointer"]
+    tokens = pointer.split("/")[1:] if pointer else []
+    # RFC 6901: ~1 is "/", ~0 is "~", in that order.
+    return Ref(
+        value, match["task_id"], tuple(token.replace("~1", "/").replace("~0", "~") for token in tokens)
+    )
+
+
+def _join(path: str, part: str | int) -> str:
+    # The paths taskd.validation.errors_by_path names fields by.
+    return f"{path}[{part}]" if isinstance(part, int) else f"{path}.{part}"
+
+
+def find(data: Any, path: str = "task_data") -> Iterator[tuple[str, Any]]:
+    """Every $ref object in `data`: its field path and its `$ref` value (not yet checked)."""
+    if is_ref(data):
+        yield path, data[REF]
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            yield from find(value, _join(path, key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from find(value, _join(path, index))
+
+
+def _resolve(document: Any, ref: Ref, path: str) -> Any:
+    for token in ref.tokens:
+        if isinstance(document, dict) and token in document:
+            document = document[token]
+        elif isinstance(document, list) and _INDEX.fullmatch(token) and int(token) < len(document):
+            document = document[int(token)]
+        else:
+            raise Unresolved(ref.text, path)
+    return document
+
+
+def substitute(data: Any, results: Mapping[str, Any], path: str = "task_data") -> Any:
+    """`data` with each $ref replaced by what it points to in `results` (task id -> result).
+
+    Raises Unresolved for a $ref that is malformed, names a task not in `results`, or points at nothing.
+    """
+    if is_ref(data):
+        ref = parse(data[REF])
+        if ref is None or ref.task_id not in results:
+            raise Unresolved(str(data[REF]), path)
+        return _resolve(results[ref.task_id], ref, path)
+    if isinstance(data, dict):
+        return {key: substitute(value, results, _join(path, key)) for key, value in data.items()}
+    if isinstance(data, list):
+        return [substitute(value, results, _join(path, index)) for index, value in enumerate(data)]
+    return data
+
+
+def blank(data: Any) -> Any:
+    """`data` with each $ref object replaced by None: what a submit checks against the task type, its
+    errors at a $ref's path set aside (`covers`), since what the $ref brings is known only at run time."""
+    if is_ref(data):
+        return None
+    if isinstance(data, dict):
+        return {key: blank(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [blank(value) for value in data]
+    return data
+
+
+def covers(ref_path: str, field_path: str) -> bool:
+    """Whether a validation error at `field_path` is about the value at `ref_path` (or inside it)."""
+    return field_path == ref_path or field_path.startswith((f"{ref_path}.", f"{ref_path}["))

@@ -1,0 +1,233 @@
+"""`depends_on` and `$ref` (issue 17, items 1 and 2): steps that wait for, and read, earlier steps."""
+
+from __future__ import annotations
+
+import uuid
+
+from taskd.shapes import MAX_DEPENDS_ON
+
+
+def ref(task_id, pointer):
+    return {"$ref": f"{task_id}#{pointer}"}
+
+
+async def refused(service, task_type, task_data, **fields):
+    body = {"project_id": fields.pop("project_id", "proj-1"), "task_type": task_type, "task_data": task_data}
+    async with service.client.post("/api/v1/tasks/submit", json={**body, **fields}) as response:
+        assert response.status == 400, await response.text()
+        return await response.json()
+
+
+async def test_a_three_step_chain_feeds_each_result_into_the_next_step(start_service):
+    taskd = await start_service()
+    first = await taskd.submit("append", {"text": "storyboard"})
+    second = await taskd.submit(
+        "append", {"text": ref(first["task_id"], "/text")}, depends_on=[first["task_id"]]
+    )
+    third = await taskd.submit(
+        "append", {"text": ref(second["task_id"], "/text"), "suffix": "?"}, depends_on=[second["task_id"]]
+    )
+
+    body = await taskd.wait_terminal(third["task_id"])
+
+    assert body["status"] == "completed", body
+    assert body["result"]["text"] == "storyboard!!?"
+    assert body["depends_on"] == [second["task_id"]]
+
+
+async def test_a_waiting_task_is_queued_with_the_ids_it_still_waits_for(start_service):
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    second = await api_only.submit("noop", {})
+
+    accepted = await api_only.submit("noop", {}, depends_on=[first["task_id"], second["task_id"]])
+    body = await api_only.status(accepted["task_id"])
+
+    assert accepted["status"] == "queued"
+    assert accepted["queue_position"] == 0
+    assert body["status"] == "queued"
+    assert body["waiting_for"] == [first["task_id"], second["task_id"]]
+
+
+async def test_a_waiting_task_no_longer_lists_a_dependency_that_completed(start_service):
+    taskd = await start_service()
+    quick = await taskd.submit("noop", {})
+    slow = await taskd.submit("sleep", {"seconds": 30})
+    waiting = await taskd.submit("noop", {}, depends_on=[quick["task_id"], slow["task_id"]])
+
+    body = await taskd.wait_for(waiting["task_id"], lambda b: b.get("waiting_for") == [slow["task_id"]])
+
+    assert body["status"] == "queued"
+
+
+async def test_a_failing_first_step_cancels_the_rest_of_the_chain_naming_each_dependency(start_service):
+    taskd = await start_service()
+    first = await taskd.submit("fail", {})
+    second = await taskd.submit("noop", {}, depends_on=[first["task_id"]])
+    third = await taskd.submit("noop", {}, depends_on=[second["task_id"]])
+
+    assert (await taskd.wait_terminal(first["task_id"]))["status"] == "failed"
+    second_body = await taskd.wait_terminal(second["task_id"])
+    third_body = await taskd.wait_terminal(third["task_id"])
+
+    assert second_body["status"] == "cancelled"
+    assert second_body["error"] == f"Dependency '{first['task_id']}' failed"
+    assert second_body["previous_state"] == "queued"
+    assert second_body["started_at"] is None
+    assert third_body["status"] == "cancelled"
+    assert third_body["error"] == f"Dependency '{second['task_id']}' was cancelled"
+    assert "waiting_for" not in third_body
+
+
+async def test_cancelling_a_task_cancels_the_tasks_waiting_for_it(start_service):
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    second = await api_only.submit("noop", {}, depends_on=[first["task_id"]])
+
+    async with api_only.client.delete(f"/api/v1/tasks/{first['task_id']}") as response:
+        assert response.status == 200
+    body = await api_only.status(second["task_id"])
+
+    assert body["status"] == "cancelled"
+    assert body["error"] == f"Dependency '{first['task_id']}' was cancelled"
+
+
+async def test_cancelling_a_waiting_task_cancels_its_own_dependents_and_leaves_its_dependency(start_service):
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    second = await api_only.submit("noop", {}, depends_on=[first["task_id"]])
+    third = await api_only.submit("noop", {}, depends_on=[second["task_id"]])
+
+    async with api_only.client.delete(f"/api/v1/tasks/{second['task_id']}") as response:
+        assert response.status == 200
+        assert (await response.json())["previous_state"] == "queued"
+
+    assert (await api_only.status(first["task_id"]))["status"] == "queued"
+    third_body = await api_only.status(third["task_id"])
+    assert third_body["error"] == f"Dependency '{second['task_id']}' was cancelled"
+
+
+async def test_a_dependency_completed_before_the_submit_does_not_hold_the_task(start_service):
+    taskd = await start_service()
+    first = await taskd.submit("append", {"text": "voice"})
+    await taskd.wait_for(first["task_id"], lambda b: b["status"] == "completed")
+
+    second = await taskd.submit(
+        "append", {"text": ref(first["task_id"], "/text")}, depends_on=[first["task_id"]]
+    )
+
+    assert second["queue_position"] >= 1
+    assert (await taskd.wait_terminal(second["task_id"]))["result"]["text"] == "voice!!"
+
+
+async def test_an_unknown_dependency_is_refused_naming_depends_on(start_service):
+    api_only = await start_service(workers=False)
+    unknown = str(uuid.uuid4())
+
+    body = await refused(api_only, "noop", {}, depends_on=[unknown])
+
+    assert body["error"] == "validation_error"
+    assert body["details"] == {"depends_on": f"Unknown task '{unknown}'"}
+
+
+async def test_a_dependency_of_another_project_is_refused_naming_depends_on(start_service):
+    api_only = await start_service(workers=False)
+    theirs = await api_only.submit("noop", {}, project_id="other-project")
+
+    body = await refused(api_only, "noop", {}, depends_on=[theirs["task_id"]])
+
+    assert body["details"] == {"depends_on": f"Task '{theirs['task_id']}' belongs to another project"}
+
+
+async def test_more_than_twenty_dependencies_are_refused(start_service):
+    api_only = await start_service(workers=False)
+
+    body = await refused(
+        api_only, "noop", {}, depends_on=[str(uuid.uuid4()) for _ in range(MAX_DEPENDS_ON + 1)]
+    )
+
+    assert body["details"] == {"depends_on": f"depends_on may name at most {MAX_DEPENDS_ON} tasks"}
+
+
+async def test_a_dependency_that_already_failed_is_refused(start_service):
+    taskd = await start_service()
+    first = await taskd.submit("fail", {})
+    await taskd.wait_for(first["task_id"], lambda b: b["status"] == "failed")
+
+    body = await refused(taskd, "noop", {}, depends_on=[first["task_id"]])
+
+    assert body["details"] == {"depends_on": f"Dependency '{first['task_id']}' failed"}
+
+
+async def test_a_ref_to_a_task_not_in_depends_on_is_refused_naming_the_field(start_service):
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+
+    body = await refused(api_only, "append", {"text": ref(first["task_id"], "/text")})
+
+    assert body["details"] == {
+        "task_data.text": f"A $ref must name a task in depends_on; '{first['task_id']}' is not"
+    }
+
+
+async def test_a_malformed_ref_is_refused_naming_the_field(start_service):
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+
+    body = await refused(api_only, "append", {"text": {"$ref": "no-pointer"}}, depends_on=[first["task_id"]])
+
+    assert body["details"] == {"task_data.text": 'A $ref must be "<task_id>#/<JSON pointer>"'}
+
+
+async def test_a_ref_stands_for_a_typed_value_at_submit_while_other_fields_are_checked(start_service):
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+
+    body = await refused(
+        api_only,
+        "append",
+        {"text": ref(first["task_id"], "/text"), "suffix": 5},
+        depends_on=[first["task_id"]],
+    )
+
+    assert list(body["details"]) == ["task_data.suffix"]
+
+
+async def test_a_ref_that_resolves_to_nothing_fails_the_task_naming_the_ref(start_service):
+    taskd = await start_service()
+    first = await taskd.submit("append", {"text": "mix"})
+    second = await taskd.submit(
+        "append", {"text": ref(first["task_id"], "/no/such/field")}, depends_on=[first["task_id"]]
+    )
+
+    body = await taskd.wait_terminal(second["task_id"])
+
+    assert body["status"] == "failed"
+    assert f"$ref '{first['task_id']}#/no/such/field'" in body["error"]
+    assert "task_data.text" in body["error"]
+
+
+async def test_a_ref_value_of_the_wrong_type_fails_with_the_field_named_message(start_service):
+    taskd = await start_service()
+    first = await taskd.submit("append", {"text": "scene"})
+    second = await taskd.submit(
+        "append", {"text": ref(first["task_id"], "/length")}, depends_on=[first["task_id"]]
+    )
+
+    body = await taskd.wait_terminal(second["task_id"])
+
+    assert body["status"] == "failed"
+    assert body["error"].startswith("Invalid task data: {'task_data.text': ")
+
+
+async def test_a_retry_of_a_task_cancelled_by_its_failed_dependency_is_refused(start_service):
+    taskd = await start_service()
+    first = await taskd.submit("fail", {})
+    second = await taskd.submit("noop", {}, depends_on=[first["task_id"]])
+    await taskd.wait_for(second["task_id"], lambda b: b["status"] == "cancelled")
+
+    async with taskd.client.post(f"/api/v1/tasks/{second['task_id']}/retry") as response:
+        assert response.status == 400
+        body = await response.json()
+
+    assert body["details"] == {"depends_on": f"Dependency '{first['task_id']}' failed"}
