@@ -42,6 +42,19 @@ async def test_without_keep_for_an_ended_tasks_record_is_kept_24_hours(start_ser
     assert DAY - 20 < await redis.ttl(keys.task(task["task_id"])) <= DAY
 
 
+async def test_a_tasks_keep_for_is_not_passed_on_to_the_tasks_waiting_for_it(start_service, redis: Redis):
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {}, keep_for=120)
+    waiting = await api_only.submit("noop", {}, depends_on=[first["task_id"]])
+    dependent_of_waiting = await api_only.submit("noop", {}, depends_on=[waiting["task_id"]])
+
+    await api_only.client.delete(f"/api/v1/tasks/{first['task_id']}")  # cancels the chain
+
+    assert await redis.ttl(keys.task(first["task_id"])) <= 120
+    for task in (waiting, dependent_of_waiting):
+        assert DAY - 20 < await redis.ttl(keys.task(task["task_id"])) <= DAY
+
+
 async def test_a_retry_keeps_the_original_keep_for(start_service, redis: Redis):
     api_only = await start_service(workers=False)
     task = await api_only.submit("noop", {}, keep_for=600)
