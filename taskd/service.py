@@ -163,13 +163,14 @@ class Service:
         self._background.append(asyncio.create_task(reclaimer.run(), name="reclaimer"))
         sender = WebhookSender(
             redis,
-            store,
             self.config.webhooks,
             self.config.storage.task_ttl,
             signers,
             listener=self._listener,
             policy=AddressPolicy.from_config(self.config),
         )
+        if self._executor is not None:
+            self._executor.webhook_queued = sender.wake
         self._background.append(asyncio.create_task(sender.run(), name="webhook-sender"))
         sweeper = MediaSweeper.from_config(
             self.config, (task_type.hard_time_limit for task_type in self.registry.types.values())

@@ -22,6 +22,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    peer: str  # the sender's end of the connection, host:port: one per connection it opened
 
     @property
     def json(self) -> Any:
@@ -86,7 +87,10 @@ class WebhookReceiver:
         body = await request.read()
         async with self._arrived:
             headers = {name.lower(): value for name, value in request.headers.items()}
-            self.received.append(Received(time.monotonic(), time.time(), request.path, headers, body))
+            host, port = request.transport.get_extra_info("peername") if request.transport else ("?", 0)
+            self.received.append(
+                Received(time.monotonic(), time.time(), request.path, headers, body, f"{host}:{port}")
+            )
             self._arrived.notify_all()
         behaviour = self._script.popleft() if self._script else self.default_status
         if isinstance(behaviour, _Hang):

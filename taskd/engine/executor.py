@@ -194,6 +194,9 @@ class Executor:
         self._waiting_noted: set[str] = set()
         # Set by the service: wakes the workers of the GPU queues when slots come back.
         self.slots_freed: Callable[[], None] = lambda: None
+        # Set by the service: wakes this process's webhook sender when a finish queued a webhook
+        # (the pub/sub wake-up still reaches the senders of other processes).
+        self.webhook_queued: Callable[[str], None] = lambda _task_id: None
         # Hand-back writes of cancelled runs: they outlive their runs (a stop cancels a run more
         # than once), and the service waits for them before it lets go of Redis.
         self._hand_backs: set[asyncio.Task[Any]] = set()
@@ -561,6 +564,8 @@ class Executor:
             log.info("task %s stopped: cancelled", record.task_id)
             return False
         written = await _until_stored(f"task {record.task_id} {outcome.kind}", write)
+        if written and record.callback_url and outcome.kind in ("completed", "failed"):
+            self.webhook_queued(record.task_id)
         if outcome.kind == "completed":
             if written:
                 log.info("task %s completed in %.3f s", record.task_id, at - (record.started_at or at))

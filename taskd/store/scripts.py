@@ -36,6 +36,7 @@ from taskd.model import PRIORITY_LOW
 
 CONSTANTS: Mapping[str, str] = {
     "TASK_PREFIX": keys.task(""),
+    "WEBHOOK_PREFIX": keys.webhook(""),
     "ACTIVE_PREFIX": keys.project_active(""),
     "PROJECT_PREFIX": keys.project(""),
     "QUEUE_PREFIX": keys.queue(""),

@@ -30,10 +30,13 @@ _MS_FIELDS = ("last_attempt_at", "delivered_at", "failed_at", "next_attempt_at",
 
 @attrs.frozen
 class Claim:
-    """A due webhook this process now holds the lease of."""
+    """A due webhook this process now holds the lease of, with its task's record as it was at the claim."""
 
     task_id: str
     lease: int
+    # The task's record hash (empty when the task is gone), undecoded: a corrupt one fails only its own delivery.
+    record: dict[bytes, bytes] = attrs.field(factory=dict)
+    attempts: int = 0  # attempts the current delivery has made
 
 
 @attrs.frozen
@@ -88,18 +91,17 @@ class Outbox:
         self._redeliver = scripts.load(redis, "redeliver", LUA)
 
     async def claim(self, now_ms: int, lease_ms: int, limit: int) -> tuple[list[Claim], int | None]:
-        """Lease up to `limit` due webhooks; with none due, also the ms the earliest one is due."""
+        """Lease up to `limit` due webhooks, each with its record and attempt count, and say when the
+        earliest one left in the outbox (a lease counts) is due, in ms: one round trip."""
         lease = now_ms + lease_ms
-        ids, first = await self._claim(
+        ids, first, records, attempts = await self._claim(
             {"due": keys.WEBHOOKS_DUE}, {"now": now_ms, "lease_until": lease, "most": limit}
         )
-        claims = [Claim(raw.decode(), lease) for raw in ids]
+        claims = [
+            Claim(raw.decode(), lease, dict(zip(flat[::2], flat[1::2], strict=True)), int(count or 0))
+            for raw, flat, count in zip(ids, records, attempts, strict=True)
+        ]
         return claims, int(float(first)) if first else None
-
-    async def attempts(self, task_id: str) -> int:
-        """How many attempts the current delivery has made."""
-        raw = await self.redis.hget(keys.webhook(task_id), "attempts")
-        return int(raw) if raw else 0
 
     async def record(
         self, claim: Claim, attempt: int, outcome: Attempt, now_ms: int, next_ms: int | None

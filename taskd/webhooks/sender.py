@@ -20,10 +20,10 @@ from taskd import keys
 from taskd.backoff import Backoff
 from taskd.config import WebhooksConfig
 from taskd.logs import bind_task
-from taskd.model import TaskNotFound, TaskRecord
+from taskd.model import TaskRecord
 from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, refusal
 from taskd.stopping import cancel_and_wait
-from taskd.store import TaskStore
+from taskd.store import decode
 from taskd.webhooks.outbox import Attempt, Claim, Outbox, now_ms
 from taskd.webhooks.payload import build_payload, event_id
 from taskd.webhooks.schedule import SUCCESS_CODES, DeliverySchedule
@@ -42,7 +42,6 @@ class WebhookSender:
     def __init__(
         self,
         redis: Redis,
-        store: TaskStore,
         config: WebhooksConfig,
         ttl: int,
         signers: Signers,
@@ -53,7 +52,6 @@ class WebhookSender:
         self.redis = redis
         # Pub/sub may wait for ever: it wants a client without a read timeout.
         self.listener = listener or redis
-        self.store = store
         self.config = config
         self.policy = policy  # the addresses callback URLs may reach (the [network] section)
         self.outbox = Outbox(redis, ttl)
@@ -65,9 +63,15 @@ class WebhookSender:
         self._resolver: GuardedResolver | None = None
         self._session: aiohttp.ClientSession | None = None
 
-    def wake(self) -> None:
-        """Look at the outbox now rather than at the next poll."""
-        self._wake.set()
+    def wake(self, task_id: str | None = None) -> None:
+        """Look at the outbox now rather than at the next poll, unless `task_id`'s webhook is already being sent.
+
+        This process's executor calls it when a finish it wrote queued a webhook: the claim then
+        starts as soon as the finish returns, not after the pub/sub message makes its way round.
+        That message, or a second wake for the same task, then costs no claim that finds nothing.
+        """
+        if task_id is None or all(claim.task_id != task_id for claim in self._inflight.values()):
+            self._wake.set()
 
     def _open_session(self) -> aiohttp.ClientSession:
         proxy_host = URL(self.config.proxy).host if self.config.proxy else None
@@ -111,7 +115,7 @@ class WebhookSender:
             task = asyncio.create_task(self._deliver(claim), name=f"webhook-{claim.task_id}")
             self._inflight[task] = claim
             task.add_done_callback(self._inflight.pop)
-        if claims:
+        if len(claims) == free:  # more may be due
             return
         wait = POLL_INTERVAL if first_due is None else min(POLL_INTERVAL, max(0.0, (first_due - at) / 1000))
         with contextlib.suppress(TimeoutError):
@@ -127,7 +131,7 @@ class WebhookSender:
                     reconnects.reset()
                     async for message in pubsub.listen():
                         if message["type"] == "message":
-                            self._wake.set()
+                            self.wake(message["data"].decode())
             except Exception as exc:  # polling still delivers; this only makes it faster
                 delay = reconnects.next_delay()
                 log.debug("webhook wake-up listener lost Redis (%s); reconnecting in %.2f s", exc, delay)
@@ -153,12 +157,11 @@ class WebhookSender:
             log.exception("webhook delivery for task %s broke off", claim.task_id)
 
     async def _attempt(self, claim: Claim) -> None:
-        try:
-            record = await self.store.get(claim.task_id)
-        except TaskNotFound:
+        if not claim.record:
             log.warning("Webhook dropped: task %s no longer exists", claim.task_id)
             await self.outbox.release(claim, None)
             return
+        record = decode(claim.record)
         url = record.callback_url
         if not url or not record.is_terminal:
             await self.outbox.release(claim, None)
@@ -167,7 +170,7 @@ class WebhookSender:
             await self._post_and_record(claim, record, url)
 
     async def _post_and_record(self, claim: Claim, record: TaskRecord, url: str) -> None:
-        attempt = await self.outbox.attempts(claim.task_id) + 1
+        attempt = claim.attempts + 1
         signer = self.signers.for_key(record.key_id)
         outcome = await self.post(url, event_id(record), orjson.dumps(build_payload(record)), signer)
         done = now_ms()

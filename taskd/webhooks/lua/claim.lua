@@ -1,13 +1,19 @@
--- claim.lua: leases up to `most` due webhooks to the calling sender.
+-- claim.lua: leases up to `most` due webhooks to the calling sender, with what it needs to send them.
 --
 -- KEYS[1]  due          taskd:webhooks:due, task id -> ms its next attempt is due (or its lease ends)
 -- ARGV[1]  now          now, in ms
 -- ARGV[2]  lease_until  the ms the lease ends: the claimed members' new score
 -- ARGV[3]  most         how many to claim at most
--- Returns {claimed task ids, false} or, when none were due, {{}, the earliest score still waiting
--- (false when the outbox is empty)}.
+-- Returns {claimed task ids, the earliest score in the outbox after the claim (false when it is
+-- empty), their records, their attempt counts}. A record is its hash as HGETALL gives it (empty
+-- when the task is gone); an attempt count is the delivery state's `attempts` (false before the
+-- first). The sender reads them here rather than in two more round trips before its POST.
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
-local first = false
-if #ids == 0 then first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or false end
-return {ids, first}
+local records, attempts = {}, {}
+for i, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+  records[i] = redis.call('HGETALL', '@TASK_PREFIX@' .. id)
+  attempts[i] = redis.call('HGET', '@WEBHOOK_PREFIX@' .. id, 'attempts')
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or false
+return {ids, first, records, attempts}
