@@ -2,7 +2,7 @@
 
 | key | type | lives |
 |---|---|---|
-| `taskd:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation, renewed when the task ends, so a finished task stays readable for a full day (or for its submission's `keep_for`) |
+| `taskd:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation (a scheduled task's: from its time), renewed when the task ends, so a finished task stays readable for a full day (or for its submission's `keep_for`) |
 | `taskd:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task with a `keep_for` ends, to at least that; ids whose record expired are pruned when listed |
 | `taskd:metrics` | hash: cumulative counters | forever: the document says metrics survive restarts |
 | `taskd:running:{queue}` | sorted set: task id -> started ms | members leave when their task ends |

@@ -50,6 +50,18 @@ async def test_a_delayed_task_waits_queued_with_scheduled_for_then_runs(start_se
     assert created + 1.5 - 0.002 <= await started_at(redis, accepted["task_id"]) <= created + 1.5 + 10
 
 
+async def test_a_task_scheduled_days_ahead_is_kept_until_then_and_a_day_after(start_service, redis):
+    api_only = await start_service(workers=False)
+    days = 3 * 24 * 3600
+
+    accepted = await api_only.submit("noop", {}, delay_seconds=days)
+
+    ttl = await redis.ttl(keys.task(accepted["task_id"]))
+    assert days + 24 * 3600 - 60 <= ttl <= days + 24 * 3600 + 1
+    assert await redis.ttl(keys.project("proj-1")) >= days + 24 * 3600 - 60
+    assert await redis.ttl(keys.project_active("proj-1")) >= days + 24 * 3600 - 60
+
+
 async def test_a_run_at_in_the_past_runs_now(start_service):
     taskd = await start_service()
 

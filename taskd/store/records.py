@@ -316,7 +316,12 @@ class TaskStore:
         return int(
             await self._due(
                 keys={"scheduled": keys.SCHEDULED},
-                args={"now_ms": int(at * 1000), "aging_ms": self.aging_ms, "batch": batch},
+                args={
+                    "now_ms": int(at * 1000),
+                    "aging_ms": self.aging_ms,
+                    "batch": batch,
+                    "ttl": self.task_ttl,
+                },
             )
         )
 

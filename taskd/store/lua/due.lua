@@ -7,10 +7,12 @@
 -- ARGV[1]  now_ms     now, in ms
 -- ARGV[2]  aging_ms   execution.priority_aging in ms (lib/fair.lua)
 -- ARGV[3]  batch      the most tasks queued in one call (the rest wait for the next)
+-- ARGV[4]  ttl        seconds a queued task's record is kept from now (storage.task_ttl)
 -- A due task leaves `scheduled_for` and gets its first job, due now and moved earlier by its
 -- priority (as taskd.queue.task_queue.job_score does), in its project's line (lib/enqueue.lua), so
 -- priority and fair turns apply from then. One still waiting for dependencies (`waiting_for`) only
--- leaves `scheduled_for`: lib/ended.lua queues it when the last one completes. A task that ended
+-- leaves `scheduled_for`: lib/ended.lua queues it when the last one completes. A queued task's
+-- record is kept `ttl` from now, as a fresh submit's is. A task that ended
 -- (cancelled) or expired meanwhile is only taken off the set.
 -- Returns how many tasks were queued.
 -- include lib/emit.lua
@@ -27,6 +29,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT'
     redis.call('HDEL', key, 'scheduled_for')
     if not fields[3] then
       redis.call('HSET', key, 'updated_at', now)
+      redis.call('EXPIRE', key, ARGV[4])
       local offset = (@PRIORITY_LOW@ - (tonumber(fields[5]) or @PRIORITY_LOW@)) * aging_ms
       enqueue(key, id, fields[4], now_ms - offset, now_ms, aging_ms)
       queued = queued + 1

@@ -40,7 +40,8 @@
 -- them) and no job (its `job_id` left out, `enqueues` 0), and added to each one's
 -- taskd:dependents:{id}; lib/ended.lua queues it when the last one completes.
 -- A task scheduled for later is stored the same way, queued with `scheduled_for` and no job, and
--- added to taskd:scheduled; due.lua queues it when its time comes. Until then it is in no line,
+-- added to taskd:scheduled, its record (and the project's index and active set) kept until `ttl`
+-- past its time; due.lua queues it when its time comes. Until then it is in no line,
 -- so it holds up no other task of its project and counts in no queue position.
 -- The lines and heads it writes through lib/fair.lua are taskd:project_waiting:{queue}:{project_id},
 -- taskd:heads:{queue} and arq's taskd:queue:{queue}.
@@ -109,7 +110,15 @@ if #waiting_for > 0 or scheduled then
       redis.call('EXPIRE', '@DEPENDENTS_PREFIX@' .. id, ARGV[3])
     end
   end
-  if scheduled then redis.call('ZADD', KEYS[9], ARGV[16], ARGV[1]) end
+  if scheduled then
+    redis.call('ZADD', KEYS[9], ARGV[16], ARGV[1])
+    -- Kept while it waits for its time (up to limits.max_schedule_ahead) and `ttl` after, as a
+    -- task queued then would be; so is its place in its project's index and active set.
+    local kept = tonumber(ARGV[3]) + math.ceil((tonumber(ARGV[16]) - tonumber(ARGV[2])) / 1000)
+    for _, key in ipairs({KEYS[1], KEYS[2], KEYS[6]}) do
+      if redis.call('TTL', key) < kept then redis.call('EXPIRE', key, kept) end
+    end
+  end
 else
   redis.call('SET', KEYS[5], ARGV[6], 'PX', ARGV[7])
   wait_in_line(KEYS[1], ARGV[5], tonumber(ARGV[4]), tonumber(ARGV[2]), tonumber(ARGV[12]))
