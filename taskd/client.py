@@ -201,6 +201,7 @@ class Task:
     retry_of: str | None = None
     depends_on: list[str] | None = None
     waiting_for: list[str] | None = None
+    scheduled_for: datetime | None = None
     webhook: dict[str, Any] | None = None
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
@@ -483,6 +484,8 @@ class TaskClient:
         keep_for: int | None = None,
         idempotency_key: str | None = None,
         depends_on: list[str] | None = None,
+        run_at: datetime | str | None = None,
+        delay_seconds: float | None = None,
     ) -> Submitted:
         """Submit a task; raises ValidationFailed with per-field `details` when it is refused.
 
@@ -491,8 +494,15 @@ class TaskClient:
         with the first call's task instead of making another (so a call that timed out can be sent
         again); with a different call it raises IdempotencyKeyReused. With `depends_on` it queues
         once those tasks have completed, and its task_data may read their results through
-        `{"$ref": "<task_id>#/<JSON pointer>"}` objects.
+        `{"$ref": "<task_id>#/<JSON pointer>"}` objects. With `run_at` (an aware datetime or an
+        RFC 3339 string) or `delay_seconds` (not both) it stays queued, its `scheduled_for` set,
+        until then; a past time runs it now.
         """
+        if isinstance(run_at, datetime):
+            if run_at.tzinfo is None:
+                # A naive time would be read in the server's zone, or refused: say so here.
+                raise ValueError("run_at must be timezone-aware (e.g. datetime.now(UTC) + ...)")
+            run_at = run_at.isoformat()
         body: dict[str, Any] = {
             "project_id": project_id,
             "task_type": task_type,
@@ -506,6 +516,10 @@ class TaskClient:
             body["keep_for"] = keep_for
         if depends_on:
             body["depends_on"] = depends_on
+        if run_at is not None:
+            body["run_at"] = run_at
+        if delay_seconds is not None:
+            body["delay_seconds"] = delay_seconds
         answer = await self._request(
             "POST", "/api/v1/tasks/submit", json=body, idempotency_key=idempotency_key
         )

@@ -15,6 +15,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
+from taskd.shapes import MAX_SCHEDULE_AHEAD
 from taskd.validation import errors_by_path
 
 ENV_PREFIX = "TASKD_"
@@ -296,6 +297,8 @@ class LimitsConfig:
     # A refusal: a project with this many tasks waiting gets 429 for the next one.
     queued_per_project: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
     max_queue_length: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
+    # Seconds ahead a submit's `run_at`/`delay_seconds` may schedule a task; later is a 400.
+    max_schedule_ahead: int = attrs.field(default=MAX_SCHEDULE_AHEAD, validator=attrs.validators.ge(1))
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1024))
     max_task_data_depth: int = attrs.field(default=32, validator=attrs.validators.ge(1))
     max_task_data_items: int = attrs.field(default=10000, validator=attrs.validators.ge(1))

@@ -2,7 +2,7 @@
 
 | key | type | lives |
 |---|---|---|
-| `taskd:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation, renewed when the task ends, so a finished task stays readable for a full day (or for its submission's `keep_for`) |
+| `taskd:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation (a scheduled task's: from its time), renewed when the task ends, so a finished task stays readable for a full day (or for its submission's `keep_for`) |
 | `taskd:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task with a `keep_for` ends, to at least that; ids whose record expired are pruned when listed |
 | `taskd:metrics` | hash: cumulative counters | forever: the document says metrics survive restarts |
 | `taskd:running:{queue}` | sorted set: task id -> started ms | members leave when their task ends |
@@ -29,6 +29,7 @@
 | `taskd:heads:{queue}` | hash: project id -> the one job of the project on arq's queue set (its head), for fair turns | a field leaves when the project has nothing waiting on the queue |
 | `taskd:idempotency:{key id}:{sha256 of the Idempotency-Key}` | hash: what the first submit or retry with that key by that API key made (its body's fingerprint, the task id, its creation time, queue position and the type's durations), for replays | `IDEMPOTENCY_TTL` (24 h) from that first request |
 | `taskd:dependents:{id}` | set: the ids of the tasks waiting for task `{id}` to complete (`depends_on`); the script that ends the task releases or cancels them | deleted when the task ends; `storage.task_ttl` from the last dependent's submit |
+| `taskd:scheduled` | sorted set: task id -> ms it is due, of the queued tasks submitted with `run_at`/`delay_seconds` that wait for their time (no job yet); due.lua queues them | members leave when their time comes (every process looks twice a second) or their task ends (cancel) |
 | `taskd:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached |
 """
 
@@ -51,6 +52,7 @@ TASK_EVENTS_MAXLEN = 200
 PROJECT_EVENTS_MAXLEN = 10_000
 WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
 WEBHOOKS_WAKE = f"{PREFIX}webhooks:wake"
+SCHEDULED = f"{PREFIX}scheduled"
 # How long an Idempotency-Key is remembered: a repeat within this window is answered, not run again.
 IDEMPOTENCY_TTL = 24 * 3600
 

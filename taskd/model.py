@@ -71,6 +71,9 @@ class TaskRecord:
     # have not yet completed while it waits (None once it no longer waits: the store's Lua keeps it).
     depends_on: list[str] | None = None
     waiting_for: list[str] | None = None
+    # When a task submitted with `run_at`/`delay_seconds` may queue; None once it has (the store's
+    # Lua keeps it), and for every other task.
+    scheduled_for: float | None = None
     # The id of the API key that submitted it (taskd.webhooks.signing.key_id), never the key itself:
     # its webhooks are signed with that key's secret. None on records from before key ids.
     key_id: str | None = None

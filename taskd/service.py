@@ -19,6 +19,7 @@ from taskd.embedded import EmbeddedValkey
 from taskd.engine.executor import Executor
 from taskd.engine.jobproc.pool import RunnerPool
 from taskd.engine.reclaim import Reclaimer
+from taskd.engine.scheduled import ScheduledRelease
 from taskd.gpu.devices import DeviceBackend, GpuInventory
 from taskd.gpu.scheduler import GpuScheduler
 from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
@@ -161,6 +162,8 @@ class Service:
             store, queue, self.config, sorted(set(self.config.queues) | self.registry.queues())
         )
         self._background.append(asyncio.create_task(reclaimer.run(), name="reclaimer"))
+        release = ScheduledRelease(store)
+        self._background.append(asyncio.create_task(release.run(), name="scheduled-release"))
         sender = WebhookSender(
             redis,
             self.config.webhooks,

@@ -116,6 +116,8 @@ PRIORITIES: Final = (model.PRIORITY_HIGH, model.PRIORITY_NORMAL, model.PRIORITY_
 MIN_KEEP_FOR: Final = 60
 MAX_KEEP_FOR: Final = 30 * 24 * 3600
 MAX_DEPENDS_ON: Final = 20
+# How far ahead `run_at`/`delay_seconds` may schedule a task by default (limits.max_schedule_ahead).
+MAX_SCHEDULE_AHEAD: Final = 30 * 24 * 3600
 
 
 @attrs.frozen
@@ -163,6 +165,21 @@ class SubmitRequest:
             uniqueItems=True,
         ),
     )
+    run_at: str | None = attrs.field(
+        default=None,
+        metadata=meta(
+            "When the task may start (RFC 3339, with its offset); it stays queued with `scheduled_for` "
+            "until then. A past time runs it now; at most `limits.max_schedule_ahead` (30 days) ahead. "
+            "Not with `delay_seconds`",
+            format="date-time",
+        ),
+    )
+    delay_seconds: float | None = attrs.field(
+        default=None,
+        metadata=meta(
+            "Seconds from now before the task may start, like `run_at`; not with `run_at`", minimum=0
+        ),
+    )
 
 
 # ---- tasks ----
@@ -180,7 +197,10 @@ class SubmitResponse:
     project_id: str
     estimated_duration: int = attrs.field(metadata=meta("Seconds the task is expected to run", minimum=1))
     queue_position: int = attrs.field(
-        metadata=meta("Tasks ahead of it on its queue; 0 while it waits for its dependencies", minimum=0)
+        metadata=meta(
+            "Tasks ahead of it on its queue; 0 while it waits for its dependencies or its `run_at`",
+            minimum=0,
+        )
     )
     created_at: str = attrs.field(metadata=meta(**TIMESTAMP))
 
@@ -228,13 +248,20 @@ class TaskStatusBody:
     )
     retry_of: str | Absent = attrs.field(default=ABSENT, metadata=meta("The task this one retries"))
     queue_position: int | Absent = attrs.field(
-        default=ABSENT, metadata=meta("Queued tasks only; 0 while it waits for its dependencies", minimum=0)
+        default=ABSENT,
+        metadata=meta("Queued tasks only; 0 while it waits for its dependencies or its time", minimum=0),
     )
     depends_on: list[str] | Absent = attrs.field(
         default=ABSENT, metadata=meta("Tasks submitted with `depends_on` only")
     )
     waiting_for: list[str] | Absent = attrs.field(
         default=ABSENT, metadata=meta("Queued tasks still waiting: the dependencies not yet completed")
+    )
+    scheduled_for: str | Absent = attrs.field(
+        default=ABSENT,
+        metadata=meta(
+            "Queued tasks submitted with `run_at`/`delay_seconds` whose time has not come", **TIMESTAMP
+        ),
     )
     webhook: Webhook | None = attrs.field(default=None, metadata=meta("Tasks with a `callback_url` only"))
 

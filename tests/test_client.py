@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -191,6 +192,25 @@ async def test_submit_sends_keep_for(client, redis):
     submitted = await client.submit("films", "noop", {}, keep_for=600)
 
     assert await redis.hget(keys.task(submitted.task_id), "keep_for") == b"600"
+
+
+async def test_submit_with_delay_seconds_or_run_at_schedules_the_task(client):
+    at = datetime.now(UTC) + timedelta(hours=1)
+
+    delayed = await client.submit("films", "noop", {}, delay_seconds=300)
+    timed = await client.submit("films", "noop", {}, run_at=at)
+    delayed_task = await client.status(delayed.task_id)
+    timed_task = await client.status(timed.task_id)
+
+    assert delayed_task.status is TaskStatus.QUEUED
+    assert delayed_task.scheduled_for is not None
+    assert timedelta(seconds=290) < delayed_task.scheduled_for - datetime.now(UTC) <= timedelta(seconds=300)
+    assert timed_task.scheduled_for == at.replace(microsecond=0)
+
+
+async def test_submit_refuses_a_naive_run_at_before_sending_it(client):
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await client.submit("films", "noop", {}, run_at=datetime.now())
 
 
 async def test_list_tasks_filters_and_pages(client):

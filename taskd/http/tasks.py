@@ -34,7 +34,9 @@ async def submit(request: web.Request) -> web.Response:
     api = request.app[API]
     body = await read_json(request)
     check_body_shape(body, api.config.limits)
-    submission = attrs.evolve(parse_submission(body, api.registry), key_id=request[KEY_ID])
+    submission = attrs.evolve(
+        parse_submission(body, api.registry, api.config.limits.max_schedule_ahead), key_id=request[KEY_ID]
+    )
     remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, body)
     if submission.callback_url:
         await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))

@@ -53,6 +53,7 @@ def status_view(
         queue_position=shapes.ABSENT if queue_position is None else queue_position,
         depends_on=record.depends_on or shapes.ABSENT,
         waiting_for=record.waiting_for or shapes.ABSENT,
+        scheduled_for=iso(record.scheduled_for) or shapes.ABSENT,
         webhook=webhook_view(webhook) if webhook is not None else None,
     )
 

@@ -25,6 +25,7 @@ _FLOAT_FIELDS = frozenset(
         "cancelled_at",
         "processing_time",
         "next_retry_at",
+        "scheduled_for",
     }
 )
 _INT_FIELDS = frozenset({"priority", "attempt", "deaths", "enqueues", "keep_for"})

@@ -140,6 +140,7 @@ class TaskStore:
         self._reclaim = scripts.load(redis, "reclaim")
         self._cancel = scripts.load(redis, "cancel")
         self._position = scripts.load(redis, "position")
+        self._due = scripts.load(redis, "due")
 
     async def create(
         self,
@@ -168,6 +169,7 @@ class TaskStore:
                 "active": keys.project_active(record.project_id),
                 "processing": keys.project_processing(record.project_id),
                 "idempotency": idempotency.key if idempotency else "",
+                "scheduled": keys.SCHEDULED,
             },
             args={
                 "task_id": record.task_id,
@@ -185,6 +187,7 @@ class TaskStore:
                 "fingerprint": idempotency.fingerprint if idempotency else "",
                 "idempotency_ttl": keys.IDEMPOTENCY_TTL,
                 "depends_on": orjson.dumps(record.depends_on or []),
+                "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
                 "fields": flat,
             },
         )
@@ -306,6 +309,20 @@ class TaskStore:
             return 0
         return int(
             await self._position(keys={"task": keys.task(record.task_id)}, args={"job_id": record.job_id})
+        )
+
+    async def queue_due(self, at: float, batch: int) -> int:
+        """Queue up to `batch` scheduled tasks whose time is `at` or earlier; returns how many were queued."""
+        return int(
+            await self._due(
+                keys={"scheduled": keys.SCHEDULED},
+                args={
+                    "now_ms": int(at * 1000),
+                    "aging_ms": self.aging_ms,
+                    "batch": batch,
+                    "ttl": self.task_ttl,
+                },
+            )
         )
 
     async def progress(

@@ -45,6 +45,7 @@ CONSTANTS: Mapping[str, str] = {
     "HEADS_PREFIX": keys.heads(""),
     "PROCESSING_PREFIX": keys.project_processing(""),
     "DEPENDENTS_PREFIX": keys.dependents(""),
+    "SCHEDULED": keys.SCHEDULED,
     # The lowest priority: its jobs are not moved earlier by aging (taskd.queue.task_queue.job_score).
     "PRIORITY_LOW": str(PRIORITY_LOW),
     "JOB_PREFIX": keys.ARQ_JOB_PREFIX,

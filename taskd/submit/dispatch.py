@@ -83,6 +83,7 @@ class Dispatcher:
             depends_on=submission.depends_on or None,
             key_id=submission.key_id,
             keep_for=submission.keep_for,
+            scheduled_for=submission.scheduled_for,
             enqueues=1,
         )
         job = self.queue.new_job(record.task_id, 1, record.priority, record.created_at)

@@ -10,17 +10,20 @@ been read as none; and `task_data` is checked against its task type's own input 
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from typing import Any
 
 import attrs
 
 from taskd import refs
-from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, ValidationError
+from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, ValidationError, now
 from taskd.shapes import (
     CALLBACK_URL,
     MAX_CALLBACK_URL,
     MAX_DEPENDS_ON,
     MAX_KEEP_FOR,
+    MAX_SCHEDULE_AHEAD,
     MIN_KEEP_FOR,
     PROJECT_ID,
     SubmitRequest,
@@ -36,6 +39,13 @@ class Submission(SubmitRequest):
 
     # The id of the submitting API key (taskd.webhooks.signing.key_id): whose secret signs its webhook.
     key_id: str | None = None
+    # When it may queue (epoch seconds), from `run_at` or `delay_seconds`; None: now.
+    scheduled_for: float | None = None
+
+
+# RFC 3339's date-time: a full date, a time and an offset (fromisoformat alone also takes a bare
+# date, a time without an offset and ISO 8601's other forms).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 def _project_id(value: Any, details: dict[str, str]) -> None:
@@ -70,6 +80,38 @@ def _keep_for(value: Any, details: dict[str, str]) -> None:
         )
 
 
+def _scheduled_for(body: dict[str, Any], max_ahead: int, details: dict[str, str]) -> float | None:
+    """When `run_at` or `delay_seconds` lets the task queue (epoch seconds); None for now."""
+    run_at, delay = body.get("run_at"), body.get("delay_seconds")
+    if run_at is not None and delay is not None:
+        message = "Give run_at or delay_seconds, not both"
+        details["run_at"] = details["delay_seconds"] = message
+        return None
+    at = now()
+    if run_at is not None:
+        field = "run_at"
+        try:
+            if not isinstance(run_at, str) or not _RFC3339.fullmatch(run_at):
+                raise ValueError(run_at)
+            when = datetime.fromisoformat(run_at.upper().replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            details[field] = "run_at must be an RFC 3339 timestamp with its offset, e.g. 2030-01-31T09:00:00Z"
+            return None
+    elif delay is not None:
+        field = "delay_seconds"
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            details[field] = "delay_seconds must be a number of seconds, 0 or more"
+            return None
+        when = at + delay
+    else:
+        return None
+    if when - at > max_ahead:
+        details[field] = f"{field} may schedule a task at most {max_ahead} seconds ahead"
+        return None
+    # A past time runs now.
+    return when if when > at else None
+
+
 def _depends_on(value: Any, details: dict[str, str]) -> list[str]:
     # Whether each id exists, is of the same project and has not failed is the submit script's to
     # say (taskd/store/lua/submit.lua), atomically with the write.
@@ -99,8 +141,13 @@ def _refs(task_data: dict[str, Any], depends_on: list[str], details: dict[str, s
     return paths
 
 
-def parse_submission(body: Any, registry: Registry) -> Submission:
-    """Check a decoded JSON body; raise ValidationError naming every bad field (task_data's included)."""
+def parse_submission(
+    body: Any, registry: Registry, max_schedule_ahead: int = MAX_SCHEDULE_AHEAD
+) -> Submission:
+    """Check a decoded JSON body; raise ValidationError naming every bad field (task_data's included).
+
+    `max_schedule_ahead`: the most seconds ahead `run_at`/`delay_seconds` may be (limits.max_schedule_ahead).
+    """
     if not isinstance(body, dict):
         raise ValidationError({"body": "Request body must be a JSON object"}, "Invalid request body")
     details: dict[str, str] = {}
@@ -110,6 +157,7 @@ def parse_submission(body: Any, registry: Registry) -> Submission:
     _callback_url(body.get("callback_url"), details)
     _keep_for(body.get("keep_for"), details)
     depends_on = _depends_on(body.get("depends_on"), details)
+    scheduled_for = _scheduled_for(body, max_schedule_ahead, details)
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         details["metadata"] = "Metadata must be an object"
@@ -152,4 +200,7 @@ def parse_submission(body: Any, registry: Registry) -> Submission:
         metadata=metadata,
         keep_for=body.get("keep_for"),
         depends_on=depends_on,
+        run_at=body.get("run_at"),
+        delay_seconds=body.get("delay_seconds"),
+        scheduled_for=scheduled_for,
     )

@@ -18,6 +18,7 @@
 -- KEYS[6]  active         taskd:project_active:{project_id}, the project's queued and processing ids
 -- KEYS[7]  processing     taskd:project_processing:{project_id}, the project's processing ids
 -- KEYS[8]  idempotency    taskd:idempotency:{key id}:{key hash}, the Idempotency-Key's memory; '' for none
+-- KEYS[9]  scheduled      taskd:scheduled, the tasks waiting for their time (task id -> due ms)
 -- ARGV[1]  task_id        the task's id
 -- ARGV[2]  created_ms     its creation time in ms (its score in the project index)
 -- ARGV[3]  ttl            seconds the record, the index and the active set are kept
@@ -33,10 +34,15 @@
 -- ARGV[13] fingerprint    a digest of the request's route and body ('' without an Idempotency-Key)
 -- ARGV[14] idempotency_ttl seconds the Idempotency-Key is remembered
 -- ARGV[15] depends_on     the ids the task depends on, as a JSON list ('[]': none)
--- ARGV[16..] fields       the record's fields: name, value, name, value, ...
+-- ARGV[16] scheduled_ms   when the task may queue, in ms (`run_at`/`delay_seconds`); 0: now
+-- ARGV[17..] fields       the record's fields: name, value, name, value, ...
 -- A task with dependencies not yet completed is stored queued with `waiting_for` (a JSON list of
 -- them) and no job (its `job_id` left out, `enqueues` 0), and added to each one's
 -- taskd:dependents:{id}; lib/ended.lua queues it when the last one completes.
+-- A task scheduled for later is stored the same way, queued with `scheduled_for` and no job, and
+-- added to taskd:scheduled, its record (and the project's index and active set) kept until `ttl`
+-- past its time; due.lua queues it when its time comes. Until then it is in no line,
+-- so it holds up no other task of its project and counts in no queue position.
 -- The lines and heads it writes through lib/fair.lua are taskd:project_waiting:{queue}:{project_id},
 -- taskd:heads:{queue} and arq's taskd:queue:{queue}.
 -- Returns {'ok', position, duration_sum, duration_count}: the task's 1-based queue position
@@ -44,8 +50,8 @@
 -- {'project_full', waiting tasks} or {'queue_full', waiting tasks}, or {'bad_dependency', id, why}
 -- (why: 'unknown', 'project', 'failed' or 'cancelled'), and then nothing is written; or
 -- {'replayed', position, duration_sum, duration_count, task_id, created_ms}, what the key's first
--- request got, or {'idempotency_key_reused'}, and then nothing is written either. A waiting
--- task's position is 0.
+-- request got, or {'idempotency_key_reused'}, and then nothing is written either. A task waiting
+-- for its dependencies or its time has position 0.
 -- include lib/emit.lua
 -- include lib/fair.lua
 local remembered = KEYS[8] ~= ''
@@ -58,7 +64,7 @@ if remembered then
   end
 end
 local project = nil
-for i = 16, #ARGV, 2 do
+for i = 17, #ARGV, 2 do
   if ARGV[i] == 'project_id' then project = ARGV[i + 1] end
 end
 local waiting_for = {}
@@ -84,7 +90,7 @@ if queue_limit > 0 then
   local waiting = redis.call('ZCARD', KEYS[4])
   if waiting >= queue_limit then return {'queue_full', waiting} end
 end
-for i = 16, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 17, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -93,12 +99,25 @@ redis.call('EXPIRE', KEYS[6], ARGV[3])
 redis.call('HINCRBY', KEYS[3], 'total_tasks', 1)
 redis.call('HINCRBY', KEYS[3], 'submitted:' .. ARGV[11], 1)
 local position = 0
-if #waiting_for > 0 then
+local scheduled = tonumber(ARGV[16]) > 0
+if #waiting_for > 0 or scheduled then
   redis.call('HDEL', KEYS[1], 'job_id')
-  redis.call('HSET', KEYS[1], 'enqueues', 0, 'waiting_for', cjson.encode(waiting_for))
-  for _, id in ipairs(waiting_for) do
-    redis.call('SADD', '@DEPENDENTS_PREFIX@' .. id, ARGV[1])
-    redis.call('EXPIRE', '@DEPENDENTS_PREFIX@' .. id, ARGV[3])
+  redis.call('HSET', KEYS[1], 'enqueues', 0)
+  if #waiting_for > 0 then
+    redis.call('HSET', KEYS[1], 'waiting_for', cjson.encode(waiting_for))
+    for _, id in ipairs(waiting_for) do
+      redis.call('SADD', '@DEPENDENTS_PREFIX@' .. id, ARGV[1])
+      redis.call('EXPIRE', '@DEPENDENTS_PREFIX@' .. id, ARGV[3])
+    end
+  end
+  if scheduled then
+    redis.call('ZADD', KEYS[9], ARGV[16], ARGV[1])
+    -- Kept while it waits for its time (up to limits.max_schedule_ahead) and `ttl` after, as a
+    -- task queued then would be; so is its place in its project's index and active set.
+    local kept = tonumber(ARGV[3]) + math.ceil((tonumber(ARGV[16]) - tonumber(ARGV[2])) / 1000)
+    for _, key in ipairs({KEYS[1], KEYS[2], KEYS[6]}) do
+      if redis.call('TTL', key) < kept then redis.call('EXPIRE', key, kept) end
+    end
   end
 else
   redis.call('SET', KEYS[5], ARGV[6], 'PX', ARGV[7])

@@ -22,10 +22,12 @@
 -- the throttle start.lua keeps), queues its webhook when it has a callback_url (waking the
 -- senders on taskd:webhooks:wake), keeps the record for its `keep_for` or `ttl` (and, with a
 -- `keep_for`, the project's index taskd:project:{project_id} at least as long, so the task stays in
--- the project's list) and emits a status event.
+-- the project's list), takes it off taskd:scheduled if it was waiting for its time there and
+-- emits a status event.
 -- Then it settles the tasks waiting for this one (taskd:dependents:{id}, `depends_on`), in the
 -- same script so that no end can be lost between the two: when this one completed, it leaves
--- each one's `waiting_for`, and one that waits for nothing more gets its first job, due now
+-- each one's `waiting_for`, and one that waits for nothing more (nor for its `scheduled_for`,
+-- which due.lua then looks after) gets its first job, due now
 -- (moved earlier by its priority, as taskd.queue.task_queue.job_score does); when this one failed
 -- or was cancelled, each one is cancelled with an error naming it, and so on down the chain.
 -- Returns nothing.
@@ -43,7 +45,8 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
     redis.call('ZADD', outbox_key, now_ms, task_id)
     redis.call('PUBLISH', '@WEBHOOKS_WAKE@', task_id)
   end
-  redis.call('HDEL', task_key, 'waiting_for')
+  redis.call('HDEL', task_key, 'waiting_for', 'scheduled_for')
+  redis.call('ZREM', '@SCHEDULED@', task_id)
   -- Its own `keep_for` decides how long this record stays; `ttl` stays the default for the
   -- dependents settled below.
   local kept = ttl
@@ -65,7 +68,7 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
   local now = tostring(at_ms / 1000)
   for _, id in ipairs(dependents) do
     local key = '@TASK_PREFIX@' .. id
-    local fields = redis.call('HMGET', key, 'status', 'waiting_for', 'queue', 'priority')
+    local fields = redis.call('HMGET', key, 'status', 'waiting_for', 'queue', 'priority', 'scheduled_for')
     -- A dependent cancelled meanwhile, or expired, waits no more.
     if fields[1] == 'queued' and fields[2] then
       if status == 'completed' then
@@ -75,6 +78,9 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
         end
         if #waiting > 0 then
           redis.call('HSET', key, 'waiting_for', cjson.encode(waiting))
+        elseif fields[5] then
+          -- Still waiting for its time too: due.lua queues it then.
+          redis.call('HDEL', key, 'waiting_for')
         else
           redis.call('HDEL', key, 'waiting_for')
           redis.call('HSET', key, 'updated_at', now)

@@ -1,0 +1,217 @@
+"""`run_at` and `delay_seconds` (issue 17, item 5): a task that waits for its time, queued, then runs."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import UTC, datetime, timedelta, timezone
+
+import aiohttp
+from conftest import API_KEY, child_env
+
+from taskd import keys
+from taskd.config import LimitsConfig
+from taskd.shapes import MAX_SCHEDULE_AHEAD
+
+
+def rfc3339(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def refused(service, **fields):
+    body = {"project_id": "proj-1", "task_type": "noop", "task_data": {}, **fields}
+    async with service.client.post("/api/v1/tasks/submit", json=body) as response:
+        assert response.status == 400, await response.text()
+        return await response.json()
+
+
+async def started_at(redis, task_id):
+    """The start time as the record holds it (the status document gives whole seconds)."""
+    return float(await redis.hget(keys.task(task_id), "started_at"))
+
+
+async def test_a_delayed_task_waits_queued_with_scheduled_for_then_runs(start_service, redis):
+    taskd = await start_service()
+
+    accepted = await taskd.submit("noop", {}, delay_seconds=1.5)
+    waiting = await taskd.status(accepted["task_id"])
+    body = await taskd.wait_terminal(accepted["task_id"])
+
+    created = float(await redis.hget(keys.task(accepted["task_id"]), "created_at"))
+    assert accepted["status"] == "queued"
+    assert accepted["queue_position"] == 0
+    assert waiting["status"] == "queued"
+    assert waiting["queue_position"] == 0
+    expected = datetime.fromtimestamp(created + 1.5, UTC)
+    assert waiting["scheduled_for"] == rfc3339(expected)
+    assert body["status"] == "completed", body
+    assert "scheduled_for" not in body
+    # Not before its time (the record's times are in ms), and well within generous bounds after it.
+    assert created + 1.5 - 0.002 <= await started_at(redis, accepted["task_id"]) <= created + 1.5 + 10
+
+
+async def test_a_task_scheduled_days_ahead_is_kept_until_then_and_a_day_after(start_service, redis):
+    api_only = await start_service(workers=False)
+    days = 3 * 24 * 3600
+
+    accepted = await api_only.submit("noop", {}, delay_seconds=days)
+
+    ttl = await redis.ttl(keys.task(accepted["task_id"]))
+    assert days + 24 * 3600 - 60 <= ttl <= days + 24 * 3600 + 1
+    assert await redis.ttl(keys.project("proj-1")) >= days + 24 * 3600 - 60
+    assert await redis.ttl(keys.project_active("proj-1")) >= days + 24 * 3600 - 60
+
+
+async def test_a_run_at_in_the_past_runs_now(start_service):
+    taskd = await start_service()
+
+    accepted = await taskd.submit("noop", {}, run_at="2020-01-01T00:00:00Z")
+    body = await taskd.wait_terminal(accepted["task_id"], timeout=10)
+
+    assert accepted["queue_position"] >= 1
+    assert body["status"] == "completed"
+    assert "scheduled_for" not in body
+
+
+async def test_a_run_at_with_an_offset_is_the_same_instant(start_service):
+    api_only = await start_service(workers=False)
+    at = datetime.now(UTC) + timedelta(hours=2)
+
+    in_paris_summer = at.astimezone(timezone(timedelta(hours=2))).isoformat(timespec="seconds")
+
+    accepted = await api_only.submit("noop", {}, run_at=in_paris_summer)
+
+    assert in_paris_summer.endswith("+02:00")
+    assert (await api_only.status(accepted["task_id"]))["scheduled_for"] == rfc3339(at)
+
+
+async def test_more_than_the_limit_ahead_is_a_400_naming_the_field(start_service):
+    api_only = await start_service(workers=False)
+    too_late = datetime.now(UTC) + timedelta(seconds=MAX_SCHEDULE_AHEAD + 3600)
+
+    by_time = await refused(api_only, run_at=rfc3339(too_late))
+    by_delay = await refused(api_only, delay_seconds=MAX_SCHEDULE_AHEAD + 60)
+
+    assert by_time["error"] == "validation_error"
+    assert set(by_time["details"]) == {"run_at"}
+    assert set(by_delay["details"]) == {"delay_seconds"}
+
+
+async def test_the_limit_ahead_is_configurable(start_service):
+    api_only = await start_service(workers=False, limits=LimitsConfig(max_schedule_ahead=60))
+
+    body = await refused(api_only, delay_seconds=61)
+    accepted = await api_only.submit("noop", {}, delay_seconds=59)
+
+    assert body["details"]["delay_seconds"] == "delay_seconds may schedule a task at most 60 seconds ahead"
+    assert accepted["status"] == "queued"
+
+
+async def test_run_at_and_delay_seconds_together_are_a_400(start_service):
+    api_only = await start_service(workers=False)
+
+    body = await refused(api_only, run_at=rfc3339(datetime.now(UTC)), delay_seconds=5)
+
+    assert body["error"] == "validation_error"
+    assert set(body["details"]) == {"run_at", "delay_seconds"}
+
+
+async def test_a_malformed_time_or_delay_is_a_400_naming_the_field(start_service):
+    api_only = await start_service(workers=False)
+
+    for fields in (
+        {"run_at": "tomorrow"},
+        {"run_at": "2030-01-01T00:00:00"},  # no offset: which 00:00?
+        {"run_at": "2030-01-01"},
+        {"run_at": 1893456000},
+        {"delay_seconds": -1},
+        {"delay_seconds": "5"},
+        {"delay_seconds": True},
+    ):
+        body = await refused(api_only, **fields)
+        assert set(body["details"]) == set(fields), fields
+
+
+async def test_a_scheduled_task_cancelled_while_it_waits_never_runs(start_service, redis):
+    taskd = await start_service()
+    accepted = await taskd.submit("noop", {}, delay_seconds=1.5)
+
+    async with taskd.client.delete(f"/api/v1/tasks/{accepted['task_id']}") as response:
+        assert response.status == 200, await response.text()
+        cancelled = await response.json()
+    await asyncio.sleep(3)  # past its time, and several looks for due tasks
+    body = await taskd.status(accepted["task_id"])
+
+    assert cancelled["status"] == "cancelled"
+    assert body["status"] == "cancelled"
+    assert body["previous_state"] == "queued"
+    assert body["started_at"] is None
+    assert body["attempt"] == 0
+    assert "scheduled_for" not in body
+    assert await redis.zscore(keys.SCHEDULED, accepted["task_id"]) is None
+
+
+async def test_a_scheduled_task_does_not_hold_up_its_projects_due_tasks(start_service):
+    api_only = await start_service(workers=False)
+    # High priority and submitted first: had it a place in its project's line, it would be ahead.
+    later = await api_only.submit("noop", {}, delay_seconds=300, priority=1)
+    due = await api_only.submit("noop", {}, priority=3)
+    position = (await api_only.status(due["task_id"]))["queue_position"]
+
+    await start_service(http=False)
+    body = await api_only.wait_terminal(due["task_id"])
+
+    assert due["queue_position"] == 1
+    assert position == 1
+    assert body["status"] == "completed"
+    waiting = await api_only.status(later["task_id"])
+    assert waiting["status"] == "queued"
+    assert "scheduled_for" in waiting
+
+
+async def test_a_scheduled_task_waits_for_its_dependencies_and_its_time(start_service, redis):
+    taskd = await start_service()
+    quick = await taskd.submit("noop", {})
+    slow = await taskd.submit("sleep", {"seconds": 2.5})
+
+    # Its dependency completes first: it still waits for its time.
+    after_time = await taskd.submit("noop", {}, depends_on=[quick["task_id"]], delay_seconds=1.5)
+    # Its time comes first: it still waits for its dependency.
+    after_dependency = await taskd.submit("noop", {}, depends_on=[slow["task_id"]], delay_seconds=0.5)
+    first = await taskd.wait_terminal(after_time["task_id"])
+    second = await taskd.wait_terminal(after_dependency["task_id"])
+
+    assert first["status"] == second["status"] == "completed"
+    created = float(await redis.hget(keys.task(after_time["task_id"]), "created_at"))
+    assert await started_at(redis, after_time["task_id"]) >= created + 1.5 - 0.002
+    slow_done = float(await redis.hget(keys.task(slow["task_id"]), "completed_at"))
+    assert await started_at(redis, after_dependency["task_id"]) >= slow_done
+
+
+async def test_a_scheduled_task_survives_a_restart_and_runs(spawn_taskd, tmp_path):
+    env = child_env(tmp_path / "data")
+    headers = {"X-API-Key": API_KEY}
+    body = {"project_id": "proj-1", "task_type": "noop", "task_data": {}, "delay_seconds": 3}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        first = spawn_taskd("serve", env=env)
+        async with session.post(f"{first.base_url}/api/v1/tasks/submit", json=body) as response:
+            assert response.status == 200, await response.text()
+            task_id = (await response.json())["task_id"]
+        async with session.get(f"{first.base_url}/api/v1/tasks/{task_id}/status") as response:
+            before = await response.json()
+        first.stop(signal.SIGKILL)
+
+        second = spawn_taskd("serve", env=env)
+        async with asyncio.timeout(30):
+            while True:
+                async with session.get(f"{second.base_url}/api/v1/tasks/{task_id}/status") as response:
+                    after = await response.json()
+                if after["status"] != "queued":
+                    break
+                await asyncio.sleep(0.1)
+
+    assert before["status"] == "queued"
+    assert "scheduled_for" in before
+    assert after["status"] == "completed", after
+    # Whole seconds in the document: it started no earlier than the second it was scheduled for.
+    assert after["started_at"] >= before["scheduled_for"]
