@@ -116,6 +116,8 @@ PRIORITIES: Final = (model.PRIORITY_HIGH, model.PRIORITY_NORMAL, model.PRIORITY_
 MIN_KEEP_FOR: Final = 60
 MAX_KEEP_FOR: Final = 30 * 24 * 3600
 MAX_DEPENDS_ON: Final = 20
+# Submissions in one batch request.
+MAX_BATCH: Final = 100
 
 
 @attrs.frozen
@@ -165,6 +167,23 @@ class SubmitRequest:
     )
 
 
+@attrs.frozen
+class BatchRequest:
+    """`POST /api/v1/tasks/batch`: several submissions, stored all or none.
+
+    An item may depend on an earlier item of the batch: `"@<index>"` in its `depends_on` and
+    `{"$ref": "@<index>#/<JSON pointer>"}` in its `task_data` (checked by `taskd.submit.batch`).
+    """
+
+    tasks: list[SubmitRequest] = attrs.field(
+        metadata=meta(
+            'Submissions, in order; "@<index>" names an earlier one in depends_on and in a $ref',
+            minItems=1,
+            maxItems=MAX_BATCH,
+        )
+    )
+
+
 # ---- tasks ----
 
 
@@ -183,6 +202,13 @@ class SubmitResponse:
         metadata=meta("Tasks ahead of it on its queue; 0 while it waits for its dependencies", minimum=0)
     )
     created_at: str = attrs.field(metadata=meta(**TIMESTAMP))
+
+
+@attrs.frozen
+class BatchResponse:
+    """`POST /api/v1/tasks/batch`: each task as stored and queued, in the order submitted."""
+
+    tasks: list[SubmitResponse]
 
 
 @attrs.frozen

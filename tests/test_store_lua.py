@@ -29,7 +29,17 @@ def _used(kind: str, text: str) -> set[int]:
 
 
 def test_the_store_has_its_scripts_and_libraries_as_files():
-    store_scripts = {"submit", "start", "progress", "finish", "requeue", "reclaim", "cancel", "position"}
+    store_scripts = {
+        "submit",
+        "batch",
+        "start",
+        "progress",
+        "finish",
+        "requeue",
+        "reclaim",
+        "cancel",
+        "position",
+    }
     assert set(SCRIPTS) == store_scripts
     assert LIBRARIES
 
