@@ -26,7 +26,8 @@ from taskd.model import RateLimited
 from taskd.store import scripts
 
 WINDOW = 60  # seconds: every limit is "per minute"
-# Which routes spend which quota; a retry creates a task, so it is a submission.
+# Which routes spend which quota; a retry creates a task, so it is a submission. A batch spends one
+# unit of `submit` per item from its handler, which alone knows how many items its body holds.
 POLICIES = {
     ("POST", "/api/v1/tasks/submit"): "submit",
     ("POST", "/api/v1/tasks/{task_id}/retry"): "submit",
