@@ -105,6 +105,19 @@ async def test_an_unknown_dependency_outside_the_batch_stores_nothing(start_serv
     assert await stored_tasks(redis) == 0
 
 
+async def test_an_item_depending_on_an_earlier_item_of_another_project_is_400(start_service, redis):
+    api_only = await start_service(workers=False)
+
+    status, body, _ = await post_batch(
+        api_only, [item("noop", {}, project_id="scene-2"), item("noop", {}, depends_on=["@0"])]
+    )
+
+    assert status == 400, body
+    assert list(body["details"]) == ["tasks[1].depends_on"]
+    assert "belongs to another project" in body["details"]["tasks[1].depends_on"]
+    assert await stored_tasks(redis, "scene-2") == 0
+
+
 async def test_more_than_100_items_or_none_is_400(start_service, redis):
     api_only = await start_service(workers=False)
 
