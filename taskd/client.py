@@ -525,6 +525,21 @@ class TaskClient:
         )
         return _structure(Submitted, answer)
 
+    async def submit_batch(
+        self, tasks: list[dict[str, Any]], *, idempotency_key: str | None = None
+    ) -> list[Submitted]:
+        """Submit up to 100 tasks at once, stored all or none; the answers are in the same order.
+
+        Each item is a submit's body (`project_id`, `task_type`, `task_data`, and any of the
+        optional fields); an item names an earlier one as `"@<index>"` in its `depends_on` and in
+        `{"$ref": "@<index>#/<JSON pointer>"}`. One bad item raises ValidationFailed with details
+        named `tasks[<index>].<field>`, and nothing is stored. `idempotency_key`: as for `submit`.
+        """
+        answer = await self._request(
+            "POST", "/api/v1/tasks/batch", json={"tasks": tasks}, idempotency_key=idempotency_key
+        )
+        return [_structure(Submitted, item) for item in answer["tasks"]]
+
     async def status(self, task_id: str) -> Task:
         """A task's status; raises TaskNotFoundError."""
         return _structure(Task, await self._request("GET", f"/api/v1/tasks/{task_id}/status"))

@@ -100,6 +100,21 @@ def substitute(data: Any, results: Mapping[str, Any], path: str = "task_data") -
     return data
 
 
+def rename(data: Any, ids: Mapping[str, str]) -> Any:
+    """`data` with the task id of each $ref found in `ids` replaced by what it maps to (a batch's
+    "@<index>" by the id of that task)."""
+    if is_ref(data):
+        ref = parse(data[REF])
+        if ref is None or ref.task_id not in ids:
+            return data
+        return {REF: ids[ref.task_id] + data[REF][len(ref.task_id) :]}
+    if isinstance(data, dict):
+        return {key: rename(value, ids) for key, value in data.items()}
+    if isinstance(data, list):
+        return [rename(value, ids) for value in data]
+    return data
+
+
 def blank(data: Any) -> Any:
     """`data` with each $ref object replaced by None: what a submit checks against the task type, its
     errors at a $ref's path set aside (`covers`), since what the $ref brings is known only at run time."""

@@ -118,6 +118,8 @@ MAX_KEEP_FOR: Final = 30 * 24 * 3600
 MAX_DEPENDS_ON: Final = 20
 # How far ahead `run_at`/`delay_seconds` may schedule a task by default (limits.max_schedule_ahead).
 MAX_SCHEDULE_AHEAD: Final = 30 * 24 * 3600
+# Submissions in one batch request.
+MAX_BATCH: Final = 100
 
 
 @attrs.frozen
@@ -182,6 +184,23 @@ class SubmitRequest:
     )
 
 
+@attrs.frozen
+class BatchRequest:
+    """`POST /api/v1/tasks/batch`: several submissions, stored all or none.
+
+    An item may depend on an earlier item of the batch: `"@<index>"` in its `depends_on` and
+    `{"$ref": "@<index>#/<JSON pointer>"}` in its `task_data` (checked by `taskd.submit.batch`).
+    """
+
+    tasks: list[SubmitRequest] = attrs.field(
+        metadata=meta(
+            'Submissions, in order; "@<index>" names an earlier one in depends_on and in a $ref',
+            minItems=1,
+            maxItems=MAX_BATCH,
+        )
+    )
+
+
 # ---- tasks ----
 
 
@@ -203,6 +222,13 @@ class SubmitResponse:
         )
     )
     created_at: str = attrs.field(metadata=meta(**TIMESTAMP))
+
+
+@attrs.frozen
+class BatchResponse:
+    """`POST /api/v1/tasks/batch`: each task as stored and queued, in the order submitted."""
+
+    tasks: list[SubmitResponse]
 
 
 @attrs.frozen

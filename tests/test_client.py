@@ -57,6 +57,32 @@ async def test_submit_with_depends_on_feeds_a_result_into_the_next_task(client):
     assert task.depends_on == [first.task_id]
 
 
+async def test_submit_batch_chains_its_items_by_index_and_answers_in_order(client):
+    first, second = await client.submit_batch(
+        [
+            {"project_id": "films", "task_type": "append", "task_data": {"text": "frame"}},
+            {
+                "project_id": "films",
+                "task_type": "append",
+                "task_data": {"text": {"$ref": "@0#/text"}},
+                "depends_on": ["@0"],
+            },
+        ]
+    )
+
+    task = await client.wait(second.task_id, timeout=10)
+
+    assert task.result == {"text": "frame!!", "length": 7}
+    assert task.depends_on == [first.task_id]
+
+
+async def test_submit_batch_raises_validation_failed_naming_the_item(client):
+    with pytest.raises(ValidationFailed) as refused:
+        await client.submit_batch([{"project_id": "films", "task_type": "noop", "task_data": {}}, {}])
+
+    assert "tasks[1].project_id" in refused.value.details
+
+
 async def test_wait_follows_the_events_and_returns_the_final_status(client):
     submitted = await client.submit("films", "sleep", {"seconds": 0.3, "steps": 3})
     seen = []

@@ -61,10 +61,13 @@ async def test_a_waiting_task_no_longer_lists_a_dependency_that_completed(start_
 
 
 async def test_a_failing_first_step_cancels_the_rest_of_the_chain_naming_each_dependency(start_service):
-    taskd = await start_service()
+    # The chain is stored before any worker runs: a first step that had already failed would
+    # refuse the second's submit.
+    taskd = await start_service(workers=False)
     first = await taskd.submit("fail", {})
     second = await taskd.submit("noop", {}, depends_on=[first["task_id"]])
     third = await taskd.submit("noop", {}, depends_on=[second["task_id"]])
+    await start_service(http=False)
 
     assert (await taskd.wait_terminal(first["task_id"]))["status"] == "failed"
     second_body = await taskd.wait_terminal(second["task_id"])
@@ -221,9 +224,10 @@ async def test_a_ref_value_of_the_wrong_type_fails_with_the_field_named_message(
 
 
 async def test_a_retry_of_a_task_cancelled_by_its_failed_dependency_is_refused(start_service):
-    taskd = await start_service()
+    taskd = await start_service(workers=False)  # stored before its dependency can fail
     first = await taskd.submit("fail", {})
     second = await taskd.submit("noop", {}, depends_on=[first["task_id"]])
+    await start_service(http=False)
     await taskd.wait_for(second["task_id"], lambda b: b["status"] == "cancelled")
 
     async with taskd.client.post(f"/api/v1/tasks/{second['task_id']}/retry") as response:

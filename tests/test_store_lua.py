@@ -31,6 +31,7 @@ def _used(kind: str, text: str) -> set[int]:
 def test_the_store_has_its_scripts_and_libraries_as_files():
     store_scripts = {
         "submit",
+        "batch",
         "start",
         "progress",
         "finish",

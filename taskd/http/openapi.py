@@ -44,6 +44,7 @@ BODIES = (
     shapes.Error,
     shapes.Detail,
     shapes.SubmitResponse,
+    shapes.BatchResponse,
     shapes.TaskStatusBody,
     shapes.ProjectTasks,
     shapes.CancelResponse,
@@ -221,6 +222,12 @@ def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
         }
         variants.append(_ref(f"Submit_{name}"))
     schemas["SubmitRequest"] = {"oneOf": variants, "discriminator": {"propertyName": "task_type"}}
+    batch = generated[class_schema(shapes.BatchRequest, generated)]
+    tasks = batch["properties"]["tasks"]
+    schemas["BatchRequest"] = {
+        **batch,
+        "properties": {"tasks": {**tasks, "items": _ref("SubmitRequest")}},
+    }
 
 
 def _json(schema_name: str, description: str, headers: dict[str, Any] | None = None) -> Schema:
@@ -381,6 +388,28 @@ def _paths() -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _json("SubmitResponse", "Stored and queued", {**_LIMIT_HEADERS, **_REPLAYED}),
+                    **_errors(400, 401, 413, 429, 503, limited=True),
+                    **_REUSED,
+                },
+            }
+        },
+        "/api/v1/tasks/batch": {
+            "post": {
+                "summary": "Submit several tasks, stored all or none (quota `submit`: one per task)",
+                "description": 'A task may depend on an earlier one of the batch: `"@<index>"` in its '
+                '`depends_on`, `{"$ref": "@<index>#/<JSON pointer>"}` in its `task_data`. A 400 names '
+                "each bad field as `tasks[<index>].<field>`.",
+                "operationId": "submit_batch",
+                "security": key,
+                "parameters": [_idempotency_key()],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("BatchRequest")}},
+                },
+                "responses": {
+                    "200": _json(
+                        "BatchResponse", "Stored and queued, in order", {**_LIMIT_HEADERS, **_REPLAYED}
+                    ),
                     **_errors(400, 401, 413, 429, 503, limited=True),
                     **_REUSED,
                 },

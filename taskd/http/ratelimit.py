@@ -26,7 +26,8 @@ from taskd.model import RateLimited
 from taskd.store import scripts
 
 WINDOW = 60  # seconds: every limit is "per minute"
-# Which routes spend which quota; a retry creates a task, so it is a submission.
+# Which routes spend which quota; a retry creates a task, so it is a submission. A batch spends one
+# unit of `submit` per item from its handler, which alone knows how many items its body holds.
 POLICIES = {
     ("POST", "/api/v1/tasks/submit"): "submit",
     ("POST", "/api/v1/tasks/{task_id}/retry"): "submit",
@@ -38,7 +39,7 @@ _HEADERS = web.RequestKey("ratelimit_headers", dict)
 
 @attrs.frozen
 class Decision:
-    """The outcome of spending one unit of a policy's quota."""
+    """The outcome of spending units of a policy's quota."""
 
     policy: str
     limit: int
@@ -75,11 +76,11 @@ class RateLimiter:
     def __init__(self, redis: Redis) -> None:
         self._window = scripts.load(redis, "window", "taskd.http")
 
-    async def hit(self, policy: str, api_key: str, limit: int) -> Decision:
-        """Spend one request of `limit` per minute for `api_key` under `policy`."""
+    async def hit(self, policy: str, api_key: str, limit: int, cost: int = 1) -> Decision:
+        """Spend `cost` requests of `limit` per minute for `api_key` under `policy`, all or none."""
         allowed, remaining, retry_ms, reset_ms = await self._window(
             {"log": keys.rate_limit(policy, key_id(api_key))},
-            {"limit": limit, "window": WINDOW * 1000, "nonce": secrets.token_hex(6)},
+            {"limit": limit, "window": WINDOW * 1000, "nonce": secrets.token_hex(6), "cost": cost},
         )
         return Decision(policy, limit, bool(allowed), int(remaining), int(retry_ms), int(reset_ms))
 
@@ -98,19 +99,28 @@ def _policy(request: web.Request) -> str | None:
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Spend the route's quota for the caller's key; 429 over it. Runs after auth, so the key is valid."""
     policy = _policy(request)
-    api = request.app[API]
-    limit = getattr(api.config.limits, f"{policy}_per_minute", 0) if policy else 0
-    if policy is None or not limit:
-        return await handler(request)
-    decision = await request.app[LIMITER].hit(policy, request.headers.get("X-API-Key", ""), limit)
+    if policy is not None:
+        await spend(request, policy, 1)
+    return await handler(request)
+
+
+async def spend(request: web.Request, policy: str, cost: int) -> None:
+    """Spend `cost` requests of `policy`'s quota for the caller's key, or raise the 429 and spend none.
+
+    The middleware spends one for each request of a route in POLICIES; the batch route spends one
+    per submission of its body, once it has read it.
+    """
+    limit = getattr(request.app[API].config.limits, f"{policy}_per_minute", 0)
+    if not limit:
+        return
+    decision = await request.app[LIMITER].hit(policy, request.headers.get("X-API-Key", ""), limit, cost)
     request[_HEADERS] = decision.headers()
     if not decision.allowed:
+        what = f"{cost} {policy} requests at once" if cost > 1 else f"{policy} requests"
         raise RateLimited(
-            f"Too many {policy} requests: at most {limit} per minute per API key; "
-            f"retry in {decision.retry_after} s",
+            f"Too many {what}: at most {limit} per minute per API key; retry in {decision.retry_after} s",
             decision.retry_after,
         )
-    return await handler(request)
 
 
 async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:

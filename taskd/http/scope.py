@@ -41,6 +41,8 @@ class Touches(enum.Enum):
     PATH_TASK = "path_task"
     # The project named by the JSON body's `project_id`.
     BODY_PROJECT = "body_project"
+    # The projects named by the `project_id` of each of the JSON body's `tasks` (a batch).
+    BODY_PROJECTS = "body_projects"
     # Several projects at once; the handler keeps only what `visible_tasks` returns.
     FILTERED = "filtered"
 
@@ -104,6 +106,8 @@ async def enforce(request: web.Request) -> None:
         await _check_task_owner(request, caller)
     if what is Touches.BODY_PROJECT:
         await _check_body_project(request, caller)
+    if what is Touches.BODY_PROJECTS:
+        await _check_body_projects(request, caller)
 
 
 async def _check_task_owner(request: web.Request, caller: Caller) -> None:
@@ -124,6 +128,21 @@ async def _check_body_project(request: web.Request, caller: Caller) -> None:
         raise ValidationError({"project_id": "Project ID is required"})
     if not caller.may_use(project_id):
         raise ValidationError({"project_id": f"Project '{project_id}' is not available to this API key"})
+
+
+async def _check_body_projects(request: web.Request, caller: Caller) -> None:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return  # the handler answers a body that is not JSON with its own 400
+    items = body.get("tasks") if isinstance(body, dict) else None
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        project_id = item.get("project_id") if isinstance(item, dict) else None
+        # A missing or malformed project is the handler's to name, with the item's other problems.
+        if isinstance(project_id, str) and project_id and not caller.may_use(project_id):
+            raise ValidationError(
+                {f"tasks[{index}].project_id": f"Project '{project_id}' is not available to this API key"}
+            )
 
 
 async def visible_tasks(request: web.Request, task_ids: Iterable[str]) -> set[str]:

@@ -8,6 +8,7 @@ import attrs
 from aiohttp import web
 
 from taskd import shapes
+from taskd.http import ratelimit
 from taskd.http.auth import KEY_ID
 from taskd.http.context import API
 from taskd.http.input_limits import check_body_shape
@@ -15,8 +16,9 @@ from taskd.http.responses import read_json, shape_response
 from taskd.http.scope import Touches, touches
 from taskd.http.views import stamp, status_view
 from taskd.logs import bind_task
-from taskd.model import TaskStatus, iso
+from taskd.model import TaskStatus, ValidationError, iso
 from taskd.net.guard import AddressPolicy, check_callback_url
+from taskd.submit.batch import batch_items, parse_batch
 from taskd.submit.dispatch import Accepted
 from taskd.submit.idempotency import HEADER, REPLAYED, idempotency
 from taskd.submit.submission import parse_submission
@@ -41,21 +43,59 @@ async def submit(request: web.Request) -> web.Response:
     if submission.callback_url:
         await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
     accepted = await api.dispatcher.submit(submission, idempotency=remembered)
+    _log_submitted(accepted)
+    return shape_response(_submit_response(accepted), headers=_replayed(accepted))
+
+
+@routes.post("/api/v1/tasks/batch")
+@touches(Touches.BODY_PROJECTS)
+async def submit_batch(request: web.Request) -> web.Response:
+    """Validate, store and enqueue several tasks, all or none; "@<index>" names an earlier one."""
+    api = request.app[API]
+    body = await read_json(request)
+    items = batch_items(body)
+    # One unit of the submit quota per item, spent before the items are checked, as a submit's is.
+    await ratelimit.spend(request, "submit", len(items))
+    for index, item in enumerate(items):
+        try:
+            check_body_shape(item, api.config.limits)
+        except ValidationError as exc:
+            raise ValidationError(
+                {f"tasks[{index}].{field}": message for field, message in exc.details.items()}, str(exc)
+            ) from None
+    submissions = [
+        attrs.evolve(submission, key_id=request[KEY_ID]) for submission in parse_batch(items, api.registry)
+    ]
+    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, body)
+    policy = AddressPolicy.from_config(api.config)
+    for submission in submissions:
+        if submission.callback_url:
+            await check_callback_url(submission.callback_url, policy)
+    accepted = await api.dispatcher.submit_batch(submissions, idempotency=remembered)
+    for one in accepted:
+        _log_submitted(one)
+    return shape_response(
+        shapes.BatchResponse(tasks=[_submit_response(one) for one in accepted]),
+        headers=_replayed(accepted[0]),
+    )
+
+
+def _log_submitted(accepted: Accepted) -> None:
     with bind_task(accepted.record):
         log.info(
             "task submission replayed" if accepted.replayed else "task submitted",
             extra={"queue": accepted.record.queue, "priority": accepted.record.priority},
         )
-    return shape_response(
-        shapes.SubmitResponse(
-            task_id=accepted.record.task_id,
-            status=accepted.record.status,
-            project_id=accepted.record.project_id,
-            estimated_duration=accepted.estimated_duration,
-            queue_position=accepted.queue_position,
-            created_at=stamp(accepted.record.created_at),
-        ),
-        headers=_replayed(accepted),
+
+
+def _submit_response(accepted: Accepted) -> shapes.SubmitResponse:
+    return shapes.SubmitResponse(
+        task_id=accepted.record.task_id,
+        status=accepted.record.status,
+        project_id=accepted.record.project_id,
+        estimated_duration=accepted.estimated_duration,
+        queue_position=accepted.queue_position,
+        created_at=stamp(accepted.record.created_at),
     )
 
 

@@ -42,6 +42,29 @@ _BAD_DEPENDENCY = {
 QUEUE_FULL_RETRY_AFTER = 30
 
 
+def _project_full(project_id: str, waiting: int, admission: Admission) -> RateLimited:
+    return RateLimited(
+        f"Project '{project_id}' already has {waiting} tasks waiting to start; "
+        f"at most {admission.queued_per_project} may wait at once (its running tasks do not count)",
+        PROJECT_FULL_RETRY_AFTER,
+    )
+
+
+def _queue_full(queue: str, waiting: int) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"Queue '{queue}' is full ({waiting} tasks waiting), please try again later",
+        retry_after=QUEUE_FULL_RETRY_AFTER,
+    )
+
+
+def _not_replicated(replicas: int) -> ServiceUnavailable:
+    # Issue 9: not yet on enough replicas, so a failover now could lose it; the caller may retry.
+    return ServiceUnavailable(
+        f"Task storage could not copy the task to {replicas} replica(s) in time, please try again later",
+        retry_after=5,
+    )
+
+
 @attrs.frozen
 class QueuedJob:
     """The arq job that will run a new task: its id, serialised form, queue score and expiry."""
@@ -133,6 +156,7 @@ class TaskStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
         self._submit = scripts.load(redis, "submit")
+        self._batch = scripts.load(redis, "batch")
         self._start = scripts.load(redis, "start")
         self._progress = scripts.load(redis, "progress")
         self._finish = scripts.load(redis, "finish")
@@ -169,7 +193,6 @@ class TaskStore:
                 "active": keys.project_active(record.project_id),
                 "processing": keys.project_processing(record.project_id),
                 "idempotency": idempotency.key if idempotency else "",
-                "scheduled": keys.SCHEDULED,
             },
             args={
                 "task_id": record.task_id,
@@ -177,7 +200,8 @@ class TaskStore:
                 "ttl": self.task_ttl,
                 "score": job.score,
                 "job_id": job.job_id,
-                "job": job.payload,
+                # arq's job is JSON (orjson), so UTF-8 text.
+                "job": job.payload.decode(),
                 "job_expiry_ms": job.expiry_ms,
                 "queued_limit": admission.queued_per_project,
                 "queue_limit": admission.max_queue_length,
@@ -200,23 +224,11 @@ class TaskStore:
                 "Invalid dependencies",
             )
         if verdict == "ok" and replicated is not None and replicated < self.wait_replicas:
-            # Issue 9: not yet on enough replicas, so a failover now could lose it; the caller may retry.
-            raise ServiceUnavailable(
-                f"Task storage could not copy the task to {self.wait_replicas} replica(s) in time, "
-                "please try again later",
-                retry_after=5,
-            )
+            raise _not_replicated(self.wait_replicas)
         if verdict == "project_full":
-            raise RateLimited(
-                f"Project '{record.project_id}' already has {reply[1]} tasks waiting to start; "
-                f"at most {admission.queued_per_project} may wait at once (its running tasks do not count)",
-                PROJECT_FULL_RETRY_AFTER,
-            )
+            raise _project_full(record.project_id, int(reply[1]), admission)
         if verdict == "queue_full":
-            raise ServiceUnavailable(
-                f"Queue '{record.queue}' is full ({reply[1]} tasks waiting), please try again later",
-                retry_after=QUEUE_FULL_RETRY_AFTER,
-            )
+            raise _queue_full(record.queue, int(reply[1]))
         if verdict == "replayed":
             _, position, duration_sum, duration_count, task_id, created_ms = reply
             return Created(
@@ -236,12 +248,103 @@ class TaskStore:
             created_at=record.created_at,
         )
 
+    async def create_batch(
+        self,
+        batch: Sequence[tuple[TaskRecord, QueuedJob]],
+        admission: Admission,
+        idempotency: Idempotency | None = None,
+    ) -> list[Created]:
+        """Admit, store, index, count and enqueue every record of a batch in one script, all or nothing.
+
+        As `create` for each record, its refusals naming the first record refused (`tasks[i]`); a
+        record's dependencies may name the batch's earlier records. A replay gives the first
+        request's tasks, in order.
+        """
+        tasks = [
+            {
+                "id": record.task_id,
+                "project": record.project_id,
+                "queue": record.queue,
+                "task_type": record.task_type,
+                "created_ms": str(int(record.created_at * 1000)),
+                "score": str(job.score),
+                "job_id": job.job_id,
+                # arq's job is JSON (orjson), so UTF-8 text.
+                "job": job.payload.decode(),
+                "job_expiry_ms": str(job.expiry_ms),
+                "depends_on": record.depends_on or [],
+                "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
+                "fields": [
+                    part
+                    for name, value in encode(record).items()
+                    for part in (name, value.decode() if isinstance(value, bytes) else value)
+                ],
+            }
+            for record, job in batch
+        ]
+        reply, replicated = await self._run(
+            self._batch,
+            key_names={"metrics": keys.METRICS, "idempotency": idempotency.key if idempotency else ""},
+            args={
+                "ttl": self.task_ttl,
+                "queued_limit": admission.queued_per_project,
+                "queue_limit": admission.max_queue_length,
+                "aging_ms": self.aging_ms,
+                "fingerprint": idempotency.fingerprint if idempotency else "",
+                "idempotency_ttl": keys.IDEMPOTENCY_TTL,
+                "tasks": orjson.dumps(tasks),
+            },
+        )
+        verdict = reply[0].decode()
+        if verdict == "idempotency_key_reused":
+            raise IdempotencyKeyReused()
+        if verdict == "bad_dependency":
+            _, index, task_id, why = reply
+            raise ValidationError(
+                {f"tasks[{int(index)}].depends_on": _BAD_DEPENDENCY[why.decode()].format(task_id.decode())},
+                "Invalid dependencies",
+            )
+        if verdict == "project_full":
+            raise _project_full(batch[int(reply[1])][0].project_id, int(reply[2]), admission)
+        if verdict == "queue_full":
+            raise _queue_full(batch[int(reply[1])][0].queue, int(reply[2]))
+        if verdict == "replayed":
+            results, task_ids, created_ms = (orjson.loads(part) for part in reply[1:])
+            return [
+                Created(
+                    int(position),
+                    float(duration_sum),
+                    int(duration_count),
+                    task_id,
+                    int(created) / 1000,
+                    True,
+                )
+                for (position, duration_sum, duration_count), task_id, created in zip(
+                    results, task_ids, created_ms, strict=True
+                )
+            ]
+        if replicated is not None and replicated < self.wait_replicas:
+            raise _not_replicated(self.wait_replicas)
+        return [
+            Created(
+                int(position), float(duration_sum), int(duration_count), record.task_id, record.created_at
+            )
+            for (position, duration_sum, duration_count), (record, _) in zip(
+                orjson.loads(reply[1]), batch, strict=True
+            )
+        ]
+
     async def _create(self, key_names: Mapping[str, str], args: Mapping[str, Any]) -> tuple[Any, int | None]:
+        return await self._run(self._submit, key_names, args)
+
+    async def _run(
+        self, script: scripts.Script, key_names: Mapping[str, str], args: Mapping[str, Any]
+    ) -> tuple[Any, int | None]:
         # WAIT counts the writes of its own connection, so it follows the script in one pipeline.
         if not self.wait_replicas:
-            return await self._submit(keys=key_names, args=args), None
+            return await script(keys=key_names, args=args), None
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._submit(keys=key_names, args=args, client=pipe)
+            await script(keys=key_names, args=args, client=pipe)
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             reply, replicated = await pipe.execute()
         return reply, int(replicated)

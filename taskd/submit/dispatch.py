@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 from redis.asyncio import Redis
 
-from taskd import keys
+from taskd import keys, refs
 from taskd.media import capacity
 from taskd.media.capacity import MediaCapacity
 from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
 from taskd.queue.task_queue import TaskQueue
-from taskd.store import Admission, CancelOutcome, Idempotency, TaskStore
+from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJob, TaskStore
+from taskd.submit.batch import batch_ref
 from taskd.submit.submission import Submission
 from taskd.tasks.registry import Registry
 
@@ -67,11 +68,55 @@ class Dispatcher:
         With an `idempotency` key seen before, the same script creates nothing and answers with the
         first request's task (or raises IdempotencyKeyReused for another request under that key).
         """
+        record, job = self._new(submission, str(uuid.uuid4()), retry_of)
+        created = await self.store.create(record, job, self.admission, idempotency)
+        if created.replayed:
+            # The record as the first request made it, from the same submission.
+            record = attrs.evolve(record, task_id=created.task_id, created_at=created.created_at)
+        elif self.on_enqueued is not None:
+            self.on_enqueued(record.queue)
+        return self._accepted(record, created)
+
+    async def submit_batch(
+        self, submissions: Sequence[Submission], idempotency: Idempotency | None = None
+    ) -> list[Accepted]:
+        """Store a batch in one Redis script, all or nothing; answers in the submissions' order.
+
+        Each task's id is chosen first, so an `"@<index>"` in depends_on and in a $ref (an earlier
+        submission of the batch: taskd.submit.batch checked that) becomes that task's id before
+        anything is stored.
+        """
+        ids = [str(uuid.uuid4()) for _ in submissions]
+        batch_ids = {batch_ref(index): task_id for index, task_id in enumerate(ids)}
+        new = [
+            self._new(
+                attrs.evolve(
+                    submission,
+                    depends_on=[batch_ids.get(id_, id_) for id_ in submission.depends_on],
+                    task_data=refs.rename(submission.task_data, batch_ids),
+                ),
+                task_id,
+            )
+            for submission, task_id in zip(submissions, ids, strict=True)
+        ]
+        created = await self.store.create_batch(new, self.admission, idempotency)
+        if not created[0].replayed and self.on_enqueued is not None:
+            for queue in dict.fromkeys(record.queue for record, _ in new):
+                self.on_enqueued(queue)
+        return [
+            self._accepted(attrs.evolve(record, task_id=made.task_id, created_at=made.created_at), made)
+            for (record, _), made in zip(new, created, strict=True)
+        ]
+
+    def _new(
+        self, submission: Submission, task_id: str, retry_of: str | None = None
+    ) -> tuple[TaskRecord, QueuedJob]:
+        """The record and first job of a new task; a 503 while its type's media could not be stored."""
         task_type = self.registry.types[submission.task_type]
         if task_type.stores_media and self.media_capacity is not None and self.media_capacity.is_full():
             raise ServiceUnavailable(capacity.REFUSED, retry_after=capacity.RETRY_AFTER)
         record = TaskRecord(
-            task_id=str(uuid.uuid4()),
+            task_id=task_id,
             project_id=submission.project_id,
             task_type=submission.task_type,
             queue=task_type.queue,
@@ -89,16 +134,13 @@ class Dispatcher:
         job = self.queue.new_job(record.task_id, 1, record.priority, record.created_at)
         record.job_id = job.job_id
         record.updated_at = record.created_at
-        created = await self.store.create(record, job, self.admission, idempotency)
-        if created.replayed:
-            # The record as the first request made it, from the same submission.
-            record = attrs.evolve(record, task_id=created.task_id, created_at=created.created_at)
-        elif self.on_enqueued is not None:
-            self.on_enqueued(record.queue)
+        return record, job
+
+    def _accepted(self, record: TaskRecord, created: Created) -> Accepted:
         if created.duration_count:
             estimate = created.duration_sum / created.duration_count
         else:
-            estimate = task_type.expected_duration
+            estimate = self.registry.types[record.task_type].expected_duration
         return Accepted(record, created.position, max(1, round(estimate)), created.replayed)
 
     async def cancel(self, task_id: str) -> CancelOutcome:

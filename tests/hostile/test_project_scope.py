@@ -165,6 +165,22 @@ async def test_a_scoped_key_cannot_submit_to_another_project(seeded):
     assert f"Project '{OTHER}' is not available to this API key" in body
 
 
+async def test_a_scoped_key_cannot_name_another_project_in_a_batch(seeded):
+    own = {"project_id": OWN, "task_type": "noop", "task_data": {}}
+    other = {"project_id": OTHER, "task_type": "noop", "task_data": {}}
+
+    async with (
+        aiohttp.ClientSession(seeded.running.base_url, timeout=TIMEOUT) as session,
+        session.post(
+            "/api/v1/tasks/batch", json={"tasks": [own, other]}, headers={"X-API-Key": TENANT_KEY}
+        ) as response,
+    ):
+        status, body = response.status, await response.json()
+
+    assert status == 400
+    assert body["details"] == {"tasks[1].project_id": f"Project '{OTHER}' is not available to this API key"}
+
+
 async def test_no_route_shows_a_scoped_key_an_id_or_url_of_another_project(seeded):
     leaks: dict[str, list[str]] = {}
     async with aiohttp.ClientSession(seeded.running.base_url, timeout=TIMEOUT) as session:

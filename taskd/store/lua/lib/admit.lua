@@ -1,0 +1,95 @@
+-- lib/admit.lua: the steps of admitting and storing one new task, shared by submit.lua (one task)
+-- and batch.lua (many, checked all before any is written, so a refusal writes nothing).
+--
+-- Library functions: the scripts that include them get them prepended, so they read no KEYS or
+-- ARGV of their own; their callers pass the keys and values they work on.
+-- KEYS: none
+-- ARGV: none
+--   unmet(project, depends_on, pending)     the dependencies not yet completed (the task's
+--                                            waiting_for), or nil, id, why for one it may not have
+--     pending   id -> project of the tasks the same script stores before this one (batch.lua);
+--               each counts as a queued task of that project
+--   queued(active_key, processing_key, at)  how many of a project's tasks wait (queued); when
+--                                            that reaches `at`, ids that ended are dropped first
+--   store(task)                             writes the task
+--     task: key, id, project, project_key, active_key, created_ms, ttl, fields (name, value, ...),
+--           waiting_for, job_key, job, job_expiry_ms, job_id, score, aging_ms, queue, task_type,
+--           metrics_key, scheduled_ms (when it may queue, in ms; 0 or nil: now)
+-- Returns: unmet the list of ids (or nil, id, why: 'unknown', 'project', 'failed' or
+-- 'cancelled'); queued a count; store the task's 1-based queue position (lib/fair.lua's place).
+-- A task with dependencies not yet completed
+-- is stored queued with `waiting_for` (a JSON list of them) and no job (its `job_id` left out,
+-- `enqueues` 0), and added to each one's taskd:dependents:{id}; lib/ended.lua queues it when the
+-- last one completes. A task scheduled for later is stored the same way, queued with
+-- `scheduled_for` and no job, and added to taskd:scheduled, its record (and the project's index
+-- and active set) kept until `ttl` past its time; due.lua queues it when its time comes. Until then
+-- it is in no line, so it holds up no other task of its project and counts in no queue position.
+-- Either way its position is 0.
+-- include lib/emit.lua
+-- include lib/fair.lua
+local function unmet(project, depends_on, pending)
+  local waiting_for = {}
+  for _, id in ipairs(depends_on) do
+    if pending[id] then
+      if pending[id] ~= project then return nil, id, 'project' end
+      table.insert(waiting_for, id)
+    else
+      local dependency = redis.call('HMGET', '@TASK_PREFIX@' .. id, 'status', 'project_id')
+      if not dependency[1] then return nil, id, 'unknown' end
+      if dependency[2] ~= project then return nil, id, 'project' end
+      if dependency[1] == 'failed' or dependency[1] == 'cancelled' then return nil, id, dependency[1] end
+      if dependency[1] ~= 'completed' then table.insert(waiting_for, id) end
+    end
+  end
+  return waiting_for
+end
+
+local function queued(active_key, processing_key, at)
+  if redis.call('SCARD', active_key) - redis.call('SCARD', processing_key) >= at then
+    for _, id in ipairs(redis.call('SMEMBERS', active_key)) do
+      local status = redis.call('HGET', '@TASK_PREFIX@' .. id, 'status')
+      if status ~= 'queued' and status ~= 'processing' then redis.call('SREM', active_key, id) end
+    end
+  end
+  return redis.call('SCARD', active_key) - redis.call('SCARD', processing_key)
+end
+
+local function store(task)
+  for i = 1, #task.fields, 2 do redis.call('HSET', task.key, task.fields[i], task.fields[i + 1]) end
+  redis.call('EXPIRE', task.key, task.ttl)
+  redis.call('ZADD', task.project_key, task.created_ms, task.id)
+  redis.call('EXPIRE', task.project_key, task.ttl)
+  redis.call('SADD', task.active_key, task.id)
+  redis.call('EXPIRE', task.active_key, task.ttl)
+  redis.call('HINCRBY', task.metrics_key, 'total_tasks', 1)
+  redis.call('HINCRBY', task.metrics_key, 'submitted:' .. task.task_type, 1)
+  local position = 0
+  local scheduled_ms = tonumber(task.scheduled_ms) or 0
+  if #task.waiting_for > 0 or scheduled_ms > 0 then
+    redis.call('HDEL', task.key, 'job_id')
+    redis.call('HSET', task.key, 'enqueues', 0)
+    if #task.waiting_for > 0 then
+      redis.call('HSET', task.key, 'waiting_for', cjson.encode(task.waiting_for))
+      for _, id in ipairs(task.waiting_for) do
+        redis.call('SADD', '@DEPENDENTS_PREFIX@' .. id, task.id)
+        redis.call('EXPIRE', '@DEPENDENTS_PREFIX@' .. id, task.ttl)
+      end
+    end
+    if scheduled_ms > 0 then
+      redis.call('ZADD', '@SCHEDULED@', scheduled_ms, task.id)
+      -- Kept while it waits for its time (up to limits.max_schedule_ahead) and `ttl` after, as a
+      -- task queued then would be; so is its place in its project's index and active set.
+      local kept = tonumber(task.ttl) + math.ceil((scheduled_ms - tonumber(task.created_ms)) / 1000)
+      for _, key in ipairs({task.key, task.project_key, task.active_key}) do
+        if redis.call('TTL', key) < kept then redis.call('EXPIRE', key, kept) end
+      end
+    end
+  else
+    redis.call('SET', task.job_key, task.job, 'PX', task.job_expiry_ms)
+    wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms), tonumber(task.aging_ms))
+    redis.call('PUBLISH', '@WAKE@', task.queue)
+    position = place(task.queue, task.project, task.job_id)
+  end
+  emit(task.key, 'status')
+  return position
+end

@@ -1,0 +1,182 @@
+"""`POST /api/v1/tasks/batch` (issue 17, item 3): several submissions, stored all or none, whose
+items may depend on earlier items of the same batch by index ("@<index>")."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from taskd import keys
+from taskd.config import LimitsConfig
+from taskd.shapes import MAX_BATCH
+
+BATCH = "/api/v1/tasks/batch"
+
+
+def item(task_type: str, task_data: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"project_id": "scene-1", "task_type": task_type, "task_data": task_data, **fields}
+
+
+async def post_batch(service, tasks: Any, **headers: str) -> tuple[int, Any, Any]:
+    async with service.client.post(BATCH, json={"tasks": tasks}, headers=headers) as response:
+        return response.status, await response.json(), response.headers
+
+
+async def stored_tasks(redis: Redis, project_id: str = "scene-1") -> int:
+    return int(await redis.zcard(keys.project(project_id)))
+
+
+async def test_a_batch_of_three_chained_items_runs_as_a_chain_and_answers_in_order(start_service, redis):
+    taskd = await start_service()
+    status, body, _ = await post_batch(
+        taskd,
+        [
+            item("append", {"text": "storyboard"}),
+            item("append", {"text": {"$ref": "@0#/text"}}, depends_on=["@0"]),
+            item("append", {"text": {"$ref": "@1#/text"}, "suffix": "?"}, depends_on=["@1"]),
+        ],
+    )
+
+    assert status == 200, body
+    first, second, third = body["tasks"]
+    assert [task["status"] for task in body["tasks"]] == ["queued"] * 3
+    assert [task["queue_position"] for task in (second, third)] == [0, 0]
+    last = await taskd.wait_terminal(third["task_id"])
+    assert last["status"] == "completed", last
+    assert last["result"]["text"] == "storyboard!!?"
+    assert last["depends_on"] == [second["task_id"]]
+    stored_data = orjson.loads(await redis.hget(keys.task(third["task_id"]), "task_data"))
+    assert stored_data["text"] == {"$ref": f"{second['task_id']}#/text"}
+    assert (await taskd.status(second["task_id"]))["depends_on"] == [first["task_id"]]
+
+
+async def test_a_batch_with_one_bad_item_stores_nothing_and_names_the_item(start_service, redis):
+    api_only = await start_service(workers=False)
+    good = item("generate_video", {"duration": 7})
+
+    status, body, _ = await post_batch(api_only, [good, good, good, item("generate_video", {"duration": -1})])
+
+    assert status == 400, body
+    assert body["error"] == "validation_error"
+    assert list(body["details"]) == ["tasks[3].task_data.duration"]
+    assert await stored_tasks(redis) == 0
+
+
+async def test_an_item_naming_a_later_or_missing_item_is_400_and_stores_nothing(start_service, redis):
+    api_only = await start_service(workers=False)
+
+    status, body, _ = await post_batch(
+        api_only,
+        [
+            item("noop", {}, depends_on=["@1"]),
+            item("noop", {}, depends_on=["@1"]),
+            item("noop", {}, depends_on=["@7"]),
+            item("noop", {}),
+        ],
+    )
+
+    assert status == 400, body
+    assert set(body["details"]) == {"tasks[0].depends_on", "tasks[1].depends_on", "tasks[2].depends_on"}
+    assert await stored_tasks(redis) == 0
+
+
+async def test_a_ref_to_an_item_not_in_depends_on_is_400(start_service):
+    api_only = await start_service(workers=False)
+
+    status, body, _ = await post_batch(
+        api_only, [item("append", {"text": "a"}), item("append", {"text": {"$ref": "@0#/text"}})]
+    )
+
+    assert status == 400, body
+    assert list(body["details"]) == ["tasks[1].task_data.text"]
+
+
+async def test_an_unknown_dependency_outside_the_batch_stores_nothing(start_service, redis):
+    api_only = await start_service(workers=False)
+
+    status, body, _ = await post_batch(api_only, [item("noop", {}), item("noop", {}, depends_on=["nope"])])
+
+    assert status == 400, body
+    assert body["details"] == {"tasks[1].depends_on": "Unknown task 'nope'"}
+    assert await stored_tasks(redis) == 0
+
+
+async def test_an_item_depending_on_an_earlier_item_of_another_project_is_400(start_service, redis):
+    api_only = await start_service(workers=False)
+
+    status, body, _ = await post_batch(
+        api_only, [item("noop", {}, project_id="scene-2"), item("noop", {}, depends_on=["@0"])]
+    )
+
+    assert status == 400, body
+    assert list(body["details"]) == ["tasks[1].depends_on"]
+    assert "belongs to another project" in body["details"]["tasks[1].depends_on"]
+    assert await stored_tasks(redis, "scene-2") == 0
+
+
+async def test_more_than_100_items_or_none_is_400(start_service, redis):
+    api_only = await start_service(workers=False)
+
+    too_many = await post_batch(api_only, [item("noop", {})] * (MAX_BATCH + 1))
+    empty = await post_batch(api_only, [])
+
+    assert (too_many[0], empty[0]) == (400, 400)
+    assert list(too_many[1]["details"]) == ["tasks"]
+    assert await stored_tasks(redis) == 0
+
+
+async def test_a_full_project_refuses_the_whole_batch(start_service, redis):
+    api_only = await start_service(workers=False, limits=LimitsConfig(queued_per_project=2))
+
+    status, body, _ = await post_batch(api_only, [item("noop", {})] * 3)
+
+    assert status == 429, body
+    assert await stored_tasks(redis) == 0
+
+
+async def test_each_item_counts_for_the_rate_limit(start_service, redis):
+    api_only = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=3, concurrent_per_project=0)
+    )
+
+    refused = await post_batch(api_only, [item("noop", {})] * 4)
+    accepted = await post_batch(api_only, [item("noop", {})] * 3)
+    after = await post_batch(api_only, [item("noop", {})])
+
+    assert refused[0] == 429, refused[1]
+    assert accepted[0] == 200, accepted[1]
+    assert accepted[2]["RateLimit"] == '"submit";r=0;t=60'
+    assert after[0] == 429
+    assert await stored_tasks(redis) == 3
+
+
+async def test_an_idempotent_batch_replays_the_first_answer_and_creates_nothing(start_service, redis):
+    api_only = await start_service(workers=False)
+    tasks = [item("noop", {}), item("noop", {}, depends_on=["@0"])]
+    first = await post_batch(api_only, tasks, **{"Idempotency-Key": "scene-1"})
+
+    again = await post_batch(api_only, tasks, **{"Idempotency-Key": "scene-1"})
+    other = await post_batch(api_only, tasks[:1], **{"Idempotency-Key": "scene-1"})
+
+    assert (first[0], again[0]) == (200, 200)
+    assert again[1] == first[1]
+    assert again[2]["Idempotent-Replayed"] == "true"
+    assert other[0] == 422
+    assert await stored_tasks(redis) == 2
+
+
+async def test_the_readme_pipeline_example_is_accepted(start_service):
+    api_only = await start_service(workers=False)
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"curl [^`]*?/api/v1/tasks/batch[^`]*?-d '(?P<body>.*?)'\n", readme, re.DOTALL)
+    assert example is not None
+
+    async with api_only.client.post(BATCH, data=example["body"]) as response:
+        body = await response.json()
+
+    assert response.status == 200, body
+    assert len(body["tasks"]) == len(orjson.loads(example["body"])["tasks"])
