@@ -180,3 +180,25 @@ async def test_the_readme_pipeline_example_is_accepted(start_service):
 
     assert response.status == 200, body
     assert len(body["tasks"]) == len(orjson.loads(example["body"])["tasks"])
+
+
+async def test_a_batch_item_scheduled_for_later_waits_for_its_time_off_the_queue(start_service, redis):
+    api_only = await start_service(workers=False)
+    status, body, _ = await post_batch(
+        api_only, [item("noop", {}), item("noop", {}, delay_seconds=600), item("noop", {})]
+    )
+
+    assert status == 200, body
+    later = body["tasks"][1]["task_id"]
+    assert (await api_only.status(later))["scheduled_for"] is not None
+    assert await redis.zscore(keys.SCHEDULED, later) is not None
+    assert [task["queue_position"] for task in body["tasks"]] == [1, 0, 2]
+
+
+async def test_a_batchs_items_of_one_project_queue_in_the_batchs_order(start_service):
+    api_only = await start_service(workers=False)
+
+    status, body, _ = await post_batch(api_only, [item("noop", {}) for _ in range(8)])
+
+    assert status == 200, body
+    assert [task["queue_position"] for task in body["tasks"]] == list(range(1, 9))

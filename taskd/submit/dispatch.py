@@ -88,6 +88,9 @@ class Dispatcher:
         """
         ids = [str(uuid.uuid4()) for _ in submissions]
         batch_ids = {batch_ref(index): task_id for index, task_id in enumerate(ids)}
+        # One millisecond apart, the last now: a job's score is its creation in ms, and items of one
+        # project created in the same millisecond would leave their order in its line to chance.
+        last = now()
         new = [
             self._new(
                 attrs.evolve(
@@ -96,8 +99,9 @@ class Dispatcher:
                     task_data=refs.rename(submission.task_data, batch_ids),
                 ),
                 task_id,
+                created_at=last - (len(submissions) - 1 - index) / 1000,
             )
-            for submission, task_id in zip(submissions, ids, strict=True)
+            for index, (submission, task_id) in enumerate(zip(submissions, ids, strict=True))
         ]
         created = await self.store.create_batch(new, self.admission, idempotency)
         if not created[0].replayed and self.on_enqueued is not None:
@@ -109,7 +113,11 @@ class Dispatcher:
         ]
 
     def _new(
-        self, submission: Submission, task_id: str, retry_of: str | None = None
+        self,
+        submission: Submission,
+        task_id: str,
+        retry_of: str | None = None,
+        created_at: float | None = None,
     ) -> tuple[TaskRecord, QueuedJob]:
         """The record and first job of a new task; a 503 while its type's media could not be stored."""
         task_type = self.registry.types[submission.task_type]
@@ -130,6 +138,7 @@ class Dispatcher:
             keep_for=submission.keep_for,
             scheduled_for=submission.scheduled_for,
             enqueues=1,
+            created_at=now() if created_at is None else created_at,
         )
         job = self.queue.new_job(record.task_id, 1, record.priority, record.created_at)
         record.job_id = job.job_id
