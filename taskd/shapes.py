@@ -208,6 +208,17 @@ class TaskStatusBody:
 
 
 @attrs.frozen
+class WaitedTaskStatus(TaskStatusBody):
+    """`POST /api/v1/tasks/submit` with `Prefer: wait=N`: the task's status when it ended or N s passed."""
+
+    schema_name: ClassVar[str] = "WaitedTaskStatus"
+
+    estimated_duration: int = attrs.field(
+        kw_only=True, metadata=meta("Seconds the task is expected to run", minimum=1)
+    )
+
+
+@attrs.frozen
 class TaskListItem:
     """One entry of a project's task list."""
 
