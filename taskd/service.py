@@ -147,6 +147,7 @@ class Service:
             self.config.redis.wait_timeout,
             concurrent_per_project=self.config.limits.concurrent_per_project,
             aging_window=self.config.execution.priority_aging,
+            progress_interval=self.config.webhooks.progress_interval,
         )
         queue = TaskQueue(redis, self.config.execution.priority_aging)
         gpu = GpuScheduler(redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id)

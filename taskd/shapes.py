@@ -112,6 +112,8 @@ PROJECT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 CALLBACK_URL: Final = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 MAX_CALLBACK_URL: Final = 2048
 PRIORITIES: Final = (model.PRIORITY_HIGH, model.PRIORITY_NORMAL, model.PRIORITY_LOW)
+WebhookEvent = Literal["started", "progress", "completed", "failed", "cancelled"]
+WEBHOOK_EVENTS: Final[tuple[str, ...]] = typing.get_args(WebhookEvent)
 
 
 @attrs.frozen
@@ -140,6 +142,13 @@ class SubmitRequest:
     )
     metadata: dict[str, Any] = attrs.field(
         factory=dict, metadata=meta("Kept with the task and sent back in its webhook")
+    )
+    webhook_events: list[WebhookEvent] | None = attrs.field(
+        default=None,
+        metadata=meta(
+            "Which events send a webhook to `callback_url`; absent: `completed`, `failed`, `cancelled`"
+            " (`progress` at most once per `webhooks.progress_interval`)"
+        ),
     )
 
 

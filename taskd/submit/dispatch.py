@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import cast
 
 import attrs
 from redis.asyncio import Redis
@@ -13,6 +14,7 @@ from taskd.media import capacity
 from taskd.media.capacity import MediaCapacity
 from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
 from taskd.queue.task_queue import TaskQueue
+from taskd.shapes import WebhookEvent
 from taskd.store import Admission, CancelOutcome, TaskStore
 from taskd.submit.submission import Submission
 from taskd.tasks.registry import Registry
@@ -69,6 +71,7 @@ class Dispatcher:
             priority=submission.priority,
             callback_url=submission.callback_url,
             metadata=submission.metadata,
+            webhook_events=list(submission.webhook_events) if submission.webhook_events is not None else None,
             retry_of=retry_of,
             key_id=submission.key_id,
             enqueues=1,
@@ -112,6 +115,8 @@ class Dispatcher:
             priority=record.priority,
             callback_url=record.callback_url,
             metadata=record.metadata,
+            # Checked against WEBHOOK_EVENTS when first submitted.
+            webhook_events=cast(list[WebhookEvent] | None, record.webhook_events),
             # The callback URL is the original submitter's, so its webhook stays signed with their secret.
             key_id=record.key_id,
         )

@@ -10,12 +10,19 @@ been read as none; and `task_data` is checked against its task type's own input 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
 from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, ValidationError
-from taskd.shapes import CALLBACK_URL, MAX_CALLBACK_URL, PROJECT_ID, SubmitRequest
+from taskd.shapes import (
+    CALLBACK_URL,
+    MAX_CALLBACK_URL,
+    PROJECT_ID,
+    WEBHOOK_EVENTS,
+    SubmitRequest,
+    WebhookEvent,
+)
 from taskd.tasks.registry import Registry
 
 __all__ = ["CALLBACK_URL", "MAX_CALLBACK_URL", "PROJECT_ID", "Submission", "parse_submission"]
@@ -52,6 +59,17 @@ def _callback_url(value: Any, details: dict[str, str]) -> None:
         )
 
 
+def _webhook_events(value: Any, details: dict[str, str]) -> list[WebhookEvent] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(event, str) and event in WEBHOOK_EVENTS for event in value
+    ):
+        details["webhook_events"] = "Webhook events must be a list of: " + ", ".join(WEBHOOK_EVENTS)
+        return None
+    return cast(list[WebhookEvent], list(dict.fromkeys(value)))  # each event once, in the order given
+
+
 def parse_submission(body: Any, registry: Registry) -> Submission:
     """Check a decoded JSON body; raise ValidationError naming every bad field (task_data's included)."""
     if not isinstance(body, dict):
@@ -61,6 +79,7 @@ def parse_submission(body: Any, registry: Registry) -> Submission:
     priority = body.get("priority", PRIORITY_NORMAL)
     _priority(priority, details)
     _callback_url(body.get("callback_url"), details)
+    webhook_events = _webhook_events(body.get("webhook_events"), details)
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         details["metadata"] = "Metadata must be an object"
@@ -95,4 +114,5 @@ def parse_submission(body: Any, registry: Registry) -> Submission:
         priority=priority,
         callback_url=body.get("callback_url"),
         metadata=metadata,
+        webhook_events=webhook_events,
     )
