@@ -110,6 +110,16 @@ async def test_progress_webhooks_are_coalesced_to_one_per_interval_carrying_the_
     assert receiver.received[-1].json["event"] == "completed"
 
 
+async def test_an_end_left_out_of_webhook_events_cannot_be_redelivered(start, receiver):
+    service = await start()
+    task_id = await submit_sleep(service, receiver, 0.1, 1, webhook_events=[])
+    await service.wait_terminal(task_id)
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        assert response.status == 400
+        assert "webhook_events" in (await response.json())["detail"]
+
+
 @pytest.mark.parametrize("events", ["completed", ["done"], [1], {"started": True}])
 async def test_webhook_events_must_be_a_list_of_known_events(start, receiver, events):
     service = await start(workers=False)
