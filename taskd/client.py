@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any, Self, TypeVar
 
@@ -165,6 +165,8 @@ class Submitted:
     queue_position: int | None = None
     created_at: datetime | None = None
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+    # With `submit(wait=…)` honoured: the task's status when it ended or the wait was up.
+    task: Task | None = None
 
 
 @attrs.frozen
@@ -440,12 +442,17 @@ class TaskClient:
         json: Any = None,
         params: dict[str, Any] | None = None,
         ok: tuple[int, ...] = (200,),
+        extra_headers: dict[str, str] | None = None,
+        extra_time: float = 0.0,
     ) -> Any:
         data = orjson.dumps(json) if json is not None else None
         headers = self._headers({"Content-Type": "application/json"} if data is not None else None)
+        headers.update(extra_headers or {})
+        # A request the server holds on purpose (Prefer: wait) may take that much longer.
+        timeout = aiohttp.ClientTimeout(total=self.timeout + extra_time) if extra_time else None
         try:
             async with self.session.request(
-                method, self.url + path, data=data, params=params, headers=headers
+                method, self.url + path, data=data, params=params, headers=headers, timeout=timeout
             ) as response:
                 raw = await response.read()
                 try:
@@ -469,8 +476,15 @@ class TaskClient:
         priority: int = 2,
         callback_url: str | None = None,
         metadata: dict[str, Any] | None = None,
+        webhook_events: Sequence[str] | None = None,
+        wait: int | None = None,
     ) -> Submitted:
-        """Submit a task; raises ValidationFailed with per-field `details` when it is refused."""
+        """Submit a task; raises ValidationFailed with per-field `details` when it is refused.
+
+        `webhook_events`: which events POST to `callback_url` (default the three ends). `wait`
+        (1..60 s): `Prefer: wait`, the answer comes when the task ends or the time is up, with
+        its status in `task` (None where the server did not wait).
+        """
         body: dict[str, Any] = {
             "project_id": project_id,
             "task_type": task_type,
@@ -480,7 +494,19 @@ class TaskClient:
         }
         if callback_url:
             body["callback_url"] = callback_url
-        return _structure(Submitted, await self._request("POST", "/api/v1/tasks/submit", json=body))
+        if webhook_events is not None:
+            body["webhook_events"] = list(webhook_events)
+        answer = await self._request(
+            "POST",
+            "/api/v1/tasks/submit",
+            json=body,
+            extra_headers={"Prefer": f"wait={wait}"} if wait is not None else None,
+            extra_time=wait or 0,
+        )
+        submitted = _structure(Submitted, answer)
+        if "progress" in answer:  # a status, which the plain submit answer never is
+            return attrs.evolve(submitted, task=_structure(Task, answer))
+        return submitted
 
     async def status(self, task_id: str) -> Task:
         """A task's status; raises TaskNotFoundError."""

@@ -113,3 +113,26 @@ def test_the_schemathesis_run_left_out_of_the_serial_pass_holds_no_serial_test()
 
     assert "SCHEMATHESIS_RUN := tests/test_openapi_conformance.py" in makefile
     assert "mark.serial" not in conformance.read_text()
+
+
+def test_a_submission_s_webhook_events_are_validated_by_the_document_as_by_the_parser():
+    body = {"project_id": "p", "task_type": "test_prompt", "task_data": TASK_DATA["test_prompt"]}
+
+    assert validator("SubmitRequest").is_valid({**body, "webhook_events": ["started", "progress"]})
+    assert not validator("SubmitRequest").is_valid({**body, "webhook_events": ["finished"]})
+
+
+async def test_a_waited_submit_answer_is_valid_by_the_document(start_service):
+    taskd = await start_service(workers=False)
+    body = {"project_id": "p", "task_type": "sleep", "task_data": {"seconds": 1}}
+    answer_schema = DOCUMENT["paths"]["/api/v1/tasks/submit"]["post"]["responses"]["200"]
+    prefer = DOCUMENT["paths"]["/api/v1/tasks/submit"]["post"]["parameters"]
+
+    async with taskd.client.post("/api/v1/tasks/submit", json=body, headers={"Prefer": "wait=1"}) as response:
+        answer = await response.json()
+
+    assert [parameter["name"] for parameter in prefer] == ["Prefer"]
+    assert "Preference-Applied" in answer_schema["headers"]
+    assert "estimated_duration" in answer
+    validator("WaitedTaskStatus").validate(answer)
+    assert not validator("SubmitResponse").is_valid(answer)
