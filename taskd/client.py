@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any, Self, TypeVar
 
@@ -171,6 +171,8 @@ class Submitted:
     queue_position: int | None = None
     created_at: datetime | None = None
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
+    # With `submit(wait=…)` honoured: the task's status when it ended or the wait was up.
+    task: Task | None = None
 
 
 @attrs.frozen
@@ -450,14 +452,19 @@ class TaskClient:
         params: dict[str, Any] | None = None,
         ok: tuple[int, ...] = (200,),
         idempotency_key: str | None = None,
+        extra_headers: dict[str, str] | None = None,
+        extra_time: float = 0.0,
     ) -> Any:
         data = orjson.dumps(json) if json is not None else None
         headers = self._headers({"Content-Type": "application/json"} if data is not None else None)
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
+        headers.update(extra_headers or {})
+        # A request the server holds on purpose (Prefer: wait) may take that much longer.
+        timeout = aiohttp.ClientTimeout(total=self.timeout + extra_time) if extra_time else None
         try:
             async with self.session.request(
-                method, self.url + path, data=data, params=params, headers=headers
+                method, self.url + path, data=data, params=params, headers=headers, timeout=timeout
             ) as response:
                 raw = await response.read()
                 try:
@@ -486,6 +493,8 @@ class TaskClient:
         depends_on: list[str] | None = None,
         run_at: datetime | str | None = None,
         delay_seconds: float | None = None,
+        webhook_events: Sequence[str] | None = None,
+        wait: int | None = None,
     ) -> Submitted:
         """Submit a task; raises ValidationFailed with per-field `details` when it is refused.
 
@@ -496,7 +505,10 @@ class TaskClient:
         once those tasks have completed, and its task_data may read their results through
         `{"$ref": "<task_id>#/<JSON pointer>"}` objects. With `run_at` (an aware datetime or an
         RFC 3339 string) or `delay_seconds` (not both) it stays queued, its `scheduled_for` set,
-        until then; a past time runs it now.
+        until then; a past time runs it now. `webhook_events`: which events POST to
+        `callback_url` (default the three ends). `wait` (1..60 s): `Prefer: wait`, the answer
+        comes when the task ends or the time is up, with its status in `task` (None where the
+        server did not wait).
         """
         if isinstance(run_at, datetime):
             if run_at.tzinfo is None:
@@ -520,10 +532,20 @@ class TaskClient:
             body["run_at"] = run_at
         if delay_seconds is not None:
             body["delay_seconds"] = delay_seconds
+        if webhook_events is not None:
+            body["webhook_events"] = list(webhook_events)
         answer = await self._request(
-            "POST", "/api/v1/tasks/submit", json=body, idempotency_key=idempotency_key
+            "POST",
+            "/api/v1/tasks/submit",
+            json=body,
+            idempotency_key=idempotency_key,
+            extra_headers={"Prefer": f"wait={wait}"} if wait is not None else None,
+            extra_time=wait or 0,
         )
-        return _structure(Submitted, answer)
+        submitted = _structure(Submitted, answer)
+        if "progress" in answer:  # a status, which the plain submit answer never is
+            return attrs.evolve(submitted, task=_structure(Task, answer))
+        return submitted
 
     async def submit_batch(
         self, tasks: list[dict[str, Any]], *, idempotency_key: str | None = None

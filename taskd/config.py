@@ -221,6 +221,8 @@ class WebhooksConfig:
     )
     proxy: str = ""
     max_concurrency: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    # The least seconds between two `progress` webhooks of one task (those who ask for them).
+    progress_interval: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen

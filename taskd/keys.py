@@ -10,8 +10,8 @@
 | `taskd:worker:{id}` | string: the worker's JSON description | heartbeat TTL: disappears when the process stops beating |
 | `taskd:queue:{queue}` | arq's queue sorted set: task id -> score | members leave when arq finishes or taskd revokes the job |
 | `arq:job:{task id}.{n}` | arq's job definition; a new one per enqueue of the task (n counts them) | a day past its score |
-| `taskd:webhooks:due` | sorted set: task id -> ms when its webhook is next due (the durable outbox) | members leave when delivered or given up |
-| `taskd:webhook:{id}` | hash: delivery state of a task's webhook (attempts, last status/error, delivered/failed/next times) | `storage.task_ttl`, renewed with every attempt, so it lives as long as the task record |
+| `taskd:webhooks:due` | sorted set: task id (its end's webhook) or `{id}:started` / `{id}:progress` (`webhook_events`) -> ms when that webhook is next due (the durable outbox) | members leave when delivered or given up |
+| `taskd:webhook:{id}` | hash: delivery state of a task's webhook (attempts, last status/error, delivered/failed/next times); `taskd:webhook:{id}:started` and `…:progress` for those events' webhooks | `storage.task_ttl`, renewed with every attempt, so it lives as long as the task record |
 | `taskd:webhooks:wake` | pub/sub channel: a webhook became due now; wakes every sender | no storage |
 | `taskd:memory_events` | sorted set: JSON of job processes killed over the memory limit -> ms | trimmed to the last 10 minutes; feeds the memory alert |
 | `taskd:events:task:{id}` | stream: the task's events (status changes, progress), ids usable as SSE `Last-Event-ID` | capped at ~200 entries; expires a day after the last event |
@@ -82,8 +82,13 @@ def worker(worker_id: str) -> str:
 
 
 def webhook(task_id: str) -> str:
-    """The delivery state of a task's webhook."""
+    """The delivery state of a task's webhook (`task_id` may be an outbox member: `webhook_member`)."""
     return f"{PREFIX}webhook:{task_id}"
+
+
+def webhook_member(task_id: str, event: str) -> str:
+    """A task's member in the outbox for one of its `started` or `progress` webhooks (its end's is the bare id)."""
+    return f"{task_id}:{event}"
 
 
 def queue(name: str) -> str:

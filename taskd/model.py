@@ -55,6 +55,8 @@ class TaskRecord:
     priority: int = PRIORITY_NORMAL
     callback_url: str | None = None
     metadata: dict[str, Any] = attrs.Factory(dict)
+    # The events that send a webhook (taskd.shapes.WEBHOOK_EVENTS); None: the three ends.
+    webhook_events: list[str] | None = None
     progress: float = 0.0
     current_step: str | None = None
     result: dict[str, Any] | None = None

@@ -148,6 +148,7 @@ class Service:
             self.config.redis.wait_timeout,
             concurrent_per_project=self.config.limits.concurrent_per_project,
             aging_window=self.config.execution.priority_aging,
+            progress_interval=self.config.webhooks.progress_interval,
         )
         queue = TaskQueue(redis, self.config.execution.priority_aging)
         gpu = GpuScheduler(redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id)
@@ -166,6 +167,7 @@ class Service:
         self._background.append(asyncio.create_task(release.run(), name="scheduled-release"))
         sender = WebhookSender(
             redis,
+            store,
             self.config.webhooks,
             self.config.storage.task_ttl,
             signers,

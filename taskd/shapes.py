@@ -120,6 +120,8 @@ MAX_DEPENDS_ON: Final = 20
 MAX_SCHEDULE_AHEAD: Final = 30 * 24 * 3600
 # Submissions in one batch request.
 MAX_BATCH: Final = 100
+WebhookEvent = Literal["started", "progress", "completed", "failed", "cancelled"]
+WEBHOOK_EVENTS: Final[tuple[str, ...]] = typing.get_args(WebhookEvent)
 
 
 @attrs.frozen
@@ -180,6 +182,14 @@ class SubmitRequest:
         default=None,
         metadata=meta(
             "Seconds from now before the task may start, like `run_at`; not with `run_at`", minimum=0
+        ),
+    )
+
+    webhook_events: list[WebhookEvent] | None = attrs.field(
+        default=None,
+        metadata=meta(
+            "Which events send a webhook to `callback_url`; absent: `completed`, `failed`, `cancelled`"
+            " (`progress` at most once per `webhooks.progress_interval`)"
         ),
     )
 
@@ -290,6 +300,17 @@ class TaskStatusBody:
         ),
     )
     webhook: Webhook | None = attrs.field(default=None, metadata=meta("Tasks with a `callback_url` only"))
+
+
+@attrs.frozen
+class WaitedTaskStatus(TaskStatusBody):
+    """`POST /api/v1/tasks/submit` with `Prefer: wait=N`: the task's status when it ended or N s passed."""
+
+    schema_name: ClassVar[str] = "WaitedTaskStatus"
+
+    estimated_duration: int = attrs.field(
+        kw_only=True, metadata=meta("Seconds the task is expected to run", minimum=1)
+    )
 
 
 @attrs.frozen

@@ -83,6 +83,30 @@ async def test_submit_batch_raises_validation_failed_naming_the_item(client):
     assert "tasks[1].project_id" in refused.value.details
 
 
+async def test_submit_with_wait_returns_the_ended_task_in_one_request(client):
+    submitted = await client.submit("films", "sleep", {"seconds": 0.2, "steps": 1}, wait=10)
+
+    assert submitted.task is not None
+    assert (submitted.task.status, submitted.task.result) == (
+        TaskStatus.COMPLETED,
+        {"slept": 0.2, "attempt": 1},
+    )
+    assert submitted.status is TaskStatus.COMPLETED
+
+
+async def test_submit_without_wait_has_no_task(client):
+    submitted = await client.submit("films", "noop", {})
+
+    assert submitted.task is None
+
+
+async def test_submit_sends_webhook_events(client):
+    with pytest.raises(ValidationFailed) as refused:
+        await client.submit("films", "noop", {}, webhook_events=["finished"])
+
+    assert set(refused.value.details) == {"webhook_events"}
+
+
 async def test_wait_follows_the_events_and_returns_the_final_status(client):
     submitted = await client.submit("films", "sleep", {"seconds": 0.3, "steps": 3})
     seen = []

@@ -112,8 +112,8 @@ def test_a_submission_past_a_limit_is_refused_by_the_parser_and_not_valid_by_the
 def test_submit_and_retry_document_the_idempotency_key_its_replay_and_its_422(path):
     operation = DOCUMENT["paths"][path]["post"]
 
-    (header,) = [p for p in operation["parameters"] if p["in"] == "header"]
-    assert (header["name"], header["schema"]["maxLength"]) == ("Idempotency-Key", 255)
+    (header,) = [p for p in operation["parameters"] if p["name"] == "Idempotency-Key"]
+    assert (header["in"], header["schema"]["maxLength"]) == ("header", 255)
     assert "Idempotent-Replayed" in operation["responses"]["200"]["headers"]
     assert "idempotency_key_reused" in operation["responses"]["422"]["description"]
 
@@ -124,3 +124,26 @@ def test_the_schemathesis_run_left_out_of_the_serial_pass_holds_no_serial_test()
 
     assert "SCHEMATHESIS_RUN := tests/test_openapi_conformance.py" in makefile
     assert "mark.serial" not in conformance.read_text()
+
+
+def test_a_submission_s_webhook_events_are_validated_by_the_document_as_by_the_parser():
+    body = {"project_id": "p", "task_type": "test_prompt", "task_data": TASK_DATA["test_prompt"]}
+
+    assert validator("SubmitRequest").is_valid({**body, "webhook_events": ["started", "progress"]})
+    assert not validator("SubmitRequest").is_valid({**body, "webhook_events": ["finished"]})
+
+
+async def test_a_waited_submit_answer_is_valid_by_the_document(start_service):
+    taskd = await start_service(workers=False)
+    body = {"project_id": "p", "task_type": "sleep", "task_data": {"seconds": 1}}
+    answer_schema = DOCUMENT["paths"]["/api/v1/tasks/submit"]["post"]["responses"]["200"]
+    prefer = DOCUMENT["paths"]["/api/v1/tasks/submit"]["post"]["parameters"]
+
+    async with taskd.client.post("/api/v1/tasks/submit", json=body, headers={"Prefer": "wait=1"}) as response:
+        answer = await response.json()
+
+    assert "Prefer" in [parameter["name"] for parameter in prefer]
+    assert "Preference-Applied" in answer_schema["headers"]
+    assert "estimated_duration" in answer
+    validator("WaitedTaskStatus").validate(answer)
+    assert not validator("SubmitResponse").is_valid(answer)

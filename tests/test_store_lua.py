@@ -34,6 +34,7 @@ def test_the_store_has_its_scripts_and_libraries_as_files():
         "batch",
         "start",
         "progress",
+        "progress_again",
         "finish",
         "requeue",
         "reclaim",
@@ -121,7 +122,7 @@ async def test_a_script_called_with_a_key_its_header_does_not_name_is_refused_be
     redis = Redis(port=1)
     progress = scripts.load(redis, "progress")
 
-    with pytest.raises(TypeError, match=r"progress.lua takes KEYS \['task'\]"):
+    with pytest.raises(TypeError, match=r"progress.lua takes KEYS \['task', 'outbox', 'progress_state'\]"):
         await progress(
             keys={"record": "taskd:task:x"},
             args={"progress": "0.5", "step": "", "now": "1.0", "worker_id": "w"},

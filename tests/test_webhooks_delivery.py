@@ -86,6 +86,7 @@ async def test_completed_task_posts_the_documented_success_payload(start, receiv
     assert request.json == {
         "task_id": task_id,
         "project_id": "proj-1",
+        "event": "completed",
         "status": "completed",
         "result": status["result"],
         "processing_time": status["processing_time"],
@@ -109,6 +110,7 @@ async def test_failed_task_posts_the_documented_failure_payload(start, receiver,
     assert request.json == {
         "task_id": task_id,
         "project_id": "proj-1",
+        "event": "failed",
         "status": "failed",
         "error": status["error"],
         "traceback": status.get("traceback"),
@@ -128,6 +130,7 @@ async def test_cancelled_task_posts_a_cancelled_payload(start, receiver):
     assert request.json == {
         "task_id": task_id,
         "project_id": "proj-1",
+        "event": "cancelled",
         "status": "cancelled",
         "previous_state": "queued",
         "cancelled_at": cancelled["cancelled_at"],

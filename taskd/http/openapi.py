@@ -46,6 +46,7 @@ BODIES = (
     shapes.SubmitResponse,
     shapes.BatchResponse,
     shapes.TaskStatusBody,
+    shapes.WaitedTaskStatus,
     shapes.ProjectTasks,
     shapes.CancelResponse,
     shapes.RetryResponse,
@@ -240,6 +241,23 @@ def _json(schema_name: str, description: str, headers: dict[str, Any] | None = N
     return response
 
 
+# RFC 7240. A `wait` outside 1..60 or not a whole number is ignored (taskd.http.prefer_wait).
+_PREFER_WAIT: Schema = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": (
+        "`wait=<seconds>` (1..60): hold the answer until the task ends or the time is up; any other"
+        " value is ignored and the task's submit answer comes at once"
+    ),
+    "schema": {"type": "string"},
+}
+_PREFERENCE_APPLIED = {
+    "Preference-Applied": {
+        "description": "`wait=<seconds>` when the `Prefer: wait` was honoured",
+        "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+    }
+}
 _LIMIT_HEADERS = {
     "RateLimit-Policy": {
         "description": 'The quota of this route, e.g. `"submit";q=100;w=60` (draft-ietf-httpapi-ratelimit-headers)',
@@ -381,13 +399,24 @@ def _paths() -> dict[str, Any]:
                 "summary": "Submit a task (quota `submit`: 100/min per key; 50 active tasks per project)",
                 "operationId": "submit_task",
                 "security": key,
-                "parameters": [_idempotency_key()],
+                "parameters": [_idempotency_key(), _PREFER_WAIT],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("SubmitRequest")}},
                 },
                 "responses": {
-                    "200": _json("SubmitResponse", "Stored and queued", {**_LIMIT_HEADERS, **_REPLAYED}),
+                    "200": {
+                        "description": (
+                            "Stored and queued (`SubmitResponse`); with `Prefer: wait=N` honoured, the task's"
+                            " status once it ended or N seconds passed (`WaitedTaskStatus`)"
+                        ),
+                        "headers": {**_LIMIT_HEADERS, **_REPLAYED, **_PREFERENCE_APPLIED},
+                        "content": {
+                            "application/json": {
+                                "schema": {"anyOf": [_ref("SubmitResponse"), _ref("WaitedTaskStatus")]}
+                            }
+                        },
+                    },
                     **_errors(400, 401, 413, 429, 503, limited=True),
                     **_REUSED,
                 },

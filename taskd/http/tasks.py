@@ -11,12 +11,14 @@ from taskd import shapes
 from taskd.http import ratelimit
 from taskd.http.auth import KEY_ID
 from taskd.http.context import API
+from taskd.http.events import HUB
 from taskd.http.input_limits import check_body_shape
+from taskd.http.prefer_wait import requested_wait, wait_for_end
 from taskd.http.responses import read_json, shape_response
 from taskd.http.scope import Touches, touches
 from taskd.http.views import stamp, status_view
 from taskd.logs import bind_task
-from taskd.model import TaskStatus, ValidationError, iso
+from taskd.model import TaskRecord, TaskStatus, ValidationError, iso
 from taskd.net.guard import AddressPolicy, check_callback_url
 from taskd.submit.batch import batch_items, parse_batch
 from taskd.submit.dispatch import Accepted
@@ -32,8 +34,9 @@ routes = web.RouteTableDef()
 @routes.post("/api/v1/tasks/submit")
 @touches(Touches.BODY_PROJECT)
 async def submit(request: web.Request) -> web.Response:
-    """Validate, store and enqueue a task."""
+    """Validate, store and enqueue a task; with `Prefer: wait=N`, answer its status once it ends or N s pass."""
     api = request.app[API]
+    wait = requested_wait(request.headers.getall("Prefer", []))
     body = await read_json(request)
     check_body_shape(body, api.config.limits)
     submission = attrs.evolve(
@@ -44,6 +47,15 @@ async def submit(request: web.Request) -> web.Response:
         await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
     accepted = await api.dispatcher.submit(submission, idempotency=remembered)
     _log_submitted(accepted)
+    if wait is not None:
+        record = await wait_for_end(request.app[HUB], api.store, accepted.record.task_id, wait)
+        view = await _status_view(request, record)
+        return shape_response(
+            shapes.WaitedTaskStatus(
+                **attrs.asdict(view, recurse=False), estimated_duration=accepted.estimated_duration
+            ),
+            headers={"Preference-Applied": f"wait={wait}", **(_replayed(accepted) or {})},
+        )
     return shape_response(_submit_response(accepted), headers=_replayed(accepted))
 
 
@@ -103,13 +115,17 @@ def _submit_response(accepted: Accepted) -> shapes.SubmitResponse:
 @touches(Touches.PATH_TASK)
 async def status(request: web.Request) -> web.Response:
     """A task's status, progress and outcome."""
+    record = await request.app[API].store.get(request.match_info["task_id"])
+    return shape_response(await _status_view(request, record))
+
+
+async def _status_view(request: web.Request, record: TaskRecord) -> shapes.TaskStatusBody:
     api = request.app[API]
-    record = await api.store.get(request.match_info["task_id"])
     position = None
     if record.status is TaskStatus.QUEUED:
         position = await api.store.position(record)
     webhook = await delivery_state(api.redis, record.task_id) if record.callback_url else None
-    return shape_response(status_view(record, position, webhook))
+    return status_view(record, position, webhook)
 
 
 @routes.delete("/api/v1/tasks/{task_id}")

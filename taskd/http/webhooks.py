@@ -26,6 +26,8 @@ async def redeliver(request: web.Request) -> web.Response:
         raise InvalidState("Task has no callback_url, so there is no webhook to redeliver")
     if not record.is_terminal:
         raise InvalidState(f"Task is {record.status.value}; its webhook is sent once it has ended")
+    if record.webhook_events is not None and record.status.value not in record.webhook_events:
+        raise InvalidState(f"Task's webhook_events leave out '{record.status.value}', so it sent no webhook")
     at = now_ms()
     await Outbox(api.redis, api.config.storage.task_ttl).redeliver(record.task_id, at)
     return shape_response(

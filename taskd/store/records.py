@@ -145,6 +145,7 @@ class TaskStore:
         *,
         concurrent_per_project: int = 0,
         aging_window: float = 300.0,
+        progress_interval: float = 5.0,
     ) -> None:
         self.redis = redis
         self.task_ttl = task_ttl
@@ -152,6 +153,8 @@ class TaskStore:
         self.concurrent_per_project = concurrent_per_project
         # execution.priority_aging: where a project's next job goes when its head starts (lib/fair.lua).
         self.aging_ms = int(aging_window * 1000)
+        # webhooks.progress_interval: the least time between two progress webhooks of a task.
+        self.progress_interval_ms = int(progress_interval * 1000)
         # Replicas that must have a new task before its submit is acknowledged (redis.wait_replicas).
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
@@ -165,6 +168,7 @@ class TaskStore:
         self._cancel = scripts.load(redis, "cancel")
         self._position = scripts.load(redis, "position")
         self._due = scripts.load(redis, "due")
+        self._progress_again = scripts.load(redis, "progress_again")
 
     async def create(
         self,
@@ -383,6 +387,8 @@ class TaskStore:
                 "running": keys.running(queue),
                 "lock": keys.arq_in_progress(job_id),
                 "queue": keys.queue(queue),
+                "outbox": keys.WEBHOOKS_DUE,
+                "started_state": keys.webhook(keys.webhook_member(task_id, "started")),
             },
             args={
                 "now": repr(at),
@@ -433,10 +439,39 @@ class TaskStore:
     ) -> bool:
         """Record progress of a task this worker runs; False if the task is no longer its to run."""
         written = await self._progress(
-            keys={"task": keys.task(task_id)},
-            args={"progress": repr(progress), "step": step or "", "now": repr(at), "worker_id": worker_id},
+            keys={
+                "task": keys.task(task_id),
+                "outbox": keys.WEBHOOKS_DUE,
+                "progress_state": keys.webhook(keys.webhook_member(task_id, "progress")),
+            },
+            args={
+                "progress": repr(progress),
+                "step": step or "",
+                "now": repr(at),
+                "worker_id": worker_id,
+                "task_id": task_id,
+                "now_ms": int(at * 1000),
+                "interval_ms": self.progress_interval_ms,
+            },
         )
         return bool(written)
+
+    async def progress_again(self, record: TaskRecord, at: float) -> bool:
+        """Queue another progress webhook if the task's progress changed since `record` was read."""
+        queued = await self._progress_again(
+            keys={
+                "task": keys.task(record.task_id),
+                "outbox": keys.WEBHOOKS_DUE,
+                "progress_state": keys.webhook(keys.webhook_member(record.task_id, "progress")),
+            },
+            args={
+                "task_id": record.task_id,
+                "sent": repr(record.updated_at or 0.0),
+                "now_ms": int(at * 1000),
+                "interval_ms": self.progress_interval_ms,
+            },
+        )
+        return bool(queued)
 
     async def task_type(self, task_id: str) -> str | None:
         """The type of a task (None when it has no record)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import attrs
 from redis.asyncio import Redis
@@ -13,6 +14,7 @@ from taskd.media import capacity
 from taskd.media.capacity import MediaCapacity
 from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
 from taskd.queue.task_queue import TaskQueue
+from taskd.shapes import WebhookEvent
 from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJob, TaskStore
 from taskd.submit.batch import batch_ref
 from taskd.submit.submission import Submission
@@ -132,6 +134,7 @@ class Dispatcher:
             priority=submission.priority,
             callback_url=submission.callback_url,
             metadata=submission.metadata,
+            webhook_events=list(submission.webhook_events) if submission.webhook_events is not None else None,
             retry_of=retry_of,
             depends_on=submission.depends_on or None,
             key_id=submission.key_id,
@@ -182,6 +185,8 @@ class Dispatcher:
             keep_for=record.keep_for,
             # Its $refs, if any, read the same dependencies; one that failed refuses the retry (400).
             depends_on=record.depends_on or [],
+            # Checked against WEBHOOK_EVENTS when first submitted.
+            webhook_events=cast(list[WebhookEvent] | None, record.webhook_events),
             # The callback URL is the original submitter's, so its webhook stays signed with their secret.
             key_id=record.key_id,
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -26,7 +26,9 @@ from taskd.shapes import (
     MAX_SCHEDULE_AHEAD,
     MIN_KEEP_FOR,
     PROJECT_ID,
+    WEBHOOK_EVENTS,
     SubmitRequest,
+    WebhookEvent,
 )
 from taskd.tasks.registry import Registry
 
@@ -141,6 +143,17 @@ def _refs(task_data: dict[str, Any], depends_on: list[str], details: dict[str, s
     return paths
 
 
+def _webhook_events(value: Any, details: dict[str, str]) -> list[WebhookEvent] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(event, str) and event in WEBHOOK_EVENTS for event in value
+    ):
+        details["webhook_events"] = "Webhook events must be a list of: " + ", ".join(WEBHOOK_EVENTS)
+        return None
+    return cast(list[WebhookEvent], list(dict.fromkeys(value)))  # each event once, in the order given
+
+
 def parse_submission(
     body: Any, registry: Registry, max_schedule_ahead: int = MAX_SCHEDULE_AHEAD
 ) -> Submission:
@@ -158,6 +171,7 @@ def parse_submission(
     _keep_for(body.get("keep_for"), details)
     depends_on = _depends_on(body.get("depends_on"), details)
     scheduled_for = _scheduled_for(body, max_schedule_ahead, details)
+    webhook_events = _webhook_events(body.get("webhook_events"), details)
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict):
         details["metadata"] = "Metadata must be an object"
@@ -203,4 +217,5 @@ def parse_submission(
         run_at=body.get("run_at"),
         delay_seconds=body.get("delay_seconds"),
         scheduled_for=scheduled_for,
+        webhook_events=webhook_events,
     )

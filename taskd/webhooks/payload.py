@@ -1,4 +1,8 @@
-"""The JSON body of a task's webhook: the API document's success and failure payloads, and ours for cancel."""
+"""The JSON body of a task's webhook: the API document's success and failure payloads, ours for cancel,
+and those of the `started` and `progress` events a submitter may also ask for (`webhook_events`).
+
+Every body names its `event`: the end's status, `started` or `progress`.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,47 @@ from typing import Any
 
 from taskd.model import TaskRecord, TaskStatus, iso
 
+STARTED = "started"
+PROGRESS = "progress"
 
-def event_id(record: TaskRecord) -> str:
-    """The `webhook-id`: one per task and terminal status, the same on every attempt and redelivery."""
+
+def event_id(record: TaskRecord, event: str | None = None) -> str:
+    """The `webhook-id`, the same on every attempt and redelivery of one message.
+
+    The end's: one per task and terminal status. `started`: one per run (`attempt`). `progress`: one
+    per progress written, so a receiver that drops repeats never drops a newer progress.
+    """
+    if event == STARTED:
+        return f"msg_{record.task_id}_started_{record.attempt}"
+    if event == PROGRESS:
+        return f"msg_{record.task_id}_progress_{round((record.updated_at or 0) * 1000)}"
     return f"msg_{record.task_id}_{record.status.value}"
 
 
-def build_payload(record: TaskRecord) -> dict[str, Any]:
-    """The body for a terminal task; raises ValueError for a task that has not ended."""
-    common = {"task_id": record.task_id, "project_id": record.project_id, "status": record.status.value}
+def build_payload(record: TaskRecord, event: str | None = None) -> dict[str, Any]:
+    """The body of the task's `event` webhook (None: its end's); raises ValueError for an end not reached."""
+    common = {"task_id": record.task_id, "project_id": record.project_id}
+    if event == STARTED:
+        # Status `processing` whatever the task has done since: this message reports the start.
+        return {
+            **common,
+            "event": STARTED,
+            "status": TaskStatus.PROCESSING.value,
+            "attempt": record.attempt,
+            "started_at": iso(record.started_at),
+            "metadata": record.metadata,
+        }
+    if event == PROGRESS:
+        return {
+            **common,
+            "event": PROGRESS,
+            "status": record.status.value,
+            "progress": record.progress,
+            "current_step": record.current_step,
+            "updated_at": iso(record.updated_at),
+            "metadata": record.metadata,
+        }
+    common |= {"event": record.status.value, "status": record.status.value}
     if record.status is TaskStatus.COMPLETED:
         return {
             **common,

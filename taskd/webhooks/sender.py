@@ -20,12 +20,12 @@ from taskd import keys
 from taskd.backoff import Backoff
 from taskd.config import WebhooksConfig
 from taskd.logs import bind_task
-from taskd.model import TaskRecord
+from taskd.model import TaskRecord, TaskStatus
 from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, refusal
 from taskd.stopping import cancel_and_wait
-from taskd.store import decode
+from taskd.store import TaskStore, decode
 from taskd.webhooks.outbox import Attempt, Claim, Outbox, now_ms
-from taskd.webhooks.payload import build_payload, event_id
+from taskd.webhooks.payload import PROGRESS, STARTED, build_payload, event_id
 from taskd.webhooks.schedule import SUCCESS_CODES, DeliverySchedule
 from taskd.webhooks.signing import Signer, Signers
 
@@ -42,6 +42,7 @@ class WebhookSender:
     def __init__(
         self,
         redis: Redis,
+        store: TaskStore,
         config: WebhooksConfig,
         ttl: int,
         signers: Signers,
@@ -52,6 +53,7 @@ class WebhookSender:
         self.redis = redis
         # Pub/sub may wait for ever: it wants a client without a read timeout.
         self.listener = listener or redis
+        self.store = store  # a progress written during a send queues one more (progress_again.lua)
         self.config = config
         self.policy = policy  # the addresses callback URLs may reach (the [network] section)
         self.outbox = Outbox(redis, ttl)
@@ -157,22 +159,27 @@ class WebhookSender:
             log.exception("webhook delivery for task %s broke off", claim.task_id)
 
     async def _attempt(self, claim: Claim) -> None:
+        # The outbox member is the task id for the end's webhook, `{id}:{event}` for the others.
+        task_id, _, event = claim.task_id.partition(":")
         if not claim.record:
-            log.warning("Webhook dropped: task %s no longer exists", claim.task_id)
+            log.warning("Webhook dropped: task %s no longer exists", task_id)
             await self.outbox.release(claim, None)
             return
         record = decode(claim.record)
         url = record.callback_url
-        if not url or not record.is_terminal:
+        if not url or not _still_news(record, event or None):
             await self.outbox.release(claim, None)
             return
         with bind_task(record):
-            await self._post_and_record(claim, record, url)
+            await self._post_and_record(claim, record, url, event or None)
 
-    async def _post_and_record(self, claim: Claim, record: TaskRecord, url: str) -> None:
+    async def _post_and_record(
+        self, claim: Claim, record: TaskRecord, url: str, event: str | None = None
+    ) -> None:
         attempt = claim.attempts + 1
         signer = self.signers.for_key(record.key_id)
-        outcome = await self.post(url, event_id(record), orjson.dumps(build_payload(record)), signer)
+        body = orjson.dumps(build_payload(record, event))
+        outcome = await self.post(url, event_id(record, event), body, signer)
         done = now_ms()
         next_ms = None
         if outcome.delivered:
@@ -194,6 +201,8 @@ class WebhookSender:
             else:
                 next_ms = done + int(delay * 1000)
         await self.outbox.record(claim, attempt, outcome, done, next_ms)
+        if event == PROGRESS:
+            await self.store.progress_again(record, done / 1000)
 
     async def post(self, url: str, msg_id: str, body: bytes, signer: Signer) -> Attempt:
         """POST one attempt signed by `signer`; never follows a redirect, never raises for the receiver's failings."""
@@ -231,3 +240,13 @@ class WebhookSender:
         if 300 <= status < 400:
             return Attempt(False, status, f"HTTP {status} (redirects are not followed)")
         return Attempt(False, status, f"HTTP {status}")
+
+
+def _still_news(record: TaskRecord, event: str | None) -> bool:
+    """Whether the webhook is still worth sending: an end's once the task ended, a start once it
+    started, a progress while the task still runs (after its end, the end's webhook says more)."""
+    if event == STARTED:
+        return record.started_at is not None
+    if event == PROGRESS:
+        return record.status is TaskStatus.PROCESSING
+    return record.is_terminal

@@ -1,16 +1,25 @@
 -- progress.lua: records the progress of a task, if the calling worker still runs it.
 --
--- KEYS[1]  task       taskd:task:{id}, the record hash
--- ARGV[1]  progress   the fraction done, 0.0 to 1.0
--- ARGV[2]  step       the current step's description; '' leaves the stored one
--- ARGV[3]  now        now, in seconds (the record's updated_at)
--- ARGV[4]  worker_id  the calling worker's id
+-- A task whose webhook_events include `progress` gets a progress webhook, coalesced
+-- (queue_progress_webhook in lib/webhook_event.lua).
+-- KEYS[1]  task            taskd:task:{id}, the record hash
+-- KEYS[2]  outbox          taskd:webhooks:due, the webhook outbox
+-- KEYS[3]  progress_state  taskd:webhook:{id}:progress, the delivery state of its progress webhook
+-- ARGV[1]  progress        the fraction done, 0.0 to 1.0
+-- ARGV[2]  step            the current step's description; '' leaves the stored one
+-- ARGV[3]  now             now, in seconds (the record's updated_at)
+-- ARGV[4]  worker_id       the calling worker's id
+-- ARGV[5]  task_id         the task's id
+-- ARGV[6]  now_ms          now, in ms
+-- ARGV[7]  interval_ms     webhooks.progress_interval in ms: the least time between two progress webhooks
 -- Returns 1 when written (and a progress event emitted); 0 when the task is not processing or
 -- is another worker's.
 -- include lib/emit.lua
+-- include lib/webhook_event.lua
 if redis.call('HGET', KEYS[1], 'status') ~= 'processing' then return 0 end
 if redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[4] then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'updated_at', ARGV[3])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'current_step', ARGV[2]) end
+queue_progress_webhook(KEYS[1], KEYS[2], KEYS[3], ARGV[5], ARGV[6], ARGV[7])
 emit(KEYS[1], 'progress')
 return 1

@@ -11,6 +11,8 @@
 -- KEYS[2]  running        taskd:running:{queue}, the queue's processing tasks (id -> started ms)
 -- KEYS[3]  lock           arq:in-progress:{job id}, arq's lock of the job
 -- KEYS[4]  queue          taskd:queue:{queue}, arq's sorted set of the queue
+-- KEYS[5]  outbox         taskd:webhooks:due, the webhook outbox
+-- KEYS[6]  started_state  taskd:webhook:{id}:started, the delivery state of its `started` webhook
 -- ARGV[1]  now            now, in seconds (as stored in the record)
 -- ARGV[2]  worker_id      the claiming worker's id (the lock's value)
 -- ARGV[3]  task_id        the task's id
@@ -25,7 +27,9 @@
 -- yet) or 'throttled' (its project runs project_limit tasks) without claiming; else {score,
 -- 'started', field, value, ...} with the started record, or {score, why} when the claimed job's
 -- task may not run: 'gone', 'stale' (the task has a newer job) or the task's status.
+-- A start makes the task's `started` webhook due when its webhook_events ask for one.
 -- include lib/emit.lua
+-- include lib/webhook_event.lua
 -- include lib/fair.lua
 local lock = redis.call('GET', KEYS[3])
 if lock and lock ~= ARGV[2] then return 'locked' end
@@ -61,5 +65,8 @@ redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('ZADD', KEYS[2], math.floor(tonumber(ARGV[1]) * 1000), ARGV[3])
 redis.call('SADD', '@PROCESSING_PREFIX@' .. record[4], ARGV[3])
 leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
+if wants_webhook(KEYS[1], 'started') then
+  queue_webhook(KEYS[5], KEYS[6], ARGV[3] .. ':started', ARGV[5])
+end
 emit(KEYS[1], 'status')
 return started()

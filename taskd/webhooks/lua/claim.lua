@@ -1,6 +1,7 @@
 -- claim.lua: leases up to `most` due webhooks to the calling sender, with what it needs to send them.
 --
--- KEYS[1]  due          taskd:webhooks:due, task id -> ms its next attempt is due (or its lease ends)
+-- KEYS[1]  due          taskd:webhooks:due, member (task id, or `{id}:{event}`) -> ms its next attempt
+--                       is due (or its lease ends)
 -- ARGV[1]  now          now, in ms
 -- ARGV[2]  lease_until  the ms the lease ends: the claimed members' new score
 -- ARGV[3]  most         how many to claim at most
@@ -12,7 +13,8 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 local records, attempts = {}, {}
 for i, id in ipairs(ids) do
   redis.call('ZADD', KEYS[1], ARGV[2], id)
-  records[i] = redis.call('HGETALL', '@TASK_PREFIX@' .. id)
+  -- A member is the task id for the end's webhook, `{id}:{event}` for the others (webhook_events).
+  records[i] = redis.call('HGETALL', '@TASK_PREFIX@' .. string.match(id, '^[^:]*'))
   attempts[i] = redis.call('HGET', '@WEBHOOK_PREFIX@' .. id, 'attempts')
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or false

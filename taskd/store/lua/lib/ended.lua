@@ -19,8 +19,9 @@
 --
 -- Counts the end, frees the task's place among its project's active tasks
 -- (taskd:project_active:{project_id}) and processing ones (taskd:project_processing:{project_id},
--- the throttle start.lua keeps), queues its webhook when it has a callback_url (waking the
--- senders on taskd:webhooks:wake), keeps the record for its `keep_for` or `ttl` (and, with a
+-- the throttle start.lua keeps), queues its webhook when it has a callback_url and its
+-- webhook_events include this end (lib/webhook_event.lua; waking the senders on
+-- taskd:webhooks:wake), keeps the record for its `keep_for` or `ttl` (and, with a
 -- `keep_for`, the project's index taskd:project:{project_id} at least as long, so the task stays in
 -- the project's list), takes it off taskd:scheduled if it was waiting for its time there and
 -- emits a status event.
@@ -33,6 +34,7 @@
 -- Returns nothing.
 -- include lib/emit.lua
 -- include lib/enqueue.lua
+-- include lib/webhook_event.lua
 local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms)
   redis.call('HINCRBY', metrics_key, counter, 1)
   if per_type then
@@ -41,7 +43,7 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
   local project = redis.call('HGET', task_key, 'project_id')
   redis.call('SREM', '@ACTIVE_PREFIX@' .. project, task_id)
   redis.call('SREM', '@PROCESSING_PREFIX@' .. project, task_id)
-  if redis.call('HEXISTS', task_key, 'callback_url') == 1 then
+  if wants_webhook(task_key, (string.gsub(counter, '_tasks$', ''))) then
     redis.call('ZADD', outbox_key, now_ms, task_id)
     redis.call('PUBLISH', '@WEBHOOKS_WAKE@', task_id)
   end

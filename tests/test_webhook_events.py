@@ -1,0 +1,140 @@
+"""`webhook_events` on submit: which of a task's events send a webhook, each naming its `event`."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from conftest import RunningService
+from webhook_receiver import WebhookReceiver
+
+from taskd.config import WebhooksConfig
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    async with WebhookReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+def start(start_service) -> Callable[..., Any]:
+    """Start taskd with webhook options; loopback receivers need allow_private."""
+
+    async def start_with(*, workers: bool = True, **options: Any) -> RunningService:
+        options.setdefault("allow_private", True)
+        return await start_service(workers=workers, webhooks=WebhooksConfig(**options))
+
+    return start_with
+
+
+async def submit_sleep(
+    service: RunningService, receiver: WebhookReceiver, seconds: float, steps: int, **fields: Any
+) -> str:
+    body = await service.submit(
+        "sleep", {"seconds": seconds, "steps": steps}, callback_url=receiver.url(), **fields
+    )
+    return body["task_id"]
+
+
+async def test_started_and_completed_are_each_sent_naming_their_event(start, receiver):
+    service = await start()
+
+    task_id = await submit_sleep(service, receiver, 1.0, 4, webhook_events=["started", "completed"])
+    started, completed = await receiver.wait_for(2)
+    await service.wait_terminal(task_id)
+    status = await service.status(task_id)
+
+    assert started.json == {
+        "task_id": task_id,
+        "project_id": "proj-1",
+        "event": "started",
+        "status": "processing",
+        "attempt": 1,
+        "started_at": status["started_at"],
+        "metadata": {},
+    }
+    assert completed.json["event"] == "completed"
+    assert completed.json["status"] == "completed"
+    assert completed.json["result"] == status["result"]
+    assert started.headers["webhook-id"] != completed.headers["webhook-id"]
+    assert all(request.headers["webhook-signature"].startswith("v1,") for request in (started, completed))
+
+
+async def test_by_default_only_the_end_is_sent_and_it_names_its_event(start, receiver):
+    service = await start()
+
+    task_id = await submit_sleep(service, receiver, 0.4, 4)
+    await receiver.wait_for(1)
+    await asyncio.sleep(0.5)  # time for any webhook that should not come
+
+    (request,) = receiver.received
+    assert request.json["task_id"] == task_id
+    assert request.json["event"] == "completed"
+    assert request.json["status"] == "completed"
+
+
+async def test_an_end_left_out_of_webhook_events_sends_nothing(start, receiver):
+    service = await start()
+
+    task_id = await submit_sleep(service, receiver, 0.2, 1, webhook_events=["started"])
+    (started,) = await receiver.wait_for(1)
+    await service.wait_terminal(task_id)
+    await asyncio.sleep(0.5)  # time for any webhook that should not come
+
+    assert started.json["event"] == "started"
+    assert len(receiver.received) == 1
+
+
+async def test_progress_webhooks_are_coalesced_to_one_per_interval_carrying_the_latest(start, receiver):
+    service = await start(progress_interval=0.5)
+    steps = 40  # one progress every 50 ms for 2 s: ten for each interval
+
+    task_id = await submit_sleep(service, receiver, 2.0, steps, webhook_events=["progress", "completed"])
+    await service.wait_terminal(task_id)
+    await receiver.wait_for(1)
+    await asyncio.sleep(0.7)  # the completed webhook, and any progress one that should not come
+    progress = [request for request in receiver.received if request.json["event"] == "progress"]
+
+    assert 2 <= len(progress) <= 2.0 / 0.5 + 1
+    # Each is due an interval after the last one was; the mean spacing shows it (one may arrive late).
+    assert (progress[-1].at - progress[0].at) / (len(progress) - 1) >= 0.45
+    values = [request.json["progress"] for request in progress]
+    # The latest progress when each is sent, not the next one after the last webhook's.
+    assert all(later - earlier > 2 / steps for earlier, later in itertools.pairwise(values)), values
+    assert len({request.headers["webhook-id"] for request in progress}) == len(progress)
+    assert all(request.json["status"] == "processing" for request in progress)
+    assert receiver.received[-1].json["event"] == "completed"
+
+
+async def test_an_end_left_out_of_webhook_events_cannot_be_redelivered(start, receiver):
+    service = await start()
+    task_id = await submit_sleep(service, receiver, 0.1, 1, webhook_events=[])
+    await service.wait_terminal(task_id)
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        assert response.status == 400
+        assert "webhook_events" in (await response.json())["detail"]
+
+
+@pytest.mark.parametrize("events", ["completed", ["done"], [1], {"started": True}])
+async def test_webhook_events_must_be_a_list_of_known_events(start, receiver, events):
+    service = await start(workers=False)
+    body = {
+        "project_id": "proj-1",
+        "task_type": "sleep",
+        "task_data": {"seconds": 1},
+        "callback_url": receiver.url(),
+        "webhook_events": events,
+    }
+
+    async with service.client.post("/api/v1/tasks/submit", json=body) as response:
+        assert response.status == 400
+        refused = await response.json()
+
+    assert refused["error"] == "validation_error"
+    assert set(refused["details"]) == {"webhook_events"}
+    assert "started, progress, completed, failed, cancelled" in refused["details"]["webhook_events"]
