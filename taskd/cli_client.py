@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import orjson
 
 from taskd.apikey import KEY_FILE
-from taskd.client import TaskClient, TaskdError, TaskEvent
+from taskd.client import Task, TaskClient, TaskdError, TaskEvent
 from taskd.config import ConfigError, load_config
 from taskd.model import TaskStatus
 
@@ -95,31 +95,67 @@ class ProgressView:
             self.drawn = False
 
 
-async def _follow(client: TaskClient, task_id: str, args: argparse.Namespace) -> int:
-    view = ProgressView(sys.stderr, sys.stderr.isatty()) if not args.json else None
+async def _await_end(client: TaskClient, task_id: str, timeout: float | None, json: bool) -> Task | None:
+    """Follow a task to its end, its progress on stderr; None when `timeout` ran out first."""
+    view = ProgressView(sys.stderr, sys.stderr.isatty()) if not json else None
     try:
-        task = await client.wait(task_id, timeout=args.timeout, on_event=view, raise_on_failure=False)
+        return await client.wait(task_id, timeout=timeout, on_event=view, raise_on_failure=False)
     except TimeoutError:
+        _note(f"taskd: task {task_id} did not end within {timeout} s")
+        return None
+    finally:
         if view is not None:
             view.finish()
-        _note(f"taskd: task {task_id} did not end within {args.timeout} s")
+
+
+def _note_unfinished(task: Task) -> None:
+    if task.status is TaskStatus.FAILED:
+        _note(f"task {task.task_id} failed: {task.error}")
+    elif task.status is TaskStatus.CANCELLED:
+        _note(f"task {task.task_id} was cancelled (it was {task.previous_state})")
+
+
+async def _follow(client: TaskClient, task_id: str, args: argparse.Namespace) -> int:
+    task = await _await_end(client, task_id, args.timeout, args.json)
+    if task is None:
         return EXIT_TIMEOUT
-    if view is not None:
-        view.finish()
     if args.json:
         _print_json(task.raw)
     elif task.status is TaskStatus.COMPLETED:
         _print_json(task.result)
-    elif task.status is TaskStatus.FAILED:
-        _note(f"task {task_id} failed: {task.error}")
     else:
-        _note(f"task {task_id} was cancelled (it was {task.previous_state})")
+        _note_unfinished(task)
     return EXIT_OK if task.status is TaskStatus.COMPLETED else EXIT_TASK_FAILED
+
+
+def _set_ref(data: dict[str, Any], field: str, ref: str) -> None:
+    """Put {"$ref": ref} at `field`, a top-level key or a dotted path whose parents are objects."""
+    *parents, last = field.split(".")
+    target = data
+    for name in parents:
+        child = target.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"--ref {field}: {name} is not an object in --data")
+        target = child
+    target[last] = {"$ref": ref}
+
+
+def _apply_refs(data: dict[str, Any], refs: list[str], after: list[str]) -> None:
+    """`--ref FIELD=ID#/POINTER`; the server resolves a $ref only to a dependency, so ID must be in --after."""
+    for raw in refs:
+        field, _, ref = raw.partition("=")
+        task_id, hash_sign, _pointer = ref.partition("#")
+        if not field or not task_id or not hash_sign:
+            raise UsageError(f"--ref {raw}: expected FIELD=TASK_ID#/POINTER")
+        if task_id not in after:
+            raise UsageError(f"--ref {raw}: {task_id} is not one of --after")
+        _set_ref(data, field, ref)
 
 
 async def cmd_submit(client: TaskClient, args: argparse.Namespace) -> int:
     """Submit a task; print its id (or the answer with --json); follow it with --wait."""
     data = _read_data(args.data)
+    _apply_refs(data, args.ref, args.after)
     metadata = _read_data(args.metadata) if args.metadata else None
     submitted = await client.submit(
         args.project,
@@ -128,6 +164,12 @@ async def cmd_submit(client: TaskClient, args: argparse.Namespace) -> int:
         priority=args.priority,
         callback_url=args.callback,
         metadata=metadata,
+        keep_for=args.keep_for,
+        idempotency_key=args.idempotency_key,
+        depends_on=args.after or None,
+        run_at=args.run_at,
+        delay_seconds=args.delay,
+        webhook_events=args.webhook_events.split(",") if args.webhook_events else None,
     )
     if args.json and not args.wait:
         _print_json(submitted.raw)
@@ -147,6 +189,8 @@ STATUS_FIELDS = (
     "progress",
     "current_step",
     "queue_position",
+    "waiting_for",
+    "scheduled_for",
     "attempt",
     "priority",
     "created_at",
@@ -278,6 +322,29 @@ def add_commands(commands: Any) -> None:
     submit.add_argument("--priority", type=int, default=2, choices=(1, 2, 3), help="1 high, 2 normal, 3 low")
     submit.add_argument("--callback", help="callback_url for the webhook")
     submit.add_argument("--metadata", help="metadata: JSON, @file.json or @-")
+    submit.add_argument(
+        "--after", action="append", default=[], metavar="ID", help="run once this task completed (repeatable)"
+    )
+    submit.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        metavar="FIELD=ID#/POINTER",
+        help='set task_data FIELD (a.b for nested) to {"$ref": "ID#/POINTER"}; ID must be an --after',
+    )
+    submit.add_argument("--run-at", metavar="RFC3339", help="start no earlier than this time")
+    submit.add_argument("--delay", type=float, metavar="SECONDS", help="start no earlier than this from now")
+    submit.add_argument(
+        "--keep-for", type=int, metavar="SECONDS", help="keep the result this long once ended"
+    )
+    submit.add_argument(
+        "--idempotency-key", metavar="KEY", help="a resend with this key makes no second task"
+    )
+    submit.add_argument(
+        "--webhook-events",
+        metavar="EVENTS",
+        help="comma-separated: started,progress,completed,failed,cancelled",
+    )
     submit.add_argument("--wait", action="store_true", help="follow the task until it ends")
     _timeout_option(submit)
     submit.set_defaults(client_command=cmd_submit)

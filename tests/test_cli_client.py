@@ -269,3 +269,41 @@ def test_the_client_variables_are_not_config_keys():
     config = load_config(environ={"TASKD_URL": "http://10.0.0.5:8001", "TASKD_API_KEY": "k"})
 
     assert config.http.port == 8001
+
+
+async def test_submit_after_with_a_ref_feeds_the_first_steps_result_into_the_second(taskd):
+    first = await taskd_cli(
+        "submit", "--project", "films", "--type", "append", "--data", '{"text": "rain"}', url=taskd.base_url
+    )
+
+    second = await taskd_cli(
+        "submit", "--project", "films", "--type", "append", "--data", '{"suffix": "?"}',
+        "--after", first.out.strip(), "--ref", f"text={first.out.strip()}#/text", "--wait",
+        url=taskd.base_url,
+    )  # fmt: skip
+
+    assert second.code == 0, second.err
+    assert json.loads(second.out.split("\n", 1)[1]) == {"text": "rain!?", "length": 6}
+
+
+async def test_submit_ref_to_a_task_not_in_after_exits_2_with_one_line(taskd):
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "append", "--data", "{}", "--ref", "text=abc#/text",
+        url=taskd.base_url,
+    )  # fmt: skip
+
+    assert run.code == 2
+    assert run.err.splitlines() == ["taskd: --ref text=abc#/text: abc is not one of --after"]
+
+
+async def test_submit_delay_shows_scheduled_for_in_the_status(taskd):
+    submitted = await taskd_cli(
+        "submit", "--project", "films", "--type", "noop", "--data", "{}", "--delay", "600", url=taskd.base_url
+    )
+
+    status = await taskd_cli("status", submitted.out.strip(), url=taskd.base_url)
+
+    assert submitted.code == 0, submitted.err
+    assert [line.split()[0] for line in status.out.splitlines() if "scheduled_for" in line] == [
+        "scheduled_for:"
+    ]
