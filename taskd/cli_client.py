@@ -1,11 +1,11 @@
-"""The client commands of `taskd`: submit, status, wait, cancel, retry, tasks, health.
+"""The client commands of `taskd`: submit, run, status, wait, cancel, retry, tasks, health.
 
 They talk to a running taskd over HTTP with `taskd.client.TaskClient`. The server is `--url`,
 else `$TASKD_URL`, else the `http.host`/`http.port` of the config (http://127.0.0.1:8001 by
 default). The key is `--api-key`, else `$TASKD_API_KEY`, else the first `auth.api_keys` of the
 config, else the key a local `taskd serve` made in `<data_dir>/api_key`.
 
-Exit codes: 0 ok; 1 the task failed or was cancelled (or `health` is not healthy); 2 usage or
+Exit codes: 0 ok; 1 the task (for `run`: any task) failed or was cancelled (or `health` is not healthy); 2 usage or
 configuration error; 3 HTTP or API error (the error body is printed); 4 `wait --timeout` ran out.
 """
 
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -179,6 +180,113 @@ async def cmd_submit(client: TaskClient, args: argparse.Namespace) -> int:
     if args.wait:
         return await _follow(client, submitted.task_id, args)
     return EXIT_OK
+
+
+class Pipeline:
+    """A pipeline file's `[[task]]` tables as one batch: step names become "@<index>"."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{path} is not valid TOML: {exc}") from None
+        steps = document.get("task")
+        if not isinstance(steps, list) or not steps:
+            raise UsageError(f"{path}: no [[task]] tables")
+        self.names: list[str] = []
+        for index, step in enumerate(steps):
+            if not isinstance(step, dict):
+                raise self._error(index, "must be a table")
+            name = step.get("name", str(index))
+            if not isinstance(name, str) or name in self.names:
+                raise self._error(index, "name must be a string no other task has")
+            self.names.append(name)
+        self.tasks = [self._item(index, step) for index, step in enumerate(steps)]
+
+    def _error(self, index: int, problem: str) -> UsageError:
+        return UsageError(f"{self.path}: task {index}: {problem}")
+
+    def _index(self, index: int, step: object) -> int:
+        """An earlier step, named by its name or its index (the server reads only earlier ones)."""
+        if isinstance(step, str) and step in self.names[:index]:
+            return self.names.index(step)
+        if isinstance(step, str) and step.isdigit():
+            step = int(step)
+        if isinstance(step, int) and not isinstance(step, bool) and 0 <= step < index:
+            return step
+        raise self._error(index, f"{step!r} is not an earlier task")
+
+    def _item(self, index: int, step: dict[str, Any]) -> dict[str, Any]:
+        for key in ("project", "type"):
+            if not isinstance(step.get(key), str):
+                raise self._error(index, f"{key} must be a string")
+        after = step.get("after", [])
+        if not isinstance(after, list):
+            raise self._error(index, "after must be a list of task names or indexes")
+        depends_on = [self._index(index, earlier) for earlier in after]
+        data = step.get("data", {})
+        if not isinstance(data, dict):
+            raise self._error(index, "data must be a table")
+        item: dict[str, Any] = {
+            "project_id": step["project"],
+            "task_type": step["type"],
+            "task_data": self._refs(index, data, depends_on),
+        }
+        item["depends_on"] = [f"@{earlier}" for earlier in dict.fromkeys(depends_on)]
+        if "priority" in step:
+            item["priority"] = step["priority"]
+        if "callback" in step:
+            item["callback_url"] = step["callback"]
+        return item
+
+    def _refs(self, index: int, value: Any, depends_on: list[int]) -> Any:
+        """`{ref = "name#/pointer"}` → {"$ref": "@<index>#/pointer"}; its task becomes a dependency,
+        as the server resolves a $ref only to one."""
+        if isinstance(value, dict) and set(value) == {"ref"} and isinstance(value["ref"], str):
+            name, hash_sign, pointer = value["ref"].partition("#")
+            if not hash_sign:
+                raise self._error(index, f"ref {value['ref']!r} is not name#/pointer")
+            earlier = self._index(index, name)
+            depends_on.append(earlier)
+            return {"$ref": f"@{earlier}#{pointer}"}
+        if isinstance(value, dict):
+            return {key: self._refs(index, item, depends_on) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self._refs(index, item, depends_on) for item in value]
+        return value
+
+
+async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
+    """Submit a pipeline file as one batch; print the task ids; follow every task to its end."""
+    pipeline = Pipeline(args.file)
+    submitted = await client.submit_batch(pipeline.tasks)
+    if args.json and args.no_wait:
+        _print_json({"tasks": [answer.raw for answer in submitted]})
+    elif not args.json:
+        for name, answer in zip(pipeline.names, submitted, strict=True):
+            print(answer.task_id, flush=True)
+            _note(f"{name}: {answer.task_id}")
+    if args.no_wait:
+        return EXIT_OK
+    # One deadline for the whole pipeline: its steps run one after another, so each is followed in turn.
+    deadline = None if args.timeout is None else asyncio.get_running_loop().time() + args.timeout
+    ended: list[Task] = []
+    for name, answer in zip(pipeline.names, submitted, strict=True):
+        if not args.json:
+            _note(f"{name}:")
+        left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+        task = await _await_end(client, answer.task_id, left, args.json)
+        if task is None:
+            return EXIT_TIMEOUT
+        _note_unfinished(task)
+        ended.append(task)
+    if args.json:
+        _print_json({"tasks": [task.raw for task in ended]})
+    everything_completed = all(task.status is TaskStatus.COMPLETED for task in ended)
+    return EXIT_OK if everything_completed else EXIT_TASK_FAILED
 
 
 STATUS_FIELDS = (
@@ -348,6 +456,14 @@ def add_commands(commands: Any) -> None:
     submit.add_argument("--wait", action="store_true", help="follow the task until it ends")
     _timeout_option(submit)
     submit.set_defaults(client_command=cmd_submit)
+
+    run = commands.add_parser(
+        "run", parents=[common], help="submit a pipeline file's tasks as one batch and follow them"
+    )
+    run.add_argument("file", help="pipeline file: TOML with [[task]] tables")
+    run.add_argument("--no-wait", action="store_true", help="print the task ids and exit")
+    _timeout_option(run)
+    run.set_defaults(client_command=cmd_run)
 
     status = commands.add_parser("status", parents=[common], help="show a task's status")
     status.add_argument("task_id")

@@ -307,3 +307,49 @@ async def test_submit_delay_shows_scheduled_for_in_the_status(taskd):
     assert [line.split()[0] for line in status.out.splitlines() if "scheduled_for" in line] == [
         "scheduled_for:"
     ]
+
+
+CHAIN = """
+[[task]]
+name = "first"
+project = "films"
+type = "append"
+data = {text = "rain"}
+
+[[task]]
+name = "second"
+project = "films"
+type = "append"
+after = ["first"]
+data = {text = {ref = "first#/text"}, suffix = "?"}
+
+[[task]]
+project = "films"
+type = "append"
+after = ["second"]
+data = {text = {ref = "second#/text"}}
+"""
+
+
+async def test_run_submits_a_pipeline_file_prints_the_ids_and_follows_the_chain_to_its_end(
+    taskd, tmp_path: Path
+):
+    (tmp_path / "pipeline.toml").write_text(CHAIN)
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    ids = run.out.split()
+    assert len(ids) == 3
+    assert (await taskd.status(ids[2]))["result"] == {"text": "rain!?!", "length": 7}
+
+
+async def test_run_a_pipeline_whose_ref_names_an_unknown_step_exits_2_with_one_line(taskd, tmp_path: Path):
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace("second#/text", "voice#/text"))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url=taskd.base_url)
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 2: 'voice' is not an earlier task"
+    ]
