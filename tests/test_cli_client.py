@@ -353,3 +353,16 @@ async def test_run_a_pipeline_whose_ref_names_an_unknown_step_exits_2_with_one_l
     assert run.err.splitlines() == [
         f"taskd: {tmp_path / 'pipeline.toml'}: task 2: 'voice' is not an earlier task"
     ]
+
+
+async def test_the_pipeline_file_of_the_docs_is_one_batch_the_server_accepts(start_service, tmp_path: Path):
+    taskd = await start_service(workers=False)
+    docs = (Path(__file__).parent.parent / "docs" / "api.md").read_text()
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "scene.toml").write_text(example.replace("\n  ", "\n"))
+
+    run = await taskd_cli("run", str(tmp_path / "scene.toml"), "--no-wait", url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    ids = run.out.split()
+    assert (await taskd.status(ids[3]))["waiting_for"] == [ids[2]]
