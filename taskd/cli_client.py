@@ -5,8 +5,9 @@ else `$TASKD_URL`, else the `http.host`/`http.port` of the config (http://127.0.
 default). The key is `--api-key`, else `$TASKD_API_KEY`, else the first `auth.api_keys` of the
 config, else the key a local `taskd serve` made in `<data_dir>/api_key`.
 
-Exit codes: 0 ok; 1 the task (for `run`: any task) failed or was cancelled (or `health` is not healthy); 2 usage or
-configuration error; 3 HTTP or API error (the error body is printed); 4 `wait --timeout` ran out.
+Exit codes: 0 ok; 1 the task (for `run`: any task) failed or was cancelled (or `health` is not
+healthy); 2 usage or configuration error (a bad pipeline file too); 3 HTTP or API error (the error
+body is printed); 4 `--timeout` ran out.
 """
 
 from __future__ import annotations
@@ -235,7 +236,8 @@ class Pipeline:
             "task_type": step["type"],
             "task_data": self._refs(index, data, depends_on),
         }
-        item["depends_on"] = [f"@{earlier}" for earlier in dict.fromkeys(depends_on)]
+        if depends_on:
+            item["depends_on"] = [f"@{earlier}" for earlier in dict.fromkeys(depends_on)]
         if "priority" in step:
             item["priority"] = step["priority"]
         if "callback" in step:
@@ -271,7 +273,8 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
             _note(f"{name}: {answer.task_id}")
     if args.no_wait:
         return EXIT_OK
-    # One deadline for the whole pipeline: its steps run one after another, so each is followed in turn.
+    # --timeout bounds the whole pipeline: the tasks are followed one at a time in the file's order
+    # (a later step has mostly ended by the time it is reached), all against one deadline.
     deadline = None if args.timeout is None else asyncio.get_running_loop().time() + args.timeout
     ended: list[Task] = []
     for name, answer in zip(pipeline.names, submitted, strict=True):
@@ -281,7 +284,8 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
         task = await _await_end(client, answer.task_id, left, args.json)
         if task is None:
             return EXIT_TIMEOUT
-        _note_unfinished(task)
+        if not args.json:
+            _note_unfinished(task)
         ended.append(task)
     if args.json:
         _print_json({"tasks": [task.raw for task in ended]})
@@ -457,13 +461,13 @@ def add_commands(commands: Any) -> None:
     _timeout_option(submit)
     submit.set_defaults(client_command=cmd_submit)
 
-    run = commands.add_parser(
+    pipeline = commands.add_parser(
         "run", parents=[common], help="submit a pipeline file's tasks as one batch and follow them"
     )
-    run.add_argument("file", help="pipeline file: TOML with [[task]] tables")
-    run.add_argument("--no-wait", action="store_true", help="print the task ids and exit")
-    _timeout_option(run)
-    run.set_defaults(client_command=cmd_run)
+    pipeline.add_argument("file", help="pipeline file: TOML with [[task]] tables")
+    pipeline.add_argument("--no-wait", action="store_true", help="print the task ids and exit")
+    _timeout_option(pipeline)
+    pipeline.set_defaults(client_command=cmd_run)
 
     status = commands.add_parser("status", parents=[common], help="show a task's status")
     status.add_argument("task_id")
