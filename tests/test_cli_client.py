@@ -366,3 +366,17 @@ async def test_the_pipeline_file_of_the_docs_is_one_batch_the_server_accepts(sta
     assert run.code == 0, run.err
     ids = run.out.split()
     assert (await taskd.status(ids[3]))["waiting_for"] == [ids[2]]
+
+
+async def test_run_exits_1_when_a_step_fails_and_names_the_cancelled_rest(taskd, tmp_path: Path):
+    failing_first = CHAIN.replace(
+        'type = "append"\ndata = {text = "rain"}', 'type = "fail"\ndata = {message = "no rain"}'
+    )
+    (tmp_path / "pipeline.toml").write_text(failing_first)
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url=taskd.base_url)
+
+    assert run.code == 1
+    first, second, _ = run.out.split()
+    assert f"task {first} failed: no rain" in run.err
+    assert f"task {second} was cancelled (it was queued)" in run.err
