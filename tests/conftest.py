@@ -18,6 +18,7 @@ import pytest
 from fake_media_apis import FileServer
 from fake_openai import FakeOpenAI
 from redis.asyncio import Redis
+from webhook_receiver import WebhookReceiver
 
 from taskd.config import (
     AuthConfig,
@@ -93,6 +94,13 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def files() -> AsyncIterator[FileServer]:
     """A loopback server of static files (test media inputs)."""
     async with FileServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    """A local webhook receiver that records what it is sent."""
+    async with WebhookReceiver() as server:
         yield server
 
 

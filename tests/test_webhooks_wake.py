@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from conftest import RunningService
 from examples import TASK_DATA
 from webhook_receiver import WebhookReceiver
 
 from taskd.config import WebhooksConfig
 from taskd.webhooks import sender
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    async with WebhookReceiver() as server:
-        yield server
 
 
 async def submit_prompt(service: RunningService, receiver: WebhookReceiver) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -17,7 +16,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from conftest import API_KEY
-from webhook_receiver import WebhookReceiver
 
 from taskd import keys
 from taskd.config import AuthConfig, GpuConfig, ScopedKey, WebhooksConfig
@@ -49,12 +47,6 @@ class Seeded:
     def other_markers(self) -> list[str]:
         """Strings that only something of the other project can contain."""
         return [*self.other_tasks.values(), self.other_hook_url, OTHER_HOOK_PATH, self.other_media]
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    async with WebhookReceiver() as server:
-        yield server
 
 
 async def submit(running: Any, project: str, task_type: str, data: dict, **fields: Any) -> str:

@@ -11,7 +11,7 @@ import base64
 import json
 import multiprocessing
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from conftest import API_KEY, RunningService, child_env
 from standardwebhooks import Webhook, WebhookVerificationError
-from webhook_receiver import Received, WebhookReceiver
+from webhook_receiver import Received
 
 from taskd import keys
 from taskd.config import AuthConfig, ConfigError, ScopedKey, WebhooksConfig, load_config
@@ -45,12 +45,6 @@ def verifies(secret: str, request: Received) -> bool:
     except WebhookVerificationError:
         return False
     return True
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    async with WebhookReceiver() as server:
-        yield server
 
 
 @pytest.fixture
