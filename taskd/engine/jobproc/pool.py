@@ -55,7 +55,16 @@ class ProcessOutcome:
     peak_rss: int = 0
 
 
-def _rss(process: psutil.Process) -> int:
+def _lookup(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _rss(process: psutil.Process | None) -> int:
+    if process is None:
+        return 0
     try:
         total = process.memory_info().rss
         for child in process.children(recursive=True):
@@ -159,10 +168,12 @@ class Runner:
         self, request: dict[str, Any], limits: Limits, on_progress: ProgressCallback
     ) -> ProcessOutcome:
         """Run one task to its end under `limits`."""
+        # Looked up before the task is sent: a handler that kills its process at once would leave
+        # no pid to find after, and the task would end in an exception instead of "crashed".
+        process = _lookup(self.pid)
         self._send({"op": "run", **request})
         started = time.monotonic()
         soft_sent = False
-        process = psutil.Process(self.pid)
         peak = 0
         while True:
             elapsed = time.monotonic() - started
