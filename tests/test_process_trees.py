@@ -200,3 +200,7 @@ async def test_a_tool_child_dies_with_the_process_that_started_it_even_by_sigkil
     async with asyncio.timeout(10):
         while running(tool_pid):
             await asyncio.sleep(0.05)
+    # The tool child held the worker's stdout pipe: read it to its end, so the pipe's transport
+    # closes inside this test's event loop (left open, it warns when collected in a later test).
+    async with asyncio.timeout(10):
+        await worker.stdout.read()
