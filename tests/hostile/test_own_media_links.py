@@ -11,9 +11,9 @@ from pathlib import Path
 
 import attrs
 import pytest
-from fake_media_apis import png
+from fake_media_apis import png, sine_wav
 
-from taskd.config import Config, HttpConfig
+from taskd.config import Config, HttpConfig, MediaConfig
 from taskd.media import download
 from taskd.media.own import OwnMedia
 from taskd.media.store import SECRET_FILE, MediaStore
@@ -143,3 +143,18 @@ async def test_a_link_at_another_address_still_goes_through_the_ssrf_guard(confi
 
     with pytest.raises(TaskError, match=r"127\.0\.0\.1 is not a public address"):
         await fetch_as(config, http, "tour", url, tmp_path)
+
+
+async def test_a_task_given_another_projects_media_url_fails_naming_it(start_service, tmp_path):
+    running = await start_service(media=MediaConfig(base_url="http://media.test"))
+    source = tmp_path / "voice.wav"
+    source.write_bytes(sine_wav(1.0))
+    theirs = MediaStore.from_config(running.service.config).put("studio_a", "voice_x.wav", source).url
+
+    task = await running.submit("process_audio", {"tracks": [{"url": theirs}]}, project_id="studio_b")
+    body = await running.wait_terminal(task["task_id"], timeout=30)
+
+    assert (body["status"], body["error"]) == (
+        "failed",
+        f"Track {theirs} was refused: it is a media link of another project",
+    )
