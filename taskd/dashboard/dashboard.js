@@ -36,6 +36,13 @@ function fmtTime(iso) {
   return isNaN(date) ? iso : date.toLocaleTimeString();
 }
 
+// A time that may be days away: the date too, unless it is today.
+function fmtWhen(iso) {
+  const date = new Date(iso);
+  if (isNaN(date)) return iso;
+  return date.toDateString() === new Date().toDateString() ? date.toLocaleTimeString() : date.toLocaleString();
+}
+
 function fmtEpoch(seconds) {
   return seconds ? new Date(seconds * 1000).toISOString().replace(/\.\d+Z$/, "Z") : null;
 }
@@ -198,7 +205,7 @@ function waitingNodes(task) {
   }
   if (task.scheduled_for) {
     const box = el("span", "runs at ", "scheduled-for");
-    const time = el("time", fmtTime(task.scheduled_for));
+    const time = el("time", fmtWhen(task.scheduled_for));
     time.dateTime = task.scheduled_for;
     time.title = task.scheduled_for;
     box.append(time);

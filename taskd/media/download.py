@@ -126,7 +126,8 @@ def _copy_own(own: OwnMedia, url: str, dest: Path, kind: str, limits: Limits, wh
     stored = own.find(url, what)
     if stored is None:
         return None
-    with stored.open("rb") as source:
+    # O_NOFOLLOW: a link swapped in after find() looked is not followed either.
+    with os.fdopen(os.open(stored, os.O_RDONLY | os.O_NOFOLLOW), "rb") as source:
         size = os.fstat(source.fileno()).st_size
         if size > limits.max_bytes:
             raise TaskError(_too_big(what, url, limits))
