@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from yarl import URL
 
 from taskd.config import MediaConfig
 from taskd.errors import TaskError, TransientError
+from taskd.media.own import OwnMedia
 from taskd.net.guard import ForbiddenAddress, NotHttp, refusal
 from taskd.net.guarded import GuardedClient, RedirectRefused
 
@@ -82,16 +85,23 @@ async def fetch(
     limits: Limits,
     what: str = "Input",
     trusted: Iterable[str] = (),
+    own: OwnMedia | None = None,
 ) -> Path:
     """Download `url` to `dest` + the sniffed extension; TaskError naming the URL when it cannot be used.
 
     Every hop goes through the SSRF guard (`trusted`: origins exempt from it, see GuardedClient).
     Errors never carry what answered beyond a status code: no content type, size or body.
+    With `own`, a link to this taskd's media store is read from the store instead (see OwnMedia),
+    with the same size and content checks.
     """
     try:
         URL(url)
     except ValueError:
         raise TaskError(f"{what} {url} is not a valid URL") from None
+    if own is not None:
+        copied = await asyncio.to_thread(_copy_own, own, url, dest, kind, limits, what)
+        if copied is not None:
+            return copied
     part = dest.with_suffix(".part")
     try:
         async with asyncio.timeout(limits.timeout):
@@ -108,6 +118,26 @@ async def fetch(
         raise
     final = dest.with_suffix(f".{ext}")
     part.rename(final)
+    return final
+
+
+def _copy_own(own: OwnMedia, url: str, dest: Path, kind: str, limits: Limits, what: str) -> Path | None:
+    # In a thread: the signature check stats the file, and the copy may be large.
+    stored = own.find(url, what)
+    if stored is None:
+        return None
+    # O_NOFOLLOW: a link swapped in after find() looked is not followed either.
+    with os.fdopen(os.open(stored, os.O_RDONLY | os.O_NOFOLLOW), "rb") as source:
+        size = os.fstat(source.fileno()).st_size
+        if size > limits.max_bytes:
+            raise TaskError(_too_big(what, url, limits))
+        ext = sniff(source.read(16), kind)
+        if ext is None:
+            raise TaskError(f"{what} {url} is not a supported {kind} file")
+        source.seek(0)
+        final = dest.with_suffix(f".{ext}")
+        with final.open("wb") as out:
+            shutil.copyfileobj(source, out)
     return final
 
 

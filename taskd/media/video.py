@@ -17,6 +17,8 @@ from taskd.config import Config
 from taskd.errors import TaskError
 from taskd.media import download, ffmpeg
 from taskd.media.bounds import Bounds
+from taskd.media.own import OwnMedia
+from taskd.media.store import MediaStore
 from taskd.net.guarded import GuardedClient
 
 ProgressFn = Callable[[float], Awaitable[None]]
@@ -55,6 +57,8 @@ class ClipRequest:
     height: int
     title: str | None = None
     details: dict[str, Any] = attrs.Factory(dict)  # the task's descriptive fields, for remote providers
+    # The task's project: the built-in renderer reads that project's own media links from the store.
+    project_id: str | None = None
 
 
 class ClipRenderer(Protocol):
@@ -75,6 +79,7 @@ def load_renderer(config: Config, http: aiohttp.ClientSession) -> ClipRenderer:
             GuardedClient.from_config(config, http),
             download.Limits.from_config(config.media),
             Bounds.from_config(config.media),
+            MediaStore.from_config(config),
         )
     module_name, _, attr = plugin.partition(":")
     try:
@@ -179,10 +184,13 @@ class FfmpegRenderer:
 
     model = MODEL
 
-    def __init__(self, inputs: GuardedClient, limits: download.Limits, bounds: Bounds) -> None:
+    def __init__(
+        self, inputs: GuardedClient, limits: download.Limits, bounds: Bounds, store: MediaStore | None = None
+    ) -> None:
         self.inputs = inputs
         self.limits = limits
         self.bounds = bounds
+        self.store = store
 
     async def render(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> Path:
         """Download, then render; progress is 0..0.2 for downloads and 0.2..1 for ffmpeg."""
@@ -190,6 +198,9 @@ class FfmpegRenderer:
         total = max(1, round(clip.duration * clip.fps))
         if clip.shots:
             download.check_count([s.url for s in clip.shots], self.limits, "images")
+            own = None
+            if self.store is not None and clip.project_id is not None:
+                own = OwnMedia(self.store, clip.project_id)
             images = []
             for i, shot in enumerate(clip.shots):
                 images.append(
@@ -200,6 +211,7 @@ class FfmpegRenderer:
                         kind="image",
                         limits=self.limits,
                         what="Image",
+                        own=own,
                     )
                 )
                 # The header is read from disk: in a thread.

@@ -47,7 +47,7 @@ class GenerateVideoInput:
     resolution: str = attrs.field(default="1920x1080", validator=[resolution(), EVEN_RESOLUTION])
 
 
-def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
+def clip_request(task_id: str, data: GenerateVideoInput, project_id: str | None = None) -> video.ClipRequest:
     """Each storyboard image held for an equal share of the duration, with alternating pan/zoom."""
     width, height = (int(side) for side in data.resolution.split("x"))
     count = len(data.storyboard_images)
@@ -64,6 +64,7 @@ def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
         width=width,
         height=height,
         title=data.scene_description,
+        project_id=project_id,
         details={
             "scene_description": data.scene_description,
             "camera_angle": data.camera_angle,
@@ -103,7 +104,7 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
 
 async def run(ctx: TaskContext, data: GenerateVideoInput) -> dict[str, Any]:
     """Render the storyboard (or a title card from scene_description) into an H.264 MP4."""
-    return await render_and_publish(ctx, clip_request(ctx.task_id, data), "video")
+    return await render_and_publish(ctx, clip_request(ctx.task_id, data, ctx.project_id), "video")
 
 
 TASK = TaskType(

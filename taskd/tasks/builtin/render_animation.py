@@ -75,6 +75,7 @@ async def run(ctx: TaskContext, data: RenderAnimationInput) -> dict[str, Any]:
         width=width,
         height=height,
         details={"character_id": data.character_id, "animation_type": data.animation_type},
+        project_id=ctx.project_id,
     )
     return await render_and_publish(ctx, clip, "animation")
 
