@@ -42,6 +42,8 @@ class FakeVideoAPI(_Server):
         self.hang = hang
         # HTTP statuses to answer the next creates with, first to last (then they work).
         self.create_errors: list[int] = []
+        # The same for the polls of a job (OpenAI's GET /v1/videos/{id}).
+        self.poll_errors: list[int] = []
         # Replicate: where the output is said to be ("" = this server's /files/<id>.mp4).
         self.output_url = ""
         self.created: list[Any] = []  # each create's JSON body, or its form fields
@@ -120,6 +122,8 @@ class FakeVideoAPI(_Server):
         job = request.match_info["id"]
         if job not in self.jobs:
             return self._error(404, "no such video")
+        if self.poll_errors:
+            return self._error(self.poll_errors.pop(0), "fake poll refused")
         status, progress = self._advance(job)
         body: dict[str, Any] = {"id": job, "object": "video", "progress": progress}
         body["status"] = {"running": "in_progress", "succeeded": "completed"}.get(status, status)

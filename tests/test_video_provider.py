@@ -250,6 +250,17 @@ async def test_cancelling_the_task_cancels_the_providers_job(start_service, api,
     assert (await taskd.status(task["task_id"]))["status"] == "cancelled"
 
 
+async def test_a_job_whose_polls_keep_failing_is_cancelled_before_the_task_fails(tmp_path, http, api):
+    api.poll_errors = [503, 503]
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "openai", max_retries=1)))
+
+    with pytest.raises(TaskError, match="Video provider returned HTTP 503: fake poll refused") as failure:
+        await generate_video.run(ctx, scene())
+
+    assert failure.value.transient  # the task is retried: its job must not run on meanwhile
+    assert api.cancelled == ["job_1"]
+
+
 # What is refused
 
 

@@ -188,7 +188,7 @@ class ProviderRenderer:
         """Poll `job` until it ends; cancel it at the provider if the task stops first, however it stops."""
         try:
             while True:
-                state = await self._calls.retrying(lambda: self._api.state(job), "poll")
+                state = await self._api.state(job)  # transient failures are tried again inside
                 if state.progress is not None:
                     await progress(PREPARED + (GENERATED - PREPARED) * state.progress)
                 if state.done:
