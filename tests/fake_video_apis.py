@@ -46,6 +46,9 @@ class FakeVideoAPI(_Server):
         self.poll_errors: list[int] = []
         # Replicate: where the output is said to be ("" = this server's /files/<id>.mp4).
         self.output_url = ""
+        # OpenAI: where GET /v1/videos/{id}/content redirects to ("" = it answers with the video).
+        self.content_redirect = ""
+        self.file_authorizations: list[str | None] = []  # the Authorization header of each /files/ GET
         self.created: list[Any] = []  # each create's JSON body, or its form fields
         self.cancelled: list[str] = []
         self.jobs: dict[str, int] = {}  # id -> polls so far
@@ -135,6 +138,8 @@ class FakeVideoAPI(_Server):
         self._record(request)
         if request.headers.get("Authorization") != "Bearer sk-video":
             return self._error(401, "no key")
+        if self.content_redirect:
+            raise web.HTTPFound(self.content_redirect)
         return web.Response(body=self.video, content_type="video/mp4")
 
     async def _openai_delete(self, request: web.Request) -> web.Response:
@@ -194,4 +199,5 @@ class FakeVideoAPI(_Server):
 
     async def _file(self, request: web.Request) -> web.Response:
         self._record(request)
+        self.file_authorizations.append(request.headers.get("Authorization"))
         return web.Response(body=self.video, content_type="video/mp4")

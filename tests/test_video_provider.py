@@ -320,6 +320,16 @@ async def test_the_key_goes_only_to_the_providers_own_origin(tmp_path, http, api
         await generate_video.run(ctx, scene())
 
 
+async def test_the_key_is_not_sent_where_the_providers_own_url_redirects(tmp_path, http, api):
+    api.content_redirect = f"http://localhost:{api.port}/files/out.mp4"
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "openai")))
+
+    await generate_video.run(ctx, scene())
+
+    assert ("GET", "/files/out.mp4") in api.requests
+    assert api.file_authorizations == [None]
+
+
 # Limits and configuration
 
 
