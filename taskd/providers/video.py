@@ -144,7 +144,7 @@ class ProviderRenderer:
                 kind="video",
                 limits=self._limits,
                 what="Generated video",
-                trusted=[self._settings.base_url],
+                trusted=[self._calls.base_url],
                 trusted_headers=self._calls.auth,
             ),
             "download",
