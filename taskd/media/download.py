@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -65,6 +65,9 @@ def sniff(head: bytes, kind: str) -> str | None:
         if head[4:8] == b"ftyp":
             return "m4a"
         return next((ext for magic, ext in _AUDIO_MAGIC if head.startswith(magic)), None)
+    if kind == "video":
+        # An ISO base media file (MP4, MOV): its first box is `ftyp`.
+        return "mp4" if head[4:8] == b"ftyp" else None
     if kind == "json":
         return "json" if head.lstrip()[:1] in (b"{", b"[") else None
     raise ValueError(kind)
@@ -86,10 +89,12 @@ async def fetch(
     what: str = "Input",
     trusted: Iterable[str] = (),
     own: OwnMedia | None = None,
+    trusted_headers: Mapping[str, str] | None = None,
 ) -> Path:
     """Download `url` to `dest` + the sniffed extension; TaskError naming the URL when it cannot be used.
 
-    Every hop goes through the SSRF guard (`trusted`: origins exempt from it, see GuardedClient).
+    Every hop goes through the SSRF guard (`trusted`: origins exempt from it, which alone are sent
+    `trusted_headers`; see GuardedClient).
     Errors never carry what answered beyond a status code: no content type, size or body.
     With `own`, a link to this taskd's media store is read from the store instead (see OwnMedia),
     with the same size and content checks.
@@ -105,7 +110,7 @@ async def fetch(
     part = dest.with_suffix(".part")
     try:
         async with asyncio.timeout(limits.timeout):
-            async with client.get(url, trusted=trusted) as resp:
+            async with client.get(url, trusted=trusted, trusted_headers=trusted_headers) as resp:
                 ext = await _save(resp, part, kind, limits, what, url)
     except TimeoutError:
         part.unlink(missing_ok=True)

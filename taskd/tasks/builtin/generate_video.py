@@ -11,6 +11,7 @@ from taskd.media import video
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
+from taskd.providers import video as video_provider
 from taskd.tasks.spec import TaskContext, TaskType
 from taskd.validation import between, check, http_url, max_length, resolution
 
@@ -76,7 +77,9 @@ def clip_request(task_id: str, data: GenerateVideoInput, project_id: str | None 
 
 async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: str) -> dict[str, Any]:
     """Render `clip` in a scratch dir (removed on any exit), store the MP4, and describe it as measured."""
-    renderer = video.load_renderer(ctx.config, ctx.http)
+    # A configured video-generation API (providers.video.protocol) first, else the plugin or ffmpeg.
+    provider = video_provider.renderer(ctx.config, ctx.http, ctx.provider_gate("video"))
+    renderer: video.ClipRenderer = provider or video.load_renderer(ctx.config, ctx.http)
 
     async def rendering(fraction: float) -> None:
         await ctx.progress(
