@@ -145,6 +145,21 @@ class MediaStore:
         sig = self.signature(project_id, filename, expires)
         return f"{self.base}/media/{project_id}/{filename}?expires={expires}&sig={sig}"
 
+    def locate(self, url: str) -> tuple[str, str] | None:
+        """`(project_id, filename)` of a URL this store signed (`<base>/media/<project>/<file>?…`), else None."""
+        start = f"{self.base}/media/"
+        if not url.startswith(start):
+            return None
+        parts = url[len(start) :].split("?", 1)[0].split("/")
+        if len(parts) != 2 or self.path_of(parts[0], parts[1]) is None:
+            return None
+        return parts[0], parts[1]
+
+    def exists(self, project_id: str, filename: str) -> bool:
+        """True when the file is stored."""
+        path = self.path_of(project_id, filename)
+        return path is not None and path.is_file()
+
     def check(
         self, project_id: str, filename: str, expires: str, sig: str, now: float | None = None
     ) -> str | None:
