@@ -158,7 +158,8 @@ class SeaweedS3:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
-        # Sockets weed names by port in /tmp, left when it is killed: ours, by their ports.
-        for name in ("master-grpc", "volume-grpc"):
-            port = self.ports[f"{name.split('-')[0]}.port.grpc"]
-            Path(f"/tmp/seaweedfs-{name}-{port}.sock").unlink(missing_ok=True)
+        # Sockets weed makes in /tmp, named by port (left behind by a kill, and the admin's even by
+        # a clean stop): ours, by our ports.
+        for port in self.ports.values():
+            for leftover in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                leftover.unlink(missing_ok=True)

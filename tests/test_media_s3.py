@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -14,7 +15,8 @@ from fake_media_apis import FileServer, sine_wav
 from seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from yarl import URL
 
-from taskd.config import Config, MediaConfig, NetworkConfig, RetryConfig, S3Config
+from taskd.config import Config, ConfigError, MediaConfig, NetworkConfig, RetryConfig, S3Config
+from taskd.media.backend import media_backend
 from taskd.media.retention import MediaSweeper
 from taskd.media.s3 import S3Store
 
@@ -201,3 +203,11 @@ def test_a_url_of_another_bucket_or_project_is_not_located(seaweed, bucket, tmp_
     assert store.locate(url.replace(f"/{bucket}/", "/other-bucket/")) is None
     assert store.locate(url.replace("/noir_001/", "/noir_001/deeper/")) is None
     assert store.locate(f"https://elsewhere.example/{bucket}/{PREFIX}noir_001/video_1.mp4") is None
+
+
+def test_the_s3_backend_without_boto3_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if not installed: importing it fails
+    config = Config(media=MediaConfig(backend="s3", s3=S3Config(bucket="media")))
+
+    with pytest.raises(ConfigError, match=r"pip install 'taskd\[s3\]'"):
+        media_backend(config)
