@@ -97,7 +97,7 @@ class S3Store:
             raise TransientError(
                 f"Media store {self.where} refused or failed the upload: {describe(exc)}"
             ) from None
-        return StoredMedia(source, self.url(project_id, filename), source.stat().st_size)
+        return StoredMedia(None, self.url(project_id, filename), source.stat().st_size)
 
     def url(self, project_id: str, filename: str) -> str:
         """A presigned GET URL valid for `ttl` seconds (SigV4 caps it at 7 days); no request is made."""

@@ -96,9 +96,9 @@ def valid_name(name: str) -> bool:
 
 @attrs.frozen
 class StoredMedia:
-    """A file in the store and its signed URL."""
+    """A file in the store: its path (None in a bucket), its signed URL and its size."""
 
-    path: Path
+    path: Path | None
     url: str
     file_size: int
 
