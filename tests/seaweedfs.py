@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import boto3
 import botocore.config
@@ -36,6 +37,7 @@ PORT_FLAGS = (
     "admin.port.grpc",
 )
 START_TIMEOUT_S = 60.0
+START_ATTEMPTS = 3
 
 
 def weed_binary() -> Path:
@@ -68,19 +70,25 @@ def _die_with(parent: int) -> Callable[[], None]:
     return hook
 
 
+class _Exited(RuntimeError):
+    """weed stopped while starting."""
+
+
 class SeaweedS3:
     """One `weed mini` process with one S3 identity (ACCESS_KEY / SECRET_KEY)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
         self.ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS)), strict=True))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start the server and wait until it creates a bucket."""
-        data = self.root / "data"
-        data.mkdir(parents=True)
+        """Start the server and wait until it answers; if weed exits at once (a port was taken in
+        between by another process, e.g. another xdist worker), try again on new ports."""
         identities = {
             "identities": [
                 {
@@ -91,6 +99,18 @@ class SeaweedS3:
             ]
         }
         (self.root / "s3.json").write_text(json.dumps(identities))
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._launch(self.root / f"data{attempt}")
+                return
+            except _Exited:
+                self.stop()
+                if attempt == START_ATTEMPTS:
+                    raise
+                self._pick_ports()
+
+    def _launch(self, data: Path) -> None:
+        data.mkdir(parents=True)
         args = [
             str(weed_binary()),
             "mini",
@@ -105,7 +125,7 @@ class SeaweedS3:
             f"-filer.localSocket={self.root / 'filer.sock'}",
             f"-s3.localSocket={self.root / 's3.sock'}",
         ]
-        with (self.root / "weed.log").open("wb") as log:
+        with (self.root / "weed.log").open("ab") as log:
             self._proc = subprocess.Popen(
                 args,
                 stdout=log,
@@ -116,7 +136,7 @@ class SeaweedS3:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"weed mini exited {self._proc.returncode}: {self.log_tail()}")
+                raise _Exited(f"weed mini exited {self._proc.returncode}: {self.log_tail()}")
             try:
                 self.client().list_buckets()
                 return
@@ -128,14 +148,14 @@ class SeaweedS3:
                     ) from None
                 time.sleep(0.2)
 
-    def client(self, secret_key: str = SECRET_KEY) -> object:
+    def client(self) -> Any:
         """A boto3 S3 client of this server."""
         return boto3.session.Session().client(
             "s3",
             endpoint_url=self.endpoint,
             region_name="us-east-1",
             aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=secret_key,
+            aws_secret_access_key=SECRET_KEY,
             config=botocore.config.Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
         )
 
