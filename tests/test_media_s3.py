@@ -211,3 +211,15 @@ def test_the_s3_backend_without_boto3_names_the_extra(monkeypatch, tmp_path):
 
     with pytest.raises(ConfigError, match=r"pip install 'taskd\[s3\]'"):
         media_backend(config)
+
+
+def test_the_s3_backend_without_credentials_stops_with_one_line(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    config = Config(media=MediaConfig(backend="s3", s3=S3Config(bucket="media")))
+
+    with pytest.raises(ConfigError, match=r"^media.s3: cannot sign URLs \(Unable to locate credentials\)"):
+        media_backend(config)

@@ -40,7 +40,6 @@ class S3Store:
 
     def __init__(self, settings: S3Config, ttl: int) -> None:
         boto3, botocore_config = _boto3()
-        self.settings = settings
         self.bucket = settings.bucket
         self.prefix = settings.prefix
         self.ttl = min(ttl, MAX_PRESIGN_S)
@@ -59,15 +58,22 @@ class S3Store:
                 s3={"addressing_style": settings.addressing_style},
                 connect_timeout=min(settings.timeout, 10.0),
                 read_timeout=settings.timeout,
-                # A few quick tries inside one put; the task's own retries (with backoff) do the rest.
+                # Two quick tries inside one call; the task's own retries (with backoff) do the rest.
                 retries={"mode": "standard", "total_max_attempts": 2},
             ),
             **credentials,
         )
-        # What every URL this store signs starts with, to recognise them when re-signing.
-        self._url_start = self._client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": f"{self.prefix}_"}, ExpiresIn=60
-        ).split("?", 1)[0][:-1]
+        # What every URL this store signs starts with, to recognise them when re-signing. Signing
+        # needs credentials: with none configured or found by botocore, start-up stops here.
+        try:
+            probe = self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": f"{self.prefix}_"}, ExpiresIn=60
+            )
+        except Exception as exc:  # botocore's NoCredentialsError and kin
+            raise ConfigError(
+                f"media.s3: cannot sign URLs ({describe(exc)}): set access_key_id and secret_access_key"
+            ) from None
+        self._url_start = probe.split("?", 1)[0][:-1]
 
     @classmethod
     def from_config(cls, config: Config) -> S3Store:
