@@ -21,12 +21,12 @@
 -- include lib/emit.lua
 -- include lib/drop_job.lua
 -- include lib/ended.lua
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1] then
-  return status or false
+local current = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'job_id')
+if current[1] ~= 'processing' or current[2] ~= ARGV[1] then
+  return current[1] or false
 end
-drop_job(KEYS[1], KEYS[5])
-for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+drop_job(KEYS[1], KEYS[5], current[3])
+if #ARGV >= 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
 redis.call('ZREM', KEYS[2], ARGV[6])
 if ARGV[2] == 'completed_tasks' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'duration_sum:' .. ARGV[3], ARGV[4])

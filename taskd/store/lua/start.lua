@@ -35,15 +35,16 @@ local lock = redis.call('GET', KEYS[3])
 if lock and lock ~= ARGV[2] then return 'locked' end
 local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
 if not score or tonumber(score) > tonumber(ARGV[5]) then return 'not_due' end
-local record = redis.call('HMGET', KEYS[1], 'status', 'job_id', 'worker_id', 'project_id')
+local record = redis.call('HMGET', KEYS[1], 'status', 'job_id', 'worker_id', 'project_id', 'queue', 'attempt',
+  'current_step', 'next_retry_at')
 local status = record[1]
 if status == 'queued' and record[2] == ARGV[4] and throttled(record[4], tonumber(ARGV[7])) then
   return 'throttled'
 end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[6])
-local function started()
+local function reply_with(all)
   local reply = {score, 'started'}
-  for _, value in ipairs(redis.call('HGETALL', KEYS[1])) do reply[#reply + 1] = value end
+  for _, value in ipairs(all) do reply[#reply + 1] = value end
   return reply
 end
 if not status then return {score, 'gone'} end
@@ -53,20 +54,23 @@ if record[2] ~= ARGV[4] then
   return {score, 'stale'}
 end
 -- The same worker asking again for the same job: its first call went through but the reply was lost.
-if status == 'processing' and record[3] == ARGV[2] then return started() end
+if status == 'processing' and record[3] == ARGV[2] then return reply_with(redis.call('HGETALL', KEYS[1])) end
 if status ~= 'queued' then
   leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
   return {score, status}
 end
 redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1], 'updated_at', ARGV[1],
-           'worker_id', ARGV[2], 'progress', '0.0')
-redis.call('HDEL', KEYS[1], 'current_step', 'next_retry_at')
-redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+           'worker_id', ARGV[2], 'progress', '0.0', 'attempt', (tonumber(record[6]) or 0) + 1)
+if record[7] or record[8] then redis.call('HDEL', KEYS[1], 'current_step', 'next_retry_at') end
 redis.call('ZADD', KEYS[2], math.floor(tonumber(ARGV[1]) * 1000), ARGV[3])
 redis.call('SADD', '@PROCESSING_PREFIX@' .. record[4], ARGV[3])
-leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
-if wants_webhook(KEYS[1], 'started') then
+leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]), {record[5], record[4]})
+-- The started record once: the reply, the webhook's choice and the event all come from it.
+local all = redis.call('HGETALL', KEYS[1])
+local started = {}
+for i = 1, #all, 2 do started[all[i]] = all[i + 1] end
+if wants_webhook_record(started, 'started') then
   queue_webhook(KEYS[5], KEYS[6], ARGV[3] .. ':started', ARGV[5])
 end
-emit(KEYS[1], 'status')
-return started()
+emit_record(started, 'status')
+return reply_with(all)
