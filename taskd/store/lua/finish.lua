@@ -1,7 +1,7 @@
 -- finish.lua: ends a processing task as completed or failed, if the calling worker still runs it.
 --
 -- Drops the task's arq job, writes its end, counts it (a completed task's duration also feeds the
--- per-type sum, count and histogram), and, through ended(), frees its project slot, makes its
+-- per-type sum, count and histogram bucket), and, through ended(), frees its project slot, makes its
 -- webhook due and emits the event. A task cancelled or taken over meanwhile is left as it is.
 -- KEYS[1]  task       taskd:task:{id}, the record hash
 -- KEYS[2]  running    taskd:running:{queue}, the queue's processing tasks
@@ -31,9 +31,14 @@ redis.call('ZREM', KEYS[2], ARGV[6])
 if ARGV[2] == 'completed_tasks' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'duration_sum:' .. ARGV[3], ARGV[4])
   redis.call('HINCRBY', KEYS[3], 'duration_count:' .. ARGV[3], 1)
+  -- One count, in the first bucket the duration fits (none past the last: +Inf is the count);
+  -- the scrape adds them up into Prometheus's cumulative buckets (taskd.http.prom).
   local d = tonumber(ARGV[4])
   for _, le in ipairs({@DURATION_BUCKETS@}) do
-    if d <= le then redis.call('HINCRBY', KEYS[3], 'duration_bucket:' .. ARGV[3] .. ':' .. le, 1) end
+    if d <= le then
+      redis.call('HINCRBY', KEYS[3], 'duration_in:' .. ARGV[3] .. ':' .. le, 1)
+      break
+    end
   end
   ended(KEYS[1], KEYS[3], KEYS[4], 'completed_tasks', nil, ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]))
 else
