@@ -72,5 +72,6 @@ for i = 1, #all, 2 do started[all[i]] = all[i + 1] end
 if wants_webhook_record(started, 'started') then
   queue_webhook(KEYS[5], KEYS[6], ARGV[3] .. ':started', ARGV[5])
 end
-emit_record(started, 'status')
+-- The streams' expiry stays: the queued event set it, the next event sets it again (lib/emit.lua).
+emit_record(started, 'status', true)
 return reply_with(all)
