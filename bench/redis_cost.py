@@ -129,13 +129,17 @@ async def _wait_completed(redis: Redis, target: int, polls: collections.Counter[
 def _per_task(
     load: dict[str, int], idle: dict[str, int], idle_s: float, load_s: float, own: dict[str, int], tasks: int
 ) -> dict[str, float]:
-    """(load - own - idle rate x load duration) / tasks, by name; names that round to 0 are left out."""
+    """(load - own - idle rate x load duration) / tasks, by name.
+
+    Names under 0.01 per task either way are left out: what the service's loops do in one window
+    and not quite as often in the other (the subtraction's noise) or a connection's set-up.
+    """
     names = set(load) | set(idle)
     out = {}
     for name in names:
-        net = load.get(name, 0) - own.get(name, 0) - idle.get(name, 0) / idle_s * load_s
-        if round(net / tasks, 3) != 0:
-            out[name] = round(net / tasks, 3)
+        net = (load.get(name, 0) - own.get(name, 0) - idle.get(name, 0) / idle_s * load_s) / tasks
+        if abs(net) >= 0.01:
+            out[name] = round(net, 3)
     return dict(sorted(out.items(), key=lambda item: (-item[1], item[0])))
 
 
