@@ -21,12 +21,16 @@
 -- include lib/emit.lua
 -- include lib/drop_job.lua
 -- include lib/ended.lua
-local current = redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'job_id')
-if current[1] ~= 'processing' or current[2] ~= ARGV[1] then
-  return current[1] or false
+-- The record once: the check here and what ended() does come from it, with the end written in.
+local all = redis.call('HGETALL', KEYS[1])
+local record = {}
+for i = 1, #all, 2 do record[all[i]] = all[i + 1] end
+if record.status ~= 'processing' or record.worker_id ~= ARGV[1] then
+  return record.status or false
 end
-drop_job(KEYS[1], KEYS[5], current[3])
+drop_job(KEYS[1], KEYS[5], record.job_id or false)
 if #ARGV >= 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
+for i = 9, #ARGV, 2 do record[ARGV[i]] = ARGV[i + 1] end
 redis.call('ZREM', KEYS[2], ARGV[6])
 if ARGV[2] == 'completed_tasks' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'duration_sum:' .. ARGV[3], ARGV[4])
@@ -40,8 +44,9 @@ if ARGV[2] == 'completed_tasks' then
       break
     end
   end
-  ended(KEYS[1], KEYS[3], KEYS[4], 'completed_tasks', nil, ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]))
+  ended(KEYS[1], KEYS[3], KEYS[4], 'completed_tasks', nil, ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]),
+    record)
 else
-  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]))
+  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]), record)
 end
 return 'ok'

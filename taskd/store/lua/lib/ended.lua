@@ -1,5 +1,5 @@
 -- lib/ended.lua: ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl,
--- aging_ms),
+-- aging_ms, record),
 -- what every end of a task (completed, failed, cancelled) also does.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
@@ -16,6 +16,8 @@
 --   ttl          seconds the record is kept from now (storage.task_ttl), unless the record has its
 --                own `keep_for` (the submission's), which wins
 --   aging_ms     execution.priority_aging in ms (lib/fair.lua), for the dependents it queues
+--   record       optional: the record's fields by name, end included, when the caller has them
+--                (finish.lua); else it is read here
 --
 -- Counts the end, frees the task's place among its project's active tasks
 -- (taskd:project_active:{project_id}) and processing ones (taskd:project_processing:{project_id},
@@ -35,11 +37,14 @@
 -- include lib/emit.lua
 -- include lib/enqueue.lua
 -- include lib/webhook_event.lua
-local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms)
+local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record)
   -- The record once, with its end written: what follows reads it from here.
-  local all = redis.call('HGETALL', task_key)
-  local r = {}
-  for i = 1, #all, 2 do r[all[i]] = all[i + 1] end
+  local r = record
+  if not r then
+    r = {}
+    local all = redis.call('HGETALL', task_key)
+    for i = 1, #all, 2 do r[all[i]] = all[i + 1] end
+  end
   redis.call('HINCRBY', metrics_key, counter, 1)
   if per_type then
     redis.call('HINCRBY', metrics_key, per_type .. ':' .. r.task_type, 1)
