@@ -45,7 +45,8 @@ WAKE_CHANNEL = f"{PREFIX}wake"
 MEMORY_EVENTS = f"{PREFIX}memory_events"
 MEMORY_EVENT_TTL = 600
 # Upper bounds (seconds) of the per-type duration histogram kept in the metrics hash as
-# `duration_bucket:<type>:<le>` (cumulative, like Prometheus buckets).
+# `duration_in:<type>:<le>`, each task counted once, in the first bucket it fits (the scrape adds
+# them up); `duration_bucket:<type>:<le>`, cumulative, is what versions before wrote, still read.
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900)
 EVENTS_TTL = 24 * 3600
 TASK_EVENTS_MAXLEN = 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,37 @@ def test_comparison_benchmark_of_taskd_alone_completes_every_task_and_prints_its
     assert "building" not in result.stderr
     # A tiny run measures nothing: the committed results of a full run stay as they are.
     assert (latest.read_bytes() if latest.exists() else None) == before
+
+
+def test_redis_cost_benchmark_counts_commands_and_round_trips_per_task(tmp_path):
+    out = tmp_path / "redis_cost.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "redis_cost.py"),
+            "--tasks",
+            "20",
+            "--warm-up",
+            "3",
+            "--idle",
+            "0.5",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Redis cost per no-op task, over 20 tasks" in result.stdout
+    assert "| command | per task |" in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["tasks"] == 20
+    # Commands run inside the scripts count: three events a task (queued, processing, completed), each on two streams.
+    assert figures["commands"]["xadd"] == 6
+    # Every task is one submit script in the API, and at least a start and a finish in the worker.
+    trips = figures["round_trips"]
+    assert trips["api"]["script:submit"] == 1
+    assert trips["worker"]["script:start"] >= 1
+    assert trips["worker"]["script:finish"] == 1

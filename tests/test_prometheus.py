@@ -164,6 +164,58 @@ def test_duration_buckets_are_read_when_the_store_writes_them():
     assert value(samples, "taskd_task_duration_seconds_sum", task_type="generate_image") == 100.5
 
 
+def test_duration_buckets_counted_once_per_task_are_added_up_into_cumulative_buckets():
+    counters = {
+        "duration_count:generate_image": "5",
+        "duration_sum:generate_image": "200.5",
+        "duration_in:generate_image:5": "1",
+        "duration_in:generate_image:60": "2",
+        "duration_in:generate_image:300": "1",
+    }
+
+    samples = parse(exposition(snapshot(counters), [])[0].decode())
+
+    bucket = "taskd_task_duration_seconds_bucket"
+    assert (
+        "taskd_task_duration_seconds_bucket",
+        frozenset({("task_type", "generate_image"), ("le", "1.0")}),
+    ) not in samples
+    assert value(samples, bucket, task_type="generate_image", le="5.0") == 1
+    assert value(samples, bucket, task_type="generate_image", le="30.0") == 1
+    assert value(samples, bucket, task_type="generate_image", le="60.0") == 3
+    assert value(samples, bucket, task_type="generate_image", le="900.0") == 4
+    assert value(samples, bucket, task_type="generate_image", le="+Inf") == 5
+
+
+def test_duration_buckets_written_before_and_after_an_upgrade_add_up():
+    counters = {
+        "duration_count:generate_image": "4",
+        "duration_sum:generate_image": "100.5",
+        # Cumulative, from before: two tasks of 40 s; then one of 10 s and one of 100 s.
+        **{f"duration_bucket:generate_image:{le}": "2" for le in (60, 120, 300, 600, 900)},
+        "duration_in:generate_image:10": "1",
+        "duration_in:generate_image:120": "1",
+    }
+
+    samples = parse(exposition(snapshot(counters), [])[0].decode())
+
+    bucket = "taskd_task_duration_seconds_bucket"
+    assert value(samples, bucket, task_type="generate_image", le="10.0") == 1
+    assert value(samples, bucket, task_type="generate_image", le="60.0") == 3
+    assert value(samples, bucket, task_type="generate_image", le="120.0") == 4
+
+
+async def test_a_completed_task_counts_in_every_duration_bucket_from_its_own_up(taskd):
+    done = await taskd.submit("noop", {})
+    await taskd.wait_terminal(done["task_id"])
+
+    samples = parse((await scrape(taskd.base_url))[2])
+
+    bucket = "taskd_task_duration_seconds_bucket"
+    for le in ("1.0", "5.0", "900.0", "+Inf"):
+        assert value(samples, bucket, task_type="noop", le=le) == 1
+
+
 def test_gpu_utilisation_and_memory_are_exposed_per_device():
     device = DeviceReading(index=0, name="H200", utilization=37.0, memory_used=2**30, memory_total=2**37)
 

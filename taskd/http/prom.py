@@ -36,7 +36,8 @@ TASK_COUNTERS = {
     "cancelled": ("cancelled_tasks", "cancelled:", "Tasks cancelled while queued or processing"),
 }
 # Upper bounds (seconds) of the duration histogram buckets the store's finish script counts in
-# `duration_bucket:<type>:<le>` fields (cumulative: a task counts in every bucket it fits).
+# `duration_in:<type>:<le>` fields (a task counts once, in the first bucket it fits: one write per
+# task), added up here; `duration_bucket:<type>:<le>` fields (cumulative) are what it wrote before.
 DURATION_BUCKETS = keys.DURATION_BUCKETS
 UNTYPED = "unknown"  # counts recorded before per-type counters existed
 
@@ -116,10 +117,15 @@ def duration_histogram(counters: Mapping[str, str]) -> Metric:
     )
     for task_type, count in sorted(_per_type(counters, "duration_count:").items()):
         buckets = []
+        # A bucket shows once some task fitted in it (or below), as when every bucket was written.
+        below, seen = 0.0, False
         for le in DURATION_BUCKETS:
-            field = counters.get(f"duration_bucket:{task_type}:{le}")
-            if field is not None:
-                buckets.append((str(float(le)), _number(field)))
+            counted = counters.get(f"duration_in:{task_type}:{le}")
+            cumulative = counters.get(f"duration_bucket:{task_type}:{le}")
+            below += _number(counted)
+            seen = seen or counted is not None
+            if seen or cumulative is not None:
+                buckets.append((str(float(le)), below + _number(cumulative)))
         buckets.append(("+Inf", count))
         family.add_metric([task_type], buckets, _number(counters.get(f"duration_sum:{task_type}")))
     return family

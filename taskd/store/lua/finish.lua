@@ -1,7 +1,7 @@
 -- finish.lua: ends a processing task as completed or failed, if the calling worker still runs it.
 --
 -- Drops the task's arq job, writes its end, counts it (a completed task's duration also feeds the
--- per-type sum, count and histogram), and, through ended(), frees its project slot, makes its
+-- per-type sum, count and histogram bucket), and, through ended(), frees its project slot, makes its
 -- webhook due and emits the event. A task cancelled or taken over meanwhile is left as it is.
 -- KEYS[1]  task       taskd:task:{id}, the record hash
 -- KEYS[2]  running    taskd:running:{queue}, the queue's processing tasks
@@ -21,22 +21,32 @@
 -- include lib/emit.lua
 -- include lib/drop_job.lua
 -- include lib/ended.lua
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1] then
-  return status or false
+-- The record once: the check here and what ended() does come from it, with the end written in.
+local all = redis.call('HGETALL', KEYS[1])
+local record = {}
+for i = 1, #all, 2 do record[all[i]] = all[i + 1] end
+if record.status ~= 'processing' or record.worker_id ~= ARGV[1] then
+  return record.status or false
 end
-drop_job(KEYS[1], KEYS[5])
-for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+drop_job(KEYS[1], KEYS[5], record.job_id or false)
+if #ARGV >= 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
+for i = 9, #ARGV, 2 do record[ARGV[i]] = ARGV[i + 1] end
 redis.call('ZREM', KEYS[2], ARGV[6])
 if ARGV[2] == 'completed_tasks' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'duration_sum:' .. ARGV[3], ARGV[4])
   redis.call('HINCRBY', KEYS[3], 'duration_count:' .. ARGV[3], 1)
+  -- One count, in the first bucket the duration fits (none past the last: +Inf is the count);
+  -- the scrape adds them up into Prometheus's cumulative buckets (taskd.http.prom).
   local d = tonumber(ARGV[4])
   for _, le in ipairs({@DURATION_BUCKETS@}) do
-    if d <= le then redis.call('HINCRBY', KEYS[3], 'duration_bucket:' .. ARGV[3] .. ':' .. le, 1) end
+    if d <= le then
+      redis.call('HINCRBY', KEYS[3], 'duration_in:' .. ARGV[3] .. ':' .. le, 1)
+      break
+    end
   end
-  ended(KEYS[1], KEYS[3], KEYS[4], 'completed_tasks', nil, ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]))
+  ended(KEYS[1], KEYS[3], KEYS[4], 'completed_tasks', nil, ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]),
+    record)
 else
-  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]))
+  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]), record)
 end
 return 'ok'

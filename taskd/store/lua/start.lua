@@ -35,38 +35,48 @@ local lock = redis.call('GET', KEYS[3])
 if lock and lock ~= ARGV[2] then return 'locked' end
 local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
 if not score or tonumber(score) > tonumber(ARGV[5]) then return 'not_due' end
-local record = redis.call('HMGET', KEYS[1], 'status', 'job_id', 'worker_id', 'project_id')
-local status = record[1]
-if status == 'queued' and record[2] == ARGV[4] and throttled(record[4], tonumber(ARGV[7])) then
+-- The record once: the checks, the started record (the reply, its webhook, its event) come from it.
+local record = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do record[all[i]] = all[i + 1] end
+local status = record.status
+if status == 'queued' and record.job_id == ARGV[4] and throttled(record.project_id, tonumber(ARGV[7])) then
   return 'throttled'
 end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[6])
 local function started()
   local reply = {score, 'started'}
-  for _, value in ipairs(redis.call('HGETALL', KEYS[1])) do reply[#reply + 1] = value end
+  for name, value in pairs(record) do
+    reply[#reply + 1] = name
+    reply[#reply + 1] = value
+  end
   return reply
 end
 if not status then return {score, 'gone'} end
 -- A job that will not run (the worker drops it) gives its project's turn to the next job in line.
-if record[2] ~= ARGV[4] then
+if record.job_id ~= ARGV[4] then
   leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
   return {score, 'stale'}
 end
 -- The same worker asking again for the same job: its first call went through but the reply was lost.
-if status == 'processing' and record[3] == ARGV[2] then return started() end
+if status == 'processing' and record.worker_id == ARGV[2] then return started() end
 if status ~= 'queued' then
   leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
   return {score, status}
 end
+local attempt = tostring((tonumber(record.attempt) or 0) + 1)
 redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1], 'updated_at', ARGV[1],
-           'worker_id', ARGV[2], 'progress', '0.0')
-redis.call('HDEL', KEYS[1], 'current_step', 'next_retry_at')
-redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+           'worker_id', ARGV[2], 'progress', '0.0', 'attempt', attempt)
+if record.current_step or record.next_retry_at then redis.call('HDEL', KEYS[1], 'current_step', 'next_retry_at') end
+record.status, record.started_at, record.updated_at = 'processing', ARGV[1], ARGV[1]
+record.worker_id, record.progress, record.attempt = ARGV[2], '0.0', attempt
+record.current_step, record.next_retry_at = nil, nil
 redis.call('ZADD', KEYS[2], math.floor(tonumber(ARGV[1]) * 1000), ARGV[3])
-redis.call('SADD', '@PROCESSING_PREFIX@' .. record[4], ARGV[3])
-leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
-if wants_webhook(KEYS[1], 'started') then
+redis.call('SADD', '@PROCESSING_PREFIX@' .. record.project_id, ARGV[3])
+leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]), {record.queue, record.project_id})
+if wants_webhook_record(record, 'started') then
   queue_webhook(KEYS[5], KEYS[6], ARGV[3] .. ':started', ARGV[5])
 end
-emit(KEYS[1], 'status')
+-- The streams' expiry stays: the queued event set it, the next event sets it again (lib/emit.lua).
+emit_record(record, 'status', true)
 return started()

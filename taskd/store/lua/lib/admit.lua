@@ -45,17 +45,37 @@ local function unmet(project, depends_on, pending)
 end
 
 local function queued(active_key, processing_key, at)
-  if redis.call('SCARD', active_key) - redis.call('SCARD', processing_key) >= at then
-    for _, id in ipairs(redis.call('SMEMBERS', active_key)) do
-      local status = redis.call('HGET', '@TASK_PREFIX@' .. id, 'status')
-      if status ~= 'queued' and status ~= 'processing' then redis.call('SREM', active_key, id) end
-    end
+  local waiting = redis.call('SCARD', active_key) - redis.call('SCARD', processing_key)
+  if waiting < at then return waiting end
+  for _, id in ipairs(redis.call('SMEMBERS', active_key)) do
+    local status = redis.call('HGET', '@TASK_PREFIX@' .. id, 'status')
+    if status ~= 'queued' and status ~= 'processing' then redis.call('SREM', active_key, id) end
   end
   return redis.call('SCARD', active_key) - redis.call('SCARD', processing_key)
 end
 
 local function store(task)
-  for i = 1, #task.fields, 2 do redis.call('HSET', task.key, task.fields[i], task.fields[i + 1]) end
+  local scheduled_ms = tonumber(task.scheduled_ms) or 0
+  local deferred = #task.waiting_for > 0 or scheduled_ms > 0
+  -- The record in one HSET. A deferred task has no job yet: no `job_id`, `enqueues` 0.
+  local fields, named = {}, {}
+  for i = 1, #task.fields, 2 do
+    local name, value = task.fields[i], task.fields[i + 1]
+    if not (deferred and (name == 'job_id' or name == 'enqueues')) then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = value
+      named[name] = value
+    end
+  end
+  if deferred then
+    fields[#fields + 1] = 'enqueues'
+    fields[#fields + 1] = '0'
+    if #task.waiting_for > 0 then
+      fields[#fields + 1] = 'waiting_for'
+      fields[#fields + 1] = cjson.encode(task.waiting_for)
+    end
+  end
+  redis.call('HSET', task.key, unpack(fields))
   redis.call('EXPIRE', task.key, task.ttl)
   redis.call('ZADD', task.project_key, task.created_ms, task.id)
   redis.call('EXPIRE', task.project_key, task.ttl)
@@ -64,16 +84,10 @@ local function store(task)
   redis.call('HINCRBY', task.metrics_key, 'total_tasks', 1)
   redis.call('HINCRBY', task.metrics_key, 'submitted:' .. task.task_type, 1)
   local position = 0
-  local scheduled_ms = tonumber(task.scheduled_ms) or 0
-  if #task.waiting_for > 0 or scheduled_ms > 0 then
-    redis.call('HDEL', task.key, 'job_id')
-    redis.call('HSET', task.key, 'enqueues', 0)
-    if #task.waiting_for > 0 then
-      redis.call('HSET', task.key, 'waiting_for', cjson.encode(task.waiting_for))
-      for _, id in ipairs(task.waiting_for) do
-        redis.call('SADD', '@DEPENDENTS_PREFIX@' .. id, task.id)
-        redis.call('EXPIRE', '@DEPENDENTS_PREFIX@' .. id, task.ttl)
-      end
+  if deferred then
+    for _, id in ipairs(task.waiting_for) do
+      redis.call('SADD', '@DEPENDENTS_PREFIX@' .. id, task.id)
+      redis.call('EXPIRE', '@DEPENDENTS_PREFIX@' .. id, task.ttl)
     end
     if scheduled_ms > 0 then
       redis.call('ZADD', '@SCHEDULED@', scheduled_ms, task.id)
@@ -86,10 +100,11 @@ local function store(task)
     end
   else
     redis.call('SET', task.job_key, task.job, 'PX', task.job_expiry_ms)
-    wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms), tonumber(task.aging_ms))
+    wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms), tonumber(task.aging_ms),
+      named)
     redis.call('PUBLISH', '@WAKE@', task.queue)
     position = place(task.queue, task.project, task.job_id)
   end
-  emit(task.key, 'status')
+  emit_record(named, 'status')
   return position
 end

@@ -1,4 +1,4 @@
--- lib/drop_job.lua: drop_job(task_key, queue_key), removes the task's current arq job.
+-- lib/drop_job.lua: drop_job(task_key, queue_key, job_id), removes the task's current arq job.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
 -- of its own; its caller passes the keys it works on.
@@ -6,13 +6,14 @@
 -- ARGV: none
 --   task_key   the task's record hash (taskd:task:{id}); its job_id field names the job
 --   queue_key  arq's sorted set of the task's queue (taskd:queue:{queue})
+--   job_id     optional: the record's job_id as the caller read it (false: none); read when nil
 --
 -- Deletes the job's definition (arq:job:{job id}) and lock (arq:in-progress:{job id}) and takes
 -- it off the queue, in the script that ends or requeues the task, so the worker need not drop
 -- it in a round trip of its own.
 -- Returns nothing.
-local function drop_job(task_key, queue_key)
-  local job_id = redis.call('HGET', task_key, 'job_id')
+local function drop_job(task_key, queue_key, job_id)
+  if job_id == nil then job_id = redis.call('HGET', task_key, 'job_id') end
   if job_id then
     redis.call('DEL', '@JOB_PREFIX@' .. job_id, '@IN_PROGRESS_PREFIX@' .. job_id)
     redis.call('ZREM', queue_key, job_id)

@@ -1,4 +1,6 @@
--- lib/emit.lua: emit(task_key, kind), the event that reports a change, in the script that makes it.
+-- lib/emit.lua: emit(task_key, kind), the event that reports a change, in the script that makes it;
+-- emit_record(record, kind, kept) the same from the record's fields (name -> value) the caller
+-- already has.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
 -- of its own; its caller passes the key it works on.
@@ -6,24 +8,41 @@
 -- ARGV: none
 --   task_key  the task's record hash (taskd:task:{id}), already changed
 --   kind      the event type: 'status' or 'progress'
+--   record    a table of the record's fields by name, as stored (strings); absent fields nil
+--   kept      true: the streams' expiry is left as it is (see below)
 --
 -- Appends the event (the record's public fields, and the result once completed) to the task's
 -- stream (taskd:events:task:{id}) and its project's stream (taskd:events:project:{project_id}),
--- which the SSE endpoints read; both are capped and expire a day after their last event.
+-- which the SSE endpoints read; both are capped and expire a day after their last event, except
+-- that a start (start.lua passes `kept`) does not push their expiry back: the queued event before
+-- it set one and the event that follows it (an end, a retry, a hand-back) sets it again: two
+-- EXPIREs less per task. (A stream that expired while its task waited over a day to start is made
+-- again by the start's event and gets its expiry back at the task's next event.)
 -- The result is spliced in as stored: re-encoding it with cjson would turn empty lists into objects.
 -- Returns nothing.
-local function emit(task_key, kind)
-  local f = redis.call('HMGET', task_key, 'task_id', 'project_id', 'task_type', 'status', 'progress',
-                       'current_step', 'error', 'attempt', 'updated_at', 'result')
-  local event = {type = kind, task_id = f[1], project_id = f[2], task_type = f[3], status = f[4],
-                 progress = tonumber(f[5]) or 0, current_step = f[6] or cjson.null, error = f[7] or cjson.null,
-                 attempt = tonumber(f[8]) or 0, at = tonumber(f[9]) or cjson.null}
+local function emit_record(r, kind, kept)
+  local event = {type = kind, task_id = r.task_id, project_id = r.project_id, task_type = r.task_type,
+                 status = r.status, progress = tonumber(r.progress) or 0, current_step = r.current_step or cjson.null,
+                 error = r.error or cjson.null, attempt = tonumber(r.attempt) or 0,
+                 at = tonumber(r.updated_at) or cjson.null}
   local data = cjson.encode(event)
-  if f[10] and f[4] == 'completed' then data = string.sub(data, 1, -2) .. ',"result":' .. f[10] .. '}' end
-  local task_stream = '@TASK_EVENTS_PREFIX@' .. f[1]
-  local project_stream = '@PROJECT_EVENTS_PREFIX@' .. f[2]
+  if r.result and r.status == 'completed' then data = string.sub(data, 1, -2) .. ',"result":' .. r.result .. '}' end
+  local task_stream = '@TASK_EVENTS_PREFIX@' .. r.task_id
+  local project_stream = '@PROJECT_EVENTS_PREFIX@' .. r.project_id
   redis.call('XADD', task_stream, 'MAXLEN', '~', @TASK_EVENTS_MAXLEN@, '*', 'event', data)
-  redis.call('EXPIRE', task_stream, @EVENTS_TTL@)
   redis.call('XADD', project_stream, 'MAXLEN', '~', @PROJECT_EVENTS_MAXLEN@, '*', 'event', data)
-  redis.call('EXPIRE', project_stream, @EVENTS_TTL@)
+  if not kept then
+    redis.call('EXPIRE', task_stream, @EVENTS_TTL@)
+    redis.call('EXPIRE', project_stream, @EVENTS_TTL@)
+  end
+end
+
+local EVENT_FIELDS = {'task_id', 'project_id', 'task_type', 'status', 'progress', 'current_step', 'error',
+                      'attempt', 'updated_at', 'result'}
+
+local function emit(task_key, kind)
+  local f = redis.call('HMGET', task_key, unpack(EVENT_FIELDS))
+  local r = {}
+  for i, name in ipairs(EVENT_FIELDS) do r[name] = f[i] or nil end
+  emit_record(r, kind)
 end

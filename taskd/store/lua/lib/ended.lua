@@ -1,5 +1,5 @@
 -- lib/ended.lua: ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl,
--- aging_ms),
+-- aging_ms, record),
 -- what every end of a task (completed, failed, cancelled) also does.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
@@ -16,6 +16,8 @@
 --   ttl          seconds the record is kept from now (storage.task_ttl), unless the record has its
 --                own `keep_for` (the submission's), which wins
 --   aging_ms     execution.priority_aging in ms (lib/fair.lua), for the dependents it queues
+--   record       optional: the record's fields by name, end included, when the caller has them
+--                (finish.lua); else it is read here
 --
 -- Counts the end, frees the task's place among its project's active tasks
 -- (taskd:project_active:{project_id}) and processing ones (taskd:project_processing:{project_id},
@@ -35,36 +37,45 @@
 -- include lib/emit.lua
 -- include lib/enqueue.lua
 -- include lib/webhook_event.lua
-local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms)
+local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record)
+  -- The record once, with its end written: what follows reads it from here.
+  local r = record
+  if not r then
+    r = {}
+    local all = redis.call('HGETALL', task_key)
+    for i = 1, #all, 2 do r[all[i]] = all[i + 1] end
+  end
   redis.call('HINCRBY', metrics_key, counter, 1)
   if per_type then
-    redis.call('HINCRBY', metrics_key, per_type .. ':' .. redis.call('HGET', task_key, 'task_type'), 1)
+    redis.call('HINCRBY', metrics_key, per_type .. ':' .. r.task_type, 1)
   end
-  local project = redis.call('HGET', task_key, 'project_id')
+  local project = r.project_id
   redis.call('SREM', '@ACTIVE_PREFIX@' .. project, task_id)
   redis.call('SREM', '@PROCESSING_PREFIX@' .. project, task_id)
-  if wants_webhook(task_key, (string.gsub(counter, '_tasks$', ''))) then
+  if wants_webhook_record(r, (string.gsub(counter, '_tasks$', ''))) then
     redis.call('ZADD', outbox_key, now_ms, task_id)
     redis.call('PUBLISH', '@WEBHOOKS_WAKE@', task_id)
   end
-  redis.call('HDEL', task_key, 'waiting_for', 'scheduled_for')
-  redis.call('ZREM', '@SCHEDULED@', task_id)
+  -- Only a task still waiting for its dependencies or its time has these (due.lua and this
+  -- function take it off taskd:scheduled and drop its `scheduled_for` together).
+  if r.waiting_for or r.scheduled_for then redis.call('HDEL', task_key, 'waiting_for', 'scheduled_for') end
+  if r.scheduled_for then redis.call('ZREM', '@SCHEDULED@', task_id) end
   -- Its own `keep_for` decides how long this record stays; `ttl` stays the default for the
   -- dependents settled below.
   local kept = ttl
-  local keep_for = redis.call('HGET', task_key, 'keep_for')
+  local keep_for = r.keep_for
   if keep_for then
     kept = keep_for
     local index = '@PROJECT_PREFIX@' .. project
     if redis.call('TTL', index) < tonumber(keep_for) then redis.call('EXPIRE', index, keep_for) end
   end
   redis.call('EXPIRE', task_key, kept)
-  emit(task_key, 'status')
+  emit_record(r, 'status')
 
-  local status = redis.call('HGET', task_key, 'status')
+  local status = r.status
   local dependents_key = '@DEPENDENTS_PREFIX@' .. task_id
   local dependents = redis.call('SMEMBERS', dependents_key)
-  redis.call('DEL', dependents_key)
+  if #dependents > 0 then redis.call('DEL', dependents_key) end
   -- now_ms comes from ARGV, a string; the line (lib/fair.lua) compares it with numbers.
   local at_ms = tonumber(now_ms)
   local now = tostring(at_ms / 1000)

@@ -14,9 +14,9 @@
 -- earlier than its own): behind the heads of the projects already waiting, so projects take
 -- turns, each in its own FIFO (by priority) order, and aging still lifts a head that waits long.
 --
---   wait_in_line(task_key, job, score, now_ms, aging_ms)  puts the task's job in line
---   leave_line(task_key, job, now_ms, aging_ms)           takes it out (started or cancelled)
---   seat(queue, project, now_ms, aging_ms)                makes the line's first job the head
+--   wait_in_line(task_key, job, score, now_ms, aging_ms, record)  puts the task's job in line
+--   leave_line(task_key, job, now_ms, aging_ms, where)    takes it out (started or cancelled)
+--   seat(queue, project, now_ms, aging_ms, known, head)   makes the line's first job the head
 --   throttled(project, limit)                             whether the project runs `limit` tasks
 --   place(queue, project, job)                            a waiting job's queue position
 --     task_key  the task's record hash (taskd:task:{id}); its queue and project_id name the lines
@@ -25,23 +25,36 @@
 --     now_ms    now, in ms
 --     aging_ms  execution.priority_aging, in ms: a priority step moves a job this much earlier
 --     limit     limits.concurrent_per_project; 0 = no throttle
+--     record    optional: the task's fields by name (queue, project_id, status, job_id, priority),
+--               when the caller has just written them; spares reading them back
+--     where     optional: {queue, project_id} of the task, when the caller has read them
+--     known     optional: a record as above; a job of its job_id needs no read of its task
+--     head      optional: the project's head as the caller just read it (false: none)
 -- Returns: wait_in_line, leave_line and seat nothing; throttled a boolean; place the 1-based
 -- position (0 when the job is not waiting).
-local function seat(queue, project, now_ms, aging_ms)
+local function seat(queue, project, now_ms, aging_ms, known, head)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   local arq_queue = '@QUEUE_PREFIX@' .. queue
   local heads = '@HEADS_PREFIX@' .. queue
-  local head = redis.call('HGET', heads, project)
+  if head == nil then head = redis.call('HGET', heads, project) end
   while true do
     local first = redis.call('ZRANGE', line, 0, 0, 'WITHSCORES')
     if #first == 0 then
-      if head then redis.call('ZREM', arq_queue, head) end
-      redis.call('HDEL', heads, project)
+      -- No head field, nothing to delete.
+      if head then
+        redis.call('ZREM', arq_queue, head)
+        redis.call('HDEL', heads, project)
+      end
       return
     end
     local job, own = first[1], tonumber(first[2])
     local task_key = '@TASK_PREFIX@' .. string.match(job, '^(.*)%.[^.]*$')
-    local fields = redis.call('HMGET', task_key, 'status', 'job_id', 'priority')
+    local fields
+    if known and known.job_id == job then
+      fields = {known.status, known.job_id, known.priority}
+    else
+      fields = redis.call('HMGET', task_key, 'status', 'job_id', 'priority')
+    end
     if fields[1] == 'queued' and fields[2] == job then
       if job == head and redis.call('ZSCORE', arq_queue, job) then return end
       if head and head ~= job then redis.call('ZREM', arq_queue, head) end
@@ -57,21 +70,30 @@ local function seat(queue, project, now_ms, aging_ms)
   end
 end
 
-local function wait_in_line(task_key, job, score, now_ms, aging_ms)
-  local where = redis.call('HMGET', task_key, 'queue', 'project_id')
+local function wait_in_line(task_key, job, score, now_ms, aging_ms, record)
+  local where
+  if record then
+    where = {record.queue, record.project_id}
+  else
+    where = redis.call('HMGET', task_key, 'queue', 'project_id')
+  end
   redis.call('ZADD', '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2], score, job)
   redis.call('ZADD', '@WAITING_PREFIX@' .. where[1], score, job)
-  seat(where[1], where[2], now_ms, aging_ms)
+  seat(where[1], where[2], now_ms, aging_ms, record)
 end
 
-local function leave_line(task_key, job, now_ms, aging_ms)
-  local where = redis.call('HMGET', task_key, 'queue', 'project_id')
+local function leave_line(task_key, job, now_ms, aging_ms, where)
+  where = where or redis.call('HMGET', task_key, 'queue', 'project_id')
   redis.call('ZREM', '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2], job)
   redis.call('ZREM', '@WAITING_PREFIX@' .. where[1], job)
   local heads = '@HEADS_PREFIX@' .. where[1]
   -- A started head stays on arq's set (arq lists a running job until it is dropped).
-  if redis.call('HGET', heads, where[2]) == job then redis.call('HDEL', heads, where[2]) end
-  seat(where[1], where[2], now_ms, aging_ms)
+  local head = redis.call('HGET', heads, where[2])
+  if head == job then
+    redis.call('HDEL', heads, where[2])
+    head = false
+  end
+  seat(where[1], where[2], now_ms, aging_ms, nil, head)
 end
 
 local function throttled(project, limit)

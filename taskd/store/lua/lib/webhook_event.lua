@@ -16,6 +16,8 @@
 --   now_ms       now, in ms
 --   interval_ms  webhooks.progress_interval in ms
 --
+-- wants_webhook_record(record, event) answers the same from the record's fields by name (a table
+-- the caller already read: callback_url, webhook_events).
 -- wants_webhook: true when the task has a callback_url and `event` is among its webhook_events
 -- (a JSON list; a record without one wants the three ends, as every task did before the field).
 -- queue_webhook: makes the webhook due with a fresh delivery (its attempts count from 0 again,
@@ -25,14 +27,19 @@
 -- the latest progress); the next is due no sooner than interval_ms after the last one was (the
 -- record's `webhook_progress_at`, ms).
 -- Returns: wants_webhook a boolean; the other two nothing.
-local function wants_webhook(task_key, event)
-  if redis.call('HEXISTS', task_key, 'callback_url') == 0 then return false end
-  local chosen = redis.call('HGET', task_key, 'webhook_events')
+local function wants_webhook_record(record, event)
+  if not record.callback_url then return false end
+  local chosen = record.webhook_events
   if not chosen then return event == 'completed' or event == 'failed' or event == 'cancelled' end
   for _, name in ipairs(cjson.decode(chosen)) do
     if name == event then return true end
   end
   return false
+end
+
+local function wants_webhook(task_key, event)
+  local f = redis.call('HMGET', task_key, 'callback_url', 'webhook_events')
+  return wants_webhook_record({callback_url = f[1] or nil, webhook_events = f[2] or nil}, event)
 end
 
 local function queue_webhook(outbox_key, state_key, member, due_ms)
