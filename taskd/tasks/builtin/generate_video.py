@@ -1,4 +1,4 @@
-"""`generate_video`: storyboard images into a clip of the asked duration, fps and resolution."""
+"""`generate_video`: a storyboard animatic that follows the request's camera, lighting and blocking."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 
 import attrs
 
-from taskd.media import video
+from taskd.media import animatic_vocabulary as vocabulary
+from taskd.media import blocking, video
+from taskd.media.clip import GRADES
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
@@ -47,22 +49,54 @@ class GenerateVideoInput:
     resolution: str = attrs.field(default="1920x1080", validator=[resolution(), EVEN_RESOLUTION])
 
 
+def applied_camera(camera: str, characters: list[tuple[str, vocabulary.Blocking]], count: int) -> list[str]:
+    """Each shot's motion for the camera the vocabulary read (a tracking shot pans the way the walker goes)."""
+    if camera in (vocabulary.DEFAULT_CAMERA, vocabulary.UNRECOGNISED):
+        return video.motions_for("ken_burns", count)
+    if camera == "push_in":
+        return ["zoom_in"] * count
+    if camera == "tracking":
+        movers = [b for _, b in characters if b.action in ("walk", "run", "enter", "exit")]
+        return ["pan_left" if movers and movers[0].direction < 0 else "pan_right"] * count
+    return [camera] * count
+
+
 def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
-    """Each storyboard image held for an equal share of the duration, with alternating pan/zoom."""
+    """The animatic: each storyboard image an equal share of the duration, moved by the camera,
+    the characters over it at their positions, the whole graded for the lighting.
+    """
     width, height = (int(side) for side in data.resolution.split("x"))
     count = len(data.storyboard_images)
     holds = video.even_split(data.duration, count) if count else []
-    motions = video.motions_for("ken_burns", count)
-    return video.ClipRequest(
-        task_id=task_id,
+    camera = vocabulary.camera(data.camera_angle)
+    grade = vocabulary.lighting(data.lighting)
+    characters = [
+        (p.character_id, vocabulary.blocking(p.position, p.action)) for p in data.character_positions
+    ]
+    motions = applied_camera(camera, characters, max(1, count))
+    clip = video.ClipRequest(
+        task_id=task_id, shots=[], duration=data.duration, fps=data.fps, width=width, height=height
+    )
+    layers = blocking.layers(characters, clip.last_frame_time)
+    applied: dict[str, Any] = {
+        "camera": camera,
+        "lighting": grade,
+        "characters": [
+            {"character_id": name, "position": b.position, "action": b.action}
+            for name, b in characters[: len(layers)]
+        ],
+    }
+    if not (count or layers):
+        # A title card: nothing to move, place or grade.
+        applied = {"camera": "static", "lighting": "none", "characters": [], "title_card": True}
+    if len(characters) > len(layers):
+        applied["characters_not_drawn"] = len(characters) - len(layers)
+    return attrs.evolve(
+        clip,
         shots=[
             video.Shot(url, hold, motion)
-            for url, hold, motion in zip(data.storyboard_images, holds, motions, strict=True)
+            for url, hold, motion in zip(data.storyboard_images, holds, motions, strict=False)
         ],
-        duration=data.duration,
-        fps=data.fps,
-        width=width,
-        height=height,
         title=data.scene_description,
         details={
             "scene_description": data.scene_description,
@@ -70,6 +104,10 @@ def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
             "lighting": data.lighting,
             "character_positions": [attrs.asdict(p) for p in data.character_positions],
         },
+        layers=layers,
+        grade=grade if grade in GRADES else "none",
+        backdrop_motion=motions[0],
+        applied=applied,
     )
 
 
@@ -93,6 +131,10 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
             "format": "mp4",
             "generation_model": getattr(renderer, "model", video.MODEL),
         }
+        # What the request asked of the camera, lighting and characters is only followed by the built-in
+        # renderer; a remote model gets the texts (`details`) and says nothing of what it made of them.
+        if isinstance(renderer, video.FfmpegRenderer) and clip.applied:
+            metadata["applied"] = clip.applied
         # Storing copies the whole file: in a thread, so the API keeps answering meanwhile.
         result = await asyncio.to_thread(
             publish, ctx.config, ctx.project_id, path, f"{prefix}_{ctx.task_id}.mp4", metadata
