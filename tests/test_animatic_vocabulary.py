@@ -97,3 +97,20 @@ def test_keyframe_values_out_of_range_are_named_in_the_details():
         "task_data.keyframes[0].scale",
         "task_data.keyframes[0].easing",
     }
+
+
+def test_only_the_start_of_a_long_text_is_read():
+    assert vocabulary.camera("x " * 200 + "wide") == "unrecognised"
+    assert vocabulary.camera("wide " + "x " * 100_000) == "zoom_out"
+
+
+def test_characters_past_the_eighth_are_counted_not_drawn():
+    positions = [{"character_id": f"c{i}", "position": "center"} for i in range(11)]
+    task_data = {"storyboard_images": ["https://a.example/s.png"], "character_positions": positions}
+    data = default_registry().parse_input(generate_video.TASK, task_data)
+
+    clip = generate_video.clip_request("task-1", data)
+
+    assert len(clip.layers) == 8
+    assert len(clip.applied["characters"]) == 8
+    assert clip.applied["characters_not_drawn"] == 3

@@ -267,6 +267,49 @@ async def test_a_pan_shifts_the_picture_sideways(tmp_path, files, http):
     assert result["metadata"]["applied"]["camera"] == "pan_right"
 
 
+def drawn(width: int, height: int, box: tuple[int, int, int, int]) -> bytes:
+    """A black PNG with a white rectangle at `box`."""
+    image = Image.new("RGB", (width, height))
+    image.paste((255, 255, 255), box)
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+async def test_a_wide_shot_zooms_out(tmp_path, files, http):
+    url = files.add("sq.png", drawn(160, 90, (40, 5, 120, 85)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url], camera_angle="wide_shot", duration=1, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await generate_video.run(ctx, data))
+
+    first, last = box_of(frames[0], (255, 255, 255)), box_of(frames[-1], (255, 255, 255))
+    assert first is not None and last is not None
+    # 12 % larger at the start (zoomed in), the image's own 80 px at the end.
+    assert first[2] - first[0] == pytest.approx(90, abs=3)
+    assert last[2] - last[0] == pytest.approx(80, abs=3)
+
+
+async def test_a_dutch_angle_tilts_the_horizon(tmp_path, files, http):
+    url = files.add("sky.png", drawn(160, 90, (0, 0, 160, 45)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url], camera_angle="dutch angle", duration=1, fps=4, resolution="160x90"
+    )
+
+    frame = (await decoded(config, await generate_video.run(ctx, data)))[0].convert("L")
+
+    def horizon(x: int) -> int:
+        return next(y for y in range(frame.height) if frame.getpixel((x, y)) < 128)
+
+    # Turned 8 degrees clockwise: the horizon falls to the right by about tan(8°) per pixel across.
+    assert horizon(140) - horizon(20) == pytest.approx(120 * 0.1405, abs=4)
+
+
 async def test_a_static_camera_keeps_the_picture_still(tmp_path, files, http):
     url = files.add("t.png", textured())
     config = media_config(tmp_path)

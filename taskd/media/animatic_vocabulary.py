@@ -14,6 +14,9 @@ from collections.abc import Sequence
 import attrs
 
 UNRECOGNISED = "unrecognised"
+# Only the start of a text is read: a shot description is a few words, and the handler reads it in
+# the event loop, where a megabyte of text matched against every keyword would hold up the API.
+READ_CHARACTERS = 200
 # What a camera_angle or lighting that was not given is reported as.
 DEFAULT_CAMERA = "ken_burns"
 NO_GRADE = "none"
@@ -81,8 +84,8 @@ DEPTH_SCALE = {"foreground": 1.3, "midground": 1.0, "background": 0.6}
 
 
 def words(text: str) -> list[str]:
-    """The text in lower case, split into words at anything that is not a letter or a digit."""
-    return [w for w in re.split(r"[^0-9a-z]+", text.lower()) if w]
+    """The first READ_CHARACTERS of the text in lower case, split into words at anything not a letter or digit."""
+    return [w for w in re.split(r"[^0-9a-z]+", text[:READ_CHARACTERS].lower()) if w]
 
 
 def _has(found: list[str], keyword: str) -> bool:

@@ -71,7 +71,8 @@ def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
     camera = vocabulary.camera(data.camera_angle)
     grade = vocabulary.lighting(data.lighting)
     characters = [
-        (p.character_id, vocabulary.blocking(p.position, p.action)) for p in data.character_positions
+        (p.character_id, vocabulary.blocking(p.position, p.action))
+        for p in data.character_positions[: blocking.MAX_CHARACTERS]
     ]
     motions = applied_camera(camera, characters, max(1, count))
     clip = video.ClipRequest(
@@ -82,15 +83,14 @@ def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
         "camera": camera,
         "lighting": grade,
         "characters": [
-            {"character_id": name, "position": b.position, "action": b.action}
-            for name, b in characters[: len(layers)]
+            {"character_id": name, "position": b.position, "action": b.action} for name, b in characters
         ],
     }
     if not (count or layers):
         # A title card: nothing to move, place or grade.
         applied = {"camera": "static", "lighting": "none", "characters": [], "title_card": True}
-    if len(characters) > len(layers):
-        applied["characters_not_drawn"] = len(characters) - len(layers)
+    if len(data.character_positions) > len(layers):
+        applied["characters_not_drawn"] = len(data.character_positions) - len(layers)
     return attrs.evolve(
         clip,
         shots=[
