@@ -323,6 +323,29 @@ async def test_a_static_camera_keeps_the_picture_still(tmp_path, files, http):
     assert ImageStat.Stat(ImageChops.difference(frames[0], frames[-1]).convert("L")).mean[0] < 2
 
 
+@pytest.mark.parametrize(("transition", "blended"), [("crossfade", True), ("cut", False)])
+async def test_shots_cross_fade_unless_a_cut_is_asked(tmp_path, files, http, transition, blended):
+    red, blue = files.add("r.png", png(64, 48, (220, 0, 0))), files.add("b.png", png(64, 48, (0, 0, 220)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[red, blue],
+        camera_angle="static",
+        transition=transition,
+        duration=2,
+        fps=8,
+        resolution="64x48",
+    )
+
+    result = await generate_video.run(ctx, data)
+    frames = await decoded(config, result)
+
+    # A blend of the two shots has both red and blue in the frame's corner.
+    corners = [f.getpixel((2, 2)) for f in frames]
+    assert any(r > 40 and b > 40 for r, _, b in corners) is blended
+    assert result["metadata"]["applied"]["transition"] == transition
+
+
 async def test_noir_lighting_grades_to_near_greyscale(tmp_path, files, http):
     url = files.add("c.png", png(160, 90, (220, 60, 30)))
     config = media_config(tmp_path)
@@ -425,6 +448,7 @@ def test_the_documented_example_maps_to_the_vocabulary():
     assert clip.applied == {
         "camera": "zoom_out",
         "lighting": "noir",
+        "transition": "none",
         "characters": [{"character_id": "detective_jones", "position": "center", "action": "walk"}],
     }
     assert [s.motion for s in clip.shots] == ["zoom_out"]
@@ -450,6 +474,7 @@ async def test_words_outside_the_vocabulary_are_rendered_and_reported_unrecognis
     assert result["metadata"]["applied"] == {
         "camera": "unrecognised",
         "lighting": "unrecognised",
+        "transition": "none",
         "characters": [{"character_id": "jones", "position": "unrecognised", "action": "unrecognised"}],
     }
 

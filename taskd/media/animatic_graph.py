@@ -16,6 +16,14 @@ from pathlib import Path
 from taskd.media.clip import ClipRequest, Layer, Pose
 
 FADE_SECONDS = 0.5
+# The transitions between shots, as ffmpeg's xfade names them ("cut" has none: the shots are joined).
+XFADE = {
+    "crossfade": "fade",
+    "dissolve": "dissolve",
+    "fade_to_black": "fadeblack",
+    "wipe": "wipeleft",
+    "slide": "slideleft",
+}
 _ZOOM = 0.12
 _DUTCH_DEGREES = 8.0
 FONT_CANDIDATES = (
@@ -121,7 +129,7 @@ def slideshow_graph(
         elapsed += holds[i - 1]
         label = f"x{i}"
         parts.append(
-            f"[{last}][s{i}]xfade=transition=fade:duration={fade / clip.fps:.6f}:"
+            f"[{last}][s{i}]xfade=transition={XFADE[clip.transition]}:duration={fade / clip.fps:.6f}:"
             f"offset={elapsed / clip.fps:.6f}[{label}]"
         )
         last = label
@@ -289,7 +297,8 @@ def animatic(
     parts: list[str] = []
     if clip.shots:
         holds = frames([s.hold for s in clip.shots], total)
-        fade = min(round(FADE_SECONDS * clip.fps), min(holds) // 2) if len(holds) > 1 else 0
+        fading = len(holds) > 1 and clip.transition != "cut"
+        fade = min(round(FADE_SECONDS * clip.fps), min(holds) // 2) if fading else 0
         sources = [f"{i}:v" for i in shot_inputs]
         motions = [s.motion for s in clip.shots]
     else:

@@ -11,6 +11,7 @@ MOTIONS = ("ken_burns", "zoom_in", "zoom_out", "pan_left", "pan_right", "static"
 SHOT_MOTIONS = (*MOTIONS[1:], "dutch_tilt")
 GRADES = ("none", "noir", "golden_hour", "night", "high_key", "low_key", "neon")
 EASINGS = ("linear", "ease_in", "ease_out", "ease_in_out")
+TRANSITIONS = ("crossfade", "cut", "dissolve", "fade_to_black", "wipe", "slide")
 
 
 @attrs.frozen
@@ -65,6 +66,7 @@ class ClipRequest:
     details: dict[str, Any] = attrs.Factory(dict)  # the task's descriptive fields, for remote providers
     layers: list[Layer] = attrs.Factory(list)
     grade: str = "none"
+    transition: str = "crossfade"  # between shots: one of TRANSITIONS
     backdrop_motion: str = "static"  # the camera over the plain set, when there are layers but no shots
     # What the built-in renderer follows of the request (camera, lighting, characters), as the vocabulary
     # read it: reported in the result's metadata as `applied` when that renderer made the clip.

@@ -9,12 +9,12 @@ import attrs
 
 from taskd.media import animatic_vocabulary as vocabulary
 from taskd.media import blocking, video
-from taskd.media.clip import GRADES
+from taskd.media.clip import GRADES, TRANSITIONS
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
 from taskd.tasks.spec import TaskContext, TaskType
-from taskd.validation import between, check, http_url, max_length, resolution
+from taskd.validation import between, check, http_url, max_length, one_of, resolution
 
 EVEN_RESOLUTION = check(
     lambda v: all(int(side) % 2 == 0 for side in v.split("x") if side.isdigit()),
@@ -47,6 +47,8 @@ class GenerateVideoInput:
     )
     fps: int = attrs.field(default=24, validator=between(1, 60, "FPS must be between 1 and 60"))
     resolution: str = attrs.field(default="1920x1080", validator=[resolution(), EVEN_RESOLUTION])
+    # Not in the API document: taskd's own, for the animatic (a video model may ignore it).
+    transition: str = attrs.field(default="crossfade", validator=one_of(TRANSITIONS, "Transition"))
 
 
 def applied_camera(camera: str, characters: list[tuple[str, vocabulary.Blocking]], count: int) -> list[str]:
@@ -82,13 +84,20 @@ def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
     applied: dict[str, Any] = {
         "camera": camera,
         "lighting": grade,
+        "transition": data.transition if count > 1 else "none",
         "characters": [
             {"character_id": name, "position": b.position, "action": b.action} for name, b in characters
         ],
     }
     if not (count or layers):
         # A title card: nothing to move, place or grade.
-        applied = {"camera": "static", "lighting": "none", "characters": [], "title_card": True}
+        applied = {
+            "camera": "static",
+            "lighting": "none",
+            "transition": "none",
+            "characters": [],
+            "title_card": True,
+        }
     if len(data.character_positions) > len(layers):
         applied["characters_not_drawn"] = len(data.character_positions) - len(layers)
     return attrs.evolve(
@@ -102,10 +111,12 @@ def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
             "scene_description": data.scene_description,
             "camera_angle": data.camera_angle,
             "lighting": data.lighting,
+            "transition": data.transition,
             "character_positions": [attrs.asdict(p) for p in data.character_positions],
         },
         layers=layers,
         grade=grade if grade in GRADES else "none",
+        transition=data.transition,
         backdrop_motion=motions[0],
         applied=applied,
     )
