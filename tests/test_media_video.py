@@ -47,6 +47,7 @@ async def test_storyboard_video_has_the_asked_duration_size_and_fps(tmp_path, fi
     assert meta["fps"] == 12
     assert meta["duration"] == pytest.approx(3.0, abs=0.1)
     assert meta["format"] == "mp4"
+    assert meta["codec"] == "h264"
     assert meta["generation_model"] == "taskd-ffmpeg"
     assert result["payload_media_id"] is None
     path = stored_file(config, result["media_url"])

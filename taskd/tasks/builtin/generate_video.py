@@ -140,6 +140,7 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
             "resolution": info.resolution,
             "fps": info.fps if info.fps is None or info.fps % 1 else int(info.fps),
             "format": "mp4",
+            "codec": info.video_codec,
             "generation_model": getattr(renderer, "model", video.MODEL),
         }
         # What the request asked of the camera, lighting and characters is only followed by the built-in
