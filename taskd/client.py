@@ -228,6 +228,9 @@ class TaskSummary:
     priority: int | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    depends_on: list[str] | None = None
+    waiting_for: list[str] | None = None
+    scheduled_for: datetime | None = None
 
 
 @attrs.frozen

@@ -150,11 +150,57 @@ class SpeechProvider:
     per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
 
+VIDEO_PROTOCOLS = ("", "openai", "replicate")
+# What a Replicate-style model is sent, by taskd's name; the value is the model's input name ("": not sent).
+DEFAULT_VIDEO_INPUTS = {"prompt": "prompt", "seconds": "duration", "size": "", "fps": "", "image": "image"}
+
+
+def _video_protocol_needs(instance: Any, _: attrs.Attribute[str], protocol: str) -> None:
+    if not protocol:
+        return
+    if instance.plugin.strip():
+        raise ValueError("set providers.video.protocol or providers.video.plugin, not both")
+    if not instance.base_url.strip():
+        raise ValueError(f"protocol {protocol!r} needs providers.video.base_url")
+    if not instance.model.strip():
+        raise ValueError(f"protocol {protocol!r} needs providers.video.model")
+
+
+def _video_inputs(_: Any, attribute: attrs.Attribute[dict[str, str]], value: dict[str, str]) -> None:
+    unknown = sorted(set(value) - set(DEFAULT_VIDEO_INPUTS))
+    if unknown:
+        raise ValueError(
+            f"'{attribute.name}' knows {', '.join(DEFAULT_VIDEO_INPUTS)}, not {', '.join(unknown)}"
+        )
+
+
 @attrs.frozen
 class VideoProvider:
-    # No max_concurrency/per_minute: taskd sends no request to a video service (the built-in renderer
-    # is ffmpeg on this machine); a plugin that calls one limits its own calls.
-    # "module:callable" returning a taskd.media.video.ClipRenderer; empty: the built-in ffmpeg renderer.
+    # An asynchronous video-generation API (taskd/providers/video.py): "openai" (the Videos API) or
+    # "replicate" (predictions); "" with no plugin: the built-in ffmpeg renderer.
+    protocol: str = attrs.field(
+        default="",
+        converter=_lower,
+        validator=[attrs.validators.in_(VIDEO_PROTOCOLS), _video_protocol_needs],
+    )
+    base_url: str = ""
+    api_key: str = ""
+    # Replicate: "owner/name", or "owner/name:version" / a version id.
+    model: str = ""
+    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))  # each HTTP request
+    poll_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    # 429, 5xx and connection errors of one request: tried again this many times, `retry_delay`
+    # doubling (at most 60 s, or what Retry-After says), before the task fails (and is retried).
+    max_retries: int = attrs.field(default=5, validator=attrs.validators.ge(0))
+    retry_delay: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    # Jobs in flight at the provider at once, and jobs created per minute, across every worker; 0 = unlimited.
+    max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    # Replicate only: the model's input names where they differ from DEFAULT_VIDEO_INPUTS, and
+    # constant inputs sent as they are (TOML types; from the environment they are strings).
+    inputs: dict[str, str] = attrs.field(factory=dict, validator=_video_inputs)
+    extra_input: dict[str, Any] = attrs.Factory(dict)
+    # "module:callable" returning a taskd.media.video.ClipRenderer (docs/media.md); not with `protocol`.
     plugin: str = ""
 
 

@@ -328,6 +328,19 @@ class TaskListItem:
     priority: int
     created_at: str = attrs.field(metadata=meta(**TIMESTAMP))
     updated_at: str | None = attrs.field(metadata=meta(**TIMESTAMP))
+    # taskd's extras, as in the status body: what a queued task still waits for (the dashboard shows them).
+    depends_on: list[str] | Absent = attrs.field(
+        default=ABSENT, metadata=meta("Tasks submitted with `depends_on` only")
+    )
+    waiting_for: list[str] | Absent = attrs.field(
+        default=ABSENT, metadata=meta("Queued tasks still waiting: the dependencies not yet completed")
+    )
+    scheduled_for: str | Absent = attrs.field(
+        default=ABSENT,
+        metadata=meta(
+            "Queued tasks submitted with `run_at`/`delay_seconds` whose time has not come", **TIMESTAMP
+        ),
+    )
 
 
 @attrs.frozen

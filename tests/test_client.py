@@ -276,6 +276,20 @@ async def test_list_tasks_filters_and_pages(client):
     assert page.tasks[0].task_type == "fail"
 
 
+async def test_listed_tasks_say_what_they_wait_for(client):
+    first = await client.submit("films", "sleep", {"seconds": 30})
+    dependent = await client.submit("films", "noop", {}, depends_on=[first.task_id])
+    later = await client.submit("films", "noop", {}, delay_seconds=3600)
+
+    listed = {t.task_id: t for t in (await client.list_tasks("films")).tasks}
+
+    assert listed[dependent.task_id].waiting_for == [first.task_id]
+    assert listed[dependent.task_id].depends_on == [first.task_id]
+    scheduled_for = listed[later.task_id].scheduled_for
+    assert scheduled_for is not None
+    assert timedelta(minutes=59) < scheduled_for - datetime.now(UTC) <= timedelta(hours=1)
+
+
 async def test_health_queue_health_and_metrics_are_typed(client):
     submitted = await client.submit("films", "noop", {})
     await client.wait(submitted.task_id, timeout=10)

@@ -88,6 +88,24 @@ async def test_overview_needs_the_key(taskd):
         assert response.status == 401
 
 
+async def test_the_task_list_the_page_shows_carries_waiting_for_and_scheduled_for(start_service):
+    api_only = await start_service(workers=False)  # nothing runs: both stay waiting
+    first = await api_only.submit("noop", {})
+    dependent = await api_only.submit("noop", {}, depends_on=[first["task_id"]])
+    later = await api_only.submit("noop", {}, delay_seconds=3600)
+
+    async with api_only.client.get("/api/v1/projects/proj-1/tasks") as response:
+        listed = {task["task_id"]: task for task in (await response.json())["tasks"]}
+
+    assert listed[dependent["task_id"]]["waiting_for"] == [first["task_id"]]
+    assert listed[dependent["task_id"]]["depends_on"] == [first["task_id"]]
+    assert (
+        listed[later["task_id"]]["scheduled_for"]
+        == (await api_only.status(later["task_id"]))["scheduled_for"]
+    )
+    assert {"waiting_for", "depends_on", "scheduled_for"}.isdisjoint(listed[first["task_id"]])
+
+
 def row(task_id: str) -> str:
     return f"document.querySelector('#tasks tr[data-task-id=\"{task_id}\"]')"
 
@@ -128,4 +146,55 @@ async def test_in_chromium_a_submitted_task_shows_up_its_progress_moves_and_canc
     assert step.startswith("step_")
     assert (await taskd.status(task["task_id"]))["status"] == "cancelled"
     assert (tmp_path / "dashboard.png").stat().st_size > 0
+    assert exceptions == []
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed (Debian: apt-get install chromium); it drives the dashboard",
+)
+async def test_in_chromium_a_waiting_task_shows_what_it_waits_for_and_a_scheduled_one_its_time(
+    taskd, tmp_path: Path
+):
+    first = await taskd.submit("sleep", {"seconds": 30})
+    dependent = await taskd.submit("noop", {}, depends_on=[first["task_id"]])
+    later = await taskd.submit("noop", {}, delay_seconds=3600)
+    scheduled_for = (await taskd.status(later["task_id"]))["scheduled_for"]
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate(f"{taskd.base_url}/dashboard?project=proj-1")
+        await browser.wait_for("!document.getElementById('key-panel').hidden")
+        await browser.evaluate(
+            f"document.getElementById('api-key').value = {json.dumps(API_KEY)};"
+            "document.getElementById('key-form').requestSubmit(); true"
+        )
+        await browser.wait_for("document.getElementById('live').textContent === 'live'")
+        await browser.wait_for(f"{row(dependent['task_id'])} !== null")
+        waits = await browser.evaluate(
+            f"{row(dependent['task_id'])}.querySelector('.waiting-for').textContent"
+        )
+        link = await browser.evaluate(
+            f"{row(dependent['task_id'])}.querySelector('.waiting-for a').dataset.taskId"
+        )
+        when = await browser.evaluate(
+            f"{row(later['task_id'])}.querySelector('.scheduled-for time').dateTime"
+        )
+
+        await browser.evaluate(f"{row(dependent['task_id'])}.querySelector('.waiting-for a').click(); true")
+        await browser.wait_for(f"document.getElementById('detail-id').textContent === '{first['task_id']}'")
+        async with taskd.client.delete(f"/api/v1/tasks/{first['task_id']}") as response:
+            assert response.status == 200
+        await browser.wait_for(
+            f"{row(dependent['task_id'])}.querySelector('.status').textContent === 'cancelled'"
+        )
+        after_cancel = await browser.evaluate(f"{row(dependent['task_id'])}.querySelector('.waiting-for')")
+        await browser.screenshot(tmp_path / "waiting.png")
+        exceptions = browser.exceptions
+    finally:
+        await browser.close()
+
+    assert waits == f"waits for {first['task_id'][:8]}"
+    assert link == first["task_id"]
+    assert when == scheduled_for
+    assert after_cancel is None
     assert exceptions == []

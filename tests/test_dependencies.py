@@ -235,3 +235,24 @@ async def test_a_retry_of_a_task_cancelled_by_its_failed_dependency_is_refused(s
         body = await response.json()
 
     assert body["details"] == {"depends_on": f"Dependency '{first['task_id']}' failed"}
+
+
+async def test_a_retried_step_runs_alone_and_the_dependents_its_end_cancelled_stay_cancelled(start_service):
+    taskd = await start_service(workers=False)  # the chain is stored, and ended, before anything runs
+    first = await taskd.submit("append", {"text": "storyboard"})
+    second = await taskd.submit(
+        "append", {"text": ref(first["task_id"], "/text")}, depends_on=[first["task_id"]]
+    )
+    async with taskd.client.delete(f"/api/v1/tasks/{first['task_id']}") as response:
+        assert response.status == 200
+    async with taskd.client.post(f"/api/v1/tasks/{first['task_id']}/retry") as response:
+        assert response.status == 200
+        retried = (await response.json())["new_task_id"]
+    await start_service(http=False)
+
+    assert (await taskd.wait_terminal(retried))["status"] == "completed"
+    body = await taskd.status(second["task_id"])
+    assert (body["status"], body["error"]) == ("cancelled", f"Dependency '{first['task_id']}' was cancelled")
+    # What docs/api.md tells the caller to do instead: submit the rest again, after the retry.
+    again = await taskd.submit("append", {"text": ref(retried, "/text")}, depends_on=[retried])
+    assert (await taskd.wait_terminal(again["task_id"]))["result"]["text"] == "storyboard!!"

@@ -147,6 +147,23 @@ async def test_no_engine_is_a_clear_error(tmp_path, http, monkeypatch):
         await generate_character_voice.run(ctx, GenerateCharacterVoiceInput(text="Hi"))
 
 
+async def test_voice_mixes_an_earlier_steps_stored_audio_read_from_the_store(tmp_path, http):
+    source = tmp_path / "hum.wav"
+    source.write_bytes(sine_wav(0.5, 60, 0.2))
+    async with FakeSpeechAPI() as api:
+        config = config_for(tmp_path, speech=SpeechProvider(base_url=api.base_url))
+        # A media_url at http://media.test, which resolves nowhere: only the store can answer it.
+        noise = MediaStore.from_config(config).put("proj-1", "audio_earlier.wav", source).url
+        ctx, _ = make_ctx(http, config)
+        data = GenerateCharacterVoiceInput(
+            text="Nobody walks here.", background_noise=noise, output_format="wav"
+        )
+
+        result = await generate_character_voice.run(ctx, data)
+
+    assert result["metadata"]["duration"] == pytest.approx(1.5, abs=0.1)
+
+
 @needs_espeak
 async def test_espeak_speech_as_mp3_with_a_background_file(tmp_path, http, files):
     noise = files.add("hum.wav", sine_wav(0.5, 60, 0.2))

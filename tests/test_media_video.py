@@ -7,6 +7,7 @@ import io
 import random
 from pathlib import Path
 
+import attrs
 import psutil
 import pytest
 from fake_media_apis import make_ctx, png
@@ -71,6 +72,20 @@ async def test_video_without_images_is_a_title_card(tmp_path, http):
 
     assert result["metadata"]["duration"] == pytest.approx(2.0, abs=0.1)
     assert result["metadata"]["resolution"] == "160x120"
+
+
+async def test_animation_reads_an_earlier_steps_image_link_from_the_store(tmp_path, http):
+    config = attrs.evolve(media_config(tmp_path), network=NetworkConfig())  # the guard closed
+    source = tmp_path / "still.png"
+    source.write_bytes(png(40, 40, (0, 40, 200)))
+    # A media_url at http://media.test, which resolves nowhere: only the store can answer it.
+    url = MediaStore.from_config(config).put("proj-1", "image_earlier.png", source).url
+    ctx, _ = make_ctx(http, config)
+    data = RenderAnimationInput("detective", [Keyframe(url)], duration=1, fps=10, resolution="128x96")
+
+    result = await render_animation.run(ctx, data)
+
+    assert result["metadata"]["duration"] == pytest.approx(1.0, abs=0.1)
 
 
 async def test_animation_holds_keyframes_at_their_times(tmp_path, files, http):

@@ -36,6 +36,13 @@ function fmtTime(iso) {
   return isNaN(date) ? iso : date.toLocaleTimeString();
 }
 
+// A time that may be days away: the date too, unless it is today.
+function fmtWhen(iso) {
+  const date = new Date(iso);
+  if (isNaN(date)) return iso;
+  return date.toDateString() === new Date().toDateString() ? date.toLocaleTimeString() : date.toLocaleString();
+}
+
 function fmtEpoch(seconds) {
   return seconds ? new Date(seconds * 1000).toISOString().replace(/\.\d+Z$/, "Z") : null;
 }
@@ -166,12 +173,62 @@ function rowFor(task) {
   const pct = el("span", ` ${Math.round((task.progress || 0) * 100)} %`, "pct");
   const progress = el("td");
   progress.append(bar, pct);
+  const step = el("td", task.current_step || "", "step");
+  if (task.status === "queued") step.append(...waitingNodes(task));
   tr.append(wrapCell(id), el("td", task.task_type), el("td", task.status, `status status-${task.status}`),
-    progress, el("td", task.current_step || "", "step"), el("td", fmtTime(task.created_at)),
+    progress, step, el("td", fmtTime(task.created_at)),
     el("td", fmtTime(task.updated_at), "updated"));
   if (state.selected === task.task_id) tr.classList.add("selected");
   tr.addEventListener("click", () => openDetail(task.task_id));
   return tr;
+}
+
+// What a queued task waits for: its dependencies (each opens that task) and its scheduled time.
+function waitingNodes(task) {
+  const nodes = [];
+  if (Array.isArray(task.waiting_for) && task.waiting_for.length) {
+    const box = el("span", "waits for ", "waiting-for");
+    task.waiting_for.forEach((depId, i) => {
+      if (i) box.append(", ");
+      const link = el("a", String(depId).slice(0, 8), "dep");
+      link.href = "#";
+      link.title = depId;
+      link.dataset.taskId = depId;
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        event.stopPropagation(); // not the row's own click
+        openDetail(depId);
+      });
+      box.append(link);
+    });
+    nodes.push(box);
+  }
+  if (task.scheduled_for) {
+    const box = el("span", "runs at ", "scheduled-for");
+    const time = el("time", fmtWhen(task.scheduled_for));
+    time.dateTime = task.scheduled_for;
+    time.title = task.scheduled_for;
+    box.append(time);
+    nodes.push(box);
+  }
+  return nodes;
+}
+
+// A status event changes what listed tasks wait for: a completed task no longer holds anyone, and
+// a task that left `queued` waits for nothing.
+function settleWaits(data) {
+  const known = state.tasks.get(data.task_id);
+  if (known && data.status !== "queued") {
+    delete known.waiting_for;
+    delete known.scheduled_for;
+  }
+  if (data.status !== "completed") return;
+  for (const task of state.tasks.values()) {
+    if (!Array.isArray(task.waiting_for) || !task.waiting_for.includes(data.task_id)) continue;
+    task.waiting_for = task.waiting_for.filter((id) => id !== data.task_id);
+    const row = document.querySelector(`#tasks tr[data-task-id="${CSS.escape(task.task_id)}"]`);
+    if (row) row.replaceWith(rowFor(task));
+  }
 }
 
 function renderTasks() {
@@ -209,6 +266,7 @@ function reloadSoon() {
 
 function applyEvent(event) {
   const data = JSON.parse(event.data);
+  if (event.type === "status") settleWaits(data);
   const known = state.tasks.get(data.task_id);
   if (!known) {
     // A task this page has not listed (new, or on another page): the list endpoint has its data.
@@ -258,6 +316,10 @@ function setPre(id, value) {
   $(id).textContent = value === null || value === undefined ? "—" : JSON.stringify(value, null, 2);
 }
 
+function listOf(ids) {
+  return Array.isArray(ids) && ids.length ? ids.join(", ") : null;
+}
+
 function renderProgressInDetail(task) {
   const progress = document.querySelector("#detail-fields dd[data-field=progress]");
   if (progress) progress.textContent = `${Math.round((task.progress || 0) * 100)} % ${task.current_step || ""}`;
@@ -286,7 +348,9 @@ async function openDetail(taskId) {
     ["type", status.task_type], ["project", status.project_id], ["priority", status.priority], ["attempt", status.attempt],
     ["created", status.created_at], ["started", status.started_at], ["completed", status.completed_at],
     ["processing time", status.processing_time === null ? null : `${status.processing_time} s`],
-    ["queue position", status.queue_position], ["previous state", status.previous_state],
+    ["queue position", status.queue_position], ["depends on", listOf(status.depends_on)],
+    ["waiting for", listOf(status.waiting_for)], ["scheduled for", status.scheduled_for],
+    ["previous state", status.previous_state],
     ["retry of", status.retry_of], ["last error", status.last_error]];
   for (const [name, value] of rows) {
     if (value === null || value === undefined) continue;

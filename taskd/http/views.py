@@ -72,6 +72,9 @@ def list_item_view(record: TaskRecord) -> shapes.TaskListItem:
         priority=record.priority,
         created_at=stamp(record.created_at),
         updated_at=iso(record.updated_at),
+        depends_on=record.depends_on or shapes.ABSENT,
+        waiting_for=record.waiting_for or shapes.ABSENT,
+        scheduled_for=iso(record.scheduled_for) or shapes.ABSENT,
     )
 
 

@@ -64,6 +64,8 @@ class ClipRequest:
     height: int
     title: str | None = None
     details: dict[str, Any] = attrs.Factory(dict)  # the task's descriptive fields, for remote providers
+    # The task's project: the built-in renderer reads that project's own media links from the store.
+    project_id: str | None = None
     layers: list[Layer] = attrs.Factory(list)
     grade: str = "none"
     transition: str = "crossfade"  # between shots: one of TRANSITIONS
@@ -71,6 +73,16 @@ class ClipRequest:
     # What the built-in renderer follows of the request (camera, lighting, characters), as the vocabulary
     # read it: reported in the result's metadata as `applied` when that renderer made the clip.
     applied: dict[str, Any] = attrs.Factory(dict)
+
+    @property
+    def reference_image(self) -> str | None:
+        """The picture a video model should start from: the first character's image (an animation's
+        subject), else the first shot's; None when the request has no image.
+        """
+        for layer in self.layers:
+            if layer.image_url:
+                return layer.image_url
+        return self.shots[0].url if self.shots else None
 
     @property
     def last_frame_time(self) -> float:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import os
+import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -12,6 +14,7 @@ from yarl import URL
 
 from taskd.config import MediaConfig
 from taskd.errors import TaskError, TransientError
+from taskd.media.own import OwnMedia
 from taskd.net.guard import ForbiddenAddress, NotHttp, refusal
 from taskd.net.guarded import GuardedClient, RedirectRefused
 
@@ -62,6 +65,9 @@ def sniff(head: bytes, kind: str) -> str | None:
         if head[4:8] == b"ftyp":
             return "m4a"
         return next((ext for magic, ext in _AUDIO_MAGIC if head.startswith(magic)), None)
+    if kind == "video":
+        # An ISO base media file (MP4, MOV): its first box is `ftyp`.
+        return "mp4" if head[4:8] == b"ftyp" else None
     if kind == "json":
         return "json" if head.lstrip()[:1] in (b"{", b"[") else None
     raise ValueError(kind)
@@ -82,20 +88,29 @@ async def fetch(
     limits: Limits,
     what: str = "Input",
     trusted: Iterable[str] = (),
+    own: OwnMedia | None = None,
+    trusted_headers: Mapping[str, str] | None = None,
 ) -> Path:
     """Download `url` to `dest` + the sniffed extension; TaskError naming the URL when it cannot be used.
 
-    Every hop goes through the SSRF guard (`trusted`: origins exempt from it, see GuardedClient).
+    Every hop goes through the SSRF guard (`trusted`: origins exempt from it, which alone are sent
+    `trusted_headers`; see GuardedClient).
     Errors never carry what answered beyond a status code: no content type, size or body.
+    With `own`, a link to this taskd's media store is read from the store instead (see OwnMedia),
+    with the same size and content checks.
     """
     try:
         URL(url)
     except ValueError:
         raise TaskError(f"{what} {url} is not a valid URL") from None
+    if own is not None:
+        copied = await asyncio.to_thread(_copy_own, own, url, dest, kind, limits, what)
+        if copied is not None:
+            return copied
     part = dest.with_suffix(".part")
     try:
         async with asyncio.timeout(limits.timeout):
-            async with client.get(url, trusted=trusted) as resp:
+            async with client.get(url, trusted=trusted, trusted_headers=trusted_headers) as resp:
                 ext = await _save(resp, part, kind, limits, what, url)
     except TimeoutError:
         part.unlink(missing_ok=True)
@@ -108,6 +123,26 @@ async def fetch(
         raise
     final = dest.with_suffix(f".{ext}")
     part.rename(final)
+    return final
+
+
+def _copy_own(own: OwnMedia, url: str, dest: Path, kind: str, limits: Limits, what: str) -> Path | None:
+    # In a thread: the signature check stats the file, and the copy may be large.
+    stored = own.find(url, what)
+    if stored is None:
+        return None
+    # O_NOFOLLOW: a link swapped in after find() looked is not followed either.
+    with os.fdopen(os.open(stored, os.O_RDONLY | os.O_NOFOLLOW), "rb") as source:
+        size = os.fstat(source.fileno()).st_size
+        if size > limits.max_bytes:
+            raise TaskError(_too_big(what, url, limits))
+        ext = sniff(source.read(16), kind)
+        if ext is None:
+            raise TaskError(f"{what} {url} is not a supported {kind} file")
+        source.seek(0)
+        final = dest.with_suffix(f".{ext}")
+        with final.open("wb") as out:
+            shutil.copyfileobj(source, out)
     return final
 
 

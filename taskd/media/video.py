@@ -16,6 +16,8 @@ from taskd.media import download, ffmpeg
 from taskd.media.animatic_graph import animatic, find_font, title_graph
 from taskd.media.bounds import Bounds
 from taskd.media.clip import MOTIONS, ClipRequest, Layer, Pose, Shot
+from taskd.media.own import OwnMedia
+from taskd.media.store import MediaStore
 from taskd.net.guarded import GuardedClient
 
 # The request types live in taskd.media.clip; they are named here too, where renderers look for them.
@@ -58,6 +60,7 @@ def load_renderer(config: Config, http: aiohttp.ClientSession) -> ClipRenderer:
             GuardedClient.from_config(config, http),
             download.Limits.from_config(config.media),
             Bounds.from_config(config.media),
+            MediaStore.from_config(config),
         )
     module_name, _, attr = plugin.partition(":")
     try:
@@ -96,10 +99,13 @@ class FfmpegRenderer:
 
     model = MODEL
 
-    def __init__(self, inputs: GuardedClient, limits: download.Limits, bounds: Bounds) -> None:
+    def __init__(
+        self, inputs: GuardedClient, limits: download.Limits, bounds: Bounds, store: MediaStore | None = None
+    ) -> None:
         self.inputs = inputs
         self.limits = limits
         self.bounds = bounds
+        self.store = store
 
     async def render(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> Path:
         """Download, then render; progress is 0..0.2 for downloads and 0.2..1 for ffmpeg."""
@@ -110,10 +116,19 @@ class FfmpegRenderer:
             used = [s.url for s in clip.shots] + [layer.image_url for layer in clip.layers if layer.image_url]
             urls = list(dict.fromkeys(used))
             download.check_count(urls, self.limits, "images")
+            own = None
+            if self.store is not None and clip.project_id is not None:
+                own = OwnMedia(self.store, clip.project_id)
             files: dict[str, Path] = {}
             for i, url in enumerate(urls):
                 files[url] = await download.fetch(
-                    self.inputs, url, workdir / f"image{i}", kind="image", limits=self.limits, what="Image"
+                    self.inputs,
+                    url,
+                    workdir / f"image{i}",
+                    kind="image",
+                    limits=self.limits,
+                    what="Image",
+                    own=own,
                 )
                 # The header is read from disk: in a thread.
                 await asyncio.to_thread(self.bounds.check_image, files[url], f"Image {url}")

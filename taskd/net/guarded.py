@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 import aiohttp
 import attrs
@@ -61,9 +61,14 @@ class GuardedClient:
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
     @contextlib.asynccontextmanager
-    async def get(self, url: str, *, trusted: Iterable[str] = ()) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def get(
+        self, url: str, *, trusted: Iterable[str] = (), trusted_headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The response that `url` finally gives; ForbiddenAddress when a hop is refused (before it is
-        connected to), RedirectRefused for a redirect not followed, ValueError for a `url` that does not parse."""
+        connected to), RedirectRefused for a redirect not followed, ValueError for a `url` that does not parse.
+
+        `trusted_headers` (a provider's credentials) go only to hops on a `trusted` origin, never
+        to a host that one of them redirects to."""
         trusted_origins = {found for found in map(origin, trusted) if found is not None}
         target = URL(url)
         async with self._session() as session:
@@ -73,7 +78,8 @@ class GuardedClient:
                 if not on_trusted:
                     check_literal_host(target, self.policy.allows)
                 client = self.trusted_session if on_trusted else session
-                async with client.get(target, allow_redirects=False) as response:
+                headers = trusted_headers if on_trusted else None
+                async with client.get(target, allow_redirects=False, headers=headers) as response:
                     location = (
                         response.headers.get("Location") if response.status in _REDIRECT_STATUSES else None
                     )

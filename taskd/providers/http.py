@@ -44,12 +44,22 @@ class ProviderClient(Generic[Settings]):
 class ProviderError(TaskError):
     """A provider failed; `transient` says whether trying again later may help."""
 
-    def __init__(self, message: str, transient: bool, status: int | None = None, *, timeout: bool = False):
+    def __init__(
+        self,
+        message: str,
+        transient: bool,
+        status: int | None = None,
+        *,
+        timeout: bool = False,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.transient = transient
         self.status = status
         self.timeout = timeout
+        # Seconds the provider asked to wait before the next try (its Retry-After), if it said.
+        self.retry_after = retry_after
 
     @property
     def reason(self) -> str:
@@ -67,22 +77,31 @@ def redact(text: str, secret: str) -> str:
 
 
 def error_detail(raw: bytes, secret: str = "") -> str:
-    """The provider's own error message (OpenAI shape `{"error": {"message": ...}}`), masked, then shortened.
-
-    Masking comes first: a secret cut in half by the shortening would no longer be recognised.
-    """
+    """The provider's own error message, masked and shortened: OpenAI's `{"error": {"message": ...}}`
+    or `{"error": "..."}`, or an RFC 9457 problem's `{"detail": "..."}` (Replicate's)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         text = raw.decode("utf-8", "replace").strip()
     else:
         error = data.get("error") if isinstance(data, dict) else None
+        detail = data.get("detail") if isinstance(data, dict) else None
         if isinstance(error, dict):
             text = str(error.get("message") or "")
         elif isinstance(error, str):
             text = error
+        elif isinstance(detail, str):
+            text = detail
         else:
             text = ""
+    return shorten(text, secret)
+
+
+def shorten(text: str, secret: str = "") -> str:
+    """A provider's message on one line, masked, then cut to a bounded length.
+
+    Masking comes first: a secret cut in half by the shortening would no longer be recognised.
+    """
     text = REDACTOR.redact(redact(" ".join(text.split()), secret))
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 

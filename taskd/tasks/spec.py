@@ -94,8 +94,8 @@ class TaskContext:
         self._step = step or self._step
         await self._sink(self._progress, step)
 
-    def provider_gate(self, name: Literal["llm", "image", "speech"]) -> Gate | None:
-        """The shared limits of provider `name` ("llm", "image" or "speech") for its client; None when
+    def provider_gate(self, name: Literal["llm", "image", "speech", "video"]) -> Gate | None:
+        """The shared limits of provider `name` ("llm", "image", "speech" or "video") for its client; None when
         it has none. While a request waits for a slot the task's `current_step` says so."""
         if self.provider_limits is None:
             return None

@@ -10,6 +10,7 @@ import attrs
 
 from taskd.media import audio, download, ffmpeg
 from taskd.media.bounds import Bounds
+from taskd.media.own import OwnMedia
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
@@ -76,7 +77,13 @@ async def _background(ctx: TaskContext, name: str, workdir: Path, bounds: Bounds
         return ["-f", "lavfi", "-i", NOISES[name]]
     limits = download.Limits.from_config(ctx.config.media)
     path = await download.fetch(
-        ctx.inputs, name, workdir / "background", kind="audio", limits=limits, what="Background noise"
+        ctx.inputs,
+        name,
+        workdir / "background",
+        kind="audio",
+        limits=limits,
+        what="Background noise",
+        own=OwnMedia.for_task(ctx.config, ctx.project_id),  # e.g. an earlier process_audio's media_url
     )
     await bounds.check_audio(path, f"Background noise {name}")
     return bounds.audio_input(path, loop=True)

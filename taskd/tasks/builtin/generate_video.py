@@ -13,6 +13,7 @@ from taskd.media.clip import GRADES, TRANSITIONS
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
+from taskd.providers import video as video_provider
 from taskd.tasks.spec import TaskContext, TaskType
 from taskd.validation import between, check, http_url, max_length, one_of, resolution
 
@@ -63,7 +64,7 @@ def applied_camera(camera: str, characters: list[tuple[str, vocabulary.Blocking]
     return [camera] * count
 
 
-def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
+def clip_request(task_id: str, data: GenerateVideoInput, project_id: str | None = None) -> video.ClipRequest:
     """The animatic: each storyboard image an equal share of the duration, moved by the camera,
     the characters over it at their positions, the whole graded for the lighting.
     """
@@ -107,6 +108,7 @@ def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
             for url, hold, motion in zip(data.storyboard_images, holds, motions, strict=False)
         ],
         title=data.scene_description,
+        project_id=project_id,
         details={
             "scene_description": data.scene_description,
             "camera_angle": data.camera_angle,
@@ -124,7 +126,9 @@ def clip_request(task_id: str, data: GenerateVideoInput) -> video.ClipRequest:
 
 async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: str) -> dict[str, Any]:
     """Render `clip` in a scratch dir (removed on any exit), store the MP4, and describe it as measured."""
-    renderer = video.load_renderer(ctx.config, ctx.http)
+    # A configured video-generation API (providers.video.protocol) first, else the plugin or ffmpeg.
+    provider = video_provider.renderer(ctx.config, ctx.http, ctx.provider_gate("video"))
+    renderer: video.ClipRenderer = provider or video.load_renderer(ctx.config, ctx.http)
 
     async def rendering(fraction: float) -> None:
         await ctx.progress(
@@ -157,7 +161,7 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
 
 async def run(ctx: TaskContext, data: GenerateVideoInput) -> dict[str, Any]:
     """Render the storyboard (or a title card from scene_description) into an H.264 MP4."""
-    return await render_and_publish(ctx, clip_request(ctx.task_id, data), "video")
+    return await render_and_publish(ctx, clip_request(ctx.task_id, data, ctx.project_id), "video")
 
 
 TASK = TaskType(

@@ -10,6 +10,7 @@ import attrs
 
 from taskd.media import audio, download, ffmpeg
 from taskd.media.bounds import Bounds
+from taskd.media.own import OwnMedia
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
@@ -92,11 +93,18 @@ async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> d
     """Download, (measure,) mix and encode in `workdir`; store the result."""
     limits = download.Limits.from_config(ctx.config.media)
     download.check_count([t.url for t in data.tracks], limits, "tracks")
+    own = OwnMedia.for_task(ctx.config, ctx.project_id)  # an earlier step's media_url is read from the store
     files = []
     for i, track in enumerate(data.tracks):
         files.append(
             await download.fetch(
-                ctx.inputs, track.url, workdir / f"track{i}", kind="audio", limits=limits, what="Track"
+                ctx.inputs,
+                track.url,
+                workdir / f"track{i}",
+                kind="audio",
+                limits=limits,
+                what="Track",
+                own=own,
             )
         )
         await ctx.progress(0.05 + 0.15 * (i + 1) / len(data.tracks), "fetching_tracks")

@@ -106,6 +106,7 @@ async def run(ctx: TaskContext, data: RenderAnimationInput) -> dict[str, Any]:
         width=width,
         height=height,
         details={"character_id": data.character_id, "animation_type": data.animation_type},
+        project_id=ctx.project_id,
         backdrop_motion=motion,
     )
     keyframes = timed(data, clip.last_frame_time)

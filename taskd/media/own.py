@@ -1,0 +1,69 @@
+"""taskd's own media links, read from the media store instead of over HTTP.
+
+A step of a chain is handed an earlier step's `media_url` (`{"$ref": "@0#/media_url"}`): a link to
+taskd itself, at `media.base_url` or, by default, taskd's own loopback address, which the SSRF guard
+refuses, and which a worker on another host may not reach at all. A URL at this taskd's media
+origin and path is therefore never fetched: its signature must check out, exactly as the media
+route checks it, and it must name a file of the task's own project; then the file is read from the
+store. A link of another project is refused even when its signature is good, so a task can read
+no more media than its own project's (a signed link is a bearer token for whoever holds it, but
+not a way for one project's tasks to pull another's files into their results).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+from yarl import URL
+
+from taskd.config import Config
+from taskd.errors import TaskError
+from taskd.media.store import MediaStore
+
+
+@attrs.frozen
+class OwnMedia:
+    """The media links of this taskd's store that one project's task may read directly."""
+
+    store: MediaStore
+    project_id: str
+
+    @classmethod
+    def for_task(cls, config: Config, project_id: str) -> OwnMedia:
+        """The store `config` describes, for a task of `project_id`."""
+        return cls(MediaStore.from_config(config), project_id)
+
+    def find(self, url: str, what: str) -> Path | None:
+        """The stored file `url` links to, or None when it is no link to this store.
+
+        TaskError, naming the URL, for a link to the store that this task may not read: a bad or
+        expired signature, another project's file, a name that is not a stored file's.
+        """
+        try:
+            parsed, base = URL(url), URL(self.store.base)
+        except ValueError:
+            return None
+        prefix = base.raw_path.rstrip("/") + "/media/"
+        if (parsed.scheme, parsed.host, parsed.port) != (base.scheme, base.host, base.port):
+            return None
+        if not parsed.raw_path.startswith(prefix):
+            return None
+        # Raw segments: an escaped "/" or "." stays escaped, and no valid name holds a "%".
+        segments = parsed.raw_path[len(prefix) :].split("/")
+        path = self.store.path_of(*segments) if len(segments) == 2 else None
+        if path is None:
+            raise TaskError(f"{what} {url} was refused: it is not a valid media link")
+        project_id, filename = segments
+        if project_id != self.project_id:
+            raise TaskError(f"{what} {url} was refused: it is a media link of another project")
+        expires, sig = parsed.query.get("expires"), parsed.query.get("sig")
+        if expires is None or sig is None:
+            raise TaskError(f"{what} {url} was refused: the media link has no signature")
+        problem = self.store.check(project_id, filename, expires, sig)
+        if problem is not None:
+            raise TaskError(f"{what} {url} was refused: {problem[0].lower()}{problem[1:]}")
+        # The store writes plain files; a link (or anything else) put there is not served from it.
+        if path.is_symlink() or not path.is_file():
+            raise TaskError(f"{what} {url} was not found in the media store")
+        return path

@@ -1,0 +1,227 @@
+"""A video-generation API behind the ClipRenderer interface: create a job, poll it, download the MP4.
+
+`[providers.video] protocol` picks the shape ("openai": the Videos API, "replicate": predictions).
+The job holds one slot of the provider's limits from creation to its end, progress is the
+provider's, and a task that is cancelled (or stopped at a limit, or fails) cancels its job before
+it ends. The MP4 is downloaded through the SSRF guard (the provider's own origin is trusted),
+bounded by `media.max_download_bytes`, and copied without re-encoding into a file with no tags, so
+that what taskd measures and stores is what ffmpeg wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+
+from taskd.config import Config, VideoProvider
+from taskd.errors import TaskError
+from taskd.media import download, ffmpeg
+from taskd.media.bounds import Bounds
+from taskd.media.video import ClipRequest, ProgressFn
+from taskd.net.guarded import GuardedClient
+from taskd.providers.limits import Gate
+from taskd.providers.video_api import NAME, JobApi, JobState, ProviderCalls, VideoRequest
+from taskd.providers.video_openai import OpenAIVideos
+from taskd.providers.video_replicate import ReplicatePredictions
+
+log = logging.getLogger("taskd.providers")
+
+# The renderer's progress (0..1): the reference image until PREPARED, the provider's own progress up
+# to GENERATED, then the download and the copy.
+PREPARED = 0.2
+GENERATED = 0.9
+DOWNLOADED = 0.95
+# A cancel is one request, sent while the task is already stopping: it may not hold that up long.
+CANCEL_TIMEOUT = 10.0
+
+
+def renderer(
+    config: Config, http: aiohttp.ClientSession, gate: Gate | None = None
+) -> ProviderRenderer | None:
+    """The renderer of `providers.video.protocol`, or None when none is configured."""
+    settings = config.providers.video
+    if not settings.protocol:
+        return None
+    calls = ProviderCalls(settings, http)
+    api: JobApi = (
+        OpenAIVideos(calls, settings.model)
+        if settings.protocol == "openai"
+        else ReplicatePredictions(calls, settings)
+    )
+    return ProviderRenderer(
+        settings,
+        calls,
+        api,
+        GuardedClient.from_config(config, http),
+        download.Limits.from_config(config.media),
+        Bounds.from_config(config.media),
+        gate,
+    )
+
+
+def _words(value: str) -> str:
+    return " ".join(value.replace("_", " ").split())
+
+
+def _text(details: dict[str, Any], key: str) -> str | None:
+    value = details.get(key)
+    return _words(value) if isinstance(value, str) and value.strip() else None
+
+
+def compose_prompt(clip: ClipRequest) -> str:
+    """The prompt: the scene, then camera, lighting and where each character is and what it does."""
+    details = clip.details
+    lines = []
+    scene = details.get("scene_description") or clip.title
+    if isinstance(scene, str) and scene.strip():
+        lines.append(scene.strip())
+    for label, key in (
+        ("Camera", "camera_angle"),
+        ("Lighting", "lighting"),
+        ("Character", "character_id"),
+        ("Motion", "animation_type"),
+    ):
+        if text := _text(details, key):
+            lines.append(f"{label}: {text}.")
+    placed = []
+    positions = details.get("character_positions")
+    for item in positions if isinstance(positions, list) else []:
+        if not isinstance(item, dict) or not (who := _text(item, "character_id")):
+            continue
+        where, action = _text(item, "position"), _text(item, "action")
+        placed.append(who + (f" at {where}" if where else "") + (f", {action}" if action else ""))
+    if placed:
+        lines.append("Characters: " + "; ".join(placed) + ".")
+    if not lines:
+        raise TaskError(f"{NAME} needs a description to write its prompt: give a scene_description")
+    return "\n".join(lines)
+
+
+class ProviderRenderer:
+    """Renders a ClipRequest with the configured video-generation API."""
+
+    def __init__(
+        self,
+        settings: VideoProvider,
+        calls: ProviderCalls,
+        api: JobApi,
+        inputs: GuardedClient,
+        limits: download.Limits,
+        bounds: Bounds,
+        gate: Gate | None,
+    ) -> None:
+        self.model = settings.model
+        self._settings = settings
+        self._calls = calls
+        self._api = api
+        self._inputs = inputs
+        self._limits = limits
+        self._bounds = bounds
+        self._gate = gate
+
+    async def render(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> Path:
+        """Ask the provider for the clip and return the MP4 it made, copied into `workdir`."""
+        request = await self._request(clip, workdir, progress)
+        await progress(PREPARED)
+        async with self._gate.slot() if self._gate else contextlib.nullcontext():
+            job = await self._api.create(request)
+            log.info("task %s: %s job %s created", clip.task_id, self._settings.protocol, job)
+            state = await self._follow(job, progress)
+        if not state.succeeded:
+            raise TaskError(f"{NAME} could not make the video: {state.error or 'no reason given'}")
+        url = self._api.output_url(job, state)
+        fetched = await self._calls.retrying(
+            lambda: download.fetch(
+                self._inputs,
+                url,
+                workdir / "generated",
+                kind="video",
+                limits=self._limits,
+                what="Generated video",
+                trusted=[self._calls.base_url],
+                trusted_headers=self._calls.auth,
+            ),
+            "download",
+        )
+        await progress(DOWNLOADED)
+        return await self._copy(fetched, workdir)
+
+    async def _request(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> VideoRequest:
+        image_url = clip.reference_image
+        request = VideoRequest(
+            prompt=compose_prompt(clip),
+            seconds=max(1, round(clip.duration)),
+            width=clip.width,
+            height=clip.height,
+            fps=clip.fps,
+            image_url=image_url,
+        )
+        if image_url is None or not self._api.uploads_reference:
+            return request
+        fetched = await download.fetch(
+            self._inputs, image_url, workdir / "reference", kind="image", limits=self._limits, what="Image"
+        )
+        # The header is read from disk: in a thread.
+        await asyncio.to_thread(self._bounds.check_image, fetched, f"Image {image_url}")
+        await progress(PREPARED / 2)
+        # The Videos API wants the reference at exactly the video's size: scaled and cropped to fill it.
+        fitted = workdir / "reference_fitted.png"
+        size = f"{clip.width}:{clip.height}"
+        await ffmpeg.run_ffmpeg(
+            [
+                *self._bounds.image_input(fetched),
+                *("-vf", f"scale={size}:force_original_aspect_ratio=increase,crop={size},setsar=1"),
+                *("-frames:v", "1", *self._bounds.output_args(), str(fitted)),
+            ],
+            log_path=workdir / "reference.log",
+            what="Preparing the reference image",
+        )
+        return attrs.evolve(request, image_file=fitted)
+
+    async def _follow(self, job: str, progress: ProgressFn) -> JobState:
+        """Poll `job` until it ends; cancel it at the provider if the task stops first, however it stops."""
+        try:
+            while True:
+                state = await self._api.state(job)  # transient failures are tried again inside
+                if state.progress is not None:
+                    await progress(PREPARED + (GENERATED - PREPARED) * state.progress)
+                if state.done:
+                    return state
+                await asyncio.sleep(self._settings.poll_interval)
+        except BaseException:
+            # Cancelled, at a time limit, or the provider unreachable past the retries: the job
+            # would run on (and be paid for) with nobody to collect it.
+            await asyncio.shield(self._cancel(job))
+            raise
+
+    async def _cancel(self, job: str) -> None:
+        try:
+            async with asyncio.timeout(CANCEL_TIMEOUT):
+                await self._api.cancel(job)
+        except (TaskError, TimeoutError) as exc:
+            log.warning("could not cancel %s job %s: %s", self._settings.protocol, job, exc)
+        else:
+            log.info("%s job %s cancelled", self._settings.protocol, job)
+
+    async def _copy(self, fetched: Path, workdir: Path) -> Path:
+        # Streams copied, not re-encoded; the file's tags, chapters and any box ffmpeg does not know
+        # are left behind, so `ffmpeg -i` on the copy shows only ffmpeg's own lines (see ffmpeg.probe).
+        output = workdir / "clip.mp4"
+        await ffmpeg.run_ffmpeg(
+            [
+                *("-t", f"{self._bounds.max_input_seconds:.3f}", "-i", str(fetched)),
+                *("-map", "0:v:0", "-map", "0:a:0?", "-c", "copy", "-movflags", "+faststart"),
+                *self._bounds.output_args(),
+                str(output),
+            ],
+            log_path=workdir / "copy.log",
+            what="Reading the generated video",
+        )
+        self._bounds.check_output(output, "The generated video")
+        return output

@@ -1,0 +1,382 @@
+"""`[providers.video]`: generate_video rendered by a video-generation API (the OpenAI Videos API or
+Replicate-style predictions), against a loopback fake that speaks both, with a real ffmpeg MP4."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from fake_media_apis import make_ctx, png
+from fake_video_apis import FakeVideoAPI, make_mp4
+from PIL import Image
+
+from taskd.config import (
+    Config,
+    ConfigError,
+    MediaConfig,
+    NetworkConfig,
+    ProvidersConfig,
+    VideoProvider,
+    load_config,
+)
+from taskd.media import ffmpeg
+from taskd.media.store import MediaStore
+from taskd.tasks.builtin import generate_video, render_animation
+from taskd.tasks.builtin.generate_video import CharacterPosition, GenerateVideoInput
+from taskd.tasks.builtin.render_animation import Keyframe, RenderAnimationInput
+from taskd.tasks.spec import TaskError
+
+MODELS = {"openai": "sora-2", "replicate": "acme/video-model"}
+PROTOCOLS = sorted(MODELS)
+
+
+def scene(**fields: object) -> GenerateVideoInput:
+    """The API document's example scene, 4 s at 1280x720."""
+    detective = CharacterPosition("detective_jones", "center_frame", "walking_slowly")
+    example = {
+        "scene_description": "Detective enters a dark alley",
+        "camera_angle": "wide_shot",
+        "lighting": "dramatic_noir",
+        "character_positions": [detective],
+        "duration": 4,
+        "resolution": "1280x720",
+    }
+    return GenerateVideoInput(**{**example, **fields})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def mp4(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A 1 s, 160x120, 10 fps MP4: unlike anything a test asks for, so the result shows it was measured."""
+    return make_mp4(tmp_path_factory.mktemp("mp4") / "fake.mp4")
+
+
+@pytest.fixture
+async def api(mp4: bytes):
+    async with FakeVideoAPI(mp4) as server:
+        yield server
+
+
+def provider(api: FakeVideoAPI, protocol: str, **settings: object) -> VideoProvider:
+    fields = {
+        "protocol": protocol,
+        "base_url": api.base_url,
+        "api_key": "sk-video",
+        "model": MODELS[protocol],
+        "poll_interval": 0.05,
+        "retry_delay": 0.01,
+        **settings,
+    }
+    return VideoProvider(**fields)  # type: ignore[arg-type]
+
+
+def config_for(
+    tmp_path: Path, video: VideoProvider, *, allow_private: bool = True, **media: object
+) -> Config:
+    settings = {"base_url": "http://media.test", "scratch_dir": str(tmp_path / "scratch"), **media}
+    return Config(
+        data_dir=str(tmp_path / "data"),
+        media=MediaConfig(**settings),  # type: ignore[arg-type]
+        providers=ProvidersConfig(video=video),
+        network=NetworkConfig(allow_private=allow_private),
+    )
+
+
+def stored(config: Config) -> list[Path]:
+    root = MediaStore.from_config(config).root
+    return sorted(path for path in root.rglob("*") if path.is_file()) if root.exists() else []
+
+
+# What is sent
+
+
+async def test_openai_create_sends_prompt_seconds_size_and_the_fitted_reference(tmp_path, http, api, files):
+    image = files.add("board.png", png(64, 48))
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "openai")))
+
+    await generate_video.run(ctx, scene(storyboard_images=[image]))
+
+    form = api.created[0]
+    assert (form["model"], form["seconds"], form["size"]) == ("sora-2", "4", "1280x720")
+    assert form["prompt"] == (
+        "Detective enters a dark alley\nCamera: wide shot.\nLighting: dramatic noir.\n"
+        "Characters: detective jones at center frame, walking slowly."
+    )
+    # The API wants the reference at the video's size.
+    assert Image.open(io.BytesIO(form["input_reference"])).size == (1280, 720)
+
+
+async def test_replicate_create_uses_the_model_path_and_the_configured_input_names(
+    tmp_path, http, api, files
+):
+    image = files.add("board.png", png(64, 48))
+    video = provider(
+        api, "replicate", inputs={"image": "start_image", "size": "resolution"}, extra_input={"cfg": 0.5}
+    )
+    ctx, _ = make_ctx(http, config_for(tmp_path, video))
+
+    await generate_video.run(ctx, scene(storyboard_images=[image]))
+
+    assert api.requests[0] == ("POST", "/v1/models/acme/video-model/predictions")
+    inputs = api.created[0]["input"]
+    assert inputs == {
+        "prompt": inputs["prompt"],
+        "duration": 4,
+        "resolution": "1280x720",
+        "start_image": image,
+        "cfg": 0.5,
+    }
+    assert inputs["prompt"].startswith("Detective enters a dark alley\nCamera: wide shot.")
+
+
+async def test_replicate_model_with_a_version_creates_through_predictions(tmp_path, http, api):
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "replicate", model="acme/video-model:abc123")))
+
+    await generate_video.run(ctx, GenerateVideoInput(scene_description="Rain on a window", duration=2))
+
+    assert api.requests[0] == ("POST", "/v1/predictions")
+    assert api.created[0]["version"] == "abc123"
+
+
+async def test_a_task_with_nothing_to_describe_fails_before_asking_the_provider(tmp_path, http, api, files):
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "openai")))
+
+    with pytest.raises(TaskError, match="needs a description to write its prompt"):
+        await generate_video.run(ctx, GenerateVideoInput(storyboard_images=[files.add("a.png", png())]))
+
+    assert api.requests == []
+
+
+# What comes back
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_the_result_is_measured_from_the_downloaded_file_and_names_the_model(
+    tmp_path, http, api, protocol
+):
+    config = config_for(tmp_path, provider(api, protocol))
+    ctx, _ = make_ctx(http, config)
+
+    result = await generate_video.run(ctx, scene())
+
+    meta = result["metadata"]
+    assert (meta["resolution"], meta["fps"], meta["generation_model"]) == ("160x120", 10, MODELS[protocol])
+    assert meta["duration"] == pytest.approx(1.0, abs=0.1)
+    [path] = stored(config)
+    assert (await ffmpeg.probe(path)).video_codec == "h264"
+    assert path.stat().st_size == meta["file_size"]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_completed_render_shows_the_providers_progress_on_the_task(start_service, api, protocol):
+    api.steps = 4
+    taskd = await start_service(
+        providers=ProvidersConfig(video=provider(api, protocol, poll_interval=0.3)),
+        network=NetworkConfig(allow_private=True),
+    )
+    task = await taskd.submit("generate_video", {"scene_description": "Rain", "duration": 2})
+
+    seen = set()
+    body = await taskd.wait_for(
+        task["task_id"], lambda body: seen.add(body["progress"]) or body["status"] in ("completed", "failed")
+    )
+
+    assert body["status"] == "completed", body
+    assert body["result"]["metadata"]["generation_model"] == MODELS[protocol]
+    # The provider's 0, 25, 50, 75 % of its share of the task (0.05 + 0.9 * (0.2 + 0.7 * p)).
+    assert {0.23, 0.3875, 0.545, 0.7025} <= {round(p, 4) for p in seen}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_failed_job_fails_the_task_with_the_providers_message(tmp_path, http, api, protocol):
+    api.fail = "The prompt was flagged by moderation"
+    config = config_for(tmp_path, provider(api, protocol))
+    ctx, _ = make_ctx(http, config)
+
+    with pytest.raises(TaskError, match="Video provider could not make the video: The prompt was flagged"):
+        await generate_video.run(ctx, scene())
+
+    assert stored(config) == []
+
+
+async def test_a_long_provider_message_is_cut_short(tmp_path, http, api):
+    api.fail = "x" * 5000
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "replicate")))
+
+    with pytest.raises(TaskError) as failure:
+        await generate_video.run(ctx, scene())
+
+    assert len(str(failure.value)) < 400 and str(failure.value).endswith("…")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_429_and_503_on_create_are_retried(tmp_path, http, api, protocol):
+    api.create_errors = [429, 503]
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, protocol)))
+
+    result = await generate_video.run(ctx, scene())
+
+    assert len(api.created) == 3
+    assert result["metadata"]["generation_model"] == MODELS[protocol]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_400_on_create_fails_at_once_with_the_providers_message(tmp_path, http, api, protocol):
+    api.create_errors = [400]
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, protocol)))
+
+    with pytest.raises(TaskError, match="Video provider returned HTTP 400: fake create refused") as failure:
+        await generate_video.run(ctx, scene())
+
+    assert not failure.value.transient
+    assert len(api.created) == 1
+
+
+@pytest.mark.parametrize(("protocol", "cancel"), [("openai", "DELETE"), ("replicate", "POST")])
+async def test_cancelling_the_task_cancels_the_providers_job(start_service, api, protocol, cancel):
+    api.hang = True
+    taskd = await start_service(
+        providers=ProvidersConfig(video=provider(api, protocol)), network=NetworkConfig(allow_private=True)
+    )
+    task = await taskd.submit("generate_video", {"scene_description": "Rain", "duration": 2})
+    await taskd.wait_for(task["task_id"], lambda _: api.jobs.get("job_1", 0) >= 2)
+
+    async with taskd.client.delete(f"/api/v1/tasks/{task['task_id']}") as response:
+        assert response.status == 200
+    await taskd.wait_for(task["task_id"], lambda _: api.cancelled == ["job_1"], timeout=10)
+
+    path = "/v1/videos/job_1" if protocol == "openai" else "/v1/predictions/job_1/cancel"
+    assert (cancel, path) in api.requests
+    assert (await taskd.status(task["task_id"]))["status"] == "cancelled"
+
+
+async def test_a_job_whose_polls_keep_failing_is_cancelled_before_the_task_fails(tmp_path, http, api):
+    api.poll_errors = [503, 503]
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "openai", max_retries=1)))
+
+    with pytest.raises(TaskError, match="Video provider returned HTTP 503: fake poll refused") as failure:
+        await generate_video.run(ctx, scene())
+
+    assert failure.value.transient  # the task is retried: its job must not run on meanwhile
+    assert api.cancelled == ["job_1"]
+
+
+# What is refused
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_an_oversized_download_fails_and_nothing_is_stored(tmp_path, http, api, protocol):
+    config = config_for(tmp_path, provider(api, protocol), max_download_bytes=2048)
+    ctx, _ = make_ctx(http, config)
+
+    with pytest.raises(TaskError, match=r"Generated video \S+ is larger than the 2048 byte limit"):
+        await generate_video.run(ctx, scene())
+
+    assert stored(config) == []
+    assert not list((tmp_path / "scratch").iterdir())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_download_that_is_not_an_mp4_fails_and_nothing_is_stored(tmp_path, http, api, protocol):
+    api.video = b"<html><body>not a video</body></html>"
+    config = config_for(tmp_path, provider(api, protocol))
+    ctx, _ = make_ctx(http, config)
+
+    with pytest.raises(TaskError, match=r"Generated video \S+ is not a supported video file"):
+        await generate_video.run(ctx, scene())
+
+    assert stored(config) == []
+
+
+async def test_an_mp4_header_with_no_video_in_it_fails_and_nothing_is_stored(tmp_path, http, api, mp4):
+    api.video = mp4[:32] + b"\0" * 2000
+    config = config_for(tmp_path, provider(api, "openai"))
+    ctx, _ = make_ctx(http, config)
+
+    with pytest.raises(TaskError, match="Reading the generated video failed"):
+        await generate_video.run(ctx, scene())
+
+    assert stored(config) == []
+
+
+async def test_an_output_url_on_another_host_goes_through_the_guard(tmp_path, http, api):
+    # The provider's own origin (127.0.0.1:<port>) is trusted; the same server named otherwise is not.
+    api.output_url = f"http://localhost:{api.port}/files/out.mp4"
+    config = config_for(tmp_path, provider(api, "replicate"), allow_private=False)
+    ctx, _ = make_ctx(http, config)
+
+    with pytest.raises(TaskError, match=r"Generated video http://localhost:\d+/files/out.mp4 was refused"):
+        await generate_video.run(ctx, scene())
+
+    assert ("GET", "/files/out.mp4") not in api.requests
+
+
+async def test_the_key_goes_only_to_the_providers_own_origin(tmp_path, http, api):
+    api.output_url = f"http://localhost:{api.port}/v1/videos/job_1/content"
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "replicate")))
+
+    # The fake's content route wants the key: fetched from "another" host, it is not sent.
+    with pytest.raises(TaskError, match="could not be fetched: HTTP 401"):
+        await generate_video.run(ctx, scene())
+
+
+async def test_the_key_is_not_sent_where_the_providers_own_url_redirects(tmp_path, http, api):
+    api.content_redirect = f"http://localhost:{api.port}/files/out.mp4"
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "openai")))
+
+    await generate_video.run(ctx, scene())
+
+    assert ("GET", "/files/out.mp4") in api.requests
+    assert api.file_authorizations == [None]
+
+
+# Limits and configuration
+
+
+async def test_jobs_in_flight_never_exceed_max_concurrency(start_service, api):
+    api.steps = 3
+    taskd = await start_service(
+        providers=ProvidersConfig(video=provider(api, "openai", max_concurrency=1)),
+        network=NetworkConfig(allow_private=True),
+    )
+
+    tasks = [
+        await taskd.submit("generate_video", {"scene_description": f"Scene {i}", "duration": 1})
+        for i in range(2)
+    ]
+    ended = [await taskd.wait_terminal(task["task_id"], timeout=30) for task in tasks]
+
+    assert [body["status"] for body in ended] == ["completed", "completed"]
+    assert api.most_active == 1
+
+
+def test_a_protocol_and_a_plugin_together_stop_start_up():
+    environ = {
+        "TASKD_PROVIDERS__VIDEO__PROTOCOL": "openai",
+        "TASKD_PROVIDERS__VIDEO__BASE_URL": "https://api.openai.com/v1",
+        "TASKD_PROVIDERS__VIDEO__MODEL": "sora-2",
+        "TASKD_PROVIDERS__VIDEO__PLUGIN": "mypackage:renderer",
+    }
+
+    with pytest.raises(
+        ConfigError, match=r"set providers\.video\.protocol or providers\.video\.plugin, not both"
+    ):
+        load_config(None, environ)
+
+
+def test_a_protocol_without_a_base_url_stops_start_up():
+    with pytest.raises(ConfigError, match=r"protocol 'replicate' needs providers\.video\.base_url"):
+        load_config(
+            None, {"TASKD_PROVIDERS__VIDEO__PROTOCOL": "replicate", "TASKD_PROVIDERS__VIDEO__MODEL": "a/b"}
+        )
+
+
+async def test_an_animation_is_described_by_its_character_and_motion(tmp_path, http, api, files):
+    keyframes = [Keyframe(files.add(f"k{i}.png", png(40, 40))) for i in range(2)]
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "openai")))
+
+    await render_animation.run(ctx, RenderAnimationInput("detective_jones", keyframes, duration=3))
+
+    form = api.created[0]
+    assert form["prompt"] == "Character: detective jones.\nMotion: ken burns."
+    assert Image.open(io.BytesIO(form["input_reference"])).size == (1280, 720)
