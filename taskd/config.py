@@ -213,6 +213,28 @@ class ProvidersConfig:
 
 
 @attrs.frozen
+class S3Config:
+    """The S3-compatible bucket of `media.backend = "s3"` (docs/media.md#object-storage-s3)."""
+
+    endpoint: str = ""  # empty: AWS S3 of `region`; e.g. http://seaweedfs:8333, https://minio.example.com
+    bucket: str = ""
+    region: str = "us-east-1"
+    access_key_id: str = ""  # empty (with secret_access_key): botocore's chain (env, profile, instance role)
+    secret_access_key: str = ""
+    # Keys are <prefix><project_id>/<file>; "" or e.g. "taskd/media/".
+    prefix: str = attrs.field(default="", validator=attrs.validators.matches_re(r"([A-Za-z0-9_.-]+/)*"))
+    addressing_style: str = attrs.field(
+        default="path", converter=_lower, validator=attrs.validators.in_(("path", "virtual"))
+    )
+    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+
+
+def _media_backend(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if value == "s3" and not instance.s3.bucket:
+        raise ValueError(f"'{attribute.name}' is s3: media.s3.bucket must be set")
+
+
+@attrs.frozen
 class MediaConfig:
     dir: str = ""  # empty: <data_dir>/media
     base_url: str = ""  # empty: http://<http.host>:<http.port>
@@ -234,6 +256,41 @@ class MediaConfig:
     min_free_ratio: float = attrs.field(
         default=0.05, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.lt(1))
     )
+    # Where outputs are kept: "local" (`dir`, served by taskd) or "s3" (`[media.s3]`, presigned URLs).
+    s3: S3Config = attrs.Factory(S3Config)
+    backend: str = attrs.field(
+        default="local",
+        converter=_lower,
+        validator=attrs.validators.and_(attrs.validators.in_(("local", "s3")), _media_backend),
+    )
+
+
+def _payload_auth(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if value and not (instance.api_key or (instance.email and instance.password)):
+        raise ValueError(f"'{attribute.name}' is set: it needs api_key, or email and password")
+
+
+@attrs.frozen
+class PayloadConfig:
+    """The Payload CMS that media outputs are uploaded to (docs/media.md#payload-cms); no base_url: none."""
+
+    collection: str = attrs.field(default="media", validator=attrs.validators.matches_re(r"[a-z0-9_-]{1,64}"))
+    # The auth-enabled collection of the API key or the user: `Authorization: <slug> API-Key <key>`,
+    # or `POST /api/<slug>/login` with email and password.
+    auth_collection: str = attrs.field(
+        default="users", validator=attrs.validators.matches_re(r"[a-z0-9_-]{1,64}")
+    )
+    api_key: str = ""
+    email: str = ""
+    password: str = ""
+    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    # Tries of one upload (and of the login) before the result reports payload_error; 1 = no retry.
+    max_attempts: int = attrs.field(
+        default=3, validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(10))
+    )
+    retry_delay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    # Last: its check reads the credentials above.
+    base_url: str = attrs.field(default="", validator=_payload_auth)
 
 
 def _ip_networks(_: Any, attribute: attrs.Attribute[list[str]], value: list[str]) -> None:
@@ -441,6 +498,7 @@ class Config:
     gpu: GpuConfig = attrs.Factory(GpuConfig)
     tasks: TasksConfig = attrs.Factory(TasksConfig)
     media: MediaConfig = attrs.Factory(MediaConfig)
+    payload: PayloadConfig = attrs.Factory(PayloadConfig)
     limits: LimitsConfig = attrs.Factory(LimitsConfig)
     logging: LoggingConfig = attrs.Factory(LoggingConfig)
     metrics: MetricsConfig = attrs.Factory(MetricsConfig)

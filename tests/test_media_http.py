@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -99,3 +100,18 @@ async def test_stored_media_is_real_audio(served):
 
     info = await ffmpeg.probe(path)
     assert info.duration == pytest.approx(2.0, abs=0.1)
+
+
+async def test_status_and_listing_sign_the_url_again_on_every_read(served):
+    running, body = served
+    stored = body["result"]["media_url"]
+    await asyncio.sleep(1.1)  # expiries are whole seconds
+
+    fresh = (await running.status(body["task_id"]))["result"]["media_url"]
+    async with running.client.get("/api/v1/projects/noir_001/tasks") as resp:
+        listed = (await resp.json())["tasks"][0]["result"]["media_url"]
+
+    for url in (fresh, listed):
+        assert urlsplit(url).path == urlsplit(stored).path
+        assert parse_qs(urlsplit(url).query)["expires"] > parse_qs(urlsplit(stored).query)["expires"]
+        assert (await get(running, local(url)))[0] == 200

@@ -1,39 +1,73 @@
-"""`GET /media/{project_id}/{filename}`: stored media, for a key of the project or a signed, unexpired URL."""
+"""`GET /media/{project_id}/{filename}`: stored media, for a key of the project or a signed, unexpired URL.
+
+Also the re-signing of status and listing: a `media_url` in a result is signed again on every read,
+so the URL in a fresh document works for `media.url_ttl` seconds while the file exists.
+"""
 
 from __future__ import annotations
 
+import asyncio
+
+import attrs
 from aiohttp import web
 
+from taskd.errors import TransientError
 from taskd.http.context import API
 from taskd.http.scope import CALLER, Touches, touches
-from taskd.media.store import MediaStore
-from taskd.model import ApiError
+from taskd.media.backend import MediaBackend, media_backend, resign
+from taskd.media.store import MediaStore, valid_name
+from taskd.model import ApiError, TaskRecord
 
-STORE = web.AppKey("media_store", MediaStore)
+STORE = web.AppKey("media_store", MediaBackend)
 
 
 @touches(Touches.PATH_PROJECT)
 async def serve_media(request: web.Request) -> web.StreamResponse:
-    """The file, if the request carries a key of its project, or `expires` + `sig` that check out."""
+    """The file, if the request carries a key of its project, or `expires` + `sig` that check out.
+
+    With the s3 backend the answer is a redirect to a presigned URL of the bucket, for a key only:
+    media_url there is the bucket's own presigned URL, never this route.
+    """
     store = request.app[STORE]
     project_id, filename = request.match_info["project_id"], request.match_info["filename"]
-    path = store.path_of(project_id, filename)
-    if path is None:
+    if not (valid_name(project_id) and valid_name(filename)):
         raise ApiError(404, "not_found", f"Media '{project_id}/{filename}' not found")
     # With a valid key the scope check has already run (another project's file is 404 for it).
     if CALLER not in request:
         expires, sig = request.query.get("expires"), request.query.get("sig")
-        if expires is None or sig is None:
+        if expires is None or sig is None or not isinstance(store, MediaStore):
             raise ApiError(401, "authentication_failed", "Invalid or missing API key or media signature")
         problem = store.check(project_id, filename, expires, sig)
         if problem is not None:
             raise ApiError(403, "forbidden", problem)
-    if not path.is_file():
+    if isinstance(store, MediaStore):
+        path = store.path_of(project_id, filename)
+        if path is None or not path.is_file():
+            raise ApiError(404, "not_found", f"Media '{project_id}/{filename}' not found")
+        return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+    return await _redirect(store, project_id, filename)
+
+
+async def _redirect(store: MediaBackend, project_id: str, filename: str) -> web.StreamResponse:
+    # Asked first, so that a missing file is the documented 404 rather than the bucket's XML.
+    try:
+        exists = await asyncio.to_thread(store.exists, project_id, filename)
+    except TransientError as exc:
+        raise ApiError(503, "service_unavailable", str(exc)) from None
+    if not exists:
         raise ApiError(404, "not_found", f"Media '{project_id}/{filename}' not found")
-    return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+    return web.Response(
+        status=302, headers={"Location": store.url(project_id, filename), "Cache-Control": "no-store"}
+    )
+
+
+def resigned(request: web.Request, record: TaskRecord) -> TaskRecord:
+    """`record` with its result's `media_url` signed again from now (computed: no request is made)."""
+    result = resign(request.app[STORE], record.project_id, record.result)
+    return record if result is record.result else attrs.evolve(record, result=result)
 
 
 def add_routes(app: web.Application) -> None:
     """Register the media route and its store."""
-    app[STORE] = MediaStore.from_config(app[API].config)
+    app[STORE] = media_backend(app[API].config)
     app.router.add_get("/media/{project_id}/{filename}", serve_media)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from taskd import shapes
 from taskd.http.context import API
+from taskd.http.media import resigned
 from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches
 from taskd.http.views import list_item_view
@@ -50,7 +51,7 @@ async def project_tasks(request: web.Request) -> web.Response:
     )
     return shape_response(
         shapes.ProjectTasks(
-            tasks=[list_item_view(record) for record in records],
+            tasks=[list_item_view(resigned(request, record)) for record in records],
             pagination=shapes.Pagination(
                 page=page, limit=limit, total=total, total_pages=(total + limit - 1) // limit
             ),

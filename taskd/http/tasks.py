@@ -13,6 +13,7 @@ from taskd.http.auth import KEY_ID
 from taskd.http.context import API
 from taskd.http.events import HUB
 from taskd.http.input_limits import check_body_shape
+from taskd.http.media import resigned
 from taskd.http.prefer_wait import requested_wait, wait_for_end
 from taskd.http.responses import read_json, shape_response
 from taskd.http.scope import Touches, touches
@@ -125,7 +126,7 @@ async def _status_view(request: web.Request, record: TaskRecord) -> shapes.TaskS
     if record.status is TaskStatus.QUEUED:
         position = await api.store.position(record)
     webhook = await delivery_state(api.redis, record.task_id) if record.callback_url else None
-    return status_view(record, position, webhook)
+    return status_view(resigned(request, record), position, webhook)
 
 
 @routes.delete("/api/v1/tasks/{task_id}")

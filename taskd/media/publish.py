@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 from taskd.config import Config
 from taskd.errors import TransientError
+from taskd.media import payload
+from taskd.media.backend import media_backend
 from taskd.media.capacity import Threshold, disk_usage, shortfall
-from taskd.media.store import MediaStore, media_dir
+from taskd.media.store import media_dir
 
 
 def publish(
     config: Config, project_id: str, source: Path, filename: str, metadata: dict[str, Any]
 ) -> dict[str, Any]:
-    """Store `source` as `<project_id>/<filename>`; the result: media_url, payload_media_id, metadata + file_size."""
+    """Store `source` as `<project_id>/<filename>`; the result: media_url, payload_media_id, metadata + file_size.
+
+    Blocking (it runs in a thread): the store's upload, then, with `[payload]` configured, the CMS
+    upload, whose failure is reported as `metadata.payload_error` and a null `payload_media_id`.
+    """
     # Checked again here, not only at submit: the disk may have filled while the task ran.
-    if shortfall(disk_usage(media_dir(config)), Threshold.from_config(config), source.stat().st_size):
+    if config.media.backend == "local" and shortfall(
+        disk_usage(media_dir(config)), Threshold.from_config(config), source.stat().st_size
+    ):
         raise TransientError("Media storage is nearly full: the result was not stored")
-    stored = MediaStore.from_config(config).put(project_id, filename, source)
-    return {
+    stored = media_backend(config).put(project_id, filename, source)
+    result: dict[str, Any] = {
         "media_url": stored.url,
-        # Payload CMS upload is not implemented yet: always null.
         "payload_media_id": None,
         "metadata": {**metadata, "file_size": stored.file_size},
     }
+    if config.payload.base_url:
+        # Its own event loop: this thread has none, and the upload is aiohttp's.
+        delivered = asyncio.run(payload.upload(config.payload, source, filename))
+        result["payload_media_id"] = delivered.media_id
+        if delivered.error is not None:
+            result["metadata"]["payload_error"] = delivered.error
+    return result

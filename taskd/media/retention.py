@@ -1,5 +1,8 @@
 """The media sweeper: deletes stored media past `media.retention` and scratch dirs abandoned by killed workers.
 
+With `media.backend = "s3"` the stored media are the bucket's objects under `media.s3.prefix`,
+deleted by their LastModified; scratch dirs are always local.
+
 It touches only what taskd itself writes: files at `<media dir>/<project>/<file>`, empty project
 dirs, and `<task id>-<random>` entries at the top of the scratch root. It never follows a
 symlink (a link is judged, and removed, as a link), never leaves its root, and refuses a root
@@ -25,6 +28,7 @@ import attrs
 
 from taskd.config import Config
 from taskd.loops import every
+from taskd.media.s3 import DELETE_BATCH, S3Store, describe
 from taskd.media.store import media_dir, scratch_root
 
 log = logging.getLogger("taskd.media")
@@ -71,9 +75,16 @@ class MediaSweeper:
     """Deletes media older than the retention, empty project dirs and abandoned scratch dirs."""
 
     def __init__(
-        self, media_root: Path, scratch: Path, data_dir: Path, retention: float, scratch_age: float
+        self,
+        media_root: Path,
+        scratch: Path,
+        data_dir: Path,
+        retention: float,
+        scratch_age: float,
+        bucket: S3Store | None = None,
     ) -> None:
         self.media_root = media_root
+        self.bucket = bucket
         self.scratch = scratch
         self.data_dir = data_dir
         self.retention = retention
@@ -88,13 +99,16 @@ class MediaSweeper:
             config.data_path,
             config.media.retention,
             scratch_max_age(config, hard_limits),
+            S3Store.from_config(config) if config.media.backend == "s3" else None,
         )
 
     def sweep(self, at: float | None = None) -> SweepReport:
         """One pass over both roots; returns what it removed."""
         at = time.time() if at is None else at
         report = SweepReport()
-        if self._safe(self.media_root, self.scratch):
+        if self.bucket is not None:
+            self._sweep_bucket(self.bucket, at, report)
+        elif self._safe(self.media_root, self.scratch):
             self._sweep_media(at, report)
         if self._safe(self.scratch, self.media_root):
             self._sweep_scratch(at, report)
@@ -132,6 +146,19 @@ class MediaSweeper:
                     report.media_files += 1
             if _older(project, at - EMPTY_DIR_GRACE_S, report) and _rmdir_if_empty(project.path, report):
                 report.project_dirs += 1
+
+    def _sweep_bucket(self, bucket: S3Store, at: float, report: SweepReport) -> None:
+        cutoff = at - self.retention
+        try:
+            # Listed whole, then deleted: deleting while paging would move the pages under the listing.
+            old = [key for key, modified in bucket.objects() if modified.timestamp() < cutoff]
+            for start in range(0, len(old), DELETE_BATCH):
+                deleted, errors = bucket.delete(old[start : start + DELETE_BATCH])
+                report.media_files += deleted
+                report.errors += errors
+        except Exception as exc:  # botocore raises errors of many kinds; the next sweep tries again
+            report.errors += 1
+            log.warning("media sweep: %s failed: %s", bucket.where, describe(exc))
 
     def _sweep_scratch(self, at: float, report: SweepReport) -> None:
         for entry in _entries(self.scratch, report):

@@ -96,9 +96,9 @@ def valid_name(name: str) -> bool:
 
 @attrs.frozen
 class StoredMedia:
-    """A file in the store and its signed URL."""
+    """A file in the store: its path (None in a bucket), its signed URL and its size."""
 
-    path: Path
+    path: Path | None
     url: str
     file_size: int
 
@@ -144,6 +144,21 @@ class MediaStore:
         expires = int(now if now is not None else time.time()) + self.ttl
         sig = self.signature(project_id, filename, expires)
         return f"{self.base}/media/{project_id}/{filename}?expires={expires}&sig={sig}"
+
+    def locate(self, url: str) -> tuple[str, str] | None:
+        """`(project_id, filename)` of a URL this store signed (`<base>/media/<project>/<file>?…`), else None."""
+        start = f"{self.base}/media/"
+        if not url.startswith(start):
+            return None
+        parts = url[len(start) :].split("?", 1)[0].split("/")
+        if len(parts) != 2 or self.path_of(parts[0], parts[1]) is None:
+            return None
+        return parts[0], parts[1]
+
+    def exists(self, project_id: str, filename: str) -> bool:
+        """True when the file is stored."""
+        path = self.path_of(project_id, filename)
+        return path is not None and path.is_file()
 
     def check(
         self, project_id: str, filename: str, expires: str, sig: str, now: float | None = None

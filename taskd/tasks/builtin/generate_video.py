@@ -130,13 +130,16 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
     provider = video_provider.renderer(ctx.config, ctx.http, ctx.provider_gate("video"))
     renderer: video.ClipRenderer = provider or video.load_renderer(ctx.config, ctx.http)
 
+    # A character's image is fetched too (render_animation); a marker is drawn.
+    fetches = bool(clip.shots) or any(layer.image_url for layer in clip.layers)
+
     async def rendering(fraction: float) -> None:
         await ctx.progress(
-            0.05 + 0.9 * fraction, "fetching_images" if fraction < 0.2 and clip.shots else "rendering_video"
+            0.05 + 0.9 * fraction, "fetching_images" if fraction < 0.2 and fetches else "rendering_video"
         )
 
     async with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
-        await ctx.progress(0.05, "fetching_images" if clip.shots else "rendering_video")
+        await ctx.progress(0.05, "fetching_images" if fetches else "rendering_video")
         path, info = await video.render_clip(renderer, clip, workdir, rendering)
         await ctx.progress(0.96, "storing_media")
         metadata = {

@@ -1,0 +1,149 @@
+"""The Payload CMS upload: each media output is posted to `POST /api/<collection>` (Payload's REST upload).
+
+The CMS address and credentials are operator config (trusted); its answers are not: they are read up
+to MAX_ANSWER_BYTES, and the document id must be a plain integer or a short token before it becomes
+`payload_media_id`. Failures are retried (bounded, with backoff) and then reported, never raised:
+the media is already stored and stays in the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import attrs
+
+from taskd.config import PayloadConfig
+
+MAX_ANSWER_BYTES = 64 * 1024
+# Payload's ids: integers (SQL adapters) or 24-hex ObjectIds (MongoDB); a custom id is a short token.
+_TEXT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,8192}")
+# How much of the CMS's own error message a result may carry.
+MAX_MESSAGE_CHARS = 200
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Delivered:
+    """The outcome of one upload: the CMS document id, or why there is none."""
+
+    media_id: str | None
+    error: str | None = None
+
+
+class _Retryable(Exception):
+    """A failure worth another try: no answer, a timeout, 429 or 5xx."""
+
+
+class _Refused(Exception):
+    """A failure another try would repeat: bad credentials, a refused upload, an unusable answer."""
+
+
+async def upload(settings: PayloadConfig, source: Path, filename: str) -> Delivered:
+    """Upload `source` as `filename` to the configured collection; never raises for the CMS's failures."""
+    timeout = aiohttp.ClientTimeout(total=settings.timeout)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        try:
+            authorization = await _with_retries(settings, lambda: _authorization(session, settings))
+            media_id = await _with_retries(
+                settings, lambda: _post(session, settings, authorization, source, filename)
+            )
+        except _Refused as exc:
+            return Delivered(None, str(exc))
+    return Delivered(media_id)
+
+
+async def _with_retries(settings: PayloadConfig, attempt: Callable[[], Awaitable[T]]) -> T:
+    for tried in range(1, settings.max_attempts + 1):
+        try:
+            return await attempt()
+        except _Retryable as exc:
+            if tried == settings.max_attempts:
+                raise _Refused(f"{exc} (gave up after {tried} attempts)") from None
+            await asyncio.sleep(settings.retry_delay * 2 ** (tried - 1))
+    raise AssertionError("max_attempts is at least 1")
+
+
+async def _authorization(session: aiohttp.ClientSession, settings: PayloadConfig) -> str:
+    if settings.api_key:
+        return f"{settings.auth_collection} API-Key {settings.api_key}"
+    url = f"{settings.base_url.rstrip('/')}/api/{settings.auth_collection}/login"
+    answer = await _request(
+        session, "login", url, json={"email": settings.email, "password": settings.password}
+    )
+    token = answer.get("token")
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token):
+        raise _Refused("Payload CMS login answered without a usable token")
+    return f"JWT {token}"
+
+
+async def _post(
+    session: aiohttp.ClientSession, settings: PayloadConfig, authorization: str, source: Path, filename: str
+) -> str:
+    url = f"{settings.base_url.rstrip('/')}/api/{settings.collection}"
+    content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    with source.open("rb") as file:
+        form = aiohttp.FormData()
+        form.add_field("file", file, filename=filename, content_type=content_type)
+        # `alt` is required by Payload's usual media collection; other fields are the collection's own.
+        form.add_field("_payload", json.dumps({"alt": filename}), content_type="application/json")
+        answer = await _request(session, "upload", url, data=form, headers={"Authorization": authorization})
+    doc = answer.get("doc")
+    media_id = doc.get("id") if isinstance(doc, dict) else None
+    if isinstance(media_id, int) and not isinstance(media_id, bool) and 0 <= media_id < 2**63:
+        return str(media_id)
+    if isinstance(media_id, str) and _TEXT_ID.fullmatch(media_id):
+        return media_id
+    raise _Refused("Payload CMS upload answered without a usable doc id")
+
+
+async def _request(session: aiohttp.ClientSession, what: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    try:
+        async with session.post(url, allow_redirects=False, **kwargs) as response:
+            body = await _bounded(response)
+            status = response.status
+    except TimeoutError:
+        raise _Retryable(f"Payload CMS {what} timed out") from None
+    except aiohttp.ClientError as exc:
+        raise _Retryable(f"Payload CMS {what} failed: {type(exc).__name__}") from None
+    try:
+        answer = json.loads(body) if body else None
+    except ValueError:
+        answer = None
+    if status in (401, 403):
+        raise _Refused(f"Payload CMS refused the credentials (HTTP {status}){_message(answer)}")
+    if status == 429 or status >= 500:
+        raise _Retryable(f"Payload CMS {what} answered HTTP {status}{_message(answer)}")
+    if not 200 <= status < 300:
+        raise _Refused(f"Payload CMS {what} answered HTTP {status}{_message(answer)}")
+    if not isinstance(answer, dict):
+        raise _Refused(f"Payload CMS {what} answered with no JSON object")
+    return answer
+
+
+async def _bounded(response: aiohttp.ClientResponse) -> bytes:
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(16 * 1024):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise _Refused(f"Payload CMS answered more than {MAX_ANSWER_BYTES} bytes")
+    return bytes(body)
+
+
+def _message(answer: Any) -> str:
+    # Payload's errors: {"errors": [{"message": "…"}]}; only printable text, cut short, is kept.
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    first = errors[0] if isinstance(errors, list) and errors else None
+    message = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(message, str):
+        return ""
+    text = "".join(ch for ch in message if ch.isprintable())[:MAX_MESSAGE_CHARS]
+    return f": {text}" if text else ""

@@ -1,0 +1,182 @@
+"""The S3 media backend: outputs in an S3-compatible bucket, handed out as presigned GET URLs.
+
+Every call is blocking (boto3): `put` and the sweep run in threads, and `url` only computes a
+signature (no request), so it is cheap enough for the event loop on every status read.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from taskd.config import Config, ConfigError, S3Config
+from taskd.errors import TransientError
+from taskd.media.store import StoredMedia, valid_name
+
+log = logging.getLogger("taskd.media")
+
+# S3's own limit on the keys of one DeleteObjects request.
+DELETE_BATCH = 1000
+# Presigned URLs are valid for at most 7 days (SigV4).
+MAX_PRESIGN_S = 7 * 24 * 3600
+
+
+def _boto3() -> Any:
+    try:
+        import boto3  # the `s3` extra: only media.backend = "s3" needs it
+        import botocore.config
+    except ImportError:
+        raise ConfigError("media.backend is s3 but boto3 is not installed: pip install 'taskd[s3]'") from None
+    return boto3, botocore.config
+
+
+class S3Store:
+    """Stores files per project under `<prefix><project_id>/<filename>` in one bucket; signs GET URLs."""
+
+    def __init__(self, settings: S3Config, ttl: int) -> None:
+        boto3, botocore_config = _boto3()
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix
+        self.ttl = min(ttl, MAX_PRESIGN_S)
+        credentials = {}
+        if settings.access_key_id or settings.secret_access_key:
+            credentials = {
+                "aws_access_key_id": settings.access_key_id,
+                "aws_secret_access_key": settings.secret_access_key,
+            }
+        self._client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.endpoint or None,
+            region_name=settings.region,
+            config=botocore_config.Config(
+                signature_version="s3v4",
+                s3={"addressing_style": settings.addressing_style},
+                connect_timeout=min(settings.timeout, 10.0),
+                read_timeout=settings.timeout,
+                # Two quick tries inside one call; the task's own retries (with backoff) do the rest.
+                retries={"mode": "standard", "total_max_attempts": 2},
+            ),
+            **credentials,
+        )
+        # What every URL this store signs starts with, to recognise them when re-signing. Signing
+        # needs credentials: with none configured or found by botocore, start-up stops here.
+        try:
+            probe = self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": f"{self.prefix}_"}, ExpiresIn=60
+            )
+        except Exception as exc:  # botocore's NoCredentialsError and kin
+            raise ConfigError(
+                f"media.s3: cannot sign URLs ({describe(exc)}): set access_key_id and secret_access_key"
+            ) from None
+        self._url_start = probe.split("?", 1)[0][:-1]
+
+    @classmethod
+    def from_config(cls, config: Config) -> S3Store:
+        """The store of `config.media.s3`."""
+        return cls(config.media.s3, config.media.url_ttl)
+
+    @property
+    def where(self) -> str:
+        """The bucket as people name it, for messages."""
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def key_of(self, project_id: str, filename: str) -> str | None:
+        """The object key, or None for an unsafe name."""
+        if not (valid_name(project_id) and valid_name(filename)):
+            return None
+        return f"{self.prefix}{project_id}/{filename}"
+
+    def put(self, project_id: str, filename: str, source: Path) -> StoredMedia:
+        """Upload `source` (multipart when large) and sign its URL; TransientError when the store fails."""
+        key = self.key_of(project_id, filename)
+        if key is None:
+            raise ValueError(f"unsafe media name {project_id}/{filename}")
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        try:
+            self._client.upload_file(str(source), self.bucket, key, ExtraArgs={"ContentType": content_type})
+        except Exception as exc:  # boto3 raises botocore and s3transfer errors of many kinds
+            raise TransientError(
+                f"Media store {self.where} refused or failed the upload: {describe(exc)}"
+            ) from None
+        return StoredMedia(None, self.url(project_id, filename), source.stat().st_size)
+
+    def url(self, project_id: str, filename: str) -> str:
+        """A presigned GET URL valid for `ttl` seconds (SigV4 caps it at 7 days); no request is made."""
+        return str(
+            self._client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": f"{self.prefix}{project_id}/{filename}"},
+                ExpiresIn=self.ttl,
+            )
+        )
+
+    def locate(self, url: str) -> tuple[str, str] | None:
+        """`(project_id, filename)` of a URL this store signed, else None."""
+        base = url.split("?", 1)[0]
+        if not base.startswith(self._url_start):
+            return None
+        parts = unquote(base[len(self._url_start) :]).split("/")
+        if len(parts) != 2 or self.key_of(parts[0], parts[1]) is None:
+            return None
+        return parts[0], parts[1]
+
+    def exists(self, project_id: str, filename: str) -> bool:
+        """True when the object is there; TransientError when the store cannot be asked."""
+        key = self.key_of(project_id, filename)
+        if key is None:
+            return False
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=key)
+        except self._client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise TransientError(f"Media store {self.where} failed: {describe(exc)}") from None
+        except Exception as exc:
+            raise TransientError(f"Media store {self.where} failed: {describe(exc)}") from None
+        return True
+
+    def objects(self) -> Iterator[tuple[str, datetime]]:
+        """Every `(key, last_modified)` under the prefix that names a project's file."""
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                rest = item["Key"][len(self.prefix) :].split("/")
+                if len(rest) == 2 and self.key_of(*rest):
+                    yield item["Key"], item["LastModified"]
+
+    def delete(self, keys: list[str]) -> tuple[int, int]:
+        """Delete `keys` (at most DELETE_BATCH); returns (deleted, errors)."""
+        answer = self._client.delete_objects(
+            Bucket=self.bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
+        )
+        errors = answer.get("Errors", [])
+        for error in errors:
+            log.warning("media sweep: removing s3 key %s failed: %s", error.get("Key"), error.get("Message"))
+        return len(keys) - len(errors), len(errors)
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a failed S3 call: the server's error code and message, never the credentials.
+
+    boto3's transfer errors wrap botocore's (whose `response` has the code) with the local file's
+    path in their own text: the wrapped botocore error is described instead.
+    """
+    cause = exc
+    while not type(cause).__module__.startswith("botocore"):
+        inner = cause.__cause__ or cause.__context__
+        if inner is None:
+            break
+        cause = inner
+    if not isinstance(getattr(cause, "response", None), dict):
+        # Connection errors: botocore's text names the endpoint ("Could not connect to the endpoint URL").
+        return str(cause) or type(cause).__name__
+    error = getattr(cause, "response", {}).get("Error", {})
+    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+        return f"{code}: the credentials media.s3.access_key_id / secret_access_key were refused"
+    return f"{code}: {message}".strip(": ") or type(cause).__name__

@@ -1,0 +1,101 @@
+"""A loopback Payload CMS speaking its REST upload protocol: `POST /api/<collection>` (multipart `file`
+and `_payload`), API-key auth (`<slug> API-Key <key>`) and `POST /api/users/login` → JWT."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+from typing import Any
+
+import attrs
+from aiohttp import web
+from fake_media_apis import _Server
+
+
+@attrs.define
+class Upload:
+    """One upload the CMS accepted."""
+
+    doc_id: int
+    filename: str
+    content_type: str
+    data: bytes
+    fields: dict[str, Any]
+    authorization: str
+
+
+class FakePayload(_Server):
+    """Accepts uploads to one collection for one API key or one user; `fail_next` answers 500 that many times.
+
+    `answer` replaces the body of a successful upload (for hostile answers).
+    """
+
+    def __init__(
+        self,
+        *,
+        collection: str = "media",
+        api_key: str = "payload-key-1",
+        email: str = "ops@example.com",
+        password: str = "hunter22",
+    ) -> None:
+        super().__init__()
+        self.collection = collection
+        self.api_key = api_key
+        self.email = email
+        self.password = password
+        self.tokens: set[str] = set()
+        self.fail_next = 0
+        self.answer: bytes | None = None
+        self.uploads: list[Upload] = []
+        self.posts = 0
+        self._ids = itertools.count(101)
+        self.app.router.add_post("/api/users/login", self._login)
+        self.app.router.add_post("/api/{collection}", self._upload)
+
+    async def _login(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("email") != self.email or body.get("password") != self.password:
+            return web.json_response(
+                {"errors": [{"message": "The email or password provided is incorrect."}]}, status=401
+            )
+        token = secrets.token_urlsafe(24)
+        self.tokens.add(token)
+        return web.json_response({"message": "Auth Passed", "user": {"id": 1}, "token": token, "exp": 0})
+
+    def _authorised(self, header: str) -> bool:
+        if header == f"users API-Key {self.api_key}":
+            return True
+        scheme, _, token = header.partition(" ")
+        return scheme == "JWT" and token in self.tokens
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        self.posts += 1
+        if request.match_info["collection"] != self.collection:
+            return web.json_response(
+                {"errors": [{"message": "The requested resource was not found."}]}, status=404
+            )
+        if not self._authorised(request.headers.get("Authorization", "")):
+            return web.json_response(
+                {"errors": [{"message": "You are not allowed to perform this action."}]}, status=403
+            )
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return web.json_response({"errors": [{"message": "Something went wrong."}]}, status=500)
+        file: tuple[str, str, bytes] | None = None
+        fields: dict[str, Any] = {}
+        async for part in await request.multipart():
+            if part.name == "file":
+                file = (part.filename or "", part.headers.get("Content-Type", ""), await part.read())
+            elif part.name == "_payload":
+                fields = json.loads(await part.text())
+        if file is None:
+            return web.json_response({"errors": [{"message": "No files were uploaded."}]}, status=400)
+        if self.answer is not None:
+            return web.Response(body=self.answer, content_type="application/json", status=201)
+        doc_id = next(self._ids)
+        self.uploads.append(Upload(doc_id, *file, fields, request.headers["Authorization"]))
+        return web.json_response(
+            {"doc": {"id": doc_id, "filename": file[0], **fields}, "message": "Media successfully created."},
+            status=201,
+        )

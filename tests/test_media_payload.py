@@ -1,0 +1,170 @@
+"""The Payload CMS upload of media outputs, against a loopback server speaking Payload's REST upload protocol."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from fake_media_apis import FileServer, sine_wav
+from fake_payload import FakePayload
+
+from taskd.config import Config, MediaConfig, NetworkConfig, PayloadConfig
+from taskd.media.payload import MAX_ANSWER_BYTES
+from taskd.media.publish import publish
+from taskd.media.store import MediaStore
+
+
+@pytest.fixture
+async def cms():
+    async with FakePayload() as server:
+        yield server
+
+
+def config_for(tmp_path: Path, cms: FakePayload, **payload: object) -> Config:
+    settings = {"base_url": cms.url, "api_key": cms.api_key, "retry_delay": 0.01, **payload}
+    return Config(data_dir=str(tmp_path / "data"), payload=PayloadConfig(**settings))
+
+
+async def publish_one(config: Config, tmp_path: Path, data: bytes = b"RIFF-not-really-audio") -> dict:
+    source = tmp_path / "out.wav"
+    source.write_bytes(data)
+    return await asyncio.to_thread(publish, config, "noir_001", source, "audio_t1.wav", {"format": "wav"})
+
+
+async def test_an_output_is_uploaded_and_its_doc_id_is_the_payload_media_id(tmp_path, cms):
+    result = await publish_one(config_for(tmp_path, cms), tmp_path, b"the bytes")
+
+    assert result["payload_media_id"] == "101"
+    (upload,) = cms.uploads
+    assert (upload.filename, upload.data) == ("audio_t1.wav", b"the bytes")
+    assert upload.content_type in ("audio/wav", "audio/x-wav")  # as the platform's mimetypes name it
+    assert upload.fields == {"alt": "audio_t1.wav"}
+    assert upload.authorization == f"users API-Key {cms.api_key}"
+    assert "payload_error" not in result["metadata"]
+
+
+async def test_user_credentials_log_in_and_upload_with_the_jwt(tmp_path, cms):
+    config = config_for(tmp_path, cms, api_key="", email=cms.email, password=cms.password)
+
+    result = await publish_one(config, tmp_path)
+
+    assert result["payload_media_id"] == "101"
+    assert cms.uploads[0].authorization.startswith("JWT ")
+
+
+async def test_refused_credentials_are_reported_without_losing_the_media(tmp_path, cms):
+    config = config_for(tmp_path, cms, api_key="wrong-key")
+
+    result = await publish_one(config, tmp_path, b"kept")
+
+    assert result["payload_media_id"] is None
+    assert result["metadata"]["payload_error"] == (
+        "Payload CMS refused the credentials (HTTP 403): You are not allowed to perform this action."
+    )
+    assert cms.posts == 1  # a refusal is not retried
+    assert (tmp_path / "data" / "media" / "noir_001" / "audio_t1.wav").read_bytes() == b"kept"
+
+
+async def test_a_failed_login_is_reported(tmp_path, cms):
+    config = config_for(tmp_path, cms, api_key="", email=cms.email, password="wrong")
+
+    result = await publish_one(config, tmp_path)
+
+    assert result["payload_media_id"] is None
+    assert "refused the credentials (HTTP 401)" in result["metadata"]["payload_error"]
+    assert cms.posts == 0
+
+
+async def test_server_errors_are_retried_until_the_upload_succeeds(tmp_path, cms):
+    cms.fail_next = 2
+
+    result = await publish_one(config_for(tmp_path, cms, max_attempts=3), tmp_path)
+
+    assert result["payload_media_id"] == "101"
+    assert cms.posts == 3
+
+
+async def test_server_errors_past_max_attempts_are_reported(tmp_path, cms):
+    cms.fail_next = 5
+
+    result = await publish_one(config_for(tmp_path, cms, max_attempts=2), tmp_path)
+
+    assert result["payload_media_id"] is None
+    assert result["metadata"]["payload_error"] == (
+        "Payload CMS upload answered HTTP 500: Something went wrong. (gave up after 2 attempts)"
+    )
+    assert cms.posts == 2
+
+
+async def test_an_unreachable_cms_is_retried_then_reported(tmp_path, cms):
+    config = config_for(tmp_path, cms, base_url="http://127.0.0.1:9", api_key="k", max_attempts=2)
+
+    result = await publish_one(config, tmp_path)
+
+    assert result["payload_media_id"] is None
+    assert result["metadata"]["payload_error"].startswith("Payload CMS upload failed: ")
+    assert result["metadata"]["payload_error"].endswith("(gave up after 2 attempts)")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"doc": {"id": "../../etc/passwd"}}',
+        b'{"doc": {"id": {"$gt": ""}}}',
+        b'{"doc": {"id": true}}',
+        b'{"doc": {}}',
+        b'["not", "an", "object"]',
+    ],
+)
+async def test_an_answer_without_a_usable_doc_id_is_reported(tmp_path, cms, answer):
+    cms.answer = answer
+
+    result = await publish_one(config_for(tmp_path, cms), tmp_path)
+
+    assert result["payload_media_id"] is None
+    assert "without a usable doc id" in result["metadata"]["payload_error"] or (
+        "no JSON object" in result["metadata"]["payload_error"]
+    )
+
+
+async def test_an_oversized_answer_is_refused(tmp_path, cms):
+    cms.answer = b'{"doc": {"id": 1}, "pad": "' + b"x" * MAX_ANSWER_BYTES + b'"}'
+
+    result = await publish_one(config_for(tmp_path, cms), tmp_path)
+
+    assert result["payload_media_id"] is None
+    assert result["metadata"]["payload_error"] == f"Payload CMS answered more than {MAX_ANSWER_BYTES} bytes"
+
+
+async def test_a_string_doc_id_is_kept_as_it_is(tmp_path, cms):
+    cms.answer = b'{"doc": {"id": "64f1b2c3a8d9e0f1a2b3c4d5"}, "message": "ok"}'
+
+    result = await publish_one(config_for(tmp_path, cms), tmp_path)
+
+    assert result["payload_media_id"] == "64f1b2c3a8d9e0f1a2b3c4d5"
+
+
+async def test_a_media_task_reports_its_payload_media_id_in_its_status(start_service, tmp_path, cms):
+    files = FileServer()
+    async with files:
+        running = await start_service(
+            media=MediaConfig(scratch_dir=str(tmp_path / "scratch")),
+            network=NetworkConfig(allow_private=True),
+            payload=PayloadConfig(base_url=cms.url, api_key=cms.api_key),
+        )
+        task = await running.submit(
+            "process_audio",
+            {
+                "tracks": [{"url": files.add("tone.wav", sine_wav(1.0))}],
+                "output_format": "wav",
+                "normalize": False,
+            },
+            project_id="noir_001",
+        )
+        body = await running.wait_terminal(task["task_id"], timeout=30)
+
+    assert body["status"] == "completed", body
+    assert body["result"]["payload_media_id"] == "101"
+    store = MediaStore.from_config(running.service.config)
+    assert cms.uploads[0].data == store.path_of("noir_001", f"audio_{task['task_id']}.wav").read_bytes()

@@ -1,0 +1,225 @@
+"""Media in an S3 bucket (`media.backend = "s3"`), against a real SeaweedFS started by the suite."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sys
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+from fake_media_apis import FileServer, sine_wav
+from seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from yarl import URL
+
+from taskd.config import Config, ConfigError, MediaConfig, NetworkConfig, RetryConfig, S3Config
+from taskd.media.backend import media_backend
+from taskd.media.retention import MediaSweeper
+from taskd.media.s3 import S3Store
+
+PREFIX = "taskd/media/"
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory):
+    # One server per module and xdist worker (it takes a few seconds to start); each test has its own bucket.
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(seaweed: SeaweedS3) -> str:
+    return seaweed.make_bucket(f"taskd-{secrets.token_hex(6)}")
+
+
+def s3_media(seaweed: SeaweedS3, bucket: str, tmp_path: Path, **s3: str) -> MediaConfig:
+    settings = {
+        "endpoint": seaweed.endpoint,
+        "bucket": bucket,
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": SECRET_KEY,
+        "prefix": PREFIX,
+        **s3,
+    }
+    return MediaConfig(backend="s3", s3=S3Config(**settings), scratch_dir=str(tmp_path / "scratch"))
+
+
+async def start(start_service, media: MediaConfig, **sections):
+    return await start_service(media=media, network=NetworkConfig(allow_private=True), **sections)
+
+
+async def audio_task(running, files: FileServer) -> dict:
+    task = await running.submit(
+        "process_audio",
+        {
+            "tracks": [{"url": files.add("tone.wav", sine_wav(1.0))}],
+            "output_format": "wav",
+            "normalize": False,
+        },
+        project_id="noir_001",
+    )
+    return await running.wait_terminal(task["task_id"], timeout=60)
+
+
+async def download(url: str) -> tuple[int, bytes]:
+    # encoded=True: the presigned query is sent exactly as signed.
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(URL(url, encoded=True)) as resp:
+        return resp.status, await resp.read()
+
+
+def signed_at(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["X-Amz-Date"][0]
+
+
+def key_of(body: dict) -> str:
+    return f"{PREFIX}noir_001/audio_{body['task_id']}.wav"
+
+
+async def test_a_tasks_media_lands_in_the_bucket_and_its_presigned_url_downloads_it(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+
+    body = await audio_task(running, files)
+
+    assert body["status"] == "completed", body
+    stored = seaweed.client().get_object(Bucket=bucket, Key=key_of(body))["Body"].read()
+    assert len(stored) == body["result"]["metadata"]["file_size"]
+    url = body["result"]["media_url"]
+    assert url.startswith(f"{seaweed.endpoint}/{bucket}/{key_of(body)}?")
+    assert "X-Amz-Signature=" in url
+    assert await download(url) == (200, stored)
+    assert not (tmp_path / "data" / "media").exists()  # nothing kept on the worker's disk
+
+
+async def test_another_api_node_serves_and_re_signs_the_same_media(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    media = s3_media(seaweed, bucket, tmp_path)
+    worker = await start(start_service, media)
+    body = await audio_task(worker, files)
+    # Another API node: same Redis and bucket, its own data dir, no workers, no shared disk.
+    node = await start(start_service, media, workers=False, data_dir=str(tmp_path / "node2"))
+    await asyncio.sleep(1.1)  # SigV4 dates are to the second: a re-signed URL then differs
+
+    status = await node.status(body["task_id"])
+    async with node.client.get("/api/v1/projects/noir_001/tasks") as resp:
+        listed = (await resp.json())["tasks"][0]
+    async with node.client.get(f"/media/noir_001/audio_{body['task_id']}.wav", allow_redirects=False) as resp:
+        redirect = resp.status, resp.headers["Location"]
+
+    stored = seaweed.client().get_object(Bucket=bucket, Key=key_of(body))["Body"].read()
+    for url in (status["result"]["media_url"], listed["result"]["media_url"], redirect[1]):
+        assert signed_at(url) > signed_at(body["result"]["media_url"])
+        assert await download(url) == (200, stored)
+    assert redirect[0] == 302
+
+
+async def test_a_later_status_read_signs_the_url_again(start_service, seaweed, bucket, files, tmp_path):
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    body = await audio_task(running, files)
+
+    first = (await running.status(body["task_id"]))["result"]["media_url"]
+    await asyncio.sleep(1.1)
+    later = (await running.status(body["task_id"]))["result"]["media_url"]
+
+    assert signed_at(later) > signed_at(first)
+    assert urlsplit(later).path == urlsplit(first).path
+
+
+async def test_the_media_route_needs_a_key_and_answers_404_for_a_missing_object(
+    start_service, seaweed, bucket, tmp_path
+):
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+
+    async with running.client.get("/media/noir_001/none.wav", allow_redirects=False) as resp:
+        assert (resp.status, (await resp.json())["error"]) == (404, "not_found")
+    async with (
+        aiohttp.ClientSession() as anonymous,
+        anonymous.get(f"{running.base_url}/media/noir_001/x.wav") as resp,
+    ):
+        assert (resp.status, (await resp.json())["error"]) == (401, "authentication_failed")
+
+
+def test_the_sweeper_deletes_objects_past_retention_under_the_prefix_only(seaweed, bucket, tmp_path):
+    config = Config(data_dir=str(tmp_path / "data"), media=s3_media(seaweed, bucket, tmp_path))
+    client = seaweed.client()
+    for key in (f"{PREFIX}p1/a.mp4", f"{PREFIX}p2/b.wav", f"{PREFIX}p1/sub/deep.mp4", "elsewhere/keep.txt"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+    sweeper = MediaSweeper.from_config(config)
+
+    assert sweeper.sweep().media_files == 0  # all are new
+    report = sweeper.sweep(at=time.time() + config.media.retention + 5)
+
+    assert (report.media_files, report.errors) == (2, 0)
+    left = sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"])
+    assert left == ["elsewhere/keep.txt", f"{PREFIX}p1/sub/deep.mp4"]
+
+
+async def test_refused_credentials_fail_the_task_after_its_retries_with_a_clear_error(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    media = s3_media(seaweed, bucket, tmp_path, secret_access_key="not-the-secret")
+    running = await start(start_service, media, retry=RetryConfig(base_delay=0.05, max_retries=1))
+
+    body = await audio_task(running, files)
+
+    assert body["status"] == "failed"
+    assert body["attempt"] == 2  # transient: retried once
+    assert body["error"] == (
+        f"Media store s3://{bucket}/{PREFIX} refused or failed the upload: SignatureDoesNotMatch: "
+        "the credentials media.s3.access_key_id / secret_access_key were refused"
+    )
+    assert "not-the-secret" not in str(body)
+
+
+async def test_an_unreachable_store_fails_the_task_transiently_and_the_api_still_answers(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    media = s3_media(seaweed, bucket, tmp_path, endpoint="http://127.0.0.1:9")
+    running = await start(start_service, media, retry=RetryConfig(base_delay=0.05, max_retries=1))
+
+    body = await audio_task(running, files)
+
+    assert (body["status"], body["attempt"]) == ("failed", 2)
+    assert body["error"].startswith(f"Media store s3://{bucket}/{PREFIX} refused or failed the upload: ")
+    assert 'Could not connect to the endpoint URL: "http://127.0.0.1:9/' in body["error"]
+    async with running.client.get("/api/v1/projects/noir_001/tasks") as resp:
+        assert resp.status == 200
+    async with running.client.get("/media/noir_001/audio_x.wav") as resp:
+        assert (resp.status, (await resp.json())["error"]) == (503, "service_unavailable")
+
+
+def test_a_url_of_another_bucket_or_project_is_not_located(seaweed, bucket, tmp_path):
+    store = S3Store(s3_media(seaweed, bucket, tmp_path).s3, ttl=3600)
+    url = store.url("noir_001", "video_1.mp4")
+
+    assert store.locate(url) == ("noir_001", "video_1.mp4")
+    assert store.locate(url.replace(f"/{bucket}/", "/other-bucket/")) is None
+    assert store.locate(url.replace("/noir_001/", "/noir_001/deeper/")) is None
+    assert store.locate(f"https://elsewhere.example/{bucket}/{PREFIX}noir_001/video_1.mp4") is None
+
+
+def test_the_s3_backend_without_boto3_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # as if not installed: importing it fails
+    config = Config(media=MediaConfig(backend="s3", s3=S3Config(bucket="media")))
+
+    with pytest.raises(ConfigError, match=r"pip install 'taskd\[s3\]'"):
+        media_backend(config)
+
+
+def test_the_s3_backend_without_credentials_stops_with_one_line(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    config = Config(media=MediaConfig(backend="s3", s3=S3Config(bucket="media")))
+
+    with pytest.raises(ConfigError, match=r"^media.s3: cannot sign URLs \(Unable to locate credentials\)"):
+        media_backend(config)
