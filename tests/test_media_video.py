@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import random
 from pathlib import Path
 
 import attrs
 import psutil
 import pytest
 from fake_media_apis import make_ctx, png
+from PIL import Image, ImageChops, ImageStat
 
 from taskd.config import Config, MediaConfig, NetworkConfig
-from taskd.media import ffmpeg
+from taskd.media import animatic_graph, ffmpeg
+from taskd.media.clip import ClipRequest, Layer, Pose
 from taskd.media.store import MediaStore
 from taskd.tasks.builtin import generate_video, render_animation
-from taskd.tasks.builtin.generate_video import GenerateVideoInput
+from taskd.tasks.builtin.generate_video import CharacterPosition, GenerateVideoInput
 from taskd.tasks.builtin.render_animation import Keyframe, RenderAnimationInput
 from taskd.tasks.spec import TaskError
 
@@ -44,6 +48,7 @@ async def test_storyboard_video_has_the_asked_duration_size_and_fps(tmp_path, fi
     assert meta["fps"] == 12
     assert meta["duration"] == pytest.approx(3.0, abs=0.1)
     assert meta["format"] == "mp4"
+    assert meta["codec"] == "h264"
     assert meta["generation_model"] == "taskd-ffmpeg"
     assert result["payload_media_id"] is None
     path = stored_file(config, result["media_url"])
@@ -176,3 +181,425 @@ async def test_cancel_mid_render_kills_ffmpeg_and_removes_scratch(tmp_path, file
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in renderers)
     assert not list((tmp_path / "scratch").iterdir())
     assert not (MediaStore.from_config(config).root / "proj-1").exists()
+
+
+# The animatic: what the request asks of camera, lighting and characters, measured in decoded frames.
+
+
+def textured(width: int = 160, height: int = 90) -> bytes:
+    """A PNG of random grey blocks: any shift of the picture shows, and only the right shift matches."""
+    rng = random.Random(7)
+    image = Image.new("L", (width // 4, height // 4))
+    image.putdata([rng.randrange(256) for _ in range(image.width * image.height)])
+    out = io.BytesIO()
+    image.resize((width, height), Image.Resampling.NEAREST).convert("RGB").save(out, "PNG")
+    return out.getvalue()
+
+
+async def decoded(config: Config, result: dict) -> list[Image.Image]:
+    """Every frame of the result's video, decoded by ffmpeg to RGB pixels."""
+    width, height = (int(side) for side in result["metadata"]["resolution"].split("x"))
+    proc = await asyncio.create_subprocess_exec(
+        *(ffmpeg.ffmpeg_exe(), "-loglevel", "error", "-i", str(stored_file(config, result["media_url"]))),
+        *("-f", "rawvideo", "-pix_fmt", "rgb24", "-"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    raw, _ = await proc.communicate()
+    size = width * height * 3
+    assert raw and len(raw) % size == 0
+    return [Image.frombytes("RGB", (width, height), raw[i : i + size]) for i in range(0, len(raw), size)]
+
+
+def box_of(
+    frame: Image.Image, wanted: tuple[int, int, int], tolerance: int = 60
+) -> tuple[int, int, int, int] | None:
+    """The bounding box of the pixels within `tolerance` of colour `wanted` (per channel)."""
+    apart = ImageChops.difference(frame, Image.new("RGB", frame.size, wanted)).split()
+    near = [channel.point(lambda v: 255 if v <= tolerance else 0) for channel in apart]
+    return ImageChops.multiply(ImageChops.multiply(near[0], near[1]), near[2]).getbbox()
+
+
+def centre_x(box: tuple[int, int, int, int] | None) -> float:
+    assert box is not None, "the character is not in the frame"
+    return (box[0] + box[2]) / 2
+
+
+def horizontal_shift(a: Image.Image, b: Image.Image, reach: int = 30) -> tuple[int, float, float]:
+    """The dx for which b's middle matches a's middle moved by dx: (dx, its mean difference, the difference at 0)."""
+    grey_a, grey_b = a.convert("L"), b.convert("L")
+    middle = (reach, 10, a.width - reach, a.height - 10)
+    target = grey_b.crop(middle)
+
+    def difference(dx: int) -> float:
+        moved = grey_a.crop((middle[0] + dx, middle[1], middle[2] + dx, middle[3]))
+        return ImageStat.Stat(ImageChops.difference(moved, target)).mean[0]
+
+    best = min(range(-reach, reach + 1), key=difference)
+    return best, difference(best), difference(0)
+
+
+def greyness(frame: Image.Image) -> float:
+    """The mean spread between a pixel's largest and smallest channel: 0 for pure greys."""
+    r, g, b = frame.split()
+    largest, smallest = (
+        ImageChops.lighter(ImageChops.lighter(r, g), b),
+        ImageChops.darker(ImageChops.darker(r, g), b),
+    )
+    return float(ImageStat.Stat(ImageChops.difference(largest, smallest)).mean[0])
+
+
+MARKER_RED = (0xE0, 0x53, 0x3D)
+
+
+async def test_animatic_frames_have_the_asked_size_and_count(tmp_path, files, http):
+    url = files.add("t.png", textured())
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url], camera_angle="wide_shot", duration=1.5, fps=8, resolution="96x54"
+    )
+
+    frames = await decoded(config, await generate_video.run(ctx, data))
+
+    assert len(frames) == 12
+    assert {f.size for f in frames} == {(96, 54)}
+
+
+async def test_a_pan_shifts_the_picture_sideways(tmp_path, files, http):
+    url = files.add("t.png", textured())
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url], camera_angle="slow pan right", duration=2, fps=6, resolution="160x90"
+    )
+
+    result = await generate_video.run(ctx, data)
+    frames = await decoded(config, result)
+
+    dx, matched, unmoved = horizontal_shift(frames[0], frames[-1])
+    # The camera moves right, so the picture moves left: the last frame is the first moved by dx > 0.
+    assert 10 <= dx <= 25
+    assert matched < unmoved / 3
+    assert result["metadata"]["applied"]["camera"] == "pan_right"
+
+
+def drawn(width: int, height: int, box: tuple[int, int, int, int]) -> bytes:
+    """A black PNG with a white rectangle at `box`."""
+    image = Image.new("RGB", (width, height))
+    image.paste((255, 255, 255), box)
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+async def test_a_wide_shot_zooms_out(tmp_path, files, http):
+    url = files.add("sq.png", drawn(160, 90, (40, 5, 120, 85)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url], camera_angle="wide_shot", duration=1, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await generate_video.run(ctx, data))
+
+    first, last = box_of(frames[0], (255, 255, 255)), box_of(frames[-1], (255, 255, 255))
+    assert first is not None and last is not None
+    # 12 % larger at the start (zoomed in), the image's own 80 px at the end.
+    assert first[2] - first[0] == pytest.approx(90, abs=3)
+    assert last[2] - last[0] == pytest.approx(80, abs=3)
+
+
+async def test_a_dutch_angle_tilts_the_horizon(tmp_path, files, http):
+    url = files.add("sky.png", drawn(160, 90, (0, 0, 160, 45)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url], camera_angle="dutch angle", duration=1, fps=4, resolution="160x90"
+    )
+
+    frame = (await decoded(config, await generate_video.run(ctx, data)))[0].convert("L")
+
+    def horizon(x: int) -> int:
+        return next(y for y in range(frame.height) if frame.getpixel((x, y)) < 128)
+
+    # Turned 8 degrees clockwise: the horizon falls to the right by about tan(8°) per pixel across.
+    assert horizon(140) - horizon(20) == pytest.approx(120 * 0.1405, abs=4)
+
+
+async def test_a_static_camera_keeps_the_picture_still(tmp_path, files, http):
+    url = files.add("t.png", textured())
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url], camera_angle="locked-off tripod", duration=1, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await generate_video.run(ctx, data))
+
+    assert ImageStat.Stat(ImageChops.difference(frames[0], frames[-1]).convert("L")).mean[0] < 2
+
+
+@pytest.mark.parametrize(("transition", "blended"), [("crossfade", True), ("cut", False)])
+async def test_shots_cross_fade_unless_a_cut_is_asked(tmp_path, files, http, transition, blended):
+    red, blue = files.add("r.png", png(64, 48, (220, 0, 0))), files.add("b.png", png(64, 48, (0, 0, 220)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[red, blue],
+        camera_angle="static",
+        transition=transition,
+        duration=2,
+        fps=8,
+        resolution="64x48",
+    )
+
+    result = await generate_video.run(ctx, data)
+    frames = await decoded(config, result)
+
+    # A blend of the two shots has both red and blue in the frame's corner.
+    corners = [f.getpixel((2, 2)) for f in frames]
+    assert any(r > 40 and b > 40 for r, _, b in corners) is blended
+    assert result["metadata"]["applied"]["transition"] == transition
+
+
+async def test_noir_lighting_grades_to_near_greyscale(tmp_path, files, http):
+    url = files.add("c.png", png(160, 90, (220, 60, 30)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url], lighting="dramatic_noir", duration=1, fps=4, resolution="160x90"
+    )
+
+    result = await generate_video.run(ctx, data)
+    frames = await decoded(config, result)
+
+    assert greyness(frames[2]) < 6
+    assert result["metadata"]["applied"]["lighting"] == "noir"
+
+
+async def test_golden_hour_lighting_warms_the_picture(tmp_path, files, http):
+    url = files.add("g.png", png(160, 90, (128, 128, 128)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url], lighting="golden hour", duration=1, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await generate_video.run(ctx, data))
+
+    red, _, blue = ImageStat.Stat(frames[2]).mean
+    assert red - blue > 20
+
+
+@pytest.mark.parametrize(
+    ("position", "expected_x"), [("left_third", 160 / 3), ("center_frame", 80), ("right_third", 320 / 3)]
+)
+async def test_a_character_stands_at_its_named_position(tmp_path, files, http, position, expected_x):
+    url = files.add("g.png", png(160, 90, (40, 160, 60)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url],
+        camera_angle="static",
+        character_positions=[CharacterPosition("detective_jones", position, "standing")],
+        duration=1,
+        fps=4,
+        resolution="160x90",
+    )
+
+    frames = await decoded(config, await generate_video.run(ctx, data))
+
+    assert centre_x(box_of(frames[0], MARKER_RED)) == pytest.approx(expected_x, abs=3)
+    assert centre_x(box_of(frames[-1], MARKER_RED)) == pytest.approx(expected_x, abs=3)
+
+
+async def test_a_walking_character_drifts_across_the_frame(tmp_path, files, http):
+    url = files.add("g.png", png(160, 90, (40, 160, 60)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url],
+        camera_angle="static",
+        character_positions=[CharacterPosition("detective_jones", "left_third", "walking")],
+        duration=2,
+        fps=4,
+        resolution="160x90",
+    )
+
+    frames = await decoded(config, await generate_video.run(ctx, data))
+
+    start, end = centre_x(box_of(frames[0], MARKER_RED)), centre_x(box_of(frames[-1], MARKER_RED))
+    assert start == pytest.approx(160 / 3, abs=3)
+    assert end - start == pytest.approx(0.3 * 160, abs=4)
+
+
+async def test_characters_without_storyboard_images_stand_on_a_set_not_a_title_card(tmp_path, http):
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        scene_description="Detective enters the alley",
+        character_positions=[CharacterPosition("detective_jones", "center")],
+        duration=1,
+        fps=4,
+        resolution="160x90",
+    )
+
+    result = await generate_video.run(ctx, data)
+    frames = await decoded(config, result)
+
+    assert centre_x(box_of(frames[0], MARKER_RED)) == pytest.approx(80, abs=3)
+    assert "title_card" not in result["metadata"]["applied"]
+
+
+def test_the_documented_example_maps_to_the_vocabulary():
+    data = GenerateVideoInput(
+        storyboard_images=["https://media.ft.tc/storyboard1.jpg"],
+        camera_angle="wide_shot",
+        lighting="dramatic_noir",
+        character_positions=[CharacterPosition("detective_jones", "center_frame", "walking_slowly")],
+    )
+
+    clip = generate_video.clip_request("task-1", data)
+
+    assert clip.applied == {
+        "camera": "zoom_out",
+        "lighting": "noir",
+        "transition": "none",
+        "characters": [{"character_id": "detective_jones", "position": "center", "action": "walk"}],
+    }
+    assert [s.motion for s in clip.shots] == ["zoom_out"]
+    assert clip.grade == "noir"
+
+
+async def test_words_outside_the_vocabulary_are_rendered_and_reported_unrecognised(tmp_path, files, http):
+    url = files.add("g.png", png(64, 48))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=[url],
+        camera_angle="vertigo effect",
+        lighting="purple haze",
+        character_positions=[CharacterPosition("jones", "upstage", "juggling")],
+        duration=1,
+        fps=4,
+        resolution="64x48",
+    )
+
+    result = await generate_video.run(ctx, data)
+
+    assert result["metadata"]["applied"] == {
+        "camera": "unrecognised",
+        "lighting": "unrecognised",
+        "transition": "none",
+        "characters": [{"character_id": "jones", "position": "unrecognised", "action": "unrecognised"}],
+    }
+
+
+def test_a_character_label_reaches_ffmpeg_only_through_a_file(tmp_path):
+    layer = Layer(label="%{localtime}':x=0[out];", image_url=None, poses=[Pose(0.0)])
+    clip = ClipRequest(task_id="t", shots=[], duration=1, fps=4, width=160, height=90, layers=[layer])
+
+    graph, _ = animatic_graph.animatic(clip, tmp_path, [], [None])
+
+    assert "localtime" not in graph
+    if animatic_graph.find_font():
+        assert ":expansion=none:" in graph
+        assert (tmp_path / "label0.txt").read_text().replace("\n", "") == "%{localtime}':x=0[out];"
+
+
+async def test_a_keyframed_character_moves_from_its_first_keyframe_to_its_last(tmp_path, files, http):
+    url = files.add("k.png", png(20, 30, (230, 30, 30)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    keyframes = [Keyframe(url, x=0.2, y=0.3), Keyframe(url, x=0.8, y=0.7)]
+    data = RenderAnimationInput(
+        "hero", keyframes, animation_type="static", duration=1, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await render_animation.run(ctx, data))
+
+    first, last = box_of(frames[0], (230, 30, 30)), box_of(frames[-1], (230, 30, 30))
+    assert centre_x(first) == pytest.approx(0.2 * 160, abs=3)
+    assert centre_x(last) == pytest.approx(0.8 * 160, abs=3)
+    assert first is not None and last is not None
+    assert (first[1] + first[3]) / 2 == pytest.approx(0.3 * 90, abs=3)
+    assert (last[1] + last[3]) / 2 == pytest.approx(0.7 * 90, abs=3)
+
+
+async def test_keyframe_easing_shapes_the_motion_between_keyframes(tmp_path, files, http):
+    url = files.add("k.png", png(20, 30, (230, 30, 30)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    keyframes = [Keyframe(url, 0.0, x=0.2, easing="ease_in"), Keyframe(url, 1.0, x=0.8)]
+    data = RenderAnimationInput(
+        "hero", keyframes, animation_type="static", duration=2, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await render_animation.run(ctx, data))
+
+    # Half-way (0.5 s, frame 2) an ease-in has covered a quarter of the way, not half.
+    assert centre_x(box_of(frames[2], (230, 30, 30))) == pytest.approx((0.2 + 0.6 / 4) * 160, abs=3)
+
+
+async def test_keyframes_scale_turn_and_fade_the_character(tmp_path, files, http):
+    url = files.add("k.png", png(20, 40, (230, 30, 30)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    keyframes = [
+        Keyframe(url, 0.0, scale=1.0),
+        Keyframe(url, 1.0, scale=0.5, rotation=90, easing="linear"),
+        Keyframe(url, 1.5, scale=0.5, rotation=90, opacity=0.0),
+    ]
+    data = RenderAnimationInput(
+        "hero", keyframes, animation_type="static", duration=2, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await render_animation.run(ctx, data))
+
+    start, turned = box_of(frames[0], (230, 30, 30)), box_of(frames[4], (230, 30, 30))
+    assert start is not None and turned is not None
+    # 40 px tall at scale 1 (half the frame's 90 px, rounded up to even), then half that, lying on its side.
+    assert start[3] - start[1] == pytest.approx(46, abs=3)
+    assert turned[2] - turned[0] == pytest.approx(23, abs=3)
+    assert turned[3] - turned[1] < 15
+    assert box_of(frames[-1], (230, 30, 30)) is None
+
+
+async def test_a_new_keyframe_image_replaces_the_drawing_at_its_time(tmp_path, files, http):
+    red, blue = files.add("r.png", png(20, 30, (230, 30, 30))), files.add("b.png", png(20, 30, (30, 30, 230)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    keyframes = [Keyframe(red, 0.0), Keyframe(blue, 1.0)]
+    data = RenderAnimationInput(
+        "hero", keyframes, animation_type="static", duration=2, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await render_animation.run(ctx, data))
+
+    assert box_of(frames[3], (230, 30, 30)) and not box_of(frames[3], (30, 30, 230))
+    assert box_of(frames[4], (30, 30, 230)) and not box_of(frames[4], (230, 30, 30))
+
+
+async def test_an_animation_is_drawn_over_its_background_image(tmp_path, files, http):
+    sprite, background = (
+        files.add("k.png", png(20, 30, (230, 30, 30))),
+        files.add("bg.png", png(64, 36, (30, 160, 60))),
+    )
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = RenderAnimationInput(
+        "hero",
+        [Keyframe(sprite, x=0.5)],
+        animation_type="static",
+        duration=1,
+        fps=4,
+        resolution="160x90",
+        background_url=background,
+    )
+
+    result = await render_animation.run(ctx, data)
+    frames = await decoded(config, result)
+
+    assert frames[0].getpixel((5, 80)) == pytest.approx((30, 160, 60), abs=12)
+    assert centre_x(box_of(frames[0], (230, 30, 30))) == pytest.approx(80, abs=3)
+    assert result["metadata"]["applied"]["background"] == "image"

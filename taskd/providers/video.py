@@ -153,7 +153,7 @@ class ProviderRenderer:
         return await self._copy(fetched, workdir)
 
     async def _request(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> VideoRequest:
-        image_url = clip.shots[0].url if clip.shots else None
+        image_url = clip.reference_image
         request = VideoRequest(
             prompt=compose_prompt(clip),
             seconds=max(1, round(clip.duration)),

@@ -1,4 +1,4 @@
-"""`generate_video`: storyboard images into a clip of the asked duration, fps and resolution."""
+"""`generate_video`: a storyboard animatic that follows the request's camera, lighting and blocking."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from typing import Any
 
 import attrs
 
-from taskd.media import video
+from taskd.media import animatic_vocabulary as vocabulary
+from taskd.media import blocking, video
+from taskd.media.clip import GRADES, TRANSITIONS
 from taskd.media.publish import publish
 from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
 from taskd.providers import video as video_provider
 from taskd.tasks.spec import TaskContext, TaskType
-from taskd.validation import between, check, http_url, max_length, resolution
+from taskd.validation import between, check, http_url, max_length, one_of, resolution
 
 EVEN_RESOLUTION = check(
     lambda v: all(int(side) % 2 == 0 for side in v.split("x") if side.isdigit()),
@@ -46,32 +48,79 @@ class GenerateVideoInput:
     )
     fps: int = attrs.field(default=24, validator=between(1, 60, "FPS must be between 1 and 60"))
     resolution: str = attrs.field(default="1920x1080", validator=[resolution(), EVEN_RESOLUTION])
+    # Not in the API document: taskd's own, for the animatic (a video model may ignore it).
+    transition: str = attrs.field(default="crossfade", validator=one_of(TRANSITIONS, "Transition"))
+
+
+def applied_camera(camera: str, characters: list[tuple[str, vocabulary.Blocking]], count: int) -> list[str]:
+    """Each shot's motion for the camera the vocabulary read (a tracking shot pans the way the walker goes)."""
+    if camera in (vocabulary.DEFAULT_CAMERA, vocabulary.UNRECOGNISED):
+        return video.motions_for("ken_burns", count)
+    if camera == "push_in":
+        return ["zoom_in"] * count
+    if camera == "tracking":
+        movers = [b for _, b in characters if b.action in ("walk", "run", "enter", "exit")]
+        return ["pan_left" if movers and movers[0].direction < 0 else "pan_right"] * count
+    return [camera] * count
 
 
 def clip_request(task_id: str, data: GenerateVideoInput, project_id: str | None = None) -> video.ClipRequest:
-    """Each storyboard image held for an equal share of the duration, with alternating pan/zoom."""
+    """The animatic: each storyboard image an equal share of the duration, moved by the camera,
+    the characters over it at their positions, the whole graded for the lighting.
+    """
     width, height = (int(side) for side in data.resolution.split("x"))
     count = len(data.storyboard_images)
     holds = video.even_split(data.duration, count) if count else []
-    motions = video.motions_for("ken_burns", count)
-    return video.ClipRequest(
-        task_id=task_id,
+    camera = vocabulary.camera(data.camera_angle)
+    grade = vocabulary.lighting(data.lighting)
+    characters = [
+        (p.character_id, vocabulary.blocking(p.position, p.action))
+        for p in data.character_positions[: blocking.MAX_CHARACTERS]
+    ]
+    motions = applied_camera(camera, characters, max(1, count))
+    clip = video.ClipRequest(
+        task_id=task_id, shots=[], duration=data.duration, fps=data.fps, width=width, height=height
+    )
+    layers = blocking.layers(characters, clip.last_frame_time)
+    applied: dict[str, Any] = {
+        "camera": camera,
+        "lighting": grade,
+        "transition": data.transition if count > 1 else "none",
+        "characters": [
+            {"character_id": name, "position": b.position, "action": b.action} for name, b in characters
+        ],
+    }
+    if not (count or layers):
+        # A title card: nothing to move, place or grade.
+        applied = {
+            "camera": "static",
+            "lighting": "none",
+            "transition": "none",
+            "characters": [],
+            "title_card": True,
+        }
+    if len(data.character_positions) > len(layers):
+        applied["characters_not_drawn"] = len(data.character_positions) - len(layers)
+    return attrs.evolve(
+        clip,
         shots=[
             video.Shot(url, hold, motion)
-            for url, hold, motion in zip(data.storyboard_images, holds, motions, strict=True)
+            for url, hold, motion in zip(data.storyboard_images, holds, motions, strict=False)
         ],
-        duration=data.duration,
-        fps=data.fps,
-        width=width,
-        height=height,
         title=data.scene_description,
         project_id=project_id,
         details={
             "scene_description": data.scene_description,
             "camera_angle": data.camera_angle,
             "lighting": data.lighting,
+            "transition": data.transition,
             "character_positions": [attrs.asdict(p) for p in data.character_positions],
         },
+        layers=layers,
+        grade=grade if grade in GRADES else "none",
+        transition=data.transition,
+        backdrop_motion=motions[0],
+        applied=applied,
     )
 
 
@@ -81,13 +130,16 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
     provider = video_provider.renderer(ctx.config, ctx.http, ctx.provider_gate("video"))
     renderer: video.ClipRenderer = provider or video.load_renderer(ctx.config, ctx.http)
 
+    # A character's image is fetched too (render_animation); a marker is drawn.
+    fetches = bool(clip.shots) or any(layer.image_url for layer in clip.layers)
+
     async def rendering(fraction: float) -> None:
         await ctx.progress(
-            0.05 + 0.9 * fraction, "fetching_images" if fraction < 0.2 and clip.shots else "rendering_video"
+            0.05 + 0.9 * fraction, "fetching_images" if fraction < 0.2 and fetches else "rendering_video"
         )
 
     async with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
-        await ctx.progress(0.05, "fetching_images" if clip.shots else "rendering_video")
+        await ctx.progress(0.05, "fetching_images" if fetches else "rendering_video")
         path, info = await video.render_clip(renderer, clip, workdir, rendering)
         await ctx.progress(0.96, "storing_media")
         metadata = {
@@ -95,8 +147,13 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
             "resolution": info.resolution,
             "fps": info.fps if info.fps is None or info.fps % 1 else int(info.fps),
             "format": "mp4",
+            "codec": info.video_codec,
             "generation_model": getattr(renderer, "model", video.MODEL),
         }
+        # What the request asked of the camera, lighting and characters is only followed by the built-in
+        # renderer; a remote model gets the texts (`details`) and says nothing of what it made of them.
+        if isinstance(renderer, video.FfmpegRenderer) and clip.applied:
+            metadata["applied"] = clip.applied
         # Storing copies the whole file: in a thread, so the API keeps answering meanwhile.
         result = await asyncio.to_thread(
             publish, ctx.config, ctx.project_id, path, f"{prefix}_{ctx.task_id}.mp4", metadata

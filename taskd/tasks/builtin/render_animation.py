@@ -1,4 +1,4 @@
-"""`render_animation`: character keyframes rendered into an animated clip."""
+"""`render_animation`: a character image moved along its keyframes (place, scale, turn, opacity), eased."""
 
 from __future__ import annotations
 
@@ -7,15 +7,32 @@ from typing import Any
 import attrs
 
 from taskd.media import video
+from taskd.media.clip import EASINGS
 from taskd.tasks.builtin.generate_video import EVEN_RESOLUTION, render_and_publish
 from taskd.tasks.spec import TaskContext, TaskError, TaskType
 from taskd.validation import between, check, http_url, max_length, not_blank, one_of, resolution
+
+# At scale 1 the character's image fits a box this share of the frame's height tall (and twice as wide).
+CHARACTER_HEIGHT = 0.5
 
 
 @attrs.frozen
 class Keyframe:
     image_url: str = attrs.field(validator=http_url("Keyframe image_url"))
     time: float | None = attrs.field(default=None, validator=between(0, 60, "Keyframe time must be 0..60 s"))
+    # Where the character's centre is, as fractions of the frame (outside 0..1: partly or wholly off screen).
+    x: float = attrs.field(
+        default=0.5, validator=between(-1, 2, "Keyframe x must be -1..2 (0..1 is on screen)")
+    )
+    y: float = attrs.field(
+        default=0.5, validator=between(-1, 2, "Keyframe y must be -1..2 (0..1 is on screen)")
+    )
+    scale: float = attrs.field(default=1.0, validator=between(0.05, 4, "Keyframe scale must be 0.05..4"))
+    rotation: float = attrs.field(
+        default=0.0, validator=between(-3600, 3600, "Keyframe rotation must be -3600..3600 degrees")
+    )
+    opacity: float = attrs.field(default=1.0, validator=between(0, 1, "Keyframe opacity must be 0..1"))
+    easing: str = attrs.field(default="ease_in_out", validator=one_of(EASINGS, "Keyframe easing"))
 
 
 def _times_all_or_none(keyframes: list[Keyframe]) -> bool:
@@ -39,15 +56,15 @@ class RenderAnimationInput:
     )
     fps: int = attrs.field(default=24, validator=between(1, 60, "FPS must be between 1 and 60"))
     resolution: str = attrs.field(default="1280x720", validator=[resolution(), EVEN_RESOLUTION])
+    background_url: str | None = attrs.field(default=None, validator=http_url("Background URL"))
 
 
-def holds(data: RenderAnimationInput) -> list[tuple[str, float]]:
-    """(image_url, seconds on screen) in play order: from each keyframe's time to the next one's."""
+def timed(data: RenderAnimationInput, last_frame: float) -> list[tuple[float, Keyframe]]:
+    """The keyframes with their times, in time order; without times, spread from the first frame to the last."""
     frames = data.keyframes
     if frames[0].time is None:
-        return list(
-            zip([k.image_url for k in frames], video.even_split(data.duration, len(frames)), strict=True)
-        )
+        step = last_frame / (len(frames) - 1) if len(frames) > 1 else 0.0
+        return [(i * step, k) for i, k in enumerate(frames)]
     ordered = sorted(frames, key=lambda k: k.time or 0.0)
     times = [k.time or 0.0 for k in ordered]
     if times[-1] >= data.duration:
@@ -56,26 +73,51 @@ def holds(data: RenderAnimationInput) -> list[tuple[str, float]]:
         )
     if len(set(times)) != len(times):
         raise TaskError("Two keyframes have the same time")
-    # The first keyframe is shown from 0 s even when its time is later.
-    ends = [*times[1:], data.duration]
-    starts = [0.0, *times[1:]]
-    return [(k.image_url, end - start) for k, start, end in zip(ordered, starts, ends, strict=True)]
+    return list(zip(times, ordered, strict=True))
+
+
+def layers(keyframes: list[tuple[float, Keyframe]], label: str) -> list[video.Layer]:
+    """One layer per run of keyframes with the same image, on screen until the next run's first keyframe.
+
+    Every layer moves along all the keyframes, so a change of image is a change of drawing, not of place.
+    """
+    poses = [video.Pose(time, k.x, k.y, k.scale, k.rotation, k.opacity, k.easing) for time, k in keyframes]
+    runs: list[tuple[str, float]] = []
+    for time, k in keyframes:
+        if not runs or runs[-1][0] != k.image_url:
+            runs.append((k.image_url, time))
+    starts = [0.0, *(time for _, time in runs[1:])]
+    ends: list[float | None] = [*(time for _, time in runs[1:]), None]
+    return [
+        video.Layer(label, url, poses, height=CHARACTER_HEIGHT, start=start if i else None, end=end)
+        for i, ((url, _), start, end) in enumerate(zip(runs, starts, ends, strict=True))
+    ]
 
 
 async def run(ctx: TaskContext, data: RenderAnimationInput) -> dict[str, Any]:
-    """Hold each keyframe image until the next keyframe's time, with the chosen motion and cross-fades."""
+    """Move the character's image along its keyframes, eased, over the background (or a plain set)."""
     width, height = (int(side) for side in data.resolution.split("x"))
-    shots = holds(data)
-    motions = video.motions_for(data.animation_type, len(shots))
+    motion = video.motions_for(data.animation_type, 1)[0]
     clip = video.ClipRequest(
         task_id=ctx.task_id,
-        shots=[video.Shot(url, hold, motion) for (url, hold), motion in zip(shots, motions, strict=True)],
+        shots=[video.Shot(data.background_url, data.duration, motion)] if data.background_url else [],
         duration=data.duration,
         fps=data.fps,
         width=width,
         height=height,
         details={"character_id": data.character_id, "animation_type": data.animation_type},
         project_id=ctx.project_id,
+        backdrop_motion=motion,
+    )
+    keyframes = timed(data, clip.last_frame_time)
+    clip = attrs.evolve(
+        clip,
+        layers=layers(keyframes, data.character_id),
+        applied={
+            "camera": motion,
+            "background": "image" if data.background_url else "backdrop",
+            "keyframes": len(keyframes),
+        },
     )
     return await render_and_publish(ctx, clip, "animation")
 
