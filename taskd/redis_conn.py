@@ -4,6 +4,10 @@ Sentinel form: `redis+sentinel://[:password@]host1:26379,host2:26379/<service na
 optionally `?sentinel_password=…` when the sentinels themselves need a password. The client
 asks the sentinels for the current primary on every new connection, and drops its connections
 when the primary it knew becomes a replica, so taskd follows a failover without a restart.
+
+Redis Cluster is not supported yet (docs/cluster.md says why and what it takes): a
+`redis+cluster://` URL, or a `redis://` URL of a cluster node, is refused at start with a
+ConfigError rather than failing later, command by command, with MOVED and CROSSSLOT errors.
 """
 
 from __future__ import annotations
@@ -18,6 +22,11 @@ from redis.asyncio.sentinel import Sentinel
 from taskd.config import ConfigError
 
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEME = "redis+cluster"
+CLUSTER_UNSUPPORTED = (
+    "taskd does not run on a Redis Cluster yet: its Lua scripts touch keys of many hash slots "
+    "(docs/cluster.md); use a standalone Redis/Valkey or Sentinel"
+)
 DEFAULT_SENTINEL_PORT = 26379
 # A bound on every connect; a Redis that is down answers 503 at once instead of hanging requests.
 CONNECT_TIMEOUT = 5.0
@@ -90,6 +99,8 @@ def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": socket_timeout,
     }
+    if url.startswith(CLUSTER_SCHEME + "://"):
+        raise ConfigError(f"redis.url: {CLUSTER_UNSUPPORTED}")
     if not url.startswith(SENTINEL_SCHEME + "://"):
         direct: Redis = Redis.from_url(url, **options)
         return direct
@@ -112,3 +123,14 @@ def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
     client.sentinel = sentinel
     managed: Redis = client
     return managed
+
+
+async def refuse_cluster(redis: Redis) -> None:
+    """Raise ConfigError when `redis` is a node of a Redis Cluster.
+
+    A cluster node answers for its own slots only: taskd would start, then fail part of its
+    commands (MOVED) and every script whose keys hash to several slots (CROSSSLOT).
+    """
+    info = await redis.info("cluster")
+    if int(info.get("cluster_enabled", 0)):
+        raise ConfigError(f"redis.url is a Redis Cluster node; {CLUSTER_UNSUPPORTED}")
