@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from redis import Redis
+from redis.cluster import ClusterNode as ClusterAddress
 from redis.cluster import RedisCluster
 
 from taskd.embedded import valkey_server_binary
@@ -58,9 +59,16 @@ class ClusterNode:
                 return
         raise RuntimeError(f"cluster node in {self.folder} found no free ports in {START_ATTEMPTS} attempts")
 
-    def _spawn(self) -> bool:
+    def restart(self) -> None:
+        """Start the node again on its ports, with its cluster state: it rejoins as it left (a
+        primary that was failed over comes back as a replica of its successor)."""
+        if not self._spawn(keep_state=True):
+            raise RuntimeError(f"cluster node could not start again on port {self.port}")
+
+    def _spawn(self, keep_state: bool = False) -> bool:
         conf = self.folder / "valkey.conf"
-        (self.folder / "nodes.conf").unlink(missing_ok=True)
+        if not keep_state:
+            (self.folder / "nodes.conf").unlink(missing_ok=True)
         lines = [
             f"port {self.port}",
             f"cluster-port {self.bus_port}",
@@ -72,10 +80,14 @@ class ClusterNode:
             "cluster-node-timeout 1000",
             'save ""',
             "appendonly no",
+            # A replica's first sync starts at once, not after the default 5 s wait for more replicas.
+            "repl-diskless-sync-delay 0",
         ]
         conf.write_text("\n".join(lines) + "\n")
         with (self.folder / "server.log").open("ab") as log:
-            self.proc = subprocess.Popen([valkey_server_binary(), str(conf)], stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [valkey_server_binary(), str(conf)], stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -128,8 +140,9 @@ class ValkeyCluster:
         return f"redis://127.0.0.1:{self.primaries[0].port}/0"
 
     def client(self) -> RedisCluster:
-        """A cluster-aware client (redis-py's RedisCluster) started from the first primary."""
-        return RedisCluster(host="127.0.0.1", port=self.primaries[0].port, socket_timeout=5)
+        """A cluster-aware client (redis-py's RedisCluster) that starts from the nodes that run."""
+        running = [ClusterAddress("127.0.0.1", node.port) for node in self.nodes if node.proc is not None]
+        return RedisCluster(startup_nodes=running, socket_timeout=5)
 
     def start(self) -> ValkeyCluster:
         """Start every node, give each primary its share of the slots, join them, attach the
@@ -162,6 +175,14 @@ class ValkeyCluster:
                 with replica.client() as client:
                     client.execute_command("CLUSTER", "REPLICATE", primary_id)
         self._wait(lambda info: info["cluster_state"] == "ok")
+        # A replica that has not finished its first sync cannot take over from its primary.
+        for replica in self.replicas:
+            self._until(lambda r=replica: self._synced(r))
+
+    @staticmethod
+    def _synced(node: ClusterNode) -> bool:
+        with node.client() as client:
+            return bool(client.info("replication").get("master_link_status") == "up")
 
     @staticmethod
     def _knows(node: ClusterNode, node_id: str) -> bool:
