@@ -1,4 +1,5 @@
-"""The one place taskd opens its Redis: a plain `redis://` URL, or Sentinel with `redis+sentinel://`.
+"""The one place taskd opens its Redis: a plain `redis://` URL, Sentinel with `redis+sentinel://`, or a
+Redis Cluster with `redis+cluster://`.
 
 Sentinel form: `redis+sentinel://[:password@]host1:26379,host2:26379/<service name>[/<db>]`,
 optionally `?sentinel_password=…` when the sentinels themselves need a password. The client
@@ -33,11 +34,12 @@ from taskd import keys
 from taskd.config import ConfigError
 
 SENTINEL_SCHEME = "redis+sentinel"
+DEFAULT_SENTINEL_PORT = 26379
 CLUSTER_SCHEME = "redis+cluster"
 DEFAULT_CLUSTER_PORT = 6379
-# Replies of a cluster node that no longer serves taskd's slot, or cannot serve it now.
+# Replies of a cluster node that no longer serves taskd's slot, or cannot serve it now (a failover,
+# or a resharding that moves the slot: ASK until it has moved, then MOVED).
 _SLOT_ELSEWHERE = ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")
-DEFAULT_SENTINEL_PORT = 26379
 # A bound on every connect; a Redis that is down answers 503 at once instead of hanging requests.
 CONNECT_TIMEOUT = 5.0
 
@@ -208,7 +210,8 @@ class _SlotPrimaryConnection(Connection):  # type: ignore[misc]
             try:
                 for first, last, primary, *_ in await node.execute_command("CLUSTER SLOTS"):
                     if first <= slot <= last:
-                        return primary[0].decode(), int(primary[1])
+                        # An empty endpoint means the node that answered (as CLUSTER SLOTS documents).
+                        return primary[0].decode() or host, int(primary[1])
                 errors.append(f"{host}:{port} knows no node serving slot {slot}")
             except RedisError as exc:
                 errors.append(f"{host}:{port}: {exc}")
@@ -238,5 +241,6 @@ def _cluster_client(parsed: ClusterUrl, options: dict[str, Any]) -> Redis:
         password=parsed.password,
         **options,
     )
-    client: Redis = Redis(connection_pool=pool)
+    # The client owns its pool: closing it closes the connections (Redis(connection_pool=…) would not).
+    client: Redis = Redis.from_pool(pool)
     return client

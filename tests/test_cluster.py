@@ -5,6 +5,7 @@ empty cluster. The API tests run through conftest's fixtures, pointed at the clu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import psutil
@@ -13,8 +14,9 @@ from conftest import API_KEY, TERMINAL, make_config
 from redis.asyncio import Redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sse import read_events
-from valkey_cluster import SLOTS, ValkeyCluster
+from valkey_cluster import SLOTS, ClusterNode, ValkeyCluster
 
 from taskd import keys
 from taskd.config import ConfigError, RedisConfig, WebhooksConfig
@@ -215,3 +217,32 @@ async def _failover_while_submitting(six: ValkeyCluster, base_url: str, http) ->
             if all(status.decode() in TERMINAL for status in statuses):
                 break
             await asyncio.sleep(0.2)
+
+
+async def test_after_a_manual_failover_the_client_leaves_the_old_primary_that_answers_moved(tmp_path):
+    six = ValkeyCluster(tmp_path / "cluster", primaries=3, replicas=1).start()
+    client = connect(cluster_url(six))
+    try:
+        await client.set(keys.METRICS, "before")
+        with six.client() as cluster_client:
+            old = cluster_client.get_node_from_key(keys.METRICS).port
+        successor = next(node for node in six.replicas if _primary_port(node) == old)
+
+        # The old primary stays up, as a replica: on the connection taskd holds it answers MOVED.
+        with successor.client() as replica:
+            replica.execute_command("CLUSTER", "FAILOVER")
+        async with asyncio.timeout(20):
+            while True:
+                with contextlib.suppress(RedisConnectionError):  # the connection it dropped on MOVED
+                    assert await client.get(keys.METRICS) == b"before"
+                    if (await client.execute_command("CLUSTER", "MYID")).decode() == successor.node_id:
+                        break
+                await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+        six.stop()
+
+
+def _primary_port(replica: ClusterNode) -> int:
+    with replica.client() as client:
+        return int(client.info("replication")["master_port"])
