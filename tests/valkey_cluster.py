@@ -40,8 +40,9 @@ class ClusterNode:
     """One cluster-enabled valkey-server: its client port and its cluster bus port, both free ports
     picked at start (not the default bus port, client port + 10000, which another test may hold)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, node_timeout_ms: int) -> None:
         self.folder = folder
+        self.node_timeout_ms = node_timeout_ms
         self.port = 0
         self.bus_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -76,8 +77,7 @@ class ClusterNode:
             f'dir "{self.folder}"',
             "cluster-enabled yes",
             "cluster-config-file nodes.conf",
-            # Short, so that the failover test sees a replica promoted within seconds.
-            "cluster-node-timeout 1000",
+            f"cluster-node-timeout {self.node_timeout_ms}",
             'save ""',
             "appendonly no",
             # A replica's first sync starts at once, not after the default 5 s wait for more replicas.
@@ -123,9 +123,15 @@ class ValkeyCluster:
     """`primaries` primaries sharing the 16384 slots evenly, each with `replicas` replicas."""
 
     def __init__(self, folder: Path, primaries: int = 3, replicas: int = 0) -> None:
-        self.primaries = [ClusterNode(folder / f"primary{i}") for i in range(primaries)]
+        # A failover test wants a replica promoted within seconds (the timeout, then an election);
+        # without replicas a longer one keeps a node slowed down by a busy machine from being
+        # taken for failed, which would leave its slots unserved.
+        timeout = 1000 if replicas else 5000
+        self.primaries = [ClusterNode(folder / f"primary{i}", timeout) for i in range(primaries)]
         self.replicas = [
-            ClusterNode(folder / f"replica{i}.{j}") for i in range(primaries) for j in range(replicas)
+            ClusterNode(folder / f"replica{i}.{j}", timeout)
+            for i in range(primaries)
+            for j in range(replicas)
         ]
         self._replicas_per_primary = replicas
 
