@@ -72,7 +72,7 @@ IDEMPOTENCY_TTL = 24 * 3600
 
 # arq's job definitions and locks, in arq's format but under taskd's tag (arq names them
 # arq:job:… and arq:in-progress:…; taskd's worker claims and drops jobs itself, so arq never
-# reads these prefixes: tests/test_keys.py pins that its worker uses none of them).
+# reads these prefixes: tests/test_keys.py checks that a task run writes no key outside the tag).
 ARQ_JOB_PREFIX = f"{PREFIX}arq:job:"
 ARQ_IN_PROGRESS_PREFIX = f"{PREFIX}arq:in-progress:"
 
