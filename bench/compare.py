@@ -141,7 +141,7 @@ class Taskd(System):
     """`taskd serve` on a temp data dir, with its embedded Valkey and the diagnostic task types."""
 
     name = "taskd"
-    counter_key = "taskd:metrics"
+    counter_key = "{taskd}:metrics"  # taskd.keys.METRICS
 
     def __init__(self, tmp: Path, *, workers: bool = True, rate_limits: bool = False) -> None:
         self.data_dir = tmp / f"taskd-{time.monotonic_ns()}"
@@ -205,7 +205,7 @@ class Taskd(System):
         return [self.proc.pid] if self.proc else []  # the embedded Valkey is a child
 
     def record_key(self, task_id: str) -> str:
-        return f"taskd:task:{task_id}"
+        return f"{{taskd}}:task:{task_id}"  # taskd.keys.task
 
     async def stop(self) -> None:
         if self.redis is not None:

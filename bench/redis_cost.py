@@ -41,7 +41,7 @@ from _common import API_KEY, ROOT, SUBMIT_BODY, SUBMIT_PATH, python, spawn, stop
 
 PROBE = Path(__file__).resolve().parent / "redis_probe.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "redis_cost.json"
-COMPLETED = ("taskd:metrics", "completed_tasks")
+COMPLETED = ("{taskd}:metrics", "completed_tasks")  # taskd.keys.METRICS
 # Commands of the measurement itself, not of the service: never counted.
 OWN = {"config|resetstat", "info", "config"}
 

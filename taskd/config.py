@@ -98,7 +98,8 @@ class AuthConfig:
 
 @attrs.frozen
 class RedisConfig:
-    # redis://…, rediss://…, or redis+sentinel://[:password@]host:26379,host2:26379/<service>/<db>.
+    # redis://…, rediss://…, redis+sentinel://[:password@]host:26379,host2:26379/<service>/<db>,
+    # or redis+cluster://[:password@]host:6379,host2:6379 (docs/cluster.md).
     url: str = ""
     # Seconds any one Redis command may take before the API answers 503 (0: no limit).
     socket_timeout: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))

@@ -1,48 +1,61 @@
 """Every Redis key taskd uses, with how long each lives and why.
 
+Every name starts with the hash tag `{taskd}`, so that all of them hash to one slot: a Redis
+Cluster (docs/cluster.md) then runs every script, pipeline and transaction on one node, as a
+standalone Redis does. arq's job and lock keys are under the tag too (arq's own `arq:job:` and
+`arq:in-progress:` prefixes would put each job in another slot): taskd's worker never lets arq read
+them (taskd.queue.workers). Keys written before the tag (`taskd:…`) are renamed once, at start
+(taskd.store.layout).
+
 | key | type | lives |
 |---|---|---|
-| `taskd:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation (a scheduled task's: from its time), renewed when the task ends, so a finished task stays readable for a full day (or for its submission's `keep_for`) |
-| `taskd:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task with a `keep_for` ends, to at least that; ids whose record expired are pruned when listed |
-| `taskd:metrics` | hash: cumulative counters | forever: the document says metrics survive restarts |
-| `taskd:running:{queue}` | sorted set: task id -> started ms | members leave when their task ends |
-| `taskd:workers` | sorted set: worker id -> last heartbeat ms | members older than the heartbeat TTL are dead and pruned |
-| `taskd:worker:{id}` | string: the worker's JSON description | heartbeat TTL: disappears when the process stops beating |
-| `taskd:queue:{queue}` | arq's queue sorted set: task id -> score | members leave when arq finishes or taskd revokes the job |
-| `arq:job:{task id}.{n}` | arq's job definition; a new one per enqueue of the task (n counts them) | a day past its score |
-| `taskd:webhooks:due` | sorted set: task id (its end's webhook) or `{id}:started` / `{id}:progress` (`webhook_events`) -> ms when that webhook is next due (the durable outbox) | members leave when delivered or given up |
-| `taskd:webhook:{id}` | hash: delivery state of a task's webhook (attempts, last status/error, delivered/failed/next times); `taskd:webhook:{id}:started` and `…:progress` for those events' webhooks | `storage.task_ttl`, renewed with every attempt, so it lives as long as the task record |
-| `taskd:webhooks:wake` | pub/sub channel: a webhook became due now; wakes every sender | no storage |
-| `taskd:memory_events` | sorted set: JSON of job processes killed over the memory limit -> ms | trimmed to the last 10 minutes; feeds the memory alert |
-| `taskd:events:task:{id}` | stream: the task's events (status changes, progress), ids usable as SSE `Last-Event-ID` | capped at ~200 entries; expires a day after the last event |
-| `taskd:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires a day after the last event |
-| `taskd:events:wake:{hub id}` | stream: one entry, added when a client starts watching a stream while the process's event reader is blocked in `XREAD`; the read includes it, so it returns at once | one entry (MAXLEN 1); expires a minute after the last wake; deleted when the process stops |
-| `taskd:gpu:{host}:{index}` | hash: task id -> "worker id|slots" holding slots of that device | entries leave on release, or when their worker's heartbeat is gone |
-| `taskd:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
-| `taskd:ratelimit:{policy}:{key hash}` | sorted set: the times (ms) of the requests of one API key (sha256, never the key) accepted under `submit`/`status` in the last minute | a minute after its last accepted request; older members are dropped on each request |
-| `taskd:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the limit is reached |
-| `taskd:provider:{name}:slots` | sorted set: holder (worker id, task id, request) -> ms its lease ends, of the requests in flight to provider `llm`/`image`/`speech` (`providers.<name>.max_concurrency`) | a lease after the last acquire or renewal; holders whose lease ended are dropped on each acquire |
-| `taskd:provider:{name}:minute` | sorted set: the times (ms) of the requests sent to the provider in the last minute (`providers.<name>.per_minute`) | a minute after its last request; older members are dropped on each acquire |
-| `taskd:wake` | pub/sub channel: a queue name, published when a job is put on it | no storage |
-| `taskd:waiting:{queue}` | sorted set: every waiting job of the queue (job id -> its own score); its size is the queue's length | members leave when their job starts or its task is cancelled |
-| `taskd:project_waiting:{queue}:{project_id}` | sorted set: the project's waiting jobs on the queue, its head included (job id -> its own score) | members leave when their job starts or its task is cancelled |
-| `taskd:heads:{queue}` | hash: project id -> the one job of the project on arq's queue set (its head), for fair turns | a field leaves when the project has nothing waiting on the queue |
-| `taskd:idempotency:{key id}:{sha256 of the Idempotency-Key}` | hash: what the first submit or retry with that key by that API key made (its body's fingerprint, the task id, its creation time, queue position and the type's durations), for replays | `IDEMPOTENCY_TTL` (24 h) from that first request |
-| `taskd:dependents:{id}` | set: the ids of the tasks waiting for task `{id}` to complete (`depends_on`); the script that ends the task releases or cancels them | deleted when the task ends; `storage.task_ttl` from the last dependent's submit |
-| `taskd:scheduled` | sorted set: task id -> ms it is due, of the queued tasks submitted with `run_at`/`delay_seconds` that wait for their time (no job yet); due.lua queues them | members leave when their time comes (every process looks twice a second) or their task ends (cancel) |
-| `taskd:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached |
+| `{taskd}:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation (a scheduled task's: from its time), renewed when the task ends, so a finished task stays readable for a full day (or for its submission's `keep_for`) |
+| `{taskd}:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task with a `keep_for` ends, to at least that; ids whose record expired are pruned when listed |
+| `{taskd}:metrics` | hash: cumulative counters | forever: the document says metrics survive restarts |
+| `{taskd}:running:{queue}` | sorted set: task id -> started ms | members leave when their task ends |
+| `{taskd}:workers` | sorted set: worker id -> last heartbeat ms | members older than the heartbeat TTL are dead and pruned |
+| `{taskd}:worker:{id}` | string: the worker's JSON description | heartbeat TTL: disappears when the process stops beating |
+| `{taskd}:queue:{queue}` | arq's queue sorted set: task id -> score | members leave when arq finishes or taskd revokes the job |
+| `{taskd}:arq:job:{task id}.{n}` | arq's job definition; a new one per enqueue of the task (n counts them) | a day past its score |
+| `{taskd}:webhooks:due` | sorted set: task id (its end's webhook) or `{id}:started` / `{id}:progress` (`webhook_events`) -> ms when that webhook is next due (the durable outbox) | members leave when delivered or given up |
+| `{taskd}:webhook:{id}` | hash: delivery state of a task's webhook (attempts, last status/error, delivered/failed/next times); `{taskd}:webhook:{id}:started` and `…:progress` for those events' webhooks | `storage.task_ttl`, renewed with every attempt, so it lives as long as the task record |
+| `{taskd}:webhooks:wake` | pub/sub channel: a webhook became due now; wakes every sender | no storage |
+| `{taskd}:memory_events` | sorted set: JSON of job processes killed over the memory limit -> ms | trimmed to the last 10 minutes; feeds the memory alert |
+| `{taskd}:events:task:{id}` | stream: the task's events (status changes, progress), ids usable as SSE `Last-Event-ID` | capped at ~200 entries; expires a day after the last event |
+| `{taskd}:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires a day after the last event |
+| `{taskd}:events:wake:{hub id}` | stream: one entry, added when a client starts watching a stream while the process's event reader is blocked in `XREAD`; the read includes it, so it returns at once | one entry (MAXLEN 1); expires a minute after the last wake; deleted when the process stops |
+| `{taskd}:gpu:{host}:{index}` | hash: task id -> "worker id|slots" holding slots of that device | entries leave on release, or when their worker's heartbeat is gone |
+| `{taskd}:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
+| `{taskd}:ratelimit:{policy}:{key hash}` | sorted set: the times (ms) of the requests of one API key (sha256, never the key) accepted under `submit`/`status` in the last minute | a minute after its last accepted request; older members are dropped on each request |
+| `{taskd}:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the limit is reached |
+| `{taskd}:provider:{name}:slots` | sorted set: holder (worker id, task id, request) -> ms its lease ends, of the requests in flight to provider `llm`/`image`/`speech` (`providers.<name>.max_concurrency`) | a lease after the last acquire or renewal; holders whose lease ended are dropped on each acquire |
+| `{taskd}:provider:{name}:minute` | sorted set: the times (ms) of the requests sent to the provider in the last minute (`providers.<name>.per_minute`) | a minute after its last request; older members are dropped on each acquire |
+| `{taskd}:wake` | pub/sub channel: a queue name, published when a job is put on it | no storage |
+| `{taskd}:waiting:{queue}` | sorted set: every waiting job of the queue (job id -> its own score); its size is the queue's length | members leave when their job starts or its task is cancelled |
+| `{taskd}:project_waiting:{queue}:{project_id}` | sorted set: the project's waiting jobs on the queue, its head included (job id -> its own score) | members leave when their job starts or its task is cancelled |
+| `{taskd}:heads:{queue}` | hash: project id -> the one job of the project on arq's queue set (its head), for fair turns | a field leaves when the project has nothing waiting on the queue |
+| `{taskd}:idempotency:{key id}:{sha256 of the Idempotency-Key}` | hash: what the first submit or retry with that key by that API key made (its body's fingerprint, the task id, its creation time, queue position and the type's durations), for replays | `IDEMPOTENCY_TTL` (24 h) from that first request |
+| `{taskd}:dependents:{id}` | set: the ids of the tasks waiting for task `{id}` to complete (`depends_on`); the script that ends the task releases or cancels them | deleted when the task ends; `storage.task_ttl` from the last dependent's submit |
+| `{taskd}:scheduled` | sorted set: task id -> ms it is due, of the queued tasks submitted with `run_at`/`delay_seconds` that wait for their time (no job yet); due.lua queues them | members leave when their time comes (every process looks twice a second) or their task ends (cancel) |
+| `{taskd}:layout` | string: `tagged` once the keys of versions before the tag (`taskd:…`) were renamed (taskd.store.layout) | forever |
+| `{taskd}:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached |
 """
 
 from __future__ import annotations
 
 import hashlib
 
-PREFIX = "taskd:"
+# The hash tag: everything taskd keeps is in the slot of "taskd".
+PREFIX = "{taskd}:"
 METRICS = f"{PREFIX}metrics"
 WORKERS = f"{PREFIX}workers"
 CANCEL_CHANNEL = f"{PREFIX}cancel"
 WAKE_CHANNEL = f"{PREFIX}wake"
 MEMORY_EVENTS = f"{PREFIX}memory_events"
+LAYOUT = f"{PREFIX}layout"
+# What a script gets for an optional key it is not given: a name in taskd's slot (a cluster refuses
+# a script whose keys hash to several slots, and "" has a slot of its own), never written.
+NO_KEY = f"{PREFIX}none"
 MEMORY_EVENT_TTL = 600
 # Upper bounds (seconds) of the per-type duration histogram kept in the metrics hash as
 # `duration_in:<type>:<le>`, each task counted once, in the first bucket it fits (the scrape adds
@@ -57,9 +70,11 @@ SCHEDULED = f"{PREFIX}scheduled"
 # How long an Idempotency-Key is remembered: a repeat within this window is answered, not run again.
 IDEMPOTENCY_TTL = 24 * 3600
 
-# Must equal arq.constants.job_key_prefix and in_progress_key_prefix (a test pins it).
-ARQ_JOB_PREFIX = "arq:job:"
-ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+# arq's job definitions and locks, in arq's format but under taskd's tag (arq names them
+# arq:job:… and arq:in-progress:…; taskd's worker claims and drops jobs itself, so arq never
+# reads these prefixes: tests/test_keys.py checks that a task run writes no key outside the tag).
+ARQ_JOB_PREFIX = f"{PREFIX}arq:job:"
+ARQ_IN_PROGRESS_PREFIX = f"{PREFIX}arq:in-progress:"
 
 
 def task(task_id: str) -> str:

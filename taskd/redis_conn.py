@@ -1,9 +1,20 @@
-"""The one place taskd opens its Redis: a plain `redis://` URL, or Sentinel with `redis+sentinel://`.
+"""The one place taskd opens its Redis: a plain `redis://` URL, Sentinel with `redis+sentinel://`, or a
+Redis Cluster with `redis+cluster://`.
 
 Sentinel form: `redis+sentinel://[:password@]host1:26379,host2:26379/<service name>[/<db>]`,
 optionally `?sentinel_password=…` when the sentinels themselves need a password. The client
 asks the sentinels for the current primary on every new connection, and drops its connections
 when the primary it knew becomes a replica, so taskd follows a failover without a restart.
+
+Cluster form: `redis+cluster://[:password@]host1:6379[,host2:6379…]`, the addresses of some of
+the cluster's nodes. Every key taskd uses carries the hash tag `{taskd}` (taskd.keys), so all of
+them live in one slot, and the client talks to the one primary that serves it: each new
+connection asks the known nodes which node that is (CLUSTER SLOTS), and a reply that says the slot
+moved (MOVED, after a failover or a resharding) drops the connection, so the next one asks again.
+Scripts, pipelines, transactions, pub/sub and XREAD then work as on a standalone Redis.
+docs/cluster.md says what that gives (failover, a managed cluster) and what not (spreading
+taskd's load over shards). A `redis://` URL of a cluster node is refused at start: it would
+break at the first failover.
 """
 
 from __future__ import annotations
@@ -13,12 +24,22 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
+from taskd import keys
 from taskd.config import ConfigError
 
 SENTINEL_SCHEME = "redis+sentinel"
 DEFAULT_SENTINEL_PORT = 26379
+CLUSTER_SCHEME = "redis+cluster"
+DEFAULT_CLUSTER_PORT = 6379
+# Replies of a cluster node that no longer serves taskd's slot, or cannot serve it now (a failover,
+# or a resharding that moves the slot: ASK until it has moved, then MOVED).
+_SLOT_ELSEWHERE = ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")
 # A bound on every connect; a Redis that is down answers 503 at once instead of hanging requests.
 CONNECT_TIMEOUT = 5.0
 
@@ -90,6 +111,8 @@ def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
         "socket_connect_timeout": CONNECT_TIMEOUT,
         "socket_timeout": socket_timeout,
     }
+    if url.startswith(CLUSTER_SCHEME + "://"):
+        return _cluster_client(parse_cluster_url(url), options)
     if not url.startswith(SENTINEL_SCHEME + "://"):
         direct: Redis = Redis.from_url(url, **options)
         return direct
@@ -112,3 +135,112 @@ def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
     client.sentinel = sentinel
     managed: Redis = client
     return managed
+
+
+async def refuse_cluster(url: str, redis: Redis) -> None:
+    """Raise ConfigError when `redis` is a node of a Redis Cluster reached by a plain `redis://` URL.
+
+    Such a client talks to that node only: taskd would work while the node serves its slot, and
+    fail every command (MOVED) once a failover or a resharding moves the slot elsewhere.
+    """
+    if url.startswith(CLUSTER_SCHEME + "://"):
+        return
+    info = await redis.info("cluster")
+    if int(info.get("cluster_enabled", 0)):
+        raise ConfigError(
+            "redis.url is a node of a Redis Cluster: use redis+cluster://host:port[,host:port…] "
+            "(docs/cluster.md)"
+        )
+
+
+@attrs.frozen
+class ClusterUrl:
+    """The parts of a `redis+cluster://` URL."""
+
+    nodes: list[tuple[str, int]]
+    password: str | None = None
+    username: str | None = None
+
+
+def parse_cluster_url(url: str) -> ClusterUrl:
+    """Split a `redis+cluster://` URL; raise ConfigError naming what is wrong."""
+    parts = urlsplit(url)
+    credentials, _, hostlist = parts.netloc.rpartition("@")
+    username, _, password = credentials.partition(":") if credentials else ("", "", "")
+    nodes = [_address(item, DEFAULT_CLUSTER_PORT) for item in filter(None, hostlist.split(","))]
+    # A cluster has database 0 only.
+    if not nodes or parts.path.strip("/") not in ("", "0") or parts.query:
+        raise ConfigError("redis.url: expected redis+cluster://[:password@]host:6379[,host2:6379…]")
+    return ClusterUrl(nodes=nodes, password=unquote(password) or None, username=unquote(username) or None)
+
+
+def _address(item: str, default_port: int) -> tuple[str, int]:
+    host, _, port = item.rpartition(":") if item.count(":") == 1 or "]:" in item else (item, "", "")
+    host = host.strip("[]")
+    if not host or (port and not port.isdigit()):
+        raise ConfigError(f"redis.url: bad address {item!r}")
+    return host, int(port) if port else default_port
+
+
+class _SlotPrimaryConnection(Connection):  # type: ignore[misc]
+    """A connection to the primary that serves the slot of taskd's hash tag, found on connect."""
+
+    def __init__(self, *, cluster_nodes: tuple[tuple[str, int], ...], **kwargs: Any) -> None:
+        self.cluster_nodes = cluster_nodes
+        super().__init__(**kwargs)
+
+    async def connect(self) -> None:
+        """Ask the known nodes which one serves taskd's slot now, then connect to it."""
+        if not self.is_connected:
+            self.host, self.port = await self._slot_primary()
+        await super().connect()
+
+    async def _slot_primary(self) -> tuple[str, int]:
+        slot = key_slot(keys.PREFIX.encode())
+        errors = []
+        for host, port in self.cluster_nodes:
+            node = Redis(
+                host=host,
+                port=port,
+                username=self.username,
+                password=self.password,
+                socket_connect_timeout=self.socket_connect_timeout,
+                socket_timeout=self.socket_connect_timeout,
+            )
+            try:
+                for first, last, primary, *_ in await node.execute_command("CLUSTER SLOTS"):
+                    if first <= slot <= last:
+                        # An empty endpoint means the node that answered (as CLUSTER SLOTS documents).
+                        return primary[0].decode() or host, int(primary[1])
+                errors.append(f"{host}:{port} knows no node serving slot {slot}")
+            except RedisError as exc:
+                errors.append(f"{host}:{port}: {exc}")
+            finally:
+                await node.aclose()
+        raise RedisConnectionError("no cluster node answered for taskd's slot: " + "; ".join(errors))
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        """A reply that says the slot is served elsewhere drops the connection (a ConnectionError,
+        as for a node that went away): the next connection asks the cluster again."""
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if not str(exc).startswith(_SLOT_ELSEWHERE):
+                raise
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(
+                f"taskd's slot is not served by {self.host}:{self.port}: {exc}"
+            ) from exc
+
+
+def _cluster_client(parsed: ClusterUrl, options: dict[str, Any]) -> Redis:
+    pool = ConnectionPool(
+        connection_class=_SlotPrimaryConnection,
+        cluster_nodes=tuple(parsed.nodes),
+        username=parsed.username,
+        password=parsed.password,
+        **options,
+    )
+    # The client owns its pool: closing it closes the connections (Redis(connection_pool=…) would not).
+    client: Redis = Redis.from_pool(pool)
+    return client

@@ -35,10 +35,10 @@ from taskd.net.guard import AddressPolicy
 from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import WorkerPool
-from taskd.redis_conn import connect
+from taskd.redis_conn import connect, refuse_cluster
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
-from taskd.store import Admission, TaskStore
+from taskd.store import Admission, TaskStore, layout
 from taskd.submit.dispatch import Dispatcher
 from taskd.tasks.registry import Registry, default_registry
 from taskd.webhooks.sender import WebhookSender
@@ -140,6 +140,8 @@ class Service:
         self._listener = connect(url)
         self._stack.push_async_callback(self._listener.aclose)
         await redis.ping()
+        await refuse_cluster(url, redis)
+        await layout.upgrade(redis)
         session = await self._stack.enter_async_context(aiohttp.ClientSession())
         store = TaskStore(
             redis,

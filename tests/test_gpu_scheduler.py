@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from taskd import keys
 from taskd.config import GpuConfig, LimitsConfig
 from taskd.gpu.devices import GpuInventory, SimulatedBackend, select
 from taskd.gpu.nvml import DeviceReading
@@ -90,11 +91,11 @@ async def test_slots_of_a_dead_worker_come_back(redis):
     await live_worker(redis, "alive")
     dead = GpuScheduler(redis, GpuInventory(GpuConfig(slots=1), FakeNvml([0])), "gone", host="h")
     alive = GpuScheduler(redis, GpuInventory(GpuConfig(slots=1), FakeNvml([0])), "alive", host="h")
-    await redis.set("taskd:worker:gone", "{}")
+    await redis.set(keys.worker("gone"), "{}")
     await dead.try_acquire("orphan", 1)
     assert await alive.try_acquire("next", 1) is None
 
-    await redis.delete("taskd:worker:gone")
+    await redis.delete(keys.worker("gone"))
 
     assert (await alive.try_acquire("next", 1)).device == 0
 

@@ -189,7 +189,7 @@ async def test_redis_holds_a_hash_of_the_key_never_the_key(start_service, redis)
     taskd = await start_service(workers=False)
     await taskd.submit("generate_video", TASK_DATA["generate_video"])
 
-    names = [name.decode() for name in await redis.keys("taskd:ratelimit:*")]
+    names = [name.decode() for name in await redis.keys(keys.rate_limit("*", "")[:-1])]
 
     assert names == [keys.rate_limit("submit", key_id(API_KEY))]
     assert API_KEY not in names[0]

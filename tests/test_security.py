@@ -7,6 +7,7 @@ import hmac
 import pytest
 from conftest import API_KEY
 
+from taskd import keys
 from taskd.config import AuthConfig, ScopedKey
 from taskd.http import auth
 
@@ -83,7 +84,7 @@ async def test_a_project_key_cannot_submit_to_another_project(scoped, redis):
 
 async def stored_keys(redis) -> set[bytes]:
     """Every key but the rate limiter's (a refused request still counts against its key's quota)."""
-    return {key for key in await redis.keys("*") if not key.startswith(b"taskd:ratelimit:")}
+    return {key for key in await redis.keys("*") if not key.startswith(keys.rate_limit("", "")[:-1].encode())}
 
 
 async def test_a_project_key_uses_its_own_project_as_usual(scoped):

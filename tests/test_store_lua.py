@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 import taskd.store
+from taskd import keys
 from taskd.store import TaskStore, scripts
 
 STORE_DIR = Path(taskd.store.__file__).parent
@@ -127,7 +128,7 @@ async def test_a_script_called_with_a_key_its_header_does_not_name_is_refused_be
 
     with pytest.raises(TypeError, match=r"progress.lua takes KEYS \['task', 'outbox', 'progress_state'\]"):
         await progress(
-            keys={"record": "taskd:task:x"},
+            keys={"record": keys.task("x")},
             args={"progress": "0.5", "step": "", "now": "1.0", "worker_id": "w"},
         )
     await redis.aclose()

@@ -1,6 +1,6 @@
 """Queueing scheduled tasks (`run_at`, `delay_seconds`) when their time comes.
 
-A scheduled task waits in Redis (taskd:scheduled), not in a timer of the process that took it, so
+A scheduled task waits in Redis ({taskd}:scheduled), not in a timer of the process that took it, so
 it survives restarts and any taskd process may queue it. Every process looks every
 `LOOK_EVERY_S`, so a task is queued within about that much after its time, then started as any
 queued task (at once, on an idle worker). The look is one Lua script (due.lua), so two processes

@@ -98,7 +98,7 @@ class Admission:
 class Idempotency:
     """A submit's Idempotency-Key: where the first request with it is remembered, and what it asked."""
 
-    # taskd:idempotency:{key id}:{hash} (taskd.keys.idempotency).
+    # {taskd}:idempotency:{key id}:{hash} (taskd.keys.idempotency).
     key: str
     # A digest of the route and body: the same key with another fingerprint is refused.
     fingerprint: str
@@ -196,7 +196,7 @@ class TaskStore:
                 "job": keys.arq_job(job.job_id),
                 "active": keys.project_active(record.project_id),
                 "processing": keys.project_processing(record.project_id),
-                "idempotency": idempotency.key if idempotency else "",
+                "idempotency": idempotency.key if idempotency else keys.NO_KEY,
             },
             args={
                 "task_id": record.task_id,
@@ -288,7 +288,10 @@ class TaskStore:
         ]
         reply, replicated = await self._run(
             self._batch,
-            key_names={"metrics": keys.METRICS, "idempotency": idempotency.key if idempotency else ""},
+            key_names={
+                "metrics": keys.METRICS,
+                "idempotency": idempotency.key if idempotency else keys.NO_KEY,
+            },
             args={
                 "ttl": self.task_ttl,
                 "queued_limit": admission.queued_per_project,

@@ -6,7 +6,7 @@ slots, the webhook outbox, the rate limits, the provider limits) load theirs fro
 Each script opens with a comment block (the header) that says what it does, then one line per
 key and argument, in order, each with the name callers pass it under:
 
-    -- KEYS[1]  task      taskd:task:{id}, the record hash
+    -- KEYS[1]  task      {taskd}:task:{id}, the record hash
     -- ARGV[1]  task_id   the task's id
     -- ARGV[2..] fields   field/value pairs (a trailing `..` takes the rest of ARGV)
     -- Returns ...
@@ -46,6 +46,7 @@ CONSTANTS: Mapping[str, str] = {
     "PROCESSING_PREFIX": keys.project_processing(""),
     "DEPENDENTS_PREFIX": keys.dependents(""),
     "SCHEDULED": keys.SCHEDULED,
+    "NO_KEY": keys.NO_KEY,
     # The lowest priority: its jobs are not moved earlier by aging (taskd.queue.task_queue.job_score).
     "PRIORITY_LOW": str(PRIORITY_LOW),
     "JOB_PREFIX": keys.ARQ_JOB_PREFIX,

@@ -13,6 +13,7 @@ from faultkit import child_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from taskd import keys
 from taskd.embedded import EmbeddedValkey
 
 DOCUMENTED_4XX = {400, 401, 404, 405, 413, 429}
@@ -89,7 +90,7 @@ def api(module_spawn_taskd, tmp_path_factory):
 
 def records(store) -> int:
     """Task records and queued arq jobs in Redis."""
-    return len(store.keys("taskd:task:*")) + len(store.keys("arq:job:*"))
+    return len(store.keys(keys.task("*"))) + len(store.keys(keys.arq_job("*")))
 
 
 def check_refusal(response: httpx.Response, before: int, store) -> None:

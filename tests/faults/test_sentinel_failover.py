@@ -12,6 +12,7 @@ from faultkit import Api, ValkeyServer
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from taskd import keys
 from taskd.config import LimitsConfig, RedisConfig
 from taskd.redis_conn import connect, parse_sentinel_url
 from taskd.service import Service
@@ -82,7 +83,7 @@ async def test_failover_while_tasks_flow_loses_no_acknowledged_task(sentinel_clu
                 await flowing
             bodies = await api.wait_all(acknowledged, timeout=30)
         async with replica.client() as new_primary:
-            stored = sum([await new_primary.exists(f"taskd:task:{task_id}") for task_id in acknowledged])
+            stored = sum([await new_primary.exists(keys.task(task_id)) for task_id in acknowledged])
     finally:
         await service.stop(grace=1)
 

@@ -15,6 +15,7 @@ from conftest import make_config
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
+from taskd import keys
 from taskd.alerts import redis_memory_alerts
 from taskd.config import ConfigError, MediaConfig, load_config
 from taskd.embedded import EmbeddedValkey
@@ -161,8 +162,8 @@ async def test_a_media_task_is_refused_with_503_while_the_media_disk_is_nearly_f
     assert answer["error"] == "service_unavailable"
     assert "Media storage is nearly full" in answer["message"]
     assert retry_after is not None and int(retry_after) > 0
-    assert await redis.keys("taskd:task:*") == []
-    assert await redis.keys("arq:job:*") == []
+    assert await redis.keys(keys.task("*")) == []
+    assert await redis.keys(keys.arq_job("*")) == []
 
 
 async def test_a_task_without_media_is_accepted_while_the_media_disk_is_nearly_full(start_service):

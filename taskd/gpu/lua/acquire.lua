@@ -1,9 +1,10 @@
 -- acquire.lua: takes slots of the best device on this host for a task, if one has room.
 --
--- KEYS: none (the device hashes are named from ARGV, one per device of the host; taskd runs on a
--- standalone Redis or a Sentinel-managed one, where a script may touch keys it was not given).
--- ARGV[1]  worker_prefix  taskd:worker:, the liveness key of a holder's worker is this + its id
--- ARGV[2]  device_prefix  taskd:gpu:{host}:, a device's holders hash is this + its index, and
+-- KEYS: none (the device hashes are named from ARGV, one per device of the host; every key taskd
+-- uses is in the slot of the hash tag {taskd}, which a cluster lets a script touch undeclared:
+-- docs/cluster.md).
+-- ARGV[1]  worker_prefix  {taskd}:worker:, the liveness key of a holder's worker is this + its id
+-- ARGV[2]  device_prefix  {taskd}:gpu:{host}:, a device's holders hash is this + its index, and
 --                         this + 'reserved' the host's reservation ('task|device|until ms|score')
 -- ARGV[3]  task_id        the task taking the slots
 -- ARGV[4]  worker_id      the worker running it

@@ -5,7 +5,7 @@
 -- is refused, however the earlier ones were spread. A request of cost n (a batch of n submissions)
 -- is n requests at once: accepted whole only if n fit, else refused whole. Redis's own clock is
 -- used, so every taskd process agrees.
--- KEYS[1]  log     taskd:ratelimit:{policy}:{key hash}, accepted request times (ms) -> themselves
+-- KEYS[1]  log     {taskd}:ratelimit:{policy}:{key hash}, accepted request times (ms) -> themselves
 -- ARGV[1]  limit   requests allowed per window
 -- ARGV[2]  window  the window, in ms
 -- ARGV[3]  nonce   a value unique to this request (two requests may share a millisecond)

@@ -5,8 +5,8 @@
 -- or its lease ends (so a worker that died while holding one gives it back after one lease), and
 -- at most `per_minute` requests sent in any 60 s (a sliding log, as taskd/http/lua/window.lua).
 -- A request enters the minute's log only when it gets its slot: a refused try costs nothing.
--- KEYS[1]  slots       taskd:provider:{name}:slots, holder -> ms its lease ends
--- KEYS[2]  minute      taskd:provider:{name}:minute, times (ms) of the requests sent -> themselves
+-- KEYS[1]  slots       {taskd}:provider:{name}:slots, holder -> ms its lease ends
+-- KEYS[2]  minute      {taskd}:provider:{name}:minute, times (ms) of the requests sent -> themselves
 -- ARGV[1]  limit       requests in flight at once (0 = unlimited: no slot is recorded)
 -- ARGV[2]  per_minute  requests per 60 s (0 = unlimited: nothing is logged)
 -- ARGV[3]  lease       ms a slot stays held without a renewal

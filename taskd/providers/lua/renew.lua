@@ -1,6 +1,6 @@
 -- renew.lua: extends the lease of a provider slot whose request is still running.
 --
--- KEYS[1]  slots   taskd:provider:{name}:slots, holder -> ms its lease ends
+-- KEYS[1]  slots   {taskd}:provider:{name}:slots, holder -> ms its lease ends
 -- ARGV[1]  lease   ms from now the slot stays held without another renewal
 -- ARGV[2]  holder  the name the request acquired its slot under
 -- Returns 1, or 0 when the slot is no longer held: its lease ended and acquire.lua dropped it

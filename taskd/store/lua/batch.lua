@@ -5,11 +5,11 @@
 -- only when all pass are they written, in order, so a refusal writes nothing. A task may depend on
 -- an earlier task of the batch (the caller has already replaced the index it named by that task's
 -- id): it waits for it like for any queued task.
--- With an Idempotency-Key (KEYS[2] not ''), the key is checked and remembered in the same step, as
+-- With an Idempotency-Key (KEYS[2] not {taskd}:none), the key is checked and remembered in the same step, as
 -- in submit.lua: the first request's answer comes back for the same fingerprint, another one is
 -- refused, and either way nothing is written; a refused batch remembers nothing.
--- KEYS[1]  metrics         taskd:metrics, the shared counters
--- KEYS[2]  idempotency     taskd:idempotency:{key id}:{key hash}, the Idempotency-Key's memory; '' for none
+-- KEYS[1]  metrics         {taskd}:metrics, the shared counters
+-- KEYS[2]  idempotency     {taskd}:idempotency:{key id}:{key hash}, the Idempotency-Key's memory; {taskd}:none for none
 -- ARGV[1]  ttl             seconds the records, the indexes and the active sets are kept
 -- ARGV[2]  queued_limit    the most tasks a project may have waiting (queued); 0 = unlimited
 -- ARGV[3]  queue_limit     the most tasks that may wait on a queue; 0 = unlimited
@@ -20,7 +20,7 @@
 --                          score, job_id, job, job_expiry_ms, depends_on, scheduled_ms, fields}: what submit.lua
 --                          gets as its arguments (fields: name, value, ...)
 -- The keys of each task (its record, its project's index and sets, its queue's line, its job) are
--- built here from taskd.keys's prefixes; taskd supports standalone Redis and Sentinel, not Cluster.
+-- built here from taskd.keys's prefixes, all in the slot of the hash tag {taskd} (docs/cluster.md).
 -- Returns {'ok', results}: results a JSON list, in order, of [position, duration_sum,
 -- duration_count] (as submit.lua returns them); or {'bad_dependency', index, id, why},
 -- {'project_full', index, waiting tasks}, {'queue_full', index, waiting tasks}: the 0-based index
@@ -28,7 +28,7 @@
 -- (JSON lists: what the key's first request got) or {'idempotency_key_reused'}, and nothing is
 -- written either.
 -- include lib/admit.lua
-local remembered = KEYS[2] ~= ''
+local remembered = KEYS[2] ~= '@NO_KEY@'
 if remembered then
   local first = redis.call('HMGET', KEYS[2], 'fingerprint', 'results', 'task_ids', 'created_ms')
   if first[1] then

@@ -3,11 +3,11 @@
 -- Writes the cancellation (and the state it came from), frees the task's running entry and
 -- drops its job, and, through ended(), counts it, frees its project slot, makes its webhook due
 -- and emits the event. A task that already ended is left as it is.
--- KEYS[1]  task     taskd:task:{id}, the record hash
--- KEYS[2]  running  taskd:running:{queue}, the queue's processing tasks
--- KEYS[3]  metrics  taskd:metrics, the shared counters
--- KEYS[4]  outbox   taskd:webhooks:due, the webhook outbox
--- KEYS[5]  queue    taskd:queue:{queue}, arq's sorted set of the queue
+-- KEYS[1]  task     {taskd}:task:{id}, the record hash
+-- KEYS[2]  running  {taskd}:running:{queue}, the queue's processing tasks
+-- KEYS[3]  metrics  {taskd}:metrics, the shared counters
+-- KEYS[4]  outbox   {taskd}:webhooks:due, the webhook outbox
+-- KEYS[5]  queue    {taskd}:queue:{queue}, arq's sorted set of the queue
 -- ARGV[1]  now      now, in seconds (its cancelled_at)
 -- ARGV[2]  ttl      seconds the record is kept from now
 -- ARGV[3]  task_id  the task's id

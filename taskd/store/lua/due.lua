@@ -1,9 +1,9 @@
 -- due.lua: queues the scheduled tasks whose time has come (`run_at`, `delay_seconds`).
 --
 -- Every taskd process runs it on a short timer (taskd.engine.scheduled); one script takes each due
--- task off taskd:scheduled and queues it, so two processes never queue one task twice, and a
+-- task off {taskd}:scheduled and queues it, so two processes never queue one task twice, and a
 -- restart loses nothing (the schedule is in Redis, not in a timer).
--- KEYS[1]  scheduled  taskd:scheduled, the tasks waiting for their time (task id -> due ms)
+-- KEYS[1]  scheduled  {taskd}:scheduled, the tasks waiting for their time (task id -> due ms)
 -- ARGV[1]  now_ms     now, in ms
 -- ARGV[2]  aging_ms   execution.priority_aging in ms (lib/fair.lua)
 -- ARGV[3]  batch      the most tasks queued in one call (the rest wait for the next)

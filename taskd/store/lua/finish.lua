@@ -3,11 +3,11 @@
 -- Drops the task's arq job, writes its end, counts it (a completed task's duration also feeds the
 -- per-type sum, count and histogram bucket), and, through ended(), frees its project slot, makes its
 -- webhook due and emits the event. A task cancelled or taken over meanwhile is left as it is.
--- KEYS[1]  task       taskd:task:{id}, the record hash
--- KEYS[2]  running    taskd:running:{queue}, the queue's processing tasks
--- KEYS[3]  metrics    taskd:metrics, the shared counters
--- KEYS[4]  outbox     taskd:webhooks:due, the webhook outbox
--- KEYS[5]  queue      taskd:queue:{queue}, arq's sorted set of the queue
+-- KEYS[1]  task       {taskd}:task:{id}, the record hash
+-- KEYS[2]  running    {taskd}:running:{queue}, the queue's processing tasks
+-- KEYS[3]  metrics    {taskd}:metrics, the shared counters
+-- KEYS[4]  outbox     {taskd}:webhooks:due, the webhook outbox
+-- KEYS[5]  queue      {taskd}:queue:{queue}, arq's sorted set of the queue
 -- ARGV[1]  worker_id  the calling worker's id
 -- ARGV[2]  counter    'completed_tasks' or 'failed_tasks'
 -- ARGV[3]  task_type  the task's type, for the per-type counters

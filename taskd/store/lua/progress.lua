@@ -2,9 +2,9 @@
 --
 -- A task whose webhook_events include `progress` gets a progress webhook, coalesced
 -- (queue_progress_webhook in lib/webhook_event.lua).
--- KEYS[1]  task            taskd:task:{id}, the record hash
--- KEYS[2]  outbox          taskd:webhooks:due, the webhook outbox
--- KEYS[3]  progress_state  taskd:webhook:{id}:progress, the delivery state of its progress webhook
+-- KEYS[1]  task            {taskd}:task:{id}, the record hash
+-- KEYS[2]  outbox          {taskd}:webhooks:due, the webhook outbox
+-- KEYS[3]  progress_state  {taskd}:webhook:{id}:progress, the delivery state of its progress webhook
 -- ARGV[1]  progress        the fraction done, 0.0 to 1.0
 -- ARGV[2]  step            the current step's description; '' leaves the stored one
 -- ARGV[3]  now             now, in seconds (the record's updated_at)

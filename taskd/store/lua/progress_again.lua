@@ -4,9 +4,9 @@
 -- progress.lua queues nothing while a progress webhook is in the outbox, and one being sent is
 -- there until its outcome is recorded; a progress written after the sender read the record would
 -- otherwise never be sent. The sender calls this once its attempt is recorded.
--- KEYS[1]  task            taskd:task:{id}, the record hash
--- KEYS[2]  outbox          taskd:webhooks:due, the webhook outbox
--- KEYS[3]  progress_state  taskd:webhook:{id}:progress, the delivery state of its progress webhook
+-- KEYS[1]  task            {taskd}:task:{id}, the record hash
+-- KEYS[2]  outbox          {taskd}:webhooks:due, the webhook outbox
+-- KEYS[3]  progress_state  {taskd}:webhook:{id}:progress, the delivery state of its progress webhook
 -- ARGV[1]  task_id         the task's id
 -- ARGV[2]  sent            the record's updated_at in the body just sent (as stored)
 -- ARGV[3]  now_ms          now, in ms

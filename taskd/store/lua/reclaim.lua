@@ -2,10 +2,10 @@
 --
 -- The task is requeued under a new arq job, or failed once it has taken down `max_deaths`
 -- workers. A worker whose heartbeat key still exists is alive, and its task is left alone.
--- KEYS[1]  task           taskd:task:{id}, the record hash
--- KEYS[2]  running        taskd:running:{queue}, the queue's processing tasks
--- KEYS[3]  metrics        taskd:metrics, the shared counters
--- KEYS[4]  outbox         taskd:webhooks:due, the webhook outbox
+-- KEYS[1]  task           {taskd}:task:{id}, the record hash
+-- KEYS[2]  running        {taskd}:running:{queue}, the queue's processing tasks
+-- KEYS[3]  metrics        {taskd}:metrics, the shared counters
+-- KEYS[4]  outbox         {taskd}:webhooks:due, the webhook outbox
 -- ARGV[1]  task_id        the task's id
 -- ARGV[2]  now            now, in seconds (as stored in the record)
 -- ARGV[3]  now_ms         now, in ms
@@ -13,9 +13,9 @@
 -- ARGV[5]  score          when the new job is due, in ms
 -- ARGV[6]  max_deaths     the worker deaths after which the task fails
 -- ARGV[7]  ttl            seconds a failed task's record is kept from now
--- ARGV[8]  worker_prefix  the prefix of a worker's heartbeat key (taskd:worker:)
+-- ARGV[8]  worker_prefix  the prefix of a worker's heartbeat key ({taskd}:worker:)
 -- ARGV[9]  aging_ms       execution.priority_aging in ms (lib/fair.lua)
--- The task leaves its project's processing set (taskd:project_processing:{project_id}); a requeued
+-- The task leaves its project's processing set ({taskd}:project_processing:{project_id}); a requeued
 -- one's new job joins its project's line (lib/fair.lua).
 -- Returns 'requeued', 'failed', 'alive' (its worker beats again) or 'not_processing' (the task
 -- ended meanwhile; its running entry is removed).

@@ -2,9 +2,9 @@
 --
 -- A retry after a transient error (counted, with the error and when it is next tried), or a
 -- running task handed back at shutdown. A task cancelled or taken over meanwhile is left as it is.
--- KEYS[1]  task        taskd:task:{id}, the record hash
--- KEYS[2]  running     taskd:running:{queue}, the queue's processing tasks
--- KEYS[3]  metrics     taskd:metrics, the shared counters
+-- KEYS[1]  task        {taskd}:task:{id}, the record hash
+-- KEYS[2]  running     {taskd}:running:{queue}, the queue's processing tasks
+-- KEYS[3]  metrics     {taskd}:metrics, the shared counters
 -- ARGV[1]  worker_id   the calling worker's id
 -- ARGV[2]  task_id     the task's id
 -- ARGV[3]  now         now, in seconds (the record's updated_at)
@@ -14,7 +14,7 @@
 -- ARGV[7]  retried     '1' counts an automatic retry (and keeps last_error), '0' a hand-back
 -- ARGV[8]  last_error  the transient error a retry follows; '' for a hand-back
 -- ARGV[9]  aging_ms    execution.priority_aging in ms (lib/fair.lua)
--- The task leaves its project's processing set (taskd:project_processing:{project_id}) and its new
+-- The task leaves its project's processing set ({taskd}:project_processing:{project_id}) and its new
 -- job joins its project's line (lib/fair.lua).
 -- Returns 'ok' when requeued here; else the task's status (false if the record is gone).
 -- include lib/emit.lua

@@ -7,12 +7,12 @@
 -- was lost. A task whose project already runs `project_limit` tasks is not claimed (no lock
 -- taken): it stays its project's head on the queue, and the worker goes on to other projects'
 -- heads. A started task leaves its project's line and the next one becomes the head (lib/fair.lua).
--- KEYS[1]  task           taskd:task:{id}, the record hash
--- KEYS[2]  running        taskd:running:{queue}, the queue's processing tasks (id -> started ms)
--- KEYS[3]  lock           arq:in-progress:{job id}, arq's lock of the job
--- KEYS[4]  queue          taskd:queue:{queue}, arq's sorted set of the queue
--- KEYS[5]  outbox         taskd:webhooks:due, the webhook outbox
--- KEYS[6]  started_state  taskd:webhook:{id}:started, the delivery state of its `started` webhook
+-- KEYS[1]  task           {taskd}:task:{id}, the record hash
+-- KEYS[2]  running        {taskd}:running:{queue}, the queue's processing tasks (id -> started ms)
+-- KEYS[3]  lock           {taskd}:arq:in-progress:{job id}, arq's lock of the job
+-- KEYS[4]  queue          {taskd}:queue:{queue}, arq's sorted set of the queue
+-- KEYS[5]  outbox         {taskd}:webhooks:due, the webhook outbox
+-- KEYS[6]  started_state  {taskd}:webhook:{id}:started, the delivery state of its `started` webhook
 -- ARGV[1]  now            now, in seconds (as stored in the record)
 -- ARGV[2]  worker_id      the claiming worker's id (the lock's value)
 -- ARGV[3]  task_id        the task's id
@@ -21,8 +21,8 @@
 -- ARGV[6]  lock_ms        milliseconds the lock is held
 -- ARGV[7]  project_limit  limits.concurrent_per_project: the most processing tasks of a project; 0 = no limit
 -- ARGV[8]  aging_ms       execution.priority_aging in ms (where the next head goes: lib/fair.lua)
--- Through lib/fair.lua it reads and writes taskd:project_processing:{project_id},
--- taskd:project_waiting:{queue}:{project_id}, taskd:waiting:{queue} and taskd:heads:{queue}.
+-- Through lib/fair.lua it reads and writes {taskd}:project_processing:{project_id},
+-- {taskd}:project_waiting:{queue}:{project_id}, {taskd}:waiting:{queue} and {taskd}:heads:{queue}.
 -- Returns 'locked' (another worker holds the job), 'not_due' (gone from the queue or not due
 -- yet) or 'throttled' (its project runs project_limit tasks) without claiming; else {score,
 -- 'started', field, value, ...} with the started record, or {score, why} when the claimed job's

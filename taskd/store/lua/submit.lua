@@ -5,19 +5,19 @@
 -- the project's head: lib/fair.lua), the workers' wake-up and the first event. How many of the
 -- project's tasks run at once is not decided here: start.lua throttles, so a busy project's
 -- tasks are accepted and wait.
--- With an Idempotency-Key (KEYS[8] not ''), the key is checked and remembered in the same step
+-- With an Idempotency-Key (KEYS[8] not {taskd}:none), the key is checked and remembered in the same step
 -- as the task is created, so of two identical requests racing exactly one creates the task: a key
 -- seen before with the same fingerprint answers with what its first request made, with another
 -- fingerprint it is refused; either way nothing is written. A refused submit (a full project or
 -- queue) remembers nothing, so the same request may be sent again later.
--- KEYS[1]  task           taskd:task:{id}, the record hash to write
--- KEYS[2]  project        taskd:project:{project_id}, the project's index (id -> created ms)
--- KEYS[3]  metrics        taskd:metrics, the shared counters
--- KEYS[4]  waiting        taskd:waiting:{queue}, every waiting job of the task's queue
--- KEYS[5]  job            arq:job:{job id}, the arq job to create
--- KEYS[6]  active         taskd:project_active:{project_id}, the project's queued and processing ids
--- KEYS[7]  processing     taskd:project_processing:{project_id}, the project's processing ids
--- KEYS[8]  idempotency    taskd:idempotency:{key id}:{key hash}, the Idempotency-Key's memory; '' for none
+-- KEYS[1]  task           {taskd}:task:{id}, the record hash to write
+-- KEYS[2]  project        {taskd}:project:{project_id}, the project's index (id -> created ms)
+-- KEYS[3]  metrics        {taskd}:metrics, the shared counters
+-- KEYS[4]  waiting        {taskd}:waiting:{queue}, every waiting job of the task's queue
+-- KEYS[5]  job            {taskd}:arq:job:{job id}, the arq job to create
+-- KEYS[6]  active         {taskd}:project_active:{project_id}, the project's queued and processing ids
+-- KEYS[7]  processing     {taskd}:project_processing:{project_id}, the project's processing ids
+-- KEYS[8]  idempotency    {taskd}:idempotency:{key id}:{key hash}, the Idempotency-Key's memory; {taskd}:none for none
 -- ARGV[1]  task_id        the task's id
 -- ARGV[2]  created_ms     its creation time in ms (its score in the project index)
 -- ARGV[3]  ttl            seconds the record, the index and the active set are kept
@@ -27,7 +27,7 @@
 -- ARGV[7]  job_expiry_ms  milliseconds the job definition is kept
 -- ARGV[8]  queued_limit   the most tasks a project may have waiting (queued); 0 = unlimited
 -- ARGV[9]  queue_limit    the most tasks that may wait on the queue; 0 = unlimited
--- ARGV[10] queue          taskd's queue name, published on taskd:wake
+-- ARGV[10] queue          taskd's queue name, published on {taskd}:wake
 -- ARGV[11] task_type      the task's type, for the per-type counters
 -- ARGV[12] aging_ms       execution.priority_aging in ms (where a promoted head goes: lib/fair.lua)
 -- ARGV[13] fingerprint    a digest of the request's route and body ('' without an Idempotency-Key)
@@ -37,9 +37,9 @@
 -- ARGV[17..] fields       the record's fields: name, value, name, value, ...
 -- The checks and the writes are lib/admit.lua's, which batch.lua shares: a task with dependencies
 -- not yet completed waits for them with no job; a task scheduled for later waits on
--- taskd:scheduled with no job, in no line, until due.lua queues it.
--- The lines and heads it writes through lib/fair.lua are taskd:project_waiting:{queue}:{project_id},
--- taskd:heads:{queue} and arq's taskd:queue:{queue}.
+-- {taskd}:scheduled with no job, in no line, until due.lua queues it.
+-- The lines and heads it writes through lib/fair.lua are {taskd}:project_waiting:{queue}:{project_id},
+-- {taskd}:heads:{queue} and arq's {taskd}:queue:{queue}.
 -- Returns {'ok', position, duration_sum, duration_count}: the task's 1-based queue position
 -- (lib/fair.lua's place) and the type's past durations (sum and count, as stored); or
 -- {'project_full', waiting tasks} or {'queue_full', waiting tasks}, or {'bad_dependency', id, why}
@@ -48,7 +48,7 @@
 -- request got, or {'idempotency_key_reused'}, and then nothing is written either. A task waiting
 -- for its dependencies or its time has position 0.
 -- include lib/admit.lua
-local remembered = KEYS[8] ~= ''
+local remembered = KEYS[8] ~= '@NO_KEY@'
 if remembered then
   local first = redis.call('HMGET', KEYS[8], 'fingerprint', 'position', 'duration_sum', 'duration_count',
     'task_id', 'created_ms')

@@ -1,6 +1,6 @@
 -- claim.lua: leases up to `most` due webhooks to the calling sender, with what it needs to send them.
 --
--- KEYS[1]  due          taskd:webhooks:due, member (task id, or `{id}:{event}`) -> ms its next attempt
+-- KEYS[1]  due          {taskd}:webhooks:due, member (task id, or `{id}:{event}`) -> ms its next attempt
 --                       is due (or its lease ends)
 -- ARGV[1]  now          now, in ms
 -- ARGV[2]  lease_until  the ms the lease ends: the claimed members' new score

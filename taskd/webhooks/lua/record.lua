@@ -1,8 +1,8 @@
 -- record.lua: writes how one delivery attempt went, if the caller still holds its lease.
 --
--- KEYS[1]  due       taskd:webhooks:due
--- KEYS[2]  state     taskd:webhook:{id}, the delivery state hash shown by GET status
--- KEYS[3]  metrics   taskd:metrics, the counters hash
+-- KEYS[1]  due       {taskd}:webhooks:due
+-- KEYS[2]  state     {taskd}:webhook:{id}, the delivery state hash shown by GET status
+-- KEYS[3]  metrics   {taskd}:metrics, the counters hash
 -- ARGV[1]  task_id   the task whose webhook this is
 -- ARGV[2]  lease     the lease (score) the caller set when it claimed the webhook
 -- ARGV[3]  now       now, in ms

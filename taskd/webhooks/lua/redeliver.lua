@@ -1,7 +1,7 @@
 -- redeliver.lua: starts a fresh delivery of a task's webhook now and wakes every sender.
 --
--- KEYS[1]  due      taskd:webhooks:due
--- KEYS[2]  state    taskd:webhook:{id}, the delivery state hash (reset: attempts count from 0)
+-- KEYS[1]  due      {taskd}:webhooks:due
+-- KEYS[2]  state    {taskd}:webhook:{id}, the delivery state hash (reset: attempts count from 0)
 -- ARGV[1]  task_id  the task whose webhook this is
 -- ARGV[2]  now      now, in ms: when the first attempt is due
 -- ARGV[3]  ttl      seconds the state hash is kept

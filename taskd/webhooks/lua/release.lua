@@ -1,6 +1,6 @@
 -- release.lua: gives a lease back without an attempt (the sender is stopping, or the task is gone).
 --
--- KEYS[1]  due      taskd:webhooks:due
+-- KEYS[1]  due      {taskd}:webhooks:due
 -- ARGV[1]  task_id  the task whose webhook this is
 -- ARGV[2]  lease    the lease (score) the caller set when it claimed the webhook
 -- ARGV[3]  due_at   the ms it is due again; '' drops it from the outbox

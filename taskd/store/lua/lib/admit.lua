@@ -19,9 +19,9 @@
 -- 'cancelled'); queued a count; store the task's 1-based queue position (lib/fair.lua's place).
 -- A task with dependencies not yet completed
 -- is stored queued with `waiting_for` (a JSON list of them) and no job (its `job_id` left out,
--- `enqueues` 0), and added to each one's taskd:dependents:{id}; lib/ended.lua queues it when the
+-- `enqueues` 0), and added to each one's {taskd}:dependents:{id}; lib/ended.lua queues it when the
 -- last one completes. A task scheduled for later is stored the same way, queued with
--- `scheduled_for` and no job, and added to taskd:scheduled, its record (and the project's index
+-- `scheduled_for` and no job, and added to {taskd}:scheduled, its record (and the project's index
 -- and active set) kept until `ttl` past its time; due.lua queues it when its time comes. Until then
 -- it is in no line, so it holds up no other task of its project and counts in no queue position.
 -- Either way its position is 0.

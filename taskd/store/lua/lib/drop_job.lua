@@ -4,11 +4,11 @@
 -- of its own; its caller passes the keys it works on.
 -- KEYS: none
 -- ARGV: none
---   task_key   the task's record hash (taskd:task:{id}); its job_id field names the job
---   queue_key  arq's sorted set of the task's queue (taskd:queue:{queue})
+--   task_key   the task's record hash ({taskd}:task:{id}); its job_id field names the job
+--   queue_key  arq's sorted set of the task's queue ({taskd}:queue:{queue})
 --   job_id     optional: the record's job_id as the caller read it (false: none); read when nil
 --
--- Deletes the job's definition (arq:job:{job id}) and lock (arq:in-progress:{job id}) and takes
+-- Deletes the job's definition ({taskd}:arq:job:{job id}) and lock ({taskd}:arq:in-progress:{job id}) and takes
 -- it off the queue, in the script that ends or requeues the task, so the worker need not drop
 -- it in a round trip of its own.
 -- Returns nothing.

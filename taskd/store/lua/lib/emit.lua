@@ -6,13 +6,13 @@
 -- of its own; its caller passes the key it works on.
 -- KEYS: none
 -- ARGV: none
---   task_key  the task's record hash (taskd:task:{id}), already changed
+--   task_key  the task's record hash ({taskd}:task:{id}), already changed
 --   kind      the event type: 'status' or 'progress'
 --   record    a table of the record's fields by name, as stored (strings); absent fields nil
 --   kept      true: the streams' expiry is left as it is (see below)
 --
 -- Appends the event (the record's public fields, and the result once completed) to the task's
--- stream (taskd:events:task:{id}) and its project's stream (taskd:events:project:{project_id}),
+-- stream ({taskd}:events:task:{id}) and its project's stream ({taskd}:events:project:{project_id}),
 -- which the SSE endpoints read; both are capped and expire a day after their last event, except
 -- that a start (start.lua passes `kept`) does not push their expiry back: the queued event before
 -- it set one and the event that follows it (an end, a retry, a hand-back) sets it again: two

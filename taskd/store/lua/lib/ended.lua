@@ -6,9 +6,9 @@
 -- of its own; its caller passes the keys and values it works on.
 -- KEYS: none
 -- ARGV: none
---   task_key     the task's record hash (taskd:task:{id}), already holding its end state
---   metrics_key  the shared counters (taskd:metrics)
---   outbox_key   the webhook outbox (taskd:webhooks:due)
+--   task_key     the task's record hash ({taskd}:task:{id}), already holding its end state
+--   metrics_key  the shared counters ({taskd}:metrics)
+--   outbox_key   the webhook outbox ({taskd}:webhooks:due)
 --   counter      the metrics counter to add one to: completed_tasks, failed_tasks or cancelled_tasks
 --   per_type     prefix of a per-task-type counter to add one to ({per_type}:{task type}), or nil
 --   task_id      the task's id
@@ -20,14 +20,14 @@
 --                (finish.lua); else it is read here
 --
 -- Counts the end, frees the task's place among its project's active tasks
--- (taskd:project_active:{project_id}) and processing ones (taskd:project_processing:{project_id},
+-- ({taskd}:project_active:{project_id}) and processing ones ({taskd}:project_processing:{project_id},
 -- the throttle start.lua keeps), queues its webhook when it has a callback_url and its
 -- webhook_events include this end (lib/webhook_event.lua; waking the senders on
--- taskd:webhooks:wake), keeps the record for its `keep_for` or `ttl` (and, with a
--- `keep_for`, the project's index taskd:project:{project_id} at least as long, so the task stays in
--- the project's list), takes it off taskd:scheduled if it was waiting for its time there and
+-- {taskd}:webhooks:wake), keeps the record for its `keep_for` or `ttl` (and, with a
+-- `keep_for`, the project's index {taskd}:project:{project_id} at least as long, so the task stays in
+-- the project's list), takes it off {taskd}:scheduled if it was waiting for its time there and
 -- emits a status event.
--- Then it settles the tasks waiting for this one (taskd:dependents:{id}, `depends_on`), in the
+-- Then it settles the tasks waiting for this one ({taskd}:dependents:{id}, `depends_on`), in the
 -- same script so that no end can be lost between the two: when this one completed, it leaves
 -- each one's `waiting_for`, and one that waits for nothing more (nor for its `scheduled_for`,
 -- which due.lua then looks after) gets its first job, due now
@@ -57,7 +57,7 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
     redis.call('PUBLISH', '@WEBHOOKS_WAKE@', task_id)
   end
   -- Only a task still waiting for its dependencies or its time has these (due.lua and this
-  -- function take it off taskd:scheduled and drop its `scheduled_for` together).
+  -- function take it off {taskd}:scheduled and drop its `scheduled_for` together).
   if r.waiting_for or r.scheduled_for then redis.call('HDEL', task_key, 'waiting_for', 'scheduled_for') end
   if r.scheduled_for then redis.call('ZREM', '@SCHEDULED@', task_id) end
   -- Its own `keep_for` decides how long this record stays; `ttl` stays the default for the

@@ -4,9 +4,9 @@
 -- of its own; its caller passes the keys and values it works on.
 -- KEYS: none
 -- ARGV: none
---   task_key  the task's record hash (taskd:task:{id})
+--   task_key  the task's record hash ({taskd}:task:{id})
 --   task_id   the task's id
---   queue     taskd's queue name; the job goes on arq's sorted set taskd:queue:{queue}
+--   queue     taskd's queue name; the job goes on arq's sorted set {taskd}:queue:{queue}
 --   score     when the job is due, in ms (arq's queue score)
 --   now_ms    now, in ms: the job's enqueue time
 --   aging_ms  execution.priority_aging in ms (lib/fair.lua)
@@ -15,9 +15,8 @@
 -- earlier attempt (still in arq's hands) can never run the task again. The job is written in
 -- arq's format (the same JSON as taskd.queue.task_queue.job_payload, a test pins it) and lives a day
 -- past its score. It waits in its project's line (lib/fair.lua), on arq's set once it is the
--- project's head; the queue's name is published on taskd:wake to wake the workers.
--- Keys built here follow taskd.keys and arq's layout; taskd supports standalone Redis and
--- Sentinel, not Cluster.
+-- project's head; the queue's name is published on {taskd}:wake to wake the workers.
+-- Keys built here follow taskd.keys (arq's layout, under the hash tag {taskd}: docs/cluster.md).
 -- Returns the new job id.
 -- include lib/fair.lua
 local function enqueue(task_key, task_id, queue, score, now_ms, aging_ms)

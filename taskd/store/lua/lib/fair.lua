@@ -5,10 +5,10 @@
 -- KEYS: none
 -- ARGV: none
 --
--- arq's sorted set of a queue (taskd:queue:{queue}) holds, besides the running jobs, at most one
--- waiting job per project: the project's head (taskd:heads:{queue} says which). Every waiting job
--- is also in its project's line (taskd:project_waiting:{queue}:{project_id}) and in the queue's
--- line (taskd:waiting:{queue}), both by the job's own score (its due time moved earlier by its
+-- arq's sorted set of a queue ({taskd}:queue:{queue}) holds, besides the running jobs, at most one
+-- waiting job per project: the project's head ({taskd}:heads:{queue} says which). Every waiting job
+-- is also in its project's line ({taskd}:project_waiting:{queue}:{project_id}) and in the queue's
+-- line ({taskd}:waiting:{queue}), both by the job's own score (its due time moved earlier by its
 -- priority, taskd.queue.task_queue.job_score). The head is the first of its project's line; when
 -- it starts, the next one goes on arq's set with the score it would get if submitted now (never
 -- earlier than its own): behind the heads of the projects already waiting, so projects take
@@ -19,7 +19,7 @@
 --   seat(queue, project, now_ms, aging_ms, known, head)   makes the line's first job the head
 --   throttled(project, limit)                             whether the project runs `limit` tasks
 --   place(queue, project, job)                            a waiting job's queue position
---     task_key  the task's record hash (taskd:task:{id}); its queue and project_id name the lines
+--     task_key  the task's record hash ({taskd}:task:{id}); its queue and project_id name the lines
 --     job       the arq job id ({task id}.{n})
 --     score     the job's own score, in ms (arq's score had it no turns to wait)
 --     now_ms    now, in ms

@@ -6,10 +6,10 @@
 -- of its own; its caller passes the keys and values it works on.
 -- KEYS: none
 -- ARGV: none
---   task_key     the task's record hash (taskd:task:{id})
+--   task_key     the task's record hash ({taskd}:task:{id})
 --   event        started, progress, completed, failed or cancelled
---   outbox_key   the webhook outbox (taskd:webhooks:due)
---   state_key    the delivery state of that webhook (taskd:webhook:{id}:{event})
+--   outbox_key   the webhook outbox ({taskd}:webhooks:due)
+--   state_key    the delivery state of that webhook ({taskd}:webhook:{id}:{event})
 --   member       the webhook's member in the outbox ({id}:{event})
 --   due_ms       when it is due, in ms
 --   task_id      the task's id

