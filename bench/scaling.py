@@ -181,6 +181,22 @@ class Deployment:
             self.workers.append(proc)
             self.meter.add("workers", proc.pid)
 
+    async def reset_commands(self) -> None:
+        assert self.redis is not None
+        await self.redis.config_resetstat()
+
+    async def commands_per_task(self, tasks: int) -> dict[str, float]:
+        """Scripts run (`EVALSHA`: a submit, a claim that started or found its job taken, a finish,
+        the services' own loops) and arq's queue polls (`ZRANGEBYSCORE`) per task since
+        reset_commands(): two workers claiming the same job show as more scripts a task. The
+        benchmark's own reads of the counter are `HGET`s, not counted here."""
+        assert self.redis is not None
+        stats = await self.redis.info("commandstats")
+        return {
+            name: round(stats.get(f"cmdstat_{name}", {}).get("calls", 0) / tasks, 2)
+            for name in ("evalsha", "zrangebyscore")
+        }
+
     async def completed(self) -> int:
         assert self.redis is not None
         return int(await self.redis.hget(COUNTER, "completed_tasks") or 0)
@@ -265,6 +281,7 @@ async def end_to_end(tmp: Path, apis: int, workers: int, sizes: Sizes) -> dict[s
         await deployment.start()
         await _warm_up(deployment)
         baseline = await deployment.completed()
+        await deployment.reset_commands()
         deployment.meter.start()
         wall_start = time.time()
         procs = await _submit(deployment, sizes.tasks, sizes.clients, sizes.projects)
@@ -285,6 +302,7 @@ async def end_to_end(tmp: Path, apis: int, workers: int, sizes: Sizes) -> dict[s
             "elapsed_s": round(ended - started, 2),
             "cores": deployment.meter.cores(ended - wall_start),
             "machine": deployment.meter.machine(),
+            "commands_per_task": await deployment.commands_per_task(sizes.tasks),
         }
     finally:
         await deployment.stop()
@@ -308,6 +326,7 @@ async def drain(tmp: Path, workers: int, sizes: Sizes) -> dict[str, Any]:
             first.append((at, done))
             deployment.meter.start()
 
+        await deployment.reset_commands()
         await deployment.start_workers()
         wall_start = time.time()
         ended = await deployment.wait_completed(sizes.tasks, sizes.timeout, on_first=on_first)
@@ -322,6 +341,7 @@ async def drain(tmp: Path, workers: int, sizes: Sizes) -> dict[str, Any]:
             "elapsed_s": round(ended - started, 2),
             "cores": deployment.meter.cores(ended - started),
             "machine": deployment.meter.machine(),
+            "commands_per_task": await deployment.commands_per_task(sizes.tasks),
         }
     finally:
         await deployment.stop()
@@ -351,8 +371,8 @@ def render(results: list[dict[str, Any]]) -> str:
     """The markdown table: one line per run, tasks/s and the cores of each role."""
     lines = [
         "| run | API nodes | workers | tasks/s | API cores | worker cores | Valkey cores | load generator cores "
-        "| all of these | machine busy | steal |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| all of these | machine busy | steal | scripts/task | polls/task |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         cores = result["cores"]
@@ -362,7 +382,8 @@ def render(results: list[dict[str, Any]]) -> str:
             f"| {mode} | {result['apis']} | {result['workers']} | {'—' if rate is None else f'{rate:,.0f}'} | "
             + " | ".join(f"{cores[role]:.2f}" for role in ROLES)
             + f" | {sum(cores.values()):.2f} | {result['machine']['busy_cores']:.2f}"
-            + f" | {result['machine']['steal_cores']:.2f} |"
+            + f" | {result['machine']['steal_cores']:.2f}"
+            + f" | {result['commands_per_task']['evalsha']:.2f} | {result['commands_per_task']['zrangebyscore']:.2f} |"
         )
     return "\n".join(lines)
 
