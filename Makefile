@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean bench floors
+.PHONY: run test lint install clean bench scaling profile floors
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ test: $(STAMP)
 # while the file is unchanged.
 bench: $(STAMP)
 	$(BIN)/python bench/compare.py
+
+# The scaling curve (bench/scaling.py): tasks/s with 1, 2, 4 workers and 1, 2 API nodes on one Valkey,
+# with the cores each process used; bench/results/scaling.json and docs/images/scaling.png (~3 min).
+scaling: $(STAMP)
+	$(BIN)/python bench/scaling.py
+
+# Where the time goes (bench/profile.py): py-spy flame graphs of the API and the worker,
+# docs/images/profile-*.svg. py-spy is not in `dev`: `$(BIN)/pip install -e '.[bench]'` first.
+profile: $(STAMP)
+	$(BIN)/python bench/profile.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

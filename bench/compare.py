@@ -77,7 +77,7 @@ from _common import (
     stop,
     wait_for_line,
 )
-from report import POOLS, build_rows, latest, render
+from report import POOLS, build_rows, goals, latest, render, render_goals
 from venvs import venv_pythons
 
 BENCH = Path(__file__).resolve().parent
@@ -93,6 +93,7 @@ class Sizes:
     """How much work each measurement does."""
 
     latency_tasks: int = 300
+    sse_tasks: int = 200
     webhook_tasks: int = 200
     webhook_rate: float = 50.0
     e2e_tasks: int = 3000
@@ -106,6 +107,7 @@ class Sizes:
 
 TINY = Sizes(
     latency_tasks=20,
+    sse_tasks=10,
     webhook_tasks=10,
     webhook_rate=50.0,
     e2e_tasks=40,
@@ -162,6 +164,7 @@ class Taskd(System):
             "TASKD_LIMITS__MAX_QUEUE_LENGTH": "0",
         }
         self.proc: subprocess.Popen[str] | None = None
+        self.redis_url = ""
 
     async def start(self) -> None:
         argv = [python(), "-m", "taskd", "serve", *([] if self.workers else ["--no-worker"])]
@@ -172,21 +175,32 @@ class Taskd(System):
 
         url = EmbeddedValkey.running_url(self.data_dir)
         assert url, "taskd's embedded Valkey is not running"
+        self.redis_url = url
         self.redis = Redis.from_url(url)
 
-    async def drain(self, tasks: int) -> dict[str, Any]:
-        """A `taskd worker` started on what this API-only service queued: tasks/s over its first `tasks`."""
+    async def drain(self, tasks: int, workers: int = 1) -> dict[str, Any]:
+        """`workers` `taskd worker` processes started on what this API-only service queued: tasks/s
+        over its first `tasks`."""
         redis = self.redis
         assert redis is not None
         # The libraries drain a queue of `tasks` jobs; taskd's holds what the submit load left, more.
         tasks = min(tasks, int(await redis.hget(self.counter_key, "total_tasks") or 0))
-        worker = spawn([python(), "-m", "taskd", "worker"], self.env)
+        # Each worker a host of its own (its own data dir), as on separate machines.
+        procs = [
+            spawn(
+                [python(), "-m", "taskd", "worker"],
+                {**self.env, "TASKD_DATA_DIR": f"{self.data_dir}-w{n}", "TASKD_REDIS__URL": self.redis_url},
+            )
+            for n in range(workers)
+        ]
         try:
             deadline = time.monotonic() + 120 + tasks / 20
             first: tuple[float, int] | None = None
             while (done := int(await redis.hget(self.counter_key, "completed_tasks") or 0)) < tasks:
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    output = worker.stdout.read() if worker.stdout else ""
+                dead = next((proc for proc in procs if proc.poll() is not None), None)
+                if dead is not None or time.monotonic() > deadline:
+                    worker = dead or procs[0]
+                    output = worker.stdout.read() if dead is not None and worker.stdout else ""
                     raise RuntimeError(f"taskd worker drained {done} of {tasks} tasks:\n{output[-3000:]}")
                 if first is None and done > 0:
                     # From the first completion seen: the worker's start-up is not draining.
@@ -194,9 +208,11 @@ class Taskd(System):
                 await asyncio.sleep(0.005)
             ended = time.monotonic()
         finally:
-            await asyncio.to_thread(stop, worker)
+            for proc in procs:
+                await asyncio.to_thread(stop, proc)
         started, counted = first if first is not None else (ended, 0)
         return {
+            "workers": workers,
             "tasks": tasks,
             "tasks_per_s": (done - counted) / (ended - started) if ended > started else float("nan"),
         }
@@ -441,6 +457,23 @@ async def start_latency(system: System, tasks: int) -> dict[str, Any]:
     return {"tasks": len(latencies), "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
 
 
+async def sse_wait(system: System, tasks: int) -> dict[str, Any]:
+    """Submit request sent -> the task's event stream ended after its terminal event, over `tasks`
+    sequential tasks: what a client following a result waits (a lost wake-up shows as a p99 of a
+    whole check interval)."""
+    latencies = []
+    async with _client(system.base_url) as session:
+        for _ in range(tasks):
+            sent = time.perf_counter()
+            task_id = await submit_one(session, system.base_url, SUBMIT_BODY)
+            async with session.get(f"{system.base_url}/api/v1/tasks/{task_id}/events") as response:
+                body = await response.read()  # the stream ends after the terminal event
+            if response.status != 200 or b"completed" not in body:
+                raise RuntimeError(f"task {task_id}'s event stream: {response.status} {body[-300:]!r}")
+            latencies.append((time.perf_counter() - sent) * 1000)
+    return {"tasks": len(latencies), "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+
+
 class _Receiver:
     """Receives webhooks on a local port and notes when each arrived (wall clock)."""
 
@@ -584,6 +617,9 @@ async def full_service(system: System, sizes: Sizes, tmp: Path, log: Callable[[s
         log(f"  {system.name}: start latency {_fmt(results['start_latency'])}")
         results["webhook"] = await webhook_latency(system, sizes)
         log(f"  {system.name}: webhook latency {_fmt(results['webhook'])}")
+        if isinstance(system, Taskd):
+            results["sse"] = await sse_wait(system, sizes.sse_tasks)
+            log(f"  {system.name}: result on the event stream {_fmt(results['sse'])}")
         results["e2e"] = await end_to_end(system, sizes, tmp)
         log(f"  {system.name}: end to end {_fmt(results['e2e'])}")
         results["status"] = await status_reads(system, sizes, tmp)
@@ -620,6 +656,42 @@ async def submit_then_drain(tmp: Path, sizes: Sizes, log: Callable[[str], None])
         drain = await system.drain(sizes.e2e_tasks)
         log(f"  taskd: worker draining the queue {_fmt(drain)}")
         return {"submit": submit, "drain": drain}
+    finally:
+        await system.stop()
+
+
+async def queued_then_two_workers(tmp: Path, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
+    """Valkey's memory per 1,000 queued tasks (INFO memory's used_memory before and after N submits
+    with no worker running), then two `taskd worker` processes draining them."""
+    system = Taskd(tmp, workers=False)
+    await system.start()
+    try:
+        assert system.redis is not None
+        async with _client(system.base_url) as session:
+            await submit_one(session, system.base_url, SUBMIT_BODY)  # connections and code paths warm
+        before = (await system.redis.info("memory"))["used_memory"]
+        out = tmp / f"queued-{time.monotonic_ns()}.json"
+        argv = [
+            python(),
+            str(BENCH / "loadgen.py"),
+            "submit",
+            system.base_url,
+            "--count",
+            str(sizes.e2e_tasks),
+        ]
+        await asyncio.to_thread(
+            subprocess.run,
+            [*argv, "--connections", str(sizes.clients), "--out", str(out)],
+            check=True,
+            timeout=300,
+        )
+        queued = len(json.loads(out.read_text())["task_ids"])
+        after = (await system.redis.info("memory"))["used_memory"]
+        memory = {"tasks": queued, "mib_per_1000": (after - before) / 2**20 / queued * 1000}
+        log(f"  taskd: Redis memory of queued tasks {_fmt(memory)}")
+        drain = await system.drain(sizes.e2e_tasks, workers=2)
+        log(f"  taskd: two workers draining the queue {_fmt(drain)}")
+        return {"queued_memory": memory, "drain_two_workers": drain}
     finally:
         await system.stop()
 
@@ -700,6 +772,7 @@ async def run(
         tmp = Path(tmp_name)
         log("taskd")
         results["taskd"] = await submit_then_drain(tmp, sizes, log)
+        results["taskd"].update(await queued_then_two_workers(tmp, sizes, log))
         results["taskd_rate_limited"] = await submit_only(
             Taskd(tmp, workers=False, rate_limits=True), sizes, tmp, log
         )
@@ -796,6 +869,8 @@ def main() -> int:
         f"{sizes.e2e_tasks} jobs, {sizes.clients} at once from an async client\n"
     )
     print(render(build_rows(results)))
+    print("\nissue 19's targets, from this run:\n")
+    print(render_goals(goals(results)))
     print()
     lines, ok = _completion_lines(results)
     print("\n".join(lines))

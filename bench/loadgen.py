@@ -3,8 +3,9 @@ with what it measures. Prints one JSON object on stdout.
 
     loadgen.py throughput URL --path P [--method POST --body JSON] --duration S --connections C
         as many requests as C keep-alive clients can send in S seconds: requests/s, p50/p99
-    loadgen.py submit URL --count N --connections C
-        exactly N submits (the benchmark's noop body) by C clients: the task ids and the start time
+    loadgen.py submit URL --count N --connections C [--projects P]
+        exactly N submits (the benchmark's noop body) by C clients: the task ids and the start time;
+        with P > 1 the n-th goes to project `bench_project_<n mod P>`
 
 `wrk` (with a Lua body) is preferred for throughput when installed; this is the fallback.
 """
@@ -70,9 +71,14 @@ async def throughput(
     }
 
 
-async def submit(url: str, count: int, connections: int) -> dict[str, Any]:
-    """Submit exactly `count` noop tasks from `connections` clients; the ids and when the first was sent."""
-    body = orjson.dumps(SUBMIT_BODY)
+async def submit(url: str, count: int, connections: int, projects: int = 1) -> dict[str, Any]:
+    """Submit exactly `count` noop tasks from `connections` clients, over `projects` projects; the
+    ids and when the first was sent."""
+    bodies = (
+        [orjson.dumps(SUBMIT_BODY)]
+        if projects <= 1
+        else [orjson.dumps({**SUBMIT_BODY, "project_id": f"bench_project_{n}"}) for n in range(projects)]
+    )
     ids: list[str] = []
     refused: list[str] = []
     remaining = count
@@ -83,6 +89,7 @@ async def submit(url: str, count: int, connections: int) -> dict[str, Any]:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
+                body = bodies[remaining % len(bodies)]
                 async with session.post(url + SUBMIT_PATH, data=body) as response:
                     answer = await response.read()
                     if response.status == 200:
@@ -107,6 +114,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument(
+        "--projects", type=int, default=1, help="submit: spread the tasks over this many projects"
+    )
     parser.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
     args = parser.parse_args()
     try:
@@ -116,7 +126,7 @@ def main() -> None:
     else:
         run = uvloop.run
     if args.mode == "submit":
-        result = run(submit(args.url, args.count, args.connections))
+        result = run(submit(args.url, args.count, args.connections, args.projects))
     else:
         body = None if args.method == "GET" else (args.body or orjson.dumps(SUBMIT_BODY).decode()).encode()
         result = run(throughput(args.url + args.path, args.method, body, args.duration, args.connections))

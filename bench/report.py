@@ -1,7 +1,8 @@
 """The table of bench/compare.py and its bench/results/latest.json, from the raw results of one run.
 
 Pure functions of the results dict, so what the table says is specified by tests/test_bench_report.py.
-The results hold, for the systems that ran: "taskd" ({"submit", "drain", "full"}),
+The results hold, for the systems that ran: "taskd" ({"submit", "drain", "full", and where they ran
+"queued_memory" and "drain_two_workers"}),
 "taskd_rate_limited", "reference_api" (uvicorn alone), "reference_prefork" and "reference_threads"
 (the service with each Celery pool), and "peers" ({name: the JSON line of bench/peers/<name>_peer.py}).
 """
@@ -288,6 +289,166 @@ def summary(rows: list[Row]) -> dict[str, dict[str, Any]]:
     return {key: found[key] for key in KEYS if key in found}
 
 
+@attrs.frozen
+class Goal:
+    """One target of issue 19, judged on one run: the figure it is judged on, and whether it holds."""
+
+    name: str
+    figure: str  # what was measured, in words and numbers
+    target: str
+    met: bool | None  # None: a figure it needs was not measured (that system did not run)
+    value: float | None = None  # the number compared with the bound (a ratio or a figure)
+
+
+def _judge(value: float | None, bound: float, higher_is_better: bool) -> bool | None:
+    if not _known(value):
+        return None
+    return value >= bound if higher_is_better else value <= bound
+
+
+def _versus(row: Row, against: str, unit: str) -> str:
+    """The ratio and the two figures it comes from: "3.48x the reference (796 against 229 per s)"."""
+    ratio = row.ratio(against)
+    if against == "reference":
+        other, name = row.best_reference, "the reference"
+    else:
+        best = row.best_peer
+        other, name = (None, "the best peer") if best is None else (best[1], best[0])
+    if ratio is None or other is None:
+        return f"taskd {_num(row.taskd, row.digits)} {unit}, {name}: not measured"
+    return f"{ratio:.2f}x {name} ({_num(row.taskd, row.digits)} against {_num(other, row.digits)} {unit})"
+
+
+def goals(results: dict[str, Any]) -> list[Goal]:
+    """Each target of issue 19 with its figure from this run and whether it is met, in the issue's order."""
+    rows = {row.key or row.label: row for row in build_rows(results)}
+    taskd = results["taskd"]
+    submit, limited = rows["submit_rps"], rows["submit_rps_rate_limited"]
+    e2e, start = rows["e2e_tasks_per_s"], rows["start_p50_ms"]
+    hook, memory = rows["webhook_p50_ms"], rows["idle_memory_mib"]
+    drain = rows["worker draining a queue, tasks/s"]
+    found = [
+        Goal(
+            "HTTP submit",
+            _versus(submit, "reference", "per s"),
+            "≥ 10x the reference",
+            _judge(submit.ratio("reference"), 10, True),
+            submit.ratio("reference"),
+        ),
+        Goal(
+            "HTTP submit, rate limits on",
+            _versus(limited, "reference", "per s"),
+            "≥ 5x the reference",
+            _judge(limited.ratio("reference"), 5, True),
+            limited.ratio("reference"),
+        ),
+        Goal(
+            "end to end through HTTP",
+            _versus(e2e, "best peer", "tasks/s"),
+            "≥ 1x the best peer's end to end (no HTTP)",
+            _judge(e2e.ratio("best peer"), 1, True),
+            e2e.ratio("best peer"),
+        ),
+        Goal(
+            "start latency p50 against the reference",
+            _versus(start, "reference", "ms"),
+            "≤ 0.25x the reference",
+            _judge(start.ratio("reference"), 0.25, False),
+            start.ratio("reference"),
+        ),
+        Goal(
+            "start latency p50 against the peers",
+            _versus(start, "best peer", "ms"),
+            "≤ 1x the best peer",
+            _judge(start.ratio("best peer"), 1, False),
+            start.ratio("best peer"),
+        ),
+        Goal(
+            "webhook latency p50",
+            _versus(hook, "reference", "ms"),
+            "≤ 1x the reference",
+            _judge(hook.ratio("reference"), 1, False),
+            hook.ratio("reference"),
+        ),
+        Goal(
+            "idle memory",
+            _versus(memory, "reference", "MiB"),
+            "≤ 0.4x the reference",
+            _judge(memory.ratio("reference"), 0.4, False),
+            memory.ratio("reference"),
+        ),
+    ]
+    queued = _dig(taskd.get("queued_memory"), "mib_per_1000")
+    found.append(
+        Goal(
+            "Redis memory per 1,000 queued tasks",
+            f"{_num(queued, 2)} MiB (INFO memory used_memory, before and after queueing "
+            f"{_num(_dig(taskd.get('queued_memory'), 'tasks'), 0)} tasks with no worker)",
+            "reported (no bound)",
+            None,
+            queued,
+        )
+    )
+    found.append(
+        Goal(
+            "worker draining a queue",
+            _versus(drain, "best peer", "tasks/s"),
+            "≥ 1x the best peer",
+            _judge(drain.ratio("best peer"), 1, True),
+            drain.ratio("best peer"),
+        )
+    )
+    one = _dig(taskd.get("drain"), "tasks_per_s")
+    two = _dig(taskd.get("drain_two_workers"), "tasks_per_s")
+    gain = two / one if _known(one) and _known(two) and one else None
+    found.append(
+        Goal(
+            "a second worker process",
+            f"two workers drain {_num(two, 0)} tasks/s, one {_num(one, 0)}"
+            + ("" if gain is None else f" ({gain:.2f}x)"),
+            "> 1x one worker's drain rate",
+            None if gain is None else gain > 1,
+            gain,
+        )
+    )
+    sse = taskd["full"].get("sse")
+    p50, p99 = _dig(sse, "p50_ms"), _dig(sse, "p99_ms")
+    spread = p99 / p50 if _known(p50) and _known(p99) and p50 else None
+    found.append(
+        Goal(
+            "result followed on the event stream",
+            f"p50 {_num(p50, 2)} ms, p99 {_num(p99, 2)} ms"
+            + ("" if spread is None else f" (p99 {spread:.2f}x p50)"),
+            "p99 ≤ 2x p50",
+            _judge(spread, 2, False),
+            spread,
+        )
+    )
+    return found
+
+
+def render_goals(found: list[Goal]) -> str:
+    """The lines printed below the table: each target, its figure, met or not."""
+    word = {True: "met", False: "NOT MET", None: "not judged"}
+    return "\n".join(
+        f"- {goal.name}: {goal.figure}; target {goal.target}: {word[goal.met]}" for goal in found
+    )
+
+
 def latest(results: dict[str, Any], machine: dict[str, Any], generator: str) -> dict[str, Any]:
-    """bench/results/latest.json: the machine, the load generator and the rows of one run."""
-    return {"machine": machine, "generator": generator, "rows": summary(build_rows(results))}
+    """bench/results/latest.json: the machine, the load generator, the rows of one run and the targets."""
+    return {
+        "machine": machine,
+        "generator": generator,
+        "rows": summary(build_rows(results)),
+        "targets": [
+            {
+                "name": goal.name,
+                "figure": goal.figure,
+                "target": goal.target,
+                "met": goal.met,
+                "value": _json_number(goal.value),
+            }
+            for goal in goals(results)
+        ],
+    }

@@ -62,9 +62,12 @@ def full_run() -> dict[str, Any]:
         "taskd": {
             "submit": {"rps": 6000.0},
             "drain": {"tasks_per_s": 1500.0},
-            "full": service(
-                status=4000, e2e=1200, p50=1.0, p99=2.0, hook50=1.5, hook99=3.0, idle=40, peak=60
-            ),
+            "drain_two_workers": {"tasks_per_s": 1800.0},
+            "queued_memory": {"tasks": 3000, "mib_per_1000": 1.25},
+            "full": {
+                **service(status=4000, e2e=1200, p50=1.0, p99=2.0, hook50=1.5, hook99=3.0, idle=40, peak=60),
+                "sse": {"p50_ms": 10.0, "p99_ms": 25.0},
+            },
         },
         "taskd_rate_limited": {"rps": 2000.0},
         "reference_api": {"rps": 500.0},
@@ -143,7 +146,7 @@ def test_latest_json_is_the_machine_the_generator_and_the_rows_in_strict_json(re
 
     latest = report.latest(results, {"cpus": 2, "python": "3.11.7"}, "aiohttp")
 
-    assert set(latest) == {"machine", "generator", "rows"}
+    assert set(latest) == {"machine", "generator", "rows", "targets"}
     assert latest["machine"] == {"cpus": 2, "python": "3.11.7"}
     assert latest["generator"] == "aiohttp"
     json.dumps(latest, allow_nan=False)
@@ -216,3 +219,75 @@ def test_taskd_alone_shows_its_figures_and_no_target_judged(report: ModuleType):
     assert table[0] == "| | taskd | taskd ÷ reference | taskd ÷ best peer | target | met |"
     assert "| end to end, tasks/s | 1,200 | — | — | ≥ 1x best peer | n/a |" in table
     assert all(row.met() is None for row in rows)
+
+
+def test_latest_json_lists_every_target_of_the_issue_with_its_figure_and_whether_it_is_met(
+    report: ModuleType,
+):
+    targets = report.latest(full_run(), {"cpus": 2}, "wrk")["targets"]
+
+    assert [(target["name"], target["met"]) for target in targets] == [
+        ("HTTP submit", True),  # 12x the reference
+        ("HTTP submit, rate limits on", False),  # 4x, < 5x
+        ("end to end through HTTP", False),  # below the best library
+        ("start latency p50 against the reference", True),  # 0.25x
+        ("start latency p50 against the peers", True),  # 0.5x the best library
+        ("webhook latency p50", False),  # 1.5 ms against Celery's 0.9
+        ("idle memory", True),  # 0.4x exactly
+        ("Redis memory per 1,000 queued tasks", None),  # reported, no bound
+        ("worker draining a queue", False),  # 1500 against 1700
+        ("a second worker process", True),  # 1800 against 1500
+        ("result followed on the event stream", False),  # p99 2.5x p50
+    ]
+    assert all(set(target) == {"name", "figure", "target", "met", "value"} for target in targets)
+    json.dumps(targets, allow_nan=False)
+
+
+def test_a_target_names_the_figures_it_was_judged_on(report: ModuleType):
+    targets = {target["name"]: target for target in report.latest(full_run(), {"cpus": 2}, "wrk")["targets"]}
+
+    assert targets["HTTP submit"]["figure"] == "12.00x the reference (6,000 against 500 per s)"
+    assert targets["HTTP submit"]["target"] == "≥ 10x the reference"
+    assert targets["end to end through HTTP"]["figure"] == "0.92x lean (1,200 against 1,300 tasks/s)"
+    assert targets["Redis memory per 1,000 queued tasks"]["value"] == 1.25
+    assert targets["a second worker process"]["value"] == 1.2
+    assert (
+        targets["result followed on the event stream"]["figure"]
+        == "p50 10.00 ms, p99 25.00 ms (p99 2.50x p50)"
+    )
+
+
+def test_a_second_worker_that_drains_no_faster_does_not_meet_its_target(report: ModuleType):
+    results = full_run()
+    results["taskd"]["drain_two_workers"]["tasks_per_s"] = 1500.0
+    targets = {target.name: target for target in report.goals(results)}
+
+    assert targets["a second worker process"].met is False
+
+
+def test_targets_whose_figures_were_not_measured_are_not_judged(report: ModuleType):
+    results = full_run()
+    for key in ("taskd_rate_limited", "reference_api", "reference_prefork", "reference_threads"):
+        del results[key]
+    results["peers"] = {}
+    del results["taskd"]["drain_two_workers"]
+    del results["taskd"]["full"]["sse"]
+
+    found = report.goals(results)
+
+    assert all(goal.met is None for goal in found)
+    assert next(goal for goal in found if goal.name == "HTTP submit").figure == (
+        "taskd 6,000 per s, the reference: not measured"
+    )
+
+
+def test_the_targets_print_one_line_each_below_the_table(report: ModuleType):
+    lines = report.render_goals(report.goals(full_run())).splitlines()
+
+    assert len(lines) == 11
+    assert (
+        lines[0]
+        == "- HTTP submit: 12.00x the reference (6,000 against 500 per s); target ≥ 10x the reference: met"
+    )
+    assert lines[1].endswith("target ≥ 5x the reference: NOT MET")
+    assert lines[7].endswith("target reported (no bound): not judged")
