@@ -45,10 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import API_KEY, ROOT, python, spawn, stop, wait_for_line
 
+from taskd import keys
+
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results" / "scaling.json"
 PLOT = ROOT / "docs" / "images" / "scaling.png"
-COUNTER = "taskd:metrics"
 ROLES = ("api", "workers", "valkey", "loadgen")
 
 
@@ -199,7 +200,7 @@ class Deployment:
 
     async def completed(self) -> int:
         assert self.redis is not None
-        return int(await self.redis.hget(COUNTER, "completed_tasks") or 0)
+        return int(await self.redis.hget(keys.METRICS, "completed_tasks") or 0)
 
     def check_alive(self) -> None:
         for proc in [proc for proc, _ in self.apis] + self.workers:
