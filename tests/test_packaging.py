@@ -88,7 +88,7 @@ def test_every_imported_package_is_a_declared_dependency():
 
 def test_client_and_cli_import_without_the_server_packages():
     result = _run_without_server(
-        "import taskd.client, taskd.cli_client, taskd.cli\n"
+        "import taskd.client, taskd.sync_client, taskd.cli_client, taskd.cli\n"
         "from taskd.cli import main\n"
         "try:\n"
         "    main(['status', '--help'])\n"
