@@ -40,8 +40,8 @@ FLOORS = [
     ["engine", "webhooks"],
     ["submit"],
     ["http"],
-    ["service.py"],
-    ["cli_client.py", "cli.py"],
+    ["service.py", "admin.py"],
+    ["cli_client.py", "cli_admin.py", "cli.py"],
 ]
 # Not rooms: the package marker, `python -m taskd`, the dashboard's static files and the deprecated
 # aliases of moved modules (taskd/jobs/, which import only the modules they stand for).

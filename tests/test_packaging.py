@@ -105,3 +105,10 @@ def test_serve_without_the_server_packages_names_the_extra():
 
     assert result.returncode == 2
     assert "pip install 'taskd[server]'" in result.stderr
+
+
+def test_operator_commands_without_the_server_packages_name_the_extra():
+    result = _run_without_server("from taskd.cli import main\nsys.exit(main(['queues']))\n")
+
+    assert result.returncode == 2
+    assert "pip install 'taskd[server]'" in result.stderr
