@@ -221,3 +221,11 @@ def test_a_retry_after_longer_than_max_retry_wait_is_raised_at_once(refusing: Re
 
     assert limited.value.retry_after == 120
     assert len(refusing.arrivals) == 1
+
+
+async def test_a_blocking_call_works_inside_a_running_event_loop(refusing: Refusing):
+    # As in a notebook: the caller's loop runs, and the client never touches it.
+    with SyncTaskClient(refusing.url, API_KEY) as client:
+        submitted = client.submit("films", "noop", {})
+
+    assert submitted.task_id == "t1"
