@@ -22,6 +22,7 @@ FLOORS = [
         "backoff.py",
         "shapes.py",
         "refs.py",
+        "version.py",
     ],
     [
         "stopping.py",
