@@ -15,7 +15,8 @@ from conftest import API_KEY
 from examples import TASK_DATA
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskd.config import MetricsConfig
+from taskd import keys
+from taskd.config import MetricsConfig, RetryConfig
 from taskd.gpu.devices import SimulatedBackend
 from taskd.gpu.nvml import DeviceReading
 from taskd.gpu.scheduler import DeviceUse
@@ -281,6 +282,30 @@ async def test_a_scheduled_tasks_wait_counts_from_its_time_not_from_its_submit(t
     series = {"queue": "default", "task_type": "noop"}
     assert value(samples, "taskd_task_wait_seconds_count", **series) == 1
     assert value(samples, "taskd_task_wait_seconds_sum", **series) < 2  # it was submitted 3 s before
+
+
+async def test_a_retrys_wait_counts_from_its_next_retry_at_not_from_the_failure(start_service, redis):
+    service = await start_service(retry=RetryConfig(base_delay=3))
+    task = await service.submit("fail", {"transient": True, "fail_times": 1})
+    series = "default:fail"
+    async with asyncio.timeout(20):
+        while True:
+            # One atomic read: the retry is waiting (start.lua drops next_retry_at), and the waits so far.
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.hget(keys.task(task["task_id"]), "next_retry_at")
+                pipe.hmget(keys.METRICS, f"wait_count:{series}", f"wait_sum:{series}")
+                retry_at, (count_before, sum_before) = await pipe.execute()
+            if retry_at is not None:
+                break
+            await asyncio.sleep(0.01)
+    done = await service.wait_terminal(task["task_id"])
+    count_after, sum_after = await redis.hmget(keys.METRICS, f"wait_count:{series}", f"wait_sum:{series}")
+
+    started = await redis.hget(keys.task(task["task_id"]), "started_at")
+    assert done["status"] == "completed"
+    assert int(count_after) - int(count_before) == 1
+    waited = float(sum_after) - float(sum_before)
+    assert waited == pytest.approx(float(started) - float(retry_at), abs=0.01)
 
 
 def test_wait_buckets_counted_once_per_start_are_added_up_into_cumulative_buckets():

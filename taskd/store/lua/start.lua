@@ -69,6 +69,8 @@ if status ~= 'queued' then
   return {score, status}
 end
 local attempt = tostring((tonumber(record.attempt) or 0) + 1)
+-- A retry could start no earlier than this (its back-off is not waiting); read before it is cleared.
+local retry_ms = (tonumber(record.next_retry_at) or 0) * 1000
 redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1], 'updated_at', ARGV[1],
            'worker_id', ARGV[2], 'progress', '0.0', 'attempt', attempt)
 if record.current_step or record.next_retry_at then redis.call('HDEL', KEYS[1], 'current_step', 'next_retry_at') end
@@ -78,7 +80,7 @@ record.current_step, record.next_retry_at = nil, nil
 local job = redis.call('GET', '@JOB_PREFIX@' .. ARGV[4])
 local enqueued_ms = job and tonumber(string.match(job, '"et":(%d+)'))
 if enqueued_ms then
-  local ready_ms = math.max(enqueued_ms, (tonumber(record.next_retry_at) or 0) * 1000)
+  local ready_ms = math.max(enqueued_ms, retry_ms)
   local waited = math.max(0, tonumber(ARGV[5]) - ready_ms) / 1000
   local series = record.queue .. ':' .. record.task_type
   redis.call('HINCRBYFLOAT', KEYS[7], 'wait_sum:' .. series, waited)
