@@ -61,6 +61,9 @@ MEMORY_EVENT_TTL = 600
 # `duration_in:<type>:<le>`, each task counted once, in the first bucket it fits (the scrape adds
 # them up); `duration_bucket:<type>:<le>`, cumulative, is what versions before wrote, still read.
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900)
+# Upper bounds (seconds) of the wait-time histogram (from when a task could start to when it did), kept
+# in the metrics hash per queue and type as `wait_in:<queue>:<type>:<le>`, counted once like durations.
+WAIT_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 EVENTS_TTL = 24 * 3600
 TASK_EVENTS_MAXLEN = 200
 PROJECT_EVENTS_MAXLEN = 10_000

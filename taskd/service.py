@@ -284,6 +284,8 @@ class Service:
         api = Api(
             self.config, redis, store, queue, self.registry, dispatcher, api_keys, gpu, key_projects=scoped
         )
+        if self._pool is not None:
+            api.unready_queues = self._pool.unready
         psutil.cpu_percent(interval=None)  # the first reading only primes the counter
         self._runner = web.AppRunner(create_app(api), access_log=None)
         await self._runner.setup()

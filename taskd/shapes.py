@@ -406,6 +406,13 @@ class Liveness:
 
 
 @attrs.frozen
+class Probe:
+    """`GET /livez` (the process answers) and `GET /readyz` (it can take work): the probe passed."""
+
+    status: Literal["alive", "ready"]
+
+
+@attrs.frozen
 class SystemLoad:
     """This host's load."""
 

@@ -22,6 +22,7 @@ FLOORS = [
         "backoff.py",
         "shapes.py",
         "refs.py",
+        "version.py",
     ],
     [
         "stopping.py",
@@ -43,9 +44,9 @@ FLOORS = [
     ["service.py", "admin.py"],
     ["cli_client.py", "cli_admin.py", "cli.py"],
 ]
-# Not rooms: the package marker, `python -m taskd`, the dashboard's static files and the deprecated
-# aliases of moved modules (taskd/jobs/, which import only the modules they stand for).
-NOT_ROOMS = {"__init__.py", "__main__.py", "__pycache__", "py.typed", "dashboard", "jobs"}
+# Not rooms: the package marker, `python -m taskd`, the static files of the dashboard and of /docs,
+# and the deprecated aliases of moved modules (taskd/jobs/, which import only the modules they stand for).
+NOT_ROOMS = {"__init__.py", "__main__.py", "__pycache__", "py.typed", "dashboard", "apidocs", "jobs"}
 
 
 def module_name(room: str) -> str:

@@ -15,9 +15,13 @@ from conftest import API_KEY
 from examples import TASK_DATA
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskd.config import MetricsConfig
+from taskd import keys
+from taskd.config import MetricsConfig, RetryConfig
+from taskd.gpu.devices import SimulatedBackend
 from taskd.gpu.nvml import DeviceReading
+from taskd.gpu.scheduler import DeviceUse
 from taskd.http.prom import Snapshot, exposition
+from taskd.version import version
 
 ROOT = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -61,7 +65,7 @@ async def test_metrics_need_no_api_key_and_use_the_exposition_format(start_servi
     assert content_type.startswith("text/plain; version=0.0.4")
     samples = parse(text)
     assert value(samples, "taskd_redis_up") == 1
-    assert value(samples, "taskd_process_resident_memory_bytes") > 0
+    assert value(samples, "process_resident_memory_bytes") > 0
 
 
 async def test_metrics_can_require_the_api_key(start_service):
@@ -237,7 +241,118 @@ def test_a_scrape_without_redis_says_so_and_still_answers():
     samples = parse(exposition(None, [])[0].decode())
 
     assert value(samples, "taskd_redis_up") == 0
-    assert value(samples, "taskd_process_resident_memory_bytes") > 0
+    assert value(samples, "process_resident_memory_bytes") > 0
+
+
+def test_process_metrics_have_the_standard_names():
+    families = {family.name for family in text_string_to_metric_families(exposition(None, [])[0].decode())}
+
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds"} <= families
+    assert not any(name.startswith("taskd_process_") for name in families)
+
+
+def test_build_info_names_the_version_of_the_scraped_process():
+    samples = parse(exposition(None, [])[0].decode())
+
+    assert value(samples, "taskd_build_info", version=version()) == 1
+    assert version() != "unknown"
+
+
+async def test_each_start_counts_its_wait_per_queue_and_type(taskd):
+    first = await taskd.submit("noop", {})
+    second = await taskd.submit("noop", {})
+    for task in (first, second):
+        await taskd.wait_terminal(task["task_id"])
+
+    samples = parse((await scrape(taskd.base_url))[2])
+
+    series = {"queue": "default", "task_type": "noop"}
+    assert value(samples, "taskd_task_wait_seconds_count", **series) == 2
+    assert value(samples, "taskd_task_wait_seconds_bucket", **series, le="+Inf") == 2
+    assert value(samples, "taskd_task_wait_seconds_bucket", **series, le="5.0") == 2
+    assert 0 <= value(samples, "taskd_task_wait_seconds_sum", **series) < 10
+
+
+async def test_a_scheduled_tasks_wait_counts_from_its_time_not_from_its_submit(taskd):
+    later = await taskd.submit("noop", {}, delay_seconds=3)
+    await taskd.wait_terminal(later["task_id"])
+
+    samples = parse((await scrape(taskd.base_url))[2])
+
+    series = {"queue": "default", "task_type": "noop"}
+    assert value(samples, "taskd_task_wait_seconds_count", **series) == 1
+    assert value(samples, "taskd_task_wait_seconds_sum", **series) < 2  # it was submitted 3 s before
+
+
+async def test_a_retrys_wait_counts_from_its_next_retry_at_not_from_the_failure(start_service, redis):
+    service = await start_service(retry=RetryConfig(base_delay=3))
+    task = await service.submit("fail", {"transient": True, "fail_times": 1})
+    series = "default:fail"
+    async with asyncio.timeout(20):
+        while True:
+            # One atomic read: the retry is waiting (start.lua drops next_retry_at), and the waits so far.
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.hget(keys.task(task["task_id"]), "next_retry_at")
+                pipe.hmget(keys.METRICS, f"wait_count:{series}", f"wait_sum:{series}")
+                retry_at, (count_before, sum_before) = await pipe.execute()
+            if retry_at is not None:
+                break
+            await asyncio.sleep(0.01)
+    done = await service.wait_terminal(task["task_id"])
+    count_after, sum_after = await redis.hmget(keys.METRICS, f"wait_count:{series}", f"wait_sum:{series}")
+
+    started = await redis.hget(keys.task(task["task_id"]), "started_at")
+    assert done["status"] == "completed"
+    assert int(count_after) - int(count_before) == 1
+    waited = float(sum_after) - float(sum_before)
+    assert waited == pytest.approx(float(started) - float(retry_at), abs=0.01)
+
+
+def test_wait_buckets_counted_once_per_start_are_added_up_into_cumulative_buckets():
+    counters = {
+        "wait_count:gpu_heavy:generate_video": "3",
+        "wait_sum:gpu_heavy:generate_video": "70.5",
+        "wait_in:gpu_heavy:generate_video:0.5": "1",
+        "wait_in:gpu_heavy:generate_video:60": "2",
+    }
+
+    samples = parse(exposition(snapshot(counters), [])[0].decode())
+
+    series = {"queue": "gpu_heavy", "task_type": "generate_video"}
+    bucket = "taskd_task_wait_seconds_bucket"
+    assert value(samples, bucket, **series, le="0.1") == 0
+    assert value(samples, bucket, **series, le="0.5") == 1
+    assert value(samples, bucket, **series, le="15.0") == 1
+    assert value(samples, bucket, **series, le="60.0") == 3
+    assert value(samples, bucket, **series, le="+Inf") == 3
+    assert value(samples, "taskd_task_wait_seconds_sum", **series) == 70.5
+
+
+def test_the_webhook_backlog_is_the_outbox_size():
+    samples = parse(exposition(snapshot({}, webhooks_due=4), [])[0].decode())
+
+    assert value(samples, "taskd_webhooks_due") == 4
+
+
+def test_gpu_slots_held_and_in_all_are_exposed_per_host_and_device():
+    uses = [DeviceUse(0, 4, {"t-1": 1, "t-2": 2}), DeviceUse(1, 4, {})]
+
+    samples = parse(exposition(snapshot({}, host="gpu-a", gpu_use=uses), [])[0].decode())
+
+    assert value(samples, "taskd_gpu_slots_used", host="gpu-a", gpu="0") == 3
+    assert value(samples, "taskd_gpu_slots_used", host="gpu-a", gpu="1") == 0
+    assert value(samples, "taskd_gpu_slots", host="gpu-a", gpu="1") == 4
+
+
+async def test_a_running_gpu_task_holds_slots_in_the_scrape(start_service):
+    service = await start_service(gpu_backend=SimulatedBackend(1))
+    task = await service.submit("gpu_hold", {"seconds": 10})
+    await service.wait_for(task["task_id"], lambda body: body["status"] == "processing")
+
+    samples = parse((await scrape(service.base_url))[2])
+
+    host = service.service.worker_id.split(":")[0]
+    assert value(samples, "taskd_gpu_slots_used", host=host, gpu="0") >= 1
 
 
 def test_alert_rules_use_only_metrics_that_taskd_exposes():

@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from taskd.http import (
+    apidocs,
     dashboard,
     events,
     health,
     media,
     openapi,
+    probes,
     projects,
     protocol_log,
     ratelimit,
@@ -43,10 +45,12 @@ def create_app(api: Api) -> web.Application:
     openapi.add_routes(app)
     app.router.add_get("/metrics", _metrics)
     health.add_routes(app)
+    probes.add_routes(app)
     tasks.add_routes(app)
     projects.add_routes(app)
     webhooks.add_routes(app)
     media.add_routes(app)
     events.add_routes(app)
     dashboard.add_routes(app)
+    apidocs.add_routes(app)
     return app

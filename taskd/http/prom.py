@@ -1,7 +1,8 @@
 """`GET /metrics`: Prometheus exposition of the shared counters in Redis, queues, workers, GPUs and this process.
 
-Everything but this process's own figures is read from Redis at scrape time, so any API node
-reports the whole cluster and a restart loses nothing.
+Everything but this process's own figures (the standard `process_*` ones, `taskd_build_info`) and
+its host's GPUs is read from Redis at scrape time, so any API node reports the whole cluster and a
+restart loses nothing.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from prometheus_client.registry import Collector
 
 from taskd import keys
 from taskd.gpu.nvml import DeviceReading
+from taskd.gpu.scheduler import DeviceUse
 from taskd.heartbeat import WorkerInfo, live_workers
 from taskd.http.context import API, Api
 from taskd.http.scope import CALLER
 from taskd.model import ApiError, now
 from taskd.redis_memory import RedisMemory, read_memory
+from taskd.version import version
 
 log = logging.getLogger("taskd.http")
 
@@ -39,6 +42,9 @@ TASK_COUNTERS = {
 # `duration_in:<type>:<le>` fields (a task counts once, in the first bucket it fits: one write per
 # task), added up here; `duration_bucket:<type>:<le>` fields (cumulative) are what it wrote before.
 DURATION_BUCKETS = keys.DURATION_BUCKETS
+# Upper bounds (seconds) of the wait-time histogram that the store's start script counts in
+# `wait_in:<queue>:<type>:<le>` fields, one per start, the same way.
+WAIT_BUCKETS = keys.WAIT_BUCKETS
 UNTYPED = "unknown"  # counts recorded before per-type counters existed
 
 
@@ -53,17 +59,22 @@ class Snapshot:
     workers: list[WorkerInfo]
     at: float
     redis_memory: RedisMemory | None = None
+    webhooks_due: int = 0
+    # The slots held on this host's devices (GPU slots are counted per host).
+    host: str = ""
+    gpu_use: list[DeviceUse] = attrs.Factory(list)
 
 
 async def take_snapshot(api: Api) -> Snapshot:
-    """Read counters, queues and live workers from Redis."""
+    """Read counters, queues, live workers, the webhook outbox and this host's GPU slots from Redis."""
     queues = api.queue_names
     async with api.redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.METRICS)
+        pipe.zcard(keys.WEBHOOKS_DUE)
         for queue in queues:
             pipe.zcard(keys.running(queue))
             pipe.zrange(keys.running(queue), 0, 0, withscores=True)
-        raw, *per_queue = await pipe.execute()
+        raw, webhooks_due, *per_queue = await pipe.execute()
     running = {queue: per_queue[2 * i] for i, queue in enumerate(queues)}
     oldest = {
         queue: (first[0][1] / 1000 if (first := per_queue[2 * i + 1]) else None)
@@ -77,6 +88,9 @@ async def take_snapshot(api: Api) -> Snapshot:
         workers=await live_workers(api.redis, api.config.worker.heartbeat_ttl),
         at=now(),
         redis_memory=await read_memory(api.redis),
+        webhooks_due=webhooks_due,
+        host=api.gpu.host,
+        gpu_use=await api.gpu.usage(),
     )
 
 
@@ -131,6 +145,28 @@ def duration_histogram(counters: Mapping[str, str]) -> Metric:
     return family
 
 
+def wait_histogram(counters: Mapping[str, str]) -> Metric:
+    """`taskd_task_wait_seconds{queue,task_type}`: from when a task could start to when it started."""
+    family = HistogramMetricFamily(
+        "taskd_task_wait_seconds",
+        "Time tasks waited to start (from submit, their scheduled time or their retry's), by queue and type",
+        labels=["queue", "task_type"],
+    )
+    prefix = "wait_count:"
+    for field, count in sorted(counters.items()):
+        if not field.startswith(prefix):
+            continue
+        series = field.removeprefix(prefix)
+        queue, _, task_type = series.rpartition(":")
+        below, buckets = 0.0, []
+        for le in WAIT_BUCKETS:
+            below += _number(counters.get(f"wait_in:{series}:{le}"))
+            buckets.append((str(float(le)), below))
+        buckets.append(("+Inf", _number(count)))
+        family.add_metric([queue, task_type], buckets, _number(counters.get(f"wait_sum:{series}")))
+    return family
+
+
 def queue_gauges(snapshot: Snapshot) -> Iterator[Metric]:
     """Waiting and running tasks per queue, and how long the oldest running task has run."""
     waiting = GaugeMetricFamily("taskd_queue_waiting_tasks", "Tasks waiting to start", labels=["queue"])
@@ -180,6 +216,13 @@ def webhook_counters(counters: Mapping[str, str]) -> Iterator[Metric]:
     )
 
 
+def webhook_backlog(due: int) -> Metric:
+    """Webhooks in the durable outbox: due now, or waiting for their next retry."""
+    return GaugeMetricFamily(
+        "taskd_webhooks_due", "Webhooks in the outbox, not yet delivered or given up", value=due
+    )
+
+
 def gpu_gauges(devices: Iterable[DeviceReading]) -> Iterator[Metric]:
     """Utilisation and memory of each NVIDIA device of this host."""
     labels = ["gpu", "name"]
@@ -192,6 +235,26 @@ def gpu_gauges(devices: Iterable[DeviceReading]) -> Iterator[Metric]:
         used.add_metric(ids, device.memory_used)
         total.add_metric(ids, device.memory_total)
     yield from (util, used, total)
+
+
+def gpu_slot_gauges(host: str, uses: Iterable[DeviceUse]) -> Iterator[Metric]:
+    """Slots held and slots in all of each device of the scraped host, held by live workers only."""
+    labels = ["host", "gpu"]
+    used = GaugeMetricFamily("taskd_gpu_slots_used", "GPU slots held by running tasks", labels=labels)
+    total = GaugeMetricFamily("taskd_gpu_slots", "GPU slots of the device (gpu.slots)", labels=labels)
+    for use in uses:
+        used.add_metric([host, str(use.index)], use.used)
+        total.add_metric([host, str(use.index)], use.capacity)
+    yield from (used, total)
+
+
+def build_info() -> Metric:
+    """`taskd_build_info{version}` 1: which taskd the scraped process runs."""
+    info = GaugeMetricFamily(
+        "taskd_build_info", "The taskd version of the scraped process", labels=["version"]
+    )
+    info.add_metric([version()], 1)
+    return info
 
 
 def redis_memory_gauges(memory: RedisMemory | None) -> Iterator[Metric]:
@@ -219,14 +282,18 @@ class SnapshotCollector(Collector):
             "taskd_redis_up", "1 if Redis answered this scrape", value=self.snapshot is not None
         )
         yield up
+        yield build_info()
         yield from gpu_gauges(self.devices)
         if self.snapshot is None:
             return
         yield from task_counters(self.snapshot.counters)
         yield duration_histogram(self.snapshot.counters)
+        yield wait_histogram(self.snapshot.counters)
         yield from queue_gauges(self.snapshot)
         yield from worker_gauges(self.snapshot.workers)
         yield from webhook_counters(self.snapshot.counters)
+        yield webhook_backlog(self.snapshot.webhooks_due)
+        yield from gpu_slot_gauges(self.snapshot.host, self.snapshot.gpu_use)
         yield from redis_memory_gauges(self.snapshot.redis_memory)
 
 
@@ -237,7 +304,8 @@ def exposition(
     in the text format or OpenMetrics as the `Accept` header asks."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(snapshot, devices))
-    ProcessCollector(namespace="taskd", registry=registry)
+    # The standard names (`process_cpu_seconds_total`, ...), which dashboards and alerts expect.
+    ProcessCollector(registry=registry)
     encoder, content_type = choose_encoder(accept)
     return encoder(registry), content_type
 

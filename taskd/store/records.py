@@ -392,6 +392,7 @@ class TaskStore:
                 "queue": keys.queue(queue),
                 "outbox": keys.WEBHOOKS_DUE,
                 "started_state": keys.webhook(keys.webhook_member(task_id, "started")),
+                "metrics": keys.METRICS,
             },
             args={
                 "now": repr(at),
