@@ -6,6 +6,7 @@ import base64
 import ipaddress
 import json
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -361,6 +362,16 @@ class WorkerConfig:
     heartbeat_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     heartbeat_ttl: float = attrs.field(default=20.0, validator=attrs.validators.gt(0))
     poll_delay: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    # The name this worker host goes by (its GPUs, its slot counts, its workers): empty means the
+    # machine's hostname. Part of Redis key names, hence the short plain alphabet.
+    host_id: str = attrs.field(
+        default="", validator=attrs.validators.matches_re(r"(|[A-Za-z0-9][A-Za-z0-9._-]{0,63})")
+    )
+
+    @property
+    def host(self) -> str:
+        """The host id in use: `host_id`, else the hostname."""
+        return self.host_id or socket.gethostname()
 
 
 @attrs.frozen
