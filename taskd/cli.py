@@ -8,7 +8,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from taskd import cli_client, logs
+from taskd import cli_admin, cli_client, logs
 from taskd.config import ConfigError, load_config
 
 DESCRIPTION = """\
@@ -20,6 +20,10 @@ taskd runs GPU-heavy and long-running work submitted over HTTP.
                  or the embedded server of the same data dir on this host)
   taskd submit|status|wait|cancel|retry|tasks|health
                  a client of a running taskd (--url, --api-key; `taskd wait -h`)
+  taskd workers|queues|purge|retry-failed
+                 operator commands, on the Redis of the config (like `taskd worker`)
+  taskd config show|check
+                 the effective config (secrets masked), or whether it is valid
 
 Config: --config FILE, then $TASKD_CONFIG, ./taskd.toml, /etc/taskd/taskd.toml;
 every key can be set as TASKD_<SECTION>__<KEY>, e.g. TASKD_HTTP__PORT=8001.
@@ -51,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run workers only, against the same Redis as a serve")
     worker.add_argument("--queues", help="comma-separated queues to work on, e.g. gpu_heavy,gpu_medium")
     cli_client.add_commands(commands)
+    cli_admin.add_commands(commands)
     return parser
 
 
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "client_command", None) is not None:
         return cli_client.run(args)
+    if args.command in cli_admin.COMMANDS:
+        return cli_admin.run(args)
     try:
         # Here, not at the top: the client commands above run on the base install, without the
         # server's packages (the `server` extra).

@@ -101,3 +101,11 @@ async def live_workers(redis: Redis, ttl: float) -> list[WorkerInfo]:
         return []
     raw = await redis.mget([keys.worker(member.decode()) for member in members])
     return [WorkerInfo(**orjson.loads(value)) for value in raw if value]
+
+
+async def last_beats(redis: Redis) -> dict[str, float]:
+    """Each worker id in the heartbeat index with the time (epoch seconds) of its last beat."""
+    return {
+        member.decode(): score / 1000
+        for member, score in await redis.zrange(keys.WORKERS, 0, -1, withscores=True)
+    }
