@@ -8,6 +8,7 @@ their own host ids and data dirs: `gpu-a` with two simulated GPUs, `gpu-b` with 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import socket
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 import attrs
 import pytest
+from chromium import Browser, find_chromium
 from conftest import API_KEY, TaskdProcess, child_env
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
@@ -27,6 +29,7 @@ from taskd import keys
 from taskd.config import ConfigError, load_config
 from taskd.embedded import EmbeddedValkey
 
+CHROMIUM = find_chromium()
 HEARTBEAT_TTL = 3.0  # child_env's
 SIMULATED = {"gpu-a": 2, "gpu-b": 1}
 
@@ -154,6 +157,33 @@ async def test_the_dashboard_shows_the_gpus_of_every_worker_host(client):
     assert overview["gpus"]["available"] is True
     assert shown(overview["gpus"]["devices"]) == EVERY_DEVICE
     assert sorted({worker["host"] for worker in overview["workers"]}) == ["gpu-a", "gpu-b"]
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed (Debian: apt-get install chromium); it drives the dashboard",
+)
+async def test_in_chromium_the_dashboard_page_shows_each_gpu_under_its_host(client, hosts, tmp_path):
+    await health_when(client, EVERY_DEVICE)
+    assert CHROMIUM is not None
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate(f"{hosts.api}/dashboard")
+        await browser.wait_for("!document.getElementById('key-panel').hidden")
+        await browser.evaluate(
+            f"document.getElementById('api-key').value = {json.dumps(API_KEY)};"
+            "document.getElementById('key-form').requestSubmit(); true"
+        )
+        await browser.wait_for("document.querySelectorAll('#gpus .gpu').length === 3")
+        titles = await browser.evaluate(
+            "Array.from(document.querySelectorAll('#gpus .gpu strong'), (node) => node.textContent.trim())"
+        )
+        exceptions = browser.exceptions
+    finally:
+        await browser.close()
+
+    assert titles == ["gpu-a · GPU 0", "gpu-a · GPU 1", "gpu-b · GPU 0"]
+    assert exceptions == []
 
 
 async def test_a_killed_worker_host_drops_out_of_the_gpu_view_when_its_report_expires(client, hosts):
