@@ -33,9 +33,9 @@ class WorkerInfo:
     running: int = 0
 
 
-def new_worker_id() -> str:
-    """A worker id that names the host and process, unique across restarts."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+def new_worker_id(host: str | None = None) -> str:
+    """A worker id that names the host (`worker.host_id`, else the hostname) and process, unique across restarts."""
+    return f"{host or socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
 class Heartbeat:

@@ -21,6 +21,7 @@ from taskd.engine.jobproc.pool import RunnerPool
 from taskd.engine.reclaim import Reclaimer
 from taskd.engine.scheduled import ScheduledRelease
 from taskd.gpu.devices import DeviceBackend, GpuInventory
+from taskd.gpu.hosts import HostPublisher
 from taskd.gpu.scheduler import GpuScheduler
 from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
 from taskd.http.app import create_app
@@ -89,7 +90,7 @@ class Service:
         # The file of the webhook signing secret taskd made, when webhooks.secret is not set.
         self.webhook_secret_file: Path | None = None
         self.addresses: list[tuple[str, int]] = []
-        self.worker_id = new_worker_id()
+        self.worker_id = new_worker_id(config.worker.host)
         self._stack = contextlib.AsyncExitStack()
         self._embedded: EmbeddedValkey | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -153,7 +154,9 @@ class Service:
             progress_interval=self.config.webhooks.progress_interval,
         )
         queue = TaskQueue(redis, self.config.execution.priority_aging)
-        gpu = GpuScheduler(redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id)
+        gpu = GpuScheduler(
+            redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id, self.config.worker.host
+        )
         if self.queues:
             # Locating ffmpeg and probing its encoders block (file checks, a subprocess): done once
             # now, in a thread, not inside the event loop when the first media task needs them.
@@ -232,10 +235,16 @@ class Service:
         self._pool = pool = WorkerPool(redis, executor, self.registry, self.config, self.queues)
         # GPU slots came back: any queue's worker may now find a job that fits (cheap: a wake-up).
         executor.slots_freed = pool.wake_all
-        info = WorkerInfo(
-            self.worker_id, self.worker_id.split(":")[0], psutil.Process().pid, self.queues, now()
-        )
         worker = self.config.worker
+        info = WorkerInfo(self.worker_id, worker.host, psutil.Process().pid, self.queues, now())
+        gpus = HostPublisher(redis, gpu, worker.heartbeat_ttl)
+
+        async def after_beat() -> None:
+            # The host's GPUs live as long as its heartbeat; then the tasks whose cancel this
+            # process may have missed are stopped.
+            await gpus.publish()
+            await executor.reconcile()
+
         self._heartbeat = Heartbeat(
             redis,
             info,
@@ -244,11 +253,11 @@ class Service:
             lambda: pool.running_jobs,
             # A job process or a coroutine task's tools (ffmpeg, espeak-ng): whichever is largest.
             lambda: max(runners.peak_rss(), executor.tools_rss),
-            # Every beat also stops the tasks whose cancel this process may have missed.
-            executor.reconcile,
+            after_beat,
         )
         # The heartbeat is the lease on every task this process runs: it must exist first.
         await self._heartbeat.beat()
+        await gpus.publish()
         pool.start()
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),

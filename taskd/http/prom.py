@@ -19,8 +19,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from taskd import keys
-from taskd.gpu.nvml import DeviceReading
-from taskd.gpu.scheduler import DeviceUse
+from taskd.gpu.hosts import HostGpus, read_hosts
 from taskd.heartbeat import WorkerInfo, live_workers
 from taskd.http.context import API, Api
 from taskd.http.scope import CALLER
@@ -60,9 +59,7 @@ class Snapshot:
     at: float
     redis_memory: RedisMemory | None = None
     webhooks_due: int = 0
-    # The slots held on this host's devices (GPU slots are counted per host).
-    host: str = ""
-    gpu_use: list[DeviceUse] = attrs.Factory(list)
+    gpus: list[HostGpus] = attrs.Factory(list)
 
 
 async def take_snapshot(api: Api) -> Snapshot:
@@ -89,8 +86,7 @@ async def take_snapshot(api: Api) -> Snapshot:
         at=now(),
         redis_memory=await read_memory(api.redis),
         webhooks_due=webhooks_due,
-        host=api.gpu.host,
-        gpu_use=await api.gpu.usage(),
+        gpus=await read_hosts(api.redis, api.config.worker.heartbeat_ttl),
     )
 
 
@@ -223,29 +219,29 @@ def webhook_backlog(due: int) -> Metric:
     )
 
 
-def gpu_gauges(devices: Iterable[DeviceReading]) -> Iterator[Metric]:
-    """Utilisation and memory of each NVIDIA device of this host."""
-    labels = ["gpu", "name"]
+def gpu_gauges(hosts: Iterable[HostGpus]) -> Iterator[Metric]:
+    """Utilisation, memory, temperature and slots of each device of every live worker host,
+    as its last heartbeat published them."""
+    labels = ["host", "gpu", "name"]
     util = GaugeMetricFamily("taskd_gpu_utilization_ratio", "GPU utilisation, 0..1", labels=labels)
     used = GaugeMetricFamily("taskd_gpu_memory_used_bytes", "GPU memory in use", labels=labels)
     total = GaugeMetricFamily("taskd_gpu_memory_total_bytes", "GPU memory in all", labels=labels)
-    for device in devices:
-        ids = [str(device.index), device.name]
-        util.add_metric(ids, device.utilization / 100.0)
-        used.add_metric(ids, device.memory_used)
-        total.add_metric(ids, device.memory_total)
-    yield from (util, used, total)
-
-
-def gpu_slot_gauges(host: str, uses: Iterable[DeviceUse]) -> Iterator[Metric]:
-    """Slots held and slots in all of each device of the scraped host, held by live workers only."""
-    labels = ["host", "gpu"]
-    used = GaugeMetricFamily("taskd_gpu_slots_used", "GPU slots held by running tasks", labels=labels)
-    total = GaugeMetricFamily("taskd_gpu_slots", "GPU slots of the device (gpu.slots)", labels=labels)
-    for use in uses:
-        used.add_metric([host, str(use.index)], use.used)
-        total.add_metric([host, str(use.index)], use.capacity)
-    yield from (used, total)
+    temperature = GaugeMetricFamily(
+        "taskd_gpu_temperature_celsius", "GPU temperature (devices with a sensor reading)", labels=labels
+    )
+    slots = GaugeMetricFamily("taskd_gpu_slots", "Jobs the device runs at once", labels=labels)
+    slots_used = GaugeMetricFamily("taskd_gpu_slots_used", "Slots held by running jobs", labels=labels)
+    for host in hosts:
+        for device in host.devices:
+            ids = [host.host, str(device.index), device.name]
+            util.add_metric(ids, device.utilization / 100.0)
+            used.add_metric(ids, device.memory_used)
+            total.add_metric(ids, device.memory_total)
+            if device.temperature is not None:
+                temperature.add_metric(ids, device.temperature)
+            slots.add_metric(ids, device.slots)
+            slots_used.add_metric(ids, device.slots_used)
+    yield from (util, used, total, temperature, slots, slots_used)
 
 
 def build_info() -> Metric:
@@ -272,9 +268,8 @@ def redis_memory_gauges(memory: RedisMemory | None) -> Iterator[Metric]:
 class SnapshotCollector(Collector):
     """Yields the metric families of one scrape's snapshot (None: Redis did not answer)."""
 
-    def __init__(self, snapshot: Snapshot | None, devices: list[DeviceReading]) -> None:
+    def __init__(self, snapshot: Snapshot | None) -> None:
         self.snapshot = snapshot
-        self.devices = devices
 
     def collect(self) -> Iterator[Metric]:
         """Every taskd metric family."""
@@ -283,7 +278,8 @@ class SnapshotCollector(Collector):
         )
         yield up
         yield build_info()
-        yield from gpu_gauges(self.devices)
+        # Without Redis no host's GPUs can be read: the families stay, without samples.
+        yield from gpu_gauges(self.snapshot.gpus if self.snapshot is not None else [])
         if self.snapshot is None:
             return
         yield from task_counters(self.snapshot.counters)
@@ -293,17 +289,14 @@ class SnapshotCollector(Collector):
         yield from worker_gauges(self.snapshot.workers)
         yield from webhook_counters(self.snapshot.counters)
         yield webhook_backlog(self.snapshot.webhooks_due)
-        yield from gpu_slot_gauges(self.snapshot.host, self.snapshot.gpu_use)
         yield from redis_memory_gauges(self.snapshot.redis_memory)
 
 
-def exposition(
-    snapshot: Snapshot | None, devices: list[DeviceReading], accept: str = ""
-) -> tuple[bytes, str]:
+def exposition(snapshot: Snapshot | None, accept: str = "") -> tuple[bytes, str]:
     """One scrape (this process's CPU, memory and file descriptors included) and its content type,
     in the text format or OpenMetrics as the `Accept` header asks."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, devices))
+    registry.register(SnapshotCollector(snapshot))
     # The standard names (`process_cpu_seconds_total`, ...), which dashboards and alerts expect.
     ProcessCollector(registry=registry)
     encoder, content_type = choose_encoder(accept)
@@ -321,5 +314,5 @@ async def metrics(request: web.Request) -> web.Response:
     except Exception as exc:  # a scrape must still answer, saying Redis is down
         log.warning("metrics scrape could not read Redis: %s", exc)
         snapshot = None
-    body, content_type = exposition(snapshot, api.gpu.inventory.read(), request.headers.get("Accept", ""))
+    body, content_type = exposition(snapshot, request.headers.get("Accept", ""))
     return web.Response(body=body, headers={"Content-Type": content_type})
