@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import aiohttp
     from aiohttp.typedefs import Handler, Middleware
     from opentelemetry.sdk.trace import TracerProvider
+    from yarl import URL
 
 # The span attributes of a run and of a webhook delivery (docs/tracing.md lists them).
 TASK_ID, TASK_TYPE, PROJECT_ID = "taskd.task.id", "taskd.task.type", "taskd.project.id"
@@ -145,8 +146,15 @@ def client_trace_configs() -> list[aiohttp.TraceConfig]:
         return []
     from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 
-    config: aiohttp.TraceConfig = create_trace_config(tracer_provider=_provider)
+    # A span keeps the URL without its query: presigned S3 URLs (X-Amz-Signature), taskd's signed
+    # media links and receivers' tokens carry credentials there, which the instrumentation's own
+    # redaction (a few named parameters) misses.
+    config: aiohttp.TraceConfig = create_trace_config(url_filter=_without_query, tracer_provider=_provider)
     return [config]
+
+
+def _without_query(url: URL) -> str:
+    return str(url.with_query(None).with_fragment(None))
 
 
 def carrier() -> dict[str, str] | None:

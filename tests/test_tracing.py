@@ -83,7 +83,8 @@ async def test_submit_run_provider_call_and_webhook_form_one_trace_across_proces
             "project_id": "traced",
             "task_type": "test_prompt",
             "task_data": TASK_DATA["test_prompt"],
-            "callback_url": receiver.url(),
+            # A receiver's token in the query: it must not be copied into the trace.
+            "callback_url": receiver.url("/hook?token=receiver-secret"),
         },
     )
     [webhook] = await receiver.wait_for(1)
@@ -117,12 +118,15 @@ async def test_submit_run_provider_call_and_webhook_form_one_trace_across_proces
         tracing.OUTCOME: "completed",
     }
     assert provider_call.trace_id == submit.trace_id
+    assert provider_call.attributes["http.url"] == f"{fake_llm.base_url}/chat/completions"
     assert _traceparent_ids(fake_llm.requests[-1].headers["traceparent"]) == (
         submit.trace_id,
         provider_call.span_id,
     )
     assert (delivery.trace_id, delivery.parent_span_id) == (submit.trace_id, submit.span_id)
     assert _traceparent_ids(webhook.headers["traceparent"]) == (submit.trace_id, post.span_id)
+    assert post.attributes["http.url"] == receiver.url("/hook")
+    assert not any("receiver-secret" in str(span.attributes) for span in spans)
 
 
 async def test_a_task_submitted_with_tracing_off_keeps_no_trace_context(taskd, redis):
@@ -182,3 +186,41 @@ def test_an_exporter_taskd_does_not_ship_stops_start_up_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "taskd: OTEL_TRACES_EXPORTER='zipkin': taskd exports traces with one of otlp, console"
     ]
+
+
+async def _submit_span_with_headers(
+    spawn_taskd, tmp_path: Path, collector: OtlpCollector, headers: dict[str, str]
+) -> tuple[int, ReceivedSpan]:
+    api = spawn_taskd("serve", "--no-worker", env=_traced_env(tmp_path / "data", collector, "taskd-api"))
+    body = {"project_id": "traced", "task_type": "test_prompt", "task_data": TASK_DATA["test_prompt"]}
+    async with (
+        aiohttp.ClientSession(api.base_url, headers={"X-API-Key": API_KEY, **headers}) as session,
+        session.post("/api/v1/tasks/submit", json=body) as response,
+    ):
+        status = response.status
+    await collector.wait_for(lambda spans: any(span.kind == "server" for span in spans))
+    return status, _one(collector.spans, name="POST /api/v1/tasks/submit")
+
+
+async def test_the_callers_traceparent_makes_the_submit_span_its_child(spawn_taskd, tmp_path, collector):
+    caller_trace, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+    status, submit = await _submit_span_with_headers(
+        spawn_taskd, tmp_path, collector, {"traceparent": f"00-{caller_trace}-{caller_span}-01"}
+    )
+
+    assert status == 200
+    assert (submit.trace_id, submit.parent_span_id) == (caller_trace, caller_span)
+
+
+async def test_a_malformed_traceparent_from_the_caller_starts_a_new_trace(spawn_taskd, tmp_path, collector):
+    status, submit = await _submit_span_with_headers(
+        spawn_taskd,
+        tmp_path,
+        collector,
+        {"traceparent": "00-not-a-trace-01", "tracestate": "x" * 4000},
+    )
+
+    assert status == 200
+    assert submit.parent_span_id == ""
+    assert len(submit.trace_id) == 32 and submit.trace_id != "0" * 32
