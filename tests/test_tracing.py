@@ -224,3 +224,21 @@ async def test_a_malformed_traceparent_from_the_caller_starts_a_new_trace(spawn_
     assert status == 200
     assert submit.parent_span_id == ""
     assert len(submit.trace_id) == 32 and submit.trace_id != "0" * 32
+
+
+async def test_the_run_span_of_a_gpu_task_names_its_device(spawn_taskd, tmp_path, collector):
+    node = spawn_taskd(
+        "serve",
+        env=_traced_env(tmp_path / "data", collector, "taskd", TASKD_GPU__SIMULATE="1"),
+    )
+    assert node.base_url is not None
+
+    status = await _submit_and_wait(
+        node.base_url, {"project_id": "traced", "task_type": "gpu_hold", "task_data": {"seconds": 0}}
+    )
+    await collector.wait_for(lambda spans: any(span.name == "run gpu_hold" for span in spans))
+
+    run = _one(collector.spans, name="run gpu_hold")
+    assert status["status"] == "completed"
+    assert (run.attributes[tracing.QUEUE], run.attributes[tracing.DEVICE]) == ("gpu_medium", "0")
+    assert run.attributes[tracing.DEVICE] == str(status["result"]["device"])
