@@ -20,6 +20,7 @@ import yaml
 from conftest import child_env
 from seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedS3
 
+from taskd import tracing
 from taskd.cli import _parser
 from taskd.config import Config, load_config
 
@@ -146,6 +147,18 @@ def test_each_taskd_service_environment_is_a_valid_taskd_config_on_the_compose_s
     assert config.media.s3.endpoint == "http://seaweedfs:8333"
     assert (config.http.host, config.http.port, config.data_dir) == ("0.0.0.0", 8001, "/var/lib/taskd")
     assert "seaweedfs" in services and "valkey" in services[name]["depends_on"]
+
+
+@pytest.mark.parametrize("name", TASKD_SERVICES)
+def test_tracing_in_compose_is_off_until_the_env_file_names_a_collector(name):
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4318"}
+
+    without = service_env(compose()["services"][name])
+    with_collector = service_env(compose({**DOT_ENV, **endpoint})["services"][name])
+
+    assert not tracing.configured(without)
+    assert tracing.configured(with_collector)
+    assert with_collector["OTEL_SERVICE_NAME"].startswith("taskd-")
 
 
 def test_the_api_port_published_is_the_one_taskd_listens_on(tmp_path):
