@@ -13,7 +13,7 @@ import psutil
 from aiohttp import web
 from redis.asyncio import Redis
 
-from taskd import apikey
+from taskd import apikey, tracing
 from taskd.config import Config, ConfigError
 from taskd.embedded import EmbeddedValkey
 from taskd.engine.executor import Executor
@@ -131,6 +131,8 @@ class Service:
 
     async def _start(self) -> None:
         signers = self._webhook_signers()  # first: a damaged secret file stops start-up before anything runs
+        # Before the API and the sessions are made: they take the tracing middleware and trace configs.
+        tracing.setup()
         url = await self._redis_url()
         REDACTOR.add(url_password(url))  # the embedded server's password is in no config field
         self._register_secrets()
@@ -143,7 +145,10 @@ class Service:
         await redis.ping()
         await refuse_cluster(url, redis)
         await layout.upgrade(redis)
-        session = await self._stack.enter_async_context(aiohttp.ClientSession())
+        # Providers' calls go through this session: with tracing on, each is a span of its run.
+        session = await self._stack.enter_async_context(
+            aiohttp.ClientSession(trace_configs=tracing.client_trace_configs())
+        )
         store = TaskStore(
             redis,
             self.config.storage.task_ttl,
@@ -319,6 +324,9 @@ class Service:
             with contextlib.suppress(Exception):
                 await self._heartbeat.remove()
         await self._stack.aclose()
+        # The spans of the last runs and requests leave before the process does.
+        if tracing.enabled():
+            await asyncio.to_thread(tracing.flush)
 
     def announce(self) -> None:
         """Print where the API listens and, when taskd made the key itself, the key."""

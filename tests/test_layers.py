@@ -32,6 +32,7 @@ FLOORS = [
         "redis_conn.py",
         "redis_memory.py",
         "sdnotify.py",
+        "tracing.py",
     ],
     ["heartbeat.py", "alerts.py", "embedded.py", "client.py", "sync_client.py", "net", "store", "gpu"],
     ["media"],

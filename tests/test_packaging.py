@@ -78,7 +78,7 @@ def _run_without_server(code: str) -> subprocess.CompletedProcess[str]:
 def test_every_imported_package_is_a_declared_dependency():
     modules = _modules_by_distribution()
     extras = PROJECT["optional-dependencies"]
-    declared = PROJECT["dependencies"] + extras["server"] + extras["s3"]
+    declared = PROJECT["dependencies"] + extras["server"] + extras["s3"] + extras["otel"]
     provided = set().union(*(modules[_distribution(requirement)] for requirement in declared))
 
     undeclared = _imported_packages() - provided - OPTIONAL_IMPORTS

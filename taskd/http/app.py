@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from taskd import tracing
 from taskd.http import (
     apidocs,
     dashboard,
@@ -36,7 +37,8 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
 def create_app(api: Api) -> web.Application:
     """The HTTP API with auth and the documented error bodies on every route."""
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware, rate_limit_middleware],
+        # The tracing middleware (when on) comes first, so that its span sees the status sent.
+        middlewares=[*tracing.server_middlewares(), error_middleware, auth_middleware, rate_limit_middleware],
         client_max_size=api.config.limits.max_body_bytes,
     )
     app[API] = api
