@@ -90,13 +90,20 @@ class Heartbeat:
             await pipe.execute()
 
 
-async def live_workers(redis: Redis, ttl: float) -> list[WorkerInfo]:
-    """Workers whose last heartbeat is younger than `ttl`; older entries are pruned."""
+async def beating_within(redis: Redis, beats: str, ttl: float) -> list[bytes]:
+    """The members of a sorted set of heartbeats (scored by the beat's epoch ms) that beat within
+    `ttl`; older ones are pruned in the same transaction."""
     cutoff = int((time.time() - ttl) * 1000)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.zremrangebyscore(keys.WORKERS, "-inf", cutoff)
-        pipe.zrange(keys.WORKERS, 0, -1)
+        pipe.zremrangebyscore(beats, "-inf", cutoff)
+        pipe.zrange(beats, 0, -1)
         _, members = await pipe.execute()
+    return list(members)
+
+
+async def live_workers(redis: Redis, ttl: float) -> list[WorkerInfo]:
+    """Workers whose last heartbeat is younger than `ttl`; older entries are pruned."""
+    members = await beating_within(redis, keys.WORKERS, ttl)
     if not members:
         return []
     raw = await redis.mget([keys.worker(member.decode()) for member in members])

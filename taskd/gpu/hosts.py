@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from taskd import keys
 from taskd.gpu.scheduler import GpuScheduler
+from taskd.heartbeat import beating_within
 
 log = logging.getLogger("taskd.gpu")
 
@@ -85,11 +86,7 @@ class HostPublisher:
 
 async def read_hosts(redis: Redis, ttl: float) -> list[HostGpus]:
     """Every host that published within `ttl`, by host id, each with its devices by index."""
-    cutoff = int((time.time() - ttl) * 1000)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.zremrangebyscore(keys.GPU_HOSTS, "-inf", cutoff)
-        pipe.zrange(keys.GPU_HOSTS, 0, -1)
-        _, members = await pipe.execute()
+    members = await beating_within(redis, keys.GPU_HOSTS, ttl)
     if not members:
         return []
     hosts = sorted(member.decode() for member in members)
