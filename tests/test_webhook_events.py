@@ -94,8 +94,9 @@ async def test_progress_webhooks_are_coalesced_to_one_per_interval_carrying_the_
     progress = [request for request in receiver.received if request.json["event"] == "progress"]
 
     assert 2 <= len(progress) <= 2.0 / 0.5 + 1
-    # Each is due an interval after the last one was; the mean spacing shows it (one may arrive late).
-    assert (progress[-1].at - progress[0].at) / (len(progress) - 1) >= 0.45
+    # Each is due an interval after the last one was due; the spacing shows it. The first may be
+    # delivered late on a loaded machine (the next is still due on time): one gap is not counted.
+    assert progress[-1].at - progress[0].at >= 0.45 * (len(progress) - 2)
     values = [request.json["progress"] for request in progress]
     # The latest progress when each is sent, not the next one after the last webhook's.
     assert all(later - earlier > 2 / steps for earlier, later in itertools.pairwise(values)), values
