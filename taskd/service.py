@@ -229,7 +229,10 @@ class Service:
             "GPUs: %s",
             ", ".join(f"{d.index} ({d.name})" for d in devices) or "none; GPU queues run on the CPU",
         )
-        self._pool = pool = WorkerPool(redis, executor, self.registry, self.config, self.queues)
+        # A host with GPUs claims one job at a time: a claim must hold a device's slots first.
+        self._pool = pool = WorkerPool(
+            redis, executor, self.registry, self.config, self.queues, take=not devices
+        )
         # GPU slots came back: any queue's worker may now find a job that fits (cheap: a wake-up).
         executor.slots_freed = pool.wake_all
         info = WorkerInfo(
@@ -252,13 +255,19 @@ class Service:
         pool.start()
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
-            asyncio.create_task(executor.listen(self._listener, self._wake), name="pubsub-listener"),
+            asyncio.create_task(executor.listen(self._listener, self._woken), name="pubsub-listener"),
         ]
         log.info("workers serving queues: %s", ", ".join(self.queues))
 
     def _wake(self, queue: str) -> None:
         if self._pool is not None:
             self._pool.wake(queue)
+
+    def _woken(self, message: str) -> None:
+        # "{queue} {worker id}" wakes that worker only (lib/wake.lua); a bare queue name, every one.
+        queue, _, worker_id = message.partition(" ")
+        if not worker_id or worker_id == self.worker_id:
+            self._wake(queue)
 
     async def _start_http(self, redis: Redis, store: TaskStore, queue: TaskQueue, gpu: GpuScheduler) -> None:
         scoped = {entry.key: frozenset(entry.projects) for entry in self.config.auth.keys if entry.projects}

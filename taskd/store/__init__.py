@@ -14,6 +14,7 @@ from taskd.store.records import (
     Idempotency,
     QueuedJob,
     Start,
+    Taken,
     TaskStore,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "Idempotency",
     "QueuedJob",
     "Start",
+    "Taken",
     "TaskStore",
     "decode",
     "encode",
