@@ -31,7 +31,8 @@ them (taskd.queue.workers). Keys written before the tag (`taskd:…`) are rename
 | `{taskd}:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the limit is reached |
 | `{taskd}:provider:{name}:slots` | sorted set: holder (worker id, task id, request) -> ms its lease ends, of the requests in flight to provider `llm`/`image`/`speech` (`providers.<name>.max_concurrency`) | a lease after the last acquire or renewal; holders whose lease ended are dropped on each acquire |
 | `{taskd}:provider:{name}:minute` | sorted set: the times (ms) of the requests sent to the provider in the last minute (`providers.<name>.per_minute`) | a minute after its last request; older members are dropped on each acquire |
-| `{taskd}:wake` | pub/sub channel: `{queue} {worker id}` when a job is put on the queue and that worker was idle (only it looks), or the bare queue name when none was (every process serving it looks) | no storage |
+| `{taskd}:wake` | pub/sub channel: a queue name, published when a job is put on it and no worker of the queue was idle; every process serving it looks | no storage |
+| `{taskd}:wake:{worker id}` | pub/sub channel of one worker process: a queue name, published when a job is put on it and that worker was the one idle longest; only it hears it | no storage |
 | `{taskd}:waiting:{queue}` | sorted set: every waiting job of the queue (job id -> its own score); its size is the queue's length | members leave when their job starts or its task is cancelled |
 | `{taskd}:project_waiting:{queue}:{project_id}` | sorted set: the project's waiting jobs on the queue, its head included (job id -> its own score) | members leave when their job starts or its task is cancelled |
 | `{taskd}:heads:{queue}` | hash: project id -> the one job of the project on arq's queue set (its head), for fair turns | a field leaves when the project has nothing waiting on the queue |
@@ -96,6 +97,11 @@ def running(queue: str) -> str:
 def worker(worker_id: str) -> str:
     """The heartbeat record of one worker process."""
     return f"{PREFIX}worker:{worker_id}"
+
+
+def wake_worker(worker_id: str) -> str:
+    """The pub/sub channel that wakes one worker process (lib/wake.lua publishes a queue name on it)."""
+    return f"{WAKE_CHANNEL}:{worker_id}"
 
 
 def idle(queue: str) -> str:

@@ -255,19 +255,13 @@ class Service:
         pool.start()
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
-            asyncio.create_task(executor.listen(self._listener, self._woken), name="pubsub-listener"),
+            asyncio.create_task(executor.listen(self._listener, self._wake), name="pubsub-listener"),
         ]
         log.info("workers serving queues: %s", ", ".join(self.queues))
 
     def _wake(self, queue: str) -> None:
         if self._pool is not None:
             self._pool.wake(queue)
-
-    def _woken(self, message: str) -> None:
-        # "{queue} {worker id}" wakes that worker only (lib/wake.lua); a bare queue name, every one.
-        queue, _, worker_id = message.partition(" ")
-        if not worker_id or worker_id == self.worker_id:
-            self._wake(queue)
 
     async def _start_http(self, redis: Redis, store: TaskStore, queue: TaskQueue, gpu: GpuScheduler) -> None:
         scoped = {entry.key: frozenset(entry.projects) for entry in self.config.auth.keys if entry.projects}

@@ -28,19 +28,19 @@ async def alive(redis: Redis, *worker_ids: str) -> None:
 @pytest.fixture
 async def wakes(redis: Redis) -> AsyncIterator[PubSub]:
     async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(keys.WAKE_CHANNEL)
+        await pubsub.psubscribe(keys.WAKE_CHANNEL + "*")  # every process's channel and each worker's
         await pubsub.get_message(timeout=1)  # the subscribe confirmation
         yield pubsub
 
 
 async def messages(pubsub: PubSub, wait: float = 0.3) -> list[str]:
-    """What was published on the wake channel within `wait` seconds."""
+    """What was published on the wake channels within `wait` seconds: "{channel} {queue}" each."""
     seen = []
     deadline = time.monotonic() + wait
     while (left := deadline - time.monotonic()) > 0:
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
         if message is not None:
-            seen.append(message["data"].decode())
+            seen.append(f"{message['channel'].decode()} {message['data'].decode()}")
     return seen
 
 
@@ -122,7 +122,7 @@ async def test_a_submit_wakes_only_the_worker_idle_longest(start_service: Any, r
 
     await api.submit("noop", {})
 
-    assert await messages(wakes) == ["default worker-a"]
+    assert await messages(wakes) == ["{taskd}:wake:worker-a default"]
     assert await redis.zrange(keys.idle("default"), 0, -1) == [b"worker-b"]
 
 
@@ -133,7 +133,7 @@ async def test_a_submit_with_no_worker_idle_wakes_every_worker(
 
     await api.submit("noop", {})
 
-    assert await messages(wakes) == ["default"]
+    assert await messages(wakes) == ["{taskd}:wake default"]
 
 
 async def test_an_idle_worker_without_a_heartbeat_is_dropped_and_the_next_one_woken(
@@ -147,7 +147,7 @@ async def test_an_idle_worker_without_a_heartbeat_is_dropped_and_the_next_one_wo
 
     await api.submit("noop", {})
 
-    assert await messages(wakes) == ["default worker-b"]
+    assert await messages(wakes) == ["{taskd}:wake:worker-b default"]
     assert await redis.zcard(keys.idle("default")) == 0
 
 
@@ -165,7 +165,7 @@ async def test_a_worker_that_takes_its_fill_with_jobs_left_wakes_another_idle_wo
     taken = await store.take("default", "worker-a", time.time(), 1, 100)
 
     assert len(taken) == 1
-    assert await messages(wakes) == ["default worker-b"]
+    assert await messages(wakes) == ["{taskd}:wake:worker-b default"]
 
 
 async def test_two_worker_processes_both_run_tasks_and_each_task_once(start_service: Any, redis: Redis):

@@ -646,12 +646,15 @@ class Executor:
                 self.cancel_local(task_id)
 
     async def listen(self, redis: Redis, on_wake: Callable[[str], None]) -> None:
-        """Follow the cancel and wake channels of every taskd process; reconnects on errors."""
+        """Follow the cancel and wake channels of every taskd process, and this worker's own wake
+        channel (lib/wake.lua wakes one idle worker on it); reconnects on errors."""
         reconnects = Backoff.reconnect()
         while True:
             try:
                 async with redis.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.CANCEL_CHANNEL, keys.WAKE_CHANNEL)
+                    await pubsub.subscribe(
+                        keys.CANCEL_CHANNEL, keys.WAKE_CHANNEL, keys.wake_worker(self.worker_id)
+                    )
                     reconnects.reset()
                     async for message in pubsub.listen():
                         if message["type"] != "message":

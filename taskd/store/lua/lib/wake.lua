@@ -7,13 +7,13 @@
 --   queue  taskd's queue name
 --
 -- A worker whose last take (take.lua) left it free slots waits in {taskd}:idle:{queue} (worker id ->
--- ms it went idle). The one idle longest is taken off and named on {taskd}:wake ("{queue}
--- {worker id}"): only that process looks. Before this, every submit woke every worker, and all
--- but one of them found the job already taken (docs/performance.md). An entry whose worker has
--- no heartbeat ({taskd}:worker:{id}) any more is dropped and the next one tried. With no worker
--- idle, the bare queue name goes out and every process serving the queue looks: a worker that
--- claims one job at a time (a host with GPUs) never waits in the idle set, and one that is busy
--- looks only once a slot is free.
+-- ms it went idle). The one idle longest is taken off and the queue's name published on its own
+-- channel, {taskd}:wake:{worker id}: only that process hears it and looks. Before this, every
+-- submit woke every worker, and all but one of them found the job already taken
+-- (docs/performance.md). An entry whose worker has no heartbeat ({taskd}:worker:{id}) any more is
+-- dropped and the next one tried. With no worker idle, the queue's name goes out on {taskd}:wake
+-- and every process serving the queue looks: a worker that claims one job at a time (a host with
+-- GPUs) never waits in the idle set, and one that is busy looks only once a slot is free.
 -- Returns the woken worker's id, or false when every worker was told.
 local function wake_one(queue)
   local idle = '@IDLE_PREFIX@' .. queue
@@ -21,7 +21,7 @@ local function wake_one(queue)
     local first = redis.call('ZPOPMIN', idle)
     if #first == 0 then break end
     if redis.call('EXISTS', '@WORKER_PREFIX@' .. first[1]) == 1 then
-      redis.call('PUBLISH', '@WAKE@', queue .. ' ' .. first[1])
+      redis.call('PUBLISH', '@WAKE@:' .. first[1], queue)
       return first[1]
     end
   end
