@@ -55,7 +55,7 @@ async def test_one_take_starts_a_projects_queued_tasks_up_to_the_free_slots_in_s
     ids = [(await api.submit("noop", {}))["task_id"] for _ in range(5)]
     await alive(redis, "worker-a")
 
-    taken = await TaskStore(redis, 3600).take("default", "worker-a", time.time(), 3, 100)
+    taken = (await TaskStore(redis, 3600).take("default", "worker-a", time.time(), 3, 100)).started
 
     assert [t.record.task_id for t in taken if t.record] == ids[:3]
     assert await statuses(redis, ids) == ["processing"] * 3 + ["queued"] * 2
@@ -69,7 +69,7 @@ async def test_two_workers_taking_at_once_never_start_the_same_task(start_servic
 
     async def drain(worker_id: str) -> list[str]:
         mine: list[str] = []
-        while taken := await store.take("default", worker_id, time.time(), 2, 100):
+        while taken := (await store.take("default", worker_id, time.time(), 2, 100)).started:
             mine += [t.record.task_id for t in taken if t.record]
         return mine
 
@@ -92,8 +92,9 @@ async def test_a_take_passes_over_a_throttled_projects_head_to_the_next_project(
     first = await store.take("default", "worker-a", time.time(), 1, 100)
     second = await store.take("default", "worker-a", time.time(), 5, 100)
 
-    assert [t.record.task_id for t in first if t.record] == [busy[0]]
-    assert [t.record.task_id for t in second if t.record] == [other]
+    assert [t.record.task_id for t in first.started if t.record] == [busy[0]]
+    assert [t.record.task_id for t in second.started if t.record] == [other]
+    assert second.look_when_freed  # the passed-over head may start when a slot frees
     assert await statuses(redis, busy) == ["processing", "queued"]
 
 
@@ -109,8 +110,8 @@ async def test_a_take_after_a_lost_reply_returns_the_tasks_the_worker_already_ru
     again = await store.take("default", "worker-a", time.time(), 1, 100, recover=True)
     other = await store.take("default", "worker-b", time.time(), 1, 100, recover=True)
 
-    assert [t.record.task_id for t in again if t.record] == [task_id]
-    assert other == []
+    assert [t.record.task_id for t in again.started if t.record] == [task_id]
+    assert other.started == []
 
 
 async def test_a_submit_wakes_only_the_worker_idle_longest(start_service: Any, redis: Redis, wakes: PubSub):
@@ -164,7 +165,8 @@ async def test_a_worker_that_takes_its_fill_with_jobs_left_wakes_another_idle_wo
 
     taken = await store.take("default", "worker-a", time.time(), 1, 100)
 
-    assert len(taken) == 1
+    assert len(taken.started) == 1
+    assert taken.look_when_freed
     assert await messages(wakes) == ["{taskd}:wake:worker-b default"]
 
 
@@ -181,3 +183,17 @@ async def test_two_worker_processes_both_run_tasks_and_each_task_once(start_serv
     assert {body["attempt"] for body in bodies} == {1}
     runners = {(await redis.hget(keys.task(task_id), "worker_id") or b"").decode() for task_id in ids}
     assert runners == {first.service.worker_id, second.service.worker_id}
+
+
+async def test_a_worker_that_found_no_more_jobs_waits_to_be_woken_instead_of_looking_when_a_slot_frees(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    await api.submit("noop", {})
+    await alive(redis, "worker-a")
+
+    taken = await TaskStore(redis, 3600).take("default", "worker-a", time.time(), 4, 100)
+
+    assert len(taken.started) == 1
+    assert not taken.look_when_freed
+    assert await redis.zrange(keys.idle("default"), 0, -1) == [b"worker-a"]

@@ -35,7 +35,7 @@ from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
 from taskd.stopping import cancel_and_wait
-from taskd.store import CorruptRecord, Start, Taken, TaskStore
+from taskd.store import CorruptRecord, Start, Takes, TaskStore
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 
@@ -236,7 +236,7 @@ class Executor:
             await self._release_lease(task_id, wake=not start.throttled)
         return start
 
-    async def take(self, queue: str, count: int) -> list[Taken]:
+    async def take(self, queue: str, count: int) -> Takes:
         """Start up to `count` due jobs of `queue` for this worker in fair order (one round trip).
 
         Retried while Redis is unreachable; a retry also asks for the tasks this worker already
@@ -244,7 +244,7 @@ class Executor:
         """
         recover = False
 
-        async def attempt() -> list[Taken]:
+        async def attempt() -> Takes:
             nonlocal recover
             try:
                 return await self.store.take(queue, self.worker_id, now(), count, TAKE_SCAN, recover=recover)

@@ -20,11 +20,11 @@ from taskd.backoff import Backoff
 from taskd.config import Config
 from taskd.queue.task_queue import JOB_FUNCTION
 from taskd.stopping import cancel_and_wait
-from taskd.store import Start, Taken
+from taskd.store import Start, Taken, Takes
 from taskd.tasks.registry import Registry
 
 Claim = Callable[[str, int], Awaitable[Start]]
-Take = Callable[[int], Awaitable[list[Taken]]]
+Take = Callable[[int], Awaitable[Takes]]
 # arq's job function as taskd registers it: (ctx, task_id) -> whether the run already dropped the job.
 JobFunction = Callable[[dict[str, Any], str], Awaitable[bool]]
 
@@ -44,7 +44,7 @@ class JobRunner(Protocol):
         """Claim a job of `queue` and start its task (one round trip)."""
         ...
 
-    async def take(self, queue: str, count: int) -> list[Taken]:
+    async def take(self, queue: str, count: int) -> Takes:
         """Start up to `count` due jobs of `queue` in fair order (one round trip)."""
         ...
 
@@ -96,13 +96,18 @@ class TaskdWorker(Worker):
         self._claim = claim
         self._running = running
         self._take = take
+        # Whether a freed slot should take at once: not when the last take found nothing more and
+        # left the worker in the idle set, where the next job wakes it (one empty take less a task).
+        self._look_when_freed = True
 
     async def _poll_iteration(self) -> None:
         if self._take is None:
             await super()._poll_iteration()
             return
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
-            for taken in await self._take(self.max_jobs - self.job_counter):
+            takes = await self._take(self.max_jobs - self.job_counter)
+            self._look_when_freed = takes.look_when_freed
+            for taken in takes.started:
                 await self._launch(taken)
         for job_id, task in list(self.tasks.items()):
             if task.done():
@@ -197,8 +202,9 @@ class TaskdWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        # A slot is free: look for the next waiting job now.
-        self.wake.set()
+        if self._take is None or self._look_when_freed:
+            # A slot is free and a job may be waiting for it: look now.
+            self.wake.set()
 
 
 class WorkerPool:

@@ -15,6 +15,7 @@ from taskd.store.records import (
     QueuedJob,
     Start,
     Taken,
+    Takes,
     TaskStore,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "QueuedJob",
     "Start",
     "Taken",
+    "Takes",
     "TaskStore",
     "decode",
     "encode",

@@ -97,6 +97,15 @@ class Taken:
 
 
 @attrs.frozen
+class Takes:
+    """What one take (take.lua) started, and whether the worker should take again when a slot frees:
+    False when it found no more due jobs and waits in the idle set, where the next job wakes it."""
+
+    started: list[Taken]
+    look_when_freed: bool
+
+
+@attrs.frozen
 class Admission:
     """Limits a submit must pass; 0 = unlimited."""
 
@@ -427,7 +436,7 @@ class TaskStore:
 
     async def take(
         self, queue: str, worker_id: str, at: float, count: int, scan: int, *, recover: bool = False
-    ) -> list[Taken]:
+    ) -> Takes:
         """Start up to `count` due jobs of `queue` for `worker_id` in fair order, in one script (take.lua).
 
         With `recover`, the tasks of `queue` that `worker_id` runs come back too: a call whose reply
@@ -452,13 +461,14 @@ class TaskStore:
                 "recover": "1" if recover else "0",
             },
         )
+        look, *entries = reply
         taken = []
-        for job, score, *fields in reply:
+        for job, score, *fields in entries:
             record = None
             with contextlib.suppress(CorruptRecord):  # logged by decode
                 record = decode(dict(zip(fields[::2], fields[1::2], strict=True)))
             taken.append(Taken(job.decode(), int(float(score)), record))
-        return taken
+        return Takes(taken, bool(look))
 
     async def position(self, record: TaskRecord) -> int:
         """Where a queued task stands in its queue now: 1 = next to start, counting the turns of other

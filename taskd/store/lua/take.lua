@@ -33,8 +33,10 @@
 -- {taskd}:project_waiting:{queue}:{project_id}, {taskd}:waiting:{queue} and {taskd}:heads:{queue};
 -- a started task's `started` webhook ({taskd}:webhook:{id}:started) is made due when its
 -- webhook_events ask for one.
--- Returns a list with one entry per started task: {job_id, score, field, value, ...} (the
--- started record).
+-- Returns {look, entry, ...}: look is 1 when the worker should take again as soon as one of its
+-- slots frees (it took its fill, or passed over a job that may start then), 0 when it waits in the
+-- idle set and the next job wakes it; then one entry per started task: {job_id, score, field,
+-- value, ...} (the started record).
 -- include lib/emit.lua
 -- include lib/webhook_event.lua
 -- include lib/fair.lua
@@ -137,4 +139,5 @@ else
   redis.call('ZREM', KEYS[4], me)
   if left then wake_one(ARGV[8]) end
 end
+table.insert(taken, 1, (started >= count or npassed > 0) and 1 or 0)
 return taken
