@@ -255,7 +255,9 @@ class Service:
         pool.start()
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
-            asyncio.create_task(executor.listen(self._listener, self._wake), name="pubsub-listener"),
+            asyncio.create_task(
+                executor.listen(self._listener, self._wake, every_wake=bool(devices)), name="pubsub-listener"
+            ),
         ]
         log.info("workers serving queues: %s", ", ".join(self.queues))
 

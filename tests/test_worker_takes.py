@@ -14,6 +14,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from taskd import keys
+from taskd.config import GpuConfig
+from taskd.gpu.devices import SimulatedBackend
 from taskd.store import TaskStore
 
 SLEEP = {"seconds": 0.3, "steps": 1}
@@ -127,7 +129,7 @@ async def test_a_submit_wakes_only_the_worker_idle_longest(start_service: Any, r
     assert await redis.zrange(keys.idle("default"), 0, -1) == [b"worker-b"]
 
 
-async def test_a_submit_with_no_worker_idle_wakes_every_worker(
+async def test_a_submit_with_no_worker_idle_is_announced_on_the_channel_of_every_process(
     start_service: Any, redis: Redis, wakes: PubSub
 ):
     api = await start_service(workers=False)
@@ -197,3 +199,27 @@ async def test_a_worker_that_found_no_more_jobs_waits_to_be_woken_instead_of_loo
     assert len(taken.started) == 1
     assert not taken.look_when_freed
     assert await redis.zrange(keys.idle("default"), 0, -1) == [b"worker-a"]
+
+
+async def listeners(redis: Redis, channel: str) -> int:
+    """Subscribers of a pub/sub channel."""
+    [(_, count)] = await redis.pubsub_numsub(channel)
+    return int(count)
+
+
+async def test_only_a_worker_that_claims_one_job_at_a_time_listens_to_the_wake_of_every_process(
+    start_service: Any, redis: Redis
+):
+    taking = await start_service(http=False)
+    async with asyncio.timeout(10):
+        while await listeners(redis, keys.wake_worker(taking.service.worker_id)) == 0:
+            await asyncio.sleep(0.02)
+    alone = await listeners(redis, keys.WAKE_CHANNEL)
+
+    claiming = await start_service(http=False, gpu_backend=SimulatedBackend(1), gpu=GpuConfig(slots=1))
+    async with asyncio.timeout(10):
+        while await listeners(redis, keys.wake_worker(claiming.service.worker_id)) == 0:
+            await asyncio.sleep(0.02)
+
+    assert alone == 0
+    assert await listeners(redis, keys.WAKE_CHANNEL) == 1

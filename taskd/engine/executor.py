@@ -645,16 +645,21 @@ class Executor:
                 log.info("task %s is cancelled in its record; stopping it", task_id)
                 self.cancel_local(task_id)
 
-    async def listen(self, redis: Redis, on_wake: Callable[[str], None]) -> None:
-        """Follow the cancel and wake channels of every taskd process, and this worker's own wake
-        channel (lib/wake.lua wakes one idle worker on it); reconnects on errors."""
+    async def listen(self, redis: Redis, on_wake: Callable[[str], None], *, every_wake: bool = False) -> None:
+        """Follow the cancel channel, this worker's own wake channel (lib/wake.lua wakes one idle
+        worker on it) and, with `every_wake`, the wake channel of every process; reconnects on errors.
+
+        Only a worker that claims one job at a time (a host with GPUs) needs `every_wake`: it never
+        waits in the idle set, so a job that found no idle worker is announced to it there. A
+        worker that takes batches is either idle (and woken alone) or looks by itself when a slot
+        frees, so the broadcast would only wake it for nothing, once per submit and process.
+        """
         reconnects = Backoff.reconnect()
         while True:
             try:
                 async with redis.pubsub() as pubsub:
-                    await pubsub.subscribe(
-                        keys.CANCEL_CHANNEL, keys.WAKE_CHANNEL, keys.wake_worker(self.worker_id)
-                    )
+                    channels = [keys.CANCEL_CHANNEL, keys.wake_worker(self.worker_id)]
+                    await pubsub.subscribe(*channels, *([keys.WAKE_CHANNEL] if every_wake else []))
                     reconnects.reset()
                     async for message in pubsub.listen():
                         if message["type"] != "message":

@@ -11,9 +11,10 @@
 -- channel, {taskd}:wake:{worker id}: only that process hears it and looks. Before this, every
 -- submit woke every worker, and all but one of them found the job already taken
 -- (docs/performance.md). An entry whose worker has no heartbeat ({taskd}:worker:{id}) any more is
--- dropped and the next one tried. With no worker idle, the queue's name goes out on {taskd}:wake
--- and every process serving the queue looks: a worker that claims one job at a time (a host with
--- GPUs) never waits in the idle set, and one that is busy looks only once a slot is free.
+-- dropped and the next one tried. With no worker idle, the queue's name goes out on {taskd}:wake,
+-- which only the workers that claim one job at a time listen to (a host with GPUs: they never
+-- wait in the idle set; taskd.engine.executor.Executor.listen): a worker that takes batches and
+-- is not idle was just woken, or is full and looks by itself when a slot frees.
 -- Returns the woken worker's id, or false when every worker was told.
 local function wake_one(queue)
   local idle = '@IDLE_PREFIX@' .. queue
