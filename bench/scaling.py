@@ -212,10 +212,10 @@ class Deployment:
         await self.redis.config_resetstat()
 
     async def commands_per_task(self, tasks: int) -> dict[str, float]:
-        """Scripts run (`EVALSHA`: a submit, a claim that started or found its job taken, a finish,
-        the services' own loops) and arq's queue polls (`ZRANGEBYSCORE`) per task since
-        reset_commands(): two workers claiming the same job show as more scripts a task. The
-        benchmark's own reads of the counter are `HGET`s, not counted here."""
+        """Scripts run (`EVALSHA`: a submit, a finish, the workers' takes, the services' own loops)
+        and reads of a queue's due jobs (`ZRANGEBYSCORE`, inside take.lua: one per task started and
+        one per take) per task since reset_commands(): a take that finds nothing shows as more
+        scripts a task. The benchmark's own reads of the counter are `HGET`s, not counted here."""
         assert self.redis is not None
         stats = await self.redis.info("commandstats")
         return {
