@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean bench scaling profile floors
+.PHONY: run test lint install clean bench scaling profile floors gallery
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ scaling: $(STAMP)
 # docs/images/profile-*.svg. py-spy is not in `dev`: `$(BIN)/pip install -e '.[bench]'` first.
 profile: $(STAMP)
 	$(BIN)/python bench/profile.py
+
+# The README's "What comes out": one request per media task type against a taskd the script starts,
+# each request and a picture of its output in docs/images/gallery/ (docs/media.md#the-gallery; ~5 s).
+gallery: $(STAMP)
+	$(BIN)/python scripts/media_gallery.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,8 +8,11 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from taskd import cli_client, logs
+import shtab
+
+from taskd import cli_admin, cli_client, logs
 from taskd.config import ConfigError, load_config
+from taskd.version import version
 
 DESCRIPTION = """\
 taskd runs GPU-heavy and long-running work submitted over HTTP.
@@ -20,6 +23,12 @@ taskd runs GPU-heavy and long-running work submitted over HTTP.
                  or the embedded server of the same data dir on this host)
   taskd submit|status|wait|cancel|retry|tasks|health
                  a client of a running taskd (--url, --api-key; `taskd wait -h`)
+  taskd workers|queues|purge|retry-failed
+                 operator commands, on the Redis of the config (like `taskd worker`)
+  taskd config show|check
+                 the effective config (secrets masked), or whether it is valid
+  taskd completion bash|zsh
+                 a shell completion script, e.g. eval "$(taskd completion bash)"
 
 Config: --config FILE, then $TASKD_CONFIG, ./taskd.toml, /etc/taskd/taskd.toml;
 every key can be set as TASKD_<SECTION>__<KEY>, e.g. TASKD_HTTP__PORT=8001.
@@ -30,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="taskd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", help="path of taskd.toml")
+    parser.add_argument("--version", action="version", version=f"taskd {version()}")
+    parser.add_argument("--config", help="path of taskd.toml").complete = shtab.FILE  # type: ignore[attr-defined]
     parser.add_argument(
         "--log-level",
         type=str.upper,
@@ -51,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run workers only, against the same Redis as a serve")
     worker.add_argument("--queues", help="comma-separated queues to work on, e.g. gpu_heavy,gpu_medium")
     cli_client.add_commands(commands)
+    cli_admin.add_commands(commands)
+    completion = commands.add_parser("completion", help="print a shell completion script for bash or zsh")
+    completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
 
 
@@ -70,9 +83,15 @@ def _run_loop(main_coroutine: Coroutine[Any, Any, None]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if getattr(args, "client_command", None) is not None:
         return cli_client.run(args)
+    if args.command in cli_admin.COMMANDS:
+        return cli_admin.run(args)
+    if args.command == "completion":
+        print(shtab.complete(parser, shell=args.shell), end="")
+        return 0
     try:
         # Here, not at the top: the client commands above run on the base install, without the
         # server's packages (the `server` extra).

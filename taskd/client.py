@@ -6,16 +6,22 @@
         print(task.result)
 
 `wait` follows the task's server-sent events (resuming with `Last-Event-ID` when the connection
-drops) and falls back to polling the status when the stream is not available. Every refused
-request raises a `TaskdError` subclass carrying the documented error body.
+drops) and falls back to polling the status when the stream is not available. A 429 or 503 is
+tried again (`retries` times, waiting what its `Retry-After` says, else a growing backoff): taskd
+stores nothing when it answers either, so a submit is safe to send again. Every other refused
+request, and one still refused after the retries, raises a `TaskdError` subclass carrying the
+documented error body. `taskd.sync_client.SyncTaskClient` is the same client for code without an
+event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Self, TypeVar
 
 import aiohttp
@@ -31,6 +37,9 @@ TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCEL
 _STREAM_READ_TIMEOUT = 45.0  # the server sends a keep-alive every 15 s
 _STREAM_RETRIES = 5  # consecutive failed stream connections before falling back to polling
 _STREAM_RETRY_FIRST, _STREAM_RETRY_CAP = 0.4, 2.0  # seconds before reconnecting the stream
+# Between tries of a request refused with 429/503 and no Retry-After: 0.5, 1, 2 s ... up to 8 s,
+# each up to half shorter at random, so that clients refused together do not come back together.
+_REFUSED_RETRY_FIRST, _REFUSED_RETRY_CAP, _REFUSED_RETRY_JITTER = 0.5, 8.0, 0.5
 
 
 # ---- errors ----
@@ -87,11 +96,17 @@ class IdempotencyKeyReused(TaskdError):
 class RateLimited(TaskdError):
     """429 `rate_limited`; `retry_after` seconds."""
 
+    def __init__(self, status: int, body: dict[str, Any], retry_after_header: int | None = None) -> None:
+        super().__init__(status, body)
+        self._retry_after_header = retry_after_header
+
     @property
     def retry_after(self) -> int | None:
-        """Seconds to wait before trying again."""
+        """Seconds to wait before trying again: the body's `retry_after`, else the Retry-After header."""
         value = self.body.get("retry_after")
-        return int(value) if value is not None else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return math.ceil(value)
+        return self._retry_after_header
 
 
 class ServiceUnavailable(RateLimited):
@@ -114,8 +129,24 @@ class TaskCancelled(TaskEnded):
     """The task was cancelled."""
 
 
-def error_for(status: int, body: Any) -> TaskdError:
-    """The TaskdError subclass for an error response."""
+def retry_after_seconds(header: str | None, at: datetime | None = None) -> int | None:
+    """A Retry-After header's seconds (RFC 9110: a number of seconds or an HTTP date); None if unreadable."""
+    if header is None:
+        return None
+    header = header.strip()
+    if header.isdigit():
+        return int(header)
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; parsedate gives "-0000" as naive
+        when = when.replace(tzinfo=UTC)
+    return max(0, math.ceil((when - (at or datetime.now(UTC))).total_seconds()))
+
+
+def error_for(status: int, body: Any, retry_after_header: str | None = None) -> TaskdError:
+    """The TaskdError subclass for an error response (`retry_after_header`: its Retry-After, if any)."""
     if not isinstance(body, dict):
         body = {"error": "http_error", "message": str(body) or f"HTTP {status}"}
     kind = body.get("error")
@@ -130,9 +161,9 @@ def error_for(status: int, body: Any) -> TaskdError:
     if status == 422 and kind == "idempotency_key_reused":
         return IdempotencyKeyReused(status, body)
     if status == 429:
-        return RateLimited(status, body)
+        return RateLimited(status, body, retry_after_seconds(retry_after_header))
     if status == 503:
-        return ServiceUnavailable(status, body)
+        return ServiceUnavailable(status, body, retry_after_seconds(retry_after_header))
     return TaskdError(status, body)
 
 
@@ -408,7 +439,11 @@ async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | No
 
 
 class TaskClient:
-    """An async client of one taskd server; use `async with` (or call `close`)."""
+    """An async client of one taskd server; use `async with` (or call `close`).
+
+    `retries`: how many more times a request refused with 429 or 503 is sent; `max_retry_wait`:
+    the longest Retry-After waited for (a longer one raises at once, as the last refusal does).
+    """
 
     def __init__(
         self,
@@ -417,10 +452,16 @@ class TaskClient:
         *,
         timeout: float = 60.0,
         session: aiohttp.ClientSession | None = None,
+        retries: int = 3,
+        max_retry_wait: float = 60.0,
     ) -> None:
+        if retries < 0 or max_retry_wait < 0:
+            raise ValueError("retries and max_retry_wait must not be negative")
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        self.retries = retries
+        self.max_retry_wait = max_retry_wait
         self._session = session
         self._own_session = session is None
 
@@ -458,6 +499,41 @@ class TaskClient:
         extra_headers: dict[str, str] | None = None,
         extra_time: float = 0.0,
     ) -> Any:
+        """Send a request, again after a 429 or 503 (up to `retries` times); the JSON body of the answer."""
+        tries = 0
+        while True:
+            try:
+                return await self._send(
+                    method, path, json, params, ok, idempotency_key, extra_headers, extra_time
+                )
+            except RateLimited as refused:
+                tries += 1
+                delay = self._retry_delay(refused, tries)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
+    def _retry_delay(self, refused: RateLimited, tries: int) -> float | None:
+        """Seconds before sending again after the `tries`-th refusal; None: give up and raise it."""
+        if tries > self.retries:
+            return None
+        if refused.retry_after is None:
+            return exponential_delay(
+                tries, _REFUSED_RETRY_FIRST, cap=_REFUSED_RETRY_CAP, jitter=_REFUSED_RETRY_JITTER
+            )
+        return float(refused.retry_after) if refused.retry_after <= self.max_retry_wait else None
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: dict[str, Any] | None,
+        ok: tuple[int, ...],
+        idempotency_key: str | None,
+        extra_headers: dict[str, str] | None,
+        extra_time: float,
+    ) -> Any:
         data = orjson.dumps(json) if json is not None else None
         headers = self._headers({"Content-Type": "application/json"} if data is not None else None)
         if idempotency_key is not None:
@@ -475,7 +551,7 @@ class TaskClient:
                 except orjson.JSONDecodeError:
                     body = {"error": "http_error", "message": raw.decode(errors="replace")[:500]}
                 if response.status not in ok:
-                    raise error_for(response.status, body)
+                    raise error_for(response.status, body, response.headers.get("Retry-After"))
                 return body
         except aiohttp.ClientError as exc:
             raise TaskdConnectionError(f"cannot reach taskd at {self.url}: {exc}") from exc
@@ -648,7 +724,7 @@ class TaskClient:
                         body = {"error": "http_error", "message": raw.decode(errors="replace")[:500]}
                     if response.status in (404, 405) and body.get("error") != "task_not_found":
                         raise _StreamUnavailable(path)
-                    raise error_for(response.status, body)
+                    raise error_for(response.status, body, response.headers.get("Retry-After"))
                 if not response.content_type.startswith("text/event-stream"):
                     raise _StreamUnavailable(path)
                 async for event_id, name, data in _sse(response):

@@ -6,6 +6,8 @@ import base64
 import ipaddress
 import json
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -356,11 +358,27 @@ class StorageConfig:
     task_ttl: int = attrs.field(default=24 * 3600, validator=attrs.validators.ge(60))
 
 
+def _host_id(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise ValueError(
+            f"'{attribute.name}' must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
+            f"digit (it is part of Redis key names), got {value!r}"
+        )
+
+
 @attrs.frozen
 class WorkerConfig:
     heartbeat_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
     heartbeat_ttl: float = attrs.field(default=20.0, validator=attrs.validators.gt(0))
     poll_delay: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    # The name this worker host goes by (its GPUs, its slot counts, its workers): empty means the
+    # machine's hostname. Part of Redis key names, hence the short plain alphabet.
+    host_id: str = attrs.field(default="", validator=_host_id)
+
+    @property
+    def host(self) -> str:
+        """The host id in use: `host_id`, else the hostname."""
+        return self.host_id or socket.gethostname()
 
 
 @attrs.frozen

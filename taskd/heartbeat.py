@@ -33,9 +33,9 @@ class WorkerInfo:
     running: int = 0
 
 
-def new_worker_id() -> str:
-    """A worker id that names the host and process, unique across restarts."""
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+def new_worker_id(host: str | None = None) -> str:
+    """A worker id that names the host (`worker.host_id`, else the hostname) and process, unique across restarts."""
+    return f"{host or socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
 class Heartbeat:
@@ -101,3 +101,11 @@ async def live_workers(redis: Redis, ttl: float) -> list[WorkerInfo]:
         return []
     raw = await redis.mget([keys.worker(member.decode()) for member in members])
     return [WorkerInfo(**orjson.loads(value)) for value in raw if value]
+
+
+async def last_beats(redis: Redis) -> dict[str, float]:
+    """Each worker id in the heartbeat index with the time (epoch seconds) of its last beat."""
+    return {
+        member.decode(): score / 1000
+        for member, score in await redis.zrange(keys.WORKERS, 0, -1, withscores=True)
+    }

@@ -26,6 +26,8 @@ them (taskd.queue.workers). Keys written before the tag (`taskd:…`) are rename
 | `{taskd}:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires a day after the last event |
 | `{taskd}:events:wake:{hub id}` | stream: one entry, added when a client starts watching a stream while the process's event reader is blocked in `XREAD`; the read includes it, so it returns at once | one entry (MAXLEN 1); expires a minute after the last wake; deleted when the process stops |
 | `{taskd}:gpu:{host}:{index}` | hash: task id -> "worker id|slots" holding slots of that device | entries leave on release, or when their worker's heartbeat is gone |
+| `{taskd}:gpu_hosts` | sorted set: worker host id -> ms of the last heartbeat that published its GPUs | members older than the heartbeat TTL are pruned when read |
+| `{taskd}:gpu_host:{host}` | string: the host's JSON GPU report (devices, NVML readings, slots in use), written with every heartbeat of a worker process there | heartbeat TTL: a host that stops beating disappears from health, /metrics and the dashboard |
 | `{taskd}:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
 | `{taskd}:ratelimit:{policy}:{key hash}` | sorted set: the times (ms) of the requests of one API key (sha256, never the key) accepted under `submit`/`status` in the last minute | a minute after its last accepted request; older members are dropped on each request |
 | `{taskd}:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the limit is reached |
@@ -51,6 +53,7 @@ import hashlib
 PREFIX = "{taskd}:"
 METRICS = f"{PREFIX}metrics"
 WORKERS = f"{PREFIX}workers"
+GPU_HOSTS = f"{PREFIX}gpu_hosts"
 CANCEL_CHANNEL = f"{PREFIX}cancel"
 WAKE_CHANNEL = f"{PREFIX}wake"
 MEMORY_EVENTS = f"{PREFIX}memory_events"
@@ -63,6 +66,9 @@ MEMORY_EVENT_TTL = 600
 # `duration_in:<type>:<le>`, each task counted once, in the first bucket it fits (the scrape adds
 # them up); `duration_bucket:<type>:<le>`, cumulative, is what versions before wrote, still read.
 DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900)
+# Upper bounds (seconds) of the wait-time histogram (from when a task could start to when it did), kept
+# in the metrics hash per queue and type as `wait_in:<queue>:<type>:<le>`, counted once like durations.
+WAIT_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 EVENTS_TTL = 24 * 3600
 TASK_EVENTS_MAXLEN = 200
 PROJECT_EVENTS_MAXLEN = 10_000
@@ -187,6 +193,11 @@ def events_wake(hub_id: str) -> str:
 def gpu_device(host: str, index: str) -> str:
     """Holders of one GPU of one host (`index` "" gives the prefix)."""
     return f"{PREFIX}gpu:{host}:{index}"
+
+
+def gpu_host(host: str) -> str:
+    """The GPU report of one worker host."""
+    return f"{PREFIX}gpu_host:{host}"
 
 
 def arq_in_progress(job: str) -> str:

@@ -81,6 +81,9 @@ class TaskRecord:
     key_id: str | None = None
     # Seconds the record is kept once the task ends (`keep_for`); None: storage.task_ttl.
     keep_for: int | None = None
+    # The W3C trace context (`traceparent`, `tracestate`) of the request that submitted it, when
+    # tracing is on (taskd.tracing): its runs and webhooks join that trace. None when tracing is off.
+    trace_context: dict[str, str] | None = None
     previous_state: str | None = None
     worker_id: str | None = None
     created_at: float = attrs.Factory(now)

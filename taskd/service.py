@@ -13,7 +13,7 @@ import psutil
 from aiohttp import web
 from redis.asyncio import Redis
 
-from taskd import apikey
+from taskd import apikey, tracing
 from taskd.config import Config, ConfigError
 from taskd.embedded import EmbeddedValkey
 from taskd.engine.executor import Executor
@@ -21,6 +21,7 @@ from taskd.engine.jobproc.pool import RunnerPool
 from taskd.engine.reclaim import Reclaimer
 from taskd.engine.scheduled import ScheduledRelease
 from taskd.gpu.devices import DeviceBackend, GpuInventory
+from taskd.gpu.hosts import HostPublisher
 from taskd.gpu.scheduler import GpuScheduler
 from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
 from taskd.http.app import create_app
@@ -89,7 +90,7 @@ class Service:
         # The file of the webhook signing secret taskd made, when webhooks.secret is not set.
         self.webhook_secret_file: Path | None = None
         self.addresses: list[tuple[str, int]] = []
-        self.worker_id = new_worker_id()
+        self.worker_id = new_worker_id(config.worker.host)
         self._stack = contextlib.AsyncExitStack()
         self._embedded: EmbeddedValkey | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -130,6 +131,8 @@ class Service:
 
     async def _start(self) -> None:
         signers = self._webhook_signers()  # first: a damaged secret file stops start-up before anything runs
+        # Before the API and the sessions are made: they take the tracing middleware and trace configs.
+        tracing.setup()
         url = await self._redis_url()
         REDACTOR.add(url_password(url))  # the embedded server's password is in no config field
         self._register_secrets()
@@ -142,7 +145,10 @@ class Service:
         await redis.ping()
         await refuse_cluster(url, redis)
         await layout.upgrade(redis)
-        session = await self._stack.enter_async_context(aiohttp.ClientSession())
+        # Providers' calls go through this session: with tracing on, each is a span of its run.
+        session = await self._stack.enter_async_context(
+            aiohttp.ClientSession(trace_configs=tracing.client_trace_configs())
+        )
         store = TaskStore(
             redis,
             self.config.storage.task_ttl,
@@ -153,7 +159,9 @@ class Service:
             progress_interval=self.config.webhooks.progress_interval,
         )
         queue = TaskQueue(redis, self.config.execution.priority_aging)
-        gpu = GpuScheduler(redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id)
+        gpu = GpuScheduler(
+            redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id, self.config.worker.host
+        )
         if self.queues:
             # Locating ffmpeg and probing its encoders block (file checks, a subprocess): done once
             # now, in a thread, not inside the event loop when the first media task needs them.
@@ -235,10 +243,16 @@ class Service:
         )
         # GPU slots came back: any queue's worker may now find a job that fits (cheap: a wake-up).
         executor.slots_freed = pool.wake_all
-        info = WorkerInfo(
-            self.worker_id, self.worker_id.split(":")[0], psutil.Process().pid, self.queues, now()
-        )
         worker = self.config.worker
+        info = WorkerInfo(self.worker_id, worker.host, psutil.Process().pid, self.queues, now())
+        gpus = HostPublisher(redis, gpu, worker.heartbeat_ttl)
+
+        async def after_beat() -> None:
+            # The host's GPUs live as long as its heartbeat; then the tasks whose cancel this
+            # process may have missed are stopped.
+            await gpus.publish()
+            await executor.reconcile()
+
         self._heartbeat = Heartbeat(
             redis,
             info,
@@ -247,11 +261,11 @@ class Service:
             lambda: pool.running_jobs,
             # A job process or a coroutine task's tools (ffmpeg, espeak-ng): whichever is largest.
             lambda: max(runners.peak_rss(), executor.tools_rss),
-            # Every beat also stops the tasks whose cancel this process may have missed.
-            executor.reconcile,
+            after_beat,
         )
         # The heartbeat is the lease on every task this process runs: it must exist first.
         await self._heartbeat.beat()
+        await gpus.publish()
         pool.start()
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
@@ -289,6 +303,8 @@ class Service:
         api = Api(
             self.config, redis, store, queue, self.registry, dispatcher, api_keys, gpu, key_projects=scoped
         )
+        if self._pool is not None:
+            api.unready_queues = self._pool.unready
         psutil.cpu_percent(interval=None)  # the first reading only primes the counter
         self._runner = web.AppRunner(create_app(api), access_log=None)
         await self._runner.setup()
@@ -313,6 +329,9 @@ class Service:
             with contextlib.suppress(Exception):
                 await self._heartbeat.remove()
         await self._stack.aclose()
+        # The spans of the last runs and requests leave before the process does.
+        if tracing.enabled():
+            await asyncio.to_thread(tracing.flush)
 
     def announce(self) -> None:
         """Print where the API listens and, when taskd made the key itself, the key."""

@@ -406,29 +406,41 @@ class Liveness:
 
 
 @attrs.frozen
+class Probe:
+    """`GET /livez` (the process answers) and `GET /readyz` (it can take work): the probe passed."""
+
+    status: Literal["alive", "ready"]
+
+
+@attrs.frozen
 class SystemLoad:
-    """This host's load."""
+    """The answering node's CPU and memory, and the GPUs of every live worker host."""
 
     cpu_percent: float = attrs.field(metadata=meta(minimum=0))
     memory_percent: float = attrs.field(metadata=meta(minimum=0, maximum=100))
-    gpu_utilization: list[float] = attrs.field(metadata=meta("Per device, percent"))
+    gpu_utilization: list[float] = attrs.field(
+        metadata=meta("Percent, per device of every live worker host: by host id, then device index")
+    )
 
 
 @attrs.frozen
 class GpuReading:
-    """What every view of a GPU of this host shows: what NVML reads and its slots."""
+    """What every view of a GPU shows: its host, what NVML read at the host's last heartbeat, its slots."""
 
+    host: str = attrs.field(metadata=meta("The worker host's id (`worker.host_id`, else its hostname)"))
     index: int = attrs.field(metadata=meta(minimum=0))
     name: str
     utilization: float
     memory_used: int = attrs.field(metadata=meta("Bytes", minimum=0))
     memory_total: int = attrs.field(metadata=meta("Bytes", minimum=0))
+    temperature: float | None = attrs.field(metadata=meta("Degrees Celsius; null without a sensor reading"))
     slots: int = attrs.field(metadata=meta("Jobs the device runs at once"))
+    last_heartbeat: str = attrs.field(metadata=meta("When its host last published it", **TIMESTAMP))
 
 
 @attrs.frozen
 class GpuDevice(GpuReading):
-    """One GPU of this host: what NVML reads and the slots taskd hands out."""
+    """One GPU of a worker host: what NVML reads and the slots taskd hands out."""
 
     slots_used: int = attrs.field(metadata=meta(minimum=0))
     running: dict[str, int] = attrs.field(metadata=meta("Slots held, by task id (tasks the key may see)"))
@@ -444,8 +456,13 @@ class ServiceHealth:
     queue_sizes: dict[str, int] = attrs.field(metadata=meta("Waiting tasks, by queue"))
     system_load: SystemLoad
     uptime: int = attrs.field(metadata=meta("Seconds", minimum=0))
-    gpus: list[GpuDevice] | Absent = attrs.field(default=ABSENT, metadata=meta("Not when unhealthy"))
-    gpu_note: str | Absent = attrs.field(default=ABSENT, metadata=meta("When this host has no GPU"))
+    gpus: list[GpuDevice] | Absent = attrs.field(
+        default=ABSENT,
+        metadata=meta(
+            "Every device of every live worker host, in gpu_utilization's order; not when unhealthy"
+        ),
+    )
+    gpu_note: str | Absent = attrs.field(default=ABSENT, metadata=meta("When no worker host has a GPU"))
 
 
 @attrs.frozen
@@ -547,14 +564,14 @@ class DashboardWorker:
 
 @attrs.frozen
 class DashboardGpu(GpuReading):
-    """One GPU of this host and the tasks holding its slots."""
+    """One GPU of a worker host and the tasks holding its slots."""
 
     holders: list[str] = attrs.field(metadata=meta("Tasks holding a slot (those the key may see)"))
 
 
 @attrs.frozen
 class DashboardGpus:
-    """This host's GPUs, or a note saying why there are none."""
+    """Every live worker host's GPUs (by host, then index), or a note saying why there are none."""
 
     available: bool
     note: str | None

@@ -237,6 +237,13 @@ async def test_an_unreachable_server_exits_3():
     assert "cannot reach taskd at http://127.0.0.1:1" in run.err
 
 
+async def test_a_wrong_key_exits_3_with_one_line_and_no_traceback(taskd):
+    run = await taskd_cli("status", "x", url=taskd.base_url, key="not-the-key-0123456789")
+
+    assert run.code == 3
+    assert run.err.splitlines() == ["taskd: 401 authentication_failed: Invalid or missing API key"]
+
+
 def event(progress: float, step: str | None, status: TaskStatus = TaskStatus.PROCESSING) -> TaskEvent:
     return TaskEvent("1-0", "progress", "t", "p", status, progress, step)
 

@@ -311,7 +311,7 @@ async def test_a_wrong_key_raises_authentication_failed(taskd):
 
 async def test_too_many_submissions_raise_rate_limited_with_retry_after(start_service):
     taskd = await start_service(workers=False, limits=LimitsConfig(submit_per_minute=1))
-    async with TaskClient(taskd.base_url, API_KEY) as client:
+    async with TaskClient(taskd.base_url, API_KEY, retries=0) as client:
         await client.submit("films", "noop", {})
         with pytest.raises(RateLimited) as limited:
             await client.submit("films", "noop", {})
@@ -321,13 +321,42 @@ async def test_too_many_submissions_raise_rate_limited_with_retry_after(start_se
 
 async def test_a_full_queue_raises_service_unavailable_with_retry_after(start_service):
     taskd = await start_service(workers=False, limits=LimitsConfig(max_queue_length=1))
-    async with TaskClient(taskd.base_url, API_KEY) as client:
+    async with TaskClient(taskd.base_url, API_KEY, retries=0) as client:
         await client.submit("films", "noop", {})
         with pytest.raises(ServiceUnavailable) as full:
             await client.submit("films", "noop", {})
 
     assert full.value.status == 503
     assert full.value.retry_after == 30
+
+
+async def test_a_submit_refused_with_429_is_sent_again_after_its_retry_after():
+    answers = [
+        web.json_response(
+            {"error": "rate_limited", "message": "slow down"}, status=429, headers={"Retry-After": "1"}
+        ),
+        web.json_response({"task_id": "t1", "status": "queued", "project_id": "films"}),
+    ]
+    arrivals: list[float] = []
+
+    async def submit(_: web.Request) -> web.Response:
+        arrivals.append(asyncio.get_running_loop().time())
+        return answers.pop(0)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/tasks/submit", submit)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with TaskClient(f"http://{host}:{port}", API_KEY) as client:
+            submitted = await client.submit("films", "noop", {})
+    finally:
+        await runner.cleanup()
+
+    assert submitted.task_id == "t1"
+    assert len(arrivals) == 2 and arrivals[1] - arrivals[0] >= 0.95
 
 
 async def test_an_unreachable_server_raises_taskd_connection_error():

@@ -62,7 +62,11 @@ async def test_overview_says_when_there_are_no_gpus(start_service):
     async with service.client.get("/api/v1/dashboard/overview") as response:
         gpus = (await response.json())["gpus"]
 
-    assert gpus == {"available": False, "note": "no GPUs (NVML not available)", "devices": []}
+    assert gpus == {
+        "available": False,
+        "note": "no GPUs on any live worker host (NVML not available or no device)",
+        "devices": [],
+    }
 
 
 async def test_overview_shows_which_tasks_hold_each_gpu(start_service):

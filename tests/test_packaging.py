@@ -78,7 +78,7 @@ def _run_without_server(code: str) -> subprocess.CompletedProcess[str]:
 def test_every_imported_package_is_a_declared_dependency():
     modules = _modules_by_distribution()
     extras = PROJECT["optional-dependencies"]
-    declared = PROJECT["dependencies"] + extras["server"] + extras["s3"]
+    declared = PROJECT["dependencies"] + extras["server"] + extras["s3"] + extras["otel"]
     provided = set().union(*(modules[_distribution(requirement)] for requirement in declared))
 
     undeclared = _imported_packages() - provided - OPTIONAL_IMPORTS
@@ -88,7 +88,7 @@ def test_every_imported_package_is_a_declared_dependency():
 
 def test_client_and_cli_import_without_the_server_packages():
     result = _run_without_server(
-        "import taskd.client, taskd.cli_client, taskd.cli\n"
+        "import taskd.client, taskd.sync_client, taskd.cli_client, taskd.cli\n"
         "from taskd.cli import main\n"
         "try:\n"
         "    main(['status', '--help'])\n"
@@ -102,6 +102,13 @@ def test_client_and_cli_import_without_the_server_packages():
 
 def test_serve_without_the_server_packages_names_the_extra():
     result = _run_without_server("from taskd.cli import main\nsys.exit(main(['serve']))\n")
+
+    assert result.returncode == 2
+    assert "pip install 'taskd[server]'" in result.stderr
+
+
+def test_operator_commands_without_the_server_packages_name_the_extra():
+    result = _run_without_server("from taskd.cli import main\nsys.exit(main(['queues']))\n")
 
     assert result.returncode == 2
     assert "pip install 'taskd[server]'" in result.stderr

@@ -15,9 +15,12 @@ from conftest import API_KEY
 from examples import TASK_DATA
 from prometheus_client.parser import text_string_to_metric_families
 
-from taskd.config import MetricsConfig
-from taskd.gpu.nvml import DeviceReading
+from taskd import keys
+from taskd.config import MetricsConfig, RetryConfig
+from taskd.gpu.devices import SimulatedBackend
+from taskd.gpu.hosts import HostGpus, PublishedDevice
 from taskd.http.prom import Snapshot, exposition
+from taskd.version import version
 
 ROOT = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -61,7 +64,7 @@ async def test_metrics_need_no_api_key_and_use_the_exposition_format(start_servi
     assert content_type.startswith("text/plain; version=0.0.4")
     samples = parse(text)
     assert value(samples, "taskd_redis_up") == 1
-    assert value(samples, "taskd_process_resident_memory_bytes") > 0
+    assert value(samples, "process_resident_memory_bytes") > 0
 
 
 async def test_metrics_can_require_the_api_key(start_service):
@@ -139,7 +142,7 @@ async def test_worker_gauges_come_from_heartbeats(taskd):
 def test_per_type_counters_are_read_when_the_store_writes_them():
     counters = {"total_tasks": "5", "submitted:generate_video": "3", "submitted:test_prompt": "1"}
 
-    samples = parse(exposition(snapshot(counters), [])[0].decode())
+    samples = parse(exposition(snapshot(counters))[0].decode())
 
     assert value(samples, "taskd_tasks_submitted_total", task_type="generate_video") == 3
     assert value(samples, "taskd_tasks_submitted_total", task_type="test_prompt") == 1
@@ -155,7 +158,7 @@ def test_duration_buckets_are_read_when_the_store_writes_them():
         "duration_bucket:generate_image:60": "3",
     }
 
-    samples = parse(exposition(snapshot(counters), [])[0].decode())
+    samples = parse(exposition(snapshot(counters))[0].decode())
 
     bucket = "taskd_task_duration_seconds_bucket"
     assert value(samples, bucket, task_type="generate_image", le="30.0") == 1
@@ -173,7 +176,7 @@ def test_duration_buckets_counted_once_per_task_are_added_up_into_cumulative_buc
         "duration_in:generate_image:300": "1",
     }
 
-    samples = parse(exposition(snapshot(counters), [])[0].decode())
+    samples = parse(exposition(snapshot(counters))[0].decode())
 
     bucket = "taskd_task_duration_seconds_bucket"
     assert (
@@ -197,7 +200,7 @@ def test_duration_buckets_written_before_and_after_an_upgrade_add_up():
         "duration_in:generate_image:120": "1",
     }
 
-    samples = parse(exposition(snapshot(counters), [])[0].decode())
+    samples = parse(exposition(snapshot(counters))[0].decode())
 
     bucket = "taskd_task_duration_seconds_bucket"
     assert value(samples, bucket, task_type="generate_image", le="10.0") == 1
@@ -216,33 +219,150 @@ async def test_a_completed_task_counts_in_every_duration_bucket_from_its_own_up(
         assert value(samples, bucket, task_type="noop", le=le) == 1
 
 
-def test_gpu_utilisation_and_memory_are_exposed_per_device():
-    device = DeviceReading(index=0, name="H200", utilization=37.0, memory_used=2**30, memory_total=2**37)
+def test_gpu_utilisation_memory_temperature_and_slots_are_exposed_per_host_and_device():
+    device = PublishedDevice(0, "H200", 37.0, 2**30, 2**37, temperature=61.0, slots=4, slots_used=3)
+    host = HostGpus("gpu-a", 1000.0, [device])
 
-    samples = parse(exposition(snapshot({}), [device])[0].decode())
+    samples = parse(exposition(snapshot({}, gpus=[host]))[0].decode())
 
-    assert value(samples, "taskd_gpu_utilization_ratio", gpu="0", name="H200") == 0.37
-    assert value(samples, "taskd_gpu_memory_used_bytes", gpu="0", name="H200") == 2**30
-    assert value(samples, "taskd_gpu_memory_total_bytes", gpu="0", name="H200") == 2**37
+    labels = {"host": "gpu-a", "gpu": "0", "name": "H200"}
+    assert value(samples, "taskd_gpu_utilization_ratio", **labels) == 0.37
+    assert value(samples, "taskd_gpu_memory_used_bytes", **labels) == 2**30
+    assert value(samples, "taskd_gpu_memory_total_bytes", **labels) == 2**37
+    assert value(samples, "taskd_gpu_temperature_celsius", **labels) == 61.0
+    assert (
+        value(samples, "taskd_gpu_slots", **labels),
+        value(samples, "taskd_gpu_slots_used", **labels),
+    ) == (4, 3)
 
 
 def test_webhook_counters_come_from_the_shared_metrics():
-    samples = parse(exposition(snapshot({"webhooks_delivered": "7", "webhooks_failed": "2"}), [])[0].decode())
+    samples = parse(exposition(snapshot({"webhooks_delivered": "7", "webhooks_failed": "2"}))[0].decode())
 
     assert value(samples, "taskd_webhooks_delivered_total") == 7
     assert value(samples, "taskd_webhooks_failed_total") == 2
 
 
 def test_a_scrape_without_redis_says_so_and_still_answers():
-    samples = parse(exposition(None, [])[0].decode())
+    samples = parse(exposition(None)[0].decode())
 
     assert value(samples, "taskd_redis_up") == 0
-    assert value(samples, "taskd_process_resident_memory_bytes") > 0
+    assert value(samples, "process_resident_memory_bytes") > 0
+
+
+def test_process_metrics_have_the_standard_names():
+    families = {family.name for family in text_string_to_metric_families(exposition(None)[0].decode())}
+
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds"} <= families
+    assert not any(name.startswith("taskd_process_") for name in families)
+
+
+def test_build_info_names_the_version_of_the_scraped_process():
+    samples = parse(exposition(None)[0].decode())
+
+    assert value(samples, "taskd_build_info", version=version()) == 1
+    assert version() != "unknown"
+
+
+async def test_each_start_counts_its_wait_per_queue_and_type(taskd):
+    first = await taskd.submit("noop", {})
+    second = await taskd.submit("noop", {})
+    for task in (first, second):
+        await taskd.wait_terminal(task["task_id"])
+
+    samples = parse((await scrape(taskd.base_url))[2])
+
+    series = {"queue": "default", "task_type": "noop"}
+    assert value(samples, "taskd_task_wait_seconds_count", **series) == 2
+    assert value(samples, "taskd_task_wait_seconds_bucket", **series, le="+Inf") == 2
+    assert value(samples, "taskd_task_wait_seconds_bucket", **series, le="5.0") == 2
+    assert 0 <= value(samples, "taskd_task_wait_seconds_sum", **series) < 10
+
+
+async def test_a_scheduled_tasks_wait_counts_from_its_time_not_from_its_submit(taskd):
+    later = await taskd.submit("noop", {}, delay_seconds=3)
+    await taskd.wait_terminal(later["task_id"])
+
+    samples = parse((await scrape(taskd.base_url))[2])
+
+    series = {"queue": "default", "task_type": "noop"}
+    assert value(samples, "taskd_task_wait_seconds_count", **series) == 1
+    assert value(samples, "taskd_task_wait_seconds_sum", **series) < 2  # it was submitted 3 s before
+
+
+async def test_a_retrys_wait_counts_from_its_next_retry_at_not_from_the_failure(start_service, redis):
+    service = await start_service(retry=RetryConfig(base_delay=3))
+    task = await service.submit("fail", {"transient": True, "fail_times": 1})
+    series = "default:fail"
+    async with asyncio.timeout(20):
+        while True:
+            # One atomic read: the retry is waiting (start.lua drops next_retry_at), and the waits so far.
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.hget(keys.task(task["task_id"]), "next_retry_at")
+                pipe.hmget(keys.METRICS, f"wait_count:{series}", f"wait_sum:{series}")
+                retry_at, (count_before, sum_before) = await pipe.execute()
+            if retry_at is not None:
+                break
+            await asyncio.sleep(0.01)
+    done = await service.wait_terminal(task["task_id"])
+    count_after, sum_after = await redis.hmget(keys.METRICS, f"wait_count:{series}", f"wait_sum:{series}")
+
+    started = await redis.hget(keys.task(task["task_id"]), "started_at")
+    assert done["status"] == "completed"
+    assert int(count_after) - int(count_before) == 1
+    waited = float(sum_after) - float(sum_before)
+    assert waited == pytest.approx(float(started) - float(retry_at), abs=0.01)
+
+
+def test_wait_buckets_counted_once_per_start_are_added_up_into_cumulative_buckets():
+    counters = {
+        "wait_count:gpu_heavy:generate_video": "3",
+        "wait_sum:gpu_heavy:generate_video": "70.5",
+        "wait_in:gpu_heavy:generate_video:0.5": "1",
+        "wait_in:gpu_heavy:generate_video:60": "2",
+    }
+
+    samples = parse(exposition(snapshot(counters))[0].decode())
+
+    series = {"queue": "gpu_heavy", "task_type": "generate_video"}
+    bucket = "taskd_task_wait_seconds_bucket"
+    assert value(samples, bucket, **series, le="0.1") == 0
+    assert value(samples, bucket, **series, le="0.5") == 1
+    assert value(samples, bucket, **series, le="15.0") == 1
+    assert value(samples, bucket, **series, le="60.0") == 3
+    assert value(samples, bucket, **series, le="+Inf") == 3
+    assert value(samples, "taskd_task_wait_seconds_sum", **series) == 70.5
+
+
+def test_the_webhook_backlog_is_the_outbox_size():
+    samples = parse(exposition(snapshot({}, webhooks_due=4))[0].decode())
+
+    assert value(samples, "taskd_webhooks_due") == 4
+
+
+async def test_a_running_gpu_task_holds_slots_in_the_scrape(start_service):
+    service = await start_service(gpu_backend=SimulatedBackend(1))
+    task = await service.submit("gpu_hold", {"seconds": 10})
+    await service.wait_for(task["task_id"], lambda body: body["status"] == "processing")
+
+    host = service.service.worker_id.split(":")[0]
+    # The slots come from the host's heartbeat, published every few seconds.
+    async with asyncio.timeout(15):
+        while True:
+            samples = parse((await scrape(service.base_url))[2])
+            held = [
+                v
+                for (name, labels), v in samples.items()
+                if name == "taskd_gpu_slots_used" and {("host", host), ("gpu", "0")} <= labels
+            ]
+            if held and held[0] >= 1:
+                break
+            await asyncio.sleep(0.2)
 
 
 def test_alert_rules_use_only_metrics_that_taskd_exposes():
     rules = yaml.safe_load((ROOT / "alerts.yaml").read_text())["groups"][0]["rules"]
-    families = list(text_string_to_metric_families(exposition(snapshot({}), [])[0].decode()))
+    families = list(text_string_to_metric_families(exposition(snapshot({}))[0].decode()))
     exposed = {f.name for f in families} | {f"{f.name}_total" for f in families if f.type == "counter"}
 
     used = {name for rule in rules for name in re.findall(r"\btaskd_[a-z_]+", rule["expr"])}

@@ -122,8 +122,9 @@ function renderOverview(overview) {
       const bar = el("progress");
       bar.max = 100;
       bar.value = d.utilization;
-      box.append(el("strong", `GPU ${d.index} `), el("span", d.name + " "), bar,
-        el("span", ` ${d.utilization.toFixed(0)} % · ${mb(d.memory_used)} / ${mb(d.memory_total)}`));
+      const temperature = d.temperature === null ? "" : ` · ${d.temperature.toFixed(0)} °C`;
+      box.append(el("strong", `${d.host} · GPU ${d.index} `), el("span", d.name + " "), bar,
+        el("span", ` ${d.utilization.toFixed(0)} % · ${mb(d.memory_used)} / ${mb(d.memory_total)}${temperature}`));
       if (Array.isArray(d.holders) && d.holders.length) box.append(el("div", `holding: ${d.holders.join(", ")}`, "hint"));
       return box;
     }));

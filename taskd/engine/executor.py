@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from taskd import keys, refs
+from taskd import keys, refs, tracing
 from taskd.backoff import Backoff, retry_delay
 from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
@@ -302,8 +302,10 @@ class Executor:
 
     async def _run(self, record: TaskRecord, queue: str) -> bool:
         task_id = record.task_id
+        lease = self._leases.get(task_id)  # taken by the claim, before the run
         try:
-            return await self._run_claimed(record)
+            with tracing.run_span(record, None if lease is None else str(lease.device)):
+                return await self._run_claimed(record)
         finally:
             await asyncio.shield(self._release_lease(task_id))
 
@@ -550,6 +552,7 @@ class Executor:
                 if size > limit:
                     error = f"Task returned a result of {size} bytes of JSON, over the limit of {limit} bytes"
                     outcome = Outcome("failed", error=f"{error} (execution.result_max_bytes)")
+        tracing.note_outcome(outcome.kind, outcome.error)
         write: Callable[[], Awaitable[bool]] | None = None
         if outcome.kind == "completed":
             write = partial(

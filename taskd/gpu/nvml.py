@@ -20,6 +20,8 @@ class DeviceReading:
     utilization: float
     memory_used: int
     memory_total: int
+    # Degrees Celsius of the GPU die; None where the device or its driver gives no reading.
+    temperature: float | None = None
 
 
 @cache
@@ -47,6 +49,7 @@ def read_devices() -> list[DeviceReading]:
             rates = nvml.nvmlDeviceGetUtilizationRates(handle)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             name = nvml.nvmlDeviceGetName(handle)
+            temperature = _temperature(nvml, handle)
             readings.append(
                 DeviceReading(
                     index=index,
@@ -54,8 +57,17 @@ def read_devices() -> list[DeviceReading]:
                     utilization=float(rates.gpu),
                     memory_used=int(memory.used),
                     memory_total=int(memory.total),
+                    temperature=temperature,
                 )
             )
     except Exception as exc:  # a device can fall off the bus; report what was read
         log.warning("NVML reading failed: %s", exc)
     return readings
+
+
+def _temperature(nvml: ModuleType, handle: object) -> float | None:
+    # Some devices (and MIG instances) have no sensor NVML can read: no reading, not a failure.
+    try:
+        return float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+    except Exception:
+        return None

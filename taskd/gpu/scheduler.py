@@ -141,22 +141,27 @@ class GpuScheduler:
 
     async def usage(self) -> list[DeviceUse]:
         """Holders of every selected device on this host (live workers only)."""
-        devices = self.inventory.read()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for device in devices:
-                pipe.hgetall(self.device_key(device.index))
-            rows = await pipe.execute()
-        holders = [
-            (device.index, task.decode(), *value.decode().rsplit("|", 1))
-            for device, row in zip(devices, rows, strict=True)
-            for task, value in row.items()
-        ]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _, _, worker, _ in holders:
-                pipe.exists(keys.worker(worker))
-            alive = await pipe.execute() if holders else []
-        live: dict[int, dict[str, int]] = {device.index: {} for device in devices}
-        for (index, task, _, slots), is_alive in zip(holders, alive, strict=True):
-            if is_alive:
-                live[index][task] = int(slots)
-        return [DeviceUse(device.index, self.config.slots, live[device.index]) for device in devices]
+        indexes = [device.index for device in self.inventory.read()]
+        return await device_use(self.redis, self.host, indexes, self.config.slots)
+
+
+async def device_use(redis: Redis, host: str, indexes: list[int], capacity: int) -> list[DeviceUse]:
+    """Holders of the devices `indexes` of `host` (any host: the GPU view reads them all), live workers only."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for index in indexes:
+            pipe.hgetall(keys.gpu_device(host, str(index)))
+        rows = await pipe.execute()
+    holders = [
+        (index, task.decode(), *value.decode().rsplit("|", 1))
+        for index, row in zip(indexes, rows, strict=True)
+        for task, value in row.items()
+    ]
+    async with redis.pipeline(transaction=False) as pipe:
+        for _, _, worker, _ in holders:
+            pipe.exists(keys.worker(worker))
+        alive = await pipe.execute() if holders else []
+    live: dict[int, dict[str, int]] = {index: {} for index in indexes}
+    for (index, task, _, slots), is_alive in zip(holders, alive, strict=True):
+        if is_alive:
+            live[index][task] = int(slots)
+    return [DeviceUse(index, capacity, live[index]) for index in indexes]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from taskd import tracing
 from taskd.http import (
+    apidocs,
     dashboard,
     events,
     health,
     media,
     openapi,
+    probes,
     projects,
     protocol_log,
     ratelimit,
@@ -34,7 +37,8 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
 def create_app(api: Api) -> web.Application:
     """The HTTP API with auth and the documented error bodies on every route."""
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware, rate_limit_middleware],
+        # The tracing middleware (when on) comes first, so that its span sees the status sent.
+        middlewares=[*tracing.server_middlewares(), error_middleware, auth_middleware, rate_limit_middleware],
         client_max_size=api.config.limits.max_body_bytes,
     )
     app[API] = api
@@ -43,10 +47,12 @@ def create_app(api: Api) -> web.Application:
     openapi.add_routes(app)
     app.router.add_get("/metrics", _metrics)
     health.add_routes(app)
+    probes.add_routes(app)
     tasks.add_routes(app)
     projects.add_routes(app)
     webhooks.add_routes(app)
     media.add_routes(app)
     events.add_routes(app)
     dashboard.add_routes(app)
+    apidocs.add_routes(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import attrs
 from aiohttp import web
@@ -14,6 +15,11 @@ from taskd.queue.task_queue import TaskQueue
 from taskd.store import TaskStore
 from taskd.submit.dispatch import Dispatcher
 from taskd.tasks.registry import Registry
+
+
+def no_workers() -> list[str]:
+    """What an API-only node's `unready_queues` says: it runs no worker, so none is missing."""
+    return []
 
 
 @attrs.define
@@ -31,6 +37,8 @@ class Api:
     # Keys limited to some projects (auth.keys): key -> the projects it may use.
     key_projects: dict[str, frozenset[str]] = attrs.Factory(dict)
     started_at: float = attrs.Factory(time.monotonic)
+    # The queues this node serves whose worker is not polling its queue (`GET /readyz`).
+    unready_queues: Callable[[], list[str]] = no_workers
 
     @property
     def queue_names(self) -> list[str]:

@@ -17,12 +17,13 @@ from aiohttp import web
 from taskd import keys, shapes
 from taskd.heartbeat import live_workers
 from taskd.http.context import API
+from taskd.http.gpu_view import gpu_rows
 from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches, visible_tasks
 from taskd.http.views import gpu_reading, stamp
 from taskd.model import ApiError, iso, now
 
-NO_GPUS = "no GPUs (NVML not available)"
+NO_GPUS = "no GPUs on any live worker host (NVML not available or no device)"
 RUNNING_SHOWN = 50  # running task ids listed per queue
 _CONTENT_TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
 _HEADERS = {
@@ -111,10 +112,8 @@ async def overview(request: web.Request) -> web.Response:
         for member, score in await api.redis.zrange(keys.WORKERS, 0, -1, withscores=True)
     }
     at = now()
-    devices = api.gpu.inventory.read()
-    uses = {use.index: use for use in await api.gpu.usage()}
-    shown = await visible_tasks(request, (task_id for use in uses.values() for task_id in use.holders))
-    holders = {index: sorted(shown.intersection(use.holders)) for index, use in uses.items()}
+    rows = await gpu_rows(api)
+    shown = await visible_tasks(request, (task_id for row in rows for task_id in row.holders))
     return shape_response(
         shapes.DashboardOverview(
             queues=await _queues(request, workers),
@@ -134,14 +133,13 @@ async def overview(request: web.Request) -> web.Response:
                 for worker in workers
             ],
             gpus=shapes.DashboardGpus(
-                available=bool(devices),
-                note=None if devices else NO_GPUS,
+                available=bool(rows),
+                note=None if rows else NO_GPUS,
                 devices=[
                     shapes.DashboardGpu(
-                        **gpu_reading(device, api.config.gpu.slots),
-                        holders=holders.get(device.index, []),
+                        **gpu_reading(row.host, row.device), holders=sorted(shown.intersection(row.holders))
                     )
-                    for device in devices
+                    for row in rows
                 ],
             ),
             uptime=int(time.monotonic() - api.started_at),

@@ -53,7 +53,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = exc.reason
         if exc.status == 413:
             message = f"Request body is larger than the limit of {request.client_max_size} bytes"
-        return shape_response(shapes.Error(error, message), exc.status)
+        # A 405 names the methods the path answers (RFC 9110, section 15.5.6): aiohttp puts them there.
+        allow = exc.headers.get("Allow")
+        return shape_response(shapes.Error(error, message), exc.status, {"Allow": allow} if allow else None)
     except RedisOutOfMemoryError:
         # maxmemory with noeviction: Redis refuses writes rather than drop task data.
         log.warning("storage full (redis maxmemory) for %s %s", request.method, request.path)

@@ -362,6 +362,12 @@ async def _serve(
     until_terminal: bool,
 ) -> web.StreamResponse:
     api = request.app[API]
+    if request.method == "HEAD":
+        # The headers GET would send, and no body: events written here would reach the client as
+        # the start of its next response on the same connection.
+        await response.prepare(request)
+        await response.write_eof()
+        return response
     try:
         await response.prepare(request)
         await writer.write(f"retry: {RECONNECT_MS}\n\n".encode())

@@ -11,9 +11,9 @@ from aiohttp import web
 
 from taskd import keys, shapes
 from taskd.alerts import overall_status, queue_alerts, redis_memory_alerts
-from taskd.gpu.nvml import DeviceReading
 from taskd.heartbeat import live_workers
 from taskd.http.context import API, Api
+from taskd.http.gpu_view import GpuRow, gpu_rows
 from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches, visible_tasks
 from taskd.http.views import gpu_reading, stamp
@@ -21,6 +21,10 @@ from taskd.model import now
 from taskd.redis_memory import read_memory
 
 routes = web.RouteTableDef()
+
+NO_GPU_NOTE = (
+    "No GPU on any live worker host (NVML unavailable or no device, or no worker); GPU queues run on the CPU"
+)
 
 
 @routes.get("/health")
@@ -41,57 +45,48 @@ async def _redis_ok(api: Api) -> bool:
 @routes.get("/api/v1/health")
 @touches(Touches.FILTERED)
 async def service_health(request: web.Request) -> web.Response:
-    """Redis, live workers, queue sizes, system load and uptime."""
+    """Redis, live workers, queue sizes, system load (every worker host's GPUs) and uptime."""
     api = request.app[API]
     uptime = int(time.monotonic() - api.started_at)
-    devices = api.gpu.inventory.read()
-    system_load = shapes.SystemLoad(
-        cpu_percent=psutil.cpu_percent(interval=None),
-        memory_percent=psutil.virtual_memory().percent,
-        gpu_utilization=[device.utilization for device in devices],
-    )
+    cpu_percent = psutil.cpu_percent(interval=None)
+    memory_percent = psutil.virtual_memory().percent
     if not await _redis_ok(api):
+        # Without Redis no host's report can be read: the GPUs of the answering node, as NVML reads them.
+        local = [device.utilization for device in api.gpu.inventory.read()]
         unhealthy = shapes.ServiceHealth(
             status="unhealthy",
             redis_status="disconnected",
             worker_count=0,
             queue_sizes={},
-            system_load=system_load,
+            system_load=shapes.SystemLoad(cpu_percent, memory_percent, local),
             uptime=uptime,
         )
         return shape_response(unhealthy, 503)
     workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
+    rows = await gpu_rows(api)
     health = shapes.ServiceHealth(
         status="healthy" if workers else "degraded",
         redis_status="connected",
         worker_count=len(workers),
         queue_sizes=await api.queue.waiting(api.queue_names),
-        system_load=system_load,
+        system_load=shapes.SystemLoad(cpu_percent, memory_percent, [row.device.utilization for row in rows]),
         uptime=uptime,
-        gpus=await _gpus(request, devices),
-        gpu_note=shapes.ABSENT
-        if devices
-        else "No GPU found on this host (NVML unavailable or no device); GPU queues run on the CPU",
+        gpus=await _gpus(request, rows),
+        gpu_note=shapes.ABSENT if rows else NO_GPU_NOTE,
     )
     return shape_response(health)
 
 
-async def _gpus(request: web.Request, devices: list[DeviceReading]) -> list[shapes.GpuDevice]:
-    api = request.app[API]
-    uses = {use.index: use for use in await api.gpu.usage()}
+async def _gpus(request: web.Request, rows: list[GpuRow]) -> list[shapes.GpuDevice]:
     # Slots used count every holder; only the holders the key may see are named.
-    shown = await visible_tasks(request, (task_id for use in uses.values() for task_id in use.holders))
-    named = {
-        index: {task_id: slots for task_id, slots in use.holders.items() if task_id in shown}
-        for index, use in uses.items()
-    }
+    shown = await visible_tasks(request, (task_id for row in rows for task_id in row.holders))
     return [
         shapes.GpuDevice(
-            **gpu_reading(device, api.config.gpu.slots),
-            slots_used=uses[device.index].used if device.index in uses else 0,
-            running=named.get(device.index, {}),
+            **gpu_reading(row.host, row.device),
+            slots_used=row.slots_used,
+            running={task_id: slots for task_id, slots in row.holders.items() if task_id in shown},
         )
-        for device in devices
+        for row in rows
     ]
 
 

@@ -5,8 +5,8 @@ classes the views and the error middleware render), the submission from `shapes.
 (with the limits `taskd.submit.submission` checks), and each installed task type's `task_data`
 from its input class, with the defaults, ranges, enums and patterns of its validators
 (`taskd.validation.Check.schema`), so a plugin task type is described as soon as it is installed.
-Only the paths, their parameters and headers are written out here and in `openapi_watch`. A test
-walks the app's routes and fails when a route and this document disagree.
+Only the paths, their parameters and headers are written out here, in `openapi_watch` and in
+`openapi_ops`. A test walks the app's routes and fails when a route and this document disagree.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import attrs
 from aiohttp import web
 
 from taskd import shapes
-from taskd.http import openapi_watch
+from taskd.http import openapi_ops, openapi_watch
 from taskd.http.context import API
 from taskd.http.projects import DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE
 from taskd.http.responses import json_response
@@ -52,6 +52,7 @@ BODIES = (
     shapes.RetryResponse,
     shapes.RedeliverResponse,
     shapes.Liveness,
+    shapes.Probe,
     shapes.ServiceHealth,
     shapes.TaskMetrics,
     shapes.QueueHealth,
@@ -572,7 +573,7 @@ def document(registry: Registry) -> dict[str, Any]:
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
             "schemas": schemas,
         },
-        "paths": {**_paths(), **openapi_watch.paths()},
+        "paths": {**_paths(), **openapi_watch.paths(), **openapi_ops.paths()},
     }
 
 

@@ -1,7 +1,8 @@
 """`GET /metrics`: Prometheus exposition of the shared counters in Redis, queues, workers, GPUs and this process.
 
-Everything but this process's own figures is read from Redis at scrape time, so any API node
-reports the whole cluster and a restart loses nothing.
+Everything but this process's own figures (the standard `process_*` ones, `taskd_build_info`) and
+its host's GPUs is read from Redis at scrape time, so any API node reports the whole cluster and a
+restart loses nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from taskd import keys
-from taskd.gpu.nvml import DeviceReading
+from taskd.gpu.hosts import HostGpus, read_hosts
 from taskd.heartbeat import WorkerInfo, live_workers
 from taskd.http.context import API, Api
 from taskd.http.scope import CALLER
 from taskd.model import ApiError, now
 from taskd.redis_memory import RedisMemory, read_memory
+from taskd.version import version
 
 log = logging.getLogger("taskd.http")
 
@@ -39,6 +41,9 @@ TASK_COUNTERS = {
 # `duration_in:<type>:<le>` fields (a task counts once, in the first bucket it fits: one write per
 # task), added up here; `duration_bucket:<type>:<le>` fields (cumulative) are what it wrote before.
 DURATION_BUCKETS = keys.DURATION_BUCKETS
+# Upper bounds (seconds) of the wait-time histogram that the store's start script counts in
+# `wait_in:<queue>:<type>:<le>` fields, one per start, the same way.
+WAIT_BUCKETS = keys.WAIT_BUCKETS
 UNTYPED = "unknown"  # counts recorded before per-type counters existed
 
 
@@ -53,17 +58,20 @@ class Snapshot:
     workers: list[WorkerInfo]
     at: float
     redis_memory: RedisMemory | None = None
+    webhooks_due: int = 0
+    gpus: list[HostGpus] = attrs.Factory(list)
 
 
 async def take_snapshot(api: Api) -> Snapshot:
-    """Read counters, queues and live workers from Redis."""
+    """Read counters, queues, live workers, the webhook outbox and this host's GPU slots from Redis."""
     queues = api.queue_names
     async with api.redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.METRICS)
+        pipe.zcard(keys.WEBHOOKS_DUE)
         for queue in queues:
             pipe.zcard(keys.running(queue))
             pipe.zrange(keys.running(queue), 0, 0, withscores=True)
-        raw, *per_queue = await pipe.execute()
+        raw, webhooks_due, *per_queue = await pipe.execute()
     running = {queue: per_queue[2 * i] for i, queue in enumerate(queues)}
     oldest = {
         queue: (first[0][1] / 1000 if (first := per_queue[2 * i + 1]) else None)
@@ -77,6 +85,8 @@ async def take_snapshot(api: Api) -> Snapshot:
         workers=await live_workers(api.redis, api.config.worker.heartbeat_ttl),
         at=now(),
         redis_memory=await read_memory(api.redis),
+        webhooks_due=webhooks_due,
+        gpus=await read_hosts(api.redis, api.config.worker.heartbeat_ttl),
     )
 
 
@@ -131,6 +141,28 @@ def duration_histogram(counters: Mapping[str, str]) -> Metric:
     return family
 
 
+def wait_histogram(counters: Mapping[str, str]) -> Metric:
+    """`taskd_task_wait_seconds{queue,task_type}`: from when a task could start to when it started."""
+    family = HistogramMetricFamily(
+        "taskd_task_wait_seconds",
+        "Time tasks waited to start (from submit, their scheduled time or their retry's), by queue and type",
+        labels=["queue", "task_type"],
+    )
+    prefix = "wait_count:"
+    for field, count in sorted(counters.items()):
+        if not field.startswith(prefix):
+            continue
+        series = field.removeprefix(prefix)
+        queue, _, task_type = series.rpartition(":")
+        below, buckets = 0.0, []
+        for le in WAIT_BUCKETS:
+            below += _number(counters.get(f"wait_in:{series}:{le}"))
+            buckets.append((str(float(le)), below))
+        buckets.append(("+Inf", _number(count)))
+        family.add_metric([queue, task_type], buckets, _number(counters.get(f"wait_sum:{series}")))
+    return family
+
+
 def queue_gauges(snapshot: Snapshot) -> Iterator[Metric]:
     """Waiting and running tasks per queue, and how long the oldest running task has run."""
     waiting = GaugeMetricFamily("taskd_queue_waiting_tasks", "Tasks waiting to start", labels=["queue"])
@@ -180,18 +212,45 @@ def webhook_counters(counters: Mapping[str, str]) -> Iterator[Metric]:
     )
 
 
-def gpu_gauges(devices: Iterable[DeviceReading]) -> Iterator[Metric]:
-    """Utilisation and memory of each NVIDIA device of this host."""
-    labels = ["gpu", "name"]
+def webhook_backlog(due: int) -> Metric:
+    """Webhooks in the durable outbox: due now, or waiting for their next retry."""
+    return GaugeMetricFamily(
+        "taskd_webhooks_due", "Webhooks in the outbox, not yet delivered or given up", value=due
+    )
+
+
+def gpu_gauges(hosts: Iterable[HostGpus]) -> Iterator[Metric]:
+    """Utilisation, memory, temperature and slots of each device of every live worker host,
+    as its last heartbeat published them."""
+    labels = ["host", "gpu", "name"]
     util = GaugeMetricFamily("taskd_gpu_utilization_ratio", "GPU utilisation, 0..1", labels=labels)
     used = GaugeMetricFamily("taskd_gpu_memory_used_bytes", "GPU memory in use", labels=labels)
     total = GaugeMetricFamily("taskd_gpu_memory_total_bytes", "GPU memory in all", labels=labels)
-    for device in devices:
-        ids = [str(device.index), device.name]
-        util.add_metric(ids, device.utilization / 100.0)
-        used.add_metric(ids, device.memory_used)
-        total.add_metric(ids, device.memory_total)
-    yield from (util, used, total)
+    temperature = GaugeMetricFamily(
+        "taskd_gpu_temperature_celsius", "GPU temperature (devices with a sensor reading)", labels=labels
+    )
+    slots = GaugeMetricFamily("taskd_gpu_slots", "Jobs the device runs at once", labels=labels)
+    slots_used = GaugeMetricFamily("taskd_gpu_slots_used", "Slots held by running jobs", labels=labels)
+    for host in hosts:
+        for device in host.devices:
+            ids = [host.host, str(device.index), device.name]
+            util.add_metric(ids, device.utilization / 100.0)
+            used.add_metric(ids, device.memory_used)
+            total.add_metric(ids, device.memory_total)
+            if device.temperature is not None:
+                temperature.add_metric(ids, device.temperature)
+            slots.add_metric(ids, device.slots)
+            slots_used.add_metric(ids, device.slots_used)
+    yield from (util, used, total, temperature, slots, slots_used)
+
+
+def build_info() -> Metric:
+    """`taskd_build_info{version}` 1: which taskd the scraped process runs."""
+    info = GaugeMetricFamily(
+        "taskd_build_info", "The taskd version of the scraped process", labels=["version"]
+    )
+    info.add_metric([version()], 1)
+    return info
 
 
 def redis_memory_gauges(memory: RedisMemory | None) -> Iterator[Metric]:
@@ -209,9 +268,8 @@ def redis_memory_gauges(memory: RedisMemory | None) -> Iterator[Metric]:
 class SnapshotCollector(Collector):
     """Yields the metric families of one scrape's snapshot (None: Redis did not answer)."""
 
-    def __init__(self, snapshot: Snapshot | None, devices: list[DeviceReading]) -> None:
+    def __init__(self, snapshot: Snapshot | None) -> None:
         self.snapshot = snapshot
-        self.devices = devices
 
     def collect(self) -> Iterator[Metric]:
         """Every taskd metric family."""
@@ -219,25 +277,28 @@ class SnapshotCollector(Collector):
             "taskd_redis_up", "1 if Redis answered this scrape", value=self.snapshot is not None
         )
         yield up
-        yield from gpu_gauges(self.devices)
+        yield build_info()
+        # Without Redis no host's GPUs can be read: the families stay, without samples.
+        yield from gpu_gauges(self.snapshot.gpus if self.snapshot is not None else [])
         if self.snapshot is None:
             return
         yield from task_counters(self.snapshot.counters)
         yield duration_histogram(self.snapshot.counters)
+        yield wait_histogram(self.snapshot.counters)
         yield from queue_gauges(self.snapshot)
         yield from worker_gauges(self.snapshot.workers)
         yield from webhook_counters(self.snapshot.counters)
+        yield webhook_backlog(self.snapshot.webhooks_due)
         yield from redis_memory_gauges(self.snapshot.redis_memory)
 
 
-def exposition(
-    snapshot: Snapshot | None, devices: list[DeviceReading], accept: str = ""
-) -> tuple[bytes, str]:
+def exposition(snapshot: Snapshot | None, accept: str = "") -> tuple[bytes, str]:
     """One scrape (this process's CPU, memory and file descriptors included) and its content type,
     in the text format or OpenMetrics as the `Accept` header asks."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, devices))
-    ProcessCollector(namespace="taskd", registry=registry)
+    registry.register(SnapshotCollector(snapshot))
+    # The standard names (`process_cpu_seconds_total`, ...), which dashboards and alerts expect.
+    ProcessCollector(registry=registry)
     encoder, content_type = choose_encoder(accept)
     return encoder(registry), content_type
 
@@ -253,5 +314,5 @@ async def metrics(request: web.Request) -> web.Response:
     except Exception as exc:  # a scrape must still answer, saying Redis is down
         log.warning("metrics scrape could not read Redis: %s", exc)
         snapshot = None
-    body, content_type = exposition(snapshot, api.gpu.inventory.read(), request.headers.get("Accept", ""))
+    body, content_type = exposition(snapshot, request.headers.get("Accept", ""))
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskd import shapes
-from taskd.gpu.nvml import DeviceReading
+from taskd.gpu.hosts import HostGpus, PublishedDevice
 from taskd.model import TaskRecord, TaskStatus, iso
 from taskd.webhooks.outbox import DeliveryState
 
@@ -85,13 +85,16 @@ def stamp(ts: float) -> str:
     return text
 
 
-def gpu_reading(device: DeviceReading, slots: int) -> dict[str, Any]:
-    """The fields of `shapes.GpuReading` for a device NVML read, as keyword arguments."""
+def gpu_reading(host: HostGpus, device: PublishedDevice) -> dict[str, Any]:
+    """The fields of `shapes.GpuReading` for a device a host published, as keyword arguments."""
     return {
+        "host": host.host,
         "index": device.index,
         "name": device.name,
         "utilization": device.utilization,
         "memory_used": device.memory_used,
         "memory_total": device.memory_total,
-        "slots": slots,
+        "temperature": device.temperature,
+        "slots": device.slots,
+        "last_heartbeat": stamp(host.heartbeat_at),
     }

@@ -9,6 +9,7 @@ import aiohttp
 import attrs
 from yarl import URL
 
+from taskd import tracing
 from taskd.config import Config
 from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port
 
@@ -58,7 +59,11 @@ class GuardedClient:
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(allowed=self.policy.allows), use_dns_cache=False
         )
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        return aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=tracing.client_trace_configs(),
+        )
 
     @contextlib.asynccontextmanager
     async def get(

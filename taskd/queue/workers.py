@@ -294,6 +294,12 @@ class WorkerPool:
         for worker in self.workers.values():
             worker.wake.set()
 
+    def unready(self) -> list[str]:
+        """The served queues whose worker has not reached Redis since it (re)started, or all when stopping."""
+        if self._stopping:
+            return list(self.queues)
+        return [queue for queue in self.queues if not (queue in self.workers and self.workers[queue].polled)]
+
     @property
     def running_jobs(self) -> int:
         """Jobs running in this process now."""

@@ -14,7 +14,9 @@ from taskd.model import TaskNotFound, TaskRecord, TaskStatus
 # The store's logger name since before the store was a package; operators filter on it.
 log = logging.getLogger("taskd.store")
 
-_JSON_FIELDS = frozenset({"task_data", "metadata", "result", "depends_on", "waiting_for", "webhook_events"})
+_JSON_FIELDS = frozenset(
+    {"task_data", "metadata", "result", "depends_on", "waiting_for", "webhook_events", "trace_context"}
+)
 _FLOAT_FIELDS = frozenset(
     {
         "progress",

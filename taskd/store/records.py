@@ -412,6 +412,7 @@ class TaskStore:
                 "queue": keys.queue(queue),
                 "outbox": keys.WEBHOOKS_DUE,
                 "started_state": keys.webhook(keys.webhook_member(task_id, "started")),
+                "metrics": keys.METRICS,
             },
             args={
                 "now": repr(at),
@@ -448,6 +449,7 @@ class TaskStore:
                 "running": keys.running(queue),
                 "outbox": keys.WEBHOOKS_DUE,
                 "idle": keys.idle(queue),
+                "metrics": keys.METRICS,
             },
             args={
                 "now": repr(at),
@@ -661,6 +663,19 @@ class TaskStore:
 
     async def cancel(self, record: TaskRecord, queue_key: str, at: float) -> CancelOutcome:
         """Cancel a queued or processing task atomically, removing its queued job; report what was there."""
+        return await self._cancel_script(record, queue_key, at, error="", queued_only=False)
+
+    async def cancel_queued(self, record: TaskRecord, at: float, error: str) -> bool:
+        """Cancel the task with `error` if it is still queued (not if it started meanwhile); True if it was."""
+        outcome = await self._cancel_script(
+            record, keys.queue(record.queue), at, error=error, queued_only=True
+        )
+        # A processing task left alone is reported as processing: only a cancel here was queued.
+        return outcome.was is TaskStatus.QUEUED
+
+    async def _cancel_script(
+        self, record: TaskRecord, queue_key: str, at: float, *, error: str, queued_only: bool
+    ) -> CancelOutcome:
         reply = await self._cancel(
             keys={
                 "task": keys.task(record.task_id),
@@ -675,6 +690,8 @@ class TaskStore:
                 "task_id": record.task_id,
                 "now_ms": int(at * 1000),
                 "aging_ms": self.aging_ms,
+                "error": error,
+                "queued_only": "1" if queued_only else "",
             },
         )
         if reply is None:

@@ -63,6 +63,8 @@ CONSTANTS: Mapping[str, str] = {
     "WAKE": keys.WAKE_CHANNEL,
     # Upper bounds of the per-type duration histogram, as a Lua list.
     "DURATION_BUCKETS": ", ".join(str(le) for le in keys.DURATION_BUCKETS),
+    # And of the per-queue, per-type wait-time histogram.
+    "WAIT_BUCKETS": ", ".join(str(le) for le in keys.WAIT_BUCKETS),
 }
 
 _TOKEN = re.compile(r"@([A-Z_]+)@")

@@ -9,7 +9,7 @@ from typing import cast
 import attrs
 from redis.asyncio import Redis
 
-from taskd import keys, refs
+from taskd import keys, refs, tracing
 from taskd.media import capacity
 from taskd.media.capacity import MediaCapacity
 from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
@@ -140,6 +140,8 @@ class Dispatcher:
             key_id=submission.key_id,
             keep_for=submission.keep_for,
             scheduled_for=submission.scheduled_for,
+            # The submitting request's span: the task's runs and webhooks are its children.
+            trace_context=tracing.carrier(),
             enqueues=1,
             created_at=now() if created_at is None else created_at,
         )

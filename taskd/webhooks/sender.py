@@ -16,7 +16,7 @@ import orjson
 from redis.asyncio import Redis
 from yarl import URL
 
-from taskd import keys
+from taskd import keys, tracing
 from taskd.backoff import Backoff
 from taskd.config import WebhooksConfig
 from taskd.logs import bind_task
@@ -83,7 +83,11 @@ class WebhookSender:
             )
         connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self.config.max_concurrency)
         return aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            # With tracing on, each POST is a span and carries `traceparent` to the receiver.
+            trace_configs=tracing.client_trace_configs(),
         )
 
     async def run(self) -> None:
@@ -170,7 +174,7 @@ class WebhookSender:
         if not url or not _still_news(record, event or None):
             await self.outbox.release(claim, None)
             return
-        with bind_task(record):
+        with bind_task(record), tracing.webhook_span(record, event or None, claim.attempts + 1):
             await self._post_and_record(claim, record, url, event or None)
 
     async def _post_and_record(

@@ -61,6 +61,25 @@ async def test_api_answers_503_while_redis_is_down_and_recovers_without_a_restar
     assert [body["status"] for body in bodies] == ["completed", "completed"]
 
 
+async def test_readyz_is_503_while_redis_is_down_and_ready_again_after_it(outage_service):
+    server, api, _ = outage_service
+    server.stop()
+
+    down = await api.call("GET", "/readyz")
+    alive = await api.call("GET", "/livez")
+    await server.start()
+    async with asyncio.timeout(20):
+        while (back := await api.call("GET", "/readyz"))[0] != 200:
+            await asyncio.sleep(0.1)
+
+    assert down == (
+        503,
+        {"error": "service_unavailable", "message": "Not ready: Redis does not answer", "retry_after": 5},
+    )
+    assert alive == (200, {"status": "alive"})
+    assert back == (200, {"status": "ready"})
+
+
 async def test_tasks_submitted_before_a_redis_outage_all_complete_after_it(outage_service, tmp_path):
     server, api, config = outage_service
     task_ids = [await api.submit("record_run", {"seconds": 0.5 if i % 3 else 0}) for i in range(30)]

@@ -13,21 +13,25 @@
 -- ARGV[3]  task_id  the task's id
 -- ARGV[4]  now_ms   now, in ms: when its webhook is due
 -- ARGV[5]  aging_ms execution.priority_aging in ms (lib/fair.lua)
+-- ARGV[6]  error    the error to record with the cancellation ('' for none): a purge says so
+-- ARGV[7]  queued_only  '1': cancel only a queued task (a purge leaves one that has started)
 -- A queued task leaves its project's line, and when it was the head the next one takes its turn
 -- (lib/fair.lua). Through ended(), the tasks waiting for it (depends_on) are cancelled too.
 -- Returns {'cancelled_now', previous status, cancelled_at} when cancelled here; {status,
--- previous_state or '', cancelled_at or ''} when it had already ended; false if the record is gone.
+-- previous_state or '', cancelled_at or ''} when it had already ended, or was processing and
+-- queued_only was given; false if the record is gone.
 -- include lib/emit.lua
 -- include lib/drop_job.lua
 -- include lib/ended.lua
 -- include lib/fair.lua
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
-if status ~= 'queued' and status ~= 'processing' then
+if status ~= 'queued' and (status ~= 'processing' or ARGV[7] == '1') then
   return {status, redis.call('HGET', KEYS[1], 'previous_state') or '', redis.call('HGET', KEYS[1], 'cancelled_at') or ''}
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'previous_state', status, 'cancelled_at', ARGV[1],
            'updated_at', ARGV[1], 'completed_at', ARGV[1])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[6]) end
 -- A task waiting for its dependencies has no job yet, so no place in line.
 local job_id = redis.call('HGET', KEYS[1], 'job_id')
 if status == 'queued' and job_id then

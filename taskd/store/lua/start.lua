@@ -13,6 +13,7 @@
 -- KEYS[4]  queue          {taskd}:queue:{queue}, arq's sorted set of the queue
 -- KEYS[5]  outbox         {taskd}:webhooks:due, the webhook outbox
 -- KEYS[6]  started_state  {taskd}:webhook:{id}:started, the delivery state of its `started` webhook
+-- KEYS[7]  metrics        {taskd}:metrics, the shared counters (the wait-time histogram)
 -- ARGV[1]  now            now, in seconds (as stored in the record)
 -- ARGV[2]  worker_id      the claiming worker's id (the lock's value)
 -- ARGV[3]  task_id        the task's id
@@ -27,10 +28,11 @@
 -- yet) or 'throttled' (its project runs project_limit tasks) without claiming; else {score,
 -- 'started', field, value, ...} with the started record, or {score, why} when the claimed job's
 -- task may not run: 'gone', 'stale' (the task has a newer job) or the task's status.
--- A start makes the task's `started` webhook due when its webhook_events ask for one.
+-- A start is lib/begin.lua's: the record, the wait-time histogram, the running and processing sets,
+-- the next head of the project's line, the `started` webhook and the event.
 -- include lib/emit.lua
--- include lib/webhook_event.lua
 -- include lib/fair.lua
+-- include lib/begin.lua
 local lock = redis.call('GET', KEYS[3])
 if lock and lock ~= ARGV[2] then return 'locked' end
 local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
@@ -64,19 +66,6 @@ if status ~= 'queued' then
   leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
   return {score, status}
 end
-local attempt = tostring((tonumber(record.attempt) or 0) + 1)
-redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1], 'updated_at', ARGV[1],
-           'worker_id', ARGV[2], 'progress', '0.0', 'attempt', attempt)
-if record.current_step or record.next_retry_at then redis.call('HDEL', KEYS[1], 'current_step', 'next_retry_at') end
-record.status, record.started_at, record.updated_at = 'processing', ARGV[1], ARGV[1]
-record.worker_id, record.progress, record.attempt = ARGV[2], '0.0', attempt
-record.current_step, record.next_retry_at = nil, nil
-redis.call('ZADD', KEYS[2], math.floor(tonumber(ARGV[1]) * 1000), ARGV[3])
-redis.call('SADD', '@PROCESSING_PREFIX@' .. record.project_id, ARGV[3])
-leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]), {record.queue, record.project_id})
-if wants_webhook_record(record, 'started') then
-  queue_webhook(KEYS[5], KEYS[6], ARGV[3] .. ':started', ARGV[5])
-end
--- The streams' expiry stays: the queued event set it, the next event sets it again (lib/emit.lua).
-emit_record(record, 'status', true)
+begin(KEYS[1], ARGV[3], ARGV[4], record, ARGV[2], ARGV[1], ARGV[5], tonumber(ARGV[8]),
+  {running = KEYS[2], metrics = KEYS[7], outbox = KEYS[5], started_state = KEYS[6]})
 return started()

@@ -18,6 +18,7 @@
 -- KEYS[2]  running        {taskd}:running:{queue}, the queue's processing tasks (id -> started ms)
 -- KEYS[3]  outbox         {taskd}:webhooks:due, the webhook outbox
 -- KEYS[4]  idle           {taskd}:idle:{queue}, the queue's idle workers
+-- KEYS[5]  metrics        {taskd}:metrics, the shared counters (the wait-time histogram: lib/begin.lua)
 -- ARGV[1]  now            now, in seconds (as stored in the record)
 -- ARGV[2]  worker_id      the taking worker's id
 -- ARGV[3]  now_ms         now, in ms (compared with the jobs' scores)
@@ -29,17 +30,17 @@
 -- ARGV[9]  recover        '1' when the reply of an earlier call may have been lost: the tasks of
 --                         the queue that this worker runs come back too (the worker starts those it
 --                         does not know)
--- Through lib/fair.lua it reads and writes {taskd}:project_processing:{project_id},
--- {taskd}:project_waiting:{queue}:{project_id}, {taskd}:waiting:{queue} and {taskd}:heads:{queue};
--- a started task's `started` webhook ({taskd}:webhook:{id}:started) is made due when its
--- webhook_events ask for one.
+-- Each start is lib/begin.lua's, as in start.lua: through lib/fair.lua it reads and writes
+-- {taskd}:project_processing:{project_id}, {taskd}:project_waiting:{queue}:{project_id},
+-- {taskd}:waiting:{queue} and {taskd}:heads:{queue}; a started task's `started` webhook
+-- ({taskd}:webhook:{id}:started) is made due when its webhook_events ask for one.
 -- Returns {look, entry, ...}: look is 1 when the worker should take again as soon as one of its
 -- slots frees (it took its fill, or passed over a job that may start then), 0 when it waits in the
 -- idle set and the next job wakes it; then one entry per started task: {job_id, score, field,
 -- value, ...} (the started record).
 -- include lib/emit.lua
--- include lib/webhook_event.lua
 -- include lib/fair.lua
+-- include lib/begin.lua
 -- include lib/drop_job.lua
 -- include lib/wake.lua
 local now, me, now_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -72,29 +73,6 @@ if ARGV[9] == '1' then
   end
 end
 
--- What start.lua does for a queued task, and the job leaves arq's set: nothing else may take it.
-local function start(job, score, task_key, task_id, record)
-  local attempt = tostring((tonumber(record.attempt) or 0) + 1)
-  redis.call('HSET', task_key, 'status', 'processing', 'started_at', now, 'updated_at', now,
-             'worker_id', me, 'progress', '0.0', 'attempt', attempt)
-  if record.current_step or record.next_retry_at then
-    redis.call('HDEL', task_key, 'current_step', 'next_retry_at')
-  end
-  record.status, record.started_at, record.updated_at = 'processing', now, now
-  record.worker_id, record.progress, record.attempt = me, '0.0', attempt
-  record.current_step, record.next_retry_at = nil, nil
-  redis.call('ZADD', KEYS[2], math.floor(tonumber(now) * 1000), task_id)
-  redis.call('SADD', '@PROCESSING_PREFIX@' .. record.project_id, task_id)
-  redis.call('ZREM', KEYS[1], job)
-  leave_line(task_key, job, now_ms, aging_ms, {record.queue, record.project_id})
-  if wants_webhook_record(record, 'started') then
-    queue_webhook(KEYS[3], '@WEBHOOK_PREFIX@' .. task_id .. ':started', task_id .. ':started', ARGV[3])
-  end
-  -- The streams' expiry stays: the queued event set it, the next event sets it again (lib/emit.lua).
-  emit_record(record, 'status', true)
-  taken[#taken + 1] = reply(job, score, record)
-end
-
 local passed, npassed, started = {}, 0, 0
 local left = false  -- a due job is left that this call did not take
 while true do
@@ -119,7 +97,12 @@ while true do
     if throttled(record.project_id, limit) then
       passed[job], npassed = true, npassed + 1
     else
-      start(job, score, task_key, task_id, record)
+      -- Off arq's set first: nothing else may take it (lib/begin.lua does what start.lua does).
+      redis.call('ZREM', KEYS[1], job)
+      begin(task_key, task_id, job, record, me, now, ARGV[3], aging_ms, {
+        running = KEYS[2], metrics = KEYS[5], outbox = KEYS[3],
+        started_state = '@WEBHOOK_PREFIX@' .. task_id .. ':started'})
+      taken[#taken + 1] = reply(job, score, record)
       started = started + 1
     end
   elseif redis.call('EXISTS', '@IN_PROGRESS_PREFIX@' .. job) == 1 then

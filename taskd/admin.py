@@ -1,0 +1,127 @@
+"""What the operator commands (`taskd workers|queues|purge|retry-failed`) work on: a deployment's Redis.
+
+They talk to Redis directly, as `taskd worker` does, not to the HTTP API: they work while the API
+is down or overloaded (when an operator needs them most), need no API key (whoever can read the
+config and reach Redis can already do all of this), and add no route to the API. They find
+Redis as `taskd worker` does: `redis.url`, else the embedded server of the same data dir on this
+host. Nothing here starts one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import attrs
+from redis.asyncio import Redis
+
+from taskd.config import Config
+from taskd.embedded import EmbeddedValkey
+from taskd.heartbeat import WorkerInfo, last_beats, live_workers
+from taskd.media.capacity import MediaCapacity
+from taskd.model import TaskRecord
+from taskd.queue.task_queue import TaskQueue
+from taskd.redis_conn import CONNECT_TIMEOUT, connect
+from taskd.store import Admission, TaskStore
+from taskd.store.overview import QueueState, RunningTask, queue_states, running_tasks
+from taskd.submit import bulk
+from taskd.submit.dispatch import Dispatcher
+from taskd.tasks.registry import default_registry
+
+
+class NoRedis(Exception):
+    """No Redis to talk to: no `redis.url`, and no embedded server runs for the data dir."""
+
+
+@attrs.frozen
+class WorkerView:
+    """A live worker process: what its heartbeat says, when it last beat, and the tasks it runs."""
+
+    info: WorkerInfo
+    last_beat: float
+    tasks: list[RunningTask]
+
+
+def redis_url(config: Config) -> str:
+    """`redis.url`, else the URL of the embedded server running for the data dir; NoRedis if neither."""
+    if config.redis.url:
+        return config.redis.url
+    running = EmbeddedValkey.running_url(config.data_path)
+    if running is None:
+        raise NoRedis(
+            f"no redis.url is set and no embedded server runs for data_dir {config.data_path}: "
+            "run this where `taskd serve` runs, with its config, or set TASKD_REDIS__URL"
+        )
+    return running
+
+
+class Operator:
+    """The store, queues and task types of the deployment that `config` describes, on one Redis client."""
+
+    def __init__(self, config: Config, redis: Redis) -> None:
+        self.config = config
+        self.redis = redis
+        self.registry = default_registry(config.tasks)
+        self.store = TaskStore(
+            redis,
+            config.storage.task_ttl,
+            concurrent_per_project=config.limits.concurrent_per_project,
+            aging_window=config.execution.priority_aging,
+            progress_interval=config.webhooks.progress_interval,
+        )
+
+    @property
+    def queues(self) -> list[str]:
+        """Every queue: the configured ones and those the task types route to."""
+        return sorted(set(self.config.queues) | self.registry.queues())
+
+    async def workers(self) -> list[WorkerView]:
+        """The live workers, by host and pid, each with the tasks it runs now."""
+        infos = await live_workers(self.redis, self.config.worker.heartbeat_ttl)
+        beats = await last_beats(self.redis)
+        running = await running_tasks(self.redis, self.queues)
+        views = [
+            WorkerView(
+                info,
+                beats.get(info.worker_id, info.started_at),
+                [task for task in running if task.worker_id == info.worker_id],
+            )
+            for info in infos
+        ]
+        return sorted(views, key=lambda view: (view.info.host, view.info.pid))
+
+    async def queue_states(self) -> list[QueueState]:
+        """Each queue's waiting and running counts and its oldest waiting job."""
+        return await queue_states(self.redis, self.queues, self.config.execution.priority_aging)
+
+    async def waiting_on(self, queue: str) -> list[TaskRecord]:
+        """The tasks queued on `queue` (bulk.waiting_on)."""
+        return await bulk.waiting_on(self.store, queue)
+
+    async def purge(self, queue: str) -> list[str]:
+        """Cancel the tasks queued on `queue` (bulk.purge); the ids cancelled."""
+        return await bulk.purge(self.store, queue)
+
+    async def retry_failed(self, project: str, since: float | None) -> list[bulk.Retried]:
+        """Retry the project's failed tasks (bulk.retry_failed), with the API's admission limits."""
+        limits = self.config.limits
+        dispatcher = Dispatcher(
+            self.redis,
+            self.store,
+            TaskQueue(self.redis, self.config.execution.priority_aging),
+            self.registry,
+            Admission(limits.queued_per_project, limits.max_queue_length),
+            media_capacity=MediaCapacity.from_config(self.config),
+        )
+        return await bulk.retry_failed(dispatcher, project, since)
+
+
+@contextlib.asynccontextmanager
+async def operator(config: Config, url: str) -> AsyncIterator[Operator]:
+    """An Operator on the Redis at `url` (redis_url), checked with a PING; closed on exit."""
+    redis = connect(url, socket_timeout=config.redis.socket_timeout or CONNECT_TIMEOUT)
+    try:
+        await redis.ping()
+        yield Operator(config, redis)
+    finally:
+        await redis.aclose()

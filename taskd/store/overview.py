@@ -1,0 +1,96 @@
+"""What the queues hold now, for operators (`taskd queues`, `taskd workers`): read-only, from the store's keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+from redis.asyncio import Redis
+
+from taskd import keys
+from taskd.model import PRIORITY_HIGH, PRIORITY_LOW
+
+
+@attrs.frozen
+class QueueState:
+    """One queue: its waiting and processing tasks, and since when its longest-waiting job has waited."""
+
+    name: str
+    waiting: int
+    running: int
+    # Epoch seconds; None when nothing waits.
+    oldest_waiting_since: float | None
+
+
+@attrs.frozen
+class RunningTask:
+    """A processing task: where it runs and since when."""
+
+    task_id: str
+    queue: str
+    task_type: str
+    project_id: str
+    worker_id: str | None
+    started_at: float
+
+
+async def queue_states(redis: Redis, queues: Iterable[str], aging_window: float) -> list[QueueState]:
+    """Each queue's waiting and running counts and its oldest waiting job.
+
+    A waiting job's score is the time it was queued moved earlier by its priority (one
+    `aging_window` per step, taskd.queue.task_queue.job_score), so the job queued longest ago is
+    among those scored within two windows of the lowest score: only those records are read.
+    """
+    states = []
+    for name in queues:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.waiting(name))
+            pipe.zcard(keys.running(name))
+            pipe.zrange(keys.waiting(name), 0, 0, withscores=True)
+            waiting, running, first = await pipe.execute()
+        since = await _oldest(redis, name, first[0][1], aging_window) if first else None
+        states.append(QueueState(name, int(waiting), int(running), since))
+    return states
+
+
+async def _oldest(redis: Redis, queue: str, lowest: float, aging_window: float) -> float:
+    window_ms = (PRIORITY_LOW - PRIORITY_HIGH) * aging_window * 1000
+    candidates = await redis.zrangebyscore(keys.waiting(queue), lowest, lowest + window_ms, withscores=True)
+    async with redis.pipeline(transaction=False) as pipe:
+        for job, _ in candidates:
+            pipe.hget(keys.task(_task_id(job.decode())), "priority")
+        priorities = await pipe.execute()
+    queued_ms = [
+        score + (PRIORITY_LOW - int(priority or PRIORITY_LOW)) * aging_window * 1000
+        for (_, score), priority in zip(candidates, priorities, strict=True)
+    ]
+    return float(min(queued_ms)) / 1000
+
+
+def _task_id(job: str) -> str:
+    """The task of an arq job id, `<task id>.<n>` (taskd.keys.job_id)."""
+    return job.rpartition(".")[0] or job
+
+
+async def running_tasks(redis: Redis, queues: Iterable[str]) -> list[RunningTask]:
+    """Every processing task of `queues`, longest running first."""
+    started: list[tuple[str, str, float]] = []
+    for name in queues:
+        for member, score in await redis.zrange(keys.running(name), 0, -1, withscores=True):
+            started.append((member.decode(), name, score / 1000))
+    async with redis.pipeline(transaction=False) as pipe:
+        for task_id, _, _ in started:
+            pipe.hmget(keys.task(task_id), "task_type", "project_id", "worker_id")
+        rows = await pipe.execute()
+    tasks = [
+        RunningTask(
+            task_id,
+            queue,
+            (task_type or b"?").decode(),
+            (project or b"?").decode(),
+            worker.decode() if worker else None,
+            at,
+        )
+        for (task_id, queue, at), (task_type, project, worker) in zip(started, rows, strict=True)
+    ]
+    return sorted(tasks, key=lambda task: task.started_at)

@@ -1,0 +1,165 @@
+"""`SyncTaskClient`: the Python client for code without an event loop; the async `TaskClient` underneath.
+
+    with SyncTaskClient("http://127.0.0.1:8001", api_key) as client:
+        submitted = client.submit("detective_series_001", "test_prompt", {"prompt_template": "Hi"})
+        task = client.wait(submitted.task_id, on_event=print)
+        print(task.result)
+
+Every method of `TaskClient` is here, blocking, with the same arguments, results and errors. The
+async client runs on a private event loop in a thread of this client's own, rather than on a
+second HTTP library: the base install stays aiohttp alone, both clients share one implementation
+of the event stream, the retries and the typed results, and a blocking call works in a program
+that already runs a loop (a notebook, a sync handler inside an async framework), as the caller's
+loop is never touched. Callbacks (`wait`'s `on_event`) and iterated events run in the caller's
+thread, not the client's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import Future
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+
+from taskd.client import DEFAULT_URL, Task, TaskClient, TaskEvent
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+# Put after the last event: the coroutine that produced them has returned or raised.
+_END = object()
+
+
+def _blocking(
+    method: Callable[Concatenate[TaskClient, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[SyncTaskClient, _P], _R]:
+    """A TaskClient coroutine method as a blocking method of SyncTaskClient (same signature and doc)."""
+
+    def call(self: SyncTaskClient, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return self._run(method(self.client, *args, **kwargs))
+
+    # Its name and docstring (help(), IDEs); the returned wrapper's own type is too vague for mypy.
+    functools.update_wrapper(call, method)
+    return call
+
+
+class SyncTaskClient:
+    """A blocking client of one taskd server; use `with` (or call `close`). Arguments as TaskClient's."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        api_key: str = "",
+        *,
+        timeout: float = 60.0,
+        retries: int = 3,
+        max_retry_wait: float = 60.0,
+    ) -> None:
+        self.client = TaskClient(
+            url, api_key, timeout=timeout, retries=retries, max_retry_wait=max_retry_wait
+        )
+        self._loop = asyncio.new_event_loop()
+        # A daemon thread: a program that forgets `close` still exits.
+        self._thread = threading.Thread(target=self._loop.run_forever, name="taskd-client", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session and stop the client's thread; the client cannot be used after."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self.client.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def _start(self, coroutine: Coroutine[Any, Any, _R]) -> Future[_R]:
+        if self._loop.is_closed():
+            coroutine.close()
+            raise RuntimeError("this SyncTaskClient is closed")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def _run(self, coroutine: Coroutine[Any, Any, _R]) -> _R:
+        future = self._start(coroutine)
+        try:
+            return future.result()
+        finally:
+            # After Ctrl-C in the caller, the request stops too.
+            future.cancel()
+
+    submit = _blocking(TaskClient.submit)
+    submit_batch = _blocking(TaskClient.submit_batch)
+    status = _blocking(TaskClient.status)
+    cancel = _blocking(TaskClient.cancel)
+    retry = _blocking(TaskClient.retry)
+    list_tasks = _blocking(TaskClient.list_tasks)
+    health = _blocking(TaskClient.health)
+    queue_health = _blocking(TaskClient.queue_health)
+    metrics = _blocking(TaskClient.metrics)
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        timeout: float | None = None,
+        on_event: Callable[[TaskEvent], Any] | None = None,
+        poll_interval: float = 1.0,
+        raise_on_failure: bool = True,
+    ) -> Task:
+        """Follow a task until it ends and return its final status (as TaskClient.wait).
+
+        `on_event` is called in this thread with each TaskEvent; an exception it raises stops the
+        wait and is raised here.
+        """
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        future = self._start(
+            self.client.wait(
+                task_id,
+                timeout=timeout,
+                on_event=events.put if on_event is not None else None,
+                poll_interval=poll_interval,
+                raise_on_failure=raise_on_failure,
+            )
+        )
+        future.add_done_callback(lambda _: events.put(_END))
+        try:
+            while (event := events.get()) is not _END:
+                if on_event is not None:
+                    on_event(event)
+            return future.result()
+        finally:
+            future.cancel()
+
+    def events(self, task_id: str, *, last_event_id: str | None = None) -> Iterator[TaskEvent]:
+        """A task's events as they happen (from the first, or after `last_event_id`); ends after the last."""
+        return self._iterate(self.client.events(task_id, last_event_id=last_event_id))
+
+    def project_events(self, project_id: str, *, last_event_id: str | None = None) -> Iterator[TaskEvent]:
+        """Events of every task of a project from now (or after `last_event_id`); never ends by itself."""
+        return self._iterate(self.client.project_events(project_id, last_event_id=last_event_id))
+
+    def _iterate(self, source: AsyncIterator[TaskEvent]) -> Iterator[TaskEvent]:
+        """Yield what `source` yields on the client's loop; leaving the loop early closes the stream."""
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+        async def pump() -> None:
+            async for event in source:
+                events.put(event)
+
+        future = self._start(pump())
+        future.add_done_callback(lambda _: events.put(_END))
+        try:
+            while (event := events.get()) is not _END:
+                yield event
+            future.result()
+        finally:
+            future.cancel()

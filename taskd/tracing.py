@@ -1,0 +1,225 @@
+"""OpenTelemetry tracing: on only when the standard `OTEL_*` variables name an exporter.
+
+Off (the default), nothing here imports OpenTelemetry: every function is a check of one module
+global and returns at once, so a process without tracing pays nothing on the submit or run path.
+On, `setup` builds one TracerProvider for the process (not the global one, so in-process tests
+cannot leak it into one another) with the OTLP/HTTP exporter, and the rest of taskd asks this
+module for the spans it opens: the API's server span (`server_middlewares`), the task's trace
+context kept with its record (`carrier`), the run on the worker (`run_span`), provider calls and
+webhook POSTs (`client_trace_configs`, under `webhook_span`). docs/tracing.md says what is traced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from taskd.config import ConfigError
+from taskd.model import TaskRecord
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp.typedefs import Handler, Middleware
+    from opentelemetry.sdk.trace import TracerProvider
+    from yarl import URL
+
+# The span attributes of a run and of a webhook delivery (docs/tracing.md lists them).
+TASK_ID, TASK_TYPE, PROJECT_ID = "taskd.task.id", "taskd.task.type", "taskd.project.id"
+QUEUE, ATTEMPT, DEVICE, OUTCOME = "taskd.queue", "taskd.attempt", "taskd.device", "taskd.outcome"
+WEBHOOK_EVENT = "taskd.webhook.event"
+TRACER = "taskd"
+SERVICE_NAME = "taskd"
+# The exporters taskd installs (the `otel` extra): OTLP over HTTP, or spans printed to stdout.
+EXPORTERS = ("otlp", "console")
+
+_provider: TracerProvider | None = None
+
+
+def configured(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the environment asks for traces: an exporter or an OTLP endpoint is set, the SDK not disabled."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporter = environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if exporter:
+        return exporter != "none"
+    return bool(
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def enabled() -> bool:
+    """Whether this process records spans (`setup` found tracing configured)."""
+    return _provider is not None
+
+
+def setup(environ: Mapping[str, str] = os.environ) -> None:
+    """Start tracing for this process when `configured`; once per process. ConfigError names a bad variable."""
+    global _provider
+    if _provider is not None or not configured(environ):
+        return
+    exporter_name = environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() or "otlp"
+    if exporter_name not in EXPORTERS:
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER={exporter_name!r}: taskd exports traces with one of {', '.join(EXPORTERS)}"
+        )
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or ""
+    )
+    if exporter_name == "otlp" and protocol.strip() not in ("", "http/protobuf"):
+        raise ConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: taskd's OTLP exporter speaks http/protobuf "
+            "(a collector's port 4318)"
+        )
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"tracing is configured (OTEL_*) but {exc.name} is not installed: pip install 'taskd[otel]'"
+        ) from None
+    exporter: SpanExporter
+    if exporter_name == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        # Endpoint, headers, timeout and compression come from the OTEL_EXPORTER_OTLP_* variables.
+        exporter = OTLPSpanExporter()
+    else:
+        exporter = ConsoleSpanExporter()
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are read here; without them the service is "taskd".
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
+    # The sampler comes from OTEL_TRACES_SAMPLER; the batch's size and delay from OTEL_BSP_*.
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    _provider = provider
+
+
+def flush(timeout_s: float = 5.0) -> None:
+    """Export the spans still batched (a stopping process); the provider stays for the rest of the process."""
+    if _provider is not None:
+        _provider.force_flush(int(timeout_s * 1000))
+
+
+def server_middlewares() -> list[Middleware]:
+    """A middleware that makes each request a SERVER span, a child of the caller's `traceparent`; none when off.
+
+    taskd's own rather than opentelemetry-instrumentation-aiohttp-server's: that package's middleware
+    reads module globals that only its `instrument()` sets, which also replaces
+    `aiohttp.web.Application` with a subclass for the whole process.
+    """
+    if _provider is None:
+        return []
+    from aiohttp import web
+    from opentelemetry import propagate, trace
+
+    tracer = _provider.get_tracer(TRACER)
+
+    @web.middleware
+    async def trace_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # The route's pattern, not the path: a task id in a span name would make one name per task.
+        route = request.match_info.route.resource
+        pattern = route.canonical if route is not None else None
+        with tracer.start_as_current_span(
+            f"{request.method} {pattern}" if pattern else request.method,
+            context=propagate.extract(request.headers),
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": request.path},
+        ) as span:
+            if pattern:
+                span.set_attribute("http.route", pattern)
+            response = await handler(request)
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(trace.StatusCode.ERROR)
+            return response
+
+    return [trace_request]
+
+
+def client_trace_configs() -> list[aiohttp.TraceConfig]:
+    """The aiohttp client instrumentation: a CLIENT span per request, `traceparent` sent; none when off."""
+    if _provider is None:
+        return []
+    from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+
+    # A span keeps the URL without its query: presigned S3 URLs (X-Amz-Signature), taskd's signed
+    # media links and receivers' tokens carry credentials there, which the instrumentation's own
+    # redaction (a few named parameters) misses.
+    config: aiohttp.TraceConfig = create_trace_config(url_filter=_without_query, tracer_provider=_provider)
+    return [config]
+
+
+def _without_query(url: URL) -> str:
+    return str(url.with_query(None).with_fragment(None))
+
+
+def carrier() -> dict[str, str] | None:
+    """The current trace context as W3C headers (`traceparent`, `tracestate`), kept with a new task; None when off."""
+    if _provider is None:
+        return None
+    from opentelemetry import propagate
+
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers or None
+
+
+@contextlib.contextmanager
+def run_span(record: TaskRecord, device: str | None) -> Iterator[None]:
+    """The span of one run of `record` on this worker: a child of the span that submitted it."""
+    if _provider is None:
+        yield
+        return
+    from opentelemetry import propagate, trace
+
+    attributes: dict[str, str | int] = {
+        TASK_ID: record.task_id,
+        TASK_TYPE: record.task_type,
+        PROJECT_ID: record.project_id,
+        QUEUE: record.queue,
+        ATTEMPT: record.attempt,
+    }
+    if device is not None:
+        attributes[DEVICE] = device
+    with _provider.get_tracer(TRACER).start_as_current_span(
+        f"run {record.task_type}",
+        context=propagate.extract(record.trace_context or {}),
+        kind=trace.SpanKind.CONSUMER,
+        attributes=attributes,
+    ):
+        yield
+
+
+def note_outcome(kind: str, error: str | None) -> None:
+    """Mark the current run span with how the run ended; a failure sets its status to error."""
+    if _provider is None:
+        return
+    from opentelemetry import trace
+
+    span = trace.get_current_span()
+    span.set_attribute(OUTCOME, kind)
+    if kind == "failed":
+        span.set_status(trace.StatusCode.ERROR, error)
+
+
+@contextlib.contextmanager
+def webhook_span(record: TaskRecord, event: str | None, attempt: int) -> Iterator[None]:
+    """The span of one webhook attempt for `record`, in its task's trace (under the submit's span)."""
+    if _provider is None:
+        yield
+        return
+    from opentelemetry import propagate, trace
+
+    # An end's webhook has no event of its own: it is named for the status it reports.
+    name = event or record.status.value
+    with _provider.get_tracer(TRACER).start_as_current_span(
+        f"webhook {name}",
+        context=propagate.extract(record.trace_context or {}),
+        kind=trace.SpanKind.PRODUCER,
+        attributes={TASK_ID: record.task_id, WEBHOOK_EVENT: name, ATTEMPT: attempt},
+    ):
+        yield

@@ -1,0 +1,310 @@
+"""`taskd workers|queues|purge|retry-failed|config` as child processes against a real taskd's Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import attrs
+import pytest
+from conftest import API_KEY, TEST_TASK_MODULES
+
+from taskd.cli import main
+from taskd.cli_admin import parse_since
+from taskd.config import Config, NetworkConfig, QueueConfig
+
+
+@attrs.frozen
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+async def operator_cli(*args: str, redis_url: str, stdin: str = "", **env: str) -> Run:
+    """Run `python -m taskd *args` on the test's Redis, with the test task types, without blocking the loop."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    full_env.update(
+        TASKD_DATA_DIR="/nonexistent",
+        TASKD_REDIS__URL=redis_url,
+        TASKD_TASKS__MODULES=",".join(TEST_TASK_MODULES),
+        **env,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "taskd",
+        *args,
+        env=full_env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 30)
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+def _one_default_slot() -> dict[str, QueueConfig]:
+    return {**Config().queues, "default": QueueConfig(concurrency=1, timeout=120)}
+
+
+# ---- workers ----
+
+
+async def test_workers_lists_the_live_worker_with_the_task_it_runs(taskd, valkey_url):
+    task = await taskd.submit("sleep", {"seconds": 30, "steps": 30})
+    await taskd.wait_for(task["task_id"], lambda body: body["status"] == "processing")
+
+    run = await operator_cli("workers", "--json", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    (worker,) = run.json()["workers"]
+    assert (worker["pid"], worker["worker_id"]) == (os.getpid(), taskd.service.worker_id)
+    assert "default" in worker["queues"]
+    assert [running["task_id"] for running in worker["tasks"]] == [task["task_id"]]
+    assert worker["last_heartbeat_age"] < 3
+
+
+async def test_workers_prints_host_pid_and_last_heartbeat(taskd, valkey_url):
+    run = await operator_cli("workers", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    header, row = run.out.splitlines()[:2]
+    assert header.split()[:4] == ["HOST", "PID", "QUEUES", "RUNNING"]
+    assert str(os.getpid()) in row.split() and row.rstrip().endswith(taskd.service.worker_id)
+    assert " ago" in row
+
+
+# ---- queues ----
+
+
+async def test_queues_reports_the_oldest_waiting_task_whatever_its_priority(start_service, valkey_url):
+    taskd = await start_service(workers=False)
+    low = await taskd.submit("noop", {}, priority=3)
+    await asyncio.sleep(1.1)  # the record's created_at has whole seconds
+    await taskd.submit("noop", {}, priority=1)  # first in line, but queued after the other
+
+    run = await operator_cli("queues", "--json", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    default = next(queue for queue in run.json()["queues"] if queue["queue"] == "default")
+    assert (default["waiting"], default["running"]) == (2, 0)
+    assert default["oldest_waiting_since"] == low["created_at"]
+    assert default["oldest_waiting_seconds"] >= 1
+
+
+async def test_queues_counts_running_tasks(start_service, valkey_url):
+    taskd = await start_service(queues=_one_default_slot())
+    running = await taskd.submit("sleep", {"seconds": 30, "steps": 30})
+    await taskd.submit("sleep", {"seconds": 30, "steps": 30})
+    await taskd.wait_for(running["task_id"], lambda body: body["status"] == "processing")
+
+    run = await operator_cli("queues", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    rows = {line.split()[0]: line.split()[1:] for line in run.out.splitlines()[1:]}
+    assert rows["default"][:2] == ["1", "1"]
+    assert rows["gpu_heavy"] == ["0", "0", "-"]
+
+
+# ---- purge ----
+
+
+async def test_purge_cancels_nothing_unless_confirmed(start_service, valkey_url):
+    taskd = await start_service(workers=False)
+    task = await taskd.submit("noop", {})
+
+    run = await operator_cli("purge", "default", redis_url=valkey_url, stdin="n\n")
+
+    assert run.code == 1
+    assert "Cancel the 1 queued task(s) of queue default?" in run.err
+    assert (await taskd.status(task["task_id"]))["status"] == "queued"
+
+
+async def test_purge_cancels_the_queued_tasks_with_an_error_and_sends_their_webhooks(
+    start_service, valkey_url, receiver
+):
+    taskd = await start_service(workers=False, network=NetworkConfig(allow_private=True))
+    tasks = [await taskd.submit("noop", {}, callback_url=receiver.url()) for _ in range(2)]
+    other = await taskd.submit("cpu", {"seconds": 1})  # cpu_intensive: not this queue
+
+    run = await operator_cli("purge", "default", redis_url=valkey_url, stdin="yes\n")
+
+    assert run.code == 0, run.err
+    assert sorted(run.out.split()) == sorted(task["task_id"] for task in tasks)
+    for task in tasks:
+        status = await taskd.status(task["task_id"])
+        assert (status["status"], status["error"]) == (
+            "cancelled",
+            "Purged from queue 'default' by an operator (taskd purge)",
+        )
+    assert (await taskd.status(other["task_id"]))["status"] == "queued"
+    async with asyncio.timeout(10):
+        while len(receiver.received) < 2:
+            await asyncio.sleep(0.05)
+    # The document's cancelled webhook, which has no error field: the status says why.
+    assert sorted(
+        (hook.json["task_id"], hook.json["status"], hook.json["previous_state"]) for hook in receiver.received
+    ) == sorted((task["task_id"], "cancelled", "queued") for task in tasks)
+
+
+async def test_purge_leaves_a_running_task_alone(start_service, valkey_url):
+    taskd = await start_service(queues=_one_default_slot())
+    running = await taskd.submit("sleep", {"seconds": 30, "steps": 30})
+    waiting = await taskd.submit("sleep", {"seconds": 30, "steps": 30})
+    await taskd.wait_for(running["task_id"], lambda body: body["status"] == "processing")
+
+    run = await operator_cli("purge", "default", "--yes", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    assert run.out.split() == [waiting["task_id"]]
+    assert (await taskd.status(running["task_id"]))["status"] == "processing"
+
+
+async def test_purge_of_an_unknown_queue_exits_2_naming_the_known_ones(valkey_url):
+    run = await operator_cli("purge", "nope", "--yes", redis_url=valkey_url)
+
+    assert run.code == 2
+    assert run.err.strip() == (
+        "taskd: unknown queue 'nope'; known: cpu_intensive, default, gpu_heavy, gpu_medium"
+    )
+
+
+# ---- retry-failed ----
+
+
+async def test_retry_failed_retries_each_failed_task_of_the_project_once(taskd, valkey_url):
+    failed = [await taskd.submit("fail", {}, project_id="films") for _ in range(2)]
+    elsewhere = await taskd.submit("fail", {}, project_id="ads")
+    for task in [*failed, elsewhere]:
+        await taskd.wait_terminal(task["task_id"])
+
+    first = await operator_cli("retry-failed", "--project", "films", redis_url=valkey_url)
+    again = await operator_cli("retry-failed", "--project", "films", "--json", redis_url=valkey_url)
+
+    assert first.code == 0, first.err
+    retried = dict(line.split(" -> ") for line in first.out.splitlines())
+    assert set(retried) == {task["task_id"] for task in failed}
+    for original, new in retried.items():
+        assert (await taskd.status(new))["retry_of"] == original
+    replays = {item["task_id"]: item for item in again.json()["tasks"]}
+    assert {task_id: replays[task_id]["new_task_id"] for task_id in retried} == retried
+    assert all(replays[task_id]["replayed"] for task_id in retried)
+
+
+async def test_retry_failed_since_a_time_skips_older_failures(taskd, valkey_url):
+    older = await taskd.submit("fail", {}, project_id="films")
+    await taskd.wait_terminal(older["task_id"])
+    await asyncio.sleep(1.1)  # completed_at is kept to the millisecond, but keep the two well apart
+    cutoff = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    newer = await taskd.submit("fail", {}, project_id="films")
+    await taskd.wait_terminal(newer["task_id"])
+
+    run = await operator_cli("retry-failed", "--project", "films", "--since", cutoff, redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    assert [line.split(" -> ")[0] for line in run.out.splitlines()] == [newer["task_id"]]
+
+
+def test_since_reads_durations_and_times_with_a_zone():
+    now = 1_800_000_000.0
+
+    assert parse_since("90s", now) == now - 90
+    assert parse_since("2h", now) == now - 7200
+    assert parse_since("1.5d", now) == now - 1.5 * 86400
+    assert parse_since("2027-01-15T08:00:00Z", now) == datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize("since", ["yesterday", "2027-01-15T08:00:00"])
+def test_a_since_that_is_not_a_duration_or_a_zoned_time_exits_2(since, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["retry-failed", "--project", "films", "--since", since])
+
+    assert exited.value.code == 2
+    assert "--since" in capsys.readouterr().err
+
+
+# ---- Redis down or refusing ----
+
+
+async def test_an_operator_command_exits_3_in_one_line_when_redis_is_down():
+    run = await operator_cli("queues", redis_url="redis://127.0.0.1:1/0")
+
+    assert run.code == 3
+    assert run.err.startswith("taskd: Redis at redis://127.0.0.1:1/0: ConnectionError:")
+    assert len(run.err.strip().splitlines()) == 1
+
+
+async def test_a_wrong_redis_password_exits_3_in_one_line_without_the_password(valkey_url):
+    parts = urlsplit(valkey_url)
+    wrong = parts._replace(netloc=f":not-the-password-42@{parts.hostname}:{parts.port}").geturl()
+
+    run = await operator_cli("workers", redis_url=wrong)
+
+    assert run.code == 3
+    assert len(run.err.strip().splitlines()) == 1
+    assert "not-the-password-42" not in run.err and "********" in run.err
+
+
+# ---- config ----
+
+
+def test_config_show_prints_the_effective_config_with_secrets_masked(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_HTTP__PORT", "8123")
+    monkeypatch.setenv("TASKD_AUTH__API_KEYS", API_KEY)
+    monkeypatch.setenv("TASKD_REDIS__URL", "redis://:redis-secret-99@10.0.0.5:6379/0")
+    monkeypatch.setenv("TASKD_PROVIDERS__LLM__API_KEY", "sk-provider-secret")
+
+    code = main(["config", "show"])
+
+    out = capsys.readouterr().out
+    config = json.loads(out)
+    assert code == 0
+    assert config["http"]["port"] == 8123
+    assert config["auth"]["api_keys"] == ["********"]
+    assert config["redis"]["url"] == "redis://:********@10.0.0.5:6379/0"
+    assert config["providers"]["llm"]["api_key"] == "********"
+    for secret in (API_KEY, "redis-secret-99", "sk-provider-secret"):
+        assert secret not in out
+
+
+def test_config_check_exits_0_for_a_valid_config(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    (tmp_path / "taskd.toml").write_text("[http]\nport = 8123\n")
+
+    code = main(["--config", str(tmp_path / "taskd.toml"), "config", "check"])
+
+    assert code == 0
+    assert capsys.readouterr().out.strip().startswith(f"config OK: {tmp_path / 'taskd.toml'}")
+
+
+def test_config_check_exits_2_naming_the_bad_key(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_HTTP__PORT", "eighty")
+
+    code = main(["config", "check"])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "taskd: config key http.port: expected an integer, got 'eighty'"
+
+
+def test_config_check_exits_2_for_a_queue_the_task_types_need_but_the_config_lacks(
+    monkeypatch, capsys, tmp_path
+):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    (tmp_path / "taskd.toml").write_text('[tasks.routes]\ngenerate_video = "video_farm"\n')
+
+    code = main(["--config", str(tmp_path / "taskd.toml"), "config", "check"])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "taskd: queues video_farm are used by task types but not configured"
+    )

@@ -1,0 +1,84 @@
+"""HTTP conventions on every route of the app, found from its router: a 405 names the allowed
+methods in `Allow` (RFC 9110) with the documented error body, and HEAD answers wherever GET does."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+# A value for each path parameter: well-formed, naming nothing that exists (no stream runs forever).
+PARAMETERS = {"task_id": "t-missing", "project_id": "p_missing", "filename": "none.png", "asset": "none.js"}
+
+
+def concrete(template: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda match: PARAMETERS[match[1]], template)
+
+
+def pattern(template: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(template)))
+
+
+def allowed_at(by_path: dict[str, set[str]], path: str) -> set[str]:
+    """Every method some route answers at `path` (`/api/v1/tasks/metrics` is also a task id's path)."""
+    return {
+        method
+        for template, methods in by_path.items()
+        if pattern(template).fullmatch(path)
+        for method in methods
+    }
+
+
+def routes_by_path(app: web.Application) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for route in app.router.routes():
+        if route.resource is not None:
+            found.setdefault(route.resource.canonical, set()).add(route.method)
+    return found
+
+
+async def test_every_route_answers_an_unknown_method_with_405_allow_and_the_error_shape(start_service):
+    taskd = await start_service(workers=False)
+    by_path = routes_by_path(taskd.service._runner.app)
+
+    answers = {}
+    for path in by_path:
+        async with taskd.client.request("TRACE", concrete(path)) as response:
+            allowed = set(response.headers.get("Allow", "").split(","))
+            answers[path] = (response.status, allowed, await response.json())
+
+    assert len(by_path) > 20
+    for path in by_path:
+        assert answers[path] == (
+            405,
+            allowed_at(by_path, concrete(path)),
+            {"error": "method_not_allowed", "message": "Method Not Allowed"},
+        ), path
+
+
+async def test_a_405_lists_the_methods_of_that_path(start_service):
+    taskd = await start_service(workers=False)
+
+    async with taskd.client.get("/api/v1/tasks/t-1/retry") as response:
+        assert (response.status, response.headers["Allow"]) == (405, "POST")
+    async with taskd.client.put("/openapi.json") as response:
+        assert (response.status, set(response.headers["Allow"].split(","))) == (405, {"GET", "HEAD"})
+
+
+async def test_head_answers_like_get_without_a_body_on_every_get_route(start_service):
+    taskd = await start_service(workers=False)
+    by_path = routes_by_path(taskd.service._runner.app)
+    readable = sorted(path for path, methods in by_path.items() if "GET" in methods)
+
+    mismatched = {}
+    for path in readable:
+        async with taskd.client.get(concrete(path)) as get:
+            got = (get.status, get.content_type)
+        async with taskd.client.head(concrete(path)) as head:
+            headed = (head.status, head.content_type)
+            body = await head.read()
+        if headed != got or body:
+            mismatched[path] = (got, headed, body[:80])
+
+    assert "HEAD" in by_path["/livez"]
+    assert mismatched == {}

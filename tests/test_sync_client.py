@@ -1,0 +1,231 @@
+"""`taskd.sync_client.SyncTaskClient` against a real `taskd serve` over a socket, and against a local
+server that refuses with 429/503 and `Retry-After` before it answers."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from conftest import API_KEY, TaskdProcess, child_env
+
+from taskd.client import RateLimited, ServiceUnavailable, TaskFailed, TaskNotFoundError, TaskStatus
+from taskd.sync_client import SyncTaskClient
+
+
+@pytest.fixture(scope="module")
+def server(module_spawn_taskd, tmp_path_factory: pytest.TempPathFactory) -> TaskdProcess:
+    """One `taskd serve` child for the module: each test reads only the tasks it submitted."""
+    return module_spawn_taskd("serve", env=child_env(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture
+def client(server: TaskdProcess) -> Iterator[SyncTaskClient]:
+    assert server.base_url is not None
+    with SyncTaskClient(server.base_url, API_KEY) as client:
+        yield client
+
+
+def test_submit_and_wait_return_the_completed_task(client):
+    submitted = client.submit("films", "sleep", {"seconds": 0.2, "steps": 2})
+
+    task = client.wait(submitted.task_id, timeout=20)
+
+    assert (task.status, task.result) == (TaskStatus.COMPLETED, {"slept": 0.2, "attempt": 1})
+
+
+def test_wait_calls_on_event_in_the_callers_thread_with_the_progress(client):
+    submitted = client.submit("films", "sleep", {"seconds": 0.4, "steps": 4})
+    seen: list[tuple[int, str | None]] = []
+
+    client.wait(
+        submitted.task_id,
+        timeout=20,
+        on_event=lambda event: seen.append((threading.get_ident(), event.current_step)),
+    )
+
+    assert {thread for thread, _ in seen} == {threading.get_ident()}
+    assert "step_4_of_4" in [step for _, step in seen]
+
+
+def test_an_exception_in_on_event_stops_the_wait_and_is_raised(client):
+    submitted = client.submit("films", "sleep", {"seconds": 5, "steps": 50})
+
+    def stop(_event: object) -> None:
+        raise KeyError("enough")
+
+    started = time.monotonic()
+    with pytest.raises(KeyError):
+        client.wait(submitted.task_id, timeout=20, on_event=stop)
+
+    assert time.monotonic() - started < 4
+
+
+def test_wait_raises_task_failed_with_the_final_status(client):
+    submitted = client.submit("films", "fail", {"message": "no good"})
+
+    with pytest.raises(TaskFailed) as failed:
+        client.wait(submitted.task_id, timeout=20)
+
+    assert failed.value.task.error == "no good"
+
+
+def test_an_unknown_task_raises_task_not_found(client):
+    with pytest.raises(TaskNotFoundError) as missing:
+        client.status("no-such-task")
+
+    assert missing.value.body["error"] == "task_not_found"
+
+
+def test_the_same_idempotency_key_gives_the_same_task(client):
+    first = client.submit("films", "noop", {}, idempotency_key="sync-scene-1")
+    again = client.submit("films", "noop", {}, idempotency_key="sync-scene-1")
+
+    assert again.task_id == first.task_id
+
+
+def test_events_iterate_until_the_task_ends(client):
+    submitted = client.submit("films", "sleep", {"seconds": 0.2, "steps": 2})
+
+    events = list(client.events(submitted.task_id))
+
+    assert events[-1].status is TaskStatus.COMPLETED
+    assert events[-1].is_terminal
+
+
+def test_a_closed_client_refuses_calls(server: TaskdProcess):
+    assert server.base_url is not None
+    client = SyncTaskClient(server.base_url, API_KEY)
+    client.close()
+
+    with pytest.raises(RuntimeError, match="closed"):
+        client.status("x")
+
+
+# A local server that refuses first, then answers: the retries of both clients.
+
+SUBMITTED = {
+    "task_id": "t1",
+    "status": "queued",
+    "project_id": "films",
+    "estimated_duration": 1,
+    "queue_position": 1,
+    "created_at": "2026-01-01T00:00:00Z",
+}
+
+
+class Refusing(ThreadingHTTPServer):
+    """Answers the submit route with `refusals` (status, Retry-After or None) in turn, then 200."""
+
+    def __init__(self, refusals: list[tuple[int, str | None]]) -> None:
+        super().__init__(("127.0.0.1", 0), _RefusingHandler)
+        self.refusals = refusals
+        self.arrivals: list[float] = []
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+class _RefusingHandler(BaseHTTPRequestHandler):
+    server: Refusing
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.arrivals.append(time.monotonic())
+        if self.server.refusals:
+            status, retry_after = self.server.refusals.pop(0)
+            # taskd's own bodies say retry_after too; this one does not, so the header is what counts.
+            self._answer(status, {"error": "rate_limited", "message": "slow down"}, retry_after)
+        else:
+            self._answer(200, SUBMITTED, None)
+
+    def _answer(self, status: int, body: dict[str, object], retry_after: str | None) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def refusing() -> Iterator[Refusing]:
+    server = Refusing([])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_a_429_is_sent_again_after_its_retry_after(refusing: Refusing):
+    refusing.refusals = [(429, "1")]
+
+    with SyncTaskClient(refusing.url, API_KEY) as client:
+        submitted = client.submit("films", "noop", {})
+
+    assert submitted.task_id == "t1"
+    assert len(refusing.arrivals) == 2
+    assert refusing.arrivals[1] - refusing.arrivals[0] >= 0.95
+
+
+def test_a_503_without_retry_after_is_sent_again_after_a_backoff(refusing: Refusing):
+    refusing.refusals = [(503, None), (503, None)]
+
+    with SyncTaskClient(refusing.url, API_KEY) as client:
+        submitted = client.submit("films", "noop", {})
+
+    assert submitted.task_id == "t1"
+    assert len(refusing.arrivals) == 3
+
+
+def test_a_retry_after_given_as_an_http_date_is_honoured(refusing: Refusing):
+    from email.utils import formatdate
+
+    refusing.refusals = [(429, formatdate(time.time() + 2, usegmt=True))]
+
+    with SyncTaskClient(refusing.url, API_KEY) as client:
+        client.submit("films", "noop", {})
+
+    assert refusing.arrivals[1] - refusing.arrivals[0] >= 0.95
+
+
+def test_the_last_refusal_is_raised_once_the_retries_are_spent(refusing: Refusing):
+    refusing.refusals = [(503, "0")] * 3
+
+    with SyncTaskClient(refusing.url, API_KEY, retries=2) as client, pytest.raises(ServiceUnavailable):
+        client.submit("films", "noop", {})
+
+    assert len(refusing.arrivals) == 3
+
+
+def test_a_retry_after_longer_than_max_retry_wait_is_raised_at_once(refusing: Refusing):
+    refusing.refusals = [(429, "120")]
+
+    with (
+        SyncTaskClient(refusing.url, API_KEY, max_retry_wait=10) as client,
+        pytest.raises(RateLimited) as limited,
+    ):
+        client.submit("films", "noop", {})
+
+    assert limited.value.retry_after == 120
+    assert len(refusing.arrivals) == 1
+
+
+async def test_a_blocking_call_works_inside_a_running_event_loop(refusing: Refusing):
+    # As in a notebook: the caller's loop runs, and the client never touches it.
+    with SyncTaskClient(refusing.url, API_KEY) as client:
+        submitted = client.submit("films", "noop", {})
+
+    assert submitted.task_id == "t1"
