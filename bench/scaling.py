@@ -40,6 +40,7 @@ from typing import Any
 import attrs
 import psutil
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -60,6 +61,7 @@ class Sizes:
     workers: tuple[int, ...] = (1, 2, 4)
     apis: tuple[int, ...] = (1, 2)
     projects: int = 1  # the tasks spread over this many projects (one: each project starts its tasks in turn)
+    cluster: bool = False  # a 3-primary Valkey Cluster instead of one Valkey
     timeout: float = 180.0
 
 
@@ -146,10 +148,12 @@ class CpuMeter:
 
 
 class Deployment:
-    """One Valkey, `apis` API nodes and `workers` worker processes, each taskd process with its own data dir."""
+    """One Valkey (or a 3-primary Valkey Cluster), `apis` API nodes and `workers` worker processes,
+    each taskd process with its own data dir."""
 
-    def __init__(self, tmp: Path, apis: int, workers: int) -> None:
+    def __init__(self, tmp: Path, apis: int, workers: int, cluster: bool = False) -> None:
         self.tmp = tmp / f"run-{time.monotonic_ns()}"
+        self.cluster = cluster
         self.n_apis = apis
         self.n_workers = workers
         self.valkey: Any = None
@@ -160,12 +164,15 @@ class Deployment:
         self.meter = CpuMeter()
 
     async def start(self, *, workers: bool = True) -> None:
-        from taskd.embedded import EmbeddedValkey
+        if self.cluster:
+            await self._start_cluster()
+        else:
+            from taskd.embedded import EmbeddedValkey
 
-        self.valkey = EmbeddedValkey(self.tmp / "valkey")
-        self.url = await self.valkey.start()
-        self.meter.add("valkey", self.valkey.pid)
-        self.redis = Redis.from_url(self.url)
+            self.valkey = EmbeddedValkey(self.tmp / "valkey")
+            self.url = await self.valkey.start()
+            self.meter.add("valkey", self.valkey.pid)
+            self.redis = Redis.from_url(self.url)
         for n in range(self.n_apis):
             proc = spawn(
                 [python(), "-m", "taskd", "serve", "--no-worker"], _env(self.tmp / f"api{n}", self.url)
@@ -175,6 +182,24 @@ class Deployment:
             self.meter.add("api", proc.pid)
         if workers:
             await self.start_workers()
+
+    async def _start_cluster(self) -> None:
+        # The tests' cluster (tests/valkey_cluster.py): three primaries on free ports, no replicas.
+        sys.path.insert(0, str(ROOT / "tests"))
+        from valkey_cluster import ValkeyCluster
+
+        self.valkey = await asyncio.to_thread(ValkeyCluster(self.tmp / "cluster").start)
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.valkey.primaries)
+        for node in self.valkey.primaries:
+            assert node.proc is not None
+            self.meter.add("valkey", node.proc.pid)
+        # Counters and commandstats from the primary that owns taskd's slot (every key is under {taskd}).
+        slot = key_slot(keys.PREFIX.encode())
+        with self.valkey.primaries[0].client() as client:
+            ranges = client.execute_command("CLUSTER", "SLOTS")
+        port = next(int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1]))
+        self.redis = Redis(host="127.0.0.1", port=port)
+        assert self.redis is not None
 
     async def start_workers(self) -> None:
         for n in range(self.n_workers):
@@ -187,10 +212,10 @@ class Deployment:
         await self.redis.config_resetstat()
 
     async def commands_per_task(self, tasks: int) -> dict[str, float]:
-        """Scripts run (`EVALSHA`: a submit, a claim that started or found its job taken, a finish,
-        the services' own loops) and arq's queue polls (`ZRANGEBYSCORE`) per task since
-        reset_commands(): two workers claiming the same job show as more scripts a task. The
-        benchmark's own reads of the counter are `HGET`s, not counted here."""
+        """Scripts run (`EVALSHA`: a submit, a finish, the workers' takes, the services' own loops)
+        and reads of a queue's due jobs (`ZRANGEBYSCORE`, inside take.lua: one per task started and
+        one per take) per task since reset_commands(): a take that finds nothing shows as more
+        scripts a task. The benchmark's own reads of the counter are `HGET`s, not counted here."""
         assert self.redis is not None
         stats = await self.redis.info("commandstats")
         return {
@@ -233,7 +258,10 @@ class Deployment:
         for proc in self.workers + [proc for proc, _ in self.apis]:
             await asyncio.to_thread(stop, proc)
         if self.valkey is not None:
-            await self.valkey.stop()
+            if self.cluster:
+                await asyncio.to_thread(self.valkey.stop)
+            else:
+                await self.valkey.stop()
 
 
 def _loadgen(base_url: str, count: int, clients: int, out: Path, projects: int) -> subprocess.Popen[bytes]:
@@ -277,7 +305,7 @@ async def _warm_up(deployment: Deployment) -> None:
 
 async def end_to_end(tmp: Path, apis: int, workers: int, sizes: Sizes) -> dict[str, Any]:
     """N tasks through `apis` API nodes and `workers` workers: tasks/s and the cores each role used."""
-    deployment = Deployment(tmp, apis, workers)
+    deployment = Deployment(tmp, apis, workers, sizes.cluster)
     try:
         await deployment.start()
         await _warm_up(deployment)
@@ -295,6 +323,7 @@ async def end_to_end(tmp: Path, apis: int, workers: int, sizes: Sizes) -> dict[s
             raise RuntimeError(f"{sizes.tasks - accepted} of {sizes.tasks} submits refused")
         return {
             "mode": "end_to_end",
+            "redis": "cluster" if sizes.cluster else "valkey",
             "apis": apis,
             "workers": workers,
             "projects": sizes.projects,
@@ -311,7 +340,7 @@ async def end_to_end(tmp: Path, apis: int, workers: int, sizes: Sizes) -> dict[s
 
 async def drain(tmp: Path, workers: int, sizes: Sizes) -> dict[str, Any]:
     """N tasks queued with no worker running, then `workers` workers on them: tasks/s from the first completion."""
-    deployment = Deployment(tmp, 1, workers)
+    deployment = Deployment(tmp, 1, workers, sizes.cluster)
     try:
         await deployment.start(workers=False)
         procs = await _submit(deployment, sizes.tasks, sizes.clients, sizes.projects)
@@ -334,6 +363,7 @@ async def drain(tmp: Path, workers: int, sizes: Sizes) -> dict[str, Any]:
         started, counted = first[0] if first else (wall_start, 0)
         return {
             "mode": "drain",
+            "redis": "cluster" if sizes.cluster else "valkey",
             "apis": 1,
             "workers": workers,
             "projects": sizes.projects,
@@ -442,6 +472,11 @@ def main() -> int:
     )
     parser.add_argument("--modes", default="e2e,drain", help="e2e, drain or both (default)")
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="against a 3-primary Valkey Cluster (tests/valkey_cluster.py) instead of one Valkey",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=RESULTS,
@@ -459,6 +494,8 @@ def main() -> int:
         sizes = attrs.evolve(sizes, apis=_ints(args.apis))
     if args.projects:
         sizes = attrs.evolve(sizes, projects=args.projects)
+    if args.cluster:
+        sizes = attrs.evolve(sizes, cluster=True)
     modes = [mode.strip() for mode in args.modes.split(",")]
 
     def log(line: str) -> None:
@@ -482,9 +519,8 @@ def main() -> int:
             )
             + "\n"
         )
-        title = (
-            f"taskd, {sizes.tasks} no-op tasks a run, {sizes.projects} project(s), {cpus} CPUs, one Valkey"
-        )
+        redis = "a 3-primary Valkey Cluster" if sizes.cluster else "one Valkey"
+        title = f"taskd, {sizes.tasks} no-op tasks a run, {sizes.projects} project(s), {cpus} CPUs, {redis}"
         plot(results, args.plot, title)
         print(f"\nwrote {args.json} and {args.plot}")
     return 0

@@ -15,7 +15,8 @@ them (taskd.queue.workers). Keys written before the tag (`taskd:…`) are rename
 | `{taskd}:running:{queue}` | sorted set: task id -> started ms | members leave when their task ends |
 | `{taskd}:workers` | sorted set: worker id -> last heartbeat ms | members older than the heartbeat TTL are dead and pruned |
 | `{taskd}:worker:{id}` | string: the worker's JSON description | heartbeat TTL: disappears when the process stops beating |
-| `{taskd}:queue:{queue}` | arq's queue sorted set: task id -> score | members leave when arq finishes or taskd revokes the job |
+| `{taskd}:queue:{queue}` | arq's queue sorted set: job id -> score; the projects' heads, and the running jobs of workers that claim one job at a time (a host with GPUs) | a head leaves when a worker takes it (take.lua) or its task is cancelled; a running job when its task ends |
+| `{taskd}:idle:{queue}` | sorted set: worker id -> ms it went idle, of the workers of the queue that have free slots and found nothing to take; a new job wakes the one idle longest (lib/wake.lua) | a member leaves when it is woken, takes its fill, or stops; one whose heartbeat is gone is dropped when popped |
 | `{taskd}:arq:job:{task id}.{n}` | arq's job definition; a new one per enqueue of the task (n counts them) | a day past its score |
 | `{taskd}:webhooks:due` | sorted set: task id (its end's webhook) or `{id}:started` / `{id}:progress` (`webhook_events`) -> ms when that webhook is next due (the durable outbox) | members leave when delivered or given up |
 | `{taskd}:webhook:{id}` | hash: delivery state of a task's webhook (attempts, last status/error, delivered/failed/next times); `{taskd}:webhook:{id}:started` and `…:progress` for those events' webhooks | `storage.task_ttl`, renewed with every attempt, so it lives as long as the task record |
@@ -32,7 +33,8 @@ them (taskd.queue.workers). Keys written before the tag (`taskd:…`) are rename
 | `{taskd}:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the limit is reached |
 | `{taskd}:provider:{name}:slots` | sorted set: holder (worker id, task id, request) -> ms its lease ends, of the requests in flight to provider `llm`/`image`/`speech` (`providers.<name>.max_concurrency`) | a lease after the last acquire or renewal; holders whose lease ended are dropped on each acquire |
 | `{taskd}:provider:{name}:minute` | sorted set: the times (ms) of the requests sent to the provider in the last minute (`providers.<name>.per_minute`) | a minute after its last request; older members are dropped on each acquire |
-| `{taskd}:wake` | pub/sub channel: a queue name, published when a job is put on it | no storage |
+| `{taskd}:wake` | pub/sub channel: a queue name, published when a job is put on it and no worker of the queue was idle; the workers that claim one job at a time (hosts with GPUs) listen to it | no storage |
+| `{taskd}:wake:{worker id}` | pub/sub channel of one worker process: a queue name, published when a job is put on it and that worker was the one idle longest; only it hears it | no storage |
 | `{taskd}:waiting:{queue}` | sorted set: every waiting job of the queue (job id -> its own score); its size is the queue's length | members leave when their job starts or its task is cancelled |
 | `{taskd}:project_waiting:{queue}:{project_id}` | sorted set: the project's waiting jobs on the queue, its head included (job id -> its own score) | members leave when their job starts or its task is cancelled |
 | `{taskd}:heads:{queue}` | hash: project id -> the one job of the project on arq's queue set (its head), for fair turns | a field leaves when the project has nothing waiting on the queue |
@@ -101,6 +103,16 @@ def running(queue: str) -> str:
 def worker(worker_id: str) -> str:
     """The heartbeat record of one worker process."""
     return f"{PREFIX}worker:{worker_id}"
+
+
+def wake_worker(worker_id: str) -> str:
+    """The pub/sub channel that wakes one worker process (lib/wake.lua publishes a queue name on it)."""
+    return f"{WAKE_CHANNEL}:{worker_id}"
+
+
+def idle(queue: str) -> str:
+    """The workers of `queue` with free slots that wait for a job (a submit wakes one of them)."""
+    return f"{PREFIX}idle:{queue}"
 
 
 def webhook(task_id: str) -> str:

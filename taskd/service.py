@@ -237,7 +237,10 @@ class Service:
             "GPUs: %s",
             ", ".join(f"{d.index} ({d.name})" for d in devices) or "none; GPU queues run on the CPU",
         )
-        self._pool = pool = WorkerPool(redis, executor, self.registry, self.config, self.queues)
+        # A host with GPUs claims one job at a time: a claim must hold a device's slots first.
+        self._pool = pool = WorkerPool(
+            redis, executor, self.registry, self.config, self.queues, take=not devices
+        )
         # GPU slots came back: any queue's worker may now find a job that fits (cheap: a wake-up).
         executor.slots_freed = pool.wake_all
         worker = self.config.worker
@@ -266,7 +269,9 @@ class Service:
         pool.start()
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
-            asyncio.create_task(executor.listen(self._listener, self._wake), name="pubsub-listener"),
+            asyncio.create_task(
+                executor.listen(self._listener, self._wake, every_wake=bool(devices)), name="pubsub-listener"
+            ),
         ]
         log.info("workers serving queues: %s", ", ".join(self.queues))
 

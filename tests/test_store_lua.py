@@ -42,6 +42,7 @@ def test_the_store_has_its_scripts_and_libraries_as_files():
         "cancel",
         "position",
         "due",
+        "take",
     }
     assert set(SCRIPTS) == store_scripts
     assert LIBRARIES

@@ -35,7 +35,7 @@ from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
 from taskd.stopping import cancel_and_wait
-from taskd.store import CorruptRecord, Start, TaskStore
+from taskd.store import CorruptRecord, Start, Takes, TaskStore
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 
@@ -43,6 +43,9 @@ log = logging.getLogger("taskd.engine")
 
 # Retrying the write of a task's outcome while Redis is unreachable (issue 9, tests/faults/).
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.25, 5.0
+# The most jobs one take passes over (throttled projects' heads, jobs held by a worker that claims
+# one at a time) before it gives up until the next poll: arq's own poll reads 100 at most.
+TAKE_SCAN = 100
 # How many queued tasks a worker remembers having shown as waiting for a GPU.
 WAITING_NOTED_MAX = 10_000
 T = TypeVar("T")
@@ -232,6 +235,24 @@ class Executor:
             # not wake the workers, or they would ask again at once, in a loop.
             await self._release_lease(task_id, wake=not start.throttled)
         return start
+
+    async def take(self, queue: str, count: int) -> Takes:
+        """Start up to `count` due jobs of `queue` for this worker in fair order (one round trip).
+
+        Retried while Redis is unreachable; a retry also asks for the tasks this worker already
+        runs, since the call whose reply was lost may have started some (the worker skips those it knows).
+        """
+        recover = False
+
+        async def attempt() -> Takes:
+            nonlocal recover
+            try:
+                return await self.store.take(queue, self.worker_id, now(), count, TAKE_SCAN, recover=recover)
+            except (RedisConnectionError, RedisTimeoutError):
+                recover = True
+                raise
+
+        return await _until_stored(f"take of queue {queue}", attempt)
 
     async def _lease_for(self, task_id: str, job_id: str, queue: str) -> Lease | Literal[False] | None:
         """The GPU slots `task_id` needs, taken now; None when it needs none (or the host has no GPU);
@@ -627,13 +648,21 @@ class Executor:
                 log.info("task %s is cancelled in its record; stopping it", task_id)
                 self.cancel_local(task_id)
 
-    async def listen(self, redis: Redis, on_wake: Callable[[str], None]) -> None:
-        """Follow the cancel and wake channels of every taskd process; reconnects on errors."""
+    async def listen(self, redis: Redis, on_wake: Callable[[str], None], *, every_wake: bool = False) -> None:
+        """Follow the cancel channel, this worker's own wake channel (lib/wake.lua wakes one idle
+        worker on it) and, with `every_wake`, the wake channel of every process; reconnects on errors.
+
+        Only a worker that claims one job at a time (a host with GPUs) needs `every_wake`: it never
+        waits in the idle set, so a job that found no idle worker is announced to it there. A
+        worker that takes batches is either idle (and woken alone) or looks by itself when a slot
+        frees, so the broadcast would only wake it for nothing, once per submit and process.
+        """
         reconnects = Backoff.reconnect()
         while True:
             try:
                 async with redis.pubsub() as pubsub:
-                    await pubsub.subscribe(keys.CANCEL_CHANNEL, keys.WAKE_CHANNEL)
+                    channels = [keys.CANCEL_CHANNEL, keys.wake_worker(self.worker_id)]
+                    await pubsub.subscribe(*channels, *([keys.WAKE_CHANNEL] if every_wake else []))
                     reconnects.reset()
                     async for message in pubsub.listen():
                         if message["type"] != "message":

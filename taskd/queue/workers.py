@@ -20,10 +20,11 @@ from taskd.backoff import Backoff
 from taskd.config import Config
 from taskd.queue.task_queue import JOB_FUNCTION
 from taskd.stopping import cancel_and_wait
-from taskd.store import Start
+from taskd.store import Start, Taken, Takes
 from taskd.tasks.registry import Registry
 
 Claim = Callable[[str, int], Awaitable[Start]]
+Take = Callable[[int], Awaitable[Takes]]
 # arq's job function as taskd registers it: (ctx, task_id) -> whether the run already dropped the job.
 JobFunction = Callable[[dict[str, Any], str], Awaitable[bool]]
 
@@ -32,6 +33,8 @@ class JobRunner(Protocol):
     """What the workers need from whatever runs tasks (taskd.engine.executor.Executor), so the queue
     room imports nothing from the engine above it."""
 
+    worker_id: str
+
     @property
     def running(self) -> Mapping[str, object]:
         """Tasks running in this process, by task id."""
@@ -39,6 +42,10 @@ class JobRunner(Protocol):
 
     async def claim(self, queue: str, job_id: str, lock_ms: int) -> Start:
         """Claim a job of `queue` and start its task (one round trip)."""
+        ...
+
+    async def take(self, queue: str, count: int) -> Takes:
+        """Start up to `count` due jobs of `queue` in fair order (one round trip)."""
         ...
 
     def job_for(self, queue: str) -> JobFunction:
@@ -67,15 +74,58 @@ logging.getLogger("arq.worker").addFilter(_HandedBackJobs())
 
 
 class TaskdWorker(Worker):
-    """arq's worker, woken by an event instead of sleeping a full poll delay between polls."""
+    """arq's worker, woken by an event instead of sleeping a full poll delay between polls.
 
-    def __init__(self, *args: object, claim: Claim, running: Callable[[str], bool], **kwargs: object) -> None:
+    With `take`, a poll is one script that starts as many due jobs as the worker has free slots
+    (taskd/store/lua/take.lua); without it (a host with GPUs, which must hold a device's slots
+    before each claim), arq's poll reads the queue and each job is claimed on its own.
+    """
+
+    def __init__(
+        self,
+        *args: object,
+        claim: Claim,
+        running: Callable[[str], bool],
+        take: Take | None = None,
+        **kwargs: object,
+    ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.wake = asyncio.Event()
         self.stopping = False
         self.polled = False  # it reached Redis at least once
         self._claim = claim
         self._running = running
+        self._take = take
+        # Whether a freed slot should take at once: not when the last take found nothing more and
+        # left the worker in the idle set, where the next job wakes it (one empty take less a task).
+        self._look_when_freed = True
+
+    async def _poll_iteration(self) -> None:
+        if self._take is None:
+            await super()._poll_iteration()
+            return
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            takes = await self._take(self.max_jobs - self.job_counter)
+            self._look_when_freed = takes.look_when_freed
+            for taken in takes.started:
+                await self._launch(taken)
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # as arq's poll: an error in run_job is raised here
+        await self.heart_beat()
+
+    async def _launch(self, taken: Taken) -> None:
+        if taken.job_id in self.tasks or (taken.record is not None and self._running(taken.record.task_id)):
+            # A task a recovering take (after a lost reply) returned that already runs here.
+            return
+        # Immediate: take.lua started no more than the free slots (a recovered task may wait for one).
+        await self.sem.acquire()
+        self.job_counter += 1
+        start = Start(claimed=True, score=taken.score, record=taken.record)
+        task = self.loop.create_task(self.run_job(taken.job_id, start))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[taken.job_id] = task
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim and start each job while this worker has free slots (arq's rules; one round trip each,
@@ -152,15 +202,23 @@ class TaskdWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        # A slot is free: look for the next waiting job now.
-        self.wake.set()
+        if self._take is None or self._look_when_freed:
+            # A slot is free and a job may be waiting for it: look now.
+            self.wake.set()
 
 
 class WorkerPool:
     """Runs a TaskdWorker for each served queue and keeps it running."""
 
     def __init__(
-        self, redis: Redis, executor: JobRunner, registry: Registry, config: Config, queues: list[str]
+        self,
+        redis: Redis,
+        executor: JobRunner,
+        registry: Registry,
+        config: Config,
+        queues: list[str],
+        *,
+        take: bool = True,
     ) -> None:
         # arq's worker wants its own client class; it shares the connections of taskd's client.
         self.redis = ArqRedis(connection_pool=redis.connection_pool)
@@ -168,6 +226,9 @@ class WorkerPool:
         self.registry = registry
         self.config = config
         self.queues = queues
+        # Whether the workers take jobs in batches (take.lua): not on a host with GPUs, whose
+        # claims must hold a device's slots first (Executor.claim).
+        self.take = take
         self.workers: dict[str, TaskdWorker] = {}
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -181,6 +242,7 @@ class WorkerPool:
         return TaskdWorker(
             claim=partial(self.executor.claim, queue),
             running=self.executor.running.__contains__,
+            take=partial(self.executor.take, queue) if self.take else None,
             # arq's protocol admits any arguments (`ctx, *args, **kwargs`); ours takes (ctx, task_id).
             functions=[func(cast(WorkerCoroutine, self.executor.job_for(queue)), name=JOB_FUNCTION)],
             queue_name=keys.queue(queue),
@@ -265,3 +327,10 @@ class WorkerPool:
             await asyncio.wait(self._supervisors, timeout=STOP_TIMEOUT)
         await cancel_and_wait(self._supervisors)
         self._supervisors.clear()
+        if self.take and self.queues:
+            # No submit should wake a worker that is gone (one killed is dropped when its turn comes).
+            with contextlib.suppress(Exception):  # Redis may be gone already: best effort
+                async with asyncio.timeout(STOP_TIMEOUT), self.redis.pipeline(transaction=False) as pipe:
+                    for queue in self.queues:
+                        pipe.zrem(keys.idle(queue), self.executor.worker_id)
+                    await pipe.execute()

@@ -14,6 +14,8 @@ from taskd.store.records import (
     Idempotency,
     QueuedJob,
     Start,
+    Taken,
+    Takes,
     TaskStore,
 )
 
@@ -27,6 +29,8 @@ __all__ = [
     "Idempotency",
     "QueuedJob",
     "Start",
+    "Taken",
+    "Takes",
     "TaskStore",
     "decode",
     "encode",

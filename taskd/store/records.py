@@ -87,6 +87,25 @@ class Start:
 
 
 @attrs.frozen
+class Taken:
+    """A job a worker's take started (take.lua): its id, its score, and the started task's record
+    (None when the record is corrupt: logged, and not run)."""
+
+    job_id: str
+    score: int
+    record: TaskRecord | None
+
+
+@attrs.frozen
+class Takes:
+    """What one take (take.lua) started, and whether the worker should take again when a slot frees:
+    False when it found no more due jobs and waits in the idle set, where the next job wakes it."""
+
+    started: list[Taken]
+    look_when_freed: bool
+
+
+@attrs.frozen
 class Admission:
     """Limits a submit must pass; 0 = unlimited."""
 
@@ -161,6 +180,7 @@ class TaskStore:
         self._submit = scripts.load(redis, "submit")
         self._batch = scripts.load(redis, "batch")
         self._start = scripts.load(redis, "start")
+        self._take = scripts.load(redis, "take")
         self._progress = scripts.load(redis, "progress")
         self._finish = scripts.load(redis, "finish")
         self._requeue = scripts.load(redis, "requeue")
@@ -414,6 +434,43 @@ class TaskStore:
         return Start(
             claimed=True, score=score, record=decode(dict(zip(fields[::2], fields[1::2], strict=True)))
         )
+
+    async def take(
+        self, queue: str, worker_id: str, at: float, count: int, scan: int, *, recover: bool = False
+    ) -> Takes:
+        """Start up to `count` due jobs of `queue` for `worker_id` in fair order, in one script (take.lua).
+
+        With `recover`, the tasks of `queue` that `worker_id` runs come back too: a call whose reply
+        was lost may have started some.
+        """
+        reply = await self._take(
+            keys={
+                "queue": keys.queue(queue),
+                "running": keys.running(queue),
+                "outbox": keys.WEBHOOKS_DUE,
+                "idle": keys.idle(queue),
+                "metrics": keys.METRICS,
+            },
+            args={
+                "now": repr(at),
+                "worker_id": worker_id,
+                "now_ms": int(at * 1000),
+                "count": count,
+                "scan": scan,
+                "project_limit": self.concurrent_per_project,
+                "aging_ms": self.aging_ms,
+                "queue_name": queue,
+                "recover": "1" if recover else "0",
+            },
+        )
+        look, *entries = reply
+        taken = []
+        for job, score, *fields in entries:
+            record = None
+            with contextlib.suppress(CorruptRecord):  # logged by decode
+                record = decode(dict(zip(fields[::2], fields[1::2], strict=True)))
+            taken.append(Taken(job.decode(), int(float(score)), record))
+        return Takes(taken, bool(look))
 
     async def position(self, record: TaskRecord) -> int:
         """Where a queued task stands in its queue now: 1 = next to start, counting the turns of other

@@ -43,6 +43,8 @@ CONSTANTS: Mapping[str, str] = {
     "WAITING_PREFIX": keys.waiting(""),
     "PROJECT_WAITING_PREFIX": keys.project_waiting("", "")[: -len(":")],
     "HEADS_PREFIX": keys.heads(""),
+    "IDLE_PREFIX": keys.idle(""),
+    "WORKER_PREFIX": keys.worker(""),
     "PROCESSING_PREFIX": keys.project_processing(""),
     "DEPENDENTS_PREFIX": keys.dependents(""),
     "SCHEDULED": keys.SCHEDULED,

@@ -28,13 +28,11 @@
 -- yet) or 'throttled' (its project runs project_limit tasks) without claiming; else {score,
 -- 'started', field, value, ...} with the started record, or {score, why} when the claimed job's
 -- task may not run: 'gone', 'stale' (the task has a newer job) or the task's status.
--- A start makes the task's `started` webhook due when its webhook_events ask for one, and counts how
--- long the task waited in `wait_sum:`, `wait_count:` and one `wait_in:` bucket per queue and type:
--- from when it could start (its job's enqueue time in {taskd}:arq:job:{job id}, or a retry's
--- next_retry_at when later) to now.
+-- A start is lib/begin.lua's: the record, the wait-time histogram, the running and processing sets,
+-- the next head of the project's line, the `started` webhook and the event.
 -- include lib/emit.lua
--- include lib/webhook_event.lua
 -- include lib/fair.lua
+-- include lib/begin.lua
 local lock = redis.call('GET', KEYS[3])
 if lock and lock ~= ARGV[2] then return 'locked' end
 local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
@@ -68,36 +66,6 @@ if status ~= 'queued' then
   leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
   return {score, status}
 end
-local attempt = tostring((tonumber(record.attempt) or 0) + 1)
--- A retry could start no earlier than this (its back-off is not waiting); read before it is cleared.
-local retry_ms = (tonumber(record.next_retry_at) or 0) * 1000
-redis.call('HSET', KEYS[1], 'status', 'processing', 'started_at', ARGV[1], 'updated_at', ARGV[1],
-           'worker_id', ARGV[2], 'progress', '0.0', 'attempt', attempt)
-if record.current_step or record.next_retry_at then redis.call('HDEL', KEYS[1], 'current_step', 'next_retry_at') end
-record.status, record.started_at, record.updated_at = 'processing', ARGV[1], ARGV[1]
-record.worker_id, record.progress, record.attempt = ARGV[2], '0.0', attempt
-record.current_step, record.next_retry_at = nil, nil
-local job = redis.call('GET', '@JOB_PREFIX@' .. ARGV[4])
-local enqueued_ms = job and tonumber(string.match(job, '"et":(%d+)'))
-if enqueued_ms then
-  local ready_ms = math.max(enqueued_ms, retry_ms)
-  local waited = math.max(0, tonumber(ARGV[5]) - ready_ms) / 1000
-  local series = record.queue .. ':' .. record.task_type
-  redis.call('HINCRBYFLOAT', KEYS[7], 'wait_sum:' .. series, waited)
-  redis.call('HINCRBY', KEYS[7], 'wait_count:' .. series, 1)
-  for _, le in ipairs({@WAIT_BUCKETS@}) do
-    if waited <= le then
-      redis.call('HINCRBY', KEYS[7], 'wait_in:' .. series .. ':' .. le, 1)
-      break
-    end
-  end
-end
-redis.call('ZADD', KEYS[2], math.floor(tonumber(ARGV[1]) * 1000), ARGV[3])
-redis.call('SADD', '@PROCESSING_PREFIX@' .. record.project_id, ARGV[3])
-leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]), {record.queue, record.project_id})
-if wants_webhook_record(record, 'started') then
-  queue_webhook(KEYS[5], KEYS[6], ARGV[3] .. ':started', ARGV[5])
-end
--- The streams' expiry stays: the queued event set it, the next event sets it again (lib/emit.lua).
-emit_record(record, 'status', true)
+begin(KEYS[1], ARGV[3], ARGV[4], record, ARGV[2], ARGV[1], ARGV[5], tonumber(ARGV[8]),
+  {running = KEYS[2], metrics = KEYS[7], outbox = KEYS[5], started_state = KEYS[6]})
 return started()

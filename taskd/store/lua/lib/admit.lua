@@ -27,6 +27,7 @@
 -- Either way its position is 0.
 -- include lib/emit.lua
 -- include lib/fair.lua
+-- include lib/wake.lua
 local function unmet(project, depends_on, pending)
   local waiting_for = {}
   for _, id in ipairs(depends_on) do
@@ -102,7 +103,7 @@ local function store(task)
     redis.call('SET', task.job_key, task.job, 'PX', task.job_expiry_ms)
     wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms), tonumber(task.aging_ms),
       named)
-    redis.call('PUBLISH', '@WAKE@', task.queue)
+    wake_one(task.queue)
     position = place(task.queue, task.project, task.job_id)
   end
   emit_record(named, 'status')

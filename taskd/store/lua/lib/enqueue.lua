@@ -15,10 +15,11 @@
 -- earlier attempt (still in arq's hands) can never run the task again. The job is written in
 -- arq's format (the same JSON as taskd.queue.task_queue.job_payload, a test pins it) and lives a day
 -- past its score. It waits in its project's line (lib/fair.lua), on arq's set once it is the
--- project's head; the queue's name is published on {taskd}:wake to wake the workers.
+-- project's head; one idle worker of the queue is woken (lib/wake.lua).
 -- Keys built here follow taskd.keys (arq's layout, under the hash tag {taskd}: docs/cluster.md).
 -- Returns the new job id.
 -- include lib/fair.lua
+-- include lib/wake.lua
 local function enqueue(task_key, task_id, queue, score, now_ms, aging_ms)
   local n = redis.call('HINCRBY', task_key, 'enqueues', 1)
   local job_id = task_id .. '.' .. n
@@ -26,6 +27,6 @@ local function enqueue(task_key, task_id, queue, score, now_ms, aging_ms)
   local job = '{"t":null,"f":"run_task","a":["' .. task_id .. '"],"k":{},"et":' .. now_ms .. '}'
   redis.call('SET', '@JOB_PREFIX@' .. job_id, job, 'PX', 86400000 + math.max(0, score - now_ms))
   wait_in_line(task_key, job_id, score, now_ms, aging_ms)
-  redis.call('PUBLISH', '@WAKE@', queue)
+  wake_one(queue)
   return job_id
 end

@@ -5,8 +5,9 @@
 -- KEYS: none
 -- ARGV: none
 --
--- arq's sorted set of a queue ({taskd}:queue:{queue}) holds, besides the running jobs, at most one
--- waiting job per project: the project's head ({taskd}:heads:{queue} says which). Every waiting job
+-- arq's sorted set of a queue ({taskd}:queue:{queue}) holds at most one waiting job per project:
+-- the project's head ({taskd}:heads:{queue} says which); besides, the running jobs of workers that
+-- claim one job at a time (start.lua; take.lua takes a started job off the set). Every waiting job
 -- is also in its project's line ({taskd}:project_waiting:{queue}:{project_id}) and in the queue's
 -- line ({taskd}:waiting:{queue}), both by the job's own score (its due time moved earlier by its
 -- priority, taskd.queue.task_queue.job_score). The head is the first of its project's line; when

@@ -1,0 +1,66 @@
+-- lib/begin.lua: begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of),
+-- what every start of a queued task does: start.lua (one claimed job) and take.lua (a worker's batch).
+--
+-- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
+-- of its own; its caller passes the keys and values it works on.
+-- KEYS: none
+-- ARGV: none
+--   task_key   the task's record hash ({taskd}:task:{id})
+--   task_id    the task's id
+--   job_id     the arq job being started ({task id}.{n}, the record's job_id)
+--   record     the record's fields by name, as the caller read them with HGETALL; updated here to
+--              the started record
+--   worker_id  the starting worker's id
+--   now        now, in seconds, as stored in the record
+--   now_ms     now, in ms, as the caller's ARGV has it (a string)
+--   aging_ms   execution.priority_aging in ms (where the project's next head goes: lib/fair.lua)
+--   keys_of    the keys it writes: running ({taskd}:running:{queue}), metrics ({taskd}:metrics),
+--              outbox ({taskd}:webhooks:due) and started_state ({taskd}:webhook:{id}:started)
+--
+-- Marks the task processing (attempt counted, current_step and next_retry_at cleared), counts how
+-- long it waited in `wait_sum:`, `wait_count:` and one `wait_in:` bucket per queue and type (from
+-- when it could start: its job's enqueue time in {taskd}:arq:job:{job id}, or a retry's
+-- next_retry_at when later, to now), adds it to the queue's running set and its project's
+-- processing set ({taskd}:project_processing:{project_id}, the throttle), takes its job out of its
+-- project's line (the next one becomes the head: lib/fair.lua), makes its `started` webhook due
+-- when its webhook_events ask for one, and emits the `processing` event.
+-- Returns nothing.
+-- include lib/emit.lua
+-- include lib/webhook_event.lua
+-- include lib/fair.lua
+local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of)
+  local attempt = tostring((tonumber(record.attempt) or 0) + 1)
+  -- A retry could start no earlier than this (its back-off is not waiting); read before it is cleared.
+  local retry_ms = (tonumber(record.next_retry_at) or 0) * 1000
+  redis.call('HSET', task_key, 'status', 'processing', 'started_at', now, 'updated_at', now,
+             'worker_id', worker_id, 'progress', '0.0', 'attempt', attempt)
+  if record.current_step or record.next_retry_at then
+    redis.call('HDEL', task_key, 'current_step', 'next_retry_at')
+  end
+  record.status, record.started_at, record.updated_at = 'processing', now, now
+  record.worker_id, record.progress, record.attempt = worker_id, '0.0', attempt
+  record.current_step, record.next_retry_at = nil, nil
+  local job = redis.call('GET', '@JOB_PREFIX@' .. job_id)
+  local enqueued_ms = job and tonumber(string.match(job, '"et":(%d+)'))
+  if enqueued_ms then
+    local ready_ms = math.max(enqueued_ms, retry_ms)
+    local waited = math.max(0, tonumber(now_ms) - ready_ms) / 1000
+    local series = record.queue .. ':' .. record.task_type
+    redis.call('HINCRBYFLOAT', keys_of.metrics, 'wait_sum:' .. series, waited)
+    redis.call('HINCRBY', keys_of.metrics, 'wait_count:' .. series, 1)
+    for _, le in ipairs({@WAIT_BUCKETS@}) do
+      if waited <= le then
+        redis.call('HINCRBY', keys_of.metrics, 'wait_in:' .. series .. ':' .. le, 1)
+        break
+      end
+    end
+  end
+  redis.call('ZADD', keys_of.running, math.floor(tonumber(now) * 1000), task_id)
+  redis.call('SADD', '@PROCESSING_PREFIX@' .. record.project_id, task_id)
+  leave_line(task_key, job_id, tonumber(now_ms), aging_ms, {record.queue, record.project_id})
+  if wants_webhook_record(record, 'started') then
+    queue_webhook(keys_of.outbox, keys_of.started_state, task_id .. ':started', now_ms)
+  end
+  -- The streams' expiry stays: the queued event set it, the next event sets it again (lib/emit.lua).
+  emit_record(record, 'status', true)
+end

@@ -1,0 +1,225 @@
+"""Issue 19, a second worker adds throughput: a worker takes its free slots' worth of due jobs in one
+script (take.lua), no job is taken twice, and a submit wakes one idle worker (lib/wake.lua)
+instead of every one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from taskd import keys
+from taskd.config import GpuConfig
+from taskd.gpu.devices import SimulatedBackend
+from taskd.store import TaskStore
+
+SLEEP = {"seconds": 0.3, "steps": 1}
+
+
+async def alive(redis: Redis, *worker_ids: str) -> None:
+    """Heartbeat keys, as a live worker process keeps them (the reclaimer leaves their tasks alone)."""
+    for worker_id in worker_ids:
+        await redis.set(keys.worker(worker_id), "{}", ex=60)
+
+
+@pytest.fixture
+async def wakes(redis: Redis) -> AsyncIterator[PubSub]:
+    async with redis.pubsub() as pubsub:
+        await pubsub.psubscribe(keys.WAKE_CHANNEL + "*")  # every process's channel and each worker's
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+        yield pubsub
+
+
+async def messages(pubsub: PubSub, wait: float = 0.3) -> list[str]:
+    """What was published on the wake channels within `wait` seconds: "{channel} {queue}" each."""
+    seen = []
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+        if message is not None:
+            seen.append(f"{message['channel'].decode()} {message['data'].decode()}")
+    return seen
+
+
+async def statuses(redis: Redis, task_ids: list[str]) -> list[str]:
+    return [(await redis.hget(keys.task(task_id), "status") or b"").decode() for task_id in task_ids]
+
+
+async def test_one_take_starts_a_projects_queued_tasks_up_to_the_free_slots_in_submit_order(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    ids = [(await api.submit("noop", {}))["task_id"] for _ in range(5)]
+    await alive(redis, "worker-a")
+
+    taken = (await TaskStore(redis, 3600).take("default", "worker-a", time.time(), 3, 100)).started
+
+    assert [t.record.task_id for t in taken if t.record] == ids[:3]
+    assert await statuses(redis, ids) == ["processing"] * 3 + ["queued"] * 2
+
+
+async def test_two_workers_taking_at_once_never_start_the_same_task(start_service: Any, redis: Redis):
+    api = await start_service(workers=False)
+    ids = {(await api.submit("noop", {}, project_id=f"p{n % 3}"))["task_id"] for n in range(30)}
+    store = TaskStore(redis, 3600)
+    await alive(redis, "worker-a", "worker-b")
+
+    async def drain(worker_id: str) -> list[str]:
+        mine: list[str] = []
+        while taken := (await store.take("default", worker_id, time.time(), 2, 100)).started:
+            mine += [t.record.task_id for t in taken if t.record]
+        return mine
+
+    first, second = await asyncio.gather(drain("worker-a"), drain("worker-b"))
+
+    assert not set(first) & set(second)
+    assert set(first) | set(second) == ids
+    assert len(first) + len(second) == len(ids)
+
+
+async def test_a_take_passes_over_a_throttled_projects_head_to_the_next_project(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    busy = [(await api.submit("noop", {}, project_id="busy"))["task_id"] for _ in range(2)]
+    other = (await api.submit("noop", {}, project_id="other"))["task_id"]
+    store = TaskStore(redis, 3600, concurrent_per_project=1)
+    await alive(redis, "worker-a")
+
+    first = await store.take("default", "worker-a", time.time(), 1, 100)
+    second = await store.take("default", "worker-a", time.time(), 5, 100)
+
+    assert [t.record.task_id for t in first.started if t.record] == [busy[0]]
+    assert [t.record.task_id for t in second.started if t.record] == [other]
+    assert second.look_when_freed  # the passed-over head may start when a slot frees
+    assert await statuses(redis, busy) == ["processing", "queued"]
+
+
+async def test_a_take_after_a_lost_reply_returns_the_tasks_the_worker_already_runs(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    task_id = (await api.submit("noop", {}))["task_id"]
+    store = TaskStore(redis, 3600)
+    await alive(redis, "worker-a")
+    await store.take("default", "worker-a", time.time(), 1, 100)  # its reply "lost"
+
+    again = await store.take("default", "worker-a", time.time(), 1, 100, recover=True)
+    other = await store.take("default", "worker-b", time.time(), 1, 100, recover=True)
+
+    assert [t.record.task_id for t in again.started if t.record] == [task_id]
+    assert other.started == []
+
+
+async def test_a_submit_wakes_only_the_worker_idle_longest(start_service: Any, redis: Redis, wakes: PubSub):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 3600)
+    await alive(redis, "worker-a", "worker-b")
+    await store.take("default", "worker-a", time.time(), 4, 100)  # finds nothing: idle
+    await store.take("default", "worker-b", time.time(), 4, 100)
+
+    await api.submit("noop", {})
+
+    assert await messages(wakes) == ["{taskd}:wake:worker-a default"]
+    assert await redis.zrange(keys.idle("default"), 0, -1) == [b"worker-b"]
+
+
+async def test_a_submit_with_no_worker_idle_is_announced_on_the_channel_of_every_process(
+    start_service: Any, redis: Redis, wakes: PubSub
+):
+    api = await start_service(workers=False)
+
+    await api.submit("noop", {})
+
+    assert await messages(wakes) == ["{taskd}:wake default"]
+
+
+async def test_an_idle_worker_without_a_heartbeat_is_dropped_and_the_next_one_woken(
+    start_service: Any, redis: Redis, wakes: PubSub
+):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 3600)
+    await alive(redis, "worker-b")
+    await store.take("default", "worker-dead", time.time(), 4, 100)
+    await store.take("default", "worker-b", time.time(), 4, 100)
+
+    await api.submit("noop", {})
+
+    assert await messages(wakes) == ["{taskd}:wake:worker-b default"]
+    assert await redis.zcard(keys.idle("default")) == 0
+
+
+async def test_a_worker_that_takes_its_fill_with_jobs_left_wakes_another_idle_worker(
+    start_service: Any, redis: Redis, wakes: PubSub
+):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 3600)
+    for _ in range(3):
+        await api.submit("noop", {})
+    await messages(wakes)  # the submits' own wake-ups
+    await alive(redis, "worker-a", "worker-b")
+    await redis.zadd(keys.idle("default"), {"worker-b": 0})
+
+    taken = await store.take("default", "worker-a", time.time(), 1, 100)
+
+    assert len(taken.started) == 1
+    assert taken.look_when_freed
+    assert await messages(wakes) == ["{taskd}:wake:worker-b default"]
+
+
+async def test_two_worker_processes_both_run_tasks_and_each_task_once(start_service: Any, redis: Redis):
+    api = await start_service(workers=False)
+    first = await start_service(http=False)
+    second = await start_service(http=False)
+    # Sixteen naps: one worker's default queue (concurrency 8) cannot take them all at once.
+    ids = [(await api.submit("sleep", SLEEP, project_id=f"p{n % 4}"))["task_id"] for n in range(16)]
+
+    bodies = [await api.wait_terminal(task_id) for task_id in ids]
+
+    assert {body["status"] for body in bodies} == {"completed"}
+    assert {body["attempt"] for body in bodies} == {1}
+    runners = {(await redis.hget(keys.task(task_id), "worker_id") or b"").decode() for task_id in ids}
+    assert runners == {first.service.worker_id, second.service.worker_id}
+
+
+async def test_a_worker_that_found_no_more_jobs_waits_to_be_woken_instead_of_looking_when_a_slot_frees(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    await api.submit("noop", {})
+    await alive(redis, "worker-a")
+
+    taken = await TaskStore(redis, 3600).take("default", "worker-a", time.time(), 4, 100)
+
+    assert len(taken.started) == 1
+    assert not taken.look_when_freed
+    assert await redis.zrange(keys.idle("default"), 0, -1) == [b"worker-a"]
+
+
+async def listeners(redis: Redis, channel: str) -> int:
+    """Subscribers of a pub/sub channel."""
+    [(_, count)] = await redis.pubsub_numsub(channel)
+    return int(count)
+
+
+async def test_only_a_worker_that_claims_one_job_at_a_time_listens_to_the_wake_of_every_process(
+    start_service: Any, redis: Redis
+):
+    taking = await start_service(http=False)
+    async with asyncio.timeout(10):
+        while await listeners(redis, keys.wake_worker(taking.service.worker_id)) == 0:
+            await asyncio.sleep(0.02)
+    alone = await listeners(redis, keys.WAKE_CHANNEL)
+
+    claiming = await start_service(http=False, gpu_backend=SimulatedBackend(1), gpu=GpuConfig(slots=1))
+    async with asyncio.timeout(10):
+        while await listeners(redis, keys.wake_worker(claiming.service.worker_id)) == 0:
+            await asyncio.sleep(0.02)
+
+    assert alone == 0
+    assert await listeners(redis, keys.WAKE_CHANNEL) == 1
