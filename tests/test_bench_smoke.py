@@ -123,7 +123,8 @@ def test_scaling_benchmark_runs_each_configuration_and_prints_its_table(tmp_path
     ]
     assert all(run["tasks_per_s"] > 0 for run in runs)
     assert all(set(run["cores"]) == {"api", "workers", "valkey", "loadgen"} for run in runs)
-    # Every task ran its scripts (a submit, a start, a finish at least) in each configuration.
-    assert all(run["commands_per_task"]["evalsha"] >= 3 for run in runs if run["mode"] == "end_to_end")
-    assert all(run["commands_per_task"]["evalsha"] >= 2 for run in runs if run["mode"] == "drain")
+    # Every task ran its scripts in each configuration: a submit and a finish each, and the takes
+    # that started them (one take can start several tasks, so it counts a fraction of one).
+    assert all(run["commands_per_task"]["evalsha"] > 2 for run in runs if run["mode"] == "end_to_end")
+    assert all(run["commands_per_task"]["evalsha"] > 1 for run in runs if run["mode"] == "drain")
     assert png.read_bytes().startswith(b"\x89PNG")
