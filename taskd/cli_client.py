@@ -19,19 +19,21 @@ import sys
 import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
 from taskd.apikey import KEY_FILE
-from taskd.client import Task, TaskClient, TaskdError, TaskEvent
 from taskd.config import ConfigError, load_config
 from taskd.model import TaskStatus
+
+if TYPE_CHECKING:
+    from taskd.client import Task, TaskClient, TaskEvent
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 BAR_WIDTH = 30
 
-Command = Callable[[TaskClient, argparse.Namespace], Awaitable[int]]
+Command = Callable[["TaskClient", argparse.Namespace], Awaitable[int]]
 
 
 class UsageError(Exception):
@@ -525,6 +527,10 @@ def _server(args: argparse.Namespace, config_path: str | None) -> tuple[str, str
 
 def run(args: argparse.Namespace) -> int:
     """Run one client command; its exit code."""
+    # Imported here, not at the top: `taskd serve` builds this module's parsers too, and the client
+    # library is ~0.9 MiB of a server's idle memory that it never uses.
+    from taskd.client import TaskdError
+
     try:
         url, key = _server(args, args.config)
         return asyncio.run(_run(args.client_command, url, key, args))
@@ -544,5 +550,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(command: Command, url: str, key: str, args: argparse.Namespace) -> int:
+    from taskd.client import TaskClient
+
     async with TaskClient(url, key) as client:
         return await command(client, args)

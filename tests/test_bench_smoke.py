@@ -52,6 +52,22 @@ def test_comparison_benchmark_of_taskd_alone_completes_every_task_and_prints_its
     assert (latest.read_bytes() if latest.exists() else None) == before
 
 
+def test_idle_memory_benchmark_reads_each_process_of_the_service(tmp_path):
+    out = tmp_path / "memory.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "memory.py"), "--runs", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "median of 1: " in result.stdout
+    (run,) = json.loads(out.read_text())
+    assert set(run["processes_mib"]) == {"taskd serve", "valkey"}
+    assert all(mib > 0 for mib in run["processes_mib"].values())
+
+
 def test_redis_cost_benchmark_counts_commands_and_round_trips_per_task(tmp_path):
     out = tmp_path / "redis_cost.json"
     result = subprocess.run(
