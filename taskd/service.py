@@ -185,7 +185,7 @@ class Service:
             policy=AddressPolicy.from_config(self.config),
         )
         if self._executor is not None:
-            self._executor.webhook_queued = sender.wake
+            self._executor.webhooks = sender
         self._background.append(asyncio.create_task(sender.run(), name="webhook-sender"))
         sweeper = MediaSweeper.from_config(
             self.config, (task_type.hard_time_limit for task_type in self.registry.types.values())

@@ -6,6 +6,7 @@ import asyncio
 import signal
 
 import aiohttp
+import pytest
 from conftest import API_KEY
 from examples import TASK_DATA
 from webhook_receiver import WebhookReceiver
@@ -65,3 +66,40 @@ async def test_taskd_killed_after_the_first_failed_attempt_makes_the_rest_after_
     assert webhook["attempts"] == 4
     assert 3 <= times[3] - times[2] <= 6  # the documented 4 s back-off survives the restart
     assert {request.headers["webhook-id"] for request in receiver.received} == {f"msg_{task_id}_completed"}
+
+
+@pytest.mark.long
+async def test_taskd_killed_while_posting_a_webhook_its_finish_leased_sends_it_after_restart(
+    spawn_taskd, tmp_path, fake_llm
+):
+    # The finish leases the end's webhook to its own process's sender (timeout 1 s + 30 s). Killed
+    # with that POST in flight, before its outcome is recorded, the webhook waits out the lease in
+    # the outbox and the next taskd sends it.
+    env = {**env_for(tmp_path / "data", fake_llm.base_url), "TASKD_WEBHOOKS__TIMEOUT": "1"}
+    async with WebhookReceiver() as receiver, aiohttp.ClientSession() as session:
+        receiver.hang(10)
+        first = spawn_taskd("serve", env=env)
+        body = {
+            "project_id": "proj-1",
+            "task_type": "test_prompt",
+            "task_data": TASK_DATA["test_prompt"],
+            "callback_url": receiver.url(),
+        }
+        async with session.post(
+            f"{first.base_url}/api/v1/tasks/submit", json=body, headers={"X-API-Key": API_KEY}
+        ) as response:
+            task_id = (await response.json())["task_id"]
+        await receiver.wait_for(1, timeout=20)
+        first.stop(signal.SIGKILL)
+
+        second = spawn_taskd("serve", env=env)
+        [hung, sent] = await receiver.wait_for(2, timeout=60)
+        async with asyncio.timeout(10):
+            while not ((webhook := await webhook_of(session, second.base_url, task_id)) or {}).get(
+                "delivered_at"
+            ):
+                await asyncio.sleep(0.05)
+
+    assert hung.headers["webhook-id"] == sent.headers["webhook-id"] == f"msg_{task_id}_completed"
+    assert sent.at - hung.at >= 25  # not before the finish's lease ran out
+    assert webhook["attempts"] == 1

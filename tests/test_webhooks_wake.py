@@ -1,20 +1,41 @@
-"""The webhook path inside one process: a completion wakes the local sender, which keeps its connections."""
+"""The webhook path inside one process: a completion hands its webhook, leased by the finish, to the
+local sender, which POSTs it on a kept connection; the outbox still has it if that POST never happens."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
 from conftest import RunningService
 from examples import TASK_DATA
+from redis.asyncio import Redis
 from webhook_receiver import WebhookReceiver
 
+from taskd import keys
 from taskd.config import WebhooksConfig
-from taskd.webhooks import sender
+from taskd.model import TaskRecord
+from taskd.webhooks import outbox, sender
 
 
 async def submit_prompt(service: RunningService, receiver: WebhookReceiver) -> str:
     body = await service.submit("test_prompt", TASK_DATA["test_prompt"], callback_url=receiver.url())
     return str(body["task_id"])
+
+
+@pytest.fixture
+def claimed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The outbox members every claim in this test took (the claims themselves run as usual)."""
+    taken: list[str] = []
+    real_claim = outbox.Outbox.claim
+
+    async def claim(self: outbox.Outbox, *args: Any) -> tuple[list[outbox.Claim], int | None]:
+        claims, first_due = await real_claim(self, *args)
+        taken.extend(claim.task_id for claim in claims)
+        return claims, first_due
+
+    monkeypatch.setattr(outbox.Outbox, "claim", claim)
+    return taken
 
 
 async def test_a_completion_wakes_the_sender_of_its_own_process(
@@ -41,3 +62,70 @@ async def test_webhooks_to_one_receiver_share_one_connection(start_service, fake
         await submit_prompt(service, receiver)
         await receiver.wait_for(count, timeout=20)
     assert len({request.peer for request in receiver.received}) == 1
+
+
+async def test_a_completions_webhook_is_posted_without_a_claim_of_the_outbox(
+    start_service, fake_llm, receiver, claimed
+):
+    service = await start_service(llm_url=fake_llm.base_url, webhooks=WebhooksConfig(allow_private=True))
+    fake_llm.reply("done")
+    task_id = await submit_prompt(service, receiver)
+    [request] = await receiver.wait_for(1, timeout=20)
+    assert request.json["task_id"] == task_id
+    assert task_id not in claimed  # the finish leased it to this process's sender
+
+
+async def test_a_completion_sent_by_its_own_process_wakes_no_other_sender(
+    start_service, fake_llm, receiver, redis: Redis
+):
+    service = await start_service(llm_url=fake_llm.base_url, webhooks=WebhooksConfig(allow_private=True))
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.WEBHOOKS_WAKE)
+        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+        fake_llm.reply("done")
+        await submit_prompt(service, receiver)
+        await receiver.wait_for(1, timeout=20)
+        woken = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+    assert woken is None
+
+
+async def test_a_completion_whose_post_never_starts_is_sent_once_the_finishs_lease_runs_out(
+    start_service, fake_llm, receiver, monkeypatch, redis: Redis
+):
+    # The process stops being able to send right after the finish (as if killed there): the
+    # webhook is in the outbox under the finish's lease, and the claim loop sends it after that.
+    def dies_before_the_post(self: sender.WebhookSender, record: TaskRecord, lease: int) -> None:
+        pass
+
+    monkeypatch.setattr(sender, "LEASE_MARGIN", 1.0)
+    monkeypatch.setattr(sender.WebhookSender, "send_ended", dies_before_the_post)
+    service = await start_service(
+        llm_url=fake_llm.base_url, webhooks=WebhooksConfig(allow_private=True, timeout=1)
+    )
+    fake_llm.reply("done")
+    task_id = await submit_prompt(service, receiver)
+    [request] = await receiver.wait_for(1, timeout=20)
+    status = await service.wait_for(task_id, lambda body: (body["webhook"] or {}).get("delivered_at"))
+    completed_at = float(await redis.hget(keys.task(task_id), "completed_at"))
+    assert request.json["task_id"] == task_id
+    # Not before the lease (timeout 1 s + margin 1 s) ran out: the finish had leased it.
+    assert request.wall - completed_at >= 1.9
+    assert status["webhook"]["attempts"] == 1
+
+
+async def test_with_no_room_in_its_sender_a_completions_webhook_waits_in_the_outbox(
+    start_service, fake_llm, receiver, claimed
+):
+    service = await start_service(
+        llm_url=fake_llm.base_url, webhooks=WebhooksConfig(allow_private=True, max_concurrency=1)
+    )
+    receiver.hang(1.5)  # the first POST holds the sender's only place
+    fake_llm.reply("first")
+    first = await submit_prompt(service, receiver)
+    await receiver.wait_for(1, timeout=20)
+    fake_llm.reply("second")
+    second = await submit_prompt(service, receiver)
+    requests = await receiver.wait_for(2, timeout=20)
+    assert [request.json["task_id"] for request in requests] == [first, second]
+    assert requests[1].at - requests[0].at >= 1.4  # sent once the first POST gave its place back
+    assert claimed == [second]  # queued due now by its finish, then claimed

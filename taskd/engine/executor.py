@@ -14,7 +14,7 @@ import signal
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import aiohttp
 import attrs
@@ -166,6 +166,19 @@ class _Running:
             runner.terminate(self.grace)
 
 
+class EndWebhooks(Protocol):
+    """What the executor asks of its process's webhook sender (taskd.webhooks.sender.WebhookSender)."""
+
+    def lease_until(self, at_ms: int) -> int | None:
+        """The lease a finish at `at_ms` may take on its end's webhook; None: queue it due now."""
+
+    def send_ended(self, record: TaskRecord, lease: int) -> None:
+        """Send the end's webhook of `record`, which the finish queued under `lease`."""
+
+    def wake(self, task_id: str | None = None) -> None:
+        """Claim due webhooks now: the finish queued `task_id`'s due now."""
+
+
 class Executor:
     """Runs tasks for the arq workers of one process and stops them when they are cancelled."""
 
@@ -197,9 +210,9 @@ class Executor:
         self._waiting_noted: set[str] = set()
         # Set by the service: wakes the workers of the GPU queues when slots come back.
         self.slots_freed: Callable[[], None] = lambda: None
-        # Set by the service: wakes this process's webhook sender when a finish queued a webhook
-        # (the pub/sub wake-up still reaches the senders of other processes).
-        self.webhook_queued: Callable[[str], None] = lambda _task_id: None
+        # Set by the service: this process's webhook sender, which sends the end's webhook of a
+        # finish written here (or, without room for it, is woken to claim it).
+        self.webhooks: EndWebhooks | None = None
         # Hand-back writes of cancelled runs: they outlive their runs (a stop cancels a run more
         # than once), and the service waits for them before it lets go of Redis.
         self._hand_backs: set[asyncio.Task[Any]] = set()
@@ -553,23 +566,14 @@ class Executor:
                     error = f"Task returned a result of {size} bytes of JSON, over the limit of {limit} bytes"
                     outcome = Outcome("failed", error=f"{error} (execution.result_max_bytes)")
         tracing.note_outcome(outcome.kind, outcome.error)
-        write: Callable[[], Awaitable[bool]] | None = None
         if outcome.kind == "completed":
-            write = partial(
-                self.store.finish, record, self.worker_id, TaskStatus.COMPLETED, at, result=outcome.result
-            )
-        elif outcome.kind == "failed":
+            return await self._finish(record, TaskStatus.COMPLETED, at, result=outcome.result)
+        if outcome.kind == "failed":
             log.warning("task %s failed: %s", record.task_id, outcome.error)
-            write = partial(
-                self.store.finish,
-                record,
-                self.worker_id,
-                TaskStatus.FAILED,
-                at,
-                error=outcome.error,
-                traceback=outcome.traceback,
+            return await self._finish(
+                record, TaskStatus.FAILED, at, error=outcome.error, traceback=outcome.traceback
             )
-        elif outcome.kind == "retry":
+        if outcome.kind == "retry":
             delay = retry_delay(record.attempt, self.config.retry.base_delay)
             log.warning(
                 "task %s attempt %d failed (%s); retrying in %.1f s",
@@ -587,17 +591,33 @@ class Executor:
         else:
             log.info("task %s stopped: cancelled", record.task_id)
             return False
-        written = await _until_stored(f"task {record.task_id} {outcome.kind}", write)
-        if written and record.callback_url and outcome.kind in ("completed", "failed"):
-            self.webhook_queued(record.task_id)
-        if outcome.kind == "completed":
-            if written:
+        return await _until_stored(f"task {record.task_id} {outcome.kind}", write)
+
+    async def _finish(self, record: TaskRecord, status: TaskStatus, at: float, **fields: Any) -> bool:
+        """Write a run's end; its webhook goes to this process's sender at once. True when written."""
+        webhooks = self.webhooks
+        # The end's webhook is leased to this process's sender by the finish itself, so the POST
+        # starts as soon as the finish returns: no pub/sub wake-up, no claim, no read in between.
+        lease = None
+        if webhooks is not None and record.callback_url:
+            lease = webhooks.lease_until(int(at * 1000))
+        finished = await _until_stored(
+            f"task {record.task_id} {status.value}",
+            partial(self.store.finish, record, self.worker_id, status, at, webhook_lease=lease, **fields),
+        )
+        if finished.ended is not None and webhooks is not None:
+            if finished.webhook_lease is not None:
+                webhooks.send_ended(finished.ended, finished.webhook_lease)
+            elif lease is None and record.callback_url:
+                webhooks.wake(record.task_id)
+        if status is TaskStatus.COMPLETED:
+            if finished.written:
                 log.info("task %s completed in %.3f s", record.task_id, at - (record.started_at or at))
             else:
                 log.info(
                     "task %s finished after it was cancelled or taken over; result dropped", record.task_id
                 )
-        return written
+        return finished.written
 
     async def _note_memory_recycle(self, record: TaskRecord, used_mb: int, what: str) -> None:
         """Keep a memory kill for the health alerts: `what` was killed, a job process or a task's tools."""

@@ -152,6 +152,20 @@ class CancelOutcome:
         return self.was in ACTIVE
 
 
+@attrs.frozen
+class Finished:
+    """What a finish wrote: the record as it ended (None: not written, as the task was cancelled or
+    taken over meanwhile) and, when the caller's sender now holds the end's webhook, its lease (ms)."""
+
+    ended: TaskRecord | None
+    webhook_lease: int | None = None
+
+    @property
+    def written(self) -> bool:
+        """True if this call ended the task."""
+        return self.ended is not None
+
+
 class TaskStore:
     """Reads and writes task records, project indexes and metrics."""
 
@@ -548,13 +562,23 @@ class TaskStore:
         return [None if value is None else value.decode() for value in raw]
 
     async def finish(
-        self, record: TaskRecord, worker_id: str, status: TaskStatus, at: float, **fields: Any
-    ) -> bool:
-        """End a processing task as completed or failed, dropping its arq job; False if it was cancelled
-        or taken over meanwhile."""
+        self,
+        record: TaskRecord,
+        worker_id: str,
+        status: TaskStatus,
+        at: float,
+        *,
+        webhook_lease: int | None = None,
+        **fields: Any,
+    ) -> Finished:
+        """End a processing task as completed or failed, dropping its arq job; not written if it was
+        cancelled or taken over meanwhile.
+
+        With `webhook_lease` (ms), the end's webhook, if the task wants one, is queued already leased
+        until then to the caller's sender, which is then to send it (finish.lua).
+        """
         processing_time = round(at - (record.started_at or at), 3)
         values: dict[str, Any] = {
-            "status": status.value,
             "updated_at": at,
             "completed_at": at,
             "processing_time": processing_time,
@@ -562,7 +586,7 @@ class TaskStore:
         }
         if status is TaskStatus.COMPLETED:
             values["progress"] = 1.0
-        flat: list[bytes | str] = []
+        flat: list[bytes | str] = ["status", status.value]
         for name, value in values.items():
             if value is not None:
                 flat += [name, encode_value(name, value)]
@@ -585,10 +609,14 @@ class TaskStore:
                 "task_id": record.task_id,
                 "now_ms": int(at * 1000),
                 "aging_ms": self.aging_ms,
+                "webhook_lease": "" if webhook_lease is None else webhook_lease,
                 "fields": flat,
             },
         )
-        return outcome == b"ok"
+        if outcome not in (b"ok", b"leased"):
+            return Finished(None)
+        ended = attrs.evolve(record, status=status, **values)
+        return Finished(ended, webhook_lease if outcome == b"leased" else None)
 
     async def requeue(
         self, record: TaskRecord, worker_id: str, at: float, score: int, *, retry_error: str | None = None

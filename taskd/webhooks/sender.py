@@ -63,17 +63,35 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Claim] = {}
         self._resolver: GuardedResolver | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # open while run() runs
 
     def wake(self, task_id: str | None = None) -> None:
         """Look at the outbox now rather than at the next poll, unless `task_id`'s webhook is already being sent.
 
-        This process's executor calls it when a finish it wrote queued a webhook: the claim then
-        starts as soon as the finish returns, not after the pub/sub message makes its way round.
-        That message, or a second wake for the same task, then costs no claim that finds nothing.
+        This process's executor calls it when a finish it wrote queued a webhook without a lease for
+        this sender (it had no room): the claim then starts as soon as the finish returns, not after
+        the pub/sub message makes its way round. That message, or a second wake for the same task,
+        then costs no claim that finds nothing.
         """
         if task_id is None or all(claim.task_id != task_id for claim in self._inflight.values()):
             self._wake.set()
+
+    def lease_until(self, at_ms: int) -> int | None:
+        """The lease (ms) a finish at `at_ms` may put on its end's webhook for `send_ended` to send it,
+        or None when this sender is not running or has no room for one more POST."""
+        if self._session is None or len(self._inflight) >= self.config.max_concurrency:
+            return None
+        return at_ms + self.lease_ms
+
+    def send_ended(self, record: TaskRecord, lease: int) -> None:
+        """POST the end's webhook of `record`, just ended by a finish that leased it until `lease`.
+
+        No claim and no read: the finish put the webhook in the outbox under this lease and the
+        caller has the record as ended. If this sender stopped meanwhile, the lease runs out and a
+        sender claims it then.
+        """
+        if self._session is not None:
+            self._start(Claim(record.task_id, lease), record)
 
     def _open_session(self) -> aiohttp.ClientSession:
         proxy_host = URL(self.config.proxy).host if self.config.proxy else None
@@ -106,6 +124,7 @@ class WebhookSender:
                     else:
                         retries.reset()
         finally:
+            self._session = None
             await self._hand_back()
             await cancel_and_wait([listener])
 
@@ -118,9 +137,7 @@ class WebhookSender:
         at = now_ms()
         claims, first_due = await self.outbox.claim(at, self.lease_ms, free)
         for claim in claims:
-            task = asyncio.create_task(self._deliver(claim), name=f"webhook-{claim.task_id}")
-            self._inflight[task] = claim
-            task.add_done_callback(self._inflight.pop)
+            self._start(claim)
         if len(claims) == free:  # more may be due
             return
         wait = POLL_INTERVAL if first_due is None else min(POLL_INTERVAL, max(0.0, (first_due - at) / 1000))
@@ -154,9 +171,18 @@ class WebhookSender:
                 for claim in claims:
                     await self.outbox.release(claim, at)
 
-    async def _deliver(self, claim: Claim) -> None:
+    def _start(self, claim: Claim, ended: TaskRecord | None = None) -> None:
+        task = asyncio.create_task(self._deliver(claim, ended), name=f"webhook-{claim.task_id}")
+        self._inflight[task] = claim
+        task.add_done_callback(self._inflight.pop)
+
+    async def _deliver(self, claim: Claim, ended: TaskRecord | None) -> None:
         try:
-            await self._attempt(claim)
+            # An ended record handed over always has a callback_url: finish.lua leases only a webhook it queued.
+            if ended is not None and ended.callback_url:
+                await self._send(claim, ended, ended.callback_url, None)
+            else:
+                await self._attempt(claim)
         except asyncio.CancelledError:
             raise
         except Exception:  # the lease runs out and the attempt is made again
@@ -174,8 +200,11 @@ class WebhookSender:
         if not url or not _still_news(record, event or None):
             await self.outbox.release(claim, None)
             return
-        with bind_task(record), tracing.webhook_span(record, event or None, claim.attempts + 1):
-            await self._post_and_record(claim, record, url, event or None)
+        await self._send(claim, record, url, event or None)
+
+    async def _send(self, claim: Claim, record: TaskRecord, url: str, event: str | None) -> None:
+        with bind_task(record), tracing.webhook_span(record, event, claim.attempts + 1):
+            await self._post_and_record(claim, record, url, event)
 
     async def _post_and_record(
         self, claim: Claim, record: TaskRecord, url: str, event: str | None = None

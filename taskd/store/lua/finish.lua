@@ -3,6 +3,11 @@
 -- Drops the task's arq job, writes its end, counts it (a completed task's duration also feeds the
 -- per-type sum, count and histogram bucket), and, through ended(), frees its project slot, makes its
 -- webhook due and emits the event. A task cancelled or taken over meanwhile is left as it is.
+-- With a `webhook_lease`, the end's webhook goes into the outbox already leased to the calling
+-- worker's own sender, which POSTs it as soon as this returns: no claim, no wake-up in between. It
+-- is in the outbox all the same, so if that process dies before the POST is recorded, the lease
+-- runs out and another sender makes the attempt. A task ends once, so this delivery has made no
+-- attempt yet.
 -- KEYS[1]  task       {taskd}:task:{id}, the record hash
 -- KEYS[2]  running    {taskd}:running:{queue}, the queue's processing tasks
 -- KEYS[3]  metrics    {taskd}:metrics, the shared counters
@@ -16,8 +21,11 @@
 -- ARGV[6]  task_id    the task's id
 -- ARGV[7]  now_ms     now, in ms: when its webhook is due
 -- ARGV[8]  aging_ms   execution.priority_aging in ms (lib/fair.lua), for the dependents it queues
--- ARGV[9..] fields    the fields to write: name, value, name, value, ...
--- Returns 'ok' when ended here; else the task's status (false if the record is gone).
+-- ARGV[9]  webhook_lease  the ms until which the caller's webhook sender holds the end's webhook,
+--                     or '' (none: it is due now and every sender is woken)
+-- ARGV[10..] fields   the fields to write: name, value, name, value, ...
+-- Returns 'leased' when ended here with its webhook queued under the caller's lease, 'ok' when ended
+-- here otherwise; else the task's status (false if the record is gone).
 -- include lib/emit.lua
 -- include lib/drop_job.lua
 -- include lib/ended.lua
@@ -29,8 +37,9 @@ if record.status ~= 'processing' or record.worker_id ~= ARGV[1] then
   return record.status or false
 end
 drop_job(KEYS[1], KEYS[5], record.job_id or false)
-if #ARGV >= 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
-for i = 9, #ARGV, 2 do record[ARGV[i]] = ARGV[i + 1] end
+if #ARGV >= 10 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
+for i = 10, #ARGV, 2 do record[ARGV[i]] = ARGV[i + 1] end
+local lease = ARGV[9] ~= '' and ARGV[9] or nil
 redis.call('ZREM', KEYS[2], ARGV[6])
 if ARGV[2] == 'completed_tasks' then
   redis.call('HINCRBYFLOAT', KEYS[3], 'duration_sum:' .. ARGV[3], ARGV[4])
@@ -44,9 +53,9 @@ if ARGV[2] == 'completed_tasks' then
       break
     end
   end
-  ended(KEYS[1], KEYS[3], KEYS[4], 'completed_tasks', nil, ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]),
-    record)
-else
-  ended(KEYS[1], KEYS[3], KEYS[4], 'failed_tasks', 'failed', ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]), record)
 end
+local per_type = ARGV[2] == 'failed_tasks' and 'failed' or nil
+local webhook = ended(KEYS[1], KEYS[3], KEYS[4], ARGV[2], per_type, ARGV[6], ARGV[7], ARGV[5], tonumber(ARGV[8]),
+  record, lease)
+if webhook and lease then return 'leased' end
 return 'ok'

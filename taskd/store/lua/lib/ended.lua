@@ -1,5 +1,5 @@
 -- lib/ended.lua: ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl,
--- aging_ms, record),
+-- aging_ms, record, lease),
 -- what every end of a task (completed, failed, cancelled) also does.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
@@ -18,6 +18,9 @@
 --   aging_ms     execution.priority_aging in ms (lib/fair.lua), for the dependents it queues
 --   record       optional: the record's fields by name, end included, when the caller has them
 --                (finish.lua); else it is read here
+--   lease        optional: the ms until which the calling worker's own webhook sender holds the end's
+--                webhook (finish.lua): it is queued with that score instead of due now, and no
+--                sender is woken, as the caller sends it as soon as the script returns
 --
 -- Counts the end, frees the task's place among its project's active tasks
 -- ({taskd}:project_active:{project_id}) and processing ones ({taskd}:project_processing:{project_id},
@@ -33,11 +36,12 @@
 -- which due.lua then looks after) gets its first job, due now
 -- (moved earlier by its priority, as taskd.queue.task_queue.job_score does); when this one failed
 -- or was cancelled, each one is cancelled with an error naming it, and so on down the chain.
--- Returns nothing.
+-- Returns true when it queued the task's end's webhook, else false.
 -- include lib/emit.lua
 -- include lib/enqueue.lua
 -- include lib/webhook_event.lua
-local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record)
+local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record,
+                     lease)
   -- The record once, with its end written: what follows reads it from here.
   local r = record
   if not r then
@@ -52,7 +56,10 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
   local project = r.project_id
   redis.call('SREM', '@ACTIVE_PREFIX@' .. project, task_id)
   redis.call('SREM', '@PROCESSING_PREFIX@' .. project, task_id)
-  if wants_webhook_record(r, (string.gsub(counter, '_tasks$', ''))) then
+  local webhook = wants_webhook_record(r, (string.gsub(counter, '_tasks$', '')))
+  if webhook and lease then
+    redis.call('ZADD', outbox_key, lease, task_id)
+  elseif webhook then
     redis.call('ZADD', outbox_key, now_ms, task_id)
     redis.call('PUBLISH', '@WEBHOOKS_WAKE@', task_id)
   end
@@ -111,4 +118,5 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
       end
     end
   end
+  return webhook
 end
