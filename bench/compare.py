@@ -892,6 +892,11 @@ def main() -> int:
 
     if args.submit_only:
         rows = asyncio.run(submit_rows(sizes, log))
+        for name, row in rows.items():
+            print(
+                f"{name}: {row['rps']:,.0f} submits/s, p50 {row['p50_ms']:.2f} ms, "
+                f"{row['cpu_us_per_request']:,.0f} µs of CPU per submit ({row['generator']})"
+            )
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2, default=str))
         return 0

@@ -52,6 +52,23 @@ def test_comparison_benchmark_of_taskd_alone_completes_every_task_and_prints_its
     assert (latest.read_bytes() if latest.exists() else None) == before
 
 
+def test_comparison_benchmark_can_run_only_taskds_submit_rows(tmp_path):
+    out = tmp_path / "submit.json"
+
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "compare.py"), "--tiny", "--submit-only", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())
+    assert set(rows) == {"taskd", "taskd_rate_limited"}
+    assert all(row["requests"] > 0 and row["cpu_us_per_request"] > 0 for row in rows.values())
+    assert "taskd_rate_limited: " in result.stdout
+
+
 def test_redis_cost_benchmark_counts_commands_and_round_trips_per_task(tmp_path):
     out = tmp_path / "redis_cost.json"
     result = subprocess.run(
