@@ -28,6 +28,7 @@ from taskd.model import (
     ValidationError,
 )
 from taskd.store import scripts
+from taskd.store.coalesce import Coalesced
 from taskd.store.codec import CorruptRecord, decode, encode, encode_value
 
 PROJECT_FULL_RETRY_AFTER = 10
@@ -216,6 +217,8 @@ class TaskStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
         self._submit = scripts.load(redis, "submit")
+        # Submits made at once share a round trip (coalesce.py).
+        self._submit_together = Coalesced(redis, self._submit, wait_replicas, self.wait_timeout_ms)
         self._batch = scripts.load(redis, "batch")
         self._start = scripts.load(redis, "start")
         self._take = scripts.load(redis, "take")
@@ -405,7 +408,7 @@ class TaskStore:
         ]
 
     async def _create(self, key_names: Mapping[str, str], args: Mapping[str, Any]) -> tuple[Any, int | None]:
-        return await self._run(self._submit, key_names, args)
+        return await self._submit_together(key_names, args)
 
     async def _run(
         self, script: scripts.Script, key_names: Mapping[str, str], args: Mapping[str, Any]
