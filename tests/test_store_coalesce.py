@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 
 from taskd import keys
 from taskd.store import scripts
-from taskd.store.coalesce import Coalesced
+from taskd.store.coalesce import MOST_AT_ONCE, Coalesced
 
 
 def counting_writes(redis: Redis) -> list[int]:
@@ -93,3 +93,16 @@ async def test_with_wait_replicas_each_reply_carries_the_count_one_wait_gave(red
     replies = await asyncio.gather(spend(coalesced, "p"), spend(coalesced, "q"))
 
     assert [replicated for _, replicated in replies] == [0, 0]
+
+
+async def test_more_calls_at_once_than_one_pipeline_carries_go_in_several(redis, coalesced):
+    writes = counting_writes(redis)
+    # Warmed up the same way: the script loaded, and the two connections open (their handshakes
+    # are writes too).
+    await asyncio.gather(*(spend(coalesced, f"warm-up-{n}") for n in range(MOST_AT_ONCE + 1)))
+    writes[0] = 0
+
+    replies = await asyncio.gather(*(spend(coalesced, f"many-{n}") for n in range(MOST_AT_ONCE + 1)))
+
+    assert writes == [2]
+    assert all(reply[0] == 1 for reply, _ in replies)

@@ -18,6 +18,11 @@ from redis.exceptions import NoScriptError
 
 from taskd.store.scripts import Script
 
+# The most calls one pipeline carries: Valkey runs a pipeline's scripts one after another, so a
+# bound keeps one send from holding it for long under thousands of concurrent requests (64 scripts
+# of ~0.2 ms: ~13 ms). With 50 clients, 4 to 64 at once measured the same throughput; 64 the least CPU.
+MOST_AT_ONCE = 64
+
 
 class Coalesced:
     """`script`, called as `await coalesced(keys, args)`: `(reply, replicated)`.
@@ -44,14 +49,17 @@ class Coalesced:
         if self._queued is None:
             # The send starts at the loop's next turn: calls made before then join it.
             self._queued = []
-            task = asyncio.create_task(self._send())
+            task = asyncio.create_task(self._send(self._queued))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
         self._queued.append((values, future))
+        if len(self._queued) >= MOST_AT_ONCE:
+            self._queued = None
         return await future
 
-    async def _send(self) -> None:
-        calls, self._queued = self._queued or [], None
+    async def _send(self, calls: list[tuple[list[Any], asyncio.Future[tuple[Any, int | None]]]]) -> None:
+        if calls is self._queued:
+            self._queued = None
         try:
             replies = await self._run([values for values, _ in calls])
         except BaseException as exc:
