@@ -97,9 +97,10 @@ def test_redis_cost_benchmark_counts_commands_and_round_trips_per_task(tmp_path)
     # Commands run inside the scripts count: three events a task (queued, processing, completed), each on two streams.
     assert figures["commands"]["xadd"] == 6
     # Every task is one submit script in the API, and a finish in the worker; the worker's takes
-    # (take.lua) start every task, several in one call when more than one is due.
+    # (take.lua) start every task, several in one call when more than one is due. Submits made at
+    # once share a pipeline (taskd/store/coalesce.py): at most one round trip a task.
     trips = figures["round_trips"]
-    assert trips["api"]["script:submit"] == 1
+    assert 0 < trips["api"]["pipeline[script:submit]"] <= 1
     assert trips["worker"]["script:take"] > 0
     assert trips["worker"]["script:finish"] == 1
 
