@@ -633,9 +633,27 @@ async def _submit_load(system: System, sizes: Sizes, tmp: Path, log: Callable[[s
     async with _client(system.base_url) as session:
         await submit_one(session, system.base_url, SUBMIT_BODY)  # connections and code paths warm
     body = orjson.dumps(SUBMIT_BODY)
+    before = _cpu_seconds(system.pids())
     result = await asyncio.to_thread(http_load, system.base_url, SUBMIT_PATH, "POST", body, sizes, tmp)
+    # CPU per request moves less than requests/s when other work shares the machine.
+    spent = _cpu_seconds(system.pids()) - before
+    result["cpu_us_per_request"] = spent / result["requests"] * 1e6 if result["requests"] else float("nan")
     log(f"  {system.name}: submit {_fmt(result)}")
     return result
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time of the processes and their children (taskd's Valkey, the
+    reference's workers) so far."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(pid)
+            for one in [process, *process.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = one.cpu_times()
+                    total += times.user + times.system
+    return total
 
 
 async def submit_only(system: System, sizes: Sizes, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
@@ -793,6 +811,18 @@ async def run(
     return results
 
 
+async def submit_rows(sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
+    """taskd's two HTTP submit rows alone, each on a fresh API-only service: limits off, then on."""
+    with tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        return {
+            "taskd": await submit_only(Taskd(tmp, workers=False), sizes, tmp, log),
+            "taskd_rate_limited": await submit_only(
+                Taskd(tmp, workers=False, rate_limits=True), sizes, tmp, log
+            ),
+        }
+
+
 def _completion_lines(results: dict[str, Any]) -> tuple[list[str], bool]:
     """A line per system on how many of its tasks completed; whether every one did."""
     lines = []
@@ -844,6 +874,11 @@ def main() -> int:
     parser.add_argument(
         "--no-wrk", action="store_true", help="load with bench/loadgen.py even if wrk is installed"
     )
+    parser.add_argument(
+        "--submit-only",
+        action="store_true",
+        help="only taskd's HTTP submit rows (rate limits off, then on): for before/after comparisons",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
     sizes = attrs.evolve(TINY if args.tiny else Sizes(), wrk=not args.no_wrk)
@@ -855,6 +890,16 @@ def main() -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    if args.submit_only:
+        rows = asyncio.run(submit_rows(sizes, log))
+        for name, row in rows.items():
+            print(
+                f"{name}: {row['rps']:,.0f} submits/s, p50 {row['p50_ms']:.2f} ms, "
+                f"{row['cpu_us_per_request']:,.0f} µs of CPU per submit ({row['generator']})"
+            )
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2, default=str))
+        return 0
     pythons = venv_pythons(peers, log)
     results = asyncio.run(run(sizes, peers, pythons, log))
     generator = results["taskd"]["submit"]["generator"]

@@ -11,7 +11,7 @@ from taskd import keys
 from taskd.store import scripts
 
 DOC = Path(__file__).parent.parent / "docs" / "cluster.md"
-PACKAGES = ("taskd.store", "taskd.webhooks", "taskd.gpu", "taskd.http", "taskd.providers")
+PACKAGES = ("taskd.store", "taskd.webhooks", "taskd.gpu", "taskd.providers")
 ROW = re.compile(r"^\| `(\w+/\w+\.lua)` \| ([^|]*) \| ([^|]*) \|$")
 
 

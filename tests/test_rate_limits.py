@@ -295,3 +295,68 @@ def test_the_limits_are_set_by_their_documented_names():
 def test_the_waiting_cap_is_set_by_its_documented_name_and_defaults_to_ten_thousand():
     assert load_config(None, {}).limits.queued_per_project == 10_000
     assert load_config(None, {"TASKD_LIMITS__QUEUED_PER_PROJECT": "7"}).limits.queued_per_project == 7
+
+
+async def _sent_to_valkey(redis, during) -> list[str]:
+    """The commands clients sent Valkey while `during()` ran (not those its scripts ran), from MONITOR."""
+    sentinel = f"end-of-{time.monotonic_ns()}"
+    sent = []
+    async with redis.monitor() as monitor:
+        await during()
+        # On another connection than MONITOR's, after whatever `during` sent: where the reading stops.
+        await redis.echo(sentinel)
+        while sentinel not in (command := await monitor.next_command())["command"]:
+            if command["client_type"] != "lua":
+                sent.append(command["command"])
+    return sent
+
+
+async def test_a_limited_submit_spends_its_quota_in_the_round_trip_that_stores_the_task(start_service, redis):
+    taskd = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=5, concurrent_per_project=0)
+    )
+    # The first call of a script in a fresh Valkey is refused (NOSCRIPT), loaded and sent again.
+    await taskd.submit("generate_video", TASK_DATA["generate_video"])
+    submitted = {}
+
+    async def submit() -> None:
+        submitted.update(await taskd.submit("generate_video", TASK_DATA["generate_video"]))
+
+    sent = await _sent_to_valkey(redis, submit)
+
+    quota = keys.rate_limit("submit", key_id(API_KEY))
+    spending = [command for command in sent if quota in command]
+    assert len(spending) == 1
+    assert spending[0].startswith("EVALSHA")
+    assert keys.task(submitted["task_id"]) in spending[0]
+    assert await redis.zcard(quota) == 2
+
+
+async def test_a_submit_over_the_rate_limit_stores_nothing(start_service, redis):
+    taskd = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=1, concurrent_per_project=0)
+    )
+    await taskd.submit("generate_video", TASK_DATA["generate_video"])
+    stored = await redis.keys(keys.task("*"))
+
+    refused = await post_submit(taskd.base_url, API_KEY)
+
+    assert refused.status == 429
+    assert await redis.keys(keys.task("*")) == stored
+    assert int(await redis.hget(keys.METRICS, "total_tasks")) == 1
+
+
+async def test_a_submit_refused_as_invalid_still_spends_its_unit_of_the_quota(start_service):
+    taskd = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=2, concurrent_per_project=0)
+    )
+    async with taskd.client.post("/api/v1/tasks/submit", json={"project_id": "rl"}) as invalid:
+        await invalid.read()
+
+    accepted = await post_submit(taskd.base_url, API_KEY)
+    refused = await post_submit(taskd.base_url, API_KEY)
+
+    assert invalid.status == 400
+    assert invalid.headers["RateLimit"].startswith('"submit";r=1;')
+    assert accepted.status == 200
+    assert refused.status == 429

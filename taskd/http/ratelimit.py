@@ -1,8 +1,10 @@
 """Rate limits per API key in Redis, shared by every taskd process: at most N requests in any window.
 
 The per-project concurrency limit and the queue length limit are checked in the submit script
-itself (taskd/store/lua/submit.lua), atomically with the write. The sliding-window
-script is taskd/http/lua/window.lua: one round trip per request.
+itself (taskd/store/lua/submit.lua), atomically with the write. The sliding window is
+taskd/store/lua/lib/window.lua: a submit spends its unit inside the submit script (one round trip
+for both: `submit_quota`), every other limited request through taskd/store/lua/window.lua (one
+round trip of its own). It lives with the store's scripts so that submit.lua can include it.
 
 Each limited response carries the IETF `RateLimit-Policy` and `RateLimit` fields
 (draft-ietf-httpapi-ratelimit-headers), e.g. `RateLimit-Policy: "submit";q=100;w=60` and
@@ -11,6 +13,7 @@ Each limited response carries the IETF `RateLimit-Policy` and `RateLimit` fields
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import secrets
@@ -23,13 +26,14 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.http.context import API
 from taskd.model import RateLimited
-from taskd.store import scripts
+from taskd.store import Quota, Spent, scripts
 
 WINDOW = 60  # seconds: every limit is "per minute"
-# Which routes spend which quota; a retry creates a task, so it is a submission. A batch spends one
-# unit of `submit` per item from its handler, which alone knows how many items its body holds.
+# Which routes the middleware spends which quota for; a retry creates a task, so it is a
+# submission. A submit spends its unit of `submit` from its handler, inside the submit script
+# (`submit_quota`); a batch one unit per item from its handler, which alone knows how many items
+# its body holds.
 POLICIES = {
-    ("POST", "/api/v1/tasks/submit"): "submit",
     ("POST", "/api/v1/tasks/{task_id}/retry"): "submit",
     ("GET", "/api/v1/tasks/{task_id}/status"): "status",
 }
@@ -65,8 +69,13 @@ class Decision:
         return max(1, math.ceil(self.retry_after_ms / 1000))
 
 
+@functools.lru_cache(maxsize=256)
 def key_id(api_key: str) -> str:
-    """What identifies an API key in Redis: a hash, never the key itself."""
+    """What identifies an API key in Redis: a hash, never the key itself.
+
+    Only valid keys reach it (the limits run after auth), so the cache holds configured keys and
+    saves a hash per request.
+    """
     return hashlib.sha256(api_key.encode()).hexdigest()[:32]
 
 
@@ -74,7 +83,7 @@ class RateLimiter:
     """Spends per-key quota in Redis with one sliding-window script call per request."""
 
     def __init__(self, redis: Redis) -> None:
-        self._window = scripts.load(redis, "window", "taskd.http")
+        self._window = scripts.load(redis, "window")
 
     async def hit(self, policy: str, api_key: str, limit: int, cost: int = 1) -> Decision:
         """Spend `cost` requests of `limit` per minute for `api_key` under `policy`, all or none."""
@@ -110,15 +119,61 @@ async def spend(request: web.Request, policy: str, cost: int) -> None:
     The middleware spends one for each request of a route in POLICIES; the batch route spends one
     per submission of its body, once it has read it.
     """
-    limit = getattr(request.app[API].config.limits, f"{policy}_per_minute", 0)
+    limit = _limit(request, policy)
     if not limit:
         return
-    decision = await request.app[LIMITER].hit(policy, request.headers.get("X-API-Key", ""), limit, cost)
+    _decided(
+        request,
+        await request.app[LIMITER].hit(policy, request.headers.get("X-API-Key", ""), limit, cost),
+        cost,
+    )
+
+
+def submit_quota(request: web.Request) -> Quota | None:
+    """The caller's `submit` quota for the submit script to spend one unit of (None without a limit).
+
+    Its report sets the RateLimit fields and raises the 429 over the limit, as `spend` does.
+    """
+    limit = _limit(request, "submit")
+    if not limit:
+        return None
+
+    def report(spent: Spent) -> None:
+        decision = Decision(
+            "submit", limit, spent.allowed, spent.remaining, spent.retry_after_ms, spent.reset_ms
+        )
+        _decided(request, decision, 1)
+
+    api_key = request.headers.get("X-API-Key", "")
+    return Quota(
+        keys.rate_limit("submit", key_id(api_key)), limit, WINDOW * 1000, secrets.token_hex(6), report
+    )
+
+
+async def spend_if_unspent(request: web.Request, policy: str) -> None:
+    """Spend one unit of `policy` unless this request already has (a submit refused before its script ran).
+
+    A submit refused before it reached the submit script (a body that is not valid, say) still
+    spends its unit, as it did when the check ran before the handler; over the limit, its answer
+    is the 429.
+    """
+    if _HEADERS not in request:
+        await spend(request, policy, 1)
+
+
+def _limit(request: web.Request, policy: str) -> int:
+    limit: int = getattr(request.app[API].config.limits, f"{policy}_per_minute", 0)
+    return limit
+
+
+def _decided(request: web.Request, decision: Decision, cost: int) -> None:
+    # The fields go on whatever the request's answer is; over the limit, that answer is the 429.
     request[_HEADERS] = decision.headers()
     if not decision.allowed:
-        what = f"{cost} {policy} requests at once" if cost > 1 else f"{policy} requests"
+        what = f"{cost} {decision.policy} requests at once" if cost > 1 else f"{decision.policy} requests"
         raise RateLimited(
-            f"Too many {what}: at most {limit} per minute per API key; retry in {decision.retry_after} s",
+            f"Too many {what}: at most {decision.limit} per minute per API key; "
+            f"retry in {decision.retry_after} s",
             decision.retry_after,
         )
 

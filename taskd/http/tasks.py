@@ -35,19 +35,17 @@ routes = web.RouteTableDef()
 @routes.post("/api/v1/tasks/submit")
 @touches(Touches.BODY_PROJECT)
 async def submit(request: web.Request) -> web.Response:
-    """Validate, store and enqueue a task; with `Prefer: wait=N`, answer its status once it ends or N s pass."""
+    """Validate, store and enqueue a task; with `Prefer: wait=N`, answer its status once it ends or N s pass.
+
+    The caller's `submit` rate limit is spent inside the submit script (one round trip for both); a
+    request refused before that still spends its unit, so the limit counts every submit as before.
+    """
+    try:
+        accepted, wait = await _submitted(request)
+    except Exception:
+        await ratelimit.spend_if_unspent(request, "submit")
+        raise
     api = request.app[API]
-    wait = requested_wait(request.headers.getall("Prefer", []))
-    body = await read_json(request)
-    check_body_shape(body, api.config.limits)
-    submission = attrs.evolve(
-        parse_submission(body, api.registry, api.config.limits.max_schedule_ahead), key_id=request[KEY_ID]
-    )
-    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, body)
-    if submission.callback_url:
-        await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
-    accepted = await api.dispatcher.submit(submission, idempotency=remembered)
-    _log_submitted(accepted)
     if wait is not None:
         record = await wait_for_end(request.app[HUB], api.store, accepted.record.task_id, wait)
         view = await _status_view(request, record)
@@ -58,6 +56,25 @@ async def submit(request: web.Request) -> web.Response:
             headers={"Preference-Applied": f"wait={wait}", **(_replayed(accepted) or {})},
         )
     return shape_response(_submit_response(accepted), headers=_replayed(accepted))
+
+
+async def _submitted(request: web.Request) -> tuple[Accepted, int | None]:
+    # The task stored, and the wait its `Prefer` header asked for.
+    api = request.app[API]
+    wait = requested_wait(request.headers.getall("Prefer", []))
+    body = await read_json(request)
+    check_body_shape(body, api.config.limits)
+    submission = attrs.evolve(
+        parse_submission(body, api.registry, api.config.limits.max_schedule_ahead), key_id=request[KEY_ID]
+    )
+    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, body)
+    if submission.callback_url:
+        await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
+    accepted = await api.dispatcher.submit(
+        submission, idempotency=remembered, quota=ratelimit.submit_quota(request)
+    )
+    _log_submitted(accepted)
+    return accepted, wait
 
 
 @routes.post("/api/v1/tasks/batch")

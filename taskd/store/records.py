@@ -8,7 +8,7 @@ by a late `completed` from its worker.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -28,6 +28,7 @@ from taskd.model import (
     ValidationError,
 )
 from taskd.store import scripts
+from taskd.store.coalesce import Coalesced
 from taskd.store.codec import CorruptRecord, decode, encode, encode_value
 
 PROJECT_FULL_RETRY_AFTER = 10
@@ -63,6 +64,16 @@ def _not_replicated(replicas: int) -> ServiceUnavailable:
         f"Task storage could not copy the task to {replicas} replica(s) in time, please try again later",
         retry_after=5,
     )
+
+
+def _flat_fields(record: TaskRecord) -> list[str]:
+    # A record's hash fields as the scripts take them, in JSON: name, value, name, value, ... The
+    # values are text: JSON ones are orjson's UTF-8, the rest str().
+    return [
+        part
+        for name, value in encode(record).items()
+        for part in (name, value.decode() if isinstance(value, bytes) else value)
+    ]
 
 
 @attrs.frozen
@@ -121,6 +132,34 @@ class Idempotency:
     key: str
     # A digest of the route and body: the same key with another fingerprint is refused.
     fingerprint: str
+
+
+@attrs.frozen
+class Spent:
+    """What spending a unit of a per-key rate limit found (lib/window.lua's reply)."""
+
+    allowed: bool
+    remaining: int
+    retry_after_ms: int
+    reset_ms: int
+
+
+@attrs.frozen
+class Quota:
+    """A per-key rate limit that the submit script spends one unit of before it stores anything.
+
+    Spending it in the script that stores the task saves the separate round trip a check would
+    cost. `report` gets what was spent before the script's outcome is read, whatever it is; it
+    raises to refuse the request when `allowed` is false (the wording of a refusal is the caller's).
+    """
+
+    # {taskd}:ratelimit:{policy}:{key hash} (taskd.keys.rate_limit).
+    key: str
+    limit: int
+    window_ms: int
+    # Unique to the request: two requests may share a millisecond (lib/window.lua).
+    nonce: str
+    report: Callable[[Spent], None]
 
 
 @attrs.frozen
@@ -192,6 +231,8 @@ class TaskStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
         self._submit = scripts.load(redis, "submit")
+        # Submits made at once share a round trip (coalesce.py).
+        self._submit_together = Coalesced(redis, self._submit, wait_replicas, self.wait_timeout_ms)
         self._batch = scripts.load(redis, "batch")
         self._start = scripts.load(redis, "start")
         self._take = scripts.load(redis, "take")
@@ -210,18 +251,17 @@ class TaskStore:
         job: QueuedJob,
         admission: Admission,
         idempotency: Idempotency | None = None,
+        quota: Quota | None = None,
     ) -> Created:
         """Admit, store, index, count and enqueue `record` in one script; a return means it is in Redis.
 
         Raises RateLimited when the project has too many tasks waiting, ServiceUnavailable when the
         queue is full; nothing is written then. With an `idempotency` key seen before, nothing is
         written either: the first request's task comes back (`replayed`), or IdempotencyKeyReused
-        when that request had another fingerprint.
+        when that request had another fingerprint. With a `quota`, one unit of it is spent first
+        and reported to it; over the limit, nothing else is written.
         """
-        flat: list[bytes | str] = []
-        for name, value in encode(record).items():
-            flat += [name, value]
-        reply, replicated = await self._create(
+        outcome, replicated = await self._create(
             key_names={
                 "task": keys.task(record.task_id),
                 "project": keys.project(record.project_id),
@@ -231,6 +271,7 @@ class TaskStore:
                 "active": keys.project_active(record.project_id),
                 "processing": keys.project_processing(record.project_id),
                 "idempotency": idempotency.key if idempotency else keys.NO_KEY,
+                "ratelimit": quota.key if quota else keys.NO_KEY,
             },
             args={
                 "task_id": record.task_id,
@@ -250,10 +291,19 @@ class TaskStore:
                 "idempotency_ttl": keys.IDEMPOTENCY_TTL,
                 "depends_on": orjson.dumps(record.depends_on or []),
                 "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
-                "fields": flat,
+                "rate_limit": quota.limit if quota else 0,
+                "rate_window": quota.window_ms if quota else 0,
+                "rate_nonce": quota.nonce if quota else "",
+                "fields": orjson.dumps(_flat_fields(record)),
             },
         )
+        reply, spent = outcome
+        if quota is not None:
+            allowed, remaining, retry_ms, reset_ms = spent
+            quota.report(Spent(bool(allowed), int(remaining), int(retry_ms), int(reset_ms)))
         verdict = reply[0].decode()
+        if verdict == "rate_limited":
+            raise RuntimeError("a submit over its rate limit was refused, yet Quota.report let it through")
         if verdict == "idempotency_key_reused":
             raise IdempotencyKeyReused()
         if verdict == "bad_dependency":
@@ -312,11 +362,7 @@ class TaskStore:
                 "job_expiry_ms": str(job.expiry_ms),
                 "depends_on": record.depends_on or [],
                 "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
-                "fields": [
-                    part
-                    for name, value in encode(record).items()
-                    for part in (name, value.decode() if isinstance(value, bytes) else value)
-                ],
+                "fields": _flat_fields(record),
             }
             for record, job in batch
         ]
@@ -376,7 +422,7 @@ class TaskStore:
         ]
 
     async def _create(self, key_names: Mapping[str, str], args: Mapping[str, Any]) -> tuple[Any, int | None]:
-        return await self._run(self._submit, key_names, args)
+        return await self._submit_together(key_names, args)
 
     async def _run(
         self, script: scripts.Script, key_names: Mapping[str, str], args: Mapping[str, Any]

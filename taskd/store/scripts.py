@@ -164,10 +164,17 @@ class Script:
     ) -> Any:
         """Run the script (queued on `client` when that is a pipeline); raises TypeError on a wrong name."""
         key_values = self._ordered("KEYS", self.header.keys, keys)
+        return await self.registered(keys=key_values, args=self._argv(args), client=client)
+
+    def arguments(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> list[Any]:
+        """The keys, then the arguments, in the order EVALSHA takes them; raises TypeError on a wrong name."""
+        return [*self._ordered("KEYS", self.header.keys, keys), *self._argv(args)]
+
+    def _argv(self, args: Mapping[str, Any]) -> list[Any]:
         arg_values = self._ordered("ARGV", self._arg_names, args)
         if self.header.rest:
             arg_values = [*arg_values[:-1], *arg_values[-1]]
-        return await self.registered(keys=key_values, args=arg_values, client=client)
+        return arg_values
 
     @property
     def _arg_names(self) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ from taskd.media.capacity import MediaCapacity
 from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
 from taskd.queue.task_queue import TaskQueue
 from taskd.shapes import WebhookEvent
-from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJob, TaskStore
+from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJob, Quota, TaskStore
 from taskd.submit.batch import batch_ref
 from taskd.submit.submission import Submission
 from taskd.tasks.registry import Registry
@@ -63,15 +63,20 @@ class Dispatcher:
         self.media_capacity = media_capacity
 
     async def submit(
-        self, submission: Submission, retry_of: str | None = None, idempotency: Idempotency | None = None
+        self,
+        submission: Submission,
+        retry_of: str | None = None,
+        idempotency: Idempotency | None = None,
+        quota: Quota | None = None,
     ) -> Accepted:
         """Admit, store, index, count and enqueue the task in one Redis script: a 200 means it is in Redis.
 
         With an `idempotency` key seen before, the same script creates nothing and answers with the
         first request's task (or raises IdempotencyKeyReused for another request under that key).
+        With a `quota`, the script spends one unit of the caller's rate limit first (TaskStore.create).
         """
         record, job = self._new(submission, str(uuid.uuid4()), retry_of)
-        created = await self.store.create(record, job, self.admission, idempotency)
+        created = await self.store.create(record, job, self.admission, idempotency, quota)
         if created.replayed:
             # The record as the first request made it, from the same submission.
             record = attrs.evolve(record, task_id=created.task_id, created_at=created.created_at)

@@ -18,6 +18,7 @@
 -- KEYS[6]  active         {taskd}:project_active:{project_id}, the project's queued and processing ids
 -- KEYS[7]  processing     {taskd}:project_processing:{project_id}, the project's processing ids
 -- KEYS[8]  idempotency    {taskd}:idempotency:{key id}:{key hash}, the Idempotency-Key's memory; {taskd}:none for none
+-- KEYS[9]  ratelimit      {taskd}:ratelimit:submit:{key hash}, the API key's submit log (lib/window.lua); {taskd}:none for none
 -- ARGV[1]  task_id        the task's id
 -- ARGV[2]  created_ms     its creation time in ms (its score in the project index)
 -- ARGV[3]  ttl            seconds the record, the index and the active set are kept
@@ -34,13 +35,23 @@
 -- ARGV[14] idempotency_ttl seconds the Idempotency-Key is remembered
 -- ARGV[15] depends_on     the ids the task depends on, as a JSON list ('[]': none)
 -- ARGV[16] scheduled_ms   when the task may queue, in ms (`run_at`/`delay_seconds`); 0: now
--- ARGV[17..] fields       the record's fields: name, value, name, value, ...
+-- ARGV[17] rate_limit     submits per window allowed to the API key (with KEYS[9])
+-- ARGV[18] rate_window    the window, in ms
+-- ARGV[19] rate_nonce     a value unique to this request (lib/window.lua)
+-- ARGV[20] fields         the record's fields as one JSON list: name, value, name, value, ... (one
+--                         argument, not one per name and value: packing ~30 arguments was a
+--                         sizeable part of the API's CPU per submit; batch.lua's `fields` are the same)
 -- The checks and the writes are lib/admit.lua's, which batch.lua shares: a task with dependencies
 -- not yet completed waits for them with no job; a task scheduled for later waits on
 -- {taskd}:scheduled with no job, in no line, until due.lua queues it.
 -- The lines and heads it writes through lib/fair.lua are {taskd}:project_waiting:{queue}:{project_id},
 -- {taskd}:heads:{queue} and arq's {taskd}:queue:{queue}.
--- Returns {'ok', position, duration_sum, duration_count}: the task's 1-based queue position
+-- With a rate limit (KEYS[9] not {taskd}:none), the submit spends one unit of the API key's quota
+-- before anything else, as a separate check did before (a replay or a full project spends it too),
+-- and a submit over the limit writes nothing else.
+-- Returns {outcome, quota}: quota is lib/window.lua's {allowed, remaining, retry-after ms, reset
+-- ms}, or {} without a rate limit. The outcome is {'rate_limited'} when refused by it; else
+-- {'ok', position, duration_sum, duration_count}: the task's 1-based queue position
 -- (lib/fair.lua's place) and the type's past durations (sum and count, as stored); or
 -- {'project_full', waiting tasks} or {'queue_full', waiting tasks}, or {'bad_dependency', id, why}
 -- (why: 'unknown', 'project', 'failed' or 'cancelled'), and then nothing is written; or
@@ -48,32 +59,37 @@
 -- request got, or {'idempotency_key_reused'}, and then nothing is written either. A task waiting
 -- for its dependencies or its time has position 0.
 -- include lib/admit.lua
+-- include lib/window.lua
+local quota = {}
+if KEYS[9] ~= '@NO_KEY@' then
+  -- Not trimmed first: the ZADD is the first write, so a full Redis refuses the submit (lib/window.lua).
+  quota = spend(KEYS[9], tonumber(ARGV[17]), tonumber(ARGV[18]), ARGV[19], 1, false)
+  if quota[1] == 0 then return {{'rate_limited'}, quota} end
+end
 local remembered = KEYS[8] ~= '@NO_KEY@'
 if remembered then
   local first = redis.call('HMGET', KEYS[8], 'fingerprint', 'position', 'duration_sum', 'duration_count',
     'task_id', 'created_ms')
   if first[1] then
-    if first[1] ~= ARGV[13] then return {'idempotency_key_reused'} end
-    return {'replayed', first[2], first[3], first[4], first[5], first[6]}
+    if first[1] ~= ARGV[13] then return {{'idempotency_key_reused'}, quota} end
+    return {{'replayed', first[2], first[3], first[4], first[5], first[6]}, quota}
   end
 end
 local project = nil
-local fields = {}
-for i = 17, #ARGV, 2 do
-  if ARGV[i] == 'project_id' then project = ARGV[i + 1] end
-  table.insert(fields, ARGV[i])
-  table.insert(fields, ARGV[i + 1])
+local fields = cjson.decode(ARGV[20])
+for i = 1, #fields, 2 do
+  if fields[i] == 'project_id' then project = fields[i + 1] end
 end
 local waiting_for, bad, why = unmet(project, cjson.decode(ARGV[15]), {})
-if not waiting_for then return {'bad_dependency', bad, why} end
+if not waiting_for then return {{'bad_dependency', bad, why}, quota} end
 local queued_limit, queue_limit = tonumber(ARGV[8]), tonumber(ARGV[9])
 if queued_limit > 0 then
   local waiting = queued(KEYS[6], KEYS[7], queued_limit)
-  if waiting >= queued_limit then return {'project_full', waiting} end
+  if waiting >= queued_limit then return {{'project_full', waiting}, quota} end
 end
 if queue_limit > 0 then
   local waiting = redis.call('ZCARD', KEYS[4])
-  if waiting >= queue_limit then return {'queue_full', waiting} end
+  if waiting >= queue_limit then return {{'queue_full', waiting}, quota} end
 end
 local position = store({key = KEYS[1], id = ARGV[1], project = project, project_key = KEYS[2],
   active_key = KEYS[6], created_ms = ARGV[2], ttl = ARGV[3],
@@ -87,4 +103,4 @@ if remembered then
     'duration_count', reply[4], 'task_id', ARGV[1], 'created_ms', ARGV[2])
   redis.call('EXPIRE', KEYS[8], ARGV[14])
 end
-return reply
+return {reply, quota}

@@ -1,0 +1,12 @@
+-- window.lua: spends `cost` requests of a key's quota per sliding window (lib/window.lua).
+--
+-- The routes whose quota is not spent inside another script call it: a retry, a status read, a
+-- batch; a submit spends its quota inside submit.lua.
+-- KEYS[1]  log     {taskd}:ratelimit:{policy}:{key hash}, accepted request times (ms) -> themselves
+-- ARGV[1]  limit   requests allowed per window
+-- ARGV[2]  window  the window, in ms
+-- ARGV[3]  nonce   a value unique to this request (two requests may share a millisecond)
+-- ARGV[4]  cost    how many requests this one counts as (at least 1)
+-- Returns lib/window.lua's {allowed (1 or 0), remaining, retry-after ms, reset ms}.
+-- include lib/window.lua
+return spend(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), true)

@@ -1,0 +1,108 @@
+"""Calls of the submit script made at once share one round trip (taskd/store/coalesce.py), each
+still its own script run with its own reply or error; against a real Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from taskd import keys
+from taskd.store import scripts
+from taskd.store.coalesce import MOST_AT_ONCE, Coalesced
+
+
+def counting_writes(redis: Redis) -> list[int]:
+    """A one-item list that counts the client's writes to its sockets (a pipeline is one write)."""
+    writes = [0]
+    base = redis.connection_pool.connection_class
+
+    class Counting(base):  # type: ignore[misc,valid-type]
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            writes[0] += 1
+            await super().send_packed_command(command, check_health)
+
+    redis.connection_pool.connection_class = Counting
+    return writes
+
+
+def spend(coalesced: Coalesced, who: str, limit: Any = 5) -> Any:
+    return coalesced(
+        {"log": keys.rate_limit("submit", who)},
+        {"limit": limit, "window": 60_000, "nonce": who, "cost": 1},
+    )
+
+
+@pytest.fixture
+def coalesced(redis: Redis) -> Coalesced:
+    return Coalesced(redis, scripts.load(redis, "window"))
+
+
+async def test_calls_made_at_once_share_one_write_and_each_gets_its_own_reply(redis, coalesced):
+    writes = counting_writes(redis)  # before the client opens its first connection
+    await spend(coalesced, "warm-up")  # the script loaded into Valkey (NOSCRIPT, then loaded)
+    writes[0] = 0
+
+    replies = await asyncio.gather(*(spend(coalesced, f"caller-{n}") for n in range(20)))
+
+    assert writes == [1]
+    assert all(reply[0] == 1 and reply[1] == 4 for reply, _ in replies)  # allowed, 4 of 5 left
+    assert [await redis.zcard(keys.rate_limit("submit", f"caller-{n}")) for n in range(20)] == [1] * 20
+
+
+async def test_a_call_that_fails_in_redis_leaves_the_others_their_replies(coalesced):
+    good, bad, also_good = await asyncio.gather(
+        spend(coalesced, "a"),
+        spend(coalesced, "b", limit="many"),
+        spend(coalesced, "c"),
+        return_exceptions=True,
+    )
+
+    assert good[0][0] == 1
+    assert isinstance(bad, ResponseError)
+    assert also_good[0][0] == 1
+
+
+async def test_a_script_that_redis_forgot_is_loaded_again(redis, coalesced):
+    await spend(coalesced, "before")
+    await redis.script_flush()
+
+    replies = await asyncio.gather(spend(coalesced, "after-1"), spend(coalesced, "after-2"))
+
+    assert [reply[0] for reply, _ in replies] == [1, 1]
+
+
+async def test_every_caller_gets_the_error_when_redis_cannot_be_reached():
+    redis = Redis(port=1)  # nothing listens there
+    coalesced = Coalesced(redis, scripts.load(redis, "window"))
+
+    outcomes = await asyncio.gather(spend(coalesced, "x"), spend(coalesced, "y"), return_exceptions=True)
+    await redis.aclose()
+
+    assert all(isinstance(outcome, RedisConnectionError) for outcome in outcomes)
+
+
+async def test_with_wait_replicas_each_reply_carries_the_count_one_wait_gave(redis):
+    # No replica is attached: WAIT answers 0 at once (timeout 1 ms), and every call gets that 0.
+    coalesced = Coalesced(redis, scripts.load(redis, "window"), wait_replicas=1, wait_timeout_ms=1)
+
+    replies = await asyncio.gather(spend(coalesced, "p"), spend(coalesced, "q"))
+
+    assert [replicated for _, replicated in replies] == [0, 0]
+
+
+async def test_more_calls_at_once_than_one_pipeline_carries_go_in_several(redis, coalesced):
+    writes = counting_writes(redis)
+    # Warmed up the same way: the script loaded, and the two connections open (their handshakes
+    # are writes too).
+    await asyncio.gather(*(spend(coalesced, f"warm-up-{n}") for n in range(MOST_AT_ONCE + 1)))
+    writes[0] = 0
+
+    replies = await asyncio.gather(*(spend(coalesced, f"many-{n}") for n in range(MOST_AT_ONCE + 1)))
+
+    assert writes == [2]
+    assert all(reply[0] == 1 for reply, _ in replies)
