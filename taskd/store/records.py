@@ -238,6 +238,8 @@ class TaskStore:
         self._take = scripts.load(redis, "take")
         self._progress = scripts.load(redis, "progress")
         self._finish = scripts.load(redis, "finish")
+        # Runs that end at once (a worker's batch from one take) share a round trip too.
+        self._finish_together = Coalesced(redis, self._finish)
         self._requeue = scripts.load(redis, "requeue")
         self._reclaim = scripts.load(redis, "reclaim")
         self._cancel = scripts.load(redis, "cancel")
@@ -638,15 +640,16 @@ class TaskStore:
                 flat += [name, encode_value(name, value)]
         counter = "completed_tasks" if status is TaskStatus.COMPLETED else "failed_tasks"
         # The script's status reply (bytes), or None for a Lua false: the record is gone.
-        outcome: bytes | None = await self._finish(
-            keys={
+        outcome: bytes | None
+        outcome, _ = await self._finish_together(
+            {
                 "task": keys.task(record.task_id),
                 "running": keys.running(record.queue),
                 "metrics": keys.METRICS,
                 "outbox": keys.WEBHOOKS_DUE,
                 "queue": keys.queue(record.queue),
             },
-            args={
+            {
                 "worker_id": worker_id,
                 "counter": counter,
                 "task_type": record.task_type,
