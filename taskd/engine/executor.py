@@ -320,7 +320,8 @@ class Executor:
             with tracing.run_span(record, None if lease is None else str(lease.device)):
                 return await self._run_claimed(record)
         finally:
-            await asyncio.shield(self._release_lease(task_id))
+            if task_id in self._leases:  # not on a host without GPUs: no task for nothing
+                await asyncio.shield(self._release_lease(task_id))
 
     async def _resolve_refs(self, record: TaskRecord) -> dict[str, Any]:
         """record.task_data with each $ref replaced from its dependency's result; raises refs.Unresolved."""
@@ -422,7 +423,14 @@ class Executor:
             timers.append(
                 loop.call_later(soft, interruptible.interrupt, task, SoftTimeLimitExceeded(f"{soft:g} s"))
             )
-        watcher = asyncio.create_task(self._watch_memory(record, tree, running))
+        # The memory watcher starts at its first check: most runs end before it and never need it.
+        watchers: list[asyncio.Task[None]] = []
+        timers.append(
+            loop.call_later(
+                WATCH_INTERVAL,
+                lambda: watchers.append(asyncio.create_task(self._watch_memory(record, tree, running))),
+            )
+        )
         try:
             result = await task
         except asyncio.CancelledError:
@@ -441,9 +449,11 @@ class Executor:
         finally:
             for timer in timers:
                 timer.cancel()
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             # Whatever the handler left running goes with it (it had its chance to stop it).
-            await asyncio.shield(tree.kill())
+            if tree.alive:
+                await asyncio.shield(tree.kill())
         return self._stopped(record, running, tree, hard) or Outcome("completed", result=result)
 
     def _tree_limits(self) -> TreeLimits:
@@ -455,15 +465,16 @@ class Executor:
         )
 
     async def _watch_memory(self, record: TaskRecord, tree: ProcessTree, running: _Running) -> None:
-        """Kill the task's processes when together they pass the memory limit (the job-process rule)."""
+        """Kill the task's processes when together they pass the memory limit (the job-process rule);
+        started one WATCH_INTERVAL into the run, it checks at once, then every WATCH_INTERVAL."""
         while running.stopped_for is None:
-            await asyncio.sleep(WATCH_INTERVAL)
             # Adding up the tree reads /proc for every process of the host: not on the loop.
             used = await asyncio.to_thread(tree.over_memory)
             if used is not None:
                 running.stop_for("memory")
                 # The health alerts name the task and the memory it reached.
                 await asyncio.shield(self._note_memory_recycle(record, used // (1024 * 1024), "processes"))
+            await asyncio.sleep(WATCH_INTERVAL)
 
     def _stopped(
         self, record: TaskRecord, running: _Running, tree: ProcessTree, hard: float
@@ -605,8 +616,8 @@ class Executor:
             f"task {record.task_id} {status.value}",
             partial(self.store.finish, record, self.worker_id, status, at, webhook_lease=lease, **fields),
         )
-        if finished.ended is not None and webhooks is not None:
-            if finished.webhook_lease is not None:
+        if finished.written and webhooks is not None:
+            if finished.webhook_lease is not None and finished.ended is not None:
                 webhooks.send_ended(finished.ended, finished.webhook_lease)
             elif lease is None and record.callback_url:
                 webhooks.wake(record.task_id)
