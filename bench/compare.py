@@ -196,6 +196,9 @@ class Taskd(System):
         try:
             deadline = time.monotonic() + 120 + tasks / 20
             first: tuple[float, int] | None = None
+            # The workers' CPU from the first completion on, as the rate: CPU µs a task moves less
+            # than tasks/s when other work shares the machine.
+            cpu_first = 0.0
             while (done := int(await redis.hget(self.counter_key, "completed_tasks") or 0)) < tasks:
                 dead = next((proc for proc in procs if proc.poll() is not None), None)
                 if dead is not None or time.monotonic() > deadline:
@@ -205,8 +208,10 @@ class Taskd(System):
                 if first is None and done > 0:
                     # From the first completion seen: the worker's start-up is not draining.
                     first = (time.monotonic(), done)
+                    cpu_first = _cpu_seconds([proc.pid for proc in procs])
                 await asyncio.sleep(0.005)
             ended = time.monotonic()
+            cpu_spent = _cpu_seconds([proc.pid for proc in procs]) - cpu_first
         finally:
             for proc in procs:
                 await asyncio.to_thread(stop, proc)
@@ -215,6 +220,9 @@ class Taskd(System):
             "workers": workers,
             "tasks": tasks,
             "tasks_per_s": (done - counted) / (ended - started) if ended > started else float("nan"),
+            "worker_cpu_us_per_task": (
+                cpu_spent / (done - counted) * 1e6 if first is not None and done > counted else float("nan")
+            ),
         }
 
     def pids(self) -> list[int]:
