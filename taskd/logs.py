@@ -85,8 +85,13 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
-        text = _URL_PASSWORD.sub(rf"\g<head>{MASK}", text)
-        return _BEARER.sub(rf"\g<head>{MASK}", text)
+        # Each pattern needs its literal (`://`, `Bearer`): a substring test first spares most lines
+        # both regex scans, which were most of a JSON line's formatting (7 strings, ~5 µs each).
+        if "://" in text:
+            text = _URL_PASSWORD.sub(rf"\g<head>{MASK}", text)
+        if "Bearer" in text:
+            text = _BEARER.sub(rf"\g<head>{MASK}", text)
+        return text
 
 
 REDACTOR = Redactor()
