@@ -102,7 +102,7 @@ class _SentinelRedis(Redis):  # type: ignore[misc]
                 await client.aclose()
 
 
-class _HiredisPacking:
+class HiredisPacking:
     """Packs commands with hiredis's C packer, as redis-py's synchronous client does.
 
     redis-py's asyncio connections pack in Python, argument by argument: for a submit's EVALSHA of
@@ -126,7 +126,7 @@ class _HiredisPacking:
 @functools.cache
 def _hiredis_packing(connection_class: type) -> type:
     # One subclass per connection class in use: TCP, TLS, unix socket, Sentinel's, the cluster's.
-    return type(f"Hiredis{connection_class.__name__}", (_HiredisPacking, connection_class), {})
+    return type(f"Hiredis{connection_class.__name__}", (HiredisPacking, connection_class), {})
 
 
 def connect(url: str, *, socket_timeout: float | None = None) -> Redis:

@@ -29,7 +29,7 @@ from taskd.model import (
 )
 from taskd.store import scripts
 from taskd.store.coalesce import Coalesced
-from taskd.store.codec import CorruptRecord, decode, encode, encode_value
+from taskd.store.codec import CorruptRecord, decode, encode_flat, encode_value
 
 PROJECT_FULL_RETRY_AFTER = 10
 # What submit.lua found wrong with a dependency, as the 400's `depends_on` detail. A dependency
@@ -64,16 +64,6 @@ def _not_replicated(replicas: int) -> ServiceUnavailable:
         f"Task storage could not copy the task to {replicas} replica(s) in time, please try again later",
         retry_after=5,
     )
-
-
-def _flat_fields(record: TaskRecord) -> list[str]:
-    # A record's hash fields as the scripts take them, in JSON: name, value, name, value, ... The
-    # values are text: JSON ones are orjson's UTF-8, the rest str().
-    return [
-        part
-        for name, value in encode(record).items()
-        for part in (name, value.decode() if isinstance(value, bytes) else value)
-    ]
 
 
 @attrs.frozen
@@ -294,7 +284,7 @@ class TaskStore:
                 "rate_limit": quota.limit if quota else 0,
                 "rate_window": quota.window_ms if quota else 0,
                 "rate_nonce": quota.nonce if quota else "",
-                "fields": orjson.dumps(_flat_fields(record)),
+                "fields": orjson.dumps(encode_flat(record)),
             },
         )
         reply, spent = outcome
@@ -362,7 +352,7 @@ class TaskStore:
                 "job_expiry_ms": str(job.expiry_ms),
                 "depends_on": record.depends_on or [],
                 "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
-                "fields": _flat_fields(record),
+                "fields": encode_flat(record),
             }
             for record, job in batch
         ]
