@@ -53,7 +53,7 @@ def _field_names(kind: type) -> tuple[str, ...] | None:
 
 def render(shape: Any) -> Any:
     """A shape as plain JSON data: attrs classes as objects without their `ABSENT` fields, enums as values."""
-    kind = type(shape)
+    kind: type = type(shape)
     if kind in _PLAIN:
         return shape
     names = _field_names(kind)

@@ -28,7 +28,7 @@ from taskd.model import (
     ValidationError,
 )
 from taskd.store import scripts
-from taskd.store.coalesce import Coalesced
+from taskd.store.coalesce import Coalesced, Reads
 from taskd.store.codec import CorruptRecord, decode, encode_flat, encode_value
 
 PROJECT_FULL_RETRY_AFTER = 10
@@ -231,7 +231,9 @@ class TaskStore:
         self._requeue = scripts.load(redis, "requeue")
         self._reclaim = scripts.load(redis, "reclaim")
         self._cancel = scripts.load(redis, "cancel")
-        self._position = scripts.load(redis, "position")
+        # A status read of a queued task: its record and its place, each shared with the reads made at once.
+        self._reads = Reads(redis)
+        self._position = Coalesced(redis, scripts.load(redis, "position"))
         self._due = scripts.load(redis, "due")
         self._progress_again = scripts.load(redis, "progress_again")
 
@@ -428,7 +430,7 @@ class TaskStore:
 
     async def get(self, task_id: str) -> TaskRecord:
         """The record of `task_id`; raises TaskNotFound."""
-        fields = await self.redis.hgetall(keys.task(task_id))
+        fields = await self._reads("HGETALL", keys.task(task_id))
         if not fields:
             raise TaskNotFound(task_id)
         return decode(fields)
@@ -527,9 +529,8 @@ class TaskStore:
         projects' tasks (lib/fair.lua's place); 0 when it is not waiting."""
         if record.job_id is None:
             return 0
-        return int(
-            await self._position(keys={"task": keys.task(record.task_id)}, args={"job_id": record.job_id})
-        )
+        place, _ = await self._position({"task": keys.task(record.task_id)}, {"job_id": record.job_id})
+        return int(place)
 
     async def queue_due(self, at: float, batch: int) -> int:
         """Queue up to `batch` scheduled tasks whose time is `at` or earlier; returns how many were queued."""
