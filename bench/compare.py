@@ -162,6 +162,8 @@ class Taskd(System):
             "TASKD_LIMITS__STATUS_PER_MINUTE": "1000000" if rate_limits else "0",
             "TASKD_LIMITS__CONCURRENT_PER_PROJECT": "0",
             "TASKD_LIMITS__MAX_QUEUE_LENGTH": "0",
+            # The submit rows queue > 10,000 tasks of one project in 5 s (the default refuses more: 429s).
+            "TASKD_LIMITS__QUEUED_PER_PROJECT": "0",
         }
         self.proc: subprocess.Popen[str] | None = None
         self.redis_url = ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -358,6 +359,7 @@ async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | 
     service = Service(config, http=http, workers=workers, queues=queues)
     notifier.status("starting")
     await service.start()
+    tune_gc()
     service.announce()
     notifier.ready(_status_line(service))
     watchdog = asyncio.create_task(notifier.watchdog(), name="systemd-watchdog")
@@ -368,6 +370,22 @@ async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | 
         notifier.stopping("stopping: draining running jobs")
         await service.stop()
         watchdog.cancel()
+
+
+# Container objects allocated, less those freed, between two young collections (Python's default: 700).
+# Under load the requests in flight hold a few thousand at once, so at 700 a young collection ran
+# every ~30 requests, pushing their live objects into the older generations and their collections;
+# at this bound none ran in thousands of submits. Cyclic garbage waits a little longer (at most a
+# few MiB).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Tune the cyclic garbage collector for a long-running server, once start-up is done."""
+    # What start-up made (modules, classes, the config, the app) lives as long as the process: frozen,
+    # the collector no longer walks it in every full collection.
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def _status_line(service: Service) -> str:
