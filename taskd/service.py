@@ -301,8 +301,8 @@ class Service:
             self.registry,
             admission,
             # A worker that takes batches is woken by the submit script itself (lib/wake.lua), through
-            # its process's pub/sub listener, which hears it before the script's reply reaches the
-            # API: a direct wake-up as well made it take a second time for nothing, once per task.
+            # its process's pub/sub listener, which hears it about when the script's reply reaches
+            # the API: a direct wake-up as well made it take a second time for nothing, most tasks.
             # A worker that claims one job at a time (a host with GPUs) may be passed over by that
             # script (another host's worker was idle), so the API wakes it directly.
             on_enqueued=self._wake if self._pool is not None and not self._pool.take else None,
