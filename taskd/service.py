@@ -271,7 +271,10 @@ class Service:
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
             asyncio.create_task(
-                executor.listen(self._listener, self._wake, every_wake=bool(devices)), name="pubsub-listener"
+                executor.listen(
+                    self._listener, self._wake, every_wake=bool(devices), on_subscribed=pool.wake_all
+                ),
+                name="pubsub-listener",
             ),
         ]
         log.info("workers serving queues: %s", ", ".join(self.queues))
@@ -298,7 +301,12 @@ class Service:
             queue,
             self.registry,
             admission,
-            on_enqueued=self._wake,
+            # A worker that takes batches is woken by the submit script itself (lib/wake.lua), through
+            # its process's pub/sub listener, which hears it about when the script's reply reaches
+            # the API: a direct wake-up as well made it take a second time for nothing, most tasks.
+            # A worker that claims one job at a time (a host with GPUs) may be passed over by that
+            # script (another host's worker was idle), so the API wakes it directly.
+            on_enqueued=self._wake if self._pool is not None and not self._pool.take else None,
             media_capacity=MediaCapacity.from_config(self.config),
         )
         api = Api(
