@@ -150,6 +150,9 @@ def _connect(url: str, *, socket_timeout: float | None) -> Redis:
     }
     if url.startswith(CLUSTER_SCHEME + "://"):
         return _cluster_client(parse_cluster_url(url), options)
+    if url.startswith("unix://"):
+        # TCP keepalive is a TCP option: redis-py's unix socket connection takes no such argument.
+        del options["socket_keepalive"]
     if not url.startswith(SENTINEL_SCHEME + "://"):
         direct: Redis = Redis.from_url(url, **options)
         return direct
