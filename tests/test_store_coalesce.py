@@ -1,5 +1,5 @@
 """Calls of the submit script made at once share one round trip (taskd/store/coalesce.py), each
-still its own script run with its own reply or error; against a real Valkey."""
+still its own script run with its own reply or error; reads made at once too; against a real Valkey."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 
 from taskd import keys
 from taskd.store import scripts
-from taskd.store.coalesce import MOST_AT_ONCE, Coalesced
+from taskd.store.coalesce import MOST_AT_ONCE, Coalesced, Reads
 
 
 def counting_writes(redis: Redis) -> list[int]:
@@ -106,3 +106,29 @@ async def test_more_calls_at_once_than_one_pipeline_carries_go_in_several(redis,
 
     assert writes == [2]
     assert all(reply[0] == 1 for reply, _ in replies)
+
+
+async def test_reads_made_at_once_share_one_write_and_each_gets_its_own_reply(redis):
+    writes = counting_writes(redis)  # before the client opens its first connection
+    for n in range(20):
+        await redis.hset(f"record-{n}", mapping={"n": n})
+    reads = Reads(redis)
+    writes[0] = 0
+
+    replies = await asyncio.gather(*(reads("HGETALL", f"record-{n}") for n in range(20)))
+
+    assert writes == [1]
+    assert replies == [{b"n": str(n).encode()} for n in range(20)]  # converted as redis.hgetall does
+
+
+async def test_a_read_that_fails_in_redis_leaves_the_others_their_replies(redis):
+    await redis.set("text", "not a hash")
+    reads = Reads(redis)
+
+    good, bad, missing = await asyncio.gather(
+        reads("GET", "text"), reads("HGETALL", "text"), reads("HGETALL", "nothing"), return_exceptions=True
+    )
+
+    assert good == b"not a hash"
+    assert isinstance(bad, ResponseError)
+    assert missing == {}

@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from conftest import API_KEY, TaskdProcess, child_env
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from taskd import keys
-from taskd.config import GpuConfig
+from taskd.backoff import Backoff
+from taskd.config import GpuConfig, WorkerConfig
+from taskd.engine import executor as executor_module
 from taskd.gpu.devices import SimulatedBackend
-from taskd.store import TaskStore
+from taskd.store import TaskStore, scripts
 
 SLEEP = {"seconds": 0.3, "steps": 1}
 
@@ -223,3 +228,75 @@ async def test_only_a_worker_that_claims_one_job_at_a_time_listens_to_the_wake_o
 
     assert alone == 0
     assert await listeners(redis, keys.WAKE_CHANNEL) == 1
+
+
+NOOP = {"project_id": "proj-1", "task_type": "noop", "task_data": {}}
+# A poll that never comes within a test: a task that starts did so because its worker was woken.
+NO_POLL = WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=60)
+
+
+async def takes_run(redis: Redis, run: Callable[[], Awaitable[None]]) -> int:
+    """How many times take.lua ran in Redis while `run` ran (from the server's SLOWLOG)."""
+    sha = scripts.load(redis, "take").registered.sha
+    await redis.config_set("slowlog-max-len", 10_000)
+    await redis.config_set("slowlog-log-slower-than", 0)  # every command
+    await redis.slowlog_reset()
+    await run()
+    entries = await redis.slowlog_get(10_000)
+    await redis.config_set("slowlog-log-slower-than", 10_000)
+    return sum(1 for entry in entries if entry["command"].startswith(f"EVALSHA {sha}".encode()))
+
+
+async def test_a_task_submitted_to_an_idle_serve_is_started_by_one_take(
+    spawn_taskd: Callable[..., TaskdProcess], valkey_url: str, tmp_path: Path, redis: Redis
+):
+    # A process of its own, as deployed: the wake-up's pub/sub message and the submit script's reply
+    # race each other there as they do in production.
+    env = child_env(tmp_path / "serve", TASKD_REDIS__URL=valkey_url, TASKD_WORKER__POLL_DELAY="60")
+    serve = spawn_taskd("serve", "--queues", "default", env=env)
+    async with aiohttp.ClientSession(serve.base_url, headers={"X-API-Key": API_KEY}) as client:
+
+        async def run_one() -> None:
+            async with client.post("/api/v1/tasks/submit", json=NOOP) as response:
+                task_id = (await response.json())["task_id"]
+            async with asyncio.timeout(10):
+                while True:
+                    async with client.get(f"/api/v1/tasks/{task_id}/status") as response:
+                        if (await response.json())["status"] == "completed":
+                            return
+                    await asyncio.sleep(0.02)
+
+        async def ten_in_a_row() -> None:
+            for _ in range(10):
+                await run_one()
+
+        await run_one()  # warm; the worker is idle again
+        # The submit script wakes the idle worker; a second, direct wake-up made it take again for
+        # nothing (in two tasks out of three).
+        assert await takes_run(redis, ten_in_a_row) == 10
+
+
+class ReconnectAfterOneSecond(Backoff):
+    """The listener comes back a whole second after it lost Redis: time to submit while it is away."""
+
+    @classmethod
+    def reconnect(cls) -> Backoff:
+        return cls(1.0, 1.0)
+
+
+async def test_a_wake_up_published_while_the_listener_was_away_is_not_left_to_the_poll(
+    start_service: Any, redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(executor_module, "Backoff", ReconnectAfterOneSecond)
+    taskd = await start_service(serve_queues=["default"], worker=NO_POLL)
+    channel = keys.wake_worker(taskd.service.worker_id)
+    await taskd.wait_terminal((await taskd.submit("noop", {}))["task_id"], timeout=10)  # idle again
+    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    async with asyncio.timeout(5):
+        while await listeners(redis, channel):
+            await asyncio.sleep(0.01)
+
+    task_id = (await taskd.submit("noop", {}))["task_id"]  # its wake-up reaches no one
+
+    # Once subscribed again, the worker looks: well before its poll (60 s).
+    assert (await taskd.wait_terminal(task_id, timeout=5))["status"] == "completed"

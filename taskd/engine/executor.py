@@ -679,7 +679,14 @@ class Executor:
                 log.info("task %s is cancelled in its record; stopping it", task_id)
                 self.cancel_local(task_id)
 
-    async def listen(self, redis: Redis, on_wake: Callable[[str], None], *, every_wake: bool = False) -> None:
+    async def listen(
+        self,
+        redis: Redis,
+        on_wake: Callable[[str], None],
+        *,
+        every_wake: bool = False,
+        on_subscribed: Callable[[], None] = lambda: None,
+    ) -> None:
         """Follow the cancel channel, this worker's own wake channel (lib/wake.lua wakes one idle
         worker on it) and, with `every_wake`, the wake channel of every process; reconnects on errors.
 
@@ -687,6 +694,8 @@ class Executor:
         waits in the idle set, so a job that found no idle worker is announced to it there. A
         worker that takes batches is either idle (and woken alone) or looks by itself when a slot
         frees, so the broadcast would only wake it for nothing, once per submit and process.
+        `on_subscribed` runs each time the channels are (re)subscribed: a wake-up published while
+        the listener was away is lost, so the workers look once instead of waiting for their poll.
         """
         reconnects = Backoff.reconnect()
         while True:
@@ -695,6 +704,7 @@ class Executor:
                     channels = [keys.CANCEL_CHANNEL, keys.wake_worker(self.worker_id)]
                     await pubsub.subscribe(*channels, *([keys.WAKE_CHANNEL] if every_wake else []))
                     reconnects.reset()
+                    on_subscribed()
                     async for message in pubsub.listen():
                         if message["type"] != "message":
                             continue

@@ -31,8 +31,9 @@ from taskd.backoff import Backoff
 from taskd.http.auth import query_key_allowed
 from taskd.http.context import API
 from taskd.http.scope import Touches, touches
-from taskd.model import TERMINAL, TaskRecord, TaskStatus, ValidationError
+from taskd.model import TERMINAL, TaskNotFound, TaskRecord, TaskStatus, ValidationError
 from taskd.stopping import cancel_and_wait
+from taskd.store import decode
 
 log = logging.getLogger("taskd.http.events")
 
@@ -382,6 +383,26 @@ async def _serve(
     return response
 
 
+async def _record_and_events(
+    redis: Redis, task_id: str, stream: str, after: str
+) -> tuple[TaskRecord, list[StreamEvent]]:
+    """The record of `task_id` and the entries of its `stream` newer than `after`, read in one MULTI (one
+    round trip); raises TaskNotFound.
+
+    The store changes a record and appends its event in one script, so this read sees both or
+    neither: a record not yet terminal here has no terminal entry yet, and a terminal one has it
+    unless the stream expired (or the client has it). Before, the handler read the record, the
+    stream, then the record again (three round trips) to rule out an end between its reads.
+    """
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hgetall(keys.task(task_id))
+        pipe.xrange(stream, min=f"({after}", max="+")
+        fields, entries = await pipe.execute()
+    if not fields:
+        raise TaskNotFound(task_id)
+    return decode(fields), [StreamEvent.from_entry(entry_id, entry) for entry_id, entry in entries]
+
+
 @query_key_allowed
 @touches(Touches.PATH_TASK)
 async def task_events(request: web.Request) -> web.StreamResponse:
@@ -389,24 +410,17 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     api, hub = request.app[API], request.app[HUB]
     task_id = request.match_info["task_id"]
     last_event_id = _last_event_id(request)
-    await api.store.get(task_id)  # 404 task_not_found before any stream starts
     stream = keys.task_events(task_id)
     after = last_event_id or "0-0"
+    # Watched before the read: an event appended after it reaches the client through the hub.
     subscription = hub.subscribe(stream, after)
     try:
-        backlog = await _read_after(api.redis, stream, after)
-        if not any(event.terminal for event in backlog):
-            # The record and its events change together, so a finished record means the
-            # terminal event is in the stream now, unless the stream expired or the client has it.
-            record = await api.store.get(task_id)
-            if record.is_terminal:
-                backlog += await _read_after(
-                    api.redis, stream, (backlog[-1].id if backlog else None) or after
-                )
-                if not any(event.terminal for event in backlog):
-                    if last_event_id and await _is_terminal_entry(api.redis, stream, last_event_id):
-                        return web.Response(status=204)  # EventSource stops reconnecting on 204
-                    backlog.append(StreamEvent.from_record(record))
+        # A 404 task_not_found comes from here, before any stream starts.
+        record, backlog = await _record_and_events(api.redis, task_id, stream, after)
+        if record.is_terminal and not any(event.terminal for event in backlog):
+            if last_event_id and await _is_terminal_entry(api.redis, stream, last_event_id):
+                return web.Response(status=204)  # EventSource stops reconnecting on 204
+            backlog.append(StreamEvent.from_record(record))
         response = _stream_response()
         writer = EventWriter(request, response, after)
         return await _serve(request, response, writer, subscription, backlog, until_terminal=True)

@@ -27,6 +27,7 @@ from taskd import keys
 from taskd.http.context import API
 from taskd.model import RateLimited
 from taskd.store import Quota, Spent, scripts
+from taskd.store.coalesce import Coalesced
 
 WINDOW = 60  # seconds: every limit is "per minute"
 # Which routes the middleware spends which quota for; a retry creates a task, so it is a
@@ -83,11 +84,12 @@ class RateLimiter:
     """Spends per-key quota in Redis with one sliding-window script call per request."""
 
     def __init__(self, redis: Redis) -> None:
-        self._window = scripts.load(redis, "window")
+        # Spends made at once share a round trip (a status read's, under load).
+        self._window = Coalesced(redis, scripts.load(redis, "window"))
 
     async def hit(self, policy: str, api_key: str, limit: int, cost: int = 1) -> Decision:
         """Spend `cost` requests of `limit` per minute for `api_key` under `policy`, all or none."""
-        allowed, remaining, retry_ms, reset_ms = await self._window(
+        (allowed, remaining, retry_ms, reset_ms), _ = await self._window(
             {"log": keys.rate_limit(policy, key_id(api_key))},
             {"limit": limit, "window": WINDOW * 1000, "nonce": secrets.token_hex(6), "cost": cost},
         )

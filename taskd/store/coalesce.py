@@ -1,17 +1,19 @@
-"""Calls of one script made in the same turn of the event loop, sent to Redis together.
+"""Calls made in the same turn of the event loop, sent to Redis together.
 
 Under load, most of the API's CPU per submit was the round trip itself, not the script: a socket
 write and read for each call, and redis-py's per-call machinery (a connection from the pool, its
 lock, the retry wrapper). Calls queued while the loop is busy go out in one pipeline instead: one
-write and one read for all of them. Each call is still its own EVALSHA, so each stays atomic and
-gets its own reply or error; a caller's await returns once its call ran in Redis, as before.
+write and one read for all of them. Each call is still its own command (a script's EVALSHA, a
+read), so each stays atomic and gets its own reply or error; a caller's await returns once its
+call ran in Redis, as before. `Coalesced` does this for one script's calls (the submits, the rate
+limit's spends), `Reads` for single read commands (a status read's HGETALL).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
@@ -23,45 +25,38 @@ from taskd.store.scripts import Script
 # of ~0.2 ms: ~13 ms). With 50 clients, 4 to 64 at once measured the same throughput; 64 the least CPU.
 MOST_AT_ONCE = 64
 
+Call = TypeVar("Call")
+Reply = TypeVar("Reply")
 
-class Coalesced:
-    """`script`, called as `await coalesced(keys, args)`: `(reply, replicated)`.
 
-    With `wait_replicas`, the pipeline ends with one WAIT, which covers every write before it on
-    that connection: `replicated` is its count (None without).
-    """
+class _Together(Generic[Call, Reply]):
+    """The queue of calls waiting for the next send, and the sends; `_run` sends a list of calls."""
 
-    def __init__(
-        self, redis: Redis, script: Script, wait_replicas: int = 0, wait_timeout_ms: int = 0
-    ) -> None:
-        self._redis = redis
-        self._script = script
-        self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas else None
+    def __init__(self) -> None:
         # The calls waiting for the next send; None when no send is scheduled.
-        self._queued: list[tuple[list[Any], asyncio.Future[tuple[Any, int | None]]]] | None = None
+        self._queued: list[tuple[Call, asyncio.Future[Reply]]] | None = None
         # The sends in flight, kept referenced until they end (the loop keeps only weak references).
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def __call__(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> tuple[Any, int | None]:
-        """Run the script with these keys and arguments, in the next send; its reply or its error."""
-        values = self._script.arguments(keys, args)
-        future: asyncio.Future[tuple[Any, int | None]] = asyncio.get_running_loop().create_future()
+    async def _join(self, call: Call) -> Reply:
+        # The call goes in the next send; its reply or its error comes back.
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         if self._queued is None:
             # The send starts at the loop's next turn: calls made before then join it.
             self._queued = []
             task = asyncio.create_task(self._send(self._queued))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
-        self._queued.append((values, future))
+        self._queued.append((call, future))
         if len(self._queued) >= MOST_AT_ONCE:
             self._queued = None
         return await future
 
-    async def _send(self, calls: list[tuple[list[Any], asyncio.Future[tuple[Any, int | None]]]]) -> None:
+    async def _send(self, calls: list[tuple[Call, asyncio.Future[Reply]]]) -> None:
         if calls is self._queued:
             self._queued = None
         try:
-            replies = await self._run([values for values, _ in calls])
+            replies = await self._run([call for call, _ in calls])
         except BaseException as exc:
             for _, future in calls:
                 if not future.done():
@@ -76,6 +71,30 @@ class Coalesced:
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+
+    async def _run(self, calls: list[Call]) -> list[Any]:
+        """Each call's reply, or the exception it got, in order."""
+        raise NotImplementedError
+
+
+class Coalesced(_Together[list[Any], tuple[Any, int | None]]):
+    """`script`, called as `await coalesced(keys, args)`: `(reply, replicated)`.
+
+    With `wait_replicas`, the pipeline ends with one WAIT, which covers every write before it on
+    that connection: `replicated` is its count (None without).
+    """
+
+    def __init__(
+        self, redis: Redis, script: Script, wait_replicas: int = 0, wait_timeout_ms: int = 0
+    ) -> None:
+        super().__init__()
+        self._redis = redis
+        self._script = script
+        self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas else None
+
+    async def __call__(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> tuple[Any, int | None]:
+        """Run the script with these keys and arguments, in the next send; its reply or its error."""
+        return await self._join(self._script.arguments(keys, args))
 
     async def _run(self, calls: list[list[Any]]) -> list[Any]:
         replies = await self._pipeline(calls)
@@ -107,3 +126,23 @@ class Coalesced:
                 raise waited
             replicated = int(waited)
         return [(reply, replicated) for reply in replies]
+
+
+class Reads(_Together[tuple[Any, ...], Any]):
+    """Read commands, called as `await reads("HGETALL", key)`: the reply a direct call gives (redis-py's
+    reply conversion included), or its error."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__()
+        self._redis = redis
+
+    async def __call__(self, *command: Any) -> Any:
+        """Send `command` in the next send; its reply or its error."""
+        return await self._join(command)
+
+    async def _run(self, calls: list[tuple[Any, ...]]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in calls:
+                pipe.execute_command(*command)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies

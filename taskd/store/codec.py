@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 import attrs
 import orjson
@@ -52,17 +52,40 @@ def encode(record: TaskRecord) -> dict[str, bytes | str]:
     }
 
 
-def _decode_value(name: str, raw: bytes) -> Any:
+def encode_flat(record: TaskRecord) -> list[str]:
+    """`encode`'s fields as text, name, value, name, value, …: what the scripts take, in JSON.
+
+    One pass, without a call per field: it was a tenth of the API's CPU per submit. The values are
+    `encode_value`'s (JSON fields: orjson's UTF-8, decoded; floats: repr, which str() gives too).
+    """
+    flat: list[str] = []
+    for name in _FIELD_NAMES:
+        value = getattr(record, name)
+        if value is None:
+            continue
+        flat.append(name)
+        flat.append(orjson.dumps(value).decode() if name in _JSON_FIELDS else str(value))
+    return flat
+
+
+def _decoder(name: str) -> Callable[[bytes], Any]:
+    # How one field's stored bytes are read back.
     if name in _JSON_FIELDS:
-        return orjson.loads(raw)
-    text = raw.decode()
+        return orjson.loads
     if name in _FLOAT_FIELDS:
-        return float(text)
+        return lambda raw: float(raw.decode())
     if name in _INT_FIELDS:
-        return int(text)
+        return lambda raw: int(raw.decode())
     if name == "status":
-        return TaskStatus(text)
-    return text
+        return lambda raw: TaskStatus(raw.decode())
+    return bytes.decode
+
+
+# Each field's name as Redis returns it, with its name and its reader: one dict lookup per field,
+# not a scan of the names and a chain of tests (decoding was a tenth of a status read's CPU).
+_DECODERS: Final[dict[bytes, tuple[str, Callable[[bytes], Any]]]] = {
+    name.encode(): (name, _decoder(name)) for name in _FIELD_NAMES
+}
 
 
 class CorruptRecord(TaskNotFound):
@@ -83,9 +106,12 @@ def decode(fields: Mapping[bytes, bytes]) -> TaskRecord:
     task_id = fields.get(b"task_id", b"?").decode(errors="replace")
     try:
         for raw_name, raw in fields.items():
-            name = raw_name.decode()
-            if name in _FIELD_NAMES:
-                values[name] = _decode_value(name, raw)
+            known = _DECODERS.get(raw_name)
+            if known is None:
+                raw_name.decode()  # ignored, but a name that is not UTF-8 makes the record corrupt
+                continue
+            name, read = known
+            values[name] = read(raw)
         return TaskRecord(**values)
     except (ValueError, TypeError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
         log.error("task record %s is corrupt and is skipped: %s", task_id, exc)

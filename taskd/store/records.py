@@ -28,8 +28,8 @@ from taskd.model import (
     ValidationError,
 )
 from taskd.store import scripts
-from taskd.store.coalesce import Coalesced
-from taskd.store.codec import CorruptRecord, decode, encode, encode_value
+from taskd.store.coalesce import Coalesced, Reads
+from taskd.store.codec import CorruptRecord, decode, encode_flat, encode_value
 
 PROJECT_FULL_RETRY_AFTER = 10
 # What submit.lua found wrong with a dependency, as the 400's `depends_on` detail. A dependency
@@ -64,16 +64,6 @@ def _not_replicated(replicas: int) -> ServiceUnavailable:
         f"Task storage could not copy the task to {replicas} replica(s) in time, please try again later",
         retry_after=5,
     )
-
-
-def _flat_fields(record: TaskRecord) -> list[str]:
-    # A record's hash fields as the scripts take them, in JSON: name, value, name, value, ... The
-    # values are text: JSON ones are orjson's UTF-8, the rest str().
-    return [
-        part
-        for name, value in encode(record).items()
-        for part in (name, value.decode() if isinstance(value, bytes) else value)
-    ]
 
 
 @attrs.frozen
@@ -241,7 +231,9 @@ class TaskStore:
         self._requeue = scripts.load(redis, "requeue")
         self._reclaim = scripts.load(redis, "reclaim")
         self._cancel = scripts.load(redis, "cancel")
-        self._position = scripts.load(redis, "position")
+        # A status read of a queued task: its record and its place, each shared with the reads made at once.
+        self._reads = Reads(redis)
+        self._position = Coalesced(redis, scripts.load(redis, "position"))
         self._due = scripts.load(redis, "due")
         self._progress_again = scripts.load(redis, "progress_again")
 
@@ -294,7 +286,7 @@ class TaskStore:
                 "rate_limit": quota.limit if quota else 0,
                 "rate_window": quota.window_ms if quota else 0,
                 "rate_nonce": quota.nonce if quota else "",
-                "fields": orjson.dumps(_flat_fields(record)),
+                "fields": orjson.dumps(encode_flat(record)),
             },
         )
         reply, spent = outcome
@@ -362,7 +354,7 @@ class TaskStore:
                 "job_expiry_ms": str(job.expiry_ms),
                 "depends_on": record.depends_on or [],
                 "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
-                "fields": _flat_fields(record),
+                "fields": encode_flat(record),
             }
             for record, job in batch
         ]
@@ -438,7 +430,7 @@ class TaskStore:
 
     async def get(self, task_id: str) -> TaskRecord:
         """The record of `task_id`; raises TaskNotFound."""
-        fields = await self.redis.hgetall(keys.task(task_id))
+        fields = await self._reads("HGETALL", keys.task(task_id))
         if not fields:
             raise TaskNotFound(task_id)
         return decode(fields)
@@ -537,9 +529,8 @@ class TaskStore:
         projects' tasks (lib/fair.lua's place); 0 when it is not waiting."""
         if record.job_id is None:
             return 0
-        return int(
-            await self._position(keys={"task": keys.task(record.task_id)}, args={"job_id": record.job_id})
-        )
+        place, _ = await self._position({"task": keys.task(record.task_id)}, {"job_id": record.job_id})
+        return int(place)
 
     async def queue_due(self, at: float, batch: int) -> int:
         """Queue up to `batch` scheduled tasks whose time is `at` or earlier; returns how many were queued."""
