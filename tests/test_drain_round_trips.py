@@ -8,12 +8,11 @@ import time
 from typing import Any
 
 from redis.asyncio import Redis
+from redis_probes import alive, counting_writes, statuses
 
 from taskd import keys
 from taskd.model import TaskStatus
 from taskd.store import TaskStore
-from tests.test_store_coalesce import counting_writes
-from tests.test_worker_takes import alive, statuses
 
 
 async def test_runs_that_end_at_once_record_their_ends_in_one_write(start_service: Any, valkey_url: str):

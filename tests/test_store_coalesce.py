@@ -10,24 +10,11 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis_probes import counting_writes
 
 from taskd import keys
 from taskd.store import scripts
 from taskd.store.coalesce import MOST_AT_ONCE, Coalesced, Reads
-
-
-def counting_writes(redis: Redis) -> list[int]:
-    """A one-item list that counts the client's writes to its sockets (a pipeline is one write)."""
-    writes = [0]
-    base = redis.connection_pool.connection_class
-
-    class Counting(base):  # type: ignore[misc,valid-type]
-        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            writes[0] += 1
-            await super().send_packed_command(command, check_health)
-
-    redis.connection_pool.connection_class = Counting
-    return writes
 
 
 def spend(coalesced: Coalesced, who: str, limit: Any = 5) -> Any:

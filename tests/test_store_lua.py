@@ -12,6 +12,7 @@ from redis.commands.core import AsyncScript
 import taskd.store
 from taskd import keys
 from taskd.store import TaskStore, scripts
+from taskd.store.coalesce import Coalesced
 
 STORE_DIR = Path(taskd.store.__file__).parent
 LUA_DIR = STORE_DIR / "lua"
@@ -107,7 +108,11 @@ def test_a_library_comes_once_and_before_the_library_that_calls_it():
 async def test_every_script_the_store_registers_is_its_lua_file():
     redis = Redis()
     store = TaskStore(redis, 3600)
-    registered = [value for value in vars(store).values() if isinstance(value, scripts.Script | AsyncScript)]
+    registered = [
+        value.script if isinstance(value, Coalesced) else value
+        for value in vars(store).values()
+        if isinstance(value, scripts.Script | AsyncScript | Coalesced)
+    ]
     await redis.aclose()
 
     assert all(isinstance(script, scripts.Script) for script in registered)

@@ -15,6 +15,7 @@ import pytest
 from conftest import API_KEY, TaskdProcess, child_env
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis_probes import alive, statuses
 
 from taskd import keys
 from taskd.backoff import Backoff
@@ -24,12 +25,6 @@ from taskd.gpu.devices import SimulatedBackend
 from taskd.store import TaskStore, scripts
 
 SLEEP = {"seconds": 0.3, "steps": 1}
-
-
-async def alive(redis: Redis, *worker_ids: str) -> None:
-    """Heartbeat keys, as a live worker process keeps them (the reclaimer leaves their tasks alone)."""
-    for worker_id in worker_ids:
-        await redis.set(keys.worker(worker_id), "{}", ex=60)
 
 
 @pytest.fixture
@@ -49,10 +44,6 @@ async def messages(pubsub: PubSub, wait: float = 0.3) -> list[str]:
         if message is not None:
             seen.append(f"{message['channel'].decode()} {message['data'].decode()}")
     return seen
-
-
-async def statuses(redis: Redis, task_ids: list[str]) -> list[str]:
-    return [(await redis.hget(keys.task(task_id), "status") or b"").decode() for task_id in task_ids]
 
 
 async def test_one_take_starts_a_projects_queued_tasks_up_to_the_free_slots_in_submit_order(

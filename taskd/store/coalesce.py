@@ -92,6 +92,11 @@ class Coalesced(_Together[list[Any], tuple[Any, int | None]]):
         self._script = script
         self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas else None
 
+    @property
+    def script(self) -> Script:
+        """The script every call runs."""
+        return self._script
+
     async def __call__(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> tuple[Any, int | None]:
         """Run the script with these keys and arguments, in the next send; its reply or its error."""
         return await self._join(self._script.arguments(keys, args))

@@ -1,0 +1,34 @@
+"""Helpers that read or stand in for what taskd keeps in Redis, shared by the store and worker tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from taskd import keys
+
+
+def counting_writes(redis: Redis) -> list[int]:
+    """A one-item list that counts the client's writes to its sockets (a pipeline is one write)."""
+    writes = [0]
+    base = redis.connection_pool.connection_class
+
+    class Counting(base):  # type: ignore[misc,valid-type]
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            writes[0] += 1
+            await super().send_packed_command(command, check_health)
+
+    redis.connection_pool.connection_class = Counting
+    return writes
+
+
+async def alive(redis: Redis, *worker_ids: str) -> None:
+    """Heartbeat keys, as a live worker process keeps them (the reclaimer leaves their tasks alone)."""
+    for worker_id in worker_ids:
+        await redis.set(keys.worker(worker_id), "{}", ex=60)
+
+
+async def statuses(redis: Redis, task_ids: list[str]) -> list[str]:
+    """Each task's stored status, in order ('' for a record that is gone)."""
+    return [(await redis.hget(keys.task(task_id), "status") or b"").decode() for task_id in task_ids]
