@@ -23,6 +23,19 @@ def env_for(data_dir, llm_url: str) -> dict[str, str]:
     }
 
 
+async def submit_with_callback(session: aiohttp.ClientSession, base_url: str, callback_url: str) -> str:
+    body = {
+        "project_id": "proj-1",
+        "task_type": "test_prompt",
+        "task_data": TASK_DATA["test_prompt"],
+        "callback_url": callback_url,
+    }
+    async with session.post(
+        f"{base_url}/api/v1/tasks/submit", json=body, headers={"X-API-Key": API_KEY}
+    ) as r:
+        return (await r.json())["task_id"]
+
+
 async def webhook_of(session: aiohttp.ClientSession, base_url: str, task_id: str) -> dict | None:
     async with session.get(f"{base_url}/api/v1/tasks/{task_id}/status", headers={"X-API-Key": API_KEY}) as r:
         return (await r.json())["webhook"]
@@ -35,16 +48,7 @@ async def test_taskd_killed_after_the_first_failed_attempt_makes_the_rest_after_
     async with WebhookReceiver() as receiver, aiohttp.ClientSession() as session:
         receiver.always(500)
         first = spawn_taskd("serve", env=env)
-        body = {
-            "project_id": "proj-1",
-            "task_type": "test_prompt",
-            "task_data": TASK_DATA["test_prompt"],
-            "callback_url": receiver.url(),
-        }
-        async with session.post(
-            f"{first.base_url}/api/v1/tasks/submit", json=body, headers={"X-API-Key": API_KEY}
-        ) as response:
-            task_id = (await response.json())["task_id"]
+        task_id = await submit_with_callback(session, first.base_url, receiver.url())
         async with asyncio.timeout(20):
             while ((await webhook_of(session, first.base_url, task_id)) or {}).get("attempts") != 1:
                 await asyncio.sleep(0.02)
@@ -79,16 +83,7 @@ async def test_taskd_killed_while_posting_a_webhook_its_finish_leased_sends_it_a
     async with WebhookReceiver() as receiver, aiohttp.ClientSession() as session:
         receiver.hang(10)
         first = spawn_taskd("serve", env=env)
-        body = {
-            "project_id": "proj-1",
-            "task_type": "test_prompt",
-            "task_data": TASK_DATA["test_prompt"],
-            "callback_url": receiver.url(),
-        }
-        async with session.post(
-            f"{first.base_url}/api/v1/tasks/submit", json=body, headers={"X-API-Key": API_KEY}
-        ) as response:
-            task_id = (await response.json())["task_id"]
+        task_id = await submit_with_callback(session, first.base_url, receiver.url())
         await receiver.wait_for(1, timeout=20)
         first.stop(signal.SIGKILL)
 
