@@ -182,3 +182,15 @@ async def test_unknown_task_data_fields_are_kept(start_service):
     assert [t["task_data"] for t in listed if t["task_id"] == task["task_id"]] == [
         {"duration": 7, "mood": "tense"}
     ]
+
+
+async def test_a_dialogue_line_with_a_start_but_no_end_is_a_field_error(taskd):
+    task_data = {"dialogue": [{"text": "Hello", "start": 1}]}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_video", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.dialogue": "Give each dialogue line both a start and an end (start before end), or neither"
+    }

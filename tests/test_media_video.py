@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import random
 from pathlib import Path
@@ -18,7 +19,7 @@ from taskd.media import animatic_graph, ffmpeg
 from taskd.media.clip import ClipRequest, Layer, Pose
 from taskd.media.store import MediaStore
 from taskd.tasks.builtin import generate_video, render_animation
-from taskd.tasks.builtin.generate_video import CharacterPosition, GenerateVideoInput
+from taskd.tasks.builtin.generate_video import CharacterPosition, DialogueLine, GenerateVideoInput
 from taskd.tasks.builtin.render_animation import Keyframe, RenderAnimationInput
 from taskd.tasks.spec import TaskError
 
@@ -162,6 +163,17 @@ def _ffmpeg_children() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if "ffmpeg" in p.name()]
 
 
+def _renderers() -> list[psutil.Process]:
+    # The render itself: not the one-off `ffmpeg -encoders` probe that may run just before it (and
+    # may be a zombie by the time its command line is read).
+    found = []
+    for process in _ffmpeg_children():
+        with contextlib.suppress(psutil.Error):
+            if "-filter_complex" in process.cmdline():
+                found.append(process)
+    return found
+
+
 async def test_cancel_mid_render_kills_ffmpeg_and_removes_scratch(tmp_path, files, http):
     url = files.add("big.png", png(320, 240))
     config = media_config(tmp_path)
@@ -169,16 +181,17 @@ async def test_cancel_mid_render_kills_ffmpeg_and_removes_scratch(tmp_path, file
     data = GenerateVideoInput(storyboard_images=[url], duration=30, fps=30, resolution="1280x720")
     job = asyncio.create_task(generate_video.run(ctx, data))
     async with asyncio.timeout(15):
-        while not (_ffmpeg_children() and any(step == "rendering_video" for _, step in sink.calls)):
+        while not (_renderers() and any(step == "rendering_video" for _, step in sink.calls)):
             await asyncio.sleep(0.05)
-    renderers = _ffmpeg_children()
+    renderers = _renderers()
 
     job.cancel()
     with pytest.raises(asyncio.CancelledError):
         await job
 
     assert renderers
-    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in renderers)
+    left = [p for p in renderers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left
     assert not list((tmp_path / "scratch").iterdir())
     assert not (MediaStore.from_config(config).root / "proj-1").exists()
 
@@ -603,3 +616,67 @@ async def test_an_animation_is_drawn_over_its_background_image(tmp_path, files, 
     assert frames[0].getpixel((5, 80)) == pytest.approx((30, 160, 60), abs=12)
     assert centre_x(box_of(frames[0], (230, 30, 30))) == pytest.approx(80, abs=3)
     assert result["metadata"]["applied"]["background"] == "image"
+
+
+def foot_brightness(frame: Image.Image) -> int:
+    """The brightest grey in the bottom quarter of a frame, where subtitles are drawn."""
+    foot = frame.convert("L").crop((0, frame.height * 3 // 4, frame.width, frame.height))
+    return int(foot.getextrema()[1])
+
+
+needs_font = pytest.mark.skipif(
+    animatic_graph.find_font() is None, reason="no TrueType font to draw subtitles with"
+)
+
+
+@needs_font
+async def test_a_dialogue_line_is_burned_in_at_the_foot_only_during_its_time(tmp_path, http):
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    line = DialogueLine("We close at midnight.", character_id="jones", start=1.0, end=2.0)
+    data = GenerateVideoInput(dialogue=[line], duration=2, fps=4, resolution="160x90")
+
+    result = await generate_video.run(ctx, data)
+    frames = await decoded(config, result)
+
+    assert result["metadata"]["applied"]["subtitles"] == 1
+    assert foot_brightness(frames[1]) < 80  # 0.25 s: before the line
+    assert foot_brightness(frames[5]) > 180  # 1.25 s: white letters
+
+
+@needs_font
+async def test_dialogue_lines_without_times_take_turns_across_the_clip(tmp_path, files, http):
+    url = files.add("d.png", png(64, 48, (20, 20, 30)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    lines = [DialogueLine("First line"), DialogueLine("A second, much longer line of dialogue")]
+    data = GenerateVideoInput(
+        storyboard_images=[url], camera_angle="static", dialogue=lines, duration=2, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await generate_video.run(ctx, data))
+    first, second = (frame.convert("L").crop((0, 60, 160, 90)) for frame in (frames[1], frames[5]))
+
+    assert foot_brightness(frames[1]) > 180 and foot_brightness(frames[5]) > 180
+    assert ImageStat.Stat(ImageChops.difference(first, second)).mean[0] > 5
+
+
+def test_dialogue_text_reaches_ffmpeg_only_through_a_file(tmp_path):
+    data = GenerateVideoInput(
+        dialogue=[DialogueLine("%{localtime}':x=0[out];", character_id="x")], duration=2
+    )
+    clip = generate_video.clip_request("t", data)
+
+    graph, _ = animatic_graph.title_graph(clip, tmp_path, clip.frame_count)
+
+    assert "localtime" not in graph
+    if animatic_graph.find_font():
+        assert (tmp_path / "subtitle0.txt").read_text() == "x: %{localtime}':x=0[out];"
+
+
+def test_a_dialogue_line_past_the_end_of_the_clip_is_left_out():
+    lines = [DialogueLine("in time", start=0.5, end=9), DialogueLine("too late", start=5, end=6)]
+
+    shown = generate_video.subtitles(GenerateVideoInput(dialogue=lines, duration=3))
+
+    assert [(s.text, s.start, s.end) for s in shown] == [("in time", 0.5, 3)]

@@ -266,6 +266,37 @@ def escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:").replace("'", "\\'")
 
 
+# Subtitles: at most this many lines of a line's text on screen, the rest cut with an ellipsis.
+SUBTITLE_ROWS = 3
+
+
+def subtitles(clip: ClipRequest, workdir: Path) -> list[str]:
+    """The filters that burn in the clip's subtitles, each from its own file and only in its time.
+
+    Drawn last (over the grade, so a noir grade does not grey them), white on a dark band at the foot
+    of the picture, wrapped to the frame's width. None without a font.
+    """
+    font = find_font()
+    if not (font and clip.subtitles):
+        return []
+    size = max(10, clip.height // 20)
+    # DejaVu Sans averages about 0.55 of its size a character: wrap at what fits in 90 % of the width.
+    width = max(10, int(clip.width * 0.9 / (size * 0.55)))
+    steps = []
+    for index, line in enumerate(clip.subtitles):
+        rows = textwrap.wrap(line.text, width, max_lines=SUBTITLE_ROWS, placeholder=" …") or [" "]
+        text_file = workdir / f"subtitle{index}.txt"
+        text_file.write_text("\n".join(rows), "utf-8")
+        steps.append(
+            f"drawtext=fontfile='{escape(font)}':textfile='{escape(str(text_file))}':expansion=none:"
+            f"fontcolor=white:fontsize={size}:line_spacing={max(2, size // 5)}:"
+            f"box=1:boxcolor=black@0.6:boxborderw={max(2, size // 4)}:"
+            f"x=(w-text_w)/2:y=h-text_h-{max(4, clip.height // 18)}:"
+            f"enable='gte(t,{line.start:.6f})*lt(t,{line.end:.6f})'"
+        )
+    return steps
+
+
 def title_graph(clip: ClipRequest, workdir: Path, total: int) -> tuple[str, str]:
     """The filter graph of a title card over input 0 (a colour source): the title, fading in and out.
 
@@ -283,6 +314,7 @@ def title_graph(clip: ClipRequest, workdir: Path, total: int) -> tuple[str, str]
             f"fontcolor=white:fontsize={max(12, clip.height // 18)}:line_spacing={max(4, clip.height // 60)}:"
             "x=(w-text_w)/2:y=(h-text_h)/2"
         )
+    steps.extend(subtitles(clip, workdir))
     steps.append(f"fade=t=in:d={fade:.3f},fade=t=out:st={clip.duration - fade:.3f}:d={fade:.3f}")
     return ",".join(steps) + "[out]", "out"
 
@@ -315,6 +347,6 @@ def animatic(
         out = f"l{index}"
         parts.extend(layer_chains(picture, layer, clip, workdir, last, out))
         last = out
-    graded = ",".join(f for f in (grade(clip.grade), "format=yuv420p") if f)
+    graded = ",".join(f for f in (grade(clip.grade), *subtitles(clip, workdir), "format=yuv420p") if f)
     parts.append(f"[{last}]{graded}[out]")
     return ";".join(parts), "out"

@@ -53,6 +53,15 @@ class Layer:
 
 
 @attrs.frozen
+class Subtitle:
+    """A line burned in at the foot of the picture from `start` to `end` seconds, as written."""
+
+    text: str
+    start: float
+    end: float
+
+
+@attrs.frozen
 class ClipRequest:
     """What to render: shots (holds add up to `duration`) and layers over them; a title card when neither."""
 
@@ -67,6 +76,7 @@ class ClipRequest:
     # The task's project: the built-in renderer reads that project's own media links from the store.
     project_id: str | None = None
     layers: list[Layer] = attrs.Factory(list)
+    subtitles: list[Subtitle] = attrs.Factory(list)
     grade: str = "none"
     transition: str = "crossfade"  # between shots: one of TRANSITIONS
     backdrop_motion: str = "static"  # the camera over the plain set, when there are layers but no shots

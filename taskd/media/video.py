@@ -15,7 +15,7 @@ from taskd.errors import TaskError
 from taskd.media import download, ffmpeg
 from taskd.media.animatic_graph import animatic, find_font, title_graph
 from taskd.media.bounds import Bounds
-from taskd.media.clip import MOTIONS, ClipRequest, Layer, Pose, Shot
+from taskd.media.clip import MOTIONS, ClipRequest, Layer, Pose, Shot, Subtitle
 from taskd.media.own import OwnMedia
 from taskd.media.store import MediaStore
 from taskd.net.guarded import GuardedClient
@@ -30,6 +30,7 @@ __all__ = [
     "Layer",
     "Pose",
     "Shot",
+    "Subtitle",
     "even_split",
     "find_font",
     "load_renderer",

@@ -15,7 +15,7 @@ from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
 from taskd.providers import video as video_provider
 from taskd.tasks.spec import TaskContext, TaskType
-from taskd.validation import between, check, http_url, max_length, one_of, resolution
+from taskd.validation import between, check, http_url, max_length, not_blank, one_of, resolution
 
 EVEN_RESOLUTION = check(
     lambda v: all(int(side) % 2 == 0 for side in v.split("x") if side.isdigit()),
@@ -28,6 +28,27 @@ class CharacterPosition:
     character_id: str
     position: str | None = None
     action: str | None = None
+
+
+@attrs.frozen
+class DialogueLine:
+    text: str = attrs.field(
+        validator=[not_blank("Dialogue text is required"), max_length(500, "Dialogue text")]
+    )
+    character_id: str | None = attrs.field(default=None, validator=max_length(100, "Dialogue character_id"))
+    # Seconds into the clip; give both or neither (then the lines share the clip in turn).
+    start: float | None = attrs.field(
+        default=None, validator=between(0, 30, "Dialogue start must be 0..30 s")
+    )
+    end: float | None = attrs.field(default=None, validator=between(0, 30, "Dialogue end must be 0..30 s"))
+
+
+def _timed_lines(lines: list[DialogueLine]) -> bool:
+    return all(
+        (line.start is None and line.end is None)
+        or (line.start is not None and line.end is not None and line.start < line.end)
+        for line in lines
+    )
 
 
 def _urls(what: str) -> Any:
@@ -48,8 +69,34 @@ class GenerateVideoInput:
     )
     fps: int = attrs.field(default=24, validator=between(1, 60, "FPS must be between 1 and 60"))
     resolution: str = attrs.field(default="1920x1080", validator=[resolution(), EVEN_RESOLUTION])
-    # Not in the API document: taskd's own, for the animatic (a video model may ignore it).
+    # Not in the API document: taskd's own, for the animatic (a video model may ignore them).
     transition: str = attrs.field(default="crossfade", validator=one_of(TRANSITIONS, "Transition"))
+    dialogue: list[DialogueLine] = attrs.field(
+        factory=list,
+        validator=attrs.validators.and_(
+            max_length(50, "Dialogue", "lines"),
+            check(
+                _timed_lines, "Give each dialogue line both a start and an end (start before end), or neither"
+            ),
+        ),
+    )
+
+
+def subtitles(data: GenerateVideoInput) -> list[video.Subtitle]:
+    """The dialogue as subtitles: timed lines where they say, the others each an equal turn in order;
+    a speaker's name before their line. A line past the clip's end is left out."""
+    turns = video.even_split(data.duration, len(data.dialogue)) if data.dialogue else []
+    shown = []
+    at = 0.0
+    for line, turn in zip(data.dialogue, turns, strict=True):
+        start, end = (
+            (line.start, line.end) if line.start is not None and line.end is not None else (at, at + turn)
+        )
+        at += turn
+        if start < data.duration:
+            text = f"{line.character_id}: {line.text}" if line.character_id else line.text
+            shown.append(video.Subtitle(text, start, min(end, data.duration)))
+    return shown
 
 
 def applied_camera(camera: str, characters: list[tuple[str, vocabulary.Blocking]], count: int) -> list[str]:
@@ -101,6 +148,10 @@ def clip_request(task_id: str, data: GenerateVideoInput, project_id: str | None 
         }
     if len(data.character_positions) > len(layers):
         applied["characters_not_drawn"] = len(data.character_positions) - len(layers)
+    lines = subtitles(data)
+    if data.dialogue:
+        # Burned in only with a font to draw them (animatic_graph.find_font).
+        applied["subtitles"] = len(lines) if video.find_font() else 0
     return attrs.evolve(
         clip,
         shots=[
@@ -115,8 +166,10 @@ def clip_request(task_id: str, data: GenerateVideoInput, project_id: str | None 
             "lighting": data.lighting,
             "transition": data.transition,
             "character_positions": [attrs.asdict(p) for p in data.character_positions],
+            "dialogue": [attrs.asdict(line) for line in data.dialogue],
         },
         layers=layers,
+        subtitles=lines,
         grade=grade if grade in GRADES else "none",
         transition=data.transition,
         backdrop_motion=motions[0],
