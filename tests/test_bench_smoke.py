@@ -11,15 +11,21 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 
 
-def test_latency_benchmark_prints_its_table():
+def run_bench(script: str, *args: object, timeout: float = 110) -> subprocess.CompletedProcess[str]:
+    """Run bench/`script` with `args`; it must exit 0 (its output is the failure's message)."""
     result = subprocess.run(
-        [sys.executable, str(BENCH / "latency.py"), "--tasks", "10"],
+        [sys.executable, str(BENCH / script), *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
 
-    assert result.returncode == 0, result.stderr
+
+def test_latency_benchmark_prints_its_table():
+    result = run_bench("latency.py", "--tasks", "10", timeout=120)
+
     assert "start latency over 10 sequential no-op tasks" in result.stdout
     assert "| p50 ms | p99 ms |" in result.stdout
 
@@ -29,14 +35,8 @@ def test_comparison_benchmark_of_taskd_alone_completes_every_task_and_prints_its
     latest = BENCH / "results" / "latest.json"
     before = latest.read_bytes() if latest.exists() else None
 
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "compare.py"), "--tiny", "--no-peers"],
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
+    result = run_bench("compare.py", "--tiny", "--no-peers")
 
-    assert result.returncode == 0, result.stdout + result.stderr
     assert "| | taskd | taskd ÷ reference | taskd ÷ best peer | target | met |" in result.stdout
     assert "| end to end, tasks/s |" in result.stdout
     assert "| worker draining a queue, tasks/s |" in result.stdout
@@ -54,14 +54,8 @@ def test_comparison_benchmark_of_taskd_alone_completes_every_task_and_prints_its
 
 def test_idle_memory_benchmark_reads_each_process_of_the_service(tmp_path):
     out = tmp_path / "memory.json"
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "memory.py"), "--runs", "1", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
+    result = run_bench("memory.py", "--runs", "1", "--json", str(out))
 
-    assert result.returncode == 0, result.stdout + result.stderr
     assert "median of 1: " in result.stdout
     (run,) = json.loads(out.read_text())
     assert set(run["processes_mib"]) == {"taskd serve", "valkey"}
@@ -71,14 +65,8 @@ def test_idle_memory_benchmark_reads_each_process_of_the_service(tmp_path):
 def test_comparison_benchmark_can_run_only_taskds_submit_rows(tmp_path):
     out = tmp_path / "submit.json"
 
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "compare.py"), "--tiny", "--submit-only", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_bench("compare.py", "--tiny", "--submit-only", "--json", str(out), timeout=60)
 
-    assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(out.read_text())
     assert set(rows) == {"taskd", "taskd_rate_limited"}
     assert all(row["requests"] > 0 and row["cpu_us_per_request"] > 0 for row in rows.values())
@@ -89,25 +77,10 @@ def test_comparison_benchmark_can_run_only_taskds_submit_rows(tmp_path):
 
 def test_redis_cost_benchmark_counts_commands_and_round_trips_per_task(tmp_path):
     out = tmp_path / "redis_cost.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "redis_cost.py"),
-            "--tasks",
-            "20",
-            "--warm-up",
-            "3",
-            "--idle",
-            "0.5",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
+    result = run_bench(
+        "redis_cost.py", "--tasks", "20", "--warm-up", "3", "--idle", "0.5", "--json", str(out)
     )
 
-    assert result.returncode == 0, result.stdout + result.stderr
     assert "Redis cost per no-op task, over 20 tasks" in result.stdout
     assert "| command | per task |" in result.stdout
     figures = json.loads(out.read_text())
@@ -125,28 +98,21 @@ def test_redis_cost_benchmark_counts_commands_and_round_trips_per_task(tmp_path)
 
 def test_scaling_benchmark_runs_each_configuration_and_prints_its_table(tmp_path):
     out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "scaling.py"),
-            "--tiny",
-            "--workers",
-            "1,2",
-            "--apis",
-            "1,2",
-            "--tasks",
-            "20",
-            "--json",
-            str(out),
-            "--plot",
-            str(png),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
+    result = run_bench(
+        "scaling.py",
+        "--tiny",
+        "--workers",
+        "1,2",
+        "--apis",
+        "1,2",
+        "--tasks",
+        "20",
+        "--json",
+        str(out),
+        "--plot",
+        str(png),
     )
 
-    assert result.returncode == 0, result.stdout + result.stderr
     assert "| run | API nodes | workers | tasks/s |" in result.stdout
     runs = json.loads(out.read_text())["runs"]
     assert [(run["mode"], run["apis"], run["workers"]) for run in runs] == [
