@@ -10,19 +10,20 @@ host. Nothing here starts one.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import attrs
 from redis.asyncio import Redis
 
+from taskd import keys
 from taskd.config import Config
 from taskd.embedded import EmbeddedValkey
 from taskd.heartbeat import WorkerInfo, last_beats, live_workers
 from taskd.media.capacity import MediaCapacity
 from taskd.model import TaskRecord
 from taskd.queue.task_queue import TaskQueue
-from taskd.redis_conn import CONNECT_TIMEOUT, connect
-from taskd.store import Admission, TaskStore
+from taskd.redis_conn import CONNECT_TIMEOUT, connect, connect_partitions
+from taskd.store import Admission, TaskStore, layout
 from taskd.store.overview import QueueState, RunningTask, queue_states, running_tasks
 from taskd.submit import bulk
 from taskd.submit.dispatch import Dispatcher
@@ -58,7 +59,9 @@ def redis_url(config: Config) -> str:
 class Operator:
     """The store, queues and task types of the deployment that `config` describes, on one Redis client."""
 
-    def __init__(self, config: Config, redis: Redis) -> None:
+    def __init__(
+        self, config: Config, redis: Redis, partition_clients: Sequence[Redis] | None = None
+    ) -> None:
         self.config = config
         self.redis = redis
         self.registry = default_registry(config.tasks)
@@ -68,6 +71,7 @@ class Operator:
             concurrent_per_project=config.limits.concurrent_per_project,
             aging_window=config.execution.priority_aging,
             progress_interval=config.webhooks.progress_interval,
+            partition_clients=partition_clients,
         )
 
     @property
@@ -79,7 +83,7 @@ class Operator:
         """The live workers, by host and pid, each with the tasks it runs now."""
         infos = await live_workers(self.redis, self.config.worker.heartbeat_ttl)
         beats = await last_beats(self.redis)
-        running = await running_tasks(self.redis, self.queues)
+        running = await running_tasks(self.store.clients, self.queues)
         views = [
             WorkerView(
                 info,
@@ -92,7 +96,7 @@ class Operator:
 
     async def queue_states(self) -> list[QueueState]:
         """Each queue's waiting and running counts and its oldest waiting job."""
-        return await queue_states(self.redis, self.queues, self.config.execution.priority_aging)
+        return await queue_states(self.store.clients, self.queues, self.config.execution.priority_aging)
 
     async def waiting_on(self, queue: str) -> list[TaskRecord]:
         """The tasks queued on `queue` (bulk.waiting_on)."""
@@ -108,7 +112,7 @@ class Operator:
         dispatcher = Dispatcher(
             self.redis,
             self.store,
-            TaskQueue(self.redis, self.config.execution.priority_aging),
+            TaskQueue(self.redis, self.config.execution.priority_aging, self.store.clients),
             self.registry,
             Admission(limits.queued_per_project, limits.max_queue_length),
             media_capacity=MediaCapacity.from_config(self.config),
@@ -119,9 +123,14 @@ class Operator:
 @contextlib.asynccontextmanager
 async def operator(config: Config, url: str) -> AsyncIterator[Operator]:
     """An Operator on the Redis at `url` (redis_url), checked with a PING; closed on exit."""
-    redis = connect(url, socket_timeout=config.redis.socket_timeout or CONNECT_TIMEOUT)
+    keys.configure_partitions(config.redis.partitions)
+    timeout = config.redis.socket_timeout or CONNECT_TIMEOUT
+    redis = connect(url, socket_timeout=timeout)
+    clients = connect_partitions(url, redis, socket_timeout=timeout)
     try:
         await redis.ping()
-        yield Operator(config, redis)
+        await layout.check_partitions(redis)
+        yield Operator(config, redis, clients)
     finally:
-        await redis.aclose()
+        for client in dict.fromkeys(clients):
+            await client.aclose()

@@ -108,6 +108,10 @@ class RedisConfig:
     # Replicas that must hold a new task before its submit is acknowledged (WAIT); 0: do not wait.
     wait_replicas: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     wait_timeout: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
+    # How many hash tags taskd's tasks are spread over, each project's in one (docs/cluster.md):
+    # on a Redis Cluster, one per shard or more spreads taskd's load over the shards. Every process
+    # must use the same number, and it is kept with the data: it cannot change once tasks are stored.
+    partitions: int = attrs.field(default=1, validator=[attrs.validators.ge(1), attrs.validators.le(32)])
     # How often the embedded Valkey fsyncs its append-only file: everysec, always or no.
     embedded_appendfsync: str = attrs.field(
         default="everysec", converter=_lower, validator=attrs.validators.in_(("everysec", "always", "no"))

@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 import orjson
@@ -50,8 +50,12 @@ class Heartbeat:
         running: Callable[[], int],
         job_rss: Callable[[], int] = lambda: 0,
         after_beat: Callable[[], Awaitable[None]] | None = None,
+        partition_clients: Sequence[Redis] | None = None,
     ) -> None:
         self.redis = redis
+        # The other partitions' clients (taskd.keys.partitions): each partition's scripts see that
+        # this worker is alive by a mark in their own slot, written with every beat.
+        self._partitions = list(enumerate(partition_clients or [redis] * keys.partition_count()))[1:]
         self.info = info
         self.interval = interval
         self.ttl = ttl
@@ -72,6 +76,8 @@ class Heartbeat:
             pipe.set(keys.worker(info.worker_id), orjson.dumps(attrs.asdict(info)), px=int(self.ttl * 1000))
             pipe.zadd(keys.WORKERS, {info.worker_id: int(time.time() * 1000)})
             await pipe.execute()
+        for partition, client in self._partitions:
+            await client.set(keys.worker(info.worker_id, partition), b"1", px=int(self.ttl * 1000))
 
     async def run(self) -> None:
         """Beat (then run `after_beat`) until cancelled; a Redis outage only delays the next beat."""
@@ -88,6 +94,8 @@ class Heartbeat:
             pipe.delete(keys.worker(self.info.worker_id))
             pipe.zrem(keys.WORKERS, self.info.worker_id)
             await pipe.execute()
+        for partition, client in self._partitions:
+            await client.delete(keys.worker(self.info.worker_id, partition))
 
 
 async def beating_within(redis: Redis, beats: str, ttl: float) -> list[bytes]:

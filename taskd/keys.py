@@ -41,6 +41,7 @@ them (taskd.queue.workers). Keys written before the tag (`taskd:…`) are rename
 | `{taskd}:idempotency:{key id}:{sha256 of the Idempotency-Key}` | hash: what the first submit or retry with that key by that API key made (its body's fingerprint, the task id, its creation time, queue position and the type's durations), for replays | `IDEMPOTENCY_TTL` (24 h) from that first request |
 | `{taskd}:dependents:{id}` | set: the ids of the tasks waiting for task `{id}` to complete (`depends_on`); the script that ends the task releases or cancels them | deleted when the task ends; `storage.task_ttl` from the last dependent's submit |
 | `{taskd}:scheduled` | sorted set: task id -> ms it is due, of the queued tasks submitted with `run_at`/`delay_seconds` that wait for their time (no job yet); due.lua queues them | members leave when their time comes (every process looks twice a second) or their task ends (cancel) |
+| `{taskd}:partitions` | string: the number of partitions (`redis.partitions`) the tasks are spread over, kept by the first start (taskd.store.layout.check_partitions) | forever |
 | `{taskd}:layout` | string: `tagged` once the keys of versions before the tag (`taskd:…`) were renamed (taskd.store.layout) | forever |
 | `{taskd}:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached |
 """
@@ -48,9 +49,17 @@ them (taskd.queue.workers). Keys written before the tag (`taskd:…`) are rename
 from __future__ import annotations
 
 import hashlib
+import uuid
+import zlib
 
-# The hash tag: everything taskd keeps is in the slot of "taskd".
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+# The hash tag: everything taskd keeps is in the slot of "taskd" (with `redis.partitions` > 1, the
+# state shared by every task, and partition 0's tasks).
 PREFIX = "{taskd}:"
+# The most partitions: partition 0 keeps "{taskd}" (slot 332), which must lie in the first of the
+# equal slot ranges the partitions are spread over (16384 / 32 = 512 slots each).
+MAX_PARTITIONS = 32
 METRICS = f"{PREFIX}metrics"
 WORKERS = f"{PREFIX}workers"
 GPU_HOSTS = f"{PREFIX}gpu_hosts"
@@ -58,9 +67,7 @@ CANCEL_CHANNEL = f"{PREFIX}cancel"
 WAKE_CHANNEL = f"{PREFIX}wake"
 MEMORY_EVENTS = f"{PREFIX}memory_events"
 LAYOUT = f"{PREFIX}layout"
-# What a script gets for an optional key it is not given: a name in taskd's slot (a cluster refuses
-# a script whose keys hash to several slots, and "" has a slot of its own), never written.
-NO_KEY = f"{PREFIX}none"
+PARTITIONS = f"{PREFIX}partitions"
 MEMORY_EVENT_TTL = 600
 # Upper bounds (seconds) of the per-type duration histogram kept in the metrics hash as
 # `duration_in:<type>:<le>`, each task counted once, in the first bucket it fits (the scrape adds
@@ -85,24 +92,147 @@ ARQ_JOB_PREFIX = f"{PREFIX}arq:job:"
 ARQ_IN_PROGRESS_PREFIX = f"{PREFIX}arq:in-progress:"
 
 
+def _tag(partition: int, count: int) -> str:
+    # Partition 0 is "taskd"; partition i the first "taskd:<n>" whose slot lies in the i-th of
+    # `count` equal slot ranges, so that a cluster whose primaries serve equal ranges (what
+    # `valkey-cli --cluster create` makes) has the partitions on different shards.
+    if partition == 0:
+        return "taskd"
+    low, high = (
+        partition * REDIS_CLUSTER_HASH_SLOTS // count,
+        (partition + 1) * REDIS_CLUSTER_HASH_SLOTS // count,
+    )
+    n = partition
+    while not low <= key_slot(f"taskd:{n}".encode()) < high:
+        n += 1
+    return f"taskd:{n}"
+
+
+class _Partitions:
+    """How many partitions this process's taskd has (`redis.partitions`), and their key prefixes."""
+
+    def __init__(self) -> None:
+        self.count = 1
+        self.prefixes: tuple[str, ...] = (PREFIX,)
+
+    def configure(self, count: int) -> None:
+        if not 1 <= count <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be 1 to {MAX_PARTITIONS}, not {count}")
+        self.count = count
+        self.prefixes = tuple("{" + _tag(partition, count) + "}:" for partition in range(count))
+
+
+_partitions = _Partitions()
+
+
+def configure_partitions(count: int) -> None:
+    """Set the number of partitions (`redis.partitions`) before any key is named; every process of
+    one taskd must use the same (taskd.store.layout checks it at start)."""
+    _partitions.configure(count)
+
+
+def partition_count() -> int:
+    """How many partitions taskd's tasks are spread over."""
+    return _partitions.count
+
+
+def partitions() -> range:
+    """Every partition's number."""
+    return range(_partitions.count)
+
+
+def partition_prefix(partition: int) -> str:
+    """The key prefix (with its hash tag) of one partition."""
+    return _partitions.prefixes[partition]
+
+
+def partition_of_key(key: str) -> int:
+    """The partition a key of taskd's is in, by its prefix."""
+    for partition, prefix in enumerate(_partitions.prefixes):
+        if key.startswith(prefix):
+            return partition
+    raise ValueError(f"{key!r} is in no partition of taskd's")
+
+
+def _hashed(name: str) -> int:
+    if _partitions.count == 1:
+        return 0
+    return zlib.crc32(name.encode("utf-8", "surrogateescape")) % _partitions.count
+
+
+def project_partition(project_id: str) -> int:
+    """The partition that holds a project's tasks, lines and limits."""
+    return _hashed(project_id)
+
+
+def task_partition(task_id: str) -> int:
+    """The partition that holds a task: named by its id (new_task_id makes it its project's)."""
+    return _hashed(task_id)
+
+
+def new_task_id(project_id: str) -> str:
+    """A new task id (a random UUID) that names the partition of its project."""
+    want = project_partition(project_id)
+    while True:
+        task_id = str(uuid.uuid4())
+        if task_partition(task_id) == want:
+            return task_id
+
+
+def _of_task(task_id: str) -> str:
+    return _partitions.prefixes[_hashed(task_id)] if _partitions.count > 1 else PREFIX
+
+
+def _of_project(project_id: str) -> str:
+    return _partitions.prefixes[_hashed(project_id)] if _partitions.count > 1 else PREFIX
+
+
 def task(task_id: str) -> str:
     """The hash holding one task record."""
-    return f"{PREFIX}task:{task_id}"
+    return f"{_of_task(task_id)}task:{task_id}"
 
 
 def project(project_id: str) -> str:
     """The per-project index of task ids, scored by creation time."""
-    return f"{PREFIX}project:{project_id}"
+    return f"{_of_project(project_id)}project:{project_id}"
 
 
-def running(queue: str) -> str:
-    """Tasks of `queue` that are processing now, scored by start time."""
-    return f"{PREFIX}running:{queue}"
+def no_key(partition: int) -> str:
+    """What a script gets for an optional key it is not given: a name in its partition's slot (a
+    cluster refuses a script whose keys hash to several slots, and "" has a slot of its own), never
+    written."""
+    return f"{partition_prefix(partition)}none"
 
 
-def worker(worker_id: str) -> str:
-    """The heartbeat record of one worker process."""
-    return f"{PREFIX}worker:{worker_id}"
+def in_partition(key: str, partition: int) -> str:
+    """`key` (named in partition 0, as taskd.keys.idempotency names it) in another partition."""
+    return partition_prefix(partition) + key.removeprefix(PREFIX)
+
+
+def metrics(partition: int) -> str:
+    """One partition's counters (the scrape adds the partitions' up)."""
+    return f"{partition_prefix(partition)}metrics"
+
+
+def webhooks_due(partition: int) -> str:
+    """One partition's webhook outbox."""
+    return f"{partition_prefix(partition)}webhooks:due"
+
+
+def scheduled(partition: int) -> str:
+    """One partition's tasks waiting for their time."""
+    return f"{partition_prefix(partition)}scheduled"
+
+
+def running(queue: str, partition: int = 0) -> str:
+    """Tasks of `queue` (of one partition) that are processing now, scored by start time."""
+    return f"{partition_prefix(partition)}running:{queue}"
+
+
+def worker(worker_id: str, partition: int = 0) -> str:
+    """The heartbeat record of one worker process; in another partition than 0, the mark that it
+    is alive, written with the same heartbeat, which the partition's scripts read."""
+    return f"{partition_prefix(partition)}worker:{worker_id}"
 
 
 def wake_worker(worker_id: str) -> str:
@@ -110,14 +240,14 @@ def wake_worker(worker_id: str) -> str:
     return f"{WAKE_CHANNEL}:{worker_id}"
 
 
-def idle(queue: str) -> str:
-    """The workers of `queue` with free slots that wait for a job (a submit wakes one of them)."""
-    return f"{PREFIX}idle:{queue}"
+def idle(queue: str, partition: int = 0) -> str:
+    """The workers of `queue` with free slots that wait for a job of the partition (a submit wakes one)."""
+    return f"{partition_prefix(partition)}idle:{queue}"
 
 
 def webhook(task_id: str) -> str:
     """The delivery state of a task's webhook (`task_id` may be an outbox member: `webhook_member`)."""
-    return f"{PREFIX}webhook:{task_id}"
+    return f"{_of_task(task_id.partition(':')[0])}webhook:{task_id}"
 
 
 def webhook_member(task_id: str, event: str) -> str:
@@ -125,9 +255,9 @@ def webhook_member(task_id: str, event: str) -> str:
     return f"{task_id}:{event}"
 
 
-def queue(name: str) -> str:
-    """arq's queue for taskd's queue `name`."""
-    return f"{PREFIX}queue:{name}"
+def queue(name: str, partition: int = 0) -> str:
+    """arq's queue for taskd's queue `name` (of one partition)."""
+    return f"{partition_prefix(partition)}queue:{name}"
 
 
 def job_id(task_id: str, enqueues: int) -> str:
@@ -142,52 +272,53 @@ def rate_limit(policy: str, key_id: str) -> str:
 
 def project_active(project_id: str) -> str:
     """The project's queued and processing tasks."""
-    return f"{PREFIX}project_active:{project_id}"
+    return f"{_of_project(project_id)}project_active:{project_id}"
 
 
 def project_processing(project_id: str) -> str:
     """The project's processing tasks, across queues: the concurrency throttle counts them."""
-    return f"{PREFIX}project_processing:{project_id}"
+    return f"{_of_project(project_id)}project_processing:{project_id}"
 
 
-def waiting(queue: str) -> str:
-    """Every waiting job of `queue`, by its own score (arq's set holds only the projects' heads)."""
-    return f"{PREFIX}waiting:{queue}"
+def waiting(queue: str, partition: int = 0) -> str:
+    """Every waiting job of `queue` in one partition, by its own score (arq's set holds only the
+    projects' heads)."""
+    return f"{partition_prefix(partition)}waiting:{queue}"
 
 
 def project_waiting(queue: str, project_id: str) -> str:
-    """The waiting jobs of one project on `queue`, by their own score (`project_id` "" gives the prefix)."""
-    return f"{PREFIX}project_waiting:{queue}:{project_id}"
+    """The waiting jobs of one project on `queue`, by their own score."""
+    return f"{_of_project(project_id)}project_waiting:{queue}:{project_id}"
 
 
-def heads(queue: str) -> str:
+def heads(queue: str, partition: int = 0) -> str:
     """Which job of each project is on arq's set of `queue` now: the project's turn in the round."""
-    return f"{PREFIX}heads:{queue}"
+    return f"{partition_prefix(partition)}heads:{queue}"
 
 
 def dependents(task_id: str) -> str:
     """The tasks whose `depends_on` names `task_id` and that still wait for it."""
-    return f"{PREFIX}dependents:{task_id}"
+    return f"{_of_task(task_id)}dependents:{task_id}"
 
 
 def arq_job(job: str) -> str:
-    """arq's job definition."""
-    return f"{ARQ_JOB_PREFIX}{job}"
+    """arq's job definition (`job` is `<task id>.<n>`)."""
+    return f"{_of_task(job.rpartition('.')[0])}arq:job:{job}"
 
 
 def task_events(task_id: str) -> str:
     """The stream of one task's events."""
-    return f"{PREFIX}events:task:{task_id}"
+    return f"{_of_task(task_id)}events:task:{task_id}"
 
 
 def project_events(project_id: str) -> str:
     """The stream of events of every task of a project."""
-    return f"{PREFIX}events:project:{project_id}"
+    return f"{_of_project(project_id)}events:project:{project_id}"
 
 
-def events_wake(hub_id: str) -> str:
-    """The wake-up stream of one process's event reader (`taskd.http.events.EventHub`)."""
-    return f"{PREFIX}events:wake:{hub_id}"
+def events_wake(hub_id: str, partition: int = 0) -> str:
+    """The wake-up stream of one process's event reader of one partition (`taskd.http.events.EventHub`)."""
+    return f"{partition_prefix(partition)}events:wake:{hub_id}"
 
 
 def gpu_device(host: str, index: str) -> str:
@@ -202,7 +333,7 @@ def gpu_host(host: str) -> str:
 
 def arq_in_progress(job: str) -> str:
     """arq's lock on a running job (taskd stores the id of the worker holding it)."""
-    return f"{ARQ_IN_PROGRESS_PREFIX}{job}"
+    return f"{_of_task(job.rpartition('.')[0])}arq:in-progress:{job}"
 
 
 def provider_slots(name: str) -> str:
@@ -215,9 +346,9 @@ def provider_minute(name: str) -> str:
     return f"{PREFIX}provider:{name}:minute"
 
 
-def idempotency(key_id: str, idempotency_key: str) -> str:
+def idempotency(key_id: str, idempotency_key: str, partition: int = 0) -> str:
     """What one API key's first request with an Idempotency-Key made; the key is hashed, so any
     header value makes a short key name of fixed shape."""
     # A header that is not UTF-8 arrives with its bytes escaped as surrogates; they are hashed as bytes.
     digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogateescape")).hexdigest()
-    return f"{PREFIX}idempotency:{key_id}:{digest}"
+    return f"{partition_prefix(partition)}idempotency:{key_id}:{digest}"

@@ -7,13 +7,14 @@ asks the sentinels for the current primary on every new connection, and drops it
 when the primary it knew becomes a replica, so taskd follows a failover without a restart.
 
 Cluster form: `redis+cluster://[:password@]host1:6379[,host2:6379…]`, the addresses of some of
-the cluster's nodes. Every key taskd uses carries the hash tag `{taskd}` (taskd.keys), so all of
-them live in one slot, and the client talks to the one primary that serves it: each new
-connection asks the known nodes which node that is (CLUSTER SLOTS), and a reply that says the slot
-moved (MOVED, after a failover or a resharding) drops the connection, so the next one asks again.
-Scripts, pipelines, transactions, pub/sub and XREAD then work as on a standalone Redis.
-docs/cluster.md says what that gives (failover, a managed cluster) and what not (spreading
-taskd's load over shards). A `redis://` URL of a cluster node is refused at start: it would
+the cluster's nodes. Every key taskd uses carries the hash tag of one partition (taskd.keys:
+`{taskd}`, or with `redis.partitions` > 1 also `{taskd:<n>}`), so each partition lives in one slot,
+and a client talks to the one primary that serves its partition's slot (`connect_partitions` makes
+one per partition): each new connection asks the known nodes which node that is (CLUSTER SLOTS),
+and a reply that says the slot moved (MOVED, after a failover or a resharding) drops the
+connection, so the next one asks again. Scripts, pipelines, transactions, pub/sub and XREAD then
+work as on a standalone Redis. docs/cluster.md says what that gives: failover, and with several
+partitions taskd's load spread over the shards. A `redis://` URL of a cluster node is refused at start: it would
 break at the first failover.
 """
 
@@ -129,19 +130,32 @@ def _hiredis_packing(connection_class: type) -> type:
     return type(f"Hiredis{connection_class.__name__}", (HiredisPacking, connection_class), {})
 
 
-def connect(url: str, *, socket_timeout: float | None = None) -> Redis:
+def connect(url: str, *, socket_timeout: float | None = None, partition: int = 0) -> Redis:
     """A client for `url` (`redis://`, `rediss://`, `unix://` or `redis+sentinel://`); connects lazily.
 
-    `socket_timeout` bounds every command (None: wait for ever, for pub/sub listeners).
+    `socket_timeout` bounds every command (None: wait for ever, for pub/sub listeners). On a
+    cluster, the client talks to the primary of `partition`'s slot (taskd.keys.partition_prefix).
     """
-    client = _connect(url, socket_timeout=socket_timeout)
+    client = _connect(url, socket_timeout=socket_timeout, partition=partition)
     # Before the pool made any connection (it makes them lazily), so that every one packs in C.
     pool = client.connection_pool
     pool.connection_class = _hiredis_packing(pool.connection_class)
     return client
 
 
-def _connect(url: str, *, socket_timeout: float | None) -> Redis:
+def connect_partitions(url: str, first: Redis, *, socket_timeout: float | None = None) -> list[Redis]:
+    """A client per partition (taskd.keys.partitions), `first` (a client of `url`) the one of
+    partition 0: on a cluster, each other one talks to the primary of its partition's slot;
+    otherwise every partition is on the one server, and they are all `first`."""
+    if not url.startswith(CLUSTER_SCHEME + "://"):
+        return [first] * keys.partition_count()
+    return [first] + [
+        connect(url, socket_timeout=socket_timeout, partition=partition)
+        for partition in keys.partitions()[1:]
+    ]
+
+
+def _connect(url: str, *, socket_timeout: float | None, partition: int) -> Redis:
     options: dict[str, Any] = {
         "health_check_interval": 10,
         "socket_keepalive": True,
@@ -149,7 +163,7 @@ def _connect(url: str, *, socket_timeout: float | None) -> Redis:
         "socket_timeout": socket_timeout,
     }
     if url.startswith(CLUSTER_SCHEME + "://"):
-        return _cluster_client(parse_cluster_url(url), options)
+        return _cluster_client(parse_cluster_url(url), options, partition)
     if url.startswith("unix://"):
         # TCP keepalive is a TCP option: redis-py's unix socket connection takes no such argument.
         del options["socket_keepalive"]
@@ -223,10 +237,11 @@ def _address(item: str, default_port: int) -> tuple[str, int]:
 
 
 class _SlotPrimaryConnection(Connection):  # type: ignore[misc]
-    """A connection to the primary that serves the slot of taskd's hash tag, found on connect."""
+    """A connection to the primary that serves the slot of one partition's hash tag, found on connect."""
 
-    def __init__(self, *, cluster_nodes: tuple[tuple[str, int], ...], **kwargs: Any) -> None:
+    def __init__(self, *, cluster_nodes: tuple[tuple[str, int], ...], partition: int, **kwargs: Any) -> None:
         self.cluster_nodes = cluster_nodes
+        self.partition = partition
         super().__init__(**kwargs)
 
     async def connect(self) -> None:
@@ -236,7 +251,7 @@ class _SlotPrimaryConnection(Connection):  # type: ignore[misc]
         await super().connect()
 
     async def _slot_primary(self) -> tuple[str, int]:
-        slot = key_slot(keys.PREFIX.encode())
+        slot = key_slot(keys.partition_prefix(self.partition).encode())
         errors = []
         for host, port in self.cluster_nodes:
             node = Redis(
@@ -273,10 +288,11 @@ class _SlotPrimaryConnection(Connection):  # type: ignore[misc]
             ) from exc
 
 
-def _cluster_client(parsed: ClusterUrl, options: dict[str, Any]) -> Redis:
+def _cluster_client(parsed: ClusterUrl, options: dict[str, Any], partition: int) -> Redis:
     pool = ConnectionPool(
         connection_class=_SlotPrimaryConnection,
         cluster_nodes=tuple(parsed.nodes),
+        partition=partition,
         username=parsed.username,
         password=parsed.password,
         **options,

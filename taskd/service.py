@@ -14,7 +14,7 @@ import psutil
 from aiohttp import web
 from redis.asyncio import Redis
 
-from taskd import apikey, tracing
+from taskd import apikey, keys, tracing
 from taskd.config import Config, ConfigError
 from taskd.embedded import EmbeddedValkey
 from taskd.engine.executor import Executor
@@ -37,7 +37,7 @@ from taskd.net.guard import AddressPolicy
 from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import WorkerPool
-from taskd.redis_conn import connect, refuse_cluster
+from taskd.redis_conn import connect, connect_partitions, refuse_cluster
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
 from taskd.store import Admission, TaskStore, layout
@@ -139,13 +139,21 @@ class Service:
         self._register_secrets()
         # Every command is bounded (a hung Redis means 503s, not hung requests); the pub/sub
         # listener gets its own client without a read timeout, as it may wait for ever.
+        keys.configure_partitions(self.config.redis.partitions)
         redis = connect(url, socket_timeout=self.config.redis.socket_timeout or None)
         self._stack.push_async_callback(redis.aclose)
+        partition_clients = connect_partitions(
+            url, redis, socket_timeout=self.config.redis.socket_timeout or None
+        )
+        for client in partition_clients[1:]:
+            if client is not redis:
+                self._stack.push_async_callback(client.aclose)
         self._listener = connect(url)
         self._stack.push_async_callback(self._listener.aclose)
         await redis.ping()
         await refuse_cluster(url, redis)
         await layout.upgrade(redis)
+        await layout.check_partitions(redis)
         # Providers' calls go through this session: with tracing on, each is a span of its run.
         session = await self._stack.enter_async_context(
             aiohttp.ClientSession(trace_configs=tracing.client_trace_configs())
@@ -158,10 +166,15 @@ class Service:
             concurrent_per_project=self.config.limits.concurrent_per_project,
             aging_window=self.config.execution.priority_aging,
             progress_interval=self.config.webhooks.progress_interval,
+            partition_clients=partition_clients,
         )
-        queue = TaskQueue(redis, self.config.execution.priority_aging)
+        queue = TaskQueue(redis, self.config.execution.priority_aging, partition_clients)
         gpu = GpuScheduler(
-            redis, GpuInventory(self.config.gpu, self.gpu_backend), self.worker_id, self.config.worker.host
+            redis,
+            GpuInventory(self.config.gpu, self.gpu_backend),
+            self.worker_id,
+            self.config.worker.host,
+            partition_clients,
         )
         if self.queues:
             # Locating ffmpeg and probing its encoders block (file checks, a subprocess): done once
@@ -240,7 +253,13 @@ class Service:
         )
         # A host with GPUs claims one job at a time: a claim must hold a device's slots first.
         self._pool = pool = WorkerPool(
-            redis, executor, self.registry, self.config, self.queues, take=not devices
+            redis,
+            executor,
+            self.registry,
+            self.config,
+            self.queues,
+            take=not devices,
+            partition_clients=store.clients,
         )
         # GPU slots came back: any queue's worker may now find a job that fits (cheap: a wake-up).
         executor.slots_freed = pool.wake_all
@@ -263,6 +282,7 @@ class Service:
             # A job process or a coroutine task's tools (ffmpeg, espeak-ng): whichever is largest.
             lambda: max(runners.peak_rss(), executor.tools_rss),
             after_beat,
+            partition_clients=store.clients,
         )
         # The heartbeat is the lease on every task this process runs: it must exist first.
         await self._heartbeat.beat()

@@ -7,7 +7,6 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from taskd import keys
 from taskd.store import scripts
 
 DOC = Path(__file__).parent.parent / "docs" / "cluster.md"
@@ -37,7 +36,7 @@ def in_the_scripts() -> dict[str, tuple[str, set[str]]]:
             text = "\n".join(scripts.read(name, package) for name in files)
             tokens = set(re.findall(r"@([A-Z_]+)@", text))
             built = {
-                scripts.CONSTANTS[token].removeprefix(keys.PREFIX)
+                scripts.PARTITION_PREFIXES[token]
                 for token in tokens
                 if token.endswith("_PREFIX") or token == "SCHEDULED"
             }

@@ -108,9 +108,13 @@ def test_a_library_comes_once_and_before_the_library_that_calls_it():
 async def test_every_script_the_store_registers_is_its_lua_file():
     redis = Redis()
     store = TaskStore(redis, 3600)
+    # A coalescer per partition (lists of them) holds its script too.
+    values = [
+        item for value in vars(store).values() for item in (value if isinstance(value, list) else [value])
+    ]
     registered = [
         value.script if isinstance(value, Coalesced) else value
-        for value in vars(store).values()
+        for value in values
         if isinstance(value, scripts.Script | AsyncScript | Coalesced)
     ]
     await redis.aclose()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 from redis.asyncio import Redis
@@ -58,9 +58,16 @@ class GpuScheduler:
     """Hands out device slots to jobs of GPU queues; every taskd process on a host shares the count."""
 
     def __init__(
-        self, redis: Redis, inventory: GpuInventory, worker_id: str, host: str | None = None
+        self,
+        redis: Redis,
+        inventory: GpuInventory,
+        worker_id: str,
+        host: str | None = None,
+        partition_clients: Sequence[Redis] | None = None,
     ) -> None:
         self.redis = redis
+        # The clients of the partitions the task records are in (taskd.keys.partitions).
+        self._partition_clients = list(partition_clients or [redis] * keys.partition_count())
         self.inventory = inventory
         self.config: GpuConfig = inventory.config
         self.worker_id = worker_id
@@ -133,7 +140,11 @@ class GpuScheduler:
 
     async def note_waiting(self, task_id: str) -> None:
         """Show on a still-queued task that it waits for a GPU slot (`current_step: waiting_for_gpu`)."""
-        await self._waiting({"task": keys.task(task_id)}, {"step": WAITING_STEP})
+        await self._waiting(
+            {"task": keys.task(task_id)},
+            {"step": WAITING_STEP},
+            client=self._partition_clients[keys.task_partition(task_id)],
+        )
 
     async def release(self, lease: Lease) -> None:
         """Give the slots back."""

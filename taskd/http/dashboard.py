@@ -78,12 +78,8 @@ async def _queues(request: web.Request, workers: list[Any]) -> list[shapes.Dashb
     api = request.app[API]
     names = api.queue_names
     waiting = await api.queue.waiting(names)
-    async with api.redis.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.zcard(keys.running(name))
-            pipe.zrange(keys.running(name), 0, RUNNING_SHOWN - 1)
-        replies = await pipe.execute()
-    listed = [[member.decode() for member in replies[2 * i + 1]] for i in range(len(names))]
+    running = await api.store.running_first(names, RUNNING_SHOWN)
+    listed = [[task_id for task_id, _ in running[name][1]] for name in names]
     # Running counts are every project's; only the running tasks the key may see are listed.
     shown = await visible_tasks(request, (task_id for ids in listed for task_id in ids))
     queues = []
@@ -93,7 +89,7 @@ async def _queues(request: web.Request, workers: list[Any]) -> list[shapes.Dashb
             shapes.DashboardQueue(
                 name=name,
                 waiting=waiting.get(name, 0),
-                running=replies[2 * i],
+                running=running[name][0],
                 running_tasks=[task_id for task_id in listed[i] if task_id in shown],
                 concurrency=configured.concurrency if configured else None,
                 workers=sum(1 for worker in workers if name in worker.queues),

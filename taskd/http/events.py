@@ -19,7 +19,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 import orjson
@@ -145,13 +145,14 @@ class EventHub:
     that arrives first does nothing, and the read would sit out BLOCK_MS).
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, partition: int = 0) -> None:
+        # The streams of one partition (taskd.keys.partitions): one XREAD reads only one slot on a cluster.
         self._redis = redis
         self._subscribers: dict[str, set[Subscription]] = {}
         self._cursors: dict[str, str] = {}
         self._changed = asyncio.Event()  # a stream was added while the reader had none to read
         self._reader: asyncio.Task[None] | None = None
-        self._wake_key = keys.events_wake(uuid.uuid4().hex)
+        self._wake_key = keys.events_wake(uuid.uuid4().hex, partition)
         self._wake_cursor = "0-0"  # the last wake entry a read has returned
         self._reading = False  # an XREAD's streams are chosen and its reply not handled yet
         self._woken = False  # a wake was sent for the XREAD in flight
@@ -266,7 +267,27 @@ class EventHub:
                     subscription.push(events)
 
 
-HUB = web.AppKey("event_hub", EventHub)
+class EventHubs:
+    """An EventHub per partition, each stream watched through the hub of its partition."""
+
+    def __init__(self, partition_clients: Sequence[Redis]) -> None:
+        self._hubs = [EventHub(client, partition) for partition, client in enumerate(partition_clients)]
+
+    def subscribe(self, stream: str, after: str) -> Subscription:
+        """Watch `stream` (EventHub.subscribe)."""
+        return self._hubs[keys.partition_of_key(stream)].subscribe(stream, after)
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop watching (EventHub.unsubscribe)."""
+        self._hubs[keys.partition_of_key(subscription.stream)].unsubscribe(subscription)
+
+    async def close(self) -> None:
+        """End every client's stream and stop reading."""
+        for hub in self._hubs:
+            await hub.close()
+
+
+HUB = web.AppKey("event_hub", EventHubs)
 
 
 def _last_event_id(request: web.Request) -> str | None:
@@ -416,9 +437,10 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     subscription = hub.subscribe(stream, after)
     try:
         # A 404 task_not_found comes from here, before any stream starts.
-        record, backlog = await _record_and_events(api.redis, task_id, stream, after)
+        redis = api.store.client(keys.task_partition(task_id))
+        record, backlog = await _record_and_events(redis, task_id, stream, after)
         if record.is_terminal and not any(event.terminal for event in backlog):
-            if last_event_id and await _is_terminal_entry(api.redis, stream, last_event_id):
+            if last_event_id and await _is_terminal_entry(redis, stream, last_event_id):
                 return web.Response(status=204)  # EventSource stops reconnecting on 204
             backlog.append(StreamEvent.from_record(record))
         response = _stream_response()
@@ -438,14 +460,16 @@ async def _is_terminal_entry(redis: Redis, stream: str, event_id: str) -> bool:
 async def project_events(request: web.Request) -> web.StreamResponse:
     """Events of every task of a project from now (or from `Last-Event-ID`); the stream stays open."""
     api, hub = request.app[API], request.app[HUB]
-    stream = keys.project_events(request.match_info["project_id"])
+    project_id = request.match_info["project_id"]
+    stream = keys.project_events(project_id)
+    redis = api.store.client(keys.project_partition(project_id))
     after = _last_event_id(request)
     if after is None:
-        newest = await api.redis.xrevrange(stream, count=1)
+        newest = await redis.xrevrange(stream, count=1)
         after = newest[0][0].decode() if newest else "0-0"
     subscription = hub.subscribe(stream, after)
     try:
-        backlog = await _read_after(api.redis, stream, after)
+        backlog = await _read_after(redis, stream, after)
         response = _stream_response()
         writer = EventWriter(request, response, after)
         return await _serve(request, response, writer, subscription, backlog, until_terminal=False)
@@ -459,7 +483,7 @@ async def _close_hub(app: web.Application) -> None:
 
 def add_routes(app: web.Application) -> None:
     """Register the two event streams and the hub that feeds them; open streams end at shutdown."""
-    app[HUB] = EventHub(app[API].redis)
+    app[HUB] = EventHubs(app[API].store.clients)
     app.on_shutdown.append(_close_hub)
     app.router.add_get("/api/v1/tasks/{task_id}/events", task_events)
     app.router.add_get("/api/v1/projects/{project_id}/events", project_events)

@@ -9,7 +9,7 @@ import typing
 import psutil
 from aiohttp import web
 
-from taskd import keys, shapes
+from taskd import shapes
 from taskd.alerts import overall_status, queue_alerts, redis_memory_alerts
 from taskd.heartbeat import live_workers
 from taskd.http.context import API, Api
@@ -96,7 +96,8 @@ async def task_metrics(request: web.Request) -> web.Response:
     """The cumulative counters shared by every process."""
     api = request.app[API]
     metrics = await api.store.metrics(api.queue_names)
-    delivered, failed = await api.redis.hmget(keys.METRICS, "webhooks_delivered", "webhooks_failed")
+    counted = await api.store.counters()
+    delivered, failed = counted.get("webhooks_delivered"), counted.get("webhooks_failed")
     counters = shapes.Counters(
         total_tasks=metrics.total_tasks,
         completed_tasks=metrics.completed_tasks,

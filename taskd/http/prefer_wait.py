@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 
 from taskd import keys
-from taskd.http.events import EventHub
+from taskd.http.events import EventHubs
 from taskd.model import TaskRecord
 from taskd.store import TaskStore
 
@@ -39,7 +39,7 @@ def requested_wait(values: list[str]) -> int | None:
     return None
 
 
-async def wait_for_end(hub: EventHub, store: TaskStore, task_id: str, seconds: int) -> TaskRecord:
+async def wait_for_end(hub: EventHubs, store: TaskStore, task_id: str, seconds: int) -> TaskRecord:
     """The task's record once it has ended, or as it is when `seconds` are up (or the server stops)."""
     # Subscribed before the record is read: an end written after that read is an event this sees.
     subscription = hub.subscribe(keys.task_events(task_id), "0-0")

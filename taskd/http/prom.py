@@ -65,27 +65,16 @@ class Snapshot:
 async def take_snapshot(api: Api) -> Snapshot:
     """Read counters, queues, live workers, the webhook outbox and this host's GPU slots from Redis."""
     queues = api.queue_names
-    async with api.redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.METRICS)
-        pipe.zcard(keys.WEBHOOKS_DUE)
-        for queue in queues:
-            pipe.zcard(keys.running(queue))
-            pipe.zrange(keys.running(queue), 0, 0, withscores=True)
-        raw, webhooks_due, *per_queue = await pipe.execute()
-    running = {queue: per_queue[2 * i] for i, queue in enumerate(queues)}
-    oldest = {
-        queue: (first[0][1] / 1000 if (first := per_queue[2 * i + 1]) else None)
-        for i, queue in enumerate(queues)
-    }
+    per_queue = await api.store.running_first(queues, 1)
     return Snapshot(
-        counters={name.decode(): value.decode() for name, value in raw.items()},
+        counters=await api.store.counters(),
         waiting=await api.queue.waiting(queues),
-        running=running,
-        oldest_started=oldest,
+        running={queue: count for queue, (count, _) in per_queue.items()},
+        oldest_started={queue: first[0][1] if first else None for queue, (_, first) in per_queue.items()},
         workers=await live_workers(api.redis, api.config.worker.heartbeat_ttl),
         at=now(),
         redis_memory=await read_memory(api.redis),
-        webhooks_due=webhooks_due,
+        webhooks_due=await api.store.webhooks_due(),
         gpus=await read_hosts(api.redis, api.config.worker.heartbeat_ttl),
     )
 

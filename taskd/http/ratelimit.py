@@ -4,7 +4,8 @@ The per-project concurrency limit and the queue length limit are checked in the 
 itself (taskd/store/lua/submit.lua), atomically with the write. The sliding window is
 taskd/store/lua/lib/window.lua: a submit spends its unit inside the submit script (one round trip
 for both: `submit_quota`), every other limited request through taskd/store/lua/window.lua (one
-round trip of its own). It lives with the store's scripts so that submit.lua can include it.
+round trip of its own; a submit's too with several partitions, as the log is in another slot than
+the task). It lives with the store's scripts so that submit.lua can include it.
 
 Each limited response carries the IETF `RateLimit-Policy` and `RateLimit` fields
 (draft-ietf-httpapi-ratelimit-headers), e.g. `RateLimit-Policy: "submit";q=100;w=60` and
@@ -131,13 +132,18 @@ async def spend(request: web.Request, policy: str, cost: int) -> None:
     )
 
 
-def submit_quota(request: web.Request) -> Quota | None:
+async def submit_quota(request: web.Request) -> Quota | None:
     """The caller's `submit` quota for the submit script to spend one unit of (None without a limit).
 
-    Its report sets the RateLimit fields and raises the 429 over the limit, as `spend` does.
+    Its report sets the RateLimit fields and raises the 429 over the limit, as `spend` does. With
+    several partitions (redis.partitions), the key's log is not in the slot of the task's partition:
+    the unit is spent here, in a round trip of its own, and None comes back.
     """
     limit = _limit(request, "submit")
     if not limit:
+        return None
+    if keys.partition_count() > 1:
+        await spend(request, "submit", 1)
         return None
 
     def report(spent: Spent) -> None:

@@ -21,7 +21,6 @@ import attrs
 import orjson
 from aiohttp import web
 
-from taskd import keys
 from taskd.http.context import API
 from taskd.model import ApiError, TaskNotFound, ValidationError
 from taskd.submit.submission import PROJECT_ID
@@ -112,7 +111,7 @@ async def enforce(request: web.Request) -> None:
 
 async def _check_task_owner(request: web.Request, caller: Caller) -> None:
     task_id = request.match_info["task_id"]
-    owner = await request.app[API].redis.hget(keys.task(task_id), "project_id")
+    owner = (await request.app[API].store.field_of_each([task_id], "project_id"))[0]
     # A task without an owner is refused too: a scoped key sees only what is provably its own.
     if owner is None or not caller.may_use(owner.decode("utf-8", "replace")):
         raise TaskNotFound(task_id)
@@ -153,10 +152,7 @@ async def visible_tasks(request: web.Request, task_ids: Iterable[str]) -> set[st
         return set()
     if caller.projects is None:
         return set(ids)
-    async with request.app[API].redis.pipeline(transaction=False) as pipe:
-        for task_id in ids:
-            pipe.hget(keys.task(task_id), "project_id")
-        owners = await pipe.execute()
+    owners = await request.app[API].store.field_of_each(ids, "project_id")
     return {
         task_id
         for task_id, owner in zip(ids, owners, strict=True)

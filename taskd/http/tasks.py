@@ -69,7 +69,7 @@ async def _submitted(request: web.Request) -> tuple[Accepted, int | None]:
     if submission.callback_url:
         await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
     accepted = await api.dispatcher.submit(
-        submission, idempotency=remembered, quota=ratelimit.submit_quota(request)
+        submission, idempotency=remembered, quota=await ratelimit.submit_quota(request)
     )
     _log_submitted(accepted)
     return accepted, wait
@@ -143,7 +143,7 @@ async def _status_view(request: web.Request, record: TaskRecord) -> shapes.TaskS
     position = None
     if record.status is TaskStatus.QUEUED:
         position = await api.store.position(record)
-    webhook = await delivery_state(api.redis, record.task_id) if record.callback_url else None
+    webhook = await delivery_state(api.store.clients, record.task_id) if record.callback_url else None
     return status_view(resigned(request, record), position, webhook)
 
 

@@ -29,7 +29,7 @@ async def redeliver(request: web.Request) -> web.Response:
     if record.webhook_events is not None and record.status.value not in record.webhook_events:
         raise InvalidState(f"Task's webhook_events leave out '{record.status.value}', so it sent no webhook")
     at = now_ms()
-    await Outbox(api.redis, api.config.storage.task_ttl).redeliver(record.task_id, at)
+    await Outbox(api.redis, api.config.storage.task_ttl, api.store.clients).redeliver(record.task_id, at)
     return shape_response(
         shapes.RedeliverResponse(
             task_id=record.task_id,

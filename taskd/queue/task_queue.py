@@ -6,7 +6,7 @@ enqueue Lua (which writes the same job format; a test pins that they agree).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import orjson
 from arq.jobs import serialize_job
@@ -39,9 +39,13 @@ def job_payload(task_id: str, enqueue_ms: int) -> bytes:
 class TaskQueue:
     """Puts task ids on taskd's per-queue arq sorted sets and tells where they stand."""
 
-    def __init__(self, redis: Redis, aging_window: float = 300.0) -> None:
+    def __init__(
+        self, redis: Redis, aging_window: float = 300.0, partition_clients: Sequence[Redis] | None = None
+    ) -> None:
         self.redis = redis
         self.aging_window = aging_window
+        # One client per partition (taskd.keys.partitions; all `redis` but on a cluster).
+        self.clients = list(partition_clients or [redis] * keys.partition_count())
 
     def score(self, at: float, priority: int) -> int:
         """The queue score of a task of `priority` enqueued at `at`."""
@@ -58,14 +62,20 @@ class TaskQueue:
 
     async def score_of(self, job: str, queue: str) -> int | None:
         """A waiting job's score on arq's set of its queue (None when it is not there)."""
-        score = await self.redis.zscore(keys.queue(queue), job)
+        partition = keys.task_partition(job.rpartition(".")[0])
+        score = await self.clients[partition].zscore(keys.queue(queue, partition), job)
         return None if score is None else int(score)
 
     async def waiting(self, queues: Iterable[str]) -> dict[str, int]:
-        """Tasks waiting (not yet started) per queue: its whole line, not only the projects' heads on arq's set."""
+        """Tasks waiting (not yet started) per queue, in every partition: its whole line, not only the
+        projects' heads on arq's set."""
         names = list(queues)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.zcard(keys.waiting(name))
-            counts = await pipe.execute()
-        return {name: int(count) for name, count in zip(names, counts, strict=True)}
+        waiting = dict.fromkeys(names, 0)
+        for partition, client in enumerate(self.clients):
+            async with client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zcard(keys.waiting(name, partition))
+                counts = await pipe.execute()
+            for name, count in zip(names, counts, strict=True):
+                waiting[name] += int(count)
+        return waiting

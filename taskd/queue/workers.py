@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Protocol, cast
 
 import orjson
 from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 
@@ -86,10 +87,14 @@ class TaskdWorker(Worker):
         *args: object,
         claim: Claim,
         running: Callable[[str], bool],
+        lines: Sequence[tuple[Redis, str]],
         take: Take | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # arq's set of the queue in each partition, with the client of that partition (taskd.keys).
+        self.lines = list(lines)
+        self._turn = 0
         self.wake = asyncio.Event()
         self.stopping = False
         self.polled = False  # it reached Redis at least once
@@ -101,19 +106,36 @@ class TaskdWorker(Worker):
         self._look_when_freed = True
 
     async def _poll_iteration(self) -> None:
-        if self._take is None:
-            await super()._poll_iteration()
-            return
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
-            takes = await self._take(self.max_jobs - self.job_counter)
-            self._look_when_freed = takes.look_when_freed
-            for taken in takes.started:
-                await self._launch(taken)
+            if self._take is None:
+                await self._poll_lines()
+            else:
+                takes = await self._take(self.max_jobs - self.job_counter)
+                self._look_when_freed = takes.look_when_freed
+                for taken in takes.started:
+                    await self._launch(taken)
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
                 task.result()  # as arq's poll: an error in run_job is raised here
         await self.heart_beat()
+
+    async def _poll_lines(self) -> None:
+        # arq's poll (its due jobs by score, each claimed on its own), over the queue's set in every
+        # partition, starting at the next partition each time so that none is always last.
+        self._turn = (self._turn + 1) % len(self.lines)
+        for step in range(len(self.lines)):
+            if self.job_counter >= self.max_jobs:
+                return
+            client, line = self.lines[(self._turn + step) % len(self.lines)]
+            job_ids = await client.zrangebyscore(
+                line,
+                min=float("-inf"),
+                start=self._queue_read_offset,
+                num=self.queue_read_limit,
+                max=timestamp_ms(),
+            )
+            await self.start_jobs(job_ids)
 
     async def _launch(self, taken: Taken) -> None:
         if taken.job_id in self.tasks or (taken.record is not None and self._running(taken.record.task_id)):
@@ -183,9 +205,10 @@ class TaskdWorker(Worker):
 
     async def _drop_job(self, job_id: str) -> None:
         # What arq's finish_job does for a finished job that keeps no result, in one round trip.
-        async with self.pool.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.ARQ_IN_PROGRESS_PREFIX + job_id, keys.ARQ_JOB_PREFIX + job_id)
-            pipe.zrem(self.queue_name, job_id)
+        client, line = self.lines[keys.task_partition(job_id.rpartition(".")[0])]
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.arq_in_progress(job_id), keys.arq_job(job_id))
+            pipe.zrem(line, job_id)
             await pipe.execute()
 
     async def main(self) -> None:
@@ -219,9 +242,12 @@ class WorkerPool:
         queues: list[str],
         *,
         take: bool = True,
+        partition_clients: Sequence[Redis] | None = None,
     ) -> None:
         # arq's worker wants its own client class; it shares the connections of taskd's client.
         self.redis = ArqRedis(connection_pool=redis.connection_pool)
+        # One client per partition (taskd.keys.partitions; all `redis` but on a cluster).
+        self.clients = list(partition_clients or [redis] * keys.partition_count())
         self.executor = executor
         self.registry = registry
         self.config = config
@@ -243,6 +269,7 @@ class WorkerPool:
             claim=partial(self.executor.claim, queue),
             running=self.executor.running.__contains__,
             take=partial(self.executor.take, queue) if self.take else None,
+            lines=[(client, keys.queue(queue, partition)) for partition, client in enumerate(self.clients)],
             # arq's protocol admits any arguments (`ctx, *args, **kwargs`); ours takes (ctx, task_id).
             functions=[func(cast(WorkerCoroutine, self.executor.job_for(queue)), name=JOB_FUNCTION)],
             queue_name=keys.queue(queue),
@@ -330,7 +357,9 @@ class WorkerPool:
         if self.take and self.queues:
             # No submit should wake a worker that is gone (one killed is dropped when its turn comes).
             with contextlib.suppress(Exception):  # Redis may be gone already: best effort
-                async with asyncio.timeout(STOP_TIMEOUT), self.redis.pipeline(transaction=False) as pipe:
-                    for queue in self.queues:
-                        pipe.zrem(keys.idle(queue), self.executor.worker_id)
-                    await pipe.execute()
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    for partition, client in enumerate(self.clients):
+                        async with client.pipeline(transaction=False) as pipe:
+                            for queue in self.queues:
+                                pipe.zrem(keys.idle(queue, partition), self.executor.worker_id)
+                            await pipe.execute()

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from taskd import keys
+from taskd.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,29 @@ async def upgrade(redis: Redis) -> int:
     if renamed:
         log.info("renamed %d keys to the tagged layout ({taskd}:…)", renamed)
     return renamed
+
+
+async def check_partitions(redis: Redis) -> None:
+    """Keep this process's number of partitions with the data the first time; refuse to start with
+    another one later (ConfigError): a task's id and its project name its partition by that number,
+    so with another one every stored task would be looked for in the wrong place.
+
+    A Redis that holds tasks from before the number was kept has them in one partition."""
+    count = keys.partition_count()
+    if await redis.set(keys.PARTITIONS, count, nx=True):
+        if count > 1 and await redis.exists(keys.metrics(0)):
+            await redis.delete(keys.PARTITIONS)
+            raise ConfigError(
+                f"redis.partitions = {count}, but this Redis holds tasks stored in one partition: "
+                "keep redis.partitions = 1 for it (docs/cluster.md)"
+            )
+        return
+    kept = int(await redis.get(keys.PARTITIONS) or count)
+    if kept != count:
+        raise ConfigError(
+            f"redis.partitions = {count}, but this Redis holds taskd's tasks in {kept}: every process "
+            f"must use redis.partitions = {kept} (it cannot change once tasks are stored; docs/cluster.md)"
+        )
 
 
 async def _rename(redis: Redis, names: list[str]) -> int:

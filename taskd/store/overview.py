@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 from redis.asyncio import Redis
@@ -34,8 +34,11 @@ class RunningTask:
     started_at: float
 
 
-async def queue_states(redis: Redis, queues: Iterable[str], aging_window: float) -> list[QueueState]:
-    """Each queue's waiting and running counts and its oldest waiting job.
+async def queue_states(
+    partition_clients: Sequence[Redis], queues: Iterable[str], aging_window: float
+) -> list[QueueState]:
+    """Each queue's waiting and running counts and its oldest waiting job, over every partition
+    (`partition_clients`: one client per partition, taskd.keys.partitions).
 
     A waiting job's score is the time it was queued moved earlier by its priority (one
     `aging_window` per step, taskd.queue.task_queue.job_score), so the job queued longest ago is
@@ -43,19 +46,26 @@ async def queue_states(redis: Redis, queues: Iterable[str], aging_window: float)
     """
     states = []
     for name in queues:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(keys.waiting(name))
-            pipe.zcard(keys.running(name))
-            pipe.zrange(keys.waiting(name), 0, 0, withscores=True)
-            waiting, running, first = await pipe.execute()
-        since = await _oldest(redis, name, first[0][1], aging_window) if first else None
-        states.append(QueueState(name, int(waiting), int(running), since))
+        waiting = running = 0
+        oldest: list[float] = []
+        for partition, redis in enumerate(partition_clients):
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(keys.waiting(name, partition))
+                pipe.zcard(keys.running(name, partition))
+                pipe.zrange(keys.waiting(name, partition), 0, 0, withscores=True)
+                waits, runs, first = await pipe.execute()
+            waiting, running = waiting + int(waits), running + int(runs)
+            if first:
+                oldest.append(await _oldest(redis, name, partition, first[0][1], aging_window))
+        states.append(QueueState(name, waiting, running, min(oldest, default=None)))
     return states
 
 
-async def _oldest(redis: Redis, queue: str, lowest: float, aging_window: float) -> float:
+async def _oldest(redis: Redis, queue: str, partition: int, lowest: float, aging_window: float) -> float:
     window_ms = (PRIORITY_LOW - PRIORITY_HIGH) * aging_window * 1000
-    candidates = await redis.zrangebyscore(keys.waiting(queue), lowest, lowest + window_ms, withscores=True)
+    candidates = await redis.zrangebyscore(
+        keys.waiting(queue, partition), lowest, lowest + window_ms, withscores=True
+    )
     async with redis.pipeline(transaction=False) as pipe:
         for job, _ in candidates:
             pipe.hget(keys.task(_task_id(job.decode())), "priority")
@@ -72,17 +82,25 @@ def _task_id(job: str) -> str:
     return job.rpartition(".")[0] or job
 
 
-async def running_tasks(redis: Redis, queues: Iterable[str]) -> list[RunningTask]:
-    """Every processing task of `queues`, longest running first."""
+async def running_tasks(partition_clients: Sequence[Redis], queues: Iterable[str]) -> list[RunningTask]:
+    """Every processing task of `queues` in every partition, longest running first."""
+    tasks: list[RunningTask] = []
+    names = list(queues)
+    for partition, redis in enumerate(partition_clients):
+        tasks += await _running_in(redis, partition, names)
+    return sorted(tasks, key=lambda task: task.started_at)
+
+
+async def _running_in(redis: Redis, partition: int, queues: list[str]) -> list[RunningTask]:
     started: list[tuple[str, str, float]] = []
     for name in queues:
-        for member, score in await redis.zrange(keys.running(name), 0, -1, withscores=True):
+        for member, score in await redis.zrange(keys.running(name, partition), 0, -1, withscores=True):
             started.append((member.decode(), name, score / 1000))
     async with redis.pipeline(transaction=False) as pipe:
         for task_id, _, _ in started:
             pipe.hmget(keys.task(task_id), "task_type", "project_id", "worker_id")
         rows = await pipe.execute()
-    tasks = [
+    return [
         RunningTask(
             task_id,
             queue,
@@ -93,4 +111,3 @@ async def running_tasks(redis: Redis, queues: Iterable[str]) -> list[RunningTask
         )
         for (task_id, queue, at), (task_type, project, worker) in zip(started, rows, strict=True)
     ]
-    return sorted(tasks, key=lambda task: task.started_at)

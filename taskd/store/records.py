@@ -7,9 +7,11 @@ by a late `completed` from its worker.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+import itertools
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import orjson
@@ -41,6 +43,31 @@ _BAD_DEPENDENCY = {
     "cancelled": "Dependency '{}' was cancelled",
 }
 QUEUE_FULL_RETRY_AFTER = 30
+T = TypeVar("T")
+
+
+def added_up(hashes: Iterable[Mapping[bytes, bytes]]) -> dict[str, str]:
+    """Counter hashes of several partitions (keys.metrics) as one, each field the sum of its values,
+    decoded; one hash is only decoded."""
+    parts = list(hashes)
+    if len(parts) == 1:
+        return {name.decode(): value.decode() for name, value in parts[0].items()}
+    sums: dict[str, int | float] = {}
+    for part in parts:
+        for name, value in part.items():
+            number = float(value) if b"." in value or b"e" in value else int(value)
+            sums[name.decode()] = sums.get(name.decode(), 0) + number
+    return {name: repr(value) for name, value in sums.items()}
+
+
+def _cross_partition_batch() -> ValidationError:
+    return ValidationError(
+        {
+            "tasks": "With redis.partitions above 1, a batch stores its tasks all or none only within "
+            "one partition: submit the tasks of projects in different partitions in separate batches"
+        },
+        "Invalid batch",
+    )
 
 
 def _project_full(project_id: str, waiting: int, admission: Admission) -> RateLimited:
@@ -206,8 +233,13 @@ class TaskStore:
         concurrent_per_project: int = 0,
         aging_window: float = 300.0,
         progress_interval: float = 5.0,
+        partition_clients: Sequence[Redis] | None = None,
     ) -> None:
+        # The client of the state every task shares (partition 0's, on a cluster the primary of {taskd}).
         self.redis = redis
+        # One client per partition (taskd.keys.partitions): on a cluster, each talks to the primary
+        # that serves its partition's slot; otherwise they are all `redis`.
+        self.clients = list(partition_clients or [redis] * keys.partition_count())
         self.task_ttl = task_ttl
         # The throttle start.lua applies: processing tasks of one project at once (0 = no limit).
         self.concurrent_per_project = concurrent_per_project
@@ -218,24 +250,82 @@ class TaskStore:
         # Replicas that must have a new task before its submit is acknowledged (redis.wait_replicas).
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
+        # A script is registered once and run on the client of the partition it is called for.
         self._submit = scripts.load(redis, "submit")
-        # Submits made at once share a round trip (coalesce.py).
-        self._submit_together = Coalesced(redis, self._submit, wait_replicas, self.wait_timeout_ms)
+        # Submits made at once share a round trip (coalesce.py), one per partition.
+        self._submit_together = [
+            Coalesced(client, self._submit, wait_replicas, self.wait_timeout_ms) for client in self.clients
+        ]
         self._batch = scripts.load(redis, "batch")
         self._start = scripts.load(redis, "start")
         self._take = scripts.load(redis, "take")
         self._progress = scripts.load(redis, "progress")
         self._finish = scripts.load(redis, "finish")
         # Runs that end at once (a worker's batch from one take) share a round trip too.
-        self._finish_together = Coalesced(redis, self._finish)
+        self._finish_together = [Coalesced(client, self._finish) for client in self.clients]
         self._requeue = scripts.load(redis, "requeue")
         self._reclaim = scripts.load(redis, "reclaim")
         self._cancel = scripts.load(redis, "cancel")
         # A status read of a queued task: its record and its place, each shared with the reads made at once.
-        self._reads = Reads(redis)
-        self._position = Coalesced(redis, scripts.load(redis, "position"))
+        self._reads = [Reads(client) for client in self.clients]
+        position = scripts.load(redis, "position")
+        self._position = [Coalesced(client, position) for client in self.clients]
         self._due = scripts.load(redis, "due")
         self._progress_again = scripts.load(redis, "progress_again")
+        # Where each queue's next take starts among the partitions, so that none is always last.
+        self._take_turns: dict[str, itertools.cycle[int]] = {}
+
+    def client(self, partition: int) -> Redis:
+        """The client of one partition's keys."""
+        return self.clients[partition]
+
+    def _of_task(self, task_id: str) -> Redis:
+        return self.clients[keys.task_partition(task_id)]
+
+    async def _each_partition(self, read: Callable[[Redis, int], Awaitable[T]]) -> list[T]:
+        """`read` of every partition, at once (on a cluster, each on its own primary)."""
+        if len(self.clients) == 1:
+            return [await read(self.redis, 0)]
+        return list(await asyncio.gather(*(read(client, p) for p, client in enumerate(self.clients))))
+
+    async def _per_task(self, task_ids: Sequence[str], command: Callable[[Any, str], None]) -> list[Any]:
+        """`command(pipe, task_id)` for each id, one pipeline per partition; replies in the ids' order."""
+        by_partition: dict[int, list[int]] = {}
+        for index, task_id in enumerate(task_ids):
+            by_partition.setdefault(keys.task_partition(task_id), []).append(index)
+
+        async def run(partition: int, indexes: list[int]) -> list[Any]:
+            async with self.clients[partition].pipeline(transaction=False) as pipe:
+                for index in indexes:
+                    command(pipe, task_ids[index])
+                return list(await pipe.execute())
+
+        replies: list[Any] = [None] * len(task_ids)
+        parts = list(by_partition.items())
+        for (_, indexes), rows in zip(
+            parts, await asyncio.gather(*(run(p, indexes) for p, indexes in parts)), strict=True
+        ):
+            for index, row in zip(indexes, rows, strict=True):
+                replies[index] = row
+        return replies
+
+    async def _waiting_elsewhere(self, queues: Iterable[str], partition: int, limit: int) -> dict[str, int]:
+        """The tasks waiting on each queue in the partitions other than `partition` (all 0 with one
+        partition, or without a queue limit, which is all they are counted for)."""
+        names = list(dict.fromkeys(queues))
+        if len(self.clients) == 1 or not limit:
+            return dict.fromkeys(names, 0)
+
+        async def count(client: Redis, p: int) -> list[int]:
+            if p == partition:
+                return [0] * len(names)
+            async with client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zcard(keys.waiting(name, p))
+                return list(await pipe.execute())
+
+        counts = await self._each_partition(count)
+        return {name: sum(row[i] for row in counts) for i, name in enumerate(names)}
 
     async def create(
         self,
@@ -253,17 +343,26 @@ class TaskStore:
         when that request had another fingerprint. With a `quota`, one unit of it is spent first
         and reported to it; over the limit, nothing else is written.
         """
-        outcome, replicated = await self._create(
-            key_names={
+        partition = self._partition_of(record)
+        if quota is not None and len(self.clients) > 1:
+            raise ValueError(
+                "with partitions, a submit's quota is spent before the submit (its key is not in the slot)"
+            )
+        await self._refuse_foreign_dependency(record, partition, "depends_on")
+        elsewhere = await self._waiting_elsewhere([record.queue], partition, admission.max_queue_length)
+        outcome, replicated = await self._submit_together[partition](
+            {
                 "task": keys.task(record.task_id),
                 "project": keys.project(record.project_id),
-                "metrics": keys.METRICS,
-                "waiting": keys.waiting(record.queue),
+                "metrics": keys.metrics(partition),
+                "waiting": keys.waiting(record.queue, partition),
                 "job": keys.arq_job(job.job_id),
                 "active": keys.project_active(record.project_id),
                 "processing": keys.project_processing(record.project_id),
-                "idempotency": idempotency.key if idempotency else keys.NO_KEY,
-                "ratelimit": quota.key if quota else keys.NO_KEY,
+                "idempotency": keys.in_partition(idempotency.key, partition)
+                if idempotency
+                else keys.no_key(partition),
+                "ratelimit": quota.key if quota else keys.no_key(partition),
             },
             args={
                 "task_id": record.task_id,
@@ -287,6 +386,7 @@ class TaskStore:
                 "rate_window": quota.window_ms if quota else 0,
                 "rate_nonce": quota.nonce if quota else "",
                 "fields": orjson.dumps(encode_flat(record)),
+                "elsewhere": elsewhere[record.queue],
             },
         )
         reply, spent = outcome
@@ -340,6 +440,15 @@ class TaskStore:
         record's dependencies may name the batch's earlier records. A replay gives the first
         request's tasks, in order.
         """
+        partitions = {self._partition_of(record) for record, _ in batch}
+        if len(partitions) > 1:
+            raise _cross_partition_batch()
+        (partition,) = partitions
+        for index, (record, _) in enumerate(batch):
+            await self._refuse_foreign_dependency(record, partition, f"tasks[{index}].depends_on")
+        elsewhere = await self._waiting_elsewhere(
+            (record.queue for record, _ in batch), partition, admission.max_queue_length
+        )
         tasks = [
             {
                 "id": record.task_id,
@@ -355,14 +464,18 @@ class TaskStore:
                 "depends_on": record.depends_on or [],
                 "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
                 "fields": encode_flat(record),
+                "elsewhere": elsewhere[record.queue],
             }
             for record, job in batch
         ]
         reply, replicated = await self._run(
             self._batch,
+            self.clients[partition],
             key_names={
-                "metrics": keys.METRICS,
-                "idempotency": idempotency.key if idempotency else keys.NO_KEY,
+                "metrics": keys.metrics(partition),
+                "idempotency": (
+                    keys.in_partition(idempotency.key, partition) if idempotency else keys.no_key(partition)
+                ),
             },
             args={
                 "ttl": self.task_ttl,
@@ -413,16 +526,30 @@ class TaskStore:
             )
         ]
 
-    async def _create(self, key_names: Mapping[str, str], args: Mapping[str, Any]) -> tuple[Any, int | None]:
-        return await self._submit_together(key_names, args)
+    async def _refuse_foreign_dependency(self, record: TaskRecord, partition: int, field: str) -> None:
+        """A dependency in another partition is another project's task (a project's tasks share its
+        partition), or no task: the same 400 the script gives for one in its own partition."""
+        for task_id in record.depends_on or []:
+            elsewhere = keys.task_partition(task_id)
+            if elsewhere != partition:
+                why = "project" if await self.clients[elsewhere].exists(keys.task(task_id)) else "unknown"
+                raise ValidationError({field: _BAD_DEPENDENCY[why].format(task_id)}, "Invalid dependencies")
+
+    @staticmethod
+    def _partition_of(record: TaskRecord) -> int:
+        partition = keys.task_partition(record.task_id)
+        if partition != keys.project_partition(record.project_id):
+            # A programming error: taskd.keys.new_task_id makes every id its project's.
+            raise ValueError(f"task {record.task_id} is not in the partition of project {record.project_id}")
+        return partition
 
     async def _run(
-        self, script: scripts.Script, key_names: Mapping[str, str], args: Mapping[str, Any]
+        self, script: scripts.Script, client: Redis, key_names: Mapping[str, str], args: Mapping[str, Any]
     ) -> tuple[Any, int | None]:
         # WAIT counts the writes of its own connection, so it follows the script in one pipeline.
         if not self.wait_replicas:
-            return await script(keys=key_names, args=args), None
-        async with self.redis.pipeline(transaction=False) as pipe:
+            return await script(keys=key_names, args=args, client=client), None
+        async with client.pipeline(transaction=False) as pipe:
             await script(keys=key_names, args=args, client=pipe)
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             reply, replicated = await pipe.execute()
@@ -430,17 +557,14 @@ class TaskStore:
 
     async def get(self, task_id: str) -> TaskRecord:
         """The record of `task_id`; raises TaskNotFound."""
-        fields = await self._reads("HGETALL", keys.task(task_id))
+        fields = await self._reads[keys.task_partition(task_id)]("HGETALL", keys.task(task_id))
         if not fields:
             raise TaskNotFound(task_id)
         return decode(fields)
 
     async def get_many(self, task_ids: Sequence[str]) -> list[TaskRecord]:
         """Records of the ids that still exist, in the given order."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hgetall(keys.task(task_id))
-            rows = await pipe.execute()
+        rows = await self._per_task(task_ids, lambda pipe, task_id: pipe.hgetall(keys.task(task_id)))
         records = []
         for fields in rows:
             if fields:
@@ -456,15 +580,17 @@ class TaskStore:
         `claimed` is False when the job is another worker's or not due; a claimed job whose task
         may not run (ended, cancelled, stale, running elsewhere) comes back without a record.
         """
+        partition = keys.task_partition(task_id)
         reply = await self._start(
+            client=self.clients[partition],
             keys={
                 "task": keys.task(task_id),
-                "running": keys.running(queue),
+                "running": keys.running(queue, partition),
                 "lock": keys.arq_in_progress(job_id),
-                "queue": keys.queue(queue),
-                "outbox": keys.WEBHOOKS_DUE,
+                "queue": keys.queue(queue, partition),
+                "outbox": keys.webhooks_due(partition),
                 "started_state": keys.webhook(keys.webhook_member(task_id, "started")),
-                "metrics": keys.METRICS,
+                "metrics": keys.metrics(partition),
             },
             args={
                 "now": repr(at),
@@ -494,14 +620,41 @@ class TaskStore:
 
         With `recover`, the tasks of `queue` that `worker_id` runs come back too: a call whose reply
         was lost may have started some.
+
+        With several partitions, one script per partition, in turns that start at the next partition
+        each time, until `count` are started. The worker is to look again when a slot frees unless
+        every partition found nothing more and put it in its idle set (where a new job wakes it).
         """
+        if len(self.clients) == 1:
+            return await self._take_from(0, queue, worker_id, at, count, scan, recover)
+        turns = self._take_turns.setdefault(queue, itertools.cycle(range(len(self.clients))))
+        first = next(turns)
+        started: list[Taken] = []
+        look = False
+        for step in range(len(self.clients)):
+            if len(started) >= count and not recover:
+                # Partitions not asked have not put the worker in their idle sets.
+                look = True
+                break
+            partition = (first + step) % len(self.clients)
+            takes = await self._take_from(
+                partition, queue, worker_id, at, max(0, count - len(started)), scan, recover
+            )
+            started += takes.started
+            look = look or takes.look_when_freed
+        return Takes(started, look)
+
+    async def _take_from(
+        self, partition: int, queue: str, worker_id: str, at: float, count: int, scan: int, recover: bool
+    ) -> Takes:
         reply = await self._take(
+            client=self.clients[partition],
             keys={
-                "queue": keys.queue(queue),
-                "running": keys.running(queue),
-                "outbox": keys.WEBHOOKS_DUE,
-                "idle": keys.idle(queue),
-                "metrics": keys.METRICS,
+                "queue": keys.queue(queue, partition),
+                "running": keys.running(queue, partition),
+                "outbox": keys.webhooks_due(partition),
+                "idle": keys.idle(queue, partition),
+                "metrics": keys.metrics(partition),
             },
             args={
                 "now": repr(at),
@@ -529,31 +682,41 @@ class TaskStore:
         projects' tasks (lib/fair.lua's place); 0 when it is not waiting."""
         if record.job_id is None:
             return 0
-        place, _ = await self._position({"task": keys.task(record.task_id)}, {"job_id": record.job_id})
+        place, _ = await self._position[keys.task_partition(record.task_id)](
+            {"task": keys.task(record.task_id)}, {"job_id": record.job_id}
+        )
         return int(place)
 
     async def queue_due(self, at: float, batch: int) -> int:
-        """Queue up to `batch` scheduled tasks whose time is `at` or earlier; returns how many were queued."""
-        return int(
-            await self._due(
-                keys={"scheduled": keys.SCHEDULED},
-                args={
-                    "now_ms": int(at * 1000),
-                    "aging_ms": self.aging_ms,
-                    "batch": batch,
-                    "ttl": self.task_ttl,
-                },
+        """Queue up to `batch` scheduled tasks of each partition whose time is `at` or earlier; returns
+        how many were queued."""
+
+        async def due(client: Redis, partition: int) -> int:
+            return int(
+                await self._due(
+                    client=client,
+                    keys={"scheduled": keys.scheduled(partition)},
+                    args={
+                        "now_ms": int(at * 1000),
+                        "aging_ms": self.aging_ms,
+                        "batch": batch,
+                        "ttl": self.task_ttl,
+                    },
+                )
             )
-        )
+
+        return sum(await self._each_partition(due))
 
     async def progress(
         self, task_id: str, worker_id: str, progress: float, step: str | None, at: float
     ) -> bool:
         """Record progress of a task this worker runs; False if the task is no longer its to run."""
+        partition = keys.task_partition(task_id)
         written = await self._progress(
+            client=self.clients[partition],
             keys={
                 "task": keys.task(task_id),
-                "outbox": keys.WEBHOOKS_DUE,
+                "outbox": keys.webhooks_due(partition),
                 "progress_state": keys.webhook(keys.webhook_member(task_id, "progress")),
             },
             args={
@@ -570,10 +733,12 @@ class TaskStore:
 
     async def progress_again(self, record: TaskRecord, at: float) -> bool:
         """Queue another progress webhook if the task's progress changed since `record` was read."""
+        partition = keys.task_partition(record.task_id)
         queued = await self._progress_again(
+            client=self.clients[partition],
             keys={
                 "task": keys.task(record.task_id),
-                "outbox": keys.WEBHOOKS_DUE,
+                "outbox": keys.webhooks_due(partition),
                 "progress_state": keys.webhook(keys.webhook_member(record.task_id, "progress")),
             },
             args={
@@ -587,15 +752,16 @@ class TaskStore:
 
     async def task_type(self, task_id: str) -> str | None:
         """The type of a task (None when it has no record)."""
-        raw = await self.redis.hget(keys.task(task_id), "task_type")
+        raw = await self._of_task(task_id).hget(keys.task(task_id), "task_type")
         return None if raw is None else str(raw.decode())
+
+    async def field_of_each(self, task_ids: Sequence[str], name: str) -> list[bytes | None]:
+        """One field of each task's record, raw (None where there is no record): a round trip a partition."""
+        return await self._per_task(task_ids, lambda pipe, task_id: pipe.hget(keys.task(task_id), name))
 
     async def statuses(self, task_ids: list[str]) -> list[str | None]:
         """The status of each task in its record (None where there is no record), in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hget(keys.task(task_id), "status")
-            raw = await pipe.execute()
+        raw = await self.field_of_each(task_ids, "status")
         return [None if value is None else value.decode() for value in raw]
 
     async def finish(
@@ -630,13 +796,14 @@ class TaskStore:
         counter = "completed_tasks" if status is TaskStatus.COMPLETED else "failed_tasks"
         # The script's status reply (bytes), or None for a Lua false: the record is gone.
         outcome: bytes | None
-        outcome, _ = await self._finish_together(
+        partition = keys.task_partition(record.task_id)
+        outcome, _ = await self._finish_together[partition](
             {
                 "task": keys.task(record.task_id),
-                "running": keys.running(record.queue),
-                "metrics": keys.METRICS,
-                "outbox": keys.WEBHOOKS_DUE,
-                "queue": keys.queue(record.queue),
+                "running": keys.running(record.queue, partition),
+                "metrics": keys.metrics(partition),
+                "outbox": keys.webhooks_due(partition),
+                "queue": keys.queue(record.queue, partition),
             },
             {
                 "worker_id": worker_id,
@@ -660,11 +827,13 @@ class TaskStore:
     ) -> bool:
         """Put a task this worker runs back on its queue at `score` (ms): a retry if `retry_error` is given."""
         # The script's status reply (bytes), or None for a Lua false: the record is gone.
+        partition = keys.task_partition(record.task_id)
         outcome: bytes | None = await self._requeue(
+            client=self.clients[partition],
             keys={
                 "task": keys.task(record.task_id),
-                "running": keys.running(record.queue),
-                "metrics": keys.METRICS,
+                "running": keys.running(record.queue, partition),
+                "metrics": keys.metrics(partition),
             },
             args={
                 "worker_id": worker_id,
@@ -682,17 +851,24 @@ class TaskStore:
 
     async def orphans(self, queues: Iterable[str]) -> list[tuple[str, str, int]]:
         """Processing tasks whose worker's heartbeat is gone: (task id, queue, priority) each."""
-        candidates: list[tuple[str, str]] = []
-        for queue in queues:
-            candidates += [
-                (raw.decode(), queue) for raw in await self.redis.zrange(keys.running(queue), 0, -1)
-            ]
+        names = list(queues)
+
+        async def running(client: Redis, partition: int) -> list[tuple[str, str]]:
+            found = []
+            for queue in names:
+                found += [
+                    (raw.decode(), queue)
+                    for raw in await client.zrange(keys.running(queue, partition), 0, -1)
+                ]
+            return found
+
+        candidates = [found for part in await self._each_partition(running) for found in part]
         if not candidates:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for task_id, _ in candidates:
-                pipe.hmget(keys.task(task_id), "worker_id", "priority")
-            owners = await pipe.execute()
+        owners = await self._per_task(
+            [task_id for task_id, _ in candidates],
+            lambda pipe, task_id: pipe.hmget(keys.task(task_id), "worker_id", "priority"),
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
             for worker_id, _ in owners:
                 pipe.exists(keys.worker(worker_id.decode() if worker_id else "?"))
@@ -705,12 +881,14 @@ class TaskStore:
 
     async def reclaim(self, task_id: str, queue: str, at: float, score: int, max_deaths: int) -> str:
         """Requeue (or, past `max_deaths`, fail) a task whose worker died; says which it did."""
+        partition = keys.task_partition(task_id)
         outcome = await self._reclaim(
+            client=self.clients[partition],
             keys={
                 "task": keys.task(task_id),
-                "running": keys.running(queue),
-                "metrics": keys.METRICS,
-                "outbox": keys.WEBHOOKS_DUE,
+                "running": keys.running(queue, partition),
+                "metrics": keys.metrics(partition),
+                "outbox": keys.webhooks_due(partition),
             },
             args={
                 "task_id": task_id,
@@ -720,34 +898,34 @@ class TaskStore:
                 "score": score,
                 "max_deaths": max_deaths,
                 "ttl": self.task_ttl,
-                "worker_prefix": keys.worker(""),
+                "worker_prefix": keys.worker("", partition),
                 "aging_ms": self.aging_ms,
             },
         )
         return outcome.decode() if isinstance(outcome, bytes) else "gone"
 
-    async def cancel(self, record: TaskRecord, queue_key: str, at: float) -> CancelOutcome:
+    async def cancel(self, record: TaskRecord, at: float) -> CancelOutcome:
         """Cancel a queued or processing task atomically, removing its queued job; report what was there."""
-        return await self._cancel_script(record, queue_key, at, error="", queued_only=False)
+        return await self._cancel_script(record, at, error="", queued_only=False)
 
     async def cancel_queued(self, record: TaskRecord, at: float, error: str) -> bool:
         """Cancel the task with `error` if it is still queued (not if it started meanwhile); True if it was."""
-        outcome = await self._cancel_script(
-            record, keys.queue(record.queue), at, error=error, queued_only=True
-        )
+        outcome = await self._cancel_script(record, at, error=error, queued_only=True)
         # A processing task left alone is reported as processing: only a cancel here was queued.
         return outcome.was is TaskStatus.QUEUED
 
     async def _cancel_script(
-        self, record: TaskRecord, queue_key: str, at: float, *, error: str, queued_only: bool
+        self, record: TaskRecord, at: float, *, error: str, queued_only: bool
     ) -> CancelOutcome:
+        partition = keys.task_partition(record.task_id)
         reply = await self._cancel(
+            client=self.clients[partition],
             keys={
                 "task": keys.task(record.task_id),
-                "running": keys.running(record.queue),
-                "metrics": keys.METRICS,
-                "outbox": keys.WEBHOOKS_DUE,
-                "queue": queue_key,
+                "running": keys.running(record.queue, partition),
+                "metrics": keys.metrics(partition),
+                "outbox": keys.webhooks_due(partition),
+                "queue": keys.queue(record.queue, partition),
             },
             args={
                 "now": repr(at),
@@ -770,16 +948,17 @@ class TaskStore:
     async def project_task_ids(self, project_id: str) -> list[str]:
         """Ids of a project's tasks, newest first, pruning ids whose record has expired."""
         index = keys.project(project_id)
-        ids = [raw.decode() for raw in await self.redis.zrevrange(index, 0, -1)]
+        client = self.clients[keys.project_partition(project_id)]
+        ids = [raw.decode() for raw in await client.zrevrange(index, 0, -1)]
         if not ids:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             for task_id in ids:
                 pipe.exists(keys.task(task_id))
             alive = await pipe.execute()
         expired = [task_id for task_id, exists in zip(ids, alive, strict=True) if not exists]
         if expired:
-            await self.redis.zrem(index, *expired)
+            await client.zrem(index, *expired)
         return [task_id for task_id, exists in zip(ids, alive, strict=True) if exists]
 
     async def list_project(
@@ -794,7 +973,7 @@ class TaskStore:
         """One page of a project's tasks (newest first) matching the filters, and how many match in all."""
         ids = await self.project_task_ids(project_id)
         if status or task_type:
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.clients[keys.project_partition(project_id)].pipeline(transaction=False) as pipe:
                 for task_id in ids:
                     pipe.hmget(keys.task(task_id), "status", "task_type")
                 rows = await pipe.execute()
@@ -806,13 +985,20 @@ class TaskStore:
         return await self.get_many(ids[offset : offset + limit]), len(ids)
 
     async def metrics(self, queues: Iterable[str]) -> Metrics:
-        """The shared counters, with the running count and average durations per task type."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.METRICS)
-            for queue in queues:
-                pipe.zcard(keys.running(queue))
-            counters, *running = await pipe.execute()
-        raw = {name.decode(): value.decode() for name, value in counters.items()}
+        """The shared counters (every partition's added up), with the running count and average
+        durations per task type."""
+        names = list(queues)
+
+        async def read(client: Redis, partition: int) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.metrics(partition))
+                for queue in names:
+                    pipe.zcard(keys.running(queue, partition))
+                return list(await pipe.execute())
+
+        parts = await self._each_partition(read)
+        raw = added_up(part[0] for part in parts)
+        running = [count for part in parts for count in part[1:]]
         averages = {}
         for name, value in raw.items():
             if name.startswith("duration_sum:"):
@@ -830,13 +1016,52 @@ class TaskStore:
             average_durations=averages,
         )
 
+    async def counters(self) -> dict[str, str]:
+        """The metrics hash, every partition's added up."""
+        return added_up(await self._each_partition(lambda client, p: client.hgetall(keys.metrics(p))))
+
+    async def webhooks_due(self) -> int:
+        """Webhooks waiting in the outbox (every partition's), leased ones included."""
+        return sum(await self._each_partition(lambda client, p: client.zcard(keys.webhooks_due(p))))
+
+    async def running_first(
+        self, queues: Iterable[str], first: int
+    ) -> dict[str, tuple[int, list[tuple[str, float]]]]:
+        """Each queue's processing count and its `first` longest-running tasks (id, start in epoch
+        seconds), over every partition."""
+        names = list(queues)
+
+        async def read(client: Redis, partition: int) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zcard(keys.running(name, partition))
+                    pipe.zrange(keys.running(name, partition), 0, first - 1, withscores=True)
+                return list(await pipe.execute())
+
+        parts = await self._each_partition(read)
+        found = {}
+        for i, name in enumerate(names):
+            members = sorted(
+                ((member.decode(), score / 1000) for part in parts for member, score in part[2 * i + 1]),
+                key=lambda item: item[1],
+            )
+            found[name] = (sum(part[2 * i] for part in parts), members[:first])
+        return found
+
     async def running_since(self, queues: Iterable[str]) -> dict[str, float]:
         """Processing task ids with the time each started."""
-        started: dict[str, float] = {}
-        for queue in queues:
-            for member, score in await self.redis.zrange(keys.running(queue), 0, -1, withscores=True):
-                started[member.decode()] = score / 1000
-        return started
+        names = list(queues)
+
+        async def read(client: Redis, partition: int) -> dict[str, float]:
+            started: dict[str, float] = {}
+            for queue in names:
+                for member, score in await client.zrange(
+                    keys.running(queue, partition), 0, -1, withscores=True
+                ):
+                    started[member.decode()] = score / 1000
+            return started
+
+        return {task_id: at for part in await self._each_partition(read) for task_id, at in part.items()}
 
     async def note_memory_recycle(self, event: Mapping[str, Any], at: float) -> None:
         """Remember a job process killed over the memory limit, for the memory alert."""

@@ -14,8 +14,9 @@ key and argument, in order, each with the name callers pass it under:
 
 `-- include lib/<name>.lua` prepends a library file (a `local function` shared by several
 scripts; libraries may include others, each file comes in once, in the order first named).
-`@NAME@` tokens are replaced by the key prefixes and constants of taskd.keys (CONSTANTS), so
-the Lua and the Python cannot disagree on a key's spelling; an unknown token is an error.
+`'@NAME@'` tokens are replaced by the key prefixes of taskd.keys, in the partition of the script's
+first key (PARTITION_PREFIXES), and `@NAME@` by its constants (CONSTANTS), so the Lua and the
+Python cannot disagree on a key's spelling; an unknown token is an error.
 """
 
 from __future__ import annotations
@@ -34,27 +35,36 @@ from redis.commands.core import AsyncScript
 from taskd import keys
 from taskd.model import PRIORITY_LOW
 
+# Keys of a partition (taskd.keys): a script names them after the partition of its first key,
+# `P` (see `source`), so one script text serves every partition. Written in the Lua as '@NAME@'
+# (quotes included), each becomes the expression (P .. '<name>').
+PARTITION_PREFIXES: Mapping[str, str] = {
+    "TASK_PREFIX": "task:",
+    "WEBHOOK_PREFIX": "webhook:",
+    "ACTIVE_PREFIX": "project_active:",
+    "PROJECT_PREFIX": "project:",
+    "QUEUE_PREFIX": "queue:",
+    "WAITING_PREFIX": "waiting:",
+    "PROJECT_WAITING_PREFIX": "project_waiting:",
+    "HEADS_PREFIX": "heads:",
+    "IDLE_PREFIX": "idle:",
+    "WORKER_PREFIX": "worker:",
+    "PROCESSING_PREFIX": "project_processing:",
+    "DEPENDENTS_PREFIX": "dependents:",
+    "SCHEDULED": "scheduled",
+    "JOB_PREFIX": "arq:job:",
+    "IN_PROGRESS_PREFIX": "arq:in-progress:",
+    "TASK_EVENTS_PREFIX": "events:task:",
+    "PROJECT_EVENTS_PREFIX": "events:project:",
+    # What a script gets for an optional key it is not given: a name in its slot, never written.
+    "NO_KEY": "none",
+}
+# Where a script's keys begin: the hash tag of its first key and the colon after it.
+PARTITION_OF_FIRST_KEY = "local P = string.match(KEYS[1], '^{[^}]*}:')\n"
+
 CONSTANTS: Mapping[str, str] = {
-    "TASK_PREFIX": keys.task(""),
-    "WEBHOOK_PREFIX": keys.webhook(""),
-    "ACTIVE_PREFIX": keys.project_active(""),
-    "PROJECT_PREFIX": keys.project(""),
-    "QUEUE_PREFIX": keys.queue(""),
-    "WAITING_PREFIX": keys.waiting(""),
-    "PROJECT_WAITING_PREFIX": keys.project_waiting("", "")[: -len(":")],
-    "HEADS_PREFIX": keys.heads(""),
-    "IDLE_PREFIX": keys.idle(""),
-    "WORKER_PREFIX": keys.worker(""),
-    "PROCESSING_PREFIX": keys.project_processing(""),
-    "DEPENDENTS_PREFIX": keys.dependents(""),
-    "SCHEDULED": keys.SCHEDULED,
-    "NO_KEY": keys.NO_KEY,
     # The lowest priority: its jobs are not moved earlier by aging (taskd.queue.task_queue.job_score).
     "PRIORITY_LOW": str(PRIORITY_LOW),
-    "JOB_PREFIX": keys.ARQ_JOB_PREFIX,
-    "IN_PROGRESS_PREFIX": keys.ARQ_IN_PROGRESS_PREFIX,
-    "TASK_EVENTS_PREFIX": keys.task_events(""),
-    "PROJECT_EVENTS_PREFIX": keys.project_events(""),
     "TASK_EVENTS_MAXLEN": str(keys.TASK_EVENTS_MAXLEN),
     "PROJECT_EVENTS_MAXLEN": str(keys.PROJECT_EVENTS_MAXLEN),
     "EVENTS_TTL": str(keys.EVENTS_TTL),
@@ -68,6 +78,7 @@ CONSTANTS: Mapping[str, str] = {
 }
 
 _TOKEN = re.compile(r"@([A-Z_]+)@")
+_PARTITION_TOKEN = re.compile(r"'@([A-Z_]+)@'")
 _INCLUDE = re.compile(r"^--\s+include\s+(\S+\.lua)\s*$")
 _PARAMETER = re.compile(r"^--\s+(KEYS|ARGV)\[(\d+)(\.\.)?\]\s+(\w+)\b")
 
@@ -134,12 +145,18 @@ def _with_includes(name: str, package: str, seen: list[str]) -> None:
 
 
 def _fill(text: str) -> str:
+    def partition_key(match: re.Match[str]) -> str:
+        if match[1] not in PARTITION_PREFIXES:
+            return match[0]
+        return f"(P .. '{PARTITION_PREFIXES[match[1]]}')"
+
     def constant(match: re.Match[str]) -> str:
         if match[1] not in CONSTANTS:
             raise ValueError(f"unknown constant @{match[1]}@ in a store script")
         return CONSTANTS[match[1]]
 
-    return _TOKEN.sub(constant, text)
+    filled = _TOKEN.sub(constant, _PARTITION_TOKEN.sub(partition_key, text))
+    return PARTITION_OF_FIRST_KEY + filled if "(P .. '" in filled else filled
 
 
 @functools.cache

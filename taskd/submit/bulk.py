@@ -30,8 +30,14 @@ async def waiting_on(store: TaskStore, queue: str) -> list[TaskRecord]:
     A task still waiting for its dependencies is in no queue's index: purging one of those it
     waits for cancels it (lib/ended.lua).
     """
-    line = [job.decode().rpartition(".")[0] for job in await store.redis.zrange(keys.waiting(queue), 0, -1)]
-    scheduled = [member.decode() for member in await store.redis.zrange(keys.SCHEDULED, 0, -1)]
+    line: list[str] = []
+    scheduled: list[str] = []
+    for partition, client in enumerate(store.clients):
+        line += [
+            job.decode().rpartition(".")[0]
+            for job in await client.zrange(keys.waiting(queue, partition), 0, -1)
+        ]
+        scheduled += [member.decode() for member in await client.zrange(keys.scheduled(partition), 0, -1)]
     records = await store.get_many(list(dict.fromkeys(line + scheduled)))
     return [record for record in records if record.queue == queue and record.status is TaskStatus.QUEUED]
 

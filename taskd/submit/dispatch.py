@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -75,7 +74,7 @@ class Dispatcher:
         first request's task (or raises IdempotencyKeyReused for another request under that key).
         With a `quota`, the script spends one unit of the caller's rate limit first (TaskStore.create).
         """
-        record, job = self._new(submission, str(uuid.uuid4()), retry_of)
+        record, job = self._new(submission, keys.new_task_id(submission.project_id), retry_of)
         created = await self.store.create(record, job, self.admission, idempotency, quota)
         if created.replayed:
             # The record as the first request made it, from the same submission.
@@ -93,7 +92,7 @@ class Dispatcher:
         submission of the batch: taskd.submit.batch checked that) becomes that task's id before
         anything is stored.
         """
-        ids = [str(uuid.uuid4()) for _ in submissions]
+        ids = [keys.new_task_id(submission.project_id) for submission in submissions]
         batch_ids = {batch_ref(index): task_id for index, task_id in enumerate(ids)}
         # One millisecond apart, the last now: a job's score is its creation in ms, and items of one
         # project created in the same millisecond would leave their order in its line to chance.
@@ -165,7 +164,7 @@ class Dispatcher:
     async def cancel(self, task_id: str) -> CancelOutcome:
         """Revoke a queued task or stop a running one; raise InvalidState for one that already ended."""
         record = await self.store.get(task_id)
-        outcome = await self.store.cancel(record, keys.queue(record.queue), now())
+        outcome = await self.store.cancel(record, now())
         if outcome.was is TaskStatus.PROCESSING:
             # Every worker process listens; the one running the task stops it.
             await self.redis.publish(keys.CANCEL_CHANNEL, task_id)

@@ -1,6 +1,6 @@
 """The durable outbox in Redis: which webhooks are due, who is sending them, and how each delivery went.
 
-`{taskd}:webhooks:due` scores a task id with the ms its next attempt is due. A sender claims due
+`{taskd}:webhooks:due` (one per partition, taskd.keys.webhooks_due) scores a task id with the ms its next attempt is due. A sender claims due
 members by moving their score to a lease (now + lease): no other process sends that attempt
 while the lease runs, and if the sender dies the lease runs out and another one sends it. Only
 the holder of the lease (the score it set) may record the attempt's outcome. The finish of a run
@@ -11,6 +11,7 @@ sender of the worker's own process (`WebhookSender.send_ended`).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -84,8 +85,11 @@ class DeliveryState:
 class Outbox:
     """The Redis side of webhook delivery; every change is one Lua script."""
 
-    def __init__(self, redis: Redis, ttl: int) -> None:
+    def __init__(self, redis: Redis, ttl: int, partition_clients: Sequence[Redis] | None = None) -> None:
         self.redis = redis
+        # One outbox per partition (taskd.keys.partitions), each with its partition's client.
+        self.clients = list(partition_clients or [redis] * keys.partition_count())
+        self._turn = 0
         self.ttl = ttl
         self._claim = scripts.load(redis, "claim", LUA)
         self._record = scripts.load(redis, "record", LUA)
@@ -94,16 +98,26 @@ class Outbox:
 
     async def claim(self, now_ms: int, lease_ms: int, limit: int) -> tuple[list[Claim], int | None]:
         """Lease up to `limit` due webhooks, each with its record and attempt count, and say when the
-        earliest one left in the outbox (a lease counts) is due, in ms: one round trip."""
+        earliest one left in the outbox (a lease counts) is due, in ms: one round trip a partition,
+        starting at the next partition each time."""
         lease = now_ms + lease_ms
-        ids, first, records, attempts = await self._claim(
-            {"due": keys.WEBHOOKS_DUE}, {"now": now_ms, "lease_until": lease, "most": limit}
-        )
-        claims = [
-            Claim(raw.decode(), lease, dict(zip(flat[::2], flat[1::2], strict=True)), int(count or 0))
-            for raw, flat, count in zip(ids, records, attempts, strict=True)
-        ]
-        return claims, int(float(first)) if first else None
+        claims: list[Claim] = []
+        firsts: list[int] = []
+        self._turn = (self._turn + 1) % len(self.clients)
+        for step in range(len(self.clients)):
+            partition = (self._turn + step) % len(self.clients)
+            ids, first, records, attempts = await self._claim(
+                {"due": keys.webhooks_due(partition)},
+                {"now": now_ms, "lease_until": lease, "most": max(0, limit - len(claims))},
+                client=self.clients[partition],
+            )
+            claims += [
+                Claim(raw.decode(), lease, dict(zip(flat[::2], flat[1::2], strict=True)), int(count or 0))
+                for raw, flat, count in zip(ids, records, attempts, strict=True)
+            ]
+            if first:
+                firsts.append(int(float(first)))
+        return claims, min(firsts, default=None)
 
     async def record(
         self, claim: Claim, attempt: int, outcome: Attempt, now_ms: int, next_ms: int | None
@@ -126,30 +140,47 @@ class Outbox:
             "next_due": "" if next_ms is None else next_ms,
             "ttl": self.ttl,
         }
+        partition = _partition(claim.task_id)
         written = await self._record(
-            {"due": keys.WEBHOOKS_DUE, "state": keys.webhook(claim.task_id), "metrics": keys.METRICS}, args
+            {
+                "due": keys.webhooks_due(partition),
+                "state": keys.webhook(claim.task_id),
+                "metrics": keys.metrics(partition),
+            },
+            args,
+            client=self.clients[partition],
         )
         return bool(written)
 
     async def release(self, claim: Claim, due_ms: int | None) -> None:
         """Give a lease back: due again at `due_ms`, or dropped from the outbox when None."""
+        partition = _partition(claim.task_id)
         await self._release(
-            {"due": keys.WEBHOOKS_DUE},
+            {"due": keys.webhooks_due(partition)},
             {"task_id": claim.task_id, "lease": claim.lease, "due_at": "" if due_ms is None else due_ms},
+            client=self.clients[partition],
         )
 
     async def redeliver(self, task_id: str, now_ms: int) -> None:
         """Start a fresh delivery now (the attempt count restarts) and wake every sender."""
+        partition = _partition(task_id)
         await self._redeliver(
-            {"due": keys.WEBHOOKS_DUE, "state": keys.webhook(task_id)},
+            {"due": keys.webhooks_due(partition), "state": keys.webhook(task_id)},
             {"task_id": task_id, "now": now_ms, "ttl": self.ttl, "wake": keys.WEBHOOKS_WAKE},
+            client=self.clients[partition],
         )
 
 
-async def delivery_state(redis: Redis, task_id: str) -> DeliveryState:
-    """The delivery state of a task's webhook, in one round trip."""
-    async with redis.pipeline(transaction=False) as pipe:
+def _partition(member: str) -> int:
+    # An outbox member is a task id, or `<task id>:<event>` (taskd.keys.webhook_member).
+    return keys.task_partition(member.partition(":")[0])
+
+
+async def delivery_state(partition_clients: Sequence[Redis], task_id: str) -> DeliveryState:
+    """The delivery state of a task's webhook, in one round trip (to its partition)."""
+    partition = _partition(task_id)
+    async with partition_clients[partition].pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.webhook(task_id))
-        pipe.zscore(keys.WEBHOOKS_DUE, task_id)
+        pipe.zscore(keys.webhooks_due(partition), task_id)
         fields, due = await pipe.execute()
     return DeliveryState.from_redis(fields, due)

@@ -56,7 +56,7 @@ class WebhookSender:
         self.store = store  # a progress written during a send queues one more (progress_again.lua)
         self.config = config
         self.policy = policy  # the addresses callback URLs may reach (the [network] section)
-        self.outbox = Outbox(redis, ttl)
+        self.outbox = Outbox(redis, ttl, store.clients)
         self.schedule = DeliverySchedule(tuple(config.extra_delays))
         self.signers = signers
         self.lease_ms = int((config.timeout + LEASE_MARGIN) * 1000)

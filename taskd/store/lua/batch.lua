@@ -17,10 +17,10 @@
 -- ARGV[5]  fingerprint     a digest of the request's route and body ('' without an Idempotency-Key)
 -- ARGV[6]  idempotency_ttl seconds the Idempotency-Key is remembered
 -- ARGV[7]  tasks           a JSON list, in order, of {id, project, queue, task_type, created_ms,
---                          score, job_id, job, job_expiry_ms, depends_on, scheduled_ms, fields}: what submit.lua
---                          gets as its arguments (fields: name, value, ...)
+--                          score, job_id, job, job_expiry_ms, depends_on, scheduled_ms, fields, elsewhere}: what
+--                          submit.lua gets as its arguments (fields: name, value, ...)
 -- The keys of each task (its record, its project's index and sets, its queue's line, its job) are
--- built here from taskd.keys's prefixes, all in the slot of the hash tag {taskd} (docs/cluster.md).
+-- built here from taskd.keys's prefixes, all in the partition of KEYS[1] (docs/cluster.md).
 -- Returns {'ok', results}: results a JSON list, in order, of [position, duration_sum,
 -- duration_count] (as submit.lua returns them); or {'bad_dependency', index, id, why},
 -- {'project_full', index, waiting tasks}, {'queue_full', index, waiting tasks}: the 0-based index
@@ -54,6 +54,7 @@ for index, task in ipairs(tasks) do
   in_project[task.project] = earlier + 1
   if queue_limit > 0 then
     local waiting = redis.call('ZCARD', '@WAITING_PREFIX@' .. task.queue) + (on_queue[task.queue] or 0)
+      + task.elsewhere
     if waiting >= queue_limit then return {'queue_full', index - 1, waiting} end
   end
   if #waiting_for == 0 and (tonumber(task.scheduled_ms) or 0) == 0 then

@@ -41,6 +41,8 @@
 -- ARGV[20] fields         the record's fields as one JSON list: name, value, name, value, ... (one
 --                         argument, not one per name and value: packing ~30 arguments was a
 --                         sizeable part of the API's CPU per submit; batch.lua's `fields` are the same)
+-- ARGV[21] elsewhere      the tasks waiting on the queue in the other partitions (redis.partitions),
+--                         read just before: counted towards queue_limit; 0 with one partition
 -- The checks and the writes are lib/admit.lua's, which batch.lua shares: a task with dependencies
 -- not yet completed waits for them with no job; a task scheduled for later waits on
 -- {taskd}:scheduled with no job, in no line, until due.lua queues it.
@@ -88,7 +90,7 @@ if queued_limit > 0 then
   if waiting >= queued_limit then return {{'project_full', waiting}, quota} end
 end
 if queue_limit > 0 then
-  local waiting = redis.call('ZCARD', KEYS[4])
+  local waiting = redis.call('ZCARD', KEYS[4]) + tonumber(ARGV[21])
   if waiting >= queue_limit then return {{'queue_full', waiting}, quota} end
 end
 local position = store({key = KEYS[1], id = ARGV[1], project = project, project_key = KEYS[2],
