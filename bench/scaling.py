@@ -62,17 +62,19 @@ class Sizes:
     apis: tuple[int, ...] = (1, 2)
     projects: int = 1  # the tasks spread over this many projects (one: each project starts its tasks in turn)
     cluster: bool = False  # a 3-primary Valkey Cluster instead of one Valkey
+    partitions: int = 1  # redis.partitions: the projects' tasks spread over this many hash tags
     timeout: float = 180.0
 
 
 TINY = Sizes(tasks=40, clients=8, workers=(1, 2), apis=(1, 2), timeout=60.0)
 
 
-def _env(data_dir: Path, redis_url: str) -> dict[str, str]:
+def _env(data_dir: Path, redis_url: str, partitions: int) -> dict[str, str]:
     # As bench/compare.py: the diagnostic types, no limit a load test would trip over.
     return {
         "TASKD_DATA_DIR": str(data_dir),
         "TASKD_REDIS__URL": redis_url,
+        "TASKD_REDIS__PARTITIONS": str(partitions),
         "TASKD_HTTP__HOST": "127.0.0.1",
         "TASKD_HTTP__PORT": "0",
         "TASKD_AUTH__API_KEYS": API_KEY,
@@ -151,9 +153,16 @@ class Deployment:
     """One Valkey (or a 3-primary Valkey Cluster), `apis` API nodes and `workers` worker processes,
     each taskd process with its own data dir."""
 
-    def __init__(self, tmp: Path, apis: int, workers: int, cluster: bool = False) -> None:
+    def __init__(
+        self, tmp: Path, apis: int, workers: int, cluster: bool = False, partitions: int = 1
+    ) -> None:
         self.tmp = tmp / f"run-{time.monotonic_ns()}"
         self.cluster = cluster
+        self.partitions = partitions
+        keys.configure_partitions(partitions)
+        # The primary of each partition's slot (all the one Valkey without a cluster).
+        self.nodes: list[Redis] = []
+        self._primaries: list[Redis] = []
         self.n_apis = apis
         self.n_workers = workers
         self.valkey: Any = None
@@ -173,9 +182,11 @@ class Deployment:
             self.url = await self.valkey.start()
             self.meter.add("valkey", self.valkey.pid)
             self.redis = Redis.from_url(self.url)
+            self.nodes = [self.redis] * self.partitions
         for n in range(self.n_apis):
             proc = spawn(
-                [python(), "-m", "taskd", "serve", "--no-worker"], _env(self.tmp / f"api{n}", self.url)
+                [python(), "-m", "taskd", "serve", "--no-worker"],
+                _env(self.tmp / f"api{n}", self.url, self.partitions),
             )
             match = await asyncio.to_thread(wait_for_line, proc, r"listening on (http://\S+)")
             self.apis.append((proc, match.group(1)))
@@ -193,39 +204,58 @@ class Deployment:
         for node in self.valkey.primaries:
             assert node.proc is not None
             self.meter.add("valkey", node.proc.pid)
-        # Counters and commandstats from the primary that owns taskd's slot (every key is under {taskd}).
-        slot = key_slot(keys.PREFIX.encode())
+        # Counters from the primary that owns each partition's slot; commandstats from every primary.
         with self.valkey.primaries[0].client() as client:
             ranges = client.execute_command("CLUSTER", "SLOTS")
-        port = next(int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1]))
-        self.redis = Redis(host="127.0.0.1", port=port)
-        assert self.redis is not None
+        primaries = {node.port: Redis(host="127.0.0.1", port=node.port) for node in self.valkey.primaries}
+        for partition in keys.partitions():
+            slot = key_slot(keys.partition_prefix(partition).encode())
+            self.nodes.append(primaries[next(int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1]))])
+        self.redis = self.nodes[0]
+        self._primaries = list(primaries.values())
 
     async def start_workers(self) -> None:
         for n in range(self.n_workers):
-            proc = spawn([python(), "-m", "taskd", "worker"], _env(self.tmp / f"worker{n}", self.url))
+            proc = spawn(
+                [python(), "-m", "taskd", "worker"], _env(self.tmp / f"worker{n}", self.url, self.partitions)
+            )
             self.workers.append(proc)
             self.meter.add("workers", proc.pid)
 
+    @property
+    def servers(self) -> list[Redis]:
+        """Every Valkey process: the one, or the cluster's primaries."""
+        return self._primaries if self.cluster else [self.redis] if self.redis is not None else []
+
     async def reset_commands(self) -> None:
-        assert self.redis is not None
-        await self.redis.config_resetstat()
+        for server in self.servers:
+            await server.config_resetstat()
 
     async def commands_per_task(self, tasks: int) -> dict[str, float]:
         """Scripts run (`EVALSHA`: a submit, a finish, the workers' takes, the services' own loops)
         and reads of a queue's due jobs (`ZRANGEBYSCORE`, inside take.lua: one per task started and
         one per take) per task since reset_commands(): a take that finds nothing shows as more
         scripts a task. The benchmark's own reads of the counter are `HGET`s, not counted here."""
-        assert self.redis is not None
-        stats = await self.redis.info("commandstats")
-        return {
-            name: round(stats.get(f"cmdstat_{name}", {}).get("calls", 0) / tasks, 2)
+        per_server = [await server.info("commandstats") for server in self.servers]
+        counts = {
+            name: round(
+                sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for stats in per_server) / tasks, 2
+            )
             for name in ("evalsha", "zrangebyscore")
+        }
+        # How the scripts spread over the servers (one entry without a cluster).
+        return {
+            **counts,
+            "evalsha_by_server": [
+                round(stats.get("cmdstat_evalsha", {}).get("calls", 0) / tasks, 2) for stats in per_server
+            ],
         }
 
     async def completed(self) -> int:
-        assert self.redis is not None
-        return int(await self.redis.hget(keys.METRICS, "completed_tasks") or 0)
+        done = 0
+        for partition, node in enumerate(self.nodes):
+            done += int(await node.hget(keys.metrics(partition), "completed_tasks") or 0)
+        return done
 
     def check_alive(self) -> None:
         for proc in [proc for proc, _ in self.apis] + self.workers:
@@ -253,8 +283,8 @@ class Deployment:
         return ended
 
     async def stop(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
+        for server in self.servers:
+            await server.aclose()
         for proc in self.workers + [proc for proc, _ in self.apis]:
             await asyncio.to_thread(stop, proc)
         if self.valkey is not None:
@@ -305,7 +335,7 @@ async def _warm_up(deployment: Deployment) -> None:
 
 async def end_to_end(tmp: Path, apis: int, workers: int, sizes: Sizes) -> dict[str, Any]:
     """N tasks through `apis` API nodes and `workers` workers: tasks/s and the cores each role used."""
-    deployment = Deployment(tmp, apis, workers, sizes.cluster)
+    deployment = Deployment(tmp, apis, workers, sizes.cluster, sizes.partitions)
     try:
         await deployment.start()
         await _warm_up(deployment)
@@ -324,6 +354,7 @@ async def end_to_end(tmp: Path, apis: int, workers: int, sizes: Sizes) -> dict[s
         return {
             "mode": "end_to_end",
             "redis": "cluster" if sizes.cluster else "valkey",
+            "partitions": sizes.partitions,
             "apis": apis,
             "workers": workers,
             "projects": sizes.projects,
@@ -340,7 +371,7 @@ async def end_to_end(tmp: Path, apis: int, workers: int, sizes: Sizes) -> dict[s
 
 async def drain(tmp: Path, workers: int, sizes: Sizes) -> dict[str, Any]:
     """N tasks queued with no worker running, then `workers` workers on them: tasks/s from the first completion."""
-    deployment = Deployment(tmp, 1, workers, sizes.cluster)
+    deployment = Deployment(tmp, 1, workers, sizes.cluster, sizes.partitions)
     try:
         await deployment.start(workers=False)
         procs = await _submit(deployment, sizes.tasks, sizes.clients, sizes.projects)
@@ -364,6 +395,7 @@ async def drain(tmp: Path, workers: int, sizes: Sizes) -> dict[str, Any]:
         return {
             "mode": "drain",
             "redis": "cluster" if sizes.cluster else "valkey",
+            "partitions": sizes.partitions,
             "apis": 1,
             "workers": workers,
             "projects": sizes.projects,
@@ -476,6 +508,7 @@ def main() -> int:
         action="store_true",
         help="against a 3-primary Valkey Cluster (tests/valkey_cluster.py) instead of one Valkey",
     )
+    parser.add_argument("--partitions", type=int, help="redis.partitions of every taskd process (default 1)")
     parser.add_argument(
         "--json",
         type=Path,
@@ -496,6 +529,8 @@ def main() -> int:
         sizes = attrs.evolve(sizes, projects=args.projects)
     if args.cluster:
         sizes = attrs.evolve(sizes, cluster=True)
+    if args.partitions:
+        sizes = attrs.evolve(sizes, partitions=args.partitions)
     modes = [mode.strip() for mode in args.modes.split(",")]
 
     def log(line: str) -> None:
@@ -520,6 +555,8 @@ def main() -> int:
             + "\n"
         )
         redis = "a 3-primary Valkey Cluster" if sizes.cluster else "one Valkey"
+        if sizes.partitions > 1:
+            redis += f", {sizes.partitions} partitions"
         title = f"taskd, {sizes.tasks} no-op tasks a run, {sizes.projects} project(s), {cpus} CPUs, {redis}"
         plot(results, args.plot, title)
         print(f"\nwrote {args.json} and {args.plot}")

@@ -1,8 +1,13 @@
 """Every Redis key taskd uses, with how long each lives and why.
 
-Every name starts with the hash tag `{taskd}`, so that all of them hash to one slot: a Redis
-Cluster (docs/cluster.md) then runs every script, pipeline and transaction on one node, as a
-standalone Redis does. arq's job and lock keys are under the tag too (arq's own `arq:job:` and
+Every name starts with the hash tag of a partition, so that each partition hashes to one slot: a
+Redis Cluster (docs/cluster.md) then runs every script, pipeline and transaction on one node, as a
+standalone Redis does. With one partition (`redis.partitions`, the default) that tag is `{taskd}`
+for every key. With N, a project's keys and its tasks' are under the tag of the project's
+partition (`{taskd}` for partition 0, `{taskd:<n>}` for the others; `partition_prefix`), as are
+each partition's copies of the queue lines, counters, outbox and schedule below (`metrics(p)`,
+`running(queue, p)`…); what every task shares (workers, GPU hosts, rate limits, providers) stays
+under `{taskd}`. The table names the keys as partition 0 has them. arq's job and lock keys are under the tag too (arq's own `arq:job:` and
 `arq:in-progress:` prefixes would put each job in another slot): taskd's worker never lets arq read
 them (taskd.queue.workers). Keys written before the tag (`taskd:…`) are renamed once, at start
 (taskd.store.layout).

@@ -20,6 +20,7 @@ from fake_openai import FakeOpenAI
 from redis.asyncio import Redis
 from webhook_receiver import WebhookReceiver
 
+from taskd import keys
 from taskd.config import (
     AuthConfig,
     Config,
@@ -64,6 +65,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         rest = rest[take:]
         ordered.append(item)
     items[:] = ordered + long[len(heads) :] + rest
+
+
+@pytest.fixture(autouse=True)
+def one_partition_after() -> Iterator[None]:
+    """A Service with `redis.partitions` sets the process's number (taskd.keys): the next test
+    starts with one again."""
+    yield
+    keys.configure_partitions(1)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 from collections.abc import AsyncIterator, Iterator
 
 import psutil
@@ -105,6 +106,48 @@ async def test_a_submitted_task_is_stored_in_taskds_slot_and_completes(taskd, cl
             key_slot(keys.PREFIX.encode())
         }
     assert owner in {node.port for node in cluster.primaries}
+
+
+async def test_with_three_partitions_the_projects_spread_over_the_three_primaries_and_complete(
+    start_service, valkey_url, cluster
+):
+    taskd = await start_service(redis=RedisConfig(url=valkey_url, partitions=3))
+    projects = [
+        next(f"film-{n}" for n in range(100) if zlib.crc32(f"film-{n}".encode()) % 3 == p) for p in range(3)
+    ]
+    tasks = [
+        await taskd.submit("sleep", {"seconds": 0.1, "steps": 2}, project_id=project) for project in projects
+    ]
+
+    ended = [await taskd.wait_terminal(task["task_id"]) for task in tasks]
+
+    assert [body["status"] for body in ended] == ["completed"] * 3
+    with cluster.client() as client:
+        # Each task's record is on the primary that serves its partition's slot: all three hold one.
+        holders = {client.get_node_from_key(keys.task(task["task_id"])).port for task in tasks}
+        assert [client.hget(keys.task(task["task_id"]), "status") for task in tasks] == [b"completed"] * 3
+    assert holders == {node.port for node in cluster.primaries}
+    for node in cluster.primaries:
+        with node.client() as client:
+            assert client.dbsize() > 0
+
+
+async def test_with_three_partitions_a_task_on_another_primary_streams_its_events_and_cancels(
+    start_service, valkey_url
+):
+    taskd = await start_service(redis=RedisConfig(url=valkey_url, partitions=3))
+    project = next(f"film-{n}" for n in range(100) if zlib.crc32(f"film-{n}".encode()) % 3 == 2)
+    done = await taskd.submit("sleep", {"seconds": 0.1, "steps": 2}, project_id=project)
+    long = await taskd.submit("sleep", {"seconds": 30}, project_id=project)
+
+    async with asyncio.timeout(10), taskd.client.get(f"/api/v1/tasks/{done['task_id']}/events") as response:
+        seen = await read_events(response)
+    await taskd.wait_for(long["task_id"], lambda body: body["status"] == "processing")
+    async with taskd.client.delete(f"/api/v1/tasks/{long['task_id']}") as response:
+        cancelled = await response.json()
+
+    assert seen[-1].data["status"] == "completed"
+    assert (cancelled["status"], cancelled["previous_state"]) == ("cancelled", "processing")
 
 
 async def test_a_queued_task_is_cancelled_and_never_starts(start_service):

@@ -394,7 +394,8 @@ async def _serve(
         await response.prepare(request)
         await writer.write(f"retry: {RECONNECT_MS}\n\n".encode())
         await writer.send(backlog)
-        await _follow(writer, subscription, api.redis, until_terminal=until_terminal)
+        redis = api.store.client(keys.partition_of_key(subscription.stream))
+        await _follow(writer, subscription, redis, until_terminal=until_terminal)
     except ConnectionResetError:
         pass  # the client went away
     except Exception as exc:  # headers are sent: the error can only end the stream

@@ -349,6 +349,7 @@ class TaskStore:
                 "with partitions, a submit's quota is spent before the submit (its key is not in the slot)"
             )
         await self._refuse_foreign_dependency(record, partition, "depends_on")
+        await self._refuse_key_used_elsewhere(idempotency, partition)
         elsewhere = await self._waiting_elsewhere([record.queue], partition, admission.max_queue_length)
         outcome, replicated = await self._submit_together[partition](
             {
@@ -446,6 +447,7 @@ class TaskStore:
         (partition,) = partitions
         for index, (record, _) in enumerate(batch):
             await self._refuse_foreign_dependency(record, partition, f"tasks[{index}].depends_on")
+        await self._refuse_key_used_elsewhere(idempotency, partition)
         elsewhere = await self._waiting_elsewhere(
             (record.queue for record, _ in batch), partition, admission.max_queue_length
         )
@@ -534,6 +536,18 @@ class TaskStore:
             if elsewhere != partition:
                 why = "project" if await self.clients[elsewhere].exists(keys.task(task_id)) else "unknown"
                 raise ValidationError({field: _BAD_DEPENDENCY[why].format(task_id)}, "Invalid dependencies")
+
+    async def _refuse_key_used_elsewhere(self, idempotency: Idempotency | None, partition: int) -> None:
+        """An Idempotency-Key is remembered in the partition of the request's project. A request
+        with the same fingerprint names the same project, so one remembered in another partition
+        was another request: IdempotencyKeyReused, as the script answers in its own partition.
+        Unlike there, two such requests at the same moment may both pass (this read and the
+        script are two round trips)."""
+        if idempotency is None or len(self.clients) == 1:
+            return
+        for other, client in enumerate(self.clients):
+            if other != partition and await client.exists(keys.in_partition(idempotency.key, other)):
+                raise IdempotencyKeyReused()
 
     @staticmethod
     def _partition_of(record: TaskRecord) -> int:

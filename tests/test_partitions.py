@@ -1,0 +1,285 @@
+"""`redis.partitions`: every project's tasks, lines, limits and streams under one of several hash tags,
+so that a Redis Cluster spreads taskd over its shards (docs/cluster.md). Here on one Valkey with three
+partitions, through the HTTP API: every path a task takes works whichever partition it is in, and what
+is counted across partitions (metrics, queue lengths, rate limits) adds up."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+
+import pytest
+from conftest import make_config
+from redis.asyncio import Redis
+from redis.crc import key_slot
+from sse import read_events
+
+from taskd import keys
+from taskd.config import ConfigError, LimitsConfig, RedisConfig, WebhooksConfig
+from taskd.service import Service
+
+PARTITIONS = 3
+
+
+def project_in(partition: int) -> str:
+    """A project id whose tasks live in `partition` of three."""
+    return next(
+        name
+        for name in (f"film-{n}" for n in range(100))
+        if zlib.crc32(name.encode()) % PARTITIONS == partition
+    )
+
+
+PROJECTS = [project_in(partition) for partition in range(PARTITIONS)]
+
+
+@pytest.fixture
+def partitioned(valkey_url: str) -> RedisConfig:
+    return RedisConfig(url=valkey_url, partitions=PARTITIONS)
+
+
+async def stored_under(redis: Redis, task_id: str) -> set[str]:
+    """The hash tags of every key that names the task."""
+    names = [name.decode() async for name in redis.scan_iter(match=f"*{task_id}*")]
+    return {name[: name.index("}") + 1] for name in names}
+
+
+async def test_the_tasks_of_each_project_are_stored_under_its_partitions_tag_and_complete(
+    start_service, partitioned, redis
+):
+    taskd = await start_service(redis=partitioned)
+    tasks = [await taskd.submit("noop", {}, project_id=project) for project in PROJECTS]
+
+    ended = [await taskd.wait_terminal(task["task_id"]) for task in tasks]
+
+    assert [body["status"] for body in ended] == ["completed"] * PARTITIONS
+    tags = [await stored_under(redis, task["task_id"]) for task in tasks]
+    assert tags == [{"{taskd}"}, {keys.partition_prefix(1)[:-1]}, {keys.partition_prefix(2)[:-1]}]
+
+
+async def test_the_partitions_tags_hash_to_slots_in_three_equal_ranges():
+    keys.configure_partitions(PARTITIONS)
+
+    slots = [key_slot(keys.partition_prefix(partition).encode()) for partition in range(PARTITIONS)]
+
+    assert [slot * PARTITIONS // 16384 for slot in slots] == [0, 1, 2]
+
+
+async def test_a_task_id_names_its_projects_partition():
+    keys.configure_partitions(PARTITIONS)
+
+    ids = [keys.new_task_id(project) for project in PROJECTS for _ in range(20)]
+
+    assert [keys.task_partition(task_id) for task_id in ids] == [
+        p for p in range(PARTITIONS) for _ in range(20)
+    ]
+
+
+async def test_metrics_add_up_the_counters_of_every_partition(start_service, partitioned):
+    taskd = await start_service(redis=partitioned)
+    for project in PROJECTS:
+        await taskd.wait_terminal((await taskd.submit("noop", {}, project_id=project))["task_id"])
+
+    async with taskd.client.get("/api/v1/tasks/metrics") as response:
+        metrics = (await response.json())["metrics"]
+
+    assert (metrics["total_tasks"], metrics["completed_tasks"]) == (PARTITIONS, PARTITIONS)
+
+
+async def test_a_queued_task_outside_partition_zero_is_listed_and_cancelled(start_service, partitioned):
+    api_only = await start_service(redis=partitioned, workers=False)
+    task = await api_only.submit("noop", {}, project_id=PROJECTS[2])
+
+    async with api_only.client.get(f"/api/v1/projects/{PROJECTS[2]}/tasks") as response:
+        listed = [item["task_id"] for item in (await response.json())["tasks"]]
+    async with api_only.client.delete(f"/api/v1/tasks/{task['task_id']}") as response:
+        cancelled = await response.json()
+
+    assert listed == [task["task_id"]]
+    assert (cancelled["status"], cancelled["previous_state"]) == ("cancelled", "queued")
+
+
+async def test_the_event_stream_of_a_task_outside_partition_zero_ends_with_its_completion(
+    start_service, partitioned
+):
+    taskd = await start_service(redis=partitioned)
+    task = await taskd.submit("sleep", {"seconds": 0.2, "steps": 2}, project_id=PROJECTS[1])
+
+    async with asyncio.timeout(10), taskd.client.get(f"/api/v1/tasks/{task['task_id']}/events") as response:
+        seen = await read_events(response)
+
+    assert seen[0].data["status"] == "queued"
+    assert seen[-1].data["status"] == "completed"
+
+
+async def test_a_webhook_of_a_task_outside_partition_zero_is_delivered(start_service, partitioned, receiver):
+    taskd = await start_service(redis=partitioned, webhooks=WebhooksConfig(allow_private=True))
+    task = await taskd.submit("noop", {}, project_id=PROJECTS[2], callback_url=receiver.url())
+
+    received = await receiver.wait_for(1)
+    body = await taskd.wait_for(
+        task["task_id"], lambda status: bool((status.get("webhook") or {}).get("delivered_at"))
+    )
+
+    assert (received[0].json["task_id"], received[0].json["status"]) == (task["task_id"], "completed")
+    assert body["webhook"]["attempts"] == 1
+
+
+async def test_a_task_delayed_in_another_partition_starts_when_due(start_service, partitioned):
+    taskd = await start_service(redis=partitioned)
+    task = await taskd.submit("noop", {}, project_id=PROJECTS[1], delay_seconds=1)
+
+    assert (await taskd.status(task["task_id"]))["status"] == "queued"
+    assert (await taskd.wait_terminal(task["task_id"]))["status"] == "completed"
+
+
+async def test_a_batch_chain_of_one_project_runs_in_order(start_service, partitioned):
+    taskd = await start_service(redis=partitioned)
+    items = [
+        {"project_id": PROJECTS[1], "task_type": "noop", "task_data": {}},
+        {"project_id": PROJECTS[1], "task_type": "noop", "task_data": {}, "depends_on": ["@0"]},
+    ]
+
+    async with taskd.client.post("/api/v1/tasks/batch", json={"tasks": items}) as response:
+        first, second = (await response.json())["tasks"]
+    ended = [await taskd.wait_terminal(item["task_id"]) for item in (first, second)]
+
+    assert [body["status"] for body in ended] == ["completed", "completed"]
+    assert ended[0]["completed_at"] <= ended[1]["started_at"]
+
+
+async def test_a_batch_of_projects_in_two_partitions_is_refused_and_stores_nothing(
+    start_service, partitioned, redis
+):
+    api_only = await start_service(redis=partitioned, workers=False)
+    items = [{"project_id": project, "task_type": "noop", "task_data": {}} for project in PROJECTS[:2]]
+
+    async with api_only.client.post("/api/v1/tasks/batch", json={"tasks": items}) as response:
+        body = await response.json()
+
+    assert (response.status, body["error"]) == (400, "validation_error")
+    assert "one partition" in body["details"]["tasks"]
+    assert [name async for name in redis.scan_iter(match="*task:*")] == []
+
+
+async def test_a_dependency_of_another_partition_is_named_as_another_projects_task(
+    start_service, partitioned
+):
+    taskd = await start_service(redis=partitioned)
+    other = await taskd.submit("noop", {}, project_id=PROJECTS[0])
+    body = {"project_id": PROJECTS[1], "task_type": "noop", "task_data": {}, "depends_on": [other["task_id"]]}
+
+    async with taskd.client.post("/api/v1/tasks/submit", json=body) as response:
+        refused = await response.json()
+
+    assert response.status == 400
+    assert refused["details"]["depends_on"] == f"Task '{other['task_id']}' belongs to another project"
+
+
+async def test_the_queue_length_limit_counts_the_tasks_waiting_in_every_partition(start_service, partitioned):
+    api_only = await start_service(redis=partitioned, workers=False, limits=LimitsConfig(max_queue_length=2))
+    await api_only.submit("noop", {}, project_id=PROJECTS[0])
+    await api_only.submit("noop", {}, project_id=PROJECTS[1])
+
+    body = {"project_id": PROJECTS[2], "task_type": "noop", "task_data": {}}
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        assert response.status == 503
+
+
+async def test_the_submit_rate_limit_counts_submits_to_every_partition(start_service, partitioned):
+    api_only = await start_service(redis=partitioned, workers=False, limits=LimitsConfig(submit_per_minute=2))
+    await api_only.submit("noop", {}, project_id=PROJECTS[1])
+    await api_only.submit("noop", {}, project_id=PROJECTS[2])
+
+    body = {"project_id": PROJECTS[0], "task_type": "noop", "task_data": {}}
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        assert response.status == 429
+        assert int(response.headers["Retry-After"]) > 0
+
+
+async def test_an_idempotency_key_replays_the_first_answer_in_its_projects_partition(
+    start_service, partitioned
+):
+    api_only = await start_service(redis=partitioned, workers=False)
+    body = {"project_id": PROJECTS[2], "task_type": "noop", "task_data": {}}
+
+    answers = []
+    for _ in range(2):
+        async with api_only.client.post(
+            "/api/v1/tasks/submit", json=body, headers={"Idempotency-Key": "scene-1"}
+        ) as response:
+            answers.append(
+                (
+                    response.status,
+                    (await response.json())["task_id"],
+                    response.headers.get("Idempotent-Replayed"),
+                )
+            )
+
+    assert answers[0][:2] == answers[1][:2]
+    assert answers[1][2] == "true"
+
+
+async def test_an_idempotency_key_used_for_a_project_of_another_partition_is_refused(
+    start_service, partitioned, redis
+):
+    api_only = await start_service(redis=partitioned, workers=False)
+    headers = {"Idempotency-Key": "scene-1"}
+    first = {"project_id": PROJECTS[0], "task_type": "noop", "task_data": {}}
+    async with api_only.client.post("/api/v1/tasks/submit", json=first, headers=headers) as response:
+        assert response.status == 200
+
+    other = {**first, "project_id": PROJECTS[1]}
+    async with api_only.client.post("/api/v1/tasks/submit", json=other, headers=headers) as response:
+        body = await response.json()
+
+    assert (response.status, body["error"]) == (422, "idempotency_key_reused")
+    assert await redis.zcard(keys.project(PROJECTS[1])) == 0
+
+
+async def test_a_start_with_another_number_of_partitions_than_the_data_is_refused(tmp_path, valkey_url):
+    first = Service(
+        make_config(tmp_path, valkey_url, redis=RedisConfig(url=valkey_url, partitions=3)),
+        http=True,
+        workers=False,
+    )
+    await first.start()
+    await first.stop(grace=1)
+
+    again = Service(
+        make_config(tmp_path, valkey_url, redis=RedisConfig(url=valkey_url, partitions=2)),
+        http=True,
+        workers=False,
+    )
+    with pytest.raises(ConfigError, match=r"every process must use redis\.partitions = 3"):
+        await again.start()
+
+
+async def test_a_store_made_with_one_partition_is_not_opened_with_more(start_service, tmp_path, valkey_url):
+    taskd = await start_service()
+    await taskd.wait_terminal((await taskd.submit("noop", {}))["task_id"])
+
+    again = Service(
+        make_config(tmp_path, valkey_url, redis=RedisConfig(url=valkey_url, partitions=3)),
+        http=True,
+        workers=False,
+    )
+    with pytest.raises(ConfigError, match=r"every process must use redis\.partitions = 1"):
+        await again.start()
+
+
+async def test_tasks_stored_before_the_number_was_kept_keep_one_partition(
+    start_service, tmp_path, valkey_url, redis
+):
+    taskd = await start_service()
+    await taskd.wait_terminal((await taskd.submit("noop", {}))["task_id"])
+    await redis.delete(keys.PARTITIONS)  # as a version before the marker left its data
+
+    again = Service(
+        make_config(tmp_path, valkey_url, redis=RedisConfig(url=valkey_url, partitions=3)),
+        http=True,
+        workers=False,
+    )
+    with pytest.raises(ConfigError, match="holds tasks stored in one partition"):
+        await again.start()
+    assert await redis.get(keys.PARTITIONS) is None
