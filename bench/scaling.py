@@ -434,8 +434,8 @@ def render(results: list[dict[str, Any]]) -> str:
     """The markdown table: one line per run, tasks/s and the cores of each role."""
     lines = [
         "| run | API nodes | workers | tasks/s | API cores | worker cores | Valkey cores | load generator cores "
-        "| all of these | machine busy | steal | scripts/task | polls/task |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| all of these | machine busy | steal | scripts/task | polls/task | scripts/task by Valkey server |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for result in results:
         cores = result["cores"]
@@ -446,7 +446,8 @@ def render(results: list[dict[str, Any]]) -> str:
             + " | ".join(f"{cores[role]:.2f}" for role in ROLES)
             + f" | {sum(cores.values()):.2f} | {result['machine']['busy_cores']:.2f}"
             + f" | {result['machine']['steal_cores']:.2f}"
-            + f" | {result['commands_per_task']['evalsha']:.2f} | {result['commands_per_task']['zrangebyscore']:.2f} |"
+            + f" | {result['commands_per_task']['evalsha']:.2f} | {result['commands_per_task']['zrangebyscore']:.2f}"
+            + f" | {' / '.join(f'{n:.2f}' for n in result['commands_per_task'].get('evalsha_by_server', []))} |"
         )
     return "\n".join(lines)
 

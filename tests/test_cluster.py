@@ -218,17 +218,41 @@ async def test_a_failover_of_taskds_primary_loses_no_acknowledged_task(tmp_path,
         six.stop()
 
 
-async def _failover_while_submitting(six: ValkeyCluster, base_url: str, http) -> None:
+async def test_with_three_partitions_a_failover_of_one_partitions_primary_loses_no_acknowledged_task(
+    tmp_path, http
+):
+    six = ValkeyCluster(tmp_path / "cluster", primaries=3, replicas=1).start()
+    try:
+        url = cluster_url(six)
+        redis_config = RedisConfig(url=url, socket_timeout=2, wait_replicas=1, wait_timeout=1, partitions=3)
+        service = Service(make_config(tmp_path, url, redis=redis_config), http=True, workers=True)
+        await service.start()
+        try:
+            host, port = service.addresses[0]
+            # A project of partition 1: its primary is not the one of {taskd}, which stays up.
+            project = next(f"film-{n}" for n in range(100) if zlib.crc32(f"film-{n}".encode()) % 3 == 1)
+            await _failover_while_submitting(
+                six, f"http://{host}:{port}", http, project=project, key=keys.metrics(1)
+            )
+        finally:
+            await service.stop(grace=1)
+    finally:
+        six.stop()
+
+
+async def _failover_while_submitting(
+    six: ValkeyCluster, base_url: str, http, *, project: str = "p", key: str = keys.METRICS
+) -> None:
     def primary_port() -> int:
         with six.client() as client:
-            return int(client.get_node_from_key(keys.METRICS).port)
+            return int(client.get_node_from_key(key).port)
 
     first = primary_port()
     primary = next(node for node in six.primaries if node.port == first)
     acknowledged: list[str] = []
 
     async def submit() -> None:
-        body = {"project_id": "p", "task_type": "noop", "task_data": {}}
+        body = {"project_id": project, "task_type": "noop", "task_data": {}}
         async with http.post(
             f"{base_url}/api/v1/tasks/submit", json=body, headers={"X-API-Key": API_KEY}
         ) as response:
