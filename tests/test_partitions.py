@@ -15,6 +15,7 @@ from redis.crc import key_slot
 from sse import read_events
 
 from taskd import keys
+from taskd.admin import operator
 from taskd.config import ConfigError, LimitsConfig, RedisConfig, WebhooksConfig
 from taskd.service import Service
 
@@ -84,6 +85,42 @@ async def test_metrics_add_up_the_counters_of_every_partition(start_service, par
         metrics = (await response.json())["metrics"]
 
     assert (metrics["total_tasks"], metrics["completed_tasks"]) == (PARTITIONS, PARTITIONS)
+
+
+async def test_health_counts_the_tasks_waiting_in_every_partition(start_service, partitioned):
+    api_only = await start_service(redis=partitioned, workers=False)
+    for project in PROJECTS:
+        await api_only.submit("noop", {}, project_id=project)
+
+    async with api_only.client.get("/api/v1/health") as response:
+        body = await response.json()
+
+    assert body["queue_sizes"]["default"] == PARTITIONS
+
+
+async def test_a_submit_that_waits_for_its_end_gets_it_outside_partition_zero(start_service, partitioned):
+    taskd = await start_service(redis=partitioned)
+    body = {"project_id": PROJECTS[2], "task_type": "noop", "task_data": {}}
+
+    async with taskd.client.post("/api/v1/tasks/submit", json=body, headers={"Prefer": "wait=5"}) as response:
+        waited = await response.json()
+
+    assert (response.status, waited["status"]) == (200, "completed")
+
+
+async def test_the_operators_queue_view_and_purge_cover_every_partition(
+    start_service, partitioned, valkey_url, tmp_path
+):
+    api_only = await start_service(redis=partitioned, workers=False)
+    ids = [(await api_only.submit("noop", {}, project_id=project))["task_id"] for project in PROJECTS]
+
+    async with operator(make_config(tmp_path, valkey_url, redis=partitioned), valkey_url) as ops:
+        waiting = {state.name: state.waiting for state in await ops.queue_states()}
+        purged = await ops.purge("default")
+
+    assert waiting["default"] == PARTITIONS
+    assert sorted(purged) == sorted(ids)
+    assert [(await api_only.status(task_id))["status"] for task_id in ids] == ["cancelled"] * PARTITIONS
 
 
 async def test_a_queued_task_outside_partition_zero_is_listed_and_cancelled(start_service, partitioned):
