@@ -6,6 +6,7 @@ is counted across partitions (metrics, queue lengths, rate limits) adds up."""
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 
 import pytest
@@ -18,6 +19,7 @@ from taskd import keys
 from taskd.admin import operator
 from taskd.config import ConfigError, LimitsConfig, RedisConfig, WebhooksConfig
 from taskd.service import Service
+from taskd.store import TaskStore
 
 PARTITIONS = 3
 
@@ -272,6 +274,23 @@ async def test_an_idempotency_key_used_for_a_project_of_another_partition_is_ref
 
     assert (response.status, body["error"]) == (422, "idempotency_key_reused")
     assert await redis.zcard(keys.project(PROJECTS[1])) == 0
+
+
+async def test_a_take_filled_from_a_later_partition_leaves_the_worker_in_no_idle_set(
+    start_service, partitioned, redis
+):
+    api_only = await start_service(redis=partitioned, workers=False)
+    task = await api_only.submit("noop", {}, project_id=PROJECTS[1])
+    store = TaskStore(redis, 3600)
+
+    # Its first take starts at partition 0, which has nothing and puts the worker in its idle set;
+    # partition 1 then fills its one slot.
+    takes = await store.take("default", "worker-a", time.time(), 1, 100)
+
+    assert [taken.record.task_id for taken in takes.started if taken.record] == [task["task_id"]]
+    assert takes.look_when_freed
+    # A job of partition 0 must wake a worker with room, not this full one.
+    assert await redis.zscore(keys.idle("default", 0), "worker-a") is None
 
 
 async def test_a_start_with_another_number_of_partitions_than_the_data_is_refused(tmp_path, valkey_url):

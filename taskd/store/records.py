@@ -55,7 +55,13 @@ def added_up(hashes: Iterable[Mapping[bytes, bytes]]) -> dict[str, str]:
     sums: dict[str, int | float] = {}
     for part in parts:
         for name, value in part.items():
-            number = float(value) if b"." in value or b"e" in value else int(value)
+            try:
+                number = int(value)
+            except ValueError:
+                try:
+                    number = float(value)
+                except ValueError:  # not a counter taskd writes: not added
+                    continue
             sums[name.decode()] = sums.get(name.decode(), 0) + number
     return {name: repr(value) for name, value in sums.items()}
 
@@ -645,6 +651,9 @@ class TaskStore:
         first = next(turns)
         started: list[Taken] = []
         look = False
+        idle_in: list[
+            int
+        ] = []  # partitions whose take found nothing more and put the worker in their idle set
         for step in range(len(self.clients)):
             if len(started) >= count and not recover:
                 # Partitions not asked have not put the worker in their idle sets.
@@ -656,6 +665,12 @@ class TaskStore:
             )
             started += takes.started
             look = look or takes.look_when_freed
+            if not takes.look_when_freed:
+                idle_in.append(partition)
+        if look and idle_in:
+            # Full now, from a later partition: a job of an earlier one must wake a worker with room.
+            for partition in idle_in:
+                await self.clients[partition].zrem(keys.idle(queue, partition), worker_id)
         return Takes(started, look)
 
     async def _take_from(
