@@ -55,6 +55,7 @@ def added_up(hashes: Iterable[Mapping[bytes, bytes]]) -> dict[str, str]:
     sums: dict[str, int | float] = {}
     for part in parts:
         for name, value in part.items():
+            number: int | float
             try:
                 number = int(value)
             except ValueError:
@@ -350,13 +351,17 @@ class TaskStore:
         and reported to it; over the limit, nothing else is written.
         """
         partition = self._partition_of(record)
-        if quota is not None and len(self.clients) > 1:
-            raise ValueError(
-                "with partitions, a submit's quota is spent before the submit (its key is not in the slot)"
-            )
-        await self._refuse_foreign_dependency(record, partition, "depends_on")
-        await self._refuse_key_used_elsewhere(idempotency, partition)
-        elsewhere = await self._waiting_elsewhere([record.queue], partition, admission.max_queue_length)
+        elsewhere = 0
+        if len(self.clients) > 1:
+            # What spans partitions is read first (docs/cluster.md): not on the one-partition path.
+            if quota is not None:
+                raise ValueError(
+                    "with partitions, a submit's quota is spent before it (taskd.http.ratelimit)"
+                )
+            await self._refuse_foreign_dependency(record, partition, "depends_on")
+            await self._refuse_key_used_elsewhere(idempotency, partition)
+            counts = await self._waiting_elsewhere([record.queue], partition, admission.max_queue_length)
+            elsewhere = counts[record.queue]
         outcome, replicated = await self._submit_together[partition](
             {
                 "task": keys.task(record.task_id),
@@ -393,7 +398,7 @@ class TaskStore:
                 "rate_window": quota.window_ms if quota else 0,
                 "rate_nonce": quota.nonce if quota else "",
                 "fields": orjson.dumps(encode_flat(record)),
-                "elsewhere": elsewhere[record.queue],
+                "elsewhere": elsewhere,
             },
         )
         reply, spent = outcome
