@@ -7,9 +7,11 @@ for every key. With N, a project's keys and its tasks' are under the tag of the 
 partition (`{taskd}` for partition 0, `{taskd:<n>}` for the others; `partition_prefix`), as are
 each partition's copies of the queue lines, counters, outbox and schedule below (`metrics(p)`,
 `running(queue, p)`…); what every task shares (workers, GPU hosts, rate limits, providers) stays
-under `{taskd}`. The table names the keys as partition 0 has them. arq's job and lock keys are under the tag too (arq's own `arq:job:` and
-`arq:in-progress:` prefixes would put each job in another slot): taskd's worker never lets arq read
-them (taskd.queue.workers). Keys written before the tag (`taskd:…`) are renamed once, at start
+under `{taskd}`. The table names the keys as partition 0 has them.
+
+arq's job and lock keys are under the tag too (arq's own `arq:job:` and `arq:in-progress:`
+prefixes would put each job in another slot): taskd's worker never lets arq read them
+(taskd.queue.workers). Keys written before the tag (`taskd:…`) are renamed once, at start
 (taskd.store.layout).
 
 | key | type | lives |
@@ -84,6 +86,8 @@ WAIT_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 EVENTS_TTL = 24 * 3600
 TASK_EVENTS_MAXLEN = 200
 PROJECT_EVENTS_MAXLEN = 10_000
+# Partition 0's outbox, schedule and counters (METRICS, above): with one partition, the only ones;
+# `webhooks_due(p)`, `scheduled(p)` and `metrics(p)` name any partition's.
 WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
 WEBHOOKS_WAKE = f"{PREFIX}webhooks:wake"
 SCHEDULED = f"{PREFIX}scheduled"
@@ -93,6 +97,7 @@ IDEMPOTENCY_TTL = 24 * 3600
 # arq's job definitions and locks, in arq's format but under taskd's tag (arq names them
 # arq:job:… and arq:in-progress:…; taskd's worker claims and drops jobs itself, so arq never
 # reads these prefixes: tests/test_keys.py checks that a task run writes no key outside the tag).
+# Partition 0's; `arq_job` and `arq_in_progress` name a job's in its task's partition.
 ARQ_JOB_PREFIX = f"{PREFIX}arq:job:"
 ARQ_IN_PROGRESS_PREFIX = f"{PREFIX}arq:in-progress:"
 

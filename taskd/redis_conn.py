@@ -14,8 +14,8 @@ one per partition): each new connection asks the known nodes which node that is 
 and a reply that says the slot moved (MOVED, after a failover or a resharding) drops the
 connection, so the next one asks again. Scripts, pipelines, transactions, pub/sub and XREAD then
 work as on a standalone Redis. docs/cluster.md says what that gives: failover, and with several
-partitions taskd's load spread over the shards. A `redis://` URL of a cluster node is refused at start: it would
-break at the first failover.
+partitions taskd's load spread over the shards. A `redis://` URL of a cluster node is refused at
+start: it would break at the first failover.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The durable outbox in Redis: which webhooks are due, who is sending them, and how each delivery went.
 
-`{taskd}:webhooks:due` (one per partition, taskd.keys.webhooks_due) scores a task id with the ms its next attempt is due. A sender claims due
-members by moving their score to a lease (now + lease): no other process sends that attempt
+`{taskd}:webhooks:due` (one per partition, taskd.keys.webhooks_due) scores a task id with the ms
+its next attempt is due. A sender claims due members by moving their score to a lease
+(now + lease): no other process sends that attempt
 while the lease runs, and if the sender dies the lease runs out and another one sends it. Only
 the holder of the lease (the score it set) may record the attempt's outcome. The finish of a run
 (taskd/store/lua/finish.lua) may queue its end's webhook already under such a lease, held by the
