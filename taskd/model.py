@@ -169,6 +169,8 @@ class Metrics:
     cancelled_tasks: int = 0
     currently_running: int = 0
     average_durations: dict[str, float] = attrs.Factory(dict)
+    webhooks_delivered: int = 0
+    webhooks_failed: int = 0
 
     def _percent(self, part: int) -> float:
         return round(100.0 * part / self.total_tasks, 1) if self.total_tasks else 0.0

@@ -1048,6 +1048,8 @@ class TaskStore:
             cancelled_tasks=int(raw.get("cancelled_tasks", 0)),
             currently_running=sum(running),
             average_durations=averages,
+            webhooks_delivered=int(raw.get("webhooks_delivered", 0)),
+            webhooks_failed=int(raw.get("webhooks_failed", 0)),
         )
 
     async def counters(self) -> dict[str, str]:
