@@ -4,8 +4,10 @@ The topology of docs/production.md#many-hosts-one-service, on this machine: API 
 `taskd serve --no-worker` with its embedded Valkey (the one Redis), API node 2 another
 `taskd serve --no-worker` on that Redis, and two `taskd worker` hosts (`host-a` with two simulated
 GPUs, `host-b` with none), each with its own data dir and host id. Nothing is shared but Redis, the
-bucket (a real SeaweedFS) and the settings every node must agree on. One topology per module (and
-xdist worker); each test uses its own project ids and API key, so their limits do not meet.
+bucket (a real SeaweedFS) and the settings every node must agree on. Then the same on a 3-primary
+Valkey Cluster with `redis.partitions = 3` (docs/cluster.md), where the projects of the tests are
+in all three partitions. One topology per Redis (and xdist worker); each test uses its own project
+ids and API key, so their limits do not meet.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import pytest
 from conftest import TERMINAL, TaskdProcess, child_env
 from fake_media_apis import FileServer, sine_wav
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from valkey_cluster import ValkeyCluster
 from yarl import URL
 
 from taskd import keys
@@ -46,6 +50,7 @@ class Topology:
     redis_url: str
     bucket: str
     seaweed: SeaweedS3
+    partitions: int = 1
     nodes: list[str] = attrs.Factory(list)
     hosts: dict[str, TaskdProcess] = attrs.Factory(dict)
 
@@ -61,8 +66,10 @@ class Topology:
         return self.hosts[host]
 
 
-@pytest.fixture(scope="module")
-def topology(module_spawn_taskd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+@pytest.fixture(scope="module", params=["valkey", "cluster"])
+def topology(
+    request: pytest.FixtureRequest, module_spawn_taskd, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Topology]:
     root = tmp_path_factory.mktemp("topology")
     seaweed = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
     seaweed.start()
@@ -83,21 +90,43 @@ def topology(module_spawn_taskd, tmp_path_factory: pytest.TempPathFactory) -> It
         "TASKD_EXECUTION__CANCEL_GRACE": "2",
     }
     world = Topology(module_spawn_taskd, root, shared, "", bucket, seaweed)
-    first = module_spawn_taskd("serve", "--no-worker", env=world.env("node-1"))
-    redis_url = EmbeddedValkey.running_url(root / "node-1")
-    assert redis_url is not None
-    world.redis_url = redis_url
-    second = module_spawn_taskd("serve", "--no-worker", env=world.env("node-2", TASKD_REDIS__URL=redis_url))
+    cluster = None
+    if request.param == "cluster":
+        cluster = ValkeyCluster(tmp_path_factory.mktemp("cluster")).start()
+        world.redis_url = "redis+cluster://" + ",".join(
+            f"127.0.0.1:{node.port}" for node in cluster.primaries
+        )
+        world.partitions = 3
+        shared["TASKD_REDIS__PARTITIONS"] = "3"
+        first = module_spawn_taskd(
+            "serve", "--no-worker", env=world.env("node-1", TASKD_REDIS__URL=world.redis_url)
+        )
+    else:
+        first = module_spawn_taskd("serve", "--no-worker", env=world.env("node-1"))
+        redis_url = EmbeddedValkey.running_url(root / "node-1")
+        assert redis_url is not None
+        world.redis_url = redis_url
+    second = module_spawn_taskd(
+        "serve", "--no-worker", env=world.env("node-2", TASKD_REDIS__URL=world.redis_url)
+    )
     world.nodes = [str(first.base_url), str(second.base_url)]
     for host in ("host-a", "host-b"):
         world.start_host(host)
     yield world
     seaweed.stop()
+    if cluster is not None:
+        cluster.stop()
 
 
 @pytest.fixture
-async def redis(topology: Topology) -> AsyncIterator[Redis]:
-    client = Redis.from_url(topology.redis_url)
+async def redis(topology: Topology) -> AsyncIterator[Redis | RedisCluster]:
+    """A client of the topology's Redis: the test names keys as its taskd processes do."""
+    keys.configure_partitions(topology.partitions)  # conftest sets it back after the test
+    if topology.partitions == 1:
+        client: Redis | RedisCluster = Redis.from_url(topology.redis_url)
+    else:
+        first = topology.redis_url.removeprefix("redis+cluster://").split(",")[0]
+        client = RedisCluster.from_url(f"redis://{first}")
     yield client
     await client.aclose()
 
@@ -153,7 +182,7 @@ def nodes(topology: Topology, session: aiohttp.ClientSession, key: str) -> tuple
     return Node(session, topology.nodes[0], KEYS[key]), Node(session, topology.nodes[1], KEYS[key])
 
 
-async def host_running(redis: Redis, task_id: str) -> str:
+async def host_running(redis: Redis | RedisCluster, task_id: str) -> str:
     """The worker host running the task: its worker id starts with the host id."""
     worker_id = (await redis.hget(keys.task(task_id), "worker_id")).decode()
     return worker_id.split(":")[0]
@@ -176,7 +205,8 @@ async def test_a_cancel_sent_to_the_other_api_node_stops_the_task_on_the_host_ru
 ):
     one, two = nodes(topology, session, "cancel")
     await both_hosts_live(one)
-    task_id = await one.submit("sleep", {"seconds": 60, "steps": 60}, project="cancel-anywhere")
+    # On the cluster this project is in partition 2 (so are all of this module's but rate-limited, in 1).
+    task_id = await one.submit("sleep", {"seconds": 60, "steps": 60}, project="cancel-elsewhere")
     await two.wait(task_id, lambda b: b["status"] == "processing")
     host = await host_running(redis, task_id)
 
@@ -196,7 +226,7 @@ async def test_the_task_of_a_killed_worker_host_is_taken_back_and_finished_by_th
 ):
     one, two = nodes(topology, session, "kill")
     await both_hosts_live(one)
-    task_id = await one.submit("sleep", {"seconds": 3, "steps": 6}, project="host-dies")
+    task_id = await one.submit("sleep", {"seconds": 3, "steps": 6}, project="dying-host")
     await two.wait(task_id, lambda b: b["status"] == "processing")
     doomed = await host_running(redis, task_id)
     survivor = ({"host-a", "host-b"} - {doomed}).pop()
