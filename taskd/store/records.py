@@ -656,9 +656,8 @@ class TaskStore:
         first = next(turns)
         started: list[Taken] = []
         look = False
-        idle_in: list[
-            int
-        ] = []  # partitions whose take found nothing more and put the worker in their idle set
+        # The partitions whose take found nothing more and put the worker in their idle set.
+        idle_in: list[int] = []
         for step in range(len(self.clients)):
             if len(started) >= count and not recover:
                 # Partitions not asked have not put the worker in their idle sets.
