@@ -250,6 +250,15 @@ def wake_worker(worker_id: str) -> str:
     return f"{WAKE_CHANNEL}:{worker_id}"
 
 
+def woken(message: str) -> tuple[str, int | None]:
+    """The queue and partition a wake-up message names (lib/wake.lua sends `<prefix><queue>`); a bare
+    queue name names no partition."""
+    if message.startswith("{"):
+        partition = partition_of_key(message)
+        return message.removeprefix(partition_prefix(partition)), partition
+    return message, None
+
+
 def idle(queue: str, partition: int = 0) -> str:
     """The workers of `queue` with free slots that wait for a job of the partition (a submit wakes one)."""
     return f"{partition_prefix(partition)}idle:{queue}"

@@ -299,9 +299,9 @@ class Service:
         ]
         log.info("workers serving queues: %s", ", ".join(self.queues))
 
-    def _wake(self, queue: str) -> None:
+    def _wake(self, message: str) -> None:
         if self._pool is not None:
-            self._pool.wake(queue)
+            self._pool.wake(*keys.woken(message))
 
     async def _start_http(self, redis: Redis, store: TaskStore, queue: TaskQueue, gpu: GpuScheduler) -> None:
         scoped = {entry.key: frozenset(entry.projects) for entry in self.config.auth.keys if entry.projects}

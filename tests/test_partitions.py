@@ -293,6 +293,39 @@ async def test_a_take_filled_from_a_later_partition_leaves_the_worker_in_no_idle
     assert await redis.zscore(keys.idle("default", 0), "worker-a") is None
 
 
+async def test_the_wake_up_of_an_idle_worker_names_the_partition_of_the_job(
+    start_service, partitioned, redis
+):
+    api_only = await start_service(redis=partitioned, workers=False)
+    # An idle worker of partition 2, as take.lua leaves one, alive by its heartbeat's mark there.
+    await redis.set(keys.worker("worker-a", 2), b"1")
+    await redis.zadd(keys.idle("default", 2), {"worker-a": 1})
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(keys.wake_worker("worker-a"))
+        await pubsub.get_message(timeout=1)  # the subscribe confirmation
+
+        await api_only.submit("noop", {}, project_id=PROJECTS[2])
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+
+    assert message is not None
+    assert keys.woken(message["data"].decode()) == ("default", 2)
+
+
+async def test_a_take_told_where_its_wake_up_came_from_looks_there_first(start_service, partitioned, redis):
+    api_only = await start_service(redis=partitioned, workers=False)
+    await api_only.submit("noop", {}, project_id=PROJECTS[1])
+    wanted = await api_only.submit("noop", {}, project_id=PROJECTS[2])
+    store = TaskStore(redis, 3600)
+
+    takes = await store.take("default", "worker-a", time.time(), 1, 100, first=2)
+
+    assert [taken.record.task_id for taken in takes.started if taken.record] == [wanted["task_id"]]
+
+
+def test_a_bare_queue_name_wakes_without_a_partition():
+    assert keys.woken("default") == ("default", None)
+
+
 async def test_a_start_with_another_number_of_partitions_than_the_data_is_refused(tmp_path, valkey_url):
     first = Service(
         make_config(tmp_path, valkey_url, redis=RedisConfig(url=valkey_url, partitions=3)),

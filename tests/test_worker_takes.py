@@ -36,7 +36,7 @@ async def wakes(redis: Redis) -> AsyncIterator[PubSub]:
 
 
 async def messages(pubsub: PubSub, wait: float = 0.3) -> list[str]:
-    """What was published on the wake channels within `wait` seconds: "{channel} {queue}" each."""
+    """What was published on the wake channels within `wait` seconds: "{channel} {partition prefix}{queue}" each."""
     seen = []
     deadline = time.monotonic() + wait
     while (left := deadline - time.monotonic()) > 0:
@@ -121,7 +121,7 @@ async def test_a_submit_wakes_only_the_worker_idle_longest(start_service: Any, r
 
     await api.submit("noop", {})
 
-    assert await messages(wakes) == ["{taskd}:wake:worker-a default"]
+    assert await messages(wakes) == ["{taskd}:wake:worker-a {taskd}:default"]
     assert await redis.zrange(keys.idle("default"), 0, -1) == [b"worker-b"]
 
 
@@ -132,7 +132,7 @@ async def test_a_submit_with_no_worker_idle_is_announced_on_the_channel_of_every
 
     await api.submit("noop", {})
 
-    assert await messages(wakes) == ["{taskd}:wake default"]
+    assert await messages(wakes) == ["{taskd}:wake {taskd}:default"]
 
 
 async def test_an_idle_worker_without_a_heartbeat_is_dropped_and_the_next_one_woken(
@@ -146,7 +146,7 @@ async def test_an_idle_worker_without_a_heartbeat_is_dropped_and_the_next_one_wo
 
     await api.submit("noop", {})
 
-    assert await messages(wakes) == ["{taskd}:wake:worker-b default"]
+    assert await messages(wakes) == ["{taskd}:wake:worker-b {taskd}:default"]
     assert await redis.zcard(keys.idle("default")) == 0
 
 
@@ -165,7 +165,7 @@ async def test_a_worker_that_takes_its_fill_with_jobs_left_wakes_another_idle_wo
 
     assert len(taken.started) == 1
     assert taken.look_when_freed
-    assert await messages(wakes) == ["{taskd}:wake:worker-b default"]
+    assert await messages(wakes) == ["{taskd}:wake:worker-b {taskd}:default"]
 
 
 async def test_two_worker_processes_both_run_tasks_and_each_task_once(start_service: Any, redis: Redis):

@@ -249,8 +249,9 @@ class Executor:
             await self._release_lease(task_id, wake=not start.throttled)
         return start
 
-    async def take(self, queue: str, count: int) -> Takes:
-        """Start up to `count` due jobs of `queue` for this worker in fair order (one round trip).
+    async def take(self, queue: str, count: int, first: int | None = None) -> Takes:
+        """Start up to `count` due jobs of `queue` for this worker in fair order (one round trip a
+        partition, from partition `first` when given: TaskStore.take).
 
         Retried while Redis is unreachable; a retry also asks for the tasks this worker already
         runs, since the call whose reply was lost may have started some (the worker skips those it knows).
@@ -260,7 +261,9 @@ class Executor:
         async def attempt() -> Takes:
             nonlocal recover
             try:
-                return await self.store.take(queue, self.worker_id, now(), count, TAKE_SCAN, recover=recover)
+                return await self.store.take(
+                    queue, self.worker_id, now(), count, TAKE_SCAN, recover=recover, first=first
+                )
             except (RedisConnectionError, RedisTimeoutError):
                 recover = True
                 raise

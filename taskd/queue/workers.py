@@ -25,7 +25,8 @@ from taskd.store import Start, Taken, Takes
 from taskd.tasks.registry import Registry
 
 Claim = Callable[[str, int], Awaitable[Start]]
-Take = Callable[[int], Awaitable[Takes]]
+# (free slots, the partition to look in first or None) -> what the take started.
+Take = Callable[[int, int | None], Awaitable[Takes]]
 # arq's job function as taskd registers it: (ctx, task_id) -> whether the run already dropped the job.
 JobFunction = Callable[[dict[str, Any], str], Awaitable[bool]]
 
@@ -45,8 +46,9 @@ class JobRunner(Protocol):
         """Claim a job of `queue` and start its task (one round trip)."""
         ...
 
-    async def take(self, queue: str, count: int) -> Takes:
-        """Start up to `count` due jobs of `queue` in fair order (one round trip)."""
+    async def take(self, queue: str, count: int, first: int | None = None) -> Takes:
+        """Start up to `count` due jobs of `queue` in fair order (one round trip a partition, from
+        partition `first` when given)."""
         ...
 
     def job_for(self, queue: str) -> JobFunction:
@@ -95,6 +97,8 @@ class TaskdWorker(Worker):
         # arq's set of the queue in each partition, with the client of that partition (taskd.keys).
         self.lines = list(lines)
         self._turn = 0
+        # The partition the last wake-up named (taskd.keys.woken): the next look starts there.
+        self.woken_in: int | None = None
         self.wake = asyncio.Event()
         self.stopping = False
         self.polled = False  # it reached Redis at least once
@@ -107,10 +111,11 @@ class TaskdWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            first, self.woken_in = self.woken_in, None
             if self._take is None:
-                await self._poll_lines()
+                await self._poll_lines(first)
             else:
-                takes = await self._take(self.max_jobs - self.job_counter)
+                takes = await self._take(self.max_jobs - self.job_counter, first)
                 self._look_when_freed = takes.look_when_freed
                 for taken in takes.started:
                     await self._launch(taken)
@@ -120,10 +125,11 @@ class TaskdWorker(Worker):
                 task.result()  # as arq's poll: an error in run_job is raised here
         await self.heart_beat()
 
-    async def _poll_lines(self) -> None:
+    async def _poll_lines(self, first: int | None) -> None:
         # arq's poll (its due jobs by score, each claimed on its own), over the queue's set in every
-        # partition, starting at the next partition each time so that none is always last.
-        self._turn = (self._turn + 1) % len(self.lines)
+        # partition, starting where a wake-up said or else at the next partition each time, so that
+        # none is always last.
+        self._turn = (self._turn + 1) % len(self.lines) if first is None else first
         for step in range(len(self.lines)):
             if self.job_counter >= self.max_jobs:
                 return
@@ -310,10 +316,13 @@ class WorkerPool:
         for queue in self.queues:
             self._supervisors.append(asyncio.create_task(self._supervise(queue), name=f"worker:{queue}"))
 
-    def wake(self, queue: str) -> None:
-        """Make the worker of `queue` (if this process serves it) look for jobs now."""
+    def wake(self, queue: str, partition: int | None = None) -> None:
+        """Make the worker of `queue` (if this process serves it) look for jobs now, in `partition`
+        first when given (where the job that woke it is)."""
         worker = self.workers.get(queue)
         if worker is not None:
+            if partition is not None:
+                worker.woken_in = partition
             worker.wake.set()
 
     def wake_all(self) -> None:

@@ -639,21 +639,31 @@ class TaskStore:
         )
 
     async def take(
-        self, queue: str, worker_id: str, at: float, count: int, scan: int, *, recover: bool = False
+        self,
+        queue: str,
+        worker_id: str,
+        at: float,
+        count: int,
+        scan: int,
+        *,
+        recover: bool = False,
+        first: int | None = None,
     ) -> Takes:
         """Start up to `count` due jobs of `queue` for `worker_id` in fair order, in one script (take.lua).
 
         With `recover`, the tasks of `queue` that `worker_id` runs come back too: a call whose reply
         was lost may have started some.
 
-        With several partitions, one script per partition, in turns that start at the next partition
-        each time, until `count` are started. The worker is to look again when a slot frees unless
+        With several partitions, one script per partition, in turns that start at partition `first`
+        (where the job that woke the worker is) or else at the next partition each time, until
+        `count` are started. The worker is to look again when a slot frees unless
         every partition found nothing more and put it in its idle set (where a new job wakes it).
         """
         if len(self.clients) == 1:
             return await self._take_from(0, queue, worker_id, at, count, scan, recover)
         turns = self._take_turns.setdefault(queue, itertools.cycle(range(len(self.clients))))
-        first = next(turns)
+        if first is None:
+            first = next(turns)
         started: list[Taken] = []
         look = False
         # The partitions whose take found nothing more and put the worker in their idle set.

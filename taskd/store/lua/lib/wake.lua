@@ -15,6 +15,8 @@
 -- which only the workers that claim one job at a time listen to (a host with GPUs: they never
 -- wait in the idle set; taskd.engine.executor.Executor.listen): a worker that takes batches and
 -- is not idle was just woken, or is full and looks by itself when a slot frees.
+-- The message is the queue's name after the partition's prefix (`{taskd}:default`): the woken worker
+-- takes from that partition first (taskd.keys.woken).
 -- Returns the woken worker's id, or false when every worker was told.
 local function wake_one(queue)
   local idle = '@IDLE_PREFIX@' .. queue
@@ -22,10 +24,10 @@ local function wake_one(queue)
     local first = redis.call('ZPOPMIN', idle)
     if #first == 0 then break end
     if redis.call('EXISTS', '@WORKER_PREFIX@' .. first[1]) == 1 then
-      redis.call('PUBLISH', '@WAKE@:' .. first[1], queue)
+      redis.call('PUBLISH', '@WAKE@:' .. first[1], P .. queue)
       return first[1]
     end
   end
-  redis.call('PUBLISH', '@WAKE@', queue)
+  redis.call('PUBLISH', '@WAKE@', P .. queue)
   return false
 end
