@@ -311,15 +311,34 @@ async def test_the_wake_up_of_an_idle_worker_names_the_partition_of_the_job(
     assert keys.woken(message["data"].decode()) == ("default", 2)
 
 
-async def test_a_take_told_where_its_wake_up_came_from_looks_there_first(start_service, partitioned, redis):
+async def test_a_take_after_a_wake_up_looks_only_in_the_partitions_it_named(
+    start_service, partitioned, redis
+):
     api_only = await start_service(redis=partitioned, workers=False)
-    await api_only.submit("noop", {}, project_id=PROJECTS[1])
+    elsewhere = await api_only.submit("noop", {}, project_id=PROJECTS[1])
     wanted = await api_only.submit("noop", {}, project_id=PROJECTS[2])
     store = TaskStore(redis, 3600)
 
-    takes = await store.take("default", "worker-a", time.time(), 1, 100, first=2)
+    takes = await store.take("default", "worker-a", time.time(), 4, 100, where={2})
 
     assert [taken.record.task_id for taken in takes.started if taken.record] == [wanted["task_id"]]
+    assert (await api_only.status(elsewhere["task_id"]))["status"] == "queued"
+
+
+async def test_a_worker_filled_by_a_woken_take_leaves_every_idle_set_it_waited_in(
+    start_service, partitioned, redis
+):
+    api_only = await start_service(redis=partitioned, workers=False)
+    store = TaskStore(redis, 3600)
+    await store.take("default", "worker-a", time.time(), 1, 100)  # nothing anywhere: idle in all three
+    idle = [await redis.zscore(keys.idle("default", p), "worker-a") is not None for p in range(PARTITIONS)]
+    await api_only.submit("noop", {}, project_id=PROJECTS[2])  # pops it from partition 2's idle set
+
+    takes = await store.take("default", "worker-a", time.time(), 1, 100, where={2})
+
+    assert idle == [True] * PARTITIONS
+    assert len(takes.started) == 1 and takes.look_when_freed
+    assert [await redis.zscore(keys.idle("default", p), "worker-a") for p in range(PARTITIONS)] == [None] * 3
 
 
 def test_a_bare_queue_name_wakes_without_a_partition():

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import traceback
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Iterable
 from functools import partial
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -249,9 +249,9 @@ class Executor:
             await self._release_lease(task_id, wake=not start.throttled)
         return start
 
-    async def take(self, queue: str, count: int, first: int | None = None) -> Takes:
+    async def take(self, queue: str, count: int, where: Collection[int] | None = None) -> Takes:
         """Start up to `count` due jobs of `queue` for this worker in fair order (one round trip a
-        partition, from partition `first` when given: TaskStore.take).
+        partition; only in the partitions `where` when given: TaskStore.take).
 
         Retried while Redis is unreachable; a retry also asks for the tasks this worker already
         runs, since the call whose reply was lost may have started some (the worker skips those it knows).
@@ -262,7 +262,7 @@ class Executor:
             nonlocal recover
             try:
                 return await self.store.take(
-                    queue, self.worker_id, now(), count, TAKE_SCAN, recover=recover, first=first
+                    queue, self.worker_id, now(), count, TAKE_SCAN, recover=recover, where=where
                 )
             except (RedisConnectionError, RedisTimeoutError):
                 recover = True

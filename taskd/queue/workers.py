@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import Any, Protocol, cast
 
@@ -25,8 +25,8 @@ from taskd.store import Start, Taken, Takes
 from taskd.tasks.registry import Registry
 
 Claim = Callable[[str, int], Awaitable[Start]]
-# (free slots, the partition to look in first or None) -> what the take started.
-Take = Callable[[int, int | None], Awaitable[Takes]]
+# (free slots, the partitions to look in or None for all) -> what the take started.
+Take = Callable[[int, Collection[int] | None], Awaitable[Takes]]
 # arq's job function as taskd registers it: (ctx, task_id) -> whether the run already dropped the job.
 JobFunction = Callable[[dict[str, Any], str], Awaitable[bool]]
 
@@ -46,9 +46,9 @@ class JobRunner(Protocol):
         """Claim a job of `queue` and start its task (one round trip)."""
         ...
 
-    async def take(self, queue: str, count: int, first: int | None = None) -> Takes:
-        """Start up to `count` due jobs of `queue` in fair order (one round trip a partition, from
-        partition `first` when given)."""
+    async def take(self, queue: str, count: int, where: Collection[int] | None = None) -> Takes:
+        """Start up to `count` due jobs of `queue` in fair order (one round trip a partition; only in
+        the partitions `where` when given)."""
         ...
 
     def job_for(self, queue: str) -> JobFunction:
@@ -97,8 +97,11 @@ class TaskdWorker(Worker):
         # arq's set of the queue in each partition, with the client of that partition (taskd.keys).
         self.lines = list(lines)
         self._turn = 0
-        # The partition the last wake-up named (taskd.keys.woken): the next look starts there.
-        self.woken_in: int | None = None
+        # Where the next look goes: the partitions the wake-ups since the last one named
+        # (taskd.keys.woken), or every partition after a wake-up that named none, a freed slot or
+        # the poll delay.
+        self._woken_in: set[int] = set()
+        self._everywhere = True
         self.wake = asyncio.Event()
         self.stopping = False
         self.polled = False  # it reached Redis at least once
@@ -111,11 +114,12 @@ class TaskdWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
-            first, self.woken_in = self.woken_in, None
+            where = None if self._everywhere else frozenset(self._woken_in)
+            self._everywhere, self._woken_in = False, set()
             if self._take is None:
-                await self._poll_lines(first)
+                await self._poll_lines(where)
             else:
-                takes = await self._take(self.max_jobs - self.job_counter, first)
+                takes = await self._take(self.max_jobs - self.job_counter, where)
                 self._look_when_freed = takes.look_when_freed
                 for taken in takes.started:
                     await self._launch(taken)
@@ -125,15 +129,18 @@ class TaskdWorker(Worker):
                 task.result()  # as arq's poll: an error in run_job is raised here
         await self.heart_beat()
 
-    async def _poll_lines(self, first: int | None) -> None:
+    async def _poll_lines(self, where: Collection[int] | None) -> None:
         # arq's poll (its due jobs by score, each claimed on its own), over the queue's set in every
-        # partition, starting where a wake-up said or else at the next partition each time, so that
-        # none is always last.
-        self._turn = (self._turn + 1) % len(self.lines) if first is None else first
+        # partition (or those `where` the wake-ups named), starting at the next partition each time
+        # so that none is always last.
+        self._turn = (self._turn + 1) % len(self.lines)
         for step in range(len(self.lines)):
             if self.job_counter >= self.max_jobs:
                 return
-            client, line = self.lines[(self._turn + step) % len(self.lines)]
+            partition = (self._turn + step) % len(self.lines)
+            if where is not None and partition not in where:
+                continue
+            client, line = self.lines[partition]
             job_ids = await client.zrangebyscore(
                 line,
                 min=float("-inf"),
@@ -217,6 +224,15 @@ class TaskdWorker(Worker):
             pipe.zrem(line, job_id)
             await pipe.execute()
 
+    def woken(self, partition: int | None) -> None:
+        """Look for jobs now: in `partition` (and those of the other wake-ups before the look), or
+        everywhere when None."""
+        if partition is None:
+            self._everywhere = True
+        else:
+            self._woken_in.add(partition)
+        self.wake.set()
+
     async def main(self) -> None:
         """Poll, then wait for a wake-up (a submit, a finished job) or the poll delay; until stopped."""
         self.ctx["redis"] = self.pool
@@ -225,15 +241,17 @@ class TaskdWorker(Worker):
             await self._poll_iteration()
             self.polled = True
             # asyncio.timeout, unlike wait_for on 3.11, never swallows a cancellation.
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self.poll_delay_s):
                     await self.wake.wait()
+            except TimeoutError:
+                self._everywhere = True  # the poll's own look goes everywhere
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
         if self._take is None or self._look_when_freed:
-            # A slot is free and a job may be waiting for it: look now.
-            self.wake.set()
+            # A slot is free and a job may be waiting for it, in any partition: look now.
+            self.woken(None)
 
 
 class WorkerPool:
@@ -321,14 +339,12 @@ class WorkerPool:
         first when given (where the job that woke it is)."""
         worker = self.workers.get(queue)
         if worker is not None:
-            if partition is not None:
-                worker.woken_in = partition
-            worker.wake.set()
+            worker.woken(partition)
 
     def wake_all(self) -> None:
         """Make every worker of this process look for jobs now."""
         for worker in self.workers.values():
-            worker.wake.set()
+            worker.woken(None)
 
     def unready(self) -> list[str]:
         """The served queues whose worker has not reached Redis since it (re)started, or all when stopping."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -281,6 +281,8 @@ class TaskStore:
         self._progress_again = scripts.load(redis, "progress_again")
         # Where each queue's next take starts among the partitions, so that none is always last.
         self._take_turns: dict[str, itertools.cycle[int]] = {}
+        # Per queue, the partitions whose idle set this process's worker may be waiting in (take).
+        self._idle_in: dict[str, set[int]] = {}
 
     def client(self, partition: int) -> Redis:
         """The client of one partition's keys."""
@@ -647,44 +649,46 @@ class TaskStore:
         scan: int,
         *,
         recover: bool = False,
-        first: int | None = None,
+        where: Collection[int] | None = None,
     ) -> Takes:
         """Start up to `count` due jobs of `queue` for `worker_id` in fair order, in one script (take.lua).
 
         With `recover`, the tasks of `queue` that `worker_id` runs come back too: a call whose reply
         was lost may have started some.
 
-        With several partitions, one script per partition, in turns that start at partition `first`
-        (where the job that woke the worker is) or else at the next partition each time, until
-        `count` are started. The worker is to look again when a slot frees unless
-        every partition found nothing more and put it in its idle set (where a new job wakes it).
+        With several partitions, one script per partition, in turns that start at the next partition
+        each time, until `count` are started; only in the partitions `where` when given (those whose
+        jobs woke the worker: it still waits in the idle sets of the others, whose next job wakes
+        it). The worker is to look again when a slot frees unless every partition it looked in found
+        nothing more and put it in its idle set. A worker filled up is taken out of every idle set it
+        may still be in, so that their next job wakes a worker with room.
         """
         if len(self.clients) == 1:
             return await self._take_from(0, queue, worker_id, at, count, scan, recover)
         turns = self._take_turns.setdefault(queue, itertools.cycle(range(len(self.clients))))
-        if first is None:
-            first = next(turns)
+        first = next(turns)
+        order = [(first + step) % len(self.clients) for step in range(len(self.clients))]
+        if where is not None and not recover:
+            order = [partition for partition in order if partition in where]
+        # The partitions whose idle set this process's worker of the queue may be in.
+        idle_in = self._idle_in.setdefault(queue, set())
         started: list[Taken] = []
         look = False
-        # The partitions whose take found nothing more and put the worker in their idle set.
-        idle_in: list[int] = []
-        for step in range(len(self.clients)):
+        for partition in order:
             if len(started) >= count and not recover:
-                # Partitions not asked have not put the worker in their idle sets.
                 look = True
                 break
-            partition = (first + step) % len(self.clients)
             takes = await self._take_from(
                 partition, queue, worker_id, at, max(0, count - len(started)), scan, recover
             )
             started += takes.started
             look = look or takes.look_when_freed
-            if not takes.look_when_freed:
-                idle_in.append(partition)
+            # take.lua leaves the worker in the idle set when it found nothing more, else out of it.
+            (idle_in.discard if takes.look_when_freed else idle_in.add)(partition)
         if look and idle_in:
-            # Full now, from a later partition: a job of an earlier one must wake a worker with room.
-            for partition in idle_in:
+            for partition in sorted(idle_in):
                 await self.clients[partition].zrem(keys.idle(queue, partition), worker_id)
+            idle_in.clear()
         return Takes(started, look)
 
     async def _take_from(
