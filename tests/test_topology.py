@@ -32,6 +32,7 @@ from yarl import URL
 
 from taskd import keys
 from taskd.embedded import EmbeddedValkey
+from taskd.tasks.diagnostics import marker_path
 
 # One key per test: the submit rate limit is per key, and the rate-limit test spends all of its own.
 KEYS = {name: f"topology-{name}-key-0123456789" for name in ("main", "cancel", "kill", "rate", "throttle")}
@@ -268,10 +269,16 @@ async def test_the_project_concurrency_throttle_holds_across_both_api_nodes_and_
 
     for task_id in ids:
         assert (await one.wait(task_id, lambda b: b["status"] in TERMINAL))["status"] == "completed"
+    # When each handler ran, from the markers it left on its host: a handler starts after the script
+    # that started its task and ends before the one that finished it, so unlike the record's times
+    # (taken by each process before its script ran) these cannot overlap by a process's delay.
     runs = []
     for task_id in ids:
-        started, ended = await redis.hmget(keys.task(task_id), "started_at", "completed_at")
-        runs.append((float(started), float(ended)))
+        host = await host_running(redis, task_id)
+        started, ended = (
+            marker_path(topology.root / host, task_id, event) for event in ("started", "cleanup")
+        )
+        runs.append((started.stat().st_mtime, ended.stat().st_mtime))
     runs.sort()
 
     # concurrent_per_project = 1 on every node: one run at a time, whichever host ran it.
