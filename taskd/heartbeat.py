@@ -55,7 +55,7 @@ class Heartbeat:
         self.redis = redis
         # The other partitions' clients (taskd.keys.partitions): each partition's scripts see that
         # this worker is alive by a mark in their own slot, written with every beat.
-        self._partitions = list(enumerate(partition_clients or [redis] * keys.partition_count()))[1:]
+        self._partitions = list(enumerate(keys.client_per_partition(redis, partition_clients)))[1:]
         self.info = info
         self.interval = interval
         self.ttl = ttl

@@ -58,6 +58,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 import zlib
+from collections.abc import Sequence
+from typing import TypeVar
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
@@ -154,6 +156,15 @@ def partitions() -> range:
 def partition_prefix(partition: int) -> str:
     """The key prefix (with its hash tag) of one partition."""
     return _partitions.prefixes[partition]
+
+
+Client = TypeVar("Client")
+
+
+def client_per_partition(client: Client, given: Sequence[Client] | None = None) -> list[Client]:
+    """A client per partition: `given` (on a cluster, each pinned to its partition's primary:
+    taskd.redis_conn.connect_partitions), else `client` for every one (one server holds them all)."""
+    return list(given) if given else [client] * _partitions.count
 
 
 def partition_of_key(key: str) -> int:

@@ -148,7 +148,7 @@ def connect_partitions(url: str, first: Redis, *, socket_timeout: float | None =
     partition 0: on a cluster, each other one talks to the primary of its partition's slot;
     otherwise every partition is on the one server, and they are all `first`."""
     if not url.startswith(CLUSTER_SCHEME + "://"):
-        return [first] * keys.partition_count()
+        return keys.client_per_partition(first)
     return [first] + [
         connect(url, socket_timeout=socket_timeout, partition=partition)
         for partition in keys.partitions()[1:]

@@ -67,7 +67,7 @@ class GpuScheduler:
     ) -> None:
         self.redis = redis
         # The clients of the partitions the task records are in (taskd.keys.partitions).
-        self._partition_clients = list(partition_clients or [redis] * keys.partition_count())
+        self._partition_clients = keys.client_per_partition(redis, partition_clients)
         self.inventory = inventory
         self.config: GpuConfig = inventory.config
         self.worker_id = worker_id

@@ -45,7 +45,7 @@ class TaskQueue:
         self.redis = redis
         self.aging_window = aging_window
         # One client per partition (taskd.keys.partitions; all `redis` but on a cluster).
-        self.clients = list(partition_clients or [redis] * keys.partition_count())
+        self.clients = keys.client_per_partition(redis, partition_clients)
 
     def score(self, at: float, priority: int) -> int:
         """The queue score of a task of `priority` enqueued at `at`."""

@@ -271,7 +271,7 @@ class WorkerPool:
         # arq's worker wants its own client class; it shares the connections of taskd's client.
         self.redis = ArqRedis(connection_pool=redis.connection_pool)
         # One client per partition (taskd.keys.partitions; all `redis` but on a cluster).
-        self.clients = list(partition_clients or [redis] * keys.partition_count())
+        self.clients = keys.client_per_partition(redis, partition_clients)
         self.executor = executor
         self.registry = registry
         self.config = config
@@ -335,8 +335,8 @@ class WorkerPool:
             self._supervisors.append(asyncio.create_task(self._supervise(queue), name=f"worker:{queue}"))
 
     def wake(self, queue: str, partition: int | None = None) -> None:
-        """Make the worker of `queue` (if this process serves it) look for jobs now, in `partition`
-        first when given (where the job that woke it is)."""
+        """Make the worker of `queue` (if this process serves it) look for jobs now: in `partition`
+        when given (where the job that woke it is), else in every partition."""
         worker = self.workers.get(queue)
         if worker is not None:
             worker.woken(partition)

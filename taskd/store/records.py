@@ -246,7 +246,7 @@ class TaskStore:
         self.redis = redis
         # One client per partition (taskd.keys.partitions): on a cluster, each talks to the primary
         # that serves its partition's slot; otherwise they are all `redis`.
-        self.clients = list(partition_clients or [redis] * keys.partition_count())
+        self.clients = keys.client_per_partition(redis, partition_clients)
         self.task_ttl = task_ttl
         # The throttle start.lua applies: processing tasks of one project at once (0 = no limit).
         self.concurrent_per_project = concurrent_per_project

@@ -89,7 +89,7 @@ class Outbox:
     def __init__(self, redis: Redis, ttl: int, partition_clients: Sequence[Redis] | None = None) -> None:
         self.redis = redis
         # One outbox per partition (taskd.keys.partitions), each with its partition's client.
-        self.clients = list(partition_clients or [redis] * keys.partition_count())
+        self.clients = keys.client_per_partition(redis, partition_clients)
         self._turn = 0
         self.ttl = ttl
         self._claim = scripts.load(redis, "claim", LUA)
