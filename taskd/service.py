@@ -328,6 +328,8 @@ class Service:
             # script (another host's worker was idle), so the API wakes it directly.
             on_enqueued=self._wake if self._pool is not None and not self._pool.take else None,
             media_capacity=MediaCapacity.from_config(self.config),
+            # This process's own idle worker gets the task started by the submit script itself.
+            hold=self._pool.hold if self._pool is not None and self._pool.take else None,
         )
         api = Api(
             self.config, redis, store, queue, self.registry, dispatcher, api_keys, gpu, key_projects=scoped

@@ -38,7 +38,7 @@ def in_the_scripts() -> dict[str, tuple[str, set[str]]]:
             built = {
                 scripts.PARTITION_PREFIXES[token]
                 for token in tokens
-                if token.endswith("_PREFIX") or token == "SCHEDULED"
+                if token in scripts.PARTITION_PREFIXES and token != "NO_KEY"
             }
             rows[f"{package.split('.')[1]}/{entry.name}"] = (", ".join(header.keys) or "none", built)
     return rows

@@ -238,11 +238,11 @@ async def takes_run(redis: Redis, run: Callable[[], Awaitable[None]]) -> int:
     return sum(1 for entry in entries if entry["command"].startswith(f"EVALSHA {sha}".encode()))
 
 
-async def test_a_task_submitted_to_an_idle_serve_is_started_by_one_take(
-    spawn_taskd: Callable[..., TaskdProcess], valkey_url: str, tmp_path: Path, redis: Redis
+async def test_a_task_submitted_to_an_idle_serve_is_started_by_its_submit_with_no_take_or_wake_up(
+    spawn_taskd: Callable[..., TaskdProcess], valkey_url: str, tmp_path: Path, redis: Redis, wakes: PubSub
 ):
-    # A process of its own, as deployed: the wake-up's pub/sub message and the submit script's reply
-    # race each other there as they do in production.
+    # A process of its own, as deployed. Its worker waits in the idle set between tasks, so each
+    # submit script starts its task for it (tests/test_direct_start.py).
     env = child_env(tmp_path / "serve", TASKD_REDIS__URL=valkey_url, TASKD_WORKER__POLL_DELAY="60")
     serve = spawn_taskd("serve", "--queues", "default", env=env)
     async with aiohttp.ClientSession(serve.base_url, headers={"X-API-Key": API_KEY}) as client:
@@ -262,9 +262,11 @@ async def test_a_task_submitted_to_an_idle_serve_is_started_by_one_take(
                 await run_one()
 
         await run_one()  # warm; the worker is idle again
-        # The submit script wakes the idle worker; a second, direct wake-up made it take again for
-        # nothing (in two tasks out of three).
-        assert await takes_run(redis, ten_in_a_row) == 10
+        await messages(wakes)
+        # Before, the submit script woke the idle worker, whose take started the task: ten takes
+        # (and a second, direct wake-up had made it take again for nothing, in two tasks out of three).
+        assert await takes_run(redis, ten_in_a_row) == 0
+        assert await messages(wakes) == []
 
 
 class ReconnectAfterOneSecond(Backoff):

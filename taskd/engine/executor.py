@@ -35,7 +35,7 @@ from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
 from taskd.stopping import cancel_and_wait
-from taskd.store import CorruptRecord, Start, Takes, TaskStore
+from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 
@@ -43,9 +43,6 @@ log = logging.getLogger("taskd.engine")
 
 # Retrying the write of a task's outcome while Redis is unreachable (issue 9, tests/faults/).
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.25, 5.0
-# The most jobs one take passes over (throttled projects' heads, jobs held by a worker that claims
-# one at a time) before it gives up until the next poll: arq's own poll reads 100 at most.
-TAKE_SCAN = 100
 # How many queued tasks a worker remembers having shown as waiting for a GPU.
 WAITING_NOTED_MAX = 10_000
 T = TypeVar("T")
@@ -249,14 +246,16 @@ class Executor:
             await self._release_lease(task_id, wake=not start.throttled)
         return start
 
-    async def take(self, queue: str, count: int, where: Collection[int] | None = None) -> Takes:
+    async def take(
+        self, queue: str, count: int, where: Collection[int] | None = None, recover: bool = False
+    ) -> Takes:
         """Start up to `count` due jobs of `queue` for this worker in fair order (one round trip a
         partition; only in the partitions `where` when given: TaskStore.take).
 
-        Retried while Redis is unreachable; a retry also asks for the tasks this worker already
-        runs, since the call whose reply was lost may have started some (the worker skips those it knows).
+        Retried while Redis is unreachable; a retry (or a take with `recover`) also asks for the
+        tasks this worker already runs, since a call whose reply was lost may have started some (the
+        worker skips those it knows).
         """
-        recover = False
 
         async def attempt() -> Takes:
             nonlocal recover

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import Any, Protocol, cast
 
+import attrs
 import orjson
 from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
@@ -25,8 +26,8 @@ from taskd.store import Start, Taken, Takes
 from taskd.tasks.registry import Registry
 
 Claim = Callable[[str, int], Awaitable[Start]]
-# (free slots, the partitions to look in or None for all) -> what the take started.
-Take = Callable[[int, Collection[int] | None], Awaitable[Takes]]
+# (free slots, the partitions to look in or None for all, whether to recover) -> what the take started.
+Take = Callable[[int, Collection[int] | None, bool], Awaitable[Takes]]
 # arq's job function as taskd registers it: (ctx, task_id) -> whether the run already dropped the job.
 JobFunction = Callable[[dict[str, Any], str], Awaitable[bool]]
 
@@ -46,9 +47,11 @@ class JobRunner(Protocol):
         """Claim a job of `queue` and start its task (one round trip)."""
         ...
 
-    async def take(self, queue: str, count: int, where: Collection[int] | None = None) -> Takes:
+    async def take(
+        self, queue: str, count: int, where: Collection[int] | None = None, recover: bool = False
+    ) -> Takes:
         """Start up to `count` due jobs of `queue` in fair order (one round trip a partition; only in
-        the partitions `where` when given)."""
+        the partitions `where` when given); with `recover`, the tasks this worker runs come back too."""
         ...
 
     def job_for(self, queue: str) -> JobFunction:
@@ -111,6 +114,14 @@ class TaskdWorker(Worker):
         # Whether a freed slot should take at once: not when the last take found nothing more and
         # left the worker in the idle set, where the next job wakes it (one empty take less a task).
         self._look_when_freed = True
+        # Slots held for this process's submits, whose script may start a job for this worker
+        # (hold); `settled` is set while none is held.
+        self._held = 0
+        self.settled = asyncio.Event()
+        self.settled.set()
+        self._taking = False
+        # A held slot's submit lost its reply: the next take asks for the tasks this worker runs.
+        self._recover = False
 
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
@@ -119,7 +130,12 @@ class TaskdWorker(Worker):
             if self._take is None:
                 await self._poll_lines(where)
             else:
-                takes = await self._take(self.max_jobs - self.job_counter, where)
+                recover, self._recover = self._recover, False
+                self._taking = True
+                try:
+                    takes = await self._take(self.max_jobs - self.job_counter, where, recover)
+                finally:
+                    self._taking = False
                 self._look_when_freed = takes.look_when_freed
                 for taken in takes.started:
                     await self._launch(taken)
@@ -150,17 +166,83 @@ class TaskdWorker(Worker):
             )
             await self.start_jobs(job_ids)
 
+    def _known(self, taken: Taken) -> bool:
+        # A task a recovering take (after a lost reply) returned that already runs here.
+        return taken.job_id in self.tasks or (
+            taken.record is not None and self._running(taken.record.task_id)
+        )
+
     async def _launch(self, taken: Taken) -> None:
-        if taken.job_id in self.tasks or (taken.record is not None and self._running(taken.record.task_id)):
-            # A task a recovering take (after a lost reply) returned that already runs here.
+        if self._known(taken):
             return
         # Immediate: take.lua started no more than the free slots (a recovered task may wait for one).
         await self.sem.acquire()
         self.job_counter += 1
+        self._run_in_slot(taken)
+
+    def _run_in_slot(self, taken: Taken) -> None:
+        # The slot (the semaphore and job_counter) is held already.
         start = Start(claimed=True, score=taken.score, record=taken.record)
         task = self.loop.create_task(self.run_job(taken.job_id, start))
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[taken.job_id] = task
+
+    async def hold(self) -> int | None:
+        """Hold a free slot for a submit of this process whose script may start a job for this worker
+        (submit.lua, `taker`): this worker's free slots, the held one included; None (nothing held)
+        unless it waits in the idle set with a free slot, not taking, and takes batches.
+
+        A take sent while a slot is held counts it as used, so the two never start more than the
+        free slots; one already sent is waited out (no hold while `_taking`).
+        """
+        if (
+            self._take is None
+            or self.stopping
+            or not self.allow_pick_jobs
+            or self._look_when_freed
+            or self._taking
+            or self.job_counter >= self.max_jobs
+            or self.sem.locked()
+        ):
+            return None
+        room = self.max_jobs - self.job_counter
+        await self.sem.acquire()  # immediate: not locked
+        self.job_counter += 1
+        self._held += 1
+        self.settled.clear()
+        return room
+
+    def handed(self, takes: Takes | None) -> None:
+        """The held slot's submit is stored: run what its script started for this worker in that slot,
+        or give the slot back."""
+        self._unhold()
+        ran = False
+        if takes is not None:
+            self._look_when_freed = takes.look_when_freed
+            for taken in takes.started:  # at most one: the script starts one job
+                if not ran and not self._known(taken):
+                    self._run_in_slot(taken)
+                    ran = True
+        if not ran:
+            self._give_back()
+
+    def lost(self) -> None:
+        """The held slot's submit got no reply: its script may have started a job for this worker,
+        which the next take, asking for the tasks this worker runs, finds (take.lua's recover)."""
+        self._unhold()
+        self._give_back()
+        self._recover = True
+        self.woken(None)
+
+    def _unhold(self) -> None:
+        self._held -= 1
+        if self._held == 0:
+            self.settled.set()
+
+    def _give_back(self) -> None:
+        # A slot held and not used: nothing ended, so no look is due (unlike a finished job's slot).
+        self.job_counter -= 1
+        self.sem.release()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim and start each job while this worker has free slots (arq's rules; one round trip each,
@@ -254,6 +336,23 @@ class TaskdWorker(Worker):
             self.woken(None)
 
 
+@attrs.frozen
+class HeldSlot:
+    """A free slot of this process's worker of a queue, held for one submit (taskd.store.Taker)."""
+
+    worker: TaskdWorker
+    worker_id: str
+    room: int
+
+    def handed(self, takes: Takes | None) -> None:
+        """What the submit's script started for the worker: run it in the slot, or give the slot back."""
+        self.worker.handed(takes)
+
+    def lost(self) -> None:
+        """The submit's reply was lost: give the slot back, and have the worker recover what it started."""
+        self.worker.lost()
+
+
 class WorkerPool:
     """Runs a TaskdWorker for each served queue and keeps it running."""
 
@@ -334,6 +433,15 @@ class WorkerPool:
         for queue in self.queues:
             self._supervisors.append(asyncio.create_task(self._supervise(queue), name=f"worker:{queue}"))
 
+    async def hold(self, queue: str) -> HeldSlot | None:
+        """A free slot of this process's worker of `queue`, held for a submit whose script may start
+        a job for it (TaskdWorker.hold); None when that worker is not waiting for jobs."""
+        worker = self.workers.get(queue)
+        if worker is None or self._stopping:
+            return None
+        room = await worker.hold()
+        return None if room is None else HeldSlot(worker, self.executor.worker_id, room)
+
     def wake(self, queue: str, partition: int | None = None) -> None:
         """Make the worker of `queue` (if this process serves it) look for jobs now: in `partition`
         when given (where the job that woke it is), else in every partition."""
@@ -364,6 +472,12 @@ class WorkerPool:
             worker.allow_pick_jobs = False
             worker.stopping = True
             worker.wake.set()
+        # A submit's script may still start a job for a worker in a slot held before: that job must
+        # be among the running ones waited for (or handed back) below.
+        for worker in self.workers.values():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await worker.settled.wait()
         running = [
             task for worker in self.workers.values() for task in worker.tasks.values() if not task.done()
         ]

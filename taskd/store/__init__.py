@@ -8,6 +8,7 @@ from taskd.store.codec import CorruptRecord, decode, encode
 from taskd.store.records import (
     PROJECT_FULL_RETRY_AFTER,
     QUEUE_FULL_RETRY_AFTER,
+    TAKE_SCAN,
     Admission,
     CancelOutcome,
     Created,
@@ -18,6 +19,7 @@ from taskd.store.records import (
     Spent,
     Start,
     Taken,
+    Taker,
     Takes,
     TaskStore,
 )
@@ -25,6 +27,7 @@ from taskd.store.records import (
 __all__ = [
     "PROJECT_FULL_RETRY_AFTER",
     "QUEUE_FULL_RETRY_AFTER",
+    "TAKE_SCAN",
     "Admission",
     "CancelOutcome",
     "CorruptRecord",
@@ -36,6 +39,7 @@ __all__ = [
     "Spent",
     "Start",
     "Taken",
+    "Taker",
     "Takes",
     "TaskStore",
     "decode",

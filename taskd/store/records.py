@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import orjson
@@ -28,6 +28,7 @@ from taskd.model import (
     TaskRecord,
     TaskStatus,
     ValidationError,
+    now,
 )
 from taskd.store import scripts
 from taskd.store.coalesce import Coalesced, Reads
@@ -138,6 +139,35 @@ class Takes:
 
     started: list[Taken]
     look_when_freed: bool
+
+
+# The most jobs one take passes over (throttled projects' heads, jobs held by a worker that claims
+# one at a time) before it gives up until the next poll: arq's own poll reads 100 at most.
+TAKE_SCAN = 100
+
+
+class Taker(Protocol):
+    """A free slot of the submitting process's worker of the task's queue, held for one submit
+    (taskd.queue.workers.TaskdWorker.reserve): if that worker waits in the queue's idle set, the
+    submit script starts the queue's next job for it, as its own take would, one round trip sooner."""
+
+    @property
+    def worker_id(self) -> str:
+        """The worker's id."""
+        ...
+
+    @property
+    def room(self) -> int:
+        """Its free slots, the held one included."""
+        ...
+
+    def handed(self, takes: Takes | None) -> None:
+        """What the script started for the worker (None: it tried nothing, the worker was not idle)."""
+        ...
+
+    def lost(self) -> None:
+        """The script's reply never came: it may have started a job for the worker."""
+        ...
 
 
 @attrs.frozen
@@ -343,6 +373,7 @@ class TaskStore:
         admission: Admission,
         idempotency: Idempotency | None = None,
         quota: Quota | None = None,
+        taker: Taker | None = None,
     ) -> Created:
         """Admit, store, index, count and enqueue `record` in one script; a return means it is in Redis.
 
@@ -350,63 +381,84 @@ class TaskStore:
         queue is full; nothing is written then. With an `idempotency` key seen before, nothing is
         written either: the first request's task comes back (`replayed`), or IdempotencyKeyReused
         when that request had another fingerprint. With a `quota`, one unit of it is spent first
-        and reported to it; over the limit, nothing else is written.
+        and reported to it; over the limit, nothing else is written. With a `taker`, the script may
+        start the queue's next job for it (submit.lua), and tells it what it started, or that the
+        reply was lost, before anything is raised.
         """
         partition = self._partition_of(record)
         elsewhere = 0
         if len(self.clients) > 1:
-            # What spans partitions is read first (docs/cluster.md): not on the one-partition path.
-            if quota is not None:
-                raise ValueError(
-                    "with partitions, a submit's quota is spent before it (taskd.http.ratelimit)"
-                )
-            await self._refuse_foreign_dependency(record, partition, "depends_on")
-            await self._refuse_key_used_elsewhere(idempotency, partition)
-            counts = await self._waiting_elsewhere([record.queue], partition, admission.max_queue_length)
-            elsewhere = counts[record.queue]
-        outcome, replicated = await self._submit_together[partition](
-            {
-                "task": keys.task(record.task_id),
-                "project": keys.project(record.project_id),
-                "metrics": keys.metrics(partition),
-                "waiting": keys.waiting(record.queue, partition),
-                "job": keys.arq_job(job.job_id),
-                "active": keys.project_active(record.project_id),
-                "processing": keys.project_processing(record.project_id),
-                "idempotency": keys.in_partition(idempotency.key, partition)
-                if idempotency
-                else keys.no_key(partition),
-                "ratelimit": quota.key if quota else keys.no_key(partition),
-            },
-            args={
-                "task_id": record.task_id,
-                "created_ms": int(record.created_at * 1000),
-                "ttl": self.task_ttl,
-                "score": job.score,
-                "job_id": job.job_id,
-                # arq's job is JSON (orjson), so UTF-8 text.
-                "job": job.payload.decode(),
-                "job_expiry_ms": job.expiry_ms,
-                "queued_limit": admission.queued_per_project,
-                "queue_limit": admission.max_queue_length,
-                "queue": record.queue,
-                "task_type": record.task_type,
-                "aging_ms": self.aging_ms,
-                "fingerprint": idempotency.fingerprint if idempotency else "",
-                "idempotency_ttl": keys.IDEMPOTENCY_TTL,
-                "depends_on": orjson.dumps(record.depends_on or []),
-                "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
-                "rate_limit": quota.limit if quota else 0,
-                "rate_window": quota.window_ms if quota else 0,
-                "rate_nonce": quota.nonce if quota else "",
-                "fields": orjson.dumps(encode_flat(record)),
-                "elsewhere": elsewhere,
-            },
-        )
-        reply, spent = outcome
+            try:
+                elsewhere = await self._checked_elsewhere(record, partition, admission, idempotency, quota)
+            except BaseException:
+                if taker is not None:
+                    taker.handed(None)
+                raise
+        try:
+            outcome, replicated = await self._submit_together[partition](
+                {
+                    "task": keys.task(record.task_id),
+                    "project": keys.project(record.project_id),
+                    "metrics": keys.metrics(partition),
+                    "waiting": keys.waiting(record.queue, partition),
+                    "job": keys.arq_job(job.job_id),
+                    "active": keys.project_active(record.project_id),
+                    "processing": keys.project_processing(record.project_id),
+                    "idempotency": keys.in_partition(idempotency.key, partition)
+                    if idempotency
+                    else keys.no_key(partition),
+                    "ratelimit": quota.key if quota else keys.no_key(partition),
+                },
+                args={
+                    "task_id": record.task_id,
+                    "created_ms": int(record.created_at * 1000),
+                    "ttl": self.task_ttl,
+                    "score": job.score,
+                    "job_id": job.job_id,
+                    # arq's job is JSON (orjson), so UTF-8 text.
+                    "job": job.payload.decode(),
+                    "job_expiry_ms": job.expiry_ms,
+                    "queued_limit": admission.queued_per_project,
+                    "queue_limit": admission.max_queue_length,
+                    "queue": record.queue,
+                    "task_type": record.task_type,
+                    "aging_ms": self.aging_ms,
+                    "fingerprint": idempotency.fingerprint if idempotency else "",
+                    "idempotency_ttl": keys.IDEMPOTENCY_TTL,
+                    "depends_on": orjson.dumps(record.depends_on or []),
+                    "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
+                    "rate_limit": quota.limit if quota else 0,
+                    "rate_window": quota.window_ms if quota else 0,
+                    "rate_nonce": quota.nonce if quota else "",
+                    "fields": orjson.dumps(encode_flat(record)),
+                    "elsewhere": elsewhere,
+                    "taker": taker.worker_id if taker else "",
+                    "taker_room": taker.room if taker else 0,
+                    "now": repr(now()) if taker else "",
+                    "scan": TAKE_SCAN,
+                    "project_limit": self.concurrent_per_project,
+                },
+            )
+        except BaseException:
+            if taker is not None:
+                taker.lost()
+            raise
+        reply, spent, handed = outcome
+        if taker is not None:
+            takes = self._takes(handed) if handed else None
+            if takes is not None and takes.look_when_freed:
+                # The script took the worker out of the partition's idle set (as take() notes).
+                self._idle_in.get(record.queue, set()).discard(partition)
+            taker.handed(takes)
         if quota is not None:
             allowed, remaining, retry_ms, reset_ms = spent
             quota.report(Spent(bool(allowed), int(remaining), int(retry_ms), int(reset_ms)))
+        return self._created(reply, replicated, record, admission)
+
+    def _created(
+        self, reply: list[Any], replicated: int | None, record: TaskRecord, admission: Admission
+    ) -> Created:
+        """submit.lua's outcome for `record`: what it created or replayed, or the error it refused with."""
         verdict = reply[0].decode()
         if verdict == "rate_limited":
             raise RuntimeError("a submit over its rate limit was refused, yet Quota.report let it through")
@@ -441,6 +493,24 @@ class TaskStore:
             task_id=record.task_id,
             created_at=record.created_at,
         )
+
+    async def _checked_elsewhere(
+        self,
+        record: TaskRecord,
+        partition: int,
+        admission: Admission,
+        idempotency: Idempotency | None,
+        quota: Quota | None,
+    ) -> int:
+        """What a submit in `partition` reads of the other partitions before its script (docs/cluster.md):
+        raises if a dependency or the Idempotency-Key is another partition's; the tasks waiting on the
+        queue elsewhere."""
+        if quota is not None:
+            raise ValueError("with partitions, a submit's quota is spent before it (taskd.http.ratelimit)")
+        await self._refuse_foreign_dependency(record, partition, "depends_on")
+        await self._refuse_key_used_elsewhere(idempotency, partition)
+        counts = await self._waiting_elsewhere([record.queue], partition, admission.max_queue_length)
+        return counts[record.queue]
 
     async def create_batch(
         self,
@@ -715,6 +785,11 @@ class TaskStore:
                 "recover": "1" if recover else "0",
             },
         )
+        return self._takes(reply)
+
+    @staticmethod
+    def _takes(reply: list[Any]) -> Takes:
+        """take.lua's reply (or submit.lua's start for its taker): {look, entry, ...}."""
         look, *entries = reply
         taken = []
         for job, score, *fields in entries:

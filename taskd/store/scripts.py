@@ -48,6 +48,8 @@ PARTITION_PREFIXES: Mapping[str, str] = {
     "PROJECT_WAITING_PREFIX": "project_waiting:",
     "HEADS_PREFIX": "heads:",
     "IDLE_PREFIX": "idle:",
+    "RUNNING_PREFIX": "running:",
+    "OUTBOX": "webhooks:due",
     "WORKER_PREFIX": "worker:",
     "PROCESSING_PREFIX": "project_processing:",
     "DEPENDENTS_PREFIX": "dependents:",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 import attrs
@@ -14,7 +14,7 @@ from taskd.media.capacity import MediaCapacity
 from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
 from taskd.queue.task_queue import TaskQueue
 from taskd.shapes import WebhookEvent
-from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJob, Quota, TaskStore
+from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJob, Quota, Taker, TaskStore
 from taskd.submit.batch import batch_ref
 from taskd.submit.submission import Submission
 from taskd.tasks.registry import Registry
@@ -50,6 +50,7 @@ class Dispatcher:
         admission: Admission | None = None,
         on_enqueued: Callable[[str], None] | None = None,
         media_capacity: MediaCapacity | None = None,
+        hold: Callable[[str], Awaitable[Taker | None]] | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -60,6 +61,9 @@ class Dispatcher:
         self.on_enqueued = on_enqueued
         # Refuses task types that store media while the media disk is nearly full (None: never).
         self.media_capacity = media_capacity
+        # A free slot of this process's worker of a queue, held for a submit whose script may then
+        # start the task for it: no wake-up and no take before it starts (TaskStore.create).
+        self.hold = hold
 
     async def submit(
         self,
@@ -73,9 +77,11 @@ class Dispatcher:
         With an `idempotency` key seen before, the same script creates nothing and answers with the
         first request's task (or raises IdempotencyKeyReused for another request under that key).
         With a `quota`, the script spends one unit of the caller's rate limit first (TaskStore.create).
+        When this process's worker of the queue waits for jobs, the script starts the task for it.
         """
         record, job = self._new(submission, keys.new_task_id(submission.project_id), retry_of)
-        created = await self.store.create(record, job, self.admission, idempotency, quota)
+        taker = None if self.hold is None else await self.hold(record.queue)
+        created = await self.store.create(record, job, self.admission, idempotency, quota, taker)
         if created.replayed:
             # The record as the first request made it, from the same submission.
             record = attrs.evolve(record, task_id=created.task_id, created_at=created.created_at)

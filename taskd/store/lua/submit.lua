@@ -43,15 +43,28 @@
 --                         sizeable part of the API's CPU per submit; batch.lua's `fields` are the same)
 -- ARGV[21] elsewhere      the tasks waiting on the queue in the other partitions (redis.partitions),
 --                         read just before: counted towards queue_limit; 0 with one partition
+-- ARGV[22] taker          the id of the submitting process's worker of the queue when it has a free
+--                         slot held for this call ('' for none): if it waits in {taskd}:idle:{queue},
+--                         this script starts the queue's next job for it (below)
+-- ARGV[23] taker_room     that worker's free slots, the held one included
+-- ARGV[24] now            now, in seconds, as stored in a started record
+-- ARGV[25] scan           the most jobs that start passes over (take.lua's scan)
+-- ARGV[26] project_limit  limits.concurrent_per_project (lib/fair.lua's throttle); 0 = no limit
 -- The checks and the writes are lib/admit.lua's, which batch.lua shares: a task with dependencies
 -- not yet completed waits for them with no job; a task scheduled for later waits on
 -- {taskd}:scheduled with no job, in no line, until due.lua queues it.
 -- The lines and heads it writes through lib/fair.lua are {taskd}:project_waiting:{queue}:{project_id},
 -- {taskd}:heads:{queue} and arq's {taskd}:queue:{queue}.
+-- A start for an idle worker of the submitting process (`taker`): a worker in the idle set found
+-- nothing to take at its last look and has not been woken since, so the job just queued is (but for
+-- a throttled project) the one its next take would start. Instead of waking a worker, whose take
+-- would be one more round trip before the task starts, this script starts the next job for `taker`
+-- as take.lua would (lib/take.lua, one job) and returns its record; the process runs it in the slot
+-- it held. The worker stays in the idle set while it has free slots left, as after a take.
 -- With a rate limit (KEYS[9] not {taskd}:none), the submit spends one unit of the API key's quota
 -- before anything else, as a separate check did before (a replay or a full project spends it too),
 -- and a submit over the limit writes nothing else.
--- Returns {outcome, quota}: quota is lib/window.lua's {allowed, remaining, retry-after ms, reset
+-- Returns {outcome, quota, handed}: quota is lib/window.lua's {allowed, remaining, retry-after ms, reset
 -- ms}, or {} without a rate limit. The outcome is {'rate_limited'} when refused by it; else
 -- {'ok', position, duration_sum, duration_count}: the task's 1-based queue position
 -- (lib/fair.lua's place) and the type's past durations (sum and count, as stored); or
@@ -59,22 +72,24 @@
 -- (why: 'unknown', 'project', 'failed' or 'cancelled'), and then nothing is written; or
 -- {'replayed', position, duration_sum, duration_count, task_id, created_ms}, what the key's first
 -- request got, or {'idempotency_key_reused'}, and then nothing is written either. A task waiting
--- for its dependencies or its time has position 0.
+-- for its dependencies or its time has position 0. `handed` is {} when no start was made for
+-- `taker`, else take.lua's reply for it: {look, entry}, or {look} when it started nothing.
 -- include lib/admit.lua
 -- include lib/window.lua
+-- include lib/take.lua
 local quota = {}
 if KEYS[9] ~= '@NO_KEY@' then
   -- Not trimmed first: the ZADD is the first write, so a full Redis refuses the submit (lib/window.lua).
   quota = spend(KEYS[9], tonumber(ARGV[17]), tonumber(ARGV[18]), ARGV[19], 1, false)
-  if quota[1] == 0 then return {{'rate_limited'}, quota} end
+  if quota[1] == 0 then return {{'rate_limited'}, quota, {}} end
 end
 local remembered = KEYS[8] ~= '@NO_KEY@'
 if remembered then
   local first = redis.call('HMGET', KEYS[8], 'fingerprint', 'position', 'duration_sum', 'duration_count',
     'task_id', 'created_ms')
   if first[1] then
-    if first[1] ~= ARGV[13] then return {{'idempotency_key_reused'}, quota} end
-    return {{'replayed', first[2], first[3], first[4], first[5], first[6]}, quota}
+    if first[1] ~= ARGV[13] then return {{'idempotency_key_reused'}, quota, {}} end
+    return {{'replayed', first[2], first[3], first[4], first[5], first[6]}, quota, {}}
   end
 end
 local project = nil
@@ -83,21 +98,39 @@ for i = 1, #fields, 2 do
   if fields[i] == 'project_id' then project = fields[i + 1] end
 end
 local waiting_for, bad, why = unmet(project, cjson.decode(ARGV[15]), {})
-if not waiting_for then return {{'bad_dependency', bad, why}, quota} end
+if not waiting_for then return {{'bad_dependency', bad, why}, quota, {}} end
 local queued_limit, queue_limit = tonumber(ARGV[8]), tonumber(ARGV[9])
 if queued_limit > 0 then
   local waiting = queued(KEYS[6], KEYS[7], queued_limit)
-  if waiting >= queued_limit then return {{'project_full', waiting}, quota} end
+  if waiting >= queued_limit then return {{'project_full', waiting}, quota, {}} end
 end
 if queue_limit > 0 then
   local waiting = redis.call('ZCARD', KEYS[4]) + tonumber(ARGV[21])
-  if waiting >= queue_limit then return {{'queue_full', waiting}, quota} end
+  if waiting >= queue_limit then return {{'queue_full', waiting}, quota, {}} end
 end
+local queue, taker = ARGV[10], ARGV[22]
+local idle = '@IDLE_PREFIX@' .. queue
+local direct = taker ~= '' and #waiting_for == 0 and tonumber(ARGV[16]) == 0
+  and redis.call('ZSCORE', idle, taker) ~= false
 local position = store({key = KEYS[1], id = ARGV[1], project = project, project_key = KEYS[2],
   active_key = KEYS[6], created_ms = ARGV[2], ttl = ARGV[3],
   fields = fields, waiting_for = waiting_for, job_key = KEYS[5], job = ARGV[6], job_expiry_ms = ARGV[7],
   job_id = ARGV[5], score = ARGV[4], aging_ms = ARGV[12], queue = ARGV[10], task_type = ARGV[11],
-  metrics_key = KEYS[3], scheduled_ms = ARGV[16]})
+  metrics_key = KEYS[3], scheduled_ms = ARGV[16], unwoken = direct})
+local handed = {}
+if direct then
+  local now = ARGV[24]
+  local started, passed, left = take_jobs(
+    {queue = '@QUEUE_PREFIX@' .. queue, running = '@RUNNING_PREFIX@' .. queue, outbox = '@OUTBOX@',
+     metrics = KEYS[3]},
+    taker, now, tostring(math.floor(tonumber(now) * 1000)), 1, tonumber(ARGV[25]), tonumber(ARGV[26]),
+    tonumber(ARGV[12]), handed)
+  -- What take.lua does with its worker after a take of its free slots.
+  local room = tonumber(ARGV[23])
+  if started >= room then redis.call('ZREM', idle, taker) end
+  if left then wake_one(queue) end
+  table.insert(handed, 1, (started >= room or passed > 0) and 1 or 0)
+end
 local durations = redis.call('HMGET', KEYS[3], 'duration_sum:' .. ARGV[11], 'duration_count:' .. ARGV[11])
 local reply = {'ok', position, durations[1] or '0', durations[2] or '0'}
 if remembered then
@@ -105,4 +138,4 @@ if remembered then
     'duration_count', reply[4], 'task_id', ARGV[1], 'created_ms', ARGV[2])
   redis.call('EXPIRE', KEYS[8], ARGV[14])
 end
-return {reply, quota}
+return {reply, quota, handed}

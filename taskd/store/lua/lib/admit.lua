@@ -14,7 +14,9 @@
 --   store(task)                             writes the task
 --     task: key, id, project, project_key, active_key, created_ms, ttl, fields (name, value, ...),
 --           waiting_for, job_key, job, job_expiry_ms, job_id, score, aging_ms, queue, task_type,
---           metrics_key, scheduled_ms (when it may queue, in ms; 0 or nil: now)
+--           metrics_key, scheduled_ms (when it may queue, in ms; 0 or nil: now), unwoken (true
+--           when the caller starts the queue's next job itself, for a worker it knows is idle:
+--           no other worker is woken for it)
 -- Returns: unmet the list of ids (or nil, id, why: 'unknown', 'project', 'failed' or
 -- 'cancelled'); queued a count; store the task's 1-based queue position (lib/fair.lua's place).
 -- A task with dependencies not yet completed
@@ -103,7 +105,7 @@ local function store(task)
     redis.call('SET', task.job_key, task.job, 'PX', task.job_expiry_ms)
     wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms), tonumber(task.aging_ms),
       named)
-    wake_one(task.queue)
+    if not task.unwoken then wake_one(task.queue) end
     position = place(task.queue, task.project, task.job_id)
   end
   emit_record(named, 'status')

@@ -1,0 +1,94 @@
+-- lib/take.lua: take_jobs(keys_of, worker_id, now, now_ms, count, scan, limit, aging_ms, taken), starts
+-- up to `count` due jobs of a queue for one worker: take.lua (a worker's take) and submit.lua (a start
+-- for the submitting process's idle worker) share it.
+--
+-- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
+-- of its own; its caller passes the values it works on.
+-- KEYS: none
+-- ARGV: none
+--   keys_of    the keys it reads and writes: queue (arq's set, {taskd}:queue:{queue}), running
+--              ({taskd}:running:{queue}), metrics ({taskd}:metrics) and outbox ({taskd}:webhooks:due)
+--   worker_id  the taking worker's id
+--   now        now, in seconds, as stored in the record
+--   now_ms     now, in ms, as the caller's ARGV has it (a string; compared with the jobs' scores)
+--   count      the most jobs to start
+--   scan       the most jobs to pass over before giving up
+--   limit      limits.concurrent_per_project: the most processing tasks of a project; 0 = no limit
+--   aging_ms   execution.priority_aging in ms (where the next head goes: lib/fair.lua)
+--   taken      the list the started entries are appended to
+--
+-- The jobs come in the order of arq's set (due time moved earlier by priority, then projects'
+-- turns: lib/fair.lua). A started job leaves the set, and its project's next job becomes the head
+-- behind the heads already waiting, so it is taken in the same call only when its turn comes
+-- before every other due head: the order one poll after another would give. A head whose project
+-- runs `limit` tasks stays where it is and is passed over, as is a job another worker holds
+-- (start.lua's lock: a host with GPUs claims one job at a time); a job whose task no longer waits
+-- for it (ended, cancelled, expired, a newer job) is dropped. Each start is lib/begin.lua's.
+-- Returns started, passed, left: how many jobs it started, how many it passed over, and whether
+-- a due job is left that it did not take. Each started entry appended to `taken` is {job_id,
+-- score, field, value, ...} (the started record: take_entry).
+-- include lib/fair.lua
+-- include lib/begin.lua
+-- include lib/drop_job.lua
+local function take_entry(job, score, record)
+  local entry = {job, score}
+  for name, value in pairs(record) do
+    entry[#entry + 1] = name
+    entry[#entry + 1] = value
+  end
+  return entry
+end
+
+local function read_record(task_key)
+  local all = redis.call('HGETALL', task_key)
+  local record = {}
+  for i = 1, #all, 2 do record[all[i]] = all[i + 1] end
+  return record
+end
+
+local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms, taken)
+  local line = keys_of.queue
+  local written = {running = keys_of.running, metrics = keys_of.metrics, outbox = keys_of.outbox}
+  local passed, npassed, started = {}, 0, 0
+  local left = false
+  while true do
+    -- Passed-over jobs stay on the set, in front: read one past them.
+    local due = redis.call('ZRANGEBYSCORE', line, '-inf', tonumber(now_ms), 'WITHSCORES', 'LIMIT', 0, npassed + 1)
+    local job, score
+    for i = 1, #due, 2 do
+      if not passed[due[i]] then
+        job, score = due[i], due[i + 1]
+        break
+      end
+    end
+    if not job then break end
+    if started >= count or npassed >= scan then
+      left = true
+      break
+    end
+    local task_id = string.match(job, '^(.*)%.[^.]*$') or job
+    local task_key = '@TASK_PREFIX@' .. task_id
+    local record = read_record(task_key)
+    if record.status == 'queued' and record.job_id == job then
+      if throttled(record.project_id, limit) then
+        passed[job], npassed = true, npassed + 1
+      else
+        -- Off arq's set first: nothing else may take it (lib/begin.lua does what start.lua does).
+        redis.call('ZREM', line, job)
+        written.started_state = '@WEBHOOK_PREFIX@' .. task_id .. ':started'
+        begin(task_key, task_id, job, record, me, now, now_ms, aging_ms, written)
+        taken[#taken + 1] = take_entry(job, score, record)
+        started = started + 1
+      end
+    elseif redis.call('EXISTS', '@IN_PROGRESS_PREFIX@' .. job) == 1 then
+      passed[job], npassed = true, npassed + 1
+    else
+      -- A job that will not run gives its project's turn to the next job in line (start.lua).
+      if record.status and record.queue and record.project_id then
+        leave_line(task_key, job, tonumber(now_ms), aging_ms, {record.queue, record.project_id})
+      end
+      drop_job(task_key, line, job)
+    end
+  end
+  return started, npassed, left
+end

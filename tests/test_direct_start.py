@@ -1,0 +1,127 @@
+"""Issue 19, start latency: a submit starts its task for its own process's idle worker in the submit
+script itself (submit.lua's `taker`), with no wake-up and no take between the submit and the start,
+and within every rule a take keeps: the worker's free slots, the project throttle, fair turns; a
+submit whose reply is lost leaves what its script started to the worker's next take."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from taskd import keys
+from taskd.config import Config, LimitsConfig, QueueConfig, WorkerConfig
+from taskd.store import coalesce
+
+SLEEP = {"seconds": 0.4, "steps": 1}
+# A poll that never comes within a test: a task that starts did so because of the submit or a take
+# the worker made for a reason of its own.
+NO_POLL = WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=60)
+
+
+async def idle_worker(redis: Redis, serve: Any) -> str:
+    """The service's worker id, once its worker waits in the default queue's idle set."""
+    worker_id: str = serve.service.worker_id
+    async with asyncio.timeout(10):
+        while await redis.zscore(keys.idle("default"), worker_id) is None:
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # the reply of the take that left it there is back too
+    return worker_id
+
+
+async def stored(redis: Redis, task_id: str, field: str) -> str:
+    return (await redis.hget(keys.task(task_id), field) or b"").decode()
+
+
+async def submitted(serve: Any, redis: Redis, project_id: str = "proj-1") -> tuple[str, str]:
+    """A sleep task submitted, and its status read as soon as the submit answered."""
+    task_id: str = (await serve.submit("sleep", SLEEP, project_id=project_id))["task_id"]
+    return task_id, await stored(redis, task_id, "status")
+
+
+async def test_a_task_submitted_while_the_services_worker_is_idle_is_processing_when_the_submit_answers(
+    start_service: Any, redis: Redis
+):
+    serve = await start_service(worker=NO_POLL)
+    worker_id = await idle_worker(redis, serve)
+
+    task_id = (await serve.submit("sleep", SLEEP))["task_id"]
+
+    assert await stored(redis, task_id, "status") == "processing"
+    assert await stored(redis, task_id, "worker_id") == worker_id
+    assert (await serve.wait_terminal(task_id))["status"] == "completed"
+
+
+async def test_the_worker_stays_idle_while_a_started_task_leaves_it_free_slots(
+    start_service: Any, redis: Redis
+):
+    serve = await start_service(worker=NO_POLL)
+    worker_id = await idle_worker(redis, serve)
+
+    first = await submitted(serve, redis)
+    second = await submitted(serve, redis, "proj-2")
+
+    assert [first[1], second[1]] == ["processing"] * 2
+    assert await redis.zscore(keys.idle("default"), worker_id) is not None
+
+
+async def test_a_submit_that_fills_the_workers_last_slot_takes_it_out_of_the_idle_set_and_the_next_waits(
+    start_service: Any, redis: Redis
+):
+    one_slot = {**Config().queues, "default": QueueConfig(concurrency=1, timeout=60)}
+    serve = await start_service(worker=NO_POLL, queues=one_slot)
+    worker_id = await idle_worker(redis, serve)
+
+    first = await submitted(serve, redis)
+    full = await redis.zscore(keys.idle("default"), worker_id)
+    second = await submitted(serve, redis, "proj-2")
+
+    assert full is None
+    assert [first[1], second[1]] == ["processing", "queued"]
+    ended = [await serve.wait_terminal(task_id) for task_id, _ in (first, second)]
+    assert [body["status"] for body in ended] == ["completed"] * 2
+    assert ended[1]["started_at"] >= ended[0]["completed_at"]
+
+
+async def test_a_throttled_projects_task_waits_while_another_projects_task_starts_with_its_submit(
+    start_service: Any, redis: Redis
+):
+    serve = await start_service(worker=NO_POLL, limits=LimitsConfig(concurrent_per_project=1))
+    await idle_worker(redis, serve)
+
+    running = await submitted(serve, redis, "busy")
+    throttled = await submitted(serve, redis, "busy")
+    other = await submitted(serve, redis, "other")
+
+    assert [running[1], throttled[1], other[1]] == ["processing", "queued", "processing"]
+    ended = [await serve.wait_terminal(task_id) for task_id, _ in (running, throttled)]
+    assert ended[1]["status"] == "completed"
+    assert ended[1]["started_at"] >= ended[0]["completed_at"]
+
+
+async def test_a_submit_whose_reply_is_lost_leaves_the_task_its_script_started_to_the_workers_next_take(
+    start_service: Any, redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    serve = await start_service(worker=NO_POLL)
+    worker_id = await idle_worker(redis, serve)
+    sent = coalesce.Coalesced._run
+
+    async def reply_lost(self: coalesce.Coalesced, calls: list[list[Any]]) -> list[Any]:
+        replies = await sent(self, calls)  # the script ran in Redis
+        if self.script.name == "submit":
+            raise RedisConnectionError("connection lost before the reply")
+        return replies
+
+    monkeypatch.setattr(coalesce.Coalesced, "_run", reply_lost)
+    async with serve.client.post(
+        "/api/v1/tasks/submit", json={"project_id": "proj-1", "task_type": "noop", "task_data": {}}
+    ) as response:
+        assert response.status == 503
+    monkeypatch.undo()
+    [task_id] = [member.decode() for member in await redis.zrange(keys.project("proj-1"), 0, -1)]
+
+    assert await stored(redis, task_id, "worker_id") == worker_id
+    assert (await serve.wait_terminal(task_id, timeout=10))["status"] == "completed"
