@@ -17,7 +17,7 @@ from sse import read_events
 
 from taskd import keys
 from taskd.admin import operator
-from taskd.config import ConfigError, LimitsConfig, RedisConfig, WebhooksConfig
+from taskd.config import ConfigError, LimitsConfig, RedisConfig, WebhooksConfig, WorkerConfig
 from taskd.service import Service
 from taskd.store import TaskStore
 
@@ -339,6 +339,25 @@ async def test_a_worker_filled_by_a_woken_take_leaves_every_idle_set_it_waited_i
     assert idle == [True] * PARTITIONS
     assert len(takes.started) == 1 and takes.look_when_freed
     assert [await redis.zscore(keys.idle("default", p), "worker-a") for p in range(PARTITIONS)] == [None] * 3
+
+
+async def test_a_submit_starts_its_task_for_the_services_idle_worker_in_the_tasks_partition(
+    start_service, partitioned, redis
+):
+    no_poll = WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=60)
+    serve = await start_service(redis=partitioned, worker=no_poll)
+    worker_id = serve.service.worker_id
+    async with asyncio.timeout(10):
+        while await redis.zscore(keys.idle("default", 2), worker_id) is None:
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)  # the reply of the take that left it there is back too
+
+    task = await serve.submit("sleep", {"seconds": 0.3, "steps": 1}, project_id=PROJECTS[2])
+    started = await redis.hmget(keys.task(task["task_id"]), "status", "worker_id")
+
+    assert started == [b"processing", worker_id.encode()]
+    assert await stored_under(redis, task["task_id"]) == {keys.partition_prefix(2)[:-1]}
+    assert (await serve.wait_terminal(task["task_id"]))["status"] == "completed"
 
 
 def test_a_bare_queue_name_wakes_without_a_partition():
