@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.asyncio import Redis
@@ -32,3 +33,14 @@ async def alive(redis: Redis, *worker_ids: str) -> None:
 async def statuses(redis: Redis, task_ids: list[str]) -> list[str]:
     """Each task's stored status, in order ('' for a record that is gone)."""
     return [(await redis.hget(keys.task(task_id), "status") or b"").decode() for task_id in task_ids]
+
+
+async def idle_worker(redis: Redis, serve: Any, partition: int = 0) -> str:
+    """The in-process service's worker id, once its worker of the default queue waits in the idle set
+    (of `partition`) and knows it does: the reply of the take that left it there is back."""
+    worker_id: str = serve.service.worker_id
+    worker = serve.service._pool.workers["default"]
+    async with asyncio.timeout(10):
+        while not worker.idle or await redis.zscore(keys.idle("default", partition), worker_id) is None:
+            await asyncio.sleep(0.02)
+    return worker_id

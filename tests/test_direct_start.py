@@ -5,12 +5,12 @@ submit whose reply is lost leaves what its script started to the worker's next t
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis_probes import idle_worker
 
 from taskd import keys
 from taskd.config import Config, LimitsConfig, QueueConfig, WorkerConfig
@@ -20,16 +20,6 @@ SLEEP = {"seconds": 0.4, "steps": 1}
 # A poll that never comes within a test: a task that starts did so because of the submit or a take
 # the worker made for a reason of its own.
 NO_POLL = WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=60)
-
-
-async def idle_worker(redis: Redis, serve: Any) -> str:
-    """The service's worker id, once its worker waits in the default queue's idle set."""
-    worker_id: str = serve.service.worker_id
-    async with asyncio.timeout(10):
-        while await redis.zscore(keys.idle("default"), worker_id) is None:
-            await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)  # the reply of the take that left it there is back too
-    return worker_id
 
 
 async def stored(redis: Redis, task_id: str, field: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 from conftest import make_config
 from redis.asyncio import Redis
 from redis.crc import key_slot
+from redis_probes import idle_worker
 from sse import read_events
 
 from taskd import keys
@@ -346,11 +347,7 @@ async def test_a_submit_starts_its_task_for_the_services_idle_worker_in_the_task
 ):
     no_poll = WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=60)
     serve = await start_service(redis=partitioned, worker=no_poll)
-    worker_id = serve.service.worker_id
-    async with asyncio.timeout(10):
-        while await redis.zscore(keys.idle("default", 2), worker_id) is None:
-            await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)  # the reply of the take that left it there is back too
+    worker_id = await idle_worker(redis, serve, partition=2)
 
     task = await serve.submit("sleep", {"seconds": 0.3, "steps": 1}, project_id=PROJECTS[2])
     started = await redis.hmget(keys.task(task["task_id"]), "status", "worker_id")

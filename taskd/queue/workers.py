@@ -187,6 +187,11 @@ class TaskdWorker(Worker):
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[taken.job_id] = task
 
+    @property
+    def idle(self) -> bool:
+        """Whether its last take left it waiting in the idle set for the next job, and it is not taking."""
+        return not self._look_when_freed and not self._taking
+
     async def hold(self) -> int | None:
         """Hold a free slot for a submit of this process whose script may start a job for this worker
         (submit.lua, `taker`): this worker's free slots, the held one included; None (nothing held)
@@ -199,8 +204,7 @@ class TaskdWorker(Worker):
             self._take is None
             or self.stopping
             or not self.allow_pick_jobs
-            or self._look_when_freed
-            or self._taking
+            or not self.idle
             or self.job_counter >= self.max_jobs
             or self.sem.locked()
         ):
