@@ -37,10 +37,17 @@ async def statuses(redis: Redis, task_ids: list[str]) -> list[str]:
 
 async def idle_worker(redis: Redis, serve: Any, partition: int = 0) -> str:
     """The in-process service's worker id, once its worker of the default queue waits in the idle set
-    (of `partition`) and knows it does: the reply of the take that left it there is back."""
+    (of `partition`) and knows it does (the reply of the take that left it there is back), with no
+    look of its own pending: its pub/sub listener has subscribed, which wakes it for one look."""
     worker_id: str = serve.service.worker_id
     worker = serve.service._pool.workers["default"]
     async with asyncio.timeout(10):
-        while not worker.idle or await redis.zscore(keys.idle("default", partition), worker_id) is None:
+        while (await redis.pubsub_numsub(keys.wake_worker(worker_id)))[0][1] == 0:
+            await asyncio.sleep(0.02)
+        while (
+            not worker.idle
+            or worker.wake.is_set()
+            or await redis.zscore(keys.idle("default", partition), worker_id) is None
+        ):
             await asyncio.sleep(0.02)
     return worker_id
