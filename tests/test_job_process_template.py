@@ -9,9 +9,11 @@ import signal
 
 import aiohttp
 import psutil
-from conftest import API_KEY, child_env
+from conftest import API_KEY, child_env, make_config
 
 from taskd.config import ExecutionConfig
+from taskd.engine.jobproc.forkserver import ForkedProcess, Template, TemplateGone
+from taskd.engine.jobproc.pool import RunnerPool
 
 
 async def _show(service) -> dict:
@@ -42,6 +44,31 @@ async def test_a_killed_template_is_replaced_and_the_next_task_runs(start_servic
     second = await _show(service)
 
     assert second["parent_pid"] != first["parent_pid"]
+
+
+async def test_a_fork_that_finds_the_template_gone_starts_a_new_one_before_its_exit_is_noticed(
+    tmp_path, valkey_url, monkeypatch
+):
+    pool = RunnerPool(make_config(tmp_path, valkey_url))
+    fork = Template.fork
+    dead: list[Template] = []
+
+    async def gone_once_dead(template: Template, device: str | None) -> ForkedProcess:
+        # The first template dies as its first fork starts, as a SIGKILL would leave it: its pipe
+        # broken, its exit not yet seen.
+        if template is (dead or [template])[0]:
+            dead[:] = [template]
+            raise TemplateGone("the job-process template does not answer: [Errno 32] Broken pipe")
+        return await fork(template, device)
+
+    monkeypatch.setattr(Template, "fork", gone_once_dead)
+    try:
+        runner = await pool.acquire()
+
+        assert dead  # its first fork met the dead template
+        assert runner.alive  # forked from a new one
+    finally:
+        await pool.close()
 
 
 async def test_a_job_process_reads_nothing_on_its_stdin(start_service):

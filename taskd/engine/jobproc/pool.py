@@ -240,18 +240,21 @@ class RunnerPool:
             if runner.alive:
                 self.busy.add(runner)
                 return runner
+        template = await self._running_template()
         try:
-            runner = await Runner.start(await self._running_template(), device)
+            runner = await Runner.start(template, device)
         except TemplateGone as exc:
             log.warning("job-process template gone (%s); starting a new one", exc)
-            runner = await Runner.start(await self._running_template(), device)
+            runner = await Runner.start(await self._running_template(gone=template), device)
         self.busy.add(runner)
         return runner
 
-    async def _running_template(self) -> Template:
-        """The template job processes are forked from, started on first use and after it died."""
+    async def _running_template(self, gone: Template | None = None) -> Template:
+        """The template job processes are forked from, started on first use and after it died; `gone`
+        is one a fork just found dead, replaced even before its exit has been noticed (a killed
+        process's exit code and closed pipe reach the event loop a moment after its fork fails)."""
         async with self._template_lock:
-            if self._template is None or not self._template.alive:
+            if self._template is None or self._template is gone or not self._template.alive:
                 if self._template is not None:
                     await self._template.close()
                 self._template = Template(self.config)
