@@ -26,9 +26,11 @@ async def stored(redis: Redis, task_id: str, field: str) -> str:
     return (await redis.hget(keys.task(task_id), field) or b"").decode()
 
 
-async def submitted(serve: Any, redis: Redis, project_id: str = "proj-1") -> tuple[str, str]:
+async def submitted(
+    serve: Any, redis: Redis, project_id: str = "proj-1", data: dict[str, Any] = SLEEP
+) -> tuple[str, str]:
     """A sleep task submitted, and its status read as soon as the submit answered."""
-    task_id: str = (await serve.submit("sleep", SLEEP, project_id=project_id))["task_id"]
+    task_id: str = (await serve.submit("sleep", data, project_id=project_id))["task_id"]
     return task_id, await stored(redis, task_id, "status")
 
 
@@ -76,20 +78,26 @@ async def test_a_submit_that_fills_the_workers_last_slot_takes_it_out_of_the_idl
     assert ended[1]["started_at"] >= ended[0]["completed_at"]
 
 
-async def test_a_throttled_projects_task_waits_while_another_projects_task_starts_with_its_submit(
+async def test_a_throttled_projects_task_waits_at_its_submit_while_another_projects_task_starts(
     start_service: Any, redis: Redis
 ):
     serve = await start_service(worker=NO_POLL, limits=LimitsConfig(concurrent_per_project=1))
     await idle_worker(redis, serve)
 
-    running = await submitted(serve, redis, "busy")
+    running = await submitted(serve, redis, "busy", {"seconds": 1.5, "steps": 1})
     throttled = await submitted(serve, redis, "busy")
-    other = await submitted(serve, redis, "other")
+    # The throttled head passed over leaves the worker to look again when a slot frees, as after a
+    # take: this one starts through the wake-up its submit sends.
+    other = (await serve.submit("sleep", SLEEP, project_id="other"))["task_id"]
 
-    assert [running[1], throttled[1], other[1]] == ["processing", "queued", "processing"]
-    ended = [await serve.wait_terminal(task_id) for task_id, _ in (running, throttled)]
-    assert ended[1]["status"] == "completed"
-    assert ended[1]["started_at"] >= ended[0]["completed_at"]
+    assert [running[1], throttled[1]] == ["processing", "queued"]
+    first, waited, meanwhile = [
+        await serve.wait_terminal(task_id) for task_id in (running[0], throttled[0], other)
+    ]
+    assert meanwhile["status"] == "completed"
+    assert meanwhile["started_at"] < first["completed_at"]
+    assert waited["status"] == "completed"
+    assert waited["started_at"] >= first["completed_at"]
 
 
 async def test_a_submit_whose_reply_is_lost_leaves_the_task_its_script_started_to_the_workers_next_take(
