@@ -29,10 +29,9 @@
 -- include lib/emit.lua
 -- include lib/drop_job.lua
 -- include lib/ended.lua
+-- include lib/record.lua
 -- The record once: the check here and what ended() does come from it, with the end written in.
-local all = redis.call('HGETALL', KEYS[1])
-local record = {}
-for i = 1, #all, 2 do record[all[i]] = all[i + 1] end
+local record = read_record(KEYS[1])
 if record.status ~= 'processing' or record.worker_id ~= ARGV[1] then
   return record.status or false
 end

@@ -33,27 +33,19 @@
 -- include lib/emit.lua
 -- include lib/fair.lua
 -- include lib/begin.lua
+-- include lib/record.lua
 local lock = redis.call('GET', KEYS[3])
 if lock and lock ~= ARGV[2] then return 'locked' end
 local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
 if not score or tonumber(score) > tonumber(ARGV[5]) then return 'not_due' end
 -- The record once: the checks, the started record (the reply, its webhook, its event) come from it.
-local record = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do record[all[i]] = all[i + 1] end
+local record = read_record(KEYS[1])
 local status = record.status
 if status == 'queued' and record.job_id == ARGV[4] and throttled(record.project_id, tonumber(ARGV[7])) then
   return 'throttled'
 end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[6])
-local function started()
-  local reply = {score, 'started'}
-  for name, value in pairs(record) do
-    reply[#reply + 1] = name
-    reply[#reply + 1] = value
-  end
-  return reply
-end
+local function started() return record_reply({score, 'started'}, record) end
 if not status then return {score, 'gone'} end
 -- A job that will not run (the worker drops it) gives its project's turn to the next job in line.
 if record.job_id ~= ARGV[4] then

@@ -31,6 +31,7 @@
 -- slots frees (it took its fill, or passed over a job that may start then), 0 when it waits in the
 -- idle set and the next job wakes it; then one entry per started task: {job_id, score, field,
 -- value, ...} (the started record).
+-- include lib/record.lua
 -- include lib/take.lua
 -- include lib/wake.lua
 local me, now_ms, count = ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -40,7 +41,7 @@ if ARGV[9] == '1' then
   for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
     local record = read_record('@TASK_PREFIX@' .. id)
     if record.status == 'processing' and record.worker_id == me and record.job_id then
-      taken[#taken + 1] = take_entry(record.job_id, '0', record)
+      taken[#taken + 1] = record_reply({record.job_id, '0'}, record)
     end
   end
 end

@@ -40,15 +40,11 @@
 -- include lib/emit.lua
 -- include lib/enqueue.lua
 -- include lib/webhook_event.lua
+-- include lib/record.lua
 local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record,
                      lease)
   -- The record once, with its end written: what follows reads it from here.
-  local r = record
-  if not r then
-    r = {}
-    local all = redis.call('HGETALL', task_key)
-    for i = 1, #all, 2 do r[all[i]] = all[i + 1] end
-  end
+  local r = record or read_record(task_key)
   redis.call('HINCRBY', metrics_key, counter, 1)
   if per_type then
     redis.call('HINCRBY', metrics_key, per_type .. ':' .. r.task_type, 1)

@@ -26,26 +26,11 @@
 -- for it (ended, cancelled, expired, a newer job) is dropped. Each start is lib/begin.lua's.
 -- Returns started, passed, left: how many jobs it started, how many it passed over, and whether
 -- a due job is left that it did not take. Each started entry appended to `taken` is {job_id,
--- score, field, value, ...} (the started record: take_entry).
+-- score, field, value, ...} (the started record).
+-- include lib/record.lua
 -- include lib/fair.lua
 -- include lib/begin.lua
 -- include lib/drop_job.lua
-local function take_entry(job, score, record)
-  local entry = {job, score}
-  for name, value in pairs(record) do
-    entry[#entry + 1] = name
-    entry[#entry + 1] = value
-  end
-  return entry
-end
-
-local function read_record(task_key)
-  local all = redis.call('HGETALL', task_key)
-  local record = {}
-  for i = 1, #all, 2 do record[all[i]] = all[i + 1] end
-  return record
-end
-
 local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms, taken)
   local line = keys_of.queue
   local written = {running = keys_of.running, metrics = keys_of.metrics, outbox = keys_of.outbox}
@@ -77,7 +62,7 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
         redis.call('ZREM', line, job)
         written.started_state = '@WEBHOOK_PREFIX@' .. task_id .. ':started'
         begin(task_key, task_id, job, record, me, now, now_ms, aging_ms, written)
-        taken[#taken + 1] = take_entry(job, score, record)
+        taken[#taken + 1] = record_reply({job, score}, record)
         started = started + 1
       end
     elseif redis.call('EXISTS', '@IN_PROGRESS_PREFIX@' .. job) == 1 then
