@@ -148,7 +148,7 @@ TAKE_SCAN = 100
 
 class Taker(Protocol):
     """A free slot of the submitting process's worker of the task's queue, held for one submit
-    (taskd.queue.workers.TaskdWorker.reserve): if that worker waits in the queue's idle set, the
+    (taskd.queue.workers.TaskdWorker.hold): if that worker waits in the queue's idle set, the
     submit script starts the queue's next job for it, as its own take would, one round trip sooner."""
 
     @property
