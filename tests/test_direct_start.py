@@ -5,6 +5,7 @@ submit whose reply is lost leaves what its script started to the worker's next t
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -123,3 +124,25 @@ async def test_a_submit_whose_reply_is_lost_leaves_the_task_its_script_started_t
 
     assert await stored(redis, task_id, "worker_id") == worker_id
     assert (await serve.wait_terminal(task_id, timeout=10))["status"] == "completed"
+
+
+async def test_a_held_slot_given_back_after_a_wake_up_came_for_it_looks_for_the_job_that_sent_it(
+    start_service: Any, redis: Redis
+):
+    one_slot = {**Config().queues, "default": QueueConfig(concurrency=1, timeout=60)}
+    serve = await start_service(worker=NO_POLL, queues=one_slot)
+    worker_id = await idle_worker(redis, serve)
+    api_only = await start_service(workers=False)
+    # A submit of the serve's own holds the worker's only slot...
+    slot = await serve.service._pool.hold("default")
+    assert slot is not None
+
+    # ...while another node's submit wakes that worker, idle in Redis, whose look finds no free slot.
+    task_id = (await api_only.submit("noop", {}))["task_id"]
+    async with asyncio.timeout(10):
+        while await redis.zscore(keys.idle("default"), worker_id) is not None:
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # the wake-up's message reaches the worker
+    slot.handed(None)  # the held slot's submit started nothing: the slot comes back
+
+    assert (await api_only.wait_terminal(task_id, timeout=10))["status"] == "completed"

@@ -119,6 +119,9 @@ class TaskdWorker(Worker):
         self._held = 0
         self.settled = asyncio.Event()
         self.settled.set()
+        # A wake-up came while a slot was held: the look it asked for may have found no free slot
+        # or counted the held one as used, so a slot given back looks again.
+        self._woken_while_held = False
         self._taking = False
         # A held slot's submit lost its reply: the next take asks for the tasks this worker runs.
         self._recover = False
@@ -219,7 +222,6 @@ class TaskdWorker(Worker):
     def handed(self, takes: Takes | None) -> None:
         """The held slot's submit is stored: run what its script started for this worker in that slot,
         or give the slot back."""
-        self._unhold()
         ran = False
         if takes is not None:
             self._look_when_freed = takes.look_when_freed
@@ -229,24 +231,29 @@ class TaskdWorker(Worker):
                     ran = True
         if not ran:
             self._give_back()
+        self._unhold()
 
     def lost(self) -> None:
         """The held slot's submit got no reply: its script may have started a job for this worker,
         which the next take, asking for the tasks this worker runs, finds (take.lua's recover)."""
-        self._unhold()
         self._give_back()
+        self._unhold()
         self._recover = True
         self.woken(None)
 
     def _unhold(self) -> None:
         self._held -= 1
         if self._held == 0:
+            self._woken_while_held = False
             self.settled.set()
 
     def _give_back(self) -> None:
-        # A slot held and not used: nothing ended, so no look is due (unlike a finished job's slot).
+        # A slot held and not used: nothing ended, so no look is due (unlike a finished job's slot),
+        # unless a wake-up came meanwhile: the job that sent it may be waiting for this slot.
         self.job_counter -= 1
         self.sem.release()
+        if self._woken_while_held:
+            self.woken(None)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim and start each job while this worker has free slots (arq's rules; one round trip each,
@@ -317,6 +324,8 @@ class TaskdWorker(Worker):
             self._everywhere = True
         else:
             self._woken_in.add(partition)
+        if self._held:
+            self._woken_while_held = True
         self.wake.set()
 
     async def main(self) -> None:
