@@ -16,6 +16,7 @@ same way (load - idle rate x duration) / N, per process, by what was sent (bench
 
     .venv/bin/python bench/redis_cost.py                   # 1,000 tasks; writes bench/results/redis_cost.json
     .venv/bin/python bench/redis_cost.py --tasks 20 --no-write   # a quick check (tests do this)
+    .venv/bin/python bench/redis_cost.py --projects 30 --no-write  # the tasks spread over 30 projects
 """
 
 from __future__ import annotations
@@ -105,12 +106,18 @@ async def _completed(redis: Redis, polls: collections.Counter[str]) -> int:
     return int(await redis.hget(*COMPLETED) or 0)
 
 
-async def _submit_all(base_url: str, tasks: int, clients: int) -> None:
+async def _submit_all(base_url: str, tasks: int, clients: int, projects: int = 1) -> None:
     remaining = iter(range(tasks))
+    # As bench/loadgen.py spreads them: the n-th task to `bench_project_<n mod projects>`.
+    bodies = (
+        [SUBMIT_BODY]
+        if projects <= 1
+        else [{**SUBMIT_BODY, "project_id": f"bench_project_{n}"} for n in range(projects)]
+    )
 
     async def client(session: aiohttp.ClientSession) -> None:
-        for _ in remaining:
-            async with session.post(base_url + SUBMIT_PATH, json=SUBMIT_BODY) as response:
+        for n in remaining:
+            async with session.post(base_url + SUBMIT_PATH, json=bodies[n % len(bodies)]) as response:
                 if response.status != 200:
                     raise RuntimeError(f"submit refused: {response.status} {await response.text()}")
 
@@ -143,7 +150,7 @@ def _per_task(
     return dict(sorted(out.items(), key=lambda item: (-item[1], item[0])))
 
 
-async def measure(tasks: int, clients: int, idle_s: float, warm_up: int) -> dict[str, Any]:
+async def measure(tasks: int, clients: int, idle_s: float, warm_up: int, projects: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir, probe_dir = Path(tmp) / "data", Path(tmp) / "probes"
         probe_dir.mkdir()
@@ -177,7 +184,7 @@ async def measure(tasks: int, clients: int, idle_s: float, warm_up: int) -> dict
             polls.clear()
             await redis.config_resetstat()
             started = time.monotonic()
-            await _submit_all(base_url, tasks, clients)
+            await _submit_all(base_url, tasks, clients, projects)
             await _wait_completed(redis, warm_up + tasks, polls, 120 + tasks / 10)
             load_commands = await commandstats(redis)
             load_elapsed = time.monotonic() - started
@@ -204,6 +211,7 @@ async def measure(tasks: int, clients: int, idle_s: float, warm_up: int) -> dict
     return {
         "tasks": tasks,
         "clients": clients,
+        "projects": projects,
         "load_s": round(load_elapsed, 3),
         "idle_s": round(idle_elapsed, 3),
         "idle_commands_per_s": round(sum(idle_commands.values()) / idle_elapsed, 1),
@@ -216,7 +224,8 @@ async def measure(tasks: int, clients: int, idle_s: float, warm_up: int) -> dict
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"Redis cost per no-op task, over {result['tasks']} tasks ({result['clients']} HTTP clients, "
+        f"Redis cost per no-op task, over {result['tasks']} tasks of {result.get('projects', 1)} project(s) "
+        f"({result['clients']} HTTP clients, "
         f"{result['load_s']:.1f} s; idle service: {result['idle_commands_per_s']} commands/s, subtracted)",
         "",
         f"commands per task: {result['commands_per_task']}",
@@ -242,6 +251,9 @@ def main() -> int:
     )
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=10, help="concurrent HTTP clients submitting")
+    parser.add_argument(
+        "--projects", type=int, default=1, help="spread the tasks over this many projects (default 1)"
+    )
     parser.add_argument("--idle", type=float, default=3.0, help="seconds the idle service is measured")
     parser.add_argument("--warm-up", type=int, default=20, help="tasks run before measuring")
     parser.add_argument(
@@ -249,7 +261,7 @@ def main() -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    result = asyncio.run(measure(args.tasks, args.clients, args.idle, args.warm_up))
+    result = asyncio.run(measure(args.tasks, args.clients, args.idle, args.warm_up, args.projects))
     print(table(result))
     if not args.no_write:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -78,13 +78,23 @@ def test_comparison_benchmark_can_run_only_taskds_submit_rows(tmp_path):
 def test_redis_cost_benchmark_counts_commands_and_round_trips_per_task(tmp_path):
     out = tmp_path / "redis_cost.json"
     result = run_bench(
-        "redis_cost.py", "--tasks", "20", "--warm-up", "3", "--idle", "0.5", "--json", str(out)
+        "redis_cost.py",
+        "--tasks",
+        "20",
+        "--projects",
+        "2",
+        "--warm-up",
+        "3",
+        "--idle",
+        "0.5",
+        "--json",
+        str(out),
     )
 
     assert "Redis cost per no-op task, over 20 tasks" in result.stdout
     assert "| command | per task |" in result.stdout
     figures = json.loads(out.read_text())
-    assert figures["tasks"] == 20
+    assert (figures["tasks"], figures["projects"]) == (20, 2)
     # Commands run inside the scripts count: three events a task (queued, processing, completed), each on two streams.
     assert figures["commands"]["xadd"] == 6
     # Every task is one submit script in the API, and a finish in the worker; the worker's takes

@@ -114,23 +114,39 @@ end
 -- earlier jobs, k jobs of every other project (or all it has, if fewer), and one more of each
 -- project whose head is ahead of this project's head and that has more than k waiting. Exact
 -- while every project keeps its turn; a throttled project's turns are counted though they wait.
+-- The heads' scores come in one ZMSCORE (one per HEADS_A_READ heads), and a head (k = 0) needs
+-- no other line's length (a project with a head has a job waiting): a submit or a status read is
+-- not two commands dearer for every project waiting on the queue (it was a ZCARD and a ZSCORE
+-- each); a later job reads each other line's length once.
+local HEADS_A_READ = 1000  -- ZMSCORE's arguments per call: Lua's unpack() takes at most ~8000
 local function place(queue, project, job)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   local k = redis.call('ZRANK', line, job)
   if not k then return 0 end
-  local arq_queue = '@QUEUE_PREFIX@' .. queue
   local heads = redis.call('HGETALL', '@HEADS_PREFIX@' .. queue)
+  if #heads == 2 and heads[1] == project then return k + 1 end
+  local jobs = {}
+  for i = 2, #heads, 2 do jobs[#jobs + 1] = heads[i] end
+  local scores = {}
+  for first = 1, #jobs, HEADS_A_READ do
+    local last = math.min(first + HEADS_A_READ - 1, #jobs)
+    local read = redis.call('ZMSCORE', '@QUEUE_PREFIX@' .. queue, unpack(jobs, first, last))
+    for i = 1, #read do scores[first + i - 1] = tonumber(read[i]) end
+  end
   local mine = nil
   for i = 1, #heads, 2 do
-    if heads[i] == project then mine = tonumber(redis.call('ZSCORE', arq_queue, heads[i + 1])) end
+    if heads[i] == project then mine = scores[(i + 1) / 2] end
   end
   local ahead = k
   for i = 1, #heads, 2 do
     if heads[i] ~= project then
-      local waiting = redis.call('ZCARD', '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. heads[i])
-      ahead = ahead + math.min(waiting, k)
+      local waiting = 1
+      if k > 0 then
+        waiting = redis.call('ZCARD', '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. heads[i])
+        ahead = ahead + math.min(waiting, k)
+      end
       if waiting > k then
-        local score = tonumber(redis.call('ZSCORE', arq_queue, heads[i + 1]))
+        local score = scores[(i + 1) / 2]
         if mine == nil or (score and score < mine) then ahead = ahead + 1 end
       end
     end

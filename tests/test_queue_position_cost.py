@@ -1,0 +1,57 @@
+"""What a queue position costs Redis as more projects wait (lib/fair.lua's place): a project's head is
+placed among the other heads in one read of their scores, and a later task reads each other
+project's line length once, so a submit or a status read does not slow down by two commands for
+every project waiting on the queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+# The commands place() may spend per other project: a line's length, a head's score.
+PER_PROJECT_READS = ("zcard", "zscore", "zmscore")
+
+
+async def waiting_projects(api: Any, names: range, each: int) -> None:
+    """`each` queued noop tasks for each project `waiting-<n>`, n in `names`."""
+    for n in names:
+        for _ in range(each):
+            await api.submit("noop", {}, project_id=f"waiting-{n}")
+
+
+async def reads_during(redis: Redis, action: Any) -> tuple[Any, int]:
+    """What `action()` returned, and how many of PER_PROJECT_READS Valkey ran meanwhile."""
+    await redis.config_resetstat()
+    returned = await action()
+    stats = await redis.info("commandstats")
+    return returned, sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in PER_PROJECT_READS)
+
+
+async def test_a_projects_first_task_is_placed_in_as_many_reads_whether_one_project_waits_or_twenty(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    await waiting_projects(api, range(1), 2)
+    first, reads_behind_one = await reads_during(redis, lambda: api.submit("noop", {}, project_id="one"))
+    await waiting_projects(api, range(1, 20), 2)
+
+    second, reads_behind_twenty = await reads_during(redis, lambda: api.submit("noop", {}, project_id="two"))
+
+    assert (first["queue_position"], second["queue_position"]) == (2, 22)
+    assert reads_behind_twenty == reads_behind_one
+
+
+async def test_a_later_tasks_position_reads_each_other_projects_line_once(start_service: Any, redis: Redis):
+    api = await start_service(workers=False)
+    await api.submit("noop", {}, project_id="mine")
+    later = (await api.submit("noop", {}, project_id="mine"))["task_id"]
+    await waiting_projects(api, range(2), 3)
+    status, reads_behind_two = await reads_during(redis, lambda: api.status(later))
+    await waiting_projects(api, range(2, 20), 3)
+
+    status_then, reads_behind_twenty = await reads_during(redis, lambda: api.status(later))
+
+    # Its own head, then one turn of each other project, then itself.
+    assert (status["queue_position"], status_then["queue_position"]) == (4, 22)
+    assert reads_behind_twenty - reads_behind_two == 18
