@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from redis.asyncio import Redis
+
+from taskd import keys
 from taskd.shapes import MAX_DEPENDS_ON
 
 
@@ -80,6 +83,31 @@ async def test_a_failing_first_step_cancels_the_rest_of_the_chain_naming_each_de
     assert third_body["status"] == "cancelled"
     assert third_body["error"] == f"Dependency '{second['task_id']}' was cancelled"
     assert "waiting_for" not in third_body
+
+
+async def test_a_task_nothing_waits_for_ends_without_reading_a_dependents_set(start_service, redis: Redis):
+    taskd = await start_service()
+    await redis.config_resetstat()
+
+    task = await taskd.submit("noop", {})
+    await taskd.wait_terminal(task["task_id"])
+
+    assert "cmdstat_smembers" not in await redis.info("commandstats")
+
+
+async def test_a_dependency_stored_without_the_dependents_flag_still_releases_its_dependents(
+    start_service, redis: Redis
+):
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    second = await api_only.submit("noop", {}, depends_on=[first["task_id"]])
+    # As a record written by an earlier version, which kept no `dependents` field.
+    await redis.hdel(keys.task(first["task_id"]), "dependents")
+    await start_service(http=False)
+
+    body = await api_only.wait_terminal(second["task_id"])
+
+    assert body["status"] == "completed"
 
 
 async def test_cancelling_a_task_cancels_the_tasks_waiting_for_it(start_service):

@@ -27,6 +27,9 @@
 -- and active set) kept until `ttl` past its time; due.lua queues it when its time comes. Until then
 -- it is in no line, so it holds up no other task of its project and counts in no queue position.
 -- Either way its position is 0.
+-- Every record starts with `dependents` '0': no task waits for it yet. A task that comes to wait
+-- for it sets that to '1' as it joins its {taskd}:dependents:{id}, so the end of a task nothing
+-- waits for reads no dependents' set (lib/ended.lua).
 -- include lib/emit.lua
 -- include lib/fair.lua
 -- include lib/wake.lua
@@ -61,7 +64,7 @@ local function store(task)
   local scheduled_ms = tonumber(task.scheduled_ms) or 0
   local deferred = #task.waiting_for > 0 or scheduled_ms > 0
   -- The record in one HSET. A deferred task has no job yet: no `job_id`, `enqueues` 0.
-  local fields, named = {}, {}
+  local fields, named = {'dependents', '0'}, {dependents = '0'}
   for i = 1, #task.fields, 2 do
     local name, value = task.fields[i], task.fields[i + 1]
     if not (deferred and (name == 'job_id' or name == 'enqueues')) then
@@ -91,6 +94,7 @@ local function store(task)
     for _, id in ipairs(task.waiting_for) do
       redis.call('SADD', '@DEPENDENTS_PREFIX@' .. id, task.id)
       redis.call('EXPIRE', '@DEPENDENTS_PREFIX@' .. id, task.ttl)
+      redis.call('HSET', '@TASK_PREFIX@' .. id, 'dependents', '1')
     end
     if scheduled_ms > 0 then
       redis.call('ZADD', '@SCHEDULED@', scheduled_ms, task.id)

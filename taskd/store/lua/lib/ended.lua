@@ -30,7 +30,8 @@
 -- `keep_for`, the project's index {taskd}:project:{project_id} at least as long, so the task stays in
 -- the project's list), takes it off {taskd}:scheduled if it was waiting for its time there and
 -- emits a status event.
--- Then it settles the tasks waiting for this one ({taskd}:dependents:{id}, `depends_on`), in the
+-- Then it settles the tasks waiting for this one ({taskd}:dependents:{id}, `depends_on`; not read
+-- when the record's `dependents` is '0', lib/admit.lua), in the
 -- same script so that no end can be lost between the two: when this one completed, it leaves
 -- each one's `waiting_for`, and one that waits for nothing more (nor for its `scheduled_for`,
 -- which due.lua then looks after) gets its first job, due now
@@ -77,8 +78,13 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
 
   local status = r.status
   local dependents_key = '@DEPENDENTS_PREFIX@' .. task_id
-  local dependents = redis.call('SMEMBERS', dependents_key)
-  if #dependents > 0 then redis.call('DEL', dependents_key) end
+  local dependents = {}
+  -- `dependents` '0': no task has come to wait for this one (lib/admit.lua). A record of a version
+  -- before that field has none, and its set is read all the same.
+  if r.dependents ~= '0' then
+    dependents = redis.call('SMEMBERS', dependents_key)
+    if #dependents > 0 then redis.call('DEL', dependents_key) end
+  end
   -- now_ms comes from ARGV, a string; the line (lib/fair.lua) compares it with numbers.
   local at_ms = tonumber(now_ms)
   local now = tostring(at_ms / 1000)
