@@ -297,8 +297,9 @@ def test_the_waiting_cap_is_set_by_its_documented_name_and_defaults_to_ten_thous
     assert load_config(None, {"TASKD_LIMITS__QUEUED_PER_PROJECT": "7"}).limits.queued_per_project == 7
 
 
-async def _sent_to_valkey(redis, during) -> list[str]:
-    """The commands clients sent Valkey while `during()` ran (not those its scripts ran), from MONITOR."""
+async def _sent_to_valkey(redis, during, *, by_scripts: bool = False) -> list[str]:
+    """The commands clients sent Valkey while `during()` ran, from MONITOR: not those its scripts ran,
+    or with `by_scripts` only those."""
     sentinel = f"end-of-{time.monotonic_ns()}"
     sent = []
     async with redis.monitor() as monitor:
@@ -306,9 +307,26 @@ async def _sent_to_valkey(redis, during) -> list[str]:
         # On another connection than MONITOR's, after whatever `during` sent: where the reading stops.
         await redis.echo(sentinel)
         while sentinel not in (command := await monitor.next_command())["command"]:
-            if command["client_type"] != "lua":
+            if (command["client_type"] == "lua") == by_scripts:
                 sent.append(command["command"])
     return sent
+
+
+async def test_a_project_under_its_waiting_cap_is_admitted_without_counting_its_running_tasks(
+    start_service, redis
+):
+    taskd = await start_service(workers=False, limits=LimitsConfig(queued_per_project=3))
+    # The first call of a script in a fresh Valkey is refused (NOSCRIPT), loaded and sent again.
+    await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+
+    async def submit() -> None:
+        await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+
+    ran = await _sent_to_valkey(redis, submit, by_scripts=True)
+
+    # Fewer tasks than the cap, queued or running, so fewer than the cap wait: no need to subtract.
+    assert any(keys.project_active("p") in command for command in ran)
+    assert not any(keys.project_processing("p") in command for command in ran)
 
 
 async def test_a_limited_submit_spends_its_quota_in_the_round_trip_that_stores_the_task(start_service, redis):

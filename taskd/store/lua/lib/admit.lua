@@ -10,7 +10,9 @@
 --     pending   id -> project of the tasks the same script stores before this one (batch.lua);
 --               each counts as a queued task of that project
 --   queued(active_key, processing_key, at)  how many of a project's tasks wait (queued); when
---                                            that reaches `at`, ids that ended are dropped first
+--                                            that reaches `at`, ids that ended are dropped first;
+--                                            below `at`, a count at least as large (under `at`
+--                                            too) may stand in for it
 --   store(task)                             writes the task
 --     task: key, id, project, project_key, active_key, created_ms, ttl, fields (name, value, ...),
 --           waiting_for, job_key, job, job_expiry_ms, job_id, score, aging_ms, queue, task_type,
@@ -51,7 +53,11 @@ local function unmet(project, depends_on, pending)
 end
 
 local function queued(active_key, processing_key, at)
-  local waiting = redis.call('SCARD', active_key) - redis.call('SCARD', processing_key)
+  -- Fewer tasks than `at` queued and running together: fewer than `at` wait, whatever runs. The
+  -- callers only compare with `at`, so that count stands in for the waiting one (one SCARD less).
+  local active = redis.call('SCARD', active_key)
+  if active < at then return active end
+  local waiting = active - redis.call('SCARD', processing_key)
   if waiting < at then return waiting end
   for _, id in ipairs(redis.call('SMEMBERS', active_key)) do
     local status = redis.call('HGET', '@TASK_PREFIX@' .. id, 'status')
