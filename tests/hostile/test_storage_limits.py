@@ -163,7 +163,7 @@ async def test_a_media_task_is_refused_with_503_while_the_media_disk_is_nearly_f
     assert "Media storage is nearly full" in answer["message"]
     assert retry_after is not None and int(retry_after) > 0
     assert await redis.keys(keys.task("*")) == []
-    assert await redis.keys(keys.arq_job("*")) == []
+    assert await redis.keys(keys.waiting("*")) == []
 
 
 async def test_a_task_without_media_is_accepted_while_the_media_disk_is_nearly_full(start_service):
@@ -212,12 +212,17 @@ def test_a_malformed_embedded_maxmemory_stops_start_up_with_one_line(tmp_path, v
 
 
 async def fill_until_full(redis: Redis, headroom: int) -> None:
-    """Give Redis a maxmemory just above what it uses, then write until it refuses."""
+    """Give Redis a maxmemory just above what it uses, then write until it refuses.
+
+    Big values first, then small ones: a refused write's own buffer is freed once it is refused,
+    so after the big ones alone tens of KiB would be free again, room for a whole submit.
+    """
     used = (await redis.info("memory"))["used_memory"]
     await redis.config_set("maxmemory", used + headroom)
-    with pytest.raises(OutOfMemoryError):
-        for i in range(10_000):
-            await redis.set(f"ballast:{i}", b"x" * 65536)
+    for size in (65536, 256):
+        with pytest.raises(OutOfMemoryError):
+            for i in range(100_000):
+                await redis.set(f"ballast:{size}:{i}", b"x" * size)
 
 
 async def test_a_submit_to_a_full_redis_answers_503_in_the_documented_shape(start_service, redis):
