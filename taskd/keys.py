@@ -9,9 +9,11 @@ each partition's copies of the queue lines, counters, outbox and schedule below 
 `running(queue, p)`…); what every task shares (workers, GPU hosts, rate limits, providers) stays
 under `{taskd}`. The table names the keys as partition 0 has them.
 
-arq's job and lock keys are under the tag too (arq's own `arq:job:` and `arq:in-progress:`
-prefixes would put each job in another slot): taskd's worker never lets arq read them
-(taskd.queue.workers). Keys written before the tag (`taskd:…`) are renamed once, at start
+arq's lock keys are under the tag too (arq's own `arq:in-progress:` prefix would put each job in
+another slot): taskd's worker never lets arq read them (taskd.queue.workers). arq's job
+definitions are not written at all: a task's record holds what its job needs (`job_id`,
+`enqueued_ms`); those an earlier version wrote (`{taskd}:arq:job:{task id}.{n}`) expire a day past
+their score. Keys written before the tag (`taskd:…`) are renamed once, at start
 (taskd.store.layout).
 
 | key | type | lives |
@@ -24,7 +26,6 @@ prefixes would put each job in another slot): taskd's worker never lets arq read
 | `{taskd}:worker:{id}` | string: the worker's JSON description | heartbeat TTL: disappears when the process stops beating |
 | `{taskd}:queue:{queue}` | arq's queue sorted set: job id -> score; the projects' heads, and the running jobs of workers that claim one job at a time (a host with GPUs) | a head leaves when a worker takes it (take.lua) or its task is cancelled; a running job when its task ends |
 | `{taskd}:idle:{queue}` | sorted set: worker id -> ms it went idle, of the workers of the queue that have free slots and found nothing to take; a new job wakes the one idle longest (lib/wake.lua) | a member leaves when it is woken, takes its fill, or stops; one whose heartbeat is gone is dropped when popped |
-| `{taskd}:arq:job:{task id}.{n}` | arq's job definition; a new one per enqueue of the task (n counts them) | a day past its score |
 | `{taskd}:webhooks:due` | sorted set: task id (its end's webhook) or `{id}:started` / `{id}:progress` (`webhook_events`) -> ms when that webhook is next due (the durable outbox) | members leave when delivered or given up |
 | `{taskd}:webhook:{id}` | hash: delivery state of a task's webhook (attempts, last status/error, delivered/failed/next times); `{taskd}:webhook:{id}:started` and `…:progress` for those events' webhooks | `storage.task_ttl`, renewed with every attempt, so it lives as long as the task record |
 | `{taskd}:webhooks:wake` | pub/sub channel: a webhook became due now; wakes every sender | no storage |
@@ -96,11 +97,11 @@ SCHEDULED = f"{PREFIX}scheduled"
 # How long an Idempotency-Key is remembered: a repeat within this window is answered, not run again.
 IDEMPOTENCY_TTL = 24 * 3600
 
-# arq's job definitions and locks, in arq's format but under taskd's tag (arq names them
-# arq:job:… and arq:in-progress:…; taskd's worker claims and drops jobs itself, so arq never
-# reads these prefixes: tests/test_keys.py checks that a task run writes no key outside the tag).
-# Partition 0's; `arq_job` and `arq_in_progress` name a job's in its task's partition.
-ARQ_JOB_PREFIX = f"{PREFIX}arq:job:"
+# arq's job locks, in arq's format but under taskd's tag (arq names them arq:in-progress:…;
+# taskd's worker claims and drops jobs itself, so arq never reads this prefix: tests/test_keys.py
+# checks that a task run writes no key outside the tag). Partition 0's; `arq_in_progress` names a
+# job's in its task's partition. arq's job definitions (`arq:job:…`) are not written: the record
+# holds what a job needs (its id and enqueue time).
 ARQ_IN_PROGRESS_PREFIX = f"{PREFIX}arq:in-progress:"
 
 
@@ -329,11 +330,6 @@ def heads(queue: str, partition: int = 0) -> str:
 def dependents(task_id: str) -> str:
     """The tasks whose `depends_on` names `task_id` and that still wait for it."""
     return f"{_of_task(task_id)}dependents:{task_id}"
-
-
-def arq_job(job: str) -> str:
-    """arq's job definition (`job` is `<task id>.<n>`)."""
-    return f"{_of_task(job.rpartition('.')[0])}arq:job:{job}"
 
 
 def task_events(task_id: str) -> str:

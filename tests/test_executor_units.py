@@ -6,13 +6,12 @@ import asyncio
 import time
 
 import aiohttp
-import orjson
 import pytest
 
 from taskd import keys
 from taskd.engine.executor import _Interruptible
 from taskd.providers.llm import ProviderError
-from taskd.queue.task_queue import job_payload, job_score
+from taskd.queue.task_queue import job_score
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskError, TransientError, is_transient
 
 
@@ -76,17 +75,22 @@ def test_only_transient_errors_are_retried(exc, transient):
     assert is_transient(exc) is transient
 
 
-def test_store_lua_writes_the_same_arq_job_as_python():
-    from taskd.store.scripts import read
-
-    python_job = orjson.loads(job_payload("abc-123", 1700000000000))
-    lua_template = read("lib/enqueue.lua").split("local job = '")[1].split("'\n")[0]
-    lua_job = orjson.loads(
-        lua_template.replace("' .. task_id .. '", "abc-123").replace("' .. now_ms .. '", "1700000000000")
-    )
-
-    assert lua_job == python_job
+def test_a_job_is_named_by_its_task_and_the_count_of_its_enqueues():
     assert keys.job_id("abc-123", 1) == "abc-123.1"
+
+
+async def test_a_queued_task_keeps_its_job_in_its_record_and_no_arq_job_definition_is_written(
+    start_service, redis
+):
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("noop", {})
+
+    record = await redis.hgetall(keys.task(task["task_id"]))
+
+    assert record[b"job_id"] == f"{task['task_id']}.1".encode()
+    # When it could start, for the wait-time histogram: its creation.
+    assert int(record[b"enqueued_ms"]) == int(float(record[b"created_at"]) * 1000)
+    assert await redis.keys("*arq:job:*") == []
 
 
 def test_priority_moves_the_score_by_whole_aging_windows():
@@ -134,5 +138,5 @@ async def test_a_finished_task_leaves_no_arq_job_behind(taskd, redis):
     await taskd.wait_terminal(task["task_id"])
     job_id = (await redis.hget(keys.task(task["task_id"]), "job_id")).decode()
 
-    assert await redis.exists(keys.arq_job(job_id), keys.ARQ_IN_PROGRESS_PREFIX + job_id) == 0
+    assert await redis.exists(keys.arq_in_progress(job_id)) == 0
     assert await redis.zscore(keys.queue("default"), job_id) is None

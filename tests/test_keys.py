@@ -14,10 +14,8 @@ def test_task_keys_are_namespaced_under_the_hash_tag():
     assert keys.queue("gpu_heavy") == "{taskd}:queue:gpu_heavy"
 
 
-def test_arq_job_and_lock_keys_are_in_the_slot_of_the_task_keys():
-    slots = {
-        key_slot(name.encode()) for name in (keys.arq_job("t.1"), keys.arq_in_progress("t.1"), keys.METRICS)
-    }
+def test_arq_lock_keys_are_in_the_slot_of_the_task_keys():
+    slots = {key_slot(name.encode()) for name in (keys.arq_in_progress("t.1"), keys.METRICS)}
 
     assert slots == {key_slot(keys.task("t").encode())}
 

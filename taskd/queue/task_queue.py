@@ -1,15 +1,14 @@
 """taskd's queue on top of arq's storage: enqueue into a pipeline, measure, order by priority.
 
-Everything that depends on arq's key layout or job format lives here and in the store's
-enqueue Lua (which writes the same job format; a test pins that they agree).
+Everything that depends on arq's key layout lives here and in the store's Lua: a job is its id
+on arq's sorted set of the queue (its score the due time moved by priority); arq's job definition
+is not written, as taskd's worker never reads it (the record holds the job's id and enqueue time).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import orjson
-from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
 from taskd import keys
@@ -17,8 +16,6 @@ from taskd.model import PRIORITY_LOW
 from taskd.store import QueuedJob
 
 JOB_FUNCTION = "run_task"
-# arq drops a job that has not started within this long after its score.
-JOB_EXPIRY_MS = 24 * 3600 * 1000
 
 
 def job_score(enqueued_at: float, priority: int, aging_window: float) -> int:
@@ -29,11 +26,6 @@ def job_score(enqueued_at: float, priority: int, aging_window: float) -> int:
     over any more: it cannot starve.
     """
     return int(enqueued_at * 1000) - int((PRIORITY_LOW - priority) * aging_window * 1000)
-
-
-def job_payload(task_id: str, enqueue_ms: int) -> bytes:
-    """arq's serialised job that runs `task_id`."""
-    return serialize_job(JOB_FUNCTION, (task_id,), {}, None, enqueue_ms, serializer=orjson.dumps)
 
 
 class TaskQueue:
@@ -53,12 +45,7 @@ class TaskQueue:
 
     def new_job(self, task_id: str, enqueues: int, priority: int, at: float) -> QueuedJob:
         """The arq job that puts a task on its queue for the `enqueues`-th time."""
-        return QueuedJob(
-            job_id=keys.job_id(task_id, enqueues),
-            payload=job_payload(task_id, int(at * 1000)),
-            score=self.score(at, priority),
-            expiry_ms=JOB_EXPIRY_MS,
-        )
+        return QueuedJob(job_id=keys.job_id(task_id, enqueues), score=self.score(at, priority))
 
     async def score_of(self, job: str, queue: str) -> int | None:
         """A waiting job's score on arq's set of its queue (None when it is not there)."""

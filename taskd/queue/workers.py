@@ -313,7 +313,7 @@ class TaskdWorker(Worker):
         # What arq's finish_job does for a finished job that keeps no result, in one round trip.
         client, line = self.lines[keys.task_partition(job_id.rpartition(".")[0])]
         async with client.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.arq_in_progress(job_id), keys.arq_job(job_id))
+            pipe.delete(keys.arq_in_progress(job_id))
             pipe.zrem(line, job_id)
             await pipe.execute()
 

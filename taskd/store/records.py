@@ -103,12 +103,10 @@ def _not_replicated(replicas: int) -> ServiceUnavailable:
 
 @attrs.frozen
 class QueuedJob:
-    """The arq job that will run a new task: its id, serialised form, queue score and expiry."""
+    """The arq job that will run a new task: its id and queue score."""
 
     job_id: str
-    payload: bytes
     score: int
-    expiry_ms: int
 
 
 @attrs.frozen
@@ -401,7 +399,6 @@ class TaskStore:
                     "project": keys.project(record.project_id),
                     "metrics": keys.metrics(partition),
                     "waiting": keys.waiting(record.queue, partition),
-                    "job": keys.arq_job(job.job_id),
                     "active": keys.project_active(record.project_id),
                     "processing": keys.project_processing(record.project_id),
                     "idempotency": keys.in_partition(idempotency.key, partition)
@@ -415,9 +412,6 @@ class TaskStore:
                     "ttl": self.task_ttl,
                     "score": job.score,
                     "job_id": job.job_id,
-                    # arq's job is JSON (orjson), so UTF-8 text.
-                    "job": job.payload.decode(),
-                    "job_expiry_ms": job.expiry_ms,
                     "queued_limit": admission.queued_per_project,
                     "queue_limit": admission.max_queue_length,
                     "queue": record.queue,
@@ -543,9 +537,6 @@ class TaskStore:
                 "created_ms": str(int(record.created_at * 1000)),
                 "score": str(job.score),
                 "job_id": job.job_id,
-                # arq's job is JSON (orjson), so UTF-8 text.
-                "job": job.payload.decode(),
-                "job_expiry_ms": str(job.expiry_ms),
                 "depends_on": record.depends_on or [],
                 "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
                 "fields": encode_flat(record),

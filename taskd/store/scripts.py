@@ -54,7 +54,6 @@ PARTITION_PREFIXES: Mapping[str, str] = {
     "PROCESSING_PREFIX": "project_processing:",
     "DEPENDENTS_PREFIX": "dependents:",
     "SCHEDULED": "scheduled",
-    "JOB_PREFIX": "arq:job:",
     "IN_PROGRESS_PREFIX": "arq:in-progress:",
     "TASK_EVENTS_PREFIX": "events:task:",
     "PROJECT_EVENTS_PREFIX": "events:project:",

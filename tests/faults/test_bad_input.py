@@ -89,8 +89,8 @@ def api(module_spawn_taskd, tmp_path_factory):
 
 
 def records(store) -> int:
-    """Task records and queued arq jobs in Redis."""
-    return len(store.keys(keys.task("*"))) + len(store.keys(keys.arq_job("*")))
+    """Task records and waiting jobs in Redis."""
+    return len(store.keys(keys.task("*"))) + sum(store.zcard(line) for line in store.keys(keys.waiting("*")))
 
 
 def check_refusal(response: httpx.Response, before: int, store) -> None:

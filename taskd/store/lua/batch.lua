@@ -17,9 +17,9 @@
 -- ARGV[5]  fingerprint     a digest of the request's route and body ('' without an Idempotency-Key)
 -- ARGV[6]  idempotency_ttl seconds the Idempotency-Key is remembered
 -- ARGV[7]  tasks           a JSON list, in order, of {id, project, queue, task_type, created_ms,
---                          score, job_id, job, job_expiry_ms, depends_on, scheduled_ms, fields, elsewhere}: what
+--                          score, job_id, depends_on, scheduled_ms, fields, elsewhere}: what
 --                          submit.lua gets as its arguments (fields: name, value, ...)
--- The keys of each task (its record, its project's index and sets, its queue's line, its job) are
+-- The keys of each task (its record, its project's index and sets, its queue's line) are
 -- built here from taskd.keys's prefixes, all in the partition of KEYS[1] (docs/cluster.md).
 -- Returns {'ok', results}: results a JSON list, in order, of [position, duration_sum,
 -- duration_count] (as submit.lua returns them); or {'bad_dependency', index, id, why},
@@ -67,7 +67,6 @@ for _, task in ipairs(tasks) do
   task.key = '@TASK_PREFIX@' .. task.id
   task.project_key = '@PROJECT_PREFIX@' .. task.project
   task.active_key = '@ACTIVE_PREFIX@' .. task.project
-  task.job_key = '@JOB_PREFIX@' .. task.job_id
   task.ttl = ARGV[1]
   task.aging_ms = ARGV[4]
   task.metrics_key = KEYS[1]

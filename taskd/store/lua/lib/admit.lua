@@ -15,12 +15,15 @@
 --                                            too) may stand in for it
 --   store(task)                             writes the task
 --     task: key, id, project, project_key, active_key, created_ms, ttl, fields (name, value, ...),
---           waiting_for, job_key, job, job_expiry_ms, job_id, score, aging_ms, queue, task_type,
+--           waiting_for, job_id, score, aging_ms, queue, task_type,
 --           metrics_key, scheduled_ms (when it may queue, in ms; 0 or nil: now), unwoken (true
 --           when the caller starts the queue's next job itself, for a worker it knows is idle:
 --           no other worker is woken for it)
 -- Returns: unmet the list of ids (or nil, id, why: 'unknown', 'project', 'failed' or
 -- 'cancelled'); queued a count; store the task's 1-based queue position (lib/fair.lua's place).
+-- A task queued now has its job in the record: `job_id`, and `enqueued_ms` (when it could start,
+-- for the wait-time histogram: lib/begin.lua), its creation time; arq's job definition is not
+-- written, as nothing reads it (docs/development.md, "arq, as it is").
 -- A task with dependencies not yet completed
 -- is stored queued with `waiting_for` (a JSON list of them) and no job (its `job_id` left out,
 -- `enqueues` 0), and added to each one's {taskd}:dependents:{id}; lib/ended.lua queues it when the
@@ -86,6 +89,9 @@ local function store(task)
       fields[#fields + 1] = 'waiting_for'
       fields[#fields + 1] = cjson.encode(task.waiting_for)
     end
+  else
+    fields[#fields + 1] = 'enqueued_ms'
+    fields[#fields + 1] = task.created_ms
   end
   redis.call('HSET', task.key, unpack(fields))
   redis.call('EXPIRE', task.key, task.ttl)
@@ -112,7 +118,6 @@ local function store(task)
       end
     end
   else
-    redis.call('SET', task.job_key, task.job, 'PX', task.job_expiry_ms)
     wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms), tonumber(task.aging_ms),
       named)
     if not task.unwoken then wake_one(task.queue) end

@@ -19,9 +19,9 @@
 --
 -- Marks the task processing (attempt counted, current_step and next_retry_at cleared), counts how
 -- long it waited in `wait_sum:`, `wait_count:` and one `wait_in:` bucket per queue and type (from
--- when it could start: its job's enqueue time in {taskd}:arq:job:{job id}, or a retry's
--- next_retry_at when later, to now), adds it to the queue's running set and its project's
--- processing set ({taskd}:project_processing:{project_id}, the throttle), takes its job out of its
+-- when it could start: its job's enqueue time, the record's `enqueued_ms`, or a retry's
+-- next_retry_at when later, to now; a job queued by a version without `enqueued_ms` is not
+-- counted), adds it to the queue's running set and its project's processing set ({taskd}:project_processing:{project_id}, the throttle), takes its job out of its
 -- project's line (the next one becomes the head: lib/fair.lua), makes its `started` webhook due
 -- when its webhook_events ask for one, and emits the `processing` event.
 -- Returns nothing.
@@ -40,8 +40,7 @@ local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, 
   record.status, record.started_at, record.updated_at = 'processing', now, now
   record.worker_id, record.progress, record.attempt = worker_id, '0.0', attempt
   record.current_step, record.next_retry_at = nil, nil
-  local job = redis.call('GET', '@JOB_PREFIX@' .. job_id)
-  local enqueued_ms = job and tonumber(string.match(job, '"et":(%d+)'))
+  local enqueued_ms = tonumber(record.enqueued_ms)
   if enqueued_ms then
     local ready_ms = math.max(enqueued_ms, retry_ms)
     local waited = math.max(0, tonumber(now_ms) - ready_ms) / 1000

@@ -12,9 +12,9 @@
 --   aging_ms  execution.priority_aging in ms (lib/fair.lua)
 --
 -- A new job id per enqueue ({task id}.{n}, n counting the task's enqueues), so a stale job of an
--- earlier attempt (still in arq's hands) can never run the task again. The job is written in
--- arq's format (the same JSON as taskd.queue.task_queue.job_payload, a test pins it) and lives a day
--- past its score. It waits in its project's line (lib/fair.lua), on arq's set once it is the
+-- earlier attempt (still in arq's hands) can never run the task again. The record keeps the job's
+-- id and its enqueue time (`enqueued_ms`, for the wait-time histogram: lib/begin.lua); arq's job
+-- definition is not written, as nothing reads it. It waits in its project's line (lib/fair.lua), on arq's set once it is the
 -- project's head; one idle worker of the queue is woken (lib/wake.lua).
 -- Keys built here follow taskd.keys (arq's layout, under the hash tag {taskd}: docs/cluster.md).
 -- Returns the new job id.
@@ -23,9 +23,7 @@
 local function enqueue(task_key, task_id, queue, score, now_ms, aging_ms)
   local n = redis.call('HINCRBY', task_key, 'enqueues', 1)
   local job_id = task_id .. '.' .. n
-  redis.call('HSET', task_key, 'job_id', job_id)
-  local job = '{"t":null,"f":"run_task","a":["' .. task_id .. '"],"k":{},"et":' .. now_ms .. '}'
-  redis.call('SET', '@JOB_PREFIX@' .. job_id, job, 'PX', 86400000 + math.max(0, score - now_ms))
+  redis.call('HSET', task_key, 'job_id', job_id, 'enqueued_ms', now_ms)
   wait_in_line(task_key, job_id, score, now_ms, aging_ms)
   wake_one(queue)
   return job_id
