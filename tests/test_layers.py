@@ -100,4 +100,4 @@ def test_only_the_queue_room_knows_arq():
         if any(module == "arq" or module.startswith("arq.") for module in imported_modules(path))
     }
 
-    assert knows_arq == {"queue/task_queue.py", "queue/workers.py"}
+    assert knows_arq == {"queue/workers.py"}
