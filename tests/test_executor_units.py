@@ -7,9 +7,11 @@ import time
 
 import aiohttp
 import pytest
+from redis_probes import alive
 
 from taskd import keys
 from taskd.engine.executor import _Interruptible
+from taskd.model import TaskStatus
 from taskd.providers.llm import ProviderError
 from taskd.queue.task_queue import job_score
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskError, TransientError, is_transient
@@ -117,6 +119,41 @@ async def test_a_repeated_start_by_the_same_worker_is_answered_again_and_no_one_
 
     assert (first.record.attempt, again.record.attempt) == (1, 1)
     assert not other.claimed
+
+
+async def test_the_finish_of_a_claimed_job_drops_its_lock_and_its_place_on_arqs_set(start_service, redis):
+    from taskd.store import TaskStore
+
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("noop", {})
+    job_id = (await redis.hget(keys.task(task["task_id"]), "job_id")).decode()
+    store = TaskStore(redis, 3600)
+    start = await store.start(task["task_id"], job_id, "default", "worker-a", time.time(), 60_000)
+    assert start.record and await redis.exists(keys.arq_in_progress(job_id)) == 1
+
+    await store.finish(start.record, "worker-a", TaskStatus.COMPLETED, time.time())
+
+    assert await redis.exists(keys.arq_in_progress(job_id)) == 0
+    assert await redis.zscore(keys.queue("default"), job_id) is None
+
+
+async def test_the_finish_of_a_taken_job_touches_neither_a_lock_nor_arqs_set(start_service, redis):
+    from taskd.store import TaskStore
+
+    api_only = await start_service(workers=False)
+    await api_only.submit("noop", {})
+    store = TaskStore(redis, 3600)
+    await alive(redis, "worker-a")
+    (taken,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+    assert taken.record
+    await redis.config_resetstat()
+
+    await store.finish(taken.record, "worker-a", TaskStatus.COMPLETED, time.time())
+
+    ran = await redis.info("commandstats")
+    # The take took the job off arq's set and a take holds no lock: the one ZREM is the running set's.
+    assert "cmdstat_del" not in ran
+    assert ran["cmdstat_zrem"]["calls"] == 1
 
 
 async def test_a_claimed_job_whose_task_ended_comes_back_without_a_record(start_service, redis):

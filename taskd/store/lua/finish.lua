@@ -1,8 +1,8 @@
 -- finish.lua: ends a processing task as completed or failed, if the calling worker still runs it.
 --
--- Drops the task's arq job, writes its end, counts it (a completed task's duration also feeds the
--- per-type sum, count and histogram bucket), and, through ended(), frees its project slot, makes its
--- webhook due and emits the event. A task cancelled or taken over meanwhile is left as it is.
+-- Drops the task's arq job (a claimed one's lock and place on arq's set), writes its end, counts it
+-- (a completed task's duration also feeds the per-type sum, count and histogram bucket), and,
+-- through ended(), frees its project slot, makes its webhook due and emits the event. A task cancelled or taken over meanwhile is left as it is.
 -- With a `webhook_lease`, the end's webhook goes into the outbox already leased to the calling
 -- worker's own sender, which POSTs it as soon as this returns: no claim, no wake-up in between. It
 -- is in the outbox all the same, so if that process dies before the POST is recorded, the lease
@@ -35,7 +35,9 @@ local record = read_record(KEYS[1])
 if record.status ~= 'processing' or record.worker_id ~= ARGV[1] then
   return record.status or false
 end
-drop_job(KEYS[1], KEYS[5], record.job_id or false)
+-- A job a take started left arq's set then and has no lock (`claimed` '0', lib/begin.lua): nothing
+-- to drop. A claimed one, or one started by a version before that field, is dropped.
+if record.claimed ~= '0' then drop_job(KEYS[1], KEYS[5], record.job_id or false) end
 if #ARGV >= 10 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
 for i = 10, #ARGV, 2 do record[ARGV[i]] = ARGV[i + 1] end
 local lease = ARGV[9] ~= '' and ARGV[9] or nil

@@ -59,5 +59,5 @@ if status ~= 'queued' then
   return {score, status}
 end
 begin(KEYS[1], ARGV[3], ARGV[4], record, ARGV[2], ARGV[1], ARGV[5], tonumber(ARGV[8]),
-  {running = KEYS[2], metrics = KEYS[7], outbox = KEYS[5], started_state = KEYS[6]})
+  {running = KEYS[2], metrics = KEYS[7], outbox = KEYS[5], started_state = KEYS[6]}, true)
 return started()

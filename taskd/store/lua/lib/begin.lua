@@ -1,4 +1,5 @@
--- lib/begin.lua: begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of),
+-- lib/begin.lua: begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of,
+-- claimed),
 -- what every start of a queued task does: start.lua (one claimed job) and take.lua (a worker's batch).
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
@@ -16,6 +17,10 @@
 --   aging_ms   execution.priority_aging in ms (where the project's next head goes: lib/fair.lua)
 --   keys_of    the keys it writes: running ({taskd}:running:{queue}), metrics ({taskd}:metrics),
 --              outbox ({taskd}:webhooks:due) and started_state ({taskd}:webhook:{id}:started)
+--   claimed    true when the job was claimed with arq's lock and stays on arq's set while it runs
+--              (start.lua); false when a take took it off the set, with no lock (take.lua). The
+--              record keeps it (`claimed` '1' or '0'), so the end knows whether there is a lock and
+--              a place on the set to drop (finish.lua)
 --
 -- Marks the task processing (attempt counted, current_step and next_retry_at cleared), counts how
 -- long it waited in `wait_sum:`, `wait_count:` and one `wait_in:` bucket per queue and type (from
@@ -28,17 +33,18 @@
 -- include lib/emit.lua
 -- include lib/webhook_event.lua
 -- include lib/fair.lua
-local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of)
+local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of, claimed)
   local attempt = tostring((tonumber(record.attempt) or 0) + 1)
   -- A retry could start no earlier than this (its back-off is not waiting); read before it is cleared.
   local retry_ms = (tonumber(record.next_retry_at) or 0) * 1000
+  local held = claimed and '1' or '0'
   redis.call('HSET', task_key, 'status', 'processing', 'started_at', now, 'updated_at', now,
-             'worker_id', worker_id, 'progress', '0.0', 'attempt', attempt)
+             'worker_id', worker_id, 'progress', '0.0', 'attempt', attempt, 'claimed', held)
   if record.current_step or record.next_retry_at then
     redis.call('HDEL', task_key, 'current_step', 'next_retry_at')
   end
   record.status, record.started_at, record.updated_at = 'processing', now, now
-  record.worker_id, record.progress, record.attempt = worker_id, '0.0', attempt
+  record.worker_id, record.progress, record.attempt, record.claimed = worker_id, '0.0', attempt, held
   record.current_step, record.next_retry_at = nil, nil
   local enqueued_ms = tonumber(record.enqueued_ms)
   if enqueued_ms then

@@ -61,7 +61,7 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
         -- Off arq's set first: nothing else may take it (lib/begin.lua does what start.lua does).
         redis.call('ZREM', line, job)
         written.started_state = '@WEBHOOK_PREFIX@' .. task_id .. ':started'
-        begin(task_key, task_id, job, record, me, now, now_ms, aging_ms, written)
+        begin(task_key, task_id, job, record, me, now, now_ms, aging_ms, written, false)
         taken[#taken + 1] = record_reply({job, score}, record)
         started = started + 1
       end
