@@ -2,7 +2,8 @@
 --
 -- Drops the task's arq job (a claimed one's lock and place on arq's set), writes its end, counts it
 -- (a completed task's duration also feeds the per-type sum, count and histogram bucket), and,
--- through ended(), frees its project slot, makes its webhook due and emits the event. A task cancelled or taken over meanwhile is left as it is.
+-- through ended(), frees its project slot, makes its webhook due and emits the event. A task
+-- cancelled or taken over meanwhile is left as it is.
 -- With a `webhook_lease`, the end's webhook goes into the outbox already leased to the calling
 -- worker's own sender, which POSTs it as soon as this returns: no claim, no wake-up in between. It
 -- is in the outbox all the same, so if that process dies before the POST is recorded, the lease

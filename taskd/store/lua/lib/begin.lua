@@ -26,9 +26,10 @@
 -- long it waited in `wait_sum:`, `wait_count:` and one `wait_in:` bucket per queue and type (from
 -- when it could start: its job's enqueue time, the record's `enqueued_ms`, or a retry's
 -- next_retry_at when later, to now; a job queued by a version without `enqueued_ms` is not
--- counted), adds it to the queue's running set and its project's processing set ({taskd}:project_processing:{project_id}, the throttle), takes its job out of its
--- project's line (the next one becomes the head: lib/fair.lua), makes its `started` webhook due
--- when its webhook_events ask for one, and emits the `processing` event.
+-- counted), adds it to the queue's running set and its project's processing set
+-- ({taskd}:project_processing:{project_id}, the throttle), takes its job out of its project's line
+-- (the next one becomes the head: lib/fair.lua), makes its `started` webhook due when its
+-- webhook_events ask for one, and emits the `processing` event.
 -- Returns nothing.
 -- include lib/emit.lua
 -- include lib/webhook_event.lua

@@ -14,8 +14,8 @@
 -- A new job id per enqueue ({task id}.{n}, n counting the task's enqueues), so a stale job of an
 -- earlier attempt (still in arq's hands) can never run the task again. The record keeps the job's
 -- id and its enqueue time (`enqueued_ms`, for the wait-time histogram: lib/begin.lua); arq's job
--- definition is not written, as nothing reads it. It waits in its project's line (lib/fair.lua), on arq's set once it is the
--- project's head; one idle worker of the queue is woken (lib/wake.lua).
+-- definition is not written, as nothing reads it. It waits in its project's line (lib/fair.lua),
+-- on arq's set once it is the project's head; one idle worker of the queue is woken (lib/wake.lua).
 -- Keys built here follow taskd.keys (arq's layout, under the hash tag {taskd}: docs/cluster.md).
 -- Returns the new job id.
 -- include lib/fair.lua
