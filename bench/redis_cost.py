@@ -224,7 +224,7 @@ async def measure(tasks: int, clients: int, idle_s: float, warm_up: int, project
 
 def table(result: dict[str, Any]) -> str:
     lines = [
-        f"Redis cost per no-op task, over {result['tasks']} tasks of {result.get('projects', 1)} project(s) "
+        f"Redis cost per no-op task, over {result['tasks']} tasks of {result['projects']} project(s) "
         f"({result['clients']} HTTP clients, "
         f"{result['load_s']:.1f} s; idle service: {result['idle_commands_per_s']} commands/s, subtracted)",
         "",

@@ -125,18 +125,18 @@ local function place(queue, project, job)
   if not k then return 0 end
   local heads = redis.call('HGETALL', '@HEADS_PREFIX@' .. queue)
   if #heads == 2 and heads[1] == project then return k + 1 end
-  local jobs = {}
-  for i = 2, #heads, 2 do jobs[#jobs + 1] = heads[i] end
+  local jobs, mine_at = {}, nil
+  for i = 1, #heads, 2 do
+    jobs[#jobs + 1] = heads[i + 1]
+    if heads[i] == project then mine_at = #jobs end
+  end
   local scores = {}
   for first = 1, #jobs, HEADS_A_READ do
     local last = math.min(first + HEADS_A_READ - 1, #jobs)
     local read = redis.call('ZMSCORE', '@QUEUE_PREFIX@' .. queue, unpack(jobs, first, last))
     for i = 1, #read do scores[first + i - 1] = tonumber(read[i]) end
   end
-  local mine = nil
-  for i = 1, #heads, 2 do
-    if heads[i] == project then mine = scores[(i + 1) / 2] end
-  end
+  local mine = mine_at and scores[mine_at]
   local ahead = k
   for i = 1, #heads, 2 do
     if heads[i] ~= project then
