@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -51,3 +53,20 @@ async def idle_worker(redis: Redis, serve: Any, partition: int = 0) -> str:
         ):
             await asyncio.sleep(0.02)
     return worker_id
+
+
+async def sent_to_valkey(
+    redis: Redis, during: Callable[[], Awaitable[Any]], *, by_scripts: bool = False
+) -> list[str]:
+    """The commands clients sent Valkey while `during()` ran, from MONITOR: not those its scripts ran,
+    or with `by_scripts` only those."""
+    sentinel = f"end-of-{time.monotonic_ns()}"
+    sent = []
+    async with redis.monitor() as monitor:
+        await during()
+        # On another connection than MONITOR's, after whatever `during` sent: where the reading stops.
+        await redis.echo(sentinel)
+        while sentinel not in (command := await monitor.next_command())["command"]:
+            if (command["client_type"] == "lua") == by_scripts:
+                sent.append(command["command"])
+    return sent

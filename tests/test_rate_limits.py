@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from conftest import API_KEY
 from examples import TASK_DATA
+from redis_probes import sent_to_valkey
 
 from taskd import keys
 from taskd.config import AuthConfig, LimitsConfig, load_config
@@ -297,21 +298,6 @@ def test_the_waiting_cap_is_set_by_its_documented_name_and_defaults_to_ten_thous
     assert load_config(None, {"TASKD_LIMITS__QUEUED_PER_PROJECT": "7"}).limits.queued_per_project == 7
 
 
-async def _sent_to_valkey(redis, during, *, by_scripts: bool = False) -> list[str]:
-    """The commands clients sent Valkey while `during()` ran, from MONITOR: not those its scripts ran,
-    or with `by_scripts` only those."""
-    sentinel = f"end-of-{time.monotonic_ns()}"
-    sent = []
-    async with redis.monitor() as monitor:
-        await during()
-        # On another connection than MONITOR's, after whatever `during` sent: where the reading stops.
-        await redis.echo(sentinel)
-        while sentinel not in (command := await monitor.next_command())["command"]:
-            if (command["client_type"] == "lua") == by_scripts:
-                sent.append(command["command"])
-    return sent
-
-
 async def test_a_project_under_its_waiting_cap_is_admitted_without_counting_its_running_tasks(
     start_service, redis
 ):
@@ -322,7 +308,7 @@ async def test_a_project_under_its_waiting_cap_is_admitted_without_counting_its_
     async def submit() -> None:
         await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
 
-    ran = await _sent_to_valkey(redis, submit, by_scripts=True)
+    ran = await sent_to_valkey(redis, submit, by_scripts=True)
 
     # Fewer tasks than the cap, queued or running, so fewer than the cap wait: no need to subtract.
     assert any(keys.project_active("p") in command for command in ran)
@@ -340,7 +326,7 @@ async def test_a_limited_submit_spends_its_quota_in_the_round_trip_that_stores_t
     async def submit() -> None:
         submitted.update(await taskd.submit("generate_video", TASK_DATA["generate_video"]))
 
-    sent = await _sent_to_valkey(redis, submit)
+    sent = await sent_to_valkey(redis, submit)
 
     quota = keys.rate_limit("submit", key_id(API_KEY))
     spending = [command for command in sent if quota in command]

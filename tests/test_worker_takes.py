@@ -15,7 +15,7 @@ import pytest
 from conftest import API_KEY, TaskdProcess, child_env
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis_probes import alive, statuses
+from redis_probes import alive, sent_to_valkey, statuses
 
 from taskd import keys
 from taskd.backoff import Backoff
@@ -57,6 +57,34 @@ async def test_one_take_starts_a_projects_queued_tasks_up_to_the_free_slots_in_s
 
     assert [t.record.task_id for t in taken if t.record] == ids[:3]
     assert await statuses(redis, ids) == ["processing"] * 3 + ["queued"] * 2
+
+
+async def test_a_take_of_several_jobs_counts_their_waits_and_enters_the_running_set_in_one_write_each(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    for _ in range(6):
+        await api.submit("noop", {})
+    await alive(redis, "worker-a")
+    store = TaskStore(redis, 3600)
+    taken = []
+
+    async def take() -> None:
+        taken.extend((await store.take("default", "worker-a", time.time(), 6, 100)).started)
+
+    ran = await sent_to_valkey(redis, take, by_scripts=True)
+
+    def writes(command: str, key: str, field: str = "") -> int:
+        return sum(1 for c in ran if c.startswith(f"{command} {key} {field}"))
+
+    assert len(taken) == 6
+    assert writes("HINCRBYFLOAT", keys.METRICS, "wait_sum:default:noop") == 1
+    assert writes("HINCRBY", keys.METRICS, "wait_count:default:noop") == 1
+    assert writes("ZADD", keys.running("default")) == 1
+    counters = await redis.hgetall(keys.METRICS)
+    assert int(counters[b"wait_count:default:noop"]) == 6
+    assert sum(int(v) for k, v in counters.items() if k.startswith(b"wait_in:default:noop:")) == 6
+    assert await redis.zcard(keys.running("default")) == 6
 
 
 async def test_two_workers_taking_at_once_never_start_the_same_task(start_service: Any, redis: Redis):

@@ -58,6 +58,8 @@ if status ~= 'queued' then
   leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))
   return {score, status}
 end
-begin(KEYS[1], ARGV[3], ARGV[4], record, ARGV[2], ARGV[1], ARGV[5], tonumber(ARGV[8]),
-  {running = KEYS[2], metrics = KEYS[7], outbox = KEYS[5], started_state = KEYS[6]}, true)
+local written = {running = KEYS[2], metrics = KEYS[7], outbox = KEYS[5], started_state = KEYS[6]}
+local later = starts_later(written)
+begin(KEYS[1], ARGV[3], ARGV[4], record, ARGV[2], ARGV[1], ARGV[5], tonumber(ARGV[8]), written, true, later)
+write_starts(later)
 return started()

@@ -23,7 +23,8 @@
 -- before every other due head: the order one poll after another would give. A head whose project
 -- runs `limit` tasks stays where it is and is passed over, as is a job another worker holds
 -- (start.lua's lock: a host with GPUs claims one job at a time); a job whose task no longer waits
--- for it (ended, cancelled, expired, a newer job) is dropped. Each start is lib/begin.lua's.
+-- for it (ended, cancelled, expired, a newer job) is dropped. Each start is lib/begin.lua's; the
+-- starts' counters and running-set entries are written together once the batch is made.
 -- Returns started, passed, left: how many jobs it started, how many it passed over, and whether
 -- a due job is left that it did not take. Each started entry appended to `taken` is {job_id,
 -- score, field, value, ...} (the started record).
@@ -34,6 +35,7 @@
 local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms, taken)
   local line = keys_of.queue
   local written = {running = keys_of.running, metrics = keys_of.metrics, outbox = keys_of.outbox}
+  local later = starts_later(written)
   local passed, npassed, started = {}, 0, 0
   local left = false
   while true do
@@ -61,7 +63,7 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
         -- Off arq's set first: nothing else may take it (lib/begin.lua does what start.lua does).
         redis.call('ZREM', line, job)
         written.started_state = '@WEBHOOK_PREFIX@' .. task_id .. ':started'
-        begin(task_key, task_id, job, record, me, now, now_ms, aging_ms, written, false)
+        begin(task_key, task_id, job, record, me, now, now_ms, aging_ms, written, false, later)
         taken[#taken + 1] = record_reply({job, score}, record)
         started = started + 1
       end
@@ -75,5 +77,6 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
       drop_job(task_key, line, job)
     end
   end
+  write_starts(later)
   return started, npassed, left
 end
