@@ -13,6 +13,8 @@ count - the idle rate over the load's duration) / N. Valkey counts the commands 
 script under their own names, besides the EVALSHA that ran them, so a script's work shows command
 by command; EVALSHA itself is counted as one command too. Round trips per task are counted the
 same way (load - idle rate x duration) / N, per process, by what was sent (bench/redis_probe.py).
+Valkey's CPU per task (INFO cpu) and the part of it spent inside scripts (INFO commandstats'
+microseconds of EVALSHA, and of the commands the scripts ran) likewise.
 
     .venv/bin/python bench/redis_cost.py                   # 1,000 tasks; writes bench/results/redis_cost.json
     .venv/bin/python bench/redis_cost.py --tasks 20 --no-write   # a quick check (tests do this)
@@ -65,13 +67,52 @@ def _env(data_dir: Path, probe_dir: Path) -> dict[str, str]:
     }
 
 
-async def commandstats(redis: Redis) -> dict[str, int]:
-    """Calls per command since the last RESETSTAT, by lower-case name (subcommands as `config|get`)."""
+async def commandstats(redis: Redis) -> tuple[dict[str, int], dict[str, int]]:
+    """Calls and microseconds per command since the last RESETSTAT, by lower-case name (subcommands
+    as `config|get`). A script's EVALSHA counts its whole run, the commands it ran included."""
     info = await redis.info("commandstats")
-    return {
-        name.removeprefix("cmdstat_"): int(stats["calls"])
+    ours = {
+        name.removeprefix("cmdstat_"): stats
         for name, stats in info.items()
         if name.removeprefix("cmdstat_") not in OWN
+    }
+    return (
+        {name: int(stats["calls"]) for name, stats in ours.items()},
+        {name: int(stats["usec"]) for name, stats in ours.items()},
+    )
+
+
+async def cpu_seconds(redis: Redis) -> float:
+    """The CPU time (user and system) the Valkey process has used since it started."""
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _valkey_time(
+    load_cpu: float,
+    idle_cpu: float,
+    load_usec: dict[str, int],
+    idle_usec: dict[str, int],
+    idle_s: float,
+    load_s: float,
+    tasks: int,
+) -> dict[str, float]:
+    """Valkey's CPU µs per task, how much of it ran inside scripts (EVALSHA's own time, the commands
+    it ran included) and how much the commands the scripts ran took themselves; the idle rate
+    subtracted as for the commands. What is in scripts and not in their commands is the scripts'
+    Lua and each call's way from Lua to the command and back (arguments, reply, propagation to the
+    append-only file)."""
+
+    def per_task(load: float, idle: float) -> float:
+        return round((load - idle / idle_s * load_s) / tasks, 1)
+
+    def commands(usec: dict[str, int]) -> int:
+        return sum(value for name, value in usec.items() if name != "evalsha")
+
+    return {
+        "cpu_us_per_task": per_task(load_cpu * 1e6, idle_cpu * 1e6),
+        "in_scripts_us_per_task": per_task(load_usec.get("evalsha", 0), idle_usec.get("evalsha", 0)),
+        "script_commands_us_per_task": per_task(commands(load_usec), commands(idle_usec)),
     }
 
 
@@ -175,18 +216,20 @@ async def measure(tasks: int, clients: int, idle_s: float, warm_up: int, project
 
             trips_before = await probes.read()
             await redis.config_resetstat()
-            started = time.monotonic()
+            started, cpu_started = time.monotonic(), await cpu_seconds(redis)
             await asyncio.sleep(idle_s)
-            idle_commands = await commandstats(redis)
+            idle_commands, idle_usec = await commandstats(redis)
+            idle_cpu = await cpu_seconds(redis) - cpu_started
             trips_idle = await probes.read()
             idle_elapsed = time.monotonic() - started
 
             polls.clear()
             await redis.config_resetstat()
-            started = time.monotonic()
+            started, cpu_started = time.monotonic(), await cpu_seconds(redis)
             await _submit_all(base_url, tasks, clients, projects)
             await _wait_completed(redis, warm_up + tasks, polls, 120 + tasks / 10)
-            load_commands = await commandstats(redis)
+            load_commands, load_usec = await commandstats(redis)
+            load_cpu = await cpu_seconds(redis) - cpu_started
             load_elapsed = time.monotonic() - started
             trips_load = await probes.read()
         finally:
@@ -219,10 +262,12 @@ async def measure(tasks: int, clients: int, idle_s: float, warm_up: int, project
         "commands": commands,
         "round_trips_per_task": round(sum(sum(by_role.values()) for by_role in trips.values()), 2),
         "round_trips": trips,
+        "valkey": _valkey_time(load_cpu, idle_cpu, load_usec, idle_usec, idle_elapsed, load_elapsed, tasks),
     }
 
 
 def table(result: dict[str, Any]) -> str:
+    valkey = result["valkey"]
     lines = [
         f"Redis cost per no-op task, over {result['tasks']} tasks of {result['projects']} project(s) "
         f"({result['clients']} HTTP clients, "
@@ -241,6 +286,10 @@ def table(result: dict[str, Any]) -> str:
             for role, by_name in result["round_trips"].items()
             for name, value in by_name.items()
         ),
+        "",
+        f"Valkey's CPU per task: {valkey['cpu_us_per_task']:g} µs; inside scripts "
+        f"{valkey['in_scripts_us_per_task']:g} µs, of which the commands they ran "
+        f"{valkey['script_commands_us_per_task']:g} µs",
     ]
     return "\n".join(lines)
 

@@ -104,6 +104,15 @@ def test_redis_cost_benchmark_counts_commands_and_round_trips_per_task(tmp_path)
     assert 0 < trips["api"]["pipeline[script:submit]"] <= 1
     assert trips["worker"]["script:take"] > 0
     assert 0 < trips["worker"]["pipeline[script:finish]"] <= 1
+    # Valkey's CPU a task, the part of it inside scripts, and the commands those ran, each within the last.
+    valkey = figures["valkey"]
+    assert (
+        0
+        < valkey["script_commands_us_per_task"]
+        < valkey["in_scripts_us_per_task"]
+        < valkey["cpu_us_per_task"]
+    )
+    assert "Valkey's CPU per task: " in result.stdout
 
 
 def test_scaling_benchmark_runs_each_configuration_and_prints_its_table(tmp_path):
