@@ -87,6 +87,39 @@ async def test_a_take_of_several_jobs_counts_their_waits_and_enters_the_running_
     assert await redis.zcard(keys.running("default")) == 6
 
 
+async def test_a_started_head_hands_its_projects_head_field_to_the_next_job_in_one_write(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    first, second = [(await api.submit("noop", {}))["task_id"] for _ in range(2)]
+    await alive(redis, "worker-a")
+    store = TaskStore(redis, 3600)
+
+    async def take() -> None:
+        await store.take("default", "worker-a", time.time(), 1, 100)
+
+    ran = await sent_to_valkey(redis, take, by_scripts=True)
+
+    head_writes = [c.split()[0] for c in ran if c.split()[1:2] == [keys.heads("default")]]
+    assert head_writes == ["HGET", "HSET"]
+    assert await redis.hget(keys.heads("default"), "proj-1") == (
+        await redis.hget(keys.task(second), "job_id")
+    )
+    assert await statuses(redis, [first, second]) == ["processing", "queued"]
+
+
+async def test_the_last_job_of_a_line_leaving_deletes_its_projects_head_field(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    await api.submit("noop", {})
+    await alive(redis, "worker-a")
+
+    await TaskStore(redis, 3600).take("default", "worker-a", time.time(), 1, 100)
+
+    assert await redis.hgetall(keys.heads("default")) == {}
+
+
 async def test_two_workers_taking_at_once_never_start_the_same_task(start_service: Any, redis: Redis):
     api = await start_service(workers=False)
     ids = {(await api.submit("noop", {}, project_id=f"p{n % 3}"))["task_id"] for n in range(30)}

@@ -17,7 +17,7 @@
 --
 --   wait_in_line(task_key, job, score, now_ms, aging_ms, record)  puts the task's job in line
 --   leave_line(task_key, job, now_ms, aging_ms, where)    takes it out (started or cancelled)
---   seat(queue, project, now_ms, aging_ms, known, head)   makes the line's first job the head
+--   seat(queue, project, now_ms, aging_ms, known, head, vacated)  makes the line's first job the head
 --   throttled(project, limit)                             whether the project runs `limit` tasks
 --   place(queue, project, job)                            a waiting job's queue position
 --     task_key  the task's record hash ({taskd}:task:{id}); its queue and project_id name the lines
@@ -31,9 +31,12 @@
 --     where     optional: {queue, project_id} of the task, when the caller has read them
 --     known     optional: a record as above; a job of its job_id needs no read of its task
 --     head      optional: the project's head as the caller just read it (false: none)
+--     vacated   optional: true when the head field still names a job that just left the line (and
+--               arq's set, or stays there running): the next head's HSET writes over it, and only
+--               an emptied line deletes it (one HDEL less a start with more jobs waiting)
 -- Returns: wait_in_line, leave_line and seat nothing; throttled a boolean; place the 1-based
 -- position (0 when the job is not waiting).
-local function seat(queue, project, now_ms, aging_ms, known, head)
+local function seat(queue, project, now_ms, aging_ms, known, head, vacated)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   local arq_queue = '@QUEUE_PREFIX@' .. queue
   local heads = '@HEADS_PREFIX@' .. queue
@@ -41,9 +44,10 @@ local function seat(queue, project, now_ms, aging_ms, known, head)
   while true do
     local first = redis.call('ZRANGE', line, 0, 0, 'WITHSCORES')
     if #first == 0 then
-      -- No head field, nothing to delete.
       if head then
         redis.call('ZREM', arq_queue, head)
+        redis.call('HDEL', heads, project)
+      elseif vacated then
         redis.call('HDEL', heads, project)
       end
       return
@@ -90,11 +94,9 @@ local function leave_line(task_key, job, now_ms, aging_ms, where)
   local heads = '@HEADS_PREFIX@' .. where[1]
   -- A started head stays on arq's set (arq lists a running job until it is dropped).
   local head = redis.call('HGET', heads, where[2])
-  if head == job then
-    redis.call('HDEL', heads, where[2])
-    head = false
-  end
-  seat(where[1], where[2], now_ms, aging_ms, nil, head)
+  local vacated = head == job
+  if vacated then head = false end
+  seat(where[1], where[2], now_ms, aging_ms, nil, head, vacated)
 end
 
 local function throttled(project, limit)
