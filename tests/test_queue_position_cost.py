@@ -8,6 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis_probes import sent_to_valkey
+
+from taskd import keys
 
 # The commands place() may spend per other project: a line's length, a head's score.
 PER_PROJECT_READS = ("zcard", "zscore", "zmscore")
@@ -55,3 +58,26 @@ async def test_a_later_tasks_position_reads_each_other_projects_line_once(start_
     # Its own head, then one turn of each other project, then itself.
     assert (status["queue_position"], status_then["queue_position"]) == (4, 22)
     assert reads_behind_twenty - reads_behind_two == 18
+
+
+async def test_a_submit_behind_its_projects_head_leaves_the_head_as_it_is_without_reading_it(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    head = (await api.submit("noop", {}, project_id="p"))["task_id"]
+    await api.submit("noop", {}, project_id="p")
+    answers = []
+
+    async def submit() -> None:
+        answers.append(await api.submit("noop", {}, project_id="p"))
+
+    ran = await sent_to_valkey(redis, submit, by_scripts=True)
+
+    # Its place in the line is read once (for its position too); the line's first job, the head's
+    # record and the head's place on arq's set are not.
+    line = keys.project_waiting("default", "p")
+    assert [c.split()[0] for c in ran if c.split()[1:2] == [line]] == ["ZADD", "ZRANK"]
+    assert not any(c.split()[1:2] == [keys.task(head)] for c in ran)
+    assert not any(c.startswith("ZSCORE") for c in ran)
+    assert answers[0]["queue_position"] == 3
+    assert await redis.hget(keys.heads("default"), "p") == await redis.hget(keys.task(head), "job_id")

@@ -118,10 +118,10 @@ local function store(task)
       end
     end
   else
-    wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms), tonumber(task.aging_ms),
-      named)
+    local k = wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms),
+      tonumber(task.aging_ms), named)
     if not task.unwoken then wake_one(task.queue) end
-    position = place(task.queue, task.project, task.job_id)
+    position = place(task.queue, task.project, task.job_id, k)
   end
   emit_record(named, 'status')
   return position

@@ -16,10 +16,13 @@
 -- turns, each in its own FIFO (by priority) order, and aging still lifts a head that waits long.
 --
 --   wait_in_line(task_key, job, score, now_ms, aging_ms, record)  puts the task's job in line
+--                                                          (its 0-based place in its project's
+--                                                          line when it is behind the head, as
+--                                                          place() takes it; else nil)
 --   leave_line(task_key, job, now_ms, aging_ms, where)    takes it out (started or cancelled)
 --   seat(queue, project, now_ms, aging_ms, known, head, vacated)  makes the line's first job the head
 --   throttled(project, limit)                             whether the project runs `limit` tasks
---   place(queue, project, job)                            a waiting job's queue position
+--   place(queue, project, job, k)                         a waiting job's queue position
 --     task_key  the task's record hash ({taskd}:task:{id}); its queue and project_id name the lines
 --     job       the arq job id ({task id}.{n})
 --     score     the job's own score, in ms (arq's score had it no turns to wait)
@@ -31,6 +34,7 @@
 --     where     optional: {queue, project_id} of the task, when the caller has read them
 --     known     optional: a record as above; a job of its job_id needs no read of its task
 --     head      optional: the project's head as the caller just read it (false: none)
+--     k         optional: the job's 0-based place in its project's line, when the caller has it
 --     vacated   optional: true when the head field still names a job that just left the line (and
 --               arq's set, or stays there running): the next head's HSET writes over it, and only
 --               an emptied line deletes it (one HDEL less a start with more jobs waiting)
@@ -82,9 +86,17 @@ local function wait_in_line(task_key, job, score, now_ms, aging_ms, record)
   else
     where = redis.call('HMGET', task_key, 'queue', 'project_id')
   end
-  redis.call('ZADD', '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2], score, job)
+  local line = '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2]
+  redis.call('ZADD', line, score, job)
   redis.call('ZADD', '@WAITING_PREFIX@' .. where[1], score, job)
-  seat(where[1], where[2], now_ms, aging_ms, record)
+  local head = redis.call('HGET', '@HEADS_PREFIX@' .. where[1], where[2])
+  if head and head ~= job then
+    -- Behind the project's head, the line's first job is the same as before: the head stays as it
+    -- is (a head whose task no longer waits is dropped when a take reaches it, lib/take.lua).
+    local rank = redis.call('ZRANK', line, job)
+    if rank and rank > 0 then return rank end
+  end
+  seat(where[1], where[2], now_ms, aging_ms, record, head)
 end
 
 local function leave_line(task_key, job, now_ms, aging_ms, where)
@@ -121,9 +133,9 @@ end
 -- not two commands dearer for every project waiting on the queue (it was a ZCARD and a ZSCORE
 -- each); a later job reads each other line's length once.
 local HEADS_A_READ = 1000  -- ZMSCORE's arguments per call: Lua's unpack() takes at most ~8000
-local function place(queue, project, job)
+local function place(queue, project, job, k)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
-  local k = redis.call('ZRANK', line, job)
+  k = k or redis.call('ZRANK', line, job)
   if not k then return 0 end
   local heads = redis.call('HGETALL', '@HEADS_PREFIX@' .. queue)
   if #heads == 2 and heads[1] == project then return k + 1 end
