@@ -186,6 +186,61 @@ async def test_a_submit_wakes_only_the_worker_idle_longest(start_service: Any, r
     assert await redis.zrange(keys.idle("default"), 0, -1) == [b"worker-b"]
 
 
+async def test_a_submit_behind_its_projects_head_wakes_no_worker(start_service: Any, redis: Redis):
+    api = await start_service(workers=False)
+
+    async def submit() -> None:
+        await api.submit("noop", {})
+
+    as_head = await sent_to_valkey(redis, submit, by_scripts=True)
+    behind = await sent_to_valkey(redis, submit, by_scripts=True)
+
+    # The head goes on arq's set: one worker is woken (none idle: the channel of every process).
+    # Behind it the job is not on arq's set: no worker could take it, none is woken.
+    assert [c for c in as_head if c.startswith("PUBLISH")] == [
+        f"PUBLISH {keys.WAKE_CHANNEL} {{taskd}}:default"
+    ]
+    assert not [c for c in behind if c.startswith(("PUBLISH", "ZPOPMIN"))]
+
+
+async def test_a_claimed_head_wakes_a_worker_for_the_next_job_of_its_project(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    head = await api.submit("noop", {})
+    behind = await api.submit("noop", {})
+    job_id = (await redis.hget(keys.task(head["task_id"]), "job_id") or b"").decode()
+    started = []
+
+    async def claim() -> None:
+        store = TaskStore(redis, 3600)
+        started.append(await store.start(head["task_id"], job_id, "default", "worker-a", time.time(), 60_000))
+
+    ran = await sent_to_valkey(redis, claim, by_scripts=True)
+
+    assert started[0].claimed
+    next_job = await redis.hget(keys.task(behind["task_id"]), "job_id")
+    assert await redis.zscore(keys.queue("default"), next_job) is not None
+    # No worker idle: the queue's name on the channel of every process.
+    assert [c for c in ran if c.startswith("PUBLISH")] == [f"PUBLISH {keys.WAKE_CHANNEL} {{taskd}}:default"]
+
+
+async def test_cancelling_a_queued_head_wakes_a_worker_for_the_next_job_of_its_project(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    head = await api.submit("noop", {})
+    await api.submit("noop", {})
+
+    async def cancel() -> None:
+        async with api.client.delete(f"/api/v1/tasks/{head['task_id']}") as response:
+            assert response.status == 200, await response.text()
+
+    ran = await sent_to_valkey(redis, cancel, by_scripts=True)
+
+    assert [c for c in ran if c.startswith("PUBLISH")] == [f"PUBLISH {keys.WAKE_CHANNEL} {{taskd}}:default"]
+
+
 async def test_a_submit_with_no_worker_idle_is_announced_on_the_channel_of_every_process(
     start_service: Any, redis: Redis, wakes: PubSub
 ):

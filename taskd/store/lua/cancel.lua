@@ -16,7 +16,8 @@
 -- ARGV[6]  error    the error to record with the cancellation ('' for none): a purge says so
 -- ARGV[7]  queued_only  '1': cancel only a queued task (a purge leaves one that has started)
 -- A queued task leaves its project's line, and when it was the head the next one takes its turn
--- (lib/fair.lua). Through ended(), the tasks waiting for it (depends_on) are cancelled too.
+-- (lib/fair.lua) and one worker is woken for it (lib/wake.lua). Through ended(), the tasks
+-- waiting for it (depends_on) are cancelled too.
 -- Returns {'cancelled_now', previous status, cancelled_at} when cancelled here; {status,
 -- previous_state or '', cancelled_at or ''} when it had already ended, or was processing and
 -- queued_only was given; false if the record is gone.
@@ -24,6 +25,7 @@
 -- include lib/drop_job.lua
 -- include lib/ended.lua
 -- include lib/fair.lua
+-- include lib/wake.lua
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if status ~= 'queued' and (status ~= 'processing' or ARGV[7] == '1') then
@@ -34,8 +36,9 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'previous_state', status, 'ca
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[6]) end
 -- A task waiting for its dependencies has no job yet, so no place in line.
 local job_id = redis.call('HGET', KEYS[1], 'job_id')
-if status == 'queued' and job_id then
-  leave_line(KEYS[1], job_id, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if status == 'queued' and job_id and leave_line(KEYS[1], job_id, tonumber(ARGV[4]), tonumber(ARGV[5])) then
+  -- It was its project's head: the next job took its place on arq's set, and a worker is woken for it.
+  wake_one(redis.call('HGET', KEYS[1], 'queue'))
 end
 redis.call('HDEL', KEYS[1], 'worker_id', 'next_retry_at')
 redis.call('ZREM', KEYS[2], ARGV[3])

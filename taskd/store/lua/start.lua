@@ -29,11 +29,14 @@
 -- 'started', field, value, ...} with the started record, or {score, why} when the claimed job's
 -- task may not run: 'gone', 'stale' (the task has a newer job) or the task's status.
 -- A start is lib/begin.lua's: the record, the wait-time histogram, the running and processing sets,
--- the next head of the project's line, the `started` webhook and the event.
+-- the next head of the project's line, the `started` webhook and the event. When that next head
+-- went on arq's set, one worker is woken for it (lib/wake.lua: {taskd}:idle:{queue}, the
+-- worker's heartbeat and channel, or {taskd}:wake).
 -- include lib/emit.lua
 -- include lib/fair.lua
 -- include lib/begin.lua
 -- include lib/record.lua
+-- include lib/wake.lua
 local lock = redis.call('GET', KEYS[3])
 if lock and lock ~= ARGV[2] then return 'locked' end
 local score = redis.call('ZSCORE', KEYS[4], ARGV[4])
@@ -60,6 +63,10 @@ if status ~= 'queued' then
 end
 local written = {running = KEYS[2], metrics = KEYS[7], outbox = KEYS[5], started_state = KEYS[6]}
 local later = starts_later(written)
-begin(KEYS[1], ARGV[3], ARGV[4], record, ARGV[2], ARGV[1], ARGV[5], tonumber(ARGV[8]), written, true, later)
+local seated = begin(KEYS[1], ARGV[3], ARGV[4], record, ARGV[2], ARGV[1], ARGV[5], tonumber(ARGV[8]), written,
+  true, later)
 write_starts(later)
+-- The project's next job is on arq's set now: a worker is woken for it (a submit behind its head
+-- woke none, lib/admit.lua). take.lua needs none: it reads the set again after each start.
+if seated then wake_one(record.queue) end
 return started()

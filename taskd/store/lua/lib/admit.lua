@@ -120,7 +120,9 @@ local function store(task)
   else
     local k = wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms),
       tonumber(task.aging_ms), named)
-    if not task.unwoken then wake_one(task.queue) end
+    -- Behind its project's head, the job is not on arq's set: no worker can take it yet, and the
+    -- head's start puts it there (lib/take.lua takes it in the same call; start.lua wakes a worker).
+    if not task.unwoken and not k then wake_one(task.queue) end
     position = place(task.queue, task.project, task.job_id, k)
   end
   emit_record(named, 'status')

@@ -36,7 +36,7 @@
 -- ({taskd}:project_processing:{project_id}, the throttle), takes its job out of its project's line
 -- (the next one becomes the head: lib/fair.lua), makes its `started` webhook due when its
 -- webhook_events ask for one, and emits the `processing` event.
--- Returns nothing.
+-- Returns whether the project's next job was put on arq's set as its new head.
 -- include lib/emit.lua
 -- include lib/webhook_event.lua
 -- include lib/fair.lua
@@ -98,10 +98,11 @@ local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, 
   later.entries[#later.entries + 1] = math.floor(tonumber(now) * 1000)
   later.entries[#later.entries + 1] = task_id
   redis.call('SADD', '@PROCESSING_PREFIX@' .. record.project_id, task_id)
-  leave_line(task_key, job_id, tonumber(now_ms), aging_ms, {record.queue, record.project_id})
+  local seated = leave_line(task_key, job_id, tonumber(now_ms), aging_ms, {record.queue, record.project_id})
   if wants_webhook_record(record, 'started') then
     queue_webhook(keys_of.outbox, keys_of.started_state, task_id .. ':started', now_ms)
   end
   -- The streams' expiry stays: the queued event set it, the next event sets it again (lib/emit.lua).
   emit_record(record, 'status', true)
+  return seated
 end

@@ -15,7 +15,7 @@
 -- earlier attempt (still in arq's hands) can never run the task again. The record keeps the job's
 -- id and its enqueue time (`enqueued_ms`, for the wait-time histogram: lib/begin.lua); arq's job
 -- definition is not written, as nothing reads it. It waits in its project's line (lib/fair.lua),
--- on arq's set once it is the project's head; one idle worker of the queue is woken (lib/wake.lua).
+-- on arq's set once it is the project's head; then one idle worker of the queue is woken (lib/wake.lua).
 -- Keys built here follow taskd.keys (arq's layout, under the hash tag {taskd}: docs/cluster.md).
 -- Returns the new job id.
 -- include lib/fair.lua
@@ -24,7 +24,7 @@ local function enqueue(task_key, task_id, queue, score, now_ms, aging_ms)
   local n = redis.call('HINCRBY', task_key, 'enqueues', 1)
   local job_id = task_id .. '.' .. n
   redis.call('HSET', task_key, 'job_id', job_id, 'enqueued_ms', now_ms)
-  wait_in_line(task_key, job_id, score, now_ms, aging_ms)
-  wake_one(queue)
+  -- Behind its project's head it is not on arq's set yet: nothing to wake a worker for.
+  if not wait_in_line(task_key, job_id, score, now_ms, aging_ms) then wake_one(queue) end
   return job_id
 end

@@ -16,9 +16,6 @@
 -- turns, each in its own FIFO (by priority) order, and aging still lifts a head that waits long.
 --
 --   wait_in_line(task_key, job, score, now_ms, aging_ms, record)  puts the task's job in line
---                                                          (its 0-based place in its project's
---                                                          line when it is behind the head, as
---                                                          place() takes it; else nil)
 --   leave_line(task_key, job, now_ms, aging_ms, where)    takes it out (started or cancelled)
 --   seat(queue, project, now_ms, aging_ms, known, head, vacated)  makes the line's first job the head
 --   throttled(project, limit)                             whether the project runs `limit` tasks
@@ -38,8 +35,10 @@
 --     vacated   optional: true when the head field still names a job that just left the line (and
 --               arq's set, or stays there running): the next head's HSET writes over it, and only
 --               an emptied line deletes it (one HDEL less a start with more jobs waiting)
--- Returns: wait_in_line, leave_line and seat nothing; throttled a boolean; place the 1-based
--- position (0 when the job is not waiting).
+-- Returns: seat and leave_line whether a job was put on arq's set (a new head: a worker may be
+-- woken for it); wait_in_line the job's 0-based place in its project's line when it went behind
+-- the project's head (nothing for a worker to take: no wake-up needed), else nil; throttled a
+-- boolean; place the 1-based position (0 when the job is not waiting).
 local function seat(queue, project, now_ms, aging_ms, known, head, vacated)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   local arq_queue = '@QUEUE_PREFIX@' .. queue
@@ -54,7 +53,7 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated)
       elseif vacated then
         redis.call('HDEL', heads, project)
       end
-      return
+      return false
     end
     local job, own = first[1], tonumber(first[2])
     local task_key = '@TASK_PREFIX@' .. string.match(job, '^(.*)%.[^.]*$')
@@ -65,12 +64,12 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated)
       fields = redis.call('HMGET', task_key, 'status', 'job_id', 'priority')
     end
     if fields[1] == 'queued' and fields[2] == job then
-      if job == head and redis.call('ZSCORE', arq_queue, job) then return end
+      if job == head and redis.call('ZSCORE', arq_queue, job) then return false end
       if head and head ~= job then redis.call('ZREM', arq_queue, head) end
       local offset = (@PRIORITY_LOW@ - (tonumber(fields[3]) or @PRIORITY_LOW@)) * aging_ms
       redis.call('ZADD', arq_queue, math.max(own, now_ms - offset), job)
       redis.call('HSET', heads, project, job)
-      return
+      return true
     end
     -- Its task ended, expired or has a newer job: it no longer waits (a cancel takes its job out
     -- itself; this is for a record that expired while queued).
@@ -108,7 +107,7 @@ local function leave_line(task_key, job, now_ms, aging_ms, where)
   local head = redis.call('HGET', heads, where[2])
   local vacated = head == job
   if vacated then head = false end
-  seat(where[1], where[2], now_ms, aging_ms, nil, head, vacated)
+  return seat(where[1], where[2], now_ms, aging_ms, nil, head, vacated)
 end
 
 local function throttled(project, limit)
