@@ -73,11 +73,30 @@ async def test_a_submit_behind_its_projects_head_leaves_the_head_as_it_is_withou
 
     ran = await sent_to_valkey(redis, submit, by_scripts=True)
 
-    # Its place in the line is read once (for its position too); the line's first job, the head's
-    # record and the head's place on arq's set are not.
+    # Its place in the line is read once (for its position too); the line's first job and the
+    # head's record are not, only whether the head is still on arq's set.
     line = keys.project_waiting("default", "p")
     assert [c.split()[0] for c in ran if c.split()[1:2] == [line]] == ["ZADD", "ZRANK"]
     assert not any(c.split()[1:2] == [keys.task(head)] for c in ran)
-    assert not any(c.startswith("ZSCORE") for c in ran)
+    assert [c.split()[:2] for c in ran if c.startswith("ZSCORE")] == [["ZSCORE", keys.queue("default")]]
     assert answers[0]["queue_position"] == 3
     assert await redis.hget(keys.heads("default"), "p") == await redis.hget(keys.task(head), "job_id")
+
+
+async def test_a_submit_behind_a_head_gone_from_the_queue_seats_the_next_job_of_the_line(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    gone = (await api.submit("noop", {}, project_id="p"))["task_id"]
+    behind = (await api.submit("noop", {}, project_id="p"))["task_id"]
+    # What a take does with a head whose record expired while it waited: the job leaves arq's set.
+    gone_job = await redis.hget(keys.task(gone), "job_id")
+    await redis.delete(keys.task(gone))
+    await redis.zrem(keys.queue("default"), gone_job)
+
+    await api.submit("noop", {}, project_id="p")
+
+    behind_job = await redis.hget(keys.task(behind), "job_id")
+    assert await redis.hget(keys.heads("default"), "p") == behind_job
+    assert await redis.zscore(keys.queue("default"), behind_job) is not None
+    assert await redis.zscore(keys.project_waiting("default", "p"), gone_job) is None

@@ -120,6 +120,21 @@ async def test_the_last_job_of_a_line_leaving_deletes_its_projects_head_field(
     assert await redis.hgetall(keys.heads("default")) == {}
 
 
+async def test_a_take_that_drops_a_head_whose_record_expired_starts_the_next_job_of_its_project(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    expired = (await api.submit("noop", {}))["task_id"]
+    behind = (await api.submit("noop", {}))["task_id"]
+    await redis.delete(keys.task(expired))  # its TTL ran out while it waited
+    await alive(redis, "worker-a")
+
+    taken = (await TaskStore(redis, 3600).take("default", "worker-a", time.time(), 2, 100)).started
+
+    assert [t.record.task_id for t in taken if t.record] == [behind]
+    assert await redis.hgetall(keys.heads("default")) == {}
+
+
 async def test_two_workers_taking_at_once_never_start_the_same_task(start_service: Any, redis: Redis):
     api = await start_service(workers=False)
     ids = {(await api.submit("noop", {}, project_id=f"p{n % 3}"))["task_id"] for n in range(30)}

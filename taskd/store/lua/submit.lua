@@ -118,7 +118,7 @@ if direct then
   local now = ARGV[22]
   local started, passed, left = take_jobs(
     {queue = '@QUEUE_PREFIX@' .. queue, running = '@RUNNING_PREFIX@' .. queue, outbox = '@OUTBOX@',
-     metrics = KEYS[3]},
+     metrics = KEYS[3], name = queue},
     taker, now, tostring(math.floor(tonumber(now) * 1000)), 1, tonumber(ARGV[23]), tonumber(ARGV[24]),
     tonumber(ARGV[10]), handed)
   -- What take.lua does with its worker after a take of its free slots.

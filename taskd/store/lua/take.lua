@@ -46,7 +46,8 @@ if ARGV[9] == '1' then
   end
 end
 
-local started, passed, left = take_jobs({queue = KEYS[1], running = KEYS[2], outbox = KEYS[3], metrics = KEYS[5]},
+local started, passed, left = take_jobs(
+  {queue = KEYS[1], running = KEYS[2], outbox = KEYS[3], metrics = KEYS[5], name = ARGV[8]},
   me, ARGV[1], now_ms, count, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), taken)
 
 if started < count then

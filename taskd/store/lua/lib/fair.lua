@@ -89,9 +89,11 @@ local function wait_in_line(task_key, job, score, now_ms, aging_ms, record)
   redis.call('ZADD', line, score, job)
   redis.call('ZADD', '@WAITING_PREFIX@' .. where[1], score, job)
   local head = redis.call('HGET', '@HEADS_PREFIX@' .. where[1], where[2])
-  if head and head ~= job then
-    -- Behind the project's head, the line's first job is the same as before: the head stays as it
-    -- is (a head whose task no longer waits is dropped when a take reaches it, lib/take.lua).
+  if head and head ~= job and redis.call('ZSCORE', '@QUEUE_PREFIX@' .. where[1], head) then
+    -- Behind a head that is on arq's set, the line's first job is the same as before: the head
+    -- stays as it is (one whose task no longer waits is dropped when a take reaches it,
+    -- lib/take.lua). A head gone from arq's set (a take dropped it: its record had expired) is
+    -- replaced by seat() below, which also drops the line's jobs whose tasks no longer wait.
     local rank = redis.call('ZRANK', line, job)
     if rank and rank > 0 then return rank end
   end

@@ -7,7 +7,8 @@
 -- KEYS: none
 -- ARGV: none
 --   keys_of    the keys it reads and writes: queue (arq's set, {taskd}:queue:{queue}), running
---              ({taskd}:running:{queue}), metrics ({taskd}:metrics) and outbox ({taskd}:webhooks:due)
+--              ({taskd}:running:{queue}), metrics ({taskd}:metrics) and outbox ({taskd}:webhooks:due),
+--              and name, taskd's name of the queue (its {taskd}:heads:{queue})
 --   worker_id  the taking worker's id
 --   now        now, in seconds, as stored in the record
 --   now_ms     now, in ms, as the caller's ARGV has it (a string; compared with the jobs' scores)
@@ -73,6 +74,16 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
       -- A job that will not run gives its project's turn to the next job in line (start.lua).
       if record.status and record.queue and record.project_id then
         leave_line(task_key, job, tonumber(now_ms), aging_ms, {record.queue, record.project_id})
+      else
+        -- Its record is gone (it expired while the job waited): the project is the one whose head
+        -- field still names the job, and its next job takes the turn (or waited for the next submit).
+        local heads = redis.call('HGETALL', '@HEADS_PREFIX@' .. keys_of.name)
+        for i = 1, #heads, 2 do
+          if heads[i + 1] == job then
+            leave_line(task_key, job, tonumber(now_ms), aging_ms, {keys_of.name, heads[i]})
+            break
+          end
+        end
       end
       drop_job(task_key, line, job)
     end
