@@ -76,7 +76,8 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
         leave_line(task_key, job, tonumber(now_ms), aging_ms, {record.queue, record.project_id})
       else
         -- Its record is gone (it expired while the job waited): the project is the one whose head
-        -- field still names the job, and its next job takes the turn (or waited for the next submit).
+        -- field still names the job, and its next job takes the turn now, not at the project's
+        -- next submit.
         local heads = redis.call('HGETALL', '@HEADS_PREFIX@' .. keys_of.name)
         for i = 1, #heads, 2 do
           if heads[i + 1] == job then
