@@ -240,6 +240,29 @@ async def test_a_claimed_head_wakes_a_worker_for_the_next_job_of_its_project(
     assert [c for c in ran if c.startswith("PUBLISH")] == [f"PUBLISH {keys.WAKE_CHANNEL} {{taskd}}:default"]
 
 
+async def test_a_claimed_head_whose_record_expired_gives_its_projects_turn_to_the_next_job(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    expired = (await api.submit("noop", {}))["task_id"]
+    behind = (await api.submit("noop", {}))["task_id"]
+    job_id = (await redis.hget(keys.task(expired), "job_id") or b"").decode()
+    await redis.delete(keys.task(expired))  # its TTL ran out while it waited
+    started = []
+
+    async def claim() -> None:
+        store = TaskStore(redis, 3600)
+        started.append(await store.start(expired, job_id, "default", "worker-a", time.time(), 60_000))
+
+    ran = await sent_to_valkey(redis, claim, by_scripts=True)
+
+    assert started[0].record is None  # the worker drops the job
+    next_job = await redis.hget(keys.task(behind), "job_id")
+    assert await redis.hget(keys.heads("default"), "proj-1") == next_job
+    assert await redis.zscore(keys.queue("default"), next_job) is not None
+    assert [c for c in ran if c.startswith("PUBLISH")] == [f"PUBLISH {keys.WAKE_CHANNEL} {{taskd}}:default"]
+
+
 async def test_cancelling_a_queued_head_wakes_a_worker_for_the_next_job_of_its_project(
     start_service: Any, redis: Redis
 ):

@@ -49,7 +49,13 @@ if status == 'queued' and record.job_id == ARGV[4] and throttled(record.project_
 end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[6])
 local function started() return record_reply({score, 'started'}, record) end
-if not status then return {score, 'gone'} end
+if not status then
+  -- Its record is gone (expired while it waited): its project's next job takes the turn, and a
+  -- worker is woken for it. The queue's name is what follows the prefix of arq's set.
+  local queue = string.sub(KEYS[4], #'@QUEUE_PREFIX@' + 1)
+  if orphan_leaves(queue, ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8])) then wake_one(queue) end
+  return {score, 'gone'}
+end
 -- A job that will not run (the worker drops it) gives its project's turn to the next job in line.
 if record.job_id ~= ARGV[4] then
   leave_line(KEYS[1], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[8]))

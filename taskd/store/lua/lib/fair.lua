@@ -17,6 +17,7 @@
 --
 --   wait_in_line(task_key, job, score, now_ms, aging_ms, record)  puts the task's job in line
 --   leave_line(task_key, job, now_ms, aging_ms, where)    takes it out (started or cancelled)
+--   orphan_leaves(queue, job, now_ms, aging_ms)           the same for a head whose record is gone
 --   seat(queue, project, now_ms, aging_ms, known, head, vacated)  makes the line's first job the head
 --   throttled(project, limit)                             whether the project runs `limit` tasks
 --   place(queue, project, job, k)                         a waiting job's queue position
@@ -35,7 +36,7 @@
 --     vacated   optional: true when the head field still names a job that just left the line (and
 --               arq's set, or stays there running): the next head's HSET writes over it, and only
 --               an emptied line deletes it (one HDEL less a start with more jobs waiting)
--- Returns: seat and leave_line whether a job was put on arq's set (a new head: a worker may be
+-- Returns: seat, leave_line and orphan_leaves whether a job was put on arq's set (a new head: a worker may be
 -- woken for it); wait_in_line the job's 0-based place in its project's line when it went behind
 -- the project's head (nothing for a worker to take: no wake-up needed), else nil; throttled a
 -- boolean; place the 1-based position (0 when the job is not waiting).
@@ -110,6 +111,16 @@ local function leave_line(task_key, job, now_ms, aging_ms, where)
   local vacated = head == job
   if vacated then head = false end
   return seat(where[1], where[2], now_ms, aging_ms, nil, head, vacated)
+end
+
+local function orphan_leaves(queue, job, now_ms, aging_ms)
+  -- Its record is gone (it expired while the job waited), so its project is unknown but for the
+  -- head field that still names the job: that project's next job takes the turn.
+  local heads = redis.call('HGETALL', '@HEADS_PREFIX@' .. queue)
+  for i = 1, #heads, 2 do
+    if heads[i + 1] == job then return leave_line(nil, job, now_ms, aging_ms, {queue, heads[i]}) end
+  end
+  return false
 end
 
 local function throttled(project, limit)

@@ -75,16 +75,8 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
       if record.status and record.queue and record.project_id then
         leave_line(task_key, job, tonumber(now_ms), aging_ms, {record.queue, record.project_id})
       else
-        -- Its record is gone (it expired while the job waited): the project is the one whose head
-        -- field still names the job, and its next job takes the turn now, not at the project's
-        -- next submit.
-        local heads = redis.call('HGETALL', '@HEADS_PREFIX@' .. keys_of.name)
-        for i = 1, #heads, 2 do
-          if heads[i + 1] == job then
-            leave_line(task_key, job, tonumber(now_ms), aging_ms, {keys_of.name, heads[i]})
-            break
-          end
-        end
+        -- Its record is gone: its project's next job takes the turn now, not at the next submit.
+        orphan_leaves(keys_of.name, job, tonumber(now_ms), aging_ms)
       end
       drop_job(task_key, line, job)
     end
