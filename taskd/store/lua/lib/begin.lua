@@ -41,21 +41,20 @@
 -- include lib/webhook_event.lua
 -- include lib/fair.lua
 local function starts_later(keys_of)
-  return {metrics = keys_of.metrics, running = keys_of.running, sums = {}, counts = {}, names = {}, entries = {}}
+  return {metrics = keys_of.metrics, running = keys_of.running, names = {}, by = {}, float = {}, entries = {}}
 end
 
-local function count_later(later, field, by)
-  if not later.counts[field] and not later.sums[field] then later.names[#later.names + 1] = field end
-  later.counts[field] = (later.counts[field] or 0) + by
+local function add_later(later, field, by, float)
+  if later.by[field] == nil then
+    later.names[#later.names + 1] = field
+    later.by[field], later.float[field] = 0, float
+  end
+  later.by[field] = later.by[field] + by
 end
 
 local function write_starts(later)
   for _, field in ipairs(later.names) do
-    if later.sums[field] then
-      redis.call('HINCRBYFLOAT', later.metrics, field, later.sums[field])
-    else
-      redis.call('HINCRBY', later.metrics, field, later.counts[field])
-    end
+    redis.call(later.float[field] and 'HINCRBYFLOAT' or 'HINCRBY', later.metrics, field, later.by[field])
   end
   -- ZADD's arguments in chunks: Lua's unpack() takes at most ~8000 values.
   for first = 1, #later.entries, 1000 do
@@ -81,16 +80,11 @@ local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, 
     local ready_ms = math.max(enqueued_ms, retry_ms)
     local waited = math.max(0, tonumber(now_ms) - ready_ms) / 1000
     local series = record.queue .. ':' .. record.task_type
-    local sum = 'wait_sum:' .. series
-    if not later.sums[sum] then
-      later.names[#later.names + 1] = sum
-      later.sums[sum] = 0
-    end
-    later.sums[sum] = later.sums[sum] + waited
-    count_later(later, 'wait_count:' .. series, 1)
+    add_later(later, 'wait_sum:' .. series, waited, true)
+    add_later(later, 'wait_count:' .. series, 1)
     for _, le in ipairs({@WAIT_BUCKETS@}) do
       if waited <= le then
-        count_later(later, 'wait_in:' .. series .. ':' .. le, 1)
+        add_later(later, 'wait_in:' .. series .. ':' .. le, 1)
         break
       end
     end
