@@ -14,7 +14,8 @@ script under their own names, besides the EVALSHA that ran them, so a script's w
 by command; EVALSHA itself is counted as one command too. Round trips per task are counted the
 same way (load - idle rate x duration) / N, per process, by what was sent (bench/redis_probe.py).
 Valkey's CPU per task (INFO cpu) and the part of it spent inside scripts (INFO commandstats'
-microseconds of EVALSHA, and of the commands the scripts ran) likewise.
+microseconds of EVALSHA, and of the commands the scripts ran) likewise; those microseconds are
+wall-clock time in the command, CPU time only while the machine leaves Valkey a core.
 
     .venv/bin/python bench/redis_cost.py                   # 1,000 tasks; writes bench/results/redis_cost.json
     .venv/bin/python bench/redis_cost.py --tasks 20 --no-write   # a quick check (tests do this)

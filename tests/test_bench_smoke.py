@@ -104,14 +104,12 @@ def test_redis_cost_benchmark_counts_commands_and_round_trips_per_task(tmp_path)
     assert 0 < trips["api"]["pipeline[script:submit]"] <= 1
     assert trips["worker"]["script:take"] > 0
     assert 0 < trips["worker"]["pipeline[script:finish]"] <= 1
-    # Valkey's CPU a task, the part of it inside scripts, and the commands those ran, each within the last.
+    # Valkey's CPU a task, and the time inside scripts with the part the commands they ran took.
+    # Both times are commandstats' wall-clock microseconds, so they are compared with each other
+    # only: on a loaded machine a preempted script's time can exceed Valkey's CPU time.
     valkey = figures["valkey"]
-    assert (
-        0
-        < valkey["script_commands_us_per_task"]
-        < valkey["in_scripts_us_per_task"]
-        < valkey["cpu_us_per_task"]
-    )
+    assert valkey["cpu_us_per_task"] > 0
+    assert 0 < valkey["script_commands_us_per_task"] < valkey["in_scripts_us_per_task"]
     assert "Valkey's CPU per task: " in result.stdout
 
 
