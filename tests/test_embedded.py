@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import AuthenticationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from taskd import embedded
 from taskd.embedded import EmbeddedValkey
@@ -95,13 +95,62 @@ async def test_starts_and_answers_commands_with_the_password(server: EmbeddedVal
 
 
 async def test_refuses_commands_without_the_password(server: EmbeddedValkey) -> None:
-    assert server.url is not None
-    client = Redis(host="127.0.0.1", port=urlsplit(server.url).port)
+    assert server.tcp_url is not None
+    for client in (
+        Redis(host="127.0.0.1", port=urlsplit(server.tcp_url).port),
+        Redis(unix_socket_path=str(server.dir / "valkey.sock")),
+    ):
+        try:
+            # redis-py raises AuthenticationError, or on the socket the ConnectionError it derives from.
+            with pytest.raises(RedisConnectionError, match=r"(?i)auth"):
+                await client.get("greeting")
+        finally:
+            await client.aclose()
+
+
+async def test_taskd_connects_through_a_unix_socket_only_its_owner_can_open(
+    server: EmbeddedValkey,
+) -> None:
+    socket_path = server.dir / "valkey.sock"
+    assert server.url is not None and server.url.startswith("unix://")
+    assert stat.S_ISSOCK(socket_path.stat().st_mode)
+    assert stat.S_IMODE(socket_path.stat().st_mode) == 0o700
+    client = Redis.from_url(server.url)
     try:
-        with pytest.raises(AuthenticationError, match=r"(?i)auth"):
-            await client.get("greeting")
+        # Valkey names a unix socket client's address after the socket's path.
+        assert str(socket_path) in (await client.client_info())["laddr"]
     finally:
         await client.aclose()
+
+
+async def test_the_tcp_url_reaches_the_same_server(server: EmbeddedValkey) -> None:
+    assert server.url is not None and server.tcp_url is not None
+    assert server.tcp_url.startswith("redis://")
+    await _set(server.url, "said", "on the socket")
+    assert await _get(server.tcp_url, "said") == b"on the socket"
+
+
+async def test_a_data_dir_too_deep_for_a_socket_path_is_served_over_tcp(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * (embedded.SOCKET_PATH_MAX - len(str(tmp_path))))
+    async with EmbeddedValkey(deep) as valkey:
+        assert valkey.url is not None and valkey.url == valkey.tcp_url
+        assert not (valkey.dir / "valkey.sock").exists()
+        await _set(valkey.url, "served", "over tcp")
+        assert EmbeddedValkey.running_url(deep) == valkey.url
+
+
+async def test_a_server_that_cannot_open_its_socket_is_served_over_tcp(tmp_path: Path) -> None:
+    (tmp_path / "valkey" / "valkey.sock" / "in the way").mkdir(parents=True)
+    async with EmbeddedValkey(tmp_path) as valkey:
+        assert valkey.url is not None and valkey.url == valkey.tcp_url
+        await _set(valkey.url, "served", "over tcp")
+
+
+async def test_a_data_dir_with_url_characters_in_its_path_connects(tmp_path: Path) -> None:
+    async with EmbeddedValkey(tmp_path / "a dir?#%20") as valkey:
+        assert valkey.url is not None and valkey.url.startswith("unix://")
+        await _set(valkey.url, "path", "quoted")
+        assert await _get(valkey.url, "path") == b"quoted"
 
 
 async def test_url_and_password_files_are_private(server: EmbeddedValkey) -> None:
@@ -128,8 +177,8 @@ async def test_password_is_reused_across_restarts(tmp_path: Path) -> None:
         second_url = second.url
     assert first_url is not None and second_url is not None
     password = (tmp_path / "valkey" / "password").read_text().strip()
-    assert f"redis://:{password}@127.0.0.1:" in first_url
-    assert f"redis://:{password}@127.0.0.1:" in second_url
+    assert first_url.startswith(f"unix://:{password}@")
+    assert second_url.startswith(f"unix://:{password}@")
 
 
 async def test_stop_leaves_no_process_and_removes_url_file(tmp_path: Path) -> None:
@@ -232,9 +281,9 @@ async def test_start_retries_when_the_chosen_port_is_taken(
         ports = iter([taken, embedded._free_port()])
         monkeypatch.setattr(embedded, "_free_port", lambda: next(ports))
         async with EmbeddedValkey(tmp_path) as valkey:
-            assert valkey.url is not None
-            assert f":{taken}/" not in valkey.url
-            await _set(valkey.url, "on", "another port")
+            assert valkey.tcp_url is not None
+            assert f":{taken}/" not in valkey.tcp_url
+            await _set(valkey.tcp_url, "on", "another port")
 
 
 async def test_start_failure_raises_with_the_log_tail(tmp_path: Path) -> None:

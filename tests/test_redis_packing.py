@@ -28,6 +28,7 @@ async def client(valkey_url: str) -> AsyncIterator[Redis]:
     [
         "redis://127.0.0.1:1/0",
         "rediss://127.0.0.1:1/0",
+        "unix:///tmp/valkey.sock",
         "redis+sentinel://127.0.0.1:1/main",
         "redis+cluster://127.0.0.1:1",
     ],

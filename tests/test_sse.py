@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import API_KEY
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection
 from sse import iter_events, read_events
 
 from taskd import keys
@@ -234,16 +234,16 @@ async def test_a_task_stream_reads_the_record_and_its_backlog_in_one_round_trip(
     task = await taskd.submit("sleep", {"seconds": 0.3, "steps": 1})
     record_key, stream_key = keys.task(task["task_id"]).encode(), keys.task_events(task["task_id"]).encode()
     sends: list[bytes] = []
-    original = Connection.send_packed_command
+    original = AbstractConnection.send_packed_command
 
-    async def counted(self: Connection, command: Any, check_health: bool = True) -> None:
+    async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
         packed = command if isinstance(command, bytes | str) else b"".join(command)
         packed = packed.encode() if isinstance(packed, str) else packed
         if (b"HGETALL" in packed and record_key in packed) or (b"XRANGE" in packed and stream_key in packed):
             sends.append(packed)
         await original(self, command, check_health)
 
-    monkeypatch.setattr(Connection, "send_packed_command", counted)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
 
     async with asyncio.timeout(10), taskd.client.get(f"/api/v1/tasks/{task['task_id']}/events") as response:
         seen = await read_events(response)

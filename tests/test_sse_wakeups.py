@@ -45,7 +45,14 @@ async def woken(subscription: Subscription) -> list[str]:
 async def read_blocked(redis: Redis) -> bool:
     """True while some client of the server is blocked in a command (the hub's XREAD)."""
     clients = (await redis.execute_command("CLIENT", "LIST")).decode().splitlines()
-    return any("flags=b" in line.split() for line in clients)
+    # Flag b: blocked (a client on the unix socket also has U).
+    flags = [
+        field.removeprefix("flags=")
+        for line in clients
+        for field in line.split()
+        if field.startswith("flags=")
+    ]
+    return any("b" in flag for flag in flags)
 
 
 async def read_not_blocked(redis: Redis) -> bool:
