@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from conftest import API_KEY, TERMINAL, child_env
 from examples import TASK_DATA
+from redis.asyncio import Redis
 
 from taskd.embedded import EmbeddedValkey
 
@@ -71,6 +72,28 @@ async def test_api_only_serve_and_a_separate_worker_share_one_redis(spawn_taskd,
     assert body["status"] == "completed"
     _, health = await client.call("GET", "/api/v1/health")
     assert health["worker_count"] == 1
+
+
+async def test_serve_and_a_worker_reach_the_embedded_valkey_through_its_unix_socket(
+    spawn_taskd, tmp_path, session
+):
+    api = spawn_taskd("serve", "--no-worker", env=env_for(tmp_path / "data"))
+    spawn_taskd("worker", env=env_for(tmp_path / "data"), wait_listening=False)
+    client = Client(session, api.base_url)
+    async with asyncio.timeout(30):
+        while (await client.call("GET", "/api/v1/health"))[1]["worker_count"] != 1:
+            await asyncio.sleep(0.05)
+
+    url = EmbeddedValkey.running_url(tmp_path / "data")
+    assert url is not None and url.startswith("unix://")
+    redis = Redis.from_url(url)
+    try:
+        clients = await redis.client_list()
+    finally:
+        await redis.aclose()
+    # Flag U: a client on the unix socket. The API's and the worker's connections, and this one.
+    assert len(clients) > 2
+    assert all("U" in entry["flags"] for entry in clients)
 
 
 async def test_worker_restricted_to_queues_leaves_the_others(spawn_taskd, tmp_path, session, fake_llm):
