@@ -408,7 +408,8 @@ class TaskStore:
                 },
                 args={
                     "task_id": record.task_id,
-                    "created_ms": int(record.created_at * 1000),
+                    # Fractional: tasks of one project created in one millisecond list in order.
+                    "created_ms": repr(record.created_at * 1000),
                     "ttl": self.task_ttl,
                     "score": job.score,
                     "job_id": job.job_id,
@@ -476,7 +477,7 @@ class TaskStore:
                 duration_sum=float(duration_sum),
                 duration_count=int(duration_count),
                 task_id=task_id.decode(),
-                created_at=int(created_ms) / 1000,
+                created_at=float(created_ms) / 1000,
                 replayed=True,
             )
         _, position, duration_sum, duration_count = reply
@@ -534,7 +535,7 @@ class TaskStore:
                 "project": record.project_id,
                 "queue": record.queue,
                 "task_type": record.task_type,
-                "created_ms": str(int(record.created_at * 1000)),
+                "created_ms": repr(record.created_at * 1000),
                 "score": str(job.score),
                 "job_id": job.job_id,
                 "depends_on": record.depends_on or [],
@@ -584,7 +585,7 @@ class TaskStore:
                     float(duration_sum),
                     int(duration_count),
                     task_id,
-                    int(created) / 1000,
+                    float(created) / 1000,
                     True,
                 )
                 for (position, duration_sum, duration_count), task_id, created in zip(

@@ -19,7 +19,7 @@
 -- KEYS[7]  idempotency    {taskd}:idempotency:{key id}:{key hash}, the Idempotency-Key's memory; {taskd}:none for none
 -- KEYS[8]  ratelimit      {taskd}:ratelimit:submit:{key hash}, the API key's submit log (lib/window.lua); {taskd}:none for none
 -- ARGV[1]  task_id        the task's id
--- ARGV[2]  created_ms     its creation time in ms (its score in the project index)
+-- ARGV[2]  created_ms     its creation time in ms, with a fraction (its score in the project index)
 -- ARGV[3]  ttl            seconds the record, the index and the active set are kept
 -- ARGV[4]  score          when the job is due, in ms, moved earlier by its priority (its own score)
 -- ARGV[5]  job_id         the arq job's id
