@@ -598,7 +598,7 @@ class Executor:
                 outcome.error,
                 delay,
             )
-            score = int((at + delay) * 1000)
+            score: float = int((at + delay) * 1000)
             write = partial(self.store.requeue, record, self.worker_id, at, score, retry_error=outcome.error)
         elif outcome.kind == "handed_back":
             log.info("task %s handed back to its queue", record.task_id)

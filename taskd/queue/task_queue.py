@@ -18,14 +18,19 @@ from taskd.store import QueuedJob
 JOB_FUNCTION = "run_task"
 
 
-def job_score(enqueued_at: float, priority: int, aging_window: float) -> int:
+def job_score(enqueued_at: float, priority: int, aging_window: float) -> float:
     """arq's sort key: the enqueue time in ms, moved earlier by one aging window per priority step.
 
     A priority-1 task therefore runs before priority-2/3 tasks that arrived up to one (or two)
     windows earlier, and a low-priority task that has waited longer than that is not passed
     over any more: it cannot starve.
+
+    The time keeps its microseconds, so that tasks of one project enqueued within one millisecond
+    keep their order in its line (equal scores sort by job id, which is random), and is moved one
+    millisecond earlier, so that a job is due (score <= now in whole ms) within the millisecond it
+    was enqueued, as with whole milliseconds.
     """
-    return int(enqueued_at * 1000) - int((PRIORITY_LOW - priority) * aging_window * 1000)
+    return round(enqueued_at * 1000 - 1, 3) - int((PRIORITY_LOW - priority) * aging_window * 1000)
 
 
 class TaskQueue:
@@ -39,7 +44,7 @@ class TaskQueue:
         # One client per partition (taskd.keys.partitions; all `redis` but on a cluster).
         self.clients = keys.client_per_partition(redis, partition_clients)
 
-    def score(self, at: float, priority: int) -> int:
+    def score(self, at: float, priority: int) -> float:
         """The queue score of a task of `priority` enqueued at `at`."""
         return job_score(at, priority, self.aging_window)
 

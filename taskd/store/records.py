@@ -103,10 +103,10 @@ def _not_replicated(replicas: int) -> ServiceUnavailable:
 
 @attrs.frozen
 class QueuedJob:
-    """The arq job that will run a new task: its id and queue score."""
+    """The arq job that will run a new task: its id and queue score (ms, taskd.queue.task_queue.job_score)."""
 
     job_id: str
-    score: int
+    score: float
 
 
 @attrs.frozen
@@ -937,7 +937,7 @@ class TaskStore:
         return Finished(outcome == b"ok")
 
     async def requeue(
-        self, record: TaskRecord, worker_id: str, at: float, score: int, *, retry_error: str | None = None
+        self, record: TaskRecord, worker_id: str, at: float, score: float, *, retry_error: str | None = None
     ) -> bool:
         """Put a task this worker runs back on its queue at `score` (ms): a retry if `retry_error` is given."""
         # The script's status reply (bytes), or None for a Lua false: the record is gone.
@@ -993,7 +993,7 @@ class TaskStore:
             if not live
         ]
 
-    async def reclaim(self, task_id: str, queue: str, at: float, score: int, max_deaths: int) -> str:
+    async def reclaim(self, task_id: str, queue: str, at: float, score: float, max_deaths: int) -> str:
         """Requeue (or, past `max_deaths`, fail) a task whose worker died; says which it did."""
         partition = keys.task_partition(task_id)
         outcome = await self._reclaim(
