@@ -36,20 +36,6 @@ async def wakes(redis: Redis) -> AsyncIterator[PubSub]:
         yield pubsub
 
 
-@pytest.fixture
-def held_ends(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """The writes of runs' ends (TaskStore.finish) wait until the test sets this event."""
-    let_through = asyncio.Event()
-    finish = TaskStore.finish
-
-    async def held(self: TaskStore, *args: Any, **kwargs: Any) -> Any:
-        await let_through.wait()
-        return await finish(self, *args, **kwargs)
-
-    monkeypatch.setattr(TaskStore, "finish", held)
-    return let_through
-
-
 async def messages(pubsub: PubSub, wait: float = 0.3) -> list[str]:
     """What was published on the wake channels within `wait` seconds: "{channel} {partition prefix}{queue}" each."""
     seen = []
@@ -465,11 +451,20 @@ async def test_a_wake_up_published_while_the_listener_was_away_is_not_left_to_th
 
 
 async def test_a_worker_whose_running_jobs_have_all_ended_takes_for_their_slots_before_their_ends_are_written(
-    start_service: Any, redis: Redis, held_ends: asyncio.Event
+    start_service: Any, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ):
     api = await start_service(workers=False)
     # Sixteen runs: twice the default queue's eight slots.
     ids = [(await api.submit("record_run", {"seconds": 0}))["task_id"] for _ in range(16)]
+    # The ends' writes wait until the test lets them through.
+    let_through = asyncio.Event()
+    finish = TaskStore.finish
+
+    async def held(self: TaskStore, *args: Any, **kwargs: Any) -> Any:
+        await let_through.wait()
+        return await finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskStore, "finish", held)
     worker = await start_service(http=False)
     runs = runs_path(worker.service.config.data_path)
 
@@ -480,7 +475,7 @@ async def test_a_worker_whose_running_jobs_have_all_ended_takes_for_their_slots_
     # The first eight ran and wait for their ends' writes; the next eight were started for those
     # slots, and wait for them: no more ran at once than the slots.
     assert runs.read_text().count("end ") == 8
-    held_ends.set()
+    let_through.set()
     bodies = [await api.wait_terminal(task_id) for task_id in ids]
 
     assert {body["status"] for body in bodies} == {"completed"}
@@ -488,13 +483,21 @@ async def test_a_worker_whose_running_jobs_have_all_ended_takes_for_their_slots_
 
 
 async def test_a_job_ending_while_others_still_run_leaves_the_take_for_its_slot_until_its_end_is_written(
-    start_service: Any, redis: Redis, held_ends: asyncio.Event
+    start_service: Any, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ):
     api = await start_service(workers=False)
     # The first take starts seven naps and one quick run in the eight slots; the ninth task waits.
     naps = [(await api.submit("sleep", {"seconds": 3, "steps": 1}))["task_id"] for _ in range(7)]
     quick = (await api.submit("record_run", {"seconds": 0}))["task_id"]
     ninth = (await api.submit("noop", {}))["task_id"]
+    let_through = asyncio.Event()
+    finish = TaskStore.finish
+
+    async def held(self: TaskStore, *args: Any, **kwargs: Any) -> Any:
+        await let_through.wait()
+        return await finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskStore, "finish", held)
     worker = await start_service(http=False)
     runs = runs_path(worker.service.config.data_path)
 
@@ -504,25 +507,33 @@ async def test_a_job_ending_while_others_still_run_leaves_the_take_for_its_slot_
     await asyncio.sleep(0.3)
     # One ending job of eight: a take for its slot alone would split the worker's batches.
     assert await statuses(redis, [quick, ninth]) == ["processing", "queued"]
-    held_ends.set()
+    let_through.set()
 
     assert (await api.wait_terminal(ninth))["status"] == "completed"
     assert {(await api.wait_terminal(task_id))["status"] for task_id in naps} == {"completed"}
 
 
 async def test_a_stop_hands_back_the_jobs_a_take_started_for_the_slots_of_ending_jobs(
-    start_service: Any, redis: Redis, held_ends: asyncio.Event
+    start_service: Any, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ):
     api = await start_service(workers=False)
     quick = [(await api.submit("record_run", {"seconds": 0}))["task_id"] for _ in range(8)]
     naps = [(await api.submit("sleep", {"seconds": 30, "steps": 1}))["task_id"] for _ in range(8)]
+    # The quick runs' ends are written only once the stop has begun.
+    let_through = asyncio.Event()
+    finish = TaskStore.finish
+
+    async def held(self: TaskStore, *args: Any, **kwargs: Any) -> Any:
+        await let_through.wait()
+        return await finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskStore, "finish", held)
     worker = await start_service(http=False)
     async with asyncio.timeout(10):
         while (await statuses(redis, naps)).count("processing") < 8:
             await asyncio.sleep(0.02)
 
-    # The quick runs' ends are written only once the stop has begun.
-    asyncio.get_running_loop().call_later(0.1, held_ends.set)
+    asyncio.get_running_loop().call_later(0.1, let_through.set)
     await worker.service.stop(grace=1)
 
     # The naps, started for the quick runs' slots, began once the stop had counted its running
