@@ -148,16 +148,14 @@ class TaskdWorker(Worker):
                 await self._poll_lines(where)
             else:
                 recover, self._recover = self._recover, False
-                # Taking until its jobs are launched: one started for an ending job's slot waits
-                # for that slot in `_launch`, and a hold meanwhile could take the slot from it.
                 self._taking = True
                 try:
                     takes = await self._take(self._room, where, recover)
-                    self._look_when_freed = takes.look_when_freed
-                    for taken in takes.started:
-                        await self._launch(taken)
                 finally:
                     self._taking = False
+                self._look_when_freed = takes.look_when_freed
+                for taken in takes.started:
+                    await self._launch(taken)
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
