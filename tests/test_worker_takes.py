@@ -511,32 +511,3 @@ async def test_a_job_ending_while_others_still_run_leaves_the_take_for_its_slot_
 
     assert (await api.wait_terminal(ninth))["status"] == "completed"
     assert {(await api.wait_terminal(task_id))["status"] for task_id in naps} == {"completed"}
-
-
-async def test_a_stop_hands_back_the_jobs_a_take_started_for_the_slots_of_ending_jobs(
-    start_service: Any, redis: Redis, monkeypatch: pytest.MonkeyPatch
-):
-    api = await start_service(workers=False)
-    quick = [(await api.submit("record_run", {"seconds": 0}))["task_id"] for _ in range(8)]
-    naps = [(await api.submit("sleep", {"seconds": 30, "steps": 1}))["task_id"] for _ in range(8)]
-    # The quick runs' ends are written only once the stop has begun.
-    let_through = asyncio.Event()
-    finish = TaskStore.finish
-
-    async def held(self: TaskStore, *args: Any, **kwargs: Any) -> Any:
-        await let_through.wait()
-        return await finish(self, *args, **kwargs)
-
-    monkeypatch.setattr(TaskStore, "finish", held)
-    worker = await start_service(http=False)
-    async with asyncio.timeout(10):
-        while (await statuses(redis, naps)).count("processing") < 8:
-            await asyncio.sleep(0.02)
-
-    asyncio.get_running_loop().call_later(0.1, let_through.set)
-    await worker.service.stop(grace=1)
-
-    # The naps, started for the quick runs' slots, began once the stop had counted its running
-    # jobs; the stop still handed them back.
-    assert await statuses(redis, quick) == ["completed"] * 8
-    assert await statuses(redis, naps) == ["queued"] * 8

@@ -207,10 +207,10 @@ class TaskdWorker(Worker):
         start = Start(claimed=True, score=taken.score, record=taken.record)
         job_id = taken.job_id
         task = self.loop.create_task(self.run_job(job_id, start))
-        task.add_done_callback(lambda _: self._job_done(job_id))
+        task.add_done_callback(lambda _: self._slot_freed(job_id))
         self.tasks[job_id] = task
 
-    def _job_done(self, job_id: str) -> None:
+    def _slot_freed(self, job_id: str) -> None:
         self._ending.discard(job_id)
         self._release_sem_dec_counter_on_complete()
 
@@ -223,7 +223,7 @@ class TaskdWorker(Worker):
         used to wait for those replies, then for the take. The jobs it starts wait in `_launch`
         for the slots, so no more run at once than before. Not before every job is ending, at a
         wake-up or a poll either: a take for each ending job split the batches
-        (docs/performance.md, "Draining a queue: the worker's CPU a task").
+        (docs/performance.md, "A take for the slots whose end is being written").
         """
         if self._take is None or job_id not in self.tasks or not self.allow_pick_jobs:
             return
@@ -528,9 +528,6 @@ class WorkerPool:
         """Jobs running in this process now."""
         return len(self.executor.running)
 
-    def _unfinished_jobs(self) -> list[asyncio.Task[Any]]:
-        return [task for worker in self.workers.values() for task in worker.tasks.values() if not task.done()]
-
     async def stop(self, grace: float) -> None:
         """Stop taking jobs, give running ones `grace` seconds, then cancel (hand back) what is left."""
         self._stopping = True
@@ -544,26 +541,21 @@ class WorkerPool:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(STOP_TIMEOUT):
                     await worker.settled.wait()
-        running = self._unfinished_jobs()
+        running = [
+            task for worker in self.workers.values() for task in worker.tasks.values() if not task.done()
+        ]
         if running:
             log.info("waiting up to %.0f s for %d running jobs", grace, len(running))
-        # A take for the slots of ending jobs (TaskdWorker.ending) launches its jobs as those end:
-        # they are waited for too, within the same grace.
-        deadline = asyncio.get_running_loop().time() + grace
-        while running and (left := deadline - asyncio.get_running_loop().time()) > 0:
-            await asyncio.wait(running, timeout=left)
-            running = self._unfinished_jobs()
-        if running:
-            log.info("handing %d unfinished jobs back to their queues", len(running))
-            await cancel_and_wait(running)
+            _, unfinished = await asyncio.wait(running, timeout=grace)
+            if unfinished:
+                log.info("handing %d unfinished jobs back to their queues", len(unfinished))
+            await cancel_and_wait(unfinished)
         # Each worker loop ends by itself once it sees `stopping`; cancelling one in the middle of
         # a Redis call would leave the connection half-used, so that is only the last resort.
         if self._supervisors:
             await asyncio.wait(self._supervisors, timeout=STOP_TIMEOUT)
         await cancel_and_wait(self._supervisors)
         self._supervisors.clear()
-        # A job its loop launched after the wait above (a slot freed as the grace ran out) goes back too.
-        await cancel_and_wait(self._unfinished_jobs())
         if self.take and self.queues:
             # No submit should wake a worker that is gone (one killed is dropped when its turn comes).
             with contextlib.suppress(Exception):  # Redis may be gone already: best effort
