@@ -23,7 +23,6 @@ from taskd.config import GpuConfig, WorkerConfig
 from taskd.engine import executor as executor_module
 from taskd.gpu.devices import SimulatedBackend
 from taskd.store import TaskStore, scripts
-from taskd.tasks.diagnostics import runs_path
 
 SLEEP = {"seconds": 0.3, "steps": 1}
 
@@ -448,66 +447,3 @@ async def test_a_wake_up_published_while_the_listener_was_away_is_not_left_to_th
 
     # Once subscribed again, the worker looks: well before its poll (60 s).
     assert (await taskd.wait_terminal(task_id, timeout=5))["status"] == "completed"
-
-
-async def test_a_worker_whose_running_jobs_have_all_ended_takes_for_their_slots_before_their_ends_are_written(
-    start_service: Any, redis: Redis, monkeypatch: pytest.MonkeyPatch
-):
-    api = await start_service(workers=False)
-    # Sixteen runs: twice the default queue's eight slots.
-    ids = [(await api.submit("record_run", {"seconds": 0}))["task_id"] for _ in range(16)]
-    # The ends' writes wait until the test lets them through.
-    let_through = asyncio.Event()
-    finish = TaskStore.finish
-
-    async def held(self: TaskStore, *args: Any, **kwargs: Any) -> Any:
-        await let_through.wait()
-        return await finish(self, *args, **kwargs)
-
-    monkeypatch.setattr(TaskStore, "finish", held)
-    worker = await start_service(http=False)
-    runs = runs_path(worker.service.config.data_path)
-
-    async with asyncio.timeout(10):
-        while (await statuses(redis, ids)).count("processing") < 16:
-            await asyncio.sleep(0.02)
-    await asyncio.sleep(0.3)
-    # The first eight ran and wait for their ends' writes; the next eight were started for those
-    # slots, and wait for them: no more ran at once than the slots.
-    assert runs.read_text().count("end ") == 8
-    let_through.set()
-    bodies = [await api.wait_terminal(task_id) for task_id in ids]
-
-    assert {body["status"] for body in bodies} == {"completed"}
-    assert runs.read_text().count("start ") == 16
-
-
-async def test_a_job_ending_while_others_still_run_leaves_the_take_for_its_slot_until_its_end_is_written(
-    start_service: Any, redis: Redis, monkeypatch: pytest.MonkeyPatch
-):
-    api = await start_service(workers=False)
-    # The first take starts seven naps and one quick run in the eight slots; the ninth task waits.
-    naps = [(await api.submit("sleep", {"seconds": 3, "steps": 1}))["task_id"] for _ in range(7)]
-    quick = (await api.submit("record_run", {"seconds": 0}))["task_id"]
-    ninth = (await api.submit("noop", {}))["task_id"]
-    let_through = asyncio.Event()
-    finish = TaskStore.finish
-
-    async def held(self: TaskStore, *args: Any, **kwargs: Any) -> Any:
-        await let_through.wait()
-        return await finish(self, *args, **kwargs)
-
-    monkeypatch.setattr(TaskStore, "finish", held)
-    worker = await start_service(http=False)
-    runs = runs_path(worker.service.config.data_path)
-
-    async with asyncio.timeout(10):
-        while not (runs.exists() and "end " in runs.read_text()):
-            await asyncio.sleep(0.02)
-    await asyncio.sleep(0.3)
-    # One ending job of eight: a take for its slot alone would split the worker's batches.
-    assert await statuses(redis, [quick, ninth]) == ["processing", "queued"]
-    let_through.set()
-
-    assert (await api.wait_terminal(ninth))["status"] == "completed"
-    assert {(await api.wait_terminal(task_id))["status"] for task_id in naps} == {"completed"}

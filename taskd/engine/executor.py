@@ -33,7 +33,7 @@ from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
 from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
-from taskd.queue.workers import ENDING, JobFunction
+from taskd.queue.workers import JobFunction
 from taskd.stopping import cancel_and_wait
 from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
 from taskd.tasks.registry import Registry
@@ -311,16 +311,16 @@ class Executor:
         async def run_task(ctx: dict[str, Any], task_id: str) -> bool:
             record: TaskRecord = ctx["record"]
             with bind_task(record):
-                return await self._run(record, queue, ctx.get(ENDING))
+                return await self._run(record, queue)
 
         return run_task
 
-    async def _run(self, record: TaskRecord, queue: str, ending: Callable[[], None] | None = None) -> bool:
+    async def _run(self, record: TaskRecord, queue: str) -> bool:
         task_id = record.task_id
         lease = self._leases.get(task_id)  # taken by the claim, before the run
         try:
             with tracing.run_span(record, None if lease is None else str(lease.device)):
-                return await self._run_claimed(record, ending)
+                return await self._run_claimed(record)
         finally:
             if task_id in self._leases:  # not on a host without GPUs: no task for nothing
                 await asyncio.shield(self._release_lease(task_id))
@@ -332,8 +332,7 @@ class Executor:
         resolved: dict[str, Any] = refs.substitute(record.task_data, results)
         return resolved
 
-    async def _run_claimed(self, record: TaskRecord, ending: Callable[[], None] | None = None) -> bool:
-        """Run the task; `ending` is called once the run has ended, before its end is written."""
+    async def _run_claimed(self, record: TaskRecord) -> bool:
         task_id = record.task_id
         task_type = self.registry.get(record.task_type)
         if task_type is None or task_type.handler is None:
@@ -369,8 +368,6 @@ class Executor:
             raise
         finally:
             self.running.pop(task_id, None)
-        if ending is not None:
-            ending()
         return await self._record(record, outcome)
 
     async def finish_hand_backs(self, timeout: float) -> None:

@@ -30,9 +30,6 @@ Claim = Callable[[str, int], Awaitable[Start]]
 Take = Callable[[int, Collection[int] | None, bool], Awaitable[Takes]]
 # arq's job function as taskd registers it: (ctx, task_id) -> whether the run already dropped the job.
 JobFunction = Callable[[dict[str, Any], str], Awaitable[bool]]
-# The ctx entry a job function calls once its run has ended and only the write of its end is left
-# (TaskdWorker.ending): a callable of no arguments.
-ENDING = "ending"
 
 
 class JobRunner(Protocol):
@@ -128,20 +125,9 @@ class TaskdWorker(Worker):
         self._taking = False
         # A held slot's submit lost its reply: the next take asks for the tasks this worker runs.
         self._recover = False
-        # Jobs whose run has ended and whose end is being written (ending): their slots are free
-        # as soon as those writes return, so a take may already start jobs for them.
-        self._ending: set[str] = set()
-        # Set whenever a slot frees: `_launch` waits on it for a slot counted free before it was.
-        self._slot_freed_event = asyncio.Event()
-
-    @property
-    def _room(self) -> int:
-        # The free slots, and those of the ending jobs once every running job is ending (ending).
-        ending = len(self._ending) if len(self._ending) >= self.job_counter else 0
-        return self.max_jobs - self.job_counter + ending
 
     async def _poll_iteration(self) -> None:
-        if self.allow_pick_jobs and self._room > 0:
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
             where = None if self._everywhere else frozenset(self._woken_in)
             self._everywhere, self._woken_in = False, set()
             if self._take is None:
@@ -150,7 +136,7 @@ class TaskdWorker(Worker):
                 recover, self._recover = self._recover, False
                 self._taking = True
                 try:
-                    takes = await self._take(self._room, where, recover)
+                    takes = await self._take(self.max_jobs - self.job_counter, where, recover)
                 finally:
                     self._taking = False
                 self._look_when_freed = takes.look_when_freed
@@ -192,12 +178,7 @@ class TaskdWorker(Worker):
     async def _launch(self, taken: Taken) -> None:
         if self._known(taken):
             return
-        # Immediate, or once an ending job's write returns (its slot was counted as free), or, for
-        # a recovered task, once a slot frees. The slots are job_counter's: arq's semaphore holds
-        # one more than max_jobs.
-        while self.job_counter >= self.max_jobs:
-            self._slot_freed_event.clear()
-            await self._slot_freed_event.wait()
+        # Immediate: take.lua started no more than the free slots (a recovered task may wait for one).
         await self.sem.acquire()
         self.job_counter += 1
         self._run_in_slot(taken)
@@ -205,32 +186,9 @@ class TaskdWorker(Worker):
     def _run_in_slot(self, taken: Taken) -> None:
         # The slot (the semaphore and job_counter) is held already.
         start = Start(claimed=True, score=taken.score, record=taken.record)
-        job_id = taken.job_id
-        task = self.loop.create_task(self.run_job(job_id, start))
-        task.add_done_callback(lambda _: self._slot_freed(job_id))
-        self.tasks[job_id] = task
-
-    def _slot_freed(self, job_id: str) -> None:
-        self._ending.discard(job_id)
-        self._release_sem_dec_counter_on_complete()
-
-    def ending(self, job_id: str) -> None:
-        """`job_id`'s run has ended; the write of its end is on its way.
-
-        Once every running job is ending (a batch that a take started, run to its end), the worker
-        takes for their slots now rather than after the writes return (`_room`): Valkey runs the finishes
-        and the take one after the other while the worker reads the finishes' replies, where it
-        used to wait for those replies, then for the take. The jobs it starts wait in `_launch`
-        for the slots, so no more run at once than before. Not before every job is ending, at a
-        wake-up or a poll either: a take for each ending job split the batches
-        (docs/performance.md, "A take for the slots whose end is being written").
-        """
-        if self._take is None or job_id not in self.tasks or not self.allow_pick_jobs:
-            return
-        self._ending.add(job_id)
-        if self._look_when_freed and len(self._ending) >= self.job_counter:
-            # At the loop's next turn: after this turn's finishes have joined their send.
-            self.loop.call_soon(self.woken, None)
+        task = self.loop.create_task(self.run_job(taken.job_id, start))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[taken.job_id] = task
 
     @property
     def idle(self) -> bool:
@@ -294,7 +252,6 @@ class TaskdWorker(Worker):
         # unless a wake-up came meanwhile: the job that sent it may be waiting for this slot.
         self.job_counter -= 1
         self.sem.release()
-        self._slot_freed_event.set()
         if self._woken_while_held:
             self.woken(None)
 
@@ -334,13 +291,7 @@ class TaskdWorker(Worker):
         """
         dropped = False
         if start.record is not None:
-            ctx = {
-                **self.ctx,
-                "job_id": job_id,
-                "score": start.score,
-                "record": start.record,
-                ENDING: partial(self.ending, job_id),
-            }
+            ctx = {**self.ctx, "job_id": job_id, "score": start.score, "record": start.record}
             try:
                 # arq's own job timeout: a safety net well after taskd's hard limit (ARQ_TIMEOUT_MARGIN).
                 async with asyncio.timeout(self.job_timeout_s):
@@ -393,7 +344,6 @@ class TaskdWorker(Worker):
 
     def _release_sem_dec_counter_on_complete(self) -> None:
         super()._release_sem_dec_counter_on_complete()
-        self._slot_freed_event.set()
         if self._take is None or self._look_when_freed:
             # A slot is free and a job may be waiting for it, in any partition: look now.
             self.woken(None)
