@@ -131,7 +131,7 @@ class EmbeddedValkey:
     @property
     def url(self) -> str | None:
         """The redis URL (with password) while the server runs, else None: its unix socket's,
-        or its TCP port's where the socket's path would be too long."""
+        or its TCP port's where the socket's path would be too long or the server could not open it."""
         return self._url
 
     @property

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from taskd.config import (
 )
 from taskd.embedded import EmbeddedValkey
 from taskd.service import Service
+from taskd.submit import dispatch
 
 API_KEY = "test-key-0123456789"
 TEST_TASK_MODULES = ["taskd.tasks.diagnostics", "support_tasks"]
@@ -90,6 +93,15 @@ async def redis(valkey_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(valkey_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def submits_within_one_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API's next six submits get creation times a tenth of a millisecond apart, all within
+    one millisecond (taskd.submit.dispatch.now)."""
+    first = math.floor(time.time() * 1000) / 1000 + 0.0001
+    times = iter(first + n / 10_000 for n in range(6))
+    monkeypatch.setattr(dispatch, "now", lambda: next(times))
 
 
 @pytest.fixture

@@ -4,15 +4,12 @@ process obeys (Redis decides, in start.lua), and projects take turns on a queue 
 from __future__ import annotations
 
 import asyncio
-import math
-import time
 from typing import Any
 
 from redis.asyncio import Redis
 
 from taskd import keys
 from taskd.config import ExecutionConfig, LimitsConfig, QueueConfig, load_config
-from taskd.submit import dispatch
 
 SLEEP = "sleep"
 
@@ -181,12 +178,10 @@ async def test_queue_position_counts_the_turns_of_other_projects(start_service):
     assert positions == [1, 3, 4, 5, 6, 2]
 
 
-async def test_a_projects_tasks_submitted_within_one_millisecond_keep_their_order(start_service, monkeypatch):
+async def test_a_projects_tasks_submitted_within_one_millisecond_keep_their_order(
+    start_service, submits_within_one_millisecond
+):
     taskd = await start_service(workers=False)
-    # Six submits a tenth of a millisecond apart, all within one millisecond.
-    first = math.floor(time.time() * 1000) / 1000 + 0.0001
-    times = iter(first + n / 10_000 for n in range(6))
-    monkeypatch.setattr(dispatch, "now", lambda: next(times))
     ids = [(await taskd.submit("noop", {}, project_id="p"))["task_id"] for _ in range(6)]
 
     positions = [(await taskd.status(task_id))["queue_position"] for task_id in ids]
