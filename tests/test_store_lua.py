@@ -12,7 +12,7 @@ from redis.commands.core import AsyncScript
 import taskd.store
 from taskd import keys
 from taskd.store import TaskStore, scripts
-from taskd.store.coalesce import Coalesced
+from taskd.store.coalesce import Coalesced, Merged
 
 STORE_DIR = Path(taskd.store.__file__).parent
 LUA_DIR = STORE_DIR / "lua"
@@ -80,8 +80,13 @@ def test_every_key_and_argument_a_script_uses_is_the_one_its_header_documents(na
     assert _used("KEYS", body) == set(range(1, len(header.keys) + 1))
     assert _used("ARGV", body) == set(range(1, len(header.args) + 1))
     rest = len(header.args) + 1
-    # The trailing ARGV[n..] is read by a loop over its pairs, or passed on whole (unpack).
-    takes_rest = f"for i = {rest}, #ARGV, 2" in body or f"unpack(ARGV, {rest})" in body
+    # The trailing ARGV[n..] is read by a loop over its pairs, passed on whole (unpack), or walked
+    # one call's values after another (finish.lua's ends).
+    takes_rest = (
+        f"for i = {rest}, #ARGV, 2" in body
+        or f"unpack(ARGV, {rest})" in body
+        or (f"local at = {rest}\n" in body and "while at <= #ARGV do" in body)
+    )
     assert takes_rest == (header.rest is not None)
 
 
@@ -113,9 +118,9 @@ async def test_every_script_the_store_registers_is_its_lua_file():
         item for value in vars(store).values() for item in (value if isinstance(value, list) else [value])
     ]
     registered = [
-        value.script if isinstance(value, Coalesced) else value
+        value.script if isinstance(value, Coalesced | Merged) else value
         for value in values
-        if isinstance(value, scripts.Script | AsyncScript | Coalesced)
+        if isinstance(value, scripts.Script | AsyncScript | Coalesced | Merged)
     ]
     await redis.aclose()
 

@@ -6,7 +6,9 @@ lock, the retry wrapper). Calls queued while the loop is busy go out in one pipe
 write and one read for all of them. Each call is still its own command (a script's EVALSHA, a
 read), so each stays atomic and gets its own reply or error; a caller's await returns once its
 call ran in Redis, as before. `Coalesced` does this for one script's calls (the submits, the rate
-limit's spends), `Reads` for single read commands (a status read's HGETALL).
+limit's spends), `Reads` for single read commands (a status read's HGETALL). `Merged` goes one step
+further for a script written to take many calls at once (finish.lua): the calls become one call of
+it, which writes what they share once (one counter write for all, not one each).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from taskd.store.scripts import Script
 
@@ -151,3 +153,52 @@ class Reads(_Together[tuple[Any, ...], Any]):
                 pipe.execute_command(*command)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
+
+
+class Merged(_Together[list[Any], Any]):
+    """`script` called once for the calls made at once, as `await merged(values)`: that call's reply.
+
+    The script's trailing ARGV (its header's `ARGV[n..]`) takes each call's `values` one after
+    another, each call's values saying where they end; the keys and the other arguments are the
+    same for every call, given here. Its reply is the list of the calls' replies, in order, where
+    `['error', message]` is that call's own error (raised to that caller as a ResponseError).
+    """
+
+    def __init__(
+        self, redis: Redis, script: Script, keys: Mapping[str, Any], args: Mapping[str, Any]
+    ) -> None:
+        super().__init__()
+        self._redis = redis
+        self._script = script
+        self._keys = keys
+        self._args = args
+        if script.header.rest is None:
+            raise ValueError(f"{script.name}.lua takes no trailing ARGV[n..] to merge calls into")
+        self._rest = script.header.rest
+
+    @property
+    def script(self) -> Script:
+        """The script every call runs."""
+        return self._script
+
+    async def __call__(self, values: list[Any]) -> Any:
+        """Run the script with this call's values, in the next send; its reply or its error."""
+        return await self._join(values)
+
+    async def _run(self, calls: list[list[Any]]) -> list[Any]:
+        values = [value for call in calls for value in call]
+        arguments = self._script.arguments(self._keys, {**self._args, self._rest: values})
+        registered = self._script.registered
+        count = len(self._script.header.keys)
+        try:
+            replies = await self._redis.evalsha(registered.sha, count, *arguments)
+        except NoScriptError:
+            # A Redis that restarted or flushed its scripts: load it once, send the call again.
+            await self._redis.script_load(registered.script)
+            replies = await self._redis.evalsha(registered.sha, count, *arguments)
+        return [
+            ResponseError(reply[1].decode(errors="replace"))
+            if isinstance(reply, list) and reply and reply[0] == b"error"
+            else reply
+            for reply in replies
+        ]

@@ -31,7 +31,7 @@ from taskd.model import (
     now,
 )
 from taskd.store import scripts
-from taskd.store.coalesce import Coalesced, Reads
+from taskd.store.coalesce import Coalesced, Merged, Reads
 from taskd.store.codec import CorruptRecord, decode, encode_flat, encode_value
 
 PROJECT_FULL_RETRY_AFTER = 10
@@ -295,9 +295,17 @@ class TaskStore:
         self._start = scripts.load(redis, "start")
         self._take = scripts.load(redis, "take")
         self._progress = scripts.load(redis, "progress")
-        self._finish = scripts.load(redis, "finish")
-        # Runs that end at once (a worker's batch from one take) share a round trip too.
-        self._finish_together = [Coalesced(client, self._finish) for client in self.clients]
+        finish = scripts.load(redis, "finish")
+        # Runs that end at once (a worker's batch from one take) end in one call of finish.lua.
+        self._finish_together = [
+            Merged(
+                client,
+                finish,
+                {"metrics": keys.metrics(partition), "outbox": keys.webhooks_due(partition)},
+                {"ttl": self.task_ttl, "aging_ms": self.aging_ms},
+            )
+            for partition, client in enumerate(self.clients)
+        ]
         self._requeue = scripts.load(redis, "requeue")
         self._reclaim = scripts.load(redis, "reclaim")
         self._cancel = scripts.load(redis, "cancel")
@@ -908,29 +916,20 @@ class TaskStore:
             if value is not None:
                 flat += [name, encode_value(name, value)]
         counter = "completed_tasks" if status is TaskStatus.COMPLETED else "failed_tasks"
-        # The script's status reply (bytes), or None for a Lua false: the record is gone.
-        outcome: bytes | None
-        partition = keys.task_partition(record.task_id)
-        outcome, _ = await self._finish_together[partition](
-            {
-                "task": keys.task(record.task_id),
-                "running": keys.running(record.queue, partition),
-                "metrics": keys.metrics(partition),
-                "outbox": keys.webhooks_due(partition),
-                "queue": keys.queue(record.queue, partition),
-            },
-            {
-                "worker_id": worker_id,
-                "counter": counter,
-                "task_type": record.task_type,
-                "duration": repr(processing_time),
-                "ttl": self.task_ttl,
-                "task_id": record.task_id,
-                "now_ms": int(at * 1000),
-                "aging_ms": self.aging_ms,
-                "webhook_lease": "" if webhook_lease is None else webhook_lease,
-                "fields": flat,
-            },
+        # The end's reply (bytes), or None for a Lua false: the record is gone.
+        outcome: bytes | None = await self._finish_together[keys.task_partition(record.task_id)](
+            [
+                record.task_id,
+                record.queue,
+                worker_id,
+                counter,
+                record.task_type,
+                repr(processing_time),
+                int(at * 1000),
+                "" if webhook_lease is None else webhook_lease,
+                len(flat),
+                *flat,
+            ]
         )
         if outcome == b"leased":
             return Finished(True, webhook_lease, attrs.evolve(record, status=status, **values))

@@ -35,6 +35,7 @@
 -- include lib/emit.lua
 -- include lib/fair.lua
 -- include lib/begin.lua
+-- include lib/later.lua
 -- include lib/record.lua
 -- include lib/wake.lua
 local lock = redis.call('GET', KEYS[3])
@@ -68,10 +69,10 @@ if status ~= 'queued' then
   return {score, status}
 end
 local written = {running = KEYS[2], metrics = KEYS[7], outbox = KEYS[5], started_state = KEYS[6]}
-local later = starts_later(written)
+local later = later_writes(written.metrics)
 local seated = begin(KEYS[1], ARGV[3], ARGV[4], record, ARGV[2], ARGV[1], ARGV[5], tonumber(ARGV[8]), written,
   true, later)
-write_starts(later)
+write_later(later)
 -- The project's next job is on arq's set now: a worker is woken for it (a submit behind its head
 -- woke none, lib/admit.lua). take.lua needs none: it reads the set again after each start.
 if seated then wake_one(record.queue) end

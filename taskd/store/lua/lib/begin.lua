@@ -1,7 +1,6 @@
 -- lib/begin.lua: begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of,
 -- claimed, later), what every start of a queued task does: start.lua (one claimed job) and take.lua
--- (a worker's batch); starts_later(keys_of) and write_starts(later), what the starts of one script
--- write together.
+-- (a worker's batch).
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
 -- of its own; its caller passes the keys and values it works on.
@@ -22,11 +21,12 @@
 --              (start.lua); false when a take took it off the set, with no lock (take.lua). The
 --              record keeps it (`claimed` '1' or '0'), so the end knows whether there is a lock and
 --              a place on the set to drop (finish.lua)
---   later      starts_later(keys_of)'s table: the wait-time counts and the running set's entries of
---              the script's starts, which write_starts(later) writes once they are all made: one
---              HINCRBYFLOAT and one HINCRBY per counter and one ZADD for a take's batch, however many
---              it started (was three counter writes and a ZADD a start). Nothing a start does reads
---              them: the throttle reads the project's processing set, which each start writes itself.
+--   later      lib/later.lua's table (later_writes(metrics)): the wait-time counts and the running
+--              set's entries of the script's starts, which the caller writes once they are all made
+--              (write_later): one HINCRBYFLOAT and one HINCRBY per counter and one ZADD for a take's
+--              batch, however many it started (was three counter writes and a ZADD a start). Nothing
+--              a start does reads them: the throttle reads the project's processing set, which each
+--              start writes itself.
 --
 -- Marks the task processing (attempt counted, current_step and next_retry_at cleared), counts how
 -- long it waited in `wait_sum:`, `wait_count:` and one `wait_in:` bucket per queue and type (from
@@ -40,27 +40,7 @@
 -- include lib/emit.lua
 -- include lib/webhook_event.lua
 -- include lib/fair.lua
-local function starts_later(keys_of)
-  return {metrics = keys_of.metrics, running = keys_of.running, names = {}, by = {}, float = {}, entries = {}}
-end
-
-local function add_later(later, field, by, float)
-  if later.by[field] == nil then
-    later.names[#later.names + 1] = field
-    later.by[field], later.float[field] = 0, float
-  end
-  later.by[field] = later.by[field] + by
-end
-
-local function write_starts(later)
-  for _, field in ipairs(later.names) do
-    redis.call(later.float[field] and 'HINCRBYFLOAT' or 'HINCRBY', later.metrics, field, later.by[field])
-  end
-  -- ZADD's arguments in chunks: Lua's unpack() takes at most ~8000 values.
-  for first = 1, #later.entries, 1000 do
-    redis.call('ZADD', later.running, unpack(later.entries, first, math.min(first + 999, #later.entries)))
-  end
-end
+-- include lib/later.lua
 
 local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of, claimed, later)
   local attempt = tostring((tonumber(record.attempt) or 0) + 1)
@@ -80,17 +60,16 @@ local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, 
     local ready_ms = math.max(enqueued_ms, retry_ms)
     local waited = math.max(0, tonumber(now_ms) - ready_ms) / 1000
     local series = record.queue .. ':' .. record.task_type
-    add_later(later, 'wait_sum:' .. series, waited, true)
-    add_later(later, 'wait_count:' .. series, 1)
+    count(later, 'wait_sum:' .. series, waited, true)
+    count(later, 'wait_count:' .. series, 1)
     for _, le in ipairs({@WAIT_BUCKETS@}) do
       if waited <= le then
-        add_later(later, 'wait_in:' .. series .. ':' .. le, 1)
+        count(later, 'wait_in:' .. series .. ':' .. le, 1)
         break
       end
     end
   end
-  later.entries[#later.entries + 1] = math.floor(tonumber(now) * 1000)
-  later.entries[#later.entries + 1] = task_id
+  add_to(later, 'ZADD', keys_of.running, math.floor(tonumber(now) * 1000), task_id)
   redis.call('SADD', '@PROCESSING_PREFIX@' .. record.project_id, task_id)
   local seated = leave_line(task_key, job_id, tonumber(now_ms), aging_ms, {record.queue, record.project_id})
   if wants_webhook_record(record, 'started') then

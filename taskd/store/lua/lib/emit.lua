@@ -1,5 +1,5 @@
 -- lib/emit.lua: emit(task_key, kind), the event that reports a change, in the script that makes it;
--- emit_record(record, kind, kept) the same from the record's fields (name -> value) the caller
+-- emit_record(record, kind, kept, later) the same from the record's fields (name -> value) the caller
 -- already has.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
@@ -10,6 +10,8 @@
 --   kind      the event type: 'status' or 'progress'
 --   record    a table of the record's fields by name, as stored (strings); absent fields nil
 --   kept      true: the streams' expiry is left as it is (see below)
+--   later     optional: lib/later.lua's table; the project stream's expiry is set through it, once
+--             for all the events of the script's batch on that stream (finish.lua)
 --
 -- Appends the event (the record's public fields, and the result once completed) to the task's
 -- stream ({taskd}:events:task:{id}) and its project's stream ({taskd}:events:project:{project_id}),
@@ -20,7 +22,8 @@
 -- again by the start's event and gets its expiry back at the task's next event.)
 -- The result is spliced in as stored: re-encoding it with cjson would turn empty lists into objects.
 -- Returns nothing.
-local function emit_record(r, kind, kept)
+-- include lib/later.lua
+local function emit_record(r, kind, kept, later)
   local event = {type = kind, task_id = r.task_id, project_id = r.project_id, task_type = r.task_type,
                  status = r.status, progress = tonumber(r.progress) or 0, current_step = r.current_step or cjson.null,
                  error = r.error or cjson.null, attempt = tonumber(r.attempt) or 0,
@@ -33,7 +36,11 @@ local function emit_record(r, kind, kept)
   redis.call('XADD', project_stream, 'MAXLEN', '~', @PROJECT_EVENTS_MAXLEN@, '*', 'event', data)
   if not kept then
     redis.call('EXPIRE', task_stream, @EVENTS_TTL@)
-    redis.call('EXPIRE', project_stream, @EVENTS_TTL@)
+    if later then
+      expire_later(later, project_stream, @EVENTS_TTL@)
+    else
+      redis.call('EXPIRE', project_stream, @EVENTS_TTL@)
+    end
   end
 end
 

@@ -1,5 +1,5 @@
 -- lib/ended.lua: ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl,
--- aging_ms, record, lease),
+-- aging_ms, record, lease, later),
 -- what every end of a task (completed, failed, cancelled) also does.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
@@ -21,6 +21,10 @@
 --   lease        optional: the ms until which the calling worker's own webhook sender holds the end's
 --                webhook (finish.lua): it is queued with that score instead of due now, and no
 --                sender is woken, as the caller sends it as soon as the script returns
+--   later        optional: lib/later.lua's table, when the caller ends several tasks in one script
+--                (finish.lua) and writes it once they are all ended; else this writes its own at its
+--                end. The counts, the project sets' removals and the project stream's expiry go
+--                through it (one command for the batch each, not one a task)
 --
 -- Counts the end, frees the task's place among its project's active tasks
 -- ({taskd}:project_active:{project_id}) and processing ones ({taskd}:project_processing:{project_id},
@@ -42,17 +46,18 @@
 -- include lib/enqueue.lua
 -- include lib/webhook_event.lua
 -- include lib/record.lua
+-- include lib/later.lua
 local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record,
-                     lease)
+                     lease, later)
+  local own = later == nil
+  later = later or later_writes(metrics_key)
   -- The record once, with its end written: what follows reads it from here.
   local r = record or read_record(task_key)
-  redis.call('HINCRBY', metrics_key, counter, 1)
-  if per_type then
-    redis.call('HINCRBY', metrics_key, per_type .. ':' .. r.task_type, 1)
-  end
+  count(later, counter, 1)
+  if per_type then count(later, per_type .. ':' .. r.task_type, 1) end
   local project = r.project_id
-  redis.call('SREM', '@ACTIVE_PREFIX@' .. project, task_id)
-  redis.call('SREM', '@PROCESSING_PREFIX@' .. project, task_id)
+  add_to(later, 'SREM', '@ACTIVE_PREFIX@' .. project, task_id)
+  add_to(later, 'SREM', '@PROCESSING_PREFIX@' .. project, task_id)
   local webhook = wants_webhook_record(r, (string.gsub(counter, '_tasks$', '')))
   if webhook and lease then
     redis.call('ZADD', outbox_key, lease, task_id)
@@ -74,7 +79,7 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
     if redis.call('TTL', index) < tonumber(keep_for) then redis.call('EXPIRE', index, keep_for) end
   end
   redis.call('EXPIRE', task_key, kept)
-  emit_record(r, 'status')
+  emit_record(r, 'status', false, later)
 
   local status = r.status
   local dependents_key = '@DEPENDENTS_PREFIX@' .. task_id
@@ -116,9 +121,11 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
         redis.call('HSET', key, 'status', 'cancelled', 'previous_state', 'queued', 'error',
                    "Dependency '" .. task_id .. why, 'cancelled_at', now, 'updated_at', now,
                    'completed_at', now)
-        ended(key, metrics_key, outbox_key, 'cancelled_tasks', 'cancelled', id, at_ms, ttl, aging_ms)
+        ended(key, metrics_key, outbox_key, 'cancelled_tasks', 'cancelled', id, at_ms, ttl, aging_ms, nil, nil,
+          later)
       end
     end
   end
+  if own then write_later(later) end
   return webhook
 end

@@ -32,11 +32,12 @@
 -- include lib/record.lua
 -- include lib/fair.lua
 -- include lib/begin.lua
+-- include lib/later.lua
 -- include lib/drop_job.lua
 local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms, taken)
   local line = keys_of.queue
   local written = {running = keys_of.running, metrics = keys_of.metrics, outbox = keys_of.outbox}
-  local later = starts_later(written)
+  local later = later_writes(written.metrics)
   local passed, npassed, started = {}, 0, 0
   local left = false
   while true do
@@ -81,6 +82,6 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
       drop_job(task_key, line, job)
     end
   end
-  write_starts(later)
+  write_later(later)
   return started, npassed, left
 end

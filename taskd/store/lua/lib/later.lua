@@ -1,0 +1,63 @@
+-- lib/later.lua: later_writes(metrics_key), the writes of a script's steps that it makes once, at its
+-- end, for all of them: count(later, field, by, float) for a counter, add_to(later, command, key, ...)
+-- for the members a ZADD, ZREM or SREM gives or takes, expire_later(later, key, ttl) for an expiry,
+-- and write_later(later), which writes them.
+--
+-- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
+-- of its own; its caller passes the keys and values it works on.
+-- KEYS: none
+-- ARGV: none
+--   metrics_key  the shared counters ({taskd}:metrics) the counts go to
+--   field        a counter's field; `by` is added to it (HINCRBYFLOAT when `float`, else HINCRBY)
+--   command      'ZADD' (score, member, ...), 'ZREM' or 'SREM' (member, ...): each command on each
+--                key is one call, with every value given for it
+--   ttl          seconds: the key's expiry is set once (the last `ttl` given for it)
+--
+-- A take's starts (lib/begin.lua) and a finish's ends (finish.lua) write the same counters, sets
+-- and stream expiries for each task of their batch; summed here they are one command per counter
+-- and key instead of one per task (docs/performance.md, "Redis cost per task"). Nothing the steps
+-- do reads what is left for later: the steps read records, lines and heads, and these are
+-- counters, the running and project sets, and expiries.
+-- Returns: later_writes the table the others fill; the others nothing.
+local function later_writes(metrics_key)
+  return {metrics = metrics_key, names = {}, by = {}, float = {}, groups = {}, members = {}, expiring = {},
+          ttl = {}}
+end
+
+local function count(later, field, by, float)
+  if later.by[field] == nil then
+    later.names[#later.names + 1] = field
+    later.by[field], later.float[field] = 0, float
+  end
+  later.by[field] = later.by[field] + by
+end
+
+local function add_to(later, command, key, ...)
+  local group = command .. ' ' .. key
+  local values = later.members[group]
+  if not values then
+    values = {}
+    later.members[group] = values
+    later.groups[#later.groups + 1] = {command, key, values}
+  end
+  for _, value in ipairs({...}) do values[#values + 1] = value end
+end
+
+local function expire_later(later, key, ttl)
+  if later.ttl[key] == nil then later.expiring[#later.expiring + 1] = key end
+  later.ttl[key] = ttl
+end
+
+local function write_later(later)
+  for _, field in ipairs(later.names) do
+    redis.call(later.float[field] and 'HINCRBYFLOAT' or 'HINCRBY', later.metrics, field, later.by[field])
+  end
+  -- The values in chunks: Lua's unpack() takes at most ~8000 (an even chunk keeps ZADD's pairs whole).
+  for _, group in ipairs(later.groups) do
+    local values = group[3]
+    for first = 1, #values, 1000 do
+      redis.call(group[1], group[2], unpack(values, first, math.min(first + 999, #values)))
+    end
+  end
+  for _, key in ipairs(later.expiring) do redis.call('EXPIRE', key, later.ttl[key]) end
+end
