@@ -34,6 +34,16 @@ async def test_a_long_keep_for_keeps_the_task_in_its_projects_list(start_service
     assert await redis.ttl(keys.project("films")) > 29 * DAY
 
 
+async def test_a_later_submit_to_the_project_leaves_a_long_keep_for_in_its_list(start_service, redis: Redis):
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("noop", {}, project_id="films", keep_for=30 * DAY)
+    await api_only.client.delete(f"/api/v1/tasks/{task['task_id']}")
+
+    await api_only.submit("noop", {}, project_id="films")
+
+    assert await redis.ttl(keys.project("films")) > 29 * DAY
+
+
 async def test_without_keep_for_an_ended_tasks_record_is_kept_24_hours(start_service, redis: Redis):
     service = await start_service()
     task = await service.submit("noop", {})

@@ -38,6 +38,11 @@
 -- include lib/emit.lua
 -- include lib/fair.lua
 -- include lib/wake.lua
+local function keep_at_least(key, ttl)
+  -- TTL is -1 for a key just made (no expiry yet), and a whole number of seconds.
+  if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
+end
+
 local function unmet(project, depends_on, pending)
   local waiting_for = {}
   for _, id in ipairs(depends_on) do
@@ -93,12 +98,19 @@ local function store(task)
     fields[#fields + 1] = 'enqueued_ms'
     fields[#fields + 1] = task.created_ms
   end
+  -- Kept `ttl`; a task scheduled for later while it waits for its time (up to
+  -- limits.max_schedule_ahead) and `ttl` after, as a task queued then would be.
+  local kept = tonumber(task.ttl)
+  if scheduled_ms > 0 then kept = kept + math.ceil((scheduled_ms - tonumber(task.created_ms)) / 1000) end
   redis.call('HSET', task.key, unpack(fields))
-  redis.call('EXPIRE', task.key, task.ttl)
+  redis.call('EXPIRE', task.key, kept)
+  -- The project's index and active set are kept at least as long, and no shorter than they were: a
+  -- task of the project kept longer (scheduled days ahead, or ended with a long `keep_for`,
+  -- lib/ended.lua) stays in its list.
   redis.call('ZADD', task.project_key, task.created_ms, task.id)
-  redis.call('EXPIRE', task.project_key, task.ttl)
+  keep_at_least(task.project_key, kept)
   redis.call('SADD', task.active_key, task.id)
-  redis.call('EXPIRE', task.active_key, task.ttl)
+  keep_at_least(task.active_key, kept)
   redis.call('HINCRBY', task.metrics_key, 'total_tasks', 1)
   redis.call('HINCRBY', task.metrics_key, 'submitted:' .. task.task_type, 1)
   local position = 0
@@ -108,15 +120,7 @@ local function store(task)
       redis.call('EXPIRE', '@DEPENDENTS_PREFIX@' .. id, task.ttl)
       redis.call('HSET', '@TASK_PREFIX@' .. id, 'dependents', '1')
     end
-    if scheduled_ms > 0 then
-      redis.call('ZADD', '@SCHEDULED@', scheduled_ms, task.id)
-      -- Kept while it waits for its time (up to limits.max_schedule_ahead) and `ttl` after, as a
-      -- task queued then would be; so is its place in its project's index and active set.
-      local kept = tonumber(task.ttl) + math.ceil((scheduled_ms - tonumber(task.created_ms)) / 1000)
-      for _, key in ipairs({task.key, task.project_key, task.active_key}) do
-        if redis.call('TTL', key) < kept then redis.call('EXPIRE', key, kept) end
-      end
-    end
+    if scheduled_ms > 0 then redis.call('ZADD', '@SCHEDULED@', scheduled_ms, task.id) end
   else
     local k = wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms),
       tonumber(task.aging_ms), named)
