@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis_probes import alive
 
 from taskd import keys
@@ -154,3 +154,19 @@ async def test_ends_after_redis_forgot_the_script_load_it_again_and_are_written(
 def test_only_a_script_that_takes_calls_one_after_another_can_merge_them(redis: Redis):
     with pytest.raises(ValueError, match="no trailing"):
         Merged(redis, scripts.load(redis, "take"), {}, {})
+
+
+async def test_ends_refused_by_a_full_redis_each_get_its_out_of_memory_error(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 3600)
+    records = await taken(api, redis, store, 2)
+    await redis.config_set("maxmemory", (await redis.info("memory"))["used_memory"] // 2)
+    try:
+        finished = await finish_all(store, records)
+    finally:
+        await redis.config_set("maxmemory", 0)
+
+    assert all(isinstance(outcome, OutOfMemoryError) for outcome in finished)
+    assert [f.written for f in await finish_all(store, records)] == [True, True]
