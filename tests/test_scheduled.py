@@ -64,7 +64,9 @@ async def test_a_task_scheduled_days_ahead_is_kept_until_then_and_a_day_after(st
     assert await redis.ttl(keys.project_active("proj-1")) >= days + 24 * 3600 - 60
 
 
-async def test_a_later_submit_to_the_project_keeps_a_task_scheduled_days_ahead_in_its_list(start_service, redis):
+async def test_a_later_submit_to_the_project_keeps_a_task_scheduled_days_ahead_in_its_list(
+    start_service, redis
+):
     api_only = await start_service(workers=False)
     days = 3 * 24 * 3600
     await api_only.submit("noop", {}, delay_seconds=days)
