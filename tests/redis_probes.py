@@ -55,18 +55,25 @@ async def idle_worker(redis: Redis, serve: Any, partition: int = 0) -> str:
     return worker_id
 
 
+async def monitored(redis: Redis, during: Callable[[], Awaitable[Any]]) -> tuple[Any, list[str], list[str]]:
+    """What `during()` returned, the commands clients sent Valkey meanwhile and those its scripts ran,
+    from MONITOR."""
+    sentinel = f"end-of-{time.monotonic_ns()}"
+    sent: list[str] = []
+    ran: list[str] = []
+    async with redis.monitor() as monitor:
+        returned = await during()
+        # On another connection than MONITOR's, after whatever `during` sent: where the reading stops.
+        await redis.echo(sentinel)
+        while sentinel not in (command := await monitor.next_command())["command"]:
+            (ran if command["client_type"] == "lua" else sent).append(command["command"])
+    return returned, sent, ran
+
+
 async def sent_to_valkey(
     redis: Redis, during: Callable[[], Awaitable[Any]], *, by_scripts: bool = False
 ) -> list[str]:
     """The commands clients sent Valkey while `during()` ran, from MONITOR: not those its scripts ran,
     or with `by_scripts` only those."""
-    sentinel = f"end-of-{time.monotonic_ns()}"
-    sent = []
-    async with redis.monitor() as monitor:
-        await during()
-        # On another connection than MONITOR's, after whatever `during` sent: where the reading stops.
-        await redis.echo(sentinel)
-        while sentinel not in (command := await monitor.next_command())["command"]:
-            if (command["client_type"] == "lua") == by_scripts:
-                sent.append(command["command"])
-    return sent
+    _, sent, ran = await monitored(redis, during)
+    return ran if by_scripts else sent

@@ -106,15 +106,15 @@ async def test_a_submit_whose_reply_is_lost_leaves_the_task_its_script_started_t
 ):
     serve = await start_service(worker=NO_POLL)
     worker_id = await idle_worker(redis, serve)
-    sent = coalesce.Coalesced._run
+    sent = coalesce.Merged._run
 
-    async def reply_lost(self: coalesce.Coalesced, calls: list[list[Any]]) -> list[Any]:
+    async def reply_lost(self: coalesce.Merged, calls: list[list[Any]]) -> list[Any]:
         replies = await sent(self, calls)  # the script ran in Redis
         if self.script.name == "submit":
             raise RedisConnectionError("connection lost before the reply")
         return replies
 
-    monkeypatch.setattr(coalesce.Coalesced, "_run", reply_lost)
+    monkeypatch.setattr(coalesce.Merged, "_run", reply_lost)
     async with serve.client.post(
         "/api/v1/tasks/submit", json={"project_id": "proj-1", "task_type": "noop", "task_data": {}}
     ) as response:

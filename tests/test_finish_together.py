@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, ResponseError
-from redis_probes import alive
+from redis_probes import alive, monitored
 
 from taskd import keys
 from taskd.model import TaskRecord, TaskStatus
@@ -41,19 +40,6 @@ async def finish_all(store: TaskStore, records: list[TaskRecord]) -> list[Any]:
         ),
         return_exceptions=True,
     )
-
-
-async def monitored(redis: Redis, during: Callable[[], Awaitable[Any]]) -> tuple[Any, list[str], list[str]]:
-    """What `during()` returned, the commands clients sent Valkey meanwhile and those scripts ran (MONITOR)."""
-    sentinel = f"end-of-{time.monotonic_ns()}"
-    sent: list[str] = []
-    ran: list[str] = []
-    async with redis.monitor() as monitor:
-        returned = await during()
-        await redis.echo(sentinel)
-        while sentinel not in (command := await monitor.next_command())["command"]:
-            (ran if command["client_type"] == "lua" else sent).append(command["command"])
-    return returned, sent, ran
 
 
 async def test_runs_that_end_at_once_are_one_call_that_counts_them_once(start_service: Any, redis: Redis):

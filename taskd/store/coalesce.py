@@ -160,17 +160,24 @@ class Reads(_Together[tuple[Any, ...], Any]):
         return replies
 
 
-class Merged(_Together[list[Any], Any]):
-    """`script` called once for the calls made at once, as `await merged(values)`: that call's reply.
+class Merged(_Together[list[Any], tuple[Any, int | None]]):
+    """`script` called once for the calls made at once, as `await merged(values)`: `(reply, replicated)`.
 
     The script's trailing ARGV (its header's `ARGV[n..]`) takes each call's `values` one after
     another, each call's values saying where they end; the keys and the other arguments are the
     same for every call, given here. Its reply is the list of the calls' replies, in order, where
-    `['error', message]` is that call's own error (raised to that caller as a ResponseError).
+    `['error', message]` is that call's own error (raised to that caller with the class redis-py
+    gives such a reply). With `wait_replicas`, one WAIT follows the call, as in `Coalesced`.
     """
 
     def __init__(
-        self, redis: Redis, script: Script, keys: Mapping[str, Any], args: Mapping[str, Any]
+        self,
+        redis: Redis,
+        script: Script,
+        keys: Mapping[str, Any],
+        args: Mapping[str, Any],
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 0,
     ) -> None:
         super().__init__()
         self._redis = redis
@@ -180,33 +187,48 @@ class Merged(_Together[list[Any], Any]):
         if script.header.rest is None:
             raise ValueError(f"{script.name}.lua takes no trailing ARGV[n..] to merge calls into")
         self._rest = script.header.rest
+        self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas else None
 
     @property
     def script(self) -> Script:
         """The script every call runs."""
         return self._script
 
-    async def __call__(self, values: list[Any]) -> Any:
+    async def __call__(self, values: list[Any]) -> tuple[Any, int | None]:
         """Run the script with this call's values, in the next send; its reply or its error."""
         return await self._join(values)
 
     async def _run(self, calls: list[list[Any]]) -> list[Any]:
         values = [value for call in calls for value in call]
         arguments = self._script.arguments(self._keys, {**self._args, self._rest: values})
-        registered = self._script.registered
-        count = len(self._script.header.keys)
-        try:
-            replies = await self._redis.evalsha(registered.sha, count, *arguments)
-        except NoScriptError:
+        sent = await self._evalsha(arguments)
+        if isinstance(sent[0], NoScriptError):
             # A Redis that restarted or flushed its scripts: load it once, send the call again.
-            await self._redis.script_load(registered.script)
-            replies = await self._redis.evalsha(registered.sha, count, *arguments)
+            await self._redis.script_load(self._script.registered.script)
+            sent = await self._evalsha(arguments)
+        replies = sent[0]
+        if isinstance(replies, BaseException):
+            raise replies
+        replicated = None
+        if self._wait is not None:
+            if isinstance(sent[1], BaseException):
+                raise sent[1]
+            replicated = int(sent[1])
         return [
             _error(reply[1].decode(errors="replace"))
             if isinstance(reply, list) and reply and reply[0] == b"error"
-            else reply
+            else (reply, replicated)
             for reply in replies
         ]
+
+    async def _evalsha(self, arguments: list[Any]) -> list[Any]:
+        count = len(self._script.header.keys)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.execute_command("EVALSHA", self._script.registered.sha, count, *arguments)
+            if self._wait is not None:
+                pipe.execute_command("WAIT", *self._wait)
+            sent: list[Any] = await pipe.execute(raise_on_error=False)
+        return sent
 
 
 def _error(message: str) -> ResponseError:

@@ -286,10 +286,24 @@ class TaskStore:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
         # A script is registered once and run on the client of the partition it is called for.
-        self._submit = scripts.load(redis, "submit")
-        # Submits made at once share a round trip (coalesce.py), one per partition.
+        submit = scripts.load(redis, "submit")
+        # Submits made at once are one call of submit.lua (coalesce.py), one per partition.
         self._submit_together = [
-            Coalesced(client, self._submit, wait_replicas, self.wait_timeout_ms) for client in self.clients
+            Merged(
+                client,
+                submit,
+                {"metrics": keys.metrics(partition)},
+                {
+                    "ttl": self.task_ttl,
+                    "aging_ms": self.aging_ms,
+                    "idempotency_ttl": keys.IDEMPOTENCY_TTL,
+                    "scan": TAKE_SCAN,
+                    "project_limit": self.concurrent_per_project,
+                },
+                wait_replicas,
+                self.wait_timeout_ms,
+            )
+            for partition, client in enumerate(self.clients)
         ]
         self._batch = scripts.load(redis, "batch")
         self._start = scripts.load(redis, "start")
@@ -402,45 +416,30 @@ class TaskStore:
                 raise
         try:
             outcome, replicated = await self._submit_together[partition](
-                {
-                    "task": keys.task(record.task_id),
-                    "project": keys.project(record.project_id),
-                    "metrics": keys.metrics(partition),
-                    "waiting": keys.waiting(record.queue, partition),
-                    "active": keys.project_active(record.project_id),
-                    "processing": keys.project_processing(record.project_id),
-                    "idempotency": keys.in_partition(idempotency.key, partition)
-                    if idempotency
-                    else keys.no_key(partition),
-                    "ratelimit": quota.key if quota else keys.no_key(partition),
-                },
-                args={
-                    "task_id": record.task_id,
+                [
+                    record.task_id,
                     # Fractional: tasks of one project created in one millisecond list in order.
-                    "created_ms": repr(record.created_at * 1000),
-                    "ttl": self.task_ttl,
-                    "score": job.score,
-                    "job_id": job.job_id,
-                    "queued_limit": admission.queued_per_project,
-                    "queue_limit": admission.max_queue_length,
-                    "queue": record.queue,
-                    "task_type": record.task_type,
-                    "aging_ms": self.aging_ms,
-                    "fingerprint": idempotency.fingerprint if idempotency else "",
-                    "idempotency_ttl": keys.IDEMPOTENCY_TTL,
-                    "depends_on": orjson.dumps(record.depends_on or []),
-                    "scheduled_ms": int(record.scheduled_for * 1000) if record.scheduled_for else 0,
-                    "rate_limit": quota.limit if quota else 0,
-                    "rate_window": quota.window_ms if quota else 0,
-                    "rate_nonce": quota.nonce if quota else "",
-                    "fields": orjson.dumps(encode_flat(record)),
-                    "elsewhere": elsewhere,
-                    "taker": taker.worker_id if taker else "",
-                    "taker_room": taker.room if taker else 0,
-                    "now": repr(now()) if taker else "",
-                    "scan": TAKE_SCAN,
-                    "project_limit": self.concurrent_per_project,
-                },
+                    repr(record.created_at * 1000),
+                    job.score,
+                    job.job_id,
+                    admission.queued_per_project,
+                    admission.max_queue_length,
+                    record.queue,
+                    record.task_type,
+                    idempotency.fingerprint if idempotency else "",
+                    orjson.dumps(record.depends_on or []),
+                    int(record.scheduled_for * 1000) if record.scheduled_for else 0,
+                    quota.limit if quota else 0,
+                    quota.window_ms if quota else 0,
+                    quota.nonce if quota else "",
+                    orjson.dumps(encode_flat(record)),
+                    elsewhere,
+                    taker.worker_id if taker else "",
+                    taker.room if taker else 0,
+                    repr(now()) if taker else "",
+                    keys.in_partition(idempotency.key, partition) if idempotency else "",
+                    quota.key if quota else "",
+                ]
             )
         except BaseException:
             if taker is not None:
@@ -917,7 +916,8 @@ class TaskStore:
                 flat += [name, encode_value(name, value)]
         counter = "completed_tasks" if status is TaskStatus.COMPLETED else "failed_tasks"
         # The end's reply (bytes), or None for a Lua false: the record is gone.
-        outcome: bytes | None = await self._finish_together[keys.task_partition(record.task_id)](
+        outcome: bytes | None
+        outcome, _ = await self._finish_together[keys.task_partition(record.task_id)](
             [
                 record.task_id,
                 record.queue,

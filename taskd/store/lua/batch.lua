@@ -63,20 +63,26 @@ for index, task in ipairs(tasks) do
   pending[task.id] = task.project
 end
 local results, ids, created = {}, {}, {}
+local later = later_writes(KEYS[1])
+local durations_of = {}
 for _, task in ipairs(tasks) do
   task.key = '@TASK_PREFIX@' .. task.id
   task.project_key = '@PROJECT_PREFIX@' .. task.project
   task.active_key = '@ACTIVE_PREFIX@' .. task.project
   task.ttl = ARGV[1]
   task.aging_ms = ARGV[4]
-  task.metrics_key = KEYS[1]
-  local position = store(task)
-  local durations = redis.call('HMGET', KEYS[1], 'duration_sum:' .. task.task_type,
-    'duration_count:' .. task.task_type)
+  local position = store(task, later)
+  -- Once a type: nothing this script writes changes them.
+  local durations = durations_of[task.task_type]
+  if not durations then
+    durations = redis.call('HMGET', KEYS[1], 'duration_sum:' .. task.task_type, 'duration_count:' .. task.task_type)
+    durations_of[task.task_type] = durations
+  end
   table.insert(results, {position, durations[1] or '0', durations[2] or '0'})
   table.insert(ids, task.id)
   table.insert(created, task.created_ms)
 end
+write_later(later)
 local reply = cjson.encode(results)
 if remembered then
   redis.call('HSET', KEYS[2], 'fingerprint', ARGV[5], 'results', reply, 'task_ids', cjson.encode(ids),

@@ -13,10 +13,13 @@
 --                                            that reaches `at`, ids that ended are dropped first;
 --                                            below `at`, a count at least as large (under `at`
 --                                            too) may stand in for it
---   store(task)                             writes the task
+--   store(task, later)                      writes the task; its counts and its project's
+--                                            index's, active set's and stream's expiries go
+--                                            through `later` (lib/later.lua), which the caller
+--                                            writes once it has stored all its tasks
 --     task: key, id, project, project_key, active_key, created_ms, ttl, fields (name, value, ...),
 --           waiting_for, job_id, score, aging_ms, queue, task_type,
---           metrics_key, scheduled_ms (when it may queue, in ms; 0 or nil: now), unwoken (true
+--           scheduled_ms (when it may queue, in ms; 0 or nil: now), unwoken (true
 --           when the caller starts the queue's next job itself, for a worker it knows is idle:
 --           no other worker is woken for it)
 -- Returns: unmet the list of ids (or nil, id, why: 'unknown', 'project', 'failed' or
@@ -38,10 +41,7 @@
 -- include lib/emit.lua
 -- include lib/fair.lua
 -- include lib/wake.lua
-local function keep_at_least(key, ttl)
-  -- TTL is -1 for a key just made (no expiry yet), and a whole number of seconds.
-  if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
-end
+-- include lib/later.lua
 
 local function unmet(project, depends_on, pending)
   local waiting_for = {}
@@ -74,7 +74,7 @@ local function queued(active_key, processing_key, at)
   return redis.call('SCARD', active_key) - redis.call('SCARD', processing_key)
 end
 
-local function store(task)
+local function store(task, later)
   local scheduled_ms = tonumber(task.scheduled_ms) or 0
   local deferred = #task.waiting_for > 0 or scheduled_ms > 0
   -- The record in one HSET. A deferred task has no job yet: no `job_id`, `enqueues` 0.
@@ -108,11 +108,11 @@ local function store(task)
   -- task of the project kept longer (scheduled days ahead, or ended with a long `keep_for`,
   -- lib/ended.lua) stays in its list.
   redis.call('ZADD', task.project_key, task.created_ms, task.id)
-  keep_at_least(task.project_key, kept)
+  keep_later(later, task.project_key, kept)
   redis.call('SADD', task.active_key, task.id)
-  keep_at_least(task.active_key, kept)
-  redis.call('HINCRBY', task.metrics_key, 'total_tasks', 1)
-  redis.call('HINCRBY', task.metrics_key, 'submitted:' .. task.task_type, 1)
+  keep_later(later, task.active_key, kept)
+  count(later, 'total_tasks', 1)
+  count(later, 'submitted:' .. task.task_type, 1)
   local position = 0
   if deferred then
     for _, id in ipairs(task.waiting_for) do
@@ -129,6 +129,6 @@ local function store(task)
     if not task.unwoken and not k then wake_one(task.queue) end
     position = place(task.queue, task.project, task.job_id, k)
   end
-  emit_record(named, 'status')
+  emit_record(named, 'status', false, later)
   return position
 end

@@ -1,7 +1,8 @@
 -- lib/later.lua: later_writes(metrics_key), the writes of a script's steps that it makes once, at its
 -- end, for all of them: count(later, field, by, float) for a counter, add_to(later, command, key, ...)
 -- for the members a ZADD, ZREM or SREM gives or takes, expire_later(later, key, ttl) for an expiry,
--- and write_later(later), which writes them.
+-- keep_later(later, key, ttl) for an expiry pushed back but never shortened, and write_later(later),
+-- which writes them.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
 -- of its own; its caller passes the keys and values it works on.
@@ -11,17 +12,21 @@
 --   field        a counter's field; `by` is added to it (HINCRBYFLOAT when `float`, else HINCRBY)
 --   command      'ZADD' (score, member, ...), 'ZREM' or 'SREM' (member, ...): each command on each
 --                key is one call, with every value given for it
---   ttl          seconds: the key's expiry is set once (the last `ttl` given for it)
+--   ttl          seconds: expire_later sets the key's expiry once (the last `ttl` given for it);
+--                keep_later once too, to the longest `ttl` given for it, and only where the key's
+--                expiry is sooner than that (TTL, then EXPIRE): a project's index and active set,
+--                which a task kept longer (scheduled days ahead, a long `keep_for`) keeps longer
 --
--- A take's starts (lib/begin.lua) and a finish's ends (finish.lua) write the same counters, sets
--- and stream expiries for each task of their batch; summed here they are one command per counter
+-- A take's starts (lib/begin.lua), a finish's ends (finish.lua) and the submits of one call
+-- (submit.lua, batch.lua: lib/admit.lua) write the same counters, sets and expiries for each task
+-- of their batch; summed here they are one command per counter
 -- and key instead of one per task (docs/performance.md, "Redis cost per task"). Nothing the steps
 -- do reads what is left for later: the steps read records, lines and heads, and these are
 -- counters, the running and project sets, and expiries.
 -- Returns: later_writes the table the others fill; the others nothing.
 local function later_writes(metrics_key)
   return {metrics = metrics_key, names = {}, by = {}, float = {}, groups = {}, members = {}, expiring = {},
-          ttl = {}}
+          ttl = {}, keeping = {}, kept = {}}
 end
 
 local function count(later, field, by, float)
@@ -48,6 +53,12 @@ local function expire_later(later, key, ttl)
   later.ttl[key] = ttl
 end
 
+local function keep_later(later, key, ttl)
+  local was = later.kept[key]
+  if was == nil then later.keeping[#later.keeping + 1] = key end
+  if was == nil or ttl > was then later.kept[key] = ttl end
+end
+
 local function write_later(later)
   for _, field in ipairs(later.names) do
     redis.call(later.float[field] and 'HINCRBYFLOAT' or 'HINCRBY', later.metrics, field, later.by[field])
@@ -60,4 +71,9 @@ local function write_later(later)
     end
   end
   for _, key in ipairs(later.expiring) do redis.call('EXPIRE', key, later.ttl[key]) end
+  -- TTL is -1 for a key just made (no expiry yet), and a whole number of seconds.
+  for _, key in ipairs(later.keeping) do
+    local ttl = later.kept[key]
+    if redis.call('TTL', key) < ttl then redis.call('EXPIRE', key, ttl) end
+  end
 end
