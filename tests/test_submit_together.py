@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis_probes import monitored
 
 from taskd import keys
-from taskd.model import PRIORITY_NORMAL, RateLimited, TaskRecord
+from taskd.model import PRIORITY_NORMAL, RateLimited, ServiceUnavailable, TaskRecord
 from taskd.queue.task_queue import job_score
 from taskd.store import TaskStore, scripts
 from taskd.store.records import Admission, Created, QueuedJob
@@ -92,3 +92,14 @@ async def test_each_submit_of_a_call_gets_its_own_projects_expiry(redis: Redis, 
     for n in range(batch):
         assert 3500 < await redis.ttl(keys.project(f"project-{n}")) <= 3600
         assert 3500 < await redis.ttl(keys.project_active(f"project-{n}")) <= 3600
+
+
+async def test_with_wait_replicas_each_submit_of_a_call_gets_the_count_one_wait_gave(redis: Redis):
+    # No replica is attached: WAIT answers 0 at once (timeout 1 ms), short of the one asked for, so
+    # each submit is answered 503 (stored, but a failover now could lose it).
+    store = TaskStore(redis, 3600, wait_replicas=1, wait_timeout=0.001)
+
+    created = await create_all(store, ["p", "q"])
+
+    assert [type(c) for c in created] == [ServiceUnavailable, ServiceUnavailable]
+    assert all("replica" in str(c) for c in created)

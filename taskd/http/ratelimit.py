@@ -90,7 +90,7 @@ class RateLimiter:
 
     async def hit(self, policy: str, api_key: str, limit: int, cost: int = 1) -> Decision:
         """Spend `cost` requests of `limit` per minute for `api_key` under `policy`, all or none."""
-        (allowed, remaining, retry_ms, reset_ms), _ = await self._window(
+        allowed, remaining, retry_ms, reset_ms = await self._window(
             {"log": keys.rate_limit(policy, key_id(api_key))},
             {"limit": limit, "window": WINDOW * 1000, "nonce": secrets.token_hex(6), "cost": cost},
         )

@@ -5,10 +5,11 @@ write and read for each call, and redis-py's per-call machinery (a connection fr
 lock, the retry wrapper). Calls queued while the loop is busy go out in one pipeline instead: one
 write and one read for all of them. Each call is still its own command (a script's EVALSHA, a
 read), so each stays atomic and gets its own reply or error; a caller's await returns once its
-call ran in Redis, as before. `Coalesced` does this for one script's calls (the submits, the rate
-limit's spends), `Reads` for single read commands (a status read's HGETALL). `Merged` goes one step
-further for a script written to take many calls at once (finish.lua): the calls become one call of
-it, which writes what they share once (one counter write for all, not one each).
+call ran in Redis, as before. `Coalesced` does this for one script's calls (the rate limit's
+spends, the queue positions), `Reads` for single read commands (a status read's HGETALL). `Merged`
+goes one step further for a script written to take many calls at once (submit.lua, finish.lua):
+the calls become one call of it, each still run on its own with its own reply or error, and what
+they share is written once (one counter write for all, not one each).
 """
 
 from __future__ import annotations
@@ -84,60 +85,42 @@ class _Together(Generic[Call, Reply]):
         raise NotImplementedError
 
 
-class Coalesced(_Together[list[Any], tuple[Any, int | None]]):
-    """`script`, called as `await coalesced(keys, args)`: `(reply, replicated)`.
+class Coalesced(_Together[list[Any], Any]):
+    """`script`, called as `await coalesced(keys, args)`: its reply."""
 
-    With `wait_replicas`, the pipeline ends with one WAIT, which covers every write before it on
-    that connection: `replicated` is its count (None without).
-    """
-
-    def __init__(
-        self, redis: Redis, script: Script, wait_replicas: int = 0, wait_timeout_ms: int = 0
-    ) -> None:
+    def __init__(self, redis: Redis, script: Script) -> None:
         super().__init__()
         self._redis = redis
         self._script = script
-        self._wait = (wait_replicas, wait_timeout_ms) if wait_replicas else None
 
     @property
     def script(self) -> Script:
         """The script every call runs."""
         return self._script
 
-    async def __call__(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> tuple[Any, int | None]:
+    async def __call__(self, keys: Mapping[str, Any], args: Mapping[str, Any]) -> Any:
         """Run the script with these keys and arguments, in the next send; its reply or its error."""
         return await self._join(self._script.arguments(keys, args))
 
     async def _run(self, calls: list[list[Any]]) -> list[Any]:
         replies = await self._pipeline(calls)
-        unknown = [index for index, (reply, _) in enumerate(replies) if isinstance(reply, NoScriptError)]
+        unknown = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if unknown:
             # A Redis that restarted or flushed its scripts: load it once, send those calls again.
             await self._redis.script_load(self._script.registered.script)
             again = await self._pipeline([calls[index] for index in unknown])
             for index, reply in zip(unknown, again, strict=True):
                 replies[index] = reply
-        return [
-            reply if isinstance(reply, BaseException) else (reply, replicated)
-            for reply, replicated in replies
-        ]
+        return replies
 
-    async def _pipeline(self, calls: list[list[Any]]) -> list[tuple[Any, int | None]]:
+    async def _pipeline(self, calls: list[list[Any]]) -> list[Any]:
         sha = self._script.registered.sha
         count = len(self._script.header.keys)
         async with self._redis.pipeline(transaction=False) as pipe:
             for values in calls:
                 pipe.execute_command("EVALSHA", sha, count, *values)
-            if self._wait is not None:
-                pipe.execute_command("WAIT", *self._wait)
-            replies = await pipe.execute(raise_on_error=False)
-        replicated = None
-        if self._wait is not None:
-            waited = replies.pop()
-            if isinstance(waited, BaseException):
-                raise waited
-            replicated = int(waited)
-        return [(reply, replicated) for reply in replies]
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
 
 class Reads(_Together[tuple[Any, ...], Any]):
@@ -167,7 +150,8 @@ class Merged(_Together[list[Any], tuple[Any, int | None]]):
     another, each call's values saying where they end; the keys and the other arguments are the
     same for every call, given here. Its reply is the list of the calls' replies, in order, where
     `['error', message]` is that call's own error (raised to that caller with the class redis-py
-    gives such a reply). With `wait_replicas`, one WAIT follows the call, as in `Coalesced`.
+    gives such a reply). With `wait_replicas`, one WAIT follows the call, which covers every write
+    before it on that connection: `replicated` is its count (None without).
     """
 
     def __init__(

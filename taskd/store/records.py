@@ -803,7 +803,7 @@ class TaskStore:
         projects' tasks (lib/fair.lua's place); 0 when it is not waiting."""
         if record.job_id is None:
             return 0
-        place, _ = await self._position[keys.task_partition(record.task_id)](
+        place = await self._position[keys.task_partition(record.task_id)](
             {"task": keys.task(record.task_id)}, {"job_id": record.job_id}
         )
         return int(place)
