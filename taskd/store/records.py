@@ -416,6 +416,7 @@ class TaskStore:
                 raise
         try:
             outcome, replicated = await self._submit_together[partition](
+                # In submit.lua's order (its SUBMIT list).
                 [
                     record.task_id,
                     # Fractional: tasks of one project created in one millisecond list in order.
@@ -918,6 +919,7 @@ class TaskStore:
         # The end's reply (bytes), or None for a Lua false: the record is gone.
         outcome: bytes | None
         outcome, _ = await self._finish_together[keys.task_partition(record.task_id)](
+            # In finish.lua's order (its header's `ends`).
             [
                 record.task_id,
                 record.queue,

@@ -58,14 +58,9 @@ local function finish(at, n)
     local d = tonumber(duration)
     count(later, 'duration_sum:' .. task_type, d, true)
     count(later, 'duration_count:' .. task_type, 1)
-    -- One count, in the first bucket the duration fits (none past the last: +Inf is the count);
-    -- the scrape adds them up into Prometheus's cumulative buckets (taskd.http.prom).
-    for _, le in ipairs({@DURATION_BUCKETS@}) do
-      if d <= le then
-        count(later, 'duration_in:' .. task_type .. ':' .. le, 1)
-        break
-      end
-    end
+    -- One count, in the first bucket the duration fits; the scrape adds them up into
+    -- Prometheus's cumulative buckets (taskd.http.prom).
+    count_in_bucket(later, 'duration_in:' .. task_type .. ':', d, {@DURATION_BUCKETS@})
   end
   local per_type = counter == 'failed_tasks' and 'failed' or nil
   if lease == '' then lease = nil end

@@ -62,12 +62,7 @@ local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, 
     local series = record.queue .. ':' .. record.task_type
     count(later, 'wait_sum:' .. series, waited, true)
     count(later, 'wait_count:' .. series, 1)
-    for _, le in ipairs({@WAIT_BUCKETS@}) do
-      if waited <= le then
-        count(later, 'wait_in:' .. series .. ':' .. le, 1)
-        break
-      end
-    end
+    count_in_bucket(later, 'wait_in:' .. series .. ':', waited, {@WAIT_BUCKETS@})
   end
   add_to(later, 'ZADD', keys_of.running, math.floor(tonumber(now) * 1000), task_id)
   redis.call('SADD', '@PROCESSING_PREFIX@' .. record.project_id, task_id)

@@ -1,5 +1,6 @@
 -- lib/later.lua: later_writes(metrics_key), the writes of a script's steps that it makes once, at its
--- end, for all of them: count(later, field, by, float) for a counter, add_to(later, command, key, ...)
+-- end, for all of them: count(later, field, by, float) for a counter, count_in_bucket(later, prefix,
+-- value, bounds) for a histogram's bucket, add_to(later, command, key, ...)
 -- for the members a ZADD, ZREM or SREM gives or takes, expire_later(later, key, ttl) for an expiry,
 -- keep_later(later, key, ttl) for an expiry pushed back but never shortened, and write_later(later),
 -- which writes them.
@@ -10,6 +11,8 @@
 -- ARGV: none
 --   metrics_key  the shared counters ({taskd}:metrics) the counts go to
 --   field        a counter's field; `by` is added to it (HINCRBYFLOAT when `float`, else HINCRBY)
+--   prefix, value, bounds  one is counted in `prefix` .. the first of `bounds` (a histogram's upper
+--                bounds, ascending) that `value` fits under; none past the last (+Inf is the count)
 --   command      'ZADD' (score, member, ...), 'ZREM' or 'SREM' (member, ...): each command on each
 --                key is one call, with every value given for it
 --   ttl          seconds: expire_later sets the key's expiry once (the last `ttl` given for it);
@@ -35,6 +38,15 @@ local function count(later, field, by, float)
     later.by[field], later.float[field] = 0, float
   end
   later.by[field] = later.by[field] + by
+end
+
+local function count_in_bucket(later, prefix, value, bounds)
+  for _, le in ipairs(bounds) do
+    if value <= le then
+      count(later, prefix .. le, 1)
+      return
+    end
+  end
 end
 
 local function add_to(later, command, key, ...)
