@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from arq.worker import func
 from conftest import API_KEY, TaskdProcess, child_env
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -22,7 +23,9 @@ from taskd.backoff import Backoff
 from taskd.config import GpuConfig, WorkerConfig
 from taskd.engine import executor as executor_module
 from taskd.gpu.devices import SimulatedBackend
+from taskd.queue.workers import TaskdWorker
 from taskd.store import TaskStore, scripts
+from taskd.store.records import Takes
 
 SLEEP = {"seconds": 0.3, "steps": 1}
 
@@ -447,3 +450,36 @@ async def test_a_wake_up_published_while_the_listener_was_away_is_not_left_to_th
 
     # Once subscribed again, the worker looks: well before its poll (60 s).
     assert (await taskd.wait_terminal(task_id, timeout=5))["status"] == "completed"
+
+
+async def test_a_take_after_a_lost_submit_reply_leaves_a_slot_for_the_task_that_submit_started(redis: Redis):
+    asked: list[tuple[int, bool]] = []
+
+    async def take(count: int, where: Any, recover: bool) -> Takes:
+        asked.append((count, recover))
+        return Takes([], False)  # nothing more: the worker waits in the idle set
+
+    async def claim(job_id: str, timeout_ms: int) -> Any:
+        raise AssertionError("a worker that takes never claims")
+
+    async def job(ctx: Any, task_id: str) -> None:
+        raise AssertionError("nothing runs here")
+
+    worker = TaskdWorker(
+        claim=claim,
+        running=lambda task_id: False,
+        lines=[(redis, keys.queue("default"))],
+        take=take,
+        functions=[func(job, name="job")],
+        queue_name=keys.queue("default"),
+        redis_pool=redis,
+        max_jobs=3,
+        handle_signals=False,
+    )
+    await worker._poll_iteration()  # a take of its three free slots that found nothing more
+    assert await worker.hold() == 3
+
+    worker.lost()  # the submit's script may have started a task for this worker: one slot is for it
+    await worker._poll_iteration()
+
+    assert asked == [(3, False), (2, True)]

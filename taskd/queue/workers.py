@@ -123,8 +123,9 @@ class TaskdWorker(Worker):
         # or counted the held one as used, so a slot given back looks again.
         self._woken_while_held = False
         self._taking = False
-        # A held slot's submit lost its reply: the next take asks for the tasks this worker runs.
-        self._recover = False
+        # Held slots whose submit lost its reply: the next take asks for the tasks this worker runs
+        # (each such submit may have started one for it) and for that many fewer new ones.
+        self._lost = 0
 
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
@@ -133,10 +134,14 @@ class TaskdWorker(Worker):
             if self._take is None:
                 await self._poll_lines(where)
             else:
-                recover, self._recover = self._recover, False
+                lost, self._lost = self._lost, 0
                 self._taking = True
                 try:
-                    takes = await self._take(self.max_jobs - self.job_counter, where, recover)
+                    # A task a lost reply's script started comes back with this take and runs in a
+                    # free slot too: with the new ones, no more than the free slots (arq's
+                    # semaphore holds one more than max_jobs, so it would not stop a ninth).
+                    free = self.max_jobs - self.job_counter
+                    takes = await self._take(max(0, free - lost), where, lost > 0)
                 finally:
                     self._taking = False
                 self._look_when_freed = takes.look_when_freed
@@ -238,7 +243,7 @@ class TaskdWorker(Worker):
         which the next take, asking for the tasks this worker runs, finds (take.lua's recover)."""
         self._give_back()
         self._unhold()
-        self._recover = True
+        self._lost += 1
         self.woken(None)
 
     def _unhold(self) -> None:

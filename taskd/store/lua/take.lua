@@ -15,7 +15,8 @@
 -- ARGV[1]  now            now, in seconds (as stored in the record)
 -- ARGV[2]  worker_id      the taking worker's id
 -- ARGV[3]  now_ms         now, in ms (compared with the jobs' scores)
--- ARGV[4]  count          the most jobs to start: the worker's free slots (at least 1)
+-- ARGV[4]  count          the most jobs to start: the worker's free slots (at least 1; with `recover`
+--                         0 too, when the tasks a lost reply started may fill them)
 -- ARGV[5]  scan           the most jobs to pass over before giving up
 -- ARGV[6]  project_limit  limits.concurrent_per_project: the most processing tasks of a project; 0 = no limit
 -- ARGV[7]  aging_ms       execution.priority_aging in ms (where the next head goes: lib/fair.lua)
