@@ -139,7 +139,7 @@ class TaskdWorker(Worker):
                 try:
                     # A task a lost reply's script started comes back with this take and runs in a
                     # free slot too: with the new ones, no more than the free slots (arq's
-                    # semaphore holds one more than max_jobs, so it would not stop a ninth).
+                    # semaphore holds one more than max_jobs, so it would not stop one too many).
                     free = self.max_jobs - self.job_counter
                     takes = await self._take(max(0, free - lost), where, lost > 0)
                 finally:

@@ -64,7 +64,7 @@ for index, task in ipairs(tasks) do
 end
 local results, ids, created = {}, {}, {}
 local later = later_writes(KEYS[1])
-local durations_of = {}
+local durations_read = {}
 for _, task in ipairs(tasks) do
   task.key = '@TASK_PREFIX@' .. task.id
   task.project_key = '@PROJECT_PREFIX@' .. task.project
@@ -72,13 +72,8 @@ for _, task in ipairs(tasks) do
   task.ttl = ARGV[1]
   task.aging_ms = ARGV[4]
   local position = store(task, later)
-  -- Once a type: nothing this script writes changes them.
-  local durations = durations_of[task.task_type]
-  if not durations then
-    durations = redis.call('HMGET', KEYS[1], 'duration_sum:' .. task.task_type, 'duration_count:' .. task.task_type)
-    durations_of[task.task_type] = durations
-  end
-  table.insert(results, {position, durations[1] or '0', durations[2] or '0'})
+  local past = durations(KEYS[1], task.task_type, durations_read)
+  table.insert(results, {position, past[1] or '0', past[2] or '0'})
   table.insert(ids, task.id)
   table.insert(created, task.created_ms)
 end

@@ -87,8 +87,8 @@ local SUBMIT = {'task_id', 'created_ms', 'score', 'job_id', 'queued_limit', 'que
 local ttl, aging_ms, idempotency_ttl, scan, project_limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
   tonumber(ARGV[5])
 local later = later_writes(KEYS[1])
--- The types' past durations, read once a type: nothing a submit writes changes them.
-local durations_of = {}
+-- The types' past durations, read once a type (lib/admit.lua's durations).
+local durations_read = {}
 
 local function submit(a)
   local quota = {}
@@ -144,12 +144,8 @@ local function submit(a)
     if left then wake_one(queue) end
     table.insert(handed, 1, (started >= room or passed > 0) and 1 or 0)
   end
-  local durations = durations_of[a.task_type]
-  if not durations then
-    durations = redis.call('HMGET', KEYS[1], 'duration_sum:' .. a.task_type, 'duration_count:' .. a.task_type)
-    durations_of[a.task_type] = durations
-  end
-  local reply = {'ok', position, durations[1] or '0', durations[2] or '0'}
+  local past = durations(KEYS[1], a.task_type, durations_read)
+  local reply = {'ok', position, past[1] or '0', past[2] or '0'}
   if remembered then
     redis.call('HSET', a.idempotency, 'fingerprint', a.fingerprint, 'position', reply[2], 'duration_sum', reply[3],
       'duration_count', reply[4], 'task_id', a.task_id, 'created_ms', a.created_ms)

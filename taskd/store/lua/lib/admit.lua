@@ -13,6 +13,9 @@
 --                                            that reaches `at`, ids that ended are dropped first;
 --                                            below `at`, a count at least as large (under `at`
 --                                            too) may stand in for it
+--   durations(metrics_key, task_type, read) the type's past durations {sum, count} as stored,
+--                                            read once a type per script (`read` keeps them by
+--                                            type): nothing a submit writes changes them
 --   store(task, later)                      writes the task; its counts and its project's
 --                                            index's, active set's and stream's expiries go
 --                                            through `later` (lib/later.lua), which the caller
@@ -72,6 +75,13 @@ local function queued(active_key, processing_key, at)
     if status ~= 'queued' and status ~= 'processing' then redis.call('SREM', active_key, id) end
   end
   return redis.call('SCARD', active_key) - redis.call('SCARD', processing_key)
+end
+
+local function durations(metrics_key, task_type, read)
+  if not read[task_type] then
+    read[task_type] = redis.call('HMGET', metrics_key, 'duration_sum:' .. task_type, 'duration_count:' .. task_type)
+  end
+  return read[task_type]
 end
 
 local function store(task, later)
