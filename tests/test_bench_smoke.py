@@ -143,8 +143,8 @@ def test_scaling_benchmark_runs_each_configuration_and_prints_its_table(tmp_path
     ]
     assert all(run["tasks_per_s"] > 0 for run in runs)
     assert all(set(run["cores"]) == {"api", "workers", "valkey", "loadgen"} for run in runs)
-    # Every task ran its scripts in each configuration: a submit and a finish each, and the takes
-    # that started them (one take can start several tasks, so it counts a fraction of one).
-    assert all(run["commands_per_task"]["evalsha"] > 2 for run in runs if run["mode"] == "end_to_end")
-    assert all(run["commands_per_task"]["evalsha"] > 1 for run in runs if run["mode"] == "drain")
+    # Every configuration ran its tasks through the scripts. Submits made at once share one call of
+    # submit.lua, finishes one call of finish.lua and a take starts several tasks, so how many calls
+    # a task costs depends on how many met in one call: a fraction of one on a loaded machine.
+    assert all(run["commands_per_task"]["evalsha"] > 0 for run in runs)
     assert png.read_bytes().startswith(b"\x89PNG")
