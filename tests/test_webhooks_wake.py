@@ -10,6 +10,7 @@ import pytest
 from conftest import RunningService
 from examples import TASK_DATA
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from webhook_receiver import WebhookReceiver
 
 from taskd import keys
@@ -53,6 +54,53 @@ async def test_a_completion_wakes_the_sender_of_its_own_process(
     task_id = await submit_prompt(service, receiver)
     [request] = await receiver.wait_for(1, timeout=20)
     assert request.json["task_id"] == task_id
+
+
+async def test_a_webhook_made_due_while_the_wake_up_listener_was_away_is_sent_when_it_subscribes_again(
+    start_service, receiver, monkeypatch, redis: Redis
+):
+    # The listener's connection is cut and its next subscription held back while a cancel makes the
+    # cancel's webhook due and publishes the wake-up, which no one hears. With an hour between polls,
+    # only the look the listener asks for once subscribed again gets the webhook out within the test.
+    subscriptions = 0
+    resubscribe = asyncio.Event()
+    real_subscribe = PubSub.subscribe
+
+    async def held_subscribe(self: PubSub, *channels: Any, **handlers: Any) -> None:
+        nonlocal subscriptions
+        if keys.WEBHOOKS_WAKE in channels:
+            subscriptions += 1
+            if subscriptions > 1:
+                await resubscribe.wait()
+        await real_subscribe(self, *channels, **handlers)
+
+    async def until(condition: Any) -> None:
+        async with asyncio.timeout(10):
+            while not await condition():
+                await asyncio.sleep(0.01)
+
+    async def listening() -> bool:
+        [(_, count)] = await redis.pubsub_numsub(keys.WEBHOOKS_WAKE)
+        return int(count) > 0
+
+    async def held() -> bool:
+        return subscriptions > 1
+
+    monkeypatch.setattr(sender, "POLL_INTERVAL", 3600.0)
+    monkeypatch.setattr(PubSub, "subscribe", held_subscribe)
+    service = await start_service(workers=False, webhooks=WebhooksConfig(allow_private=True))
+    await until(listening)
+    body = await service.submit("test_prompt", TASK_DATA["test_prompt"], callback_url=receiver.url())
+    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await until(held)
+    async with service.client.delete(f"/api/v1/tasks/{body['task_id']}") as response:
+        assert response.status == 200
+    assert not await listening()  # the cancel's wake-up went unheard
+    resubscribe.set()
+
+    [request] = await receiver.wait_for(1, timeout=10)
+    assert request.json["task_id"] == body["task_id"]
+    assert request.json["event"] == "cancelled"
 
 
 async def test_webhooks_to_one_receiver_share_one_connection(start_service, fake_llm, receiver):
