@@ -4,6 +4,7 @@ local sender, which POSTs it on a kept connection; the outbox still has it if th
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -74,7 +75,7 @@ async def test_a_webhook_made_due_while_the_wake_up_listener_was_away_is_sent_wh
                 await resubscribe.wait()
         await real_subscribe(self, *channels, **handlers)
 
-    async def until(condition: Any) -> None:
+    async def until(condition: Callable[[], Awaitable[bool]]) -> None:
         async with asyncio.timeout(10):
             while not await condition():
                 await asyncio.sleep(0.01)
