@@ -72,6 +72,25 @@ async def test_submits_made_at_once_are_one_call_that_counts_them_once(redis: Re
     assert 3500 < await redis.ttl(keys.project("together")) <= 3600
 
 
+async def test_submits_made_at_once_read_their_queues_heads_their_heads_place_and_their_projects_count_once(
+    redis: Redis,
+):
+    store = TaskStore(redis, 3600)
+    await create_all(store, ["together"])  # the project's head, on arq's set
+    head = (await redis.hget(keys.heads("default"), "together")).decode()
+
+    created, _, ran = await monitored(
+        redis, lambda: create_all(store, ["together"] * 5, Admission(queued_per_project=100))
+    )
+
+    assert [c.position for c in created] == [2, 3, 4, 5, 6]
+    # Once for the call, not once a submit: the heads (each submit's head, then its position), the
+    # head still on arq's set, the project's tasks counted against its limit.
+    assert [c.split()[0] for c in ran if c.split()[1:2] == [keys.heads("default")]] == ["HGETALL"]
+    assert [c for c in ran if c.startswith("ZSCORE ")] == [f"ZSCORE {keys.queue('default')} {head}"]
+    assert len([c for c in ran if c.startswith(f"SCARD {keys.project_active('together')}")]) == 1
+
+
 async def test_a_submit_refused_among_submits_made_at_once_leaves_the_others_created(redis: Redis):
     store = TaskStore(redis, 3600)
 

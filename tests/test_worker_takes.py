@@ -16,7 +16,7 @@ from arq.worker import func
 from conftest import API_KEY, TaskdProcess, child_env
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis_probes import alive, sent_to_valkey, statuses
+from redis_probes import alive, monitored, sent_to_valkey, statuses
 
 from taskd import keys
 from taskd.backoff import Backoff
@@ -62,6 +62,55 @@ async def test_one_take_starts_a_projects_queued_tasks_up_to_the_free_slots_in_s
     assert await statuses(redis, ids) == ["processing"] * 3 + ["queued"] * 2
 
 
+async def test_one_take_of_a_projects_tasks_reads_arqs_set_once(start_service: Any, redis: Redis):
+    api = await start_service(workers=False)
+    ids = [(await api.submit("noop", {}))["task_id"] for _ in range(5)]
+    await alive(redis, "worker-a")
+    store = TaskStore(redis, 3600)
+
+    async def take() -> Takes:
+        return await store.take("default", "worker-a", time.time(), 3, 100)
+
+    taken, _, ran = await monitored(redis, take)
+
+    # Each start puts its project's next job first on the set, so the next turn knows it unread.
+    assert [t.record.task_id for t in taken.started if t.record] == ids[:3]
+    assert sum(1 for c in ran if c.startswith(f"ZRANGEBYSCORE {keys.queue('default')} ")) == 1
+    fourth = await redis.hget(keys.task(ids[3]), "job_id")
+    assert await redis.zrange(keys.queue("default"), 0, -1) == [fourth]
+    assert await redis.hget(keys.heads("default"), "proj-1") == fourth
+
+
+async def test_one_take_gives_two_projects_queued_tasks_their_turns(start_service: Any, redis: Redis):
+    api = await start_service(workers=False)
+    ids = {p: [(await api.submit("noop", {}, project_id=p))["task_id"] for _ in range(3)] for p in "ab"}
+    await alive(redis, "worker-a")
+
+    taken = (await TaskStore(redis, 3600).take("default", "worker-a", time.time(), 6, 100)).started
+
+    # a's next job goes on the set behind b's waiting head: b's turn comes first. (The jobs put on
+    # the set in one take share its time, so which of two such comes next is the set's order of
+    # their ids, as it was one take after another at the same millisecond.)
+    started = [t.record.task_id for t in taken if t.record]
+    assert started[:2] == [ids["a"][0], ids["b"][0]]
+    assert [i for i in started if i in ids["a"]] == ids["a"]
+    assert [i for i in started if i in ids["b"]] == ids["b"]
+
+
+async def test_one_take_starts_an_urgent_projects_next_jobs_before_another_projects_waiting_head(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    calm = (await api.submit("noop", {}, project_id="calm", priority=3))["task_id"]
+    urgent = [(await api.submit("noop", {}, project_id="urgent", priority=1))["task_id"] for _ in range(3)]
+    await alive(redis, "worker-a")
+
+    taken = (await TaskStore(redis, 3600).take("default", "worker-a", time.time(), 4, 100)).started
+
+    # Each urgent job's turn, priority moving it two aging steps earlier, comes before calm's head.
+    assert [t.record.task_id for t in taken if t.record] == [*urgent, calm]
+
+
 async def test_a_take_of_several_jobs_counts_their_waits_and_enters_the_running_set_in_one_write_each(
     start_service: Any, redis: Redis
 ):
@@ -90,7 +139,7 @@ async def test_a_take_of_several_jobs_counts_their_waits_and_enters_the_running_
     assert await redis.zcard(keys.running("default")) == 6
 
 
-async def test_a_started_head_hands_its_projects_head_field_to_the_next_job_in_one_write(
+async def test_a_started_head_hands_its_projects_head_field_to_the_next_job_in_one_write_without_reading_it(
     start_service: Any, redis: Redis
 ):
     api = await start_service(workers=False)
@@ -103,8 +152,9 @@ async def test_a_started_head_hands_its_projects_head_field_to_the_next_job_in_o
 
     ran = await sent_to_valkey(redis, take, by_scripts=True)
 
+    # Taken off arq's set as the queued task's job, it was its project's head: no need to ask.
     head_writes = [c.split()[0] for c in ran if c.split()[1:2] == [keys.heads("default")]]
-    assert head_writes == ["HGET", "HSET"]
+    assert head_writes == ["HSET"]
     assert await redis.hget(keys.heads("default"), "proj-1") == (
         await redis.hget(keys.task(second), "job_id")
     )
@@ -173,6 +223,28 @@ async def test_a_take_passes_over_a_throttled_projects_head_to_the_next_project(
     assert [t.record.task_id for t in second.started if t.record] == [other]
     assert second.look_when_freed  # the passed-over head may start when a slot frees
     assert await statuses(redis, busy) == ["processing", "queued"]
+
+
+async def test_one_take_starts_no_more_of_a_project_than_its_limit_with_their_processing_places_written_at_once(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    ids = [(await api.submit("noop", {}, project_id="busy"))["task_id"] for _ in range(5)]
+    store = TaskStore(redis, 3600, concurrent_per_project=2)
+    await alive(redis, "worker-a")
+
+    async def take() -> Takes:
+        return await store.take("default", "worker-a", time.time(), 5, 100)
+
+    taken, _, ran = await monitored(redis, take)
+
+    # The throttle counts the starts made before in the same take, though the processing set gets
+    # them only when the take ends, in one SADD.
+    assert [t.record.task_id for t in taken.started if t.record] == ids[:2]
+    processing = keys.project_processing("busy")
+    assert sum(1 for c in ran if c.startswith(f"SADD {processing} ")) == 1
+    assert await redis.smembers(processing) == {i.encode() for i in ids[:2]}
+    assert await statuses(redis, ids) == ["processing"] * 2 + ["queued"] * 3
 
 
 async def test_a_take_after_a_lost_reply_returns_the_tasks_the_worker_already_runs(

@@ -12,7 +12,9 @@
 --   queued(active_key, processing_key, at)  how many of a project's tasks wait (queued); when
 --                                            that reaches `at`, ids that ended are dropped first;
 --                                            below `at`, a count at least as large (under `at`
---                                            too) may stand in for it
+--                                            too) may stand in for it: the tasks queued and
+--                                            running together, read once a script run and counted
+--                                            on as store() adds to them
 --   durations(metrics_key, task_type, read) the type's past durations {sum, count} as stored,
 --                                            read once a type per script (`read` keeps them by
 --                                            type): nothing a submit writes changes them
@@ -63,11 +65,21 @@ local function unmet(project, depends_on, pending)
   return waiting_for
 end
 
+-- A project's active set's size as this script run read it, plus the tasks it has stored since
+-- (active_key -> count): the submits of one call read it once a project, not once each.
+local active_counted = {}
+
 local function queued(active_key, processing_key, at)
   -- Fewer tasks than `at` queued and running together: fewer than `at` wait, whatever runs. The
   -- callers only compare with `at`, so that count stands in for the waiting one (one SCARD less).
-  local active = redis.call('SCARD', active_key)
+  local active = active_counted[active_key]
+  if active == nil then
+    active = redis.call('SCARD', active_key)
+    active_counted[active_key] = active
+  end
   if active < at then return active end
+  -- Below, ended tasks may leave the set: it is read again next time.
+  active_counted[active_key] = nil
   local waiting = active - redis.call('SCARD', processing_key)
   if waiting < at then return waiting end
   for _, id in ipairs(redis.call('SMEMBERS', active_key)) do
@@ -120,6 +132,7 @@ local function store(task, later)
   redis.call('ZADD', task.project_key, task.created_ms, task.id)
   keep_later(later, task.project_key, kept)
   redis.call('SADD', task.active_key, task.id)
+  if active_counted[task.active_key] then active_counted[task.active_key] = active_counted[task.active_key] + 1 end
   keep_later(later, task.active_key, kept)
   count(later, 'total_tasks', 1)
   count(later, 'submitted:' .. task.task_type, 1)
@@ -132,6 +145,8 @@ local function store(task, later)
     end
     if scheduled_ms > 0 then redis.call('ZADD', '@SCHEDULED@', scheduled_ms, task.id) end
   else
+    -- The queue's heads once for this call's submits: the line's head here, the position below.
+    all_heads(task.queue)
     local k = wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms),
       tonumber(task.aging_ms), named)
     -- Behind its project's head, the job is not on arq's set: no worker can take it yet, and the

@@ -22,11 +22,11 @@
 --              record keeps it (`claimed` '1' or '0'), so the end knows whether there is a lock and
 --              a place on the set to drop (finish.lua)
 --   later      lib/later.lua's table (later_writes(metrics)): the wait-time counts and the running
---              set's entries of the script's starts, which the caller writes once they are all made
---              (write_later): one HINCRBYFLOAT and one HINCRBY per counter and one ZADD for a take's
---              batch, however many it started (was three counter writes and a ZADD a start). Nothing
---              a start does reads them: the throttle reads the project's processing set, which each
---              start writes itself.
+--              and processing sets' entries of the script's starts, which the caller writes once they
+--              are all made (write_later): one HINCRBYFLOAT and one HINCRBY per counter, one ZADD and
+--              one SADD a project for a take's batch, however many it started (was three counter
+--              writes, a ZADD and an SADD a start). Nothing a start does reads them but the throttle,
+--              which counts the starts not yet in the processing set (lib/fair.lua's `pending`).
 --
 -- Marks the task processing (attempt counted, current_step and next_retry_at cleared), counts how
 -- long it waited in `wait_sum:`, `wait_count:` and one `wait_in:` bucket per queue and type (from
@@ -36,7 +36,8 @@
 -- ({taskd}:project_processing:{project_id}, the throttle), takes its job out of its project's line
 -- (the next one becomes the head: lib/fair.lua), makes its `started` webhook due when its
 -- webhook_events ask for one, and emits the `processing` event.
--- Returns whether the project's next job was put on arq's set as its new head.
+-- Returns whether the project's next job was put on arq's set as its new head, and if so that job
+-- and its score there.
 -- include lib/emit.lua
 -- include lib/webhook_event.lua
 -- include lib/fair.lua
@@ -65,12 +66,14 @@ local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, 
     count_in_bucket(later, 'wait_in:' .. series .. ':', waited, {@WAIT_BUCKETS@})
   end
   add_to(later, 'ZADD', keys_of.running, math.floor(tonumber(now) * 1000), task_id)
-  redis.call('SADD', '@PROCESSING_PREFIX@' .. record.project_id, task_id)
-  local seated = leave_line(task_key, job_id, tonumber(now_ms), aging_ms, {record.queue, record.project_id})
+  add_to(later, 'SADD', '@PROCESSING_PREFIX@' .. record.project_id, task_id)
+  -- Started from arq's set as the task's current job: its project's head (lib/fair.lua).
+  local seated, next_job, next_score = leave_line(task_key, job_id, tonumber(now_ms), aging_ms,
+    {record.queue, record.project_id}, true)
   if wants_webhook_record(record, 'started') then
     queue_webhook(keys_of.outbox, keys_of.started_state, task_id .. ':started', now_ms)
   end
   -- The streams' expiry stays: the queued event set it, the next event sets it again (lib/emit.lua).
   emit_record(record, 'status', true)
-  return seated
+  return seated, next_job, next_score
 end

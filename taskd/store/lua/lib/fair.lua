@@ -16,11 +16,13 @@
 -- turns, each in its own FIFO (by priority) order, and aging still lifts a head that waits long.
 --
 --   wait_in_line(task_key, job, score, now_ms, aging_ms, record)  puts the task's job in line
---   leave_line(task_key, job, now_ms, aging_ms, where)    takes it out (started or cancelled)
+--   leave_line(task_key, job, now_ms, aging_ms, where, is_head)  takes it out (started or cancelled)
 --   orphan_leaves(queue, job, now_ms, aging_ms)           the same for a head whose record is gone
 --   seat(queue, project, now_ms, aging_ms, known, head, vacated)  makes the line's first job the head
---   throttled(project, limit)                             whether the project runs `limit` tasks
+--   throttled(project, limit, pending)                    whether the project runs `limit` tasks
 --   place(queue, project, job, k)                         a waiting job's queue position
+--   all_heads(queue)                                      the queue's heads (project -> job), read once
+--                                                         a script run (below)
 --     task_key  the task's record hash ({taskd}:task:{id}); its queue and project_id name the lines
 --     job       the arq job id ({task id}.{n})
 --     score     the job's own score, in ms (arq's score had it no turns to wait)
@@ -36,23 +38,77 @@
 --     vacated   optional: true when the head field still names a job that just left the line (and
 --               arq's set, or stays there running): the next head's HSET writes over it, and only
 --               an emptied line deletes it (one HDEL less a start with more jobs waiting)
+--     is_head   optional: true when the caller knows the job is its project's head: it started it
+--               from arq's set as the queued task's current job (lib/begin.lua), and only a head is
+--               there waiting; spares reading the head field
+--     pending   optional: the project's starts made in this script whose place in its processing
+--               set is still to be written (lib/begin.lua leaves it to lib/later.lua)
+--
+-- The heads a script run has read: all_heads(queue) reads a queue's heads hash once (HGETALL) and
+-- keeps it for the rest of the run, and this file's writes to the hash keep that copy up to date;
+-- nothing else writes a heads hash. Read once, the submits of one call (submit.lua, batch.lua) find
+-- their project's head, and their positions the other heads, with no command of their own (it was
+-- an HGET and an HGETALL a submit). Whether a head is on arq's set is kept the same way, from the
+-- first ZSCORE (a submit behind its project's head asks) or this file's ZADD or ZREM of it, and
+-- lib/take.lua's ZREM of a job it starts or drops: the submits behind one head ask once a call.
 -- Returns: seat, leave_line and orphan_leaves whether a job was put on arq's set (a new head: a worker may be
--- woken for it); wait_in_line the job's 0-based place in its project's line when it went behind
+-- woken for it), and if so that job and its score there; wait_in_line the job's 0-based place in its project's line when it went behind
 -- the project's head (nothing for a worker to take: no wake-up needed), else nil; throttled a
 -- boolean; place the 1-based position (0 when the job is not waiting).
+local heads_read, on_arq = {}, {}
+
+local function all_heads(queue)
+  local heads = heads_read[queue]
+  if not heads then
+    heads = {}
+    local all = redis.call('HGETALL', '@HEADS_PREFIX@' .. queue)
+    for i = 1, #all, 2 do heads[all[i]] = all[i + 1] end
+    heads_read[queue] = heads
+  end
+  return heads
+end
+
+local function head_of(queue, project)
+  local heads = heads_read[queue]
+  if heads then return heads[project] or false end
+  return redis.call('HGET', '@HEADS_PREFIX@' .. queue, project)
+end
+
+-- The project's head becomes `job`, or none (false).
+local function set_head(queue, project, job)
+  if job then
+    redis.call('HSET', '@HEADS_PREFIX@' .. queue, project, job)
+  else
+    redis.call('HDEL', '@HEADS_PREFIX@' .. queue, project)
+  end
+  local heads = heads_read[queue]
+  if heads then heads[project] = job or nil end
+end
+
+-- Whether the job is on arq's set, asked once a script run (see above).
+local function is_on_arq(queue, job)
+  if on_arq[job] == nil then on_arq[job] = redis.call('ZSCORE', '@QUEUE_PREFIX@' .. queue, job) ~= false end
+  return on_arq[job]
+end
+
+-- A job this script took off arq's set outside this file (lib/take.lua).
+local function left_arq(job)
+  on_arq[job] = false
+end
+
 local function seat(queue, project, now_ms, aging_ms, known, head, vacated)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   local arq_queue = '@QUEUE_PREFIX@' .. queue
-  local heads = '@HEADS_PREFIX@' .. queue
-  if head == nil then head = redis.call('HGET', heads, project) end
+  if head == nil then head = head_of(queue, project) end
   while true do
     local first = redis.call('ZRANGE', line, 0, 0, 'WITHSCORES')
     if #first == 0 then
       if head then
         redis.call('ZREM', arq_queue, head)
-        redis.call('HDEL', heads, project)
+        on_arq[head] = false
+        set_head(queue, project, false)
       elseif vacated then
-        redis.call('HDEL', heads, project)
+        set_head(queue, project, false)
       end
       return false
     end
@@ -66,11 +122,16 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated)
     end
     if fields[1] == 'queued' and fields[2] == job then
       if job == head and redis.call('ZSCORE', arq_queue, job) then return false end
-      if head and head ~= job then redis.call('ZREM', arq_queue, head) end
+      if head and head ~= job then
+        redis.call('ZREM', arq_queue, head)
+        on_arq[head] = false
+      end
       local offset = (@PRIORITY_LOW@ - (tonumber(fields[3]) or @PRIORITY_LOW@)) * aging_ms
-      redis.call('ZADD', arq_queue, math.max(own, now_ms - offset), job)
-      redis.call('HSET', heads, project, job)
-      return true
+      local score = math.max(own, now_ms - offset)
+      redis.call('ZADD', arq_queue, score, job)
+      on_arq[job] = true
+      set_head(queue, project, job)
+      return true, job, score
     end
     -- Its task ended, expired or has a newer job: it no longer waits (a cancel takes its job out
     -- itself; this is for a record that expired while queued).
@@ -89,8 +150,8 @@ local function wait_in_line(task_key, job, score, now_ms, aging_ms, record)
   local line = '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2]
   redis.call('ZADD', line, score, job)
   redis.call('ZADD', '@WAITING_PREFIX@' .. where[1], score, job)
-  local head = redis.call('HGET', '@HEADS_PREFIX@' .. where[1], where[2])
-  if head and head ~= job and redis.call('ZSCORE', '@QUEUE_PREFIX@' .. where[1], head) then
+  local head = head_of(where[1], where[2])
+  if head and head ~= job and is_on_arq(where[1], head) then
     -- Behind a head that is on arq's set, the line's first job is the same as before: the head
     -- stays as it is (one whose task no longer waits is dropped when a take reaches it,
     -- lib/take.lua). A head gone from arq's set (a take dropped it: its record had expired) is
@@ -101,14 +162,13 @@ local function wait_in_line(task_key, job, score, now_ms, aging_ms, record)
   seat(where[1], where[2], now_ms, aging_ms, record, head)
 end
 
-local function leave_line(task_key, job, now_ms, aging_ms, where)
+local function leave_line(task_key, job, now_ms, aging_ms, where, is_head)
   where = where or redis.call('HMGET', task_key, 'queue', 'project_id')
   redis.call('ZREM', '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2], job)
   redis.call('ZREM', '@WAITING_PREFIX@' .. where[1], job)
-  local heads = '@HEADS_PREFIX@' .. where[1]
   -- A started head stays on arq's set (arq lists a running job until it is dropped).
-  local head = redis.call('HGET', heads, where[2])
-  local vacated = head == job
+  local head = not is_head and head_of(where[1], where[2])
+  local vacated = is_head or head == job
   if vacated then head = false end
   return seat(where[1], where[2], now_ms, aging_ms, nil, head, vacated)
 end
@@ -116,24 +176,24 @@ end
 local function orphan_leaves(queue, job, now_ms, aging_ms)
   -- Its record is gone (it expired while the job waited), so its project is unknown but for the
   -- head field that still names the job: that project's next job takes the turn.
-  local heads = redis.call('HGETALL', '@HEADS_PREFIX@' .. queue)
-  for i = 1, #heads, 2 do
-    if heads[i + 1] == job then return leave_line(nil, job, now_ms, aging_ms, {queue, heads[i]}) end
+  for project, head in pairs(all_heads(queue)) do
+    if head == job then return leave_line(nil, job, now_ms, aging_ms, {queue, project}, true) end
   end
   return false
 end
 
-local function throttled(project, limit)
+local function throttled(project, limit, pending)
   if limit <= 0 then return false end
+  pending = pending or 0
   local processing = '@PROCESSING_PREFIX@' .. project
-  if redis.call('SCARD', processing) < limit then return false end
+  if redis.call('SCARD', processing) + pending < limit then return false end
   -- Only at the limit: a record that expired while processing must not hold a place for ever.
   for _, id in ipairs(redis.call('SMEMBERS', processing)) do
     if redis.call('HGET', '@TASK_PREFIX@' .. id, 'status') ~= 'processing' then
       redis.call('SREM', processing, id)
     end
   end
-  return redis.call('SCARD', processing) >= limit
+  return redis.call('SCARD', processing) + pending >= limit
 end
 
 -- Under round-robin, before the k-th job of a project (k counted from 0) start its project's k
@@ -149,13 +209,12 @@ local function place(queue, project, job, k)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   k = k or redis.call('ZRANK', line, job)
   if not k then return 0 end
-  local heads = redis.call('HGETALL', '@HEADS_PREFIX@' .. queue)
-  if #heads == 2 and heads[1] == project then return k + 1 end
-  local jobs, mine_at = {}, nil
-  for i = 1, #heads, 2 do
-    jobs[#jobs + 1] = heads[i + 1]
-    if heads[i] == project then mine_at = #jobs end
+  local projects, jobs, mine_at = {}, {}, nil
+  for other, head in pairs(all_heads(queue)) do
+    projects[#projects + 1], jobs[#jobs + 1] = other, head
+    if other == project then mine_at = #jobs end
   end
+  if #jobs == 1 and mine_at then return k + 1 end
   local scores = {}
   for first = 1, #jobs, HEADS_A_READ do
     local last = math.min(first + HEADS_A_READ - 1, #jobs)
@@ -164,15 +223,15 @@ local function place(queue, project, job, k)
   end
   local mine = mine_at and scores[mine_at]
   local ahead = k
-  for i = 1, #heads, 2 do
-    if heads[i] ~= project then
+  for i, other in ipairs(projects) do
+    if other ~= project then
       local waiting = 1
       if k > 0 then
-        waiting = redis.call('ZCARD', '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. heads[i])
+        waiting = redis.call('ZCARD', '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. other)
         ahead = ahead + math.min(waiting, k)
       end
       if waiting > k then
-        local score = scores[(i + 1) / 2]
+        local score = scores[i]
         if mine == nil or (score and score < mine) then ahead = ahead + 1 end
       end
     end

@@ -1,7 +1,8 @@
 -- lib/later.lua: later_writes(metrics_key), the writes of a script's steps that it makes once, at its
 -- end, for all of them: count(later, field, by, float) for a counter, count_in_bucket(later, prefix,
 -- value, bounds) for a histogram's bucket, add_to(later, command, key, ...)
--- for the members a ZADD, ZREM or SREM gives or takes, expire_later(later, key, ttl) for an expiry,
+-- for the members a ZADD, ZREM, SADD or SREM gives or takes (pending(later, command, key): how many
+-- values wait for that command on that key), expire_later(later, key, ttl) for an expiry,
 -- keep_later(later, key, ttl) for an expiry pushed back but never shortened, and write_later(later),
 -- which writes them.
 --
@@ -13,7 +14,7 @@
 --   field        a counter's field; `by` is added to it (HINCRBYFLOAT when `float`, else HINCRBY)
 --   prefix, value, bounds  one is counted in `prefix` .. the first of `bounds` (a histogram's upper
 --                bounds, ascending) that `value` fits under; none past the last (+Inf is the count)
---   command      'ZADD' (score, member, ...), 'ZREM' or 'SREM' (member, ...): each command on each
+--   command      'ZADD' (score, member, ...), 'ZREM', 'SADD' or 'SREM' (member, ...): each command on each
 --                key is one call, with every value given for it
 --   ttl          seconds: expire_later sets the key's expiry once (the last `ttl` given for it);
 --                keep_later once too, to the longest `ttl` given for it, and only where the key's
@@ -23,10 +24,11 @@
 -- A take's starts (lib/begin.lua), a finish's ends (finish.lua) and the submits of one call
 -- (submit.lua, batch.lua: lib/admit.lua) write the same counters, sets and expiries for each task
 -- of their batch; summed here they are one command per counter
--- and key instead of one per task (docs/performance.md, "Redis cost per task"). Nothing the steps
--- do reads what is left for later: the steps read records, lines and heads, and these are
--- counters, the running and project sets, and expiries.
--- Returns: later_writes the table the others fill; the others nothing.
+-- and key instead of one per task (docs/performance.md, "Redis cost per task"). The steps read
+-- records, lines and heads, and these are counters, the running and project sets, and expiries; the
+-- one step that reads a set left for later, the throttle of a take's starts (a project's processing
+-- set), adds what `pending` says waits for it.
+-- Returns: later_writes the table the others fill; pending a count; the others nothing.
 local function later_writes(metrics_key)
   return {metrics = metrics_key, names = {}, by = {}, float = {}, groups = {}, members = {}, expiring = {},
           ttl = {}, keeping = {}, kept = {}}
@@ -58,6 +60,11 @@ local function add_to(later, command, key, ...)
     later.groups[#later.groups + 1] = {command, key, values}
   end
   for _, value in ipairs({...}) do values[#values + 1] = value end
+end
+
+local function pending(later, command, key)
+  local values = later.members[command .. ' ' .. key]
+  return values and #values or 0
 end
 
 local function expire_later(later, key, ttl)

@@ -25,7 +25,8 @@
 -- runs `limit` tasks stays where it is and is passed over, as is a job another worker holds
 -- (start.lua's lock: a host with GPUs claims one job at a time); a job whose task no longer waits
 -- for it (ended, cancelled, expired, a newer job) is dropped. Each start is lib/begin.lua's; the
--- starts' counters and running-set entries are written together once the batch is made.
+-- starts' counters and running and processing sets' entries are written together once the batch
+-- is made.
 -- Returns started, passed, left: how many jobs it started, how many it passed over, and whether
 -- a due job is left that it did not take. Each started entry appended to `taken` is {job_id,
 -- score, field, value, ...} (the started record).
@@ -40,14 +41,24 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
   local later = later_writes(written.metrics)
   local passed, npassed, started = {}, 0, 0
   local left = false
+  -- The due job after the one a turn starts (nil: none), as last read, and the job the next turn
+  -- starts when this call knows it without reading the set again (below).
+  local runner, runner_score, known, known_score
   while true do
-    -- Passed-over jobs stay on the set, in front: read one past them.
-    local due = redis.call('ZRANGEBYSCORE', line, '-inf', tonumber(now_ms), 'WITHSCORES', 'LIMIT', 0, npassed + 1)
-    local job, score
-    for i = 1, #due, 2 do
-      if not passed[due[i]] then
-        job, score = due[i], due[i + 1]
-        break
+    local job, score = known, known_score
+    known = nil
+    if not job then
+      -- Passed-over jobs stay on the set, in front: read two past them, the next and the runner-up.
+      local due = redis.call('ZRANGEBYSCORE', line, '-inf', tonumber(now_ms), 'WITHSCORES', 'LIMIT', 0, npassed + 2)
+      runner = nil
+      for i = 1, #due, 2 do
+        if not passed[due[i]] then
+          if not job then
+            job, score = due[i], due[i + 1]
+          elseif not runner then
+            runner, runner_score = due[i], tonumber(due[i + 1])
+          end
+        end
       end
     end
     if not job then break end
@@ -59,15 +70,24 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
     local task_key = '@TASK_PREFIX@' .. task_id
     local record = read_record(task_key)
     if record.status == 'queued' and record.job_id == job then
-      if throttled(record.project_id, limit) then
+      local starting = pending(later, 'SADD', '@PROCESSING_PREFIX@' .. record.project_id)
+      if throttled(record.project_id, limit, starting) then
         passed[job], npassed = true, npassed + 1
       else
         -- Off arq's set first: nothing else may take it (lib/begin.lua does what start.lua does).
         redis.call('ZREM', line, job)
+        left_arq(job)
         written.started_state = '@WEBHOOK_PREFIX@' .. task_id .. ':started'
-        begin(task_key, task_id, job, record, me, now, now_ms, aging_ms, written, false, later)
+        local _, seated, seated_score = begin(task_key, task_id, job, record, me, now, now_ms, aging_ms, written,
+          false, later)
         taken[#taken + 1] = record_reply({job, score}, record)
         started = started + 1
+        -- The project's next job, just put on the set, is the next due job when it comes before the
+        -- runner-up (which this start left where it was): the next turn need not read the set. A
+        -- tie is left to the set's own order (by member), read again.
+        if seated and seated_score <= tonumber(now_ms) and (not runner or seated_score < runner_score) then
+          known, known_score = seated, string.format('%.17g', seated_score)
+        end
       end
     elseif redis.call('EXISTS', '@IN_PROGRESS_PREFIX@' .. job) == 1 then
       passed[job], npassed = true, npassed + 1
@@ -80,6 +100,7 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
         orphan_leaves(keys_of.name, job, tonumber(now_ms), aging_ms)
       end
       drop_job(task_key, line, job)
+      left_arq(job)
     end
   end
   write_later(later)
