@@ -62,7 +62,9 @@ async def test_one_take_starts_a_projects_queued_tasks_up_to_the_free_slots_in_s
     assert await statuses(redis, ids) == ["processing"] * 3 + ["queued"] * 2
 
 
-async def test_one_take_of_a_projects_tasks_reads_arqs_set_once(start_service: Any, redis: Redis):
+async def test_one_take_of_a_projects_tasks_reads_arqs_set_and_each_record_once_and_seats_only_the_next_head(
+    start_service: Any, redis: Redis
+):
     api = await start_service(workers=False)
     ids = [(await api.submit("noop", {}))["task_id"] for _ in range(5)]
     await alive(redis, "worker-a")
@@ -73,9 +75,19 @@ async def test_one_take_of_a_projects_tasks_reads_arqs_set_once(start_service: A
 
     taken, _, ran = await monitored(redis, take)
 
-    # Each start puts its project's next job first on the set, so the next turn knows it unread.
+    # Each start finds its project's next job due first, so the next turn starts it straight from
+    # its line, its record read whole once: only the job left waiting goes on arq's set and becomes
+    # the head.
     assert [t.record.task_id for t in taken.started if t.record] == ids[:3]
-    assert sum(1 for c in ran if c.startswith(f"ZRANGEBYSCORE {keys.queue('default')} ")) == 1
+    queue = keys.queue("default")
+
+    def ran_on(command: str, key: str) -> int:
+        return sum(1 for c in ran if c.startswith(f"{command} {key}"))
+
+    assert ran_on("ZRANGEBYSCORE", queue) == 1
+    assert (ran_on("ZADD", queue), ran_on("ZREM", queue)) == (1, 1)
+    assert [c.split()[0] for c in ran if c.split()[1:2] == [keys.heads("default")]] == ["HSET"]
+    assert [ran_on("HGETALL", keys.task(i)) + ran_on("HMGET", keys.task(i)) for i in ids] == [1, 1, 1, 1, 0]
     fourth = await redis.hget(keys.task(ids[3]), "job_id")
     assert await redis.zrange(keys.queue("default"), 0, -1) == [fourth]
     assert await redis.hget(keys.heads("default"), "proj-1") == fourth

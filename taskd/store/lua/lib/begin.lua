@@ -27,6 +27,8 @@
 --              one SADD a project for a take's batch, however many it started (was three counter
 --              writes, a ZADD and an SADD a start). Nothing a start does reads them but the throttle,
 --              which counts the starts not yet in the processing set (lib/fair.lua's `pending`).
+--   before     optional: lib/fair.lua's seat's `before`, from a take that starts the project's next
+--              job at once when it comes first
 --
 -- Marks the task processing (attempt counted, current_step and next_retry_at cleared), counts how
 -- long it waited in `wait_sum:`, `wait_count:` and one `wait_in:` bucket per queue and type (from
@@ -36,14 +38,16 @@
 -- ({taskd}:project_processing:{project_id}, the throttle), takes its job out of its project's line
 -- (the next one becomes the head: lib/fair.lua), makes its `started` webhook due when its
 -- webhook_events ask for one, and emits the `processing` event.
--- Returns whether the project's next job was put on arq's set as its new head, and if so that job
--- and its score there.
+-- Returns whether the project's next job was put on arq's set as its new head, and if so that job,
+-- its score there and, when it was left off the set for the caller's next start, its record
+-- (`before`: lib/fair.lua's seat).
 -- include lib/emit.lua
 -- include lib/webhook_event.lua
 -- include lib/fair.lua
 -- include lib/later.lua
 
-local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of, claimed, later)
+local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of, claimed, later,
+                     before)
   local attempt = tostring((tonumber(record.attempt) or 0) + 1)
   -- A retry could start no earlier than this (its back-off is not waiting); read before it is cleared.
   local retry_ms = (tonumber(record.next_retry_at) or 0) * 1000
@@ -68,12 +72,12 @@ local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, 
   add_to(later, 'ZADD', keys_of.running, math.floor(tonumber(now) * 1000), task_id)
   add_to(later, 'SADD', '@PROCESSING_PREFIX@' .. record.project_id, task_id)
   -- Started from arq's set as the task's current job: its project's head (lib/fair.lua).
-  local seated, next_job, next_score = leave_line(task_key, job_id, tonumber(now_ms), aging_ms,
-    {record.queue, record.project_id}, true)
+  local seated, next_job, next_score, next_record = leave_line(task_key, job_id, tonumber(now_ms), aging_ms,
+    {record.queue, record.project_id}, true, before)
   if wants_webhook_record(record, 'started') then
     queue_webhook(keys_of.outbox, keys_of.started_state, task_id .. ':started', now_ms)
   end
   -- The streams' expiry stays: the queued event set it, the next event sets it again (lib/emit.lua).
   emit_record(record, 'status', true)
-  return seated, next_job, next_score
+  return seated, next_job, next_score, next_record
 end

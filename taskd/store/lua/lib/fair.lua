@@ -16,9 +16,9 @@
 -- turns, each in its own FIFO (by priority) order, and aging still lifts a head that waits long.
 --
 --   wait_in_line(task_key, job, score, now_ms, aging_ms, record)  puts the task's job in line
---   leave_line(task_key, job, now_ms, aging_ms, where, is_head)  takes it out (started or cancelled)
+--   leave_line(task_key, job, now_ms, aging_ms, where, is_head, before)  takes it out (started or cancelled)
 --   orphan_leaves(queue, job, now_ms, aging_ms)           the same for a head whose record is gone
---   seat(queue, project, now_ms, aging_ms, known, head, vacated)  makes the line's first job the head
+--   seat(queue, project, now_ms, aging_ms, known, head, vacated, before)  makes the line's first job the head
 --   throttled(project, limit, pending)                    whether the project runs `limit` tasks
 --   place(queue, project, job, k)                         a waiting job's queue position
 --   all_heads(queue)                                      the queue's heads (project -> job), read once
@@ -41,6 +41,10 @@
 --     is_head   optional: true when the caller knows the job is its project's head: it started it
 --               from arq's set as the queued task's current job (lib/begin.lua), and only a head is
 --               there waiting; spares reading the head field
+--     before    optional: a take that will start the line's next job at once if it is due and its
+--               score on arq's set comes before `before` (the take's next due job of another
+--               project; math.huge for none) gives it: seat then leaves the job off arq's set and
+--               the head field as it is, and returns its record too, read whole (lib/take.lua)
 --     pending   optional: the project's starts made in this script whose place in its processing
 --               set is still to be written (lib/begin.lua leaves it to lib/later.lua)
 --
@@ -52,9 +56,11 @@
 -- first ZSCORE (a submit behind its project's head asks) or this file's ZADD or ZREM of it, and
 -- lib/take.lua's ZREM of a job it starts or drops: the submits behind one head ask once a call.
 -- Returns: seat, leave_line and orphan_leaves whether a job was put on arq's set (a new head: a worker may be
--- woken for it), and if so that job and its score there; wait_in_line the job's 0-based place in its project's line when it went behind
+-- woken for it), and if so that job, its score there and, when it was left off for the caller's
+-- next start (`before`), its record; wait_in_line the job's 0-based place in its project's line when it went behind
 -- the project's head (nothing for a worker to take: no wake-up needed), else nil; throttled a
 -- boolean; place the 1-based position (0 when the job is not waiting).
+-- include lib/record.lua
 local heads_read, on_arq = {}, {}
 
 local function all_heads(queue)
@@ -96,7 +102,7 @@ local function left_arq(job)
   on_arq[job] = false
 end
 
-local function seat(queue, project, now_ms, aging_ms, known, head, vacated)
+local function seat(queue, project, now_ms, aging_ms, known, head, vacated, before)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   local arq_queue = '@QUEUE_PREFIX@' .. queue
   if head == nil then head = head_of(queue, project) end
@@ -114,9 +120,13 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated)
     end
     local job, own = first[1], tonumber(first[2])
     local task_key = '@TASK_PREFIX@' .. string.match(job, '^(.*)%.[^.]*$')
-    local fields
+    local fields, record
     if known and known.job_id == job then
       fields = {known.status, known.job_id, known.priority}
+    elseif before then
+      -- Likely to start straight away: the whole record, which the start needs.
+      record = read_record(task_key)
+      fields = {record.status, record.job_id, record.priority}
     else
       fields = redis.call('HMGET', task_key, 'status', 'job_id', 'priority')
     end
@@ -128,6 +138,11 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated)
       end
       local offset = (@PRIORITY_LOW@ - (tonumber(fields[3]) or @PRIORITY_LOW@)) * aging_ms
       local score = math.max(own, now_ms - offset)
+      if before and score <= now_ms and score < before then
+        -- The caller's next turn starts it (lib/take.lua): it never waits on arq's set, and the
+        -- head field is written by the seat that ends the caller's run of starts.
+        return true, job, score, record
+      end
       redis.call('ZADD', arq_queue, score, job)
       on_arq[job] = true
       set_head(queue, project, job)
@@ -162,7 +177,7 @@ local function wait_in_line(task_key, job, score, now_ms, aging_ms, record)
   seat(where[1], where[2], now_ms, aging_ms, record, head)
 end
 
-local function leave_line(task_key, job, now_ms, aging_ms, where, is_head)
+local function leave_line(task_key, job, now_ms, aging_ms, where, is_head, before)
   where = where or redis.call('HMGET', task_key, 'queue', 'project_id')
   redis.call('ZREM', '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2], job)
   redis.call('ZREM', '@WAITING_PREFIX@' .. where[1], job)
@@ -170,7 +185,7 @@ local function leave_line(task_key, job, now_ms, aging_ms, where, is_head)
   local head = not is_head and head_of(where[1], where[2])
   local vacated = is_head or head == job
   if vacated then head = false end
-  return seat(where[1], where[2], now_ms, aging_ms, nil, head, vacated)
+  return seat(where[1], where[2], now_ms, aging_ms, nil, head, vacated, before)
 end
 
 local function orphan_leaves(queue, job, now_ms, aging_ms)

@@ -43,10 +43,10 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
   local left = false
   -- The due job after the one a turn starts (nil: none), as last read, and the job the next turn
   -- starts when this call knows it without reading the set again (below).
-  local runner, runner_score, known, known_score
+  local runner, runner_score, known, known_score, known_record
   while true do
-    local job, score = known, known_score
-    known = nil
+    local job, score, straight = known, known_score, known_record
+    known, known_record = nil, nil
     if not job then
       -- Passed-over jobs stay on the set, in front: read two past them, the next and the runner-up.
       local due = redis.call('ZRANGEBYSCORE', line, '-inf', tonumber(now_ms), 'WITHSCORES', 'LIMIT', 0, npassed + 2)
@@ -68,25 +68,35 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
     end
     local task_id = string.match(job, '^(.*)%.[^.]*$') or job
     local task_key = '@TASK_PREFIX@' .. task_id
-    local record = read_record(task_key)
+    local record = straight or read_record(task_key)
     if record.status == 'queued' and record.job_id == job then
-      local starting = pending(later, 'SADD', '@PROCESSING_PREFIX@' .. record.project_id)
-      if throttled(record.project_id, limit, starting) then
+      local processing = '@PROCESSING_PREFIX@' .. record.project_id
+      -- A job started straight from its line had its throttle asked by the start before it.
+      if not straight and throttled(record.project_id, limit, pending(later, 'SADD', processing)) then
         passed[job], npassed = true, npassed + 1
       else
         -- Off arq's set first: nothing else may take it (lib/begin.lua does what start.lua does).
-        redis.call('ZREM', line, job)
-        left_arq(job)
+        if not straight then
+          redis.call('ZREM', line, job)
+          left_arq(job)
+        end
+        -- The next turn starts the project's next job if it comes first, is due and fits: then it
+        -- need not go on the set and off again (lib/fair.lua's seat, `before`).
+        local before = nil
+        if started + 1 < count and npassed < scan
+          and not throttled(record.project_id, limit, pending(later, 'SADD', processing) + 1) then
+          before = runner_score or math.huge
+        end
         written.started_state = '@WEBHOOK_PREFIX@' .. task_id .. ':started'
-        local _, seated, seated_score = begin(task_key, task_id, job, record, me, now, now_ms, aging_ms, written,
-          false, later)
+        local _, seated, seated_score, seated_record = begin(task_key, task_id, job, record, me, now, now_ms,
+          aging_ms, written, false, later, before)
         taken[#taken + 1] = record_reply({job, score}, record)
         started = started + 1
-        -- The project's next job, just put on the set, is the next due job when it comes before the
+        -- The project's next job, just seated, is the next due job when it comes before the
         -- runner-up (which this start left where it was): the next turn need not read the set. A
         -- tie is left to the set's own order (by member), read again.
         if seated and seated_score <= tonumber(now_ms) and (not runner or seated_score < runner_score) then
-          known, known_score = seated, string.format('%.17g', seated_score)
+          known, known_score, known_record = seated, string.format('%.17g', seated_score), seated_record
         end
       end
     elseif redis.call('EXISTS', '@IN_PROGRESS_PREFIX@' .. job) == 1 then
