@@ -62,7 +62,7 @@ async def test_one_take_starts_a_projects_queued_tasks_up_to_the_free_slots_in_s
     assert await statuses(redis, ids) == ["processing"] * 3 + ["queued"] * 2
 
 
-async def test_one_take_of_a_projects_tasks_reads_arqs_set_and_each_record_once_and_seats_only_the_next_head(
+async def test_one_take_of_a_projects_tasks_reads_arqs_set_and_each_record_once_and_leaves_the_queues_line_at_once(
     start_service: Any, redis: Redis
 ):
     api = await start_service(workers=False)
@@ -86,6 +86,7 @@ async def test_one_take_of_a_projects_tasks_reads_arqs_set_and_each_record_once_
 
     assert ran_on("ZRANGEBYSCORE", queue) == 1
     assert (ran_on("ZADD", queue), ran_on("ZREM", queue)) == (1, 1)
+    assert ran_on("ZREM", keys.waiting("default")) == 1  # the three leave the queue's line at once
     assert [c.split()[0] for c in ran if c.split()[1:2] == [keys.heads("default")]] == ["HSET"]
     assert [ran_on("HGETALL", keys.task(i)) + ran_on("HMGET", keys.task(i)) for i in ids] == [1, 1, 1, 1, 0]
     fourth = await redis.hget(keys.task(ids[3]), "job_id")

@@ -26,7 +26,8 @@
 --              are all made (write_later): one HINCRBYFLOAT and one HINCRBY per counter, one ZADD and
 --              one SADD a project for a take's batch, however many it started (was three counter
 --              writes, a ZADD and an SADD a start). Nothing a start does reads them but the throttle,
---              which counts the starts not yet in the processing set (lib/fair.lua's `pending`).
+--              which counts the starts not yet in the processing set (lib/fair.lua's `pending`);
+--              and the started jobs leave the queue's line ({taskd}:waiting:{queue}) in one ZREM.
 --   before     optional: lib/fair.lua's seat's `before`, from a take that starts the project's next
 --              job at once when it comes first
 --
@@ -73,7 +74,7 @@ local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, 
   add_to(later, 'SADD', '@PROCESSING_PREFIX@' .. record.project_id, task_id)
   -- Started from arq's set as the task's current job: its project's head (lib/fair.lua).
   local seated, next_job, next_score, next_record = leave_line(task_key, job_id, tonumber(now_ms), aging_ms,
-    {record.queue, record.project_id}, true, before)
+    {record.queue, record.project_id}, true, before, later)
   if wants_webhook_record(record, 'started') then
     queue_webhook(keys_of.outbox, keys_of.started_state, task_id .. ':started', now_ms)
   end

@@ -16,7 +16,8 @@
 -- turns, each in its own FIFO (by priority) order, and aging still lifts a head that waits long.
 --
 --   wait_in_line(task_key, job, score, now_ms, aging_ms, record)  puts the task's job in line
---   leave_line(task_key, job, now_ms, aging_ms, where, is_head, before)  takes it out (started or cancelled)
+--   leave_line(task_key, job, now_ms, aging_ms, where, is_head, before, later)  takes it out (started or
+--                                                         cancelled)
 --   orphan_leaves(queue, job, now_ms, aging_ms)           the same for a head whose record is gone
 --   seat(queue, project, now_ms, aging_ms, known, head, vacated, before)  makes the line's first job the head
 --   throttled(project, limit, pending)                    whether the project runs `limit` tasks
@@ -45,6 +46,9 @@
 --               score on arq's set comes before `before` (the take's next due job of another
 --               project; math.huge for none) gives it: seat then leaves the job off arq's set and
 --               the head field as it is, and returns its record too, read whole (lib/take.lua)
+--     later     optional: lib/later.lua's table of a caller that writes it before anything reads the
+--               queue's line ({taskd}:waiting:{queue}): the job leaves that line with the batch's
+--               others, in one ZREM (lib/begin.lua)
 --     pending   optional: the project's starts made in this script whose place in its processing
 --               set is still to be written (lib/begin.lua leaves it to lib/later.lua)
 --
@@ -61,6 +65,7 @@
 -- the project's head (nothing for a worker to take: no wake-up needed), else nil; throttled a
 -- boolean; place the 1-based position (0 when the job is not waiting).
 -- include lib/record.lua
+-- include lib/later.lua
 local heads_read, on_arq = {}, {}
 
 local function all_heads(queue)
@@ -177,10 +182,14 @@ local function wait_in_line(task_key, job, score, now_ms, aging_ms, record)
   seat(where[1], where[2], now_ms, aging_ms, record, head)
 end
 
-local function leave_line(task_key, job, now_ms, aging_ms, where, is_head, before)
+local function leave_line(task_key, job, now_ms, aging_ms, where, is_head, before, later)
   where = where or redis.call('HMGET', task_key, 'queue', 'project_id')
   redis.call('ZREM', '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2], job)
-  redis.call('ZREM', '@WAITING_PREFIX@' .. where[1], job)
+  if later then
+    add_to(later, 'ZREM', '@WAITING_PREFIX@' .. where[1], job)
+  else
+    redis.call('ZREM', '@WAITING_PREFIX@' .. where[1], job)
+  end
   -- A started head stays on arq's set (arq lists a running job until it is dropped).
   local head = not is_head and head_of(where[1], where[2])
   local vacated = is_head or head == job
