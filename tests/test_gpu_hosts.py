@@ -117,21 +117,23 @@ async def test_a_running_task_shows_on_the_device_of_the_host_that_runs_it(clien
         task_id = (await response.json())["task_id"]
 
     # Both hosts' workers may take a slot for it before one wins the claim; the loser gives its back.
-    async with asyncio.timeout(30):
+    # The winner took its slot before its claim, so once the task runs its slot is held, and a
+    # health reading with one slot held is the winner's (read before that, it may be the loser's).
+    async with Redis.from_url(hosts.redis_url) as redis, asyncio.timeout(30):
+        while (worker_id := await redis.hget(keys.task(task_id), "worker_id")) is None:
+            await asyncio.sleep(0.05)
         while (
             len(holding := [gpu for gpu in (await get(client, "/api/v1/health"))["gpus"] if gpu["running"]])
             != 1
         ):
             await asyncio.sleep(0.1)
-    async with Redis.from_url(hosts.redis_url) as redis:
-        worker_id = (await redis.hget(keys.task(task_id), "worker_id")).decode()
     async with client.delete(f"/api/v1/tasks/{task_id}"):
         pass
 
     [device] = holding
     assert device["running"] == {task_id: 1}
     assert device["slots_used"] == 1
-    assert device["host"] == worker_id.split(":")[0]  # worker ids start with their host id
+    assert device["host"] == worker_id.decode().split(":")[0]  # worker ids start with their host id
 
 
 async def test_metrics_carry_the_gpus_of_every_worker_host(client, hosts):
