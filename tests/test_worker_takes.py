@@ -62,7 +62,7 @@ async def test_one_take_starts_a_projects_queued_tasks_up_to_the_free_slots_in_s
     assert await statuses(redis, ids) == ["processing"] * 3 + ["queued"] * 2
 
 
-async def test_one_take_of_a_projects_tasks_reads_arqs_set_and_each_record_once_and_leaves_the_queues_line_at_once(
+async def test_one_take_of_a_projects_tasks_reads_its_line_arqs_set_and_each_record_once(
     start_service: Any, redis: Redis
 ):
     api = await start_service(workers=False)
@@ -87,11 +87,31 @@ async def test_one_take_of_a_projects_tasks_reads_arqs_set_and_each_record_once_
     assert ran_on("ZRANGEBYSCORE", queue) == 1
     assert (ran_on("ZADD", queue), ran_on("ZREM", queue)) == (1, 1)
     assert ran_on("ZREM", keys.waiting("default")) == 1  # the three leave the queue's line at once
+    # The project's line read once, as far as the take's slots go; the first leaves it at once (its
+    # start reads what follows), the two after it together.
+    line = keys.project_waiting("default", "proj-1")
+    assert (ran_on("ZRANGE", line), ran_on("ZREM", line)) == (1, 2)
     assert [c.split()[0] for c in ran if c.split()[1:2] == [keys.heads("default")]] == ["HSET"]
     assert [ran_on("HGETALL", keys.task(i)) + ran_on("HMGET", keys.task(i)) for i in ids] == [1, 1, 1, 1, 0]
     fourth = await redis.hget(keys.task(ids[3]), "job_id")
     assert await redis.zrange(keys.queue("default"), 0, -1) == [fourth]
     assert await redis.hget(keys.heads("default"), "proj-1") == fourth
+
+
+async def test_a_take_reading_a_projects_line_ahead_passes_over_a_job_whose_record_expired(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    ids = [(await api.submit("noop", {}))["task_id"] for _ in range(5)]
+    await redis.delete(keys.task(ids[2]))  # its TTL ran out while it waited
+    await alive(redis, "worker-a")
+
+    taken = (await TaskStore(redis, 3600).take("default", "worker-a", time.time(), 5, 100)).started
+
+    assert [t.record.task_id for t in taken if t.record] == [ids[0], ids[1], ids[3], ids[4]]
+    assert await redis.exists(keys.project_waiting("default", "proj-1"), keys.waiting("default")) == 0
+    assert await redis.hgetall(keys.heads("default")) == {}
+    assert await redis.zcard(keys.queue("default")) == 0
 
 
 async def test_one_take_gives_two_projects_queued_tasks_their_turns(start_service: Any, redis: Redis):

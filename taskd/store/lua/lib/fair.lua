@@ -43,12 +43,15 @@
 --               from arq's set as the queued task's current job (lib/begin.lua), and only a head is
 --               there waiting; spares reading the head field
 --     before    optional: a take that will start the line's next job at once if it is due and its
---               score on arq's set comes before `before` (the take's next due job of another
+--               score on arq's set comes before `before.below` (the take's next due job of another
 --               project; math.huge for none) gives it: seat then leaves the job off arq's set and
---               the head field as it is, and returns its record too, read whole (lib/take.lua)
+--               the head field as it is, and returns its record too, read whole (lib/take.lua);
+--               `before.room`, the take's slots left after that job, is how far it reads the line
+--               ahead (below)
 --     later     optional: lib/later.lua's table of a caller that writes it before anything reads the
 --               queue's line ({taskd}:waiting:{queue}): the job leaves that line with the batch's
---               others, in one ZREM (lib/begin.lua)
+--               others, in one ZREM (lib/begin.lua), and its project's line too when the take read
+--               it ahead (below)
 --     pending   optional: the project's starts made in this script whose place in its processing
 --               set is still to be written (lib/begin.lua leaves it to lib/later.lua)
 --
@@ -107,13 +110,50 @@ local function left_arq(job)
   on_arq[job] = false
 end
 
+-- A take's look ahead in a project's line (line -> {entries = {job, score, ...}, next = the index of
+-- the line's first job in `entries`, left = the jobs that started from it and leave the line with
+-- the take's batch, complete = true when `entries` runs to the line's end}): a take that starts a
+-- project's jobs one after another reads their line once, not once a start, and they leave it in
+-- one ZREM (lib/later.lua), not one each. Any other write to the line in the same run, or a read
+-- past the look, first takes them out (drop_ahead). The take forgets every look once its batch is
+-- written (forget_ahead).
+local ahead = {}
+
+local function drop_ahead(line)
+  local look = ahead[line]
+  if look and #look.left > 0 then redis.call('ZREM', line, unpack(look.left)) end
+  ahead[line] = nil
+end
+
+local function forget_ahead()
+  ahead = {}
+end
+
+-- The line's first job and its own score, or nil; `room` > 0: look that many jobs further ahead.
+local function first_in_line(line, room)
+  local look = ahead[line]
+  if look and look.next > #look.entries and not look.complete then
+    -- Past what was read (a take reads as far as its slots go, so seldom): read afresh.
+    drop_ahead(line)
+    look = nil
+  end
+  if look then
+    if look.next > #look.entries then return nil end
+    return look.entries[look.next], tonumber(look.entries[look.next + 1])
+  end
+  local first = redis.call('ZRANGE', line, 0, room, 'WITHSCORES')
+  if room > 0 then ahead[line] = {entries = first, next = 1, left = {}, complete = #first < 2 * (room + 1)} end
+  if #first == 0 then return nil end
+  return first[1], tonumber(first[2])
+end
+
 local function seat(queue, project, now_ms, aging_ms, known, head, vacated, before)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   local arq_queue = '@QUEUE_PREFIX@' .. queue
   if head == nil then head = head_of(queue, project) end
   while true do
-    local first = redis.call('ZRANGE', line, 0, 0, 'WITHSCORES')
-    if #first == 0 then
+    local job, own = first_in_line(line, before and before.room or 0)
+    if not job then
       if head then
         redis.call('ZREM', arq_queue, head)
         on_arq[head] = false
@@ -123,7 +163,6 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated, befo
       end
       return false
     end
-    local job, own = first[1], tonumber(first[2])
     local task_key = '@TASK_PREFIX@' .. string.match(job, '^(.*)%.[^.]*$')
     local fields, record
     if known and known.job_id == job then
@@ -143,7 +182,7 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated, befo
       end
       local offset = (@PRIORITY_LOW@ - (tonumber(fields[3]) or @PRIORITY_LOW@)) * aging_ms
       local score = math.max(own, now_ms - offset)
-      if before and score <= now_ms and score < before then
+      if before and score <= now_ms and score < before.below then
         -- The caller's next turn starts it (lib/take.lua): it never waits on arq's set, and the
         -- head field is written by the seat that ends the caller's run of starts.
         return true, job, score, record
@@ -155,6 +194,7 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated, befo
     end
     -- Its task ended, expired or has a newer job: it no longer waits (a cancel takes its job out
     -- itself; this is for a record that expired while queued).
+    drop_ahead(line)
     redis.call('ZREM', line, job)
     redis.call('ZREM', '@WAITING_PREFIX@' .. queue, job)
   end
@@ -168,6 +208,7 @@ local function wait_in_line(task_key, job, score, now_ms, aging_ms, record)
     where = redis.call('HMGET', task_key, 'queue', 'project_id')
   end
   local line = '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2]
+  drop_ahead(line)
   redis.call('ZADD', line, score, job)
   redis.call('ZADD', '@WAITING_PREFIX@' .. where[1], score, job)
   local head = head_of(where[1], where[2])
@@ -184,7 +225,16 @@ end
 
 local function leave_line(task_key, job, now_ms, aging_ms, where, is_head, before, later)
   where = where or redis.call('HMGET', task_key, 'queue', 'project_id')
-  redis.call('ZREM', '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2], job)
+  local line = '@PROJECT_WAITING_PREFIX@' .. where[1] .. ':' .. where[2]
+  local look = ahead[line]
+  if later and look and look.entries[look.next] == job then
+    look.next = look.next + 2
+    look.left[#look.left + 1] = job
+    add_to(later, 'ZREM', line, job)
+  else
+    drop_ahead(line)
+    redis.call('ZREM', line, job)
+  end
   if later then
     add_to(later, 'ZREM', '@WAITING_PREFIX@' .. where[1], job)
   else

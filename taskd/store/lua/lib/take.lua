@@ -85,7 +85,7 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
         local before = nil
         if started + 1 < count and npassed < scan
           and not throttled(record.project_id, limit, pending(later, 'SADD', processing) + 1) then
-          before = runner_score or math.huge
+          before = {below = runner_score or math.huge, room = count - started - 1}
         end
         written.started_state = '@WEBHOOK_PREFIX@' .. task_id .. ':started'
         local _, seated, seated_score, seated_record = begin(task_key, task_id, job, record, me, now, now_ms,
@@ -114,5 +114,7 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
     end
   end
   write_later(later)
+  -- The lines' jobs that started have left them: a look ahead would skip as many again.
+  forget_ahead()
   return started, npassed, left
 end
