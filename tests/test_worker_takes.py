@@ -130,6 +130,29 @@ async def test_one_take_gives_two_projects_queued_tasks_their_turns(start_servic
     assert [i for i in started if i in ids["b"]] == ids["b"]
 
 
+async def test_a_take_seats_a_projects_next_job_behind_another_projects_head_reading_three_of_its_fields(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    a = [(await api.submit("noop", {}, project_id="a"))["task_id"] for _ in range(2)]
+    b = (await api.submit("noop", {}, project_id="b"))["task_id"]
+    await alive(redis, "worker-a")
+    store = TaskStore(redis, 3600)
+
+    async def take() -> Takes:
+        return await store.take("default", "worker-a", time.time(), 3, 100)
+
+    taken, _, ran = await monitored(redis, take)
+
+    # a's second job waits behind b's head: seated on its status, job and priority, not its whole
+    # record (read once, when its turn comes), and a's line read one job at a time.
+    assert [t.record.task_id for t in taken.started if t.record] == [a[0], b, a[1]]
+    record = keys.task(a[1])
+    assert [sum(1 for c in ran if c.startswith(f"{cmd} {record}")) for cmd in ("HMGET", "HGETALL")] == [1, 1]
+    line = keys.project_waiting("default", "a")
+    assert [c.split()[2:4] for c in ran if c.startswith(f"ZRANGE {line} ")] == [["0", "0"]] * 2
+
+
 async def test_one_take_starts_an_urgent_projects_next_jobs_before_another_projects_waiting_head(
     start_service: Any, redis: Redis
 ):

@@ -47,7 +47,7 @@
 --               project; math.huge for none) gives it: seat then leaves the job off arq's set and
 --               the head field as it is, and returns its record too, read whole (lib/take.lua);
 --               `before.room`, the take's slots left after that job, is how far it reads the line
---               ahead (below)
+--               ahead (below) when no other job is due
 --     later     optional: lib/later.lua's table of a caller that writes it before anything reads the
 --               queue's line ({taskd}:waiting:{queue}): the job leaves that line with the batch's
 --               others, in one ZREM (lib/begin.lua), and its project's line too when the take read
@@ -151,8 +151,12 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated, befo
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   local arq_queue = '@QUEUE_PREFIX@' .. queue
   if head == nil then head = head_of(queue, project) end
+  -- With no other job due (nothing for the job to wait behind), the job will start straight: its
+  -- record is read whole and the line ahead as far as the take's slots go. With one, it seldom
+  -- does (another project's head is first, as projects take turns): three fields, one job.
+  local alone = before and before.below == math.huge
   while true do
-    local job, own = first_in_line(line, before and before.room or 0)
+    local job, own = first_in_line(line, alone and before.room or 0)
     if not job then
       if head then
         redis.call('ZREM', arq_queue, head)
@@ -167,8 +171,7 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated, befo
     local fields, record
     if known and known.job_id == job then
       fields = {known.status, known.job_id, known.priority}
-    elseif before then
-      -- Likely to start straight away: the whole record, which the start needs.
+    elseif alone then
       record = read_record(task_key)
       fields = {record.status, record.job_id, record.priority}
     else
@@ -185,7 +188,7 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated, befo
       if before and score <= now_ms and score < before.below then
         -- The caller's next turn starts it (lib/take.lua): it never waits on arq's set, and the
         -- head field is written by the seat that ends the caller's run of starts.
-        return true, job, score, record
+        return true, job, score, record or read_record(task_key)
       end
       redis.call('ZADD', arq_queue, score, job)
       on_arq[job] = true
