@@ -153,6 +153,27 @@ async def test_a_take_seats_a_projects_next_job_behind_another_projects_head_rea
     assert [c.split()[2:4] for c in ran if c.startswith(f"ZRANGE {line} ")] == [["0", "0"]] * 2
 
 
+async def test_a_take_starts_a_projects_job_straight_once_the_other_projects_are_done(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    a = [(await api.submit("noop", {}, project_id="a"))["task_id"] for _ in range(3)]
+    b = (await api.submit("noop", {}, project_id="b"))["task_id"]
+    await alive(redis, "worker-a")
+    store = TaskStore(redis, 3600)
+
+    async def take() -> Takes:
+        return await store.take("default", "worker-a", time.time(), 4, 100)
+
+    taken, _, ran = await monitored(redis, take)
+
+    # a's second job waits for b's turn on arq's set; after it nothing else is due, so a's third
+    # starts straight from a's line, never put on the set.
+    assert [t.record.task_id for t in taken.started if t.record] == [a[0], b, a[1], a[2]]
+    third = (await redis.hget(keys.task(a[2]), "job_id")).decode()
+    assert not [c for c in ran if c.startswith(f"ZADD {keys.queue('default')} ") and c.endswith(f" {third}")]
+
+
 async def test_one_take_starts_an_urgent_projects_next_jobs_before_another_projects_waiting_head(
     start_service: Any, redis: Redis
 ):

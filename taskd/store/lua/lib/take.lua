@@ -50,7 +50,7 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
     if not job then
       -- Passed-over jobs stay on the set, in front: read two past them, the next and the runner-up.
       local due = redis.call('ZRANGEBYSCORE', line, '-inf', tonumber(now_ms), 'WITHSCORES', 'LIMIT', 0, npassed + 2)
-      runner = nil
+      runner, runner_score = nil, nil
       for i = 1, #due, 2 do
         if not passed[due[i]] then
           if not job then
