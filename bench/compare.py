@@ -25,7 +25,10 @@ pool, taskd ÷ the best raw library on that row):
   HTTP status      GET of one completed task's status, same load generator, full service running
   end to end       N tasks submitted by concurrent clients (bench/loadgen.py, its own process) until
                    every one is `completed` in the store: tasks/s from the first request sent; the
-                   libraries: N jobs sent while the worker runs, until every result is stored
+                   libraries: N jobs sent while the worker runs, until every result is stored; taskd
+                   twice: `taskd serve`, then an API node and one `taskd worker` process (its
+                   production layout at its smallest, docs/production.md; the libraries' workers
+                   are processes of their own too), each a row and a target line
   worker draining  `taskd worker` started on the tasks the submit row queued, over N of them; each
                    library's worker on its N queued jobs
   start latency    submit request (or job) sent -> handler started, sequential tasks on an idle service
@@ -167,6 +170,8 @@ class Taskd(System):
             "TASKD_LIMITS__QUEUED_PER_PROJECT": "0",
         }
         self.proc: subprocess.Popen[str] | None = None
+        # `taskd worker` processes started beside it (spawn_workers), in pids() until stopped.
+        self.worker_procs: list[subprocess.Popen[str]] = []
         self.redis_url = ""
 
     async def start(self) -> None:
@@ -188,14 +193,7 @@ class Taskd(System):
         assert redis is not None
         # The libraries drain a queue of `tasks` jobs; taskd's holds what the submit load left, more.
         tasks = min(tasks, int(await redis.hget(self.counter_key, "total_tasks") or 0))
-        # Each worker a host of its own (its own data dir), as on separate machines.
-        procs = [
-            spawn(
-                [python(), "-m", "taskd", "worker"],
-                {**self.env, "TASKD_DATA_DIR": f"{self.data_dir}-w{n}", "TASKD_REDIS__URL": self.redis_url},
-            )
-            for n in range(workers)
-        ]
+        procs = self.spawn_workers(workers)
         try:
             deadline = time.monotonic() + 120 + tasks / 20
             first: tuple[float, int] | None = None
@@ -216,8 +214,7 @@ class Taskd(System):
             ended = time.monotonic()
             cpu_spent = _cpu_seconds([proc.pid for proc in procs]) - cpu_first
         finally:
-            for proc in procs:
-                await asyncio.to_thread(stop, proc)
+            await self.stop_workers()
         started, counted = first if first is not None else (ended, 0)
         return {
             "workers": workers,
@@ -228,13 +225,34 @@ class Taskd(System):
             ),
         }
 
+    def spawn_workers(self, count: int) -> list[subprocess.Popen[str]]:
+        """`count` `taskd worker` processes on this service's Valkey, each a host of its own (its own
+        data dir), as on separate machines."""
+        first = len(self.worker_procs)
+        procs = [
+            spawn(
+                [python(), "-m", "taskd", "worker"],
+                {**self.env, "TASKD_DATA_DIR": f"{self.data_dir}-w{n}", "TASKD_REDIS__URL": self.redis_url},
+            )
+            for n in range(first, first + count)
+        ]
+        self.worker_procs += procs
+        return procs
+
+    async def stop_workers(self) -> None:
+        procs, self.worker_procs = self.worker_procs, []
+        for proc in procs:
+            await asyncio.to_thread(stop, proc)
+
     def pids(self) -> list[int]:
-        return [self.proc.pid] if self.proc else []  # the embedded Valkey is a child
+        # The embedded Valkey is a child of the serve process.
+        return [proc.pid for proc in [self.proc, *self.worker_procs] if proc is not None]
 
     def record_key(self, task_id: str) -> str:
         return f"{{taskd}}:task:{task_id}"  # taskd.keys.task
 
     async def stop(self) -> None:
+        await self.stop_workers()
         if self.redis is not None:
             await self.redis.aclose()
         if self.proc is not None:
@@ -651,6 +669,23 @@ async def full_service(system: System, sizes: Sizes, tmp: Path, log: Callable[[s
         await system.stop()
 
 
+async def end_to_end_split(tmp: Path, sizes: Sizes, log: Callable[[str], None]) -> dict[str, Any]:
+    """The end-to-end row on taskd's smallest production layout (docs/production.md): an API node
+    (`taskd serve --no-worker`) and one `taskd worker` process, the peers' workers being processes
+    of their own too. The other rows run `taskd serve`, API and worker in one process."""
+    system = Taskd(tmp, workers=False)
+    await system.start()
+    try:
+        system.spawn_workers(1)
+        await warm_up(system)
+        await asyncio.sleep(sizes.settle)
+        result = await end_to_end(system, sizes, tmp)
+        log(f"  taskd: end to end, an API node and a worker process {_fmt(result)}")
+        return result
+    finally:
+        await system.stop()
+
+
 async def _submit_load(system: System, sizes: Sizes, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
     async with _client(system.base_url) as session:
         await submit_one(session, system.base_url, SUBMIT_BODY)  # connections and code paths warm
@@ -822,6 +857,7 @@ async def run(
             Taskd(tmp, workers=False, rate_limits=True), sizes, tmp, log
         )
         results["taskd"]["full"] = await full_service(Taskd(tmp), sizes, tmp, log)
+        results["taskd"]["e2e_split"] = await end_to_end_split(tmp, sizes, log)
         if "reference" in peers:
             log("reference stack (FastAPI + uvicorn, Celery, Redis protocol on Valkey)")
             python = pythons["reference"]
@@ -854,6 +890,7 @@ def _completion_lines(results: dict[str, Any]) -> tuple[list[str], bool]:
     """A line per system on how many of its tasks completed; whether every one did."""
     lines = []
     ok = True
+    split = results["taskd"].get("e2e_split")
     services = [("taskd", results["taskd"]["full"])] + [
         (f"reference ({pool})", results[f"reference_{pool}"])
         for pool in POOLS
@@ -867,6 +904,12 @@ def _completion_lines(results: dict[str, Any]) -> tuple[list[str], bool]:
             f"{full['webhook']['received']} of {full['webhook']['tasks']} webhooks received"
         )
         ok = ok and e2e["all_completed"]
+    if split is not None:
+        lines.append(
+            f"taskd (an API node and a worker process): {split['completed']} of {split['tasks']} end-to-end "
+            f"tasks completed{'' if split['all_completed'] else ' (NOT ALL: ' + str(split['refusals']) + ')'}"
+        )
+        ok = ok and split["all_completed"]
     for name, peer in results["peers"].items():
         lost = {phase: count for phase, count in peer["lost"].items() if count}
         lines.append(

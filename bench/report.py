@@ -155,6 +155,14 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             "e2e_tasks_per_s",
         ),
         Row(
+            "end to end, an API node and a worker process, tasks/s",
+            True,
+            _dig(taskd.get("e2e_split"), "tasks_per_s"),
+            ref("e2e", "tasks_per_s"),
+            peer("e2e_tasks_per_s"),
+            (Target("best peer", 1),),
+        ),
+        Row(
             "worker draining a queue, tasks/s",
             True,
             _dig(taskd.get("drain"), "tasks_per_s"),
@@ -327,6 +335,7 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     e2e, start = rows["e2e_tasks_per_s"], rows["start_p50_ms"]
     hook, memory = rows["webhook_p50_ms"], rows["idle_memory_mib"]
     drain = rows["worker draining a queue, tasks/s"]
+    split = rows["end to end, an API node and a worker process, tasks/s"]
     found = [
         Goal(
             "HTTP submit",
@@ -348,6 +357,13 @@ def goals(results: dict[str, Any]) -> list[Goal]:
             "≥ 1x the best peer's end to end (no HTTP)",
             _judge(e2e.ratio("best peer"), 1, True),
             e2e.ratio("best peer"),
+        ),
+        Goal(
+            "end to end through HTTP, an API node and a worker process",
+            _versus(split, "best peer", "tasks/s"),
+            "≥ 1x the best peer's end to end (no HTTP)",
+            _judge(split.ratio("best peer"), 1, True),
+            split.ratio("best peer"),
         ),
         Goal(
             "start latency p50 against the reference",

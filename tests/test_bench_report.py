@@ -64,6 +64,7 @@ def full_run() -> dict[str, Any]:
             "drain": {"tasks_per_s": 1500.0},
             "drain_two_workers": {"tasks_per_s": 1800.0},
             "queued_memory": {"tasks": 3000, "mib_per_1000": 1.25},
+            "e2e_split": {"tasks_per_s": 1400.0},
             "full": {
                 **service(status=4000, e2e=1200, p50=1.0, p99=2.0, hook50=1.5, hook99=3.0, idle=40, peak=60),
                 "sse": {"p50_ms": 10.0, "p99_ms": 25.0},
@@ -230,6 +231,7 @@ def test_latest_json_lists_every_target_of_the_issue_with_its_figure_and_whether
         ("HTTP submit", True),  # 12x the reference
         ("HTTP submit, rate limits on", False),  # 4x, < 5x
         ("end to end through HTTP", False),  # below the best library
+        ("end to end through HTTP, an API node and a worker process", True),  # 1400 against 1300
         ("start latency p50 against the reference", True),  # 0.25x
         ("start latency p50 against the peers", True),  # 0.5x the best library
         ("webhook latency p50", False),  # 1.5 ms against Celery's 0.9
@@ -255,6 +257,34 @@ def test_a_target_names_the_figures_it_was_judged_on(report: ModuleType):
         targets["result followed on the event stream"]["figure"]
         == "p50 10.00 ms, p99 25.00 ms (p99 2.50x p50)"
     )
+
+
+def test_taskd_end_to_end_as_an_api_node_and_a_worker_process_is_a_row_and_a_target_of_its_own(
+    report: ModuleType,
+):
+    rows = {row.label: row for row in report.build_rows(full_run())}
+    targets = {target.name: target for target in report.goals(full_run())}
+
+    split = rows["end to end, an API node and a worker process, tasks/s"]
+    assert (split.taskd, split.ratio("reference"), split.ratio("best peer")) == (
+        1400.0,
+        1400 / 600,
+        1400 / 1300,
+    )
+    assert targets["end to end through HTTP, an API node and a worker process"].figure == (
+        "1.08x lean (1,400 against 1,300 tasks/s)"
+    )
+    # The one-process row and its target are judged on their own figure as before.
+    assert targets["end to end through HTTP"].met is False
+
+
+def test_a_run_without_the_api_node_and_worker_process_figure_leaves_that_target_unjudged(report: ModuleType):
+    results = full_run()
+    del results["taskd"]["e2e_split"]
+
+    targets = {target.name: target for target in report.goals(results)}
+
+    assert targets["end to end through HTTP, an API node and a worker process"].met is None
 
 
 def test_a_second_worker_that_drains_no_faster_does_not_meet_its_target(report: ModuleType):
@@ -284,10 +314,10 @@ def test_targets_whose_figures_were_not_measured_are_not_judged(report: ModuleTy
 def test_the_targets_print_one_line_each_below_the_table(report: ModuleType):
     lines = report.render_goals(report.goals(full_run())).splitlines()
 
-    assert len(lines) == 11
+    assert len(lines) == 12
     assert (
         lines[0]
         == "- HTTP submit: 12.00x the reference (6,000 against 500 per s); target ≥ 10x the reference: met"
     )
     assert lines[1].endswith("target ≥ 5x the reference: NOT MET")
-    assert lines[7].endswith("target reported (no bound): not judged")
+    assert lines[8].endswith("target reported (no bound): not judged")

@@ -41,6 +41,8 @@ def test_comparison_benchmark_of_taskd_alone_completes_every_task_and_prints_its
     assert "| end to end, tasks/s |" in result.stdout
     assert "| worker draining a queue, tasks/s |" in result.stdout
     assert "taskd: 40 of 40 end-to-end tasks completed; 10 of 10 webhooks received" in result.stdout
+    assert "| end to end, an API node and a worker process, tasks/s |" in result.stdout
+    assert "taskd (an API node and a worker process): 40 of 40 end-to-end tasks completed" in result.stdout
     # Below the table, each target of issue 19 with its figure; those that need a peer are not judged.
     assert "- HTTP submit: taskd " in result.stdout
     assert "target ≥ 10x the reference: not judged" in result.stdout
