@@ -25,9 +25,10 @@
 -- (submit.lua, batch.lua: lib/admit.lua) write the same counters, sets and expiries for each task
 -- of their batch; summed here they are one command per counter
 -- and key instead of one per task (docs/performance.md, "Redis cost per task"). The steps read
--- records, lines and heads, and these are counters, the running and project sets, and expiries; the
--- one step that reads a set left for later, the throttle of a take's starts (a project's processing
--- set), adds what `pending` says waits for it.
+-- records, lines and heads, and these are counters, the running and project sets, expiries and a
+-- take's starts leaving the lines. Two steps read what is left for later, and count it in: the
+-- throttle of a take's starts (a project's processing set: what `pending` says waits for it) and a
+-- take's look ahead in a project's line, which knows which of its jobs left (lib/fair.lua).
 -- Returns: later_writes the table the others fill; pending a count; the others nothing.
 local function later_writes(metrics_key)
   return {metrics = metrics_key, names = {}, by = {}, float = {}, groups = {}, members = {}, expiring = {},
