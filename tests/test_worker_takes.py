@@ -49,6 +49,13 @@ async def messages(pubsub: PubSub, wait: float = 0.3) -> list[str]:
     return seen
 
 
+async def watched_take(redis: Redis, count: int, store: TaskStore | None = None) -> tuple[Takes, list[str]]:
+    """One take of up to `count` jobs by worker-a, and the commands its script ran (MONITOR)."""
+    taker = store or TaskStore(redis, 3600)
+    taken, _, ran = await monitored(redis, lambda: taker.take("default", "worker-a", time.time(), count, 100))
+    return taken, ran
+
+
 async def test_one_take_starts_a_projects_queued_tasks_up_to_the_free_slots_in_submit_order(
     start_service: Any, redis: Redis
 ):
@@ -68,12 +75,8 @@ async def test_one_take_of_a_projects_tasks_reads_its_line_arqs_set_and_each_rec
     api = await start_service(workers=False)
     ids = [(await api.submit("noop", {}))["task_id"] for _ in range(5)]
     await alive(redis, "worker-a")
-    store = TaskStore(redis, 3600)
 
-    async def take() -> Takes:
-        return await store.take("default", "worker-a", time.time(), 3, 100)
-
-    taken, _, ran = await monitored(redis, take)
+    taken, ran = await watched_take(redis, 3)
 
     # Each start finds its project's next job due first, so the next turn starts it straight from
     # its line, its record read whole once: only the job left waiting goes on arq's set and becomes
@@ -137,12 +140,8 @@ async def test_a_take_seats_a_projects_next_job_behind_another_projects_head_rea
     a = [(await api.submit("noop", {}, project_id="a"))["task_id"] for _ in range(2)]
     b = (await api.submit("noop", {}, project_id="b"))["task_id"]
     await alive(redis, "worker-a")
-    store = TaskStore(redis, 3600)
 
-    async def take() -> Takes:
-        return await store.take("default", "worker-a", time.time(), 3, 100)
-
-    taken, _, ran = await monitored(redis, take)
+    taken, ran = await watched_take(redis, 3)
 
     # a's second job waits behind b's head: seated on its status, job and priority, not its whole
     # record (read once, when its turn comes), and a's line read one job at a time.
@@ -160,12 +159,8 @@ async def test_a_take_starts_a_projects_job_straight_once_the_other_projects_are
     a = [(await api.submit("noop", {}, project_id="a"))["task_id"] for _ in range(3)]
     b = (await api.submit("noop", {}, project_id="b"))["task_id"]
     await alive(redis, "worker-a")
-    store = TaskStore(redis, 3600)
 
-    async def take() -> Takes:
-        return await store.take("default", "worker-a", time.time(), 4, 100)
-
-    taken, _, ran = await monitored(redis, take)
+    taken, ran = await watched_take(redis, 4)
 
     # a's second job waits for b's turn on arq's set; after it nothing else is due, so a's third
     # starts straight from a's line, never put on the set.
@@ -307,13 +302,9 @@ async def test_one_take_starts_no_more_of_a_project_than_its_limit_with_their_pr
 ):
     api = await start_service(workers=False)
     ids = [(await api.submit("noop", {}, project_id="busy"))["task_id"] for _ in range(5)]
-    store = TaskStore(redis, 3600, concurrent_per_project=2)
     await alive(redis, "worker-a")
 
-    async def take() -> Takes:
-        return await store.take("default", "worker-a", time.time(), 5, 100)
-
-    taken, _, ran = await monitored(redis, take)
+    taken, ran = await watched_take(redis, 5, TaskStore(redis, 3600, concurrent_per_project=2))
 
     # The throttle counts the starts made before in the same take, though the processing set gets
     # them only when the take ends, in one SADD.
