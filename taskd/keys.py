@@ -38,7 +38,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:gpu_host:{host}` | string: the host's JSON GPU report (devices, NVML readings, slots in use), written with every heartbeat of a worker process there | heartbeat TTL: a host that stops beating disappears from health, /metrics and the dashboard |
 | `{taskd}:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
 | `{taskd}:ratelimit:{policy}:{key hash}` | sorted set: the times (ms) of the requests of one API key (sha256, never the key) accepted under `submit`/`status` in the last minute | a minute after its last accepted request; older members are dropped on each request |
-| `{taskd}:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the limit is reached |
+| `{taskd}:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the waiting cap is reached, at most once a minute |
 | `{taskd}:provider:{name}:slots` | sorted set: holder (worker id, task id, request) -> ms its lease ends, of the requests in flight to provider `llm`/`image`/`speech` (`providers.<name>.max_concurrency`) | a lease after the last acquire or renewal; holders whose lease ended are dropped on each acquire |
 | `{taskd}:provider:{name}:minute` | sorted set: the times (ms) of the requests sent to the provider in the last minute (`providers.<name>.per_minute`) | a minute after its last request; older members are dropped on each acquire |
 | `{taskd}:wake` | pub/sub channel: a queue name, published when a job is put on it and no worker of the queue was idle; the workers that claim one job at a time (hosts with GPUs) listen to it | no storage |
@@ -51,7 +51,8 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:scheduled` | sorted set: task id -> ms it is due, of the queued tasks submitted with `run_at`/`delay_seconds` that wait for their time (no job yet); due.lua queues them | members leave when their time comes (every process looks twice a second) or their task ends (cancel) |
 | `{taskd}:partitions` | string: the number of partitions (`redis.partitions`) the tasks are spread over, kept by the first start (taskd.store.layout.check_partitions) | forever |
 | `{taskd}:layout` | string: `tagged` once the keys of versions before the tag (`taskd:…`) were renamed (taskd.store.layout) | forever |
-| `{taskd}:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached |
+| `{taskd}:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached, at most once a minute |
+| `{taskd}:project_active_pruned:{project_id}`, `{taskd}:project_processing_pruned:{project_id}` | string: set when that set of the project was last pruned of gone records; while it lives the cap or the throttle counts the set as it is (lib/prune.lua) | `PRUNE_EVERY_MS` (a minute) |
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900)
 # in the metrics hash per queue and type as `wait_in:<queue>:<type>:<le>`, counted once like durations.
 WAIT_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
 EVENTS_TTL = 24 * 3600
+# A project's active or processing set is read through for the ids of gone records (one read a
+# member) at most this often: a project held at its waiting cap or throttle, and a client retrying
+# its refused submits, cost a count, not a read of up to `limits.queued_per_project` records, each
+# time (lib/prune.lua).
+PRUNE_EVERY_MS = 60_000
 TASK_EVENTS_MAXLEN = 200
 PROJECT_EVENTS_MAXLEN = 10_000
 # Partition 0's outbox, schedule and counters (METRICS, above): with one partition, the only ones;
@@ -309,6 +315,16 @@ def project_active(project_id: str) -> str:
 def project_processing(project_id: str) -> str:
     """The project's processing tasks, across queues: the concurrency throttle counts them."""
     return f"{_of_project(project_id)}project_processing:{project_id}"
+
+
+def project_active_pruned(project_id: str) -> str:
+    """Set for PRUNE_EVERY_MS when the project's active set was last read through for gone records."""
+    return f"{_of_project(project_id)}project_active_pruned:{project_id}"
+
+
+def project_processing_pruned(project_id: str) -> str:
+    """Set for PRUNE_EVERY_MS when the project's processing set was last read through for gone records."""
+    return f"{_of_project(project_id)}project_processing_pruned:{project_id}"
 
 
 def waiting(queue: str, partition: int = 0) -> str:

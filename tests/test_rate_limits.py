@@ -240,6 +240,46 @@ async def test_a_cancelled_waiting_task_frees_its_place_under_the_waiting_cap(st
     assert third["status"] == "queued"
 
 
+async def test_a_place_held_by_a_task_whose_record_is_gone_is_given_back_at_the_waiting_cap(
+    start_service, redis
+):
+    taskd = await start_service(workers=False, limits=LimitsConfig(queued_per_project=2))
+    gone = await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+    await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+    await redis.delete(keys.task(gone["task_id"]))  # expired while it waited
+
+    third = await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+
+    assert third["status"] == "queued"
+
+
+async def test_submits_refused_at_the_waiting_cap_read_the_projects_records_once_a_minute(
+    start_service, redis
+):
+    # A client retrying its 429s must not make Valkey read every waiting record of the project per
+    # try: at the default cap of 10,000 that was ~23 ms of Valkey's one thread each.
+    taskd = await start_service(workers=False, limits=LimitsConfig(queued_per_project=3))
+    for _ in range(3):
+        await taskd.submit("generate_video", TASK_DATA["generate_video"], project_id="p")
+
+    async def refused_submits(count: int) -> None:
+        for _ in range(count):
+            async with taskd.client.post("/api/v1/tasks/submit", json=submit_body("p")) as refused:
+                assert refused.status == 429
+
+    def record_reads(ran: list[str]) -> int:
+        return sum(1 for command in ran if command.startswith(f"HGET {keys.task('')}"))
+
+    first_minute = await sent_to_valkey(redis, lambda: refused_submits(5), by_scripts=True)
+    marker_ms = await redis.pttl(keys.project_active_pruned("p"))
+    await redis.delete(keys.project_active_pruned("p"))  # as a minute later
+    a_minute_later = await sent_to_valkey(redis, lambda: refused_submits(2), by_scripts=True)
+
+    assert record_reads(first_minute) == 3  # the three waiting tasks' records, read by the first try
+    assert 0 < marker_ms <= keys.PRUNE_EVERY_MS
+    assert record_reads(a_minute_later) == 3
+
+
 async def test_concurrent_submissions_never_pass_the_waiting_cap(start_service):
     first = await start_service(workers=False, limits=LimitsConfig(queued_per_project=5))
     second = await start_service(workers=False, limits=LimitsConfig(queued_per_project=5))

@@ -297,6 +297,42 @@ async def test_a_take_passes_over_a_throttled_projects_head_to_the_next_project(
     assert await statuses(redis, busy) == ["processing", "queued"]
 
 
+async def test_a_throttle_place_held_by_a_task_whose_record_is_gone_is_given_back(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    busy = [(await api.submit("noop", {}, project_id="busy"))["task_id"] for _ in range(2)]
+    store = TaskStore(redis, 3600, concurrent_per_project=1)
+    await alive(redis, "worker-a")
+    await store.take("default", "worker-a", time.time(), 1, 100)
+    await redis.delete(keys.task(busy[0]))  # gone while it ran
+
+    taken = await store.take("default", "worker-a", time.time(), 1, 100)
+
+    assert [t.record.task_id for t in taken.started if t.record] == [busy[1]]
+
+
+async def test_takes_passing_over_a_throttled_project_read_its_running_records_once_a_minute(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    busy = [(await api.submit("noop", {}, project_id="busy"))["task_id"] for _ in range(2)]
+    store = TaskStore(redis, 3600, concurrent_per_project=1)
+    await alive(redis, "worker-a")
+    await store.take("default", "worker-a", time.time(), 1, 100)  # busy's first: busy is at its limit
+    for n in range(4):  # behind busy's next job
+        await api.submit("noop", {}, project_id=f"other-{n}")
+
+    first, first_ran = await watched_take(redis, 2, store)
+    second, second_ran = await watched_take(redis, 2, store)
+
+    running_record = f"HGET {keys.task(busy[0])} status"
+    assert [len(t.started) for t in (first, second)] == [2, 2]  # the others' tasks, busy's head passed over
+    assert first_ran.count(running_record) == 1
+    assert second_ran.count(running_record) == 0
+    assert 0 < await redis.pttl(keys.project_processing_pruned("busy")) <= keys.PRUNE_EVERY_MS
+
+
 async def test_one_take_starts_no_more_of_a_project_than_its_limit_with_their_processing_places_written_at_once(
     start_service: Any, redis: Redis
 ):

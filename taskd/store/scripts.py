@@ -52,6 +52,8 @@ PARTITION_PREFIXES: Mapping[str, str] = {
     "OUTBOX": "webhooks:due",
     "WORKER_PREFIX": "worker:",
     "PROCESSING_PREFIX": "project_processing:",
+    "ACTIVE_PRUNED_PREFIX": "project_active_pruned:",
+    "PROCESSING_PRUNED_PREFIX": "project_processing_pruned:",
     "DEPENDENTS_PREFIX": "dependents:",
     "SCHEDULED": "scheduled",
     "IN_PROGRESS_PREFIX": "arq:in-progress:",
@@ -69,6 +71,8 @@ CONSTANTS: Mapping[str, str] = {
     "TASK_EVENTS_MAXLEN": str(keys.TASK_EVENTS_MAXLEN),
     "PROJECT_EVENTS_MAXLEN": str(keys.PROJECT_EVENTS_MAXLEN),
     "EVENTS_TTL": str(keys.EVENTS_TTL),
+    # How often a project's active or processing set may be read through for gone records (lib/prune.lua).
+    "PRUNE_EVERY_MS": str(keys.PRUNE_EVERY_MS),
     # A task's end wakes the webhook senders of every process at once; a job wakes the workers.
     "WEBHOOKS_WAKE": keys.WEBHOOKS_WAKE,
     "WAKE": keys.WAKE_CHANNEL,

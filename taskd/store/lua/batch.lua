@@ -47,8 +47,7 @@ for index, task in ipairs(tasks) do
   task.waiting_for = waiting_for
   local earlier = in_project[task.project] or 0
   if queued_limit > 0 then
-    local waiting = queued('@ACTIVE_PREFIX@' .. task.project, '@PROCESSING_PREFIX@' .. task.project,
-      queued_limit - earlier) + earlier
+    local waiting = queued(task.project, queued_limit - earlier) + earlier
     if waiting >= queued_limit then return {'project_full', index - 1, waiting} end
   end
   in_project[task.project] = earlier + 1

@@ -116,7 +116,7 @@ local function submit(a)
   local queued_limit, queue_limit = tonumber(a.queued_limit), tonumber(a.queue_limit)
   local active_key = '@ACTIVE_PREFIX@' .. project
   if queued_limit > 0 then
-    local waiting = queued(active_key, '@PROCESSING_PREFIX@' .. project, queued_limit)
+    local waiting = queued(project, queued_limit)
     if waiting >= queued_limit then return {{'project_full', waiting}, quota, {}} end
   end
   local queue, taker = a.queue, a.taker

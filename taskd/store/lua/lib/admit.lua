@@ -9,8 +9,9 @@
 --                                            waiting_for), or nil, id, why for one it may not have
 --     pending   id -> project of the tasks the same script stores before this one (batch.lua);
 --               each counts as a queued task of that project
---   queued(active_key, processing_key, at)  how many of a project's tasks wait (queued); when
---                                            that reaches `at`, ids that ended are dropped first;
+--   queued(project, at)                     how many of a project's tasks wait (queued); when
+--                                            that reaches `at`, ids whose task is gone are
+--                                            dropped first (at most once a minute: lib/prune.lua);
 --                                            below `at`, a count at least as large (under `at`
 --                                            too) may stand in for it: the tasks queued and
 --                                            running together, read once a script run and counted
@@ -47,6 +48,7 @@
 -- include lib/fair.lua
 -- include lib/wake.lua
 -- include lib/later.lua
+-- include lib/prune.lua
 
 local function unmet(project, depends_on, pending)
   local waiting_for = {}
@@ -69,7 +71,8 @@ end
 -- (active_key -> count): the submits of one call read it once a project, not once each.
 local active_counted = {}
 
-local function queued(active_key, processing_key, at)
+local function queued(project, at)
+  local active_key = '@ACTIVE_PREFIX@' .. project
   -- Fewer tasks than `at` queued and running together: fewer than `at` wait, whatever runs. The
   -- callers only compare with `at`, so that count stands in for the waiting one (one SCARD less).
   local active = active_counted[active_key]
@@ -80,8 +83,9 @@ local function queued(active_key, processing_key, at)
   if active < at then return active end
   -- Below, ended tasks may leave the set: it is read again next time.
   active_counted[active_key] = nil
+  local processing_key = '@PROCESSING_PREFIX@' .. project
   local waiting = active - redis.call('SCARD', processing_key)
-  if waiting < at then return waiting end
+  if waiting < at or not prune_due('@ACTIVE_PRUNED_PREFIX@' .. project) then return waiting end
   for _, id in ipairs(redis.call('SMEMBERS', active_key)) do
     local status = redis.call('HGET', '@TASK_PREFIX@' .. id, 'status')
     if status ~= 'queued' and status ~= 'processing' then redis.call('SREM', active_key, id) end

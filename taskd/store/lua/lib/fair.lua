@@ -20,7 +20,9 @@
 --                                                         cancelled)
 --   orphan_leaves(queue, job, now_ms, aging_ms)           the same for a head whose record is gone
 --   seat(queue, project, now_ms, aging_ms, known, head, vacated, before)  makes the line's first job the head
---   throttled(project, limit, pending)                    whether the project runs `limit` tasks
+--   throttled(project, limit, pending)                    whether the project runs `limit` tasks (ids
+--                                                         of gone records dropped first, at most once
+--                                                         a minute: lib/prune.lua)
 --   place(queue, project, job, k)                         a waiting job's queue position
 --   all_heads(queue)                                      the queue's heads (project -> job), read once
 --                                                         a script run (below)
@@ -69,6 +71,7 @@
 -- boolean; place the 1-based position (0 when the job is not waiting).
 -- include lib/record.lua
 -- include lib/later.lua
+-- include lib/prune.lua
 local heads_read, on_arq = {}, {}
 
 local function all_heads(queue)
@@ -264,7 +267,9 @@ local function throttled(project, limit, pending)
   pending = pending or 0
   local processing = '@PROCESSING_PREFIX@' .. project
   if redis.call('SCARD', processing) + pending < limit then return false end
-  -- Only at the limit: a record that expired while processing must not hold a place for ever.
+  -- Only at the limit, and once a minute: a record gone while processing must not hold a place
+  -- for ever (lib/prune.lua).
+  if not prune_due('@PROCESSING_PRUNED_PREFIX@' .. project) then return true end
   for _, id in ipairs(redis.call('SMEMBERS', processing)) do
     if redis.call('HGET', '@TASK_PREFIX@' .. id, 'status') ~= 'processing' then
       redis.call('SREM', processing, id)
