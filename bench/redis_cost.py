@@ -63,8 +63,6 @@ def _env(data_dir: Path, probe_dir: Path) -> dict[str, str]:
         "TASKD_LIMITS__STATUS_PER_MINUTE": "0",
         "TASKD_LIMITS__CONCURRENT_PER_PROJECT": "0",
         "TASKD_LIMITS__MAX_QUEUE_LENGTH": "0",
-        # A drain of more than 10,000 tasks queues them in one project (the default refuses more).
-        "TASKD_LIMITS__QUEUED_PER_PROJECT": "0",
         "BENCH_REDIS_PROBE_DIR": str(probe_dir),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
