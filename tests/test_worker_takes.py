@@ -297,6 +297,17 @@ async def test_a_take_passes_over_a_throttled_projects_head_to_the_next_project(
     assert await statuses(redis, busy) == ["processing", "queued"]
 
 
+async def test_a_take_of_a_throttled_projects_jobs_counts_its_running_tasks_once(start_service: Any, redis: Redis):
+    api = await start_service(workers=False)
+    ids = [(await api.submit("noop", {}, project_id="busy"))["task_id"] for _ in range(5)]
+    await alive(redis, "worker-a")
+
+    taken, ran = await watched_take(redis, 5, TaskStore(redis, 3600, concurrent_per_project=10))
+
+    assert [t.record.task_id for t in taken.started if t.record] == ids
+    assert sum(1 for c in ran if c.startswith(f"SCARD {keys.project_processing('busy')}")) == 1
+
+
 async def test_a_throttle_place_held_by_a_task_whose_record_is_gone_is_given_back(
     start_service: Any, redis: Redis
 ):

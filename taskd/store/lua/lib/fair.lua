@@ -20,7 +20,7 @@
 --                                                         cancelled)
 --   orphan_leaves(queue, job, now_ms, aging_ms)           the same for a head whose record is gone
 --   seat(queue, project, now_ms, aging_ms, known, head, vacated, before)  makes the line's first job the head
---   throttled(project, limit, pending)                    whether the project runs `limit` tasks (ids
+--   throttled(project, limit, pending, counted)           whether the project runs `limit` tasks (ids
 --                                                         of gone records dropped first, at most once
 --                                                         a minute: lib/prune.lua)
 --   place(queue, project, job, k)                         a waiting job's queue position
@@ -56,6 +56,9 @@
 --               it ahead (below)
 --     pending   optional: the project's starts made in this script whose place in its processing
 --               set is still to be written (lib/begin.lua leaves it to lib/later.lua)
+--     counted   optional: a table (project -> its processing set's size) the caller keeps while
+--               the set is written only through `pending`'s writes (a take, until it writes
+--               them): the set is counted once (SCARD), not at every start
 --
 -- The heads a script run has read: all_heads(queue) reads a queue's heads hash once (HGETALL) and
 -- keeps it for the rest of the run, and this file's writes to the hash keep that copy up to date;
@@ -262,11 +265,16 @@ local function orphan_leaves(queue, job, now_ms, aging_ms)
   return false
 end
 
-local function throttled(project, limit, pending)
+local function throttled(project, limit, pending, counted)
   if limit <= 0 then return false end
   pending = pending or 0
   local processing = '@PROCESSING_PREFIX@' .. project
-  if redis.call('SCARD', processing) + pending < limit then return false end
+  local running = counted and counted[project]
+  if running == nil then
+    running = redis.call('SCARD', processing)
+    if counted then counted[project] = running end
+  end
+  if running + pending < limit then return false end
   -- Only at the limit, and once a minute: a record gone while processing must not hold a place
   -- for ever (lib/prune.lua).
   if not prune_due('@PROCESSING_PRUNED_PREFIX@' .. project) then return true end
@@ -275,7 +283,9 @@ local function throttled(project, limit, pending)
       redis.call('SREM', processing, id)
     end
   end
-  return redis.call('SCARD', processing) + pending >= limit
+  running = redis.call('SCARD', processing)
+  if counted then counted[project] = running end
+  return running + pending >= limit
 end
 
 -- Under round-robin, before the k-th job of a project (k counted from 0) start its project's k

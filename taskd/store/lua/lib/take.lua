@@ -39,6 +39,9 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
   local line = keys_of.queue
   local written = {running = keys_of.running, metrics = keys_of.metrics, outbox = keys_of.outbox}
   local later = later_writes(written.metrics)
+  -- The projects' processing sets' sizes as this call read them: until write_later below, their
+  -- only writes are the starts' SADDs that `later` keeps (pending), so each is counted once.
+  local counted = {}
   local passed, npassed, started = {}, 0, 0
   local left = false
   -- The due job after the one a turn starts (nil: none), as last read, and the job the next turn
@@ -72,7 +75,7 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
     if record.status == 'queued' and record.job_id == job then
       local processing = '@PROCESSING_PREFIX@' .. record.project_id
       -- A job started straight from its line had its throttle asked by the start before it.
-      if not straight and throttled(record.project_id, limit, pending(later, 'SADD', processing)) then
+      if not straight and throttled(record.project_id, limit, pending(later, 'SADD', processing), counted) then
         passed[job], npassed = true, npassed + 1
       else
         -- Off arq's set first: nothing else may take it (lib/begin.lua does what start.lua does).
@@ -84,7 +87,7 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
         -- need not go on the set and off again (lib/fair.lua's seat, `before`).
         local before = nil
         if started + 1 < count and npassed < scan
-          and not throttled(record.project_id, limit, pending(later, 'SADD', processing) + 1) then
+          and not throttled(record.project_id, limit, pending(later, 'SADD', processing) + 1, counted) then
           before = {below = runner_score or math.huge, room = count - started - 1}
         end
         written.started_state = '@WEBHOOK_PREFIX@' .. task_id .. ':started'
