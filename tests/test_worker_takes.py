@@ -297,7 +297,9 @@ async def test_a_take_passes_over_a_throttled_projects_head_to_the_next_project(
     assert await statuses(redis, busy) == ["processing", "queued"]
 
 
-async def test_a_take_of_a_throttled_projects_jobs_counts_its_running_tasks_once(start_service: Any, redis: Redis):
+async def test_a_take_of_a_throttled_projects_jobs_counts_its_running_tasks_once(
+    start_service: Any, redis: Redis
+):
     api = await start_service(workers=False)
     ids = [(await api.submit("noop", {}, project_id="busy"))["task_id"] for _ in range(5)]
     await alive(redis, "worker-a")
