@@ -183,3 +183,45 @@ async def test_records_expire_after_the_configured_ttl(api_only, redis):
     ttl = await redis.ttl(keys.task(task["task_id"]))
 
     assert 24 * 3600 - 60 < ttl <= 24 * 3600
+
+
+async def test_a_page_past_expired_records_over_several_stretches_of_the_index_is_exact(
+    api_only, redis, monkeypatch
+):
+    from taskd import keys
+    from taskd.store import records
+
+    monkeypatch.setattr(records, "LIST_STRETCH", 4)  # ten tasks: three stretches, ranks moved by the drops
+    ids = [
+        (await api_only.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
+        for _ in range(10)
+    ]
+    newest_first = ids[::-1]
+    for gone in (newest_first[1], newest_first[2], newest_first[6]):
+        await redis.delete(keys.task(gone))
+    alive = [
+        task_id
+        for task_id in newest_first
+        if task_id not in (newest_first[1], newest_first[2], newest_first[6])
+    ]
+
+    _, second_page = await listing(api_only, "p", page=2, limit=3)
+    _, queued = await listing(api_only, "p", page=3, limit=3, status="queued")
+
+    assert [task["task_id"] for task in second_page["tasks"]] == alive[3:6]
+    assert second_page["pagination"]["total"] == 7
+    assert [task["task_id"] for task in queued["tasks"]] == alive[6:]
+    assert await redis.zcard(keys.project("p")) == 7
+
+
+async def test_a_listing_reads_only_its_pages_records_from_the_api(api_only, redis):
+    from redis_probes import sent_to_valkey
+
+    for _ in range(30):
+        await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+
+    sent = await sent_to_valkey(redis, lambda: listing(api_only, "p", limit=5, status="queued"))
+
+    # The index is matched inside Valkey (list.lua); the API reads the five records it shows.
+    assert sum(1 for command in sent if command.startswith("HGETALL ")) == 5
+    assert not [command for command in sent if command.startswith(("EXISTS ", "HMGET "))]

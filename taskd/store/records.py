@@ -142,6 +142,9 @@ class Takes:
 # The most jobs one take passes over (throttled projects' heads, jobs held by a worker that claims
 # one at a time) before it gives up until the next poll: arq's own poll reads 100 at most.
 TAKE_SCAN = 100
+# Ids of a project's index read by one call of list.lua: a listing of a project of 10,000 tasks is
+# ten calls, each holding Valkey ~1-3 ms.
+LIST_STRETCH = 1000
 
 
 class Taker(Protocol):
@@ -328,6 +331,7 @@ class TaskStore:
         position = scripts.load(redis, "position")
         self._position = [Coalesced(client, position) for client in self.clients]
         self._due = scripts.load(redis, "due")
+        self._list = scripts.load(redis, "list")
         self._progress_again = scripts.load(redis, "progress_again")
         # Where each queue's next take starts among the partitions, so that none is always last.
         self._take_turns: dict[str, itertools.cycle[int]] = {}
@@ -1060,22 +1064,6 @@ class TaskStore:
         was = TaskStatus(previous) if status == "cancelled_now" else TaskStatus(status)
         return CancelOutcome(was, previous or None, float(cancelled_at) if cancelled_at else None)
 
-    async def project_task_ids(self, project_id: str) -> list[str]:
-        """Ids of a project's tasks, newest first, pruning ids whose record has expired."""
-        index = keys.project(project_id)
-        client = self.clients[keys.project_partition(project_id)]
-        ids = [raw.decode() for raw in await client.zrevrange(index, 0, -1)]
-        if not ids:
-            return []
-        async with client.pipeline(transaction=False) as pipe:
-            for task_id in ids:
-                pipe.exists(keys.task(task_id))
-            alive = await pipe.execute()
-        expired = [task_id for task_id, exists in zip(ids, alive, strict=True) if not exists]
-        if expired:
-            await client.zrem(index, *expired)
-        return [task_id for task_id, exists in zip(ids, alive, strict=True) if exists]
-
     async def list_project(
         self,
         project_id: str,
@@ -1085,19 +1073,36 @@ class TaskStore:
         offset: int,
         limit: int,
     ) -> tuple[list[TaskRecord], int]:
-        """One page of a project's tasks (newest first) matching the filters, and how many match in all."""
-        ids = await self.project_task_ids(project_id)
-        if status or task_type:
-            async with self.clients[keys.project_partition(project_id)].pipeline(transaction=False) as pipe:
-                for task_id in ids:
-                    pipe.hmget(keys.task(task_id), "status", "task_type")
-                rows = await pipe.execute()
-            ids = [
-                task_id
-                for task_id, (st, tt) in zip(ids, rows, strict=True)
-                if (not status or st == status.encode()) and (not task_type or tt == task_type.encode())
-            ]
-        return await self.get_many(ids[offset : offset + limit]), len(ids)
+        """One page of a project's tasks (newest first) matching the filters, and how many match in all.
+
+        list.lua reads the project's index a stretch of LIST_STRETCH ids per call, drops the ids whose
+        record expired, and answers how many matched and the page's ids: the count stays exact, no
+        call holds Valkey for more than one stretch, and this process decodes only the page's records
+        (it read and parsed a reply per task of the project before: ~90 ms of its CPU a request for
+        a project of 10,000 tasks, ~190 ms with a filter).
+        """
+        client = self.clients[keys.project_partition(project_id)]
+        matched, rank = 0, 0
+        page: list[str] = []
+        while True:
+            reply = await self._list(
+                client=client,
+                keys={"index": keys.project(project_id)},
+                args={
+                    "from": rank,
+                    "count": LIST_STRETCH,
+                    "status": status or "",
+                    "task_type": task_type or "",
+                    "skip": offset - matched,
+                    "want": limit - len(page),
+                },
+            )
+            found, read, dropped = int(reply[0]), int(reply[1]), int(reply[2])
+            page.extend(raw.decode() for raw in reply[3:])
+            matched += found
+            if read < LIST_STRETCH:
+                return await self.get_many(page), matched
+            rank += read - dropped
 
     async def metrics(self, queues: Iterable[str]) -> Metrics:
         """The shared counters (every partition's added up), with the running count and average
