@@ -5,6 +5,7 @@ every project waiting on the queue."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.asyncio import Redis
@@ -100,3 +101,30 @@ async def test_a_submit_behind_a_head_gone_from_the_queue_seats_the_next_job_of_
     assert await redis.hget(keys.heads("default"), "p") == behind_job
     assert await redis.zscore(keys.queue("default"), behind_job) is not None
     assert await redis.zscore(keys.project_waiting("default", "p"), gone_job) is None
+
+
+async def test_the_tasks_of_one_call_read_each_other_projects_head_and_line_once_for_all_their_positions(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    await waiting_projects(api, range(20), 2)
+    # A batch's items are created a millisecond apart, the last now: its first after every head.
+    await asyncio.sleep(0.05)
+    answers: list[Any] = []
+
+    async def batch() -> None:
+        body = {"tasks": [{"project_id": "mine", "task_type": "noop", "task_data": {}} for _ in range(10)]}
+        async with api.client.post("/api/v1/tasks/batch", json=body) as response:
+            assert response.status == 200, await response.text()
+            answers.extend((await response.json())["tasks"])
+
+    ran = await sent_to_valkey(redis, batch, by_scripts=True)
+
+    # The first task is the project's head, behind the 20 others; the second waits for one turn of
+    # every project; from the third on, each other project has no more waiting than it.
+    assert [answer["queue_position"] for answer in answers] == [21, 42, *range(43, 51)]
+    lines = [keys.project_waiting("default", f"waiting-{n}") for n in range(20)]
+    assert sorted(c.split()[1] for c in ran if c.startswith("ZCARD") and c.split()[1] in lines) == sorted(
+        lines
+    )
+    assert [c.split()[:2] for c in ran if c.startswith("ZMSCORE")] == [["ZMSCORE", keys.queue("default")]]

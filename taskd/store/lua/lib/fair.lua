@@ -64,9 +64,13 @@
 -- keeps it for the rest of the run, and this file's writes to the hash keep that copy up to date;
 -- nothing else writes a heads hash. Read once, the submits of one call (submit.lua, batch.lua) find
 -- their project's head, and their positions the other heads, with no command of their own (it was
--- an HGET and an HGETALL a submit). Whether a head is on arq's set is kept the same way, from the
--- first ZSCORE (a submit behind its project's head asks) or this file's ZADD or ZREM of it, and
--- lib/take.lua's ZREM of a job it starts or drops: the submits behind one head ask once a call.
+-- an HGET and an HGETALL a submit). A job's score on arq's set (or that it is not there) is kept
+-- the same way, from its first read (a ZSCORE when a submit behind its project's head asks, a
+-- ZMSCORE of the heads for a position) or this file's ZADD or ZREM of it, and lib/take.lua's ZREM
+-- of a job it starts or drops; and a line's length from its first ZCARD until this file writes the
+-- line (or a take writes its batch). So the submits of one call read the other projects' heads'
+-- scores and lines' lengths once for all their positions, not once each: with thousands of projects
+-- waiting on a queue, those reads were most of a submit's cost, and a call carries up to 64 submits.
 -- Returns: seat, leave_line and orphan_leaves whether a job was put on arq's set (a new head: a worker may be
 -- woken for it), and if so that job, its score there and, when it was left off for the caller's
 -- next start (`before`), its record; wait_in_line the job's 0-based place in its project's line when it went behind
@@ -75,7 +79,7 @@
 -- include lib/record.lua
 -- include lib/later.lua
 -- include lib/prune.lua
-local heads_read, on_arq = {}, {}
+local heads_read, arq_score, lengths = {}, {}, {}
 
 local function all_heads(queue)
   local heads = heads_read[queue]
@@ -107,13 +111,31 @@ end
 
 -- Whether the job is on arq's set, asked once a script run (see above).
 local function is_on_arq(queue, job)
-  if on_arq[job] == nil then on_arq[job] = redis.call('ZSCORE', '@QUEUE_PREFIX@' .. queue, job) ~= false end
-  return on_arq[job]
+  if arq_score[job] == nil then
+    arq_score[job] = tonumber(redis.call('ZSCORE', '@QUEUE_PREFIX@' .. queue, job)) or false
+  end
+  return arq_score[job] ~= false
+end
+
+-- A job's score on arq's set (false: not there), asked once a script run.
+local function score_on_arq(queue, job)
+  is_on_arq(queue, job)
+  return arq_score[job]
 end
 
 -- A job this script took off arq's set outside this file (lib/take.lua).
 local function left_arq(job)
-  on_arq[job] = false
+  arq_score[job] = false
+end
+
+-- How many jobs wait in a project's line, read once until the line is written (see above).
+local function line_length(line)
+  local length = lengths[line]
+  if not length then
+    length = redis.call('ZCARD', line)
+    lengths[line] = length
+  end
+  return length
 end
 
 -- A take's look ahead in a project's line (line -> {entries = {job, score, ...}, next = the index of
@@ -121,18 +143,20 @@ end
 -- the take's batch, complete = true when `entries` runs to the line's end}): a take that starts a
 -- project's jobs one after another reads their line once, not once a start, and they leave it in
 -- one ZREM (lib/later.lua), not one each. Any other write to the line in the same run, or a read
--- past the look, first takes them out (drop_ahead). The take forgets every look once its batch is
--- written (forget_ahead).
+-- past the look, first takes them out (drop_ahead), which also forgets the line's length. The take
+-- forgets every look, and every length, once its batch is written (forget_ahead).
 local ahead = {}
 
 local function drop_ahead(line)
   local look = ahead[line]
   if look and #look.left > 0 then redis.call('ZREM', line, unpack(look.left)) end
   ahead[line] = nil
+  lengths[line] = nil
 end
 
 local function forget_ahead()
   ahead = {}
+  lengths = {}
 end
 
 -- The line's first job and its own score, or nil; `room` > 0: look that many jobs further ahead.
@@ -166,7 +190,7 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated, befo
     if not job then
       if head then
         redis.call('ZREM', arq_queue, head)
-        on_arq[head] = false
+        arq_score[head] = false
         set_head(queue, project, false)
       elseif vacated then
         set_head(queue, project, false)
@@ -187,7 +211,7 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated, befo
       if job == head and redis.call('ZSCORE', arq_queue, job) then return false end
       if head and head ~= job then
         redis.call('ZREM', arq_queue, head)
-        on_arq[head] = false
+        arq_score[head] = false
       end
       local offset = (@PRIORITY_LOW@ - (tonumber(fields[3]) or @PRIORITY_LOW@)) * aging_ms
       local score = math.max(own, now_ms - offset)
@@ -197,7 +221,8 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated, befo
         return true, job, score, record or read_record(task_key)
       end
       redis.call('ZADD', arq_queue, score, job)
-      on_arq[job] = true
+      -- Valkey (and Redis 7) write a Lua number with 17 digits: the score read back is this one.
+      arq_score[job] = score
       set_head(queue, project, job)
       return true, job, score
     end
@@ -240,6 +265,7 @@ local function leave_line(task_key, job, now_ms, aging_ms, where, is_head, befor
     look.next = look.next + 2
     look.left[#look.left + 1] = job
     add_to(later, 'ZREM', line, job)
+    lengths[line] = nil
   else
     drop_ahead(line)
     redis.call('ZREM', line, job)
@@ -295,36 +321,46 @@ end
 -- The heads' scores come in one ZMSCORE (one per HEADS_A_READ heads), and a head (k = 0) needs
 -- no other line's length (a project with a head has a job waiting): a submit or a status read is
 -- not two commands dearer for every project waiting on the queue (it was a ZCARD and a ZSCORE
--- each); a later job reads each other line's length once.
+-- each); a later job reads each other line's length once. Both are read once a script run (see
+-- above): the other submits of the call count the heads in Lua alone.
 local HEADS_A_READ = 1000  -- ZMSCORE's arguments per call: Lua's unpack() takes at most ~8000
+-- Whether this run has every head of the queue's score (arq_score): read at its first position;
+-- a head set later in the run comes with its score (seat's ZADD).
+local scored = {}
 local function place(queue, project, job, k)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   k = k or redis.call('ZRANK', line, job)
   if not k then return 0 end
-  local projects, jobs, mine_at = {}, {}, nil
-  for other, head in pairs(all_heads(queue)) do
-    projects[#projects + 1], jobs[#jobs + 1] = other, head
-    if other == project then mine_at = #jobs end
+  local heads = all_heads(queue)
+  local first = next(heads)
+  if first == project and next(heads, first) == nil then return k + 1 end
+  if not scored[queue] then
+    local unknown = {}
+    for _, head in pairs(heads) do
+      if arq_score[head] == nil then unknown[#unknown + 1] = head end
+    end
+    for at = 1, #unknown, HEADS_A_READ do
+      local last = math.min(at + HEADS_A_READ - 1, #unknown)
+      local read = redis.call('ZMSCORE', '@QUEUE_PREFIX@' .. queue, unpack(unknown, at, last))
+      for i = 1, #read do arq_score[unknown[at + i - 1]] = tonumber(read[i]) or false end
+    end
+    scored[queue] = true
   end
-  if #jobs == 1 and mine_at then return k + 1 end
-  local scores = {}
-  for first = 1, #jobs, HEADS_A_READ do
-    local last = math.min(first + HEADS_A_READ - 1, #jobs)
-    local read = redis.call('ZMSCORE', '@QUEUE_PREFIX@' .. queue, unpack(jobs, first, last))
-    for i = 1, #read do scores[first + i - 1] = tonumber(read[i]) end
-  end
-  local mine = mine_at and scores[mine_at]
+  local mine = heads[project] and score_on_arq(queue, heads[project])
+  -- One pass over the heads, with no command once they are read: with thousands of projects
+  -- waiting, this loop is what a position costs.
   local ahead = k
-  for i, other in ipairs(projects) do
+  for other, head in pairs(heads) do
     if other ~= project then
       local waiting = 1
       if k > 0 then
-        waiting = redis.call('ZCARD', '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. other)
+        waiting = line_length('@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. other)
         ahead = ahead + math.min(waiting, k)
       end
       if waiting > k then
-        local score = scores[i]
-        if mine == nil or (score and score < mine) then ahead = ahead + 1 end
+        local score = arq_score[head]
+        if score == nil then score = score_on_arq(queue, head) end
+        if not mine or (score and score < mine) then ahead = ahead + 1 end
       end
     end
   end
