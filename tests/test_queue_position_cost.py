@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from redis_probes import sent_to_valkey
 
 from taskd import keys
+from taskd.store import TaskStore
 
 # The commands place() may spend per other project: a line's length, a head's score.
 PER_PROJECT_READS = ("zcard", "zscore", "zmscore")
@@ -123,6 +124,29 @@ async def test_the_tasks_of_one_call_read_each_other_projects_head_and_line_once
     # The first task is the project's head, behind the 20 others; the second waits for one turn of
     # every project; from the third on, each other project has no more waiting than it.
     assert [answer["queue_position"] for answer in answers] == [21, 42, *range(43, 51)]
+    lines = [keys.project_waiting("default", f"waiting-{n}") for n in range(20)]
+    assert sorted(c.split()[1] for c in ran if c.startswith("ZCARD") and c.split()[1] in lines) == sorted(
+        lines
+    )
+    assert [c.split()[:2] for c in ran if c.startswith("ZMSCORE")] == [["ZMSCORE", keys.queue("default")]]
+
+
+async def test_status_reads_made_at_once_read_each_other_projects_head_and_line_once_for_all_their_positions(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    await waiting_projects(api, range(20), 2)
+    mine = [(await api.submit("noop", {}, project_id="mine"))["task_id"] for _ in range(5)]
+    store = TaskStore(redis, 3600)
+    records = [await store.get(task_id) for task_id in mine]
+    positions: list[int] = []
+
+    async def read_them() -> None:
+        positions.extend(await asyncio.gather(*(store.position(record) for record in records)))
+
+    ran = await sent_to_valkey(redis, read_them, by_scripts=True)
+
+    assert positions == [21, 42, 43, 44, 45]
     lines = [keys.project_waiting("default", f"waiting-{n}") for n in range(20)]
     assert sorted(c.split()[1] for c in ran if c.startswith("ZCARD") and c.split()[1] in lines) == sorted(
         lines

@@ -6,10 +6,11 @@ lock, the retry wrapper). Calls queued while the loop is busy go out in one pipe
 write and one read for all of them. Each call is still its own command (a script's EVALSHA, a
 read), so each stays atomic and gets its own reply or error; a caller's await returns once its
 call ran in Redis, as before. `Coalesced` does this for one script's calls (the rate limit's
-spends, the queue positions), `Reads` for single read commands (a status read's HGETALL). `Merged`
-goes one step further for a script written to take many calls at once (submit.lua, finish.lua):
-the calls become one call of it, each still run on its own with its own reply or error, and what
-they share is written once (one counter write for all, not one each).
+spends), `Reads` for single read commands (a status read's HGETALL). `Merged` goes one step further
+for a script written to take many calls at once (submit.lua, finish.lua, position.lua): the calls
+become one call of it, each still run on its own with its own reply or error, and what they share
+is written once (one counter write for all, not one each) or read once (the queue's heads for
+every position).
 """
 
 from __future__ import annotations

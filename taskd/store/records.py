@@ -31,7 +31,7 @@ from taskd.model import (
     now,
 )
 from taskd.store import scripts
-from taskd.store.coalesce import Coalesced, Merged, Reads
+from taskd.store.coalesce import Merged, Reads
 from taskd.store.codec import CorruptRecord, decode, encode_flat, encode_value
 
 PROJECT_FULL_RETRY_AFTER = 10
@@ -329,7 +329,11 @@ class TaskStore:
         # A status read of a queued task: its record and its place, each shared with the reads made at once.
         self._reads = [Reads(client) for client in self.clients]
         position = scripts.load(redis, "position")
-        self._position = [Coalesced(client, position) for client in self.clients]
+        # Status reads of queued tasks made at once are one call of position.lua, one per partition.
+        self._position = [
+            Merged(client, position, {"partition": keys.no_key(partition)}, {})
+            for partition, client in enumerate(self.clients)
+        ]
         self._due = scripts.load(redis, "due")
         self._list = scripts.load(redis, "list")
         self._progress_again = scripts.load(redis, "progress_again")
@@ -808,9 +812,7 @@ class TaskStore:
         projects' tasks (lib/fair.lua's place); 0 when it is not waiting."""
         if record.job_id is None:
             return 0
-        place = await self._position[keys.task_partition(record.task_id)](
-            {"task": keys.task(record.task_id)}, {"job_id": record.job_id}
-        )
+        place, _ = await self._position[keys.task_partition(record.task_id)]([record.task_id, record.job_id])
         return int(place)
 
     async def queue_due(self, at: float, batch: int) -> int:

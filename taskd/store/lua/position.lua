@@ -1,12 +1,25 @@
--- position.lua: where a queued task stands in its queue now, under fair turns between projects.
+-- position.lua: where queued tasks stand in their queues now, under fair turns between projects.
 --
--- KEYS[1]  task    {taskd}:task:{id}, the record hash (its queue and project_id name the lines)
--- ARGV[1]  job_id  the task's current arq job id
--- Through lib/fair.lua it reads {taskd}:project_waiting:{queue}:{project_id} of every project with
+-- KEYS[1]  partition  a name in the tasks' partition's slot ({taskd}:none, taskd.keys.no_key), never
+--                     read or written: each task's key is built here from its id, in that partition
+-- ARGV[1..] tasks     the tasks, two values each: the task's id and its current arq job id
+-- The status reads of queued tasks made at once in one process come in one call
+-- (taskd/store/coalesce.py), so that lib/fair.lua reads each queue's heads, their scores and the
+-- lines' lengths once for all of them, not once a task: with thousands of projects waiting on a
+-- queue, those reads are most of what a position costs.
+-- Each task's record hash ({taskd}:task:{id}) gives its queue and project_id, which name the lines:
+-- through lib/fair.lua it reads {taskd}:project_waiting:{queue}:{project_id} of every project with
 -- a job waiting on the queue, {taskd}:heads:{queue} and arq's {taskd}:queue:{queue}.
--- Returns the 1-based position (lib/fair.lua's place: how many start before it, plus one); 0
--- when the task is not waiting with that job.
+-- Returns each task's 1-based position (lib/fair.lua's place: how many start before it, plus
+-- one), in order; 0 when the task is not waiting with that job.
 -- include lib/fair.lua
-local record = redis.call('HMGET', KEYS[1], 'status', 'job_id', 'queue', 'project_id')
-if record[1] ~= 'queued' or record[2] ~= ARGV[1] then return 0 end
-return place(record[3], record[4], ARGV[1])
+local positions = {}
+for i = 1, #ARGV, 2 do
+  local record = redis.call('HMGET', '@TASK_PREFIX@' .. ARGV[i], 'status', 'job_id', 'queue', 'project_id')
+  if record[1] ~= 'queued' or record[2] ~= ARGV[i + 1] then
+    positions[#positions + 1] = 0
+  else
+    positions[#positions + 1] = place(record[3], record[4], ARGV[i + 1])
+  end
+end
+return positions
