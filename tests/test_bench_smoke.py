@@ -62,11 +62,11 @@ def test_idle_benchmark_reads_each_process_of_the_service(tmp_path):
     (run,) = json.loads(out.read_text())
     assert set(run["processes_mib"]) == {"taskd serve", "valkey"}
     assert all(mib > 0 for mib in run["processes_mib"].values())
-    # The idle service's own loops (polls, heartbeats) use some CPU; a process's figure can be 0 in a
-    # short window, as the kernel counts CPU time in 10 ms ticks.
+    # The idle service's own loops (polls, heartbeats) use a few ms of CPU a second, which the kernel
+    # counts in 10 ms ticks: in a short window every process's figure can be 0 (it was, in one run of
+    # the suite), so only that each is read is checked.
     assert set(run["cpu_ms_per_s"]) == {"taskd serve", "valkey"}
     assert all(ms >= 0 for ms in run["cpu_ms_per_s"].values())
-    assert sum(run["cpu_ms_per_s"].values()) > 0
 
 
 def test_comparison_benchmark_can_run_only_taskds_submit_rows(tmp_path):
