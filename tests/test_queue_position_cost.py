@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import attrs
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 from redis_probes import sent_to_valkey
 
 from taskd import keys
@@ -152,3 +154,19 @@ async def test_status_reads_made_at_once_read_each_other_projects_head_and_line_
         lines
     )
     assert [c.split()[:2] for c in ran if c.startswith("ZMSCORE")] == [["ZMSCORE", keys.queue("default")]]
+
+
+async def test_a_position_that_cannot_be_read_fails_that_read_alone(start_service: Any, redis: Redis):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 3600)
+    record = await store.get((await api.submit("noop", {}, project_id="p"))["task_id"])
+    # A malformed record: queued with a job, but no queue or project to find its line by.
+    broken = attrs.evolve(record, task_id=keys.new_task_id("p"), job_id="broken.1")
+    await redis.hset(keys.task(broken.task_id), mapping={"status": "queued", "job_id": "broken.1"})
+
+    read, failed = await asyncio.gather(
+        store.position(record), store.position(broken), return_exceptions=True
+    )
+
+    assert read == 1
+    assert isinstance(failed, ResponseError)

@@ -11,15 +11,22 @@
 -- through lib/fair.lua it reads {taskd}:project_waiting:{queue}:{project_id} of every project with
 -- a job waiting on the queue, {taskd}:heads:{queue} and arq's {taskd}:queue:{queue}.
 -- Returns each task's 1-based position (lib/fair.lua's place: how many start before it, plus
--- one), in order; 0 when the task is not waiting with that job.
+-- one), in order; 0 when the task is not waiting with that job; {'error', message} for a task
+-- whose reading failed (a malformed record), so that it fails that read alone, not the others.
 -- include lib/fair.lua
+local function position(task_id, job_id)
+  local record = redis.call('HMGET', '@TASK_PREFIX@' .. task_id, 'status', 'job_id', 'queue', 'project_id')
+  if record[1] ~= 'queued' or record[2] ~= job_id then return 0 end
+  return place(record[3], record[4], job_id)
+end
+
 local positions = {}
 for i = 1, #ARGV, 2 do
-  local record = redis.call('HMGET', '@TASK_PREFIX@' .. ARGV[i], 'status', 'job_id', 'queue', 'project_id')
-  if record[1] ~= 'queued' or record[2] ~= ARGV[i + 1] then
-    positions[#positions + 1] = 0
-  else
-    positions[#positions + 1] = place(record[3], record[4], ARGV[i + 1])
+  local ok, reply = pcall(position, ARGV[i], ARGV[i + 1])
+  if not ok then
+    -- A command's error comes as a table with its message in `err`.
+    reply = {'error', type(reply) == 'table' and reply.err or tostring(reply)}
   end
+  positions[#positions + 1] = reply
 end
 return positions
