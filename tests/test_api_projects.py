@@ -214,6 +214,36 @@ async def test_a_page_past_expired_records_over_several_stretches_of_the_index_i
     assert await redis.zcard(keys.project("p")) == 7
 
 
+async def test_tasks_submitted_during_a_listing_neither_show_in_it_nor_move_its_later_stretches(
+    api_only, redis, monkeypatch
+):
+    from taskd.store import TaskStore, records
+
+    monkeypatch.setattr(records, "LIST_STRETCH", 4)  # ten tasks: three stretches
+    ids = [
+        (await api_only.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
+        for _ in range(10)
+    ]
+    store = TaskStore(redis, 3600)
+    read_stretch = store._list
+    stretches = 0
+
+    async def two_submits_after_the_first_stretch(**call):
+        nonlocal stretches
+        stretches += 1
+        if stretches == 2:
+            for _ in range(2):
+                await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+        return await read_stretch(**call)
+
+    monkeypatch.setattr(store, "_list", two_submits_after_the_first_stretch)
+
+    page, total = await store.list_project("p", status=None, task_type=None, offset=3, limit=6)
+
+    assert [record.task_id for record in page] == ids[::-1][3:9]
+    assert total == 10
+
+
 async def test_a_listing_reads_only_its_pages_records_from_the_api(api_only, redis):
     from redis_probes import sent_to_valkey
 
