@@ -244,6 +244,28 @@ async def test_tasks_submitted_during_a_listing_neither_show_in_it_nor_move_its_
     assert total == 10
 
 
+async def test_tasks_created_at_the_same_instant_are_each_listed_once_across_stretches(
+    api_only, redis, monkeypatch
+):
+    from taskd import keys
+    from taskd.store import records
+
+    monkeypatch.setattr(records, "LIST_STRETCH", 4)  # ten tasks: three stretches
+    ids = [
+        (await api_only.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
+        for _ in range(10)
+    ]
+    # One score for all ten in the project's index, as if created in the same microsecond.
+    await redis.zadd(keys.project("p"), dict.fromkeys(ids, 1_796_000_000_000.5))
+
+    _, first = await listing(api_only, "p", limit=5)
+    _, second = await listing(api_only, "p", page=2, limit=5)
+
+    listed = [task["task_id"] for task in first["tasks"] + second["tasks"]]
+    assert sorted(listed) == sorted(ids)
+    assert first["pagination"]["total"] == second["pagination"]["total"] == 10
+
+
 async def test_a_listing_reads_only_its_pages_records_from_the_api(api_only, redis):
     from redis_probes import sent_to_valkey
 

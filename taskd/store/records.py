@@ -1081,33 +1081,32 @@ class TaskStore:
         record expired, and answers how many matched and the page's ids: the count stays exact, no
         call holds Valkey for more than one stretch, and this process decodes only the page's records
         (it read and parsed a reply per task of the project before: ~90 ms of its CPU a request for
-        a project of 10,000 tasks, ~190 ms with a filter). The stretches after the first read only
-        the tasks no newer than the first one's newest (`newest`), so that tasks submitted meanwhile
-        do not move the ranks the later stretches start from (counting some tasks twice).
+        a project of 10,000 tasks, ~190 ms with a filter). Each stretch starts where the one before
+        ended, by score (`below`, and `seen` for the ids of that very score already read): tasks
+        submitted meanwhile, newer, are not read, and none is read twice.
         """
         client = self.clients[keys.project_partition(project_id)]
-        matched, rank, newest = 0, 0, b"+inf"
+        matched, below, seen = 0, b"+inf", 0
         page: list[str] = []
         while True:
             reply = await self._list(
                 client=client,
                 keys={"index": keys.project(project_id)},
                 args={
-                    "from": rank,
+                    "below": below,
+                    "seen": seen,
                     "count": LIST_STRETCH,
                     "status": status or "",
                     "task_type": task_type or "",
                     "skip": offset - matched,
                     "want": limit - len(page),
-                    "newest": newest,
                 },
             )
-            found, read, dropped, newest = int(reply[0]), int(reply[1]), int(reply[2]), reply[3]
+            found, read, below, seen = int(reply[0]), int(reply[1]), reply[2], int(reply[3])
             page.extend(raw.decode() for raw in reply[4:])
             matched += found
             if read < LIST_STRETCH:
                 return await self.get_many(page), matched
-            rank += read - dropped
 
     async def metrics(self, queues: Iterable[str]) -> Metrics:
         """The shared counters (every partition's added up), with the running count and average

@@ -2,47 +2,53 @@
 -- record is gone are dropped from the index, the others matched against the filters.
 --
 -- KEYS[1]  index      {taskd}:project:{project_id} (task id -> created ms)
--- ARGV[1]  from       the first rank to read (0: the newest)
--- ARGV[2]  count      how many ids to read from there
--- ARGV[3]  status     the status a task must have ('' for any)
--- ARGV[4]  task_type  the task type a task must have ('' for any)
--- ARGV[5]  skip       how many of the stretch's matches to pass over before returning ids (the
+-- ARGV[1]  below      the highest score (created ms) to read: '+inf' at a listing's first call,
+--                     then what the call before returned
+-- ARGV[2]  seen       how many ids scored exactly `below` the calls before read and kept (they
+--                     come first, and are passed over): 0 at the first call
+-- ARGV[3]  count      how many ids to read
+-- ARGV[4]  status     the status a task must have ('' for any)
+-- ARGV[5]  task_type  the task type a task must have ('' for any)
+-- ARGV[6]  skip       how many of the stretch's matches to pass over before returning ids (the
 --                     page's offset less the matches of the stretches before; may be below 0)
--- ARGV[6]  want       the most matching ids to return
--- ARGV[7]  newest     the highest score (created ms) read: '+inf' at a listing's first call, then
---                     what that call returned, so that the tasks created during a listing neither
---                     show in it nor move the ranks of its later stretches
+-- ARGV[7]  want       the most matching ids to return
 -- The listing (taskd.store.records.TaskStore.list_project) reads the whole index this way, a
 -- stretch per call, so that its count of matches is exact while Valkey is never held for more
 -- than one stretch; the API process gets only the page's ids and the counts, not a reply per task.
--- Returns {matched, read, dropped, newest, id...}: how many of the stretch matched, how many ids
--- were read (fewer than `count` at the index's end), how many were dropped (the ranks after them
--- moved up by as many), the score bound of the listing's next calls (`newest`, or for '+inf' the
--- score of the newest id read), and the matching ids from the skip-th on, at most `want`.
-local read = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[7], '-inf', 'WITHSCORES', 'LIMIT', tonumber(ARGV[1]),
-  tonumber(ARGV[2]))
-local status, task_type = ARGV[3], ARGV[4]
-local skip, want = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- Each stretch starts where the one before ended, by score, not by rank: finding it costs a
+-- stretch no more the further it is, and the tasks submitted during a listing (newer, so above
+-- where it is) neither show in it nor make it read an id twice.
+-- Returns {matched, read, below, seen, id...}: how many of the stretch matched, how many ids were
+-- read (fewer than `count` at the index's end), the next call's `below` and `seen`, and the
+-- matching ids from the skip-th on, at most `want`.
+local below, seen = ARGV[1], tonumber(ARGV[2])
+local read = redis.call('ZREVRANGEBYSCORE', KEYS[1], below, '-inf', 'WITHSCORES', 'LIMIT', seen, tonumber(ARGV[3]))
+local status, task_type = ARGV[4], ARGV[5]
+local skip, want = tonumber(ARGV[6]), tonumber(ARGV[7])
 local filtered = status ~= '' or task_type ~= ''
-local newest = ARGV[7]
-if newest == '+inf' and #read > 0 then newest = read[2] end
-local reply = {0, #read / 2, 0, newest}
+local reply = {0, #read / 2, below, seen}
 local matched, gone = 0, {}
 for i = 1, #read, 2 do
-  local id = read[i]
+  local id, score = read[i], read[i + 1]
+  if score ~= reply[3] then reply[3], reply[4] = score, 0 end
   local key = '@TASK_PREFIX@' .. id
-  local found
+  local kept, found = true, false
   if filtered then
     local fields = redis.call('HMGET', key, 'status', 'task_type')
     -- Neither field: the record is gone (EXISTS only tells it from a record without them).
     if fields[1] == false and fields[2] == false and redis.call('EXISTS', key) == 0 then
-      gone[#gone + 1] = id
+      kept = false
     else
       found = (status == '' or fields[1] == status) and (task_type == '' or fields[2] == task_type)
     end
   else
-    found = redis.call('EXISTS', key) == 1
-    if not found then gone[#gone + 1] = id end
+    kept = redis.call('EXISTS', key) == 1
+    found = kept
+  end
+  if kept then
+    reply[4] = reply[4] + 1
+  else
+    gone[#gone + 1] = id
   end
   if found then
     matched = matched + 1
@@ -50,5 +56,5 @@ for i = 1, #read, 2 do
   end
 end
 if #gone > 0 then redis.call('ZREM', KEYS[1], unpack(gone)) end
-reply[1], reply[3] = matched, #gone
+reply[1] = matched
 return reply
