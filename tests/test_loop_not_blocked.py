@@ -173,4 +173,6 @@ async def test_the_check_sees_a_blocking_call_on_the_loop() -> None:
         loop.call_soon(time.sleep, 0.1)  # what a blocking call in taskd would do
         await asyncio.sleep(0.2)
 
-    assert [seconds >= 0.1 for _, seconds in slow] == [True]
+    # Seen once, as about its 0.1 s: on a loaded machine the wait for a core counted around the
+    # sleep's wake-up can take a little off it (it came out under 0.1 s in one CI run).
+    assert [seconds == pytest.approx(0.1, abs=0.01) for _, seconds in slow] == [True]
