@@ -109,18 +109,17 @@ local function set_head(queue, project, job)
   if heads then heads[project] = job or nil end
 end
 
--- Whether the job is on arq's set, asked once a script run (see above).
-local function is_on_arq(queue, job)
+-- A job's score on arq's set (false: not there), asked once a script run (see above).
+local function score_on_arq(queue, job)
   if arq_score[job] == nil then
     arq_score[job] = tonumber(redis.call('ZSCORE', '@QUEUE_PREFIX@' .. queue, job)) or false
   end
-  return arq_score[job] ~= false
+  return arq_score[job]
 end
 
--- A job's score on arq's set (false: not there), asked once a script run.
-local function score_on_arq(queue, job)
-  is_on_arq(queue, job)
-  return arq_score[job]
+-- Whether the job is on arq's set.
+local function is_on_arq(queue, job)
+  return score_on_arq(queue, job) ~= false
 end
 
 -- A job this script took off arq's set outside this file (lib/take.lua).
