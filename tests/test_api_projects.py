@@ -16,6 +16,18 @@ async def api_only(start_service):
     return await start_service(workers=False)
 
 
+async def ten_tasks_in_stretches_of_four(service, monkeypatch):
+    """Ten queued tasks of project "p", oldest first, listed four index ids a call of list.lua (three
+    stretches, so that a listing crosses from one to the next)."""
+    from taskd.store import records
+
+    monkeypatch.setattr(records, "LIST_STRETCH", 4)
+    return [
+        (await service.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
+        for _ in range(10)
+    ]
+
+
 async def test_tasks_are_listed_newest_first(api_only):
     ids = [
         (await api_only.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
@@ -189,13 +201,8 @@ async def test_a_page_past_expired_records_over_several_stretches_of_the_index_i
     api_only, redis, monkeypatch
 ):
     from taskd import keys
-    from taskd.store import records
 
-    monkeypatch.setattr(records, "LIST_STRETCH", 4)  # ten tasks: three stretches, ranks moved by the drops
-    ids = [
-        (await api_only.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
-        for _ in range(10)
-    ]
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
     newest_first = ids[::-1]
     for gone in (newest_first[1], newest_first[2], newest_first[6]):
         await redis.delete(keys.task(gone))
@@ -217,13 +224,9 @@ async def test_a_page_past_expired_records_over_several_stretches_of_the_index_i
 async def test_tasks_submitted_during_a_listing_neither_show_in_it_nor_move_its_later_stretches(
     api_only, redis, monkeypatch
 ):
-    from taskd.store import TaskStore, records
+    from taskd.store import TaskStore
 
-    monkeypatch.setattr(records, "LIST_STRETCH", 4)  # ten tasks: three stretches
-    ids = [
-        (await api_only.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
-        for _ in range(10)
-    ]
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
     store = TaskStore(redis, 3600)
     read_stretch = store._list
     stretches = 0
@@ -248,13 +251,8 @@ async def test_tasks_created_at_the_same_instant_are_each_listed_once_across_str
     api_only, redis, monkeypatch
 ):
     from taskd import keys
-    from taskd.store import records
 
-    monkeypatch.setattr(records, "LIST_STRETCH", 4)  # ten tasks: three stretches
-    ids = [
-        (await api_only.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
-        for _ in range(10)
-    ]
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
     # One score for all ten in the project's index, as if created in the same microsecond.
     await redis.zadd(keys.project("p"), dict.fromkeys(ids, 1_796_000_000_000.5))
 
