@@ -48,6 +48,37 @@ async def test_a_task_submitted_while_the_services_worker_is_idle_is_processing_
     assert (await serve.wait_terminal(task_id))["status"] == "completed"
 
 
+async def test_a_task_started_by_its_submit_on_an_idle_queue_never_waits_in_a_line_on_arqs_set_or_as_a_head(
+    start_service: Any, redis: Redis
+):
+    serve = await start_service(worker=NO_POLL)
+    await idle_worker(redis, serve)
+    waiting_keys = [
+        keys.queue("default"),
+        keys.waiting("default"),
+        keys.heads("default"),
+        keys.project_waiting("default", "proj-1"),
+    ]
+    await redis.config_set("notify-keyspace-events", "Kgzh")
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(*(f"__keyspace@0__:{key}" for key in waiting_keys), "submitted")
+        # Every notification of the submit's script comes before a message published after it.
+        task_id, status = await submitted(serve, redis)
+        await redis.publish("submitted", "1")
+        touched = []
+        async with asyncio.timeout(10):
+            async for message in pubsub.listen():
+                if message["type"] != "message":
+                    continue
+                if message["channel"] == b"submitted":
+                    break
+                touched.append((message["channel"].decode(), message["data"].decode()))
+
+    assert status == "processing"
+    assert touched == []
+    assert (await serve.wait_terminal(task_id))["status"] == "completed"
+
+
 async def test_the_worker_stays_idle_while_a_started_task_leaves_it_free_slots(
     start_service: Any, redis: Redis
 ):

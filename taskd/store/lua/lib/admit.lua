@@ -27,9 +27,12 @@
 --           waiting_for, job_id, score, aging_ms, queue, task_type,
 --           scheduled_ms (when it may queue, in ms; 0 or nil: now), unwoken (true
 --           when the caller starts the queue's next job itself, for a worker it knows is idle:
---           no other worker is woken for it)
+--           no other worker is woken for it), straight (true when the caller starts this very
+--           task next, as lib/fair.lua's starts_straight found: its job goes in no line, on no
+--           set and is no head, and lib/begin.lua starts it with `outside`)
 -- Returns: unmet the list of ids (or nil, id, why: 'unknown', 'project', 'failed' or
--- 'cancelled'); queued a count; store the task's 1-based queue position (lib/fair.lua's place).
+-- 'cancelled'); queued a count; store the task's 1-based queue position (lib/fair.lua's place; 1
+-- for a straight one) and its record's fields by name, as written.
 -- A task queued now has its job in the record: `job_id`, and `enqueued_ms` (when it could start,
 -- for the wait-time histogram: lib/begin.lua), its creation time; arq's job definition is not
 -- written, as nothing reads it (docs/development.md, "arq, as it is").
@@ -123,6 +126,7 @@ local function store(task, later)
   else
     fields[#fields + 1] = 'enqueued_ms'
     fields[#fields + 1] = task.created_ms
+    named.enqueued_ms = task.created_ms
   end
   -- Kept `ttl`; a task scheduled for later while it waits for its time (up to
   -- limits.max_schedule_ahead) and `ttl` after, as a task queued then would be.
@@ -148,6 +152,8 @@ local function store(task, later)
       redis.call('HSET', '@TASK_PREFIX@' .. id, 'dependents', '1')
     end
     if scheduled_ms > 0 then redis.call('ZADD', '@SCHEDULED@', scheduled_ms, task.id) end
+  elseif task.straight then
+    position = 1
   else
     -- The queue's heads once for this call's submits: the line's head here, the position below.
     all_heads(task.queue)
@@ -159,5 +165,5 @@ local function store(task, later)
     position = place(task.queue, task.project, task.job_id, k)
   end
   emit_record(named, 'status', false, later)
-  return position
+  return position, named
 end

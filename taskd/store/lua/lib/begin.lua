@@ -1,6 +1,7 @@
 -- lib/begin.lua: begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of,
--- claimed, later), what every start of a queued task does: start.lua (one claimed job) and take.lua
--- (a worker's batch).
+-- claimed, later, before, outside), what every start of a queued task does: start.lua (one claimed
+-- job), take.lua (a worker's batch) and submit.lua (a new task started straight for its process's
+-- idle worker).
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
 -- of its own; its caller passes the keys and values it works on.
@@ -30,6 +31,9 @@
 --              and the started jobs leave the queue's line ({taskd}:waiting:{queue}) in one ZREM.
 --   before     optional: lib/fair.lua's seat's `before`, from a take that starts the project's next
 --              job at once when it comes first
+--   outside    optional: true when the job never went in its project's line (submit.lua's start of
+--              a task lib/fair.lua's starts_straight let through): there is no line to leave and no
+--              next job to seat
 --
 -- Marks the task processing (attempt counted, current_step and next_retry_at cleared), counts how
 -- long it waited in `wait_sum:`, `wait_count:` and one `wait_in:` bucket per queue and type (from
@@ -48,7 +52,7 @@
 -- include lib/later.lua
 
 local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of, claimed, later,
-                     before)
+                     before, outside)
   local attempt = tostring((tonumber(record.attempt) or 0) + 1)
   -- A retry could start no earlier than this (its back-off is not waiting); read before it is cleared.
   local retry_ms = (tonumber(record.next_retry_at) or 0) * 1000
@@ -73,8 +77,11 @@ local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, 
   add_to(later, 'ZADD', keys_of.running, math.floor(tonumber(now) * 1000), task_id)
   add_to(later, 'SADD', '@PROCESSING_PREFIX@' .. record.project_id, task_id)
   -- Started from arq's set as the task's current job: its project's head (lib/fair.lua).
-  local seated, next_job, next_score, next_record = leave_line(task_key, job_id, tonumber(now_ms), aging_ms,
-    {record.queue, record.project_id}, true, before, later)
+  local seated, next_job, next_score, next_record = false, nil, nil, nil
+  if not outside then
+    seated, next_job, next_score, next_record = leave_line(task_key, job_id, tonumber(now_ms), aging_ms,
+      {record.queue, record.project_id}, true, before, later)
+  end
   if wants_webhook_record(record, 'started') then
     queue_webhook(keys_of.outbox, keys_of.started_state, task_id .. ':started', now_ms)
   end

@@ -23,6 +23,8 @@
 --   throttled(project, limit, pending, counted)           whether the project runs `limit` tasks (ids
 --                                                         of gone records dropped first, at most once
 --                                                         a minute: lib/prune.lua)
+--   starts_straight(queue, project, now_ms, limit, pending)  whether a new job of the project would
+--                                                         be the next a take starts (below)
 --   place(queue, project, job, k)                         a waiting job's queue position
 --   all_heads(queue)                                      the queue's heads (project -> job), read once
 --                                                         a script run (below)
@@ -75,7 +77,7 @@
 -- woken for it), and if so that job, its score there and, when it was left off for the caller's
 -- next start (`before`), its record; wait_in_line the job's 0-based place in its project's line when it went behind
 -- the project's head (nothing for a worker to take: no wake-up needed), else nil; throttled a
--- boolean; place the 1-based position (0 when the job is not waiting).
+-- boolean, as starts_straight; place the 1-based position (0 when the job is not waiting).
 -- include lib/record.lua
 -- include lib/later.lua
 -- include lib/prune.lua
@@ -311,6 +313,18 @@ local function throttled(project, limit, pending, counted)
   running = redis.call('SCARD', processing)
   if counted then counted[project] = running end
   return running + pending >= limit
+end
+
+-- Whether a new job of `project` would be the very next one a take of the queue starts: its project
+-- has no job waiting (no head, an empty line), arq's set holds no job due at `now_ms`, and the
+-- project is under `limit` with `pending` starts not yet in its processing set. A caller that
+-- starts it at once (submit.lua, for its process's idle worker) then need not put it in line, on
+-- arq's set and its project's head, to take it off all three in the same call.
+local function starts_straight(queue, project, now_ms, limit, pending)
+  if all_heads(queue)[project] then return false end
+  if line_length('@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project) > 0 then return false end
+  if #redis.call('ZRANGEBYSCORE', '@QUEUE_PREFIX@' .. queue, '-inf', now_ms, 'LIMIT', 0, 1) > 0 then return false end
+  return not throttled(project, limit, pending)
 end
 
 -- Under round-robin, before the k-th job of a project (k counted from 0) start its project's k
