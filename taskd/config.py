@@ -123,6 +123,11 @@ class RedisConfig:
         converter=_lower,
         validator=attrs.validators.matches_re(r"[0-9]{1,15}(b|k|kb|m|mb|g|gb)?"),
     )
+    # The embedded Valkey's allocator: "mimalloc" (preloaded on Linux, from the cmeel-mimalloc wheel)
+    # or "libc", the binary's own (docs/performance.md, "The embedded Valkey's allocator").
+    embedded_allocator: str = attrs.field(
+        default="mimalloc", converter=_lower, validator=attrs.validators.in_(("mimalloc", "libc"))
+    )
 
 
 @attrs.frozen

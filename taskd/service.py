@@ -118,6 +118,7 @@ class Service:
             self.config.data_path,
             appendfsync=self.config.redis.embedded_appendfsync,
             maxmemory=self.config.redis.embedded_maxmemory,
+            allocator=self.config.redis.embedded_allocator,
         )
         self._stack.push_async_callback(self._embedded.stop)
         return await self._embedded.start()

@@ -99,6 +99,7 @@ def test_partly_configured_queue_keeps_the_other_defaults(tmp_path):
         ({"TASKD_RETRY__BASE_DELAY": "-1"}, "retry"),
         ({"TASKD_WEBHOOKS__ALLOW_PRIVATE": "maybe"}, "webhooks.allow_private"),
         ({"TASKD_HTTP__COLOUR": "blue"}, "http.colour"),
+        ({"TASKD_REDIS__EMBEDDED_ALLOCATOR": "jemalloc"}, "redis"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_key(env, named):

@@ -153,6 +153,34 @@ async def test_a_data_dir_with_url_characters_in_its_path_connects(tmp_path: Pat
         assert await _get(valkey.url, "path") == b"quoted"
 
 
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="mimalloc is preloaded on Linux only"
+)
+
+
+@linux_only
+async def test_the_server_allocates_with_mimalloc_from_the_server_extras_wheel(
+    server: EmbeddedValkey,
+) -> None:
+    library = embedded.mimalloc_library()
+    assert library is not None, "cmeel-mimalloc, a dependency of taskd[server] on Linux, is not installed"
+    assert server.pid is not None
+    assert str(library.resolve()) in _maps(server.pid)
+    await _set(server.url or "", "allocated", "by mimalloc")
+    assert await _get(server.url or "", "allocated") == b"by mimalloc"
+
+
+@linux_only
+async def test_the_libc_allocator_preloads_nothing(tmp_path: Path) -> None:
+    async with EmbeddedValkey(tmp_path, allocator="libc") as valkey:
+        assert valkey.pid is not None
+        assert "libmimalloc" not in _maps(valkey.pid)
+
+
 async def test_url_and_password_files_are_private(server: EmbeddedValkey) -> None:
     assert stat.S_IMODE(server.dir.stat().st_mode) == 0o700
     for name in ("redis.url", "password", "valkey.conf"):

@@ -7,6 +7,7 @@ network; these checks run offline, against the installed packages.
 from __future__ import annotations
 
 import ast
+import collections
 import importlib.metadata
 import re
 import subprocess
@@ -41,7 +42,9 @@ def _distribution(requirement: str) -> str:
 
 
 def _modules_by_distribution() -> dict[str, set[str]]:
-    modules: dict[str, set[str]] = {}
+    """The top-level modules each installed distribution provides; a distribution that ships a
+    library and no module (cmeel-mimalloc) provides none."""
+    modules: dict[str, set[str]] = collections.defaultdict(set)
     for module, distributions in importlib.metadata.packages_distributions().items():
         for distribution in distributions:
             modules.setdefault(_distribution(distribution), set()).add(module)
