@@ -42,6 +42,8 @@ HOST = "127.0.0.1"
 SUBDIR = "valkey"
 AOF_DIRNAME = "appendonly"
 PIDFILE = "valkey.pid"
+# The pid of the process that started the server (its parent while that process runs).
+OWNERFILE = "owner.pid"
 CONFFILE = "valkey.conf"
 LOGFILE = "valkey.log"
 URLFILE = "redis.url"
@@ -122,6 +124,17 @@ def unix_socket_path(valkey_dir: Path) -> Path | None:
     for a socket address (a deep data_dir), and the server listens on TCP only."""
     path = valkey_dir / SOCKETFILE
     return path if len(os.fsencode(path)) <= SOCKET_PATH_MAX else None
+
+
+class DataDirInUse(RuntimeError):
+    """The embedded server of this data directory belongs to a process that still runs."""
+
+    def __init__(self, valkey_dir: Path, owner: int) -> None:
+        super().__init__(
+            f"the embedded valkey in {valkey_dir} belongs to a taskd that is still running (pid {owner}): "
+            "stop it first, or give this one another data_dir"
+        )
+        self.owner = owner
 
 
 class _PortTaken(Exception):
@@ -241,6 +254,7 @@ class EmbeddedValkey:
                 await proc.wait()
         if _read_pid(self.dir / PIDFILE) == proc.pid:
             _unlink(self.dir / PIDFILE)
+            _unlink(self.dir / OWNERFILE)
         log.info("embedded valkey stopped (exit status %s)", proc.returncode)
 
     @staticmethod
@@ -287,6 +301,7 @@ class EmbeddedValkey:
             )
         # Valkey writes its pidfile too, but only once it gets that far; ours closes the gap.
         _write_private(self.dir / PIDFILE, f"{proc.pid}\n")
+        _write_private(self.dir / OWNERFILE, f"{os.getpid()}\n")
         try:
             ready = await _wait_ready(proc, port, password)
         except BaseException:
@@ -408,7 +423,8 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
 
 
 async def _stop_stale_server(valkey_dir: Path) -> None:
-    """Stop a server a previous (SIGKILLed) taskd left running here; drop a stale pidfile."""
+    """Stop a server a previous (SIGKILLed) taskd left running here; drop a stale pidfile. A server
+    whose owner still runs is not stale: DataDirInUse, and it is left alone."""
     pidfile = valkey_dir / PIDFILE
     pid = _read_pid(pidfile)
     if pid is None:
@@ -419,6 +435,11 @@ async def _stop_stale_server(valkey_dir: Path) -> None:
         log.info("removing stale %s (pid %d is not a running valkey for this directory)", pidfile, pid)
         _unlink(pidfile)
         return
+    owner = _read_pid(valkey_dir / OWNERFILE)
+    if owner is not None and _is_parent(owner, proc):
+        # A second `taskd serve` on the same data_dir: stopping this server would take the first
+        # one's store away (and two servers would write one append-only file).
+        raise DataDirInUse(valkey_dir, owner)
     log.warning("stopping embedded valkey (pid %d) left running by a previous taskd", pid)
     with contextlib.suppress(psutil.NoSuchProcess):
         proc.terminate()
@@ -429,6 +450,16 @@ async def _stop_stale_server(valkey_dir: Path) -> None:
         if not await _wait_gone(proc, STALE_STOP_TIMEOUT_S):
             raise RuntimeError(f"could not stop stale embedded valkey (pid {pid}) in {valkey_dir}")
     _unlink(pidfile)
+
+
+def _is_parent(owner: int, proc: psutil.Process) -> bool:
+    """Whether `owner` runs and is still `proc`'s parent: once an owner dies, its server is
+    reparented (to init or a subreaper), so a reused pid is not mistaken for it."""
+    try:
+        parent = proc.parent()
+        return parent is not None and parent.pid == owner and parent.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _owned_valkey_process(pid: int, valkey_dir: Path) -> psutil.Process | None:

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from taskd import apikey, keys, tracing
 from taskd.config import Config, ConfigError
-from taskd.embedded import EmbeddedValkey
+from taskd.embedded import DataDirInUse, EmbeddedValkey
 from taskd.engine.executor import Executor
 from taskd.engine.jobproc.pool import RunnerPool
 from taskd.engine.reclaim import Reclaimer
@@ -121,7 +121,10 @@ class Service:
             allocator=self.config.redis.embedded_allocator,
         )
         self._stack.push_async_callback(self._embedded.stop)
-        return await self._embedded.start()
+        try:
+            return await self._embedded.start()
+        except DataDirInUse as exc:
+            raise ConfigError(f"data_dir {self.config.data_path}: {exc}") from None
 
     async def start(self) -> None:
         """Connect (starting the embedded Valkey if needed), then start workers and the API."""

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import stat
+import subprocess
 import sys
 import textwrap
 import time
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import childproc
 import psutil
 import pytest
 from redis.asyncio import Redis
@@ -272,6 +274,49 @@ async def test_stale_server_left_by_a_sigkilled_owner_is_replaced(tmp_path: Path
     finally:
         if not _gone(stale_pid):
             os.kill(stale_pid, 9)
+
+
+async def test_a_second_start_on_a_data_dir_whose_server_is_in_use_is_refused_and_leaves_it_running(
+    tmp_path: Path,
+) -> None:
+    async with EmbeddedValkey(tmp_path) as running:
+        assert running.url is not None
+        await _set(running.url, "kept", "by the first owner")
+
+        with pytest.raises(embedded.DataDirInUse, match=str(os.getpid())):
+            await EmbeddedValkey(tmp_path).start()
+
+        assert await _get(running.url, "kept") == b"by the first owner"
+        assert EmbeddedValkey.running_url(tmp_path) == running.url
+
+
+async def test_a_second_taskd_serve_on_the_same_data_dir_stops_with_one_line_and_the_first_keeps_its_store(
+    tmp_path: Path,
+) -> None:
+    env = childproc.taskd_env(tmp_path / "data", TASKD_AUTH__API_KEYS="k" * 24)
+    first = childproc.start(["serve"], env, tmp_path)
+    try:
+        childproc.wait_listening(first)
+        url = EmbeddedValkey.running_url(tmp_path / "data")
+        assert url is not None
+
+        second = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "taskd", "serve"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+        assert second.returncode == 2
+        assert second.stderr.count("\n") == 1 and "still running" in second.stderr
+        assert f"(pid {first.pid})" in second.stderr
+        assert EmbeddedValkey.running_url(tmp_path / "data") == url
+        await _set(url, "still", "served")
+    finally:
+        childproc.stop(first)
 
 
 async def test_pidfile_naming_a_live_non_valkey_process_does_not_kill_it(tmp_path: Path) -> None:
