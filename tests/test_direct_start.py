@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import attrs
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis_probes import idle_worker
+from redis_probes import idle_worker, statuses
+from test_submit_together import new_task
 
 from taskd import keys
 from taskd.config import Config, LimitsConfig, QueueConfig, WorkerConfig
-from taskd.store import coalesce
+from taskd.store import TaskStore, coalesce
+from taskd.store.records import Admission, Takes
 
 SLEEP = {"seconds": 0.4, "steps": 1}
 # A poll that never comes within a test: a task that starts did so because of the submit or a take
@@ -77,6 +80,56 @@ async def test_a_task_started_by_its_submit_on_an_idle_queue_never_waits_in_a_li
     assert status == "processing"
     assert touched == []
     assert (await serve.wait_terminal(task_id))["status"] == "completed"
+
+
+@attrs.define
+class IdleSlot:
+    """A free slot of an idle worker held for one submit (taskd.store.records.Taker), keeping what
+    the submit script started for it."""
+
+    worker_id: str
+    room: int = 1
+    takes: Takes | None = None
+
+    def handed(self, takes: Takes | None) -> None:
+        self.takes = takes
+
+    def lost(self) -> None:
+        raise AssertionError("the submit's reply was lost")
+
+
+async def submitted_for_idle_worker(redis: Redis, store: TaskStore, project: str) -> tuple[str, list[str]]:
+    """A task of `project` submitted with a slot of the idle worker-a held; the ids its script started."""
+    await redis.zadd(keys.idle("default"), {"worker-a": 0})
+    record, job = new_task(project)
+    slot = IdleSlot("worker-a")
+    await store.create(record, job, Admission(), taker=slot)
+    assert slot.takes is not None
+    return record.task_id, [taken.record.task_id for taken in slot.takes.started if taken.record]
+
+
+async def test_a_submit_for_an_idle_worker_starts_another_projects_due_head_first_as_a_take_would(
+    redis: Redis,
+):
+    store = TaskStore(redis, 3600)
+    due, due_job = new_task("first")
+    await store.create(due, due_job, Admission())  # no worker took it: its project's head, due
+
+    new_id, started = await submitted_for_idle_worker(redis, store, "second")
+
+    assert started == [due.task_id]
+    assert await statuses(redis, [due.task_id, new_id]) == ["processing", "queued"]
+
+
+async def test_a_submit_for_an_idle_worker_starts_its_projects_head_before_itself(redis: Redis):
+    store = TaskStore(redis, 3600)
+    head, head_job = new_task("same")
+    await store.create(head, head_job, Admission())
+
+    new_id, started = await submitted_for_idle_worker(redis, store, "same")
+
+    assert started == [head.task_id]
+    assert await statuses(redis, [head.task_id, new_id]) == ["processing", "queued"]
 
 
 async def test_the_worker_stays_idle_while_a_started_task_leaves_it_free_slots(

@@ -62,10 +62,10 @@
 -- would be one more round trip before the task starts, this script starts the next job for `taker`
 -- as take.lua would (lib/take.lua, one job) and returns its record; the process runs it in the slot
 -- it held. The worker stays in the idle set while it has free slots left, as after a take. When the
--- new task is itself the job that take would start (lib/fair.lua's starts_straight: its project has
--- nothing waiting, no job is due on arq's set, the project is under its limit), it is started
--- without going in its project's line, on arq's set and in the heads first (lib/begin.lua's
--- `outside`): the same record, events and counters, a dozen writes fewer.
+-- new task is itself the job that take would start (lib/fair.lua's starts_straight: no job is due
+-- on arq's set and its project is under its limit), it is started without going in its project's
+-- line, on arq's set and in the heads first (lib/begin.lua's `outside`): the same record, events
+-- and counters, a dozen writes fewer.
 -- With a rate limit (`ratelimit` not ''), the submit spends one unit of the API key's quota
 -- before anything else, as a separate check did before (a replay or a full project spends it too),
 -- and a submit over the limit writes nothing else.
@@ -153,8 +153,7 @@ local function submit(a)
       begin(task_key, a.task_id, a.job_id, record, taker, now, now_ms, tonumber(aging_ms),
         {running = '@RUNNING_PREFIX@' .. queue, metrics = KEYS[1], outbox = '@OUTBOX@',
          started_state = '@WEBHOOK_PREFIX@' .. a.task_id .. ':started'}, false, later, nil, true)
-      local offset = (@PRIORITY_LOW@ - (tonumber(record.priority) or @PRIORITY_LOW@)) * tonumber(aging_ms)
-      local score = math.max(tonumber(a.score), tonumber(a.created_ms) - offset)
+      local score = turn_score(tonumber(a.score), tonumber(a.created_ms), record.priority, tonumber(aging_ms))
       handed[1] = record_reply({a.job_id, string.format('%.17g', score)}, record)
     else
       started, passed, left = take_jobs(

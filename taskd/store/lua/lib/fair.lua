@@ -25,6 +25,7 @@
 --                                                         a minute: lib/prune.lua)
 --   starts_straight(queue, project, now_ms, limit, pending)  whether a new job of the project would
 --                                                         be the next a take starts (below)
+--   turn_score(own, now_ms, priority, aging_ms)           a new head's score on arq's set (below)
 --   place(queue, project, job, k)                         a waiting job's queue position
 --   all_heads(queue)                                      the queue's heads (project -> job), read once
 --                                                         a script run (below)
@@ -178,6 +179,13 @@ local function first_in_line(line, room)
   return first[1], tonumber(first[2])
 end
 
+-- A job's score on arq's set when it becomes its project's head at `now_ms`: as if submitted then
+-- (its priority moves it `aging_ms` earlier a step), never earlier than its own score `own`.
+local function turn_score(own, now_ms, priority, aging_ms)
+  local offset = (@PRIORITY_LOW@ - (tonumber(priority) or @PRIORITY_LOW@)) * aging_ms
+  return math.max(own, now_ms - offset)
+end
+
 local function seat(queue, project, now_ms, aging_ms, known, head, vacated, before)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   local arq_queue = '@QUEUE_PREFIX@' .. queue
@@ -214,8 +222,7 @@ local function seat(queue, project, now_ms, aging_ms, known, head, vacated, befo
         redis.call('ZREM', arq_queue, head)
         arq_score[head] = false
       end
-      local offset = (@PRIORITY_LOW@ - (tonumber(fields[3]) or @PRIORITY_LOW@)) * aging_ms
-      local score = math.max(own, now_ms - offset)
+      local score = turn_score(own, now_ms, fields[3], aging_ms)
       if before and score <= now_ms and score < before.below then
         -- The caller's next turn starts it (lib/take.lua): it never waits on arq's set, and the
         -- head field is written by the seat that ends the caller's run of starts.
@@ -315,14 +322,14 @@ local function throttled(project, limit, pending, counted)
   return running + pending >= limit
 end
 
--- Whether a new job of `project` would be the very next one a take of the queue starts: its project
--- has no job waiting (no head, an empty line), arq's set holds no job due at `now_ms`, and the
--- project is under `limit` with `pending` starts not yet in its processing set. A caller that
--- starts it at once (submit.lua, for its process's idle worker) then need not put it in line, on
--- arq's set and its project's head, to take it off all three in the same call.
+-- Whether a new job of `project`, due now, would be the very next one a take of the queue starts:
+-- arq's set holds no job due at `now_ms` (every project's due head is there, its own included), and
+-- the project is under `limit` with `pending` starts not yet in its processing set. Jobs of its
+-- project that are not due yet (a retry's back-off) would go behind it in its line, so a take would
+-- start it all the same. A caller that starts it at once (submit.lua, for its process's idle worker)
+-- then need not put it in line, on arq's set and as its project's head, to take it off all three in
+-- the same call.
 local function starts_straight(queue, project, now_ms, limit, pending)
-  if all_heads(queue)[project] then return false end
-  if line_length('@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project) > 0 then return false end
   if #redis.call('ZRANGEBYSCORE', '@QUEUE_PREFIX@' .. queue, '-inf', now_ms, 'LIMIT', 0, 1) > 0 then return false end
   return not throttled(project, limit, pending)
 end
