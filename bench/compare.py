@@ -36,6 +36,9 @@ pool, taskd ÷ the best raw library on that row):
                    the reference: the libraries send none)
   memory           PSS of every process of the service (API, workers, pool children, job processes
                    and its Valkey server), idle after a warm-up and at peak under the end-to-end load
+  the floor        first, bench/floor.py: a GET of a bare aiohttp server and a PING of a fresh Valkey,
+                   back to back and after 10 ms idle: what this machine charges for a request with
+                   nothing behind it, printed below the targets (not a row: nothing is compared)
 
 The table (bench/report.py) gives the issue's targets and whether they are met. A full run (not
 --tiny, every peer) also writes bench/results/latest.json. Absolute numbers on a shared machine mean
@@ -68,6 +71,7 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import floor
 from _common import (
     API_KEY,
     ROOT,
@@ -107,6 +111,9 @@ class Sizes:
     threads_concurrency: int = 8  # taskd's `default` queue runs 8 at once
     settle: float = 1.0  # s between the warm-up and the idle memory reading
     wrk: bool = True  # use wrk for throughput when it is installed
+    floor_requests: floor.Counts = attrs.Factory(
+        floor.Counts
+    )  # bench/floor.py's, timed with nothing behind them
 
 
 TINY = Sizes(
@@ -118,6 +125,7 @@ TINY = Sizes(
     clients=8,
     duration=1.0,
     settle=0.2,
+    floor_requests=floor.TINY,
 )
 
 
@@ -850,6 +858,8 @@ async def run(
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="taskd-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        log("the machine's floor: a bare aiohttp server and a fresh Valkey")
+        results["floor"] = await floor.measure(sizes.floor_requests)
         log("taskd")
         results["taskd"] = await submit_then_drain(tmp, sizes, log)
         results["taskd"].update(await queued_then_two_workers(tmp, sizes, log))
@@ -987,7 +997,10 @@ def main() -> int:
     print(render(build_rows(results)))
     print("\nissue 19's targets, from this run:\n")
     print(render_goals(goals(results)))
-    print()
+    print(
+        f"\nthe machine's floor, from this run (servers that do nothing, one request after another; "
+        f"bench/floor.py):\n\n{floor.describe(results['floor'])}\n"
+    )
     lines, ok = _completion_lines(results)
     print("\n".join(lines))
     if args.json:

@@ -452,9 +452,11 @@ def render_goals(found: list[Goal]) -> str:
 
 
 def latest(results: dict[str, Any], machine: dict[str, Any], generator: str) -> dict[str, Any]:
-    """bench/results/latest.json: the machine, the load generator, the rows of one run and the targets."""
+    """bench/results/latest.json: the machine, its floor where measured (bench/floor.py), the load
+    generator, the rows of one run and the targets."""
     return {
         "machine": machine,
+        **({"floor": results["floor"]} if "floor" in results else {}),
         "generator": generator,
         "rows": summary(build_rows(results)),
         "targets": [

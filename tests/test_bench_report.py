@@ -156,6 +156,19 @@ def test_latest_json_is_the_machine_the_generator_and_the_rows_in_strict_json(re
     assert latest["rows"]["start_p99_ms"]["best_peer_name"] == "fast"
 
 
+def test_latest_json_keeps_the_machines_floor_measured_in_the_same_run(report: ModuleType):
+    floor = {
+        "idle_s": 0.01,
+        "http_get": {"back_to_back": {"requests": 2000, "p50_ms": 0.3, "p99_ms": 0.9}},
+        "valkey_ping": {"back_to_back": {"requests": 2000, "p50_ms": 0.1, "p99_ms": 0.2}},
+    }
+
+    latest = report.latest({**full_run(), "floor": floor}, {"cpus": 2}, "aiohttp")
+
+    assert latest["floor"] == floor
+    assert "floor" not in report.latest(full_run(), {"cpus": 2}, "aiohttp")
+
+
 def test_ratios_are_taskd_over_the_better_reference_pool_and_over_the_best_library(report: ModuleType):
     rows = {row.label: row for row in report.build_rows(full_run())}
 

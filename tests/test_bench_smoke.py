@@ -49,6 +49,10 @@ def test_comparison_benchmark_of_taskd_alone_completes_every_task_and_prints_its
     assert "- Redis memory per 1,000 queued tasks: " in result.stdout
     assert "- a second worker process: two workers drain " in result.stdout
     assert "- result followed on the event stream: p50 " in result.stdout
+    # Below the targets, what this machine charges for a request with nothing behind it.
+    assert "the machine's floor, from this run" in result.stdout
+    assert "- a GET of a bare aiohttp server: p50 " in result.stdout
+    assert "- a PING of a fresh Valkey: p50 " in result.stdout
     assert "building" not in result.stderr
     # A tiny run measures nothing: the committed results of a full run stay as they are.
     assert (latest.read_bytes() if latest.exists() else None) == before
@@ -67,6 +71,21 @@ def test_idle_benchmark_reads_each_process_of_the_service(tmp_path):
     # the suite), so only that each is read is checked.
     assert set(run["cpu_ms_per_s"]) == {"taskd serve", "valkey"}
     assert all(ms >= 0 for ms in run["cpu_ms_per_s"].values())
+
+
+def test_floor_benchmark_times_a_bare_http_server_and_a_fresh_valkey_back_to_back_and_after_idle(tmp_path):
+    out = tmp_path / "floor.json"
+
+    result = run_bench("floor.py", "--tiny", "--json", str(out), timeout=60)
+
+    floor = json.loads(out.read_text())
+    assert floor["idle_s"] == 0.01
+    for server in ("http_get", "valkey_ping"):
+        assert set(floor[server]) == {"back_to_back", "after_idle"}
+        for pace in floor[server].values():
+            assert pace["requests"] > 0
+            assert 0 < pace["p50_ms"] <= pace["p99_ms"]
+    assert "after 10 ms idle" in result.stdout
 
 
 def test_comparison_benchmark_can_run_only_taskds_submit_rows(tmp_path):
