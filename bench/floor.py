@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import attrs
+import uvloop
 from aiohttp import web
 from redis.asyncio import Redis
 
@@ -150,12 +151,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the bare server
     args = parser.parse_args()
-    import uvloop
-
     if args.serve is not None:
         uvloop.run(_serve(args.serve))
         return 0
-    floor = uvloop.run(measure(TINY if args.tiny else Counts()))
+    # The client on asyncio's own loop, as bench/compare.py's clients are.
+    floor = asyncio.run(measure(TINY if args.tiny else Counts()))
     print(describe(floor))
     if args.json:
         args.json.write_text(json.dumps(floor, indent=2))
