@@ -112,9 +112,8 @@ class Sizes:
     threads_concurrency: int = 8  # taskd's `default` queue runs 8 at once
     settle: float = 1.0  # s between the warm-up and the idle memory reading
     wrk: bool = True  # use wrk for throughput when it is installed
-    floor_requests: floor.Counts = attrs.Factory(
-        floor.Counts
-    )  # bench/floor.py's, timed with nothing behind them
+    # The requests bench/floor.py times with nothing behind them.
+    floor_requests: floor.Counts = attrs.Factory(floor.Counts)
 
 
 TINY = Sizes(

@@ -6,10 +6,11 @@ the client, the kernel, waking a process that sat idle — is measured in the sa
 that do nothing: a bare aiohttp application (on uvloop, as `taskd serve` runs) answering a GET
 with two bytes, in a process of its own, and a fresh Valkey answering PING over loopback TCP (as
 the libraries reach theirs). One client times one request after another at two paces: back to
-back, as the event-stream row sends its requests, and after 10 ms idle, as the start-latency row's
-client waits between its polls. On a virtual machine an idle CPU is halted and waking it is dear,
-so the second pace can cost several times the first; and the spread of the first (its p99 ÷ p50)
-is the machine's own, which any p99 measured on it inherits.
+back, as the event-stream row sends its requests (and the start-latency row its submits, each
+right after a status poll), and after 10 ms idle, as the webhook row's tasks come (20 ms apart).
+On a virtual machine an idle CPU is halted and waking it is dear, so the second pace can cost
+several times the first; and the spread of the first (its p99 ÷ p50) is the machine's own, which
+any p99 measured on it inherits.
 
     .venv/bin/python bench/floor.py                 # the figures, a line each
     .venv/bin/python bench/floor.py --json f.json   # and the raw figures
