@@ -47,7 +47,7 @@ def _modules_by_distribution() -> dict[str, set[str]]:
     modules: dict[str, set[str]] = collections.defaultdict(set)
     for module, distributions in importlib.metadata.packages_distributions().items():
         for distribution in distributions:
-            modules.setdefault(_distribution(distribution), set()).add(module)
+            modules[_distribution(distribution)].add(module)
     return modules
 
 
