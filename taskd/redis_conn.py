@@ -26,8 +26,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
 import hiredis
+from redis._parsers import _AsyncHiredisParser
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -124,10 +125,39 @@ class HiredisPacking:
             raise DataError(str(exc)) from None
 
 
+class BufferedReadyCheck(AbstractConnection):  # type: ignore[misc]
+    """Tells the pool whether a connection holds data nobody asked for from what it has buffered,
+    without a turn of the event loop.
+
+    Before it hands out a connection, redis-py's pool asks it that (a reply left behind by an
+    interrupted command, or the server's close) and reconnects if so. redis-py 5 answers by reading
+    the socket under a zero timeout: one more turn of the event loop before every command is sent,
+    in which whatever else is ready runs first (about 0.05 ms a command after idle here,
+    docs/performance.md). redis-py 8 answers from what is buffered (redis/redis-py#4063), as here:
+    the event loop reads a socket as soon as it is readable, so what arrived since the connection's
+    last command is in its stream's buffer, or its end of file is, by the time the pool hands it out.
+    """
+
+    async def can_read_destructive(self) -> bool:
+        """Whether the connection holds unread data or was closed: the pool then reconnects it."""
+        parser = self._parser
+        # Without a hiredis redis-py accepts (3 or later), redis-py parses in Python: its own check.
+        if not isinstance(parser, _AsyncHiredisParser):
+            held: bool = await super().can_read_destructive()
+            return held
+        if not parser._connected:
+            raise RedisConnectionError("Connection closed by server.")
+        stream = parser._stream
+        # has_data(): bytes fed to hiredis and not yet parsed; _buffer: bytes not yet fed to it.
+        return bool(parser._reader.has_data() or stream.at_eof() or stream._buffer)
+
+
 @functools.cache
-def _hiredis_packing(connection_class: type) -> type:
+def _taskd_connection(connection_class: type) -> type:
     # One subclass per connection class in use: TCP, TLS, unix socket, Sentinel's, the cluster's.
-    return type(f"Hiredis{connection_class.__name__}", (HiredisPacking, connection_class), {})
+    return type(
+        f"Taskd{connection_class.__name__}", (HiredisPacking, BufferedReadyCheck, connection_class), {}
+    )
 
 
 def connect(url: str, *, socket_timeout: float | None = None, partition: int = 0) -> Redis:
@@ -137,9 +167,9 @@ def connect(url: str, *, socket_timeout: float | None = None, partition: int = 0
     cluster, the client talks to the primary of `partition`'s slot (taskd.keys.partition_prefix).
     """
     client = _connect(url, socket_timeout=socket_timeout, partition=partition)
-    # Before the pool made any connection (it makes them lazily), so that every one packs in C.
+    # Before the pool made any connection (it makes them lazily), so that every one is taskd's.
     pool = client.connection_pool
-    pool.connection_class = _hiredis_packing(pool.connection_class)
+    pool.connection_class = _taskd_connection(pool.connection_class)
     return client
 
 
