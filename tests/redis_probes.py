@@ -11,6 +11,16 @@ from redis.asyncio import Redis
 
 from taskd import keys
 
+# A URL of each kind taskd opens (taskd.redis_conn.connect), none reachable: what a connection made
+# for it is can be looked at without a server.
+EVERY_KIND_OF_URL = [
+    "redis://127.0.0.1:1/0",
+    "rediss://127.0.0.1:1/0",
+    "unix:///tmp/valkey.sock",
+    "redis+sentinel://127.0.0.1:1/main",
+    "redis+cluster://127.0.0.1:1",
+]
+
 
 def counting_writes(redis: Redis) -> list[int]:
     """A one-item list that counts the client's writes to its sockets (a pipeline is one write)."""

@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
+from redis_probes import EVERY_KIND_OF_URL
 
 from taskd.redis_conn import HiredisPacking, connect
 
@@ -23,16 +24,7 @@ async def client(valkey_url: str) -> AsyncIterator[Redis]:
     await redis.aclose()
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "redis://127.0.0.1:1/0",
-        "rediss://127.0.0.1:1/0",
-        "unix:///tmp/valkey.sock",
-        "redis+sentinel://127.0.0.1:1/main",
-        "redis+cluster://127.0.0.1:1",
-    ],
-)
+@pytest.mark.parametrize("url", EVERY_KIND_OF_URL)
 def test_every_kind_of_connection_taskd_opens_packs_with_hiredis(url):
     connection = connect(url).connection_pool.make_connection()
 

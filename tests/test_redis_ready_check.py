@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis_probes import EVERY_KIND_OF_URL
 
 from taskd.redis_conn import BufferedReadyCheck, connect
 
@@ -35,16 +36,7 @@ async def _settle() -> None:
     await asyncio.sleep(0.1)
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "redis://127.0.0.1:1/0",
-        "rediss://127.0.0.1:1/0",
-        "unix:///tmp/valkey.sock",
-        "redis+sentinel://127.0.0.1:1/main",
-        "redis+cluster://127.0.0.1:1",
-    ],
-)
+@pytest.mark.parametrize("url", EVERY_KIND_OF_URL)
 def test_every_kind_of_connection_taskd_opens_checks_what_it_has_buffered(url):
     connection = connect(url).connection_pool.make_connection()
 
