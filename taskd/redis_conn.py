@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import attrs
 import hiredis
 from redis._parsers import _AsyncHiredisParser
+from redis._parsers.socket import SERVER_CLOSED_CONNECTION_ERROR
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
@@ -146,7 +147,7 @@ class BufferedReadyCheck(AbstractConnection):  # type: ignore[misc]
             held: bool = await super().can_read_destructive()
             return held
         if not parser._connected:
-            raise RedisConnectionError("Connection closed by server.")
+            raise RedisConnectionError(SERVER_CLOSED_CONNECTION_ERROR)
         stream = parser._stream
         # has_data(): bytes fed to hiredis and not yet parsed; _buffer: bytes not yet fed to it.
         return bool(parser._reader.has_data() or stream.at_eof() or stream._buffer)
