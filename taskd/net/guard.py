@@ -3,8 +3,9 @@
 One policy for every URL taskd fetches on a caller's behalf: task inputs, providers' download URLs
 and webhooks. Public addresses are allowed; `network.allow_networks` adds trusted networks and
 `network.allow_private` (alias `webhooks.allow_private`) opens every address. A name's addresses
-are checked by GuardedResolver in the one DNS lookup of a connection attempt, and aiohttp connects
-to exactly those, so a name that re-resolves to an internal address (DNS rebinding) gets nowhere.
+are checked by GuardedResolver in the one DNS lookup of a connection attempt, and the client
+(aiohttp's connector, or the webhook sender's own: taskd/webhooks/connections.py) connects to
+exactly those, so a name that re-resolves to an internal address (DNS rebinding) gets nowhere.
 """
 
 from __future__ import annotations
@@ -152,9 +153,9 @@ async def check_callback_url(url: str, policy: AddressPolicy, *, timeout: float 
 class GuardedResolver(AbstractResolver):
     """An aiohttp resolver that returns a name's addresses only if every one is allowed.
 
-    aiohttp connects to exactly what a resolver returns, so the checked addresses are the ones
-    used; the URL, its Host header and TLS server name are left as they are. Names in `exempt`
-    (the egress proxy) are resolved unchecked.
+    aiohttp's connector and the webhook sender's ReceiverConnections connect to exactly what a
+    resolver returns, so the checked addresses are the ones used; the URL, its Host header and TLS
+    server name are left as they are. Names in `exempt` (the egress proxy) are resolved unchecked.
     """
 
     def __init__(

@@ -10,9 +10,11 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
+from aiohttp.resolver import ThreadedResolver
 from redis.asyncio import Redis
 from yarl import URL
 
@@ -21,9 +23,10 @@ from taskd.backoff import Backoff
 from taskd.config import WebhooksConfig
 from taskd.logs import bind_task
 from taskd.model import TaskRecord, TaskStatus
-from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, refusal
+from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port, refusal
 from taskd.stopping import cancel_and_wait
 from taskd.store import TaskStore, decode
+from taskd.webhooks.connections import ReceiverConnections
 from taskd.webhooks.outbox import Attempt, Claim, Outbox, now_ms
 from taskd.webhooks.payload import PROGRESS, STARTED, build_payload, event_id
 from taskd.webhooks.schedule import SUCCESS_CODES, DeliverySchedule
@@ -67,7 +70,11 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Claim] = {}
         self._resolver: GuardedResolver | None = None
-        self._session: aiohttp.ClientSession | None = None  # open while run() runs
+        self._running = False  # run() runs: a POST has a client to go out on
+        # One of the two clients, made by run(): taskd's own keep-alive pools (ReceiverConnections),
+        # or aiohttp's where a proxy or tracing needs what only it has (CONNECT, the instrumentation).
+        self._connections: ReceiverConnections | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     def wake(self, task_id: str | None = None) -> None:
         """Look at the outbox now rather than at the next poll, unless `task_id`'s webhook is already being sent.
@@ -83,7 +90,7 @@ class WebhookSender:
     def lease_until(self, at_ms: int) -> int | None:
         """The lease (ms) a finish at `at_ms` may put on its end's webhook for `send_ended` to send it,
         or None when this sender is not running or has no room for one more POST."""
-        if self._session is None or len(self._inflight) >= self.config.max_concurrency:
+        if not self._running or len(self._inflight) >= self.config.max_concurrency:
             return None
         return at_ms + self.lease_ms
 
@@ -94,42 +101,61 @@ class WebhookSender:
         caller has the record as ended. If this sender stopped meanwhile, the lease runs out and a
         sender claims it then.
         """
-        if self._session is not None:
+        if self._running:
             self._start(Claim(record.task_id, lease), record)
 
-    def _open_session(self) -> aiohttp.ClientSession:
+    @contextlib.asynccontextmanager
+    async def _client(self) -> AsyncIterator[None]:
+        """The client POSTs go out on while run() runs: aiohttp's with a proxy or tracing, else taskd's pools."""
         proxy_host = URL(self.config.proxy).host if self.config.proxy else None
         if not self.policy.allow_private:
             self._resolver = GuardedResolver(
                 exempt=[proxy_host] if proxy_host else [], allowed=self.policy.allows
             )
-        connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self.config.max_concurrency)
-        return aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            # With tracing on, each POST is a span and carries `traceparent` to the receiver.
-            trace_configs=tracing.client_trace_configs(),
-        )
+        # With tracing on, each POST is a span and carries `traceparent` to the receiver.
+        trace_configs = tracing.client_trace_configs()
+        self._running = True
+        try:
+            if self.config.proxy or trace_configs:
+                connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self.config.max_concurrency)
+                async with aiohttp.ClientSession(
+                    connector=connector,
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                    auto_decompress=False,
+                    trace_configs=trace_configs,
+                ) as self._session:
+                    yield
+            else:
+                self._connections = ReceiverConnections(self._resolver or ThreadedResolver())
+                try:
+                    yield
+                finally:
+                    self._connections.close()
+        finally:
+            self._running = False
+            self._session = self._connections = None
 
     async def run(self) -> None:
         """Send due webhooks until cancelled; on the way out, hand unfinished claims back as due now."""
         listener = asyncio.create_task(self._listen(), name="webhook-wake-listener")
         try:
-            async with self._open_session() as self._session:
-                retries = Backoff.reconnect()
-                while True:
-                    try:
-                        await self._step()
-                    except Exception as exc:  # redis-py's errors do not share one base with OSError
-                        delay = retries.next_delay()
-                        log.warning("webhook sender lost Redis (%s); retrying in %.2f s", exc, delay)
-                        await asyncio.sleep(delay)
-                    else:
-                        retries.reset()
+            async with self._client():
+                try:
+                    retries = Backoff.reconnect()
+                    while True:
+                        try:
+                            await self._step()
+                        except Exception as exc:  # redis-py's errors do not share one base with OSError
+                            delay = retries.next_delay()
+                            log.warning("webhook sender lost Redis (%s); retrying in %.2f s", exc, delay)
+                            await asyncio.sleep(delay)
+                        else:
+                            retries.reset()
+                finally:
+                    # No new POST from here; those in flight stop before their client closes under them.
+                    self._running = False
+                    await self._hand_back()
         finally:
-            self._session = None
-            await self._hand_back()
             await cancel_and_wait([listener])
 
     async def _step(self) -> None:
@@ -245,31 +271,24 @@ class WebhookSender:
 
     async def post(self, url: str, msg_id: str, body: bytes, signer: Signer) -> Attempt:
         """POST one attempt signed by `signer`; never follows a redirect, never raises for the receiver's failings."""
-        assert self._session is not None, "post() runs inside run()"
+        assert self._running, "post() runs inside run()"
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             **signer.headers(msg_id, int(time.time()), body),
         }
         try:
+            target = URL(url)
             if not self.policy.allow_private:
-                check_literal_host(url, self.policy.allows)
-                if self.config.proxy and self._resolver is not None:
-                    # The proxy connects, not taskd; still refuse a name that now points inside.
-                    parsed = URL(url)
-                    await self._resolver.resolve(parsed.raw_host or "", parsed.port or 80, socket.AF_UNSPEC)
-            async with self._session.post(
-                url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                proxy=self.config.proxy or None,
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            ) as response:
-                status = response.status
+                check_literal_host(target, self.policy.allows)
+            async with asyncio.timeout(self.config.timeout):
+                if self._connections is not None:
+                    status = await self._connections.post(target, headers, body)
+                else:
+                    status = await self._post_with_aiohttp(target, headers, body)
         except TimeoutError:
             return Attempt(False, None, f"timeout after {self.config.timeout:g}s")
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             refused = refusal(exc)
             if refused is not None:
                 return Attempt(False, None, f"refused: {refused}")
@@ -279,6 +298,17 @@ class WebhookSender:
         if 300 <= status < 400:
             return Attempt(False, status, f"HTTP {status} (redirects are not followed)")
         return Attempt(False, status, f"HTTP {status}")
+
+    async def _post_with_aiohttp(self, url: URL, headers: dict[str, str], body: bytes) -> int:
+        assert self._session is not None
+        if self.config.proxy and self._resolver is not None:
+            # The proxy connects, not taskd; still refuse a name that now points inside.
+            host, port = host_and_port(url)
+            await self._resolver.resolve(host, port, socket.AF_UNSPEC)
+        async with self._session.post(
+            url, data=body, headers=headers, allow_redirects=False, proxy=self.config.proxy or None
+        ) as response:
+            return response.status
 
 
 def _still_news(record: TaskRecord, event: str | None) -> bool:
