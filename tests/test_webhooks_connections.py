@@ -8,9 +8,9 @@ import base64
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
-import trustme
 from aiohttp.resolver import ThreadedResolver
 from test_webhooks_guard import ScriptedResolver
 from webhook_receiver import WebhookReceiver
@@ -19,6 +19,7 @@ from yarl import URL
 from taskd.net.guard import ForbiddenAddress, GuardedResolver
 from taskd.webhooks.connections import MAX_BODY, MAX_HEAD, BadResponse, ReceiverConnections
 
+TLS = Path(__file__).parent / "tls"  # a test authority and certificates it signed (tests/tls/make.sh)
 JSON = {"Content-Type": "application/json"}
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 
@@ -313,44 +314,39 @@ async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(pool)
     assert server.connections == 0
 
 
-@pytest.fixture(scope="module")
-def authority() -> trustme.CA:
-    return trustme.CA()
-
-
 @contextlib.asynccontextmanager
-async def tls_receiver(authority: trustme.CA, name: str) -> AsyncIterator[int]:
-    """An HTTPS server with a certificate for `name` from `authority`, answering 200; its port."""
+async def tls_receiver(name: str) -> AsyncIterator[int]:
+    """An HTTPS server with the test authority's certificate for `name` (tests/tls/), answering 200; its port."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    authority.issue_cert(name).configure_cert(context)
+    context.load_cert_chain(TLS / f"{name}.pem")
     async with scripted(answering(OK), tls=context) as server:
         yield server.port
 
 
-def trusting(authority: trustme.CA) -> ssl.SSLContext:
+def trusting_the_test_authority() -> ssl.SSLContext:
     context = ssl.create_default_context()
-    authority.configure_trust(context)
+    context.load_verify_locations(TLS / "ca.pem")
     return context
 
 
-async def test_https_goes_to_a_receiver_whose_certificate_is_trusted_for_its_name(authority):
-    pool = ReceiverConnections(ThreadedResolver(), tls=trusting(authority))
-    async with tls_receiver(authority, "localhost") as port:
+async def test_https_goes_to_a_receiver_whose_certificate_is_trusted_for_its_name():
+    pool = ReceiverConnections(ThreadedResolver(), tls=trusting_the_test_authority())
+    async with tls_receiver("localhost") as port:
         statuses = [await pool.post(URL(f"https://localhost:{port}/hook"), JSON, b"{}") for _ in range(2)]
     pool.close()
 
     assert statuses == [200, 200]
 
 
-async def test_https_refuses_a_certificate_issued_for_another_name(authority):
-    pool = ReceiverConnections(ThreadedResolver(), tls=trusting(authority))
-    async with tls_receiver(authority, "hooks.example") as port:
+async def test_https_refuses_a_certificate_issued_for_another_name():
+    pool = ReceiverConnections(ThreadedResolver(), tls=trusting_the_test_authority())
+    async with tls_receiver("hooks.example") as port:
         with pytest.raises(ssl.SSLCertVerificationError, match="match"):
             await pool.post(URL(f"https://localhost:{port}/hook"), JSON, b"{}")
     pool.close()
 
 
-async def test_https_checks_certificates_against_the_systems_authorities_by_default(authority, pool):
-    async with tls_receiver(authority, "localhost") as port:
+async def test_https_checks_certificates_against_the_systems_authorities_by_default(pool):
+    async with tls_receiver("localhost") as port:
         with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
             await pool.post(URL(f"https://localhost:{port}/hook"), JSON, b"{}")
