@@ -271,6 +271,18 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_time():
     assert (closed, server.connections) == (1, 2)
 
 
+async def test_a_receiver_left_without_an_idle_connection_keeps_no_pool(pool):
+    # Callback hosts come and go over a process's life: an emptied pool must not stay behind.
+    closing = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    async with scripted(answering(OK, closing)) as server:
+        await pool.post(server.url(), JSON, b"{}")
+        kept = dict(pool._idle)
+        await pool.post(server.url(), JSON, b"{}")
+
+    assert list(kept) == [("http", "127.0.0.1", server.port)]
+    assert pool._idle == {}
+
+
 async def test_close_closes_every_connection():
     pool = ReceiverConnections(ThreadedResolver())
     async with scripted(answering(OK)) as server:

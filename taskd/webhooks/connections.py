@@ -204,12 +204,14 @@ class ReceiverConnections:
         self._idle.clear()
 
     def _take(self, receiver: Receiver) -> _Connection | None:
-        idle = self._idle.get(receiver)
+        idle = self._idle.pop(receiver, [])
         while idle:
             connection = idle.pop()
             if connection.expiry is not None:
                 connection.expiry.cancel()
             if connection.reusable:
+                if idle:  # a receiver's pool is dropped once empty: callback hosts come and go
+                    self._idle[receiver] = idle
                 return connection
             connection.close()
         return None
