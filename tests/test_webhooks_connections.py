@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import select
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -127,6 +128,24 @@ async def test_posts_to_one_receiver_share_one_connection(pool):
 
     assert statuses == [200, 200, 200]
     assert server.connections == 1
+
+
+async def test_a_post_on_a_kept_connection_is_written_before_post_returns(pool):
+    # So a caller in the middle of other work (the worker, after a finish) sends without waiting
+    # for a turn of the loop. The receiver's socket is watched without giving the loop a turn.
+    sockets = []
+
+    async def keeps_its_socket(reader, writer, n):
+        sockets.append(writer.get_extra_info("socket").fileno())
+        await answering(OK)(reader, writer, n)
+
+    async with scripted(keeps_its_socket) as server:
+        await pool.post(server.url(), JSON, b"{}")
+        answer = pool.post(server.url(), JSON, b'{"second":1}')
+        readable, _, _ = select.select(sockets, [], [], 5)
+        status = await answer
+
+    assert (readable, status) == (sockets, 200)
 
 
 async def test_each_receiver_has_connections_of_its_own(pool):

@@ -17,7 +17,7 @@ from webhook_receiver import WebhookReceiver
 from taskd import keys
 from taskd.config import WebhooksConfig
 from taskd.model import TaskRecord
-from taskd.webhooks import outbox, sender
+from taskd.webhooks import connections, outbox, sender
 
 
 async def submit_prompt(service: RunningService, receiver: WebhookReceiver) -> str:
@@ -111,6 +111,39 @@ async def test_webhooks_to_one_receiver_share_one_connection(start_service, fake
         await submit_prompt(service, receiver)
         await receiver.wait_for(count, timeout=20)
     assert len({request.peer for request in receiver.received}) == 1
+
+
+async def test_a_completions_webhook_on_a_kept_connection_is_written_by_the_finishs_own_call_to_the_sender(
+    start_service, fake_llm, receiver, monkeypatch
+):
+    # Written before the worker goes on with its bookkeeping, not a turn of the loop later.
+    inside_send_ended = False
+    written_inside: list[bool] = []
+    real_send_ended = sender.WebhookSender.send_ended
+    real_request = connections._Connection.request
+
+    def send_ended(self: sender.WebhookSender, record: TaskRecord, lease: int) -> None:
+        nonlocal inside_send_ended
+        inside_send_ended = True
+        try:
+            real_send_ended(self, record, lease)
+        finally:
+            inside_send_ended = False
+
+    def request(self: connections._Connection, data: list[bytes]) -> asyncio.Future[int]:
+        written_inside.append(inside_send_ended)
+        return real_request(self, data)
+
+    monkeypatch.setattr(sender.WebhookSender, "send_ended", send_ended)
+    monkeypatch.setattr(connections._Connection, "request", request)
+    service = await start_service(llm_url=fake_llm.base_url, webhooks=WebhooksConfig(allow_private=True))
+    for count in (1, 2):
+        fake_llm.reply("done")
+        await submit_prompt(service, receiver)
+        await receiver.wait_for(count, timeout=20)
+
+    # The first opened the connection (a new one is written once connected); the second reused it.
+    assert written_inside == [False, True]
 
 
 async def test_a_completions_webhook_is_posted_without_a_claim_of_the_outbox(

@@ -62,6 +62,7 @@ class _Connection(asyncio.Protocol):
         """Send a request (its head and body); a future of the answer's status."""
         assert self.transport is not None
         self._answer = asyncio.get_running_loop().create_future()
+        self._answer.add_done_callback(_unheeded)
         self._head = self._body = 0
         self.answered = self.ended = self.reusable = False
         self.transport.writelines(data)
@@ -162,30 +163,52 @@ class ReceiverConnections:
         self._idle: dict[Receiver, list[_Connection]] = {}
         self._open: set[_Connection] = set()
 
-    async def post(self, url: URL, headers: Mapping[str, str], body: bytes) -> int:
-        """POST `body` to `url`; the status of the answer.
+    def post(self, url: URL, headers: Mapping[str, str], body: bytes) -> asyncio.Future[int]:
+        """POST `body` to `url`: a future of the answer's status.
 
-        Raises OSError: ForbiddenAddress from the resolver, a connection that fails or closes
-        before the answer, BadResponse. A caller's timeout or cancellation closes the connection.
+        On a connection kept for this receiver the request is written before post() returns, so a
+        caller in the middle of other work sends it without waiting for a turn of the loop;
+        otherwise it is written once a new connection is made. Raises ValueError at once for a line
+        break in the URL or a header. The future fails with OSError: ForbiddenAddress from the
+        resolver, a connection that fails or closes before the answer, BadResponse. Cancelling it
+        closes the connection.
         """
         host, port = host_and_port(url)
         receiver = (url.scheme, host.lower(), port)
         data = [_request_head(url, headers, len(body)), body]
         reused = self._take(receiver)
-        if reused is not None:
+        written = None if reused is None else (reused, reused.request(data))
+        status = asyncio.ensure_future(self._answer(receiver, url.scheme, host, port, data, written))
+        status.add_done_callback(_unheeded)
+        return status
+
+    async def _answer(
+        self,
+        receiver: Receiver,
+        scheme: str,
+        host: str,
+        port: int,
+        data: list[bytes],
+        written: tuple[_Connection, asyncio.Future[int]] | None,
+    ) -> int:
+        if written is not None:
+            reused, answer = written
             try:
-                return await self._exchange(receiver, reused, data)
+                return await self._exchange(receiver, reused, answer)
             except ConnectionError as exc:
                 if isinstance(exc, BadResponse):
                     raise
                 # Closed while it sat idle, nothing answered: its idle siblings are likely closed too.
                 for stale in self._idle.pop(receiver, []):
                     stale.close()
-        return await self._exchange(receiver, await self._connect(url.scheme, host, port), data)
+        connection = await self._connect(scheme, host, port)
+        return await self._exchange(receiver, connection, connection.request(data))
 
-    async def _exchange(self, receiver: Receiver, connection: _Connection, data: list[bytes]) -> int:
+    async def _exchange(
+        self, receiver: Receiver, connection: _Connection, answer: asyncio.Future[int]
+    ) -> int:
         try:
-            status = await connection.request(data)
+            status = await answer
         except BaseException:
             connection.close()
             raise
@@ -269,6 +292,13 @@ class ReceiverConnections:
         if self._tls is None:
             self._tls = ssl.create_default_context()  # certificates and host names checked
         return self._tls
+
+
+def _unheeded(answer: asyncio.Future[int]) -> None:
+    # A POST written and then left by its caller (a shutdown between the write and the wait) fails
+    # when its connection closes, with nobody left to tell: that is not worth a line in the log.
+    if not answer.cancelled():
+        answer.exception()
 
 
 def _request_head(url: URL, headers: Mapping[str, str], length: int) -> bytes:

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 import orjson
@@ -102,7 +102,22 @@ class WebhookSender:
         sender claims it then.
         """
         if self._running:
-            self._start(Claim(record.task_id, lease), record)
+            self._start(Claim(record.task_id, lease), record, self._begin(record))
+
+    def _begin(self, record: TaskRecord) -> Awaitable[int] | None:
+        """The end's POST begun now, in the turn of the loop its finish ended: on taskd's own client
+        with a connection kept for the receiver, its request is written before this returns, where
+        the delivery's task would write it a turn later. None with aiohttp's client (the POST belongs
+        in the delivery's span), or when the request cannot be made (the delivery records why)."""
+        if self._connections is None or not record.callback_url:
+            return None
+        try:
+            body = orjson.dumps(build_payload(record))
+            return self._request(
+                record.callback_url, event_id(record), body, self.signers.for_key(record.key_id)
+            )
+        except (OSError, ValueError):
+            return None
 
     @contextlib.asynccontextmanager
     async def _client(self) -> AsyncIterator[None]:
@@ -203,16 +218,18 @@ class WebhookSender:
                 for claim in claims:
                     await self.outbox.release(claim, at)
 
-    def _start(self, claim: Claim, ended: TaskRecord | None = None) -> None:
-        task = asyncio.create_task(self._deliver(claim, ended), name=f"webhook-{claim.task_id}")
+    def _start(
+        self, claim: Claim, ended: TaskRecord | None = None, begun: Awaitable[int] | None = None
+    ) -> None:
+        task = asyncio.create_task(self._deliver(claim, ended, begun), name=f"webhook-{claim.task_id}")
         self._inflight[task] = claim
         task.add_done_callback(self._inflight.pop)
 
-    async def _deliver(self, claim: Claim, ended: TaskRecord | None) -> None:
+    async def _deliver(self, claim: Claim, ended: TaskRecord | None, begun: Awaitable[int] | None) -> None:
         try:
             # An ended record handed over always has a callback_url: finish.lua leases only a webhook it queued.
             if ended is not None and ended.callback_url:
-                await self._send(claim, ended, ended.callback_url, None)
+                await self._send(claim, ended, ended.callback_url, None, begun)
             else:
                 await self._attempt(claim)
         except asyncio.CancelledError:
@@ -234,17 +251,31 @@ class WebhookSender:
             return
         await self._send(claim, record, url, event or None)
 
-    async def _send(self, claim: Claim, record: TaskRecord, url: str, event: str | None) -> None:
+    async def _send(
+        self,
+        claim: Claim,
+        record: TaskRecord,
+        url: str,
+        event: str | None,
+        begun: Awaitable[int] | None = None,
+    ) -> None:
         with bind_task(record), tracing.webhook_span(record, event, claim.attempts + 1):
-            await self._post_and_record(claim, record, url, event)
+            await self._post_and_record(claim, record, url, event, begun)
 
     async def _post_and_record(
-        self, claim: Claim, record: TaskRecord, url: str, event: str | None = None
+        self,
+        claim: Claim,
+        record: TaskRecord,
+        url: str,
+        event: str | None = None,
+        begun: Awaitable[int] | None = None,
     ) -> None:
         attempt = claim.attempts + 1
-        signer = self.signers.for_key(record.key_id)
-        body = orjson.dumps(build_payload(record, event))
-        outcome = await self.post(url, event_id(record, event), body, signer)
+        if begun is None:
+            body = orjson.dumps(build_payload(record, event))
+            outcome = await self.post(url, event_id(record, event), body, self.signers.for_key(record.key_id))
+        else:
+            outcome = await self._outcome(begun)
         done = now_ms()
         next_ms = None
         if outcome.delivered:
@@ -272,27 +303,37 @@ class WebhookSender:
     async def post(self, url: str, msg_id: str, body: bytes, signer: Signer) -> Attempt:
         """POST one attempt signed by `signer`; never follows a redirect, never raises for the receiver's failings."""
         assert self._running, "post() runs inside run()"
+        try:
+            request = self._request(url, msg_id, body, signer)
+        except (OSError, ValueError) as exc:
+            return _failed(exc)
+        return await self._outcome(request)
+
+    def _request(self, url: str, msg_id: str, body: bytes, signer: Signer) -> Awaitable[int]:
+        """The POST of one attempt, to await for its answer's status; on taskd's own client it is
+        under way already (ReceiverConnections.post). Raises ForbiddenAddress for a literal address
+        the policy refuses, ValueError for a URL that cannot be sent."""
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             **signer.headers(msg_id, int(time.time()), body),
         }
+        target = URL(url)
+        if not self.policy.allow_private:
+            check_literal_host(target, self.policy.allows)
+        if self._connections is not None:
+            return self._connections.post(target, headers, body)
+        return self._post_with_aiohttp(target, headers, body)
+
+    async def _outcome(self, request: Awaitable[int]) -> Attempt:
+        """The attempt as the receiver answered it, or why it did not, within webhooks.timeout."""
         try:
-            target = URL(url)
-            if not self.policy.allow_private:
-                check_literal_host(target, self.policy.allows)
             async with asyncio.timeout(self.config.timeout):
-                if self._connections is not None:
-                    status = await self._connections.post(target, headers, body)
-                else:
-                    status = await self._post_with_aiohttp(target, headers, body)
+                status = await request
         except TimeoutError:
             return Attempt(False, None, f"timeout after {self.config.timeout:g}s")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            refused = refusal(exc)
-            if refused is not None:
-                return Attempt(False, None, f"refused: {refused}")
-            return Attempt(False, None, f"{type(exc).__name__}: {exc}")
+            return _failed(exc)
         if status in SUCCESS_CODES:
             return Attempt(True, status)
         if 300 <= status < 400:
@@ -309,6 +350,13 @@ class WebhookSender:
             url, data=body, headers=headers, allow_redirects=False, proxy=self.config.proxy or None
         ) as response:
             return response.status
+
+
+def _failed(exc: BaseException) -> Attempt:
+    refused = refusal(exc)
+    if refused is not None:
+        return Attempt(False, None, f"refused: {refused}")
+    return Attempt(False, None, f"{type(exc).__name__}: {exc}")
 
 
 def _still_news(record: TaskRecord, event: str | None) -> bool:
