@@ -146,6 +146,29 @@ async def test_a_completions_webhook_on_a_kept_connection_is_written_by_the_fini
     assert written_inside == [False, True]
 
 
+async def test_a_completions_webhook_that_cannot_be_built_in_the_finishs_call_is_made_by_its_delivery(
+    start_service, fake_llm, receiver, monkeypatch
+):
+    # Whatever fails while the finish's call to the sender builds the POST stays out of the worker:
+    # the delivery's task builds it again (here it works the second time) and sends it.
+    calls = 0
+    real_build = sender.build_payload
+
+    def fails_once(record: TaskRecord, event: str | None = None) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("built in the finish's call")
+        return real_build(record, event)
+
+    monkeypatch.setattr(sender, "build_payload", fails_once)
+    service = await start_service(llm_url=fake_llm.base_url, webhooks=WebhooksConfig(allow_private=True))
+    fake_llm.reply("done")
+    task_id = await submit_prompt(service, receiver)
+    [request] = await receiver.wait_for(1, timeout=5)
+    assert (request.json["task_id"], calls) == (task_id, 2)
+
+
 async def test_a_completions_webhook_is_posted_without_a_claim_of_the_outbox(
     start_service, fake_llm, receiver, claimed
 ):

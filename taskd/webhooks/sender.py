@@ -108,7 +108,8 @@ class WebhookSender:
         """The end's POST begun now, in the turn of the loop its finish ended: on taskd's own client
         with a connection kept for the receiver, its request is written before this returns, where
         the delivery's task would write it a turn later. None with aiohttp's client (the POST belongs
-        in the delivery's span), or when the request cannot be made (the delivery records why)."""
+        in the delivery's span), or when the request cannot be made: the delivery's task then makes
+        it, and meets and records whatever went wrong here, outside the worker's finish."""
         if self._connections is None or not record.callback_url:
             return None
         try:
@@ -116,7 +117,7 @@ class WebhookSender:
             return self._request(
                 record.callback_url, event_id(record), body, self.signers.for_key(record.key_id)
             )
-        except (OSError, ValueError):
+        except Exception:  # the run's end is recorded already: its webhook must not break the worker
             return None
 
     @contextlib.asynccontextmanager
