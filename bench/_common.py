@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -72,14 +73,21 @@ def wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 60
     raise RuntimeError(f"{proc.args[:3]} did not print {pattern!r}; its output:\n{''.join(seen[-40:])}")
 
 
+# Children whose output a thread of _drain reads (and closes at its end).
+_DRAINED: weakref.WeakSet[subprocess.Popen[str]] = weakref.WeakSet()
+
+
 def _drain(proc: subprocess.Popen[str]) -> None:
     # A child whose pipe fills up blocks on its next log line; read and drop the rest.
     import threading
 
+    _DRAINED.add(proc)
+
     def drop() -> None:
         assert proc.stdout is not None
-        for _ in proc.stdout:
-            pass
+        with proc.stdout:  # closed at its end: the child has exited
+            for _ in proc.stdout:
+                pass
 
     threading.Thread(target=drop, daemon=True).start()
 
@@ -96,6 +104,9 @@ def stop(proc: subprocess.Popen[str], timeout: float = 30) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
+    # Output kept for a failure (a worker's, never drained) is not needed once the child is gone.
+    if proc.stdout is not None and proc not in _DRAINED:
+        proc.stdout.close()
 
 
 def tree(pids: Iterable[int]) -> list[psutil.Process]:

