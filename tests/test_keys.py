@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from redis.crc import key_slot
 
 from taskd import keys
@@ -12,6 +14,20 @@ def test_task_keys_are_namespaced_under_the_hash_tag():
     assert keys.task("abc") == "{taskd}:task:abc"
     assert keys.project("p1") == "{taskd}:project:p1"
     assert keys.queue("gpu_heavy") == "{taskd}:queue:gpu_heavy"
+
+
+def test_a_new_task_id_is_a_random_version_4_uuid_in_its_canonical_form():
+    ids = [keys.new_task_id("p1") for _ in range(2000)]
+
+    assert len(set(ids)) == len(ids)
+    for task_id in ids:
+        parsed = uuid.UUID(task_id)
+        assert str(parsed) == task_id
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    # Every digit but the version's is drawn: each position takes many values.
+    varied = [len({task_id[n] for task_id in ids}) for n in range(36) if n not in (8, 13, 14, 18, 23)]
+    assert min(varied) >= 4
 
 
 def test_arq_lock_keys_are_in_the_slot_of_the_task_keys():
