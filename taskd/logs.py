@@ -1,5 +1,5 @@
 """Log lines on stderr: one JSON object per line (human text on a TTY), carrying the ids of the task
-being worked on, with every configured secret masked.
+being worked on, with every configured secret masked, written by a thread of their own.
 
 Code that works on a task wraps the work in `task_context(...)` (or `bind_task(record)`); every
 line logged inside it, by any logger and in any coroutine started inside it, carries `task_id`,
@@ -9,13 +9,17 @@ JSON keys, or `key=value` pairs after the message in text.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import queue
 import re
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
 from typing import IO, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -32,6 +36,11 @@ SECRET_FIELD = re.compile(r"(^|_)(api_keys?|key|secrets?|password|token)$")
 # The password of any URL with credentials: redis://:pw@host, https://user:pw@host.
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s@/]+(?=@)")
 _BEARER = re.compile(r"(?P<head>\bBearer\s+)[A-Za-z0-9._~+/=-]+")
+
+# Lines waiting for the writer thread, at most: past it a line is dropped and counted, so that a
+# stderr nobody reads can neither stop the work nor fill the memory (~10 MiB of records).
+MAX_WAITING_LINES = 10_000
+LINGER = 0.005  # seconds the writer waits before writing a line that came alone (_Writer)
 
 _TASK: ContextVar[dict[str, str] | None] = ContextVar("taskd_log_task", default=None)
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -197,9 +206,101 @@ def make_handler(fmt: str, stream: IO[str]) -> logging.Handler:
     return handler
 
 
+class _Enqueue(QueueHandler):
+    """Hands each line to the writer thread. What belongs to the moment of the call is fixed here,
+    in the caller's thread: the task's ids (the filter) and the message with its arguments.
+    Formatting, masking and the write to stderr happen in the writer."""
+
+    def __init__(self, lines: queue.SimpleQueue[logging.LogRecord | None]) -> None:
+        super().__init__(lines)
+        self._lines = lines
+        self.dropped = 0  # lines not queued since the last one that was (Handler.handle holds the lock)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg = record.getMessage()
+        record.args = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        lines = self._lines
+        if lines.qsize() >= MAX_WAITING_LINES:
+            self.dropped += 1
+            return
+        if self.dropped:
+            note = logging.LogRecord(
+                "taskd.logs",
+                logging.WARNING,
+                __file__,
+                0,
+                "log lines dropped: stderr did not keep up",
+                None,
+                None,
+            )
+            note.dropped_lines = self.dropped
+            self.dropped = 0
+            lines.put_nowait(note)
+        lines.put_nowait(record)
+
+
+class _Writer(QueueListener):
+    """The writer thread: formats, masks and writes the lines handed to it.
+
+    A line that finds nothing else waiting is written LINGER seconds later, with whatever came
+    meanwhile: the thread that logged it (the event loop) usually goes on at once with the work the
+    line was about, and a writer that woke then would take the interpreter from it (the GIL) in
+    the middle of that work. Measured at INFO (the default level): the start of a task on an idle
+    `taskd serve` 0.22 ms sooner than with lines written by their caller, 8 rounds of 8; written
+    without the delay, the writer cost the webhook's POST 0.07 ms, 7 rounds of 8.
+    """
+
+    def __init__(self, lines: queue.SimpleQueue[logging.LogRecord | None], handler: logging.Handler) -> None:
+        super().__init__(lines, handler)
+        self._lines = lines
+
+    # The sentinel `stop` puts (None) comes out here too, as from QueueListener's own dequeue.
+    def dequeue(self, block: bool) -> logging.LogRecord | None:  # type: ignore[override]
+        record = self._lines.get(block)
+        if record is not None and self._lines.empty():  # None: `stop`'s end of the lines
+            time.sleep(LINGER)
+        return record
+
+
+_writer: QueueListener | None = None
+
+
 def configure(fmt: str, level: str, secrets: Iterable[str] = (), stream: IO[str] | None = None) -> None:
-    """Send every log record to `stream` (stderr) in `fmt`, at `level` and above, masking `secrets`."""
+    """Send every log record to `stream` (stderr) in `fmt`, at `level` and above, masking `secrets`.
+
+    The lines are written by a thread of their own: a stderr that blocks (a full pipe, a log
+    collector that stalls) holds that thread, not the event loop with every task, heartbeat and
+    request of the process. A line waits at most for MAX_WAITING_LINES before it; `flush` (run at
+    exit) writes what waits.
+    """
+    global _writer
     REDACTOR.add(*secrets)
+    flush()
+    lines: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+    _writer = _Writer(lines, make_handler(fmt, stream or sys.stderr))
+    _writer.start()
+    handler = _Enqueue(lines)
+    handler.addFilter(TaskContextFilter())
     root = logging.getLogger()
-    root.handlers[:] = [make_handler(fmt, stream or sys.stderr)]
+    root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def flush() -> None:
+    """Write every line still waiting and stop the writer thread; later lines are written at once,
+    by the caller (what exit handlers still log)."""
+    global _writer
+    writer, _writer = _writer, None
+    if writer is None:
+        return
+    writer.stop()
+    root = logging.getLogger()
+    root.handlers[:] = [
+        handler if not isinstance(handler, _Enqueue) else writer.handlers[0] for handler in root.handlers
+    ]
+
+
+atexit.register(flush)
