@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import re
@@ -9,7 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -44,9 +45,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# How many of a child's last lines are kept for when it fails.
+TAIL_LINES = 200
+
+
+class _Output:
+    """A child's output, read by a thread of its own from the start, so that a pipe nobody reads
+    never fills and blocks the child on its next line (a `taskd worker` logging at INFO does); the
+    last TAIL_LINES lines are kept for an error message."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.changed = threading.Condition()
+        self.ended = False
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        with proc.stdout:  # closed at its end: the child has exited
+            for line in proc.stdout:
+                with self.changed:
+                    self.lines.append(line)
+                    self.changed.notify_all()
+        with self.changed:
+            self.ended = True
+            self.changed.notify_all()
+
+
+_OUTPUTS: weakref.WeakKeyDictionary[subprocess.Popen[str], _Output] = weakref.WeakKeyDictionary()
+
+
 def spawn(argv: list[str], env: Mapping[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
-    """A child process in its own process group, its output kept for when it fails to start."""
-    return subprocess.Popen(
+    """A child process in its own process group, its output read as it comes (`output`)."""
+    proc = subprocess.Popen(
         argv,
         env={**os.environ, **env},
         cwd=cwd,
@@ -55,41 +86,33 @@ def spawn(argv: list[str], env: Mapping[str, str], cwd: Path | None = None) -> s
         text=True,
         start_new_session=True,
     )
+    _OUTPUTS[proc] = _Output(proc)
+    return proc
+
+
+def output(proc: subprocess.Popen[str], wait: float = 5) -> str:
+    """The last lines a child of `spawn` printed; all of them once it has exited (waiting up to
+    `wait` s for the reader to reach the end)."""
+    out = _OUTPUTS[proc]
+    with out.changed:
+        if proc.poll() is not None:
+            out.changed.wait_for(lambda: out.ended, timeout=wait)
+        return "".join(out.lines)
 
 
 def wait_for_line(proc: subprocess.Popen[str], pattern: str, timeout: float = 60) -> re.Match[str]:
-    """Read the child's output until a line matches `pattern`; then keep draining it in the background."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen: list[str] = []
-    for line in proc.stdout:
-        seen.append(line)
-        match = re.search(pattern, line)
-        if match:
-            _drain(proc)
-            return match
-        if time.monotonic() > deadline:
-            break
-    raise RuntimeError(f"{proc.args[:3]} did not print {pattern!r}; its output:\n{''.join(seen[-40:])}")
+    """Wait until a line the child of `spawn` printed matches `pattern`."""
+    out = _OUTPUTS[proc]
 
+    def first_match() -> re.Match[str] | None:
+        return next((match for line in out.lines if (match := re.search(pattern, line))), None)
 
-# Children whose output a thread of _drain reads (and closes at its end).
-_DRAINED: weakref.WeakSet[subprocess.Popen[str]] = weakref.WeakSet()
-
-
-def _drain(proc: subprocess.Popen[str]) -> None:
-    # A child whose pipe fills up blocks on its next log line; read and drop the rest.
-    import threading
-
-    _DRAINED.add(proc)
-
-    def drop() -> None:
-        assert proc.stdout is not None
-        with proc.stdout:  # closed at its end: the child has exited
-            for _ in proc.stdout:
-                pass
-
-    threading.Thread(target=drop, daemon=True).start()
+    with out.changed:
+        out.changed.wait_for(lambda: out.ended or first_match() is not None, timeout=timeout)
+        match = first_match()
+    if match is None:
+        raise RuntimeError(f"{proc.args[:3]} did not print {pattern!r}; its output:\n{output(proc)}")
+    return match
 
 
 def stop(proc: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -104,9 +127,6 @@ def stop(proc: subprocess.Popen[str], timeout: float = 30) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
-    # Output kept for a failure (a worker's, never drained) is not needed once the child is gone.
-    if proc.stdout is not None and proc not in _DRAINED:
-        proc.stdout.close()
 
 
 def tree(pids: Iterable[int]) -> list[psutil.Process]:

@@ -79,6 +79,7 @@ from _common import (
     SUBMIT_PATH,
     free_port,
     memory_mb,
+    output,
     percentile,
     python,
     spawn,
@@ -212,8 +213,9 @@ class Taskd(System):
                 dead = next((proc for proc in procs if proc.poll() is not None), None)
                 if dead is not None or time.monotonic() > deadline:
                     worker = dead or procs[0]
-                    output = worker.stdout.read() if dead is not None and worker.stdout else ""
-                    raise RuntimeError(f"taskd worker drained {done} of {tasks} tasks:\n{output[-3000:]}")
+                    raise RuntimeError(
+                        f"taskd worker drained {done} of {tasks} tasks:\n{output(worker)[-3000:]}"
+                    )
                 if first is None and done > 0:
                     # From the first completion seen: the worker's start-up is not draining.
                     first = (time.monotonic(), done)
@@ -370,8 +372,7 @@ async def _wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 60)
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                output = proc.stdout.read() if proc.stdout else ""
-                raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}:\n{output[-3000:]}")
+                raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}:\n{output(proc)[-3000:]}")
             with contextlib.suppress(aiohttp.ClientError):
                 async with session.get(url) as response:
                     if response.status == 200:
