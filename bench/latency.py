@@ -12,30 +12,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import aiohttp
 
-API_KEY = "bench-key-0123456789"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0..100), nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+from _common import API_KEY, percentile, python, spawn, stop, wait_for_line
 
 
 def start_taskd(data_dir: str) -> tuple[subprocess.Popen[str], str]:
     """`taskd serve` on a free port; returns the process and its base URL."""
     env = {
-        **os.environ,
         "TASKD_DATA_DIR": data_dir,
         "TASKD_HTTP__PORT": "0",
         "TASKD_AUTH__API_KEYS": API_KEY,
@@ -45,19 +38,8 @@ def start_taskd(data_dir: str) -> tuple[subprocess.Popen[str], str]:
         "TASKD_LIMITS__SUBMIT_PER_MINUTE": "0",
         "TASKD_LIMITS__STATUS_PER_MINUTE": "0",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "taskd", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        match = re.search(r"listening on (http://\S+)", line)
-        if match:
-            return proc, match.group(1)
-    raise RuntimeError("taskd did not start")
+    proc = spawn([python(), "-m", "taskd", "serve"], env)
+    return proc, wait_for_line(proc, r"listening on (http://\S+)").group(1)
 
 
 async def measure(base_url: str, tasks: int) -> list[float]:
@@ -92,8 +74,7 @@ def main() -> None:
         try:
             latencies = asyncio.run(measure(base_url, args.tasks))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+            stop(proc, timeout=60)
     print(
         f"start latency over {len(latencies)} sequential no-op tasks (submit request sent -> handler started)"
     )
