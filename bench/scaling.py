@@ -235,8 +235,8 @@ class Deployment:
 
     async def commands_per_task(self, tasks: int) -> dict[str, float]:
         """Scripts run (`EVALSHA`: a submit, a finish, the workers' takes, the services' own loops)
-        and reads of a queue's due jobs (`ZRANGEBYSCORE`, inside take.lua: one per task started and
-        one per take) per task since reset_commands(): a take that finds nothing shows as more
+        and reads of a queue's due jobs (`ZRANGEBYSCORE`, inside take.lua: one per take, and one more
+        per task started when the next due task is another project's) per task since reset_commands(): a take that finds nothing shows as more
         scripts a task. The benchmark's own reads of the counter are `HGET`s, not counted here."""
         per_server = [await server.info("commandstats") for server in self.servers]
         counts = {
