@@ -23,11 +23,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Self, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import attrs
 import cattrs
 import orjson
+import yarl
 
 from taskd.backoff import exponential_delay
 from taskd.model import TaskStatus
@@ -189,6 +191,12 @@ def _structure(cls: type[_Shape], body: dict[str, Any]) -> _Shape:
     if "raw" in known:
         fields["raw"] = body
     return _converter.structure(fields, cls)
+
+
+def _segment(value: str) -> str:
+    """An id as one segment of a path: "/", "?", "#", "%" and every dot percent-encoded, so that
+    whatever a caller passed ("../x", "a/b") names that id and no other route."""
+    return quote(value, safe="").replace(".", "%2E")
 
 
 @attrs.frozen
@@ -458,6 +466,8 @@ class TaskClient:
         if retries < 0 or max_retry_wait < 0:
             raise ValueError("retries and max_retry_wait must not be negative")
         self.url = url.rstrip("/")
+        # The base as sent (percent-encoded once), that the paths' encoded segments are appended to.
+        self._base = str(yarl.URL(self.url))
         self.api_key = api_key
         self.timeout = timeout
         self.retries = retries
@@ -543,7 +553,7 @@ class TaskClient:
         timeout = aiohttp.ClientTimeout(total=self.timeout + extra_time) if extra_time else None
         try:
             async with self.session.request(
-                method, self.url + path, data=data, params=params, headers=headers, timeout=timeout
+                method, self._url(path), data=data, params=params, headers=headers, timeout=timeout
             ) as response:
                 raw = await response.read()
                 try:
@@ -643,11 +653,11 @@ class TaskClient:
 
     async def status(self, task_id: str) -> Task:
         """A task's status; raises TaskNotFoundError."""
-        return _structure(Task, await self._request("GET", f"/api/v1/tasks/{task_id}/status"))
+        return _structure(Task, await self._request("GET", f"/api/v1/tasks/{_segment(task_id)}/status"))
 
     async def cancel(self, task_id: str) -> Cancellation:
         """Cancel a queued or running task; raises InvalidState for one that already ended."""
-        return _structure(Cancellation, await self._request("DELETE", f"/api/v1/tasks/{task_id}"))
+        return _structure(Cancellation, await self._request("DELETE", f"/api/v1/tasks/{_segment(task_id)}"))
 
     async def retry(self, task_id: str, *, idempotency_key: str | None = None) -> Retried:
         """Submit a failed or cancelled task again; the answer holds the new task's id.
@@ -655,7 +665,7 @@ class TaskClient:
         `idempotency_key`: as for `submit`, the same key again answers with the first retry's task.
         """
         answer = await self._request(
-            "POST", f"/api/v1/tasks/{task_id}/retry", idempotency_key=idempotency_key
+            "POST", f"/api/v1/tasks/{_segment(task_id)}/retry", idempotency_key=idempotency_key
         )
         return _structure(Retried, answer)
 
@@ -674,7 +684,7 @@ class TaskClient:
             params["status"] = status
         if task_type:
             params["task_type"] = task_type
-        body = await self._request("GET", f"/api/v1/projects/{project_id}/tasks", params=params)
+        body = await self._request("GET", f"/api/v1/projects/{_segment(project_id)}/tasks", params=params)
         return TaskPage(
             tasks=[_structure(TaskSummary, item) for item in body["tasks"]],
             **{name: body["pagination"][name] for name in ("page", "limit", "total", "total_pages")},
@@ -697,15 +707,19 @@ class TaskClient:
 
     async def events(self, task_id: str, *, last_event_id: str | None = None) -> AsyncIterator[TaskEvent]:
         """A task's events as they happen (from the first, or after `last_event_id`); ends after the last."""
-        async for event in self._stream(f"/api/v1/tasks/{task_id}/events", last_event_id):
+        async for event in self._stream(f"/api/v1/tasks/{_segment(task_id)}/events", last_event_id):
             yield event
 
     async def project_events(
         self, project_id: str, *, last_event_id: str | None = None
     ) -> AsyncIterator[TaskEvent]:
         """Events of every task of a project from now (or after `last_event_id`); never ends by itself."""
-        async for event in self._stream(f"/api/v1/projects/{project_id}/events", last_event_id):
+        async for event in self._stream(f"/api/v1/projects/{_segment(project_id)}/events", last_event_id):
             yield event
+
+    def _url(self, path: str) -> yarl.URL:
+        # Sent as built: parsing it again would decode the segments' dots and resolve them.
+        return yarl.URL(self._base + path, encoded=True)
 
     async def _stream(self, path: str, last_event_id: str | None) -> AsyncIterator[TaskEvent]:
         headers = self._headers({"Accept": "text/event-stream"})
@@ -713,7 +727,7 @@ class TaskClient:
             headers["Last-Event-ID"] = last_event_id
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=_STREAM_READ_TIMEOUT)
         try:
-            async with self.session.get(self.url + path, headers=headers, timeout=timeout) as response:
+            async with self.session.get(self._url(path), headers=headers, timeout=timeout) as response:
                 if response.status == 204:
                     return
                 if response.status != 200:

@@ -22,6 +22,7 @@ from taskd.client import (
     TaskCancelled,
     TaskClient,
     TaskdConnectionError,
+    TaskdError,
     TaskFailed,
     TaskNotFoundError,
     TaskStatus,
@@ -189,6 +190,35 @@ async def test_an_unknown_task_raises_task_not_found_with_the_documented_body(cl
         await client.status("nope")
 
     assert missing.value.body == {"error": "task_not_found", "message": "Task with ID 'nope' not found"}
+
+
+async def test_an_id_holding_a_path_names_that_id_and_never_reaches_another_task(client):
+    victim = await client.submit("films", "sleep", {"seconds": 30, "steps": 30})
+
+    with pytest.raises(TaskNotFoundError) as missing:
+        await client.cancel(f"whatever/../{victim.task_id}")
+
+    assert missing.value.body["message"] == f"Task with ID 'whatever/../{victim.task_id}' not found"
+    assert (await client.status(victim.task_id)).status is not TaskStatus.CANCELLED
+    await client.cancel(victim.task_id)
+
+
+@pytest.mark.parametrize("task_id", ["..", ".", "a?b", "a#b", "100%"])
+async def test_an_id_of_dots_or_url_characters_is_asked_for_as_itself(client, task_id):
+    with pytest.raises(TaskNotFoundError) as missing:
+        await client.status(task_id)
+
+    assert missing.value.body["message"] == f"Task with ID '{task_id}' not found"
+
+
+async def test_a_project_id_holding_a_path_names_that_project_and_never_lists_another(client):
+    await client.submit("films", "noop", {})
+
+    with pytest.raises(TaskdError) as missing:
+        await client.list_tasks("nothing/../films")
+
+    assert missing.value.status == 404
+    assert missing.value.body["message"] == "Project 'nothing/../films' not found"
 
 
 async def test_cancelling_a_completed_task_raises_invalid_state_with_the_detail(client):
