@@ -36,6 +36,12 @@ class HttpConfig:
     port: int = attrs.field(
         default=8001, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535))
     )
+    # Seconds a connection may hold no request in progress (idle between requests, or still sending
+    # a request's headers) before it is closed: a client that opens connections and sends nothing,
+    # or its headers a byte at a time, holds each for this long at most.
+    idle_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    # Seconds a request's body may take to arrive once the handler reads it; then 408.
+    body_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
 
 
 def _webhook_secret(_: Any, attribute: attrs.Attribute[str], value: str) -> None:

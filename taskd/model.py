@@ -111,6 +111,9 @@ class TaskRecord:
 class ApiError(Exception):
     """An error with the documented body; raised where the cause is known, rendered by the HTTP layer."""
 
+    # True where the rest of the request cannot be read: the connection is closed after the answer.
+    close_connection = False
+
     def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
@@ -157,6 +160,27 @@ class RateLimited(ApiError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(429, "rate_limited", message, retry_after=retry_after)
         self.retry_after = retry_after
+
+
+class UnreadableBody(ValidationError):
+    """400 `validation_error`: the body's Content-Encoding or Transfer-Encoding is broken."""
+
+    close_connection = True
+
+    def __init__(self) -> None:
+        super().__init__(
+            {"body": "Request body could not be read: its Content-Encoding or Transfer-Encoding is broken"},
+            "Invalid request body",
+        )
+
+
+class RequestTimeout(ApiError):
+    """408 `request_timeout`: the request's body did not arrive in time."""
+
+    close_connection = True
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, "request_timeout", f"The request body did not arrive within {seconds:g} s")
 
 
 class ServiceUnavailable(ApiError):

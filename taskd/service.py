@@ -341,7 +341,9 @@ class Service:
         if self._pool is not None:
             api.unready_queues = self._pool.unready
         psutil.cpu_percent(interval=None)  # the first reading only primes the counter
-        self._runner = web.AppRunner(create_app(api), access_log=None)
+        self._runner = web.AppRunner(
+            create_app(api), access_log=None, keepalive_timeout=self.config.http.idle_timeout
+        )
         await self._runner.setup()
         await web.TCPSite(self._runner, self.config.http.host, self.config.http.port).start()
         self.addresses = [(address[0], address[1]) for address in self._runner.addresses]

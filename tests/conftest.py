@@ -202,9 +202,13 @@ async def start_service(tmp_path: Path, valkey_url: str) -> AsyncIterator[Callab
         serve_queues: list[str] | None = None,
         gpu_backend: Any = None,
         llm_url: str = "",
+        http_settings: HttpConfig | None = None,
         **sections: Any,
     ) -> RunningService:
+        # `http` says whether to serve HTTP at all; the [http] section comes as `http_settings`.
         config = make_config(tmp_path, valkey_url, llm_url, **sections)
+        if http_settings is not None:
+            config = attrs.evolve(config, http=http_settings)
         service = Service(config, http=http, workers=workers, queues=serve_queues, gpu_backend=gpu_backend)
         await service.start()
         host, port = service.addresses[0] if service.addresses else ("127.0.0.1", 0)

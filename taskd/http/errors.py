@@ -39,13 +39,26 @@ def render(error: ApiError) -> web.Response:
     return shape_response(shape(error), error.status, headers)
 
 
+async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+    # After the handler aiohttp reads what is left of an unread body for up to 10 s (its lingering
+    # close), so that a client still sending sees the answer; for a body that stalls or cannot be
+    # decoded there is nothing to wait for: the answer is written, then the connection closed.
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Render ApiError, aiohttp's HTTP errors, a lost Redis and anything unexpected as JSON."""
     try:
         return await handler(request)
     except ApiError as exc:
-        return render(exc)
+        response = render(exc)
+        if exc.close_connection:
+            await _answer_and_close(request, response)
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -55,7 +68,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"Request body is larger than the limit of {request.client_max_size} bytes"
         # A 405 names the methods the path answers (RFC 9110, section 15.5.6): aiohttp puts them there.
         allow = exc.headers.get("Allow")
-        return shape_response(shapes.Error(error, message), exc.status, {"Allow": allow} if allow else None)
+        response = shape_response(
+            shapes.Error(error, message), exc.status, {"Allow": allow} if allow else None
+        )
+        if exc.status == 413:
+            response.force_close()  # the rest of a body too large is not waited for, nor read
+        return response
     except RedisOutOfMemoryError:
         # maxmemory with noeviction: Redis refuses writes rather than drop task data.
         log.warning("storage full (redis maxmemory) for %s %s", request.method, request.path)

@@ -281,6 +281,10 @@ def _errors(*codes: int, limited: bool = False) -> dict[str, Schema]:
         401: _json("Error", "`authentication_failed`: missing or wrong X-API-Key"),
         403: _json("Error", "`forbidden`: the media signature does not check out"),
         404: _json("Error", "`task_not_found` (or `not_found`)", headers),
+        408: _json(
+            "Error",
+            "`request_timeout`: the body did not arrive within `http.body_timeout`; the connection is closed",
+        ),
         413: _json("Error", "`payload_too_large`: the body is over `limits.max_body_bytes`", headers),
         429: _json(
             "Error",
@@ -418,7 +422,7 @@ def _paths() -> dict[str, Any]:
                             }
                         },
                     },
-                    **_errors(400, 401, 413, 429, 503, limited=True),
+                    **_errors(400, 401, 408, 413, 429, 503, limited=True),
                     **_REUSED,
                 },
             }
@@ -440,7 +444,7 @@ def _paths() -> dict[str, Any]:
                     "200": _json(
                         "BatchResponse", "Stored and queued, in order", {**_LIMIT_HEADERS, **_REPLAYED}
                     ),
-                    **_errors(400, 401, 413, 429, 503, limited=True),
+                    **_errors(400, 401, 408, 413, 429, 503, limited=True),
                     **_REUSED,
                 },
             }
@@ -565,7 +569,8 @@ def document(registry: Registry) -> dict[str, Any]:
                 "The task service of the AI movie platform. Every `/api/v1/` route needs `X-API-Key`. "
                 "A key scoped to projects (`auth.keys`) gets 404 for anything of another project, and "
                 "views across projects name only its own tasks. "
-                "Request bodies over `limits.max_body_bytes` (1 MiB) get 413; unknown top-level fields "
+                "Request bodies over `limits.max_body_bytes` (1 MiB) get 413, bodies that take longer than "
+                "`http.body_timeout` (60 s) to arrive 408; unknown top-level fields "
                 "of a submission are ignored, unknown `task_data` fields are kept as sent."
             ),
         },

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from taskd import shapes
-from taskd.model import ValidationError
+from taskd.http.context import API
+from taskd.model import RequestTimeout, UnreadableBody, ValidationError
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -23,9 +25,25 @@ def shape_response(shape: Any, status: int = 200, headers: dict[str, str] | None
     return json_response(shapes.render(shape), status, headers)
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request body, read at most once (aiohttp keeps it): a 413 at once when its declared
+    length is over the limit, a 408 when it does not arrive within `http.body_timeout`, a 400 when
+    it cannot be read (a broken gzip or deflate encoding, a broken chunked one)."""
+    if request.content_length is not None and request.content_length > request.client_max_size:
+        raise web.HTTPRequestEntityTooLarge(request.client_max_size, request.content_length)
+    seconds = request.app[API].config.http.body_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(seconds) from None
+    except web.RequestPayloadError:
+        raise UnreadableBody from None
+
+
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON; a 400 in the documented shape when it is not JSON."""
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

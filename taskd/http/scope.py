@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from taskd.http.context import API
+from taskd.http.responses import read_body
 from taskd.model import ApiError, TaskNotFound, ValidationError
 from taskd.submit.submission import PROJECT_ID
 
@@ -119,7 +120,7 @@ async def _check_task_owner(request: web.Request, caller: Caller) -> None:
 
 async def _check_body_project(request: web.Request, caller: Caller) -> None:
     try:
-        body = orjson.loads(await request.read())  # aiohttp keeps the bytes for the handler
+        body = orjson.loads(await read_body(request))  # kept for the handler
     except orjson.JSONDecodeError:
         return  # the handler answers a body that is not JSON with its own 400
     project_id = body.get("project_id") if isinstance(body, dict) else None
@@ -131,7 +132,7 @@ async def _check_body_project(request: web.Request, caller: Caller) -> None:
 
 async def _check_body_projects(request: web.Request, caller: Caller) -> None:
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(await read_body(request))
     except orjson.JSONDecodeError:
         return  # the handler answers a body that is not JSON with its own 400
     items = body.get("tasks") if isinstance(body, dict) else None

@@ -1,0 +1,137 @@
+"""Requests that never finish arriving, or whose body cannot be read: an answer in the documented
+shape, or a closed connection, in bounded time; never a 500, never a connection held for ever."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import API_KEY, RunningService
+
+from taskd.config import HttpConfig
+
+SUBMIT = b"POST /api/v1/tasks/submit HTTP/1.1\r\nHost: taskd\r\nX-API-Key: " + API_KEY.encode() + b"\r\n"
+BODY = json.dumps({"project_id": "proj-1", "task_type": "noop", "task_data": {}}).encode()
+
+
+async def exchange(base_url: str, sent: bytes, within: float = 10) -> bytes:
+    """Send `sent` on a new connection and read until the server closes it (at most `within` s)."""
+    address = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        writer.write(sent)
+        async with asyncio.timeout(within):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def answer_without_closing(base_url: str, sent: bytes, within: float) -> bytes:
+    """Send `sent` on a new connection and read until a final (not 100) response is whole."""
+    address = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    raw = b""
+    try:
+        writer.write(sent)
+        async with asyncio.timeout(within):
+            while True:
+                raw += await reader.read(65536)
+                head, found, body = raw.rpartition(b"HTTP/1.1 ")[2].partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.lower().split(b"\r\n")
+                        if line.startswith(b"content-length:")
+                    ),
+                    None,
+                )
+                if found and length is not None and len(body) >= length:
+                    return raw
+    finally:
+        writer.close()
+
+
+def final_answer(raw: bytes) -> tuple[int, dict[str, object]]:
+    """The last response on the connection (after any `100 Continue`): its status and JSON body."""
+    head, _, body = raw.rpartition(b"HTTP/1.1 ")[2].partition(b"\r\n\r\n")
+    return int(head.split(b" ")[0]), json.loads(body)
+
+
+def problems_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def total_tasks(taskd: RunningService) -> int:
+    async with taskd.client.get("/api/v1/tasks/metrics") as response:
+        return int((await response.json())["metrics"]["total_tasks"])
+
+
+@pytest.mark.parametrize("encoding", [b"gzip", b"deflate"])
+async def test_a_body_whose_content_encoding_is_broken_is_a_400_and_stores_nothing(taskd, caplog, encoding):
+    before = await total_tasks(taskd)
+
+    raw = await exchange(
+        taskd.base_url,
+        SUBMIT
+        + b"Content-Encoding: "
+        + encoding
+        + b"\r\nContent-Length: 5\r\nConnection: close\r\n\r\nabcde",
+    )
+
+    assert final_answer(raw) == (
+        400,
+        {
+            "error": "validation_error",
+            "message": "Invalid request body",
+            "details": {
+                "body": "Request body could not be read: its Content-Encoding or Transfer-Encoding is broken"
+            },
+        },
+    )
+    assert await total_tasks(taskd) == before
+    assert problems_logged(caplog) == []
+
+
+async def test_a_body_that_stops_arriving_is_a_408_after_the_body_timeout_and_the_connection_closes(
+    start_service,
+):
+    taskd = await start_service(http_settings=HttpConfig(host="127.0.0.1", port=0, body_timeout=0.5))
+
+    # 100 bytes announced, 4 sent, then nothing: the answer, then the server closes the connection.
+    raw = await exchange(taskd.base_url, SUBMIT + b"Content-Length: 100\r\n\r\n" + BODY[:4])
+
+    assert final_answer(raw) == (
+        408,
+        {"error": "request_timeout", "message": "The request body did not arrive within 0.5 s"},
+    )
+    assert await total_tasks(taskd) == 0
+
+
+async def test_a_connection_whose_headers_never_end_is_closed_after_the_idle_timeout(start_service):
+    taskd = await start_service(http_settings=HttpConfig(host="127.0.0.1", port=0, idle_timeout=0.5))
+
+    # Half a request's headers, then nothing: closed without an answer (there is no request yet).
+    assert await exchange(taskd.base_url, SUBMIT + b"Content-Type: appl") == b""
+
+
+async def test_a_connection_left_idle_after_its_request_is_closed_after_the_idle_timeout(start_service):
+    taskd = await start_service(http_settings=HttpConfig(host="127.0.0.1", port=0, idle_timeout=0.5))
+
+    raw = await exchange(taskd.base_url, SUBMIT + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
+
+    assert final_answer(raw)[0] == 200
+
+
+async def test_a_declared_body_over_the_limit_is_refused_at_once_without_waiting_for_it(taskd):
+    # The body is never sent: the 413 must not wait for it (nor for the body timeout).
+    raw = await answer_without_closing(
+        taskd.base_url, SUBMIT + b"Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n", within=5
+    )
+
+    assert final_answer(raw) == (
+        413,
+        {"error": "payload_too_large", "message": "Request body is larger than the limit of 1048576 bytes"},
+    )
