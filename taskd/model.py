@@ -143,6 +143,15 @@ class InvalidState(ApiError):
         self.body = {"detail": detail}
 
 
+class ForeignDependency(ValidationError):
+    """400: a dependency is another project's task. `unknown` is the same refusal worded as for a
+    task that does not exist, for a caller that may not know of that project's tasks."""
+
+    def __init__(self, details: dict[str, str], unknown: dict[str, str]) -> None:
+        super().__init__(details, "Invalid dependencies")
+        self.unknown = ValidationError(unknown, "Invalid dependencies")
+
+
 class IdempotencyKeyReused(ApiError):
     """422 `idempotency_key_reused`: an Idempotency-Key sent again with another request."""
 

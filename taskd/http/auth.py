@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 
 from taskd.http.context import API
 from taskd.http.scope import CALLER, Caller, enforce
-from taskd.model import ApiError
+from taskd.model import ApiError, ForeignDependency
 from taskd.webhooks.signing import key_id
 
 PROTECTED_PREFIX = "/api/v1/"
@@ -59,7 +59,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     elif request.path.startswith(PROTECTED_PREFIX):
         raise ApiError(401, "authentication_failed", "Invalid or missing API key")
     await enforce(request)
-    return await handler(request)
+    try:
+        return await handler(request)
+    except ForeignDependency as refused:
+        caller = request.get(CALLER)
+        if caller is None or caller.projects is None:
+            raise
+        # A key scoped to projects learns nothing of other projects' tasks, not even that one exists.
+        raise refused.unknown from None
 
 
 def key_projects(given: str, scoped: dict[str, frozenset[str]]) -> frozenset[str] | None:

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.model import (
     ACTIVE,
+    ForeignDependency,
     IdempotencyKeyReused,
     Metrics,
     RateLimited,
@@ -45,6 +46,15 @@ _BAD_DEPENDENCY = {
 }
 QUEUE_FULL_RETRY_AFTER = 30
 T = TypeVar("T")
+
+
+def _bad_dependency(field: str, why: str, task_id: str) -> ValidationError:
+    """The 400 for a refused dependency; another project's task is a ForeignDependency, which the
+    HTTP layer words as an unknown task for a key scoped to other projects."""
+    details = {field: _BAD_DEPENDENCY[why].format(task_id)}
+    if why == "project":
+        return ForeignDependency(details, {field: _BAD_DEPENDENCY["unknown"].format(task_id)})
+    return ValidationError(details, "Invalid dependencies")
 
 
 def added_up(hashes: Iterable[Mapping[bytes, bytes]]) -> dict[str, str]:
@@ -476,10 +486,7 @@ class TaskStore:
         if verdict == "idempotency_key_reused":
             raise IdempotencyKeyReused()
         if verdict == "bad_dependency":
-            raise ValidationError(
-                {"depends_on": _BAD_DEPENDENCY[reply[2].decode()].format(reply[1].decode())},
-                "Invalid dependencies",
-            )
+            raise _bad_dependency("depends_on", reply[2].decode(), reply[1].decode())
         if verdict == "ok" and replicated is not None and replicated < self.wait_replicas:
             raise _not_replicated(self.wait_replicas)
         if verdict == "project_full":
@@ -585,10 +592,7 @@ class TaskStore:
             raise IdempotencyKeyReused()
         if verdict == "bad_dependency":
             _, index, task_id, why = reply
-            raise ValidationError(
-                {f"tasks[{int(index)}].depends_on": _BAD_DEPENDENCY[why.decode()].format(task_id.decode())},
-                "Invalid dependencies",
-            )
+            raise _bad_dependency(f"tasks[{int(index)}].depends_on", why.decode(), task_id.decode())
         if verdict == "project_full":
             raise _project_full(batch[int(reply[1])][0].project_id, int(reply[2]), admission)
         if verdict == "queue_full":
@@ -626,7 +630,7 @@ class TaskStore:
             elsewhere = keys.task_partition(task_id)
             if elsewhere != partition:
                 why = "project" if await self.clients[elsewhere].exists(keys.task(task_id)) else "unknown"
-                raise ValidationError({field: _BAD_DEPENDENCY[why].format(task_id)}, "Invalid dependencies")
+                raise _bad_dependency(field, why, task_id)
 
     async def _refuse_key_used_elsewhere(self, idempotency: Idempotency | None, partition: int) -> None:
         """An Idempotency-Key is remembered in the partition of the request's project. A request

@@ -173,6 +173,26 @@ async def test_a_scoped_key_cannot_name_another_project_in_a_batch(seeded):
     assert body["details"] == {"tasks[1].project_id": f"Project '{OTHER}' is not available to this API key"}
 
 
+@pytest.mark.parametrize("route", ["/api/v1/tasks/submit", "/api/v1/tasks/batch"])
+async def test_a_scoped_key_naming_another_projects_task_as_a_dependency_is_told_it_is_unknown(seeded, route):
+    theirs = seeded.other_tasks["done"]
+    task = {"project_id": OWN, "task_type": "noop", "task_data": {}, "depends_on": [theirs]}
+    field = "depends_on" if route.endswith("submit") else "tasks[0].depends_on"
+
+    async with (
+        aiohttp.ClientSession(seeded.running.base_url, timeout=TIMEOUT) as session,
+        session.post(
+            route,
+            json=task if route.endswith("submit") else {"tasks": [task]},
+            headers={"X-API-Key": TENANT_KEY},
+        ) as response,
+    ):
+        status, body = response.status, await response.json()
+
+    # Word for word what an id that no task has gets: nothing says the task exists.
+    assert (status, body["details"]) == (400, {field: f"Unknown task '{theirs}'"})
+
+
 async def test_no_route_shows_a_scoped_key_an_id_or_url_of_another_project(seeded):
     leaks: dict[str, list[str]] = {}
     async with aiohttp.ClientSession(seeded.running.base_url, timeout=TIMEOUT) as session:
