@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -14,6 +15,8 @@ from taskd import cli_admin, cli_client, logs
 from taskd.config import ConfigError, load_config
 from taskd.version import version
 
+# The exit status of a client command whose output's reader went away: a shell's for SIGPIPE.
+SIGPIPE_EXIT = 141
 DESCRIPTION = """\
 taskd runs GPU-heavy and long-running work submitted over HTTP.
 
@@ -86,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if getattr(args, "client_command", None) is not None:
-        return cli_client.run(args)
+        try:
+            return cli_client.run(args)
+        except BrokenPipeError:
+            # The reader went away (`taskd tasks films --json | head`): stop quietly, as a tool that
+            # SIGPIPE ends would, and keep the interpreter's last flush from failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return SIGPIPE_EXIT
     if args.command in cli_admin.COMMANDS:
         return cli_admin.run(args)
     if args.command == "completion":

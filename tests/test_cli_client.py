@@ -184,6 +184,31 @@ async def test_cancel_then_retry_prints_the_new_task_id(start_service):
     assert (await taskd.status(retried.out.strip()))["retry_of"] == task["task_id"]
 
 
+async def test_output_whose_reader_went_away_ends_quietly_with_the_sigpipe_status(taskd):
+    await taskd.submit("noop", {}, project_id="films")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head` does once it has its lines
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    env.update(TASKD_DATA_DIR="/nonexistent", TASKD_URL=taskd.base_url, TASKD_API_KEY=API_KEY)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "taskd",
+            "tasks",
+            "films",
+            "--json",
+            env=env,
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+
+    assert (proc.returncode, err.decode()) == (141, "")
+
+
 async def test_tasks_lists_a_project_as_a_table_and_as_json(taskd):
     task = await taskd.submit("noop", {}, project_id="films")
     await taskd.wait_terminal(task["task_id"])
