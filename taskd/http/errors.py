@@ -72,7 +72,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             shapes.Error(error, message), exc.status, {"Allow": allow} if allow else None
         )
         if exc.status == 413:
-            response.force_close()  # the rest of a body too large is not waited for, nor read
+            # No request follows on this connection: aiohttp reads and drops what is left of the body
+            # (for up to 10 s, so that a client still sending sees the answer), then closes it.
+            response.force_close()
         return response
     except RedisOutOfMemoryError:
         # maxmemory with noeviction: Redis refuses writes rather than drop task data.
