@@ -31,12 +31,15 @@ async def read_body(request: web.Request) -> bytes:
     it cannot be read (a broken gzip or deflate encoding, a broken chunked one)."""
     if request.content_length is not None and request.content_length > request.client_max_size:
         raise web.HTTPRequestEntityTooLarge(request.client_max_size, request.content_length)
-    seconds = request.app[API].config.http.body_timeout
     try:
-        async with asyncio.timeout(seconds):
+        if request.content.is_eof():
+            # The whole body came with the headers, as a submit's does: nothing to wait for, so no
+            # timer (one costs ~4 us, 3 % of a submit's CPU).
+            return await request.read()
+        async with asyncio.timeout(request.app[API].config.http.body_timeout):
             return await request.read()
     except TimeoutError:
-        raise RequestTimeout(seconds) from None
+        raise RequestTimeout(request.app[API].config.http.body_timeout) from None
     except web.RequestPayloadError:
         raise UnreadableBody from None
 
