@@ -38,8 +38,9 @@ class HttpConfig:
     )
     # Seconds a connection may hold no request in progress (idle between requests, or still sending
     # a request's headers) before it is closed: a client that opens connections and sends nothing,
-    # or its headers a byte at a time, holds each for this long at most.
-    idle_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    # or its headers a byte at a time, holds each for this long at most. Above the idle timeouts of
+    # the usual proxies in front (60 s), so that none reuses a connection taskd is closing.
+    idle_timeout: float = attrs.field(default=75.0, validator=attrs.validators.gt(0))
     # Seconds a request's body may take to arrive once the handler reads it; then 408.
     body_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
 
