@@ -343,6 +343,9 @@ class WebhooksConfig:
     )
     proxy: str = ""
     max_concurrency: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    # POSTs in flight at once to one receiver (scheme, host, port): below max_concurrency, so that a
+    # receiver that hangs never holds every place and others' webhooks still go out.
+    max_per_receiver: int = attrs.field(default=32, validator=attrs.validators.ge(1))
     # The least seconds between two `progress` webhooks of one task (those who ask for them).
     progress_interval: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
 

@@ -296,6 +296,29 @@ async def test_a_slow_receiver_does_not_delay_other_deliveries(start, receiver):
         assert len(slow.received) == 1  # still hanging on the first attempt
 
 
+async def test_a_hanging_receiver_holds_at_most_its_share_of_the_places_and_others_go_out_at_once(
+    start, receiver
+):
+    service = await start(max_concurrency=4, max_per_receiver=2)
+    async with WebhookReceiver() as slow:
+        slow.hang(6)
+        slow.hang(6)  # the first two; the rest are answered at once
+        hanging = []
+        for n in range(6):  # one after another: finishes at the same moment may each take a place
+            hanging.append((await service.submit("noop", {}, callback_url=slow.url(f"/hang/{n}")))["task_id"])
+            await service.wait_terminal(hanging[-1])
+        await slow.wait_for(2)
+        await service.submit("noop", {}, callback_url=receiver.url())
+
+        await receiver.wait_for(1, timeout=4)  # not after a hanging POST's end, 6 s away
+
+        assert len(slow.received) == 2  # the other four wait for the receiver's places
+        # Each waited without an attempt spent: all six are delivered at their first.
+        webhooks = [await webhook_settled(service, task_id) for task_id in hanging]
+        assert [webhook["attempts"] for webhook in webhooks] == [1] * 6
+        assert all(webhook["delivered_at"] for webhook in webhooks)
+
+
 async def test_with_a_proxy_configured_the_post_goes_through_the_proxy(start, receiver):
     # The receiver stands in for an HTTP egress proxy: a forward proxy gets the request in absolute form.
     service = await start(proxy=receiver.url("/"))

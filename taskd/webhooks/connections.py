@@ -174,7 +174,7 @@ class ReceiverConnections:
         closes the connection.
         """
         host, port = host_and_port(url)
-        receiver = (url.scheme, host.lower(), port)
+        receiver = _receiver(url.scheme, host, port)
         data = [_request_head(url, headers, len(body)), body]
         reused = self._take(receiver)
         written = None if reused is None else (reused, reused.request(data))
@@ -292,6 +292,22 @@ class ReceiverConnections:
         if self._tls is None:
             self._tls = ssl.create_default_context()  # certificates and host names checked
         return self._tls
+
+
+def _receiver(scheme: str, host: str, port: int) -> Receiver:
+    return (scheme, host.lower(), port)
+
+
+@functools.lru_cache(maxsize=1024)
+def receiver_of(url: str) -> Receiver | None:
+    """The receiver a callback URL names, as its connections are pooled; None for one that cannot
+    be sent (its POST fails and is recorded as such). Cached: a service's webhooks go to a few URLs."""
+    try:
+        target = URL(url)
+        host, port = host_and_port(target)
+    except (ValueError, OSError):  # not a URL; not http(s) with a host (NotHttp)
+        return None
+    return _receiver(target.scheme, host, port)
 
 
 def _unheeded(answer: asyncio.Future[int]) -> None:

@@ -6,6 +6,7 @@ Runs in every taskd process. Log lines are the API document's, under the logger 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import socket
@@ -26,7 +27,7 @@ from taskd.model import TaskRecord, TaskStatus
 from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port, refusal
 from taskd.stopping import cancel_and_wait
 from taskd.store import TaskStore, decode
-from taskd.webhooks.connections import ReceiverConnections
+from taskd.webhooks.connections import Receiver, ReceiverConnections, receiver_of
 from taskd.webhooks.outbox import Attempt, Claim, Outbox, now_ms
 from taskd.webhooks.payload import PROGRESS, STARTED, build_payload, event_id
 from taskd.webhooks.schedule import SUCCESS_CODES, DeliverySchedule
@@ -40,6 +41,9 @@ log = logging.getLogger("taskd.webhooks")
 # a wake-up lost some other way. At 0.05 s it was two thirds of an idle `taskd serve`'s CPU.
 POLL_INTERVAL = 0.5
 LEASE_MARGIN = 30.0  # seconds a claim outlives the request timeout before another process may take it
+# A webhook claimed while its receiver has webhooks.max_per_receiver POSTs in flight is handed back,
+# due again this many ms later (not an attempt): the places it would have waited in are others'.
+RECEIVER_BUSY_DELAY_MS = 1000
 USER_AGENT = "taskd-webhooks/1"
 
 
@@ -69,6 +73,7 @@ class WebhookSender:
         self.lease_ms = int((config.timeout + LEASE_MARGIN) * 1000)
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Claim] = {}
+        self._per_receiver: collections.Counter[Receiver] = collections.Counter()
         self._resolver: GuardedResolver | None = None
         self._running = False  # run() runs: a POST has a client to go out on
         # One of the two clients, made by run(): taskd's own keep-alive pools (ReceiverConnections),
@@ -87,12 +92,17 @@ class WebhookSender:
         if task_id is None or all(claim.task_id != task_id for claim in self._inflight.values()):
             self._wake.set()
 
-    def lease_until(self, at_ms: int) -> int | None:
+    def lease_until(self, at_ms: int, callback_url: str) -> int | None:
         """The lease (ms) a finish at `at_ms` may put on its end's webhook for `send_ended` to send it,
-        or None when this sender is not running or has no room for one more POST."""
+        or None when this sender is not running or has no room for one more POST (to that receiver)."""
         if not self._running or len(self._inflight) >= self.config.max_concurrency:
             return None
+        if self._receiver_full(receiver_of(callback_url)):
+            return None
         return at_ms + self.lease_ms
+
+    def _receiver_full(self, receiver: Receiver | None) -> bool:
+        return receiver is not None and self._per_receiver[receiver] >= self.config.max_per_receiver
 
     def send_ended(self, record: TaskRecord, lease: int) -> None:
         """POST the end's webhook of `record`, just ended by a finish that leased it until `lease`.
@@ -182,8 +192,14 @@ class WebhookSender:
         self._wake.clear()
         at = now_ms()
         claims, first_due = await self.outbox.claim(at, self.lease_ms, free)
+        busy = []
         for claim in claims:
-            self._start(claim)
+            url = claim.record.get(b"callback_url")
+            if url and self._receiver_full(receiver_of(url.decode(errors="replace"))):
+                busy.append(claim)
+            else:
+                self._start(claim)
+        await asyncio.gather(*(self.outbox.release(claim, at + RECEIVER_BUSY_DELAY_MS) for claim in busy))
         if len(claims) == free:  # more may be due
             return
         wait = POLL_INTERVAL if first_due is None else min(POLL_INTERVAL, max(0.0, (first_due - at) / 1000))
@@ -225,6 +241,20 @@ class WebhookSender:
         task = asyncio.create_task(self._deliver(claim, ended, begun), name=f"webhook-{claim.task_id}")
         self._inflight[task] = claim
         task.add_done_callback(self._inflight.pop)
+        url = (
+            ended.callback_url
+            if ended is not None
+            else claim.record.get(b"callback_url", b"").decode(errors="replace")
+        )
+        receiver = receiver_of(url) if url else None
+        if receiver is not None:
+            self._per_receiver[receiver] += 1
+            task.add_done_callback(lambda _: self._left(receiver))
+
+    def _left(self, receiver: Receiver) -> None:
+        self._per_receiver[receiver] -= 1
+        if not self._per_receiver[receiver]:
+            del self._per_receiver[receiver]
 
     async def _deliver(self, claim: Claim, ended: TaskRecord | None, begun: Awaitable[int] | None) -> None:
         try:
