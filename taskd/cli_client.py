@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -44,21 +46,36 @@ def _print_json(body: Any, out: TextIO | None = None) -> None:
     print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode(), file=out or sys.stdout)
 
 
+# What a terminal acts on rather than shows: C0 controls (escape sequences, carriage returns), DEL and C1.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROLS_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _shown(value: object, *, lines: bool = False) -> str:
+    """A value from the server (a task's error, its step, a message: text a caller wrote) as text
+    to print on a terminal: its control characters written as \\xNN, line breaks and tabs too
+    unless `lines`, so it can neither move the cursor nor pass for a line of its own."""
+    pattern = _CONTROLS_BUT_LINES if lines else _CONTROLS
+    return pattern.sub(lambda found: f"\\x{ord(found.group()):02x}", str(value))
+
+
 def _note(text: str) -> None:
-    print(text, file=sys.stderr)
+    print(_shown(text, lines=True), file=sys.stderr)
 
 
 def _read_data(raw: str) -> dict[str, Any]:
     """`--data`: JSON text, `@file.json`, or `@-` for standard input."""
     source = "--data"
+    text: str | bytes = raw
     if raw.startswith("@"):
         source = raw[1:]
         try:
-            raw = sys.stdin.read() if source == "-" else Path(source).read_text()
+            # Bytes, as they are: JSON's parser says what is not UTF-8, in the one error below.
+            text = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {source}: {exc.strerror}") from None
     try:
-        data = orjson.loads(raw)
+        data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise UsageError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -81,7 +98,7 @@ class ProgressView:
             return
         self.last = state
         percent = f"{event.progress * 100:3.0f}%"
-        step = event.current_step or ""
+        step = _shown(event.current_step or "")
         if self.tty:
             filled = round(event.progress * BAR_WIDTH)
             bar = "#" * filled + "-" * (BAR_WIDTH - filled)
@@ -191,10 +208,10 @@ class Pipeline:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            document = tomllib.loads(Path(path).read_text())
+            document = tomllib.loads(Path(path).read_bytes().decode())
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{path} is not valid TOML: {exc}") from None
         steps = document.get("task")
         if not isinstance(steps, list) or not steps:
@@ -260,6 +277,9 @@ class Pipeline:
             return {key: self._refs(index, item, depends_on) for key, item in value.items()}
         if isinstance(value, list):
             return [self._refs(index, item, depends_on) for item in value]
+        if isinstance(value, float) and not math.isfinite(value):
+            # TOML has inf and nan; JSON has neither (they would be sent as null).
+            raise self._error(index, f"data holds {value}, which JSON cannot carry")
         return value
 
 
@@ -332,12 +352,12 @@ async def cmd_status(client: TaskClient, args: argparse.Namespace) -> int:
     for name, value in _fields(task.raw):
         if name == "progress":
             value = f"{value * 100:.0f}%"
-        print(f"{name + ':':<16} {value}")
+        print(f"{name + ':':<16} {_shown(value)}")
     if task.result is not None:
         print("result:")
         _print_json(task.result)
     if task.traceback:
-        print("traceback:\n" + task.traceback.rstrip())
+        print("traceback:\n" + _shown(task.traceback.rstrip(), lines=True))
     if task.webhook:
         print("webhook:", orjson.dumps(task.webhook).decode())
     return EXIT_OK
@@ -354,7 +374,7 @@ async def cmd_cancel(client: TaskClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(outcome.raw)
     else:
-        print(f"{outcome.task_id}: {outcome.message}")
+        print(f"{outcome.task_id}: {_shown(outcome.message)}")
     return EXIT_OK
 
 
@@ -405,7 +425,7 @@ async def cmd_health(client: TaskClient, args: argparse.Namespace) -> int:
     )
     print(f"alerts:   {queues.status}")
     for alert in queues.alerts:
-        print(f"  {alert.severity}: {alert.message}")
+        print(f"  {alert.severity}: {_shown(alert.message)}")
     return EXIT_OK if healthy else EXIT_TASK_FAILED
 
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import attrs
+import pytest
 from conftest import API_KEY
 
 from taskd.cli_client import ProgressView
@@ -167,6 +168,40 @@ async def test_data_that_is_not_json_exits_2(taskd):
 
     assert run.code == 2
     assert "--data is not valid JSON" in run.err
+
+
+@pytest.mark.parametrize("option", ["--data", "--metadata"])
+async def test_a_data_file_that_is_not_utf8_exits_2_with_one_line(taskd, tmp_path: Path, option):
+    (tmp_path / "bad.json").write_bytes(b'{"a": "\xff"}')
+
+    options = {"--data": "{}", option: f"@{tmp_path / 'bad.json'}"}
+
+    run = await taskd_cli(
+        "submit",
+        "--project",
+        "films",
+        "--type",
+        "noop",
+        *(x for pair in options.items() for x in pair),
+        url=taskd.base_url,
+    )
+
+    assert run.code == 2
+    [line] = run.err.splitlines()
+    assert line.startswith(f"taskd: {tmp_path / 'bad.json'} is not valid JSON")
+
+
+async def test_status_and_wait_print_a_tasks_control_characters_escaped_never_raw(taskd):
+    hostile = "boom\rstatus:         completed\x00\x1b[2J\x1b]0;owned\x07"
+    task = await taskd.submit("fail", {"message": hostile})
+    await taskd.wait_terminal(task["task_id"])
+
+    status = await taskd_cli("status", task["task_id"], url=taskd.base_url)
+    wait = await taskd_cli("wait", task["task_id"], url=taskd.base_url)
+
+    for shown in (status.out, wait.err):
+        assert not any(char in shown for char in "\r\x00\x1b\x07")
+        assert "boom\\x0dstatus:         completed\\x00\\x1b[2J\\x1b]0;owned\\x07" in shown
 
 
 async def test_cancel_then_retry_prints_the_new_task_id(start_service):
@@ -384,6 +419,30 @@ async def test_run_a_pipeline_whose_ref_names_an_unknown_step_exits_2_with_one_l
     assert run.code == 2
     assert run.err.splitlines() == [
         f"taskd: {tmp_path / 'pipeline.toml'}: task 2: 'voice' is not an earlier task"
+    ]
+
+
+async def test_run_a_pipeline_file_that_is_not_utf8_exits_2_with_one_line(taskd, tmp_path: Path):
+    (tmp_path / "pipeline.toml").write_bytes(b'[[task]]\nproject = "\xff"\ntype = "noop"\n')
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url=taskd.base_url)
+
+    assert run.code == 2
+    [line] = run.err.splitlines()
+    assert line.startswith(f"taskd: {tmp_path / 'pipeline.toml'} is not valid TOML")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+async def test_run_a_pipeline_whose_data_holds_what_json_cannot_exits_2(taskd, tmp_path: Path, value):
+    (tmp_path / "pipeline.toml").write_text(
+        f'[[task]]\nproject = "films"\ntype = "noop"\ndata = {{x = {value}}}\n'
+    )
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url=taskd.base_url)
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 0: data holds {float(value)}, which JSON cannot carry"
     ]
 
 
