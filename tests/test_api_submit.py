@@ -157,6 +157,21 @@ async def test_callback_url_must_be_http(taskd):
     assert "callback_url" in body["details"]
 
 
+@pytest.mark.parametrize(
+    "url", ["http://用户:密码@127.0.0.1:8799/ok", "http://%E7%94%A8:x@127.0.0.1:8799/ok"]
+)
+async def test_a_callback_url_whose_credentials_basic_auth_cannot_send_is_refused(taskd, url):
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "noop", "task_data": {}, "callback_url": url}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "callback_url": "Callback URL's user name and password must be Latin-1 text: HTTP Basic "
+        "authentication sends them so"
+    }
+
+
 async def test_body_that_is_not_json_is_a_validation_error(taskd):
     async with taskd.client.post("/api/v1/tasks/submit", data=b"{not json") as response:
         body = await response.json()

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import attrs
+from yarl import URL
 
 from taskd import refs
 from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_NORMAL, ValidationError, now
@@ -71,6 +72,22 @@ def _callback_url(value: Any, details: dict[str, str]) -> None:
         details["callback_url"] = (
             f"Callback URL must be an http(s) URL of at most {MAX_CALLBACK_URL} characters"
         )
+    elif not _sendable_credentials(value):
+        details["callback_url"] = (
+            "Callback URL's user name and password must be Latin-1 text: HTTP Basic authentication "
+            "sends them so"
+        )
+
+
+def _sendable_credentials(url: str) -> bool:
+    # A user or password that Basic authentication cannot encode would fail every attempt.
+    try:
+        parsed = URL(url)
+        (parsed.user or "").encode("latin-1")
+        (parsed.password or "").encode("latin-1")
+    except ValueError:  # not a URL yarl reads, or credentials beyond Latin-1 (UnicodeEncodeError)
+        return False
+    return True
 
 
 def _keep_for(value: Any, details: dict[str, str]) -> None:
