@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import math
 import os
-import re
 import sys
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ import orjson
 from taskd.apikey import KEY_FILE
 from taskd.config import ConfigError, load_config
 from taskd.model import TaskStatus
+from taskd.printable import printable
 
 if TYPE_CHECKING:
     from taskd.client import Task, TaskClient, TaskEvent
@@ -46,21 +46,8 @@ def _print_json(body: Any, out: TextIO | None = None) -> None:
     print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode(), file=out or sys.stdout)
 
 
-# What a terminal acts on rather than shows: C0 controls (escape sequences, carriage returns), DEL and C1.
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROLS_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _shown(value: object, *, lines: bool = False) -> str:
-    """A value from the server (a task's error, its step, a message: text a caller wrote) as text
-    to print on a terminal: its control characters written as \\xNN, line breaks and tabs too
-    unless `lines`, so it can neither move the cursor nor pass for a line of its own."""
-    pattern = _CONTROLS_BUT_LINES if lines else _CONTROLS
-    return pattern.sub(lambda found: f"\\x{ord(found.group()):02x}", str(value))
-
-
 def _note(text: str) -> None:
-    print(_shown(text, lines=True), file=sys.stderr)
+    print(printable(text, lines=True), file=sys.stderr)
 
 
 def _read_data(raw: str) -> dict[str, Any]:
@@ -98,7 +85,7 @@ class ProgressView:
             return
         self.last = state
         percent = f"{event.progress * 100:3.0f}%"
-        step = _shown(event.current_step or "")
+        step = printable(event.current_step or "")
         if self.tty:
             filled = round(event.progress * BAR_WIDTH)
             bar = "#" * filled + "-" * (BAR_WIDTH - filled)
@@ -352,12 +339,12 @@ async def cmd_status(client: TaskClient, args: argparse.Namespace) -> int:
     for name, value in _fields(task.raw):
         if name == "progress":
             value = f"{value * 100:.0f}%"
-        print(f"{name + ':':<16} {_shown(value)}")
+        print(f"{name + ':':<16} {printable(value)}")
     if task.result is not None:
         print("result:")
         _print_json(task.result)
     if task.traceback:
-        print("traceback:\n" + _shown(task.traceback.rstrip(), lines=True))
+        print("traceback:\n" + printable(task.traceback.rstrip(), lines=True))
     if task.webhook:
         print("webhook:", orjson.dumps(task.webhook).decode())
     return EXIT_OK
@@ -374,7 +361,7 @@ async def cmd_cancel(client: TaskClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(outcome.raw)
     else:
-        print(f"{outcome.task_id}: {_shown(outcome.message)}")
+        print(f"{outcome.task_id}: {printable(outcome.message)}")
     return EXIT_OK
 
 
@@ -425,7 +412,7 @@ async def cmd_health(client: TaskClient, args: argparse.Namespace) -> int:
     )
     print(f"alerts:   {queues.status}")
     for alert in queues.alerts:
-        print(f"  {alert.severity}: {_shown(alert.message)}")
+        print(f"  {alert.severity}: {printable(alert.message)}")
     return EXIT_OK if healthy else EXIT_TASK_FAILED
 
 

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import attrs
 import orjson
 
+from taskd.printable import printable
+
 FORMATS = ("auto", "json", "text")
 MASK = "***"
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words
@@ -182,12 +184,14 @@ class TextFormatter(logging.Formatter):
     """`2026-01-02T03:04:05.678Z INFO taskd.webhooks: Webhook sent successfully status_code=200 task_id=…`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        pairs = " ".join(f"{k}={v}" for k, v in sorted(_extras(record).items()))
-        text = f"{_timestamp(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        # A message or a field may hold a caller's text (a task's error): on a terminal its control
+        # characters would act, and a line break would forge a line of its own.
+        pairs = " ".join(f"{k}={printable(v)}" for k, v in sorted(_extras(record).items()))
+        text = f"{_timestamp(record)} {record.levelname} {record.name}: {printable(record.getMessage())}"
         if pairs:
             text += f" {pairs}"
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+            text += "\n" + printable(self.formatException(record.exc_info), lines=True)
         return REDACTOR.redact(text)
 
 

@@ -103,6 +103,21 @@ def test_text_lines_put_extra_fields_after_the_message():
     assert text.endswith(" INFO taskd.webhooks: Webhook sent successfully status_code=200 task_id=abc123")
 
 
+def test_text_lines_show_a_callers_control_characters_escaped_and_stay_one_line():
+    stream = io.StringIO()
+    hostile = "boom\r\x1b[2J\n2026-01-01T00:00:00.000Z INFO taskd: all is well\x00"
+    record = logging.LogRecord(
+        "taskd.engine", logging.WARNING, __file__, 1, "task %s failed: %s", ("t1", hostile), None
+    )
+    record.error = hostile
+
+    text = logs.make_handler("text", stream).format(record)
+
+    assert "\n" not in text and not any(char in text for char in "\r\x1b\x00")
+    escaped = "boom\\x0d\\x1b[2J\\x0a2026-01-01T00:00:00.000Z INFO taskd: all is well\\x00"
+    assert text.endswith(f"task t1 failed: {escaped} error={escaped}")
+
+
 def test_auto_is_text_on_a_terminal_and_json_elsewhere():
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
