@@ -23,6 +23,7 @@ FLOORS = [
         "shapes.py",
         "refs.py",
         "version.py",
+        "printable.py",
     ],
     [
         "stopping.py",
