@@ -112,7 +112,8 @@ class WebhookSender:
         sender claims it then.
         """
         if self._running:
-            self._start(Claim(record.task_id, lease), record, self._begin(record))
+            receiver = receiver_of(record.callback_url) if record.callback_url else None
+            self._start(Claim(record.task_id, lease), receiver, record, self._begin(record))
 
     def _begin(self, record: TaskRecord) -> Awaitable[int] | None:
         """The end's POST begun now, in the turn of the loop its finish ended: on taskd's own client
@@ -195,10 +196,11 @@ class WebhookSender:
         busy = []
         for claim in claims:
             url = claim.record.get(b"callback_url")
-            if url and self._receiver_full(receiver_of(url.decode(errors="replace"))):
+            receiver = receiver_of(url.decode(errors="replace")) if url else None
+            if self._receiver_full(receiver):
                 busy.append(claim)
             else:
-                self._start(claim)
+                self._start(claim, receiver)
         await asyncio.gather(*(self.outbox.release(claim, at + RECEIVER_BUSY_DELAY_MS) for claim in busy))
         if len(claims) == free:  # more may be due
             return
@@ -236,18 +238,16 @@ class WebhookSender:
                     await self.outbox.release(claim, at)
 
     def _start(
-        self, claim: Claim, ended: TaskRecord | None = None, begun: Awaitable[int] | None = None
+        self,
+        claim: Claim,
+        receiver: Receiver | None,
+        ended: TaskRecord | None = None,
+        begun: Awaitable[int] | None = None,
     ) -> None:
         task = asyncio.create_task(self._deliver(claim, ended, begun), name=f"webhook-{claim.task_id}")
         self._inflight[task] = claim
         task.add_done_callback(self._inflight.pop)
-        url = (
-            ended.callback_url
-            if ended is not None
-            else claim.record.get(b"callback_url", b"").decode(errors="replace")
-        )
-        receiver = receiver_of(url) if url else None
-        if receiver is not None:
+        if receiver is not None:  # counted for webhooks.max_per_receiver until the delivery ends
             self._per_receiver[receiver] += 1
             task.add_done_callback(lambda _: self._left(receiver))
 
