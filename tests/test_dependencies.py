@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from redis.asyncio import Redis
 
 from taskd import keys
@@ -208,6 +209,35 @@ async def test_a_malformed_ref_is_refused_naming_the_field(start_service):
     body = await refused(api_only, "append", {"text": {"$ref": "no-pointer"}}, depends_on=[first["task_id"]])
 
     assert body["details"] == {"task_data.text": 'A $ref must be "<task_id>#/<JSON pointer>"'}
+
+
+@pytest.mark.parametrize("whole", ["first#", "first#/text", 5])
+async def test_task_data_that_is_itself_a_ref_is_refused_naming_task_data(start_service, whole):
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    value = whole.replace("first", first["task_id"]) if isinstance(whole, str) else whole
+
+    body = await refused(api_only, "noop", {"$ref": value}, depends_on=[first["task_id"]])
+
+    assert body["details"] == {
+        "task_data": "Task data must be an object of fields, not a $ref: put the $ref in a field"
+    }
+
+
+async def test_a_batch_item_whose_task_data_is_a_ref_is_refused_naming_the_item(start_service):
+    api_only = await start_service(workers=False)
+    items = [
+        {"project_id": "p", "task_type": "noop", "task_data": {}},
+        {"project_id": "p", "task_type": "noop", "task_data": {"$ref": "@0#"}, "depends_on": ["@0"]},
+    ]
+
+    async with api_only.client.post("/api/v1/tasks/batch", json={"tasks": items}) as response:
+        status, body = response.status, await response.json()
+
+    assert (status, body["details"]) == (
+        400,
+        {"tasks[1].task_data": "Task data must be an object of fields, not a $ref: put the $ref in a field"},
+    )
 
 
 async def test_a_ref_stands_for_a_typed_value_at_submit_while_other_fields_are_checked(start_service):

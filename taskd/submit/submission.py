@@ -209,6 +209,9 @@ def parse_submission(
         details["task_data"] = "Task data is required"
     elif not isinstance(task_data, dict):
         details["task_data"] = "Task data must be an object"
+    elif refs.is_ref(task_data):
+        # What a task type reads is an object of fields: a $ref goes in a field of it.
+        details["task_data"] = "Task data must be an object of fields, not a $ref: put the $ref in a field"
     else:
         ref_paths = _refs(task_data, depends_on, details)
         if task_type is not None:
