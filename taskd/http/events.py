@@ -294,7 +294,9 @@ def _last_event_id(request: web.Request) -> str | None:
     raw = request.headers.get("Last-Event-ID", "").strip()
     if not raw:
         return None
-    if not _EVENT_ID.fullmatch(raw) or max(id_key(raw)) >= 2**64:
+    # Past the largest id a stream can hold (each part under 2**64), or at it: no entry comes after
+    # that one, so no stream sent it, and Redis refuses to read after it.
+    if not _EVENT_ID.fullmatch(raw) or max(id_key(raw)) >= 2**64 or id_key(raw) == (2**64 - 1, 2**64 - 1):
         raise ValidationError(
             {"Last-Event-ID": "Last-Event-ID must be an event id sent by this stream, e.g. 1700000000000-0"},
             "Invalid Last-Event-ID",

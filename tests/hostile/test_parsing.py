@@ -86,6 +86,22 @@ async def test_a_last_event_id_in_another_scripts_digits_is_a_400(taskd, caplog)
     assert problems_logged(caplog) == []
 
 
+@pytest.mark.parametrize("route", ["/api/v1/projects/proj-1/events", "/api/v1/tasks/{task_id}/events"])
+@pytest.mark.parametrize("last", [b"18446744073709551615-18446744073709551615", b"18446744073709551616-0"])
+async def test_a_last_event_id_no_stream_can_follow_is_a_400(taskd, caplog, route, last):
+    task = await taskd.submit("noop", {})
+
+    status, body = await raw_get(
+        taskd.base_url,
+        route.format(task_id=task["task_id"]).encode(),
+        {b"X-API-Key": taskd.client.headers["X-API-Key"].encode(), b"Last-Event-ID": last},
+    )
+
+    assert status == 400
+    assert json.loads(body)["error"] == "validation_error" and "Last-Event-ID" in json.loads(body)["details"]
+    assert problems_logged(caplog) == []
+
+
 async def test_a_request_line_that_is_not_http_is_a_400_logged_without_a_traceback(taskd, caplog):
     status, _ = await raw_get(taskd.base_url, b"/api/v1/tasks/\xff\xfe/status", {})
 
