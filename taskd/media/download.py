@@ -110,7 +110,12 @@ async def fetch(
     part = dest.with_suffix(".part")
     try:
         async with asyncio.timeout(limits.timeout):
-            async with client.get(url, trusted=trusted, trusted_headers=trusted_headers) as resp:
+            async with client.get(
+                url,
+                trusted=trusted,
+                trusted_headers=trusted_headers,
+                redirect_check=own.refuse_redirect if own is not None else None,
+            ) as resp:
                 ext = await _save(resp, part, kind, limits, what, url)
     except TimeoutError:
         part.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from yarl import URL
 from taskd.config import Config
 from taskd.errors import TaskError
 from taskd.media.store import MediaStore
+from taskd.net.guarded import RedirectRefused
 
 
 @attrs.frozen
@@ -34,6 +35,22 @@ class OwnMedia:
         """The store `config` describes, for a task of `project_id`."""
         return cls(MediaStore.from_config(config), project_id)
 
+    def _prefix(self) -> str:
+        return URL(self.store.base).raw_path.rstrip("/") + "/media/"
+
+    def is_link(self, url: URL) -> bool:
+        """Whether `url` is at this store's media origin and path: a media link, good or not."""
+        base = URL(self.store.base)
+        same_origin = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
+        return same_origin and url.raw_path.startswith(self._prefix())
+
+    def refuse_redirect(self, target: URL) -> None:
+        """A fetch's redirect check: a redirect to a media link is not followed. Such a link is read
+        from the store, under find's checks, only when it is given itself: fetched over HTTP it would
+        bring another project's file past them."""
+        if self.is_link(target):
+            raise RedirectRefused("it redirects to a media link of this taskd; give the link itself")
+
     def find(self, url: str, what: str) -> Path | None:
         """The stored file `url` links to, or None when it is no link to this store.
 
@@ -41,16 +58,13 @@ class OwnMedia:
         expired signature, another project's file, a name that is not a stored file's.
         """
         try:
-            parsed, base = URL(url), URL(self.store.base)
+            parsed = URL(url)
         except ValueError:
             return None
-        prefix = base.raw_path.rstrip("/") + "/media/"
-        if (parsed.scheme, parsed.host, parsed.port) != (base.scheme, base.host, base.port):
-            return None
-        if not parsed.raw_path.startswith(prefix):
+        if not self.is_link(parsed):
             return None
         # Raw segments: an escaped "/" or "." stays escaped, and no valid name holds a "%".
-        segments = parsed.raw_path[len(prefix) :].split("/")
+        segments = parsed.raw_path[len(self._prefix()) :].split("/")
         path = self.store.path_of(*segments) if len(segments) == 2 else None
         if path is None:
             raise TaskError(f"{what} {url} was refused: it is not a valid media link")

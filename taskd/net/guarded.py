@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 import aiohttp
 import attrs
@@ -18,7 +18,8 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class RedirectRefused(Exception):
-    """A redirect taskd does not follow: past MAX_REDIRECTS, or to a URL that does not parse."""
+    """A redirect taskd does not follow: past MAX_REDIRECTS, to a URL that does not parse, or to one
+    the caller's `redirect_check` refuses."""
 
 
 def origin(url: str | URL) -> tuple[str, str, int] | None:
@@ -67,13 +68,19 @@ class GuardedClient:
 
     @contextlib.asynccontextmanager
     async def get(
-        self, url: str, *, trusted: Iterable[str] = (), trusted_headers: Mapping[str, str] | None = None
+        self,
+        url: str,
+        *,
+        trusted: Iterable[str] = (),
+        trusted_headers: Mapping[str, str] | None = None,
+        redirect_check: Callable[[URL], None] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The response that `url` finally gives; ForbiddenAddress when a hop is refused (before it is
         connected to), RedirectRefused for a redirect not followed, ValueError for a `url` that does not parse.
 
         `trusted_headers` (a provider's credentials) go only to hops on a `trusted` origin, never
-        to a host that one of them redirects to."""
+        to a host that one of them redirects to. `redirect_check` sees each redirect's target before
+        it is connected to, and raises RedirectRefused to stop there."""
         trusted_origins = {found for found in map(origin, trusted) if found is not None}
         target = URL(url)
         async with self._session() as session:
@@ -92,4 +99,6 @@ class GuardedClient:
                         yield response
                         return
                 target = _redirect_target(target, location)
+                if redirect_check is not None:
+                    redirect_check(target)
         raise RedirectRefused(f"it redirects more than {MAX_REDIRECTS} times")

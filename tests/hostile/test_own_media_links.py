@@ -11,9 +11,10 @@ from pathlib import Path
 
 import attrs
 import pytest
+from aiohttp import web
 from fake_media_apis import png, sine_wav
 
-from taskd.config import Config, HttpConfig, MediaConfig
+from taskd.config import Config, HttpConfig, MediaConfig, NetworkConfig
 from taskd.media import download
 from taskd.media.own import OwnMedia
 from taskd.media.store import SECRET_FILE, MediaStore
@@ -143,6 +144,38 @@ async def test_a_link_at_another_address_still_goes_through_the_ssrf_guard(confi
 
     with pytest.raises(TaskError, match=r"127\.0\.0\.1 is not a public address"):
         await fetch_as(config, http, "tour", url, tmp_path)
+
+
+async def test_a_redirect_to_another_projects_media_link_is_not_followed(http, tmp_path):
+    # One server plays taskd's media address (it serves the store's files, as the media route
+    # would) and a caller's redirector; the guard lets the fetch reach it (allow_private).
+    where: dict[str, str] = {}
+
+    async def media(request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(Path(where["store"]) / request.match_info["tail"])
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound(where["theirs"])
+
+    app = web.Application()
+    app.router.add_get("/media/{tail:.+}", media)
+    app.router.add_get("/to", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    config = Config(
+        data_dir=str(tmp_path / "data"),
+        media=MediaConfig(base_url=base),
+        network=NetworkConfig(allow_private=True),
+    )
+    where["theirs"] = stored(config, "someone_else", tmp_path)
+    where["store"] = str(MediaStore.from_config(config).root)
+    try:
+        with pytest.raises(TaskError, match="redirects to a media link of this taskd; give the link itself"):
+            await fetch_as(config, http, "tour", f"{base}/to", tmp_path)
+    finally:
+        await runner.cleanup()
 
 
 async def test_a_task_given_another_projects_media_url_fails_naming_it(start_service, tmp_path):
