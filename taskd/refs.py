@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
+import orjson
 
 REF = "$ref"
 # `<task_id>#` and then a JSON pointer: empty (the whole result) or `/`-separated tokens.
@@ -35,6 +36,15 @@ class Unresolved(LookupError):
 
     def __init__(self, text: str, path: str) -> None:
         super().__init__(f"$ref '{text}' at {path} resolves to nothing in that task's result")
+
+
+class TooLarge(ValueError):
+    """task_data whose $refs, filled in, would make it larger than its limit."""
+
+    def __init__(self, size: int, limit: int, why: str) -> None:
+        super().__init__(
+            f"task_data with its $refs filled in would be {size} bytes as JSON, over its limit of {limit} ({why})"
+        )
 
 
 def is_ref(value: Any) -> bool:
@@ -98,6 +108,27 @@ def substitute(data: Any, results: Mapping[str, Any], path: str = "task_data") -
     if isinstance(data, list):
         return [substitute(value, results, _join(path, index)) for index, value in enumerate(data)]
     return data
+
+
+def filled_size(data: Any, results: Mapping[str, Any]) -> int:
+    """About how many bytes `data` takes as JSON once `substitute` has filled in its $refs: the data
+    around them once, and what each $ref reaches once for each $ref. Many $refs to one large value
+    cost little in memory until the data is sent as JSON (to a job process), where each is a copy;
+    so each counts. A $ref that reaches nothing counts nothing: `substitute` refuses it."""
+    sizes: dict[int, int] = {}  # by the reached value's identity: each is serialized once here
+    total = len(orjson.dumps(blank(data)))
+    for path, text in find(data):
+        ref = parse(text)
+        if ref is None or ref.task_id not in results:
+            continue
+        try:
+            reached = _resolve(results[ref.task_id], ref, path)
+        except Unresolved:
+            continue
+        if id(reached) not in sizes:
+            sizes[id(reached)] = len(orjson.dumps(reached))
+        total += sizes[id(reached)]
+    return total
 
 
 def rename(data: Any, ids: Mapping[str, str]) -> Any:

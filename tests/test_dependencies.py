@@ -8,6 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from taskd import keys
+from taskd.config import ExecutionConfig, LimitsConfig
 from taskd.shapes import MAX_DEPENDS_ON
 
 
@@ -279,6 +280,28 @@ async def test_a_ref_value_of_the_wrong_type_fails_with_the_field_named_message(
 
     assert body["status"] == "failed"
     assert body["error"].startswith("Invalid task data: {'task_data.text': ")
+
+
+async def test_refs_that_would_copy_a_result_past_the_limit_fail_the_task_before_it_runs(start_service):
+    # Limit: max_body_bytes + 20 x result_max_bytes = 10,000 + 20 x 1,000 = 30,000 bytes.
+    taskd = await start_service(
+        limits=LimitsConfig(max_body_bytes=10_000),
+        execution=ExecutionConfig(
+            cancel_grace=2, reclaim_interval=0.5, shutdown_grace=2, result_max_bytes=1_000
+        ),
+    )
+    first = await taskd.submit("append", {"text": "x" * 900})
+    source = ref(first["task_id"], "/text")
+    fits = await taskd.submit("noop", {"copies": [source] * 10}, depends_on=[first["task_id"]])
+    over = await taskd.submit("noop", {"copies": [source] * 40}, depends_on=[first["task_id"]])
+
+    assert (await taskd.wait_terminal(fits["task_id"]))["status"] == "completed"
+    failed = await taskd.wait_terminal(over["task_id"])
+    assert failed["status"] == "failed"
+    assert failed["error"].startswith("task_data with its $refs filled in would be ")
+    assert failed["error"].endswith(
+        "bytes as JSON, over its limit of 30000 (limits.max_body_bytes + 20 x execution.result_max_bytes)"
+    )
 
 
 async def test_a_retry_of_a_task_cancelled_by_its_failed_dependency_is_refused(start_service):

@@ -34,6 +34,7 @@ from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
 from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
+from taskd.shapes import MAX_DEPENDS_ON
 from taskd.stopping import cancel_and_wait
 from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
 from taskd.tasks.registry import Registry
@@ -330,6 +331,14 @@ class Executor:
         """record.task_data with each $ref replaced from its dependency's result; raises refs.Unresolved."""
         dependencies = await self.store.get_many(record.depends_on or [])
         results = {dependency.task_id: dependency.result for dependency in dependencies}
+        # Room for what was submitted and every dependency's largest result once: what a chain
+        # needs; many $refs to one large value would make a copy each when sent as JSON.
+        limit = self.config.limits.max_body_bytes + MAX_DEPENDS_ON * self.config.execution.result_max_bytes
+        size = refs.filled_size(record.task_data, results)
+        if size > limit:
+            raise refs.TooLarge(
+                size, limit, f"limits.max_body_bytes + {MAX_DEPENDS_ON} x execution.result_max_bytes"
+            )
         resolved: dict[str, Any] = refs.substitute(record.task_data, results)
         return resolved
 
@@ -345,7 +354,7 @@ class Executor:
                 # The stored task_data keeps its $refs (a retry resolves them again); this run,
                 # in the loop or in a job process, gets the values they point to.
                 record = attrs.evolve(record, task_data=await self._resolve_refs(record))
-            except refs.Unresolved as exc:
+            except (refs.Unresolved, refs.TooLarge) as exc:
                 return await self._record(record, Outcome("failed", error=str(exc)))
         try:
             data = self.registry.parse_input(task_type, record.task_data)
