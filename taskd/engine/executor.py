@@ -328,7 +328,8 @@ class Executor:
                 await asyncio.shield(self._release_lease(task_id))
 
     async def _resolve_refs(self, record: TaskRecord) -> dict[str, Any]:
-        """record.task_data with each $ref replaced from its dependency's result; raises refs.Unresolved."""
+        """record.task_data with each $ref replaced from its dependency's result; raises refs.Unresolved,
+        or refs.TooLarge when the filled-in data would pass its limit."""
         dependencies = await self.store.get_many(record.depends_on or [])
         results = {dependency.task_id: dependency.result for dependency in dependencies}
         # Room for what was submitted and every dependency's largest result once: what a chain

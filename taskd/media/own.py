@@ -35,14 +35,16 @@ class OwnMedia:
         """The store `config` describes, for a task of `project_id`."""
         return cls(MediaStore.from_config(config), project_id)
 
-    def _prefix(self) -> str:
-        return URL(self.store.base).raw_path.rstrip("/") + "/media/"
+    def _media_path(self, url: URL) -> str | None:
+        """What follows `/media/` in `url` when it is at this store's media origin and path, else None."""
+        base = URL(self.store.base)
+        prefix = base.raw_path.rstrip("/") + "/media/"
+        same_origin = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
+        return url.raw_path[len(prefix) :] if same_origin and url.raw_path.startswith(prefix) else None
 
     def is_link(self, url: URL) -> bool:
         """Whether `url` is at this store's media origin and path: a media link, good or not."""
-        base = URL(self.store.base)
-        same_origin = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
-        return same_origin and url.raw_path.startswith(self._prefix())
+        return self._media_path(url) is not None
 
     def refuse_redirect(self, target: URL) -> None:
         """A fetch's redirect check: a redirect to a media link is not followed. Such a link is read
@@ -61,10 +63,11 @@ class OwnMedia:
             parsed = URL(url)
         except ValueError:
             return None
-        if not self.is_link(parsed):
+        media_path = self._media_path(parsed)
+        if media_path is None:
             return None
         # Raw segments: an escaped "/" or "." stays escaped, and no valid name holds a "%".
-        segments = parsed.raw_path[len(self._prefix()) :].split("/")
+        segments = media_path.split("/")
         path = self.store.path_of(*segments) if len(segments) == 2 else None
         if path is None:
             raise TaskError(f"{what} {url} was refused: it is not a valid media link")
