@@ -122,6 +122,21 @@ async def test_the_limit_ahead_is_configurable(start_service):
     assert accepted["status"] == "queued"
 
 
+async def test_a_batch_item_is_held_to_the_configured_limit_ahead(start_service):
+    api_only = await start_service(workers=False, limits=LimitsConfig(max_schedule_ahead=60))
+    item = {"project_id": "proj-1", "task_type": "noop", "task_data": {}}
+
+    async with api_only.client.post(
+        "/api/v1/tasks/batch", json={"tasks": [item, {**item, "delay_seconds": 61}]}
+    ) as response:
+        body = await response.json()
+
+    assert response.status == 400, body
+    assert body["details"] == {
+        "tasks[1].delay_seconds": "delay_seconds may schedule a task at most 60 seconds ahead"
+    }
+
+
 async def test_run_at_and_delay_seconds_together_are_a_400(start_service):
     api_only = await start_service(workers=False)
 

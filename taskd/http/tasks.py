@@ -91,9 +91,7 @@ async def submit_batch(request: web.Request) -> web.Response:
             raise ValidationError(
                 {f"tasks[{index}].{field}": message for field, message in exc.details.items()}, str(exc)
             ) from None
-    submissions = [
-        attrs.evolve(submission, key_id=request[KEY_ID]) for submission in parse_batch(items, api.registry)
-    ]
+    submissions = parse_batch(items, api.registry, api.config.limits.max_schedule_ahead, request[KEY_ID])
     remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, body)
     policy = AddressPolicy.from_config(api.config)
     for submission in submissions:

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from taskd.model import ValidationError
-from taskd.shapes import MAX_BATCH
+from taskd.shapes import MAX_BATCH, MAX_SCHEDULE_AHEAD
 from taskd.submit.submission import Submission, parse_submission
 from taskd.tasks.registry import Registry
 
@@ -34,13 +34,19 @@ def batch_items(body: Any) -> list[Any]:
     return tasks
 
 
-def parse_batch(items: list[Any], registry: Registry) -> list[Submission]:
-    """Check every item as a submit; raise one ValidationError naming every problem of every item."""
+def parse_batch(
+    items: list[Any],
+    registry: Registry,
+    max_schedule_ahead: int = MAX_SCHEDULE_AHEAD,
+    key_id: str | None = None,
+) -> list[Submission]:
+    """Check every item as a submit (the same limits, the same key); raise one ValidationError
+    naming every problem of every item."""
     details: dict[str, str] = {}
     submissions = []
     for index, item in enumerate(items):
         try:
-            submission = parse_submission(item, registry)
+            submission = parse_submission(item, registry, max_schedule_ahead, key_id)
         except ValidationError as exc:
             details.update((f"tasks[{index}].{field}", message) for field, message in exc.details.items())
             continue
