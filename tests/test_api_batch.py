@@ -143,14 +143,32 @@ async def test_each_item_counts_for_the_rate_limit(start_service, redis):
         workers=False, limits=LimitsConfig(submit_per_minute=3, concurrent_per_project=0)
     )
 
-    refused = await post_batch(api_only, [item("noop", {})] * 4)
-    accepted = await post_batch(api_only, [item("noop", {})] * 3)
+    accepted = await post_batch(api_only, [item("noop", {})] * 2)
+    refused = await post_batch(api_only, [item("noop", {})] * 2)
     after = await post_batch(api_only, [item("noop", {})])
 
-    assert refused[0] == 429, refused[1]
     assert accepted[0] == 200, accepted[1]
-    assert accepted[2]["RateLimit"] == '"submit";r=0;t=60'
-    assert after[0] == 429
+    assert accepted[2]["RateLimit"] == '"submit";r=1;t=60'
+    assert refused[0] == 429, refused[1]
+    assert refused[1]["message"].startswith("Too many submit requests (2 at once): at most 3 per minute")
+    assert after[0] == 200, after[1]
+    assert await stored_tasks(redis) == 3
+
+
+async def test_a_batch_larger_than_the_rate_limit_is_a_400_that_spends_nothing(start_service, redis):
+    api_only = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=3, concurrent_per_project=0)
+    )
+
+    too_large = await post_batch(api_only, [item("noop", {})] * 4)
+    accepted = await post_batch(api_only, [item("noop", {})] * 3)
+
+    assert too_large[0] == 400, too_large[1]
+    assert too_large[1]["details"] == {
+        "tasks": "A batch of 4 is more than this API key's 3 submissions per minute"
+    }
+    assert "Retry-After" not in too_large[2]
+    assert accepted[0] == 200, accepted[1]
     assert await stored_tasks(redis) == 3
 
 

@@ -15,7 +15,7 @@ from examples import TASK_DATA
 from redis_probes import sent_to_valkey
 
 from taskd import keys
-from taskd.config import AuthConfig, LimitsConfig, load_config
+from taskd.config import AuthConfig, LimitsConfig, ScopedKey, load_config
 from taskd.http.ratelimit import key_id
 
 OTHER_KEY = "other-key-9876543210"
@@ -165,6 +165,50 @@ async def test_rate_limited_responses_carry_the_ietf_ratelimit_fields(start_serv
     assert missing.status == 404 and missing.headers["RateLimit"].startswith('"status";r=998;')
     assert invalid.status == 400 and invalid.headers["RateLimit-Policy"] == '"submit";q=100;w=60'
     assert invalid.headers["RateLimit"].startswith('"submit";r=98;')
+
+
+async def test_a_head_of_a_task_status_spends_the_status_quota(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(status_per_minute=2))
+    task = await taskd.submit("generate_video", TASK_DATA["generate_video"])
+
+    answers = []
+    for _ in range(3):
+        async with taskd.client.head(f"/api/v1/tasks/{task['task_id']}/status") as response:
+            answers.append((response.status, response.headers.get("RateLimit", "")))
+
+    assert [status for status, _ in answers] == [200, 200, 429]
+    assert answers[0][1].startswith('"status";r=1;')
+
+
+async def test_requests_refused_for_another_project_spend_a_scoped_keys_quota(start_service):
+    scoped = {"X-API-Key": "key-of-project-own-only-4c1b9e"}
+    taskd = await start_service(
+        workers=False,
+        auth=AuthConfig(api_keys=[API_KEY], keys=[ScopedKey(scoped["X-API-Key"], ["own"])]),
+        limits=LimitsConfig(submit_per_minute=4, status_per_minute=1, concurrent_per_project=0),
+    )
+    theirs = (await taskd.submit("noop", {}, project_id="theirs"))["task_id"]
+    answers = {}
+
+    for name, method, path, body in (
+        ("status", "GET", f"/api/v1/tasks/{theirs}/status", None),
+        ("status again", "GET", f"/api/v1/tasks/{theirs}/status", None),
+        ("submit", "POST", "/api/v1/tasks/submit", submit_body("theirs")),
+        ("retry", "POST", f"/api/v1/tasks/{theirs}/retry", None),
+        ("batch", "POST", "/api/v1/tasks/batch", {"tasks": [submit_body("own"), submit_body("theirs")]}),
+        ("own submit", "POST", "/api/v1/tasks/submit", submit_body("own")),
+    ):
+        async with taskd.client.request(method, path, json=body, headers=scoped) as response:
+            answers[name] = (response.status, response.headers.get("RateLimit", "").split(";t=")[0])
+
+    assert answers == {
+        "status": (404, '"status";r=0'),
+        "status again": (429, '"status";r=0'),
+        "submit": (400, '"submit";r=3'),
+        "retry": (404, '"submit";r=2'),
+        "batch": (400, '"submit";r=0'),
+        "own submit": (429, '"submit";r=0'),
+    }
 
 
 async def test_routes_without_a_limit_carry_no_ratelimit_fields(start_service):

@@ -23,7 +23,7 @@ from taskd.http.auth import auth_middleware
 from taskd.http.context import API, Api
 from taskd.http.errors import error_middleware
 from taskd.http.ratelimit import rate_limit_middleware
-from taskd.http.scope import Touches, touches
+from taskd.http.scope import Touches, scope_middleware, touches
 
 
 @touches(Touches.NOTHING)  # counts over every project; no project or task id in any label
@@ -37,8 +37,15 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
 def create_app(api: Api) -> web.Application:
     """The HTTP API with auth and the documented error bodies on every route."""
     app = web.Application(
-        # The tracing middleware (when on) comes first, so that its span sees the status sent.
-        middlewares=[*tracing.server_middlewares(), error_middleware, auth_middleware, rate_limit_middleware],
+        # The tracing middleware (when on) comes first, so that its span sees the status sent; the
+        # rate limits before the project scope, so that what the scope refuses still spends quota.
+        middlewares=[
+            *tracing.server_middlewares(),
+            error_middleware,
+            auth_middleware,
+            rate_limit_middleware,
+            scope_middleware,
+        ],
         client_max_size=api.config.limits.max_body_bytes,
     )
     app[API] = api

@@ -26,18 +26,23 @@ from redis.asyncio import Redis
 
 from taskd import keys
 from taskd.http.context import API
-from taskd.model import RateLimited
+from taskd.http.responses import read_json
+from taskd.model import RateLimited, ValidationError
 from taskd.store import Quota, Spent, scripts
 from taskd.store.coalesce import Coalesced
+from taskd.submit.batch import batch_items
 
 WINDOW = 60  # seconds: every limit is "per minute"
-# Which routes the middleware spends which quota for; a retry creates a task, so it is a
-# submission. A submit spends its unit of `submit` from its handler, inside the submit script
-# (`submit_quota`); a batch one unit per item from its handler, which alone knows how many items
-# its body holds.
+SUBMIT_ROUTE = ("POST", "/api/v1/tasks/submit")
+BATCH_ROUTE = ("POST", "/api/v1/tasks/batch")
+# Which routes the middleware spends which quota for, before anything else of the request is
+# looked at (its project scope included); a retry creates a task, so it is a submission. A submit
+# spends its unit of `submit` from its handler, inside the submit script (`submit_quota`), or here
+# when it is refused before that; a batch spends one unit per item (`_batch_cost`). HEAD is GET.
 POLICIES = {
     ("POST", "/api/v1/tasks/{task_id}/retry"): "submit",
     ("GET", "/api/v1/tasks/{task_id}/status"): "status",
+    BATCH_ROUTE: "submit",
 }
 
 _HEADERS = web.RequestKey("ratelimit_headers", dict)
@@ -100,27 +105,48 @@ class RateLimiter:
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
 
 
-def _policy(request: web.Request) -> str | None:
+def _route(request: web.Request) -> tuple[str, str] | None:
     resource = request.match_info.route.resource
     if resource is None:
         return None
-    return POLICIES.get((request.method, resource.canonical))
+    # aiohttp answers a HEAD with the GET handler: it runs the same reads, so it spends the same.
+    return ("GET" if request.method == "HEAD" else request.method, resource.canonical)
 
 
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Spend the route's quota for the caller's key; 429 over it. Runs after auth, so the key is valid."""
-    policy = _policy(request)
-    if policy is not None:
-        await spend(request, policy, 1)
+    """Spend the route's quota for the caller's key; 429 over it. Runs after auth, so the key is
+    valid, and before the project scope, so a request naming another project's task still counts."""
+    route = _route(request)
+    if route == SUBMIT_ROUTE:
+        try:
+            return await handler(request)
+        except Exception:
+            await spend_if_unspent(request, "submit")
+            raise
+    policy = POLICIES.get(route) if route is not None else None
+    if policy is not None and (limit := _limit(request, policy)):
+        await spend(request, policy, await _batch_cost(request, limit) if route == BATCH_ROUTE else 1)
     return await handler(request)
+
+
+async def _batch_cost(request: web.Request, limit: int) -> int:
+    """One unit per item of the batch; a 400 (spending nothing) for a body that holds no batch, or
+    a batch larger than the `submit` limit: it could never pass, so no Retry-After invites it again."""
+    items = batch_items(await read_json(request))
+    if len(items) > limit:
+        raise ValidationError(
+            {"tasks": f"A batch of {len(items)} is more than this API key's {limit} submissions per minute"},
+            "Invalid batch",
+        )
+    return len(items)
 
 
 async def spend(request: web.Request, policy: str, cost: int) -> None:
     """Spend `cost` requests of `policy`'s quota for the caller's key, or raise the 429 and spend none.
 
-    The middleware spends one for each request of a route in POLICIES; the batch route spends one
-    per submission of its body, once it has read it.
+    The middleware spends one for each request of a route in POLICIES, a batch one per submission
+    of its body.
     """
     limit = _limit(request, policy)
     if not limit:
@@ -161,9 +187,8 @@ async def submit_quota(request: web.Request) -> Quota | None:
 async def spend_if_unspent(request: web.Request, policy: str) -> None:
     """Spend one unit of `policy` unless this request already has (a submit refused before its script ran).
 
-    A submit refused before it reached the submit script (a body that is not valid, say) still
-    spends its unit, as it did when the check ran before the handler; over the limit, its answer
-    is the 429.
+    A submit refused before it reached the submit script (a body that is not valid, another
+    project than its key's, say) still spends its unit; over the limit, its answer is the 429.
     """
     if _HEADERS not in request:
         await spend(request, policy, 1)
@@ -178,9 +203,9 @@ def _decided(request: web.Request, decision: Decision, cost: int) -> None:
     # The fields go on whatever the request's answer is; over the limit, that answer is the 429.
     request[_HEADERS] = decision.headers()
     if not decision.allowed:
-        what = f"{cost} {decision.policy} requests at once" if cost > 1 else f"{decision.policy} requests"
+        at_once = f" ({cost} at once)" if cost > 1 else ""
         raise RateLimited(
-            f"Too many {what}: at most {decision.limit} per minute per API key; "
+            f"Too many {decision.policy} requests{at_once}: at most {decision.limit} per minute per API key; "
             f"retry in {decision.retry_after} s",
             decision.retry_after,
         )

@@ -1,8 +1,9 @@
 """Project scoping: every route declares which project it touches, and one check enforces it.
 
 A key of `auth.keys` with `projects` may use only those projects. Each handler is registered
-with one declaration (`@touches(Touches.…)`); before any handler runs, the auth middleware
-calls `enforce`, which applies the declaration to the request's key:
+with one declaration (`@touches(Touches.…)`); before any handler runs, `scope_middleware` (after
+the key is known and its rate limit spent) calls `enforce`, which applies the declaration to the
+request's key:
 
 - a route that declares nothing is refused to a scoped key (fail closed): a new route is sealed
   until its author says what it touches;
@@ -20,10 +21,11 @@ from typing import Any, TypeVar
 import attrs
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from taskd.http.context import API
 from taskd.http.responses import read_body
-from taskd.model import ApiError, TaskNotFound, ValidationError
+from taskd.model import ApiError, ForeignDependency, TaskNotFound, ValidationError
 from taskd.submit.submission import PROJECT_ID
 
 _DECLARATION = "_taskd_touches"
@@ -86,6 +88,20 @@ def may_use(request: web.Request, project_id: str) -> bool:
 def project_not_found(project_id: str) -> ApiError:
     """The 404 for a project a key may not see (or that cannot exist)."""
     return ApiError(404, "not_found", f"Project '{project_id}' not found")
+
+
+@web.middleware
+async def scope_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Apply the route's declaration to the request's key, and hide other projects' tasks it names."""
+    await enforce(request)
+    try:
+        return await handler(request)
+    except ForeignDependency as refused:
+        caller = request.get(CALLER)
+        if caller is None or caller.projects is None:
+            raise
+        # A key scoped to projects learns nothing of other projects' tasks, not even that one exists.
+        raise refused.unknown from None
 
 
 async def enforce(request: web.Request) -> None:

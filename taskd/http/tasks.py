@@ -38,13 +38,9 @@ async def submit(request: web.Request) -> web.Response:
     """Validate, store and enqueue a task; with `Prefer: wait=N`, answer its status once it ends or N s pass.
 
     The caller's `submit` rate limit is spent inside the submit script (one round trip for both); a
-    request refused before that still spends its unit, so the limit counts every submit as before.
+    request refused before that spends its unit in `ratelimit.rate_limit_middleware`.
     """
-    try:
-        accepted, wait = await _submitted(request)
-    except Exception:
-        await ratelimit.spend_if_unspent(request, "submit")
-        raise
+    accepted, wait = await _submitted(request)
     api = request.app[API]
     if wait is not None:
         record = await wait_for_end(request.app[HUB], api.store, accepted.record.task_id, wait)
@@ -81,9 +77,9 @@ async def submit_batch(request: web.Request) -> web.Response:
     """Validate, store and enqueue several tasks, all or none; "@<index>" names an earlier one."""
     api = request.app[API]
     body = await read_json(request)
+    # One unit of the submit quota per item is spent (by the rate-limit middleware) before the
+    # items are checked, as a submit's is.
     items = batch_items(body)
-    # One unit of the submit quota per item, spent before the items are checked, as a submit's is.
-    await ratelimit.spend(request, "submit", len(items))
     for index, item in enumerate(items):
         try:
             check_body_shape(item, api.config.limits)
