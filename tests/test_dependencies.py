@@ -140,6 +140,33 @@ async def test_cancelling_a_waiting_task_cancels_its_own_dependents_and_leaves_i
     assert third_body["error"] == f"Dependency '{second['task_id']}' was cancelled"
 
 
+async def test_cancelling_the_head_of_a_chain_deeper_than_luas_call_limit_cancels_every_link(
+    start_service, redis: Redis
+):
+    # Lua nests at most ~16,000 calls: the chain's end once recursed a call per link.
+    api_only = await start_service(
+        workers=False,
+        limits=LimitsConfig(
+            queued_per_project=0, max_queue_length=0, submit_per_minute=0, concurrent_per_project=0
+        ),
+    )
+    head = (await api_only.submit("noop", {}))["task_id"]
+    last = head
+    for _ in range(170):
+        batch = [{"project_id": "proj-1", "task_type": "noop", "task_data": {}, "depends_on": [last]}]
+        batch += [{**batch[0], "depends_on": [f"@{i}"]} for i in range(99)]
+        async with api_only.client.post("/api/v1/tasks/batch", json={"tasks": batch}) as response:
+            assert response.status == 200, await response.text()
+            last = (await response.json())["tasks"][-1]["task_id"]
+
+    async with api_only.client.delete(f"/api/v1/tasks/{head}") as response:
+        assert response.status == 200, await response.text()
+
+    assert (await api_only.status(last))["status"] == "cancelled"
+    assert int(await redis.hget(keys.METRICS, "cancelled_tasks")) == 17_001
+    assert await redis.scard(keys.project_active("proj-1")) == 0
+
+
 async def test_a_dependency_completed_before_the_submit_does_not_hold_the_task(start_service):
     taskd = await start_service()
     first = await taskd.submit("append", {"text": "voice"})

@@ -40,17 +40,18 @@
 -- each one's `waiting_for`, and one that waits for nothing more (nor for its `scheduled_for`,
 -- which due.lua then looks after) gets its first job, due now
 -- (moved earlier by its priority, as taskd.queue.task_queue.job_score does); when this one failed
--- or was cancelled, each one is cancelled with an error naming it, and so on down the chain.
+-- or was cancelled, each one is cancelled with an error naming it, and so on down the chain: a
+-- worklist, not recursion, as a chain may be far deeper than Lua's limit of nested calls (~16,000;
+-- past it the script stopped half done).
 -- Returns true when it queued the task's end's webhook, else false.
 -- include lib/emit.lua
 -- include lib/enqueue.lua
 -- include lib/webhook_event.lua
 -- include lib/record.lua
 -- include lib/later.lua
-local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record,
-                     lease, later)
-  local own = later == nil
-  later = later or later_writes(metrics_key)
+-- One task's end; the dependents it cancels are put on `cancelled` (their ids) for the caller to end.
+local function end_one(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record,
+                       lease, later, cancelled)
   -- The record once, with its end written: what follows reads it from here.
   local r = record or read_record(task_key)
   count(later, counter, 1)
@@ -121,10 +122,28 @@ local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_
         redis.call('HSET', key, 'status', 'cancelled', 'previous_state', 'queued', 'error',
                    "Dependency '" .. task_id .. why, 'cancelled_at', now, 'updated_at', now,
                    'completed_at', now)
-        ended(key, metrics_key, outbox_key, 'cancelled_tasks', 'cancelled', id, at_ms, ttl, aging_ms, nil, nil,
-          later)
+        table.insert(cancelled, id)
       end
     end
+  end
+  return webhook
+end
+
+local function ended(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record,
+                     lease, later)
+  local own = later == nil
+  later = later or later_writes(metrics_key)
+  local cancelled = {}
+  local webhook = end_one(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms,
+    record, lease, later, cancelled)
+  local at_ms = tonumber(now_ms)
+  local i = 1
+  -- Each id is on the list once: it was `queued` when put there, and is `cancelled` from then on.
+  while cancelled[i] do
+    local id = cancelled[i]
+    end_one('@TASK_PREFIX@' .. id, metrics_key, outbox_key, 'cancelled_tasks', 'cancelled', id, at_ms, ttl,
+      aging_ms, nil, nil, later, cancelled)
+    i = i + 1
   end
   if own then write_later(later) end
   return webhook
