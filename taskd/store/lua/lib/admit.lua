@@ -129,9 +129,14 @@ local function store(task, later)
     named.enqueued_ms = task.created_ms
   end
   -- Kept `ttl`; a task scheduled for later while it waits for its time (up to
-  -- limits.max_schedule_ahead) and `ttl` after, as a task queued then would be.
+  -- limits.max_schedule_ahead) and `ttl` after, as a task queued then would be; a task waiting for
+  -- others while their records last (one scheduled days ahead keeps it waiting that long) and `ttl`
+  -- after, so it is still there to be queued or cancelled when they end.
   local kept = tonumber(task.ttl)
   if scheduled_ms > 0 then kept = kept + math.ceil((scheduled_ms - tonumber(task.created_ms)) / 1000) end
+  for _, id in ipairs(task.waiting_for) do
+    kept = math.max(kept, redis.call('TTL', '@TASK_PREFIX@' .. id) + tonumber(task.ttl))
+  end
   redis.call('HSET', task.key, unpack(fields))
   redis.call('EXPIRE', task.key, kept)
   -- The project's index and active set are kept at least as long, and no shorter than they were: a
@@ -147,8 +152,10 @@ local function store(task, later)
   local position = 0
   if deferred then
     for _, id in ipairs(task.waiting_for) do
-      redis.call('SADD', '@DEPENDENTS_PREFIX@' .. id, task.id)
-      redis.call('EXPIRE', '@DEPENDENTS_PREFIX@' .. id, task.ttl)
+      local dependents = '@DEPENDENTS_PREFIX@' .. id
+      redis.call('SADD', dependents, task.id)
+      -- As long as the longest-kept task waiting in it, read when this dependency ends.
+      if redis.call('TTL', dependents) < kept then redis.call('EXPIRE', dependents, kept) end
       redis.call('HSET', '@TASK_PREFIX@' .. id, 'dependents', '1')
     end
     if scheduled_ms > 0 then redis.call('ZADD', '@SCHEDULED@', scheduled_ms, task.id) end
