@@ -151,6 +151,25 @@ async def test_a_batch_item_is_held_to_the_configured_limit_ahead(start_service)
     }
 
 
+async def test_a_task_whose_time_comes_joins_its_queue_even_when_the_queue_is_full(start_service):
+    api_only = await start_service(workers=False, limits=LimitsConfig(max_queue_length=2))
+    later = [await api_only.submit("noop", {}, delay_seconds=0.3) for _ in range(2)]
+    for _ in range(2):
+        await api_only.submit("noop", {})
+
+    for task in later:
+        await api_only.wait_for(task["task_id"], lambda body: "scheduled_for" not in body)
+    async with api_only.client.get("/api/v1/health") as response:
+        sizes = (await response.json())["queue_sizes"]
+    async with api_only.client.post(
+        "/api/v1/tasks/submit", json={"project_id": "proj-1", "task_type": "noop", "task_data": {}}
+    ) as refused:
+        pass
+
+    assert sizes["default"] == 4
+    assert refused.status == 503
+
+
 async def test_run_at_and_delay_seconds_together_are_a_400(start_service):
     api_only = await start_service(workers=False)
 
