@@ -135,6 +135,9 @@ async def test_a_full_project_refuses_the_whole_batch(start_service, redis):
     status, body, _ = await post_batch(api_only, [item("noop", {})] * 3)
 
     assert status == 429, body
+    assert body["message"].startswith(
+        "Project 'scene-1' already has 2 tasks waiting to start, counting the 2 of this batch before tasks[2]; "
+    )
     assert await stored_tasks(redis) == 0
 
 

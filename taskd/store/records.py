@@ -88,19 +88,24 @@ def _cross_partition_batch() -> ValidationError:
     )
 
 
-def _project_full(project_id: str, waiting: int, admission: Admission) -> RateLimited:
+def _project_full(project_id: str, waiting: int, admission: Admission, in_batch: str = "") -> RateLimited:
     return RateLimited(
-        f"Project '{project_id}' already has {waiting} tasks waiting to start; "
+        f"Project '{project_id}' already has {waiting} tasks waiting to start{in_batch}; "
         f"at most {admission.queued_per_project} may wait at once (its running tasks do not count)",
         PROJECT_FULL_RETRY_AFTER,
     )
 
 
-def _queue_full(queue: str, waiting: int) -> ServiceUnavailable:
+def _queue_full(queue: str, waiting: int, in_batch: str = "") -> ServiceUnavailable:
     return ServiceUnavailable(
-        f"Queue '{queue}' is full ({waiting} tasks waiting), please try again later",
+        f"Queue '{queue}' is full ({waiting} tasks waiting{in_batch}), please try again later",
         retry_after=QUEUE_FULL_RETRY_AFTER,
     )
+
+
+def _in_batch(index: int, ours: int) -> str:
+    # A batch's earlier items count as stored: say so, or a batch into an empty project reads false.
+    return f", counting the {ours} of this batch before tasks[{index}]" if ours else ""
 
 
 def _not_replicated(replicas: int) -> ServiceUnavailable:
@@ -594,9 +599,11 @@ class TaskStore:
             _, index, task_id, why = reply
             raise _bad_dependency(f"tasks[{int(index)}].depends_on", why.decode(), task_id.decode())
         if verdict == "project_full":
-            raise _project_full(batch[int(reply[1])][0].project_id, int(reply[2]), admission)
+            index, waiting, ours = (int(part) for part in reply[1:])
+            raise _project_full(batch[index][0].project_id, waiting, admission, _in_batch(index, ours))
         if verdict == "queue_full":
-            raise _queue_full(batch[int(reply[1])][0].queue, int(reply[2]))
+            index, waiting, ours = (int(part) for part in reply[1:])
+            raise _queue_full(batch[index][0].queue, waiting, _in_batch(index, ours))
         if verdict == "replayed":
             results, task_ids, created_ms = (orjson.loads(part) for part in reply[1:])
             return [

@@ -23,8 +23,8 @@
 -- built here from taskd.keys's prefixes, all in the partition of KEYS[1] (docs/cluster.md).
 -- Returns {'ok', results}: results a JSON list, in order, of [position, duration_sum,
 -- duration_count] (as submit.lua returns them); or {'bad_dependency', index, id, why},
--- {'project_full', index, waiting tasks}, {'queue_full', index, waiting tasks}: the 0-based index
--- of the first task refused, and nothing is written; or {'replayed', results, ids, created}
+-- {'project_full', index, waiting tasks, of them this batch's}, {'queue_full', index, waiting tasks,
+-- of them this batch's}: the 0-based index of the first task refused, and nothing is written; or {'replayed', results, ids, created}
 -- (JSON lists: what the key's first request got) or {'idempotency_key_reused'}, and nothing is
 -- written either.
 -- include lib/admit.lua
@@ -48,13 +48,13 @@ for index, task in ipairs(tasks) do
   local earlier = in_project[task.project] or 0
   if queued_limit > 0 then
     local waiting = queued(task.project, queued_limit - earlier) + earlier
-    if waiting >= queued_limit then return {'project_full', index - 1, waiting} end
+    if waiting >= queued_limit then return {'project_full', index - 1, waiting, earlier} end
   end
   in_project[task.project] = earlier + 1
   if queue_limit > 0 then
-    local waiting = redis.call('ZCARD', '@WAITING_PREFIX@' .. task.queue) + (on_queue[task.queue] or 0)
-      + task.elsewhere
-    if waiting >= queue_limit then return {'queue_full', index - 1, waiting} end
+    local ours = on_queue[task.queue] or 0
+    local waiting = redis.call('ZCARD', '@WAITING_PREFIX@' .. task.queue) + ours + task.elsewhere
+    if waiting >= queue_limit then return {'queue_full', index - 1, waiting, ours} end
   end
   if #waiting_for == 0 and (tonumber(task.scheduled_ms) or 0) == 0 then
     on_queue[task.queue] = (on_queue[task.queue] or 0) + 1
