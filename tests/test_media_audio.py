@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,61 @@ async def test_tracks_are_mixed_and_normalised_to_the_target(tmp_path, files, ht
     steps = [step for _, step in sink.calls]
     assert steps.index("measuring_loudness") < steps.index("mixing") < steps.index("done")
     assert not list((tmp_path / "scratch").iterdir())
+
+
+async def test_a_flac_of_large_blocks_resampled_up_is_written_as_flac(tmp_path, files, http):
+    # 32768-sample blocks at 8 kHz are 196608 at 48 kHz, past what a FLAC block may hold.
+    source = tmp_path / "big-blocks.flac"
+    await ffmpeg.run_ffmpeg(
+        ["-f", "lavfi", "-i", "sine=f=440:d=3:r=8000", "-c:a", "flac", "-frame_size", "32768", str(source)],
+        log_path=tmp_path / "make.log",
+    )
+    url = files.add("big-blocks.flac", source.read_bytes())
+    ctx, _ = make_ctx(http, media_config(tmp_path))
+    data = ProcessAudioInput(
+        tracks=[AudioTrack(url)], normalize=False, output_format="flac", sample_rate=48000
+    )
+
+    result = await process_audio.run(ctx, data)
+
+    assert (result["metadata"]["format"], result["metadata"]["sample_rate"]) == ("flac", 48000)
+    assert result["metadata"]["duration"] == pytest.approx(3.0, abs=0.1)
+
+
+async def test_a_failed_ffmpeg_says_its_first_line_why(tmp_path):
+    with pytest.raises(TaskError) as failed:
+        await ffmpeg.run_ffmpeg(
+            # A block FLAC cannot hold: the cause, then eight lines of ffmpeg giving up.
+            [
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=d=1",
+                "-af",
+                "asetnsamples=n=70000",
+                "-c:a",
+                "flac",
+                "-f",
+                "flac",
+                "-",
+            ],
+            log_path=tmp_path / "ffmpeg.log",
+            what="Encoding",
+        )
+
+    assert re.match(
+        r"Encoding failed \(ffmpeg exit \d+\): \[flac\] invalid block size: 70000 \| ", str(failed.value)
+    )
+
+
+def test_only_the_ends_of_a_long_ffmpeg_log_are_read(tmp_path):
+    log = tmp_path / "ffmpeg.log"
+    log.write_text("why it failed\n" + "a warning about a packet\n" * 400_000 + "the last line\n")
+
+    head, tail = ffmpeg.log_ends(log)
+
+    assert head.startswith("why it failed") and tail.endswith("the last line\n")
+    assert len(head) + len(tail) <= 2 * 64 * 1024
 
 
 async def test_trim_and_offset_set_the_mix_length_and_mp3_rate(tmp_path, files, http):

@@ -19,7 +19,9 @@ LRA = 11.0
 _ENCODERS = {
     "mp3": ["-c:a", "libmp3lame", "-b:a", "192k"],
     "wav": ["-c:a", "pcm_s16le"],
-    "flac": ["-c:a", "flac"],
+    # Frames of at most 4096 samples: the encoder refuses a block over 65535, which a resampled
+    # frame of a file with large blocks (32768 at 8 kHz, to 48 kHz) would be.
+    "flac": ["-c:a", "flac", "-frame_size", "4096"],
     "ogg": ["-c:a", "libvorbis", "-q:a", "5"],
 }
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -102,7 +104,9 @@ async def loudnorm_second_pass(
     await ffmpeg.run_ffmpeg(
         args, log_path=log, duration=duration, progress=progress, what="Loudness analysis", loglevel="info"
     )
-    return parse_loudnorm(await asyncio.to_thread(log.read_text, "utf-8", "replace")).second_pass(target)
+    # loudnorm prints its measurement last, after whatever the inputs made ffmpeg say.
+    _, end = await asyncio.to_thread(ffmpeg.log_ends, log)
+    return parse_loudnorm(end).second_pass(target)
 
 
 async def describe(path: Path, output_format: str, model: str) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """What a task's inputs may make ffmpeg decode, and what a task may write: the `media.max_*` settings.
 
 Each bound is checked before ffmpeg decodes anything (an image's header, an audio input's packets
-counted without decoding), and enforced by ffmpeg itself as a second line (`-max_pixels`, `-t`, `-fs`)
-so that a file which lies in its header still cannot make it decode or write more.
+counted without decoding), and enforced by ffmpeg itself as a second line (`-max_pixels`, `-t`, the
+samples counted in the filter graph, `-fs`) so that a file which lies in its header or timestamps
+still cannot make it decode or write more. Every input is read by the demuxer of the type its
+first bytes showed (`ffmpeg.demuxer`), never one ffmpeg guesses.
 """
 
 from __future__ import annotations
@@ -52,13 +54,21 @@ class Bounds:
         return seconds
 
     def image_input(self, path: Path) -> list[str]:
-        """`-i` for an image, with ffmpeg's decoder refusing any frame over max_image_pixels."""
-        return ["-max_pixels", str(self.max_image_pixels), "-i", str(path)]
+        """`-i` for a fetched image, read by its type's demuxer, with ffmpeg's decoder refusing any
+        frame over max_image_pixels."""
+        return ["-max_pixels", str(self.max_image_pixels), *ffmpeg.demuxer(path), "-i", str(path)]
 
     def audio_input(self, path: Path, *, loop: bool = False) -> list[str]:
-        """`-i` for an audio input, of which ffmpeg reads at most max_input_seconds (looped or not)."""
+        """`-i` for a fetched audio file, read by its type's demuxer, of which ffmpeg reads at most
+        max_input_seconds as its timestamps count (looped or not); `audio_samples` bounds what is
+        decoded whatever they say."""
         looping = ["-stream_loop", "-1"] if loop else []
-        return [*looping, "-t", f"{self.max_input_seconds:.3f}", "-i", str(path)]
+        return [*looping, "-t", f"{self.max_input_seconds:.3f}", *ffmpeg.demuxer(path), "-i", str(path)]
+
+    def audio_samples(self) -> str:
+        """The filters an audio input's chain starts with: timestamps counted from its samples (a
+        file's own may all say 0), and nothing past max_input_seconds of them."""
+        return f"asetpts=N/SR/TB,atrim=end={self.max_input_seconds:.3f}"
 
     def output_args(self) -> list[str]:
         """Output options: no tags or chapters copied from the inputs, and ffmpeg stops at max_output_bytes."""

@@ -22,8 +22,36 @@ from taskd.errors import TaskError
 log = logging.getLogger("taskd.media")
 
 _STDERR_TAIL = 600
+_LOG_END = 64 * 1024
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
 ProgressFn = Callable[[float], Awaitable[None]]
+
+
+# The demuxer of each file type taskd's fetch sniffs (taskd/media/download.py names a file by it).
+# A file of a caller's or a provider's is opened with its demuxer forced: left to guess, ffmpeg
+# probes the content, and a file that passes the sniff may still probe as another format, e.g. a
+# DASH manifest, whose demuxer opens every local path the file lists (a tenant read the host's files).
+DEMUXERS = {
+    "png": "png_pipe",
+    "jpg": "jpeg_pipe",
+    "gif": "gif",
+    "bmp": "bmp_pipe",
+    "webp": "webp_pipe",
+    "wav": "wav",
+    "mp3": "mp3",
+    "flac": "flac",
+    "ogg": "ogg",
+    "m4a": "mov",
+    "mp4": "mov",
+}
+
+
+def demuxer(path: Path) -> list[str]:
+    """`-f <demuxer>` for a fetched file, from the type its name ends in; ValueError for any other."""
+    name = DEMUXERS.get(path.suffix.removeprefix("."))
+    if name is None:
+        raise ValueError(f"{path.name}: not a file type taskd fetches")
+    return ["-f", name]
 
 
 @functools.cache
@@ -124,12 +152,28 @@ async def run_ffmpeg(
     if code != 0:
         # A file in the scratch dir is named alone (where taskd keeps its data is not the caller's
         # business), and ffmpeg's `[png @ 0x55d6...]` prefixes lose their memory addresses.
-        logged = await asyncio.to_thread(log_path.read_text, "utf-8", "replace")
-        text = logged.replace(f"{log_path.parent}/", "")
-        text = _ADDRESS.sub("", text)
-        lines = text.strip().splitlines()
-        tail = " | ".join(line for line in lines[-6:] if line.strip())[-_STDERR_TAIL:]
-        raise TaskError(f"{what} failed (ffmpeg exit {code}): {tail or 'no message'}")
+        ends = [
+            [
+                line
+                for line in _ADDRESS.sub("", end.replace(f"{log_path.parent}/", "")).splitlines()
+                if line.strip()
+            ]
+            for end in await asyncio.to_thread(log_ends, log_path)
+        ]
+        # The first line says why, as a rule; the last ones are ffmpeg's own steps of giving up.
+        said = " | ".join(dict.fromkeys([*ends[0][:1], *ends[1][-5:]]))[-_STDERR_TAIL:]
+        raise TaskError(f"{what} failed (ffmpeg exit {code}): {said or 'no message'}")
+
+
+def log_ends(path: Path, size: int = _LOG_END) -> tuple[str, str]:
+    """The first and the last `size` bytes of an ffmpeg log (as text; the whole log twice when it is
+    shorter), however long it grew: a file that makes ffmpeg warn at every packet writes megabytes,
+    which are never all read."""
+    with path.open("rb") as log:
+        head = log.read(size)
+        log.seek(max(0, log.seek(0, 2) - size))
+        tail = log.read(size)
+    return head.decode("utf-8", "replace"), tail.decode("utf-8", "replace")
 
 
 async def collect(cmd: Sequence[str], *, stdout: int, stderr: int) -> tuple[int | None, bytes]:
@@ -232,7 +276,7 @@ async def input_duration(path: Path, limit: float, what: str) -> float:
     code, out = await collect(
         [
             *(ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "quiet"),
-            *("-t", f"{limit + 1:.3f}", "-i", str(path), "-map", "0:a:0", "-c", "copy"),
+            *("-t", f"{limit + 1:.3f}", *demuxer(path), "-i", str(path), "-map", "0:a:0", "-c", "copy"),
             *("-f", "null", "-progress", "pipe:1", "-"),
         ],
         stdout=asyncio.subprocess.PIPE,

@@ -11,11 +11,17 @@ import struct
 from pathlib import Path
 from typing import BinaryIO
 
-# JPEG start-of-frame markers: every SOFn except DHT (C4), JPG (C8) and DAC (CC).
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# JPEG start-of-frame markers: every SOFn except DHT (C4), JPG (C8) and DAC (CC), and JPEG-LS's SOF55 (F7),
+# which ffmpeg's decoder reads too.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
 # JPEG markers that stand alone, with no length field after them.
 _JPEG_BARE = frozenset({0x01, *range(0xD0, 0xD9)})
 _WEBP_CHUNKS_READ = 4096  # an animation has a chunk per frame
+# What a JPEG's walk reads before its frame header at most. Real files have a few dozen segments
+# (EXIF, ICC, XMP, tables) and a handful of fill bytes there; a crafted file of millions of empty
+# ones kept a thread of the API's process walking for seconds, and is refused instead.
+_JPEG_SEGMENTS_READ = 1024
+_JPEG_FILL_READ = 4096
 
 
 def dimensions(path: Path) -> tuple[int, int] | None:
@@ -87,13 +93,15 @@ def _jpeg(stream: BinaryIO) -> tuple[int, int] | None:
     # Walk the segments after SOI by their lengths (so an EXIF thumbnail's SOF is never read) up to the
     # first frame header; the entropy-coded data only starts after it.
     stream.seek(2)
-    while True:
+    for _ in range(_JPEG_SEGMENTS_READ):
         if stream.read(1) != b"\xff":
             return None
         marker = stream.read(1)
-        while marker == b"\xff":  # fill bytes
-            marker = stream.read(1)
-        if not marker:
+        for _ in range(_JPEG_FILL_READ):
+            if marker != b"\xff":
+                break
+            marker = stream.read(1)  # a fill byte
+        if not marker or marker == b"\xff":
             return None
         code = marker[0]
         if code in _JPEG_BARE:
@@ -113,3 +121,4 @@ def _jpeg(stream: BinaryIO) -> tuple[int, int] | None:
             height, width = struct.unpack(">HH", frame[1:5])
             return _positive(width, height)
         stream.seek(length - 2, 1)
+    return None

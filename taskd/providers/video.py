@@ -215,7 +215,13 @@ class ProviderRenderer:
         output = workdir / "clip.mp4"
         await ffmpeg.run_ffmpeg(
             [
-                *("-t", f"{self._bounds.max_input_seconds:.3f}", "-i", str(fetched)),
+                *(
+                    "-t",
+                    f"{self._bounds.max_input_seconds:.3f}",
+                    *ffmpeg.demuxer(fetched),
+                    "-i",
+                    str(fetched),
+                ),
                 *("-map", "0:v:0", "-map", "0:a:0?", "-c", "copy", "-movflags", "+faststart"),
                 *self._bounds.output_args(),
                 str(output),

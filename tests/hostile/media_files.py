@@ -73,3 +73,39 @@ def png_bomb(width: int, height: int) -> bytes:
         + _png_chunk(b"IDAT", idat)
         + _png_chunk(b"IEND", b"")
     )
+
+
+def m4a_tone(target: Path, seconds: float = 2.0) -> Path:
+    """An AAC tone in an M4A: a file of the kind a DASH manifest may name."""
+    _ffmpeg("-f", "lavfi", "-i", f"sine=f=1000:d={seconds}", "-c:a", "aac", str(target))
+    return target
+
+
+def dash_manifest_as_m4a(reads: Path) -> bytes:
+    """An "M4A" (bytes 4..8 are `ftyp`) that is a DASH manifest naming the local file `reads`.
+
+    The `jp2 ` brand in an XML comment lowers ffmpeg's MP4 guess below its DASH one, so an ffmpeg
+    left to probe the format opens the manifest's BaseURL, a path on taskd's host.
+    """
+    manifest = (
+        '<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011" '
+        'type="static" mediaPresentationDuration="PT2S" minBufferTime="PT1S"><Period>'
+        '<AdaptationSet mimeType="audio/mp4"><Representation id="a" bandwidth="1000">'
+        f"<BaseURL>file://{reads}</BaseURL></Representation></AdaptationSet></Period></MPD>"
+    )
+    return b"<!--ftypjp2 -->\n" + manifest.encode()
+
+
+def m4a_stamped_zero(workdir: Path, seconds: float, rate: int = 8000) -> bytes:
+    """An M4A of `seconds` of silence whose every packet is stamped 0: its timestamps count ~0 s."""
+    target = workdir / "stamped-zero.m4a"
+    _ffmpeg(
+        *("-f", "lavfi", "-i", f"anullsrc=r={rate}:cl=mono", "-t", str(seconds)),
+        *("-c:a", "flac", "-bsf:a", "setts=ts=0", "-f", "mp4", str(target)),
+    )
+    return target.read_bytes()
+
+
+def jpeg_of_empty_segments(count: int) -> bytes:
+    """SOI, `count` empty comment segments, then a 16x16 frame header: a walk of `count` segments."""
+    return b"\xff\xd8" + b"\xff\xfe\x00\x02" * count + b"\xff\xc0\x00\x11\x08\x00\x10\x00\x10\x03"

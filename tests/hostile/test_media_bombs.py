@@ -15,7 +15,14 @@ from pathlib import Path
 import psutil
 import pytest
 from fake_media_apis import FakeImagesAPI, make_ctx
-from media_files import long_silent_flac, png_bomb, square_wav, wav_claiming
+from media_files import (
+    jpeg_of_empty_segments,
+    long_silent_flac,
+    m4a_stamped_zero,
+    png_bomb,
+    square_wav,
+    wav_claiming,
+)
 from PIL import Image
 
 from taskd.config import Config, ImageProvider, MediaConfig, NetworkConfig, ProvidersConfig
@@ -167,6 +174,23 @@ async def test_ffmpeg_reads_no_more_of_an_audio_input_than_the_duration_bound(tm
     assert (await ffmpeg.probe(out)).duration == pytest.approx(0.5, abs=0.01)
 
 
+async def test_a_track_whose_timestamps_all_say_zero_is_mixed_no_longer_than_the_duration_bound(
+    start_service, tmp_path, files
+):
+    # Its packets count as ~0 s and `-t` goes by timestamps: the samples decoded are what is bounded.
+    service = await start(start_service, tmp_path, max_input_seconds=2)
+    url = files.add("zero.m4a", m4a_stamped_zero(tmp_path, seconds=30))
+
+    task = await service.submit(
+        "process_audio",
+        {"tracks": [{"url": url}], "normalize": False, "output_format": "wav", "sample_rate": 8000},
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "completed", body
+    assert body["result"]["metadata"]["duration"] <= 2.1
+
+
 def encoded(fmt: str, size: tuple[int, int], **options: object) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, (90, 40, 200)).save(out, fmt, **options)
@@ -200,6 +224,21 @@ def test_a_jpeg_frame_header_hidden_in_an_app_segment_is_not_read(tmp_path):
     path.write_bytes(jpeg[:2] + app1 + jpeg[2:])
 
     assert image_header.dimensions(path) == (64, 48)
+
+
+def test_a_jpeg_of_a_million_empty_segments_is_refused_without_walking_them(tmp_path):
+    path = tmp_path / "image.jpg"
+    path.write_bytes(jpeg_of_empty_segments(1_000_000))
+
+    assert image_header.dimensions(path) is None
+
+
+def test_a_jpeg_ls_frame_header_is_read_as_a_frame_header(tmp_path):
+    sof55 = b"\xff\xf7\x00\x0b\x08" + struct.pack(">HH", 60_000, 60_000) + b"\x01\x01\x11\x00"
+    path = tmp_path / "image.jpg"
+    path.write_bytes(b"\xff\xd8" + sof55 + encoded("JPEG", (64, 48))[2:])
+
+    assert image_header.dimensions(path) == (60_000, 60_000)
 
 
 def test_a_webp_canvas_smaller_than_its_picture_is_measured_by_the_picture(tmp_path):

@@ -99,11 +99,14 @@ async def voice(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Pa
     length = await bounds.check_audio(speech_file, "The synthesised speech")
     voice_chain = f"aresample={data.sample_rate},aformat=sample_fmts=fltp:channel_layouts=mono"
     inputs = bounds.audio_input(speech_file)
-    graph = f"[0:a]{voice_chain}[out]"
+    graph = f"[0:a]{bounds.audio_samples()},{voice_chain}[out]"
     if data.background_noise:
         inputs += await _background(ctx, data.background_noise, workdir, bounds)
+        # The generated noises (lavfi) have honest timestamps; a fetched file is bounded as the voice is.
+        noise = "" if data.background_noise in NOISES else f"{bounds.audio_samples()},"
         graph = (
-            f"[0:a]{voice_chain}[v];[1:a]volume={NOISE_GAIN_DB:g}dB,{voice_chain}[n];"
+            f"[0:a]{bounds.audio_samples()},{voice_chain}[v];"
+            f"[1:a]{noise}volume={NOISE_GAIN_DB:g}dB,{voice_chain}[n];"
             "[v][n]amix=inputs=2:duration=first:normalize=0[out]"
         )
     output = workdir / f"voice.{data.output_format}"

@@ -48,13 +48,15 @@ class ProcessAudioInput:
     )
 
 
-def mix_graph(tracks: list[AudioTrack], sample_rate: int) -> tuple[str, str]:
-    """Trim, gain, resample to stereo and delay each input, then sum them (no level change by amix)."""
+def mix_graph(tracks: list[AudioTrack], sample_rate: int, samples: str) -> tuple[str, str]:
+    """Bound (`samples`: Bounds.audio_samples), trim, gain, resample to stereo and delay each input,
+    then sum them (no level change by amix)."""
     parts = []
     for i, track in enumerate(tracks):
         trim = [f"start={track.start:g}"] if track.start is not None else []
         trim += [f"end={track.end:g}"] if track.end is not None else []
-        steps = [f"atrim={':'.join(trim)}"] if trim else []
+        steps = [samples]
+        steps += [f"atrim={':'.join(trim)}"] if trim else []
         steps += [
             "asetpts=PTS-STARTPTS",
             f"volume={track.gain_db:g}dB",
@@ -117,7 +119,7 @@ async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> d
     if expected is not None and expected <= 0:
         raise TaskError("Nothing is left to mix after trimming")
     inputs = [arg for path in files for arg in bounds.audio_input(path)]
-    graph, label = mix_graph(data.tracks, data.sample_rate)
+    graph, label = mix_graph(data.tracks, data.sample_rate, bounds.audio_samples())
 
     async def analysing(fraction: float) -> None:
         await ctx.progress(0.2 + 0.35 * fraction, "measuring_loudness")
