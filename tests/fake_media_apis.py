@@ -71,13 +71,15 @@ class _Server:
 
 
 class FileServer(_Server):
-    """Serves bytes at paths; `/slow/...` waits first, `/huge` streams without a length."""
+    """Serves bytes at paths; `/slow/...` waits first, `/split/...` sends the first 3 bytes alone
+    (then the rest), `/huge` streams without a length."""
 
     def __init__(self) -> None:
         super().__init__()
         self.files: dict[str, tuple[bytes, str]] = {}
         self.app.router.add_get("/huge", self._huge)
         self.app.router.add_get("/slow/{name}", self._slow)
+        self.app.router.add_get("/split/{name}", self._split)
         self.app.router.add_get("/{name}", self._file)
 
     def add(self, name: str, body: bytes, content_type: str = "application/octet-stream") -> str:
@@ -94,6 +96,15 @@ class FileServer(_Server):
     async def _slow(self, request: web.Request) -> web.Response:
         await asyncio.sleep(30)
         return await self._file(request)
+
+    async def _split(self, request: web.Request) -> web.StreamResponse:
+        body = self.files[request.match_info["name"]][0]
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(body[:3])
+        await asyncio.sleep(0.2)  # the client has read the 3 bytes as a chunk of their own by then
+        await resp.write(body[3:])
+        return resp
 
     async def _huge(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()

@@ -133,6 +133,17 @@ async def test_non_image_url_fails_saying_so(tmp_path, files, http):
         await generate_video.run(ctx, GenerateVideoInput(storyboard_images=[url], duration=1))
 
 
+async def test_an_image_whose_first_bytes_arrive_alone_is_still_recognised(tmp_path, files, http):
+    files.add("frame.png", png())
+    ctx, _ = make_ctx(http, media_config(tmp_path))
+
+    result = await generate_video.run(
+        ctx, GenerateVideoInput(storyboard_images=[f"{files.url}/split/frame.png"], duration=1)
+    )
+
+    assert result["media_url"]
+
+
 async def test_oversized_image_fails_at_the_limit(tmp_path, files, http):
     ctx, _ = make_ctx(http, media_config(tmp_path, max_download_bytes=100_000))
 

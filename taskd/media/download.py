@@ -19,6 +19,7 @@ from taskd.net.guard import ForbiddenAddress, NotHttp, refusal
 from taskd.net.guarded import GuardedClient, RedirectRefused
 
 _CHUNK = 64 * 1024
+_SNIFFED = 16  # the bytes sniff() is given: every magic below lies within them
 _ALLOW_HINT = "network.allow_private is off"
 
 # Leading bytes of the formats ffmpeg is asked to read, by kind.
@@ -141,9 +142,7 @@ def _copy_own(own: OwnMedia, url: str, dest: Path, kind: str, limits: Limits, wh
         size = os.fstat(source.fileno()).st_size
         if size > limits.max_bytes:
             raise TaskError(_too_big(what, url, limits))
-        ext = sniff(source.read(16), kind)
-        if ext is None:
-            raise TaskError(f"{what} {url} is not a supported {kind} file")
+        ext = _sniffed(source.read(_SNIFFED), kind, what, url)
         source.seek(0)
         final = dest.with_suffix(f".{ext}")
         with final.open("wb") as out:
@@ -162,18 +161,26 @@ async def _save(
         raise TaskError(_too_big(what, url, limits))
     written = 0
     ext = None
+    head = b""  # the first bytes, however the server split them into chunks
     with part.open("wb") as out:
         async for chunk in resp.content.iter_chunked(_CHUNK):
-            if written == 0:
-                ext = sniff(chunk[:16], kind)
-                if ext is None:
-                    raise TaskError(f"{what} {url} is not a supported {kind} file")
+            if ext is None and len(head) < _SNIFFED:
+                head += chunk[: _SNIFFED - len(head)]
+                if len(head) == _SNIFFED:
+                    ext = _sniffed(head, kind, what, url)
             written += len(chunk)
             if written > limits.max_bytes:
                 raise TaskError(_too_big(what, url, limits))
             out.write(chunk)
-    if written == 0 or ext is None:
+    if written == 0:
         raise TaskError(f"{what} {url} is empty")
+    return ext or _sniffed(head, kind, what, url)
+
+
+def _sniffed(head: bytes, kind: str, what: str, url: str) -> str:
+    ext = sniff(head, kind)
+    if ext is None:
+        raise TaskError(f"{what} {url} is not a supported {kind} file")
     return ext
 
 
