@@ -21,6 +21,7 @@ import attrs
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import keys, refs, tracing
@@ -377,6 +378,14 @@ class Executor:
             write.add_done_callback(self._hand_backs.discard)
             await asyncio.shield(write)
             raise
+        except Exception as exc:
+            # taskd's side of the run failed (a handler's own errors are outcomes already): the task
+            # still ends, retried while it has attempts, or it would stay `processing` for ever
+            # under a worker whose heartbeat goes on.
+            log.exception("running task %s failed", task_id)
+            error = f"Task execution failed: {type(exc).__name__}: {exc}"
+            retry = record.attempt < self.max_attempts
+            outcome = Outcome("retry" if retry else "failed", error=error, traceback=traceback.format_exc())
         finally:
             self.running.pop(task_id, None)
         return await self._record(record, outcome)
@@ -670,7 +679,14 @@ class Executor:
         return True
 
     async def _report(self, task_id: str, progress: float, step: str | None) -> None:
-        if not await self.store.progress(task_id, self.worker_id, progress, step, now()):
+        # Progress is told, not kept: a write Redis cannot take now (down, full, refusing writes) is
+        # dropped, and the run goes on; its outcome is written, retried, when it ends.
+        try:
+            written = await self.store.progress(task_id, self.worker_id, progress, step, now())
+        except (RedisError, OSError) as exc:
+            log.warning("progress of task %s not recorded: %s", task_id, exc)
+            return
+        if not written:
             # The record refused the write: the task may have been cancelled while the pub/sub
             # message that says so was lost.
             await self.reconcile([task_id])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from datetime import datetime
 
 import aiohttp
 import pytest
@@ -92,6 +93,33 @@ async def test_tasks_submitted_before_a_redis_outage_all_complete_after_it(outag
     ends = collections.Counter(task_id for event, task_id, _, _ in runs(config.data_path) if event == "end")
     assert [body["status"] for body in bodies] == ["completed"] * len(task_ids)
     assert set(ends) == set(task_ids)
+
+
+async def test_job_process_tasks_reporting_progress_through_an_outage_complete_and_the_next_runs_its_own(
+    outage_service,
+):
+    # Their progress writes fail while Redis is down: dropped, the runs go on. Such a failure once
+    # left the task `processing` for ever, and its job process, still running it, answered the next
+    # task with this one's result.
+    server, api, _ = outage_service
+    during = [await api.submit("cpu", {"seconds": 3}) for _ in range(2)]
+    during.append(await api.submit("sleep", {"seconds": 3, "steps": 30}))  # in the loop: its progress too
+    await api.wait_all(during, lambda body: body["status"] == "processing", timeout=20)
+
+    server.stop()
+    await asyncio.sleep(2)
+    await server.start()
+    ended = await api.wait_all(during, timeout=40)
+    after = await api.submit("cpu", {"seconds": 2})
+    [later] = await api.wait_all([after], timeout=40)
+
+    assert [(body["status"], body["attempt"]) for body in ended] == [("completed", 1)] * 3
+    assert later["status"] == "completed"
+    assert _seconds(later["completed_at"]) - _seconds(later["started_at"]) >= 2 - 1  # times to the second
+
+
+def _seconds(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
 async def _submit_when_back(api: Api) -> str:

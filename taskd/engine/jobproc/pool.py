@@ -83,6 +83,9 @@ class Runner:
         self.device = device
         self.tasks_done = 0
         self.cancelled = False
+        # False from a task's start until it ended with a frame of its own (done, error): a process
+        # whose run ended any other way may still be running a handler, and is never handed a task.
+        self.clean = True
         self._frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
         self._kill_timer: asyncio.TimerHandle | None = None
@@ -167,7 +170,16 @@ class Runner:
     async def execute(
         self, request: dict[str, Any], limits: Limits, on_progress: ProgressCallback
     ) -> ProcessOutcome:
-        """Run one task to its end under `limits`."""
+        """Run one task to its end under `limits`; the process is `clean` again only when the task
+        ended by its own frame (an exception out of here leaves it unclean)."""
+        self.clean = False
+        outcome = await self._execute(request, limits, on_progress)
+        self.clean = outcome.kind in ("done", "error")
+        return outcome
+
+    async def _execute(
+        self, request: dict[str, Any], limits: Limits, on_progress: ProgressCallback
+    ) -> ProcessOutcome:
         # Looked up before the task is sent: a handler that kills its process at once would leave
         # no pid to find after, and the task would end in an exception instead of "crashed".
         process = _lookup(self.pid)
@@ -264,8 +276,14 @@ class RunnerPool:
     async def release(self, runner: Runner) -> None:
         """Take a runner back: kept if healthy and not worn out, else stopped (a new one comes when needed)."""
         self.busy.discard(runner)
-        if runner.alive and not runner.cancelled and runner.tasks_done < self.max_tasks:
+        if runner.alive and runner.clean and not runner.cancelled and runner.tasks_done < self.max_tasks:
             self._idle.setdefault(runner.device, []).append(runner)
+            return
+        if runner.alive and not runner.clean:
+            # Its task's run ended by an error on taskd's side: the handler may still be running,
+            # and would answer the next task with this one's result.
+            log.warning("killing job process %d: its task's run ended without an answer", runner.pid)
+            await runner.kill()
             return
         if runner.alive:
             log.info("retiring job process %d after %d tasks", runner.pid, runner.tasks_done)
