@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from taskd.backoff import Backoff
 from taskd.childenv import child_environment
 
 log = logging.getLogger("taskd.embedded")
@@ -56,6 +57,8 @@ READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 STALE_STOP_TIMEOUT_S = 5.0
 BIND_ATTEMPTS = 3
+# Starting the server again after it exited unasked: first after 0.5 s, then up to every 30 s.
+RESTART_FIRST_S, RESTART_CAP_S = 0.5, 30.0
 _POLL_S = 0.05
 DEFAULT_MAXMEMORY = "1gb"
 _LOG_TAIL_CHARS = 2000
@@ -169,6 +172,10 @@ class EmbeddedValkey:
         self._proc: asyncio.subprocess.Process | None = None
         self._url: str | None = None
         self._tcp_url: str | None = None
+        # Where it listens, kept for a start again after it died (supervise).
+        self._port = 0
+        self._password = ""
+        self._socket_path: Path | None = None
 
     @property
     def pid(self) -> int | None:
@@ -200,8 +207,11 @@ class EmbeddedValkey:
         await _stop_stale_server(self.dir)
         password = _load_or_create_password(self.dir / PASSWORDFILE)
         socket_path = unix_socket_path(self.dir)
+        # The port of the last start first: a worker that reaches the server over TCP (its socket's
+        # path too long) finds it again after a restart of `taskd serve`.
+        previous = _previous_port(self.dir / CONFFILE)
         for attempt in range(1, BIND_ATTEMPTS + 1):
-            port = _free_port()
+            port, previous = previous or _free_port(), None
             try:
                 self._proc = await self._spawn_and_wait(port, password, socket_path)
             except _PortTaken:
@@ -212,6 +222,7 @@ class EmbeddedValkey:
                 log.warning("embedded valkey could not open %s; taskd reaches it over TCP", socket_path)
                 socket_path = None
                 continue
+            self._port, self._password, self._socket_path = port, password, socket_path
             self._tcp_url = f"redis://:{password}@{HOST}:{port}/0"
             self._url = f"unix://:{password}@{quote(str(socket_path))}?db=0" if socket_path else self._tcp_url
             _write_private(self.dir / URLFILE, self._url + "\n")
@@ -224,6 +235,41 @@ class EmbeddedValkey:
             )
             return self._url
         raise RuntimeError(f"embedded valkey could not bind a free port in {BIND_ATTEMPTS} attempts")
+
+    async def supervise(self) -> None:
+        """Start the server again whenever it exits unasked (killed, out of memory), on the same
+        socket and port, so the URL of taskd and its workers stays the same; until stop().
+
+        Without it a dead server left every request a 503 until taskd itself was restarted, while
+        `/livez` said alive, so no supervisor restarted it either.
+        """
+        delays = Backoff(RESTART_FIRST_S, RESTART_CAP_S)
+        while (proc := self._proc) is not None:
+            await proc.wait()
+            if self._proc is not proc:
+                return  # stop() took it
+            log.error("embedded valkey (pid %d) exited unasked (status %s)", proc.pid, proc.returncode)
+            await asyncio.sleep(delays.next_delay())
+            try:
+                restarted = await self._spawn_and_wait(self._port, self._password, self._socket_path)
+                if self._proc is not proc:  # stop() came meanwhile
+                    await _kill(restarted)
+                    return
+                self._proc = restarted
+            except _PortTaken:
+                log.error("embedded valkey: port %d was taken meanwhile; a new one next time", self._port)
+                self._port = _free_port()
+                self._tcp_url = f"redis://:{self._password}@{HOST}:{self._port}/0"
+                if self._socket_path is None:
+                    self._url = self._tcp_url
+                    _write_private(self.dir / URLFILE, self._url + "\n")
+            except (RuntimeError, _SocketRefused, OSError) as exc:
+                log.error("embedded valkey did not start again: %s", exc)
+            else:
+                log.warning(
+                    "embedded valkey started again (pid %d); its data is what it had written", self._proc.pid
+                )
+                delays.reset()
 
     async def stop(self) -> None:
         """Shut the server down cleanly (SHUTDOWN, else SIGTERM; SIGKILL after a timeout); idempotent."""
@@ -297,6 +343,10 @@ class EmbeddedValkey:
                 cwd=self.dir,
                 # Valkey needs none of taskd's environment (which may hold keys and passwords).
                 env=child_environment(extra=allocator_environment(self.allocator)),
+                # Its own session: a Ctrl-C (SIGINT to the terminal's process group) reaches taskd
+                # alone, which drains its workers and writes their hand-backs before it stops the
+                # server; the parent-death signal still ends it with taskd.
+                start_new_session=True,
                 preexec_fn=_die_with_parent_hook() if self._die_with_parent else None,
             )
         # Valkey writes its pidfile too, but only once it gets that far; ours closes the gap.
@@ -496,6 +546,15 @@ async def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
             return True
         await asyncio.sleep(_POLL_S)
     return False
+
+
+def _previous_port(conf: Path) -> int | None:
+    """The port the config file of the last start names, if any."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in conf.read_text().splitlines():
+            if line.startswith("port "):
+                return int(line.split()[1]) or None
+    return None
 
 
 def _free_port() -> int:

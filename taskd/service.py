@@ -122,9 +122,11 @@ class Service:
         )
         self._stack.push_async_callback(self._embedded.stop)
         try:
-            return await self._embedded.start()
+            url = await self._embedded.start()
         except DataDirInUse as exc:
             raise ConfigError(f"data_dir {self.config.data_path}: {exc}") from None
+        self._background.append(asyncio.create_task(self._embedded.supervise(), name="embedded-valkey"))
+        return url
 
     async def start(self) -> None:
         """Connect (starting the embedded Valkey if needed), then start workers and the API."""

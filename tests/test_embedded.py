@@ -368,3 +368,44 @@ async def test_start_failure_raises_with_the_log_tail(tmp_path: Path) -> None:
         await valkey.start()
     assert valkey.pid is None
     assert EmbeddedValkey.running_url(tmp_path) is None
+
+
+async def test_a_second_start_listens_on_the_port_of_the_first(tmp_path: Path) -> None:
+    # A worker reaching the server over TCP (its socket path too long) keeps its URL across restarts.
+    async with EmbeddedValkey(tmp_path) as first:
+        first_url = first.tcp_url
+    async with EmbeddedValkey(tmp_path) as second:
+        assert second.tcp_url == first_url
+
+
+async def test_the_server_is_in_a_session_of_its_own_so_a_ctrl_c_reaches_taskd_alone(
+    server: EmbeddedValkey,
+) -> None:
+    assert server.pid is not None
+    assert os.getsid(server.pid) == server.pid
+    assert os.getpgid(server.pid) != os.getpgid(0)
+
+
+async def test_a_server_killed_under_supervision_is_started_again_with_its_data_and_url(
+    server: EmbeddedValkey,
+) -> None:
+    assert server.url is not None and server.pid is not None
+    await _set(server.url, "kept", "through a kill")
+    supervising = asyncio.create_task(server.supervise())
+    killed = server.pid
+    os.kill(killed, 9)
+
+    async with asyncio.timeout(15):
+        while server.pid == killed or await _get_or_none(server.url, "kept") is None:
+            await asyncio.sleep(0.1)
+
+    assert await _get(server.url, "kept") == b"through a kill"
+    await server.stop()
+    await asyncio.wait_for(supervising, 5)
+
+
+async def _get_or_none(url: str, key: str) -> bytes | None:
+    try:
+        return await _get(url, key)
+    except RedisConnectionError:
+        return None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import signal
 import time
 from datetime import datetime
 
@@ -120,6 +122,29 @@ async def test_job_process_tasks_reporting_progress_through_an_outage_complete_a
 
 def _seconds(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+async def test_a_killed_embedded_valkey_is_started_again_and_the_api_carries_on(tmp_path):
+    config = make_config(
+        tmp_path, "", limits=LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0)
+    )
+    service = Service(config, http=True, workers=True)
+    await service.start()
+    try:
+        host, port = service.addresses[0]
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, f"http://{host}:{port}")
+            before = await api.submit("noop", {})
+            await api.wait_all([before], timeout=20)
+            os.kill(service._embedded.pid, signal.SIGKILL)
+
+            async with asyncio.timeout(30):
+                after = await _submit_when_back(api)
+                bodies = await api.wait_all([before, after], timeout=20)
+    finally:
+        await service.stop(grace=1)
+
+    assert [body["status"] for body in bodies] == ["completed", "completed"]
 
 
 async def _submit_when_back(api: Api) -> str:
