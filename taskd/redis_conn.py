@@ -33,7 +33,7 @@ from redis.asyncio.connection import AbstractConnection, Connection, ConnectionP
 from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, RedisError, ResponseError
+from redis.exceptions import DataError, OutOfMemoryError, RedisError, ResponseError
 
 from taskd import keys
 from taskd.config import ConfigError
@@ -158,6 +158,14 @@ def _taskd_connection(connection_class: type) -> type:
     # One subclass per connection class in use: TCP, TLS, unix socket, Sentinel's, the cluster's.
     return type(
         f"Taskd{connection_class.__name__}", (HiredisPacking, BufferedReadyCheck, connection_class), {}
+    )
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """True for a Redis that takes no writes for now but will again: full (OOM, maxmemory) or unable
+    to persist (MISCONF: a disk full or failing under its append-only file or snapshots)."""
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
     )
 
 

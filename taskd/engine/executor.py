@@ -21,7 +21,7 @@ import attrs
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import keys, refs, tracing
@@ -35,6 +35,7 @@ from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
 from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
+from taskd.redis_conn import refuses_writes
 from taskd.shapes import MAX_DEPENDS_ON
 from taskd.stopping import cancel_and_wait
 from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
@@ -51,7 +52,8 @@ T = TypeVar("T")
 
 
 async def _until_stored(what: str, write: Callable[[], Awaitable[T]]) -> T:
-    """Run a Redis write of a task's start or outcome, retrying while Redis is unreachable.
+    """Run a Redis write of a task's start or outcome, retrying while Redis is unreachable or
+    refuses writes (`refuses_writes`).
 
     Without this a task running during a Redis outage was lost: its outcome write failed, and
     once Redis was back the worker's heartbeat (beating again) kept the task `processing` for ever.
@@ -62,7 +64,10 @@ async def _until_stored(what: str, write: Callable[[], Awaitable[T]]) -> T:
     while True:
         try:
             return await write()
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+            # A Redis that refuses writes for now (full, or its disk full) takes them again later.
+            if isinstance(exc, ResponseError) and not refuses_writes(exc):
+                raise
             delay = delays.next_delay()
             log.warning("recording %s failed (%s); retrying in %.2f s", what, exc, delay)
             await asyncio.sleep(delay)

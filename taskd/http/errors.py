@@ -13,10 +13,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskd import shapes
 from taskd.http.responses import shape_response
 from taskd.model import ApiError, InvalidState, ServiceUnavailable
+from taskd.redis_conn import refuses_writes
 
 log = logging.getLogger("taskd.http")
 
 STORAGE_FULL = "Task storage is full; new work is refused until it has room again, please try again later"
+STORAGE_CANNOT_WRITE = "Task storage cannot write to its disk now; please try again later"
 STORAGE_FULL_RETRY_AFTER = 60
 _HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -85,6 +87,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return render(
             ServiceUnavailable("Task storage is unavailable, please try again later", retry_after=5)
         )
-    except Exception:
+    except Exception as exc:
+        if refuses_writes(exc):
+            # MISCONF: its disk is full or failing; it takes writes again once it can persist them.
+            log.warning("storage refuses writes for %s %s: %s", request.method, request.path, exc)
+            return render(ServiceUnavailable(STORAGE_CANNOT_WRITE, retry_after=STORAGE_FULL_RETRY_AFTER))
         log.exception("unhandled error for %s %s", request.method, request.path)
         return shape_response(shapes.Error("internal_error", "Internal server error"), 500)

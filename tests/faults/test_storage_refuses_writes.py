@@ -1,0 +1,84 @@
+"""A Redis that cannot persist (its disk full or failing: MISCONF) refuses writes until it can.
+
+The API answers 503 meanwhile, never a 500, and a task that ends meanwhile keeps its outcome and
+writes it once Redis takes writes again. The refusal is made as a full disk makes it: a snapshot
+that cannot be written, with `stop-writes-on-bgsave-error` on (as by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from conftest import make_config
+from faultkit import Api, ValkeyServer
+
+from taskd.config import LimitsConfig, RedisConfig
+from taskd.service import Service
+
+
+async def _last_snapshot(server: ValkeyServer, status: str) -> None:
+    async with server.client() as client, asyncio.timeout(10):
+        while (await client.info("persistence"))["rdb_last_bgsave_status"] != status:
+            await asyncio.sleep(0.05)
+
+
+async def _snapshot_fails(server: ValkeyServer) -> None:
+    # Renaming the snapshot onto a directory fails, as writing it to a full disk does.
+    (server.folder / "blocker").mkdir()
+    (server.folder / "blocker" / "in-the-way").write_text("x")
+    async with server.client() as client:
+        await client.config_set("dbfilename", "blocker")
+        await client.bgsave()
+    await _last_snapshot(server, "err")
+
+
+async def _snapshot_works(server: ValkeyServer) -> None:
+    async with server.client() as client:
+        await client.config_set("dbfilename", "dump.rdb")
+        await client.bgsave()
+    await _last_snapshot(server, "ok")
+
+
+async def test_while_redis_cannot_persist_submits_get_503_and_a_task_ending_then_completes_after(tmp_path):
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    config = make_config(
+        tmp_path,
+        server.url,
+        redis=RedisConfig(url=server.url, socket_timeout=2),
+        limits=LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0),
+    )
+    service = Service(config, http=True, workers=True)
+    await service.start()
+    try:
+        host, port = service.addresses[0]
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, f"http://{host}:{port}")
+            running = await api.submit("sleep", {"seconds": 1.5})
+            await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
+
+            await _snapshot_fails(server)
+            refused = await api.call(
+                "POST", "/api/v1/tasks/submit", json={"project_id": "p", "task_type": "noop", "task_data": {}}
+            )
+            await asyncio.sleep(2.5)  # the task ends while no write is taken
+            meanwhile = await api.status(running)
+            await _snapshot_works(server)
+            [ended] = await api.wait_all([running], timeout=30)
+    finally:
+        await service.stop(grace=1)
+        server.stop()
+
+    assert refused == (
+        503,
+        {
+            "error": "service_unavailable",
+            "message": "Task storage cannot write to its disk now; please try again later",
+            "retry_after": refused[1]["retry_after"],
+        },
+    )
+    assert meanwhile["status"] == "processing"
+    # At its first attempt, or its second where the worker's heartbeat (a write too) expired meanwhile.
+    assert ended["status"] == "completed"
