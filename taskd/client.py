@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -508,8 +509,16 @@ class TaskClient:
         idempotency_key: str | None = None,
         extra_headers: dict[str, str] | None = None,
         extra_time: float = 0.0,
+        creates: bool = False,
     ) -> Any:
-        """Send a request, again after a 429 or 503 (up to `retries` times); the JSON body of the answer."""
+        """Send a request, again after a 429 or 503 (up to `retries` times); the JSON body of the answer.
+
+        A request that `creates` tasks is sent with an `Idempotency-Key` of its own when the caller
+        gave none and it may be sent again: a 503 can come after the task was stored (Redis answered
+        too late), and taskd answers the resend with that task instead of storing another.
+        """
+        if creates and idempotency_key is None and self.retries:
+            idempotency_key = str(uuid.uuid4())
         tries = 0
         while True:
             try:
@@ -630,6 +639,7 @@ class TaskClient:
             idempotency_key=idempotency_key,
             extra_headers={"Prefer": f"wait={wait}"} if wait is not None else None,
             extra_time=wait or 0,
+            creates=True,
         )
         submitted = _structure(Submitted, answer)
         if "progress" in answer:  # a status, which the plain submit answer never is
@@ -647,7 +657,11 @@ class TaskClient:
         named `tasks[<index>].<field>`, and nothing is stored. `idempotency_key`: as for `submit`.
         """
         answer = await self._request(
-            "POST", "/api/v1/tasks/batch", json={"tasks": tasks}, idempotency_key=idempotency_key
+            "POST",
+            "/api/v1/tasks/batch",
+            json={"tasks": tasks},
+            idempotency_key=idempotency_key,
+            creates=True,
         )
         return [_structure(Submitted, item) for item in answer["tasks"]]
 
@@ -665,7 +679,7 @@ class TaskClient:
         `idempotency_key`: as for `submit`, the same key again answers with the first retry's task.
         """
         answer = await self._request(
-            "POST", f"/api/v1/tasks/{_segment(task_id)}/retry", idempotency_key=idempotency_key
+            "POST", f"/api/v1/tasks/{_segment(task_id)}/retry", idempotency_key=idempotency_key, creates=True
         )
         return _structure(Retried, answer)
 

@@ -11,9 +11,10 @@ from datetime import datetime
 
 import aiohttp
 import pytest
-from conftest import make_config
+from conftest import API_KEY, make_config
 from faultkit import Api, ValkeyServer, runs
 
+from taskd.client import TaskClient
 from taskd.config import LimitsConfig, RedisConfig
 from taskd.service import Service
 
@@ -145,6 +146,31 @@ async def test_a_killed_embedded_valkey_is_started_again_and_the_api_carries_on(
         await service.stop(grace=1)
 
     assert [body["status"] for body in bodies] == ["completed", "completed"]
+
+
+async def test_a_client_submit_answered_503_after_it_was_stored_is_resent_without_a_second_task(tmp_path):
+    # A submit that no replica acknowledged in time is a 503 (redis.wait_replicas), and the task is
+    # stored all the same, as one whose reply Redis sent too late would be. The client's resend
+    # carries the key its first send had, and is answered with that task.
+    server = await ValkeyServer(tmp_path / "valkey").start()
+    config = make_config(
+        tmp_path,
+        server.url,
+        redis=RedisConfig(url=server.url, wait_replicas=1, wait_timeout=0.1),
+        limits=LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0),
+    )
+    service = Service(config, http=True, workers=False)
+    await service.start()
+    try:
+        host, port = service.addresses[0]
+        async with TaskClient(f"http://{host}:{port}", API_KEY, retries=2, max_retry_wait=60) as client:
+            submitted = await client.submit("unreplicated", "noop", {})
+            page = await client.list_tasks("unreplicated")
+    finally:
+        await service.stop(grace=1)
+        server.stop()
+
+    assert [task.task_id for task in page.tasks] == [submitted.task_id]
 
 
 async def _submit_when_back(api: Api) -> str:
