@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -114,6 +115,17 @@ async def tool_child(ctx: TaskContext, data: ToolChildInput) -> dict[str, Any]:
         marker_path(data_dir, ctx.task_id, "cleanup").write_text("")
 
 
+def leave_children(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """In a job process: start a child, and an orphan (its parent exits at once), then return
+    without stopping either; their pids are the result."""
+    child = subprocess.Popen(["sleep", "300"])
+    parent = subprocess.Popen(
+        ["sh", "-c", "sleep 300 >/dev/null & echo $!"], stdout=subprocess.PIPE, text=True
+    )
+    orphan = int(parent.communicate()[0])
+    return {"child": child.pid, "orphan": orphan}
+
+
 @attrs.frozen
 class AppendInput:
     text: str
@@ -141,4 +153,5 @@ TASKS = [
     ),
     TaskType("tool_child", ToolChildInput, queue="default", expected_duration=1.0, handler=tool_child),
     TaskType("die_by_sigkill", AnythingInput, queue="default", expected_duration=0.1, handler=die_by_sigkill),
+    TaskType("leave_children", AnythingInput, queue="default", expected_duration=0.1, handler=leave_children),
 ]

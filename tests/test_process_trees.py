@@ -204,3 +204,15 @@ async def test_a_tool_child_dies_with_the_process_that_started_it_even_by_sigkil
     # closes inside this test's event loop (left open, it warns when collected in a later test).
     async with asyncio.timeout(10):
         await worker.stdout.read()
+
+
+async def test_what_a_job_process_handler_left_running_is_killed_when_its_task_ends(start_service):
+    taskd = await start_service()
+    task = await taskd.submit("leave_children", {})
+
+    body = await taskd.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed", body
+    left = body["result"]
+    assert not running(left["child"])
+    assert not running(left["orphan"])  # its parent had exited: the job process reaped it

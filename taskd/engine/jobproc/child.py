@@ -9,11 +9,14 @@ sends SIGKILL for the hard limit and the memory limit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import traceback
 from types import FrameType
 from typing import Any, BinaryIO
+
+import psutil
 
 from taskd.config import Config
 from taskd.engine.jobproc import frames
@@ -73,6 +76,18 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
     return {"op": "done", "result": result}
 
 
+def _stop_leftovers() -> None:
+    """Kill what the task's handler started and left running, before its answer is sent: a task's
+    processes end with it. This process is their subreaper (template.py), so even one whose parent
+    exited first is among its descendants; the killed are reaped here."""
+    for leftover in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
 def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) -> None:
     """Run tasks until the task pipe closes or SIGTERM arrives."""
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -85,6 +100,7 @@ def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) ->
                 answer = _run_one(request, config, registry, out)
             except (BrokenPipeError, OSError):
                 return
+            _stop_leftovers()
             frames.write(out, answer)
     except Cancelled:
         # Cleanup in the handler has run by now; the worker replaces this process.

@@ -18,6 +18,7 @@ loaded lazily and cached per job process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -33,6 +34,8 @@ from taskd.config import Config
 from taskd.engine.jobproc import child, frames
 from taskd.proctree import die_with_parent
 from taskd.tasks.registry import Registry, default_registry
+
+_PR_SET_CHILD_SUBREAPER = 36
 
 MAX_PACKET = 1024 * 1024  # the config packet is the largest: a few KiB
 FDS_PER_REQUEST = 2
@@ -106,6 +109,10 @@ class _Template:
         code = 0
         try:
             os.setsid()  # its own process group: a cancel or a kill reaches what the handler starts
+            if sys.platform.startswith("linux"):
+                # The subreaper of what the handler starts: an orphan (its parent exited) becomes
+                # this process's child, not init's, and is stopped with the rest when the task ends.
+                ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
             if self.die_with_template is not None:
                 self.die_with_template()  # and the template dies with the worker
             signal.set_wakeup_fd(-1)
