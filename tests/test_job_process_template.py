@@ -111,3 +111,18 @@ def _forked_under(pid: int) -> list[psutil.Process]:
             if "taskd.engine.jobproc.template" in " ".join(proc.cmdline()):
                 found.append(proc)
     return found
+
+
+async def test_a_task_whose_job_process_died_with_its_template_runs_again(start_service):
+    # The template is taskd's own process: its death is not the task's doing (a job process that
+    # dies on its own, above, is).
+    service = await start_service()
+    task = await service.submit("cpu", {"seconds": 3})
+    await service.wait_for(task["task_id"], lambda body: body.get("current_step") == "burning")
+    [template] = [proc for proc in _forked_under(os.getpid()) if proc.ppid() == os.getpid()]
+
+    template.kill()
+    body = await service.wait_terminal(task["task_id"], timeout=30)
+
+    assert (body["status"], body["attempt"]) == ("completed", 2), body
+    assert body["last_error"] == "Job process died while running the task (its job-process template exited)"

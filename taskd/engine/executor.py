@@ -569,6 +569,10 @@ class Executor:
                 "failed",
                 error=f"Job process exceeded the memory limit of {limit_mb} MB ({used_mb} MB); it was replaced",
             )
+        if result.kind == "template_gone":
+            # taskd's own process went, not the task's: run it again while it has attempts.
+            error = f"Job process died while running the task ({result.error})"
+            return Outcome("retry" if record.attempt < self.max_attempts else "failed", error=error)
         if result.kind == "crashed":
             return Outcome("failed", error=f"Job process died while running the task ({result.error})")
         if result.error_kind == "soft_limit":

@@ -42,12 +42,23 @@ class ForkedProcess:
     """A job process forked by the template, as the pool sees it."""
 
     def __init__(
-        self, pid: int, stdin: asyncio.StreamWriter, stdout: asyncio.StreamReader, exited: asyncio.Future[int]
+        self,
+        pid: int,
+        stdin: asyncio.StreamWriter,
+        stdout: asyncio.StreamReader,
+        exited: asyncio.Future[int],
+        template: Template,
     ) -> None:
         self.pid = pid
         self.stdin = stdin
         self.stdout = stdout
         self._exited = exited
+        self._template = template
+
+    @property
+    def template_gone(self) -> bool:
+        """True when the template that forked it has exited (and it with it): not its task's doing."""
+        return self._template.gone
 
     @property
     def returncode(self) -> int | None:
@@ -71,6 +82,7 @@ class Template:
         self._proc: asyncio.subprocess.Process | None = None
         self._control: socket.socket | None = None
         self._reader: asyncio.Task[None] | None = None
+        self.gone = False  # it exited after it started (its job processes with it)
         # Each request's answer: the pid and the future of its exit status (forks answer in order).
         self._forks: collections.deque[asyncio.Future[tuple[int, asyncio.Future[int]]]] = collections.deque()
         self._exits: dict[int, asyncio.Future[int]] = {}
@@ -136,6 +148,7 @@ class Template:
                         ended.set_result(frame["status"])
         finally:
             # Gone: its job processes die with it (their parent-death signal).
+            self.gone = True
             for waiter in self._forks:
                 if not waiter.done():
                     waiter.set_exception(TemplateGone("the job-process template exited"))
@@ -170,7 +183,7 @@ class Template:
             os.close(task_write)
             os.close(answer_read)
             raise
-        return ForkedProcess(pid, *await _streams(loop, task_write, answer_read), exited)
+        return ForkedProcess(pid, *await _streams(loop, task_write, answer_read), exited, self)
 
     async def close(self) -> None:
         """Stop the template: closing its control socket ends it; killed if it does not."""

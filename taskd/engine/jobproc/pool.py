@@ -45,7 +45,8 @@ class Limits:
 
 @attrs.frozen
 class ProcessOutcome:
-    """How a task ended in a runner: `done`, `error`, `cancelled`, `hard_limit`, `memory` or `crashed`."""
+    """How a task ended in a runner: `done`, `error`, `cancelled`, `hard_limit`, `memory`, `crashed` or
+    `template_gone` (its process died with the template that forked it)."""
 
     kind: str
     result: Any = None
@@ -208,10 +209,7 @@ class Runner:
             except TimeoutError:
                 continue
             if frame is None:
-                await self.wait_exit(STOP_TIMEOUT)
-                if self.cancelled:
-                    return ProcessOutcome("cancelled", peak_rss=peak)
-                return ProcessOutcome("crashed", error=f"exit status {self.proc.returncode}", peak_rss=peak)
+                return await self._exited(peak)
             op = frame.get("op")
             if op == "progress":
                 await on_progress(frame["progress"], frame.get("step"))
@@ -230,6 +228,15 @@ class Runner:
             elif op == "cancelled":
                 await self.wait_exit(limits.cancel_grace)
                 return ProcessOutcome("cancelled", peak_rss=peak)
+
+    async def _exited(self, peak: int) -> ProcessOutcome:
+        # The process closed its answers: what ended it?
+        await self.wait_exit(STOP_TIMEOUT)
+        if self.cancelled:
+            return ProcessOutcome("cancelled", peak_rss=peak)
+        if self.proc.template_gone:
+            return ProcessOutcome("template_gone", error="its job-process template exited", peak_rss=peak)
+        return ProcessOutcome("crashed", error=f"exit status {self.proc.returncode}", peak_rss=peak)
 
 
 class RunnerPool:
