@@ -31,10 +31,8 @@ _IMAGE_MAGIC = (
     (b"BM", "bmp"),
 )
 _AUDIO_MAGIC = (
-    (b"ID3", "mp3"),
-    (b"\xff\xfb", "mp3"),
-    (b"\xff\xf3", "mp3"),
-    (b"\xff\xf2", "mp3"),
+    # An ID3v2 tag: an MP3's, or one a tagger put before a FLAC or an ADTS AAC stream.
+    (b"ID3", "id3"),
     (b"fLaC", "flac"),
     (b"OggS", "ogg"),
 )
@@ -54,6 +52,11 @@ class Limits:
         return cls(media.max_download_bytes, media.max_inputs, media.download_timeout)
 
 
+def _mpeg_audio_frame(head: bytes) -> bool:
+    # A frame sync (11 bits set: MPEG 1, 2 and 2.5) and a layer (I to III; 00 is an ADTS AAC header).
+    return len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0
+
+
 def sniff(head: bytes, kind: str) -> str | None:
     """The file type by its first bytes (`png`, `jpg`, `wav`, ...), or None if it is not a `kind`."""
     if kind == "image":
@@ -65,6 +68,8 @@ def sniff(head: bytes, kind: str) -> str | None:
             return "wav"
         if head[4:8] == b"ftyp":
             return "m4a"
+        if _mpeg_audio_frame(head):
+            return "mp3"
         return next((ext for magic, ext in _AUDIO_MAGIC if head.startswith(magic)), None)
     if kind == "video":
         # An ISO base media file (MP4, MOV): its first box is `ftyp`.

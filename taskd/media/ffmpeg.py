@@ -27,31 +27,34 @@ _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
 ProgressFn = Callable[[float], Awaitable[None]]
 
 
-# The demuxer of each file type taskd's fetch sniffs (taskd/media/download.py names a file by it).
+# How ffmpeg reads each file type taskd's fetch sniffs (taskd/media/download.py names a file by it).
 # A file of a caller's or a provider's is opened with its demuxer forced: left to guess, ffmpeg
 # probes the content, and a file that passes the sniff may still probe as another format, e.g. a
 # DASH manifest, whose demuxer opens every local path the file lists (a tenant read the host's files).
+# A file behind an ID3v2 tag may be MP3, FLAC or ADTS AAC: ffmpeg picks among those three alone.
 DEMUXERS = {
-    "png": "png_pipe",
-    "jpg": "jpeg_pipe",
-    "gif": "gif",
-    "bmp": "bmp_pipe",
-    "webp": "webp_pipe",
-    "wav": "wav",
-    "mp3": "mp3",
-    "flac": "flac",
-    "ogg": "ogg",
-    "m4a": "mov",
-    "mp4": "mov",
+    "png": ["-f", "png_pipe"],
+    "jpg": ["-f", "jpeg_pipe"],
+    "gif": ["-f", "gif"],
+    "bmp": ["-f", "bmp_pipe"],
+    "webp": ["-f", "webp_pipe"],
+    "wav": ["-f", "wav"],
+    "mp3": ["-f", "mp3"],
+    "id3": ["-format_whitelist", "mp3,flac,aac"],
+    "flac": ["-f", "flac"],
+    "ogg": ["-f", "ogg"],
+    "m4a": ["-f", "mov"],
+    "mp4": ["-f", "mov"],
 }
 
 
 def demuxer(path: Path) -> list[str]:
-    """`-f <demuxer>` for a fetched file, from the type its name ends in; ValueError for any other."""
-    name = DEMUXERS.get(path.suffix.removeprefix("."))
-    if name is None:
+    """The input options that choose the demuxer of a fetched file, from the type its name ends in;
+    ValueError for any other."""
+    chosen = DEMUXERS.get(path.suffix.removeprefix("."))
+    if chosen is None:
         raise ValueError(f"{path.name}: not a file type taskd fetches")
-    return ["-f", name]
+    return list(chosen)
 
 
 @functools.cache
@@ -160,8 +163,11 @@ async def run_ffmpeg(
             ]
             for end in await asyncio.to_thread(log_ends, log_path)
         ]
-        # The first line says why, as a rule; the last ones are ffmpeg's own steps of giving up.
-        said = " | ".join(dict.fromkeys([*ends[0][:1], *ends[1][-5:]]))[-_STDERR_TAIL:]
+        # At loglevel error the first line says why, as a rule; the last ones are ffmpeg's own steps
+        # of giving up (at info, the first line is the input's description). Each is cut on its own.
+        last = ends[1][-5:]
+        first = [line[:_STDERR_TAIL] for line in ends[0][:1] if loglevel == "error" and line not in last]
+        said = " | ".join([*first, " | ".join(last)[-_STDERR_TAIL:]] if last else first)
         raise TaskError(f"{what} failed (ffmpeg exit {code}): {said or 'no message'}")
 
 

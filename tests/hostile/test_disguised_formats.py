@@ -7,14 +7,18 @@ probe as such a format and make ffmpeg read the host's files into the tenant's r
 
 from __future__ import annotations
 
+import io
+import subprocess
 from pathlib import Path
 
 import pytest
 from media_files import dash_manifest_as_m4a, m4a_tone
+from PIL import Image
 
 from taskd.config import MediaConfig, NetworkConfig
 from taskd.media import download, ffmpeg
 from taskd.media.bounds import Bounds
+from taskd.tasks.spec import TaskError
 
 
 async def test_an_m4a_that_is_a_dash_manifest_of_a_host_file_fails_and_reads_nothing(
@@ -36,18 +40,74 @@ async def test_an_m4a_that_is_a_dash_manifest_of_a_host_file_fails_and_reads_not
     assert body["error"] == f"Track {url} is not a readable audio file"
 
 
-@pytest.mark.parametrize("kind", ["image", "audio", "video"])
-def test_every_type_the_fetch_sniffs_has_a_demuxer_that_reads_it(kind):
-    heads = {
-        "image": [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"RIFF\0\0\0\0WEBP"],
-        "audio": [b"RIFF\0\0\0\0WAVE", b"\0\0\0\x18ftyp", b"ID3", b"fLaC", b"OggS"],
-        "video": [b"\0\0\0\x18ftyp"],
-    }[kind]
+async def test_a_dash_manifest_behind_an_id3_tag_is_not_read_as_one(tmp_path):
+    secret = m4a_tone(tmp_path / "secret_audio.m4a")
+    path = tmp_path / "track0.id3"
+    path.write_bytes(ID3_TAG + dash_manifest_as_m4a(reads=secret))
 
-    types = [download.sniff(head.ljust(16, b"\0"), kind) for head in heads]
+    with pytest.raises(TaskError, match="is not a readable audio file"):
+        await ffmpeg.input_duration(path, 60, "Track")
 
-    assert None not in types
-    assert all(ffmpeg.demuxer(Path(f"input.{ext}"))[0] == "-f" for ext in types)
+
+def _audio(tmp_path: Path, name: str, *args: str) -> bytes:
+    target = tmp_path / name
+    subprocess.run(
+        [ffmpeg.ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=1", *args, str(target)],
+        check=True,
+    )
+    return target.read_bytes()
+
+
+def _image(fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 40, 90)).save(out, fmt)
+    return out.getvalue()
+
+
+def _samples(tmp_path: Path) -> list[tuple[str, bytes]]:
+    flac = _audio(tmp_path, "a.flac")
+    mp3 = _audio(tmp_path, "a.mp3", "-id3v2_version", "0", "-write_xing", "0")
+    return [
+        ("audio", _audio(tmp_path, "a.wav")),
+        ("audio", mp3),
+        ("audio", _audio(tmp_path, "tagged.mp3")),  # ID3v2 first
+        ("audio", _audio(tmp_path, "low.mp3", "-ar", "8000", "-id3v2_version", "0")),  # MPEG-2.5
+        ("audio", ID3_TAG + flac),
+        ("audio", flac),
+        ("audio", _audio(tmp_path, "a.ogg", "-c:a", "libvorbis")),
+        ("audio", _audio(tmp_path, "a.m4a")),
+        *(("image", _image(fmt)) for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP")),
+    ]
+
+
+# An empty ID3v2.4 tag (ten bytes: "ID3", version, flags, a size of 0).
+ID3_TAG = b"ID3\x04\x00\x00\x00\x00\x00\x00"
+
+
+def test_every_type_the_fetch_sniffs_is_read_by_the_demuxer_taskd_names_for_it(tmp_path):
+    decoded = {}
+    for i, (kind, sample) in enumerate(_samples(tmp_path)):
+        ext = download.sniff(sample[:16], kind)
+        path = tmp_path / f"input{i}.{ext}"
+        path.write_bytes(sample)
+        run = subprocess.run(
+            [
+                ffmpeg.ffmpeg_exe(),
+                "-loglevel",
+                "error",
+                *ffmpeg.demuxer(path),
+                "-i",
+                str(path),
+                "-f",
+                "null",
+                "-",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        decoded[f"{kind} {i} as {ext}"] = (run.returncode, run.stderr)
+
+    assert {what: code for what, (code, _) in decoded.items()} == dict.fromkeys(decoded, 0), decoded
 
 
 def test_every_input_of_a_callers_file_names_its_demuxer(tmp_path):
