@@ -24,6 +24,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -59,6 +60,7 @@ STALE_STOP_TIMEOUT_S = 5.0
 BIND_ATTEMPTS = 3
 # Starting the server again after it exited unasked: first after 0.5 s, then up to every 30 s.
 RESTART_FIRST_S, RESTART_CAP_S = 0.5, 30.0
+RESTART_STEADY_S = 60.0  # up that long, a server that exits again starts again from the first delay
 _POLL_S = 0.05
 DEFAULT_MAXMEMORY = "1gb"
 _LOG_TAIL_CHARS = 2000
@@ -241,35 +243,32 @@ class EmbeddedValkey:
         socket and port, so the URL of taskd and its workers stays the same; until stop().
 
         Without it a dead server left every request a 503 until taskd itself was restarted, while
-        `/livez` said alive, so no supervisor restarted it either.
+        `/livez` said alive, so no supervisor restarted it either. The port is kept even while
+        another process holds it: taskd's clients know only that address (a unix socket's path
+        too long for it, theirs is the port's), so a start on another one would reach nobody.
         """
         delays = Backoff(RESTART_FIRST_S, RESTART_CAP_S)
+        started = time.monotonic()
         while (proc := self._proc) is not None:
             await proc.wait()
             if self._proc is not proc:
                 return  # stop() took it
             log.error("embedded valkey (pid %d) exited unasked (status %s)", proc.pid, proc.returncode)
+            if time.monotonic() - started > RESTART_STEADY_S:
+                delays.reset()  # it ran a while: a new failure, not the same one again
             await asyncio.sleep(delays.next_delay())
+            if self._proc is not proc:
+                return  # stop() came during the wait
             try:
                 restarted = await self._spawn_and_wait(self._port, self._password, self._socket_path)
-                if self._proc is not proc:  # stop() came meanwhile
-                    await _kill(restarted)
-                    return
-                self._proc = restarted
-            except _PortTaken:
-                log.error("embedded valkey: port %d was taken meanwhile; a new one next time", self._port)
-                self._port = _free_port()
-                self._tcp_url = f"redis://:{self._password}@{HOST}:{self._port}/0"
-                if self._socket_path is None:
-                    self._url = self._tcp_url
-                    _write_private(self.dir / URLFILE, self._url + "\n")
-            except (RuntimeError, _SocketRefused, OSError) as exc:
-                log.error("embedded valkey did not start again: %s", exc)
-            else:
-                log.warning(
-                    "embedded valkey started again (pid %d); its data is what it had written", self._proc.pid
-                )
-                delays.reset()
+            except (_PortTaken, _SocketRefused, RuntimeError, OSError) as exc:
+                log.error("embedded valkey did not start again: %s", exc or type(exc).__name__)
+                continue
+            if self._proc is not proc:  # stop() came meanwhile
+                await _kill(restarted)
+                return
+            self._proc, started = restarted, time.monotonic()
+            log.warning("embedded valkey started again (pid %d) with what it had written", restarted.pid)
 
     async def stop(self) -> None:
         """Shut the server down cleanly (SHUTDOWN, else SIGTERM; SIGKILL after a timeout); idempotent."""
@@ -549,11 +548,12 @@ async def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
 
 
 def _previous_port(conf: Path) -> int | None:
-    """The port the config file of the last start names, if any."""
-    with contextlib.suppress(OSError, ValueError):
+    """The port the config file of the last start names, if it names one."""
+    with contextlib.suppress(OSError):
         for line in conf.read_text().splitlines():
-            if line.startswith("port "):
-                return int(line.split()[1]) or None
+            words = line.split()
+            if len(words) == 2 and words[0] == "port" and words[1].isdigit() and 0 < int(words[1]) < 65536:
+                return int(words[1])
     return None
 
 

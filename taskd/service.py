@@ -133,6 +133,7 @@ class Service:
         try:
             await self._start()
         except BaseException:
+            await cancel_and_wait(self._background)  # the embedded Valkey's supervision among them
             await self._stack.aclose()
             raise
 
