@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
+import cattrs
 import orjson
 import psutil
 from redis.asyncio import Redis
@@ -17,6 +18,8 @@ from taskd import keys
 from taskd.loops import every
 
 log = logging.getLogger("taskd.heartbeat")
+# A field a newer version added is passed over; one this version needs must be there and readable.
+_CONVERTER = cattrs.Converter(forbid_extra_keys=False)
 
 
 @attrs.frozen
@@ -115,7 +118,17 @@ async def live_workers(redis: Redis, ttl: float) -> list[WorkerInfo]:
     if not members:
         return []
     raw = await redis.mget([keys.worker(member.decode()) for member in members])
-    return [WorkerInfo(**orjson.loads(value)) for value in raw if value]
+    workers = []
+    for member, value in zip(members, raw, strict=True):
+        if not value:  # expired between the two reads: gone
+            continue
+        try:
+            workers.append(_CONVERTER.structure(orjson.loads(value), WorkerInfo))
+        except (ValueError, cattrs.BaseValidationError) as exc:
+            # Another version's heartbeat (a rolling upgrade), or a damaged one: one worker unseen,
+            # not every view of the workers (health, the dashboard, /metrics, `taskd workers`) a 500.
+            log.warning("unreadable heartbeat of worker %s: %s", member.decode("utf-8", "replace"), exc)
+    return workers
 
 
 async def last_beats(redis: Redis) -> dict[str, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 from examples import TASK_DATA
 from redis.asyncio import Redis
 
@@ -27,6 +28,23 @@ async def test_service_health_reports_redis_workers_queues_and_load(taskd):
     assert set(body["system_load"]) == {"cpu_percent", "memory_percent", "gpu_utilization"}
     assert isinstance(body["system_load"]["gpu_utilization"], list)
     assert isinstance(body["uptime"], int)
+
+
+async def test_a_heartbeat_of_another_version_is_read_and_a_damaged_one_passed_over(taskd, redis: Redis):
+    now = time.time()
+    newer = {"worker_id": "newer:1:ab", "host": "newer", "pid": 1, "queues": ["default"], "started_at": now}
+    beats = {
+        "newer:1:ab": orjson.dumps({**newer, "gpu_model": "a field of a later version"}),
+        "damaged:2:cd": b"{",
+    }
+    for worker_id, value in beats.items():
+        await redis.set(keys.worker(worker_id), value, px=60_000)
+        await redis.zadd(keys.WORKERS, {worker_id: now * 1000})
+
+    status, body = await get(taskd, "/api/v1/health")
+
+    assert status == 200, body
+    assert body["worker_count"] == 2  # this service's worker and the newer one
 
 
 async def test_queue_sizes_count_waiting_tasks(start_service):
