@@ -118,7 +118,8 @@ async def _await_end(client: TaskClient, task_id: str, timeout: float | None, js
 
 def _note_unfinished(task: Task) -> None:
     if task.status is TaskStatus.FAILED:
-        _note(f"task {task.task_id} failed: {task.error}")
+        # The error is the task's text: its line breaks are written out too (only a traceback keeps them).
+        _note(f"task {task.task_id} failed: {printable(task.error)}")
     elif task.status is TaskStatus.CANCELLED:
         _note(f"task {task.task_id} was cancelled (it was {task.previous_state})")
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import re
 
-# What a terminal acts on rather than shows: C0 controls (escape sequences, carriage returns), DEL and C1.
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROLS_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# What a terminal acts on rather than shows: C0 controls (escape sequences, carriage returns), DEL,
+# C1; and what reorders or hides text (bidirectional overrides and isolates, zero-width characters,
+# the byte order mark) or breaks a line of its own (the Unicode line and paragraph separators).
+_UNSEEN = "\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+_CONTROLS = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNSEEN}]")
+_CONTROLS_BUT_LINES = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_UNSEEN}]")
+
+
+def _written_out(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def printable(value: object, *, lines: bool = False) -> str:
-    """`value` as text whose control characters are written as \\xNN, line breaks and tabs too
-    unless `lines`: it can neither move a terminal's cursor nor pass for a line of its own."""
+    """`value` as text whose control characters are written as \\xNN (\\uNNNN past U+00FF), line
+    breaks and tabs too unless `lines`: it can neither move a terminal's cursor, nor reorder or hide
+    what is shown around it, nor pass for a line of its own."""
     pattern = _CONTROLS_BUT_LINES if lines else _CONTROLS
-    return pattern.sub(lambda found: f"\\x{ord(found.group()):02x}", str(value))
+    return pattern.sub(_written_out, str(value))

@@ -192,7 +192,7 @@ async def test_a_data_file_that_is_not_utf8_exits_2_with_one_line(taskd, tmp_pat
 
 
 async def test_status_and_wait_print_a_tasks_control_characters_escaped_never_raw(taskd):
-    hostile = "boom\rstatus:         completed\x00\x1b[2J\x1b]0;owned\x07"
+    hostile = "boom\rstatus:         completed\x00\x1b[2J\x1b]0;owned\x07\nINFO forged\u202eline"
     task = await taskd.submit("fail", {"message": hostile})
     await taskd.wait_terminal(task["task_id"])
 
@@ -200,8 +200,11 @@ async def test_status_and_wait_print_a_tasks_control_characters_escaped_never_ra
     wait = await taskd_cli("wait", task["task_id"], url=taskd.base_url)
 
     for shown in (status.out, wait.err):
-        assert not any(char in shown for char in "\r\x00\x1b\x07")
-        assert "boom\\x0dstatus:         completed\\x00\\x1b[2J\\x1b]0;owned\\x07" in shown
+        assert not any(char in shown for char in "\r\x00\x1b\x07\u202e")
+        assert (
+            "boom\\x0dstatus:         completed\\x00\\x1b[2J\\x1b]0;owned\\x07\\x0aINFO forged\\u202eline"
+            in shown
+        )
 
 
 async def test_cancel_then_retry_prints_the_new_task_id(start_service):

@@ -118,6 +118,18 @@ def test_text_lines_show_a_callers_control_characters_escaped_and_stay_one_line(
     assert text.endswith(f"task t1 failed: {escaped} error={escaped}")
 
 
+def test_text_lines_write_out_what_would_reorder_or_hide_the_fields_after_a_callers_text():
+    stream = io.StringIO()
+    hostile = "boom\u202e\u2066\u200b\u2028"
+    record = logging.LogRecord(
+        "taskd.engine", logging.WARNING, __file__, 1, "task failed: %s", (hostile,), None
+    )
+
+    text = logs.make_handler("text", stream).format(record)
+
+    assert text.endswith("task failed: boom\\u202e\\u2066\\u200b\\u2028")
+
+
 def test_auto_is_text_on_a_terminal_and_json_elsewhere():
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
