@@ -29,6 +29,7 @@ import orjson
 from taskd.config import Config, ConfigError, find_config_file, load_config
 from taskd.logs import SECRET_FIELD, url_password
 from taskd.model import iso
+from taskd.printable import printable
 
 if TYPE_CHECKING:
     from taskd.admin import Operator
@@ -50,8 +51,10 @@ def _print_json(body: Any) -> None:
     print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
 
 
+# What comes from Redis (hosts, worker and task ids, queue names, errors) is shown through
+# `printable`: whoever can write there must not reach the operator's terminal.
 def _note(text: str) -> None:
-    print(text, file=sys.stderr)
+    print(printable(text, lines=True), file=sys.stderr)
 
 
 def _ago(at: float | None, now: float) -> str:
@@ -66,6 +69,7 @@ def _ago(at: float | None, now: float) -> str:
 
 
 def _table(rows: list[list[str]]) -> None:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -114,8 +118,10 @@ async def cmd_workers(ops: Operator, args: argparse.Namespace) -> int:
     for view in views:
         for task in view.tasks:
             print(
-                f"  {view.info.host}:{view.info.pid} runs {task.task_id} {task.task_type} "
-                f"(project {task.project_id}, queue {task.queue}) for {_ago(task.started_at, now)}"
+                printable(
+                    f"  {view.info.host}:{view.info.pid} runs {task.task_id} {task.task_type} "
+                    f"(project {task.project_id}, queue {task.queue}) for {_ago(task.started_at, now)}"
+                )
             )
     return EXIT_OK
 
@@ -179,7 +185,7 @@ async def cmd_purge(ops: Operator, args: argparse.Namespace) -> int:
         _print_json({"queue": args.queue, "cancelled": cancelled})
     else:
         for task_id in cancelled:
-            print(task_id)
+            print(printable(task_id))
     return EXIT_OK
 
 
@@ -213,7 +219,7 @@ async def cmd_retry_failed(ops: Operator, args: argparse.Namespace) -> int:
             _note(f"{outcome.task_id}: not retried: {outcome.refused}")
         elif not args.json:
             again = " (retried before: the same new task)" if outcome.replayed else ""
-            print(f"{outcome.task_id} -> {outcome.new_task_id}{again}")
+            print(printable(f"{outcome.task_id} -> {outcome.new_task_id}{again}"))
     refused = sum(outcome.refused is not None for outcome in outcomes)
     _note(f"project {args.project}: {len(outcomes) - refused} retried, {refused} refused")
     return EXIT_NOT_DONE if refused else EXIT_OK

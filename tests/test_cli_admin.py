@@ -13,6 +13,7 @@ import attrs
 import pytest
 from conftest import API_KEY, TEST_TASK_MODULES
 
+from taskd import keys
 from taskd.cli import main
 from taskd.cli_admin import parse_since
 from taskd.config import Config, NetworkConfig, QueueConfig
@@ -80,6 +81,20 @@ async def test_workers_prints_host_pid_and_last_heartbeat(taskd, valkey_url):
     assert header.split()[:4] == ["HOST", "PID", "QUEUES", "RUNNING"]
     assert str(os.getpid()) in row.split() and row.rstrip().endswith(taskd.service.worker_id)
     assert " ago" in row
+
+
+async def test_workers_shows_a_heartbeats_control_characters_written_out(valkey_url, redis):
+    planted = "evil\x1b]0;pwned\x07\r\nFORGED ROW"
+    beat = {"worker_id": planted, "host": planted, "pid": 1, "queues": ["default"], "started_at": 0}
+    await redis.set(keys.worker(planted), json.dumps(beat), px=60_000)
+    await redis.zadd(keys.WORKERS, {planted: datetime.now(UTC).timestamp() * 1000})
+
+    run = await operator_cli("workers", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    assert not any(char in run.out for char in "\x1b\x07\r")
+    assert len(run.out.splitlines()) == 2  # the header and one row
+    assert "evil\\x1b]0;pwned\\x07\\x0d\\x0aFORGED ROW" in run.out
 
 
 # ---- queues ----
