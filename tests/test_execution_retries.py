@@ -53,6 +53,18 @@ async def test_non_transient_error_fails_at_once(start_service):
     assert (await metrics(service))["retried_tasks"] == 0
 
 
+async def test_an_errors_text_is_kept_to_its_start_and_end_when_it_is_long(start_service):
+    service = await start_service()
+    task = await service.submit("fail", {"message": "first words " + "x" * 100_000 + " last words"})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["error"].startswith("first words ") and body["error"].endswith(" last words")
+    assert "(96023 characters cut)" in body["error"]
+    assert len(body["error"]) < 4_100
+    assert len(body["traceback"]) < 32_100
+
+
 async def test_waiting_retry_shows_attempt_last_error_and_when(start_service):
     service = await start_service(retry=RetryConfig(base_delay=30))
     task = await service.submit("fail", {"transient": True, "message": "rate limited"})

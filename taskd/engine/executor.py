@@ -46,6 +46,8 @@ log = logging.getLogger("taskd.engine")
 
 # Retrying the write of a task's outcome while Redis is unreachable (issue 9, tests/faults/).
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.25, 5.0
+# The most characters of a run's error and traceback kept (stored, logged, in webhooks).
+ERROR_MAX_CHARS, TRACEBACK_MAX_CHARS = 4_000, 32_000
 # How many queued tasks a worker remembers having shown as waiting for a GPU.
 WAITING_NOTED_MAX = 10_000
 T = TypeVar("T")
@@ -77,15 +79,33 @@ def _masked(text: str | None) -> str | None:
     return None if text is None else REDACTOR.redact(text)
 
 
+def _cut(text: str | None, limit: int) -> str | None:
+    """`text` masked, and at most about `limit` characters of it: its start and its end."""
+    text = _masked(text)
+    if text is None or len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} … ({len(text) - 2 * half} characters cut) … {text[-half:]}"
+
+
+def _cut_error(text: str | None) -> str | None:
+    return _cut(text, ERROR_MAX_CHARS)
+
+
+def _cut_traceback(text: str | None) -> str | None:
+    return _cut(text, TRACEBACK_MAX_CHARS)
+
+
 @attrs.frozen
 class Outcome:
     """How a run ended, before it is recorded."""
 
     kind: str  # completed | failed | retry | cancelled | handed_back
     result: Any = None
-    # What the caller reads is masked like a log line: a provider's error may quote a key.
-    error: str | None = attrs.field(default=None, converter=_masked)
-    traceback: str | None = attrs.field(default=None, converter=_masked)
+    # What the caller reads is masked like a log line (a provider's error may quote a key), and
+    # bounded: a handler's message may hold what a caller sent, and it is stored, logged and sent.
+    error: str | None = attrs.field(default=None, converter=_cut_error)
+    traceback: str | None = attrs.field(default=None, converter=_cut_traceback)
 
 
 class _Interruptible:
