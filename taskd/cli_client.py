@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
+import yarl
 
 from taskd.apikey import KEY_FILE
 from taskd.config import ConfigError, load_config
@@ -515,7 +516,7 @@ def _server(args: argparse.Namespace, config_path: str | None) -> tuple[str, str
     url = args.url or os.environ.get("TASKD_URL", "")
     key = args.api_key or os.environ.get("TASKD_API_KEY", "")
     if url and key:
-        return url, key
+        return _checked_url(url), _checked_key(key)
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -530,7 +531,25 @@ def _server(args: argparse.Namespace, config_path: str | None) -> tuple[str, str
         key = key_file.read_text().strip()
     if not key:
         raise UsageError(f"no API key: pass --api-key, set TASKD_API_KEY, or run where {key_file} exists")
-    return url, key
+    return _checked_url(url), _checked_key(key)
+
+
+def _checked_url(url: str) -> str:
+    # Checked here, so a typo is a usage error (exit 2), not a traceback from deep in aiohttp.
+    try:
+        parsed = yarl.URL(url)
+        parsed.port  # noqa: B018 -- reading it raises for a port that is not a number in range
+    except ValueError as exc:
+        raise UsageError(f"--url: not a valid URL ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UsageError("--url: expected http(s)://host[:port]")
+    return url
+
+
+def _checked_key(key: str) -> str:
+    if not key.isprintable():
+        raise UsageError("--api-key: it holds a line break or another control character")
+    return key
 
 
 def run(args: argparse.Namespace) -> int:

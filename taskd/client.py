@@ -468,7 +468,10 @@ class TaskClient:
             raise ValueError("retries and max_retry_wait must not be negative")
         self.url = url.rstrip("/")
         # The base as sent (percent-encoded once), that the paths' encoded segments are appended to.
-        self._base = str(yarl.URL(self.url))
+        base = yarl.URL(self.url)
+        self._base = str(base)
+        # How errors name it: a password in the URL is not repeated in them.
+        self._shown = str(base.with_password("***")) if base.password else self.url
         self.api_key = api_key
         self.timeout = timeout
         self.retries = retries
@@ -573,9 +576,9 @@ class TaskClient:
                     raise error_for(response.status, body, response.headers.get("Retry-After"))
                 return body
         except aiohttp.ClientError as exc:
-            raise TaskdConnectionError(f"cannot reach taskd at {self.url}: {exc}") from exc
+            raise TaskdConnectionError(f"cannot reach taskd at {self._shown}: {exc}") from exc
         except TimeoutError as exc:
-            raise TaskdConnectionError(f"taskd at {self.url} did not answer in {self.timeout} s") from exc
+            raise TaskdConnectionError(f"taskd at {self._shown} did not answer in {self.timeout} s") from exc
 
     async def submit(
         self,
@@ -758,9 +761,9 @@ class TaskClient:
                 async for event_id, name, data in _sse(response):
                     yield _structure(TaskEvent, {**orjson.loads(data), "id": event_id, "type": name})
         except aiohttp.ClientError as exc:
-            raise TaskdConnectionError(f"event stream from {self.url} broke: {exc}") from exc
+            raise TaskdConnectionError(f"event stream from {self._shown} broke: {exc}") from exc
         except TimeoutError as exc:
-            raise TaskdConnectionError(f"event stream from {self.url} went silent") from exc
+            raise TaskdConnectionError(f"event stream from {self._shown} went silent") from exc
 
     async def wait(
         self,

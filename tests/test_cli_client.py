@@ -474,3 +474,27 @@ async def test_run_exits_1_when_a_step_fails_and_names_the_cancelled_rest(taskd,
     first, second, _ = run.out.split()
     assert f"task {first} failed: no rain" in run.err
     assert f"task {second} was cancelled (it was queued)" in run.err
+
+
+async def test_a_password_in_the_url_is_not_repeated_when_taskd_cannot_be_reached():
+    run = await taskd_cli("tasks", "films", url="http://someone:URL-SECRET-5e1f@127.0.0.1:1")
+
+    assert run.code != 0
+    assert "URL-SECRET-5e1f" not in run.err + run.out
+    assert "someone:***@127.0.0.1:1" in run.err
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("http://127.0.0.1:notaport", API_KEY),
+        ("ftp://127.0.0.1:1", API_KEY),
+        ("http://127.0.0.1:1", "k\r\nX: 1"),
+    ],
+)
+async def test_a_malformed_url_or_key_is_a_usage_error_in_one_line(url, key):
+    run = await taskd_cli("tasks", "films", url=url, key=key)
+
+    assert run.code == 2
+    [line] = run.err.splitlines()
+    assert line.startswith(("taskd: --url:", "taskd: --api-key:"))
