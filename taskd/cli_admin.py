@@ -221,7 +221,9 @@ async def cmd_retry_failed(ops: Operator, args: argparse.Namespace) -> int:
             again = " (retried before: the same new task)" if outcome.replayed else ""
             print(printable(f"{outcome.task_id} -> {outcome.new_task_id}{again}"))
     refused = sum(outcome.refused is not None for outcome in outcomes)
-    _note(f"project {args.project}: {len(outcomes) - refused} retried, {refused} refused")
+    before = sum(outcome.refused is None and outcome.replayed for outcome in outcomes)
+    retried = len(outcomes) - refused - before
+    _note(f"project {args.project}: {retried} retried, {before} retried before, {refused} refused")
     return EXIT_NOT_DONE if refused else EXIT_OK
 
 

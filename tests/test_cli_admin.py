@@ -202,16 +202,20 @@ async def test_retry_failed_retries_each_failed_task_of_the_project_once(taskd, 
         await taskd.wait_terminal(task["task_id"])
 
     first = await operator_cli("retry-failed", "--project", "films", redis_url=valkey_url)
+    retried = dict(line.split(" -> ") for line in first.out.splitlines())
+    for new in retried.values():
+        await taskd.wait_terminal(new)  # they fail too: new failures of the project
     again = await operator_cli("retry-failed", "--project", "films", "--json", redis_url=valkey_url)
 
     assert first.code == 0, first.err
-    retried = dict(line.split(" -> ") for line in first.out.splitlines())
     assert set(retried) == {task["task_id"] for task in failed}
     for original, new in retried.items():
         assert (await taskd.status(new))["retry_of"] == original
     replays = {item["task_id"]: item for item in again.json()["tasks"]}
     assert {task_id: replays[task_id]["new_task_id"] for task_id in retried} == retried
     assert all(replays[task_id]["replayed"] for task_id in retried)
+    assert first.err.splitlines()[-1] == "project films: 2 retried, 0 retried before, 0 refused"
+    assert again.err.splitlines()[-1] == "project films: 2 retried, 2 retried before, 0 refused"
 
 
 async def test_retry_failed_since_a_time_skips_older_failures(taskd, valkey_url):
