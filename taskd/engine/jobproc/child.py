@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import traceback
+from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
@@ -23,6 +24,8 @@ from taskd.engine.jobproc import frames
 from taskd.model import ValidationError
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
+
+REAP_TIMEOUT = 2.0  # SIGKILL is not refusable, only slow to take effect
 
 
 class _State:
@@ -79,13 +82,28 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
 def _stop_leftovers() -> None:
     """Kill what the task's handler started and left running, before its answer is sent: a task's
     processes end with it. This process is their subreaper (template.py), so even one whose parent
-    exited first is among its descendants; the killed are reaped here."""
-    for leftover in psutil.Process().children(recursive=True):
+    exited first is among its children; the killed are reaped here, so none stays a zombie."""
+    if not _has_children():
+        return  # as a rule: a scan of every process of the host is saved
+    leftovers = psutil.Process().children(recursive=True)
+    for leftover in leftovers:
         with contextlib.suppress(psutil.Error):
             leftover.kill()
+    psutil.wait_procs(leftovers, timeout=REAP_TIMEOUT)
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0]:
             pass
+
+
+def _has_children() -> bool:
+    # Linux lists each thread's children in /proc; elsewhere (or without it) look the slow way.
+    try:
+        return any(
+            Path(f"/proc/self/task/{thread}/children").read_text().strip()
+            for thread in os.listdir("/proc/self/task")
+        )
+    except OSError:
+        return True
 
 
 def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) -> None:

@@ -286,7 +286,7 @@ class RunnerPool:
         if runner.alive and runner.clean and not runner.cancelled and runner.tasks_done < self.max_tasks:
             self._idle.setdefault(runner.device, []).append(runner)
             return
-        if runner.alive and not runner.clean:
+        if runner.alive and not runner.clean and not runner.cancelled:
             # Its task's run ended by an error on taskd's side: the handler may still be running,
             # and would answer the next task with this one's result.
             log.warning("killing job process %d: its task's run ended without an answer", runner.pid)
