@@ -130,12 +130,13 @@ local function store(task, later)
   end
   -- Kept `ttl`; a task scheduled for later while it waits for its time (up to
   -- limits.max_schedule_ahead) and `ttl` after, as a task queued then would be; a task waiting for
-  -- others while their records last (one scheduled days ahead keeps it waiting that long) and `ttl`
-  -- after, so it is still there to be queued or cancelled when they end.
+  -- others at least while their records last (one scheduled days ahead keeps it waiting that long),
+  -- so it is still there when they end: their end queues it, and keeps it `ttl` from then, or
+  -- cancels it. A minute over theirs, not `ttl`: down a chain that would add up, a day a link.
   local kept = tonumber(task.ttl)
   if scheduled_ms > 0 then kept = kept + math.ceil((scheduled_ms - tonumber(task.created_ms)) / 1000) end
   for _, id in ipairs(task.waiting_for) do
-    kept = math.max(kept, redis.call('TTL', '@TASK_PREFIX@' .. id) + tonumber(task.ttl))
+    kept = math.max(kept, redis.call('TTL', '@TASK_PREFIX@' .. id) + 60)
   end
   redis.call('HSET', task.key, unpack(fields))
   redis.call('EXPIRE', task.key, kept)
