@@ -12,6 +12,12 @@ from taskd import shapes
 from taskd.http.context import API
 from taskd.model import RequestTimeout, UnreadableBody, ValidationError
 
+_PARSED = web.RequestKey("taskd_parsed_body", object)
+
+
+class NotJson(ValidationError):
+    """400 `validation_error` on `body`: it was read whole, and is not JSON."""
+
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON response encoded once with orjson."""
@@ -45,9 +51,13 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; a 400 in the documented shape when it is not JSON."""
+    """The request body as JSON, parsed once per request (the rate limit, the project scope and the
+    handler may each want it); a 400 in the documented shape when it is not JSON."""
+    if _PARSED in request:
+        return request[_PARSED]
     raw = await read_body(request)
     try:
-        return orjson.loads(raw)
+        request[_PARSED] = parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise ValidationError({"body": "Request body must be valid JSON"}, "Invalid request body") from None
+        raise NotJson({"body": "Request body must be valid JSON"}, "Invalid request body") from None
+    return parsed

@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import attrs
-import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from taskd.http.context import API
-from taskd.http.responses import read_body
+from taskd.http.responses import NotJson, read_json
 from taskd.model import ApiError, ForeignDependency, TaskNotFound, ValidationError
 from taskd.submit.submission import PROJECT_ID
 
@@ -136,8 +135,8 @@ async def _check_task_owner(request: web.Request, caller: Caller) -> None:
 
 async def _check_body_project(request: web.Request, caller: Caller) -> None:
     try:
-        body = orjson.loads(await read_body(request))  # kept for the handler
-    except orjson.JSONDecodeError:
+        body = await read_json(request)  # parsed once, for the handler too
+    except NotJson:
         return  # the handler answers a body that is not JSON with its own 400
     project_id = body.get("project_id") if isinstance(body, dict) else None
     if not isinstance(project_id, str) or not project_id:
@@ -148,8 +147,8 @@ async def _check_body_project(request: web.Request, caller: Caller) -> None:
 
 async def _check_body_projects(request: web.Request, caller: Caller) -> None:
     try:
-        body = orjson.loads(await read_body(request))
-    except orjson.JSONDecodeError:
+        body = await read_json(request)  # parsed once, for the handler too
+    except NotJson:
         return  # the handler answers a body that is not JSON with its own 400
     items = body.get("tasks") if isinstance(body, dict) else None
     for index, item in enumerate(items if isinstance(items, list) else []):
