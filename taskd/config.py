@@ -10,11 +10,13 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
+from datetime import date, time
 from pathlib import Path
-from typing import Any, NewType
+from typing import Any, NewType, get_origin
 
 import attrs
 import cattrs
+from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
 
 from taskd.shapes import MAX_SCHEDULE_AHEAD
@@ -474,7 +476,7 @@ DeviceSelection = NewType("DeviceSelection", str)
 def _to_device_selection(value: Any, _: type) -> str:
     # Normalised to "auto", "none", "count:N" or "index:0,2".
     if isinstance(value, bool):
-        raise ValueError(f"expected auto, none, a count or a list of indexes, got {value!r}")
+        raise ValueError(f"expected auto, none, a count or a list of indexes, got {_given(value)}")
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         return f"count:{int(value)}"
     if isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value):
@@ -486,7 +488,7 @@ def _to_device_selection(value: Any, _: type) -> str:
         parts = [part.strip() for part in text.strip("[]").split(",")]
         if parts and all(part.isdigit() for part in parts):
             return "index:" + ",".join(parts)
-    raise ValueError(f"expected auto, none, a count or a list of indexes, got {value!r}")
+    raise ValueError(f"expected auto, none, a count or a list of indexes, got {_given(value)}")
 
 
 # What a task type needs from a GPU: nothing, one slot of a device, or a whole device.
@@ -551,22 +553,49 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+def _kind(value: Any) -> str:
+    """What a config value is, in TOML's words: what an error message says instead of the value."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        odd = next((item for item in value if not isinstance(item, str)), None)
+        return "a list" if odd is None else f"a list holding {_kind(odd)}"
+    return "a date or time" if isinstance(value, date | time) else f"a {type(value).__name__}"
+
+
+def _given(value: Any) -> str:
+    # Only a string given for a number, a boolean or a device selection is shown as it is: such a
+    # field never holds a secret (tests/test_config_validation.py checks that no field named like
+    # one has those types), and the typo is what the operator needs to see. Anything else may be a
+    # secret put in the wrong place (a table of keys, a password written as a number): its type only.
+    return repr(value) if isinstance(value, str) else _kind(value)
+
+
 def _to_bool(value: Any, _: type) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise ValueError(f"expected true or false, got {value!r}")
+    raise ValueError(f"expected true or false, got {_given(value)}")
 
 
 def _to_number(value: Any, kind: type[int] | type[float]) -> int | float:
     # Environment values arrive as strings; TOML values already have their type.
+    expected = "an integer" if kind is int else "a number"
     if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
+        raise ValueError(f"expected {expected}, got {_given(value)}")
     try:
         return kind(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
-        raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        raise ValueError(f"expected {expected}, got {_given(value)}") from None
 
 
 def _to_str_list(value: Any, _: type) -> list[str]:
@@ -574,7 +603,7 @@ def _to_str_list(value: Any, _: type) -> list[str]:
         return [item.strip() for item in value.split(",") if item.strip()]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return list(value)
-    raise ValueError(f"expected a list of strings, got {value!r}")
+    raise ValueError(f"expected a list of strings, got {_kind(value)}")
 
 
 def _to_api_keys(value: Any, _: type) -> list[str]:
@@ -592,8 +621,11 @@ def _to_api_keys(value: Any, _: type) -> list[str]:
 def _to_float_list(value: Any, _: type) -> list[float]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise ValueError(f"expected a list of numbers, got {value!r}")
+        raise ValueError(f"expected a list of numbers, got {_kind(value)}")
     return [float(_to_number(item, float)) for item in items if not isinstance(item, str) or item.strip()]
+
+
+_SCOPED_KEY = "{key, projects} table"
 
 
 def _json_list(value: Any) -> list[Any]:
@@ -603,23 +635,53 @@ def _json_list(value: Any) -> list[Any]:
             value = json.loads(value) if value.strip() else []
         except ValueError:
             raise ValueError("expected a JSON list of {key, projects} objects") from None
+        # In JSON's words: the value came as JSON.
+        what = "an object" if isinstance(value, dict) else _kind(value)
+    else:
+        what = _kind(value)
     if not isinstance(value, list):
-        raise ValueError(f"expected a list, got {value!r}")
+        raise ValueError(f"expected a list of {_SCOPED_KEY}s, got {what}")
     return value
 
 
 def _to_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
+        raise ValueError(f"expected a string, got {_kind(value)}")
     return value
+
+
+def _table(structure: Any, what: str = "a table") -> Any:
+    """`structure` (of an attrs class or a dict) behind a check that the value is a table at all."""
+
+    def hook(value: Any, kind: type) -> Any:
+        # Else cattrs fails inside with "'str' object has no attribute 'keys'".
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected {what}, got {_kind(value)}")
+        return structure(value, kind)
+
+    return hook
+
+
+def _scoped_keys(conv: cattrs.Converter) -> Any:
+    def hook(value: Any, _: type) -> list[ScopedKey]:
+        found, errors = [], []
+        for index, item in enumerate(_json_list(value)):
+            try:
+                found.append(conv.structure(item, ScopedKey))
+            except Exception as exc:  # cattrs raises exception groups of many kinds
+                # The entry's index in the key's path: auth.keys[1], not auth.keys.
+                exc.add_note(IterableValidationNote(f"auth.keys[{index}]", index, ScopedKey))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError("invalid auth.keys", errors, list[ScopedKey])
+        return found
+
+    return hook
 
 
 def _converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
-    conv.register_structure_hook_func(
-        lambda t: t == list[ScopedKey],
-        lambda value, _: [conv.structure(item, ScopedKey) for item in _json_list(value)],
-    )
+    conv.register_structure_hook_func(lambda t: t == list[ScopedKey], _scoped_keys(conv))
     conv.register_structure_hook(bool, _to_bool)
     conv.register_structure_hook(int, _to_number)
     conv.register_structure_hook(float, _to_number)
@@ -627,11 +689,23 @@ def _converter() -> cattrs.Converter:
     conv.register_structure_hook(DeviceSelection, _to_device_selection)
     conv.register_structure_hook_func(lambda t: t == list[str], _to_str_list)
     conv.register_structure_hook_func(lambda t: t == list[float], _to_float_list)
-    # Last: the generated function takes the other fields' hooks as they are now.
-    conv.register_structure_hook(
-        AuthConfig, make_dict_structure_fn(AuthConfig, conv, api_keys=override(struct_hook=_to_api_keys))
-    )
+    # Made when a class is first structured, so each takes the hooks above.
+    conv.register_structure_hook_factory(attrs.has, lambda cls: _class_hook(conv, cls))
+    conv.register_structure_hook_factory(_is_dict, lambda kind: _table(conv.gen_structure_mapping(kind)))
     return conv
+
+
+def _class_hook(conv: cattrs.Converter, cls: type) -> Any:
+    overrides: dict[str, Any] = {}
+    if cls is AuthConfig:
+        overrides["api_keys"] = override(struct_hook=_to_api_keys)
+    structure: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
+    return _table(structure, f"a {_SCOPED_KEY}" if cls is ScopedKey else "a table")
+
+
+def _is_dict(kind: Any) -> bool:
+    origin: Any = get_origin(kind)
+    return origin is dict
 
 
 _CONVERTER = _converter()

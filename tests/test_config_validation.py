@@ -1,0 +1,114 @@
+"""What a careless or hostile config is refused with: one line naming the key, never a secret."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import attrs
+import pytest
+
+from taskd.config import Config, ConfigError, DeviceSelection, load_config
+from taskd.logs import SECRET_FIELD
+
+
+def refusal(tmp_path: Path, toml: str | None = None, **env: str) -> str:
+    """The one-line ConfigError that `toml` (as the config file) and `env` give."""
+    path = None
+    if toml is not None:
+        path = tmp_path / "taskd.toml"
+        path.write_text(toml)
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(path) if path else None, environ=env)
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+# ---- no secret in a message ----
+
+
+def test_a_json_object_of_keys_is_refused_without_its_values(tmp_path):
+    message = refusal(tmp_path, TASKD_AUTH__KEYS='{"key": "TOPSECRETKEY1"}')
+
+    assert message == "config key auth.keys: expected a list of {key, projects} tables, got an object"
+
+
+def test_a_toml_table_of_keys_is_refused_without_its_values(tmp_path):
+    toml = '[auth]\nkeys = {key = "TOPSECRETKEY1", webhook_secret = "whsec_TOPSECRETWHSEC"}\n'
+
+    message = refusal(tmp_path, toml)
+
+    assert message == "config key auth.keys: expected a list of {key, projects} tables, got a table"
+
+
+def test_a_list_of_api_keys_holding_a_number_is_refused_without_the_keys(tmp_path):
+    message = refusal(tmp_path, '[auth]\napi_keys = ["TOPSECRETKEY1", 1]\n')
+
+    assert message == "config key auth.api_keys: expected a list of strings, got a list holding an integer"
+
+
+def test_a_password_written_as_a_number_is_refused_without_it(tmp_path):
+    message = refusal(tmp_path, "[payload]\npassword = 123456789\n")
+
+    assert message == "config key payload.password: expected a string, got an integer"
+
+
+def test_a_string_given_for_a_number_is_quoted_to_show_the_typo(tmp_path):
+    assert (
+        refusal(tmp_path, TASKD_HTTP__PORT="8O01") == "config key http.port: expected an integer, got '8O01'"
+    )
+
+
+def _fields(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, typing.Any]]:
+    hints = typing.get_type_hints(cls)
+    for field in attrs.fields(cls):
+        kind = hints[field.name]
+        yield f"{prefix}{field.name}", kind
+        for inner in (kind, *typing.get_args(kind)):
+            if attrs.has(inner):
+                yield from _fields(inner, f"{prefix}{field.name}.")
+
+
+def test_no_field_named_like_a_secret_is_a_number_boolean_or_device_selection():
+    # The messages quote a string given for these types only (config._given): that is safe while
+    # no secret is ever one of them.
+    quoted = {int, float, bool, DeviceSelection}
+    switches = {"metrics.require_key"}  # named like a key, but whether one is asked for
+
+    secret_fields = {
+        name: kind
+        for name, kind in _fields(Config)
+        if SECRET_FIELD.search(name.rsplit(".")[-1]) and name not in switches
+    }
+
+    assert secret_fields
+    assert {name for name, kind in secret_fields.items() if quoted & {kind, *typing.get_args(kind)}} == set()
+
+
+# ---- messages that say what was expected ----
+
+
+def test_auth_keys_given_as_a_list_of_strings_says_a_table_was_expected(tmp_path):
+    message = refusal(tmp_path, TASKD_AUTH__KEYS='["key-one-1", "key-two-2"]')
+
+    assert message == "config key auth.keys[0]: expected a {key, projects} table, got a string"
+
+
+def test_a_table_given_as_a_string_says_a_table_was_expected(tmp_path):
+    message = refusal(tmp_path, TASKD_PROVIDERS__VIDEO__EXTRA_INPUT="aspect_ratio=16:9")
+
+    assert message == "config key providers.video.extra_input: expected a table, got a string"
+
+
+def test_a_section_given_as_a_string_says_a_table_was_expected(tmp_path):
+    assert refusal(tmp_path, 'http = "0.0.0.0:8001"\n') == "config key http: expected a table, got a string"
+
+
+def test_a_bad_webhook_secret_in_auth_keys_names_the_entry(tmp_path):
+    toml = '[auth]\nkeys = [{key = "key-one-1"}, {key = "key-two-2", webhook_secret = "not-whsec"}]\n'
+
+    message = refusal(tmp_path, toml)
+
+    assert message.startswith("config key auth.keys[1]: 'webhook_secret' must be whsec_")
+    assert "not-whsec" not in message
