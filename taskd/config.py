@@ -19,7 +19,7 @@ import cattrs
 from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
 
-from taskd.shapes import MAX_SCHEDULE_AHEAD
+from taskd.shapes import MAX_SCHEDULE_AHEAD, PROJECT_ID
 from taskd.validation import errors_by_path
 
 ENV_PREFIX = "TASKD_"
@@ -77,6 +77,17 @@ def _api_key(_: object, __: attrs.Attribute[str], key: str) -> None:
     _check_api_key(key)
 
 
+def _project_ids(_: object, __: attrs.Attribute[list[str]], projects: list[str]) -> None:
+    # An entry no project can have is a mistake; a blank one must not vanish, leaving the list
+    # empty, which means every project.
+    for project in projects:
+        if not PROJECT_ID.fullmatch(project):
+            raise ValueError(
+                f"{project!r} is not a project id (1-128 letters, digits, '_', '.', ':', '@' or '-', "
+                "starting with a letter or digit)"
+            )
+
+
 @attrs.frozen
 class ScopedKey:
     """An API key that may use only the listed projects (empty list: every project).
@@ -86,7 +97,7 @@ class ScopedKey:
     """
 
     key: str = attrs.field(validator=_api_key)
-    projects: list[str] = attrs.Factory(list)
+    projects: list[str] = attrs.field(factory=list, validator=_project_ids)
     webhook_secret: str = attrs.field(default="", validator=_webhook_secret)
     previous_webhook_secret: str = attrs.field(default="", validator=_previous_webhook_secret)
 
@@ -99,12 +110,26 @@ def _upper(value: str) -> str:
     return value.strip().upper()
 
 
+def _distinct_keys(instance: Any, _: attrs.Attribute[list[ScopedKey]], keys: list[ScopedKey]) -> None:
+    # One key, two entries: which projects and which webhook secret would be its? A key of api_keys
+    # may use every project, one of keys only its own: a key in both is the same question.
+    first: dict[str, int] = {}
+    for index, entry in enumerate(keys):
+        if entry.key in first:
+            raise ValueError(f"auth.keys[{first[entry.key]}] and auth.keys[{index}] have the same key")
+        first[entry.key] = index
+        if entry.key in instance.api_keys:
+            raise ValueError(
+                f"the key of auth.keys[{index}] is also in auth.api_keys: give it once, scoped or not"
+            )
+
+
 @attrs.frozen
 class AuthConfig:
     # Empty: taskd makes one key on first start. Env TASKD_AUTH__API_KEYS=k1,k2.
     api_keys: list[str] = attrs.field(factory=list, validator=attrs.validators.deep_iterable(_api_key))
     # [{key = "…", projects = ["p1", "p2"], webhook_secret = "whsec_…"}]; env TASKD_AUTH__KEYS as JSON.
-    keys: list[ScopedKey] = attrs.Factory(list)
+    keys: list[ScopedKey] = attrs.field(factory=list, validator=_distinct_keys)
 
 
 @attrs.frozen
@@ -618,6 +643,13 @@ def _to_api_keys(value: Any, _: type) -> list[str]:
     return keys
 
 
+def _to_projects(value: Any, _: type) -> list[str]:
+    # Not split like other lists: "" or " , " would be no projects, which means every project.
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"expected a list of project ids ([]: every project), got {_kind(value)}")
+    return list(value)
+
+
 def _to_float_list(value: Any, _: type) -> list[float]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list):
@@ -699,6 +731,8 @@ def _class_hook(conv: cattrs.Converter, cls: type) -> Any:
     overrides: dict[str, Any] = {}
     if cls is AuthConfig:
         overrides["api_keys"] = override(struct_hook=_to_api_keys)
+    if cls is ScopedKey:
+        overrides["projects"] = override(struct_hook=_to_projects)
     structure: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
     return _table(structure, f"a {_SCOPED_KEY}" if cls is ScopedKey else "a table")
 

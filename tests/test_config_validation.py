@@ -112,3 +112,58 @@ def test_a_bad_webhook_secret_in_auth_keys_names_the_entry(tmp_path):
 
     assert message.startswith("config key auth.keys[1]: 'webhook_secret' must be whsec_")
     assert "not-whsec" not in message
+
+
+# ---- scoped keys fail closed ----
+
+
+@pytest.mark.parametrize("projects", ['""', '" , "', '"p1,p2"'])
+def test_a_scoped_keys_projects_given_as_a_string_is_refused(tmp_path, projects):
+    message = refusal(tmp_path, TASKD_AUTH__KEYS=f'[{{"key": "tenant-key-1", "projects": {projects}}}]')
+
+    assert message == (
+        "config key auth.keys[0].projects: expected a list of project ids ([]: every project), got a string"
+    )
+
+
+def test_a_scoped_keys_projects_given_as_a_toml_string_is_refused(tmp_path):
+    message = refusal(tmp_path, '[auth]\nkeys = [{key = "tenant-key-1", projects = ""}]\n')
+
+    assert message.startswith("config key auth.keys[0].projects: expected a list of project ids")
+
+
+@pytest.mark.parametrize("blank", ["", " ", "p1 "])
+def test_a_blank_or_impossible_project_id_in_a_scoped_key_is_refused(tmp_path, blank):
+    message = refusal(
+        tmp_path, TASKD_AUTH__KEYS=f'[{{"key": "tenant-key-1", "projects": ["p1", "{blank}"]}}]'
+    )
+
+    assert message.startswith(f"config key auth.keys[0]: {blank!r} is not a project id")
+
+
+def test_an_empty_projects_list_still_means_every_project():
+    config = load_config(environ={"TASKD_AUTH__KEYS": '[{"key": "tenant-key-1", "projects": []}]'})
+
+    assert config.auth.keys[0].projects == []
+
+
+def test_a_key_given_twice_in_auth_keys_is_refused_without_the_key(tmp_path):
+    toml = (
+        '[auth]\nkeys = [{key = "tenant-key-1", projects = ["p1"]}, {key = "tenant-key-1", projects = []}]\n'
+    )
+
+    message = refusal(tmp_path, toml)
+
+    assert message == "config key auth: auth.keys[0] and auth.keys[1] have the same key"
+
+
+def test_a_key_both_in_api_keys_and_in_auth_keys_is_refused(tmp_path):
+    message = refusal(
+        tmp_path,
+        TASKD_AUTH__API_KEYS="tenant-key-1",
+        TASKD_AUTH__KEYS='[{"key": "tenant-key-1", "projects": ["p1"]}]',
+    )
+
+    assert message == (
+        "config key auth: the key of auth.keys[0] is also in auth.api_keys: give it once, scoped or not"
+    )
