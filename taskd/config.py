@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import math
 import os
 import re
 import socket
@@ -32,6 +33,49 @@ class ConfigError(Exception):
     """A configuration problem, worded as one line that names the key."""
 
 
+# The longest duration any seconds setting may have: ten years. A TTL, a time limit or an interval
+# longer than that is a typo, and one without bound is worse: Redis refuses an EXPIRE past 64 bits
+# (every submit failed) and asyncio an infinite timeout (start-up died on an OverflowError).
+MAX_SECONDS = 10 * 365 * 24 * 3600
+
+
+def _seconds(*, gt: float | None = None, ge: float | None = None) -> Any:
+    """The validator of a duration in seconds: above `gt` (or at least `ge`), at most MAX_SECONDS."""
+
+    def check(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+        _check_seconds(attribute.name, value, gt, ge)
+
+    return check
+
+
+def _check_seconds(name: str, value: float, gt: float | None = None, ge: float | None = None) -> None:
+    if gt is not None and not value > gt:
+        raise ValueError(f"'{name}' must be above {gt} seconds, got {value}")
+    if ge is not None and not value >= ge:
+        raise ValueError(f"'{name}' must be at least {ge} seconds, got {value}")
+    if value > MAX_SECONDS:
+        raise ValueError(f"'{name}' must be at most {MAX_SECONDS} seconds (10 years), got {value}")
+
+
+def _time_limits(_: Any, attribute: attrs.Attribute[dict[str, float]], value: dict[str, float]) -> None:
+    for task_type, seconds in value.items():
+        _check_seconds(f"{attribute.name}.{task_type}", seconds, gt=0)
+
+
+def _slot_counts(_: Any, attribute: attrs.Attribute[dict[str, int]], value: dict[str, int]) -> None:
+    for name, slots in value.items():
+        if slots < 0:
+            raise ValueError(
+                f"'{attribute.name}.{name}' must be at least 0 (0: the whole device), got {slots}"
+            )
+
+
+def _queue_names(_: Any, attribute: attrs.Attribute[dict[str, str]], value: dict[str, str]) -> None:
+    for task_type, queue in value.items():
+        if not queue.strip():
+            raise ValueError(f"'{attribute.name}.{task_type}' must name a queue, got an empty string")
+
+
 @attrs.frozen
 class HttpConfig:
     host: str = "127.0.0.1"
@@ -42,9 +86,9 @@ class HttpConfig:
     # a request's headers) before it is closed: a client that opens connections and sends nothing,
     # or its headers a byte at a time, holds each for this long at most. Above the idle timeouts of
     # the usual proxies in front (60 s), so that none reuses a connection taskd is closing.
-    idle_timeout: float = attrs.field(default=75.0, validator=attrs.validators.gt(0))
+    idle_timeout: float = attrs.field(default=75.0, validator=_seconds(gt=0))
     # Seconds a request's body may take to arrive once the handler reads it; then 408.
-    body_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    body_timeout: float = attrs.field(default=60.0, validator=_seconds(gt=0))
 
 
 def _webhook_secret(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -138,10 +182,10 @@ class RedisConfig:
     # or redis+cluster://[:password@]host:6379,host2:6379 (docs/cluster.md).
     url: str = ""
     # Seconds any one Redis command may take before the API answers 503 (0: no limit).
-    socket_timeout: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    socket_timeout: float = attrs.field(default=10.0, validator=_seconds(ge=0))
     # Replicas that must hold a new task before its submit is acknowledged (WAIT); 0: do not wait.
     wait_replicas: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    wait_timeout: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
+    wait_timeout: float = attrs.field(default=2.0, validator=_seconds(gt=0))
     # How many hash tags taskd's tasks are spread over, each project's in one (docs/cluster.md):
     # on a Redis Cluster, one per shard or more spreads taskd's load over the shards. Every process
     # must use the same number, and it is kept with the data: it cannot change once tasks are stored.
@@ -169,7 +213,7 @@ class LlmProvider:
     base_url: str = ""
     api_key: str = ""
     model: str = "gpt-4o-mini"
-    timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=120.0, validator=_seconds(gt=0))
     # Shared by every worker on every host (taskd/providers/limits.py); 0 = unlimited.
     max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
@@ -180,7 +224,7 @@ class ImageProvider:
     base_url: str = ""
     api_key: str = ""
     model: str = "gpt-image-1"
-    timeout: float = attrs.field(default=180.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=180.0, validator=_seconds(gt=0))
     max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
@@ -191,7 +235,7 @@ class SpeechProvider:
     api_key: str = ""
     model: str = "gpt-4o-mini-tts"
     voice: str = "alloy"
-    timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=120.0, validator=_seconds(gt=0))
     max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
@@ -233,12 +277,12 @@ class VideoProvider:
     api_key: str = ""
     # Replicate: "owner/name", or "owner/name:version" / a version id.
     model: str = ""
-    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))  # each HTTP request
-    poll_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=60.0, validator=_seconds(gt=0))  # each HTTP request
+    poll_interval: float = attrs.field(default=5.0, validator=_seconds(gt=0))
     # 429, 5xx and connection errors of one request: tried again this many times, `retry_delay`
     # doubling (at most 60 s, or what Retry-After says), before the task fails (and is retried).
     max_retries: int = attrs.field(default=5, validator=attrs.validators.ge(0))
-    retry_delay: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    retry_delay: float = attrs.field(default=2.0, validator=_seconds(ge=0))
     # Jobs in flight at the provider at once, and jobs created per minute, across every worker; 0 = unlimited.
     max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
@@ -272,7 +316,7 @@ class S3Config:
     addressing_style: str = attrs.field(
         default="path", converter=_lower, validator=attrs.validators.in_(("path", "virtual"))
     )
-    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=60.0, validator=_seconds(gt=0))
 
 
 def _media_backend(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -284,19 +328,19 @@ def _media_backend(instance: Any, attribute: attrs.Attribute[str], value: str) -
 class MediaConfig:
     dir: str = ""  # empty: <data_dir>/media
     base_url: str = ""  # empty: http://<http.host>:<http.port>
-    url_ttl: int = attrs.field(default=7 * 24 * 3600, validator=attrs.validators.ge(60))
+    url_ttl: int = attrs.field(default=7 * 24 * 3600, validator=_seconds(ge=60))
     secret: str = ""  # empty: made once and kept in <data_dir>/media_secret
     scratch_dir: str = ""  # empty: <data_dir>/scratch
     max_download_bytes: int = attrs.field(default=50 * 1024 * 1024, validator=attrs.validators.ge(1024))
     max_inputs: int = attrs.field(default=32, validator=attrs.validators.ge(1))
-    download_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    download_timeout: float = attrs.field(default=30.0, validator=_seconds(gt=0))
     # Bounds on what a task's inputs may make ffmpeg decode, and on what it may write.
     max_image_pixels: int = attrs.field(default=40_000_000, validator=attrs.validators.ge(1))
-    max_input_seconds: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
+    max_input_seconds: float = attrs.field(default=3600.0, validator=_seconds(gt=0))
     max_output_bytes: int = attrs.field(default=2 * 1024**3, validator=attrs.validators.ge(1024 * 1024))
     # Stored media older than this (seconds, by mtime) is deleted by the sweeper, every sweep_interval.
-    retention: int = attrs.field(default=7 * 24 * 3600, validator=attrs.validators.ge(60))
-    sweep_interval: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
+    retention: int = attrs.field(default=7 * 24 * 3600, validator=_seconds(ge=60))
+    sweep_interval: float = attrs.field(default=3600.0, validator=_seconds(gt=0))
     # Media tasks are refused (503) while the media dir's filesystem has less free than either.
     min_free_bytes: int = attrs.field(default=1024**3, validator=attrs.validators.ge(0))
     min_free_ratio: float = attrs.field(
@@ -329,12 +373,12 @@ class PayloadConfig:
     api_key: str = ""
     email: str = ""
     password: str = ""
-    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=60.0, validator=_seconds(gt=0))
     # Tries of one upload (and of the login) before the result reports payload_error; 1 = no retry.
     max_attempts: int = attrs.field(
         default=3, validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(10))
     )
-    retry_delay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    retry_delay: float = attrs.field(default=1.0, validator=_seconds(ge=0))
     # Last: its check reads the credentials above.
     base_url: str = attrs.field(default="", validator=_payload_auth)
 
@@ -364,9 +408,9 @@ class WebhooksConfig:
     secret: str = attrs.field(default="", validator=_webhook_secret)
     # The secret before `secret` during a rotation: both sign every webhook until it is removed.
     previous_secret: str = attrs.field(default="", validator=_webhook_secret)
-    timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=30.0, validator=_seconds(gt=0))
     extra_delays: list[float] = attrs.field(
-        factory=list, validator=attrs.validators.deep_iterable(attrs.validators.ge(0))
+        factory=list, validator=attrs.validators.deep_iterable(_seconds(ge=0))
     )
     proxy: str = ""
     max_concurrency: int = attrs.field(default=64, validator=attrs.validators.ge(1))
@@ -374,19 +418,19 @@ class WebhooksConfig:
     # receiver that hangs never holds every place and others' webhooks still go out.
     max_per_receiver: int = attrs.field(default=32, validator=attrs.validators.ge(1))
     # The least seconds between two `progress` webhooks of one task (those who ask for them).
-    progress_interval: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+    progress_interval: float = attrs.field(default=5.0, validator=_seconds(ge=0))
 
 
 @attrs.frozen
 class RetryConfig:
-    base_delay: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    base_delay: float = attrs.field(default=60.0, validator=_seconds(ge=0))
     max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen
 class QueueConfig:
     concurrency: int = attrs.field(validator=attrs.validators.ge(1))
-    timeout: float = attrs.field(validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(validator=_seconds(gt=0))
 
 
 def _default_queues() -> dict[str, QueueConfig]:
@@ -401,7 +445,7 @@ def _default_queues() -> dict[str, QueueConfig]:
 
 @attrs.frozen
 class StorageConfig:
-    task_ttl: int = attrs.field(default=24 * 3600, validator=attrs.validators.ge(60))
+    task_ttl: int = attrs.field(default=24 * 3600, validator=_seconds(ge=60))
 
 
 def _host_id(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -414,9 +458,9 @@ def _host_id(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
 
 @attrs.frozen
 class WorkerConfig:
-    heartbeat_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
-    heartbeat_ttl: float = attrs.field(default=20.0, validator=attrs.validators.gt(0))
-    poll_delay: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    heartbeat_interval: float = attrs.field(default=5.0, validator=_seconds(gt=0))
+    heartbeat_ttl: float = attrs.field(default=20.0, validator=_seconds(gt=0))
+    poll_delay: float = attrs.field(default=0.5, validator=_seconds(gt=0))
     # The name this worker host goes by (its GPUs, its slot counts, its workers): empty means the
     # machine's hostname. Part of Redis key names, hence the short plain alphabet.
     host_id: str = attrs.field(default="", validator=_host_id)
@@ -431,16 +475,16 @@ class WorkerConfig:
 class ExecutionConfig:
     """How jobs run: cancel grace, runner process limits, crash handling, priorities, shutdown."""
 
-    cancel_grace: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    cancel_grace: float = attrs.field(default=30.0, validator=_seconds(ge=0))
     memory_limit_mb: int = attrs.field(default=2048, validator=attrs.validators.ge(16))
     # RLIMIT_AS of every tool child (ffmpeg, espeak-ng, a plugin's tools), 0 = none: the second line
     # behind the tree's memory watcher. Address space, not RSS: a tool's threads and mappings count.
     tool_address_space_mb: int = attrs.field(default=8192, validator=attrs.validators.ge(0))
     max_tasks_per_runner: int = attrs.field(default=10, validator=attrs.validators.ge(1))
     max_worker_deaths: int = attrs.field(default=3, validator=attrs.validators.ge(1))
-    reclaim_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
-    priority_aging: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
-    shutdown_grace: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    reclaim_interval: float = attrs.field(default=5.0, validator=_seconds(gt=0))
+    priority_aging: float = attrs.field(default=300.0, validator=_seconds(ge=0))
+    shutdown_grace: float = attrs.field(default=30.0, validator=_seconds(ge=0))
     # A result is kept in Redis and sent whole in every status answer, event and webhook: a
     # handler's result longer than this (as JSON) fails its task instead.
     result_max_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1))
@@ -451,9 +495,10 @@ class TasksConfig:
     """Extra task-type modules (each exports TASK or TASKS), and per-type overrides of queue and limits."""
 
     modules: list[str] = attrs.Factory(list)
-    routes: dict[str, str] = attrs.Factory(dict)
-    soft_time_limits: dict[str, float] = attrs.Factory(dict)
-    hard_time_limits: dict[str, float] = attrs.Factory(dict)
+    # Keyed by task type; a name no installed type has stops start-up (taskd.tasks.registry).
+    routes: dict[str, str] = attrs.field(factory=dict, validator=_queue_names)
+    soft_time_limits: dict[str, float] = attrs.field(factory=dict, validator=_time_limits)
+    hard_time_limits: dict[str, float] = attrs.field(factory=dict, validator=_time_limits)
 
 
 @attrs.frozen
@@ -468,7 +513,7 @@ class LimitsConfig:
     queued_per_project: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
     max_queue_length: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
     # Seconds ahead a submit's `run_at`/`delay_seconds` may schedule a task; later is a 400.
-    max_schedule_ahead: int = attrs.field(default=MAX_SCHEDULE_AHEAD, validator=attrs.validators.ge(1))
+    max_schedule_ahead: int = attrs.field(default=MAX_SCHEDULE_AHEAD, validator=_seconds(ge=1))
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1024))
     max_task_data_depth: int = attrs.field(default=32, validator=attrs.validators.ge(1))
     max_task_data_items: int = attrs.field(default=10000, validator=attrs.validators.ge(1))
@@ -529,7 +574,9 @@ class GpuConfig:
     slots: int = attrs.field(default=4, validator=attrs.validators.ge(1))
     # Slots a job of each GPU queue takes (0 means the whole device), for a task type that does not
     # say what it needs (a plugin's; every built-in type does).
-    queue_slots: dict[str, int] = attrs.Factory(lambda: {"gpu_heavy": 0, "gpu_medium": 1})
+    queue_slots: dict[str, int] = attrs.field(
+        factory=lambda: {"gpu_heavy": 0, "gpu_medium": 1}, validator=_slot_counts
+    )
     # Per task type: what it needs, overriding what the type declares ("none", "slot", "device").
     task_needs: dict[str, str] = attrs.field(
         factory=dict,
@@ -538,10 +585,10 @@ class GpuConfig:
         ),
     )
     # Per task type: the number of slots (0 = the whole device), overriding everything above.
-    task_slots: dict[str, int] = attrs.Factory(dict)
+    task_slots: dict[str, int] = attrs.field(factory=dict, validator=_slot_counts)
     # Simulated devices instead of NVML: for tests and demos on machines without a GPU.
     simulate: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    wait_poll: float = attrs.field(default=0.25, validator=attrs.validators.gt(0))
+    wait_poll: float = attrs.field(default=0.25, validator=_seconds(gt=0))
 
 
 @attrs.frozen
@@ -597,11 +644,11 @@ def _kind(value: Any) -> str:
 
 
 def _given(value: Any) -> str:
-    # Only a string given for a number, a boolean or a device selection is shown as it is: such a
-    # field never holds a secret (tests/test_config_validation.py checks that no field named like
-    # one has those types), and the typo is what the operator needs to see. Anything else may be a
-    # secret put in the wrong place (a table of keys, a password written as a number): its type only.
-    return repr(value) if isinstance(value, str) else _kind(value)
+    # Called for numbers, booleans and device selections only, which are never secrets
+    # (tests/test_config_validation.py checks that no field named like one has those types): a
+    # string or number given is shown, it is the typo the operator needs to see. A table or a list
+    # may be secrets put in the wrong place: their type only.
+    return repr(value) if isinstance(value, str | int | float) else _kind(value)
 
 
 def _to_bool(value: Any, _: type) -> bool:
@@ -615,12 +662,19 @@ def _to_bool(value: Any, _: type) -> bool:
 def _to_number(value: Any, kind: type[int] | type[float]) -> int | float:
     # Environment values arrive as strings; TOML values already have their type.
     expected = "an integer" if kind is int else "a number"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
         raise ValueError(f"expected {expected}, got {_given(value)}")
     try:
-        return kind(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
+        number = kind(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError, OverflowError):  # int(inf) overflows
         raise ValueError(f"expected {expected}, got {_given(value)}") from None
+    # inf and nan pass every bound (nan compares false to each), and an integer past 64 bits is one
+    # that Redis, a timeout or an rlimit cannot take.
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {_given(value)}")
+    if isinstance(number, int) and abs(number) >= 2**63:
+        raise ValueError(f"expected a 64-bit integer, got {_given(value)}")
+    return number
 
 
 def _to_str_list(value: Any, _: type) -> list[str]:

@@ -167,3 +167,80 @@ def test_a_key_both_in_api_keys_and_in_auth_keys_is_refused(tmp_path):
     assert message == (
         "config key auth: the key of auth.keys[0] is also in auth.api_keys: give it once, scoped or not"
     )
+
+
+# ---- numbers that would crash or fail every task later ----
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "key"),
+    [
+        ("TASKD_WORKER__HEARTBEAT_TTL", "inf", "worker.heartbeat_ttl"),
+        ("TASKD_EXECUTION__PRIORITY_AGING", "inf", "execution.priority_aging"),
+        ("TASKD_WORKER__POLL_DELAY", "nan", "worker.poll_delay"),
+        ("TASKD_RETRY__BASE_DELAY", "1e400", "retry.base_delay"),
+    ],
+)
+def test_a_number_that_is_not_finite_is_refused(tmp_path, name, value, key):
+    assert refusal(tmp_path, **{name: value}) == f"config key {key}: expected a finite number, got {value!r}"
+
+
+def test_an_infinite_toml_float_is_refused(tmp_path):
+    message = refusal(tmp_path, "[worker]\nheartbeat_ttl = inf\n")
+
+    assert message == "config key worker.heartbeat_ttl: expected a finite number, got inf"
+
+
+def test_an_integer_past_64_bits_is_refused(tmp_path):
+    message = refusal(tmp_path, TASKD_STORAGE__TASK_TTL="99999999999999999999")
+
+    assert message == "config key storage.task_ttl: expected a 64-bit integer, got '99999999999999999999'"
+
+
+def test_a_fraction_given_for_an_integer_is_refused_not_cut(tmp_path):
+    assert (
+        refusal(tmp_path, "[http]\nport = 8001.5\n")
+        == "config key http.port: expected an integer, got 8001.5"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("TASKD_STORAGE__TASK_TTL", "task_ttl"),
+        ("TASKD_MEDIA__URL_TTL", "url_ttl"),
+        ("TASKD_WORKER__HEARTBEAT_TTL", "heartbeat_ttl"),
+        ("TASKD_EXECUTION__PRIORITY_AGING", "priority_aging"),
+        ("TASKD_QUEUES__DEFAULT__TIMEOUT", "timeout"),
+    ],
+)
+def test_a_duration_over_ten_years_is_refused(tmp_path, name, key):
+    message = refusal(tmp_path, **{name: str(10 * 365 * 24 * 3600 + 1)})
+
+    assert f"'{key}' must be at most 315360000 seconds (10 years), got 315360001" in message
+
+
+def test_ten_years_is_still_a_duration():
+    config = load_config(environ={"TASKD_STORAGE__TASK_TTL": str(10 * 365 * 24 * 3600)})
+
+    assert config.storage.task_ttl == 315360000
+
+
+@pytest.mark.parametrize("limits", ["hard_time_limits", "soft_time_limits"])
+def test_a_time_limit_of_a_task_type_that_is_not_above_zero_is_refused(tmp_path, limits):
+    message = refusal(tmp_path, f"[tasks]\n{limits} = {{noop = -5.0}}\n")
+
+    assert message == f"config key tasks: '{limits}.noop' must be above 0 seconds, got -5.0"
+
+
+@pytest.mark.parametrize("slots", ["task_slots", "queue_slots"])
+def test_negative_gpu_slots_are_refused(tmp_path, slots):
+    message = refusal(tmp_path, f"[gpu]\n{slots} = {{gpu_heavy = -1}}\n")
+
+    assert message == f"config key gpu: '{slots}.gpu_heavy' must be at least 0 (0: the whole device), got -1"
+
+
+def test_a_route_to_no_queue_is_refused(tmp_path):
+    message = refusal(tmp_path, TASKD_TASKS__ROUTES__GENERATE_VIDEO="")
+
+    assert message == "config key tasks: 'routes.generate_video' must name a queue, got an empty string"
