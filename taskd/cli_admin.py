@@ -250,11 +250,13 @@ def cmd_config_check(config: Config, args: argparse.Namespace) -> int:
     """Load the config and the task types it names and check their queues; exit 0 or 2."""
     try:
         from taskd.service import served_queues
-        from taskd.tasks.registry import default_registry
+        from taskd.tasks.registry import check_names, default_registry
     except ModuleNotFoundError as exc:
         raise UsageError(f"{exc.name} is not installed: pip install 'taskd[server]'") from None
     try:
-        served_queues(config, default_registry(config.tasks), None)
+        registry = default_registry(config.tasks)
+        check_names(config, registry)
+        served_queues(config, registry, None)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     source = find_config_file(args.config, os.environ)

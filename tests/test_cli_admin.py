@@ -308,3 +308,48 @@ def test_config_check_exits_2_for_a_queue_the_task_types_need_but_the_config_lac
     assert capsys.readouterr().err.strip() == (
         "taskd: queues video_farm are used by task types but not configured"
     )
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "name"),
+    [
+        ('[tasks.routes]\ngenerate_vide = "gpu_heavy"\n', "tasks.routes", "'generate_vide'"),
+        ("[tasks.soft_time_limits]\nnoop = 5.0\n", "tasks.soft_time_limits", "'noop'"),
+        ("[tasks.hard_time_limits]\nnoop = 5.0\n", "tasks.hard_time_limits", "'noop'"),
+        ('[gpu.task_needs]\ngenerate_imag = "slot"\n', "gpu.task_needs", "'generate_imag'"),
+        ("[gpu.task_slots]\ngenerate_imag = 2\n", "gpu.task_slots", "'generate_imag'"),
+    ],
+)
+def test_config_check_exits_2_for_a_task_type_no_installed_module_has(
+    monkeypatch, capsys, tmp_path, toml, key, name
+):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    (tmp_path / "taskd.toml").write_text(toml)
+
+    code = main(["--config", str(tmp_path / "taskd.toml"), "config", "check"])
+
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith(f"taskd: config key {key}: no installed task type is called {name} (installed: ")
+    assert "\n" not in err
+
+
+def test_config_check_exits_2_for_gpu_slots_of_a_queue_no_one_configured(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_GPU__QUEUE_SLOTS__GPU_HEAVVY", "1")
+
+    code = main(["config", "check"])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "taskd: config key gpu.queue_slots: no queue is called 'gpu_heavvy' "
+        "(configured: cpu_intensive, default, gpu_heavy, gpu_medium)"
+    )
+
+
+def test_config_check_accepts_a_time_limit_of_a_type_from_tasks_modules(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_TASKS__MODULES", ",".join(TEST_TASK_MODULES))
+    monkeypatch.setenv("TASKD_TASKS__HARD_TIME_LIMITS__NOOP", "5")
+
+    assert main(["config", "check"]) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -244,3 +246,29 @@ def test_a_route_to_no_queue_is_refused(tmp_path):
     message = refusal(tmp_path, TASKD_TASKS__ROUTES__GENERATE_VIDEO="")
 
     assert message == "config key tasks: 'routes.generate_video' must name a queue, got an empty string"
+
+
+# ---- start-up ----
+
+
+def start_up_refusal(tmp_path: Path, command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`taskd <command>` in an empty dir with only `env`: what it exits with and says."""
+    return subprocess.run(
+        [sys.executable, "-m", "taskd", command],
+        env={"PATH": "/usr/bin:/bin", "TASKD_DATA_DIR": str(tmp_path / "data"), **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("command", ["worker", "serve"])
+def test_start_up_refuses_a_time_limit_of_a_task_type_no_installed_module_has(tmp_path, command):
+    result = start_up_refusal(tmp_path, command, TASKD_TASKS__HARD_TIME_LIMITS__NOOP="5")
+
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "taskd: config key tasks.hard_time_limits: no installed task type is called 'noop'"
+    )
