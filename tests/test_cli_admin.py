@@ -353,3 +353,30 @@ def test_config_check_accepts_a_time_limit_of_a_type_from_tasks_modules(monkeypa
     monkeypatch.setenv("TASKD_TASKS__HARD_TIME_LIMITS__NOOP", "5")
 
     assert main(["config", "check"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "problem"),
+    [
+        ("no.such.module", None, "could not be imported: ModuleNotFoundError: No module named 'no'"),
+        (
+            "raises_at_import",
+            'raise RuntimeError("no GPU driver")\n',
+            "could not be imported: RuntimeError: no GPU driver",
+        ),
+        ("exports_nothing", "X = 1\n", "must export TASK (a TaskType) or TASKS (a list of them)"),
+    ],
+)
+def test_config_check_exits_2_in_one_line_for_a_task_module_that_gives_no_types(
+    monkeypatch, capsys, tmp_path, module, source, problem
+):
+    if source is not None:
+        (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_TASKS__MODULES", module)
+
+    code = main(["config", "check"])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"taskd: config key tasks.modules: {module} {problem}"

@@ -272,3 +272,13 @@ def test_start_up_refuses_a_time_limit_of_a_task_type_no_installed_module_has(tm
     assert line.startswith(
         "taskd: config key tasks.hard_time_limits: no installed task type is called 'noop'"
     )
+
+
+def test_serve_refuses_a_task_module_that_is_not_installed_in_one_line(tmp_path):
+    result = start_up_refusal(tmp_path, "serve", TASKD_TASKS__MODULES="no.such.module")
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "taskd: config key tasks.modules: no.such.module could not be imported: "
+        "ModuleNotFoundError: No module named 'no'"
+    ]

@@ -90,10 +90,19 @@ def _builtin_types() -> list[TaskType]:
 def _module_types(modules: Iterable[str]) -> list[TaskType]:
     found: list[TaskType] = []
     for name in modules:
-        module = import_module(name)
+        try:
+            module = import_module(name)
+        except Exception as exc:  # whatever the module's own code raised: the config names it
+            # One line, as every config error: the exception, not its traceback.
+            problem = (str(exc).strip().splitlines() or [""])[0]
+            raise ConfigError(
+                f"config key tasks.modules: {name} could not be imported: {type(exc).__name__}: {problem}"
+            ) from None
         exported = getattr(module, "TASKS", None) or [getattr(module, "TASK", None)]
-        if not all(isinstance(task_type, TaskType) for task_type in exported):
-            raise ValueError(f"task module {name} must export TASK or TASKS (TaskType instances)")
+        if not isinstance(exported, list | tuple) or not all(isinstance(t, TaskType) for t in exported):
+            raise ConfigError(
+                f"config key tasks.modules: {name} must export TASK (a TaskType) or TASKS (a list of them)"
+            )
         found += exported
     return found
 
