@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import sys
@@ -340,7 +341,13 @@ def _run_operator(config: Config, args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
 
     async def main() -> int:
-        async with operator(config, url) as ops:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                ops = await stack.enter_async_context(operator(config, url))
+            except ValueError as exc:
+                # redis-py's refusal of an option of the URL it reads that load_config does not
+                # check: a usage error, like any other bad config.
+                raise UsageError(f"redis.url {_where(url)}: {exc}") from None
             code: int = await args.operator_command(ops, args)
             return code
 

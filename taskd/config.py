@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from datetime import date, time
 from pathlib import Path
 from typing import Any, NewType, get_origin
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import attrs
 import cattrs
@@ -176,11 +177,117 @@ class AuthConfig:
     keys: list[ScopedKey] = attrs.field(factory=list, validator=_distinct_keys)
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+# The query options of a redis://, rediss:// or unix:// URL that redis-py's connections take (any
+# other it passes on, and the first connection fails with a TypeError), and those it reads as numbers.
+_REDIS_OPTIONS = {
+    "redis": {
+        "db",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "retry_on_timeout",
+        "max_connections",
+        "health_check_interval",
+        "timeout",
+        "client_name",
+        "username",
+        "password",
+    },
+    "redis+sentinel": {"sentinel_password"},  # taskd reads this one; it passes on none
+}
+_REDIS_OPTIONS["rediss"] = _REDIS_OPTIONS["redis"] | {
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+    "ssl_ciphers",
+}
+_REDIS_OPTIONS["unix"] = _REDIS_OPTIONS["redis"] - {"socket_keepalive"}  # a TCP option
+_REDIS_NUMBER_OPTIONS = {
+    "db": int,
+    "max_connections": int,
+    "health_check_interval": int,
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "timeout": float,
+}
+
+
+def _redis_url_problem(url: str) -> str | None:
+    # What redis-py would only fail on when taskd first connects, with a traceback (or, for a db
+    # that is not a number, not at all: it used db 0). Never the URL itself: it may hold a password.
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        return f"is not a URL ({exc})"
+    if parts.scheme not in REDIS_SCHEMES or not url.startswith(f"{parts.scheme}://"):
+        return "must start with one of " + ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+    if parts.scheme == "unix":
+        if not parts.path.strip("/"):
+            return "needs the socket's path: unix:///path/to/valkey.sock"
+        return _redis_query_problem(parts)
+    return _redis_hosts_problem(parts) or _redis_path_problem(parts) or _redis_query_problem(parts)
+
+
+def _redis_hosts_problem(parts: SplitResult) -> str | None:
+    hosts = parts.netloc.rpartition("@")[2]
+    several = "+" in parts.scheme  # sentinel and cluster URLs list several host:port
+    for item in hosts.split(",") if several else [hosts]:
+        host, _, port = item.rpartition(":") if item.count(":") == 1 or "]:" in item else (item, "", "")
+        if (item or several) and not host.strip("[]"):
+            return "has an address with no host"
+        if port and not (_digits(port) and int(port) <= 65535):
+            return "has a port that is not a number from 0 to 65535"
+    return None
+
+
+def _redis_path_problem(parts: SplitResult) -> str | None:
+    path = [segment for segment in parts.path.split("/") if segment]
+    if parts.scheme == "redis+sentinel":
+        if not 1 <= len(path) <= 2 or not all(map(_digits, path[1:])):
+            return "must end in /<sentinel service name>[/<db number>]"
+    elif parts.scheme == "redis+cluster":
+        if path not in ([], ["0"]) or parts.query:
+            return "of a cluster has no path (a cluster has database 0 only) and no options"
+    elif len(path) > 1 or not all(map(_digits, path)):
+        return "must end in /<db number> or nothing"
+    return None
+
+
+def _redis_query_problem(parts: SplitResult) -> str | None:
+    known = _REDIS_OPTIONS.get(parts.scheme, set())
+    for name, values in parse_qs(parts.query).items():
+        if name not in known:
+            return f"has an option {parts.scheme}:// URLs do not take: {name!r} (known: {', '.join(sorted(known))})"
+        if name == "ssl_cert_reqs" and values[0].lower() not in ("none", "optional", "required"):
+            return "has an ssl_cert_reqs option that is not none, optional or required"
+        number = _REDIS_NUMBER_OPTIONS.get(name)
+        if number is not None:
+            try:
+                number(values[0])
+            except ValueError:
+                return f"has a {name} option that is not a number"
+    return None
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _redis_url(_: Any, attribute: attrs.Attribute[str], url: str) -> None:
+    problem = _redis_url_problem(url) if url else None
+    if problem:
+        raise ValueError(f"'{attribute.name}' {problem}")
+
+
 @attrs.frozen
 class RedisConfig:
-    # redis://…, rediss://…, redis+sentinel://[:password@]host:26379,host2:26379/<service>/<db>,
+    # redis://…, rediss://…, unix:///path, redis+sentinel://[:password@]host:26379,host2:26379/<service>/<db>,
     # or redis+cluster://[:password@]host:6379,host2:6379 (docs/cluster.md).
-    url: str = ""
+    url: str = attrs.field(default="", validator=_redis_url)
     # Seconds any one Redis command may take before the API answers 503 (0: no limit).
     socket_timeout: float = attrs.field(default=10.0, validator=_seconds(ge=0))
     # Replicas that must hold a new task before its submit is acknowledged (WAIT); 0: do not wait.

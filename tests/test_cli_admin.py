@@ -380,3 +380,24 @@ def test_config_check_exits_2_in_one_line_for_a_task_module_that_gives_no_types(
 
     assert code == 2
     assert capsys.readouterr().err.strip() == f"taskd: config key tasks.modules: {module} {problem}"
+
+
+def test_config_check_exits_2_for_a_redis_url_with_a_port_that_is_not_a_number(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_REDIS__URL", "redis://:pw-SECRET-1@127.0.0.1:notaport/0")
+
+    code = main(["config", "check"])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "taskd: config key redis: 'url' has a port that is not a number from 0 to 65535"
+    )
+
+
+async def test_an_operator_command_exits_2_in_one_line_when_redis_py_refuses_the_url():
+    run = await operator_cli("queues", redis_url="redis://:pw-SECRET-1@127.0.0.1:1/0?max_connections=-1")
+
+    assert run.code == 2
+    assert run.err.strip().splitlines() == [
+        'taskd: redis.url redis://:********@127.0.0.1:1/0?max_connections=-1: "max_connections" must be a positive integer'
+    ]

@@ -282,3 +282,59 @@ def test_serve_refuses_a_task_module_that_is_not_installed_in_one_line(tmp_path)
         "taskd: config key tasks.modules: no.such.module could not be imported: "
         "ModuleNotFoundError: No module named 'no'"
     ]
+
+
+# ---- redis.url ----
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://:pw-SECRET-1@127.0.0.1:notaport/0", "has a port that is not a number from 0 to 65535"),
+        ("redis://:pw-SECRET-1@127.0.0.1:99999/0", "has a port that is not a number from 0 to 65535"),
+        (
+            "http://:pw-SECRET-1@127.0.0.1:6379/0",
+            "must start with one of redis://, rediss://, unix://, redis+sentinel://, redis+cluster://",
+        ),
+        ("redis://:pw-SECRET-1@[::1:6379/0", "is not a URL (Invalid IPv6 URL)"),
+        ("redis://:pw-SECRET-1@127.0.0.1:6379/zero", "must end in /<db number> or nothing"),
+        (
+            "redis://:pw-SECRET-1@127.0.0.1:6379/0?socket_timeout=soon",
+            "has a socket_timeout option that is not a number",
+        ),
+        ("unix://", "needs the socket's path: unix:///path/to/valkey.sock"),
+        (
+            "redis+sentinel://:pw-SECRET-1@a:26379,b:port/mymaster",
+            "has a port that is not a number from 0 to 65535",
+        ),
+        ("redis+sentinel://:pw-SECRET-1@a:26379", "must end in /<sentinel service name>[/<db number>]"),
+        ("redis+cluster://:pw-SECRET-1@a:6379,:6379", "has an address with no host"),
+    ],
+)
+def test_a_redis_url_taskd_could_not_connect_with_is_refused_without_its_password(tmp_path, url, problem):
+    message = refusal(tmp_path, TASKD_REDIS__URL=url)
+
+    assert message == f"config key redis: 'url' {problem}"
+
+
+def test_a_redis_url_option_redis_py_would_fail_on_at_connect_is_refused(tmp_path):
+    message = refusal(tmp_path, TASKD_REDIS__URL="redis://127.0.0.1:6379/0?ssl_cert_reqs=none")
+
+    assert message.startswith(
+        "config key redis: 'url' has an option redis:// URLs do not take: 'ssl_cert_reqs'"
+    )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pw@10.0.0.5:6379/0",
+        "rediss://user:pw@[::1]:6380/1?ssl_cert_reqs=none",
+        "redis://localhost",
+        "unix:///var/lib/taskd/valkey/valkey.sock?db=0",
+        "redis+sentinel://:pw@10.0.0.5:26379,10.0.0.6:26379/mymaster/0",
+        "redis+cluster://:pw@10.0.0.5:6379,10.0.0.6:6379",
+    ],
+)
+def test_the_documented_kinds_of_redis_url_are_accepted(url):
+    assert load_config(environ={"TASKD_REDIS__URL": url}).redis.url == url
