@@ -77,9 +77,19 @@ def _queue_names(_: Any, attribute: attrs.Attribute[dict[str, str]], value: dict
             raise ValueError(f"'{attribute.name}.{task_type}' must name a queue, got an empty string")
 
 
+def _listen_host(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    # aiohttp takes an empty host for every interface, IPv4 and IPv6: an unset variable in
+    # TASKD_HTTP__HOST=$HOST must not open the API to the network. Every interface is 0.0.0.0 or ::.
+    if not value.strip() or value != value.strip():
+        raise ValueError(
+            f"'{attribute.name}' must be a host name or address (0.0.0.0 or :: for every interface), "
+            f"got {'an empty string' if not value.strip() else repr(value)}"
+        )
+
+
 @attrs.frozen
 class HttpConfig:
-    host: str = "127.0.0.1"
+    host: str = attrs.field(default="127.0.0.1", validator=_listen_host)
     port: int = attrs.field(
         default=8001, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535))
     )

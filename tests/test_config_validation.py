@@ -338,3 +338,20 @@ def test_a_redis_url_option_redis_py_would_fail_on_at_connect_is_refused(tmp_pat
 )
 def test_the_documented_kinds_of_redis_url_are_accepted(url):
     assert load_config(environ={"TASKD_REDIS__URL": url}).redis.url == url
+
+
+# ---- where the API listens ----
+
+
+@pytest.mark.parametrize("host", ["", " "])
+def test_an_empty_http_host_is_refused_not_taken_as_every_interface(tmp_path, host):
+    message = refusal(tmp_path, TASKD_HTTP__HOST=host)
+
+    assert message == (
+        "config key http: 'host' must be a host name or address (0.0.0.0 or :: for every interface), "
+        "got an empty string"
+    )
+
+
+def test_every_interface_is_still_reachable_by_name():
+    assert load_config(environ={"TASKD_HTTP__HOST": "0.0.0.0"}).http.host == "0.0.0.0"
