@@ -921,6 +921,8 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
     for candidate in (explicit, environ.get("TASKD_CONFIG")):
         if candidate:
             path = Path(candidate)
+            if path.is_dir():
+                raise ConfigError(f"config file {path} is a directory")
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
             return path
@@ -968,16 +970,29 @@ def _with_queue_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "queues": filled}
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # not readable by taskd's user, gone since it was found
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        # TOML is UTF-8 whatever the locale says (a bare read_text() would decode by the locale).
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 (at byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read the config file (if any) and the environment; raise ConfigError with one line on a bad value."""
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     config_file = find_config_file(path, environ)
     if config_file is not None:
-        try:
-            raw = tomllib.loads(config_file.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
+        raw = _read_toml(config_file)
     raw = _with_queue_defaults(_merge(raw, _env_overrides(environ)))
     try:
         return _CONVERTER.structure(raw, Config)

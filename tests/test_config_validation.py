@@ -355,3 +355,34 @@ def test_an_empty_http_host_is_refused_not_taken_as_every_interface(tmp_path, ho
 
 def test_every_interface_is_still_reachable_by_name():
     assert load_config(environ={"TASKD_HTTP__HOST": "0.0.0.0"}).http.host == "0.0.0.0"
+
+
+# ---- the config file itself ----
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "taskd.toml"
+    path.write_bytes(b'data_dir = "caf\xe9"\n')  # Latin-1
+
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(path), environ={})
+
+    assert str(raised.value) == f"config file {path} is not UTF-8 (at byte 15)"
+
+
+def test_a_config_path_that_is_a_directory_says_so(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        load_config(str(tmp_path), environ={})
+
+    assert str(raised.value) == f"config file {tmp_path} is a directory"
+
+
+def test_serve_refuses_a_config_file_that_is_not_utf8_in_one_line(tmp_path):
+    (tmp_path / "latin1.toml").write_bytes(b'data_dir = "caf\xe9"\n')
+
+    result = start_up_refusal(tmp_path, "serve", TASKD_CONFIG=str(tmp_path / "latin1.toml"))
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"taskd: config file {tmp_path / 'latin1.toml'} is not UTF-8 (at byte 15)"
+    ]
