@@ -22,13 +22,12 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import attrs
 import orjson
 
 from taskd.config import Config, ConfigError, find_config_file, load_config
-from taskd.logs import SECRET_FIELD, url_password
+from taskd.logs import SECRET_FIELD, mask_url, url_password
 from taskd.model import iso
 
 if TYPE_CHECKING:
@@ -222,7 +221,8 @@ async def cmd_retry_failed(ops: Operator, args: argparse.Namespace) -> int:
 
 def masked(value: Any, secret: bool = False) -> Any:
     """A config tree (as plain data) with every secret replaced by MASK: the fields taskd's logs
-    mask (named like a key, secret, password or token) and the password of every URL."""
+    mask (named like a key, secret, password or token), the password of every URL and its query
+    values named like a credential (?api-key=…)."""
     if isinstance(value, dict):
         return {
             name: masked(item, secret or bool(SECRET_FIELD.search(str(name)))) for name, item in value.items()
@@ -232,10 +232,8 @@ def masked(value: Any, secret: bool = False) -> Any:
     if isinstance(value, str) and value:
         if secret:
             return MASK
-        password = url_password(value) if "://" in value else None
-        if password:
-            parts = urlsplit(value)
-            return parts._replace(netloc=parts.netloc.replace(f":{password}@", f":{MASK}@", 1)).geturl()
+        if "://" in value:
+            return mask_url(value, MASK)
     return value
 
 

@@ -276,6 +276,25 @@ def test_config_show_prints_the_effective_config_with_secrets_masked(monkeypatch
         assert secret not in out
 
 
+def test_config_show_masks_credentials_in_url_query_strings(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(
+        "TASKD_PROVIDERS__LLM__BASE_URL", "https://llm.example/v1?api-version=2024&api-key=sk-query-1"
+    )
+    monkeypatch.setenv("TASKD_WEBHOOKS__PROXY", "http://u:proxy-pass-1@proxy:3128/?token=tok-query-2")
+
+    code = main(["config", "show"])
+
+    out = capsys.readouterr().out
+    config = json.loads(out)
+    assert code == 0
+    assert (
+        config["providers"]["llm"]["base_url"] == "https://llm.example/v1?api-version=2024&api-key=********"
+    )
+    assert config["webhooks"]["proxy"] == "http://u:********@proxy:3128/?token=********"
+    assert "sk-query-1" not in out and "tok-query-2" not in out
+
+
 def test_config_check_exits_0_for_a_valid_config(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
     (tmp_path / "taskd.toml").write_text("[http]\nport = 8123\n")
