@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from taskd.config import AuthConfig, Config
-from taskd.logs import SECRET_FIELD, url_password
+from taskd.logs import SECRET_FIELD, url_secrets
 
 # Names a child may inherit: the search path, locale and time zone, temp dir, the Python that runs
 # job processes, the tools' own settings, GPU selection and model caches, CA bundles and proxies.
@@ -79,8 +79,8 @@ def _allowed(name: str, value: str) -> bool:
         return False
     if name not in _NAMES and not name.startswith(_PREFIXES):
         return False
-    # A proxy (or anything else) that carries a password in its URL stays behind.
-    return not ("://" in value and url_password(value))
+    # A proxy (or anything else) that carries a password or a ?token= in its URL stays behind.
+    return not ("://" in value and url_secrets(value))
 
 
 def child_environment(
@@ -120,7 +120,7 @@ def _scrub(value: Any) -> Any:
         return {key: _scrub(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_scrub(item) for item in value)
-    if isinstance(value, str) and "://" in value and url_password(value):
+    if isinstance(value, str) and "://" in value and url_secrets(value):
         return ""
     return value
 

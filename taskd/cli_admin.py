@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import sys
@@ -21,13 +22,12 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import attrs
 import orjson
 
 from taskd.config import Config, ConfigError, find_config_file, load_config
-from taskd.logs import SECRET_FIELD, url_password
+from taskd.logs import SECRET_FIELD, mask_url, url_password
 from taskd.model import iso
 from taskd.printable import printable
 
@@ -229,7 +229,8 @@ async def cmd_retry_failed(ops: Operator, args: argparse.Namespace) -> int:
 
 def masked(value: Any, secret: bool = False) -> Any:
     """A config tree (as plain data) with every secret replaced by MASK: the fields taskd's logs
-    mask (named like a key, secret, password or token) and the password of every URL."""
+    mask (named like a key, secret, password or token), the password of every URL and its query
+    values named like a credential (?api-key=…)."""
     if isinstance(value, dict):
         return {
             name: masked(item, secret or bool(SECRET_FIELD.search(str(name)))) for name, item in value.items()
@@ -239,10 +240,8 @@ def masked(value: Any, secret: bool = False) -> Any:
     if isinstance(value, str) and value:
         if secret:
             return MASK
-        password = url_password(value) if "://" in value else None
-        if password:
-            parts = urlsplit(value)
-            return parts._replace(netloc=parts.netloc.replace(f":{password}@", f":{MASK}@", 1)).geturl()
+        if "://" in value:
+            return mask_url(value, MASK)
     return value
 
 
@@ -258,11 +257,13 @@ def cmd_config_check(config: Config, args: argparse.Namespace) -> int:
     """Load the config and the task types it names and check their queues; exit 0 or 2."""
     try:
         from taskd.service import served_queues
-        from taskd.tasks.registry import default_registry
+        from taskd.tasks.registry import check_names, default_registry
     except ModuleNotFoundError as exc:
         raise UsageError(f"{exc.name} is not installed: pip install 'taskd[server]'") from None
     try:
-        served_queues(config, default_registry(config.tasks), None)
+        registry = default_registry(config.tasks)
+        check_names(config, registry)
+        served_queues(config, registry, None)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     source = find_config_file(args.config, os.environ)
@@ -346,7 +347,13 @@ def _run_operator(config: Config, args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
 
     async def main() -> int:
-        async with operator(config, url) as ops:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                ops = await stack.enter_async_context(operator(config, url))
+            except ValueError as exc:
+                # redis-py's refusal of an option of the URL it reads that load_config does not
+                # check: a usage error, like any other bad config.
+                raise UsageError(f"redis.url {_where(url)}: {exc}") from None
             code: int = await args.operator_command(ops, args)
             return code
 

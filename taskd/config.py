@@ -5,19 +5,23 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import math
 import os
 import re
 import socket
 import tomllib
 from collections.abc import Mapping
+from datetime import date, time
 from pathlib import Path
-from typing import Any, NewType
+from typing import Any, NewType, get_origin
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import attrs
 import cattrs
+from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
 
-from taskd.shapes import MAX_SCHEDULE_AHEAD
+from taskd.shapes import MAX_SCHEDULE_AHEAD, PROJECT_ID
 from taskd.validation import errors_by_path
 
 ENV_PREFIX = "TASKD_"
@@ -30,9 +34,62 @@ class ConfigError(Exception):
     """A configuration problem, worded as one line that names the key."""
 
 
+# The longest duration any seconds setting may have: ten years. A TTL, a time limit or an interval
+# longer than that is a typo, and one without bound is worse: Redis refuses an EXPIRE past 64 bits
+# (every submit failed) and asyncio an infinite timeout (start-up died on an OverflowError).
+MAX_SECONDS = 10 * 365 * 24 * 3600
+
+
+def _seconds(*, gt: float | None = None, ge: float | None = None) -> Any:
+    """The validator of a duration in seconds: above `gt` (or at least `ge`), at most MAX_SECONDS."""
+
+    def check(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+        _check_seconds(attribute.name, value, gt, ge)
+
+    return check
+
+
+def _check_seconds(name: str, value: float, gt: float | None = None, ge: float | None = None) -> None:
+    if gt is not None and not value > gt:
+        raise ValueError(f"'{name}' must be above {gt} seconds, got {value}")
+    if ge is not None and not value >= ge:
+        raise ValueError(f"'{name}' must be at least {ge} seconds, got {value}")
+    if value > MAX_SECONDS:
+        raise ValueError(f"'{name}' must be at most {MAX_SECONDS} seconds (10 years), got {value}")
+
+
+def _time_limits(_: Any, attribute: attrs.Attribute[dict[str, float]], value: dict[str, float]) -> None:
+    for task_type, seconds in value.items():
+        _check_seconds(f"{attribute.name}.{task_type}", seconds, gt=0)
+
+
+def _slot_counts(_: Any, attribute: attrs.Attribute[dict[str, int]], value: dict[str, int]) -> None:
+    for name, slots in value.items():
+        if slots < 0:
+            raise ValueError(
+                f"'{attribute.name}.{name}' must be at least 0 (0: the whole device), got {slots}"
+            )
+
+
+def _queue_names(_: Any, attribute: attrs.Attribute[dict[str, str]], value: dict[str, str]) -> None:
+    for task_type, queue in value.items():
+        if not queue.strip():
+            raise ValueError(f"'{attribute.name}.{task_type}' must name a queue, got an empty string")
+
+
+def _listen_host(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    # aiohttp takes an empty host for every interface, IPv4 and IPv6: an unset variable in
+    # TASKD_HTTP__HOST=$HOST must not open the API to the network. Every interface is 0.0.0.0 or ::.
+    if not value.strip() or value != value.strip():
+        raise ValueError(
+            f"'{attribute.name}' must be a host name or address (0.0.0.0 or :: for every interface), "
+            f"got {'an empty string' if not value.strip() else repr(value)}"
+        )
+
+
 @attrs.frozen
 class HttpConfig:
-    host: str = "127.0.0.1"
+    host: str = attrs.field(default="127.0.0.1", validator=_listen_host)
     port: int = attrs.field(
         default=8001, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(65535))
     )
@@ -40,9 +97,9 @@ class HttpConfig:
     # a request's headers) before it is closed: a client that opens connections and sends nothing,
     # or its headers a byte at a time, holds each for this long at most. Above the idle timeouts of
     # the usual proxies in front (60 s), so that none reuses a connection taskd is closing.
-    idle_timeout: float = attrs.field(default=75.0, validator=attrs.validators.gt(0))
+    idle_timeout: float = attrs.field(default=75.0, validator=_seconds(gt=0))
     # Seconds a request's body may take to arrive once the handler reads it; then 408.
-    body_timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    body_timeout: float = attrs.field(default=60.0, validator=_seconds(gt=0))
 
 
 def _webhook_secret(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -75,6 +132,17 @@ def _api_key(_: object, __: attrs.Attribute[str], key: str) -> None:
     _check_api_key(key)
 
 
+def _project_ids(_: object, __: attrs.Attribute[list[str]], projects: list[str]) -> None:
+    # An entry no project can have is a mistake; a blank one must not vanish, leaving the list
+    # empty, which means every project.
+    for project in projects:
+        if not PROJECT_ID.fullmatch(project):
+            raise ValueError(
+                f"{project!r} is not a project id (1-128 letters, digits, '_', '.', ':', '@' or '-', "
+                "starting with a letter or digit)"
+            )
+
+
 @attrs.frozen
 class ScopedKey:
     """An API key that may use only the listed projects (empty list: every project).
@@ -84,7 +152,7 @@ class ScopedKey:
     """
 
     key: str = attrs.field(validator=_api_key)
-    projects: list[str] = attrs.Factory(list)
+    projects: list[str] = attrs.field(factory=list, validator=_project_ids)
     webhook_secret: str = attrs.field(default="", validator=_webhook_secret)
     previous_webhook_secret: str = attrs.field(default="", validator=_previous_webhook_secret)
 
@@ -97,24 +165,144 @@ def _upper(value: str) -> str:
     return value.strip().upper()
 
 
+def _distinct_keys(instance: Any, _: attrs.Attribute[list[ScopedKey]], keys: list[ScopedKey]) -> None:
+    # One key, two entries: which projects and which webhook secret would be its? A key of api_keys
+    # may use every project, one of keys only its own: a key in both is the same question.
+    first: dict[str, int] = {}
+    for index, entry in enumerate(keys):
+        if entry.key in first:
+            raise ValueError(f"auth.keys[{first[entry.key]}] and auth.keys[{index}] have the same key")
+        first[entry.key] = index
+        if entry.key in instance.api_keys:
+            raise ValueError(
+                f"the key of auth.keys[{index}] is also in auth.api_keys: give it once, scoped or not"
+            )
+
+
 @attrs.frozen
 class AuthConfig:
     # Empty: taskd makes one key on first start. Env TASKD_AUTH__API_KEYS=k1,k2.
     api_keys: list[str] = attrs.field(factory=list, validator=attrs.validators.deep_iterable(_api_key))
     # [{key = "…", projects = ["p1", "p2"], webhook_secret = "whsec_…"}]; env TASKD_AUTH__KEYS as JSON.
-    keys: list[ScopedKey] = attrs.Factory(list)
+    keys: list[ScopedKey] = attrs.field(factory=list, validator=_distinct_keys)
+
+
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+# The query options of a redis://, rediss:// or unix:// URL that redis-py's connections take (any
+# other it passes on, and the first connection fails with a TypeError), and those it reads as numbers.
+_REDIS_OPTIONS = {
+    "redis": {
+        "db",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "retry_on_timeout",
+        "max_connections",
+        "health_check_interval",
+        "timeout",
+        "client_name",
+        "username",
+        "password",
+    },
+    "redis+sentinel": {"sentinel_password"},  # taskd reads this one; it passes on none
+}
+_REDIS_OPTIONS["rediss"] = _REDIS_OPTIONS["redis"] | {
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+    "ssl_ciphers",
+}
+_REDIS_OPTIONS["unix"] = _REDIS_OPTIONS["redis"] - {"socket_keepalive"}  # a TCP option
+_REDIS_NUMBER_OPTIONS = {
+    "db": int,
+    "max_connections": int,
+    "health_check_interval": int,
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "timeout": float,
+}
+
+
+def _redis_url_problem(url: str) -> str | None:
+    # What redis-py would only fail on when taskd first connects, with a traceback (or, for a db
+    # that is not a number, not at all: it used db 0). Never the URL itself: it may hold a password.
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        return f"is not a URL ({exc})"
+    if parts.scheme not in REDIS_SCHEMES or not url.startswith(f"{parts.scheme}://"):
+        return "must start with one of " + ", ".join(f"{scheme}://" for scheme in REDIS_SCHEMES)
+    if parts.scheme == "unix":
+        if not parts.path.strip("/"):
+            return "needs the socket's path: unix:///path/to/valkey.sock"
+        return _redis_query_problem(parts)
+    return _redis_hosts_problem(parts) or _redis_path_problem(parts) or _redis_query_problem(parts)
+
+
+def _redis_hosts_problem(parts: SplitResult) -> str | None:
+    hosts = parts.netloc.rpartition("@")[2]
+    several = "+" in parts.scheme  # sentinel and cluster URLs list several host:port
+    for item in hosts.split(",") if several else [hosts]:
+        host, _, port = item.rpartition(":") if item.count(":") == 1 or "]:" in item else (item, "", "")
+        if (item or several) and not host.strip("[]"):
+            return "has an address with no host"
+        if port and not (_digits(port) and int(port) <= 65535):
+            return "has a port that is not a number from 0 to 65535"
+    return None
+
+
+def _redis_path_problem(parts: SplitResult) -> str | None:
+    path = [segment for segment in parts.path.split("/") if segment]
+    if parts.scheme == "redis+sentinel":
+        if not 1 <= len(path) <= 2 or not all(map(_digits, path[1:])):
+            return "must end in /<sentinel service name>[/<db number>]"
+    elif parts.scheme == "redis+cluster":
+        if path not in ([], ["0"]) or parts.query:
+            return "of a cluster has no path (a cluster has database 0 only) and no options"
+    elif len(path) > 1 or not all(map(_digits, path)):
+        return "must end in /<db number> or nothing"
+    return None
+
+
+def _redis_query_problem(parts: SplitResult) -> str | None:
+    known = _REDIS_OPTIONS.get(parts.scheme, set())
+    for name, values in parse_qs(parts.query).items():
+        if name not in known:
+            return f"has an option {parts.scheme}:// URLs do not take: {name!r} (known: {', '.join(sorted(known))})"
+        if name == "ssl_cert_reqs" and values[0].lower() not in ("none", "optional", "required"):
+            return "has an ssl_cert_reqs option that is not none, optional or required"
+        number = _REDIS_NUMBER_OPTIONS.get(name)
+        if number is not None:
+            try:
+                number(values[0])
+            except ValueError:
+                return f"has a {name} option that is not a number"
+    return None
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _redis_url(_: Any, attribute: attrs.Attribute[str], url: str) -> None:
+    problem = _redis_url_problem(url) if url else None
+    if problem:
+        raise ValueError(f"'{attribute.name}' {problem}")
 
 
 @attrs.frozen
 class RedisConfig:
-    # redis://…, rediss://…, redis+sentinel://[:password@]host:26379,host2:26379/<service>/<db>,
+    # redis://…, rediss://…, unix:///path, redis+sentinel://[:password@]host:26379,host2:26379/<service>/<db>,
     # or redis+cluster://[:password@]host:6379,host2:6379 (docs/cluster.md).
-    url: str = ""
+    url: str = attrs.field(default="", validator=_redis_url)
     # Seconds any one Redis command may take before the API answers 503 (0: no limit).
-    socket_timeout: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    socket_timeout: float = attrs.field(default=10.0, validator=_seconds(ge=0))
     # Replicas that must hold a new task before its submit is acknowledged (WAIT); 0: do not wait.
     wait_replicas: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    wait_timeout: float = attrs.field(default=2.0, validator=attrs.validators.gt(0))
+    wait_timeout: float = attrs.field(default=2.0, validator=_seconds(gt=0))
     # How many hash tags taskd's tasks are spread over, each project's in one (docs/cluster.md):
     # on a Redis Cluster, one per shard or more spreads taskd's load over the shards. Every process
     # must use the same number, and it is kept with the data: it cannot change once tasks are stored.
@@ -142,7 +330,7 @@ class LlmProvider:
     base_url: str = ""
     api_key: str = ""
     model: str = "gpt-4o-mini"
-    timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=120.0, validator=_seconds(gt=0))
     # Shared by every worker on every host (taskd/providers/limits.py); 0 = unlimited.
     max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
@@ -153,7 +341,7 @@ class ImageProvider:
     base_url: str = ""
     api_key: str = ""
     model: str = "gpt-image-1"
-    timeout: float = attrs.field(default=180.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=180.0, validator=_seconds(gt=0))
     max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
@@ -164,7 +352,7 @@ class SpeechProvider:
     api_key: str = ""
     model: str = "gpt-4o-mini-tts"
     voice: str = "alloy"
-    timeout: float = attrs.field(default=120.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=120.0, validator=_seconds(gt=0))
     max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
@@ -206,12 +394,12 @@ class VideoProvider:
     api_key: str = ""
     # Replicate: "owner/name", or "owner/name:version" / a version id.
     model: str = ""
-    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))  # each HTTP request
-    poll_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=60.0, validator=_seconds(gt=0))  # each HTTP request
+    poll_interval: float = attrs.field(default=5.0, validator=_seconds(gt=0))
     # 429, 5xx and connection errors of one request: tried again this many times, `retry_delay`
     # doubling (at most 60 s, or what Retry-After says), before the task fails (and is retried).
     max_retries: int = attrs.field(default=5, validator=attrs.validators.ge(0))
-    retry_delay: float = attrs.field(default=2.0, validator=attrs.validators.ge(0))
+    retry_delay: float = attrs.field(default=2.0, validator=_seconds(ge=0))
     # Jobs in flight at the provider at once, and jobs created per minute, across every worker; 0 = unlimited.
     max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     per_minute: int = attrs.field(default=0, validator=attrs.validators.ge(0))
@@ -245,7 +433,7 @@ class S3Config:
     addressing_style: str = attrs.field(
         default="path", converter=_lower, validator=attrs.validators.in_(("path", "virtual"))
     )
-    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=60.0, validator=_seconds(gt=0))
 
 
 def _media_backend(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -257,19 +445,19 @@ def _media_backend(instance: Any, attribute: attrs.Attribute[str], value: str) -
 class MediaConfig:
     dir: str = ""  # empty: <data_dir>/media
     base_url: str = ""  # empty: http://<http.host>:<http.port>
-    url_ttl: int = attrs.field(default=7 * 24 * 3600, validator=attrs.validators.ge(60))
+    url_ttl: int = attrs.field(default=7 * 24 * 3600, validator=_seconds(ge=60))
     secret: str = ""  # empty: made once and kept in <data_dir>/media_secret
     scratch_dir: str = ""  # empty: <data_dir>/scratch
     max_download_bytes: int = attrs.field(default=50 * 1024 * 1024, validator=attrs.validators.ge(1024))
     max_inputs: int = attrs.field(default=32, validator=attrs.validators.ge(1))
-    download_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    download_timeout: float = attrs.field(default=30.0, validator=_seconds(gt=0))
     # Bounds on what a task's inputs may make ffmpeg decode, and on what it may write.
     max_image_pixels: int = attrs.field(default=40_000_000, validator=attrs.validators.ge(1))
-    max_input_seconds: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
+    max_input_seconds: float = attrs.field(default=3600.0, validator=_seconds(gt=0))
     max_output_bytes: int = attrs.field(default=2 * 1024**3, validator=attrs.validators.ge(1024 * 1024))
     # Stored media older than this (seconds, by mtime) is deleted by the sweeper, every sweep_interval.
-    retention: int = attrs.field(default=7 * 24 * 3600, validator=attrs.validators.ge(60))
-    sweep_interval: float = attrs.field(default=3600.0, validator=attrs.validators.gt(0))
+    retention: int = attrs.field(default=7 * 24 * 3600, validator=_seconds(ge=60))
+    sweep_interval: float = attrs.field(default=3600.0, validator=_seconds(gt=0))
     # Media tasks are refused (503) while the media dir's filesystem has less free than either.
     min_free_bytes: int = attrs.field(default=1024**3, validator=attrs.validators.ge(0))
     min_free_ratio: float = attrs.field(
@@ -302,12 +490,12 @@ class PayloadConfig:
     api_key: str = ""
     email: str = ""
     password: str = ""
-    timeout: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=60.0, validator=_seconds(gt=0))
     # Tries of one upload (and of the login) before the result reports payload_error; 1 = no retry.
     max_attempts: int = attrs.field(
         default=3, validator=attrs.validators.and_(attrs.validators.ge(1), attrs.validators.le(10))
     )
-    retry_delay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    retry_delay: float = attrs.field(default=1.0, validator=_seconds(ge=0))
     # Last: its check reads the credentials above.
     base_url: str = attrs.field(default="", validator=_payload_auth)
 
@@ -337,9 +525,9 @@ class WebhooksConfig:
     secret: str = attrs.field(default="", validator=_webhook_secret)
     # The secret before `secret` during a rotation: both sign every webhook until it is removed.
     previous_secret: str = attrs.field(default="", validator=_webhook_secret)
-    timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(default=30.0, validator=_seconds(gt=0))
     extra_delays: list[float] = attrs.field(
-        factory=list, validator=attrs.validators.deep_iterable(attrs.validators.ge(0))
+        factory=list, validator=attrs.validators.deep_iterable(_seconds(ge=0))
     )
     proxy: str = ""
     max_concurrency: int = attrs.field(default=64, validator=attrs.validators.ge(1))
@@ -347,19 +535,19 @@ class WebhooksConfig:
     # receiver that hangs never holds every place and others' webhooks still go out.
     max_per_receiver: int = attrs.field(default=32, validator=attrs.validators.ge(1))
     # The least seconds between two `progress` webhooks of one task (those who ask for them).
-    progress_interval: float = attrs.field(default=5.0, validator=attrs.validators.ge(0))
+    progress_interval: float = attrs.field(default=5.0, validator=_seconds(ge=0))
 
 
 @attrs.frozen
 class RetryConfig:
-    base_delay: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    base_delay: float = attrs.field(default=60.0, validator=_seconds(ge=0))
     max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen
 class QueueConfig:
     concurrency: int = attrs.field(validator=attrs.validators.ge(1))
-    timeout: float = attrs.field(validator=attrs.validators.gt(0))
+    timeout: float = attrs.field(validator=_seconds(gt=0))
 
 
 def _default_queues() -> dict[str, QueueConfig]:
@@ -374,7 +562,7 @@ def _default_queues() -> dict[str, QueueConfig]:
 
 @attrs.frozen
 class StorageConfig:
-    task_ttl: int = attrs.field(default=24 * 3600, validator=attrs.validators.ge(60))
+    task_ttl: int = attrs.field(default=24 * 3600, validator=_seconds(ge=60))
 
 
 def _host_id(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -387,9 +575,9 @@ def _host_id(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
 
 @attrs.frozen
 class WorkerConfig:
-    heartbeat_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
-    heartbeat_ttl: float = attrs.field(default=20.0, validator=attrs.validators.gt(0))
-    poll_delay: float = attrs.field(default=0.5, validator=attrs.validators.gt(0))
+    heartbeat_interval: float = attrs.field(default=5.0, validator=_seconds(gt=0))
+    heartbeat_ttl: float = attrs.field(default=20.0, validator=_seconds(gt=0))
+    poll_delay: float = attrs.field(default=0.5, validator=_seconds(gt=0))
     # The name this worker host goes by (its GPUs, its slot counts, its workers): empty means the
     # machine's hostname. Part of Redis key names, hence the short plain alphabet.
     host_id: str = attrs.field(default="", validator=_host_id)
@@ -404,16 +592,16 @@ class WorkerConfig:
 class ExecutionConfig:
     """How jobs run: cancel grace, runner process limits, crash handling, priorities, shutdown."""
 
-    cancel_grace: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    cancel_grace: float = attrs.field(default=30.0, validator=_seconds(ge=0))
     memory_limit_mb: int = attrs.field(default=2048, validator=attrs.validators.ge(16))
     # RLIMIT_AS of every tool child (ffmpeg, espeak-ng, a plugin's tools), 0 = none: the second line
     # behind the tree's memory watcher. Address space, not RSS: a tool's threads and mappings count.
     tool_address_space_mb: int = attrs.field(default=8192, validator=attrs.validators.ge(0))
     max_tasks_per_runner: int = attrs.field(default=10, validator=attrs.validators.ge(1))
     max_worker_deaths: int = attrs.field(default=3, validator=attrs.validators.ge(1))
-    reclaim_interval: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
-    priority_aging: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
-    shutdown_grace: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    reclaim_interval: float = attrs.field(default=5.0, validator=_seconds(gt=0))
+    priority_aging: float = attrs.field(default=300.0, validator=_seconds(ge=0))
+    shutdown_grace: float = attrs.field(default=30.0, validator=_seconds(ge=0))
     # A result is kept in Redis and sent whole in every status answer, event and webhook: a
     # handler's result longer than this (as JSON) fails its task instead.
     result_max_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1))
@@ -424,9 +612,10 @@ class TasksConfig:
     """Extra task-type modules (each exports TASK or TASKS), and per-type overrides of queue and limits."""
 
     modules: list[str] = attrs.Factory(list)
-    routes: dict[str, str] = attrs.Factory(dict)
-    soft_time_limits: dict[str, float] = attrs.Factory(dict)
-    hard_time_limits: dict[str, float] = attrs.Factory(dict)
+    # Keyed by task type; a name no installed type has stops start-up (taskd.tasks.registry).
+    routes: dict[str, str] = attrs.field(factory=dict, validator=_queue_names)
+    soft_time_limits: dict[str, float] = attrs.field(factory=dict, validator=_time_limits)
+    hard_time_limits: dict[str, float] = attrs.field(factory=dict, validator=_time_limits)
 
 
 @attrs.frozen
@@ -441,7 +630,7 @@ class LimitsConfig:
     queued_per_project: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
     max_queue_length: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
     # Seconds ahead a submit's `run_at`/`delay_seconds` may schedule a task; later is a 400.
-    max_schedule_ahead: int = attrs.field(default=MAX_SCHEDULE_AHEAD, validator=attrs.validators.ge(1))
+    max_schedule_ahead: int = attrs.field(default=MAX_SCHEDULE_AHEAD, validator=_seconds(ge=1))
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1024))
     max_task_data_depth: int = attrs.field(default=32, validator=attrs.validators.ge(1))
     max_task_data_items: int = attrs.field(default=10000, validator=attrs.validators.ge(1))
@@ -474,7 +663,7 @@ DeviceSelection = NewType("DeviceSelection", str)
 def _to_device_selection(value: Any, _: type) -> str:
     # Normalised to "auto", "none", "count:N" or "index:0,2".
     if isinstance(value, bool):
-        raise ValueError(f"expected auto, none, a count or a list of indexes, got {value!r}")
+        raise ValueError(f"expected auto, none, a count or a list of indexes, got {_given(value)}")
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         return f"count:{int(value)}"
     if isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value):
@@ -486,7 +675,7 @@ def _to_device_selection(value: Any, _: type) -> str:
         parts = [part.strip() for part in text.strip("[]").split(",")]
         if parts and all(part.isdigit() for part in parts):
             return "index:" + ",".join(parts)
-    raise ValueError(f"expected auto, none, a count or a list of indexes, got {value!r}")
+    raise ValueError(f"expected auto, none, a count or a list of indexes, got {_given(value)}")
 
 
 # What a task type needs from a GPU: nothing, one slot of a device, or a whole device.
@@ -502,7 +691,9 @@ class GpuConfig:
     slots: int = attrs.field(default=4, validator=attrs.validators.ge(1))
     # Slots a job of each GPU queue takes (0 means the whole device), for a task type that does not
     # say what it needs (a plugin's; every built-in type does).
-    queue_slots: dict[str, int] = attrs.Factory(lambda: {"gpu_heavy": 0, "gpu_medium": 1})
+    queue_slots: dict[str, int] = attrs.field(
+        factory=lambda: {"gpu_heavy": 0, "gpu_medium": 1}, validator=_slot_counts
+    )
     # Per task type: what it needs, overriding what the type declares ("none", "slot", "device").
     task_needs: dict[str, str] = attrs.field(
         factory=dict,
@@ -511,10 +702,10 @@ class GpuConfig:
         ),
     )
     # Per task type: the number of slots (0 = the whole device), overriding everything above.
-    task_slots: dict[str, int] = attrs.Factory(dict)
+    task_slots: dict[str, int] = attrs.field(factory=dict, validator=_slot_counts)
     # Simulated devices instead of NVML: for tests and demos on machines without a GPU.
     simulate: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    wait_poll: float = attrs.field(default=0.25, validator=attrs.validators.gt(0))
+    wait_poll: float = attrs.field(default=0.25, validator=_seconds(gt=0))
 
 
 @attrs.frozen
@@ -551,22 +742,56 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+def _kind(value: Any) -> str:
+    """What a config value is, in TOML's words: what an error message says instead of the value."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        odd = next((item for item in value if not isinstance(item, str)), None)
+        return "a list" if odd is None else f"a list holding {_kind(odd)}"
+    return "a date or time" if isinstance(value, date | time) else f"a {type(value).__name__}"
+
+
+def _given(value: Any) -> str:
+    # Called for numbers, booleans and device selections only, which are never secrets
+    # (tests/test_config_validation.py checks that no field named like one has those types): a
+    # string or number given is shown, it is the typo the operator needs to see. A table or a list
+    # may be secrets put in the wrong place: their type only.
+    return repr(value) if isinstance(value, str | int | float) else _kind(value)
+
+
 def _to_bool(value: Any, _: type) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise ValueError(f"expected true or false, got {value!r}")
+    raise ValueError(f"expected true or false, got {_given(value)}")
 
 
 def _to_number(value: Any, kind: type[int] | type[float]) -> int | float:
     # Environment values arrive as strings; TOML values already have their type.
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
+    expected = "an integer" if kind is int else "a number"
+    if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected {expected}, got {_given(value)}")
     try:
-        return kind(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        number = kind(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError, OverflowError):  # int(inf) overflows
+        raise ValueError(f"expected {expected}, got {_given(value)}") from None
+    # inf and nan pass every bound (nan compares false to each), and an integer past 64 bits is one
+    # that Redis, a timeout or an rlimit cannot take.
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {_given(value)}")
+    if isinstance(number, int) and abs(number) >= 2**63:
+        raise ValueError(f"expected a 64-bit integer, got {_given(value)}")
+    return number
 
 
 def _to_str_list(value: Any, _: type) -> list[str]:
@@ -574,7 +799,7 @@ def _to_str_list(value: Any, _: type) -> list[str]:
         return [item.strip() for item in value.split(",") if item.strip()]
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return list(value)
-    raise ValueError(f"expected a list of strings, got {value!r}")
+    raise ValueError(f"expected a list of strings, got {_kind(value)}")
 
 
 def _to_api_keys(value: Any, _: type) -> list[str]:
@@ -589,11 +814,21 @@ def _to_api_keys(value: Any, _: type) -> list[str]:
     return keys
 
 
+def _to_projects(value: Any, _: type) -> list[str]:
+    # Not split like other lists: "" or " , " would be no projects, which means every project.
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"expected a list of project ids ([]: every project), got {_kind(value)}")
+    return list(value)
+
+
 def _to_float_list(value: Any, _: type) -> list[float]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise ValueError(f"expected a list of numbers, got {value!r}")
+        raise ValueError(f"expected a list of numbers, got {_kind(value)}")
     return [float(_to_number(item, float)) for item in items if not isinstance(item, str) or item.strip()]
+
+
+_SCOPED_KEY = "{key, projects} table"
 
 
 def _json_list(value: Any) -> list[Any]:
@@ -603,23 +838,53 @@ def _json_list(value: Any) -> list[Any]:
             value = json.loads(value) if value.strip() else []
         except ValueError:
             raise ValueError("expected a JSON list of {key, projects} objects") from None
+        # In JSON's words: the value came as JSON.
+        what = "an object" if isinstance(value, dict) else _kind(value)
+    else:
+        what = _kind(value)
     if not isinstance(value, list):
-        raise ValueError(f"expected a list, got {value!r}")
+        raise ValueError(f"expected a list of {_SCOPED_KEY}s, got {what}")
     return value
 
 
 def _to_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
+        raise ValueError(f"expected a string, got {_kind(value)}")
     return value
+
+
+def _table(structure: Any, what: str = "a table") -> Any:
+    """`structure` (of an attrs class or a dict) behind a check that the value is a table at all."""
+
+    def hook(value: Any, kind: type) -> Any:
+        # Else cattrs fails inside with "'str' object has no attribute 'keys'".
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected {what}, got {_kind(value)}")
+        return structure(value, kind)
+
+    return hook
+
+
+def _scoped_keys(conv: cattrs.Converter) -> Any:
+    def hook(value: Any, _: type) -> list[ScopedKey]:
+        found, errors = [], []
+        for index, item in enumerate(_json_list(value)):
+            try:
+                found.append(conv.structure(item, ScopedKey))
+            except Exception as exc:  # cattrs raises exception groups of many kinds
+                # The entry's index in the key's path: auth.keys[1], not auth.keys.
+                exc.add_note(IterableValidationNote(f"auth.keys[{index}]", index, ScopedKey))
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError("invalid auth.keys", errors, list[ScopedKey])
+        return found
+
+    return hook
 
 
 def _converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
-    conv.register_structure_hook_func(
-        lambda t: t == list[ScopedKey],
-        lambda value, _: [conv.structure(item, ScopedKey) for item in _json_list(value)],
-    )
+    conv.register_structure_hook_func(lambda t: t == list[ScopedKey], _scoped_keys(conv))
     conv.register_structure_hook(bool, _to_bool)
     conv.register_structure_hook(int, _to_number)
     conv.register_structure_hook(float, _to_number)
@@ -627,11 +892,25 @@ def _converter() -> cattrs.Converter:
     conv.register_structure_hook(DeviceSelection, _to_device_selection)
     conv.register_structure_hook_func(lambda t: t == list[str], _to_str_list)
     conv.register_structure_hook_func(lambda t: t == list[float], _to_float_list)
-    # Last: the generated function takes the other fields' hooks as they are now.
-    conv.register_structure_hook(
-        AuthConfig, make_dict_structure_fn(AuthConfig, conv, api_keys=override(struct_hook=_to_api_keys))
-    )
+    # Made when a class is first structured, so each takes the hooks above.
+    conv.register_structure_hook_factory(attrs.has, lambda cls: _class_hook(conv, cls))
+    conv.register_structure_hook_factory(_is_dict, lambda kind: _table(conv.gen_structure_mapping(kind)))
     return conv
+
+
+def _class_hook(conv: cattrs.Converter, cls: type) -> Any:
+    overrides: dict[str, Any] = {}
+    if cls is AuthConfig:
+        overrides["api_keys"] = override(struct_hook=_to_api_keys)
+    if cls is ScopedKey:
+        overrides["projects"] = override(struct_hook=_to_projects)
+    structure: Any = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **overrides)
+    return _table(structure, f"a {_SCOPED_KEY}" if cls is ScopedKey else "a table")
+
+
+def _is_dict(kind: Any) -> bool:
+    origin: Any = get_origin(kind)
+    return origin is dict
 
 
 _CONVERTER = _converter()
@@ -642,6 +921,8 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
     for candidate in (explicit, environ.get("TASKD_CONFIG")):
         if candidate:
             path = Path(candidate)
+            if path.is_dir():
+                raise ConfigError(f"config file {path} is a directory")
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
             return path
@@ -689,16 +970,29 @@ def _with_queue_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "queues": filled}
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # not readable by taskd's user, gone since it was found
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        # TOML is UTF-8 whatever the locale says (a bare read_text() would decode by the locale).
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 (at byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read the config file (if any) and the environment; raise ConfigError with one line on a bad value."""
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     config_file = find_config_file(path, environ)
     if config_file is not None:
-        try:
-            raw = tomllib.loads(config_file.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
+        raw = _read_toml(config_file)
     raw = _with_queue_defaults(_merge(raw, _env_overrides(environ)))
     try:
         return _CONVERTER.structure(raw, Config)

@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
 from typing import IO, Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import attrs
 import orjson
@@ -35,6 +35,11 @@ WEBHOOK_SECRET_PREFIX = "whsec_"
 # Config fields whose values are secrets, wherever they are in the config tree (a scoped key's
 # `key`, a key's `webhook_secret`, rotated `secrets` included).
 SECRET_FIELD = re.compile(r"(^|_)(api_keys?|key|secrets?|password|token)$")
+# URL query parameters that carry a credential: ?api-key=…, ?apikey=…, ?access_token=…, ?key=…,
+# ?X-Amz-Signature=… (the names providers and presigned URLs use; case and - or _ as they come).
+SECRET_QUERY_NAME = re.compile(
+    r"(^|[_-])(api_?keys?|key|secrets?|password|passwd|pwd|token|sig|signature|credentials?)$", re.IGNORECASE
+)
 # The password of any URL with credentials: redis://:pw@host, https://user:pw@host.
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s@/]+(?=@)")
 _BEARER = re.compile(r"(?P<head>\bBearer\s+)[A-Za-z0-9._~+/=-]+")
@@ -116,8 +121,46 @@ def url_password(url: str) -> str | None:
         return None
 
 
+def _is_secret_parameter(name: str, value: str) -> bool:
+    return bool(value) and bool(SECRET_QUERY_NAME.search(unquote_plus(name)))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secrets a URL carries: its password, and each query value named like a credential (as
+    written and decoded, so that either form is masked)."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password] if parts.password else []
+    except ValueError:
+        return []
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if _is_secret_parameter(name, value):
+            found.extend(dict.fromkeys([value, unquote_plus(value)]))
+    return found
+
+
+def mask_url(url: str, mask: str) -> str:
+    """`url` with its password and each query value named like a credential replaced by `mask`."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    netloc = parts.netloc.replace(f":{password}@", f":{mask}@", 1) if password else parts.netloc
+    pairs = [pair.partition("=") for pair in parts.query.split("&")]
+    query = "&".join(
+        f"{name}={mask}" if _is_secret_parameter(name, value) else name + equals + value
+        for name, equals, value in pairs
+    )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
 def secrets_of(config: Any) -> list[str]:
-    """Every secret in a config tree: fields named like a key, secret, password or token, and URL passwords."""
+    """Every secret in a config tree: fields (and table keys) named like a key, secret, password or
+    token, URL passwords and URL query values named like a credential."""
     found: list[str] = []
 
     def walk(value: Any, secret: bool) -> None:
@@ -125,8 +168,9 @@ def secrets_of(config: Any) -> list[str]:
             for field in attrs.fields(type(value)):
                 walk(getattr(value, field.name), secret or bool(SECRET_FIELD.search(field.name)))
         elif isinstance(value, dict):
-            for item in value.values():
-                walk(item, secret)
+            # A table of the operator's own names (providers.video.extra_input = {api_key = …}).
+            for name, item in value.items():
+                walk(item, secret or bool(SECRET_FIELD.search(str(name))))
         elif isinstance(value, list | tuple):
             for item in value:
                 walk(item, secret)
@@ -134,8 +178,8 @@ def secrets_of(config: Any) -> list[str]:
             if secret:
                 # A Standard Webhooks secret is also masked by its key part alone.
                 found.extend({value, value.removeprefix(WEBHOOK_SECRET_PREFIX)})
-            elif "://" in value and (password := url_password(value)):
-                found.append(password)
+            elif "://" in value:
+                found.extend(url_secrets(value))
 
     walk(config, False)
     return found

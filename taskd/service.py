@@ -42,7 +42,7 @@ from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
 from taskd.store import Admission, TaskStore, layout
 from taskd.submit.dispatch import Dispatcher
-from taskd.tasks.registry import Registry, default_registry
+from taskd.tasks.registry import Registry, check_names, default_registry
 from taskd.webhooks.sender import WebhookSender
 from taskd.webhooks.signing import SECRET_PREFIX, Signers
 
@@ -85,6 +85,7 @@ class Service:
         self.gpu_backend = gpu_backend
         self.http = http
         self.registry = default_registry(config.tasks)
+        check_names(config, self.registry)
         self.queues = served_queues(config, self.registry, queues) if workers else []
         self.generated_key: str | None = None
         self.key_is_new = False  # the generated key was made by this start (printed once, now)

@@ -295,6 +295,25 @@ def test_config_show_prints_the_effective_config_with_secrets_masked(monkeypatch
         assert secret not in out
 
 
+def test_config_show_masks_credentials_in_url_query_strings(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(
+        "TASKD_PROVIDERS__LLM__BASE_URL", "https://llm.example/v1?api-version=2024&api-key=sk-query-1"
+    )
+    monkeypatch.setenv("TASKD_WEBHOOKS__PROXY", "http://u:proxy-pass-1@proxy:3128/?token=tok-query-2")
+
+    code = main(["config", "show"])
+
+    out = capsys.readouterr().out
+    config = json.loads(out)
+    assert code == 0
+    assert (
+        config["providers"]["llm"]["base_url"] == "https://llm.example/v1?api-version=2024&api-key=********"
+    )
+    assert config["webhooks"]["proxy"] == "http://u:********@proxy:3128/?token=********"
+    assert "sk-query-1" not in out and "tok-query-2" not in out
+
+
 def test_config_check_exits_0_for_a_valid_config(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
     (tmp_path / "taskd.toml").write_text("[http]\nport = 8123\n")
@@ -327,3 +346,96 @@ def test_config_check_exits_2_for_a_queue_the_task_types_need_but_the_config_lac
     assert capsys.readouterr().err.strip() == (
         "taskd: queues video_farm are used by task types but not configured"
     )
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "name"),
+    [
+        ('[tasks.routes]\ngenerate_vide = "gpu_heavy"\n', "tasks.routes", "'generate_vide'"),
+        ("[tasks.soft_time_limits]\nnoop = 5.0\n", "tasks.soft_time_limits", "'noop'"),
+        ("[tasks.hard_time_limits]\nnoop = 5.0\n", "tasks.hard_time_limits", "'noop'"),
+        ('[gpu.task_needs]\ngenerate_imag = "slot"\n', "gpu.task_needs", "'generate_imag'"),
+        ("[gpu.task_slots]\ngenerate_imag = 2\n", "gpu.task_slots", "'generate_imag'"),
+    ],
+)
+def test_config_check_exits_2_for_a_task_type_no_installed_module_has(
+    monkeypatch, capsys, tmp_path, toml, key, name
+):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    (tmp_path / "taskd.toml").write_text(toml)
+
+    code = main(["--config", str(tmp_path / "taskd.toml"), "config", "check"])
+
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith(f"taskd: config key {key}: no installed task type is called {name} (installed: ")
+    assert "\n" not in err
+
+
+def test_config_check_exits_2_for_gpu_slots_of_a_queue_no_one_configured(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_GPU__QUEUE_SLOTS__GPU_HEAVVY", "1")
+
+    code = main(["config", "check"])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "taskd: config key gpu.queue_slots: no queue is called 'gpu_heavvy' "
+        "(configured: cpu_intensive, default, gpu_heavy, gpu_medium)"
+    )
+
+
+def test_config_check_accepts_a_time_limit_of_a_type_from_tasks_modules(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_TASKS__MODULES", ",".join(TEST_TASK_MODULES))
+    monkeypatch.setenv("TASKD_TASKS__HARD_TIME_LIMITS__NOOP", "5")
+
+    assert main(["config", "check"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "problem"),
+    [
+        ("no.such.module", None, "could not be imported: ModuleNotFoundError: No module named 'no'"),
+        (
+            "raises_at_import",
+            'raise RuntimeError("no GPU driver")\n',
+            "could not be imported: RuntimeError: no GPU driver",
+        ),
+        ("exports_nothing", "X = 1\n", "must export TASK (a TaskType) or TASKS (a list of them)"),
+    ],
+)
+def test_config_check_exits_2_in_one_line_for_a_task_module_that_gives_no_types(
+    monkeypatch, capsys, tmp_path, module, source, problem
+):
+    if source is not None:
+        (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_TASKS__MODULES", module)
+
+    code = main(["config", "check"])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"taskd: config key tasks.modules: {module} {problem}"
+
+
+def test_config_check_exits_2_for_a_redis_url_with_a_port_that_is_not_a_number(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_REDIS__URL", "redis://:pw-SECRET-1@127.0.0.1:notaport/0")
+
+    code = main(["config", "check"])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "taskd: config key redis: 'url' has a port that is not a number from 0 to 65535"
+    )
+
+
+async def test_an_operator_command_exits_2_in_one_line_when_redis_py_refuses_the_url():
+    run = await operator_cli("queues", redis_url="redis://:pw-SECRET-1@127.0.0.1:1/0?max_connections=-1")
+
+    assert run.code == 2
+    assert run.err.strip().splitlines() == [
+        'taskd: redis.url redis://:********@127.0.0.1:1/0?max_connections=-1: "max_connections" must be a positive integer'
+    ]

@@ -18,7 +18,7 @@ from examples import TASK_DATA
 from fake_openai import FakeOpenAI
 
 from taskd import logs
-from taskd.config import Config, LlmProvider, ProvidersConfig, RedisConfig, WebhooksConfig
+from taskd.config import Config, LlmProvider, ProvidersConfig, RedisConfig, VideoProvider, WebhooksConfig
 
 
 @pytest.fixture
@@ -167,6 +167,25 @@ def test_every_secret_in_the_config_is_found():
     found = set(logs.secrets_of(config))
 
     assert {"redis-pass-1", "sk-provider-1", secret, "key-one-1", "key-two-2"} <= found
+
+
+def test_a_credential_in_a_url_query_of_the_config_is_found():
+    base_url = "https://llm.example/v1?api-version=2024&api-key=sk-query-1&X-Amz-Signature=sig%2Fquery-2"
+    config = attrs.evolve(Config(), providers=ProvidersConfig(llm=LlmProvider(base_url=base_url)))
+
+    found = set(logs.secrets_of(config))
+
+    assert {"sk-query-1", "sig%2Fquery-2", "sig/query-2"} <= found
+    assert "2024" not in found  # api-version names no credential
+
+
+def test_a_value_under_a_table_key_named_like_a_secret_is_found():
+    video = VideoProvider(extra_input={"api_key": "replicate-extra-1", "aspect_ratio": "16:9"})
+    config = attrs.evolve(Config(), providers=ProvidersConfig(video=video))
+
+    found = set(logs.secrets_of(config))
+
+    assert "replicate-extra-1" in found and "16:9" not in found
 
 
 async def _run_task(session: aiohttp.ClientSession, base_url: str, key: str, body: dict) -> dict:

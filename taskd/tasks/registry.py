@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from taskd.config import TasksConfig
+from taskd.config import Config, ConfigError, TasksConfig
 from taskd.model import ValidationError
 from taskd.tasks.spec import TaskType
 from taskd.validation import FieldErrors, structure_checked
@@ -90,10 +90,19 @@ def _builtin_types() -> list[TaskType]:
 def _module_types(modules: Iterable[str]) -> list[TaskType]:
     found: list[TaskType] = []
     for name in modules:
-        module = import_module(name)
+        try:
+            module = import_module(name)
+        except Exception as exc:  # whatever the module's own code raised: the config names it
+            # One line, as every config error: the exception, not its traceback.
+            problem = (str(exc).strip().splitlines() or [""])[0]
+            raise ConfigError(
+                f"config key tasks.modules: {name} could not be imported: {type(exc).__name__}: {problem}"
+            ) from None
         exported = getattr(module, "TASKS", None) or [getattr(module, "TASK", None)]
-        if not all(isinstance(task_type, TaskType) for task_type in exported):
-            raise ValueError(f"task module {name} must export TASK or TASKS (TaskType instances)")
+        if not isinstance(exported, list | tuple) or not all(isinstance(t, TaskType) for t in exported):
+            raise ConfigError(
+                f"config key tasks.modules: {name} must export TASK (a TaskType) or TASKS (a list of them)"
+            )
         found += exported
     return found
 
@@ -117,6 +126,34 @@ def _configured(task_type: TaskType, tasks: TasksConfig) -> TaskType:
         soft_time_limit=tasks.soft_time_limits.get(name, task_type.soft_time_limit),
         hard_time_limit=tasks.hard_time_limits.get(name, task_type.hard_time_limit),
     )
+
+
+def check_names(config: Config, registry: Registry) -> None:
+    """Raise ConfigError, naming the key, when a per-type setting names a type `registry` lacks
+    (or `gpu.queue_slots` a queue no one configured or routes to)."""
+    # A misspelt type name would otherwise be kept and never used: its limit or route silently not
+    # applied to the type the operator meant.
+    by_type: dict[str, Mapping[str, object]] = {
+        "tasks.routes": config.tasks.routes,
+        "tasks.soft_time_limits": config.tasks.soft_time_limits,
+        "tasks.hard_time_limits": config.tasks.hard_time_limits,
+        "gpu.task_needs": config.gpu.task_needs,
+        "gpu.task_slots": config.gpu.task_slots,
+    }
+    for key, settings in by_type.items():
+        unknown = sorted(set(settings) - set(registry.types))
+        if unknown:
+            raise ConfigError(
+                f"config key {key}: no installed task type is called {', '.join(map(repr, unknown))} "
+                f"(installed: {', '.join(sorted(registry.types))})"
+            )
+    queues = set(config.queues) | registry.queues()
+    unknown = sorted(set(config.gpu.queue_slots) - queues)
+    if unknown:
+        raise ConfigError(
+            f"config key gpu.queue_slots: no queue is called {', '.join(map(repr, unknown))} "
+            f"(configured: {', '.join(sorted(queues))})"
+        )
 
 
 def default_registry(tasks: TasksConfig | None = None, *, builtin: bool = True) -> Registry:

@@ -274,6 +274,21 @@ def test_a_job_config_has_every_secret_field_blank_and_no_url_password():
     assert (lean.data_dir, lean.providers.llm.base_url) == ("/var/lib/taskd", "https://llm.example/v1")
 
 
+def test_a_job_config_drops_a_url_that_carries_a_credential_in_its_query():
+    llm = LlmProvider(base_url="https://llm.example/v1?api-key=sk-query-1")
+    config = Config(providers=ProvidersConfig(llm=llm))
+
+    assert job_config(config).providers.llm.base_url == ""
+
+
+def test_a_proxy_with_a_token_in_its_query_stays_out_of_the_child_environment():
+    env = child_environment(
+        environ={"HTTPS_PROXY": "http://proxy:3128/?token=tok-query-2", "LANG": "C.UTF-8"}
+    )
+
+    assert "HTTPS_PROXY" not in env and env["LANG"] == "C.UTF-8"
+
+
 def test_scoped_keys_and_the_key_part_of_webhook_secrets_are_masked_in_logs():
     config = Config(
         auth=AuthConfig(keys=[ScopedKey(SCOPED_KEY, ["tenant-a"])]),
