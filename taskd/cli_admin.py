@@ -171,16 +171,18 @@ async def cmd_purge(ops: Operator, args: argparse.Namespace) -> int:
         raise UsageError(f"unknown queue {args.queue!r}; known: {', '.join(ops.queues)}")
     count = len(await ops.waiting_on(args.queue))
     if count == 0:
-        _note(f"queue {args.queue}: nothing queued")
+        _note(f"queue {printable(args.queue)}: nothing queued")
         cancelled: list[str] = []
     elif not args.yes and not _confirmed(
-        f"Cancel the {count} queued task(s) of queue {args.queue}? Running tasks are left alone."
+        f"Cancel the {count} queued task(s) of queue {printable(args.queue)}? Running tasks are left alone."
     ):
         _note("taskd: not purged")
         return EXIT_NOT_DONE
     else:
         cancelled = await ops.purge(args.queue)
-        _note(f"queue {args.queue}: {len(cancelled)} task(s) cancelled as purged; their webhooks are queued")
+        _note(
+            f"queue {printable(args.queue)}: {len(cancelled)} task(s) cancelled as purged; their webhooks are queued"
+        )
     if args.json:
         _print_json({"queue": args.queue, "cancelled": cancelled})
     else:

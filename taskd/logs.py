@@ -34,7 +34,8 @@ MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words
 WEBHOOK_SECRET_PREFIX = "whsec_"
 # Config fields whose values are secrets, wherever they are in the config tree (a scoped key's
 # `key`, a key's `webhook_secret`, rotated `secrets` included).
-SECRET_FIELD = re.compile(r"(^|_)(api_keys?|key|secrets?|password|token)$")
+# `access_key_id`: an S3 key's name, half of the credential, kept out of sight with its secret.
+SECRET_FIELD = re.compile(r"(^|_)(api_keys?|key|secrets?|password|token|access_key_id)$")
 # URL query parameters that carry a credential: ?api-key=…, ?apikey=…, ?access_token=…, ?key=…,
 # ?X-Amz-Signature=… (the names providers and presigned URLs use; case and - or _ as they come).
 SECRET_QUERY_NAME = re.compile(

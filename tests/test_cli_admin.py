@@ -281,6 +281,8 @@ def test_config_show_prints_the_effective_config_with_secrets_masked(monkeypatch
     monkeypatch.setenv("TASKD_AUTH__API_KEYS", API_KEY)
     monkeypatch.setenv("TASKD_REDIS__URL", "redis://:redis-secret-99@10.0.0.5:6379/0")
     monkeypatch.setenv("TASKD_PROVIDERS__LLM__API_KEY", "sk-provider-secret")
+    monkeypatch.setenv("TASKD_MEDIA__S3__ACCESS_KEY_ID", "AKIA-S3-ID-7731")
+    monkeypatch.setenv("TASKD_MEDIA__S3__SECRET_ACCESS_KEY", "s3-secret-7731")
 
     code = main(["config", "show"])
 
@@ -291,7 +293,7 @@ def test_config_show_prints_the_effective_config_with_secrets_masked(monkeypatch
     assert config["auth"]["api_keys"] == ["********"]
     assert config["redis"]["url"] == "redis://:********@10.0.0.5:6379/0"
     assert config["providers"]["llm"]["api_key"] == "********"
-    for secret in (API_KEY, "redis-secret-99", "sk-provider-secret"):
+    for secret in (API_KEY, "redis-secret-99", "sk-provider-secret", "AKIA-S3-ID-7731", "s3-secret-7731"):
         assert secret not in out
 
 
