@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import collections.abc
 import contextlib
 import signal
 import socket
@@ -14,10 +15,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from conftest import API_KEY, TERMINAL
+from conftest import API_KEY, TERMINAL, make_config
 from redis.asyncio import Redis
 
+from taskd.config import LimitsConfig, RedisConfig
 from taskd.embedded import valkey_server_binary as get_binary_path
+from taskd.service import Service
 from taskd.tasks.diagnostics import runs_path
 
 
@@ -157,6 +160,25 @@ class Api:
                         bodies[task_id] = body
                 await asyncio.sleep(0.1)
         return [bodies[task_id] for task_id in task_ids]
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    tmp_path: Path, redis: RedisConfig, *, workers: bool = True
+) -> collections.abc.AsyncIterator[tuple[Service, Api]]:
+    """A taskd (its API, and its workers unless told not) on `redis` (with no url: its embedded
+    Valkey), without rate limits or the project throttle, in this process; it and its API."""
+    limits = LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0)
+    service = Service(
+        make_config(tmp_path, redis.url, redis=redis, limits=limits), http=True, workers=workers
+    )
+    await service.start()
+    try:
+        host, port = service.addresses[0]
+        async with aiohttp.ClientSession() as session:
+            yield service, Api(session, f"http://{host}:{port}")
+    finally:
+        await service.stop(grace=1)
 
 
 def runs(data_dir: Path) -> list[tuple[str, str, int, int]]:

@@ -9,14 +9,12 @@ import signal
 import time
 from datetime import datetime
 
-import aiohttp
 import pytest
-from conftest import API_KEY, make_config
-from faultkit import Api, ValkeyServer, runs
+from conftest import API_KEY
+from faultkit import Api, ValkeyServer, runs, serving
 
 from taskd.client import TaskClient
-from taskd.config import LimitsConfig, RedisConfig
-from taskd.service import Service
+from taskd.config import RedisConfig
 
 OUTAGE = 5.0
 
@@ -24,19 +22,11 @@ OUTAGE = 5.0
 @pytest.fixture
 async def outage_service(tmp_path):
     server = await ValkeyServer(tmp_path / "valkey").start()
-    config = make_config(
-        tmp_path,
-        server.url,
-        redis=RedisConfig(url=server.url, socket_timeout=2),
-        limits=LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0),
-    )
-    service = Service(config, http=True, workers=True)
-    await service.start()
-    host, port = service.addresses[0]
-    async with aiohttp.ClientSession() as session:
-        yield server, Api(session, f"http://{host}:{port}"), config
-    await service.stop(grace=1)
-    server.stop()
+    try:
+        async with serving(tmp_path, RedisConfig(url=server.url, socket_timeout=2)) as (service, api):
+            yield server, api, service.config
+    finally:
+        server.stop()
 
 
 async def test_api_answers_503_while_redis_is_down_and_recovers_without_a_restart(outage_service):
@@ -126,24 +116,14 @@ def _seconds(rfc3339: str) -> float:
 
 
 async def test_a_killed_embedded_valkey_is_started_again_and_the_api_carries_on(tmp_path):
-    config = make_config(
-        tmp_path, "", limits=LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0)
-    )
-    service = Service(config, http=True, workers=True)
-    await service.start()
-    try:
-        host, port = service.addresses[0]
-        async with aiohttp.ClientSession() as session:
-            api = Api(session, f"http://{host}:{port}")
-            before = await api.submit("noop", {})
-            await api.wait_all([before], timeout=20)
-            os.kill(service._embedded.pid, signal.SIGKILL)
+    async with serving(tmp_path, RedisConfig()) as (service, api):
+        before = await api.submit("noop", {})
+        await api.wait_all([before], timeout=20)
+        os.kill(service._embedded.pid, signal.SIGKILL)
 
-            async with asyncio.timeout(30):
-                after = await _submit_when_back(api)
-                bodies = await api.wait_all([before, after], timeout=20)
-    finally:
-        await service.stop(grace=1)
+        async with asyncio.timeout(30):
+            after = await _submit_when_back(api)
+            bodies = await api.wait_all([before, after], timeout=20)
 
     assert [body["status"] for body in bodies] == ["completed", "completed"]
 
@@ -153,21 +133,15 @@ async def test_a_client_submit_answered_503_after_it_was_stored_is_resent_withou
     # stored all the same, as one whose reply Redis sent too late would be. The client's resend
     # carries the key its first send had, and is answered with that task.
     server = await ValkeyServer(tmp_path / "valkey").start()
-    config = make_config(
-        tmp_path,
-        server.url,
-        redis=RedisConfig(url=server.url, wait_replicas=1, wait_timeout=0.1),
-        limits=LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0),
-    )
-    service = Service(config, http=True, workers=False)
-    await service.start()
+    unreplicated = RedisConfig(url=server.url, wait_replicas=1, wait_timeout=0.1)
     try:
-        host, port = service.addresses[0]
-        async with TaskClient(f"http://{host}:{port}", API_KEY, retries=2, max_retry_wait=60) as client:
+        async with (
+            serving(tmp_path, unreplicated, workers=False) as (_, api),
+            TaskClient(api.base_url, API_KEY, retries=2, max_retry_wait=60) as client,
+        ):
             submitted = await client.submit("unreplicated", "noop", {})
             page = await client.list_tasks("unreplicated")
     finally:
-        await service.stop(grace=1)
         server.stop()
 
     assert [task.task_id for task in page.tasks] == [submitted.task_id]

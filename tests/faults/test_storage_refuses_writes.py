@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
-from conftest import make_config
-from faultkit import Api, ValkeyServer
+from faultkit import ValkeyServer, serving
 
-from taskd.config import LimitsConfig, RedisConfig
-from taskd.service import Service
+from taskd.config import RedisConfig
 
 
 async def _last_snapshot(server: ValkeyServer, status: str) -> None:
@@ -44,18 +41,8 @@ async def test_while_redis_cannot_persist_submits_get_503_and_a_task_ending_then
     server = await ValkeyServer(
         tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
     ).start()
-    config = make_config(
-        tmp_path,
-        server.url,
-        redis=RedisConfig(url=server.url, socket_timeout=2),
-        limits=LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0),
-    )
-    service = Service(config, http=True, workers=True)
-    await service.start()
     try:
-        host, port = service.addresses[0]
-        async with aiohttp.ClientSession() as session:
-            api = Api(session, f"http://{host}:{port}")
+        async with serving(tmp_path, RedisConfig(url=server.url, socket_timeout=2)) as (_, api):
             running = await api.submit("sleep", {"seconds": 1.5})
             await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
 
@@ -68,7 +55,6 @@ async def test_while_redis_cannot_persist_submits_get_503_and_a_task_ending_then
             await _snapshot_works(server)
             [ended] = await api.wait_all([running], timeout=30)
     finally:
-        await service.stop(grace=1)
         server.stop()
 
     assert refused == (
