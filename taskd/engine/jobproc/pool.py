@@ -155,6 +155,10 @@ class Runner:
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         if not self.alive:
+            # Its task pipe too: a process that died (killed, crashed, with its template) was never
+            # asked to stop, and an open writer left to the collector warns "unclosed".
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
 
