@@ -377,6 +377,19 @@ async def test_redeliver_sends_the_webhook_again_with_the_same_id(start, receive
     assert webhook["attempts"] == 1
 
 
+async def test_redeliver_answers_with_the_callback_url_password_masked(start, receiver):
+    service = await start()
+    callback = receiver.url().replace("http://", "http://hook:s3cret-password@")
+    submitted = await service.submit("test_prompt", TASK_DATA["test_prompt"], callback_url=callback)
+    task_id = submitted["task_id"]
+    await webhook_settled(service, task_id)
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        body = await response.json()
+
+    assert body["callback_url"] == callback.replace("s3cret-password", "***")
+
+
 async def test_redeliver_restarts_the_attempt_count(start, receiver):
     service = await start()
     receiver.respond(500)

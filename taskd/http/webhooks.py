@@ -9,6 +9,7 @@ from taskd.http.context import API
 from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches
 from taskd.http.views import stamp
+from taskd.logs import MASK, mask_url
 from taskd.model import InvalidState
 from taskd.webhooks.outbox import Outbox, now_ms
 from taskd.webhooks.payload import event_id
@@ -34,7 +35,8 @@ async def redeliver(request: web.Request) -> web.Response:
         shapes.RedeliverResponse(
             task_id=record.task_id,
             status=record.status,
-            callback_url=record.callback_url,
+            # The caller's own URL, but its password need not travel in answers a proxy may log.
+            callback_url=mask_url(record.callback_url, MASK),
             webhook_id=event_id(record),
             scheduled_at=stamp(at / 1000),
             message="Webhook redelivery scheduled",
