@@ -207,7 +207,7 @@ class Submitted:
     task_id: str
     status: TaskStatus
     project_id: str
-    estimated_duration: float | None = None
+    estimated_duration: int | None = None
     queue_position: int | None = None
     created_at: datetime | None = None
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -58,6 +59,15 @@ async def test_submit_prints_the_task_id_and_exits_0(taskd):
     assert run.code == 0, run.err
     status = await taskd.status(run.out.strip())
     assert status["project_id"] == "films"
+
+
+async def test_submit_notes_the_queue_position_and_the_estimate_in_whole_seconds(taskd):
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "noop", "--data", "{}", url=taskd.base_url
+    )  # fmt: skip
+
+    assert run.code == 0, run.err
+    assert re.fullmatch(r"queued: position \d+, estimated \d+ s\n", run.err)
 
 
 async def test_submit_json_prints_the_apis_answer(taskd):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
+import attrs
 import pytest
 
 from taskd.config import Config, ConfigError, load_config
@@ -25,6 +28,40 @@ def test_defaults_follow_the_document():
         "cpu_intensive": (4, 600),
         "default": (8, 120),
     }
+
+
+def _settings(config: Any, prefix: str = "") -> set[str]:
+    """Dotted names of a config object's settings (its tables, and the queues' tables, opened)."""
+    names = set()
+    for field in attrs.fields(type(config)):
+        value, name = getattr(config, field.name), f"{prefix}{field.name}"
+        if attrs.has(type(value)):
+            names |= _settings(value, f"{name}.")
+        elif field.name == "queues":
+            names |= {
+                f"{name}.{queue}.{key}" for queue, table in value.items() for key in attrs.asdict(table)
+            }
+        else:
+            names.add(name)
+    return names
+
+
+def _toml_settings(table: dict[str, Any], settings: set[str], prefix: str = "") -> set[str]:
+    """Dotted names of a TOML file's keys, a table being a setting where the config has one so named."""
+    names = set()
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in settings:
+            names |= _toml_settings(value, settings, f"{name}.")
+        else:
+            names.add(name)
+    return names
+
+
+def test_taskd_toml_names_every_key():
+    settings = _settings(Config())
+
+    assert _toml_settings(tomllib.loads((REPO / "taskd.toml").read_text()), settings) == settings
 
 
 @pytest.mark.parametrize(

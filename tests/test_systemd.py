@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import childproc
 import pytest
 from conftest import API_KEY
 
+from taskd.cli import _parser
 from taskd.sdnotify import Notifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,6 +146,20 @@ def test_the_units_run_taskd_as_a_hardened_notify_service(unit):
     assert "PrivateDevices=yes" not in lines
     stop = next(int(line.split("=")[1]) for line in lines if line.startswith("TimeoutStopSec="))
     assert stop > 30  # the 30 s graceful shutdown fits
+
+
+@pytest.mark.parametrize(
+    ("unit", "command"), [("taskd.service", "serve"), ("taskd-worker@.service", "worker")]
+)
+def test_the_units_command_line_parses_with_the_config_file(unit, command):
+    lines = (ROOT / "systemd" / unit).read_text().splitlines()
+    exec_start = next(line.removeprefix("ExecStart=") for line in lines if line.startswith("ExecStart="))
+    binary, *argv = shlex.split(exec_start.replace("%i", "gpu_heavy,gpu_medium"))
+
+    args = _parser().parse_args(argv)
+
+    assert binary == "/opt/taskd/.venv/bin/taskd"
+    assert (args.command, args.config) == (command, "/etc/taskd/taskd.toml")
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")

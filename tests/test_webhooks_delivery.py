@@ -238,6 +238,22 @@ async def test_delivered_webhook_is_logged_and_counted(start, receiver, caplog):
     )
 
 
+async def test_a_delivered_webhook_is_logged_with_the_credential_query_values_of_its_url_masked(
+    start, receiver, caplog
+):
+    caplog.set_level(logging.INFO, logger="taskd.webhooks")
+    service = await start()
+    callback = receiver.url() + "?token=s3cret-token&scene=12"
+    submitted = await service.submit("test_prompt", TASK_DATA["test_prompt"], callback_url=callback)
+
+    await webhook_settled(service, submitted["task_id"])
+
+    assert (
+        f"Webhook sent successfully callback_url={receiver.url()}?token=***&scene=12 status_code=200 "
+        f"task_id={submitted['task_id']}"
+    ) in caplog.messages
+
+
 async def test_receiver_hanging_40s_is_a_timed_out_attempt(start, receiver, caplog):
     caplog.set_level(logging.WARNING, logger="taskd.webhooks")
     service = await start(timeout=1)  # the default is 30 s

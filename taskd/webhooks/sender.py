@@ -22,7 +22,7 @@ from yarl import URL
 from taskd import keys, tracing
 from taskd.backoff import Backoff
 from taskd.config import WebhooksConfig
-from taskd.logs import bind_task
+from taskd.logs import MASK, bind_task, mask_url
 from taskd.model import TaskRecord, TaskStatus
 from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port, refusal
 from taskd.stopping import cancel_and_wait
@@ -309,21 +309,25 @@ class WebhookSender:
             outcome = await self._outcome(begun)
         done = now_ms()
         next_ms = None
+        # The log filter masks URL passwords; a receiver's ?token=… is the caller's credential too.
+        shown = mask_url(url, MASK)
         if outcome.delivered:
             log.info(
                 "Webhook sent successfully callback_url=%s status_code=%s task_id=%s",
-                url,
+                shown,
                 outcome.status,
                 record.task_id,
             )
         else:
             log.warning(
-                "Webhook request failed callback_url=%s error=%s attempt=%d", url, outcome.error, attempt
+                "Webhook request failed callback_url=%s error=%s attempt=%d", shown, outcome.error, attempt
             )
             delay = self.schedule.delay_after(attempt)
             if delay is None:
                 log.error(
-                    "Failed to send webhook after all retries callback_url=%s task_id=%s", url, record.task_id
+                    "Failed to send webhook after all retries callback_url=%s task_id=%s",
+                    shown,
+                    record.task_id,
                 )
             else:
                 next_ms = done + int(delay * 1000)
