@@ -137,6 +137,16 @@ async def test_an_oversized_answer_is_refused(tmp_path, cms):
     assert result["metadata"]["payload_error"] == f"Payload CMS answered more than {MAX_ANSWER_BYTES} bytes"
 
 
+async def test_a_deeply_nested_answer_is_reported_without_failing_the_publish(tmp_path, cms):
+    # Within the size bound, but deeper than the JSON parser recurses: it raises RecursionError.
+    cms.answer = b"[" * (MAX_ANSWER_BYTES - 1)
+
+    result = await publish_one(config_for(tmp_path, cms), tmp_path)
+
+    assert result["payload_media_id"] is None
+    assert result["metadata"]["payload_error"] == "Payload CMS upload answered with no JSON object"
+
+
 async def test_a_string_doc_id_is_kept_as_it_is(tmp_path, cms):
     cms.answer = b'{"doc": {"id": "64f1b2c3a8d9e0f1a2b3c4d5"}, "message": "ok"}'
 

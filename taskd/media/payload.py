@@ -116,7 +116,7 @@ async def _request(session: aiohttp.ClientSession, what: str, url: str, **kwargs
         raise _Retryable(f"Payload CMS {what} failed: {type(exc).__name__}") from None
     try:
         answer = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser recurses
         answer = None
     if status in (401, 403):
         raise _Refused(f"Payload CMS refused the credentials (HTTP {status}){_message(answer)}")
