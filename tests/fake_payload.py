@@ -28,7 +28,9 @@ class Upload:
 class FakePayload(_Server):
     """Accepts uploads to one collection for one API key or one user; `fail_next` answers 500 that many times.
 
-    `answer` replaces the body of a successful upload (for hostile answers).
+    `answer` replaces the body of a successful upload (for hostile answers); `refusal` is the message
+    of a 403, where `{authorization}` stands for the header it refused (a CMS or proxy that echoes it);
+    with `accept_tokens` off, a login succeeds but its token is refused.
     """
 
     def __init__(
@@ -47,6 +49,8 @@ class FakePayload(_Server):
         self.tokens: set[str] = set()
         self.fail_next = 0
         self.answer: bytes | None = None
+        self.refusal = "You are not allowed to perform this action."
+        self.accept_tokens = True
         self.uploads: list[Upload] = []
         self.posts = 0
         self._ids = itertools.count(101)
@@ -67,7 +71,7 @@ class FakePayload(_Server):
         if header == f"users API-Key {self.api_key}":
             return True
         scheme, _, token = header.partition(" ")
-        return scheme == "JWT" and token in self.tokens
+        return scheme == "JWT" and self.accept_tokens and token in self.tokens
 
     async def _upload(self, request: web.Request) -> web.Response:
         self.posts += 1
@@ -77,7 +81,12 @@ class FakePayload(_Server):
             )
         if not self._authorised(request.headers.get("Authorization", "")):
             return web.json_response(
-                {"errors": [{"message": "You are not allowed to perform this action."}]}, status=403
+                {
+                    "errors": [
+                        {"message": self.refusal.format(authorization=request.headers.get("Authorization"))}
+                    ]
+                },
+                status=403,
             )
         if self.fail_next > 0:
             self.fail_next -= 1

@@ -10,7 +10,7 @@ from fake_media_apis import FileServer, sine_wav
 from fake_payload import FakePayload
 
 from taskd.config import Config, MediaConfig, NetworkConfig, PayloadConfig
-from taskd.media.payload import MAX_ANSWER_BYTES
+from taskd.media.payload import MAX_ANSWER_BYTES, MAX_MESSAGE_CHARS
 from taskd.media.publish import publish
 from taskd.media.store import MediaStore
 
@@ -64,6 +64,40 @@ async def test_refused_credentials_are_reported_without_losing_the_media(tmp_pat
     )
     assert cms.posts == 1  # a refusal is not retried
     assert (tmp_path / "data" / "media" / "noir_001" / "audio_t1.wav").read_bytes() == b"kept"
+
+
+async def test_a_refusal_that_echoes_the_credentials_is_reported_with_them_masked(tmp_path, cms):
+    cms.refusal = "Invalid header: {authorization}"
+    config = config_for(tmp_path, cms, api_key="wrong-payload-key-0123")
+
+    result = await publish_one(config, tmp_path)
+
+    assert result["metadata"]["payload_error"] == (
+        "Payload CMS refused the credentials (HTTP 403): Invalid header: users API-Key ***"
+    )
+
+
+async def test_a_credential_where_the_message_is_cut_is_masked_before_the_cut(tmp_path, cms):
+    # The message is cut at MAX_MESSAGE_CHARS in the middle of the echoed key.
+    cms.refusal = "x" * (MAX_MESSAGE_CHARS - len("users API-Key ") - 5) + "{authorization}"
+    config = config_for(tmp_path, cms, api_key="wrong-payload-key-0123")
+
+    result = await publish_one(config, tmp_path)
+
+    assert "wrong" not in result["metadata"]["payload_error"]
+    assert result["metadata"]["payload_error"].endswith("users API-Key ***")
+
+
+async def test_a_refusal_that_echoes_the_login_token_is_reported_with_it_masked(tmp_path, cms):
+    cms.refusal = "Invalid header: {authorization}"
+    cms.accept_tokens = False  # the login succeeds, its token is refused: 403 from the upload
+    config = config_for(tmp_path, cms, api_key="", email=cms.email, password=cms.password)
+
+    result = await publish_one(config, tmp_path)
+
+    assert result["metadata"]["payload_error"] == (
+        "Payload CMS refused the credentials (HTTP 403): Invalid header: JWT ***"
+    )
 
 
 async def test_a_failed_login_is_reported(tmp_path, cms):
