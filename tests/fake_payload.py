@@ -3,6 +3,7 @@ and `_payload`), API-key auth (`<slug> API-Key <key>`) and `POST /api/users/logi
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import secrets
@@ -30,7 +31,8 @@ class FakePayload(_Server):
 
     `answer` replaces the body of a successful upload (for hostile answers); `refusal` is the message
     of a 403, where `{authorization}` stands for the header it refused (a CMS or proxy that echoes it);
-    with `accept_tokens` off, a login succeeds but its token is refused.
+    with `accept_tokens` off, a login succeeds but its token is refused; an upload's body is read
+    `read_delay` seconds after it arrives (a slow CMS: the client's sending waits meanwhile).
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class FakePayload(_Server):
         password: str = "hunter22",
     ) -> None:
         super().__init__()
+        self.app = web.Application(client_max_size=1024**3)  # a media file may be large
         self.collection = collection
         self.api_key = api_key
         self.email = email
@@ -51,6 +54,7 @@ class FakePayload(_Server):
         self.answer: bytes | None = None
         self.refusal = "You are not allowed to perform this action."
         self.accept_tokens = True
+        self.read_delay = 0.0
         self.uploads: list[Upload] = []
         self.posts = 0
         self._ids = itertools.count(101)
@@ -91,6 +95,7 @@ class FakePayload(_Server):
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.json_response({"errors": [{"message": "Something went wrong."}]}, status=500)
+        await asyncio.sleep(self.read_delay)
         file: tuple[str, str, bytes] | None = None
         fields: dict[str, Any] = {}
         async for part in await request.multipart():

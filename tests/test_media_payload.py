@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from fake_media_apis import FileServer, sine_wav
+from fake_media_apis import FileServer, mono_wav, sine_wav
 from fake_payload import FakePayload
 
 from taskd.config import Config, MediaConfig, NetworkConfig, PayloadConfig
@@ -29,7 +29,7 @@ def config_for(tmp_path: Path, cms: FakePayload, **payload: object) -> Config:
 async def publish_one(config: Config, tmp_path: Path, data: bytes = b"RIFF-not-really-audio") -> dict:
     source = tmp_path / "out.wav"
     source.write_bytes(data)
-    return await asyncio.to_thread(publish, config, "noir_001", source, "audio_t1.wav", {"format": "wav"})
+    return await publish(config, "noir_001", source, "audio_t1.wav", {"format": "wav"})
 
 
 async def test_an_output_is_uploaded_and_its_doc_id_is_the_payload_media_id(tmp_path, cms):
@@ -212,3 +212,31 @@ async def test_a_media_task_reports_its_payload_media_id_in_its_status(start_ser
     assert body["result"]["payload_media_id"] == "101"
     store = MediaStore.from_config(running.service.config)
     assert cms.uploads[0].data == store.path_of("noir_001", f"audio_{task['task_id']}.wav").read_bytes()
+
+
+async def test_a_task_cancelled_while_its_media_goes_to_the_cms_stops_the_upload(
+    start_service, tmp_path, cms
+):
+    cms.read_delay = 3.0  # the CMS reads slowly: the upload is still being sent when the cancel comes
+    async with FileServer() as files:
+        running = await start_service(
+            media=MediaConfig(scratch_dir=str(tmp_path / "scratch")),
+            network=NetworkConfig(allow_private=True),
+            payload=PayloadConfig(base_url=cms.url, api_key=cms.api_key),
+        )
+        # 100 s of silence, stored as 96 kHz stereo WAV: ~38 MB, more than the sockets between them hold.
+        silence = files.add("silence.wav", mono_wav(b"\0\0" * 8000 * 100, 8000))
+        task = await running.submit(
+            "process_audio",
+            {"tracks": [{"url": silence}], "output_format": "wav", "normalize": False, "sample_rate": 96000},
+            project_id="noir_001",
+        )
+        async with asyncio.timeout(60):
+            while not cms.posts:
+                await asyncio.sleep(0.02)
+        async with running.client.delete(f"/api/v1/tasks/{task['task_id']}") as resp:
+            assert resp.status == 200
+
+        await asyncio.sleep(cms.read_delay + 2.0)  # the CMS has read what it was sent by now
+
+    assert cms.uploads == []

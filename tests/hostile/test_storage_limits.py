@@ -174,13 +174,13 @@ async def test_a_task_without_media_is_accepted_while_the_media_disk_is_nearly_f
     assert accepted["status"] == "queued"
 
 
-def test_a_worker_does_not_store_a_result_on_a_nearly_full_media_disk(tmp_path):
+async def test_a_worker_does_not_store_a_result_on_a_nearly_full_media_disk(tmp_path):
     config = make_config(tmp_path, "redis://unused", media=NEARLY_FULL)
     source = tmp_path / "image.png"
     source.write_bytes(b"\x89PNG" + b"\x00" * 64)
 
     with pytest.raises(TransientError, match="Media storage is nearly full"):
-        publish(config, "proj-1", source, "image_1.png", {})
+        await publish(config, "proj-1", source, "image_1.png", {})
 
     assert not (media_dir(config) / "proj-1" / "image_1.png").exists()
 
