@@ -128,14 +128,19 @@ class MediaStore:
         return self.root / project_id / filename
 
     def put(self, project_id: str, filename: str, source: Path) -> StoredMedia:
-        """Move `source` into the project's folder (atomically when on one filesystem) and sign its URL."""
+        """Copy `source` into the project's folder (whole or not at all: through a partial file) and sign its URL."""
         target = self.path_of(project_id, filename)
         if target is None:
             raise ValueError(f"unsafe media name {project_id}/{filename}")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{filename}.partial")
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
+        try:
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        except BaseException:
+            # A copy cut short (a full disk) would hold its space until the sweeper's retention.
+            partial.unlink(missing_ok=True)
+            raise
         return StoredMedia(target, self.url(project_id, filename), target.stat().st_size)
 
     def signature(self, project_id: str, filename: str, expires: int) -> str:
