@@ -3,6 +3,7 @@ and `_payload`), API-key auth (`<slug> API-Key <key>`) and `POST /api/users/logi
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import secrets
@@ -28,7 +29,10 @@ class Upload:
 class FakePayload(_Server):
     """Accepts uploads to one collection for one API key or one user; `fail_next` answers 500 that many times.
 
-    `answer` replaces the body of a successful upload (for hostile answers).
+    `answer` replaces the body of a successful upload (for hostile answers); `refusal` is the message
+    of a 403, where `{authorization}` stands for the header it refused (a CMS or proxy that echoes it);
+    with `accept_tokens` off, a login succeeds but its token is refused; an upload's body is read
+    `read_delay` seconds after it arrives (a slow CMS: the client's sending waits meanwhile).
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class FakePayload(_Server):
         password: str = "hunter22",
     ) -> None:
         super().__init__()
+        self.app = web.Application(client_max_size=1024**3)  # a media file may be large
         self.collection = collection
         self.api_key = api_key
         self.email = email
@@ -47,6 +52,9 @@ class FakePayload(_Server):
         self.tokens: set[str] = set()
         self.fail_next = 0
         self.answer: bytes | None = None
+        self.refusal = "You are not allowed to perform this action."
+        self.accept_tokens = True
+        self.read_delay = 0.0
         self.uploads: list[Upload] = []
         self.posts = 0
         self._ids = itertools.count(101)
@@ -67,7 +75,7 @@ class FakePayload(_Server):
         if header == f"users API-Key {self.api_key}":
             return True
         scheme, _, token = header.partition(" ")
-        return scheme == "JWT" and token in self.tokens
+        return scheme == "JWT" and self.accept_tokens and token in self.tokens
 
     async def _upload(self, request: web.Request) -> web.Response:
         self.posts += 1
@@ -77,11 +85,17 @@ class FakePayload(_Server):
             )
         if not self._authorised(request.headers.get("Authorization", "")):
             return web.json_response(
-                {"errors": [{"message": "You are not allowed to perform this action."}]}, status=403
+                {
+                    "errors": [
+                        {"message": self.refusal.format(authorization=request.headers.get("Authorization"))}
+                    ]
+                },
+                status=403,
             )
         if self.fail_next > 0:
             self.fail_next -= 1
             return web.json_response({"errors": [{"message": "Something went wrong."}]}, status=500)
+        await asyncio.sleep(self.read_delay)
         file: tuple[str, str, bytes] | None = None
         fields: dict[str, Any] = {}
         async for part in await request.multipart():

@@ -115,3 +115,26 @@ async def test_status_and_listing_sign_the_url_again_on_every_read(served):
         assert urlsplit(url).path == urlsplit(stored).path
         assert parse_qs(urlsplit(url).query)["expires"] > parse_qs(urlsplit(stored).query)["expires"]
         assert (await get(running, local(url)))[0] == 200
+
+
+async def test_a_project_id_with_two_dots_in_a_row_stores_and_serves_its_media(
+    start_service, tmp_path, files
+):
+    # "take..2" is a valid project id at submit; its media must be as storable as any other's.
+    media = MediaConfig(scratch_dir=str(tmp_path / "scratch"))
+    running = await start_service(media=media, network=NetworkConfig(allow_private=True))
+    task = await running.submit(
+        "process_audio",
+        {
+            "tracks": [{"url": files.add("tone.wav", sine_wav(1.0))}],
+            "output_format": "wav",
+            "normalize": False,
+        },
+        project_id="take..2",
+    )
+
+    body = await running.wait_terminal(task["task_id"], timeout=30)
+
+    assert body["status"] == "completed", body
+    status, _ = await get(running, local(body["result"]["media_url"]))
+    assert status == 200

@@ -6,11 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from fake_media_apis import FileServer, sine_wav
+from fake_media_apis import FileServer, mono_wav, sine_wav
 from fake_payload import FakePayload
 
 from taskd.config import Config, MediaConfig, NetworkConfig, PayloadConfig
-from taskd.media.payload import MAX_ANSWER_BYTES
+from taskd.media.payload import MAX_ANSWER_BYTES, MAX_MESSAGE_CHARS
 from taskd.media.publish import publish
 from taskd.media.store import MediaStore
 
@@ -29,7 +29,7 @@ def config_for(tmp_path: Path, cms: FakePayload, **payload: object) -> Config:
 async def publish_one(config: Config, tmp_path: Path, data: bytes = b"RIFF-not-really-audio") -> dict:
     source = tmp_path / "out.wav"
     source.write_bytes(data)
-    return await asyncio.to_thread(publish, config, "noir_001", source, "audio_t1.wav", {"format": "wav"})
+    return await publish(config, "noir_001", source, "audio_t1.wav", {"format": "wav"})
 
 
 async def test_an_output_is_uploaded_and_its_doc_id_is_the_payload_media_id(tmp_path, cms):
@@ -64,6 +64,40 @@ async def test_refused_credentials_are_reported_without_losing_the_media(tmp_pat
     )
     assert cms.posts == 1  # a refusal is not retried
     assert (tmp_path / "data" / "media" / "noir_001" / "audio_t1.wav").read_bytes() == b"kept"
+
+
+async def test_a_refusal_that_echoes_the_credentials_is_reported_with_them_masked(tmp_path, cms):
+    cms.refusal = "Invalid header: {authorization}"
+    config = config_for(tmp_path, cms, api_key="wrong-payload-key-0123")
+
+    result = await publish_one(config, tmp_path)
+
+    assert result["metadata"]["payload_error"] == (
+        "Payload CMS refused the credentials (HTTP 403): Invalid header: users API-Key ***"
+    )
+
+
+async def test_a_credential_where_the_message_is_cut_is_masked_before_the_cut(tmp_path, cms):
+    # The message is cut at MAX_MESSAGE_CHARS in the middle of the echoed key.
+    cms.refusal = "x" * (MAX_MESSAGE_CHARS - len("users API-Key ") - 5) + "{authorization}"
+    config = config_for(tmp_path, cms, api_key="wrong-payload-key-0123")
+
+    result = await publish_one(config, tmp_path)
+
+    assert "wrong" not in result["metadata"]["payload_error"]
+    assert result["metadata"]["payload_error"].endswith("users API-Key ***")
+
+
+async def test_a_refusal_that_echoes_the_login_token_is_reported_with_it_masked(tmp_path, cms):
+    cms.refusal = "Invalid header: {authorization}"
+    cms.accept_tokens = False  # the login succeeds, its token is refused: 403 from the upload
+    config = config_for(tmp_path, cms, api_key="", email=cms.email, password=cms.password)
+
+    result = await publish_one(config, tmp_path)
+
+    assert result["metadata"]["payload_error"] == (
+        "Payload CMS refused the credentials (HTTP 403): Invalid header: JWT ***"
+    )
 
 
 async def test_a_failed_login_is_reported(tmp_path, cms):
@@ -137,6 +171,16 @@ async def test_an_oversized_answer_is_refused(tmp_path, cms):
     assert result["metadata"]["payload_error"] == f"Payload CMS answered more than {MAX_ANSWER_BYTES} bytes"
 
 
+async def test_a_deeply_nested_answer_is_reported_without_failing_the_publish(tmp_path, cms):
+    # Within the size bound, but deeper than the JSON parser recurses: it raises RecursionError.
+    cms.answer = b"[" * (MAX_ANSWER_BYTES - 1)
+
+    result = await publish_one(config_for(tmp_path, cms), tmp_path)
+
+    assert result["payload_media_id"] is None
+    assert result["metadata"]["payload_error"] == "Payload CMS upload answered with no JSON object"
+
+
 async def test_a_string_doc_id_is_kept_as_it_is(tmp_path, cms):
     cms.answer = b'{"doc": {"id": "64f1b2c3a8d9e0f1a2b3c4d5"}, "message": "ok"}'
 
@@ -168,3 +212,31 @@ async def test_a_media_task_reports_its_payload_media_id_in_its_status(start_ser
     assert body["result"]["payload_media_id"] == "101"
     store = MediaStore.from_config(running.service.config)
     assert cms.uploads[0].data == store.path_of("noir_001", f"audio_{task['task_id']}.wav").read_bytes()
+
+
+async def test_a_task_cancelled_while_its_media_goes_to_the_cms_stops_the_upload(
+    start_service, tmp_path, cms
+):
+    cms.read_delay = 3.0  # the CMS reads slowly: the upload is still being sent when the cancel comes
+    async with FileServer() as files:
+        running = await start_service(
+            media=MediaConfig(scratch_dir=str(tmp_path / "scratch")),
+            network=NetworkConfig(allow_private=True),
+            payload=PayloadConfig(base_url=cms.url, api_key=cms.api_key),
+        )
+        # 100 s of silence, stored as 96 kHz stereo WAV: ~38 MB, more than the sockets between them hold.
+        silence = files.add("silence.wav", mono_wav(b"\0\0" * 8000 * 100, 8000))
+        task = await running.submit(
+            "process_audio",
+            {"tracks": [{"url": silence}], "output_format": "wav", "normalize": False, "sample_rate": 96000},
+            project_id="noir_001",
+        )
+        async with asyncio.timeout(60):
+            while not cms.posts:
+                await asyncio.sleep(0.02)
+        async with running.client.delete(f"/api/v1/tasks/{task['task_id']}") as resp:
+            assert resp.status == 200
+
+        await asyncio.sleep(cms.read_delay + 2.0)  # the CMS has read what it was sent by now
+
+    assert cms.uploads == []

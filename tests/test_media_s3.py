@@ -11,11 +11,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
-from fake_media_apis import FileServer, sine_wav
+from aiohttp import web
+from fake_media_apis import FileServer, _Server, sine_wav
 from seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from yarl import URL
 
 from taskd.config import Config, ConfigError, MediaConfig, NetworkConfig, RetryConfig, S3Config
+from taskd.errors import TransientError
 from taskd.media.backend import media_backend
 from taskd.media.retention import MediaSweeper
 from taskd.media.s3 import S3Store
@@ -193,6 +195,35 @@ async def test_an_unreachable_store_fails_the_task_transiently_and_the_api_still
         assert resp.status == 200
     async with running.client.get("/media/noir_001/audio_x.wav") as resp:
         assert (resp.status, (await resp.json())["error"]) == (503, "service_unavailable")
+
+
+class BrokenStore(_Server):
+    """An S3 endpoint that refuses every request with an S3 error of `message`."""
+
+    def __init__(self, message: bytes) -> None:
+        super().__init__()
+        self.body = b"<Error><Code>InternalError</Code><Message>" + message + b"</Message></Error>"
+        self.app.router.add_route("*", "/{tail:.*}", self._refuse)
+
+    async def _refuse(self, request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=400, body=self.body, content_type="application/xml")
+
+
+async def test_a_stores_long_error_message_is_cut_short_on_one_line(tmp_path):
+    source = tmp_path / "out.wav"
+    source.write_bytes(b"bytes")
+    async with BrokenStore(b"line one\nInjected: line two " + b"x" * 1_000_000) as broken:
+        settings = S3Config(endpoint=broken.url, bucket="media", access_key_id="k", secret_access_key="s")
+        store = S3Store(settings, ttl=3600)
+
+        with pytest.raises(TransientError) as failed:
+            await asyncio.to_thread(store.put, "noir_001", "audio_1.wav", source)
+
+    assert str(failed.value).startswith(
+        "Media store s3://media/ refused or failed the upload: InternalError: line one Injected: line two xxx"
+    )
+    assert len(str(failed.value)) < 400
 
 
 def test_a_url_of_another_bucket_or_project_is_not_located(seaweed, bucket, tmp_path):

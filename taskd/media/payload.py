@@ -20,6 +20,7 @@ import aiohttp
 import attrs
 
 from taskd.config import PayloadConfig
+from taskd.providers.http import redact
 
 MAX_ANSWER_BYTES = 64 * 1024
 # Payload's ids: integers (SQL adapters) or 24-hex ObjectIds (MongoDB); a custom id is a short token.
@@ -50,11 +51,17 @@ class _Refused(Exception):
 async def upload(settings: PayloadConfig, source: Path, filename: str) -> Delivered:
     """Upload `source` as `filename` to the configured collection; never raises for the CMS's failures."""
     timeout = aiohttp.ClientTimeout(total=settings.timeout)
+    # The error becomes the result's payload_error, which the caller reads: a CMS (or a proxy before
+    # it) that echoes the Authorization header or the login must not hand the credentials on.
+    credentials = [settings.api_key, settings.password]
     async with aiohttp.ClientSession(timeout=timeout) as session:
         try:
-            authorization = await _with_retries(settings, lambda: _authorization(session, settings))
+            authorization = await _with_retries(
+                settings, lambda: _authorization(session, settings, credentials)
+            )
+            credentials.append(authorization.rsplit(" ", 1)[-1])  # the key, or the login's token
             media_id = await _with_retries(
-                settings, lambda: _post(session, settings, authorization, source, filename)
+                settings, lambda: _post(session, settings, authorization, source, filename, credentials)
             )
         except _Refused as exc:
             return Delivered(None, str(exc))
@@ -72,12 +79,14 @@ async def _with_retries(settings: PayloadConfig, attempt: Callable[[], Awaitable
     raise AssertionError("max_attempts is at least 1")
 
 
-async def _authorization(session: aiohttp.ClientSession, settings: PayloadConfig) -> str:
+async def _authorization(
+    session: aiohttp.ClientSession, settings: PayloadConfig, credentials: list[str]
+) -> str:
     if settings.api_key:
         return f"{settings.auth_collection} API-Key {settings.api_key}"
     url = f"{settings.base_url.rstrip('/')}/api/{settings.auth_collection}/login"
     answer = await _request(
-        session, "login", url, json={"email": settings.email, "password": settings.password}
+        session, "login", url, credentials, json={"email": settings.email, "password": settings.password}
     )
     token = answer.get("token")
     if not isinstance(token, str) or not _TOKEN.fullmatch(token):
@@ -86,7 +95,12 @@ async def _authorization(session: aiohttp.ClientSession, settings: PayloadConfig
 
 
 async def _post(
-    session: aiohttp.ClientSession, settings: PayloadConfig, authorization: str, source: Path, filename: str
+    session: aiohttp.ClientSession,
+    settings: PayloadConfig,
+    authorization: str,
+    source: Path,
+    filename: str,
+    credentials: list[str],
 ) -> str:
     url = f"{settings.base_url.rstrip('/')}/api/{settings.collection}"
     content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
@@ -95,7 +109,9 @@ async def _post(
         form.add_field("file", file, filename=filename, content_type=content_type)
         # `alt` is required by Payload's usual media collection; other fields are the collection's own.
         form.add_field("_payload", json.dumps({"alt": filename}), content_type="application/json")
-        answer = await _request(session, "upload", url, data=form, headers={"Authorization": authorization})
+        answer = await _request(
+            session, "upload", url, credentials, data=form, headers={"Authorization": authorization}
+        )
     doc = answer.get("doc")
     media_id = doc.get("id") if isinstance(doc, dict) else None
     if isinstance(media_id, int) and not isinstance(media_id, bool) and 0 <= media_id < 2**63:
@@ -105,7 +121,9 @@ async def _post(
     raise _Refused("Payload CMS upload answered without a usable doc id")
 
 
-async def _request(session: aiohttp.ClientSession, what: str, url: str, **kwargs: Any) -> dict[str, Any]:
+async def _request(
+    session: aiohttp.ClientSession, what: str, url: str, credentials: list[str], **kwargs: Any
+) -> dict[str, Any]:
     try:
         async with session.post(url, allow_redirects=False, **kwargs) as response:
             body = await _bounded(response)
@@ -116,14 +134,14 @@ async def _request(session: aiohttp.ClientSession, what: str, url: str, **kwargs
         raise _Retryable(f"Payload CMS {what} failed: {type(exc).__name__}") from None
     try:
         answer = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser recurses
         answer = None
     if status in (401, 403):
-        raise _Refused(f"Payload CMS refused the credentials (HTTP {status}){_message(answer)}")
+        raise _Refused(f"Payload CMS refused the credentials (HTTP {status}){_message(answer, credentials)}")
     if status == 429 or status >= 500:
-        raise _Retryable(f"Payload CMS {what} answered HTTP {status}{_message(answer)}")
+        raise _Retryable(f"Payload CMS {what} answered HTTP {status}{_message(answer, credentials)}")
     if not 200 <= status < 300:
-        raise _Refused(f"Payload CMS {what} answered HTTP {status}{_message(answer)}")
+        raise _Refused(f"Payload CMS {what} answered HTTP {status}{_message(answer, credentials)}")
     if not isinstance(answer, dict):
         raise _Refused(f"Payload CMS {what} answered with no JSON object")
     return answer
@@ -138,12 +156,15 @@ async def _bounded(response: aiohttp.ClientResponse) -> bytes:
     return bytes(body)
 
 
-def _message(answer: Any) -> str:
+def _message(answer: Any, credentials: list[str]) -> str:
     # Payload's errors: {"errors": [{"message": "…"}]}; only printable text, cut short, is kept.
     errors = answer.get("errors") if isinstance(answer, dict) else None
     first = errors[0] if isinstance(errors, list) and errors else None
     message = first.get("message") if isinstance(first, dict) else None
     if not isinstance(message, str):
         return ""
+    # Masked before it is cut: a credential cut in half would no longer be recognised.
+    for credential in credentials:
+        message = redact(message, credential)
     text = "".join(ch for ch in message if ch.isprintable())[:MAX_MESSAGE_CHARS]
     return f": {text}" if text else ""

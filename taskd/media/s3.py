@@ -17,6 +17,7 @@ from urllib.parse import unquote
 from taskd.config import Config, ConfigError, S3Config
 from taskd.errors import TransientError
 from taskd.media.store import StoredMedia, valid_name
+from taskd.providers.http import shorten
 
 log = logging.getLogger("taskd.media")
 
@@ -176,7 +177,9 @@ def describe(exc: BaseException) -> str:
         # Connection errors: botocore's text names the endpoint ("Could not connect to the endpoint URL").
         return str(cause) or type(cause).__name__
     error = getattr(cause, "response", {}).get("Error", {})
-    code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+    # The store's own words: it may answer any length, on several lines (they reach the task's
+    # error, its webhook and the logs), so they are put on one line and cut short.
+    code, message = shorten(str(error.get("Code", ""))), shorten(str(error.get("Message", "")))
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
         return f"{code}: the credentials media.s3.access_key_id / secret_access_key were refused"
     return f"{code}: {message}".strip(": ") or type(cause).__name__

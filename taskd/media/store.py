@@ -14,11 +14,11 @@ from pathlib import Path
 import attrs
 
 from taskd.config import Config, ConfigError
+from taskd.shapes import PROJECT_ID as _NAME  # a file name has the shape of a project id
 
 SECRET_FILE = "media_secret"
 # What taskd writes: 64 hex digits, 32 random bytes. A shorter file is damaged, never used.
 SECRET_HEX_DIGITS = 64
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 # Unix seconds in ASCII digits; 12 digits last until the year 33658.
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
@@ -90,8 +90,12 @@ def _make_secret(path: Path) -> bytes:
 
 
 def valid_name(name: str) -> bool:
-    """True for a safe path segment: a project id or a file name, never `..` or a hidden file."""
-    return bool(_NAME.fullmatch(name)) and ".." not in name
+    """True for a safe path segment: a project id or a file name, never `..` or a hidden file.
+
+    The same shape as a project id at submit (shapes.PROJECT_ID): it starts with a letter or digit
+    and holds no `/`, so it is never a dot segment; `..` inside (`take..2`) is an ordinary name.
+    """
+    return bool(_NAME.fullmatch(name))
 
 
 @attrs.frozen
@@ -124,14 +128,19 @@ class MediaStore:
         return self.root / project_id / filename
 
     def put(self, project_id: str, filename: str, source: Path) -> StoredMedia:
-        """Move `source` into the project's folder (atomically when on one filesystem) and sign its URL."""
+        """Copy `source` into the project's folder (whole or not at all: through a partial file) and sign its URL."""
         target = self.path_of(project_id, filename)
         if target is None:
             raise ValueError(f"unsafe media name {project_id}/{filename}")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{filename}.partial")
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
+        try:
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
+        except BaseException:
+            # A copy cut short (a full disk) would hold its space until the sweeper's retention.
+            partial.unlink(missing_ok=True)
+            raise
         return StoredMedia(target, self.url(project_id, filename), target.stat().st_size)
 
     def signature(self, project_id: str, filename: str, expires: int) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import signal
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -174,15 +176,35 @@ async def test_a_task_without_media_is_accepted_while_the_media_disk_is_nearly_f
     assert accepted["status"] == "queued"
 
 
-def test_a_worker_does_not_store_a_result_on_a_nearly_full_media_disk(tmp_path):
+async def test_a_worker_does_not_store_a_result_on_a_nearly_full_media_disk(tmp_path):
     config = make_config(tmp_path, "redis://unused", media=NEARLY_FULL)
     source = tmp_path / "image.png"
     source.write_bytes(b"\x89PNG" + b"\x00" * 64)
 
     with pytest.raises(TransientError, match="Media storage is nearly full"):
-        publish(config, "proj-1", source, "image_1.png", {})
+        await publish(config, "proj-1", source, "image_1.png", {})
 
     assert not (media_dir(config) / "proj-1" / "image_1.png").exists()
+
+
+def test_a_copy_into_the_store_that_fails_midway_leaves_no_partial_file(tmp_path):
+    # A file size limit makes the copy fail with EFBIG after its first MiB, as a full disk would
+    # with ENOSPC: the half-written copy must not stay in the project's folder (only the sweeper,
+    # after media.retention, would remove it, and it holds the space the disk was short of).
+    store = MediaStore(tmp_path / "media", "http://media.test", b"k" * 64, 3600)
+    source = tmp_path / "video.mp4"
+    source.write_bytes(b"\0" * (3 << 20))
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, previous_limit[1]))
+    try:
+        with pytest.raises(OSError):
+            store.put("proj-1", "video_1.mp4", source)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+        signal.signal(signal.SIGXFSZ, previous_handler)
+
+    assert list((tmp_path / "media" / "proj-1").iterdir()) == []
 
 
 async def test_the_embedded_valkey_is_bounded_and_never_evicts(tmp_path):

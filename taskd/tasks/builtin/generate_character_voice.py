@@ -122,9 +122,8 @@ async def voice(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Pa
     bounds.check_output(output, "The voice file")
     await ctx.progress(0.95, "storing_media")
     metadata = await audio.describe(output, data.output_format, model)
-    # Storing copies the whole file: in a thread, so the API keeps answering meanwhile.
-    return await asyncio.to_thread(
-        publish, ctx.config, ctx.project_id, output, f"voice_{ctx.task_id}.{data.output_format}", metadata
+    return await publish(
+        ctx.config, ctx.project_id, output, f"voice_{ctx.task_id}.{data.output_format}", metadata
     )
 
 

@@ -94,10 +94,7 @@ async def run(ctx: TaskContext, data: GenerateImageInput) -> dict[str, Any]:
             "generation_model": client.model,
             "revised_prompt": image.revised_prompt,
         }
-        # Storing copies the whole file: in a thread, so the API keeps answering meanwhile.
-        result = await asyncio.to_thread(
-            publish, ctx.config, ctx.project_id, path, f"image_{ctx.task_id}.{ext}", metadata
-        )
+        result = await publish(ctx.config, ctx.project_id, path, f"image_{ctx.task_id}.{ext}", metadata)
     await ctx.progress(1.0, "done")
     return result
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import attrs
@@ -207,10 +206,7 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
         # renderer; a remote model gets the texts (`details`) and says nothing of what it made of them.
         if isinstance(renderer, video.FfmpegRenderer) and clip.applied:
             metadata["applied"] = clip.applied
-        # Storing copies the whole file: in a thread, so the API keeps answering meanwhile.
-        result = await asyncio.to_thread(
-            publish, ctx.config, ctx.project_id, path, f"{prefix}_{ctx.task_id}.mp4", metadata
-        )
+        result = await publish(ctx.config, ctx.project_id, path, f"{prefix}_{ctx.task_id}.mp4", metadata)
     await ctx.progress(1.0, "done")
     return result
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +143,8 @@ async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> d
     await ctx.progress(0.96, "storing_media")
     metadata = await audio.describe(output, data.output_format, MODEL)
     metadata["tracks"] = len(data.tracks)
-    # Storing copies the whole file: in a thread, so the API keeps answering meanwhile.
-    return await asyncio.to_thread(
-        publish, ctx.config, ctx.project_id, output, f"audio_{ctx.task_id}.{data.output_format}", metadata
+    return await publish(
+        ctx.config, ctx.project_id, output, f"audio_{ctx.task_id}.{data.output_format}", metadata
     )
 
 
