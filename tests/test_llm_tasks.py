@@ -10,9 +10,11 @@ import aiohttp
 import cattrs
 import orjson
 import pytest
+from fake_media_apis import OversizedAPI
 from fake_openai import FakeOpenAI
 
 from taskd.config import Config, LlmProvider, ProvidersConfig
+from taskd.providers.http import JSON_REPLY_LIMIT
 from taskd.providers.llm import ChatClient, ProviderError
 from taskd.tasks.builtin import automated_gather_creation as gather_task
 from taskd.tasks.builtin import evaluate_department
@@ -200,6 +202,18 @@ async def test_client_malformed_reply_is_not_transient(
     with pytest.raises(ProviderError) as caught:
         await client.complete([{"role": "user", "content": "hi"}])
     assert not caught.value.transient and caught.value.status is None
+
+
+async def test_client_reply_over_the_size_limit_fails_without_being_read_in_full(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with OversizedAPI(b'{"choices": [{"message": {"content": "', 2 * JSON_REPLY_LIMIT) as api:
+        client = ChatClient(LlmProvider(base_url=f"{api.url}/v1"), http)
+        with pytest.raises(ProviderError) as caught:
+            await client.complete([{"role": "user", "content": "hi"}])
+    assert str(caught.value) == f"LLM provider sent a reply larger than {JSON_REPLY_LIMIT} bytes"
+    assert not caught.value.transient
+    assert api.sent < 2 * JSON_REPLY_LIMIT
 
 
 async def test_client_connection_refused_is_transient(http: aiohttp.ClientSession) -> None:

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
-from fake_media_apis import make_ctx, png
+from fake_media_apis import OversizedAPI, make_ctx, png
 from fake_video_apis import FakeVideoAPI, make_mp4
 from PIL import Image
 
@@ -22,6 +22,8 @@ from taskd.config import (
 )
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
+from taskd.providers.http import JSON_REPLY_LIMIT, ProviderError
+from taskd.providers.video_api import ProviderCalls
 from taskd.tasks.builtin import generate_video, render_animation
 from taskd.tasks.builtin.generate_video import CharacterPosition, GenerateVideoInput
 from taskd.tasks.builtin.render_animation import Keyframe, RenderAnimationInput
@@ -262,6 +264,16 @@ async def test_a_job_whose_polls_keep_failing_is_cancelled_before_the_task_fails
 
 
 # What is refused
+
+
+async def test_a_job_state_over_the_size_limit_fails_at_once_without_being_read_in_full(http):
+    async with OversizedAPI(b'{"id": "video_1", "status": "', 2 * JSON_REPLY_LIMIT) as api:
+        calls = ProviderCalls(VideoProvider(protocol="openai", base_url=api.url, model="sora-2"), http)
+        with pytest.raises(ProviderError) as caught:
+            await calls.call("GET", "videos/video_1")
+    assert str(caught.value) == f"Video provider sent a reply larger than {JSON_REPLY_LIMIT} bytes"
+    assert not caught.value.transient
+    assert api.sent < 2 * JSON_REPLY_LIMIT
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -17,7 +17,7 @@ import orjson
 from taskd.backoff import Backoff
 from taskd.config import VideoProvider
 from taskd.errors import TaskError
-from taskd.providers.http import ProviderError, error_detail, redact
+from taskd.providers.http import JSON_REPLY_LIMIT, ProviderError, error_detail, read_reply, redact, too_large
 
 log = logging.getLogger("taskd.providers")
 
@@ -170,7 +170,7 @@ class ProviderCalls:
             ) as response:
                 status, raw, retry_after = (
                     response.status,
-                    await response.read(),
+                    await read_reply(response, JSON_REPLY_LIMIT),
                     _retry_after(response.headers),
                 )
         except TimeoutError:
@@ -179,6 +179,8 @@ class ProviderCalls:
         except aiohttp.ClientError as exc:
             reason = redact(f"{type(exc).__name__}: {exc}", self.settings.api_key)
             raise ProviderError(f"{NAME} unreachable: {reason}", True) from None
+        if raw is None:
+            raise too_large(NAME, JSON_REPLY_LIMIT)
         if status >= 400:
             detail = error_detail(raw, self.settings.api_key)
             message = f"{NAME} returned HTTP {status}" + (f": {detail}" if detail else "")
