@@ -367,6 +367,19 @@ async def test_evaluate_fails_when_the_answer_is_not_json(
     assert not caught.value.transient
 
 
+async def test_evaluate_fails_as_without_a_rating_when_the_answer_nests_deeper_than_python_reads(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply('{"rating": 90, "issues": ' + "[" * 100_000)
+    with pytest.raises(TaskError) as caught:
+        await evaluate_department.run(ctx, evaluation())
+    assert str(caught.value).startswith(
+        "Evaluation could not be made: the LLM's answer has no rating from 0 to 100 (it began: {"
+    )
+    assert not caught.value.transient
+
+
 async def test_evaluate_fails_when_the_json_answer_has_no_rating(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:

@@ -83,7 +83,7 @@ def first_object(text: str) -> dict[str, Any] | None:
     while start != -1:
         try:
             found, _ = decoder.raw_decode(text, start)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
             found = None
         if isinstance(found, dict):
             return found
