@@ -3,6 +3,7 @@ against a real fake OpenAI server."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -378,6 +379,27 @@ async def test_evaluate_fails_as_without_a_rating_when_the_answer_nests_deeper_t
         "Evaluation could not be made: the LLM's answer has no rating from 0 to 100 (it began: {"
     )
     assert not caught.value.transient
+
+
+async def test_evaluate_gives_up_quickly_on_an_answer_of_many_unreadable_braces(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply("{x" * 250_000 + orjson.dumps(VERDICT).decode())
+    started = time.monotonic()
+    with pytest.raises(TaskError, match="the LLM's answer has no rating from 0 to 100"):
+        await evaluate_department.run(ctx, evaluation())
+    # Trying each of the 250 000 braces took about 20 s on one core.
+    assert time.monotonic() - started < 2
+
+
+async def test_evaluate_finds_the_verdict_after_a_few_braces_of_prose(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply("Template: {rating}, {summary}. My verdict: " + orjson.dumps(VERDICT).decode())
+    result = await evaluate_department.run(ctx, evaluation())
+    assert result["rating"] == 85
 
 
 async def test_evaluate_fails_when_the_json_answer_has_no_rating(
