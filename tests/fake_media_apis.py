@@ -193,6 +193,20 @@ class OversizedAPI(_Server):
         return resp
 
 
+class RedirectingAPI(_Server):
+    """Answers any request with a redirect (`status`) to `location`."""
+
+    def __init__(self, location: str, status: int = 307) -> None:
+        super().__init__()
+        self.location, self.status = location, status
+        self.app.router.add_route("*", "/{path:.*}", self._answer)
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.requests.append((request.headers.get("Authorization", ""), request.path))
+        return web.Response(status=self.status, headers={"Location": self.location})
+
+
 class Progress:
     """Records every progress report a handler makes."""
 

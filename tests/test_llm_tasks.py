@@ -11,7 +11,7 @@ import aiohttp
 import cattrs
 import orjson
 import pytest
-from fake_media_apis import OversizedAPI
+from fake_media_apis import OversizedAPI, RedirectingAPI
 from fake_openai import FakeOpenAI
 
 from taskd.config import Config, LlmProvider, ProvidersConfig
@@ -215,6 +215,21 @@ async def test_client_reply_over_the_size_limit_fails_without_being_read_in_full
     assert str(caught.value) == f"LLM provider sent a reply larger than {JSON_REPLY_LIMIT} bytes"
     assert not caught.value.transient
     assert api.sent < 2 * JSON_REPLY_LIMIT
+
+
+async def test_client_does_not_follow_a_redirect_of_the_provider(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # Where the provider points is not the operator's choice: it could be any internal address.
+    async with RedirectingAPI(f"{server.base_url}/chat/completions") as provider:
+        client = ChatClient(LlmProvider(base_url=f"{provider.url}/v1", api_key="sk-test"), http)
+        with pytest.raises(ProviderError) as caught:
+            await client.complete([{"role": "user", "content": "hi"}])
+    assert (
+        str(caught.value) == "LLM provider returned HTTP 307 (taskd does not follow a provider's redirects)"
+    )
+    assert not caught.value.transient
+    assert server.requests == []
 
 
 async def test_client_connection_refused_is_transient(http: aiohttp.ClientSession) -> None:

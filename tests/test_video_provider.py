@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
-from fake_media_apis import OversizedAPI, make_ctx, png
+from fake_media_apis import OversizedAPI, RedirectingAPI, make_ctx, png
 from fake_video_apis import FakeVideoAPI, make_mp4
 from PIL import Image
 
@@ -274,6 +274,21 @@ async def test_a_job_state_over_the_size_limit_fails_at_once_without_being_read_
     assert str(caught.value) == f"Video provider sent a reply larger than {JSON_REPLY_LIMIT} bytes"
     assert not caught.value.transient
     assert api.sent < 2 * JSON_REPLY_LIMIT
+
+
+async def test_a_redirect_of_a_provider_call_is_not_followed(http, api):
+    # Where the provider points is its choice, not the operator's: any internal address.
+    async with RedirectingAPI(f"{api.url}/v1/videos/video_1", status=302) as provider:
+        settings = VideoProvider(
+            protocol="openai", base_url=provider.url, model="sora-2", api_key="sk-video", max_retries=0
+        )
+        with pytest.raises(ProviderError) as caught:
+            await ProviderCalls(settings, http).call("GET", "videos/video_1")
+    assert str(caught.value) == (
+        "Video provider returned HTTP 302 (taskd does not follow a provider's redirects)"
+    )
+    assert not caught.value.transient
+    assert api.requests == []
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -129,6 +129,14 @@ async def read_reply(response: aiohttp.ClientResponse, limit: int) -> bytes | No
     return bytes(body)
 
 
+def redirected(name: str, status: int) -> ProviderError:
+    """The error of a redirect: where a provider points is its choice, not the operator's (any
+    internal address), so taskd does not go there with the task's request."""
+    return ProviderError(
+        f"{name} returned HTTP {status} (taskd does not follow a provider's redirects)", False, status
+    )
+
+
 def too_large(name: str, limit: int) -> ProviderError:
     """The error of a reply over `limit` bytes: not transient, a provider that sends one is broken."""
     return ProviderError(f"{name} sent a reply larger than {limit} bytes", False)
@@ -147,7 +155,8 @@ async def post_json(
 ) -> bytes:
     """POST `body` to `url` and return the 2xx reply's bytes; ProviderError for anything else.
 
-    Timeouts, connection errors, 429 and 5xx are transient; other 4xx are not; a reply longer than
+    Timeouts, connection errors, 429 and 5xx are transient; other 4xx and 3xx (redirects are not
+    followed) are not; a reply longer than
     `max_bytes` is not read beyond them and fails, not transient. With a `gate`, the
     request first waits for a slot of the provider's limits and holds it until the reply is read;
     `timeout` counts from when the request is sent, not while it waits.
@@ -159,7 +168,11 @@ async def post_json(
         async with (
             gate.slot() if gate else contextlib.nullcontext(),
             session.post(
-                url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                url,
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
             ) as response,
         ):
             status, raw = response.status, await read_reply(response, max_bytes)
@@ -169,6 +182,8 @@ async def post_json(
     except aiohttp.ClientError as exc:
         reason = redact(f"{type(exc).__name__}: {exc}", api_key)
         raise ProviderError(f"{name} unreachable: {reason}", True) from None
+    if 300 <= status < 400:
+        raise redirected(name, status)
     if raw is None:
         raise too_large(name, max_bytes)
     if status >= 400:
