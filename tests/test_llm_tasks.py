@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import attrs
 import cattrs
 import orjson
 import pytest
@@ -486,6 +487,21 @@ async def test_gather_fails_when_every_departments_reply_is_unreadable(
     with pytest.raises(TaskError) as caught:
         await gather_task.run(ctx, data)
     assert str(caught.value) == "No gather items: the LLM's reply for every department was unreadable"
+
+
+async def test_gather_stops_before_a_call_that_would_pass_the_configured_soft_limit(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    # 10 s of the soft limit are kept for the end: 2 s of calls, and each takes 1.5 s.
+    tasks = attrs.evolve(ctx.config.tasks, soft_time_limits={"automated_gather_creation": 12.0})
+    ctx = attrs.evolve(ctx, config=attrs.evolve(ctx.config, tasks=tasks))
+    server.delay = 1.5
+    for _ in range(3):
+        server.reply('{"items": [{"content": "A harbour at dawn"}]}')
+    data = AutomatedGatherCreationInput("A noir brief", departments=["story", "audio", "sets"])
+    result = await gather_task.run(ctx, data)
+    assert (result["stopped_early"], list(result["gather_data"])) == ("soft time limit", ["story"])
 
 
 async def test_gather_fails_when_no_department_slug_is_usable(
