@@ -573,6 +573,27 @@ def test_evaluate_input_accepts_the_documented_example() -> None:
     assert data.previous_evaluations[0].rating == 85
 
 
+def test_prompt_input_refuses_placeholders_that_render_past_the_limit() -> None:
+    converter = cattrs.Converter(forbid_extra_keys=False)
+    # 20 000 placeholders of a 50 000-character value: a gigabyte had it been rendered.
+    data = {"prompt_template": "{{a}}" * 20_000, "test_parameters": {"a": "x" * 50_000}}
+    started = time.monotonic()
+    with pytest.raises(FieldErrors) as caught:
+        structure_checked(converter, data, TestPromptInput, prefix="task_data")
+    assert caught.value.details == {
+        "task_data.test_parameters": "The rendered prompt must have at most 1000000 characters "
+        "(prompt_template with its placeholders filled from test_parameters)"
+    }
+    assert time.monotonic() - started < 1
+
+
+def test_prompt_input_accepts_a_rendered_prompt_at_the_limit() -> None:
+    converter = cattrs.Converter(forbid_extra_keys=False)
+    data = {"prompt_template": "{{ a }}{{b}}!", "test_parameters": {"a": "x" * 999_000, "b": ["y" * 995]}}
+    parsed = structure_checked(converter, data, TestPromptInput, prefix="task_data")
+    assert len(prompt_task.render(parsed.prompt_template, parsed.test_parameters)[0]) == 1_000_000
+
+
 def test_prompt_input_requires_non_blank_template() -> None:
     converter = cattrs.Converter(forbid_extra_keys=False)
     with pytest.raises(FieldErrors) as caught:

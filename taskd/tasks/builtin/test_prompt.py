@@ -14,7 +14,34 @@ from taskd.tasks.spec import TaskContext, TaskType
 from taskd.validation import max_length, not_blank
 
 PROMPT_LIMIT = 100_000
+# The prompt as sent: a placeholder may repeat a large parameter (a 100 000-character template of
+# `{{a}}` with a 50 KB `a` would render a gigabyte), so the rendered length is bounded too.
+RENDERED_LIMIT = 1_000_000
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
+
+
+def rendered_length(template: str, parameters: dict[str, Any]) -> int:
+    """The length `render` would give, without building the text."""
+    texts: dict[str, int] = {}
+    length = len(template)
+    for match in _PLACEHOLDER.finditer(template):
+        name = match.group(1)
+        if name in parameters:
+            if name not in texts:
+                texts[name] = len(_as_text(parameters[name]))
+            length += texts[name] - len(match.group(0))
+    return length
+
+
+def _renders_within_limit(instance: Any, _: attrs.Attribute[Any], parameters: dict[str, Any]) -> None:
+    # Checked on the whole input only (the template is needed); None: the field checked alone.
+    if instance is None or not isinstance(instance.prompt_template, str):
+        return
+    if rendered_length(instance.prompt_template, parameters) > RENDERED_LIMIT:
+        raise ValueError(
+            f"The rendered prompt must have at most {RENDERED_LIMIT} characters "
+            "(prompt_template with its placeholders filled from test_parameters)"
+        )
 
 
 @attrs.define
@@ -31,7 +58,7 @@ class TestPromptInput:
     )
     prompt_id: str | None = None
     agent_type: str | None = None
-    test_parameters: dict[str, Any] = attrs.Factory(dict)
+    test_parameters: dict[str, Any] = attrs.field(factory=dict, validator=_renders_within_limit)
     test_result_id: str | None = None
 
 
