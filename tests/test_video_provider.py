@@ -3,6 +3,7 @@ Replicate-style predictions), against a loopback fake that speaks both, with a r
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
@@ -250,6 +251,24 @@ async def test_cancelling_the_task_cancels_the_providers_job(start_service, api,
     path = "/v1/videos/job_1" if protocol == "openai" else "/v1/predictions/job_1/cancel"
     assert (cancel, path) in api.requests
     assert (await taskd.status(task["task_id"]))["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_task_stopped_while_its_create_is_in_flight_cancels_the_job_it_made(
+    tmp_path, http, api, protocol
+):
+    api.create_delay = 0.5
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, protocol)))
+    running = asyncio.create_task(generate_video.run(ctx, scene()))
+    while not api.created:
+        await asyncio.sleep(0.02)
+
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    assert api.cancelled == ["job_1"]
+    assert api.active == 0
 
 
 async def test_a_job_whose_polls_keep_failing_is_cancelled_before_the_task_fails(tmp_path, http, api):
