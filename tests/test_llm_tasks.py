@@ -409,6 +409,19 @@ async def test_evaluate_gives_up_quickly_on_an_answer_of_many_unreadable_braces(
     assert time.monotonic() - started < 2
 
 
+async def test_evaluate_gives_up_quickly_on_a_long_answer_of_unclosed_objects(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    # 16 MB: 32 objects, each open to the end, so every try would read on to the end.
+    server.reply(('{"a": [' + "1," * 250_000) * 32)
+    started = time.monotonic()
+    with pytest.raises(TaskError, match="the LLM's answer has no rating from 0 to 100"):
+        await evaluate_department.run(ctx, evaluation())
+    # Reading all of it each time took 6.5 s on one core.
+    assert time.monotonic() - started < 2
+
+
 async def test_evaluate_finds_the_verdict_after_a_few_braces_of_prose(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:

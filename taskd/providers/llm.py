@@ -18,6 +18,9 @@ __all__ = ["NO_PROVIDER", "ChatClient", "ChatReply", "ProviderError", "first_obj
 # trying every `{` of a reply made of them took minutes of the worker's loop for a megabyte.
 # A model's object comes after a little prose, so its first `{` or one of the next few starts it.
 OBJECT_TRIES = 32
+# ... and only the reply's first MiB is read: a reply may be 16 MiB (JSON_REPLY_LIMIT), and 32 tries
+# each reading on to its end held the worker's loop for seconds. An answer's object is far smaller.
+OBJECT_SCAN = 1024 * 1024
 
 NO_PROVIDER = "No LLM provider configured: set providers.llm.base_url (TASKD_PROVIDERS__LLM__BASE_URL)"
 
@@ -83,8 +86,9 @@ def _count(value: Any) -> int:
 
 def first_object(text: str) -> dict[str, Any] | None:
     """The first JSON object in a model's reply (models wrap them in prose or code fences), looked
-    for at the reply's first OBJECT_TRIES `{`."""
+    for at the first OBJECT_TRIES `{` of the reply's first OBJECT_SCAN characters."""
     decoder = json.JSONDecoder()
+    text = text[:OBJECT_SCAN]
     start = text.find("{")
     for _ in range(OBJECT_TRIES):
         if start == -1:
