@@ -128,6 +128,22 @@ async def test_prompt_bearer_header_sent(server: FakeOpenAI, http: aiohttp.Clien
     assert server.requests[0].path == "/v1/chat/completions"
 
 
+async def test_prompt_over_the_result_limit_fails_before_the_llm_is_asked(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    execution = attrs.evolve(ctx.config.execution, result_max_bytes=2048)
+    ctx = attrs.evolve(ctx, config=attrs.evolve(ctx.config, execution=execution))
+    data = TestPromptInput("Describe {{ scene }}", test_parameters={"scene": "a harbour " * 300})
+    with pytest.raises(TaskError) as caught:
+        await prompt_task.run(ctx, data)
+    assert str(caught.value) == (
+        "The rendered prompt is 3011 bytes as JSON: the result repeats it, and a result may "
+        "have at most 2048 bytes (execution.result_max_bytes)"
+    )
+    assert server.requests == []
+
+
 async def test_prompt_result_carries_ids_model_and_usage(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:

@@ -10,7 +10,7 @@ import attrs
 import orjson
 
 from taskd.providers.llm import ChatClient
-from taskd.tasks.spec import TaskContext, TaskType
+from taskd.tasks.spec import TaskContext, TaskError, TaskType
 from taskd.validation import max_length, not_blank
 
 PROMPT_LIMIT = 100_000
@@ -90,6 +90,14 @@ async def run(ctx: TaskContext, data: TestPromptInput) -> dict[str, Any]:
     started = time.monotonic()
     await ctx.progress(0.1, "rendering_prompt")
     prompt, missing = render(data.prompt_template, data.test_parameters)
+    # The result carries the prompt: one over the result limit would be a paid call whose answer
+    # the task could never store.
+    size, limit = len(orjson.dumps(prompt)), ctx.config.execution.result_max_bytes
+    if size > limit:
+        raise TaskError(
+            f"The rendered prompt is {size} bytes as JSON: the result repeats it, and a result may "
+            f"have at most {limit} bytes (execution.result_max_bytes)"
+        )
     await ctx.progress(0.3, "calling_llm")
     client = ChatClient(ctx.config.providers.llm, ctx.http, ctx.provider_gate("llm"))
     reply = await client.complete([{"role": "user", "content": prompt}])
