@@ -170,6 +170,43 @@ class FakeSpeechAPI(_Server):
         return web.Response(body=sine_wav(1.5, rate=24000), content_type="audio/wav")
 
 
+class OversizedAPI(_Server):
+    """Answers any POST or GET with a 200 of `size` bytes: `head`, then spaces, streamed without a
+    Content-Length (a broken or hostile provider); `sent` counts what the client took."""
+
+    def __init__(self, head: bytes, size: int, content_type: str = "application/json") -> None:
+        super().__init__()
+        self.head, self.size, self.content_type = head, size, content_type
+        self.sent = 0
+        self.app.router.add_route("*", "/{path:.*}", self._answer)
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": self.content_type})
+        await resp.prepare(request)
+        await resp.write(self.head)
+        self.sent = len(self.head)
+        chunk = b" " * 65536
+        while self.sent < self.size:
+            await resp.write(chunk)
+            self.sent += len(chunk)
+        return resp
+
+
+class RedirectingAPI(_Server):
+    """Answers any request with a redirect (`status`) to `location`."""
+
+    def __init__(self, location: str, status: int = 307) -> None:
+        super().__init__()
+        self.location, self.status = location, status
+        self.app.router.add_route("*", "/{path:.*}", self._answer)
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.requests.append((request.headers.get("Authorization", ""), request.path))
+        return web.Response(status=self.status, headers={"Location": self.location})
+
+
 class Progress:
     """Records every progress report a handler makes."""
 

@@ -7,6 +7,7 @@ succeeds with `video` (or fails with `fail`). `hang` keeps it in progress for ev
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,9 @@ class FakeVideoAPI(_Server):
         self.steps = steps
         self.fail = fail
         self.hang = hang
+        # Seconds a create takes to answer once its request is read (the job is made all the same
+        # if the client has gone by then, as a real provider does).
+        self.create_delay = 0.0
         # HTTP statuses to answer the next creates with, first to last (then they work).
         self.create_errors: list[int] = []
         # The same for the polls of a job (OpenAI's GET /v1/videos/{id}).
@@ -113,6 +117,7 @@ class FakeVideoAPI(_Server):
         for name, value in form.items():
             fields[name] = value.file.read() if isinstance(value, web.FileField) else value
         self.created.append(fields)
+        await asyncio.sleep(self.create_delay)
         if self.create_errors:
             return self._error(self.create_errors.pop(0), "fake create refused")
         job = self._start()
@@ -155,6 +160,7 @@ class FakeVideoAPI(_Server):
         self._record(request)
         body = await request.json()
         self.created.append(body)
+        await asyncio.sleep(self.create_delay)
         if self.create_errors:
             status = self.create_errors.pop(0)
             return web.json_response({"title": "refused", "detail": "fake create refused"}, status=status)

@@ -3,16 +3,20 @@ against a real fake OpenAI server."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import attrs
 import cattrs
 import orjson
 import pytest
+from fake_media_apis import OversizedAPI, RedirectingAPI
 from fake_openai import FakeOpenAI
 
 from taskd.config import Config, LlmProvider, ProvidersConfig
+from taskd.providers.http import JSON_REPLY_LIMIT
 from taskd.providers.llm import ChatClient, ProviderError
 from taskd.tasks.builtin import automated_gather_creation as gather_task
 from taskd.tasks.builtin import evaluate_department
@@ -124,6 +128,22 @@ async def test_prompt_bearer_header_sent(server: FakeOpenAI, http: aiohttp.Clien
     assert server.requests[0].path == "/v1/chat/completions"
 
 
+async def test_prompt_over_the_result_limit_fails_before_the_llm_is_asked(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    execution = attrs.evolve(ctx.config.execution, result_max_bytes=2048)
+    ctx = attrs.evolve(ctx, config=attrs.evolve(ctx.config, execution=execution))
+    data = TestPromptInput("Describe {{ scene }}", test_parameters={"scene": "a harbour " * 300})
+    with pytest.raises(TaskError) as caught:
+        await prompt_task.run(ctx, data)
+    assert str(caught.value) == (
+        "The rendered prompt is 3011 bytes as JSON: the result repeats it, and a result may "
+        "have at most 2048 bytes (execution.result_max_bytes)"
+    )
+    assert server.requests == []
+
+
 async def test_prompt_result_carries_ids_model_and_usage(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
@@ -200,6 +220,33 @@ async def test_client_malformed_reply_is_not_transient(
     with pytest.raises(ProviderError) as caught:
         await client.complete([{"role": "user", "content": "hi"}])
     assert not caught.value.transient and caught.value.status is None
+
+
+async def test_client_reply_over_the_size_limit_fails_without_being_read_in_full(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with OversizedAPI(b'{"choices": [{"message": {"content": "', 2 * JSON_REPLY_LIMIT) as api:
+        client = ChatClient(LlmProvider(base_url=f"{api.url}/v1"), http)
+        with pytest.raises(ProviderError) as caught:
+            await client.complete([{"role": "user", "content": "hi"}])
+    assert str(caught.value) == f"LLM provider sent a reply larger than {JSON_REPLY_LIMIT} bytes"
+    assert not caught.value.transient
+    assert api.sent < 2 * JSON_REPLY_LIMIT
+
+
+async def test_client_does_not_follow_a_redirect_of_the_provider(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # Where the provider points is not the operator's choice: it could be any internal address.
+    async with RedirectingAPI(f"{server.base_url}/chat/completions") as provider:
+        client = ChatClient(LlmProvider(base_url=f"{provider.url}/v1", api_key="sk-test"), http)
+        with pytest.raises(ProviderError) as caught:
+            await client.complete([{"role": "user", "content": "hi"}])
+    assert (
+        str(caught.value) == "LLM provider returned HTTP 307 (taskd does not follow a provider's redirects)"
+    )
+    assert not caught.value.transient
+    assert server.requests == []
 
 
 async def test_client_connection_refused_is_transient(http: aiohttp.ClientSession) -> None:
@@ -353,6 +400,53 @@ async def test_evaluate_fails_when_the_answer_is_not_json(
     assert not caught.value.transient
 
 
+async def test_evaluate_fails_as_without_a_rating_when_the_answer_nests_deeper_than_python_reads(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply('{"rating": 90, "issues": ' + "[" * 100_000)
+    with pytest.raises(TaskError) as caught:
+        await evaluate_department.run(ctx, evaluation())
+    assert str(caught.value).startswith(
+        "Evaluation could not be made: the LLM's answer has no rating from 0 to 100 (it began: {"
+    )
+    assert not caught.value.transient
+
+
+async def test_evaluate_gives_up_quickly_on_an_answer_of_many_unreadable_braces(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply("{x" * 250_000 + orjson.dumps(VERDICT).decode())
+    started = time.monotonic()
+    with pytest.raises(TaskError, match="the LLM's answer has no rating from 0 to 100"):
+        await evaluate_department.run(ctx, evaluation())
+    # Trying each of the 250 000 braces took about 20 s on one core.
+    assert time.monotonic() - started < 2
+
+
+async def test_evaluate_gives_up_quickly_on_a_long_answer_of_unclosed_objects(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    # 16 MB: 32 objects, each open to the end, so every try would read on to the end.
+    server.reply(('{"a": [' + "1," * 250_000) * 32)
+    started = time.monotonic()
+    with pytest.raises(TaskError, match="the LLM's answer has no rating from 0 to 100"):
+        await evaluate_department.run(ctx, evaluation())
+    # Reading all of it each time took 6.5 s on one core.
+    assert time.monotonic() - started < 2
+
+
+async def test_evaluate_finds_the_verdict_after_a_few_braces_of_prose(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply("Template: {rating}, {summary}. My verdict: " + orjson.dumps(VERDICT).decode())
+    result = await evaluate_department.run(ctx, evaluation())
+    assert result["rating"] == 85
+
+
 async def test_evaluate_fails_when_the_json_answer_has_no_rating(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
@@ -424,6 +518,21 @@ async def test_gather_fails_when_every_departments_reply_is_unreadable(
     assert str(caught.value) == "No gather items: the LLM's reply for every department was unreadable"
 
 
+async def test_gather_stops_before_a_call_that_would_pass_the_configured_soft_limit(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    # 10 s of the soft limit are kept for the end: 2 s of calls, and each takes 1.5 s.
+    tasks = attrs.evolve(ctx.config.tasks, soft_time_limits={"automated_gather_creation": 12.0})
+    ctx = attrs.evolve(ctx, config=attrs.evolve(ctx.config, tasks=tasks))
+    server.delay = 1.5
+    for _ in range(3):
+        server.reply('{"items": [{"content": "A harbour at dawn"}]}')
+    data = AutomatedGatherCreationInput("A noir brief", departments=["story", "audio", "sets"])
+    result = await gather_task.run(ctx, data)
+    assert (result["stopped_early"], list(result["gather_data"])) == ("soft time limit", ["story"])
+
+
 async def test_gather_fails_when_no_department_slug_is_usable(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
@@ -491,6 +600,27 @@ def test_evaluate_input_accepts_the_documented_example() -> None:
     )
     assert data.gather_data[0].summary == "Main story premise"
     assert data.previous_evaluations[0].rating == 85
+
+
+def test_prompt_input_refuses_placeholders_that_render_past_the_limit() -> None:
+    converter = cattrs.Converter(forbid_extra_keys=False)
+    # 20 000 placeholders of a 50 000-character value: a gigabyte had it been rendered.
+    data = {"prompt_template": "{{a}}" * 20_000, "test_parameters": {"a": "x" * 50_000}}
+    started = time.monotonic()
+    with pytest.raises(FieldErrors) as caught:
+        structure_checked(converter, data, TestPromptInput, prefix="task_data")
+    assert caught.value.details == {
+        "task_data.test_parameters": "The rendered prompt must have at most 1000000 characters "
+        "(prompt_template with its placeholders filled from test_parameters)"
+    }
+    assert time.monotonic() - started < 1
+
+
+def test_prompt_input_accepts_a_rendered_prompt_at_the_limit() -> None:
+    converter = cattrs.Converter(forbid_extra_keys=False)
+    data = {"prompt_template": "{{ a }}{{b}}!", "test_parameters": {"a": "x" * 999_000, "b": ["y" * 995]}}
+    parsed = structure_checked(converter, data, TestPromptInput, prefix="task_data")
+    assert len(prompt_task.render(parsed.prompt_template, parsed.test_parameters)[0]) == 1_000_000
 
 
 def test_prompt_input_requires_non_blank_template() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import attrs
 import orjson
 import pytest
-from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, make_ctx, sine_wav
+from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, OversizedAPI, make_ctx, sine_wav
 
 from taskd.config import Config, ImageProvider, MediaConfig, NetworkConfig, ProvidersConfig, SpeechProvider
 from taskd.media.store import MediaStore
+from taskd.providers.http import JSON_REPLY_LIMIT
 from taskd.tasks.builtin import generate_character_voice, generate_image
 from taskd.tasks.builtin.generate_character_voice import GenerateCharacterVoiceInput
 from taskd.tasks.builtin.generate_image import GenerateImageInput
@@ -88,6 +90,18 @@ async def test_image_provider_error_is_reported(tmp_path, http):
             await generate_image.run(ctx, GenerateImageInput(prompt="x"))
 
 
+async def test_an_image_answer_over_the_limit_fails_without_being_read_in_full(tmp_path, http):
+    # JSON around the base64 of an image of media.max_download_bytes (1024 here).
+    limit = JSON_REPLY_LIMIT + 1024 * 4 // 3
+    async with OversizedAPI(b'{"data": [{"b64_json": "', 2 * limit) as api:
+        config = config_for(tmp_path, image=ImageProvider(base_url=f"{api.url}/v1"))
+        config = attrs.evolve(config, media=attrs.evolve(config.media, max_download_bytes=1024))
+        ctx, _ = make_ctx(http, config)
+        with pytest.raises(TaskError, match=f"^Image provider sent a reply larger than {limit} bytes$"):
+            await generate_image.run(ctx, GenerateImageInput(prompt="x"))
+    assert api.sent < 2 * limit
+
+
 async def test_image_without_a_provider_says_how_to_configure_one(tmp_path, http):
     ctx, _ = make_ctx(http, config_for(tmp_path))
     with pytest.raises(TaskError, match=r"No image provider configured: set providers\.image\.base_url"):
@@ -124,6 +138,17 @@ async def test_voice_from_the_speech_api_with_pace_and_built_in_rain(tmp_path, h
     assert meta["generation_model"] == "gpt-4o-mini-tts"
     assert stored_file(config, result["media_url"]).stat().st_size == meta["file_size"]
     assert not list((tmp_path / "scratch").iterdir())
+
+
+async def test_a_speech_answer_over_the_download_limit_fails_and_nothing_is_stored(tmp_path, http):
+    async with OversizedAPI(sine_wav(0.1), 4 * 2**20, "audio/wav") as api:
+        config = config_for(tmp_path, speech=SpeechProvider(base_url=f"{api.url}/v1"))
+        config = attrs.evolve(config, media=attrs.evolve(config.media, max_download_bytes=2**20))
+        ctx, _ = make_ctx(http, config)
+        with pytest.raises(TaskError, match=r"^Speech provider sent a reply larger than 1048576 bytes$"):
+            await generate_character_voice.run(ctx, GenerateCharacterVoiceInput(text="Hello."))
+    assert not list((tmp_path / "scratch").iterdir())
+    assert not (tmp_path / "data" / "media").exists() or not any((tmp_path / "data" / "media").rglob("*.*"))
 
 
 async def test_voice_profile_url_picks_the_api_voice(tmp_path, http, files):

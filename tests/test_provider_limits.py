@@ -160,8 +160,8 @@ async def test_the_image_and_speech_clients_send_nothing_while_their_provider_ha
         assert image_slot is not None and speech_slot is not None
         async with image_slot.slot(), speech_slot.slot():
             calls = asyncio.gather(
-                image.generate("a lighthouse", "1024x1024", "standard"),
-                voice.speak("hello", None, 1.0, None, tmp_path / "voice"),
+                image.generate("a lighthouse", "1024x1024", "standard", max_image_bytes=2**20),
+                voice.speak("hello", None, 1.0, None, tmp_path / "voice", max_bytes=2**20),
             )
             await asyncio.sleep(0.5)
             assert (images.requests, speech.requests) == ([], [])

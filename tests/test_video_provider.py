@@ -3,11 +3,12 @@ Replicate-style predictions), against a loopback fake that speaks both, with a r
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
 import pytest
-from fake_media_apis import make_ctx, png
+from fake_media_apis import OversizedAPI, RedirectingAPI, make_ctx, png
 from fake_video_apis import FakeVideoAPI, make_mp4
 from PIL import Image
 
@@ -22,6 +23,8 @@ from taskd.config import (
 )
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
+from taskd.providers.http import JSON_REPLY_LIMIT, ProviderError
+from taskd.providers.video_api import ProviderCalls
 from taskd.tasks.builtin import generate_video, render_animation
 from taskd.tasks.builtin.generate_video import CharacterPosition, GenerateVideoInput
 from taskd.tasks.builtin.render_animation import Keyframe, RenderAnimationInput
@@ -250,6 +253,24 @@ async def test_cancelling_the_task_cancels_the_providers_job(start_service, api,
     assert (await taskd.status(task["task_id"]))["status"] == "cancelled"
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_task_stopped_while_its_create_is_in_flight_cancels_the_job_it_made(
+    tmp_path, http, api, protocol
+):
+    api.create_delay = 0.5
+    ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, protocol)))
+    running = asyncio.create_task(generate_video.run(ctx, scene()))
+    while not api.created:
+        await asyncio.sleep(0.02)
+
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    assert api.cancelled == ["job_1"]
+    assert api.active == 0
+
+
 async def test_a_job_whose_polls_keep_failing_is_cancelled_before_the_task_fails(tmp_path, http, api):
     api.poll_errors = [503, 503]
     ctx, _ = make_ctx(http, config_for(tmp_path, provider(api, "openai", max_retries=1)))
@@ -262,6 +283,31 @@ async def test_a_job_whose_polls_keep_failing_is_cancelled_before_the_task_fails
 
 
 # What is refused
+
+
+async def test_a_job_state_over_the_size_limit_fails_at_once_without_being_read_in_full(http):
+    async with OversizedAPI(b'{"id": "video_1", "status": "', 2 * JSON_REPLY_LIMIT) as api:
+        calls = ProviderCalls(VideoProvider(protocol="openai", base_url=api.url, model="sora-2"), http)
+        with pytest.raises(ProviderError) as caught:
+            await calls.call("GET", "videos/video_1")
+    assert str(caught.value) == f"Video provider sent a reply larger than {JSON_REPLY_LIMIT} bytes"
+    assert not caught.value.transient
+    assert api.sent < 2 * JSON_REPLY_LIMIT
+
+
+async def test_a_redirect_of_a_provider_call_is_not_followed(http, api):
+    # Where the provider points is its choice, not the operator's: any internal address.
+    async with RedirectingAPI(f"{api.url}/v1/videos/video_1", status=302) as provider:
+        settings = VideoProvider(
+            protocol="openai", base_url=provider.url, model="sora-2", api_key="sk-video", max_retries=0
+        )
+        with pytest.raises(ProviderError) as caught:
+            await ProviderCalls(settings, http).call("GET", "videos/video_1")
+    assert str(caught.value) == (
+        "Video provider returned HTTP 302 (taskd does not follow a provider's redirects)"
+    )
+    assert not caught.value.transient
+    assert api.requests == []
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -14,6 +14,12 @@ from taskd.logs import REDACTOR
 from taskd.providers.limits import Gate
 
 _DETAIL_LIMIT = 300
+# The most taskd reads of a provider's JSON answer (a chat completion, a video job's state): far
+# above any real one, so that a broken or hostile provider cannot fill a worker's memory.
+JSON_REPLY_LIMIT = 16 * 1024 * 1024
+# Of an error answer only the start is read: its message is cut to _DETAIL_LIMIT characters anyway.
+_ERROR_READ_LIMIT = 64 * 1024
+_CHUNK = 64 * 1024
 
 
 class ProviderSettings(Protocol):
@@ -106,6 +112,36 @@ def shorten(text: str, secret: str = "") -> str:
     return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
 
+async def read_reply(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body of `response`, or None when it is longer than `limit` bytes (read no further).
+
+    An error status's body is cut to its start instead: only its message is shown.
+    """
+    failed = response.status >= 400
+    cap = min(limit, _ERROR_READ_LIMIT) if failed else limit
+    if not failed and response.content_length is not None and response.content_length > cap:
+        return None
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        body += chunk
+        if len(body) > cap:
+            return bytes(body[:cap]) if failed else None
+    return bytes(body)
+
+
+def redirected(name: str, status: int) -> ProviderError:
+    """The error of a redirect: where a provider points is its choice, not the operator's (any
+    internal address), so taskd does not go there with the task's request."""
+    return ProviderError(
+        f"{name} returned HTTP {status} (taskd does not follow a provider's redirects)", False, status
+    )
+
+
+def too_large(name: str, limit: int) -> ProviderError:
+    """The error of a reply over `limit` bytes: not transient, a provider that sends one is broken."""
+    return ProviderError(f"{name} sent a reply larger than {limit} bytes", False)
+
+
 async def post_json(
     session: aiohttp.ClientSession,
     url: str,
@@ -115,10 +151,13 @@ async def post_json(
     timeout: float,
     name: str,
     gate: Gate | None = None,
+    max_bytes: int = JSON_REPLY_LIMIT,
 ) -> bytes:
     """POST `body` to `url` and return the 2xx reply's bytes; ProviderError for anything else.
 
-    Timeouts, connection errors, 429 and 5xx are transient; other 4xx are not. With a `gate`, the
+    Timeouts, connection errors, 429 and 5xx are transient; other 4xx and 3xx (redirects are not
+    followed) are not; a reply longer than
+    `max_bytes` is not read beyond them and fails, not transient. With a `gate`, the
     request first waits for a slot of the provider's limits and holds it until the reply is read;
     `timeout` counts from when the request is sent, not while it waits.
     """
@@ -129,16 +168,24 @@ async def post_json(
         async with (
             gate.slot() if gate else contextlib.nullcontext(),
             session.post(
-                url, data=orjson.dumps(body), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                url,
+                data=orjson.dumps(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
             ) as response,
         ):
-            status, raw = response.status, await response.read()
+            status, raw = response.status, await read_reply(response, max_bytes)
     except TimeoutError:
         # Checked before ClientError: aiohttp's timeout errors are both.
         raise ProviderError(f"{name} did not answer within {timeout:g}s", True, timeout=True) from None
     except aiohttp.ClientError as exc:
         reason = redact(f"{type(exc).__name__}: {exc}", api_key)
         raise ProviderError(f"{name} unreachable: {reason}", True) from None
+    if 300 <= status < 400:
+        raise redirected(name, status)
+    if raw is None:
+        raise too_large(name, max_bytes)
     if status >= 400:
         detail = error_detail(raw, api_key)
         message = f"{name} returned HTTP {status}" + (f": {detail}" if detail else "")

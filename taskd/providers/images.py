@@ -11,7 +11,7 @@ import orjson
 
 from taskd.config import ImageProvider
 from taskd.errors import TaskError
-from taskd.providers.http import ProviderClient, post_json
+from taskd.providers.http import JSON_REPLY_LIMIT, ProviderClient, post_json
 
 NO_PROVIDER = "No image provider configured: set providers.image.base_url (TASKD_PROVIDERS__IMAGE__BASE_URL)"
 
@@ -38,8 +38,12 @@ def quality_for(model: str, quality: str) -> str | None:
 class ImagesClient(ProviderClient[ImageProvider]):
     """Calls the Images API of `[providers.image]`."""
 
-    async def generate(self, prompt: str, size: str, quality: str) -> GeneratedImage:
-        """One image for `prompt`; TransientError for timeouts, 429 and 5xx, TaskError otherwise."""
+    async def generate(self, prompt: str, size: str, quality: str, *, max_image_bytes: int) -> GeneratedImage:
+        """One image for `prompt`; TransientError for timeouts, 429 and 5xx, TaskError otherwise.
+
+        The reply is read up to what an image of `max_image_bytes` takes as base64, and the JSON
+        around it: a provider cannot fill the worker's memory.
+        """
         base_url = self._provider.base_url.strip().rstrip("/")
         if not base_url:
             raise TaskError(NO_PROVIDER)
@@ -55,6 +59,7 @@ class ImagesClient(ProviderClient[ImageProvider]):
             timeout=self._provider.timeout,
             gate=self._gate,
             name="Image provider",
+            max_bytes=JSON_REPLY_LIMIT + max_image_bytes * 4 // 3,
         )
         return _parse(raw)
 

@@ -14,6 +14,14 @@ from taskd.providers.http import ProviderClient, ProviderError, post_json
 
 __all__ = ["NO_PROVIDER", "ChatClient", "ChatReply", "ProviderError", "first_object"]
 
+# A try may read to the end of the reply (and its error counts the lines up to where it failed):
+# trying every `{` of a reply made of them took minutes of the worker's loop for a megabyte.
+# A model's object comes after a little prose, so its first `{` or one of the next few starts it.
+OBJECT_TRIES = 32
+# ... and only the reply's first MiB is read: a reply may be 16 MiB (JSON_REPLY_LIMIT), and 32 tries
+# each reading on to its end held the worker's loop for seconds. An answer's object is far smaller.
+OBJECT_SCAN = 1024 * 1024
+
 NO_PROVIDER = "No LLM provider configured: set providers.llm.base_url (TASKD_PROVIDERS__LLM__BASE_URL)"
 
 
@@ -77,13 +85,17 @@ def _count(value: Any) -> int:
 
 
 def first_object(text: str) -> dict[str, Any] | None:
-    """The first JSON object in a model's reply (models wrap them in prose or code fences)."""
+    """The first JSON object in a model's reply (models wrap them in prose or code fences), looked
+    for at the first OBJECT_TRIES `{` of the reply's first OBJECT_SCAN characters."""
     decoder = json.JSONDecoder()
+    text = text[:OBJECT_SCAN]
     start = text.find("{")
-    while start != -1:
+    for _ in range(OBJECT_TRIES):
+        if start == -1:
+            break
         try:
             found, _ = decoder.raw_decode(text, start)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
             found = None
         if isinstance(found, dict):
             return found

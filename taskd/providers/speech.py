@@ -108,8 +108,10 @@ async def load_profile(
 class SpeechClient(ProviderClient[SpeechProvider]):
     """Calls the speech API of `[providers.speech]`; asks for WAV so nothing is encoded lossily twice."""
 
-    async def speak(self, text: str, voice: str | None, speed: float, emotion: str | None, out: Path) -> Path:
-        """Synthesise `text` into `out` (+ sniffed extension)."""
+    async def speak(
+        self, text: str, voice: str | None, speed: float, emotion: str | None, out: Path, *, max_bytes: int
+    ) -> Path:
+        """Synthesise `text` into `out` (+ sniffed extension); an answer over `max_bytes` fails."""
         base_url = self._provider.base_url.strip().rstrip("/")
         body: dict[str, object] = {
             "model": self._provider.model,
@@ -128,6 +130,7 @@ class SpeechClient(ProviderClient[SpeechProvider]):
             timeout=self._provider.timeout,
             gate=self._gate,
             name="Speech provider",
+            max_bytes=max_bytes,
         )
         ext = download.sniff(raw[:16], "audio")
         if ext is None:

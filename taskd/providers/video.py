@@ -130,7 +130,7 @@ class ProviderRenderer:
         request = await self._request(clip, workdir, progress)
         await progress(PREPARED)
         async with self._gate.slot() if self._gate else contextlib.nullcontext():
-            job = await self._api.create(request)
+            job = await self._create(request)
             log.info("task %s: %s job %s created", clip.task_id, self._settings.protocol, job)
             state = await self._follow(job, progress)
         if not state.succeeded:
@@ -183,6 +183,29 @@ class ProviderRenderer:
             what="Preparing the reference image",
         )
         return attrs.evolve(request, image_file=fitted)
+
+    async def _create(self, request: VideoRequest) -> str:
+        """Create the job; if the task stops while the create is in flight, cancel the job it makes."""
+        creating = asyncio.ensure_future(self._api.create(request))
+        try:
+            return await asyncio.shield(creating)
+        except BaseException:
+            # The provider may make the job all the same (a real one does once it has the request):
+            # its id comes only with the answer, and without a cancel the job runs on, paid for.
+            if not creating.done():
+                await asyncio.shield(self._cancel_created(creating))
+            raise
+
+    async def _cancel_created(self, creating: asyncio.Future[str]) -> None:
+        try:
+            async with asyncio.timeout(CANCEL_TIMEOUT):
+                job = await creating
+        except TimeoutError:
+            log.warning("a %s job's create did not answer in time; it is left", self._settings.protocol)
+            return
+        except Exception:  # the create failed: no job to cancel
+            return
+        await self._cancel(job)
 
     async def _follow(self, job: str, progress: ProgressFn) -> JobState:
         """Poll `job` until it ends; cancel it at the provider if the task stops first, however it stops."""

@@ -17,7 +17,15 @@ import orjson
 from taskd.backoff import Backoff
 from taskd.config import VideoProvider
 from taskd.errors import TaskError
-from taskd.providers.http import ProviderError, error_detail, redact
+from taskd.providers.http import (
+    JSON_REPLY_LIMIT,
+    ProviderError,
+    error_detail,
+    read_reply,
+    redact,
+    redirected,
+    too_large,
+)
 
 log = logging.getLogger("taskd.providers")
 
@@ -166,11 +174,16 @@ class ProviderCalls:
         timeout = self.settings.timeout
         try:
             async with self._session.request(
-                method, url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
             ) as response:
                 status, raw, retry_after = (
                     response.status,
-                    await response.read(),
+                    await read_reply(response, JSON_REPLY_LIMIT),
                     _retry_after(response.headers),
                 )
         except TimeoutError:
@@ -179,6 +192,10 @@ class ProviderCalls:
         except aiohttp.ClientError as exc:
             reason = redact(f"{type(exc).__name__}: {exc}", self.settings.api_key)
             raise ProviderError(f"{NAME} unreachable: {reason}", True) from None
+        if 300 <= status < 400:
+            raise redirected(NAME, status)
+        if raw is None:
+            raise too_large(NAME, JSON_REPLY_LIMIT)
         if status >= 400:
             detail = error_detail(raw, self.settings.api_key)
             message = f"{NAME} returned HTTP {status}" + (f": {detail}" if detail else "")

@@ -174,7 +174,9 @@ async def run(ctx: TaskContext, data: AutomatedGatherCreationInput) -> dict[str,
         raise TaskError(
             "No LLM provider configured: set providers.llm.base_url (TASKD_PROVIDERS__LLM__BASE_URL)"
         )
-    budget = (TASK.soft_time_limit or 540.0) - 10.0
+    # The soft limit this task runs under: the operator's tasks.soft_time_limits, else the type's.
+    soft = ctx.config.tasks.soft_time_limits.get(TASK.name, TASK.soft_time_limit) or 540.0
+    budget = soft - 10.0
     workflow = Workflow(
         ChatClient(ctx.config.providers.llm, ctx.http, ctx.provider_gate("llm")),
         data,

@@ -62,7 +62,14 @@ async def synthesise(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdi
     pace = speech.pace_factor(data.pace)
     if ctx.config.providers.speech.base_url.strip():
         client = speech.SpeechClient(ctx.config.providers.speech, ctx.http, ctx.provider_gate("speech"))
-        path = await client.speak(data.text, profile.voice, pace, data.emotion, workdir / "speech")
+        path = await client.speak(
+            data.text,
+            profile.voice,
+            pace,
+            data.emotion,
+            workdir / "speech",
+            max_bytes=limits.max_bytes,
+        )
         return path, client.model
     binary = await asyncio.to_thread(speech.espeak_binary)  # a walk of PATH
     if binary is None:

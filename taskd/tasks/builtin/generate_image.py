@@ -80,7 +80,12 @@ async def run(ctx: TaskContext, data: GenerateImageInput) -> dict[str, Any]:
     """Ask the Images API for one image and store it; metadata is measured from the stored file."""
     client = ImagesClient(ctx.config.providers.image, ctx.http, ctx.provider_gate("image"))
     await ctx.progress(0.1, "generating_image")
-    image = await client.generate(compose_prompt(data), data.resolution, data.quality)
+    image = await client.generate(
+        compose_prompt(data),
+        data.resolution,
+        data.quality,
+        max_image_bytes=ctx.config.media.max_download_bytes,
+    )
     await ctx.progress(0.8, "storing_media")
     async with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
         path = await _image_file(ctx, image, workdir)

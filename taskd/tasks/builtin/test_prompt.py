@@ -10,11 +10,38 @@ import attrs
 import orjson
 
 from taskd.providers.llm import ChatClient
-from taskd.tasks.spec import TaskContext, TaskType
+from taskd.tasks.spec import TaskContext, TaskError, TaskType
 from taskd.validation import max_length, not_blank
 
 PROMPT_LIMIT = 100_000
+# The prompt as sent: a placeholder may repeat a large parameter (a 100 000-character template of
+# `{{a}}` with a 50 KB `a` would render a gigabyte), so the rendered length is bounded too.
+RENDERED_LIMIT = 1_000_000
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
+
+
+def rendered_length(template: str, parameters: dict[str, Any]) -> int:
+    """The length `render` would give, without building the text."""
+    texts: dict[str, int] = {}
+    length = len(template)
+    for match in _PLACEHOLDER.finditer(template):
+        name = match.group(1)
+        if name in parameters:
+            if name not in texts:
+                texts[name] = len(_as_text(parameters[name]))
+            length += texts[name] - len(match.group(0))
+    return length
+
+
+def _renders_within_limit(instance: Any, _: attrs.Attribute[Any], parameters: dict[str, Any]) -> None:
+    # Checked on the whole input only (the template is needed); None: the field checked alone.
+    if instance is None or not isinstance(instance.prompt_template, str):
+        return
+    if rendered_length(instance.prompt_template, parameters) > RENDERED_LIMIT:
+        raise ValueError(
+            f"The rendered prompt must have at most {RENDERED_LIMIT} characters "
+            "(prompt_template with its placeholders filled from test_parameters)"
+        )
 
 
 @attrs.define
@@ -31,7 +58,7 @@ class TestPromptInput:
     )
     prompt_id: str | None = None
     agent_type: str | None = None
-    test_parameters: dict[str, Any] = attrs.Factory(dict)
+    test_parameters: dict[str, Any] = attrs.field(factory=dict, validator=_renders_within_limit)
     test_result_id: str | None = None
 
 
@@ -63,6 +90,14 @@ async def run(ctx: TaskContext, data: TestPromptInput) -> dict[str, Any]:
     started = time.monotonic()
     await ctx.progress(0.1, "rendering_prompt")
     prompt, missing = render(data.prompt_template, data.test_parameters)
+    # The result carries the prompt: one over the result limit would be a paid call whose answer
+    # the task could never store.
+    size, limit = len(orjson.dumps(prompt)), ctx.config.execution.result_max_bytes
+    if size > limit:
+        raise TaskError(
+            f"The rendered prompt is {size} bytes as JSON: the result repeats it, and a result may "
+            f"have at most {limit} bytes (execution.result_max_bytes)"
+        )
     await ctx.progress(0.3, "calling_llm")
     client = ChatClient(ctx.config.providers.llm, ctx.http, ctx.provider_gate("llm"))
     reply = await client.complete([{"role": "user", "content": prompt}])
