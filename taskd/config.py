@@ -325,10 +325,28 @@ class RedisConfig:
     )
 
 
+def _url_has_credentials(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.username is not None or parts.password is not None
+    except ValueError:
+        return False
+
+
+def _key_or_url_credentials(instance: Any, attribute: attrs.Attribute[str], key: str) -> None:
+    # A request cannot carry both: aiohttp refuses an Authorization header beside a URL's
+    # credentials, so every call of the provider failed with a ValueError at run time.
+    if key and _url_has_credentials(instance.base_url):
+        raise ValueError(
+            f"'{attribute.name}' is set and base_url carries a user name or password: "
+            "each request has one Authorization, so give the credentials in one of them"
+        )
+
+
 @attrs.frozen
 class LlmProvider:
     base_url: str = ""
-    api_key: str = ""
+    api_key: str = attrs.field(default="", validator=_key_or_url_credentials)
     model: str = "gpt-4o-mini"
     timeout: float = attrs.field(default=120.0, validator=_seconds(gt=0))
     # Shared by every worker on every host (taskd/providers/limits.py); 0 = unlimited.
@@ -339,7 +357,7 @@ class LlmProvider:
 @attrs.frozen
 class ImageProvider:
     base_url: str = ""
-    api_key: str = ""
+    api_key: str = attrs.field(default="", validator=_key_or_url_credentials)
     model: str = "gpt-image-1"
     timeout: float = attrs.field(default=180.0, validator=_seconds(gt=0))
     max_concurrency: int = attrs.field(default=0, validator=attrs.validators.ge(0))
@@ -349,7 +367,7 @@ class ImageProvider:
 @attrs.frozen
 class SpeechProvider:
     base_url: str = ""
-    api_key: str = ""
+    api_key: str = attrs.field(default="", validator=_key_or_url_credentials)
     model: str = "gpt-4o-mini-tts"
     voice: str = "alloy"
     timeout: float = attrs.field(default=120.0, validator=_seconds(gt=0))
@@ -391,7 +409,7 @@ class VideoProvider:
         validator=[attrs.validators.in_(VIDEO_PROTOCOLS), _video_protocol_needs],
     )
     base_url: str = ""
-    api_key: str = ""
+    api_key: str = attrs.field(default="", validator=_key_or_url_credentials)
     # Replicate: "owner/name", or "owner/name:version" / a version id.
     model: str = ""
     timeout: float = attrs.field(default=60.0, validator=_seconds(gt=0))  # each HTTP request
@@ -475,6 +493,12 @@ class MediaConfig:
 def _payload_auth(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
     if value and not (instance.api_key or (instance.email and instance.password)):
         raise ValueError(f"'{attribute.name}' is set: it needs api_key, or email and password")
+    if _url_has_credentials(value):
+        # Every request carries the key's or the login's Authorization, which aiohttp refuses
+        # beside a URL's own credentials.
+        raise ValueError(
+            f"'{attribute.name}' must not carry a user name or password: use api_key, or email and password"
+        )
 
 
 @attrs.frozen

@@ -357,6 +357,45 @@ def test_every_interface_is_still_reachable_by_name():
     assert load_config(environ={"TASKD_HTTP__HOST": "0.0.0.0"}).http.host == "0.0.0.0"
 
 
+# ---- credentials of outside services ----
+
+
+@pytest.mark.parametrize("provider", ["llm", "image", "speech", "video"])
+def test_a_provider_url_with_credentials_beside_an_api_key_is_refused_without_them(tmp_path, provider):
+    env = {
+        f"TASKD_PROVIDERS__{provider.upper()}__BASE_URL": "https://user:URLSECRET1@provider.example/v1",
+        f"TASKD_PROVIDERS__{provider.upper()}__API_KEY": "sk-TOPSECRETKEY1",
+    }
+    if provider == "video":
+        env |= {"TASKD_PROVIDERS__VIDEO__PROTOCOL": "openai", "TASKD_PROVIDERS__VIDEO__MODEL": "sora-2"}
+
+    message = refusal(tmp_path, **env)
+
+    assert message == (
+        f"config key providers.{provider}: 'api_key' is set and base_url carries a user name or password: "
+        "each request has one Authorization, so give the credentials in one of them"
+    )
+
+
+def test_a_provider_url_with_credentials_and_no_api_key_is_accepted():
+    url = "https://user:pass@provider.example/v1"
+
+    assert load_config(environ={"TASKD_PROVIDERS__LLM__BASE_URL": url}).providers.llm.base_url == url
+
+
+def test_a_payload_url_with_credentials_is_refused_without_them(tmp_path):
+    message = refusal(
+        tmp_path,
+        TASKD_PAYLOAD__BASE_URL="https://user:URLSECRET1@cms.example",
+        TASKD_PAYLOAD__API_KEY="TOPSECRETKEY1",
+    )
+
+    assert message == (
+        "config key payload: 'base_url' must not carry a user name or password: "
+        "use api_key, or email and password"
+    )
+
+
 # ---- the config file itself ----
 
 
