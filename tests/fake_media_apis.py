@@ -124,6 +124,7 @@ class FakeImagesAPI(_Server):
         self.as_url = as_url
         self.fail = fail
         self.image = png(32, 32, (10, 120, 200))
+        self.revised_prompt: str | None = None  # what the API says it drew instead; None: from the prompt
         self.app.router.add_post("/v1/images/generations", self._generate)
         self.app.router.add_get("/files/out.png", self._file)
 
@@ -143,7 +144,7 @@ class FakeImagesAPI(_Server):
             if self.as_url
             else {"b64_json": base64.b64encode(self.image).decode()}
         )
-        item["revised_prompt"] = "revised: " + body["prompt"][:20]
+        item["revised_prompt"] = self.revised_prompt or "revised: " + body["prompt"][:20]
         return web.Response(
             body=orjson.dumps({"created": 1, "data": [item]}), content_type="application/json"
         )

@@ -13,6 +13,7 @@ from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, OversizedAPI, make_ctx
 from taskd.config import Config, ImageProvider, MediaConfig, NetworkConfig, ProvidersConfig, SpeechProvider
 from taskd.media.store import MediaStore
 from taskd.providers.http import JSON_REPLY_LIMIT
+from taskd.providers.images import MAX_REVISED_PROMPT_CHARS
 from taskd.tasks.builtin import generate_character_voice, generate_image
 from taskd.tasks.builtin.generate_character_voice import GenerateCharacterVoiceInput
 from taskd.tasks.builtin.generate_image import GenerateImageInput
@@ -73,6 +74,17 @@ async def test_image_from_the_api_is_stored_and_measured(tmp_path, http, as_url)
     assert (meta["resolution"], meta["format"], meta["generation_model"]) == ("32x32", "png", "gpt-image-1")
     assert stored_file(config, result["media_url"]).read_bytes() == api.image
     assert meta["revised_prompt"].startswith("revised: ")
+
+
+async def test_a_revised_prompt_longer_than_any_prompt_is_cut_not_stored_whole(tmp_path, http):
+    async with FakeImagesAPI() as api:
+        api.revised_prompt = "x" * 2_000_000
+        config = config_for(tmp_path, image=ImageProvider(base_url=api.base_url))
+        ctx, _ = make_ctx(http, config)
+
+        result = await generate_image.run(ctx, GenerateImageInput(prompt="a lighthouse"))
+
+    assert result["metadata"]["revised_prompt"] == "x" * (MAX_REVISED_PROMPT_CHARS - 1) + "…"
 
 
 async def test_dalle3_quality_is_mapped_to_standard_or_hd(tmp_path, http):

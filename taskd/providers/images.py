@@ -13,6 +13,8 @@ from taskd.config import ImageProvider
 from taskd.errors import TaskError
 from taskd.providers.http import JSON_REPLY_LIMIT, ProviderClient, post_json
 
+# The longest revised_prompt kept: gpt-image-1's own limit on a prompt. A longer one is cut.
+MAX_REVISED_PROMPT_CHARS = 32_000
 NO_PROVIDER = "No image provider configured: set providers.image.base_url (TASKD_PROVIDERS__IMAGE__BASE_URL)"
 
 
@@ -70,6 +72,10 @@ def _parse(raw: bytes) -> GeneratedImage:
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
         raise TaskError("Image provider sent a malformed reply") from None
     revised = item.get("revised_prompt") if isinstance(item.get("revised_prompt"), str) else None
+    if revised is not None and len(revised) > MAX_REVISED_PROMPT_CHARS:
+        # It goes into the task's result, which a provider's megabytes would take past
+        # execution.result_max_bytes and so fail a task whose image is already stored.
+        revised = revised[: MAX_REVISED_PROMPT_CHARS - 1] + "…"
     if isinstance(item.get("b64_json"), str):
         try:
             return GeneratedImage(base64.b64decode(item["b64_json"], validate=True), None, revised)
