@@ -68,7 +68,17 @@ def _read_data(raw: str) -> dict[str, Any]:
         raise UsageError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{source} must be a JSON object")
+    _check_sendable(data, source)
     return data
+
+
+def _check_sendable(value: Any, source: str) -> None:
+    """Refuse what the client could not encode as JSON (past orjson's 254 levels of nesting, an
+    integer past 64 bits), in one line, before anything is sent: else a traceback and exit 1."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise UsageError(f"{source} cannot be sent as JSON: {exc}") from None
 
 
 class ProgressView:
@@ -202,6 +212,9 @@ class Pipeline:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{path} is not valid TOML: {exc}") from None
+        except RecursionError:
+            # tomllib parses nested arrays and inline tables recursively, with no limit of its own.
+            raise UsageError(f"{path} is not valid TOML: nested too deeply") from None
         steps = document.get("task")
         if not isinstance(steps, list) or not steps:
             raise UsageError(f"{path}: no [[task]] tables")
@@ -214,6 +227,8 @@ class Pipeline:
                 raise self._error(index, "name must be a string no other task has")
             self.names.append(name)
         self.tasks = [self._item(index, step) for index, step in enumerate(steps)]
+        for index, task in enumerate(self.tasks):
+            _check_sendable(task, f"{path}: task {index}")
 
     def _error(self, index: int, problem: str) -> UsageError:
         return UsageError(f"{self.path}: task {index}: {problem}")

@@ -449,6 +449,53 @@ async def test_run_a_pipeline_whose_data_holds_what_json_cannot_exits_2(taskd, t
     ]
 
 
+async def test_run_a_pipeline_file_nested_deeper_than_tomllib_goes_exits_2_with_one_line(tmp_path: Path):
+    (tmp_path / "pipeline.toml").write_text(
+        f'[[task]]\nproject = "films"\ntype = "noop"\ndata = {{x = {"[" * 3000}{"]" * 3000}}}\n'
+    )
+
+    # Refused before anything is sent: no server is needed to tell.
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'} is not valid TOML: nested too deeply"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("[" * 300 + "]" * 300, "Recursion limit reached"),
+        ("99999999999999999999", "Integer exceeds 64-bit range"),
+    ],
+)
+async def test_run_a_pipeline_whose_data_json_cannot_encode_exits_2_with_one_line(
+    tmp_path: Path, value, problem
+):
+    (tmp_path / "pipeline.toml").write_text(
+        f'[[task]]\nproject = "films"\ntype = "noop"\ndata = {{x = {value}}}\n'
+    )
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 0 cannot be sent as JSON: {problem}"
+    ]
+
+
+async def test_submit_data_nested_deeper_than_json_encoding_goes_exits_2_with_one_line():
+    data = '{"x": ' + "[" * 300 + "]" * 300 + "}"
+
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "noop", "--data", data, url="http://127.0.0.1:1"
+    )
+
+    assert run.code == 2
+    assert run.err.splitlines() == ["taskd: --data cannot be sent as JSON: Recursion limit reached"]
+
+
 async def test_the_pipeline_file_of_the_docs_is_one_batch_the_server_accepts(start_service, tmp_path: Path):
     taskd = await start_service(workers=False)
     docs = (Path(__file__).parent.parent / "docs" / "api.md").read_text()
