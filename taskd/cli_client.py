@@ -237,7 +237,8 @@ class Pipeline:
         """An earlier step, named by its name or its index (the server reads only earlier ones)."""
         if isinstance(step, str) and step in self.names[:index]:
             return self.names.index(step)
-        if isinstance(step, str) and step.isdigit():
+        # ASCII digits only: str.isdigit() is true of "²" too, which int() refuses.
+        if isinstance(step, str) and step.isascii() and step.isdigit():
             step = int(step)
         if isinstance(step, int) and not isinstance(step, bool) and 0 <= step < index:
             return step

@@ -425,6 +425,20 @@ async def test_run_a_pipeline_whose_ref_names_an_unknown_step_exits_2_with_one_l
     ]
 
 
+@pytest.mark.parametrize("step", ["²", "\u0661"])
+async def test_run_a_pipeline_whose_after_names_a_step_in_other_digits_exits_2_with_one_line(
+    tmp_path: Path, step
+):
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace('after = ["first"]', f'after = ["{step}"]'))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 1: '{step}' is not an earlier task"
+    ]
+
+
 async def test_run_a_pipeline_file_that_is_not_utf8_exits_2_with_one_line(taskd, tmp_path: Path):
     (tmp_path / "pipeline.toml").write_bytes(b'[[task]]\nproject = "\xff"\ntype = "noop"\n')
 
