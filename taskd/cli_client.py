@@ -201,6 +201,10 @@ async def cmd_submit(client: TaskClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# What a pipeline file's [[task]] table may hold.
+PIPELINE_KEYS = ("name", "project", "type", "data", "after", "priority", "callback")
+
+
 class Pipeline:
     """A pipeline file's `[[task]]` tables as one batch: step names become "@<index>"."""
 
@@ -245,6 +249,11 @@ class Pipeline:
         raise self._error(index, f"{step!r} is not an earlier task")
 
     def _item(self, index: int, step: dict[str, Any]) -> dict[str, Any]:
+        # A key taskd does not read (the API's `depends_on`, a typo of `after`) would be dropped in
+        # silence, and the task sent without the order or data its author meant.
+        unknown = [key for key in step if key not in PIPELINE_KEYS]
+        if unknown:
+            raise self._error(index, f"unknown key {unknown[0]!r} (a task has {', '.join(PIPELINE_KEYS)})")
         for key in ("project", "type"):
             if not isinstance(step.get(key), str):
                 raise self._error(index, f"{key} must be a string")

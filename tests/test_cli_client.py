@@ -439,6 +439,19 @@ async def test_run_a_pipeline_whose_after_names_a_step_in_other_digits_exits_2_w
     ]
 
 
+async def test_run_a_pipeline_task_with_a_key_run_does_not_read_exits_2_with_one_line(tmp_path: Path):
+    # The API's name for `after`: dropped in silence, the step would start without its dependency.
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace('after = ["first"]', 'depends_on = ["first"]'))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 1: unknown key 'depends_on' "
+        "(a task has name, project, type, data, after, priority, callback)"
+    ]
+
+
 async def test_run_a_pipeline_file_that_is_not_utf8_exits_2_with_one_line(taskd, tmp_path: Path):
     (tmp_path / "pipeline.toml").write_bytes(b'[[task]]\nproject = "\xff"\ntype = "noop"\n')
 
