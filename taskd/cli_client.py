@@ -120,6 +120,11 @@ async def _await_end(client: TaskClient, task_id: str, timeout: float | None, js
     try:
         return await client.wait(task_id, timeout=timeout, on_event=view, raise_on_failure=False)
     except TimeoutError:
+        # The time may have run out before the first answer, not before the task's end (`--timeout
+        # 0`, or a pipeline's deadline spent on an earlier step while this one ended): one read says.
+        task = await client.status(task_id)
+        if task.is_terminal:
+            return task
         _note(f"taskd: task {task_id} did not end within {timeout} s")
         return None
     finally:

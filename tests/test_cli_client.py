@@ -130,6 +130,16 @@ async def test_wait_with_a_timeout_exits_4(taskd):
     assert run.code == 4
 
 
+async def test_wait_whose_timeout_runs_out_after_the_task_ended_prints_its_result_and_exits_0(taskd):
+    task = await taskd.submit("noop", {})
+    await taskd.wait_terminal(task["task_id"])
+
+    run = await taskd_cli("wait", task["task_id"], "--timeout", "0", url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    assert run.json()["ok"] is True
+
+
 async def test_status_json_is_the_status_body(taskd):
     task = await taskd.submit("noop", {})
     body = await taskd.wait_terminal(task["task_id"])
