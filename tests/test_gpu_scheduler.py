@@ -402,3 +402,32 @@ async def test_whole_device_jobs_are_not_starved_and_devices_never_overfill(redi
         work_ahead = sum(duration for _, duration in jobs[:n])
         # At worst the work ahead of it runs one job at a time, then the reserved device drains.
         assert started[n] <= work_ahead + longest, (n, want, started)
+
+
+async def scripts_run_in(redis: Redis, seconds: float) -> int:
+    """Lua scripts Valkey ran over `seconds` (claims, slot takes, takes, heartbeats...)."""
+    before = (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+    await asyncio.sleep(seconds)
+    return (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0) - before
+
+
+async def test_an_idle_gpu_worker_does_not_spin_on_a_job_another_worker_runs(start_service, redis):
+    from conftest import TEST_TASK_MODULES
+
+    from taskd.config import TasksConfig
+
+    sections = {
+        "gpu_backend": SimulatedBackend(2),
+        "gpu": GpuConfig(slots=2, task_needs={"sleep": "slot"}),
+        "tasks": TasksConfig(modules=TEST_TASK_MODULES, routes={"sleep": "gpu_medium"}),
+        "limits": UNLIMITED,
+    }
+    service = await start_service(**sections)
+    await start_service(http=False, **sections)
+    task = await service.submit("sleep", {"seconds": 30, "steps": 1})
+    await service.wait_for(task["task_id"], lambda b: b["status"] == "processing")
+
+    # The other process's worker has free slots and finds the running job first on the queue: it
+    # asks for it once a poll (worker.poll_delay, 0.5 s; ~24 scripts in 2 s in all), not again at
+    # once in a loop (~1,700).
+    assert await scripts_run_in(redis, 2.0) < 100
