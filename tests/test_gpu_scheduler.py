@@ -431,3 +431,35 @@ async def test_an_idle_gpu_worker_does_not_spin_on_a_job_another_worker_runs(sta
     # asks for it once a poll (worker.poll_delay, 0.5 s; ~24 scripts in 2 s in all), not again at
     # once in a loop (~1,700).
     assert await scripts_run_in(redis, 2.0) < 100
+
+
+async def test_a_gpu_worker_starts_a_job_queued_behind_more_running_jobs_than_one_poll_reads(start_service):
+    from conftest import TEST_TASK_MODULES
+
+    from taskd.config import Config, QueueConfig, TasksConfig
+
+    sections = {
+        "gpu_backend": SimulatedBackend(30),
+        "gpu": GpuConfig(slots=4, task_needs={"sleep": "slot"}),
+        "tasks": TasksConfig(modules=TEST_TASK_MODULES, routes={"sleep": "gpu_medium"}),
+        "limits": UNLIMITED,
+    }
+    # One process runs 101 jobs, a full house; they stay on arq's set, in front of later jobs.
+    busy = {**Config().queues, "gpu_medium": QueueConfig(concurrency=101, timeout=300)}
+    service = await start_service(queues=busy, **sections)
+    running = []
+    for first in (0, 50, 100):
+        batch = [{"project_id": "p", "task_type": "sleep", "task_data": {"seconds": 60, "steps": 1}}]
+        async with service.client.post(
+            "/api/v1/tasks/batch", json={"tasks": batch * min(50, 101 - first)}
+        ) as r:
+            running += [task["task_id"] for task in (await r.json())["tasks"]]
+    for task_id in running:
+        await service.wait_for(task_id, lambda b: b["status"] == "processing")
+    # Another with one slot: its poll reads 100 due jobs (arq's queue_read_limit), all running.
+    idle = {**Config().queues, "gpu_medium": QueueConfig(concurrency=1, timeout=300)}
+    await start_service(http=False, serve_queues=["gpu_medium"], queues=idle, **sections)
+
+    task = await service.submit("sleep", {"seconds": 0.1, "steps": 1})
+
+    assert (await service.wait_terminal(task["task_id"]))["status"] == "completed"
