@@ -68,7 +68,17 @@ def _read_data(raw: str) -> dict[str, Any]:
         raise UsageError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"{source} must be a JSON object")
+    _check_sendable(data, source)
     return data
+
+
+def _check_sendable(value: Any, source: str) -> None:
+    """Refuse what the client could not encode as JSON (past orjson's 254 levels of nesting, an
+    integer past 64 bits), in one line, before anything is sent: else a traceback and exit 1."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise UsageError(f"{source} cannot be sent as JSON: {exc}") from None
 
 
 class ProgressView:
@@ -110,6 +120,11 @@ async def _await_end(client: TaskClient, task_id: str, timeout: float | None, js
     try:
         return await client.wait(task_id, timeout=timeout, on_event=view, raise_on_failure=False)
     except TimeoutError:
+        # The time may have run out before the first answer, not before the task's end (`--timeout
+        # 0`, or a pipeline's deadline spent on an earlier step while this one ended): one read says.
+        task = await client.status(task_id)
+        if task.is_terminal:
+            return task
         _note(f"taskd: task {task_id} did not end within {timeout} s")
         return None
     finally:
@@ -191,6 +206,10 @@ async def cmd_submit(client: TaskClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# What a pipeline file's [[task]] table may hold.
+PIPELINE_KEYS = ("name", "project", "type", "data", "after", "priority", "callback")
+
+
 class Pipeline:
     """A pipeline file's `[[task]]` tables as one batch: step names become "@<index>"."""
 
@@ -202,6 +221,9 @@ class Pipeline:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{path} is not valid TOML: {exc}") from None
+        except RecursionError:
+            # tomllib parses nested arrays and inline tables recursively, with no limit of its own.
+            raise UsageError(f"{path} is not valid TOML: nested too deeply") from None
         steps = document.get("task")
         if not isinstance(steps, list) or not steps:
             raise UsageError(f"{path}: no [[task]] tables")
@@ -214,6 +236,8 @@ class Pipeline:
                 raise self._error(index, "name must be a string no other task has")
             self.names.append(name)
         self.tasks = [self._item(index, step) for index, step in enumerate(steps)]
+        for index, task in enumerate(self.tasks):
+            _check_sendable(task, f"{path}: task {index}")
 
     def _error(self, index: int, problem: str) -> UsageError:
         return UsageError(f"{self.path}: task {index}: {problem}")
@@ -222,13 +246,19 @@ class Pipeline:
         """An earlier step, named by its name or its index (the server reads only earlier ones)."""
         if isinstance(step, str) and step in self.names[:index]:
             return self.names.index(step)
-        if isinstance(step, str) and step.isdigit():
+        # ASCII digits only: str.isdigit() is true of "²" too, which int() refuses.
+        if isinstance(step, str) and step.isascii() and step.isdigit():
             step = int(step)
         if isinstance(step, int) and not isinstance(step, bool) and 0 <= step < index:
             return step
         raise self._error(index, f"{step!r} is not an earlier task")
 
     def _item(self, index: int, step: dict[str, Any]) -> dict[str, Any]:
+        # A key taskd does not read (the API's `depends_on`, a typo of `after`) would be dropped in
+        # silence, and the task sent without the order or data its author meant.
+        unknown = [key for key in step if key not in PIPELINE_KEYS]
+        if unknown:
+            raise self._error(index, f"unknown key {unknown[0]!r} (a task has {', '.join(PIPELINE_KEYS)})")
         for key in ("project", "type"):
             if not isinstance(step.get(key), str):
                 raise self._error(index, f"{key} must be a string")

@@ -63,11 +63,17 @@ def _time_limits(_: Any, attribute: attrs.Attribute[dict[str, float]], value: di
         _check_seconds(f"{attribute.name}.{task_type}", seconds, gt=0)
 
 
-def _slot_counts(_: Any, attribute: attrs.Attribute[dict[str, int]], value: dict[str, int]) -> None:
+def _slot_counts(gpu: Any, attribute: attrs.Attribute[dict[str, int]], value: dict[str, int]) -> None:
     for name, slots in value.items():
         if slots < 0:
             raise ValueError(
                 f"'{attribute.name}.{name}' must be at least 0 (0: the whole device), got {slots}"
+            )
+        # No device ever has room for more than its slots: such a job would wait for ever, and the
+        # device it reserves (a job of more than one slot does) would hold back every job behind it.
+        if slots > gpu.slots:
+            raise ValueError(
+                f"'{attribute.name}.{name}' must be at most slots ({gpu.slots}, a whole device), got {slots}"
             )
 
 

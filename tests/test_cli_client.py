@@ -140,6 +140,16 @@ async def test_wait_with_a_timeout_exits_4(taskd):
     assert run.code == 4
 
 
+async def test_wait_whose_timeout_runs_out_after_the_task_ended_prints_its_result_and_exits_0(taskd):
+    task = await taskd.submit("noop", {})
+    await taskd.wait_terminal(task["task_id"])
+
+    run = await taskd_cli("wait", task["task_id"], "--timeout", "0", url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    assert run.json()["ok"] is True
+
+
 async def test_status_json_is_the_status_body(taskd):
     task = await taskd.submit("noop", {})
     body = await taskd.wait_terminal(task["task_id"])
@@ -435,6 +445,33 @@ async def test_run_a_pipeline_whose_ref_names_an_unknown_step_exits_2_with_one_l
     ]
 
 
+@pytest.mark.parametrize("step", ["²", "\u0661"])
+async def test_run_a_pipeline_whose_after_names_a_step_in_other_digits_exits_2_with_one_line(
+    tmp_path: Path, step
+):
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace('after = ["first"]', f'after = ["{step}"]'))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 1: '{step}' is not an earlier task"
+    ]
+
+
+async def test_run_a_pipeline_task_with_a_key_run_does_not_read_exits_2_with_one_line(tmp_path: Path):
+    # The API's name for `after`: dropped in silence, the step would start without its dependency.
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace('after = ["first"]', 'depends_on = ["first"]'))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 1: unknown key 'depends_on' "
+        "(a task has name, project, type, data, after, priority, callback)"
+    ]
+
+
 async def test_run_a_pipeline_file_that_is_not_utf8_exits_2_with_one_line(taskd, tmp_path: Path):
     (tmp_path / "pipeline.toml").write_bytes(b'[[task]]\nproject = "\xff"\ntype = "noop"\n')
 
@@ -457,6 +494,53 @@ async def test_run_a_pipeline_whose_data_holds_what_json_cannot_exits_2(taskd, t
     assert run.err.splitlines() == [
         f"taskd: {tmp_path / 'pipeline.toml'}: task 0: data holds {float(value)}, which JSON cannot carry"
     ]
+
+
+async def test_run_a_pipeline_file_nested_deeper_than_tomllib_goes_exits_2_with_one_line(tmp_path: Path):
+    (tmp_path / "pipeline.toml").write_text(
+        f'[[task]]\nproject = "films"\ntype = "noop"\ndata = {{x = {"[" * 3000}{"]" * 3000}}}\n'
+    )
+
+    # Refused before anything is sent: no server is needed to tell.
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'} is not valid TOML: nested too deeply"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("[" * 300 + "]" * 300, "Recursion limit reached"),
+        ("99999999999999999999", "Integer exceeds 64-bit range"),
+    ],
+)
+async def test_run_a_pipeline_whose_data_json_cannot_encode_exits_2_with_one_line(
+    tmp_path: Path, value, problem
+):
+    (tmp_path / "pipeline.toml").write_text(
+        f'[[task]]\nproject = "films"\ntype = "noop"\ndata = {{x = {value}}}\n'
+    )
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 0 cannot be sent as JSON: {problem}"
+    ]
+
+
+async def test_submit_data_nested_deeper_than_json_encoding_goes_exits_2_with_one_line():
+    data = '{"x": ' + "[" * 300 + "]" * 300 + "}"
+
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "noop", "--data", data, url="http://127.0.0.1:1"
+    )
+
+    assert run.code == 2
+    assert run.err.splitlines() == ["taskd: --data cannot be sent as JSON: Recursion limit reached"]
 
 
 async def test_the_pipeline_file_of_the_docs_is_one_batch_the_server_accepts(start_service, tmp_path: Path):

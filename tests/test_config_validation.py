@@ -242,6 +242,13 @@ def test_negative_gpu_slots_are_refused(tmp_path, slots):
     assert message == f"config key gpu: '{slots}.gpu_heavy' must be at least 0 (0: the whole device), got -1"
 
 
+@pytest.mark.parametrize("slots", ["task_slots", "queue_slots"])
+def test_gpu_slots_beyond_a_whole_device_are_refused(tmp_path, slots):
+    message = refusal(tmp_path, f"[gpu]\nslots = 2\n{slots} = {{gpu_heavy = 3}}\n")
+
+    assert message == f"config key gpu: '{slots}.gpu_heavy' must be at most slots (2, a whole device), got 3"
+
+
 def test_a_route_to_no_queue_is_refused(tmp_path):
     message = refusal(tmp_path, TASKD_TASKS__ROUTES__GENERATE_VIDEO="")
 

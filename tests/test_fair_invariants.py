@@ -101,3 +101,49 @@ async def test_the_fair_lines_hold_after_every_submit_take_end_cancel_and_expiry
             if await redis.hget(keys.task(gone.task_id), "status") == b"queued":
                 await redis.delete(keys.task(gone.task_id))  # its TTL ran out while it waited
         await check_the_lines(redis, limit)
+
+
+async def throttled_heads_and_one_more(
+    store: TaskStore, projects: int, at: float
+) -> tuple[list[str], TaskRecord]:
+    """`projects` projects each running one task (the limit) with one more waiting, its head; then
+    one task of another project, submitted last."""
+    heads = []
+    for index in range(projects):
+        for second in range(2):
+            record, job = new_task(f"busy{index}", PRIORITY_NORMAL, at + 0.001 * index + 0.0005 * second)
+            await store.create(record, job, Admission())
+        heads.append(job.job_id)
+    for index in range(projects):
+        takes = await store.take(QUEUE, "w", at + 0.001 * projects, 1, 100)
+        assert [taken.record.project_id for taken in takes.started if taken.record] == [f"busy{index}"]
+    victim, job = new_task("victim", PRIORITY_NORMAL, at + 0.001 * projects)
+    await store.create(victim, job, Admission())
+    return heads, victim
+
+
+async def test_a_take_reaches_a_job_behind_more_throttled_heads_than_it_scans(redis: Redis):
+    store = TaskStore(redis, 3600, concurrent_per_project=1, aging_window=0.2)
+    at = time.time()
+    _, victim = await throttled_heads_and_one_more(store, 5, at)
+
+    # Each take passes over at most 3 heads; the 5 throttled ones must not hold that place for ever.
+    started = []
+    for turn in range(1, 4):
+        takes = await store.take(QUEUE, "w", at + 0.1 * turn, 1, 3)
+        started += [taken.record.task_id for taken in takes.started if taken.record]
+
+    assert started == [victim.task_id]
+
+
+async def test_a_claim_refused_by_the_throttle_puts_the_head_behind_the_waiting_heads(redis: Redis):
+    store = TaskStore(redis, 3600, concurrent_per_project=1, aging_window=0.2)
+    at = time.time()
+    heads, victim = await throttled_heads_and_one_more(store, 2, at)
+
+    # A worker that claims one job at a time (a host with GPUs) asks for the first due job.
+    start = await store.start(heads[0].rsplit(".", 1)[0], heads[0], QUEUE, "w", at + 0.1, 60_000)
+
+    assert start.throttled
+    due = [job.decode() for job in await redis.zrangebyscore(keys.queue(QUEUE), "-inf", (at + 0.1) * 1000)]
+    assert due == [heads[1], victim.job_id, heads[0]]

@@ -402,3 +402,64 @@ async def test_whole_device_jobs_are_not_starved_and_devices_never_overfill(redi
         work_ahead = sum(duration for _, duration in jobs[:n])
         # At worst the work ahead of it runs one job at a time, then the reserved device drains.
         assert started[n] <= work_ahead + longest, (n, want, started)
+
+
+async def scripts_run_in(redis: Redis, seconds: float) -> int:
+    """Lua scripts Valkey ran over `seconds` (claims, slot takes, takes, heartbeats...)."""
+    before = (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+    await asyncio.sleep(seconds)
+    return (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0) - before
+
+
+async def test_an_idle_gpu_worker_does_not_spin_on_a_job_another_worker_runs(start_service, redis):
+    from conftest import TEST_TASK_MODULES
+
+    from taskd.config import TasksConfig
+
+    sections = {
+        "gpu_backend": SimulatedBackend(2),
+        "gpu": GpuConfig(slots=2, task_needs={"sleep": "slot"}),
+        "tasks": TasksConfig(modules=TEST_TASK_MODULES, routes={"sleep": "gpu_medium"}),
+        "limits": UNLIMITED,
+    }
+    service = await start_service(**sections)
+    await start_service(http=False, **sections)
+    task = await service.submit("sleep", {"seconds": 30, "steps": 1})
+    await service.wait_for(task["task_id"], lambda b: b["status"] == "processing")
+
+    # The other process's worker has free slots and finds the running job first on the queue: it
+    # asks for it once a poll (worker.poll_delay, 0.5 s; ~24 scripts in 2 s in all), not again at
+    # once in a loop (~1,700).
+    assert await scripts_run_in(redis, 2.0) < 100
+
+
+async def test_a_gpu_worker_starts_a_job_queued_behind_more_running_jobs_than_one_poll_reads(start_service):
+    from conftest import TEST_TASK_MODULES
+
+    from taskd.config import Config, QueueConfig, TasksConfig
+
+    sections = {
+        "gpu_backend": SimulatedBackend(30),
+        "gpu": GpuConfig(slots=4, task_needs={"sleep": "slot"}),
+        "tasks": TasksConfig(modules=TEST_TASK_MODULES, routes={"sleep": "gpu_medium"}),
+        "limits": UNLIMITED,
+    }
+    # One process runs 101 jobs, a full house; they stay on arq's set, in front of later jobs.
+    busy = {**Config().queues, "gpu_medium": QueueConfig(concurrency=101, timeout=300)}
+    service = await start_service(queues=busy, **sections)
+    running = []
+    for first in (0, 50, 100):
+        batch = [{"project_id": "p", "task_type": "sleep", "task_data": {"seconds": 60, "steps": 1}}]
+        async with service.client.post(
+            "/api/v1/tasks/batch", json={"tasks": batch * min(50, 101 - first)}
+        ) as r:
+            running += [task["task_id"] for task in (await r.json())["tasks"]]
+    for task_id in running:
+        await service.wait_for(task_id, lambda b: b["status"] == "processing")
+    # Another with one slot: its poll reads 100 due jobs (arq's queue_read_limit), all running.
+    idle = {**Config().queues, "gpu_medium": QueueConfig(concurrency=1, timeout=300)}
+    await start_service(http=False, serve_queues=["gpu_medium"], queues=idle, **sections)
+
+    task = await service.submit("sleep", {"seconds": 0.1, "steps": 1})
+
+    assert (await service.wait_terminal(task["task_id"]))["status"] == "completed"

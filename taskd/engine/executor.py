@@ -269,9 +269,10 @@ class Executor:
             if lease:
                 self._leases[task_id] = lease
         if start.record is None:
-            # A throttled project's head is asked again at every poll: giving its slots back must
-            # not wake the workers, or they would ask again at once, in a loop.
-            await self._release_lease(task_id, wake=not start.throttled)
+            # A job not claimed (a throttled project's head, a job another worker runs, one not due)
+            # is asked again at every poll: giving its slots back must not wake the workers, or they
+            # would ask again at once, in a loop. A claimed job that will not run is dropped.
+            await self._release_lease(task_id, wake=start.claimed)
         return start
 
     async def take(

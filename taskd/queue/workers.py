@@ -165,14 +165,28 @@ class TaskdWorker(Worker):
             if where is not None and partition not in where:
                 continue
             client, line = self.lines[partition]
-            job_ids = await client.zrangebyscore(
-                line,
-                min=float("-inf"),
-                start=self._queue_read_offset,
-                num=self.queue_read_limit,
-                max=timestamp_ms(),
-            )
-            await self.start_jobs(job_ids)
+            # The jobs running on workers that claim one at a time stay on arq's set, in front: they
+            # are read past (one EXISTS of their lock each, a page at a time) and not asked for, so
+            # that with more of them running than one read holds, the jobs behind them still start,
+            # and a worker with free slots does not take GPU slots for another's job at every poll.
+            # Still at most `queue_read_limit` jobs are asked for a poll.
+            offset, asked = self._queue_read_offset, 0
+            while asked < self.queue_read_limit and self.job_counter < self.max_jobs:
+                job_ids = await client.zrangebyscore(
+                    line, min=float("-inf"), start=offset, num=self.queue_read_limit, max=timestamp_ms()
+                )
+                if not job_ids:
+                    break
+                async with client.pipeline(transaction=False) as pipe:
+                    for job_id in job_ids:
+                        pipe.exists(keys.arq_in_progress(job_id.decode()))
+                    held = await pipe.execute()
+                waiting = [job_id for job_id, is_held in zip(job_ids, held, strict=True) if not is_held]
+                asked += len(waiting)
+                await self.start_jobs(waiting)
+                if len(job_ids) < self.queue_read_limit:
+                    break
+                offset += len(job_ids)
 
     def _known(self, taken: Taken) -> bool:
         # A task a recovering take (after a lost reply) returned that already runs here.

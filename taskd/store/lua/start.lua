@@ -25,7 +25,8 @@
 -- Through lib/fair.lua it reads and writes {taskd}:project_processing:{project_id},
 -- {taskd}:project_waiting:{queue}:{project_id}, {taskd}:waiting:{queue} and {taskd}:heads:{queue}.
 -- Returns 'locked' (another worker holds the job), 'not_due' (gone from the queue or not due
--- yet) or 'throttled' (its project runs project_limit tasks) without claiming; else {score,
+-- yet) or 'throttled' (its project runs project_limit tasks; the head goes behind the heads waiting,
+-- lib/fair.lua's pass_turn) without claiming; else {score,
 -- 'started', field, value, ...} with the started record, or {score, why} when the claimed job's
 -- task may not run: 'gone', 'stale' (the task has a newer job) or the task's status.
 -- A start is lib/begin.lua's: the record, the wait-time histogram, the running and processing sets,
@@ -46,6 +47,7 @@ if not score or tonumber(score) > tonumber(ARGV[5]) then return 'not_due' end
 local record = read_record(KEYS[1])
 local status = record.status
 if status == 'queued' and record.job_id == ARGV[4] and throttled(record.project_id, tonumber(ARGV[7])) then
+  pass_turn(KEYS[4], ARGV[4], score, record.priority, tonumber(ARGV[5]), tonumber(ARGV[8]))
   return 'throttled'
 end
 redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[6])

@@ -26,6 +26,8 @@
 --   starts_straight(queue, project, now_ms, limit, pending)  whether a new job of the project would
 --                                                         be the next a take starts (below)
 --   turn_score(own, now_ms, priority, aging_ms)           a new head's score on arq's set (below)
+--   pass_turn(arq_queue, job, score, priority, now_ms, aging_ms)  a throttled head goes behind the
+--                                                         heads waiting now (below)
 --   place(queue, project, job, k)                         a waiting job's queue position
 --   all_heads(queue)                                      the queue's heads (project -> job), read once
 --                                                         a script run (below)
@@ -184,6 +186,19 @@ end
 local function turn_score(own, now_ms, priority, aging_ms)
   local offset = (@PRIORITY_LOW@ - (tonumber(priority) or @PRIORITY_LOW@)) * aging_ms
   return math.max(own, now_ms - offset)
+end
+
+-- A head passed over because its project runs its limit of tasks goes where its turn would come
+-- now (turn_score from its `score` on `arq_queue`: never earlier), behind the heads waiting: left in
+-- front, heads that stay throttled fill a take's scan and a claiming worker's read of arq's set
+-- (100 each), and with that many throttled projects ahead no other project's job would start while
+-- workers sit idle. Its priority keeps its head start, as a new head's does.
+local function pass_turn(arq_queue, job, score, priority, now_ms, aging_ms)
+  local later = turn_score(tonumber(score), now_ms, priority, aging_ms)
+  if later > tonumber(score) then
+    redis.call('ZADD', arq_queue, later, job)
+    arq_score[job] = later
+  end
 end
 
 local function seat(queue, project, now_ms, aging_ms, known, head, vacated, before)

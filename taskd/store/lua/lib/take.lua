@@ -22,8 +22,9 @@
 -- turns: lib/fair.lua). A started job leaves the set, and its project's next job becomes the head
 -- behind the heads already waiting, so it is taken in the same call only when its turn comes
 -- before every other due head: the order one poll after another would give. A head whose project
--- runs `limit` tasks stays where it is and is passed over, as is a job another worker holds
--- (start.lua's lock: a host with GPUs claims one job at a time); a job whose task no longer waits
+-- runs `limit` tasks is passed over and goes behind the heads waiting (lib/fair.lua's pass_turn);
+-- a job another worker holds is passed over where it is (start.lua's lock: a host with GPUs
+-- claims one job at a time); a job whose task no longer waits
 -- for it (ended, cancelled, expired, a newer job) is dropped. Each start is lib/begin.lua's; the
 -- starts' counters and running and processing sets' entries are written together once the batch
 -- is made.
@@ -77,6 +78,7 @@ local function take_jobs(keys_of, me, now, now_ms, count, scan, limit, aging_ms,
       -- A job started straight from its line had its throttle asked by the start before it.
       if not straight and throttled(record.project_id, limit, pending(later, 'SADD', processing), counted) then
         passed[job], npassed = true, npassed + 1
+        pass_turn(line, job, score, record.priority, tonumber(now_ms), aging_ms)
       else
         -- Off arq's set first: nothing else may take it (lib/begin.lua does what start.lua does).
         if not straight then
