@@ -112,6 +112,22 @@ class Redactor:
 
 
 REDACTOR = Redactor()
+# The longest message of another service (a provider, the object store, the CMS) taskd passes on.
+SHORT_MESSAGE_CHARS = 300
+
+
+def redact(text: str, secret: str) -> str:
+    """`text` with `secret` masked."""
+    return text.replace(secret, MASK) if secret else text
+
+
+def shorten(text: str, secret: str = "") -> str:
+    """Another service's message on one line, masked, then cut to SHORT_MESSAGE_CHARS.
+
+    Masking comes first: a secret cut in half by the shortening would no longer be recognised.
+    """
+    text = REDACTOR.redact(redact(" ".join(text.split()), secret))
+    return text if len(text) <= SHORT_MESSAGE_CHARS else text[: SHORT_MESSAGE_CHARS - 1] + "…"
 
 
 def url_password(url: str) -> str | None:

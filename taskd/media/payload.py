@@ -20,7 +20,7 @@ import aiohttp
 import attrs
 
 from taskd.config import PayloadConfig
-from taskd.providers.http import redact
+from taskd.logs import redact
 
 MAX_ANSWER_BYTES = 64 * 1024
 # Payload's ids: integers (SQL adapters) or 24-hex ObjectIds (MongoDB); a custom id is a short token.

@@ -16,8 +16,8 @@ from urllib.parse import unquote
 
 from taskd.config import Config, ConfigError, S3Config
 from taskd.errors import TransientError
+from taskd.logs import shorten
 from taskd.media.store import StoredMedia, valid_name
-from taskd.providers.http import shorten
 
 log = logging.getLogger("taskd.media")
 

@@ -10,14 +10,13 @@ import aiohttp
 import orjson
 
 from taskd.errors import TaskError
-from taskd.logs import REDACTOR
+from taskd.logs import redact, shorten
 from taskd.providers.limits import Gate
 
-_DETAIL_LIMIT = 300
 # The most taskd reads of a provider's JSON answer (a chat completion, a video job's state): far
 # above any real one, so that a broken or hostile provider cannot fill a worker's memory.
 JSON_REPLY_LIMIT = 16 * 1024 * 1024
-# Of an error answer only the start is read: its message is cut to _DETAIL_LIMIT characters anyway.
+# Of an error answer only the start is read: its message is cut to SHORT_MESSAGE_CHARS anyway.
 _ERROR_READ_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
 
@@ -77,11 +76,6 @@ class ProviderError(TaskError):
         return "connection failed" if self.transient else "malformed reply"
 
 
-def redact(text: str, secret: str) -> str:
-    """`text` with `secret` masked."""
-    return text.replace(secret, "***") if secret else text
-
-
 def error_detail(raw: bytes, secret: str = "") -> str:
     """The provider's own error message, masked and shortened: OpenAI's `{"error": {"message": ...}}`
     or `{"error": "..."}`, or an RFC 9457 problem's `{"detail": "..."}` (Replicate's)."""
@@ -101,15 +95,6 @@ def error_detail(raw: bytes, secret: str = "") -> str:
         else:
             text = ""
     return shorten(text, secret)
-
-
-def shorten(text: str, secret: str = "") -> str:
-    """A provider's message on one line, masked, then cut to a bounded length.
-
-    Masking comes first: a secret cut in half by the shortening would no longer be recognised.
-    """
-    text = REDACTOR.redact(redact(" ".join(text.split()), secret))
-    return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
 
 async def read_reply(response: aiohttp.ClientResponse, limit: int) -> bytes | None:

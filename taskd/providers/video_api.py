@@ -17,12 +17,12 @@ import orjson
 from taskd.backoff import Backoff
 from taskd.config import VideoProvider
 from taskd.errors import TaskError
+from taskd.logs import redact
 from taskd.providers.http import (
     JSON_REPLY_LIMIT,
     ProviderError,
     error_detail,
     read_reply,
-    redact,
     redirected,
     too_large,
 )

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from taskd.providers.http import shorten
+from taskd.logs import shorten
 from taskd.providers.video_api import JobState, ProviderCalls, VideoRequest, job_id, json_object
 
 # `queued` and `in_progress` are running; a status this version does not know is polled on (the

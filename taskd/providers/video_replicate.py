@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from taskd.config import DEFAULT_VIDEO_INPUTS, VideoProvider
 from taskd.errors import TaskError
-from taskd.providers.http import shorten
+from taskd.logs import shorten
 from taskd.providers.video_api import NAME, JobState, ProviderCalls, VideoRequest, job_id, json_object
 
 # A model that prints a tqdm bar to its logs (`45%|████▌     | 9/20`) says how far it is.
