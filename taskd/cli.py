@@ -43,18 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="taskd", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"taskd {version()}")
-    parser.add_argument("--config", help="path of taskd.toml").complete = shtab.FILE  # type: ignore[attr-defined]
-    parser.add_argument(
-        "--log-level",
-        type=str.upper,
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="DEBUG, INFO, WARNING or ERROR (default: logging.level, INFO)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=logs.FORMATS,
-        help="json (one object per line), text, or auto: text on a terminal (default: logging.format)",
-    )
+    _add_global_options(parser, None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the HTTP API and the workers")
@@ -67,7 +56,37 @@ def _parser() -> argparse.ArgumentParser:
     cli_admin.add_commands(commands)
     completion = commands.add_parser("completion", help="print a shell completion script for bash or zsh")
     completion.add_argument("shell", choices=("bash", "zsh"))
+    # `taskd serve --config F` as well as `taskd --config F serve`: the order people (and unit files)
+    # write. SUPPRESS: a command's parser sets them only when given, never over the global ones.
+    for command in _commands(commands):
+        _add_global_options(command, argparse.SUPPRESS)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--config", default=default, help="path of taskd.toml").complete = shtab.FILE  # type: ignore[attr-defined]
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default=default,
+        help="DEBUG, INFO, WARNING or ERROR (default: logging.level, INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=default,
+        help="json (one object per line), text, or auto: text on a terminal (default: logging.format)",
+    )
+
+
+def _commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> list[argparse.ArgumentParser]:
+    """The parsers of the commands that run (`config show`, not `config`)."""
+    found = []
+    for command in dict.fromkeys(commands.choices.values()):  # an alias maps to the same parser
+        nested = [action for action in command._actions if isinstance(action, argparse._SubParsersAction)]
+        found.extend(_commands(nested[0]) if nested else [command])
+    return found
 
 
 def _queues(raw: str | None) -> list[str] | None:

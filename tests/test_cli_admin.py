@@ -326,6 +326,44 @@ def test_config_check_exits_0_for_a_valid_config(monkeypatch, capsys, tmp_path):
     assert capsys.readouterr().out.strip().startswith(f"config OK: {tmp_path / 'taskd.toml'}")
 
 
+def test_config_may_follow_the_command(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    (tmp_path / "taskd.toml").write_text("[http]\nport = 8123\n")
+
+    code = main(["config", "show", "--config", str(tmp_path / "taskd.toml")])
+
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["http"]["port"] == 8123
+
+
+def test_config_after_the_command_wins_over_config_before_it(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    (tmp_path / "before.toml").write_text("[http]\nport = 8123\n")
+    (tmp_path / "after.toml").write_text("[http]\nport = 8124\n")
+
+    main(
+        [
+            "--config",
+            str(tmp_path / "before.toml"),
+            "config",
+            "show",
+            "--config",
+            str(tmp_path / "after.toml"),
+        ]
+    )
+
+    assert json.loads(capsys.readouterr().out)["http"]["port"] == 8124
+
+
+def test_serve_with_a_missing_config_after_the_command_names_the_file(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+
+    code = main(["serve", "--config", "missing.toml", "--log-level", "error"])
+
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "taskd: config file missing.toml does not exist"
+
+
 def test_config_check_exits_2_naming_the_bad_key(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("TASKD_HTTP__PORT", "eighty")
