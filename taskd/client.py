@@ -561,8 +561,9 @@ class TaskClient:
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         headers.update(extra_headers or {})
-        # A request the server holds on purpose (Prefer: wait) may take that much longer.
-        timeout = aiohttp.ClientTimeout(total=self.timeout + extra_time) if extra_time else None
+        # Always given: aiohttp reads timeout=None as "no limit at all", not as the session's. A
+        # request the server holds on purpose (Prefer: wait) may take that much longer.
+        timeout = aiohttp.ClientTimeout(total=self.timeout + extra_time)
         try:
             async with self.session.request(
                 method, self._url(path), data=data, params=params, headers=headers, timeout=timeout
