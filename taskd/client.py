@@ -566,8 +566,15 @@ class TaskClient:
         timeout = aiohttp.ClientTimeout(total=self.timeout + extra_time)
         try:
             async with self.session.request(
-                method, self._url(path), data=data, params=params, headers=headers, timeout=timeout
+                method,
+                self._url(path),
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
             ) as response:
+                self._refuse_redirect(response)
                 raw = await response.read()
                 try:
                     body = orjson.loads(raw) if raw else {}
@@ -580,6 +587,20 @@ class TaskClient:
             raise TaskdConnectionError(f"cannot reach taskd at {self._shown}: {exc}") from exc
         except TimeoutError as exc:
             raise TaskdConnectionError(f"taskd at {self._shown} did not answer in {self.timeout} s") from exc
+
+    def _refuse_redirect(self, response: aiohttp.ClientResponse) -> None:
+        """Raise for a redirect rather than follow it: aiohttp would send the X-API-Key (and a
+        submit's body) along to whatever host the Location names, whoever answered with it."""
+        if 300 <= response.status < 400:
+            location = response.headers.get("Location", "nowhere")
+            raise TaskdError(
+                response.status,
+                {
+                    "error": "redirected",
+                    "message": f"taskd at {self._shown} redirected to {location} (not followed: "
+                    "the API key would go along); give the client the URL taskd answers at",
+                },
+            )
 
     async def submit(
         self,
@@ -745,7 +766,10 @@ class TaskClient:
             headers["Last-Event-ID"] = last_event_id
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=_STREAM_READ_TIMEOUT)
         try:
-            async with self.session.get(self._url(path), headers=headers, timeout=timeout) as response:
+            async with self.session.get(
+                self._url(path), headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                self._refuse_redirect(response)
                 if response.status == 204:
                     return
                 if response.status != 200:
