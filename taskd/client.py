@@ -17,10 +17,11 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Self, TypeVar
@@ -66,6 +67,14 @@ class TaskdConnectionError(TaskdError):
         super().__init__(0, {"error": "connection_error", "message": message})
 
 
+class InvalidResponse(TaskdError):
+    """An answer that is not taskd's: not JSON, or without the documented fields (a proxy's page,
+    another service at that URL); `status` is the HTTP status it came with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, {"error": "invalid_response", "message": message})
+
+
 class AuthenticationFailed(TaskdError):
     """401 `authentication_failed`: the API key is missing or wrong."""
 
@@ -80,7 +89,12 @@ class ValidationFailed(TaskdError):
     @property
     def details(self) -> dict[str, str]:
         """Per-field messages."""
-        return dict(self.body.get("details") or {})
+        details = self.body.get("details")
+        return (
+            {str(field): str(problem) for field, problem in details.items()}
+            if isinstance(details, dict)
+            else {}
+        )
 
 
 class InvalidState(TaskdError):
@@ -137,7 +151,7 @@ def retry_after_seconds(header: str | None, at: datetime | None = None) -> int |
     if header is None:
         return None
     header = header.strip()
-    if header.isdigit():
+    if header.isascii() and header.isdigit():  # int() would refuse other digits ("²")
         return int(header)
     try:
         when = parsedate_to_datetime(header)
@@ -186,12 +200,25 @@ _converter.register_structure_hook(datetime, _timestamp)
 _Shape = TypeVar("_Shape", bound=attrs.AttrsInstance)
 
 
-def _structure(cls: type[_Shape], body: dict[str, Any]) -> _Shape:
-    known = {field.name for field in attrs.fields(cls)}
-    fields = {k: v for k, v in body.items() if k in known}
-    if "raw" in known:
-        fields["raw"] = body
-    return _converter.structure(fields, cls)
+@contextlib.contextmanager
+def _taskd_answer(what: str, status: int = 200) -> Iterator[None]:
+    """Raise InvalidResponse for an answer that cannot be read as `what`, rather than the parser's
+    own error (KeyError, cattrs' ClassValidationError...), which a caller catching TaskdError misses."""
+    try:
+        yield
+    except cattrs.BaseValidationError as exc:
+        raise InvalidResponse(status, f"not a {what}: {'; '.join(cattrs.transform_error(exc))}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidResponse(status, f"not a {what}: {type(exc).__name__} {exc}") from exc
+
+
+def _structure(cls: type[_Shape], body: Any) -> _Shape:
+    with _taskd_answer(cls.__name__):
+        known = {field.name for field in attrs.fields(cls)}
+        fields = {k: v for k, v in body.items() if k in known}
+        if "raw" in known:
+            fields["raw"] = body
+        return _converter.structure(fields, cls)
 
 
 def _segment(value: str) -> str:
@@ -579,6 +606,12 @@ class TaskClient:
                 try:
                     body = orjson.loads(raw) if raw else {}
                 except orjson.JSONDecodeError:
+                    if response.status in ok:
+                        raise InvalidResponse(
+                            response.status,
+                            f"taskd at {self._shown} answered {response.status} with "
+                            f"{response.content_type}, not JSON",
+                        ) from None
                     body = {"error": "http_error", "message": raw.decode(errors="replace")[:500]}
                 if response.status not in ok:
                     raise error_for(response.status, body, response.headers.get("Retry-After"))
@@ -688,7 +721,8 @@ class TaskClient:
             idempotency_key=idempotency_key,
             creates=True,
         )
-        return [_structure(Submitted, item) for item in answer["tasks"]]
+        with _taskd_answer("batch answer"):
+            return [_structure(Submitted, item) for item in answer["tasks"]]
 
     async def status(self, task_id: str) -> Task:
         """A task's status; raises TaskNotFoundError."""
@@ -724,11 +758,15 @@ class TaskClient:
         if task_type:
             params["task_type"] = task_type
         body = await self._request("GET", f"/api/v1/projects/{_segment(project_id)}/tasks", params=params)
-        return TaskPage(
-            tasks=[_structure(TaskSummary, item) for item in body["tasks"]],
-            **{name: body["pagination"][name] for name in ("page", "limit", "total", "total_pages")},
-            raw=body,
-        )
+        with _taskd_answer("TaskPage"):
+            listed = _structure(
+                TaskPage,
+                {
+                    "tasks": body["tasks"],
+                    **{name: body["pagination"][name] for name in ("page", "limit", "total", "total_pages")},
+                },
+            )
+        return attrs.evolve(listed, raw=body)
 
     async def health(self) -> Health:
         """Service health; an unhealthy service (503) is an answer too, not an error."""
@@ -741,7 +779,8 @@ class TaskClient:
     async def metrics(self) -> Metrics:
         """The cumulative task metrics."""
         body = await self._request("GET", "/api/v1/tasks/metrics")
-        metrics = _structure(Metrics, {**body["metrics"], "timestamp": body.get("timestamp")})
+        with _taskd_answer("Metrics"):
+            metrics = _structure(Metrics, {**body["metrics"], "timestamp": body.get("timestamp")})
         return attrs.evolve(metrics, raw=body)
 
     async def events(self, task_id: str, *, last_event_id: str | None = None) -> AsyncIterator[TaskEvent]:
@@ -778,13 +817,17 @@ class TaskClient:
                         body = orjson.loads(raw)
                     except orjson.JSONDecodeError:
                         body = {"error": "http_error", "message": raw.decode(errors="replace")[:500]}
-                    if response.status in (404, 405) and body.get("error") != "task_not_found":
+                    if response.status in (404, 405) and (
+                        not isinstance(body, dict) or body.get("error") != "task_not_found"
+                    ):
                         raise _StreamUnavailable(path)
                     raise error_for(response.status, body, response.headers.get("Retry-After"))
                 if not response.content_type.startswith("text/event-stream"):
                     raise _StreamUnavailable(path)
                 async for event_id, name, data in _sse(response):
-                    yield _structure(TaskEvent, {**orjson.loads(data), "id": event_id, "type": name})
+                    with _taskd_answer("TaskEvent"):
+                        fields = {**orjson.loads(data), "id": event_id, "type": name}
+                    yield _structure(TaskEvent, fields)
         except aiohttp.ClientError as exc:
             raise TaskdConnectionError(f"event stream from {self._shown} broke: {exc}") from exc
         except TimeoutError as exc:

@@ -4,13 +4,14 @@ compromised host): a `TaskdError` in bounded time and memory, and the API key ne
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from aiohttp import web
 from conftest import API_KEY
-from fake_taskd import fake_taskd
+from fake_taskd import Handler, event_stream, fake_taskd
 
-from taskd.client import TaskClient, TaskdConnectionError, TaskdError
+from taskd.client import InvalidResponse, RateLimited, TaskClient, TaskdConnectionError, TaskdError
 
 STATUS = "/api/v1/tasks/t1/status"
 
@@ -51,3 +52,63 @@ async def test_a_redirect_to_another_host_is_raised_and_never_followed_with_the_
     assert refused.value.status == 302
     assert refused.value.error == "redirected"
     assert "localhost" in refused.value.message
+
+
+def answering(*args: Any, **kwargs: Any) -> Handler:
+    async def answer(_: web.Request) -> web.Response:
+        return web.Response(*args, **kwargs)
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        answering(text='{"task_id": "t1", "project_id": "p", "status": 5, "progress": "half"}'),
+        answering(text='{"task_id": "t1", "project_id": "p", "status": "exploded"}'),
+        answering(text='{"project_id": "p", "status": "queued"}'),
+        answering(text="[1, 2]"),
+        answering(text="<html>Welcome to nginx</html>", content_type="text/html"),
+        answering(text="[" * 5000 + "]" * 5000),
+    ],
+    ids=["wrong-types", "unknown-status", "no-task-id", "not-an-object", "html-200", "deeply-nested"],
+)
+async def test_an_answer_that_is_not_a_taskd_status_raises_invalid_response(answer):
+    async with fake_taskd({STATUS: answer}) as url, TaskClient(url, API_KEY) as client:
+        with pytest.raises(InvalidResponse) as refused:
+            await client.status("t1")
+
+    assert refused.value.status == 200
+    assert refused.value.error == "invalid_response"
+
+
+async def test_a_list_answer_without_its_pagination_raises_invalid_response():
+    answer = answering(text='{"tasks": []}')
+    async with fake_taskd({"/api/v1/projects/p/tasks": answer}) as url, TaskClient(url, API_KEY) as client:
+        with pytest.raises(InvalidResponse, match="not a TaskPage"):
+            await client.list_tasks("p")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{not json", b"[1]", b'{"task_id": "t1", "project_id": "p", "status": "weird"}'],
+    ids=["not-json", "not-an-object", "unknown-status"],
+)
+async def test_an_event_that_is_not_a_taskd_event_raises_invalid_response_from_wait(data):
+    async def events(request: web.Request) -> web.StreamResponse:
+        return await event_stream(request, b"id: 1\nevent: status\ndata: " + data + b"\n\n")
+
+    async with fake_taskd({"/api/v1/tasks/t1/events": events}) as url, TaskClient(url, API_KEY) as client:
+        with pytest.raises(InvalidResponse, match="not a TaskEvent"):
+            await client.wait("t1", timeout=10)
+
+
+async def test_a_retry_after_of_non_ascii_digits_is_ignored_not_raised():
+    refused = answering(
+        text='{"error": "rate_limited", "message": "slow down"}', status=429, headers={"Retry-After": "²"}
+    )
+    async with fake_taskd({STATUS: refused}) as url, TaskClient(url, API_KEY, retries=0) as client:
+        with pytest.raises(RateLimited) as raised:
+            await client.status("t1")
+
+    assert raised.value.retry_after is None
