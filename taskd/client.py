@@ -41,6 +41,10 @@ TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCEL
 _STREAM_READ_TIMEOUT = 45.0  # the server sends a keep-alive every 15 s
 _STREAM_RETRIES = 5  # consecutive failed stream connections before falling back to polling
 _STREAM_RETRY_FIRST, _STREAM_RETRY_CAP = 0.4, 2.0  # seconds before reconnecting the stream
+# The largest answer (or event) read: well above what taskd sends (a list of 100 tasks with results
+# of execution.result_max_bytes, 1 MiB by default), and a bound on what a wrong server can make
+# this process hold.
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 # Between tries of a request refused with 429/503 and no Retry-After: 0.5, 1, 2 s ... up to 8 s,
 # each up to half shorter at random, so that clients refused together do not come back together.
 _REFUSED_RETRY_FIRST, _REFUSED_RETRY_CAP, _REFUSED_RETRY_JITTER = 0.5, 8.0, 0.5
@@ -433,8 +437,12 @@ class _StreamUnavailable(Exception):
     """The server has no event stream for this (an older taskd, or a proxy that refuses it)."""
 
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """The stream's lines (LF or CRLF ended), however long.
+def _too_large(status: int, what: str, limit: int) -> InvalidResponse:
+    return InvalidResponse(status, f"{what} over {limit} bytes (the client's max_response_bytes)")
+
+
+async def _lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[str]:
+    """The stream's lines (LF or CRLF ended), up to `limit` bytes each.
 
     aiohttp's own line reading gives up on a line past twice its read buffer (128 KiB) with
     LineTooLong, and a `completed` event carries the task's result, up to the server's
@@ -442,25 +450,30 @@ async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
     pieces of a long line are kept in a list and joined once, so reading one is linear in its size.
     """
     pieces: list[bytes] = []
+    size = 0
     async for chunk in content.iter_any():
         *ended, rest = chunk.split(b"\n")
         for end in ended:
             pieces.append(end)
             yield b"".join(pieces).removesuffix(b"\r").decode("utf-8")
-            pieces = []
+            pieces, size = [], 0
         if rest:
             pieces.append(rest)
+            size += len(rest)
+            if size > limit:  # a line that never ends would otherwise be held whole
+                raise _too_large(200, "an event stream line", limit)
 
 
-async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str, str]]:
-    """(id, event, data) of each event of a text/event-stream response."""
+async def _sse(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[tuple[str | None, str, str]]:
+    """(id, event, data) of each event of a text/event-stream response, up to `limit` bytes each."""
     event_id: str | None = None
     name, data = "message", list[str]()
-    async for line in _lines(response.content):
+    size = 0
+    async for line in _lines(response.content, limit):
         if not line:
             if data:
                 yield event_id, name, "\n".join(data)
-            name, data = "message", []
+            name, data, size = "message", [], 0
             continue
         if line.startswith(":"):
             continue
@@ -472,13 +485,18 @@ async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | No
             name = value
         elif field == "data":
             data.append(value)
+            size += len(value)
+            if size > limit:  # data lines that never end their event
+                raise _too_large(200, "an event", limit)
 
 
 class TaskClient:
     """An async client of one taskd server; use `async with` (or call `close`).
 
     `retries`: how many more times a request refused with 429 or 503 is sent; `max_retry_wait`:
-    the longest Retry-After waited for (a longer one raises at once, as the last refusal does).
+    the longest Retry-After waited for (a longer one raises at once, as the last refusal does);
+    `max_response_bytes`: the largest answer, or event of a stream, read (a larger one raises
+    InvalidResponse).
     """
 
     def __init__(
@@ -490,6 +508,7 @@ class TaskClient:
         session: aiohttp.ClientSession | None = None,
         retries: int = 3,
         max_retry_wait: float = 60.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         if retries < 0 or max_retry_wait < 0:
             raise ValueError("retries and max_retry_wait must not be negative")
@@ -503,6 +522,7 @@ class TaskClient:
         self.timeout = timeout
         self.retries = retries
         self.max_retry_wait = max_retry_wait
+        self.max_response_bytes = max_response_bytes
         self._session = session
         self._own_session = session is None
 
@@ -602,7 +622,7 @@ class TaskClient:
                 allow_redirects=False,
             ) as response:
                 self._refuse_redirect(response)
-                raw = await response.read()
+                raw = await self._read(response)
                 try:
                     body = orjson.loads(raw) if raw else {}
                 except orjson.JSONDecodeError:
@@ -620,6 +640,19 @@ class TaskClient:
             raise TaskdConnectionError(f"cannot reach taskd at {self._shown}: {exc}") from exc
         except TimeoutError as exc:
             raise TaskdConnectionError(f"taskd at {self._shown} did not answer in {self.timeout} s") from exc
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The answer's body; InvalidResponse past max_response_bytes, before holding more."""
+        limit = self.max_response_bytes
+        if (response.content_length or 0) > limit:
+            raise _too_large(response.status, "an answer", limit)
+        pieces, size = [], 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > limit:  # sent without a Content-Length, or longer than it said
+                raise _too_large(response.status, "an answer", limit)
+            pieces.append(chunk)
+        return b"".join(pieces)
 
     def _refuse_redirect(self, response: aiohttp.ClientResponse) -> None:
         """Raise for a redirect rather than follow it: aiohttp would send the X-API-Key (and a
@@ -812,7 +845,7 @@ class TaskClient:
                 if response.status == 204:
                     return
                 if response.status != 200:
-                    raw = await response.read()
+                    raw = await self._read(response)
                     try:
                         body = orjson.loads(raw)
                     except orjson.JSONDecodeError:
@@ -824,7 +857,7 @@ class TaskClient:
                     raise error_for(response.status, body, response.headers.get("Retry-After"))
                 if not response.content_type.startswith("text/event-stream"):
                     raise _StreamUnavailable(path)
-                async for event_id, name, data in _sse(response):
+                async for event_id, name, data in _sse(response, self.max_response_bytes):
                     with _taskd_answer("TaskEvent"):
                         fields = {**orjson.loads(data), "id": event_id, "type": name}
                     yield _structure(TaskEvent, fields)

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
-from taskd.client import DEFAULT_URL, Task, TaskClient, TaskEvent
+from taskd.client import DEFAULT_URL, MAX_RESPONSE_BYTES, Task, TaskClient, TaskEvent
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -56,9 +56,15 @@ class SyncTaskClient:
         timeout: float = 60.0,
         retries: int = 3,
         max_retry_wait: float = 60.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.client = TaskClient(
-            url, api_key, timeout=timeout, retries=retries, max_retry_wait=max_retry_wait
+            url,
+            api_key,
+            timeout=timeout,
+            retries=retries,
+            max_retry_wait=max_retry_wait,
+            max_response_bytes=max_response_bytes,
         )
         self._loop = asyncio.new_event_loop()
         # A daemon thread: a program that forgets `close` still exits.

@@ -4,6 +4,7 @@ compromised host): a `TaskdError` in bounded time and memory, and the API key ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -112,3 +113,45 @@ async def test_a_retry_after_of_non_ascii_digits_is_ignored_not_raised():
             await client.status("t1")
 
     assert raised.value.retry_after is None
+
+
+async def endless(
+    request: web.Request, first: bytes, then: bytes, content_type: str = "text/event-stream"
+) -> web.StreamResponse:
+    """Send `first`, then `then` again and again until the client goes away."""
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    await response.prepare(request)
+    await response.write(first)
+    with contextlib.suppress(ConnectionError):
+        while True:
+            await response.write(then)
+    return response
+
+
+async def test_an_answer_larger_than_max_response_bytes_raises_before_it_is_held_whole():
+    async def huge(request: web.Request) -> web.StreamResponse:
+        return await endless(request, b'{"task_id": "t1", "x": "', b"a" * 65536, "application/json")
+
+    async with (
+        fake_taskd({STATUS: huge}) as url,
+        TaskClient(url, API_KEY, max_response_bytes=1 << 20) as client,
+    ):
+        with pytest.raises(InvalidResponse, match="an answer over 1048576 bytes"):
+            await client.status("t1")
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "what"),
+    [(b"data: ", b"a" * 65536, "line"), (b"", b"data: " + b"a" * 1000 + b"\n", "event")],
+    ids=["a-line-that-never-ends", "an-event-that-never-ends"],
+)
+async def test_an_event_larger_than_max_response_bytes_raises_from_wait(first, then, what):
+    async def events(request: web.Request) -> web.StreamResponse:
+        return await endless(request, first, then)
+
+    async with (
+        fake_taskd({"/api/v1/tasks/t1/events": events}) as url,
+        TaskClient(url, API_KEY, max_response_bytes=1 << 20) as client,
+    ):
+        with pytest.raises(InvalidResponse, match=f"{what} over 1048576 bytes"):
+            await client.wait("t1", timeout=20)
