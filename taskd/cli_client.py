@@ -81,6 +81,11 @@ def _check_sendable(value: Any, source: str) -> None:
         raise UsageError(f"{source} cannot be sent as JSON: {exc}") from None
 
 
+def _fraction(progress: float) -> float:
+    """`progress` as the 0..1 a bar and a percentage can show: a server may send 1e9, -5 or inf."""
+    return min(max(progress, 0.0), 1.0) if math.isfinite(progress) else 0.0
+
+
 class ProgressView:
     """Shows a task's events: a redrawn bar on a terminal, one line per change otherwise."""
 
@@ -91,14 +96,16 @@ class ProgressView:
         self.drawn = False
 
     def __call__(self, event: TaskEvent) -> None:
-        state = (event.status, round(event.progress, 3), event.current_step)
+        # Clamped first: "#" * round(1e9 * BAR_WIDTH) would be a 30 GB string.
+        progress = _fraction(event.progress)
+        state = (event.status, round(progress, 3), event.current_step)
         if state == self.last:
             return
         self.last = state
-        percent = f"{event.progress * 100:3.0f}%"
+        percent = f"{progress * 100:3.0f}%"
         step = printable(event.current_step or "")
         if self.tty:
-            filled = round(event.progress * BAR_WIDTH)
+            filled = round(progress * BAR_WIDTH)
             bar = "#" * filled + "-" * (BAR_WIDTH - filled)
             self.out.write(f"\r\x1b[2K[{bar}] {percent} {event.status.value:<10} {step}")
             self.drawn = True

@@ -592,3 +592,13 @@ async def test_a_malformed_url_or_key_is_a_usage_error_in_one_line(url, key):
     assert run.code == 2
     [line] = run.err.splitlines()
     assert line.startswith(("taskd: --url:", "taskd: --api-key:"))
+
+
+@pytest.mark.parametrize("progress", [1e9, -5.0, float("inf"), float("nan")])
+def test_the_progress_bar_stays_its_width_whatever_progress_the_server_sent(progress):
+    out = io.StringIO()
+    view = ProgressView(out, tty=True)
+
+    view(event(progress, "step"))
+
+    assert len(out.getvalue()) < 80
