@@ -142,9 +142,9 @@ async def _await_end(client: TaskClient, task_id: str, timeout: float | None, js
 def _note_unfinished(task: Task) -> None:
     if task.status is TaskStatus.FAILED:
         # The error is the task's text: its line breaks are written out too (only a traceback keeps them).
-        _note(f"task {task.task_id} failed: {printable(task.error)}")
+        _note(f"task {printable(task.task_id)} failed: {printable(task.error)}")
     elif task.status is TaskStatus.CANCELLED:
-        _note(f"task {task.task_id} was cancelled (it was {task.previous_state})")
+        _note(f"task {printable(task.task_id)} was cancelled (it was {printable(task.previous_state)})")
 
 
 async def _follow(client: TaskClient, task_id: str, args: argparse.Namespace) -> int:
@@ -206,7 +206,7 @@ async def cmd_submit(client: TaskClient, args: argparse.Namespace) -> int:
     if args.json and not args.wait:
         _print_json(submitted.raw)
     elif not args.json:
-        print(submitted.task_id, flush=True)
+        print(printable(submitted.task_id), flush=True)
         _note(f"queued: position {submitted.queue_position}, estimated {submitted.estimated_duration} s")
     if args.wait:
         return await _follow(client, submitted.task_id, args)
@@ -317,8 +317,8 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
         _print_json({"tasks": [answer.raw for answer in submitted]})
     elif not args.json:
         for name, answer in zip(pipeline.names, submitted, strict=True):
-            print(answer.task_id, flush=True)
-            _note(f"{name}: {answer.task_id}")
+            print(printable(answer.task_id), flush=True)
+            _note(f"{name}: {printable(answer.task_id)}")
     if args.no_wait:
         return EXIT_OK
     # --timeout bounds the whole pipeline: the tasks are followed one at a time in the file's order
@@ -400,7 +400,7 @@ async def cmd_cancel(client: TaskClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(outcome.raw)
     else:
-        print(f"{outcome.task_id}: {printable(outcome.message)}")
+        print(f"{printable(outcome.task_id)}: {printable(outcome.message)}")
     return EXIT_OK
 
 
@@ -410,7 +410,7 @@ async def cmd_retry(client: TaskClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(retried.raw)
     else:
-        print(retried.new_task_id)
+        print(printable(retried.new_task_id))
         _note(retried.message)
     return EXIT_OK
 
@@ -423,10 +423,11 @@ async def cmd_tasks(client: TaskClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(page.raw)
         return EXIT_OK
-    rows = [("TASK ID", "TYPE", "STATUS", "PROGRESS", "CREATED")]
+    rows: list[tuple[str, ...]] = [("TASK ID", "TYPE", "STATUS", "PROGRESS", "CREATED")]
     for task in page.tasks:
         created = task.created_at.strftime("%Y-%m-%d %H:%M:%S") if task.created_at else ""
-        rows.append((task.task_id, task.task_type, task.status.value, f"{task.progress * 100:.0f}%", created))
+        cells = (task.task_id, task.task_type, task.status.value, f"{task.progress * 100:.0f}%", created)
+        rows.append(tuple(printable(cell) for cell in cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -442,17 +443,24 @@ async def cmd_health(client: TaskClient, args: argparse.Namespace) -> int:
         _print_json({"health": health.raw, "queue_health": queues.raw})
         return EXIT_OK if healthy else EXIT_TASK_FAILED
     print(
-        f"service:  {health.status} (redis {health.redis_status}, {health.worker_count} workers, up {health.uptime} s)"
+        f"service:  {printable(health.status)} (redis {printable(health.redis_status)}, "
+        f"{health.worker_count} workers, up {health.uptime} s)"
     )
-    print("queues:   " + ", ".join(f"{name} {size}" for name, size in sorted(health.queue_sizes.items())))
+    queue_sizes = sorted(health.queue_sizes.items())
+    print("queues:   " + ", ".join(f"{printable(name)} {size}" for name, size in queue_sizes))
     gpus = health.system_load.get("gpu_utilization") or []
-    print(
-        "gpus:     " + (", ".join(f"{value:.0f}%" for value in gpus) if gpus else "none (NVML not available)")
-    )
-    print(f"alerts:   {queues.status}")
+    print("gpus:     " + (", ".join(map(_utilization, gpus)) if gpus else "none (NVML not available)"))
+    print(f"alerts:   {printable(queues.status)}")
     for alert in queues.alerts:
         print(f"  {alert.severity}: {printable(alert.message)}")
     return EXIT_OK if healthy else EXIT_TASK_FAILED
+
+
+def _utilization(value: object) -> str:
+    """A GPU's utilization as `NN%`; what is not a number (not taskd's) written out as text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.0f}%"
+    return printable(value)
 
 
 def _connection_options() -> argparse.ArgumentParser:
