@@ -376,8 +376,8 @@ async def cmd_status(client: TaskClient, args: argparse.Namespace) -> int:
         _print_json(task.raw)
         return EXIT_OK
     for name, value in _fields(task.raw):
-        if name == "progress":
-            value = f"{value * 100:.0f}%"
+        if name == "progress":  # the typed value: the raw one may be a string ("0.5")
+            value = f"{task.progress * 100:.0f}%"
         print(f"{name + ':':<16} {printable(value)}")
     if task.result is not None:
         print("result:")
@@ -611,9 +611,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except TaskdError as exc:
         _note(f"taskd: {exc.status} {exc.error}: {exc.message}" if exc.status else f"taskd: {exc.message}")
-        if exc.body.get("details"):
-            for field, problem in exc.body["details"].items():
-                _note(f"  {field}: {problem}")
+        details = exc.body.get("details")
+        if isinstance(details, dict):  # a server that is not taskd may send anything there
+            for field, problem in details.items():
+                _note(f"  {printable(field)}: {printable(problem)}")
         if args.json:
             _print_json({"status": exc.status, **exc.body})
         return EXIT_API_ERROR

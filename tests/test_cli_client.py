@@ -647,6 +647,24 @@ async def test_text_output_writes_out_the_control_characters_of_what_a_server_se
         assert not any(char in run.out + run.err for char in SHOWN_RAW)
 
 
+async def test_status_reads_a_progress_sent_as_a_string_as_its_number():
+    task = {"task_id": "t1", "project_id": "p", "status": "processing", "progress": "0.5"}
+    async with fake_taskd({"/api/v1/tasks/t1/status": answering(task)}) as url:
+        run = await taskd_cli("status", "t1", url=url)
+
+    assert run.code == 0, run.err
+    assert "progress:        50%" in run.out
+
+
+async def test_error_details_that_are_not_an_object_exit_3_in_one_line():
+    refused = answering({"error": "validation_error", "message": "bad", "details": ["x"]}, status=400)
+    async with fake_taskd({"/api/v1/tasks/t1/status": refused}) as url:
+        run = await taskd_cli("status", "t1", url=url)
+
+    assert run.code == 3
+    assert run.err.splitlines() == ["taskd: 400 validation_error: bad"]
+
+
 @pytest.mark.parametrize("progress", [1e9, -5.0, float("inf"), float("nan")])
 def test_the_progress_bar_stays_its_width_whatever_progress_the_server_sent(progress):
     out = io.StringIO()
