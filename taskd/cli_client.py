@@ -610,7 +610,9 @@ def run(args: argparse.Namespace) -> int:
         _note(f"taskd: {exc}")
         return EXIT_USAGE
     except TaskdError as exc:
-        _note(f"taskd: {exc.status} {exc.error}: {exc.message}" if exc.status else f"taskd: {exc.message}")
+        # The error and message are the server's: one line, whatever it sent (a proxy's HTML page).
+        error, message = printable(exc.error), printable(exc.message)
+        _note(f"taskd: {exc.status} {error}: {message}" if exc.status else f"taskd: {message}")
         details = exc.body.get("details")
         if isinstance(details, dict):  # a server that is not taskd may send anything there
             for field, problem in details.items():

@@ -673,3 +673,16 @@ def test_the_progress_bar_stays_its_width_whatever_progress_the_server_sent(prog
     view(event(progress, "step"))
 
     assert len(out.getvalue()) < 80
+
+
+async def test_a_proxys_html_error_page_is_one_line_exit_3():
+    async def bad_gateway(_: web.Request) -> web.Response:
+        page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\nstatus: completed\n</html>"
+        return web.Response(text=page, status=502, content_type="text/html")
+
+    async with fake_taskd({"/api/v1/tasks/t1/status": bad_gateway}) as url:
+        run = await taskd_cli("status", "t1", url=url)
+
+    assert run.code == 3
+    [line] = run.err.splitlines()
+    assert line.startswith("taskd: 502 http_error: <html>\\x0d\\x0a<head><title>502 Bad Gateway")
