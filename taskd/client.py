@@ -41,6 +41,9 @@ TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCEL
 _STREAM_READ_TIMEOUT = 45.0  # the server sends a keep-alive every 15 s
 _STREAM_RETRIES = 5  # consecutive failed stream connections before falling back to polling
 _STREAM_RETRY_FIRST, _STREAM_RETRY_CAP = 0.4, 2.0  # seconds before reconnecting the stream
+# Refusals of a stream's (re)connection that pass: taskd without Redis for a moment (503), rate
+# limited (429), or a proxy whose taskd is restarting (502, 504). wait reconnects after them.
+_STREAM_PASSING = frozenset({429, 502, 503, 504})
 # The largest answer (or event) read: well above what taskd sends (a list of 100 tasks with results
 # of execution.result_max_bytes, 1 MiB by default), and a bound on what a wrong server can make
 # this process hold.
@@ -908,11 +911,16 @@ class TaskClient:
                         on_event(event)
                     if event.is_terminal:
                         return
-            except TaskdConnectionError:
+            except TaskdError as exc:
+                if not isinstance(exc, TaskdConnectionError) and exc.status not in _STREAM_PASSING:
+                    raise
                 failures += 1
                 if failures >= _STREAM_RETRIES:
                     raise _StreamUnavailable(task_id) from None
-                await asyncio.sleep(exponential_delay(failures, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP))
+                delay = exponential_delay(failures, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP)
+                if isinstance(exc, RateLimited) and exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, self.max_retry_wait))
+                await asyncio.sleep(delay)
                 continue
             # The stream ended early (a server restart) or had nothing more to send (204).
             if (await self.status(task_id)).is_terminal:

@@ -12,7 +12,14 @@ from aiohttp import web
 from conftest import API_KEY
 from fake_taskd import Handler, event_stream, fake_taskd
 
-from taskd.client import InvalidResponse, RateLimited, TaskClient, TaskdConnectionError, TaskdError
+from taskd.client import (
+    InvalidResponse,
+    RateLimited,
+    TaskClient,
+    TaskdConnectionError,
+    TaskdError,
+    TaskStatus,
+)
 
 STATUS = "/api/v1/tasks/t1/status"
 
@@ -155,3 +162,33 @@ async def test_an_event_larger_than_max_response_bytes_raises_from_wait(first, t
     ):
         with pytest.raises(InvalidResponse, match=f"{what} over 1048576 bytes"):
             await client.wait("t1", timeout=20)
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        answering(
+            text='{"error": "service_unavailable", "message": "m"}', status=503, headers={"Retry-After": "0"}
+        ),
+        answering(text="<html>502 Bad Gateway</html>", status=502, content_type="text/html"),
+    ],
+    ids=["503-storage-lost", "502-proxy-upstream-restarting"],
+)
+async def test_wait_reconnects_a_stream_refused_while_taskd_restarts(refusal):
+    connections = 0
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        nonlocal connections
+        connections += 1
+        if connections == 1:
+            return await refusal(request)
+        ended = b'{"task_id": "t1", "project_id": "p", "status": "completed", "progress": 1}'
+        return await event_stream(request, b"id: 1-1\nevent: status\ndata: " + ended + b"\n\n")
+
+    done = answering(text='{"task_id": "t1", "project_id": "p", "status": "completed", "progress": 1}')
+    routes = {"/api/v1/tasks/t1/events": events, STATUS: done}
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY) as client:
+        task = await client.wait("t1", timeout=10)
+
+    assert task.status is TaskStatus.COMPLETED
+    assert connections == 2
