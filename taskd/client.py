@@ -458,7 +458,8 @@ async def _lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[str
         *ended, rest = chunk.split(b"\n")
         for end in ended:
             pieces.append(end)
-            yield b"".join(pieces).removesuffix(b"\r").decode("utf-8")
+            # As the SSE standard decodes: a byte that is not UTF-8 is U+FFFD, not an error.
+            yield b"".join(pieces).removesuffix(b"\r").decode("utf-8", errors="replace")
             pieces, size = [], 0
         if rest:
             pieces.append(rest)

@@ -192,3 +192,19 @@ async def test_wait_reconnects_a_stream_refused_while_taskd_restarts(refusal):
 
     assert task.status is TaskStatus.COMPLETED
     assert connections == 2
+
+
+async def test_an_event_stream_line_that_is_not_utf8_is_read_with_replacement_characters():
+    async def events(request: web.Request) -> web.StreamResponse:
+        ended = b'{"task_id": "t1", "project_id": "p", "status": "completed", "current_step": "\xff"}'
+        return await event_stream(request, b": \xfe\xff\n\nid: 1-1\nevent: status\ndata: " + ended + b"\n\n")
+
+    routes = {
+        "/api/v1/tasks/t1/events": events,
+        STATUS: answering(text='{"task_id": "t1", "project_id": "p", "status": "completed"}'),
+    }
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY) as client:
+        seen = []
+        await client.wait("t1", timeout=10, on_event=seen.append)
+
+    assert [event.current_step for event in seen] == ["\ufffd"]
