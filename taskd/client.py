@@ -759,7 +759,10 @@ class TaskClient:
             creates=True,
         )
         with _taskd_answer("batch answer"):
-            return [_structure(Submitted, item) for item in answer["tasks"]]
+            submitted = [_structure(Submitted, item) for item in answer["tasks"]]
+        if len(submitted) != len(tasks):  # the answers are matched to the tasks by their order
+            raise InvalidResponse(200, f"not a batch answer: {len(submitted)} answers for {len(tasks)} tasks")
+        return submitted
 
     async def status(self, task_id: str) -> Task:
         """A task's status; raises TaskNotFoundError."""

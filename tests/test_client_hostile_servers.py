@@ -208,3 +208,11 @@ async def test_an_event_stream_line_that_is_not_utf8_is_read_with_replacement_ch
         await client.wait("t1", timeout=10, on_event=seen.append)
 
     assert [event.current_step for event in seen] == ["\ufffd"]
+
+
+async def test_a_batch_answer_with_another_number_of_tasks_raises_invalid_response():
+    one = answering(text='{"tasks": [{"task_id": "t1", "status": "queued", "project_id": "p"}]}')
+    item = {"project_id": "p", "task_type": "noop", "task_data": {}}
+    async with fake_taskd({"/api/v1/tasks/batch": one}) as url, TaskClient(url, API_KEY) as client:
+        with pytest.raises(InvalidResponse, match="1 answers for 2 tasks"):
+            await client.submit_batch([item, item])
