@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -440,6 +441,9 @@ class _StreamUnavailable(Exception):
     """The server has no event stream for this (an older taskd, or a proxy that refuses it)."""
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def _too_large(status: int, what: str, limit: int) -> InvalidResponse:
     return InvalidResponse(status, f"{what} over {limit} bytes (the client's max_response_bytes)")
 
@@ -483,7 +487,9 @@ async def _sse(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[tu
             continue
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
-        if field == "id":
+        if field == "id" and not _CONTROL.search(value):
+            # An id is sent back as the Last-Event-ID header, which cannot carry a control
+            # character (aiohttp refuses it with ValueError); SSE ignores an id holding NUL too.
             event_id = value or None
         elif field == "event":
             name = value

@@ -216,3 +216,28 @@ async def test_a_batch_answer_with_another_number_of_tasks_raises_invalid_respon
     async with fake_taskd({"/api/v1/tasks/batch": one}) as url, TaskClient(url, API_KEY) as client:
         with pytest.raises(InvalidResponse, match="1 answers for 2 tasks"):
             await client.submit_batch([item, item])
+
+
+async def test_an_event_id_holding_control_characters_is_ignored_not_sent_back_as_a_header():
+    last_event_ids: list[str | None] = []
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        last_event_ids.append(request.headers.get("Last-Event-ID"))
+        status = "processing" if len(last_event_ids) == 1 else "completed"
+        data = b'{"task_id": "t1", "project_id": "p", "status": "' + status.encode() + b'"}'
+        return await event_stream(
+            request, b"id: 1-1\n\nid: 1\rX-Injected: yes\nevent: status\ndata: " + data + b"\n\n"
+        )
+
+    async def status(_: web.Request) -> web.Response:
+        ended = len(last_event_ids) > 1
+        return web.json_response(
+            {"task_id": "t1", "project_id": "p", "status": "completed" if ended else "processing"}
+        )
+
+    routes = {"/api/v1/tasks/t1/events": events, STATUS: status}
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY) as client:
+        task = await client.wait("t1", timeout=10)
+
+    assert task.status is TaskStatus.COMPLETED
+    assert last_event_ids == [None, "1-1"]
