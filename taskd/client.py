@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import math
 import re
 import time
@@ -500,6 +501,13 @@ async def _sse(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[tu
                 raise _too_large(200, "an event", limit)
 
 
+async def _deliver(on_event: Callable[[TaskEvent], Any], event: TaskEvent) -> None:
+    """Give `event` to wait's `on_event`, awaiting what it returns if that is awaitable."""
+    outcome = on_event(event)
+    if inspect.isawaitable(outcome):
+        await outcome
+
+
 class TaskClient:
     """An async client of one taskd server; use `async with` (or call `close`).
 
@@ -892,7 +900,8 @@ class TaskClient:
 
         Events come over SSE (resumed with `Last-Event-ID` after a dropped connection); when the
         stream is not available, the status is polled every `poll_interval` seconds instead.
-        `on_event` is called with each TaskEvent. Raises TaskFailed / TaskCancelled (with `.task`)
+        `on_event` is called with each TaskEvent (and awaited when it returns an awaitable: the
+        stream is then read no faster than it takes them). Raises TaskFailed / TaskCancelled (with `.task`)
         unless `raise_on_failure` is false, and TimeoutError after `timeout` seconds.
         """
         async with asyncio.timeout(timeout):
@@ -918,7 +927,7 @@ class TaskClient:
                     received, failures = True, 0
                     last_id = event.id or last_id
                     if on_event is not None:
-                        on_event(event)
+                        await _deliver(on_event, event)
                     if event.is_terminal:
                         return
             except TaskdError as exc:
@@ -944,7 +953,7 @@ class TaskClient:
             task = await self.status(task_id)
             if on_event is not None and (task.status, task.progress, task.current_step) != seen:
                 seen = (task.status, task.progress, task.current_step)
-                on_event(TaskEvent.from_task(task))
+                await _deliver(on_event, TaskEvent.from_task(task))
             if task.is_terminal:
                 return
             await asyncio.sleep(interval)

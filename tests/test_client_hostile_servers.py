@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import pytest
@@ -18,8 +19,10 @@ from taskd.client import (
     TaskClient,
     TaskdConnectionError,
     TaskdError,
+    TaskEvent,
     TaskStatus,
 )
+from taskd.sync_client import SyncTaskClient
 
 STATUS = "/api/v1/tasks/t1/status"
 
@@ -241,3 +244,24 @@ async def test_an_event_id_holding_control_characters_is_ignored_not_sent_back_a
 
     assert task.status is TaskStatus.COMPLETED
     assert last_event_ids == [None, "1-1"]
+
+
+async def test_sync_wait_reads_events_no_faster_than_its_callback_so_its_timeout_holds():
+    event = b'event: progress\ndata: {"task_id": "t1", "project_id": "p", "status": "processing"}\n\n'
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        return await endless(request, b"", event * 100)
+
+    def slow(_: TaskEvent) -> None:
+        time.sleep(0.01)
+
+    def wait(url: str) -> float:
+        started = time.monotonic()
+        with SyncTaskClient(url, API_KEY) as client, pytest.raises(TimeoutError):
+            client.wait("t1", timeout=1, on_event=slow)
+        return time.monotonic() - started
+
+    async with fake_taskd({"/api/v1/tasks/t1/events": flood}) as url:
+        took = await asyncio.to_thread(wait, url)
+
+    assert took < 3
