@@ -187,6 +187,9 @@ def _apply_refs(data: dict[str, Any], refs: list[str], after: list[str]) -> None
 async def cmd_submit(client: TaskClient, args: argparse.Namespace) -> int:
     """Submit a task; print its id (or the answer with --json); follow it with --wait."""
     data = _read_data(args.data)
+    if args.idempotency_key is not None and not args.idempotency_key.isprintable():
+        # A header cannot carry it: aiohttp would refuse it with a ValueError and a traceback.
+        raise UsageError("--idempotency-key: it holds a line break or another control character")
     _apply_refs(data, args.ref, args.after)
     metadata = _read_data(args.metadata) if args.metadata else None
     submitted = await client.submit(

@@ -686,3 +686,23 @@ async def test_a_proxys_html_error_page_is_one_line_exit_3():
     assert run.code == 3
     [line] = run.err.splitlines()
     assert line.startswith("taskd: 502 http_error: <html>\\x0d\\x0a<head><title>502 Bad Gateway")
+
+
+async def test_an_idempotency_key_holding_a_line_break_is_a_usage_error_in_one_line():
+    run = await taskd_cli(
+        "submit",
+        "--project",
+        "p",
+        "--type",
+        "noop",
+        "--data",
+        "{}",
+        "--idempotency-key",
+        "a\r\nX-Injected: 1",
+        url="http://127.0.0.1:1",
+    )
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        "taskd: --idempotency-key: it holds a line break or another control character"
+    ]
