@@ -919,12 +919,11 @@ class TaskClient:
     async def _follow_stream(self, task_id: str, on_event: Callable[[TaskEvent], Any] | None) -> None:
         """Return once the terminal event was seen, or the task has ended; reconnect in between."""
         last_id: str | None = None
-        failures = 0
+        failures = early_ends = 0
         while True:
-            received = False
             try:
                 async for event in self.events(task_id, last_event_id=last_id):
-                    received, failures = True, 0
+                    failures = 0
                     last_id = event.id or last_id
                     if on_event is not None:
                         await _deliver(on_event, event)
@@ -944,8 +943,10 @@ class TaskClient:
             # The stream ended early (a server restart) or had nothing more to send (204).
             if (await self.status(task_id)).is_terminal:
                 return
-            if not received:
-                await asyncio.sleep(0.5)
+            # A pause growing to 2 s before reconnecting: a server or proxy that ends every stream
+            # after an event or none would otherwise be asked again as fast as it answers.
+            early_ends += 1
+            await asyncio.sleep(exponential_delay(early_ends, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP))
 
     async def _poll(self, task_id: str, on_event: Callable[[TaskEvent], Any] | None, interval: float) -> None:
         seen: tuple[Any, ...] | None = None

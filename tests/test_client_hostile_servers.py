@@ -265,3 +265,21 @@ async def test_sync_wait_reads_events_no_faster_than_its_callback_so_its_timeout
         took = await asyncio.to_thread(wait, url)
 
     assert took < 3
+
+
+async def test_wait_reconnects_no_faster_than_its_backoff_to_a_stream_that_ends_at_once():
+    streams = 0
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        nonlocal streams
+        streams += 1
+        running = b'{"task_id": "t1", "project_id": "p", "status": "processing"}'
+        return await event_stream(request, b"event: progress\ndata: " + running + b"\n\n")
+
+    running = answering(text='{"task_id": "t1", "project_id": "p", "status": "processing"}')
+    routes = {"/api/v1/tasks/t1/events": events, STATUS: running}
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY) as client:
+        with pytest.raises(TimeoutError):
+            await client.wait("t1", timeout=3)
+
+    assert streams <= 4  # 0.4 + 0.8 + 1.6 s between them
