@@ -81,6 +81,11 @@ def _check_sendable(value: Any, source: str) -> None:
         raise UsageError(f"{source} cannot be sent as JSON: {exc}") from None
 
 
+def _fraction(progress: float) -> float:
+    """`progress` as the 0..1 a bar and a percentage can show: a server may send 1e9, -5 or inf."""
+    return min(max(progress, 0.0), 1.0) if math.isfinite(progress) else 0.0
+
+
 class ProgressView:
     """Shows a task's events: a redrawn bar on a terminal, one line per change otherwise."""
 
@@ -91,14 +96,16 @@ class ProgressView:
         self.drawn = False
 
     def __call__(self, event: TaskEvent) -> None:
-        state = (event.status, round(event.progress, 3), event.current_step)
+        # Clamped first: "#" * round(1e9 * BAR_WIDTH) would be a 30 GB string.
+        progress = _fraction(event.progress)
+        state = (event.status, round(progress, 3), event.current_step)
         if state == self.last:
             return
         self.last = state
-        percent = f"{event.progress * 100:3.0f}%"
+        percent = f"{progress * 100:3.0f}%"
         step = printable(event.current_step or "")
         if self.tty:
-            filled = round(event.progress * BAR_WIDTH)
+            filled = round(progress * BAR_WIDTH)
             bar = "#" * filled + "-" * (BAR_WIDTH - filled)
             self.out.write(f"\r\x1b[2K[{bar}] {percent} {event.status.value:<10} {step}")
             self.drawn = True
@@ -135,9 +142,9 @@ async def _await_end(client: TaskClient, task_id: str, timeout: float | None, js
 def _note_unfinished(task: Task) -> None:
     if task.status is TaskStatus.FAILED:
         # The error is the task's text: its line breaks are written out too (only a traceback keeps them).
-        _note(f"task {task.task_id} failed: {printable(task.error)}")
+        _note(f"task {printable(task.task_id)} failed: {printable(task.error)}")
     elif task.status is TaskStatus.CANCELLED:
-        _note(f"task {task.task_id} was cancelled (it was {task.previous_state})")
+        _note(f"task {printable(task.task_id)} was cancelled (it was {printable(task.previous_state)})")
 
 
 async def _follow(client: TaskClient, task_id: str, args: argparse.Namespace) -> int:
@@ -180,6 +187,9 @@ def _apply_refs(data: dict[str, Any], refs: list[str], after: list[str]) -> None
 async def cmd_submit(client: TaskClient, args: argparse.Namespace) -> int:
     """Submit a task; print its id (or the answer with --json); follow it with --wait."""
     data = _read_data(args.data)
+    if args.idempotency_key is not None and not args.idempotency_key.isprintable():
+        # A header cannot carry it: aiohttp would refuse it with a ValueError and a traceback.
+        raise UsageError("--idempotency-key: it holds a line break or another control character")
     _apply_refs(data, args.ref, args.after)
     metadata = _read_data(args.metadata) if args.metadata else None
     submitted = await client.submit(
@@ -199,7 +209,7 @@ async def cmd_submit(client: TaskClient, args: argparse.Namespace) -> int:
     if args.json and not args.wait:
         _print_json(submitted.raw)
     elif not args.json:
-        print(submitted.task_id, flush=True)
+        print(printable(submitted.task_id), flush=True)
         _note(f"queued: position {submitted.queue_position}, estimated {submitted.estimated_duration} s")
     if args.wait:
         return await _follow(client, submitted.task_id, args)
@@ -310,8 +320,8 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
         _print_json({"tasks": [answer.raw for answer in submitted]})
     elif not args.json:
         for name, answer in zip(pipeline.names, submitted, strict=True):
-            print(answer.task_id, flush=True)
-            _note(f"{name}: {answer.task_id}")
+            print(printable(answer.task_id), flush=True)
+            _note(f"{name}: {printable(answer.task_id)}")
     if args.no_wait:
         return EXIT_OK
     # --timeout bounds the whole pipeline: the tasks are followed one at a time in the file's order
@@ -369,8 +379,8 @@ async def cmd_status(client: TaskClient, args: argparse.Namespace) -> int:
         _print_json(task.raw)
         return EXIT_OK
     for name, value in _fields(task.raw):
-        if name == "progress":
-            value = f"{value * 100:.0f}%"
+        if name == "progress":  # the typed value: the raw one may be a string ("0.5")
+            value = f"{task.progress * 100:.0f}%"
         print(f"{name + ':':<16} {printable(value)}")
     if task.result is not None:
         print("result:")
@@ -393,7 +403,7 @@ async def cmd_cancel(client: TaskClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(outcome.raw)
     else:
-        print(f"{outcome.task_id}: {printable(outcome.message)}")
+        print(f"{printable(outcome.task_id)}: {printable(outcome.message)}")
     return EXIT_OK
 
 
@@ -403,7 +413,7 @@ async def cmd_retry(client: TaskClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(retried.raw)
     else:
-        print(retried.new_task_id)
+        print(printable(retried.new_task_id))
         _note(retried.message)
     return EXIT_OK
 
@@ -416,10 +426,11 @@ async def cmd_tasks(client: TaskClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(page.raw)
         return EXIT_OK
-    rows = [("TASK ID", "TYPE", "STATUS", "PROGRESS", "CREATED")]
+    rows: list[tuple[str, ...]] = [("TASK ID", "TYPE", "STATUS", "PROGRESS", "CREATED")]
     for task in page.tasks:
         created = task.created_at.strftime("%Y-%m-%d %H:%M:%S") if task.created_at else ""
-        rows.append((task.task_id, task.task_type, task.status.value, f"{task.progress * 100:.0f}%", created))
+        cells = (task.task_id, task.task_type, task.status.value, f"{task.progress * 100:.0f}%", created)
+        rows.append(tuple(printable(cell) for cell in cells))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -435,17 +446,24 @@ async def cmd_health(client: TaskClient, args: argparse.Namespace) -> int:
         _print_json({"health": health.raw, "queue_health": queues.raw})
         return EXIT_OK if healthy else EXIT_TASK_FAILED
     print(
-        f"service:  {health.status} (redis {health.redis_status}, {health.worker_count} workers, up {health.uptime} s)"
+        f"service:  {printable(health.status)} (redis {printable(health.redis_status)}, "
+        f"{health.worker_count} workers, up {health.uptime} s)"
     )
-    print("queues:   " + ", ".join(f"{name} {size}" for name, size in sorted(health.queue_sizes.items())))
+    queue_sizes = sorted(health.queue_sizes.items())
+    print("queues:   " + ", ".join(f"{printable(name)} {size}" for name, size in queue_sizes))
     gpus = health.system_load.get("gpu_utilization") or []
-    print(
-        "gpus:     " + (", ".join(f"{value:.0f}%" for value in gpus) if gpus else "none (NVML not available)")
-    )
-    print(f"alerts:   {queues.status}")
+    print("gpus:     " + (", ".join(map(_utilization, gpus)) if gpus else "none (NVML not available)"))
+    print(f"alerts:   {printable(queues.status)}")
     for alert in queues.alerts:
         print(f"  {alert.severity}: {printable(alert.message)}")
     return EXIT_OK if healthy else EXIT_TASK_FAILED
+
+
+def _utilization(value: object) -> str:
+    """A GPU's utilization as `NN%`; what is not a number (not taskd's) written out as text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.0f}%"
+    return printable(value)
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -595,10 +613,13 @@ def run(args: argparse.Namespace) -> int:
         _note(f"taskd: {exc}")
         return EXIT_USAGE
     except TaskdError as exc:
-        _note(f"taskd: {exc.status} {exc.error}: {exc.message}" if exc.status else f"taskd: {exc.message}")
-        if exc.body.get("details"):
-            for field, problem in exc.body["details"].items():
-                _note(f"  {field}: {problem}")
+        # The error and message are the server's: one line, whatever it sent (a proxy's HTML page).
+        error, message = printable(exc.error), printable(exc.message)
+        _note(f"taskd: {exc.status} {error}: {message}" if exc.status else f"taskd: {message}")
+        details = exc.body.get("details")
+        if isinstance(details, dict):  # a server that is not taskd may send anything there
+            for field, problem in details.items():
+                _note(f"  {printable(field)}: {printable(problem)}")
         if args.json:
             _print_json({"status": exc.status, **exc.body})
         return EXIT_API_ERROR

@@ -17,10 +17,13 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import math
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Self, TypeVar
@@ -40,6 +43,13 @@ TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCEL
 _STREAM_READ_TIMEOUT = 45.0  # the server sends a keep-alive every 15 s
 _STREAM_RETRIES = 5  # consecutive failed stream connections before falling back to polling
 _STREAM_RETRY_FIRST, _STREAM_RETRY_CAP = 0.4, 2.0  # seconds before reconnecting the stream
+# Refusals of a stream's (re)connection that pass: taskd without Redis for a moment (503), rate
+# limited (429), or a proxy whose taskd is restarting (502, 504). wait reconnects after them.
+_STREAM_PASSING = frozenset({429, 502, 503, 504})
+# The largest answer (or event) read: well above what taskd sends (a list of 100 tasks with results
+# of execution.result_max_bytes, 1 MiB by default), and a bound on what a wrong server can make
+# this process hold.
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 # Between tries of a request refused with 429/503 and no Retry-After: 0.5, 1, 2 s ... up to 8 s,
 # each up to half shorter at random, so that clients refused together do not come back together.
 _REFUSED_RETRY_FIRST, _REFUSED_RETRY_CAP, _REFUSED_RETRY_JITTER = 0.5, 8.0, 0.5
@@ -66,6 +76,14 @@ class TaskdConnectionError(TaskdError):
         super().__init__(0, {"error": "connection_error", "message": message})
 
 
+class InvalidResponse(TaskdError):
+    """An answer that is not taskd's: not JSON, or without the documented fields (a proxy's page,
+    another service at that URL); `status` is the HTTP status it came with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, {"error": "invalid_response", "message": message})
+
+
 class AuthenticationFailed(TaskdError):
     """401 `authentication_failed`: the API key is missing or wrong."""
 
@@ -80,7 +98,12 @@ class ValidationFailed(TaskdError):
     @property
     def details(self) -> dict[str, str]:
         """Per-field messages."""
-        return dict(self.body.get("details") or {})
+        details = self.body.get("details")
+        return (
+            {str(field): str(problem) for field, problem in details.items()}
+            if isinstance(details, dict)
+            else {}
+        )
 
 
 class InvalidState(TaskdError):
@@ -137,7 +160,7 @@ def retry_after_seconds(header: str | None, at: datetime | None = None) -> int |
     if header is None:
         return None
     header = header.strip()
-    if header.isdigit():
+    if header.isascii() and header.isdigit():  # int() would refuse other digits ("²")
         return int(header)
     try:
         when = parsedate_to_datetime(header)
@@ -186,12 +209,25 @@ _converter.register_structure_hook(datetime, _timestamp)
 _Shape = TypeVar("_Shape", bound=attrs.AttrsInstance)
 
 
-def _structure(cls: type[_Shape], body: dict[str, Any]) -> _Shape:
-    known = {field.name for field in attrs.fields(cls)}
-    fields = {k: v for k, v in body.items() if k in known}
-    if "raw" in known:
-        fields["raw"] = body
-    return _converter.structure(fields, cls)
+@contextlib.contextmanager
+def _taskd_answer(what: str, status: int = 200) -> Iterator[None]:
+    """Raise InvalidResponse for an answer that cannot be read as `what`, rather than the parser's
+    own error (KeyError, cattrs' ClassValidationError...), which a caller catching TaskdError misses."""
+    try:
+        yield
+    except cattrs.BaseValidationError as exc:
+        raise InvalidResponse(status, f"not a {what}: {'; '.join(cattrs.transform_error(exc))}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidResponse(status, f"not a {what}: {type(exc).__name__} {exc}") from exc
+
+
+def _structure(cls: type[_Shape], body: Any) -> _Shape:
+    with _taskd_answer(cls.__name__):
+        known = {field.name for field in attrs.fields(cls)}
+        fields = {k: v for k, v in body.items() if k in known}
+        if "raw" in known:
+            fields["raw"] = body
+        return _converter.structure(fields, cls)
 
 
 def _segment(value: str) -> str:
@@ -406,8 +442,15 @@ class _StreamUnavailable(Exception):
     """The server has no event stream for this (an older taskd, or a proxy that refuses it)."""
 
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """The stream's lines (LF or CRLF ended), however long.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def _too_large(status: int, what: str, limit: int) -> InvalidResponse:
+    return InvalidResponse(status, f"{what} over {limit} bytes (the client's max_response_bytes)")
+
+
+async def _lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[str]:
+    """The stream's lines (LF or CRLF ended), up to `limit` bytes each.
 
     aiohttp's own line reading gives up on a line past twice its read buffer (128 KiB) with
     LineTooLong, and a `completed` event carries the task's result, up to the server's
@@ -415,43 +458,63 @@ async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
     pieces of a long line are kept in a list and joined once, so reading one is linear in its size.
     """
     pieces: list[bytes] = []
+    size = 0
     async for chunk in content.iter_any():
         *ended, rest = chunk.split(b"\n")
         for end in ended:
             pieces.append(end)
-            yield b"".join(pieces).removesuffix(b"\r").decode("utf-8")
-            pieces = []
+            # As the SSE standard decodes: a byte that is not UTF-8 is U+FFFD, not an error.
+            yield b"".join(pieces).removesuffix(b"\r").decode("utf-8", errors="replace")
+            pieces, size = [], 0
         if rest:
             pieces.append(rest)
+            size += len(rest)
+            if size > limit:  # a line that never ends would otherwise be held whole
+                raise _too_large(200, "an event stream line", limit)
 
 
-async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, str, str]]:
-    """(id, event, data) of each event of a text/event-stream response."""
+async def _sse(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[tuple[str | None, str, str]]:
+    """(id, event, data) of each event of a text/event-stream response, up to `limit` bytes each."""
     event_id: str | None = None
     name, data = "message", list[str]()
-    async for line in _lines(response.content):
+    size = 0
+    async for line in _lines(response.content, limit):
         if not line:
             if data:
                 yield event_id, name, "\n".join(data)
-            name, data = "message", []
+            name, data, size = "message", [], 0
             continue
         if line.startswith(":"):
             continue
         field, _, value = line.partition(":")
         value = value.removeprefix(" ")
-        if field == "id":
+        if field == "id" and not _CONTROL.search(value):
+            # An id is sent back as the Last-Event-ID header, which cannot carry a control
+            # character (aiohttp refuses it with ValueError); SSE ignores an id holding NUL too.
             event_id = value or None
         elif field == "event":
             name = value
         elif field == "data":
             data.append(value)
+            size += len(value)
+            if size > limit:  # data lines that never end their event
+                raise _too_large(200, "an event", limit)
+
+
+async def _deliver(on_event: Callable[[TaskEvent], Any], event: TaskEvent) -> None:
+    """Give `event` to wait's `on_event`, awaiting what it returns if that is awaitable."""
+    outcome = on_event(event)
+    if inspect.isawaitable(outcome):
+        await outcome
 
 
 class TaskClient:
     """An async client of one taskd server; use `async with` (or call `close`).
 
     `retries`: how many more times a request refused with 429 or 503 is sent; `max_retry_wait`:
-    the longest Retry-After waited for (a longer one raises at once, as the last refusal does).
+    the longest Retry-After waited for (a longer one raises at once, as the last refusal does);
+    `max_response_bytes`: the largest answer, or event of a stream, read (a larger one raises
+    InvalidResponse).
     """
 
     def __init__(
@@ -463,6 +526,7 @@ class TaskClient:
         session: aiohttp.ClientSession | None = None,
         retries: int = 3,
         max_retry_wait: float = 60.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         if retries < 0 or max_retry_wait < 0:
             raise ValueError("retries and max_retry_wait must not be negative")
@@ -476,6 +540,7 @@ class TaskClient:
         self.timeout = timeout
         self.retries = retries
         self.max_retry_wait = max_retry_wait
+        self.max_response_bytes = max_response_bytes
         self._session = session
         self._own_session = session is None
 
@@ -561,16 +626,30 @@ class TaskClient:
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         headers.update(extra_headers or {})
-        # A request the server holds on purpose (Prefer: wait) may take that much longer.
-        timeout = aiohttp.ClientTimeout(total=self.timeout + extra_time) if extra_time else None
+        # Always given: aiohttp reads timeout=None as "no limit at all", not as the session's. A
+        # request the server holds on purpose (Prefer: wait) may take that much longer.
+        timeout = aiohttp.ClientTimeout(total=self.timeout + extra_time)
         try:
             async with self.session.request(
-                method, self._url(path), data=data, params=params, headers=headers, timeout=timeout
+                method,
+                self._url(path),
+                data=data,
+                params=params,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
             ) as response:
-                raw = await response.read()
+                self._refuse_redirect(response)
+                raw = await self._read(response)
                 try:
                     body = orjson.loads(raw) if raw else {}
                 except orjson.JSONDecodeError:
+                    if response.status in ok:
+                        raise InvalidResponse(
+                            response.status,
+                            f"taskd at {self._shown} answered {response.status} with "
+                            f"{response.content_type}, not JSON",
+                        ) from None
                     body = {"error": "http_error", "message": raw.decode(errors="replace")[:500]}
                 if response.status not in ok:
                     raise error_for(response.status, body, response.headers.get("Retry-After"))
@@ -579,6 +658,33 @@ class TaskClient:
             raise TaskdConnectionError(f"cannot reach taskd at {self._shown}: {exc}") from exc
         except TimeoutError as exc:
             raise TaskdConnectionError(f"taskd at {self._shown} did not answer in {self.timeout} s") from exc
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The answer's body; InvalidResponse past max_response_bytes, before holding more."""
+        limit = self.max_response_bytes
+        if (response.content_length or 0) > limit:
+            raise _too_large(response.status, "an answer", limit)
+        pieces, size = [], 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > limit:  # sent without a Content-Length, or longer than it said
+                raise _too_large(response.status, "an answer", limit)
+            pieces.append(chunk)
+        return b"".join(pieces)
+
+    def _refuse_redirect(self, response: aiohttp.ClientResponse) -> None:
+        """Raise for a redirect rather than follow it: aiohttp would send the X-API-Key (and a
+        submit's body) along to whatever host the Location names, whoever answered with it."""
+        if 300 <= response.status < 400:
+            location = response.headers.get("Location", "nowhere")
+            raise TaskdError(
+                response.status,
+                {
+                    "error": "redirected",
+                    "message": f"taskd at {self._shown} redirected to {location} (not followed: "
+                    "the API key would go along); give the client the URL taskd answers at",
+                },
+            )
 
     async def submit(
         self,
@@ -666,7 +772,11 @@ class TaskClient:
             idempotency_key=idempotency_key,
             creates=True,
         )
-        return [_structure(Submitted, item) for item in answer["tasks"]]
+        with _taskd_answer("batch answer"):
+            submitted = [_structure(Submitted, item) for item in answer["tasks"]]
+        if len(submitted) != len(tasks):  # the answers are matched to the tasks by their order
+            raise InvalidResponse(200, f"not a batch answer: {len(submitted)} answers for {len(tasks)} tasks")
+        return submitted
 
     async def status(self, task_id: str) -> Task:
         """A task's status; raises TaskNotFoundError."""
@@ -702,11 +812,15 @@ class TaskClient:
         if task_type:
             params["task_type"] = task_type
         body = await self._request("GET", f"/api/v1/projects/{_segment(project_id)}/tasks", params=params)
-        return TaskPage(
-            tasks=[_structure(TaskSummary, item) for item in body["tasks"]],
-            **{name: body["pagination"][name] for name in ("page", "limit", "total", "total_pages")},
-            raw=body,
-        )
+        with _taskd_answer("TaskPage"):
+            listed = _structure(
+                TaskPage,
+                {
+                    "tasks": body["tasks"],
+                    **{name: body["pagination"][name] for name in ("page", "limit", "total", "total_pages")},
+                },
+            )
+        return attrs.evolve(listed, raw=body)
 
     async def health(self) -> Health:
         """Service health; an unhealthy service (503) is an answer too, not an error."""
@@ -719,7 +833,8 @@ class TaskClient:
     async def metrics(self) -> Metrics:
         """The cumulative task metrics."""
         body = await self._request("GET", "/api/v1/tasks/metrics")
-        metrics = _structure(Metrics, {**body["metrics"], "timestamp": body.get("timestamp")})
+        with _taskd_answer("Metrics"):
+            metrics = _structure(Metrics, {**body["metrics"], "timestamp": body.get("timestamp")})
         return attrs.evolve(metrics, raw=body)
 
     async def events(self, task_id: str, *, last_event_id: str | None = None) -> AsyncIterator[TaskEvent]:
@@ -744,22 +859,29 @@ class TaskClient:
             headers["Last-Event-ID"] = last_event_id
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=_STREAM_READ_TIMEOUT)
         try:
-            async with self.session.get(self._url(path), headers=headers, timeout=timeout) as response:
+            async with self.session.get(
+                self._url(path), headers=headers, timeout=timeout, allow_redirects=False
+            ) as response:
+                self._refuse_redirect(response)
                 if response.status == 204:
                     return
                 if response.status != 200:
-                    raw = await response.read()
+                    raw = await self._read(response)
                     try:
                         body = orjson.loads(raw)
                     except orjson.JSONDecodeError:
                         body = {"error": "http_error", "message": raw.decode(errors="replace")[:500]}
-                    if response.status in (404, 405) and body.get("error") != "task_not_found":
+                    if response.status in (404, 405) and (
+                        not isinstance(body, dict) or body.get("error") != "task_not_found"
+                    ):
                         raise _StreamUnavailable(path)
                     raise error_for(response.status, body, response.headers.get("Retry-After"))
                 if not response.content_type.startswith("text/event-stream"):
                     raise _StreamUnavailable(path)
-                async for event_id, name, data in _sse(response):
-                    yield _structure(TaskEvent, {**orjson.loads(data), "id": event_id, "type": name})
+                async for event_id, name, data in _sse(response, self.max_response_bytes):
+                    with _taskd_answer("TaskEvent"):
+                        fields = {**orjson.loads(data), "id": event_id, "type": name}
+                    yield _structure(TaskEvent, fields)
         except aiohttp.ClientError as exc:
             raise TaskdConnectionError(f"event stream from {self._shown} broke: {exc}") from exc
         except TimeoutError as exc:
@@ -778,7 +900,8 @@ class TaskClient:
 
         Events come over SSE (resumed with `Last-Event-ID` after a dropped connection); when the
         stream is not available, the status is polled every `poll_interval` seconds instead.
-        `on_event` is called with each TaskEvent. Raises TaskFailed / TaskCancelled (with `.task`)
+        `on_event` is called with each TaskEvent (and awaited when it returns an awaitable: the
+        stream is then read no faster than it takes them). Raises TaskFailed / TaskCancelled (with `.task`)
         unless `raise_on_failure` is false, and TimeoutError after `timeout` seconds.
         """
         async with asyncio.timeout(timeout):
@@ -796,28 +919,34 @@ class TaskClient:
     async def _follow_stream(self, task_id: str, on_event: Callable[[TaskEvent], Any] | None) -> None:
         """Return once the terminal event was seen, or the task has ended; reconnect in between."""
         last_id: str | None = None
-        failures = 0
+        failures = early_ends = 0
         while True:
-            received = False
             try:
                 async for event in self.events(task_id, last_event_id=last_id):
-                    received, failures = True, 0
+                    failures = 0
                     last_id = event.id or last_id
                     if on_event is not None:
-                        on_event(event)
+                        await _deliver(on_event, event)
                     if event.is_terminal:
                         return
-            except TaskdConnectionError:
+            except TaskdError as exc:
+                if not isinstance(exc, TaskdConnectionError) and exc.status not in _STREAM_PASSING:
+                    raise
                 failures += 1
                 if failures >= _STREAM_RETRIES:
                     raise _StreamUnavailable(task_id) from None
-                await asyncio.sleep(exponential_delay(failures, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP))
+                delay = exponential_delay(failures, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP)
+                if isinstance(exc, RateLimited) and exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, self.max_retry_wait))
+                await asyncio.sleep(delay)
                 continue
             # The stream ended early (a server restart) or had nothing more to send (204).
             if (await self.status(task_id)).is_terminal:
                 return
-            if not received:
-                await asyncio.sleep(0.5)
+            # A pause growing to 2 s before reconnecting: a server or proxy that ends every stream
+            # after an event or none would otherwise be asked again as fast as it answers.
+            early_ends += 1
+            await asyncio.sleep(exponential_delay(early_ends, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP))
 
     async def _poll(self, task_id: str, on_event: Callable[[TaskEvent], Any] | None, interval: float) -> None:
         seen: tuple[Any, ...] | None = None
@@ -825,7 +954,7 @@ class TaskClient:
             task = await self.status(task_id)
             if on_event is not None and (task.status, task.progress, task.current_step) != seen:
                 seen = (task.status, task.progress, task.current_step)
-                on_event(TaskEvent.from_task(task))
+                await _deliver(on_event, TaskEvent.from_task(task))
             if task.is_terminal:
                 return
             await asyncio.sleep(interval)

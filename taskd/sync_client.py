@@ -24,12 +24,41 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
-from taskd.client import DEFAULT_URL, Task, TaskClient, TaskEvent
+from taskd.client import DEFAULT_URL, MAX_RESPONSE_BYTES, Task, TaskClient, TaskEvent
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 # Put after the last event: the coroutine that produced them has returned or raised.
 _END = object()
+# Events read from the stream and not yet taken by the caller's thread: past this, the client's
+# loop waits for the caller (the stream is read no faster), so memory stays bounded and a wait's
+# timeout is late by at most this many of the caller's callbacks.
+_ROOM = 16
+
+
+class _HandOver:
+    """Events from the client's loop to the caller's thread, at most _ROOM of them waiting."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._room = asyncio.Semaphore(_ROOM)
+
+    async def put(self, item: Any) -> None:
+        """On the client's loop: wait until the caller has taken enough, then hand `item` over."""
+        await self._room.acquire()
+        self._items.put(item)
+
+    def end(self, _: object = None) -> None:
+        """From any thread (a future's done callback): nothing comes after this."""
+        self._items.put(_END)
+
+    def get(self) -> Any:
+        """In the caller's thread: the next item, or _END."""
+        item = self._items.get()
+        if item is not _END:
+            self._loop.call_soon_threadsafe(self._room.release)
+        return item
 
 
 def _blocking(
@@ -56,9 +85,15 @@ class SyncTaskClient:
         timeout: float = 60.0,
         retries: int = 3,
         max_retry_wait: float = 60.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.client = TaskClient(
-            url, api_key, timeout=timeout, retries=retries, max_retry_wait=max_retry_wait
+            url,
+            api_key,
+            timeout=timeout,
+            retries=retries,
+            max_retry_wait=max_retry_wait,
+            max_response_bytes=max_response_bytes,
         )
         self._loop = asyncio.new_event_loop()
         # A daemon thread: a program that forgets `close` still exits.
@@ -120,7 +155,7 @@ class SyncTaskClient:
         `on_event` is called in this thread with each TaskEvent; an exception it raises stops the
         wait and is raised here.
         """
-        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        events = _HandOver(self._loop)
         future = self._start(
             self.client.wait(
                 task_id,
@@ -130,7 +165,7 @@ class SyncTaskClient:
                 raise_on_failure=raise_on_failure,
             )
         )
-        future.add_done_callback(lambda _: events.put(_END))
+        future.add_done_callback(events.end)
         try:
             while (event := events.get()) is not _END:
                 if on_event is not None:
@@ -149,14 +184,14 @@ class SyncTaskClient:
 
     def _iterate(self, source: AsyncIterator[TaskEvent]) -> Iterator[TaskEvent]:
         """Yield what `source` yields on the client's loop; leaving the loop early closes the stream."""
-        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        events = _HandOver(self._loop)
 
         async def pump() -> None:
             async for event in source:
-                events.put(event)
+                await events.put(event)
 
         future = self._start(pump())
-        future.add_done_callback(lambda _: events.put(_END))
+        future.add_done_callback(events.end)
         try:
             while (event := events.get()) is not _END:
                 yield event

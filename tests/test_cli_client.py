@@ -12,7 +12,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from aiohttp import web
 from conftest import API_KEY
+from fake_taskd import Handler, fake_taskd
 
 from taskd.cli_client import ProgressView
 from taskd.client import TaskEvent, TaskStatus
@@ -592,3 +594,115 @@ async def test_a_malformed_url_or_key_is_a_usage_error_in_one_line(url, key):
     assert run.code == 2
     [line] = run.err.splitlines()
     assert line.startswith(("taskd: --url:", "taskd: --api-key:"))
+
+
+# Against a server that is not taskd (a proxy, a wrong URL, a compromised host).
+
+HOSTILE = "t\x1b]0;owned\x07\x1b[2J\r\nforged\u202e"
+SHOWN_RAW = "\x1b\x07\r\u202e"
+
+
+def answering(body: object, status: int = 200) -> Handler:
+    async def answer(_: web.Request) -> web.Response:
+        return web.json_response(body, status=status)
+
+    return answer
+
+
+async def test_text_output_writes_out_the_control_characters_of_what_a_server_sent():
+    summary = {"task_id": HOSTILE, "project_id": "p", "task_type": HOSTILE, "status": "queued"}
+    routes = {
+        "/api/v1/projects/p/tasks": answering(
+            {"tasks": [summary], "pagination": {"page": 1, "limit": 20, "total": 1, "total_pages": 1}}
+        ),
+        "/api/v1/tasks/submit": answering({"task_id": HOSTILE, "status": "queued", "project_id": "p"}),
+        "/api/v1/tasks/t1/retry": answering(
+            {"new_task_id": HOSTILE, "original_task_id": "t1", "status": "queued", "message": "ok"}
+        ),
+        "/api/v1/tasks/t1": answering({"task_id": HOSTILE, "status": "cancelled", "message": "ok"}),
+        "/api/v1/health": answering(
+            {
+                "status": HOSTILE,
+                "redis_status": HOSTILE,
+                "worker_count": 1,
+                "queue_sizes": {HOSTILE: 1},
+                "system_load": {"gpu_utilization": [HOSTILE]},
+                "uptime": 1,
+            }
+        ),
+        "/api/v1/tasks/health": answering({"status": "healthy", "metrics": {}, "alerts": []}),
+    }
+    async with fake_taskd(routes) as url:
+        runs = [
+            await taskd_cli("tasks", "p", url=url),
+            await taskd_cli("submit", "--project", "p", "--type", "x", "--data", "{}", url=url),
+            await taskd_cli("retry", "t1", url=url),
+            await taskd_cli("cancel", "t1", url=url),
+            await taskd_cli("health", url=url),
+        ]
+
+    for run in runs:
+        assert "Traceback" not in run.err
+        assert "\\x1b]0;owned\\x07" in run.out
+        assert not any(char in run.out + run.err for char in SHOWN_RAW)
+
+
+async def test_status_reads_a_progress_sent_as_a_string_as_its_number():
+    task = {"task_id": "t1", "project_id": "p", "status": "processing", "progress": "0.5"}
+    async with fake_taskd({"/api/v1/tasks/t1/status": answering(task)}) as url:
+        run = await taskd_cli("status", "t1", url=url)
+
+    assert run.code == 0, run.err
+    assert "progress:        50%" in run.out
+
+
+async def test_error_details_that_are_not_an_object_exit_3_in_one_line():
+    refused = answering({"error": "validation_error", "message": "bad", "details": ["x"]}, status=400)
+    async with fake_taskd({"/api/v1/tasks/t1/status": refused}) as url:
+        run = await taskd_cli("status", "t1", url=url)
+
+    assert run.code == 3
+    assert run.err.splitlines() == ["taskd: 400 validation_error: bad"]
+
+
+@pytest.mark.parametrize("progress", [1e9, -5.0, float("inf"), float("nan")])
+def test_the_progress_bar_stays_its_width_whatever_progress_the_server_sent(progress):
+    out = io.StringIO()
+    view = ProgressView(out, tty=True)
+
+    view(event(progress, "step"))
+
+    assert len(out.getvalue()) < 80
+
+
+async def test_a_proxys_html_error_page_is_one_line_exit_3():
+    async def bad_gateway(_: web.Request) -> web.Response:
+        page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\nstatus: completed\n</html>"
+        return web.Response(text=page, status=502, content_type="text/html")
+
+    async with fake_taskd({"/api/v1/tasks/t1/status": bad_gateway}) as url:
+        run = await taskd_cli("status", "t1", url=url)
+
+    assert run.code == 3
+    [line] = run.err.splitlines()
+    assert line.startswith("taskd: 502 http_error: <html>\\x0d\\x0a<head><title>502 Bad Gateway")
+
+
+async def test_an_idempotency_key_holding_a_line_break_is_a_usage_error_in_one_line():
+    run = await taskd_cli(
+        "submit",
+        "--project",
+        "p",
+        "--type",
+        "noop",
+        "--data",
+        "{}",
+        "--idempotency-key",
+        "a\r\nX-Injected: 1",
+        url="http://127.0.0.1:1",
+    )
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        "taskd: --idempotency-key: it holds a line break or another control character"
+    ]
