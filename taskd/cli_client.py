@@ -226,7 +226,8 @@ class Pipeline:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            document = tomllib.loads(Path(path).read_bytes().decode())
+            # utf-8-sig: the byte order mark some editors begin a file with is not TOML's to read.
+            document = tomllib.loads(Path(path).read_bytes().decode("utf-8-sig"))
         except OSError as exc:
             raise UsageError(f"cannot read {path}: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -1006,8 +1006,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:  # not readable by taskd's user, gone since it was found
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     try:
-        # TOML is UTF-8 whatever the locale says (a bare read_text() would decode by the locale).
-        text = data.decode("utf-8")
+        # TOML is UTF-8 whatever the locale says (a bare read_text() would decode by the locale);
+        # utf-8-sig: the byte order mark some editors begin a file with is not TOML's to read.
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 (at byte {exc.start})") from None
     try:

@@ -436,6 +436,15 @@ async def test_run_submits_a_pipeline_file_prints_the_ids_and_follows_the_chain_
     assert (await taskd.status(ids[2]))["result"] == {"text": "rain!?!", "length": 7}
 
 
+async def test_run_reads_a_pipeline_file_an_editor_began_with_a_byte_order_mark(taskd, tmp_path: Path):
+    (tmp_path / "pipeline.toml").write_bytes(b"\xef\xbb\xbf" + CHAIN.encode())
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    assert len(run.out.split()) == 3
+
+
 async def test_run_a_pipeline_whose_ref_names_an_unknown_step_exits_2_with_one_line(taskd, tmp_path: Path):
     (tmp_path / "pipeline.toml").write_text(CHAIN.replace("second#/text", "voice#/text"))
 

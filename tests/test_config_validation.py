@@ -416,6 +416,13 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
     assert str(raised.value) == f"config file {path} is not UTF-8 (at byte 15)"
 
 
+def test_a_config_file_an_editor_began_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "taskd.toml"
+    path.write_bytes(b"\xef\xbb\xbf[http]\nport = 8123\n")
+
+    assert load_config(str(path), environ={}).http.port == 8123
+
+
 def test_a_config_path_that_is_a_directory_says_so(tmp_path):
     with pytest.raises(ConfigError) as raised:
         load_config(str(tmp_path), environ={})
