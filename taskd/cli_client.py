@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE, EXIT_API_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 BAR_WIDTH = 30
+# Seconds the status read after a `--timeout` that ran out may take (see _await_end).
+LAST_LOOK_TIMEOUT = 2.0
 
 Command = Callable[["TaskClient", argparse.Namespace], Awaitable[int]]
 
@@ -129,8 +131,16 @@ async def _await_end(client: TaskClient, task_id: str, timeout: float | None, js
     except TimeoutError:
         # The time may have run out before the first answer, not before the task's end (`--timeout
         # 0`, or a pipeline's deadline spent on an earlier step while this one ended): one read says.
-        task = await client.status(task_id)
-        if task.is_terminal:
+        # A short one: a server that stopped answering may be why the time ran out, and the client's
+        # own timeout (60 s) would keep `--timeout` waiting that much longer.
+        from taskd.client import TaskdConnectionError
+
+        try:
+            async with asyncio.timeout(LAST_LOOK_TIMEOUT):
+                task = await client.status(task_id)
+        except (TimeoutError, TaskdConnectionError):
+            task = None
+        if task is not None and task.is_terminal:
             return task
         _note(f"taskd: task {task_id} did not end within {timeout} s")
         return None

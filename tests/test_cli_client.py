@@ -152,6 +152,31 @@ async def test_wait_whose_timeout_runs_out_after_the_task_ended_prints_its_resul
     assert run.json()["ok"] is True
 
 
+async def test_wait_whose_timeout_runs_out_on_a_server_that_stopped_answering_exits_4_at_once():
+    release = asyncio.Event()
+
+    async def hang(_: web.Request) -> web.Response:
+        await release.wait()  # the stream and the status read alike: a hung server or proxy
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/tasks/{task_id}/events", hang)
+    app.router.add_get("/api/v1/tasks/{task_id}/status", hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        # taskd_cli gives up after 30 s: the read after the timeout must not take the client's 60 s.
+        run = await taskd_cli("wait", "t1", "--timeout", "1", url=f"http://{host}:{port}")
+    finally:
+        release.set()
+        await runner.cleanup()
+
+    assert run.code == 4, run.err
+    assert run.err == "taskd: task t1 did not end within 1.0 s\n"
+
+
 async def test_status_json_is_the_status_body(taskd):
     task = await taskd.submit("noop", {})
     body = await taskd.wait_terminal(task["task_id"])

@@ -23,8 +23,9 @@ from taskd.config import (
 )
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
+from taskd.providers import video
 from taskd.providers.http import JSON_REPLY_LIMIT, ProviderError
-from taskd.providers.video_api import ProviderCalls
+from taskd.providers.video_api import ProviderCalls, VideoRequest
 from taskd.tasks.builtin import generate_video, render_animation
 from taskd.tasks.builtin.generate_video import CharacterPosition, GenerateVideoInput
 from taskd.tasks.builtin.render_animation import Keyframe, RenderAnimationInput
@@ -269,6 +270,31 @@ async def test_a_task_stopped_while_its_create_is_in_flight_cancels_the_job_it_m
 
     assert api.cancelled == ["job_1"]
     assert api.active == 0
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_task_stopped_as_its_create_answers_cancels_the_job_it_made(
+    tmp_path, http, api, protocol, monkeypatch
+):
+    render = video.renderer(config_for(tmp_path, provider(api, protocol)), http)
+    assert render is not None
+    create, made = render._api.create, []
+
+    async def create_and_note(request: VideoRequest) -> str:
+        made.append(await create(request))
+        return made[-1]
+
+    monkeypatch.setattr(render._api, "create", create_and_note)
+    creating = asyncio.create_task(render._create(VideoRequest("a dark alley", 4, 1280, 720, 24)))
+    while not made:
+        await asyncio.sleep(0)
+
+    # The create has its answer, but the stop reaches the task before it resumes with it.
+    creating.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await creating
+
+    assert api.cancelled == made == ["job_1"]
 
 
 async def test_a_job_whose_polls_keep_failing_is_cancelled_before_the_task_fails(tmp_path, http, api):

@@ -21,8 +21,8 @@ async def publish(
 
     The store's upload, then, with `[payload]` configured, the CMS upload, whose failure is reported
     as `metadata.payload_error` and a null `payload_media_id`. The CMS upload runs on the task's own
-    loop, not in the store's thread: a cancel or a time limit stops it, so a task that did not
-    complete leaves no CMS document behind.
+    loop, not in the store's thread: a cancel or a time limit stops it (a CMS that has the whole
+    file by then still makes its document: docs/media.md).
     """
     # Storing copies or sends the whole file: in a thread, so the API keeps answering meanwhile.
     stored = await asyncio.to_thread(_store, config, project_id, source, filename)

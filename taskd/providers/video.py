@@ -191,8 +191,10 @@ class ProviderRenderer:
             return await asyncio.shield(creating)
         except BaseException:
             # The provider may make the job all the same (a real one does once it has the request):
-            # its id comes only with the answer, and without a cancel the job runs on, paid for.
-            if not creating.done():
+            # its id comes only with the answer, and without a cancel the job runs on, paid for. The
+            # answer may also be in already, the stop reaching this task before it resumed with it:
+            # a create that failed has no job (_cancel_created reads its error and cancels nothing).
+            if not creating.cancelled():
                 await asyncio.shield(self._cancel_created(creating))
             raise
 
