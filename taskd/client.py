@@ -929,6 +929,11 @@ class TaskClient:
                         await _deliver(on_event, event)
                     if event.is_terminal:
                         return
+                # The stream ended early (a server restart) or had nothing more to send (204). Asked
+                # within this try: a taskd that is restarting refuses this request as it refuses a
+                # stream, and that is one more failed connection, not the end of the wait.
+                if (await self.status(task_id)).is_terminal:
+                    return
             except TaskdError as exc:
                 if not isinstance(exc, TaskdConnectionError) and exc.status not in _STREAM_PASSING:
                     raise
@@ -940,9 +945,6 @@ class TaskClient:
                     delay = max(delay, min(exc.retry_after, self.max_retry_wait))
                 await asyncio.sleep(delay)
                 continue
-            # The stream ended early (a server restart) or had nothing more to send (204).
-            if (await self.status(task_id)).is_terminal:
-                return
             # A pause growing to 2 s before reconnecting: a server or proxy that ends every stream
             # after an event or none would otherwise be asked again as fast as it answers.
             early_ends += 1

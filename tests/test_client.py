@@ -10,6 +10,7 @@ import httpx
 import pytest
 from aiohttp import web
 from conftest import API_KEY
+from fake_taskd import event_stream, fake_taskd
 
 from taskd import keys
 from taskd.client import (
@@ -451,6 +452,34 @@ async def test_wait_resumes_a_dropped_stream_with_last_event_id():
     assert server.last_event_ids == [None, "1-2"]
     assert [event.id for event in seen] == ["1-1", "1-2", "1-3"]
     assert task.status is TaskStatus.COMPLETED
+
+
+async def test_wait_rides_out_a_restart_that_refuses_the_status_asked_after_its_stream_ended():
+    streams = 0
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        nonlocal streams
+        streams += 1
+        status = "processing" if streams == 1 else "completed"
+        data = b'{"task_id": "t1", "project_id": "p", "status": "' + status.encode() + b'"}'
+        return await event_stream(
+            request, b"id: 1-" + str(streams).encode() + b"\nevent: status\ndata: " + data + b"\n\n"
+        )
+
+    async def status(request: web.Request) -> web.Response:
+        # Asked while taskd restarts (the first stream ended, no other came yet): the connection
+        # drops, every time (aiohttp sends a request dropped on a reused connection once more).
+        if streams == 1:
+            assert request.transport is not None
+            request.transport.close()
+        return web.json_response({"task_id": "t1", "project_id": "p", "status": "completed"})
+
+    routes = {"/api/v1/tasks/t1/events": events, "/api/v1/tasks/t1/status": status}
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY) as client:
+        task = await client.wait("t1", timeout=10)
+
+    assert task.status is TaskStatus.COMPLETED
+    assert streams == 2
 
 
 async def test_wait_polls_the_status_when_the_server_has_no_event_stream():
