@@ -543,6 +543,7 @@ class TaskClient:
         self.max_response_bytes = max_response_bytes
         self._session = session
         self._own_session = session is None
+        self._streams: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -555,6 +556,9 @@ class TaskClient:
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
+        if self._streams is not None:
+            await self._streams.close()
+            self._streams = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -562,6 +566,19 @@ class TaskClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
+
+    @property
+    def _stream_session(self) -> aiohttp.ClientSession:
+        """The session event streams are read with: a pool of their own, without a size limit (each
+        open stream holds its connection whatever the pool). In the requests' pool, 100 open streams
+        (aiohttp's limit) left every request waiting for a connection until a stream ended, and then
+        raising TaskdConnectionError after `timeout` without taskd ever being asked. A caller's
+        `session` is used for both."""
+        if not self._own_session:
+            return self.session
+        if self._streams is None:
+            self._streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self._streams
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {"X-API-Key": self.api_key, **(extra or {})}
@@ -859,7 +876,7 @@ class TaskClient:
             headers["Last-Event-ID"] = last_event_id
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=_STREAM_READ_TIMEOUT)
         try:
-            async with self.session.get(
+            async with self._stream_session.get(
                 self._url(path), headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 self._refuse_redirect(response)

@@ -482,6 +482,36 @@ async def test_wait_rides_out_a_restart_that_refuses_the_status_asked_after_its_
     assert streams == 2
 
 
+async def test_a_request_is_answered_while_a_hundred_waits_hold_their_streams_open():
+    opened = 0
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        nonlocal opened
+        opened += 1
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(3600)  # a long task: its stream stays open
+        return response
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response({"task_id": "t1", "project_id": "p", "status": "processing"})
+
+    routes = {"/api/v1/tasks/{task_id}/events": silent, "/api/v1/tasks/{task_id}/status": status}
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY, timeout=2) as client:
+        waits = [asyncio.create_task(client.wait(f"t{n}")) for n in range(100)]
+        try:
+            async with asyncio.timeout(10):
+                while opened < 100:
+                    await asyncio.sleep(0.05)
+            task = await client.status("t1")
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    assert task.status is TaskStatus.PROCESSING
+
+
 async def test_wait_polls_the_status_when_the_server_has_no_event_stream():
     server = ScriptedServer(streams=False)
     async with server as url, TaskClient(url, API_KEY) as client:
