@@ -439,7 +439,17 @@ class TaskEvent:
 
 
 class _StreamUnavailable(Exception):
-    """The server has no event stream for this (an older taskd, or a proxy that refuses it)."""
+    """The server has no event stream for this (an older taskd, or a proxy that refuses it);
+    `answered`: whether taskd answered in this wait before (not a URL where nothing ever answers)."""
+
+    def __init__(self, what: str, *, answered: bool = True) -> None:
+        super().__init__(what)
+        self.answered = answered
+
+
+def _passing(refusal: TaskdError) -> bool:
+    """Whether a refusal is one a restart or a moment without Redis gives, that wait rides out."""
+    return isinstance(refusal, TaskdConnectionError) or refusal.status in _STREAM_PASSING
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
@@ -924,8 +934,11 @@ class TaskClient:
         async with asyncio.timeout(timeout):
             try:
                 await self._follow_stream(task_id, on_event)
-            except _StreamUnavailable:
-                await self._poll(task_id, on_event, poll_interval)
+            except _StreamUnavailable as unavailable:
+                # Once taskd has answered, a taskd that cannot be reached is one restarting (the old
+                # process drains its jobs for up to 30 s): polled through for `self.timeout` seconds.
+                ride_out = self.timeout if unavailable.answered else 0.0
+                await self._poll(task_id, on_event, poll_interval, ride_out)
             task = await self.status(task_id)
         if raise_on_failure and task.status is TaskStatus.FAILED:
             raise TaskFailed(task)
@@ -937,10 +950,11 @@ class TaskClient:
         """Return once the terminal event was seen, or the task has ended; reconnect in between."""
         last_id: str | None = None
         failures = early_ends = 0
+        answered = False
         while True:
             try:
                 async for event in self.events(task_id, last_event_id=last_id):
-                    failures = 0
+                    failures, answered = 0, True
                     last_id = event.id or last_id
                     if on_event is not None:
                         await _deliver(on_event, event)
@@ -951,12 +965,13 @@ class TaskClient:
                 # stream, and that is one more failed connection, not the end of the wait.
                 if (await self.status(task_id)).is_terminal:
                     return
+                answered = True
             except TaskdError as exc:
-                if not isinstance(exc, TaskdConnectionError) and exc.status not in _STREAM_PASSING:
+                if not _passing(exc):
                     raise
                 failures += 1
                 if failures >= _STREAM_RETRIES:
-                    raise _StreamUnavailable(task_id) from None
+                    raise _StreamUnavailable(task_id, answered=answered) from None
                 delay = exponential_delay(failures, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP)
                 if isinstance(exc, RateLimited) and exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, self.max_retry_wait))
@@ -967,10 +982,24 @@ class TaskClient:
             early_ends += 1
             await asyncio.sleep(exponential_delay(early_ends, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP))
 
-    async def _poll(self, task_id: str, on_event: Callable[[TaskEvent], Any] | None, interval: float) -> None:
+    async def _poll(
+        self, task_id: str, on_event: Callable[[TaskEvent], Any] | None, interval: float, ride_out: float
+    ) -> None:
+        """Ask the status every `interval` s until the task ends; a refusal that passes (`_passing`)
+        is asked again until none was answered for `ride_out` seconds, then raised."""
         seen: tuple[Any, ...] | None = None
+        unanswered_since: float | None = None
         while True:
-            task = await self.status(task_id)
+            try:
+                task = await self.status(task_id)
+            except TaskdError as exc:
+                now = time.monotonic()
+                unanswered_since = now if unanswered_since is None else unanswered_since
+                if not _passing(exc) or now - unanswered_since >= ride_out:
+                    raise
+                await asyncio.sleep(interval)
+                continue
+            unanswered_since = None
             if on_event is not None and (task.status, task.progress, task.current_step) != seen:
                 seen = (task.status, task.progress, task.current_step)
                 await _deliver(on_event, TaskEvent.from_task(task))

@@ -482,6 +482,50 @@ async def test_wait_rides_out_a_restart_that_refuses_the_status_asked_after_its_
     assert streams == 2
 
 
+async def test_wait_polls_through_a_restart_longer_than_its_stream_reconnections(monkeypatch):
+    # The reconnections' pauses made short: what matters is that they all fail, then the polls too.
+    monkeypatch.setattr("taskd.client._STREAM_RETRY_FIRST", 0.01)
+    monkeypatch.setattr("taskd.client._STREAM_RETRY_CAP", 0.01)
+    streams = dropped = 0
+
+    def restarting(request: web.Request) -> bool:
+        """Drop the connection while taskd restarts: from its first stream's end, 20 requests long."""
+        nonlocal dropped
+        if streams == 0 or dropped >= 20:
+            return False
+        dropped += 1
+        assert request.transport is not None
+        request.transport.close()
+        return True
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        nonlocal streams
+        if restarting(request):
+            return web.Response()
+        streams += 1
+        running = b'{"task_id": "t1", "project_id": "p", "status": "processing"}'
+        return await event_stream(request, b"id: 1-1\nevent: status\ndata: " + running + b"\n\n")
+
+    async def status(request: web.Request) -> web.Response:
+        restarting(request)
+        return web.json_response({"task_id": "t1", "project_id": "p", "status": "completed"})
+
+    routes = {"/api/v1/tasks/t1/events": events, "/api/v1/tasks/t1/status": status}
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY, timeout=10) as client:
+        task = await client.wait("t1", timeout=20, poll_interval=0.01)
+
+    assert task.status is TaskStatus.COMPLETED
+    assert dropped == 20
+
+
+async def test_wait_on_a_url_where_nothing_ever_answered_raises_without_polling_through(monkeypatch):
+    monkeypatch.setattr("taskd.client._STREAM_RETRY_FIRST", 0.01)
+    monkeypatch.setattr("taskd.client._STREAM_RETRY_CAP", 0.01)
+    async with TaskClient("http://127.0.0.1:1", API_KEY, timeout=30) as client:
+        with pytest.raises(TaskdConnectionError):
+            await client.wait("t1", timeout=10)
+
+
 async def test_a_request_is_answered_while_a_hundred_waits_hold_their_streams_open():
     opened = 0
 
