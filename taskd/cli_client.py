@@ -142,7 +142,7 @@ async def _await_end(client: TaskClient, task_id: str, timeout: float | None, js
             task = None
         if task is not None and task.is_terminal:
             return task
-        _note(f"taskd: task {task_id} did not end within {timeout} s")
+        _note(f"taskd: task {printable(task_id)} did not end within {timeout} s")
         return None
     finally:
         if view is not None:
@@ -425,7 +425,7 @@ async def cmd_retry(client: TaskClient, args: argparse.Namespace) -> int:
         _print_json(retried.raw)
     else:
         print(printable(retried.new_task_id))
-        _note(retried.message)
+        _note(printable(retried.message))  # the server's: one line, whatever it sent
     return EXIT_OK
 
 

@@ -439,7 +439,17 @@ class TaskEvent:
 
 
 class _StreamUnavailable(Exception):
-    """The server has no event stream for this (an older taskd, or a proxy that refuses it)."""
+    """The server has no event stream for this (an older taskd, or a proxy that refuses it);
+    `answered`: whether taskd answered in this wait before (not a URL where nothing ever answers)."""
+
+    def __init__(self, what: str, *, answered: bool = True) -> None:
+        super().__init__(what)
+        self.answered = answered
+
+
+def _passing(refusal: TaskdError) -> bool:
+    """Whether a refusal is one a restart or a moment without Redis gives, that wait rides out."""
+    return isinstance(refusal, TaskdConnectionError) or refusal.status in _STREAM_PASSING
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
@@ -543,6 +553,7 @@ class TaskClient:
         self.max_response_bytes = max_response_bytes
         self._session = session
         self._own_session = session is None
+        self._streams: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -555,6 +566,9 @@ class TaskClient:
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
+        if self._streams is not None:
+            await self._streams.close()
+            self._streams = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -562,6 +576,19 @@ class TaskClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
+
+    @property
+    def _stream_session(self) -> aiohttp.ClientSession:
+        """The session event streams are read with: a pool of their own, without a size limit (each
+        open stream holds its connection whatever the pool). In the requests' pool, 100 open streams
+        (aiohttp's limit) left every request waiting for a connection until a stream ended, and then
+        raising TaskdConnectionError after `timeout` without taskd ever being asked. A caller's
+        `session` is used for both."""
+        if not self._own_session:
+            return self.session
+        if self._streams is None:
+            self._streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        return self._streams
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {"X-API-Key": self.api_key, **(extra or {})}
@@ -859,7 +886,7 @@ class TaskClient:
             headers["Last-Event-ID"] = last_event_id
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=_STREAM_READ_TIMEOUT)
         try:
-            async with self.session.get(
+            async with self._stream_session.get(
                 self._url(path), headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 self._refuse_redirect(response)
@@ -907,8 +934,11 @@ class TaskClient:
         async with asyncio.timeout(timeout):
             try:
                 await self._follow_stream(task_id, on_event)
-            except _StreamUnavailable:
-                await self._poll(task_id, on_event, poll_interval)
+            except _StreamUnavailable as unavailable:
+                # Once taskd has answered, a taskd that cannot be reached is one restarting (the old
+                # process drains its jobs for up to 30 s): polled through for `self.timeout` seconds.
+                ride_out = self.timeout if unavailable.answered else 0.0
+                await self._poll(task_id, on_event, poll_interval, ride_out)
             task = await self.status(task_id)
         if raise_on_failure and task.status is TaskStatus.FAILED:
             raise TaskFailed(task)
@@ -920,38 +950,56 @@ class TaskClient:
         """Return once the terminal event was seen, or the task has ended; reconnect in between."""
         last_id: str | None = None
         failures = early_ends = 0
+        answered = False
         while True:
             try:
                 async for event in self.events(task_id, last_event_id=last_id):
-                    failures = 0
+                    failures, answered = 0, True
                     last_id = event.id or last_id
                     if on_event is not None:
                         await _deliver(on_event, event)
                     if event.is_terminal:
                         return
+                # The stream ended early (a server restart) or had nothing more to send (204). Asked
+                # within this try: a taskd that is restarting refuses this request as it refuses a
+                # stream, and that is one more failed connection, not the end of the wait.
+                if (await self.status(task_id)).is_terminal:
+                    return
+                answered = True
             except TaskdError as exc:
-                if not isinstance(exc, TaskdConnectionError) and exc.status not in _STREAM_PASSING:
+                if not _passing(exc):
                     raise
                 failures += 1
                 if failures >= _STREAM_RETRIES:
-                    raise _StreamUnavailable(task_id) from None
+                    raise _StreamUnavailable(task_id, answered=answered) from None
                 delay = exponential_delay(failures, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP)
                 if isinstance(exc, RateLimited) and exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, self.max_retry_wait))
                 await asyncio.sleep(delay)
                 continue
-            # The stream ended early (a server restart) or had nothing more to send (204).
-            if (await self.status(task_id)).is_terminal:
-                return
             # A pause growing to 2 s before reconnecting: a server or proxy that ends every stream
             # after an event or none would otherwise be asked again as fast as it answers.
             early_ends += 1
             await asyncio.sleep(exponential_delay(early_ends, _STREAM_RETRY_FIRST, cap=_STREAM_RETRY_CAP))
 
-    async def _poll(self, task_id: str, on_event: Callable[[TaskEvent], Any] | None, interval: float) -> None:
+    async def _poll(
+        self, task_id: str, on_event: Callable[[TaskEvent], Any] | None, interval: float, ride_out: float
+    ) -> None:
+        """Ask the status every `interval` s until the task ends; a refusal that passes (`_passing`)
+        is asked again until none was answered for `ride_out` seconds, then raised."""
         seen: tuple[Any, ...] | None = None
+        unanswered_since: float | None = None
         while True:
-            task = await self.status(task_id)
+            try:
+                task = await self.status(task_id)
+            except TaskdError as exc:
+                now = time.monotonic()
+                unanswered_since = now if unanswered_since is None else unanswered_since
+                if not _passing(exc) or now - unanswered_since >= ride_out:
+                    raise
+                await asyncio.sleep(interval)
+                continue
+            unanswered_since = None
             if on_event is not None and (task.status, task.progress, task.current_step) != seen:
                 seen = (task.status, task.progress, task.current_step)
                 await _deliver(on_event, TaskEvent.from_task(task))

@@ -681,6 +681,33 @@ async def test_text_output_writes_out_the_control_characters_of_what_a_server_se
         assert not any(char in run.out + run.err for char in SHOWN_RAW)
 
 
+async def test_what_the_server_sends_is_noted_on_stderr_as_one_line_each():
+    retried = {
+        "new_task_id": "t2",
+        "original_task_id": "t1",
+        "status": "queued",
+        "message": "ok\ntaskd: forged",
+    }
+    submitted = {"task_id": "t1\ntaskd: forged", "status": "queued", "project_id": "p"}
+    running = {"task_id": "t1", "project_id": "p", "status": "processing"}
+    routes = {
+        "/api/v1/tasks/t1/retry": answering(retried),
+        "/api/v1/tasks/submit": answering(submitted),
+        "/api/v1/tasks/{task_id}/status": answering(running),
+        "/api/v1/tasks/{task_id}/events": answering({"error": "not_found", "message": "no"}, status=404),
+    }
+    async with fake_taskd(routes) as url:
+        runs = [
+            await taskd_cli("retry", "t1", url=url),
+            await taskd_cli(
+                "submit", "--project", "p", "--type", "x", "--data", "{}", "--wait", "--timeout", "0", url=url
+            ),
+        ]
+
+    for run in runs:
+        assert not any(line.startswith("taskd: forged") for line in run.err.splitlines()), run.err
+
+
 async def test_status_reads_a_progress_sent_as_a_string_as_its_number():
     task = {"task_id": "t1", "project_id": "p", "status": "processing", "progress": "0.5"}
     async with fake_taskd({"/api/v1/tasks/t1/status": answering(task)}) as url:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from aiohttp import web
 from conftest import API_KEY
+from fake_taskd import event_stream, fake_taskd
 
 from taskd import keys
 from taskd.client import (
@@ -451,6 +452,108 @@ async def test_wait_resumes_a_dropped_stream_with_last_event_id():
     assert server.last_event_ids == [None, "1-2"]
     assert [event.id for event in seen] == ["1-1", "1-2", "1-3"]
     assert task.status is TaskStatus.COMPLETED
+
+
+async def test_wait_rides_out_a_restart_that_refuses_the_status_asked_after_its_stream_ended():
+    streams = 0
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        nonlocal streams
+        streams += 1
+        status = "processing" if streams == 1 else "completed"
+        data = b'{"task_id": "t1", "project_id": "p", "status": "' + status.encode() + b'"}'
+        return await event_stream(
+            request, b"id: 1-" + str(streams).encode() + b"\nevent: status\ndata: " + data + b"\n\n"
+        )
+
+    async def status(request: web.Request) -> web.Response:
+        # Asked while taskd restarts (the first stream ended, no other came yet): the connection
+        # drops, every time (aiohttp sends a request dropped on a reused connection once more).
+        if streams == 1:
+            assert request.transport is not None
+            request.transport.close()
+        return web.json_response({"task_id": "t1", "project_id": "p", "status": "completed"})
+
+    routes = {"/api/v1/tasks/t1/events": events, "/api/v1/tasks/t1/status": status}
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY) as client:
+        task = await client.wait("t1", timeout=10)
+
+    assert task.status is TaskStatus.COMPLETED
+    assert streams == 2
+
+
+async def test_wait_polls_through_a_restart_longer_than_its_stream_reconnections(monkeypatch):
+    # The reconnections' pauses made short: what matters is that they all fail, then the polls too.
+    monkeypatch.setattr("taskd.client._STREAM_RETRY_FIRST", 0.01)
+    monkeypatch.setattr("taskd.client._STREAM_RETRY_CAP", 0.01)
+    streams = dropped = 0
+
+    def restarting(request: web.Request) -> bool:
+        """Drop the connection while taskd restarts: from its first stream's end, 20 requests long."""
+        nonlocal dropped
+        if streams == 0 or dropped >= 20:
+            return False
+        dropped += 1
+        assert request.transport is not None
+        request.transport.close()
+        return True
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        nonlocal streams
+        if restarting(request):
+            return web.Response()
+        streams += 1
+        running = b'{"task_id": "t1", "project_id": "p", "status": "processing"}'
+        return await event_stream(request, b"id: 1-1\nevent: status\ndata: " + running + b"\n\n")
+
+    async def status(request: web.Request) -> web.Response:
+        restarting(request)
+        return web.json_response({"task_id": "t1", "project_id": "p", "status": "completed"})
+
+    routes = {"/api/v1/tasks/t1/events": events, "/api/v1/tasks/t1/status": status}
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY, timeout=10) as client:
+        task = await client.wait("t1", timeout=20, poll_interval=0.01)
+
+    assert task.status is TaskStatus.COMPLETED
+    assert dropped == 20
+
+
+async def test_wait_on_a_url_where_nothing_ever_answered_raises_without_polling_through(monkeypatch):
+    monkeypatch.setattr("taskd.client._STREAM_RETRY_FIRST", 0.01)
+    monkeypatch.setattr("taskd.client._STREAM_RETRY_CAP", 0.01)
+    async with TaskClient("http://127.0.0.1:1", API_KEY, timeout=30) as client:
+        with pytest.raises(TaskdConnectionError):
+            await client.wait("t1", timeout=10)
+
+
+async def test_a_request_is_answered_while_a_hundred_waits_hold_their_streams_open():
+    opened = 0
+
+    async def silent(request: web.Request) -> web.StreamResponse:
+        nonlocal opened
+        opened += 1
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(3600)  # a long task: its stream stays open
+        return response
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response({"task_id": "t1", "project_id": "p", "status": "processing"})
+
+    routes = {"/api/v1/tasks/{task_id}/events": silent, "/api/v1/tasks/{task_id}/status": status}
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY, timeout=2) as client:
+        waits = [asyncio.create_task(client.wait(f"t{n}")) for n in range(100)]
+        try:
+            async with asyncio.timeout(10):
+                while opened < 100:
+                    await asyncio.sleep(0.05)
+            task = await client.status("t1")
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    assert task.status is TaskStatus.PROCESSING
 
 
 async def test_wait_polls_the_status_when_the_server_has_no_event_stream():
