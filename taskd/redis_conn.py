@@ -20,7 +20,9 @@ start: it would break at the first failover.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -178,6 +180,15 @@ def slot_elsewhere(message: str) -> bool:
     moving (a failover, a resharding), or the cluster is down. Like a lost connection, it passes:
     the API answers 503 and the loops retry."""
     return message.startswith(_SLOT_ELSEWHERE) or any(words in message for words in _SLOT_ELSEWHERE_IN_SCRIPT)
+
+
+async def serves_every_partition(clients: Sequence[Redis]) -> None:
+    """Read a key of each partition through its client (taskd.keys.client_per_partition); raise what a
+    read raises. A PING is not enough on a cluster: a node answers it while the slot of taskd's
+    partition is unserved or the cluster is down, when every command with a key fails."""
+    # On one server every partition has the same client: one read tells for all.
+    distinct = {id(client): (partition, client) for partition, client in reversed(list(enumerate(clients)))}
+    await asyncio.gather(*(client.exists(keys.metrics(partition)) for partition, client in distinct.values()))
 
 
 def connect(url: str, *, socket_timeout: float | None = None, partition: int = 0) -> Redis:

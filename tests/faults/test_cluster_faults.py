@@ -5,6 +5,7 @@ leaves its slots as it found them."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -59,3 +60,28 @@ async def test_a_submit_while_taskds_slot_migrates_answers_503_and_succeeds_once
     task = await taskd.submit("noop", {})
 
     assert (await taskd.wait_terminal(task["task_id"]))["status"] == "completed"
+
+
+async def test_a_node_whose_slot_is_unserved_is_unready_and_unhealthy_and_ready_again_once_it_is_served(
+    taskd, cluster
+):
+    owner, _ = _owner_and_other(cluster)
+    with owner.client() as node:
+        # Its node still answers PING, but every command of taskd's now answers CLUSTERDOWN.
+        node.execute_command("CLUSTER DELSLOTS", TASKD_SLOT)
+        try:
+            async with taskd.client.get("/readyz") as response:
+                assert response.status == 503, await response.text()
+                assert (await response.json())["message"] == "Not ready: Redis does not answer"
+            async with taskd.client.get("/api/v1/health") as response:
+                assert response.status == 503
+                assert (await response.json())["status"] == "unhealthy"
+        finally:
+            node.execute_command("CLUSTER ADDSLOTS", TASKD_SLOT)
+
+    async with asyncio.timeout(20):
+        while True:
+            async with taskd.client.get("/readyz") as response:
+                if response.status == 200:
+                    break
+            await asyncio.sleep(0.2)
