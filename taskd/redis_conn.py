@@ -20,7 +20,9 @@ start: it would break at the first failover.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -45,6 +47,10 @@ DEFAULT_CLUSTER_PORT = 6379
 # Replies of a cluster node that no longer serves taskd's slot, or cannot serve it now (a failover,
 # or a resharding that moves the slot: ASK until it has moved, then MOVED).
 _SLOT_ELSEWHERE = ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")
+# The same news met by a command inside a script, which the script's caller gets as its error
+# (Valkey's words): a key the script builds that is not on the node while its slot moves, or a
+# command run while the cluster is down.
+_SLOT_ELSEWHERE_IN_SCRIPT = ("non local key in a cluster node", "while the cluster is down")
 # A bound on every connect; a Redis that is down answers 503 at once instead of hanging requests.
 CONNECT_TIMEOUT = 5.0
 
@@ -167,6 +173,22 @@ def refuses_writes(exc: BaseException) -> bool:
     return isinstance(exc, OutOfMemoryError) or (
         isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
     )
+
+
+def slot_elsewhere(message: str) -> bool:
+    """True for an error of a cluster node that cannot serve the slot now: the slot moved or is
+    moving (a failover, a resharding), or the cluster is down. Like a lost connection, it passes:
+    the API answers 503 and the loops retry."""
+    return message.startswith(_SLOT_ELSEWHERE) or any(words in message for words in _SLOT_ELSEWHERE_IN_SCRIPT)
+
+
+async def serves_every_partition(clients: Sequence[Redis]) -> None:
+    """Read a key of each partition through its client (taskd.keys.client_per_partition); raise what a
+    read raises. A PING is not enough on a cluster: a node answers it while the slot of taskd's
+    partition is unserved or the cluster is down, when every command with a key fails."""
+    # On one server every partition has the same client: one read tells for all.
+    distinct = {id(client): (partition, client) for partition, client in reversed(list(enumerate(clients)))}
+    await asyncio.gather(*(client.exists(keys.metrics(partition)) for partition, client in distinct.values()))
 
 
 def connect(url: str, *, socket_timeout: float | None = None, partition: int = 0) -> Redis:
@@ -319,7 +341,7 @@ class _SlotPrimaryConnection(Connection):  # type: ignore[misc]
         try:
             return await super().read_response(*args, **kwargs)
         except ResponseError as exc:
-            if not str(exc).startswith(_SLOT_ELSEWHERE):
+            if not slot_elsewhere(str(exc)):
                 raise
             await self.disconnect(nowait=True)
             raise RedisConnectionError(

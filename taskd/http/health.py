@@ -18,6 +18,7 @@ from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches, visible_tasks
 from taskd.http.views import gpu_reading, stamp
 from taskd.model import now
+from taskd.redis_conn import serves_every_partition
 from taskd.redis_memory import read_memory
 
 routes = web.RouteTableDef()
@@ -37,9 +38,10 @@ async def liveness(_: web.Request) -> web.Response:
 async def _redis_ok(api: Api) -> bool:
     try:
         async with asyncio.timeout(2):
-            return bool(await api.redis.ping())
+            await serves_every_partition(api.store.clients)
     except Exception:  # any failure to answer means disconnected
         return False
+    return True
 
 
 @routes.get("/api/v1/health")

@@ -17,6 +17,7 @@ from taskd.http.context import API
 from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches
 from taskd.model import ServiceUnavailable
+from taskd.redis_conn import serves_every_partition
 
 # Kubernetes gives a probe 1 s by default: a Redis slower than this is not ready.
 REDIS_TIMEOUT = 0.8
@@ -39,7 +40,7 @@ async def readyz(request: web.Request) -> web.Response:
     api = request.app[API]
     try:
         async with asyncio.timeout(REDIS_TIMEOUT):
-            await api.redis.ping()
+            await serves_every_partition(api.store.clients)
     except Exception:  # any failure to answer in time means not ready
         raise ServiceUnavailable("Not ready: Redis does not answer", RETRY_AFTER) from None
     if unready := api.unready_queues():

@@ -20,8 +20,10 @@ from collections.abc import Mapping
 from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
+from taskd.redis_conn import slot_elsewhere
 from taskd.store.scripts import Script
 
 # The most calls one pipeline carries: Valkey runs a pipeline's scripts one after another, so a
@@ -216,5 +218,10 @@ class Merged(_Together[list[Any], tuple[Any, int | None]]):
         return sent
 
 
-def _error(message: str) -> ResponseError:
+def _error(message: str) -> RedisError:
+    if slot_elsewhere(message):
+        # A key the call's script built is not on this node while the slot moves, or the cluster is
+        # down: a lost connection, as the same reply to a whole command is (taskd.redis_conn), not a
+        # fault of the call, so the API answers 503 and the loops try again.
+        return RedisConnectionError(message)
     return _ERRORS_BY_PREFIX.get(message.split(" ", 1)[0], ResponseError)(message)
