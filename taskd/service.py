@@ -191,8 +191,14 @@ class Service:
             await self._start_workers(redis, store, queue, session, gpu)
         if self.http:
             await self._start_http(redis, store, queue, gpu)
+        executor = self._executor
         reclaimer = Reclaimer(
-            store, queue, self.config, sorted(set(self.config.queues) | self.registry.queues())
+            store,
+            queue,
+            self.config,
+            sorted(set(self.config.queues) | self.registry.queues()),
+            self.worker_id,
+            None if executor is None else executor.held.__contains__,
         )
         self._background.append(asyncio.create_task(reclaimer.run(), name="reclaimer"))
         release = ScheduledRelease(store)

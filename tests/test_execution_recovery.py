@@ -117,6 +117,39 @@ async def test_running_task_is_never_started_again_while_its_worker_lives(start_
     assert body["result"]["attempt"] == 1
 
 
+async def test_a_task_whose_end_a_failover_lost_runs_again_though_its_worker_lives(start_service, redis):
+    service = await start_service()
+    task_id = (await service.submit("sleep", {"seconds": 0.5}))["task_id"]
+    await service.wait_for(task_id, lambda b: b["status"] == "processing")
+    # What a replica promoted by a failover holds: the start, not the end the worker then wrote
+    # to the old primary.
+    record = await redis.dump(keys.task(task_id))
+    since = await redis.zscore(keys.running("default"), task_id)
+    first = await service.wait_terminal(task_id)
+    await redis.restore(keys.task(task_id), 0, record, replace=True)
+    await redis.zadd(keys.running("default"), {task_id: since})
+    await redis.sadd(keys.project_processing("proj-1"), task_id)
+
+    again = await service.wait_for(
+        task_id, lambda b: b["status"] == "completed" and b["started_at"] != first["started_at"], timeout=30
+    )
+
+    assert again["attempt"] == 2  # run again, as a dead worker's task is
+    assert "the end of its run was lost" in again["last_error"]
+    assert int(await redis.hget(keys.task(task_id), "deaths") or 0) == 0
+
+
+async def test_a_task_its_live_worker_runs_is_not_taken_back_however_long_it_runs(start_service, redis):
+    service = await start_service()
+    task_id = (await service.submit("sleep", {"seconds": 3, "steps": 3}))["task_id"]
+    await service.wait_for(task_id, lambda b: b["status"] == "processing")
+
+    body = await service.wait_terminal(task_id)
+
+    # Six looks of the reclaim (every 0.5 s here) while it ran: none took it back.
+    assert (body["status"], body["attempt"], body["last_error"]) == ("completed", 1, None)
+
+
 # Real processes: a worker killed with SIGKILL.
 
 

@@ -1,40 +1,91 @@
-"""Taking back the tasks of dead workers: a running task is held only while its worker's heartbeat lives."""
+"""Taking back the tasks of dead workers: a running task is held only while its worker's heartbeat
+lives, and while that worker still runs it."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from taskd.config import Config
 from taskd.loops import every
 from taskd.model import now
 from taskd.queue.task_queue import TaskQueue
 from taskd.store import TaskStore
+from taskd.store.records import RunningTask
 
 log = logging.getLogger("taskd.engine")
 
 
 class Reclaimer:
-    """Requeues tasks whose worker stopped beating; fails those that killed `max_worker_deaths` workers."""
+    """Requeues tasks whose worker stopped beating; fails those that killed `max_worker_deaths` workers.
 
-    def __init__(self, store: TaskStore, queue: TaskQueue, config: Config, queues: list[str]) -> None:
+    With `worker_id` and `holds` (this process's workers), it also requeues a task Redis says this
+    worker runs and that it does not hold: its end, written to a primary that a failover then
+    replaced, was lost, and with this worker's heartbeat alive nothing else would take it back.
+    Such a task must be found so on two looks in a row, with the same job: one look could see a
+    start whose reply has not reached the worker yet.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        queue: TaskQueue,
+        config: Config,
+        queues: list[str],
+        worker_id: str = "",
+        holds: Callable[[str], bool] | None = None,
+    ) -> None:
         self.store = store
         self.queue = queue
         self.config = config
         self.queues = queues
+        self.worker_id = worker_id
+        self.holds = holds
+        # This worker's tasks it did not hold at the last look: task id -> job id.
+        self._not_held: dict[str, str] = {}
 
     async def once(self) -> int:
         """One look; returns how many tasks were taken back."""
+        running = await self.store.running_tasks(self.queues)
         taken = 0
-        for task_id, queue, priority in await self.store.orphans(self.queues):
-            at = now()
-            score = self.queue.score(at, priority)
-            outcome = await self.store.reclaim(
-                task_id, queue, at, score, self.config.execution.max_worker_deaths
-            )
-            if outcome in ("requeued", "failed"):
+        for task in running:
+            if not task.alive and (outcome := await self._take_back(task, None)):
                 taken += 1
-                log.warning("task %s of a dead worker: %s", task_id, outcome)
+                log.warning("task %s of a dead worker: %s", task.task_id, outcome)
+        for task in self._lost(running):
+            if await self._take_back(task, task):
+                taken += 1
+                log.warning(
+                    "task %s: Redis says this worker runs it, but it does not (its end was lost, as "
+                    "with a failover); queued again",
+                    task.task_id,
+                )
         return taken
+
+    def _lost(self, running: list[RunningTask]) -> list[RunningTask]:
+        if self.holds is None:
+            return []
+        not_held = {
+            task.task_id: task
+            for task in running
+            if task.alive and task.worker_id == self.worker_id and not self.holds(task.task_id)
+        }
+        lost = [task for task in not_held.values() if self._not_held.get(task.task_id) == task.job_id]
+        self._not_held = {task.task_id: task.job_id for task in not_held.values()}
+        return lost
+
+    async def _take_back(self, task: RunningTask, lost: RunningTask | None) -> str | None:
+        """'requeued' or 'failed' when the task was taken back; None when it was not."""
+        at = now()
+        outcome = await self.store.reclaim(
+            task.task_id,
+            task.queue,
+            at,
+            self.queue.score(at, task.priority),
+            self.config.execution.max_worker_deaths,
+            lost=lost,
+        )
+        return outcome if outcome in ("requeued", "failed") else None
 
     async def run(self) -> None:
         """Look every `execution.reclaim_interval` seconds until cancelled; a Redis outage only delays the next look."""

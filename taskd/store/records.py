@@ -146,6 +146,19 @@ class Taken:
 
 
 @attrs.frozen
+class RunningTask:
+    """A processing task as the reclaim reads it: its queue's running set and its record."""
+
+    task_id: str
+    queue: str
+    priority: int
+    job_id: str
+    worker_id: str
+    # Whether that worker's heartbeat lives.
+    alive: bool
+
+
+@attrs.frozen
 class Takes:
     """What one take (take.lua) started, and whether the worker should take again when a slot frees:
     False when it found no more due jobs and waits in the idle set, where the next job wakes it."""
@@ -981,8 +994,9 @@ class TaskStore:
         )
         return outcome == b"ok"
 
-    async def orphans(self, queues: Iterable[str]) -> list[tuple[str, str, int]]:
-        """Processing tasks whose worker's heartbeat is gone: (task id, queue, priority) each."""
+    async def running_tasks(self, queues: Iterable[str]) -> list[RunningTask]:
+        """The processing tasks of `queues` (their running sets), each with its worker and whether
+        that worker's heartbeat lives."""
         names = list(queues)
 
         async def running(client: Redis, partition: int) -> list[tuple[str, str]]:
@@ -997,22 +1011,43 @@ class TaskStore:
         candidates = [found for part in await self._each_partition(running) for found in part]
         if not candidates:
             return []
-        owners = await self._per_task(
+        fields = await self._per_task(
             [task_id for task_id, _ in candidates],
-            lambda pipe, task_id: pipe.hmget(keys.task(task_id), "worker_id", "priority"),
+            lambda pipe, task_id: pipe.hmget(keys.task(task_id), "worker_id", "priority", "job_id"),
         )
+        owners = [worker_id.decode() if worker_id else "?" for worker_id, _, _ in fields]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for worker_id, _ in owners:
-                pipe.exists(keys.worker(worker_id.decode() if worker_id else "?"))
+            for owner in owners:
+                pipe.exists(keys.worker(owner))
             alive = await pipe.execute()
         return [
-            (task_id, queue, int(priority) if (priority or b"").isdigit() else 2)
-            for (task_id, queue), (_, priority), live in zip(candidates, owners, alive, strict=True)
-            if not live
+            RunningTask(
+                task_id,
+                queue,
+                int(priority) if (priority or b"").isdigit() else 2,
+                job_id.decode() if job_id else "",
+                owner,
+                bool(live),
+            )
+            for (task_id, queue), (_, priority, job_id), owner, live in zip(
+                candidates, fields, owners, alive, strict=True
+            )
         ]
 
-    async def reclaim(self, task_id: str, queue: str, at: float, score: float, max_deaths: int) -> str:
-        """Requeue (or, past `max_deaths`, fail) a task whose worker died; says which it did."""
+    async def reclaim(
+        self,
+        task_id: str,
+        queue: str,
+        at: float,
+        score: float,
+        max_deaths: int,
+        lost: RunningTask | None = None,
+    ) -> str:
+        """Requeue (or, past `max_deaths`, fail) a task whose worker died; says which it did.
+
+        With `lost`, a task its live worker (`lost.worker_id`, this process) no longer runs, though
+        Redis says it does (its end was lost with a failed-over primary): it is requeued if the
+        record still names that worker and job, as a death would, but not counted as one."""
         partition = keys.task_partition(task_id)
         outcome = await self._reclaim(
             client=self.clients[partition],
@@ -1032,6 +1067,8 @@ class TaskStore:
                 "ttl": self.task_ttl,
                 "worker_prefix": keys.worker("", partition),
                 "aging_ms": self.aging_ms,
+                "lost_by": "" if lost is None else lost.worker_id,
+                "job_id": "" if lost is None else lost.job_id,
             },
         )
         return outcome.decode() if isinstance(outcome, bytes) else "gone"

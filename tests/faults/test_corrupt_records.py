@@ -10,6 +10,7 @@ from faultkit import Receiver
 from taskd import keys
 from taskd.config import WebhooksConfig
 from taskd.store import TaskStore
+from taskd.store.records import RunningTask
 
 BREAKAGES = {
     "missing_fields": lambda redis, key: redis.hdel(key, "task_type", "created_at", "project_id"),
@@ -64,7 +65,9 @@ async def test_reclaimer_reads_past_a_corrupt_priority(redis):
     await redis.zadd(keys.running("default"), {"t-broken": 1})
     await redis.hset(keys.task("t-broken"), mapping={"worker_id": "gone", "priority": "high"})
 
-    assert await store.orphans(["default"]) == [("t-broken", "default", 2)]
+    assert await store.running_tasks(["default"]) == [
+        RunningTask("t-broken", "default", 2, job_id="", worker_id="gone", alive=False)
+    ]
 
 
 async def test_webhook_sender_drops_a_corrupt_record_and_delivers_the_others(start_service, redis):
