@@ -14,6 +14,9 @@ from taskd.store import TaskStore
 from taskd.store.records import RunningTask
 
 log = logging.getLogger("taskd.engine")
+# Seconds a task of this worker must stay not held before it is taken back: far past the moment
+# from a start's script to its run here, even on a loaded machine, and at least two looks.
+LOST_AFTER = 10.0
 
 
 class Reclaimer:
@@ -22,8 +25,8 @@ class Reclaimer:
     With `worker_id` and `holds` (this process's workers), it also requeues a task Redis says this
     worker runs and that it does not hold: its end, written to a primary that a failover then
     replaced, was lost, and with this worker's heartbeat alive nothing else would take it back.
-    Such a task must be found so on two looks in a row, with the same job: one look could see a
-    start whose reply has not reached the worker yet.
+    Such a task must be found so on every look for LOST_AFTER seconds, with the same job: one look
+    could see a start whose reply has not reached the worker yet, or whose run has not begun.
     """
 
     def __init__(
@@ -41,8 +44,8 @@ class Reclaimer:
         self.queues = queues
         self.worker_id = worker_id
         self.holds = holds
-        # This worker's tasks it did not hold at the last look: task id -> job id.
-        self._not_held: dict[str, str] = {}
+        # This worker's tasks it has not held at any look since: task id -> (job id, first seen).
+        self._not_held: dict[str, tuple[str, float]] = {}
 
     async def once(self) -> int:
         """One look; returns how many tasks were taken back."""
@@ -65,13 +68,19 @@ class Reclaimer:
     def _lost(self, running: list[RunningTask]) -> list[RunningTask]:
         if self.holds is None:
             return []
-        not_held = {
-            task.task_id: task
-            for task in running
-            if task.alive and task.worker_id == self.worker_id and not self.holds(task.task_id)
-        }
-        lost = [task for task in not_held.values() if self._not_held.get(task.task_id) == task.job_id]
-        self._not_held = {task.task_id: task.job_id for task in not_held.values()}
+        at = now()
+        seen: dict[str, tuple[str, float]] = {}
+        lost = []
+        for task in running:
+            if not task.alive or task.worker_id != self.worker_id or self.holds(task.task_id):
+                continue
+            job_id, since = self._not_held.get(task.task_id, (task.job_id, at))
+            if job_id != task.job_id:  # another run of it since: watched afresh
+                since = at
+            seen[task.task_id] = (task.job_id, since)
+            if at - since >= max(LOST_AFTER, self.config.execution.reclaim_interval):
+                lost.append(task)
+        self._not_held = seen
         return lost
 
     async def _take_back(self, task: RunningTask, lost: RunningTask | None) -> str | None:
