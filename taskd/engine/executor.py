@@ -233,7 +233,9 @@ class Executor:
         # them (a recovered one may wait for a slot) until their run's end is written. The reclaim
         # takes back a task that Redis says this worker runs and that is not here (its end was lost
         # with a failed-over primary): held by a live worker, nothing else would run it again.
-        self.held: set[str] = set()
+        # Task id -> the job of its latest start here: a run that ends lets go of its own job only,
+        # not of a newer run of the task (a retry due at once) that started meanwhile.
+        self.held: dict[str, str | None] = {}
         # GPU slots taken for a task at its claim, held until its run ends.
         self._leases: dict[str, Lease] = {}
         # Queued tasks already shown as waiting for a GPU (one write each, not one per poll).
@@ -274,7 +276,7 @@ class Executor:
             if lease:
                 self._leases[task_id] = lease
         if start.record is not None:
-            self.held.add(task_id)
+            self.held[task_id] = start.record.job_id
         if start.record is None:
             # A job not claimed (a throttled project's head, a job another worker runs, one not due)
             # is asked again at every poll: giving its slots back must not wake the workers, or they
@@ -304,7 +306,9 @@ class Executor:
                 raise
 
         takes = await _until_stored(f"take of queue {queue}", attempt)
-        self.held.update(taken.record.task_id for taken in takes.started if taken.record is not None)
+        self.held.update(
+            (taken.record.task_id, taken.record.job_id) for taken in takes.started if taken.record is not None
+        )
         return takes
 
     async def _lease_for(self, task_id: str, job_id: str, queue: str) -> Lease | Literal[False] | None:
@@ -356,13 +360,14 @@ class Executor:
     async def _run(self, record: TaskRecord, queue: str) -> bool:
         task_id = record.task_id
         # A task a submit's script started for this worker's held slot comes here without a take.
-        self.held.add(task_id)
+        self.held[task_id] = record.job_id
         lease = self._leases.get(task_id)  # taken by the claim, before the run
         try:
             with tracing.run_span(record, None if lease is None else str(lease.device)):
                 return await self._run_claimed(record)
         finally:
-            self.held.discard(task_id)
+            if self.held.get(task_id) == record.job_id:
+                del self.held[task_id]
             if task_id in self._leases:  # not on a host without GPUs: no task for nothing
                 await asyncio.shield(self._release_lease(task_id))
 
