@@ -11,8 +11,10 @@ import pytest
 from conftest import API_KEY, TERMINAL, child_env
 
 from taskd import keys
-from taskd.config import QueueConfig
+from taskd.config import QueueConfig, RetryConfig
 from taskd.engine import reclaim
+from taskd.engine.executor import Executor
+from taskd.model import TaskRecord
 
 ONE_AT_A_TIME = {
     "default": QueueConfig(concurrency=1, timeout=60),
@@ -160,6 +162,38 @@ async def test_a_task_its_live_worker_runs_is_not_taken_back_however_long_it_run
 
     # Six looks of the reclaim (every 0.5 s here) while it ran: none took it back.
     assert (body["status"], body["attempt"], body["last_error"]) == ("completed", 1, None)
+
+
+async def wait_until_started(redis, task_id: str, attempt: int) -> None:
+    started = [b"processing", str(attempt).encode()]
+    async with asyncio.timeout(10):
+        while await redis.hmget(keys.task(task_id), "status", "attempt") != started:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # its run begun, past the take
+
+
+async def test_a_retry_that_starts_before_its_first_runs_end_returned_is_not_taken_back(
+    start_service, redis, lost_after_two_looks, monkeypatch: pytest.MonkeyPatch
+):
+    run_claimed = Executor._run_claimed
+
+    async def overlapping(executor: Executor, record: TaskRecord) -> bool:
+        if record.attempt == 2:
+            await asyncio.sleep(2)  # four looks of the reclaim while the retry runs
+        ended = await run_claimed(executor, record)
+        if record.attempt == 1:
+            # The first run's end returns only once its retry (due at once) runs here.
+            await wait_until_started(redis, record.task_id, attempt=2)
+        return ended
+
+    monkeypatch.setattr(Executor, "_run_claimed", overlapping)
+    service = await start_service(retry=RetryConfig(base_delay=0))
+    task_id = (await service.submit("fail", {"transient": True, "fail_times": 1}))["task_id"]
+
+    body = await service.wait_terminal(task_id)
+
+    assert (body["status"], body["attempt"]) == ("completed", 2)
+    assert "the end of its run was lost" not in (body["last_error"] or "")
 
 
 # Real processes: a worker killed with SIGKILL.
