@@ -397,6 +397,10 @@ class Metrics:
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
 
+# The event types taskd sends; a stream's other types are skipped.
+_EVENT_TYPES = frozenset({"status", "progress"})
+
+
 @attrs.frozen
 class TaskEvent:
     """One server-sent event of a task: `type` is `status` or `progress`; `id` resumes a stream."""
@@ -906,6 +910,10 @@ class TaskClient:
                 if not response.content_type.startswith("text/event-stream"):
                     raise _StreamUnavailable(path)
                 async for event_id, name, data in _sse(response, self.max_response_bytes):
+                    if name not in _EVENT_TYPES:
+                        # A type a later taskd may add: skipped, as an EventSource skips a type it
+                        # has no listener for, rather than ending every wait of an older client.
+                        continue
                     with _taskd_answer("TaskEvent"):
                         fields = {**orjson.loads(data), "id": event_id, "type": name}
                     yield _structure(TaskEvent, fields)

@@ -114,6 +114,23 @@ async def test_an_event_that_is_not_a_taskd_event_raises_invalid_response_from_w
             await client.wait("t1", timeout=10)
 
 
+async def test_an_event_type_the_client_does_not_know_is_skipped_not_raised():
+    unknown = b'id: 1\nevent: usage\ndata: {"gpu_seconds": 3}\n\n'
+    ended = b'id: 2\nevent: status\ndata: {"task_id": "t1", "project_id": "p", "status": "completed"}\n\n'
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        return await event_stream(request, unknown + ended)
+
+    status = answering(text='{"task_id": "t1", "project_id": "p", "status": "completed"}')
+    seen: list[TaskEvent] = []
+    routes = {"/api/v1/tasks/t1/events": events, STATUS: status}
+    async with fake_taskd(routes) as url, TaskClient(url, API_KEY) as client:
+        task = await client.wait("t1", timeout=10, on_event=seen.append)
+
+    assert task.status is TaskStatus.COMPLETED
+    assert [(event.id, event.type) for event in seen] == [("2", "status")]
+
+
 async def test_a_retry_after_of_non_ascii_digits_is_ignored_not_raised():
     refused = answering(
         text='{"error": "rate_limited", "message": "slow down"}', status=429, headers={"Retry-After": "²"}
