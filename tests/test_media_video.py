@@ -550,6 +550,26 @@ async def test_a_keyframed_character_moves_from_its_first_keyframe_to_its_last(t
     assert (last[1] + last[3]) / 2 == pytest.approx(0.7 * 90, abs=3)
 
 
+async def test_a_character_moves_along_the_most_keyframes_allowed(tmp_path, files, http):
+    url = files.add("k.png", png(20, 30, (230, 30, 30)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    # 120 keyframes, each changing every value: x, scale, rotation and opacity go back and forth.
+    keyframes = [
+        Keyframe(
+            url, x=(0.2, 0.8)[i % 2], scale=(0.5, 1.0)[i % 2], rotation=360 * (i % 2), opacity=(0.5, 1)[i % 2]
+        )
+        for i in range(120)
+    ]
+    data = RenderAnimationInput(
+        "hero", keyframes, animation_type="static", duration=2, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await render_animation.run(ctx, data))
+
+    assert centre_x(box_of(frames[-1], (230, 30, 30))) == pytest.approx(0.8 * 160, abs=3)
+
+
 async def test_keyframe_easing_shapes_the_motion_between_keyframes(tmp_path, files, http):
     url = files.add("k.png", png(20, 30, (230, 30, 30)))
     config = media_config(tmp_path)

@@ -171,7 +171,17 @@ def track(poses: Sequence[Pose], value: str, time: str = "t") -> str:
             continue
         progress = f"clip(({time}-{a.time:.6f})/{b.time - a.time:.6f},0,1)"
         terms.append(f"({vb - va:.6f})*{_eased(a.easing, progress)}")
-    return "+".join(terms)
+    return _sum(terms)
+
+
+def _sum(terms: Sequence[str]) -> str:
+    """`terms` added up as a balanced tree of brackets: ffmpeg's expression parser refuses an
+    expression nested about 100 deep, and `a+b+c+…` nests one level per `+` (a track of 120
+    keyframes failed to parse); halves in brackets nest log2(len(terms)) deep."""
+    if len(terms) <= 2:
+        return "+".join(terms)
+    half = len(terms) // 2
+    return f"({_sum(terms[:half])})+({_sum(terms[half:])})"
 
 
 def _varies(poses: Sequence[Pose], value: str) -> bool:
