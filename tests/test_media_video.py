@@ -180,7 +180,7 @@ def _renderers() -> list[psutil.Process]:
     found = []
     for process in _ffmpeg_children():
         with contextlib.suppress(psutil.Error):
-            if "-filter_complex" in process.cmdline():
+            if "-/filter_complex" in process.cmdline():  # the render reads its graph from a file
                 found.append(process)
     return found
 
@@ -622,6 +622,22 @@ async def test_a_new_keyframe_image_replaces_the_drawing_at_its_time(tmp_path, f
 
     assert box_of(frames[3], (230, 30, 30)) and not box_of(frames[3], (30, 30, 230))
     assert box_of(frames[4], (30, 30, 230)) and not box_of(frames[4], (230, 30, 30))
+
+
+async def test_an_image_that_changes_at_each_of_120_keyframes_is_rendered(tmp_path, files, http):
+    red, blue = files.add("r.png", png(20, 30, (230, 30, 30))), files.add("b.png", png(20, 30, (30, 30, 230)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    # A layer per change of image, each along every keyframe: a filter graph of megabytes, far over
+    # the 128 KiB one argument of a command may have.
+    keyframes = [Keyframe((red, blue)[i % 2], x=(0.2, 0.8)[i % 2], rotation=i) for i in range(120)]
+    data = RenderAnimationInput(
+        "hero", keyframes, animation_type="static", duration=2, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await render_animation.run(ctx, data))
+
+    assert box_of(frames[-1], (30, 30, 230)) and not box_of(frames[-1], (230, 30, 30))
 
 
 async def test_an_animation_is_drawn_over_its_background_image(tmp_path, files, http):
