@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import random
+import re
 from pathlib import Path
 
 import attrs
@@ -638,6 +639,28 @@ async def test_an_image_that_changes_at_each_of_120_keyframes_is_rendered(tmp_pa
     frames = await decoded(config, await render_animation.run(ctx, data))
 
     assert box_of(frames[-1], (30, 30, 230)) and not box_of(frames[-1], (230, 30, 30))
+    # One drawing at a time, on every frame: never both, never none.
+    assert all(bool(box_of(f, (230, 30, 30))) != bool(box_of(f, (30, 30, 230))) for f in frames)
+
+
+def test_each_drawing_of_a_character_is_only_made_for_its_own_keyframes(tmp_path):
+    # 120 keyframes that change image at each: 120 layers. Each is turned, scaled and moved only for
+    # the frames it is on screen, along its own keyframes: the work is the clip's, not 120 times it.
+    keyframes = [
+        Keyframe(f"http://img.test/{i % 2}.png", x=(0.2, 0.8)[i % 2], rotation=i) for i in range(120)
+    ]
+    data = RenderAnimationInput("hero", keyframes, duration=60, fps=24)
+    clip = ClipRequest("t", [], duration=60, fps=24, width=1280, height=720)
+    clip = attrs.evolve(
+        clip, layers=render_animation.layers(render_animation.timed(data, clip.last_frame_time), "hero")
+    )
+
+    graph, _ = animatic_graph.animatic(clip, tmp_path, [], list(range(120)))
+
+    assert len(clip.layers) == 120
+    assert sum(len(layer.poses) for layer in clip.layers) == 239
+    sprite_frames = sum(int(n) + 1 for n in re.findall(r"loop=loop=(\d+):size=1", graph))
+    assert sprite_frames <= clip.frame_count + 3 * 120
 
 
 async def test_an_animation_is_drawn_over_its_background_image(tmp_path, files, http):

@@ -221,10 +221,17 @@ def layer_chains(
     poses = layer.poses
     biggest = max(p.scale for p in poses)
     box_h = _even(layer.height * clip.height * biggest)
+    # The picture's frames only while the layer is on screen (a frame either side to spare; `enable`
+    # below is exact): a layer per change of image, each turned and scaled at every frame of the clip,
+    # cost the CPU of that many characters. Before its first frame the overlay passes the frame under it.
+    first = 0 if layer.start is None else max(0, math.floor(layer.start * clip.fps) - 1)
+    end = (
+        clip.frame_count if layer.end is None else min(clip.frame_count, math.ceil(layer.end * clip.fps) + 1)
+    )
     steps = [
         f"[{source}]trim=end_frame=1,format=rgba,"
         f"scale=w={box_h * 2}:h={box_h}:force_original_aspect_ratio=decrease,"
-        f"loop=loop={clip.frame_count - 1}:size=1:start=0,setpts=N/({clip.fps}*TB)"
+        f"loop=loop={max(0, end - first - 1)}:size=1:start=0,setpts=(N+{first})/({clip.fps}*TB)"
     ]
     if any(p.rotation for p in poses):
         # Padded to its diagonal first, so that no turn crops it; the centre stays the centre.
