@@ -469,6 +469,25 @@ async def test_evaluate_fails_when_the_json_answer_has_no_rating(
         await evaluate_department.run(ctx, evaluation())
 
 
+async def test_evaluate_fails_as_without_a_rating_when_the_rating_is_an_integer_too_large_for_a_float(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply('{"rating": 1' + "0" * 400 + "}")
+    with pytest.raises(TaskError, match="the LLM's answer has no rating from 0 to 100"):
+        await evaluate_department.run(ctx, evaluation())
+
+
+async def test_evaluate_takes_a_confidence_too_large_for_a_float_as_none_given(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply('{"rating": 85, "confidence": 1' + "0" * 400 + "}")
+    result = await evaluate_department.run(ctx, evaluation())
+    assert result["rating"] == 85
+    assert result["metadata"]["confidence_score"] == 0.0
+
+
 async def test_evaluate_fails_when_the_provider_reply_is_not_a_completion(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:

@@ -124,3 +124,39 @@ async def test_unreadable_outline_falls_back_to_default_departments(llm, http):
 
     assert result["default_departments_used"] is True
     assert [d["slug"] for d in result["departments"]] == list(gather.DEFAULT_DEPARTMENTS)
+
+
+def long_items(count: int, characters: int) -> str:
+    body = [{"content": "x" * characters, "summary": "s", "context": "c"} for _ in range(count)]
+    return orjson.dumps({"items": body}).decode()
+
+
+async def test_a_department_too_long_for_the_result_is_dropped_and_the_rest_kept(llm, http):
+    # 900 kB of story and 300 kB of audio: together over the 1 MiB a result may have.
+    llm.reply(long_items(15, 60_000))
+    llm.reply(long_items(15, 20_000))
+    llm.reply(items("sets", 2))
+    ctx, _ = make_ctx(http, config(llm))
+
+    result = await gather.run(
+        ctx,
+        AutomatedGatherCreationInput(
+            "brief", departments=["story", "audio", "sets"], items_per_department=15
+        ),
+    )
+
+    assert list(result["gather_data"]) == ["audio", "sets"]
+    assert result["failed_departments"]["story"].startswith("reply too long")
+    assert result["complete"] is False
+    assert len(orjson.dumps(result)) <= ctx.config.execution.result_max_bytes
+
+
+async def test_a_long_department_focus_is_cut(llm, http):
+    llm.reply(orjson.dumps({"departments": [{"slug": "story", "focus": "f" * 100_000}]}).decode())
+    llm.reply(items("story", 1))
+    ctx, _ = make_ctx(http, config(llm))
+
+    result = await gather.run(ctx, AutomatedGatherCreationInput("brief"))
+
+    assert len(result["departments"][0]["focus"]) == gather.FOCUS_LIMIT
+    assert len(llm.requests[1].json["messages"][1]["content"]) < 1000

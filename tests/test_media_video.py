@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import random
+import re
 from pathlib import Path
 
 import attrs
@@ -180,7 +181,7 @@ def _renderers() -> list[psutil.Process]:
     found = []
     for process in _ffmpeg_children():
         with contextlib.suppress(psutil.Error):
-            if "-filter_complex" in process.cmdline():
+            if "-/filter_complex" in process.cmdline():  # the render reads its graph from a file
                 found.append(process)
     return found
 
@@ -550,6 +551,26 @@ async def test_a_keyframed_character_moves_from_its_first_keyframe_to_its_last(t
     assert (last[1] + last[3]) / 2 == pytest.approx(0.7 * 90, abs=3)
 
 
+async def test_a_character_moves_along_the_most_keyframes_allowed(tmp_path, files, http):
+    url = files.add("k.png", png(20, 30, (230, 30, 30)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    # 120 keyframes, each changing every value: x, scale, rotation and opacity go back and forth.
+    keyframes = [
+        Keyframe(
+            url, x=(0.2, 0.8)[i % 2], scale=(0.5, 1.0)[i % 2], rotation=360 * (i % 2), opacity=(0.5, 1)[i % 2]
+        )
+        for i in range(120)
+    ]
+    data = RenderAnimationInput(
+        "hero", keyframes, animation_type="static", duration=2, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await render_animation.run(ctx, data))
+
+    assert centre_x(box_of(frames[-1], (230, 30, 30))) == pytest.approx(0.8 * 160, abs=3)
+
+
 async def test_keyframe_easing_shapes_the_motion_between_keyframes(tmp_path, files, http):
     url = files.add("k.png", png(20, 30, (230, 30, 30)))
     config = media_config(tmp_path)
@@ -602,6 +623,44 @@ async def test_a_new_keyframe_image_replaces_the_drawing_at_its_time(tmp_path, f
 
     assert box_of(frames[3], (230, 30, 30)) and not box_of(frames[3], (30, 30, 230))
     assert box_of(frames[4], (30, 30, 230)) and not box_of(frames[4], (230, 30, 30))
+
+
+async def test_an_image_that_changes_at_each_of_120_keyframes_is_rendered(tmp_path, files, http):
+    red, blue = files.add("r.png", png(20, 30, (230, 30, 30))), files.add("b.png", png(20, 30, (30, 30, 230)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    # A layer per change of image, each along every keyframe: a filter graph of megabytes, far over
+    # the 128 KiB one argument of a command may have.
+    keyframes = [Keyframe((red, blue)[i % 2], x=(0.2, 0.8)[i % 2], rotation=i) for i in range(120)]
+    data = RenderAnimationInput(
+        "hero", keyframes, animation_type="static", duration=2, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await render_animation.run(ctx, data))
+
+    assert box_of(frames[-1], (30, 30, 230)) and not box_of(frames[-1], (230, 30, 30))
+    # One drawing at a time, on every frame: never both, never none.
+    assert all(bool(box_of(f, (230, 30, 30))) != bool(box_of(f, (30, 30, 230))) for f in frames)
+
+
+def test_each_drawing_of_a_character_is_only_made_for_its_own_keyframes(tmp_path):
+    # 120 keyframes that change image at each: 120 layers. Each is turned, scaled and moved only for
+    # the frames it is on screen, along its own keyframes: the work is the clip's, not 120 times it.
+    keyframes = [
+        Keyframe(f"http://img.test/{i % 2}.png", x=(0.2, 0.8)[i % 2], rotation=i) for i in range(120)
+    ]
+    data = RenderAnimationInput("hero", keyframes, duration=60, fps=24)
+    clip = ClipRequest("t", [], duration=60, fps=24, width=1280, height=720)
+    clip = attrs.evolve(
+        clip, layers=render_animation.layers(render_animation.timed(data, clip.last_frame_time), "hero")
+    )
+
+    graph, _ = animatic_graph.animatic(clip, tmp_path, [], list(range(120)))
+
+    assert len(clip.layers) == 120
+    assert sum(len(layer.poses) for layer in clip.layers) == 239
+    sprite_frames = sum(int(n) + 1 for n in re.findall(r"loop=loop=(\d+):size=1", graph))
+    assert sprite_frames <= clip.frame_count + 3 * 120
 
 
 async def test_an_animation_is_drawn_over_its_background_image(tmp_path, files, http):

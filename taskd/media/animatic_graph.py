@@ -171,7 +171,17 @@ def track(poses: Sequence[Pose], value: str, time: str = "t") -> str:
             continue
         progress = f"clip(({time}-{a.time:.6f})/{b.time - a.time:.6f},0,1)"
         terms.append(f"({vb - va:.6f})*{_eased(a.easing, progress)}")
-    return "+".join(terms)
+    return _sum(terms)
+
+
+def _sum(terms: Sequence[str]) -> str:
+    """`terms` added up as a balanced tree of brackets: ffmpeg's expression parser refuses an
+    expression nested about 100 deep, and `a+b+c+…` nests one level per `+` (a track of 120
+    keyframes failed to parse); halves in brackets nest log2(len(terms)) deep."""
+    if len(terms) <= 2:
+        return "+".join(terms)
+    half = len(terms) // 2
+    return f"({_sum(terms[:half])})+({_sum(terms[half:])})"
 
 
 def _varies(poses: Sequence[Pose], value: str) -> bool:
@@ -211,10 +221,17 @@ def layer_chains(
     poses = layer.poses
     biggest = max(p.scale for p in poses)
     box_h = _even(layer.height * clip.height * biggest)
+    # The picture's frames only while the layer is on screen (a frame either side to spare; `enable`
+    # below is exact): a layer per change of image, each turned and scaled at every frame of the clip,
+    # cost the CPU of that many characters. Before its first frame the overlay passes the frame under it.
+    first = 0 if layer.start is None else max(0, math.floor(layer.start * clip.fps) - 1)
+    end = (
+        clip.frame_count if layer.end is None else min(clip.frame_count, math.ceil(layer.end * clip.fps) + 1)
+    )
     steps = [
         f"[{source}]trim=end_frame=1,format=rgba,"
         f"scale=w={box_h * 2}:h={box_h}:force_original_aspect_ratio=decrease,"
-        f"loop=loop={clip.frame_count - 1}:size=1:start=0,setpts=N/({clip.fps}*TB)"
+        f"loop=loop={max(0, end - first - 1)}:size=1:start=0,setpts=(N+{first})/({clip.fps}*TB)"
     ]
     if any(p.rotation for p in poses):
         # Padded to its diagonal first, so that no turn crops it; the centre stays the centre.

@@ -152,10 +152,15 @@ class FfmpegRenderer:
             await progress(0.2 + 0.8 * fraction)
 
         await ffmpeg.ready()  # h264_encoder() asks which encoders ffmpeg has
+        # The graph goes through a file (`-/filter_complex`: the option's value read from it): one
+        # argument of a command may have at most 128 KiB (Linux's MAX_ARG_STRLEN), and a graph of many
+        # layers, each with its keyframes' tracks, is longer; exec would refuse it (E2BIG).
+        graph_file = workdir / "graph.txt"
+        await asyncio.to_thread(graph_file.write_text, graph, "utf-8")
         args = [
             *inputs,
-            "-filter_complex",
-            graph,
+            "-/filter_complex",
+            str(graph_file),
             "-map",
             f"[{label}]",
             "-frames:v",

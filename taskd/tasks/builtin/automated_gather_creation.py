@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+import orjson
 
 from taskd.providers.llm import ChatClient, ProviderError, first_object
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType
@@ -26,6 +27,10 @@ ITEMS_PROMPT = (
     '"context": "<where it fits or why it matters>"}}]}}'
 )
 NOTHING_IN_TIME = "Soft time limit reached before any department was gathered"
+# A department's focus is asked for as one sentence; it goes into that department's prompt and the
+# result, so a model that writes a megabyte there is cut here.
+FOCUS_LIMIT = 500
+TOO_LONG = "reply too long"
 Progress = Callable[[float, str], Awaitable[None]]
 
 
@@ -47,6 +52,10 @@ def _slug(value: Any) -> str | None:
     return slug or None
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def parse_outline(text: str, limit: int = 12) -> list[tuple[str, str]]:
     """(slug, focus) per department from the outline reply; empty when unreadable."""
     found = first_object(text) or {}
@@ -58,7 +67,7 @@ def parse_outline(text: str, limit: int = 12) -> list[tuple[str, str]]:
         slug = _slug(entry.get("slug") if isinstance(entry, dict) else entry)
         focus = entry.get("focus") if isinstance(entry, dict) else None
         if slug and slug not in outline:
-            outline[slug] = focus.strip() if isinstance(focus, str) else ""
+            outline[slug] = _cut(focus.strip(), FOCUS_LIMIT) if isinstance(focus, str) else ""
     return list(outline.items())[:limit]
 
 
@@ -158,12 +167,32 @@ class Workflow:
         }
 
 
+def fit_result(result: dict[str, Any], limit: int) -> None:
+    """Drop the departments with the most text until the result is at most `limit` bytes of JSON, each
+    listed in `failed_departments`: one verbose reply would otherwise fail the whole task at the result
+    limit (execution.result_max_bytes), every other department's items with it."""
+    gathered, failed = result["gather_data"], result["failed_departments"]
+    sizes = {slug: len(orjson.dumps(found)) for slug, found in gathered.items()}
+    while gathered and len(orjson.dumps(result)) > limit:
+        slug = max(sizes, key=lambda name: sizes[name])
+        del gathered[slug], sizes[slug]
+        failed[slug] = f"{TOO_LONG}: a result may have at most {limit} bytes (execution.result_max_bytes)"
+        result["complete"] = False
+        for department in result["departments"]:
+            if department["slug"] == slug:
+                department["item_count"] = 0
+
+
 def _nothing_gathered(result: dict[str, Any]) -> str:
     """Why a workflow that raised nothing still has no gather item."""
     if result["stopped_early"]:
         return NOTHING_IN_TIME
     if not result["departments"]:
         return "No gather items: no department to gather for (the given slugs are blank)"
+    if any(reason.startswith(TOO_LONG) for reason in result["failed_departments"].values()):
+        return (
+            "No gather items: every department's items made the result too long (execution.result_max_bytes)"
+        )
     return "No gather items: the LLM's reply for every department was unreadable"
 
 
@@ -187,11 +216,12 @@ async def run(ctx: TaskContext, data: AutomatedGatherCreationInput) -> dict[str,
         result = await workflow.run()
     except SoftTimeLimitExceeded:
         raise TaskError(NOTHING_IN_TIME) from None
+    result["processing_time"] = round(time.monotonic() - started, 1)
+    fit_result(result, ctx.config.execution.result_max_bytes)
     if not result["gather_data"]:
         # `completed` with no item at all would read as "the brief needs nothing gathered"; it means
         # the work could not be done, which is a failure (provider errors already raised above).
         raise TaskError(_nothing_gathered(result))
-    result["processing_time"] = round(time.monotonic() - started, 1)
     await ctx.progress(1.0, "done")
     return result
 

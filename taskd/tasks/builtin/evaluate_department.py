@@ -135,7 +135,7 @@ def _number(value: Any) -> float | None:
         value = value.strip().rstrip("%")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of 309 digits or more
         return None
     return number if math.isfinite(number) else None
 

@@ -79,18 +79,25 @@ def timed(data: RenderAnimationInput, last_frame: float) -> list[tuple[float, Ke
 def layers(keyframes: list[tuple[float, Keyframe]], label: str) -> list[video.Layer]:
     """One layer per run of keyframes with the same image, on screen until the next run's first keyframe.
 
-    Every layer moves along all the keyframes, so a change of image is a change of drawing, not of place.
+    Each layer moves along its run's keyframes and the next run's first, the same path as every other
+    layer's where it is on screen, so a change of image is a change of drawing, not of place. (Not along
+    all the keyframes: 120 keyframes that change image at each would be 120 layers of 120 poses each.)
     """
     poses = [video.Pose(time, k.x, k.y, k.scale, k.rotation, k.opacity, k.easing) for time, k in keyframes]
-    runs: list[tuple[str, float]] = []
-    for time, k in keyframes:
-        if not runs or runs[-1][0] != k.image_url:
-            runs.append((k.image_url, time))
-    starts = [0.0, *(time for _, time in runs[1:])]
-    ends: list[float | None] = [*(time for _, time in runs[1:]), None]
+    firsts = [
+        i for i, (_, k) in enumerate(keyframes) if i == 0 or keyframes[i - 1][1].image_url != k.image_url
+    ]
+    bounds = [*firsts[1:], len(keyframes) - 1]
     return [
-        video.Layer(label, url, poses, height=CHARACTER_HEIGHT, start=start if i else None, end=end)
-        for i, ((url, _), start, end) in enumerate(zip(runs, starts, ends, strict=True))
+        video.Layer(
+            label,
+            keyframes[first][1].image_url,
+            poses[first : bound + 1],
+            height=CHARACTER_HEIGHT,
+            start=keyframes[first][0] if n else None,
+            end=keyframes[bound][0] if n < len(firsts) - 1 else None,
+        )
+        for n, (first, bound) in enumerate(zip(firsts, bounds, strict=True))
     ]
 
 
