@@ -8,9 +8,10 @@ caller sent reaches the graph. Labels and titles are drawn from files (`drawtext
 from __future__ import annotations
 
 import glob
+import itertools
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from taskd.media.clip import ClipRequest, Layer, Pose
@@ -214,25 +215,115 @@ def marker(layer: Layer, index: int, clip: ClipRequest, workdir: Path, label: st
     return ",".join(steps) + f"[{label}]"
 
 
+def _frame_at(time: float, clip: ClipRequest) -> int:
+    """The first frame shown at or after `time` seconds (0..frame_count). A millionth of a frame early
+    still counts as on time: keyframe times spread over the frames are sums of floats."""
+    return min(clip.frame_count, max(0, math.ceil(time * clip.fps - 1e-6)))
+
+
+def image_runs(layer: Layer, clip: ClipRequest) -> list[tuple[str | None, int]]:
+    """The layer's images in turn (None: its marker), each with its number of frames on screen; an image
+    that changes again before the next frame has none and is left out."""
+    starts = [0, *(_frame_at(c.time, clip) for c in layer.image_changes)]
+    ends = [*starts[1:], clip.frame_count]
+    images = [layer.image_url, *(c.image_url for c in layer.image_changes)]
+    return [
+        (image, end - start) for image, start, end in zip(images, starts, ends, strict=True) if end > start
+    ]
+
+
+def _shown(runs: Sequence[tuple[str | None, int]]) -> list[str | None]:
+    """The distinct images of `runs`, in the order they first come."""
+    return list(dict.fromkeys(image for image, _ in runs))
+
+
+def _fitted(size: tuple[int, int], box_h: int) -> tuple[int, int]:
+    """An image's size scaled to fit a box `box_h` tall and twice that wide, as ffmpeg's scale with
+    force_original_aspect_ratio=decrease makes it (each side rounded to the nearest pixel)."""
+    width, height = (max(1, side) for side in size)
+    return (
+        max(1, min(2 * box_h, math.floor(box_h * width / height + 0.5))),
+        max(1, min(box_h, math.floor(2 * box_h * height / width + 0.5))),
+    )
+
+
+def _image_track(
+    pictures: Mapping[str, str],
+    sizes: Mapping[str, tuple[int, int]],
+    runs: Sequence[tuple[str | None, int]],
+    box_h: int,
+    clip: ClipRequest,
+    out: str,
+) -> tuple[list[str], str]:
+    """The chains that hold each of `pictures` for the whole clip, each keeping only the frames of its
+    own `runs`; and the start of a chain that interleaves them into one stream, a frame each.
+
+    Each image is fitted into the box once, and its frames are references to that one picture. All is
+    made on demand, a frame each time the chain after it wants one. (Looped runs joined by `concat` were
+    not: concat hands on whatever its inputs hold as fast as it can, so the turning and scaling after it
+    ran ahead over the runs and the overlay held each of their frames.)
+    """
+    fitted = {image: _fitted(sizes[image], box_h) for image in pictures}
+    # Each image at the size it would have alone (named, so a header that lies cannot make it larger),
+    # centred in a transparent box just big enough for the largest: interleave takes one size, a new
+    # drawing's centre is where the last one's was, and no turn works on more than the drawings need
+    # (a box twice as wide as tall cost three times the CPU of a portrait drawing's).
+    wide, tall = (max(side) for side in zip(*fitted.values(), strict=True))
+    starts = list(itertools.accumulate((frames for _, frames in runs), initial=0))
+    chains, labels = [], []
+    for n, (image, picture) in enumerate(pictures.items()):
+        shown = [
+            f"between(n,{start},{start + frames - 1})"
+            for (run_image, frames), start in zip(runs, starts, strict=False)
+            if run_image == image
+        ]
+        width, height = fitted[image]
+        labels.append(f"{out}_i{n}")
+        chains.append(
+            # rgba again after the scale: in a YUV format pad would round an odd box down, below the image.
+            f"[{picture}]trim=end_frame=1,format=rgba,scale=w={width}:h={height},format=rgba,"
+            f"pad=w={wide}:h={tall}:x=(ow-iw)/2:y=(oh-ih)/2:color=black@0,setsar=1,"
+            f"loop=loop={clip.frame_count - 1}:size=1:start=0,setpts=N/({clip.fps}*TB),"
+            f"select='{_sum(shown)}'[{labels[-1]}]"
+        )
+    joined = "".join(f"[{label}]" for label in labels)
+    return chains, f"{joined}interleave=nb_inputs={len(labels)}"
+
+
 def layer_chains(
-    source: str, layer: Layer, clip: ClipRequest, workdir: Path, base: str, out: str
+    pictures: Mapping[str | None, str],
+    sizes: Mapping[str, tuple[int, int]],
+    runs: Sequence[tuple[str | None, int]],
+    layer: Layer,
+    clip: ClipRequest,
+    workdir: Path,
+    base: str,
+    out: str,
 ) -> list[str]:
-    """The chains that prepare `source` (one frame of the layer's picture) and lay it over `base` as `out`."""
+    """The chains that show the layer's images for their `runs` in turn (`pictures`: the label of a
+    stream of each, by URL, or of its marker; `sizes`: each image's width and height) and lay the
+    result over `base` as `out`, moving along the layer's poses.
+
+    One picture stream, turned, scaled, faded and placed once per frame, however many times its image
+    changes: each change of image as a layer of its own cost an ffmpeg input and a chain of box-sized
+    buffers per change (120 changes at 1080p: over 13 GB).
+    """
     poses = layer.poses
     biggest = max(p.scale for p in poses)
     box_h = _even(layer.height * clip.height * biggest)
-    # The picture's frames only while the layer is on screen (a frame either side to spare; `enable`
-    # below is exact): a layer per change of image, each turned and scaled at every frame of the clip,
-    # cost the CPU of that many characters. Before its first frame the overlay passes the frame under it.
-    first = 0 if layer.start is None else max(0, math.floor(layer.start * clip.fps) - 1)
-    end = (
-        clip.frame_count if layer.end is None else min(clip.frame_count, math.ceil(layer.end * clip.fps) + 1)
-    )
-    steps = [
-        f"[{source}]trim=end_frame=1,format=rgba,"
-        f"scale=w={box_h * 2}:h={box_h}:force_original_aspect_ratio=decrease,"
-        f"loop=loop={max(0, end - first - 1)}:size=1:start=0,setpts=(N+{first})/({clip.fps}*TB)"
-    ]
+    parts: list[str] = []
+    if len(pictures) == 1:
+        (picture,) = pictures.values()
+        steps = [
+            f"[{picture}]trim=end_frame=1,format=rgba,"
+            f"scale=w={box_h * 2}:h={box_h}:force_original_aspect_ratio=decrease,"
+            f"loop=loop={clip.frame_count - 1}:size=1:start=0,setpts=N/({clip.fps}*TB)"
+        ]
+    else:
+        # Several pictures are images: a marker layer has one.
+        images = {image: label for image, label in pictures.items() if image is not None}
+        parts, joined = _image_track(images, sizes, runs, box_h, clip, out)
+        steps = [joined]
     if any(p.rotation for p in poses):
         # Padded to its diagonal first, so that no turn crops it; the centre stays the centre.
         steps.append(
@@ -252,15 +343,12 @@ def layer_chains(
     if _varies(poses, "scale"):
         factor = f"({track(poses, 'scale')})/{biggest:.6f}"
         steps.append(f"scale=w='max(1,iw*{factor})':h='max(1,ih*{factor})':eval=frame")
-    # From `start` up to, not at, `end`: the next layer of a change of image takes over on that frame.
-    window = [f"gte(t,{layer.start:.6f})"] if layer.start is not None else []
-    window += [f"lt(t,{layer.end:.6f})"] if layer.end is not None else []
-    enable = f":enable='{'*'.join(window)}'" if window else ""
     sprite = f"{out}_sprite"
     return [
+        *parts,
         ",".join(steps) + f"[{sprite}]",
         f"[{base}][{sprite}]overlay=x='W*({track(poses, 'x')})-w/2':y='H*({track(poses, 'y')})-h/2':"
-        f"eval=frame{enable}[{out}]",
+        f"eval=frame[{out}]",
     ]
 
 
@@ -336,33 +424,52 @@ def title_graph(clip: ClipRequest, workdir: Path, total: int) -> tuple[str, str]
     return ",".join(steps) + "[out]", "out"
 
 
-def animatic(
-    clip: ClipRequest, workdir: Path, shot_inputs: Sequence[int], layer_inputs: Sequence[int | None]
-) -> tuple[str, str]:
-    """The whole graph: the shots (ffmpeg inputs `shot_inputs`, or the backdrop when none), cross-faded,
-    each layer over them (its input, or a marker when None), then the grade; and its output label.
+def _feeds(uses: Sequence[str], sources: Sequence[str]) -> tuple[list[str], dict[str, Iterator[str]]]:
+    """For each URL, the labels its `uses` take in turn: ffmpeg input `sources.index(url)` itself when
+    used once, else the outputs of a `split` of it (a graph reads an input's stream once); and the
+    split chains. An image is decoded once however often the clip shows it."""
+    chains = []
+    feeds: dict[str, Iterator[str]] = {}
+    for index, url in enumerate(sources):
+        count = uses.count(url)
+        labels = [f"{index}:v"] if count < 2 else [f"i{index}_{n}" for n in range(count)]
+        if count > 1:
+            chains.append(f"[{index}:v]split={count}" + "".join(f"[{label}]" for label in labels))
+        feeds[url] = iter(labels)
+    return chains, feeds
+
+
+def animatic(clip: ClipRequest, workdir: Path, sources: Mapping[str, tuple[int, int]]) -> tuple[str, str]:
+    """The whole graph: the shots (or the backdrop when none), cross-faded, each layer over them (its
+    images, or a marker when it has none), then the grade; and its output label. ffmpeg input i is the
+    i-th image of `sources`: its URL and its (width, height) as its header gives them.
     """
     total = clip.frame_count
-    parts: list[str] = []
+    runs = [image_runs(layer, clip) for layer in clip.layers]
+    # A layer fits each of its images once, however many times the image comes back.
+    uses = [s.url for s in clip.shots] + [
+        image for shown in runs for image in _shown(shown) if image is not None
+    ]
+    parts, feeds = _feeds(uses, list(sources))
     if clip.shots:
         holds = frames([s.hold for s in clip.shots], total)
         fading = len(holds) > 1 and clip.transition != "cut"
         fade = min(round(FADE_SECONDS * clip.fps), min(holds) // 2) if fading else 0
-        sources = [f"{i}:v" for i in shot_inputs]
+        shot_sources = [next(feeds[s.url]) for s in clip.shots]
         motions = [s.motion for s in clip.shots]
     else:
         parts.append(backdrop(clip, "set"))
-        holds, fade, sources, motions = [total], 0, ["set"], [clip.backdrop_motion]
-    chains, last = slideshow_graph(sources, motions, holds, fade, clip)
+        holds, fade, shot_sources, motions = [total], 0, ["set"], [clip.backdrop_motion]
+    chains, last = slideshow_graph(shot_sources, motions, holds, fade, clip)
     parts.extend(chains)
-    for index, (layer, source) in enumerate(zip(clip.layers, layer_inputs, strict=True)):
-        if source is None:
+    for index, (layer, shown) in enumerate(zip(clip.layers, runs, strict=True)):
+        if layer.image_url is None:
             parts.append(marker(layer, index, clip, workdir, f"m{index}"))
-            picture = f"m{index}"
+            pictures: dict[str | None, str] = {None: f"m{index}"}
         else:
-            picture = f"{source}:v"
+            pictures = {image: next(feeds[image]) for image in _shown(shown) if image is not None}
         out = f"l{index}"
-        parts.extend(layer_chains(picture, layer, clip, workdir, last, out))
+        parts.extend(layer_chains(pictures, sources, shown, layer, clip, workdir, last, out))
         last = out
     graded = ",".join(f for f in (grade(clip.grade), *subtitles(clip, workdir), "format=yuv420p") if f)
     parts.append(f"[{last}]{graded}[out]")

@@ -37,19 +37,34 @@ class Pose:
 
 
 @attrs.frozen
+class ImageChange:
+    """From `time` seconds on, a layer shows `image_url` in place of the image before."""
+
+    time: float
+    image_url: str
+
+
+@attrs.frozen
 class Layer:
     """A character over the shots: an image (or, without one, a marker labelled `label`) moving along `poses`.
 
     `poses` are in time order; the layer holds its first pose before the first time and its last after
-    the last. It is drawn from `start` to `end` seconds (None: from the first frame, to the last).
+    the last. `image_changes`, in time order, replace the image at their times: a new drawing at the
+    same place on the same path, not a new layer.
     """
 
     label: str
     image_url: str | None
     poses: list[Pose]
     height: float = 0.5
-    start: float | None = None
-    end: float | None = None
+    image_changes: list[ImageChange] = attrs.Factory(list)
+
+    @property
+    def image_urls(self) -> list[str]:
+        """The images the layer shows, each once, in the order it first shows them (none for a marker)."""
+        if self.image_url is None:
+            return []
+        return list(dict.fromkeys([self.image_url, *(c.image_url for c in self.image_changes)]))
 
 
 @attrs.frozen

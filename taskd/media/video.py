@@ -15,7 +15,7 @@ from taskd.errors import TaskError
 from taskd.media import download, ffmpeg
 from taskd.media.animatic_graph import animatic, find_font, title_graph
 from taskd.media.bounds import Bounds
-from taskd.media.clip import MOTIONS, ClipRequest, Layer, Pose, Shot, Subtitle
+from taskd.media.clip import MOTIONS, ClipRequest, ImageChange, Layer, Pose, Shot, Subtitle
 from taskd.media.own import OwnMedia
 from taskd.media.store import MediaStore
 from taskd.net.guarded import GuardedClient
@@ -27,6 +27,7 @@ __all__ = [
     "ClipRenderer",
     "ClipRequest",
     "FfmpegRenderer",
+    "ImageChange",
     "Layer",
     "Pose",
     "Shot",
@@ -114,13 +115,14 @@ class FfmpegRenderer:
         total = clip.frame_count
         if clip.shots or clip.layers:
             # Each distinct URL is fetched once; the layers' images count against media.max_inputs too.
-            used = [s.url for s in clip.shots] + [layer.image_url for layer in clip.layers if layer.image_url]
+            used = [s.url for s in clip.shots] + [url for layer in clip.layers for url in layer.image_urls]
             urls = list(dict.fromkeys(used))
             download.check_count(urls, self.limits, "images")
             own = None
             if self.store is not None and clip.project_id is not None:
                 own = OwnMedia(self.store, clip.project_id)
             files: dict[str, Path] = {}
+            sizes: dict[str, tuple[int, int]] = {}
             for i, url in enumerate(urls):
                 files[url] = await download.fetch(
                     self.inputs,
@@ -132,18 +134,13 @@ class FfmpegRenderer:
                     own=own,
                 )
                 # The header is read from disk: in a thread.
-                await asyncio.to_thread(self.bounds.check_image, files[url], f"Image {url}")
+                sizes[url] = await asyncio.to_thread(self.bounds.check_image, files[url], f"Image {url}")
                 await progress(0.2 * (i + 1) / len(urls))
-            # One ffmpeg input per use: a filter graph consumes each input's stream once.
-            inputs = [arg for url in used for arg in self.bounds.image_input(files[url])]
-            shot_inputs = list(range(len(clip.shots)))
-            layer_inputs: list[int | None] = []
-            next_input = len(clip.shots)
-            for layer in clip.layers:
-                layer_inputs.append(next_input if layer.image_url else None)
-                next_input += 1 if layer.image_url else 0
+            # One ffmpeg input per distinct URL (the graph splits one used more than once): an image is
+            # decoded once however often the clip shows it.
+            inputs = [arg for url in urls for arg in self.bounds.image_input(files[url])]
             # Looking for a font may walk /usr/share/fonts, and labels are written to files: in a thread.
-            graph, label = await asyncio.to_thread(animatic, clip, workdir, shot_inputs, layer_inputs)
+            graph, label = await asyncio.to_thread(animatic, clip, workdir, sizes)
         else:
             graph, label = await asyncio.to_thread(title_graph, clip, workdir, total)
             inputs = ["-f", "lavfi", "-i", f"color=c=0x15151c:s={clip.width}x{clip.height}:r={clip.fps}"]

@@ -76,29 +76,27 @@ def timed(data: RenderAnimationInput, last_frame: float) -> list[tuple[float, Ke
     return list(zip(times, ordered, strict=True))
 
 
-def layers(keyframes: list[tuple[float, Keyframe]], label: str) -> list[video.Layer]:
-    """One layer per run of keyframes with the same image, on screen until the next run's first keyframe.
+def layer(keyframes: list[tuple[float, Keyframe]], label: str) -> video.Layer:
+    """The character: one layer along all the keyframes, whose image changes where a keyframe's differs
+    from the one before.
 
-    Each layer moves along its run's keyframes and the next run's first, the same path as every other
-    layer's where it is on screen, so a change of image is a change of drawing, not of place. (Not along
-    all the keyframes: 120 keyframes that change image at each would be 120 layers of 120 poses each.)
+    One layer, not one per change of image: a change is a change of drawing on the same path, and the
+    work (ffmpeg inputs, box-sized buffers, turns and scales per frame) stays that of one character
+    however many times the image changes.
     """
-    poses = [video.Pose(time, k.x, k.y, k.scale, k.rotation, k.opacity, k.easing) for time, k in keyframes]
-    firsts = [
-        i for i, (_, k) in enumerate(keyframes) if i == 0 or keyframes[i - 1][1].image_url != k.image_url
+    first = keyframes[0][1]
+    changes = [
+        video.ImageChange(time, k.image_url)
+        for (time, k), (_, before) in zip(keyframes[1:], keyframes, strict=False)
+        if k.image_url != before.image_url
     ]
-    bounds = [*firsts[1:], len(keyframes) - 1]
-    return [
-        video.Layer(
-            label,
-            keyframes[first][1].image_url,
-            poses[first : bound + 1],
-            height=CHARACTER_HEIGHT,
-            start=keyframes[first][0] if n else None,
-            end=keyframes[bound][0] if n < len(firsts) - 1 else None,
-        )
-        for n, (first, bound) in enumerate(zip(firsts, bounds, strict=True))
-    ]
+    return video.Layer(
+        label,
+        first.image_url,
+        [video.Pose(time, k.x, k.y, k.scale, k.rotation, k.opacity, k.easing) for time, k in keyframes],
+        height=CHARACTER_HEIGHT,
+        image_changes=changes,
+    )
 
 
 async def run(ctx: TaskContext, data: RenderAnimationInput) -> dict[str, Any]:
@@ -119,7 +117,7 @@ async def run(ctx: TaskContext, data: RenderAnimationInput) -> dict[str, Any]:
     keyframes = timed(data, clip.last_frame_time)
     clip = attrs.evolve(
         clip,
-        layers=layers(keyframes, data.character_id),
+        layers=[layer(keyframes, data.character_id)],
         applied={
             "camera": motion,
             "background": "image" if data.background_url else "backdrop",
