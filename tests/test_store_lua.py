@@ -197,6 +197,22 @@ async def test_a_room_script_is_registered_as_its_file(room, name):
     assert "@" not in script.registered.script
 
 
+@pytest.mark.parametrize(("room", "name"), [(scripts.STORE, name) for name in SCRIPTS] + ROOM_SCRIPTS)
+def test_every_script_reads_its_slots_never_written_key_before_any_other_command(room, name):
+    # lib/stable_slot.lua: on a cluster, a script whose slot is migrating then fails before it writes.
+    text = scripts.read(f"{name}.lua", room)
+    source = scripts.source(name, room)
+    guard = source[: source.index("\nend\n") + len("\nend\n")]
+
+    assert "local function stable_slot(key)" in guard
+    assert "redis.call" not in source[: source.index("stable_slot(")]
+    if scripts.parse_header(name, text).keys:
+        assert source[len(guard) :].startswith("stable_slot(KEYS[1])\n")
+    else:  # it names its slot from a key prefix it is given
+        own = text[len("\n".join(scripts.header_lines(text))) :]
+        assert own.index("stable_slot(ARGV[") < own.index("redis.call(")
+
+
 def test_no_lua_is_left_in_any_python_module_of_taskd():
     lua_in_python = [
         str(path.relative_to(STORE_DIR.parent))

@@ -68,6 +68,8 @@ PARTITION_OF_FIRST_KEY = "local P = string.match(KEYS[1], '^{[^}]*}:')\n"
 CONSTANTS: Mapping[str, str] = {
     # The lowest priority: its jobs are not moved earlier by aging (taskd.queue.task_queue.job_score).
     "PRIORITY_LOW": str(PRIORITY_LOW),
+    # The last part of NO_KEY's name, for lib/stable_slot.lua, which names it in any key's partition.
+    "NO_KEY_NAME": PARTITION_PREFIXES["NO_KEY"],
     "TASK_EVENTS_MAXLEN": str(keys.TASK_EVENTS_MAXLEN),
     "PROJECT_EVENTS_MAXLEN": str(keys.PROJECT_EVENTS_MAXLEN),
     "EVENTS_TTL": str(keys.EVENTS_TTL),
@@ -164,13 +166,25 @@ def _fill(text: str) -> str:
     return PARTITION_OF_FIRST_KEY + filled if "(P .. '" in filled else filled
 
 
+# Every script opens with it (lib/stable_slot.lua), so that none can write half of its work while its
+# slot migrates on a cluster; one that declares no key calls it on a key prefix of its own.
+SLOT_GUARD = "lib/stable_slot.lua"
+
+
+def _guarded(name: str, package: str, text: str) -> str:
+    guard = read(SLOT_GUARD)
+    if parse_header(name, read(name, package)).keys:
+        guard += "stable_slot(KEYS[1])\n"
+    return _fill(guard) + "\n" + text
+
+
 @functools.cache
 def source(name: str, package: str = STORE) -> str:
-    """The text Redis runs for script `name` (e.g. "submit") of `package`: its includes first,
-    constants filled in."""
+    """The text Redis runs for script `name` (e.g. "submit") of `package`: the slot's guard
+    (lib/stable_slot.lua), then its includes, then its own text, constants filled in."""
     files: list[str] = []
     _with_includes(f"{name}.lua", package, files)
-    return _fill("\n".join(read(file, package) for file in files))
+    return _guarded(f"{name}.lua", package, _fill("\n".join(read(file, package) for file in files)))
 
 
 @attrs.frozen
