@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
-from taskd import keys
+from taskd import keys, redis_conn
 from taskd.model import PRIORITY_LOW
 
 # Keys of a partition (taskd.keys): a script names them after the partition of its first key,
@@ -166,12 +166,17 @@ def _fill(text: str) -> str:
     return PARTITION_OF_FIRST_KEY + filled if "(P .. '" in filled else filled
 
 
-# Every script opens with it (lib/stable_slot.lua), so that none can write half of its work while its
-# slot migrates on a cluster; one that declares no key calls it on a key prefix of its own.
+# On a cluster every script opens with it (lib/stable_slot.lua), so that none can write half of its
+# work while its slot migrates; one that declares no key calls it on a key prefix of its own (a no-op
+# unless guarded). A standalone Redis or a Sentinel's primary never migrates a slot: the guard's
+# command would be one more for every script, for nothing.
 SLOT_GUARD = "lib/stable_slot.lua"
+NO_GUARD = "local function stable_slot(_) end\n"
 
 
-def _guarded(name: str, package: str, text: str) -> str:
+def _guarded(name: str, package: str, text: str, guarded: bool) -> str:
+    if not guarded:
+        return NO_GUARD + text
     guard = read(SLOT_GUARD)
     if parse_header(name, read(name, package)).keys:
         guard += "stable_slot(KEYS[1])\n"
@@ -179,12 +184,14 @@ def _guarded(name: str, package: str, text: str) -> str:
 
 
 @functools.cache
-def source(name: str, package: str = STORE) -> str:
+def source(name: str, package: str = STORE, *, guarded: bool = True) -> str:
     """The text Redis runs for script `name` (e.g. "submit") of `package`: the slot's guard
-    (lib/stable_slot.lua), then its includes, then its own text, constants filled in."""
+    (lib/stable_slot.lua; `guarded` false: a stand-in that does nothing), then its includes, then its
+    own text, constants filled in."""
     files: list[str] = []
     _with_includes(f"{name}.lua", package, files)
-    return _guarded(f"{name}.lua", package, _fill("\n".join(read(file, package) for file in files)))
+    text = _fill("\n".join(read(file, package) for file in files))
+    return _guarded(f"{name}.lua", package, text, guarded)
 
 
 @attrs.frozen
@@ -225,4 +232,5 @@ class Script:
 def load(redis: Redis, name: str, package: str = STORE) -> Script:
     """Script `lua/<name>.lua` of `package`, registered with `redis` (registering sends nothing to Redis)."""
     header = parse_header(f"{name}.lua", read(f"{name}.lua", package))
-    return Script(name, header, redis.register_script(source(name, package)))
+    text = source(name, package, guarded=redis_conn.on_cluster(redis))
+    return Script(name, header, redis.register_script(text))
