@@ -349,6 +349,11 @@ class _SlotPrimaryConnection(Connection):  # type: ignore[misc]
             ) from exc
 
 
+def on_cluster(redis: Redis) -> bool:
+    """True for a client of `connect` on a `redis+cluster://` URL (its slot may migrate)."""
+    return issubclass(redis.connection_pool.connection_class, _SlotPrimaryConnection)
+
+
 def _cluster_client(parsed: ClusterUrl, options: dict[str, Any], partition: int) -> Redis:
     pool = ConnectionPool(
         connection_class=_SlotPrimaryConnection,

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 import taskd.store
-from taskd import keys
+from taskd import keys, redis_conn
 from taskd.store import TaskStore, scripts
 from taskd.store.coalesce import Coalesced, Merged
 
@@ -131,7 +131,9 @@ async def test_every_script_the_store_registers_is_its_lua_file():
     assert all(isinstance(script, scripts.Script) for script in registered)
     # window.lua is registered by the rate limiter (taskd.http.ratelimit), not by the store.
     assert {script.name for script in registered} == set(SCRIPTS) - {"window"}
-    assert all(script.registered.script == scripts.source(script.name) for script in registered)
+    assert all(
+        script.registered.script == scripts.source(script.name, guarded=False) for script in registered
+    )
 
 
 def test_no_lua_is_left_in_the_store_python():
@@ -193,8 +195,43 @@ async def test_a_room_script_is_registered_as_its_file(room, name):
     await redis.aclose()
 
     # The file as shipped, with the key prefixes it names (@NAME@) filled in.
-    assert script.registered.script == scripts.source(name, room)
+    assert script.registered.script == scripts.source(name, room, guarded=False)
     assert "@" not in script.registered.script
+
+
+@pytest.mark.parametrize(("room", "name"), [(scripts.STORE, name) for name in SCRIPTS] + ROOM_SCRIPTS)
+def test_every_script_reads_its_slots_never_written_key_before_any_other_command(room, name):
+    # lib/stable_slot.lua: on a cluster, a script whose slot is migrating then fails before it writes.
+    text = scripts.read(f"{name}.lua", room)
+    source = scripts.source(name, room)
+    guard = source[: source.index("\nend\n") + len("\nend\n")]
+
+    assert "local function stable_slot(key)" in guard
+    assert "redis.call" not in source[: source.index("stable_slot(")]
+    if scripts.parse_header(name, text).keys:
+        assert source[len(guard) :].startswith("stable_slot(KEYS[1])\n")
+    else:  # it names its slot from a key prefix it is given
+        own = text[len("\n".join(scripts.header_lines(text))) :]
+        assert own.index("stable_slot(ARGV[") < own.index("redis.call(")
+
+
+async def test_a_standalone_redis_is_sent_the_scripts_without_the_slot_guard():
+    # Only a cluster's slot migrates: elsewhere the guard would be one more command in every script.
+    redis = redis_conn.connect("redis://127.0.0.1:1")
+    script = scripts.load(redis, "finish")
+    await redis.aclose()
+
+    assert script.registered.script.startswith(scripts.NO_GUARD)
+    assert "stable_slot(KEYS[1])" not in script.registered.script
+
+
+async def test_a_cluster_is_sent_the_scripts_with_the_slot_guard():
+    redis = redis_conn.connect("redis+cluster://127.0.0.1:1")
+    script = scripts.load(redis, "finish")
+    await redis.aclose()
+
+    assert script.registered.script == scripts.source("finish", guarded=True)
+    assert "stable_slot(KEYS[1])" in script.registered.script
 
 
 def test_no_lua_is_left_in_any_python_module_of_taskd():

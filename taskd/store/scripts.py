@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
-from taskd import keys
+from taskd import keys, redis_conn
 from taskd.model import PRIORITY_LOW
 
 # Keys of a partition (taskd.keys): a script names them after the partition of its first key,
@@ -68,6 +68,8 @@ PARTITION_OF_FIRST_KEY = "local P = string.match(KEYS[1], '^{[^}]*}:')\n"
 CONSTANTS: Mapping[str, str] = {
     # The lowest priority: its jobs are not moved earlier by aging (taskd.queue.task_queue.job_score).
     "PRIORITY_LOW": str(PRIORITY_LOW),
+    # The last part of NO_KEY's name, for lib/stable_slot.lua, which names it in any key's partition.
+    "NO_KEY_NAME": PARTITION_PREFIXES["NO_KEY"],
     "TASK_EVENTS_MAXLEN": str(keys.TASK_EVENTS_MAXLEN),
     "PROJECT_EVENTS_MAXLEN": str(keys.PROJECT_EVENTS_MAXLEN),
     "EVENTS_TTL": str(keys.EVENTS_TTL),
@@ -164,13 +166,32 @@ def _fill(text: str) -> str:
     return PARTITION_OF_FIRST_KEY + filled if "(P .. '" in filled else filled
 
 
+# On a cluster every script opens with it (lib/stable_slot.lua), so that none can write half of its
+# work while its slot migrates; one that declares no key calls it on a key prefix of its own (a no-op
+# unless guarded). A standalone Redis or a Sentinel's primary never migrates a slot: the guard's
+# command would be one more for every script, for nothing.
+SLOT_GUARD = "lib/stable_slot.lua"
+NO_GUARD = "local function stable_slot(_) end\n"
+
+
+def _guarded(name: str, package: str, text: str, guarded: bool) -> str:
+    if not guarded:
+        return NO_GUARD + text
+    guard = read(SLOT_GUARD)
+    if parse_header(name, read(name, package)).keys:
+        guard += "stable_slot(KEYS[1])\n"
+    return _fill(guard) + "\n" + text
+
+
 @functools.cache
-def source(name: str, package: str = STORE) -> str:
-    """The text Redis runs for script `name` (e.g. "submit") of `package`: its includes first,
-    constants filled in."""
+def source(name: str, package: str = STORE, *, guarded: bool = True) -> str:
+    """The text Redis runs for script `name` (e.g. "submit") of `package`: the slot's guard
+    (lib/stable_slot.lua; `guarded` false: a stand-in that does nothing), then its includes, then its
+    own text, constants filled in."""
     files: list[str] = []
     _with_includes(f"{name}.lua", package, files)
-    return _fill("\n".join(read(file, package) for file in files))
+    text = _fill("\n".join(read(file, package) for file in files))
+    return _guarded(f"{name}.lua", package, text, guarded)
 
 
 @attrs.frozen
@@ -211,4 +232,5 @@ class Script:
 def load(redis: Redis, name: str, package: str = STORE) -> Script:
     """Script `lua/<name>.lua` of `package`, registered with `redis` (registering sends nothing to Redis)."""
     header = parse_header(f"{name}.lua", read(f"{name}.lua", package))
-    return Script(name, header, redis.register_script(source(name, package)))
+    text = source(name, package, guarded=redis_conn.on_cluster(redis))
+    return Script(name, header, redis.register_script(text))

@@ -22,6 +22,8 @@
 -- waiting for ever, and the tasks ahead of it are not held up by it. (A one-slot task needs no
 -- reservation: any slot that frees fits it, and the tasks ahead of it ask first.)
 -- Returns the chosen device's index, or -1 when none has room.
+-- Nothing written while its slot migrates (lib/stable_slot.lua): it declares no key to check it on.
+stable_slot(ARGV[1])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local reserved_key = ARGV[2] .. 'reserved'

@@ -12,7 +12,8 @@
 -- The ends of the runs that end at once (a worker's batch from one take) come in one call: each
 -- end is checked, written and counted as it would be alone, and its own reply (or error) comes back;
 -- the counters, the running set, the project sets and the project stream's expiry are written once
--- for all of them (lib/later.lua): eight ends of one project's no-op tasks run 57 commands, not 120.
+-- for all of them (lib/later.lua): eight ends of one project's no-op tasks run 57 commands, not 120
+-- (and the slot's guard, lib/stable_slot.lua, once).
 -- KEYS[1]  metrics    {taskd}:metrics, the shared counters
 -- KEYS[2]  outbox     {taskd}:webhooks:due, the webhook outbox
 -- ARGV[1]  ttl        seconds a record is kept from now
