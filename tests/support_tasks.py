@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import cattrs
 
 from taskd import proctree
 from taskd.tasks.diagnostics import marker_path
-from taskd.tasks.spec import ProcessContext, TaskContext, TaskType
+from taskd.tasks.spec import Cancelled, ProcessContext, TaskContext, TaskType
 
 # A tool child: leaves a `child_started` marker with its pid (after touching `megabytes` of memory),
 # a `child_sigterm` marker when SIGTERM comes (then exits, unless told to ignore it), and waits.
@@ -127,6 +128,23 @@ def leave_children(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
 
 
 @attrs.frozen
+class RaiseInput:
+    # The name of a BaseException that is not an Exception: SystemExit, KeyboardInterrupt,
+    # GeneratorExit, BaseException or Cancelled (taskd's own, which a cancel raises in a job process).
+    exception: str
+
+
+def _base_exception(name: str) -> BaseException:
+    return Cancelled() if name == "Cancelled" else getattr(builtins, name)()
+
+
+async def raise_base_exception(_: TaskContext, data: RaiseInput) -> dict[str, Any]:
+    """A coroutine handler that raises a BaseException that is not an Exception."""
+    await asyncio.sleep(0)
+    raise _base_exception(data.exception)
+
+
+@attrs.frozen
 class AppendInput:
     text: str
     suffix: str = "!"
@@ -154,4 +172,11 @@ TASKS = [
     TaskType("tool_child", ToolChildInput, queue="default", expected_duration=1.0, handler=tool_child),
     TaskType("die_by_sigkill", AnythingInput, queue="default", expected_duration=0.1, handler=die_by_sigkill),
     TaskType("leave_children", AnythingInput, queue="default", expected_duration=0.1, handler=leave_children),
+    TaskType(
+        "raise_base_exception",
+        RaiseInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=raise_base_exception,
+    ),
 ]

@@ -478,7 +478,16 @@ class Executor:
         async def body() -> Any:
             # Every child the handler starts (taskd.proctree.spawn) joins this task's tree.
             CURRENT.set(tree)
-            return await interruptible
+            try:
+                return await interruptible
+            except (Exception, asyncio.CancelledError):
+                raise
+            except BaseException as exc:
+                # SystemExit or KeyboardInterrupt out of a task stops the event loop (the whole
+                # taskd, and again at each restart while the task is queued), and any other
+                # BaseException ends the queue's worker loop for good: a handler's failure like any
+                # other instead.
+                raise TaskError(f"Task execution failed: {type(exc).__name__}: {exc}") from exc
 
         task = asyncio.create_task(body())
         running.task = task
