@@ -144,6 +144,11 @@ async def raise_base_exception(_: TaskContext, data: RaiseInput) -> dict[str, An
     raise _base_exception(data.exception)
 
 
+def raise_base_exception_in_process(_: ProcessContext, data: RaiseInput) -> dict[str, Any]:
+    """The same, from a job process."""
+    raise _base_exception(data.exception)
+
+
 @attrs.frozen
 class AppendInput:
     text: str
@@ -178,5 +183,12 @@ TASKS = [
         queue="default",
         expected_duration=0.1,
         handler=raise_base_exception,
+    ),
+    TaskType(
+        "raise_base_exception_in_process",
+        RaiseInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=raise_base_exception_in_process,
     ),
 ]

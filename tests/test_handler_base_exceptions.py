@@ -22,3 +22,16 @@ async def test_a_coroutine_handler_raising_a_base_exception_fails_its_task_and_t
     assert (body["status"], body["attempt"]) == ("failed", 1), body
     assert body["error"].startswith(f"Task execution failed: {exception}"), body["error"]
     assert after["status"] == "completed", after
+
+
+@pytest.mark.parametrize("exception", BASE_EXCEPTIONS)
+async def test_a_job_process_handler_raising_a_base_exception_fails_its_task_naming_it(
+    start_service, exception
+):
+    service = await start_service()
+    task = await service.submit("raise_base_exception_in_process", {"exception": exception})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["attempt"]) == ("failed", 1), body
+    assert body["error"].startswith(exception), body["error"]

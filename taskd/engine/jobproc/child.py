@@ -30,9 +30,11 @@ REAP_TIMEOUT = 2.0  # SIGKILL is not refusable, only slow to take effect
 
 class _State:
     running = False
+    cancelled = False  # SIGTERM came: the worker cancels the task
 
 
 def _on_sigterm(_: int, __: FrameType | None) -> None:
+    _State.cancelled = True
     raise Cancelled()
 
 
@@ -74,6 +76,16 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
     except Exception as exc:
         kind = "transient" if is_transient(exc) else "exception"
         return _error(kind, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    except Cancelled:
+        if _State.cancelled:
+            raise
+        # Raised by the handler itself, no cancel: answered "cancelled", the worker wrote nothing,
+        # and the task, left `processing`, was queued again and again past its attempts.
+        return _error("exception", "Cancelled raised by the handler (no cancel)", traceback.format_exc())
+    except BaseException as exc:
+        # SystemExit, KeyboardInterrupt and the like are the handler's failure too; left to end the
+        # process, they fail the task as a crash ("exit status 1") and cost a new job process.
+        return _error("exception", f"{type(exc).__name__}: {exc}", traceback.format_exc())
     finally:
         _State.running = False
     return {"op": "done", "result": result}
