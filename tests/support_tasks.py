@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import attrs
@@ -128,6 +129,34 @@ def leave_children(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
 
 
 @attrs.frozen
+class StubbornChildrenInput:
+    then: str = "wait"  # "wait" for a cancel or a limit, or "die": the job process exits at once
+
+
+def leave_stubborn_children(ctx: ProcessContext, data: StubbornChildrenInput) -> dict[str, Any]:
+    """In a job process: start a child that ignores SIGTERM (in the job process's group) and one in
+    a session of its own (out of the group), leave their pids in a `children` marker, then wait or
+    let the job process die without stopping them."""
+    ignores_sigterm = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)",
+        ]
+    )
+    own_session = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    marker = marker_path(ctx.config.data_path, ctx.task_id, "children")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    part = marker.with_name(f".{marker.name}")
+    part.write_text(f"{ignores_sigterm.pid} {own_session.pid}")
+    part.rename(marker)
+    if data.then == "die":
+        os._exit(3)
+    time.sleep(300)
+    return {}
+
+
+@attrs.frozen
 class RaiseInput:
     # The name of a BaseException that is not an Exception: SystemExit, KeyboardInterrupt,
     # GeneratorExit, BaseException or Cancelled (taskd's own, which a cancel raises in a job process).
@@ -177,6 +206,13 @@ TASKS = [
     TaskType("tool_child", ToolChildInput, queue="default", expected_duration=1.0, handler=tool_child),
     TaskType("die_by_sigkill", AnythingInput, queue="default", expected_duration=0.1, handler=die_by_sigkill),
     TaskType("leave_children", AnythingInput, queue="default", expected_duration=0.1, handler=leave_children),
+    TaskType(
+        "leave_stubborn_children",
+        StubbornChildrenInput,
+        queue="default",
+        expected_duration=1.0,
+        handler=leave_stubborn_children,
+    ),
     TaskType(
         "raise_base_exception",
         RaiseInput,

@@ -110,12 +110,18 @@ def _stop_leftovers() -> None:
 def _has_children() -> bool:
     # Linux lists each thread's children in /proc; elsewhere (or without it) look the slow way.
     try:
-        return any(
-            Path(f"/proc/self/task/{thread}/children").read_text().strip()
-            for thread in os.listdir("/proc/self/task")
-        )
+        return bool(children_of_self())
     except OSError:
         return True
+
+
+def children_of_self() -> list[int]:
+    """The pids of this process's children, from /proc (Linux; OSError elsewhere)."""
+    return [
+        int(pid)
+        for thread in os.listdir("/proc/self/task")
+        for pid in Path(f"/proc/self/task/{thread}/children").read_text().split()
+    ]
 
 
 def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) -> None:
