@@ -16,7 +16,7 @@ import cattrs
 
 from taskd import proctree
 from taskd.tasks.diagnostics import marker_path
-from taskd.tasks.spec import Cancelled, ProcessContext, TaskContext, TaskType
+from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskContext, TaskType
 
 # A tool child: leaves a `child_started` marker with its pid (after touching `megabytes` of memory),
 # a `child_sigterm` marker when SIGTERM comes (then exits, unless told to ignore it), and waits.
@@ -178,6 +178,16 @@ def raise_base_exception_in_process(_: ProcessContext, data: RaiseInput) -> dict
     raise _base_exception(data.exception)
 
 
+async def raise_soft_limit(_: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """A coroutine handler of a type without a soft limit that raises SoftTimeLimitExceeded itself."""
+    raise SoftTimeLimitExceeded("raised by the handler")
+
+
+def raise_soft_limit_in_process(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """The same, from a job process."""
+    raise SoftTimeLimitExceeded("raised by the handler")
+
+
 @attrs.frozen
 class AppendInput:
     text: str
@@ -226,5 +236,15 @@ TASKS = [
         queue="default",
         expected_duration=0.1,
         handler=raise_base_exception_in_process,
+    ),
+    TaskType(
+        "raise_soft_limit", AnythingInput, queue="default", expected_duration=0.1, handler=raise_soft_limit
+    ),
+    TaskType(
+        "raise_soft_limit_in_process",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=raise_soft_limit_in_process,
     ),
 ]

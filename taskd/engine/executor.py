@@ -512,12 +512,8 @@ class Executor:
             if current is not None and current.cancelling():
                 raise
             return self._stopped(record, running, tree, hard) or Outcome("cancelled")
-        except SoftTimeLimitExceeded:
-            return Outcome(
-                "failed",
-                error=f"Task exceeded its soft time limit of {soft:g} seconds",
-                traceback=traceback.format_exc(),
-            )
+        except SoftTimeLimitExceeded as exc:
+            return self._soft_limit_failure(record, exc, soft)
         except Exception as exc:
             return self._stopped(record, running, tree, hard) or self._failure(record, exc)
         finally:
@@ -529,6 +525,18 @@ class Executor:
             if tree.alive:
                 await asyncio.shield(tree.kill())
         return self._stopped(record, running, tree, hard) or Outcome("completed", result=result)
+
+    def _soft_limit_failure(
+        self, record: TaskRecord, exc: SoftTimeLimitExceeded, soft: float | None
+    ) -> Outcome:
+        if soft is None:
+            # Raised by the handler itself (its type has no soft limit): an error like any other.
+            return self._failure(record, exc)
+        return Outcome(
+            "failed",
+            error=f"Task exceeded its soft time limit of {soft:g} seconds",
+            traceback=traceback.format_exc(),
+        )
 
     def _tree_limits(self) -> TreeLimits:
         execution = self.config.execution
@@ -622,7 +630,7 @@ class Executor:
             return Outcome("retry" if record.attempt < self.max_attempts else "failed", error=error)
         if result.kind == "crashed":
             return Outcome("failed", error=f"Job process died while running the task ({result.error})")
-        if result.error_kind == "soft_limit":
+        if result.error_kind == "soft_limit" and soft is not None:
             return Outcome(
                 "failed",
                 error=f"Task exceeded its soft time limit of {soft:g} seconds",

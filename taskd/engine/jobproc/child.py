@@ -69,8 +69,9 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
     _State.running = True
     try:
         result = task_type.handler(context, data)
-    except SoftTimeLimitExceeded:
-        return _error("soft_limit", "soft time limit exceeded", traceback.format_exc())
+    except SoftTimeLimitExceeded as exc:
+        # The worker names the limit; raised by a handler of a type without one, this is its error.
+        return _error("soft_limit", f"SoftTimeLimitExceeded: {exc}", traceback.format_exc())
     except TaskError as exc:
         return _error("transient" if exc.transient else "task", str(exc), traceback.format_exc())
     except Exception as exc:
