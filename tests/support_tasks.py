@@ -92,6 +92,11 @@ def big_result_in_process(_: ProcessContext, data: BigResultInput) -> dict[str, 
     return _filler(data.characters)
 
 
+def not_json_result_in_process(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """A result JSON cannot hold (an object), from a job process."""
+    return {"object": object()}
+
+
 @attrs.frozen
 class ToolChildInput:
     megabytes: int = 0
@@ -212,6 +217,13 @@ TASKS = [
         queue="default",
         expected_duration=0.1,
         handler=big_result_in_process,
+    ),
+    TaskType(
+        "not_json_result_in_process",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=not_json_result_in_process,
     ),
     TaskType("tool_child", ToolChildInput, queue="default", expected_duration=1.0, handler=tool_child),
     TaskType("die_by_sigkill", AnythingInput, queue="default", expected_duration=0.1, handler=die_by_sigkill),

@@ -18,7 +18,6 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import aiohttp
 import attrs
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -28,6 +27,7 @@ from taskd import keys, refs, tracing
 from taskd.backoff import Backoff, retry_delay
 from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
+from taskd.errors import result_refusal
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.logs import REDACTOR, bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
@@ -653,15 +653,9 @@ class Executor:
         """Write how the run ended; True when that write also dropped the task's arq job."""
         at = now()
         if outcome.kind == "completed":
-            try:
-                size = len(orjson.dumps(outcome.result))
-            except TypeError as exc:
-                outcome = Outcome("failed", error=f"Task returned a result that is not JSON: {exc}")
-            else:
-                limit = self.config.execution.result_max_bytes
-                if size > limit:
-                    error = f"Task returned a result of {size} bytes of JSON, over the limit of {limit} bytes"
-                    outcome = Outcome("failed", error=f"{error} (execution.result_max_bytes)")
+            refusal = result_refusal(outcome.result, self.config.execution.result_max_bytes)
+            if refusal is not None:
+                outcome = Outcome("failed", error=refusal)
         tracing.note_outcome(outcome.kind, outcome.error)
         if outcome.kind == "completed":
             return await self._finish(record, TaskStatus.COMPLETED, at, result=outcome.result)

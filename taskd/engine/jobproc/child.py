@@ -21,6 +21,7 @@ import psutil
 
 from taskd.config import Config
 from taskd.engine.jobproc import frames
+from taskd.errors import result_refusal
 from taskd.model import ValidationError
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
@@ -138,6 +139,13 @@ def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) ->
             except (BrokenPipeError, OSError):
                 return
             _stop_leftovers()
+            if answer["op"] == "done":
+                # Checked here, not only by the worker: a result that is not JSON could not be sent
+                # (the process died of it), and one over the 64 MiB a frame may hold was refused by
+                # the worker's reader, failing the run on taskd's side, so the task ran 4 times.
+                refusal = result_refusal(answer["result"], config.execution.result_max_bytes)
+                if refusal is not None:
+                    answer = _error("task", refusal)
             frames.write(out, answer)
     except Cancelled:
         # Cleanup in the handler has run by now; the worker replaces this process.
