@@ -134,6 +134,19 @@ def leave_children(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
 
 
 @attrs.frozen
+class ProgressBurstInput:
+    reports: int = 1
+
+
+def progress_burst(ctx: ProcessContext, data: ProgressBurstInput) -> dict[str, Any]:
+    """In a job process: report progress `reports` times as fast as it can, the last one 1.0 "last"."""
+    for report in range(1, data.reports):
+        ctx.progress(report / data.reports, f"step {report}")
+    ctx.progress(1.0, "last")
+    return {"reports": data.reports}
+
+
+@attrs.frozen
 class StubbornChildrenInput:
     then: str = "wait"  # "wait" for a cancel or a limit, or "die": the job process exits at once
 
@@ -228,6 +241,9 @@ TASKS = [
     TaskType("tool_child", ToolChildInput, queue="default", expected_duration=1.0, handler=tool_child),
     TaskType("die_by_sigkill", AnythingInput, queue="default", expected_duration=0.1, handler=die_by_sigkill),
     TaskType("leave_children", AnythingInput, queue="default", expected_duration=0.1, handler=leave_children),
+    TaskType(
+        "progress_burst", ProgressBurstInput, queue="default", expected_duration=0.1, handler=progress_burst
+    ),
     TaskType(
         "leave_stubborn_children",
         StubbornChildrenInput,
