@@ -148,7 +148,9 @@ def progress_burst(ctx: ProcessContext, data: ProgressBurstInput) -> dict[str, A
 
 @attrs.frozen
 class StubbornChildrenInput:
-    then: str = "wait"  # "wait" for a cancel or a limit, or "die": the job process exits at once
+    # "wait" for a cancel or a limit, "ignore_sigterm": wait, deaf to a cancel's SIGTERM, or "die":
+    # the job process exits at once.
+    then: str = "wait"
 
 
 def leave_stubborn_children(ctx: ProcessContext, data: StubbornChildrenInput) -> dict[str, Any]:
@@ -170,6 +172,8 @@ def leave_stubborn_children(ctx: ProcessContext, data: StubbornChildrenInput) ->
     part.rename(marker)
     if data.then == "die":
         os._exit(3)
+    if data.then == "ignore_sigterm":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(300)
     return {}
 

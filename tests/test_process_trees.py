@@ -258,3 +258,12 @@ async def test_the_children_of_a_job_process_killed_at_the_hard_limit_are_killed
         await wait_gone(pid, timeout=5)
 
     assert body["error"].startswith("Task exceeded its hard time limit of 2 seconds"), body
+
+
+async def test_a_stop_leaves_nothing_of_a_job_process_deaf_to_sigterm_running(start_service):
+    service = await start_service(execution=ExecutionConfig(cancel_grace=5, shutdown_grace=0.5))
+    _, pids = await stubborn_children(service, "ignore_sigterm")
+
+    await service.service.stop()  # before the cancel's grace is out: the stop does not wait for it
+    for pid in pids:
+        await wait_gone(pid, timeout=5)

@@ -76,7 +76,20 @@ class _Template:
                 _drain(self.wake_read)
                 self._reap()
             if self.control.fileno() in readable and not self._fork_requested():
+                self._kill_everything()
                 return
+
+    def _kill_everything(self) -> None:
+        """The worker is done with this template: kill every process below it. A job process still
+        running (one that ignores SIGTERM, left behind by a stop that could not wait for it) would die
+        by its parent-death signal as this process exits, but what its handler started out of its
+        group would live on, with no subreaper left to pass it to. A second sweep takes what forked
+        during the first."""
+        for _ in range(2):
+            with contextlib.suppress(psutil.Error):
+                for process in psutil.Process().children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        process.kill()
 
     def _reap(self) -> None:
         """Report every job process that has ended since the last look, and kill what it left."""
