@@ -5,6 +5,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
 
 class TaskError(Exception):
     """A failure the handler understands; its message becomes the task's `error` as written."""
@@ -24,3 +28,18 @@ class SoftTimeLimitExceeded(Exception):
 
 class Cancelled(BaseException):
     """Raised inside a job process when its task is cancelled (SIGTERM); `finally` blocks still run."""
+
+
+def result_refusal(result: Any, limit: int) -> str | None:
+    """Why a handler's result is not stored, as its task's error: it is not JSON, or longer than
+    `limit` bytes as JSON (execution.result_max_bytes); None when it is fine."""
+    try:
+        size = len(orjson.dumps(result))
+    except TypeError as exc:
+        return f"Task returned a result that is not JSON: {exc}"
+    if size > limit:
+        return (
+            f"Task returned a result of {size} bytes of JSON, over the limit of {limit} bytes "
+            "(execution.result_max_bytes)"
+        )
+    return None

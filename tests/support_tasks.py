@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import attrs
@@ -14,7 +16,7 @@ import cattrs
 
 from taskd import proctree
 from taskd.tasks.diagnostics import marker_path
-from taskd.tasks.spec import ProcessContext, TaskContext, TaskType
+from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskContext, TaskType
 
 # A tool child: leaves a `child_started` marker with its pid (after touching `megabytes` of memory),
 # a `child_sigterm` marker when SIGTERM comes (then exits, unless told to ignore it), and waits.
@@ -90,6 +92,11 @@ def big_result_in_process(_: ProcessContext, data: BigResultInput) -> dict[str, 
     return _filler(data.characters)
 
 
+def not_json_result_in_process(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """A result JSON cannot hold (an object), from a job process."""
+    return {"object": object()}
+
+
 @attrs.frozen
 class ToolChildInput:
     megabytes: int = 0
@@ -127,6 +134,83 @@ def leave_children(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
 
 
 @attrs.frozen
+class ProgressBurstInput:
+    reports: int = 1
+
+
+def progress_burst(ctx: ProcessContext, data: ProgressBurstInput) -> dict[str, Any]:
+    """In a job process: report progress `reports` times as fast as it can, the last one 1.0 "last"."""
+    for report in range(1, data.reports):
+        ctx.progress(report / data.reports, f"step {report}")
+    ctx.progress(1.0, "last")
+    return {"reports": data.reports}
+
+
+@attrs.frozen
+class StubbornChildrenInput:
+    # "wait" for a cancel or a limit, "ignore_sigterm": wait, deaf to a cancel's SIGTERM, or "die":
+    # the job process exits at once.
+    then: str = "wait"
+
+
+def leave_stubborn_children(ctx: ProcessContext, data: StubbornChildrenInput) -> dict[str, Any]:
+    """In a job process: start a child that ignores SIGTERM (in the job process's group) and one in
+    a session of its own (out of the group), leave their pids in a `children` marker, then wait or
+    let the job process die without stopping them."""
+    ignores_sigterm = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)",
+        ]
+    )
+    own_session = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    marker = marker_path(ctx.config.data_path, ctx.task_id, "children")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    part = marker.with_name(f".{marker.name}")
+    part.write_text(f"{ignores_sigterm.pid} {own_session.pid}")
+    part.rename(marker)
+    if data.then == "die":
+        os._exit(3)
+    if data.then == "ignore_sigterm":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(300)
+    return {}
+
+
+@attrs.frozen
+class RaiseInput:
+    # The name of a BaseException that is not an Exception: SystemExit, KeyboardInterrupt,
+    # GeneratorExit, BaseException or Cancelled (taskd's own, which a cancel raises in a job process).
+    exception: str
+
+
+def _base_exception(name: str) -> BaseException:
+    return Cancelled() if name == "Cancelled" else getattr(builtins, name)()
+
+
+async def raise_base_exception(_: TaskContext, data: RaiseInput) -> dict[str, Any]:
+    """A coroutine handler that raises a BaseException that is not an Exception."""
+    await asyncio.sleep(0)
+    raise _base_exception(data.exception)
+
+
+def raise_base_exception_in_process(_: ProcessContext, data: RaiseInput) -> dict[str, Any]:
+    """The same, from a job process."""
+    raise _base_exception(data.exception)
+
+
+async def raise_soft_limit(_: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """A coroutine handler of a type without a soft limit that raises SoftTimeLimitExceeded itself."""
+    raise SoftTimeLimitExceeded("raised by the handler")
+
+
+def raise_soft_limit_in_process(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """The same, from a job process."""
+    raise SoftTimeLimitExceeded("raised by the handler")
+
+
+@attrs.frozen
 class AppendInput:
     text: str
     suffix: str = "!"
@@ -151,7 +235,48 @@ TASKS = [
         expected_duration=0.1,
         handler=big_result_in_process,
     ),
+    TaskType(
+        "not_json_result_in_process",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=not_json_result_in_process,
+    ),
     TaskType("tool_child", ToolChildInput, queue="default", expected_duration=1.0, handler=tool_child),
     TaskType("die_by_sigkill", AnythingInput, queue="default", expected_duration=0.1, handler=die_by_sigkill),
     TaskType("leave_children", AnythingInput, queue="default", expected_duration=0.1, handler=leave_children),
+    TaskType(
+        "progress_burst", ProgressBurstInput, queue="default", expected_duration=0.1, handler=progress_burst
+    ),
+    TaskType(
+        "leave_stubborn_children",
+        StubbornChildrenInput,
+        queue="default",
+        expected_duration=1.0,
+        handler=leave_stubborn_children,
+    ),
+    TaskType(
+        "raise_base_exception",
+        RaiseInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=raise_base_exception,
+    ),
+    TaskType(
+        "raise_base_exception_in_process",
+        RaiseInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=raise_base_exception_in_process,
+    ),
+    TaskType(
+        "raise_soft_limit", AnythingInput, queue="default", expected_duration=0.1, handler=raise_soft_limit
+    ),
+    TaskType(
+        "raise_soft_limit_in_process",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=raise_soft_limit_in_process,
+    ),
 ]

@@ -216,3 +216,21 @@ async def test_progress_is_monotone_and_visible_while_running(start_service, sec
 
     assert seen == sorted(seen)
     assert len({p for p in seen if 0 < p < 1}) >= 2
+
+
+@pytest.mark.parametrize(
+    ("task_type", "error"),
+    [
+        ("raise_soft_limit", "Task execution failed: SoftTimeLimitExceeded: raised by the handler"),
+        ("raise_soft_limit_in_process", "SoftTimeLimitExceeded: raised by the handler"),
+    ],
+)
+async def test_soft_time_limit_exceeded_raised_by_a_type_without_a_soft_limit_fails_at_once_naming_it(
+    start_service, task_type, error
+):
+    service = await start_service()
+    task = await service.submit(task_type, {})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["attempt"], body["error"]) == ("failed", 1, error)

@@ -13,7 +13,7 @@ from conftest import API_KEY, child_env, make_config
 
 from taskd.config import ExecutionConfig
 from taskd.engine.jobproc.forkserver import ForkedProcess, Template, TemplateGone
-from taskd.engine.jobproc.pool import RunnerPool
+from taskd.engine.jobproc.pool import Limits, RunnerPool
 
 
 async def _show(service) -> dict:
@@ -126,3 +126,35 @@ async def test_a_task_whose_job_process_died_with_its_template_runs_again(start_
 
     assert (body["status"], body["attempt"]) == ("completed", 2), body
     assert body["last_error"] == "Job process died while running the task (its job-process template exited)"
+
+
+async def test_a_burst_of_progress_reports_is_handled_as_the_latest_not_one_by_one(tmp_path, valkey_url):
+    pool = RunnerPool(make_config(tmp_path, valkey_url))
+    handled: list[tuple[float, str | None]] = []
+
+    async def slow_progress_write(progress: float, step: str | None) -> None:
+        handled.append((progress, step))
+        await asyncio.sleep(0.001)  # a Redis write: far slower than a handler reporting in a loop
+
+    request = {
+        "task_id": "t-1",
+        "project_id": "p-1",
+        "task_type": "progress_burst",
+        "task_data": {"reports": 20_000},
+        "metadata": {},
+        "attempt": 1,
+        "max_attempts": 4,
+        "device": None,
+    }
+    try:
+        runner = await pool.acquire()
+        outcome = await runner.execute(request, Limits(None, 60, 2**31, 2), slow_progress_write)
+        await pool.release(runner)
+    finally:
+        await pool.close()
+
+    assert (outcome.kind, outcome.result) == ("done", {"reports": 20_000})
+    assert handled[-1] == (1.0, "last")
+    # Reports that came while one was being written were kept as the latest only, not queued up in
+    # the worker's memory one by one (20 000 of them, with no bound).
+    assert len(handled) < 2_000

@@ -216,3 +216,54 @@ async def test_what_a_job_process_handler_left_running_is_killed_when_its_task_e
     left = body["result"]
     for pid in (left["child"], left["orphan"]):  # the orphan's parent had exited first
         assert not psutil.pid_exists(pid), f"{pid} is left, a zombie at least"
+
+
+async def stubborn_children(service, then: str, **limits):
+    """A job-process task's two children that a signal to its group does not end (one ignores
+    SIGTERM, one left the group), once both run: the task id and their pids."""
+    task = await service.submit("leave_stubborn_children", {"then": then})
+    pids = [int(pid) for pid in (await wait_marker(service, task["task_id"], "children")).split()]
+    return task["task_id"], pids
+
+
+async def test_a_cancel_of_a_job_process_task_leaves_none_of_its_children_running(start_service):
+    service = await start_service(execution=ExecutionConfig(cancel_grace=2))
+    task_id, pids = await stubborn_children(service, "wait")
+
+    await cancel(service, task_id)
+    for pid in pids:
+        await wait_gone(pid, timeout=5)  # the job process ends at once; what it left goes with it
+
+    assert (await service.status(task_id))["status"] == "cancelled"
+
+
+async def test_the_children_of_a_job_process_that_dies_mid_task_are_killed(start_service):
+    service = await start_service()
+    task_id, pids = await stubborn_children(service, "die")
+
+    body = await service.wait_terminal(task_id)
+    for pid in pids:
+        await wait_gone(pid, timeout=5)
+
+    assert body["error"] == "Job process died while running the task (exit status 3)"
+
+
+async def test_the_children_of_a_job_process_killed_at_the_hard_limit_are_killed(start_service):
+    limits = TasksConfig(modules=TEST_TASK_MODULES, hard_time_limits={"leave_stubborn_children": 2})
+    service = await start_service(tasks=limits)
+    task_id, pids = await stubborn_children(service, "wait")
+
+    body = await service.wait_terminal(task_id)
+    for pid in pids:
+        await wait_gone(pid, timeout=5)
+
+    assert body["error"].startswith("Task exceeded its hard time limit of 2 seconds"), body
+
+
+async def test_a_stop_leaves_nothing_of_a_job_process_deaf_to_sigterm_running(start_service):
+    service = await start_service(execution=ExecutionConfig(cancel_grace=5, shutdown_grace=0.5))
+    _, pids = await stubborn_children(service, "ignore_sigterm")
+
+    await service.service.stop()  # before the cancel's grace is out: the stop does not wait for it
+    for pid in pids:
+        await wait_gone(pid, timeout=5)

@@ -139,3 +139,27 @@ async def test_a_small_result_under_a_configured_limit_completes(start_service):
     body = await service.wait_terminal(task["task_id"])
 
     assert (body["status"], body["result"]) == ("completed", {"filler": "x" * 10})
+
+
+async def test_a_job_process_result_larger_than_a_frame_fails_at_once_naming_the_limit(start_service):
+    service = await start_service()
+    characters = 65 * MIB  # past the 64 MiB a frame from a job process may hold
+    task = await service.submit("big_result_in_process", {"characters": characters})
+
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert (body["status"], body["attempt"]) == ("failed", 1)
+    assert body["error"] == (
+        f"Task returned a result of {characters + FILLER_OVERHEAD} bytes of JSON, over the limit of {MIB} bytes "
+        "(execution.result_max_bytes)"
+    )
+
+
+async def test_a_job_process_result_that_is_not_json_fails_saying_so(start_service):
+    service = await start_service()
+    task = await service.submit("not_json_result_in_process", {})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["attempt"]) == ("failed", 1)
+    assert body["error"] == "Task returned a result that is not JSON: Type is not JSON serializable: object"

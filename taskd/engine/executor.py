@@ -18,7 +18,6 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import aiohttp
 import attrs
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -28,6 +27,7 @@ from taskd import keys, refs, tracing
 from taskd.backoff import Backoff, retry_delay
 from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
+from taskd.errors import result_refusal
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.logs import REDACTOR, bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
@@ -478,7 +478,16 @@ class Executor:
         async def body() -> Any:
             # Every child the handler starts (taskd.proctree.spawn) joins this task's tree.
             CURRENT.set(tree)
-            return await interruptible
+            try:
+                return await interruptible
+            except (Exception, asyncio.CancelledError):
+                raise
+            except BaseException as exc:
+                # SystemExit or KeyboardInterrupt out of a task stops the event loop (the whole
+                # taskd, and again at each restart while the task is queued), and any other
+                # BaseException ends the queue's worker loop for good: a handler's failure like any
+                # other instead.
+                raise TaskError(f"Task execution failed: {type(exc).__name__}: {exc}") from exc
 
         task = asyncio.create_task(body())
         running.task = task
@@ -503,12 +512,8 @@ class Executor:
             if current is not None and current.cancelling():
                 raise
             return self._stopped(record, running, tree, hard) or Outcome("cancelled")
-        except SoftTimeLimitExceeded:
-            return Outcome(
-                "failed",
-                error=f"Task exceeded its soft time limit of {soft:g} seconds",
-                traceback=traceback.format_exc(),
-            )
+        except SoftTimeLimitExceeded as exc:
+            return self._soft_limit_failure(record, exc, soft)
         except Exception as exc:
             return self._stopped(record, running, tree, hard) or self._failure(record, exc)
         finally:
@@ -520,6 +525,18 @@ class Executor:
             if tree.alive:
                 await asyncio.shield(tree.kill())
         return self._stopped(record, running, tree, hard) or Outcome("completed", result=result)
+
+    def _soft_limit_failure(
+        self, record: TaskRecord, exc: SoftTimeLimitExceeded, soft: float | None
+    ) -> Outcome:
+        if soft is None:
+            # Raised by the handler itself (its type has no soft limit): an error like any other.
+            return self._failure(record, exc)
+        return Outcome(
+            "failed",
+            error=f"Task exceeded its soft time limit of {soft:g} seconds",
+            traceback=traceback.format_exc(),
+        )
 
     def _tree_limits(self) -> TreeLimits:
         execution = self.config.execution
@@ -613,7 +630,7 @@ class Executor:
             return Outcome("retry" if record.attempt < self.max_attempts else "failed", error=error)
         if result.kind == "crashed":
             return Outcome("failed", error=f"Job process died while running the task ({result.error})")
-        if result.error_kind == "soft_limit":
+        if result.error_kind == "soft_limit" and soft is not None:
             return Outcome(
                 "failed",
                 error=f"Task exceeded its soft time limit of {soft:g} seconds",
@@ -636,15 +653,9 @@ class Executor:
         """Write how the run ended; True when that write also dropped the task's arq job."""
         at = now()
         if outcome.kind == "completed":
-            try:
-                size = len(orjson.dumps(outcome.result))
-            except TypeError as exc:
-                outcome = Outcome("failed", error=f"Task returned a result that is not JSON: {exc}")
-            else:
-                limit = self.config.execution.result_max_bytes
-                if size > limit:
-                    error = f"Task returned a result of {size} bytes of JSON, over the limit of {limit} bytes"
-                    outcome = Outcome("failed", error=f"{error} (execution.result_max_bytes)")
+            refusal = result_refusal(outcome.result, self.config.execution.result_max_bytes)
+            if refusal is not None:
+                outcome = Outcome("failed", error=refusal)
         tracing.note_outcome(outcome.kind, outcome.error)
         if outcome.kind == "completed":
             return await self._finish(record, TaskStatus.COMPLETED, at, result=outcome.result)

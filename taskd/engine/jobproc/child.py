@@ -21,6 +21,7 @@ import psutil
 
 from taskd.config import Config
 from taskd.engine.jobproc import frames
+from taskd.errors import result_refusal
 from taskd.model import ValidationError
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
@@ -30,9 +31,11 @@ REAP_TIMEOUT = 2.0  # SIGKILL is not refusable, only slow to take effect
 
 class _State:
     running = False
+    cancelled = False  # SIGTERM came: the worker cancels the task
 
 
 def _on_sigterm(_: int, __: FrameType | None) -> None:
+    _State.cancelled = True
     raise Cancelled()
 
 
@@ -67,13 +70,24 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
     _State.running = True
     try:
         result = task_type.handler(context, data)
-    except SoftTimeLimitExceeded:
-        return _error("soft_limit", "soft time limit exceeded", traceback.format_exc())
+    except SoftTimeLimitExceeded as exc:
+        # The worker names the limit; raised by a handler of a type without one, this is its error.
+        return _error("soft_limit", f"SoftTimeLimitExceeded: {exc}", traceback.format_exc())
     except TaskError as exc:
         return _error("transient" if exc.transient else "task", str(exc), traceback.format_exc())
     except Exception as exc:
         kind = "transient" if is_transient(exc) else "exception"
         return _error(kind, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    except Cancelled:
+        if _State.cancelled:
+            raise
+        # Raised by the handler itself, no cancel: answered "cancelled", the worker wrote nothing,
+        # and the task, left `processing`, was queued again and again past its attempts.
+        return _error("exception", "Cancelled raised by the handler (no cancel)", traceback.format_exc())
+    except BaseException as exc:
+        # SystemExit, KeyboardInterrupt and the like are the handler's failure too; left to end the
+        # process, they fail the task as a crash ("exit status 1") and cost a new job process.
+        return _error("exception", f"{type(exc).__name__}: {exc}", traceback.format_exc())
     finally:
         _State.running = False
     return {"op": "done", "result": result}
@@ -98,12 +112,18 @@ def _stop_leftovers() -> None:
 def _has_children() -> bool:
     # Linux lists each thread's children in /proc; elsewhere (or without it) look the slow way.
     try:
-        return any(
-            Path(f"/proc/self/task/{thread}/children").read_text().strip()
-            for thread in os.listdir("/proc/self/task")
-        )
+        return bool(children_of_self())
     except OSError:
         return True
+
+
+def children_of_self() -> list[int]:
+    """The pids of this process's children, from /proc (Linux; OSError elsewhere)."""
+    return [
+        int(pid)
+        for thread in os.listdir("/proc/self/task")
+        for pid in Path(f"/proc/self/task/{thread}/children").read_text().split()
+    ]
 
 
 def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) -> None:
@@ -119,6 +139,13 @@ def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) ->
             except (BrokenPipeError, OSError):
                 return
             _stop_leftovers()
+            if answer["op"] == "done":
+                # Checked here, not only by the worker: a result that is not JSON could not be sent
+                # (the process died of it), and one over the 64 MiB a frame may hold was refused by
+                # the worker's reader, failing the run on taskd's side, so the task ran 4 times.
+                refusal = result_refusal(answer["result"], config.execution.result_max_bytes)
+                if refusal is not None:
+                    answer = _error("task", refusal)
             frames.write(out, answer)
     except Cancelled:
         # Cleanup in the handler has run by now; the worker replaces this process.

@@ -9,6 +9,7 @@ after anything that left it in doubt.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -87,7 +88,9 @@ class Runner:
         # False from a task's start until it ended with a frame of its own (done, error): a process
         # whose run ended any other way may still be running a handler, and is never handed a task.
         self.clean = True
-        self._frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        # The frames read and not yet handled (None: the process closed its answers).
+        self._frames: collections.deque[dict[str, Any] | None] = collections.deque()
+        self._arrived = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
         self._kill_timer: asyncio.TimerHandle | None = None
         self.rss = 0
@@ -98,7 +101,7 @@ class Runner:
         runner = cls(await template.fork(device), device)
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                ready = await runner._frames.get()
+                ready = await runner._next_frame()
             if ready is None or ready.get("op") != "ready":
                 raise RuntimeError("job process failed to start")
         except BaseException:
@@ -122,9 +125,32 @@ class Runner:
         assert self.proc.stdout is not None
         try:
             while (frame := await frames.read_async(self.proc.stdout)) is not None:
-                await self._frames.put(frame)
+                self._arrive(frame)
         finally:
-            await self._frames.put(None)
+            self._arrive(None)
+
+    def _arrive(self, frame: dict[str, Any] | None) -> None:
+        # A handler reporting progress in a tight loop sends frames far faster than their Redis
+        # writes go: kept one by one, they filled the worker's memory (1 GB in 16 s). Only the
+        # latest progress not yet handled is kept (progress never moves backwards).
+        last = self._frames[-1] if self._frames else None
+        if (
+            frame is not None
+            and frame.get("op") == "progress"
+            and last is not None
+            and last.get("op") == "progress"
+        ):
+            # A step named by the frame replaced stays shown unless this one names another.
+            self._frames[-1] = {**frame, "step": frame.get("step") or last.get("step")}
+        else:
+            self._frames.append(frame)
+        self._arrived.set()
+
+    async def _next_frame(self) -> dict[str, Any] | None:
+        while not self._frames:
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._frames.popleft()
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -209,7 +235,7 @@ class Runner:
                 return ProcessOutcome("memory", peak_rss=peak)
             try:
                 async with asyncio.timeout(MEMORY_CHECK_INTERVAL):
-                    frame = await self._frames.get()
+                    frame = await self._next_frame()
             except TimeoutError:
                 continue
             if frame is None:

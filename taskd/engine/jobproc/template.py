@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 import cattrs
 import orjson
+import psutil
 
 from taskd.config import Config
 from taskd.engine.jobproc import child, frames
@@ -64,6 +65,7 @@ class _Template:
         self.channels = [control.fileno(), self.wake_read, wake_write, out.fileno()]
         # Made here, not in a child: it checks that the child's parent is this process.
         self.die_with_template = die_with_parent()
+        self.jobs: set[int] = set()  # the job processes forked and not yet reaped
 
     def serve(self) -> None:
         """Fork job processes on request until the worker closes the control socket."""
@@ -74,18 +76,52 @@ class _Template:
                 _drain(self.wake_read)
                 self._reap()
             if self.control.fileno() in readable and not self._fork_requested():
+                self._kill_everything()
                 return
 
+    def _kill_everything(self) -> None:
+        """The worker is done with this template: kill every process below it. A job process still
+        running (one that ignores SIGTERM, left behind by a stop that could not wait for it) would die
+        by its parent-death signal as this process exits, but what its handler started out of its
+        group would live on, with no subreaper left to pass it to. A second sweep takes what forked
+        during the first."""
+        for _ in range(2):
+            with contextlib.suppress(psutil.Error):
+                for process in psutil.Process().children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        process.kill()
+
     def _reap(self) -> None:
-        """Report every job process that has ended since the last look."""
+        """Report every job process that has ended since the last look, and kill what it left."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
-            frames.write(self.out, {"op": "exited", "pid": pid, "status": os.waitstatus_to_exitcode(status)})
+                break
+            if pid in self.jobs:
+                self.jobs.discard(pid)
+                frames.write(
+                    self.out, {"op": "exited", "pid": pid, "status": os.waitstatus_to_exitcode(status)}
+                )
+        self._kill_leftovers()
+
+    def _kill_leftovers(self) -> None:
+        """Kill every child of this process that is not a job process: what a job process's handler
+        started and left running when that job process ended without stopping it (killed at a limit
+        or after a cancel's grace, crashed, or cancelled while a child ignores SIGTERM or left its
+        group), passed up to this process, their subreaper. Reaped at their own SIGCHLD."""
+        try:
+            leftovers = [pid for pid in child.children_of_self() if pid not in self.jobs]
+        except OSError:
+            return  # not Linux: not a subreaper, nothing is passed up here
+        for pid in leftovers:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                for member in [*process.children(recursive=True), process]:
+                    with contextlib.suppress(psutil.Error):
+                        member.kill()
 
     def _fork_requested(self) -> bool:
         """Fork the job process one packet asks for; False once the worker has closed the socket."""
@@ -99,6 +135,7 @@ class _Template:
         pid = os.fork()
         if pid == 0:
             self._become_job_process(orjson.loads(message).get("device"), fds)
+        self.jobs.add(pid)
         for fd in fds:
             os.close(fd)
         frames.write(self.out, {"op": "forked", "pid": pid})
@@ -145,6 +182,10 @@ def main() -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a task module that prints must not corrupt the frames
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        # What a job process's handler left behind comes here when that job process dies (as each
+        # job process is the subreaper of its own handler's children): see _kill_leftovers.
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     init = control.recv(MAX_PACKET)
     if not init:
         return
