@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Here, not at the top: the client commands above run on the base install, without the
         # server's packages (the `server` extra).
-        from taskd.service import run
+        from taskd.service import StartFailed, run
     except ModuleNotFoundError as exc:
         print(
             f"taskd {args.command}: {exc.name} is not installed: pip install 'taskd[server]'", file=sys.stderr
@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"taskd: {exc}", file=sys.stderr)
         return 2
+    except StartFailed as exc:
+        print(f"taskd: {exc}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         return 130
     return 0
