@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -55,6 +56,9 @@ HAND_BACK_WAIT = 10.0
 
 # The exit status of a start-up that could not use its Redis: the operator commands' (cli_admin).
 EXIT_REDIS = 3
+# ... that the host refused what it needs: its HTTP address (in use, not this host's), a file or
+# directory of the data dir (cannot be made, read or written).
+EXIT_HOST = 4
 
 
 class StartFailed(Exception):
@@ -147,13 +151,16 @@ class Service:
         try:
             await self._start()
         except BaseException as exc:
-            await cancel_and_wait(self._background)  # the embedded Valkey's supervision among them
-            await self._stack.aclose()
+            # What had started is stopped as at a SIGTERM, without the grace: a job a worker took
+            # before the API failed to listen goes back to its queue at once.
+            await self.stop(grace=0)
             if isinstance(exc, RedisError):
                 # Unreachable past redis.start_wait, a wrong password, a user refused a command:
                 # what an operator must mend, said in one line rather than a traceback.
                 where = printable(self._url)
                 raise StartFailed(f"Redis at {where}: {type(exc).__name__}: {exc}", EXIT_REDIS) from None
+            if isinstance(exc, OSError) and exc.filename is not None:
+                raise StartFailed(f"cannot use {exc.filename}: {exc.strerror or exc}", EXIT_HOST) from None
             raise
 
     async def _start(self) -> None:
@@ -373,7 +380,15 @@ class Service:
             create_app(api), access_log=None, keepalive_timeout=self.config.http.idle_timeout
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.http.host, self.config.http.port).start()
+        host, port = self.config.http.host, self.config.http.port
+        try:
+            await web.TCPSite(self._runner, host, port).start()
+        except OSError as exc:
+            # errno's own words ("Address already in use"), not the event loop's long sentence.
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+            raise StartFailed(
+                f"cannot listen on {host or '*'} port {port} (http.host, http.port): {reason}", EXIT_HOST
+            ) from None
         self.addresses = [(address[0], address[1]) for address in self._runner.addresses]
 
     async def stop(self, grace: float | None = None) -> None:
@@ -451,7 +466,14 @@ async def _start_unless_stopped(service: Service, stop: asyncio.Event) -> bool:
         stopping.cancel()
         starting.result()  # start-up's own failure, if any
         return True
-    await cancel_and_wait([starting])  # Service.start undoes what it began when cancelled
+    # One cancel, not stopping.cancel_and_wait's repeated ones: they would cut short the stop that
+    # Service.start makes of what it had begun.
+    starting.cancel()
+    try:
+        await starting
+    except asyncio.CancelledError:
+        return False
+    await service.stop()  # the cancel came as start-up ended (or was swallowed): it had started
     return False
 
 

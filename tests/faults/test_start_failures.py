@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -140,3 +141,29 @@ async def test_sigterm_while_waiting_for_redis_stops_at_once_with_exit_status_0(
     assert proc.returncode == 0
     assert time.monotonic() - started < 10
     assert "Traceback" not in stderr and "listening" not in stdout
+
+
+async def test_an_http_port_in_use_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        done = await _serve(tmp_path, TASKD_HTTP__PORT=str(port))
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert _last_line(done.stderr) == (
+        f"taskd: cannot listen on 127.0.0.1 port {port} (http.host, http.port): Address already in use"
+    )
+    assert "embedded valkey stopped" in done.stderr  # what it had started is stopped
+
+
+async def test_a_data_dir_that_cannot_be_made_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+
+    done = await _serve(tmp_path, TASKD_DATA_DIR=str(tmp_path / "a-file" / "data"))
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert _last_line(done.stderr).startswith(f"taskd: cannot use {tmp_path / 'a-file' / 'data'}")
+    assert _last_line(done.stderr).endswith(": Not a directory")
