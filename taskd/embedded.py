@@ -142,6 +142,14 @@ class DataDirInUse(RuntimeError):
         self.owner = owner
 
 
+class ServerDidNotStart(RuntimeError):
+    """The server exited, or did not answer, while it started; `reason` is the last line it logged."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class _PortTaken(Exception):
     """The server exited because another process took its port first."""
 
@@ -367,7 +375,10 @@ class EmbeddedValkey:
         if exit_status is not None and "Address already in use" in tail:
             raise _PortTaken
         what = "did not answer PING" if exit_status is None else f"exited (status {exit_status})"
-        raise RuntimeError(f"embedded valkey {what} during start-up; {self.log_path} ends:\n{tail}")
+        reason = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+        raise ServerDidNotStart(
+            f"embedded valkey {what} during start-up; {self.log_path} ends:\n{tail}", reason
+        )
 
 
 def _config_text(

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from taskd import apikey, keys, tracing
 from taskd.config import Config, ConfigError
-from taskd.embedded import DataDirInUse, EmbeddedValkey
+from taskd.embedded import DataDirInUse, EmbeddedValkey, ServerDidNotStart
 from taskd.engine.executor import Executor
 from taskd.engine.jobproc.pool import RunnerPool
 from taskd.engine.reclaim import Reclaimer
@@ -143,6 +143,11 @@ class Service:
             url = await self._embedded.start()
         except DataDirInUse as exc:
             raise ConfigError(f"data_dir {self.config.data_path}: {exc}") from None
+        except ServerDidNotStart as exc:
+            # A damaged append-only file, a bad setting: what the server said last, and where the rest is.
+            raise StartFailed(
+                f"the embedded valkey did not start (see {self._embedded.log_path}): {exc.reason}", EXIT_REDIS
+            ) from None
         self._background.append(asyncio.create_task(self._embedded.supervise(), name="embedded-valkey"))
         return url
 

@@ -167,3 +167,19 @@ async def test_a_data_dir_that_cannot_be_made_stops_start_up_with_one_line_and_e
     assert "Traceback" not in done.stderr
     assert _last_line(done.stderr).startswith(f"taskd: cannot use {tmp_path / 'a-file' / 'data'}")
     assert _last_line(done.stderr).endswith(": Not a directory")
+
+
+async def test_an_embedded_valkey_that_cannot_load_its_file_stops_start_up_with_its_last_words(tmp_path):
+    aof_dir = tmp_path / "data" / "valkey" / "appendonly"
+    aof_dir.mkdir(parents=True)
+    (aof_dir / "appendonly.aof.manifest").write_text("this is not a manifest\n")
+
+    done = await _serve(tmp_path)
+
+    assert done.returncode == 3
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    line = _last_line(done.stderr)
+    assert line.startswith(
+        f"taskd: the embedded valkey did not start (see {tmp_path / 'data' / 'valkey' / 'valkey.log'}): "
+    )
+    assert "manifest" in line  # what Valkey itself said was wrong
