@@ -40,6 +40,7 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     DataError,
+    NoPermissionError,
     OutOfMemoryError,
     RedisError,
     ResponseError,
@@ -189,6 +190,14 @@ def refuses_writes(exc: BaseException) -> bool:
     to persist (MISCONF: a disk full or failing under its append-only file or snapshots)."""
     return isinstance(exc, OutOfMemoryError) or (
         isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
+    )
+
+
+def refused_by_acl(exc: BaseException) -> bool:
+    """True for a command Redis's ACL refuses taskd's user (NOPERM), alone or inside a script (where
+    it comes as "ERR ACL failure in script: …"): a grant missing on the Redis, for its operator to add."""
+    return isinstance(exc, NoPermissionError) or (
+        isinstance(exc, ResponseError) and "ACL failure in script" in str(exc)
     )
 
 
