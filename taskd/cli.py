@@ -129,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             f"taskd {args.command}: {exc.name} is not installed: pip install 'taskd[server]'", file=sys.stderr
         )
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C while the server's modules load (a few tenths of a second, longer on a cold cache):
+        # the same quiet end as one during start-up, not a traceback of the import machinery.
+        return 130
     try:
         config = load_config(args.config)
         logs.configure(

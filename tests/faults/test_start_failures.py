@@ -183,3 +183,32 @@ async def test_an_embedded_valkey_that_cannot_load_its_file_stops_start_up_with_
         f"taskd: the embedded valkey did not start (see {tmp_path / 'data' / 'valkey' / 'valkey.log'}): "
     )
     assert "manifest" in line  # what Valkey itself said was wrong
+
+
+_CTRL_C_WHILE_LOADING = """
+import sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "taskd.service":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, CtrlC())
+from taskd.cli import main
+sys.exit(main(["serve"]))
+"""
+
+
+async def test_ctrl_c_while_serve_loads_its_modules_ends_it_with_status_130_and_no_traceback(tmp_path):
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _CTRL_C_WHILE_LOADING],
+        env=_base_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 130
+    assert done.stderr == ""
