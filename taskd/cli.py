@@ -143,12 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         serve = args.command == "serve"
         workers = not args.no_worker if serve else True
         _run_loop(run(config, http=serve, workers=workers, queues=_queues(args.queues)))
-    except ConfigError as exc:
+    except (ConfigError, StartFailed) as exc:
+        # The log lines still waiting for their writer thread first: the reason is the last line.
+        logs.flush()
         print(f"taskd: {exc}", file=sys.stderr)
-        return 2
-    except StartFailed as exc:
-        print(f"taskd: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return exc.exit_status if isinstance(exc, StartFailed) else 2
     except KeyboardInterrupt:
         return 130
     return 0
