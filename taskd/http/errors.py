@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import shapes
@@ -83,7 +84,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # maxmemory with noeviction: Redis refuses writes rather than drop task data.
         log.warning("storage full (redis maxmemory) for %s %s", request.method, request.path)
         return render(ServiceUnavailable(STORAGE_FULL, retry_after=STORAGE_FULL_RETRY_AFTER))
-    except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError, RedisReadOnlyError) as exc:
+        # READONLY: the server of a plain redis:// URL became a replica (a failover, or a demoted
+        # primary): writes come back once it, or the address, is a primary again.
         log.warning("storage unavailable for %s %s: %s", request.method, request.path, exc)
         return render(
             ServiceUnavailable("Task storage is unavailable, please try again later", retry_after=5)
