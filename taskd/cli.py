@@ -123,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Here, not at the top: the client commands above run on the base install, without the
         # server's packages (the `server` extra).
-        from taskd.service import run
+        from taskd.service import StartFailed, run
     except ModuleNotFoundError as exc:
         print(
             f"taskd {args.command}: {exc.name} is not installed: pip install 'taskd[server]'", file=sys.stderr
         )
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C while the server's modules load (a few tenths of a second, longer on a cold cache):
+        # the same quiet end as one during start-up, not a traceback of the import machinery.
+        return 130
     try:
         config = load_config(args.config)
         logs.configure(
@@ -139,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         serve = args.command == "serve"
         workers = not args.no_worker if serve else True
         _run_loop(run(config, http=serve, workers=workers, queues=_queues(args.queues)))
-    except ConfigError as exc:
+    except (ConfigError, StartFailed) as exc:
+        # The log lines still waiting for their writer thread first: the reason is the last line.
+        logs.flush()
         print(f"taskd: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status if isinstance(exc, StartFailed) else 2
     except KeyboardInterrupt:
         return 130
     return 0

@@ -306,6 +306,9 @@ class RedisConfig:
     url: str = attrs.field(default="", validator=_redis_url)
     # Seconds any one Redis command may take before the API answers 503 (0: no limit).
     socket_timeout: float = attrs.field(default=10.0, validator=_seconds(ge=0))
+    # Seconds a start-up waits for a Redis that does not answer (down, not yet started, a network
+    # not up), trying again with a warning each time, before it stops with exit status 3.
+    start_wait: float = attrs.field(default=60.0, validator=_seconds(ge=0))
     # Replicas that must hold a new task before its submit is acknowledged (WAIT); 0: do not wait.
     wait_replicas: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     wait_timeout: float = attrs.field(default=2.0, validator=_seconds(gt=0))

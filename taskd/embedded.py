@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import importlib.util
 import logging
 import os
@@ -46,6 +47,8 @@ AOF_DIRNAME = "appendonly"
 PIDFILE = "valkey.pid"
 # The pid of the process that started the server (its parent while that process runs).
 OWNERFILE = "owner.pid"
+# Locked (flock) by the taskd that owns the directory for as long as it runs, its pid inside.
+LOCKFILE = "taskd.lock"
 CONFFILE = "valkey.conf"
 LOGFILE = "valkey.log"
 URLFILE = "redis.url"
@@ -134,12 +137,22 @@ def unix_socket_path(valkey_dir: Path) -> Path | None:
 class DataDirInUse(RuntimeError):
     """The embedded server of this data directory belongs to a process that still runs."""
 
-    def __init__(self, valkey_dir: Path, owner: int) -> None:
+    def __init__(self, valkey_dir: Path, owner: int | None) -> None:
+        # No pid: the other taskd locked the directory a moment ago and has not written it yet.
+        which = f" (pid {owner})" if owner is not None else ""
         super().__init__(
-            f"the embedded valkey in {valkey_dir} belongs to a taskd that is still running (pid {owner}): "
+            f"the embedded valkey in {valkey_dir} belongs to a taskd that is still running{which}: "
             "stop it first, or give this one another data_dir"
         )
         self.owner = owner
+
+
+class ServerDidNotStart(RuntimeError):
+    """The server exited, or did not answer, while it started; `reason` is the last line it logged."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class _PortTaken(Exception):
@@ -178,6 +191,7 @@ class EmbeddedValkey:
         self._port = 0
         self._password = ""
         self._socket_path: Path | None = None
+        self._lock: int | None = None  # the descriptor holding LOCKFILE's lock while started
 
     @property
     def pid(self) -> int | None:
@@ -206,6 +220,16 @@ class EmbeddedValkey:
         if self._proc is not None:
             raise RuntimeError("embedded valkey is already started")
         _make_private_dir(self.dir)
+        # Before anything else in the directory: two taskd started at the same moment both found
+        # no pidfile, and each started a server writing the one append-only file.
+        self._lock = _lock_dir(self.dir)
+        try:
+            return await self._start()
+        except BaseException:
+            self._unlock()
+            raise
+
+    async def _start(self) -> str:
         await _stop_stale_server(self.dir)
         password = _load_or_create_password(self.dir / PASSWORDFILE)
         socket_path = unix_socket_path(self.dir)
@@ -276,6 +300,7 @@ class EmbeddedValkey:
         self._tcp_url = None
         if proc is None:
             self._url = None
+            self._unlock()
             return
         url, self._url = self._url, None
         _unlink(self.dir / URLFILE)
@@ -300,7 +325,13 @@ class EmbeddedValkey:
         if _read_pid(self.dir / PIDFILE) == proc.pid:
             _unlink(self.dir / PIDFILE)
             _unlink(self.dir / OWNERFILE)
+        self._unlock()
         log.info("embedded valkey stopped (exit status %s)", proc.returncode)
+
+    def _unlock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            os.close(lock)  # closing the descriptor releases the lock
 
     @staticmethod
     def running_url(data_dir: Path) -> str | None:
@@ -367,7 +398,10 @@ class EmbeddedValkey:
         if exit_status is not None and "Address already in use" in tail:
             raise _PortTaken
         what = "did not answer PING" if exit_status is None else f"exited (status {exit_status})"
-        raise RuntimeError(f"embedded valkey {what} during start-up; {self.log_path} ends:\n{tail}")
+        reason = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "")
+        raise ServerDidNotStart(
+            f"embedded valkey {what} during start-up; {self.log_path} ends:\n{tail}", reason
+        )
 
 
 def _config_text(
@@ -469,6 +503,21 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
             os._exit(1)  # the parent died before prctl took effect, so no signal would come
 
     return hook
+
+
+def _lock_dir(valkey_dir: Path) -> int:
+    """Take LOCKFILE's exclusive lock, write this process's pid in it, and return its descriptor;
+    DataDirInUse while another process holds it. The kernel lets go of it when this process ends,
+    even by SIGKILL; the descriptor is not passed on to the processes taskd starts (O_CLOEXEC)."""
+    fd = os.open(valkey_dir / LOCKFILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirInUse(valkey_dir, _read_pid(valkey_dir / LOCKFILE)) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 async def _stop_stale_server(valkey_dir: Path) -> None:

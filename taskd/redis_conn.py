@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -34,11 +36,24 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    DataError,
+    NoPermissionError,
+    OutOfMemoryError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, OutOfMemoryError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import keys
+from taskd.backoff import Backoff
 from taskd.config import ConfigError
+from taskd.logs import mask_url
+
+log = logging.getLogger("taskd")
 
 SENTINEL_SCHEME = "redis+sentinel"
 DEFAULT_SENTINEL_PORT = 26379
@@ -53,6 +68,9 @@ _SLOT_ELSEWHERE = ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")
 _SLOT_ELSEWHERE_IN_SCRIPT = ("non local key in a cluster node", "while the cluster is down")
 # A bound on every connect; a Redis that is down answers 503 at once instead of hanging requests.
 CONNECT_TIMEOUT = 5.0
+# The pauses between the tries of a start-up waiting for its Redis (wait_until_answers).
+RECONNECT_FIRST_AT_START = 0.5
+RECONNECT_CAP_AT_START = 5.0
 
 
 @attrs.frozen
@@ -175,6 +193,14 @@ def refuses_writes(exc: BaseException) -> bool:
     )
 
 
+def refused_by_acl(exc: BaseException) -> bool:
+    """True for a command Redis's ACL refuses taskd's user (NOPERM), alone or inside a script (where
+    it comes as "ERR ACL failure in script: …"): a grant missing on the Redis, for its operator to add."""
+    return isinstance(exc, NoPermissionError) or (
+        isinstance(exc, ResponseError) and "ACL failure in script" in str(exc)
+    )
+
+
 def slot_elsewhere(message: str) -> bool:
     """True for an error of a cluster node that cannot serve the slot now: the slot moved or is
     moving (a failover, a resharding), or the cluster is down. Like a lost connection, it passes:
@@ -189,6 +215,45 @@ async def serves_every_partition(clients: Sequence[Redis]) -> None:
     # On one server every partition has the same client: one read tells for all.
     distinct = {id(client): (partition, client) for partition, client in reversed(list(enumerate(clients)))}
     await asyncio.gather(*(client.exists(keys.metrics(partition)) for partition, client in distinct.values()))
+
+
+# How a Redis URL is printed: its password and credential query values masked.
+URL_MASK = "********"
+
+
+def printable(url: str) -> str:
+    """`url` fit for a log line or an error message: its password masked."""
+    return mask_url(url, URL_MASK)
+
+
+async def wait_until_answers(redis: Redis, url: str, wait: float) -> None:
+    """PING `redis` until it answers, for up to `wait` seconds, with a warning per failed try.
+
+    A Redis started with (or after) taskd, a network not yet up at boot: taskd waits for it rather
+    than exit at once into a restart loop its supervisor may give up on (systemd's start limit).
+    What waiting cannot mend (a wrong password, a user refused the command) and the last failure
+    are raised.
+    """
+    deadline = time.monotonic() + wait
+    delays = Backoff(RECONNECT_FIRST_AT_START, RECONNECT_CAP_AT_START)
+    while True:
+        try:
+            await redis.ping()
+            return
+        except (AuthenticationError, AuthorizationError):
+            raise
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            log.warning(
+                "Redis at %s does not answer (%s: %s); trying again for %.1f s more",
+                printable(url),
+                type(exc).__name__,
+                exc,
+                left,
+            )
+            await asyncio.sleep(min(delays.next_delay(), left))
 
 
 def connect(url: str, *, socket_timeout: float | None = None, partition: int = 0) -> Redis:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import aiohttp
 import psutil
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from taskd import apikey, keys, tracing
 from taskd.config import Config, ConfigError
-from taskd.embedded import DataDirInUse, EmbeddedValkey
+from taskd.embedded import DataDirInUse, EmbeddedValkey, ServerDidNotStart
 from taskd.engine.executor import Executor
 from taskd.engine.jobproc.pool import RunnerPool
 from taskd.engine.reclaim import Reclaimer
@@ -37,7 +39,7 @@ from taskd.net.guard import AddressPolicy
 from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import WorkerPool
-from taskd.redis_conn import connect, connect_partitions, refuse_cluster
+from taskd.redis_conn import connect, connect_partitions, printable, refuse_cluster, wait_until_answers
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
 from taskd.store import Admission, TaskStore, layout
@@ -51,6 +53,20 @@ log = logging.getLogger("taskd")
 # How long a stop waits for the hand-back writes of the runs it cancelled before it lets go of
 # Redis (they retry while Redis is unreachable; one not done by then is queued again by the reclaim).
 HAND_BACK_WAIT = 10.0
+
+# The exit status of a start-up that could not use its Redis: the operator commands' (cli_admin).
+EXIT_REDIS = 3
+# ... that the host refused what it needs: its HTTP address (in use, not this host's), a file or
+# directory of the data dir (cannot be made, read or written).
+EXIT_HOST = 4
+
+
+class StartFailed(Exception):
+    """Start-up could not finish: a line fit for stderr, and the exit status that says why."""
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def served_queues(config: Config, registry: Registry, only: list[str] | None) -> list[str]:
@@ -103,6 +119,7 @@ class Service:
         self._runner: web.AppRunner | None = None
         self._stopped = False
         self._listener: Redis | None = None
+        self._url = ""  # the Redis in use, once known: what a start-up failure names
 
     async def _redis_url(self) -> str:
         if self.config.redis.url:
@@ -126,6 +143,11 @@ class Service:
             url = await self._embedded.start()
         except DataDirInUse as exc:
             raise ConfigError(f"data_dir {self.config.data_path}: {exc}") from None
+        except ServerDidNotStart as exc:
+            # A damaged append-only file, a bad setting: what the server said last, and where the rest is.
+            raise StartFailed(
+                f"the embedded valkey did not start (see {self._embedded.log_path}): {exc.reason}", EXIT_REDIS
+            ) from None
         self._background.append(asyncio.create_task(self._embedded.supervise(), name="embedded-valkey"))
         return url
 
@@ -133,16 +155,24 @@ class Service:
         """Connect (starting the embedded Valkey if needed), then start workers and the API."""
         try:
             await self._start()
-        except BaseException:
-            await cancel_and_wait(self._background)  # the embedded Valkey's supervision among them
-            await self._stack.aclose()
+        except BaseException as exc:
+            # What had started is stopped as at a SIGTERM, without the grace: a job a worker took
+            # before the API failed to listen goes back to its queue at once.
+            await self.stop(grace=0)
+            if isinstance(exc, RedisError):
+                # Unreachable past redis.start_wait, a wrong password, a user refused a command:
+                # what an operator must mend, said in one line rather than a traceback.
+                where = printable(self._url)
+                raise StartFailed(f"Redis at {where}: {type(exc).__name__}: {exc}", EXIT_REDIS) from None
+            if isinstance(exc, OSError) and exc.filename is not None:
+                raise StartFailed(f"cannot use {exc.filename}: {exc.strerror or exc}", EXIT_HOST) from None
             raise
 
     async def _start(self) -> None:
         signers = self._webhook_signers()  # first: a damaged secret file stops start-up before anything runs
         # Before the API and the sessions are made: they take the tracing middleware and trace configs.
         tracing.setup()
-        url = await self._redis_url()
+        self._url = url = await self._redis_url()
         REDACTOR.add(url_password(url))  # the embedded server's password is in no config field
         self._register_secrets()
         # Every command is bounded (a hung Redis means 503s, not hung requests); the pub/sub
@@ -158,7 +188,7 @@ class Service:
                 self._stack.push_async_callback(client.aclose)
         self._listener = connect(url)
         self._stack.push_async_callback(self._listener.aclose)
-        await redis.ping()
+        await wait_until_answers(redis, url, self.config.redis.start_wait)
         await refuse_cluster(url, redis)
         await layout.upgrade(redis)
         await layout.check_partitions(redis)
@@ -355,7 +385,15 @@ class Service:
             create_app(api), access_log=None, keepalive_timeout=self.config.http.idle_timeout
         )
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.config.http.host, self.config.http.port).start()
+        host, port = self.config.http.host, self.config.http.port
+        try:
+            await web.TCPSite(self._runner, host, port).start()
+        except OSError as exc:
+            # errno's own words ("Address already in use"), not the event loop's long sentence.
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+            raise StartFailed(
+                f"cannot listen on {host or '*'} port {port} (http.host, http.port): {reason}", EXIT_HOST
+            ) from None
         self.addresses = [(address[0], address[1]) for address in self._runner.addresses]
 
     async def stop(self, grace: float | None = None) -> None:
@@ -404,7 +442,9 @@ async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | 
     notifier = Notifier.from_env()
     service = Service(config, http=http, workers=workers, queues=queues)
     notifier.status("starting")
-    await service.start()
+    if not await _start_unless_stopped(service, stop):
+        log.info("stopped during start-up")
+        return
     tune_gc()
     service.announce()
     notifier.ready(_status_line(service))
@@ -416,6 +456,30 @@ async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | 
         notifier.stopping("stopping: draining running jobs")
         await service.stop()
         watchdog.cancel()
+
+
+async def _start_unless_stopped(service: Service, stop: asyncio.Event) -> bool:
+    """Start `service`; False if `stop` was set first, when what start-up had begun is undone.
+
+    A start-up may wait a while (for its Redis, for the embedded Valkey to load its file): a SIGTERM
+    or Ctrl-C meanwhile stops it then, not once it is done, and nothing says it listens.
+    """
+    starting = asyncio.create_task(service.start(), name="start-up")
+    stopping = asyncio.create_task(stop.wait(), name="stop-during-start-up")
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        stopping.cancel()
+        starting.result()  # start-up's own failure, if any
+        return True
+    # One cancel, not stopping.cancel_and_wait's repeated ones: they would cut short the stop that
+    # Service.start makes of what it had begun.
+    starting.cancel()
+    try:
+        await starting
+    except asyncio.CancelledError:
+        return False
+    await service.stop()  # the cancel came as start-up ended (or was swallowed): it had started
+    return False
 
 
 # Container objects allocated, less those freed, between two young collections (Python's default: 700).

@@ -319,6 +319,29 @@ async def test_a_second_taskd_serve_on_the_same_data_dir_stops_with_one_line_and
         childproc.stop(first)
 
 
+async def test_a_start_on_a_data_dir_whose_first_start_is_still_under_way_is_refused(tmp_path: Path) -> None:
+    first, second = EmbeddedValkey(tmp_path), EmbeddedValkey(tmp_path)
+    starting = asyncio.create_task(first.start())
+    await asyncio.sleep(0)  # the first runs up to the spawn of its server: there is no pidfile yet
+    assert not (tmp_path / "valkey" / "valkey.pid").exists()
+    try:
+        with pytest.raises(embedded.DataDirInUse, match=str(os.getpid())):
+            await second.start()
+        url = await starting
+        assert EmbeddedValkey.running_url(tmp_path) == url
+    finally:
+        await second.stop()
+        await starting
+        await first.stop()
+
+
+async def test_the_data_dir_is_free_again_once_its_server_stopped(tmp_path: Path) -> None:
+    async with EmbeddedValkey(tmp_path):
+        pass
+    async with EmbeddedValkey(tmp_path) as again:
+        assert again.url is not None
+
+
 async def test_pidfile_naming_a_live_non_valkey_process_does_not_kill_it(tmp_path: Path) -> None:
     bystander = await asyncio.create_subprocess_exec("sleep", "60")
     try:

@@ -8,18 +8,20 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError as RedisOutOfMemoryError
+from redis.exceptions import ReadOnlyError as RedisReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import shapes
 from taskd.http.responses import shape_response
 from taskd.model import ApiError, InvalidState, ServiceUnavailable
-from taskd.redis_conn import refuses_writes
+from taskd.redis_conn import refused_by_acl, refuses_writes
 
 log = logging.getLogger("taskd.http")
 
 STORAGE_FULL = "Task storage is full; new work is refused until it has room again, please try again later"
 STORAGE_CANNOT_WRITE = "Task storage cannot write to its disk now; please try again later"
 STORAGE_FULL_RETRY_AFTER = 60
+STORAGE_REFUSES_US = "Task storage refuses this service a command it needs; please try again later"
 _HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -82,7 +84,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # maxmemory with noeviction: Redis refuses writes rather than drop task data.
         log.warning("storage full (redis maxmemory) for %s %s", request.method, request.path)
         return render(ServiceUnavailable(STORAGE_FULL, retry_after=STORAGE_FULL_RETRY_AFTER))
-    except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError, RedisReadOnlyError) as exc:
+        # READONLY: the server of a plain redis:// URL became a replica (a failover, or a demoted
+        # primary): writes come back once it, or the address, is a primary again.
         log.warning("storage unavailable for %s %s: %s", request.method, request.path, exc)
         return render(
             ServiceUnavailable("Task storage is unavailable, please try again later", retry_after=5)
@@ -92,5 +96,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # MISCONF: its disk is full or failing; it takes writes again once it can persist them.
             log.warning("storage refuses writes for %s %s: %s", request.method, request.path, exc)
             return render(ServiceUnavailable(STORAGE_CANNOT_WRITE, retry_after=STORAGE_FULL_RETRY_AFTER))
+        if refused_by_acl(exc):
+            # The Redis user taskd logs in as lacks a command or the pub/sub channels: no fault of the
+            # request, and mended on the Redis, not here. An error for the operator, not a 500.
+            log.error(
+                "Redis refuses taskd's user a command for %s %s (grant it: ~* &* +@all): %s",
+                request.method,
+                request.path,
+                exc,
+            )
+            return render(ServiceUnavailable(STORAGE_REFUSES_US, retry_after=STORAGE_FULL_RETRY_AFTER))
         log.exception("unhandled error for %s %s", request.method, request.path)
         return shape_response(shapes.Error("internal_error", "Internal server error"), 500)

@@ -34,11 +34,19 @@ def free_port() -> int:
 class ValkeyServer:
     """A valkey-server (or sentinel) child process on a fixed port, with its own directory and config file."""
 
-    def __init__(self, folder: Path, port: int | None = None, *config: str, sentinel: bool = False) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        *config: str,
+        sentinel: bool = False,
+        password: str | None = None,
+    ) -> None:
         self.folder = folder
         self.port = port or free_port()
         self.sentinel = sentinel
-        self.config = config
+        self.password = password  # its default user's (requirepass)
+        self.config = (*config, f"requirepass {password}") if password else config
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +56,7 @@ class ValkeyServer:
 
     def client(self) -> Redis:
         """A new client of this server."""
-        return Redis(host="127.0.0.1", port=self.port)
+        return Redis(host="127.0.0.1", port=self.port, password=self.password)
 
     async def start(self) -> ValkeyServer:
         """Start it (again, on the same port and directory) and wait until it answers PING."""

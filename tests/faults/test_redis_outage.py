@@ -155,3 +155,24 @@ async def _submit_when_back(api: Api) -> str:
         if status == 200:
             return body["task_id"]
         await asyncio.sleep(0.1)
+
+
+async def test_a_redis_that_became_a_replica_answers_503_to_writes_and_takes_them_again_as_primary(tmp_path):
+    primary = await ValkeyServer(tmp_path / "primary").start()
+    other = await ValkeyServer(tmp_path / "other").start()
+    try:
+        async with serving(tmp_path, RedisConfig(url=primary.url), workers=False) as (_, api):
+            body = {"project_id": "p", "task_type": "noop", "task_data": {}}
+            async with primary.client() as admin:
+                # A demoted primary (a failover behind a plain redis:// address): READONLY to writes.
+                await admin.execute_command("REPLICAOF", "127.0.0.1", str(other.port))
+                status, refused = await api.call("POST", "/api/v1/tasks/submit", json=body)
+                await admin.execute_command("REPLICAOF", "NO", "ONE")
+            again, _ = await api.call("POST", "/api/v1/tasks/submit", json=body)
+    finally:
+        primary.stop()
+        other.stop()
+
+    assert status == 503
+    assert refused["error"] == "service_unavailable" and refused["retry_after"] > 0
+    assert again == 200

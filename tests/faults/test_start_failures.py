@@ -1,0 +1,214 @@
+"""`taskd serve` whose start-up cannot finish: one line on stderr and a documented exit status
+(docs/production.md, "Exit statuses of taskd serve and taskd worker"), never a traceback or a hang."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import child_env
+from faultkit import ValkeyServer, free_port
+
+PASSWORD = "s3cret-redis-pw"
+
+
+async def _serve(tmp_path: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    """`taskd serve` run to its end; what it wrote and its exit status."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "taskd", "serve"],
+        env={**_base_env(tmp_path), **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _base_env(tmp_path: Path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", **child_env(tmp_path / "data"), "TASKD_LOGGING__FORMAT": "json"}
+
+
+def _last_line(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1]
+
+
+async def test_an_unreachable_redis_is_waited_for_then_named_in_one_line_with_exit_status_3(tmp_path):
+    port = free_port()
+    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+
+    done = await _serve(tmp_path, TASKD_REDIS__URL=url, TASKD_REDIS__START_WAIT="1.5")
+
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr and PASSWORD not in done.stderr
+    assert _last_line(done.stderr).startswith(
+        f"taskd: Redis at redis://:********@127.0.0.1:{port}/0: ConnectionError:"
+    )
+    assert "does not answer" in done.stderr  # a warning per try while it waited
+    assert "listening" not in done.stdout
+
+
+async def test_a_redis_that_comes_up_within_the_start_wait_is_served(tmp_path):
+    server = ValkeyServer(tmp_path / "valkey")
+    env = {**_base_env(tmp_path), "TASKD_REDIS__URL": server.url, "TASKD_REDIS__START_WAIT": "30"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskd", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        await asyncio.sleep(2)
+        assert proc.poll() is None
+        await server.start()
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        assert "listening on http://" in line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        server.stop()
+    assert proc.returncode == 0
+    assert "does not answer" in stderr and "Traceback" not in stderr
+
+
+async def test_a_wrong_redis_password_stops_start_up_at_once_with_exit_status_3(tmp_path):
+    server = await ValkeyServer(tmp_path / "valkey", password=PASSWORD).start()
+    try:
+        url = f"redis://:wrong-{PASSWORD}@127.0.0.1:{server.port}/0"
+        started = time.monotonic()
+        done = await _serve(tmp_path, TASKD_REDIS__URL=url, TASKD_REDIS__START_WAIT="60")
+    finally:
+        server.stop()
+
+    assert done.returncode == 3
+    assert time.monotonic() - started < 30  # no waiting for a password to become right
+    assert "Traceback" not in done.stderr and PASSWORD not in done.stderr
+    assert _last_line(done.stderr).startswith(
+        f"taskd: Redis at redis://:********@127.0.0.1:{server.port}/0: AuthenticationError:"
+    )
+
+
+async def test_a_redis_user_refused_a_command_taskd_needs_stops_start_up_naming_it(tmp_path):
+    # An ACL user that may read but not write: start-up's first write is refused.
+    reader = f"user reader on >{PASSWORD} ~* &* +@read +ping +hello +client +info"
+    server = await ValkeyServer(tmp_path / "valkey", None, reader, password=PASSWORD).start()
+    try:
+        done = await _serve(tmp_path, TASKD_REDIS__URL=f"redis://reader:{PASSWORD}@127.0.0.1:{server.port}/0")
+    finally:
+        server.stop()
+
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr and PASSWORD not in done.stderr
+    last = _last_line(done.stderr)
+    assert last.startswith(
+        f"taskd: Redis at redis://reader:********@127.0.0.1:{server.port}/0: NoPermissionError:"
+    )
+    assert "no permissions to run" in last
+
+
+async def test_sigterm_while_waiting_for_redis_stops_at_once_with_exit_status_0(tmp_path):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    env = {**_base_env(tmp_path), "TASKD_REDIS__URL": url, "TASKD_REDIS__START_WAIT": "60"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskd", "serve"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        # Once it waits (its first warning), not while Python is still importing.
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stderr.readline), 30)
+        assert "does not answer" in line
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+    assert proc.returncode == 0
+    assert time.monotonic() - started < 10
+    assert "Traceback" not in stderr and "listening" not in stdout
+
+
+async def test_an_http_port_in_use_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        done = await _serve(tmp_path, TASKD_HTTP__PORT=str(port))
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert _last_line(done.stderr) == (
+        f"taskd: cannot listen on 127.0.0.1 port {port} (http.host, http.port): Address already in use"
+    )
+    assert "embedded valkey stopped" in done.stderr  # what it had started is stopped
+
+
+async def test_a_data_dir_that_cannot_be_made_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+
+    done = await _serve(tmp_path, TASKD_DATA_DIR=str(tmp_path / "a-file" / "data"))
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert _last_line(done.stderr).startswith(f"taskd: cannot use {tmp_path / 'a-file' / 'data'}")
+    assert _last_line(done.stderr).endswith(": Not a directory")
+
+
+async def test_an_embedded_valkey_that_cannot_load_its_file_stops_start_up_with_its_last_words(tmp_path):
+    aof_dir = tmp_path / "data" / "valkey" / "appendonly"
+    aof_dir.mkdir(parents=True)
+    (aof_dir / "appendonly.aof.manifest").write_text("this is not a manifest\n")
+
+    done = await _serve(tmp_path)
+
+    assert done.returncode == 3
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    line = _last_line(done.stderr)
+    assert line.startswith(
+        f"taskd: the embedded valkey did not start (see {tmp_path / 'data' / 'valkey' / 'valkey.log'}): "
+    )
+    assert "manifest" in line  # what Valkey itself said was wrong
+
+
+_CTRL_C_WHILE_LOADING = """
+import sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "taskd.service":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, CtrlC())
+from taskd.cli import main
+sys.exit(main(["serve"]))
+"""
+
+
+async def test_ctrl_c_while_serve_loads_its_modules_ends_it_with_status_130_and_no_traceback(tmp_path):
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _CTRL_C_WHILE_LOADING],
+        env=_base_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert done.returncode == 130
+    assert done.stderr == ""
