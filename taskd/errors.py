@@ -30,16 +30,13 @@ class Cancelled(BaseException):
     """Raised inside a job process when its task is cancelled (SIGTERM); `finally` blocks still run."""
 
 
-def result_refusal(result: Any, limit: int) -> str | None:
+def result_refusal(result: Any, limit: int, bound: str = "execution.result_max_bytes") -> str | None:
     """Why a handler's result is not stored, as its task's error: it is not JSON, or longer than
-    `limit` bytes as JSON (execution.result_max_bytes); None when it is fine."""
+    `limit` bytes as JSON (`bound` names where that limit comes from); None when it is fine."""
     try:
         size = len(orjson.dumps(result))
     except TypeError as exc:
         return f"Task returned a result that is not JSON: {exc}"
     if size > limit:
-        return (
-            f"Task returned a result of {size} bytes of JSON, over the limit of {limit} bytes "
-            "(execution.result_max_bytes)"
-        )
+        return f"Task returned a result of {size} bytes of JSON, over the limit of {limit} bytes ({bound})"
     return None

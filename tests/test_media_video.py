@@ -699,6 +699,37 @@ async def test_an_image_shown_only_between_two_frames_is_left_out(tmp_path, file
     assert not any(box_of(f, (30, 200, 30)) for f in frames)
 
 
+def exif_turned_jpeg(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
+    """A JPEG `width` x `height` in its header whose EXIF says to turn it a quarter (orientation 6):
+    shown `height` x `width`, as a phone camera's photos are."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, "JPEG", exif=exif)
+    return out.getvalue()
+
+
+async def test_an_image_turned_by_its_exif_keeps_its_shape_when_the_character_changes_image(
+    tmp_path, files, http
+):
+    # 60x20 in its header, shown 20x60 (ffmpeg turns it by its EXIF): fitted by the header's size it
+    # was stretched to a wide drawing, though as the only image it is drawn tall.
+    red = files.add("r.jpg", exif_turned_jpeg(60, 20, (230, 30, 30)))
+    blue = files.add("b.png", png(20, 30, (30, 30, 230)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    keyframes = [Keyframe(red, 0.0), Keyframe(blue, 0.5)]
+    data = RenderAnimationInput(
+        "hero", keyframes, animation_type="static", duration=1, fps=4, resolution="160x90"
+    )
+
+    frames = await decoded(config, await render_animation.run(ctx, data))
+
+    box = box_of(frames[0], (230, 30, 30))
+    assert box is not None
+    assert box[3] - box[1] > 2 * (box[2] - box[0]), box  # taller than wide, as shown
+
+
 async def test_an_animation_is_drawn_over_its_background_image(tmp_path, files, http):
     sprite, background = (
         files.add("k.png", png(20, 30, (230, 30, 30))),

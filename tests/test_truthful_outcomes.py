@@ -9,6 +9,7 @@ from examples import TASK_DATA
 from taskd import keys
 from taskd.backoff import retry_delay
 from taskd.config import Config, ExecutionConfig, RetryConfig
+from taskd.engine.jobproc.child import MAX_RESULT
 
 MIB = 1024 * 1024
 FILLER_OVERHEAD = len(orjson.dumps({"filler": ""}))  # what support_tasks' big results add to their filler
@@ -163,3 +164,23 @@ async def test_a_job_process_result_that_is_not_json_fails_saying_so(start_servi
 
     assert (body["status"], body["attempt"]) == ("failed", 1)
     assert body["error"] == "Task returned a result that is not JSON: Type is not JSON serializable: object"
+
+
+async def test_a_job_process_result_under_a_configured_limit_but_over_a_frame_fails_at_once(start_service):
+    # A limit above the 64 MiB a frame from a job process may hold: such a result cannot come back
+    # from the job process, whatever the limit; it fails its task once, saying why.
+    limit = 100 * MIB
+    service = await start_service(
+        execution=ExecutionConfig(
+            cancel_grace=2, reclaim_interval=0.5, shutdown_grace=2, result_max_bytes=limit
+        )
+    )
+    task = await service.submit("big_result_in_process", {"characters": 65 * MIB})
+
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert (body["status"], body["attempt"]) == ("failed", 1), body
+    assert body["error"] == (
+        f"Task returned a result of {65 * MIB + FILLER_OVERHEAD} bytes of JSON, over the limit of "
+        f"{MAX_RESULT} bytes (the most a job process can send)"
+    )

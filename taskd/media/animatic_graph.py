@@ -281,7 +281,10 @@ def _image_track(
         labels.append(f"{out}_i{n}")
         chains.append(
             # rgba again after the scale: in a YUV format pad would round an odd box down, below the image.
-            f"[{picture}]trim=end_frame=1,format=rgba,scale=w={width}:h={height},format=rgba,"
+            # Fitted, not forced, into its size: ffmpeg turns a JPEG by its EXIF orientation, which its
+            # header's size does not; forced, a turned photo was stretched (never larger than the box).
+            f"[{picture}]trim=end_frame=1,format=rgba,"
+            f"scale=w={width}:h={height}:force_original_aspect_ratio=decrease,format=rgba,"
             f"pad=w={wide}:h={tall}:x=(ow-iw)/2:y=(oh-ih)/2:color=black@0,setsar=1,"
             f"loop=loop={clip.frame_count - 1}:size=1:start=0,setpts=N/({clip.fps}*TB),"
             f"select='{_sum(shown)}'[{labels[-1]}]"

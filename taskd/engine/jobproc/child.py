@@ -27,6 +27,9 @@ from taskd.tasks.registry import Registry
 from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
 
 REAP_TIMEOUT = 2.0  # SIGKILL is not refusable, only slow to take effect
+# The longest result, as JSON, that its `done` frame can carry (frames.MAX_FRAME, what the worker's
+# reader takes), whatever execution.result_max_bytes allows.
+MAX_RESULT = frames.MAX_FRAME - len(frames.encode({"op": "done", "result": 0})) + frames.HEADER_SIZE + 1
 
 
 class _State:
@@ -143,7 +146,12 @@ def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) ->
                 # Checked here, not only by the worker: a result that is not JSON could not be sent
                 # (the process died of it), and one over the 64 MiB a frame may hold was refused by
                 # the worker's reader, failing the run on taskd's side, so the task ran 4 times.
-                refusal = result_refusal(answer["result"], config.execution.result_max_bytes)
+                limit = config.execution.result_max_bytes
+                refusal = (
+                    result_refusal(answer["result"], limit)
+                    if limit <= MAX_RESULT
+                    else result_refusal(answer["result"], MAX_RESULT, "the most a job process can send")
+                )
                 if refusal is not None:
                     answer = _error("task", refusal)
             frames.write(out, answer)

@@ -9,6 +9,7 @@ from typing import Any, BinaryIO
 import orjson
 
 _HEADER = struct.Struct(">I")
+HEADER_SIZE = _HEADER.size
 MAX_FRAME = 64 * 1024 * 1024
 
 
