@@ -4,7 +4,14 @@ goes on taking work."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
+import support_tasks
+from conftest import make_config
+
+from taskd.engine.jobproc import child
+from taskd.tasks.registry import Registry
 
 BASE_EXCEPTIONS = ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException", "Cancelled"]
 
@@ -35,3 +42,26 @@ async def test_a_job_process_handler_raising_a_base_exception_fails_its_task_nam
 
     assert (body["status"], body["attempt"]) == ("failed", 1), body
     assert body["error"].startswith(exception), body["error"]
+
+
+def test_a_job_process_that_swallowed_an_earlier_cancel_still_fails_a_handler_raising_cancelled(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    # A cancel's SIGTERM a handler caught and returned from leaves the job process in service.
+    monkeypatch.setattr(child._State, "cancelled", True)
+    request = {
+        "task_type": "raise_base_exception_in_process",
+        "task_data": {"exception": "Cancelled"},
+        "task_id": "t1",
+        "project_id": "p",
+        "attempt": 1,
+        "max_attempts": 4,
+        "metadata": {},
+    }
+
+    answer = child._run_one(
+        request, make_config(tmp_path, "redis://unused"), Registry(support_tasks.TASKS), io.BytesIO()
+    )
+
+    assert (answer["op"], answer["kind"]) == ("error", "exception")
+    assert "Cancelled raised by the handler" in answer["error"]

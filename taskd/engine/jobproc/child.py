@@ -70,6 +70,8 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
         device=request.get("device"),
         send=lambda progress, step: frames.write(out, {"op": "progress", "progress": progress, "step": step}),
     )
+    # A cancel of an earlier task that its handler caught and returned from is not this task's.
+    _State.cancelled = False
     _State.running = True
     try:
         result = task_type.handler(context, data)
