@@ -434,10 +434,12 @@ class Service:
 
 
 async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | None = None) -> None:
-    """Run a Service until SIGTERM or SIGINT."""
+    """Run a Service until SIGTERM, SIGINT or SIGHUP."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP: the terminal it was started from closed (an ssh session dropped). Its default would end
+    # the process at once, its running jobs left to the reclaim; stopped as by SIGTERM, they go back.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     notifier = Notifier.from_env()
     service = Service(config, http=http, workers=workers, queues=queues)

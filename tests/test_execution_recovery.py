@@ -264,7 +264,9 @@ async def test_task_that_kills_its_worker_every_time_fails_after_three_deaths(sp
     assert body["attempt"] == 3
 
 
-async def test_sigterm_to_a_worker_hands_its_running_task_back(spawn_taskd, tmp_path, session):
+# SIGHUP: the terminal a `taskd serve` or `taskd worker` was started from closed.
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+async def test_a_stop_signal_to_a_worker_hands_its_running_task_back(spawn_taskd, tmp_path, session, sig):
     api = Api(session, spawn_taskd("serve", "--no-worker", env=env_for(tmp_path)).base_url)
     worker = spawn_taskd(
         "worker", env=env_for(tmp_path, TASKD_EXECUTION__SHUTDOWN_GRACE="0.5"), wait_listening=False
@@ -272,7 +274,7 @@ async def test_sigterm_to_a_worker_hands_its_running_task_back(spawn_taskd, tmp_
     task_id = await api.submit("sleep", {"seconds": 30, "steps": 30})
     await api.wait(task_id, lambda b: b["status"] == "processing")
 
-    assert await asyncio.to_thread(worker.stop, signal.SIGTERM, 30) == 0
+    assert await asyncio.to_thread(worker.stop, sig, 30) == 0
     body = await api.status(task_id)
 
     assert body["status"] == "queued"
