@@ -1,13 +1,19 @@
 """Requests a key holds open (event streams, `Prefer: wait` submits): a key at its cap
-(`limits.open_streams_per_key`) is refused with the documented 429, other keys are not."""
+(`limits.open_streams_per_key`) is refused with the documented 429, other keys are not, and the
+process can hold as many connections as its hard limit on open files allows."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-from conftest import API_KEY, RunningService
+import pytest
+from conftest import API_KEY, RunningService, child_env
 from sse import iter_events
 
 from taskd.config import AuthConfig, LimitsConfig
@@ -122,3 +128,22 @@ async def test_a_held_wait_counts_towards_the_cap(start_service):
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/<pid>/limits")
+def test_taskd_serve_raises_its_open_files_soft_limit_to_the_hard_limit(spawn_taskd, tmp_path: Path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # The child inherits a soft limit under the hard one, as systemd gives a service 1024 of 524288;
+    # above what this process has open, so that starting the child does not run out.
+    lowered = max(256, len(os.listdir("/proc/self/fd")) + 64)
+    if hard == resource.RLIM_INFINITY or hard <= lowered:
+        pytest.skip(f"needs a finite hard limit above {lowered}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        running = spawn_taskd("serve", env=child_env(tmp_path / "data"))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    limits = Path(f"/proc/{running.proc.pid}/limits").read_text().splitlines()
+    open_files = next(line for line in limits if line.startswith("Max open files")).split()
+    assert open_files[3:5] == [str(hard), str(hard)]
