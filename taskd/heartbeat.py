@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -66,12 +67,13 @@ class Heartbeat:
         self._job_rss = job_rss
         self._after_beat = after_beat
         self._process = psutil.Process()
+        self._rss = 0
 
     async def beat(self) -> None:
         """Write one heartbeat now."""
         info = attrs.evolve(
             self.info,
-            rss_bytes=self._process.memory_info().rss,
+            rss_bytes=self._read_rss(),
             job_rss_bytes=self._job_rss(),
             running=self._running(),
         )
@@ -81,6 +83,14 @@ class Heartbeat:
             await pipe.execute()
         for partition, client in self._partitions:
             await client.set(keys.worker(info.worker_id, partition), b"1", px=int(self.ttl * 1000))
+
+    def _read_rss(self) -> int:
+        # The beat is the lease on every task this process runs. A process out of open files
+        # (EMFILE) cannot read /proc: the beat goes out with the last reading rather than not at
+        # all, which let other workers take its running tasks as a dead worker's.
+        with contextlib.suppress(psutil.Error, OSError):
+            self._rss = self._process.memory_info().rss
+        return self._rss
 
     async def run(self) -> None:
         """Beat (then run `after_beat`) until cancelled; a Redis outage only delays the next beat."""

@@ -1,22 +1,28 @@
 """Requests a key holds open (event streams, `Prefer: wait` submits): a key at its cap
-(`limits.open_streams_per_key`) is refused with the documented 429, other keys are not, and the
-process can hold as many connections as its hard limit on open files allows."""
+(`limits.open_streams_per_key`) is refused with the documented 429, other keys are not, the
+process can hold as many connections as its hard limit on open files allows, and a process out of
+open files anyway fails no one's task for it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import resource
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
+import psutil
 import pytest
 from conftest import API_KEY, RunningService, child_env
 from sse import iter_events
 
+from taskd import keys
 from taskd.config import AuthConfig, LimitsConfig
+from taskd.heartbeat import Heartbeat, WorkerInfo
 
 OTHER_KEY = "other-key-0123456789"
 CAP = 3
@@ -147,3 +153,47 @@ def test_taskd_serve_raises_its_open_files_soft_limit_to_the_hard_limit(spawn_ta
     limits = Path(f"/proc/{running.proc.pid}/limits").read_text().splitlines()
     open_files = next(line for line in limits if line.startswith("Max open files")).split()
     assert open_files[3:5] == [str(hard), str(hard)]
+
+
+def out_of_open_files(*_: object, **__: object) -> None:
+    """What psutil raises reading /proc in a process that has used up its open files."""
+    raise OSError(errno.EMFILE, "Too many open files")
+
+
+async def test_a_job_process_task_completes_while_its_worker_cannot_read_proc(start_service, monkeypatch):
+    service = await start_service()
+    monkeypatch.setattr(psutil.Process, "memory_info", out_of_open_files)
+
+    task = await service.submit("allocate", {"megabytes": 1, "hold_seconds": 1})
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed"
+    assert body["attempt"] == 1
+    assert body["last_error"] is None
+
+
+async def test_a_heartbeat_goes_out_with_the_last_reading_while_the_process_cannot_read_proc(
+    redis, monkeypatch
+):
+    heartbeat = Heartbeat(redis, WorkerInfo("h:1:ab", "h", 1, [], 0.0), 1, 30, lambda: 0)
+    await heartbeat.beat()
+    monkeypatch.setattr(psutil.Process, "memory_info", out_of_open_files)
+    first = orjson.loads(await redis.get(keys.worker("h:1:ab")))
+    await redis.delete(keys.worker("h:1:ab"))
+
+    await heartbeat.beat()
+
+    beat = orjson.loads(await redis.get(keys.worker("h:1:ab")))
+    assert beat["rss_bytes"] == first["rss_bytes"] > 0
+
+
+async def test_a_request_that_runs_out_of_open_files_is_a_503_not_a_500(start_service, monkeypatch):
+    service = await start_service(workers=False)
+    monkeypatch.setattr(psutil, "cpu_percent", out_of_open_files)
+
+    async with service.client.get("/api/v1/health") as response:
+        body = await response.json()
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "5"
+
+    assert body["error"] == "service_unavailable"
