@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
 import socket
@@ -68,6 +68,7 @@ class Heartbeat:
         self._after_beat = after_beat
         self._process = psutil.Process()
         self._rss = 0
+        self._short_of_files = False
 
     async def beat(self) -> None:
         """Write one heartbeat now."""
@@ -88,9 +89,33 @@ class Heartbeat:
         # The beat is the lease on every task this process runs. A process out of open files
         # (EMFILE) cannot read /proc: the beat goes out with the last reading rather than not at
         # all, which let other workers take its running tasks as a dead worker's.
-        with contextlib.suppress(psutil.Error, OSError):
+        try:
             self._rss = self._process.memory_info().rss
+        except psutil.Error:
+            pass
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._out_of_files(exc)
+        else:
+            self._files_again()
         return self._rss
+
+    # The event loop closes the connections it cannot accept for want of a file and says nothing
+    # (libuv, under uvloop): a beat's reading is where the shortage shows, so it is said here, once
+    # when it begins and once when it ends.
+    def _out_of_files(self, exc: OSError) -> None:
+        if not self._short_of_files:
+            log.warning(
+                "out of open files (%s): new connections are closed unanswered until some close "
+                "(docs/security.md, Connections)",
+                exc,
+            )
+        self._short_of_files = True
+
+    def _files_again(self) -> None:
+        if self._short_of_files:
+            log.info("open files are available again")
+        self._short_of_files = False
 
     async def run(self) -> None:
         """Beat (then run `after_beat`) until cancelled; a Redis outage only delays the next beat."""

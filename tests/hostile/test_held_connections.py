@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import resource
 import sys
@@ -197,3 +198,19 @@ async def test_a_request_that_runs_out_of_open_files_is_a_503_not_a_500(start_se
         assert response.headers["Retry-After"] == "5"
 
     assert body["error"] == "service_unavailable"
+
+
+async def test_running_out_of_open_files_is_logged_once_and_its_end_once(redis, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="taskd.heartbeat")
+    heartbeat = Heartbeat(redis, WorkerInfo("h:1:ab", "h", 1, [], 0.0), 1, 30, lambda: 0)
+    with monkeypatch.context() as patched:
+        patched.setattr(psutil.Process, "memory_info", out_of_open_files)
+        for _ in range(3):
+            await heartbeat.beat()
+    await heartbeat.beat()
+    await heartbeat.beat()
+
+    said = [record.getMessage() for record in caplog.records if record.name == "taskd.heartbeat"]
+    assert len(said) == 2
+    assert said[0].startswith("out of open files")
+    assert said[1] == "open files are available again"
