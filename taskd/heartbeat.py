@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -66,12 +67,14 @@ class Heartbeat:
         self._job_rss = job_rss
         self._after_beat = after_beat
         self._process = psutil.Process()
+        self._rss = 0
+        self._short_of_files = False
 
     async def beat(self) -> None:
         """Write one heartbeat now."""
         info = attrs.evolve(
             self.info,
-            rss_bytes=self._process.memory_info().rss,
+            rss_bytes=self._read_rss(),
             job_rss_bytes=self._job_rss(),
             running=self._running(),
         )
@@ -81,6 +84,38 @@ class Heartbeat:
             await pipe.execute()
         for partition, client in self._partitions:
             await client.set(keys.worker(info.worker_id, partition), b"1", px=int(self.ttl * 1000))
+
+    def _read_rss(self) -> int:
+        # The beat is the lease on every task this process runs. A process out of open files
+        # (EMFILE) cannot read /proc: the beat goes out with the last reading rather than not at
+        # all, which let other workers take its running tasks as a dead worker's.
+        try:
+            self._rss = self._process.memory_info().rss
+        except psutil.Error:
+            pass
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._out_of_files(exc)
+        else:
+            self._files_again()
+        return self._rss
+
+    # The event loop closes the connections it cannot accept for want of a file and says nothing
+    # (libuv, under uvloop): a beat's reading is where the shortage shows, so it is said here, once
+    # when it begins and once when it ends.
+    def _out_of_files(self, exc: OSError) -> None:
+        if not self._short_of_files:
+            log.warning(
+                "out of open files (%s): new connections are closed unanswered until some close "
+                "(docs/security.md, Connections)",
+                exc,
+            )
+        self._short_of_files = True
+
+    def _files_again(self) -> None:
+        if self._short_of_files:
+            log.info("open files are available again")
+        self._short_of_files = False
 
     async def run(self) -> None:
         """Beat (then run `after_beat`) until cancelled; a Redis outage only delays the next beat."""

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -441,6 +442,7 @@ async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | 
     # the process at once, its running jobs left to the reclaim; stopped as by SIGTERM, they go back.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    raise_open_files_limit()
     notifier = Notifier.from_env()
     service = Service(config, http=http, workers=workers, queues=queues)
     notifier.status("starting")
@@ -482,6 +484,46 @@ async def _start_unless_stopped(service: Service, stop: asyncio.Event) -> bool:
         return False
     await service.stop()  # the cancel came as start-up ended (or was swallowed): it had started
     return False
+
+
+# Below this many open files, a process serving HTTP runs short under a few hundred clients.
+FEW_OPEN_FILES = 4096
+# What macOS lets a process set where its hard limit says unlimited (OPEN_MAX).
+UNLIMITED_OPEN_FILES = 10240
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard limit, as Go and many servers do at start-up.
+
+    Every connection (each client's, each event stream's, Redis's) is a file descriptor. systemd's
+    default soft limit for a service is 1024: a few hundred streams held open by one key used it up,
+    and then the process could accept no one else's connection, nor open a file or a socket to
+    Redis. The hard limit is the operator's bound (`LimitNOFILE=`); the soft one only a default.
+    """
+    if sys.platform == "win32":
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    target = UNLIMITED_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    raised = ""
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open files: could not raise the limit from %d to %d: %s", soft, target, exc)
+        else:
+            soft, raised = target, f" (raised from {soft})"
+    if soft < FEW_OPEN_FILES:
+        log.warning(
+            "open files: at most %d%s, connections included; raise the hard limit (LimitNOFILE=, ulimit -Hn)",
+            soft,
+            raised,
+        )
+    else:
+        log.info("open files: at most %d%s", soft, raised)
 
 
 # Container objects allocated, less those freed, between two young collections (Python's default: 700).

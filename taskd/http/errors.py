@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from aiohttp import web
@@ -22,6 +23,8 @@ STORAGE_FULL = "Task storage is full; new work is refused until it has room agai
 STORAGE_CANNOT_WRITE = "Task storage cannot write to its disk now; please try again later"
 STORAGE_FULL_RETRY_AFTER = 60
 STORAGE_REFUSES_US = "Task storage refuses this service a command it needs; please try again later"
+OUT_OF_FILES = "The service has too many connections or files open now; please try again later"
+OUT_OF_FILES_RETRY_AFTER = 5
 _HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -92,19 +95,30 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             ServiceUnavailable("Task storage is unavailable, please try again later", retry_after=5)
         )
     except Exception as exc:
-        if refuses_writes(exc):
-            # MISCONF: its disk is full or failing; it takes writes again once it can persist them.
-            log.warning("storage refuses writes for %s %s: %s", request.method, request.path, exc)
-            return render(ServiceUnavailable(STORAGE_CANNOT_WRITE, retry_after=STORAGE_FULL_RETRY_AFTER))
-        if refused_by_acl(exc):
-            # The Redis user taskd logs in as lacks a command or the pub/sub channels: no fault of the
-            # request, and mended on the Redis, not here. An error for the operator, not a 500.
-            log.error(
-                "Redis refuses taskd's user a command for %s %s (grant it: ~* &* +@all): %s",
-                request.method,
-                request.path,
-                exc,
-            )
-            return render(ServiceUnavailable(STORAGE_REFUSES_US, retry_after=STORAGE_FULL_RETRY_AFTER))
-        log.exception("unhandled error for %s %s", request.method, request.path)
-        return shape_response(shapes.Error("internal_error", "Internal server error"), 500)
+        return _unexpected(request, exc)
+
+
+def _unexpected(request: web.Request, exc: Exception) -> web.Response:
+    """The answer to an exception no handler expected: a 503 for a Redis that refuses or a process
+    out of open files (nothing the request did wrong), else the 500 with its traceback logged."""
+    if refuses_writes(exc):
+        # MISCONF: its disk is full or failing; it takes writes again once it can persist them.
+        log.warning("storage refuses writes for %s %s: %s", request.method, request.path, exc)
+        return render(ServiceUnavailable(STORAGE_CANNOT_WRITE, retry_after=STORAGE_FULL_RETRY_AFTER))
+    if refused_by_acl(exc):
+        # The Redis user taskd logs in as lacks a command or the pub/sub channels: no fault of the
+        # request, and mended on the Redis, not here. An error for the operator, not a 500.
+        log.error(
+            "Redis refuses taskd's user a command for %s %s (grant it: ~* &* +@all): %s",
+            request.method,
+            request.path,
+            exc,
+        )
+        return render(ServiceUnavailable(STORAGE_REFUSES_US, retry_after=STORAGE_FULL_RETRY_AFTER))
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        # Out of open files (every one held by connections, say): a shortage that passes as
+        # they close, not a bug; one line, no traceback, for each request it refuses.
+        log.warning("out of open files for %s %s: %s", request.method, request.path, exc)
+        return render(ServiceUnavailable(OUT_OF_FILES, retry_after=OUT_OF_FILES_RETRY_AFTER))
+    log.exception("unhandled error for %s %s", request.method, request.path, exc_info=exc)
+    return shape_response(shapes.Error("internal_error", "Internal server error"), 500)

@@ -28,8 +28,9 @@ from redis.asyncio import Redis
 
 from taskd import keys, shapes
 from taskd.backoff import Backoff
-from taskd.http.auth import query_key_allowed
+from taskd.http.auth import KEY_ID, query_key_allowed
 from taskd.http.context import API
+from taskd.http.ratelimit import OPEN_STREAMS
 from taskd.http.scope import Touches, touches
 from taskd.model import TERMINAL, TaskNotFound, TaskRecord, TaskStatus, ValidationError
 from taskd.stopping import cancel_and_wait
@@ -431,6 +432,12 @@ async def _record_and_events(
 @touches(Touches.PATH_TASK)
 async def task_events(request: web.Request) -> web.StreamResponse:
     """A task's events from its first (or from `Last-Event-ID`); the stream ends after the terminal event."""
+    # A task that never ends holds its stream as long as a project's: both count towards the cap.
+    with request.app[OPEN_STREAMS].stream(request[KEY_ID]):
+        return await _task_events(request)
+
+
+async def _task_events(request: web.Request) -> web.StreamResponse:
     api, hub = request.app[API], request.app[HUB]
     task_id = request.match_info["task_id"]
     last_event_id = _last_event_id(request)
@@ -462,6 +469,11 @@ async def _is_terminal_entry(redis: Redis, stream: str, event_id: str) -> bool:
 @touches(Touches.PATH_PROJECT)
 async def project_events(request: web.Request) -> web.StreamResponse:
     """Events of every task of a project from now (or from `Last-Event-ID`); the stream stays open."""
+    with request.app[OPEN_STREAMS].stream(request[KEY_ID]):
+        return await _project_events(request)
+
+
+async def _project_events(request: web.Request) -> web.StreamResponse:
     api, hub = request.app[API], request.app[HUB]
     project_id = request.match_info["project_id"]
     stream = keys.project_events(project_id)

@@ -17,6 +17,15 @@ def _error(description: str) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
 
 
+_TOO_MANY_OPEN = {
+    **_error(
+        "`rate_limited`: the key already holds `limits.open_streams_per_key` event streams and "
+        "`Prefer: wait` submits open on this process"
+    ),
+    "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+}
+
+
 _LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
@@ -59,6 +68,7 @@ def paths() -> dict[str, Any]:
                     "400": _error("`validation_error`: a malformed Last-Event-ID"),
                     "401": _error("`authentication_failed`: missing or wrong key"),
                     "404": _error("`task_not_found`"),
+                    "429": _TOO_MANY_OPEN,
                     "503": _error("`service_unavailable`: storage unreachable"),
                 },
             }
@@ -77,6 +87,7 @@ def paths() -> dict[str, Any]:
                     "200": _EVENT_STREAM,
                     "400": _error("`validation_error`: a malformed Last-Event-ID"),
                     "401": _error("`authentication_failed`: missing or wrong key"),
+                    "429": _TOO_MANY_OPEN,
                     "503": _error("`service_unavailable`: storage unreachable"),
                 },
             }

@@ -10,14 +10,20 @@ the task). It lives with the store's scripts so that submit.lua can include it.
 Each limited response carries the IETF `RateLimit-Policy` and `RateLimit` fields
 (draft-ietf-httpapi-ratelimit-headers), e.g. `RateLimit-Policy: "submit";q=100;w=60` and
 `RateLimit: "submit";r=57;t=12`.
+
+Requests a key holds open (event streams, `Prefer: wait` submits) are counted apart, in the process
+that holds them (`OpenStreams`): what they use up is that process's connections.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
 import hashlib
 import math
 import secrets
+from collections.abc import Iterator
 
 import attrs
 from aiohttp import web
@@ -33,6 +39,9 @@ from taskd.store.coalesce import Coalesced
 from taskd.submit.batch import batch_items
 
 WINDOW = 60  # seconds: every limit is "per minute"
+# Seconds a stream refused at `open_streams_per_key` is told to wait: long enough not to invite a
+# reconnection storm, short enough for a client whose other streams just ended.
+OPEN_STREAMS_RETRY_AFTER = 10
 SUBMIT_ROUTE = ("POST", "/api/v1/tasks/submit")
 BATCH_ROUTE = ("POST", "/api/v1/tasks/batch")
 # Which routes the middleware spends which quota for, before anything else of the request is
@@ -103,6 +112,48 @@ class RateLimiter:
 
 
 LIMITER = web.AppKey("rate_limiter", RateLimiter)
+
+
+class OpenStreams:
+    """How many requests each API key holds open in this process: event streams and `Prefer: wait` submits.
+
+    Counted here, not in Redis: what they use up is this process's file descriptors, and a count
+    in memory cannot be left behind by a process that dies.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # 0: unlimited
+        self._open: collections.Counter[str] = collections.Counter()
+
+    @contextlib.contextmanager
+    def holding(self, key_id: str) -> Iterator[bool]:
+        """Count one more open request of `key_id` for the block; False, counting nothing, past the cap."""
+        if self.limit and self._open[key_id] >= self.limit:
+            yield False
+            return
+        self._open[key_id] += 1
+        try:
+            yield True
+        finally:
+            self._open[key_id] -= 1
+            if not self._open[key_id]:
+                del self._open[key_id]
+
+    @contextlib.contextmanager
+    def stream(self, key_id: str) -> Iterator[None]:
+        """Hold an event stream open for the block; the 429 `rate_limited` past the cap."""
+        with self.holding(key_id) as held:
+            if not held:
+                raise RateLimited(
+                    f"Too many open event streams: at most {self.limit} per API key at once "
+                    "(event streams and Prefer: wait submits); "
+                    f"retry in {OPEN_STREAMS_RETRY_AFTER} s",
+                    OPEN_STREAMS_RETRY_AFTER,
+                )
+            yield
+
+
+OPEN_STREAMS = web.AppKey("open_streams", OpenStreams)
 
 
 def _route(request: web.Request) -> tuple[str, str] | None:
@@ -218,6 +269,7 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
 
 
 def install(app: web.Application) -> None:
-    """Give the app its limiter and add the RateLimit fields to every response of a limited route."""
+    """Give the app its limiter and stream count, and add the RateLimit fields to every response of a limited route."""
     app[LIMITER] = RateLimiter(app[API].redis)
+    app[OPEN_STREAMS] = OpenStreams(app[API].config.limits.open_streams_per_key)
     app.on_response_prepare.append(_add_headers)

@@ -42,8 +42,14 @@ async def submit(request: web.Request) -> web.Response:
     """
     accepted, wait = await _submitted(request)
     api = request.app[API]
+    record: TaskRecord | None = None
     if wait is not None:
-        record = await wait_for_end(request.app[HUB], api.store, accepted.record.task_id, wait)
+        # A wait past the key's cap of open requests is ignored (RFC 7240 lets a server do so): the
+        # task is stored, so the submit answers at once rather than refusing what it has done.
+        with request.app[ratelimit.OPEN_STREAMS].holding(request[KEY_ID]) as held:
+            if held:
+                record = await wait_for_end(request.app[HUB], api.store, accepted.record.task_id, wait)
+    if record is not None:
         view = await _status_view(request, record)
         return shape_response(
             shapes.WaitedTaskStatus(

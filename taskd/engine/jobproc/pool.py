@@ -65,15 +65,18 @@ def _lookup(pid: int) -> psutil.Process | None:
 
 
 def _rss(process: psutil.Process | None) -> int:
+    # 0 when /proc cannot be read: the process has gone, or this one is out of open files (an
+    # OSError, EMFILE, that psutil passes on as it is). Either way the check waits for the next
+    # reading: an exception here failed the task, whoever had used up the files.
     if process is None:
         return 0
     try:
         total = process.memory_info().rss
         for child in process.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
+            with contextlib.suppress(psutil.Error, OSError):
                 total += child.memory_info().rss
         return total
-    except psutil.Error:
+    except (psutil.Error, OSError):
         return 0
 
 
