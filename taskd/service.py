@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import attrs
 import psutil
 from aiohttp import web
 from redis.asyncio import Redis
@@ -442,7 +443,7 @@ async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | 
     # the process at once, its running jobs left to the reclaim; stopped as by SIGTERM, they go back.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
-    raise_open_files_limit()
+    open_files = raise_open_files_limit()
     notifier = Notifier.from_env()
     service = Service(config, http=http, workers=workers, queues=queues)
     notifier.status("starting")
@@ -450,6 +451,8 @@ async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | 
         log.info("stopped during start-up")
         return
     tune_gc()
+    # Said once started: a start-up that fails says so in one line, the last and only one.
+    open_files.log()
     service.announce()
     notifier.ready(_status_line(service))
     watchdog = asyncio.create_task(notifier.watchdog(), name="systemd-watchdog")
@@ -492,7 +495,32 @@ FEW_OPEN_FILES = 4096
 UNLIMITED_OPEN_FILES = 10240
 
 
-def raise_open_files_limit() -> None:
+@attrs.frozen
+class OpenFiles:
+    """The process's limit on open files after start-up raised it: what its log line says."""
+
+    soft: int | None  # None: unlimited, or not a platform with the limit
+    raised_from: int | None = None
+    refused: str | None = None  # why the raise was refused
+
+    def log(self) -> None:
+        """One line: a warning where the limit stays low, else the figure."""
+        if self.soft is None:
+            return
+        if self.refused is not None:
+            log.warning("open files: could not raise the limit from %d: %s", self.soft, self.refused)
+        raised = f" (raised from {self.raised_from})" if self.raised_from is not None else ""
+        if self.soft < FEW_OPEN_FILES:
+            log.warning(
+                "open files: at most %d%s, connections included; raise the hard limit (LimitNOFILE=, ulimit -Hn)",
+                self.soft,
+                raised,
+            )
+        else:
+            log.info("open files: at most %d%s", self.soft, raised)
+
+
+def raise_open_files_limit() -> OpenFiles:
     """Raise the soft limit on open files to the hard limit, as Go and many servers do at start-up.
 
     Every connection (each client's, each event stream's, Redis's) is a file descriptor. systemd's
@@ -501,29 +529,20 @@ def raise_open_files_limit() -> None:
     Redis. The hard limit is the operator's bound (`LimitNOFILE=`); the soft one only a default.
     """
     if sys.platform == "win32":
-        return
+        return OpenFiles(None)
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return
+        return OpenFiles(None)
     target = UNLIMITED_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
-    raised = ""
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("open files: could not raise the limit from %d to %d: %s", soft, target, exc)
-        else:
-            soft, raised = target, f" (raised from {soft})"
-    if soft < FEW_OPEN_FILES:
-        log.warning(
-            "open files: at most %d%s, connections included; raise the hard limit (LimitNOFILE=, ulimit -Hn)",
-            soft,
-            raised,
-        )
-    else:
-        log.info("open files: at most %d%s", soft, raised)
+    if soft >= target:
+        return OpenFiles(soft)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        return OpenFiles(soft, refused=f"to {target}: {exc}")
+    return OpenFiles(target, raised_from=soft)
 
 
 # Container objects allocated, less those freed, between two young collections (Python's default: 700).
