@@ -665,7 +665,7 @@ class LimitsConfig:
     # Held open per API key, in each taskd process: event streams and `Prefer: wait` submits. Each
     # holds a connection (a file descriptor) for minutes or for ever, and the per-minute limits do
     # not count them: without a cap one key could take every connection the process can open.
-    open_streams_per_key: int = attrs.field(default=100, validator=attrs.validators.ge(0))
+    open_streams: int = attrs.field(default=100, validator=attrs.validators.ge(0))
     # Seconds ahead a submit's `run_at`/`delay_seconds` may schedule a task; later is a 400.
     max_schedule_ahead: int = attrs.field(default=MAX_SCHEDULE_AHEAD, validator=_seconds(ge=1))
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1024))

@@ -19,7 +19,7 @@ def _error(description: str) -> Schema:
 
 _TOO_MANY_OPEN = {
     **_error(
-        "`rate_limited`: the key already holds `limits.open_streams_per_key` event streams and "
+        "`rate_limited`: the key already holds `limits.open_streams` event streams and "
         "`Prefer: wait` submits open on this process"
     ),
     "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},

@@ -39,7 +39,7 @@ from taskd.store.coalesce import Coalesced
 from taskd.submit.batch import batch_items
 
 WINDOW = 60  # seconds: every limit is "per minute"
-# Seconds a stream refused at `open_streams_per_key` is told to wait: long enough not to invite a
+# Seconds a stream refused at `open_streams` is told to wait: long enough not to invite a
 # reconnection storm, short enough for a client whose other streams just ended.
 OPEN_STREAMS_RETRY_AFTER = 10
 SUBMIT_ROUTE = ("POST", "/api/v1/tasks/submit")
@@ -271,5 +271,5 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
 def install(app: web.Application) -> None:
     """Give the app its limiter and stream count, and add the RateLimit fields to every response of a limited route."""
     app[LIMITER] = RateLimiter(app[API].redis)
-    app[OPEN_STREAMS] = OpenStreams(app[API].config.limits.open_streams_per_key)
+    app[OPEN_STREAMS] = OpenStreams(app[API].config.limits.open_streams)
     app.on_response_prepare.append(_add_headers)

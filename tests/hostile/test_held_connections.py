@@ -1,5 +1,5 @@
 """Requests a key holds open (event streams, `Prefer: wait` submits): a key at its cap
-(`limits.open_streams_per_key`) is refused with the documented 429, other keys are not, the
+(`limits.open_streams`) is refused with the documented 429, other keys are not, the
 process can hold as many connections as its hard limit on open files allows, and a process out of
 open files anyway fails no one's task for it."""
 
@@ -27,7 +27,7 @@ from taskd.heartbeat import Heartbeat, WorkerInfo
 
 OTHER_KEY = "other-key-0123456789"
 CAP = 3
-CAPPED = {"auth": AuthConfig(api_keys=[API_KEY, OTHER_KEY]), "limits": LimitsConfig(open_streams_per_key=CAP)}
+CAPPED = {"auth": AuthConfig(api_keys=[API_KEY, OTHER_KEY]), "limits": LimitsConfig(open_streams=CAP)}
 
 
 @contextlib.asynccontextmanager
@@ -93,8 +93,8 @@ async def test_a_closed_stream_gives_its_place_back(start_service):
     assert status == 200
 
 
-async def test_no_cap_when_open_streams_per_key_is_0(start_service):
-    service = await start_service(workers=False, limits=LimitsConfig(open_streams_per_key=0))
+async def test_no_cap_when_open_streams_is_0(start_service):
+    service = await start_service(workers=False, limits=LimitsConfig(open_streams=0))
 
     async with held_streams(service, project_streams(CAP + 2)):
         assert await open_stream_status(service) == 200
