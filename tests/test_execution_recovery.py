@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -279,6 +280,31 @@ async def test_a_stop_signal_to_a_worker_hands_its_running_task_back(spawn_taskd
 
     assert body["status"] == "queued"
     assert body["attempt"] == 1
+
+
+async def test_a_worker_started_with_sighup_ignored_as_by_nohup_keeps_running_its_task_at_a_sighup(
+    spawn_taskd, tmp_path, session
+):
+    api = Api(session, spawn_taskd("serve", "--no-worker", env=env_for(tmp_path)).base_url)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does before it runs the command
+    try:
+        worker = spawn_taskd("worker", env=env_for(tmp_path), wait_listening=False)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    task_id = await api.submit("sleep", {"seconds": 30, "steps": 30})
+    await api.wait(task_id, lambda b: b["status"] == "processing")
+
+    worker.proc.send_signal(signal.SIGHUP)
+
+    # Still ignored once the worker runs: the kernel dropped the signal, nothing began to stop.
+    ignored = next(
+        line
+        for line in Path(f"/proc/{worker.proc.pid}/status").read_text().splitlines()
+        if line.startswith("SigIgn:")
+    )
+    assert int(ignored.split()[1], 16) & (1 << (signal.SIGHUP - 1))
+    assert worker.proc.poll() is None
+    assert (await api.status(task_id))["status"] == "processing"
 
 
 async def test_busy_worker_does_not_hoard_jobs_an_idle_worker_can_start(start_service, redis):
