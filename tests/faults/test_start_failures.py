@@ -53,6 +53,28 @@ async def test_an_unreachable_redis_is_waited_for_then_named_in_one_line_with_ex
     assert "listening" not in done.stdout
 
 
+async def test_a_server_that_never_answers_is_given_up_on_after_the_start_wait_even_with_no_socket_timeout(
+    tmp_path,
+):
+    # Listening, never reading: the kernel completes the connection, PING gets no answer.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        done = await _serve(
+            tmp_path,
+            timeout=30,
+            TASKD_REDIS__URL=f"redis://127.0.0.1:{port}/0",
+            TASKD_REDIS__START_WAIT="1.5",
+            TASKD_REDIS__SOCKET_TIMEOUT="0",  # no bound on a command: the start wait alone ends it
+        )
+
+    assert done.returncode == 3
+    assert time.monotonic() - started < 20
+    assert _last_line(done.stderr).startswith(f"taskd: Redis at redis://127.0.0.1:{port}/0: TimeoutError:")
+
+
 async def test_a_redis_that_comes_up_within_the_start_wait_is_served(tmp_path):
     server = ValkeyServer(tmp_path / "valkey")
     env = {**_base_env(tmp_path), "TASKD_REDIS__URL": server.url, "TASKD_REDIS__START_WAIT": "30"}
