@@ -320,3 +320,31 @@ async def test_busy_worker_does_not_hoard_jobs_an_idle_worker_can_start(start_se
     assert (await first.status(long["task_id"]))["status"] == "processing"
     workers = await redis.hmget(keys.task(long["task_id"]), "worker_id")
     assert workers != await redis.hmget(keys.task(quick["task_id"]), "worker_id")
+
+
+async def test_a_job_taken_by_a_take_under_way_when_a_stop_began_is_handed_back(start_service, monkeypatch):
+    api = await start_service(workers=False)
+    task_id = (await api.submit("sleep", {"seconds": 30, "steps": 30}))["task_id"]
+    took, go_on = asyncio.Event(), asyncio.Event()
+    take = Executor.take
+
+    async def take_then_pause(self, queue, *args, **kwargs):
+        # The take's reply, with the job it started, still on its way when the stop begins.
+        takes = await take(self, queue, *args, **kwargs)
+        if takes.started:
+            took.set()
+            await go_on.wait()
+        return takes
+
+    monkeypatch.setattr(Executor, "take", take_then_pause)
+    worker = await start_service(http=False)  # its first take finds the queued task
+    await asyncio.wait_for(took.wait(), 10)
+
+    stopping = asyncio.create_task(worker.service.stop(grace=0))
+    while not worker.service._pool.unready():  # the stop has gathered the running jobs (none)
+        await asyncio.sleep(0)
+    go_on.set()
+    await asyncio.wait_for(stopping, 30)
+    body = await api.status(task_id)
+
+    assert body["status"] == "queued"
