@@ -238,14 +238,19 @@ async def wait_until_answers(redis: Redis, url: str, wait: float) -> None:
     delays = Backoff(RECONNECT_FIRST_AT_START, RECONNECT_CAP_AT_START)
     while True:
         try:
-            await redis.ping()
+            # A try ends with the wait, whatever redis.socket_timeout says (0: none): a server that
+            # takes the connection and never answers (not Redis, a TLS port) hung start-up for ever.
+            async with asyncio.timeout(max(deadline - time.monotonic(), CONNECT_TIMEOUT)):
+                await redis.ping()
             return
         except (AuthenticationError, AuthorizationError):
             raise
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, TimeoutError) as exc:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 and isinstance(exc, RedisError):
                 raise
+            if left <= 0:
+                raise RedisTimeoutError(f"no answer to PING within redis.start_wait ({wait:g} s)") from None
             log.warning(
                 "Redis at %s does not answer (%s: %s); trying again for %.1f s more",
                 printable(url),

@@ -442,6 +442,11 @@ async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | 
     # SIGHUP: the terminal it was started from closed (an ssh session dropped). Its default would end
     # the process at once, its running jobs left to the reclaim; stopped as by SIGTERM, they go back.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # One it was started with ignored stays ignored, as Python leaves SIGINT: `nohup taskd serve`
+        # asked to outlive its terminal, and a shell script's `taskd serve &` is not for the Ctrl-C
+        # of the terminal the script runs in.
+        if sig != signal.SIGTERM and signal.getsignal(sig) == signal.SIG_IGN:
+            continue
         loop.add_signal_handler(sig, stop.set)
     open_files = raise_open_files_limit()
     notifier = Notifier.from_env()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -281,6 +282,31 @@ async def test_a_stop_signal_to_a_worker_hands_its_running_task_back(spawn_taskd
     assert body["attempt"] == 1
 
 
+async def test_a_worker_started_with_sighup_ignored_as_by_nohup_keeps_running_its_task_at_a_sighup(
+    spawn_taskd, tmp_path, session
+):
+    api = Api(session, spawn_taskd("serve", "--no-worker", env=env_for(tmp_path)).base_url)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does before it runs the command
+    try:
+        worker = spawn_taskd("worker", env=env_for(tmp_path), wait_listening=False)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    task_id = await api.submit("sleep", {"seconds": 30, "steps": 30})
+    await api.wait(task_id, lambda b: b["status"] == "processing")
+
+    worker.proc.send_signal(signal.SIGHUP)
+
+    # Still ignored once the worker runs: the kernel dropped the signal, nothing began to stop.
+    ignored = next(
+        line
+        for line in Path(f"/proc/{worker.proc.pid}/status").read_text().splitlines()
+        if line.startswith("SigIgn:")
+    )
+    assert int(ignored.split()[1], 16) & (1 << (signal.SIGHUP - 1))
+    assert worker.proc.poll() is None
+    assert (await api.status(task_id))["status"] == "processing"
+
+
 async def test_busy_worker_does_not_hoard_jobs_an_idle_worker_can_start(start_service, redis):
     first = await start_service(queues=ONE_AT_A_TIME)
     await start_service(http=False, queues=ONE_AT_A_TIME)
@@ -294,3 +320,31 @@ async def test_busy_worker_does_not_hoard_jobs_an_idle_worker_can_start(start_se
     assert (await first.status(long["task_id"]))["status"] == "processing"
     workers = await redis.hmget(keys.task(long["task_id"]), "worker_id")
     assert workers != await redis.hmget(keys.task(quick["task_id"]), "worker_id")
+
+
+async def test_a_job_taken_by_a_take_under_way_when_a_stop_began_is_handed_back(start_service, monkeypatch):
+    api = await start_service(workers=False)
+    task_id = (await api.submit("sleep", {"seconds": 30, "steps": 30}))["task_id"]
+    took, go_on = asyncio.Event(), asyncio.Event()
+    take = Executor.take
+
+    async def take_then_pause(self, queue, *args, **kwargs):
+        # The take's reply, with the job it started, still on its way when the stop begins.
+        takes = await take(self, queue, *args, **kwargs)
+        if takes.started:
+            took.set()
+            await go_on.wait()
+        return takes
+
+    monkeypatch.setattr(Executor, "take", take_then_pause)
+    worker = await start_service(http=False)  # its first take finds the queued task
+    await asyncio.wait_for(took.wait(), 10)
+
+    stopping = asyncio.create_task(worker.service.stop(grace=0))
+    while not worker.service._pool.unready():  # the stop has gathered the running jobs (none)
+        await asyncio.sleep(0)
+    go_on.set()
+    await asyncio.wait_for(stopping, 30)
+    body = await api.status(task_id)
+
+    assert body["status"] == "queued"

@@ -525,6 +525,14 @@ class WorkerPool:
             await asyncio.wait(self._supervisors, timeout=STOP_TIMEOUT)
         await cancel_and_wait(self._supervisors)
         self._supervisors.clear()
+        # A take under way when the stop began started its jobs (processing under this worker) after
+        # the running ones were gathered: handed back now, not left running unwatched while the
+        # process goes on to close its connections (at a start-up that failed just after the workers
+        # started, their hand-back then found no Redis and taskd took minutes to exit).
+        late = [task for worker in self.workers.values() for task in worker.tasks.values() if not task.done()]
+        if late:
+            log.info("handing %d jobs taken as the stop began back to their queues", len(late))
+        await cancel_and_wait(late)
         if self.take and self.queues:
             # No submit should wake a worker that is gone (one killed is dropped when its turn comes).
             with contextlib.suppress(Exception):  # Redis may be gone already: best effort
