@@ -16,6 +16,7 @@ import attrs
 from redis.asyncio import Redis
 
 from taskd import keys
+from taskd.clock import RedisClock
 from taskd.config import Config
 from taskd.embedded import EmbeddedValkey
 from taskd.heartbeat import WorkerInfo, last_beats, live_workers
@@ -130,6 +131,9 @@ async def operator(config: Config, url: str) -> AsyncIterator[Operator]:
     try:
         await redis.ping()
         await layout.check_partitions(redis)
+        # What the operator's commands stamp (a retry's submit) and compare (a worker's last beat)
+        # is on the services' clock, Redis's, whatever this host's says.
+        await RedisClock(redis).follow()
         yield Operator(config, redis, clients)
     finally:
         for client in dict.fromkeys(clients):

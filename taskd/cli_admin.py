@@ -18,7 +18,6 @@ import contextlib
 import os
 import re
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import orjson
 
+from taskd import model
 from taskd.config import Config, ConfigError, find_config_file, load_config
 from taskd.logs import SECRET_FIELD, mask_url, url_password
 from taskd.model import iso
@@ -77,7 +77,7 @@ def _table(rows: list[list[str]]) -> None:
 
 async def cmd_workers(ops: Operator, args: argparse.Namespace) -> int:
     """The live workers: host, pid, queues, running tasks, last heartbeat."""
-    views, now = await ops.workers(), time.time()
+    views, now = await ops.workers(), model.now()
     if args.json:
         _print_json(
             {
@@ -128,7 +128,7 @@ async def cmd_workers(ops: Operator, args: argparse.Namespace) -> int:
 
 async def cmd_queues(ops: Operator, args: argparse.Namespace) -> int:
     """Each queue: tasks waiting, running, and how long the oldest waiting one has waited."""
-    states, now = await ops.queue_states(), time.time()
+    states, now = await ops.queue_states(), model.now()
     if args.json:
         _print_json(
             {
@@ -208,7 +208,7 @@ def parse_since(raw: str, now: float) -> float:
 
 
 def _since(raw: str) -> float:
-    return parse_since(raw, time.time())
+    return parse_since(raw, model.now())
 
 
 async def cmd_retry_failed(ops: Operator, args: argparse.Namespace) -> int:

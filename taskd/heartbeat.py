@@ -6,7 +6,6 @@ import errno
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
@@ -17,6 +16,7 @@ from redis.asyncio import Redis
 
 from taskd import keys
 from taskd.loops import every
+from taskd.model import now
 
 log = logging.getLogger("taskd.heartbeat")
 # A field a newer version added is passed over; one this version needs must be there and readable.
@@ -80,7 +80,7 @@ class Heartbeat:
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(keys.worker(info.worker_id), orjson.dumps(attrs.asdict(info)), px=int(self.ttl * 1000))
-            pipe.zadd(keys.WORKERS, {info.worker_id: int(time.time() * 1000)})
+            pipe.zadd(keys.WORKERS, {info.worker_id: int(now() * 1000)})
             await pipe.execute()
         for partition, client in self._partitions:
             await client.set(keys.worker(info.worker_id, partition), b"1", px=int(self.ttl * 1000))
@@ -139,7 +139,7 @@ class Heartbeat:
 async def beating_within(redis: Redis, beats: str, ttl: float) -> list[bytes]:
     """The members of a sorted set of heartbeats (scored by the beat's epoch ms) that beat within
     `ttl`; older ones are pruned in the same transaction."""
-    cutoff = int((time.time() - ttl) * 1000)
+    cutoff = int((now() - ttl) * 1000)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.zremrangebyscore(beats, "-inf", cutoff)
         pipe.zrange(beats, 0, -1)

@@ -32,9 +32,20 @@ RETRYABLE = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
 PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW = 1, 2, 3
 
 
+# Seconds this host's wall clock is behind Redis's (negative: ahead), as taskd.clock measured it.
+_clock_offset = 0.0
+
+
 def now() -> float:
-    """Wall-clock seconds since the epoch; one place so tests and records agree."""
-    return time.time()
+    """Seconds since the epoch on Redis's clock (this host's, corrected by taskd.clock): the one
+    clock every taskd process stamps and compares times on; one place so tests and records agree."""
+    return time.time() + _clock_offset
+
+
+def set_clock_offset(seconds: float) -> None:
+    """How far this host's wall clock is behind Redis's, from now on (taskd.clock)."""
+    global _clock_offset
+    _clock_offset = seconds
 
 
 def iso(ts: float | None) -> str | None:

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskd import apikey, keys, tracing
+from taskd.clock import RedisClock
 from taskd.config import Config, ConfigError
 from taskd.embedded import DataDirInUse, EmbeddedValkey, ServerDidNotStart
 from taskd.engine.executor import Executor
@@ -194,6 +195,10 @@ class Service:
         await refuse_cluster(url, redis)
         await layout.upgrade(redis)
         await layout.check_partitions(redis)
+        # Before anything stamps a time: every process's times on Redis's clock (taskd/clock.py).
+        redis_clock = RedisClock(redis)
+        await redis_clock.follow()
+        self._background.append(asyncio.create_task(redis_clock.run(), name="redis-clock"))
         # Providers' calls go through this session: with tracing on, each is a span of its run.
         session = await self._stack.enter_async_context(
             aiohttp.ClientSession(trace_configs=tracing.client_trace_configs())

@@ -32,6 +32,7 @@ FLOORS = [
         "apikey.py",
         "redis_conn.py",
         "redis_memory.py",
+        "clock.py",
         "sdnotify.py",
         "tracing.py",
     ],

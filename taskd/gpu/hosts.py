@@ -9,7 +9,6 @@ report expires; nobody has to remove it.
 from __future__ import annotations
 
 import logging
-import time
 
 import attrs
 import cattrs
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.gpu.scheduler import GpuScheduler
 from taskd.heartbeat import beating_within
+from taskd.model import now
 
 log = logging.getLogger("taskd.gpu")
 
@@ -73,7 +73,7 @@ class HostPublisher:
             )
             for reading in readings
         ]
-        return HostGpus(self.scheduler.host, time.time(), sorted(devices, key=lambda d: d.index))
+        return HostGpus(self.scheduler.host, now(), sorted(devices, key=lambda d: d.index))
 
     async def publish(self) -> None:
         """Write the report, expiring after the heartbeat TTL (a host without GPUs: an empty list)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.config import GpuConfig
 from taskd.gpu.devices import GpuInventory
+from taskd.model import now
 from taskd.store import scripts
 
 # Slots per declared need: one slot, or 0 (= the whole device).
@@ -114,7 +114,7 @@ class GpuScheduler:
                 "wanted": slots,
                 "capacity": self.config.slots,
                 "reserve_ms": RESERVATION_MS,
-                "score": int(time.time() * 1000) if score is None else score,
+                "score": int(now() * 1000) if score is None else score,
                 "devices": pairs,
             },
         )

@@ -8,11 +8,11 @@ import os
 import re
 import secrets
 import shutil
-import time
 from pathlib import Path
 
 import attrs
 
+from taskd import model
 from taskd.config import Config, ConfigError
 from taskd.shapes import PROJECT_ID as _NAME  # a file name has the shape of a project id
 
@@ -150,7 +150,7 @@ class MediaStore:
 
     def url(self, project_id: str, filename: str, now: float | None = None) -> str:
         """The absolute download URL, valid for `ttl` seconds from now."""
-        expires = int(now if now is not None else time.time()) + self.ttl
+        expires = int(now if now is not None else model.now()) + self.ttl
         sig = self.signature(project_id, filename, expires)
         return f"{self.base}/media/{project_id}/{filename}?expires={expires}&sig={sig}"
 
@@ -180,6 +180,6 @@ class MediaStore:
         expected = self.signature(project_id, filename, int(expires))
         if not hmac.compare_digest(expected.encode(), sig.encode()):
             return "Media link signature is invalid"
-        if int(expires) < (now if now is not None else time.time()):
+        if int(expires) < (now if now is not None else model.now()):
             return "Media link has expired"
         return None

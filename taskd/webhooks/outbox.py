@@ -11,7 +11,6 @@ sender of the worker's own process (`WebhookSender.send_ended`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,14 +18,15 @@ import attrs
 from redis.asyncio import Redis
 
 from taskd import keys
+from taskd.model import now
 from taskd.store import scripts
 
 LUA = "taskd.webhooks"  # the package whose lua/ folder holds the outbox's scripts
 
 
 def now_ms() -> int:
-    """Wall-clock milliseconds, the unit of the outbox's scores and times."""
-    return int(time.time() * 1000)
+    """Milliseconds on taskd's clock (taskd.model.now), the unit of the outbox's scores and times."""
+    return int(now() * 1000)
 
 
 _MS_FIELDS = ("last_attempt_at", "delivered_at", "failed_at", "next_attempt_at", "redelivered_at")
