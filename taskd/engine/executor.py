@@ -35,7 +35,7 @@ from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
 from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
-from taskd.redis_conn import refuses_writes
+from taskd.redis_conn import refused_by_acl, refuses_writes
 from taskd.shapes import MAX_DEPENDS_ON
 from taskd.stopping import cancel_and_wait
 from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
@@ -50,6 +50,8 @@ STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.25, 5.0
 ERROR_MAX_CHARS, TRACEBACK_MAX_CHARS = 4_000, 32_000
 # How many queued tasks a worker remembers having shown as waiting for a GPU.
 WAITING_NOTED_MAX = 10_000
+# Seconds between the listener's tries while Redis's ACL refuses taskd's user its channels.
+ACL_RETRY = 10.0
 T = TypeVar("T")
 
 
@@ -790,9 +792,15 @@ class Executor:
                 async with redis.pubsub() as pubsub:
                     channels = [keys.CANCEL_CHANNEL, keys.wake_worker(self.worker_id)]
                     await pubsub.subscribe(*channels, *([keys.WAKE_CHANNEL] if every_wake else []))
-                    reconnects.reset()
-                    on_subscribed()
+                    subscribed = False
                     async for message in pubsub.listen():
+                        if message["type"] == "subscribe" and not subscribed:
+                            # Counted as back only once Redis confirms: a SUBSCRIBE it refuses (an ACL
+                            # user without the channels) is only known here, and reset when sent, the
+                            # backoff tried again every 0.2 s for ever, each try waking the workers.
+                            subscribed = True
+                            reconnects.reset()
+                            on_subscribed()
                         if message["type"] != "message":
                             continue
                         payload = message["data"].decode()
@@ -802,5 +810,15 @@ class Executor:
                             on_wake(payload)
             except Exception as exc:  # redis-py's errors do not share one base with OSError
                 delay = reconnects.next_delay()
-                log.warning("pub/sub listener lost Redis (%s); reconnecting in %.2f s", exc, delay)
+                if refused_by_acl(exc):
+                    # Mended on the Redis by its operator, not by trying again soon: said as an error,
+                    # every ACL_RETRY seconds. Until then cancels reach this worker only by its checks.
+                    delay = max(delay, ACL_RETRY)
+                    log.error(
+                        "pub/sub listener: Redis refuses taskd's user (%s); trying again in %.0f s",
+                        exc,
+                        delay,
+                    )
+                else:
+                    log.warning("pub/sub listener lost Redis (%s); reconnecting in %.2f s", exc, delay)
                 await asyncio.sleep(delay)

@@ -3,6 +3,9 @@ documented shape (docs/production.md, "When start-up fails"), never a 500."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import pytest
 from faultkit import ValkeyServer, serving
 
@@ -36,3 +39,23 @@ async def test_a_submit_a_redis_acl_refuses_answers_503_service_unavailable(tmp_
     assert status == 503
     assert body["error"] == "service_unavailable" and body["retry_after"] > 0
     assert "refuses this service a command" in body["message"]
+
+
+async def test_a_worker_whose_user_has_no_pub_sub_channels_tries_again_slowly_saying_why(tmp_path, caplog):
+    # Valkey's default for a new user: no channels, so every SUBSCRIBE is refused (NOPERM).
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, f"user taskd on >{PASSWORD} ~* +@all", password="admin"
+    ).start()
+    try:
+        url = f"redis://taskd:{PASSWORD}@127.0.0.1:{server.port}/0"
+        with caplog.at_level(logging.WARNING, logger="taskd.engine"):
+            async with serving(tmp_path, RedisConfig(url=url), workers=True):
+                await asyncio.sleep(3)
+    finally:
+        server.stop()
+
+    tries = [r for r in caplog.records if r.getMessage().startswith("pub/sub listener")]
+    # One refusal per listener (every 10 s after it), not one every 0.2 s.
+    assert tries
+    assert all(r.levelno == logging.ERROR and "refuses taskd's user" in r.getMessage() for r in tries)
+    assert len(tries) <= 2
