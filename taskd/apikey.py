@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import secrets
 from pathlib import Path
 
 from taskd.config import ConfigError
+from taskd.files import create_once
 
 KEY_FILE = "api_key"
 # taskd writes 43 characters (32 random bytes); a kept key shorter than this is damaged, never used.
@@ -17,16 +18,18 @@ def load_or_create(configured: list[str], data_dir: Path) -> tuple[list[str], st
     """The keys to accept, and the generated key when taskd made (or reuses) one of its own."""
     if configured:
         return configured, None
-    path = data_dir / KEY_FILE
-    if (kept := kept_key(data_dir)) is not None:
-        key = kept
-    else:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(32)
-        # Written with owner-only permissions from the first byte.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key + "\n")
+    if (key := kept_key(data_dir)) is None:
+        path = data_dir / KEY_FILE
+        with contextlib.suppress(FileNotFoundError):
+            # An empty file (left by a taskd that wrote it in place) counts as none; one another
+            # process has just made is kept.
+            if path.stat().st_size == 0:
+                path.unlink()
+        # Two taskd starting together on a new data directory (an API node and a worker) both found
+        # no key: the first one linked is the key of both, where each used to keep its own.
+        create_once(path, (secrets.token_urlsafe(32) + "\n").encode())
+        key = kept_key(data_dir)
+        assert key is not None  # made whole just now, or by another process
     return [key], key
 
 

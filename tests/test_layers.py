@@ -24,6 +24,7 @@ FLOORS = [
         "refs.py",
         "version.py",
         "printable.py",
+        "files.py",
     ],
     [
         "stopping.py",

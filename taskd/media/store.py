@@ -14,6 +14,7 @@ import attrs
 
 from taskd import model
 from taskd.config import Config, ConfigError
+from taskd.files import create_once
 from taskd.shapes import PROJECT_ID as _NAME  # a file name has the shape of a project id
 
 SECRET_FILE = "media_secret"
@@ -70,23 +71,10 @@ def load_secret(config: Config) -> bytes:
 
 
 def _make_secret(path: Path) -> bytes:
-    # Written whole to a private file, then linked into place: no process ever reads half a
-    # secret, and when two start at once the first link wins and both use that one.
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Made whole or not at all (taskd.files.create_once): no process ever reads half a secret, and
+    # when two start at once the first one made is the one both use.
     made = secrets.token_hex(SECRET_HEX_DIGITS // 2).encode()
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(made)
-            out.flush()
-            os.fsync(out.fileno())
-        os.link(partial, path)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    finally:
-        partial.unlink(missing_ok=True)
-    return made
+    return made if create_once(path, made) else path.read_bytes().strip()
 
 
 def valid_name(name: str) -> bool:

@@ -9,16 +9,15 @@ those instead, so one tenant's receiver can neither verify nor forge another ten
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
 import attrs
 
 from taskd.config import Config, ConfigError
+from taskd.files import create_once
 
 SECRET_PREFIX = "whsec_"
 SECRET_FILE = "webhook_secret"
@@ -119,25 +118,14 @@ class Signers:
 def load_or_create_secret(path: Path) -> str:
     """The secret kept in `path`, made (mode 0600) if absent; raises ConfigError for a damaged file.
 
-    The file appears whole or not at all (written aside, then hard-linked into place), so processes
-    starting together all end up with the one that was linked first.
+    The file appears whole or not at all (taskd.files.create_once), so processes starting together
+    all end up with the one that was made first.
     """
     try:
         return _read_secret(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(new_secret() + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        with contextlib.suppress(FileExistsError):  # another process made it first: theirs wins
-            os.link(aside, path)
-    finally:
-        aside.unlink(missing_ok=True)
+    create_once(path, (new_secret() + "\n").encode())
     return _read_secret(path)
 
 
