@@ -207,13 +207,17 @@ def parse_since(raw: str, now: float) -> float:
     return when.timestamp()
 
 
-def _since(raw: str) -> float:
-    return parse_since(raw, model.now())
+def _since(raw: str) -> str:
+    # Only checked here: argparse runs before the operator follows Redis's clock, and a duration
+    # counted back from this host's clock would miss (or take in) failures by the hosts' difference.
+    parse_since(raw, 0.0)
+    return raw
 
 
 async def cmd_retry_failed(ops: Operator, args: argparse.Namespace) -> int:
     """Retry a project's failed tasks (those that failed since --since); one line per task."""
-    outcomes = await ops.retry_failed(args.project, args.since)
+    since = None if args.since is None else parse_since(args.since, model.now())
+    outcomes = await ops.retry_failed(args.project, since)
     if args.json:
         _print_json({"project_id": args.project, "tasks": [attrs.asdict(outcome) for outcome in outcomes]})
     for outcome in outcomes:

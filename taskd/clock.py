@@ -14,8 +14,10 @@ provider limits read `TIME` in their scripts already.)
 A difference within AGREE_S (hosts kept by NTP) or within the measure's round trip (its error is up
 to half of it: Redis on the same host, a loaded machine) is taken as none, so that times are not
 moved by the measure's own noise. A measure whose round trip took longer than MAX_ROUND_TRIP_S
-(Redis slow) is not used. A host clock stepped while
-taskd runs (NTP, by hand) is followed again at the next measure, within FOLLOW_EVERY_S.
+(Redis slow) is not used once one has been: the first is, however slow, since its error (half its
+round trip) is less than the whole difference this host's clock would otherwise stamp with until
+a quicker one. A host clock stepped while taskd runs (NTP, by hand) is followed again at the next
+measure, within FOLLOW_EVERY_S.
 """
 
 from __future__ import annotations
@@ -43,16 +45,19 @@ class RedisClock:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._logged = 0.0
+        self._followed = False
 
     async def follow(self) -> None:
-        """Measure once and follow the difference (unless the round trip was too slow to trust)."""
+        """Measure once and follow the difference (unless the round trip was too slow to trust and
+        an earlier measure was followed)."""
         # The round trip on the monotonic clock: a step of the wall clock meanwhile does not make it
         # look short (or negative).
         sent, started = time.time(), time.monotonic()
         seconds, micros = await self.redis.time()
         trip = time.monotonic() - started
-        if trip > MAX_ROUND_TRIP_S:
+        if trip > MAX_ROUND_TRIP_S and self._followed:
             return
+        self._followed = True
         offset = seconds + micros / 1_000_000 - (sent + trip / 2)
         model.set_clock_offset(0.0 if abs(offset) < max(AGREE_S, trip) else offset)
         if abs(offset - self._logged) > NOTEWORTHY_S:

@@ -232,6 +232,32 @@ async def test_retry_failed_since_a_time_skips_older_failures(taskd, valkey_url)
     assert [line.split(" -> ")[0] for line in run.out.splitlines()] == [newer["task_id"]]
 
 
+async def test_retry_failed_since_a_duration_counts_back_from_redis_clock_not_the_hosts(
+    taskd, valkey_url, tmp_path
+):
+    failed = await taskd.submit("fail", {}, project_id="films")
+    await taskd.wait_terminal(failed["task_id"])
+    # The CLI on a host whose clock is 10 minutes ahead: 5 minutes back on it is still to come.
+    site = tmp_path / "ahead"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import time\n_wall = time.time\ntime.time = lambda: _wall() + 600\n"
+    )
+
+    run = await operator_cli(
+        "retry-failed",
+        "--project",
+        "films",
+        "--since",
+        "5m",
+        redis_url=valkey_url,
+        PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    )
+
+    assert run.code == 0, run.err
+    assert [line.split(" -> ")[0] for line in run.out.splitlines()] == [failed["task_id"]]
+
+
 def test_since_reads_durations_and_times_with_a_zone():
     now = 1_800_000_000.0
 

@@ -87,3 +87,40 @@ async def test_now_follows_redis_clock_whatever_the_host_clock_says(redis, monke
     await clock.RedisClock(redis).follow()
     seconds, micros = await redis.time()
     assert abs(model.now() - (seconds + micros / 1_000_000)) < 0.5
+
+
+class SlowTime:
+    """A Redis whose TIME answers `delay` seconds late, as a loaded server or network would."""
+
+    def __init__(self, redis, delay: float) -> None:
+        self.redis, self.delay = redis, delay
+
+    async def time(self):
+        answer = await self.redis.time()
+        await asyncio.sleep(self.delay)
+        return answer
+
+
+async def test_a_slow_first_measure_is_followed_rather_than_the_host_clock(redis, monkeypatch):
+    wall = clock.time.time
+    monkeypatch.setattr(clock.time, "time", lambda: wall() + SKEW_S)
+    monkeypatch.setattr(model, "_clock_offset", 0.0)
+
+    await clock.RedisClock(SlowTime(redis, clock.MAX_ROUND_TRIP_S * 2)).follow()
+
+    seconds, micros = await redis.time()
+    assert abs(model.now() - (seconds + micros / 1_000_000)) < clock.MAX_ROUND_TRIP_S * 2
+
+
+async def test_a_slow_measure_after_the_first_keeps_the_difference_followed(redis, monkeypatch):
+    wall = clock.time.time
+    monkeypatch.setattr(clock.time, "time", lambda: wall() + SKEW_S)
+    monkeypatch.setattr(model, "_clock_offset", 0.0)
+    following = clock.RedisClock(redis)
+    await following.follow()
+    followed = model._clock_offset
+
+    following.redis = SlowTime(redis, clock.MAX_ROUND_TRIP_S * 2)
+    await following.follow()
+
+    assert model._clock_offset == followed

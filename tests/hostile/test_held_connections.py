@@ -22,7 +22,7 @@ from conftest import API_KEY, RunningService, child_env
 from sse import iter_events
 
 from taskd import keys
-from taskd.config import AuthConfig, LimitsConfig
+from taskd.config import AuthConfig, ExecutionConfig, LimitsConfig
 from taskd.heartbeat import Heartbeat, WorkerInfo
 
 OTHER_KEY = "other-key-0123456789"
@@ -171,6 +171,45 @@ async def test_a_job_process_task_completes_while_its_worker_cannot_read_proc(st
     assert body["status"] == "completed"
     assert body["attempt"] == 1
     assert body["last_error"] is None
+
+
+async def test_a_job_process_task_that_starts_while_its_worker_cannot_read_proc_completes(
+    start_service, monkeypatch
+):
+    service = await start_service()
+    warm = await service.submit("allocate", {"megabytes": 1})
+    assert (await service.wait_terminal(warm["task_id"]))["status"] == "completed"
+    # The idle job process takes the next task; looking it up in /proc is what runs out now.
+    monkeypatch.setattr(psutil.Process, "__init__", out_of_open_files)
+
+    task = await service.submit("allocate", {"megabytes": 1, "hold_seconds": 1})
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed"
+    assert body["attempt"] == 1
+    assert body["last_error"] is None
+
+
+async def test_a_job_process_that_could_not_be_looked_up_at_its_start_is_held_to_the_memory_limit(
+    start_service, monkeypatch
+):
+    service = await start_service(execution=ExecutionConfig(memory_limit_mb=120))
+    warm = await service.submit("allocate", {"megabytes": 1})
+    assert (await service.wait_terminal(warm["task_id"]))["status"] == "completed"
+    looked_up = psutil.Process.__init__
+
+    def once_out_of_open_files(self: psutil.Process, *args: object, **kwargs: object) -> None:
+        # The shortage ends after the task's start: its later readings see the process.
+        monkeypatch.setattr(psutil.Process, "__init__", looked_up)
+        out_of_open_files()
+
+    monkeypatch.setattr(psutil.Process, "__init__", once_out_of_open_files)
+
+    task = await service.submit("allocate", {"megabytes": 400, "hold_seconds": 10})
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "failed"
+    assert body["error"].startswith("Job process exceeded the memory limit of 120 MB")
 
 
 async def test_a_heartbeat_goes_out_with_the_last_reading_while_the_process_cannot_read_proc(

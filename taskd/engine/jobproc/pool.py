@@ -58,9 +58,12 @@ class ProcessOutcome:
 
 
 def _lookup(pid: int) -> psutil.Process | None:
+    # None when the process has gone, or when this one cannot read /proc now for want of open
+    # files (EMFILE, an OSError psutil passes on as it is): the task is not failed for it, and the
+    # memory check looks the process up again at its next reading.
     try:
         return psutil.Process(pid)
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, OSError):
         return None
 
 
@@ -231,6 +234,8 @@ class Runner:
                 # The soft limit is the handler's business alone: its children keep running.
                 with contextlib.suppress(ProcessLookupError):
                     self.proc.send_signal(signal.SIGUSR1)
+            if process is None:
+                process = _lookup(self.pid)
             self.rss = _rss(process)
             peak = max(peak, self.rss)
             if self.rss > limits.memory_bytes:
