@@ -46,6 +46,7 @@ class RedisClock:
         self.redis = redis
         self._logged = 0.0
         self._followed = False
+        self._offset = 0.0  # the difference followed now
 
     async def follow(self) -> None:
         """Measure once and follow the difference (unless the round trip was too slow to trust and
@@ -57,9 +58,15 @@ class RedisClock:
         trip = time.monotonic() - started
         if trip > MAX_ROUND_TRIP_S and self._followed:
             return
-        self._followed = True
         offset = seconds + micros / 1_000_000 - (sent + trip / 2)
-        model.set_clock_offset(0.0 if abs(offset) < max(AGREE_S, trip) else offset)
+        error = max(AGREE_S, trip)
+        followed = 0.0 if abs(offset) < error else offset
+        # Moved only by more than the measure's own error: an offset that took each new measure's
+        # wobble (a millisecond or so) would make a task of a few milliseconds end before it started.
+        if not self._followed or abs(followed - self._offset) >= error:
+            model.set_clock_offset(followed)
+            self._offset = followed
+        self._followed = True
         if abs(offset - self._logged) > NOTEWORTHY_S:
             log.warning(
                 "this host's clock is %.1f s %s Redis's: taskd's times follow Redis's clock",

@@ -124,3 +124,19 @@ async def test_a_slow_measure_after_the_first_keeps_the_difference_followed(redi
     await following.follow()
 
     assert model._clock_offset == followed
+
+
+async def test_a_difference_that_moves_within_the_measures_error_is_kept_as_it_is(redis, monkeypatch):
+    # Each measure wobbles by its round trip: followed each time, a task's end could precede its start.
+    skew = [SKEW_S]
+    wall = clock.time.time
+    monkeypatch.setattr(clock.time, "time", lambda: wall() + skew[0])
+    monkeypatch.setattr(model, "_clock_offset", 0.0)
+    following = clock.RedisClock(redis)
+    await following.follow()
+    followed = model._clock_offset
+
+    skew[0] += clock.AGREE_S / 2
+    await following.follow()
+
+    assert model._clock_offset == followed
