@@ -14,6 +14,7 @@ import pytest
 from conftest import child_env
 
 from taskd import clock, keys, model
+from taskd.engine.scheduled import ScheduledRelease
 
 SKEW_S = 600.0
 
@@ -59,13 +60,17 @@ async def test_a_worker_whose_clock_is_behind_is_counted_live(
 
 
 async def test_a_worker_whose_clock_is_ahead_does_not_start_a_scheduled_task_early(
-    start_service, spawn_taskd, tmp_path, valkey_url, redis
+    start_service, spawn_taskd, tmp_path, valkey_url, redis, monkeypatch
 ):
+    # Only the skewed worker releases due tasks: the API in this process looks for none.
+    monkeypatch.setattr(ScheduledRelease, "run", lambda _: asyncio.sleep(0))
     api = await start_service(workers=False)
     task = await api.submit("noop", {}, delay_seconds=120)
+    soon = await api.submit("noop", {}, delay_seconds=1)
     skewed_worker(spawn_taskd, tmp_path, valkey_url, SKEW_S)
     await wait_for_a_worker(redis)
-    await asyncio.sleep(2)  # four of the worker's looks for due tasks
+    # The worker's looks for due tasks have run: one released the task due in a second.
+    assert (await api.wait_terminal(soon["task_id"], timeout=30))["status"] == "completed"
     status = await api.status(task["task_id"])
     assert (status["status"], status["attempt"]) == ("queued", 0)
     assert status["scheduled_for"] is not None
