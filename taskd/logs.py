@@ -44,6 +44,9 @@ SECRET_QUERY_NAME = re.compile(
 # The password of any URL with credentials: redis://:pw@host, https://user:pw@host.
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*:)[^\s@/]+(?=@)")
 _BEARER = re.compile(r"(?P<head>\bBearer\s+)[A-Za-z0-9._~+/=-]+")
+# A URL with a query, as it sits in a message: up to a space, a quote or a bracket, which end it in
+# "Track https://…?X-Amz-Signature=… is not …" and in aiohttp's "url='…'".
+_URL_WITH_QUERY = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"<>()]*\?[^\s#'\"<>()\[\]]+")
 
 # Lines waiting for the writer thread, at most: past it a line is dropped and counted, so that a
 # stderr nobody reads can neither stop the work nor fill the memory (~10 MiB of records).
@@ -86,7 +89,8 @@ class TaskContextFilter(logging.Filter):
 
 
 class Redactor:
-    """Masks secrets: every registered value, URL passwords and bearer tokens."""
+    """Masks secrets: every registered value, URL passwords, the query values of any URL named like a
+    credential (`mask_url`) and bearer tokens."""
 
     def __init__(self) -> None:
         self._secrets: list[str] = []
@@ -106,6 +110,11 @@ class Redactor:
         # both regex scans, which were most of a JSON line's formatting (7 strings, ~5 µs each).
         if "://" in text:
             text = _URL_PASSWORD.sub(rf"\g<head>{MASK}", text)
+            # A URL a caller sent (a presigned S3 input, a signed media link, a receiver's ?token=)
+            # is named in task errors and the lines about them; its query credentials are no
+            # configured secret.
+            if "?" in text:
+                text = _URL_WITH_QUERY.sub(lambda url: mask_url(url[0], MASK), text)
         if "Bearer" in text:
             text = _BEARER.sub(rf"\g<head>{MASK}", text)
         return text

@@ -154,6 +154,19 @@ def test_redaction_masks_secrets_url_passwords_and_bearer_tokens():
     )
 
 
+def test_redaction_masks_the_credential_query_values_of_any_url_in_the_text():
+    # A caller's presigned input, named by a task's error and the line that logs it.
+    text = logs.Redactor().redact(
+        "Track https://bucket.s3.example/a.wav?X-Amz-Credential=AKIA%2F20261205&X-Amz-Signature=9f3c"
+        "&x-id=GetObject is not a supported audio file; url='http://[::1]:8080/hook?token=t0k3n'"
+    )
+
+    assert text == (
+        "Track https://bucket.s3.example/a.wav?X-Amz-Credential=***&X-Amz-Signature=***"
+        "&x-id=GetObject is not a supported audio file; url='http://[::1]:8080/hook?token=***'"
+    )
+
+
 def test_every_secret_in_the_config_is_found():
     secret = "whsec_" + base64.b64encode(b"0123456789abcdef").decode()
     config = attrs.evolve(
