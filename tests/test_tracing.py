@@ -242,3 +242,25 @@ async def test_the_run_span_of_a_gpu_task_names_its_device(spawn_taskd, tmp_path
     assert status["status"] == "completed"
     assert (run.attributes[tracing.QUEUE], run.attributes[tracing.DEVICE]) == ("gpu_medium", "0")
     assert run.attributes[tracing.DEVICE] == str(status["result"]["device"])
+
+
+async def test_a_failed_run_span_carries_its_error_masked_as_the_logs_mask_it(
+    spawn_taskd, tmp_path, collector
+):
+    node = spawn_taskd("serve", env=_traced_env(tmp_path / "data", collector, "taskd"))
+    assert node.base_url is not None
+    # What a download's error names: a caller's presigned URL, with a password in it too.
+    url = "https://reader:url-pass-1@bucket.example/a.wav?X-Amz-Credential=cred-2&X-Amz-Signature=sig-3"
+
+    status = await _submit_and_wait(
+        node.base_url,
+        {"project_id": "traced", "task_type": "fail", "task_data": {"message": f"Track {url} is not audio"}},
+    )
+    await collector.wait_for(lambda spans: any(span.name == "run fail" for span in spans))
+
+    run = _one(collector.spans, name="run fail")
+    masked = (
+        "Track https://reader:***@bucket.example/a.wav?X-Amz-Credential=***&X-Amz-Signature=*** is not audio"
+    )
+    assert (status["status"], status["error"]) == ("failed", masked)
+    assert run.status_message == masked
