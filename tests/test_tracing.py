@@ -4,9 +4,12 @@ separate worker process and its provider call, to the webhook POST and the recei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -264,3 +267,45 @@ async def test_a_failed_run_span_carries_its_error_masked_as_the_logs_mask_it(
     )
     assert (status["status"], status["error"]) == ("failed", masked)
     assert run.status_message == masked
+
+
+@contextlib.contextmanager
+def _unanswered_port() -> Iterator[int]:
+    """A port whose listener accepts no connection: its one-place queue is filled, later SYNs go unanswered."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_an_error_recorded_on_a_client_span_has_the_urls_credentials_masked(monkeypatch, collector):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    monkeypatch.setattr(tracing, "_provider", None)  # this process's own, put back after the test
+    tracing.setup()
+
+    # aiohttp's ConnectionTimeoutError names the whole URL, query included.
+    with _unanswered_port() as port:
+        async with aiohttp.ClientSession(trace_configs=tracing.client_trace_configs()) as session:
+            with pytest.raises(aiohttp.ConnectionTimeoutError, match="token=receiver-secret"):
+                await session.post(
+                    f"http://127.0.0.1:{port}/hook?token=receiver-secret",
+                    timeout=aiohttp.ClientTimeout(sock_connect=0.2),
+                )
+    await asyncio.to_thread(tracing.flush)
+
+    [post] = collector.spans
+    [(name, exception)] = post.events
+    assert (name, post.attributes["http.url"]) == ("exception", f"http://127.0.0.1:{port}/hook")
+    assert (
+        exception["exception.message"] == f"Connection timeout to host http://127.0.0.1:{port}/hook?token=***"
+    )
+    assert "receiver-secret" not in str(exception)
