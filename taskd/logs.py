@@ -53,6 +53,12 @@ _URL_WITH_QUERY = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"<>()]*\?[^\s
 MAX_WAITING_LINES = 10_000
 LINGER = 0.005  # seconds the writer waits before writing a line that came alone (_Writer)
 
+# Libraries whose DEBUG lines carry credentials that no mask can tell from other text: botocore's
+# (boto3's client) hold each request's signature ("Signature:\n<hex>", "Authorization: AWS4-HMAC-SHA256
+# … Signature=…") and headers, and the signature of a URL it presigns is that URL's X-Amz-Signature.
+# They log from INFO, whatever `logging.level` says.
+QUIET_BELOW_INFO = ("botocore", "boto3", "s3transfer")
+
 _TASK: ContextVar[dict[str, str] | None] = ContextVar("taskd_log_task", default=None)
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -361,6 +367,8 @@ def configure(fmt: str, level: str, secrets: Iterable[str] = (), stream: IO[str]
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in QUIET_BELOW_INFO:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
 
 def flush() -> None:

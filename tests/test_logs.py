@@ -6,7 +6,10 @@ import asyncio
 import base64
 import io
 import logging
+import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import attrs
@@ -165,6 +168,28 @@ def test_redaction_masks_the_credential_query_values_of_any_url_in_the_text():
         "Track https://bucket.s3.example/a.wav?X-Amz-Credential=***&X-Amz-Signature=***"
         "&x-id=GetObject is not a supported audio file; url='http://[::1]:8080/hook?token=***'"
     )
+
+
+def test_at_debug_no_line_carries_the_signature_of_a_url_that_botocore_presigns():
+    # A child process: the test's own logging stays as it is.
+    script = (
+        "import logging, boto3, botocore.config\n"
+        "from taskd import logs\n"
+        "logs.configure('json', 'DEBUG')\n"
+        "logging.getLogger('taskd').debug('debug is on')\n"
+        "client = boto3.client('s3', endpoint_url='http://127.0.0.1:9', region_name='us-east-1',\n"
+        "    aws_access_key_id='AKIATEST', aws_secret_access_key='secret-key-1',\n"
+        "    config=botocore.config.Config(signature_version='s3v4'))\n"
+        "print(client.generate_presigned_url('get_object', Params={'Bucket': 'b', 'Key': 'p1/x.png'}))\n"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    signature = parse_qs(urlsplit(result.stdout.strip()).query)["X-Amz-Signature"][0]
+    assert "debug is on" in result.stderr
+    assert signature not in result.stderr
 
 
 def test_every_secret_in_the_config_is_found():
