@@ -8,6 +8,7 @@ import io
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -168,6 +169,16 @@ def test_redaction_masks_the_credential_query_values_of_any_url_in_the_text():
         "Track https://bucket.s3.example/a.wav?X-Amz-Credential=***&X-Amz-Signature=***"
         "&x-id=GetObject is not a supported audio file; url='http://[::1]:8080/hook?token=***'"
     )
+
+
+def test_redaction_reads_a_megabyte_of_url_like_text_in_linear_time():
+    # A caller's task error is masked before it is cut short; each "a://" could start a URL.
+    started = time.monotonic()
+
+    text = logs.Redactor().redact("a://" * 250_000 + "?token=t0k3n")
+
+    assert text.endswith("a://?token=***")
+    assert time.monotonic() - started < 2
 
 
 def test_at_debug_no_line_carries_the_signature_of_a_url_that_botocore_presigns():
