@@ -34,6 +34,8 @@ QUEUE, ATTEMPT, DEVICE, OUTCOME = "taskd.queue", "taskd.attempt", "taskd.device"
 WEBHOOK_EVENT = "taskd.webhook.event"
 TRACER = "taskd"
 SERVICE_NAME = "taskd"
+# Where the OTLP exporter reads the headers it sends the collector.
+HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
 # The exporters taskd installs (the `otel` extra): OTLP over HTTP, or spans printed to stdout.
 EXPORTERS = ("otlp", "console")
 
@@ -87,6 +89,11 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
     if exporter_name == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+        # The collector's credentials (a vendor's key in the headers) are masked like taskd's own:
+        # the SDK logs a header it cannot parse whole (a value with a `;`, a `"` or a `\`).
+        for name in HEADER_VARIABLES:
+            for header in environ.get(name, "").split(","):
+                REDACTOR.add(header.strip(), header.partition("=")[2].strip())
         # Endpoint, headers, timeout and compression come from the OTEL_EXPORTER_OTLP_* variables.
         exporter = OTLPSpanExporter()
     else:

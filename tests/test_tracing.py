@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import logging
 import os
 import socket
 import subprocess
@@ -13,12 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from conftest import API_KEY, TERMINAL, child_env
 from examples import TASK_DATA
 from otlp_collector import OtlpCollector, ReceivedSpan
 
-from taskd import keys, tracing
+from taskd import keys, logs, tracing
 
 
 @pytest.fixture
@@ -309,3 +312,22 @@ async def test_an_error_recorded_on_a_client_span_has_the_urls_credentials_maske
         exception["exception.message"] == f"Connection timeout to host http://127.0.0.1:{port}/hook?token=***"
     )
     assert "receiver-secret" not in str(exception)
+
+
+def test_a_collector_header_the_sdk_cannot_parse_is_logged_with_its_key_masked(monkeypatch):
+    stream = io.StringIO()
+    handler = logs.make_handler("json", stream)
+    sdk_log = logging.getLogger("opentelemetry.util.re")  # where the SDK says a header is malformed
+    sdk_log.addHandler(handler)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    # A backslash is not allowed in a header's value: the SDK drops the header and logs it.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=vendor-key-7f3e\\0")
+    monkeypatch.setattr(tracing, "_provider", None)  # this process's own, put back after the test
+    try:
+        tracing.setup()
+    finally:
+        sdk_log.removeHandler(handler)
+
+    [line] = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert line["message"].startswith("Header format invalid!")
+    assert "vendor-key-7f3e" not in line["message"]
