@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from taskd.config import ConfigError
+from taskd.logs import REDACTOR
 from taskd.model import TaskRecord
 
 if TYPE_CHECKING:
     import aiohttp
     from aiohttp.typedefs import Handler, Middleware
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.util.types import Attributes, AttributeValue
     from yarl import URL
 
 # The span attributes of a run and of a webhook delivery (docs/tracing.md lists them).
@@ -31,6 +34,8 @@ QUEUE, ATTEMPT, DEVICE, OUTCOME = "taskd.queue", "taskd.attempt", "taskd.device"
 WEBHOOK_EVENT = "taskd.webhook.event"
 TRACER = "taskd"
 SERVICE_NAME = "taskd"
+# Where the OTLP exporter reads the headers it sends the collector.
+HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
 # The exporters taskd installs (the `otel` extra): OTLP over HTTP, or spans printed to stdout.
 EXPORTERS = ("otlp", "console")
 
@@ -75,7 +80,7 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"tracing is configured (OTEL_*) but {exc.name} is not installed: pip install 'taskd[otel]'"
@@ -84,6 +89,11 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
     if exporter_name == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+        # The collector's credentials (a vendor's key in the headers) are masked like taskd's own:
+        # the SDK logs a header it cannot parse whole (a value with a `;`, a `"` or a `\`).
+        for name in HEADER_VARIABLES:
+            for header in environ.get(name, "").split(","):
+                REDACTOR.add(header.strip(), header.partition("=")[2].strip())
         # Endpoint, headers, timeout and compression come from the OTEL_EXPORTER_OTLP_* variables.
         exporter = OTLPSpanExporter()
     else:
@@ -94,8 +104,66 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
         resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
     # The sampler comes from OTEL_TRACES_SAMPLER; the batch's size and delay from OTEL_BSP_*.
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(exporter))
+    provider.add_span_processor(BatchSpanProcessor(_masking(exporter)))
     _provider = provider
+
+
+def _masking(exporter: SpanExporter) -> SpanExporter:
+    """`exporter`, sent each span with its text masked as a log line is (`logs.REDACTOR`).
+
+    A span carries text taskd does not choose: a failed run's error (its status), and the message
+    and traceback of an exception recorded on it — aiohttp's ConnectionTimeoutError names the whole
+    URL, `?X-Amz-Signature=` or a receiver's `?token=` included.
+    """
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+    from opentelemetry.trace import Status
+
+    def masked(span: ReadableSpan) -> ReadableSpan:
+        status = span.status
+        if status.description:
+            status = Status(status.status_code, REDACTOR.redact(status.description))
+        return ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=_masked_attributes(span.attributes),
+            events=[
+                Event(event.name, _masked_attributes(event.attributes), event.timestamp)
+                for event in span.events
+            ],
+            links=span.links,
+            kind=span.kind,
+            status=status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    class Masking(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return exporter.export([masked(span) for span in spans])
+
+        def shutdown(self) -> None:
+            exporter.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return exporter.force_flush(timeout_millis)
+
+    return Masking()
+
+
+def _masked_attributes(attributes: Attributes) -> dict[str, AttributeValue]:
+    masked: dict[str, AttributeValue] = {}
+    for name, value in (attributes or {}).items():
+        if isinstance(value, str):
+            masked[name] = REDACTOR.redact(value)
+        elif isinstance(value, tuple | list) and value and isinstance(value[0], str):
+            masked[name] = [REDACTOR.redact(str(item)) for item in value]
+        else:
+            masked[name] = value
+    return masked
 
 
 def flush(timeout_s: float = 5.0) -> None:

@@ -4,7 +4,7 @@ collector's port 4318 takes it; keeps every span it is sent, in memory, for a te
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import attrs
 from aiohttp import web
@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 KINDS = {
@@ -35,11 +35,18 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     attributes: dict[str, object]
+    # The status's description (a failed run's error), and each event as (name, attributes).
+    status_message: str = ""
+    events: tuple[tuple[str, dict[str, object]], ...] = ()
 
 
 def _value(value: AnyValue) -> object:
     field = value.WhichOneof("value")
     return None if field is None else getattr(value, field)
+
+
+def _attributes(items: Iterable[KeyValue]) -> dict[str, object]:
+    return {item.key: _value(item.value) for item in items}
 
 
 def _decode(body: bytes) -> list[ReceivedSpan]:
@@ -58,7 +65,9 @@ def _decode(body: bytes) -> list[ReceivedSpan]:
                         trace_id=span.trace_id.hex(),
                         span_id=span.span_id.hex(),
                         parent_span_id=span.parent_span_id.hex(),
-                        attributes={item.key: _value(item.value) for item in span.attributes},
+                        attributes=_attributes(span.attributes),
+                        status_message=span.status.message,
+                        events=tuple((event.name, _attributes(event.attributes)) for event in span.events),
                     )
                 )
     return spans

@@ -6,7 +6,11 @@ import asyncio
 import base64
 import io
 import logging
+import subprocess
+import sys
+import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import attrs
@@ -152,6 +156,51 @@ def test_redaction_masks_secrets_url_passwords_and_bearer_tokens():
     assert text == (
         "key *** url redis://:***@10.0.0.5:6379/0 proxy http://user:***@proxy:3128 header Authorization: Bearer ***"
     )
+
+
+def test_redaction_masks_the_credential_query_values_of_any_url_in_the_text():
+    # A caller's presigned input, named by a task's error and the line that logs it.
+    text = logs.Redactor().redact(
+        "Track https://bucket.s3.example/a.wav?X-Amz-Credential=AKIA%2F20261205&X-Amz-Signature=9f3c"
+        "&x-id=GetObject is not a supported audio file; url='http://[::1]:8080/hook?token=t0k3n'"
+    )
+
+    assert text == (
+        "Track https://bucket.s3.example/a.wav?X-Amz-Credential=***&X-Amz-Signature=***"
+        "&x-id=GetObject is not a supported audio file; url='http://[::1]:8080/hook?token=***'"
+    )
+
+
+def test_redaction_reads_a_megabyte_of_url_like_text_in_linear_time():
+    # A caller's task error is masked before it is cut short; each "a://" could start a URL.
+    started = time.monotonic()
+
+    text = logs.Redactor().redact("a://" * 250_000 + "?token=t0k3n")
+
+    assert text.endswith("a://?token=***")
+    assert time.monotonic() - started < 2
+
+
+def test_at_debug_no_line_carries_the_signature_of_a_url_that_botocore_presigns():
+    # A child process: the test's own logging stays as it is.
+    script = (
+        "import logging, boto3, botocore.config\n"
+        "from taskd import logs\n"
+        "logs.configure('json', 'DEBUG')\n"
+        "logging.getLogger('taskd').debug('debug is on')\n"
+        "client = boto3.client('s3', endpoint_url='http://127.0.0.1:9', region_name='us-east-1',\n"
+        "    aws_access_key_id='AKIATEST', aws_secret_access_key='secret-key-1',\n"
+        "    config=botocore.config.Config(signature_version='s3v4'))\n"
+        "print(client.generate_presigned_url('get_object', Params={'Bucket': 'b', 'Key': 'p1/x.png'}))\n"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    signature = parse_qs(urlsplit(result.stdout.strip()).query)["X-Amz-Signature"][0]
+    assert "debug is on" in result.stderr
+    assert signature not in result.stderr
 
 
 def test_every_secret_in_the_config_is_found():

@@ -4,18 +4,24 @@ separate worker process and its provider call, to the webhook POST and the recei
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import logging
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from conftest import API_KEY, TERMINAL, child_env
 from examples import TASK_DATA
 from otlp_collector import OtlpCollector, ReceivedSpan
 
-from taskd import keys, tracing
+from taskd import keys, logs, tracing
 
 
 @pytest.fixture
@@ -242,3 +248,86 @@ async def test_the_run_span_of_a_gpu_task_names_its_device(spawn_taskd, tmp_path
     assert status["status"] == "completed"
     assert (run.attributes[tracing.QUEUE], run.attributes[tracing.DEVICE]) == ("gpu_medium", "0")
     assert run.attributes[tracing.DEVICE] == str(status["result"]["device"])
+
+
+async def test_a_failed_run_span_carries_its_error_masked_as_the_logs_mask_it(
+    spawn_taskd, tmp_path, collector
+):
+    node = spawn_taskd("serve", env=_traced_env(tmp_path / "data", collector, "taskd"))
+    assert node.base_url is not None
+    # What a download's error names: a caller's presigned URL, with a password in it too.
+    url = "https://reader:url-pass-1@bucket.example/a.wav?X-Amz-Credential=cred-2&X-Amz-Signature=sig-3"
+
+    status = await _submit_and_wait(
+        node.base_url,
+        {"project_id": "traced", "task_type": "fail", "task_data": {"message": f"Track {url} is not audio"}},
+    )
+    await collector.wait_for(lambda spans: any(span.name == "run fail" for span in spans))
+
+    run = _one(collector.spans, name="run fail")
+    masked = (
+        "Track https://reader:***@bucket.example/a.wav?X-Amz-Credential=***&X-Amz-Signature=*** is not audio"
+    )
+    assert (status["status"], status["error"]) == ("failed", masked)
+    assert run.status_message == masked
+
+
+@contextlib.contextmanager
+def _unanswered_port() -> Iterator[int]:
+    """A port whose listener accepts no connection: its one-place queue is filled, later SYNs go unanswered."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+async def test_an_error_recorded_on_a_client_span_has_the_urls_credentials_masked(monkeypatch, collector):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    monkeypatch.setattr(tracing, "_provider", None)  # this process's own, put back after the test
+    tracing.setup()
+
+    # aiohttp's ConnectionTimeoutError names the whole URL, query included.
+    with _unanswered_port() as port:
+        async with aiohttp.ClientSession(trace_configs=tracing.client_trace_configs()) as session:
+            with pytest.raises(aiohttp.ConnectionTimeoutError, match="token=receiver-secret"):
+                await session.post(
+                    f"http://127.0.0.1:{port}/hook?token=receiver-secret",
+                    timeout=aiohttp.ClientTimeout(sock_connect=0.2),
+                )
+    await asyncio.to_thread(tracing.flush)
+
+    [post] = collector.spans
+    [(name, exception)] = post.events
+    assert (name, post.attributes["http.url"]) == ("exception", f"http://127.0.0.1:{port}/hook")
+    assert (
+        exception["exception.message"] == f"Connection timeout to host http://127.0.0.1:{port}/hook?token=***"
+    )
+    assert "receiver-secret" not in str(exception)
+
+
+def test_a_collector_header_the_sdk_cannot_parse_is_logged_with_its_key_masked(monkeypatch):
+    stream = io.StringIO()
+    handler = logs.make_handler("json", stream)
+    sdk_log = logging.getLogger("opentelemetry.util.re")  # where the SDK says a header is malformed
+    sdk_log.addHandler(handler)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    # A backslash is not allowed in a header's value: the SDK drops the header and logs it.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=vendor-key-7f3e\\0")
+    monkeypatch.setattr(tracing, "_provider", None)  # this process's own, put back after the test
+    try:
+        tracing.setup()
+    finally:
+        sdk_log.removeHandler(handler)
+
+    [line] = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert line["message"].startswith("Header format invalid!")
+    assert "vendor-key-7f3e" not in line["message"]

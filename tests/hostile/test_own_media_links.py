@@ -15,6 +15,7 @@ from aiohttp import web
 from fake_media_apis import png, sine_wav
 
 from taskd.config import Config, HttpConfig, MediaConfig, NetworkConfig
+from taskd.logs import MASK, mask_url
 from taskd.media import download
 from taskd.media.own import OwnMedia
 from taskd.media.store import SECRET_FILE, MediaStore
@@ -187,7 +188,9 @@ async def test_a_task_given_another_projects_media_url_fails_naming_it(start_ser
     task = await running.submit("process_audio", {"tracks": [{"url": theirs}]}, project_id="studio_b")
     body = await running.wait_terminal(task["task_id"], timeout=30)
 
+    # Named with its signature masked, as every URL's credentials in an error (and its log line) are.
     assert (body["status"], body["error"]) == (
         "failed",
-        f"Track {theirs} was refused: it is a media link of another project",
+        f"Track {mask_url(theirs, MASK)} was refused: it is a media link of another project",
     )
+    assert mask_url(theirs, MASK).endswith("&sig=***")
