@@ -93,6 +93,11 @@ EVENTS_TTL = 24 * 3600
 # its refused submits, cost a count, not a read of up to `limits.queued_per_project` records, each
 # time (lib/prune.lua).
 PRUNE_EVERY_MS = 60_000
+# The most projects waiting on a queue (in a partition) for which a queue position is counted
+# exactly, from every waiting project's head and line (lib/fair.lua's place, one command or more a
+# project); past it, a position is estimated from a few counts, so that a submit and a status read
+# cost Redis the same however many projects a tenant spreads its tasks over.
+EXACT_PLACE_HEADS = 1000
 TASK_EVENTS_MAXLEN = 200
 PROJECT_EVENTS_MAXLEN = 10_000
 # Partition 0's outbox, schedule and counters (METRICS, above): with one partition, the only ones;

@@ -96,6 +96,25 @@ async def test_starts_and_answers_commands_with_the_password(server: EmbeddedVal
     assert await _get(server.url, "greeting") == b"hello"
 
 
+async def test_a_short_event_stream_takes_about_a_kilobyte_not_a_preallocated_four(
+    server: EmbeddedValkey,
+) -> None:
+    # taskd writes a stream for every task and every project (taskd.keys), most of them a few
+    # entries long: a tenant spreading tasks over new projects must not pay 4 KB of empty room each.
+    assert server.url is not None
+    client = Redis.from_url(server.url)
+    try:
+        for status in ("queued", "processing", "completed"):
+            await client.xadd(
+                "{taskd}:events:project:p1", {"type": "status", "data": f'{{"status":"{status}"}}'}
+            )
+        used = await client.memory_usage("{taskd}:events:project:p1")
+    finally:
+        await client.aclose()
+
+    assert used is not None and used < 1500
+
+
 async def test_refuses_commands_without_the_password(server: EmbeddedValkey) -> None:
     assert server.tcp_url is not None
     for client in (

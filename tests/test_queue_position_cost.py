@@ -14,6 +14,7 @@ from redis.exceptions import ResponseError
 from redis_probes import sent_to_valkey
 
 from taskd import keys
+from taskd.config import LimitsConfig
 from taskd.store import TaskStore
 
 # The commands place() may spend per other project: a line's length, a head's score.
@@ -25,6 +26,17 @@ async def waiting_projects(api: Any, names: range, each: int) -> None:
     for n in names:
         for _ in range(each):
             await api.submit("noop", {}, project_id=f"waiting-{n}")
+
+
+async def projects_waiting_in_batches(api: Any, names: range) -> None:
+    """One queued noop task for each project `many-<n>`, n in `names`, submitted 100 to a batch."""
+    for first in range(names.start, names.stop, 100):
+        tasks = [
+            {"project_id": f"many-{n}", "task_type": "noop", "task_data": {}}
+            for n in range(first, min(first + 100, names.stop))
+        ]
+        async with api.client.post("/api/v1/tasks/batch", json={"tasks": tasks}) as response:
+            assert response.status == 200, await response.text()
 
 
 async def reads_during(redis: Redis, action: Any) -> tuple[Any, int]:
@@ -170,3 +182,49 @@ async def test_a_position_that_cannot_be_read_fails_that_read_alone(start_servic
 
     assert read == 1
     assert isinstance(failed, ResponseError)
+
+
+async def test_past_the_exact_limit_a_submit_and_a_status_read_cost_the_same_however_many_projects_wait(
+    start_service: Any, redis: Redis
+):
+    # A tenant that spreads one task over each of thousands of projects (scheduled tasks queue past
+    # limits.max_queue_length) must not make every submit and status read on the queue cost Redis
+    # a read of every project's head and line.
+    api = await start_service(workers=False, limits=LimitsConfig(submit_per_minute=0))
+    await projects_waiting_in_batches(api, range(keys.EXACT_PLACE_HEADS + 1))
+    await api.submit("noop", {}, project_id="mine")
+    later = (await api.submit("noop", {}, project_id="mine"))["task_id"]
+    await api.status(later)  # the position script loaded: not counted below
+    await asyncio.sleep(0.01)  # created after every head: its own comes after them on arq's set
+    submitted: list[Any] = []
+    read: list[Any] = []
+
+    async def submit_and_read() -> None:
+        submitted.append(await api.submit("noop", {}, project_id=f"new-{len(submitted)}"))
+        read.append(await api.status(later))
+
+    ran = await sent_to_valkey(redis, submit_and_read, by_scripts=True)
+    await projects_waiting_in_batches(api, range(keys.EXACT_PLACE_HEADS + 1, keys.EXACT_PLACE_HEADS + 201))
+    await asyncio.sleep(0.01)
+
+    ran_then = await sent_to_valkey(redis, submit_and_read, by_scripts=True)
+
+    # As many commands on the queue's lines and heads, and none that reads every project's head
+    # (HGETALL of the heads, ZMSCORE of their scores) or line (a ZCARD each).
+    queue = (
+        keys.heads("default"),
+        keys.queue("default"),
+        keys.waiting("default"),
+        keys.project_waiting("default", ""),
+    )
+    assert len([c for c in ran_then if c.split()[1:2] and c.split()[1].startswith(queue)]) == len(
+        [c for c in ran if c.split()[1:2] and c.split()[1].startswith(queue)]
+    )
+    lines = keys.project_waiting("default", "many-")
+    every = ("HGETALL " + keys.heads("default"), "ZMSCORE", "ZCARD " + lines)
+    assert not [c for c in ran + ran_then if c.startswith(every)]
+    # Every other project has one task waiting, so the counts are exact here: a new project's head
+    # after every other head; mine's second task after its head and one turn of every other project.
+    waiting = keys.EXACT_PLACE_HEADS + 1
+    assert [answer["queue_position"] for answer in submitted] == [waiting + 2, waiting + 203]
+    assert [answer["queue_position"] for answer in read] == [waiting + 3, waiting + 204]

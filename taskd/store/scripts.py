@@ -75,6 +75,8 @@ CONSTANTS: Mapping[str, str] = {
     "EVENTS_TTL": str(keys.EVENTS_TTL),
     # How often a project's active or processing set may be read through for gone records (lib/prune.lua).
     "PRUNE_EVERY_MS": str(keys.PRUNE_EVERY_MS),
+    # Past this many projects waiting on a queue, a queue position is estimated (lib/fair.lua).
+    "EXACT_PLACE_HEADS": str(keys.EXACT_PLACE_HEADS),
     # A task's end wakes the webhook senders of every process at once; a job wakes the workers.
     "WEBHOOKS_WAKE": keys.WEBHOOKS_WAKE,
     "WAKE": keys.WAKE_CHANNEL,

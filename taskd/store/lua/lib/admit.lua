@@ -163,8 +163,9 @@ local function store(task, later)
   elseif task.straight then
     position = 1
   else
-    -- The queue's heads once for this call's submits: the line's head here, the position below.
-    all_heads(task.queue)
+    -- The queue's heads once for this call's submits: the line's head here, the position below
+    -- (unless too many projects wait for that: lib/fair.lua's few_heads).
+    if few_heads(task.queue) then all_heads(task.queue) end
     local k = wait_in_line(task.key, task.job_id, tonumber(task.score), tonumber(task.created_ms),
       tonumber(task.aging_ms), named)
     -- Behind its project's head, the job is not on arq's set: no worker can take it yet, and the

@@ -97,6 +97,22 @@ local function all_heads(queue)
   return heads
 end
 
+-- Whether the queue has few enough projects waiting (heads) for a script run to read them all:
+-- at most @EXACT_PLACE_HEADS@. Past that, reading every head (and, for a position, every head's
+-- score and every line's length) would cost Redis in proportion to the projects waiting on each
+-- submit and each status read of a queued task, with no bound: scheduled tasks and released
+-- dependents queue past `limits.max_queue_length`. Counted once a script run (HLEN).
+local heads_counted = {}
+local function few_heads(queue)
+  if heads_read[queue] then return true end
+  local count = heads_counted[queue]
+  if not count then
+    count = redis.call('HLEN', '@HEADS_PREFIX@' .. queue)
+    heads_counted[queue] = count
+  end
+  return count <= @EXACT_PLACE_HEADS@
+end
+
 local function head_of(queue, project)
   local heads = heads_read[queue]
   if heads then return heads[project] or false end
@@ -362,10 +378,29 @@ local HEADS_A_READ = 1000  -- ZMSCORE's arguments per call: Lua's unpack() takes
 -- Whether this run has every head of the queue's score (arq_score): read at its first position;
 -- a head set later in the run comes with its score (seat's ZADD).
 local scored = {}
+-- With more than @EXACT_PLACE_HEADS@ projects waiting (few_heads), a position is counted from
+-- sizes, in a few commands however many wait: a head, by the heads before it on arq's set (a
+-- ZCOUNT: exact but for a running job there of a worker that claims one at a time); a later job,
+-- by its k earlier jobs and k jobs of every other project, or all the other projects' waiting jobs
+-- if fewer (exact when no other project has more than k waiting, or all have at least k; the
+-- heads ahead with more than k waiting are not counted).
+local function estimated_place(queue, project, line, k)
+  local head = head_of(queue, project)
+  local mine = head and score_on_arq(queue, head)
+  local heads = heads_counted[queue]
+  if k == 0 and mine then
+    return redis.call('ZCOUNT', '@QUEUE_PREFIX@' .. queue, '-inf', '(' .. string.format('%.17g', mine)) + 1
+  end
+  local others = heads - (head and 1 or 0)
+  local waiting = redis.call('ZCARD', '@WAITING_PREFIX@' .. queue) - line_length(line)
+  return k + math.min(math.max(waiting, 0), k * others) + 1
+end
+
 local function place(queue, project, job, k)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   k = k or redis.call('ZRANK', line, job)
   if not k then return 0 end
+  if not few_heads(queue) then return estimated_place(queue, project, line, k) end
   local heads = all_heads(queue)
   local first = next(heads)
   if first == project and next(heads, first) == nil then return k + 1 end
