@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskd.config import ConfigError
 from taskd.logs import REDACTOR
@@ -23,6 +23,7 @@ from taskd.model import TaskRecord
 if TYPE_CHECKING:
     import aiohttp
     from aiohttp.typedefs import Handler, Middleware
+    from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.util.types import Attributes, AttributeValue
@@ -117,7 +118,16 @@ def _masking(exporter: SpanExporter) -> SpanExporter:
     """
     from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+    from opentelemetry.sdk.util import BoundedList
     from opentelemetry.trace import Status
+
+    def bounded(items: Sequence[Any], dropped: int) -> BoundedList[Any]:
+        # The containers the SDK gives a span, with their dropped counts: the OTLP encoder of the
+        # oldest SDK taskd allows (1.20) reads `.dropped` from each.
+        kept: BoundedList[Any] = BoundedList(None)
+        kept.extend(items)
+        kept.dropped = dropped
+        return kept
 
     def masked(span: ReadableSpan) -> ReadableSpan:
         status = span.status
@@ -128,12 +138,19 @@ def _masking(exporter: SpanExporter) -> SpanExporter:
             context=span.context,
             parent=span.parent,
             resource=span.resource,
-            attributes=_masked_attributes(span.attributes),
-            events=[
-                Event(event.name, _masked_attributes(event.attributes), event.timestamp)
-                for event in span.events
-            ],
-            links=span.links,
+            attributes=_masked_attributes(span.attributes, span.dropped_attributes),
+            events=bounded(
+                [
+                    Event(
+                        event.name,
+                        _masked_attributes(event.attributes, getattr(event.attributes, "dropped", 0)),
+                        event.timestamp,
+                    )
+                    for event in span.events
+                ],
+                span.dropped_events,
+            ),
+            links=bounded(span.links, span.dropped_links),
             kind=span.kind,
             status=status,
             start_time=span.start_time,
@@ -154,7 +171,10 @@ def _masking(exporter: SpanExporter) -> SpanExporter:
     return Masking()
 
 
-def _masked_attributes(attributes: Attributes) -> dict[str, AttributeValue]:
+def _masked_attributes(attributes: Attributes, dropped: int) -> BoundedAttributes:
+    """`attributes` with their text masked, in the container the SDK gives them (`dropped` kept)."""
+    from opentelemetry.attributes import BoundedAttributes
+
     masked: dict[str, AttributeValue] = {}
     for name, value in (attributes or {}).items():
         if isinstance(value, str):
@@ -163,7 +183,9 @@ def _masked_attributes(attributes: Attributes) -> dict[str, AttributeValue]:
             masked[name] = [REDACTOR.redact(str(item)) for item in value]
         else:
             masked[name] = value
-    return masked
+    kept = BoundedAttributes(attributes=masked)
+    kept.dropped = dropped
+    return kept
 
 
 def flush(timeout_s: float = 5.0) -> None:
