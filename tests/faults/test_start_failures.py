@@ -17,6 +17,18 @@ from faultkit import ValkeyServer, free_port
 PASSWORD = "s3cret-redis-pw"
 
 
+def _start_serve(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+    """`taskd serve` started, its output piped: for a test that acts while it starts."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "taskd", "serve"],
+        env={**_base_env(tmp_path), **env},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 async def _serve(tmp_path: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
     """`taskd serve` run to its end; what it wrote and its exit status."""
     return await asyncio.to_thread(
@@ -77,15 +89,7 @@ async def test_a_server_that_never_answers_is_given_up_on_after_the_start_wait_e
 
 async def test_a_redis_that_comes_up_within_the_start_wait_is_served(tmp_path):
     server = ValkeyServer(tmp_path / "valkey")
-    env = {**_base_env(tmp_path), "TASKD_REDIS__URL": server.url, "TASKD_REDIS__START_WAIT": "30"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "taskd", "serve"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_serve(tmp_path, TASKD_REDIS__URL=server.url, TASKD_REDIS__START_WAIT="30")
     try:
         assert proc.stderr is not None and proc.stdout is not None
         # Once it waits (its first warning), not after a fixed pause: under load the import alone
@@ -140,15 +144,7 @@ async def test_a_redis_user_refused_a_command_taskd_needs_stops_start_up_naming_
 
 async def test_sigterm_while_waiting_for_redis_stops_at_once_with_exit_status_0(tmp_path):
     url = f"redis://127.0.0.1:{free_port()}/0"
-    env = {**_base_env(tmp_path), "TASKD_REDIS__URL": url, "TASKD_REDIS__START_WAIT": "60"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "taskd", "serve"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_serve(tmp_path, TASKD_REDIS__URL=url, TASKD_REDIS__START_WAIT="60")
     try:
         assert proc.stderr is not None
         # Once it waits (its first warning), not while Python is still importing.
