@@ -175,6 +175,35 @@ async def test_project_stream_resumes_after_last_event_id(taskd):
     assert rest == everything[3:]
 
 
+FROM_THE_FUTURE = "99999999999999-0"  # past every entry a stream can have now
+
+
+async def completion_of(response: aiohttp.ClientResponse, task_id: str) -> Any:
+    async for event in iter_events(response):
+        if event.data["task_id"] == task_id and event.data["status"] == "completed":
+            return event
+    return None
+
+
+@pytest.mark.parametrize("stream", ["project", "task"])
+async def test_a_last_event_id_from_the_future_holds_back_no_other_clients_live_events(taskd, stream):
+    # The hub reads each stream from where its first watcher asked: one key's made-up id stopped
+    # every other client of that stream in the process from getting anything live.
+    task = await taskd.submit("sleep", {"seconds": 1, "steps": 1}, project_id="films")
+    path = (
+        "/api/v1/projects/films/events" if stream == "project" else f"/api/v1/tasks/{task['task_id']}/events"
+    )
+    async with (
+        asyncio.timeout(10),
+        taskd.client.get(path, headers={"Last-Event-ID": FROM_THE_FUTURE}) as first,
+        taskd.client.get(path) as second,
+    ):
+        assert first.status == second.status == 200
+        assert await completion_of(second, task["task_id"]) is not None
+        # The one that asked from the future gets what comes next, as if it had asked for now.
+        assert await completion_of(first, task["task_id"]) is not None
+
+
 async def test_events_raised_by_a_worker_in_another_taskd_reach_the_stream(start_service):
     api_node = await start_service(workers=False)
     await start_service(http=False)  # the only worker: a second taskd on the same Redis

@@ -305,6 +305,19 @@ def _last_event_id(request: web.Request) -> str | None:
     return raw
 
 
+async def _resume_point(redis: Redis, stream: str, event_id: str | None) -> str:
+    """What `stream` is read after: `event_id`, but never past the stream's newest entry, which None
+    stands for ("0-0" when the stream has none).
+
+    An id past the newest entry was sent by no stream. The hub reads a stream from the point its
+    first watcher gave, for every client of that stream in the process: a client that came first
+    with an id from the future held back the live events of all the others until it left.
+    """
+    newest = await redis.xrevrange(stream, count=1)
+    newest_id = newest[0][0].decode() if newest else "0-0"
+    return newest_id if event_id is None else min(event_id, newest_id, key=id_key)
+
+
 async def _read_after(redis: Redis, stream: str, after: str) -> list[StreamEvent]:
     """Entries of `stream` newer than `after`."""
     entries = await redis.xrange(stream, min=f"({after}", max="+")
@@ -442,12 +455,12 @@ async def _task_events(request: web.Request) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
     last_event_id = _last_event_id(request)
     stream = keys.task_events(task_id)
-    after = last_event_id or "0-0"
+    redis = api.store.client(keys.task_partition(task_id))
+    after = "0-0" if last_event_id is None else await _resume_point(redis, stream, last_event_id)
     # Watched before the read: an event appended after it reaches the client through the hub.
     subscription = hub.subscribe(stream, after)
     try:
         # A 404 task_not_found comes from here, before any stream starts.
-        redis = api.store.client(keys.task_partition(task_id))
         record, backlog = await _record_and_events(redis, task_id, stream, after)
         if record.is_terminal and not any(event.terminal for event in backlog):
             if last_event_id and await _is_terminal_entry(redis, stream, last_event_id):
@@ -478,10 +491,8 @@ async def _project_events(request: web.Request) -> web.StreamResponse:
     project_id = request.match_info["project_id"]
     stream = keys.project_events(project_id)
     redis = api.store.client(keys.project_partition(project_id))
-    after = _last_event_id(request)
-    if after is None:
-        newest = await redis.xrevrange(stream, count=1)
-        after = newest[0][0].decode() if newest else "0-0"
+    # From now on, or after the client's Last-Event-ID.
+    after = await _resume_point(redis, stream, _last_event_id(request))
     subscription = hub.subscribe(stream, after)
     try:
         backlog = await _read_after(redis, stream, after)
