@@ -3,11 +3,12 @@
 A step of a chain is handed an earlier step's `media_url` (`{"$ref": "@0#/media_url"}`): a link to
 taskd itself, at `media.base_url` or, by default, taskd's own loopback address, which the SSRF guard
 refuses, and which a worker on another host may not reach at all. A URL at this taskd's media
-origin and path is therefore never fetched: its signature must check out, exactly as the media
-route checks it, and it must name a file of the task's own project; then the file is read from the
-store. A link of another project is refused even when its signature is good, so a task can read
-no more media than its own project's (a signed link is a bearer token for whoever holds it, but
-not a way for one project's tasks to pull another's files into their results).
+origin and path, or one this store signed under another of taskd's names, is therefore never
+fetched: its signature must check out, exactly as the media route checks it, and it must name a
+file of the task's own project; then the file is read from the store. A link of another project is
+refused even when its signature is good, so a task can read no more media than its own project's
+(a signed link is a bearer token for whoever holds it, but not a way for one project's tasks to
+pull another's files into their results).
 """
 
 from __future__ import annotations
@@ -36,11 +37,28 @@ class OwnMedia:
         return cls(MediaStore.from_config(config), project_id)
 
     def _media_path(self, url: URL) -> str | None:
-        """What follows `/media/` in `url` when it is at this store's media origin and path, else None."""
+        """What follows `/media/` in `url` when it is a link to this store, else None: at its media
+        origin and path, or signed by it under another name of taskd's."""
         base = URL(self.store.base)
         prefix = base.raw_path.rstrip("/") + "/media/"
         same_origin = (url.scheme, url.host, url.port) == (base.scheme, base.host, base.port)
-        return url.raw_path[len(prefix) :] if same_origin and url.raw_path.startswith(prefix) else None
+        if same_origin and url.raw_path.startswith(prefix):
+            return url.raw_path[len(prefix) :]
+        return self._signed_path(url)
+
+    def _signed_path(self, url: URL) -> str | None:
+        """What follows the last `/media/` in `url` when this store's secret signed it, else None.
+
+        A host compared as text misses taskd's other names (a trailing-dot host, its IP address,
+        another DNS name, a proxy's path): fetched over HTTP, the media route would hand another
+        project's file over for its good signature. Only this store can have made that signature.
+        """
+        _, found, media_path = url.raw_path.rpartition("/media/")
+        segments = media_path.split("/")
+        expires, sig = url.query.get("expires"), url.query.get("sig")
+        if not found or len(segments) != 2 or expires is None or sig is None:
+            return None
+        return media_path if self.store.check(*segments, expires, sig) is None else None
 
     def is_link(self, url: URL) -> bool:
         """Whether `url` is at this store's media origin and path: a media link, good or not."""

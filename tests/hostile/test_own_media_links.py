@@ -13,13 +13,14 @@ import attrs
 import pytest
 from aiohttp import web
 from fake_media_apis import png, sine_wav
+from yarl import URL
 
 from taskd.config import Config, HttpConfig, MediaConfig, NetworkConfig
 from taskd.logs import MASK, mask_url
 from taskd.media import download
 from taskd.media.own import OwnMedia
 from taskd.media.store import SECRET_FILE, MediaStore
-from taskd.net.guarded import GuardedClient
+from taskd.net.guarded import GuardedClient, RedirectRefused
 from taskd.tasks.spec import TaskError
 
 BASE = "http://127.0.0.1:8001"
@@ -140,11 +141,41 @@ async def test_a_store_file_of_the_wrong_kind_is_refused(config, http, tmp_path)
         await fetch_as(config, http, "tour", url, tmp_path)
 
 
-async def test_a_link_at_another_address_still_goes_through_the_ssrf_guard(config, http, tmp_path):
+async def test_a_link_at_another_address_not_signed_by_this_store_goes_through_the_ssrf_guard(
+    config, http, tmp_path
+):
     url = stored(config, "tour", tmp_path).replace(":8001/", ":8002/")
+    url = url[: url.index("sig=") + 4] + "0" * 64
 
     with pytest.raises(TaskError, match=r"127\.0\.0\.1 is not a public address"):
         await fetch_as(config, http, "tour", url, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "alias",
+    ["http://127.0.0.1.:8001", "http://taskd.internal.test", "https://cdn.example.test/proxied"],
+)
+async def test_another_projects_link_under_another_name_of_taskd_is_refused(config, http, tmp_path, alias):
+    # The media route would serve it for its good signature, whatever name reached taskd.
+    url = stored(config, "someone_else", tmp_path).replace(BASE, alias)
+
+    with pytest.raises(TaskError, match="was refused: it is a media link of another project"):
+        await fetch_as(config, http, "tour", url, tmp_path)
+
+
+async def test_the_tasks_own_link_under_another_name_of_taskd_is_read_from_the_store(config, http, tmp_path):
+    url = stored(config, "tour", tmp_path).replace(BASE, "http://taskd.internal.test")
+
+    path = await fetch_as(config, http, "tour", url, tmp_path)
+
+    assert path.read_bytes() == IMAGE
+
+
+def test_a_redirect_to_a_link_signed_by_this_store_under_another_name_is_not_followed(config, tmp_path):
+    url = stored(config, "someone_else", tmp_path).replace(BASE, "http://taskd.internal.test")
+
+    with pytest.raises(RedirectRefused, match="redirects to a media link of this taskd"):
+        OwnMedia.for_task(config, "tour").refuse_redirect(URL(url))
 
 
 async def test_a_redirect_to_another_projects_media_link_is_not_followed(http, tmp_path):
