@@ -659,8 +659,9 @@ class LimitsConfig:
     status_per_minute: int = attrs.field(default=1000, validator=attrs.validators.ge(0))
     # A throttle: a project's tasks past this many wait queued (start.lua), they are not refused.
     concurrent_per_project: int = attrs.field(default=50, validator=attrs.validators.ge(0))
-    # A refusal: a project with this many tasks waiting gets 429 for the next one.
-    queued_per_project: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
+    # A refusal: a project with this many tasks waiting gets 429 for the next one. A quarter of a
+    # queue, so that no one project can fill a queue and have every other project's submits refused.
+    queued_per_project: int = attrs.field(default=2500, validator=attrs.validators.ge(0))
     max_queue_length: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
     # Held open per API key, in each taskd process: event streams and `Prefer: wait` submits. Each
     # holds a connection (a file descriptor) for minutes or for ever, and the per-minute limits do

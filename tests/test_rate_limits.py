@@ -377,8 +377,11 @@ def test_the_limits_are_set_by_their_documented_names():
     assert limits.max_queue_length == 0
 
 
-def test_the_waiting_cap_is_set_by_its_documented_name_and_defaults_to_ten_thousand():
-    assert load_config(None, {}).limits.queued_per_project == 10_000
+def test_the_waiting_cap_is_set_by_its_documented_name_and_defaults_to_a_quarter_of_a_queue():
+    # Equal to a queue's cap, as before, one project (one key holder) took every place of a queue,
+    # and every other project's submits to it were refused with 503 until its tasks started.
+    limits = load_config(None, {}).limits
+    assert (limits.queued_per_project, limits.max_queue_length) == (2_500, 10_000)
     assert load_config(None, {"TASKD_LIMITS__QUEUED_PER_PROJECT": "7"}).limits.queued_per_project == 7
 
 
