@@ -121,6 +121,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         TASKD_LIMITS__STATUS_PER_MINUTE="0",
         TASKD_LIMITS__CONCURRENT_PER_PROJECT="0",
         TASKD_LIMITS__MAX_QUEUE_LENGTH="0",
+        TASKD_LIMITS__QUEUED_PER_PROJECT="0",
         TASKD_WEBHOOKS__ALLOW_PRIVATE="true",
         TASKD_LOGGING__LEVEL="WARNING",
         TASKD_GPU__SIMULATE="1",
