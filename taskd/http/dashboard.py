@@ -19,7 +19,7 @@ from taskd.heartbeat import live_workers
 from taskd.http.context import API
 from taskd.http.gpu_view import gpu_rows
 from taskd.http.responses import shape_response
-from taskd.http.scope import Touches, touches, visible_tasks
+from taskd.http.scope import CALLER, Touches, touches, visible_tasks
 from taskd.http.views import gpu_reading, stamp
 from taskd.model import ApiError, iso, now
 
@@ -78,7 +78,11 @@ async def _queues(request: web.Request, workers: list[Any]) -> list[shapes.Dashb
     api = request.app[API]
     names = api.queue_names
     waiting = await api.queue.waiting(names)
-    running = await api.store.running_first(names, RUNNING_SHOWN)
+    # A scoped key's first running tasks are found among them all: the first of every project's
+    # could all be other projects', and would list none of its own.
+    caller = request.get(CALLER)
+    scoped = caller is not None and caller.projects is not None
+    running = await api.store.running_first(names, None if scoped else RUNNING_SHOWN)
     listed = [[task_id for task_id, _ in running[name][1]] for name in names]
     # Running counts are every project's; only the running tasks the key may see are listed.
     shown = await visible_tasks(request, (task_id for ids in listed for task_id in ids))
@@ -90,7 +94,7 @@ async def _queues(request: web.Request, workers: list[Any]) -> list[shapes.Dashb
                 name=name,
                 waiting=waiting.get(name, 0),
                 running=running[name][0],
-                running_tasks=[task_id for task_id in listed[i] if task_id in shown],
+                running_tasks=[task_id for task_id in listed[i] if task_id in shown][:RUNNING_SHOWN],
                 concurrency=configured.concurrency if configured else None,
                 workers=sum(1 for worker in workers if name in worker.queues),
             )

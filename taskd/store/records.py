@@ -1199,17 +1199,18 @@ class TaskStore:
         return sum(await self._each_partition(lambda client, p: client.zcard(keys.webhooks_due(p))))
 
     async def running_first(
-        self, queues: Iterable[str], first: int
+        self, queues: Iterable[str], first: int | None
     ) -> dict[str, tuple[int, list[tuple[str, float]]]]:
         """Each queue's processing count and its `first` longest-running tasks (id, start in epoch
-        seconds), over every partition."""
+        seconds; None: all of them, as many as its workers' slots), over every partition."""
         names = list(queues)
+        last = -1 if first is None else first - 1
 
         async def read(client: Redis, partition: int) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.zcard(keys.running(name, partition))
-                    pipe.zrange(keys.running(name, partition), 0, first - 1, withscores=True)
+                    pipe.zrange(keys.running(name, partition), 0, last, withscores=True)
                 return list(await pipe.execute())
 
         parts = await self._each_partition(read)

@@ -276,3 +276,18 @@ async def test_a_route_that_declares_nothing_is_refused_to_a_scoped_key(seeded):
                 statuses[key] = (r.status, (await r.json()).get("error"))
 
     assert statuses == {TENANT_KEY: (404, "not_found"), API_KEY: (200, None)}
+
+
+async def test_a_scoped_keys_dashboard_lists_its_running_task_behind_fifty_longer_running_of_others(seeded):
+    # Fifty tasks of another project that started before the key's own: the dashboard's first fifty.
+    redis = seeded.app[API].redis
+    await redis.zadd(
+        keys.running("default"), {f"other-{n}": (time.time() - 2 * LONG_AGO) * 1000 for n in range(50)}
+    )
+    headers = {"X-API-Key": TENANT_KEY}
+
+    async with seeded.running.client.get("/api/v1/dashboard/overview", headers=headers) as response:
+        overview = await response.json()
+
+    default = next(queue for queue in overview["queues"] if queue["name"] == "default")
+    assert default["running_tasks"] == [seeded.own_task]
