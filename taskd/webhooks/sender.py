@@ -153,6 +153,10 @@ class WebhookSender:
                     cookie_jar=aiohttp.DummyCookieJar(),
                     auto_decompress=False,
                     trace_configs=trace_configs,
+                    # No deadline of aiohttp's own (its default gives up a connect at 30 s, and any
+                    # POST at 5 min): webhooks.timeout bounds the whole attempt (_outcome), as on
+                    # taskd's own client.
+                    timeout=aiohttp.ClientTimeout(),
                 ) as self._session:
                     yield
             else:
