@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -285,6 +286,19 @@ async def test_an_operator_command_exits_3_in_one_line_when_redis_is_down():
     assert run.code == 3
     assert run.err.startswith("taskd: Redis at redis://127.0.0.1:1/0: ConnectionError:")
     assert len(run.err.strip().splitlines()) == 1
+
+
+async def test_an_operator_command_on_a_rediss_url_to_a_server_without_tls_asks_whether_it_speaks_tls():
+    # Like a plain Redis, the server takes the connection and never answers the TLS hello.
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        url = f"rediss://127.0.0.1:{plain.getsockname()[1]}/0"
+        run = await operator_cli("queues", redis_url=url)
+
+    assert run.code == 3
+    assert run.err.startswith(f"taskd: Redis at {url}: TimeoutError:")
+    assert run.err.strip().endswith("; is the server speaking TLS? (rediss:// connects with TLS)")
 
 
 async def test_a_wrong_redis_password_exits_3_in_one_line_without_the_password(valkey_url):
