@@ -37,8 +37,8 @@ async def operator_cli(*args: str, redis_url: str, stdin: str = "", **env: str) 
         TASKD_DATA_DIR="/nonexistent",
         TASKD_REDIS__URL=redis_url,
         TASKD_TASKS__MODULES=",".join(TEST_TASK_MODULES),
-        **env,
     )
+    full_env.update(env)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -217,6 +217,24 @@ async def test_retry_failed_retries_each_failed_task_of_the_project_once(taskd, 
     assert all(replays[task_id]["replayed"] for task_id in retried)
     assert first.err.splitlines()[-1] == "project films: 2 retried, 0 retried before, 0 refused"
     assert again.err.splitlines()[-1] == "project films: 2 retried, 2 retried before, 0 refused"
+
+
+async def test_retry_failed_says_a_task_type_its_own_config_does_not_install_is_why_it_refused(
+    taskd, valkey_url
+):
+    failed = await taskd.submit("fail", {}, project_id="films")  # of taskd.tasks.diagnostics
+    await taskd.wait_terminal(failed["task_id"])
+
+    run = await operator_cli(
+        "retry-failed", "--project", "films", redis_url=valkey_url, TASKD_TASKS__MODULES="support_tasks"
+    )
+
+    assert run.code == 1
+    assert run.err.splitlines() == [
+        f"{failed['task_id']}: not retried: task type 'fail' is not installed by this command's config "
+        "(tasks.modules); run it with the config of the taskd that runs these tasks",
+        "project films: 0 retried, 0 retried before, 1 refused",
+    ]
 
 
 async def test_retry_failed_since_a_time_skips_older_failures(taskd, valkey_url):
