@@ -344,6 +344,7 @@ def _run_operator(config: Config, args: argparse.Namespace) -> int:
         from redis.exceptions import RedisError
 
         from taskd.admin import NoRedis, operator, redis_url
+        from taskd.redis_conn import tls_hint
     except ModuleNotFoundError as exc:
         raise UsageError(f"{exc.name} is not installed: pip install 'taskd[server]'") from None
     try:
@@ -367,5 +368,5 @@ def _run_operator(config: Config, args: argparse.Namespace) -> int:
         return asyncio.run(main())
     except (RedisError, OSError) as exc:
         # Down, unreachable, a wrong password (WRONGPASS/NOAUTH), a timeout: one line, no traceback.
-        _note(f"taskd: Redis at {_where(url)}: {type(exc).__name__}: {exc}")
+        _note(f"taskd: Redis at {_where(url)}: {type(exc).__name__}: {exc}{tls_hint(url, exc)}")
     return EXIT_UNREACHABLE

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -226,6 +227,23 @@ def printable(url: str) -> str:
     return mask_url(url, URL_MASK)
 
 
+def tls_hint(url: str, exc: BaseException) -> str:
+    """What to add to the report of `exc`, met reaching Redis at `url`, when the likely cause is a
+    server that does not speak TLS; empty otherwise.
+
+    A plain Redis behind a `rediss://` URL reads the TLS hello as the start of a command and waits
+    for its end: the connect times out, saying nothing of TLS. A server that answers in plain text
+    fails the handshake (an ssl.SSLError, under redis-py's ConnectionError).
+    """
+    if urlsplit(url).scheme.lower() != "rediss":
+        return ""
+    if isinstance(exc, TimeoutError | RedisTimeoutError | ssl.SSLError) or isinstance(
+        exc.__context__, ssl.SSLError
+    ):
+        return "; is the server speaking TLS? (rediss:// connects with TLS)"
+    return ""
+
+
 async def wait_until_answers(redis: Redis, url: str, wait: float) -> None:
     """PING `redis` until it answers, for up to `wait` seconds, with a warning per failed try.
 
@@ -252,10 +270,11 @@ async def wait_until_answers(redis: Redis, url: str, wait: float) -> None:
             if left <= 0:
                 raise RedisTimeoutError(f"no answer to PING within redis.start_wait ({wait:g} s)") from None
             log.warning(
-                "Redis at %s does not answer (%s: %s); trying again for %.1f s more",
+                "Redis at %s does not answer (%s: %s%s); trying again for %.1f s more",
                 printable(url),
                 type(exc).__name__,
                 exc,
+                tls_hint(url, exc),
                 left,
             )
             await asyncio.sleep(min(delays.next_delay(), left))

@@ -42,7 +42,14 @@ from taskd.net.guard import AddressPolicy
 from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import WorkerPool
-from taskd.redis_conn import connect, connect_partitions, printable, refuse_cluster, wait_until_answers
+from taskd.redis_conn import (
+    connect,
+    connect_partitions,
+    printable,
+    refuse_cluster,
+    tls_hint,
+    wait_until_answers,
+)
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
 from taskd.store import Admission, TaskStore, layout
@@ -166,7 +173,9 @@ class Service:
                 # Unreachable past redis.start_wait, a wrong password, a user refused a command:
                 # what an operator must mend, said in one line rather than a traceback.
                 where = printable(self._url)
-                raise StartFailed(f"Redis at {where}: {type(exc).__name__}: {exc}", EXIT_REDIS) from None
+                raise StartFailed(
+                    f"Redis at {where}: {type(exc).__name__}: {exc}{tls_hint(self._url, exc)}", EXIT_REDIS
+                ) from None
             if isinstance(exc, OSError) and exc.filename is not None:
                 raise StartFailed(f"cannot use {exc.filename}: {exc.strerror or exc}", EXIT_HOST) from None
             raise

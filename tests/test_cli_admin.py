@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sys
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -36,8 +37,8 @@ async def operator_cli(*args: str, redis_url: str, stdin: str = "", **env: str) 
         TASKD_DATA_DIR="/nonexistent",
         TASKD_REDIS__URL=redis_url,
         TASKD_TASKS__MODULES=",".join(TEST_TASK_MODULES),
-        **env,
     )
+    full_env.update(env)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -218,6 +219,24 @@ async def test_retry_failed_retries_each_failed_task_of_the_project_once(taskd, 
     assert again.err.splitlines()[-1] == "project films: 2 retried, 2 retried before, 0 refused"
 
 
+async def test_retry_failed_says_a_task_type_its_own_config_does_not_install_is_why_it_refused(
+    taskd, valkey_url
+):
+    failed = await taskd.submit("fail", {}, project_id="films")  # of taskd.tasks.diagnostics
+    await taskd.wait_terminal(failed["task_id"])
+
+    run = await operator_cli(
+        "retry-failed", "--project", "films", redis_url=valkey_url, TASKD_TASKS__MODULES="support_tasks"
+    )
+
+    assert run.code == 1
+    assert run.err.splitlines() == [
+        f"{failed['task_id']}: not retried: task type 'fail' is not installed by this command's config "
+        "(tasks.modules); run it with the config of the taskd that runs these tasks",
+        "project films: 0 retried, 0 retried before, 1 refused",
+    ]
+
+
 async def test_retry_failed_since_a_time_skips_older_failures(taskd, valkey_url):
     older = await taskd.submit("fail", {}, project_id="films")
     await taskd.wait_terminal(older["task_id"])
@@ -285,6 +304,19 @@ async def test_an_operator_command_exits_3_in_one_line_when_redis_is_down():
     assert run.code == 3
     assert run.err.startswith("taskd: Redis at redis://127.0.0.1:1/0: ConnectionError:")
     assert len(run.err.strip().splitlines()) == 1
+
+
+async def test_an_operator_command_on_a_rediss_url_to_a_server_without_tls_asks_whether_it_speaks_tls():
+    # Like a plain Redis, the server takes the connection and never answers the TLS hello.
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        url = f"rediss://127.0.0.1:{plain.getsockname()[1]}/0"
+        run = await operator_cli("queues", redis_url=url)
+
+    assert run.code == 3
+    assert run.err.startswith(f"taskd: Redis at {url}: TimeoutError:")
+    assert run.err.strip().endswith("; is the server speaking TLS? (rediss:// connects with TLS)")
 
 
 async def test_a_wrong_redis_password_exits_3_in_one_line_without_the_password(valkey_url):

@@ -4,14 +4,21 @@ goes on taking work."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
+import sys
 
 import pytest
 import support_tasks
 from conftest import make_config
+from support_tasks import AnythingInput
 
+from taskd.engine.executor import Executor, _Running
 from taskd.engine.jobproc import child
+from taskd.model import TaskRecord, TaskStatus
 from taskd.tasks.registry import Registry
+from taskd.tasks.spec import TaskContext, TaskType
 
 BASE_EXCEPTIONS = ["SystemExit", "KeyboardInterrupt", "GeneratorExit", "BaseException", "Cancelled"]
 
@@ -65,3 +72,37 @@ def test_a_job_process_that_swallowed_an_earlier_cancel_still_fails_a_handler_ra
 
     assert (answer["op"], answer["kind"]) == ("error", "exception")
     assert "Cancelled raised by the handler" in answer["error"]
+
+
+def test_a_coroutine_run_whose_task_is_destroyed_pending_closes_quietly_after_its_handlers_cleanup(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    # Its loop closed under it, a pending task is destroyed, and its coroutine closed: GeneratorExit
+    # at the handler's await, which must end the run, not fail it (the GeneratorExit a handler raises
+    # itself, above, fails its task).
+    cleaned: list[str] = []
+    waiting = asyncio.Event()
+
+    async def handler(_: TaskContext, __: AnythingInput) -> None:
+        try:
+            waiting.set()
+            await asyncio.sleep(3600)
+        finally:
+            cleaned.append("cleaned")
+
+    unraisable: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda report: unraisable.append(report.exc_value))
+    task_type = TaskType("wait", AnythingInput, queue="default", expected_duration=1.0, handler=handler)
+    config = make_config(tmp_path, "redis://unused")
+    # A run in the loop touches none of the store, the queue, the HTTP session or the job processes.
+    executor = Executor(None, None, Registry([task_type]), config, None, "worker-1", None)
+    record = TaskRecord("t1", "p", "wait", "default", {}, status=TaskStatus.PROCESSING)
+    loop = asyncio.new_event_loop()
+    run = loop.create_task(executor._in_loop(record, task_type, AnythingInput(), _Running(), None))
+    loop.run_until_complete(waiting.wait())
+    loop.close()
+    del run
+    gc.collect()
+
+    assert cleaned == ["cleaned"]
+    assert unraisable == []

@@ -17,11 +17,13 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from conftest import API_KEY, TERMINAL, child_env
 from examples import TASK_DATA
 from otlp_collector import OtlpCollector, ReceivedSpan
 
 from taskd import keys, logs, tracing
+from taskd.config import WebhooksConfig
 
 
 @pytest.fixture
@@ -273,18 +275,17 @@ async def test_a_failed_run_span_carries_its_error_masked_as_the_logs_mask_it(
 
 
 @contextlib.contextmanager
-def _unanswered_port() -> Iterator[int]:
-    """A port whose listener accepts no connection: its one-place queue is filled, later SYNs go unanswered."""
+def _unanswered_listener() -> Iterator[socket.socket]:
+    """A listener that accepts no connection: its one-place queue is filled, later SYNs go unanswered."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)
-        port = listener.getsockname()[1]
         fillers = [socket.socket() for _ in range(3)]
         try:
             for filler in fillers:
                 filler.setblocking(False)
-                filler.connect_ex(("127.0.0.1", port))
-            yield port
+                filler.connect_ex(listener.getsockname())
+            yield listener
         finally:
             for filler in fillers:
                 filler.close()
@@ -296,7 +297,8 @@ async def test_an_error_recorded_on_a_client_span_has_the_urls_credentials_maske
     tracing.setup()
 
     # aiohttp's ConnectionTimeoutError names the whole URL, query included.
-    with _unanswered_port() as port:
+    with _unanswered_listener() as listener:
+        port = listener.getsockname()[1]
         async with aiohttp.ClientSession(trace_configs=tracing.client_trace_configs()) as session:
             with pytest.raises(aiohttp.ConnectionTimeoutError, match="token=receiver-secret"):
                 await session.post(
@@ -312,6 +314,47 @@ async def test_an_error_recorded_on_a_client_span_has_the_urls_credentials_maske
         exception["exception.message"] == f"Connection timeout to host http://127.0.0.1:{port}/hook?token=***"
     )
     assert "receiver-secret" not in str(exception)
+
+
+async def test_with_tracing_on_a_webhook_connect_may_take_as_long_as_webhooks_timeout(
+    monkeypatch, collector, start_service, fake_llm
+):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    monkeypatch.setattr(tracing, "_provider", None)  # this process's own, put back after the test
+    tracing.setup()  # with tracing on, webhooks go out on aiohttp's client
+    # aiohttp's default connect deadline, 30 s, made 0.2 s so that the test need not wait past it.
+    monkeypatch.setattr(aiohttp.client, "DEFAULT_TIMEOUT", aiohttp.ClientTimeout(total=300, sock_connect=0.2))
+    service = await start_service(
+        llm_url=fake_llm.base_url, webhooks=WebhooksConfig(allow_private=True, timeout=10)
+    )
+    received: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(request.headers["webhook-id"])
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    with _unanswered_listener() as listener:
+        try:
+            port = listener.getsockname()[1]
+            submitted = await service.submit(
+                "test_prompt", TASK_DATA["test_prompt"], callback_url=f"http://127.0.0.1:{port}/hook"
+            )
+            # The POST's SYN goes unanswered; the kernel sends it again a second later (TCP's first
+            # retransmission), when a receiver serving the port takes it: a connect of about 1 s.
+            await asyncio.sleep(0.5)
+            await web.SockSite(runner, listener).start()
+            status = await service.wait_for(
+                submitted["task_id"], lambda body: bool(body["webhook"] and body["webhook"]["attempts"]), 15
+            )
+        finally:
+            await runner.cleanup()
+
+    assert received == [f"msg_{submitted['task_id']}_completed"]
+    assert status["webhook"]["attempts"] == 1 and status["webhook"]["delivered_at"] is not None
 
 
 def test_a_collector_header_the_sdk_cannot_parse_is_logged_with_its_key_masked(monkeypatch):

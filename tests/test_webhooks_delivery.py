@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 from conftest import RunningService
 from examples import TASK_DATA
+from redis.exceptions import ConnectionError as RedisConnectionError
 from webhook_receiver import WebhookReceiver
 
 from taskd.config import WebhooksConfig
+from taskd.webhooks import outbox, sender
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 METADATA = {"userId": "user-123", "testResultId": "result-456", "sessionId": "session-789"}
@@ -269,6 +271,36 @@ async def test_receiver_hanging_40s_is_a_timed_out_attempt(start, receiver, capl
         in caplog.messages
     )
     assert webhook["attempts"] == 2 and webhook["delivered_at"] is not None
+
+
+async def test_an_attempt_whose_record_loses_redis_is_one_warning_and_is_made_again_after_its_lease(
+    start, receiver, caplog, monkeypatch
+):
+    # A Redis failover (a Cluster slot moving reads the same, taskd.redis_conn) as the first
+    # attempt's outcome is written: the delivery is not broken, only not recorded yet.
+    caplog.set_level(logging.WARNING, logger="taskd.webhooks")
+    monkeypatch.setattr(sender, "LEASE_MARGIN", 1.0)  # lease: webhooks.timeout + 1 s
+    real_record = outbox.Outbox.record
+    failures = [RedisConnectionError("Connection closed by server.")]
+
+    async def record(self: outbox.Outbox, *args: Any) -> bool:
+        if failures:
+            raise failures.pop()
+        return await real_record(self, *args)
+
+    monkeypatch.setattr(outbox.Outbox, "record", record)
+    service = await start(timeout=1)
+    task_id = await submit_prompt(service, receiver)
+
+    first, second = await receiver.wait_for(2)
+    webhook = await webhook_settled(service, task_id)
+
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    assert webhook["delivered_at"] is not None
+    [warning] = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+    assert warning.levelno == logging.WARNING and warning.exc_info is None
+    assert "what it did not record is made again once its lease runs out" in warning.getMessage()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_redirect_is_not_followed_and_counts_as_a_failed_attempt(start, receiver, caplog):

@@ -120,6 +120,9 @@ class _Interruptible:
     def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._coro = coro
         self._replacement: BaseException | None = None
+        # The coroutine awaiting this one is being closed (GeneratorExit at our await), which the
+        # GeneratorExit a handler raises itself is not: the first must end the coroutine quietly.
+        self.closed = False
 
     def interrupt(self, task: asyncio.Task[Any], exc: BaseException) -> None:
         """Deliver `exc` at the coroutine's current await."""
@@ -138,6 +141,7 @@ class _Interruptible:
             try:
                 value = yield yielded
             except GeneratorExit:
+                self.closed = True
                 self._coro.close()
                 raise
             except asyncio.CancelledError as exc:
@@ -149,6 +153,26 @@ class _Interruptible:
                         current.uncancel()
             except BaseException as exc:
                 error = exc
+
+
+async def _handler_run(interruptible: _Interruptible, tree: ProcessTree) -> Any:
+    """A coroutine handler's run, as its task awaits it: what it returns, or raises as an Exception."""
+    # Every child the handler starts (taskd.proctree.spawn) joins this task's tree.
+    CURRENT.set(tree)
+    try:
+        return await interruptible
+    except (Exception, asyncio.CancelledError):
+        raise
+    except BaseException as exc:
+        if interruptible.closed:
+            # close() of this coroutine, as when its task is destroyed still pending (its loop
+            # closed under it): GeneratorExit must end it, or close() raises what replaced it
+            # ("Exception ignored in: <coroutine …>").
+            raise
+        # SystemExit or KeyboardInterrupt out of a task stops the event loop (the whole taskd, and
+        # again at each restart while the task is queued), and any other BaseException ends the
+        # queue's worker loop for good: a handler's failure like any other instead.
+        raise TaskError(f"Task execution failed: {type(exc).__name__}: {exc}") from exc
 
 
 class _Running:
@@ -476,22 +500,7 @@ class Executor:
         tree = ProcessTree(self._tree_limits())
         running.tree = tree
         interruptible = _Interruptible(task_type.handler(context, data))  # type: ignore[arg-type]
-
-        async def body() -> Any:
-            # Every child the handler starts (taskd.proctree.spawn) joins this task's tree.
-            CURRENT.set(tree)
-            try:
-                return await interruptible
-            except (Exception, asyncio.CancelledError):
-                raise
-            except BaseException as exc:
-                # SystemExit or KeyboardInterrupt out of a task stops the event loop (the whole
-                # taskd, and again at each restart while the task is queued), and any other
-                # BaseException ends the queue's worker loop for good: a handler's failure like any
-                # other instead.
-                raise TaskError(f"Task execution failed: {type(exc).__name__}: {exc}") from exc
-
-        task = asyncio.create_task(body())
+        task = asyncio.create_task(_handler_run(interruptible, tree))
         running.task = task
         loop = asyncio.get_running_loop()
         timers = [loop.call_later(hard, running.stop_for, "hard_limit")]

@@ -446,7 +446,15 @@ async def _record_and_events(
 async def task_events(request: web.Request) -> web.StreamResponse:
     """A task's events from its first (or from `Last-Event-ID`); the stream ends after the terminal event."""
     # A task that never ends holds its stream as long as a project's: both count towards the cap.
-    with request.app[OPEN_STREAMS].stream(request[KEY_ID]):
+    streams = request.app[OPEN_STREAMS]
+    with streams.holding(request[KEY_ID]) as held:
+        if not held:
+            # An unknown task is a 404 whatever the key holds. Only a stream refused at the cap pays
+            # this read: one below it learns the same from the read that starts it.
+            task_id = request.match_info["task_id"]
+            if await request.app[API].store.statuses([task_id]) == [None]:
+                raise TaskNotFound(task_id)
+            raise streams.refusal()
         return await _task_events(request)
 
 

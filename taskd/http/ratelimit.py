@@ -144,13 +144,17 @@ class OpenStreams:
         """Hold an event stream open for the block; the 429 `rate_limited` past the cap."""
         with self.holding(key_id) as held:
             if not held:
-                raise RateLimited(
-                    f"Too many open event streams: at most {self.limit} per API key at once "
-                    "(event streams and Prefer: wait submits); "
-                    f"retry in {OPEN_STREAMS_RETRY_AFTER} s",
-                    OPEN_STREAMS_RETRY_AFTER,
-                )
+                raise self.refusal()
             yield
+
+    def refusal(self) -> RateLimited:
+        """The 429 `rate_limited` for a stream past the cap."""
+        return RateLimited(
+            f"Too many open event streams: at most {self.limit} per API key at once "
+            "(event streams and Prefer: wait submits); "
+            f"retry in {OPEN_STREAMS_RETRY_AFTER} s",
+            OPEN_STREAMS_RETRY_AFTER,
+        )
 
 
 OPEN_STREAMS = web.AppKey("open_streams", OpenStreams)

@@ -79,6 +79,15 @@ async def retry_failed(dispatcher: Dispatcher, project: str, since: float | None
     """Retry each failed task of the project as the API's retry does; a refusal is reported, not raised."""
     outcomes = []
     for record in await failed_since(dispatcher.store, project, since):
+        if record.task_type not in dispatcher.registry.types:
+            # The API's refusal says the type is "no longer installed", true of a server; this
+            # command knows only the types of its own config, which may lack what the servers run.
+            refused = (
+                f"task type '{record.task_type}' is not installed by this command's config "
+                "(tasks.modules); run it with the config of the taskd that runs these tasks"
+            )
+            outcomes.append(Retried(record.task_id, refused=refused))
+            continue
         route = f"/api/v1/tasks/{record.task_id}/retry"
         remembered = idempotency(f"retry-failed:{record.task_id}", OPERATOR_KEY_ID, route, None)
         try:

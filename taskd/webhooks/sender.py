@@ -17,6 +17,9 @@ import aiohttp
 import orjson
 from aiohttp.resolver import ThreadedResolver
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError as RedisReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from yarl import URL
 
 from taskd import keys, tracing
@@ -150,6 +153,10 @@ class WebhookSender:
                     cookie_jar=aiohttp.DummyCookieJar(),
                     auto_decompress=False,
                     trace_configs=trace_configs,
+                    # No deadline of aiohttp's own (its default gives up a connect at 30 s, and any
+                    # POST at 5 min): webhooks.timeout bounds the whole attempt (_outcome), as on
+                    # taskd's own client.
+                    timeout=aiohttp.ClientTimeout(),
                 ) as self._session:
                     yield
             else:
@@ -265,6 +272,18 @@ class WebhookSender:
                 await self._attempt(claim)
         except asyncio.CancelledError:
             raise
+        except (RedisConnectionError, RedisTimeoutError, RedisReadOnlyError) as exc:
+            # A Redis lost or failing over (a Cluster slot that moved reads as a lost connection,
+            # taskd.redis_conn): nothing is wrong with the delivery. Its lease still holds it in the
+            # outbox, so an attempt whose outcome was not written (the write, not only its reply,
+            # lost) is made again, which receivers drop by webhook-id (at least once, docs/webhooks.md).
+            log.warning(
+                "webhook delivery for task %s broke off, Redis unavailable (%s: %s); "
+                "what it did not record is made again once its lease runs out",
+                claim.task_id,
+                type(exc).__name__,
+                exc,
+            )
         except Exception:  # the lease runs out and the attempt is made again
             log.exception("webhook delivery for task %s broke off", claim.task_id)
 

@@ -87,6 +87,21 @@ async def test_a_server_that_never_answers_is_given_up_on_after_the_start_wait_e
     assert _last_line(done.stderr).startswith(f"taskd: Redis at redis://127.0.0.1:{port}/0: TimeoutError:")
 
 
+async def test_a_rediss_url_to_a_redis_without_tls_ends_start_up_asking_whether_it_speaks_tls(tmp_path):
+    # A plain Valkey reads the TLS hello as the start of a command and waits for the rest: a timeout.
+    server = await ValkeyServer(tmp_path / "valkey").start()
+    try:
+        url = f"rediss://127.0.0.1:{server.port}/0"
+        done = await _serve(tmp_path, TASKD_REDIS__URL=url, TASKD_REDIS__START_WAIT="1.5")
+    finally:
+        server.stop()
+
+    assert done.returncode == 3
+    last = _last_line(done.stderr)
+    assert last.startswith(f"taskd: Redis at {url}: TimeoutError:")
+    assert last.endswith("; is the server speaking TLS? (rediss:// connects with TLS)")
+
+
 async def test_a_redis_that_comes_up_within_the_start_wait_is_served(tmp_path):
     server = ValkeyServer(tmp_path / "valkey")
     proc = _start_serve(tmp_path, TASKD_REDIS__URL=server.url, TASKD_REDIS__START_WAIT="30")

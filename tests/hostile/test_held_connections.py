@@ -80,6 +80,18 @@ async def test_task_streams_count_towards_the_cap(start_service):
         assert await open_stream_status(service) == 429
 
 
+async def test_an_unknown_tasks_stream_is_404_for_a_key_at_its_cap(start_service):
+    service = await start_service(workers=False, **CAPPED)
+    task = await service.submit("sleep", {"seconds": 30})
+
+    async with held_streams(service, project_streams(CAP)):
+        async with service.client.get("/api/v1/tasks/no-such-task/events") as unknown:
+            assert unknown.status == 404
+            assert (await unknown.json())["error"] == "task_not_found"
+        async with service.client.get(f"/api/v1/tasks/{task['task_id']}/events") as known:
+            assert known.status == 429
+
+
 async def test_a_closed_stream_gives_its_place_back(start_service):
     service = await start_service(workers=False, **CAPPED)
     async with held_streams(service, project_streams(CAP)):
