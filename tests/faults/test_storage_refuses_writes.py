@@ -68,3 +68,26 @@ async def test_while_redis_cannot_persist_submits_get_503_and_a_task_ending_then
     assert meanwhile["status"] == "processing"
     # At its first attempt, or its second where the worker's heartbeat (a write too) expired meanwhile.
     assert ended["status"] == "completed"
+
+
+async def test_while_redis_cannot_persist_the_health_reads_answer_503_not_500(tmp_path):
+    # They prune dead workers' heartbeats in a MULTI, where redis-py's error names the command
+    # before Redis's MISCONF: "Command # 1 (ZREMRANGEBYSCORE …) of pipeline caused error: …".
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis, workers=False) as (_, api):
+            await _snapshot_fails(server)
+            answers = {
+                path: await api.call("GET", path)
+                for path in ("/api/v1/health", "/api/v1/tasks/health", "/api/v1/dashboard/overview")
+            }
+            await _snapshot_works(server)
+    finally:
+        server.stop()
+
+    for path, (status, body) in answers.items():
+        assert (path, status, body["error"]) == (path, 503, "service_unavailable")
+        assert body["message"] == "Task storage cannot write to its disk now; please try again later"
