@@ -8,10 +8,12 @@ that cannot be written, with `stop-writes-on-bgsave-error` on (as by default).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from faultkit import ValkeyServer, serving
 
 from taskd.config import RedisConfig
+from taskd.http import errors
 
 
 async def _last_snapshot(server: ValkeyServer, status: str) -> None:
@@ -91,3 +93,27 @@ async def test_while_redis_cannot_persist_the_health_reads_answer_503_not_500(tm
     for path, (status, body) in answers.items():
         assert (path, status, body["error"]) == (path, 503, "service_unavailable")
         assert body["message"] == "Task storage cannot write to its disk now; please try again later"
+
+
+async def test_while_redis_cannot_persist_the_log_says_so_once_not_once_per_request(
+    tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(errors, "_REFUSALS", errors._Refusals())
+    caplog.set_level(logging.WARNING, logger="taskd.http")
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis, workers=False) as (_, api):
+            await _snapshot_fails(server)
+            submit = {"project_id": "p", "task_type": "noop", "task_data": {}}
+            refused = [await api.call("POST", "/api/v1/tasks/submit", json=submit) for _ in range(5)]
+            await _snapshot_works(server)
+    finally:
+        server.stop()
+
+    assert [status for status, _ in refused] == [503] * 5
+    lines = [record.getMessage() for record in caplog.records if record.name == "taskd.http"]
+    assert len(lines) == 1
+    assert lines[0].startswith("storage refuses writes for POST /api/v1/tasks/submit: MISCONF")
