@@ -189,6 +189,23 @@ async def test_a_data_dir_that_cannot_be_made_stops_start_up_with_one_line_and_e
     assert _last_line(done.stderr).endswith(": Not a directory")
 
 
+async def test_a_full_disk_under_the_data_dir_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
+    # /dev/full answers every write with ENOSPC, as a full filesystem does: the embedded Valkey's
+    # config is written aside first, and that aside file is made to land there.
+    valkey_dir = tmp_path / "data" / "valkey"
+    valkey_dir.mkdir(parents=True)
+    (valkey_dir / ".valkey.conf.tmp").symlink_to("/dev/full")
+
+    done = await _serve(tmp_path)
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert (
+        _last_line(done.stderr) == f"taskd: cannot use {valkey_dir / 'valkey.conf'}: No space left on device"
+    )
+    assert not (valkey_dir / ".valkey.conf.tmp").exists()  # nothing half-written left behind
+
+
 async def test_an_embedded_valkey_that_cannot_load_its_file_stops_start_up_with_its_last_words(tmp_path):
     aof_dir = tmp_path / "data" / "valkey" / "appendonly"
     aof_dir.mkdir(parents=True)
