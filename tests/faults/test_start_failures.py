@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 from conftest import child_env
-from faultkit import ValkeyServer, free_port
+from faultkit import ValkeyServer, free_port, serving
+
+from taskd.config import RedisConfig
 
 PASSWORD = "s3cret-redis-pw"
 
@@ -249,3 +251,14 @@ async def test_ctrl_c_while_serve_loads_its_modules_ends_it_with_status_130_and_
 
     assert done.returncode == 130
     assert done.stderr == ""
+
+
+async def test_a_damaged_kept_api_key_does_not_stop_start_up_when_keys_are_configured(tmp_path):
+    # security.md: a truncated api_key file stops start-up only when it is the key in use.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "api_key").write_text("truncated\n")
+
+    async with serving(tmp_path, RedisConfig(), workers=False) as (_, api):
+        status, _ = await api.call("GET", "/api/v1/tasks/metrics")
+
+    assert status == 200
