@@ -262,3 +262,31 @@ async def test_a_damaged_kept_api_key_does_not_stop_start_up_when_keys_are_confi
         status, _ = await api.call("GET", "/api/v1/tasks/metrics")
 
     assert status == 200
+
+
+async def test_a_kept_api_key_that_cannot_be_read_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
+    (tmp_path / "data" / "api_key").mkdir(parents=True)  # a bad restore: a folder where the file was
+
+    done = await _serve(tmp_path, TASKD_AUTH__API_KEYS="")
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert _last_line(done.stderr) == f"taskd: cannot use {tmp_path / 'data' / 'api_key'}: Is a directory"
+
+
+async def test_a_kept_api_key_linked_to_a_missing_file_stops_start_up_with_one_line_and_exit_status_4(
+    tmp_path,
+):
+    # A secrets mount not there yet: the link cannot be read, and no key is made in its place.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "api_key").symlink_to(tmp_path / "secrets" / "api_key")
+
+    done = await _serve(tmp_path, TASKD_AUTH__API_KEYS="")
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert (
+        _last_line(done.stderr)
+        == f"taskd: cannot use {tmp_path / 'data' / 'api_key'}: No such file or directory"
+    )
+    assert not (tmp_path / "secrets").exists()
