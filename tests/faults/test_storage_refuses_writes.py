@@ -118,3 +118,30 @@ async def test_while_redis_cannot_persist_the_log_says_so_once_not_once_per_requ
     lines = [record.getMessage() for record in caplog.records if record.name == "taskd.http"]
     assert len(lines) == 1
     assert lines[0].startswith("storage refuses writes for POST /api/v1/tasks/submit: MISCONF")
+
+
+async def test_while_redis_cannot_persist_queue_health_is_critical_saying_so(tmp_path):
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis, workers=False) as (_, api):
+            await _snapshot_fails(server)
+            _, failing = await api.call("GET", "/api/v1/tasks/health")
+            await _snapshot_works(server)
+            _, after = await api.call("GET", "/api/v1/tasks/health")
+    finally:
+        server.stop()
+
+    assert failing["status"] == "critical"
+    assert failing["alerts"] == [
+        {
+            "severity": "critical",
+            "message": "Redis cannot write its last snapshot to its disk (full or failing): new tasks are "
+            "refused and task outcomes wait until it can; see its log",
+            "metric": "redis_persistence",
+            "value": 1.0,
+        }
+    ]
+    assert [alert["metric"] for alert in after["alerts"]] == []
