@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Iterable
 from functools import partial
@@ -46,6 +47,9 @@ log = logging.getLogger("taskd.engine")
 
 # Retrying the write of a task's outcome while Redis is unreachable (issue 9, tests/faults/).
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.25, 5.0
+# A write retried that long is logged once per this many seconds, not at each try: a disk full
+# for hours under the embedded Valkey made a line every 5 s for each queue and each ended task.
+STORE_RETRY_LOG_EVERY_S = 60.0
 # The most characters of a run's error and traceback kept (stored, logged, in webhooks).
 ERROR_MAX_CHARS, TRACEBACK_MAX_CHARS = 4_000, 32_000
 # How many queued tasks a worker remembers having shown as waiting for a GPU.
@@ -65,16 +69,32 @@ async def _until_stored(what: str, write: Callable[[], Awaitable[T]]) -> T:
     retry after a lost reply changes nothing.
     """
     delays = Backoff(STORE_RETRY_FIRST, STORE_RETRY_MAX)
+    tries, first_failed, logged_at = 0, 0.0, None
     while True:
         try:
-            return await write()
+            written = await write()
         except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
             # A Redis that refuses writes for now (full, or its disk full) takes them again later.
             if isinstance(exc, ResponseError) and not refuses_writes(exc):
                 raise
+            at = time.monotonic()
+            tries, first_failed = tries + 1, first_failed or at
             delay = delays.next_delay()
-            log.warning("recording %s failed (%s); retrying in %.2f s", what, exc, delay)
+            if logged_at is None or at - logged_at >= STORE_RETRY_LOG_EVERY_S:
+                logged_at = at
+                log.warning(
+                    "recording %s failed (%s); retrying every %.0f s at most, logged once a minute",
+                    what,
+                    exc,
+                    STORE_RETRY_MAX,
+                )
             await asyncio.sleep(delay)
+            continue
+        if tries:
+            log.info(
+                "recorded %s after %d failed tries (%.1f s)", what, tries, time.monotonic() - first_failed
+            )
+        return written
 
 
 def _masked(text: str | None) -> str | None:

@@ -145,3 +145,35 @@ async def test_while_redis_cannot_persist_queue_health_is_critical_saying_so(tmp
         }
     ]
     assert [alert["metric"] for alert in after["alerts"]] == []
+
+
+async def test_a_task_ending_while_redis_cannot_persist_logs_its_refused_write_once_and_when_it_went_in(
+    tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="taskd.engine")
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis) as (_, api):
+            running = await api.submit("sleep", {"seconds": 0.5})
+            await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
+            await _snapshot_fails(server)
+            await asyncio.sleep(4)  # the task ends, and its write is refused try after try
+            await _snapshot_works(server)
+            [ended] = await api.wait_all([running], timeout=30)
+    finally:
+        server.stop()
+
+    assert ended["status"] == "completed"
+    lines = [
+        message
+        for record in caplog.records
+        if (message := record.getMessage()).startswith(
+            (f"recording task {running}", f"recorded task {running}")
+        )
+    ]
+    assert len(lines) == 2
+    assert lines[0].startswith(f"recording task {running} completed failed (MISCONF")
+    assert lines[1].startswith(f"recorded task {running} completed after ")
