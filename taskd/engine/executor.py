@@ -183,6 +183,9 @@ class _Running:
         self.grace = 0.0
         # Why the engine stopped the handler itself: "hard_limit" or "memory" (None: it did not).
         self.stopped_for: str | None = None
+        # When a dropped progress write was last logged, and how many were dropped unlogged since.
+        self.progress_dropped_logged_at: float | None = None
+        self.progress_dropped_unlogged = 0
 
     def cancel(self, grace: float) -> None:
         self.cancelled = True
@@ -764,12 +767,30 @@ class Executor:
         try:
             written = await self.store.progress(task_id, self.worker_id, progress, step, now())
         except (RedisError, OSError) as exc:
-            log.warning("progress of task %s not recorded: %s", task_id, exc)
+            self._progress_dropped(task_id, exc)
             return
         if not written:
             # The record refused the write: the task may have been cancelled while the pub/sub
             # message that says so was lost.
             await self.reconcile([task_id])
+
+    def _progress_dropped(self, task_id: str, exc: Exception) -> None:
+        # A handler reports progress up to several times a second: while Redis refuses writes for
+        # long (its disk full), one line per task per STORE_RETRY_LOG_EVERY_S, not one per report.
+        running = self.running.get(task_id, _Running())
+        at = time.monotonic()
+        logged_at = running.progress_dropped_logged_at
+        if logged_at is not None and at - logged_at < STORE_RETRY_LOG_EVERY_S:
+            running.progress_dropped_unlogged += 1
+            return
+        unlogged = running.progress_dropped_unlogged
+        running.progress_dropped_logged_at, running.progress_dropped_unlogged = at, 0
+        log.warning(
+            "progress of task %s not recorded: %s%s",
+            task_id,
+            exc,
+            f" (and {unlogged} more reports dropped since the last such line)" if unlogged else "",
+        )
 
     async def reconcile(self, task_ids: Iterable[str] | None = None) -> None:
         """Stop every task running here (or those of `task_ids`) whose record says `cancelled`.

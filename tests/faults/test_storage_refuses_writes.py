@@ -177,3 +177,29 @@ async def test_a_task_ending_while_redis_cannot_persist_logs_its_refused_write_o
     assert len(lines) == 2
     assert lines[0].startswith(f"recording task {running} completed failed (MISCONF")
     assert lines[1].startswith(f"recorded task {running} completed after ")
+
+
+async def test_progress_dropped_while_redis_cannot_persist_is_logged_once_per_task(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="taskd.engine")
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis) as (_, api):
+            running = await api.submit("sleep", {"seconds": 4, "steps": 20})
+            await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
+            await _snapshot_fails(server)
+            await asyncio.sleep(3)  # about 15 progress reports, each refused
+            await _snapshot_works(server)
+            [ended] = await api.wait_all([running], timeout=30)
+    finally:
+        server.stop()
+
+    assert ended["status"] == "completed"
+    dropped = [
+        message
+        for record in caplog.records
+        if (message := record.getMessage()).startswith(f"progress of task {running} not recorded")
+    ]
+    assert len(dropped) == 1
