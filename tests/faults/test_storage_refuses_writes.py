@@ -203,3 +203,23 @@ async def test_progress_dropped_while_redis_cannot_persist_is_logged_once_per_ta
         if (message := record.getMessage()).startswith(f"progress of task {running} not recorded")
     ]
     assert len(dropped) == 1
+
+
+async def test_while_redis_cannot_persist_metrics_say_so_and_stop_saying_it_after(tmp_path):
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis, workers=False) as (_, api):
+            await _snapshot_fails(server)
+            async with api.session.get(f"{api.base_url}/metrics") as response:
+                failing = (await response.text()).splitlines()
+            await _snapshot_works(server)
+            async with api.session.get(f"{api.base_url}/metrics") as response:
+                after = (await response.text()).splitlines()
+    finally:
+        server.stop()
+
+    assert "taskd_redis_persistence_ok 0.0" in failing
+    assert "taskd_redis_persistence_ok 1.0" in after
