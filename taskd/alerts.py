@@ -136,6 +136,17 @@ def redis_memory_alerts(used: int, maxmemory: int) -> list[Alert]:
     return [Alert(severity, message, "redis_memory", percent, extra)]
 
 
+def redis_persistence_alerts(failed: str | None) -> list[Alert]:
+    """Critical while Redis cannot write `failed` (its append-only file, a snapshot) to its disk."""
+    if failed is None:
+        return []
+    message = (
+        f"Redis cannot write {failed} to its disk (full or failing): new tasks are refused and task "
+        "outcomes wait until it can; see its log"
+    )
+    return [Alert("critical", message, "redis_persistence", 1.0)]
+
+
 def overall_status(alerts: Iterable[Alert]) -> str:
     """`healthy`, or the most severe alert's severity."""
     return max((alert.severity for alert in alerts), key=SEVERITY_ORDER.__getitem__, default="healthy")

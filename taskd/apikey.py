@@ -28,7 +28,9 @@ def load_or_create(configured: list[str], data_dir: Path) -> tuple[list[str], st
         # Two taskd starting together on a new data directory (an API node and a worker) both found
         # no key: the first one linked is the key of both, where each used to keep its own.
         create_once(path, (secrets.token_urlsafe(32) + "\n").encode())
-        key = kept_key(data_dir)
+        # Read as it is now: a name create_once could not link over (a link to a missing file)
+        # raises its OSError, which start-up reports in one line naming the file.
+        key = _read_key(path)
         assert key is not None  # made whole just now, or by another process
     return [key], key
 
@@ -37,10 +39,17 @@ def kept_key(data_dir: Path) -> str | None:
     """The key an earlier start made and kept in the data directory, if there is one.
 
     Raises ConfigError, one line naming the file, when it is truncated or not text: a short
-    key is a guessable one. An empty file counts as none (a new key is made).
+    key is a guessable one. An empty file counts as none (a new key is made). Raises the OSError of
+    a file that is there but cannot be read (a directory, no permission, a failing disk).
     """
-    path = data_dir / KEY_FILE
-    if not path.is_file() or not (key := path.read_text("utf-8", "replace").strip()):
+    try:
+        return _read_key(data_dir / KEY_FILE)
+    except FileNotFoundError:
+        return None
+
+
+def _read_key(path: Path) -> str | None:
+    if not (key := path.read_text("utf-8", "replace").strip()):
         return None
     if len(key) < MIN_KEPT_LENGTH or not key.isascii() or not key.isprintable():
         raise ConfigError(

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from taskd.backoff import Backoff
 from taskd.childenv import child_environment
+from taskd.files import naming
 
 log = logging.getLogger("taskd.embedded")
 
@@ -639,9 +640,13 @@ def _write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only, atomically, so a reader never sees half of it."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        os.fchmod(f.fileno(), 0o600)
-        f.write(text)
+    try:
+        with naming(path), os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk: nothing half-written left behind
+        raise
     os.replace(tmp, path)
 
 

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.loops import every
 from taskd.model import now
+from taskd.redis_conn import refuses_writes
 
 log = logging.getLogger("taskd.heartbeat")
 # A field a newer version added is passed over; one this version needs must be there and readable.
@@ -138,12 +139,19 @@ class Heartbeat:
 
 async def beating_within(redis: Redis, beats: str, ttl: float) -> list[bytes]:
     """The members of a sorted set of heartbeats (scored by the beat's epoch ms) that beat within
-    `ttl`; older ones are pruned in the same transaction."""
+    `ttl`; older ones are pruned in the same round trip, when Redis takes writes."""
     cutoff = int((now() - ttl) * 1000)
-    async with redis.pipeline(transaction=True) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrangebyscore(beats, f"({cutoff}", "+inf")
         pipe.zremrangebyscore(beats, "-inf", cutoff)
-        pipe.zrange(beats, 0, -1)
-        _, members = await pipe.execute()
+        members, pruned = await pipe.execute(raise_on_error=False)
+    # A Redis that refuses writes for now (its disk or memory full) still tells who is alive: the
+    # health reads and /metrics answer, and report it, rather than fail with the pruning. A later
+    # read prunes.
+    if isinstance(members, Exception):
+        raise members
+    if isinstance(pruned, Exception) and not refuses_writes(pruned):
+        raise pruned
     return list(members)
 
 

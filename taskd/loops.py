@@ -1,9 +1,9 @@
 """The one helper for periodic background jobs: call, log a failure, wait, until cancelled or stopped.
 
 A failed call is logged as one warning line with the loop's name and the error. Its traceback comes
-with the first failure of a kind (exception type and message) and again every `TRACEBACK_EVERY_S`
-while the same failure repeats: a Redis outage yields one line per attempt, not a traceback storm,
-and a new kind of failure always shows where it came from.
+with the first failure of a kind (exception type and message, its numbers aside) and again every
+`TRACEBACK_EVERY_S` while the same failure repeats: a Redis outage yields one line per attempt, not
+a traceback storm, and a new kind of failure always shows where it came from.
 
 Unlike saq's upkeep `poll`, which catches CancelledError and loops on, this never catches a
 cancellation, and it ends the loop even when a library inside `fn` swallowed one (see
@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -25,6 +26,9 @@ log = logging.getLogger("taskd.loops")
 TRACEBACK_EVERY_S = 600.0
 # Kinds of failure remembered per loop; past that the memory starts over (a traceback more, no growth).
 _KINDS_KEPT = 32
+# A message's numbers say nothing of its kind: a failed heartbeat's (redis-py names the pipeline's
+# command with its arguments) holds the worker's memory and a timestamp, new at every beat.
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
 async def every(
@@ -71,7 +75,7 @@ class _FailureLog:
 
     def note(self, exc: BaseException) -> None:
         """Log `exc` as a failure of this loop."""
-        kind = (type(exc), str(exc))
+        kind = (type(exc), _NUMBER.sub("#", str(exc)))
         at = time.monotonic()
         last = self._traced.get(kind)
         with_traceback = last is None or at - last >= TRACEBACK_EVERY_S

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import ssl
 import time
 from collections.abc import Sequence
@@ -67,6 +68,10 @@ _SLOT_ELSEWHERE = ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")
 # (Valkey's words): a key the script builds that is not on the node while its slot moves, or a
 # command run while the cluster is down.
 _SLOT_ELSEWHERE_IN_SCRIPT = ("non local key in a cluster node", "while the cluster is down")
+# A Redis that cannot persist refuses writes with MISCONF. Inside a pipeline redis-py puts the
+# command before the reply: "Command # 1 (ZREMRANGEBYSCORE …) of pipeline caused error: MISCONF …"
+# (redis-py 5.0), or "…caused error: ('MISCONF …',)" (later: the exception's args, as repr quotes them).
+_MISCONF = re.compile(r"""(?:Command # \d+ \(.*\) of pipeline caused error: \(?['"]?)?MISCONF""", re.S)
 # A bound on every connect; a Redis that is down answers 503 at once instead of hanging requests.
 CONNECT_TIMEOUT = 5.0
 # The pauses between the tries of a start-up waiting for its Redis (wait_until_answers).
@@ -190,7 +195,7 @@ def refuses_writes(exc: BaseException) -> bool:
     """True for a Redis that takes no writes for now but will again: full (OOM, maxmemory) or unable
     to persist (MISCONF: a disk full or failing under its append-only file or snapshots)."""
     return isinstance(exc, OutOfMemoryError) or (
-        isinstance(exc, ResponseError) and str(exc).startswith("MISCONF")
+        isinstance(exc, ResponseError) and _MISCONF.match(str(exc)) is not None
     )
 
 

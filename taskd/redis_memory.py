@@ -1,4 +1,5 @@
-"""How full Redis is: `INFO memory`'s used_memory against maxmemory (0 when the server sets none)."""
+"""How full Redis is: `INFO memory`'s used_memory against maxmemory (0 when the server sets none);
+and whether it can write to its disk: `INFO persistence`."""
 
 from __future__ import annotations
 
@@ -35,3 +36,23 @@ async def read_memory(redis: Redis) -> RedisMemory | None:
     except Exception as exc:  # health must still answer: a managed Redis may refuse INFO
         log.debug("reading redis memory failed: %s", exc)
         return None
+
+
+# INFO persistence's fields of a failed write, and what each failed to write.
+_PERSISTENCE_FAILURES = (
+    ("aof_last_write_status", "its append-only file"),
+    ("rdb_last_bgsave_status", "its last snapshot"),
+)
+
+
+async def read_persistence_failure(redis: Redis) -> str | None:
+    """What Redis last failed to write to its disk (its disk full or failing), or None when it
+    wrote or cannot tell. Until such a write succeeds it refuses writes (MISCONF), unless it is
+    configured not to (`stop-writes-on-bgsave-error no`, for snapshots)."""
+    try:
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            info = await redis.info("persistence")
+    except Exception as exc:  # health must still answer: a managed Redis may refuse INFO
+        log.debug("reading redis persistence failed: %s", exc)
+        return None
+    return next((what for field, what in _PERSISTENCE_FAILURES if info.get(field) == "err"), None)

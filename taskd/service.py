@@ -367,11 +367,11 @@ class Service:
         scoped = {entry.key: frozenset(entry.projects) for entry in self.config.auth.keys if entry.projects}
         for entry in self.config.auth.keys:
             REDACTOR.add(entry.key)
-        self.key_is_new = apikey.kept_key(self.config.data_path) is None
-        api_keys, self.generated_key = apikey.load_or_create(
-            [*self.config.auth.api_keys, *(entry.key for entry in self.config.auth.keys)],
-            self.config.data_path,
-        )
+        configured = [*self.config.auth.api_keys, *(entry.key for entry in self.config.auth.keys)]
+        # The kept file is looked at only when its key is the one in use (as in _register_secrets):
+        # with configured keys, an old or damaged file there does not stop start-up.
+        self.key_is_new = not configured and apikey.kept_key(self.config.data_path) is None
+        api_keys, self.generated_key = apikey.load_or_create(configured, self.config.data_path)
         REDACTOR.add(self.generated_key)
         limits = self.config.limits
         admission = Admission(limits.queued_per_project, limits.max_queue_length)

@@ -521,7 +521,9 @@ class Alert:
     severity: Literal["warning", "critical"]
     message: str
     metric: str = attrs.field(
-        metadata=meta(examples=["failure_rate", "task_duration", "memory_usage", "redis_memory"])
+        metadata=meta(
+            examples=["failure_rate", "task_duration", "memory_usage", "redis_memory", "redis_persistence"]
+        )
     )
     value: float
     task_id: str | Absent = attrs.field(default=ABSENT, metadata=meta("`task_duration`, `memory_usage`"))

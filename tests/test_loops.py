@@ -81,6 +81,23 @@ async def test_a_new_kind_of_failure_carries_its_own_traceback(caplog):
     assert [record.exc_info is not None for record in failure_records(caplog)] == [True, False, True]
 
 
+async def test_a_failure_repeating_with_other_numbers_in_its_message_carries_its_traceback_once(caplog):
+    # As a heartbeat's while Redis refuses writes: redis-py's error quotes the beat, whose memory
+    # reading and time change at every beat.
+    caplog.set_level(logging.WARNING, logger=LOGGER.name)
+    failures = [
+        RuntimeError(
+            f"Command # 1 (SET worker {{'rss_bytes': {rss}, 'at': 17964.{rss}}}) caused error: MISCONF"
+        )
+        for rss in (60051456, 60178432, 61000000)
+    ]
+    job = Calls(stop_after=4, failures=failures)
+
+    await every(INTERVAL, job, name="heartbeat", stop=job.stop, logger=LOGGER)
+
+    assert [record.exc_info is not None for record in failure_records(caplog)] == [True, False, False]
+
+
 async def test_a_failure_that_keeps_repeating_shows_its_traceback_again_after_the_quiet_period(
     caplog, monkeypatch
 ):

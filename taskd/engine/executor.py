@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Iterable
 from functools import partial
@@ -46,6 +47,9 @@ log = logging.getLogger("taskd.engine")
 
 # Retrying the write of a task's outcome while Redis is unreachable (issue 9, tests/faults/).
 STORE_RETRY_FIRST, STORE_RETRY_MAX = 0.25, 5.0
+# A write retried that long is logged once per this many seconds, not at each try: a disk full
+# for hours under the embedded Valkey made a line every 5 s for each queue and each ended task.
+STORE_RETRY_LOG_EVERY_S = 60.0
 # The most characters of a run's error and traceback kept (stored, logged, in webhooks).
 ERROR_MAX_CHARS, TRACEBACK_MAX_CHARS = 4_000, 32_000
 # How many queued tasks a worker remembers having shown as waiting for a GPU.
@@ -65,16 +69,32 @@ async def _until_stored(what: str, write: Callable[[], Awaitable[T]]) -> T:
     retry after a lost reply changes nothing.
     """
     delays = Backoff(STORE_RETRY_FIRST, STORE_RETRY_MAX)
+    tries, first_failed, logged_at = 0, 0.0, None
     while True:
         try:
-            return await write()
+            written = await write()
         except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
             # A Redis that refuses writes for now (full, or its disk full) takes them again later.
             if isinstance(exc, ResponseError) and not refuses_writes(exc):
                 raise
+            at = time.monotonic()
+            tries, first_failed = tries + 1, first_failed or at
             delay = delays.next_delay()
-            log.warning("recording %s failed (%s); retrying in %.2f s", what, exc, delay)
+            if logged_at is None or at - logged_at >= STORE_RETRY_LOG_EVERY_S:
+                logged_at = at
+                log.warning(
+                    "recording %s failed (%s); retrying every %.0f s at most, logged once a minute",
+                    what,
+                    exc,
+                    STORE_RETRY_MAX,
+                )
             await asyncio.sleep(delay)
+            continue
+        if tries:
+            log.info(
+                "recorded %s after %d failed tries (%.1f s)", what, tries, time.monotonic() - first_failed
+            )
+        return written
 
 
 def _masked(text: str | None) -> str | None:
@@ -187,6 +207,9 @@ class _Running:
         self.grace = 0.0
         # Why the engine stopped the handler itself: "hard_limit" or "memory" (None: it did not).
         self.stopped_for: str | None = None
+        # When a dropped progress write was last logged, and how many were dropped unlogged since.
+        self.progress_dropped_logged_at: float | None = None
+        self.progress_dropped_unlogged = 0
 
     def cancel(self, grace: float) -> None:
         self.cancelled = True
@@ -753,12 +776,30 @@ class Executor:
         try:
             written = await self.store.progress(task_id, self.worker_id, progress, step, now())
         except (RedisError, OSError) as exc:
-            log.warning("progress of task %s not recorded: %s", task_id, exc)
+            self._progress_dropped(task_id, exc)
             return
         if not written:
             # The record refused the write: the task may have been cancelled while the pub/sub
             # message that says so was lost.
             await self.reconcile([task_id])
+
+    def _progress_dropped(self, task_id: str, exc: Exception) -> None:
+        # A handler reports progress up to several times a second: while Redis refuses writes for
+        # long (its disk full), one line per task per STORE_RETRY_LOG_EVERY_S, not one per report.
+        running = self.running.get(task_id, _Running())
+        at = time.monotonic()
+        logged_at = running.progress_dropped_logged_at
+        if logged_at is not None and at - logged_at < STORE_RETRY_LOG_EVERY_S:
+            running.progress_dropped_unlogged += 1
+            return
+        unlogged = running.progress_dropped_unlogged
+        running.progress_dropped_logged_at, running.progress_dropped_unlogged = at, 0
+        log.warning(
+            "progress of task %s not recorded: %s%s",
+            task_id,
+            exc,
+            f" (and {unlogged} more reports dropped since the last such line)" if unlogged else "",
+        )
 
     async def reconcile(self, task_ids: Iterable[str] | None = None) -> None:
         """Stop every task running here (or those of `task_ids`) whose record says `cancelled`.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
+import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -26,6 +28,39 @@ STORAGE_REFUSES_US = "Task storage refuses this service a command it needs; plea
 OUT_OF_FILES = "The service has too many connections or files open now; please try again later"
 OUT_OF_FILES_RETRY_AFTER = 5
 _HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+# While Redis refuses (its disk or memory full, or it is unreachable), every request that needs it
+# is refused: one warning per kind of refusal this often, counting the requests refused between,
+# rather than a line per request (thousands a minute under clients that poll).
+REFUSALS_LOG_EVERY_S = 60.0
+
+
+class _Refusals:
+    """Warns of a kind of refusal at its first request, then once per REFUSALS_LOG_EVERY_S at most."""
+
+    def __init__(self) -> None:
+        self._logged_at: dict[str, float] = {}
+        self._unlogged: collections.Counter[str] = collections.Counter()
+
+    def warn(self, kind: str, request: web.Request, exc: BaseException | None = None) -> None:
+        """Log that `kind` refused `request` (with `exc`), unless a line of `kind` went out lately."""
+        at = time.monotonic()
+        logged_at = self._logged_at.get(kind)
+        if logged_at is not None and at - logged_at < REFUSALS_LOG_EVERY_S:
+            self._unlogged[kind] += 1
+            return
+        self._logged_at[kind] = at
+        unlogged = self._unlogged.pop(kind, 0)
+        log.warning(
+            "%s for %s %s%s%s",
+            kind,
+            request.method,
+            request.path,
+            f": {exc}" if exc is not None else "",
+            f" (and {unlogged} more requests refused since the last such line)" if unlogged else "",
+        )
+
+
+_REFUSALS = _Refusals()
 
 
 def shape(error: ApiError) -> shapes.Error | shapes.Detail:
@@ -85,12 +120,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except RedisOutOfMemoryError:
         # maxmemory with noeviction: Redis refuses writes rather than drop task data.
-        log.warning("storage full (redis maxmemory) for %s %s", request.method, request.path)
+        _REFUSALS.warn("storage full (redis maxmemory)", request)
         return render(ServiceUnavailable(STORAGE_FULL, retry_after=STORAGE_FULL_RETRY_AFTER))
     except (RedisConnectionError, RedisTimeoutError, ConnectionError, RedisReadOnlyError) as exc:
         # READONLY: the server of a plain redis:// URL became a replica (a failover, or a demoted
         # primary): writes come back once it, or the address, is a primary again.
-        log.warning("storage unavailable for %s %s: %s", request.method, request.path, exc)
+        _REFUSALS.warn("storage unavailable", request, exc)
         return render(
             ServiceUnavailable("Task storage is unavailable, please try again later", retry_after=5)
         )
@@ -103,7 +138,7 @@ def _unexpected(request: web.Request, exc: Exception) -> web.Response:
     out of open files (nothing the request did wrong), else the 500 with its traceback logged."""
     if refuses_writes(exc):
         # MISCONF: its disk is full or failing; it takes writes again once it can persist them.
-        log.warning("storage refuses writes for %s %s: %s", request.method, request.path, exc)
+        _REFUSALS.warn("storage refuses writes", request, exc)
         return render(ServiceUnavailable(STORAGE_CANNOT_WRITE, retry_after=STORAGE_FULL_RETRY_AFTER))
     if refused_by_acl(exc):
         # The Redis user taskd logs in as lacks a command or the pub/sub channels: no fault of the

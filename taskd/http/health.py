@@ -10,7 +10,7 @@ import psutil
 from aiohttp import web
 
 from taskd import shapes
-from taskd.alerts import overall_status, queue_alerts, redis_memory_alerts
+from taskd.alerts import overall_status, queue_alerts, redis_memory_alerts, redis_persistence_alerts
 from taskd.heartbeat import live_workers
 from taskd.http.context import API, Api
 from taskd.http.gpu_view import GpuRow, gpu_rows
@@ -19,7 +19,7 @@ from taskd.http.scope import Touches, touches, visible_tasks
 from taskd.http.views import gpu_reading, stamp
 from taskd.model import now
 from taskd.redis_conn import serves_every_partition
-from taskd.redis_memory import read_memory
+from taskd.redis_memory import read_memory, read_persistence_failure
 
 routes = web.RouteTableDef()
 
@@ -129,6 +129,7 @@ async def queue_health(request: web.Request) -> web.Response:
     alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named)
     if (redis_memory := await read_memory(api.redis)) is not None:
         alerts += redis_memory_alerts(redis_memory.used, redis_memory.limit)
+    alerts += redis_persistence_alerts(await read_persistence_failure(api.redis))
     health = shapes.QueueHealth(
         # `healthy` or an alert's severity, which the alerts' shape below checks.
         status=typing.cast(shapes.QueueStatus, overall_status(alerts)),

@@ -24,7 +24,7 @@ from taskd.heartbeat import WorkerInfo, live_workers
 from taskd.http.context import API, Api
 from taskd.http.scope import CALLER
 from taskd.model import ApiError, now
-from taskd.redis_memory import RedisMemory, read_memory
+from taskd.redis_memory import RedisMemory, read_memory, read_persistence_failure
 from taskd.version import version
 
 log = logging.getLogger("taskd.http")
@@ -60,6 +60,8 @@ class Snapshot:
     redis_memory: RedisMemory | None = None
     webhooks_due: int = 0
     gpus: list[HostGpus] = attrs.Factory(list)
+    # What Redis last failed to write to its disk (taskd.redis_memory), or None.
+    redis_persistence_failure: str | None = None
 
 
 async def take_snapshot(api: Api) -> Snapshot:
@@ -76,6 +78,7 @@ async def take_snapshot(api: Api) -> Snapshot:
         redis_memory=await read_memory(api.redis),
         webhooks_due=await api.store.webhooks_due(),
         gpus=await read_hosts(api.redis, api.config.worker.heartbeat_ttl),
+        redis_persistence_failure=await read_persistence_failure(api.redis),
     )
 
 
@@ -254,6 +257,15 @@ def redis_memory_gauges(memory: RedisMemory | None) -> Iterator[Metric]:
     yield from (used, limit)
 
 
+def redis_persistence_gauge(failure: str | None) -> Metric:
+    """0 while Redis reports its last write to disk failed (it refuses writes: MISCONF), else 1."""
+    return GaugeMetricFamily(
+        "taskd_redis_persistence_ok",
+        "0 while Redis cannot write to its disk (its last append-only file write or snapshot failed)",
+        value=failure is None,
+    )
+
+
 class SnapshotCollector(Collector):
     """Yields the metric families of one scrape's snapshot (None: Redis did not answer)."""
 
@@ -279,6 +291,7 @@ class SnapshotCollector(Collector):
         yield from webhook_counters(self.snapshot.counters)
         yield webhook_backlog(self.snapshot.webhooks_due)
         yield from redis_memory_gauges(self.snapshot.redis_memory)
+        yield redis_persistence_gauge(self.snapshot.redis_persistence_failure)
 
 
 def exposition(snapshot: Snapshot | None, accept: str = "") -> tuple[bytes, str]:

@@ -7,6 +7,7 @@ Every ffmpeg (and any other tool, `collect`) is a member of the running task's p
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import re
@@ -17,13 +18,16 @@ import attrs
 
 from taskd import proctree
 from taskd.childenv import child_environment
-from taskd.errors import TaskError
+from taskd.errors import TaskError, TransientError
 
 log = logging.getLogger("taskd.media")
 
 _STDERR_TAIL = 600
 _LOG_END = 64 * 1024
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
+# ffmpeg exits with its error code's low byte: AVERROR(ENOSPC) = -28 is exit 228. A full disk (or
+# quota) also leaves its log empty (the log is on the same disk), so the exit status is what tells.
+_DISK_FULL_EXITS = {-errno.ENOSPC & 0xFF, -errno.EDQUOT & 0xFF}
 ProgressFn = Callable[[float], Awaitable[None]]
 
 
@@ -137,9 +141,9 @@ async def run_ffmpeg(
         "-progress",
         "pipe:1",
     ]
-    with log_path.open("wb") as log:
+    with log_path.open("wb") as log_file:
         proc = await proctree.spawn(
-            *cmd, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log
+            *cmd, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log_file
         )
         try:
             assert proc.stdout is not None
@@ -152,6 +156,10 @@ async def run_ffmpeg(
             code = await proc.wait()
         finally:
             await proctree.stop_process(proc)
+    if code in _DISK_FULL_EXITS:
+        # Not the input's fault, and gone once space is freed: retried like a provider that is down.
+        log.warning("ffmpeg ran out of disk space writing in %s (exit %d)", log_path.parent, code)
+        raise TransientError(f"{what} failed: no space left on the disk it writes to (ffmpeg exit {code})")
     if code != 0:
         # A file in the scratch dir is named alone (where taskd keeps its data is not the caller's
         # business), and ffmpeg's `[png @ 0x55d6...]` prefixes lose their memory addresses.

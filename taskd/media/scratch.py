@@ -1,17 +1,27 @@
 """A task's scratch directory, removed whatever way the task ends (cancel included).
 
 Making and removing it touch the disk (removing a tree of rendered media can take a while), so both
-run in a thread, off the event loop.
+run in a thread, off the event loop. A disk that fills up while the task writes (a download, a
+tool's output, the copy into the store) is a TransientError: retried later, not the input's fault.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+
+from taskd.errors import TransientError
+
+log = logging.getLogger("taskd.media")
+
+DISK_FULL = "No space left on the disk a media task writes to; it is tried again later"
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _make(root: Path, task_id: str) -> Path:
@@ -22,11 +32,26 @@ def _make(root: Path, task_id: str) -> Path:
 @contextlib.asynccontextmanager
 async def scratch_dir(root: Path, task_id: str) -> AsyncIterator[Path]:
     """A fresh directory under `root` for one run of one task; deleted, in a thread, before the exit returns."""
-    path = await asyncio.to_thread(_make, root, task_id)
+    with _full_disk_is_transient():
+        path = await asyncio.to_thread(_make, root, task_id)
     try:
-        yield path
+        with _full_disk_is_transient():
+            yield path
     finally:
         await _remove(path)
+
+
+@contextlib.contextmanager
+def _full_disk_is_transient() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL_ERRNOS:
+            raise
+        # The OSError names a path under the data dir, which is not the caller's business: the
+        # task's error says what happened, the log where.
+        log.warning("media task out of disk space: %s", exc)
+        raise TransientError(DISK_FULL) from exc
 
 
 async def _remove(path: Path) -> None:

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 from conftest import child_env
-from faultkit import ValkeyServer, free_port
+from faultkit import ValkeyServer, free_port, serving
+
+from taskd.config import RedisConfig
 
 PASSWORD = "s3cret-redis-pw"
 
@@ -204,6 +206,23 @@ async def test_a_data_dir_that_cannot_be_made_stops_start_up_with_one_line_and_e
     assert _last_line(done.stderr).endswith(": Not a directory")
 
 
+async def test_a_full_disk_under_the_data_dir_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
+    # /dev/full answers every write with ENOSPC, as a full filesystem does: the embedded Valkey's
+    # config is written aside first, and that aside file is made to land there.
+    valkey_dir = tmp_path / "data" / "valkey"
+    valkey_dir.mkdir(parents=True)
+    (valkey_dir / ".valkey.conf.tmp").symlink_to("/dev/full")
+
+    done = await _serve(tmp_path)
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert (
+        _last_line(done.stderr) == f"taskd: cannot use {valkey_dir / 'valkey.conf'}: No space left on device"
+    )
+    assert not (valkey_dir / ".valkey.conf.tmp").exists()  # nothing half-written left behind
+
+
 async def test_an_embedded_valkey_that_cannot_load_its_file_stops_start_up_with_its_last_words(tmp_path):
     aof_dir = tmp_path / "data" / "valkey" / "appendonly"
     aof_dir.mkdir(parents=True)
@@ -247,3 +266,42 @@ async def test_ctrl_c_while_serve_loads_its_modules_ends_it_with_status_130_and_
 
     assert done.returncode == 130
     assert done.stderr == ""
+
+
+async def test_a_damaged_kept_api_key_does_not_stop_start_up_when_keys_are_configured(tmp_path):
+    # security.md: a truncated api_key file stops start-up only when it is the key in use.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "api_key").write_text("truncated\n")
+
+    async with serving(tmp_path, RedisConfig(), workers=False) as (_, api):
+        status, _ = await api.call("GET", "/api/v1/tasks/metrics")
+
+    assert status == 200
+
+
+async def test_a_kept_api_key_that_cannot_be_read_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
+    (tmp_path / "data" / "api_key").mkdir(parents=True)  # a bad restore: a folder where the file was
+
+    done = await _serve(tmp_path, TASKD_AUTH__API_KEYS="")
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert _last_line(done.stderr) == f"taskd: cannot use {tmp_path / 'data' / 'api_key'}: Is a directory"
+
+
+async def test_a_kept_api_key_linked_to_a_missing_file_stops_start_up_with_one_line_and_exit_status_4(
+    tmp_path,
+):
+    # A secrets mount not there yet: the link cannot be read, and no key is made in its place.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "api_key").symlink_to(tmp_path / "secrets" / "api_key")
+
+    done = await _serve(tmp_path, TASKD_AUTH__API_KEYS="")
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert (
+        _last_line(done.stderr)
+        == f"taskd: cannot use {tmp_path / 'data' / 'api_key'}: No such file or directory"
+    )
+    assert not (tmp_path / "secrets").exists()

@@ -8,10 +8,12 @@ that cannot be written, with `stop-writes-on-bgsave-error` on (as by default).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from faultkit import ValkeyServer, serving
 
 from taskd.config import RedisConfig
+from taskd.http import errors
 
 
 async def _last_snapshot(server: ValkeyServer, status: str) -> None:
@@ -68,3 +70,156 @@ async def test_while_redis_cannot_persist_submits_get_503_and_a_task_ending_then
     assert meanwhile["status"] == "processing"
     # At its first attempt, or its second where the worker's heartbeat (a write too) expired meanwhile.
     assert ended["status"] == "completed"
+
+
+async def test_while_redis_cannot_persist_the_health_reads_and_metrics_still_answer(tmp_path):
+    # They prune dead workers' heartbeats as they read them: a write, which Redis refuses.
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis) as (_, api):
+            await _snapshot_fails(server)
+            answers = {
+                path: await api.call("GET", path)
+                for path in ("/api/v1/health", "/api/v1/tasks/health", "/api/v1/dashboard/overview")
+            }
+            async with api.session.get(f"{api.base_url}/metrics") as response:
+                metrics = await response.text()
+            await _snapshot_works(server)
+    finally:
+        server.stop()
+
+    assert {path: status for path, (status, _) in answers.items()} == dict.fromkeys(answers, 200)
+    assert answers["/api/v1/health"][1]["worker_count"] == 1  # the live worker is still seen
+    assert "taskd_redis_up 1.0" in metrics.splitlines()  # not "Redis is down"
+
+
+async def test_while_redis_cannot_persist_the_log_says_so_once_not_once_per_request(
+    tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(errors, "_REFUSALS", errors._Refusals())
+    caplog.set_level(logging.WARNING, logger="taskd.http")
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis, workers=False) as (_, api):
+            await _snapshot_fails(server)
+            submit = {"project_id": "p", "task_type": "noop", "task_data": {}}
+            refused = [await api.call("POST", "/api/v1/tasks/submit", json=submit) for _ in range(5)]
+            await _snapshot_works(server)
+    finally:
+        server.stop()
+
+    assert [status for status, _ in refused] == [503] * 5
+    lines = [record.getMessage() for record in caplog.records if record.name == "taskd.http"]
+    assert len(lines) == 1
+    assert lines[0].startswith("storage refuses writes for POST /api/v1/tasks/submit: MISCONF")
+
+
+async def test_while_redis_cannot_persist_queue_health_is_critical_saying_so(tmp_path):
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis, workers=False) as (_, api):
+            await _snapshot_fails(server)
+            _, failing = await api.call("GET", "/api/v1/tasks/health")
+            await _snapshot_works(server)
+            _, after = await api.call("GET", "/api/v1/tasks/health")
+    finally:
+        server.stop()
+
+    assert failing["status"] == "critical"
+    assert failing["alerts"] == [
+        {
+            "severity": "critical",
+            "message": "Redis cannot write its last snapshot to its disk (full or failing): new tasks are "
+            "refused and task outcomes wait until it can; see its log",
+            "metric": "redis_persistence",
+            "value": 1.0,
+        }
+    ]
+    assert [alert["metric"] for alert in after["alerts"]] == []
+
+
+async def test_a_task_ending_while_redis_cannot_persist_logs_its_refused_write_once_and_when_it_went_in(
+    tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="taskd.engine")
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis) as (_, api):
+            running = await api.submit("sleep", {"seconds": 0.5})
+            await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
+            await _snapshot_fails(server)
+            await asyncio.sleep(4)  # the task ends, and its write is refused try after try
+            await _snapshot_works(server)
+            [ended] = await api.wait_all([running], timeout=30)
+    finally:
+        server.stop()
+
+    assert ended["status"] == "completed"
+    lines = [
+        message
+        for record in caplog.records
+        if (message := record.getMessage()).startswith(
+            (f"recording task {running}", f"recorded task {running}")
+        )
+    ]
+    assert len(lines) == 2
+    assert lines[0].startswith(f"recording task {running} completed failed (MISCONF")
+    assert lines[1].startswith(f"recorded task {running} completed after ")
+
+
+async def test_progress_dropped_while_redis_cannot_persist_is_logged_once_per_task(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="taskd.engine")
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis) as (_, api):
+            running = await api.submit("sleep", {"seconds": 4, "steps": 20})
+            await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
+            await _snapshot_fails(server)
+            await asyncio.sleep(3)  # about 15 progress reports, each refused
+            await _snapshot_works(server)
+            [ended] = await api.wait_all([running], timeout=30)
+    finally:
+        server.stop()
+
+    assert ended["status"] == "completed"
+    dropped = [
+        message
+        for record in caplog.records
+        if (message := record.getMessage()).startswith(f"progress of task {running} not recorded")
+    ]
+    assert len(dropped) == 1
+
+
+async def test_while_redis_cannot_persist_metrics_say_so_and_stop_saying_it_after(tmp_path):
+    server = await ValkeyServer(
+        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
+    ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
+    try:
+        async with serving(tmp_path, redis, workers=False) as (_, api):
+            await _snapshot_fails(server)
+            async with api.session.get(f"{api.base_url}/metrics") as response:
+                failing = (await response.text()).splitlines()
+            await _snapshot_works(server)
+            async with api.session.get(f"{api.base_url}/metrics") as response:
+                after = (await response.text()).splitlines()
+    finally:
+        server.stop()
+
+    assert "taskd_redis_persistence_ok 0.0" in failing
+    assert "taskd_redis_persistence_ok 1.0" in after
