@@ -58,7 +58,8 @@ class OwnMedia:
         expires, sig = url.query.get("expires"), url.query.get("sig")
         if not found or len(segments) != 2 or expires is None or sig is None:
             return None
-        return media_path if self.store.check(*segments, expires, sig) is None else None
+        project_id, filename = segments
+        return media_path if self.store.check(project_id, filename, expires, sig) is None else None
 
     def is_link(self, url: URL) -> bool:
         """Whether `url` is at this store's media origin and path: a media link, good or not."""
