@@ -115,7 +115,7 @@ class Operator:
             self.store,
             TaskQueue(self.redis, self.config.execution.priority_aging, self.store.clients),
             self.registry,
-            Admission(limits.queued_per_project, limits.max_queue_length),
+            Admission(limits.queued_per_project, limits.max_queue_length, limits.stored_bytes_per_project),
             media_capacity=MediaCapacity.from_config(self.config),
         )
         return await bulk.retry_failed(dispatcher, project, since)

@@ -663,6 +663,10 @@ class LimitsConfig:
     # queue, so that no one project can fill a queue and have every other project's submits refused.
     queued_per_project: int = attrs.field(default=2500, validator=attrs.validators.ge(0))
     max_queue_length: int = attrs.field(default=10000, validator=attrs.validators.ge(0))
+    # A refusal: the bytes one project's heavy records may hold in Redis (large task_data, metadata or
+    # results, or kept longer than storage.task_ttl: taskd.store lib/stored.lua); past it, the next
+    # heavy submit gets 429 until some expire. Light tasks are not counted.
+    stored_bytes_per_project: int = attrs.field(default=256 * 1024 * 1024, validator=attrs.validators.ge(0))
     # Held open per API key, in each taskd process: event streams and `Prefer: wait` submits. Each
     # holds a connection (a file descriptor) for minutes or for ever, and the per-minute limits do
     # not count them: without a cap one key could take every connection the process can open.

@@ -52,6 +52,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:partitions` | string: the number of partitions (`redis.partitions`) the tasks are spread over, kept by the first start (taskd.store.layout.check_partitions) | forever |
 | `{taskd}:layout` | string: `tagged` once the keys of versions before the tag (`taskd:…`) were renamed (taskd.store.layout) | forever |
 | `{taskd}:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached, at most once a minute |
+| `{taskd}:stored:{project_id}` | hash: the bytes of the project's heavy records (large `task_data`/`metadata`/result/error, or kept longer than `storage.task_ttl`) -> the second by which they are gone, rounded up (lib/stored.lua); the project's sum is what `limits.stored_bytes_per_project` bounds | fields past their second are dropped when the hash is read; the hash expires with its latest field |
 | `{taskd}:project_active_pruned:{project_id}`, `{taskd}:project_processing_pruned:{project_id}` | string: set when that set of the project was last pruned of gone records; while it lives the cap or the throttle counts the set as it is (lib/prune.lua) | `PRUNE_EVERY_MS` (a minute) |
 """
 
@@ -105,6 +106,21 @@ PROJECT_EVENTS_MAXLEN = 10_000
 WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
 WEBHOOKS_WAKE = f"{PREFIX}webhooks:wake"
 SCHEDULED = f"{PREFIX}scheduled"
+# A project's heavy records (lib/stored.lua): one whose caller's data as stored (`task_data` and
+# `metadata`, then its result or error) is over STORED_FREE_BYTES, or that is kept longer than
+# `storage.task_ttl` (`keep_for`, `run_at`), counts its bytes against `limits.stored_bytes_per_project`.
+# The others are the sizing formula's (docs/production.md) and cost no command. A typical record
+# holds 50-400 bytes of caller's data (its fields 0.4-0.9 KB, 0.7-1.4 KB of Redis memory): 4 KiB is
+# ten times that, well under the 1 MiB a body may carry.
+STORED_FREE_BYTES = 4096
+# Counted for a heavy record on top of its fields' names and values: Redis's own per-key and
+# per-field memory, the project index's entry (a typical record's MEMORY USAGE is 300-600 bytes
+# over its fields).
+STORED_RECORD_OVERHEAD = 512
+# A heavy record's bytes are counted until its expiry rounded up to a power-of-two number of seconds
+# near 1/STORED_SLICES of how long it is kept: at most ~STORED_SLICES fields per such length, a few
+# hundred in all, and a record counted at most ~6% of its life past its expiry.
+STORED_SLICES = 32
 # How long an Idempotency-Key is remembered: a repeat within this window is answered, not run again.
 IDEMPOTENCY_TTL = 24 * 3600
 
@@ -334,6 +350,11 @@ def project_processing(project_id: str) -> str:
 def project_active_pruned(project_id: str) -> str:
     """Set for PRUNE_EVERY_MS when the project's active set was last read through for gone records."""
     return f"{_of_project(project_id)}project_active_pruned:{project_id}"
+
+
+def stored(project_id: str) -> str:
+    """The bytes of the project's heavy records, by the second they are gone (lib/stored.lua)."""
+    return f"{_of_project(project_id)}stored:{project_id}"
 
 
 def project_processing_pruned(project_id: str) -> str:

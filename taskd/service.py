@@ -374,7 +374,9 @@ class Service:
         api_keys, self.generated_key = apikey.load_or_create(configured, self.config.data_path)
         REDACTOR.add(self.generated_key)
         limits = self.config.limits
-        admission = Admission(limits.queued_per_project, limits.max_queue_length)
+        admission = Admission(
+            limits.queued_per_project, limits.max_queue_length, limits.stored_bytes_per_project
+        )
         dispatcher = Dispatcher(
             redis,
             store,

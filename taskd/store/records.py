@@ -45,6 +45,9 @@ _BAD_DEPENDENCY = {
     "cancelled": "Dependency '{}' was cancelled",
 }
 QUEUE_FULL_RETRY_AFTER = 30
+# A heavy task that would not fit a project's storage budget even once the project's other heavy
+# records are gone (it alone is over the budget): no wait makes it fit, so an hour, not a busy loop.
+STORED_FULL_RETRY_AFTER = 3600
 T = TypeVar("T")
 
 
@@ -94,6 +97,11 @@ def _project_full(project_id: str, waiting: int, admission: Admission, in_batch:
         f"at most {admission.queued_per_project} may wait at once (its running tasks do not count)",
         PROJECT_FULL_RETRY_AFTER,
     )
+
+
+def _size(size: int) -> str:
+    """Bytes as a person reads them: 256.0 MiB, 24.4 KiB."""
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
 
 
 def _queue_full(queue: str, waiting: int, in_batch: str = "") -> ServiceUnavailable:
@@ -205,6 +213,8 @@ class Admission:
 
     queued_per_project: int = 0
     max_queue_length: int = 0
+    # The bytes a project's heavy records may hold (limits.stored_bytes_per_project, lib/stored.lua).
+    stored_bytes_per_project: int = 0
 
 
 @attrs.frozen
@@ -461,6 +471,7 @@ class TaskStore:
                     job.job_id,
                     admission.queued_per_project,
                     admission.max_queue_length,
+                    admission.stored_bytes_per_project,
                     record.queue,
                     record.task_type,
                     idempotency.fingerprint if idempotency else "",
@@ -511,6 +522,9 @@ class TaskStore:
             raise _project_full(record.project_id, int(reply[1]), admission)
         if verdict == "queue_full":
             raise _queue_full(record.queue, int(reply[1]))
+        if verdict == "stored_full":
+            total, size, wait = (int(part) for part in reply[1:])
+            raise self._stored_full(record.project_id, total, size, wait, admission)
         if verdict == "replayed":
             _, position, duration_sum, duration_count, task_id, created_ms = reply
             return Created(
@@ -603,6 +617,7 @@ class TaskStore:
                 "fingerprint": idempotency.fingerprint if idempotency else "",
                 "idempotency_ttl": keys.IDEMPOTENCY_TTL,
                 "tasks": orjson.dumps(tasks),
+                "stored_limit": admission.stored_bytes_per_project,
             },
         )
         verdict = reply[0].decode()
@@ -617,6 +632,10 @@ class TaskStore:
         if verdict == "queue_full":
             index, waiting, ours = (int(part) for part in reply[1:])
             raise _queue_full(batch[index][0].queue, waiting, _in_batch(index, ours))
+        if verdict == "stored_full":
+            index, total, ours, size, wait = (int(part) for part in reply[1:])
+            in_batch = f", counting this batch's tasks before tasks[{index}]" if ours else ""
+            raise self._stored_full(batch[index][0].project_id, total, size, wait, admission, in_batch)
         if verdict == "replayed":
             results, task_ids, created_ms = (orjson.loads(part) for part in reply[1:])
             return [
@@ -642,6 +661,19 @@ class TaskStore:
                 orjson.loads(reply[1]), batch, strict=True
             )
         ]
+
+    def _stored_full(
+        self, project_id: str, total: int, size: int, wait: int, admission: Admission, in_batch: str = ""
+    ) -> RateLimited:
+        limit = admission.stored_bytes_per_project
+        alone = f"; this task alone ({_size(size)}) is over that" if size > limit else ""
+        return RateLimited(
+            f"Project '{project_id}' stores {_size(total)} of large or long-kept tasks{in_batch}; at most "
+            f"{_size(limit)} may be stored at once{alone} (a task counts when its task_data and metadata, "
+            f"or its result, are over {keys.STORED_FREE_BYTES // 1024} KiB, or when it is kept longer than "
+            f"{self.task_ttl} s by keep_for or run_at; the space is given back as those tasks expire)",
+            wait or STORED_FULL_RETRY_AFTER,
+        )
 
     async def _refuse_foreign_dependency(self, record: TaskRecord, partition: int, field: str) -> None:
         """A dependency in another partition is another project's task (a project's tasks share its

@@ -55,6 +55,7 @@ PARTITION_PREFIXES: Mapping[str, str] = {
     "ACTIVE_PRUNED_PREFIX": "project_active_pruned:",
     "PROCESSING_PRUNED_PREFIX": "project_processing_pruned:",
     "DEPENDENTS_PREFIX": "dependents:",
+    "STORED_PREFIX": "stored:",
     "SCHEDULED": "scheduled",
     "IN_PROGRESS_PREFIX": "arq:in-progress:",
     "TASK_EVENTS_PREFIX": "events:task:",
@@ -80,6 +81,10 @@ CONSTANTS: Mapping[str, str] = {
     # A task's end wakes the webhook senders of every process at once; a job wakes the workers.
     "WEBHOOKS_WAKE": keys.WEBHOOKS_WAKE,
     "WAKE": keys.WAKE_CHANNEL,
+    # What makes a record heavy, and how its bytes are counted (lib/stored.lua).
+    "STORED_FREE_BYTES": str(keys.STORED_FREE_BYTES),
+    "STORED_RECORD_OVERHEAD": str(keys.STORED_RECORD_OVERHEAD),
+    "STORED_SLICES": str(keys.STORED_SLICES),
     # Upper bounds of the per-type duration histogram, as a Lua list.
     "DURATION_BUCKETS": ", ".join(str(le) for le in keys.DURATION_BUCKETS),
     # And of the per-queue, per-type wait-time histogram.

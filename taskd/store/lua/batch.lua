@@ -19,12 +19,14 @@
 -- ARGV[7]  tasks           a JSON list, in order, of {id, project, queue, task_type, created_ms,
 --                          score, job_id, depends_on, scheduled_ms, fields, elsewhere}: what
 --                          submit.lua gets as its arguments (fields: name, value, ...)
+-- ARGV[8]  stored_limit    the most bytes a project's heavy records may hold (lib/stored.lua); 0 = unlimited
 -- The keys of each task (its record, its project's index and sets, its queue's line) are
 -- built here from taskd.keys's prefixes, all in the partition of KEYS[1] (docs/cluster.md).
 -- Returns {'ok', results}: results a JSON list, in order, of [position, duration_sum,
 -- duration_count] (as submit.lua returns them); or {'bad_dependency', index, id, why},
 -- {'project_full', index, waiting tasks, of them this batch's}, {'queue_full', index, waiting tasks,
--- of them this batch's}: the 0-based index of the first task refused, and nothing is written; or {'replayed', results, ids, created}
+-- of them this batch's}, {'stored_full', index, the bytes the project's heavy records hold, of them
+-- this batch's, this task's, the seconds until enough are gone (0: never)}: the 0-based index of the first task refused, and nothing is written; or {'replayed', results, ids, created}
 -- (JSON lists: what the key's first request got) or {'idempotency_key_reused'}, and nothing is
 -- written either.
 -- include lib/admit.lua
@@ -41,6 +43,10 @@ local queued_limit, queue_limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local pending = {}
 local in_project = {}
 local on_queue = {}
+-- Per project: the bytes of its heavy records and their seconds (lib/stored.lua's stored_total), read
+-- once, and the bytes of the batch's heavy tasks checked so far.
+local stored_read, stored_ours = {}, {}
+local stored_limit = tonumber(ARGV[8])
 for index, task in ipairs(tasks) do
   local waiting_for, bad, why = unmet(task.project, task.depends_on, pending)
   if not waiting_for then return {'bad_dependency', index - 1, bad, why} end
@@ -55,6 +61,21 @@ for index, task in ipairs(tasks) do
     local ours = on_queue[task.queue] or 0
     local waiting = redis.call('ZCARD', '@WAITING_PREFIX@' .. task.queue) + ours + task.elsewhere
     if waiting >= queue_limit then return {'queue_full', index - 1, waiting, ours} end
+  end
+  local named = by_name(task.fields)
+  if heavy(named, ARGV[1]) then
+    task.stored = weight(named)
+    if stored_limit > 0 then
+      local now_s = tonumber(task.created_ms) / 1000
+      if not stored_read[task.project] then stored_read[task.project] = {stored_total(task.project, now_s)} end
+      local total, live = unpack(stored_read[task.project])
+      local ours = stored_ours[task.project] or 0
+      if total + ours + task.stored > stored_limit then
+        return {'stored_full', index - 1, total + ours, ours, task.stored,
+                stored_wait(total + ours, live, task.stored, stored_limit, now_s) or 0}
+      end
+      stored_ours[task.project] = ours + task.stored
+    end
   end
   if #waiting_for == 0 and (tonumber(task.scheduled_ms) or 0) == 0 then
     on_queue[task.queue] = (on_queue[task.queue] or 0) + 1

@@ -12,11 +12,13 @@
 -- priority (as taskd.queue.task_queue.job_score does), in its project's line (lib/enqueue.lua), so
 -- priority and fair turns apply from then. One still waiting for dependencies (`waiting_for`) only
 -- leaves `scheduled_for`: lib/ended.lua queues it when the last one completes. A queued task's
--- record is kept `ttl` from now, as a fresh submit's is. A task that ended
+-- record is kept `ttl` from now, as a fresh submit's is, and a heavy record's bytes are counted until
+-- then (lib/stored.lua). A task that ended
 -- (cancelled) or expired meanwhile is only taken off the set.
 -- Returns how many tasks were queued.
 -- include lib/emit.lua
 -- include lib/enqueue.lua
+-- include lib/stored.lua
 local now_ms = tonumber(ARGV[1])
 local aging_ms = tonumber(ARGV[2])
 local now = tostring(now_ms / 1000)
@@ -24,12 +26,17 @@ local queued = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))) do
   redis.call('ZREM', KEYS[1], id)
   local key = '@TASK_PREFIX@' .. id
-  local fields = redis.call('HMGET', key, 'status', 'scheduled_for', 'waiting_for', 'queue', 'priority')
+  local fields = redis.call('HMGET', key, 'status', 'scheduled_for', 'waiting_for', 'queue', 'priority',
+    'project_id', 'stored_until', 'stored_bytes')
   if fields[1] == 'queued' and fields[2] then
     redis.call('HDEL', key, 'scheduled_for')
     if not fields[3] then
       redis.call('HSET', key, 'updated_at', now)
       redis.call('EXPIRE', key, ARGV[4])
+      if fields[7] then
+        count_stored(fields[6], key, fields[8], stored_until(now_ms / 1000, tonumber(ARGV[4])), fields[7], fields[8],
+          now_ms / 1000)
+      end
       local offset = (@PRIORITY_LOW@ - (tonumber(fields[5]) or @PRIORITY_LOW@)) * aging_ms
       enqueue(key, id, fields[4], now_ms - offset, now_ms, aging_ms)
       queued = queued + 1

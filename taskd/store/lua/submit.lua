@@ -31,6 +31,7 @@
 --   job_id         the arq job's id
 --   queued_limit   the most tasks a project may have waiting (queued); 0 = unlimited
 --   queue_limit    the most tasks that may wait on the queue; 0 = unlimited
+--   stored_limit   the most bytes the project's heavy records may hold (lib/stored.lua); 0 = unlimited
 --   queue          taskd's queue name, published on {taskd}:wake
 --   task_type      the task's type, for the per-type counters
 --   fingerprint    a digest of the request's route and body ('' without an Idempotency-Key)
@@ -75,7 +76,9 @@
 -- The outcome is {'rate_limited'} when refused by it; else
 -- {'ok', position, duration_sum, duration_count}: the task's 1-based queue position
 -- (lib/fair.lua's place) and the type's past durations (sum and count, as stored); or
--- {'project_full', waiting tasks} or {'queue_full', waiting tasks}, or {'bad_dependency', id, why}
+-- {'project_full', waiting tasks} or {'queue_full', waiting tasks}, or {'stored_full', the bytes
+-- the project's heavy records hold, this one's, the seconds until enough of them are gone for it
+-- (0: never, it alone is over the limit)}, or {'bad_dependency', id, why}
 -- (why: 'unknown', 'project', 'failed' or 'cancelled'), and then nothing is written; or
 -- {'replayed', position, duration_sum, duration_count, task_id, created_ms}, what the key's first
 -- request got, or {'idempotency_key_reused'}, and then nothing is written either. A task waiting
@@ -85,7 +88,8 @@
 -- include lib/window.lua
 -- include lib/take.lua
 -- include lib/later.lua
-local SUBMIT = {'task_id', 'created_ms', 'score', 'job_id', 'queued_limit', 'queue_limit', 'queue', 'task_type',
+local SUBMIT = {'task_id', 'created_ms', 'score', 'job_id', 'queued_limit', 'queue_limit', 'stored_limit', 'queue',
+  'task_type',
   'fingerprint', 'depends_on', 'scheduled_ms', 'rate_limit', 'rate_window', 'rate_nonce', 'fields', 'elsewhere',
   'taker', 'taker_room', 'now', 'idempotency', 'ratelimit'}
 local ttl, aging_ms, idempotency_ttl, scan, project_limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
@@ -110,11 +114,9 @@ local function submit(a)
       return {{'replayed', first[2], first[3], first[4], first[5], first[6]}, quota, {}}
     end
   end
-  local project = nil
   local fields = cjson.decode(a.fields)
-  for i = 1, #fields, 2 do
-    if fields[i] == 'project_id' then project = fields[i + 1] end
-  end
+  local named = by_name(fields)
+  local project = named.project_id
   local waiting_for, bad, why = unmet(project, cjson.decode(a.depends_on), {})
   if not waiting_for then return {{'bad_dependency', bad, why}, quota, {}} end
   local queued_limit, queue_limit = tonumber(a.queued_limit), tonumber(a.queue_limit)
@@ -127,6 +129,18 @@ local function submit(a)
   if queue_limit > 0 then
     local waiting = redis.call('ZCARD', '@WAITING_PREFIX@' .. queue) + tonumber(a.elsewhere)
     if waiting >= queue_limit then return {{'queue_full', waiting}, quota, {}} end
+  end
+  local stored = nil
+  if heavy(named, ttl) then
+    stored = weight(named)
+    local budget = tonumber(a.stored_limit)
+    if budget > 0 then
+      local now_s = tonumber(a.created_ms) / 1000
+      local total, live = stored_total(project, now_s)
+      if total + stored > budget then
+        return {{'stored_full', total, stored, stored_wait(total, live, stored, budget, now_s) or 0}, quota, {}}
+      end
+    end
   end
   local idle = '@IDLE_PREFIX@' .. queue
   local direct = taker ~= '' and #waiting_for == 0 and tonumber(a.scheduled_ms) == 0
@@ -142,7 +156,8 @@ local function submit(a)
   local position, record = store({key = task_key, id = a.task_id, project = project,
     project_key = '@PROJECT_PREFIX@' .. project, active_key = active_key, created_ms = a.created_ms, ttl = ttl,
     fields = fields, waiting_for = waiting_for, job_id = a.job_id, score = a.score, aging_ms = aging_ms,
-    queue = queue, task_type = a.task_type, scheduled_ms = a.scheduled_ms, unwoken = direct, straight = straight},
+    queue = queue, task_type = a.task_type, scheduled_ms = a.scheduled_ms, unwoken = direct, straight = straight,
+    stored = stored},
     later)
   local handed = {}
   if direct then

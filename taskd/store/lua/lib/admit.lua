@@ -29,9 +29,12 @@
 --           when the caller starts the queue's next job itself, for a worker it knows is idle:
 --           no other worker is woken for it), straight (true when the caller starts this very
 --           task next, as lib/fair.lua's starts_straight found: its job goes in no line, on no
---           set and is no head, and lib/begin.lua starts it with `outside`)
+--           set and is no head, and lib/begin.lua starts it with `outside`), stored (a heavy
+--           record's bytes, lib/stored.lua's weight, counted in its project's
+--           {taskd}:stored:{project_id} until its expiry; nil for a light one)
+--   by_name(fields)                         fields given as name, value, ... by name
 -- Returns: unmet the list of ids (or nil, id, why: 'unknown', 'project', 'failed' or
--- 'cancelled'); queued a count; store the task's 1-based queue position (lib/fair.lua's place; 1
+-- 'cancelled'); queued a count; by_name a table; store the task's 1-based queue position (lib/fair.lua's place; 1
 -- for a straight one) and its record's fields by name, as written.
 -- A task queued now has its job in the record: `job_id`, and `enqueued_ms` (when it could start,
 -- for the wait-time histogram: lib/begin.lua), its creation time; arq's job definition is not
@@ -52,6 +55,7 @@
 -- include lib/wake.lua
 -- include lib/later.lua
 -- include lib/prune.lua
+-- include lib/stored.lua
 
 local function unmet(project, depends_on, pending)
   local waiting_for = {}
@@ -103,6 +107,12 @@ local function durations(metrics_key, task_type, read)
   return read[task_type]
 end
 
+local function by_name(fields)
+  local named = {}
+  for i = 1, #fields, 2 do named[fields[i]] = fields[i + 1] end
+  return named
+end
+
 local function store(task, later)
   local scheduled_ms = tonumber(task.scheduled_ms) or 0
   local deferred = #task.waiting_for > 0 or scheduled_ms > 0
@@ -137,6 +147,16 @@ local function store(task, later)
   if scheduled_ms > 0 then kept = kept + math.ceil((scheduled_ms - tonumber(task.created_ms)) / 1000) end
   for _, id in ipairs(task.waiting_for) do
     kept = math.max(kept, redis.call('TTL', '@TASK_PREFIX@' .. id) + 60)
+  end
+  if task.stored then
+    -- Counted until its expiry, which its record says, so that a renewal can move it.
+    local now_s = tonumber(task.created_ms) / 1000
+    local until_at = stored_until(now_s, kept)
+    fields[#fields + 1] = 'stored_bytes'
+    fields[#fields + 1] = tostring(task.stored)
+    fields[#fields + 1] = 'stored_until'
+    fields[#fields + 1] = until_at
+    count_stored(task.project, nil, task.stored, until_at, nil, nil, now_s)
   end
   redis.call('HSET', task.key, unpack(fields))
   redis.call('EXPIRE', task.key, kept)

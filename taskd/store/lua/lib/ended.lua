@@ -33,7 +33,8 @@
 -- {taskd}:webhooks:wake), keeps the record for its `keep_for` or `ttl` (and, with a
 -- `keep_for`, the project's index {taskd}:project:{project_id} at least as long, so the task stays in
 -- the project's list), takes it off {taskd}:scheduled if it was waiting for its time there and
--- emits a status event.
+-- emits a status event. A heavy record's bytes follow its expiry (lib/stored.lua), as do those
+-- of a dependent it queues.
 -- Then it settles the tasks waiting for this one ({taskd}:dependents:{id}, `depends_on`; not read
 -- when the record's `dependents` is '0', lib/admit.lua), in the
 -- same script so that no end can be lost between the two: when this one completed, it leaves
@@ -49,6 +50,7 @@
 -- include lib/webhook_event.lua
 -- include lib/record.lua
 -- include lib/later.lua
+-- include lib/stored.lua
 -- One task's end; the dependents it cancels are put on `cancelled` (their ids) for the caller to end.
 local function end_one(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record,
                        lease, later, cancelled)
@@ -80,6 +82,13 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
     if redis.call('TTL', index) < tonumber(keep_for) then redis.call('EXPIRE', index, keep_for) end
   end
   redis.call('EXPIRE', task_key, kept)
+  -- A heavy record (its result may have made it one) is counted until its new expiry; a light one
+  -- costs nothing here (lib/stored.lua).
+  if r.stored_until or heavy(r, ttl) then
+    local now_s = tonumber(now_ms) / 1000
+    count_stored(project, task_key, weight(r), stored_until(now_s, tonumber(kept)), r.stored_until,
+      r.stored_bytes, now_s)
+  end
   emit_record(r, 'status', false, later)
 
   local status = r.status
@@ -96,7 +105,8 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
   local now = tostring(at_ms / 1000)
   for _, id in ipairs(dependents) do
     local key = '@TASK_PREFIX@' .. id
-    local fields = redis.call('HMGET', key, 'status', 'waiting_for', 'queue', 'priority', 'scheduled_for')
+    local fields = redis.call('HMGET', key, 'status', 'waiting_for', 'queue', 'priority', 'scheduled_for',
+      'stored_until', 'stored_bytes')
     -- A dependent cancelled meanwhile, or expired, waits no more.
     if fields[1] == 'queued' and fields[2] then
       if status == 'completed' then
@@ -113,6 +123,11 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
           redis.call('HDEL', key, 'waiting_for')
           redis.call('HSET', key, 'updated_at', now)
           redis.call('EXPIRE', key, ttl)
+          if fields[6] then
+            -- Its bytes move with its expiry (a dependent shares its dependency's project).
+            count_stored(project, key, fields[7], stored_until(at_ms / 1000, tonumber(ttl)), fields[6], fields[7],
+              at_ms / 1000)
+          end
           local offset = (@PRIORITY_LOW@ - (tonumber(fields[4]) or @PRIORITY_LOW@)) * aging_ms
           enqueue(key, id, fields[3], at_ms - offset, at_ms, aging_ms)
           emit(key, 'status')

@@ -1,0 +1,241 @@
+"""limits.stored_bytes_per_project: the bytes one project's heavy records (large task_data, metadata or
+results, or kept longer than storage.task_ttl) may hold in Redis. Past it the project's next heavy
+submit is a 429 until some of them expire; light tasks are not counted and cost no command for it
+(taskd/store/lua/lib/stored.lua, docs/production.md "Memory a task takes")."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import attrs
+import pytest
+from redis.asyncio import Redis
+from redis_probes import alive, monitored
+from test_submit_together import new_task
+
+from taskd import keys
+from taskd.config import LimitsConfig, load_config
+from taskd.model import RateLimited, TaskStatus
+from taskd.store import TaskStore
+from taskd.store.records import Admission
+
+# Over the 4 KiB a record may hold of the caller's data without being counted: a record of ~9 KB.
+LARGE = {"notes": "x" * 8000}
+# Room for two such records, not three.
+BUDGET = 25_000
+WEEK = 7 * 24 * 3600
+
+
+def heavy_body(project: str) -> dict[str, Any]:
+    return {"project_id": project, "task_type": "noop", "task_data": {}, "metadata": LARGE}
+
+
+async def stored(redis: Redis, project: str) -> dict[int, int]:
+    """The project's counted bytes by the second they are gone."""
+    return {int(at): int(size) for at, size in (await redis.hgetall(keys.stored(project))).items()}
+
+
+async def test_a_project_at_its_budget_gets_429_for_a_heavy_submit_while_light_ones_and_other_projects_pass(
+    start_service: Any,
+):
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=BUDGET))
+    for _ in range(2):
+        await api.submit("noop", {}, project_id="big", metadata=LARGE)
+
+    async with api.client.post("/api/v1/tasks/submit", json=heavy_body("big")) as refused:
+        body = await refused.json()
+    light = await api.submit("noop", {"n": 1}, project_id="big", metadata={"scene": 4})
+    other = await api.submit("noop", {}, project_id="other", metadata=LARGE)
+
+    assert refused.status == 429
+    assert body["error"] == "rate_limited"
+    assert body["message"].startswith("Project 'big' stores 17.")
+    assert f"at most {BUDGET / 1024:.1f} KiB may be stored" in body["message"]
+    assert "large or long-kept tasks" in body["message"]
+    # Until the older of the two records expires: storage.task_ttl from its submit, rounded up.
+    assert 0 < body["retry_after"] == int(refused.headers["Retry-After"]) <= 24 * 3600 + 4096
+    assert light["status"] == other["status"] == "queued"
+
+
+async def test_a_refused_heavy_submit_stores_nothing(start_service: Any, redis: Redis):
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=BUDGET))
+    for _ in range(2):
+        await api.submit("noop", {}, project_id="big", metadata=LARGE)
+    before = (await redis.zcard(keys.project("big")), await stored(redis, "big"))
+
+    async with api.client.post("/api/v1/tasks/submit", json=heavy_body("big")) as refused:
+        assert refused.status == 429
+
+    assert (await redis.zcard(keys.project("big")), await stored(redis, "big")) == before
+
+
+async def test_a_task_kept_longer_than_the_task_ttl_counts_however_small(start_service: Any, redis: Redis):
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=1500))
+    await api.submit("noop", {}, project_id="kept", keep_for=WEEK)
+
+    async with api.client.post(
+        "/api/v1/tasks/submit",
+        json={"project_id": "kept", "task_type": "noop", "task_data": {}, "keep_for": WEEK},
+    ) as refused:
+        assert refused.status == 429
+    await api.submit("noop", {}, project_id="kept", keep_for=3600)
+
+
+async def test_the_budget_is_given_back_when_the_heavy_records_expire(start_service: Any, redis: Redis):
+    await start_service(workers=False)  # the task types, the scripts' keys
+    # A two-second storage.task_ttl (the config's least is a minute): the test waits for real expiry.
+    store = TaskStore(redis, 2)
+    admission = Admission(stored_bytes_per_project=12_000)
+    first = large_task("brief")
+    await store.create(*first, admission)
+
+    with pytest.raises(RateLimited) as refused:
+        await store.create(*large_task("brief"), admission)
+    assert 1 <= refused.value.retry_after <= 3
+    await asyncio.sleep(refused.value.retry_after)
+
+    assert not await redis.exists(keys.task(first[0].task_id))
+    await store.create(*large_task("brief"), admission)
+
+
+def large_task(project: str) -> Any:
+    """A noop task of `project` with LARGE metadata, and its job."""
+    record, job = new_task(project)
+    return attrs.evolve(record, metadata=LARGE, created_at=time.time()), job
+
+
+async def test_a_heavy_record_renewed_at_its_end_is_moved_to_its_new_expiry_not_counted_twice(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 24 * 3600)
+    submitted = await api.submit("noop", {}, project_id="moved", metadata=LARGE, keep_for=WEEK)
+    at_submit = await stored(redis, "moved")
+    await alive(redis, "worker-a")
+    (start,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+    assert start.record is not None
+    await store.finish(start.record, "worker-a", TaskStatus.COMPLETED, time.time())
+
+    at_end = await stored(redis, "moved")
+    record = await redis.hmget(keys.task(submitted["task_id"]), "stored_until", "stored_bytes")
+
+    # Counted until a day from its submit, then until a week from its end: once, where it is now.
+    ((until_then, _),) = at_submit.items()
+    assert abs(until_then - (time.time() + 24 * 3600)) < 24 * 3600 / 16
+    assert at_end == {int(record[0]): int(record[1])}
+    assert abs(int(record[0]) - (time.time() + WEEK)) < WEEK / 16
+
+
+async def test_a_heavy_task_queued_late_for_its_time_is_counted_until_its_new_expiry_once(
+    start_service: Any, redis: Redis
+):
+    await start_service(workers=False)
+    store = TaskStore(redis, 60)
+    record, job = large_task("late")
+    record = attrs.evolve(record, scheduled_for=record.created_at + 120)
+    await store.create(record, job, Admission())
+    (was,) = await stored(redis, "late")
+
+    assert await store.queue_due(record.created_at + 200, 10) == 1
+
+    at_due = await stored(redis, "late")
+    until, size = await redis.hmget(keys.task(record.task_id), "stored_until", "stored_bytes")
+    assert at_due == {int(until): int(size)}
+    assert int(until) > was
+
+
+async def test_a_heavy_task_queued_by_its_dependencys_end_is_counted_once(start_service: Any, redis: Redis):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 24 * 3600)
+    first = await api.submit("noop", {}, project_id="chain")
+    second = await api.submit("noop", {}, project_id="chain", metadata=LARGE, depends_on=[first["task_id"]])
+    await alive(redis, "worker-a")
+    (start,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+    assert start.record is not None
+    await store.finish(start.record, "worker-a", TaskStatus.COMPLETED, time.time())
+
+    assert (await api.status(second["task_id"]))["status"] == "queued"
+    until, size = await redis.hmget(keys.task(second["task_id"]), "stored_until", "stored_bytes")
+    assert await stored(redis, "chain") == {int(until): int(size)}
+
+
+async def test_a_batch_with_a_heavy_task_over_the_budget_stores_none_of_its_tasks(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=12_000))
+    tasks = [
+        {"project_id": "batched", "task_type": "noop", "task_data": {}},
+        heavy_body("batched"),
+        heavy_body("batched"),
+    ]
+
+    async with api.client.post("/api/v1/tasks/batch", json={"tasks": tasks}) as refused:
+        body = await refused.json()
+
+    assert refused.status == 429, body
+    assert body["error"] == "rate_limited" and "tasks[2]" in body["message"]
+    assert await redis.zcard(keys.project("batched")) == 0
+    assert not await redis.exists(keys.stored("batched"))
+
+
+async def test_a_large_result_is_stored_and_counted_and_the_projects_next_heavy_submit_waits(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(limits=LimitsConfig(stored_bytes_per_project=12_000))
+    big = await api.submit("big_result", {"characters": 20_000}, project_id="results")
+
+    ended = await api.wait_terminal(big["task_id"])
+    async with api.client.post("/api/v1/tasks/submit", json=heavy_body("results")) as refused:
+        assert refused.status == 429
+    light = await api.submit("noop", {}, project_id="results")
+
+    assert ended["status"] == "completed"
+    assert sum((await stored(redis, "results")).values()) > 20_000
+    assert light["status"] in ("queued", "processing", "completed")
+
+
+async def test_a_light_task_sends_no_command_for_the_budget_from_its_submit_to_its_end(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 24 * 3600)
+    await alive(redis, "worker-a")
+
+    async def submit_run_and_end() -> None:
+        await api.submit("noop", {"scene": 1}, project_id="light", metadata={"shot": 2})
+        (start,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+        assert start.record is not None
+        await store.finish(start.record, "worker-a", TaskStatus.COMPLETED, time.time(), result={"ok": 1})
+
+    await submit_run_and_end()  # the scripts loaded
+    _, sent, ran = await monitored(redis, submit_run_and_end)
+
+    assert [command for command in sent + ran if "stored" in command] == []
+    assert not await redis.exists(keys.stored("light"))
+
+
+async def test_with_no_budget_heavy_tasks_are_all_accepted_and_still_counted(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=0))
+    for _ in range(3):
+        await api.submit("noop", {}, project_id="unbounded", metadata=LARGE)
+
+    assert sum((await stored(redis, "unbounded")).values()) > 3 * 8000
+
+
+async def test_a_new_second_in_a_projects_count_drops_its_past_ones(start_service: Any, redis: Redis):
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=0))
+    await redis.hset(keys.stored("old"), "1000", "5000")  # gone since 1970, never read by a submit
+
+    await api.submit("noop", {}, project_id="old", metadata=LARGE)
+
+    assert 1000 not in await stored(redis, "old")
+
+
+def test_the_storage_budget_is_set_by_its_documented_name_and_defaults_to_256_mib():
+    assert load_config(None, {}).limits.stored_bytes_per_project == 256 * 1024 * 1024
+    environ = {"TASKD_LIMITS__STORED_BYTES_PER_PROJECT": "0"}
+    assert load_config(None, environ).limits.stored_bytes_per_project == 0
