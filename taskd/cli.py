@@ -24,7 +24,7 @@ taskd runs GPU-heavy and long-running work submitted over HTTP.
                  with no redis.url it starts its own Valkey in the data dir
   taskd worker   workers only, joining the Redis of a `taskd serve` (redis.url,
                  or the embedded server of the same data dir on this host)
-  taskd submit|status|wait|cancel|retry|tasks|health
+  taskd submit|run|status|wait|cancel|retry|tasks|health
                  a client of a running taskd (--url, --api-key; `taskd wait -h`)
   taskd workers|queues|purge|retry-failed
                  operator commands, on the Redis of the config (like `taskd worker`)
