@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`taskd tasks films --json | head`, `taskd config show | head`): stop
         # quietly, as a tool that SIGPIPE ends would, and keep the interpreter's last flush from
         # failing again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        logs.discard_stdout()
         return SIGPIPE_EXIT
     try:
         # Here, not at the top: the client commands above run on the base install, without the
