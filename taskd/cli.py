@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -15,7 +14,7 @@ from taskd import cli_admin, cli_client, logs
 from taskd.config import ConfigError, load_config
 from taskd.version import version
 
-# The exit status of a client command whose output's reader went away: a shell's for SIGPIPE.
+# The exit status of a command whose output's reader went away: a shell's for SIGPIPE.
 SIGPIPE_EXIT = 141
 DESCRIPTION = """\
 taskd runs GPU-heavy and long-running work submitted over HTTP.
@@ -24,7 +23,7 @@ taskd runs GPU-heavy and long-running work submitted over HTTP.
                  with no redis.url it starts its own Valkey in the data dir
   taskd worker   workers only, joining the Redis of a `taskd serve` (redis.url,
                  or the embedded server of the same data dir on this host)
-  taskd submit|status|wait|cancel|retry|tasks|health
+  taskd submit|run|status|wait|cancel|retry|tasks|health
                  a client of a running taskd (--url, --api-key; `taskd wait -h`)
   taskd workers|queues|purge|retry-failed
                  operator commands, on the Redis of the config (like `taskd worker`)
@@ -107,19 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if getattr(args, "client_command", None) is not None:
-        try:
+    try:
+        if getattr(args, "client_command", None) is not None:
             return cli_client.run(args)
-        except BrokenPipeError:
-            # The reader went away (`taskd tasks films --json | head`): stop quietly, as a tool that
-            # SIGPIPE ends would, and keep the interpreter's last flush from failing again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return SIGPIPE_EXIT
-    if args.command in cli_admin.COMMANDS:
-        return cli_admin.run(args)
-    if args.command == "completion":
-        print(shtab.complete(parser, shell=args.shell), end="")
-        return 0
+        if args.command in cli_admin.COMMANDS:
+            return cli_admin.run(args)
+        if args.command == "completion":
+            print(shtab.complete(parser, shell=args.shell), end="")
+            return 0
+    except BrokenPipeError:
+        # The reader went away (`taskd tasks films --json | head`, `taskd config show | head`): stop
+        # quietly, as a tool that SIGPIPE ends would, and keep the interpreter's last flush from
+        # failing again.
+        logs.discard_stdout()
+        return SIGPIPE_EXIT
     try:
         # Here, not at the top: the client commands above run on the base install, without the
         # server's packages (the `server` extra).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import queue
 import re
 import sys
@@ -352,6 +353,14 @@ class _Writer(QueueListener):
 
 
 _writer: QueueListener | None = None
+
+
+def discard_stdout() -> None:
+    """Point stdout at /dev/null once its reader went away (`taskd … | head`): what is still buffered,
+    and what is printed later, is dropped rather than failing again, at exit too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def configure(fmt: str, level: str, secrets: Iterable[str] = (), stream: IO[str] | None = None) -> None:

@@ -18,7 +18,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from taskd import apikey, keys, tracing
+from taskd import apikey, keys, logs, tracing
 from taskd.clock import RedisClock
 from taskd.config import Config, ConfigError
 from taskd.embedded import DataDirInUse, EmbeddedValkey, ServerDidNotStart
@@ -437,7 +437,25 @@ class Service:
             await asyncio.to_thread(tracing.flush)
 
     def announce(self) -> None:
-        """Print where the API listens and, when taskd made the key itself, the key."""
+        """Print where the API listens and, when taskd made the key itself, the key.
+
+        A stdout that cannot be written (a pipe whose reader went away: `taskd serve | head -1`)
+        stops nothing: taskd serves on, and a log line says where it listens instead.
+        """
+        try:
+            self._print_announcement()
+        except OSError as exc:
+            logs.discard_stdout()
+            listening = ", ".join(f"http://{host}:{port}" for host, port in self.addresses)
+            # Where the key is, never the key: a log line may go anywhere.
+            key = (
+                f"; API key in {Path(self.config.data_path) / apikey.KEY_FILE}" if self.generated_key else ""
+            )
+            log.warning(
+                "stdout cannot be written (%s); taskd listening on %s%s", exc.strerror or exc, listening, key
+            )
+
+    def _print_announcement(self) -> None:
         for host, port in self.addresses:
             print(f"taskd listening on http://{host}:{port}", flush=True)
         if self.generated_key is not None:

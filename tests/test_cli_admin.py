@@ -355,6 +355,34 @@ def test_config_show_prints_the_effective_config_with_secrets_masked(monkeypatch
         assert secret not in out
 
 
+async def test_config_show_whose_reader_went_away_ends_quietly_with_the_sigpipe_status(tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head` does once it has its lines
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    env.update(TASKD_DATA_DIR=str(tmp_path))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "taskd",
+            "config",
+            "show",
+            env=env,
+            cwd=tmp_path,  # no ./taskd.toml
+            stdout=write_end,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+
+    # Only the note of where the config came from, which goes to stderr before the JSON.
+    assert (proc.returncode, err.decode()) == (
+        141,
+        "config: no file: defaults, with the TASKD_* environment\n",
+    )
+
+
 def test_config_show_masks_credentials_in_url_query_strings(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
     monkeypatch.setenv(

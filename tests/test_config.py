@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 import tomllib
@@ -11,6 +13,7 @@ from typing import Any
 import attrs
 import pytest
 
+from taskd.cli import DESCRIPTION, _parser
 from taskd.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,3 +182,12 @@ def test_help_explains_both_commands():
 
     assert result.returncode == 0
     assert "taskd serve" in result.stdout and "taskd worker" in result.stdout
+
+
+def test_help_summary_names_every_command():
+    parser = _parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    # The summary above the option list, where `taskd submit|status|…` groups the commands.
+    named = set(re.findall(r"[a-z][a-z-]*", " ".join(re.findall(r"^  taskd (\S+)", DESCRIPTION, re.M))))
+
+    assert set(commands.choices) - named == set()

@@ -1,4 +1,5 @@
-"""README.md and docs/*.md: every relative link and #anchor resolves, and the README stays a front door."""
+"""README.md and docs/*.md: every relative link and #anchor resolves, every table row is in a table, and the
+README stays a front door."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ REFERENCE_DEFINITION = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s.*)?$",
 HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 HTML_ANCHOR = re.compile(r"<a\s+(?:name|id)=\"([^\"]+)\"", re.I)
 LINK_TEXT = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+TABLE_ROW = re.compile(r"^\s{0,3}\|")
+TABLE_DELIMITER = re.compile(r"^\s{0,3}\|(\s*:?-+:?\s*\|)+\s*$")
 SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.I)
 # A page of docs/ named in a comment or string of the code, the build or the config: "docs/media.md".
 DOCS_PATH = re.compile(r"\bdocs/[\w./-]+?\.md(?:#[\w-]+)?")
@@ -143,6 +146,19 @@ def problems(files: list[Path]) -> list[str]:
     return [problem for problem in found if problem is not None]
 
 
+def stray_table_rows(path: Path) -> list[str]:
+    """Lines that look like a table row but start no table and continue none: a blank line cut them off
+    their table (or they have no header), so they show as text with pipes in it."""
+    lines = prose(path.read_text("utf-8")).splitlines()
+    stray = []
+    for number, line in enumerate(lines, start=1):
+        starts_table = number < len(lines) and TABLE_DELIMITER.match(lines[number]) is not None
+        continues_table = number > 1 and TABLE_ROW.match(lines[number - 2]) is not None
+        if TABLE_ROW.match(line) and not starts_table and not continues_table:
+            stray.append(f"{path.relative_to(ROOT)}:{number}: {line[:60]}")
+    return stray
+
+
 def test_github_slugs_are_made_as_github_makes_them() -> None:
     assert github_slug("Prometheus: `GET /metrics`") == "prometheus-get-metrics"
     assert (
@@ -215,3 +231,9 @@ def test_readme_starts_with_make_run_and_make_test() -> None:
     assert lines[2].startswith("make run")
     assert lines[3].startswith("make test")
     assert lines[4] == "```"
+
+
+def test_every_table_row_in_readme_and_docs_belongs_to_a_table() -> None:
+    found = [row for path in documentation_files() for row in stray_table_rows(path)]
+
+    assert found == []

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import IO
 
 from conftest import child_env
 from faultkit import ValkeyServer, free_port, serving
@@ -122,6 +126,45 @@ async def test_a_redis_that_comes_up_within_the_start_wait_is_served(tmp_path):
         server.stop()
     assert proc.returncode == 0
     assert "Traceback" not in stderr
+
+
+async def test_a_stdout_whose_reader_went_away_leaves_serve_serving_and_stopping_as_asked(tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `taskd serve | head -1` leaves it once head has gone
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskd", "serve"],
+            env=_base_env(tmp_path),
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    try:
+        assert proc.stderr is not None
+        said = await asyncio.wait_for(
+            asyncio.to_thread(_line_holding, proc.stderr, "stdout cannot be written"), 60
+        )
+        url = re.search(r"taskd listening on (http://[\d.]+:\d+)", said)
+        assert url is not None, said
+        with urllib.request.urlopen(f"{url.group(1)}/livez", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 0
+    assert "Traceback" not in stderr and "shutting down" in stderr
+
+
+def _line_holding(stream: IO[str], text: str) -> str:
+    """The first line of `stream` that holds `text` ("" if the stream ends first)."""
+    for line in stream:
+        if text in line:
+            return line
+    return ""
 
 
 async def test_a_wrong_redis_password_stops_start_up_at_once_with_exit_status_3(tmp_path):
