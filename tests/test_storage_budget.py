@@ -204,6 +204,21 @@ async def test_a_failed_tasks_error_counts_with_its_copies_in_the_task_and_proje
     assert sum((await stored(redis, "failing")).values()) >= held
 
 
+async def test_a_batch_whose_heavy_tasks_together_are_over_the_budget_is_told_so_not_to_wait_an_hour(
+    start_service: Any,
+):
+    # Room for two of the batch's three heavy tasks, in a project that stores nothing yet.
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=BUDGET))
+    tasks = [heavy_body("batched")] * 3
+
+    async with api.client.post("/api/v1/tasks/batch", json={"tasks": tasks}) as refused:
+        body = await refused.json()
+
+    assert refused.status == 429, body
+    assert "this batch's large or long-kept tasks together" in body["message"], body["message"]
+    assert "smaller batches" in body["message"]
+
+
 async def test_a_large_result_is_stored_and_counted_and_the_projects_next_heavy_submit_waits(
     start_service: Any, redis: Redis
 ):
