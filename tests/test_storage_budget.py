@@ -180,6 +180,45 @@ async def test_a_batch_with_a_heavy_task_over_the_budget_stores_none_of_its_task
     assert not await redis.exists(keys.stored("batched"))
 
 
+async def test_a_failed_tasks_error_counts_with_its_copies_in_the_task_and_project_event_streams(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 24 * 3600)
+    submitted = await api.submit("noop", {}, project_id="failing", metadata=LARGE)
+    await alive(redis, "worker-a")
+    (start,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+    assert start.record is not None
+    await store.finish(start.record, "worker-a", TaskStatus.FAILED, time.time(), error="e" * 3900)
+
+    record = await redis.hgetall(keys.task(submitted["task_id"]))
+    ends = [
+        fields[b"event"]
+        for stream in (keys.task_events(submitted["task_id"]), keys.project_events("failing"))
+        for _, fields in await redis.xrange(stream)
+        if b"e" * 3900 in fields[b"event"]
+    ]
+
+    assert len(ends) == 2
+    held = sum(len(name) + len(value) for name, value in record.items()) + sum(len(event) for event in ends)
+    assert sum((await stored(redis, "failing")).values()) >= held
+
+
+async def test_a_batch_whose_heavy_tasks_together_are_over_the_budget_is_told_so_not_to_wait_an_hour(
+    start_service: Any,
+):
+    # Room for two of the batch's three heavy tasks, in a project that stores nothing yet.
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=BUDGET))
+    tasks = [heavy_body("batched")] * 3
+
+    async with api.client.post("/api/v1/tasks/batch", json={"tasks": tasks}) as refused:
+        body = await refused.json()
+
+    assert refused.status == 429, body
+    assert "this batch's large or long-kept tasks together" in body["message"], body["message"]
+    assert "smaller batches" in body["message"]
+
+
 async def test_a_large_result_is_stored_and_counted_and_the_projects_next_heavy_submit_waits(
     start_service: Any, redis: Redis
 ):
@@ -194,6 +233,27 @@ async def test_a_large_result_is_stored_and_counted_and_the_projects_next_heavy_
     assert ended["status"] == "completed"
     assert sum((await stored(redis, "results")).values()) > 20_000
     assert light["status"] in ("queued", "processing", "completed")
+
+
+async def test_a_completed_tasks_result_counts_with_its_copies_in_the_task_and_project_event_streams(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(limits=LimitsConfig(stored_bytes_per_project=0))
+    big = await api.submit("big_result", {"characters": 20_000}, project_id="copies")
+    await api.wait_terminal(big["task_id"])
+
+    record = await redis.hgetall(keys.task(big["task_id"]))
+    ends = [
+        fields[b"event"]
+        for stream in (keys.task_events(big["task_id"]), keys.project_events("copies"))
+        for _, fields in await redis.xrange(stream)
+        if b'"result"' in fields[b"event"]
+    ]
+
+    # Its end's event carries the result on both streams, which live a day past it (lib/emit.lua).
+    assert len(ends) == 2
+    held = sum(len(name) + len(value) for name, value in record.items()) + sum(len(event) for event in ends)
+    assert sum((await stored(redis, "copies")).values()) >= held
 
 
 async def test_a_light_task_sends_no_command_for_the_budget_from_its_submit_to_its_end(

@@ -635,7 +635,7 @@ class TaskStore:
         if verdict == "stored_full":
             index, total, ours, size, wait = (int(part) for part in reply[1:])
             in_batch = f", counting this batch's tasks before tasks[{index}]" if ours else ""
-            raise self._stored_full(batch[index][0].project_id, total, size, wait, admission, in_batch)
+            raise self._stored_full(batch[index][0].project_id, total, size, wait, admission, in_batch, ours)
         if verdict == "replayed":
             results, task_ids, created_ms = (orjson.loads(part) for part in reply[1:])
             return [
@@ -663,10 +663,27 @@ class TaskStore:
         ]
 
     def _stored_full(
-        self, project_id: str, total: int, size: int, wait: int, admission: Admission, in_batch: str = ""
+        self,
+        project_id: str,
+        total: int,
+        size: int,
+        wait: int,
+        admission: Admission,
+        in_batch: str = "",
+        ours: int = 0,
     ) -> RateLimited:
+        """The 429 of a heavy task over its project's budget; `ours`: the batch's heavy tasks before it."""
         limit = admission.stored_bytes_per_project
-        alone = f"; this task alone ({_size(size)}) is over that" if size > limit else ""
+        alone = ""
+        if size > limit:
+            alone = f"; this task alone ({_size(size)}) is over that"
+        elif ours + size > limit:
+            # No expiry makes room for them all (the script's wait is 0): sent again whole, the
+            # batch is refused again, so the caller is told to split it, not only to wait.
+            alone = (
+                f"; this batch's large or long-kept tasks together ({_size(ours + size)}) are over that: "
+                "send them in smaller batches"
+            )
         return RateLimited(
             f"Project '{project_id}' stores {_size(total)} of large or long-kept tasks{in_batch}; at most "
             f"{_size(limit)} may be stored at once{alone} (a task counts when its task_data and metadata, "

@@ -31,9 +31,10 @@
 --   until_at, was_until, was_size  the second it is counted in now, and where it was counted
 --              before (its `stored_until` and `stored_bytes`), nil for a record not counted yet
 -- Returns: heavy true or false; weight the record's bytes (its fields' names and values, and
--- STORED_RECORD_OVERHEAD); stored_until a second, as text; stored_total the project's bytes and
--- its fields not yet past, {second, bytes}, soonest first; stored_wait the seconds until enough of
--- them are past for `size` more to fit, or nil if it never fits; count_stored nothing.
+-- STORED_RECORD_OVERHEAD; an ended one's result, or error, three times); stored_until a second, as
+-- text; stored_total the project's bytes and its fields not yet past, {second, bytes}, soonest
+-- first; stored_wait the seconds until enough of them are past for `size` more to fit, or nil if it
+-- never fits; count_stored nothing.
 
 local function heavy(record, ttl)
   local data = #(record.task_data or '') + #(record.metadata or '') + #(record.result or '')
@@ -48,6 +49,11 @@ end
 local function weight(record)
   local size = @STORED_RECORD_OVERHEAD@
   for name, value in pairs(record) do size = size + #name + #value end
+  -- An ended task's event carries its result (completed) or its error, on its task's and its
+  -- project's event streams (lib/emit.lua), which live a day past it (the project's longer while it
+  -- has events): two more copies, each with the event's other fields (ids, status, times: under 256).
+  local carried = record.status == 'completed' and record.result or record.error
+  if carried then size = size + 2 * (#carried + 256) end
   return size
 end
 
