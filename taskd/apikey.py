@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 
 from taskd.config import ConfigError
-from taskd.files import create_once
+from taskd.files import create_once, read_kept
 
 KEY_FILE = "api_key"
 # taskd writes 43 characters (32 random bytes); a kept key shorter than this is damaged, never used.
@@ -49,7 +49,7 @@ def kept_key(data_dir: Path) -> str | None:
 
 
 def _read_key(path: Path) -> str | None:
-    if not (key := path.read_text("utf-8", "replace").strip()):
+    if not (key := read_kept(path).decode("utf-8", "replace").strip()):
         return None
     if len(key) < MIN_KEPT_LENGTH or not key.isascii() or not key.isprintable():
         raise ConfigError(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,30 @@ def naming(path: Path) -> Iterator[None]:
         if exc.filename is not None:
             raise
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+# A kept key or secret is a line of under a hundred bytes; what is read of a file is bounded by this.
+KEPT_FILE_LIMIT = 64 * 1024
+
+
+def read_kept(path: Path) -> bytes:
+    """What `path`, a file made by create_once, holds (at most KEPT_FILE_LIMIT bytes).
+
+    OSError naming `path` for anything but a plain file: a FIFO put in its place would hold
+    start-up for ever on the open or the read, a device would be read without end.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a plain file (a FIFO, a device or a socket)", str(path))
+    except BaseException:
+        os.close(fd)
+        raise
+    with naming(path), os.fdopen(fd, "rb") as kept:
+        return kept.read(KEPT_FILE_LIMIT)
 
 
 def create_once(path: Path, content: bytes) -> bool:

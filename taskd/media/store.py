@@ -14,7 +14,7 @@ import attrs
 
 from taskd import model
 from taskd.config import Config, ConfigError
-from taskd.files import create_once
+from taskd.files import create_once, read_kept
 from taskd.shapes import PROJECT_ID as _NAME  # a file name has the shape of a project id
 
 SECRET_FILE = "media_secret"
@@ -59,7 +59,7 @@ def load_secret(config: Config) -> bytes:
         return config.media.secret.encode()
     path = config.data_path / SECRET_FILE
     try:
-        kept = path.read_bytes().strip()
+        kept = read_kept(path).strip()
     except FileNotFoundError:
         kept = _make_secret(path)
     if len(kept) < SECRET_HEX_DIGITS:
@@ -74,7 +74,7 @@ def _make_secret(path: Path) -> bytes:
     # Made whole or not at all (taskd.files.create_once): no process ever reads half a secret, and
     # when two start at once the first one made is the one both use.
     made = secrets.token_hex(SECRET_HEX_DIGITS // 2).encode()
-    return made if create_once(path, made) else path.read_bytes().strip()
+    return made if create_once(path, made) else read_kept(path).strip()
 
 
 def valid_name(name: str) -> bool:

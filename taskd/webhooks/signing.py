@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 
 from taskd.config import Config, ConfigError
-from taskd.files import create_once
+from taskd.files import create_once, read_kept
 
 SECRET_PREFIX = "whsec_"
 SECRET_FILE = "webhook_secret"
@@ -131,7 +131,7 @@ def load_or_create_secret(path: Path) -> str:
 
 def _read_secret(path: Path) -> str:
     try:
-        secret = path.read_text(encoding="ascii").strip()
+        secret = read_kept(path).decode("ascii").strip()
     except UnicodeDecodeError:
         secret = ""
     if not is_valid_secret(secret):

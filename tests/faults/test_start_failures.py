@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
+import pytest
 from conftest import child_env
 from faultkit import ValkeyServer, free_port, serving
 
@@ -330,6 +331,20 @@ async def test_a_kept_api_key_that_cannot_be_read_stops_start_up_with_one_line_a
     assert done.returncode == 4
     assert "Traceback" not in done.stderr
     assert _last_line(done.stderr) == f"taskd: cannot use {tmp_path / 'data' / 'api_key'}: Is a directory"
+
+
+@pytest.mark.parametrize("kept", ["api_key", "media_secret", "webhook_secret"])
+async def test_a_fifo_in_place_of_a_kept_file_stops_start_up_with_one_line_not_a_hang(tmp_path, kept):
+    # Opened and read as a file, a FIFO no process writes to held start-up for ever.
+    (tmp_path / "data").mkdir()
+    os.mkfifo(tmp_path / "data" / kept)
+
+    done = await _serve(tmp_path, timeout=30, TASKD_AUTH__API_KEYS="")
+
+    assert done.returncode == 4
+    assert _last_line(done.stderr) == (
+        f"taskd: cannot use {tmp_path / 'data' / kept}: not a plain file (a FIFO, a device or a socket)"
+    )
 
 
 async def test_a_kept_api_key_linked_to_a_missing_file_stops_start_up_with_one_line_and_exit_status_4(
