@@ -30,8 +30,8 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:webhook:{id}` | hash: delivery state of a task's webhook (attempts, last status/error, delivered/failed/next times); `{taskd}:webhook:{id}:started` and `…:progress` for those events' webhooks | `storage.task_ttl`, renewed with every attempt, so it lives as long as the task record |
 | `{taskd}:webhooks:wake` | pub/sub channel: a webhook became due now; wakes every sender | no storage |
 | `{taskd}:memory_events` | sorted set: JSON of job processes killed over the memory limit -> ms | trimmed to the last 10 minutes; feeds the memory alert |
-| `{taskd}:events:task:{id}` | stream: the task's events (status changes, progress), ids usable as SSE `Last-Event-ID` | capped at ~200 entries; expires a day after the last event |
-| `{taskd}:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires a day after the last event |
+| `{taskd}:events:task:{id}` | stream: the task's events (status changes, progress), ids usable as SSE `Last-Event-ID` | capped at ~200 entries; expires `storage.task_ttl` (at most a day) after the last event (`events_ttl`) |
+| `{taskd}:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires `storage.task_ttl` (at most a day) after the last event |
 | `{taskd}:events:wake:{hub id}` | stream: one entry, added when a client starts watching a stream while the process's event reader is blocked in `XREAD`; the read includes it, so it returns at once | one entry (MAXLEN 1); expires a minute after the last wake; deleted when the process stops |
 | `{taskd}:gpu:{host}:{index}` | hash: task id -> "worker id|slots" holding slots of that device | entries leave on release, or when their worker's heartbeat is gone |
 | `{taskd}:gpu_hosts` | sorted set: worker host id -> ms of the last heartbeat that published its GPUs | members older than the heartbeat TTL are pruned when read |
@@ -87,6 +87,8 @@ DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900)
 # Upper bounds (seconds) of the wait-time histogram (from when a task could start to when it did), kept
 # in the metrics hash per queue and type as `wait_in:<queue>:<type>:<le>`, counted once like durations.
 WAIT_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
+# The longest a task's or a project's event stream lives after its last event: a day, or
+# `storage.task_ttl` where that is shorter (events_ttl).
 EVENTS_TTL = 24 * 3600
 # A project's active or processing set is read through for the ids of gone records (one read a
 # member) at most this often: a project held at its waiting cap or throttle, and a client retrying
@@ -114,6 +116,16 @@ IDEMPOTENCY_TTL = 24 * 3600
 # job's in its task's partition. arq's job definitions (`arq:job:…`) are not written: the record
 # holds what a job needs (its id and enqueue time).
 ARQ_IN_PROGRESS_PREFIX = f"{PREFIX}arq:in-progress:"
+
+
+def events_ttl(task_ttl: int) -> int:
+    """Seconds an event stream lives after its last event, for a taskd whose records live `task_ttl`.
+
+    Never past the record: a task's stream (larger than its record for most tasks) answers nothing
+    once the record is gone, and an operator who shortens `storage.task_ttl` to bound Redis memory
+    must get the streams' share back too. At most a day, as before, whatever the TTL or `keep_for`.
+    """
+    return min(task_ttl, EVENTS_TTL)
 
 
 def _tag(partition: int, count: int) -> str:
