@@ -19,7 +19,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | key | type | lives |
 |---|---|---|
 | `{taskd}:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation (a scheduled task's: from its time), renewed when the task ends, so a finished task stays readable for a full day (or for its submission's `keep_for`) |
-| `{taskd}:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task with a `keep_for` ends, to at least that; ids whose record expired are pruned when listed |
+| `{taskd}:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task with a `keep_for` ends, to at least that; ids whose record expired are pruned when listed, and by a submit at most once a minute (`INDEX_PRUNE_BATCH` ids created more than `storage.task_ttl` ago, lib/admit.lua) |
 | `{taskd}:metrics` | hash: cumulative counters | forever: the document says metrics survive restarts |
 | `{taskd}:running:{queue}` | sorted set: task id -> started ms | members leave when their task ends |
 | `{taskd}:workers` | sorted set: worker id -> last heartbeat ms | members older than the heartbeat TTL are dead and pruned |
@@ -54,6 +54,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:layout` | string: `tagged` once the keys of versions before the tag (`taskd:…`) were renamed (taskd.store.layout) | forever |
 | `{taskd}:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached, at most once a minute |
 | `{taskd}:project_active_pruned:{project_id}`, `{taskd}:project_processing_pruned:{project_id}` | string: set when that set of the project was last pruned of gone records; while it lives the cap or the throttle counts the set as it is (lib/prune.lua) | `PRUNE_EVERY_MS` (a minute) |
+| `{taskd}:project_pruned:{project_id}` | string: set when a submit last read the project's index for the ids of gone records (lib/admit.lua) | `PRUNE_EVERY_MS` (a minute) |
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ EVENTS_TTL = 24 * 3600
 # its refused submits, cost a count, not a read of up to `limits.queued_per_project` records, each
 # time (lib/prune.lua).
 PRUNE_EVERY_MS = 60_000
+# And a project's index is read for the ids of gone records (ids created more than a task_ttl ago)
+# at most once a PRUNE_EVERY_MS, this many ids a time (lib/admit.lua's prune_index): more than a
+# key's default submits a minute (100), so a steady stream of submits cannot outgrow it.
+INDEX_PRUNE_BATCH = 1000
 # The most projects waiting on a queue (in a partition) for which a queue position is counted
 # exactly, from every waiting project's head and line (lib/fair.lua's place, one command or more a
 # project); past it, a position is estimated from a few counts, so that a submit and a status read
@@ -347,6 +352,11 @@ def project_processing(project_id: str) -> str:
 def project_active_pruned(project_id: str) -> str:
     """Set for PRUNE_EVERY_MS when the project's active set was last read through for gone records."""
     return f"{_of_project(project_id)}project_active_pruned:{project_id}"
+
+
+def project_pruned(project_id: str) -> str:
+    """Set for PRUNE_EVERY_MS when a submit last read the project's index for the ids of gone records."""
+    return f"{_of_project(project_id)}project_pruned:{project_id}"
 
 
 def project_processing_pruned(project_id: str) -> str:

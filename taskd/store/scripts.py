@@ -54,6 +54,7 @@ PARTITION_PREFIXES: Mapping[str, str] = {
     "PROCESSING_PREFIX": "project_processing:",
     "ACTIVE_PRUNED_PREFIX": "project_active_pruned:",
     "PROCESSING_PRUNED_PREFIX": "project_processing_pruned:",
+    "PROJECT_PRUNED_PREFIX": "project_pruned:",
     "DEPENDENTS_PREFIX": "dependents:",
     "SCHEDULED": "scheduled",
     "IN_PROGRESS_PREFIX": "arq:in-progress:",
@@ -75,6 +76,8 @@ CONSTANTS: Mapping[str, str] = {
     "EVENTS_TTL": str(keys.EVENTS_TTL),
     # How often a project's active or processing set may be read through for gone records (lib/prune.lua).
     "PRUNE_EVERY_MS": str(keys.PRUNE_EVERY_MS),
+    # The most ids of a project's index such a read looks at (lib/admit.lua's prune_index).
+    "INDEX_PRUNE_BATCH": str(keys.INDEX_PRUNE_BATCH),
     # Past this many projects waiting on a queue, a queue position is estimated (lib/fair.lua).
     "EXACT_PLACE_HEADS": str(keys.EXACT_PLACE_HEADS),
     # A task's end wakes the webhook senders of every process at once; a job wakes the workers.
