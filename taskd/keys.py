@@ -19,7 +19,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | key | type | lives |
 |---|---|---|
 | `{taskd}:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation (a scheduled task's: from its time), renewed when the task ends, so a finished task stays readable for a full day (or for its submission's `keep_for`) |
-| `{taskd}:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task with a `keep_for` ends, to at least that; ids whose record expired are pruned when listed |
+| `{taskd}:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task with a `keep_for` ends, to at least that; ids whose record expired are pruned when listed, and by a submit at most once a minute (`INDEX_PRUNE_BATCH` ids created more than `storage.task_ttl` ago, lib/admit.lua) |
 | `{taskd}:metrics` | hash: cumulative counters | forever: the document says metrics survive restarts |
 | `{taskd}:running:{queue}` | sorted set: task id -> started ms | members leave when their task ends |
 | `{taskd}:workers` | sorted set: worker id -> last heartbeat ms | members older than the heartbeat TTL are dead and pruned |
@@ -30,10 +30,11 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:webhook:{id}` | hash: delivery state of a task's webhook (attempts, last status/error, delivered/failed/next times); `{taskd}:webhook:{id}:started` and `…:progress` for those events' webhooks | `storage.task_ttl`, renewed with every attempt, so it lives as long as the task record |
 | `{taskd}:webhooks:wake` | pub/sub channel: a webhook became due now; wakes every sender | no storage |
 | `{taskd}:memory_events` | sorted set: JSON of job processes killed over the memory limit -> ms | trimmed to the last 10 minutes; feeds the memory alert |
-| `{taskd}:events:task:{id}` | stream: the task's events (status changes, progress), ids usable as SSE `Last-Event-ID` | capped at ~200 entries; expires a day after the last event |
-| `{taskd}:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires a day after the last event |
+| `{taskd}:events:task:{id}` | stream: the task's events (status changes, progress), ids usable as SSE `Last-Event-ID` | capped at ~200 entries; expires `storage.task_ttl` (at most a day) after the last event (`events_ttl`) |
+| `{taskd}:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires `storage.task_ttl` (at most a day) after the last event |
 | `{taskd}:events:wake:{hub id}` | stream: one entry, added when a client starts watching a stream while the process's event reader is blocked in `XREAD`; the read includes it, so it returns at once | one entry (MAXLEN 1); expires a minute after the last wake; deleted when the process stops |
-| `{taskd}:gpu:{host}:{index}` | hash: task id -> "worker id|slots" holding slots of that device | entries leave on release, or when their worker's heartbeat is gone |
+| `{taskd}:gpu:{host}:{index}` | hash: task id -> "worker id|slots" holding slots of that device | entries leave on release, or when their worker's heartbeat is gone (dropped by the host's next acquire); the hash expires a heartbeat TTL after the host's last beat (taskd.gpu.hosts), so a host that never comes back leaves nothing |
+| `{taskd}:gpu:{host}:reserved` | string: the device a whole-device task waiting on that host reserved ("task|device|until ms|score", gpu/lua/acquire.lua) | until its task gets a device, or `RESERVATION_MS` (5 s) after the task last asked |
 | `{taskd}:gpu_hosts` | sorted set: worker host id -> ms of the last heartbeat that published its GPUs | members older than the heartbeat TTL are pruned when read |
 | `{taskd}:gpu_host:{host}` | string: the host's JSON GPU report (devices, NVML readings, slots in use), written with every heartbeat of a worker process there | heartbeat TTL: a host that stops beating disappears from health, /metrics and the dashboard |
 | `{taskd}:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
@@ -54,6 +55,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached, at most once a minute |
 | `{taskd}:stored:{project_id}` | hash: the bytes of the project's heavy records (large `task_data`/`metadata`/result/error, or kept longer than `storage.task_ttl`) -> the second by which they are gone, rounded up (lib/stored.lua); the project's sum is what `limits.stored_bytes_per_project` bounds | fields past their second are dropped when the hash is read; the hash expires with its latest field |
 | `{taskd}:project_active_pruned:{project_id}`, `{taskd}:project_processing_pruned:{project_id}` | string: set when that set of the project was last pruned of gone records; while it lives the cap or the throttle counts the set as it is (lib/prune.lua) | `PRUNE_EVERY_MS` (a minute) |
+| `{taskd}:project_pruned:{project_id}` | string: set when a submit last read the project's index for the ids of gone records (lib/admit.lua) | `PRUNE_EVERY_MS` (a minute) |
 """
 
 from __future__ import annotations
@@ -88,12 +90,18 @@ DURATION_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 900)
 # Upper bounds (seconds) of the wait-time histogram (from when a task could start to when it did), kept
 # in the metrics hash per queue and type as `wait_in:<queue>:<type>:<le>`, counted once like durations.
 WAIT_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600)
+# The longest a task's or a project's event stream lives after its last event: a day, or
+# `storage.task_ttl` where that is shorter (events_ttl).
 EVENTS_TTL = 24 * 3600
 # A project's active or processing set is read through for the ids of gone records (one read a
 # member) at most this often: a project held at its waiting cap or throttle, and a client retrying
 # its refused submits, cost a count, not a read of up to `limits.queued_per_project` records, each
 # time (lib/prune.lua).
 PRUNE_EVERY_MS = 60_000
+# And a project's index is read for the ids of gone records (ids created more than a task_ttl ago)
+# at most once a PRUNE_EVERY_MS, this many ids a time (lib/admit.lua's prune_index): more than a
+# key's default submits a minute (100), so a steady stream of submits cannot outgrow it.
+INDEX_PRUNE_BATCH = 1000
 # The most projects waiting on a queue (in a partition) for which a queue position is counted
 # exactly, from every waiting project's head and line (lib/fair.lua's place, one command or more a
 # project); past it, a position is estimated from a few counts, so that a submit and a status read
@@ -130,6 +138,16 @@ IDEMPOTENCY_TTL = 24 * 3600
 # job's in its task's partition. arq's job definitions (`arq:job:…`) are not written: the record
 # holds what a job needs (its id and enqueue time).
 ARQ_IN_PROGRESS_PREFIX = f"{PREFIX}arq:in-progress:"
+
+
+def events_ttl(task_ttl: int) -> int:
+    """Seconds an event stream lives after its last event, for a taskd whose records live `task_ttl`.
+
+    Never past the record: a task's stream (larger than its record for most tasks) answers nothing
+    once the record is gone, and an operator who shortens `storage.task_ttl` to bound Redis memory
+    must get the streams' share back too. At most a day, as before, whatever the TTL or `keep_for`.
+    """
+    return min(task_ttl, EVENTS_TTL)
 
 
 def _tag(partition: int, count: int) -> str:
@@ -355,6 +373,11 @@ def project_active_pruned(project_id: str) -> str:
 def stored(project_id: str) -> str:
     """The bytes of the project's heavy records, by the second they are gone (lib/stored.lua)."""
     return f"{_of_project(project_id)}stored:{project_id}"
+
+
+def project_pruned(project_id: str) -> str:
+    """Set for PRUNE_EVERY_MS when a submit last read the project's index for the ids of gone records."""
+    return f"{_of_project(project_id)}project_pruned:{project_id}"
 
 
 def project_processing_pruned(project_id: str) -> str:

@@ -275,3 +275,45 @@ async def test_a_listing_reads_only_its_pages_records_from_the_api(api_only, red
     # The index is matched inside Valkey (list.lua); the API reads the five records it shows.
     assert sum(1 for command in sent if command.startswith("HGETALL ")) == 5
     assert not [command for command in sent if command.startswith(("EXISTS ", "HMGET "))]
+
+
+async def aged_and_gone(redis, project_id: str, ids: list[str], gone: list[str]) -> None:
+    """Make `ids` created more than a task_ttl (24 h) ago, and the records of `gone` expired."""
+    import time
+
+    from taskd import keys
+
+    long_ago_ms = (time.time() - 25 * 3600) * 1000
+    await redis.zadd(keys.project(project_id), dict.fromkeys(ids, long_ago_ms), xx=True)
+    await redis.delete(*(keys.task(task_id) for task_id in gone))
+
+
+async def test_a_submit_drops_the_ids_of_expired_records_from_a_project_that_is_never_listed(api_only, redis):
+    # A steady pipeline's project: every submit pushes its index's expiry back, and nobody lists
+    # it, so without this the index kept every id it ever had.
+    from taskd import keys
+
+    ids = [
+        (await api_only.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
+        for _ in range(5)
+    ]
+    kept, gone = ids[0], ids[1:]  # the first still kept (a keep_for), the others expired
+    await aged_and_gone(redis, "p", ids, gone)
+    await redis.delete(keys.project_pruned("p"))  # a minute later
+
+    newest = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+
+    members = {member.decode() for member in await redis.zrange(keys.project("p"), 0, -1)}
+    assert members == {kept, newest["task_id"]}
+
+
+async def test_a_project_index_is_read_for_expired_records_at_most_once_a_minute(api_only, redis):
+    from taskd import keys
+
+    first = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+    await aged_and_gone(redis, "p", [first["task_id"]], [first["task_id"]])
+
+    await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+
+    assert await redis.zcard(keys.project("p")) == 2
+    assert 0 < await redis.pttl(keys.project_pruned("p")) <= keys.PRUNE_EVERY_MS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from taskd import keys
+from taskd.config import StorageConfig
 
 
 async def events(redis, stream: str) -> list[dict]:
@@ -66,3 +67,31 @@ async def test_empty_lists_in_a_result_stay_lists(taskd, redis, fake_llm):
     last = (await events(redis, keys.task_events(task["task_id"])))[-1]
 
     assert last["result"]["issues"] == []
+
+
+async def test_event_streams_expire_with_the_records_when_task_ttl_is_shorter_than_a_day(
+    start_service, redis
+):
+    # An operator shortens storage.task_ttl to bound Redis memory: a task's stream (larger than its
+    # record) and its project's stream must go as soon as the records do, not a day later.
+    short = await start_service(storage=StorageConfig(task_ttl=120))
+    task = await short.submit("sleep", {"seconds": 0.1, "steps": 1}, project_id="brief")
+    await short.wait_terminal(task["task_id"])
+
+    record_ttl = await redis.ttl(keys.task(task["task_id"]))
+    stream_ttls = [
+        await redis.ttl(keys.task_events(task["task_id"])),
+        await redis.ttl(keys.project_events("brief")),
+    ]
+
+    assert 0 < record_ttl <= 120
+    assert all(0 < ttl <= 120 for ttl in stream_ttls), stream_ttls
+
+
+async def test_event_streams_live_a_day_at_most_whatever_the_task_ttl(start_service, redis):
+    long = await start_service(storage=StorageConfig(task_ttl=7 * 86400))
+    task = await long.submit("noop", {}, project_id="kept")
+    await long.wait_terminal(task["task_id"])
+
+    assert 86_000 < await redis.ttl(keys.task_events(task["task_id"])) <= keys.EVENTS_TTL
+    assert 86_000 < await redis.ttl(keys.project_events("kept")) <= keys.EVENTS_TTL

@@ -47,7 +47,7 @@ async def test_runs_that_end_at_once_are_one_call_that_counts_them_once(start_se
     store = TaskStore(redis, 3600)
     records = await taken(api, redis, store, 6)
     await store.finish(records.pop(), "worker-a", TaskStatus.COMPLETED, time.time())  # finish.lua loaded
-    finish_sha = scripts.load(redis, "finish").registered.sha
+    finish_sha = scripts.load(redis, "finish", events_ttl=3600).registered.sha  # the store's: task_ttl 3600
 
     finished, sent, ran = await monitored(redis, lambda: finish_all(store, records))
 

@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.config import GpuConfig, LimitsConfig
 from taskd.gpu.devices import GpuInventory, SimulatedBackend, select
+from taskd.gpu.hosts import HostPublisher
 from taskd.gpu.nvml import DeviceReading
-from taskd.gpu.scheduler import GpuScheduler
+from taskd.gpu.scheduler import RESERVATION_MS, GpuScheduler
 from taskd.heartbeat import Heartbeat, WorkerInfo
 
 GB = 1024**3
@@ -98,6 +99,31 @@ async def test_slots_of_a_dead_worker_come_back(redis):
     await redis.delete(keys.worker("gone"))
 
     assert (await alive.try_acquire("next", 1)).device == 0
+
+
+async def test_a_reservation_left_by_a_task_that_stopped_asking_expires(redis):
+    await live_worker(redis, "w1")
+    scheduler = GpuScheduler(redis, GpuInventory(GpuConfig(slots=2), FakeNvml([0])), "w1", host="h")
+    await scheduler.try_acquire("small", 1)
+
+    assert await scheduler.try_acquire("whole", 0) is None  # reserves the device, then is cancelled
+
+    assert await redis.get(scheduler.device_key("reserved")) is not None
+    assert 0 < await redis.pttl(scheduler.device_key("reserved")) <= RESERVATION_MS
+
+
+async def test_the_slot_holders_of_a_host_that_stops_beating_expire_with_its_report(redis):
+    # A host killed while its jobs held slots, and never back under that id (a container's
+    # hostname): only an acquire on that host would drop its holders, so they must expire.
+    await live_worker(redis, "w1")
+    scheduler = GpuScheduler(redis, GpuInventory(GpuConfig(slots=2), FakeNvml([0, 0])), "w1", host="gone")
+    await scheduler.try_acquire("a", 1)
+    await scheduler.try_acquire("b", 0)
+
+    await HostPublisher(redis, scheduler, ttl=3).publish()
+
+    ttls = [await redis.pttl(scheduler.device_key(index)) for index in (0, 1)]
+    assert all(0 < ttl <= 3000 for ttl in ttls), ttls
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

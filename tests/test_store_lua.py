@@ -132,7 +132,8 @@ async def test_every_script_the_store_registers_is_its_lua_file():
     # window.lua is registered by the rate limiter (taskd.http.ratelimit), not by the store.
     assert {script.name for script in registered} == set(SCRIPTS) - {"window"}
     assert all(
-        script.registered.script == scripts.source(script.name, guarded=False) for script in registered
+        script.registered.script == scripts.source(script.name, guarded=False, events_ttl=3600)
+        for script in registered
     )
 
 

@@ -53,7 +53,7 @@ async def create_all(store: TaskStore, projects: list[str], admission: Admission
 async def test_submits_made_at_once_are_one_call_that_counts_them_once(redis: Redis):
     store = TaskStore(redis, 3600)
     await create_all(store, ["warm-up"])  # submit.lua loaded
-    submit_sha = scripts.load(redis, "submit").registered.sha
+    submit_sha = scripts.load(redis, "submit", events_ttl=3600).registered.sha  # the store's: task_ttl 3600
 
     created, sent, ran = await monitored(redis, lambda: create_all(store, ["together"] * 5))
 

@@ -3,7 +3,7 @@
 A worker process writes its host's report (`{taskd}:gpu_host:{host}`, expiring after the heartbeat
 TTL) and the time of that beat in `{taskd}:gpu_hosts`. Processes of one host write the same report
 (the slot counts are host-wide), so the last one wins. A host that stops beating drops out when its
-report expires; nobody has to remove it.
+report expires, and its devices' holders (`{taskd}:gpu:{host}:{index}`) with it; nobody has to remove them.
 """
 
 from __future__ import annotations
@@ -76,11 +76,20 @@ class HostPublisher:
         return HostGpus(self.scheduler.host, now(), sorted(devices, key=lambda d: d.index))
 
     async def publish(self) -> None:
-        """Write the report, expiring after the heartbeat TTL (a host without GPUs: an empty list)."""
+        """Write the report, expiring after the heartbeat TTL (a host without GPUs: an empty list).
+
+        The holders of the host's devices expire with it too: only an acquire on the same host drops
+        a dead worker's holders, so the hashes of a host that never comes back (a killed container,
+        a host id that changed) were kept for ever. While the host beats they are renewed here; a
+        holder outlives its worker's liveness key anyway (this runs after the beat), and a holder
+        whose worker's key is gone counts for nothing (acquire.lua)."""
         report = await self.report()
+        ttl_ms = int(self.ttl * 1000)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.gpu_host(report.host), orjson.dumps(attrs.asdict(report)), px=int(self.ttl * 1000))
+            pipe.set(keys.gpu_host(report.host), orjson.dumps(attrs.asdict(report)), px=ttl_ms)
             pipe.zadd(keys.GPU_HOSTS, {report.host: int(report.heartbeat_at * 1000)})
+            for device in report.devices:
+                pipe.pexpire(keys.gpu_device(report.host, str(device.index)), ttl_ms)
             await pipe.execute()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
@@ -326,8 +327,10 @@ class TaskStore:
         # Replicas that must have a new task before its submit is acknowledged (redis.wait_replicas).
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = int(wait_timeout * 1000)
-        # A script is registered once and run on the client of the partition it is called for.
-        submit = scripts.load(redis, "submit")
+        # A script is registered once and run on the client of the partition it is called for; the
+        # event streams the scripts write live no longer than the records (keys.events_ttl).
+        load = functools.partial(scripts.load, redis, events_ttl=keys.events_ttl(task_ttl))
+        submit = load("submit")
         # Submits made at once are one call of submit.lua (coalesce.py), one per partition.
         self._submit_together = [
             Merged(
@@ -346,11 +349,11 @@ class TaskStore:
             )
             for partition, client in enumerate(self.clients)
         ]
-        self._batch = scripts.load(redis, "batch")
-        self._start = scripts.load(redis, "start")
-        self._take = scripts.load(redis, "take")
-        self._progress = scripts.load(redis, "progress")
-        finish = scripts.load(redis, "finish")
+        self._batch = load("batch")
+        self._start = load("start")
+        self._take = load("take")
+        self._progress = load("progress")
+        finish = load("finish")
         # Runs that end at once (a worker's batch from one take) end in one call of finish.lua.
         self._finish_together = [
             Merged(
@@ -361,20 +364,20 @@ class TaskStore:
             )
             for partition, client in enumerate(self.clients)
         ]
-        self._requeue = scripts.load(redis, "requeue")
-        self._reclaim = scripts.load(redis, "reclaim")
-        self._cancel = scripts.load(redis, "cancel")
+        self._requeue = load("requeue")
+        self._reclaim = load("reclaim")
+        self._cancel = load("cancel")
         # A status read of a queued task: its record and its place, each shared with the reads made at once.
         self._reads = [Reads(client) for client in self.clients]
-        position = scripts.load(redis, "position")
+        position = load("position")
         # Status reads of queued tasks made at once are one call of position.lua, one per partition.
         self._position = [
             Merged(client, position, {"partition": keys.no_key(partition)}, {})
             for partition, client in enumerate(self.clients)
         ]
-        self._due = scripts.load(redis, "due")
-        self._list = scripts.load(redis, "list")
-        self._progress_again = scripts.load(redis, "progress_again")
+        self._due = load("due")
+        self._list = load("list")
+        self._progress_again = load("progress_again")
         # Where each queue's next take starts among the partitions, so that none is always last.
         self._take_turns: dict[str, itertools.cycle[int]] = {}
         # Per queue, the partitions whose idle set this process's worker may be waiting in (take).

@@ -54,6 +54,7 @@ PARTITION_PREFIXES: Mapping[str, str] = {
     "PROCESSING_PREFIX": "project_processing:",
     "ACTIVE_PRUNED_PREFIX": "project_active_pruned:",
     "PROCESSING_PRUNED_PREFIX": "project_processing_pruned:",
+    "PROJECT_PRUNED_PREFIX": "project_pruned:",
     "DEPENDENTS_PREFIX": "dependents:",
     "STORED_PREFIX": "stored:",
     "SCHEDULED": "scheduled",
@@ -76,6 +77,8 @@ CONSTANTS: Mapping[str, str] = {
     "EVENTS_TTL": str(keys.EVENTS_TTL),
     # How often a project's active or processing set may be read through for gone records (lib/prune.lua).
     "PRUNE_EVERY_MS": str(keys.PRUNE_EVERY_MS),
+    # The most ids of a project's index such a read looks at (lib/admit.lua's prune_index).
+    "INDEX_PRUNE_BATCH": str(keys.INDEX_PRUNE_BATCH),
     # Past this many projects waiting on a queue, a queue position is estimated (lib/fair.lua).
     "EXACT_PLACE_HEADS": str(keys.EXACT_PLACE_HEADS),
     # A task's end wakes the webhook senders of every process at once; a job wakes the workers.
@@ -158,16 +161,18 @@ def _with_includes(name: str, package: str, seen: list[str]) -> None:
         seen.append(name)
 
 
-def _fill(text: str) -> str:
+def _fill(text: str, events_ttl: int = keys.EVENTS_TTL) -> str:
+    constants = {**CONSTANTS, "EVENTS_TTL": str(events_ttl)}
+
     def partition_key(match: re.Match[str]) -> str:
         if match[1] not in PARTITION_PREFIXES:
             return match[0]
         return f"(P .. '{PARTITION_PREFIXES[match[1]]}')"
 
     def constant(match: re.Match[str]) -> str:
-        if match[1] not in CONSTANTS:
+        if match[1] not in constants:
             raise ValueError(f"unknown constant @{match[1]}@ in a store script")
-        return CONSTANTS[match[1]]
+        return constants[match[1]]
 
     filled = _TOKEN.sub(constant, _PARTITION_TOKEN.sub(partition_key, text))
     return PARTITION_OF_FIRST_KEY + filled if "(P .. '" in filled else filled
@@ -191,13 +196,16 @@ def _guarded(name: str, package: str, text: str, guarded: bool) -> str:
 
 
 @functools.cache
-def source(name: str, package: str = STORE, *, guarded: bool = True) -> str:
+def source(
+    name: str, package: str = STORE, *, guarded: bool = True, events_ttl: int = keys.EVENTS_TTL
+) -> str:
     """The text Redis runs for script `name` (e.g. "submit") of `package`: the slot's guard
     (lib/stable_slot.lua; `guarded` false: a stand-in that does nothing), then its includes, then its
-    own text, constants filled in."""
+    own text, constants filled in; the event streams it writes expire `events_ttl` seconds after
+    their last event (taskd.keys.events_ttl)."""
     files: list[str] = []
     _with_includes(f"{name}.lua", package, files)
-    text = _fill("\n".join(read(file, package) for file in files))
+    text = _fill("\n".join(read(file, package) for file in files), events_ttl)
     return _guarded(f"{name}.lua", package, text, guarded)
 
 
@@ -236,8 +244,9 @@ class Script:
         return [given[name] for name in names]
 
 
-def load(redis: Redis, name: str, package: str = STORE) -> Script:
-    """Script `lua/<name>.lua` of `package`, registered with `redis` (registering sends nothing to Redis)."""
+def load(redis: Redis, name: str, package: str = STORE, *, events_ttl: int = keys.EVENTS_TTL) -> Script:
+    """Script `lua/<name>.lua` of `package`, registered with `redis` (registering sends nothing to
+    Redis); `events_ttl` as for `source`."""
     header = parse_header(f"{name}.lua", read(f"{name}.lua", package))
-    text = source(name, package, guarded=redis_conn.on_cluster(redis))
+    text = source(name, package, guarded=redis_conn.on_cluster(redis), events_ttl=events_ttl)
     return Script(name, header, redis.register_script(text))

@@ -72,6 +72,9 @@ elseif wanted ~= 1 and drain >= 0 and not bound then
   -- device it reserved first stays its choice.
   local device = drain
   if reserver == ARGV[3] then device = tonumber(reserved_device) end
-  redis.call('SET', reserved_key, ARGV[3] .. '|' .. device .. '|' .. (now + tonumber(ARGV[7])) .. '|' .. score)
+  -- It expires when it would lapse anyway: a task that stops asking (cancelled, timed out, its host
+  -- gone) must not leave the key behind for ever.
+  redis.call('SET', reserved_key, ARGV[3] .. '|' .. device .. '|' .. (now + tonumber(ARGV[7])) .. '|' .. score,
+             'PX', ARGV[7])
 end
 return best

@@ -113,6 +113,31 @@ local function by_name(fields)
   return named
 end
 
+-- A project's index loses the ids of gone records only when it is listed (list.lua), and every
+-- submit pushes its expiry back: a project given a task within every `ttl` and never listed kept
+-- every id it ever had (a steady pipeline: tens of MB a month, and a first listing that reads them
+-- all). So at most once a PRUNE_EVERY_MS a submit reads a stretch of the ids created more than
+-- `ttl` ago (so most are gone) and drops those whose record is gone: INDEX_PRUNE_BATCH of them,
+-- from a rank that moves with the submit's time, so that old records still kept (a `keep_for`, a
+-- task scheduled far ahead) cannot hold the stretch in one place while gone ids pile up behind.
+-- One look a project a script run: a batch of a project's tasks asks once.
+local index_looked = {}
+
+local function prune_index(project, index, before_ms)
+  if index_looked[project] then return end
+  index_looked[project] = true
+  if not prune_due('@PROJECT_PRUNED_PREFIX@' .. project) then return end
+  local old = redis.call('ZCOUNT', index, '-inf', '(' .. before_ms)
+  if old == 0 then return end
+  local first, count = 0, math.min(old, @INDEX_PRUNE_BATCH@)
+  if old > count then first = before_ms % (old - count + 1) end
+  local gone = {}
+  for _, id in ipairs(redis.call('ZRANGE', index, first, first + count - 1)) do
+    if redis.call('EXISTS', '@TASK_PREFIX@' .. id) == 0 then gone[#gone + 1] = id end
+  end
+  if #gone > 0 then redis.call('ZREM', index, unpack(gone)) end
+end
+
 local function store(task, later)
   local scheduled_ms = tonumber(task.scheduled_ms) or 0
   local deferred = #task.waiting_for > 0 or scheduled_ms > 0
@@ -164,6 +189,7 @@ local function store(task, later)
   -- task of the project kept longer (scheduled days ahead, or ended with a long `keep_for`,
   -- lib/ended.lua) stays in its list.
   redis.call('ZADD', task.project_key, task.created_ms, task.id)
+  prune_index(task.project, task.project_key, math.floor(tonumber(task.created_ms) - tonumber(task.ttl) * 1000))
   keep_later(later, task.project_key, kept)
   redis.call('SADD', task.active_key, task.id)
   if active_counted[task.active_key] then active_counted[task.active_key] = active_counted[task.active_key] + 1 end
