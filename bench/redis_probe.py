@@ -40,8 +40,8 @@ def _label(args: tuple[Any, ...]) -> str:
 def _patch() -> None:
     load = scripts.load
 
-    def counted_load(redis: Redis, name: str, package: str = scripts.STORE) -> scripts.Script:
-        script = load(redis, name, package)
+    def counted_load(redis: Redis, name: str, package: str = scripts.STORE, **options: Any) -> scripts.Script:
+        script = load(redis, name, package, **options)
         _SCRIPT_NAMES[script.registered.sha] = name
         return script
 
