@@ -624,6 +624,11 @@ def run(args: argparse.Namespace) -> int:
         _note(f"taskd: {exc}")
         return EXIT_USAGE
     except TaskdError as exc:
+        if args.json:
+            # The body says all the text would (status, error, message, details); alone, so that a
+            # script reading both streams as one (2>&1) still reads JSON.
+            _print_json({"status": exc.status, **exc.body})
+            return EXIT_API_ERROR
         # The error and message are the server's: one line, whatever it sent (a proxy's HTML page).
         error, message = printable(exc.error), printable(exc.message)
         _note(f"taskd: {exc.status} {error}: {message}" if exc.status else f"taskd: {message}")
@@ -631,8 +636,6 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(details, dict):  # a server that is not taskd may send anything there
             for field, problem in details.items():
                 _note(f"  {printable(field)}: {printable(problem)}")
-        if args.json:
-            _print_json({"status": exc.status, **exc.body})
         return EXIT_API_ERROR
     except KeyboardInterrupt:
         return 130

@@ -485,7 +485,7 @@ class MediaConfig:
     # Stored media older than this (seconds, by mtime) is deleted by the sweeper, every sweep_interval.
     retention: int = attrs.field(default=7 * 24 * 3600, validator=_seconds(ge=60))
     sweep_interval: float = attrs.field(default=3600.0, validator=_seconds(gt=0))
-    # Media tasks are refused (503) while the media dir's filesystem has less free than either.
+    # Media tasks are refused (503) while the media dir's, or scratch dir's, filesystem has less free than either.
     min_free_bytes: int = attrs.field(default=1024**3, validator=attrs.validators.ge(0))
     min_free_ratio: float = attrs.field(
         default=0.05, validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.lt(1))

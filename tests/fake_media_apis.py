@@ -71,12 +71,13 @@ class _Server:
 
 
 class FileServer(_Server):
-    """Serves bytes at paths; `/slow/...` waits first, `/split/...` sends the first 3 bytes alone
-    (then the rest), `/huge` streams without a length."""
+    """Serves bytes at paths; `/slow/...` waits `slow_seconds` first, `/split/...` sends the first 3
+    bytes alone (then the rest), `/huge` streams without a length."""
 
     def __init__(self) -> None:
         super().__init__()
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.slow_seconds = 30.0
         self.app.router.add_get("/huge", self._huge)
         self.app.router.add_get("/slow/{name}", self._slow)
         self.app.router.add_get("/split/{name}", self._split)
@@ -94,7 +95,7 @@ class FileServer(_Server):
         return web.Response(body=found[0], content_type=found[1])
 
     async def _slow(self, request: web.Request) -> web.Response:
-        await asyncio.sleep(30)
+        await asyncio.sleep(self.slow_seconds)
         return await self._file(request)
 
     async def _split(self, request: web.Request) -> web.StreamResponse:

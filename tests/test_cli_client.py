@@ -198,6 +198,17 @@ async def test_status_of_an_unknown_task_exits_3_with_the_error_body(taskd):
     }
 
 
+async def test_json_on_an_api_error_prints_the_error_body_alone(taskd):
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "generate_video", "--data", '{"duration": 99}', "--json",
+        url=taskd.base_url,
+    )  # fmt: skip
+
+    assert run.code == 3
+    assert run.json()["details"] == {"task_data.duration": "Duration must be between 1 and 30 seconds"}
+    assert run.err == ""
+
+
 async def test_an_invalid_submission_exits_3_and_names_the_bad_fields(taskd):
     run = await taskd_cli(
         "submit", "--project", "films", "--type", "generate_video", "--data", '{"duration": 99}',

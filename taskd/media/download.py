@@ -121,6 +121,7 @@ async def fetch(
                 trusted=trusted,
                 trusted_headers=trusted_headers,
                 redirect_check=own.refuse_redirect if own is not None else None,
+                timeout=limits.timeout,
             ) as resp:
                 ext = await _save(resp, part, kind, limits, what, url)
     except TimeoutError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
@@ -46,15 +47,20 @@ class GuardedClient:
     Every `get` has a connection pool of its own, so no DNS answer or open connection carries over
     from one fetch (or tenant) to the next. A hop on a `trusted` origin, a provider the operator
     configured (which may sit on a private network), goes through `trusted_session` unchecked.
+
+    `timeout` (seconds) bounds a whole `get`, every hop and the reading of the body, in place of
+    aiohttp's defaults (30 s to connect, 300 s in all), which would otherwise cut a longer
+    `media.download_timeout` short.
     """
 
     policy: AddressPolicy
     trusted_session: aiohttp.ClientSession
+    timeout: float
 
     @classmethod
     def from_config(cls, config: Config, trusted_session: aiohttp.ClientSession) -> GuardedClient:
-        """A client with the `[network]` policy of `config`."""
-        return cls(AddressPolicy.from_config(config), trusted_session)
+        """A client with the `[network]` policy of `config`, its fetches bounded by `media.download_timeout`."""
+        return cls(AddressPolicy.from_config(config), trusted_session, config.media.download_timeout)
 
     def _session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -74,13 +80,17 @@ class GuardedClient:
         trusted: Iterable[str] = (),
         trusted_headers: Mapping[str, str] | None = None,
         redirect_check: Callable[[URL], None] | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The response that `url` finally gives; ForbiddenAddress when a hop is refused (before it is
         connected to), RedirectRefused for a redirect not followed, ValueError for a `url` that does not parse.
 
         `trusted_headers` (a provider's credentials) go only to hops on a `trusted` origin, never
         to a host that one of them redirects to. `redirect_check` sees each redirect's target before
-        it is connected to, and raises RedirectRefused to stop there."""
+        it is connected to, and raises RedirectRefused to stop there. TimeoutError once `timeout`
+        seconds (None: the client's) have passed since the call, whichever hop or read is under way."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
         trusted_origins = {found for found in map(origin, trusted) if found is not None}
         target = URL(url)
         async with self._session() as session:
@@ -91,7 +101,14 @@ class GuardedClient:
                     check_literal_host(target, self.policy.allows)
                 client = self.trusted_session if on_trusted else session
                 headers = trusted_headers if on_trusted else None
-                async with client.get(target, allow_redirects=False, headers=headers) as response:
+                # aiohttp's total covers the response's body too; each hop gets what is left.
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                hop_timeout = aiohttp.ClientTimeout(total=left)
+                async with client.get(
+                    target, allow_redirects=False, headers=headers, timeout=hop_timeout
+                ) as response:
                     location = (
                         response.headers.get("Location") if response.status in _REDIRECT_STATUSES else None
                     )

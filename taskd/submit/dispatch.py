@@ -59,7 +59,7 @@ class Dispatcher:
         self.admission = admission or Admission()
         # Wakes this process's own workers without waiting for the pub/sub round trip.
         self.on_enqueued = on_enqueued
-        # Refuses task types that store media while the media disk is nearly full (None: never).
+        # Refuses task types that store media while the media or scratch disk is nearly full (None: never).
         self.media_capacity = media_capacity
         # A free slot of this process's worker of a queue, held for a submit whose script may then
         # start the task for it: no wake-up and no take before it starts (TaskStore.create).
@@ -133,8 +133,10 @@ class Dispatcher:
     ) -> tuple[TaskRecord, QueuedJob]:
         """The record and first job of a new task; a 503 while its type's media could not be stored."""
         task_type = self.registry.types[submission.task_type]
-        if task_type.stores_media and self.media_capacity is not None and self.media_capacity.is_full():
-            raise ServiceUnavailable(capacity.REFUSED, retry_after=capacity.RETRY_AFTER)
+        if task_type.stores_media and self.media_capacity is not None:
+            refused = self.media_capacity.refusal()
+            if refused is not None:
+                raise ServiceUnavailable(refused, retry_after=capacity.RETRY_AFTER)
         record = TaskRecord(
             task_id=task_id,
             project_id=submission.project_id,

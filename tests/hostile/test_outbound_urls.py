@@ -282,7 +282,9 @@ INTERNAL_LITERALS = [
 @pytest.mark.parametrize("url", INTERNAL_LITERALS)
 async def test_an_internal_address_is_refused_without_a_connection_attempt(no_connections, url):
     async with aiohttp.ClientSession() as trusted:
-        client = GuardedClient(AddressPolicy(networks=(ipaddress.ip_network("127.0.0.2/32"),)), trusted)
+        client = GuardedClient(
+            AddressPolicy(networks=(ipaddress.ip_network("127.0.0.2/32"),)), trusted, timeout=5
+        )
 
         with pytest.raises(ForbiddenAddress, match="is not a public address"):
             async with client.get(url):

@@ -21,6 +21,7 @@ from taskd import keys
 from taskd.alerts import redis_memory_alerts
 from taskd.config import ConfigError, MediaConfig, load_config
 from taskd.embedded import EmbeddedValkey
+from taskd.media import capacity
 from taskd.media.publish import publish
 from taskd.media.retention import MediaSweeper
 from taskd.media.store import MediaStore, media_dir, scratch_root
@@ -166,6 +167,31 @@ async def test_a_media_task_is_refused_with_503_while_the_media_disk_is_nearly_f
     assert retry_after is not None and int(retry_after) > 0
     assert await redis.keys(keys.task("*")) == []
     assert await redis.keys(keys.waiting("*")) == []
+
+
+async def test_a_media_task_is_refused_with_503_while_a_separate_scratch_disk_is_nearly_full(
+    start_service, redis, tmp_path, monkeypatch
+):
+    # A test cannot mount a small filesystem: the readings of free space are made up, the media
+    # folder's with plenty, the scratch folder's on another device with 10 MiB of 100 GiB.
+    scratch = tmp_path / "scratch-disk"
+    readings = {
+        "media": capacity.Usage(total=100 * 2**30, free=50 * 2**30, device=1),
+        "scratch": capacity.Usage(total=100 * 2**30, free=10 * 2**20, device=2),
+    }
+    monkeypatch.setattr(
+        capacity, "disk_usage", lambda path: readings["scratch" if path.is_relative_to(scratch) else "media"]
+    )
+    running = await start_service(workers=False, media=MediaConfig(scratch_dir=str(scratch)))
+    body = {"project_id": "proj-1", "task_type": "generate_image", "task_data": {"prompt": "a cat"}}
+
+    async with running.client.post("/api/v1/tasks/submit", json=body) as response:
+        status, answer = response.status, await response.json()
+
+    assert status == 503
+    assert answer["error"] == "service_unavailable"
+    assert answer["message"] == capacity.SCRATCH_REFUSED
+    assert await redis.keys(keys.task("*")) == []
 
 
 async def test_a_task_without_media_is_accepted_while_the_media_disk_is_nearly_full(start_service):
