@@ -40,8 +40,11 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
 | `{taskd}:ratelimit:{policy}:{key hash}` | sorted set: the times (ms) of the requests of one API key (sha256, never the key) accepted under `submit`/`status` in the last minute | a minute after its last accepted request; older members are dropped on each request |
 | `{taskd}:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the waiting cap is reached, at most once a minute |
-| `{taskd}:provider:{name}:slots` | sorted set: holder (worker id, task id, request) -> ms its lease ends, of the requests in flight to provider `llm`/`image`/`speech` (`providers.<name>.max_concurrency`) | a lease after the last acquire or renewal; holders whose lease ended are dropped on each acquire |
+| `{taskd}:provider:{name}:slots` | sorted set: holder (worker id and request, then `|` and the project id) -> ms its lease ends, of the requests in flight to provider `llm`/`image`/`speech` (`providers.<name>.max_concurrency`) | a lease after the last acquire or renewal; holders whose lease ended are dropped on each acquire |
 | `{taskd}:provider:{name}:minute` | sorted set: the times (ms) of the requests sent to the provider in the last minute (`providers.<name>.per_minute`) | a minute after its last request; older members are dropped on each acquire |
+| `{taskd}:provider:{name}:waiters` | sorted set: holder -> ms it is dropped from the lines unless it asks again (a grace after the time it said it would), of the requests waiting for a slot or a place of the provider | members leave when they get their slot, are cancelled, or stop asking; expires with the turns and lines, a minute and a grace after the last try of a waiter |
+| `{taskd}:provider:{name}:turns` | sorted set: project id -> ms its turn began (it began waiting, or its last request was let through or ended), of the projects with a request waiting for the provider; the fewest slots held, then the earliest turn, goes next | a member leaves when its project's line empties |
+| `{taskd}:provider:{name}:line:{project_id}` | sorted set: holder -> ms it first asked, of the project's requests waiting for the provider, first come first served | members leave with `waiters`' |
 | `{taskd}:wake` | pub/sub channel: a queue name, published when a job is put on it and no worker of the queue was idle; the workers that claim one job at a time (hosts with GPUs) listen to it | no storage |
 | `{taskd}:wake:{worker id}` | pub/sub channel of one worker process: a queue name, published when a job is put on it and that worker was the one idle longest; only it hears it | no storage |
 | `{taskd}:waiting:{queue}` | sorted set: every waiting job of the queue (job id -> its own score); its size is the queue's length | members leave when their job starts or its task is cancelled |
@@ -444,6 +447,21 @@ def provider_slots(name: str) -> str:
 def provider_minute(name: str) -> str:
     """The sliding-window log of the requests sent to one outside provider."""
     return f"{PREFIX}provider:{name}:minute"
+
+
+def provider_waiters(name: str) -> str:
+    """The requests waiting for a slot of one outside provider, with when each drops out unless it asks again."""
+    return f"{PREFIX}provider:{name}:waiters"
+
+
+def provider_turns(name: str) -> str:
+    """The projects with a request waiting for one outside provider, by when each one's turn began."""
+    return f"{PREFIX}provider:{name}:turns"
+
+
+def provider_lines(name: str) -> str:
+    """The prefix of the projects' lines for one outside provider (+ a project id: its waiting requests)."""
+    return f"{PREFIX}provider:{name}:line:"
 
 
 def idempotency(key_id: str, idempotency_key: str, partition: int = 0) -> str:

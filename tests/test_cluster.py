@@ -21,6 +21,7 @@ from valkey_cluster import SLOTS, ClusterNode, ValkeyCluster
 
 from taskd import keys
 from taskd.config import ConfigError, RedisConfig, WebhooksConfig
+from taskd.providers.limits import ProviderLimits
 from taskd.redis_conn import connect, parse_cluster_url
 from taskd.service import Service
 
@@ -199,6 +200,29 @@ async def test_the_event_stream_of_a_task_ends_with_its_completion(taskd):
 
     assert seen[0].data["status"] == "queued"
     assert seen[-1].data["status"] == "completed"
+
+
+async def test_projects_take_turns_for_a_provider_slot_on_a_cluster(redis):
+    # The projects' lines are named inside the scripts, in the slot of the provider's declared keys.
+    limits = ProviderLimits(redis, "w")
+    gates = {project: limits.gate("image", 1, 0, project=project) for project in ("many", "one")}
+    order: list[str] = []
+
+    async def take_turn(project: str) -> None:
+        async with gates[project].slot():  # type: ignore[union-attr]
+            order.append(project)
+
+    async with gates["many"].slot():  # type: ignore[union-attr]
+        waiting = []
+        for project in ["many", "many", "many", "one"]:
+            waiting.append(asyncio.create_task(take_turn(project)))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+    async with asyncio.timeout(10):
+        await asyncio.gather(*waiting)
+
+    assert order == ["one", "many", "many", "many"]
+    assert await redis.keys(keys.provider_lines("image") + "*") == []
 
 
 async def test_a_failover_of_taskds_primary_loses_no_acknowledged_task(tmp_path, http):

@@ -90,7 +90,7 @@ from taskd.providers.limits import ProviderLimits
 from taskd.providers.speech import SpeechClient
 
 async def main():
-    gate = ProviderLimits(Redis.from_url(sys.argv[1]), "doomed", lease=1.0).gate("image", 1, 0)
+    gate = ProviderLimits(Redis.from_url(sys.argv[1]), "doomed", lease=1.0).gate("image", 1, 0, project="p")
     async with gate.slot():
         print("held", flush=True)
         await asyncio.sleep(3600)
@@ -108,7 +108,7 @@ async def test_a_slot_held_by_a_worker_that_died_comes_back_after_its_lease(valk
         finally:
             doomed.kill()
     died = time.monotonic()
-    gate = ProviderLimits(redis, "alive", lease=1.0).gate("image", 1, 0)
+    gate = ProviderLimits(redis, "alive", lease=1.0).gate("image", 1, 0, project="p")
     assert gate is not None
 
     async with asyncio.timeout(5):
@@ -122,7 +122,7 @@ async def test_a_slot_held_by_a_worker_that_died_comes_back_after_its_lease(valk
 
 
 async def test_a_slot_is_given_back_when_its_request_ends(redis):
-    gate = ProviderLimits(redis, "w").gate("speech", 1, 0)
+    gate = ProviderLimits(redis, "w").gate("speech", 1, 0, project="p")
     assert gate is not None
 
     async with gate.slot():
@@ -132,7 +132,7 @@ async def test_a_slot_is_given_back_when_its_request_ends(redis):
 
 
 async def test_a_task_cancelled_while_waiting_for_a_slot_leaves_no_slot_held(redis):
-    gate = ProviderLimits(redis, "w").gate("speech", 1, 0)
+    gate = ProviderLimits(redis, "w").gate("speech", 1, 0, project="p")
     assert gate is not None
 
     async def take_a_slot() -> None:
@@ -154,9 +154,16 @@ async def test_the_image_and_speech_clients_send_nothing_while_their_provider_ha
 ):
     limits = ProviderLimits(redis, "w")
     async with FakeImagesAPI() as images, FakeSpeechAPI() as speech:
-        image = ImagesClient(ImageProvider(base_url=images.base_url), http, limits.gate("image", 1, 0))
-        voice = SpeechClient(SpeechProvider(base_url=speech.base_url), http, limits.gate("speech", 1, 0))
-        image_slot, speech_slot = limits.gate("image", 1, 0), limits.gate("speech", 1, 0)
+        image = ImagesClient(
+            ImageProvider(base_url=images.base_url), http, limits.gate("image", 1, 0, project="p")
+        )
+        voice = SpeechClient(
+            SpeechProvider(base_url=speech.base_url), http, limits.gate("speech", 1, 0, project="p")
+        )
+        image_slot, speech_slot = (
+            limits.gate("image", 1, 0, project="p"),
+            limits.gate("speech", 1, 0, project="p"),
+        )
         assert image_slot is not None and speech_slot is not None
         async with image_slot.slot(), speech_slot.slot():
             calls = asyncio.gather(
@@ -174,4 +181,4 @@ def test_a_provider_without_limits_gets_no_gate_and_asks_nothing_of_redis():
     # Port 1 has no server: a gate that asked Redis anything would fail.
     limits = ProviderLimits(Redis(port=1), "w")
 
-    assert limits.gate("llm", 0, 0) is None
+    assert limits.gate("llm", 0, 0, project="p") is None

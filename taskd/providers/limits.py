@@ -6,7 +6,8 @@ Redis is the judge (taskd/providers/lua/): a request holds a slot in a sorted se
 lease, renewed while the request runs, so a worker that dies while holding one gives it back after
 one lease. A request that must wait waits in its task, which stays `processing` and shows
 `current_step` "waiting_for_provider:<name>" until it has its slot; waiting never fails a task
-(its hard time limit still applies).
+(its hard time limit still applies). While requests wait, projects take turns (acquire.lua): a free
+slot goes to the waiting project holding the fewest, first come first served within a project.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ LEASE = 30.0
 # While waiting for a slot another request may release at any moment: ask again at least this
 # often, at a random point so waiting workers do not ask in step.
 POLL = (0.05, 0.25)
+# A waiter that has not asked again this long after it said it would (its worker died, or its task
+# was cancelled while Redis was out of reach) loses its place in line: four of the longest pauses,
+# so a slow event loop rarely costs a live one its place, and a gone one holds up the others' turn
+# at most this long.
+GRACE = 4 * POLL[1]
+# The waiters whose turn comes next (the first two in line of that project) ask this often, so that
+# a slot freed for them is taken at once (the others' polls do not take it any more).
+SOON = 0.02
 
 # Told "waiting_for_provider:<name>" when a request starts waiting, None once it has its slot.
 Waiting = Callable[[str | None], Awaitable[None]]
@@ -55,21 +64,43 @@ class ProviderLimits:
         self.lease = lease
 
     def gate(
-        self, name: str, max_concurrency: int, per_minute: int, waiting: Waiting | None = None
+        self,
+        name: str,
+        max_concurrency: int,
+        per_minute: int,
+        *,
+        project: str,
+        waiting: Waiting | None = None,
     ) -> Gate | None:
-        """The gate of provider `name` under these limits; None when both are 0 (unlimited)."""
+        """The gate of provider `name` under these limits for the requests of project `project`
+        (whose turns they wait for); None when both limits are 0 (unlimited)."""
         if not max_concurrency and not per_minute:
             return None
-        return Gate(self, name, max_concurrency, per_minute, waiting)
+        return Gate(self, name, max_concurrency, per_minute, project, waiting)
 
     async def acquire(
         self, name: str, max_concurrency: int, per_minute: int, holder: str
     ) -> tuple[int, float]:
-        """One try: (1, 0) with the slot taken, (0, s) when all are held, (-1, s) when the minute is spent,
-        where s is the seconds until that would change."""
+        """One try: (1, 0) with the slot taken, (0, s) when all are held or it is another project's
+        turn, (-1, s) when the minute is spent, where s is the seconds until that would change;
+        `holder` ends in `|<project id>` (Gate names them). Refused, it waits in line until it asks
+        again or `release`s (or a GRACE after it should have asked again)."""
         outcome, wait_ms = await self._acquire(
-            {"slots": keys.provider_slots(name), "minute": keys.provider_minute(name)},
-            {"limit": max_concurrency, "per_minute": per_minute, "lease": self._lease_ms, "holder": holder},
+            {
+                "slots": keys.provider_slots(name),
+                "minute": keys.provider_minute(name),
+                "waiters": keys.provider_waiters(name),
+                "turns": keys.provider_turns(name),
+            },
+            {
+                "limit": max_concurrency,
+                "per_minute": per_minute,
+                "lease": self._lease_ms,
+                "holder": holder,
+                "grace": round(GRACE * 1000),
+                "line_prefix": keys.provider_lines(name),
+                "soon": round(SOON * 1000),
+            },
         )
         return int(outcome), int(wait_ms) / 1000
 
@@ -81,8 +112,15 @@ class ProviderLimits:
         return bool(held)
 
     async def release(self, name: str, holder: str) -> None:
-        """Give `holder`'s slot back (nothing when it holds none)."""
-        await self._release({"slots": keys.provider_slots(name)}, {"holder": holder})
+        """Give `holder`'s slot back, or its place in line (nothing when it has neither)."""
+        await self._release(
+            {
+                "slots": keys.provider_slots(name),
+                "waiters": keys.provider_waiters(name),
+                "turns": keys.provider_turns(name),
+            },
+            {"holder": holder, "line_prefix": keys.provider_lines(name)},
+        )
 
     @property
     def _lease_ms(self) -> int:
@@ -98,33 +136,38 @@ class Gate:
         name: str,
         max_concurrency: int,
         per_minute: int,
+        project: str,
         waiting: Waiting | None = None,
     ) -> None:
         self._limits = limits
         self.name = name
         self.max_concurrency = max_concurrency
         self.per_minute = per_minute
+        self.project = project
         self._waiting = waiting
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Wait for a slot (and the minute's quota), hold it while the body runs, then give it back."""
-        holder = f"{self._limits.owner}:{secrets.token_hex(6)}"
+        # The project last: the scripts read it after the last `|`, which a project id never has.
+        holder = f"{self._limits.owner}:{secrets.token_hex(6)}|{self.project}"
         try:
             await self._wait_for(holder)
         except BaseException:
             # Cancelled (or Redis failed) while the script may have run: a slot taken then would
-            # stay held until its lease ends.
+            # stay held until its lease ends, a place in line would hold up other requests' turns
+            # until its grace ends (with either limit).
             await asyncio.shield(self._give_back(holder))
             raise
         renewer = asyncio.create_task(self._keep(holder)) if self.max_concurrency else None
         try:
             yield
         finally:
+            # Only a slot is given back: a place in the minute's log stays for its minute.
             if renewer is not None:
                 renewer.cancel()
                 await asyncio.gather(renewer, return_exceptions=True)
-            await asyncio.shield(self._give_back(holder))
+                await asyncio.shield(self._give_back(holder))
 
     async def _wait_for(self, holder: str) -> None:
         told = False
@@ -160,8 +203,6 @@ class Gate:
                 return
 
     async def _give_back(self, holder: str) -> None:
-        if not self.max_concurrency:
-            return
         try:
             await self._limits.release(self.name, holder)
         except Exception as exc:  # its lease frees it; the request's own outcome matters more

@@ -96,12 +96,15 @@ class TaskContext:
 
     def provider_gate(self, name: Literal["llm", "image", "speech", "video"]) -> Gate | None:
         """The shared limits of provider `name` ("llm", "image", "speech" or "video") for its client; None when
-        it has none. While a request waits for a slot the task's `current_step` says so."""
+        it has none. While a request waits for a slot the task's `current_step` says so; the task's
+        project waits for its turn among the projects waiting for the provider."""
         if self.provider_limits is None:
             return None
         provider = getattr(self.config.providers, name)
         waiting = functools.partial(self._waiting, name)
-        return self.provider_limits.gate(name, provider.max_concurrency, provider.per_minute, waiting)
+        return self.provider_limits.gate(
+            name, provider.max_concurrency, provider.per_minute, project=self.project_id, waiting=waiting
+        )
 
     async def _waiting(self, name: str, step: str | None) -> None:
         # The wait is shown, then the handler's own step again (one that names the call, if the

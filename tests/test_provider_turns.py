@@ -1,0 +1,230 @@
+"""Projects take turns for an outside provider's slots and places (`providers.<name>.max_concurrency`,
+`.per_minute`): while requests wait, the waiting project holding the fewest slots goes next, first
+come first served within a project. Against real Valkey, as tests/test_provider_limits.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from conftest import RunningService
+from redis.asyncio import Redis
+
+from taskd import keys
+from taskd.config import LlmProvider, ProvidersConfig
+from taskd.providers.limits import GRACE, Gate, ProviderLimits
+
+WAITING = "waiting_for_provider:llm"
+
+
+async def waits(taskd: RunningService, task: dict[str, Any]) -> bool:
+    return (await taskd.status(task["task_id"])).get("current_step") == WAITING
+
+
+def image_gate(limits: ProviderLimits, project: str, max_concurrency: int = 1, per_minute: int = 0) -> Gate:
+    gate = limits.gate("image", max_concurrency, per_minute, project=project)
+    assert gate is not None
+    return gate
+
+
+async def take_turn(gate: Gate, name: str, order: list[str]) -> None:
+    async with gate.slot():
+        order.append(name)
+        await asyncio.sleep(0.05)
+
+
+async def wait_in_line(
+    limits: ProviderLimits, *waiters: tuple[str, str], order: list[str]
+) -> list[asyncio.Task[None]]:
+    """Start a request per (project, name), each after the one before has asked once."""
+    started = []
+    for project, name in waiters:
+        started.append(asyncio.create_task(take_turn(image_gate(limits, project), name, order)))
+        await asyncio.sleep(0.02)
+    return started
+
+
+async def test_another_projects_single_request_gets_the_next_slot_before_a_project_with_many_waiting(
+    redis: Redis,
+):
+    limits = ProviderLimits(redis, "w")
+    order: list[str] = []
+    async with image_gate(limits, "many").slot():
+        waiting = await wait_in_line(
+            limits, *[("many", f"many-{i}") for i in range(8)], ("one", "one"), order=order
+        )
+        await asyncio.sleep(0.3)
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(*waiting)
+    assert order[0] == "one"
+
+
+async def test_a_projects_waiting_requests_get_slots_first_come_first_served(redis: Redis):
+    limits = ProviderLimits(redis, "w")
+    order: list[str] = []
+    async with image_gate(limits, "p").slot():
+        waiting = await wait_in_line(limits, *[("p", f"p-{i}") for i in range(5)], order=order)
+        await asyncio.sleep(0.3)
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(*waiting)
+    assert order == [f"p-{i}" for i in range(5)]
+
+
+async def test_a_project_that_holds_more_slots_waits_for_one_that_holds_fewer(redis: Redis):
+    limits = ProviderLimits(redis, "w")
+    order: list[str] = []
+    # "many" holds both slots; "few" asks after "many"'s next request.
+    async with image_gate(limits, "many", 2).slot(), image_gate(limits, "many", 2).slot():
+        waiting = [asyncio.create_task(take_turn(image_gate(limits, "many", 2), "many", order))]
+        await asyncio.sleep(0.05)
+        waiting.append(asyncio.create_task(take_turn(image_gate(limits, "few", 2), "few", order)))
+        await asyncio.sleep(0.3)
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(*waiting)
+    assert order[0] == "few"
+
+
+async def test_projects_take_turns_for_the_places_of_the_minute(redis: Redis):
+    # Two requests were sent 59 s and 58.5 s ago (by Redis's clock): a place comes free in 1 s,
+    # another half a second later.
+    seconds, micros = await redis.time()
+    now = seconds * 1000 + micros // 1000
+    await redis.zadd(keys.provider_minute("image"), {"a": now - 59_000, "b": now - 58_500})
+    limits = ProviderLimits(redis, "w")
+    order: list[str] = []
+    waiting = [
+        asyncio.create_task(take_turn(image_gate(limits, project, 0, 2), name, order))
+        for project, name in [("many", "many-0"), ("many", "many-1"), ("many", "many-2"), ("one", "one")]
+    ]
+
+    async with asyncio.timeout(5):
+        while len(order) < 2:
+            await asyncio.sleep(0.02)
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+    # The project waiting longest went first; then the other project, not "many" again.
+    assert [name.split("-")[0] for name in order] == ["many", "one"]
+
+
+async def test_the_waiter_whose_turn_comes_next_takes_a_freed_slot_at_once(redis: Redis):
+    limits = ProviderLimits(redis, "w")
+    handoffs = []
+    for _ in range(3):
+        taken = asyncio.Event()
+
+        async def take(taken: asyncio.Event) -> None:
+            async with image_gate(limits, "next").slot():
+                taken.set()
+
+        async with image_gate(limits, "holder").slot():
+            waiter = asyncio.create_task(take(taken))
+            await asyncio.sleep(0.3)
+            released = time.monotonic()
+        await taken.wait()
+        handoffs.append(time.monotonic() - released)
+        await waiter
+
+    # Not after most of an ordinary pause between asks (up to a quarter second).
+    assert max(handoffs) < 0.1
+
+
+async def test_a_waiter_that_stopped_asking_does_not_hold_up_the_next_turn(redis: Redis):
+    limits = ProviderLimits(redis, "w")
+    order: list[str] = []
+    async with image_gate(limits, "holder").slot():
+        # A request of project "gone" asks once, first in line, and its worker dies: it never asks again.
+        assert (await limits.acquire("image", 1, 0, "dead:1|gone"))[0] == 0
+        waiting = await wait_in_line(limits, ("next", "next"), order=order)
+        await asyncio.sleep(0.3)
+        released = time.monotonic()
+
+    async with asyncio.timeout(GRACE + 2):
+        await asyncio.gather(*waiting)
+    # It held up the turn at most its grace.
+    assert time.monotonic() - released < GRACE + 0.5
+    assert order == ["next"]
+    assert await redis.zrange(keys.provider_waiters("image"), 0, -1) == []
+
+
+async def test_a_request_cancelled_while_waiting_leaves_its_line_at_once(redis: Redis):
+    limits = ProviderLimits(redis, "w")
+    # With only a per-minute limit no slot is held, yet the waiter must leave its line too.
+    await redis.zadd(keys.provider_minute("image"), {"sent": int(time.time() * 1000)})
+    waiter = asyncio.create_task(take_turn(image_gate(limits, "p", 0, 1), "p", []))
+    await asyncio.sleep(0.3)
+    assert await redis.zcard(keys.provider_waiters("image")) == 1
+
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+
+    assert await redis.keys(keys.provider_waiters("image")) == []
+    assert await redis.keys(keys.provider_turns("image")) == []
+    assert await redis.keys(keys.provider_lines("image") + "*") == []
+
+
+async def test_nothing_of_the_turns_is_left_once_every_waiting_request_has_had_its_slot(redis: Redis):
+    limits = ProviderLimits(redis, "w")
+    async with image_gate(limits, "a").slot():
+        waiting = await wait_in_line(limits, ("a", "a"), ("b", "b"), ("a", "a2"), order=[])
+        await asyncio.sleep(0.3)
+        assert await redis.zcard(keys.provider_waiters("image")) == 3
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(*waiting)
+    # The project is part of a holder's name: it leaves the slots with its holder.
+    assert await redis.keys("*") == []
+
+
+async def test_an_uncontested_request_takes_its_slot_in_one_call_and_writes_nothing_of_the_turns(
+    redis: Redis,
+):
+    limits = ProviderLimits(redis, "w")
+    gate = image_gate(limits, "p")
+    async with gate.slot():  # the scripts are loaded once per Redis: not counted
+        pass
+    await redis.config_resetstat()
+
+    async with gate.slot():
+        stats = await redis.info("commandstats")
+        written = sorted(key.decode() for key in await redis.keys("*"))
+
+    # One round trip; in it, the commands of the script before turns (TIME, ZREMRANGEBYSCORE,
+    # ZCARD, ZADD, PEXPIRE) and one ZCARD of `waiters`.
+    assert stats.pop("cmdstat_evalsha")["calls"] == 1
+    del stats["cmdstat_config|resetstat"]
+    assert sum(stat["calls"] for stat in stats.values()) == 6
+    assert written == [keys.provider_slots("image")]
+
+
+async def test_tasks_of_another_project_get_a_turn_at_the_llm_before_a_project_with_many_waiting(
+    start_service, fake_llm
+):
+    fake_llm.delay = 0.6  # long enough for "one" to ask while "many"'s first request runs
+    providers = ProvidersConfig(
+        llm=LlmProvider(
+            base_url=fake_llm.base_url, api_key="sk-test", model="m", timeout=10, max_concurrency=1
+        )
+    )
+    taskd = await start_service(providers=providers)
+    many = [
+        await taskd.submit("test_prompt", {"prompt_template": f"many {i}"}, project_id="many")
+        for i in range(5)
+    ]
+    async with asyncio.timeout(10):
+        while [await waits(taskd, task) for task in many].count(True) < 4:
+            await asyncio.sleep(0.02)
+    one = await taskd.submit("test_prompt", {"prompt_template": "only one"}, project_id="one")
+    await taskd.wait_for(one["task_id"], lambda body: body.get("current_step") == WAITING)
+
+    for task in [*many, one]:
+        assert (await taskd.wait_terminal(task["task_id"]))["status"] == "completed"
+    sent = ["only one" in json.dumps(request.json) for request in fake_llm.requests]
+    # The first request was "many"'s; the next was "one"'s, not four more of "many"'s first.
+    assert sent.index(True) == 1
