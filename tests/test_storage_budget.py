@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 from redis.asyncio import Redis
 from redis_probes import alive, monitored
@@ -299,3 +300,37 @@ def test_the_storage_budget_is_set_by_its_documented_name_and_defaults_to_256_mi
     assert load_config(None, {}).limits.stored_bytes_per_project == 256 * 1024 * 1024
     environ = {"TASKD_LIMITS__STORED_BYTES_PER_PROJECT": "0"}
     assert load_config(None, environ).limits.stored_bytes_per_project == 0
+
+
+async def test_a_large_result_leaves_its_projects_busy_event_stream_once_its_record_is_gone(
+    start_service: Any, redis: Redis
+):
+    await start_service(workers=False)  # the task types, the scripts' keys
+    # A two-second storage.task_ttl: records, and so the streams (keys.events_ttl), live 2 s.
+    store = TaskStore(redis, 2)
+    await alive(redis, "worker-a")
+
+    async def large_result() -> str:
+        record, job = new_task("busy")
+        await store.create(record, job, Admission())
+        (start,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+        assert start.record is not None
+        await store.finish(
+            start.record, "worker-a", TaskStatus.COMPLETED, time.time(), result={"x": "r" * 20_000}
+        )
+        return start.record.task_id  # the oldest queued task of the project's
+
+    first = await large_result()
+    # Light tasks keep the project's stream alive past the first record's life.
+    for _ in range(3):
+        await asyncio.sleep(1)
+        await store.create(*new_task("busy"), Admission())
+    assert not await redis.exists(keys.task(first))
+    second = await large_result()
+
+    results = [
+        orjson.loads(fields[b"event"])["task_id"]
+        for _, fields in await redis.xrange(keys.project_events("busy"))
+        if b'"result"' in fields[b"event"]
+    ]
+    assert results == [second]
