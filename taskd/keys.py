@@ -118,8 +118,9 @@ WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
 WEBHOOKS_WAKE = f"{PREFIX}webhooks:wake"
 SCHEDULED = f"{PREFIX}scheduled"
 # A project's heavy records (lib/stored.lua): one whose caller's data as stored (`task_data` and
-# `metadata`, then its result or error) is over STORED_FREE_BYTES, or that is kept longer than
-# `storage.task_ttl` (`keep_for`, `run_at`), counts its bytes against `limits.stored_bytes_per_project`.
+# `metadata`, then its result or error with its traceback) is over STORED_FREE_BYTES, or that is kept
+# longer than `storage.task_ttl` (`keep_for`, `run_at`), counts its bytes against
+# `limits.stored_bytes_per_project`.
 # The others are the sizing formula's (docs/production.md) and cost no command. A typical record
 # holds 50-400 bytes of caller's data (its fields 0.4-0.9 KB, 0.7-1.4 KB of Redis memory): 4 KiB is
 # ten times that, well under the 1 MiB a body may carry.

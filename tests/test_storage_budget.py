@@ -205,6 +205,28 @@ async def test_a_failed_tasks_error_counts_with_its_copies_in_the_task_and_proje
     assert sum((await stored(redis, "failing")).values()) >= held
 
 
+async def test_a_failed_tasks_long_traceback_counts_however_short_its_data_and_error(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 24 * 3600)
+    submitted = await api.submit("noop", {}, project_id="traced")
+    await alive(redis, "worker-a")
+    (start,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+    assert start.record is not None
+    # A handler's exception raised from one whose message held 30,000 characters of what it read.
+    trace = "Traceback (most recent call last):\n" + "t" * 30_000
+    await store.finish(
+        start.record, "worker-a", TaskStatus.FAILED, time.time(), error="short", traceback=trace
+    )
+
+    record = await redis.hgetall(keys.task(submitted["task_id"]))
+
+    assert sum((await stored(redis, "traced")).values()) >= sum(
+        len(name) + len(value) for name, value in record.items()
+    )
+
+
 async def test_a_batch_whose_heavy_tasks_together_are_over_the_budget_is_told_so_not_to_wait_an_hour(
     start_service: Any,
 ):
