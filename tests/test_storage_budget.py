@@ -356,3 +356,23 @@ async def test_a_large_result_leaves_its_projects_busy_event_stream_once_its_rec
         if b'"result"' in fields[b"event"]
     ]
     assert results == [second]
+
+
+async def test_a_task_whose_stored_trace_context_is_large_counts_however_small_its_data(
+    start_service: Any, redis: Redis
+):
+    await start_service(workers=False)  # the task types, the scripts' keys
+    store = TaskStore(redis, 24 * 3600)
+    record, job = new_task("traced_submit")
+    # With tracing on, the submit's `tracestate` header (up to 8 KiB) is kept in the record.
+    state = ",".join(f"k{n}={'v' * 250}" for n in range(30))
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await store.create(
+        attrs.evolve(record, trace_context={"traceparent": parent, "tracestate": state}), job, Admission()
+    )
+
+    fields = await redis.hgetall(keys.task(record.task_id))
+
+    assert sum((await stored(redis, "traced_submit")).values()) >= sum(
+        len(name) + len(value) for name, value in fields.items()
+    )
