@@ -31,7 +31,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:webhooks:wake` | pub/sub channel: a webhook became due now; wakes every sender | no storage |
 | `{taskd}:memory_events` | sorted set: JSON of job processes killed over the memory limit -> ms | trimmed to the last 10 minutes; feeds the memory alert |
 | `{taskd}:events:task:{id}` | stream: the task's events (status changes, progress), ids usable as SSE `Last-Event-ID` | capped at ~200 entries; expires `storage.task_ttl` (at most a day) after the last event (`events_ttl`) |
-| `{taskd}:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; expires `storage.task_ttl` (at most a day) after the last event |
+| `{taskd}:events:project:{project_id}` | stream: the same events for every task of a project | capped at ~10 000 entries; an event carrying a result or error over `STORED_FREE_BYTES` drops those older than `events_ttl` (lib/emit.lua); expires `storage.task_ttl` (at most a day) after the last event |
 | `{taskd}:events:wake:{hub id}` | stream: one entry, added when a client starts watching a stream while the process's event reader is blocked in `XREAD`; the read includes it, so it returns at once | one entry (MAXLEN 1); expires a minute after the last wake; deleted when the process stops |
 | `{taskd}:gpu:{host}:{index}` | hash: task id -> "worker id|slots" holding slots of that device | entries leave on release, or when their worker's heartbeat is gone (dropped by the host's next acquire); the hash expires a heartbeat TTL after the host's last beat (taskd.gpu.hosts), so a host that never comes back leaves nothing |
 | `{taskd}:gpu:{host}:reserved` | string: the device a whole-device task waiting on that host reserved ("task|device|until ms|score", gpu/lua/acquire.lua) | until its task gets a device, or `RESERVATION_MS` (5 s) after the task last asked |
@@ -118,8 +118,9 @@ WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
 WEBHOOKS_WAKE = f"{PREFIX}webhooks:wake"
 SCHEDULED = f"{PREFIX}scheduled"
 # A project's heavy records (lib/stored.lua): one whose caller's data as stored (`task_data` and
-# `metadata`, then its result or error) is over STORED_FREE_BYTES, or that is kept longer than
-# `storage.task_ttl` (`keep_for`, `run_at`), counts its bytes against `limits.stored_bytes_per_project`.
+# `metadata`, then its result or error with its traceback) is over STORED_FREE_BYTES, or that is kept
+# longer than `storage.task_ttl` (`keep_for`, `run_at`), counts its bytes against
+# `limits.stored_bytes_per_project`.
 # The others are the sizing formula's (docs/production.md) and cost no command. A typical record
 # holds 50-400 bytes of caller's data (its fields 0.4-0.9 KB, 0.7-1.4 KB of Redis memory): 4 KiB is
 # ten times that, well under the 1 MiB a body may carry.

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import attrs
+import orjson
 import pytest
 from redis.asyncio import Redis
 from redis_probes import alive, monitored
@@ -204,6 +205,28 @@ async def test_a_failed_tasks_error_counts_with_its_copies_in_the_task_and_proje
     assert sum((await stored(redis, "failing")).values()) >= held
 
 
+async def test_a_failed_tasks_long_traceback_counts_however_short_its_data_and_error(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 24 * 3600)
+    submitted = await api.submit("noop", {}, project_id="traced")
+    await alive(redis, "worker-a")
+    (start,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+    assert start.record is not None
+    # A handler's exception raised from one whose message held 30,000 characters of what it read.
+    trace = "Traceback (most recent call last):\n" + "t" * 30_000
+    await store.finish(
+        start.record, "worker-a", TaskStatus.FAILED, time.time(), error="short", traceback=trace
+    )
+
+    record = await redis.hgetall(keys.task(submitted["task_id"]))
+
+    assert sum((await stored(redis, "traced")).values()) >= sum(
+        len(name) + len(value) for name, value in record.items()
+    )
+
+
 async def test_a_batch_whose_heavy_tasks_together_are_over_the_budget_is_told_so_not_to_wait_an_hour(
     start_service: Any,
 ):
@@ -299,3 +322,57 @@ def test_the_storage_budget_is_set_by_its_documented_name_and_defaults_to_256_mi
     assert load_config(None, {}).limits.stored_bytes_per_project == 256 * 1024 * 1024
     environ = {"TASKD_LIMITS__STORED_BYTES_PER_PROJECT": "0"}
     assert load_config(None, environ).limits.stored_bytes_per_project == 0
+
+
+async def test_a_large_result_leaves_its_projects_busy_event_stream_once_its_record_is_gone(
+    start_service: Any, redis: Redis
+):
+    await start_service(workers=False)  # the task types, the scripts' keys
+    # A two-second storage.task_ttl: records, and so the streams (keys.events_ttl), live 2 s.
+    store = TaskStore(redis, 2)
+    await alive(redis, "worker-a")
+
+    async def large_result() -> str:
+        record, job = new_task("busy")
+        await store.create(record, job, Admission())
+        (start,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+        assert start.record is not None
+        await store.finish(
+            start.record, "worker-a", TaskStatus.COMPLETED, time.time(), result={"x": "r" * 20_000}
+        )
+        return start.record.task_id  # the oldest queued task of the project's
+
+    first = await large_result()
+    # Light tasks keep the project's stream alive past the first record's life.
+    for _ in range(3):
+        await asyncio.sleep(1)
+        await store.create(*new_task("busy"), Admission())
+    assert not await redis.exists(keys.task(first))
+    second = await large_result()
+
+    results = [
+        orjson.loads(fields[b"event"])["task_id"]
+        for _, fields in await redis.xrange(keys.project_events("busy"))
+        if b'"result"' in fields[b"event"]
+    ]
+    assert results == [second]
+
+
+async def test_a_task_whose_stored_trace_context_is_large_counts_however_small_its_data(
+    start_service: Any, redis: Redis
+):
+    await start_service(workers=False)  # the task types, the scripts' keys
+    store = TaskStore(redis, 24 * 3600)
+    record, job = new_task("traced_submit")
+    # With tracing on, the submit's `tracestate` header (up to 8 KiB) is kept in the record.
+    state = ",".join(f"k{n}={'v' * 250}" for n in range(30))
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await store.create(
+        attrs.evolve(record, trace_context={"traceparent": parent, "tracestate": state}), job, Admission()
+    )
+
+    fields = await redis.hgetall(keys.task(record.task_id))
+
+    assert sum((await stored(redis, "traced_submit")).values()) >= sum(
+        len(name) + len(value) for name, value in fields.items()
+    )

@@ -2,10 +2,11 @@
 -- limits.stored_bytes_per_project (docs/production.md, "Memory a task takes").
 --
 -- A record is heavy when the caller's data it stores (`task_data` and `metadata` as written, then
--- its `result` or `error`) is over STORED_FREE_BYTES, or when it is kept longer than
--- storage.task_ttl: a `keep_for` over it, or a `run_at` further ahead. Such a record counts its
--- bytes (weight) in {taskd}:stored:{project_id}, a hash of the second by which it is gone (its
--- expiry rounded up, stored_until) -> the bytes of the heavy records gone by then. The record keeps
+-- its `result`, or its `error` with its `traceback` and `last_error`; and its `trace_context`) is
+-- over STORED_FREE_BYTES, or when it is kept longer than storage.task_ttl: a `keep_for` over it,
+-- or a `run_at` further ahead. Such a record counts its bytes (weight) in
+-- {taskd}:stored:{project_id}, a hash of the second by which it is gone (its expiry rounded up,
+-- stored_until) -> the bytes of the heavy records gone by then. The record keeps
 -- where it is counted (`stored_until`, `stored_bytes`), so each script that renews its expiry (its
 -- end, lib/ended.lua; its queueing after its dependencies or its time, lib/ended.lua and due.lua)
 -- moves its bytes to its new second, and a record counted once is counted until it is gone. The
@@ -37,8 +38,12 @@
 -- never fits; count_stored nothing.
 
 local function heavy(record, ttl)
+  -- A failure's traceback (up to 32,000 characters, its exception's message and the ones it was
+  -- raised from in full) and the error a retry followed are kept as its error is; with tracing on,
+  -- the submit's trace context holds the caller's `tracestate` header (up to 8 KiB).
   local data = #(record.task_data or '') + #(record.metadata or '') + #(record.result or '')
-    + #(record.error or '')
+    + #(record.error or '') + #(record.traceback or '') + #(record.last_error or '')
+    + #(record.trace_context or '')
   if data > @STORED_FREE_BYTES@ then return true end
   ttl = tonumber(ttl)
   if (tonumber(record.keep_for) or 0) > ttl then return true end
