@@ -1,4 +1,5 @@
-"""Packaging: every import is a declared dependency, and the client runs without the server's extra.
+"""Packaging: every import is a declared dependency, the client runs without the server's extra,
+and what taskd reads from its own package at run time is in what an install builds.
 
 The floors themselves (the lowest allowed versions) are checked by `make floors`, which needs the
 network; these checks run offline, against the installed packages.
@@ -13,7 +14,7 @@ import re
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -115,3 +116,33 @@ def test_operator_commands_without_the_server_packages_name_the_extra():
 
     assert result.returncode == 2
     assert "pip install 'taskd[server]'" in result.stderr
+
+
+# Read by name from taskd's package (scripts, the dashboard's and API docs' pages).
+READ_AT_RUN_TIME = {".lua", ".html", ".css", ".js"}
+
+
+def test_every_file_taskd_reads_at_run_time_is_named_by_its_packages_package_data():
+    # `make test` runs taskd from the source tree, where every file is there; an installed wheel
+    # has only what [tool.setuptools.package-data] names. A script in a new folder
+    # (taskd/providers/lua/lib/) without its glob made every start of an installed taskd fail,
+    # which only `make floors` (a wheel install) showed.
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    folders = {ROOT.joinpath(*name.split(".")): named for name, named in globs.items()}
+    left_out = []
+    for path in sorted((ROOT / "taskd").rglob("*")):
+        if path.suffix not in READ_AT_RUN_TIME or "__pycache__" in path.parts:
+            continue
+        # Its package: the innermost package-data package holding it (some are namespace packages).
+        package = max(
+            (folder for folder in folders if path.is_relative_to(folder)), key=lambda f: len(f.parts)
+        )
+        inside = PurePosixPath(path.relative_to(package).as_posix())
+        # A glob's "*" stays within one folder, as setuptools reads it.
+        named = folders[package]
+        if not any(
+            len(inside.parts) == len(PurePosixPath(glob).parts) and inside.match(glob) for glob in named
+        ):
+            left_out.append(str(path.relative_to(ROOT)))
+
+    assert left_out == []
