@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +43,9 @@ GRACE = 4 * POLL[1]
 # The waiters whose turn comes next (the first two in line of that project) ask this often, so that
 # a slot freed for them is taken at once (the others' polls do not take it any more).
 SOON = 0.02
+# How many of the first in that project's line are told how soon to ask (a `SOON` more each place
+# back): those further back would be told no sooner than their own polls.
+TOLD = math.ceil(POLL[1] / SOON)
 
 # Told "waiting_for_provider:<name>" when a request starts waiting, None once it has its slot.
 Waiting = Callable[[str | None], Awaitable[None]]
@@ -100,6 +104,7 @@ class ProviderLimits:
                 "grace": round(GRACE * 1000),
                 "line_prefix": keys.provider_lines(name),
                 "soon": round(SOON * 1000),
+                "told": TOLD,
             },
         )
         return int(outcome), int(wait_ms) / 1000

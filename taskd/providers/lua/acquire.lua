@@ -27,12 +27,13 @@
 -- ARGV[4]  holder       a name unique to this request, ending in `|<project id>`
 -- ARGV[5]  grace        ms a waiter stays in line past the time it said it would ask again
 -- ARGV[6]  line_prefix  {taskd}:provider:{name}:line:, a project's line (holder -> ms it first asked) is this + its id
--- ARGV[7]  soon         ms the waiters whose turn comes next wait before they ask again, at most
+-- ARGV[7]  soon         ms the first two waiters whose turn comes next wait before they ask again, at most
+-- ARGV[8]  told         how many of the first in a project's line are told how soon to ask again
 -- Returns {outcome, wait ms}: outcome 1 when the slot is taken (wait 0); 0 when every slot is held,
 -- with the time until the first lease ends (a slot released earlier frees sooner: callers ask
 -- again within a quarter second; the first two in line of the project whose turn comes next
--- within `soon`), or when a slot is free but it is another waiter's turn (wait:
--- the grace); -1 when the minute's requests are spent, with the time until the oldest leaves the
+-- within `soon`, the next ones within a `soon` more each), or when a slot is free but it is
+-- another waiter's turn (wait: the grace, or as just said); -1 when the minute's requests are spent, with the time until the oldest leaves the
 -- window.
 -- include lib/turns.lua
 local limit = tonumber(ARGV[1])
@@ -42,6 +43,7 @@ local holder = ARGV[4]
 local grace = tonumber(ARGV[5])
 local line_prefix = ARGV[6]
 local soon = tonumber(ARGV[7])
+local told = tonumber(ARGV[8])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local outcome, wait = 1, 0
@@ -81,17 +83,19 @@ redis.call('PEXPIRE', line, keep)
 if outcome == -1 then
   return {outcome, wait}
 end
--- Only the first two of each project's line read the slots' holders to learn whose turn comes next.
-local front = redis.call('ZRANGE', line, 0, 1)
-local ours = (front[1] == holder or front[2] == holder) and next_turn(KEYS[1], KEYS[4], limit) == project
+-- Only the first `told` of each project's line read the slots' holders to learn whose turn comes next.
+local rank = redis.call('ZRANK', line, holder) or told
+local ours = rank < told and next_turn(KEYS[1], KEYS[4], limit) == project
+-- The waiters of the project whose turn comes next ask the sooner the nearer the front they are:
+-- each is at the front after as many handovers as are before it, so it has asked again by then,
+-- and a slot freed for the first is not left unused for most of a poll interval while the
+-- others' turns wait too (the first two every `soon`, the next ones a `soon` more each).
+local asks_in = soon * math.max(1, rank)
 if outcome == 0 then
-  -- The waiter whose turn comes next asks often, and the one after it in its project's line (it
-  -- is next once the first has its slot, when its project still holds the fewest): a slot freed
-  -- for them is not left unused for most of a poll interval while the others' turns wait too.
-  return {0, ours and math.min(wait, soon) or wait}
+  return {0, ours and math.min(wait, asks_in) or wait}
 end
-if not (ours and front[1] == holder) then
-  return {0, grace}
+if not (ours and rank == 0) then
+  return {0, ours and asks_in or grace}
 end
 redis.call('ZREM', KEYS[3], holder)
 leave_line(KEYS[4], line_prefix, holder, now, true)
