@@ -40,11 +40,12 @@ POLL = (0.05, 0.25)
 # so a slow event loop rarely costs a live one its place, and a gone one holds up the others' turn
 # at most this long.
 GRACE = 4 * POLL[1]
-# The waiters whose turn comes next (the first two in line of that project) ask this often, so that
-# a slot freed for them is taken at once (the others' polls do not take it any more).
+# The waiters whose turn comes next ask this often, so that a slot freed for them is taken at once
+# (the others' polls do not take it any more).
 SOON = 0.02
-# How many of the first in that project's line are told how soon to ask (a `SOON` more each place
-# back): those further back would be told no sooner than their own polls.
+# A waiter about this many handovers from its turn or fewer (one a project whose turn comes first,
+# as many as the projects waiting a waiter ahead in its line) is told to ask a `SOON` for each:
+# those further away would be told no sooner than their own polls.
 TOLD = math.ceil(POLL[1] / SOON)
 
 # Told "waiting_for_provider:<name>" when a request starts waiting, None once it has its slot.
