@@ -126,6 +126,17 @@ async def test_the_slot_holders_of_a_host_that_stops_beating_expire_with_its_rep
     assert all(0 < ttl <= 3000 for ttl in ttls), ttls
 
 
+async def test_a_device_taken_before_its_hosts_next_beat_expires_with_the_worker_that_took_it(redis):
+    # The host is killed after its job took an idle device (a new hash) and before its next beat,
+    # which is what renews the holders' expiry: the hash must not be kept for ever.
+    await live_worker(redis, "w1")
+    scheduler = GpuScheduler(redis, GpuInventory(GpuConfig(slots=2), FakeNvml([0])), "w1", host="gone")
+    await scheduler.try_acquire("a", 1)
+
+    # As long as the worker's liveness key (live_worker's 30 s), past which its holder counts for nothing.
+    assert 0 < await redis.pttl(scheduler.device_key(0)) <= 30_000
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     jobs=st.lists(st.sampled_from([0, 1, 2]), min_size=1, max_size=12),

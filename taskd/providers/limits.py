@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,9 +40,13 @@ POLL = (0.05, 0.25)
 # so a slow event loop rarely costs a live one its place, and a gone one holds up the others' turn
 # at most this long.
 GRACE = 4 * POLL[1]
-# The waiters whose turn comes next (the first two in line of that project) ask this often, so that
-# a slot freed for them is taken at once (the others' polls do not take it any more).
+# The waiters whose turn comes next ask this often, so that a slot freed for them is taken at once
+# (the others' polls do not take it any more).
 SOON = 0.02
+# A waiter about this many handovers from its turn or fewer (one a project whose turn comes first,
+# as many as the projects waiting a waiter ahead in its line) is told to ask a `SOON` for each:
+# those further away would be told no sooner than their own polls.
+TOLD = math.ceil(POLL[1] / SOON)
 
 # Told "waiting_for_provider:<name>" when a request starts waiting, None once it has its slot.
 Waiting = Callable[[str | None], Awaitable[None]]
@@ -100,6 +105,7 @@ class ProviderLimits:
                 "grace": round(GRACE * 1000),
                 "line_prefix": keys.provider_lines(name),
                 "soon": round(SOON * 1000),
+                "told": TOLD,
             },
         )
         return int(outcome), int(wait_ms) / 1000

@@ -65,7 +65,15 @@ end
 if best >= 0 then
   local taken = wanted
   if taken == 0 then taken = tonumber(ARGV[6]) end
-  redis.call('HSET', ARGV[2] .. best, ARGV[3], ARGV[4] .. '|' .. taken)
+  local key = ARGV[2] .. best
+  redis.call('HSET', key, ARGV[3], ARGV[4] .. '|' .. taken)
+  -- A hash made here has no expiry until the host's next beat renews it (taskd/gpu/hosts.py): a
+  -- host killed before then would keep it for ever. It lives as long as the taking worker's
+  -- liveness key, past which its holder counts for nothing anyway (the beat renews both).
+  if redis.call('PTTL', key) == -1 then
+    local alive_ms = redis.call('PTTL', ARGV[1] .. ARGV[4])
+    if alive_ms > 0 then redis.call('PEXPIRE', key, alive_ms) end
+  end
   if reserver == ARGV[3] then redis.call('DEL', reserved_key) end
 elseif wanted ~= 1 and drain >= 0 and not bound then
   -- Kept for this task while it keeps asking (taken over by a task ahead of the holder); the

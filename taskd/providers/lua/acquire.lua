@@ -28,12 +28,13 @@
 -- ARGV[5]  grace        ms a waiter stays in line past the time it said it would ask again
 -- ARGV[6]  line_prefix  {taskd}:provider:{name}:line:, a project's line (holder -> ms it first asked) is this + its id
 -- ARGV[7]  soon         ms the waiters whose turn comes next wait before they ask again, at most
+-- ARGV[8]  told         waiters fewer than this many handovers from their turn are told how soon to ask again
 -- Returns {outcome, wait ms}: outcome 1 when the slot is taken (wait 0); 0 when every slot is held,
 -- with the time until the first lease ends (a slot released earlier frees sooner: callers ask
--- again within a quarter second; the first two in line of the project whose turn comes next
--- within `soon`), or when a slot is free but it is another waiter's turn (wait:
--- the grace); -1 when the minute's requests are spent, with the time until the oldest leaves the
--- window.
+-- again within a quarter second; those whose turn comes within `told` handovers within a `soon`
+-- for each, the next within `soon`), or when a slot is free but it is another waiter's turn
+-- (wait: the grace, or as just said); -1 when the minute's requests are spent, with the time
+-- until the oldest leaves the window.
 -- include lib/turns.lua
 local limit = tonumber(ARGV[1])
 local per_minute = tonumber(ARGV[2])
@@ -42,6 +43,7 @@ local holder = ARGV[4]
 local grace = tonumber(ARGV[5])
 local line_prefix = ARGV[6]
 local soon = tonumber(ARGV[7])
+local told = tonumber(ARGV[8])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local outcome, wait = 1, 0
@@ -81,18 +83,30 @@ redis.call('PEXPIRE', line, keep)
 if outcome == -1 then
   return {outcome, wait}
 end
--- Only the first two of each project's line read the slots' holders to learn whose turn comes next.
-local front = redis.call('ZRANGE', line, 0, 1)
-local ours = (front[1] == holder or front[2] == holder) and next_turn(KEYS[1], KEYS[4], limit) == project
+-- About how many handovers come before this waiter's: the projects take turns, so one for each
+-- project whose turn comes first, and as many as there are projects waiting for each waiter ahead
+-- of it in its line (a guess where projects hold different numbers of slots). It asks again the
+-- sooner the fewer there are, so that it has asked by the time its turn comes, and a slot freed
+-- for it is not left unused for most of a poll interval while the others' turns wait too: when
+-- the turn passes to another project, its first in line is not asleep. Only the first in each line
+-- and those fewer than `told` handovers away read the slots' holders to learn whose turn is next.
+local rank = redis.call('ZRANK', line, holder) or told
+local projects = redis.call('ZCARD', KEYS[4])
+local ahead = told
+if rank < told then
+  ahead = rank * projects + (redis.call('ZRANK', KEYS[4], project) or told)
+end
+local next = (rank == 0 or ahead < told) and next_turn(KEYS[1], KEYS[4], limit) == project
+if next then
+  ahead = rank * projects
+end
+if outcome == 1 and next and rank == 0 then
+  redis.call('ZREM', KEYS[3], holder)
+  leave_line(KEYS[4], line_prefix, holder, now, true)
+  return take(KEYS[1], KEYS[2], now, limit, per_minute, lease, holder)
+end
+local asks_in = ahead < told and soon * math.max(1, ahead) or nil
 if outcome == 0 then
-  -- The waiter whose turn comes next asks often, and the one after it in its project's line (it
-  -- is next once the first has its slot, when its project still holds the fewest): a slot freed
-  -- for them is not left unused for most of a poll interval while the others' turns wait too.
-  return {0, ours and math.min(wait, soon) or wait}
+  return {0, asks_in and math.min(wait, asks_in) or wait}
 end
-if not (ours and front[1] == holder) then
-  return {0, grace}
-end
-redis.call('ZREM', KEYS[3], holder)
-leave_line(KEYS[4], line_prefix, holder, now, true)
-return take(KEYS[1], KEYS[2], now, limit, per_minute, lease, holder)
+return {0, asks_in or grace}
