@@ -56,7 +56,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:partitions` | string: the number of partitions (`redis.partitions`) the tasks are spread over, kept by the first start (taskd.store.layout.check_partitions) | forever |
 | `{taskd}:layout` | string: `tagged` once the keys of versions before the tag (`taskd:…`) were renamed (taskd.store.layout) | forever |
 | `{taskd}:project_processing:{project_id}` | set: the project's processing task ids (its concurrency throttle) | members leave when their task ends or is requeued; pruned of ended records when the throttle is reached, at most once a minute |
-| `{taskd}:stored:{project_id}` | hash: the bytes of the project's heavy records (large `task_data`/`metadata`/result/error, or kept longer than `storage.task_ttl`) -> the second by which they are gone, rounded up (lib/stored.lua); the project's sum is what `limits.stored_bytes_per_project` bounds | fields past their second are dropped when the hash is read; the hash expires with its latest field |
+| `{taskd}:stored:{project_id}` | hash: the bytes of the project's heavy records (large `task_data`/`metadata`/result/error or expected result, or kept longer than `storage.task_ttl`) -> the second by which they are gone, rounded up (lib/stored.lua); the project's sum is what `limits.stored_bytes_per_project` bounds | fields past their second are dropped when the hash is read; the hash expires with its latest field |
 | `{taskd}:project_active_pruned:{project_id}`, `{taskd}:project_processing_pruned:{project_id}` | string: set when that set of the project was last pruned of gone records; while it lives the cap or the throttle counts the set as it is (lib/prune.lua) | `PRUNE_EVERY_MS` (a minute) |
 | `{taskd}:project_pruned:{project_id}` | string: set when a submit last read the project's index for the ids of gone records (lib/admit.lua) | `PRUNE_EVERY_MS` (a minute) |
 """
@@ -118,7 +118,8 @@ WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
 WEBHOOKS_WAKE = f"{PREFIX}webhooks:wake"
 SCHEDULED = f"{PREFIX}scheduled"
 # A project's heavy records (lib/stored.lua): one whose caller's data as stored (`task_data` and
-# `metadata`, then its result or error with its traceback) is over STORED_FREE_BYTES, or that is kept
+# `metadata`, then its result or error with its traceback; until it ends, the result its type expects,
+# `result_estimate`) is over STORED_FREE_BYTES, or that is kept
 # longer than `storage.task_ttl` (`keep_for`, `run_at`), counts its bytes against
 # `limits.stored_bytes_per_project`.
 # The others are the sizing formula's (docs/production.md) and cost no command. A typical record

@@ -104,6 +104,10 @@ class TaskRecord:
     # The W3C trace context (`traceparent`, `tracestate`) of the request that submitted it, when
     # tracing is on (taskd.tracing): its runs and webhooks join that trace. None when tracing is off.
     trace_context: dict[str, str] | None = None
+    # The bytes its task type expects its result to hold as JSON, from its input at submit
+    # (taskd.tasks.spec.TaskType.result_estimate): counted towards its project's storage budget, as a
+    # result, until it ends (lib/stored.lua). None for types that estimate nothing.
+    result_estimate: int | None = None
     previous_state: str | None = None
     worker_id: str | None = None
     created_at: float = attrs.Factory(now)

@@ -122,6 +122,24 @@ async def test_prompt_non_string_parameters_rendered(server: FakeOpenAI, http: a
     assert result["rendered_prompt"] == '3 ["a"] {"k":1}'
 
 
+def test_prompt_result_estimate_is_the_rendered_prompts_bytes_as_json() -> None:
+    # Escapes (quotes, a newline, a control character) and multi-byte text take more bytes than characters.
+    parameters = {"a": 'say "hi"\n\x01', "b": "é😀" * 3, "n": 3, "tags": ["x"]}
+    template = "{{a}} {{ b }}{{b}} {{n}} {{tags}} {{missing}} ünïcode"
+    data = TestPromptInput(template, test_parameters=parameters)
+
+    rendered, _ = prompt_task.render(template, parameters)
+
+    assert prompt_task.result_estimate(data) == len(orjson.dumps(rendered)) - 2
+
+
+def test_prompt_result_estimate_with_a_parameter_known_only_when_it_runs_is_the_rendered_limit() -> None:
+    # A $ref's value, None at submit: it may fill the rendered prompt up to its limit.
+    data = TestPromptInput("{{early}} {{later}}", test_parameters={"early": "x", "later": None})
+
+    assert prompt_task.result_estimate(data) == prompt_task.RENDERED_LIMIT
+
+
 async def test_prompt_bearer_header_sent(server: FakeOpenAI, http: aiohttp.ClientSession) -> None:
     ctx, _ = make_ctx(http, server.base_url)
     await prompt_task.run(ctx, TestPromptInput("hi"))

@@ -21,6 +21,7 @@ from taskd.config import LimitsConfig, load_config
 from taskd.model import RateLimited, TaskStatus
 from taskd.store import TaskStore
 from taskd.store.records import Admission
+from taskd.tasks.builtin.test_prompt import RENDERED_LIMIT
 
 # Over the 4 KiB a record may hold of the caller's data without being counted: a record of ~9 KB.
 LARGE = {"notes": "x" * 8000}
@@ -376,3 +377,108 @@ async def test_a_task_whose_stored_trace_context_is_large_counts_however_small_i
     assert sum((await stored(redis, "traced_submit")).values()) >= sum(
         len(name) + len(value) for name, value in fields.items()
     )
+
+
+# ~4 KiB of input whose prompt renders ~760,000 characters: test_prompt's result repeats it.
+AMPLIFIED = {"prompt_template": "{{a}}" * 400, "test_parameters": {"a": "y" * 1900}}
+RENDERED = 400 * 1900
+
+
+def prompt_body(project: str) -> dict[str, Any]:
+    return {"project_id": project, "task_type": "test_prompt", "task_data": AMPLIFIED}
+
+
+async def test_a_light_input_whose_test_prompt_renders_large_reserves_its_result_and_is_refused_past_the_budget(
+    start_service: Any, redis: Redis
+):
+    # Room for one such result (the record and its two end events: ~2.3 MB), not two.
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=3 * 2**20))
+    first = await api.submit("test_prompt", AMPLIFIED, project_id="echo")
+    counted = await stored(redis, "echo")
+
+    async with api.client.post("/api/v1/tasks/submit", json=prompt_body("echo")) as refused:
+        body = await refused.json()
+
+    assert refused.status == 429, body
+    assert body["error"] == "rate_limited"
+    assert await redis.zcard(keys.project("echo")) == 1
+    assert await stored(redis, "echo") == counted
+    estimate, size = await redis.hmget(keys.task(first["task_id"]), "result_estimate", "stored_bytes")
+    assert int(estimate) == RENDERED
+    assert sum(counted.values()) == int(size) > 3 * RENDERED
+
+
+async def test_a_batch_of_light_inputs_whose_test_prompts_render_large_over_the_budget_stores_none(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=3 * 2**20))
+    tasks = [{"project_id": "echoes", "task_type": "noop", "task_data": {}}] + [prompt_body("echoes")] * 2
+
+    async with api.client.post("/api/v1/tasks/batch", json={"tasks": tasks}) as refused:
+        body = await refused.json()
+
+    assert refused.status == 429, body
+    assert "tasks[2]" in body["message"]
+    assert await redis.zcard(keys.project("echoes")) == 0
+    assert not await redis.exists(keys.stored("echoes"))
+
+
+async def test_a_test_prompts_reservation_is_replaced_by_its_real_result_at_its_end(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    store = TaskStore(redis, 24 * 3600)
+    submitted = await api.submit("test_prompt", AMPLIFIED, project_id="answered")
+    reserved = sum((await stored(redis, "answered")).values())
+    await alive(redis, "worker-a")
+    (start,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+    assert start.record is not None
+    # A result smaller than the estimate, still over the free 4 KiB: counted as it is, once.
+    result = {"rendered_prompt": "z" * 50_000, "response": "ok"}
+    await store.finish(start.record, "worker-a", TaskStatus.COMPLETED, time.time(), result=result)
+
+    record = await redis.hgetall(keys.task(submitted["task_id"]))
+    counted = await stored(redis, "answered")
+
+    assert counted == {int(record[b"stored_until"]): int(record[b"stored_bytes"])}
+    held = sum(len(name) + len(value) for name, value in record.items())
+    # The record and its result's two copies on the event streams, not the reservation as well.
+    assert held + 2 * 50_000 < sum(counted.values()) < held + 2 * 50_000 + 2 * 4096 < reserved
+
+
+async def test_a_cancelled_test_prompt_gives_its_reservation_back(start_service: Any, redis: Redis):
+    api = await start_service(workers=False)
+    submitted = await api.submit("test_prompt", AMPLIFIED, project_id="dropped")
+
+    async with api.client.delete(f"/api/v1/tasks/{submitted['task_id']}") as cancelled:
+        assert cancelled.status == 200
+    record = await redis.hgetall(keys.task(submitted["task_id"]))
+
+    assert record[b"status"] == b"cancelled"
+    assert await stored(redis, "dropped") == {int(record[b"stored_until"]): int(record[b"stored_bytes"])}
+    assert int(record[b"stored_bytes"]) < 8192
+
+
+async def test_a_small_test_prompt_stays_light(start_service: Any, redis: Redis):
+    api = await start_service(workers=False, limits=LimitsConfig(stored_bytes_per_project=1500))
+    data = {"prompt_template": "Describe {{who}}.", "test_parameters": {"who": "a librarian"}}
+    submitted = await api.submit("test_prompt", data, project_id="small")
+
+    assert await redis.hget(keys.task(submitted["task_id"]), "result_estimate") == b"%d" % len(
+        "Describe a librarian."
+    )
+    assert not await redis.exists(keys.stored("small"))
+
+
+async def test_a_test_prompt_whose_parameter_is_a_ref_reserves_the_rendered_limit(
+    start_service: Any, redis: Redis
+):
+    # A small dependency's result may still render large when the template repeats it.
+    api = await start_service(workers=False)
+    first = await api.submit("noop", {}, project_id="referring")
+    data = {"prompt_template": "{{a}}" * 400, "test_parameters": {"a": {"$ref": f"{first['task_id']}#/text"}}}
+    submitted = await api.submit("test_prompt", data, project_id="referring", depends_on=[first["task_id"]])
+
+    estimate = await redis.hget(keys.task(submitted["task_id"]), "result_estimate")
+
+    assert int(estimate) == RENDERED_LIMIT

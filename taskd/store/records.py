@@ -690,7 +690,8 @@ class TaskStore:
         return RateLimited(
             f"Project '{project_id}' stores {_size(total)} of large or long-kept tasks{in_batch}; at most "
             f"{_size(limit)} may be stored at once{alone} (a task counts when its task_data and metadata, "
-            f"or its result, are over {keys.STORED_FREE_BYTES // 1024} KiB, or when it is kept longer than "
+            f"or its result or the result its task type expects from its task_data, are over "
+            f"{keys.STORED_FREE_BYTES // 1024} KiB, or when it is kept longer than "
             f"{self.task_ttl} s by keep_for or run_at; the space is given back as those tasks expire)",
             wait or STORED_FULL_RETRY_AFTER,
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 import attrs
 from redis.asyncio import Redis
@@ -18,6 +18,7 @@ from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJo
 from taskd.submit.batch import batch_ref
 from taskd.submit.submission import Submission
 from taskd.tasks.registry import Registry
+from taskd.tasks.spec import TaskType
 
 _CANNOT_CANCEL = {
     TaskStatus.COMPLETED: "Task has already completed successfully and cannot be cancelled",
@@ -154,6 +155,7 @@ class Dispatcher:
             scheduled_for=submission.scheduled_for,
             # The submitting request's span: the task's runs and webhooks are its children.
             trace_context=tracing.carrier(),
+            result_estimate=self._result_estimate(task_type, submission.task_data),
             enqueues=1,
             created_at=now() if created_at is None else created_at,
         )
@@ -161,6 +163,14 @@ class Dispatcher:
         record.job_id = job.job_id
         record.updated_at = record.created_at
         return record, job
+
+    def _result_estimate(self, task_type: TaskType, task_data: dict[str, Any]) -> int | None:
+        """What the type expects its result to hold (TaskType.result_estimate); None for a type that
+        estimates nothing. Its input was checked at submit; its $refs are None here, as they were then."""
+        if task_type.result_estimate is None:
+            return None
+        data = refs.blank(task_data) if any(refs.find(task_data)) else task_data
+        return task_type.result_estimate(self.registry.parse_input(task_type, data))
 
     def _accepted(self, record: TaskRecord, created: Created) -> Accepted:
         if created.duration_count:

@@ -70,6 +70,34 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
+def _json_bytes(text: str) -> int:
+    # As the result stores it: orjson's UTF-8, its escapes included, less the quotes.
+    return len(orjson.dumps(text)) - 2
+
+
+def result_estimate(data: TestPromptInput) -> int:
+    """The bytes the result's `rendered_prompt` will hold as JSON, without building the text.
+
+    A caller decides it (a 4 KiB input may render ~1,000,000 characters), so a submit reserves it
+    of its project's storage budget (taskd.tasks.spec.TaskType.result_estimate). A parameter that
+    is None (a $ref, filled in only when the task runs) may fill the rest of RENDERED_LIMIT: the
+    estimate is then that limit. The LLM's `response` is not counted: its length is the
+    provider's, bounded by execution.result_max_bytes alone.
+    """
+    parameters = data.test_parameters
+    size = _json_bytes(data.prompt_template)
+    texts: dict[str, int] = {}
+    for match in _PLACEHOLDER.finditer(data.prompt_template):
+        name = match.group(1)
+        if name in parameters:
+            if parameters[name] is None:
+                return RENDERED_LIMIT
+            if name not in texts:
+                texts[name] = _json_bytes(_as_text(parameters[name]))
+            size += texts[name] - _json_bytes(match.group(0))
+    return size
+
+
 def render(template: str, parameters: dict[str, Any]) -> tuple[str, list[str]]:
     """Fill `{{name}}` placeholders; unknown ones stay as written and are returned, each once."""
     missing: list[str] = []
@@ -126,4 +154,5 @@ TASK = TaskType(
     expected_duration=10.0,
     handler=run,
     gpu="none",
+    result_estimate=result_estimate,
 )

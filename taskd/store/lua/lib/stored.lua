@@ -2,8 +2,8 @@
 -- limits.stored_bytes_per_project (docs/production.md, "Memory a task takes").
 --
 -- A record is heavy when the caller's data it stores (`task_data` and `metadata` as written, then
--- its `result`, or its `error` with its `traceback` and `last_error`; and its `trace_context`) is
--- over STORED_FREE_BYTES, or when it is kept longer than storage.task_ttl: a `keep_for` over it,
+-- its `result`, or its `error` with its `traceback` and `last_error`; and its `trace_context`; and,
+-- until it ends, the result its type expects, `result_estimate`, reserved as a result) is over STORED_FREE_BYTES, or when it is kept longer than storage.task_ttl: a `keep_for` over it,
 -- or a `run_at` further ahead. Such a record counts its bytes (weight) in
 -- {taskd}:stored:{project_id}, a hash of the second by which it is gone (its expiry rounded up,
 -- stored_until) -> the bytes of the heavy records gone by then. The record keeps
@@ -37,13 +37,21 @@
 -- first; stored_wait the seconds until enough of them are past for `size` more to fit, or nil if it
 -- never fits; count_stored nothing.
 
+-- The bytes a task's type expects its result to hold as JSON (`result_estimate`, from its input at
+-- submit: taskd.tasks.spec.TaskType.result_estimate), until it ends: then its real result (or error)
+-- is in the record instead, and an ended record counts that alone.
+local function reserved(record)
+  if record.status == 'queued' or record.status == 'processing' then return tonumber(record.result_estimate) or 0 end
+  return 0
+end
+
 local function heavy(record, ttl)
   -- A failure's traceback (up to 32,000 characters, its exception's message and the ones it was
   -- raised from in full) and the error a retry followed are kept as its error is; with tracing on,
   -- the submit's trace context holds the caller's `tracestate` header (up to 8 KiB).
   local data = #(record.task_data or '') + #(record.metadata or '') + #(record.result or '')
     + #(record.error or '') + #(record.traceback or '') + #(record.last_error or '')
-    + #(record.trace_context or '')
+    + #(record.trace_context or '') + reserved(record)
   if data > @STORED_FREE_BYTES@ then return true end
   ttl = tonumber(ttl)
   if (tonumber(record.keep_for) or 0) > ttl then return true end
@@ -59,6 +67,10 @@ local function weight(record)
   -- has events): two more copies, each with the event's other fields (ids, status, times: under 256).
   local carried = record.status == 'completed' and record.result or record.error
   if carried then size = size + 2 * (#carried + 256) end
+  -- A result not there yet that its type expects to be large is counted as that result will be:
+  -- in the record (its field's name too) and on the two streams.
+  local expected = reserved(record)
+  if expected > 0 then size = size + #'result' + expected + 2 * (expected + 256) end
   return size
 end
 
