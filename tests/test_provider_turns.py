@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from taskd import keys
 from taskd.config import LlmProvider, ProvidersConfig
-from taskd.providers.limits import GRACE, Gate, ProviderLimits
+from taskd.providers.limits import GRACE, POLL, SOON, TOLD, Gate, ProviderLimits
 
 WAITING = "waiting_for_provider:llm"
 
@@ -113,77 +113,110 @@ async def test_projects_take_turns_for_the_places_of_the_minute(redis: Redis):
     assert [name.split("-")[0] for name in order] == ["many", "one"]
 
 
-async def test_the_waiter_whose_turn_comes_next_takes_a_freed_slot_at_once(redis: Redis):
-    limits = ProviderLimits(redis, "w")
-    handoffs = []
-    for _ in range(3):
-        taken = asyncio.Event()
-
-        async def take(taken: asyncio.Event) -> None:
-            async with image_gate(limits, "next").slot():
-                taken.set()
-
-        async with image_gate(limits, "holder").slot():
-            waiter = asyncio.create_task(take(taken))
-            await asyncio.sleep(0.3)
-            released = time.monotonic()
-        await taken.wait()
-        handoffs.append(time.monotonic() - released)
-        await waiter
-
-    # Not after most of an ordinary pause between asks (up to a quarter second).
-    assert max(handoffs) < 0.1
+# How soon a waiter is told to ask again is the script's answer, read here as it is given: how much
+# of a freed slot's time goes unused follows from it (measured in docs/development.md, not here).
 
 
-async def test_a_projects_waiting_requests_follow_each_other_through_the_slots_without_idle_pauses(
+async def test_the_waiter_whose_turn_comes_next_is_told_to_ask_again_sooner_than_an_ordinary_pause(
     redis: Redis,
 ):
     limits = ProviderLimits(redis, "w")
-    order: list[str] = []
-    started = time.monotonic()
-    requests = [
-        asyncio.create_task(take_turn(image_gate(limits, "many", max_concurrency=2), f"many-{i}", order))
-        for i in range(40)
-    ]
-    await asyncio.gather(*requests)
+    assert await limits.acquire("image", 1, 0, "h:1|holder") == (1, 0)
 
-    # 40 requests of 50 ms through 2 slots are a second of work. A slot freed for a waiter that had
-    # not yet learnt it was next stayed unused until its ordinary poll (up to a quarter second):
-    # the same drained in about 3.8 s.
-    assert time.monotonic() - started < 2.5
+    refused, asks_in = await limits.acquire("image", 1, 0, "w:1|next")
+
+    # Told to wait the holder's lease (30 s), it would ask again an ordinary pause (up to a quarter
+    # second) after the slot was freed for it, the slot unused meanwhile.
+    assert refused == 0
+    assert asks_in <= SOON < POLL[0]
 
 
-async def test_the_turn_passes_from_project_to_project_without_idle_pauses(redis: Redis):
+async def test_the_second_in_the_next_projects_line_is_told_to_ask_sooner_than_an_ordinary_pause(
+    redis: Redis,
+):
+    # Once the first has its slot the second is next: asleep for an ordinary pause, the project's
+    # requests followed each other through the slots with idle gaps (40 of 50 ms through 2 slots
+    # drained in ~3.8 s instead of ~1.5 s).
+    limits = ProviderLimits(redis, "w")
+    assert await limits.acquire("image", 1, 0, "h:1|holder") == (1, 0)
+    await limits.acquire("image", 1, 0, "w:1|next")
+
+    refused, asks_in = await limits.acquire("image", 1, 0, "w:2|next")
+
+    assert refused == 0
+    assert asks_in < POLL[0]
+
+
+async def test_the_first_in_line_of_the_project_whose_turn_comes_after_is_told_to_ask_sooner_than_a_pause(
+    redis: Redis,
+):
+    # The turn passes to another project at each handover: that project's first in line, asleep
+    # for an ordinary pause, left the slot freed for it unused (4 projects: 3.6 to 4.3 s, not ~1.3 s).
+    limits = ProviderLimits(redis, "w")
+    assert await limits.acquire("image", 1, 0, "h:1|holder") == (1, 0)
+    await limits.acquire("image", 1, 0, "a:1|a")
+
+    refused, asks_in = await limits.acquire("image", 1, 0, "b:1|b")
+
+    assert refused == 0
+    assert asks_in < POLL[0]
+
+
+async def test_a_waiter_far_from_its_turn_is_not_told_to_ask_more_often_than_an_ordinary_pause(
+    redis: Redis,
+):
+    limits = ProviderLimits(redis, "w")
+    assert await limits.acquire("image", 1, 0, "h:1|holder") == (1, 0)
+    for n in range(TOLD):
+        await limits.acquire("image", 1, 0, f"w:{n}|many")
+
+    refused, asks_in = await limits.acquire("image", 1, 0, f"w:{TOLD}|many")
+
+    assert refused == 0
+    assert asks_in >= POLL[0]
+
+
+async def test_the_turn_passes_from_project_to_project(redis: Redis):
     limits = ProviderLimits(redis, "w")
     order: list[str] = []
-    started = time.monotonic()
     requests = [
         asyncio.create_task(take_turn(image_gate(limits, project, max_concurrency=2), project, order))
         for _ in range(10)
         for project in ("a", "b", "c", "d")
     ]
-    await asyncio.gather(*requests)
+    async with asyncio.timeout(60):
+        await asyncio.gather(*requests)
 
-    # A second of work again, but each slot goes to another project than the one before: its first
-    # in line, not told while another project's turn was next, slept an ordinary poll (3.6 to 4.3 s).
-    assert time.monotonic() - started < 2.5
     assert set(order[:4]) == {"a", "b", "c", "d"}
+    assert sorted(order) == sorted(["a", "b", "c", "d"] * 10)
 
 
-async def test_a_waiter_that_stopped_asking_does_not_hold_up_the_next_turn(redis: Redis):
+async def test_a_waiter_that_stopped_asking_is_dropped_from_the_line_a_grace_after_it_said_it_would_ask(
+    redis: Redis,
+):
+    limits = ProviderLimits(redis, "w")
+    assert await limits.acquire("image", 1, 0, "h:1|holder") == (1, 0)
+    seconds, micros = await redis.time()
+    asked = seconds * 1000 + micros // 1000
+
+    # A request of project "gone" asks once, first in line, and its worker dies: it never asks again.
+    assert (await limits.acquire("image", 1, 0, "dead:1|gone"))[0] == 0
+
+    dropped_by = await redis.zscore(keys.provider_waiters("image"), "dead:1|gone")
+    assert dropped_by is not None
+    assert dropped_by <= asked + GRACE * 1000 + 1000  # its grace past Redis's now, a second of slack
+
+
+async def test_a_waiter_that_stopped_asking_does_not_hold_up_the_next_turn_for_good(redis: Redis):
     limits = ProviderLimits(redis, "w")
     order: list[str] = []
     async with image_gate(limits, "holder").slot():
-        # A request of project "gone" asks once, first in line, and its worker dies: it never asks again.
         assert (await limits.acquire("image", 1, 0, "dead:1|gone"))[0] == 0
         waiting = await wait_in_line(limits, ("next", "next"), order=order)
         await asyncio.sleep(0.3)
-        released = time.monotonic()
 
-    async with asyncio.timeout(GRACE + 2):
+    async with asyncio.timeout(GRACE + 30):
         await asyncio.gather(*waiting)
-    # It held up the turn at most its grace.
-    assert time.monotonic() - released < GRACE + 0.5
     assert order == ["next"]
     assert await redis.zrange(keys.provider_waiters("image"), 0, -1) == []
 
