@@ -76,6 +76,9 @@ class FakeOpenAI:
         self._port = 0
         # Seconds every request takes before it is answered, so that requests overlap.
         self.delay = 0.0
+        # Cleared, requests are held unanswered until it is set: a test decides when they end.
+        self.answering = asyncio.Event()
+        self.answering.set()
         # Requests being answered now, and the most there ever were at once.
         self.in_flight = 0
         self.max_in_flight = 0
@@ -137,6 +140,7 @@ class FakeOpenAI:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            await self.answering.wait()
             if self.delay:
                 await asyncio.sleep(self.delay)
             return await self._answer(request)

@@ -35,14 +35,27 @@ async def take_turn(gate: Gate, name: str, order: list[str]) -> None:
         await asyncio.sleep(0.05)
 
 
+async def in_line(redis: Redis, count: int) -> None:
+    """Until `count` requests wait in line (in Redis): a loaded machine may take its time to ask."""
+    async with asyncio.timeout(30):
+        while await redis.zcard(keys.provider_waiters("image")) < count:
+            await asyncio.sleep(0.01)
+
+
 async def wait_in_line(
-    limits: ProviderLimits, *waiters: tuple[str, str], order: list[str]
+    limits: ProviderLimits,
+    redis: Redis,
+    *waiters: tuple[str, str],
+    order: list[str],
+    max_concurrency: int = 1,
 ) -> list[asyncio.Task[None]]:
-    """Start a request per (project, name), each after the one before has asked once."""
+    """Start a request per (project, name), each once the one before waits in line."""
+    already = await redis.zcard(keys.provider_waiters("image"))
     started = []
     for project, name in waiters:
-        started.append(asyncio.create_task(take_turn(image_gate(limits, project), name, order)))
-        await asyncio.sleep(0.02)
+        gate = image_gate(limits, project, max_concurrency)
+        started.append(asyncio.create_task(take_turn(gate, name, order)))
+        await in_line(redis, already + len(started))
     return started
 
 
@@ -53,9 +66,8 @@ async def test_another_projects_single_request_gets_the_next_slot_before_a_proje
     order: list[str] = []
     async with image_gate(limits, "many").slot():
         waiting = await wait_in_line(
-            limits, *[("many", f"many-{i}") for i in range(8)], ("one", "one"), order=order
+            limits, redis, *[("many", f"many-{i}") for i in range(8)], ("one", "one"), order=order
         )
-        await asyncio.sleep(0.3)
 
     async with asyncio.timeout(10):
         await asyncio.gather(*waiting)
@@ -66,8 +78,7 @@ async def test_a_projects_waiting_requests_get_slots_first_come_first_served(red
     limits = ProviderLimits(redis, "w")
     order: list[str] = []
     async with image_gate(limits, "p").slot():
-        waiting = await wait_in_line(limits, *[("p", f"p-{i}") for i in range(5)], order=order)
-        await asyncio.sleep(0.3)
+        waiting = await wait_in_line(limits, redis, *[("p", f"p-{i}") for i in range(5)], order=order)
 
     async with asyncio.timeout(10):
         await asyncio.gather(*waiting)
@@ -79,10 +90,9 @@ async def test_a_project_that_holds_more_slots_waits_for_one_that_holds_fewer(re
     order: list[str] = []
     # "many" holds both slots; "few" asks after "many"'s next request.
     async with image_gate(limits, "many", 2).slot(), image_gate(limits, "many", 2).slot():
-        waiting = [asyncio.create_task(take_turn(image_gate(limits, "many", 2), "many", order))]
-        await asyncio.sleep(0.05)
-        waiting.append(asyncio.create_task(take_turn(image_gate(limits, "few", 2), "few", order)))
-        await asyncio.sleep(0.3)
+        waiting = await wait_in_line(
+            limits, redis, ("many", "many"), ("few", "few"), order=order, max_concurrency=2
+        )
 
     async with asyncio.timeout(10):
         await asyncio.gather(*waiting)
@@ -212,8 +222,7 @@ async def test_a_waiter_that_stopped_asking_does_not_hold_up_the_next_turn_for_g
     order: list[str] = []
     async with image_gate(limits, "holder").slot():
         assert (await limits.acquire("image", 1, 0, "dead:1|gone"))[0] == 0
-        waiting = await wait_in_line(limits, ("next", "next"), order=order)
-        await asyncio.sleep(0.3)
+        waiting = await wait_in_line(limits, redis, ("next", "next"), order=order)
 
     async with asyncio.timeout(GRACE + 30):
         await asyncio.gather(*waiting)
@@ -226,8 +235,7 @@ async def test_a_request_cancelled_while_waiting_leaves_its_line_at_once(redis: 
     # With only a per-minute limit no slot is held, yet the waiter must leave its line too.
     await redis.zadd(keys.provider_minute("image"), {"sent": int(time.time() * 1000)})
     waiter = asyncio.create_task(take_turn(image_gate(limits, "p", 0, 1), "p", []))
-    await asyncio.sleep(0.3)
-    assert await redis.zcard(keys.provider_waiters("image")) == 1
+    await in_line(redis, 1)
 
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
@@ -240,8 +248,7 @@ async def test_a_request_cancelled_while_waiting_leaves_its_line_at_once(redis: 
 async def test_nothing_of_the_turns_is_left_once_every_waiting_request_has_had_its_slot(redis: Redis):
     limits = ProviderLimits(redis, "w")
     async with image_gate(limits, "a").slot():
-        waiting = await wait_in_line(limits, ("a", "a"), ("b", "b"), ("a", "a2"), order=[])
-        await asyncio.sleep(0.3)
+        waiting = await wait_in_line(limits, redis, ("a", "a"), ("b", "b"), ("a", "a2"), order=[])
         assert await redis.zcard(keys.provider_waiters("image")) == 3
 
     async with asyncio.timeout(10):
@@ -274,7 +281,7 @@ async def test_an_uncontested_request_takes_its_slot_in_one_call_and_writes_noth
 async def test_tasks_of_another_project_get_a_turn_at_the_llm_before_a_project_with_many_waiting(
     start_service, fake_llm
 ):
-    fake_llm.delay = 0.6  # long enough for "one" to ask while "many"'s first request runs
+    fake_llm.answering.clear()  # "many"'s first request is held until "one" waits too
     providers = ProvidersConfig(
         llm=LlmProvider(
             base_url=fake_llm.base_url, api_key="sk-test", model="m", timeout=10, max_concurrency=1
@@ -290,6 +297,7 @@ async def test_tasks_of_another_project_get_a_turn_at_the_llm_before_a_project_w
             await asyncio.sleep(0.02)
     one = await taskd.submit("test_prompt", {"prompt_template": "only one"}, project_id="one")
     await taskd.wait_for(one["task_id"], lambda body: body.get("current_step") == WAITING)
+    fake_llm.answering.set()
 
     for task in [*many, one]:
         assert (await taskd.wait_terminal(task["task_id"]))["status"] == "completed"
