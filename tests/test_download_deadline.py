@@ -7,8 +7,6 @@ the first test shrinks the default, which a session made without a timeout of it
 
 from __future__ import annotations
 
-import time
-
 import aiohttp
 import aiohttp.client
 import pytest
@@ -56,10 +54,8 @@ async def test_a_task_modules_own_get_through_ctx_inputs_gives_up_at_the_configu
     files.add("late.png", png())
     files.slow_seconds = 2
     ctx, _ = make_ctx(http, media_config(tmp_path, download_timeout=0.3))
-    started = time.monotonic()
 
+    # The file comes whole after 2 s: without the deadline the read succeeds, however late.
     with pytest.raises(TimeoutError):
         async with ctx.inputs.get(f"{files.url}/slow/late.png") as response:
             await response.read()
-
-    assert time.monotonic() - started < 1.5
