@@ -98,8 +98,11 @@ async def test_progress_webhooks_are_coalesced_to_one_per_interval_carrying_the_
     # delivered late on a loaded machine (the next is still due on time): one gap is not counted.
     assert progress[-1].at - progress[0].at >= 0.45 * (len(progress) - 2)
     values = [request.json["progress"] for request in progress]
-    # The latest progress when each is sent, not the next one after the last webhook's.
-    assert all(later - earlier > 2 / steps for earlier, later in itertools.pairwise(values)), values
+    # The latest progress when each is sent, not the next one after the last webhook's (that would
+    # make every step one report). As for the spacing, one sent late lets the next, due on time,
+    # follow it closely: one small step is not counted.
+    small = [later - earlier <= 2 / steps for earlier, later in itertools.pairwise(values)]
+    assert sorted(values) == values and small.count(True) <= 1, values
     assert len({request.headers["webhook-id"] for request in progress}) == len(progress)
     assert all(request.json["status"] == "processing" for request in progress)
     assert receiver.received[-1].json["event"] == "completed"
