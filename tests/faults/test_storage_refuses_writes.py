@@ -8,9 +8,12 @@ that cannot be written, with `stop-writes-on-bgsave-error` on (as by default).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from faultkit import ValkeyServer, serving
+from faultkit import Api, ValkeyServer, serving
 
 from taskd.config import RedisConfig
 from taskd.http import errors
@@ -39,25 +42,33 @@ async def _snapshot_works(server: ValkeyServer) -> None:
     await _last_snapshot(server, "ok")
 
 
-async def test_while_redis_cannot_persist_submits_get_503_and_a_task_ending_then_completes_after(tmp_path):
+@contextlib.asynccontextmanager
+async def _snapshotting(tmp_path: Path, *, workers: bool = True) -> AsyncIterator[tuple[ValkeyServer, Api]]:
+    """A taskd on its own Valkey that snapshots (so that a failing snapshot refuses writes)."""
     server = await ValkeyServer(
         tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
     ).start()
+    redis = RedisConfig(url=server.url, socket_timeout=2)
     try:
-        async with serving(tmp_path, RedisConfig(url=server.url, socket_timeout=2)) as (_, api):
-            running = await api.submit("sleep", {"seconds": 1.5})
-            await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
-
-            await _snapshot_fails(server)
-            refused = await api.call(
-                "POST", "/api/v1/tasks/submit", json={"project_id": "p", "task_type": "noop", "task_data": {}}
-            )
-            await asyncio.sleep(2.5)  # the task ends while no write is taken
-            meanwhile = await api.status(running)
-            await _snapshot_works(server)
-            [ended] = await api.wait_all([running], timeout=30)
+        async with serving(tmp_path, redis, workers=workers) as (_, api):
+            yield server, api
     finally:
         server.stop()
+
+
+async def test_while_redis_cannot_persist_submits_get_503_and_a_task_ending_then_completes_after(tmp_path):
+    async with _snapshotting(tmp_path) as (server, api):
+        running = await api.submit("sleep", {"seconds": 1.5})
+        await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
+
+        await _snapshot_fails(server)
+        refused = await api.call(
+            "POST", "/api/v1/tasks/submit", json={"project_id": "p", "task_type": "noop", "task_data": {}}
+        )
+        await asyncio.sleep(2.5)  # the task ends while no write is taken
+        meanwhile = await api.status(running)
+        await _snapshot_works(server)
+        [ended] = await api.wait_all([running], timeout=30)
 
     assert refused == (
         503,
@@ -74,22 +85,15 @@ async def test_while_redis_cannot_persist_submits_get_503_and_a_task_ending_then
 
 async def test_while_redis_cannot_persist_the_health_reads_and_metrics_still_answer(tmp_path):
     # They prune dead workers' heartbeats as they read them: a write, which Redis refuses.
-    server = await ValkeyServer(
-        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
-    ).start()
-    redis = RedisConfig(url=server.url, socket_timeout=2)
-    try:
-        async with serving(tmp_path, redis) as (_, api):
-            await _snapshot_fails(server)
-            answers = {
-                path: await api.call("GET", path)
-                for path in ("/api/v1/health", "/api/v1/tasks/health", "/api/v1/dashboard/overview")
-            }
-            async with api.session.get(f"{api.base_url}/metrics") as response:
-                metrics = await response.text()
-            await _snapshot_works(server)
-    finally:
-        server.stop()
+    async with _snapshotting(tmp_path) as (server, api):
+        await _snapshot_fails(server)
+        answers = {
+            path: await api.call("GET", path)
+            for path in ("/api/v1/health", "/api/v1/tasks/health", "/api/v1/dashboard/overview")
+        }
+        async with api.session.get(f"{api.base_url}/metrics") as response:
+            metrics = await response.text()
+        await _snapshot_works(server)
 
     assert {path: status for path, (status, _) in answers.items()} == dict.fromkeys(answers, 200)
     assert answers["/api/v1/health"][1]["worker_count"] == 1  # the live worker is still seen
@@ -101,18 +105,11 @@ async def test_while_redis_cannot_persist_the_log_says_so_once_not_once_per_requ
 ):
     monkeypatch.setattr(errors, "_REFUSALS", errors._Refusals())
     caplog.set_level(logging.WARNING, logger="taskd.http")
-    server = await ValkeyServer(
-        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
-    ).start()
-    redis = RedisConfig(url=server.url, socket_timeout=2)
-    try:
-        async with serving(tmp_path, redis, workers=False) as (_, api):
-            await _snapshot_fails(server)
-            submit = {"project_id": "p", "task_type": "noop", "task_data": {}}
-            refused = [await api.call("POST", "/api/v1/tasks/submit", json=submit) for _ in range(5)]
-            await _snapshot_works(server)
-    finally:
-        server.stop()
+    async with _snapshotting(tmp_path, workers=False) as (server, api):
+        await _snapshot_fails(server)
+        submit = {"project_id": "p", "task_type": "noop", "task_data": {}}
+        refused = [await api.call("POST", "/api/v1/tasks/submit", json=submit) for _ in range(5)]
+        await _snapshot_works(server)
 
     assert [status for status, _ in refused] == [503] * 5
     lines = [record.getMessage() for record in caplog.records if record.name == "taskd.http"]
@@ -121,18 +118,11 @@ async def test_while_redis_cannot_persist_the_log_says_so_once_not_once_per_requ
 
 
 async def test_while_redis_cannot_persist_queue_health_is_critical_saying_so(tmp_path):
-    server = await ValkeyServer(
-        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
-    ).start()
-    redis = RedisConfig(url=server.url, socket_timeout=2)
-    try:
-        async with serving(tmp_path, redis, workers=False) as (_, api):
-            await _snapshot_fails(server)
-            _, failing = await api.call("GET", "/api/v1/tasks/health")
-            await _snapshot_works(server)
-            _, after = await api.call("GET", "/api/v1/tasks/health")
-    finally:
-        server.stop()
+    async with _snapshotting(tmp_path, workers=False) as (server, api):
+        await _snapshot_fails(server)
+        _, failing = await api.call("GET", "/api/v1/tasks/health")
+        await _snapshot_works(server)
+        _, after = await api.call("GET", "/api/v1/tasks/health")
 
     assert failing["status"] == "critical"
     assert failing["alerts"] == [
@@ -151,20 +141,13 @@ async def test_a_task_ending_while_redis_cannot_persist_logs_its_refused_write_o
     tmp_path, caplog
 ):
     caplog.set_level(logging.INFO, logger="taskd.engine")
-    server = await ValkeyServer(
-        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
-    ).start()
-    redis = RedisConfig(url=server.url, socket_timeout=2)
-    try:
-        async with serving(tmp_path, redis) as (_, api):
-            running = await api.submit("sleep", {"seconds": 0.5})
-            await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
-            await _snapshot_fails(server)
-            await asyncio.sleep(4)  # the task ends, and its write is refused try after try
-            await _snapshot_works(server)
-            [ended] = await api.wait_all([running], timeout=30)
-    finally:
-        server.stop()
+    async with _snapshotting(tmp_path) as (server, api):
+        running = await api.submit("sleep", {"seconds": 0.5})
+        await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
+        await _snapshot_fails(server)
+        await asyncio.sleep(4)  # the task ends, and its write is refused try after try
+        await _snapshot_works(server)
+        [ended] = await api.wait_all([running], timeout=30)
 
     assert ended["status"] == "completed"
     lines = [
@@ -181,20 +164,13 @@ async def test_a_task_ending_while_redis_cannot_persist_logs_its_refused_write_o
 
 async def test_progress_dropped_while_redis_cannot_persist_is_logged_once_per_task(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="taskd.engine")
-    server = await ValkeyServer(
-        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
-    ).start()
-    redis = RedisConfig(url=server.url, socket_timeout=2)
-    try:
-        async with serving(tmp_path, redis) as (_, api):
-            running = await api.submit("sleep", {"seconds": 4, "steps": 20})
-            await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
-            await _snapshot_fails(server)
-            await asyncio.sleep(3)  # about 15 progress reports, each refused
-            await _snapshot_works(server)
-            [ended] = await api.wait_all([running], timeout=30)
-    finally:
-        server.stop()
+    async with _snapshotting(tmp_path) as (server, api):
+        running = await api.submit("sleep", {"seconds": 4, "steps": 20})
+        await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
+        await _snapshot_fails(server)
+        await asyncio.sleep(3)  # about 15 progress reports, each refused
+        await _snapshot_works(server)
+        [ended] = await api.wait_all([running], timeout=30)
 
     assert ended["status"] == "completed"
     dropped = [
@@ -206,20 +182,13 @@ async def test_progress_dropped_while_redis_cannot_persist_is_logged_once_per_ta
 
 
 async def test_while_redis_cannot_persist_metrics_say_so_and_stop_saying_it_after(tmp_path):
-    server = await ValkeyServer(
-        tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
-    ).start()
-    redis = RedisConfig(url=server.url, socket_timeout=2)
-    try:
-        async with serving(tmp_path, redis, workers=False) as (_, api):
-            await _snapshot_fails(server)
-            async with api.session.get(f"{api.base_url}/metrics") as response:
-                failing = (await response.text()).splitlines()
-            await _snapshot_works(server)
-            async with api.session.get(f"{api.base_url}/metrics") as response:
-                after = (await response.text()).splitlines()
-    finally:
-        server.stop()
+    async with _snapshotting(tmp_path, workers=False) as (server, api):
+        await _snapshot_fails(server)
+        async with api.session.get(f"{api.base_url}/metrics") as response:
+            failing = (await response.text()).splitlines()
+        await _snapshot_works(server)
+        async with api.session.get(f"{api.base_url}/metrics") as response:
+            after = (await response.text()).splitlines()
 
     assert "taskd_redis_persistence_ok 0.0" in failing
     assert "taskd_redis_persistence_ok 1.0" in after
