@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from conftest import RunningService
 from redis.asyncio import Redis
 
@@ -127,49 +128,33 @@ async def test_projects_take_turns_for_the_places_of_the_minute(redis: Redis):
 # of a freed slot's time goes unused follows from it (measured in docs/development.md, not here).
 
 
-async def test_the_waiter_whose_turn_comes_next_is_told_to_ask_again_sooner_than_an_ordinary_pause(
-    redis: Redis,
+@pytest.mark.parametrize(
+    ("ahead", "asker"),
+    [
+        # The first in the next project's line: told to wait the holder's lease (30 s), it would
+        # ask again an ordinary pause (up to a quarter second) after the slot was freed for it.
+        ([], "w:1|next"),
+        # The second: next once the first has its slot; asleep, a project's requests followed each
+        # other through the slots with idle gaps (40 of 50 ms through 2 slots: ~3.8 s, not ~1.5 s).
+        (["w:1|next"], "w:2|next"),
+        # The first in line of the project whose turn comes after: the turn passes to another
+        # project at each hand-over (4 projects: 3.6 to 4.3 s, not ~1.3 s).
+        (["a:1|a"], "b:1|b"),
+    ],
+    ids=["first-of-next-project", "second-of-next-project", "first-of-project-after"],
+)
+async def test_a_waiter_whose_turn_is_near_is_told_to_ask_again_sooner_than_an_ordinary_pause(
+    redis: Redis, ahead: list[str], asker: str
 ):
     limits = ProviderLimits(redis, "w")
     assert await limits.acquire("image", 1, 0, "h:1|holder") == (1, 0)
+    for waiter in ahead:
+        await limits.acquire("image", 1, 0, waiter)
 
-    refused, asks_in = await limits.acquire("image", 1, 0, "w:1|next")
-
-    # Told to wait the holder's lease (30 s), it would ask again an ordinary pause (up to a quarter
-    # second) after the slot was freed for it, the slot unused meanwhile.
-    assert refused == 0
-    assert asks_in <= SOON < POLL[0]
-
-
-async def test_the_second_in_the_next_projects_line_is_told_to_ask_sooner_than_an_ordinary_pause(
-    redis: Redis,
-):
-    # Once the first has its slot the second is next: asleep for an ordinary pause, the project's
-    # requests followed each other through the slots with idle gaps (40 of 50 ms through 2 slots
-    # drained in ~3.8 s instead of ~1.5 s).
-    limits = ProviderLimits(redis, "w")
-    assert await limits.acquire("image", 1, 0, "h:1|holder") == (1, 0)
-    await limits.acquire("image", 1, 0, "w:1|next")
-
-    refused, asks_in = await limits.acquire("image", 1, 0, "w:2|next")
+    refused, asks_in = await limits.acquire("image", 1, 0, asker)
 
     assert refused == 0
-    assert asks_in < POLL[0]
-
-
-async def test_the_first_in_line_of_the_project_whose_turn_comes_after_is_told_to_ask_sooner_than_a_pause(
-    redis: Redis,
-):
-    # The turn passes to another project at each handover: that project's first in line, asleep
-    # for an ordinary pause, left the slot freed for it unused (4 projects: 3.6 to 4.3 s, not ~1.3 s).
-    limits = ProviderLimits(redis, "w")
-    assert await limits.acquire("image", 1, 0, "h:1|holder") == (1, 0)
-    await limits.acquire("image", 1, 0, "a:1|a")
-
-    refused, asks_in = await limits.acquire("image", 1, 0, "b:1|b")
-
-    assert refused == 0
-    assert asks_in < POLL[0]
+    assert asks_in <= len(ahead) * SOON + SOON < POLL[0]
 
 
 async def test_a_waiter_far_from_its_turn_is_not_told_to_ask_more_often_than_an_ordinary_pause(
