@@ -182,6 +182,20 @@ async def test_a_batch_with_a_heavy_task_over_the_budget_stores_none_of_its_task
     assert not await redis.exists(keys.stored("batched"))
 
 
+async def held_with_end_events(redis: Redis, task_id: str, project: str, marker: bytes) -> tuple[int, int]:
+    """How many of the task's and its project's event streams' events carry `marker` (its end's
+    copies of a result or error), and the bytes its record and those events hold."""
+    record = await redis.hgetall(keys.task(task_id))
+    ends = [
+        fields[b"event"]
+        for stream in (keys.task_events(task_id), keys.project_events(project))
+        for _, fields in await redis.xrange(stream)
+        if marker in fields[b"event"]
+    ]
+    held = sum(len(name) + len(value) for name, value in record.items()) + sum(len(event) for event in ends)
+    return len(ends), held
+
+
 async def test_a_failed_tasks_error_counts_with_its_copies_in_the_task_and_project_event_streams(
     start_service: Any, redis: Redis
 ):
@@ -193,16 +207,9 @@ async def test_a_failed_tasks_error_counts_with_its_copies_in_the_task_and_proje
     assert start.record is not None
     await store.finish(start.record, "worker-a", TaskStatus.FAILED, time.time(), error="e" * 3900)
 
-    record = await redis.hgetall(keys.task(submitted["task_id"]))
-    ends = [
-        fields[b"event"]
-        for stream in (keys.task_events(submitted["task_id"]), keys.project_events("failing"))
-        for _, fields in await redis.xrange(stream)
-        if b"e" * 3900 in fields[b"event"]
-    ]
+    ends, held = await held_with_end_events(redis, submitted["task_id"], "failing", b"e" * 3900)
 
-    assert len(ends) == 2
-    held = sum(len(name) + len(value) for name, value in record.items()) + sum(len(event) for event in ends)
+    assert ends == 2
     assert sum((await stored(redis, "failing")).values()) >= held
 
 
@@ -266,17 +273,10 @@ async def test_a_completed_tasks_result_counts_with_its_copies_in_the_task_and_p
     big = await api.submit("big_result", {"characters": 20_000}, project_id="copies")
     await api.wait_terminal(big["task_id"])
 
-    record = await redis.hgetall(keys.task(big["task_id"]))
-    ends = [
-        fields[b"event"]
-        for stream in (keys.task_events(big["task_id"]), keys.project_events("copies"))
-        for _, fields in await redis.xrange(stream)
-        if b'"result"' in fields[b"event"]
-    ]
+    ends, held = await held_with_end_events(redis, big["task_id"], "copies", b'"result"')
 
     # Its end's event carries the result on both streams, which live a day past it (lib/emit.lua).
-    assert len(ends) == 2
-    held = sum(len(name) + len(value) for name, value in record.items()) + sum(len(event) for event in ends)
+    assert ends == 2
     assert sum((await stored(redis, "copies")).values()) >= held
 
 

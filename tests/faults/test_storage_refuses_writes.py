@@ -137,17 +137,26 @@ async def test_while_redis_cannot_persist_queue_health_is_critical_saying_so(tmp
     assert [alert["metric"] for alert in after["alerts"]] == []
 
 
+async def _through_a_failed_snapshot(
+    server: ValkeyServer, api: Api, task_data: dict[str, float], refused_for: float
+) -> tuple[str, dict]:
+    """A sleep task run while Redis refuses writes for `refused_for` s: its id and how it ended."""
+    running = await api.submit("sleep", task_data)
+    await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
+    await _snapshot_fails(server)
+    await asyncio.sleep(refused_for)
+    await _snapshot_works(server)
+    [ended] = await api.wait_all([running], timeout=30)
+    return running, ended
+
+
 async def test_a_task_ending_while_redis_cannot_persist_logs_its_refused_write_once_and_when_it_went_in(
     tmp_path, caplog
 ):
     caplog.set_level(logging.INFO, logger="taskd.engine")
     async with _snapshotting(tmp_path) as (server, api):
-        running = await api.submit("sleep", {"seconds": 0.5})
-        await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
-        await _snapshot_fails(server)
-        await asyncio.sleep(4)  # the task ends, and its write is refused try after try
-        await _snapshot_works(server)
-        [ended] = await api.wait_all([running], timeout=30)
+        # The task ends, and its write is refused try after try.
+        running, ended = await _through_a_failed_snapshot(server, api, {"seconds": 0.5}, refused_for=4)
 
     assert ended["status"] == "completed"
     lines = [
@@ -165,12 +174,10 @@ async def test_a_task_ending_while_redis_cannot_persist_logs_its_refused_write_o
 async def test_progress_dropped_while_redis_cannot_persist_is_logged_once_per_task(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="taskd.engine")
     async with _snapshotting(tmp_path) as (server, api):
-        running = await api.submit("sleep", {"seconds": 4, "steps": 20})
-        await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
-        await _snapshot_fails(server)
-        await asyncio.sleep(3)  # about 15 progress reports, each refused
-        await _snapshot_works(server)
-        [ended] = await api.wait_all([running], timeout=30)
+        # About 15 progress reports, each refused.
+        running, ended = await _through_a_failed_snapshot(
+            server, api, {"seconds": 4, "steps": 20}, refused_for=3
+        )
 
     assert ended["status"] == "completed"
     dropped = [
