@@ -64,11 +64,12 @@ class TreeLimits:
     address_space_bytes: int = 0  # 0 = no rlimit
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the kernel SIGKILL the child when taskd dies (Linux; None elsewhere).
+def die_with_parent(sig: signal.Signals = signal.SIGKILL) -> Callable[[], None] | None:
+    """A preexec_fn that makes the kernel send `sig` (SIGKILL unless a child must clean up first)
+    to the child when taskd dies (Linux; None elsewhere).
 
-    For job processes, started a few times per worker's life: a tool child, started often, gets
-    the same from TOOL_START instead, which keeps the fork cheap.
+    For job processes and their template, started a few times per worker's life: a tool child,
+    started often, gets the same from TOOL_START instead, which keeps the fork cheap.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -76,7 +77,7 @@ def die_with_parent() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def hook() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:
             os._exit(1)
 

@@ -9,11 +9,12 @@ import signal
 
 import aiohttp
 import psutil
-from conftest import API_KEY, child_env, make_config
+from conftest import API_KEY, TEST_TASK_MODULES, child_env, make_config
 
 from taskd.config import ExecutionConfig
 from taskd.engine.jobproc.forkserver import ForkedProcess, Template, TemplateGone
 from taskd.engine.jobproc.pool import Limits, RunnerPool
+from taskd.tasks.diagnostics import marker_path
 
 
 async def _show(service) -> dict:
@@ -100,6 +101,27 @@ async def test_the_template_and_its_job_processes_die_with_a_worker_killed_by_si
 
     serve.stop(signal.SIGKILL)
     _, alive = psutil.wait_procs(forked, timeout=10)
+
+    assert alive == []
+
+
+async def test_what_a_job_process_handler_started_dies_with_a_worker_killed_by_sigkill(spawn_taskd, tmp_path):
+    # One child ignores SIGTERM, one left the job process's group: only the template, their last
+    # subreaper, can still find them once the job process is gone.
+    data_dir = tmp_path / "data"
+    serve = spawn_taskd("serve", env=child_env(data_dir, TASKD_TASKS__MODULES=",".join(TEST_TASK_MODULES)))
+    async with aiohttp.ClientSession(serve.base_url, headers={"X-API-Key": API_KEY}) as session:
+        body = {"project_id": "p", "task_type": "leave_stubborn_children", "task_data": {"then": "wait"}}
+        async with session.post("/api/v1/tasks/submit", json=body) as response:
+            task_id = (await response.json())["task_id"]
+    marker = marker_path(data_dir, task_id, "children")
+    async with asyncio.timeout(30):
+        while not marker.exists():
+            await asyncio.sleep(0.05)
+    children = [psutil.Process(int(pid)) for pid in marker.read_text().split()]
+
+    serve.stop(signal.SIGKILL)
+    _, alive = psutil.wait_procs(children, timeout=10)
 
     assert alive == []
 

@@ -114,9 +114,11 @@ class Template:
                 limit=frames.MAX_FRAME,
                 env=child_environment(home=home),
                 # Its own process group, and it dies with the worker even when that is SIGKILLed
-                # (its job processes, in turn, die with it).
+                # (its job processes, in turn, die with it). Told by SIGTERM, which it outlives
+                # long enough to kill every process below it, what the job processes' handlers
+                # started included: with SIGKILL those would be left to init, nobody to end them.
                 start_new_session=True,
-                preexec_fn=die_with_parent(),
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         finally:
             theirs.close()

@@ -62,22 +62,28 @@ class _Template:
         os.set_blocking(wake_write, False)
         signal.set_wakeup_fd(wake_write)
         signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+        # The worker's death arrives as SIGTERM (forkserver.Template.start) with its end of the
+        # control socket closed: outlive the signal, and the loop ends on that close.
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
         self.channels = [control.fileno(), self.wake_read, wake_write, out.fileno()]
         # Made here, not in a child: it checks that the child's parent is this process.
         self.die_with_template = die_with_parent()
         self.jobs: set[int] = set()  # the job processes forked and not yet reaped
 
     def serve(self) -> None:
-        """Fork job processes on request until the worker closes the control socket."""
-        frames.write(self.out, {"op": "ready", "pid": os.getpid()})
-        while True:
-            readable, _, _ = select.select([self.control.fileno(), self.wake_read], [], [])
-            if self.wake_read in readable:
-                _drain(self.wake_read)
-                self._reap()
-            if self.control.fileno() in readable and not self._fork_requested():
-                self._kill_everything()
-                return
+        """Fork job processes on request until the worker closes the control socket (or dies:
+        then a report to it fails), and leave nothing running below this process."""
+        try:
+            frames.write(self.out, {"op": "ready", "pid": os.getpid()})
+            while True:
+                readable, _, _ = select.select([self.control.fileno(), self.wake_read], [], [])
+                if self.wake_read in readable:
+                    _drain(self.wake_read)
+                    self._reap()
+                if self.control.fileno() in readable and not self._fork_requested():
+                    return
+        finally:
+            self._kill_everything()
 
     def _kill_everything(self) -> None:
         """The worker is done with this template: kill every process below it. A job process still
