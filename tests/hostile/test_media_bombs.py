@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fake_media_apis import FakeImagesAPI, make_ctx
+from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, make_ctx, mono_wav
 from media_files import (
     jpeg_of_empty_segments,
     long_silent_flac,
@@ -25,10 +25,18 @@ from media_files import (
 )
 from PIL import Image
 
-from taskd.config import Config, ImageProvider, MediaConfig, NetworkConfig, ProvidersConfig
+from taskd.config import (
+    Config,
+    ImageProvider,
+    MediaConfig,
+    NetworkConfig,
+    ProvidersConfig,
+    SpeechProvider,
+)
 from taskd.media import ffmpeg, image_header
 from taskd.media.bounds import Bounds
-from taskd.tasks.builtin import generate_image
+from taskd.tasks.builtin import generate_character_voice, generate_image
+from taskd.tasks.builtin.generate_character_voice import GenerateCharacterVoiceInput
 from taskd.tasks.builtin.generate_image import GenerateImageInput
 from taskd.tasks.spec import TaskError
 
@@ -116,6 +124,29 @@ async def test_a_header_claiming_ten_hours_is_measured_by_what_the_file_holds(tm
     seconds = await ffmpeg.input_duration(path, limit=3600, what="Track")
 
     assert seconds == pytest.approx(1.0, abs=0.01)
+
+
+async def test_a_background_of_one_sample_is_refused_instead_of_looped(tmp_path, http, files):
+    # Looped as it was, each sample cost ffmpeg a pass of its loop: 768 000 passes per second of voice.
+    url = files.add("click.wav", mono_wav(struct.pack("<h", 3000), 768_000))
+    async with FakeSpeechAPI() as api:
+        config = Config(
+            data_dir=str(tmp_path / "data"),
+            media=MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch")),
+            providers=ProvidersConfig(speech=SpeechProvider(base_url=api.base_url)),
+            network=NetworkConfig(allow_private=True),
+        )
+        ctx, _ = make_ctx(http, config)
+
+        with pytest.raises(TaskError) as refused:
+            await generate_character_voice.run(
+                ctx, GenerateCharacterVoiceInput(text="Hi", background_noise=url)
+            )
+
+    assert str(refused.value) == (
+        f"Background noise {url} holds 0.000 s of audio; a background is looped under the voice "
+        "and must hold at least 0.1 s"
+    )
 
 
 async def test_a_mix_over_the_output_limit_fails_instead_of_being_stored(start_service, tmp_path, files):
