@@ -76,6 +76,22 @@ async def test_video_without_images_is_a_title_card(tmp_path, http):
     assert result["metadata"]["resolution"] == "160x120"
 
 
+async def test_the_encoder_runs_as_many_threads_on_every_host(tmp_path, http):
+    # x264 writes its settings into the stream; left to itself it ran 1.5 threads per core, and a
+    # render's memory grew with them (a 4K animatic passed execution.memory_limit_mb on 16 cores).
+    await ffmpeg.ready()
+    if "libx264" not in ffmpeg.encoders():
+        pytest.skip("this ffmpeg has no libx264")
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+
+    result = await generate_video.run(ctx, GenerateVideoInput(duration=1, fps=4, resolution="160x120"))
+
+    settings = re.search(rb" threads=(\d+) ", stored_file(config, result["media_url"]).read_bytes())
+    assert settings is not None
+    assert int(settings.group(1)) == ffmpeg.ENCODER_THREADS
+
+
 async def test_animation_reads_an_earlier_steps_image_link_from_the_store(tmp_path, http):
     config = attrs.evolve(media_config(tmp_path), network=NetworkConfig())  # the guard closed
     source = tmp_path / "still.png"
