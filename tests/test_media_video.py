@@ -63,6 +63,20 @@ async def test_storyboard_video_has_the_asked_duration_size_and_fps(tmp_path, fi
     assert not list((tmp_path / "scratch").iterdir())
 
 
+async def test_a_storyboard_of_one_frame_shots_keeps_every_frame(tmp_path, files, http):
+    # Eight images over eight frames: concat counted a shot of one frame as none, and the clip had 3.
+    urls = [files.add(f"s{i}.png", png(64, 48, (30 * i, 90, 30))) for i in range(8)]
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=urls, duration=2, fps=4, resolution="160x120", transition="cut"
+    )
+
+    result = await generate_video.run(ctx, data)
+
+    assert result["metadata"]["duration"] == pytest.approx(2.0, abs=0.01)
+
+
 async def test_video_without_images_is_a_title_card(tmp_path, http):
     config = media_config(tmp_path)
     ctx, _ = make_ctx(http, config)
