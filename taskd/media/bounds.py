@@ -17,6 +17,12 @@ from taskd.config import MediaConfig
 from taskd.errors import TaskError
 from taskd.media import ffmpeg, image_header
 
+# An audio input's stream, read before it is decoded. ffmpeg's resampler mixes at most 64 channels
+# (a file of 255 failed deep in the mix as "[SWR] Failed to set option"), and one of 2^31 Hz asked
+# it for more memory than it had; 384 kHz is the highest rate recorded audio has (DXD).
+MAX_AUDIO_CHANNELS = 64
+MAX_SAMPLE_RATE = 384_000
+
 
 @attrs.frozen
 class Bounds:
@@ -45,13 +51,23 @@ class Bounds:
         return size
 
     async def check_audio(self, path: Path, what: str) -> float:
-        """The audio input's length in seconds, counted from its packets; TaskError over max_input_seconds."""
-        seconds = await ffmpeg.input_duration(path, self.max_input_seconds, what)
-        if seconds > self.max_input_seconds:
+        """The audio input's length in seconds, counted from its packets; TaskError over max_input_seconds,
+        MAX_AUDIO_CHANNELS or MAX_SAMPLE_RATE."""
+        stream = await ffmpeg.measure_audio(path, self.max_input_seconds, what)
+        if stream.seconds > self.max_input_seconds:
             raise TaskError(
                 f"{what} is longer than the limit of {self.max_input_seconds:g} s (media.max_input_seconds)"
             )
-        return seconds
+        if stream.channels is not None and stream.channels > MAX_AUDIO_CHANNELS:
+            raise TaskError(
+                f"{what} has {stream.channels} channels, over the limit of {MAX_AUDIO_CHANNELS} "
+                "(what ffmpeg's resampler can mix)"
+            )
+        if stream.sample_rate is not None and stream.sample_rate > MAX_SAMPLE_RATE:
+            raise TaskError(
+                f"{what} has a sample rate of {stream.sample_rate} Hz, over the limit of {MAX_SAMPLE_RATE} Hz"
+            )
+        return stream.seconds
 
     def image_input(self, path: Path) -> list[str]:
         """`-i` for a fetched image, read by its type's demuxer, with ffmpeg's decoder refusing any

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import subprocess
+import wave
 import zlib
 from pathlib import Path
 
@@ -19,6 +21,17 @@ def square_wav(seconds: float = 2.0, rate: int = 8000) -> bytes:
     """Mono 16-bit WAV of a quiet square wave (loud enough to have a loudness)."""
     frames = b"".join(struct.pack("<h", 3000 if (n // 20) % 2 else -3000) for n in range(int(seconds * rate)))
     return mono_wav(frames, rate)
+
+
+def silent_wav(seconds: float, rate: int, channels: int) -> bytes:
+    """A 16-bit PCM WAV of silence with any sample rate and channel count its header can say."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(2 * channels * int(seconds * rate)))
+    return out.getvalue()
 
 
 def tagged_flac(workdir: Path, *, seconds: float = 2.0, **tags: str) -> bytes:

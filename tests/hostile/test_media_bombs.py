@@ -20,6 +20,7 @@ from media_files import (
     long_silent_flac,
     m4a_stamped_zero,
     png_bomb,
+    silent_wav,
     square_wav,
     wav_claiming,
 )
@@ -106,6 +107,32 @@ async def test_a_ten_hour_track_fails_naming_the_duration_limit(start_service, t
     assert_no_internals(body, service)
 
 
+async def test_a_track_of_more_channels_than_ffmpeg_can_mix_fails_naming_the_limit(
+    start_service, tmp_path, files
+):
+    service = await start(start_service, tmp_path)
+    url = files.add("wide.wav", silent_wav(0.1, 8000, channels=65))
+
+    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == (
+        f"Track {url} has 65 channels, over the limit of 64 (what ffmpeg's resampler can mix)"
+    )
+
+
+async def test_a_track_at_768_khz_fails_naming_the_sample_rate_limit(start_service, tmp_path, files):
+    service = await start(start_service, tmp_path)
+    url = files.add("fast.wav", silent_wav(0.01, 768_000, channels=1))
+
+    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == f"Track {url} has a sample rate of 768000 Hz, over the limit of 384000 Hz"
+
+
 async def test_the_duration_limit_is_a_setting(start_service, tmp_path, files):
     service = await start(start_service, tmp_path, max_input_seconds=1.5)
     url = files.add("two.wav", square_wav(2.0))
@@ -121,14 +148,14 @@ async def test_a_header_claiming_ten_hours_is_measured_by_what_the_file_holds(tm
     path = tmp_path / "liar.wav"
     path.write_bytes(wav_claiming(seconds=36_000, body_seconds=1.0))
 
-    seconds = await ffmpeg.input_duration(path, limit=3600, what="Track")
+    seconds = (await ffmpeg.measure_audio(path, limit=3600, what="Track")).seconds
 
     assert seconds == pytest.approx(1.0, abs=0.01)
 
 
 async def test_a_background_of_one_sample_is_refused_instead_of_looped(tmp_path, http, files):
-    # Looped as it was, each sample cost ffmpeg a pass of its loop: 768 000 passes per second of voice.
-    url = files.add("click.wav", mono_wav(struct.pack("<h", 3000), 768_000))
+    # Looped as it was, each sample cost ffmpeg a pass of its loop: 48 000 passes per second of voice.
+    url = files.add("click.wav", mono_wav(struct.pack("<h", 3000), 48_000))
     async with FakeSpeechAPI() as api:
         config = Config(
             data_dir=str(tmp_path / "data"),
