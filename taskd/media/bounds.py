@@ -22,6 +22,10 @@ from taskd.media import ffmpeg, image_header
 # it for more memory than it had; 384 kHz is the highest rate recorded audio has (DXD).
 MAX_AUDIO_CHANNELS = 64
 MAX_SAMPLE_RATE = 384_000
+# Scans of a JPEG: each is a pass of the decoder over every block of the picture, and a progressive
+# scan that changes nothing takes 31 bytes, so 50 MiB of them kept a worker decoding one 40-megapixel
+# image for hours (2000 made a 16-megapixel grey one take 2 s). Real files have a few dozen at most.
+MAX_JPEG_SCANS = 200
 
 
 @attrs.frozen
@@ -38,7 +42,8 @@ class Bounds:
         return cls(media.max_image_pixels, media.max_input_seconds, media.max_output_bytes)
 
     def check_image(self, path: Path, what: str) -> tuple[int, int]:
-        """The image's (width, height) from its header; TaskError if it has none or is over max_image_pixels."""
+        """The image's (width, height) from its header; TaskError if it has none, is over max_image_pixels,
+        or is a JPEG of more than MAX_JPEG_SCANS scans."""
         size = image_header.dimensions(path)
         if size is None:
             raise TaskError(f"{what} is not a readable image (no PNG, JPEG, GIF, BMP or WebP header)")
@@ -48,6 +53,9 @@ class Bounds:
                 f"{what} is {width}x{height} pixels, over the limit of {self.max_image_pixels} pixels "
                 "(media.max_image_pixels)"
             )
+        scans = image_header.jpeg_scans(path)
+        if scans > MAX_JPEG_SCANS:
+            raise TaskError(f"{what} is a JPEG of {scans} scans, over the limit of {MAX_JPEG_SCANS}")
         return size
 
     async def check_audio(self, path: Path, what: str) -> float:

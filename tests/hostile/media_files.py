@@ -11,6 +11,7 @@ from pathlib import Path
 
 import imageio_ffmpeg
 from fake_media_apis import mono_wav
+from PIL import Image
 
 
 def _ffmpeg(*args: str) -> None:
@@ -122,3 +123,13 @@ def m4a_stamped_zero(workdir: Path, seconds: float, rate: int = 8000) -> bytes:
 def jpeg_of_empty_segments(count: int) -> bytes:
     """SOI, `count` empty comment segments, then a 16x16 frame header: a walk of `count` segments."""
     return b"\xff\xd8" + b"\xff\xfe\x00\x02" * count + b"\xff\xc0\x00\x11\x08\x00\x10\x00\x10\x03"
+
+
+def jpeg_of_many_scans(count: int) -> bytes:
+    """A small progressive JPEG with `count` more copies of its last scan, each a pass over every block."""
+    out = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    end = data.rindex(b"\xff\xd9")
+    last_scan = data[data.rindex(b"\xff\xda") : end]
+    return data[:end] + last_scan * count + b"\xff\xd9"

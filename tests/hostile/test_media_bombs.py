@@ -17,6 +17,7 @@ import pytest
 from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, make_ctx, mono_wav
 from media_files import (
     jpeg_of_empty_segments,
+    jpeg_of_many_scans,
     long_silent_flac,
     m4a_stamped_zero,
     png_bomb,
@@ -73,6 +74,20 @@ async def test_a_png_decompression_bomb_fails_before_it_is_decoded(start_service
     )
     assert worker.memory_info().rss - rss_before < 100 * MEGABYTE
     assert_no_internals(body, service)
+
+
+async def test_a_jpeg_of_many_scans_fails_before_it_is_decoded(start_service, tmp_path, files):
+    # Each scan is a pass over every block; 31 bytes each, 50 MiB of them decoded for hours.
+    service = await start(start_service, tmp_path)
+    bomb = jpeg_of_many_scans(300)
+    url = files.add("scans.jpg", bomb)
+
+    task = await service.submit("render_animation", {"character_id": "c", "keyframes": [{"image_url": url}]})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    scans = bomb.count(b"\xff\xda")  # the 300 and the encoder's own
+    assert body["error"] == f"Image {url} is a JPEG of {scans} scans, over the limit of 200"
 
 
 async def test_a_generated_image_over_the_pixel_limit_is_not_stored(tmp_path, http):
@@ -289,6 +304,14 @@ def test_a_jpeg_of_a_million_empty_segments_is_refused_without_walking_them(tmp_
     path.write_bytes(jpeg_of_empty_segments(1_000_000))
 
     assert image_header.dimensions(path) is None
+
+
+def test_a_scan_marker_split_between_two_reads_is_counted_once(tmp_path):
+    path = tmp_path / "split.jpg"
+    # The reads after the start-of-image marker are a MiB each: the first ends on the marker's 0xFF.
+    path.write_bytes(b"\xff\xd8" + bytes(1024 * 1024 - 1) + b"\xff\xda" + bytes(10) + b"\xff\xda")
+
+    assert image_header.jpeg_scans(path) == 2
 
 
 def test_a_jpeg_ls_frame_header_is_read_as_a_frame_header(tmp_path):
