@@ -123,6 +123,27 @@ async def test_every_bad_field_is_reported_at_once(taskd):
     }
 
 
+@pytest.mark.parametrize(
+    ("task_type", "task_data"),
+    [
+        ("generate_video", {}),
+        ("render_animation", {"character_id": "c", "keyframes": [{"image_url": "https://x.example/c.png"}]}),
+    ],
+)
+async def test_a_resolution_no_h264_frame_holds_is_refused_at_submit(taskd, task_type, task_data):
+    # 480x480 macroblocks: over H.264's 139 264; accepted, it ran the encoder out of its address space.
+    status, body = await post(
+        taskd,
+        {"project_id": "p", "task_type": task_type, "task_data": {**task_data, "resolution": "7680x7680"}},
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.resolution": "Resolution must fit an H.264 frame: at most 139264 macroblocks of 16x16 "
+        "pixels (7680x4320 fits, 7680x7680 does not)"
+    }
+
+
 async def test_unknown_task_type_is_refused(taskd):
     status, body = await post(taskd, {"project_id": "p", "task_type": "make_coffee", "task_data": {}})
 

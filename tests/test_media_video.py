@@ -63,6 +63,20 @@ async def test_storyboard_video_has_the_asked_duration_size_and_fps(tmp_path, fi
     assert not list((tmp_path / "scratch").iterdir())
 
 
+async def test_a_storyboard_of_one_frame_shots_keeps_every_frame(tmp_path, files, http):
+    # Eight images over eight frames: concat counted a shot of one frame as none, and the clip had 3.
+    urls = [files.add(f"s{i}.png", png(64, 48, (30 * i, 90, 30))) for i in range(8)]
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    data = GenerateVideoInput(
+        storyboard_images=urls, duration=2, fps=4, resolution="160x120", transition="cut"
+    )
+
+    result = await generate_video.run(ctx, data)
+
+    assert result["metadata"]["duration"] == pytest.approx(2.0, abs=0.01)
+
+
 async def test_video_without_images_is_a_title_card(tmp_path, http):
     config = media_config(tmp_path)
     ctx, _ = make_ctx(http, config)
@@ -74,6 +88,22 @@ async def test_video_without_images_is_a_title_card(tmp_path, http):
 
     assert result["metadata"]["duration"] == pytest.approx(2.0, abs=0.1)
     assert result["metadata"]["resolution"] == "160x120"
+
+
+async def test_the_encoder_runs_as_many_threads_on_every_host(tmp_path, http):
+    # x264 writes its settings into the stream; left to itself it ran 1.5 threads per core, and a
+    # render's memory grew with them (a 4K animatic passed execution.memory_limit_mb on 16 cores).
+    await ffmpeg.ready()
+    if "libx264" not in ffmpeg.encoders():
+        pytest.skip("this ffmpeg has no libx264")
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+
+    result = await generate_video.run(ctx, GenerateVideoInput(duration=1, fps=4, resolution="160x120"))
+
+    settings = re.search(rb" threads=(\d+) ", stored_file(config, result["media_url"]).read_bytes())
+    assert settings is not None
+    assert int(settings.group(1)) == ffmpeg.ENCODER_THREADS
 
 
 async def test_animation_reads_an_earlier_steps_image_link_from_the_store(tmp_path, http):

@@ -371,6 +371,36 @@ async def test_an_mp4_header_with_no_video_in_it_fails_and_nothing_is_stored(tmp
     assert stored(config) == []
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_another_projects_media_link_as_the_reference_is_refused(tmp_path, http, api, protocol):
+    config = config_for(tmp_path, provider(api, protocol))
+    source = tmp_path / "theirs.png"
+    source.write_bytes(png(40, 40))
+    # Signed by this taskd for proj-2; the task is proj-1's. Fetched over HTTP (or handed to the
+    # provider to fetch), taskd's media route serves it for its good signature.
+    url = MediaStore.from_config(config).put("proj-2", "image_theirs.png", source).url
+    ctx, _ = make_ctx(http, config)
+
+    with pytest.raises(TaskError) as refused:
+        await generate_video.run(ctx, scene(storyboard_images=[url]))
+
+    assert str(refused.value) == f"Image {url} was refused: it is a media link of another project"
+    assert api.created == []
+
+
+async def test_the_tasks_own_media_link_is_read_from_the_store_as_the_reference(tmp_path, http, api):
+    config = config_for(tmp_path, provider(api, "openai"), allow_private=False)  # the guard closed
+    source = tmp_path / "earlier.png"
+    source.write_bytes(png(40, 40))
+    # At http://media.test, which resolves nowhere: only the store can answer it.
+    url = MediaStore.from_config(config).put("proj-1", "image_earlier.png", source).url
+    ctx, _ = make_ctx(http, config)
+
+    await generate_video.run(ctx, scene(storyboard_images=[url]))
+
+    assert Image.open(io.BytesIO(api.created[0]["input_reference"])).size == (1280, 720)
+
+
 async def test_an_output_url_on_another_host_goes_through_the_guard(tmp_path, http, api):
     # The provider's own origin (127.0.0.1:<port>) is trusted; the same server named otherwise is not.
     api.output_url = f"http://localhost:{api.port}/files/out.mp4"

@@ -123,7 +123,10 @@ def slideshow_graph(
         return parts, "s0"
     if fade == 0:
         inputs = "".join(f"[s{i}]" for i in range(len(holds)))
-        parts.append(f"{inputs}concat=n={len(holds)}:v=1:a=0[shots]")
+        # concat times a shot by its end's timestamp, which zoompan leaves at its last frame's, so a
+        # shot of one frame counted as none and the next overlaid it: the clip came out short (8
+        # shots of one frame made 3). Each shot has exactly its frames: they are numbered in turn.
+        parts.append(f"{inputs}concat=n={len(holds)}:v=1:a=0,setpts=N/({clip.fps}*TB)[shots]")
         return parts, "shots"
     last, elapsed = "s0", 0
     for i in range(1, len(holds)):

@@ -17,6 +17,16 @@ from taskd.config import MediaConfig
 from taskd.errors import TaskError
 from taskd.media import ffmpeg, image_header
 
+# An audio input's stream, read before it is decoded. ffmpeg's resampler mixes at most 64 channels
+# (a file of 255 failed deep in the mix as "[SWR] Failed to set option"), and one of 2^31 Hz asked
+# it for more memory than it had; 384 kHz is the highest rate recorded audio has (DXD).
+MAX_AUDIO_CHANNELS = 64
+MAX_SAMPLE_RATE = 384_000
+# Scans of a JPEG: each is a pass of the decoder over every block of the picture, and a progressive
+# scan that changes nothing takes 31 bytes, so 50 MiB of them kept a worker decoding one 40-megapixel
+# image for hours (2000 made a 16-megapixel grey one take 2 s). Real files have a few dozen at most.
+MAX_JPEG_SCANS = 200
+
 
 @attrs.frozen
 class Bounds:
@@ -32,7 +42,8 @@ class Bounds:
         return cls(media.max_image_pixels, media.max_input_seconds, media.max_output_bytes)
 
     def check_image(self, path: Path, what: str) -> tuple[int, int]:
-        """The image's (width, height) from its header; TaskError if it has none or is over max_image_pixels."""
+        """The image's (width, height) from its header; TaskError if it has none, is over max_image_pixels,
+        or is a JPEG of more than MAX_JPEG_SCANS scans."""
         size = image_header.dimensions(path)
         if size is None:
             raise TaskError(f"{what} is not a readable image (no PNG, JPEG, GIF, BMP or WebP header)")
@@ -42,16 +53,29 @@ class Bounds:
                 f"{what} is {width}x{height} pixels, over the limit of {self.max_image_pixels} pixels "
                 "(media.max_image_pixels)"
             )
+        scans = image_header.jpeg_scans(path)
+        if scans > MAX_JPEG_SCANS:
+            raise TaskError(f"{what} is a JPEG of {scans} scans, over the limit of {MAX_JPEG_SCANS}")
         return size
 
     async def check_audio(self, path: Path, what: str) -> float:
-        """The audio input's length in seconds, counted from its packets; TaskError over max_input_seconds."""
-        seconds = await ffmpeg.input_duration(path, self.max_input_seconds, what)
-        if seconds > self.max_input_seconds:
+        """The audio input's length in seconds, counted from its packets; TaskError over max_input_seconds,
+        MAX_AUDIO_CHANNELS or MAX_SAMPLE_RATE."""
+        stream = await ffmpeg.measure_audio(path, self.max_input_seconds, what)
+        if stream.seconds > self.max_input_seconds:
             raise TaskError(
                 f"{what} is longer than the limit of {self.max_input_seconds:g} s (media.max_input_seconds)"
             )
-        return seconds
+        if stream.channels is not None and stream.channels > MAX_AUDIO_CHANNELS:
+            raise TaskError(
+                f"{what} has {stream.channels} channels, over the limit of {MAX_AUDIO_CHANNELS} "
+                "(what ffmpeg's resampler can mix)"
+            )
+        if stream.sample_rate is not None and stream.sample_rate > MAX_SAMPLE_RATE:
+            raise TaskError(
+                f"{what} has a sample rate of {stream.sample_rate} Hz, over the limit of {MAX_SAMPLE_RATE} Hz"
+            )
+        return stream.seconds
 
     def image_input(self, path: Path) -> list[str]:
         """`-i` for a fetched image, read by its type's demuxer, with ffmpeg's decoder refusing any

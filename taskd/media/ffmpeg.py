@@ -109,11 +109,19 @@ async def warm_up() -> None:
         log.warning("ffmpeg could not be located or probed at start-up: %s", exc)
 
 
+# The H.264 encoder's threads. Left to itself x264 runs 1.5 per core, each frame thread holding
+# frames of its own, so a render's memory grew with the host: a 4K animatic that took 1.4 GB on a
+# small host passed the 2048 MB execution.memory_limit_mb on a 16-core one and was killed there.
+ENCODER_THREADS = 8
+
+
 def h264_encoder() -> list[str]:
-    """Encoder arguments for H.264: libx264 when built in, else OpenH264 (on the loop: after `ready()`)."""
+    """Encoder arguments for H.264: libx264 when built in, else OpenH264 (on the loop: after `ready()`),
+    on ENCODER_THREADS threads whatever the host has."""
+    threads = ["-threads", str(ENCODER_THREADS)]
     if "libx264" in encoders():
-        return ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20"]
-    return ["-c:v", "libopenh264", "-b:v", "4M"]
+        return ["-c:v", "libx264", "-preset", "veryfast", "-crf", "20", *threads]
+    return ["-c:v", "libopenh264", "-b:v", "4M", *threads]
 
 
 async def run_ffmpeg(
@@ -279,27 +287,70 @@ async def probe(path: Path) -> MediaInfo:
     return parse_info(await ffmpeg_output(["-i", str(path)]))
 
 
-async def input_duration(path: Path, limit: float, what: str) -> float:
-    """Seconds of audio in an input file, counted by copying its packets to nowhere (nothing is decoded),
-    at most `limit` + 1; TaskError when ffmpeg cannot read an audio stream from it.
+@attrs.frozen
+class AudioInput:
+    """An audio input as ffmpeg reads it: seconds counted from its packets, the stream's parameters."""
+
+    seconds: float
+    sample_rate: int | None
+    channels: int | None  # as layout_channels() counts them: None for a named layout (24 at most)
+
+
+async def measure_audio(path: Path, limit: float, what: str) -> AudioInput:
+    """An input's seconds of audio, counted by copying its packets to nowhere (nothing is decoded),
+    at most `limit` + 1, and its first audio stream's sample rate and channel count; TaskError when
+    ffmpeg cannot read an audio stream from it.
 
     The count is read from `-progress` on stdout, which holds ffmpeg's counters alone: the file's tags,
-    its stream language and its header's claimed length go to stderr, which nobody reads.
+    its stream language and its header's claimed length go to stderr, which nobody reads. The
+    parameters come from a `framecrc` of the stream's first packet, whose header lines ffmpeg
+    writes from the stream's parameters alone (no tag is printed there).
     """
     await ready()
-    code, out = await collect(
-        [
-            *(ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-loglevel", "quiet"),
-            *("-t", f"{limit + 1:.3f}", *demuxer(path), "-i", str(path), "-map", "0:a:0", "-c", "copy"),
-            *("-f", "null", "-progress", "pipe:1", "-"),
-        ],
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    stream = path.with_name(f"{path.name}.stream")
+    try:
+        code, out = await collect(
+            [
+                *(ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", "-y", "-loglevel", "quiet"),
+                *("-t", f"{limit + 1:.3f}", *demuxer(path), "-i", str(path), "-map", "0:a:0", "-c", "copy"),
+                *("-f", "null", "-progress", "pipe:1", "-"),
+                *("-map", "0:a:0", "-c", "copy", "-frames:a", "1", "-f", "framecrc", str(stream)),
+            ],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        header = await asyncio.to_thread(_read_header, stream)
+    finally:
+        await asyncio.to_thread(stream.unlink, missing_ok=True)
     counted = re.findall(rb"^out_time_us=(-?\d+)$", out, re.M)
     if code != 0 or not counted:
         raise TaskError(f"{what} is not a readable audio file")
-    return max(0, int(counted[-1])) / 1e6
+    rate = re.search(r"^#sample_rate 0: (\d+)$", header, re.M)
+    layout = re.search(r"^#channel_layout_name 0: (.+)$", header, re.M)
+    return AudioInput(
+        max(0, int(counted[-1])) / 1e6,
+        int(rate.group(1)) if rate else None,
+        layout_channels(layout.group(1)) if layout else None,
+    )
+
+
+def _read_header(stream: Path) -> str:
+    # The header lines come first; the one packet's line after them is short.
+    try:
+        with stream.open("rb") as lines:
+            return lines.read(4096).decode("ascii", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def layout_channels(name: str) -> int | None:
+    """Channels of a layout as ffmpeg describes it: `N channels (…)` (any layout without a name),
+    `ambisonic N` (at least (N+1)^2); None for a standard named one, mono to 22.2, of 24 at most."""
+    if count := re.match(r"(\d+) channels", name):
+        return int(count.group(1))
+    if order := re.match(r"ambisonic (\d+)", name):
+        return (int(order.group(1)) + 1) ** 2
+    return None
 
 
 # ebur128 prints its summary when it closes, after everything a file can make ffmpeg print.

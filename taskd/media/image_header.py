@@ -20,6 +20,8 @@ _WEBP_CHUNKS_READ = 4096  # an animation has a chunk per frame
 # What a JPEG's walk reads before its frame header at most. Real files have a few dozen segments
 # (EXIF, ICC, XMP, tables) and a handful of fill bytes there; a crafted file of millions of empty
 # ones kept a thread of the API's process walking for seconds, and is refused instead.
+_JPEG_SOS = b"\xff\xda"
+_CHUNK = 1024 * 1024
 _JPEG_SEGMENTS_READ = 1024
 _JPEG_FILL_READ = 4096
 
@@ -39,6 +41,24 @@ def dimensions(path: Path) -> tuple[int, int] | None:
         if head.startswith(b"\xff\xd8"):
             return _jpeg(stream)
     return None
+
+
+def jpeg_scans(path: Path) -> int:
+    """How many scans a JPEG holds (its start-of-scan markers; 0 for a file that is no JPEG).
+
+    Entropy-coded data never holds the marker (a 0xFF there is followed by 0x00 or a restart
+    marker), so a count over the bytes is a count of scans, an EXIF thumbnail's few included.
+    """
+    count, carry = 0, b""
+    with path.open("rb") as stream:
+        if stream.read(2) != b"\xff\xd8":
+            return 0
+        while chunk := stream.read(_CHUNK):
+            joined = carry + chunk
+            count += joined.count(_JPEG_SOS)
+            # A marker split between two reads is counted once, with the read it ends in.
+            carry = joined[-1:] if joined[-1:] == b"\xff" else b""
+    return count
 
 
 def _positive(width: int, height: int) -> tuple[int, int] | None:

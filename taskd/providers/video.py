@@ -23,6 +23,8 @@ from taskd.config import Config, VideoProvider
 from taskd.errors import TaskError
 from taskd.media import download, ffmpeg
 from taskd.media.bounds import Bounds
+from taskd.media.own import OwnMedia
+from taskd.media.store import MediaStore
 from taskd.media.video import ClipRequest, ProgressFn
 from taskd.net.guarded import GuardedClient
 from taskd.providers.limits import Gate
@@ -62,6 +64,7 @@ def renderer(
         download.Limits.from_config(config.media),
         Bounds.from_config(config.media),
         gate,
+        MediaStore.from_config(config),
     )
 
 
@@ -115,6 +118,7 @@ class ProviderRenderer:
         limits: download.Limits,
         bounds: Bounds,
         gate: Gate | None,
+        store: MediaStore | None = None,
     ) -> None:
         self.model = settings.model
         self._settings = settings
@@ -124,6 +128,7 @@ class ProviderRenderer:
         self._limits = limits
         self._bounds = bounds
         self._gate = gate
+        self._store = store
 
     async def render(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> Path:
         """Ask the provider for the clip and return the MP4 it made, copied into `workdir`."""
@@ -162,10 +167,28 @@ class ProviderRenderer:
             fps=clip.fps,
             image_url=image_url,
         )
-        if image_url is None or not self._api.uploads_reference:
+        if image_url is None:
+            return request
+        # A link of this taskd's media store is read or refused as the built-in renderer reads or
+        # refuses it: fetched over HTTP, another project's signed link was served for its good
+        # signature and became this task's reference (and the task's own one, at taskd's loopback
+        # address, was refused by the SSRF guard).
+        own = None
+        if self._store is not None and clip.project_id is not None:
+            own = OwnMedia(self._store, clip.project_id)
+        if not self._api.uploads_reference:
+            # The provider fetches the URL itself: only checked here.
+            if own is not None:
+                await asyncio.to_thread(own.find, image_url, "Image")
             return request
         fetched = await download.fetch(
-            self._inputs, image_url, workdir / "reference", kind="image", limits=self._limits, what="Image"
+            self._inputs,
+            image_url,
+            workdir / "reference",
+            kind="image",
+            limits=self._limits,
+            what="Image",
+            own=own,
         )
         # The header is read from disk: in a thread.
         await asyncio.to_thread(self._bounds.check_image, fetched, f"Image {image_url}")

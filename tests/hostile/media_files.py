@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import subprocess
+import wave
 import zlib
 from pathlib import Path
 
 import imageio_ffmpeg
 from fake_media_apis import mono_wav
+from PIL import Image
 
 
 def _ffmpeg(*args: str) -> None:
@@ -19,6 +22,17 @@ def square_wav(seconds: float = 2.0, rate: int = 8000) -> bytes:
     """Mono 16-bit WAV of a quiet square wave (loud enough to have a loudness)."""
     frames = b"".join(struct.pack("<h", 3000 if (n // 20) % 2 else -3000) for n in range(int(seconds * rate)))
     return mono_wav(frames, rate)
+
+
+def silent_wav(seconds: float, rate: int, channels: int) -> bytes:
+    """A 16-bit PCM WAV of silence with any sample rate and channel count its header can say."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(2 * channels * int(seconds * rate)))
+    return out.getvalue()
 
 
 def tagged_flac(workdir: Path, *, seconds: float = 2.0, **tags: str) -> bytes:
@@ -109,3 +123,13 @@ def m4a_stamped_zero(workdir: Path, seconds: float, rate: int = 8000) -> bytes:
 def jpeg_of_empty_segments(count: int) -> bytes:
     """SOI, `count` empty comment segments, then a 16x16 frame header: a walk of `count` segments."""
     return b"\xff\xd8" + b"\xff\xfe\x00\x02" * count + b"\xff\xc0\x00\x11\x08\x00\x10\x00\x10\x03"
+
+
+def jpeg_of_many_scans(count: int) -> bytes:
+    """A small progressive JPEG with `count` more copies of its last scan, each a pass over every block."""
+    out = io.BytesIO()
+    Image.new("L", (64, 64), 128).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    end = data.rindex(b"\xff\xd9")
+    last_scan = data[data.rindex(b"\xff\xda") : end]
+    return data[:end] + last_scan * count + b"\xff\xd9"

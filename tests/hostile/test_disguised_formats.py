@@ -46,7 +46,7 @@ async def test_a_dash_manifest_behind_an_id3_tag_is_not_read_as_one(tmp_path):
     path.write_bytes(ID3_TAG + dash_manifest_as_m4a(reads=secret))
 
     with pytest.raises(TaskError, match="is not a readable audio file"):
-        await ffmpeg.input_duration(path, 60, "Track")
+        await ffmpeg.measure_audio(path, 60, "Track")
 
 
 def _audio(tmp_path: Path, name: str, *args: str) -> bytes:

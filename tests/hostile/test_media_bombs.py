@@ -14,21 +14,31 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fake_media_apis import FakeImagesAPI, make_ctx
+from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, make_ctx, mono_wav
 from media_files import (
     jpeg_of_empty_segments,
+    jpeg_of_many_scans,
     long_silent_flac,
     m4a_stamped_zero,
     png_bomb,
+    silent_wav,
     square_wav,
     wav_claiming,
 )
 from PIL import Image
 
-from taskd.config import Config, ImageProvider, MediaConfig, NetworkConfig, ProvidersConfig
+from taskd.config import (
+    Config,
+    ImageProvider,
+    MediaConfig,
+    NetworkConfig,
+    ProvidersConfig,
+    SpeechProvider,
+)
 from taskd.media import ffmpeg, image_header
 from taskd.media.bounds import Bounds
-from taskd.tasks.builtin import generate_image
+from taskd.tasks.builtin import generate_character_voice, generate_image
+from taskd.tasks.builtin.generate_character_voice import GenerateCharacterVoiceInput
 from taskd.tasks.builtin.generate_image import GenerateImageInput
 from taskd.tasks.spec import TaskError
 
@@ -66,6 +76,20 @@ async def test_a_png_decompression_bomb_fails_before_it_is_decoded(start_service
     assert_no_internals(body, service)
 
 
+async def test_a_jpeg_of_many_scans_fails_before_it_is_decoded(start_service, tmp_path, files):
+    # Each scan is a pass over every block; 31 bytes each, 50 MiB of them decoded for hours.
+    service = await start(start_service, tmp_path)
+    bomb = jpeg_of_many_scans(300)
+    url = files.add("scans.jpg", bomb)
+
+    task = await service.submit("render_animation", {"character_id": "c", "keyframes": [{"image_url": url}]})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    scans = bomb.count(b"\xff\xda")  # the 300 and the encoder's own
+    assert body["error"] == f"Image {url} is a JPEG of {scans} scans, over the limit of 200"
+
+
 async def test_a_generated_image_over_the_pixel_limit_is_not_stored(tmp_path, http):
     async with FakeImagesAPI() as api:
         api.image = png_bomb(8_000, 6_000)
@@ -98,6 +122,32 @@ async def test_a_ten_hour_track_fails_naming_the_duration_limit(start_service, t
     assert_no_internals(body, service)
 
 
+async def test_a_track_of_more_channels_than_ffmpeg_can_mix_fails_naming_the_limit(
+    start_service, tmp_path, files
+):
+    service = await start(start_service, tmp_path)
+    url = files.add("wide.wav", silent_wav(0.1, 8000, channels=65))
+
+    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == (
+        f"Track {url} has 65 channels, over the limit of 64 (what ffmpeg's resampler can mix)"
+    )
+
+
+async def test_a_track_at_768_khz_fails_naming_the_sample_rate_limit(start_service, tmp_path, files):
+    service = await start(start_service, tmp_path)
+    url = files.add("fast.wav", silent_wav(0.01, 768_000, channels=1))
+
+    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == f"Track {url} has a sample rate of 768000 Hz, over the limit of 384000 Hz"
+
+
 async def test_the_duration_limit_is_a_setting(start_service, tmp_path, files):
     service = await start(start_service, tmp_path, max_input_seconds=1.5)
     url = files.add("two.wav", square_wav(2.0))
@@ -113,9 +163,32 @@ async def test_a_header_claiming_ten_hours_is_measured_by_what_the_file_holds(tm
     path = tmp_path / "liar.wav"
     path.write_bytes(wav_claiming(seconds=36_000, body_seconds=1.0))
 
-    seconds = await ffmpeg.input_duration(path, limit=3600, what="Track")
+    seconds = (await ffmpeg.measure_audio(path, limit=3600, what="Track")).seconds
 
     assert seconds == pytest.approx(1.0, abs=0.01)
+
+
+async def test_a_background_of_one_sample_is_refused_instead_of_looped(tmp_path, http, files):
+    # Looped as it was, each sample cost ffmpeg a pass of its loop: 48 000 passes per second of voice.
+    url = files.add("click.wav", mono_wav(struct.pack("<h", 3000), 48_000))
+    async with FakeSpeechAPI() as api:
+        config = Config(
+            data_dir=str(tmp_path / "data"),
+            media=MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch")),
+            providers=ProvidersConfig(speech=SpeechProvider(base_url=api.base_url)),
+            network=NetworkConfig(allow_private=True),
+        )
+        ctx, _ = make_ctx(http, config)
+
+        with pytest.raises(TaskError) as refused:
+            await generate_character_voice.run(
+                ctx, GenerateCharacterVoiceInput(text="Hi", background_noise=url)
+            )
+
+    assert str(refused.value) == (
+        f"Background noise {url} holds 0.000 s of audio; a background is looped under the voice "
+        "and must hold at least 0.1 s"
+    )
 
 
 async def test_a_mix_over_the_output_limit_fails_instead_of_being_stored(start_service, tmp_path, files):
@@ -231,6 +304,14 @@ def test_a_jpeg_of_a_million_empty_segments_is_refused_without_walking_them(tmp_
     path.write_bytes(jpeg_of_empty_segments(1_000_000))
 
     assert image_header.dimensions(path) is None
+
+
+def test_a_scan_marker_split_between_two_reads_is_counted_once(tmp_path):
+    path = tmp_path / "split.jpg"
+    # The reads after the start-of-image marker are a MiB each: the first ends on the marker's 0xFF.
+    path.write_bytes(b"\xff\xd8" + bytes(1024 * 1024 - 1) + b"\xff\xda" + bytes(10) + b"\xff\xda")
+
+    assert image_header.jpeg_scans(path) == 2
 
 
 def test_a_jpeg_ls_frame_header_is_read_as_a_frame_header(tmp_path):

@@ -114,7 +114,7 @@ async def test_an_input_duration_is_counted_from_its_packets_not_its_tags(tmp_pa
     path = tmp_path / "fake.ogg"
     path.write_bytes(tagged_ogg(tmp_path, language=f"eng): {FAKE_LINES}", key=FAKE_LINES))
 
-    seconds = await ffmpeg.input_duration(path, limit=3600, what="Track")
+    seconds = (await ffmpeg.measure_audio(path, limit=3600, what="Track")).seconds
 
     assert seconds == pytest.approx(1.0, abs=0.05)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import wave
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,11 @@ from taskd.validation import check, max_length, not_blank, one_of
 
 SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 NOISE_GAIN_DB = -20.0
+# A fetched background is looped under the voice, and every pass of ffmpeg's loop costs a seek and a
+# restart however little it holds: one sample at 768 kHz looped under a 2 s voice kept a worker busy
+# for a minute. Shorter ones are refused; at this length a loop under the longest voice allowed
+# (media.max_input_seconds) is at most 36 000 passes of a small WAV.
+MIN_BACKGROUND_SECONDS = 0.1
 # Built-in backgrounds, made by ffmpeg's noise source: name -> lavfi source.
 NOISES = {
     "rain_ambience": "anoisesrc=color=pink:amplitude=0.5,highpass=f=400,lowpass=f=6000",
@@ -79,10 +85,15 @@ async def synthesise(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdi
     ), "espeak-ng"
 
 
-async def _background(ctx: TaskContext, name: str, workdir: Path, bounds: Bounds) -> list[str]:
+async def _background(
+    ctx: TaskContext, name: str, workdir: Path, bounds: Bounds, voice_seconds: float, sample_rate: int
+) -> list[str]:
+    """The `-i` of the background: a built-in noise, or the fetched file decoded once into a plain WAV
+    of at most the voice's length, which is what ffmpeg loops."""
     if name in NOISES:
         return ["-f", "lavfi", "-i", NOISES[name]]
     limits = download.Limits.from_config(ctx.config.media)
+    what = f"Background noise {name}"
     path = await download.fetch(
         ctx.inputs,
         name,
@@ -92,8 +103,36 @@ async def _background(ctx: TaskContext, name: str, workdir: Path, bounds: Bounds
         what="Background noise",
         own=OwnMedia.for_task(ctx.config, ctx.project_id),  # e.g. an earlier process_audio's media_url
     )
-    await bounds.check_audio(path, f"Background noise {name}")
-    return bounds.audio_input(path, loop=True)
+    await bounds.check_audio(path, what)
+    # Looping the fetched file itself would read all of it again on every pass, however few samples
+    # (or however short timestamps) each pass gives: decoded once, by its samples, it is looped as
+    # a WAV whose timestamps are its samples and whose bytes are only those samples.
+    plain = workdir / "background_plain.wav"
+    # No more than the voice needs (and no less than the shortest background taken).
+    needed = max(voice_seconds, MIN_BACKGROUND_SECONDS)
+    chain = f"{bounds.audio_samples()},atrim=end={needed:.3f},aresample={sample_rate}"
+    await ffmpeg.run_ffmpeg(
+        [
+            *bounds.audio_input(path),
+            *("-filter_complex", f"[0:a]{chain},aformat=sample_fmts=s16:channel_layouts=mono[bg]"),
+            *("-map", "[bg]", "-c:a", "pcm_s16le", "-f", "wav", *bounds.output_args(), str(plain)),
+        ],
+        log_path=workdir / "background.log",
+        what="Decoding the background noise",
+    )
+    held = await asyncio.to_thread(_wav_seconds, plain)
+    if held < MIN_BACKGROUND_SECONDS:
+        raise TaskError(
+            f"{what} holds {held:.3f} s of audio; a background is looped under the voice and must "
+            f"hold at least {MIN_BACKGROUND_SECONDS:g} s"
+        )
+    return bounds.audio_input(plain, loop=True)
+
+
+def _wav_seconds(path: Path) -> float:
+    """Seconds held by a plain PCM WAV that ffmpeg wrote, from its `fmt ` and `data` chunks."""
+    with wave.open(str(path), "rb") as plain:
+        return plain.getnframes() / plain.getframerate()
 
 
 async def voice(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Path) -> dict[str, Any]:
@@ -108,12 +147,12 @@ async def voice(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Pa
     inputs = bounds.audio_input(speech_file)
     graph = f"[0:a]{bounds.audio_samples()},{voice_chain}[out]"
     if data.background_noise:
-        inputs += await _background(ctx, data.background_noise, workdir, bounds)
-        # The generated noises (lavfi) have honest timestamps; a fetched file is bounded as the voice is.
-        noise = "" if data.background_noise in NOISES else f"{bounds.audio_samples()},"
+        inputs += await _background(ctx, data.background_noise, workdir, bounds, length, data.sample_rate)
+        # Both kinds of background have honest timestamps: a generated noise (lavfi), a fetched
+        # file decoded into a plain WAV.
         graph = (
             f"[0:a]{bounds.audio_samples()},{voice_chain}[v];"
-            f"[1:a]{noise}volume={NOISE_GAIN_DB:g}dB,{voice_chain}[n];"
+            f"[1:a]volume={NOISE_GAIN_DB:g}dB,{voice_chain}[n];"
             "[v][n]amix=inputs=2:duration=first:normalize=0[out]"
         )
     output = workdir / f"voice.{data.output_format}"

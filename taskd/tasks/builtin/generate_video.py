@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
@@ -19,6 +20,25 @@ from taskd.validation import between, check, http_url, max_length, not_blank, on
 EVEN_RESOLUTION = check(
     lambda v: all(int(side) % 2 == 0 for side in v.split("x") if side.isdigit()),
     "Resolution must have an even width and height (H.264)",
+)
+# H.264's largest frame (levels 6 to 6.2): 139 264 macroblocks of 16x16 pixels. No level holds a
+# larger one, and x264, asked for 7680x7680 all the same, ran out of its address space
+# (execution.tool_address_space_mb) after the task had started rather than being refused here.
+H264_MAX_MACROBLOCKS = 139_264
+
+
+def _fits_h264(value: str) -> bool:
+    sides = value.split("x")
+    if len(sides) != 2 or not all(side.isdigit() for side in sides):
+        return True  # not a WxH at all: resolution() says so
+    width, height = (int(side) for side in sides)
+    return math.ceil(width / 16) * math.ceil(height / 16) <= H264_MAX_MACROBLOCKS
+
+
+H264_FRAME = check(
+    _fits_h264,
+    f"Resolution must fit an H.264 frame: at most {H264_MAX_MACROBLOCKS} macroblocks of 16x16 pixels "
+    "(7680x4320 fits, 7680x7680 does not)",
 )
 
 
@@ -67,7 +87,7 @@ class GenerateVideoInput:
         default=7, validator=between(1, 30, "Duration must be between 1 and 30 seconds")
     )
     fps: int = attrs.field(default=24, validator=between(1, 60, "FPS must be between 1 and 60"))
-    resolution: str = attrs.field(default="1920x1080", validator=[resolution(), EVEN_RESOLUTION])
+    resolution: str = attrs.field(default="1920x1080", validator=[resolution(), EVEN_RESOLUTION, H264_FRAME])
     # Not in the API document: taskd's own, for the animatic (a video model may ignore them).
     transition: str = attrs.field(default="crossfade", validator=one_of(TRANSITIONS, "Transition"))
     dialogue: list[DialogueLine] = attrs.field(
