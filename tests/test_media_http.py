@@ -72,6 +72,18 @@ async def test_media_is_served_with_the_api_key_alone(served):
     assert b"authentication_failed" in data
 
 
+async def test_media_is_served_as_its_own_type_never_as_a_page(served):
+    running, body = served
+
+    async with (
+        aiohttp.ClientSession(base_url=running.base_url) as anonymous,
+        anonymous.get(local(body["result"]["media_url"])) as resp,
+    ):
+        assert resp.content_type == "audio/x-wav"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
+
+
 async def test_tampered_and_expired_signatures_are_refused(served):
     running, body = served
     url = local(body["result"]["media_url"])

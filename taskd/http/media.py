@@ -19,6 +19,13 @@ from taskd.media.store import MediaStore, valid_name
 from taskd.model import ApiError, TaskRecord
 
 STORE = web.AppKey("media_store", MediaBackend)
+# A file is served from the API's own origin, the dashboard's: a browser must take it as the type
+# its name gives (no sniffing it into a page) and, opened on its own, run nothing in it.
+_FILE_HEADERS = {
+    "Cache-Control": "private, max-age=3600",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
 
 
 @touches(Touches.PATH_PROJECT)
@@ -44,7 +51,7 @@ async def serve_media(request: web.Request) -> web.StreamResponse:
         path = store.path_of(project_id, filename)
         if path is None or not path.is_file():
             raise ApiError(404, "not_found", f"Media '{project_id}/{filename}' not found")
-        return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+        return web.FileResponse(path, headers=_FILE_HEADERS)
     return await _redirect(store, project_id, filename)
 
 
