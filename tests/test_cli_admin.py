@@ -219,6 +219,29 @@ async def test_retry_failed_retries_each_failed_task_of_the_project_once(taskd, 
     assert again.err.splitlines()[-1] == "project films: 2 retried, 2 retried before, 0 refused"
 
 
+async def test_retry_failed_leaves_a_task_retried_already_through_the_api_alone(taskd, valkey_url):
+    failed = await taskd.submit("fail", {}, project_id="films")
+    await taskd.wait_terminal(failed["task_id"])
+    async with taskd.client.post(f"/api/v1/tasks/{failed['task_id']}/retry") as response:
+        retry = (await response.json())["new_task_id"]
+    await taskd.wait_terminal(retry)  # it fails too: a failure of the project's own
+
+    run = await operator_cli("retry-failed", "--project", "films", "--json", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    outcomes = {item["task_id"]: item for item in run.json()["tasks"]}
+    # Before, the command retried the first failure again, beside the tenant's retry: its work ran
+    # twice more. Now it names the retry it has, and retries the latest failure of the chain alone.
+    assert (outcomes[failed["task_id"]]["new_task_id"], outcomes[failed["task_id"]]["replayed"]) == (
+        retry,
+        True,
+    )
+    assert outcomes[retry]["replayed"] is False
+    async with taskd.client.get("/api/v1/projects/films/tasks") as response:
+        assert (await response.json())["pagination"]["total"] == 3
+    assert run.err.splitlines()[-1] == "project films: 1 retried, 1 retried before, 0 refused"
+
+
 async def test_retry_failed_says_a_task_type_its_own_config_does_not_install_is_why_it_refused(
     taskd, valkey_url
 ):

@@ -67,3 +67,48 @@ async def test_a_cancel_the_subscriber_missed_stops_the_task_at_its_next_progres
 
     await wait_marker(service, task["task_id"], "cleanup", timeout=10)
     assert (await service.status(task["task_id"]))["status"] == "cancelled"
+
+
+async def test_a_cancel_heard_before_the_run_began_here_stops_the_task_before_its_handler(
+    start_service, monkeypatch
+):
+    # Heartbeats far apart: only the cancel message itself can stop the task in time.
+    service = await start_service(worker=WorkerConfig(heartbeat_interval=60, heartbeat_ttl=180))
+    executor = service.service._executor
+    # The run pauses between its start (the record says processing) and its handler: where it
+    # reads its $refs, one round trip that the cancel message can overtake.
+    paused, go, heard = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    resolve, cancel_local = executor._resolve_refs, executor.cancel_local
+
+    async def resolve_when_told(record):
+        paused.set()
+        await go.wait()
+        return await resolve(record)
+
+    def hear(task_id: str) -> bool:
+        stopped = cancel_local(task_id)
+        heard.set()
+        return stopped
+
+    monkeypatch.setattr(executor, "_resolve_refs", resolve_when_told)
+    monkeypatch.setattr(executor, "cancel_local", hear)
+    first = await service.submit("noop", {})
+    second = await service.submit(
+        "sleep",
+        {"seconds": 60, "steps": {"$ref": f"{first['task_id']}#/attempt"}},
+        depends_on=[first["task_id"]],
+    )
+    async with asyncio.timeout(20):
+        await paused.wait()
+    await cancel(service, second["task_id"])  # "Task was running and has been terminated"
+    async with asyncio.timeout(20):
+        await heard.wait()
+    go.set()
+
+    # Before, the message found no run to stop and was forgotten: the handler ran its 60 s (until
+    # a heartbeat's check, or its first progress write). Now the run ends before its handler.
+    async with asyncio.timeout(20):
+        while second["task_id"] in executor.held:  # until its run has ended here
+            await asyncio.sleep(0.05)
+    assert not marker_path(service.service.config.data_path, second["task_id"], "started").exists()
+    assert (await service.status(second["task_id"]))["status"] == "cancelled"

@@ -8,6 +8,8 @@ import time
 import aiohttp
 from conftest import API_KEY, RunningService
 
+from taskd.config import LimitsConfig
+
 
 async def submit_waiting(
     service: RunningService, task_data: dict[str, float], prefer: str | None
@@ -104,3 +106,35 @@ async def test_a_client_that_disconnects_during_the_wait_changes_nothing(start_s
     assert len(tasks) == 1
     final = await service.wait_terminal(tasks[0]["task_id"])
     assert final["status"] == "completed"
+
+
+async def test_a_wait_whose_client_went_away_gives_back_its_place_among_the_keys_open_requests(start_service):
+    service = await start_service(limits=LimitsConfig(open_streams=1))
+    body = {"project_id": "proj-1", "task_type": "sleep", "task_data": {"seconds": 120, "steps": 1}}
+
+    async def stream_status() -> int:
+        async with service.client.get("/api/v1/projects/proj-1/events") as response:
+            return response.status
+
+    async def listed() -> int:
+        async with service.client.get("/api/v1/projects/proj-1/tasks") as response:
+            return len((await response.json())["tasks"])
+
+    async with aiohttp.ClientSession(base_url=service.base_url) as session:
+        request = asyncio.ensure_future(
+            session.post(
+                "/api/v1/tasks/submit", json=body, headers={"X-API-Key": API_KEY, "Prefer": "wait=60"}
+            )
+        )
+        # Stored means waiting: the wait takes the key's one place as the submit script returns.
+        while not await listed():
+            await asyncio.sleep(0.05)
+        assert await stream_status() == 429
+        request.cancel()  # the client gives up and its connection closes, mid-wait
+        await asyncio.gather(request, return_exceptions=True)
+
+    # Before, the place stayed taken until the wait's 60 s were up: the key's streams got 429 for
+    # a request that no longer had a connection. Now the wait ends once its client is gone.
+    async with asyncio.timeout(30):
+        while await stream_status() != 200:
+            await asyncio.sleep(0.2)

@@ -11,7 +11,7 @@ import pytest
 from conftest import RunningService
 from webhook_receiver import WebhookReceiver
 
-from taskd.config import WebhooksConfig
+from taskd.config import RetryConfig, WebhooksConfig
 
 
 @pytest.fixture
@@ -116,6 +116,38 @@ async def test_an_end_left_out_of_webhook_events_cannot_be_redelivered(start, re
     async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
         assert response.status == 400
         assert "webhook_events" in (await response.json())["detail"]
+
+
+async def test_a_started_webhook_retried_while_its_task_waits_for_its_next_run_is_sent_as_that_run(
+    start_service, receiver
+):
+    # The task's retry waits up to a day (full jitter): it is cancelled long before, so no later run
+    # replaces the started webhook, whose retry comes 1 s after its failed first attempt.
+    service = await start_service(
+        webhooks=WebhooksConfig(allow_private=True), retry=RetryConfig(base_delay=86400)
+    )
+    receiver.respond(500)  # the started webhook's first attempt
+    body = await service.submit(
+        "fail",
+        {"transient": True, "fail_times": 1},
+        callback_url=receiver.url(),
+        webhook_events=["started", "cancelled"],
+    )
+    task_id = body["task_id"]
+    async with asyncio.timeout(20):
+        while "next_retry_at" not in await service.status(task_id):
+            await asyncio.sleep(0.02)
+    async with service.client.delete(f"/api/v1/tasks/{task_id}") as response:
+        assert response.status == 200
+
+    await receiver.wait_for(3)
+    first, again = [request for request in receiver.received if request.json["event"] == "started"]
+
+    # Before, the retry found the record back at `queued` without a started_at and dropped the
+    # webhook as no longer news: the start was never delivered.
+    assert again.headers["webhook-id"] == first.headers["webhook-id"] == f"msg_{task_id}_started_1"
+    assert again.json == first.json
+    assert again.json["attempt"] == 1 and again.json["started_at"] is not None
 
 
 @pytest.mark.parametrize("events", ["completed", ["done"], [1], {"started": True}])

@@ -9,6 +9,7 @@ A coroutine handler runs in this event loop; a plain-function handler runs in a 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import signal
 import time
@@ -54,6 +55,9 @@ STORE_RETRY_LOG_EVERY_S = 60.0
 ERROR_MAX_CHARS, TRACEBACK_MAX_CHARS = 4_000, 32_000
 # How many queued tasks a worker remembers having shown as waiting for a GPU.
 WAITING_NOTED_MAX = 10_000
+# Cancels heard for tasks that run nowhere in this process, kept for a run that begins here later
+# (Executor.cancel_local); the oldest are forgotten past this many (each notice reaches every process).
+HEARD_CANCELS_MAX = 10_000
 # Seconds between the listener's tries while Redis's ACL refuses taskd's user its channels.
 ACL_RETRY = 10.0
 T = TypeVar("T")
@@ -289,6 +293,8 @@ class Executor:
         self._leases: dict[str, Lease] = {}
         # Queued tasks already shown as waiting for a GPU (one write each, not one per poll).
         self._waiting_noted: set[str] = set()
+        # Tasks whose cancel was heard while no run of theirs was registered here (cancel_local).
+        self._heard_cancels: collections.OrderedDict[str, None] = collections.OrderedDict()
         # Set by the service: wakes the workers of the GPU queues when slots come back.
         self.slots_freed: Callable[[], None] = lambda: None
         # Set by the service: this process's webhook sender, which sends the end's webhook of a
@@ -454,6 +460,12 @@ class Executor:
             data = self.registry.parse_input(task_type, record.task_data)
         except ValidationError as exc:
             return await self._record(record, Outcome("failed", error=f"Invalid task data: {exc.details}"))
+        if task_id in self._heard_cancels:
+            # Cancelled after its start was written and before this run was registered (it read
+            # its $refs, or the take's reply came after the cancel's message): the handler never
+            # runs. The record says cancelled: nothing to write.
+            del self._heard_cancels[task_id]
+            return await self._record(record, Outcome("cancelled"))
         running = _Running()
         self.running[task_id] = running
         lease = self._leases.get(task_id)
@@ -765,6 +777,14 @@ class Executor:
         """Stop `task_id` if it runs in this process: SIGTERM to its job process, or asyncio cancel."""
         running = self.running.get(task_id)
         if running is None:
+            # Its run may not be registered yet, though the record says it started (a message is
+            # published only for a task that was processing, and a cancelled task never starts
+            # again): remembered, so that the run stops before its handler (_run_claimed). Before,
+            # it was forgotten and the handler ran until a heartbeat's reconcile, or its first
+            # progress write, found the record cancelled.
+            self._heard_cancels[task_id] = None
+            if len(self._heard_cancels) > HEARD_CANCELS_MAX:
+                self._heard_cancels.popitem(last=False)
             return False
         if not running.cancelled:  # a second notice (pub/sub and reconcile) changes nothing
             running.cancel(self.config.execution.cancel_grace)

@@ -44,7 +44,7 @@ BLOCK_MS = 5000  # one XREAD waits at most this long before it is issued again
 WAKE_TTL_MS = 60_000  # the hub's wake stream expires this long after its last wake
 READ_COUNT = 500  # entries per stream per XREAD
 MAX_PENDING = 5000  # events held for one slow client before it re-reads the stream itself
-_CHECK_SECONDS = 1.0  # how often an idle stream notices that its client went away
+CHECK_SECONDS = 1.0  # how often an idle stream (or a Prefer: wait) notices that its client went away
 # ASCII digits only: `\d` would take other scripts' digits, which int() reads but Redis refuses.
 _EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 _TERMINAL_NAMES = frozenset(status.value for status in TERMINAL)
@@ -355,8 +355,13 @@ class EventWriter:
 
     def client_gone(self) -> bool:
         """True once the client closed the connection."""
-        transport = self.request.transport
-        return transport is None or transport.is_closing()
+        return client_gone(self.request)
+
+
+def client_gone(request: web.Request) -> bool:
+    """True once the client of `request` closed its connection."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _stream_response() -> web.StreamResponse:
@@ -379,7 +384,7 @@ async def _follow(
         if subscription.closed or writer.client_gone():
             return
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_CHECK_SECONDS):
+            async with asyncio.timeout(CHECK_SECONDS):
                 await subscription.wakeup.wait()
         events = subscription.take()
         if subscription.overflowed:

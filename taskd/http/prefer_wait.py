@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from taskd import keys
-from taskd.http.events import EventHubs
+from taskd.http.events import CHECK_SECONDS, EventHubs
 from taskd.model import TaskRecord
 from taskd.store import TaskStore
 
@@ -39,16 +40,23 @@ def requested_wait(values: list[str]) -> int | None:
     return None
 
 
-async def wait_for_end(hub: EventHubs, store: TaskStore, task_id: str, seconds: int) -> TaskRecord:
-    """The task's record once it has ended, or as it is when `seconds` are up (or the server stops)."""
+async def wait_for_end(
+    hub: EventHubs, store: TaskStore, task_id: str, seconds: int, client_gone: Callable[[], bool]
+) -> TaskRecord:
+    """The task's record once it has ended, or as it is when `seconds` are up (or the server stops,
+    or the client has gone)."""
     # Subscribed before the record is read: an end written after that read is an event this sees.
     subscription = hub.subscribe(keys.task_events(task_id), "0-0")
     try:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 record = await store.get(task_id)
-                while not record.is_terminal and not subscription.closed:
-                    await subscription.wakeup.wait()
+                # A client that went away ends the wait, as it ends an event stream: the wait holds
+                # one of its key's `limits.open_streams` places, which the key's next stream needs.
+                while not record.is_terminal and not subscription.closed and not client_gone():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(CHECK_SECONDS):
+                            await subscription.wakeup.wait()
                     events = subscription.take()
                     if subscription.overflowed or any(event.terminal for event in events):
                         subscription.overflowed = False

@@ -11,7 +11,7 @@ from taskd import shapes
 from taskd.http import ratelimit
 from taskd.http.auth import KEY_ID
 from taskd.http.context import API
-from taskd.http.events import HUB
+from taskd.http.events import HUB, client_gone
 from taskd.http.input_limits import check_body_shape
 from taskd.http.media import resigned
 from taskd.http.prefer_wait import requested_wait, wait_for_end
@@ -48,7 +48,9 @@ async def submit(request: web.Request) -> web.Response:
         # task is stored, so the submit answers at once rather than refusing what it has done.
         with request.app[ratelimit.OPEN_STREAMS].holding(request[KEY_ID]) as held:
             if held:
-                record = await wait_for_end(request.app[HUB], api.store, accepted.record.task_id, wait)
+                record = await wait_for_end(
+                    request.app[HUB], api.store, accepted.record.task_id, wait, lambda: client_gone(request)
+                )
     if record is not None:
         view = await _status_view(request, record)
         return shape_response(

@@ -184,6 +184,14 @@ TAKE_SCAN = 100
 LIST_STRETCH = 1000
 
 
+class AlreadyRetried(Exception):
+    """A retry asked for only if the task had none yet (`first_retry`) found one: `retry_id`."""
+
+    def __init__(self, retry_id: str) -> None:
+        super().__init__(f"retried already as {retry_id}")
+        self.retry_id = retry_id
+
+
 class Taker(Protocol):
     """A free slot of the submitting process's worker of the task's queue, held for one submit
     (taskd.queue.workers.TaskdWorker.hold): if that worker waits in the queue's idle set, the
@@ -443,6 +451,7 @@ class TaskStore:
         idempotency: Idempotency | None = None,
         quota: Quota | None = None,
         taker: Taker | None = None,
+        first_retry: bool = False,
     ) -> Created:
         """Admit, store, index, count and enqueue `record` in one script; a return means it is in Redis.
 
@@ -452,7 +461,8 @@ class TaskStore:
         when that request had another fingerprint. With a `quota`, one unit of it is spent first
         and reported to it; over the limit, nothing else is written. With a `taker`, the script may
         start the queue's next job for it (submit.lua), and tells it what it started, or that the
-        reply was lost, before anything is raised.
+        reply was lost, before anything is raised. With `first_retry`, a retry of a task that has one
+        already stores nothing and raises AlreadyRetried.
         """
         partition = self._partition_of(record)
         elsewhere = 0
@@ -490,6 +500,7 @@ class TaskStore:
                     repr(now()) if taker else "",
                     keys.in_partition(idempotency.key, partition) if idempotency else "",
                     quota.key if quota else "",
+                    "1" if first_retry else "",
                 ]
             )
         except BaseException:
@@ -517,6 +528,8 @@ class TaskStore:
             raise RuntimeError("a submit over its rate limit was refused, yet Quota.report let it through")
         if verdict == "idempotency_key_reused":
             raise IdempotencyKeyReused()
+        if verdict == "retried_before":
+            raise AlreadyRetried(reply[1].decode())
         if verdict == "bad_dependency":
             raise _bad_dependency("depends_on", reply[2].decode(), reply[1].decode())
         if verdict == "ok" and replicated is not None and replicated < self.wait_replicas:
@@ -626,6 +639,8 @@ class TaskStore:
         verdict = reply[0].decode()
         if verdict == "idempotency_key_reused":
             raise IdempotencyKeyReused()
+        if verdict == "retried_before":
+            raise AlreadyRetried(reply[1].decode())
         if verdict == "bad_dependency":
             _, index, task_id, why = reply
             raise _bad_dependency(f"tasks[{int(index)}].depends_on", why.decode(), task_id.decode())

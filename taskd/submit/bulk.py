@@ -4,7 +4,8 @@ Both go through the same Lua scripts as one API call per task does, so nothing i
 silently: a purged task ends `cancelled` with an error that says so, its webhook is queued in the
 durable outbox and its event is emitted, and the tasks that depend on it are cancelled in turn; a
 retry is the API's retry, under an Idempotency-Key of its own (`retry-failed:<task id>`), so that
-running the same command twice within a day makes no second copy of a task.
+running the same command twice within a day makes no second copy of a task, and made only if the
+task has no retry yet (one made through the API), which the script that stores it checks.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import attrs
 
 from taskd import keys
 from taskd.model import ApiError, TaskRecord, TaskStatus, now
-from taskd.store import TaskStore
+from taskd.store import AlreadyRetried, TaskStore
 from taskd.submit.dispatch import Dispatcher
 from taskd.submit.idempotency import idempotency
 
@@ -62,7 +63,8 @@ class Retried:
 
     task_id: str
     new_task_id: str | None = None
-    # An earlier run of the same command retried it already: `new_task_id` is that retry.
+    # Retried already, by an earlier run of the same command or through the API: `new_task_id` is
+    # that retry (the latest, for a task retried more than once).
     replayed: bool = False
     refused: str | None = None
 
@@ -91,7 +93,11 @@ async def retry_failed(dispatcher: Dispatcher, project: str, since: float | None
         route = f"/api/v1/tasks/{record.task_id}/retry"
         remembered = idempotency(f"retry-failed:{record.task_id}", OPERATOR_KEY_ID, route, None)
         try:
-            accepted = await dispatcher.retry(record.task_id, remembered)
+            # Not a task retried already (through the API): its work would run twice more.
+            accepted = await dispatcher.retry(record.task_id, remembered, first_retry=True)
+        except AlreadyRetried as retried:
+            outcomes.append(Retried(record.task_id, retried.retry_id, replayed=True))
+            continue
         except ApiError as refused:
             outcomes.append(Retried(record.task_id, refused=str(refused)))
             continue

@@ -72,6 +72,7 @@ class Dispatcher:
         retry_of: str | None = None,
         idempotency: Idempotency | None = None,
         quota: Quota | None = None,
+        first_retry: bool = False,
     ) -> Accepted:
         """Admit, store, index, count and enqueue the task in one Redis script: a 200 means it is in Redis.
 
@@ -82,7 +83,7 @@ class Dispatcher:
         """
         record, job = self._new(submission, keys.new_task_id(submission.project_id), retry_of)
         taker = None if self.hold is None else await self.hold(record.queue)
-        created = await self.store.create(record, job, self.admission, idempotency, quota, taker)
+        created = await self.store.create(record, job, self.admission, idempotency, quota, taker, first_retry)
         if created.replayed:
             # The record as the first request made it, from the same submission.
             record = attrs.evolve(record, task_id=created.task_id, created_at=created.created_at)
@@ -190,8 +191,11 @@ class Dispatcher:
             raise InvalidState(_CANNOT_CANCEL[outcome.was])
         return outcome
 
-    async def retry(self, task_id: str, idempotency: Idempotency | None = None) -> Accepted:
-        """Submit a failed or cancelled task again, with the same parameters, as a new task."""
+    async def retry(
+        self, task_id: str, idempotency: Idempotency | None = None, *, first_retry: bool = False
+    ) -> Accepted:
+        """Submit a failed or cancelled task again, with the same parameters, as a new task; with
+        `first_retry`, only if it has no retry yet (else AlreadyRetried, storing nothing)."""
         record = await self.store.get(task_id)
         if record.status not in RETRYABLE:
             raise InvalidState(
@@ -214,4 +218,6 @@ class Dispatcher:
             # The callback URL is the original submitter's, so its webhook stays signed with their secret.
             key_id=record.key_id,
         )
-        return await self.submit(submission, retry_of=task_id, idempotency=idempotency)
+        return await self.submit(
+            submission, retry_of=task_id, idempotency=idempotency, first_retry=first_retry
+        )

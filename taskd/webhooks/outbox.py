@@ -41,6 +41,10 @@ class Claim:
     # The task's record hash (empty when the task is gone), undecoded: a corrupt one fails only its own delivery.
     record: dict[bytes, bytes] = attrs.field(factory=dict)
     attempts: int = 0  # attempts the current delivery has made
+    # For a `started` webhook, the run it reports (its attempt and start, epoch seconds), as the
+    # start recorded them: the record may have gone back to `queued` since. None for the others.
+    run: int | None = None
+    run_started_at: float | None = None
 
 
 @attrs.frozen
@@ -107,14 +111,21 @@ class Outbox:
         self._turn = (self._turn + 1) % len(self.clients)
         for step in range(len(self.clients)):
             partition = (self._turn + step) % len(self.clients)
-            ids, first, records, attempts = await self._claim(
+            ids, first, records, states = await self._claim(
                 {"due": keys.webhooks_due(partition)},
                 {"now": now_ms, "lease_until": lease, "most": max(0, limit - len(claims))},
                 client=self.clients[partition],
             )
             claims += [
-                Claim(raw.decode(), lease, dict(zip(flat[::2], flat[1::2], strict=True)), int(count or 0))
-                for raw, flat, count in zip(ids, records, attempts, strict=True)
+                Claim(
+                    raw.decode(),
+                    lease,
+                    dict(zip(flat[::2], flat[1::2], strict=True)),
+                    int(count or 0),
+                    int(run) if run else None,
+                    float(run_started_at) if run_started_at else None,
+                )
+                for raw, flat, (count, run, run_started_at) in zip(ids, records, states, strict=True)
             ]
             if first:
                 firsts.append(int(float(first)))

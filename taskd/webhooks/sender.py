@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
+import attrs
 import orjson
 from aiohttp.resolver import ThreadedResolver
 from redis.asyncio import Redis
@@ -295,6 +296,10 @@ class WebhookSender:
             await self.outbox.release(claim, None)
             return
         record = decode(claim.record)
+        if event == STARTED and claim.run is not None:
+            # The run the webhook reports, not the record's latest: a transient error since put the
+            # task back to `queued` (clearing started_at, which dropped this retry as no news).
+            record = attrs.evolve(record, attempt=claim.run, started_at=claim.run_started_at)
         url = record.callback_url
         if not url or not _still_news(record, event or None):
             await self.outbox.release(claim, None)

@@ -97,7 +97,7 @@ async def test_a_closed_stream_gives_its_place_back(start_service):
     async with held_streams(service, project_streams(CAP)):
         pass
 
-    # The server notices a client gone within a second (events._CHECK_SECONDS); count the refusals
+    # The server notices a client gone within a second (events.CHECK_SECONDS); count the refusals
     # meanwhile rather than time them: it must come back to 200.
     async with asyncio.timeout(10):
         while (status := await open_stream_status(service)) == 429:

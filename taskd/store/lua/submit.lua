@@ -52,6 +52,10 @@
 --   now            now, in seconds, as stored in a started record
 --   idempotency    {taskd}:idempotency:{key id}:{key hash}, the Idempotency-Key's memory; '' for none
 --   ratelimit      {taskd}:ratelimit:submit:{key hash}, the API key's submit log (lib/window.lua); '' for none
+--   first_retry    '1': a retry (the record's retry_of) made only if the task it retries has none yet
+--                  (`taskd retry-failed`); '' for any other submit. Every retry stored names itself on
+--                  the task it retries (`retried_as`), in this script, so an operator's retry sees a
+--                  tenant's stored before it, however close
 -- The checks and the writes are lib/admit.lua's, which batch.lua shares: a task with dependencies
 -- not yet completed waits for them with no job; a task scheduled for later waits on
 -- {taskd}:scheduled with no job, in no line, until due.lua queues it.
@@ -81,7 +85,8 @@
 -- (0: never, it alone is over the limit)}, or {'bad_dependency', id, why}
 -- (why: 'unknown', 'project', 'failed' or 'cancelled'), and then nothing is written; or
 -- {'replayed', position, duration_sum, duration_count, task_id, created_ms}, what the key's first
--- request got, or {'idempotency_key_reused'}, and then nothing is written either. A task waiting
+-- request got, or {'idempotency_key_reused'}, or {'retried_before', the retry's id} (`first_retry`),
+-- and then nothing is written either. A task waiting
 -- for its dependencies or its time has position 0. `handed` is {} when no start was made for
 -- `taker`, else take.lua's reply for it: {look, entry}, or {look} when it started nothing.
 -- include lib/admit.lua
@@ -91,7 +96,7 @@
 local SUBMIT = {'task_id', 'created_ms', 'score', 'job_id', 'queued_limit', 'queue_limit', 'stored_limit', 'queue',
   'task_type',
   'fingerprint', 'depends_on', 'scheduled_ms', 'rate_limit', 'rate_window', 'rate_nonce', 'fields', 'elsewhere',
-  'taker', 'taker_room', 'now', 'idempotency', 'ratelimit'}
+  'taker', 'taker_room', 'now', 'idempotency', 'ratelimit', 'first_retry'}
 local ttl, aging_ms, idempotency_ttl, scan, project_limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
   tonumber(ARGV[5])
 local later = later_writes(KEYS[1])
@@ -117,6 +122,12 @@ local function submit(a)
   local fields = cjson.decode(a.fields)
   local named = by_name(fields)
   local project = named.project_id
+  -- A retry's original is of the same project, so in this partition.
+  local original = named.retry_of and '@TASK_PREFIX@' .. named.retry_of or nil
+  if original and a.first_retry == '1' then
+    local earlier = redis.call('HGET', original, 'retried_as')
+    if earlier then return {{'retried_before', earlier}, quota, {}} end
+  end
   local waiting_for, bad, why = unmet(project, cjson.decode(a.depends_on), {})
   if not waiting_for then return {{'bad_dependency', bad, why}, quota, {}} end
   local queued_limit, queue_limit = tonumber(a.queued_limit), tonumber(a.queue_limit)
@@ -159,6 +170,9 @@ local function submit(a)
     queue = queue, task_type = a.task_type, scheduled_ms = a.scheduled_ms, unwoken = direct, straight = straight,
     stored = stored},
     later)
+  if original and redis.call('EXISTS', original) == 1 then
+    redis.call('HSET', original, 'retried_as', a.task_id)
+  end
   local handed = {}
   if direct then
     local started, passed, left = 1, 0, false

@@ -42,7 +42,8 @@
 -- counted), adds it to the queue's running set and its project's processing set
 -- ({taskd}:project_processing:{project_id}, the throttle), takes its job out of its project's line
 -- (the next one becomes the head: lib/fair.lua), makes its `started` webhook due when its
--- webhook_events ask for one, and emits the `processing` event.
+-- webhook_events ask for one (its delivery state keeps this run's `run` and `run_started_at`, as
+-- long as the record is kept), and emits the `processing` event.
 -- Returns whether the project's next job was put on arq's set as its new head, and if so that job,
 -- its score there and, when it was left off the set for the caller's next start, its record
 -- (`before`: lib/fair.lua's seat).
@@ -84,6 +85,12 @@ local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, 
   end
   if wants_webhook_record(record, 'started') then
     queue_webhook(keys_of.outbox, keys_of.started_state, task_id .. ':started', now_ms)
+    -- The run the webhook reports, kept with its delivery (claim.lua hands it to the sender): a
+    -- retry of it after the task went back to `queued` (a transient error: its started_at cleared)
+    -- must still say this run's attempt and start. A next run replaces it, as it replaces the member.
+    redis.call('HSET', keys_of.started_state, 'run', attempt, 'run_started_at', now)
+    local kept = redis.call('TTL', task_key)
+    if kept > 0 then redis.call('EXPIRE', keys_of.started_state, kept) end
   end
   -- The streams' expiry stays: the queued event set it, the next event sets it again (lib/emit.lua).
   emit_record(record, 'status', true)
