@@ -174,11 +174,15 @@ async def test_a_waiter_far_from_its_turn_is_not_told_to_ask_more_often_than_an_
 async def test_the_turn_passes_from_project_to_project(redis: Redis):
     limits = ProviderLimits(redis, "w")
     order: list[str] = []
-    requests = [
-        asyncio.create_task(take_turn(image_gate(limits, project, max_concurrency=2), project, order))
-        for _ in range(10)
-        for project in ("a", "b", "c", "d")
-    ]
+    # Every request waits before a slot frees: the first ones to reach Redis would otherwise take
+    # both slots uncontested, now and then two of one project.
+    async with image_gate(limits, "holder", 2).slot(), image_gate(limits, "holder", 2).slot():
+        requests = [
+            asyncio.create_task(take_turn(image_gate(limits, project, max_concurrency=2), project, order))
+            for _ in range(10)
+            for project in ("a", "b", "c", "d")
+        ]
+        await in_line(redis, 40)
     async with asyncio.timeout(60):
         await asyncio.gather(*requests)
 
