@@ -277,6 +277,40 @@ async def test_a_waiter_that_stopped_asking_does_not_hold_up_the_next_turn_for_g
     assert await redis.zrange(keys.provider_waiters("image"), 0, -1) == []
 
 
+@pytest.mark.parametrize(
+    ("dead", "lost"),
+    [
+        # No project has a turn: none would be given a slot.
+        ("dead:1|a", ["turns"]),
+        # The waiters are in no line: none would have a place.
+        ("dead:1|a", ["lines"]),
+        # A project in the turns with no line, whose only request is gone: none asks to join again.
+        ("dead:1|gone", ["waiters", "lines"]),
+    ],
+    ids=["turns", "lines", "line-of-the-gone"],
+)
+async def test_the_waiting_requests_get_their_slots_when_keys_of_the_turns_are_lost(
+    redis: Redis, dead: str, lost: list[str]
+):
+    # As an evicting Redis would lose them (taskd's own Valkey never evicts); a lost `waiters` is
+    # not repaired (docs/development.md).
+    limits = ProviderLimits(redis, "w")
+    order: list[str] = []
+    async with image_gate(limits, "holder").slot():
+        assert (await limits.acquire("image", 1, 0, dead))[0] == 0
+        waiting = await wait_in_line(limits, redis, ("a", "a"), ("b", "b"), order=order)
+        names = {
+            "waiters": [keys.provider_waiters("image")],
+            "turns": [keys.provider_turns("image")],
+            "lines": await redis.keys(keys.provider_lines("image") + "*"),
+        }
+        await redis.delete(*[name for key in lost for name in names[key]])
+
+    async with asyncio.timeout(GRACE + 30):
+        await asyncio.gather(*waiting)
+    assert sorted(order) == ["a", "b"]
+
+
 async def test_a_request_cancelled_while_waiting_leaves_its_line_at_once(redis: Redis):
     limits = ProviderLimits(redis, "w")
     # With only a per-minute limit no slot is held, yet the waiter must leave its line too.

@@ -100,8 +100,21 @@ if outcome == 0 then
   free = 0
 end
 local rank = redis.call('ZRANK', line, holder)
+if not rank then
+  -- In `waiters` but not in its line: the line was lost (an evicting Redis), or expired as the
+  -- waiter came due to drop. It joins again, behind its project's others.
+  redis.call('ZADD', line, now, holder)
+  redis.call('PEXPIRE', line, keep)
+  rank = redis.call('ZCARD', line) - 1
+end
 local steps = math.max(told, free)
-local at = rank and rank < steps and place(KEYS[1], KEYS[4], line_prefix, limit, project, rank, steps)
+local at = rank < steps and place(KEYS[1], KEYS[4], line_prefix, limit, project, rank, steps)
+if rank < steps and not at and not redis.call('ZSCORE', KEYS[4], project) then
+  -- Waiting, but its project has no turn (the turns lost): it would never be given a slot; its
+  -- turn begins now.
+  redis.call('ZADD', KEYS[4], now, project)
+  redis.call('PEXPIRE', KEYS[4], keep)
+end
 if at and at < free then
   redis.call('ZREM', KEYS[3], holder)
   leave_line(KEYS[4], line_prefix, holder, now, true)

@@ -69,7 +69,8 @@ local function place(slots, turns, line_prefix, limit, project, rank, steps)
   end
   local given, waiting = {}, {}
   local fewest = 0
-  for k = 0, steps - 1 do
+  local k = 0
+  while k < steps do
     local queue = queues[fewest]
     -- A queue only grows behind its first (a project given a slot joins the next count's), so the
     -- fewest held only rises.
@@ -84,17 +85,24 @@ local function place(slots, turns, line_prefix, limit, project, rank, steps)
     local p = queue[queue.first]
     queue.first = queue.first + 1
     local n = given[p] or 0
-    if p == project and n == rank then
-      return k
-    end
-    -- Given a slot, its turn begins again now, after every other's; it leaves the turns when
-    -- every request of its line has one.
-    given[p] = n + 1
     waiting[p] = waiting[p] or redis.call('ZCARD', line_prefix .. p)
-    if n + 1 < waiting[p] then
-      local count = (held[p] or 0) + n + 1
-      queues[count] = queues[count] or {first = 1}
-      table.insert(queues[count], p)
+    if waiting[p] == 0 then
+      -- In the turns with no line: its line was lost (an evicting Redis). It would take a place
+      -- no waiter can have for good; its live waiters, if any, join its line and the turns again
+      -- as they ask (acquire.lua).
+      redis.call('ZREM', turns, p)
+    elseif p == project and n == rank then
+      return k
+    else
+      -- Given a slot, its turn begins again now, after every other's; it leaves the turns when
+      -- every request of its line has one.
+      given[p] = n + 1
+      if n + 1 < waiting[p] then
+        local count = (held[p] or 0) + n + 1
+        queues[count] = queues[count] or {first = 1}
+        table.insert(queues[count], p)
+      end
+      k = k + 1
     end
   end
   return nil
