@@ -36,6 +36,12 @@ async def take_turn(gate: Gate, name: str, order: list[str]) -> None:
         await asyncio.sleep(0.05)
 
 
+async def redis_ms(redis: Redis) -> int:
+    """Redis's clock, in ms, as the scripts read it."""
+    seconds, micros = await redis.time()
+    return int(seconds * 1000 + micros // 1000)
+
+
 async def in_line(redis: Redis, count: int) -> None:
     """Until `count` requests wait in line (in Redis): a loaded machine may take its time to ask."""
     async with asyncio.timeout(30):
@@ -103,8 +109,7 @@ async def test_a_project_that_holds_more_slots_waits_for_one_that_holds_fewer(re
 async def test_projects_take_turns_for_the_places_of_the_minute(redis: Redis):
     # Two requests were sent 59 s and 58.5 s ago (by Redis's clock): a place comes free in 1 s,
     # another half a second later.
-    seconds, micros = await redis.time()
-    now = seconds * 1000 + micros // 1000
+    now = await redis_ms(redis)
     await redis.zadd(keys.provider_minute("image"), {"a": now - 59_000, "b": now - 58_500})
     limits = ProviderLimits(redis, "w")
     order: list[str] = []
@@ -122,6 +127,60 @@ async def test_projects_take_turns_for_the_places_of_the_minute(redis: Redis):
 
     # The project waiting longest went first; then the other project, not "many" again.
     assert [name.split("-")[0] for name in order] == ["many", "one"]
+
+
+async def test_slots_freed_together_go_to_as_many_waiters_each_taking_its_own_without_waiting_for_those_before_it(
+    redis: Redis,
+):
+    limits = ProviderLimits(redis, "w")
+    for n in range(3):
+        assert await limits.acquire("image", 3, 0, f"h:{n}|holder") == (1, 0)
+    for waiter in ["w:1|a", "w:2|a", "w:1|b"]:
+        assert (await limits.acquire("image", 3, 0, waiter))[0] == 0
+    for n in range(3):
+        await limits.release("image", f"h:{n}|holder")
+
+    # In turn: "a"'s first, "b"'s, then "a"'s second; the third asks first and takes its slot.
+    assert await limits.acquire("image", 3, 0, "w:2|a") == (1, 0)
+    assert await limits.acquire("image", 3, 0, "w:1|b") == (1, 0)
+    assert await limits.acquire("image", 3, 0, "w:1|a") == (1, 0)
+
+
+async def test_a_waiter_past_the_freed_slots_in_turn_waits_the_project_holding_fewer_going_first_at_each(
+    redis: Redis,
+):
+    limits = ProviderLimits(redis, "w")
+    assert await limits.acquire("image", 3, 0, "h:0|a") == (1, 0)
+    for n in (1, 2):
+        assert await limits.acquire("image", 3, 0, f"h:{n}|holder") == (1, 0)
+    for waiter in ["w:1|a", "w:2|a", "w:1|b"]:
+        assert (await limits.acquire("image", 3, 0, waiter))[0] == 0
+    for n in (1, 2):
+        await limits.release("image", f"h:{n}|holder")
+
+    # Two slots: "b" holds none and goes first, then "a"'s first (each holding one); "a"'s second
+    # would be third, though "a" began waiting first.
+    assert (await limits.acquire("image", 3, 0, "w:2|a"))[0] == 0
+    assert await limits.acquire("image", 3, 0, "w:1|a") == (1, 0)
+    assert await limits.acquire("image", 3, 0, "w:1|b") == (1, 0)
+    assert await redis.zrange(keys.provider_waiters("image"), 0, -1) == [b"w:2|a"]
+
+
+async def test_places_of_the_minute_freed_together_go_to_as_many_waiters_in_turn(redis: Redis):
+    # Two requests sent 59.8 s ago (by Redis's clock): both places come free in 0.2 s.
+    sent = await redis_ms(redis) - 59_800
+    await redis.zadd(keys.provider_minute("image"), {"a": sent, "b": sent})
+    limits = ProviderLimits(redis, "w")
+    for waiter in ["w:1|a", "w:2|a", "w:1|b"]:
+        assert (await limits.acquire("image", 0, 2, waiter))[0] == -1
+    async with asyncio.timeout(30):
+        while await redis_ms(redis) <= sent + 60_000:
+            await asyncio.sleep(0.01)
+
+    # In turn: "a"'s first, "b"'s, then "a"'s second: the second takes a place before the first.
+    assert (await limits.acquire("image", 0, 2, "w:2|a"))[0] == 0
+    assert await limits.acquire("image", 0, 2, "w:1|b") == (1, 0)
+    assert await limits.acquire("image", 0, 2, "w:1|a") == (1, 0)
 
 
 # How soon a waiter is told to ask again is the script's answer, read here as it is given: how much
@@ -174,11 +233,15 @@ async def test_a_waiter_far_from_its_turn_is_not_told_to_ask_more_often_than_an_
 async def test_the_turn_passes_from_project_to_project(redis: Redis):
     limits = ProviderLimits(redis, "w")
     order: list[str] = []
-    requests = [
-        asyncio.create_task(take_turn(image_gate(limits, project, max_concurrency=2), project, order))
-        for _ in range(10)
-        for project in ("a", "b", "c", "d")
-    ]
+    # Every request waits before a slot frees: the first ones to reach Redis would otherwise take
+    # both slots uncontested, now and then two of one project.
+    async with image_gate(limits, "holder", 2).slot(), image_gate(limits, "holder", 2).slot():
+        requests = [
+            asyncio.create_task(take_turn(image_gate(limits, project, max_concurrency=2), project, order))
+            for _ in range(10)
+            for project in ("a", "b", "c", "d")
+        ]
+        await in_line(redis, 40)
     async with asyncio.timeout(60):
         await asyncio.gather(*requests)
 
@@ -191,8 +254,7 @@ async def test_a_waiter_that_stopped_asking_is_dropped_from_the_line_a_grace_aft
 ):
     limits = ProviderLimits(redis, "w")
     assert await limits.acquire("image", 1, 0, "h:1|holder") == (1, 0)
-    seconds, micros = await redis.time()
-    asked = seconds * 1000 + micros // 1000
+    asked = await redis_ms(redis)
 
     # A request of project "gone" asks once, first in line, and its worker dies: it never asks again.
     assert (await limits.acquire("image", 1, 0, "dead:1|gone"))[0] == 0
@@ -213,6 +275,40 @@ async def test_a_waiter_that_stopped_asking_does_not_hold_up_the_next_turn_for_g
         await asyncio.gather(*waiting)
     assert order == ["next"]
     assert await redis.zrange(keys.provider_waiters("image"), 0, -1) == []
+
+
+@pytest.mark.parametrize(
+    ("dead", "lost"),
+    [
+        # No project has a turn: none would be given a slot.
+        ("dead:1|a", ["turns"]),
+        # The waiters are in no line: none would have a place.
+        ("dead:1|a", ["lines"]),
+        # A project in the turns with no line, whose only request is gone: none asks to join again.
+        ("dead:1|gone", ["waiters", "lines"]),
+    ],
+    ids=["turns", "lines", "line-of-the-gone"],
+)
+async def test_the_waiting_requests_get_their_slots_when_keys_of_the_turns_are_lost(
+    redis: Redis, dead: str, lost: list[str]
+):
+    # As an evicting Redis would lose them (taskd's own Valkey never evicts); a lost `waiters` is
+    # not repaired (docs/development.md).
+    limits = ProviderLimits(redis, "w")
+    order: list[str] = []
+    async with image_gate(limits, "holder").slot():
+        assert (await limits.acquire("image", 1, 0, dead))[0] == 0
+        waiting = await wait_in_line(limits, redis, ("a", "a"), ("b", "b"), order=order)
+        names = {
+            "waiters": [keys.provider_waiters("image")],
+            "turns": [keys.provider_turns("image")],
+            "lines": await redis.keys(keys.provider_lines("image") + "*"),
+        }
+        await redis.delete(*[name for key in lost for name in names[key]])
+
+    async with asyncio.timeout(GRACE + 30):
+        await asyncio.gather(*waiting)
+    assert sorted(order) == ["a", "b"]
 
 
 async def test_a_request_cancelled_while_waiting_leaves_its_line_at_once(redis: Redis):

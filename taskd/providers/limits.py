@@ -6,8 +6,9 @@ Redis is the judge (taskd/providers/lua/): a request holds a slot in a sorted se
 lease, renewed while the request runs, so a worker that dies while holding one gives it back after
 one lease. A request that must wait waits in its task, which stays `processing` and shows
 `current_step` "waiting_for_provider:<name>" until it has its slot; waiting never fails a task
-(its hard time limit still applies). While requests wait, projects take turns (acquire.lua): a free
-slot goes to the waiting project holding the fewest, first come first served within a project.
+(its hard time limit still applies). While requests wait, projects take turns (acquire.lua): the
+free slots go to as many waiters, each to the waiting project holding the fewest (those just given
+counted), first come first served within a project.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ GRACE = 4 * POLL[1]
 # The waiters whose turn comes next ask this often, so that a slot freed for them is taken at once
 # (the others' polls do not take it any more).
 SOON = 0.02
-# A waiter about this many handovers from its turn or fewer (one a project whose turn comes first,
-# as many as the projects waiting a waiter ahead in its line) is told to ask a `SOON` for each:
-# those further away would be told no sooner than their own polls.
+# A waiter about this many slot releases from its turn or fewer (its place in the order the waiters
+# get slots, less the slots held or free, which may all come free at once) is told to ask a `SOON`
+# for each: those further away would be told no sooner than their own polls.
 TOLD = math.ceil(POLL[1] / SOON)
 
 # Told "waiting_for_provider:<name>" when a request starts waiting, None once it has its slot.

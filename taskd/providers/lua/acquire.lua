@@ -12,11 +12,13 @@
 -- waits in line: in `waiters` until a grace after it said it would ask again (a waiter that stops
 -- asking, its worker dead or its task cancelled unseen, drops out then), in its project's line by
 -- when it first asked, and its project in `turns` by when its turn began (it started waiting, or
--- its last request was let through or ended: release.lua). While anyone waits, a free slot and
--- place go only to the first in line of the waiting project that holds the fewest slots, the one
--- whose turn began earliest among equals: a project with 200 requests waiting takes one turn, then
--- another project's single one goes. With no one waiting a request takes a free slot at once, as
--- without turns (one ZCARD of `waiters` more).
+-- its last request was let through or ended: release.lua). While anyone waits, the free slots and
+-- places go to as many waiters in the order of turns: each to the first in line of the waiting
+-- project that holds the fewest slots, the one whose turn began earliest among equals, counting
+-- the slots given before it (lib/turns.lua's `place`): a project with 200 requests waiting takes
+-- one turn, then another project's single one goes. Each takes its own as it asks, not after the
+-- ones before it. With no one waiting a request takes a free slot at once, as without turns (one
+-- ZCARD of `waiters` more).
 -- KEYS[1]  slots        {taskd}:provider:{name}:slots, holder -> ms its lease ends
 -- KEYS[2]  minute       {taskd}:provider:{name}:minute, times (ms) of the requests sent -> themselves
 -- KEYS[3]  waiters      {taskd}:provider:{name}:waiters, waiting holder -> ms it is dropped unless it asks again
@@ -28,11 +30,11 @@
 -- ARGV[5]  grace        ms a waiter stays in line past the time it said it would ask again
 -- ARGV[6]  line_prefix  {taskd}:provider:{name}:line:, a project's line (holder -> ms it first asked) is this + its id
 -- ARGV[7]  soon         ms the waiters whose turn comes next wait before they ask again, at most
--- ARGV[8]  told         waiters fewer than this many handovers from their turn are told how soon to ask again
+-- ARGV[8]  told         waiters fewer than this many releases from their turn are told how soon to ask again
 -- Returns {outcome, wait ms}: outcome 1 when the slot is taken (wait 0); 0 when every slot is held,
 -- with the time until the first lease ends (a slot released earlier frees sooner: callers ask
--- again within a quarter second; those whose turn comes within `told` handovers within a `soon`
--- for each, the next within `soon`), or when a slot is free but it is another waiter's turn
+-- again within a quarter second; those whose turn comes within `told` releases within a `soon`
+-- for each, the next ones within `soon`), or when a slot is free but it is other waiters' turn
 -- (wait: the grace, or as just said); -1 when the minute's requests are spent, with the time
 -- until the oldest leaves the window.
 -- include lib/turns.lua
@@ -47,16 +49,20 @@ local told = tonumber(ARGV[8])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local outcome, wait = 1, 0
+-- The requests the limits let through now (any number with neither).
+local free = math.huge
 if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  if redis.call('ZCARD', KEYS[1]) >= limit then
+  free = limit - redis.call('ZCARD', KEYS[1])
+  if free <= 0 then
     local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
     outcome, wait = 0, math.max(1, tonumber(first) - now)
   end
 end
 if outcome == 1 and per_minute > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60000)
-  if redis.call('ZCARD', KEYS[2]) >= per_minute then
+  free = math.min(free, per_minute - redis.call('ZCARD', KEYS[2]))
+  if free <= 0 then
     local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2]
     outcome, wait = -1, math.max(1, tonumber(oldest) + 60000 - now)
   end
@@ -83,29 +89,39 @@ redis.call('PEXPIRE', line, keep)
 if outcome == -1 then
   return {outcome, wait}
 end
--- About how many handovers come before this waiter's: the projects take turns, so one for each
--- project whose turn comes first, and as many as there are projects waiting for each waiter ahead
--- of it in its line (a guess where projects hold different numbers of slots). It asks again the
--- sooner the fewer there are, so that it has asked by the time its turn comes, and a slot freed
--- for it is not left unused for most of a poll interval while the others' turns wait too: when
--- the turn passes to another project, its first in line is not asleep. Only the first in each line
--- and those fewer than `told` handovers away read the slots' holders to learn whose turn is next.
-local rank = redis.call('ZRANK', line, holder) or told
-local projects = redis.call('ZCARD', KEYS[4])
-local ahead = told
-if rank < told then
-  ahead = rank * projects + (redis.call('ZRANK', KEYS[4], project) or told)
+-- Its place in the order the waiters get slots (lib/turns.lua's `place`): those before `free` take
+-- one each, as they ask, so several slots freed at once are all taken within a `soon` or so. The
+-- first `told` others ask again the sooner the fewer slots must be released before their turn
+-- (beyond the `batch` held or free, which may all come free at once: those ask every `soon`), so
+-- that each has asked by the time its turn comes and a slot freed for it is not left unused for
+-- most of a poll interval while the others' turns wait too. Only those that may be that near, by
+-- their place in their own line, read the slots' holders and the turns.
+if outcome == 0 then
+  free = 0
 end
-local next = (rank == 0 or ahead < told) and next_turn(KEYS[1], KEYS[4], limit) == project
-if next then
-  ahead = rank * projects
+local rank = redis.call('ZRANK', line, holder)
+if not rank then
+  -- In `waiters` but not in its line: the line was lost (an evicting Redis), or expired as the
+  -- waiter came due to drop. It joins again, behind its project's others.
+  redis.call('ZADD', line, now, holder)
+  redis.call('PEXPIRE', line, keep)
+  rank = redis.call('ZCARD', line) - 1
 end
-if outcome == 1 and next and rank == 0 then
+local steps = math.max(told, free)
+local at = rank < steps and place(KEYS[1], KEYS[4], line_prefix, limit, project, rank, steps)
+if rank < steps and not at and not redis.call('ZSCORE', KEYS[4], project) then
+  -- Waiting, but its project has no turn (the turns lost): it would never be given a slot; its
+  -- turn begins now.
+  redis.call('ZADD', KEYS[4], now, project)
+  redis.call('PEXPIRE', KEYS[4], keep)
+end
+if at and at < free then
   redis.call('ZREM', KEYS[3], holder)
   leave_line(KEYS[4], line_prefix, holder, now, true)
   return take(KEYS[1], KEYS[2], now, limit, per_minute, lease, holder)
 end
-local asks_in = ahead < told and soon * math.max(1, ahead) or nil
+local batch = math.max(limit, free)
+local asks_in = at and at < told and soon * math.max(1, at - batch + 1) or nil
 if outcome == 0 then
   return {0, asks_in and math.min(wait, asks_in) or wait}
 end
