@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from examples import TASK_DATA
 from redis.exceptions import ConnectionError as RedisConnectionError
 from webhook_receiver import WebhookReceiver
 
+from taskd import keys
 from taskd.config import WebhooksConfig
 from taskd.webhooks import outbox, sender
 
@@ -365,6 +367,36 @@ async def test_a_hanging_receiver_holds_at_most_its_share_of_the_places_and_othe
         webhooks = [await webhook_settled(service, task_id) for task_id in hanging]
         assert [webhook["attempts"] for webhook in webhooks] == [1] * 6
         assert all(webhook["delivered_at"] for webhook in webhooks)
+
+
+async def test_webhooks_waiting_for_a_full_receiver_come_due_at_its_share_a_second(start, redis):
+    # A tenant's hanging receiver with many webhooks waiting: they come due again one after another,
+    # max_per_receiver a second, rather than all of them every second (claimed and handed back each time).
+    service = await start(max_per_receiver=2)
+    async with WebhookReceiver() as slow:
+        for _ in range(10):
+            slow.hang(60)
+        waiting = []
+        for n in range(10):
+            waiting.append((await service.submit("noop", {}, callback_url=slow.url(f"/hang/{n}")))["task_id"])
+            await service.wait_terminal(waiting[-1])
+        hanging = {f"/hang/{n}" for n in range(10)} & {request.path for request in await slow.wait_for(2)}
+        waiting = [task_id for n, task_id in enumerate(waiting) if f"/hang/{n}" not in hanging]
+
+        async def due_times() -> list[int] | None:
+            # Each one's due time, once every one is handed back: due later, and not under a claim's lease.
+            at = outbox.now_ms()
+            scores = [await redis.zscore(keys.webhooks_due(keys.task_partition(t)), t) for t in waiting]
+            if any(score is None or not at < score < at + 20_000 for score in scores):
+                return None
+            return sorted(int(score) for score in scores if score is not None)
+
+        async with asyncio.timeout(20):
+            while (due := await due_times()) is None:
+                await asyncio.sleep(0.05)
+
+    assert len(waiting) >= 7
+    assert all(later - earlier >= 500 for earlier, later in itertools.pairwise(due))
 
 
 async def test_with_a_proxy_configured_the_post_goes_through_the_proxy(start, receiver):

@@ -46,6 +46,7 @@ POLL_INTERVAL = 0.5
 LEASE_MARGIN = 30.0  # seconds a claim outlives the request timeout before another process may take it
 # A webhook claimed while its receiver has webhooks.max_per_receiver POSTs in flight is handed back,
 # due again this many ms later (not an attempt): the places it would have waited in are others'.
+# Those handed back for one receiver come due max_per_receiver in this time at most (_turn_of_waiting).
 RECEIVER_BUSY_DELAY_MS = 1000
 USER_AGENT = "taskd-webhooks/1"
 
@@ -77,6 +78,8 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Claim] = {}
         self._per_receiver: collections.Counter[Receiver] = collections.Counter()
+        # When the next webhook handed back for a full receiver is due (ms): the turns its waiting ones take.
+        self._next_turn: dict[Receiver, float] = {}
         self._resolver: GuardedResolver | None = None
         self._running = False  # run() runs: a POST has a client to go out on
         # One of the two clients, made by run(): taskd's own keep-alive pools (ReceiverConnections),
@@ -106,6 +109,20 @@ class WebhookSender:
 
     def _receiver_full(self, receiver: Receiver | None) -> bool:
         return receiver is not None and self._per_receiver[receiver] >= self.config.max_per_receiver
+
+    def _turn_of_waiting(self, receiver: Receiver, at: int) -> int:
+        """When a webhook claimed at `at`, handed back because `receiver` is full, is due again (ms): a
+        second later, and max_per_receiver a second after those handed back for it before.
+
+        So a receiver that hangs with thousands of webhooks waiting costs a claim and a hand-back of
+        max_per_receiver of them a second. When all of them came due again each second, their claims
+        kept a process and its Redis busy, and other receivers' webhooks waited behind them.
+        """
+        # Turns that have passed are dropped: the map holds only receivers with webhooks waiting.
+        self._next_turn = {waiting: turn for waiting, turn in self._next_turn.items() if turn > at}
+        due = max(at + RECEIVER_BUSY_DELAY_MS, self._next_turn.get(receiver, 0.0))
+        self._next_turn[receiver] = due + RECEIVER_BUSY_DELAY_MS / self.config.max_per_receiver
+        return int(due)
 
     def send_ended(self, record: TaskRecord, lease: int) -> None:
         """POST the end's webhook of `record`, just ended by a finish that leased it until `lease`.
@@ -200,15 +217,15 @@ class WebhookSender:
         self._wake.clear()
         at = now_ms()
         claims, first_due = await self.outbox.claim(at, self.lease_ms, free)
-        busy = []
+        busy: list[tuple[Claim, int]] = []
         for claim in claims:
             url = claim.record.get(b"callback_url")
             receiver = receiver_of(url.decode(errors="replace")) if url else None
-            if self._receiver_full(receiver):
-                busy.append(claim)
+            if receiver is not None and self._receiver_full(receiver):
+                busy.append((claim, self._turn_of_waiting(receiver, at)))
             else:
                 self._start(claim, receiver)
-        await asyncio.gather(*(self.outbox.release(claim, at + RECEIVER_BUSY_DELAY_MS) for claim in busy))
+        await asyncio.gather(*(self.outbox.release(claim, due) for claim, due in busy))
         if len(claims) == free:  # more may be due
             return
         wait = POLL_INTERVAL if first_due is None else min(POLL_INTERVAL, max(0.0, (first_due - at) / 1000))
