@@ -177,7 +177,9 @@ class WebhookSender:
                 ) as self._session:
                     yield
             else:
-                self._connections = ReceiverConnections(self._resolver or ThreadedResolver())
+                self._connections = ReceiverConnections(
+                    self._resolver or ThreadedResolver(), max_draining=self.config.max_per_receiver
+                )
                 try:
                     yield
                 finally:
