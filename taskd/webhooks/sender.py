@@ -12,6 +12,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import aiohttp
 import orjson
@@ -38,15 +39,18 @@ from taskd.webhooks.signing import Signer, Signers
 
 log = logging.getLogger("taskd.webhooks")
 
+Line = TypeVar("Line", Receiver, str | None)  # what webhooks wait in: a receiver, or an API key's id
+
 # Seconds between outbox polls when idle and no wake-up arrives. Every script that makes a webhook
 # due now publishes on {taskd}:webhooks:wake, a retry or a lease waits for the earliest due time
 # the claim returns, and the listener looks once each time it (re)subscribes: the poll only backs up
 # a wake-up lost some other way. At 0.05 s it was two thirds of an idle `taskd serve`'s CPU.
 POLL_INTERVAL = 0.5
 LEASE_MARGIN = 30.0  # seconds a claim outlives the request timeout before another process may take it
-# A webhook claimed while its receiver has webhooks.max_per_receiver POSTs in flight is handed back,
-# due again this many ms later (not an attempt): the places it would have waited in are others'.
-# Those handed back for one receiver come due max_per_receiver in this time at most (_turn_of_waiting).
+# A webhook claimed while its receiver has webhooks.max_per_receiver POSTs in flight, or its tenant (the
+# API key that submitted its task) webhooks.max_per_tenant, is handed back, due again this many ms later
+# (not an attempt): the places it would have waited in are others'. Those handed back for one receiver
+# (tenant) come due max_per_receiver (max_per_tenant) in this time at most (_take_turn).
 RECEIVER_BUSY_DELAY_MS = 1000
 USER_AGENT = "taskd-webhooks/1"
 
@@ -78,8 +82,11 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Claim] = {}
         self._per_receiver: collections.Counter[Receiver] = collections.Counter()
-        # When the next webhook handed back for a full receiver is due (ms): the turns its waiting ones take.
-        self._next_turn: dict[Receiver, float] = {}
+        # POSTs in flight by the id of the API key that submitted their task (None: a task without one).
+        self._per_key: collections.Counter[str | None] = collections.Counter()
+        # When the next webhook handed back for a full receiver (key) is due (ms): the turns its waiting ones take.
+        self._receiver_turns: dict[Receiver, float] = {}
+        self._key_turns: dict[str | None, float] = {}
         self._resolver: GuardedResolver | None = None
         self._running = False  # run() runs: a POST has a client to go out on
         # One of the two clients, made by run(): taskd's own keep-alive pools (ReceiverConnections),
@@ -98,31 +105,31 @@ class WebhookSender:
         if task_id is None or all(claim.task_id != task_id for claim in self._inflight.values()):
             self._wake.set()
 
-    def lease_until(self, at_ms: int, callback_url: str) -> int | None:
+    def lease_until(self, at_ms: int, callback_url: str, key_id: str | None) -> int | None:
         """The lease (ms) a finish at `at_ms` may put on its end's webhook for `send_ended` to send it,
-        or None when this sender is not running or has no room for one more POST (to that receiver)."""
+        or None when this sender is not running or has no room for one more POST (to that receiver,
+        for that key's task)."""
         if not self._running or len(self._inflight) >= self.config.max_concurrency:
             return None
-        if self._receiver_full(receiver_of(callback_url)):
+        if self._full(receiver_of(callback_url), key_id):
             return None
         return at_ms + self.lease_ms
 
     def _receiver_full(self, receiver: Receiver | None) -> bool:
         return receiver is not None and self._per_receiver[receiver] >= self.config.max_per_receiver
 
-    def _turn_of_waiting(self, receiver: Receiver, at: int) -> int:
-        """When a webhook claimed at `at`, handed back because `receiver` is full, is due again (ms): a
-        second later, and max_per_receiver a second after those handed back for it before.
+    def _full(self, receiver: Receiver | None, key_id: str | None) -> bool:
+        # One tenant's receivers, however many (names of its own domain, ports), hold at most
+        # max_per_tenant places: two hanging ones filled all 64, and every other tenant's webhooks
+        # waited for their POSTs to time out.
+        return self._receiver_full(receiver) or self._per_key[key_id] >= self.config.max_per_tenant
 
-        So a receiver that hangs with thousands of webhooks waiting costs a claim and a hand-back of
-        max_per_receiver of them a second. When all of them came due again each second, their claims
-        kept a process and its Redis busy, and other receivers' webhooks waited behind them.
-        """
-        # Turns that have passed are dropped: the map holds only receivers with webhooks waiting.
-        self._next_turn = {waiting: turn for waiting, turn in self._next_turn.items() if turn > at}
-        due = max(at + RECEIVER_BUSY_DELAY_MS, self._next_turn.get(receiver, 0.0))
-        self._next_turn[receiver] = due + RECEIVER_BUSY_DELAY_MS / self.config.max_per_receiver
-        return int(due)
+    def _turn_of_waiting(self, receiver: Receiver | None, key_id: str | None, at: int) -> int:
+        """When a webhook claimed at `at`, handed back because its receiver or its key is full, is due
+        again (ms): in the turn of those waiting for that receiver, else for that key (_take_turn)."""
+        if receiver is not None and self._receiver_full(receiver):
+            return _take_turn(self._receiver_turns, receiver, self.config.max_per_receiver, at)
+        return _take_turn(self._key_turns, key_id, self.config.max_per_tenant, at)
 
     def send_ended(self, record: TaskRecord, lease: int) -> None:
         """POST the end's webhook of `record`, just ended by a finish that leased it until `lease`.
@@ -133,7 +140,7 @@ class WebhookSender:
         """
         if self._running:
             receiver = receiver_of(record.callback_url) if record.callback_url else None
-            self._start(Claim(record.task_id, lease), receiver, record, self._begin(record))
+            self._start(Claim(record.task_id, lease), receiver, record.key_id, record, self._begin(record))
 
     def _begin(self, record: TaskRecord) -> Awaitable[int] | None:
         """The end's POST begun now, in the turn of the loop its finish ended: on taskd's own client
@@ -223,10 +230,12 @@ class WebhookSender:
         for claim in claims:
             url = claim.record.get(b"callback_url")
             receiver = receiver_of(url.decode(errors="replace")) if url else None
-            if receiver is not None and self._receiver_full(receiver):
-                busy.append((claim, self._turn_of_waiting(receiver, at)))
+            raw_key = claim.record.get(b"key_id")
+            key_id = raw_key.decode(errors="replace") if raw_key else None
+            if url and self._full(receiver, key_id):
+                busy.append((claim, self._turn_of_waiting(receiver, key_id, at)))
             else:
-                self._start(claim, receiver)
+                self._start(claim, receiver, key_id)
         await asyncio.gather(*(self.outbox.release(claim, due) for claim, due in busy))
         if len(claims) == free:  # more may be due
             return
@@ -267,20 +276,27 @@ class WebhookSender:
         self,
         claim: Claim,
         receiver: Receiver | None,
+        key_id: str | None,
         ended: TaskRecord | None = None,
         begun: Awaitable[int] | None = None,
     ) -> None:
         task = asyncio.create_task(self._deliver(claim, ended, begun), name=f"webhook-{claim.task_id}")
         self._inflight[task] = claim
         task.add_done_callback(self._inflight.pop)
-        if receiver is not None:  # counted for webhooks.max_per_receiver until the delivery ends
+        # Counted for webhooks.max_per_receiver and max_per_tenant until the delivery ends.
+        self._per_key[key_id] += 1
+        if receiver is not None:
             self._per_receiver[receiver] += 1
-            task.add_done_callback(lambda _: self._left(receiver))
+        task.add_done_callback(lambda _: self._left(receiver, key_id))
 
-    def _left(self, receiver: Receiver) -> None:
-        self._per_receiver[receiver] -= 1
-        if not self._per_receiver[receiver]:
-            del self._per_receiver[receiver]
+    def _left(self, receiver: Receiver | None, key_id: str | None) -> None:
+        self._per_key[key_id] -= 1
+        if not self._per_key[key_id]:
+            del self._per_key[key_id]
+        if receiver is not None:
+            self._per_receiver[receiver] -= 1
+            if not self._per_receiver[receiver]:
+                del self._per_receiver[receiver]
 
     async def _deliver(self, claim: Claim, ended: TaskRecord | None, begun: Awaitable[int] | None) -> None:
         try:
@@ -423,6 +439,21 @@ class WebhookSender:
             url, data=body, headers=headers, allow_redirects=False, proxy=self.config.proxy or None
         ) as response:
             return response.status
+
+
+def _take_turn(turns: dict[Line, float], line: Line, per_second: int, at: int) -> int:
+    """When the next webhook handed back at `at` for `line` (a receiver or a key) is due (ms): a second
+    later, and `per_second` a second after those handed back for it before.
+
+    So a receiver that hangs with thousands of webhooks waiting costs a claim and a hand-back of
+    max_per_receiver of them a second. When all of them came due again each second, their claims
+    kept a process and its Redis busy, and other receivers' webhooks waited behind them.
+    """
+    for passed in [waiting for waiting, turn in turns.items() if turn <= at]:
+        del turns[passed]  # the map holds only lines with webhooks waiting
+    due = max(at + RECEIVER_BUSY_DELAY_MS, turns.get(line, 0.0))
+    turns[line] = due + RECEIVER_BUSY_DELAY_MS / per_second
+    return int(due)
 
 
 def _failed(exc: BaseException) -> Attempt:
