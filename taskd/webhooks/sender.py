@@ -16,7 +16,6 @@ from typing import TypeVar
 
 import aiohttp
 import orjson
-from aiohttp.resolver import ThreadedResolver
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
@@ -28,7 +27,13 @@ from taskd.backoff import Backoff
 from taskd.config import WebhooksConfig
 from taskd.logs import MASK, bind_task, mask_url
 from taskd.model import TaskRecord, TaskStatus
-from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port, refusal
+from taskd.net.guard import (
+    AddressPolicy,
+    GuardedResolver,
+    check_literal_host,
+    host_and_port,
+    refusal,
+)
 from taskd.stopping import cancel_and_wait
 from taskd.store import TaskStore, decode
 from taskd.webhooks.connections import Receiver, ReceiverConnections, receiver_of
@@ -162,16 +167,16 @@ class WebhookSender:
     async def _client(self) -> AsyncIterator[None]:
         """The client POSTs go out on while run() runs: aiohttp's with a proxy or tracing, else taskd's pools."""
         proxy_host = URL(self.config.proxy).host if self.config.proxy else None
-        if not self.policy.allow_private:
-            self._resolver = GuardedResolver(
-                exempt=[proxy_host] if proxy_host else [], allowed=self.policy.allows
-            )
+        # Also with allow_private (which allows every address): it reads 127.1 as getaddrinfo did.
+        resolver = self._resolver = GuardedResolver(
+            exempt=[proxy_host] if proxy_host else [], allowed=self.policy.allows
+        )
         # With tracing on, each POST is a span and carries `traceparent` to the receiver.
         trace_configs = tracing.client_trace_configs()
         self._running = True
         try:
             if self.config.proxy or trace_configs:
-                connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self.config.max_concurrency)
+                connector = aiohttp.TCPConnector(resolver=resolver, limit=self.config.max_concurrency)
                 async with aiohttp.ClientSession(
                     connector=connector,
                     cookie_jar=aiohttp.DummyCookieJar(),
@@ -184,9 +189,7 @@ class WebhookSender:
                 ) as self._session:
                     yield
             else:
-                self._connections = ReceiverConnections(
-                    self._resolver or ThreadedResolver(), max_draining=self.config.max_per_receiver
-                )
+                self._connections = ReceiverConnections(resolver, max_draining=self.config.max_per_receiver)
                 try:
                     yield
                 finally:
@@ -194,6 +197,7 @@ class WebhookSender:
         finally:
             self._running = False
             self._session = self._connections = None
+            await resolver.close()
 
     async def run(self) -> None:
         """Send due webhooks until cancelled; on the way out, hand unfinished claims back as due now."""
@@ -431,7 +435,7 @@ class WebhookSender:
 
     async def _post_with_aiohttp(self, url: URL, headers: dict[str, str], body: bytes) -> int:
         assert self._session is not None
-        if self.config.proxy and self._resolver is not None:
+        if self.config.proxy and self._resolver is not None and not self.policy.allow_private:
             # The proxy connects, not taskd; still refuse a name that now points inside.
             host, port = host_and_port(url)
             await self._resolver.resolve(host, port, socket.AF_UNSPEC)
