@@ -177,6 +177,7 @@ async def test_a_callback_url_whose_credentials_basic_auth_cannot_send_is_refuse
     [
         ("http://example.com:99999/hook", "Port out of range 0-65535"),
         ("http://[::1/hook", "Invalid IPv6 URL"),
+        ("http://example.com:0/hook", "port 0 cannot be connected to"),
     ],
 )
 async def test_a_callback_url_that_is_not_a_valid_url_is_refused_with_its_reason(taskd, url, reason):
