@@ -433,6 +433,30 @@ async def test_webhooks_waiting_for_a_full_receiver_come_due_at_its_share_a_seco
     assert all(later - earlier >= 500 for earlier, later in itertools.pairwise(due))
 
 
+async def test_a_webhook_waiting_for_a_full_receiver_comes_due_again_within_the_timeout(start, redis):
+    # Twelve waiting in turns of one a second would wait up to 12 s; each comes due within the 5 s a
+    # hanging POST can hold the receiver's place, so none waits long once the receiver is back.
+    service = await start(max_per_receiver=1, timeout=5)
+    async with WebhookReceiver() as slow:
+        slow.hang(60)
+        waiting = []
+        for n in range(12):
+            waiting.append((await service.submit("noop", {}, callback_url=slow.url(f"/hang/{n}")))["task_id"])
+            await service.wait_terminal(waiting[-1])
+        [hanging] = await slow.wait_for(1)
+        waiting = [task_id for n, task_id in enumerate(waiting) if f"/hang/{n}" != hanging.path]
+
+        async with asyncio.timeout(20):
+            while True:
+                at = outbox.now_ms()
+                scores = [await redis.zscore(keys.webhooks_due(keys.task_partition(t)), t) for t in waiting]
+                if all(score is not None and at < score < at + 20_000 for score in scores):
+                    break  # every one handed back, none under a claim's lease
+                await asyncio.sleep(0.05)
+
+    assert all(score <= at + 5000 for score in scores if score is not None)
+
+
 async def test_with_a_proxy_configured_the_post_goes_through_the_proxy(start, receiver):
     # The receiver stands in for an HTTP egress proxy: a forward proxy gets the request in absolute form.
     service = await start(proxy=receiver.url("/"))

@@ -92,6 +92,9 @@ class WebhookSender:
         # When the next webhook handed back for a full receiver (key) is due (ms): the turns its waiting ones take.
         self._receiver_turns: dict[Receiver, float] = {}
         self._key_turns: dict[str | None, float] = {}
+        # The latest a handed-back webhook is due again, ms after its hand-back: within a timeout a
+        # hanging receiver's places have all freed, and one that came back has a look at each.
+        self._horizon = max(RECEIVER_BUSY_DELAY_MS, int(config.timeout * 1000))
         self._resolver: GuardedResolver | None = None
         self._running = False  # run() runs: a POST has a client to go out on
         # One of the two clients, made by run(): taskd's own keep-alive pools (ReceiverConnections),
@@ -133,8 +136,8 @@ class WebhookSender:
         """When a webhook claimed at `at`, handed back because its receiver or its key is full, is due
         again (ms): in the turn of those waiting for that receiver, else for that key (_take_turn)."""
         if receiver is not None and self._receiver_full(receiver):
-            return _take_turn(self._receiver_turns, receiver, self.config.max_per_receiver, at)
-        return _take_turn(self._key_turns, key_id, self.config.max_per_tenant, at)
+            return _take_turn(self._receiver_turns, receiver, self.config.max_per_receiver, at, self._horizon)
+        return _take_turn(self._key_turns, key_id, self.config.max_per_tenant, at, self._horizon)
 
     def send_ended(self, record: TaskRecord, lease: int) -> None:
         """POST the end's webhook of `record`, just ended by a finish that leased it until `lease`.
@@ -445,17 +448,20 @@ class WebhookSender:
             return response.status
 
 
-def _take_turn(turns: dict[Line, float], line: Line, per_second: int, at: int) -> int:
+def _take_turn(turns: dict[Line, float], line: Line, per_second: int, at: int, horizon: int) -> int:
     """When the next webhook handed back at `at` for `line` (a receiver or a key) is due (ms): a second
-    later, and `per_second` a second after those handed back for it before.
+    later, and `per_second` a second after those handed back for it before, but `horizon` ms later at
+    the latest (those past it come due together then).
 
     So a receiver that hangs with thousands of webhooks waiting costs a claim and a hand-back of
-    max_per_receiver of them a second. When all of them came due again each second, their claims
-    kept a process and its Redis busy, and other receivers' webhooks waited behind them.
+    max_per_receiver of them a second, or of all of them once per horizon (webhooks.timeout) when
+    there are more; when all of them came due again each second, their claims kept a process and its
+    Redis busy, and other receivers' webhooks waited behind them. The horizon bounds how long one
+    waits once its receiver is back: thousands in turns of 32 a second would have taken minutes.
     """
     for passed in [waiting for waiting, turn in turns.items() if turn <= at]:
         del turns[passed]  # the map holds only lines with webhooks waiting
-    due = max(at + RECEIVER_BUSY_DELAY_MS, turns.get(line, 0.0))
+    due = max(at + RECEIVER_BUSY_DELAY_MS, min(turns.get(line, 0.0), at + horizon))
     turns[line] = due + RECEIVER_BUSY_DELAY_MS / per_second
     return int(due)
 
