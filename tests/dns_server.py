@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import struct
+from typing import cast
 
 A, AAAA = 1, 28
 NXDOMAIN = 3
@@ -37,7 +38,7 @@ class DnsServer(asyncio.DatagramProtocol):
             self._transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         ident = data[:2]
@@ -49,7 +50,7 @@ class DnsServer(asyncio.DatagramProtocol):
         qtype = struct.unpack(">H", data[at + 1 : at + 3])[0]
         name = ".".join(labels).lower()
         self.queries.append(name)
-        if name.endswith(self.silent) and self.silent:
+        if self.silent and name.endswith(self.silent):
             return
         answers = b""
         address = self.addresses.get(name)
