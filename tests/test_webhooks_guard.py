@@ -225,3 +225,21 @@ async def test_callback_names_whose_dns_never_answers_hold_back_no_other_tenants
     assert status == 200
     assert webhook.json["task_id"] == body["task_id"]
     assert all(status == 400 for status, _ in refusals)
+
+
+async def test_a_callback_name_that_no_longer_resolves_is_a_failed_attempt_that_says_so(
+    start_service, fake_llm, monkeypatch
+):
+    async with DnsServer({}) as dns:  # every name is NXDOMAIN
+        monkeypatch.setattr(guard, "NAMESERVERS", [dns.nameserver])
+        service = await start_service(
+            llm_url=fake_llm.base_url,
+            webhooks=WebhooksConfig(allow_private=True),  # no lookup at submit
+        )
+        status, body = await submit(service, "http://gone.test/hook")
+        settled = await service.wait_for(
+            body["task_id"], lambda task: (task["webhook"] or {}).get("attempts")
+        )
+
+    assert status == 200
+    assert settled["webhook"]["last_error"] == "OSError: Domain name not found"

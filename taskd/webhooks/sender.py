@@ -470,6 +470,9 @@ def _failed(exc: BaseException) -> Attempt:
     refused = refusal(exc)
     if refused is not None:
         return Attempt(False, None, f"refused: {refused}")
+    if isinstance(exc, OSError) and exc.errno is None and exc.strerror:
+        # A lookup's failure (c-ares, via aiohttp) has no errno: "[Errno None] Domain name not found".
+        return Attempt(False, None, f"{type(exc).__name__}: {exc.strerror}")
     return Attempt(False, None, f"{type(exc).__name__}: {exc}")
 
 
