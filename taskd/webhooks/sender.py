@@ -27,13 +27,7 @@ from taskd.backoff import Backoff
 from taskd.config import WebhooksConfig
 from taskd.logs import MASK, bind_task, mask_url
 from taskd.model import TaskRecord, TaskStatus
-from taskd.net.guard import (
-    AddressPolicy,
-    GuardedResolver,
-    check_literal_host,
-    host_and_port,
-    refusal,
-)
+from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port, refusal
 from taskd.stopping import cancel_and_wait
 from taskd.store import TaskStore, decode
 from taskd.webhooks.connections import Receiver, ReceiverConnections, receiver_of
