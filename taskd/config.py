@@ -567,6 +567,9 @@ class WebhooksConfig:
     # POSTs in flight at once to one receiver (scheme, host, port): below max_concurrency, so that a
     # receiver that hangs never holds every place and others' webhooks still go out.
     max_per_receiver: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    # POSTs in flight at once for the tasks of one tenant (the API key that submitted them), to all its
+    # receivers: below max_concurrency, so that a tenant's receivers, however many, never hold every place.
+    max_per_tenant: int = attrs.field(default=48, validator=attrs.validators.ge(1))
     # The least seconds between two `progress` webhooks of one task (those who ask for them).
     progress_interval: float = attrs.field(default=5.0, validator=_seconds(ge=0))
 

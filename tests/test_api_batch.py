@@ -66,6 +66,26 @@ async def test_a_batch_with_one_bad_item_stores_nothing_and_names_the_item(start
     assert await stored_tasks(redis) == 0
 
 
+async def test_refused_callback_urls_are_named_by_their_items_and_store_nothing(start_service, redis):
+    taskd = await start_service(workers=False)  # the SSRF guard on: loopback and private refused
+
+    status, body, _ = await post_batch(
+        taskd,
+        [
+            item("noop", {}, callback_url="https://93.184.216.34/hook"),
+            item("noop", {}, callback_url="http://10.0.0.5/hook"),
+            item("noop", {}, callback_url="http://127.0.0.1/hook"),
+        ],
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "tasks[1].callback_url": "Callback URL must point to a public address: 10.0.0.5 is not a public address",
+        "tasks[2].callback_url": "Callback URL must point to a public address: 127.0.0.1 is not a public address",
+    }
+    assert await stored_tasks(redis) == 0
+
+
 async def test_an_item_naming_a_later_or_missing_item_is_400_and_stores_nothing(start_service, redis):
     api_only = await start_service(workers=False)
 

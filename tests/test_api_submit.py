@@ -193,6 +193,23 @@ async def test_a_callback_url_whose_credentials_basic_auth_cannot_send_is_refuse
     }
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://example.com:99999/hook", "Port out of range 0-65535"),
+        ("http://[::1/hook", "Invalid IPv6 URL"),
+        ("http://example.com:0/hook", "port 0 cannot be connected to"),
+    ],
+)
+async def test_a_callback_url_that_is_not_a_valid_url_is_refused_with_its_reason(taskd, url, reason):
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "noop", "task_data": {}, "callback_url": url}
+    )
+
+    assert status == 400
+    assert body["details"] == {"callback_url": f"Callback URL is not a valid URL: {reason}"}
+
+
 async def test_body_that_is_not_json_is_a_validation_error(taskd):
     async with taskd.client.post("/api/v1/tasks/submit", data=b"{not json") as response:
         body = await response.json()

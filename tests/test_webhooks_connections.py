@@ -255,6 +255,22 @@ async def test_the_status_comes_with_the_head_and_the_connection_is_reused_once_
     assert answered_in < 0.1
 
 
+async def test_connections_past_the_cap_whose_answer_body_has_not_come_are_closed_at_once():
+    # A receiver that answers 200 and never sends the body it announced: each POST opens a
+    # connection, and only the first two are kept to wait for their body.
+    pool = ReceiverConnections(ThreadedResolver(), max_draining=2)
+    async with scripted(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")) as server:
+        statuses = [await pool.post(server.url(), JSON, b"{}") for _ in range(5)]
+        async with asyncio.timeout(5):
+            while server.closed_by_peer < 3:
+                await asyncio.sleep(0.01)
+        kept = server.connections - server.closed_by_peer
+    pool.close()
+
+    assert statuses == [200] * 5
+    assert (server.connections, kept) == (5, 2)
+
+
 async def test_an_answer_body_over_the_cap_closes_its_connection(pool):
     big = f"HTTP/1.1 200 OK\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode() + b"x" * (MAX_BODY + 1)
     async with scripted(answering(big)) as server:

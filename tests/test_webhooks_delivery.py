@@ -6,18 +6,20 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import itertools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import RunningService
+from conftest import API_KEY, RunningService
 from examples import TASK_DATA
 from redis.exceptions import ConnectionError as RedisConnectionError
 from webhook_receiver import WebhookReceiver
 
-from taskd.config import WebhooksConfig
+from taskd import keys
+from taskd.config import AuthConfig, WebhooksConfig
 from taskd.webhooks import outbox, sender
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -365,6 +367,94 @@ async def test_a_hanging_receiver_holds_at_most_its_share_of_the_places_and_othe
         webhooks = [await webhook_settled(service, task_id) for task_id in hanging]
         assert [webhook["attempts"] for webhook in webhooks] == [1] * 6
         assert all(webhook["delivered_at"] for webhook in webhooks)
+
+
+async def test_one_keys_hanging_receivers_hold_at_most_its_share_and_another_keys_webhook_goes_out_at_once(
+    start_service, fake_llm, receiver
+):
+    # One tenant names two receivers that hang: between them they may hold max_per_tenant places, not
+    # every place, so another tenant's webhook does not wait for their POSTs to time out.
+    other_key = "other-tenant-key-5e6f7a8b"
+    service = await start_service(
+        llm_url=fake_llm.base_url,
+        auth=AuthConfig(api_keys=[API_KEY, other_key]),
+        webhooks=WebhooksConfig(allow_private=True, max_concurrency=4, max_per_receiver=2, max_per_tenant=2),
+    )
+    async with WebhookReceiver() as slow_a, WebhookReceiver() as slow_b:
+        for slow in (slow_a, slow_b):
+            slow.hang(60)
+            slow.hang(60)
+            for _ in range(2):  # one after another: finishes at the same moment may each take a place
+                await service.wait_terminal(
+                    (await service.submit("noop", {}, callback_url=slow.url()))["task_id"]
+                )
+        async with asyncio.timeout(20):
+            while len(slow_a.received) + len(slow_b.received) < 2:
+                await asyncio.sleep(0.02)
+        async with service.client.post(
+            "/api/v1/tasks/submit",
+            json={"project_id": "p", "task_type": "noop", "task_data": {}, "callback_url": receiver.url()},
+            headers={"X-API-Key": other_key},
+        ) as response:
+            assert response.status == 200
+
+        await receiver.wait_for(1, timeout=20)  # not after a hanging POST's end, 60 s away
+
+        assert len(slow_a.received) + len(slow_b.received) == 2
+
+
+async def test_webhooks_waiting_for_a_full_receiver_come_due_at_its_share_a_second(start, redis):
+    # A tenant's hanging receiver with many webhooks waiting: they come due again one after another,
+    # max_per_receiver a second, rather than all of them every second (claimed and handed back each time).
+    service = await start(max_per_receiver=2)
+    async with WebhookReceiver() as slow:
+        for _ in range(10):
+            slow.hang(60)
+        waiting = []
+        for n in range(10):
+            waiting.append((await service.submit("noop", {}, callback_url=slow.url(f"/hang/{n}")))["task_id"])
+            await service.wait_terminal(waiting[-1])
+        hanging = {f"/hang/{n}" for n in range(10)} & {request.path for request in await slow.wait_for(2)}
+        waiting = [task_id for n, task_id in enumerate(waiting) if f"/hang/{n}" not in hanging]
+
+        async def due_times() -> list[int] | None:
+            # Each one's due time, once every one is handed back: due later, and not under a claim's lease.
+            at = outbox.now_ms()
+            scores = [await redis.zscore(keys.webhooks_due(keys.task_partition(t)), t) for t in waiting]
+            if any(score is None or not at < score < at + 20_000 for score in scores):
+                return None
+            return sorted(int(score) for score in scores if score is not None)
+
+        async with asyncio.timeout(20):
+            while (due := await due_times()) is None:
+                await asyncio.sleep(0.05)
+
+    assert len(waiting) >= 7
+    assert all(later - earlier >= 500 for earlier, later in itertools.pairwise(due))
+
+
+async def test_a_webhook_waiting_for_a_full_receiver_comes_due_again_within_the_timeout(start, redis):
+    # Twelve waiting in turns of one a second would wait up to 12 s; each comes due within the 5 s a
+    # hanging POST can hold the receiver's place, so none waits long once the receiver is back.
+    service = await start(max_per_receiver=1, timeout=5)
+    async with WebhookReceiver() as slow:
+        slow.hang(60)
+        waiting = []
+        for n in range(12):
+            waiting.append((await service.submit("noop", {}, callback_url=slow.url(f"/hang/{n}")))["task_id"])
+            await service.wait_terminal(waiting[-1])
+        [hanging] = await slow.wait_for(1)
+        waiting = [task_id for n, task_id in enumerate(waiting) if f"/hang/{n}" != hanging.path]
+
+        async with asyncio.timeout(20):
+            while True:
+                at = outbox.now_ms()
+                scores = [await redis.zscore(keys.webhooks_due(keys.task_partition(t)), t) for t in waiting]
+                if all(score is not None and at < score < at + 20_000 for score in scores):
+                    break  # every one handed back, none under a claim's lease
+                await asyncio.sleep(0.05)
+
+    assert all(score <= at + 5000 for score in scores if score is not None)
 
 
 async def test_with_a_proxy_configured_the_post_goes_through_the_proxy(start, receiver):

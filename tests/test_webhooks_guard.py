@@ -10,10 +10,12 @@ import socket
 import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
+from dns_server import DnsServer
 from examples import TASK_DATA
 from webhook_receiver import WebhookReceiver
 
-from taskd.config import WebhooksConfig
+from taskd.config import NetworkConfig, WebhooksConfig
+from taskd.net import guard
 from taskd.net.guard import ForbiddenAddress, GuardedResolver, check_literal_host, is_public
 
 NON_PUBLIC_TARGETS = [
@@ -199,3 +201,45 @@ async def test_sender_refuses_a_private_callback_at_send_time(start_service, fak
 
     assert status == 200
     assert receiver.received == []
+
+
+async def test_callback_names_whose_dns_never_answers_hold_back_no_other_tenants_lookup(
+    start_service, fake_llm, receiver, monkeypatch
+):
+    # getaddrinfo's threads (four under uvloop) were every lookup's: a caller's names whose DNS
+    # server never answers held them all, and others' callback URLs failed to resolve meanwhile.
+    async with DnsServer({"hooks.test": "127.0.0.1"}, silent=(".stall.test",)) as dns:
+        monkeypatch.setattr(guard, "NAMESERVERS", [dns.nameserver])
+        service = await start_service(
+            llm_url=fake_llm.base_url, network=NetworkConfig(allow_networks=["127.0.0.0/8"])
+        )
+        stalled = [asyncio.create_task(submit(service, f"http://h{n}.stall.test/hook")) for n in range(16)]
+        async with asyncio.timeout(20):
+            while len({name for name in dns.queries if name.endswith(".stall.test")}) < 16:
+                await asyncio.sleep(0.02)
+
+        status, body = await submit(service, f"http://hooks.test:{receiver.port}/hook")
+        [webhook] = await receiver.wait_for(1)
+        refusals = await asyncio.gather(*stalled)
+
+    assert status == 200
+    assert webhook.json["task_id"] == body["task_id"]
+    assert all(status == 400 for status, _ in refusals)
+
+
+async def test_a_callback_name_that_no_longer_resolves_is_a_failed_attempt_that_says_so(
+    start_service, fake_llm, monkeypatch
+):
+    async with DnsServer({}) as dns:  # every name is NXDOMAIN
+        monkeypatch.setattr(guard, "NAMESERVERS", [dns.nameserver])
+        service = await start_service(
+            llm_url=fake_llm.base_url,
+            webhooks=WebhooksConfig(allow_private=True),  # no lookup at submit
+        )
+        status, body = await submit(service, "http://gone.test/hook")
+        settled = await service.wait_for(
+            body["task_id"], lambda task: (task["webhook"] or {}).get("attempts")
+        )
+
+    assert status == 200
+    assert settled["webhook"]["last_error"] == "OSError: Domain name not found"

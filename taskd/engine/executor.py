@@ -246,9 +246,9 @@ class _Running:
 class EndWebhooks(Protocol):
     """What the executor asks of its process's webhook sender (taskd.webhooks.sender.WebhookSender)."""
 
-    def lease_until(self, at_ms: int, callback_url: str) -> int | None:
-        """The lease a finish at `at_ms` may take on its end's webhook to `callback_url`; None:
-        queue it due now."""
+    def lease_until(self, at_ms: int, callback_url: str, key_id: str | None) -> int | None:
+        """The lease a finish at `at_ms` may take on its end's webhook to `callback_url`, of a task
+        submitted by the key `key_id`; None: queue it due now."""
 
     def send_ended(self, record: TaskRecord, lease: int) -> None:
         """Send the end's webhook of `record`, which the finish queued under `lease`."""
@@ -737,7 +737,7 @@ class Executor:
         # starts as soon as the finish returns: no pub/sub wake-up, no claim, no read in between.
         lease = None
         if webhooks is not None and record.callback_url:
-            lease = webhooks.lease_until(int(at * 1000), record.callback_url)
+            lease = webhooks.lease_until(int(at * 1000), record.callback_url, record.key_id)
         finished = await _until_stored(
             f"task {record.task_id} {status.value}",
             partial(self.store.finish, record, self.worker_id, status, at, webhook_lease=lease, **fields),

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 import attrs
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
+from aiohttp.resolver import AsyncResolver
 from yarl import URL
 
 from taskd.config import Config
@@ -27,6 +27,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 RESOLVE_TIMEOUT = 5.0
+# The DNS servers callers' names are asked of ("host" or "host:port"); None: the system's, as
+# /etc/resolv.conf names them. Tests point it at a DNS server of their own.
+NAMESERVERS: list[str] | None = None
 SCHEMES = ("http", "https")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -118,7 +121,22 @@ def host_and_port(url: URL) -> tuple[str, int]:
     """The host and port an http(s) `url` names; ForbiddenAddress for another scheme or no host."""
     if url.scheme not in SCHEMES or not url.raw_host:
         raise NotHttp("only http and https URLs with a host are allowed")
-    return url.raw_host, url.port or (443 if url.scheme == "https" else 80)
+    # A port 0 given stays 0 (its connection fails), not the scheme's default.
+    return url.raw_host, url.port if url.port is not None else (443 if url.scheme == "https" else 80)
+
+
+def name_resolver() -> AbstractResolver:
+    """The resolver of callers' names: c-ares (aiodns), on the event loop, never a thread.
+
+    getaddrinfo runs in a pool of threads that every lookup of the process shares (uvloop's is four),
+    and a lookup holds its thread until the name's DNS answers or the system resolver gives up (10 s
+    by default). A caller naming hosts whose DNS never answers held every thread: eight such
+    webhooks made every other tenant's lookups wait, and their webhooks time out. A c-ares query that
+    waits costs a timer and a socket only.
+    """
+    if NAMESERVERS is None:
+        return AsyncResolver()
+    return AsyncResolver(nameservers=NAMESERVERS)
 
 
 async def check_url(url: str, policy: AddressPolicy, *, timeout: float = RESOLVE_TIMEOUT) -> None:
@@ -133,9 +151,13 @@ async def check_url(url: str, policy: AddressPolicy, *, timeout: float = RESOLVE
     if literal is not None:
         check_addresses(host, [str(literal)], policy.allows)
         return
-    async with asyncio.timeout(timeout):
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    check_addresses(host, [str(info[4][0]) for info in infos], policy.allows)
+    resolver = name_resolver()
+    try:
+        async with asyncio.timeout(timeout):
+            found = await resolver.resolve(host, port, socket.AF_UNSPEC)
+    finally:
+        await resolver.close()
+    check_addresses(host, [result["host"] for result in found], policy.allows)
 
 
 async def check_callback_url(url: str, policy: AddressPolicy, *, timeout: float = RESOLVE_TIMEOUT) -> None:
@@ -172,9 +194,14 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         """Resolve `host` and check every address; raise ForbiddenAddress if any is not allowed."""
-        if self._base is None:
-            self._base = ThreadedResolver()
-        results = await self._base.resolve(host, port, family)
+        literal = parse_ip(host)
+        if literal is not None:
+            # 127.1, 0x7f000001: getaddrinfo reads them as addresses (inet_aton), c-ares as names.
+            results = [_numeric(host, literal, port)]
+        else:
+            if self._base is None:
+                self._base = name_resolver()
+            results = await self._base.resolve(host, port, family)
         if host not in self._exempt:
             check_addresses(host, [result["host"] for result in results], self._allowed)
         return results
@@ -183,6 +210,12 @@ class GuardedResolver(AbstractResolver):
         """Close the resolver underneath."""
         if self._base is not None:
             await self._base.close()
+
+
+def _numeric(host: str, ip: IPAddress, port: int) -> ResolveResult:
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+    return ResolveResult(hostname=host, host=str(ip), port=port, family=family, proto=0, flags=flags)
 
 
 def check_literal_host(url: str | URL, allowed: Callable[[IPAddress], bool] = is_public) -> None:

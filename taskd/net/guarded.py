@@ -62,15 +62,20 @@ class GuardedClient:
         """A client with the `[network]` policy of `config`, its fetches bounded by `media.download_timeout`."""
         return cls(AddressPolicy.from_config(config), trusted_session, config.media.download_timeout)
 
-    def _session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(allowed=self.policy.allows), use_dns_cache=False
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trace_configs=tracing.client_trace_configs(),
-        )
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[aiohttp.ClientSession]:
+        # The connector does not close a resolver it was given: its c-ares channel is let go here.
+        resolver = GuardedResolver(allowed=self.policy.allows)
+        connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
+        try:
+            async with aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trace_configs=tracing.client_trace_configs(),
+            ) as session:
+                yield session
+        finally:
+            await resolver.close()
 
     @contextlib.asynccontextmanager
     async def get(

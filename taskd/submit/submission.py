@@ -72,20 +72,28 @@ def _callback_url(value: Any, details: dict[str, str]) -> None:
         details["callback_url"] = (
             f"Callback URL must be an http(s) URL of at most {MAX_CALLBACK_URL} characters"
         )
-    elif not _sendable_credentials(value):
+        return
+    try:
+        parsed = URL(value)
+    except ValueError as exc:  # yarl's reason: "Port out of range 0-65535", "Invalid IPv6 URL"
+        details["callback_url"] = f"Callback URL is not a valid URL: {exc}"
+        return
+    if parsed.port == 0:  # yarl reads it; taskd's own client went to port 80, aiohttp's to port 0
+        details["callback_url"] = "Callback URL is not a valid URL: port 0 cannot be connected to"
+        return
+    if not _sendable_credentials(parsed):
         details["callback_url"] = (
             "Callback URL's user name and password must be Latin-1 text: HTTP Basic authentication "
             "sends them so"
         )
 
 
-def _sendable_credentials(url: str) -> bool:
+def _sendable_credentials(url: URL) -> bool:
     # A user or password that Basic authentication cannot encode would fail every attempt.
     try:
-        parsed = URL(url)
-        (parsed.user or "").encode("latin-1")
-        (parsed.password or "").encode("latin-1")
-    except ValueError:  # not a URL yarl reads, or credentials beyond Latin-1 (UnicodeEncodeError)
+        (url.user or "").encode("latin-1")
+        (url.password or "").encode("latin-1")
+    except UnicodeEncodeError:
         return False
     return True
 

@@ -13,6 +13,7 @@ GuardedResolver's, which has checked every one (the SSRF guard, as for aiohttp's
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import socket
 import ssl
@@ -29,6 +30,9 @@ from taskd.net.guard import host_and_port, parse_ip
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
 MAX_BODY = 64 * 1024  # bytes of an answer's body read to keep its connection; past it, closed
 KEEPALIVE = 15.0  # seconds an idle connection is kept, aiohttp's default
+# Connections per receiver kept after their answer's status while its body still comes, to be reused
+# once it ends; past these, such a connection is closed. The sender passes webhooks.max_per_receiver.
+MAX_DRAINING = 32
 
 Receiver = tuple[str, str, int]  # scheme, host, port: one pool each
 
@@ -156,12 +160,17 @@ class ReceiverConnections:
         *,
         tls: ssl.SSLContext | None = None,
         keepalive: float = KEEPALIVE,
+        max_draining: int = MAX_DRAINING,
     ) -> None:
         self._resolver = resolver
         self._tls = tls  # made on the first https connection: loading the CA store costs memory
         self._keepalive = keepalive
+        self._max_draining = max_draining
         self._idle: dict[Receiver, list[_Connection]] = {}
         self._open: set[_Connection] = set()
+        # Connections whose answer's status is in and its body not yet, by receiver (_exchange).
+        self._draining: dict[_Connection, Receiver] = {}
+        self._draining_to: collections.Counter[Receiver] = collections.Counter()
 
     def post(self, url: URL, headers: Mapping[str, str], body: bytes) -> asyncio.Future[int]:
         """POST `body` to `url`: a future of the answer's status.
@@ -214,8 +223,15 @@ class ReceiverConnections:
             raise
         if connection.ended:
             self._give_back(receiver, connection)
+        elif self._draining_to[receiver] >= self._max_draining:
+            # A receiver that answers and then trickles (or never sends) its body would otherwise keep
+            # a connection, a file descriptor, per webhook for KEEPALIVE seconds: as many as webhooks
+            # reach it in that time, past its webhooks.max_per_receiver places.
+            connection.close()
         else:  # the body is still coming: the connection goes back if it ends in time
-            connection.on_end = functools.partial(self._give_back, receiver, connection)
+            self._draining[connection] = receiver
+            self._draining_to[receiver] += 1
+            connection.on_end = functools.partial(self._drained_back, receiver, connection)
             connection.expiry = asyncio.get_running_loop().call_later(self._keepalive, connection.close)
         return status
 
@@ -225,6 +241,8 @@ class ReceiverConnections:
             connection.close()
         self._open.clear()
         self._idle.clear()
+        self._draining.clear()
+        self._draining_to.clear()
 
     def _take(self, receiver: Receiver) -> _Connection | None:
         idle = self._idle.pop(receiver, [])
@@ -238,6 +256,23 @@ class ReceiverConnections:
                 return connection
             connection.close()
         return None
+
+    def _drained_back(self, receiver: Receiver, connection: _Connection) -> None:
+        self._drained(connection)
+        self._give_back(receiver, connection)
+
+    def _drained(self, connection: _Connection) -> None:
+        # Its answer's body ended, or the connection closed first (over MAX_BODY, KEEPALIVE passed, the
+        # receiver closed it): either way it no longer counts against its receiver's MAX_DRAINING.
+        receiver = self._draining.pop(connection, None)
+        if receiver is not None:
+            self._draining_to[receiver] -= 1
+            if not self._draining_to[receiver]:
+                del self._draining_to[receiver]
+
+    def _lost(self, connection: _Connection) -> None:
+        self._open.discard(connection)
+        self._drained(connection)
 
     def _give_back(self, receiver: Receiver, connection: _Connection) -> None:
         if not connection.reusable:
@@ -274,7 +309,7 @@ class ReceiverConnections:
         for address, family in targets:
             try:
                 _, connection = await loop.create_connection(
-                    functools.partial(_Connection, self._open.discard),
+                    functools.partial(_Connection, self._lost),
                     address,
                     port,
                     family=family,

@@ -12,11 +12,11 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import aiohttp
 import attrs
 import orjson
-from aiohttp.resolver import ThreadedResolver
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError as RedisReadOnlyError
@@ -39,14 +39,18 @@ from taskd.webhooks.signing import Signer, Signers
 
 log = logging.getLogger("taskd.webhooks")
 
+Line = TypeVar("Line", Receiver, str | None)  # what webhooks wait in: a receiver, or an API key's id
+
 # Seconds between outbox polls when idle and no wake-up arrives. Every script that makes a webhook
 # due now publishes on {taskd}:webhooks:wake, a retry or a lease waits for the earliest due time
 # the claim returns, and the listener looks once each time it (re)subscribes: the poll only backs up
 # a wake-up lost some other way. At 0.05 s it was two thirds of an idle `taskd serve`'s CPU.
 POLL_INTERVAL = 0.5
 LEASE_MARGIN = 30.0  # seconds a claim outlives the request timeout before another process may take it
-# A webhook claimed while its receiver has webhooks.max_per_receiver POSTs in flight is handed back,
-# due again this many ms later (not an attempt): the places it would have waited in are others'.
+# A webhook claimed while its receiver has webhooks.max_per_receiver POSTs in flight, or its tenant (the
+# API key that submitted its task) webhooks.max_per_tenant, is handed back, due again this many ms later
+# (not an attempt): the places it would have waited in are others'. Those handed back for one receiver
+# (tenant) come due max_per_receiver (max_per_tenant) in this time at most (_take_turn).
 RECEIVER_BUSY_DELAY_MS = 1000
 USER_AGENT = "taskd-webhooks/1"
 
@@ -78,6 +82,14 @@ class WebhookSender:
         self._wake = asyncio.Event()
         self._inflight: dict[asyncio.Task[None], Claim] = {}
         self._per_receiver: collections.Counter[Receiver] = collections.Counter()
+        # POSTs in flight by the id of the API key that submitted their task (None: a task without one).
+        self._per_key: collections.Counter[str | None] = collections.Counter()
+        # When the next webhook handed back for a full receiver (key) is due (ms): the turns its waiting ones take.
+        self._receiver_turns: dict[Receiver, float] = {}
+        self._key_turns: dict[str | None, float] = {}
+        # The latest a handed-back webhook is due again, ms after its hand-back: within a timeout a
+        # hanging receiver's places have all freed, and one that came back has a look at each.
+        self._horizon = max(RECEIVER_BUSY_DELAY_MS, int(config.timeout * 1000))
         self._resolver: GuardedResolver | None = None
         self._running = False  # run() runs: a POST has a client to go out on
         # One of the two clients, made by run(): taskd's own keep-alive pools (ReceiverConnections),
@@ -96,17 +108,31 @@ class WebhookSender:
         if task_id is None or all(claim.task_id != task_id for claim in self._inflight.values()):
             self._wake.set()
 
-    def lease_until(self, at_ms: int, callback_url: str) -> int | None:
+    def lease_until(self, at_ms: int, callback_url: str, key_id: str | None) -> int | None:
         """The lease (ms) a finish at `at_ms` may put on its end's webhook for `send_ended` to send it,
-        or None when this sender is not running or has no room for one more POST (to that receiver)."""
+        or None when this sender is not running or has no room for one more POST (to that receiver,
+        for that key's task)."""
         if not self._running or len(self._inflight) >= self.config.max_concurrency:
             return None
-        if self._receiver_full(receiver_of(callback_url)):
+        if self._full(receiver_of(callback_url), key_id):
             return None
         return at_ms + self.lease_ms
 
     def _receiver_full(self, receiver: Receiver | None) -> bool:
         return receiver is not None and self._per_receiver[receiver] >= self.config.max_per_receiver
+
+    def _full(self, receiver: Receiver | None, key_id: str | None) -> bool:
+        # One tenant's receivers, however many (names of its own domain, ports), hold at most
+        # max_per_tenant places: two hanging ones filled all 64, and every other tenant's webhooks
+        # waited for their POSTs to time out.
+        return self._receiver_full(receiver) or self._per_key[key_id] >= self.config.max_per_tenant
+
+    def _turn_of_waiting(self, receiver: Receiver | None, key_id: str | None, at: int) -> int:
+        """When a webhook claimed at `at`, handed back because its receiver or its key is full, is due
+        again (ms): in the turn of those waiting for that receiver, else for that key (_take_turn)."""
+        if receiver is not None and self._receiver_full(receiver):
+            return _take_turn(self._receiver_turns, receiver, self.config.max_per_receiver, at, self._horizon)
+        return _take_turn(self._key_turns, key_id, self.config.max_per_tenant, at, self._horizon)
 
     def send_ended(self, record: TaskRecord, lease: int) -> None:
         """POST the end's webhook of `record`, just ended by a finish that leased it until `lease`.
@@ -117,7 +143,7 @@ class WebhookSender:
         """
         if self._running:
             receiver = receiver_of(record.callback_url) if record.callback_url else None
-            self._start(Claim(record.task_id, lease), receiver, record, self._begin(record))
+            self._start(Claim(record.task_id, lease), receiver, record.key_id, record, self._begin(record))
 
     def _begin(self, record: TaskRecord) -> Awaitable[int] | None:
         """The end's POST begun now, in the turn of the loop its finish ended: on taskd's own client
@@ -139,16 +165,16 @@ class WebhookSender:
     async def _client(self) -> AsyncIterator[None]:
         """The client POSTs go out on while run() runs: aiohttp's with a proxy or tracing, else taskd's pools."""
         proxy_host = URL(self.config.proxy).host if self.config.proxy else None
-        if not self.policy.allow_private:
-            self._resolver = GuardedResolver(
-                exempt=[proxy_host] if proxy_host else [], allowed=self.policy.allows
-            )
+        # Also with allow_private (which allows every address): it reads 127.1 as getaddrinfo did.
+        resolver = self._resolver = GuardedResolver(
+            exempt=[proxy_host] if proxy_host else [], allowed=self.policy.allows
+        )
         # With tracing on, each POST is a span and carries `traceparent` to the receiver.
         trace_configs = tracing.client_trace_configs()
         self._running = True
         try:
             if self.config.proxy or trace_configs:
-                connector = aiohttp.TCPConnector(resolver=self._resolver, limit=self.config.max_concurrency)
+                connector = aiohttp.TCPConnector(resolver=resolver, limit=self.config.max_concurrency)
                 async with aiohttp.ClientSession(
                     connector=connector,
                     cookie_jar=aiohttp.DummyCookieJar(),
@@ -161,7 +187,7 @@ class WebhookSender:
                 ) as self._session:
                     yield
             else:
-                self._connections = ReceiverConnections(self._resolver or ThreadedResolver())
+                self._connections = ReceiverConnections(resolver, max_draining=self.config.max_per_receiver)
                 try:
                     yield
                 finally:
@@ -169,6 +195,7 @@ class WebhookSender:
         finally:
             self._running = False
             self._session = self._connections = None
+            await resolver.close()
 
     async def run(self) -> None:
         """Send due webhooks until cancelled; on the way out, hand unfinished claims back as due now."""
@@ -201,15 +228,17 @@ class WebhookSender:
         self._wake.clear()
         at = now_ms()
         claims, first_due = await self.outbox.claim(at, self.lease_ms, free)
-        busy = []
+        busy: list[tuple[Claim, int]] = []
         for claim in claims:
             url = claim.record.get(b"callback_url")
             receiver = receiver_of(url.decode(errors="replace")) if url else None
-            if self._receiver_full(receiver):
-                busy.append(claim)
+            raw_key = claim.record.get(b"key_id")
+            key_id = raw_key.decode(errors="replace") if raw_key else None
+            if url and self._full(receiver, key_id):
+                busy.append((claim, self._turn_of_waiting(receiver, key_id, at)))
             else:
-                self._start(claim, receiver)
-        await asyncio.gather(*(self.outbox.release(claim, at + RECEIVER_BUSY_DELAY_MS) for claim in busy))
+                self._start(claim, receiver, key_id)
+        await asyncio.gather(*(self.outbox.release(claim, due) for claim, due in busy))
         if len(claims) == free:  # more may be due
             return
         wait = POLL_INTERVAL if first_due is None else min(POLL_INTERVAL, max(0.0, (first_due - at) / 1000))
@@ -249,20 +278,27 @@ class WebhookSender:
         self,
         claim: Claim,
         receiver: Receiver | None,
+        key_id: str | None,
         ended: TaskRecord | None = None,
         begun: Awaitable[int] | None = None,
     ) -> None:
         task = asyncio.create_task(self._deliver(claim, ended, begun), name=f"webhook-{claim.task_id}")
         self._inflight[task] = claim
         task.add_done_callback(self._inflight.pop)
-        if receiver is not None:  # counted for webhooks.max_per_receiver until the delivery ends
+        # Counted for webhooks.max_per_receiver and max_per_tenant until the delivery ends.
+        self._per_key[key_id] += 1
+        if receiver is not None:
             self._per_receiver[receiver] += 1
-            task.add_done_callback(lambda _: self._left(receiver))
+        task.add_done_callback(lambda _: self._left(receiver, key_id))
 
-    def _left(self, receiver: Receiver) -> None:
-        self._per_receiver[receiver] -= 1
-        if not self._per_receiver[receiver]:
-            del self._per_receiver[receiver]
+    def _left(self, receiver: Receiver | None, key_id: str | None) -> None:
+        self._per_key[key_id] -= 1
+        if not self._per_key[key_id]:
+            del self._per_key[key_id]
+        if receiver is not None:
+            self._per_receiver[receiver] -= 1
+            if not self._per_receiver[receiver]:
+                del self._per_receiver[receiver]
 
     async def _deliver(self, claim: Claim, ended: TaskRecord | None, begun: Awaitable[int] | None) -> None:
         try:
@@ -401,7 +437,7 @@ class WebhookSender:
 
     async def _post_with_aiohttp(self, url: URL, headers: dict[str, str], body: bytes) -> int:
         assert self._session is not None
-        if self.config.proxy and self._resolver is not None:
+        if self.config.proxy and self._resolver is not None and not self.policy.allow_private:
             # The proxy connects, not taskd; still refuse a name that now points inside.
             host, port = host_and_port(url)
             await self._resolver.resolve(host, port, socket.AF_UNSPEC)
@@ -411,10 +447,31 @@ class WebhookSender:
             return response.status
 
 
+def _take_turn(turns: dict[Line, float], line: Line, per_second: int, at: int, horizon: int) -> int:
+    """When the next webhook handed back at `at` for `line` (a receiver or a key) is due (ms): a second
+    later, and `per_second` a second after those handed back for it before, but `horizon` ms later at
+    the latest (those past it come due together then).
+
+    So a receiver that hangs with thousands of webhooks waiting costs a claim and a hand-back of
+    max_per_receiver of them a second, or of all of them once per horizon (webhooks.timeout) when
+    there are more; when all of them came due again each second, their claims kept a process and its
+    Redis busy, and other receivers' webhooks waited behind them. The horizon bounds how long one
+    waits once its receiver is back: thousands in turns of 32 a second would have taken minutes.
+    """
+    for passed in [waiting for waiting, turn in turns.items() if turn <= at]:
+        del turns[passed]  # the map holds only lines with webhooks waiting
+    due = max(at + RECEIVER_BUSY_DELAY_MS, min(turns.get(line, 0.0), at + horizon))
+    turns[line] = due + RECEIVER_BUSY_DELAY_MS / per_second
+    return int(due)
+
+
 def _failed(exc: BaseException) -> Attempt:
     refused = refusal(exc)
     if refused is not None:
         return Attempt(False, None, f"refused: {refused}")
+    if isinstance(exc, OSError) and exc.errno is None and exc.strerror:
+        # A lookup's failure (c-ares, via aiohttp) has no errno: "[Errno None] Domain name not found".
+        return Attempt(False, None, f"{type(exc).__name__}: {exc.strerror}")
     return Attempt(False, None, f"{type(exc).__name__}: {exc}")
 
 
