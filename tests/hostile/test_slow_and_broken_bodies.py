@@ -110,6 +110,25 @@ async def test_a_body_that_stops_arriving_is_a_408_after_the_body_timeout_and_th
     assert await total_tasks(taskd) == 0
 
 
+async def test_a_client_hanging_up_mid_body_is_not_taken_for_a_storage_outage(taskd, caplog):
+    caplog.set_level(logging.INFO, "taskd.http")
+    before = await total_tasks(taskd)
+    address = urlsplit(taskd.base_url)
+    _, writer = await asyncio.open_connection(address.hostname, address.port)
+
+    # 100 bytes announced, 4 sent, then the client goes away.
+    writer.write(SUBMIT + b"Content-Length: 100\r\n\r\n" + BODY[:4])
+    await writer.drain()
+    writer.close()
+    async with asyncio.timeout(20):  # its line, or (as it once was) a "storage unavailable" warning
+        while not any(r.name == "taskd.http" for r in caplog.records):
+            await asyncio.sleep(0.05)
+
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert any("request body cut off" in r.getMessage() for r in caplog.records)
+    assert await total_tasks(taskd) == before
+
+
 async def test_a_connection_whose_headers_never_end_is_closed_after_the_idle_timeout(start_service):
     taskd = await start_service(http_settings=HttpConfig(host="127.0.0.1", port=0, idle_timeout=0.5))
 
