@@ -315,7 +315,7 @@ def _idempotency_key() -> Schema:
         "in": "header",
         "description": (
             "Makes a resend safe: the same key with the same request within 24 h (per API key) gets the "
-            "first answer again, with `Idempotent-Replayed: true`, and creates nothing"
+            "first answer again, with `Idempotent-Replayed: true`, and creates nothing; sent at most once"
         ),
         "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY},
     }

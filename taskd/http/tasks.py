@@ -67,7 +67,7 @@ async def _submitted(request: web.Request) -> tuple[Accepted, int | None]:
     body = await read_json(request)
     check_body_shape(body, api.config.limits)
     submission = parse_submission(body, api.registry, api.config.limits.max_schedule_ahead, request[KEY_ID])
-    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, body)
+    remembered = idempotency(request.headers.getall(HEADER, []), request[KEY_ID], request.path, body)
     if submission.callback_url:
         await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
     accepted = await api.dispatcher.submit(
@@ -94,7 +94,7 @@ async def submit_batch(request: web.Request) -> web.Response:
                 {f"tasks[{index}].{field}": message for field, message in exc.details.items()}, str(exc)
             ) from None
     submissions = parse_batch(items, api.registry, api.config.limits.max_schedule_ahead, request[KEY_ID])
-    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, body)
+    remembered = idempotency(request.headers.getall(HEADER, []), request[KEY_ID], request.path, body)
     policy = AddressPolicy.from_config(api.config)
     for submission in submissions:
         if submission.callback_url:
@@ -179,7 +179,7 @@ async def retry(request: web.Request) -> web.Response:
     """Submit a failed or cancelled task again as a new task."""
     api = request.app[API]
     original = request.match_info["task_id"]
-    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, None)
+    remembered = idempotency(request.headers.getall(HEADER, []), request[KEY_ID], request.path, None)
     accepted = await api.dispatcher.retry(original, remembered)
     with bind_task(accepted.record):
         log.info(
