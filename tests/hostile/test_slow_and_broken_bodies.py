@@ -1,11 +1,13 @@
-"""Requests that never finish arriving, or whose body cannot be read: an answer in the documented
-shape, or a closed connection, in bounded time; never a 500, never a connection held for ever."""
+"""Requests that never finish arriving, or whose body cannot be read, and clients that stop taking
+their answer: an answer in the documented shape, or a closed connection, in bounded time; never a
+500, never a connection held for ever."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import socket
 from urllib.parse import urlsplit
 
 import pytest
@@ -179,3 +181,30 @@ async def test_a_declared_body_over_the_limit_is_refused_at_once_without_waiting
         413,
         {"error": "payload_too_large", "message": "Request body is larger than the limit of 1048576 bytes"},
     )
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_USER_TIMEOUT is Linux's")
+async def test_a_client_that_stops_reading_its_answer_loses_the_connection_after_the_send_timeout(
+    start_service,
+):
+    taskd = await start_service(http_settings=HttpConfig(host="127.0.0.1", port=0, send_timeout=1))
+    address = urlsplit(taskd.base_url)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # its window shuts after a few kB
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, (address.hostname, address.port))
+
+    # The OpenAPI document (tens of kB, no key needed), never read.
+    client.send(b"GET /openapi.json HTTP/1.1\r\nHost: taskd\r\n\r\n")
+    try:
+        # Once taskd has dropped the connection, its kernel answers what the client sends with a reset
+        # (the empty lines are ones a server ignores before a request). Kept open, this never comes.
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    client.send(b"\r\n")
+                except (ConnectionResetError, BrokenPipeError):
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        client.close()
