@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import time
@@ -86,8 +87,11 @@ async def _answer_and_close(request: web.Request, response: web.Response) -> Non
     # close), so that a client still sending sees the answer; for a body that stalls or cannot be
     # decoded there is nothing to wait for: the answer is written, then the connection closed.
     response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
+    # A client that sent its broken body and went away has nobody to answer: not a server error
+    # (raised from here, aiohttp would log it as one, with a traceback).
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write_eof()
     request.protocol.force_close()
 
 
