@@ -57,10 +57,23 @@ def _sent_keys(request: web.Request) -> tuple[str, list[str]]:
     return HEADER, sent
 
 
+def refusal(request: web.Request) -> ApiError | None:
+    """The 401 for a request to `/api/v1/` without a valid key, or with several; None otherwise."""
+    if not request.path.startswith(PROTECTED_PREFIX):
+        return None
+    where, sent = _sent_keys(request)
+    if len(sent) == 1 and key_matches(sent[0], request.app[API].api_keys):
+        return None
+    message = "Invalid or missing API key"
+    if len(sent) > 1:
+        message += f": {where} was sent {len(sent)} times; send one key, once"
+    return ApiError(401, "authentication_failed", message)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Know the caller by its key; refuse `/api/v1/` without one (401), or with several."""
-    where, sent = _sent_keys(request)
+    _, sent = _sent_keys(request)
     # Two keys are no key: which one a proxy in front checked (the first, the last, both joined
     # as "a, b") is not for taskd to guess.
     given = sent[0] if len(sent) == 1 else ""
@@ -68,11 +81,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if key_matches(given, api.api_keys):
         request[CALLER] = Caller(key_projects(given, api.key_projects))
         request[KEY_ID] = key_id(given)
-    elif request.path.startswith(PROTECTED_PREFIX):
-        message = "Invalid or missing API key"
-        if len(sent) > 1:
-            message += f": {where} was sent {len(sent)} times; send one key, once"
-        raise ApiError(401, "authentication_failed", message)
+    elif (refused := refusal(request)) is not None:
+        raise refused
     return await handler(request)
 
 

@@ -12,6 +12,7 @@ from taskd.http import ratelimit
 from taskd.http.auth import KEY_ID
 from taskd.http.context import API
 from taskd.http.events import HUB
+from taskd.http.expect import expect_continue
 from taskd.http.input_limits import check_body_shape
 from taskd.http.media import resigned
 from taskd.http.prefer_wait import requested_wait, wait_for_end
@@ -32,7 +33,7 @@ log = logging.getLogger("taskd.http")
 routes = web.RouteTableDef()
 
 
-@routes.post("/api/v1/tasks/submit")
+@routes.post("/api/v1/tasks/submit", expect_handler=expect_continue)
 @touches(Touches.BODY_PROJECT)
 async def submit(request: web.Request) -> web.Response:
     """Validate, store and enqueue a task; with `Prefer: wait=N`, answer its status once it ends or N s pass.
@@ -77,7 +78,7 @@ async def _submitted(request: web.Request) -> tuple[Accepted, int | None]:
     return accepted, wait
 
 
-@routes.post("/api/v1/tasks/batch")
+@routes.post("/api/v1/tasks/batch", expect_handler=expect_continue)
 @touches(Touches.BODY_PROJECTS)
 async def submit_batch(request: web.Request) -> web.Response:
     """Validate, store and enqueue several tasks, all or none; "@<index>" names an earlier one."""

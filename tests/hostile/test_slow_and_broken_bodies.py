@@ -208,6 +208,64 @@ async def test_a_declared_body_over_the_limit_is_refused_at_once_without_waiting
     )
 
 
+@pytest.mark.parametrize(
+    ("sent", "status", "body"),
+    [
+        (
+            SUBMIT + b"Content-Length: 5000000\r\n",
+            413,
+            {
+                "error": "payload_too_large",
+                "message": "Request body is larger than the limit of 1048576 bytes",
+            },
+        ),
+        (
+            SUBMIT.replace(API_KEY.encode(), b"not-the-key") + b"Content-Length: 100\r\n",
+            401,
+            {"error": "authentication_failed", "message": "Invalid or missing API key"},
+        ),
+    ],
+    ids=["over the limit", "wrong key"],
+)
+async def test_a_refusal_the_headers_decide_comes_instead_of_100_continue(taskd, sent, status, body):
+    raw = await exchange(taskd.base_url, sent + b"Expect: 100-continue\r\n\r\n")
+
+    assert raw.startswith(b"HTTP/1.1 %d " % status)  # no 100 Continue first: the body is never asked for
+    assert final_answer(raw) == (status, body)
+
+
+async def test_a_submit_that_expects_100_continue_gets_it_and_is_stored(taskd):
+    before = await total_tasks(taskd)
+    address = urlsplit(taskd.base_url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+
+    writer.write(
+        SUBMIT + b"Expect: 100-continue\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+    )
+    async with asyncio.timeout(10):
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 100 Continue")
+        writer.write(BODY)
+        raw = await reader.read()
+    writer.close()
+
+    assert final_answer(raw)[0] == 200
+    assert await total_tasks(taskd) == before + 1
+
+
+async def test_an_expectation_other_than_100_continue_is_a_417_in_the_documented_shape(taskd):
+    before = await total_tasks(taskd)
+
+    raw = await exchange(
+        taskd.base_url, SUBMIT + b"Expect: 200-ok\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY
+    )
+
+    assert final_answer(raw) == (
+        417,
+        {"error": "expectation_failed", "message": "Only 'Expect: 100-continue' is understood"},
+    )
+    assert await total_tasks(taskd) == before
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_USER_TIMEOUT is Linux's")
 async def test_a_client_that_stops_reading_its_answer_loses_the_connection_after_the_send_timeout(
     start_service,
