@@ -12,6 +12,7 @@ Only Linux has the option; elsewhere nothing is set.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 from aiohttp import web
@@ -34,6 +35,8 @@ def install(app: web.Application) -> None:
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         if sock is not None and sock.family in _TCP_FAMILIES:
-            sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
+            # A connection the client has just torn down has nothing left to bound.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
 
     app.on_response_prepare.append(bound_sending)
