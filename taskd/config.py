@@ -38,6 +38,7 @@ class ConfigError(Exception):
 # longer than that is a typo, and one without bound is worse: Redis refuses an EXPIRE past 64 bits
 # (every submit failed) and asyncio an infinite timeout (start-up died on an OverflowError).
 MAX_SECONDS = 10 * 365 * 24 * 3600
+SEND_TIMEOUT_MAX = (2**31 - 1) // 1000  # seconds: http.send_timeout in ms must fit a C int
 
 
 def _seconds(*, gt: float | None = None, ge: float | None = None) -> Any:
@@ -106,6 +107,12 @@ class HttpConfig:
     idle_timeout: float = attrs.field(default=75.0, validator=_seconds(gt=0))
     # Seconds a request's body may take to arrive once the handler reads it; then 408.
     body_timeout: float = attrs.field(default=60.0, validator=_seconds(gt=0))
+    # Seconds a client may leave the answer it is sent untaken (its TCP window shut, or what was sent
+    # unacknowledged) before the connection is reset: nginx's send_timeout, kept by the kernel
+    # (TCP_USER_TIMEOUT, Linux). At most SEND_TIMEOUT_MAX: the option is a C int of milliseconds.
+    send_timeout: float = attrs.field(
+        default=60.0, validator=[_seconds(gt=0), attrs.validators.le(SEND_TIMEOUT_MAX)]
+    )
 
 
 def _webhook_secret(_: Any, attribute: attrs.Attribute[str], value: str) -> None:

@@ -198,6 +198,20 @@ class UnreadableBody(ValidationError):
         )
 
 
+class BodyCutOff(ValidationError):
+    """400 `validation_error`: the client closed the connection before its body had all arrived.
+
+    Nobody reads the answer; it is the caller's doing, so it is answered (and traced) as a 4xx,
+    never as a storage outage.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            {"body": "Request body could not be read: the connection closed before all of it arrived"},
+            "Invalid request body",
+        )
+
+
 class RequestTimeout(ApiError):
     """408 `request_timeout`: the request's body did not arrive in time."""
 

@@ -100,6 +100,25 @@ async def test_a_key_over_255_characters_is_400_and_stores_nothing(start_service
     assert await stored_tasks(redis) == 0
 
 
+async def test_a_key_sent_twice_is_400_and_stores_nothing(start_service, redis):
+    api_only = await start_service(workers=False)
+
+    async with api_only.client.post(
+        "/api/v1/tasks/submit", json=BODY, headers=[("Idempotency-Key", "a1"), ("Idempotency-Key", "b2")]
+    ) as response:
+        status, body = response.status, await response.json()
+
+    assert (status, body) == (
+        400,
+        {
+            "error": "validation_error",
+            "message": "Invalid Idempotency-Key header",
+            "details": {"Idempotency-Key": "Idempotency-Key must be sent once, not 2 times"},
+        },
+    )
+    assert await stored_tasks(redis) == 0
+
+
 async def test_a_key_of_255_characters_is_accepted(start_service):
     api_only = await start_service(workers=False)
 

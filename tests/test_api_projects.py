@@ -167,6 +167,31 @@ async def test_invalid_status_filter_is_refused(api_only):
     assert "status" in body["details"]
 
 
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("status", ["completed", "failed"]),
+        ("task_type", ["generate_video", "generate_image"]),
+        ("page", ["1", "2"]),
+        ("limit", ["5", "5"]),
+    ],
+)
+async def test_a_parameter_given_twice_is_refused_not_read_as_its_first_value(api_only, name, values):
+    async with api_only.client.get(
+        "/api/v1/projects/p/tasks", params=[(name, value) for value in values]
+    ) as response:
+        status, body = response.status, await response.json()
+
+    assert (status, body) == (
+        400,
+        {
+            "error": "validation_error",
+            "message": "Invalid query parameters",
+            "details": {name: f"{name} must be given once, not 2 times"},
+        },
+    )
+
+
 async def test_projects_are_isolated(api_only):
     await api_only.submit("generate_video", {"duration": 7}, project_id="a")
 

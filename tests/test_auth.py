@@ -56,6 +56,33 @@ async def test_every_configured_key_is_accepted(start_service, fake_llm):
     assert statuses == [200, 200]
 
 
+@pytest.mark.parametrize(
+    ("path", "headers", "where"),
+    [
+        ("/api/v1/tasks/metrics", [("X-API-Key", "first-key"), ("X-API-Key", "second-key")], "X-API-Key"),
+        ("/api/v1/projects/p/events?api_key=first-key&api_key=second-key", [], "api_key"),
+    ],
+)
+async def test_a_key_sent_twice_is_401_even_when_both_are_valid(start_service, path, headers, where):
+    from taskd.config import AuthConfig
+
+    service = await start_service(auth=AuthConfig(api_keys=["first-key", "second-key"]))
+
+    async with (
+        aiohttp.ClientSession() as anonymous,
+        anonymous.get(service.base_url + path, headers=headers) as response,
+    ):
+        body = await response.json()
+
+    assert (response.status, body) == (
+        401,
+        {
+            "error": "authentication_failed",
+            "message": f"Invalid or missing API key: {where} was sent 2 times; send one key, once",
+        },
+    )
+
+
 def test_key_comparison_rejects_prefixes_and_accepts_exact_keys():
     assert key_matches("abc", ["zzz", "abc"])
     assert not key_matches("ab", ["abc"])

@@ -16,6 +16,7 @@ from taskd.http import (
     projects,
     protocol_log,
     ratelimit,
+    send_timeout,
     tasks,
     webhooks,
 )
@@ -51,6 +52,7 @@ def create_app(api: Api) -> web.Application:
     app[API] = api
     protocol_log.install()
     ratelimit.install(app)
+    send_timeout.install(app)
     openapi.add_routes(app)
     app.router.add_get("/metrics", _metrics)
     health.add_routes(app)

@@ -18,6 +18,7 @@ from taskd.model import ApiError
 from taskd.webhooks.signing import key_id
 
 PROTECTED_PREFIX = "/api/v1/"
+HEADER = "X-API-Key"
 QUERY_KEY = "api_key"
 _QUERY_KEY_ALLOWED = "_taskd_query_key_allowed"
 # The id of the request's key (never the key): tasks it submits are signed with its webhook secret.
@@ -47,18 +48,41 @@ def key_matches(given: str, keys: list[str]) -> bool:
     return matched and bool(given_bytes)
 
 
+def _sent_keys(request: web.Request) -> tuple[str, list[str]]:
+    # Where the key came from and every value sent there: the header, else `?api_key=` on the
+    # routes that take it.
+    sent = request.headers.getall(HEADER, [])
+    if not any(sent) and getattr(request.match_info.handler, _QUERY_KEY_ALLOWED, False):
+        return QUERY_KEY, request.query.getall(QUERY_KEY, [])
+    return HEADER, sent
+
+
+def refusal(request: web.Request) -> ApiError | None:
+    """The 401 for a request to `/api/v1/` without a valid key, or with several; None otherwise."""
+    if not request.path.startswith(PROTECTED_PREFIX):
+        return None
+    where, sent = _sent_keys(request)
+    if len(sent) == 1 and key_matches(sent[0], request.app[API].api_keys):
+        return None
+    message = "Invalid or missing API key"
+    if len(sent) > 1:
+        message += f": {where} was sent {len(sent)} times; send one key, once"
+    return ApiError(401, "authentication_failed", message)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Know the caller by its key; refuse `/api/v1/` without one (401)."""
-    given = request.headers.get("X-API-Key", "")
-    if not given and getattr(request.match_info.handler, _QUERY_KEY_ALLOWED, False):
-        given = request.query.get(QUERY_KEY, "")
+    """Know the caller by its key; refuse `/api/v1/` without one (401), or with several."""
+    _, sent = _sent_keys(request)
+    # Two keys are no key: which one a proxy in front checked (the first, the last, both joined
+    # as "a, b") is not for taskd to guess.
+    given = sent[0] if len(sent) == 1 else ""
     api = request.app[API]
     if key_matches(given, api.api_keys):
         request[CALLER] = Caller(key_projects(given, api.key_projects))
         request[KEY_ID] = key_id(given)
-    elif request.path.startswith(PROTECTED_PREFIX):
-        raise ApiError(401, "authentication_failed", "Invalid or missing API key")
+    elif (refused := refusal(request)) is not None:
+        raise refused
     return await handler(request)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import logging
 import time
@@ -63,6 +64,11 @@ class _Refusals:
 _REFUSALS = _Refusals()
 
 
+def too_large(limit: int) -> str:
+    """The message of the 413 for a body over `limit` bytes."""
+    return f"Request body is larger than the limit of {limit} bytes"
+
+
 def shape(error: ApiError) -> shapes.Error | shapes.Detail:
     """An ApiError's body as the shape the document gives it.
 
@@ -81,13 +87,17 @@ def render(error: ApiError) -> web.Response:
     return shape_response(shape(error), error.status, headers)
 
 
-async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+async def answer_and_close(request: web.Request, response: web.Response) -> None:
+    """Write `response`, then close the connection: no more of the request is read."""
     # After the handler aiohttp reads what is left of an unread body for up to 10 s (its lingering
     # close), so that a client still sending sees the answer; for a body that stalls or cannot be
     # decoded there is nothing to wait for: the answer is written, then the connection closed.
     response.force_close()
-    await response.prepare(request)
-    await response.write_eof()
+    # A client that sent its broken body and went away has nobody to answer: not a server error
+    # (raised from here, aiohttp would log it as one, with a traceback).
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write_eof()
     request.protocol.force_close()
 
 
@@ -99,7 +109,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ApiError as exc:
         response = render(exc)
         if exc.close_connection:
-            await _answer_and_close(request, response)
+            await answer_and_close(request, response)
         return response
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -107,7 +117,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         error = _HTTP_ERRORS.get(exc.status, "http_error")
         message = exc.reason
         if exc.status == 413:
-            message = f"Request body is larger than the limit of {request.client_max_size} bytes"
+            message = too_large(request.client_max_size)
         # A 405 names the methods the path answers (RFC 9110, section 15.5.6): aiohttp puts them there.
         allow = exc.headers.get("Allow")
         response = shape_response(

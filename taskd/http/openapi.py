@@ -286,6 +286,7 @@ def _errors(*codes: int, limited: bool = False) -> dict[str, Schema]:
             "`request_timeout`: the body did not arrive within `http.body_timeout`; the connection is closed",
         ),
         413: _json("Error", "`payload_too_large`: the body is over `limits.max_body_bytes`", headers),
+        417: _json("Error", "`expectation_failed`: an `Expect` other than `100-continue`"),
         429: _json(
             "Error",
             "`rate_limited`: a per-key quota or the project's active-task limit",
@@ -315,7 +316,7 @@ def _idempotency_key() -> Schema:
         "in": "header",
         "description": (
             "Makes a resend safe: the same key with the same request within 24 h (per API key) gets the "
-            "first answer again, with `Idempotent-Replayed: true`, and creates nothing"
+            "first answer again, with `Idempotent-Replayed: true`, and creates nothing; sent at most once"
         ),
         "schema": {"type": "string", "minLength": 1, "maxLength": idempotency.MAX_KEY},
     }
@@ -422,7 +423,7 @@ def _paths() -> dict[str, Any]:
                             }
                         },
                     },
-                    **_errors(400, 401, 408, 413, 429, 503, limited=True),
+                    **_errors(400, 401, 408, 413, 417, 429, 503, limited=True),
                     **_REUSED,
                 },
             }
@@ -444,7 +445,7 @@ def _paths() -> dict[str, Any]:
                     "200": _json(
                         "BatchResponse", "Stored and queued, in order", {**_LIMIT_HEADERS, **_REPLAYED}
                     ),
-                    **_errors(400, 401, 408, 413, 429, 503, limited=True),
+                    **_errors(400, 401, 408, 413, 417, 429, 503, limited=True),
                     **_REUSED,
                 },
             }

@@ -16,6 +16,8 @@ DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 # Far past any real project (a day of tasks), and small enough for every JSON number parser.
 MAX_PAGE = 1_000_000
 
+_PARAMETERS = ("status", "task_type", "page", "limit")
+
 routes = web.RouteTableDef()
 
 
@@ -40,6 +42,13 @@ async def project_tasks(request: web.Request) -> web.Response:
     status = query.get("status") or None
     if status is not None and status not in TaskStatus.__members__.values():
         details["status"] = f"Status must be one of: {', '.join(s.value for s in TaskStatus)}"
+    # A parameter given twice (`status=completed&status=failed`) is refused rather than read as
+    # its first value: the caller would take a page of one status for all it asked for.
+    details.update(
+        (name, f"{name} must be given once, not {count} times")
+        for name in _PARAMETERS
+        if (count := len(query.getall(name, []))) > 1
+    )
     if details:
         raise ValidationError(details, "Invalid query parameters")
     records, total = await api.store.list_project(

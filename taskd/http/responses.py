@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
@@ -10,7 +11,9 @@ from aiohttp import web
 
 from taskd import shapes
 from taskd.http.context import API
-from taskd.model import RequestTimeout, UnreadableBody, ValidationError
+from taskd.model import BodyCutOff, RequestTimeout, UnreadableBody, ValidationError
+
+log = logging.getLogger("taskd.http")
 
 _PARSED = web.RequestKey("taskd_parsed_body", object)
 
@@ -34,7 +37,8 @@ def shape_response(shape: Any, status: int = 200, headers: dict[str, str] | None
 async def read_body(request: web.Request) -> bytes:
     """The request body, read at most once (aiohttp keeps it): a 413 at once when its declared
     length is over the limit, a 408 when it does not arrive within `http.body_timeout`, a 400 when
-    it cannot be read (a broken gzip or deflate encoding, a broken chunked one)."""
+    it cannot be read (a broken gzip or deflate encoding, a broken chunked one, a client that hung
+    up before all of it came)."""
     if request.content_length is not None and request.content_length > request.client_max_size:
         raise web.HTTPRequestEntityTooLarge(request.client_max_size, request.content_length)
     try:
@@ -48,6 +52,16 @@ async def read_body(request: web.Request) -> bytes:
         raise RequestTimeout(request.app[API].config.http.body_timeout) from None
     except web.RequestPayloadError:
         raise UnreadableBody from None
+    except ConnectionResetError:
+        # aiohttp ends the body of a connection the client closed with a ConnectionResetError; left
+        # to the error middleware it would pass for Redis gone (a 503, a "storage unavailable"
+        # warning that hides the next real one for a minute). The caller hung up: one INFO line.
+        log.info(
+            "request body cut off for %s %s: the client closed the connection before all of it arrived",
+            request.method,
+            request.path,
+        )
+        raise BodyCutOff from None
 
 
 async def read_json(request: web.Request) -> Any:

@@ -13,6 +13,7 @@ from taskd.http import ratelimit
 from taskd.http.auth import KEY_ID
 from taskd.http.context import API
 from taskd.http.events import HUB, client_gone
+from taskd.http.expect import expect_continue
 from taskd.http.input_limits import check_body_shape
 from taskd.http.media import resigned
 from taskd.http.prefer_wait import requested_wait, wait_for_end
@@ -33,7 +34,7 @@ log = logging.getLogger("taskd.http")
 routes = web.RouteTableDef()
 
 
-@routes.post("/api/v1/tasks/submit")
+@routes.post("/api/v1/tasks/submit", expect_handler=expect_continue)
 @touches(Touches.BODY_PROJECT)
 async def submit(request: web.Request) -> web.Response:
     """Validate, store and enqueue a task; with `Prefer: wait=N`, answer its status once it ends or N s pass.
@@ -70,7 +71,7 @@ async def _submitted(request: web.Request) -> tuple[Accepted, int | None]:
     body = await read_json(request)
     check_body_shape(body, api.config.limits)
     submission = parse_submission(body, api.registry, api.config.limits.max_schedule_ahead, request[KEY_ID])
-    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, body)
+    remembered = idempotency(request.headers.getall(HEADER, []), request[KEY_ID], request.path, body)
     if submission.callback_url:
         await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
     accepted = await api.dispatcher.submit(
@@ -80,7 +81,7 @@ async def _submitted(request: web.Request) -> tuple[Accepted, int | None]:
     return accepted, wait
 
 
-@routes.post("/api/v1/tasks/batch")
+@routes.post("/api/v1/tasks/batch", expect_handler=expect_continue)
 @touches(Touches.BODY_PROJECTS)
 async def submit_batch(request: web.Request) -> web.Response:
     """Validate, store and enqueue several tasks, all or none; "@<index>" names an earlier one."""
@@ -97,7 +98,7 @@ async def submit_batch(request: web.Request) -> web.Response:
                 {f"tasks[{index}].{field}": message for field, message in exc.details.items()}, str(exc)
             ) from None
     submissions = parse_batch(items, api.registry, api.config.limits.max_schedule_ahead, request[KEY_ID])
-    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, body)
+    remembered = idempotency(request.headers.getall(HEADER, []), request[KEY_ID], request.path, body)
     await _check_callback_urls(submissions, AddressPolicy.from_config(api.config))
     accepted = await api.dispatcher.submit_batch(submissions, idempotency=remembered)
     for one in accepted:
@@ -202,7 +203,7 @@ async def retry(request: web.Request) -> web.Response:
     """Submit a failed or cancelled task again as a new task."""
     api = request.app[API]
     original = request.match_info["task_id"]
-    remembered = idempotency(request.headers.get(HEADER), request[KEY_ID], request.path, None)
+    remembered = idempotency(request.headers.getall(HEADER, []), request[KEY_ID], request.path, None)
     accepted = await api.dispatcher.retry(original, remembered)
     with bind_task(accepted.record):
         log.info(

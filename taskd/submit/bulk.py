@@ -91,7 +91,7 @@ async def retry_failed(dispatcher: Dispatcher, project: str, since: float | None
             outcomes.append(Retried(record.task_id, refused=refused))
             continue
         route = f"/api/v1/tasks/{record.task_id}/retry"
-        remembered = idempotency(f"retry-failed:{record.task_id}", OPERATOR_KEY_ID, route, None)
+        remembered = idempotency([f"retry-failed:{record.task_id}"], OPERATOR_KEY_ID, route, None)
         try:
             # Not a task retried already (through the API): its work would run twice more.
             accepted = await dispatcher.retry(record.task_id, remembered, first_retry=True)

@@ -23,11 +23,18 @@ REPLAYED = "Idempotent-Replayed"
 MAX_KEY = 255
 
 
-def idempotency(header: str | None, key_id: str, route: str, body: Any) -> Idempotency | None:
-    """The Idempotency of a request (None without the header); a 400 naming the header when it is
-    empty or over MAX_KEY characters."""
-    if header is None:
+def idempotency(headers: list[str], key_id: str, route: str, body: Any) -> Idempotency | None:
+    """The Idempotency of a request from its `Idempotency-Key` field lines (None without one); a 400
+    naming the header when it is sent more than once, empty or over MAX_KEY characters."""
+    if not headers:
         return None
+    if len(headers) > 1:
+        # Which one counts is not for taskd to guess: a proxy that joins the lines ("a, b", RFC 9110
+        # 5.3) would make a resend through it another key than the same request sent directly.
+        raise ValidationError(
+            {HEADER: f"{HEADER} must be sent once, not {len(headers)} times"}, f"Invalid {HEADER} header"
+        )
+    header = headers[0]
     if not 1 <= len(header) <= MAX_KEY:
         raise ValidationError(
             {HEADER: f"{HEADER} must be 1-{MAX_KEY} characters"}, f"Invalid {HEADER} header"
