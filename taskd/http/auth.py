@@ -64,6 +64,13 @@ def refusal(request: web.Request) -> ApiError | None:
     where, sent = _sent_keys(request)
     if len(sent) == 1 and key_matches(sent[0], request.app[API].api_keys):
         return None
+    return _unmatched(request, where, sent)
+
+
+def _unmatched(request: web.Request, where: str, sent: list[str]) -> ApiError | None:
+    """The 401 for a request whose keys (`sent`, from `where`) matched none, on `/api/v1/`."""
+    if not request.path.startswith(PROTECTED_PREFIX):
+        return None
     message = "Invalid or missing API key"
     if len(sent) > 1:
         message += f": {where} was sent {len(sent)} times; send one key, once"
@@ -73,7 +80,7 @@ def refusal(request: web.Request) -> ApiError | None:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Know the caller by its key; refuse `/api/v1/` without one (401), or with several."""
-    _, sent = _sent_keys(request)
+    where, sent = _sent_keys(request)
     # Two keys are no key: which one a proxy in front checked (the first, the last, both joined
     # as "a, b") is not for taskd to guess.
     given = sent[0] if len(sent) == 1 else ""
@@ -81,7 +88,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if key_matches(given, api.api_keys):
         request[CALLER] = Caller(key_projects(given, api.key_projects))
         request[KEY_ID] = key_id(given)
-    elif (refused := refusal(request)) is not None:
+    elif (refused := _unmatched(request, where, sent)) is not None:
         raise refused
     return await handler(request)
 
