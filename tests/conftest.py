@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from taskd.config import (
     WorkerConfig,
 )
 from taskd.embedded import EmbeddedValkey
+from taskd.media import publish
 from taskd.service import Service
 from taskd.submit import dispatch
 
@@ -102,6 +104,22 @@ def submits_within_one_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
     first = math.floor(time.time() * 1000) / 1000 + 0.0001
     times = iter(first + n / 10_000 for n in range(6))
     monkeypatch.setattr(dispatch, "now", lambda: next(times))
+
+
+@pytest.fixture
+def held_store(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Every store of a media output (local or a bucket) waits in its thread until `release` is set;
+    `began` says one is waiting."""
+    began, release = threading.Event(), threading.Event()
+    real = publish._store
+
+    def store(*args: Any) -> Any:
+        began.set()
+        release.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(publish, "_store", store)
+    return began, release
 
 
 @pytest.fixture
@@ -188,6 +206,17 @@ class RunningService:
     async def wait_terminal(self, task_id: str, timeout: float = 20) -> dict[str, Any]:
         """Poll until the task has ended."""
         return await self.wait_for(task_id, lambda body: body["status"] in TERMINAL, timeout)
+
+    def deafen(self) -> None:
+        """Stop this service's cancel/wake subscriber, as if its pub/sub connection had dropped."""
+        (listener,) = [task for task in self.service._background if task.get_name() == "pubsub-listener"]
+        listener.cancel()
+
+    async def wait_idle(self, timeout: float = 20) -> None:
+        """Wait until this service's workers run no job (a run's last steps after its record ended included)."""
+        async with asyncio.timeout(timeout):
+            while self.service._pool.running_jobs:
+                await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -134,6 +134,31 @@ async def test_a_later_status_read_signs_the_url_again(start_service, seaweed, b
     assert urlsplit(later).path == urlsplit(first).path
 
 
+async def test_a_task_cancelled_while_its_upload_runs_leaves_no_object_in_the_bucket(
+    start_service, seaweed, bucket, files, tmp_path, held_store
+):
+    began, release = held_store
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    task = await running.submit(
+        "process_audio",
+        {
+            "tracks": [{"url": files.add("tone.wav", sine_wav(1.0))}],
+            "output_format": "wav",
+            "normalize": False,
+        },
+        project_id="noir_001",
+    )
+    assert await asyncio.to_thread(began.wait, 60)
+
+    async with running.client.delete(f"/api/v1/tasks/{task['task_id']}") as resp:
+        assert resp.status == 200
+    release.set()  # boto3's upload, which no cancel can stop, goes on in its thread
+    await running.wait_idle()
+
+    assert (await running.status(task["task_id"]))["status"] == "cancelled"
+    assert seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
 async def test_the_media_route_needs_a_key_and_answers_404_for_a_missing_object(
     start_service, seaweed, bucket, tmp_path
 ):

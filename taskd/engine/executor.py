@@ -31,6 +31,7 @@ from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.errors import result_refusal
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.logs import REDACTOR, bind_task
+from taskd.media.publish import STORED, withdraw
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
 from taskd.providers.limits import ProviderLimits
@@ -175,10 +176,14 @@ class _Interruptible:
                 error = exc
 
 
-async def _handler_run(interruptible: _Interruptible, tree: ProcessTree) -> Any:
+async def _handler_run(
+    interruptible: _Interruptible, tree: ProcessTree, stored: list[tuple[str, str]]
+) -> Any:
     """A coroutine handler's run, as its task awaits it: what it returns, or raises as an Exception."""
-    # Every child the handler starts (taskd.proctree.spawn) joins this task's tree.
+    # Every child the handler starts (taskd.proctree.spawn) joins this task's tree, and every file
+    # it puts into the media store (taskd.media.publish) is noted in `stored`.
     CURRENT.set(tree)
+    STORED.set(stored)
     try:
         return await interruptible
     except (Exception, asyncio.CancelledError):
@@ -210,6 +215,8 @@ class _Running:
         # When a dropped progress write was last logged, and how many were dropped unlogged since.
         self.progress_dropped_logged_at: float | None = None
         self.progress_dropped_unlogged = 0
+        # `(project_id, filename)` of the media a coroutine handler stored, taken back on a cancel.
+        self.stored: list[tuple[str, str]] = []
 
     def cancel(self, grace: float) -> None:
         self.cancelled = True
@@ -480,7 +487,30 @@ class Executor:
             outcome = Outcome("retry" if retry else "failed", error=error, traceback=traceback.format_exc())
         finally:
             self.running.pop(task_id, None)
-        return await self._record(record, outcome)
+        written = await self._record(record, outcome)
+        if running.stored:
+            await self._withdraw_if_cancelled(record, outcome, written, running.stored)
+        return written
+
+    async def _withdraw_if_cancelled(
+        self, record: TaskRecord, outcome: Outcome, written: bool, stored: list[tuple[str, str]]
+    ) -> None:
+        """Delete the media a run stored when the run ended by a cancel, or its `completed` was
+        refused because the task was cancelled meanwhile: a cancel that came while the media was
+        being stored, or after, before the end was written. No result names those files. A
+        `completed` refused because another attempt took the task over keeps them: that attempt
+        stores the same names."""
+        if outcome.kind not in ("cancelled", "completed") or written:
+            return
+        try:
+            if outcome.kind == "completed":
+                [status] = await self.store.statuses([record.task_id])
+                if status != TaskStatus.CANCELLED.value:
+                    return
+            log.info("task %s was cancelled; deleting the media it stored", record.task_id)
+            await withdraw(self.config, stored)
+        except Exception as exc:  # Redis or the store failing now: the media sweeper deletes them later
+            log.warning("could not delete the media of cancelled task %s: %s", record.task_id, exc)
 
     async def finish_hand_backs(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the hand-back writes still going; give up on the rest.
@@ -523,7 +553,7 @@ class Executor:
         tree = ProcessTree(self._tree_limits())
         running.tree = tree
         interruptible = _Interruptible(task_type.handler(context, data))  # type: ignore[arg-type]
-        task = asyncio.create_task(_handler_run(interruptible, tree))
+        task = asyncio.create_task(_handler_run(interruptible, tree, running.stored))
         running.task = task
         loop = asyncio.get_running_loop()
         timers = [loop.call_later(hard, running.stop_for, "hard_limit")]

@@ -141,6 +141,12 @@ class S3Store:
             raise TransientError(f"Media store {self.where} failed: {describe(exc)}") from None
         return True
 
+    def remove(self, project_id: str, filename: str) -> None:
+        """Delete the object (S3 answers the same whether it was there or not)."""
+        key = self.key_of(project_id, filename)
+        if key is not None:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+
     def objects(self) -> Iterator[tuple[str, datetime]]:
         """Every `(key, last_modified)` under the prefix that names a project's file."""
         pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)

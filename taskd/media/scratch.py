@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from taskd.errors import TransientError
+from taskd.stopping import outlast
 
 log = logging.getLogger("taskd.media")
 
@@ -57,12 +58,4 @@ def _full_disk_is_transient() -> Iterator[None]:
 async def _remove(path: Path) -> None:
     # A second cancel while the tree is being removed must not end the wait early: the task would
     # report done with its scratch still there. The removal is waited for, then the cancel goes on.
-    removal = asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True))
-    cancelled = False
-    while not removal.done():
-        try:
-            await asyncio.shield(removal)
-        except asyncio.CancelledError:
-            cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError
+    await outlast(asyncio.ensure_future(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)))
