@@ -95,6 +95,7 @@ class FileServer(_Server):
         return web.Response(body=found[0], content_type=found[1])
 
     async def _slow(self, request: web.Request) -> web.Response:
+        self.requests.append(("slow", request.match_info["name"]))
         await asyncio.sleep(self.slow_seconds)
         return await self._file(request)
 
@@ -126,6 +127,7 @@ class FakeImagesAPI(_Server):
         self.fail = fail
         self.image = png(32, 32, (10, 120, 200))
         self.revised_prompt: str | None = None  # what the API says it drew instead; None: from the prompt
+        self.delay = 0.0  # seconds before each answer (a slow model)
         self.app.router.add_post("/v1/images/generations", self._generate)
         self.app.router.add_get("/files/out.png", self._file)
 
@@ -137,6 +139,7 @@ class FakeImagesAPI(_Server):
     async def _generate(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append((request.headers.get("Authorization", ""), body))
+        await asyncio.sleep(self.delay)
         if self.fail:
             error = {"error": {"message": f"fake image failure {self.fail}", "type": "server_error"}}
             return web.Response(status=self.fail, body=orjson.dumps(error), content_type="application/json")
@@ -155,10 +158,11 @@ class FakeImagesAPI(_Server):
 
 
 class FakeSpeechAPI(_Server):
-    """`POST /v1/audio/speech`: answers with a short sine WAV."""
+    """`POST /v1/audio/speech`: answers with a short sine WAV, `delay` seconds after the request."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.delay = 0.0
         self.app.router.add_post("/v1/audio/speech", self._speech)
 
     @property
@@ -169,6 +173,7 @@ class FakeSpeechAPI(_Server):
     async def _speech(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append((request.headers.get("Authorization", ""), body))
+        await asyncio.sleep(self.delay)
         return web.Response(body=sine_wav(1.5, rate=24000), content_type="audio/wav")
 
 

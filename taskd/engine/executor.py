@@ -31,7 +31,9 @@ from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.errors import result_refusal
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.logs import REDACTOR, bind_task
+from taskd.media import scratch
 from taskd.media.publish import STORED, withdraw
+from taskd.media.store import scratch_root
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
 from taskd.providers.limits import ProviderLimits
@@ -461,6 +463,8 @@ class Executor:
             data = self.registry.parse_input(task_type, record.task_data)
         except ValidationError as exc:
             return await self._record(record, Outcome("failed", error=f"Invalid task data: {exc.details}"))
+        if record.attempt > 1:
+            await self._remove_earlier_scratch(task_id)
         running = _Running()
         self.running[task_id] = running
         lease = self._leases.get(task_id)
@@ -491,6 +495,17 @@ class Executor:
         if running.stored:
             await self._withdraw_if_cancelled(record, outcome, written, running.stored)
         return written
+
+    async def _remove_earlier_scratch(self, task_id: str) -> None:
+        """Remove the scratch dirs of an earlier run of the task whose worker was killed (they are
+        only swept once older than any task can run)."""
+        try:
+            removed = await asyncio.to_thread(scratch.remove_earlier, scratch_root(self.config), task_id)
+        except OSError as exc:  # the sweeper removes them later; the run needs them gone no sooner
+            log.warning("could not remove the scratch dirs of an earlier run of task %s: %s", task_id, exc)
+            return
+        if removed:
+            log.info("removed %d scratch dirs an earlier run of task %s left", removed, task_id)
 
     async def _withdraw_if_cancelled(
         self, record: TaskRecord, outcome: Outcome, written: bool, stored: list[tuple[str, str]]
