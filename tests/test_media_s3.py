@@ -188,6 +188,24 @@ def test_the_sweeper_deletes_objects_past_retention_under_the_prefix_only(seawee
     assert left == ["elsewhere/keep.txt", f"{PREFIX}p1/sub/deep.mp4"]
 
 
+def test_the_sweeper_aborts_a_multipart_upload_a_killed_worker_left_once_older_than_any_task_can_run(
+    seaweed, bucket, tmp_path
+):
+    config = Config(data_dir=str(tmp_path / "data"), media=s3_media(seaweed, bucket, tmp_path))
+    client = seaweed.client()
+    key = f"{PREFIX}p1/video_killed.mp4"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1024)
+    sweeper = MediaSweeper.from_config(config)
+
+    sweeper.sweep()  # a new upload may still be under way
+    kept = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    sweeper.sweep(at=time.time() + sweeper.scratch_age + 5)
+
+    assert [item["Key"] for item in kept] == [key]
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 async def test_refused_credentials_fail_the_task_after_its_retries_with_a_clear_error(
     start_service, seaweed, bucket, files, tmp_path
 ):

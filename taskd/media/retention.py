@@ -160,6 +160,26 @@ class MediaSweeper:
                 report.project_dirs += 1
 
     def _sweep_bucket(self, bucket: S3Store, at: float, report: SweepReport) -> None:
+        self._sweep_objects(bucket, at, report)
+        self._sweep_uploads(bucket, at, report)
+
+    def _sweep_uploads(self, bucket: S3Store, at: float, report: SweepReport) -> None:
+        # A multipart upload (boto3 sends large files so) whose worker was killed is never completed
+        # nor aborted: the store keeps its parts, unlisted among the objects, for ever. None lasts
+        # longer than its task may run.
+        cutoff = at - self.scratch_age
+        try:
+            for key, upload_id, initiated in list(bucket.uploads()):
+                if initiated.timestamp() < cutoff:
+                    bucket.abort(key, upload_id)
+                    report.partial_files += 1
+        except Exception as exc:  # botocore raises errors of many kinds; the next sweep tries again
+            report.errors += 1
+            log.warning(
+                "media sweep: aborting the abandoned uploads of %s failed: %s", bucket.where, describe(exc)
+            )
+
+    def _sweep_objects(self, bucket: S3Store, at: float, report: SweepReport) -> None:
         cutoff = at - self.retention
         try:
             # Listed whole, then deleted: deleting while paging would move the pages under the listing.
