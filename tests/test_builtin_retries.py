@@ -60,6 +60,14 @@ FAILURES: dict[str, Failure] = {
         lambda f: f.video.poll_errors.append(503),
         attempt=1,
     ),
+    "the generated video's download dropping halfway": Failure(
+        PHASES["generate_video polling the video provider"],
+        lambda f: (
+            setattr(f.video, "content_redirect", f.files.add("generated.mp4", f.video.video)),
+            f.files.errors.append(DROP),
+        ),
+        attempt=1,
+    ),
     "the CMS answering 500": Failure(
         PHASES["render_animation storing to the CMS"],
         lambda f: setattr(f.cms, "fail_next", 1),
