@@ -43,7 +43,8 @@ async def outlast(future: asyncio.Future[T]) -> T:
             await asyncio.shield(future)
         except BaseException as exc:
             own = future.done() and not future.cancelled() and future.exception() is exc
-            if not own and interruption is None:
+            # A cancel outranks what came before it (a soft time limit, then the hard one).
+            if not own and (interruption is None or isinstance(exc, asyncio.CancelledError)):
                 interruption = exc
     if interruption is not None:
         raise interruption

@@ -21,6 +21,7 @@ from taskd.config import (
     PayloadConfig,
     ProvidersConfig,
     SpeechProvider,
+    TasksConfig,
     WorkerConfig,
 )
 from taskd.media.store import media_dir
@@ -157,3 +158,22 @@ async def test_a_task_that_completes_after_a_cancel_its_worker_did_not_hear_leav
     assert (body["status"], body["result"]) == ("cancelled", None)
     assert len(fakes.cms.uploads) == 1  # the CMS document is the CMS's: docs/media.md
     assert stored_files(service) == []
+
+
+async def test_a_hard_time_limit_reached_while_the_output_is_stored_fails_the_task_for_the_hard_limit(
+    start_service, fakes, tmp_path, held_store
+):
+    began, release = held_store
+    limits = TasksConfig(soft_time_limits={"process_audio": 1.0}, hard_time_limits={"process_audio": 1.5})
+    service = await start(start_service, fakes, tmp_path, tasks=limits)
+    task = await service.submit("process_audio", MEDIA_TASKS["process_audio"](fakes), project_id=PROJECT)
+    assert await asyncio.to_thread(began.wait, 60)
+    running = service.service._executor.running[task["task_id"]]
+    async with asyncio.timeout(30):  # the soft limit, then the hard one, while the copy waits
+        while running.stopped_for != "hard_limit":
+            await asyncio.sleep(0.05)
+
+    release.set()
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["error"] == "Task exceeded its hard time limit of 1.5 seconds"
