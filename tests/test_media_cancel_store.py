@@ -177,3 +177,23 @@ async def test_a_hard_time_limit_reached_while_the_output_is_stored_fails_the_ta
     body = await service.wait_terminal(task["task_id"])
 
     assert body["error"] == "Task exceeded its hard time limit of 1.5 seconds"
+
+
+async def test_a_task_failed_at_its_hard_time_limit_while_its_output_was_stored_leaves_no_stored_file(
+    start_service, fakes, tmp_path, held_store
+):
+    began, release = held_store
+    limits = TasksConfig(hard_time_limits={"process_audio": 1.0})
+    service = await start(start_service, fakes, tmp_path, tasks=limits)
+    task = await service.submit("process_audio", MEDIA_TASKS["process_audio"](fakes), project_id=PROJECT)
+    assert await asyncio.to_thread(began.wait, 60)
+    running = service.service._executor.running[task["task_id"]]
+    async with asyncio.timeout(30):
+        while running.stopped_for != "hard_limit":
+            await asyncio.sleep(0.05)
+
+    release.set()  # the copy, which the limit cannot stop, goes on in its thread
+    await service.wait_idle()
+
+    assert (await service.status(task["task_id"]))["status"] == "failed"
+    assert stored_files(service) == []

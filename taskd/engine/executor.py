@@ -493,7 +493,7 @@ class Executor:
             self.running.pop(task_id, None)
         written = await self._record(record, outcome)
         if running.stored:
-            await self._withdraw_if_cancelled(record, outcome, written, running.stored)
+            await self._withdraw_if_unnamed(record, outcome, written, running.stored)
         return written
 
     async def _remove_earlier_scratch(self, task_id: str) -> None:
@@ -507,25 +507,30 @@ class Executor:
         if removed:
             log.info("removed %d scratch dirs an earlier run of task %s left", removed, task_id)
 
-    async def _withdraw_if_cancelled(
+    async def _withdraw_if_unnamed(
         self, record: TaskRecord, outcome: Outcome, written: bool, stored: list[tuple[str, str]]
     ) -> None:
-        """Delete the media a run stored when the run ended by a cancel, or its `completed` was
-        refused because the task was cancelled meanwhile: a cancel that came while the media was
-        being stored, or after, before the end was written. No result names those files. A
-        `completed` refused because another attempt took the task over keeps them: that attempt
-        stores the same names."""
-        if outcome.kind not in ("cancelled", "completed") or written:
+        """Delete the media a run stored when no task result will name it: the run ended by a
+        cancel, or failed for good (a time limit while its output was stored), or its `completed`
+        was refused because the task was cancelled meanwhile (a cancel that came while the media was
+        being stored, or after, before the end was written). A `completed` refused because another
+        attempt took the task over keeps them, and so does a run to be retried: those runs store
+        the same names."""
+        if not (
+            outcome.kind == "cancelled"
+            or (outcome.kind == "failed" and written)
+            or (outcome.kind == "completed" and not written)
+        ):
             return
         try:
             if outcome.kind == "completed":
                 [status] = await self.store.statuses([record.task_id])
                 if status != TaskStatus.CANCELLED.value:
                     return
-            log.info("task %s was cancelled; deleting the media it stored", record.task_id)
+            log.info("task %s ended without a result; deleting the media it stored", record.task_id)
             await withdraw(self.config, stored)
         except Exception as exc:  # Redis or the store failing now: the media sweeper deletes them later
-            log.warning("could not delete the media of cancelled task %s: %s", record.task_id, exc)
+            log.warning("could not delete the media task %s stored: %s", record.task_id, exc)
 
     async def finish_hand_backs(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the hand-back writes still going; give up on the rest.

@@ -20,8 +20,8 @@ from taskd.stopping import outlast
 log = logging.getLogger("taskd.media")
 
 # `(project_id, filename)` of each file the current run put into the store, or began to. The engine
-# gives each run of a task its own list and, when the task is cancelled, takes those files back
-# (withdraw): a cancelled task leaves no stored media, whenever the cancel came.
+# gives each run of a task its own list and, when the task ends without a result (cancelled, or
+# failed for good), takes those files back (withdraw): such a task leaves no stored media.
 STORED: ContextVar[list[tuple[str, str]] | None] = ContextVar("taskd_media_stored", default=None)
 
 
@@ -67,8 +67,8 @@ def _store(config: Config, project_id: str, source: Path, filename: str) -> Stor
 
 
 async def withdraw(config: Config, names: Iterable[tuple[str, str]]) -> None:
-    """Delete the stored files `names` (a cancelled task's); one that cannot be deleted is logged and
-    left to the media sweeper (media.retention)."""
+    """Delete the stored files `names` (of a task that ended without a result); one that cannot be
+    deleted is logged and left to the media sweeper (media.retention)."""
     await asyncio.to_thread(_withdraw, config, list(names))
 
 
@@ -78,4 +78,4 @@ def _withdraw(config: Config, names: list[tuple[str, str]]) -> None:
         try:
             backend.remove(project_id, filename)
         except Exception as exc:  # a bucket's errors are of many kinds; the sweeper deletes it later
-            log.warning("could not delete %s/%s of a cancelled task: %s", project_id, filename, exc)
+            log.warning("could not delete %s/%s, of a task without a result: %s", project_id, filename, exc)
