@@ -101,8 +101,13 @@ class Phase:
 
 
 def renders(f: Fakes, pid: int) -> bool:
-    """An ffmpeg runs under the taskd process `pid`."""
-    return any("ffmpeg" in child.name() for child in psutil.Process(pid).children(recursive=True))
+    """An ffmpeg under the taskd process `pid` writes into a task's scratch dir (not the probe of
+    its encoders that taskd runs at start-up)."""
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "ffmpeg" in child.name() and any("scratch" in arg for arg in child.cmdline()):
+                return True
+    return False
 
 
 def hold_llm(f: Fakes, reply: str | None = None) -> None:
