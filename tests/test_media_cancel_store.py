@@ -1,6 +1,6 @@
-"""A cancel that races the storing of a media task's output: whenever it comes, the cancelled task
-leaves no file in the media store; each built-in type that stores media, with real ffmpeg and the
-loopback fakes of its inputs, providers and CMS."""
+"""A cancel (or a time limit) that races the storing of a media task's output: whenever it comes,
+the task that ends without a result leaves no file in the media store; each built-in type that
+stores media, with real ffmpeg and the loopback fakes of its inputs, providers and CMS."""
 
 from __future__ import annotations
 
