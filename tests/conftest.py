@@ -213,9 +213,13 @@ class RunningService:
         listener.cancel()
 
     async def wait_idle(self, timeout: float = 20) -> None:
-        """Wait until this service's workers run no job (a run's last steps after its record ended included)."""
+        """Wait until this service's workers run no job: each run over, its end written and what
+        follows it done (the deletion of the media of a task that ended without a result). The
+        executor's `running` lets go of a task before that: it is no sign of it."""
+        assert self.service._pool is not None
+        workers = self.service._pool.workers.values()
         async with asyncio.timeout(timeout):
-            while self.service._pool.running_jobs:
+            while any(worker.job_counter for worker in workers):
                 await asyncio.sleep(0.05)
 
 
