@@ -217,7 +217,8 @@ class _Running:
         # When a dropped progress write was last logged, and how many were dropped unlogged since.
         self.progress_dropped_logged_at: float | None = None
         self.progress_dropped_unlogged = 0
-        # `(project_id, filename)` of the media a coroutine handler stored, taken back on a cancel.
+        # `(project_id, filename)` of the media a coroutine handler stored, deleted when its task ends
+        # without a result (Executor._withdraw_if_unnamed).
         self.stored: list[tuple[str, str]] = []
 
     def cancel(self, grace: float) -> None:
