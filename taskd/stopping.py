@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 ROUNDS = 20
 ROUND_SECONDS = 0.25
@@ -26,3 +28,24 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
         _, still = await asyncio.wait(pending, timeout=ROUND_SECONDS)
         pending = list(still)
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def outlast(future: asyncio.Future[T]) -> T:
+    """`future`'s result, waited for to its end even when the caller is cancelled (or interrupted by
+    a time limit) meanwhile; that interruption is raised once `future` is done.
+
+    For work in a thread, which no cancel can stop: a caller that returned early would let it go on
+    (a copy into the media store, a tree being removed) after the task reported its end.
+    """
+    interruption: BaseException | None = None
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except BaseException as exc:
+            own = future.done() and not future.cancelled() and future.exception() is exc
+            # A cancel outranks what came before it (a soft time limit, then the hard one).
+            if not own and (interruption is None or isinstance(exc, asyncio.CancelledError)):
+                interruption = exc
+    if interruption is not None:
+        raise interruption
+    return future.result()

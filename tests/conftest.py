@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from taskd.config import (
     WorkerConfig,
 )
 from taskd.embedded import EmbeddedValkey
+from taskd.media import publish
 from taskd.service import Service
 from taskd.submit import dispatch
 
@@ -102,6 +104,22 @@ def submits_within_one_millisecond(monkeypatch: pytest.MonkeyPatch) -> None:
     first = math.floor(time.time() * 1000) / 1000 + 0.0001
     times = iter(first + n / 10_000 for n in range(6))
     monkeypatch.setattr(dispatch, "now", lambda: next(times))
+
+
+@pytest.fixture
+def held_store(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Every store of a media output (local or a bucket) waits in its thread until `release` is set;
+    `began` says one is waiting."""
+    began, release = threading.Event(), threading.Event()
+    real = publish._store
+
+    def store(*args: Any) -> Any:
+        began.set()
+        release.wait(60)
+        return real(*args)
+
+    monkeypatch.setattr(publish, "_store", store)
+    return began, release
 
 
 @pytest.fixture
@@ -188,6 +206,21 @@ class RunningService:
     async def wait_terminal(self, task_id: str, timeout: float = 20) -> dict[str, Any]:
         """Poll until the task has ended."""
         return await self.wait_for(task_id, lambda body: body["status"] in TERMINAL, timeout)
+
+    def deafen(self) -> None:
+        """Stop this service's cancel/wake subscriber, as if its pub/sub connection had dropped."""
+        (listener,) = [task for task in self.service._background if task.get_name() == "pubsub-listener"]
+        listener.cancel()
+
+    async def wait_idle(self, timeout: float = 20) -> None:
+        """Wait until this service's workers run no job: each run over, its end written and what
+        follows it done (the deletion of the media of a task that ended without a result). The
+        executor's `running` lets go of a task before that: it is no sign of it."""
+        assert self.service._pool is not None
+        workers = self.service._pool.workers.values()
+        async with asyncio.timeout(timeout):
+            while any(worker.job_counter for worker in workers):
+                await asyncio.sleep(0.05)
 
 
 @pytest.fixture

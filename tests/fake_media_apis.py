@@ -46,6 +46,10 @@ def mono_wav(frames: bytes, rate: int) -> bytes:
     return out.getvalue()
 
 
+# FileServer.errors: the connection is closed halfway through the body.
+DROP = "drop"
+
+
 class _Server:
     def __init__(self) -> None:
         self.app = web.Application()
@@ -78,6 +82,9 @@ class FileServer(_Server):
         super().__init__()
         self.files: dict[str, tuple[bytes, str]] = {}
         self.slow_seconds = 30.0
+        # What the next file requests get instead, first to last (then they work): an HTTP status,
+        # or DROP (the headers and half the body, then the connection is closed).
+        self.errors: list[int | str] = []
         self.app.router.add_get("/huge", self._huge)
         self.app.router.add_get("/slow/{name}", self._slow)
         self.app.router.add_get("/split/{name}", self._split)
@@ -88,13 +95,24 @@ class FileServer(_Server):
         self.files[name] = (body, content_type)
         return f"{self.url}/{name}"
 
-    async def _file(self, request: web.Request) -> web.Response:
+    async def _file(self, request: web.Request) -> web.StreamResponse:
         found = self.files.get(request.match_info["name"])
         if found is None:
             return web.Response(status=404, text="not found")
+        if self.errors:
+            error = self.errors.pop(0)
+            if error != DROP:
+                return web.Response(status=int(error), text="fake failure")
+            resp = web.StreamResponse(headers={"Content-Length": str(len(found[0]))})
+            await resp.prepare(request)
+            await resp.write(found[0][: len(found[0]) // 2])
+            assert request.transport is not None
+            request.transport.close()
+            return resp
         return web.Response(body=found[0], content_type=found[1])
 
     async def _slow(self, request: web.Request) -> web.Response:
+        self.requests.append(("slow", request.match_info["name"]))
         await asyncio.sleep(self.slow_seconds)
         return await self._file(request)
 
@@ -126,6 +144,8 @@ class FakeImagesAPI(_Server):
         self.fail = fail
         self.image = png(32, 32, (10, 120, 200))
         self.revised_prompt: str | None = None  # what the API says it drew instead; None: from the prompt
+        self.delay = 0.0  # seconds before each answer (a slow model)
+        self.errors: list[int] = []  # HTTP statuses to answer the next requests with, first to last
         self.app.router.add_post("/v1/images/generations", self._generate)
         self.app.router.add_get("/files/out.png", self._file)
 
@@ -137,9 +157,11 @@ class FakeImagesAPI(_Server):
     async def _generate(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append((request.headers.get("Authorization", ""), body))
-        if self.fail:
-            error = {"error": {"message": f"fake image failure {self.fail}", "type": "server_error"}}
-            return web.Response(status=self.fail, body=orjson.dumps(error), content_type="application/json")
+        await asyncio.sleep(self.delay)
+        fail = self.errors.pop(0) if self.errors else self.fail
+        if fail:
+            error = {"error": {"message": f"fake image failure {fail}", "type": "server_error"}}
+            return web.Response(status=fail, body=orjson.dumps(error), content_type="application/json")
         item = (
             {"url": f"{self.url}/files/out.png"}
             if self.as_url
@@ -155,10 +177,12 @@ class FakeImagesAPI(_Server):
 
 
 class FakeSpeechAPI(_Server):
-    """`POST /v1/audio/speech`: answers with a short sine WAV."""
+    """`POST /v1/audio/speech`: answers with a short sine WAV, `delay` seconds after the request."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.delay = 0.0
+        self.errors: list[int] = []  # HTTP statuses to answer the next requests with, first to last
         self.app.router.add_post("/v1/audio/speech", self._speech)
 
     @property
@@ -169,6 +193,9 @@ class FakeSpeechAPI(_Server):
     async def _speech(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append((request.headers.get("Authorization", ""), body))
+        await asyncio.sleep(self.delay)
+        if self.errors:
+            return web.json_response({"error": {"message": "fake speech failure"}}, status=self.errors.pop(0))
         return web.Response(body=sine_wav(1.5, rate=24000), content_type="audio/wav")
 
 

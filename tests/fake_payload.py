@@ -32,7 +32,8 @@ class FakePayload(_Server):
     `answer` replaces the body of a successful upload (for hostile answers); `refusal` is the message
     of a 403, where `{authorization}` stands for the header it refused (a CMS or proxy that echoes it);
     with `accept_tokens` off, a login succeeds but its token is refused; an upload's body is read
-    `read_delay` seconds after it arrives (a slow CMS: the client's sending waits meanwhile).
+    `read_delay` seconds after it arrives (a slow CMS: the client's sending waits meanwhile), and
+    not before `hold` is set, when there is one (a CMS that answers when the test says).
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class FakePayload(_Server):
         self.refusal = "You are not allowed to perform this action."
         self.accept_tokens = True
         self.read_delay = 0.0
+        self.hold: asyncio.Event | None = None
         self.uploads: list[Upload] = []
         self.posts = 0
         self._ids = itertools.count(101)
@@ -96,6 +98,8 @@ class FakePayload(_Server):
             self.fail_next -= 1
             return web.json_response({"errors": [{"message": "Something went wrong."}]}, status=500)
         await asyncio.sleep(self.read_delay)
+        if self.hold is not None:
+            await self.hold.wait()
         file: tuple[str, str, bytes] | None = None
         fields: dict[str, Any] = {}
         async for part in await request.multipart():

@@ -26,12 +26,6 @@ def running(pid: int) -> bool:
         return False
 
 
-def deafen(service) -> None:
-    """Stop this service's cancel/wake subscriber, as if its pub/sub connection had dropped."""
-    (listener,) = [task for task in service.service._background if task.get_name() == "pubsub-listener"]
-    listener.cancel()
-
-
 async def cancel(service, task_id: str) -> None:
     async with service.client.delete(f"/api/v1/tasks/{task_id}") as response:
         assert response.status == 200
@@ -44,7 +38,7 @@ async def test_a_cancel_the_subscriber_missed_stops_the_process_tree_within_one_
     )
     task = await service.submit("tool_child", {})
     pid = int(await wait_marker(service, task["task_id"], "child_started"))
-    deafen(service)
+    service.deafen()
 
     await cancel(service, task["task_id"])
 
@@ -61,7 +55,7 @@ async def test_a_cancel_the_subscriber_missed_stops_the_task_at_its_next_progres
     service = await start_service(worker=WorkerConfig(heartbeat_interval=60, heartbeat_ttl=180))
     task = await service.submit("sleep", {"seconds": 60, "steps": 120})
     await wait_marker(service, task["task_id"], "started")
-    deafen(service)
+    service.deafen()
 
     await cancel(service, task["task_id"])
 

@@ -134,6 +134,31 @@ async def test_a_later_status_read_signs_the_url_again(start_service, seaweed, b
     assert urlsplit(later).path == urlsplit(first).path
 
 
+async def test_a_task_cancelled_while_its_upload_runs_leaves_no_object_in_the_bucket(
+    start_service, seaweed, bucket, files, tmp_path, held_store
+):
+    began, release = held_store
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    task = await running.submit(
+        "process_audio",
+        {
+            "tracks": [{"url": files.add("tone.wav", sine_wav(1.0))}],
+            "output_format": "wav",
+            "normalize": False,
+        },
+        project_id="noir_001",
+    )
+    assert await asyncio.to_thread(began.wait, 60)
+
+    async with running.client.delete(f"/api/v1/tasks/{task['task_id']}") as resp:
+        assert resp.status == 200
+    release.set()  # boto3's upload, which no cancel can stop, goes on in its thread
+    await running.wait_idle()
+
+    assert (await running.status(task["task_id"]))["status"] == "cancelled"
+    assert seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
 async def test_the_media_route_needs_a_key_and_answers_404_for_a_missing_object(
     start_service, seaweed, bucket, tmp_path
 ):
@@ -161,6 +186,24 @@ def test_the_sweeper_deletes_objects_past_retention_under_the_prefix_only(seawee
     assert (report.media_files, report.errors) == (2, 0)
     left = sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"])
     assert left == ["elsewhere/keep.txt", f"{PREFIX}p1/sub/deep.mp4"]
+
+
+def test_the_sweeper_aborts_a_multipart_upload_a_killed_worker_left_once_older_than_any_task_can_run(
+    seaweed, bucket, tmp_path
+):
+    config = Config(data_dir=str(tmp_path / "data"), media=s3_media(seaweed, bucket, tmp_path))
+    client = seaweed.client()
+    key = f"{PREFIX}p1/video_killed.mp4"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1024)
+    sweeper = MediaSweeper.from_config(config)
+
+    sweeper.sweep()  # a new upload may still be under way
+    kept = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    sweeper.sweep(at=time.time() + sweeper.scratch_age + 5)
+
+    assert [item["Key"] for item in kept] == [key]
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 async def test_refused_credentials_fail_the_task_after_its_retries_with_a_clear_error(

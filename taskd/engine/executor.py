@@ -32,6 +32,9 @@ from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.errors import result_refusal
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.logs import REDACTOR, bind_task
+from taskd.media import scratch
+from taskd.media.publish import STORED, withdraw
+from taskd.media.store import scratch_root
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
 from taskd.providers.limits import ProviderLimits
@@ -179,10 +182,14 @@ class _Interruptible:
                 error = exc
 
 
-async def _handler_run(interruptible: _Interruptible, tree: ProcessTree) -> Any:
+async def _handler_run(
+    interruptible: _Interruptible, tree: ProcessTree, stored: list[tuple[str, str]]
+) -> Any:
     """A coroutine handler's run, as its task awaits it: what it returns, or raises as an Exception."""
-    # Every child the handler starts (taskd.proctree.spawn) joins this task's tree.
+    # Every child the handler starts (taskd.proctree.spawn) joins this task's tree, and every file
+    # it puts into the media store (taskd.media.publish) is noted in `stored`.
     CURRENT.set(tree)
+    STORED.set(stored)
     try:
         return await interruptible
     except (Exception, asyncio.CancelledError):
@@ -214,6 +221,9 @@ class _Running:
         # When a dropped progress write was last logged, and how many were dropped unlogged since.
         self.progress_dropped_logged_at: float | None = None
         self.progress_dropped_unlogged = 0
+        # `(project_id, filename)` of the media a coroutine handler stored, deleted when its task ends
+        # without a result (Executor._withdraw_if_unnamed).
+        self.stored: list[tuple[str, str]] = []
 
     def cancel(self, grace: float) -> None:
         self.cancelled = True
@@ -466,6 +476,8 @@ class Executor:
             # runs. The record says cancelled: nothing to write.
             del self._heard_cancels[task_id]
             return await self._record(record, Outcome("cancelled"))
+        if record.attempt > 1:
+            await self._remove_earlier_scratch(task_id)
         running = _Running()
         self.running[task_id] = running
         lease = self._leases.get(task_id)
@@ -492,7 +504,46 @@ class Executor:
             outcome = Outcome("retry" if retry else "failed", error=error, traceback=traceback.format_exc())
         finally:
             self.running.pop(task_id, None)
-        return await self._record(record, outcome)
+        written = await self._record(record, outcome)
+        if running.stored:
+            await self._withdraw_if_unnamed(record, outcome, written, running.stored)
+        return written
+
+    async def _remove_earlier_scratch(self, task_id: str) -> None:
+        """Remove the scratch dirs of an earlier run of the task whose worker was killed (they are
+        only swept once older than any task can run)."""
+        try:
+            removed = await asyncio.to_thread(scratch.remove_earlier, scratch_root(self.config), task_id)
+        except OSError as exc:  # the sweeper removes them later; the run needs them gone no sooner
+            log.warning("could not remove the scratch dirs of an earlier run of task %s: %s", task_id, exc)
+            return
+        if removed:
+            log.info("removed %d scratch dirs an earlier run of task %s left", removed, task_id)
+
+    async def _withdraw_if_unnamed(
+        self, record: TaskRecord, outcome: Outcome, written: bool, stored: list[tuple[str, str]]
+    ) -> None:
+        """Delete the media a run stored when no task result will name it: the run ended by a
+        cancel, or failed for good (a time limit while its output was stored), or its `completed`
+        was refused because the task was cancelled meanwhile (a cancel that came while the media was
+        being stored, or after, before the end was written). A `completed` refused because another
+        attempt took the task over keeps them, and so does a run to be retried: those runs store
+        the same names."""
+        if not (
+            outcome.kind == "cancelled"
+            or (outcome.kind == "failed" and written)
+            or (outcome.kind == "completed" and not written)
+        ):
+            return
+        try:
+            if outcome.kind == "completed":
+                [status] = await self.store.statuses([record.task_id])
+                if status != TaskStatus.CANCELLED.value:
+                    return
+            log.info("task %s ended without a result; deleting the media it stored", record.task_id)
+            await withdraw(self.config, stored)
+        except Exception as exc:  # Redis or the store failing now: the media sweeper deletes them later
+            log.warning("could not delete the media task %s stored: %s", record.task_id, exc)
 
     async def finish_hand_backs(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the hand-back writes still going; give up on the rest.
@@ -535,7 +586,7 @@ class Executor:
         tree = ProcessTree(self._tree_limits())
         running.tree = tree
         interruptible = _Interruptible(task_type.handler(context, data))  # type: ignore[arg-type]
-        task = asyncio.create_task(_handler_run(interruptible, tree))
+        task = asyncio.create_task(_handler_run(interruptible, tree, running.stored))
         running.task = task
         loop = asyncio.get_running_loop()
         timers = [loop.call_later(hard, running.stop_for, "hard_limit")]

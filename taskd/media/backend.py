@@ -32,6 +32,10 @@ class MediaBackend(Protocol):
         """True when the file is stored (blocking); TransientError when the store cannot be asked."""
         ...
 
+    def remove(self, project_id: str, filename: str) -> None:
+        """Delete the file if it is stored (blocking); nothing when it is not."""
+        ...
+
 
 def media_backend(config: Config) -> MediaBackend:
     """The backend `media.backend` names."""

@@ -129,7 +129,8 @@ async def fetch(
         raise TransientError(f"{what} {url} did not download within {limits.timeout:g}s") from None
     except (aiohttp.ClientError, ForbiddenAddress, RedirectRefused) as exc:
         part.unlink(missing_ok=True)
-        raise TaskError(f"{what} {url} {_failure(exc)}") from None
+        error = TransientError if _passing(exc) else TaskError
+        raise error(f"{what} {url} {_failure(exc)}") from None
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -206,6 +207,15 @@ def _failure(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return "is unreachable: the connection failed"
     return f"is unreachable: the transfer broke off ({type(exc).__name__})"
+
+
+def _passing(exc: BaseException) -> bool:
+    """True for a failure that may pass (a refused or reset connection, a transfer cut off): retried,
+    as a provider's are. A refusal by the guard, a bad URL or a host name that does not resolve
+    (most often a typo) is the input's fault and fails the task at once."""
+    if refusal(exc) is not None or isinstance(exc, (RedirectRefused, ForbiddenAddress, aiohttp.InvalidURL)):
+        return False
+    return not isinstance(exc, aiohttp.ClientConnectorDNSError)
 
 
 def _too_big(what: str, url: str, limits: Limits) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Iterable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,14 @@ from taskd.media import payload
 from taskd.media.backend import media_backend
 from taskd.media.capacity import Threshold, disk_usage, shortfall
 from taskd.media.store import StoredMedia, media_dir
+from taskd.stopping import outlast
+
+log = logging.getLogger("taskd.media")
+
+# `(project_id, filename)` of each file the current run put into the store, or began to. The engine
+# gives each run of a task its own list and, when the task ends without a result (cancelled, or
+# failed for good), takes those files back (withdraw): such a task leaves no stored media.
+STORED: ContextVar[list[tuple[str, str]] | None] = ContextVar("taskd_media_stored", default=None)
 
 
 async def publish(
@@ -24,8 +35,15 @@ async def publish(
     loop, not in the store's thread: a cancel or a time limit stops it (a CMS that has the whole
     file by then still makes its document: docs/media.md).
     """
-    # Storing copies or sends the whole file: in a thread, so the API keeps answering meanwhile.
-    stored = await asyncio.to_thread(_store, config, project_id, source, filename)
+    names = STORED.get()
+    if names is not None:
+        names.append((project_id, filename))
+    # Storing copies or sends the whole file: in a thread, so the API keeps answering meanwhile. A
+    # cancel cannot stop the thread, so it is waited for: once the run has ended, nothing it began
+    # lands in the store behind the withdrawal of its files.
+    stored = await outlast(
+        asyncio.ensure_future(asyncio.to_thread(_store, config, project_id, source, filename))
+    )
     result: dict[str, Any] = {
         "media_url": stored.url,
         "payload_media_id": None,
@@ -46,3 +64,18 @@ def _store(config: Config, project_id: str, source: Path, filename: str) -> Stor
     ):
         raise TransientError("Media storage is nearly full: the result was not stored")
     return media_backend(config).put(project_id, filename, source)
+
+
+async def withdraw(config: Config, names: Iterable[tuple[str, str]]) -> None:
+    """Delete the stored files `names` (of a task that ended without a result); one that cannot be
+    deleted is logged and left to the media sweeper (media.retention)."""
+    await asyncio.to_thread(_withdraw, config, list(names))
+
+
+def _withdraw(config: Config, names: list[tuple[str, str]]) -> None:
+    backend = media_backend(config)
+    for project_id, filename in names:
+        try:
+            backend.remove(project_id, filename)
+        except Exception as exc:  # a bucket's errors are of many kinds; the sweeper deletes it later
+            log.warning("could not delete %s/%s, of a task without a result: %s", project_id, filename, exc)

@@ -1,11 +1,12 @@
-"""The media sweeper: deletes stored media past `media.retention` and scratch dirs abandoned by killed workers.
+"""The media sweeper: deletes stored media past `media.retention`, and the scratch dirs and partial copies
+into the store that killed workers abandoned.
 
 With `media.backend = "s3"` the stored media are the bucket's objects under `media.s3.prefix`,
 deleted by their LastModified; scratch dirs are always local.
 
-It touches only what taskd itself writes: files at `<media dir>/<project>/<file>`, empty project
-dirs, and `<task id>-<random>` entries at the top of the scratch root. It never follows a
-symlink (a link is judged, and removed, as a link), never leaves its root, and refuses a root
+It touches only what taskd itself writes: files at `<media dir>/<project>/<file>` (a partial copy
+`.<file>.partial` once older than any task can run), empty project dirs, and `<task id>-<random>`
+entries at the top of the scratch root. It never follows a symlink (a link is judged, and removed, as a link), never leaves its root, and refuses a root
 that holds the data dir or overlaps the other root, so a misconfigured `media.dir` cannot wipe
 Valkey's files or the secrets. Deleting is idempotent: any number of taskd processes on any
 number of hosts sharing the directories may sweep at once.
@@ -39,6 +40,8 @@ EMPTY_DIR_GRACE_S = 300.0
 SCRATCH_MARGIN_S = 60.0
 # What taskd.media.scratch.scratch_dir makes: "<task id>-<mkdtemp's 8 random characters>".
 _SCRATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*-[a-z0-9_]{8}$")
+# What taskd.media.store.MediaStore.put copies into before the file takes its name.
+_PARTIAL = re.compile(r"^\..+\.partial$")
 
 
 @attrs.define
@@ -46,6 +49,8 @@ class SweepReport:
     """What one sweep removed."""
 
     media_files: int = 0
+    # Copies into the store cut short by a killed worker (`.<name>.partial`, see MediaStore.put).
+    partial_files: int = 0
     project_dirs: int = 0
     scratch_dirs: int = 0
     errors: int = 0
@@ -53,7 +58,7 @@ class SweepReport:
     @property
     def removed(self) -> int:
         """Entries removed in all."""
-        return self.media_files + self.project_dirs + self.scratch_dirs
+        return self.media_files + self.partial_files + self.project_dirs + self.scratch_dirs
 
 
 def scratch_max_age(config: Config, hard_limits: Iterable[float | None]) -> float:
@@ -114,8 +119,10 @@ class MediaSweeper:
             self._sweep_scratch(at, report)
         if report.removed or report.errors:
             log.info(
-                "media sweep removed %d files, %d empty project dirs and %d scratch dirs (%d errors)",
+                "media sweep removed %d files, %d partial copies, %d empty project dirs and %d scratch dirs"
+                " (%d errors)",
                 report.media_files,
+                report.partial_files,
                 report.project_dirs,
                 report.scratch_dirs,
                 report.errors,
@@ -142,12 +149,37 @@ class MediaSweeper:
             for entry in _entries(Path(project.path), report):
                 if entry.is_dir(follow_symlinks=False):
                     continue
-                if _older(entry, at - self.retention, report) and _unlink(entry.path, report):
+                if _PARTIAL.match(entry.name):
+                    # No copy takes longer than its task may run: one older was cut short by a
+                    # killed worker, and is of no use to anyone (its task's next run makes its own).
+                    if _older(entry, at - self.scratch_age, report) and _unlink(entry.path, report):
+                        report.partial_files += 1
+                elif _older(entry, at - self.retention, report) and _unlink(entry.path, report):
                     report.media_files += 1
             if _older(project, at - EMPTY_DIR_GRACE_S, report) and _rmdir_if_empty(project.path, report):
                 report.project_dirs += 1
 
     def _sweep_bucket(self, bucket: S3Store, at: float, report: SweepReport) -> None:
+        self._sweep_objects(bucket, at, report)
+        self._sweep_uploads(bucket, at, report)
+
+    def _sweep_uploads(self, bucket: S3Store, at: float, report: SweepReport) -> None:
+        # A multipart upload (boto3 sends large files so) whose worker was killed is never completed
+        # nor aborted: the store keeps its parts, unlisted among the objects, for ever. None lasts
+        # longer than its task may run.
+        cutoff = at - self.scratch_age
+        try:
+            for key, upload_id, initiated in list(bucket.uploads()):
+                if initiated.timestamp() < cutoff:
+                    bucket.abort(key, upload_id)
+                    report.partial_files += 1
+        except Exception as exc:  # botocore raises errors of many kinds; the next sweep tries again
+            report.errors += 1
+            log.warning(
+                "media sweep: aborting the abandoned uploads of %s failed: %s", bucket.where, describe(exc)
+            )
+
+    def _sweep_objects(self, bucket: S3Store, at: float, report: SweepReport) -> None:
         cutoff = at - self.retention
         try:
             # Listed whole, then deleted: deleting while paging would move the pages under the listing.

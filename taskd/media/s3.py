@@ -141,6 +141,12 @@ class S3Store:
             raise TransientError(f"Media store {self.where} failed: {describe(exc)}") from None
         return True
 
+    def remove(self, project_id: str, filename: str) -> None:
+        """Delete the object (S3 answers the same whether it was there or not)."""
+        key = self.key_of(project_id, filename)
+        if key is not None:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+
     def objects(self) -> Iterator[tuple[str, datetime]]:
         """Every `(key, last_modified)` under the prefix that names a project's file."""
         pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
@@ -149,6 +155,22 @@ class S3Store:
                 rest = item["Key"][len(self.prefix) :].split("/")
                 if len(rest) == 2 and self.key_of(*rest):
                     yield item["Key"], item["LastModified"]
+
+    def uploads(self) -> Iterator[tuple[str, str, datetime]]:
+        """Every `(key, upload id, initiated)` of a multipart upload under the prefix, of a project's
+        file, neither completed nor aborted."""
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        )
+        for page in pages:
+            for item in page.get("Uploads", []):
+                rest = item["Key"][len(self.prefix) :].split("/")
+                if len(rest) == 2 and self.key_of(*rest):
+                    yield item["Key"], item["UploadId"], item["Initiated"]
+
+    def abort(self, key: str, upload_id: str) -> None:
+        """Abort a multipart upload: the store drops the parts it holds."""
+        self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
 
     def delete(self, keys: list[str]) -> tuple[int, int]:
         """Delete `keys` (at most DELETE_BATCH); returns (deleted, errors)."""

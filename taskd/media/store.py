@@ -157,6 +157,12 @@ class MediaStore:
         path = self.path_of(project_id, filename)
         return path is not None and path.is_file()
 
+    def remove(self, project_id: str, filename: str) -> None:
+        """Delete the file if it is stored."""
+        path = self.path_of(project_id, filename)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
     def check(
         self, project_id: str, filename: str, expires: str, sig: str, now: float | None = None
     ) -> str | None:

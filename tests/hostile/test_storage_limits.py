@@ -117,6 +117,17 @@ def test_a_scratch_dir_older_than_any_task_can_run_is_removed_and_a_recent_one_k
     assert recent.exists()
 
 
+def test_a_partial_copy_a_killed_worker_left_in_the_store_is_removed_once_older_than_any_task_can_run(config):
+    root = media_dir(config)
+    max_age = MediaSweeper.from_config(config).scratch_age
+    abandoned = stored(root, "proj-a", ".video_a.mp4.partial", age=max_age + 60)
+    copying = stored(root, "proj-a", ".video_b.mp4.partial", age=max_age - 60)
+
+    MediaSweeper.from_config(config).sweep()
+
+    assert (abandoned.exists(), copying.exists()) == (False, True)
+
+
 def test_the_sweeper_refuses_a_media_dir_that_holds_the_data_dir(tmp_path):
     config = make_config(tmp_path, "redis://unused", media=MediaConfig(dir=str(tmp_path), retention=DAY))
     password = stored(config.data_path, "valkey", "password", age=30 * DAY)

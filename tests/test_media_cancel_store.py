@@ -1,0 +1,199 @@
+"""A cancel (or a time limit) that races the storing of a media task's output: whenever it comes,
+the task that ends without a result leaves no file in the media store; each built-in type that
+stores media, with real ffmpeg and the loopback fakes of its inputs, providers and CMS."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, FileServer, png, sine_wav
+from fake_payload import FakePayload
+
+from taskd.config import (
+    ImageProvider,
+    MediaConfig,
+    NetworkConfig,
+    PayloadConfig,
+    ProvidersConfig,
+    SpeechProvider,
+    TasksConfig,
+    WorkerConfig,
+)
+from taskd.media.store import media_dir
+
+PROJECT = "noir_001"
+
+
+@attrs.frozen
+class Fakes:
+    """The loopback servers a media task may read from or send to."""
+
+    files: FileServer
+    images: FakeImagesAPI
+    speech: FakeSpeechAPI
+    cms: FakePayload
+
+
+# Small, quick inputs of each built-in type that stores media (ffmpeg renders, fake providers).
+MEDIA_TASKS: dict[str, Callable[[Fakes], dict[str, Any]]] = {
+    "process_audio": lambda f: {
+        "tracks": [{"url": f.files.add("tone.wav", sine_wav(1.0))}],
+        "output_format": "wav",
+        "normalize": False,
+    },
+    "generate_video": lambda f: {
+        "storyboard_images": [f.files.add("frame.png", png(64, 48))],
+        "duration": 1,
+        "fps": 4,
+        "resolution": "64x48",
+    },
+    "render_animation": lambda f: {
+        "character_id": "detective_jones",
+        "keyframes": [{"image_url": f.files.add("k1.png", png(64, 48))}],
+        "duration": 1,
+        "fps": 4,
+        "resolution": "64x48",
+    },
+    "generate_image": lambda f: {"prompt": "a detective in the rain", "resolution": "1024x1024"},
+    "generate_character_voice": lambda f: {"text": "I've been expecting you.", "output_format": "wav"},
+}
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Fakes]:
+    async with (
+        FileServer() as files,
+        FakeImagesAPI() as images,
+        FakeSpeechAPI() as speech,
+        FakePayload() as cms,
+    ):
+        yield Fakes(files, images, speech, cms)
+
+
+async def start(start_service, fakes: Fakes, tmp_path: Path, **sections: Any):
+    return await start_service(
+        media=MediaConfig(scratch_dir=str(tmp_path / "scratch")),
+        network=NetworkConfig(allow_private=True),
+        providers=ProvidersConfig(
+            image=ImageProvider(base_url=fakes.images.base_url, api_key="sk-img"),
+            speech=SpeechProvider(base_url=fakes.speech.base_url, api_key="sk-speech"),
+        ),
+        payload=PayloadConfig(base_url=fakes.cms.url, api_key=fakes.cms.api_key),
+        **sections,
+    )
+
+
+def stored_files(service) -> list[str]:
+    folder = media_dir(service.service.config) / PROJECT
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+async def cancel(service, task_id: str) -> None:
+    async with service.client.delete(f"/api/v1/tasks/{task_id}") as response:
+        assert response.status == 200
+
+
+@pytest.mark.parametrize("task_type", sorted(MEDIA_TASKS))
+async def test_a_cancel_while_the_output_is_copied_into_the_store_leaves_no_stored_file(
+    start_service, fakes, tmp_path, held_store, task_type
+):
+    began, release = held_store
+    service = await start(start_service, fakes, tmp_path)
+    task = await service.submit(task_type, MEDIA_TASKS[task_type](fakes), project_id=PROJECT)
+    assert await asyncio.to_thread(began.wait, 60)
+
+    await cancel(service, task["task_id"])
+    release.set()  # the copy, which no cancel can stop, goes on in its thread
+    await service.wait_idle()
+
+    assert (await service.status(task["task_id"]))["status"] == "cancelled"
+    assert stored_files(service) == []
+    assert not any((tmp_path / "scratch").iterdir())
+
+
+@pytest.mark.parametrize("task_type", sorted(MEDIA_TASKS))
+async def test_a_cancel_while_the_output_goes_to_the_cms_leaves_no_stored_file(
+    start_service, fakes, tmp_path, task_type
+):
+    fakes.cms.hold = asyncio.Event()  # the file is in the store; the CMS has not answered
+    service = await start(start_service, fakes, tmp_path)
+    task = await service.submit(task_type, MEDIA_TASKS[task_type](fakes), project_id=PROJECT)
+    async with asyncio.timeout(60):
+        while not fakes.cms.posts:
+            await asyncio.sleep(0.02)
+
+    await cancel(service, task["task_id"])
+    await service.wait_idle()
+    fakes.cms.hold.set()
+
+    assert (await service.status(task["task_id"]))["status"] == "cancelled"
+    assert stored_files(service) == []
+
+
+@pytest.mark.parametrize("task_type", sorted(MEDIA_TASKS))
+async def test_a_task_that_completes_after_a_cancel_its_worker_did_not_hear_leaves_no_stored_file(
+    start_service, fakes, tmp_path, task_type
+):
+    fakes.cms.hold = asyncio.Event()
+    # Heartbeats far apart: the worker learns of the cancel only when its `completed` is refused.
+    service = await start(
+        start_service, fakes, tmp_path, worker=WorkerConfig(heartbeat_interval=60, heartbeat_ttl=180)
+    )
+    task = await service.submit(task_type, MEDIA_TASKS[task_type](fakes), project_id=PROJECT)
+    async with asyncio.timeout(60):
+        while not fakes.cms.posts:
+            await asyncio.sleep(0.02)
+    service.deafen()
+
+    await cancel(service, task["task_id"])
+    fakes.cms.hold.set()  # the handler returns its result, with the media's URL
+    await service.wait_idle()
+
+    body = await service.status(task["task_id"])
+    assert (body["status"], body["result"]) == ("cancelled", None)
+    assert len(fakes.cms.uploads) == 1  # the CMS document is the CMS's: docs/media.md
+    assert stored_files(service) == []
+
+
+async def test_a_hard_time_limit_reached_while_the_output_is_stored_fails_the_task_for_the_hard_limit(
+    start_service, fakes, tmp_path, held_store
+):
+    began, release = held_store
+    limits = TasksConfig(soft_time_limits={"process_audio": 1.0}, hard_time_limits={"process_audio": 1.5})
+    service = await start(start_service, fakes, tmp_path, tasks=limits)
+    task = await service.submit("process_audio", MEDIA_TASKS["process_audio"](fakes), project_id=PROJECT)
+    assert await asyncio.to_thread(began.wait, 60)
+    running = service.service._executor.running[task["task_id"]]
+    async with asyncio.timeout(30):  # the soft limit, then the hard one, while the copy waits
+        while running.stopped_for != "hard_limit":
+            await asyncio.sleep(0.05)
+
+    release.set()
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["error"] == "Task exceeded its hard time limit of 1.5 seconds"
+
+
+async def test_a_task_failed_at_its_hard_time_limit_while_its_output_was_stored_leaves_no_stored_file(
+    start_service, fakes, tmp_path, held_store
+):
+    began, release = held_store
+    limits = TasksConfig(hard_time_limits={"process_audio": 1.0})
+    service = await start(start_service, fakes, tmp_path, tasks=limits)
+    task = await service.submit("process_audio", MEDIA_TASKS["process_audio"](fakes), project_id=PROJECT)
+    assert await asyncio.to_thread(began.wait, 60)
+    running = service.service._executor.running[task["task_id"]]
+    async with asyncio.timeout(30):
+        while running.stopped_for != "hard_limit":
+            await asyncio.sleep(0.05)
+
+    release.set()  # the copy, which the limit cannot stop, goes on in its thread
+    await service.wait_idle()
+
+    assert (await service.status(task["task_id"]))["status"] == "failed"
+    assert stored_files(service) == []
