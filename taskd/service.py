@@ -324,7 +324,14 @@ class Service:
         # GPU slots came back: any queue's worker may now find a job that fits (cheap: a wake-up).
         executor.slots_freed = pool.wake_all
         worker = self.config.worker
-        info = WorkerInfo(self.worker_id, worker.host, psutil.Process().pid, self.queues, now())
+        info = WorkerInfo(
+            self.worker_id,
+            worker.host,
+            psutil.Process().pid,
+            self.queues,
+            now(),
+            task_types=self.registry.runnable(),
+        )
         gpus = HostPublisher(redis, gpu, worker.heartbeat_ttl)
 
         async def after_beat() -> None:

@@ -31,6 +31,7 @@ from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.errors import result_refusal
 from taskd.gpu.scheduler import GpuScheduler, Lease
+from taskd.heartbeat import live_workers
 from taskd.logs import REDACTOR, bind_task
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
@@ -132,6 +133,8 @@ class Outcome:
     # bounded: a handler's message may hold what a caller sent, and it is stored, logged and sent.
     error: str | None = attrs.field(default=None, converter=_cut_error)
     traceback: str | None = attrs.field(default=None, converter=_cut_traceback)
+    # A hand-back's seconds until the task is due again (0: at once).
+    delay: float = 0.0
 
 
 class _Interruptible:
@@ -446,9 +449,7 @@ class Executor:
         task_id = record.task_id
         task_type = self.registry.get(record.task_type)
         if task_type is None or task_type.handler is None:
-            return await self._record(
-                record, Outcome("failed", error=f"No handler is installed for task type '{record.task_type}'")
-            )
+            return await self._record(record, await self._without_handler(record))
         if record.depends_on and any(refs.find(record.task_data)):
             try:
                 # The stored task_data keeps its $refs (a retry resolves them again); this run,
@@ -493,6 +494,39 @@ class Executor:
         finally:
             self.running.pop(task_id, None)
         return await self._record(record, outcome)
+
+    async def _without_handler(self, record: TaskRecord) -> Outcome:
+        """How a task of a type this process cannot run ends here: handed back, due a heartbeat
+        interval later, while another live worker of its queue says it has the type; else failed."""
+        # Hosts whose tasks.modules differ (a deploy under way, a host left out): the API node took
+        # the type, and failing it here would fail work that a worker beside this one can do.
+        workers = await live_workers(self.store.redis, self.config.worker.heartbeat_ttl)
+        able = sorted(
+            worker.host
+            for worker in workers
+            if worker.worker_id != self.worker_id
+            and record.queue in worker.queues
+            and record.task_type in (worker.task_types or ())
+        )
+        host = self.config.worker.host
+        if able:
+            log.info(
+                "task %s handed on: no handler for task type '%s' on host %s; worker host(s) %s of "
+                "queue %s have one (tasks.modules differs between hosts)",
+                record.task_id,
+                record.task_type,
+                host,
+                ", ".join(sorted(set(able))),
+                record.queue,
+            )
+            return Outcome("handed_back", delay=self.config.worker.heartbeat_interval)
+        return Outcome(
+            "failed",
+            error=(
+                f"No handler is installed for task type '{record.task_type}' on worker host {host}, "
+                f"nor on any other live worker of queue {record.queue}"
+            ),
+        )
 
     async def finish_hand_backs(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the hand-back writes still going; give up on the rest.
@@ -722,8 +756,9 @@ class Executor:
             score: float = int((at + delay) * 1000)
             write = partial(self.store.requeue, record, self.worker_id, at, score, retry_error=outcome.error)
         elif outcome.kind == "handed_back":
-            log.info("task %s handed back to its queue", record.task_id)
-            score = self.queue.score(at, record.priority)
+            if not outcome.delay:
+                log.info("task %s handed back to its queue", record.task_id)
+            score = self.queue.score(at + outcome.delay, record.priority)
             write = partial(self.store.requeue, record, self.worker_id, at, score)
         else:
             log.info("task %s stopped: cancelled", record.task_id)

@@ -1,0 +1,56 @@
+"""Hosts whose settings disagree, as during a deploy or by an operator's mistake
+(docs/production.md#settings-that-differ-between-hosts): what a task, a caller and an operator see.
+
+Each Service here is a host of its own on the test's Valkey: its own data dir, host id and settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+from conftest import RunningService
+
+from taskd.config import Config, QueueConfig, TasksConfig, WorkerConfig
+
+FAST_BEATS = WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=0.5)
+
+
+async def start_host(start_service: Any, tmp_path: Path, host: str, **settings: Any) -> RunningService:
+    """A worker host (no HTTP) with its own data dir and host id."""
+    worker = attrs.evolve(FAST_BEATS, host_id=host)
+    return await start_service(http=False, data_dir=str(tmp_path / host), worker=worker, **settings)
+
+
+async def test_a_task_taken_by_a_worker_without_its_type_runs_on_a_worker_that_has_it(
+    start_service, tmp_path
+):
+    api = await start_service(workers=False, data_dir=str(tmp_path / "api"))
+    # The host that has the type runs one task of `default` at a time and is kept busy, so the
+    # host without it (started after, so that the other's heartbeat is there) takes the next one.
+    queues = Config().queues | {"default": QueueConfig(concurrency=1, timeout=120)}
+    await start_host(start_service, tmp_path, "new-host", queues=queues)
+    busy = await api.submit("sleep", {"seconds": 3})
+    await api.wait_for(busy["task_id"], lambda body: body["status"] == "processing")
+    await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
+
+    task = await api.submit("noop", {})
+    body = await api.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "completed", body["error"]
+    assert body["attempt"] >= 2  # old-host took it first and handed it on
+
+
+async def test_a_task_no_live_worker_has_the_type_of_fails_naming_the_host(start_service, tmp_path):
+    api = await start_service(workers=False, data_dir=str(tmp_path / "api"))
+    await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
+
+    task = await api.submit("noop", {})
+    body = await api.wait_terminal(task["task_id"])
+
+    assert body["status"] == "failed"
+    assert body["error"] == (
+        "No handler is installed for task type 'noop' on worker host old-host, "
+        "nor on any other live worker of queue default"
+    )
