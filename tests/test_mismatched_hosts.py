@@ -54,3 +54,23 @@ async def test_a_task_no_live_worker_has_the_type_of_fails_naming_the_host(start
         "No handler is installed for task type 'noop' on worker host old-host, "
         "nor on any other live worker of queue default"
     )
+
+
+async def test_queue_health_says_which_queue_with_waiting_tasks_no_live_worker_serves(
+    start_service, tmp_path
+):
+    api = await start_service(workers=False, data_dir=str(tmp_path / "api"))
+    await start_host(start_service, tmp_path, "cpu-host", serve_queues=["cpu_intensive"])
+    await api.submit("noop", {})  # a task of queue default
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    assert health["status"] == "critical"
+    assert {
+        "severity": "critical",
+        "message": "Queue default has 1 task waiting and no live worker serves it",
+        "metric": "queue_without_worker",
+        "value": 1,
+        "queue": "default",
+    } in health["alerts"]

@@ -126,7 +126,8 @@ async def queue_health(request: web.Request) -> web.Response:
     recycles = await api.store.memory_recycles(at)
     memory_limit = api.config.execution.memory_limit_mb * 1024 * 1024
     named = await visible_tasks(request, [*running, *(str(event.get("task_id")) for event in recycles)])
-    alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named)
+    waiting = await api.queue.waiting(api.queue_names)
+    alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named, waiting)
     if (redis_memory := await read_memory(api.redis)) is not None:
         alerts += redis_memory_alerts(redis_memory.used, redis_memory.limit)
     alerts += redis_persistence_alerts(await read_persistence_failure(api.redis))
