@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from taskd.agreement import Difference
 from taskd.heartbeat import WorkerInfo
 from taskd.model import Metrics
 
@@ -166,6 +167,26 @@ def redis_persistence_alerts(failed: str | None) -> list[Alert]:
         "outcomes wait until it can; see its log"
     )
     return [Alert("critical", message, "redis_persistence", 1.0)]
+
+
+def settings_alerts(differences: Iterable[Difference]) -> list[Alert]:
+    """A warning for each setting that live taskd processes do not agree on (taskd.agreement)."""
+    alerts = []
+    for difference in differences:
+        groups = " | ".join(
+            ", ".join(sorted({process.named() for process in group})) for group in difference.groups
+        )
+        message = f"Setting {difference.setting} differs between taskd processes: {groups}"
+        alerts.append(
+            Alert(
+                "warning",
+                message,
+                "settings_mismatch",
+                len(difference.groups),
+                {"setting": difference.setting},
+            )
+        )
+    return alerts
 
 
 def overall_status(alerts: Iterable[Alert]) -> str:

@@ -529,6 +529,7 @@ class Alert:
                 "redis_memory",
                 "redis_persistence",
                 "queue_without_worker",
+                "settings_mismatch",
             ]
         )
     )
@@ -538,6 +539,7 @@ class Alert:
     used_memory: int | Absent = attrs.field(default=ABSENT, metadata=meta("`redis_memory`: bytes"))
     maxmemory: int | Absent = attrs.field(default=ABSENT, metadata=meta("`redis_memory`: bytes"))
     queue: str | Absent = attrs.field(default=ABSENT, metadata=meta("`queue_without_worker`"))
+    setting: str | Absent = attrs.field(default=ABSENT, metadata=meta("`settings_mismatch`"))
 
 
 QueueStatus = Literal["healthy", "warning", "critical"]

@@ -12,21 +12,42 @@ from typing import Any
 import attrs
 from conftest import RunningService
 
-from taskd.config import Config, QueueConfig, TasksConfig, WorkerConfig
+from taskd.config import (
+    Config,
+    LimitsConfig,
+    MediaConfig,
+    QueueConfig,
+    StorageConfig,
+    TasksConfig,
+    WebhooksConfig,
+    WorkerConfig,
+)
 
 FAST_BEATS = WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=0.5)
+# The secrets every host must share; each host's data dir would otherwise make its own.
+SHARED = {
+    "webhooks": WebhooksConfig(secret="whsec_bWlzbWF0Y2gtc2hhcmVkLXNlY3JldC0wMTIz"),
+    "media": MediaConfig(secret="mismatch-media-secret-0123456789"),
+}
+
+
+async def start_api(start_service: Any, tmp_path: Path) -> RunningService:
+    """An API node (`taskd serve --no-worker`) with its own data dir."""
+    return await start_service(workers=False, data_dir=str(tmp_path / "api"), **SHARED)
 
 
 async def start_host(start_service: Any, tmp_path: Path, host: str, **settings: Any) -> RunningService:
     """A worker host (no HTTP) with its own data dir and host id."""
     worker = attrs.evolve(FAST_BEATS, host_id=host)
-    return await start_service(http=False, data_dir=str(tmp_path / host), worker=worker, **settings)
+    return await start_service(
+        http=False, data_dir=str(tmp_path / host), worker=worker, **(SHARED | settings)
+    )
 
 
 async def test_a_task_taken_by_a_worker_without_its_type_runs_on_a_worker_that_has_it(
     start_service, tmp_path
 ):
-    api = await start_service(workers=False, data_dir=str(tmp_path / "api"))
+    api = await start_api(start_service, tmp_path)
     # The host that has the type runs one task of `default` at a time and is kept busy, so the
     # host without it (started after, so that the other's heartbeat is there) takes the next one.
     queues = Config().queues | {"default": QueueConfig(concurrency=1, timeout=120)}
@@ -43,7 +64,7 @@ async def test_a_task_taken_by_a_worker_without_its_type_runs_on_a_worker_that_h
 
 
 async def test_a_task_no_live_worker_has_the_type_of_fails_naming_the_host(start_service, tmp_path):
-    api = await start_service(workers=False, data_dir=str(tmp_path / "api"))
+    api = await start_api(start_service, tmp_path)
     await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
 
     task = await api.submit("noop", {})
@@ -59,7 +80,7 @@ async def test_a_task_no_live_worker_has_the_type_of_fails_naming_the_host(start
 async def test_queue_health_says_which_queue_with_waiting_tasks_no_live_worker_serves(
     start_service, tmp_path
 ):
-    api = await start_service(workers=False, data_dir=str(tmp_path / "api"))
+    api = await start_api(start_service, tmp_path)
     await start_host(start_service, tmp_path, "cpu-host", serve_queues=["cpu_intensive"])
     await api.submit("noop", {})  # a task of queue default
 
@@ -74,3 +95,43 @@ async def test_queue_health_says_which_queue_with_waiting_tasks_no_live_worker_s
         "value": 1,
         "queue": "default",
     } in health["alerts"]
+
+
+async def test_a_process_whose_limits_differ_from_another_s_says_so_at_start(start_service, tmp_path, caplog):
+    await start_api(start_service, tmp_path)
+
+    await start_host(start_service, tmp_path, "host-b", limits=LimitsConfig(submit_per_minute=5))
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(
+        message.startswith("settings differ from those of the taskd api on host ")
+        and message.endswith(
+            ": limits; every process must agree on them "
+            "(docs/production.md, Settings that differ between hosts)"
+        )
+        for message in warnings
+    ), warnings
+
+
+async def test_queue_health_names_a_setting_live_processes_do_not_agree_on(start_service, tmp_path):
+    api = await start_api(start_service, tmp_path)
+    await start_host(start_service, tmp_path, "host-b", storage=StorageConfig(task_ttl=600))
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    (alert,) = [alert for alert in health["alerts"] if alert["metric"] == "settings_mismatch"]
+    assert (alert["severity"], alert["setting"], alert["value"]) == ("warning", "storage.task_ttl", 2)
+    assert alert["message"].startswith("Setting storage.task_ttl differs between taskd processes: ")
+    assert "worker on host host-b" in alert["message"]
+
+
+async def test_processes_that_agree_raise_no_settings_alert_nor_warning(start_service, tmp_path, caplog):
+    api = await start_api(start_service, tmp_path)
+    await start_host(start_service, tmp_path, "host-b")
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    assert [alert for alert in health["alerts"] if alert["metric"] == "settings_mismatch"] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "taskd.settings"] == []
