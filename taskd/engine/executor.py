@@ -26,7 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import keys, refs, tracing
-from taskd.backoff import Backoff, retry_delay
+from taskd.backoff import Backoff, exponential_delay, retry_delay
 from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.errors import result_refusal
@@ -59,6 +59,8 @@ WAITING_NOTED_MAX = 10_000
 # Cancels heard for tasks that run nowhere in this process, kept for a run that begins here later
 # (Executor.cancel_local); the oldest are forgotten past this many (each notice reaches every process).
 HEARD_CANCELS_MAX = 10_000
+# The longest a task of a type this host lacks waits before it is handed on again (_without_handler).
+HAND_ON_MAX_DELAY = 60.0
 # Seconds between the listener's tries while Redis's ACL refuses taskd's user its channels.
 ACL_RETRY = 10.0
 T = TypeVar("T")
@@ -497,7 +499,8 @@ class Executor:
 
     async def _without_handler(self, record: TaskRecord) -> Outcome:
         """How a task of a type this process cannot run ends here: handed back, due a heartbeat
-        interval later, while another live worker of its queue says it has the type; else failed."""
+        interval later (doubling with each take, up to a minute), while another live worker of its
+        queue says it has the type; else failed."""
         # Hosts whose tasks.modules differ (a deploy under way, a host left out): the API node took
         # the type, and failing it here would fail work that a worker beside this one can do.
         workers = await live_workers(self.store.redis, self.config.worker.heartbeat_ttl)
@@ -519,7 +522,12 @@ class Executor:
                 ", ".join(sorted(set(able))),
                 record.queue,
             )
-            return Outcome("handed_back", delay=self.config.worker.heartbeat_interval)
+            # Taken again here while the hosts that have the type are busy: asked less often each
+            # time (each take is a start: attempt + 1, a `started` event), at most once a minute.
+            delay = exponential_delay(
+                record.attempt, self.config.worker.heartbeat_interval, cap=HAND_ON_MAX_DELAY
+            )
+            return Outcome("handed_back", delay=delay)
         return Outcome(
             "failed",
             error=(
