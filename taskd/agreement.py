@@ -78,6 +78,7 @@ GOVERNS: dict[str, frozenset[str]] = {
     "auth.api_keys/auth.keys": frozenset({API}),
     "webhooks.secret": BOTH,
     "media": BOTH,
+    "media.base_url": BOTH,
     "limits": BOTH,
     "storage.task_ttl": BOTH,
     "execution.priority_aging": BOTH,
@@ -89,10 +90,16 @@ GOVERNS: dict[str, frozenset[str]] = {
 
 
 def digests(
-    config: Config, *, api_keys: Iterable[str], webhook_secret: str, media_secret: bytes
+    config: Config,
+    *,
+    api_keys: Iterable[str],
+    webhook_secret: str,
+    media_secret: bytes,
+    media_base_url: str,
 ) -> dict[str, str]:
-    """A digest of each setting of GOVERNS as this process uses it: `api_keys`, `webhook_secret`
-    and `media_secret` are those in use (configured, or made and kept in the data dir)."""
+    """A digest of each setting of GOVERNS as this process uses it: `api_keys`, `webhook_secret`,
+    `media_secret` and `media_base_url` are those in use (configured, or made and kept in the data
+    dir, or taskd's own address)."""
     auth = config.auth
     keys_ = sorted([entry.key, sorted(entry.projects)] for entry in auth.keys)
     # Every process sends webhooks, each signed with its key's own secret where it knows the key.
@@ -116,6 +123,9 @@ def digests(
         "auth.api_keys/auth.keys": ([sorted(api_keys), keys_], True),
         "webhooks.secret": (webhooks, True),
         "media": (store, media.backend != "s3"),
+        # The links a worker makes start with its own: without media.base_url, its own address,
+        # where no API may listen; and a node re-signs only the links that start with its own.
+        "media.base_url": ("" if media.backend == "s3" else media_base_url, False),
         "limits": (attrs.asdict(config.limits), False),
         "storage.task_ttl": (config.storage.task_ttl, False),
         "execution.priority_aging": (config.execution.priority_aging, False),

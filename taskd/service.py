@@ -38,6 +38,7 @@ from taskd.loops import every
 from taskd.media import ffmpeg
 from taskd.media.capacity import MediaCapacity
 from taskd.media.retention import MediaSweeper
+from taskd.media.store import base_url as media_base_url
 from taskd.media.store import load_secret
 from taskd.model import now
 from taskd.net.guard import AddressPolicy
@@ -288,6 +289,7 @@ class Service:
                 api_keys=self._api_keys,
                 webhook_secret=self.config.webhooks.secret or signers.generated_secret or "",
                 media_secret=load_secret(self.config),
+                media_base_url=media_base_url(self.config),
             ),
         )
         self._agreement = agreement = Agreement(redis, me, worker.heartbeat_ttl)

@@ -135,3 +135,19 @@ async def test_processes_that_agree_raise_no_settings_alert_nor_warning(start_se
 
     assert [alert for alert in health["alerts"] if alert["metric"] == "settings_mismatch"] == []
     assert [r.getMessage() for r in caplog.records if r.name == "taskd.settings"] == []
+
+
+async def test_a_worker_whose_media_links_start_elsewhere_than_the_api_s_says_so(
+    start_service, tmp_path, caplog
+):
+    # The API node is reached at media.example; the worker host, left without media.base_url,
+    # would start its links with its own address, where no API listens.
+    media = MediaConfig(secret=SHARED["media"].secret, base_url="https://media.example")
+    await start_service(
+        workers=False, data_dir=str(tmp_path / "api"), webhooks=SHARED["webhooks"], media=media
+    )
+
+    await start_host(start_service, tmp_path, "host-b")
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(": media.base_url; every process must agree" in message for message in warnings), warnings
