@@ -195,7 +195,11 @@ class Agreement:
         self.warn(others)
 
     def warn(self, others: Iterable[Published]) -> None:
-        """Log each setting that differs between this process and one of `others`, once."""
+        """Log each setting that differs between this process and one of `others` (the live
+        processes but this one), once while that process lives."""
+        others = list(others)
+        live = {other.process_id for other in others}
+        self._warned = {(setting, process) for setting, process in self._warned if process in live}
         for other in others:
             settings = [
                 setting
