@@ -505,11 +505,13 @@ class Executor:
         # the type, and failing it here would fail work that a worker beside this one can do.
         workers = await live_workers(self.store.redis, self.config.worker.heartbeat_ttl)
         able = sorted(
-            worker.host
-            for worker in workers
-            if worker.worker_id != self.worker_id
-            and record.queue in worker.queues
-            and record.task_type in (worker.task_types or ())
+            {
+                worker.host
+                for worker in workers
+                if worker.worker_id != self.worker_id
+                and record.queue in worker.queues
+                and record.task_type in (worker.task_types or ())
+            }
         )
         host = self.config.worker.host
         if able:
@@ -519,7 +521,7 @@ class Executor:
                 record.task_id,
                 record.task_type,
                 host,
-                ", ".join(sorted(set(able))),
+                ", ".join(able),
                 record.queue,
             )
             # Taken again here while the hosts that have the type are busy: asked less often each
