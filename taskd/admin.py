@@ -95,6 +95,11 @@ class Operator:
         ]
         return sorted(views, key=lambda view: (view.info.host, view.info.pid))
 
+    async def serving(self) -> dict[str, int]:
+        """Each queue's live worker processes that serve it."""
+        infos = await live_workers(self.redis, self.config.worker.heartbeat_ttl)
+        return {queue: sum(queue in info.queues for info in infos) for queue in self.queues}
+
     async def queue_states(self) -> list[QueueState]:
         """Each queue's waiting and running counts and its oldest waiting job."""
         return await queue_states(self.store.clients, self.queues, self.config.execution.priority_aging)

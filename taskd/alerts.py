@@ -7,6 +7,7 @@ from typing import Any
 
 import attrs
 
+from taskd.agreement import Difference
 from taskd.heartbeat import WorkerInfo
 from taskd.model import Metrics
 
@@ -96,6 +97,23 @@ def _recycles(events: Iterable[Mapping[str, Any]], named: Container[str] | None)
     return alerts
 
 
+def _unserved(waiting: Mapping[str, int], workers: Iterable[WorkerInfo]) -> list[Alert]:
+    # A queue no live worker serves (every worker host runs `--queues` without it, or none lives):
+    # its tasks wait for ever, and neither the worker count nor the queue sizes say why.
+    served = {queue for worker in workers for queue in worker.queues}
+    return [
+        Alert(
+            "critical",
+            f"Queue {queue} has {count} {'task' if count == 1 else 'tasks'} waiting and no live worker serves it",
+            "queue_without_worker",
+            count,
+            {"queue": queue},
+        )
+        for queue, count in sorted(waiting.items())
+        if count and queue not in served
+    ]
+
+
 def queue_alerts(
     metrics: Metrics,
     running_since: Mapping[str, float],
@@ -104,18 +122,22 @@ def queue_alerts(
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     memory_events: Iterable[Mapping[str, Any]] = (),
     named: Container[str] | None = None,
+    waiting: Mapping[str, int] | None = None,
 ) -> list[Alert]:
-    """Every alert that holds now, in the document's order: failure rate, task duration, memory.
+    """Every alert that holds now, in the document's order: failure rate, task duration, memory;
+    then the queues with tasks `waiting` that no live worker serves.
 
     Memory alerts come from live processes (warning over 75 % of the limit, critical over 95 %)
     and from job processes recently killed for passing it. Only the task ids in `named` (None:
     all) are named; an alert about any other task still counts, without its id.
     """
+    workers = list(workers)
     return [
         *_failure_rate(metrics),
         *_durations(running_since, at, named),
         *_memory(workers, memory_limit),
         *_recycles(memory_events, named),
+        *_unserved(waiting or {}, workers),
     ]
 
 
@@ -145,6 +167,26 @@ def redis_persistence_alerts(failed: str | None) -> list[Alert]:
         "outcomes wait until it can; see its log"
     )
     return [Alert("critical", message, "redis_persistence", 1.0)]
+
+
+def settings_alerts(differences: Iterable[Difference]) -> list[Alert]:
+    """A warning for each setting that live taskd processes do not agree on (taskd.agreement)."""
+    alerts = []
+    for difference in differences:
+        groups = " | ".join(
+            ", ".join(sorted({process.named() for process in group})) for group in difference.groups
+        )
+        message = f"Setting {difference.setting} differs between taskd processes: {groups}"
+        alerts.append(
+            Alert(
+                "warning",
+                message,
+                "settings_mismatch",
+                len(difference.groups),
+                {"setting": difference.setting},
+            )
+        )
+    return alerts
 
 
 def overall_status(alerts: Iterable[Alert]) -> str:

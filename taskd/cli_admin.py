@@ -127,8 +127,9 @@ async def cmd_workers(ops: Operator, args: argparse.Namespace) -> int:
 
 
 async def cmd_queues(ops: Operator, args: argparse.Namespace) -> int:
-    """Each queue: tasks waiting, running, and how long the oldest waiting one has waited."""
-    states, now = await ops.queue_states(), model.now()
+    """Each queue: tasks waiting, running, the live workers serving it, and how long the oldest
+    waiting task has waited."""
+    states, serving, now = await ops.queue_states(), await ops.serving(), model.now()
     if args.json:
         _print_json(
             {
@@ -137,6 +138,7 @@ async def cmd_queues(ops: Operator, args: argparse.Namespace) -> int:
                         "queue": state.name,
                         "waiting": state.waiting,
                         "running": state.running,
+                        "workers": serving.get(state.name, 0),
                         "oldest_waiting_since": iso(state.oldest_waiting_since),
                         "oldest_waiting_seconds": (
                             None
@@ -149,12 +151,22 @@ async def cmd_queues(ops: Operator, args: argparse.Namespace) -> int:
             }
         )
         return EXIT_OK
-    rows = [["QUEUE", "WAITING", "RUNNING", "OLDEST WAITING"]]
+    rows = [["QUEUE", "WAITING", "RUNNING", "WORKERS", "OLDEST WAITING"]]
     rows += [
-        [state.name, str(state.waiting), str(state.running), _ago(state.oldest_waiting_since, now)]
+        [
+            state.name,
+            str(state.waiting),
+            str(state.running),
+            str(serving.get(state.name, 0)),
+            _ago(state.oldest_waiting_since, now),
+        ]
         for state in states
     ]
     _table(rows)
+    unserved = [state.name for state in states if state.waiting and not serving.get(state.name)]
+    if unserved:
+        # On stderr, as every note: the table stays what a script reads.
+        _note(f"no live worker serves {', '.join(unserved)}: tasks waiting there do not start")
     return EXIT_OK
 
 

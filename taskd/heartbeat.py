@@ -36,6 +36,10 @@ class WorkerInfo:
     rss_bytes: int = 0
     job_rss_bytes: int = 0
     running: int = 0
+    # The task types this process can run (those with a handler): a worker that takes a task of a
+    # type it lacks hands it on to one that has it (taskd.engine.executor). None: a heartbeat of a
+    # version that did not say.
+    task_types: list[str] | None = None
 
 
 def new_worker_id(host: str | None = None) -> str:

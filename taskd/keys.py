@@ -37,6 +37,8 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:gpu:{host}:reserved` | string: the device a whole-device task waiting on that host reserved ("task|device|until ms|score", gpu/lua/acquire.lua) | until its task gets a device, or `RESERVATION_MS` (5 s) after the task last asked |
 | `{taskd}:gpu_hosts` | sorted set: worker host id -> ms of the last heartbeat that published its GPUs | members older than the heartbeat TTL are pruned when read |
 | `{taskd}:gpu_host:{host}` | string: the host's JSON GPU report (devices, NVML readings, slots in use), written with every heartbeat of a worker process there | heartbeat TTL: a host that stops beating disappears from health, /metrics and the dashboard |
+| `{taskd}:settings` | sorted set: process id -> ms it last published its settings' digests (taskd.agreement) | members older than the heartbeat TTL are pruned when read |
+| `{taskd}:settings:{process id}` | string: JSON of one process's host, pid, roles and a digest of each setting every process must agree on (never a value), written every heartbeat interval | heartbeat TTL; deleted when the process stops |
 | `{taskd}:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
 | `{taskd}:ratelimit:{policy}:{key hash}` | sorted set: the times (ms) of the requests of one API key (sha256, never the key) accepted under `submit`/`status` in the last minute | a minute after its last accepted request; older members are dropped on each request |
 | `{taskd}:project_active:{project_id}` | set: the project's queued and processing task ids (its concurrency limit) | members leave when their task ends; pruned of expired records when the waiting cap is reached, at most once a minute |
@@ -79,6 +81,7 @@ PREFIX = "{taskd}:"
 MAX_PARTITIONS = 32
 METRICS = f"{PREFIX}metrics"
 WORKERS = f"{PREFIX}workers"
+SETTINGS = f"{PREFIX}settings"
 GPU_HOSTS = f"{PREFIX}gpu_hosts"
 CANCEL_CHANNEL = f"{PREFIX}cancel"
 WAKE_CHANNEL = f"{PREFIX}wake"
@@ -308,6 +311,11 @@ def scheduled(partition: int) -> str:
 def running(queue: str, partition: int = 0) -> str:
     """Tasks of `queue` (of one partition) that are processing now, scored by start time."""
     return f"{partition_prefix(partition)}running:{queue}"
+
+
+def settings(process_id: str) -> str:
+    """The digests of the settings one process must agree on with the others (taskd.agreement)."""
+    return f"{PREFIX}settings:{process_id}"
 
 
 def worker(worker_id: str, partition: int = 0) -> str:

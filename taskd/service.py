@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskd import apikey, keys, logs, tracing
+from taskd.agreement import Agreement, Published, digests, roles_of
 from taskd.clock import RedisClock
 from taskd.config import Config, ConfigError
 from taskd.embedded import DataDirInUse, EmbeddedValkey, ServerDidNotStart
@@ -33,9 +34,11 @@ from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
 from taskd.http.app import create_app
 from taskd.http.context import Api
 from taskd.logs import REDACTOR, secrets_of, url_password
+from taskd.loops import every
 from taskd.media import ffmpeg
 from taskd.media.capacity import MediaCapacity
 from taskd.media.retention import MediaSweeper
+from taskd.media.store import base_url as media_base_url
 from taskd.media.store import load_secret
 from taskd.model import now
 from taskd.net.guard import AddressPolicy
@@ -126,6 +129,9 @@ class Service:
         self._runners: RunnerPool | None = None
         self._executor: Executor | None = None
         self._heartbeat: Heartbeat | None = None
+        self._agreement: Agreement | None = None
+        # The keys the API accepts (configured, or made and kept in the data dir).
+        self._api_keys: list[str] = list(config.auth.api_keys)
         self._runner: web.AppRunner | None = None
         self._stopped = False
         self._listener: Redis | None = None
@@ -267,6 +273,33 @@ class Service:
         self._background.append(
             asyncio.create_task(sweeper.run(self.config.media.sweep_interval), name="media-sweeper")
         )
+        await self._start_agreement(redis, signers)
+
+    async def _start_agreement(self, redis: Redis, signers: Signers) -> None:
+        # Settings that differ between hosts are said at start-up, by the process that starts, and
+        # by every other one within its next publish (taskd.agreement).
+        worker = self.config.worker
+        me = Published(
+            self.worker_id,
+            worker.host,
+            os.getpid(),
+            roles_of(http=self.http, workers=bool(self.queues)),
+            digests(
+                self.config,
+                api_keys=self._api_keys,
+                webhook_secret=self.config.webhooks.secret or signers.generated_secret or "",
+                media_secret=load_secret(self.config),
+                media_base_url=media_base_url(self.config),
+            ),
+        )
+        self._agreement = agreement = Agreement(redis, me, worker.heartbeat_ttl)
+        await agreement.publish()
+        self._background.append(
+            asyncio.create_task(
+                every(worker.heartbeat_interval, agreement.publish, name="settings", wait_first=True),
+                name="settings",
+            )
+        )
 
     def _register_secrets(self) -> None:
         # Every process masks every secret it holds, however it was started (the CLI, tests, an
@@ -324,7 +357,14 @@ class Service:
         # GPU slots came back: any queue's worker may now find a job that fits (cheap: a wake-up).
         executor.slots_freed = pool.wake_all
         worker = self.config.worker
-        info = WorkerInfo(self.worker_id, worker.host, psutil.Process().pid, self.queues, now())
+        info = WorkerInfo(
+            self.worker_id,
+            worker.host,
+            psutil.Process().pid,
+            self.queues,
+            now(),
+            task_types=self.registry.runnable(),
+        )
         gpus = HostPublisher(redis, gpu, worker.heartbeat_ttl)
 
         async def after_beat() -> None:
@@ -372,6 +412,7 @@ class Service:
         # with configured keys, an old or damaged file there does not stop start-up.
         self.key_is_new = not configured and apikey.kept_key(self.config.data_path) is None
         api_keys, self.generated_key = apikey.load_or_create(configured, self.config.data_path)
+        self._api_keys = api_keys
         REDACTOR.add(self.generated_key)
         limits = self.config.limits
         admission = Admission(
@@ -431,6 +472,9 @@ class Service:
         if self._heartbeat is not None:
             with contextlib.suppress(Exception):
                 await self._heartbeat.remove()
+        if self._agreement is not None:
+            with contextlib.suppress(Exception):
+                await self._agreement.withdraw()
         await self._stack.aclose()
         # The spans of the last runs and requests leave before the process does.
         if tracing.enabled():

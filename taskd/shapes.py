@@ -522,7 +522,15 @@ class Alert:
     message: str
     metric: str = attrs.field(
         metadata=meta(
-            examples=["failure_rate", "task_duration", "memory_usage", "redis_memory", "redis_persistence"]
+            examples=[
+                "failure_rate",
+                "task_duration",
+                "memory_usage",
+                "redis_memory",
+                "redis_persistence",
+                "queue_without_worker",
+                "settings_mismatch",
+            ]
         )
     )
     value: float
@@ -530,6 +538,8 @@ class Alert:
     worker_id: str | Absent = attrs.field(default=ABSENT, metadata=meta("`memory_usage`"))
     used_memory: int | Absent = attrs.field(default=ABSENT, metadata=meta("`redis_memory`: bytes"))
     maxmemory: int | Absent = attrs.field(default=ABSENT, metadata=meta("`redis_memory`: bytes"))
+    queue: str | Absent = attrs.field(default=ABSENT, metadata=meta("`queue_without_worker`"))
+    setting: str | Absent = attrs.field(default=ABSENT, metadata=meta("`settings_mismatch`"))
 
 
 QueueStatus = Literal["healthy", "warning", "critical"]

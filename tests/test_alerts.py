@@ -64,3 +64,19 @@ def test_memory_alert_names_the_worker_and_megabytes():
 
 def test_no_tasks_is_healthy():
     assert queue_alerts(Metrics(), {}, [], 0) == []
+
+
+def test_waiting_tasks_of_a_queue_no_live_worker_serves_raise_a_critical_alert():
+    (alert,) = queue_alerts(Metrics(), {}, [worker(0)], 0, waiting={"default": 0, "gpu_heavy": 3})
+
+    assert alert.to_json() == {
+        "severity": "critical",
+        "message": "Queue gpu_heavy has 3 tasks waiting and no live worker serves it",
+        "metric": "queue_without_worker",
+        "value": 3,
+        "queue": "gpu_heavy",
+    }
+
+
+def test_waiting_tasks_of_a_queue_a_live_worker_serves_raise_no_alert():
+    assert queue_alerts(Metrics(), {}, [worker(0)], 0, waiting={"default": 5}) == []

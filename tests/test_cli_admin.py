@@ -126,8 +126,21 @@ async def test_queues_counts_running_tasks(start_service, valkey_url):
 
     assert run.code == 0, run.err
     rows = {line.split()[0]: line.split()[1:] for line in run.out.splitlines()[1:]}
-    assert rows["default"][:2] == ["1", "1"]
-    assert rows["gpu_heavy"] == ["0", "0", "-"]
+    assert rows["default"][:3] == ["1", "1", "1"]
+    assert rows["gpu_heavy"] == ["0", "0", "1", "-"]
+
+
+async def test_queues_says_which_queue_with_waiting_tasks_no_live_worker_serves(start_service, valkey_url):
+    taskd = await start_service(serve_queues=["cpu_intensive"])
+    await taskd.submit("noop", {})  # a task of queue default
+
+    run = await operator_cli("queues", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    rows = {line.split()[0]: line.split()[1:] for line in run.out.splitlines()[1:]}
+    assert rows["default"][:3] == ["1", "0", "0"]
+    assert rows["cpu_intensive"][2] == "1"
+    assert "no live worker serves default: tasks waiting there do not start" in run.err
 
 
 # ---- purge ----

@@ -116,6 +116,15 @@ async def test_queue_gauges_count_waiting_tasks_per_queue(start_service):
     assert value(samples, "taskd_workers_live") == 0
 
 
+async def test_queue_workers_counts_the_live_workers_serving_each_queue(start_service):
+    taskd = await start_service(serve_queues=["cpu_intensive", "default"])
+
+    samples = parse((await scrape(taskd.base_url))[2])
+
+    assert value(samples, "taskd_queue_workers", queue="default") == 1
+    assert value(samples, "taskd_queue_workers", queue="gpu_heavy") == 0
+
+
 async def test_a_running_task_shows_in_running_and_oldest_age(taskd, fake_llm):
     fake_llm.hang(10)
     task = await taskd.submit("test_prompt", TASK_DATA["test_prompt"])

@@ -26,11 +26,12 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import keys, refs, tracing
-from taskd.backoff import Backoff, retry_delay
+from taskd.backoff import Backoff, exponential_delay, retry_delay
 from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
 from taskd.errors import result_refusal
 from taskd.gpu.scheduler import GpuScheduler, Lease
+from taskd.heartbeat import live_workers
 from taskd.logs import REDACTOR, bind_task
 from taskd.media import scratch
 from taskd.media.publish import STORED, withdraw
@@ -61,6 +62,8 @@ WAITING_NOTED_MAX = 10_000
 # Cancels heard for tasks that run nowhere in this process, kept for a run that begins here later
 # (Executor.cancel_local); the oldest are forgotten past this many (each notice reaches every process).
 HEARD_CANCELS_MAX = 10_000
+# The longest a task of a type this host lacks waits before it is handed on again (_without_handler).
+HAND_ON_MAX_DELAY = 60.0
 # Seconds between the listener's tries while Redis's ACL refuses taskd's user its channels.
 ACL_RETRY = 10.0
 T = TypeVar("T")
@@ -135,6 +138,8 @@ class Outcome:
     # bounded: a handler's message may hold what a caller sent, and it is stored, logged and sent.
     error: str | None = attrs.field(default=None, converter=_cut_error)
     traceback: str | None = attrs.field(default=None, converter=_cut_traceback)
+    # A hand-back's seconds until the task is due again (0: at once).
+    delay: float = 0.0
 
 
 class _Interruptible:
@@ -456,9 +461,7 @@ class Executor:
         task_id = record.task_id
         task_type = self.registry.get(record.task_type)
         if task_type is None or task_type.handler is None:
-            return await self._record(
-                record, Outcome("failed", error=f"No handler is installed for task type '{record.task_type}'")
-            )
+            return await self._record(record, await self._without_handler(record))
         if record.depends_on and any(refs.find(record.task_data)):
             try:
                 # The stored task_data keeps its $refs (a retry resolves them again); this run,
@@ -544,6 +547,47 @@ class Executor:
             await withdraw(self.config, stored)
         except Exception as exc:  # Redis or the store failing now: the media sweeper deletes them later
             log.warning("could not delete the media task %s stored: %s", record.task_id, exc)
+
+    async def _without_handler(self, record: TaskRecord) -> Outcome:
+        """How a task of a type this process cannot run ends here: handed back, due a heartbeat
+        interval later (doubling with each take, up to a minute), while another live worker of its
+        queue says it has the type; else failed."""
+        # Hosts whose tasks.modules differ (a deploy under way, a host left out): the API node took
+        # the type, and failing it here would fail work that a worker beside this one can do.
+        workers = await live_workers(self.store.redis, self.config.worker.heartbeat_ttl)
+        able = sorted(
+            {
+                worker.host
+                for worker in workers
+                if worker.worker_id != self.worker_id
+                and record.queue in worker.queues
+                and record.task_type in (worker.task_types or ())
+            }
+        )
+        host = self.config.worker.host
+        if able:
+            log.info(
+                "task %s handed on: no handler for task type '%s' on host %s; worker host(s) %s of "
+                "queue %s have one (tasks.modules differs between hosts)",
+                record.task_id,
+                record.task_type,
+                host,
+                ", ".join(able),
+                record.queue,
+            )
+            # Taken again here while the hosts that have the type are busy: asked less often each
+            # time (each take is a start: attempt + 1, a `started` event), at most once a minute.
+            delay = exponential_delay(
+                record.attempt, self.config.worker.heartbeat_interval, cap=HAND_ON_MAX_DELAY
+            )
+            return Outcome("handed_back", delay=delay)
+        return Outcome(
+            "failed",
+            error=(
+                f"No handler is installed for task type '{record.task_type}' on worker host {host}, "
+                f"nor on any other live worker of queue {record.queue}"
+            ),
+        )
 
     async def finish_hand_backs(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the hand-back writes still going; give up on the rest.
@@ -773,8 +817,9 @@ class Executor:
             score: float = int((at + delay) * 1000)
             write = partial(self.store.requeue, record, self.worker_id, at, score, retry_error=outcome.error)
         elif outcome.kind == "handed_back":
-            log.info("task %s handed back to its queue", record.task_id)
-            score = self.queue.score(at, record.priority)
+            if not outcome.delay:
+                log.info("task %s handed back to its queue", record.task_id)
+            score = self.queue.score(at + outcome.delay, record.priority)
             write = partial(self.store.requeue, record, self.worker_id, at, score)
         else:
             log.info("task %s stopped: cancelled", record.task_id)

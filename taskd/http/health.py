@@ -9,8 +9,14 @@ import typing
 import psutil
 from aiohttp import web
 
-from taskd import shapes
-from taskd.alerts import overall_status, queue_alerts, redis_memory_alerts, redis_persistence_alerts
+from taskd import agreement, shapes
+from taskd.alerts import (
+    overall_status,
+    queue_alerts,
+    redis_memory_alerts,
+    redis_persistence_alerts,
+    settings_alerts,
+)
 from taskd.heartbeat import live_workers
 from taskd.http.context import API, Api
 from taskd.http.gpu_view import GpuRow, gpu_rows
@@ -126,10 +132,14 @@ async def queue_health(request: web.Request) -> web.Response:
     recycles = await api.store.memory_recycles(at)
     memory_limit = api.config.execution.memory_limit_mb * 1024 * 1024
     named = await visible_tasks(request, [*running, *(str(event.get("task_id")) for event in recycles)])
-    alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named)
+    waiting = await api.queue.waiting(api.queue_names)
+    alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named, waiting)
     if (redis_memory := await read_memory(api.redis)) is not None:
         alerts += redis_memory_alerts(redis_memory.used, redis_memory.limit)
     alerts += redis_persistence_alerts(await read_persistence_failure(api.redis))
+    alerts += settings_alerts(
+        agreement.differences(await agreement.read(api.redis, api.config.worker.heartbeat_ttl))
+    )
     health = shapes.QueueHealth(
         # `healthy` or an alert's severity, which the alerts' shape below checks.
         status=typing.cast(shapes.QueueStatus, overall_status(alerts)),

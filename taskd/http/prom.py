@@ -164,12 +164,17 @@ def queue_gauges(snapshot: Snapshot) -> Iterator[Metric]:
         "Seconds the longest-running task of the queue has been processing (0 when none)",
         labels=["queue"],
     )
+    # A queue that no live worker serves (each worker host runs `--queues` without it) waits for ever.
+    serving = GaugeMetricFamily(
+        "taskd_queue_workers", "Live worker processes that serve the queue", labels=["queue"]
+    )
     for queue in sorted(snapshot.running):
         waiting.add_metric([queue], snapshot.waiting.get(queue, 0))
         running.add_metric([queue], snapshot.running[queue])
         started = snapshot.oldest_started.get(queue)
         oldest.add_metric([queue], max(0.0, snapshot.at - started) if started is not None else 0.0)
-    yield from (waiting, running, oldest)
+        serving.add_metric([queue], sum(queue in worker.queues for worker in snapshot.workers))
+    yield from (waiting, running, oldest, serving)
 
 
 def worker_gauges(workers: Iterable[WorkerInfo]) -> Iterator[Metric]:

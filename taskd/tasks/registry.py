@@ -71,6 +71,10 @@ class Registry:
         """The task type called `name`, or None."""
         return self.types.get(name)
 
+    def runnable(self) -> list[str]:
+        """The names of the types this process can run: those with a handler."""
+        return sorted(name for name, task_type in self.types.items() if task_type.handler is not None)
+
     def queues(self) -> set[str]:
         """Every queue some task type routes to."""
         return {task_type.queue for task_type in self.types.values()}

@@ -1,0 +1,232 @@
+"""The settings every taskd process of one deployment must agree on, and which of them differ.
+
+Each process publishes, while it runs, a digest of each such setting (never the value) under its
+process id, refreshed every `worker.heartbeat_interval` and gone a `worker.heartbeat_ttl` after it
+stops; it compares them with every other live process's, logs a warning naming each setting that
+differs and the process it differs from, and the queue health raises an alert for each
+(docs/production.md#settings-that-differ-between-hosts). A setting is compared between two
+processes only when both do what it governs: the API keys between API nodes, the retry policy and
+the provider limits between workers, the rest between any two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+
+import attrs
+import cattrs
+import orjson
+from redis.asyncio import Redis
+
+from taskd import keys
+from taskd.config import Config
+from taskd.heartbeat import beating_within
+from taskd.model import now
+
+log = logging.getLogger("taskd.settings")
+_CONVERTER = cattrs.Converter(forbid_extra_keys=False)
+
+API, WORKER = "api", "worker"
+BOTH = frozenset({API, WORKER})
+# A digest is published where any key holder of Redis reads it: the secrets' pass through a slow
+# hash (a media.secret may be a short word), the rest through a fast one.
+SECRET_ROUNDS = 20_000
+DIGEST_HEX = 16
+WHERE = "docs/production.md, Settings that differ between hosts"
+
+
+@attrs.frozen
+class Published:
+    """What one live process says of itself and its settings."""
+
+    process_id: str
+    host: str
+    pid: int
+    roles: list[str]
+    digests: dict[str, str]
+
+    def does(self, roles: Iterable[str]) -> bool:
+        """True when this process has one of `roles`."""
+        return not set(self.roles).isdisjoint(roles)
+
+    def named(self) -> str:
+        """How a log line or an alert names the process."""
+        return f"{'/'.join(sorted(self.roles))} on host {self.host} (pid {self.pid})"
+
+
+@attrs.frozen
+class Difference:
+    """One setting whose digests differ among the live processes that use it."""
+
+    setting: str
+    # Each digest with the processes that have it, largest group first.
+    groups: list[list[Published]]
+
+
+def _digest(name: str, value: object, *, secret: bool = False) -> str:
+    data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    salt = f"taskd-settings:{name}".encode()
+    if secret:
+        return hashlib.pbkdf2_hmac("sha256", data, salt, SECRET_ROUNDS).hex()[:DIGEST_HEX]
+    return hashlib.sha256(salt + data).hexdigest()[:DIGEST_HEX]
+
+
+# Which processes each setting governs: compared only between two that both have one of these roles.
+GOVERNS: dict[str, frozenset[str]] = {
+    "auth.api_keys/auth.keys": frozenset({API}),
+    "webhooks.secret": BOTH,
+    "media": BOTH,
+    "media.base_url": BOTH,
+    "limits": BOTH,
+    "storage.task_ttl": BOTH,
+    "execution.priority_aging": BOTH,
+    "tasks": BOTH,
+    "retry": frozenset({WORKER}),
+    "execution.result_max_bytes": frozenset({WORKER}),
+    "providers (max_concurrency, per_minute)": frozenset({WORKER}),
+}
+
+
+def digests(
+    config: Config,
+    *,
+    api_keys: Iterable[str],
+    webhook_secret: str,
+    media_secret: bytes,
+    media_base_url: str,
+) -> dict[str, str]:
+    """A digest of each setting of GOVERNS as this process uses it: `api_keys`, `webhook_secret`,
+    `media_secret` and `media_base_url` are those in use (configured, or made and kept in the data
+    dir, or taskd's own address)."""
+    auth = config.auth
+    keys_ = sorted([entry.key, sorted(entry.projects)] for entry in auth.keys)
+    # Every process sends webhooks, each signed with its key's own secret where it knows the key.
+    webhooks = [
+        webhook_secret,
+        config.webhooks.previous_secret,
+        sorted([e.key, e.webhook_secret, e.previous_webhook_secret] for e in auth.keys if e.webhook_secret),
+    ]
+    media = config.media
+    if media.backend == "s3":
+        store: object = ["s3", media.s3.endpoint, media.s3.bucket, media.s3.prefix]
+    else:
+        # A link signed by one node is checked by another; the files are shared by a mount.
+        store = [media.backend, media_secret.decode("utf-8", "replace")]
+    tasks = config.tasks
+    providers = {
+        name: [provider.max_concurrency, provider.per_minute]
+        for name, provider in attrs.asdict(config.providers, recurse=False).items()
+    }
+    values: dict[str, tuple[object, bool]] = {
+        "auth.api_keys/auth.keys": ([sorted(api_keys), keys_], True),
+        "webhooks.secret": (webhooks, True),
+        "media": (store, media.backend != "s3"),
+        # The links a worker makes start with its own: without media.base_url, its own address,
+        # where no API may listen; and a node re-signs only the links that start with its own.
+        "media.base_url": ("" if media.backend == "s3" else media_base_url, False),
+        "limits": (attrs.asdict(config.limits), False),
+        "storage.task_ttl": (config.storage.task_ttl, False),
+        "execution.priority_aging": (config.execution.priority_aging, False),
+        "tasks": (
+            [sorted(tasks.modules), tasks.routes, tasks.soft_time_limits, tasks.hard_time_limits],
+            False,
+        ),
+        "retry": (attrs.asdict(config.retry), False),
+        "execution.result_max_bytes": (config.execution.result_max_bytes, False),
+        "providers (max_concurrency, per_minute)": (providers, False),
+    }
+    return {name: _digest(name, value, secret=secret) for name, (value, secret) in values.items()}
+
+
+def differences(processes: Iterable[Published]) -> list[Difference]:
+    """The settings whose digests differ among the processes they govern, by setting name."""
+    processes = list(processes)
+    found = []
+    for setting, roles in GOVERNS.items():
+        by_digest: dict[str, list[Published]] = {}
+        for process in processes:
+            if process.does(roles) and setting in process.digests:
+                by_digest.setdefault(process.digests[setting], []).append(process)
+        if len(by_digest) > 1:
+            groups = sorted(by_digest.values(), key=lambda group: (-len(group), group[0].process_id))
+            found.append(Difference(setting, groups))
+    return found
+
+
+async def read(redis: Redis, ttl: float) -> list[Published]:
+    """Every live process's published settings; a record it cannot read (another version's) is skipped."""
+    members = await beating_within(redis, keys.SETTINGS, ttl)
+    if not members:
+        return []
+    raw = await redis.mget([keys.settings(member.decode()) for member in members])
+    published = []
+    for value in raw:
+        if not value:
+            continue
+        try:
+            published.append(_CONVERTER.structure(orjson.loads(value), Published))
+        except (ValueError, cattrs.BaseValidationError):
+            continue
+    return published
+
+
+class Agreement:
+    """Publishes this process's digests and warns, once a setting and process, of those that differ."""
+
+    def __init__(self, redis: Redis, me: Published, ttl: float) -> None:
+        self.redis = redis
+        self.me = me
+        self.ttl = ttl
+        self._warned: set[tuple[str, str]] = set()
+
+    async def publish(self) -> None:
+        """Publish this process's digests now, then warn of the settings that differ from another's."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(
+                keys.settings(self.me.process_id),
+                orjson.dumps(attrs.asdict(self.me)),
+                px=int(self.ttl * 1000),
+            )
+            pipe.zadd(keys.SETTINGS, {self.me.process_id: int(now() * 1000)})
+            await pipe.execute()
+        others = [p for p in await read(self.redis, self.ttl) if p.process_id != self.me.process_id]
+        self.warn(others)
+
+    def warn(self, others: Iterable[Published]) -> None:
+        """Log each setting that differs between this process and one of `others` (the live
+        processes but this one), once while that process lives."""
+        others = list(others)
+        live = {other.process_id for other in others}
+        self._warned = {(setting, process) for setting, process in self._warned if process in live}
+        for other in others:
+            settings = [
+                setting
+                for setting, roles in GOVERNS.items()
+                if self.me.does(roles)
+                and other.does(roles)
+                and other.digests.get(setting, self.me.digests[setting]) != self.me.digests[setting]
+                and (setting, other.process_id) not in self._warned
+            ]
+            if not settings:
+                continue
+            self._warned.update((setting, other.process_id) for setting in settings)
+            log.warning(
+                "settings differ from those of the taskd %s: %s; every process must agree on them (%s)",
+                other.named(),
+                ", ".join(settings),
+                WHERE,
+            )
+
+    async def withdraw(self) -> None:
+        """Take this process's digests out at once (it stops)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.settings(self.me.process_id))
+            pipe.zrem(keys.SETTINGS, self.me.process_id)
+            await pipe.execute()
+
+
+def roles_of(*, http: bool, workers: bool) -> list[str]:
+    """The roles of a process that serves the API (`http`) and/or runs workers."""
+    return [role for role, has in ((API, http), (WORKER, workers)) if has]

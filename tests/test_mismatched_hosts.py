@@ -1,0 +1,153 @@
+"""Hosts whose settings disagree, as during a deploy or by an operator's mistake
+(docs/production.md#settings-that-differ-between-hosts): what a task, a caller and an operator see.
+
+Each Service here is a host of its own on the test's Valkey: its own data dir, host id and settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import attrs
+from conftest import RunningService
+
+from taskd.config import (
+    Config,
+    LimitsConfig,
+    MediaConfig,
+    QueueConfig,
+    StorageConfig,
+    TasksConfig,
+    WebhooksConfig,
+    WorkerConfig,
+)
+
+FAST_BEATS = WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=3, poll_delay=0.5)
+# The secrets every host must share; each host's data dir would otherwise make its own.
+SHARED = {
+    "webhooks": WebhooksConfig(secret="whsec_bWlzbWF0Y2gtc2hhcmVkLXNlY3JldC0wMTIz"),
+    "media": MediaConfig(secret="mismatch-media-secret-0123456789"),
+}
+
+
+async def start_api(start_service: Any, tmp_path: Path) -> RunningService:
+    """An API node (`taskd serve --no-worker`) with its own data dir."""
+    return await start_service(workers=False, data_dir=str(tmp_path / "api"), **SHARED)
+
+
+async def start_host(start_service: Any, tmp_path: Path, host: str, **settings: Any) -> RunningService:
+    """A worker host (no HTTP) with its own data dir and host id."""
+    worker = attrs.evolve(FAST_BEATS, host_id=host)
+    return await start_service(
+        http=False, data_dir=str(tmp_path / host), worker=worker, **(SHARED | settings)
+    )
+
+
+async def test_a_task_taken_by_a_worker_without_its_type_runs_on_a_worker_that_has_it(
+    start_service, tmp_path
+):
+    api = await start_api(start_service, tmp_path)
+    # The host that has the type runs one task of `default` at a time and is kept busy, so the
+    # host without it (started after, so that the other's heartbeat is there) takes the next one.
+    queues = Config().queues | {"default": QueueConfig(concurrency=1, timeout=120)}
+    await start_host(start_service, tmp_path, "new-host", queues=queues)
+    busy = await api.submit("sleep", {"seconds": 3})
+    await api.wait_for(busy["task_id"], lambda body: body["status"] == "processing")
+    await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
+
+    task = await api.submit("noop", {})
+    body = await api.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "completed", body["error"]
+    assert body["attempt"] >= 2  # old-host took it first and handed it on
+
+
+async def test_a_task_no_live_worker_has_the_type_of_fails_naming_the_host(start_service, tmp_path):
+    api = await start_api(start_service, tmp_path)
+    await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
+
+    task = await api.submit("noop", {})
+    body = await api.wait_terminal(task["task_id"])
+
+    assert body["status"] == "failed"
+    assert body["error"] == (
+        "No handler is installed for task type 'noop' on worker host old-host, "
+        "nor on any other live worker of queue default"
+    )
+
+
+async def test_queue_health_says_which_queue_with_waiting_tasks_no_live_worker_serves(
+    start_service, tmp_path
+):
+    api = await start_api(start_service, tmp_path)
+    await start_host(start_service, tmp_path, "cpu-host", serve_queues=["cpu_intensive"])
+    await api.submit("noop", {})  # a task of queue default
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    assert health["status"] == "critical"
+    assert {
+        "severity": "critical",
+        "message": "Queue default has 1 task waiting and no live worker serves it",
+        "metric": "queue_without_worker",
+        "value": 1,
+        "queue": "default",
+    } in health["alerts"]
+
+
+async def test_a_process_whose_limits_differ_from_another_s_says_so_at_start(start_service, tmp_path, caplog):
+    await start_api(start_service, tmp_path)
+
+    await start_host(start_service, tmp_path, "host-b", limits=LimitsConfig(submit_per_minute=5))
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(
+        message.startswith("settings differ from those of the taskd api on host ")
+        and message.endswith(
+            ": limits; every process must agree on them "
+            "(docs/production.md, Settings that differ between hosts)"
+        )
+        for message in warnings
+    ), warnings
+
+
+async def test_queue_health_names_a_setting_live_processes_do_not_agree_on(start_service, tmp_path):
+    api = await start_api(start_service, tmp_path)
+    await start_host(start_service, tmp_path, "host-b", storage=StorageConfig(task_ttl=600))
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    (alert,) = [alert for alert in health["alerts"] if alert["metric"] == "settings_mismatch"]
+    assert (alert["severity"], alert["setting"], alert["value"]) == ("warning", "storage.task_ttl", 2)
+    assert alert["message"].startswith("Setting storage.task_ttl differs between taskd processes: ")
+    assert "worker on host host-b" in alert["message"]
+
+
+async def test_processes_that_agree_raise_no_settings_alert_nor_warning(start_service, tmp_path, caplog):
+    api = await start_api(start_service, tmp_path)
+    await start_host(start_service, tmp_path, "host-b")
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    assert [alert for alert in health["alerts"] if alert["metric"] == "settings_mismatch"] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "taskd.settings"] == []
+
+
+async def test_a_worker_whose_media_links_start_elsewhere_than_the_api_s_says_so(
+    start_service, tmp_path, caplog
+):
+    # The API node is reached at media.example; the worker host, left without media.base_url,
+    # would start its links with its own address, where no API listens.
+    media = MediaConfig(secret=SHARED["media"].secret, base_url="https://media.example")
+    await start_service(
+        workers=False, data_dir=str(tmp_path / "api"), webhooks=SHARED["webhooks"], media=media
+    )
+
+    await start_host(start_service, tmp_path, "host-b")
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(": media.base_url; every process must agree" in message for message in warnings), warnings
