@@ -367,6 +367,8 @@ class Alert:
     value: float
     task_id: str | None = None
     worker_id: str | None = None
+    queue: str | None = None  # `queue_without_worker`
+    setting: str | None = None  # `settings_mismatch`
 
 
 @attrs.frozen
