@@ -53,9 +53,10 @@ class Bounds:
                 f"{what} is {width}x{height} pixels, over the limit of {self.max_image_pixels} pixels "
                 "(media.max_image_pixels)"
             )
-        scans = image_header.jpeg_scans(path)
-        if scans > MAX_JPEG_SCANS:
-            raise TaskError(f"{what} is a JPEG of {scans} scans, over the limit of {MAX_JPEG_SCANS}")
+        if image_header.jpeg_scans(path, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+            raise TaskError(
+                f"{what} is a JPEG of more than {MAX_JPEG_SCANS} scans, the most an input may have"
+            )
         return size
 
     async def check_audio(self, path: Path, what: str) -> float:

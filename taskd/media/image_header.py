@@ -7,6 +7,8 @@ before ffmpeg allocates the frame. Only the first picture a file declares is rea
 
 from __future__ import annotations
 
+import mmap
+import re
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -20,10 +22,23 @@ _WEBP_CHUNKS_READ = 4096  # an animation has a chunk per frame
 # What a JPEG's walk reads before its frame header at most. Real files have a few dozen segments
 # (EXIF, ICC, XMP, tables) and a handful of fill bytes there; a crafted file of millions of empty
 # ones kept a thread of the API's process walking for seconds, and is refused instead.
-_JPEG_SOS = b"\xff\xda"
-_CHUNK = 1024 * 1024
 _JPEG_SEGMENTS_READ = 1024
 _JPEG_FILL_READ = 4096
+# Markers the search for a picture's end visits at most; past them, a file's every scan marker counts.
+_JPEG_END_SEARCH = 4096
+# A marker with a length (every one from 0xC0 to 0xFE but the stand-alone restart markers, SOI and
+# EOI), or an end of image (0xD9), as ffmpeg's decoder finds markers: 0xFF, then the code.
+_JPEG_SEGMENT_OR_END = re.compile(rb"\xff[\xc0-\xcf\xd9-\xfe]")
+# A frame header ffmpeg's decoder could accept (a SOFn; its length 8 + 3 per component, a precision
+# of 1 to 16 bits, 1 to 4 components): without one, a picture's scans are not decoded. Random bytes
+# hold one about once in 3 x 10^11, so what follows a picture (a motion photo's video) almost never does.
+_JPEG_FRAME_HEADER = re.compile(
+    rb"\xff[\xc0-\xc3\xc5-\xc7\xc9-\xcb\xcd-\xcf\xf7]"
+    rb"(?:\x00\x0b[\x01-\x10].{4}\x01|\x00\x0e[\x01-\x10].{4}\x02"
+    rb"|\x00\x11[\x01-\x10].{4}\x03|\x00\x14[\x01-\x10].{4}\x04)",
+    re.DOTALL,
+)
+_JPEG_SOS = b"\xff\xda"
 
 
 def dimensions(path: Path) -> tuple[int, int] | None:
@@ -43,21 +58,60 @@ def dimensions(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def jpeg_scans(path: Path) -> int:
-    """How many scans a JPEG holds (its start-of-scan markers; 0 for a file that is no JPEG).
+def jpeg_scans(path: Path, most: int) -> int:
+    """How many scans ffmpeg's decoder could run over for a JPEG (0 for a file that is no JPEG), up
+    to `most` + 1.
 
-    Entropy-coded data never holds the marker (a 0xFF there is followed by 0x00 or a restart
-    marker), so a count over the bytes is a count of scans, an EXIF thumbnail's few included.
+    Every 0xFF 0xDA up to the first picture's end, and after it every one from the first frame
+    header the decoder could accept: a later picture is decoded too (ffmpeg reads a few ahead of the
+    one frame taken), one without a frame header is not. Counting every 0xFF 0xDA in the file took
+    the bytes after the picture for scans: random bytes hold one per 64 KiB, and a phone's motion
+    photo (its video follows the picture) of 15 MB was refused as "a JPEG of 207 scans".
     """
-    count, carry = 0, b""
     with path.open("rb") as stream:
         if stream.read(2) != b"\xff\xd8":
             return 0
-        while chunk := stream.read(_CHUNK):
-            joined = carry + chunk
-            count += joined.count(_JPEG_SOS)
-            # A marker split between two reads is counted once, with the read it ends in.
-            carry = joined[-1:] if joined[-1:] == b"\xff" else b""
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            enough = most + 1
+            end = _picture_end(data)
+            if end is None:
+                return _count(data, _JPEG_SOS, 0, len(data), enough)
+            scans = _count(data, _JPEG_SOS, 0, end, enough)
+            later = _JPEG_FRAME_HEADER.search(data, end) if scans < enough else None
+            if later is not None:
+                scans += _count(data, _JPEG_SOS, later.start(), len(data), enough - scans)
+            return scans
+
+
+def _picture_end(data: mmap.mmap) -> int | None:
+    """Just past the first end of image that the decoder cannot have skipped, or None.
+
+    The decoder skips a segment by its length; which markers it takes for segments depends on how it
+    read those before (one it cannot parse, it searches from inside). So every 0xFF and code with a
+    length is taken for a segment it may skip, wherever it stands, and the end is the first 0xFF
+    0xD9 that none of those lengths reaches over: the decoder, however it read the bytes before,
+    ends the picture there or earlier.
+    """
+    reach, position, size = 0, 2, len(data)
+    for _ in range(_JPEG_END_SEARCH):
+        found = _JPEG_SEGMENT_OR_END.search(data, position)
+        if found is None:
+            return None
+        start, position = found.start(), found.end()
+        if data[start + 1] == 0xD9:
+            if start >= reach:
+                return position
+        elif start + 4 <= size:
+            reach = max(reach, start + 2 + int.from_bytes(data[start + 2 : start + 4], "big"))
+    return None
+
+
+def _count(data: mmap.mmap, needle: bytes, start: int, end: int, enough: int) -> int:
+    """How many times `needle` occurs in `data[start:end]`, up to `enough`."""
+    count = 0
+    while count < enough and (start := data.find(needle, start, end)) >= 0:
+        count += 1
+        start += len(needle)
     return count
 
 

@@ -86,8 +86,7 @@ async def test_a_jpeg_of_many_scans_fails_before_it_is_decoded(start_service, tm
     body = await service.wait_terminal(task["task_id"], timeout=60)
 
     assert body["status"] == "failed", body
-    scans = bomb.count(b"\xff\xda")  # the 300 and the encoder's own
-    assert body["error"] == f"Image {url} is a JPEG of {scans} scans, over the limit of 200"
+    assert body["error"] == f"Image {url} is a JPEG of more than 200 scans, the most an input may have"
 
 
 async def test_a_generated_image_over_the_pixel_limit_is_not_stored(tmp_path, http):
@@ -306,12 +305,50 @@ def test_a_jpeg_of_a_million_empty_segments_is_refused_without_walking_them(tmp_
     assert image_header.dimensions(path) is None
 
 
-def test_a_scan_marker_split_between_two_reads_is_counted_once(tmp_path):
-    path = tmp_path / "split.jpg"
-    # The reads after the start-of-image marker are a MiB each: the first ends on the marker's 0xFF.
-    path.write_bytes(b"\xff\xd8" + bytes(1024 * 1024 - 1) + b"\xff\xda" + bytes(10) + b"\xff\xda")
+def test_the_bytes_after_a_jpegs_end_are_not_counted_as_scans(tmp_path):
+    # A motion photo: the phone's video follows the picture's end of image, and random bytes hold
+    # an 0xFF 0xDA every 64 KiB or so (here 300 of them).
+    picture = jpeg_of_many_scans(0)
+    path = tmp_path / "motion.jpg"
+    path.write_bytes(picture + b"ftypmp42" + b"\xff\xda\x00\x01" * 300)
 
-    assert image_header.jpeg_scans(path) == 2
+    # The encoder's own scans only (a clean file's bytes hold their markers and no others).
+    assert image_header.jpeg_scans(path, 200) == picture.count(b"\xff\xda")
+
+
+def test_the_scans_of_a_later_picture_are_counted(tmp_path):
+    # ffmpeg decodes a few pictures past the one frame taken: one after some bytes (or after
+    # another picture) with a frame header of its own is decoded, its scans and all.
+    bomb = jpeg_of_many_scans(300)
+    path = tmp_path / "two.jpg"
+    path.write_bytes(jpeg_of_many_scans(0) + b"ftypmp42" * 100 + bomb)
+
+    assert image_header.jpeg_scans(path, 200) == 201
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [b"\xff\xdb\x00\x43\x00" + b"\xff\xd9" + bytes(62), b"\xff\xfe\x00\x06" + b"\xff\xd9" + b"ok"],
+    ids=["quantisation table", "comment"],
+)
+def test_an_end_of_image_inside_a_segment_does_not_end_the_count(tmp_path, segment):
+    # The decoder skips a segment by its length: the 0xFF 0xD9 inside it ends nothing, and the
+    # scans after it are decoded with the picture's frame header.
+    bomb = jpeg_of_many_scans(300)
+    first_scan = bomb.index(b"\xff\xda")
+    path = tmp_path / "segment.jpg"
+    path.write_bytes(bomb[:first_scan] + segment + bomb[first_scan:])
+
+    assert image_header.jpeg_scans(path, 200) == 201
+
+
+def test_scans_are_counted_up_to_one_past_the_most(tmp_path):
+    path = tmp_path / "scans.jpg"
+    bomb = jpeg_of_many_scans(300)
+    path.write_bytes(bomb)
+
+    assert image_header.jpeg_scans(path, 200) == 201
+    assert image_header.jpeg_scans(path, 400) == bomb.count(b"\xff\xda")  # the 300 and the encoder's own
 
 
 def test_a_jpeg_ls_frame_header_is_read_as_a_frame_header(tmp_path):
