@@ -6,6 +6,7 @@ Each Service here is a host of its own on the test's Valkey: its own data dir, h
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,10 @@ async def start_host(start_service: Any, tmp_path: Path, host: str, **settings: 
     )
 
 
-async def test_a_task_taken_by_a_worker_without_its_type_runs_on_a_worker_that_has_it(
-    start_service, tmp_path
-):
+async def run_a_task_handed_on(start_service: Any, tmp_path: Path, caplog: Any) -> dict[str, Any]:
+    """A `noop` that a host without the type takes first and hands on to one that has it; its
+    status once it ended. Its hand-ons are logged at INFO by taskd.engine."""
+    caplog.set_level(logging.INFO, logger="taskd.engine")
     api = await start_api(start_service, tmp_path)
     # The host that has the type runs one task of `default` at a time and is kept busy, so the
     # host without it (started after, so that the other's heartbeat is there) takes the next one.
@@ -57,10 +59,26 @@ async def test_a_task_taken_by_a_worker_without_its_type_runs_on_a_worker_that_h
     await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
 
     task = await api.submit("noop", {})
-    body = await api.wait_terminal(task["task_id"], timeout=60)
+    body: dict[str, Any] = await api.wait_terminal(task["task_id"], timeout=60)
+    return body
+
+
+async def test_a_task_taken_by_a_worker_without_its_type_runs_on_a_worker_that_has_it(
+    start_service, tmp_path, caplog
+):
+    body = await run_a_task_handed_on(start_service, tmp_path, caplog)
 
     assert body["status"] == "completed", body["error"]
-    assert body["attempt"] >= 2  # old-host took it first and handed it on
+    handed_on = [r.getMessage() for r in caplog.records if "handed on" in r.getMessage()]
+    assert handed_on and "on host old-host" in handed_on[0]
+
+
+async def test_a_task_handed_on_runs_as_its_first_attempt(start_service, tmp_path, caplog):
+    body = await run_a_task_handed_on(start_service, tmp_path, caplog)
+
+    # No handler ran where it was handed on: it keeps every retry it has (retry.max_retries).
+    assert any("handed on" in r.getMessage() for r in caplog.records)
+    assert (body["attempt"], body["result"]["attempt"]) == (1, 1)
 
 
 async def test_a_task_no_live_worker_has_the_type_of_fails_naming_the_host(start_service, tmp_path):

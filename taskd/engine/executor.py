@@ -2,8 +2,9 @@
 
 A coroutine handler runs in this event loop; a plain-function handler runs in a job process
 (taskd/engine/jobproc/pool.py). Either way the outcome is one of: completed, failed, retry later
-(transient error with attempts left), cancelled (the API already recorded it), or handed back
-(the worker is shutting down: the task goes back on its queue for another worker).
+(transient error with attempts left), cancelled (the API already recorded it), handed back
+(the worker is shutting down: the task goes back on its queue for another worker), or handed on
+(its type is not installed here and another live worker of its queue has it).
 """
 
 from __future__ import annotations
@@ -132,13 +133,13 @@ def _cut_traceback(text: str | None) -> str | None:
 class Outcome:
     """How a run ended, before it is recorded."""
 
-    kind: str  # completed | failed | retry | cancelled | handed_back
+    kind: str  # completed | failed | retry | cancelled | handed_back | handed_on
     result: Any = None
     # What the caller reads is masked like a log line (a provider's error may quote a key), and
     # bounded: a handler's message may hold what a caller sent, and it is stored, logged and sent.
     error: str | None = attrs.field(default=None, converter=_cut_error)
     traceback: str | None = attrs.field(default=None, converter=_cut_traceback)
-    # A hand-back's seconds until the task is due again (0: at once).
+    # A hand-on's seconds until the task is due again.
     delay: float = 0.0
 
 
@@ -549,7 +550,7 @@ class Executor:
             log.warning("could not delete the media task %s stored: %s", record.task_id, exc)
 
     async def _without_handler(self, record: TaskRecord) -> Outcome:
-        """How a task of a type this process cannot run ends here: handed back, due a heartbeat
+        """How a task of a type this process cannot run ends here: handed on, due a heartbeat
         interval later (doubling with each take, up to a minute), while another live worker of its
         queue says it has the type; else failed."""
         # Hosts whose tasks.modules differ (a deploy under way, a host left out): the API node took
@@ -576,11 +577,13 @@ class Executor:
                 record.queue,
             )
             # Taken again here while the hosts that have the type are busy: asked less often each
-            # time (each take is a start: attempt + 1, a `started` event), at most once a minute.
+            # time, at most once a minute. The take ran nothing, so it is not counted as an attempt
+            # (store.requeue's not_run): a task handed on while the host with its type is busy for
+            # an hour would otherwise reach that host with its retries used up.
             delay = exponential_delay(
-                record.attempt, self.config.worker.heartbeat_interval, cap=HAND_ON_MAX_DELAY
+                (record.hand_ons or 0) + 1, self.config.worker.heartbeat_interval, cap=HAND_ON_MAX_DELAY
             )
-            return Outcome("handed_back", delay=delay)
+            return Outcome("handed_on", delay=delay)
         return Outcome(
             "failed",
             error=(
@@ -817,10 +820,13 @@ class Executor:
             score: float = int((at + delay) * 1000)
             write = partial(self.store.requeue, record, self.worker_id, at, score, retry_error=outcome.error)
         elif outcome.kind == "handed_back":
-            if not outcome.delay:
-                log.info("task %s handed back to its queue", record.task_id)
+            log.info("task %s handed back to its queue", record.task_id)
+            write = partial(
+                self.store.requeue, record, self.worker_id, at, self.queue.score(at, record.priority)
+            )
+        elif outcome.kind == "handed_on":
             score = self.queue.score(at + outcome.delay, record.priority)
-            write = partial(self.store.requeue, record, self.worker_id, at, score)
+            write = partial(self.store.requeue, record, self.worker_id, at, score, not_run=True)
         else:
             log.info("task %s stopped: cancelled", record.task_id)
             return False
