@@ -155,6 +155,18 @@ async def test_processes_that_agree_raise_no_settings_alert_nor_warning(start_se
     assert [r.getMessage() for r in caplog.records if r.name == "taskd.settings"] == []
 
 
+async def test_a_setting_that_is_per_process_by_design_is_not_said_to_differ(start_service, tmp_path, caplog):
+    api = await start_api(start_service, tmp_path)
+    # Each process caps its own open streams (docs/production.md's table): a larger host has more.
+    await start_host(start_service, tmp_path, "host-b", limits=LimitsConfig(open_streams=500))
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    assert [alert for alert in health["alerts"] if alert["metric"] == "settings_mismatch"] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "taskd.settings"] == []
+
+
 async def test_a_worker_whose_media_links_start_elsewhere_than_the_api_s_says_so(
     start_service, tmp_path, caplog
 ):
