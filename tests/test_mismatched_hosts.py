@@ -124,7 +124,7 @@ async def test_a_process_whose_limits_differ_from_another_s_says_so_at_start(sta
     assert any(
         message.startswith("settings differ from those of the taskd api on host ")
         and message.endswith(
-            ": limits; every process must agree on them "
+            ": limits.submit_per_minute; every process must agree on them "
             "(docs/production.md, Settings that differ between hosts)"
         )
         for message in warnings
@@ -159,6 +159,27 @@ async def test_a_setting_that_is_per_process_by_design_is_not_said_to_differ(sta
     api = await start_api(start_service, tmp_path)
     # Each process caps its own open streams (docs/production.md's table): a larger host has more.
     await start_host(start_service, tmp_path, "host-b", limits=LimitsConfig(open_streams=500))
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    assert [alert for alert in health["alerts"] if alert["metric"] == "settings_mismatch"] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "taskd.settings"] == []
+
+
+@attrs.frozen
+class NewerLimits(LimitsConfig):
+    """The limits of a later taskd version, which knows one more (at its default)."""
+
+    max_widgets: int = 10
+
+
+async def test_a_process_of_a_version_with_one_more_limit_is_not_said_to_differ(
+    start_service, tmp_path, caplog
+):
+    api = await start_api(start_service, tmp_path)
+    # A rolling upgrade: the same settings, and the new version has a limit the old one lacks.
+    await start_host(start_service, tmp_path, "host-b", limits=NewerLimits())
 
     async with api.client.get("/api/v1/tasks/health") as response:
         health = await response.json()
