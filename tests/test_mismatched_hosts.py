@@ -81,6 +81,32 @@ async def test_a_task_handed_on_runs_as_its_first_attempt(start_service, tmp_pat
     assert (body["attempt"], body["result"]["attempt"]) == (1, 1)
 
 
+async def test_a_task_handed_on_is_taken_again_no_sooner_than_its_back_off(start_service, tmp_path, caplog):
+    await run_a_task_handed_on(start_service, tmp_path, caplog)
+
+    # Back-offs of 0.5, 1, 2, 4 … s while the host with the type is busy for 3 s (a few more on a
+    # slow machine); due at once, it was taken thousands of times.
+    assert len([r for r in caplog.records if "handed on" in r.getMessage()]) <= 8
+
+
+async def test_a_task_handed_on_is_run_at_once_by_an_idle_worker_that_has_its_type(
+    start_service, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="taskd.engine")
+    api = await start_api(start_service, tmp_path)
+    # Idle longest, the host without the type is the one a submit wakes.
+    await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
+    # The host with the type looks for due jobs only once a minute unless woken.
+    worker = attrs.evolve(FAST_BEATS, host_id="new-host", poll_delay=60)
+    await start_service(http=False, data_dir=str(tmp_path / "new-host"), worker=worker, **SHARED)
+
+    task = await api.submit("noop", {})
+    body = await api.wait_terminal(task["task_id"], timeout=30)
+
+    assert body["status"] == "completed", body["error"]
+    assert any("handed on" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_task_no_live_worker_has_the_type_of_fails_naming_the_host(start_service, tmp_path):
     api = await start_api(start_service, tmp_path)
     await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
