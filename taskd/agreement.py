@@ -184,18 +184,24 @@ def differences(processes: Iterable[Published]) -> list[Difference]:
 async def read(redis: Redis, ttl: float) -> list[Published]:
     """Every live process's published settings; a record it cannot read (another version's) is skipped."""
     members = await beating_within(redis, keys.SETTINGS, ttl)
-    if not members:
-        return []
-    raw = await redis.mget([keys.settings(member.decode()) for member in members])
-    published = []
-    for value in raw:
-        if not value:
+    found = await _records(redis, [member.decode() for member in members])
+    return [published for published in found.values() if published is not None]
+
+
+async def _records(redis: Redis, process_ids: list[str]) -> dict[str, Published | None]:
+    """The published settings of `process_ids` that are still there: None for one it cannot read."""
+    if not process_ids:
+        return {}
+    raw = await redis.mget([keys.settings(process_id) for process_id in process_ids])
+    found: dict[str, Published | None] = {}
+    for process_id, value in zip(process_ids, raw, strict=True):
+        if not value:  # gone between the two reads
             continue
         try:
-            published.append(_CONVERTER.structure(orjson.loads(value), Published))
+            found[process_id] = _CONVERTER.structure(orjson.loads(value), Published)
         except (ValueError, cattrs.BaseValidationError):
-            continue
-    return published
+            found[process_id] = None
+    return found
 
 
 class Agreement:
@@ -206,6 +212,10 @@ class Agreement:
         self.me = me
         self.ttl = ttl
         self._warned: set[tuple[str, str]] = set()
+        # The settings of the other live processes, read once each: a process publishes the same
+        # record all its life, and reading every one at every publish of every process was N²
+        # records (about 1.2 KB each) per heartbeat interval. None: one it cannot read.
+        self._known: dict[str, Published | None] = {}
 
     async def publish(self) -> None:
         """Publish this process's digests now, then warn of the settings that differ from another's."""
@@ -217,8 +227,15 @@ class Agreement:
             )
             pipe.zadd(keys.SETTINGS, {self.me.process_id: int(now() * 1000)})
             await pipe.execute()
-        others = [p for p in await read(self.redis, self.ttl) if p.process_id != self.me.process_id]
-        self.warn(others)
+        members = await beating_within(self.redis, keys.SETTINGS, self.ttl)
+        live = [member.decode() for member in members if member.decode() != self.me.process_id]
+        new = await _records(self.redis, [process_id for process_id in live if process_id not in self._known])
+        self._known = {
+            process_id: self._known[process_id] if process_id in self._known else new[process_id]
+            for process_id in live
+            if process_id in self._known or process_id in new
+        }
+        self.warn(published for published in self._known.values() if published is not None)
 
     def warn(self, others: Iterable[Published]) -> None:
         """Log each setting that differs between this process and one of `others` (the live

@@ -12,7 +12,9 @@ from typing import Any
 
 import attrs
 from conftest import RunningService
+from redis.asyncio import Redis
 
+from taskd.agreement import Agreement, Published, digests
 from taskd.config import (
     Config,
     LimitsConfig,
@@ -228,3 +230,24 @@ async def test_a_worker_whose_media_links_start_elsewhere_than_the_api_s_says_so
 
     warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
     assert any(": media.base_url; every process must agree" in message for message in warnings), warnings
+
+
+async def test_a_process_reads_the_settings_of_another_once_not_at_every_publish(redis: Redis):
+    # Every process publishes every heartbeat interval; a process's settings never change while it
+    # lives, so the N processes need not read the N records (about 1.2 KB each) every time.
+    def process(pid: int) -> Agreement:
+        published = digests(
+            Config(), api_keys=[], webhook_secret="", media_secret=b"s" * 64, media_base_url=""
+        )
+        return Agreement(redis, Published(f"process-{pid}", "host", pid, ["worker"], published), ttl=60)
+
+    first, second = process(1), process(2)
+    await first.publish()
+    await second.publish()
+    await redis.config_resetstat()
+
+    for _ in range(3):
+        await second.publish()
+
+    stats = await redis.info("commandstats")
+    assert stats.get("cmdstat_mget", {}).get("calls", 0) == 0
