@@ -516,6 +516,9 @@ class Executor:
             outcome = Outcome("retry" if retry else "failed", error=error, traceback=traceback.format_exc())
         finally:
             self.running.pop(task_id, None)
+        # A result refused for its size fails the task here, before its media's fate is decided:
+        # no result will name what the run stored.
+        outcome = self._storable(outcome)
         written = await self._record(record, outcome)
         if running.stored:
             await self._withdraw_if_unnamed(record, outcome, written, running.stored)
@@ -836,13 +839,18 @@ class Executor:
             return Outcome("retry", error=message, traceback=trace)
         return Outcome("failed", error=message, traceback=trace)
 
-    async def _record(self, record: TaskRecord, outcome: Outcome) -> bool:
-        """Write how the run ended; True when that write also dropped the task's arq job."""
-        at = now()
+    def _storable(self, outcome: Outcome) -> Outcome:
+        """`outcome`, or the failure it is when it completed with a result that cannot be stored."""
         if outcome.kind == "completed":
             refusal = result_refusal(outcome.result, self.config.execution.result_max_bytes)
             if refusal is not None:
-                outcome = Outcome("failed", error=refusal)
+                return Outcome("failed", error=refusal)
+        return outcome
+
+    async def _record(self, record: TaskRecord, outcome: Outcome) -> bool:
+        """Write how the run ended (a `completed` one checked by _storable); True when that write
+        also dropped the task's arq job."""
+        at = now()
         tracing.note_outcome(outcome.kind, outcome.error)
         if outcome.kind == "completed":
             return await self._finish(record, TaskStatus.COMPLETED, at, result=outcome.result)
