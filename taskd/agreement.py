@@ -6,7 +6,8 @@ stops; it compares them with every other live process's, logs a warning naming e
 differs and the process it differs from, and the queue health raises an alert for each
 (docs/production.md#settings-that-differ-between-hosts). A setting is compared between two
 processes only when both do what it governs: the API keys between API nodes, the retry policy and
-the provider limits between workers, the rest between any two.
+the provider limits between workers, the rest between any two. The limits, the retry policy and the
+providers are published one field apiece, so that a version that adds one is compared on the rest.
 """
 
 from __future__ import annotations
@@ -79,14 +80,29 @@ GOVERNS: dict[str, frozenset[str]] = {
     "webhooks.secret": BOTH,
     "media": BOTH,
     "media.base_url": BOTH,
-    "limits": BOTH,
     "storage.task_ttl": BOTH,
     "execution.priority_aging": BOTH,
     "tasks": BOTH,
-    "retry": frozenset({WORKER}),
     "execution.result_max_bytes": frozenset({WORKER}),
-    "providers (max_concurrency, per_minute)": frozenset({WORKER}),
 }
+# Settings published one field (or provider) apiece, as `<group>.<name>`: a version that adds a
+# limit, a retry field or a provider publishes one more digest, which the other versions do not
+# compare, rather than a different digest of the whole group (a rolling upgrade would be warned of
+# with every process agreeing).
+GROUPS: dict[str, frozenset[str]] = {
+    "limits": BOTH,
+    "retry": frozenset({WORKER}),
+    "providers": frozenset({WORKER}),
+}
+
+
+def governs(setting: str) -> frozenset[str] | None:
+    """The roles `setting` is compared between; None for one this version does not know."""
+    roles = GOVERNS.get(setting)
+    if roles is None:
+        group, dot, _ = setting.partition(".")
+        roles = GROUPS.get(group) if dot else None
+    return roles
 
 
 def digests(
@@ -97,7 +113,7 @@ def digests(
     media_secret: bytes,
     media_base_url: str,
 ) -> dict[str, str]:
-    """A digest of each setting of GOVERNS as this process uses it: `api_keys`, `webhook_secret`,
+    """A digest of each setting of GOVERNS, and of each field of GROUPS, as this process uses it: `api_keys`, `webhook_secret`,
     `media_secret` and `media_base_url` are those in use (configured, or made and kept in the data
     dir, or taskd's own address)."""
     auth = config.auth
@@ -115,8 +131,15 @@ def digests(
         # A link signed by one node is checked by another; the files are shared by a mount.
         store = [media.backend, media_secret.decode("utf-8", "replace")]
     tasks = config.tasks
+    # open_streams caps each process's own connections: per process by design.
+    limits = {
+        f"limits.{name}": value
+        for name, value in attrs.asdict(config.limits).items()
+        if name != "open_streams"
+    }
+    retry = {f"retry.{name}": value for name, value in attrs.asdict(config.retry).items()}
     providers = {
-        name: [provider.max_concurrency, provider.per_minute]
+        f"providers.{name} (max_concurrency, per_minute)": [provider.max_concurrency, provider.per_minute]
         for name, provider in attrs.asdict(config.providers, recurse=False).items()
     }
     values: dict[str, tuple[object, bool]] = {
@@ -126,25 +149,28 @@ def digests(
         # The links a worker makes start with its own: without media.base_url, its own address,
         # where no API may listen; and a node re-signs only the links that start with its own.
         "media.base_url": ("" if media.backend == "s3" else media_base_url, False),
-        "limits": (attrs.asdict(config.limits), False),
         "storage.task_ttl": (config.storage.task_ttl, False),
         "execution.priority_aging": (config.execution.priority_aging, False),
         "tasks": (
             [sorted(tasks.modules), tasks.routes, tasks.soft_time_limits, tasks.hard_time_limits],
             False,
         ),
-        "retry": (attrs.asdict(config.retry), False),
         "execution.result_max_bytes": (config.execution.result_max_bytes, False),
-        "providers (max_concurrency, per_minute)": (providers, False),
     }
+    for name, value in (limits | retry | providers).items():
+        values[name] = (value, False)
     return {name: _digest(name, value, secret=secret) for name, (value, secret) in values.items()}
 
 
 def differences(processes: Iterable[Published]) -> list[Difference]:
-    """The settings whose digests differ among the processes they govern, by setting name."""
+    """The settings whose digests differ among the processes they govern, by setting name; a
+    setting only some versions publish is compared between those that do."""
     processes = list(processes)
     found = []
-    for setting, roles in GOVERNS.items():
+    for setting in sorted({name for process in processes for name in process.digests}):
+        roles = governs(setting)
+        if roles is None:
+            continue
         by_digest: dict[str, list[Published]] = {}
         for process in processes:
             if process.does(roles) and setting in process.digests:
@@ -158,18 +184,24 @@ def differences(processes: Iterable[Published]) -> list[Difference]:
 async def read(redis: Redis, ttl: float) -> list[Published]:
     """Every live process's published settings; a record it cannot read (another version's) is skipped."""
     members = await beating_within(redis, keys.SETTINGS, ttl)
-    if not members:
-        return []
-    raw = await redis.mget([keys.settings(member.decode()) for member in members])
-    published = []
-    for value in raw:
-        if not value:
+    found = await _records(redis, [member.decode() for member in members])
+    return [published for published in found.values() if published is not None]
+
+
+async def _records(redis: Redis, process_ids: list[str]) -> dict[str, Published | None]:
+    """The published settings of `process_ids` that are still there: None for one it cannot read."""
+    if not process_ids:
+        return {}
+    raw = await redis.mget([keys.settings(process_id) for process_id in process_ids])
+    found: dict[str, Published | None] = {}
+    for process_id, value in zip(process_ids, raw, strict=True):
+        if not value:  # gone between the two reads
             continue
         try:
-            published.append(_CONVERTER.structure(orjson.loads(value), Published))
+            found[process_id] = _CONVERTER.structure(orjson.loads(value), Published)
         except (ValueError, cattrs.BaseValidationError):
-            continue
-    return published
+            found[process_id] = None
+    return found
 
 
 class Agreement:
@@ -180,6 +212,10 @@ class Agreement:
         self.me = me
         self.ttl = ttl
         self._warned: set[tuple[str, str]] = set()
+        # The settings of the other live processes, read once each: a process publishes the same
+        # record all its life, and reading every one at every publish of every process was N²
+        # records (about 1.2 KB each) per heartbeat interval. None: one it cannot read.
+        self._known: dict[str, Published | None] = {}
 
     async def publish(self) -> None:
         """Publish this process's digests now, then warn of the settings that differ from another's."""
@@ -191,8 +227,15 @@ class Agreement:
             )
             pipe.zadd(keys.SETTINGS, {self.me.process_id: int(now() * 1000)})
             await pipe.execute()
-        others = [p for p in await read(self.redis, self.ttl) if p.process_id != self.me.process_id]
-        self.warn(others)
+        members = await beating_within(self.redis, keys.SETTINGS, self.ttl)
+        live = [member.decode() for member in members if member.decode() != self.me.process_id]
+        new = await _records(self.redis, [process_id for process_id in live if process_id not in self._known])
+        self._known = {
+            process_id: self._known[process_id] if process_id in self._known else new[process_id]
+            for process_id in live
+            if process_id in self._known or process_id in new
+        }
+        self.warn(published for published in self._known.values() if published is not None)
 
     def warn(self, others: Iterable[Published]) -> None:
         """Log each setting that differs between this process and one of `others` (the live
@@ -203,10 +246,11 @@ class Agreement:
         for other in others:
             settings = [
                 setting
-                for setting, roles in GOVERNS.items()
-                if self.me.does(roles)
+                for setting, digest in self.me.digests.items()
+                if (roles := governs(setting)) is not None
+                and self.me.does(roles)
                 and other.does(roles)
-                and other.digests.get(setting, self.me.digests[setting]) != self.me.digests[setting]
+                and other.digests.get(setting, digest) != digest
                 and (setting, other.process_id) not in self._warned
             ]
             if not settings:

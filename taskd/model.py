@@ -85,6 +85,9 @@ class TaskRecord:
     attempt: int = 0
     deaths: int = 0
     enqueues: int = 0
+    # Times a worker without its type handed it on (taskd.engine.executor): each doubles the wait
+    # before the next take; not counted in `attempt`, as no handler ran. None: never (not stored).
+    hand_ons: int | None = None
     job_id: str | None = None
     last_error: str | None = None
     next_retry_at: float | None = None

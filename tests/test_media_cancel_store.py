@@ -15,6 +15,7 @@ from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, FileServer, png, sine_
 from fake_payload import FakePayload
 
 from taskd.config import (
+    ExecutionConfig,
     ImageProvider,
     MediaConfig,
     NetworkConfig,
@@ -196,4 +197,18 @@ async def test_a_task_failed_at_its_hard_time_limit_while_its_output_was_stored_
     await service.wait_idle()
 
     assert (await service.status(task["task_id"]))["status"] == "failed"
+    assert stored_files(service) == []
+
+
+async def test_a_task_failed_for_a_result_over_its_limit_leaves_no_stored_file(
+    start_service, fakes, tmp_path
+):
+    # Its output is stored, then its result (which names it) is refused: no result ever names it.
+    service = await start(start_service, fakes, tmp_path, execution=ExecutionConfig(result_max_bytes=64))
+    task = await service.submit("process_audio", MEDIA_TASKS["process_audio"](fakes), project_id=PROJECT)
+    body = await service.wait_terminal(task["task_id"])
+    await service.wait_idle()
+
+    assert body["status"] == "failed"
+    assert "over the limit of 64 bytes" in body["error"]
     assert stored_files(service) == []

@@ -14,6 +14,7 @@ import psutil
 import pytest
 from fake_media_apis import make_ctx, png
 from PIL import Image, ImageChops, ImageStat
+from test_webhooks_connections import tls_receiver
 
 from taskd.config import Config, MediaConfig, NetworkConfig
 from taskd.media import animatic_graph, ffmpeg
@@ -22,7 +23,7 @@ from taskd.media.store import MediaStore
 from taskd.tasks.builtin import generate_video, render_animation
 from taskd.tasks.builtin.generate_video import CharacterPosition, DialogueLine, GenerateVideoInput
 from taskd.tasks.builtin.render_animation import Keyframe, RenderAnimationInput
-from taskd.tasks.spec import TaskError
+from taskd.tasks.spec import TaskError, TransientError
 
 
 def media_config(tmp_path: Path, **media: object) -> Config:
@@ -145,6 +146,21 @@ async def test_unreachable_image_fails_naming_the_url(tmp_path, http):
             ctx, GenerateVideoInput(storyboard_images=[url], duration=1, resolution="64x64")
         )
     assert not list((tmp_path / "scratch").iterdir())
+
+
+async def test_an_image_host_whose_certificate_is_not_trusted_fails_the_task_at_once(tmp_path, http):
+    # Signed by the test authority, which taskd does not trust: no retry makes it trusted.
+    async with tls_receiver("localhost") as port:
+        url = f"https://localhost:{port}/frame.png"
+        ctx, _ = make_ctx(http, media_config(tmp_path))
+
+        with pytest.raises(TaskError) as failure:
+            await generate_video.run(
+                ctx, GenerateVideoInput(storyboard_images=[url], duration=1, resolution="64x64")
+            )
+
+    assert not isinstance(failure.value, TransientError)
+    assert str(failure.value).startswith(f"Image {url} was refused: its TLS certificate is not valid (")
 
 
 async def test_missing_image_fails_with_its_http_status(tmp_path, files, http):

@@ -6,12 +6,15 @@ Each Service here is a host of its own on the test's Valkey: its own data dir, h
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import attrs
 from conftest import RunningService
+from redis.asyncio import Redis
 
+from taskd.agreement import Agreement, Published, digests
 from taskd.config import (
     Config,
     LimitsConfig,
@@ -44,9 +47,10 @@ async def start_host(start_service: Any, tmp_path: Path, host: str, **settings: 
     )
 
 
-async def test_a_task_taken_by_a_worker_without_its_type_runs_on_a_worker_that_has_it(
-    start_service, tmp_path
-):
+async def run_a_task_handed_on(start_service: Any, tmp_path: Path, caplog: Any) -> dict[str, Any]:
+    """A `noop` that a host without the type takes first and hands on to one that has it; its
+    status once it ended. Its hand-ons are logged at INFO by taskd.engine."""
+    caplog.set_level(logging.INFO, logger="taskd.engine")
     api = await start_api(start_service, tmp_path)
     # The host that has the type runs one task of `default` at a time and is kept busy, so the
     # host without it (started after, so that the other's heartbeat is there) takes the next one.
@@ -57,10 +61,52 @@ async def test_a_task_taken_by_a_worker_without_its_type_runs_on_a_worker_that_h
     await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
 
     task = await api.submit("noop", {})
-    body = await api.wait_terminal(task["task_id"], timeout=60)
+    body: dict[str, Any] = await api.wait_terminal(task["task_id"], timeout=60)
+    return body
+
+
+async def test_a_task_taken_by_a_worker_without_its_type_runs_on_a_worker_that_has_it(
+    start_service, tmp_path, caplog
+):
+    body = await run_a_task_handed_on(start_service, tmp_path, caplog)
 
     assert body["status"] == "completed", body["error"]
-    assert body["attempt"] >= 2  # old-host took it first and handed it on
+    handed_on = [r.getMessage() for r in caplog.records if "handed on" in r.getMessage()]
+    assert handed_on and "on host old-host" in handed_on[0]
+
+
+async def test_a_task_handed_on_runs_as_its_first_attempt(start_service, tmp_path, caplog):
+    body = await run_a_task_handed_on(start_service, tmp_path, caplog)
+
+    # No handler ran where it was handed on: it keeps every retry it has (retry.max_retries).
+    assert any("handed on" in r.getMessage() for r in caplog.records)
+    assert (body["attempt"], body["result"]["attempt"]) == (1, 1)
+
+
+async def test_a_task_handed_on_is_taken_again_no_sooner_than_its_back_off(start_service, tmp_path, caplog):
+    await run_a_task_handed_on(start_service, tmp_path, caplog)
+
+    # Back-offs of 0.5, 1, 2, 4 … s while the host with the type is busy for 3 s (a few more on a
+    # slow machine); due at once, it was taken thousands of times.
+    assert len([r for r in caplog.records if "handed on" in r.getMessage()]) <= 8
+
+
+async def test_a_task_handed_on_is_run_at_once_by_an_idle_worker_that_has_its_type(
+    start_service, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="taskd.engine")
+    api = await start_api(start_service, tmp_path)
+    # Idle longest, the host without the type is the one a submit wakes.
+    await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
+    # The host with the type looks for due jobs only once a minute unless woken.
+    worker = attrs.evolve(FAST_BEATS, host_id="new-host", poll_delay=60)
+    await start_service(http=False, data_dir=str(tmp_path / "new-host"), worker=worker, **SHARED)
+
+    task = await api.submit("noop", {})
+    body = await api.wait_terminal(task["task_id"], timeout=30)
+
+    assert body["status"] == "completed", body["error"]
+    assert any("handed on" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_task_no_live_worker_has_the_type_of_fails_naming_the_host(start_service, tmp_path):
@@ -106,7 +152,7 @@ async def test_a_process_whose_limits_differ_from_another_s_says_so_at_start(sta
     assert any(
         message.startswith("settings differ from those of the taskd api on host ")
         and message.endswith(
-            ": limits; every process must agree on them "
+            ": limits.submit_per_minute; every process must agree on them "
             "(docs/production.md, Settings that differ between hosts)"
         )
         for message in warnings
@@ -137,6 +183,39 @@ async def test_processes_that_agree_raise_no_settings_alert_nor_warning(start_se
     assert [r.getMessage() for r in caplog.records if r.name == "taskd.settings"] == []
 
 
+async def test_a_setting_that_is_per_process_by_design_is_not_said_to_differ(start_service, tmp_path, caplog):
+    api = await start_api(start_service, tmp_path)
+    # Each process caps its own open streams (docs/production.md's table): a larger host has more.
+    await start_host(start_service, tmp_path, "host-b", limits=LimitsConfig(open_streams=500))
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    assert [alert for alert in health["alerts"] if alert["metric"] == "settings_mismatch"] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "taskd.settings"] == []
+
+
+@attrs.frozen
+class NewerLimits(LimitsConfig):
+    """The limits of a later taskd version, which knows one more (at its default)."""
+
+    max_widgets: int = 10
+
+
+async def test_a_process_of_a_version_with_one_more_limit_is_not_said_to_differ(
+    start_service, tmp_path, caplog
+):
+    api = await start_api(start_service, tmp_path)
+    # A rolling upgrade: the same settings, and the new version has a limit the old one lacks.
+    await start_host(start_service, tmp_path, "host-b", limits=NewerLimits())
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    assert [alert for alert in health["alerts"] if alert["metric"] == "settings_mismatch"] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "taskd.settings"] == []
+
+
 async def test_a_worker_whose_media_links_start_elsewhere_than_the_api_s_says_so(
     start_service, tmp_path, caplog
 ):
@@ -151,3 +230,24 @@ async def test_a_worker_whose_media_links_start_elsewhere_than_the_api_s_says_so
 
     warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
     assert any(": media.base_url; every process must agree" in message for message in warnings), warnings
+
+
+async def test_a_process_reads_the_settings_of_another_once_not_at_every_publish(redis: Redis):
+    # Every process publishes every heartbeat interval; a process's settings never change while it
+    # lives, so the N processes need not read the N records (about 1.2 KB each) every time.
+    def process(pid: int) -> Agreement:
+        published = digests(
+            Config(), api_keys=[], webhook_secret="", media_secret=b"s" * 64, media_base_url=""
+        )
+        return Agreement(redis, Published(f"process-{pid}", "host", pid, ["worker"], published), ttl=60)
+
+    first, second = process(1), process(2)
+    await first.publish()
+    await second.publish()
+    await redis.config_resetstat()
+
+    for _ in range(3):
+        await second.publish()
+
+    stats = await redis.info("commandstats")
+    assert stats.get("cmdstat_mget", {}).get("calls", 0) == 0

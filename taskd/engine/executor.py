@@ -2,8 +2,9 @@
 
 A coroutine handler runs in this event loop; a plain-function handler runs in a job process
 (taskd/engine/jobproc/pool.py). Either way the outcome is one of: completed, failed, retry later
-(transient error with attempts left), cancelled (the API already recorded it), or handed back
-(the worker is shutting down: the task goes back on its queue for another worker).
+(transient error with attempts left), cancelled (the API already recorded it), handed back
+(the worker is shutting down: the task goes back on its queue for another worker), or handed on
+(its type is not installed here and another live worker of its queue has it).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ WAITING_NOTED_MAX = 10_000
 HEARD_CANCELS_MAX = 10_000
 # The longest a task of a type this host lacks waits before it is handed on again (_without_handler).
 HAND_ON_MAX_DELAY = 60.0
+# Hand-ons of one task in a row made due at once for an idle worker that has its type, before the
+# back-off is used (that worker may not take it: its wake-up lost, or another throttle).
+HAND_ON_AT_ONCE_MAX = 3
 # Seconds between the listener's tries while Redis's ACL refuses taskd's user its channels.
 ACL_RETRY = 10.0
 T = TypeVar("T")
@@ -132,14 +136,16 @@ def _cut_traceback(text: str | None) -> str | None:
 class Outcome:
     """How a run ended, before it is recorded."""
 
-    kind: str  # completed | failed | retry | cancelled | handed_back
+    kind: str  # completed | failed | retry | cancelled | handed_back | handed_on
     result: Any = None
     # What the caller reads is masked like a log line (a provider's error may quote a key), and
     # bounded: a handler's message may hold what a caller sent, and it is stored, logged and sent.
     error: str | None = attrs.field(default=None, converter=_cut_error)
     traceback: str | None = attrs.field(default=None, converter=_cut_traceback)
-    # A hand-back's seconds until the task is due again (0: at once).
+    # A hand-on's seconds until the task is due again, and the worker woken for it then (one that
+    # has the task's type and waits idle).
     delay: float = 0.0
+    wake: str | None = None
 
 
 class _Interruptible:
@@ -318,6 +324,9 @@ class Executor:
         # Hand-back writes of cancelled runs: they outlive their runs (a stop cancels a run more
         # than once), and the service waits for them before it lets go of Redis.
         self._hand_backs: set[asyncio.Task[Any]] = set()
+        # Tasks handed on at once to an idle worker with their type, and how many times in a row
+        # (_without_handler); the oldest are forgotten past HEARD_CANCELS_MAX.
+        self._handed_at_once: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     @property
     def max_attempts(self) -> int:
@@ -507,6 +516,9 @@ class Executor:
             outcome = Outcome("retry" if retry else "failed", error=error, traceback=traceback.format_exc())
         finally:
             self.running.pop(task_id, None)
+        # A result refused for its size fails the task here, before its media's fate is decided:
+        # no result will name what the run stored.
+        outcome = self._storable(outcome)
         written = await self._record(record, outcome)
         if running.stored:
             await self._withdraw_if_unnamed(record, outcome, written, running.stored)
@@ -549,21 +561,19 @@ class Executor:
             log.warning("could not delete the media task %s stored: %s", record.task_id, exc)
 
     async def _without_handler(self, record: TaskRecord) -> Outcome:
-        """How a task of a type this process cannot run ends here: handed back, due a heartbeat
+        """How a task of a type this process cannot run ends here: handed on, due a heartbeat
         interval later (doubling with each take, up to a minute), while another live worker of its
         queue says it has the type; else failed."""
         # Hosts whose tasks.modules differ (a deploy under way, a host left out): the API node took
         # the type, and failing it here would fail work that a worker beside this one can do.
         workers = await live_workers(self.store.redis, self.config.worker.heartbeat_ttl)
-        able = sorted(
-            {
-                worker.host
-                for worker in workers
-                if worker.worker_id != self.worker_id
-                and record.queue in worker.queues
-                and record.task_type in (worker.task_types or ())
-            }
-        )
+        able = [
+            worker
+            for worker in workers
+            if worker.worker_id != self.worker_id
+            and record.queue in worker.queues
+            and record.task_type in (worker.task_types or ())
+        ]
         host = self.config.worker.host
         if able:
             log.info(
@@ -572,15 +582,30 @@ class Executor:
                 record.task_id,
                 record.task_type,
                 host,
-                ", ".join(able),
+                ", ".join(sorted({worker.host for worker in able})),
                 record.queue,
             )
-            # Taken again here while the hosts that have the type are busy: asked less often each
-            # time (each take is a start: attempt + 1, a `started` event), at most once a minute.
+            # One of them waits idle for a job of the queue: due at once, and that worker woken for
+            # it (a wake-up of the queue goes to any idle worker, and a worker polls for a due job
+            # at its own pace: without the wake this one, which looks again one poll delay after
+            # each take, took the task again as it fell due). A few times in a row at most, in case
+            # that worker does not take it after all.
+            idle = await self._idle_one(record, [worker.worker_id for worker in able])
+            at_once = self._handed_at_once.pop(record.task_id, 0)
+            if idle is not None and at_once < HAND_ON_AT_ONCE_MAX:
+                self._handed_at_once[record.task_id] = at_once + 1
+                if len(self._handed_at_once) > HEARD_CANCELS_MAX:
+                    self._handed_at_once.popitem(last=False)
+                return Outcome("handed_on", wake=idle)
+            # Else taken again here no sooner than a back-off, while the hosts that have the type
+            # are busy: asked less often each time, at most once a minute. The take ran nothing, so
+            # it is not counted as an attempt (store.requeue's not_run): a task handed on while the
+            # host with its type is busy for an hour would otherwise reach that host with its
+            # retries used up.
             delay = exponential_delay(
-                record.attempt, self.config.worker.heartbeat_interval, cap=HAND_ON_MAX_DELAY
+                (record.hand_ons or 0) + 1, self.config.worker.heartbeat_interval, cap=HAND_ON_MAX_DELAY
             )
-            return Outcome("handed_back", delay=delay)
+            return Outcome("handed_on", delay=delay)
         return Outcome(
             "failed",
             error=(
@@ -588,6 +613,30 @@ class Executor:
                 f"nor on any other live worker of queue {record.queue}"
             ),
         )
+
+    async def _idle_one(self, record: TaskRecord, worker_ids: list[str]) -> str | None:
+        """One of `worker_ids` that waits idle for a job of the task's queue and partition, or None."""
+        partition = keys.task_partition(record.task_id)
+        try:
+            scores = await self.store.clients[partition].zmscore(
+                keys.idle(record.queue, partition), worker_ids
+            )
+        except RedisError:
+            return None  # the back-off then: the task waits a little longer, nothing is lost
+        return next(
+            (worker_id for worker_id, score in zip(worker_ids, scores, strict=True) if score is not None),
+            None,
+        )
+
+    async def _wake(self, record: TaskRecord, worker_id: str) -> None:
+        """Wake one worker for a job of the task's queue and partition (as lib/wake.lua does)."""
+        partition = keys.task_partition(record.task_id)
+        try:
+            await self.store.clients[partition].publish(
+                keys.wake_worker(worker_id), keys.partition_prefix(partition) + record.queue
+            )
+        except RedisError as exc:  # it finds the job at its next poll
+            log.info("could not wake worker %s for task %s: %s", worker_id, record.task_id, exc)
 
     async def finish_hand_backs(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the hand-back writes still going; give up on the rest.
@@ -790,13 +839,18 @@ class Executor:
             return Outcome("retry", error=message, traceback=trace)
         return Outcome("failed", error=message, traceback=trace)
 
-    async def _record(self, record: TaskRecord, outcome: Outcome) -> bool:
-        """Write how the run ended; True when that write also dropped the task's arq job."""
-        at = now()
+    def _storable(self, outcome: Outcome) -> Outcome:
+        """`outcome`, or the failure it is when it completed with a result that cannot be stored."""
         if outcome.kind == "completed":
             refusal = result_refusal(outcome.result, self.config.execution.result_max_bytes)
             if refusal is not None:
-                outcome = Outcome("failed", error=refusal)
+                return Outcome("failed", error=refusal)
+        return outcome
+
+    async def _record(self, record: TaskRecord, outcome: Outcome) -> bool:
+        """Write how the run ended (a `completed` one checked by _storable); True when that write
+        also dropped the task's arq job."""
+        at = now()
         tracing.note_outcome(outcome.kind, outcome.error)
         if outcome.kind == "completed":
             return await self._finish(record, TaskStatus.COMPLETED, at, result=outcome.result)
@@ -817,10 +871,20 @@ class Executor:
             score: float = int((at + delay) * 1000)
             write = partial(self.store.requeue, record, self.worker_id, at, score, retry_error=outcome.error)
         elif outcome.kind == "handed_back":
-            if not outcome.delay:
-                log.info("task %s handed back to its queue", record.task_id)
-            score = self.queue.score(at + outcome.delay, record.priority)
-            write = partial(self.store.requeue, record, self.worker_id, at, score)
+            log.info("task %s handed back to its queue", record.task_id)
+            write = partial(
+                self.store.requeue, record, self.worker_id, at, self.queue.score(at, record.priority)
+            )
+        elif outcome.kind == "handed_on":
+            # Due no sooner than its back-off, as a retry: the queue score of its priority would
+            # move it earlier by the priority's head start (minutes), so that a worker without the
+            # type took it again at once, thousands of times a second while the others were busy.
+            score = int((at + outcome.delay) * 1000)
+            write = partial(self.store.requeue, record, self.worker_id, at, score, not_run=True)
+            requeued: bool = await _until_stored(f"task {record.task_id} {outcome.kind}", write)
+            if requeued and outcome.wake is not None:
+                await self._wake(record, outcome.wake)
+            return requeued
         else:
             log.info("task %s stopped: cancelled", record.task_id)
             return False

@@ -204,6 +204,13 @@ def _failure(exc: BaseException) -> str:
         return "is not a valid URL"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return "is unreachable: its host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # What the TLS check said of the certificate (expired, self-signed, another name): nothing
+        # the host sent beyond it.
+        reason = (
+            getattr(exc.certificate_error, "verify_message", None) or type(exc.certificate_error).__name__
+        )
+        return f"was refused: its TLS certificate is not valid ({reason})"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return "is unreachable: the connection failed"
     return f"is unreachable: the transfer broke off ({type(exc).__name__})"
@@ -212,10 +219,12 @@ def _failure(exc: BaseException) -> str:
 def _passing(exc: BaseException) -> bool:
     """True for a failure that may pass (a refused or reset connection, a transfer cut off): retried,
     as a provider's are. A refusal by the guard, a bad URL or a host name that does not resolve
-    (most often a typo) is the input's fault and fails the task at once."""
+    (most often a typo) or a TLS certificate that is not valid (expired, self-signed, of another name:
+    it does not mend itself in the minutes the retries take) is the input's fault and fails the
+    task at once."""
     if refusal(exc) is not None or isinstance(exc, (RedirectRefused, ForbiddenAddress, aiohttp.InvalidURL)):
         return False
-    return not isinstance(exc, aiohttp.ClientConnectorDNSError)
+    return not isinstance(exc, (aiohttp.ClientConnectorDNSError, aiohttp.ClientConnectorCertificateError))
 
 
 def _too_big(what: str, url: str, limits: Limits) -> str:

@@ -30,7 +30,9 @@ _FLOAT_FIELDS = frozenset(
         "scheduled_for",
     }
 )
-_INT_FIELDS = frozenset({"priority", "attempt", "deaths", "enqueues", "keep_for", "result_estimate"})
+_INT_FIELDS = frozenset(
+    {"priority", "attempt", "deaths", "enqueues", "hand_ons", "keep_for", "result_estimate"}
+)
 _FIELD_NAMES = tuple(field.name for field in attrs.fields(TaskRecord))
 
 

@@ -1036,9 +1036,17 @@ class TaskStore:
         return Finished(outcome == b"ok")
 
     async def requeue(
-        self, record: TaskRecord, worker_id: str, at: float, score: float, *, retry_error: str | None = None
+        self,
+        record: TaskRecord,
+        worker_id: str,
+        at: float,
+        score: float,
+        *,
+        retry_error: str | None = None,
+        not_run: bool = False,
     ) -> bool:
-        """Put a task this worker runs back on its queue at `score` (ms): a retry if `retry_error` is given."""
+        """Put a task this worker runs back on its queue at `score` (ms): a retry if `retry_error` is
+        given; with `not_run`, a task handed on before its handler ran (its attempt not counted)."""
         # The script's status reply (bytes), or None for a Lua false: the record is gone.
         partition = keys.task_partition(record.task_id)
         outcome: bytes | None = await self._requeue(
@@ -1058,6 +1066,7 @@ class TaskStore:
                 "retried": "1" if retry_error is not None else "0",
                 "last_error": retry_error or "",
                 "aging_ms": self.aging_ms,
+                "not_run": "1" if not_run else "0",
             },
         )
         return outcome == b"ok"
