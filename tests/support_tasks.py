@@ -181,11 +181,14 @@ def leave_stubborn_children(ctx: ProcessContext, data: StubbornChildrenInput) ->
 @attrs.frozen
 class RaiseInput:
     # The name of a BaseException that is not an Exception: SystemExit, KeyboardInterrupt,
-    # GeneratorExit, BaseException or Cancelled (taskd's own, which a cancel raises in a job process).
+    # GeneratorExit, BaseException, Cancelled (taskd's own, which a cancel raises in a job process)
+    # or CancelledError (asyncio's, raised by the handler itself: nobody cancelled it).
     exception: str
 
 
 def _base_exception(name: str) -> BaseException:
+    if name == "CancelledError":
+        return asyncio.CancelledError()
     return Cancelled() if name == "Cancelled" else getattr(builtins, name)()
 
 

@@ -38,6 +38,18 @@ async def test_a_coroutine_handler_raising_a_base_exception_fails_its_task_and_t
     assert after["status"] == "completed", after
 
 
+async def test_a_coroutine_handler_raising_cancelled_error_itself_fails_its_task(start_service):
+    # Nobody cancelled it: a CancelledError of the handler's own (a timeout it mishandled, a
+    # library's) is its failure, not a cancel that the record would have said.
+    service = await start_service()
+    task = await service.submit("raise_base_exception", {"exception": "CancelledError"})
+
+    body = await service.wait_terminal(task["task_id"], timeout=15)
+
+    assert (body["status"], body["attempt"]) == ("failed", 1), body
+    assert body["error"].startswith("Task execution failed: CancelledError"), body["error"]
+
+
 @pytest.mark.parametrize("exception", BASE_EXCEPTIONS)
 async def test_a_job_process_handler_raising_a_base_exception_fails_its_task_naming_it(
     start_service, exception

@@ -697,11 +697,17 @@ class Executor:
         )
         try:
             result = await task
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise
-            return self._stopped(record, running, tree, hard) or Outcome("cancelled")
+            stopped = self._stopped(record, running, tree, hard)
+            if stopped is not None or running.cancelled:
+                return stopped or Outcome("cancelled")
+            # Nobody cancelled it: the handler raised CancelledError itself (a library's, a timeout
+            # it let out). Taken for a cancel, nothing was written and the task stayed `processing`
+            # until a reclaim queued it again, to end the same way.
+            return self._failure(record, TaskError(f"Task execution failed: {type(exc).__name__}: {exc}"))
         except SoftTimeLimitExceeded as exc:
             return self._soft_limit_failure(record, exc, soft)
         except Exception as exc:
