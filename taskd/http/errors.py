@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import shapes
 from taskd.http.responses import shape_response
-from taskd.model import ApiError, InvalidState, ServiceUnavailable
+from taskd.model import ApiError, BodyCutOff, InvalidState, ServiceUnavailable
 from taskd.redis_conn import refused_by_acl, refuses_writes
 
 log = logging.getLogger("taskd.http")
@@ -31,18 +31,22 @@ OUT_OF_FILES_RETRY_AFTER = 5
 _HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 # While Redis refuses (its disk or memory full, or it is unreachable), every request that needs it
 # is refused: one warning per kind of refusal this often, counting the requests refused between,
-# rather than a line per request (thousands a minute under clients that poll).
+# rather than a line per request (thousands a minute under clients that poll). The same for what
+# clients do many times over at will (bodies cut off) and a process out of open files.
 REFUSALS_LOG_EVERY_S = 60.0
+BODY_CUT_OFF = "request body cut off (the client closed the connection before all of it arrived)"
 
 
 class _Refusals:
-    """Warns of a kind of refusal at its first request, then once per REFUSALS_LOG_EVERY_S at most."""
+    """Logs a kind of refusal at its first request, then once per REFUSALS_LOG_EVERY_S at most."""
 
     def __init__(self) -> None:
         self._logged_at: dict[str, float] = {}
         self._unlogged: collections.Counter[str] = collections.Counter()
 
-    def warn(self, kind: str, request: web.Request, exc: BaseException | None = None) -> None:
+    def warn(
+        self, kind: str, request: web.Request, exc: BaseException | None = None, level: int = logging.WARNING
+    ) -> None:
         """Log that `kind` refused `request` (with `exc`), unless a line of `kind` went out lately."""
         at = time.monotonic()
         logged_at = self._logged_at.get(kind)
@@ -51,7 +55,8 @@ class _Refusals:
             return
         self._logged_at[kind] = at
         unlogged = self._unlogged.pop(kind, 0)
-        log.warning(
+        log.log(
+            level,
             "%s for %s %s%s%s",
             kind,
             request.method,
@@ -107,6 +112,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
+        if isinstance(exc, BodyCutOff):
+            # The caller's doing, as often as it likes: one INFO line a minute, not one each.
+            _REFUSALS.warn(BODY_CUT_OFF, request, level=logging.INFO)
         response = render(exc)
         if exc.close_connection:
             await answer_and_close(request, response)
@@ -162,8 +170,8 @@ def _unexpected(request: web.Request, exc: Exception) -> web.Response:
         return render(ServiceUnavailable(STORAGE_REFUSES_US, retry_after=STORAGE_FULL_RETRY_AFTER))
     if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
         # Out of open files (every one held by connections, say): a shortage that passes as
-        # they close, not a bug; one line, no traceback, for each request it refuses.
-        log.warning("out of open files for %s %s: %s", request.method, request.path, exc)
+        # they close, not a bug; no traceback, and a line a minute however many it refuses.
+        _REFUSALS.warn("out of open files", request, exc)
         return render(ServiceUnavailable(OUT_OF_FILES, retry_after=OUT_OF_FILES_RETRY_AFTER))
     log.exception("unhandled error for %s %s", request.method, request.path, exc_info=exc)
     return shape_response(shapes.Error("internal_error", "Internal server error"), 500)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import orjson
@@ -12,8 +11,6 @@ from aiohttp import web
 from taskd import shapes
 from taskd.http.context import API
 from taskd.model import BodyCutOff, RequestTimeout, UnreadableBody, ValidationError
-
-log = logging.getLogger("taskd.http")
 
 _PARSED = web.RequestKey("taskd_parsed_body", object)
 
@@ -55,12 +52,8 @@ async def read_body(request: web.Request) -> bytes:
     except ConnectionResetError:
         # aiohttp ends the body of a connection the client closed with a ConnectionResetError; left
         # to the error middleware it would pass for Redis gone (a 503, a "storage unavailable"
-        # warning that hides the next real one for a minute). The caller hung up: one INFO line.
-        log.info(
-            "request body cut off for %s %s: the client closed the connection before all of it arrived",
-            request.method,
-            request.path,
-        )
+        # warning that hides the next real one for a minute). The caller hung up: a 400 (logged
+        # at INFO by the error middleware).
         raise BodyCutOff from None
 
 

@@ -16,6 +16,7 @@ from conftest import API_KEY, RunningService
 
 from taskd import keys
 from taskd.config import HttpConfig
+from taskd.http import errors
 from taskd.http.ratelimit import key_id
 
 SUBMIT = b"POST /api/v1/tasks/submit HTTP/1.1\r\nHost: taskd\r\nX-API-Key: " + API_KEY.encode() + b"\r\n"
@@ -137,16 +138,21 @@ async def test_a_body_that_stops_arriving_is_a_408_after_the_body_timeout_and_th
     assert await total_tasks(taskd) == 0
 
 
-async def test_a_client_hanging_up_mid_body_is_not_taken_for_a_storage_outage(taskd, caplog):
-    caplog.set_level(logging.INFO, "taskd.http")
-    before = await total_tasks(taskd)
+async def hang_up_mid_body(taskd: RunningService) -> None:
+    """Announce 100 bytes of a submit's body, send 4, then go away."""
     address = urlsplit(taskd.base_url)
     _, writer = await asyncio.open_connection(address.hostname, address.port)
-
-    # 100 bytes announced, 4 sent, then the client goes away.
     writer.write(SUBMIT + b"Content-Length: 100\r\n\r\n" + BODY[:4])
     await writer.drain()
     writer.close()
+
+
+async def test_a_client_hanging_up_mid_body_is_not_taken_for_a_storage_outage(taskd, caplog, monkeypatch):
+    monkeypatch.setattr(errors, "_REFUSALS", errors._Refusals())  # no line of an earlier test's held back
+    caplog.set_level(logging.INFO, "taskd.http")
+    before = await total_tasks(taskd)
+
+    await hang_up_mid_body(taskd)
     async with asyncio.timeout(20):  # its line, or (as it once was) a "storage unavailable" warning
         while not any(r.name == "taskd.http" for r in caplog.records):
             await asyncio.sleep(0.05)
@@ -154,6 +160,20 @@ async def test_a_client_hanging_up_mid_body_is_not_taken_for_a_storage_outage(ta
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert any("request body cut off" in r.getMessage() for r in caplog.records)
     assert await total_tasks(taskd) == before
+
+
+async def test_clients_hanging_up_mid_body_again_and_again_make_one_line_a_minute(taskd, caplog, monkeypatch):
+    refusals = errors._Refusals()
+    monkeypatch.setattr(errors, "_REFUSALS", refusals)
+    caplog.set_level(logging.INFO, "taskd.http")
+
+    for _ in range(5):
+        await hang_up_mid_body(taskd)
+    async with asyncio.timeout(20):  # the first logged, the four after it counted
+        while refusals._unlogged[errors.BODY_CUT_OFF] < 4:
+            await asyncio.sleep(0.05)
+
+    assert sum("request body cut off" in r.getMessage() for r in caplog.records) == 1
 
 
 async def test_a_chunked_body_whose_framing_breaks_after_the_headers_is_a_408_at_the_body_timeout(
