@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from taskd import keys
+from taskd import agreement, keys
 from taskd.gpu.hosts import HostGpus, read_hosts
 from taskd.heartbeat import WorkerInfo, live_workers
 from taskd.http.context import API, Api
@@ -62,6 +62,8 @@ class Snapshot:
     gpus: list[HostGpus] = attrs.Factory(list)
     # What Redis last failed to write to its disk (taskd.redis_memory), or None.
     redis_persistence_failure: str | None = None
+    # The settings that live processes do not agree on (taskd.agreement).
+    differing_settings: frozenset[str] = frozenset()
 
 
 async def take_snapshot(api: Api) -> Snapshot:
@@ -79,6 +81,12 @@ async def take_snapshot(api: Api) -> Snapshot:
         webhooks_due=await api.store.webhooks_due(),
         gpus=await read_hosts(api.redis, api.config.worker.heartbeat_ttl),
         redis_persistence_failure=await read_persistence_failure(api.redis),
+        differing_settings=frozenset(
+            difference.setting
+            for difference in agreement.differences(
+                await agreement.read(api.redis, api.config.worker.heartbeat_ttl)
+            )
+        ),
     )
 
 
@@ -271,6 +279,22 @@ def redis_persistence_gauge(failure: str | None) -> Metric:
     )
 
 
+def settings_gauge(differing: frozenset[str]) -> Metric:
+    """1 for each setting that live processes disagree on, 0 for each they agree on.
+
+    The queue health's `settings_mismatch` warning, for the operators who alert from Prometheus: a
+    difference shows only as 401s, 403s or refused submits that depend on the node.
+    """
+    family = GaugeMetricFamily(
+        "taskd_settings_mismatch",
+        "1 while live taskd processes disagree on the setting (docs/production.md)",
+        labels=["setting"],
+    )
+    for setting in sorted(agreement.GOVERNS):
+        family.add_metric([setting], setting in differing)
+    return family
+
+
 class SnapshotCollector(Collector):
     """Yields the metric families of one scrape's snapshot (None: Redis did not answer)."""
 
@@ -297,6 +321,7 @@ class SnapshotCollector(Collector):
         yield webhook_backlog(self.snapshot.webhooks_due)
         yield from redis_memory_gauges(self.snapshot.redis_memory)
         yield redis_persistence_gauge(self.snapshot.redis_persistence_failure)
+        yield settings_gauge(self.snapshot.differing_settings)
 
 
 def exposition(snapshot: Snapshot | None, accept: str = "") -> tuple[bytes, str]:
