@@ -126,7 +126,9 @@ def digests(
         # The links a worker makes start with its own: without media.base_url, its own address,
         # where no API may listen; and a node re-signs only the links that start with its own.
         "media.base_url": ("" if media.backend == "s3" else media_base_url, False),
-        "limits": (attrs.asdict(config.limits), False),
+        # open_streams caps one key's held connections in each process, for its own file descriptors:
+        # per host by design (docs/production.md), so a host that sets its own is no difference.
+        "limits": (attrs.asdict(config.limits, filter=lambda field, _: field.name != "open_streams"), False),
         "storage.task_ttl": (config.storage.task_ttl, False),
         "execution.priority_aging": (config.execution.priority_aging, False),
         "tasks": (

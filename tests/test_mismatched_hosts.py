@@ -143,6 +143,16 @@ async def test_metrics_mark_a_setting_live_processes_do_not_agree_on(start_servi
     assert (mismatch["storage.task_ttl"], mismatch["limits"]) == (1, 0)
 
 
+async def test_a_host_with_its_own_open_streams_cap_raises_no_settings_alert(start_service, tmp_path):
+    api = await start_api(start_service, tmp_path)
+    await start_host(start_service, tmp_path, "host-b", limits=LimitsConfig(open_streams=500))
+
+    async with api.client.get("/api/v1/tasks/health") as response:
+        health = await response.json()
+
+    assert [alert for alert in health["alerts"] if alert["metric"] == "settings_mismatch"] == []
+
+
 async def test_processes_that_agree_raise_no_settings_alert_nor_warning(start_service, tmp_path, caplog):
     api = await start_api(start_service, tmp_path)
     await start_host(start_service, tmp_path, "host-b")
