@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 from conftest import RunningService
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from taskd.agreement import Agreement, Published, digests
@@ -170,6 +171,22 @@ async def test_queue_health_names_a_setting_live_processes_do_not_agree_on(start
     assert (alert["severity"], alert["setting"], alert["value"]) == ("warning", "storage.task_ttl", 2)
     assert alert["message"].startswith("Setting storage.task_ttl differs between taskd processes: ")
     assert "worker on host host-b" in alert["message"]
+
+
+async def test_metrics_mark_a_setting_live_processes_do_not_agree_on(start_service, tmp_path):
+    api = await start_api(start_service, tmp_path)
+    await start_host(start_service, tmp_path, "host-b", storage=StorageConfig(task_ttl=600))
+
+    async with api.client.get("/metrics") as response:
+        text = await response.text()
+
+    mismatch = {
+        sample.labels["setting"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "taskd_settings_mismatch"
+        for sample in family.samples
+    }
+    assert (mismatch["storage.task_ttl"], mismatch["limits.submit_per_minute"]) == (1, 0)
 
 
 async def test_processes_that_agree_raise_no_settings_alert_nor_warning(start_service, tmp_path, caplog):

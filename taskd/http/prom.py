@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from taskd import keys
+from taskd import agreement, keys
 from taskd.gpu.hosts import HostGpus, read_hosts
 from taskd.heartbeat import WorkerInfo, live_workers
 from taskd.http.context import API, Api
@@ -62,12 +62,16 @@ class Snapshot:
     gpus: list[HostGpus] = attrs.Factory(list)
     # What Redis last failed to write to its disk (taskd.redis_memory), or None.
     redis_persistence_failure: str | None = None
+    # The settings live processes publish (taskd.agreement), and those they do not agree on.
+    compared_settings: frozenset[str] = frozenset()
+    differing_settings: frozenset[str] = frozenset()
 
 
 async def take_snapshot(api: Api) -> Snapshot:
     """Read counters, queues, live workers, the webhook outbox and this host's GPU slots from Redis."""
     queues = api.queue_names
     per_queue = await api.store.running_first(queues, 1)
+    published = await agreement.read(api.redis, api.config.worker.heartbeat_ttl)
     return Snapshot(
         counters=await api.store.counters(),
         waiting=await api.queue.waiting(queues),
@@ -79,6 +83,10 @@ async def take_snapshot(api: Api) -> Snapshot:
         webhooks_due=await api.store.webhooks_due(),
         gpus=await read_hosts(api.redis, api.config.worker.heartbeat_ttl),
         redis_persistence_failure=await read_persistence_failure(api.redis),
+        compared_settings=frozenset(
+            name for process in published for name in process.digests if agreement.governs(name) is not None
+        ),
+        differing_settings=frozenset(difference.setting for difference in agreement.differences(published)),
     )
 
 
@@ -271,6 +279,23 @@ def redis_persistence_gauge(failure: str | None) -> Metric:
     )
 
 
+def settings_gauge(compared: frozenset[str], differing: frozenset[str]) -> Metric:
+    """1 for each setting that live processes disagree on, 0 for each other they publish (each
+    limit, retry field and provider's limits is a setting of its own: `limits.submit_per_minute`).
+
+    The queue health's `settings_mismatch` warning, for the operators who alert from Prometheus: a
+    difference shows only as 401s, 403s or refused submits that depend on the node.
+    """
+    family = GaugeMetricFamily(
+        "taskd_settings_mismatch",
+        "1 while live taskd processes disagree on the setting (docs/production.md)",
+        labels=["setting"],
+    )
+    for setting in sorted(compared | differing):
+        family.add_metric([setting], setting in differing)
+    return family
+
+
 class SnapshotCollector(Collector):
     """Yields the metric families of one scrape's snapshot (None: Redis did not answer)."""
 
@@ -297,6 +322,7 @@ class SnapshotCollector(Collector):
         yield webhook_backlog(self.snapshot.webhooks_due)
         yield from redis_memory_gauges(self.snapshot.redis_memory)
         yield redis_persistence_gauge(self.snapshot.redis_persistence_failure)
+        yield settings_gauge(self.snapshot.compared_settings, self.snapshot.differing_settings)
 
 
 def exposition(snapshot: Snapshot | None, accept: str = "") -> tuple[bytes, str]:
