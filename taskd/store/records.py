@@ -386,7 +386,8 @@ class TaskStore:
         self._due = load("due")
         self._list = load("list")
         self._progress_again = load("progress_again")
-        # Where each queue's next take starts among the partitions, so that none is always last.
+        # Where each queue's next take starts among the partitions whose first due jobs are equally
+        # old (none due in either, most often), so that none is always last.
         self._take_turns: dict[str, itertools.cycle[int]] = {}
         # Per queue, the partitions whose idle set this process's worker may be waiting in (take).
         self._idle_in: dict[str, set[int]] = {}
@@ -826,10 +827,10 @@ class TaskStore:
         With `recover`, the tasks of `queue` that `worker_id` runs come back too: a call whose reply
         was lost may have started some.
 
-        With several partitions, one script per partition, in turns that start at the next partition
-        each time, until `count` are started; only in the partitions `where` when given (those whose
-        jobs woke the worker: it still waits in the idle sets of the others, whose next job wakes
-        it). The worker is to look again when a slot frees unless every partition it looked in found
+        With several partitions, one script per partition, the partition whose first due job has
+        waited longest first (`_longest_waiting_first`), until `count` are started; only in the
+        partitions `where` when given (those whose jobs woke the worker: it still waits in the idle
+        sets of the others, whose next job wakes it). The worker is to look again when a slot frees unless every partition it looked in found
         nothing more and put it in its idle set. A worker filled up is taken out of every idle set it
         may still be in, so that their next job wakes a worker with room.
         """
@@ -840,6 +841,8 @@ class TaskStore:
         order = [(first + step) % len(self.clients) for step in range(len(self.clients))]
         if where is not None and not recover:
             order = [partition for partition in order if partition in where]
+        if len(order) > 1:
+            order = await self._longest_waiting_first(queue, order, at)
         # The partitions whose idle set this process's worker of the queue may be in.
         idle_in = self._idle_in.setdefault(queue, set())
         started: list[Taken] = []
@@ -860,6 +863,32 @@ class TaskStore:
                 await self.clients[partition].zrem(keys.idle(queue, partition), worker_id)
             idle_in.clear()
         return Takes(started, look)
+
+    async def _longest_waiting_first(self, queue: str, order: list[int], at: float) -> list[int]:
+        """The partitions by the score of their first due job on arq's set (a project's head, whose
+        score is when its turn began, moved earlier by its priority), those with none due last, ties
+        kept in `order`.
+
+        Each partition's heads take turns among themselves (lib/fair.lua); taken in rotation, the
+        partitions took turns instead of the projects: a project alone in its partition got one start
+        in two with two partitions, whatever the number of projects in the other (and a project's
+        partition is a public hash of its id, so a tenant can pick one). Taken by their first head,
+        the next start goes to the head that has waited longest in any partition, as on one.
+        """
+        now_ms = int(at * 1000)
+        firsts = await asyncio.gather(
+            *(
+                self.clients[partition].zrangebyscore(
+                    keys.queue(queue, partition), "-inf", now_ms, start=0, num=1, withscores=True
+                )
+                for partition in order
+            )
+        )
+        due = {
+            partition: float(first[0][1]) if first else float("inf")
+            for partition, first in zip(order, firsts, strict=True)
+        }
+        return sorted(order, key=due.__getitem__)
 
     async def _take_from(
         self, partition: int, queue: str, worker_id: str, at: float, count: int, scan: int, recover: bool
