@@ -321,6 +321,23 @@ async def test_projects_take_turns_across_partitions_not_the_partitions_themselv
     assert started == submitted
 
 
+async def test_a_take_of_several_jobs_starts_the_heads_that_waited_longest_in_every_partition(
+    start_service, partitioned, redis
+):
+    api_only = await start_service(redis=partitioned, workers=False)
+    alone, other = PROJECTS[0], PROJECTS[1]
+    first = (await api_only.submit("noop", {}, project_id=alone))["task_id"]
+    then = (await api_only.submit("noop", {}, project_id=other))["task_id"]
+    await api_only.submit("noop", {}, project_id=alone)
+    store = TaskStore(redis, 3600)
+
+    takes = await store.take("default", "worker-a", time.time(), 2, 100)
+
+    # Filled from one partition, the second slot went to `alone`'s next task, whose turn comes after
+    # `other`'s.
+    assert [taken.record.task_id for taken in takes.started if taken.record] == [first, then]
+
+
 async def test_the_wake_up_of_an_idle_worker_names_the_partition_of_the_job(
     start_service, partitioned, redis
 ):
