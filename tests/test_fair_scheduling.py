@@ -150,6 +150,27 @@ async def test_higher_priorities_start_first_across_projects_and_within_one(star
     assert order == [urgent_b, urgent_a, *low]
 
 
+async def test_with_priority_aging_zero_a_priority_jumps_no_line_and_projects_just_take_turns(
+    start_service, redis
+):
+    # priority_aging = 0 is the operator's way to stop tenants jumping each other's line with
+    # priority 1 (docs/api.md, "What one key can take from another"): every task then waits its
+    # project's turn, first in first out, whatever priority it was sent with.
+    execution = ExecutionConfig(cancel_grace=2, reclaim_interval=0.5, shutdown_grace=2, priority_aging=0)
+    taskd = await start_service(queues=one_at_a_time(), execution=execution)
+    blocker = (await taskd.submit(SLEEP, naps(1.0), project_id="blocker"))["task_id"]
+    await taskd.wait_for(blocker, lambda body: body["status"] == "processing")
+    low = [(await taskd.submit("noop", {}, project_id="a", priority=3))["task_id"] for _ in range(3)]
+    urgent_b = (await taskd.submit("noop", {}, project_id="b", priority=1))["task_id"]
+    urgent_a = (await taskd.submit("noop", {}, project_id="a", priority=1))["task_id"]
+
+    for task_id in [*low, urgent_b, urgent_a]:
+        await taskd.wait_terminal(task_id)
+    order = start_order(await started_at(redis, [*low, urgent_b, urgent_a]))
+
+    assert order == [low[0], urgent_b, low[1], low[2], urgent_a]
+
+
 async def test_aging_lets_a_long_waiting_low_priority_task_start_before_a_new_high_priority_one(
     start_service, redis
 ):

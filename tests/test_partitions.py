@@ -281,17 +281,61 @@ async def test_a_take_filled_from_a_later_partition_leaves_the_worker_in_no_idle
     start_service, partitioned, redis
 ):
     api_only = await start_service(redis=partitioned, workers=False)
-    task = await api_only.submit("noop", {}, project_id=PROJECTS[1])
     store = TaskStore(redis, 3600)
+    # A take that finds nothing puts the worker in every partition's idle set.
+    assert not (await store.take("default", "worker-a", time.time(), 1, 100)).started
+    task = await api_only.submit("noop", {}, project_id=PROJECTS[1])
 
-    # Its first take starts at partition 0, which has nothing and puts the worker in its idle set;
-    # partition 1 then fills its one slot.
+    # Partition 1 fills its one slot; the partitions after it are not looked in.
     takes = await store.take("default", "worker-a", time.time(), 1, 100)
 
     assert [taken.record.task_id for taken in takes.started if taken.record] == [task["task_id"]]
     assert takes.look_when_freed
     # A job of partition 0 must wake a worker with room, not this full one.
     assert await redis.zscore(keys.idle("default", 0), "worker-a") is None
+
+
+async def test_projects_take_turns_across_partitions_not_the_partitions_themselves(
+    start_service, partitioned, redis
+):
+    api_only = await start_service(redis=partitioned, workers=False)
+    alone = PROJECTS[0]
+    # Two projects in partition 1 against one in partition 0.
+    crowd = [
+        PROJECTS[1],
+        next(name for name in (f"reel-{n}" for n in range(100)) if zlib.crc32(name.encode()) % 3 == 1),
+    ]
+    submitted = []
+    for _ in range(2):
+        for project in (alone, *crowd):
+            submitted.append((await api_only.submit("noop", {}, project_id=project))["task_id"])
+    store = TaskStore(redis, 3600)
+
+    started = []
+    for _ in submitted:
+        takes = await store.take("default", "worker-a", time.time(), 1, 100)
+        started += [taken.record.task_id for taken in takes.started if taken.record]
+
+    # Each project's next task starts when its turn comes round, wherever its partition: taken in
+    # rotation, the project alone in its partition had every other start.
+    assert started == submitted
+
+
+async def test_a_take_of_several_jobs_starts_the_heads_that_waited_longest_in_every_partition(
+    start_service, partitioned, redis
+):
+    api_only = await start_service(redis=partitioned, workers=False)
+    alone, other = PROJECTS[0], PROJECTS[1]
+    first = (await api_only.submit("noop", {}, project_id=alone))["task_id"]
+    then = (await api_only.submit("noop", {}, project_id=other))["task_id"]
+    await api_only.submit("noop", {}, project_id=alone)
+    store = TaskStore(redis, 3600)
+
+    takes = await store.take("default", "worker-a", time.time(), 2, 100)
+
+    # Filled from one partition, the second slot went to `alone`'s next task, whose turn comes after
+    # `other`'s.
+    assert [taken.record.task_id for taken in takes.started if taken.record] == [first, then]
 
 
 async def test_the_wake_up_of_an_idle_worker_names_the_partition_of_the_job(

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import itertools
+import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -386,7 +389,8 @@ class TaskStore:
         self._due = load("due")
         self._list = load("list")
         self._progress_again = load("progress_again")
-        # Where each queue's next take starts among the partitions, so that none is always last.
+        # Where each queue's next take starts among the partitions whose first due jobs are equally
+        # old (none due in either, most often), so that none is always last.
         self._take_turns: dict[str, itertools.cycle[int]] = {}
         # Per queue, the partitions whose idle set this process's worker may be waiting in (take).
         self._idle_in: dict[str, set[int]] = {}
@@ -826,10 +830,11 @@ class TaskStore:
         With `recover`, the tasks of `queue` that `worker_id` runs come back too: a call whose reply
         was lost may have started some.
 
-        With several partitions, one script per partition, in turns that start at the next partition
-        each time, until `count` are started; only in the partitions `where` when given (those whose
-        jobs woke the worker: it still waits in the idle sets of the others, whose next job wakes
-        it). The worker is to look again when a slot frees unless every partition it looked in found
+        With several partitions, one script per partition, the partition whose first due job has
+        waited longest first, each for its share of the `count` longest-waiting due jobs of the
+        queue (`_longest_waiting_first`), then for the slots left over, until `count` are started; only in the
+        partitions `where` when given (those whose jobs woke the worker: it still waits in the idle
+        sets of the others, whose next job wakes it). The worker is to look again when a slot frees unless every partition it looked in found
         nothing more and put it in its idle set. A worker filled up is taken out of every idle set it
         may still be in, so that their next job wakes a worker with room.
         """
@@ -840,26 +845,76 @@ class TaskStore:
         order = [(first + step) % len(self.clients) for step in range(len(self.clients))]
         if where is not None and not recover:
             order = [partition for partition in order if partition in where]
+        # How many of the jobs to start each partition holds among the queue's longest-waiting heads.
+        shares: Counter[int] | None = None
+        if len(order) > 1:
+            order, shares = await self._longest_waiting_first(queue, order, at, count)
         # The partitions whose idle set this process's worker of the queue may be in.
         idle_in = self._idle_in.setdefault(queue, set())
         started: list[Taken] = []
-        look = False
-        for partition in order:
-            if len(started) >= count and not recover:
-                look = True
-                break
-            takes = await self._take_from(
-                partition, queue, worker_id, at, max(0, count - len(started)), scan, recover
-            )
-            started += takes.started
-            look = look or takes.look_when_freed
-            # take.lua leaves the worker in the idle set when it found nothing more, else out of it.
-            (idle_in.discard if takes.look_when_freed else idle_in.add)(partition)
+        filled = False
+        # Per partition, whether its last take said to look again when a slot frees.
+        looks: dict[int, bool] = {}
+        # First each partition's share, then the slots left over (a share not taken: its heads'
+        # projects were throttled, or another worker took them) from every partition in order.
+        passes = (shares, None) if shares is not None and not recover else (None,)
+        for share in passes:
+            for partition in order:
+                if len(started) >= count and not recover:
+                    filled = True
+                    break
+                want = max(0, count - len(started))
+                if share is not None:
+                    want = min(want, share[partition])
+                    if want == 0:
+                        continue
+                elif looks.get(partition) is False:
+                    continue  # it found nothing more in this call
+                takes = await self._take_from(partition, queue, worker_id, at, want, scan, recover)
+                started += takes.started
+                looks[partition] = takes.look_when_freed
+                # take.lua leaves the worker in the idle set when it found nothing more, else out of it.
+                (idle_in.discard if takes.look_when_freed else idle_in.add)(partition)
+        look = filled or any(looks.values())
         if look and idle_in:
             for partition in sorted(idle_in):
                 await self.clients[partition].zrem(keys.idle(queue, partition), worker_id)
             idle_in.clear()
         return Takes(started, look)
+
+    async def _longest_waiting_first(
+        self, queue: str, order: list[int], at: float, count: int
+    ) -> tuple[list[int], Counter[int]]:
+        """The partitions by the score of their first due job on arq's set (a project's head, whose
+        score is when its turn began, moved earlier by its priority), those with none due last, ties
+        kept in `order`; and how many of the `count` due jobs with the lowest scores of all the
+        partitions together each holds.
+
+        Each partition's heads take turns among themselves (lib/fair.lua); taken in rotation, each
+        take filling its slots from one partition, the partitions took turns instead of the projects:
+        a project alone in its partition got one start in two with two partitions, whatever the
+        number of projects in the other (and a project's partition is a public hash of its id, so a
+        tenant can pick one). Taken by their heads' scores, the next starts go to the heads that
+        have waited longest in any partition, as on one.
+        """
+        now_ms = int(at * 1000)
+        firsts = await asyncio.gather(
+            *(
+                self.clients[partition].zrangebyscore(
+                    keys.queue(queue, partition), "-inf", now_ms, start=0, num=max(count, 1), withscores=True
+                )
+                for partition in order
+            )
+        )
+        due = {
+            partition: [float(score) for _, score in first]
+            for partition, first in zip(order, firsts, strict=True)
+        }
+        longest = heapq.nsmallest(
+            count, ((score, partition) for partition, scores in due.items() for score in scores)
+        )
+        shares = Counter(partition for _, partition in longest)
+        return sorted(order, key=lambda partition: due[partition][0] if due[partition] else math.inf), shares
 
     async def _take_from(
         self, partition: int, queue: str, worker_id: str, at: float, count: int, scan: int, recover: bool
