@@ -105,7 +105,9 @@ async def test_progress_webhooks_are_coalesced_to_one_per_interval_carrying_the_
     assert sorted(values) == values and small.count(True) <= 1, values
     assert len({request.headers["webhook-id"] for request in progress}) == len(progress)
     assert all(request.json["status"] == "processing" for request in progress)
-    assert receiver.received[-1].json["event"] == "completed"
+    # One end's webhook; a progress one sent as the task ended may arrive after it (docs/webhooks.md:
+    # webhooks of different events are sent independently).
+    assert [request.json["event"] for request in receiver.received].count("completed") == 1
 
 
 async def test_an_end_left_out_of_webhook_events_cannot_be_redelivered(start, receiver):
