@@ -338,6 +338,33 @@ async def test_a_take_of_several_jobs_starts_the_heads_that_waited_longest_in_ev
     assert [taken.record.task_id for taken in takes.started if taken.record] == [first, then]
 
 
+async def test_a_job_running_on_a_claiming_worker_takes_no_share_of_a_take_across_partitions(
+    start_service, partitioned, redis
+):
+    # A host with GPUs claims one job at a time (start.lua) and its running jobs stay on arq's set,
+    # in front; a host without takes batches from the same queue. The claimed job's partition is
+    # the last, so that it loses a tie of scores (the same millisecond) to the other's heads.
+    api_only = await start_service(redis=partitioned, workers=False)
+    first, second = [
+        name for name in (f"reel-{n}" for n in range(200)) if zlib.crc32(name.encode()) % PARTITIONS == 1
+    ][:2]
+    claimed = (await api_only.submit("noop", {}, project_id=PROJECTS[2]))["task_id"]
+    older = (await api_only.submit("noop", {}, project_id=first))["task_id"]
+    old = (await api_only.submit("noop", {}, project_id=second))["task_id"]
+    await api_only.submit("noop", {}, project_id=PROJECTS[2])  # its turn comes after both
+    store = TaskStore(redis, 3600)
+    record = await store.get(claimed)
+    assert record.job_id is not None
+    start = await store.start(claimed, record.job_id, "default", "gpu-worker", time.time(), 60_000)
+    assert start.record is not None
+
+    takes = await store.take("default", "worker-a", time.time(), 2, 100)
+
+    # Counted among the heads, the running job gave its partition a share, which started its
+    # project's next task ahead of the two heads of the other partition.
+    assert {taken.record.task_id for taken in takes.started if taken.record} == {older, old}
+
+
 async def test_the_wake_up_of_an_idle_worker_names_the_partition_of_the_job(
     start_service, partitioned, redis
 ):

@@ -44,6 +44,8 @@ def test_the_store_has_its_scripts_and_libraries_as_files():
         "position",
         "due",
         "take",
+        # The waiting heads' scores a take over several partitions shares its slots by.
+        "waiting_heads",
         # A listing of a project's tasks (TaskStore.list_project), a stretch of its index per call.
         "list",
         # The per-key rate limit's sliding window (taskd.http.ratelimit), among the store's scripts

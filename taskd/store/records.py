@@ -363,6 +363,7 @@ class TaskStore:
         self._batch = load("batch")
         self._start = load("start")
         self._take = load("take")
+        self._waiting_heads = load("waiting_heads")
         self._progress = load("progress")
         finish = load("finish")
         # Runs that end at once (a worker's batch from one take) end in one call of finish.lua.
@@ -885,8 +886,9 @@ class TaskStore:
     async def _longest_waiting_first(
         self, queue: str, order: list[int], at: float, count: int
     ) -> tuple[list[int], Counter[int]]:
-        """The partitions by the score of their first due job on arq's set (a project's head, whose
-        score is when its turn began, moved earlier by its priority), those with none due last, ties
+        """The partitions by the score of their first due job on arq's set waiting to start (a
+        project's head, whose score is when its turn began, moved earlier by its priority; not a job
+        running on a worker that claims one at a time: waiting_heads.lua), those with none due last, ties
         kept in `order`; and how many of the `count` due jobs with the lowest scores of all the
         partitions together each holds.
 
@@ -897,17 +899,18 @@ class TaskStore:
         tenant can pick one). Taken by their heads' scores, the next starts go to the heads that
         have waited longest in any partition, as on one.
         """
-        now_ms = int(at * 1000)
         firsts = await asyncio.gather(
             *(
-                self.clients[partition].zrangebyscore(
-                    keys.queue(queue, partition), "-inf", now_ms, start=0, num=max(count, 1), withscores=True
+                self._waiting_heads(
+                    client=self.clients[partition],
+                    keys={"queue": keys.queue(queue, partition)},
+                    args={"now_ms": int(at * 1000), "count": max(count, 1)},
                 )
                 for partition in order
             )
         )
         due = {
-            partition: [float(score) for _, score in first]
+            partition: [float(score) for score in first]
             for partition, first in zip(order, firsts, strict=True)
         }
         longest = heapq.nsmallest(
