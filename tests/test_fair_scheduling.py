@@ -135,17 +135,29 @@ async def test_a_projects_tasks_start_in_the_order_they_were_submitted_while_oth
     assert [task_id for task_id in order if task_id in ids["b"]] == ids["b"]
 
 
-async def test_higher_priorities_start_first_across_projects_and_within_one(start_service, redis):
-    taskd = await start_service(queues=one_at_a_time())
+async def behind_a_blocker(taskd):
+    """Start a one-second task in a one-slot queue, then submit three priority-3 tasks of project
+    `a`, a priority-1 task of `b` and one of `a` behind it: the ids, (low, urgent_b, urgent_a)."""
     blocker = (await taskd.submit(SLEEP, naps(1.0), project_id="blocker"))["task_id"]
     await taskd.wait_for(blocker, lambda body: body["status"] == "processing")
     low = [(await taskd.submit("noop", {}, project_id="a", priority=3))["task_id"] for _ in range(3)]
     urgent_b = (await taskd.submit("noop", {}, project_id="b", priority=1))["task_id"]
     urgent_a = (await taskd.submit("noop", {}, project_id="a", priority=1))["task_id"]
+    return low, urgent_b, urgent_a
 
-    for task_id in [*low, urgent_b, urgent_a]:
+
+async def order_started(taskd, redis, task_ids: list[str]) -> list[str]:
+    """`task_ids` in the order they started, once every one has ended."""
+    for task_id in task_ids:
         await taskd.wait_terminal(task_id)
-    order = start_order(await started_at(redis, [*low, urgent_b, urgent_a]))
+    return start_order(await started_at(redis, task_ids))
+
+
+async def test_higher_priorities_start_first_across_projects_and_within_one(start_service, redis):
+    taskd = await start_service(queues=one_at_a_time())
+    low, urgent_b, urgent_a = await behind_a_blocker(taskd)
+
+    order = await order_started(taskd, redis, [*low, urgent_b, urgent_a])
 
     assert order == [urgent_b, urgent_a, *low]
 
@@ -158,15 +170,9 @@ async def test_with_priority_aging_zero_a_priority_jumps_no_line_and_projects_ju
     # project's turn, first in first out, whatever priority it was sent with.
     execution = ExecutionConfig(cancel_grace=2, reclaim_interval=0.5, shutdown_grace=2, priority_aging=0)
     taskd = await start_service(queues=one_at_a_time(), execution=execution)
-    blocker = (await taskd.submit(SLEEP, naps(1.0), project_id="blocker"))["task_id"]
-    await taskd.wait_for(blocker, lambda body: body["status"] == "processing")
-    low = [(await taskd.submit("noop", {}, project_id="a", priority=3))["task_id"] for _ in range(3)]
-    urgent_b = (await taskd.submit("noop", {}, project_id="b", priority=1))["task_id"]
-    urgent_a = (await taskd.submit("noop", {}, project_id="a", priority=1))["task_id"]
+    low, urgent_b, urgent_a = await behind_a_blocker(taskd)
 
-    for task_id in [*low, urgent_b, urgent_a]:
-        await taskd.wait_terminal(task_id)
-    order = start_order(await started_at(redis, [*low, urgent_b, urgent_a]))
+    order = await order_started(taskd, redis, [*low, urgent_b, urgent_a])
 
     assert order == [low[0], urgent_b, low[1], low[2], urgent_a]
 
@@ -182,10 +188,7 @@ async def test_aging_lets_a_long_waiting_low_priority_task_start_before_a_new_hi
     await asyncio.sleep(0.6)  # longer than the two aging windows between priority 3 and 1
     urgent = (await taskd.submit("noop", {}, project_id="b", priority=1))["task_id"]
 
-    for task_id in (patient, urgent):
-        await taskd.wait_terminal(task_id)
-
-    assert start_order(await started_at(redis, [patient, urgent])) == [patient, urgent]
+    assert await order_started(taskd, redis, [patient, urgent]) == [patient, urgent]
 
 
 async def test_queue_position_counts_the_turns_of_other_projects(start_service):
