@@ -55,8 +55,9 @@ async def start(start_service, media: MediaConfig, **sections):
     return await start_service(media=media, network=NetworkConfig(allow_private=True), **sections)
 
 
-async def audio_task(running, files: FileServer) -> dict:
-    task = await running.submit(
+async def submit_audio(running, files: FileServer) -> dict:
+    """Submit a one-second `process_audio` task of project noir_001: the submit's answer."""
+    return await running.submit(
         "process_audio",
         {
             "tracks": [{"url": files.add("tone.wav", sine_wav(1.0))}],
@@ -65,6 +66,10 @@ async def audio_task(running, files: FileServer) -> dict:
         },
         project_id="noir_001",
     )
+
+
+async def audio_task(running, files: FileServer) -> dict:
+    task = await submit_audio(running, files)
     return await running.wait_terminal(task["task_id"], timeout=60)
 
 
@@ -139,15 +144,7 @@ async def test_a_task_cancelled_while_its_upload_runs_leaves_no_object_in_the_bu
 ):
     began, release = held_store
     running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
-    task = await running.submit(
-        "process_audio",
-        {
-            "tracks": [{"url": files.add("tone.wav", sine_wav(1.0))}],
-            "output_format": "wav",
-            "normalize": False,
-        },
-        project_id="noir_001",
-    )
+    task = await submit_audio(running, files)
     assert await asyncio.to_thread(began.wait, 60)
 
     async with running.client.delete(f"/api/v1/tasks/{task['task_id']}") as resp:
