@@ -580,6 +580,20 @@ class WebhooksConfig:
     # The least seconds between two `progress` webhooks of one task (those who ask for them).
     progress_interval: float = attrs.field(default=5.0, validator=_seconds(ge=0))
 
+    def idle_caps(self) -> list[str]:
+        """Why max_per_receiver or max_per_tenant protects nobody: at or above max_concurrency (a
+        valid choice, as with one receiver for everything, but one an operator who only lowered
+        max_concurrency did not make). Said at start and by `taskd config check`."""
+        return [
+            f"webhooks.{name} ({cap}) is not below webhooks.max_concurrency ({self.max_concurrency}): "
+            f"one {who} can hold every place; set it lower to keep some for the others"
+            for name, cap, who in (
+                ("max_per_receiver", self.max_per_receiver, "receiver"),
+                ("max_per_tenant", self.max_per_tenant, "API key's tasks"),
+            )
+            if cap >= self.max_concurrency
+        ]
+
 
 @attrs.frozen
 class RetryConfig:

@@ -255,6 +255,8 @@ class Service:
         self._background.append(asyncio.create_task(reclaimer.run(), name="reclaimer"))
         release = ScheduledRelease(store)
         self._background.append(asyncio.create_task(release.run(), name="scheduled-release"))
+        for warning in self.config.webhooks.idle_caps():
+            log.warning("%s", warning)
         sender = WebhookSender(
             redis,
             store,

@@ -448,6 +448,21 @@ def test_config_check_exits_0_for_a_valid_config(monkeypatch, capsys, tmp_path):
     assert capsys.readouterr().out.strip().startswith(f"config OK: {tmp_path / 'taskd.toml'}")
 
 
+def test_config_check_warns_of_webhook_caps_that_a_lowered_max_concurrency_left_idle(
+    monkeypatch, capsys, tmp_path
+):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    (tmp_path / "taskd.toml").write_text("[webhooks]\nmax_concurrency = 16\nmax_per_receiver = 8\n")
+
+    code = main(["--config", str(tmp_path / "taskd.toml"), "config", "check"])
+
+    assert code == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "warning: webhooks.max_per_tenant (48) is not below webhooks.max_concurrency (16): one API "
+        "key's tasks can hold every place; set it lower to keep some for the others"
+    )
+
+
 def test_config_may_follow_the_command(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
     (tmp_path / "taskd.toml").write_text("[http]\nport = 8123\n")

@@ -575,3 +575,17 @@ async def test_redeliver_of_a_task_that_has_not_ended_is_400(start, receiver):
 
     assert status == 400
     assert body == {"detail": "Task is queued; its webhook is sent once it has ended"}
+
+
+async def test_a_start_warns_of_webhook_caps_at_or_above_max_concurrency(start_service, caplog):
+    caplog.set_level(logging.WARNING, "taskd")
+
+    await start_service(workers=False, webhooks=WebhooksConfig(max_concurrency=16))
+
+    warned = [
+        r.getMessage() for r in caplog.records if "is not below webhooks.max_concurrency" in r.getMessage()
+    ]
+    assert [message.split(" (")[0] for message in warned] == [
+        "webhooks.max_per_receiver",
+        "webhooks.max_per_tenant",
+    ]
