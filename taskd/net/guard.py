@@ -121,8 +121,10 @@ def host_and_port(url: URL) -> tuple[str, int]:
     """The host and port an http(s) `url` names; ForbiddenAddress for another scheme or no host."""
     if url.scheme not in SCHEMES or not url.raw_host:
         raise NotHttp("only http and https URLs with a host are allowed")
-    # A port 0 given stays 0 (its connection fails), not the scheme's default.
-    return url.raw_host, url.port if url.port is not None else (443 if url.scheme == "https" else 80)
+    # A port 0 given stays 0 (its connection fails), not the scheme's default (as yarl before 1.17.2
+    # read it through `port`).
+    port = url.explicit_port
+    return url.raw_host, port if port is not None else (443 if url.scheme == "https" else 80)
 
 
 def name_resolver() -> AbstractResolver:

@@ -78,7 +78,9 @@ def _callback_url(value: Any, details: dict[str, str]) -> None:
     except ValueError as exc:  # yarl's reason: "Port out of range 0-65535", "Invalid IPv6 URL"
         details["callback_url"] = f"Callback URL is not a valid URL: {exc}"
         return
-    if parsed.port == 0:  # yarl reads it; taskd's own client went to port 80, aiohttp's to port 0
+    # The port as written: before yarl 1.17.2, `port` read an explicit 0 as the scheme's default.
+    # taskd's own client went to port 80, aiohttp's to port 0.
+    if parsed.explicit_port == 0:
         details["callback_url"] = "Callback URL is not a valid URL: port 0 cannot be connected to"
         return
     if not _sendable_credentials(parsed):
