@@ -44,6 +44,7 @@ class Browser:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.exceptions: list[str] = []
         self.requests: list[str] = []
+        self._held: asyncio.Queue[str] = asyncio.Queue()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -103,6 +104,8 @@ class Browser:
                 self.exceptions.append(details.get("exception", {}).get("description") or details.get("text"))
             elif data.get("method") == "Network.requestWillBeSent":
                 self.requests.append(data["params"]["request"]["url"])
+            elif data.get("method") == "Fetch.requestPaused":
+                self._held.put_nowait(data["params"]["requestId"])
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:
         """One DevTools command; its result."""
@@ -138,6 +141,18 @@ class Browser:
                     await asyncio.sleep(0.05)
         except TimeoutError:
             raise AssertionError(f"never true in the page: {expression}") from None
+
+    async def hold_answers(self, url_pattern: str) -> None:
+        """Hold the answer to each request whose URL matches `url_pattern` (a DevTools glob, `*`
+        for any text) before the page sees it, until `release_next` lets it through."""
+        await self.send("Fetch.enable", patterns=[{"urlPattern": url_pattern, "requestStage": "Response"}])
+
+    async def release_next(self) -> None:
+        """Wait for an answer `hold_answers` holds, hand it to the page, and hold no more."""
+        async with asyncio.timeout(15):
+            request_id = await self._held.get()
+        await self.send("Fetch.continueRequest", requestId=request_id)
+        await self.send("Fetch.disable")
 
     async def navigate(self, url: str) -> None:
         """Load `url`."""

@@ -53,14 +53,19 @@ function mb(bytes) {
 }
 
 class AuthError extends Error {}
+// The answer to a request made with a key since forgotten or replaced: what it holds is not for
+// whoever uses the page now, and is dropped.
+class KeyChanged extends Error {}
 
 async function api(path, options = {}) {
+  const key = state.key;
   const response = await fetch(path, {
     ...options,
-    headers: { "X-API-Key": state.key, "Content-Type": "application/json", ...(options.headers || {}) },
+    headers: { "X-API-Key": key, "Content-Type": "application/json", ...(options.headers || {}) },
   });
   let body = null;
   try { body = await response.json(); } catch (_) { body = null; }
+  if (key !== state.key) throw new KeyChanged("the key changed while this request was out");
   if (response.status === 401) throw new AuthError((body && body.message) || "Invalid API key");
   if (!response.ok) {
     const message = body ? body.message || body.detail || JSON.stringify(body) : response.statusText;
@@ -75,11 +80,28 @@ function showKeyForm(message) {
   $("forget-key").hidden = true;
   $("key-error").hidden = !message;
   $("key-error").textContent = message || "";
+  clearInterval(state.overviewTimer);
   stopLive();
+  clearView();
   $("api-key").focus();
 }
 
+// Nothing the last key was shown stays in the page, not even hidden: the next key may be another
+// person's, of fewer projects (Forget key on a shared screen, or a key that stopped working).
+function clearView() {
+  state.tasks = new Map();
+  state.selected = null;
+  state.totalPages = 1;
+  for (const table of ["queues", "workers", "tasks"]) $(table).tBodies[0].replaceChildren();
+  for (const id of ["alerts", "gpus", "metrics", "known-types", "detail-fields", "detail-webhook"]) $(id).replaceChildren();
+  for (const id of ["task-count", "page-info", "detail-id", "action-message", "detail-data", "detail-result",
+    "detail-error", "detail-traceback"]) $(id).textContent = "";
+  $("detail").hidden = true;
+}
+
+// Deals with a failed request; the message to show beside what failed ("" for none).
 function handleError(error) {
+  if (error instanceof KeyChanged) return "";
   if (error instanceof AuthError) {
     sessionStorage.removeItem(KEY_STORE);
     state.key = "";
@@ -87,6 +109,7 @@ function handleError(error) {
   } else {
     console.warn(error);
   }
+  return error.message;
 }
 
 // ---- overview: queues, workers, GPUs, alerts, metrics ----
@@ -404,8 +427,7 @@ async function openDetail(taskId) {
   try {
     status = await api(`/api/v1/tasks/${encodeURIComponent(taskId)}/status`);
   } catch (error) {
-    handleError(error);
-    $("action-message").textContent = error.message;
+    $("action-message").textContent = handleError(error);
     return;
   }
   if (state.selected !== taskId) return;
@@ -456,8 +478,7 @@ async function cancelSelected() {
     const body = await api(`/api/v1/tasks/${encodeURIComponent(taskId)}`, { method: "DELETE" });
     $("action-message").textContent = body.message || body.detail || "";
   } catch (error) {
-    handleError(error);
-    $("action-message").textContent = error.message;
+    $("action-message").textContent = handleError(error);
   }
   await openDetail(taskId);
 }
@@ -471,8 +492,7 @@ async function retrySelected() {
     await loadTasks();
     await openDetail(body.new_task_id);
   } catch (error) {
-    handleError(error);
-    $("action-message").textContent = error.message;
+    $("action-message").textContent = handleError(error);
   }
 }
 
@@ -514,7 +534,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("forget-key").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORE);
     state.key = "";
-    clearInterval(state.overviewTimer);
     showKeyForm("");
   });
   $("project-form").addEventListener("submit", (event) => { event.preventDefault(); showProject(); });

@@ -1,6 +1,7 @@
 """What taskd serves to a browser, against a hostile tenant and a hostile web page.
 
-The dashboard in headless Chromium: the key never goes into a URL.
+The dashboard in headless Chromium: the key never goes into a URL, and a forgotten key leaves
+nothing it was shown in the page.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from pathlib import Path
 
 from chromium import CHROMIUM, Browser, enter_key, needs_chromium
 from conftest import API_KEY
+
+from taskd.config import AuthConfig, ScopedKey
+
+TENANT_KEY = "tenant-a-key-0123456789"
 
 
 def row(task_id: str) -> str:
@@ -75,3 +80,60 @@ async def test_in_chromium_the_event_reader_parses_server_sent_events_split_anyw
         ],
         "stream": {"lastId": "6-0", "retryMs": 7000},
     }
+
+
+@needs_chromium
+async def test_in_chromium_forget_key_leaves_nothing_the_last_key_was_shown(start_service, tmp_path: Path):
+    service = await start_service(
+        auth=AuthConfig(api_keys=[API_KEY], keys=[ScopedKey(TENANT_KEY, ["tenant-a"])])
+    )
+    other = await service.submit("fail", {"message": "the other project's secret"}, project_id="tenant-b")
+    await service.wait_terminal(other["task_id"])
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        # The operator looks at another tenant's task, forgets the key; the tenant enters theirs.
+        await browser.navigate(f"{service.base_url}/dashboard?project=tenant-b")
+        await enter_key(browser, API_KEY)
+        await browser.wait_for(f"{row(other['task_id'])} !== null")
+        await browser.evaluate(f"{row(other['task_id'])}.click(); true")
+        await browser.wait_for(f"document.getElementById('detail-id').textContent === '{other['task_id']}'")
+        await browser.evaluate("document.getElementById('forget-key').click(); true")
+        left_after_forget = await browser.evaluate("document.body.textContent")
+        await enter_key(browser, TENANT_KEY)
+        await browser.wait_for("document.querySelectorAll('#workers tbody tr').length === 1")
+        shown_to_tenant = await browser.evaluate("document.body.textContent")
+    finally:
+        await browser.close()
+
+    for page in (left_after_forget, shown_to_tenant):
+        assert "the other project's secret" not in page
+        assert other["task_id"][:8] not in page
+
+
+@needs_chromium
+async def test_in_chromium_an_answer_that_comes_after_the_key_is_forgotten_is_not_shown(
+    start_service, tmp_path: Path
+):
+    service = await start_service(
+        auth=AuthConfig(api_keys=[API_KEY], keys=[ScopedKey(TENANT_KEY, ["tenant-a"])])
+    )
+    other = await service.submit("noop", {"note": "the other project's secret"}, project_id="tenant-b")
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate(f"{service.base_url}/dashboard")
+        await enter_key(browser, API_KEY)
+        await browser.hold_answers("*/api/v1/projects/tenant-b/tasks*")
+        await browser.evaluate(
+            "document.getElementById('project').value = 'tenant-b';"
+            "document.getElementById('project-form').requestSubmit(); true"
+        )
+        # The list is asked for with the operator's key, which is forgotten before it comes.
+        await browser.evaluate("document.getElementById('forget-key').click(); true")
+        await browser.release_next()
+        await enter_key(browser, TENANT_KEY)
+        await browser.wait_for("document.querySelectorAll('#workers tbody tr').length === 1")
+        shown_to_tenant = await browser.evaluate("document.body.textContent")
+    finally:
+        await browser.close()
+
+    assert other["task_id"][:8] not in shown_to_tenant  # the list shows ids so far, the full id on hover
