@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from chromium import CHROMIUM, Browser, enter_key, needs_chromium
 from conftest import API_KEY
 
@@ -137,3 +138,23 @@ async def test_in_chromium_an_answer_that_comes_after_the_key_is_forgotten_is_no
         await browser.close()
 
     assert other["task_id"][:8] not in shown_to_tenant  # the list shows ids so far, the full id on hover
+
+
+@needs_chromium
+@pytest.mark.parametrize("path", ["/dashboard", "/docs"])
+async def test_in_chromium_a_foreign_page_that_opened_the_dashboard_or_docs_keeps_no_handle_on_it(
+    taskd, tmp_path: Path, path: str
+):
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate("data:text/html,<title>elsewhere</title>")
+        await browser.wait_for("document.title === 'elsewhere'")
+        await browser.send(
+            "Runtime.evaluate",
+            expression=f"window.opened = window.open({json.dumps(taskd.base_url + path)})",
+            userGesture=True,
+        )
+        # Cut off from its opener, the window looks closed to it: nothing to navigate later.
+        await browser.wait_for("window.opened.closed")
+    finally:
+        await browser.close()
