@@ -1,7 +1,9 @@
 """What taskd serves to a browser, against a hostile tenant and a hostile web page.
 
-The dashboard in headless Chromium: the key never goes into a URL, and a forgotten key leaves
-nothing it was shown in the page.
+The dashboard in headless Chromium: tenant-written strings are shown as text, the key never goes
+into a URL, a forgotten key leaves nothing it was shown in the page, and a foreign page that opened
+it keeps no handle on it. Over HTTP: a foreign origin is given no CORS answer, and the pages carry
+their framing and referrer headers. The model: docs/security.md, "Browsers".
 """
 
 from __future__ import annotations
@@ -9,13 +11,34 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import aiohttp
 import pytest
 from chromium import CHROMIUM, Browser, enter_key, needs_chromium
 from conftest import API_KEY
 
-from taskd.config import AuthConfig, ScopedKey
+from taskd.config import AuthConfig, ScopedKey, WebhooksConfig
 
 TENANT_KEY = "tenant-a-key-0123456789"
+# Markup in every place a tenant writes: any element it makes in the page, or a run of its code,
+# would mean a value went in as HTML. The CSP would stop the handlers running; the element count
+# does not depend on it.
+HOSTILE = (
+    '"><img src=x onerror="window.pwned=1"><svg onload="window.pwned=2"></svg>'
+    "<script>window.pwned=3</script></pre><iframe src=javascript:window.pwned=4></iframe>"
+)
+# Counts every such element put into the page from then on, even one replaced a moment later.
+WATCH_FOR_MARKUP = """
+window.madeByMarkup = 0;
+new MutationObserver((records) => {
+  for (const record of records) {
+    for (const node of record.addedNodes) {
+      const tags = "img, svg, script, iframe";
+      if (node.nodeType === 1 && (node.matches(tags) || node.querySelector(tags))) window.madeByMarkup += 1;
+    }
+  }
+}).observe(document.body, { childList: true, subtree: true });
+true
+"""
 
 
 def row(task_id: str) -> str:
@@ -158,3 +181,88 @@ async def test_in_chromium_a_foreign_page_that_opened_the_dashboard_or_docs_keep
         await browser.wait_for("window.opened.closed")
     finally:
         await browser.close()
+
+
+@needs_chromium
+async def test_in_chromium_tenant_strings_are_shown_as_text_in_the_list_the_detail_and_live_events(
+    start_service, tmp_path: Path
+):
+    service = await start_service(webhooks=WebhooksConfig(allow_private=True))
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate(f"{service.base_url}/dashboard?project=proj-1")
+        await enter_key(browser, API_KEY)
+        await browser.evaluate(WATCH_FOR_MARKUP)
+        await browser.wait_for("document.getElementById('live').textContent === 'live'")
+        # Submitted while the page watches, so that they reach it as live events too: an error, an
+        # error of a first attempt (the detail's `last error`), a step a task reports and stays at.
+        failed = await service.submit("fail", {"message": HOSTILE})
+        retried = await service.submit(
+            "fail",
+            {"message": HOSTILE, "transient": True, "fail_times": 1},
+            metadata={"note": HOSTILE},
+            callback_url="http://127.0.0.1:9/hook?x=" + HOSTILE.replace(" ", "%20").replace('"', "%22"),
+        )
+        await service.wait_terminal(failed["task_id"])
+        await service.wait_terminal(retried["task_id"])
+        stepping = await service.submit("report_step", {"step": HOSTILE})
+        await service.wait_for(stepping["task_id"], lambda body: body["current_step"] == HOSTILE)
+        shown = {}
+        for task, field in (
+            (stepping, "#detail-fields dd[data-field=progress]"),
+            (failed, "#detail-error"),
+            (retried, '#detail-fields dd[data-field="last error"]'),
+        ):
+            await browser.wait_for(f"{row(task['task_id'])} !== null")
+            await browser.evaluate(f"{row(task['task_id'])}.click(); true")
+            shown_in = f"document.querySelector({json.dumps(field)})"
+            await browser.wait_for(
+                f"document.getElementById('detail-id').textContent === '{task['task_id']}'"
+                f" && {shown_in}?.textContent"
+            )
+            shown[field] = await browser.evaluate(f"{shown_in}.textContent")
+        data = await browser.evaluate("JSON.parse(document.getElementById('detail-data').textContent)")
+        made, pwned = await browser.evaluate("[window.madeByMarkup, window.pwned ?? null]")
+        exceptions = browser.exceptions
+    finally:
+        await browser.close()
+
+    assert list(shown.values()) == [f"50 % {HOSTILE}", HOSTILE, HOSTILE]
+    assert data == {"message": HOSTILE, "transient": True, "fail_times": 1}
+    assert (made, pwned) == (0, None)
+    assert exceptions == []
+
+
+async def test_a_foreign_origin_gets_no_cors_answer_so_its_page_can_read_nothing(taskd):
+    foreign = {"Origin": "https://attacker.example"}
+    async with aiohttp.ClientSession(taskd.base_url) as page:
+        async with page.options(
+            "/api/v1/tasks/submit",
+            headers={
+                **foreign,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-api-key",
+            },
+        ) as preflight:
+            preflight_headers = preflight.headers
+        async with page.get("/api/v1/tasks/health", headers={**foreign, "X-API-Key": API_KEY}) as read:
+            read_headers = read.headers
+
+    assert preflight.status >= 400
+    for headers in (preflight_headers, read_headers):
+        assert not [name for name in headers if name.lower().startswith("access-control-")]
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/dashboard.js", "/docs", "/docs/taskd-docs.js"])
+async def test_the_pages_cannot_be_framed_and_send_no_referrer(taskd, path):
+    async with aiohttp.ClientSession(taskd.base_url) as anonymous, anonymous.get(path) as response:
+        headers = response.headers
+
+    assert response.status == 200
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert "'unsafe-inline'" not in headers["Content-Security-Policy"].split("script-src", 1)[1].split(";")[0]
+    assert (headers["X-Frame-Options"], headers["Referrer-Policy"], headers["X-Content-Type-Options"]) == (
+        "DENY",
+        "no-referrer",
+        "nosniff",
+    )
