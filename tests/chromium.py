@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 FLAGS = [
     "--headless",
@@ -34,13 +35,16 @@ def find_chromium() -> str | None:
 
 
 class Browser:
-    """One headless Chromium with one page; `exceptions` collects uncaught page errors."""
+    """One headless Chromium with one page; `exceptions` collects uncaught page errors, `requests`
+    the URL of every request the page made (fetches, streams, scripts)."""
 
     def __init__(self, proc: asyncio.subprocess.Process, session: aiohttp.ClientSession) -> None:
         self.proc = proc
         self.session = session
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.exceptions: list[str] = []
+        self.requests: list[str] = []
+        self._held: asyncio.Queue[str] = asyncio.Queue()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -83,6 +87,7 @@ class Browser:
         self._reader = asyncio.create_task(self._read())
         await self.send("Runtime.enable")
         await self.send("Page.enable")
+        await self.send("Network.enable")
 
     async def _read(self) -> None:
         assert self.ws is not None
@@ -97,6 +102,10 @@ class Browser:
             elif data.get("method") == "Runtime.exceptionThrown":
                 details = data["params"]["exceptionDetails"]
                 self.exceptions.append(details.get("exception", {}).get("description") or details.get("text"))
+            elif data.get("method") == "Network.requestWillBeSent":
+                self.requests.append(data["params"]["request"]["url"])
+            elif data.get("method") == "Fetch.requestPaused":
+                self._held.put_nowait(data["params"]["requestId"])
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:
         """One DevTools command; its result."""
@@ -133,6 +142,18 @@ class Browser:
         except TimeoutError:
             raise AssertionError(f"never true in the page: {expression}") from None
 
+    async def hold_answers(self, url_pattern: str) -> None:
+        """Hold the answer to each request whose URL matches `url_pattern` (a DevTools glob, `*`
+        for any text) before the page sees it, until `release_next` lets it through."""
+        await self.send("Fetch.enable", patterns=[{"urlPattern": url_pattern, "requestStage": "Response"}])
+
+    async def release_next(self) -> None:
+        """Wait for an answer `hold_answers` holds, hand it to the page, and hold no more."""
+        async with asyncio.timeout(15):
+            request_id = await self._held.get()
+        await self.send("Fetch.continueRequest", requestId=request_id)
+        await self.send("Fetch.disable")
+
     async def navigate(self, url: str) -> None:
         """Load `url`."""
         await self.send("Page.navigate", url=url)
@@ -157,3 +178,19 @@ class Browser:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+
+
+CHROMIUM = find_chromium()
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed (Debian: apt-get install chromium); it drives the dashboard",
+)
+
+
+async def enter_key(browser: Browser, key: str) -> None:
+    """Give the dashboard's key form `key`, once the page asks for one."""
+    await browser.wait_for("!document.getElementById('key-panel').hidden")
+    await browser.evaluate(
+        f"document.getElementById('api-key').value = {json.dumps(key)};"
+        "document.getElementById('key-form').requestSubmit(); true"
+    )

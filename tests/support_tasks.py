@@ -147,6 +147,19 @@ def progress_burst(ctx: ProcessContext, data: ProgressBurstInput) -> dict[str, A
 
 
 @attrs.frozen
+class ReportStepInput:
+    step: str
+    seconds: float = 60.0
+
+
+async def report_step(ctx: TaskContext, data: ReportStepInput) -> dict[str, Any]:
+    """Report progress 0.5 with the caller's `step` as the current step, then wait `seconds`."""
+    await ctx.progress(0.5, data.step)
+    await asyncio.sleep(data.seconds)
+    return {}
+
+
+@attrs.frozen
 class StubbornChildrenInput:
     # "wait" for a cancel or a limit, "ignore_sigterm": wait, deaf to a cancel's SIGTERM, or "die":
     # the job process exits at once.
@@ -251,6 +264,7 @@ TASKS = [
     TaskType(
         "progress_burst", ProgressBurstInput, queue="default", expected_duration=0.1, handler=progress_burst
     ),
+    TaskType("report_step", ReportStepInput, queue="default", expected_duration=1.0, handler=report_step),
     TaskType(
         "leave_stubborn_children",
         StubbornChildrenInput,

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import aiohttp
 import pytest
-from chromium import Browser, find_chromium
+from chromium import CHROMIUM, Browser, enter_key, needs_chromium
 from conftest import API_KEY
 
 from taskd.gpu.devices import SimulatedBackend
-
-CHROMIUM = find_chromium()
 
 
 async def test_the_page_is_served_without_a_key_and_with_a_strict_content_security_policy(taskd):
@@ -114,21 +111,14 @@ def row(task_id: str) -> str:
     return f"document.querySelector('#tasks tr[data-task-id=\"{task_id}\"]')"
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="Chromium is not installed (Debian: apt-get install chromium); it drives the dashboard",
-)
+@needs_chromium
 async def test_in_chromium_a_submitted_task_shows_up_its_progress_moves_and_cancel_works(
     taskd, tmp_path: Path
 ):
     browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
     try:
         await browser.navigate(f"{taskd.base_url}/dashboard?project=proj-1")
-        await browser.wait_for("!document.getElementById('key-panel').hidden")
-        await browser.evaluate(
-            f"document.getElementById('api-key').value = {json.dumps(API_KEY)};"
-            "document.getElementById('key-form').requestSubmit(); true"
-        )
+        await enter_key(browser, API_KEY)
         await browser.wait_for("document.getElementById('live').textContent === 'live'")
         await browser.wait_for("document.querySelectorAll('#workers tbody tr').length === 1")
 
@@ -153,10 +143,7 @@ async def test_in_chromium_a_submitted_task_shows_up_its_progress_moves_and_canc
     assert exceptions == []
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="Chromium is not installed (Debian: apt-get install chromium); it drives the dashboard",
-)
+@needs_chromium
 async def test_in_chromium_a_waiting_task_shows_what_it_waits_for_and_a_scheduled_one_its_time(
     taskd, tmp_path: Path
 ):
@@ -167,11 +154,7 @@ async def test_in_chromium_a_waiting_task_shows_what_it_waits_for_and_a_schedule
     browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
     try:
         await browser.navigate(f"{taskd.base_url}/dashboard?project=proj-1")
-        await browser.wait_for("!document.getElementById('key-panel').hidden")
-        await browser.evaluate(
-            f"document.getElementById('api-key').value = {json.dumps(API_KEY)};"
-            "document.getElementById('key-form').requestSubmit(); true"
-        )
+        await enter_key(browser, API_KEY)
         await browser.wait_for("document.getElementById('live').textContent === 'live'")
         await browser.wait_for(f"{row(dependent['task_id'])} !== null")
         waits = await browser.evaluate(

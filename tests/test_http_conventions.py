@@ -1,10 +1,12 @@
 """HTTP conventions on every route of the app, found from its router: a 405 names the allowed
-methods in `Allow` (RFC 9110) with the documented error body, and HEAD answers wherever GET does."""
+methods in `Allow` (RFC 9110) with the documented error body, HEAD answers wherever GET does, and
+no answer under `/api/v1/` may be kept by a cache."""
 
 from __future__ import annotations
 
 import re
 
+import aiohttp
 from aiohttp import web
 
 # A value for each path parameter: well-formed, naming nothing that exists (no stream runs forever).
@@ -82,3 +84,26 @@ async def test_head_answers_like_get_without_a_body_on_every_get_route(start_ser
 
     assert "HEAD" in by_path["/livez"]
     assert mismatched == {}
+
+
+async def test_no_answer_under_api_v1_may_be_kept_by_a_cache(start_service):
+    taskd = await start_service(workers=False)
+    task = await taskd.submit("noop", {"note": "one key's data"})
+    by_path = routes_by_path(taskd.service._runner.app)
+    paths = [
+        concrete(path)
+        for path, methods in by_path.items()
+        if path.startswith("/api/v1/") and "GET" in methods
+    ]
+    paths += [f"/api/v1/tasks/{task['task_id']}/status", "/api/v1/projects/proj-1/tasks"]
+
+    kept = {}
+    for path in paths:
+        async with taskd.client.get(path) as response:
+            if response.headers.get("Cache-Control") != "no-store":
+                kept[path] = (response.status, response.headers.get("Cache-Control"))
+    async with aiohttp.ClientSession(taskd.base_url) as anonymous, anonymous.get(paths[-1]) as refused:
+        refused_cache_control = (refused.status, refused.headers.get("Cache-Control"))
+
+    assert kept == {}
+    assert refused_cache_control == (401, "no-store")

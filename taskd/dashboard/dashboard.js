@@ -6,6 +6,7 @@ const PROJECT_STORE = "taskd.project";
 const OVERVIEW_EVERY_MS = 3000;
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const PAGE_SIZE = 50;
+const RECONNECT_MS = 3000; // until the stream says otherwise (`retry:`), as EventSource
 
 const state = {
   key: sessionStorage.getItem(KEY_STORE) || "",
@@ -16,7 +17,7 @@ const state = {
   totalPages: 1,
   tasks: new Map(), // task_id -> list item (plus live fields)
   selected: null,
-  source: null,
+  source: null, // the AbortController of the live event stream
   overviewTimer: null,
   reloadTimer: null,
 };
@@ -52,14 +53,19 @@ function mb(bytes) {
 }
 
 class AuthError extends Error {}
+// The answer to a request made with a key since forgotten or replaced: what it holds is not for
+// whoever uses the page now, and is dropped.
+class KeyChanged extends Error {}
 
 async function api(path, options = {}) {
+  const key = state.key;
   const response = await fetch(path, {
     ...options,
-    headers: { "X-API-Key": state.key, "Content-Type": "application/json", ...(options.headers || {}) },
+    headers: { "X-API-Key": key, "Content-Type": "application/json", ...(options.headers || {}) },
   });
   let body = null;
   try { body = await response.json(); } catch (_) { body = null; }
+  if (key !== state.key) throw new KeyChanged("the key changed while this request was out");
   if (response.status === 401) throw new AuthError((body && body.message) || "Invalid API key");
   if (!response.ok) {
     const message = body ? body.message || body.detail || JSON.stringify(body) : response.statusText;
@@ -74,11 +80,28 @@ function showKeyForm(message) {
   $("forget-key").hidden = true;
   $("key-error").hidden = !message;
   $("key-error").textContent = message || "";
+  clearInterval(state.overviewTimer);
   stopLive();
+  clearView();
   $("api-key").focus();
 }
 
+// Nothing the last key was shown stays in the page, not even hidden: the next key may be another
+// person's, of fewer projects (Forget key on a shared screen, or a key that stopped working).
+function clearView() {
+  state.tasks = new Map();
+  state.selected = null;
+  state.totalPages = 1;
+  for (const table of ["queues", "workers", "tasks"]) $(table).tBodies[0].replaceChildren();
+  for (const id of ["alerts", "gpus", "metrics", "known-types", "detail-fields", "detail-webhook"]) $(id).replaceChildren();
+  for (const id of ["task-count", "page-info", "detail-id", "action-message", "detail-data", "detail-result",
+    "detail-error", "detail-traceback"]) $(id).textContent = "";
+  $("detail").hidden = true;
+}
+
+// Deals with a failed request; the message to show beside what failed ("" for none).
 function handleError(error) {
+  if (error instanceof KeyChanged) return "";
   if (error instanceof AuthError) {
     sessionStorage.removeItem(KEY_STORE);
     state.key = "";
@@ -86,6 +109,7 @@ function handleError(error) {
   } else {
     console.warn(error);
   }
+  return error.message;
 }
 
 // ---- overview: queues, workers, GPUs, alerts, metrics ----
@@ -288,7 +312,7 @@ function applyEvent(event) {
 }
 
 function stopLive() {
-  if (state.source) state.source.close();
+  if (state.source) state.source.abort();
   state.source = null;
   setLive(false);
 }
@@ -299,16 +323,84 @@ function setLive(on) {
   badge.className = `badge ${on ? "on" : "off"}`;
 }
 
+// The project's events are read with fetch, the key in the X-API-Key header, not with EventSource:
+// EventSource cannot send a header, and the key in its URL (`?api_key=`) lands in the access log
+// of every proxy or load balancer in front of taskd. Reconnects as EventSource would: after
+// RECONNECT_MS (the server's `retry:`), with `Last-Event-ID`; after Retry-After on a 429; never
+// after a 204 (nothing more will come) or another refusal.
 function startLive() {
   stopLive();
   if (!state.project) return;
-  const url = `/api/v1/projects/${encodeURIComponent(state.project)}/events?api_key=${encodeURIComponent(state.key)}`;
-  const source = new EventSource(url);
-  source.addEventListener("open", () => { setLive(true); });
-  source.addEventListener("error", () => { setLive(false); });
-  source.addEventListener("status", applyEvent);
-  source.addEventListener("progress", applyEvent);
-  state.source = source;
+  const controller = new AbortController();
+  state.source = controller;
+  followEvents(`/api/v1/projects/${encodeURIComponent(state.project)}/events`, controller.signal)
+    .catch((error) => { if (!controller.signal.aborted) handleError(error); })
+    .finally(() => { if (state.source === controller) setLive(false); });
+}
+
+async function followEvents(path, signal) {
+  const stream = { lastId: "", retryMs: RECONNECT_MS };
+  for (;;) {
+    const headers = { "X-API-Key": state.key, Accept: "text/event-stream" };
+    if (stream.lastId) headers["Last-Event-ID"] = stream.lastId;
+    let wait = stream.retryMs;
+    try {
+      const response = await fetch(path, { headers, signal, cache: "no-store" });
+      if (response.status === 204) return;
+      if (response.status === 401) throw new AuthError("Invalid API key");
+      if (response.status === 429) {
+        wait = 1000 * (Number(response.headers.get("Retry-After")) || 10);
+      } else if (!response.ok) {
+        throw new Error(`event stream: ${response.status} ${response.statusText}`);
+      } else {
+        setLive(true);
+        await readEvents(response.body, stream);
+      }
+    } catch (error) {
+      if (signal.aborted || error instanceof AuthError || !(error instanceof TypeError)) throw error;
+      // A TypeError is the network's (taskd restarting, the connection dropped): try again.
+    }
+    setLive(false);
+    await new Promise((resolve) => setTimeout(resolve, wait));
+    if (signal.aborted) return;
+  }
+}
+
+// Server-sent events as the HTML standard parses them (the fields taskd sends: id, event, data,
+// retry; comments ignored), each `status` or `progress` event handed to applyEvent.
+async function readEvents(body, stream) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let type = "";
+  let data = [];
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    // A CR at the very end may be the first half of a CRLF: it waits for the next chunk.
+    const lines = buffer.split(/\r\n|\n|\r(?!$)/);
+    buffer = lines.pop();
+    for (const line of lines) {
+      if (line === "") {
+        if (data.length && (type === "status" || type === "progress")) {
+          // A page error, as from an EventSource listener: reported, and the stream goes on.
+          try { applyEvent({ type, data: data.join("\n") }); } catch (error) { reportError(error); }
+        }
+        type = "";
+        data = [];
+        continue;
+      }
+      const colon = line.indexOf(":");
+      if (colon === 0) continue;
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let text = colon < 0 ? "" : line.slice(colon + 1);
+      if (text.startsWith(" ")) text = text.slice(1);
+      if (field === "event") type = text;
+      else if (field === "data") data.push(text);
+      else if (field === "id" && !text.includes("\0")) stream.lastId = text;
+      else if (field === "retry" && /^\d+$/.test(text)) stream.retryMs = Number(text);
+    }
+  }
 }
 
 // ---- detail, cancel, retry ----
@@ -335,8 +427,7 @@ async function openDetail(taskId) {
   try {
     status = await api(`/api/v1/tasks/${encodeURIComponent(taskId)}/status`);
   } catch (error) {
-    handleError(error);
-    $("action-message").textContent = error.message;
+    $("action-message").textContent = handleError(error);
     return;
   }
   if (state.selected !== taskId) return;
@@ -387,8 +478,7 @@ async function cancelSelected() {
     const body = await api(`/api/v1/tasks/${encodeURIComponent(taskId)}`, { method: "DELETE" });
     $("action-message").textContent = body.message || body.detail || "";
   } catch (error) {
-    handleError(error);
-    $("action-message").textContent = error.message;
+    $("action-message").textContent = handleError(error);
   }
   await openDetail(taskId);
 }
@@ -402,8 +492,7 @@ async function retrySelected() {
     await loadTasks();
     await openDetail(body.new_task_id);
   } catch (error) {
-    handleError(error);
-    $("action-message").textContent = error.message;
+    $("action-message").textContent = handleError(error);
   }
 }
 
@@ -445,7 +534,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("forget-key").addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORE);
     state.key = "";
-    clearInterval(state.overviewTimer);
     showKeyForm("");
   });
   $("project-form").addEventListener("submit", (event) => { event.preventDefault(); showProject(); });

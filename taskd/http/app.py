@@ -7,6 +7,7 @@ from aiohttp import web
 from taskd import tracing
 from taskd.http import (
     apidocs,
+    auth,
     dashboard,
     events,
     health,
@@ -51,6 +52,7 @@ def create_app(api: Api) -> web.Application:
     )
     app[API] = api
     protocol_log.install()
+    auth.install(app)
     ratelimit.install(app)
     send_timeout.install(app)
     openapi.add_routes(app)

@@ -93,6 +93,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+async def _not_stored(request: web.Request, response: web.StreamResponse) -> None:
+    # What `/api/v1/` answers is one key's view (a task's data and result, a project's list), told
+    # apart by a header that caches do not know: only `Authorization` keeps an answer out of a
+    # shared cache by itself (RFC 9111, section 3.5), and a browser writes what it fetched to its
+    # disk cache, where it outlives the tab and the dashboard's Forget key.
+    if request.path.startswith(PROTECTED_PREFIX):
+        response.headers["Cache-Control"] = "no-store"
+
+
+def install(app: web.Application) -> None:
+    """Tell every cache, shared or a browser's, to keep no answer of `/api/v1/`, errors included."""
+    app.on_response_prepare.append(_not_stored)
+
+
 def key_projects(given: str, scoped: dict[str, frozenset[str]]) -> frozenset[str] | None:
     """The projects a (valid) key may use, or None for every project; compared in constant time."""
     given_bytes = _utf8(given)

@@ -366,9 +366,9 @@ def client_gone(request: web.Request) -> bool:
 
 def _stream_response() -> web.StreamResponse:
     response = web.StreamResponse(
+        # No Cache-Control here: every answer under /api/v1/ gets `no-store` (taskd.http.auth).
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",  # nginx: pass events through as they come
         }
     )
