@@ -64,3 +64,20 @@ async def test_an_unreadable_value_reads_as_none(redis, run_state):
 
     assert await state.get("video_job") is None
 
+
+async def test_the_run_state_of_a_task_is_deleted_when_the_task_ends(taskd, fake_llm, redis):
+    fake_llm.reply('{"items": [{"content": "A harbour at dawn"}]}')
+    fake_llm.hang(60)  # the second department's answer does not come
+    task = await taskd.submit(
+        "automated_gather_creation", {"brief": "Noir.", "departments": ["story", "audio"]}
+    )
+    task_id = task["task_id"]
+    # The first department's answer is kept before the second is asked for.
+    await taskd.wait_for(task_id, lambda _: len(fake_llm.requests) == 2)
+    assert await redis.hkeys(keys.run_state(task_id)) == [b"gather:department:story"]
+
+    async with taskd.client.delete(f"/api/v1/tasks/{task_id}") as response:
+        assert response.status == 200
+
+    assert (await taskd.status(task_id))["status"] == "cancelled"
+    assert await redis.exists(keys.run_state(task_id)) == 0
