@@ -17,6 +17,7 @@ import aiohttp
 import attrs
 import pytest
 from builtin_phases import PHASES, PROJECT, Fakes, Phase, running_fakes
+from fake_media_apis import sine_wav
 from faultkit import Api, Receiver, child_env
 
 
@@ -139,3 +140,42 @@ async def test_a_gather_task_killed_between_departments_asks_only_for_the_unansw
     }
     assert len(fakes.llm.requests) == 3
     assert "audio department" in fakes.llm.requests[2].json["messages"][0]["content"]
+
+
+def cms_answer_held(f: Fakes) -> None:
+    """The CMS makes the document of the upload and holds its answer."""
+    f.cms.answer_hold = asyncio.Event()
+
+
+def cms_answers(f: Fakes) -> None:
+    assert f.cms.answer_hold is not None
+    f.cms.answer_hold.set()
+
+
+@pytest.mark.parametrize(
+    "storing", ["render_animation storing to the CMS", "process_audio storing to the CMS"]
+)
+async def test_a_task_killed_before_the_cms_answered_its_upload_reuses_that_document_after_a_restart(
+    spawn_taskd, tmp_path, fakes, storing
+):
+    data = {
+        "render_animation storing to the CMS": PHASES["render_animation storing to the CMS"].data,
+        "process_audio storing to the CMS": lambda f: {
+            "tracks": [{"url": f.files.add("tone.wav", sine_wav(1.0))}],
+            "output_format": "wav",
+        },
+    }[storing]
+    case = Phase(
+        storing.split()[0],
+        data,
+        reached=lambda f, pid: len(f.cms.uploads) == 1,
+        hold=cms_answer_held,
+        release=cms_answers,
+    )
+    async with asyncio.timeout(150), aiohttp.ClientSession() as session:
+        api, task_id = await killed_mid_phase(spawn_taskd, tmp_path / "data", fakes, case, session)
+        [body] = await api.wait_all([task_id], timeout=120)
+
+    assert (body["status"], body["attempt"]) == ("completed", 2)
+    assert body["result"]["payload_media_id"] == "101"
+    assert (len(fakes.cms.uploads), fakes.cms.searches) == (1, 1)

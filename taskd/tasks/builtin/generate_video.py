@@ -226,7 +226,9 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
         # renderer; a remote model gets the texts (`details`) and says nothing of what it made of them.
         if isinstance(renderer, video.FfmpegRenderer) and clip.applied:
             metadata["applied"] = clip.applied
-        result = await publish(ctx.config, ctx.project_id, path, f"{prefix}_{ctx.task_id}.mp4", metadata)
+        result = await publish(
+            ctx.config, ctx.project_id, path, f"{prefix}_{ctx.task_id}.mp4", metadata, ctx.run_state
+        )
     await ctx.progress(1.0, "done")
     return result
 
