@@ -3,6 +3,9 @@ kept only while its worker runs it, bounded, living as long as its record and go
 
 from __future__ import annotations
 
+import pytest
+from redis.crc import key_slot
+
 from taskd import keys
 from taskd.store import run_state as run_states
 
@@ -15,9 +18,13 @@ async def test_a_kept_value_is_read_back_by_the_next_run(run_state):
     assert await next_run.get("nothing") is None
 
 
-def test_the_state_is_in_the_slot_of_the_task_record():
-    task_id = "3f0c8a4e-0000-4000-8000-000000000001"
-    assert keys.run_state(task_id) == "{taskd}:run:" + task_id
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_the_state_is_in_the_slot_of_the_task_record(partitions):
+    keys.configure_partitions(partitions)
+    for project in ("noir", "western", "musical"):
+        task_id = keys.new_task_id(project)
+        assert key_slot(keys.run_state(task_id).encode()) == key_slot(keys.task(task_id).encode())
+        assert keys.run_state(task_id).startswith(keys.partition_prefix(keys.task_partition(task_id)))
 
 
 async def test_the_state_expires_with_the_task_record(redis, run_state):
@@ -26,6 +33,15 @@ async def test_the_state_expires_with_the_task_record(redis, run_state):
 
     record = await redis.pttl(keys.task(state.task_id))
     assert 590_000 < await redis.pttl(keys.run_state(state.task_id)) <= record
+
+
+async def test_the_record_of_a_task_with_a_run_state_says_so(redis, run_state):
+    state = run_state()
+    assert await redis.hget(keys.task(state.task_id), "run_state") is None
+
+    await state.keep("video_job", {"id": "job_1"})
+
+    assert await redis.hget(keys.task(state.task_id), "run_state") == b"1"
 
 
 async def test_nothing_is_kept_for_a_task_that_ended(redis, run_state):

@@ -34,7 +34,8 @@
 -- `keep_for`, the project's index {taskd}:project:{project_id} at least as long, so the task stays in
 -- the project's list), takes it off {taskd}:scheduled if it was waiting for its time there and
 -- emits a status event. A heavy record's bytes follow its expiry (lib/stored.lua), as do those
--- of a dependent it queues. It deletes the task's run state ({taskd}:run:{id}, taskd.store.run_state).
+-- of a dependent it queues. It deletes the task's run state ({taskd}:run:{id}, taskd.store.run_state)
+-- when its record's `run_state` says it has one.
 -- Then it settles the tasks waiting for this one ({taskd}:dependents:{id}, `depends_on`; not read
 -- when the record's `dependents` is '0', lib/admit.lua), in the
 -- same script so that no end can be lost between the two: when this one completed, it leaves
@@ -90,8 +91,12 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
       r.stored_bytes, now_s)
   end
   emit_record(r, 'status', false, later)
-  -- What its runs kept for a next run (taskd.store.run_state): no run comes any more.
-  redis.call('DEL', '@RUN_STATE_PREFIX@' .. task_id)
+  -- What its runs kept for a next run (taskd.store.run_state, keep.lua marks the record): no run
+  -- comes any more.
+  if r.run_state then
+    redis.call('DEL', '@RUN_STATE_PREFIX@' .. task_id)
+    redis.call('HDEL', task_key, 'run_state')
+  end
 
   local status = r.status
   local dependents_key = '@DEPENDENTS_PREFIX@' .. task_id
