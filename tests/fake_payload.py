@@ -30,14 +30,15 @@ class Upload:
 class FakePayload(_Server):
     """Accepts uploads to one collection for one API key or one user; `fail_next` answers 500 that many times.
 
-        `answer` replaces the body of a successful upload (for hostile answers); `refusal` is the message
-        of a 403, where `{authorization}` stands for the header it refused (a CMS or proxy that echoes it);
-        with `accept_tokens` off, a login succeeds but its token is refused; an upload's body is read
-        `read_delay` seconds after it arrives (a slow CMS: the client's sending waits meanwhile), and
-        not before `hold` is set, when there is one (a CMS that answers when the test says); with
-        `answer_hold`, an upload's document is made and its answer waits for that event (a CMS that
-        has the whole file when the client goes). `searches` counts the GETs of the collection; with
-    `searchable` off they answer 404 (a CMS in front of which the collection cannot be read).
+            `answer` replaces the body of a successful upload (for hostile answers); `refusal` is the message
+            of a 403, where `{authorization}` stands for the header it refused (a CMS or proxy that echoes it);
+            with `accept_tokens` off, a login succeeds but its token is refused; an upload's body is read
+            `read_delay` seconds after it arrives (a slow CMS: the client's sending waits meanwhile), and
+            not before `hold` is set, when there is one (a CMS that answers when the test says); with
+            `answer_hold`, an upload's document is made and its answer waits for that event (a CMS that
+            has the whole file when the client goes). `searches` counts the GETs of the collection; with
+        `searchable` off they answer 404 (a CMS in front of which the collection cannot be read), and
+    `search_errors` are the statuses of the next ones, first to last (then they work).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class FakePayload(_Server):
         self.answer_hold: asyncio.Event | None = None
         self.searches = 0
         self.searchable = True
+        self.search_errors: list[int] = []
         self.uploads: list[Upload] = []
         self.posts = 0
         self._ids = itertools.count(101)
@@ -139,6 +141,8 @@ class FakePayload(_Server):
         self.searches += 1
         if not self.searchable:
             return web.json_response({"errors": [{"message": "Not Found"}]}, status=404)
+        if self.search_errors:
+            return web.json_response({"errors": [{"message": "Busy."}]}, status=self.search_errors.pop(0))
         if not self._authorised(request.headers.get("Authorization", "")):
             return web.json_response({"errors": [{"message": "You are not allowed."}]}, status=403)
         name = request.query.get("where[filename][equals]")

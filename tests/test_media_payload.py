@@ -252,6 +252,19 @@ async def publish_again(config: Config, tmp_path: Path, data: bytes, state) -> d
     return await publish(config, "noir_001", source, "audio_t1.wav", {"format": "wav"}, state)
 
 
+async def cut_short_after_the_cms_had_the_file(
+    config: Config, tmp_path: Path, cms: FakePayload, state
+) -> None:
+    """A run whose upload of b"the bytes" the CMS made a document of, stopped before the answer."""
+    cms.answer_hold = asyncio.Event()
+    cut_short = asyncio.create_task(publish_again(config, tmp_path, b"the bytes", state))
+    async with asyncio.timeout(10):
+        while not cms.uploads:
+            await asyncio.sleep(0.01)
+    cut_short.cancel()
+    cms.answer_hold.set()
+
+
 async def test_the_next_run_reuses_the_document_its_earlier_run_uploaded_of_the_same_file(
     tmp_path, cms, run_state
 ):
@@ -268,13 +281,7 @@ async def test_the_next_run_finds_the_document_the_cms_made_after_the_earlier_ru
     tmp_path, cms, run_state
 ):
     config = config_for(tmp_path, cms)
-    cms.answer_hold = asyncio.Event()
-    cut_short = asyncio.create_task(publish_again(config, tmp_path, b"the bytes", run_state()))
-    async with asyncio.timeout(10):
-        while not cms.uploads:
-            await asyncio.sleep(0.01)
-    cut_short.cancel()
-    cms.answer_hold.set()
+    await cut_short_after_the_cms_had_the_file(config, tmp_path, cms, run_state())
 
     result = await publish_again(config, tmp_path, b"the bytes", run_state())
 
@@ -284,13 +291,7 @@ async def test_the_next_run_finds_the_document_the_cms_made_after_the_earlier_ru
 
 async def test_the_next_run_uploads_when_the_cms_cannot_be_searched(tmp_path, cms, run_state, caplog):
     config = config_for(tmp_path, cms)
-    cms.answer_hold = asyncio.Event()
-    cut_short = asyncio.create_task(publish_again(config, tmp_path, b"the bytes", run_state()))
-    async with asyncio.timeout(10):
-        while not cms.uploads:
-            await asyncio.sleep(0.01)
-    cut_short.cancel()
-    cms.answer_hold.set()
+    await cut_short_after_the_cms_had_the_file(config, tmp_path, cms, run_state())
     cms.searchable = False
 
     result = await publish_again(config, tmp_path, b"the bytes", run_state())
@@ -300,6 +301,17 @@ async def test_the_next_run_uploads_when_the_cms_cannot_be_searched(tmp_path, cm
         "could not look for an earlier run's CMS document (Payload CMS search answered HTTP 404"
         in caplog.text
     )
+
+
+async def test_a_search_answered_503_is_tried_again(tmp_path, cms, run_state):
+    config = config_for(tmp_path, cms)
+    await cut_short_after_the_cms_had_the_file(config, tmp_path, cms, run_state())
+    cms.search_errors = [503]
+
+    result = await publish_again(config, tmp_path, b"the bytes", run_state())
+
+    assert result["payload_media_id"] == "101"
+    assert (len(cms.uploads), cms.searches) == (1, 2)
 
 
 async def test_the_next_run_uploads_a_file_that_differs_from_the_earlier_runs(tmp_path, cms, run_state):

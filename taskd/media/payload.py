@@ -43,8 +43,8 @@ _TEXT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,8192}")
 # How much of the CMS's own error message a result may carry.
 MAX_MESSAGE_CHARS = 200
-# The run state's field of the task's upload (taskd.store.run_state).
-KEPT_UPLOAD = "cms_upload"
+# The run state's field of the task's upload of a file, + its filename (taskd.store.run_state).
+KEPT_UPLOAD = "cms_upload:"
 # How many documents of one filename a look for the killed run's is read: ours is the first made
 # with that name (a task id is in it); more would be twins.
 FIND_LIMIT = 10
@@ -79,7 +79,7 @@ async def upload(
     upload_of: dict[str, Any] | None = None
     if state is not None:
         upload_of = {"filename": filename, **await asyncio.to_thread(_fingerprint, source)}
-        kept = await state.get(KEPT_UPLOAD)
+        kept = await state.get(KEPT_UPLOAD + filename)
         if not isinstance(kept, dict) or {k: kept.get(k) for k in upload_of} != upload_of:
             kept = None
         elif isinstance(kept.get("id"), str):
@@ -125,7 +125,7 @@ def _fingerprint(source: Path) -> dict[str, Any]:
 
 async def _keep(state: RunState | None, value: dict[str, Any] | None) -> None:
     if state is not None and value is not None:
-        await state.keep(KEPT_UPLOAD, value)
+        await state.keep(KEPT_UPLOAD + value["filename"], value)
 
 
 async def _find(
@@ -141,16 +141,19 @@ async def _find(
     url = f"{settings.base_url.rstrip('/')}/api/{settings.collection}"
     query = {"where[filename][equals]": filename, "limit": str(FIND_LIMIT), "depth": "0"}
     try:
-        answer = await _request(
-            session,
-            "search",
-            url,
-            credentials,
-            method="GET",
-            params=query,
-            headers={"Authorization": authorization},
+        answer = await _with_retries(
+            settings,
+            lambda: _request(
+                session,
+                "search",
+                url,
+                credentials,
+                method="GET",
+                params=query,
+                headers={"Authorization": authorization},
+            ),
         )
-    except (_Refused, _Retryable) as exc:
+    except _Refused as exc:
         log.warning(
             "%s: could not look for an earlier run's CMS document (%s); it is uploaded", filename, exc
         )
