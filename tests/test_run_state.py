@@ -97,3 +97,4 @@ async def test_the_run_state_of_a_task_is_deleted_when_the_task_ends(taskd, fake
 
     assert (await taskd.status(task_id))["status"] == "cancelled"
     assert await redis.exists(keys.run_state(task_id)) == 0
+    assert await redis.hget(keys.task(task_id), "run_state") is None

@@ -57,6 +57,13 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
                        lease, later, cancelled)
   -- The record once, with its end written: what follows reads it from here.
   local r = record or read_record(task_key)
+  -- What its runs kept for a next run (taskd.store.run_state, keep.lua marks the record): no run
+  -- comes any more. Before the record's bytes are counted below, which the mark is no longer in.
+  if r.run_state then
+    redis.call('DEL', '@RUN_STATE_PREFIX@' .. task_id)
+    redis.call('HDEL', task_key, 'run_state')
+    r.run_state = nil
+  end
   count(later, counter, 1)
   if per_type then count(later, per_type .. ':' .. r.task_type, 1) end
   local project = r.project_id
@@ -91,12 +98,6 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
       r.stored_bytes, now_s)
   end
   emit_record(r, 'status', false, later)
-  -- What its runs kept for a next run (taskd.store.run_state, keep.lua marks the record): no run
-  -- comes any more.
-  if r.run_state then
-    redis.call('DEL', '@RUN_STATE_PREFIX@' .. task_id)
-    redis.call('HDEL', task_key, 'run_state')
-  end
 
   local status = r.status
   local dependents_key = '@DEPENDENTS_PREFIX@' .. task_id
