@@ -53,6 +53,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:project_waiting:{queue}:{project_id}` | sorted set: the project's waiting jobs on the queue, its head included (job id -> its own score) | members leave when their job starts or its task is cancelled |
 | `{taskd}:heads:{queue}` | hash: project id -> the one job of the project on arq's queue set (its head), for fair turns | a field leaves when the project has nothing waiting on the queue |
 | `{taskd}:idempotency:{key id}:{sha256 of the Idempotency-Key}` | hash: what the first submit or retry with that key by that API key made (its body's fingerprint, the task id, its creation time, queue position and the type's durations), for replays | `IDEMPOTENCY_TTL` (24 h) from that first request |
+| `{taskd}:run:{id}` | hash: what a run of the task kept for the next run of the same task, should it be cut short (a video provider's job id, each department's LLM answer, the CMS document of its upload: taskd.store.run_state); written only while the task is `processing` under the writing worker, at most `run_state.MAX_BYTES`; the record's `run_state` field says it has one | deleted when the task ends (lib/ended.lua); until then it expires with the task's record |
 | `{taskd}:dependents:{id}` | set: the ids of the tasks waiting for task `{id}` to complete (`depends_on`); the script that ends the task releases or cancels them, and reads the set only when the task's record says `dependents` `1` (or has no such field, as a record of an earlier version) | deleted when the task ends; until then as long as the longest-kept dependent (a minute past the task's own record's expiry, at least) |
 | `{taskd}:scheduled` | sorted set: task id -> ms it is due, of the queued tasks submitted with `run_at`/`delay_seconds` that wait for their time (no job yet); due.lua queues them | members leave when their time comes (every process looks twice a second) or their task ends (cancel) |
 | `{taskd}:partitions` | string: the number of partitions (`redis.partitions`) the tasks are spread over, kept by the first start (taskd.store.layout.check_partitions) | forever |
@@ -417,6 +418,11 @@ def heads(queue: str, partition: int = 0) -> str:
 def dependents(task_id: str) -> str:
     """The tasks whose `depends_on` names `task_id` and that still wait for it."""
     return f"{_of_task(task_id)}dependents:{task_id}"
+
+
+def run_state(task_id: str) -> str:
+    """What a run of the task kept for the next run of the same task (taskd.store.run_state)."""
+    return f"{_of_task(task_id)}run:{task_id}"
 
 
 def task_events(task_id: str) -> str:

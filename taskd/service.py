@@ -56,6 +56,7 @@ from taskd.redis_conn import (
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
 from taskd.store import Admission, TaskStore, layout
+from taskd.store.run_state import RunStates
 from taskd.submit.dispatch import Dispatcher
 from taskd.tasks.registry import Registry, check_names, default_registry
 from taskd.webhooks.sender import WebhookSender
@@ -340,6 +341,7 @@ class Service:
             runners,
             gpu,
             ProviderLimits(redis, self.worker_id),
+            RunStates(redis, store.clients, self.worker_id),
         )
         devices = gpu.inventory.read()
         log.info(

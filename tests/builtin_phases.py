@@ -29,6 +29,8 @@ from taskd.config import (
 )
 
 PROJECT = "faults"
+# The model each video-generation protocol is configured with.
+VIDEO_MODELS = {"openai": "sora-2", "replicate": "acme/video-model"}
 VERDICT = {"rating": 85, "summary": "Solid story.", "issues": [], "suggestions": [], "confidence": 0.9}
 
 
@@ -46,10 +48,10 @@ class Fakes:
     def env(self, phase: Phase) -> dict[str, str]:
         """The environment of a `taskd` child that uses these fakes for `phase`."""
         video = {
-            "TASKD_PROVIDERS__VIDEO__PROTOCOL": "openai",
+            "TASKD_PROVIDERS__VIDEO__PROTOCOL": phase.video_protocol,
             "TASKD_PROVIDERS__VIDEO__BASE_URL": self.video.base_url,
             "TASKD_PROVIDERS__VIDEO__API_KEY": "sk-video",
-            "TASKD_PROVIDERS__VIDEO__MODEL": "sora-2",
+            "TASKD_PROVIDERS__VIDEO__MODEL": VIDEO_MODELS[phase.video_protocol],
             "TASKD_PROVIDERS__VIDEO__POLL_INTERVAL": "0.1",
         }
         return {
@@ -68,10 +70,10 @@ class Fakes:
     def sections(self, phase: Phase) -> dict[str, Any]:
         """The same as config sections of a taskd started in the test's process."""
         video = VideoProvider(
-            protocol="openai",
+            protocol=phase.video_protocol,
             base_url=self.video.base_url,
             api_key="sk-video",
-            model="sora-2",
+            model=VIDEO_MODELS[phase.video_protocol],
             poll_interval=0.1,
         )
         return {
@@ -96,8 +98,10 @@ class Phase:
     reached: Callable[[Fakes, int], bool]
     hold: Callable[[Fakes], None] = lambda f: None
     release: Callable[[Fakes], None] = lambda f: None
-    # A video-generation API renders generate_video / render_animation, not ffmpeg.
+    # A video-generation API renders generate_video / render_animation, not ffmpeg ...
     video_api: bool = False
+    # ... speaking this protocol.
+    video_protocol: str = "openai"
 
 
 def renders(f: Fakes, pid: int) -> bool:

@@ -39,6 +39,7 @@ from taskd.config import (
 from taskd.embedded import EmbeddedValkey
 from taskd.media import publish
 from taskd.service import Service
+from taskd.store.run_state import RunState, RunStates
 from taskd.submit import dispatch
 
 API_KEY = "test-key-0123456789"
@@ -95,6 +96,16 @@ async def redis(valkey_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(valkey_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def run_state(redis: Redis) -> Callable[[], RunState]:
+    """The run state of a task that worker `worker-a` runs (its record `processing`, kept 600 s),
+    as each run of the task gets it."""
+    task_id = "3f0c8a4e-0000-4000-8000-00000000000a"
+    await redis.hset(keys.task(task_id), mapping={"status": "processing", "worker_id": "worker-a"})
+    await redis.expire(keys.task(task_id), 600)
+    return lambda: RunStates(redis, [redis], "worker-a").of(task_id)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """A loopback Payload CMS speaking its REST upload protocol: `POST /api/<collection>` (multipart `file`
-and `_payload`), API-key auth (`<slug> API-Key <key>`) and `POST /api/users/login` → JWT."""
+and `_payload`), `GET /api/<collection>?where[filename][equals]=…` (its documents of one filename),
+API-key auth (`<slug> API-Key <key>`) and `POST /api/users/login` → JWT."""
 
 from __future__ import annotations
 
@@ -29,11 +30,15 @@ class Upload:
 class FakePayload(_Server):
     """Accepts uploads to one collection for one API key or one user; `fail_next` answers 500 that many times.
 
-    `answer` replaces the body of a successful upload (for hostile answers); `refusal` is the message
-    of a 403, where `{authorization}` stands for the header it refused (a CMS or proxy that echoes it);
-    with `accept_tokens` off, a login succeeds but its token is refused; an upload's body is read
-    `read_delay` seconds after it arrives (a slow CMS: the client's sending waits meanwhile), and
-    not before `hold` is set, when there is one (a CMS that answers when the test says).
+            `answer` replaces the body of a successful upload (for hostile answers); `refusal` is the message
+            of a 403, where `{authorization}` stands for the header it refused (a CMS or proxy that echoes it);
+            with `accept_tokens` off, a login succeeds but its token is refused; an upload's body is read
+            `read_delay` seconds after it arrives (a slow CMS: the client's sending waits meanwhile), and
+            not before `hold` is set, when there is one (a CMS that answers when the test says); with
+            `answer_hold`, an upload's document is made and its answer waits for that event (a CMS that
+            has the whole file when the client goes). `searches` counts the GETs of the collection; with
+        `searchable` off they answer 404 (a CMS in front of which the collection cannot be read), and
+    `search_errors` are the statuses of the next ones, first to last (then they work).
     """
 
     def __init__(
@@ -57,11 +62,16 @@ class FakePayload(_Server):
         self.accept_tokens = True
         self.read_delay = 0.0
         self.hold: asyncio.Event | None = None
+        self.answer_hold: asyncio.Event | None = None
+        self.searches = 0
+        self.searchable = True
+        self.search_errors: list[int] = []
         self.uploads: list[Upload] = []
         self.posts = 0
         self._ids = itertools.count(101)
         self.app.router.add_post("/api/users/login", self._login)
         self.app.router.add_post("/api/{collection}", self._upload)
+        self.app.router.add_get("/api/{collection}", self._search)
 
     async def _login(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -113,7 +123,29 @@ class FakePayload(_Server):
             return web.Response(body=self.answer, content_type="application/json", status=201)
         doc_id = next(self._ids)
         self.uploads.append(Upload(doc_id, *file, fields, request.headers["Authorization"]))
+        if self.answer_hold is not None:
+            await self.answer_hold.wait()
         return web.json_response(
-            {"doc": {"id": doc_id, "filename": file[0], **fields}, "message": "Media successfully created."},
-            status=201,
+            {"doc": self._doc(self.uploads[-1]), "message": "Media successfully created."}, status=201
         )
+
+    def _doc(self, upload: Upload) -> dict[str, Any]:
+        return {
+            "id": upload.doc_id,
+            "filename": upload.filename,
+            "filesize": len(upload.data),
+            **upload.fields,
+        }
+
+    async def _search(self, request: web.Request) -> web.Response:
+        self.searches += 1
+        if not self.searchable:
+            return web.json_response({"errors": [{"message": "Not Found"}]}, status=404)
+        if self.search_errors:
+            return web.json_response({"errors": [{"message": "Busy."}]}, status=self.search_errors.pop(0))
+        if not self._authorised(request.headers.get("Authorization", "")):
+            return web.json_response({"errors": [{"message": "You are not allowed."}]}, status=403)
+        name = request.query.get("where[filename][equals]")
+        docs = [self._doc(upload) for upload in self.uploads if name is None or upload.filename == name]
+        limit = int(request.query.get("limit", "10"))
+        return web.json_response({"docs": docs[:limit], "totalDocs": len(docs), "limit": limit, "page": 1})

@@ -173,7 +173,10 @@ class FakeVideoAPI(_Server):
         if job not in self.jobs:
             return web.json_response({"detail": "Not found."}, status=404)
         status, progress = self._advance(job)
-        prediction = self._prediction(job, {"running": "processing"}.get(status, status))
+        # Replicate spells it "canceled".
+        prediction = self._prediction(
+            job, {"running": "processing", "cancelled": "canceled"}.get(status, status)
+        )
         if status == "running":
             prediction["logs"] = f"loading\n{progress:3d}%|####      | {progress}/100 [00:01<00:02]\n"
         elif status == "succeeded":

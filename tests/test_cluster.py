@@ -225,6 +225,13 @@ async def test_projects_take_turns_for_a_provider_slot_on_a_cluster(redis):
     assert await redis.keys(keys.provider_lines("image") + "*") == []
 
 
+async def test_a_run_state_is_kept_and_read_on_a_cluster(run_state):
+    # keep.lua names the record and the state, both in the task's slot (the slot guard runs first).
+    assert await run_state().keep("video_job", {"id": "job_1"})
+
+    assert await run_state().get("video_job") == {"id": "job_1"}
+
+
 async def test_a_failover_of_taskds_primary_loses_no_acknowledged_task(tmp_path, http):
     six = ValkeyCluster(tmp_path / "cluster", primaries=3, replicas=1).start()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import orjson
@@ -160,3 +161,28 @@ async def test_a_long_department_focus_is_cut(llm, http):
 
     assert len(result["departments"][0]["focus"]) == gather.FOCUS_LIMIT
     assert len(llm.requests[1].json["messages"][1]["content"]) < 1000
+
+
+async def test_the_answers_of_a_run_cut_short_are_not_asked_for_again(llm, http, run_state):
+    llm.reply(orjson.dumps({"departments": [{"slug": "story", "focus": "plot"}, {"slug": "audio"}]}).decode())
+    llm.reply(items("story", 2))
+    llm.hang(60)  # the audio department's answer never comes to the first run
+    data = AutomatedGatherCreationInput("A noir detective series.", items_per_department=2)
+    first, _ = make_ctx(http, config(llm))
+    first.run_state = run_state()
+    cut_short = asyncio.create_task(gather.run(first, data))
+    async with asyncio.timeout(10):
+        while len(llm.requests) < 3:
+            await asyncio.sleep(0.01)
+    cut_short.cancel()
+
+    llm.reply(items("audio", 2))
+    second, _ = make_ctx(http, config(llm))
+    second.run_state = run_state()
+    result = await gather.run(second, data)
+
+    assert len(llm.requests) == 4
+    assert "audio department" in llm.requests[3].json["messages"][0]["content"]
+    assert result["gather_data"]["story"][0]["content"] == "story material 0"
+    assert [d["slug"] for d in result["departments"]] == ["story", "audio"]
+    assert result["complete"] is True and result["metadata"]["llm_calls"] == 3

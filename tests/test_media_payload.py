@@ -240,3 +240,85 @@ async def test_a_task_cancelled_while_its_media_goes_to_the_cms_stops_the_upload
         await asyncio.sleep(cms.read_delay + 2.0)  # the CMS has read what it was sent by now
 
     assert cms.uploads == []
+
+
+# The next run of a task (taskd.store.run_state)
+
+
+async def publish_again(config: Config, tmp_path: Path, data: bytes, state) -> dict:
+    """publish_one as a run of the task with the run state `state`."""
+    source = tmp_path / "out.wav"
+    source.write_bytes(data)
+    return await publish(config, "noir_001", source, "audio_t1.wav", {"format": "wav"}, state)
+
+
+async def cut_short_after_the_cms_had_the_file(
+    config: Config, tmp_path: Path, cms: FakePayload, state
+) -> None:
+    """A run whose upload of b"the bytes" the CMS made a document of, stopped before the answer."""
+    cms.answer_hold = asyncio.Event()
+    cut_short = asyncio.create_task(publish_again(config, tmp_path, b"the bytes", state))
+    async with asyncio.timeout(10):
+        while not cms.uploads:
+            await asyncio.sleep(0.01)
+    cut_short.cancel()
+    cms.answer_hold.set()
+
+
+async def test_the_next_run_reuses_the_document_its_earlier_run_uploaded_of_the_same_file(
+    tmp_path, cms, run_state
+):
+    config = config_for(tmp_path, cms)
+    await publish_again(config, tmp_path, b"the bytes", run_state())
+
+    result = await publish_again(config, tmp_path, b"the bytes", run_state())
+
+    assert result["payload_media_id"] == "101"
+    assert (len(cms.uploads), cms.searches) == (1, 0)
+
+
+async def test_the_next_run_finds_the_document_the_cms_made_after_the_earlier_run_was_cut_short(
+    tmp_path, cms, run_state
+):
+    config = config_for(tmp_path, cms)
+    await cut_short_after_the_cms_had_the_file(config, tmp_path, cms, run_state())
+
+    result = await publish_again(config, tmp_path, b"the bytes", run_state())
+
+    assert result["payload_media_id"] == "101"
+    assert (len(cms.uploads), cms.searches) == (1, 1)
+
+
+async def test_the_next_run_uploads_when_the_cms_cannot_be_searched(tmp_path, cms, run_state, caplog):
+    config = config_for(tmp_path, cms)
+    await cut_short_after_the_cms_had_the_file(config, tmp_path, cms, run_state())
+    cms.searchable = False
+
+    result = await publish_again(config, tmp_path, b"the bytes", run_state())
+
+    assert result["payload_media_id"] == "102"
+    assert (
+        "could not look for an earlier run's CMS document (Payload CMS search answered HTTP 404"
+        in caplog.text
+    )
+
+
+async def test_a_search_answered_503_is_tried_again(tmp_path, cms, run_state):
+    config = config_for(tmp_path, cms)
+    await cut_short_after_the_cms_had_the_file(config, tmp_path, cms, run_state())
+    cms.search_errors = [503]
+
+    result = await publish_again(config, tmp_path, b"the bytes", run_state())
+
+    assert result["payload_media_id"] == "101"
+    assert (len(cms.uploads), cms.searches) == (1, 2)
+
+
+async def test_the_next_run_uploads_a_file_that_differs_from_the_earlier_runs(tmp_path, cms, run_state):
+    config = config_for(tmp_path, cms)
+    await publish_again(config, tmp_path, b"the first image", run_state())
+
+    result = await publish_again(config, tmp_path, b"another image", run_state())
+
+    assert result["payload_media_id"] == "102"
+    assert [upload.data for upload in cms.uploads] == [b"the first image", b"another image"]

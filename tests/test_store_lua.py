@@ -51,6 +51,8 @@ def test_the_store_has_its_scripts_and_libraries_as_files():
         # The per-key rate limit's sliding window (taskd.http.ratelimit), among the store's scripts
         # so that submit.lua can include its library and spend a submit's quota in the same step.
         "window",
+        # What a run keeps for the next run of its task (taskd.store.run_state).
+        "keep",
     }
     assert set(SCRIPTS) == store_scripts
     assert LIBRARIES
@@ -131,8 +133,9 @@ async def test_every_script_the_store_registers_is_its_lua_file():
     await redis.aclose()
 
     assert all(isinstance(script, scripts.Script) for script in registered)
-    # window.lua is registered by the rate limiter (taskd.http.ratelimit), not by the store.
-    assert {script.name for script in registered} == set(SCRIPTS) - {"window"}
+    # window.lua is registered by the rate limiter (taskd.http.ratelimit), keep.lua by the run
+    # states (taskd.store.run_state), not by the store.
+    assert {script.name for script in registered} == set(SCRIPTS) - {"window", "keep"}
     assert all(
         script.registered.script == scripts.source(script.name, guarded=False, events_ttl=3600)
         for script in registered

@@ -482,3 +482,61 @@ async def test_an_animation_is_described_by_its_character_and_motion(tmp_path, h
     form = api.created[0]
     assert form["prompt"] == "Character: detective jones.\nMotion: ken burns."
     assert Image.open(io.BytesIO(form["input_reference"])).size == (1280, 720)
+
+
+# A job kept for the next run of the task (taskd.store.run_state)
+
+
+async def render_twice(tmp_path, http, api, run_state, protocol, *, between=lambda: None, **second):
+    """Two runs of one task (the second as after a kill while the first stored its video); the
+    second run's settings may differ by `second`. The second's result."""
+    first, _ = make_ctx(http, config_for(tmp_path, provider(api, protocol)))
+    first.run_state = run_state()
+    await generate_video.run(first, scene())
+    between()
+    again, _ = make_ctx(http, config_for(tmp_path, provider(api, protocol, **second)))
+    again.run_state = run_state()
+    return await generate_video.run(again, scene())
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_the_next_run_of_a_task_follows_the_job_its_earlier_run_created(
+    tmp_path, http, api, run_state, protocol
+):
+    result = await render_twice(tmp_path, http, api, run_state, protocol)
+
+    assert len(api.created) == 1
+    assert result["metadata"]["generation_model"] == MODELS[protocol]
+    assert api.cancelled == []
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_kept_job_the_provider_no_longer_knows_is_created_again_and_the_log_says_so(
+    tmp_path, http, api, run_state, protocol, caplog
+):
+    await render_twice(tmp_path, http, api, run_state, protocol, between=lambda: api.jobs.pop("job_1"))
+
+    assert len(api.created) == 2
+    assert (
+        "job job_1 of an earlier run is unknown to the provider (HTTP 404); a new job is created"
+        in caplog.text
+    )
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_kept_job_that_ended_without_a_video_is_created_again_and_the_log_says_so(
+    tmp_path, http, api, run_state, protocol, caplog
+):
+    await render_twice(
+        tmp_path, http, api, run_state, protocol, between=lambda: api.cancelled.append("job_1")
+    )
+
+    assert len(api.created) == 2
+    assert "job job_1 of an earlier run ended without a video" in caplog.text
+
+
+async def test_a_job_kept_under_other_provider_settings_is_not_followed(tmp_path, http, api, run_state):
+    await render_twice(tmp_path, http, api, run_state, "replicate", model="acme/other-model")
+
+    assert len(api.created) == 2
+    assert api.created[1]["input"]

@@ -46,6 +46,7 @@ from taskd.redis_conn import refused_by_acl, refuses_writes
 from taskd.shapes import MAX_DEPENDS_ON
 from taskd.stopping import cancel_and_wait
 from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
+from taskd.store.run_state import RunStates
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 
@@ -292,6 +293,7 @@ class Executor:
         runners: RunnerPool,
         gpu: GpuScheduler | None = None,
         provider_limits: ProviderLimits | None = None,
+        run_states: RunStates | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -302,6 +304,9 @@ class Executor:
         self.runners = runners
         self.gpu = gpu
         self.provider_limits = provider_limits
+        # What a run keeps for the next run of its task (a provider's job, an LLM's answers); None:
+        # nothing is kept.
+        self.run_states = run_states
         self.running: dict[str, _Running] = {}
         # Tasks started for this worker and not yet ended here: from the take or claim that started
         # them (a recovered one may wait for a slot) until their run's end is written. The reclaim
@@ -673,6 +678,7 @@ class Executor:
             sink=partial(self._report, record.task_id),
             device=device,
             provider_limits=self.provider_limits,
+            run_state=self.run_states.of(record.task_id) if self.run_states else None,
         )
         soft, hard = self._limits(record, task_type)
         assert task_type.handler is not None

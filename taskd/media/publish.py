@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskd.config import Config
 from taskd.errors import TransientError
@@ -16,6 +16,9 @@ from taskd.media.backend import media_backend
 from taskd.media.capacity import Threshold, disk_usage, shortfall
 from taskd.media.store import StoredMedia, media_dir
 from taskd.stopping import outlast
+
+if TYPE_CHECKING:
+    from taskd.store.run_state import RunState
 
 log = logging.getLogger("taskd.media")
 
@@ -26,14 +29,20 @@ STORED: ContextVar[list[tuple[str, str]] | None] = ContextVar("taskd_media_store
 
 
 async def publish(
-    config: Config, project_id: str, source: Path, filename: str, metadata: dict[str, Any]
+    config: Config,
+    project_id: str,
+    source: Path,
+    filename: str,
+    metadata: dict[str, Any],
+    state: RunState | None = None,
 ) -> dict[str, Any]:
     """Store `source` as `<project_id>/<filename>`; the result: media_url, payload_media_id, metadata + file_size.
 
     The store's upload, then, with `[payload]` configured, the CMS upload, whose failure is reported
     as `metadata.payload_error` and a null `payload_media_id`. The CMS upload runs on the task's own
     loop, not in the store's thread: a cancel or a time limit stops it (a CMS that has the whole
-    file by then still makes its document: docs/media.md).
+    file by then still makes its document: docs/media.md). With the task's run `state`, the CMS
+    document an earlier run of the task made of the same file is reused (taskd.media.payload).
     """
     names = STORED.get()
     if names is not None:
@@ -50,7 +59,7 @@ async def publish(
         "metadata": {**metadata, "file_size": stored.file_size},
     }
     if config.payload.base_url:
-        delivered = await payload.upload(config.payload, source, filename)
+        delivered = await payload.upload(config.payload, source, filename, state)
         result["payload_media_id"] = delivered.media_id
         if delivered.error is not None:
             result["metadata"]["payload_error"] = delivered.error

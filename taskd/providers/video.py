@@ -3,7 +3,10 @@
 `[providers.video] protocol` picks the shape ("openai": the Videos API, "replicate": predictions).
 The job holds one slot of the provider's limits from creation to its end, progress is the
 provider's, and a task that is cancelled (or stopped at a limit, or fails) cancels its job before
-it ends. The MP4 is downloaded through the SSRF guard (the provider's own origin is trusted),
+it ends. The job's id is kept in the task's run state (taskd.store.run_state) as soon as the
+provider answers the create: a run cut short (its worker killed) is followed by one that polls that
+job instead of creating (and paying for) another, unless the provider says it failed, expired or
+does not know it. The MP4 is downloaded through the SSRF guard (the provider's own origin is trusted),
 bounded by `media.max_download_bytes`, and copied without re-encoding into a file with no tags, so
 that what taskd measures and stores is what ffmpeg wrote.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,12 @@ from taskd.media.own import OwnMedia
 from taskd.media.store import MediaStore
 from taskd.media.video import ClipRequest, ProgressFn
 from taskd.net.guarded import GuardedClient
+from taskd.providers.http import ProviderError
 from taskd.providers.limits import Gate
-from taskd.providers.video_api import NAME, JobApi, JobState, ProviderCalls, VideoRequest
+from taskd.providers.video_api import JOB_ID, NAME, JobApi, JobState, ProviderCalls, VideoRequest
 from taskd.providers.video_openai import OpenAIVideos
 from taskd.providers.video_replicate import ReplicatePredictions
+from taskd.store.run_state import RunState
 
 log = logging.getLogger("taskd.providers")
 
@@ -41,12 +47,21 @@ GENERATED = 0.9
 DOWNLOADED = 0.95
 # A cancel is one request, sent while the task is already stopping: it may not hold that up long.
 CANCEL_TIMEOUT = 10.0
+# The run state's field of the job a run created (taskd.store.run_state).
+KEPT_JOB = "video_job"
+# The provider's answers to a poll of a job it does not know (any more).
+UNKNOWN = frozenset({404, 410})
 
 
 def renderer(
-    config: Config, http: aiohttp.ClientSession, gate: Gate | None = None
+    config: Config,
+    http: aiohttp.ClientSession,
+    gate: Gate | None = None,
+    state: RunState | None = None,
 ) -> ProviderRenderer | None:
-    """The renderer of `providers.video.protocol`, or None when none is configured."""
+    """The renderer of `providers.video.protocol`, or None when none is configured; with `state`,
+    the job it creates is kept for the next run of the task, and the one an earlier run kept is
+    polled instead of creating another."""
     settings = config.providers.video
     if not settings.protocol:
         return None
@@ -65,6 +80,7 @@ def renderer(
         Bounds.from_config(config.media),
         gate,
         MediaStore.from_config(config),
+        state,
     )
 
 
@@ -119,6 +135,7 @@ class ProviderRenderer:
         bounds: Bounds,
         gate: Gate | None,
         store: MediaStore | None = None,
+        state: RunState | None = None,
     ) -> None:
         self.model = settings.model
         self._settings = settings
@@ -129,15 +146,28 @@ class ProviderRenderer:
         self._bounds = bounds
         self._gate = gate
         self._store = store
+        self._state = state
 
     async def render(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> Path:
-        """Ask the provider for the clip and return the MP4 it made, copied into `workdir`."""
-        request = await self._request(clip, workdir, progress)
-        await progress(PREPARED)
-        async with self._gate.slot() if self._gate else contextlib.nullcontext():
-            job = await self._create(request)
-            log.info("task %s: %s job %s created", clip.task_id, self._settings.protocol, job)
-            state = await self._follow(job, progress)
+        """Ask the provider for the clip (or follow the job an earlier run of the task made) and
+        return the MP4 it made, copied into `workdir`."""
+        job = await self._kept_job(clip.task_id)
+        if job is None:
+            request = await self._request(clip, workdir, progress)
+            await progress(PREPARED)
+            async with self._slot():
+                job = await self._create(request)
+                log.info("task %s: %s job %s created", clip.task_id, self._settings.protocol, job)
+                async with self._cancelled_on_stop(job):
+                    if self._state is not None:
+                        # Before the first poll: a run cut short from here on leaves its job to the next.
+                        await self._state.keep(KEPT_JOB, {"provider": self._provider, "id": job})
+                    state = await self._follow(job, progress)
+        else:
+            async with self._cancelled_on_stop(job):
+                await progress(PREPARED)
+                async with self._slot():
+                    state = await self._follow(job, progress)
         if not state.succeeded:
             raise TaskError(f"{NAME} could not make the video: {state.error or 'no reason given'}")
         url = self._api.output_url(job, state)
@@ -232,16 +262,83 @@ class ProviderRenderer:
             return
         await self._cancel(job)
 
-    async def _follow(self, job: str, progress: ProgressFn) -> JobState:
-        """Poll `job` until it ends; cancel it at the provider if the task stops first, however it stops."""
+    @property
+    def _provider(self) -> dict[str, str]:
+        # What names the provider a kept job belongs to: one kept under other settings is not polled.
+        return {
+            "protocol": self._settings.protocol,
+            "base_url": self._calls.base_url,
+            "model": self._settings.model,
+        }
+
+    async def _kept_job(self, task_id: str) -> str | None:
+        """The job an earlier run of the task created, if the provider still runs it or has its video."""
+        kept = await self._state.get(KEPT_JOB) if self._state is not None else None
+        if not isinstance(kept, dict):
+            return None
+        protocol = self._settings.protocol
+        job = kept.get("id")
+        if kept.get("provider") != self._provider or not isinstance(job, str) or not JOB_ID.fullmatch(job):
+            log.warning(
+                "task %s: the job an earlier run created was of other video provider settings; a new job is created",
+                task_id,
+            )
+            return None
+        async with self._cancelled_on_stop(job):
+            # A failure other than "unknown" (transient ones are tried again inside) fails the run
+            # as a poll's would, the job cancelled.
+            state = await self._state_unless_unknown(job)
+        if isinstance(state, str):
+            log.warning(
+                "task %s: %s job %s of an earlier run is unknown to the provider (%s); a new job is created",
+                task_id,
+                protocol,
+                job,
+                state,
+            )
+            return None
+        if state.done and not state.succeeded:
+            log.warning(
+                "task %s: %s job %s of an earlier run ended without a video (%s); a new job is created",
+                task_id,
+                protocol,
+                job,
+                state.error or "no reason given",
+            )
+            return None
+        log.info(
+            "task %s: %s job %s of an earlier run is followed, not created again", task_id, protocol, job
+        )
+        return job
+
+    async def _state_unless_unknown(self, job: str) -> JobState | str:
+        """The job's state, or why the provider does not know it (any more)."""
         try:
-            while True:
-                state = await self._api.state(job)  # transient failures are tried again inside
-                if state.progress is not None:
-                    await progress(PREPARED + (GENERATED - PREPARED) * state.progress)
-                if state.done:
-                    return state
-                await asyncio.sleep(self._settings.poll_interval)
+            return await self._api.state(job)
+        except ProviderError as exc:
+            if exc.status in UNKNOWN:
+                return exc.reason
+            raise
+
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """A slot of the provider's limits, held while a job runs."""
+        return self._gate.slot() if self._gate else contextlib.nullcontext()
+
+    async def _follow(self, job: str, progress: ProgressFn) -> JobState:
+        """Poll `job` until it ends."""
+        while True:
+            state = await self._api.state(job)  # transient failures are tried again inside
+            if state.progress is not None:
+                await progress(PREPARED + (GENERATED - PREPARED) * state.progress)
+            if state.done:
+                return state
+            await asyncio.sleep(self._settings.poll_interval)
+
+    @contextlib.asynccontextmanager
+    async def _cancelled_on_stop(self, job: str) -> AsyncIterator[None]:
+        """Cancel `job` at the provider if the task stops inside the block, however it stops."""
+        try:
+            yield
         except BaseException:
             # Cancelled, at a time limit, or the provider unreachable past the retries: the job
             # would run on (and be paid for) with nobody to collect it.

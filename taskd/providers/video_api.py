@@ -33,7 +33,7 @@ NAME = "Video provider"
 # The longest wait between two tries of one request, whatever Retry-After says.
 RETRY_CAP = 60.0
 # A job id is put into URL paths: only the characters real providers use (no dots: no `..`).
-_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 T = TypeVar("T")
 
 
@@ -93,7 +93,7 @@ class JobApi(Protocol):
 
 def job_id(value: Any) -> str:
     """The job id of a provider's answer; TaskError for one that is not a plain token."""
-    if not isinstance(value, str) or not _JOB_ID.fullmatch(value):
+    if not isinstance(value, str) or not JOB_ID.fullmatch(value):
         raise TaskError(f"{NAME} sent a malformed reply: no usable job id")
     return value
 

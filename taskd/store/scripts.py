@@ -56,6 +56,7 @@ PARTITION_PREFIXES: Mapping[str, str] = {
     "PROCESSING_PRUNED_PREFIX": "project_processing_pruned:",
     "PROJECT_PRUNED_PREFIX": "project_pruned:",
     "DEPENDENTS_PREFIX": "dependents:",
+    "RUN_STATE_PREFIX": "run:",
     "STORED_PREFIX": "stored:",
     "SCHEDULED": "scheduled",
     "IN_PROGRESS_PREFIX": "arq:in-progress:",

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from taskd.net.guarded import GuardedClient
     from taskd.providers.limits import Gate, ProviderLimits
+    from taskd.store.run_state import RunState
 
 ProgressSink = Callable[[float, str | None], Awaitable[None]]
 
@@ -70,6 +71,9 @@ class TaskContext:
     device: str | None = None
     # The worker's shared provider limits; None (a context made by hand): the providers are unlimited.
     provider_limits: ProviderLimits | None = None
+    # What an earlier run of this task kept for this one, and where this one keeps what it was
+    # answered (taskd.store.run_state); None (a context made by hand): nothing is kept.
+    run_state: RunState | None = None
     _progress: float = attrs.field(default=0.0, init=False)
     # The last step reported, shown again once a wait for a provider slot is over.
     _step: str | None = attrs.field(default=None, init=False)

@@ -1,10 +1,15 @@
-"""`automated_gather_creation`: a project brief turned into gather items per department."""
+"""`automated_gather_creation`: a project brief turned into gather items per department.
+
+Each answer of the LLM (the outline, each department's items) is kept in the task's run state
+(taskd.store.run_state) as it arrives: a run cut short (its worker killed, a transient error) is
+followed by one that asks only for what was not answered yet.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import orjson
@@ -12,6 +17,9 @@ import orjson
 from taskd.providers.llm import ChatClient, ProviderError, first_object
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType
 from taskd.validation import between, max_length, not_blank
+
+if TYPE_CHECKING:
+    from taskd.store.run_state import RunState
 
 DEFAULT_DEPARTMENTS = ("story", "character", "visual", "audio")
 OUTLINE_PROMPT = (
@@ -31,6 +39,9 @@ NOTHING_IN_TIME = "Soft time limit reached before any department was gathered"
 # result, so a model that writes a megabyte there is cut here.
 FOCUS_LIMIT = 500
 TOO_LONG = "reply too long"
+# The run state's fields (taskd.store.run_state): the outline, and each department's items.
+KEPT_OUTLINE = "gather:outline"
+KEPT_DEPARTMENT = "gather:department:"
 Progress = Callable[[float, str], Awaitable[None]]
 
 
@@ -75,8 +86,11 @@ def parse_items(text: str, limit: int) -> list[dict[str, str]]:
     """Gather items ({content, summary, context}) with non-blank content, at most `limit`."""
     found = first_object(text) or {}
     entries = found.get("items")
-    if not isinstance(entries, list):
-        entries = []
+    return parse_items_list(entries if isinstance(entries, list) else [], limit)
+
+
+def parse_items_list(entries: list[Any], limit: int) -> list[dict[str, str]]:
+    """The gather items of a list of entries (a reply's, or those a run kept), at most `limit`."""
     items = []
     for entry in entries:
         if (
@@ -92,6 +106,13 @@ def parse_items(text: str, limit: int) -> list[dict[str, str]]:
     return items[:limit]
 
 
+def _is_outline(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)
+        for entry in value
+    )
+
+
 @attrs.define
 class Workflow:
     """The outline call, then one call per department; stops early before a call that would pass the deadline."""
@@ -100,18 +121,34 @@ class Workflow:
     data: AutomatedGatherCreationInput
     progress: Progress
     deadline: float
+    # Where each answer is kept for a next run of the task, and read from; None: nothing is kept.
+    state: RunState | None = None
     calls: int = 0
     tokens: int = 0
     slowest: float = 0.0
 
-    async def ask(self, system: str, user: str) -> str:
+    async def ask(self, system: str, user: str) -> tuple[str, int]:
+        """The reply's text and the tokens it took."""
         started = time.monotonic()
         messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         reply = await self.client.complete(messages, json_mode=True)
         self.calls += 1
         self.tokens += reply.total_tokens
         self.slowest = max(self.slowest, time.monotonic() - started)
-        return reply.content
+        return reply.content, reply.total_tokens
+
+    async def kept(self, name: str) -> dict[str, Any] | None:
+        """What an earlier run of the task kept as `name`, counted as the call it saves."""
+        kept = await self.state.get(name) if self.state is not None else None
+        if not isinstance(kept, dict) or not isinstance(kept.get("tokens"), int):
+            return None
+        self.calls += 1
+        self.tokens += kept["tokens"]
+        return kept
+
+    async def keep(self, name: str, value: dict[str, Any]) -> None:
+        if self.state is not None:
+            await self.state.keep(name, value)
 
     def out_of_time(self) -> bool:
         return time.monotonic() + self.slowest > self.deadline
@@ -121,8 +158,30 @@ class Workflow:
             chosen = [(slug, "") for slug in dict.fromkeys(filter(None, map(_slug, self.data.departments)))]
             return chosen, False
         await self.progress(0.05, "outlining_departments")
-        outline = parse_outline(await self.ask(OUTLINE_PROMPT.format(limit=12), f"Brief:\n{self.data.brief}"))
-        return (outline, False) if outline else ([(slug, "") for slug in DEFAULT_DEPARTMENTS], True)
+        kept = await self.kept(KEPT_OUTLINE)
+        if kept is not None and _is_outline(kept.get("departments")):
+            return [(slug, focus) for slug, focus in kept["departments"]], bool(kept.get("defaulted"))
+        text, tokens = await self.ask(OUTLINE_PROMPT.format(limit=12), f"Brief:\n{self.data.brief}")
+        outline = parse_outline(text)
+        defaulted = not outline
+        if defaulted:
+            outline = [(slug, "") for slug in DEFAULT_DEPARTMENTS]
+        await self.keep(KEPT_OUTLINE, {"departments": outline, "defaulted": defaulted, "tokens": tokens})
+        return outline, defaulted
+
+    async def items(self, slug: str, focus: str) -> list[dict[str, str]]:
+        """The department's items: kept by an earlier run, else asked for (and kept when there are some)."""
+        kept = await self.kept(KEPT_DEPARTMENT + slug)
+        if kept is not None and isinstance(kept.get("items"), list):
+            return parse_items_list(kept["items"], self.data.items_per_department)
+        prompt = f"Brief:\n{self.data.brief}" + (f"\n\nThis department covers: {focus}" if focus else "")
+        text, tokens = await self.ask(
+            ITEMS_PROMPT.format(slug=slug, count=self.data.items_per_department), prompt
+        )
+        items = parse_items(text, self.data.items_per_department)
+        if items:
+            await self.keep(KEPT_DEPARTMENT + slug, {"items": items, "tokens": tokens})
+        return items
 
     async def run(self) -> dict[str, Any]:
         departments, defaulted = await self.outline()
@@ -135,18 +194,14 @@ class Workflow:
                 stopped = "soft time limit"
                 break
             await self.progress(0.1 + 0.85 * number / len(departments), f"gathering_{slug}")
-            prompt = f"Brief:\n{self.data.brief}" + (f"\n\nThis department covers: {focus}" if focus else "")
             try:
-                text = await self.ask(
-                    ITEMS_PROMPT.format(slug=slug, count=self.data.items_per_department), prompt
-                )
+                items = await self.items(slug, focus)
             except ProviderError as exc:
                 failed[slug], last_error = exc.reason, exc
                 continue
             except SoftTimeLimitExceeded:
                 stopped = "soft time limit"
                 break
-            items = parse_items(text, self.data.items_per_department)
             if items:
                 gathered[slug] = items
             else:
@@ -211,6 +266,7 @@ async def run(ctx: TaskContext, data: AutomatedGatherCreationInput) -> dict[str,
         data,
         ctx.progress,
         started + budget,
+        ctx.run_state,
     )
     try:
         result = await workflow.run()

@@ -169,7 +169,12 @@ async def voice(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Pa
     await ctx.progress(0.95, "storing_media")
     metadata = await audio.describe(output, data.output_format, model)
     return await publish(
-        ctx.config, ctx.project_id, output, f"voice_{ctx.task_id}.{data.output_format}", metadata
+        ctx.config,
+        ctx.project_id,
+        output,
+        f"voice_{ctx.task_id}.{data.output_format}",
+        metadata,
+        ctx.run_state,
     )
 
 

@@ -99,7 +99,9 @@ async def run(ctx: TaskContext, data: GenerateImageInput) -> dict[str, Any]:
             "generation_model": client.model,
             "revised_prompt": image.revised_prompt,
         }
-        result = await publish(ctx.config, ctx.project_id, path, f"image_{ctx.task_id}.{ext}", metadata)
+        result = await publish(
+            ctx.config, ctx.project_id, path, f"image_{ctx.task_id}.{ext}", metadata, ctx.run_state
+        )
     await ctx.progress(1.0, "done")
     return result
 

@@ -199,7 +199,7 @@ def clip_request(task_id: str, data: GenerateVideoInput, project_id: str | None 
 async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: str) -> dict[str, Any]:
     """Render `clip` in a scratch dir (removed on any exit), store the MP4, and describe it as measured."""
     # A configured video-generation API (providers.video.protocol) first, else the plugin or ffmpeg.
-    provider = video_provider.renderer(ctx.config, ctx.http, ctx.provider_gate("video"))
+    provider = video_provider.renderer(ctx.config, ctx.http, ctx.provider_gate("video"), ctx.run_state)
     renderer: video.ClipRenderer = provider or video.load_renderer(ctx.config, ctx.http)
 
     # A character's image is fetched too (render_animation); a marker is drawn.
@@ -226,7 +226,9 @@ async def render_and_publish(ctx: TaskContext, clip: video.ClipRequest, prefix: 
         # renderer; a remote model gets the texts (`details`) and says nothing of what it made of them.
         if isinstance(renderer, video.FfmpegRenderer) and clip.applied:
             metadata["applied"] = clip.applied
-        result = await publish(ctx.config, ctx.project_id, path, f"{prefix}_{ctx.task_id}.mp4", metadata)
+        result = await publish(
+            ctx.config, ctx.project_id, path, f"{prefix}_{ctx.task_id}.mp4", metadata, ctx.run_state
+        )
     await ctx.progress(1.0, "done")
     return result
 

@@ -144,7 +144,12 @@ async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> d
     metadata = await audio.describe(output, data.output_format, MODEL)
     metadata["tracks"] = len(data.tracks)
     return await publish(
-        ctx.config, ctx.project_id, output, f"audio_{ctx.task_id}.{data.output_format}", metadata
+        ctx.config,
+        ctx.project_id,
+        output,
+        f"audio_{ctx.task_id}.{data.output_format}",
+        metadata,
+        ctx.run_state,
     )
 
 

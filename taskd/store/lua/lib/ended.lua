@@ -34,7 +34,8 @@
 -- `keep_for`, the project's index {taskd}:project:{project_id} at least as long, so the task stays in
 -- the project's list), takes it off {taskd}:scheduled if it was waiting for its time there and
 -- emits a status event. A heavy record's bytes follow its expiry (lib/stored.lua), as do those
--- of a dependent it queues.
+-- of a dependent it queues. It deletes the task's run state ({taskd}:run:{id}, taskd.store.run_state)
+-- when its record's `run_state` says it has one.
 -- Then it settles the tasks waiting for this one ({taskd}:dependents:{id}, `depends_on`; not read
 -- when the record's `dependents` is '0', lib/admit.lua), in the
 -- same script so that no end can be lost between the two: when this one completed, it leaves
@@ -56,6 +57,13 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
                        lease, later, cancelled)
   -- The record once, with its end written: what follows reads it from here.
   local r = record or read_record(task_key)
+  -- What its runs kept for a next run (taskd.store.run_state, keep.lua marks the record): no run
+  -- comes any more. Before the record's bytes are counted below, which the mark is no longer in.
+  if r.run_state then
+    redis.call('DEL', '@RUN_STATE_PREFIX@' .. task_id)
+    redis.call('HDEL', task_key, 'run_state')
+    r.run_state = nil
+  end
   count(later, counter, 1)
   if per_type then count(later, per_type .. ':' .. r.task_type, 1) end
   local project = r.project_id
