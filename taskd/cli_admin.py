@@ -27,7 +27,7 @@ import orjson
 
 from taskd import model
 from taskd.config import Config, ConfigError, find_config_file, load_config
-from taskd.logs import SECRET_FIELD, mask_url, url_password
+from taskd.logs import SECRET_FIELD, mask_url
 from taskd.model import iso
 from taskd.printable import printable
 
@@ -332,9 +332,9 @@ def add_commands(commands: Any) -> None:
 
 
 def _where(url: str) -> str:
-    """A Redis URL fit to print: its password masked."""
-    password = url_password(url)
-    return url.replace(f":{password}@", f":{MASK}@", 1) if password else url
+    """A Redis URL fit to print: its password masked, and the query options that carry one
+    (`?password=`, a Sentinel URL's `?sentinel_password=`)."""
+    return mask_url(url, MASK)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -366,6 +366,20 @@ async def test_a_wrong_redis_password_exits_3_in_one_line_without_the_password(v
     assert "not-the-password-42" not in run.err and "********" in run.err
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:1/0?password=pw-SECRET-2",
+        "redis+sentinel://127.0.0.1:1/mymaster?sentinel_password=pw-SECRET-2",
+    ],
+)
+async def test_an_operator_command_on_a_down_redis_masks_a_password_given_as_a_query_option(url):
+    run = await operator_cli("queues", redis_url=url)
+
+    assert run.code == 3
+    assert "pw-SECRET-2" not in run.err and "password=********" in run.err
+
+
 # ---- config ----
 
 
