@@ -29,7 +29,7 @@ from taskd import model
 from taskd.config import Config, ConfigError, find_config_file, load_config
 from taskd.logs import SECRET_FIELD, mask_url
 from taskd.model import iso
-from taskd.printable import printable
+from taskd.printable import printable, printable_json
 
 if TYPE_CHECKING:
     from taskd.admin import Operator
@@ -48,7 +48,7 @@ class UsageError(Exception):
 
 
 def _print_json(body: Any) -> None:
-    print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+    print(printable_json(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()))
 
 
 # What comes from Redis (hosts, worker and task ids, queue names, errors) is shown through

@@ -10,6 +10,8 @@ import re
 _UNSEEN = "\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
 _CONTROLS = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNSEEN}]")
 _CONTROLS_BUT_LINES = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_UNSEEN}]")
+# What JSON leaves as it is inside a string (it escapes only C0, the quote and the backslash).
+_JSON_LEAVES = re.compile(f"[\\x7f-\\x9f{_UNSEEN}]")
 
 
 def _written_out(found: re.Match[str]) -> str:
@@ -23,3 +25,17 @@ def printable(value: object, *, lines: bool = False) -> str:
     what is shown around it, nor pass for a line of its own."""
     pattern = _CONTROLS_BUT_LINES if lines else _CONTROLS
     return pattern.sub(_written_out, str(value))
+
+
+def _json_escape(found: re.Match[str]) -> str:
+    return f"\\u{ord(found.group()):04x}"
+
+
+def printable_json(text: str) -> str:
+    """JSON text (orjson's, which writes C0 controls as escapes but DEL, C1, bidirectional
+    overrides and line separators as they are) with those written as \\uNNNN escapes too: the same
+    JSON to a parser, and nothing a terminal acts on or a line splitter breaks at."""
+    # The characters escaped can only stand inside a string in JSON, so an escape is always valid.
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _JSON_LEAVES.sub(_json_escape, text)

@@ -98,6 +98,19 @@ async def test_workers_shows_a_heartbeats_control_characters_written_out(valkey_
     assert "evil\\x1b]0;pwned\\x07\\x0d\\x0aFORGED ROW" in run.out
 
 
+async def test_workers_json_writes_out_what_json_leaves_for_a_terminal(valkey_url, redis):
+    planted = "evil\x9b2J\u202eFORGED\u2028ROW"
+    beat = {"worker_id": planted, "host": planted, "pid": 1, "queues": ["default"], "started_at": 0}
+    await redis.set(keys.worker(planted), json.dumps(beat), px=60_000)
+    await redis.zadd(keys.WORKERS, {planted: datetime.now(UTC).timestamp() * 1000})
+
+    run = await operator_cli("workers", "--json", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    assert not any(char in run.out for char in "\x9b\u202e\u2028")
+    assert run.json()["workers"][0]["host"] == planted
+
+
 # ---- queues ----
 
 
