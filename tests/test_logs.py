@@ -134,6 +134,19 @@ def test_text_lines_write_out_what_would_reorder_or_hide_the_fields_after_a_call
     assert text.endswith("task failed: boom\\u202e\\u2066\\u200b\\u2028")
 
 
+def test_json_lines_write_out_a_callers_line_separators_and_c1_controls_and_stay_one_line(captured):
+    logger, stream = captured
+    hostile = 'boom\u2028{"level": "INFO"}\x85\u2029\x9b2J\u202e'
+
+    logger.warning("task failed: %s", hostile, extra={"error": hostile})
+
+    text = stream.getvalue()
+    assert len(text.splitlines()) == 1
+    assert not any(char in text for char in "\u2028\x85\u2029\x9b\u202e")
+    (line,) = lines(stream)
+    assert line["message"] == f"task failed: {hostile}" and line["error"] == hostile
+
+
 def test_auto_is_text_on_a_terminal_and_json_elsewhere():
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
