@@ -42,6 +42,7 @@ from taskd.config import (
     ProvidersConfig,
     RedisConfig,
     ScopedKey,
+    VideoProvider,
     WebhooksConfig,
 )
 from taskd.embedded import EmbeddedValkey
@@ -279,6 +280,18 @@ def test_a_job_config_drops_a_url_that_carries_a_credential_in_its_query():
     config = Config(providers=ProvidersConfig(llm=llm))
 
     assert job_config(config).providers.llm.base_url == ""
+
+
+def test_a_job_config_blanks_the_secrets_of_a_table_of_the_operators_own_names():
+    extra = {"openai_api_key": "sk-extra-1", "nested": {"password": "pw-extra-2"}, "steps": 30}
+    video = VideoProvider(
+        protocol="replicate", base_url="https://api.example", model="o/m", extra_input=extra
+    )
+    config = Config(providers=ProvidersConfig(video=video))
+
+    lean = job_config(config).providers.video.extra_input
+
+    assert lean == {"openai_api_key": "", "nested": {"password": ""}, "steps": 30}
 
 
 def test_a_proxy_with_a_token_in_its_query_stays_out_of_the_child_environment():
