@@ -234,7 +234,8 @@ async def cmd_retry_failed(ops: Operator, args: argparse.Namespace) -> int:
         _print_json({"project_id": args.project, "tasks": [attrs.asdict(outcome) for outcome in outcomes]})
     for outcome in outcomes:
         if outcome.refused is not None:
-            _note(f"{outcome.task_id}: not retried: {outcome.refused}")
+            # One line: the refusal may quote the record (its task type), which is Redis's.
+            _note(printable(f"{outcome.task_id}: not retried: {outcome.refused}"))
         elif not args.json:
             again = " (retried before: the same new task)" if outcome.replayed else ""
             print(printable(f"{outcome.task_id} -> {outcome.new_task_id}{again}"))

@@ -286,6 +286,20 @@ async def test_retry_failed_says_a_task_type_its_own_config_does_not_install_is_
     ]
 
 
+async def test_retry_failed_writes_out_the_control_characters_of_a_refusal_that_quotes_redis(
+    taskd, valkey_url, redis
+):
+    failed = await taskd.submit("fail", {}, project_id="films")
+    await taskd.wait_terminal(failed["task_id"])
+    await redis.hset(keys.task(failed["task_id"]), "task_type", "fail\ntaskd: forged\x1b[2J")
+
+    run = await operator_cli("retry-failed", "--project", "films", redis_url=valkey_url)
+
+    assert run.code == 1
+    assert "\x1b" not in run.err
+    assert not any(line.startswith("taskd: forged") for line in run.err.splitlines()), run.err
+
+
 async def test_retry_failed_since_a_time_skips_older_failures(taskd, valkey_url):
     older = await taskd.submit("fail", {}, project_id="films")
     await taskd.wait_terminal(older["task_id"])
