@@ -468,7 +468,7 @@ async def cmd_health(client: TaskClient, args: argparse.Namespace) -> int:
     print("gpus:     " + (", ".join(map(_utilization, gpus)) if gpus else "none (NVML not available)"))
     print(f"alerts:   {printable(queues.status)}")
     for alert in queues.alerts:
-        print(f"  {alert.severity}: {printable(alert.message)}")
+        print(f"  {printable(alert.severity)}: {printable(alert.message)}")
     return EXIT_OK if healthy else EXIT_TASK_FAILED
 
 

@@ -675,7 +675,13 @@ async def test_text_output_writes_out_the_control_characters_of_what_a_server_se
                 "uptime": 1,
             }
         ),
-        "/api/v1/tasks/health": answering({"status": "healthy", "metrics": {}, "alerts": []}),
+        "/api/v1/tasks/health": answering(
+            {
+                "status": "healthy",
+                "metrics": {},
+                "alerts": [{"severity": HOSTILE, "message": HOSTILE, "metric": "m", "value": 1}],
+            }
+        ),
     }
     async with fake_taskd(routes) as url:
         runs = [
