@@ -107,7 +107,9 @@ def _blank(value: Any) -> Any:
 
 
 def _scrub(value: Any) -> Any:
-    # Fields named like a secret are blanked; any other string holding a URL password is dropped.
+    # Fields named like a secret are blanked, and so are the entries of a table of the operator's
+    # own names (providers.video.extra_input = {api_key = …}), as logs.secrets_of finds them; any
+    # other string holding a URL password is dropped.
     if attrs.has(type(value)):
         changes = {}
         for field in attrs.fields(type(value)):
@@ -117,7 +119,10 @@ def _scrub(value: Any) -> Any:
                 changes[field.name] = cleaned
         return attrs.evolve(value, **changes) if changes else value
     if isinstance(value, dict):
-        return {key: _scrub(item) for key, item in value.items()}
+        return {
+            key: _blank(item) if SECRET_FIELD.search(str(key)) else _scrub(item)
+            for key, item in value.items()
+        }
     if isinstance(value, list | tuple):
         return type(value)(_scrub(item) for item in value)
     if isinstance(value, str) and "://" in value and url_secrets(value):

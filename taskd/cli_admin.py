@@ -27,9 +27,9 @@ import orjson
 
 from taskd import model
 from taskd.config import Config, ConfigError, find_config_file, load_config
-from taskd.logs import SECRET_FIELD, mask_url, url_password
+from taskd.logs import SECRET_FIELD, mask_url
 from taskd.model import iso
-from taskd.printable import printable
+from taskd.printable import printable, printable_json
 
 if TYPE_CHECKING:
     from taskd.admin import Operator
@@ -48,7 +48,7 @@ class UsageError(Exception):
 
 
 def _print_json(body: Any) -> None:
-    print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+    print(printable_json(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()))
 
 
 # What comes from Redis (hosts, worker and task ids, queue names, errors) is shown through
@@ -234,7 +234,8 @@ async def cmd_retry_failed(ops: Operator, args: argparse.Namespace) -> int:
         _print_json({"project_id": args.project, "tasks": [attrs.asdict(outcome) for outcome in outcomes]})
     for outcome in outcomes:
         if outcome.refused is not None:
-            _note(f"{outcome.task_id}: not retried: {outcome.refused}")
+            # One line: the refusal may quote the record (its task type), which is Redis's.
+            _note(printable(f"{outcome.task_id}: not retried: {outcome.refused}"))
         elif not args.json:
             again = " (retried before: the same new task)" if outcome.replayed else ""
             print(printable(f"{outcome.task_id} -> {outcome.new_task_id}{again}"))
@@ -332,9 +333,9 @@ def add_commands(commands: Any) -> None:
 
 
 def _where(url: str) -> str:
-    """A Redis URL fit to print: its password masked."""
-    password = url_password(url)
-    return url.replace(f":{password}@", f":{MASK}@", 1) if password else url
+    """A Redis URL fit to print: its password masked, and the query options that carry one
+    (`?password=`, a Sentinel URL's `?sentinel_password=`)."""
+    return mask_url(url, MASK)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ import yarl
 from taskd.apikey import KEY_FILE
 from taskd.config import ConfigError, load_config
 from taskd.model import TaskStatus
-from taskd.printable import printable
+from taskd.printable import printable, printable_json
 
 if TYPE_CHECKING:
     from taskd.client import Task, TaskClient, TaskEvent
@@ -46,7 +46,9 @@ class UsageError(Exception):
 
 
 def _print_json(body: Any, out: TextIO | None = None) -> None:
-    print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode(), file=out or sys.stdout)
+    # A result or an error is the server's (and a caller's) text: printable_json writes out what
+    # orjson leaves for a terminal to act on (C1 controls, bidirectional overrides).
+    print(printable_json(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()), file=out or sys.stdout)
 
 
 def _note(text: str) -> None:
@@ -399,7 +401,7 @@ async def cmd_status(client: TaskClient, args: argparse.Namespace) -> int:
     if task.traceback:
         print("traceback:\n" + printable(task.traceback.rstrip(), lines=True))
     if task.webhook:
-        print("webhook:", orjson.dumps(task.webhook).decode())
+        print("webhook:", printable_json(orjson.dumps(task.webhook).decode()))
     return EXIT_OK
 
 
@@ -466,7 +468,7 @@ async def cmd_health(client: TaskClient, args: argparse.Namespace) -> int:
     print("gpus:     " + (", ".join(map(_utilization, gpus)) if gpus else "none (NVML not available)"))
     print(f"alerts:   {printable(queues.status)}")
     for alert in queues.alerts:
-        print(f"  {alert.severity}: {printable(alert.message)}")
+        print(f"  {printable(alert.severity)}: {printable(alert.message)}")
     return EXIT_OK if healthy else EXIT_TASK_FAILED
 
 

@@ -27,7 +27,7 @@ from urllib.parse import unquote_plus, urlsplit
 import attrs
 import orjson
 
-from taskd.printable import printable
+from taskd.printable import printable, printable_json
 
 FORMATS = ("auto", "json", "text")
 MASK = "***"
@@ -260,7 +260,9 @@ class JsonFormatter(logging.Formatter):
             line["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack_info"] = self.formatStack(record.stack_info)
-        return orjson.dumps(_clean(line)).decode()
+        # A caller's text in a line must not break it where a reader splits lines (U+2028, NEL:
+        # Python's splitlines, JavaScript log viewers) nor act on the terminal that tails it (C1).
+        return printable_json(orjson.dumps(_clean(line)).decode())
 
 
 class TextFormatter(logging.Formatter):

@@ -508,9 +508,15 @@ class Service:
             print(f"taskd listening on http://{host}:{port}", flush=True)
         if self.generated_key is not None:
             where = Path(self.config.data_path) / apikey.KEY_FILE
-            if self.key_is_new:
+            if self.key_is_new and sys.stdout.isatty():
                 # The only time the key is shown: on the terminal, never in a log line.
                 print(f"API key (made by taskd, kept in {where}): {self.generated_key}", flush=True)
+            elif self.key_is_new:
+                # A stdout that is no terminal is a log: the journal under systemd, a container's log,
+                # whatever collects them. A key for every project has no place there.
+                print(
+                    f"API key (made by taskd, not printed: stdout is not a terminal): in {where}", flush=True
+                )
             else:
                 print(f"API key: in {where}", flush=True)
         if self.webhook_secret_file is not None:

@@ -98,6 +98,19 @@ async def test_workers_shows_a_heartbeats_control_characters_written_out(valkey_
     assert "evil\\x1b]0;pwned\\x07\\x0d\\x0aFORGED ROW" in run.out
 
 
+async def test_workers_json_writes_out_what_json_leaves_for_a_terminal(valkey_url, redis):
+    planted = "evil\x9b2J\u202eFORGED\u2028ROW"
+    beat = {"worker_id": planted, "host": planted, "pid": 1, "queues": ["default"], "started_at": 0}
+    await redis.set(keys.worker(planted), json.dumps(beat), px=60_000)
+    await redis.zadd(keys.WORKERS, {planted: datetime.now(UTC).timestamp() * 1000})
+
+    run = await operator_cli("workers", "--json", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    assert not any(char in run.out for char in "\x9b\u202e\u2028")
+    assert run.json()["workers"][0]["host"] == planted
+
+
 # ---- queues ----
 
 
@@ -273,6 +286,20 @@ async def test_retry_failed_says_a_task_type_its_own_config_does_not_install_is_
     ]
 
 
+async def test_retry_failed_writes_out_the_control_characters_of_a_refusal_that_quotes_redis(
+    taskd, valkey_url, redis
+):
+    failed = await taskd.submit("fail", {}, project_id="films")
+    await taskd.wait_terminal(failed["task_id"])
+    await redis.hset(keys.task(failed["task_id"]), "task_type", "fail\ntaskd: forged\x1b[2J")
+
+    run = await operator_cli("retry-failed", "--project", "films", redis_url=valkey_url)
+
+    assert run.code == 1
+    assert "\x1b" not in run.err
+    assert not any(line.startswith("taskd: forged") for line in run.err.splitlines()), run.err
+
+
 async def test_retry_failed_since_a_time_skips_older_failures(taskd, valkey_url):
     older = await taskd.submit("fail", {}, project_id="films")
     await taskd.wait_terminal(older["task_id"])
@@ -364,6 +391,20 @@ async def test_a_wrong_redis_password_exits_3_in_one_line_without_the_password(v
     assert run.code == 3
     assert len(run.err.strip().splitlines()) == 1
     assert "not-the-password-42" not in run.err and "********" in run.err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:1/0?password=pw-SECRET-2",
+        "redis+sentinel://127.0.0.1:1/mymaster?sentinel_password=pw-SECRET-2",
+    ],
+)
+async def test_an_operator_command_on_a_down_redis_masks_a_password_given_as_a_query_option(url):
+    run = await operator_cli("queues", redis_url=url)
+
+    assert run.code == 3
+    assert "pw-SECRET-2" not in run.err and "password=********" in run.err
 
 
 # ---- config ----

@@ -675,7 +675,13 @@ async def test_text_output_writes_out_the_control_characters_of_what_a_server_se
                 "uptime": 1,
             }
         ),
-        "/api/v1/tasks/health": answering({"status": "healthy", "metrics": {}, "alerts": []}),
+        "/api/v1/tasks/health": answering(
+            {
+                "status": "healthy",
+                "metrics": {},
+                "alerts": [{"severity": HOSTILE, "message": HOSTILE, "metric": "m", "value": 1}],
+            }
+        ),
     }
     async with fake_taskd(routes) as url:
         runs = [
@@ -690,6 +696,30 @@ async def test_text_output_writes_out_the_control_characters_of_what_a_server_se
         assert "Traceback" not in run.err
         assert "\\x1b]0;owned\\x07" in run.out
         assert not any(char in run.out + run.err for char in SHOWN_RAW)
+
+
+# What JSON leaves as it is inside a string: DEL, C1 controls (U+009B is the one-byte CSI), a bidi
+# override, the line and paragraph separators.
+JSON_LEAVES = "\x7f\x85\x9b\u202e\u2028\u2029"
+
+
+async def test_json_output_writes_out_what_json_leaves_for_a_terminal_and_parses_the_same():
+    result = {"response": f"ok{JSON_LEAVES}[2Jforged", f"key{JSON_LEAVES}": [JSON_LEAVES]}
+    webhook = {"url": "https://hooks.example/x", "last_error": f"refused{JSON_LEAVES}"}
+    task = {"task_id": "t1", "project_id": "p", "status": "completed", "result": result, "webhook": webhook}
+    async with fake_taskd({"/api/v1/tasks/t1/status": answering(task)}) as url:
+        runs = {
+            "status": await taskd_cli("status", "t1", url=url),
+            "status --json": await taskd_cli("status", "t1", "--json", url=url),
+            "wait": await taskd_cli("wait", "t1", url=url),
+        }
+
+    for name, run in runs.items():
+        assert run.code == 0, run.err
+        assert not any(char in run.out for char in JSON_LEAVES), name
+    assert runs["wait"].json() == result
+    assert runs["status --json"].json()["result"] == result
+    assert '"ok\\u007f\\u0085\\u009b\\u202e\\u2028\\u2029[2Jforged"' in runs["status"].out
 
 
 async def test_what_the_server_sends_is_noted_on_stderr_as_one_line_each():

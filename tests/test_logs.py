@@ -134,6 +134,31 @@ def test_text_lines_write_out_what_would_reorder_or_hide_the_fields_after_a_call
     assert text.endswith("task failed: boom\\u202e\\u2066\\u200b\\u2028")
 
 
+def test_text_lines_write_out_the_arabic_letter_mark_and_the_characters_that_spell_hidden_text():
+    stream = io.StringIO()
+    hostile = "ok\u061c1.2\U000e0069\U000e0067\ufff9note\ufffb"
+    record = logging.LogRecord(
+        "taskd.engine", logging.WARNING, __file__, 1, "task failed: %s", (hostile,), None
+    )
+
+    text = logs.make_handler("text", stream).format(record)
+
+    assert text.endswith("task failed: ok\\u061c1.2\\U000e0069\\U000e0067\\ufff9note\\ufffb")
+
+
+def test_json_lines_write_out_a_callers_line_separators_and_c1_controls_and_stay_one_line(captured):
+    logger, stream = captured
+    hostile = 'boom\u2028{"level": "INFO"}\x85\u2029\x9b2J\u202e\u061c\U000e0041'
+
+    logger.warning("task failed: %s", hostile, extra={"error": hostile})
+
+    text = stream.getvalue()
+    assert len(text.splitlines()) == 1
+    assert not any(char in text for char in "\u2028\x85\u2029\x9b\u202e\u061c\U000e0041")
+    (line,) = lines(stream)
+    assert line["message"] == f"task failed: {hostile}" and line["error"] == hostile
+
+
 def test_auto_is_text_on_a_terminal_and_json_elsewhere():
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -470,6 +470,34 @@ async def test_with_a_proxy_configured_the_post_goes_through_the_proxy(start, re
     assert (request.path, request.json["task_id"]) == ("/task-done", body["task_id"])
 
 
+async def test_a_proxy_that_refuses_the_tunnel_is_named_in_the_webhooks_error_without_its_address_or_password(
+    start, receiver
+):
+    # The receiver stands in for a proxy that refuses an https callback's CONNECT (it answers 405).
+    proxy = receiver.url("/").replace("http://", "http://egress:proxy-pass-3@")
+    service = await start(proxy=proxy, extra_delays=[])
+    body = await service.submit(
+        "test_prompt", TASK_DATA["test_prompt"], callback_url="https://hooks.example/task-done"
+    )
+
+    webhook = await webhook_settled(service, body["task_id"])
+
+    assert webhook["failed_at"] is not None
+    assert webhook["last_error"].startswith("the egress proxy (webhooks.proxy) refused the tunnel: HTTP ")
+    assert "proxy-pass-3" not in webhook["last_error"] and "127.0.0.1" not in webhook["last_error"]
+
+
+async def test_a_proxy_that_cannot_be_reached_is_named_in_the_webhooks_error_without_its_address(start):
+    service = await start(proxy="http://egress:proxy-pass-4@127.0.0.1:1/", extra_delays=[])
+    body = await service.submit(
+        "test_prompt", TASK_DATA["test_prompt"], callback_url="https://hooks.example/task-done"
+    )
+
+    webhook = await webhook_settled(service, body["task_id"])
+
+    assert webhook["last_error"] == "the egress proxy (webhooks.proxy) could not be reached"
+
+
 async def test_status_shows_no_webhook_without_a_callback_url(start):
     service = await start()
     body = await service.submit("test_prompt", TASK_DATA["test_prompt"])

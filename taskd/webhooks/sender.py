@@ -26,7 +26,7 @@ from yarl import URL
 from taskd import keys, tracing
 from taskd.backoff import Backoff
 from taskd.config import WebhooksConfig
-from taskd.logs import MASK, bind_task, mask_url
+from taskd.logs import MASK, REDACTOR, bind_task, mask_url
 from taskd.model import TaskRecord, TaskStatus
 from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port, refusal
 from taskd.stopping import cancel_and_wait
@@ -466,13 +466,22 @@ def _take_turn(turns: dict[Line, float], line: Line, per_second: int, at: int, h
 
 
 def _failed(exc: BaseException) -> Attempt:
+    """Why an attempt failed, as the task's `webhook.last_error` tells the tenant."""
     refused = refusal(exc)
     if refused is not None:
         return Attempt(False, None, f"refused: {refused}")
+    # The proxy is the operator's: aiohttp's text of these names its URL, credentials included.
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return Attempt(
+            False, None, f"the egress proxy (webhooks.proxy) refused the tunnel: HTTP {exc.status}"
+        )
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return Attempt(False, None, "the egress proxy (webhooks.proxy) could not be reached")
     if isinstance(exc, OSError) and exc.errno is None and exc.strerror:
         # A lookup's failure (c-ares, via aiohttp) has no errno: "[Errno None] Domain name not found".
         return Attempt(False, None, f"{type(exc).__name__}: {exc.strerror}")
-    return Attempt(False, None, f"{type(exc).__name__}: {exc}")
+    # Masked as a task's error is: any other library's text may quote a URL with its credentials.
+    return Attempt(False, None, REDACTOR.redact(f"{type(exc).__name__}: {exc}"))
 
 
 def _still_news(record: TaskRecord, event: str | None) -> bool:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -42,6 +45,7 @@ from taskd.config import (
     ProvidersConfig,
     RedisConfig,
     ScopedKey,
+    VideoProvider,
     WebhooksConfig,
 )
 from taskd.embedded import EmbeddedValkey
@@ -281,6 +285,18 @@ def test_a_job_config_drops_a_url_that_carries_a_credential_in_its_query():
     assert job_config(config).providers.llm.base_url == ""
 
 
+def test_a_job_config_blanks_the_secrets_of_a_table_of_the_operators_own_names():
+    extra = {"openai_api_key": "sk-extra-1", "nested": {"password": "pw-extra-2"}, "steps": 30}
+    video = VideoProvider(
+        protocol="replicate", base_url="https://api.example", model="o/m", extra_input=extra
+    )
+    config = Config(providers=ProvidersConfig(video=video))
+
+    lean = job_config(config).providers.video.extra_input
+
+    assert lean == {"openai_api_key": "", "nested": {"password": ""}, "steps": 30}
+
+
 def test_a_proxy_with_a_token_in_its_query_stays_out_of_the_child_environment():
     env = child_environment(
         environ={"HTTPS_PROXY": "http://proxy:3128/?token=tok-query-2", "LANG": "C.UTF-8"}
@@ -407,12 +423,51 @@ def _serve_once(data_dir: Path, root: Path) -> tuple[str, str]:
     return head + _stop(proc), log_path.read_text()
 
 
+def _serve_once_on_a_terminal(data_dir: Path, root: Path) -> tuple[str, str]:
+    """`_serve_once` with stdout on a pseudo-terminal, as when started from a shell."""
+    log_path = root / "serve-terminal.log"
+    primary, secondary = pty.openpty()
+    args = [sys.executable, "-m", "taskd", "--log-format", "json", "serve", "--no-worker"]
+    with log_path.open("a") as log:
+        proc = subprocess.Popen(args, env=_base_env(data_dir), cwd=root, stdout=secondary, stderr=log)
+    os.close(secondary)
+    printed = b""
+    try:
+        # The key's line comes after the one saying where it listens; then it is stopped, and the
+        # terminal read to its end (EIO once the last writer closed it).
+        while not re.search(rb"API key[^\n]*\n", printed):
+            assert select.select([primary], [], [], 60)[0], f"taskd did not start: {log_path.read_text()}"
+            printed += os.read(primary, 4096)
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(OSError):
+            while chunk := os.read(primary, 4096):
+                printed += chunk
+        proc.wait(30)
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+    return printed.decode(), log_path.read_text()
+
+
 def test_the_generated_key_is_printed_once_on_the_terminal_when_made(tmp_path):
-    printed, logged = _serve_once(tmp_path / "data", tmp_path)
+    printed, logged = _serve_once_on_a_terminal(tmp_path / "data", tmp_path)
 
     key = (tmp_path / "data" / "api_key").read_text().strip()
     assert printed.count(key) == 1
     assert key not in logged
+
+
+def test_a_new_key_is_not_printed_when_stdout_is_not_a_terminal(tmp_path):
+    # Under systemd stdout is the journal; in a container, its log.
+    printed, logged = _serve_once(tmp_path / "data", tmp_path)
+
+    key = (tmp_path / "data" / "api_key").read_text().strip()
+    assert (
+        f"API key (made by taskd, not printed: stdout is not a terminal): in {tmp_path / 'data' / 'api_key'}"
+        in printed
+    )
+    assert key not in printed and key not in logged
 
 
 def test_a_later_start_names_the_key_file_without_printing_the_key(tmp_path):
