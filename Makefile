@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/taskd serve
+	$(BIN)/taskd serve --print-key
 
 # Two passes (docs/development.md#build-and-test): the suite in parallel (pytest-xdist, work stealing:
 # the minutes-long soak starts first and the others take its share), then the tests marked `serial`

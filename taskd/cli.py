@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP API and the workers")
     serve.add_argument("--no-worker", action="store_true", help="run the API only (an API node)")
     serve.add_argument("--queues", help="comma-separated queues to work on (default: all)")
+    serve.add_argument(
+        "--print-key",
+        action="store_true",
+        help="print an API key taskd makes on this start even when stdout is not a terminal (make run)",
+    )
 
     worker = commands.add_parser("worker", help="run workers only, against the same Redis as a serve")
     worker.add_argument("--queues", help="comma-separated queues to work on, e.g. gpu_heavy,gpu_medium")
@@ -142,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         serve = args.command == "serve"
         workers = not args.no_worker if serve else True
-        _run_loop(run(config, http=serve, workers=workers, queues=_queues(args.queues)))
+        print_key = serve and args.print_key
+        _run_loop(run(config, http=serve, workers=workers, queues=_queues(args.queues), print_key=print_key))
     except (ConfigError, StartFailed) as exc:
         # The log lines still waiting for their writer thread first: the reason is the last line.
         logs.flush()

@@ -484,14 +484,15 @@ class Service:
         if tracing.enabled():
             await asyncio.to_thread(tracing.flush)
 
-    def announce(self) -> None:
-        """Print where the API listens and, when taskd made the key itself, the key.
+    def announce(self, *, print_key: bool = False) -> None:
+        """Print where the API listens and, when taskd made the key itself on this start, the key:
+        on a terminal, or wherever stdout goes with `print_key` (`taskd serve --print-key`).
 
         A stdout that cannot be written (a pipe whose reader went away: `taskd serve | head -1`)
         stops nothing: taskd serves on, and a log line says where it listens instead.
         """
         try:
-            self._print_announcement()
+            self._print_announcement(print_key=print_key)
         except OSError as exc:
             logs.discard_stdout()
             listening = ", ".join(f"http://{host}:{port}" for host, port in self.addresses)
@@ -503,13 +504,14 @@ class Service:
                 "stdout cannot be written (%s); taskd listening on %s%s", exc.strerror or exc, listening, key
             )
 
-    def _print_announcement(self) -> None:
+    def _print_announcement(self, *, print_key: bool) -> None:
         for host, port in self.addresses:
             print(f"taskd listening on http://{host}:{port}", flush=True)
         if self.generated_key is not None:
             where = Path(self.config.data_path) / apikey.KEY_FILE
-            if self.key_is_new and sys.stdout.isatty():
-                # The only time the key is shown: on the terminal, never in a log line.
+            if self.key_is_new and (print_key or sys.stdout.isatty()):
+                # The only time the key is shown: on the terminal (or where `--print-key` asked for it,
+                # as `make run` does for a first start that may be piped), never in a log line.
                 print(f"API key (made by taskd, kept in {where}): {self.generated_key}", flush=True)
             elif self.key_is_new:
                 # A stdout that is no terminal is a log: the journal under systemd, a container's log,
@@ -523,8 +525,10 @@ class Service:
             print(f"Webhook signing secret (made by taskd) kept in {self.webhook_secret_file}", flush=True)
 
 
-async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | None = None) -> None:
-    """Run a Service until SIGTERM, SIGINT or SIGHUP."""
+async def run(
+    config: Config, *, http: bool, workers: bool, queues: list[str] | None = None, print_key: bool = False
+) -> None:
+    """Run a Service until SIGTERM, SIGINT or SIGHUP; `print_key`: `Service.announce`'s."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # SIGHUP: the terminal it was started from closed (an ssh session dropped). Its default would end
@@ -546,7 +550,7 @@ async def run(config: Config, *, http: bool, workers: bool, queues: list[str] | 
     tune_gc()
     # Said once started: a start-up that fails says so in one line, the last and only one.
     open_files.log()
-    service.announce()
+    service.announce(print_key=print_key)
     notifier.ready(_status_line(service))
     watchdog = asyncio.create_task(notifier.watchdog(), name="systemd-watchdog")
     try:

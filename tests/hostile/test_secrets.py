@@ -416,10 +416,10 @@ async def test_a_provider_error_quoting_secrets_reaches_neither_the_task_nor_the
 # The generated API key
 
 
-def _serve_once(data_dir: Path, root: Path) -> tuple[str, str]:
+def _serve_once(data_dir: Path, root: Path, *options: str) -> tuple[str, str]:
     """Start and stop a `taskd serve --no-worker` without a configured key; what it printed and logged."""
     log_path = root / f"serve-{len(list(root.glob('serve-*.log')))}.log"
-    proc, head = _start(["serve", "--no-worker"], _base_env(data_dir), root, log_path)
+    proc, head = _start(["serve", "--no-worker", *options], _base_env(data_dir), root, log_path)
     return head + _stop(proc), log_path.read_text()
 
 
@@ -468,6 +468,16 @@ def test_a_new_key_is_not_printed_when_stdout_is_not_a_terminal(tmp_path):
         in printed
     )
     assert key not in printed and key not in logged
+
+
+def test_print_key_prints_a_new_key_once_where_stdout_is_not_a_terminal(tmp_path):
+    # `make run` asks for it: its first start shows the key even when its output is piped.
+    printed, logged = _serve_once(tmp_path / "data", tmp_path, "--print-key")
+
+    key = (tmp_path / "data" / "api_key").read_text().strip()
+    assert f"API key (made by taskd, kept in {tmp_path / 'data' / 'api_key'}): {key}" in printed
+    assert printed.count(key) == 1
+    assert key not in logged
 
 
 def test_a_later_start_names_the_key_file_without_printing_the_key(tmp_path):
