@@ -373,6 +373,10 @@ async function readEvents(body, stream) {
   let buffer = "";
   let type = "";
   let data = [];
+  // The `id` of the event being read: it becomes the stream's (sent back as Last-Event-ID) only
+  // when its event is complete, as the standard says, so that a connection cut inside an event
+  // asks for that event again instead of skipping it.
+  let id = stream.lastId;
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
@@ -382,6 +386,7 @@ async function readEvents(body, stream) {
     buffer = lines.pop();
     for (const line of lines) {
       if (line === "") {
+        stream.lastId = id;
         if (data.length && (type === "status" || type === "progress")) {
           // A page error, as from an EventSource listener: reported, and the stream goes on.
           try { applyEvent({ type, data: data.join("\n") }); } catch (error) { reportError(error); }
@@ -397,7 +402,7 @@ async function readEvents(body, stream) {
       if (text.startsWith(" ")) text = text.slice(1);
       if (field === "event") type = text;
       else if (field === "data") data.push(text);
-      else if (field === "id" && !text.includes("\0")) stream.lastId = text;
+      else if (field === "id" && !text.includes("\0")) id = text;
       else if (field === "retry" && /^\d+$/.test(text)) stream.retryMs = Number(text);
     }
   }

@@ -107,6 +107,42 @@ async def test_in_chromium_the_event_reader_parses_server_sent_events_split_anyw
 
 
 @needs_chromium
+async def test_in_chromium_a_stream_cut_inside_an_event_resumes_from_the_last_complete_one(
+    taskd, tmp_path: Path
+):
+    # The connection drops after the second event's id and part of its data: Last-Event-ID must
+    # name the first, so that the reconnect is sent the second again instead of skipping it.
+    chunks = [
+        'id: 5-0\nevent: status\ndata: {"task_id": "a"}\n\n',
+        'id: 6-0\nevent: status\ndata: {"task_',
+    ]
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate(f"{taskd.base_url}/dashboard")
+        await browser.wait_for("!document.getElementById('key-panel').hidden")
+        seen = await browser.evaluate(
+            f"""(async () => {{
+              const seen = [];
+              applyEvent = (event) => seen.push(JSON.parse(event.data).task_id);
+              const chunks = {json.dumps(chunks)};
+              const body = new ReadableStream({{
+                start(controller) {{
+                  for (const chunk of chunks) controller.enqueue(new TextEncoder().encode(chunk));
+                  controller.close();
+                }},
+              }});
+              const stream = {{ lastId: "", retryMs: 3000 }};
+              await readEvents(body, stream);
+              return {{ seen, lastId: stream.lastId }};
+            }})()"""
+        )
+    finally:
+        await browser.close()
+
+    assert seen == {"seen": ["a"], "lastId": "5-0"}
+
+
+@needs_chromium
 async def test_in_chromium_forget_key_leaves_nothing_the_last_key_was_shown(start_service, tmp_path: Path):
     service = await start_service(
         auth=AuthConfig(api_keys=[API_KEY], keys=[ScopedKey(TENANT_KEY, ["tenant-a"])])
