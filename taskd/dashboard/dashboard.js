@@ -80,7 +80,9 @@ function showKeyForm(message) {
   $("forget-key").hidden = true;
   $("key-error").hidden = !message;
   $("key-error").textContent = message || "";
+  // Nothing asks again with no key: the overview's round, a list reload a live event made due.
   clearInterval(state.overviewTimer);
+  clearTimeout(state.reloadTimer);
   stopLive();
   clearView();
   $("api-key").focus();
