@@ -345,7 +345,8 @@ async function followEvents(path, signal) {
   for (;;) {
     const headers = { "X-API-Key": state.key, Accept: "text/event-stream" };
     if (stream.lastId) headers["Last-Event-ID"] = stream.lastId;
-    let wait = stream.retryMs;
+    // Set by a 429; else the stream's reconnection time, read after the stream (its `retry:`).
+    let wait = null;
     try {
       const response = await fetch(path, { headers, signal, cache: "no-store" });
       if (response.status === 204) return;
@@ -363,7 +364,7 @@ async function followEvents(path, signal) {
       // A TypeError is the network's (taskd restarting, the connection dropped): try again.
     }
     setLive(false);
-    await new Promise((resolve) => setTimeout(resolve, wait));
+    await new Promise((resolve) => setTimeout(resolve, wait ?? stream.retryMs));
     if (signal.aborted) return;
   }
 }

@@ -143,6 +143,36 @@ async def test_in_chromium_a_stream_cut_inside_an_event_resumes_from_the_last_co
 
 
 @needs_chromium
+async def test_in_chromium_the_reconnect_after_a_stream_waits_the_retry_that_stream_sent(
+    taskd, tmp_path: Path
+):
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate(f"{taskd.base_url}/dashboard")
+        await browser.wait_for("!document.getElementById('key-panel').hidden")
+        # The stream says `retry: 7000` and ends; the reconnect is the last request (aborted).
+        waits = await browser.evaluate(
+            """(async () => {
+              const controller = new AbortController();
+              const waits = [];
+              let asked = 0;
+              window.fetch = async () => {
+                asked += 1;
+                if (asked > 1) { controller.abort(); throw new DOMException("stopped", "AbortError"); }
+                return new Response("retry: 7000\\n\\n", { headers: { "Content-Type": "text/event-stream" } });
+              };
+              window.setTimeout = (resolve, ms) => { waits.push(ms); resolve(); return 0; };
+              await followEvents("/api/v1/projects/p/events", controller.signal).catch(() => {});
+              return waits;
+            })()"""
+        )
+    finally:
+        await browser.close()
+
+    assert waits == [7000]
+
+
+@needs_chromium
 async def test_in_chromium_forget_key_leaves_nothing_the_last_key_was_shown(start_service, tmp_path: Path):
     service = await start_service(
         auth=AuthConfig(api_keys=[API_KEY], keys=[ScopedKey(TENANT_KEY, ["tenant-a"])])
