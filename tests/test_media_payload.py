@@ -322,3 +322,15 @@ async def test_the_next_run_uploads_a_file_that_differs_from_the_earlier_runs(tm
 
     assert result["payload_media_id"] == "102"
     assert [upload.data for upload in cms.uploads] == [b"the first image", b"another image"]
+
+
+async def test_the_next_run_uploads_again_when_the_cms_it_goes_to_changed(tmp_path, cms, run_state):
+    # Between the runs the operator pointed `[payload]` at another CMS: the earlier run's document
+    # id names a document of the first, not of the one the result will be read against.
+    await publish_again(config_for(tmp_path, cms), tmp_path, b"the bytes", run_state())
+
+    async with FakePayload() as moved:
+        result = await publish_again(config_for(tmp_path, moved), tmp_path, b"the bytes", run_state())
+
+    assert [upload.data for upload in moved.uploads] == [b"the bytes"]
+    assert result["payload_media_id"] == "101"

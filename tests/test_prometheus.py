@@ -77,6 +77,18 @@ async def test_metrics_can_require_the_api_key(start_service):
     assert with_key == 200
 
 
+async def test_metrics_that_require_the_key_may_not_be_kept_by_a_cache(start_service):
+    taskd = await start_service(workers=False, metrics=MetricsConfig(require_key=True))
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{taskd.base_url}/metrics", headers={"X-API-Key": API_KEY}) as response,
+    ):
+        status, cache_control = response.status, response.headers.get("Cache-Control")
+
+    assert (status, cache_control) == (200, "no-store")
+
+
 async def test_task_counters_and_durations_move_with_real_tasks(taskd, fake_llm):
     before = parse((await scrape(taskd.base_url))[2])
     done = await taskd.submit("test_prompt", TASK_DATA["test_prompt"])

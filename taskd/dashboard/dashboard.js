@@ -80,7 +80,9 @@ function showKeyForm(message) {
   $("forget-key").hidden = true;
   $("key-error").hidden = !message;
   $("key-error").textContent = message || "";
+  // Nothing asks again with no key: the overview's round, a list reload a live event made due.
   clearInterval(state.overviewTimer);
+  clearTimeout(state.reloadTimer);
   stopLive();
   clearView();
   $("api-key").focus();
@@ -343,7 +345,8 @@ async function followEvents(path, signal) {
   for (;;) {
     const headers = { "X-API-Key": state.key, Accept: "text/event-stream" };
     if (stream.lastId) headers["Last-Event-ID"] = stream.lastId;
-    let wait = stream.retryMs;
+    // Set by a 429; else the stream's reconnection time, read after the stream (its `retry:`).
+    let wait = null;
     try {
       const response = await fetch(path, { headers, signal, cache: "no-store" });
       if (response.status === 204) return;
@@ -361,7 +364,7 @@ async function followEvents(path, signal) {
       // A TypeError is the network's (taskd restarting, the connection dropped): try again.
     }
     setLive(false);
-    await new Promise((resolve) => setTimeout(resolve, wait));
+    await new Promise((resolve) => setTimeout(resolve, wait ?? stream.retryMs));
     if (signal.aborted) return;
   }
 }
@@ -373,6 +376,10 @@ async function readEvents(body, stream) {
   let buffer = "";
   let type = "";
   let data = [];
+  // The `id` of the event being read: it becomes the stream's (sent back as Last-Event-ID) only
+  // when its event is complete, as the standard says, so that a connection cut inside an event
+  // asks for that event again instead of skipping it.
+  let id = stream.lastId;
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
@@ -382,6 +389,7 @@ async function readEvents(body, stream) {
     buffer = lines.pop();
     for (const line of lines) {
       if (line === "") {
+        stream.lastId = id;
         if (data.length && (type === "status" || type === "progress")) {
           // A page error, as from an EventSource listener: reported, and the stream goes on.
           try { applyEvent({ type, data: data.join("\n") }); } catch (error) { reportError(error); }
@@ -397,7 +405,7 @@ async function readEvents(body, stream) {
       if (text.startsWith(" ")) text = text.slice(1);
       if (field === "event") type = text;
       else if (field === "data") data.push(text);
-      else if (field === "id" && !text.includes("\0")) stream.lastId = text;
+      else if (field === "id" && !text.includes("\0")) id = text;
       else if (field === "retry" && /^\d+$/.test(text)) stream.retryMs = Number(text);
     }
   }

@@ -46,7 +46,7 @@ from taskd.redis_conn import refused_by_acl, refuses_writes
 from taskd.shapes import MAX_DEPENDS_ON
 from taskd.stopping import cancel_and_wait
 from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
-from taskd.store.run_state import RunStates
+from taskd.store.run_state import RunState, RunStates
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 
@@ -230,6 +230,8 @@ class _Running:
         self.grace = 0.0
         # Why the engine stopped the handler itself: "hard_limit" or "memory" (None: it did not).
         self.stopped_for: str | None = None
+        # A coroutine handler's run state (taskd.store.run_state), told when the run is handed back.
+        self.run_state: RunState | None = None
         # When a dropped progress write was last logged, and how many were dropped unlogged since.
         self.progress_dropped_logged_at: float | None = None
         self.progress_dropped_unlogged = 0
@@ -643,6 +645,14 @@ class Executor:
         except RedisError as exc:  # it finds the job at its next poll
             log.info("could not wake worker %s for task %s: %s", worker_id, record.task_id, exc)
 
+    def handing_back(self) -> None:
+        """The runs still going are about to be cancelled and their tasks handed back (the worker
+        stops): each one's run state is told, unless the run is being stopped for its own end (a
+        cancel, a limit), so that what it keeps for the next run is left running for it."""
+        for running in self.running.values():
+            if running.run_state is not None and not running.cancelled and running.stopped_for is None:
+                running.run_state.handed_back = True
+
     async def finish_hand_backs(self, timeout: float) -> None:
         """Wait up to `timeout` seconds for the hand-back writes still going; give up on the rest.
 
@@ -680,6 +690,7 @@ class Executor:
             provider_limits=self.provider_limits,
             run_state=self.run_states.of(record.task_id) if self.run_states else None,
         )
+        running.run_state = context.run_state
         soft, hard = self._limits(record, task_type)
         assert task_type.handler is not None
         tree = ProcessTree(self._tree_limits())

@@ -348,4 +348,7 @@ async def metrics(request: web.Request) -> web.Response:
         log.warning("metrics scrape could not read Redis: %s", exc)
         snapshot = None
     body, content_type = exposition(snapshot, request.headers.get("Accept", ""))
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    # A snapshot of now, and with `require_key` an answer for a key: a cache in front (Varnish
+    # keeps a 200 without Cache-Control for two minutes) would hand it to a caller without one, as
+    # it would an answer of /api/v1/ (taskd.http.auth).
+    return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

@@ -7,11 +7,12 @@ the media is already stored and stays in the result.
 
 A run cut short (its worker killed) may have left a document in the CMS: its answer came, or the
 CMS had the whole file and made the document after the worker died. What each upload is (its
-filename, the file's size and SHA-256) is kept in the task's run state (taskd.store.run_state)
-before it is sent, and the document's id once it answers. The next run of the task, with the same
-file (the same bytes: a provider that made a new image gets a new document), reuses that id, or
-looks for a document of that filename and size (`GET /api/<collection>?where[filename][equals]=…`)
-before it uploads: the CMS is not given a `-1` twin of it.
+filename, the collection's address, the file's size and SHA-256) is kept in the task's run state
+(taskd.store.run_state) before it is sent, and the document's id once it answers. The next run of
+the task, with the same file (the same bytes: a provider that made a new image gets a new
+document) for the same collection of the same CMS, reuses that id, or looks for a document of that
+filename and size (`GET /api/<collection>?where[filename][equals]=…`) before it uploads: the CMS
+is not given a `-1` twin of it.
 """
 
 from __future__ import annotations
@@ -78,7 +79,13 @@ async def upload(
     kept: dict[str, Any] | None = None
     upload_of: dict[str, Any] | None = None
     if state is not None:
-        upload_of = {"filename": filename, **await asyncio.to_thread(_fingerprint, source)}
+        upload_of = {
+            "filename": filename,
+            # Where it went: a document of another CMS or collection (the operator moved `[payload]`
+            # between the two runs) is not this one's, whatever its id.
+            "collection": _collection_url(settings),
+            **await asyncio.to_thread(_fingerprint, source),
+        }
         kept = await state.get(KEPT_UPLOAD + filename)
         if not isinstance(kept, dict) or {k: kept.get(k) for k in upload_of} != upload_of:
             kept = None
@@ -116,6 +123,11 @@ async def upload(
     return Delivered(media_id)
 
 
+def _collection_url(settings: PayloadConfig) -> str:
+    """The collection's REST address: what an upload is sent to and a search reads."""
+    return f"{settings.base_url.rstrip('/')}/api/{settings.collection}"
+
+
 def _fingerprint(source: Path) -> dict[str, Any]:
     """The file's size and SHA-256 (read in full: in a thread)."""
     with source.open("rb") as file:
@@ -138,7 +150,7 @@ async def _find(
 ) -> str | None:
     """The id of the collection's document named `filename` holding `size` bytes, if the CMS has one
     and says so; None otherwise (a CMS that cannot be asked is uploaded to, as without a kept upload)."""
-    url = f"{settings.base_url.rstrip('/')}/api/{settings.collection}"
+    url = _collection_url(settings)
     query = {"where[filename][equals]": filename, "limit": str(FIND_LIMIT), "depth": "0"}
     try:
         answer = await _with_retries(
@@ -199,7 +211,7 @@ async def _post(
     filename: str,
     credentials: list[str],
 ) -> str:
-    url = f"{settings.base_url.rstrip('/')}/api/{settings.collection}"
+    url = _collection_url(settings)
     content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
     with source.open("rb") as file:
         form = aiohttp.FormData()

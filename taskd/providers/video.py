@@ -147,6 +147,8 @@ class ProviderRenderer:
         self._gate = gate
         self._store = store
         self._state = state
+        # The job the run state holds for the next run (this run's, or the one it follows).
+        self._kept: str | None = None
 
     async def render(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> Path:
         """Ask the provider for the clip (or follow the job an earlier run of the task made) and
@@ -159,9 +161,11 @@ class ProviderRenderer:
                 job = await self._create(request)
                 log.info("task %s: %s job %s created", clip.task_id, self._settings.protocol, job)
                 async with self._cancelled_on_stop(job):
-                    if self._state is not None:
-                        # Before the first poll: a run cut short from here on leaves its job to the next.
-                        await self._state.keep(KEPT_JOB, {"provider": self._provider, "id": job})
+                    # Before the first poll: a run cut short from here on leaves its job to the next.
+                    if self._state is not None and await self._state.keep(
+                        KEPT_JOB, {"provider": self._provider, "id": job}
+                    ):
+                        self._kept = job
                     state = await self._follow(job, progress)
         else:
             async with self._cancelled_on_stop(job):
@@ -284,6 +288,7 @@ class ProviderRenderer:
                 task_id,
             )
             return None
+        self._kept = job
         async with self._cancelled_on_stop(job):
             # A failure other than "unknown" (transient ones are tried again inside) fails the run
             # as a poll's would, the job cancelled.
@@ -339,7 +344,16 @@ class ProviderRenderer:
         """Cancel `job` at the provider if the task stops inside the block, however it stops."""
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
+            if (
+                isinstance(exc, asyncio.CancelledError)
+                and self._state is not None
+                and self._state.handed_back
+                and self._kept == job
+            ):
+                # Handed back by a stopping worker: the task runs again, and that run follows the job.
+                log.info("%s job %s is left running for the task's next run", self._settings.protocol, job)
+                raise
             # Cancelled, at a time limit, or the provider unreachable past the retries: the job
             # would run on (and be paid for) with nobody to collect it.
             await asyncio.shield(self._cancel(job))

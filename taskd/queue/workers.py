@@ -58,6 +58,10 @@ class JobRunner(Protocol):
         """The job function that runs the task a claim started."""
         ...
 
+    def handing_back(self) -> None:
+        """The running jobs are about to be cancelled and their tasks handed back."""
+        ...
+
 
 log = logging.getLogger("taskd.queue")
 
@@ -518,6 +522,7 @@ class WorkerPool:
             _, unfinished = await asyncio.wait(running, timeout=grace)
             if unfinished:
                 log.info("handing %d unfinished jobs back to their queues", len(unfinished))
+                self.executor.handing_back()
             await cancel_and_wait(unfinished)
         # Each worker loop ends by itself once it sees `stopping`; cancelling one in the middle of
         # a Redis call would leave the connection half-used, so that is only the last resort.
@@ -532,6 +537,7 @@ class WorkerPool:
         late = [task for worker in self.workers.values() for task in worker.tasks.values() if not task.done()]
         if late:
             log.info("handing %d jobs taken as the stop began back to their queues", len(late))
+            self.executor.handing_back()
         await cancel_and_wait(late)
         if self.take and self.queues:
             # No submit should wake a worker that is gone (one killed is dropped when its turn comes).

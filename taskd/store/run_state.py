@@ -46,6 +46,10 @@ class RunState:
         self.task_id = task_id
         self._worker_id = worker_id
         self._key = keys.run_state(task_id)
+        # Set (by the executor) just before this run is cancelled to be handed back, its worker
+        # stopping: the task runs again, and what this run started and kept (a provider's job) is
+        # left to that run instead of being stopped with this one.
+        self.handed_back = False
 
     async def get(self, name: str) -> Any:
         """The value an earlier run of this task kept as `name`; None when there is none (or it

@@ -39,12 +39,16 @@ async def killed_mid_phase(
     fakes: Fakes,
     case: Phase,
     session: aiohttp.ClientSession,
+    *,
+    stop_with: int = signal.SIGKILL,
+    settings: dict[str, str] | None = None,
     **fields: Any,
 ) -> tuple[Api, str]:
-    """`case`'s task submitted (with `fields`) to a `taskd serve` on `data`, killed with SIGKILL once
-    its run is in the phase, the phase released and another `taskd serve` started on the same data
-    dir: that one's API and the task's id."""
-    env = child_env(data, **fakes.env(case))
+    """`case`'s task submitted (with `fields`) to a `taskd serve` on `data` (with `settings`, env
+    variables), killed with SIGKILL (or stopped with `stop_with`) once its run is in the phase, the
+    phase released and another `taskd serve` started on the same data dir: that one's API and the
+    task's id."""
+    env = child_env(data, **fakes.env(case), **(settings or {}))
     case.hold(fakes)
     first = spawn_taskd("serve", env=env)
     api = Api(session, first.base_url)
@@ -53,7 +57,7 @@ async def killed_mid_phase(
         running = await api.status(task_id)
         assert running["status"] in ("queued", "processing"), running["error"]
         await asyncio.sleep(0.05)
-    first.stop(signal.SIGKILL)
+    first.stop(stop_with)
     case.release(fakes)
     return Api(session, spawn_taskd("serve", env=env).base_url), task_id
 
@@ -91,6 +95,27 @@ async def test_a_video_task_killed_while_its_job_runs_fetches_that_job_after_a_r
     case = attrs.evolve(POLLING, video_protocol=protocol)
     async with asyncio.timeout(150), aiohttp.ClientSession() as session:
         api, task_id = await killed_mid_phase(spawn_taskd, tmp_path / "data", fakes, case, session)
+        [body] = await api.wait_all([task_id], timeout=120)
+
+    assert (body["status"], body["attempt"]) == ("completed", 2)
+    assert (len(fakes.video.created), fakes.video.cancelled) == (1, [])
+
+
+async def test_a_video_task_handed_back_by_a_stopping_worker_leaves_its_job_to_the_next_run(
+    spawn_taskd, tmp_path, fakes
+):
+    # A SIGTERM past the shutdown grace (a deploy, while the job runs for minutes) hands the task
+    # back: its next run follows the job, which must not have been cancelled at the provider.
+    async with asyncio.timeout(150), aiohttp.ClientSession() as session:
+        api, task_id = await killed_mid_phase(
+            spawn_taskd,
+            tmp_path / "data",
+            fakes,
+            POLLING,
+            session,
+            stop_with=signal.SIGTERM,
+            settings={"TASKD_EXECUTION__SHUTDOWN_GRACE": "0"},
+        )
         [body] = await api.wait_all([task_id], timeout=120)
 
     assert (body["status"], body["attempt"]) == ("completed", 2)

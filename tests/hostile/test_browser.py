@@ -107,6 +107,72 @@ async def test_in_chromium_the_event_reader_parses_server_sent_events_split_anyw
 
 
 @needs_chromium
+async def test_in_chromium_a_stream_cut_inside_an_event_resumes_from_the_last_complete_one(
+    taskd, tmp_path: Path
+):
+    # The connection drops after the second event's id and part of its data: Last-Event-ID must
+    # name the first, so that the reconnect is sent the second again instead of skipping it.
+    chunks = [
+        'id: 5-0\nevent: status\ndata: {"task_id": "a"}\n\n',
+        'id: 6-0\nevent: status\ndata: {"task_',
+    ]
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate(f"{taskd.base_url}/dashboard")
+        await browser.wait_for("!document.getElementById('key-panel').hidden")
+        seen = await browser.evaluate(
+            f"""(async () => {{
+              const seen = [];
+              applyEvent = (event) => seen.push(JSON.parse(event.data).task_id);
+              const chunks = {json.dumps(chunks)};
+              const body = new ReadableStream({{
+                start(controller) {{
+                  for (const chunk of chunks) controller.enqueue(new TextEncoder().encode(chunk));
+                  controller.close();
+                }},
+              }});
+              const stream = {{ lastId: "", retryMs: 3000 }};
+              await readEvents(body, stream);
+              return {{ seen, lastId: stream.lastId }};
+            }})()"""
+        )
+    finally:
+        await browser.close()
+
+    assert seen == {"seen": ["a"], "lastId": "5-0"}
+
+
+@needs_chromium
+async def test_in_chromium_the_reconnect_after_a_stream_waits_the_retry_that_stream_sent(
+    taskd, tmp_path: Path
+):
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate(f"{taskd.base_url}/dashboard")
+        await browser.wait_for("!document.getElementById('key-panel').hidden")
+        # The stream says `retry: 7000` and ends; the reconnect is the last request (aborted).
+        waits = await browser.evaluate(
+            """(async () => {
+              const controller = new AbortController();
+              const waits = [];
+              let asked = 0;
+              window.fetch = async () => {
+                asked += 1;
+                if (asked > 1) { controller.abort(); throw new DOMException("stopped", "AbortError"); }
+                return new Response("retry: 7000\\n\\n", { headers: { "Content-Type": "text/event-stream" } });
+              };
+              window.setTimeout = (resolve, ms) => { waits.push(ms); resolve(); return 0; };
+              await followEvents("/api/v1/projects/p/events", controller.signal).catch(() => {});
+              return waits;
+            })()"""
+        )
+    finally:
+        await browser.close()
+
+    assert waits == [7000]
+
+
+@needs_chromium
 async def test_in_chromium_forget_key_leaves_nothing_the_last_key_was_shown(start_service, tmp_path: Path):
     service = await start_service(
         auth=AuthConfig(api_keys=[API_KEY], keys=[ScopedKey(TENANT_KEY, ["tenant-a"])])
@@ -161,6 +227,33 @@ async def test_in_chromium_an_answer_that_comes_after_the_key_is_forgotten_is_no
         await browser.close()
 
     assert other["task_id"][:8] not in shown_to_tenant  # the list shows ids so far, the full id on hover
+
+
+@needs_chromium
+async def test_in_chromium_a_list_reload_due_when_the_key_is_forgotten_is_not_made(taskd, tmp_path: Path):
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await browser.navigate(f"{taskd.base_url}/dashboard?project=proj-1")
+        await enter_key(browser, API_KEY)
+        await browser.wait_for("document.getElementById('live').textContent === 'live'")
+        # A live event about a task not listed yet asks for the list again a moment later; the key
+        # is forgotten in that moment. The reload's 300 ms are long past when the page is read.
+        left = await browser.evaluate(
+            """(async () => {
+              reloadSoon();
+              document.getElementById('forget-key').click();
+              const asked = [];
+              const fetched = window.fetch;
+              window.fetch = (path, options) => { asked.push(String(path)); return fetched(path, options); };
+              await new Promise((resolve) => setTimeout(resolve, 2000));
+              const error = document.getElementById('key-error');
+              return { asked, error: error.hidden ? "" : error.textContent };
+            })()"""
+        )
+    finally:
+        await browser.close()
+
+    assert left == {"asked": [], "error": ""}
 
 
 @needs_chromium
