@@ -59,7 +59,7 @@ from taskd.store import Admission, TaskStore, layout
 from taskd.submit.dispatch import Dispatcher
 from taskd.tasks.registry import Registry, check_names, default_registry
 from taskd.webhooks.sender import WebhookSender
-from taskd.webhooks.signing import SECRET_PREFIX, Signers
+from taskd.webhooks.signing import SECRET_PREFIX, Signers, own_secret_ids
 
 log = logging.getLogger("taskd")
 
@@ -435,6 +435,7 @@ class Service:
             media_capacity=MediaCapacity.from_config(self.config),
             # This process's own idle worker gets the task started by the submit script itself.
             hold=self._pool.hold if self._pool is not None and self._pool.take else None,
+            webhook_secret_ids=own_secret_ids(self.config),
         )
         api = Api(
             self.config, redis, store, queue, self.registry, dispatcher, api_keys, gpu, key_projects=scoped
