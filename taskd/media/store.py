@@ -14,7 +14,7 @@ import attrs
 
 from taskd import model
 from taskd.config import Config, ConfigError
-from taskd.files import create_once, read_kept
+from taskd.files import create_once, read_kept, warn_if_readable
 from taskd.shapes import PROJECT_ID as _NAME  # a file name has the shape of a project id
 
 SECRET_FILE = "media_secret"
@@ -67,6 +67,7 @@ def load_secret(config: Config) -> bytes:
             f"{path} holds {len(kept)} characters, not a media signing secret of {SECRET_HEX_DIGITS} "
             "(empty or truncated): delete it to have taskd make a new one, or set media.secret"
         )
+    warn_if_readable(path)
     return kept
 
 

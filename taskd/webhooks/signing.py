@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 
 from taskd.config import Config, ConfigError
-from taskd.files import create_once, read_kept
+from taskd.files import create_once, read_kept, warn_if_readable
 
 SECRET_PREFIX = "whsec_"
 SECRET_FILE = "webhook_secret"
@@ -184,4 +184,5 @@ def _read_secret(path: Path) -> str:
             f"{path} does not hold a webhook secret (whsec_ and the base64 of at least 16 bytes); "
             "delete it to have taskd make a new one, or set webhooks.secret"
         )
+    warn_if_readable(path)
     return secret
