@@ -33,6 +33,7 @@ from taskd.gpu.scheduler import GpuScheduler
 from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
 from taskd.http.app import create_app
 from taskd.http.context import Api
+from taskd.http.keytable import KeyTable
 from taskd.logs import REDACTOR, secrets_of, url_password
 from taskd.loops import every
 from taskd.media import ffmpeg
@@ -438,7 +439,7 @@ class Service:
             webhook_secret_ids=own_secret_ids(self.config),
         )
         api = Api(
-            self.config, redis, store, queue, self.registry, dispatcher, api_keys, gpu, key_projects=scoped
+            self.config, redis, store, queue, self.registry, dispatcher, KeyTable.of(api_keys, scoped), gpu
         )
         if self._pool is not None:
             api.unready_queues = self._pool.unready
