@@ -39,6 +39,7 @@ def read_kept(path: Path) -> bytes:
     OSError naming `path` for anything but a plain file: a FIFO put in its place would hold
     start-up for ever on the open or the read, a device would be read without end.
     """
+    _check_link(path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     try:
         status = os.fstat(fd)
@@ -53,6 +54,24 @@ def read_kept(path: Path) -> bytes:
         raise
     with naming(path), os.fdopen(fd, "rb") as kept:
         return kept.read(KEPT_FILE_LIMIT)
+
+
+def _check_link(path: Path) -> None:
+    """Refuse a link in the data directory that another user made: it chooses the file taskd reads,
+    one of root's that every user may read (a 32-digit /etc/machine-id as the API key) as well.
+    A link of taskd's user or root's (to a secrets mount) is followed."""
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        return  # the open says so, naming the file
+    me = os.geteuid()
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (me, 0):
+        raise OSError(
+            errno.EPERM,
+            f"it is a link made by uid {link.st_uid}, not by taskd's user (uid {me}) or root: whoever made "
+            "it chooses the file taskd would trust; delete it (taskd makes a new one)",
+            str(path),
+        )
 
 
 def _check_owner(path: Path, status: os.stat_result) -> None:

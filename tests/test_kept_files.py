@@ -48,3 +48,19 @@ def test_a_key_taskd_made_is_read_again_without_a_warning(tmp_path, caplog: pyte
         assert load_or_create([], tmp_path) == made
 
     assert caplog.records == []
+
+
+def test_a_link_in_place_of_a_kept_file_made_by_another_user_is_refused(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    # The file it names is root's and every user may read it: only who made the link tells.
+    target = tmp_path / "machine-id"
+    target.write_text("0123456789abcdef0123456789abcdef\n")
+    link = tmp_path / "api_key"
+    link.symlink_to(target)
+    if link.lstat().st_uid == 0:
+        os.lchown(link, 4243, -1)  # root's links are followed (a secrets mount): make it another user's
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+
+    with pytest.raises(OSError, match=r"it is a link made by uid \d+, not by taskd's user"):
+        read_kept(link)
