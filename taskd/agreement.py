@@ -80,6 +80,7 @@ GOVERNS: dict[str, frozenset[str]] = {
     "webhooks.secret": BOTH,
     "media": BOTH,
     "media.base_url": BOTH,
+    "media.previous_secret": BOTH,
     "storage.task_ttl": BOTH,
     "execution.priority_aging": BOTH,
     "tasks": BOTH,
@@ -149,6 +150,9 @@ def digests(
         # The links a worker makes start with its own: without media.base_url, its own address,
         # where no API may listen; and a node re-signs only the links that start with its own.
         "media.base_url": ("" if media.backend == "s3" else media_base_url, False),
+        # The secret a rotation still takes links of (published on its own: versions without it
+        # compare the rest).
+        "media.previous_secret": ("" if media.backend == "s3" else media.previous_secret, True),
         "storage.task_ttl": (config.storage.task_ttl, False),
         "execution.priority_aging": (config.execution.priority_aging, False),
         "tasks": (

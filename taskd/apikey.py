@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 
 from taskd.config import ConfigError
-from taskd.files import create_once, read_kept
+from taskd.files import create_once, read_kept, warn_if_readable
 
 KEY_FILE = "api_key"
 # taskd writes 43 characters (32 random bytes); a kept key shorter than this is damaged, never used.
@@ -56,4 +56,5 @@ def _read_key(path: Path) -> str | None:
             f"{path} does not hold a key taskd made (truncated or damaged): delete it "
             "(taskd makes a new one when auth.api_keys is empty)"
         )
+    warn_if_readable(path)
     return key

@@ -481,6 +481,9 @@ class MediaConfig:
     base_url: str = ""  # empty: http://<http.host>:<http.port>
     url_ttl: int = attrs.field(default=7 * 24 * 3600, validator=_seconds(ge=60))
     secret: str = ""  # empty: made once and kept in <data_dir>/media_secret
+    # During a rotation, the secret media.secret had before: links signed with it are still served
+    # (until they expire), and none is signed with it any more.
+    previous_secret: str = ""
     scratch_dir: str = ""  # empty: <data_dir>/scratch
     max_download_bytes: int = attrs.field(default=50 * 1024 * 1024, validator=attrs.validators.ge(1024))
     max_inputs: int = attrs.field(default=32, validator=attrs.validators.ge(1))

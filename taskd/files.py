@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import secrets
 import stat
@@ -26,6 +27,8 @@ def naming(path: Path) -> Iterator[None]:
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
 
 
+log = logging.getLogger("taskd.files")
+
 # A kept key or secret is a line of under a hundred bytes; what is read of a file is bounded by this.
 KEPT_FILE_LIMIT = 64 * 1024
 
@@ -36,18 +39,83 @@ def read_kept(path: Path) -> bytes:
     OSError naming `path` for anything but a plain file: a FIFO put in its place would hold
     start-up for ever on the open or the read, a device would be read without end.
     """
+    _check_link(path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     try:
-        mode = os.fstat(fd).st_mode
+        status = os.fstat(fd)
+        mode = status.st_mode
         if stat.S_ISDIR(mode):
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "not a plain file (a FIFO, a device or a socket)", str(path))
+        _check_owner(path, status)
     except BaseException:
         os.close(fd)
         raise
     with naming(path), os.fdopen(fd, "rb") as kept:
         return kept.read(KEPT_FILE_LIMIT)
+
+
+def _check_link(path: Path) -> None:
+    """Refuse a link in the data directory that another user made: it chooses the file taskd reads,
+    one of root's that every user may read (a 32-digit /etc/machine-id as the API key) as well.
+    A link of taskd's user or root's (to a secrets mount) is followed."""
+    try:
+        link = os.lstat(path)
+    except FileNotFoundError:
+        return  # the open says so, naming the file
+    me = os.geteuid()
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (me, 0):
+        raise OSError(
+            errno.EPERM,
+            f"it is a link made by uid {link.st_uid}, not by taskd's user (uid {me}) or root: whoever made "
+            "it chooses the file taskd would trust; delete it (taskd makes a new one)",
+            str(path),
+        )
+
+
+def _check_owner(path: Path, status: os.stat_result) -> None:
+    """Refuse a kept file that another user controls.
+
+    Whoever can write the file chooses the key or secret taskd then trusts: its owner (who can
+    chmod it at will) or anyone its mode lets write. taskd makes its files 0600, so such a file was
+    made or changed by someone else, a local user who knew the data directory before taskd's first
+    start, say. Root's files are taken (a secrets mount, linked into the data directory, is root's
+    and often 0644); the loaders warn of one other users can read (warn_if_readable).
+    """
+    me = os.geteuid()
+    if status.st_uid not in (me, 0):
+        raise OSError(
+            errno.EPERM,
+            f"it is owned by uid {status.st_uid}, not by taskd's user (uid {me}) or root: whoever owns "
+            "it chooses the key or secret taskd would trust; delete it (taskd makes a new one) or chown it",
+            str(path),
+        )
+    if status.st_mode & 0o022:
+        raise OSError(
+            errno.EPERM,
+            f"other users can write it (mode {stat.S_IMODE(status.st_mode):04o}): they choose the key or "
+            "secret taskd would trust; delete it (taskd makes a new one) or chmod 600 it",
+            str(path),
+        )
+
+
+_warned: set[Path] = set()
+
+
+def warn_if_readable(path: Path) -> None:
+    """Warn, once a process, when users other than its owner may read the key or secret in `path`,
+    which was just taken (each task that reads a media link reads the media secret again)."""
+    if path in _warned:
+        return
+    with contextlib.suppress(OSError):  # read a moment ago; nothing to say of a file gone since
+        if (mode := stat.S_IMODE(path.stat().st_mode)) & 0o044:
+            _warned.add(path)
+            log.warning(
+                "%s can be read by other users (mode %04o): chmod 600 it; whoever read it holds what it holds",
+                path,
+                mode,
+            )
 
 
 def create_once(path: Path, content: bytes) -> bool:

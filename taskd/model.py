@@ -102,6 +102,10 @@ class TaskRecord:
     # The id of the API key that submitted it (taskd.webhooks.signing.key_id), never the key itself:
     # its webhooks are signed with that key's secret. None on records from before key ids.
     key_id: str | None = None
+    # The id of that key's own webhook secret (taskd.webhooks.signing.secret_id), never the secret;
+    # None when it had none (the global secret signs). Once the key is removed from the config, its
+    # tasks are signed with this secret where another key has it (a rotated key), else not at all.
+    webhook_secret_id: str | None = None
     # Seconds the record is kept once the task ends (`keep_for`); None: storage.task_ttl.
     keep_for: int | None = None
     # The W3C trace context (`traceparent`, `tracestate`) of the request that submitted it, when

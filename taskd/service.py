@@ -33,6 +33,7 @@ from taskd.gpu.scheduler import GpuScheduler
 from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
 from taskd.http.app import create_app
 from taskd.http.context import Api
+from taskd.http.keytable import KeyTable
 from taskd.logs import REDACTOR, secrets_of, url_password
 from taskd.loops import every
 from taskd.media import ffmpeg
@@ -60,7 +61,7 @@ from taskd.store.run_state import RunStates
 from taskd.submit.dispatch import Dispatcher
 from taskd.tasks.registry import Registry, check_names, default_registry
 from taskd.webhooks.sender import WebhookSender
-from taskd.webhooks.signing import SECRET_PREFIX, Signers
+from taskd.webhooks.signing import SECRET_PREFIX, Signers, own_secret_ids
 
 log = logging.getLogger("taskd")
 
@@ -437,9 +438,10 @@ class Service:
             media_capacity=MediaCapacity.from_config(self.config),
             # This process's own idle worker gets the task started by the submit script itself.
             hold=self._pool.hold if self._pool is not None and self._pool.take else None,
+            webhook_secret_ids=own_secret_ids(self.config),
         )
         api = Api(
-            self.config, redis, store, queue, self.registry, dispatcher, api_keys, gpu, key_projects=scoped
+            self.config, redis, store, queue, self.registry, dispatcher, KeyTable.of(api_keys, scoped), gpu
         )
         if self._pool is not None:
             api.unready_queues = self._pool.unready

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
+
 import aiohttp
 import pytest
+from conftest import API_KEY
 
-from taskd.http.auth import key_matches
+from taskd.config import AuthConfig, ScopedKey
+from taskd.http.keytable import KeyTable
 
 ROUTES = [
     ("POST", "/api/v1/tasks/submit"),
@@ -84,10 +88,34 @@ async def test_a_key_sent_twice_is_401_even_when_both_are_valid(start_service, p
 
 
 def test_key_comparison_rejects_prefixes_and_accepts_exact_keys():
-    assert key_matches("abc", ["zzz", "abc"])
-    assert not key_matches("ab", ["abc"])
-    assert not key_matches("", ["abc"])
-    assert not key_matches("abc", [])
+    assert KeyTable.of(["zzz", "abc"]).find("abc")[0]
+    assert not KeyTable.of(["abc"]).find("ab")[0]
+    assert not KeyTable.of(["abc"]).find("")[0]
+    assert not KeyTable.of([]).find("abc")[0]
+
+
+async def test_a_request_is_not_compared_with_each_configured_key_in_turn(
+    start_service, monkeypatch: pytest.MonkeyPatch
+):
+    # With 1,000 keys, comparing the one sent with each (in constant time) cost every request
+    # about 0.23 ms of CPU; it is looked up by its digest instead.
+    tenants = [ScopedKey(f"tenant-key-{n:04d}-0123456789abcdef", projects=["p1"]) for n in range(1000)]
+    service = await start_service(workers=False, auth=AuthConfig(api_keys=[API_KEY], keys=tenants))
+    compared = 0
+    compare_digest = hmac.compare_digest
+
+    def counted(a: bytes, b: bytes) -> bool:
+        nonlocal compared
+        compared += 1
+        return compare_digest(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", counted)
+    async with service.client.get(
+        "/api/v1/tasks/metrics", headers={"X-API-Key": tenants[500].key}
+    ) as response:
+        assert response.status == 200
+
+    assert compared < 10
 
 
 async def test_unknown_route_is_a_json_404(taskd):

@@ -150,3 +150,41 @@ async def test_a_project_id_with_two_dots_in_a_row_stores_and_serves_its_media(
     assert body["status"] == "completed", body
     status, _ = await get(running, local(body["result"]["media_url"]))
     assert status == 200
+
+
+async def _restarted_with_secret(start_service, tmp_path, **secrets: str):
+    """Another node on the same store and data dir, with these media secrets (a rotation's next step)."""
+    media = MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch"), **secrets)
+    return await start_service(media=media, workers=False)
+
+
+async def test_after_a_rotation_a_link_signed_with_the_previous_secret_is_still_served(
+    served, start_service, tmp_path
+):
+    _, body = served
+    kept = (tmp_path / "data" / "media_secret").read_text().strip()
+    rotated = await _restarted_with_secret(start_service, tmp_path, secret="n" * 64, previous_secret=kept)
+
+    status, _ = await get(rotated, local(body["result"]["media_url"]))
+
+    assert status == 200
+
+
+async def test_once_the_previous_secret_is_cleared_its_links_are_refused(served, start_service, tmp_path):
+    _, body = served
+    rotated = await _restarted_with_secret(start_service, tmp_path, secret="n" * 64)
+
+    status, answer = await get(rotated, local(body["result"]["media_url"]))
+
+    assert status == 403
+    assert b"Media link signature is invalid" in answer
+
+
+def test_links_are_signed_with_the_current_secret_never_the_previous(tmp_path):
+    store = MediaStore(tmp_path, "http://media.test", b"n" * 64, 3600, previous=b"o" * 64)
+    old = MediaStore(tmp_path, "http://media.test", b"o" * 64, 3600)
+
+    sig = parse_qs(urlsplit(store.url("p1", "a.wav", now=1000.0)).query)["sig"][0]
+
+    assert sig == store.signature("p1", "a.wav", 1000 + 3600)
+    assert old.check("p1", "a.wav", str(1000 + 3600), sig, now=1000.0) == "Media link signature is invalid"

@@ -1,4 +1,4 @@
-"""`X-API-Key` on every `/api/v1/` route, compared in constant time against every configured key.
+"""`X-API-Key` on every `/api/v1/` route, found among the configured keys by its digest (taskd.http.keytable).
 
 A valid key, on any route, becomes the request's `Caller`. The rate limits then spend its quota
 (`taskd.http.ratelimit`), and only then is the route's project scope applied to it
@@ -6,8 +6,6 @@ A valid key, on any route, becomes the request's `Caller`. The rate limits then 
 """
 
 from __future__ import annotations
-
-import hmac
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -31,23 +29,6 @@ def query_key_allowed(handler: Handler) -> Handler:
     return handler
 
 
-def _utf8(text: str) -> bytes:
-    # A header that is not UTF-8 arrives with its bytes escaped as surrogates; they compare as bytes.
-    return text.encode("utf-8", "surrogateescape")
-
-
-def key_matches(given: str, keys: list[str]) -> bool:
-    """True if `given` equals one of `keys`; every key is compared, so timing tells nothing.
-
-    An empty `given` never matches, whatever the keys are.
-    """
-    given_bytes = _utf8(given)
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given_bytes, _utf8(key))
-    return matched and bool(given_bytes)
-
-
 def _sent_keys(request: web.Request) -> tuple[str, list[str]]:
     # Where the key came from and every value sent there: the header, else `?api_key=` on the
     # routes that take it.
@@ -62,7 +43,7 @@ def refusal(request: web.Request) -> ApiError | None:
     if not request.path.startswith(PROTECTED_PREFIX):
         return None
     where, sent = _sent_keys(request)
-    if len(sent) == 1 and key_matches(sent[0], request.app[API].api_keys):
+    if len(sent) == 1 and request.app[API].keys.find(sent[0])[0]:
         return None
     return _unmatched(request, where, sent)
 
@@ -84,9 +65,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     # Two keys are no key: which one a proxy in front checked (the first, the last, both joined
     # as "a, b") is not for taskd to guess.
     given = sent[0] if len(sent) == 1 else ""
-    api = request.app[API]
-    if key_matches(given, api.api_keys):
-        request[CALLER] = Caller(key_projects(given, api.key_projects))
+    valid, projects = request.app[API].keys.find(given)
+    if valid:
+        request[CALLER] = Caller(projects)
         request[KEY_ID] = key_id(given)
     elif (refused := _unmatched(request, where, sent)) is not None:
         raise refused
@@ -105,13 +86,3 @@ async def _not_stored(request: web.Request, response: web.StreamResponse) -> Non
 def install(app: web.Application) -> None:
     """Tell every cache, shared or a browser's, to keep no answer of `/api/v1/`, errors included."""
     app.on_response_prepare.append(_not_stored)
-
-
-def key_projects(given: str, scoped: dict[str, frozenset[str]]) -> frozenset[str] | None:
-    """The projects a (valid) key may use, or None for every project; compared in constant time."""
-    given_bytes = _utf8(given)
-    found: frozenset[str] | None = None
-    for key, projects in scoped.items():
-        if hmac.compare_digest(given_bytes, _utf8(key)):
-            found = projects
-    return found

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from taskd.config import Config
 from taskd.gpu.scheduler import GpuScheduler
+from taskd.http.keytable import KeyTable
 from taskd.queue.task_queue import TaskQueue
 from taskd.store import TaskStore
 from taskd.submit.dispatch import Dispatcher
@@ -32,10 +33,9 @@ class Api:
     queue: TaskQueue
     registry: Registry
     dispatcher: Dispatcher
-    api_keys: list[str]
+    # Every valid key, with the projects of those limited to some (auth.keys).
+    keys: KeyTable
     gpu: GpuScheduler
-    # Keys limited to some projects (auth.keys): key -> the projects it may use.
-    key_projects: dict[str, frozenset[str]] = attrs.Factory(dict)
     started_at: float = attrs.Factory(time.monotonic)
     # The queues this node serves whose worker is not polling its queue (`GET /readyz`).
     unready_queues: Callable[[], list[str]] = no_workers

@@ -14,7 +14,7 @@ import attrs
 
 from taskd import model
 from taskd.config import Config, ConfigError
-from taskd.files import create_once, read_kept
+from taskd.files import create_once, read_kept, warn_if_readable
 from taskd.shapes import PROJECT_ID as _NAME  # a file name has the shape of a project id
 
 SECRET_FILE = "media_secret"
@@ -67,6 +67,7 @@ def load_secret(config: Config) -> bytes:
             f"{path} holds {len(kept)} characters, not a media signing secret of {SECRET_HEX_DIGITS} "
             "(empty or truncated): delete it to have taskd make a new one, or set media.secret"
         )
+    warn_if_readable(path)
     return kept
 
 
@@ -98,16 +99,25 @@ class StoredMedia:
 class MediaStore:
     """Stores files per project and signs and checks download URLs."""
 
-    def __init__(self, root: Path, base: str, secret: bytes, ttl: int) -> None:
+    def __init__(self, root: Path, base: str, secret: bytes, ttl: int, previous: bytes = b"") -> None:
         self.root = root
         self.base = base
         self._secret = secret
+        # media.previous_secret: checked, never used to sign.
+        self._previous = previous
         self.ttl = ttl
 
     @classmethod
     def from_config(cls, config: Config) -> MediaStore:
         """The store `config` describes."""
-        return cls(media_dir(config), base_url(config), load_secret(config), config.media.url_ttl)
+        media = config.media
+        return cls(
+            media_dir(config),
+            base_url(config),
+            load_secret(config),
+            media.url_ttl,
+            media.previous_secret.encode(),
+        )
 
     def path_of(self, project_id: str, filename: str) -> Path | None:
         """The file's path, or None for an unsafe name."""
@@ -131,10 +141,10 @@ class MediaStore:
             raise
         return StoredMedia(target, self.url(project_id, filename), target.stat().st_size)
 
-    def signature(self, project_id: str, filename: str, expires: int) -> str:
-        """HMAC-SHA256 of `<project_id>/<filename>:<expires>` under the server secret, hex."""
+    def signature(self, project_id: str, filename: str, expires: int, secret: bytes | None = None) -> str:
+        """HMAC-SHA256 of `<project_id>/<filename>:<expires>` under the server secret (or `secret`), hex."""
         message = f"{project_id}/{filename}:{expires}".encode()
-        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+        return hmac.new(self._secret if secret is None else secret, message, hashlib.sha256).hexdigest()
 
     def url(self, project_id: str, filename: str, now: float | None = None) -> str:
         """The absolute download URL, valid for `ttl` seconds from now."""
@@ -171,8 +181,13 @@ class MediaStore:
             return "Media link is missing a valid expiry"
         if not _SIGNATURE.fullmatch(sig):
             return "Media link signature is invalid"
-        expected = self.signature(project_id, filename, int(expires))
-        if not hmac.compare_digest(expected.encode(), sig.encode()):
+        signed = False
+        for secret in (self._secret, self._previous):
+            # Both compared (when there are two), so the time taken says nothing of which one matched.
+            if secret:
+                expected = self.signature(project_id, filename, int(expires), secret)
+                signed |= hmac.compare_digest(expected.encode(), sig.encode())
+        if not signed:
             return "Media link signature is invalid"
         if int(expires) < (now if now is not None else model.now()):
             return "Media link has expired"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import attrs
@@ -52,6 +52,7 @@ class Dispatcher:
         on_enqueued: Callable[[str], None] | None = None,
         media_capacity: MediaCapacity | None = None,
         hold: Callable[[str], Awaitable[Taker | None]] | None = None,
+        webhook_secret_ids: Mapping[str, str] | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -65,6 +66,9 @@ class Dispatcher:
         # A free slot of this process's worker of a queue, held for a submit whose script may then
         # start the task for it: no wake-up and no take before it starts (TaskStore.create).
         self.hold = hold
+        # The id of each key's own webhook secret by the key's id (taskd.webhooks.signing.own_secret_ids):
+        # kept in its tasks' records, so that they are signed with it after the key is rotated away.
+        self.webhook_secret_ids = webhook_secret_ids or {}
 
     async def submit(
         self,
@@ -152,6 +156,8 @@ class Dispatcher:
             retry_of=retry_of,
             depends_on=submission.depends_on or None,
             key_id=submission.key_id,
+            webhook_secret_id=submission.webhook_secret_id
+            or (self.webhook_secret_ids.get(submission.key_id) if submission.key_id else None),
             keep_for=submission.keep_for,
             scheduled_for=submission.scheduled_for,
             # The submitting request's span: the task's runs and webhooks are its children.
@@ -217,6 +223,7 @@ class Dispatcher:
             webhook_events=cast(list[WebhookEvent] | None, record.webhook_events),
             # The callback URL is the original submitter's, so its webhook stays signed with their secret.
             key_id=record.key_id,
+            webhook_secret_id=record.webhook_secret_id,
         )
         return await self.submit(
             submission, retry_of=task_id, idempotency=idempotency, first_retry=first_retry

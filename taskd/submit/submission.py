@@ -42,6 +42,9 @@ class Submission(SubmitRequest):
 
     # The id of the submitting API key (taskd.webhooks.signing.key_id): whose secret signs its webhook.
     key_id: str | None = None
+    # The id of that key's own webhook secret when it was first submitted (a retry keeps it); None:
+    # the submitting key's, as configured now (taskd.webhooks.signing.secret_id).
+    webhook_secret_id: str | None = None
     # When it may queue (epoch seconds), from `run_at` or `delay_seconds`; None: now.
     scheduled_for: float | None = None
 

@@ -53,6 +53,12 @@ LEASE_MARGIN = 30.0  # seconds a claim outlives the request timeout before anoth
 # (tenant) come due max_per_receiver (max_per_tenant) in this time at most (_take_turn).
 RECEIVER_BUSY_DELAY_MS = 1000
 USER_AGENT = "taskd-webhooks/1"
+# The error of an attempt not made: the task's key had a webhook secret of its own, and neither is
+# configured any more (docs/security.md, Revoking and rotating).
+NOT_SIGNED = (
+    "not sent: the API key that submitted the task and its webhook_secret are no longer configured "
+    "(auth.keys); it is not signed with another secret"
+)
 
 
 class WebhookSender:
@@ -153,11 +159,11 @@ class WebhookSender:
         it, and meets and records whatever went wrong here, outside the worker's finish."""
         if self._connections is None or not record.callback_url:
             return None
+        if (signer := self.signers.for_task(record.key_id, record.webhook_secret_id)) is None:
+            return None  # the delivery's post records the attempt that was not made
         try:
             body = orjson.dumps(build_payload(record))
-            return self._request(
-                record.callback_url, event_id(record), body, self.signers.for_key(record.key_id)
-            )
+            return self._request(record.callback_url, event_id(record), body, signer)
         except Exception:  # the run's end is recorded already: its webhook must not break the worker
             return None
 
@@ -364,7 +370,8 @@ class WebhookSender:
         attempt = claim.attempts + 1
         if begun is None:
             body = orjson.dumps(build_payload(record, event))
-            outcome = await self.post(url, event_id(record, event), body, self.signers.for_key(record.key_id))
+            signer = self.signers.for_task(record.key_id, record.webhook_secret_id)
+            outcome = await self.post(url, event_id(record, event), body, signer)
         else:
             outcome = await self._outcome(begun)
         done = now_ms()
@@ -395,9 +402,16 @@ class WebhookSender:
         if event == PROGRESS:
             await self.store.progress_again(record, done / 1000)
 
-    async def post(self, url: str, msg_id: str, body: bytes, signer: Signer) -> Attempt:
-        """POST one attempt signed by `signer`; never follows a redirect, never raises for the receiver's failings."""
+    async def post(self, url: str, msg_id: str, body: bytes, signer: Signer | None) -> Attempt:
+        """POST one attempt signed by `signer`; never follows a redirect, never raises for the receiver's failings.
+
+        None for `signer`: the task's key and its own secret are gone from the config
+        (Signers.for_task); the attempt fails unsent, and a later one, perhaps by a process that
+        still has them (a rolling restart), may go out.
+        """
         assert self._running, "post() runs inside run()"
+        if signer is None:
+            return Attempt(False, None, NOT_SIGNED)
         try:
             request = self._request(url, msg_id, body, signer)
         except (OSError, ValueError) as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 
 from taskd.config import Config, ConfigError
-from taskd.files import create_once, read_kept
+from taskd.files import create_once, read_kept, warn_if_readable
 
 SECRET_PREFIX = "whsec_"
 SECRET_FILE = "webhook_secret"
@@ -48,6 +48,21 @@ def new_secret() -> str:
 def key_id(api_key: str) -> str:
     """The identifier a task record keeps of the key that submitted it: never the key itself."""
     return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
+def secret_id(secret: str) -> str:
+    """The identifier a task record keeps of its key's own webhook secret (a hash of 64 bits, never
+    the secret): the sender finds that secret by it once the key itself is gone (a rotated key)."""
+    return hashlib.sha256(b"taskd-webhook-secret:" + secret_key(secret)).hexdigest()[:16]
+
+
+def own_secret_ids(config: Config) -> dict[str, str]:
+    """The id of each key's own webhook secret (`auth.keys`' `webhook_secret`), by the key's id."""
+    return {
+        key_id(entry.key): secret_id(entry.webhook_secret)
+        for entry in config.auth.keys
+        if entry.webhook_secret
+    }
 
 
 def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -88,15 +103,31 @@ class Signers:
 
     default: Signer
     by_key: dict[str, Signer] = attrs.Factory(dict)
+    # Each key's signer under the id of each of its secrets, the previous one included (secret_id).
+    by_secret: dict[str, Signer] = attrs.Factory(dict)
+    # The id of every configured key (auth.api_keys and auth.keys).
+    configured: frozenset[str] = frozenset()
     # The secret taskd made itself and its file, when no webhooks.secret is configured.
     generated_file: Path | None = None
     generated_secret: str | None = attrs.field(default=None, repr=False)
 
-    def for_key(self, submitted_by: str | None) -> Signer:
-        """The signer for a task submitted by the key with this id (None: a record from before key ids)."""
+    def for_task(self, submitted_by: str | None, own_secret: str | None) -> Signer | None:
+        """The signer of a task submitted by the key with id `submitted_by` (None: a record from
+        before key ids) whose own webhook secret, then, had the id `own_secret` (None: it had none).
+
+        None, where the key and every secret of its own are gone from the config: such a task was
+        signed for its tenant's receiver alone, and the global secret would hand its tenant, whose
+        key was revoked, a signature that other receivers (every key without a secret of its own)
+        take as taskd's. A key still configured, whatever secrets it has now, signs as it does now;
+        a key replaced by another that kept its secret (a rotated key) signs with that secret.
+        """
         if submitted_by is None:
             return self.default
-        return self.by_key.get(submitted_by, self.default)
+        if (signer := self.by_key.get(submitted_by)) is not None:
+            return signer
+        if own_secret is None or submitted_by in self.configured:
+            return self.default
+        return self.by_secret.get(own_secret)
 
     @classmethod
     def from_config(cls, config: Config) -> Signers:
@@ -107,12 +138,26 @@ class Signers:
             generated_file = config.data_path / SECRET_FILE
             current = load_or_create_secret(generated_file)
         default = Signer.from_secrets(current, config.webhooks.previous_secret)
-        by_key = {
-            key_id(entry.key): Signer.from_secrets(entry.webhook_secret, entry.previous_webhook_secret)
-            for entry in config.auth.keys
-            if entry.webhook_secret
-        }
-        return cls(default, by_key, generated_file, None if generated_file is None else current)
+        by_key: dict[str, Signer] = {}
+        by_secret: dict[str, Signer] = {}
+        for entry in config.auth.keys:
+            if entry.webhook_secret:
+                signer = Signer.from_secrets(entry.webhook_secret, entry.previous_webhook_secret)
+                by_key[key_id(entry.key)] = signer
+                for secret in (entry.previous_webhook_secret, entry.webhook_secret):
+                    if secret:
+                        by_secret[secret_id(secret)] = signer
+        configured = frozenset(
+            key_id(key) for key in [*config.auth.api_keys, *(e.key for e in config.auth.keys)]
+        )
+        return cls(
+            default,
+            by_key,
+            by_secret,
+            configured,
+            generated_file,
+            None if generated_file is None else current,
+        )
 
 
 def load_or_create_secret(path: Path) -> str:
@@ -139,4 +184,5 @@ def _read_secret(path: Path) -> str:
             f"{path} does not hold a webhook secret (whsec_ and the base64 of at least 16 bytes); "
             "delete it to have taskd make a new one, or set webhooks.secret"
         )
+    warn_if_readable(path)
     return secret

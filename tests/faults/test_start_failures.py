@@ -347,6 +347,24 @@ async def test_a_fifo_in_place_of_a_kept_file_stops_start_up_with_one_line_not_a
     )
 
 
+@pytest.mark.parametrize("kept", ["api_key", "media_secret", "webhook_secret"])
+async def test_a_kept_file_other_users_can_write_stops_start_up_with_one_line(tmp_path, kept):
+    # Whoever can write it chooses the key or secret taskd trusts: a local user who made the file
+    # in the data directory before taskd's first start, say.
+    (tmp_path / "data").mkdir()
+    made = tmp_path / "data" / kept
+    made.write_text("whsec_" + "A" * 43 + "\n" if kept == "webhook_secret" else "a" * 64 + "\n")
+    made.chmod(0o666)
+
+    done = await _serve(tmp_path, TASKD_AUTH__API_KEYS="")
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert _last_line(done.stderr).startswith(
+        f"taskd: cannot use {made}: other users can write it (mode 0666): they choose the key or secret"
+    )
+
+
 async def test_a_kept_api_key_linked_to_a_missing_file_stops_start_up_with_one_line_and_exit_status_4(
     tmp_path,
 ):

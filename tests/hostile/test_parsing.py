@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from conftest import child_env
 
-from taskd.http.auth import key_matches
+from taskd.http.keytable import KeyTable
 
 MEDIA_PATH = "/media/noir_001/audio_0123.wav"
 SIGNATURE = "0" * 64
@@ -133,7 +133,7 @@ async def test_a_project_id_with_a_trailing_control_character_is_refused_at_subm
 
 
 def test_an_empty_key_never_matches_even_an_empty_configured_key():
-    assert not key_matches("", [""])
+    assert not KeyTable.of([""]).find("")[0]
 
 
 def start_up_error(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, list[str]]:

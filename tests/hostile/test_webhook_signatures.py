@@ -188,6 +188,44 @@ async def test_a_retry_by_another_key_stays_signed_with_the_original_submitters_
     assert verifies(SECRET_A, retried)
 
 
+async def _submitted_then_restarted(
+    start_service, receiver, then: list[ScopedKey]
+) -> tuple[RunningService, str]:
+    """A task of tenant A (with its own secret) submitted to an API node that then stops, and a
+    node of the next configuration (`then` for auth.keys) that runs it: a key's removal or rotation."""
+    webhooks = WebhooksConfig(allow_private=True, secret=GLOBAL)
+    before = await start_service(
+        workers=False,
+        auth=AuthConfig(api_keys=[API_KEY], keys=[ScopedKey(TENANT_A, webhook_secret=SECRET_A)]),
+        webhooks=webhooks,
+    )
+    task_id = await submit_as(before, TENANT_A, receiver.url())
+    await before.service.stop(grace=1)
+    after = await start_service(auth=AuthConfig(api_keys=[API_KEY], keys=then), webhooks=webhooks)
+    return after, task_id
+
+
+async def test_a_removed_keys_task_is_never_signed_with_the_global_secret(start_service, receiver):
+    service, task_id = await _submitted_then_restarted(start_service, receiver, then=[])
+
+    body = await service.wait_for(task_id, lambda body: (body.get("webhook") or {}).get("attempts"))
+
+    assert receiver.received == []
+    assert "no longer configured" in body["webhook"]["last_error"]
+
+
+async def test_a_key_rotated_to_a_new_key_with_its_secret_kept_signs_its_old_tasks_with_that_secret(
+    start_service, receiver
+):
+    rotated = ScopedKey("tenant-a-new-key-0b1c2d3e", webhook_secret=SECRET_A)
+    await _submitted_then_restarted(start_service, receiver, then=[rotated])
+
+    (request,) = await receiver.wait_for(1)
+
+    assert verifies(SECRET_A, request)
+    assert not verifies(GLOBAL, request)
+
+
 async def test_the_task_record_keeps_a_key_id_never_the_key(start, receiver, redis):
     service = await start(secret=GLOBAL)
     task_id = await submit_as(service, TENANT_A, receiver.url())
@@ -196,6 +234,18 @@ async def test_the_task_record_keeps_a_key_id_never_the_key(start, receiver, red
 
     assert b"key_id" in fields
     assert not any(TENANT_A.encode() in value for value in fields.values())
+
+
+async def test_the_task_record_keeps_an_id_of_its_keys_secret_never_the_secret(start, receiver, redis):
+    service = await start(secret=GLOBAL)
+    task_id = await submit_as(service, TENANT_A, receiver.url())
+
+    fields = await redis.hgetall(keys.task(task_id))
+
+    assert b"webhook_secret_id" in fields
+    assert not any(
+        part in value for value in fields.values() for part in (SECRET_A.encode(), SECRET_A[6:].encode())
+    )
 
 
 def test_a_damaged_secret_file_stops_start_up_with_one_line(tmp_path):

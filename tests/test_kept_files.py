@@ -1,0 +1,66 @@
+"""The files taskd makes once in its data directory (its key and secrets), as another local user may have left them."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from taskd.apikey import load_or_create
+from taskd.files import read_kept
+
+
+def test_a_kept_file_owned_by_another_user_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "api_key"
+    path.write_text("planted-key-the-other-user-knows-0123456789\n")
+    path.chmod(0o600)
+    if path.stat().st_uid == 0:
+        os.chown(path, 4243, -1)  # root's files are taken (a secrets mount): make it another user's
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+
+    with pytest.raises(
+        OSError, match=r"owned by uid \d+, not by taskd's user \(uid 4242\) or root"
+    ) as raised:
+        read_kept(path)
+
+    assert raised.value.filename == str(path)
+
+
+def test_a_kept_key_other_users_can_read_is_used_with_a_warning(tmp_path, caplog: pytest.LogCaptureFixture):
+    path = tmp_path / "api_key"
+    path.write_text("k" * 43 + "\n")
+    path.chmod(0o644)
+
+    with caplog.at_level(logging.WARNING, logger="taskd.files"):
+        keys, _ = load_or_create([], tmp_path)
+
+    assert keys == ["k" * 43]
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path} can be read by other users (mode 0644): chmod 600 it; whoever read it holds what it holds"
+    ]
+
+
+def test_a_key_taskd_made_is_read_again_without_a_warning(tmp_path, caplog: pytest.LogCaptureFixture):
+    made = load_or_create([], tmp_path)
+
+    with caplog.at_level(logging.WARNING, logger="taskd.files"):
+        assert load_or_create([], tmp_path) == made
+
+    assert caplog.records == []
+
+
+def test_a_link_in_place_of_a_kept_file_made_by_another_user_is_refused(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    # The file it names is root's and every user may read it: only who made the link tells.
+    target = tmp_path / "machine-id"
+    target.write_text("0123456789abcdef0123456789abcdef\n")
+    link = tmp_path / "api_key"
+    link.symlink_to(target)
+    if link.lstat().st_uid == 0:
+        os.lchown(link, 4243, -1)  # root's links are followed (a secrets mount): make it another user's
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+
+    with pytest.raises(OSError, match=r"it is a link made by uid \d+, not by taskd's user"):
+        read_kept(link)
