@@ -16,7 +16,7 @@ from typing import Any
 
 from faultkit import Api, ValkeyServer, serving
 
-from taskd.config import RedisConfig, WorkerConfig
+from taskd.config import RedisConfig, WebhooksConfig, WorkerConfig
 from taskd.http import errors
 
 
@@ -214,3 +214,20 @@ async def test_a_task_running_through_a_refusal_longer_than_the_heartbeat_ttl_ru
 
     assert ended["status"] == "completed"
     assert (ended["attempt"], ended["result"]["attempt"], ended["last_error"]) == (1, 1, None)
+
+
+async def test_a_webhook_answered_while_redis_cannot_persist_is_logged_as_a_refusal_without_a_traceback(
+    tmp_path, receiver, caplog
+):
+    caplog.set_level(logging.WARNING, logger="taskd.webhooks")
+    receiver.hang(2)
+    async with _snapshotting(tmp_path, webhooks=WebhooksConfig(allow_private=True)) as (server, api):
+        await api.submit("noop", {}, callback_url=receiver.url())
+        await receiver.wait_for(1)
+        await _snapshot_fails(server)
+        await asyncio.sleep(3)  # the receiver answers; the write of its answer is refused
+        await _snapshot_works(server)
+
+    broke_off = [record for record in caplog.records if "broke off" in record.getMessage()]
+    assert [(record.levelno, record.exc_info) for record in broke_off] == [(logging.WARNING, None)]
+    assert "Redis unavailable (ResponseError: MISCONF" in broke_off[0].getMessage()
