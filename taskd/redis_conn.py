@@ -44,6 +44,7 @@ from redis.exceptions import (
     DataError,
     NoPermissionError,
     OutOfMemoryError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
 )
@@ -223,9 +224,11 @@ def _taskd_connection(connection_class: type) -> type:
 
 
 def refuses_writes(exc: BaseException) -> bool:
-    """True for a Redis that takes no writes for now but will again: full (OOM, maxmemory) or unable
-    to persist (MISCONF: a disk full or failing under its append-only file or snapshots)."""
-    return isinstance(exc, OutOfMemoryError) or (
+    """True for a Redis that takes no writes for now but will again: full (OOM, maxmemory), unable
+    to persist (MISCONF: a disk full or failing under its append-only file or snapshots), or a
+    replica (READONLY: a primary demoted behind a plain redis:// address, until it or the address
+    serves a primary again)."""
+    return isinstance(exc, OutOfMemoryError | ReadOnlyError) or (
         isinstance(exc, ResponseError) and _MISCONF.match(str(exc)) is not None
     )
 
