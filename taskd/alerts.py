@@ -158,6 +158,15 @@ def redis_memory_alerts(used: int, maxmemory: int) -> list[Alert]:
     return [Alert(severity, message, "redis_memory", percent, extra)]
 
 
+def redis_eviction_alerts(risk: str | None, share: float | None) -> list[Alert]:
+    """An alert while Redis's maxmemory-policy may drop taskd's keys (`risk`, taskd.redis_memory):
+    a warning, critical once its memory (`share` of maxmemory) is where keys are being dropped."""
+    if risk is None:
+        return []
+    severity = "critical" if (share or 0.0) >= REDIS_MEMORY_CRITICAL_SHARE else "warning"
+    return [Alert(severity, risk, "redis_eviction", 1.0)]
+
+
 def redis_persistence_alerts(failed: str | None) -> list[Alert]:
     """Critical while Redis cannot write `failed` (its append-only file, a snapshot) to its disk."""
     if failed is None:

@@ -44,6 +44,7 @@ from redis.exceptions import (
     DataError,
     NoPermissionError,
     OutOfMemoryError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
 )
@@ -72,6 +73,8 @@ _SLOT_ELSEWHERE_IN_SCRIPT = ("non local key in a cluster node", "while the clust
 # command before the reply: "Command # 1 (ZREMRANGEBYSCORE …) of pipeline caused error: MISCONF …"
 # (redis-py 5.0), or "…caused error: ('MISCONF …',)" (later: the exception's args, as repr quotes them).
 _MISCONF = re.compile(r"""(?:Command # \d+ \(.*\) of pipeline caused error: \(?['"]?)?MISCONF""", re.S)
+# The reply of a Redis running another client's long script (BusyAsUnavailable).
+_BUSY = "BUSY "
 # A bound on every connect; a Redis that is down answers 503 at once instead of hanging requests.
 CONNECT_TIMEOUT = 5.0
 # The pauses between the tries of a start-up waiting for its Redis (wait_until_answers).
@@ -183,18 +186,49 @@ class BufferedReadyCheck(AbstractConnection):  # type: ignore[misc]
         return bool(parser._reader.has_data() or stream.at_eof() or stream._buffer)
 
 
+class ServerBusy(RedisConnectionError):  # type: ignore[misc]
+    """Redis answers BUSY: it runs another client's script or function past its
+    `busy-reply-threshold` (5 s by default) and serves nothing else until that ends or is killed."""
+
+
+class BusyAsUnavailable(AbstractConnection):  # type: ignore[misc]
+    """Reads a BUSY reply as a Redis that cannot be reached for now (ServerBusy, a ConnectionError).
+
+    redis-py gives BUSY no class of its own: it came as a plain ResponseError, which the API answered
+    with a 500 and a traceback per request, and a worker's write of a task's outcome was not tried
+    again, as it is through an outage. Redis answers again once the script ends or is killed, as
+    after an outage; LOADING (a restart still reading its data) is a ConnectionError in redis-py too.
+    """
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        """The reply; a BUSY one raises ServerBusy and drops the connection, as a lost one does (a
+        pipeline's later replies are then never read out of order)."""
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            # "BUSY " with its space: BUSYGROUP and BUSYKEY are a command's own refusals.
+            if not str(exc).startswith(_BUSY):
+                raise
+            await self.disconnect(nowait=True)
+            raise ServerBusy(str(exc)) from exc
+
+
 @functools.cache
 def _taskd_connection(connection_class: type) -> type:
     # One subclass per connection class in use: TCP, TLS, unix socket, Sentinel's, the cluster's.
     return type(
-        f"Taskd{connection_class.__name__}", (HiredisPacking, BufferedReadyCheck, connection_class), {}
+        f"Taskd{connection_class.__name__}",
+        (HiredisPacking, BufferedReadyCheck, BusyAsUnavailable, connection_class),
+        {},
     )
 
 
 def refuses_writes(exc: BaseException) -> bool:
-    """True for a Redis that takes no writes for now but will again: full (OOM, maxmemory) or unable
-    to persist (MISCONF: a disk full or failing under its append-only file or snapshots)."""
-    return isinstance(exc, OutOfMemoryError) or (
+    """True for a Redis that takes no writes for now but will again: full (OOM, maxmemory), unable
+    to persist (MISCONF: a disk full or failing under its append-only file or snapshots), or a
+    replica (READONLY: a primary demoted behind a plain redis:// address, until it or the address
+    serves a primary again)."""
+    return isinstance(exc, OutOfMemoryError | ReadOnlyError) or (
         isinstance(exc, ResponseError) and _MISCONF.match(str(exc)) is not None
     )
 

@@ -1,5 +1,6 @@
-"""How full Redis is: `INFO memory`'s used_memory against maxmemory (0 when the server sets none);
-and whether it can write to its disk: `INFO persistence`."""
+"""How full Redis is: `INFO memory`'s used_memory against maxmemory (0 when the server sets none),
+and what it does when full (its maxmemory-policy); and whether it can write to its disk: `INFO
+persistence`."""
 
 from __future__ import annotations
 
@@ -14,17 +15,40 @@ log = logging.getLogger("taskd")
 READ_TIMEOUT_S = 2.0
 
 
+# The one maxmemory-policy that keeps every key: a full Redis refuses writes (OOM) instead.
+NO_EVICTION = "noeviction"
+
+
 @attrs.frozen
 class RedisMemory:
-    """Bytes Redis uses and its maxmemory (0: unbounded)."""
+    """Bytes Redis uses, its maxmemory (0: unbounded) and its maxmemory-policy."""
 
     used: int
     limit: int
+    policy: str = NO_EVICTION
 
     @property
     def share(self) -> float | None:
         """used / maxmemory, or None without a maxmemory."""
         return self.used / self.limit if self.limit > 0 else None
+
+    @property
+    def evicts(self) -> bool:
+        """True when Redis drops keys to make room once at maxmemory. Every policy but noeviction
+        may drop taskd's: the volatile-* ones too, as task records, queues' keys and the webhook
+        state carry expiries."""
+        return self.limit > 0 and self.policy != NO_EVICTION
+
+
+def eviction_risk(memory: RedisMemory) -> str | None:
+    """What taskd loses to Redis's maxmemory-policy, or None when Redis never drops a key."""
+    if not memory.evicts:
+        return None
+    return (
+        f"Redis maxmemory-policy is {memory.policy}: once at its maxmemory it drops keys, and tasks, "
+        "queued jobs and webhooks are lost without a word; set maxmemory-policy noeviction "
+        "(docs/production.md, Redis)"
+    )
 
 
 async def read_memory(redis: Redis) -> RedisMemory | None:
@@ -32,7 +56,11 @@ async def read_memory(redis: Redis) -> RedisMemory | None:
     try:
         async with asyncio.timeout(READ_TIMEOUT_S):
             info = await redis.info("memory")
-        return RedisMemory(int(info["used_memory"]), int(info.get("maxmemory", 0)))
+        return RedisMemory(
+            int(info["used_memory"]),
+            int(info.get("maxmemory", 0)),
+            str(info.get("maxmemory_policy", NO_EVICTION)),
+        )
     except Exception as exc:  # health must still answer: a managed Redis may refuse INFO
         log.debug("reading redis memory failed: %s", exc)
         return None

@@ -54,6 +54,8 @@ from taskd.redis_conn import (
     tls_hint,
     wait_until_answers,
 )
+from taskd.redis_memory import eviction_risk, read_memory
+from taskd.redis_needs import check_commands
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
 from taskd.store import Admission, TaskStore, layout
@@ -212,6 +214,11 @@ class Service:
         await refuse_cluster(url, redis)
         await layout.upgrade(redis)
         await layout.check_partitions(redis)
+        await check_commands(redis)
+        # A managed Redis often comes with an evicting policy (allkeys-lru, volatile-lru): said at
+        # every start, as /api/v1/tasks/health says it, rather than learnt from lost tasks.
+        if (memory := await read_memory(redis)) is not None and (risk := eviction_risk(memory)):
+            log.warning("%s", risk)
         # Before anything stamps a time: every process's times on Redis's clock (taskd/clock.py).
         redis_clock = RedisClock(redis)
         await redis_clock.follow()

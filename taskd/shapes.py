@@ -528,6 +528,7 @@ class Alert:
                 "memory_usage",
                 "redis_memory",
                 "redis_persistence",
+                "redis_eviction",
                 "queue_without_worker",
                 "settings_mismatch",
             ]

@@ -33,6 +33,7 @@ FLOORS = [
         "apikey.py",
         "redis_conn.py",
         "redis_memory.py",
+        "redis_needs.py",
         "clock.py",
         "sdnotify.py",
         "tracing.py",

@@ -89,7 +89,7 @@ async def _until_stored(what: str, write: Callable[[], Awaitable[T]]) -> T:
         try:
             written = await write()
         except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
-            # A Redis that refuses writes for now (full, or its disk full) takes them again later.
+            # A Redis that refuses writes for now (full, its disk full, a replica) takes them again later.
             if isinstance(exc, ResponseError) and not refuses_writes(exc):
                 raise
             at = time.monotonic()

@@ -4,8 +4,12 @@ lives, and while that worker still runs it."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
+from redis.exceptions import RedisError
+
+from taskd import keys
 from taskd.config import Config
 from taskd.loops import every
 from taskd.model import now
@@ -46,9 +50,15 @@ class Reclaimer:
         self.holds = holds
         # This worker's tasks it has not held at any look since: task id -> (job id, first seen).
         self._not_held: dict[str, tuple[str, float]] = {}
+        # When (monotonic) Redis first took this process's write after refusing one; None: it has
+        # refused none since this process began, or took them for a heartbeat TTL since.
+        self._writes_taken_since: float | None = None
+        self._refused = False
 
     async def once(self) -> int:
         """One look; returns how many tasks were taken back."""
+        if not await self._heartbeats_could_go_in():
+            return 0
         running = await self.store.running_tasks(self.queues)
         taken = 0
         for task in running:
@@ -64,6 +74,40 @@ class Reclaimer:
                     task.task_id,
                 )
         return taken
+
+    async def _heartbeats_could_go_in(self) -> bool:
+        """Whether every live worker has had a heartbeat TTL, since Redis last refused a write of this
+        process, to beat: a missing heartbeat is then a dead worker's.
+
+        A Redis that refuses writes for a while (full, its disk failing, a replica, busy with a
+        script, unreachable) refuses every worker's heartbeat alike; once their keys expired, a look
+        the moment it took writes again found every running task's worker dead and queued each task
+        again, while the first run went on: every task ran twice, and each such spell counted a
+        death against `execution.max_worker_deaths`. Redis says nothing of a refusal that has passed,
+        so each look first writes a key of its own (a write Redis refuses as it would a heartbeat).
+        """
+        # On one server every partition has the same client: one write tells for all.
+        distinct = {
+            id(client): (partition, client)
+            for partition, client in reversed(list(enumerate(self.store.clients)))
+        }
+        try:
+            for partition, client in distinct.values():
+                await client.set(
+                    keys.writes_taken(partition), self.worker_id or "api", px=keys.WRITES_TAKEN_TTL_MS
+                )
+        except RedisError:
+            self._refused = True
+            raise  # the loop logs it
+        at = time.monotonic()
+        if self._refused:
+            self._refused, self._writes_taken_since = False, at
+        if self._writes_taken_since is None:
+            return True
+        if at - self._writes_taken_since < self.config.worker.heartbeat_ttl:
+            return False
+        self._writes_taken_since = None
+        return True
 
     def _lost(self, running: list[RunningTask]) -> list[RunningTask]:
         if self.holds is None:

@@ -13,6 +13,7 @@ from taskd import agreement, shapes
 from taskd.alerts import (
     overall_status,
     queue_alerts,
+    redis_eviction_alerts,
     redis_memory_alerts,
     redis_persistence_alerts,
     settings_alerts,
@@ -25,7 +26,7 @@ from taskd.http.scope import Touches, touches, visible_tasks
 from taskd.http.views import gpu_reading, stamp
 from taskd.model import now
 from taskd.redis_conn import serves_every_partition
-from taskd.redis_memory import read_memory, read_persistence_failure
+from taskd.redis_memory import eviction_risk, read_memory, read_persistence_failure
 
 routes = web.RouteTableDef()
 
@@ -136,6 +137,7 @@ async def queue_health(request: web.Request) -> web.Response:
     alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named, waiting)
     if (redis_memory := await read_memory(api.redis)) is not None:
         alerts += redis_memory_alerts(redis_memory.used, redis_memory.limit)
+        alerts += redis_eviction_alerts(eviction_risk(redis_memory), redis_memory.share)
     alerts += redis_persistence_alerts(await read_persistence_failure(api.redis))
     alerts += settings_alerts(
         agreement.differences(await agreement.read(api.redis, api.config.worker.heartbeat_ttl))

@@ -29,6 +29,7 @@ from taskd.config import WebhooksConfig
 from taskd.logs import MASK, REDACTOR, bind_task, mask_url
 from taskd.model import TaskRecord, TaskStatus
 from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port, refusal
+from taskd.redis_conn import refuses_writes
 from taskd.stopping import cancel_and_wait
 from taskd.store import TaskStore, decode
 from taskd.webhooks.connections import Receiver, ReceiverConnections, receiver_of
@@ -315,11 +316,15 @@ class WebhookSender:
                 await self._attempt(claim)
         except asyncio.CancelledError:
             raise
-        except (RedisConnectionError, RedisTimeoutError, RedisReadOnlyError) as exc:
-            # A Redis lost or failing over (a Cluster slot that moved reads as a lost connection,
-            # taskd.redis_conn): nothing is wrong with the delivery. Its lease still holds it in the
-            # outbox, so an attempt whose outcome was not written (the write, not only its reply,
-            # lost) is made again, which receivers drop by webhook-id (at least once, docs/webhooks.md).
+        except Exception as exc:  # the lease runs out and the attempt is made again
+            if not _redis_unavailable(exc):
+                log.exception("webhook delivery for task %s broke off", claim.task_id)
+                return
+            # A Redis lost, failing over (a Cluster slot that moved reads as a lost connection,
+            # taskd.redis_conn), or refusing writes for now (full, or its disk): nothing is wrong
+            # with the delivery. Its lease still holds it in the outbox, so an attempt whose outcome
+            # was not written (the write, not only its reply, lost) is made again, which receivers
+            # drop by webhook-id (at least once, docs/webhooks.md).
             log.warning(
                 "webhook delivery for task %s broke off, Redis unavailable (%s: %s); "
                 "what it did not record is made again once its lease runs out",
@@ -327,8 +332,6 @@ class WebhookSender:
                 type(exc).__name__,
                 exc,
             )
-        except Exception:  # the lease runs out and the attempt is made again
-            log.exception("webhook delivery for task %s broke off", claim.task_id)
 
     async def _attempt(self, claim: Claim) -> None:
         # The outbox member is the task id for the end's webhook, `{id}:{event}` for the others.
@@ -506,3 +509,9 @@ def _still_news(record: TaskRecord, event: str | None) -> bool:
     if event == PROGRESS:
         return record.status is TaskStatus.PROCESSING
     return record.is_terminal
+
+
+def _redis_unavailable(exc: BaseException) -> bool:
+    """True for a Redis that cannot be reached or takes no writes for now; it passes by itself."""
+    unreachable = isinstance(exc, RedisConnectionError | RedisTimeoutError | RedisReadOnlyError)
+    return unreachable or refuses_writes(exc)

@@ -172,13 +172,14 @@ class Api:
 
 @contextlib.asynccontextmanager
 async def serving(
-    tmp_path: Path, redis: RedisConfig, *, workers: bool = True
+    tmp_path: Path, redis: RedisConfig, *, workers: bool = True, **sections: Any
 ) -> collections.abc.AsyncIterator[tuple[Service, Api]]:
     """A taskd (its API, and its workers unless told not) on `redis` (with no url: its embedded
-    Valkey), without rate limits or the project throttle, in this process; it and its API."""
+    Valkey), without rate limits or the project throttle, in this process; it and its API.
+    `sections` replace those of the test config (make_config)."""
     limits = LimitsConfig(submit_per_minute=0, status_per_minute=0, concurrent_per_project=0)
     service = Service(
-        make_config(tmp_path, redis.url, redis=redis, limits=limits), http=True, workers=workers
+        make_config(tmp_path, redis.url, redis=redis, limits=limits, **sections), http=True, workers=workers
     )
     await service.start()
     try:

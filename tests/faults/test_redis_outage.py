@@ -179,3 +179,37 @@ async def test_a_redis_that_became_a_replica_answers_503_to_writes_and_takes_the
     assert status == 503
     assert refused["error"] == "service_unavailable" and refused["retry_after"] > 0
     assert again == 200
+
+
+async def _synced(replica: ValkeyServer) -> None:
+    async with replica.client() as client, asyncio.timeout(20):
+        while (await client.info("replication")).get("master_link_status") != "up":
+            await asyncio.sleep(0.05)
+
+
+async def test_a_task_ending_while_its_redis_is_a_replica_completes_at_its_first_attempt_after(tmp_path):
+    primary = await ValkeyServer(tmp_path / "primary").start()
+    other = await ValkeyServer(tmp_path / "other").start()
+    try:
+        async with other.client() as admin:
+            await admin.execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
+        await _synced(other)
+        async with serving(tmp_path, RedisConfig(url=primary.url)) as (_, api):
+            running = await api.submit("sleep", {"seconds": 1.5})
+            await api.wait_all([running], lambda body: body["status"] == "processing", timeout=20)
+            # A failover behind a plain redis:// address, and back: the task ends meanwhile, its end
+            # refused (READONLY) by a server that holds every write made before.
+            async with other.client() as admin:
+                await admin.execute_command("REPLICAOF", "NO", "ONE")
+            async with primary.client() as admin:
+                await admin.execute_command("REPLICAOF", "127.0.0.1", str(other.port))
+            await _synced(primary)
+            await asyncio.sleep(2.5)
+            async with primary.client() as admin:
+                await admin.execute_command("REPLICAOF", "NO", "ONE")
+            [ended] = await api.wait_all([running], timeout=40)
+    finally:
+        primary.stop()
+        other.stop()
+
+    assert (ended["status"], ended["attempt"], ended["last_error"]) == ("completed", 1, None)

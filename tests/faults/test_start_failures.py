@@ -203,6 +203,43 @@ async def test_a_redis_user_refused_a_command_taskd_needs_stops_start_up_naming_
     assert "no permissions to run" in last
 
 
+@pytest.mark.parametrize(
+    ("server_config", "named"),
+    [
+        # Valkey's default for a new ACL user: no pub/sub channels.
+        (
+            f"user taskd on >{PASSWORD} ~* +@all",
+            "EVALSHA of a script that publishes on {taskd}:start_check: ",
+        ),
+        (f"user taskd on >{PASSWORD} ~* &* +@all -evalsha", "EVALSHA of a script that publishes on"),
+        (f"user taskd on >{PASSWORD} ~* &* +@all -script", "SCRIPT LOAD: "),
+        (
+            'rename-command EVALSHA ""',
+            "EVALSHA of a script that publishes on {taskd}:start_check: unknown command",
+        ),
+        ('rename-command SCRIPT "script-renamed"', "SCRIPT LOAD: unknown command"),
+    ],
+)
+async def test_a_redis_that_lacks_or_refuses_scripts_or_channels_stops_start_up_naming_them(
+    tmp_path, server_config, named
+):
+    server = await ValkeyServer(tmp_path / "valkey", None, server_config, password=PASSWORD).start()
+    user = "taskd" if server_config.startswith("user") else ""
+    try:
+        done = await _serve(tmp_path, TASKD_REDIS__URL=f"redis://{user}:{PASSWORD}@127.0.0.1:{server.port}/0")
+    finally:
+        server.stop()
+
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr
+    last = _last_line(done.stderr)
+    assert last.startswith(
+        f"taskd: Redis at redis://{user}:********@127.0.0.1:{server.port}/0: CommandsRefused: "
+    )
+    assert named in last
+    assert last.endswith("give taskd's ACL user ~* &* +@all (docs/production.md, When start-up fails)")
+
+
 async def test_sigterm_while_waiting_for_redis_stops_at_once_with_exit_status_0(tmp_path):
     url = f"redis://127.0.0.1:{free_port()}/0"
     proc = _start_serve(tmp_path, TASKD_REDIS__URL=url, TASKD_REDIS__START_WAIT="60")

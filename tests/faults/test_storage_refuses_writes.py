@@ -12,10 +12,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from faultkit import Api, ValkeyServer, serving
 
-from taskd.config import RedisConfig
+from taskd.config import RedisConfig, WebhooksConfig, WorkerConfig
 from taskd.http import errors
 
 
@@ -43,14 +44,17 @@ async def _snapshot_works(server: ValkeyServer) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _snapshotting(tmp_path: Path, *, workers: bool = True) -> AsyncIterator[tuple[ValkeyServer, Api]]:
-    """A taskd on its own Valkey that snapshots (so that a failing snapshot refuses writes)."""
+async def _snapshotting(
+    tmp_path: Path, *, workers: bool = True, **sections: Any
+) -> AsyncIterator[tuple[ValkeyServer, Api]]:
+    """A taskd on its own Valkey that snapshots (so that a failing snapshot refuses writes);
+    `sections` replace those of the test config."""
     server = await ValkeyServer(
         tmp_path / "valkey", None, "save 3600 1", "enable-protected-configs yes"
     ).start()
     redis = RedisConfig(url=server.url, socket_timeout=2)
     try:
-        async with serving(tmp_path, redis, workers=workers) as (_, api):
+        async with serving(tmp_path, redis, workers=workers, **sections) as (_, api):
             yield server, api
     finally:
         server.stop()
@@ -79,8 +83,8 @@ async def test_while_redis_cannot_persist_submits_get_503_and_a_task_ending_then
         },
     )
     assert meanwhile["status"] == "processing"
-    # At its first attempt, or its second where the worker's heartbeat (a write too) expired meanwhile.
-    assert ended["status"] == "completed"
+    # At its first attempt, even where the worker's heartbeat (a write too) expired meanwhile.
+    assert (ended["status"], ended["attempt"]) == ("completed", 1)
 
 
 async def test_while_redis_cannot_persist_the_health_reads_and_metrics_still_answer(tmp_path):
@@ -199,3 +203,31 @@ async def test_while_redis_cannot_persist_metrics_say_so_and_stop_saying_it_afte
 
     assert "taskd_redis_persistence_ok 0.0" in failing
     assert "taskd_redis_persistence_ok 1.0" in after
+
+
+async def test_a_task_running_through_a_refusal_longer_than_the_heartbeat_ttl_runs_once(tmp_path):
+    # Every heartbeat is refused too, and expires: a worker alive all along. Once Redis takes writes
+    # again, its next beat comes up to 3 s later, and the reclaimer looks every 0.5 s meanwhile.
+    worker = WorkerConfig(heartbeat_interval=3, heartbeat_ttl=5, poll_delay=0.5)
+    async with _snapshotting(tmp_path, worker=worker) as (server, api):
+        _, ended = await _through_a_failed_snapshot(server, api, {"seconds": 9}, refused_for=6.5)
+
+    assert ended["status"] == "completed"
+    assert (ended["attempt"], ended["result"]["attempt"], ended["last_error"]) == (1, 1, None)
+
+
+async def test_a_webhook_answered_while_redis_cannot_persist_is_logged_as_a_refusal_without_a_traceback(
+    tmp_path, receiver, caplog
+):
+    caplog.set_level(logging.WARNING, logger="taskd.webhooks")
+    receiver.hang(2)
+    async with _snapshotting(tmp_path, webhooks=WebhooksConfig(allow_private=True)) as (server, api):
+        await api.submit("noop", {}, callback_url=receiver.url())
+        await receiver.wait_for(1)
+        await _snapshot_fails(server)
+        await asyncio.sleep(3)  # the receiver answers; the write of its answer is refused
+        await _snapshot_works(server)
+
+    broke_off = [record for record in caplog.records if "broke off" in record.getMessage()]
+    assert [(record.levelno, record.exc_info) for record in broke_off] == [(logging.WARNING, None)]
+    assert "Redis unavailable (ResponseError: MISCONF" in broke_off[0].getMessage()

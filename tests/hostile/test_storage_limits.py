@@ -4,6 +4,7 @@ while the media disk is nearly full, and Redis is bounded (maxmemory, noeviction
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
 import signal
@@ -351,3 +352,33 @@ async def test_metrics_expose_redis_memory_and_its_limit(start_service, redis):
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("taskd_redis_memory"))
     assert float(lines["taskd_redis_memory_max_bytes"]) == 512 * 1024**2
     assert float(lines["taskd_redis_memory_used_bytes"]) > 0
+
+
+async def test_queue_health_warns_of_a_redis_that_evicts_keys_when_full(start_service, redis):
+    running = await start_service(workers=False)
+    await redis.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        async with running.client.get("/api/v1/tasks/health") as response:
+            body = await response.json()
+    finally:
+        await redis.config_set("maxmemory-policy", "noeviction")
+
+    alerts = [alert for alert in body["alerts"] if alert["metric"] == "redis_eviction"]
+    assert body["status"] == "warning"
+    assert [alert["severity"] for alert in alerts] == ["warning"]
+    assert alerts[0]["message"].startswith(
+        "Redis maxmemory-policy is allkeys-lru: once at its maxmemory it drops keys"
+    )
+
+
+async def test_a_start_on_a_redis_that_evicts_keys_when_full_warns_of_it(start_service, redis, caplog):
+    await redis.config_set("maxmemory-policy", "volatile-lru")
+    try:
+        with caplog.at_level(logging.WARNING, logger="taskd"):
+            await start_service(workers=False)
+    finally:
+        await redis.config_set("maxmemory-policy", "noeviction")
+
+    warned = [record.getMessage() for record in caplog.records if "maxmemory-policy" in record.getMessage()]
+    assert len(warned) == 1
+    assert warned[0].startswith("Redis maxmemory-policy is volatile-lru: once at its maxmemory it drops keys")
