@@ -224,6 +224,39 @@ async def append(_: TaskContext, data: AppendInput) -> dict[str, Any]:
     return {"text": data.text + data.suffix, "length": len(data.text) + len(data.suffix)}
 
 
+def _mark(ctx: TaskContext, event: str) -> None:
+    path = marker_path(ctx.config.data_path, ctx.task_id, event)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(os.getpid()))
+
+
+async def _child_task(ctx: TaskContext) -> None:
+    # An asyncio task of the handler's: marks its start, then its end, however it comes.
+    _mark(ctx, "child_started")
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        _mark(ctx, "child_stopped")
+
+
+async def task_group(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """A handler waiting for an asyncio.TaskGroup's child that sleeps an hour."""
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_child_task(ctx))
+    return {"ok": True}
+
+
+# The tasks a handler left behind, referenced (the loop keeps only weak references to tasks).
+LEFT_BEHIND: set[asyncio.Task[None]] = set()
+
+
+async def leave_a_task(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """A handler that returns while an asyncio task it made still runs."""
+    LEFT_BEHIND.add(asyncio.create_task(_child_task(ctx)))
+    await asyncio.sleep(0)
+    return {"ok": True}
+
+
 TASKS = [
     TaskType("append", AppendInput, queue="default", expected_duration=0.01, handler=append),
     TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0),
@@ -272,6 +305,8 @@ TASKS = [
         expected_duration=0.1,
         handler=raise_base_exception_in_process,
     ),
+    TaskType("task_group", AnythingInput, queue="default", expected_duration=0.1, handler=task_group),
+    TaskType("leave_a_task", AnythingInput, queue="default", expected_duration=0.1, handler=leave_a_task),
     TaskType(
         "raise_soft_limit", AnythingInput, queue="default", expected_duration=0.1, handler=raise_soft_limit
     ),

@@ -234,3 +234,27 @@ async def test_soft_time_limit_exceeded_raised_by_a_type_without_a_soft_limit_fa
     body = await service.wait_terminal(task["task_id"])
 
     assert (body["status"], body["attempt"], body["error"]) == ("failed", 1, error)
+
+
+async def test_the_soft_limit_stops_the_task_group_a_coroutine_handler_waits_on(start_service):
+    # The soft limit reaches the handler as SoftTimeLimitExceeded, not a CancelledError: on 3.11 a
+    # TaskGroup aborts its children on a CancelledError only, and they ran on after the task failed.
+    service = await start_service(tasks=limits(task_group=(0.5, 30)))
+    task = await service.submit("task_group", {})
+    await wait_marker(service, task["task_id"], "child_started")
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["error"] == "Task exceeded its soft time limit of 0.5 seconds"
+    assert marker_path(data_dir(service), task["task_id"], "child_stopped").exists()
+
+
+async def test_an_asyncio_task_a_coroutine_handler_left_running_is_stopped_when_its_task_ends(start_service):
+    service = await start_service()
+    task = await service.submit("leave_a_task", {})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed"
+    assert marker_path(data_dir(service), task["task_id"], "child_started").exists()
+    assert marker_path(data_dir(service), task["task_id"], "child_stopped").exists()

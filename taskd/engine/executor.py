@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from taskd import keys, refs, tracing
+from taskd import keys, refs, runtasks, tracing
 from taskd.backoff import Backoff, exponential_delay, retry_delay
 from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
@@ -43,6 +43,7 @@ from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
 from taskd.redis_conn import refused_by_acl, refuses_writes
+from taskd.runtasks import RunTasks
 from taskd.shapes import MAX_DEPENDS_ON
 from taskd.stopping import cancel_and_wait
 from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
@@ -109,6 +110,12 @@ async def _until_stored(what: str, write: Callable[[], Awaitable[T]]) -> T:
                 "recorded %s after %d failed tries (%.1f s)", what, tries, time.monotonic() - first_failed
             )
         return written
+
+
+def _named(task: asyncio.Task[Any]) -> str:
+    """A task as a log line names it: its coroutine's qualified name."""
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", None) or task.get_name()
 
 
 def _masked(text: str | None) -> str | None:
@@ -194,13 +201,15 @@ class _Interruptible:
 
 
 async def _handler_run(
-    interruptible: _Interruptible, tree: ProcessTree, stored: list[tuple[str, str]]
+    interruptible: _Interruptible, tree: ProcessTree, stored: list[tuple[str, str]], made: RunTasks
 ) -> Any:
     """A coroutine handler's run, as its task awaits it: what it returns, or raises as an Exception."""
-    # Every child the handler starts (taskd.proctree.spawn) joins this task's tree, and every file
-    # it puts into the media store (taskd.media.publish) is noted in `stored`.
+    # Every child the handler starts (taskd.proctree.spawn) joins this task's tree, every file it
+    # puts into the media store (taskd.media.publish) is noted in `stored`, and every asyncio task
+    # it makes is one of `made`.
     CURRENT.set(tree)
     STORED.set(stored)
+    made.enter()
     try:
         return await interruptible
     except (Exception, asyncio.CancelledError):
@@ -679,9 +688,14 @@ class Executor:
         tree = ProcessTree(self._tree_limits())
         running.tree = tree
         interruptible = _Interruptible(task_type.handler(context, data))  # type: ignore[arg-type]
-        task = asyncio.create_task(_handler_run(interruptible, tree, running.stored))
-        running.task = task
         loop = asyncio.get_running_loop()
+        # Every asyncio task the handler makes (a TaskGroup's, gather's) is the run's, and is
+        # stopped when the run ends, however it ends.
+        runtasks.watch(loop)
+        made = RunTasks()
+        grace = self.config.execution.cancel_grace
+        task = asyncio.create_task(_handler_run(interruptible, tree, running.stored, made))
+        running.task = task
         timers = [loop.call_later(hard, running.stop_for, "hard_limit")]
         if soft is not None:
             timers.append(
@@ -717,10 +731,24 @@ class Executor:
                 timer.cancel()
             for watcher in watchers:
                 watcher.cancel()
-            # Whatever the handler left running goes with it (it had its chance to stop it).
-            if tree.alive:
-                await asyncio.shield(tree.kill())
+            await self._stop_what_is_left(record, made, tree, grace)
         return self._stopped(record, running, tree, hard) or Outcome("completed", result=result)
+
+    @staticmethod
+    async def _stop_what_is_left(record: TaskRecord, made: RunTasks, tree: ProcessTree, grace: float) -> None:
+        """Whatever the handler left running goes with its run (it had its chance to stop it): its
+        asyncio tasks first, whose `finally` may stop their processes, then the processes."""
+        left = await asyncio.shield(made.stop(grace)) if made.pending else []
+        if left:
+            log.warning(
+                "task %s: %d asyncio tasks its handler made did not end when cancelled at the "
+                "run's end; left running in the worker: %s",
+                record.task_id,
+                len(left),
+                ", ".join(sorted({_named(made_task) for made_task in left})),
+            )
+        if tree.alive:
+            await asyncio.shield(tree.kill())
 
     def _soft_limit_failure(
         self, record: TaskRecord, exc: SoftTimeLimitExceeded, soft: float | None
