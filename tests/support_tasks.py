@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -257,6 +258,22 @@ async def leave_a_task(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
     return {"ok": True}
 
 
+# While set, `swallow_cancels` handlers go on; a test clears it at its end, or the loop's close
+# would wait for them for ever.
+SWALLOWING = threading.Event()
+
+
+async def swallow_cancels(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """A handler that catches every CancelledError and goes on, while SWALLOWING is set."""
+    _mark(ctx, "started")
+    while SWALLOWING.is_set():
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            _mark(ctx, "cancel_swallowed")
+    return {"ok": True}
+
+
 TASKS = [
     TaskType("append", AppendInput, queue="default", expected_duration=0.01, handler=append),
     TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0),
@@ -307,6 +324,9 @@ TASKS = [
     ),
     TaskType("task_group", AnythingInput, queue="default", expected_duration=0.1, handler=task_group),
     TaskType("leave_a_task", AnythingInput, queue="default", expected_duration=0.1, handler=leave_a_task),
+    TaskType(
+        "swallow_cancels", AnythingInput, queue="default", expected_duration=0.1, handler=swallow_cancels
+    ),
     TaskType(
         "raise_soft_limit", AnythingInput, queue="default", expected_duration=0.1, handler=raise_soft_limit
     ),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
+import support_tasks
 from conftest import TEST_TASK_MODULES
 
 from taskd.config import ExecutionConfig, QueueConfig, TasksConfig
@@ -258,3 +260,37 @@ async def test_an_asyncio_task_a_coroutine_handler_left_running_is_stopped_when_
     assert body["status"] == "completed"
     assert marker_path(data_dir(service), task["task_id"], "child_started").exists()
     assert marker_path(data_dir(service), task["task_id"], "child_stopped").exists()
+
+
+@pytest.fixture
+def swallowing(start_service) -> Iterator[None]:
+    """`swallow_cancels` handlers go on until the test ends (before its services stop)."""
+    support_tasks.SWALLOWING.set()
+    yield
+    support_tasks.SWALLOWING.clear()
+
+
+@pytest.mark.usefixtures("swallowing")
+async def test_a_coroutine_handler_that_swallows_its_cancel_lets_go_of_its_worker_slot_after_the_grace(
+    start_service,
+):
+    service = await start_service()
+    task = await service.submit("swallow_cancels", {})
+    await wait_marker(service, task["task_id"], "started")
+
+    await cancel(service, task["task_id"])
+
+    await wait_marker(service, task["task_id"], "cancel_swallowed")
+    await service.wait_idle(timeout=20)
+
+
+@pytest.mark.usefixtures("swallowing")
+async def test_a_coroutine_handler_that_swallows_its_cancel_still_fails_at_the_hard_limit(start_service):
+    # Stopped at the hard limit, it catches the CancelledError and goes on: the task stayed
+    # `processing` for ever. It fails once the cancel grace (2 s here) has passed.
+    service = await start_service(tasks=limits(swallow_cancels=(None, 0.5)))
+    task = await service.submit("swallow_cancels", {})
+
+    body = await service.wait_terminal(task["task_id"], timeout=20)
+
+    assert (body["status"], body["error"]) == ("failed", "Task exceeded its hard time limit of 0.5 seconds")

@@ -201,14 +201,14 @@ class _Interruptible:
 
 
 async def _handler_run(
-    interruptible: _Interruptible, tree: ProcessTree, stored: list[tuple[str, str]], made: RunTasks
+    interruptible: _Interruptible, tree: ProcessTree, running: _Running, made: RunTasks
 ) -> Any:
     """A coroutine handler's run, as its task awaits it: what it returns, or raises as an Exception."""
     # Every child the handler starts (taskd.proctree.spawn) joins this task's tree, every file it
-    # puts into the media store (taskd.media.publish) is noted in `stored`, and every asyncio task
-    # it makes is one of `made`.
+    # puts into the media store (taskd.media.publish) is noted in `running.stored`, and every
+    # asyncio task it makes is one of `made`.
     CURRENT.set(tree)
-    STORED.set(stored)
+    STORED.set(running.stored)
     made.enter()
     try:
         return await interruptible
@@ -224,6 +224,9 @@ async def _handler_run(
         # again at each restart while the task is queued), and any other BaseException ends the
         # queue's worker loop for good: a handler's failure like any other instead.
         raise TaskError(f"Task execution failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if not interruptible.closed:  # closed, its loop may be gone: nobody waits for it then
+            running.end()
 
 
 class _Running:
@@ -238,6 +241,10 @@ class _Running:
         self.grace = 0.0
         # Why the engine stopped the handler itself: "hard_limit" or "memory" (None: it did not).
         self.stopped_for: str | None = None
+        # A coroutine handler's end, or the end of the wait for it once it was cancelled and did not
+        # end within its grace (it caught the cancellation and went on): the run ends either way.
+        self.ended: asyncio.Future[None] | None = None
+        self.limit_grace = 0.0
         # When a dropped progress write was last logged, and how many were dropped unlogged since.
         self.progress_dropped_logged_at: float | None = None
         self.progress_dropped_unlogged = 0
@@ -255,16 +262,34 @@ class _Running:
             # SIGTERM to every process of the task now, SIGKILL after the grace; the handler is
             # cancelled at its current await, so its `finally` cleanup runs meanwhile.
             self.tree.terminate(grace)
-        if self.task is not None:
-            self.task.cancel()
+        self._cancel_handler(grace)
 
     def stop_for(self, reason: str) -> None:
         """A limit was passed: kill the task's processes now and cancel the handler."""
         self.stopped_for = reason
         if self.tree is not None:
             self.tree.signal(signal.SIGKILL)
+        self._cancel_handler(self.limit_grace)
+
+    def watch(self, task: asyncio.Task[Any], ended: asyncio.Future[None], limit_grace: float) -> None:
+        """The coroutine handler's task, and `ended`, set as it ends (by `_handler_run`, without a
+        callback of the loop's: the no-op run's cost) or when the wait for it is given up; at a
+        limit it is given `limit_grace` seconds to end."""
+        self.task, self.ended, self.limit_grace = task, ended, limit_grace
+
+    def end(self, _: object = None) -> None:
+        """The run's wait for its handler is over."""
+        if self.ended is not None and not self.ended.done():
+            self.ended.set_result(None)
+
+    def _cancel_handler(self, grace: float) -> None:
         if self.task is not None:
             self.task.cancel()
+            # Cancelled before it began, the coroutine never runs to say it ended.
+            self.task.add_done_callback(self.end)
+            # A handler that catches its CancelledError and goes on would hold its task
+            # `processing` (and its worker slot) for ever: waited for `grace` seconds at most.
+            self.task.get_loop().call_later(grace, self.end)
 
     def attach(self, runner: Runner) -> None:
         """The job process now running the task; a cancel that came while it started applies now."""
@@ -694,8 +719,8 @@ class Executor:
         runtasks.watch(loop)
         made = RunTasks()
         grace = self.config.execution.cancel_grace
-        task = asyncio.create_task(_handler_run(interruptible, tree, running.stored, made))
-        running.task = task
+        task = asyncio.create_task(_handler_run(interruptible, tree, running, made))
+        running.watch(task, loop.create_future(), grace)
         timers = [loop.call_later(hard, running.stop_for, "hard_limit")]
         if soft is not None:
             timers.append(
@@ -710,7 +735,18 @@ class Executor:
             )
         )
         try:
-            result = await task
+            await self._handler_end(task, running, grace)
+            if not task.done():
+                # Cancelled (or stopped at a limit), it caught that and went on: the run is over
+                # all the same; its task is cancelled again below, and left to the loop.
+                log.warning(
+                    "task %s: its handler did not end within %g s of its cancellation; the task "
+                    "ends without it, and the coroutine is left running in the worker",
+                    record.task_id,
+                    grace,
+                )
+                return self._stopped(record, running, tree, hard) or Outcome("cancelled")
+            result = task.result()
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -731,14 +767,21 @@ class Executor:
                 timer.cancel()
             for watcher in watchers:
                 watcher.cancel()
-            await self._stop_what_is_left(record, made, tree, grace)
+            await self._stop_what_is_left(record, running, made, tree, grace)
         return self._stopped(record, running, tree, hard) or Outcome("completed", result=result)
 
     @staticmethod
-    async def _stop_what_is_left(record: TaskRecord, made: RunTasks, tree: ProcessTree, grace: float) -> None:
+    async def _stop_what_is_left(
+        record: TaskRecord, running: _Running, made: RunTasks, tree: ProcessTree, grace: float
+    ) -> None:
         """Whatever the handler left running goes with its run (it had its chance to stop it): its
         asyncio tasks first, whose `finally` may stop their processes, then the processes."""
-        left = await asyncio.shield(made.stop(grace)) if made.pending else []
+        assert running.task is not None and running.ended is not None
+        given_up = running.ended.done() and not running.task.done()
+        if given_up:
+            running.task.cancel()  # once more: it may take this one
+        # Not waited for again when the handler itself was given up on after its grace.
+        left = await asyncio.shield(made.stop(0.0 if given_up else grace)) if made.pending else []
         if left:
             log.warning(
                 "task %s: %d asyncio tasks its handler made did not end when cancelled at the "
@@ -749,6 +792,18 @@ class Executor:
             )
         if tree.alive:
             await asyncio.shield(tree.kill())
+
+    @staticmethod
+    async def _handler_end(task: asyncio.Task[Any], running: _Running, grace: float) -> None:
+        """Wait for the handler's end (`running.ended`). A stop of the worker cancels the handler
+        too, as awaiting its task would, and waits up to `grace` seconds for it before it goes on."""
+        assert running.ended is not None
+        try:
+            await running.ended
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.shield(asyncio.wait([task], timeout=grace))
+            raise
 
     def _soft_limit_failure(
         self, record: TaskRecord, exc: SoftTimeLimitExceeded, soft: float | None
