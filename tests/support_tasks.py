@@ -214,6 +214,33 @@ def raise_soft_limit_in_process(_: ProcessContext, __: AnythingInput) -> dict[st
     raise SoftTimeLimitExceeded("raised by the handler")
 
 
+class Unprintable(Exception):
+    """An exception whose message cannot be had: its __str__ raises."""
+
+    def __str__(self) -> str:
+        raise ValueError("no message for you")
+
+
+@attrs.frozen
+class UnprintableInput:
+    # 0: the exception's __str__ raises; else its message is this many MiB long.
+    megabytes: int = 0
+
+
+def _unprintable(data: UnprintableInput) -> Exception:
+    return Unprintable() if not data.megabytes else RuntimeError("m" * data.megabytes * 1024 * 1024)
+
+
+async def raise_unprintable(_: TaskContext, data: UnprintableInput) -> dict[str, Any]:
+    """A coroutine handler raising an exception whose message cannot be had, or is huge."""
+    raise _unprintable(data)
+
+
+def raise_unprintable_in_process(_: ProcessContext, data: UnprintableInput) -> dict[str, Any]:
+    """The same, from a job process."""
+    raise _unprintable(data)
+
+
 @attrs.frozen
 class AppendInput:
     text: str
@@ -326,6 +353,20 @@ TASKS = [
     TaskType("leave_a_task", AnythingInput, queue="default", expected_duration=0.1, handler=leave_a_task),
     TaskType(
         "swallow_cancels", AnythingInput, queue="default", expected_duration=0.1, handler=swallow_cancels
+    ),
+    TaskType(
+        "raise_unprintable",
+        UnprintableInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=raise_unprintable,
+    ),
+    TaskType(
+        "raise_unprintable_in_process",
+        UnprintableInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=raise_unprintable_in_process,
     ),
     TaskType(
         "raise_soft_limit", AnythingInput, queue="default", expected_duration=0.1, handler=raise_soft_limit

@@ -118,3 +118,18 @@ def test_a_coroutine_run_whose_task_is_destroyed_pending_closes_quietly_after_it
 
     assert cleaned == ["cleaned"]
     assert unraisable == []
+
+
+@pytest.mark.parametrize("task_type", ["raise_unprintable", "raise_unprintable_in_process"])
+async def test_a_handler_exception_whose_str_raises_fails_its_task_at_once_naming_its_type(
+    start_service, task_type
+):
+    # Its __str__ raised inside taskd's handling: in the loop the run failed on taskd's side and
+    # was retried as taskd's failure, in a job process the process died ("exit status 1").
+    service = await start_service()
+    task = await service.submit(task_type, {})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["attempt"]) == ("failed", 1), body
+    assert "Unprintable: <str() of the exception failed: ValueError>" in body["error"], body["error"]

@@ -30,7 +30,7 @@ from taskd import keys, refs, runtasks, tracing
 from taskd.backoff import Backoff, exponential_delay, retry_delay
 from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
-from taskd.errors import result_refusal
+from taskd.errors import describe, message_of, result_refusal
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.heartbeat import live_workers
 from taskd.logs import REDACTOR, bind_task
@@ -223,7 +223,7 @@ async def _handler_run(
         # SystemExit or KeyboardInterrupt out of a task stops the event loop (the whole taskd, and
         # again at each restart while the task is queued), and any other BaseException ends the
         # queue's worker loop for good: a handler's failure like any other instead.
-        raise TaskError(f"Task execution failed: {type(exc).__name__}: {exc}") from exc
+        raise TaskError(f"Task execution failed: {describe(exc)}") from exc
     finally:
         if not interruptible.closed:  # closed, its loop may be gone: nobody waits for it then
             running.end()
@@ -545,7 +545,7 @@ class Executor:
             # still ends, retried while it has attempts, or it would stay `processing` for ever
             # under a worker whose heartbeat goes on.
             log.exception("running task %s failed", task_id)
-            error = f"Task execution failed: {type(exc).__name__}: {exc}"
+            error = f"Task execution failed: {describe(exc)}"
             retry = record.attempt < self.max_attempts
             outcome = Outcome("retry" if retry else "failed", error=error, traceback=traceback.format_exc())
         finally:
@@ -757,7 +757,7 @@ class Executor:
             # Nobody cancelled it: the handler raised CancelledError itself (a library's, a timeout
             # it let out). Taken for a cancel, nothing was written and the task stayed `processing`
             # until a reclaim queued it again, to end the same way.
-            return self._failure(record, TaskError(f"Task execution failed: {type(exc).__name__}: {exc}"))
+            return self._failure(record, TaskError(f"Task execution failed: {describe(exc)}"))
         except SoftTimeLimitExceeded as exc:
             return self._soft_limit_failure(record, exc, soft)
         except Exception as exc:
@@ -921,9 +921,7 @@ class Executor:
 
     def _failure(self, record: TaskRecord, exc: Exception) -> Outcome:
         trace = traceback.format_exc()
-        message = (
-            str(exc) if isinstance(exc, TaskError) else f"Task execution failed: {type(exc).__name__}: {exc}"
-        )
+        message = message_of(exc) if isinstance(exc, TaskError) else f"Task execution failed: {describe(exc)}"
         if is_transient(exc) and record.attempt < self.max_attempts:
             return Outcome("retry", error=message, traceback=trace)
         return Outcome("failed", error=message, traceback=trace)

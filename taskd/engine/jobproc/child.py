@@ -21,7 +21,7 @@ import psutil
 
 from taskd.config import Config
 from taskd.engine.jobproc import frames
-from taskd.errors import result_refusal
+from taskd.errors import describe, message_of, result_refusal
 from taskd.model import ValidationError
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
@@ -77,12 +77,12 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
         result = task_type.handler(context, data)
     except SoftTimeLimitExceeded as exc:
         # The worker names the limit; raised by a handler of a type without one, this is its error.
-        return _error("soft_limit", f"SoftTimeLimitExceeded: {exc}", traceback.format_exc())
+        return _error("soft_limit", describe(exc), traceback.format_exc())
     except TaskError as exc:
-        return _error("transient" if exc.transient else "task", str(exc), traceback.format_exc())
+        return _error("transient" if exc.transient else "task", message_of(exc), traceback.format_exc())
     except Exception as exc:
         kind = "transient" if is_transient(exc) else "exception"
-        return _error(kind, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return _error(kind, describe(exc), traceback.format_exc())
     except Cancelled:
         if _State.cancelled:
             raise
@@ -92,7 +92,7 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
     except BaseException as exc:
         # SystemExit, KeyboardInterrupt and the like are the handler's failure too; left to end the
         # process, they fail the task as a crash ("exit status 1") and cost a new job process.
-        return _error("exception", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return _error("exception", describe(exc), traceback.format_exc())
     finally:
         _State.running = False
     return {"op": "done", "result": result}
