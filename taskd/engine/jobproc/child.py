@@ -27,6 +27,8 @@ from taskd.tasks.registry import Registry
 from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
 
 REAP_TIMEOUT = 2.0  # SIGKILL is not refusable, only slow to take effect
+# The most characters of each end of an error or a traceback sent to the worker (_bounded).
+SENT_HALF = 256 * 1024
 # The longest result, as JSON, that its `done` frame can carry (frames.MAX_FRAME, what the worker's
 # reader takes), whatever execution.result_max_bytes allows.
 MAX_RESULT = frames.MAX_FRAME - len(frames.encode({"op": "done", "result": 0})) + frames.HEADER_SIZE + 1
@@ -49,7 +51,16 @@ def _on_soft_limit(_: int, __: FrameType | None) -> None:
 
 
 def _error(kind: str, message: str, trace: str | None = None) -> dict[str, Any]:
-    return {"op": "error", "kind": kind, "error": message, "traceback": trace}
+    return {"op": "error", "kind": kind, "error": _bounded(message), "traceback": _bounded(trace)}
+
+
+def _bounded(text: str | None) -> str | None:
+    """`text`'s start and end, at most 2 x SENT_HALF characters: an exception's message may be
+    longer than a frame can carry (the job process then died writing it). The worker masks and
+    cuts it to far less; a secret cut here lies in the middle, which that cut drops too."""
+    if text is None or len(text) <= 2 * SENT_HALF:
+        return text
+    return text[:SENT_HALF] + text[-SENT_HALF:]
 
 
 def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: BinaryIO) -> dict[str, Any]:
