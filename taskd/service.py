@@ -110,7 +110,8 @@ class Service:
         queues: list[str] | None = None,
         gpu_backend: DeviceBackend | None = None,
     ) -> None:
-        self.config = config
+        # Its directories fixed now: a handler's os.chdir must not move them (Config.anchored).
+        self.config = config = config.anchored()
         self.gpu_backend = gpu_backend
         self.http = http
         self.registry = default_registry(config.tasks)

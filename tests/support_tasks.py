@@ -242,6 +242,17 @@ def raise_unprintable_in_process(_: ProcessContext, data: UnprintableInput) -> d
 
 
 @attrs.frozen
+class ChdirInput:
+    path: str
+
+
+async def chdir(_: TaskContext, data: ChdirInput) -> dict[str, Any]:
+    """A coroutine handler that changes the worker's current directory and leaves it so."""
+    os.chdir(data.path)
+    return {"cwd": os.getcwd()}
+
+
+@attrs.frozen
 class AppendInput:
     text: str
     suffix: str = "!"
@@ -368,6 +379,7 @@ TASKS = [
         expected_duration=0.1,
         handler=raise_unprintable_in_process,
     ),
+    TaskType("chdir", ChdirInput, queue="default", expected_duration=0.1, handler=chdir),
     TaskType(
         "raise_soft_limit", AnythingInput, queue="default", expected_duration=0.1, handler=raise_soft_limit
     ),
