@@ -253,6 +253,37 @@ async def chdir(_: TaskContext, data: ChdirInput) -> dict[str, Any]:
 
 
 @attrs.frozen
+class ChangeStateInput:
+    what: str  # environ | cwd | sigterm | stdout
+
+
+def change_state_in_process(_: ProcessContext, data: ChangeStateInput) -> dict[str, Any]:
+    """A plain handler that changes one piece of its job process's state and leaves it so."""
+    if data.what == "environ":
+        os.environ["LEFT_BY_A_TASK"] = "a secret of the last project"
+    elif data.what == "cwd":
+        os.chdir("/")
+    elif data.what == "sigterm":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif data.what == "stdout":
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (left open: what a careless handler does)
+    return {"pid": os.getpid()}
+
+
+def show_state_in_process(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """The pieces of its job process's state that change_state_in_process changes."""
+    from taskd.engine.jobproc import child
+
+    return {
+        "pid": os.getpid(),
+        "environ": "LEFT_BY_A_TASK" in os.environ,
+        "cwd": os.getcwd(),
+        "sigterm": signal.getsignal(signal.SIGTERM) is child._on_sigterm,
+        "stdout": sys.stdout is sys.__stdout__,
+    }
+
+
+@attrs.frozen
 class AppendInput:
     text: str
     suffix: str = "!"
@@ -378,6 +409,20 @@ TASKS = [
         queue="default",
         expected_duration=0.1,
         handler=raise_unprintable_in_process,
+    ),
+    TaskType(
+        "change_state_in_process",
+        ChangeStateInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=change_state_in_process,
+    ),
+    TaskType(
+        "show_state_in_process",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=show_state_in_process,
     ),
     TaskType("chdir", ChdirInput, queue="default", expected_duration=0.1, handler=chdir),
     TaskType(

@@ -3,6 +3,7 @@ sys.stdout) does not change how later tasks run."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,27 @@ async def test_a_coroutine_handlers_chdir_does_not_move_the_data_dir_of_later_ta
 
     assert body["status"] == "completed", body
     assert marker_path(tmp_path / "data", task["task_id"], "started").exists()
+
+
+@pytest.mark.parametrize("what", ["environ", "cwd", "sigterm", "stdout"])
+async def test_what_a_plain_handler_changes_in_its_job_process_is_undone_before_the_next_task(
+    start_service, what
+):
+    # The next task of that job process, maybe another project's, inherited it: a key left in the
+    # environment, another directory, SIGTERM ignored (its cancel then skipped its cleanup).
+    service = await start_service()
+    changed = await service.wait_terminal(
+        (await service.submit("change_state_in_process", {"what": what}))["task_id"]
+    )
+    before = await service.wait_terminal((await service.submit("show_state_in_process", {}))["task_id"])
+    assert before["status"] == "completed", before
+
+    shown = before["result"]
+
+    assert shown["pid"] == changed["result"]["pid"]  # the same job process ran both
+    assert (shown["environ"], shown["cwd"], shown["sigterm"], shown["stdout"]) == (
+        False,
+        os.getcwd(),
+        True,
+        True,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import traceback
 from pathlib import Path
 from types import FrameType
@@ -142,11 +143,48 @@ def children_of_self() -> list[int]:
     ]
 
 
+_SIGNALS: dict[int, Any] = {
+    signal.SIGTERM: _on_sigterm,
+    signal.SIGUSR1: _on_soft_limit,
+    signal.SIGINT: signal.SIG_IGN,
+}
+
+
+class _ProcessState:
+    """What a handler may change in its job process that the next task, maybe another project's,
+    would inherit: the environment (a key put there), the current directory, sys.stdout/stderr and
+    taskd's signal handlers (with SIGTERM ignored, the next task's cancel skipped its cleanup and
+    waited for SIGKILL; without SIGUSR1's, its soft limit killed the process). Put back after each
+    task; each look is cheap, and nothing is done when nothing changed."""
+
+    def __init__(self) -> None:
+        self.environ = dict(os.environ)
+        self.cwd = os.getcwd()
+        self.streams = (sys.stdout, sys.stderr)
+
+    def restore(self) -> None:
+        """Undo what the last task changed."""
+        if os.environ != self.environ:
+            os.environ.clear()
+            os.environ.update(self.environ)
+        try:
+            moved = os.getcwd() != self.cwd
+        except OSError:  # its directory was removed under it
+            moved = True
+        if moved:
+            with contextlib.suppress(OSError):
+                os.chdir(self.cwd)
+        sys.stdout, sys.stderr = self.streams
+        for signum, handler in _SIGNALS.items():
+            if signal.getsignal(signum) is not handler:
+                signal.signal(signum, handler)
+
+
 def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) -> None:
     """Run tasks until the task pipe closes or SIGTERM arrives."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGUSR1, _on_soft_limit)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum, handler in _SIGNALS.items():
+        signal.signal(signum, handler)
+    state = _ProcessState()
     try:
         frames.write(out, {"op": "ready", "pid": os.getpid()})
         while (request := frames.read(tasks)) is not None:
@@ -155,6 +193,7 @@ def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) ->
             except (BrokenPipeError, OSError):
                 return
             _stop_leftovers()
+            state.restore()
             if answer["op"] == "done":
                 # Checked here, not only by the worker: a result that is not JSON could not be sent
                 # (the process died of it), and one over the 64 MiB a frame may hold was refused by
