@@ -45,6 +45,9 @@ class RunTasks:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    def __contains__(self, task: object) -> bool:
+        return task in self._pending
+
     @property
     def pending(self) -> list[asyncio.Task[Any]]:
         """The run's tasks that have not ended."""

@@ -25,6 +25,7 @@ from taskd.config import Config, ConfigError
 from taskd.embedded import DataDirInUse, EmbeddedValkey, ServerDidNotStart
 from taskd.engine.executor import Executor
 from taskd.engine.jobproc.pool import RunnerPool
+from taskd.engine.loopwatch import LoopWatch
 from taskd.engine.reclaim import Reclaimer
 from taskd.engine.scheduled import ScheduledRelease
 from taskd.gpu.devices import DeviceBackend, GpuInventory
@@ -393,6 +394,7 @@ class Service:
         pool.start()
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
+            asyncio.create_task(LoopWatch(executor.whose).run(), name="loop-watch"),
             asyncio.create_task(
                 executor.listen(
                     self._listener, self._wake, every_wake=bool(devices), on_subscribed=pool.wake_all

@@ -284,6 +284,17 @@ def show_state_in_process(_: ProcessContext, __: AnythingInput) -> dict[str, Any
 
 
 @attrs.frozen
+class BlockLoopInput:
+    seconds: float
+
+
+async def block_loop(_: TaskContext, data: BlockLoopInput) -> dict[str, Any]:
+    """A coroutine handler that blocks the worker's event loop."""
+    time.sleep(data.seconds)
+    return {"ok": True}
+
+
+@attrs.frozen
 class AppendInput:
     text: str
     suffix: str = "!"
@@ -424,6 +435,7 @@ TASKS = [
         expected_duration=0.1,
         handler=show_state_in_process,
     ),
+    TaskType("block_loop", BlockLoopInput, queue="default", expected_duration=0.1, handler=block_loop),
     TaskType("chdir", ChdirInput, queue="default", expected_duration=0.1, handler=chdir),
     TaskType(
         "raise_soft_limit", AnythingInput, queue="default", expected_duration=0.1, handler=raise_soft_limit

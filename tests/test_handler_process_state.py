@@ -3,11 +3,13 @@ sys.stdout) does not change how later tasks run."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
+from taskd.engine import loopwatch
 from taskd.tasks.diagnostics import marker_path
 
 
@@ -52,3 +54,20 @@ async def test_what_a_plain_handler_changes_in_its_job_process_is_undone_before_
         True,
         True,
     )
+
+
+async def test_a_coroutine_handler_blocking_the_event_loop_is_named_in_a_warning_while_it_blocks(
+    start_service, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    # Nothing said so: the API, the other tasks and the heartbeat stopped, and the process went silent.
+    monkeypatch.setattr(loopwatch, "BLOCKED_AFTER", 0.5)
+    caplog.set_level(logging.WARNING, logger="taskd.engine")
+    service = await start_service()
+    task = await service.submit("block_loop", {"seconds": 3})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed", body
+    [blocked] = [r.getMessage() for r in caplog.records if "event loop blocked" in r.getMessage()]
+    assert f"by the handler of task {task['task_id']}" in blocked
+    assert "in block_loop" in blocked and "time.sleep" in blocked

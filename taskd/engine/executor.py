@@ -248,6 +248,8 @@ class _Running:
         # When a dropped progress write was last logged, and how many were dropped unlogged since.
         self.progress_dropped_logged_at: float | None = None
         self.progress_dropped_unlogged = 0
+        # The asyncio tasks a coroutine handler made (its run's: taskd.runtasks).
+        self.made: RunTasks | None = None
         # `(project_id, filename)` of the media a coroutine handler stored, deleted when its task ends
         # without a result (Executor._withdraw_if_unnamed).
         self.stored: list[tuple[str, str]] = []
@@ -717,7 +719,7 @@ class Executor:
         # Every asyncio task the handler makes (a TaskGroup's, gather's) is the run's, and is
         # stopped when the run ends, however it ends.
         runtasks.watch(loop)
-        made = RunTasks()
+        running.made = made = RunTasks()
         grace = self.config.execution.cancel_grace
         task = asyncio.create_task(_handler_run(interruptible, tree, running, made))
         running.watch(task, loop.create_future(), grace)
@@ -1019,6 +1021,18 @@ class Executor:
     def tools_rss(self) -> int:
         """The largest process tree of a coroutine task running here, at its last memory check."""
         return max((r.tree.last_rss for r in self.running.values() if r.tree is not None), default=0)
+
+    def whose(self, task: asyncio.Task[Any]) -> str | None:
+        """`task <id>` when `task` is a coroutine run's handler, or a task its handler made; read
+        from another thread (taskd.engine.loopwatch) while this one is held, so from a copy."""
+        try:
+            runs = list(self.running.items())
+        except RuntimeError:  # changed while copied: the loop turns, nothing to name
+            return None
+        for task_id, running in runs:
+            if running.task is task or (running.made is not None and task in running.made):
+                return f"the handler of task {task_id}"
+        return None
 
     def cancel_local(self, task_id: str) -> bool:
         """Stop `task_id` if it runs in this process: SIGTERM to its job process, or asyncio cancel."""
