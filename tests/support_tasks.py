@@ -294,6 +294,12 @@ async def block_loop(_: TaskContext, data: BlockLoopInput) -> dict[str, Any]:
     return {"ok": True}
 
 
+def leave_a_thread_in_process(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """A plain handler that returns while a thread it started sleeps on."""
+    threading.Thread(target=time.sleep, args=(3600,), name="left-by-a-task").start()
+    return {"pid": os.getpid()}
+
+
 @attrs.frozen
 class AppendInput:
     text: str
@@ -436,6 +442,13 @@ TASKS = [
         handler=show_state_in_process,
     ),
     TaskType("block_loop", BlockLoopInput, queue="default", expected_duration=0.1, handler=block_loop),
+    TaskType(
+        "leave_a_thread_in_process",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=leave_a_thread_in_process,
+    ),
     TaskType("chdir", ChdirInput, queue="default", expected_duration=0.1, handler=chdir),
     TaskType(
         "raise_soft_limit", AnythingInput, queue="default", expected_duration=0.1, handler=raise_soft_limit

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 import support_tasks
-from conftest import TEST_TASK_MODULES
+from conftest import TEST_TASK_MODULES, is_running
 
 from taskd.config import ExecutionConfig, QueueConfig, TasksConfig
 from taskd.tasks.diagnostics import marker_path
@@ -26,14 +26,6 @@ async def wait_marker(service, task_id: str, event: str, timeout: float = 15) ->
         while not path.exists():
             await asyncio.sleep(0.02)
     return path.read_text()
-
-
-def is_running(pid: int) -> bool:
-    """Whether the process exists and is not a zombie (one reaped while we look is not running)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 async def cancel(service, task_id):

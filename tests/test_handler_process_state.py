@@ -3,11 +3,13 @@ sys.stdout) does not change how later tasks run."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
 
 import pytest
+from conftest import is_running
 
 from taskd.engine import loopwatch
 from taskd.tasks.diagnostics import marker_path
@@ -71,3 +73,17 @@ async def test_a_coroutine_handler_blocking_the_event_loop_is_named_in_a_warning
     [blocked] = [r.getMessage() for r in caplog.records if "event loop blocked" in r.getMessage()]
     assert f"by the handler of task {task['task_id']}" in blocked
     assert "in block_loop" in blocked and "time.sleep" in blocked
+
+
+async def test_a_job_process_whose_task_left_a_thread_running_is_replaced(start_service):
+    # The thread went on beside the process's next tasks, under their limits, until its 10th.
+    service = await start_service()
+    left = await service.wait_terminal((await service.submit("leave_a_thread_in_process", {}))["task_id"])
+    pid = left["result"]["pid"]
+
+    after = await service.wait_terminal((await service.submit("show_state_in_process", {}))["task_id"])
+
+    assert after["result"]["pid"] != pid
+    async with asyncio.timeout(10):
+        while is_running(pid):
+            await asyncio.sleep(0.05)

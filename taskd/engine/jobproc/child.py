@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from types import FrameType
@@ -188,12 +189,19 @@ def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) ->
     try:
         frames.write(out, {"op": "ready", "pid": os.getpid()})
         while (request := frames.read(tasks)) is not None:
+            threads = set(threading.enumerate())
             try:
                 answer = _run_one(request, config, registry, out)
             except (BrokenPipeError, OSError):
                 return
             _stop_leftovers()
             state.restore()
+            # A thread cannot be stopped from outside: one the task left running would go on beside
+            # the next tasks of this process, under their limits. The process is replaced instead
+            # (its exit ends them), and the worker names them.
+            left = sorted(thread.name for thread in threading.enumerate() if thread not in threads)
+            if left:
+                answer["threads_left"] = left
             if answer["op"] == "done":
                 # Checked here, not only by the worker: a result that is not JSON could not be sent
                 # (the process died of it), and one over the 64 MiB a frame may hold was refused by
