@@ -15,8 +15,9 @@ context-variable read in the factory.
 
 A task that serves every run, started lazily by whichever caller comes first (the store's batched
 sends), is made in `outside()`, or the end of that caller's run would cancel the others' calls.
-A library's own shared task made inside a run is counted as the run's (aiohttp's lookup of a
-host name shared by concurrent requests: a run that ends during it fails the others' lookup).
+The libraries taskd shares between runs start such tasks of their own (aiohttp's lookup of a host
+name, shared by every request to it meanwhile, is shielded from its first caller's cancel), so a
+task whose coroutine is one of theirs is never a run's: it ends with the caller that awaits it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 _RUN: contextvars.ContextVar[RunTasks | None] = contextvars.ContextVar("taskd_run_tasks", default=None)
+# The libraries whose tasks may serve several runs at once (module name prefixes).
+_SHARED_LIBRARIES = ("aiohttp.", "aiohappyeyeballs.", "aiodns.", "redis.")
 
 
 class RunTasks:
@@ -93,12 +96,18 @@ def _task_factory(previous: _Factory | None) -> _Factory:
         else:
             task = asyncio.Task(coro, loop=loop, context=context)
         run = _RUN.get() if context is None else context.get(_RUN)
-        if run is not None and isinstance(task, asyncio.Task):
+        if run is not None and isinstance(task, asyncio.Task) and not _shared(coro):
             run.add(task)
         return task
 
     factory.taskd_run_tasks = True  # type: ignore[attr-defined]
     return factory
+
+
+def _shared(coro: object) -> bool:
+    """True for a coroutine of a library taskd shares between runs (_SHARED_LIBRARIES)."""
+    frame = getattr(coro, "cr_frame", None)
+    return frame is not None and str(frame.f_globals.get("__name__", "")).startswith(_SHARED_LIBRARIES)
 
 
 def watch(loop: asyncio.AbstractEventLoop) -> None:
