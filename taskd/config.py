@@ -806,6 +806,22 @@ class Config:
         """The data directory as an absolute path."""
         return Path(self.data_dir).expanduser().resolve()
 
+    def anchored(self) -> Config:
+        """This config with its directories absolute, as the current directory makes them now.
+
+        A running taskd reads them many times, and a relative one (`data_dir = "data"`, the
+        default) followed the process's current directory, which a coroutine handler can change
+        (os.chdir): every task after it stored its media, scratch and the media secret elsewhere.
+        """
+
+        def absolute(folder: str) -> str:
+            return str(Path(folder).expanduser().resolve()) if folder else folder
+
+        media = attrs.evolve(
+            self.media, dir=absolute(self.media.dir), scratch_dir=absolute(self.media.scratch_dir)
+        )
+        return attrs.evolve(self, data_dir=absolute(self.data_dir), media=media)
+
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

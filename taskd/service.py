@@ -25,6 +25,7 @@ from taskd.config import Config, ConfigError
 from taskd.embedded import DataDirInUse, EmbeddedValkey, ServerDidNotStart
 from taskd.engine.executor import Executor
 from taskd.engine.jobproc.pool import RunnerPool
+from taskd.engine.loopwatch import LoopWatch
 from taskd.engine.reclaim import Reclaimer
 from taskd.engine.scheduled import ScheduledRelease
 from taskd.gpu.devices import DeviceBackend, GpuInventory
@@ -114,7 +115,8 @@ class Service:
         queues: list[str] | None = None,
         gpu_backend: DeviceBackend | None = None,
     ) -> None:
-        self.config = config
+        # Its directories fixed now: a handler's os.chdir must not move them (Config.anchored).
+        self.config = config = config.anchored()
         self.gpu_backend = gpu_backend
         self.http = http
         self.registry = default_registry(config.tasks)
@@ -402,6 +404,7 @@ class Service:
         pool.start()
         self._background += [
             asyncio.create_task(self._heartbeat.run(), name="heartbeat"),
+            asyncio.create_task(LoopWatch(executor.whose).run(), name="loop-watch"),
             asyncio.create_task(
                 executor.listen(
                     self._listener, self._wake, every_wake=bool(devices), on_subscribed=pool.wake_all

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import attrs
+import psutil
 import pytest
 from fake_media_apis import FileServer
 from fake_openai import FakeOpenAI
@@ -159,6 +160,14 @@ async def fake_llm() -> AsyncIterator[FakeOpenAI]:
     """A local OpenAI-compatible server."""
     async with FakeOpenAI() as server:
         yield server
+
+
+def is_running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (one reaped while we look is not running)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def make_config(tmp_path: Path, redis_url: str, llm_url: str = "", **sections: Any) -> Config:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -226,6 +227,92 @@ def raise_soft_limit_in_process(_: ProcessContext, __: AnythingInput) -> dict[st
     raise SoftTimeLimitExceeded("raised by the handler")
 
 
+class Unprintable(Exception):
+    """An exception whose message cannot be had: its __str__ raises."""
+
+    def __str__(self) -> str:
+        raise ValueError("no message for you")
+
+
+@attrs.frozen
+class UnprintableInput:
+    # 0: the exception's __str__ raises; else its message is this many MiB long.
+    megabytes: int = 0
+
+
+def _unprintable(data: UnprintableInput) -> Exception:
+    return Unprintable() if not data.megabytes else RuntimeError("m" * data.megabytes * 1024 * 1024)
+
+
+async def raise_unprintable(_: TaskContext, data: UnprintableInput) -> dict[str, Any]:
+    """A coroutine handler raising an exception whose message cannot be had, or is huge."""
+    raise _unprintable(data)
+
+
+def raise_unprintable_in_process(_: ProcessContext, data: UnprintableInput) -> dict[str, Any]:
+    """The same, from a job process."""
+    raise _unprintable(data)
+
+
+@attrs.frozen
+class ChdirInput:
+    path: str
+
+
+async def chdir(_: TaskContext, data: ChdirInput) -> dict[str, Any]:
+    """A coroutine handler that changes the worker's current directory and leaves it so."""
+    os.chdir(data.path)
+    return {"cwd": os.getcwd()}
+
+
+@attrs.frozen
+class ChangeStateInput:
+    what: str  # environ | cwd | sigterm | stdout
+
+
+def change_state_in_process(_: ProcessContext, data: ChangeStateInput) -> dict[str, Any]:
+    """A plain handler that changes one piece of its job process's state and leaves it so."""
+    if data.what == "environ":
+        os.environ["LEFT_BY_A_TASK"] = "a secret of the last project"
+    elif data.what == "cwd":
+        os.chdir("/")
+    elif data.what == "sigterm":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif data.what == "stdout":
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (left open: what a careless handler does)
+    return {"pid": os.getpid()}
+
+
+def show_state_in_process(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """The pieces of its job process's state that change_state_in_process changes."""
+    from taskd.engine.jobproc import child
+
+    return {
+        "pid": os.getpid(),
+        "environ": "LEFT_BY_A_TASK" in os.environ,
+        "cwd": os.getcwd(),
+        "sigterm": signal.getsignal(signal.SIGTERM) is child._on_sigterm,
+        "stdout": sys.stdout is sys.__stdout__,
+    }
+
+
+@attrs.frozen
+class BlockLoopInput:
+    seconds: float
+
+
+async def block_loop(_: TaskContext, data: BlockLoopInput) -> dict[str, Any]:
+    """A coroutine handler that blocks the worker's event loop."""
+    time.sleep(data.seconds)
+    return {"ok": True}
+
+
+def leave_a_thread_in_process(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """A plain handler that returns while a thread it started sleeps on."""
+    threading.Thread(target=time.sleep, args=(3600,), name="left-by-a-task").start()
+    return {"pid": os.getpid()}
+
+
 @attrs.frozen
 class AppendInput:
     text: str
@@ -235,6 +322,55 @@ class AppendInput:
 async def append(_: TaskContext, data: AppendInput) -> dict[str, Any]:
     """Its text with the suffix added: a step whose result the next step's $ref can read."""
     return {"text": data.text + data.suffix, "length": len(data.text) + len(data.suffix)}
+
+
+def _mark(ctx: TaskContext, event: str) -> None:
+    path = marker_path(ctx.config.data_path, ctx.task_id, event)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(os.getpid()))
+
+
+async def _child_task(ctx: TaskContext) -> None:
+    # An asyncio task of the handler's: marks its start, then its end, however it comes.
+    _mark(ctx, "child_started")
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        _mark(ctx, "child_stopped")
+
+
+async def task_group(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """A handler waiting for an asyncio.TaskGroup's child that sleeps an hour."""
+    async with asyncio.TaskGroup() as group:
+        group.create_task(_child_task(ctx))
+    return {"ok": True}
+
+
+# The tasks a handler left behind, referenced (the loop keeps only weak references to tasks).
+LEFT_BEHIND: set[asyncio.Task[None]] = set()
+
+
+async def leave_a_task(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """A handler that returns while an asyncio task it made still runs."""
+    LEFT_BEHIND.add(asyncio.create_task(_child_task(ctx)))
+    await asyncio.sleep(0)
+    return {"ok": True}
+
+
+# While set, `swallow_cancels` handlers go on; a test clears it at its end, or the loop's close
+# would wait for them for ever.
+SWALLOWING = threading.Event()
+
+
+async def swallow_cancels(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """A handler that catches every CancelledError and goes on, while SWALLOWING is set."""
+    _mark(ctx, "started")
+    while SWALLOWING.is_set():
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            _mark(ctx, "cancel_swallowed")
+    return {"ok": True}
 
 
 TASKS = [
@@ -286,6 +422,48 @@ TASKS = [
         expected_duration=0.1,
         handler=raise_base_exception_in_process,
     ),
+    TaskType("task_group", AnythingInput, queue="default", expected_duration=0.1, handler=task_group),
+    TaskType("leave_a_task", AnythingInput, queue="default", expected_duration=0.1, handler=leave_a_task),
+    TaskType(
+        "swallow_cancels", AnythingInput, queue="default", expected_duration=0.1, handler=swallow_cancels
+    ),
+    TaskType(
+        "raise_unprintable",
+        UnprintableInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=raise_unprintable,
+    ),
+    TaskType(
+        "raise_unprintable_in_process",
+        UnprintableInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=raise_unprintable_in_process,
+    ),
+    TaskType(
+        "change_state_in_process",
+        ChangeStateInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=change_state_in_process,
+    ),
+    TaskType(
+        "show_state_in_process",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=show_state_in_process,
+    ),
+    TaskType("block_loop", BlockLoopInput, queue="default", expected_duration=0.1, handler=block_loop),
+    TaskType(
+        "leave_a_thread_in_process",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=leave_a_thread_in_process,
+    ),
+    TaskType("chdir", ChdirInput, queue="default", expected_duration=0.1, handler=chdir),
     TaskType(
         "raise_soft_limit", AnythingInput, queue="default", expected_duration=0.1, handler=raise_soft_limit
     ),

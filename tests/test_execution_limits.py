@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
-from conftest import TEST_TASK_MODULES
+import support_tasks
+from conftest import TEST_TASK_MODULES, is_running
 
 from taskd.config import ExecutionConfig, QueueConfig, TasksConfig
 from taskd.tasks.diagnostics import marker_path
@@ -24,14 +26,6 @@ async def wait_marker(service, task_id: str, event: str, timeout: float = 15) ->
         while not path.exists():
             await asyncio.sleep(0.02)
     return path.read_text()
-
-
-def is_running(pid: int) -> bool:
-    """Whether the process exists and is not a zombie (one reaped while we look is not running)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 async def cancel(service, task_id):
@@ -234,3 +228,61 @@ async def test_soft_time_limit_exceeded_raised_by_a_type_without_a_soft_limit_fa
     body = await service.wait_terminal(task["task_id"])
 
     assert (body["status"], body["attempt"], body["error"]) == ("failed", 1, error)
+
+
+async def test_the_soft_limit_stops_the_task_group_a_coroutine_handler_waits_on(start_service):
+    # The soft limit reaches the handler as SoftTimeLimitExceeded, not a CancelledError: on 3.11 a
+    # TaskGroup aborts its children on a CancelledError only, and they ran on after the task failed.
+    service = await start_service(tasks=limits(task_group=(0.5, 30)))
+    task = await service.submit("task_group", {})
+    await wait_marker(service, task["task_id"], "child_started")
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["error"] == "Task exceeded its soft time limit of 0.5 seconds"
+    assert marker_path(data_dir(service), task["task_id"], "child_stopped").exists()
+
+
+async def test_an_asyncio_task_a_coroutine_handler_left_running_is_stopped_when_its_task_ends(start_service):
+    service = await start_service()
+    task = await service.submit("leave_a_task", {})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["status"] == "completed"
+    assert marker_path(data_dir(service), task["task_id"], "child_started").exists()
+    assert marker_path(data_dir(service), task["task_id"], "child_stopped").exists()
+
+
+@pytest.fixture
+def swallowing(start_service) -> Iterator[None]:
+    """`swallow_cancels` handlers go on until the test ends (before its services stop)."""
+    support_tasks.SWALLOWING.set()
+    yield
+    support_tasks.SWALLOWING.clear()
+
+
+@pytest.mark.usefixtures("swallowing")
+async def test_a_coroutine_handler_that_swallows_its_cancel_lets_go_of_its_worker_slot_after_the_grace(
+    start_service,
+):
+    service = await start_service()
+    task = await service.submit("swallow_cancels", {})
+    await wait_marker(service, task["task_id"], "started")
+
+    await cancel(service, task["task_id"])
+
+    await wait_marker(service, task["task_id"], "cancel_swallowed")
+    await service.wait_idle(timeout=20)
+
+
+@pytest.mark.usefixtures("swallowing")
+async def test_a_coroutine_handler_that_swallows_its_cancel_still_fails_at_the_hard_limit(start_service):
+    # Stopped at the hard limit, it catches the CancelledError and goes on: the task stayed
+    # `processing` for ever. It fails once the cancel grace (2 s here) has passed.
+    service = await start_service(tasks=limits(swallow_cancels=(None, 0.5)))
+    task = await service.submit("swallow_cancels", {})
+
+    body = await service.wait_terminal(task["task_id"], timeout=20)
+
+    assert (body["status"], body["error"]) == ("failed", "Task exceeded its hard time limit of 0.5 seconds")

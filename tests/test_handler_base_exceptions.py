@@ -118,3 +118,33 @@ def test_a_coroutine_run_whose_task_is_destroyed_pending_closes_quietly_after_it
 
     assert cleaned == ["cleaned"]
     assert unraisable == []
+
+
+@pytest.mark.parametrize("task_type", ["raise_unprintable", "raise_unprintable_in_process"])
+async def test_a_handler_exception_whose_str_raises_fails_its_task_at_once_naming_its_type(
+    start_service, task_type
+):
+    # Its __str__ raised inside taskd's handling: in the loop the run failed on taskd's side and
+    # was retried as taskd's failure, in a job process the process died ("exit status 1").
+    service = await start_service()
+    task = await service.submit(task_type, {})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert (body["status"], body["attempt"]) == ("failed", 1), body
+    assert "Unprintable: <str() of the exception failed: ValueError>" in body["error"], body["error"]
+
+
+async def test_a_job_process_handler_exception_longer_than_a_frame_fails_its_task_with_its_message_cut(
+    start_service,
+):
+    # 40 MiB of message and as much of traceback: over the 64 MiB a frame carries, the worker's
+    # reader refused the frame, and the run failed on taskd's side, 4 times, a traceback logged each.
+    service = await start_service()
+    task = await service.submit("raise_unprintable_in_process", {"megabytes": 40})
+
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert (body["status"], body["attempt"]) == ("failed", 1), body
+    assert body["error"].startswith("RuntimeError: mmmm"), body["error"][:200]
+    assert "characters cut" in body["error"]

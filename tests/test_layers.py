@@ -30,6 +30,7 @@ FLOORS = [
         "stopping.py",
         "childenv.py",
         "proctree.py",
+        "runtasks.py",
         "apikey.py",
         "redis_conn.py",
         "redis_memory.py",

@@ -12,7 +12,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis_probes import counting_writes
 
-from taskd import keys
+from taskd import keys, runtasks
+from taskd.runtasks import RunTasks
 from taskd.store import scripts
 from taskd.store.coalesce import MOST_AT_ONCE, Coalesced, Reads
 
@@ -110,3 +111,24 @@ async def test_a_read_that_fails_in_redis_leaves_the_others_their_replies(redis)
     assert good == b"not a hash"
     assert isinstance(bad, ResponseError)
     assert missing == {}
+
+
+async def test_a_send_begun_by_a_coroutine_tasks_call_outlives_the_end_of_that_tasks_run(redis):
+    # The first caller's send carries the calls made beside it: were it one of the tasks its
+    # handler made, the end of that run would cancel it, and the other callers would get the cancel.
+    runtasks.watch(asyncio.get_running_loop())
+    run, reads = RunTasks(), Reads(redis)
+    await redis.set("coalesce:k", "v")
+
+    async def call_in_a_run() -> Any:
+        run.enter()
+        return await reads("GET", "coalesce:k")
+
+    in_run = asyncio.create_task(call_in_a_run())
+    beside = asyncio.create_task(reads("GET", "coalesce:k"))  # made in the same turn: the same send
+    await asyncio.sleep(0)
+    await run.stop(timeout=5)
+
+    async with asyncio.timeout(10):  # cut off, the send left the calls beside it unanswered
+        assert await beside == b"v"
+        assert await in_run == b"v"

@@ -26,11 +26,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from taskd import keys, refs, tracing
+from taskd import keys, refs, runtasks, tracing
 from taskd.backoff import Backoff, exponential_delay, retry_delay
 from taskd.config import Config
 from taskd.engine.jobproc.pool import Limits, ProcessOutcome, Runner, RunnerPool
-from taskd.errors import result_refusal
+from taskd.errors import describe, message_of, result_refusal
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.heartbeat import live_workers
 from taskd.logs import REDACTOR, bind_task
@@ -43,6 +43,7 @@ from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import JobFunction
 from taskd.redis_conn import refused_by_acl, refuses_writes
+from taskd.runtasks import RunTasks
 from taskd.shapes import MAX_DEPENDS_ON
 from taskd.stopping import cancel_and_wait
 from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
@@ -110,6 +111,12 @@ async def _until_stored(what: str, write: Callable[[], Awaitable[T]]) -> T:
                 "recorded %s after %d failed tries (%.1f s)", what, tries, time.monotonic() - first_failed
             )
         return written
+
+
+def _named(task: asyncio.Task[Any]) -> str:
+    """A task as a log line names it: its coroutine's qualified name."""
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", None) or task.get_name()
 
 
 def _masked(text: str | None) -> str | None:
@@ -195,13 +202,15 @@ class _Interruptible:
 
 
 async def _handler_run(
-    interruptible: _Interruptible, tree: ProcessTree, stored: list[tuple[str, str]]
+    interruptible: _Interruptible, tree: ProcessTree, running: _Running, made: RunTasks
 ) -> Any:
     """A coroutine handler's run, as its task awaits it: what it returns, or raises as an Exception."""
-    # Every child the handler starts (taskd.proctree.spawn) joins this task's tree, and every file
-    # it puts into the media store (taskd.media.publish) is noted in `stored`.
+    # Every child the handler starts (taskd.proctree.spawn) joins this task's tree, every file it
+    # puts into the media store (taskd.media.publish) is noted in `running.stored`, and every
+    # asyncio task it makes is one of `made`.
     CURRENT.set(tree)
-    STORED.set(stored)
+    STORED.set(running.stored)
+    made.enter()
     try:
         return await interruptible
     except (Exception, asyncio.CancelledError):
@@ -215,7 +224,10 @@ async def _handler_run(
         # SystemExit or KeyboardInterrupt out of a task stops the event loop (the whole taskd, and
         # again at each restart while the task is queued), and any other BaseException ends the
         # queue's worker loop for good: a handler's failure like any other instead.
-        raise TaskError(f"Task execution failed: {type(exc).__name__}: {exc}") from exc
+        raise TaskError(f"Task execution failed: {describe(exc)}") from exc
+    finally:
+        if not interruptible.closed:  # closed, its loop may be gone: nobody waits for it then
+            running.end()
 
 
 class _Running:
@@ -232,9 +244,15 @@ class _Running:
         self.stopped_for: str | None = None
         # A coroutine handler's run state (taskd.store.run_state), told when the run is handed back.
         self.run_state: RunState | None = None
+        # A coroutine handler's end, or the end of the wait for it once it was cancelled and did not
+        # end within its grace (it caught the cancellation and went on): the run ends either way.
+        self.ended: asyncio.Future[None] | None = None
+        self.limit_grace = 0.0
         # When a dropped progress write was last logged, and how many were dropped unlogged since.
         self.progress_dropped_logged_at: float | None = None
         self.progress_dropped_unlogged = 0
+        # The asyncio tasks a coroutine handler made (its run's: taskd.runtasks).
+        self.made: RunTasks | None = None
         # `(project_id, filename)` of the media a coroutine handler stored, deleted when its task ends
         # without a result (Executor._withdraw_if_unnamed).
         self.stored: list[tuple[str, str]] = []
@@ -249,16 +267,34 @@ class _Running:
             # SIGTERM to every process of the task now, SIGKILL after the grace; the handler is
             # cancelled at its current await, so its `finally` cleanup runs meanwhile.
             self.tree.terminate(grace)
-        if self.task is not None:
-            self.task.cancel()
+        self._cancel_handler(grace)
 
     def stop_for(self, reason: str) -> None:
         """A limit was passed: kill the task's processes now and cancel the handler."""
         self.stopped_for = reason
         if self.tree is not None:
             self.tree.signal(signal.SIGKILL)
+        self._cancel_handler(self.limit_grace)
+
+    def watch(self, task: asyncio.Task[Any], ended: asyncio.Future[None], limit_grace: float) -> None:
+        """The coroutine handler's task, and `ended`, set as it ends (by `_handler_run`, without a
+        callback of the loop's: the no-op run's cost) or when the wait for it is given up; at a
+        limit it is given `limit_grace` seconds to end."""
+        self.task, self.ended, self.limit_grace = task, ended, limit_grace
+
+    def end(self, _: object = None) -> None:
+        """The run's wait for its handler is over."""
+        if self.ended is not None and not self.ended.done():
+            self.ended.set_result(None)
+
+    def _cancel_handler(self, grace: float) -> None:
         if self.task is not None:
             self.task.cancel()
+            # Cancelled before it began, the coroutine never runs to say it ended.
+            self.task.add_done_callback(self.end)
+            # A handler that catches its CancelledError and goes on would hold its task
+            # `processing` (and its worker slot) for ever: waited for `grace` seconds at most.
+            self.task.get_loop().call_later(grace, self.end)
 
     def attach(self, runner: Runner) -> None:
         """The job process now running the task; a cancel that came while it started applies now."""
@@ -518,7 +554,7 @@ class Executor:
             # still ends, retried while it has attempts, or it would stay `processing` for ever
             # under a worker whose heartbeat goes on.
             log.exception("running task %s failed", task_id)
-            error = f"Task execution failed: {type(exc).__name__}: {exc}"
+            error = f"Task execution failed: {describe(exc)}"
             retry = record.attempt < self.max_attempts
             outcome = Outcome("retry" if retry else "failed", error=error, traceback=traceback.format_exc())
         finally:
@@ -696,9 +732,14 @@ class Executor:
         tree = ProcessTree(self._tree_limits())
         running.tree = tree
         interruptible = _Interruptible(task_type.handler(context, data))  # type: ignore[arg-type]
-        task = asyncio.create_task(_handler_run(interruptible, tree, running.stored))
-        running.task = task
         loop = asyncio.get_running_loop()
+        # Every asyncio task the handler makes (a TaskGroup's, gather's) is the run's, and is
+        # stopped when the run ends, however it ends.
+        runtasks.watch(loop)
+        running.made = made = RunTasks()
+        grace = self.config.execution.cancel_grace
+        task = asyncio.create_task(_handler_run(interruptible, tree, running, made))
+        running.watch(task, loop.create_future(), grace)
         timers = [loop.call_later(hard, running.stop_for, "hard_limit")]
         if soft is not None:
             timers.append(
@@ -713,7 +754,18 @@ class Executor:
             )
         )
         try:
-            result = await task
+            await self._handler_end(task, running, grace)
+            if not task.done():
+                # Cancelled (or stopped at a limit), it caught that and went on: the run is over
+                # all the same; its task is cancelled again below, and left to the loop.
+                log.warning(
+                    "task %s: its handler did not end within %g s of its cancellation; the task "
+                    "ends without it, and the coroutine is left running in the worker",
+                    record.task_id,
+                    grace,
+                )
+                return self._stopped(record, running, tree, hard) or Outcome("cancelled")
+            result = task.result()
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -724,7 +776,7 @@ class Executor:
             # Nobody cancelled it: the handler raised CancelledError itself (a library's, a timeout
             # it let out). Taken for a cancel, nothing was written and the task stayed `processing`
             # until a reclaim queued it again, to end the same way.
-            return self._failure(record, TaskError(f"Task execution failed: {type(exc).__name__}: {exc}"))
+            return self._failure(record, TaskError(f"Task execution failed: {describe(exc)}"))
         except SoftTimeLimitExceeded as exc:
             return self._soft_limit_failure(record, exc, soft)
         except Exception as exc:
@@ -734,10 +786,43 @@ class Executor:
                 timer.cancel()
             for watcher in watchers:
                 watcher.cancel()
-            # Whatever the handler left running goes with it (it had its chance to stop it).
-            if tree.alive:
-                await asyncio.shield(tree.kill())
+            await self._stop_what_is_left(record, running, made, tree, grace)
         return self._stopped(record, running, tree, hard) or Outcome("completed", result=result)
+
+    @staticmethod
+    async def _stop_what_is_left(
+        record: TaskRecord, running: _Running, made: RunTasks, tree: ProcessTree, grace: float
+    ) -> None:
+        """Whatever the handler left running goes with its run (it had its chance to stop it): its
+        asyncio tasks first, whose `finally` may stop their processes, then the processes."""
+        assert running.task is not None and running.ended is not None
+        given_up = running.ended.done() and not running.task.done()
+        if given_up:
+            running.task.cancel()  # once more: it may take this one
+        # Not waited for again when the handler itself was given up on after its grace.
+        left = await asyncio.shield(made.stop(0.0 if given_up else grace)) if made.pending else []
+        if left:
+            log.warning(
+                "task %s: %d asyncio tasks its handler made did not end when cancelled at the "
+                "run's end; left running in the worker: %s",
+                record.task_id,
+                len(left),
+                ", ".join(sorted({_named(made_task) for made_task in left})),
+            )
+        if tree.alive:
+            await asyncio.shield(tree.kill())
+
+    @staticmethod
+    async def _handler_end(task: asyncio.Task[Any], running: _Running, grace: float) -> None:
+        """Wait for the handler's end (`running.ended`). A stop of the worker cancels the handler
+        too, as awaiting its task would, and waits up to `grace` seconds for it before it goes on."""
+        assert running.ended is not None
+        try:
+            await running.ended
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.shield(asyncio.wait([task], timeout=grace))
+            raise
 
     def _soft_limit_failure(
         self, record: TaskRecord, exc: SoftTimeLimitExceeded, soft: float | None
@@ -855,9 +940,7 @@ class Executor:
 
     def _failure(self, record: TaskRecord, exc: Exception) -> Outcome:
         trace = traceback.format_exc()
-        message = (
-            str(exc) if isinstance(exc, TaskError) else f"Task execution failed: {type(exc).__name__}: {exc}"
-        )
+        message = message_of(exc) if isinstance(exc, TaskError) else f"Task execution failed: {describe(exc)}"
         if is_transient(exc) and record.attempt < self.max_attempts:
             return Outcome("retry", error=message, traceback=trace)
         return Outcome("failed", error=message, traceback=trace)
@@ -955,6 +1038,18 @@ class Executor:
     def tools_rss(self) -> int:
         """The largest process tree of a coroutine task running here, at its last memory check."""
         return max((r.tree.last_rss for r in self.running.values() if r.tree is not None), default=0)
+
+    def whose(self, task: asyncio.Task[Any]) -> str | None:
+        """`task <id>` when `task` is a coroutine run's handler, or a task its handler made; read
+        from another thread (taskd.engine.loopwatch) while this one is held, so from a copy."""
+        try:
+            runs = list(self.running.items())
+        except RuntimeError:  # changed while copied: the loop turns, nothing to name
+            return None
+        for task_id, running in runs:
+            if running.task is task or (running.made is not None and task in running.made):
+                return f"the handler of task {task_id}"
+        return None
 
     def cancel_local(self, task_id: str) -> bool:
         """Stop `task_id` if it runs in this process: SIGTERM to its job process, or asyncio cancel."""

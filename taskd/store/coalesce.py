@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
+from taskd import runtasks
 from taskd.redis_conn import slot_elsewhere
 from taskd.store.scripts import Script
 
@@ -53,9 +54,10 @@ class _Together(Generic[Call, Reply]):
         # The call goes in the next send; its reply or its error comes back.
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         if self._queued is None:
-            # The send starts at the loop's next turn: calls made before then join it.
+            # The send starts at the loop's next turn: calls made before then join it. It carries
+            # other callers' calls too: not part of the run of a task whose handler came first.
             self._queued = []
-            task = asyncio.create_task(self._send(self._queued))
+            task = asyncio.create_task(self._send(self._queued), context=runtasks.outside())
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
         self._queued.append((call, future))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
+import threading
 import traceback
 from pathlib import Path
 from types import FrameType
@@ -21,12 +23,14 @@ import psutil
 
 from taskd.config import Config
 from taskd.engine.jobproc import frames
-from taskd.errors import result_refusal
+from taskd.errors import describe, message_of, result_refusal
 from taskd.model import ValidationError
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskError, is_transient
 
 REAP_TIMEOUT = 2.0  # SIGKILL is not refusable, only slow to take effect
+# The most characters of each end of an error or a traceback sent to the worker (_bounded).
+SENT_HALF = 256 * 1024
 # The longest result, as JSON, that its `done` frame can carry (frames.MAX_FRAME, what the worker's
 # reader takes), whatever execution.result_max_bytes allows.
 MAX_RESULT = frames.MAX_FRAME - len(frames.encode({"op": "done", "result": 0})) + frames.HEADER_SIZE + 1
@@ -49,7 +53,16 @@ def _on_soft_limit(_: int, __: FrameType | None) -> None:
 
 
 def _error(kind: str, message: str, trace: str | None = None) -> dict[str, Any]:
-    return {"op": "error", "kind": kind, "error": message, "traceback": trace}
+    return {"op": "error", "kind": kind, "error": _bounded(message), "traceback": _bounded(trace)}
+
+
+def _bounded(text: str | None) -> str | None:
+    """`text`'s start and end, at most 2 x SENT_HALF characters: an exception's message may be
+    longer than a frame can carry (the job process then died writing it). The worker masks and
+    cuts it to far less; a secret cut here lies in the middle, which that cut drops too."""
+    if text is None or len(text) <= 2 * SENT_HALF:
+        return text
+    return text[:SENT_HALF] + text[-SENT_HALF:]
 
 
 def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: BinaryIO) -> dict[str, Any]:
@@ -77,12 +90,12 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
         result = task_type.handler(context, data)
     except SoftTimeLimitExceeded as exc:
         # The worker names the limit; raised by a handler of a type without one, this is its error.
-        return _error("soft_limit", f"SoftTimeLimitExceeded: {exc}", traceback.format_exc())
+        return _error("soft_limit", describe(exc), traceback.format_exc())
     except TaskError as exc:
-        return _error("transient" if exc.transient else "task", str(exc), traceback.format_exc())
+        return _error("transient" if exc.transient else "task", message_of(exc), traceback.format_exc())
     except Exception as exc:
         kind = "transient" if is_transient(exc) else "exception"
-        return _error(kind, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return _error(kind, describe(exc), traceback.format_exc())
     except Cancelled:
         if _State.cancelled:
             raise
@@ -92,7 +105,7 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
     except BaseException as exc:
         # SystemExit, KeyboardInterrupt and the like are the handler's failure too; left to end the
         # process, they fail the task as a crash ("exit status 1") and cost a new job process.
-        return _error("exception", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return _error("exception", describe(exc), traceback.format_exc())
     finally:
         _State.running = False
     return {"op": "done", "result": result}
@@ -131,19 +144,64 @@ def children_of_self() -> list[int]:
     ]
 
 
+_SIGNALS: dict[int, Any] = {
+    signal.SIGTERM: _on_sigterm,
+    signal.SIGUSR1: _on_soft_limit,
+    signal.SIGINT: signal.SIG_IGN,
+}
+
+
+class _ProcessState:
+    """What a handler may change in its job process that the next task, maybe another project's,
+    would inherit: the environment (a key put there), the current directory, sys.stdout/stderr and
+    taskd's signal handlers (with SIGTERM ignored, the next task's cancel skipped its cleanup and
+    waited for SIGKILL; without SIGUSR1's, its soft limit killed the process). Put back after each
+    task; each look is cheap, and nothing is done when nothing changed."""
+
+    def __init__(self) -> None:
+        self.environ = dict(os.environ)
+        self.cwd = os.getcwd()
+        self.streams = (sys.stdout, sys.stderr)
+
+    def restore(self) -> None:
+        """Undo what the last task changed."""
+        if os.environ != self.environ:
+            os.environ.clear()
+            os.environ.update(self.environ)
+        try:
+            moved = os.getcwd() != self.cwd
+        except OSError:  # its directory was removed under it
+            moved = True
+        if moved:
+            with contextlib.suppress(OSError):
+                os.chdir(self.cwd)
+        sys.stdout, sys.stderr = self.streams
+        for signum, handler in _SIGNALS.items():
+            if signal.getsignal(signum) is not handler:
+                signal.signal(signum, handler)
+
+
 def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) -> None:
     """Run tasks until the task pipe closes or SIGTERM arrives."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGUSR1, _on_soft_limit)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum, handler in _SIGNALS.items():
+        signal.signal(signum, handler)
+    state = _ProcessState()
     try:
         frames.write(out, {"op": "ready", "pid": os.getpid()})
         while (request := frames.read(tasks)) is not None:
+            threads = set(threading.enumerate())
             try:
                 answer = _run_one(request, config, registry, out)
             except (BrokenPipeError, OSError):
                 return
             _stop_leftovers()
+            state.restore()
+            # A thread cannot be stopped from outside: one the task left running would go on beside
+            # the next tasks of this process, under their limits. The process is replaced instead
+            # (its exit ends them), and the worker names them.
+            left = sorted(thread.name for thread in threading.enumerate() if thread not in threads)
+            if left:
+                answer["threads_left"] = left
             if answer["op"] == "done":
                 # Checked here, not only by the worker: a result that is not JSON could not be sent
                 # (the process died of it), and one over the 64 MiB a frame may hold was refused by

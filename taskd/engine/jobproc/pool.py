@@ -94,6 +94,8 @@ class Runner:
         # False from a task's start until it ended with a frame of its own (done, error): a process
         # whose run ended any other way may still be running a handler, and is never handed a task.
         self.clean = True
+        # Threads its last task left running (their names): the process is replaced, which ends them.
+        self.threads_left: list[str] = []
         # The frames read and not yet handled (None: the process closed its answers).
         self._frames: collections.deque[dict[str, Any] | None] = collections.deque()
         self._arrived = asyncio.Event()
@@ -210,6 +212,7 @@ class Runner:
         """Run one task to its end under `limits`; the process is `clean` again only when the task
         ended by its own frame (an exception out of here leaves it unclean)."""
         self.clean = False
+        self.threads_left = []
         outcome = await self._execute(request, limits, on_progress)
         self.clean = outcome.kind in ("done", "error")
         return outcome
@@ -249,6 +252,7 @@ class Runner:
             if frame is None:
                 return await self._exited(peak)
             op = frame.get("op")
+            self.threads_left = frame.get("threads_left") or []
             if op == "progress":
                 await on_progress(frame["progress"], frame.get("step"))
             elif op == "done":
@@ -321,6 +325,14 @@ class RunnerPool:
     async def release(self, runner: Runner) -> None:
         """Take a runner back: kept if healthy and not worn out, else stopped (a new one comes when needed)."""
         self.busy.discard(runner)
+        if runner.threads_left:
+            log.warning(
+                "replacing job process %d: its task left threads running (%s)",
+                runner.pid,
+                ", ".join(runner.threads_left),
+            )
+            await runner.stop()
+            return
         if runner.alive and runner.clean and not runner.cancelled and runner.tasks_done < self.max_tasks:
             self._idle.setdefault(runner.device, []).append(runner)
             return
