@@ -81,7 +81,10 @@ def _check_owner(path: Path, status: os.stat_result) -> None:
     chmod it at will) or anyone its mode lets write. taskd makes its files 0600, so such a file was
     made or changed by someone else, a local user who knew the data directory before taskd's first
     start, say. Root's files are taken (a secrets mount, linked into the data directory, is root's
-    and often 0644); the loaders warn of one other users can read (warn_if_readable).
+    and often 0644); the loaders warn of one other users can read (warn_if_readable). So is one
+    that only a group of taskd's own can write, with a warning: Kubernetes gives every file of a
+    volume mounted with an fsGroup to that group, group-writable (0660), at each start of the pod,
+    the files taskd made on the start before included.
     """
     me = os.geteuid()
     if status.st_uid not in (me, 0):
@@ -91,7 +94,7 @@ def _check_owner(path: Path, status: os.stat_result) -> None:
             "it chooses the key or secret taskd would trust; delete it (taskd makes a new one) or chown it",
             str(path),
         )
-    if status.st_mode & 0o022:
+    if status.st_mode & 0o002 or (status.st_mode & 0o020 and status.st_gid not in _own_groups()):
         raise OSError(
             errno.EPERM,
             f"other users can write it (mode {stat.S_IMODE(status.st_mode):04o}): they choose the key or "
@@ -100,16 +103,33 @@ def _check_owner(path: Path, status: os.stat_result) -> None:
         )
 
 
+def _own_groups() -> set[int]:
+    # The groups taskd's process is in: its own, and a Kubernetes pod's fsGroup.
+    return {os.getegid(), *os.getgroups()}
+
+
 _warned: set[Path] = set()
 
 
 def warn_if_readable(path: Path) -> None:
-    """Warn, once a process, when users other than its owner may read the key or secret in `path`,
-    which was just taken (each task that reads a media link reads the media secret again)."""
+    """Warn, once a process, when users other than its owner may read (or its group write) the key
+    or secret in `path`, which was just taken (each task that reads a media link reads the media secret again)."""
     if path in _warned:
         return
     with contextlib.suppress(OSError):  # read a moment ago; nothing to say of a file gone since
-        if (mode := stat.S_IMODE(path.stat().st_mode)) & 0o044:
+        status = path.stat()
+        mode = stat.S_IMODE(status.st_mode)
+        if mode & 0o020:  # a group of taskd's own (_check_owner refuses any other's)
+            _warned.add(path)
+            log.warning(
+                "%s can be written by the users of its group (gid %d, mode %04o): chmod 600 it (a "
+                "Kubernetes volume with an fsGroup: fsGroupChangePolicy OnRootMismatch); whoever "
+                "wrote it chose what it holds",
+                path,
+                status.st_gid,
+                mode,
+            )
+        elif mode & 0o044:
             _warned.add(path)
             log.warning(
                 "%s can be read by other users (mode %04o): chmod 600 it; whoever read it holds what it holds",

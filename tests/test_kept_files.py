@@ -41,6 +41,38 @@ def test_a_kept_key_other_users_can_read_is_used_with_a_warning(tmp_path, caplog
     ]
 
 
+def test_a_kept_key_its_own_group_can_write_is_used_with_a_warning(
+    tmp_path, caplog: pytest.LogCaptureFixture
+):
+    # What Kubernetes makes of the file taskd made on the pod's start before, on a volume mounted
+    # with an fsGroup: that group's, and 0660.
+    made, _ = load_or_create([], tmp_path)
+    path = tmp_path / "api_key"
+    os.chown(path, -1, os.getegid())
+    path.chmod(0o660)
+
+    with caplog.at_level(logging.WARNING, logger="taskd.files"):
+        keys, _ = load_or_create([], tmp_path)
+
+    assert keys == made
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{path} can be written by the users of its group (gid {os.getegid()}, mode 0660): chmod 600 it "
+        "(a Kubernetes volume with an fsGroup: fsGroupChangePolicy OnRootMismatch); whoever wrote it "
+        "chose what it holds"
+    ]
+
+
+def test_a_kept_file_a_group_taskd_is_not_in_can_write_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "api_key"
+    path.write_text("k" * 43 + "\n")
+    path.chmod(0o660)
+    monkeypatch.setattr(os, "getegid", lambda: path.stat().st_gid + 1)
+    monkeypatch.setattr(os, "getgroups", lambda: [])
+
+    with pytest.raises(OSError, match=r"other users can write it \(mode 0660\)"):
+        read_kept(path)
+
+
 def test_a_key_taskd_made_is_read_again_without_a_warning(tmp_path, caplog: pytest.LogCaptureFixture):
     made = load_or_create([], tmp_path)
 
