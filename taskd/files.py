@@ -64,6 +64,8 @@ def _check_link(path: Path) -> None:
         link = os.lstat(path)
     except FileNotFoundError:
         return  # the open says so, naming the file
+    # Not the directory owner's (_trusted) when taskd runs as root: root would follow it to a file
+    # only root may read, and print it as the API key (`--print-key`) or trust it.
     me = os.geteuid()
     if stat.S_ISLNK(link.st_mode) and link.st_uid not in (me, 0):
         raise OSError(
@@ -74,6 +76,22 @@ def _check_link(path: Path) -> None:
         )
 
 
+def _trusted(uid: int, path: Path) -> bool:
+    """Whether a file in the data directory owned by `uid` may be taken: taskd's user's or
+    root's, and, when taskd runs as root, the directory's owner's. That user can replace any file
+    there at will, so refusing theirs protects from no one, and on an NFS export with root_squash
+    (the default) what taskd makes as root is the anonymous user's, the directory's owner's."""
+    me = os.geteuid()
+    if uid in (me, 0):
+        return True
+    if me != 0:
+        return False
+    try:
+        return os.stat(path.parent).st_uid == uid
+    except OSError:
+        return False
+
+
 def _check_owner(path: Path, status: os.stat_result) -> None:
     """Refuse a kept file that another user controls.
 
@@ -81,17 +99,16 @@ def _check_owner(path: Path, status: os.stat_result) -> None:
     chmod it at will) or anyone its mode lets write. taskd makes its files 0600, so such a file was
     made or changed by someone else, a local user who knew the data directory before taskd's first
     start, say. Root's files are taken (a secrets mount, linked into the data directory, is root's
-    and often 0644); the loaders warn of one other users can read (warn_if_readable). So is one
+    and often 0644), and by taskd running as root the directory owner's (_trusted); the loaders warn of one other users can read (warn_if_readable). So is one
     that only a group of taskd's own can write, with a warning: Kubernetes gives every file of a
     volume mounted with an fsGroup to that group, group-writable (0660), at each start of the pod,
     the files taskd made on the start before included.
     """
-    me = os.geteuid()
-    if status.st_uid not in (me, 0):
+    if not _trusted(status.st_uid, path):
         raise OSError(
             errno.EPERM,
-            f"it is owned by uid {status.st_uid}, not by taskd's user (uid {me}) or root: whoever owns "
-            "it chooses the key or secret taskd would trust; delete it (taskd makes a new one) or chown it",
+            f"it is owned by uid {status.st_uid}, not by taskd's user (uid {os.geteuid()}) or root: whoever "
+            "owns it chooses the key or secret taskd would trust; delete it (taskd makes a new one) or chown it",
             str(path),
         )
     if status.st_mode & 0o002 or (status.st_mode & 0o020 and status.st_gid not in _own_groups()):

@@ -27,6 +27,22 @@ def test_a_kept_file_owned_by_another_user_is_refused(tmp_path, monkeypatch: pyt
     assert raised.value.filename == str(path)
 
 
+def test_taskd_running_as_root_takes_a_kept_file_of_the_data_directorys_owner(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    # An NFS export with root_squash: what taskd made as root is the anonymous user's, and so is
+    # the directory; or a service user's data directory that root runs taskd on.
+    data = tmp_path / "data"
+    data.mkdir()
+    made, _ = load_or_create([], data)
+    if os.geteuid() == 0:
+        os.chown(data, 65534, -1)
+        os.chown(data / "api_key", 65534, -1)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+
+    assert load_or_create([], data)[0] == made
+
+
 def test_a_kept_key_other_users_can_read_is_used_with_a_warning(tmp_path, caplog: pytest.LogCaptureFixture):
     path = tmp_path / "api_key"
     path.write_text("k" * 43 + "\n")
