@@ -39,7 +39,21 @@ def read_kept(path: Path) -> bytes:
     OSError naming `path` for anything but a plain file: a FIFO put in its place would hold
     start-up for ever on the open or the read, a device would be read without end.
     """
-    _check_link(path)
+    try:
+        return _read_kept(path)
+    except _Replaced:
+        # Once more: a secrets mount that swapped its files just then, or another process that put a
+        # new file in place of an empty one, is read whole the second time; a swap made to choose
+        # the file read is caught again (_check_unchanged accepts only the file the name names).
+        return _read_kept(path)
+
+
+class _Replaced(OSError):
+    """The name was replaced between its checks and its open (_check_unchanged)."""
+
+
+def _read_kept(path: Path) -> bytes:
+    checked = _check_link(path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     try:
         status = os.fstat(fd)
@@ -48,6 +62,7 @@ def read_kept(path: Path) -> bytes:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "not a plain file (a FIFO, a device or a socket)", str(path))
+        _check_unchanged(path, checked, status)
         _check_owner(path, status)
     except BaseException:
         os.close(fd)
@@ -56,14 +71,15 @@ def read_kept(path: Path) -> bytes:
         return kept.read(KEPT_FILE_LIMIT)
 
 
-def _check_link(path: Path) -> None:
+def _check_link(path: Path) -> os.stat_result | None:
     """Refuse a link in the data directory that another user made: it chooses the file taskd reads,
     one of root's that every user may read (a 32-digit /etc/machine-id as the API key) as well.
-    A link of taskd's user or root's (to a secrets mount) is followed."""
+    A link of taskd's user or root's (to a secrets mount) is followed. What `path` is (lstat), or
+    None when there is nothing there."""
     try:
         link = os.lstat(path)
     except FileNotFoundError:
-        return  # the open says so, naming the file
+        return None  # the open says so, naming the file
     # Not the directory owner's (_trusted) when taskd runs as root: root would follow it to a file
     # only root may read, and print it as the API key (`--print-key`) or trust it.
     me = os.geteuid()
@@ -72,6 +88,35 @@ def _check_link(path: Path) -> None:
             errno.EPERM,
             f"it is a link made by uid {link.st_uid}, not by taskd's user (uid {me}) or root: whoever made "
             "it chooses the file taskd would trust; delete it (taskd makes a new one)",
+            str(path),
+        )
+    return link
+
+
+def _same(one: os.stat_result, other: os.stat_result) -> bool:
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
+def _check_unchanged(path: Path, checked: os.stat_result | None, opened: os.stat_result) -> None:
+    """Refuse what was opened unless `path` still is what _check_link saw and still names it.
+
+    Whoever can write the directory could otherwise put a link of their own in place of the file
+    for the moment between the check and the open, and the file's old name back after it: the
+    link chooses the file read, past the check.
+    """
+    try:
+        # Made between the check and the open (a process starting beside this one): checked now.
+        now = _check_link(path) if checked is None else os.lstat(path)
+        unchanged = (
+            now is not None and (checked is None or _same(now, checked)) and _same(path.stat(), opened)
+        )
+    except FileNotFoundError:
+        unchanged = False
+    if not unchanged:
+        raise _Replaced(
+            errno.EAGAIN,
+            "it was replaced while taskd opened it (a link put in its place for a moment?); start again, "
+            "and see who else can write the data directory",
             str(path),
         )
 

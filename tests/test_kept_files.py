@@ -112,3 +112,55 @@ def test_a_link_in_place_of_a_kept_file_made_by_another_user_is_refused(
 
     with pytest.raises(OSError, match=r"it is a link made by uid \d+, not by taskd's user"):
         read_kept(link)
+
+
+def test_a_link_put_in_place_of_a_kept_file_for_the_moment_of_each_open_is_refused(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    # Whoever can write the data directory swaps a link in between the link check and the open, and
+    # the file back after it: the file the link names is what would be read.
+    path = tmp_path / "api_key"
+    path.write_text("k" * 43 + "\n")
+    path.chmod(0o600)
+    target = tmp_path / "machine-id"
+    target.write_text("0123456789abcdef0123456789abcdef\n")
+    real_open = os.open
+
+    def swapped_for_each_open(name, flags, *args):
+        aside = tmp_path / "aside"
+        path.rename(aside)
+        path.symlink_to(target)
+        try:
+            return real_open(name, flags, *args)
+        finally:
+            path.unlink()
+            aside.rename(path)
+
+    monkeypatch.setattr(os, "open", swapped_for_each_open)
+
+    with pytest.raises(OSError, match="it was replaced while taskd opened it"):
+        read_kept(path)
+
+
+def test_a_kept_file_replaced_once_while_it_is_opened_is_read_as_it_is_now(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    # A secrets mount swapping its files, or another process putting a new key in place of an
+    # empty file: the second read finds the new file whole.
+    path = tmp_path / "api_key"
+    path.write_text("old-" + "k" * 40 + "\n")
+    real_open = os.open
+    opens = 0
+
+    def replaced_at_the_first_open(name, flags, *args):
+        nonlocal opens
+        opens += 1
+        if opens == 1:
+            (tmp_path / "new").write_text("new-" + "k" * 40 + "\n")
+            (tmp_path / "new").chmod(0o600)
+            (tmp_path / "new").rename(path)
+        return real_open(name, flags, *args)
+
+    monkeypatch.setattr(os, "open", replaced_at_the_first_open)
+
+    assert read_kept(path) == b"new-" + b"k" * 40 + b"\n"
