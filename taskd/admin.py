@@ -29,6 +29,7 @@ from taskd.store.overview import QueueState, RunningTask, queue_states, running_
 from taskd.submit import bulk
 from taskd.submit.dispatch import Dispatcher
 from taskd.tasks.registry import default_registry
+from taskd.webhooks.signing import own_secret_ids
 
 
 class NoRedis(Exception):
@@ -122,6 +123,8 @@ class Operator:
             self.registry,
             Admission(limits.queued_per_project, limits.max_queue_length, limits.stored_bytes_per_project),
             media_capacity=MediaCapacity.from_config(self.config),
+            # A retry of a record from before webhook secret ids gets its key's, as the API's does.
+            webhook_secret_ids=own_secret_ids(self.config),
         )
         return await bulk.retry_failed(dispatcher, project, since)
 

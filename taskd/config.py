@@ -139,6 +139,12 @@ def _check_api_key(key: str) -> None:
     # An empty key would let in a request that sends none; a blank one no header can carry.
     if not key.strip():
         raise ValueError("an API key must not be empty or blank")
+    # Bytes of the environment that are not UTF-8 arrive escaped as surrogates: such a key has no
+    # id (taskd.webhooks.signing.key_id hashes its UTF-8), so start-up broke off with a traceback.
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        raise ValueError("an API key must be UTF-8 text (its bytes in the environment are not)") from None
 
 
 def _api_key(_: object, __: attrs.Attribute[str], key: str) -> None:

@@ -39,7 +39,21 @@ def read_kept(path: Path) -> bytes:
     OSError naming `path` for anything but a plain file: a FIFO put in its place would hold
     start-up for ever on the open or the read, a device would be read without end.
     """
-    _check_link(path)
+    try:
+        return _read_kept(path)
+    except _Replaced:
+        # Once more: a secrets mount that swapped its files just then, or another process that put a
+        # new file in place of an empty one, is read whole the second time; a swap made to choose
+        # the file read is caught again (_check_unchanged accepts only the file the name names).
+        return _read_kept(path)
+
+
+class _Replaced(OSError):
+    """The name was replaced between its checks and its open (_check_unchanged)."""
+
+
+def _read_kept(path: Path) -> bytes:
+    checked = _check_link(path)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     try:
         status = os.fstat(fd)
@@ -48,6 +62,7 @@ def read_kept(path: Path) -> bytes:
             raise OSError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, "not a plain file (a FIFO, a device or a socket)", str(path))
+        _check_unchanged(path, checked, status)
         _check_owner(path, status)
     except BaseException:
         os.close(fd)
@@ -56,14 +71,17 @@ def read_kept(path: Path) -> bytes:
         return kept.read(KEPT_FILE_LIMIT)
 
 
-def _check_link(path: Path) -> None:
+def _check_link(path: Path) -> os.stat_result | None:
     """Refuse a link in the data directory that another user made: it chooses the file taskd reads,
     one of root's that every user may read (a 32-digit /etc/machine-id as the API key) as well.
-    A link of taskd's user or root's (to a secrets mount) is followed."""
+    A link of taskd's user or root's (to a secrets mount) is followed. What `path` is (lstat), or
+    None when there is nothing there."""
     try:
         link = os.lstat(path)
     except FileNotFoundError:
-        return  # the open says so, naming the file
+        return None  # the open says so, naming the file
+    # Not the directory owner's (_trusted) when taskd runs as root: root would follow it to a file
+    # only root may read, and print it as the API key (`--print-key`) or trust it.
     me = os.geteuid()
     if stat.S_ISLNK(link.st_mode) and link.st_uid not in (me, 0):
         raise OSError(
@@ -72,6 +90,51 @@ def _check_link(path: Path) -> None:
             "it chooses the file taskd would trust; delete it (taskd makes a new one)",
             str(path),
         )
+    return link
+
+
+def _same(one: os.stat_result, other: os.stat_result) -> bool:
+    return (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
+
+
+def _check_unchanged(path: Path, checked: os.stat_result | None, opened: os.stat_result) -> None:
+    """Refuse what was opened unless `path` still is what _check_link saw and still names it.
+
+    Whoever can write the directory could otherwise put a link of their own in place of the file
+    for the moment between the check and the open, and the file's old name back after it: the
+    link chooses the file read, past the check.
+    """
+    try:
+        # Made between the check and the open (a process starting beside this one): checked now.
+        now = _check_link(path) if checked is None else os.lstat(path)
+        unchanged = (
+            now is not None and (checked is None or _same(now, checked)) and _same(path.stat(), opened)
+        )
+    except FileNotFoundError:
+        unchanged = False
+    if not unchanged:
+        raise _Replaced(
+            errno.EAGAIN,
+            "it was replaced while taskd opened it (a link put in its place for a moment?); start again, "
+            "and see who else can write the data directory",
+            str(path),
+        )
+
+
+def _trusted(uid: int, path: Path) -> bool:
+    """Whether a file in the data directory owned by `uid` may be taken: taskd's user's or
+    root's, and, when taskd runs as root, the directory's owner's. That user can replace any file
+    there at will, so refusing theirs protects from no one, and on an NFS export with root_squash
+    (the default) what taskd makes as root is the anonymous user's, the directory's owner's."""
+    me = os.geteuid()
+    if uid in (me, 0):
+        return True
+    if me != 0:
+        return False
+    try:
+        return os.stat(path.parent).st_uid == uid
+    except OSError:
+        return False
 
 
 def _check_owner(path: Path, status: os.stat_result) -> None:
@@ -81,17 +144,19 @@ def _check_owner(path: Path, status: os.stat_result) -> None:
     chmod it at will) or anyone its mode lets write. taskd makes its files 0600, so such a file was
     made or changed by someone else, a local user who knew the data directory before taskd's first
     start, say. Root's files are taken (a secrets mount, linked into the data directory, is root's
-    and often 0644); the loaders warn of one other users can read (warn_if_readable).
+    and often 0644), and by taskd running as root the directory owner's (_trusted); the loaders warn of one other users can read (warn_if_readable). So is one
+    that only a group of taskd's own can write, with a warning: Kubernetes gives every file of a
+    volume mounted with an fsGroup to that group, group-writable (0660), at each start of the pod,
+    the files taskd made on the start before included.
     """
-    me = os.geteuid()
-    if status.st_uid not in (me, 0):
+    if not _trusted(status.st_uid, path):
         raise OSError(
             errno.EPERM,
-            f"it is owned by uid {status.st_uid}, not by taskd's user (uid {me}) or root: whoever owns "
-            "it chooses the key or secret taskd would trust; delete it (taskd makes a new one) or chown it",
+            f"it is owned by uid {status.st_uid}, not by taskd's user (uid {os.geteuid()}) or root: whoever "
+            "owns it chooses the key or secret taskd would trust; delete it (taskd makes a new one) or chown it",
             str(path),
         )
-    if status.st_mode & 0o022:
+    if status.st_mode & 0o002 or (status.st_mode & 0o020 and status.st_gid not in _own_groups()):
         raise OSError(
             errno.EPERM,
             f"other users can write it (mode {stat.S_IMODE(status.st_mode):04o}): they choose the key or "
@@ -100,16 +165,33 @@ def _check_owner(path: Path, status: os.stat_result) -> None:
         )
 
 
+def _own_groups() -> set[int]:
+    # The groups taskd's process is in: its own, and a Kubernetes pod's fsGroup.
+    return {os.getegid(), *os.getgroups()}
+
+
 _warned: set[Path] = set()
 
 
 def warn_if_readable(path: Path) -> None:
-    """Warn, once a process, when users other than its owner may read the key or secret in `path`,
-    which was just taken (each task that reads a media link reads the media secret again)."""
+    """Warn, once a process, when users other than its owner may read (or its group write) the key
+    or secret in `path`, which was just taken (each task that reads a media link reads the media secret again)."""
     if path in _warned:
         return
     with contextlib.suppress(OSError):  # read a moment ago; nothing to say of a file gone since
-        if (mode := stat.S_IMODE(path.stat().st_mode)) & 0o044:
+        status = path.stat()
+        mode = stat.S_IMODE(status.st_mode)
+        if mode & 0o020:  # a group of taskd's own (_check_owner refuses any other's)
+            _warned.add(path)
+            log.warning(
+                "%s can be written by the users of its group (gid %d, mode %04o): chmod 600 it (a "
+                "Kubernetes volume with an fsGroup: fsGroupChangePolicy OnRootMismatch); whoever "
+                "wrote it chose what it holds",
+                path,
+                status.st_gid,
+                mode,
+            )
+        elif mode & 0o044:
             _warned.add(path)
             log.warning(
                 "%s can be read by other users (mode %04o): chmod 600 it; whoever read it holds what it holds",

@@ -134,6 +134,18 @@ def test_a_scoped_keys_projects_given_as_a_toml_string_is_refused(tmp_path):
     assert message.startswith("config key auth.keys[0].projects: expected a list of project ids")
 
 
+@pytest.mark.parametrize("variable", ["TASKD_AUTH__API_KEYS", "TASKD_AUTH__KEYS"])
+def test_an_api_key_whose_bytes_are_not_utf8_is_refused_without_it(tmp_path, variable):
+    # os.environ gives such bytes escaped as surrogates (a Latin-1 byte in a key, say).
+    key = "tenant-key-\udcff-0123456789"
+    value = key if variable == "TASKD_AUTH__API_KEYS" else f'[{{"key": "{key}"}}]'
+
+    message = refusal(tmp_path, **{variable: value})
+
+    assert message.endswith("an API key must be UTF-8 text (its bytes in the environment are not)")
+    assert "tenant-key" not in message
+
+
 @pytest.mark.parametrize("blank", ["", " ", "p1 "])
 def test_a_blank_or_impossible_project_id_in_a_scoped_key_is_refused(tmp_path, blank):
     message = refusal(

@@ -19,11 +19,12 @@ import aiohttp
 import pytest
 from conftest import API_KEY, RunningService, child_env
 from standardwebhooks import Webhook, WebhookVerificationError
+from test_cli_admin import operator_cli
 from webhook_receiver import Received
 
 from taskd import keys
 from taskd.config import AuthConfig, ConfigError, ScopedKey, WebhooksConfig, load_config
-from taskd.webhooks.signing import SECRET_FILE, load_or_create_secret
+from taskd.webhooks.signing import SECRET_FILE, load_or_create_secret, secret_id
 
 
 def whsec(seed: bytes) -> str:
@@ -224,6 +225,31 @@ async def test_a_key_rotated_to_a_new_key_with_its_secret_kept_signs_its_old_tas
 
     assert verifies(SECRET_A, request)
     assert not verifies(GLOBAL, request)
+
+
+async def test_retry_failed_gives_a_retry_of_a_record_from_before_secret_ids_its_keys_secret_id(
+    start, receiver, redis, valkey_url
+):
+    # As a retry through the API does: once the key is rotated away, the retry is signed with that
+    # secret (or not sent), never with the global one.
+    service = await start(secret=GLOBAL)
+    task_id = await submit_as(service, TENANT_A, receiver.url(), task_type="fail")
+    await receiver.wait_for(1)
+    await redis.hdel(keys.task(task_id), "webhook_secret_id")
+    tenants = [{"key": TENANT_A, "webhook_secret": SECRET_A}, {"key": TENANT_B, "webhook_secret": SECRET_B}]
+
+    run = await operator_cli(
+        "retry-failed",
+        "--project",
+        "proj-1",
+        redis_url=valkey_url,
+        TASKD_AUTH__API_KEYS=API_KEY,
+        TASKD_AUTH__KEYS=json.dumps(tenants),
+    )
+
+    assert run.code == 0, run.err
+    (retried,) = (line.split(" -> ")[1] for line in run.out.splitlines())
+    assert await redis.hget(keys.task(retried), "webhook_secret_id") == secret_id(SECRET_A).encode()
 
 
 async def test_the_task_record_keeps_a_key_id_never_the_key(start, receiver, redis):
