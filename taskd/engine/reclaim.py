@@ -86,16 +86,14 @@ class Reclaimer:
         death against `execution.max_worker_deaths`. Redis says nothing of a refusal that has passed,
         so each look first writes a key of its own (a write Redis refuses as it would a heartbeat).
         """
-        # On one server every partition has the same client: one write tells for all.
-        distinct = {
-            id(client): (partition, client)
-            for partition, client in reversed(list(enumerate(self.store.clients)))
-        }
+        # Written where the heartbeats are (partition 0, whose key a live worker's beat writes first
+        # and the look reads): only a refusal there lets them lapse. A refusal in another partition
+        # (a full shard of a cluster) lapses none, and stopped every look, in every partition, for
+        # as long as it lasted.
         try:
-            for partition, client in distinct.values():
-                await client.set(
-                    keys.writes_taken(partition), self.worker_id or "api", px=keys.WRITES_TAKEN_TTL_MS
-                )
+            await self.store.redis.set(
+                keys.WRITES_TAKEN, self.worker_id or "api", px=keys.WRITES_TAKEN_TTL_MS
+            )
         except RedisError:
             self._refused = True
             raise  # the loop logs it
