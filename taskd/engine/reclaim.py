@@ -50,10 +50,16 @@ class Reclaimer:
         self.holds = holds
         # This worker's tasks it has not held at any look since: task id -> (job id, first seen).
         self._not_held: dict[str, tuple[str, float]] = {}
-        # When (monotonic) Redis first took this process's write after refusing one; None: it has
-        # refused none since this process began, or took them for a heartbeat TTL since.
+        # When (monotonic) Redis first took this process's write after refusing one; None: it took
+        # them for a heartbeat TTL since.
         self._writes_taken_since: float | None = None
-        self._refused = False
+        # A process that starts knows nothing of the refusals before (it was not running, or it
+        # waited for Redis at start, as after an outage), in which live workers' heartbeats may
+        # have expired: it counts as having just met one, and leaves missing heartbeats alone for a
+        # heartbeat TTL from its first look. Before, its first look took every running task of
+        # those workers back while they ran it. The cost: a worker that died just before this
+        # process started has its tasks taken back by it up to that TTL later.
+        self._refused = True
 
     async def once(self) -> int:
         """One look; returns how many tasks were taken back."""
