@@ -151,6 +151,34 @@ async def test_with_three_partitions_a_task_on_another_primary_streams_its_event
     assert (cancelled["status"], cancelled["previous_state"]) == ("cancelled", "processing")
 
 
+async def test_with_three_partitions_a_dead_workers_task_is_taken_back_while_another_shard_refuses_writes(
+    start_service, valkey_url, redis, cluster
+):
+    # Heartbeats live in partition 0: a full shard of another partition refuses none of them, so a
+    # missing one there is still a dead worker's.
+    api_only = await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=3))
+    project = next(f"film-{n}" for n in range(100) if zlib.crc32(f"film-{n}".encode()) % 3 == 0)
+    task_id = (await api_only.submit("sleep", {"seconds": 1}, project_id=project))["task_id"]
+    with cluster.client() as client:
+        port = client.get_node_from_key(keys.partition_prefix(1)).port
+    (full,) = [node for node in cluster.primaries if node.port == port]
+    with full.client() as client:
+        client.config_set("maxmemory", 1)  # noeviction: every write there answers OOM
+    try:
+        # What a worker that died mid-run leaves: its start, and no heartbeat.
+        await redis.hset(keys.task(task_id), mapping={"status": "processing", "worker_id": "gone"})
+        await redis.zadd(keys.running("default"), {task_id: 1})
+
+        body = await api_only.wait_for(
+            task_id, lambda body: body["status"] == "queued" and body["last_error"]
+        )
+    finally:
+        with full.client() as client:
+            client.config_set("maxmemory", 0)
+
+    assert body["last_error"] == "worker gone died while running the task"
+
+
 async def test_a_queued_task_is_cancelled_and_never_starts(start_service):
     api_only = await start_service(workers=False)
     task = await api_only.submit("generate_video", {"duration": 7})

@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from conftest import API_KEY, TERMINAL, child_env
+from redis_probes import alive
 
 from taskd import keys
 from taskd.config import QueueConfig, RetryConfig
@@ -348,3 +349,40 @@ async def test_a_job_taken_by_a_take_under_way_when_a_stop_began_is_handed_back(
     body = await api.status(task_id)
 
     assert body["status"] == "queued"
+
+
+async def _a_task_of_worker_w_without_its_heartbeat(service, redis) -> str:
+    """A task processing, as Redis says, under worker "w", whose heartbeat is missing."""
+    task_id = (await service.submit("sleep", {"seconds": 1}))["task_id"]
+    await redis.hset(keys.task(task_id), mapping={"status": "processing", "worker_id": "w"})
+    await redis.zadd(keys.running("default"), {task_id: 1})
+    return task_id
+
+
+async def test_a_process_just_started_takes_no_missing_heartbeat_for_a_dead_worker_at_once(
+    start_service, redis
+):
+    # A process that starts as Redis takes writes again knows nothing of the refusals before, in
+    # which live workers' heartbeats expired: they beat again within their interval.
+    service = await start_service(workers=False)
+    task_id = await _a_task_of_worker_w_without_its_heartbeat(service, redis)
+    async with asyncio.timeout(20):
+        # Two looks of its reclaimer: each writes this key first.
+        for _ in range(2):
+            await redis.delete(keys.WRITES_TAKEN)
+            while not await redis.exists(keys.WRITES_TAKEN):
+                await asyncio.sleep(0.02)
+    await alive(redis, "w")  # its next beat
+
+    assert (await service.status(task_id))["status"] == "processing"
+
+
+async def test_a_process_just_started_takes_a_dead_workers_task_back_after_a_heartbeat_ttl(
+    start_service, redis
+):
+    service = await start_service(workers=False)
+    task_id = await _a_task_of_worker_w_without_its_heartbeat(service, redis)
+
+    body = await service.wait_for(task_id, lambda body: body["status"] == "queued" and body["last_error"], 30)
+
+    assert body["last_error"] == "worker w died while running the task"

@@ -50,10 +50,16 @@ class Reclaimer:
         self.holds = holds
         # This worker's tasks it has not held at any look since: task id -> (job id, first seen).
         self._not_held: dict[str, tuple[str, float]] = {}
-        # When (monotonic) Redis first took this process's write after refusing one; None: it has
-        # refused none since this process began, or took them for a heartbeat TTL since.
+        # When (monotonic) Redis first took this process's write after refusing one; None: it took
+        # them for a heartbeat TTL since.
         self._writes_taken_since: float | None = None
-        self._refused = False
+        # A process that starts knows nothing of the refusals before (it was not running, or it
+        # waited for Redis at start, as after an outage), in which live workers' heartbeats may
+        # have expired: it counts as having just met one, and leaves missing heartbeats alone for a
+        # heartbeat TTL from its first look. Before, its first look took every running task of
+        # those workers back while they ran it. The cost: a worker that died just before this
+        # process started has its tasks taken back by it up to that TTL later.
+        self._refused = True
 
     async def once(self) -> int:
         """One look; returns how many tasks were taken back."""
@@ -86,16 +92,14 @@ class Reclaimer:
         death against `execution.max_worker_deaths`. Redis says nothing of a refusal that has passed,
         so each look first writes a key of its own (a write Redis refuses as it would a heartbeat).
         """
-        # On one server every partition has the same client: one write tells for all.
-        distinct = {
-            id(client): (partition, client)
-            for partition, client in reversed(list(enumerate(self.store.clients)))
-        }
+        # Written where the heartbeats are (partition 0, whose key a live worker's beat writes first
+        # and the look reads): only a refusal there lets them lapse. A refusal in another partition
+        # (a full shard of a cluster) lapses none, and stopped every look, in every partition, for
+        # as long as it lasted.
         try:
-            for partition, client in distinct.values():
-                await client.set(
-                    keys.writes_taken(partition), self.worker_id or "api", px=keys.WRITES_TAKEN_TTL_MS
-                )
+            await self.store.redis.set(
+                keys.WRITES_TAKEN, self.worker_id or "api", px=keys.WRITES_TAKEN_TTL_MS
+            )
         except RedisError:
             self._refused = True
             raise  # the loop logs it
