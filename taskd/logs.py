@@ -37,6 +37,12 @@ WEBHOOK_SECRET_PREFIX = "whsec_"
 # `key`, a key's `webhook_secret`, rotated `secrets` included).
 # `access_key_id`: an S3 key's name, half of the credential, kept out of sight with its secret.
 SECRET_FIELD = re.compile(r"(^|_)(api_keys?|key|secrets?|password|token|access_key_id)$")
+# The attrs metadata of a config table keyed by task type or queue name (tasks.routes,
+# gpu.task_needs): its keys are names of things, not of settings, and a plugin's type may well be
+# called refresh_token or sign_key. Such a key says nothing of its value (a queue, "slot"), so the
+# walkers that take an entry named like a secret for one (secrets_of, childenv.job_config, `taskd
+# config show`) leave these tables' entries as they are.
+KEYED_BY_NAME = "keyed_by_name"
 # URL query parameters that carry a credential: ?api-key=…, ?apikey=…, ?access_token=…, ?key=…,
 # ?X-Amz-Signature=… (the names providers and presigned URLs use; case and - or _ as they come).
 SECRET_QUERY_NAME = re.compile(
@@ -195,6 +201,13 @@ def mask_url(url: str, mask: str) -> str:
     if (netloc, query) == (parts.netloc, parts.query):
         return url
     return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def names_settings(field: attrs.Attribute[Any]) -> bool:
+    """Whether the keys of the table in config field `field` name settings, so that an entry named
+    like a secret holds one (providers.video.extra_input = {api_key = …}); False for a table keyed by
+    task type or queue (KEYED_BY_NAME)."""
+    return not field.metadata.get(KEYED_BY_NAME, False)
 
 
 def secrets_of(config: Any) -> list[str]:

@@ -40,11 +40,13 @@ from taskd.childenv import child_environment, job_config
 from taskd.config import (
     AuthConfig,
     Config,
+    GpuConfig,
     LlmProvider,
     MediaConfig,
     ProvidersConfig,
     RedisConfig,
     ScopedKey,
+    TasksConfig,
     VideoProvider,
     WebhooksConfig,
 )
@@ -295,6 +297,20 @@ def test_a_job_config_blanks_the_secrets_of_a_table_of_the_operators_own_names()
     lean = job_config(config).providers.video.extra_input
 
     assert lean == {"openai_api_key": "", "nested": {"password": ""}, "steps": 30}
+
+
+def test_a_job_config_keeps_the_per_type_settings_of_a_type_named_like_a_secret():
+    # A plugin's type may be called refresh_token: its route is a queue, not a secret, and a blank
+    # one failed the table's validation, so that no job process could start for any type.
+    config = Config(
+        tasks=TasksConfig(routes={"refresh_token": "cpu_intensive"}),
+        gpu=GpuConfig(task_needs={"sign_key": "slot"}),
+    )
+
+    lean = job_config(config)
+
+    assert lean.tasks.routes == {"refresh_token": "cpu_intensive"}
+    assert lean.gpu.task_needs == {"sign_key": "slot"}
 
 
 def test_a_proxy_with_a_token_in_its_query_stays_out_of_the_child_environment():
