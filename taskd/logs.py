@@ -215,14 +215,19 @@ def secrets_of(config: Any) -> list[str]:
     token, URL passwords and URL query values named like a credential."""
     found: list[str] = []
 
-    def walk(value: Any, secret: bool) -> None:
+    def walk(value: Any, secret: bool, settings: bool = True) -> None:
         if attrs.has(type(value)):
             for field in attrs.fields(type(value)):
-                walk(getattr(value, field.name), secret or bool(SECRET_FIELD.search(field.name)))
+                walk(
+                    getattr(value, field.name),
+                    secret or bool(SECRET_FIELD.search(field.name)),
+                    names_settings(field),
+                )
         elif isinstance(value, dict):
-            # A table of the operator's own names (providers.video.extra_input = {api_key = …}).
+            # A table of the operator's own names (providers.video.extra_input = {api_key = …}); not
+            # one keyed by task type, whose route to gpu_heavy would be masked in every line.
             for name, item in value.items():
-                walk(item, secret or bool(SECRET_FIELD.search(str(name))))
+                walk(item, secret or (settings and bool(SECRET_FIELD.search(str(name)))))
         elif isinstance(value, list | tuple):
             for item in value:
                 walk(item, secret)

@@ -22,7 +22,16 @@ from examples import TASK_DATA
 from fake_openai import FakeOpenAI
 
 from taskd import logs
-from taskd.config import Config, LlmProvider, ProvidersConfig, RedisConfig, VideoProvider, WebhooksConfig
+from taskd.config import (
+    Config,
+    GpuConfig,
+    LlmProvider,
+    ProvidersConfig,
+    RedisConfig,
+    TasksConfig,
+    VideoProvider,
+    WebhooksConfig,
+)
 
 
 @pytest.fixture
@@ -260,6 +269,19 @@ def test_a_value_under_a_table_key_named_like_a_secret_is_found():
     found = set(logs.secrets_of(config))
 
     assert "replicate-extra-1" in found and "16:9" not in found
+
+
+def test_the_settings_of_a_task_type_named_like_a_secret_are_not_found():
+    # A plugin's type may be called refresh_token: its queue masked would be *** in every line.
+    config = attrs.evolve(
+        Config(),
+        tasks=TasksConfig(routes={"refresh_token": "gpu_heavy"}),
+        gpu=GpuConfig(task_needs={"sign_key": "device"}),
+    )
+
+    found = set(logs.secrets_of(config))
+
+    assert "gpu_heavy" not in found and "device" not in found
 
 
 async def _run_task(session: aiohttp.ClientSession, base_url: str, key: str, body: dict) -> dict:
