@@ -122,7 +122,14 @@ def _scrub(value: Any, *, settings: bool = True) -> Any:
                 cleaned = _scrub(current, settings=names_settings(field))
             if cleaned is not current:
                 changes[field.name] = cleaned
-        return attrs.evolve(value, **changes) if changes else value
+        try:
+            return attrs.evolve(value, **changes) if changes else value
+        except ValueError:
+            # Settings that are valid only with the secret just taken out (a CMS's base_url needs its
+            # api_key or password, a video protocol its base_url that carried ?api-key=): without it
+            # the section is of no use to a job process, which gets it as if unset, its defaults.
+            # Kept, it failed its own validation, and no job process could start.
+            return type(value)()
     if isinstance(value, dict):
         return {
             key: _blank(item) if settings and SECRET_FIELD.search(str(key)) else _scrub(item)

@@ -299,6 +299,17 @@ def test_a_job_config_blanks_the_secrets_of_a_table_of_the_operators_own_names()
     assert lean == {"openai_api_key": "", "nested": {"password": ""}, "steps": 30}
 
 
+def test_a_job_config_has_a_video_provider_whose_base_url_held_its_key_unset():
+    video = VideoProvider(
+        protocol="openai", base_url="https://video.example/v1?api-key=sk-query-3", model="m"
+    )
+    config = Config(providers=ProvidersConfig(video=video))
+
+    lean = job_config(config)
+
+    assert lean.providers.video == VideoProvider()
+
+
 def test_a_job_config_keeps_the_per_type_settings_of_a_type_named_like_a_secret():
     # A plugin's type may be called refresh_token: its route is a queue, not a secret, and a blank
     # one failed the table's validation, so that no job process could start for any type.
@@ -359,6 +370,19 @@ async def test_a_job_process_is_sent_the_config_without_its_secrets(serve_with_s
     assert config["auth"] == {"api_keys": [], "keys": []}
     assert config["redis"]["url"] == ""
     assert config["data_dir"] == str(tmp_path / "data")  # what it does use arrives
+
+
+async def test_a_job_process_runs_where_a_cms_is_configured_with_the_key_it_is_not_sent(serve_with_secrets):
+    # The CMS's base_url is valid only with its api_key (or email and password): blanked alone, the
+    # config failed its own validation and no job process could start.
+    served = serve_with_secrets(
+        TASKD_PAYLOAD__BASE_URL="https://cms.example", TASKD_PAYLOAD__API_KEY="secrets-suite-cms-key-5d1"
+    )
+
+    done = await served.run("show_what_i_got", {})
+
+    assert done["status"] == "completed", done
+    assert "secrets-suite-cms-key-5d1" not in json.dumps(done["result"]["config"])
 
 
 async def test_a_job_process_home_is_not_the_users_home(serve_with_secrets):
