@@ -263,6 +263,17 @@ def _clean(value: Any) -> Any:
     return REDACTOR.redact(str(value))
 
 
+def _surrogates_written_out(value: Any) -> Any:
+    # `value` as _clean made it (dicts, lists, strings and scalars) with each lone surrogate as text.
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_surrogates_written_out(k): _surrogates_written_out(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_surrogates_written_out(v) for v in value]
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, message, the task's ids and any extra fields."""
 
@@ -278,9 +289,17 @@ class JsonFormatter(logging.Formatter):
             line["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack_info"] = self.formatStack(record.stack_info)
+        cleaned = _clean(line)
+        try:
+            text = orjson.dumps(cleaned)
+        except orjson.JSONEncodeError:
+            # A lone surrogate (a file name or a header that is not UTF-8, as Python decodes them),
+            # which JSON cannot carry: written out as \udcff. Raised, it lost the line to logging's
+            # "--- Logging error ---" traceback, which prints the message unmasked.
+            text = orjson.dumps(_surrogates_written_out(cleaned))
         # A caller's text in a line must not break it where a reader splits lines (U+2028, NEL:
         # Python's splitlines, JavaScript log viewers) nor act on the terminal that tails it (C1).
-        return printable_json(orjson.dumps(_clean(line)).decode())
+        return printable_json(text.decode())
 
 
 class TextFormatter(logging.Formatter):

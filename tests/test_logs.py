@@ -168,6 +168,23 @@ def test_json_lines_write_out_a_callers_line_separators_and_c1_controls_and_stay
     assert line["message"] == f"task failed: {hostile}" and line["error"] == hostile
 
 
+def test_a_json_line_with_a_lone_surrogate_is_written_with_it_escaped_and_its_secrets_masked(monkeypatch):
+    # A file name that is not UTF-8, as os.listdir gives it; orjson refuses the str, and logging's
+    # report of the failure printed the message as it was, secret included. Formatted here rather
+    # than logged: pytest's own capture of such a record cannot cross to pytest-xdist's controller.
+    redactor = logs.Redactor()
+    redactor.add("surrogate-suite-secret-41c")
+    monkeypatch.setattr(logs, "REDACTOR", redactor)
+    arguments = ("/media/bad\udcff.mp4", "surrogate-suite-secret-41c")
+    record = logging.LogRecord(
+        "taskd.media", logging.WARNING, __file__, 1, "cannot remove %s (%s)", arguments, None
+    )
+
+    line = orjson.loads(logs.JsonFormatter().format(record))
+
+    assert line["message"] == "cannot remove /media/bad\\udcff.mp4 (***)"
+
+
 def test_auto_is_text_on_a_terminal_and_json_elsewhere():
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
