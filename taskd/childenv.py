@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from taskd.config import AuthConfig, Config
-from taskd.logs import SECRET_FIELD, url_secrets
+from taskd.logs import SECRET_FIELD, names_settings, url_secrets
 
 # Names a child may inherit: the search path, locale and time zone, temp dir, the Python that runs
 # job processes, the tools' own settings, GPU selection and model caches, CA bundles and proxies.
@@ -106,21 +106,33 @@ def _blank(value: Any) -> Any:
     return type(value)() if isinstance(value, str | list | dict | tuple) else value
 
 
-def _scrub(value: Any) -> Any:
+def _scrub(value: Any, *, settings: bool = True) -> Any:
     # Fields named like a secret are blanked, and so are the entries of a table of the operator's
     # own names (providers.video.extra_input = {api_key = …}), as logs.secrets_of finds them; any
-    # other string holding a URL password is dropped.
+    # other string holding a URL password is dropped. A table keyed by task type or queue
+    # (`settings` False) keeps its entries: blanking the route of a type called refresh_token would
+    # leave a config that fails its own validation, and no job process could start.
     if attrs.has(type(value)):
         changes = {}
         for field in attrs.fields(type(value)):
             current = getattr(value, field.name)
-            cleaned = _blank(current) if SECRET_FIELD.search(field.name) else _scrub(current)
+            if SECRET_FIELD.search(field.name):
+                cleaned = _blank(current)
+            else:
+                cleaned = _scrub(current, settings=names_settings(field))
             if cleaned is not current:
                 changes[field.name] = cleaned
-        return attrs.evolve(value, **changes) if changes else value
+        try:
+            return attrs.evolve(value, **changes) if changes else value
+        except ValueError:
+            # Settings that are valid only with the secret just taken out (a CMS's base_url needs its
+            # api_key or password, a video protocol its base_url that carried ?api-key=): without it
+            # the section is of no use to a job process, which gets it as if unset, its defaults.
+            # Kept, it failed its own validation, and no job process could start.
+            return type(value)()
     if isinstance(value, dict):
         return {
-            key: _blank(item) if SECRET_FIELD.search(str(key)) else _scrub(item)
+            key: _blank(item) if settings and SECRET_FIELD.search(str(key)) else _scrub(item)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):

@@ -27,7 +27,7 @@ import orjson
 
 from taskd import model
 from taskd.config import Config, ConfigError, find_config_file, load_config
-from taskd.logs import SECRET_FIELD, mask_url
+from taskd.logs import SECRET_FIELD, mask_url, names_settings
 from taskd.model import iso
 from taskd.printable import printable, printable_json
 
@@ -246,15 +246,26 @@ async def cmd_retry_failed(ops: Operator, args: argparse.Namespace) -> int:
     return EXIT_NOT_DONE if refused else EXIT_OK
 
 
-def masked(value: Any, secret: bool = False) -> Any:
-    """A config tree (as plain data) with every secret replaced by MASK: the fields taskd's logs
-    mask (named like a key, secret, password or token), the password of every URL and its query
+def masked(value: Any, secret: bool = False, *, settings: bool = True) -> Any:
+    """A config tree as plain data with every secret replaced by MASK: the fields taskd's logs
+    mask (named like a key, secret, password or token, and such entries of a table of settings:
+    not of one keyed by task type, logs.names_settings), the password of every URL and its query
     values named like a credential (?api-key=…)."""
+    if attrs.has(type(value)):
+        return {
+            field.name: masked(
+                getattr(value, field.name),
+                secret or bool(SECRET_FIELD.search(field.name)),
+                settings=names_settings(field),
+            )
+            for field in attrs.fields(type(value))
+        }
     if isinstance(value, dict):
         return {
-            name: masked(item, secret or bool(SECRET_FIELD.search(str(name)))) for name, item in value.items()
+            name: masked(item, secret or (settings and bool(SECRET_FIELD.search(str(name)))))
+            for name, item in value.items()
         }
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [masked(item, secret) for item in value]
     if isinstance(value, str) and value:
         if secret:
@@ -268,7 +279,7 @@ def cmd_config_show(config: Config, args: argparse.Namespace) -> int:
     """The effective config (file, environment, defaults) as JSON, secrets masked."""
     source = find_config_file(args.config, os.environ)
     _note(f"config: {source or 'no file: defaults'}, with the TASKD_* environment")
-    _print_json(masked(attrs.asdict(config)))
+    _print_json(masked(config))
     return EXIT_OK
 
 

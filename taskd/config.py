@@ -21,6 +21,7 @@ import cattrs
 from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
 
+from taskd.logs import KEYED_BY_NAME
 from taskd.shapes import MAX_SCHEDULE_AHEAD, PROJECT_ID
 from taskd.validation import errors_by_path
 
@@ -82,6 +83,11 @@ def _queue_names(_: Any, attribute: attrs.Attribute[dict[str, str]], value: dict
     for task_type, queue in value.items():
         if not queue.strip():
             raise ValueError(f"'{attribute.name}.{task_type}' must name a queue, got an empty string")
+
+
+# A table keyed by task type or queue name, whose keys say nothing of whether a value is secret
+# (logs.KEYED_BY_NAME).
+_BY_NAME = {KEYED_BY_NAME: True}
 
 
 def _listen_host(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -679,9 +685,9 @@ class TasksConfig:
 
     modules: list[str] = attrs.Factory(list)
     # Keyed by task type; a name no installed type has stops start-up (taskd.tasks.registry).
-    routes: dict[str, str] = attrs.field(factory=dict, validator=_queue_names)
-    soft_time_limits: dict[str, float] = attrs.field(factory=dict, validator=_time_limits)
-    hard_time_limits: dict[str, float] = attrs.field(factory=dict, validator=_time_limits)
+    routes: dict[str, str] = attrs.field(factory=dict, validator=_queue_names, metadata=_BY_NAME)
+    soft_time_limits: dict[str, float] = attrs.field(factory=dict, validator=_time_limits, metadata=_BY_NAME)
+    hard_time_limits: dict[str, float] = attrs.field(factory=dict, validator=_time_limits, metadata=_BY_NAME)
 
 
 @attrs.frozen
@@ -767,7 +773,7 @@ class GpuConfig:
     # Slots a job of each GPU queue takes (0 means the whole device), for a task type that does not
     # say what it needs (a plugin's; every built-in type does).
     queue_slots: dict[str, int] = attrs.field(
-        factory=lambda: {"gpu_heavy": 0, "gpu_medium": 1}, validator=_slot_counts
+        factory=lambda: {"gpu_heavy": 0, "gpu_medium": 1}, validator=_slot_counts, metadata=_BY_NAME
     )
     # Per task type: what it needs, overriding what the type declares ("none", "slot", "device").
     task_needs: dict[str, str] = attrs.field(
@@ -775,9 +781,10 @@ class GpuConfig:
         validator=attrs.validators.deep_mapping(
             key_validator=attrs.validators.instance_of(str), value_validator=attrs.validators.in_(GPU_NEEDS)
         ),
+        metadata=_BY_NAME,
     )
     # Per task type: the number of slots (0 = the whole device), overriding everything above.
-    task_slots: dict[str, int] = attrs.field(factory=dict, validator=_slot_counts)
+    task_slots: dict[str, int] = attrs.field(factory=dict, validator=_slot_counts, metadata=_BY_NAME)
     # Simulated devices instead of NVML: for tests and demos on machines without a GPU.
     simulate: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     wait_poll: float = attrs.field(default=0.25, validator=_seconds(gt=0))
@@ -795,7 +802,7 @@ class Config:
     webhooks: WebhooksConfig = attrs.Factory(WebhooksConfig)
     network: NetworkConfig = attrs.Factory(NetworkConfig)
     retry: RetryConfig = attrs.Factory(RetryConfig)
-    queues: dict[str, QueueConfig] = attrs.Factory(_default_queues)
+    queues: dict[str, QueueConfig] = attrs.field(factory=_default_queues, metadata=_BY_NAME)
     storage: StorageConfig = attrs.Factory(StorageConfig)
     worker: WorkerConfig = attrs.Factory(WorkerConfig)
     execution: ExecutionConfig = attrs.Factory(ExecutionConfig)

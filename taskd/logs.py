@@ -37,6 +37,12 @@ WEBHOOK_SECRET_PREFIX = "whsec_"
 # `key`, a key's `webhook_secret`, rotated `secrets` included).
 # `access_key_id`: an S3 key's name, half of the credential, kept out of sight with its secret.
 SECRET_FIELD = re.compile(r"(^|_)(api_keys?|key|secrets?|password|token|access_key_id)$")
+# The attrs metadata of a config table keyed by task type or queue name (tasks.routes,
+# gpu.task_needs): its keys are names of things, not of settings, and a plugin's type may well be
+# called refresh_token or sign_key. Such a key says nothing of its value (a queue, "slot"), so the
+# walkers that take an entry named like a secret for one (secrets_of, childenv.job_config, `taskd
+# config show`) leave these tables' entries as they are.
+KEYED_BY_NAME = "keyed_by_name"
 # URL query parameters that carry a credential: ?api-key=…, ?apikey=…, ?access_token=…, ?key=…,
 # ?X-Amz-Signature=… (the names providers and presigned URLs use; case and - or _ as they come).
 SECRET_QUERY_NAME = re.compile(
@@ -197,19 +203,31 @@ def mask_url(url: str, mask: str) -> str:
     return parts._replace(netloc=netloc, query=query).geturl()
 
 
+def names_settings(field: attrs.Attribute[Any]) -> bool:
+    """Whether the keys of the table in config field `field` name settings, so that an entry named
+    like a secret holds one (providers.video.extra_input = {api_key = …}); False for a table keyed by
+    task type or queue (KEYED_BY_NAME)."""
+    return not field.metadata.get(KEYED_BY_NAME, False)
+
+
 def secrets_of(config: Any) -> list[str]:
     """Every secret in a config tree: fields (and table keys) named like a key, secret, password or
     token, URL passwords and URL query values named like a credential."""
     found: list[str] = []
 
-    def walk(value: Any, secret: bool) -> None:
+    def walk(value: Any, secret: bool, settings: bool = True) -> None:
         if attrs.has(type(value)):
             for field in attrs.fields(type(value)):
-                walk(getattr(value, field.name), secret or bool(SECRET_FIELD.search(field.name)))
+                walk(
+                    getattr(value, field.name),
+                    secret or bool(SECRET_FIELD.search(field.name)),
+                    names_settings(field),
+                )
         elif isinstance(value, dict):
-            # A table of the operator's own names (providers.video.extra_input = {api_key = …}).
+            # A table of the operator's own names (providers.video.extra_input = {api_key = …}); not
+            # one keyed by task type, whose route to gpu_heavy would be masked in every line.
             for name, item in value.items():
-                walk(item, secret or bool(SECRET_FIELD.search(str(name))))
+                walk(item, secret or (settings and bool(SECRET_FIELD.search(str(name)))))
         elif isinstance(value, list | tuple):
             for item in value:
                 walk(item, secret)
@@ -245,6 +263,17 @@ def _clean(value: Any) -> Any:
     return REDACTOR.redact(str(value))
 
 
+def _surrogates_written_out(value: Any) -> Any:
+    # `value` as _clean made it (dicts, lists, strings and scalars) with each lone surrogate as text.
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_surrogates_written_out(k): _surrogates_written_out(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_surrogates_written_out(v) for v in value]
+    return value
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, message, the task's ids and any extra fields."""
 
@@ -260,9 +289,17 @@ class JsonFormatter(logging.Formatter):
             line["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack_info"] = self.formatStack(record.stack_info)
+        cleaned = _clean(line)
+        try:
+            text = orjson.dumps(cleaned)
+        except orjson.JSONEncodeError:
+            # A lone surrogate (a file name or a header that is not UTF-8, as Python decodes them),
+            # which JSON cannot carry: written out as \udcff. Raised, it lost the line to logging's
+            # "--- Logging error ---" traceback, which prints the message unmasked.
+            text = orjson.dumps(_surrogates_written_out(cleaned))
         # A caller's text in a line must not break it where a reader splits lines (U+2028, NEL:
         # Python's splitlines, JavaScript log viewers) nor act on the terminal that tails it (C1).
-        return printable_json(orjson.dumps(_clean(line)).decode())
+        return printable_json(text.decode())
 
 
 class TextFormatter(logging.Formatter):

@@ -432,6 +432,17 @@ def test_config_show_prints_the_effective_config_with_secrets_masked(monkeypatch
         assert secret not in out
 
 
+def test_config_show_prints_the_route_of_a_task_type_named_like_a_secret(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_TASKS__ROUTES__REFRESH_TOKEN", "gpu_heavy")
+
+    code = main(["config", "show"])
+
+    config = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert config["tasks"]["routes"] == {"refresh_token": "gpu_heavy"}
+
+
 async def test_config_show_whose_reader_went_away_ends_quietly_with_the_sigpipe_status(tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)  # as `| head` does once it has its lines

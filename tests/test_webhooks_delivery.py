@@ -14,12 +14,14 @@ from typing import Any
 
 import pytest
 from conftest import API_KEY, RunningService
+from dns_server import DnsServer
 from examples import TASK_DATA
 from redis.exceptions import ConnectionError as RedisConnectionError
 from webhook_receiver import WebhookReceiver
 
 from taskd import keys
 from taskd.config import AuthConfig, WebhooksConfig
+from taskd.net import guard
 from taskd.webhooks import outbox, sender
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -494,6 +496,21 @@ async def test_a_proxy_that_cannot_be_reached_is_named_in_the_webhooks_error_wit
     )
 
     webhook = await webhook_settled(service, body["task_id"])
+
+    assert webhook["last_error"] == "the egress proxy (webhooks.proxy) could not be reached"
+
+
+async def test_a_proxy_whose_name_does_not_resolve_is_named_in_the_webhooks_error(start, monkeypatch):
+    # aiohttp's error for it is no ClientProxyConnectionError, and its strerror alone ("Domain name
+    # not found") read as the tenant's own callback host not resolving.
+    async with DnsServer({}) as dns:  # every name is NXDOMAIN
+        monkeypatch.setattr(guard, "NAMESERVERS", [dns.nameserver])
+        service = await start(proxy="http://egress:proxy-pass-5@proxy.test:3128/", extra_delays=[])
+        body = await service.submit(
+            "test_prompt", TASK_DATA["test_prompt"], callback_url="https://hooks.example/task-done"
+        )
+
+        webhook = await webhook_settled(service, body["task_id"])
 
     assert webhook["last_error"] == "the egress proxy (webhooks.proxy) could not be reached"
 

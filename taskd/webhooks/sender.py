@@ -445,7 +445,7 @@ class WebhookSender:
         except TimeoutError:
             return Attempt(False, None, f"timeout after {self.config.timeout:g}s")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return _failed(exc)
+            return _failed(exc, self.config.proxy)
         if status in SUCCESS_CODES:
             return Attempt(True, status)
         if 300 <= status < 400:
@@ -482,7 +482,7 @@ def _take_turn(turns: dict[Line, float], line: Line, per_second: int, at: int, h
     return int(due)
 
 
-def _failed(exc: BaseException) -> Attempt:
+def _failed(exc: BaseException, proxy: str = "") -> Attempt:
     """Why an attempt failed, as the task's `webhook.last_error` tells the tenant."""
     refused = refusal(exc)
     if refused is not None:
@@ -492,13 +492,24 @@ def _failed(exc: BaseException) -> Attempt:
         return Attempt(
             False, None, f"the egress proxy (webhooks.proxy) refused the tunnel: HTTP {exc.status}"
         )
-    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+    if isinstance(exc, aiohttp.ClientProxyConnectionError) or _at_proxy(exc, proxy):
         return Attempt(False, None, "the egress proxy (webhooks.proxy) could not be reached")
     if isinstance(exc, OSError) and exc.errno is None and exc.strerror:
         # A lookup's failure (c-ares, via aiohttp) has no errno: "[Errno None] Domain name not found".
         return Attempt(False, None, f"{type(exc).__name__}: {exc.strerror}")
     # Masked as a task's error is: any other library's text may quote a URL with its credentials.
     return Attempt(False, None, REDACTOR.redact(f"{type(exc).__name__}: {exc}"))
+
+
+def _at_proxy(exc: BaseException, proxy: str) -> bool:
+    """Whether `exc` is a failure to connect to the egress proxy itself. aiohttp raises
+    ClientProxyConnectionError only when connecting fails (refused, unreachable): a proxy name that
+    does not resolve is a ClientConnectorDNSError (told as "Domain name not found", which reads as
+    the tenant's own host), a TLS failure with an https:// proxy a ClientConnectorSSLError naming it."""
+    if not proxy or not isinstance(exc, aiohttp.ClientConnectorError):
+        return False
+    address = URL(proxy)
+    return (exc.host, exc.port) == (address.host, address.port)
 
 
 def _still_news(record: TaskRecord, event: str | None) -> bool:

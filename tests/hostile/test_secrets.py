@@ -40,11 +40,13 @@ from taskd.childenv import child_environment, job_config
 from taskd.config import (
     AuthConfig,
     Config,
+    GpuConfig,
     LlmProvider,
     MediaConfig,
     ProvidersConfig,
     RedisConfig,
     ScopedKey,
+    TasksConfig,
     VideoProvider,
     WebhooksConfig,
 )
@@ -297,6 +299,31 @@ def test_a_job_config_blanks_the_secrets_of_a_table_of_the_operators_own_names()
     assert lean == {"openai_api_key": "", "nested": {"password": ""}, "steps": 30}
 
 
+def test_a_job_config_has_a_video_provider_whose_base_url_held_its_key_unset():
+    video = VideoProvider(
+        protocol="openai", base_url="https://video.example/v1?api-key=sk-query-3", model="m"
+    )
+    config = Config(providers=ProvidersConfig(video=video))
+
+    lean = job_config(config)
+
+    assert lean.providers.video == VideoProvider()
+
+
+def test_a_job_config_keeps_the_per_type_settings_of_a_type_named_like_a_secret():
+    # A plugin's type may be called refresh_token: its route is a queue, not a secret, and a blank
+    # one failed the table's validation, so that no job process could start for any type.
+    config = Config(
+        tasks=TasksConfig(routes={"refresh_token": "cpu_intensive"}),
+        gpu=GpuConfig(task_needs={"sign_key": "slot"}),
+    )
+
+    lean = job_config(config)
+
+    assert lean.tasks.routes == {"refresh_token": "cpu_intensive"}
+    assert lean.gpu.task_needs == {"sign_key": "slot"}
+
+
 def test_a_proxy_with_a_token_in_its_query_stays_out_of_the_child_environment():
     env = child_environment(
         environ={"HTTPS_PROXY": "http://proxy:3128/?token=tok-query-2", "LANG": "C.UTF-8"}
@@ -343,6 +370,19 @@ async def test_a_job_process_is_sent_the_config_without_its_secrets(serve_with_s
     assert config["auth"] == {"api_keys": [], "keys": []}
     assert config["redis"]["url"] == ""
     assert config["data_dir"] == str(tmp_path / "data")  # what it does use arrives
+
+
+async def test_a_job_process_runs_where_a_cms_is_configured_with_the_key_it_is_not_sent(serve_with_secrets):
+    # The CMS's base_url is valid only with its api_key (or email and password): blanked alone, the
+    # config failed its own validation and no job process could start.
+    served = serve_with_secrets(
+        TASKD_PAYLOAD__BASE_URL="https://cms.example", TASKD_PAYLOAD__API_KEY="secrets-suite-cms-key-5d1"
+    )
+
+    done = await served.run("show_what_i_got", {})
+
+    assert done["status"] == "completed", done
+    assert "secrets-suite-cms-key-5d1" not in json.dumps(done["result"]["config"])
 
 
 async def test_a_job_process_home_is_not_the_users_home(serve_with_secrets):
