@@ -11,6 +11,7 @@ looped on the refusal. Refused at start, the operator reads one line naming what
 from __future__ import annotations
 
 import hashlib
+from importlib import resources
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -19,7 +20,7 @@ from taskd import keys
 
 # A script that publishes to a channel of taskd's that nobody listens on: run, it shows that Redis
 # takes SCRIPT LOAD and EVALSHA from taskd's user and lets its scripts publish on taskd's channels.
-_PROBE = "return redis.call('PUBLISH', ARGV[1], '')"
+_PROBE = (resources.files("taskd") / "lua" / "start_check.lua").read_text(encoding="utf-8")
 _PROBE_SHA = hashlib.sha1(_PROBE.encode()).hexdigest()
 WHAT_TO_GRANT = (
     "taskd needs Lua scripts (SCRIPT LOAD, EVALSHA) and pub/sub on its channels: do not rename or "

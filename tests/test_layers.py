@@ -62,7 +62,7 @@ FLOORS = [
 ]
 # Not rooms: the package marker, `python -m taskd`, the static files of the dashboard and of /docs,
 # and the deprecated aliases of moved modules (taskd/jobs/, which import only the modules they stand for).
-NOT_ROOMS = {"__init__.py", "__main__.py", "__pycache__", "py.typed", "dashboard", "apidocs", "jobs"}
+NOT_ROOMS = {"__init__.py", "__main__.py", "__pycache__", "py.typed", "dashboard", "apidocs", "jobs", "lua"}
 
 
 def module_name(room: str) -> str:
