@@ -35,7 +35,7 @@ from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.heartbeat import live_workers
 from taskd.logs import REDACTOR, bind_task
 from taskd.media import scratch
-from taskd.media.publish import STORED, withdraw
+from taskd.media.publish import STORED, Stored, withdraw
 from taskd.media.store import scratch_root
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
@@ -253,9 +253,9 @@ class _Running:
         self.progress_dropped_unlogged = 0
         # The asyncio tasks a coroutine handler made (its run's: taskd.runtasks).
         self.made: RunTasks | None = None
-        # `(project_id, filename)` of the media a coroutine handler stored, deleted when its task ends
-        # without a result (Executor._withdraw_if_unnamed).
-        self.stored: list[tuple[str, str]] = []
+        # The media a coroutine handler stored, deleted when its task ends without a result
+        # (Executor._withdraw_if_unnamed).
+        self.stored = Stored()
 
     def cancel(self, grace: float) -> None:
         self.cancelled = True
@@ -563,7 +563,7 @@ class Executor:
         # no result will name what the run stored.
         outcome = self._storable(outcome)
         written = await self._record(record, outcome)
-        if running.stored:
+        if running.stored.names:
             await self._withdraw_if_unnamed(record, outcome, written, running.stored)
         return written
 
@@ -579,7 +579,7 @@ class Executor:
             log.info("removed %d scratch dirs an earlier run of task %s left", removed, task_id)
 
     async def _withdraw_if_unnamed(
-        self, record: TaskRecord, outcome: Outcome, written: bool, stored: list[tuple[str, str]]
+        self, record: TaskRecord, outcome: Outcome, written: bool, stored: Stored
     ) -> None:
         """Delete the media a run stored when no task result will name it: the run ended by a
         cancel, or failed for good (a time limit while its output was stored), or its `completed`
@@ -599,7 +599,9 @@ class Executor:
                 if status != TaskStatus.CANCELLED.value:
                     return
             log.info("task %s ended without a result; deleting the media it stored", record.task_id)
-            await withdraw(self.config, stored)
+            # A copy still going (its handler given up on after its cancel grace) would land after.
+            await stored.copied()
+            await withdraw(self.config, stored.names)
         except Exception as exc:  # Redis or the store failing now: the media sweeper deletes them later
             log.warning("could not delete the media task %s stored: %s", record.task_id, exc)
 
