@@ -71,9 +71,7 @@ async def publish(
     # still waiting after its cancel grace (a copy of gigabytes to a bucket): the withdrawal then
     # waits for `run.copying`. Not one of the run's tasks (taskd.runtasks), whose end cancels them:
     # that would end this wait, not the copy.
-    copy = asyncio.get_running_loop().create_task(
-        asyncio.to_thread(_store, config, project_id, source, filename), context=runtasks.outside()
-    )
+    copy = runtasks.detached(asyncio.to_thread(_store, config, project_id, source, filename))
     if run is not None:
         run.copying.add(copy)
         copy.add_done_callback(run.copying.discard)
