@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _RUN: contextvars.ContextVar[RunTasks | None] = contextvars.ContextVar("taskd_run_tasks", default=None)
 # The libraries whose tasks may serve several runs at once (module name prefixes).
@@ -79,6 +81,14 @@ def outside() -> contextvars.Context:
     context = contextvars.copy_context()
     context.run(_RUN.set, None)
     return context
+
+
+def detached(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task for `coro` that is no run's, for work a run begins that must reach its end whenever
+    the run ends: a provider's job cancelled once its create answers, a slot given back, a copy in
+    a thread. Shielded, such work outlives its caller's cancel, and the end of a run that gave up
+    on its handler (execution.cancel_grace) would cancel it were it the run's."""
+    return asyncio.get_running_loop().create_task(coro, context=outside())
 
 
 _Factory = Callable[..., "asyncio.Future[Any]"]

@@ -357,6 +357,18 @@ async def leave_a_task(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
     return {"ok": True}
 
 
+async def clean_up_when_cancelled(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """A handler whose cleanup awaits (a thread's work, a provider's answer), then marks it done."""
+    _mark(ctx, "started")
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        for _ in range(2):  # two turns of the loop
+            await asyncio.sleep(0)
+        _mark(ctx, "cleaned_up")
+    return {"ok": True}
+
+
 # While set, `swallow_cancels` handlers go on; a test clears it at its end, or the loop's close
 # would wait for them for ever.
 SWALLOWING = threading.Event()
@@ -424,6 +436,13 @@ TASKS = [
     ),
     TaskType("task_group", AnythingInput, queue="default", expected_duration=0.1, handler=task_group),
     TaskType("leave_a_task", AnythingInput, queue="default", expected_duration=0.1, handler=leave_a_task),
+    TaskType(
+        "clean_up_when_cancelled",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=clean_up_when_cancelled,
+    ),
     TaskType(
         "swallow_cancels", AnythingInput, queue="default", expected_duration=0.1, handler=swallow_cancels
     ),

@@ -286,3 +286,17 @@ async def test_a_coroutine_handler_that_swallows_its_cancel_still_fails_at_the_h
     body = await service.wait_terminal(task["task_id"], timeout=20)
 
     assert (body["status"], body["error"]) == ("failed", "Task exceeded its hard time limit of 0.5 seconds")
+
+
+async def test_a_coroutine_handlers_cleanup_runs_to_its_end_with_a_cancel_grace_of_0(start_service):
+    # cancel_grace = 0 kills a cancelled task's processes at once; the wait for the handler's end
+    # was 0 s too: its cleanup, past its first await, was cancelled again and never ended.
+    execution = ExecutionConfig(cancel_grace=0, reclaim_interval=0.5, shutdown_grace=2)
+    service = await start_service(execution=execution)
+    task = await service.submit("clean_up_when_cancelled", {})
+    await wait_marker(service, task["task_id"], "started")
+
+    await cancel(service, task["task_id"])
+    await service.wait_idle()
+
+    assert marker_path(data_dir(service), task["task_id"], "cleaned_up").exists()

@@ -5,6 +5,8 @@ stores media, with real ffmpeg and the loopback fakes of its inputs, providers a
 from __future__ import annotations
 
 import asyncio
+import shutil
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from taskd.config import (
     TasksConfig,
     WorkerConfig,
 )
+from taskd.media import publish
 from taskd.media.store import media_dir
 
 PROJECT = "noir_001"
@@ -115,6 +118,42 @@ async def test_a_cancel_while_the_output_is_copied_into_the_store_leaves_no_stor
     assert (await service.status(task["task_id"]))["status"] == "cancelled"
     assert stored_files(service) == []
     assert not any((tmp_path / "scratch").iterdir())
+
+
+async def test_a_cancel_whose_copy_into_the_store_outlasts_the_cancel_grace_leaves_no_stored_file(
+    start_service, fakes, tmp_path, held_store, monkeypatch
+):
+    # The copy holds the handler past execution.cancel_grace: the run ends without it, and its
+    # withdrawal of the output came before the copy put the file into the store.
+    began, release = held_store
+    held, copied = publish._store, threading.Event()
+
+    def store(config: Any, project_id: str, source: Path, filename: str) -> Any:
+        # A copy under way reads a file it opened: the scratch dir's removal does not take it away.
+        reading = tmp_path / "being-copied"
+        shutil.copyfile(source, reading)
+        try:
+            return held(config, project_id, reading, filename)
+        finally:
+            copied.set()
+
+    monkeypatch.setattr(publish, "_store", store)
+    execution = ExecutionConfig(cancel_grace=0.5, reclaim_interval=0.5, shutdown_grace=2)
+    service = await start(start_service, fakes, tmp_path, execution=execution)
+    task = await service.submit("process_audio", MEDIA_TASKS["process_audio"](fakes), project_id=PROJECT)
+    assert await asyncio.to_thread(began.wait, 60)
+    running = service.service._executor.running[task["task_id"]]
+
+    await cancel(service, task["task_id"])
+    async with asyncio.timeout(30):  # the grace is over: the run no longer waits for its handler
+        while running.ended is None or not running.ended.done():
+            await asyncio.sleep(0.05)
+    release.set()
+    assert await asyncio.to_thread(copied.wait, 60)
+    await service.wait_idle()
+
+    assert (await service.status(task["task_id"]))["status"] == "cancelled"
+    assert stored_files(service) == []
 
 
 @pytest.mark.parametrize("task_type", sorted(MEDIA_TASKS))

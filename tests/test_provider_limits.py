@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.config import Config, ImageProvider, LlmProvider, ProvidersConfig, QueueConfig, SpeechProvider
 from taskd.providers.images import ImagesClient
-from taskd.providers.limits import ProviderLimits
+from taskd.providers.limits import Gate, ProviderLimits
 from taskd.providers.speech import SpeechClient
 
 WAITING = "waiting_for_provider:llm"
@@ -86,7 +86,7 @@ import asyncio, sys
 from fake_media_apis import FakeImagesAPI, FakeSpeechAPI
 from redis.asyncio import Redis
 from taskd.providers.images import ImagesClient
-from taskd.providers.limits import ProviderLimits
+from taskd.providers.limits import Gate, ProviderLimits
 from taskd.providers.speech import SpeechClient
 
 async def main():
@@ -182,3 +182,32 @@ def test_a_provider_without_limits_gets_no_gate_and_asks_nothing_of_redis():
     limits = ProviderLimits(Redis(port=1), "w")
 
     assert limits.gate("llm", 0, 0, project="p") is None
+
+
+async def test_a_task_cancelled_while_it_gives_its_provider_slot_back_still_gives_it_back(
+    start_service, fake_llm, redis, monkeypatch
+):
+    # Cancelled there, the handler ends at once and the give-back goes on (shielded); the end of
+    # the run then cancelled it, one of the run's tasks: the slot stayed taken for its lease (30 s).
+    giving_back, go_on = asyncio.Event(), asyncio.Event()
+    give_back = Gate._give_back
+
+    async def held_give_back(gate: Gate, holder: str) -> None:
+        giving_back.set()
+        await go_on.wait()
+        await give_back(gate, holder)
+
+    monkeypatch.setattr(Gate, "_give_back", held_give_back)
+    taskd = await start_service(providers=llm(fake_llm.base_url, max_concurrency=1))
+    task = await taskd.submit("test_prompt", {"prompt_template": "cancelled as it ends"})
+    async with asyncio.timeout(30):
+        await giving_back.wait()
+
+    async with taskd.client.delete(f"/api/v1/tasks/{task['task_id']}") as response:
+        assert response.status == 200
+    await taskd.wait_idle()
+    go_on.set()
+
+    async with asyncio.timeout(10):
+        while await redis.zcard(keys.provider_slots("llm")):
+            await asyncio.sleep(0.05)

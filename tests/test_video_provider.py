@@ -15,6 +15,7 @@ from PIL import Image
 from taskd.config import (
     Config,
     ConfigError,
+    ExecutionConfig,
     MediaConfig,
     NetworkConfig,
     ProvidersConfig,
@@ -252,6 +253,27 @@ async def test_cancelling_the_task_cancels_the_providers_job(start_service, api,
     path = "/v1/videos/job_1" if protocol == "openai" else "/v1/predictions/job_1/cancel"
     assert (cancel, path) in api.requests
     assert (await taskd.status(task["task_id"]))["status"] == "cancelled"
+
+
+async def test_a_task_cancelled_while_its_create_answers_slower_than_the_cancel_grace_cancels_the_job(
+    start_service, api
+):
+    # The handler waits for the create's answer (the job's id) to cancel that job; past the cancel
+    # grace its run ends without it, and that end cancelled the wait: the job ran on, paid for.
+    api.create_delay = 3.0
+    taskd = await start_service(
+        providers=ProvidersConfig(video=provider(api, "openai")),
+        network=NetworkConfig(allow_private=True),
+        execution=ExecutionConfig(cancel_grace=0.5, reclaim_interval=0.5, shutdown_grace=2),
+    )
+    task = await taskd.submit("generate_video", {"scene_description": "Rain", "duration": 2})
+    await taskd.wait_for(task["task_id"], lambda _: bool(api.created))
+
+    async with taskd.client.delete(f"/api/v1/tasks/{task['task_id']}") as response:
+        assert response.status == 200
+
+    await taskd.wait_for(task["task_id"], lambda _: api.cancelled == ["job_1"], timeout=20)
+    assert api.active == 0
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

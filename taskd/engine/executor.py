@@ -35,7 +35,7 @@ from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.heartbeat import live_workers
 from taskd.logs import REDACTOR, bind_task
 from taskd.media import scratch
-from taskd.media.publish import STORED, withdraw
+from taskd.media.publish import STORED, Stored, withdraw
 from taskd.media.store import scratch_root
 from taskd.model import TaskRecord, TaskStatus, ValidationError, now
 from taskd.proctree import CURRENT, WATCH_INTERVAL, ProcessTree, TreeLimits
@@ -72,6 +72,10 @@ HAND_ON_MAX_DELAY = 60.0
 HAND_ON_AT_ONCE_MAX = 3
 # Seconds between the listener's tries while Redis's ACL refuses taskd's user its channels.
 ACL_RETRY = 10.0
+# The least a cancelled (or stopped) coroutine handler, and the tasks it made, are waited for:
+# execution.cancel_grace = 0 kills a task's processes at once, and no wait at all cut a handler's
+# cleanup at its second await (cancelled again, left running, warned of).
+HANDLER_GRACE_MIN = 1.0
 T = TypeVar("T")
 
 
@@ -247,15 +251,16 @@ class _Running:
         # A coroutine handler's end, or the end of the wait for it once it was cancelled and did not
         # end within its grace (it caught the cancellation and went on): the run ends either way.
         self.ended: asyncio.Future[None] | None = None
-        self.limit_grace = 0.0
+        # How long the handler is waited for once cancelled or stopped at a limit (Executor._in_loop).
+        self.handler_grace = 0.0
         # When a dropped progress write was last logged, and how many were dropped unlogged since.
         self.progress_dropped_logged_at: float | None = None
         self.progress_dropped_unlogged = 0
         # The asyncio tasks a coroutine handler made (its run's: taskd.runtasks).
         self.made: RunTasks | None = None
-        # `(project_id, filename)` of the media a coroutine handler stored, deleted when its task ends
-        # without a result (Executor._withdraw_if_unnamed).
-        self.stored: list[tuple[str, str]] = []
+        # The media a coroutine handler stored, deleted when its task ends without a result
+        # (Executor._withdraw_if_unnamed).
+        self.stored = Stored()
 
     def cancel(self, grace: float) -> None:
         self.cancelled = True
@@ -267,34 +272,34 @@ class _Running:
             # SIGTERM to every process of the task now, SIGKILL after the grace; the handler is
             # cancelled at its current await, so its `finally` cleanup runs meanwhile.
             self.tree.terminate(grace)
-        self._cancel_handler(grace)
+        self._cancel_handler()
 
     def stop_for(self, reason: str) -> None:
         """A limit was passed: kill the task's processes now and cancel the handler."""
         self.stopped_for = reason
         if self.tree is not None:
             self.tree.signal(signal.SIGKILL)
-        self._cancel_handler(self.limit_grace)
+        self._cancel_handler()
 
-    def watch(self, task: asyncio.Task[Any], ended: asyncio.Future[None], limit_grace: float) -> None:
+    def watch(self, task: asyncio.Task[Any], ended: asyncio.Future[None], handler_grace: float) -> None:
         """The coroutine handler's task, and `ended`, set as it ends (by `_handler_run`, without a
-        callback of the loop's: the no-op run's cost) or when the wait for it is given up; at a
-        limit it is given `limit_grace` seconds to end."""
-        self.task, self.ended, self.limit_grace = task, ended, limit_grace
+        callback of the loop's: the no-op run's cost) or when the wait for it is given up; cancelled
+        or at a limit, it is given `handler_grace` seconds to end."""
+        self.task, self.ended, self.handler_grace = task, ended, handler_grace
 
     def end(self, _: object = None) -> None:
         """The run's wait for its handler is over."""
         if self.ended is not None and not self.ended.done():
             self.ended.set_result(None)
 
-    def _cancel_handler(self, grace: float) -> None:
+    def _cancel_handler(self) -> None:
         if self.task is not None:
             self.task.cancel()
             # Cancelled before it began, the coroutine never runs to say it ended.
             self.task.add_done_callback(self.end)
             # A handler that catches its CancelledError and goes on would hold its task
-            # `processing` (and its worker slot) for ever: waited for `grace` seconds at most.
-            self.task.get_loop().call_later(grace, self.end)
+            # `processing` (and its worker slot) for ever: waited for `handler_grace` seconds at most.
+            self.task.get_loop().call_later(self.handler_grace, self.end)
 
     def attach(self, runner: Runner) -> None:
         """The job process now running the task; a cancel that came while it started applies now."""
@@ -563,7 +568,7 @@ class Executor:
         # no result will name what the run stored.
         outcome = self._storable(outcome)
         written = await self._record(record, outcome)
-        if running.stored:
+        if running.stored.names:
             await self._withdraw_if_unnamed(record, outcome, written, running.stored)
         return written
 
@@ -579,7 +584,7 @@ class Executor:
             log.info("removed %d scratch dirs an earlier run of task %s left", removed, task_id)
 
     async def _withdraw_if_unnamed(
-        self, record: TaskRecord, outcome: Outcome, written: bool, stored: list[tuple[str, str]]
+        self, record: TaskRecord, outcome: Outcome, written: bool, stored: Stored
     ) -> None:
         """Delete the media a run stored when no task result will name it: the run ended by a
         cancel, or failed for good (a time limit while its output was stored), or its `completed`
@@ -599,7 +604,9 @@ class Executor:
                 if status != TaskStatus.CANCELLED.value:
                     return
             log.info("task %s ended without a result; deleting the media it stored", record.task_id)
-            await withdraw(self.config, stored)
+            # A copy still going (its handler given up on after its cancel grace) would land after.
+            await stored.copied()
+            await withdraw(self.config, stored.names)
         except Exception as exc:  # Redis or the store failing now: the media sweeper deletes them later
             log.warning("could not delete the media task %s stored: %s", record.task_id, exc)
 
@@ -737,7 +744,7 @@ class Executor:
         # stopped when the run ends, however it ends.
         runtasks.watch(loop)
         running.made = made = RunTasks()
-        grace = self.config.execution.cancel_grace
+        grace = max(self.config.execution.cancel_grace, HANDLER_GRACE_MIN)
         task = asyncio.create_task(_handler_run(interruptible, tree, running, made))
         running.watch(task, loop.create_future(), grace)
         timers = [loop.call_later(hard, running.stop_for, "hard_limit")]

@@ -9,6 +9,9 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
+from taskd import runtasks
 from taskd.config import Config
 from taskd.errors import TransientError
 from taskd.media import payload
@@ -22,10 +25,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskd.media")
 
-# `(project_id, filename)` of each file the current run put into the store, or began to. The engine
-# gives each run of a task its own list and, when the task ends without a result (cancelled, or
-# failed for good), takes those files back (withdraw): such a task leaves no stored media.
-STORED: ContextVar[list[tuple[str, str]] | None] = ContextVar("taskd_media_stored", default=None)
+
+@attrs.define
+class Stored:
+    """The files one run put into the store, or began to. The engine gives each run of a task its
+    own and, when the task ends without a result (cancelled, or failed for good), takes those files
+    back (withdraw) once the copies still going have ended: such a task leaves no stored media."""
+
+    # `(project_id, filename)` of each file.
+    names: list[tuple[str, str]] = attrs.Factory(list)
+    # The copies into the store still going, each in a thread that no cancel stops.
+    copying: set[asyncio.Future[StoredMedia]] = attrs.Factory(set)
+
+    async def copied(self) -> None:
+        """Wait for the copies still going to end."""
+        if self.copying:
+            await asyncio.wait(self.copying)
+
+
+STORED: ContextVar[Stored | None] = ContextVar("taskd_media_stored", default=None)
 
 
 async def publish(
@@ -44,15 +62,20 @@ async def publish(
     file by then still makes its document: docs/media.md). With the task's run `state`, the CMS
     document an earlier run of the task made of the same file is reused (taskd.media.payload).
     """
-    names = STORED.get()
-    if names is not None:
-        names.append((project_id, filename))
+    run = STORED.get()
+    if run is not None:
+        run.names.append((project_id, filename))
     # Storing copies or sends the whole file: in a thread, so the API keeps answering meanwhile. A
     # cancel cannot stop the thread, so it is waited for: once the run has ended, nothing it began
-    # lands in the store behind the withdrawal of its files.
-    stored = await outlast(
-        asyncio.ensure_future(asyncio.to_thread(_store, config, project_id, source, filename))
-    )
+    # lands in the store behind the withdrawal of its files. The run's end may give up on a handler
+    # still waiting after its cancel grace (a copy of gigabytes to a bucket): the withdrawal then
+    # waits for `run.copying`. Not one of the run's tasks (taskd.runtasks), whose end cancels them:
+    # that would end this wait, not the copy.
+    copy = runtasks.detached(asyncio.to_thread(_store, config, project_id, source, filename))
+    if run is not None:
+        run.copying.add(copy)
+        copy.add_done_callback(run.copying.discard)
+    stored = await outlast(copy)
     result: dict[str, Any] = {
         "media_url": stored.url,
         "payload_media_id": None,

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis.asyncio import Redis
 
-from taskd import keys
+from taskd import keys, runtasks
 from taskd.store import scripts
 
 log = logging.getLogger("taskd.providers")
@@ -164,7 +164,7 @@ class Gate:
             # Cancelled (or Redis failed) while the script may have run: a slot taken then would
             # stay held until its lease ends, a place in line would hold up other requests' turns
             # until its grace ends (with either limit).
-            await asyncio.shield(self._give_back(holder))
+            await asyncio.shield(runtasks.detached(self._give_back(holder)))
             raise
         renewer = asyncio.create_task(self._keep(holder)) if self.max_concurrency else None
         try:
@@ -174,7 +174,9 @@ class Gate:
             if renewer is not None:
                 renewer.cancel()
                 await asyncio.gather(renewer, return_exceptions=True)
-                await asyncio.shield(self._give_back(holder))
+                # Not the run's (runtasks.detached): cancelled here, the handler ends at once, and
+                # the end of its run cancelled the give-back; the slot stayed taken for its lease.
+                await asyncio.shield(runtasks.detached(self._give_back(holder)))
 
     async def _wait_for(self, holder: str) -> None:
         told = False

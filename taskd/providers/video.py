@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import attrs
 
+from taskd import runtasks
 from taskd.config import Config, VideoProvider
 from taskd.errors import TaskError
 from taskd.media import download, ffmpeg
@@ -243,7 +244,10 @@ class ProviderRenderer:
 
     async def _create(self, request: VideoRequest) -> str:
         """Create the job; if the task stops while the create is in flight, cancel the job it makes."""
-        creating = asyncio.ensure_future(self._api.create(request))
+        # Neither the create nor the cancel of what it made is the run's (runtasks.detached): a run
+        # that ends without its handler, still waiting here past its cancel grace, cancelled them,
+        # and the job ran on, paid for.
+        creating = runtasks.detached(self._api.create(request))
         try:
             return await asyncio.shield(creating)
         except BaseException:
@@ -252,7 +256,7 @@ class ProviderRenderer:
             # answer may also be in already, the stop reaching this task before it resumed with it:
             # a create that failed has no job (_cancel_created reads its error and cancels nothing).
             if not creating.cancelled():
-                await asyncio.shield(self._cancel_created(creating))
+                await asyncio.shield(runtasks.detached(self._cancel_created(creating)))
             raise
 
     async def _cancel_created(self, creating: asyncio.Future[str]) -> None:
@@ -356,7 +360,7 @@ class ProviderRenderer:
                 raise
             # Cancelled, at a time limit, or the provider unreachable past the retries: the job
             # would run on (and be paid for) with nobody to collect it.
-            await asyncio.shield(self._cancel(job))
+            await asyncio.shield(runtasks.detached(self._cancel(job)))
             raise
 
     async def _cancel(self, job: str) -> None:
