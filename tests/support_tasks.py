@@ -313,6 +313,19 @@ def leave_a_thread_in_process(_: ProcessContext, __: AnythingInput) -> dict[str,
     return {"pid": os.getpid()}
 
 
+def keep_a_daemon_thread_in_process(_: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """A plain handler whose library starts a daemon helper thread on first use and keeps it (as
+    tqdm's monitor does) beside the model it caches in the job process."""
+    global _HELPER
+    if _HELPER is None:
+        _HELPER = threading.Thread(target=time.sleep, args=(3600,), name="a-librarys-helper", daemon=True)
+        _HELPER.start()
+    return {"pid": os.getpid()}
+
+
+_HELPER: threading.Thread | None = None
+
+
 @attrs.frozen
 class AppendInput:
     text: str
@@ -481,6 +494,13 @@ TASKS = [
         queue="default",
         expected_duration=0.1,
         handler=leave_a_thread_in_process,
+    ),
+    TaskType(
+        "keep_a_daemon_thread_in_process",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=keep_a_daemon_thread_in_process,
     ),
     TaskType("chdir", ChdirInput, queue="default", expected_duration=0.1, handler=chdir),
     TaskType(

@@ -87,3 +87,18 @@ async def test_a_job_process_whose_task_left_a_thread_running_is_replaced(start_
     async with asyncio.timeout(10):
         while is_running(pid):
             await asyncio.sleep(0.05)
+
+
+async def test_a_daemon_thread_a_task_leaves_keeps_its_job_process(start_service):
+    # A library's helper (tqdm's monitor) is a daemon started on first use: replacing the process
+    # for it would reload the model a handler caches there on every task.
+    service = await start_service()
+    first = await service.wait_terminal(
+        (await service.submit("keep_a_daemon_thread_in_process", {}))["task_id"]
+    )
+
+    second = await service.wait_terminal(
+        (await service.submit("keep_a_daemon_thread_in_process", {}))["task_id"]
+    )
+
+    assert second["result"]["pid"] == first["result"]["pid"]

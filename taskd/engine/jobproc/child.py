@@ -34,6 +34,9 @@ SENT_HALF = 256 * 1024
 # The longest result, as JSON, that its `done` frame can carry (frames.MAX_FRAME, what the worker's
 # reader takes), whatever execution.result_max_bytes allows.
 MAX_RESULT = frames.MAX_FRAME - len(frames.encode({"op": "done", "result": 0})) + frames.HEADER_SIZE + 1
+# How many of the threads a task left running, and how much of each name, the worker is told.
+THREADS_NAMED = 10
+THREAD_NAME_CHARS = 100
 
 
 class _State:
@@ -199,9 +202,16 @@ def serve(tasks: BinaryIO, out: BinaryIO, config: Config, registry: Registry) ->
             # A thread cannot be stopped from outside: one the task left running would go on beside
             # the next tasks of this process, under their limits. The process is replaced instead
             # (its exit ends them), and the worker names them.
-            left = sorted(thread.name for thread in threading.enumerate() if thread not in threads)
+            # A daemon thread is a library's helper by its own say (tqdm's monitor), started on first
+            # use and kept with the model a handler caches here: replacing the process for it would
+            # load that model again every task.
+            left = sorted(
+                thread.name[:THREAD_NAME_CHARS]
+                for thread in threading.enumerate()
+                if thread not in threads and not thread.daemon
+            )
             if left:
-                answer["threads_left"] = left
+                answer["threads_left"] = left[:THREADS_NAMED]
             if answer["op"] == "done":
                 # Checked here, not only by the worker: a result that is not JSON could not be sent
                 # (the process died of it), and one over the 64 MiB a frame may hold was refused by
