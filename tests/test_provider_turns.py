@@ -112,18 +112,22 @@ async def test_a_project_that_holds_more_slots_waits_for_one_that_holds_fewer(re
 
 
 async def test_projects_take_turns_for_the_places_of_the_minute(redis: Redis):
-    # Two requests were sent 59 s and 58.5 s ago (by Redis's clock): a place comes free in 1 s,
-    # another half a second later.
+    # Two requests were sent 55 s and 54.5 s ago (by Redis's clock): a place comes free in 5 s,
+    # another half a second later; all four wait in line by then, even on a loaded machine.
     now = await redis_ms(redis)
-    await redis.zadd(keys.provider_minute("image"), {"a": now - 59_000, "b": now - 58_500})
+    await redis.zadd(keys.provider_minute("image"), {"a": now - 55_000, "b": now - 54_500})
     limits = ProviderLimits(redis, "w")
     order: list[str] = []
-    waiting = [
-        asyncio.create_task(take_turn(image_gate(limits, project, 0, 2), name, order))
-        for project, name in [("many", "many-0"), ("many", "many-1"), ("many", "many-2"), ("one", "one")]
-    ]
+    waiting = []
+    # "many" waits first, then two more of its requests and "one"'s.
+    for project, name in [("many", "many-0"), ("many", "many-1"), ("many", "many-2"), ("one", "one")]:
+        waiting.append(asyncio.create_task(take_turn(image_gate(limits, project, 0, 2), name, order)))
+        if name == "many-0":
+            await in_line(redis, 1)
+    await in_line(redis, 4)
+    assert order == []
 
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(15):
         while len(order) < 2:
             await asyncio.sleep(0.02)
     for task in waiting:
