@@ -17,14 +17,19 @@ A task that serves every run, started lazily by whichever caller comes first (th
 sends), is made in `outside()`, or the end of that caller's run would cancel the others' calls.
 The libraries taskd shares between runs start such tasks of their own (aiohttp's lookup of a host
 name, shared by every request to it meanwhile, is shielded from its first caller's cancel), so a
-task whose coroutine is one of theirs is never a run's: it ends with the caller that awaits it.
+task one of them makes is never a run's: it ends with the caller that awaits it. What made a task
+is its creator's frame, not its coroutine's module: a task the handler makes itself of a library's
+coroutine (`asyncio.create_task(response.read())`, `gather(redis.get(a), redis.get(b))`) is the
+handler's work, and its run's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from collections.abc import Callable, Coroutine, Generator
+from types import FrameType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -32,6 +37,8 @@ T = TypeVar("T")
 _RUN: contextvars.ContextVar[RunTasks | None] = contextvars.ContextVar("taskd_run_tasks", default=None)
 # The libraries whose tasks may serve several runs at once (module name prefixes).
 _SHARED_LIBRARIES = ("aiohttp.", "aiohappyeyeballs.", "aiodns.", "redis.")
+# Between a task's maker and the task factory: asyncio's create_task, ensure_future, gather, wait_for.
+_PASSED_THROUGH = ("asyncio.", __name__)
 
 
 class RunTasks:
@@ -106,7 +113,7 @@ def _task_factory(previous: _Factory | None) -> _Factory:
         else:
             task = asyncio.Task(coro, loop=loop, context=context)
         run = _RUN.get() if context is None else context.get(_RUN)
-        if run is not None and isinstance(task, asyncio.Task) and not _shared(coro):
+        if run is not None and isinstance(task, asyncio.Task) and not _made_by_a_shared_library():
             run.add(task)
         return task
 
@@ -114,9 +121,16 @@ def _task_factory(previous: _Factory | None) -> _Factory:
     return factory
 
 
-def _shared(coro: object) -> bool:
-    """True for a coroutine of a library taskd shares between runs (_SHARED_LIBRARIES)."""
-    frame = getattr(coro, "cr_frame", None)
+def _made_by_a_shared_library() -> bool:
+    """True when the code that asked for the task being made (past asyncio's own functions) is a
+    library taskd shares between runs (_SHARED_LIBRARIES).
+
+    Asked of the creator, not of the task's coroutine: a handler's own task of a library coroutine
+    (a response's read, a Redis call) was taken for the library's, and outlived its run.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith(_PASSED_THROUGH):
+        frame = frame.f_back
     return frame is not None and str(frame.f_globals.get("__name__", "")).startswith(_SHARED_LIBRARIES)
 
 

@@ -326,6 +326,20 @@ def keep_a_daemon_thread_in_process(_: ProcessContext, __: AnythingInput) -> dic
 _HELPER: threading.Thread | None = None
 
 
+def report_from_a_daemon_thread_in_process(ctx: ProcessContext, __: AnythingInput) -> dict[str, Any]:
+    """A plain handler that leaves a daemon thread reporting its progress every 10 ms for a minute,
+    after the task has ended."""
+
+    def report_on() -> None:
+        for _ in range(6000):
+            ctx.progress(0.5, "the task before")
+            time.sleep(0.01)
+
+    threading.Thread(target=report_on, name="reporting-on", daemon=True).start()
+    time.sleep(0.05)  # it has reported while the task ran
+    return {"pid": os.getpid()}
+
+
 @attrs.frozen
 class AppendInput:
     text: str
@@ -501,6 +515,13 @@ TASKS = [
         queue="default",
         expected_duration=0.1,
         handler=keep_a_daemon_thread_in_process,
+    ),
+    TaskType(
+        "report_from_a_daemon_thread_in_process",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=report_from_a_daemon_thread_in_process,
     ),
     TaskType("chdir", ChdirInput, queue="default", expected_duration=0.1, handler=chdir),
     TaskType(

@@ -180,3 +180,49 @@ async def test_a_burst_of_progress_reports_is_handled_as_the_latest_not_one_by_o
     # Reports that came while one was being written were kept as the latest only, not queued up in
     # the worker's memory one by one (20 000 of them, with no bound).
     assert len(handled) < 2_000
+
+
+async def test_a_thread_a_task_left_reports_no_progress_for_the_next_task_of_its_job_process(
+    tmp_path, valkey_url
+):
+    # A daemon thread keeps its job process (a library's helper); one that went on reporting the
+    # ended task's progress had it taken for the next task's (another project's, maybe): progress
+    # frames name no task.
+    pool = RunnerPool(make_config(tmp_path, valkey_url))
+    handled: list[tuple[float, str | None]] = []
+
+    async def progress_write(progress: float, step: str | None) -> None:
+        handled.append((progress, step))
+
+    def request(task_id: str, task_type: str, task_data: dict) -> dict:
+        return {
+            "task_id": task_id,
+            "project_id": "p-1",
+            "task_type": task_type,
+            "task_data": task_data,
+            "metadata": {},
+            "attempt": 1,
+            "max_attempts": 4,
+            "device": None,
+        }
+
+    limits = Limits(None, 60, 2**31, 2)
+    try:
+        runner = await pool.acquire()
+        first = await runner.execute(
+            request("t-1", "report_from_a_daemon_thread_in_process", {}), limits, progress_write
+        )
+        await pool.release(runner)
+        await asyncio.sleep(0.2)  # the thread reports on meanwhile
+        handled.clear()
+        runner = await pool.acquire()
+        second = await runner.execute(
+            request("t-2", "progress_burst", {"reports": 1}), limits, progress_write
+        )
+        await pool.release(runner)
+    finally:
+        await pool.close()
+
+    assert (second.kind, second.result) == ("done", {"reports": 1})
+    assert second.result is not None and first.result is not None and runner.pid == first.result["pid"]
+    assert handled == [(1.0, "last")]

@@ -85,3 +85,42 @@ async def test_a_host_name_lookup_begun_by_a_runs_request_outlives_the_end_of_th
                 assert await in_run == "ok"
     finally:
         await runner.cleanup()
+
+
+async def test_a_task_a_handler_makes_of_a_shared_librarys_coroutine_ends_with_its_run(
+    unused_tcp_port: int,
+) -> None:
+    # The handler made this task (a read of a response's body), not aiohttp: its run's, though its
+    # coroutine is aiohttp's; taken for aiohttp's own, it read on after the run had ended.
+    runtasks.watch(asyncio.get_running_loop())
+    release = asyncio.Event()
+
+    async def held_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"begun")
+        await release.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", held_body)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    run = RunTasks()
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def handler() -> asyncio.Task[bytes]:
+                run.enter()
+                response = await session.get(f"http://127.0.0.1:{unused_tcp_port}/")
+                return asyncio.create_task(response.read())
+
+            reading = await asyncio.create_task(handler())
+            assert reading in run
+
+            assert await run.stop(timeout=10) == []
+            assert reading.cancelled()
+    finally:
+        release.set()
+        await runner.cleanup()

@@ -76,6 +76,7 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
         data = registry.parse_input(task_type, request["task_data"])
     except ValidationError as exc:
         return _error("task", f"Invalid task data: {exc.details}")
+    progress = _Progress(out)
     context = ProcessContext(
         task_id=request["task_id"],
         project_id=request["project_id"],
@@ -84,7 +85,7 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
         config=config,
         metadata=request["metadata"],
         device=request.get("device"),
-        send=lambda progress, step: frames.write(out, {"op": "progress", "progress": progress, "step": step}),
+        send=progress,
     )
     # A cancel of an earlier task that its handler caught and returned from is not this task's.
     _State.cancelled = False
@@ -111,7 +112,34 @@ def _run_one(request: dict[str, Any], config: Config, registry: Registry, out: B
         return _error("exception", describe(exc), traceback.format_exc())
     finally:
         _State.running = False
+        progress.end()
     return {"op": "done", "result": result}
+
+
+class _Progress:
+    """One task's progress frames, sent until its end and never after.
+
+    A frame names no task: the worker takes it for whichever task this process runs. A thread the
+    task left (a daemon keeps its process) that reported on after the end had its reports taken
+    for the next task's, another project's maybe.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        # Held across the check and the write: a report under way when the task ends is written
+        # before the task's answer, and none after it.
+        self._lock = threading.Lock()
+        self._ended = False
+
+    def __call__(self, progress: float, step: str | None) -> None:
+        with self._lock:
+            if not self._ended:
+                frames.write(self._out, {"op": "progress", "progress": progress, "step": step})
+
+    def end(self) -> None:
+        """No frame from now on."""
+        with self._lock:
+            self._ended = True
 
 
 def _stop_leftovers() -> None:
