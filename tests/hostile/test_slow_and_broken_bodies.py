@@ -302,12 +302,15 @@ async def test_a_client_that_stops_reading_its_answer_loses_the_connection_after
     try:
         # Once taskd has dropped the connection, its kernel answers what the client sends with a reset
         # (the empty lines are ones a server ignores before a request). Kept open, this never comes.
+        # Sent further apart than the send timeout: each segment carries an ACK, which starts the
+        # kernel's clock of an unread connection again (a client sending every 0.1 s was never cut
+        # off once taskd's whole answer fit in its socket's buffer).
         async with asyncio.timeout(30):
             while True:
+                await asyncio.sleep(2.5)
                 try:
                     client.send(b"\r\n")
                 except (ConnectionResetError, BrokenPipeError):
                     break
-                await asyncio.sleep(0.1)
     finally:
         client.close()
