@@ -65,6 +65,11 @@ async def test_every_configured_key_is_accepted(start_service, fake_llm):
     [
         ("/api/v1/tasks/metrics", [("X-API-Key", "first-key"), ("X-API-Key", "second-key")], "X-API-Key"),
         ("/api/v1/projects/p/events?api_key=first-key&api_key=second-key", [], "api_key"),
+        (
+            "/api/v1/projects/p/events?api_key=second-key",
+            [("X-API-Key", "first-key")],
+            "X-API-Key with api_key",
+        ),
     ],
 )
 async def test_a_key_sent_twice_is_401_even_when_both_are_valid(start_service, path, headers, where):

@@ -451,3 +451,26 @@ async def test_a_submit_refused_as_invalid_still_spends_its_unit_of_the_quota(st
     assert invalid.headers["RateLimit"].startswith('"submit";r=1;')
     assert accepted.status == 200
     assert refused.status == 429
+
+
+async def test_a_submit_that_redis_refuses_sends_no_second_script_to_spend_its_unit(start_service, redis):
+    # A Redis that refuses the submit (full here; paused or hung alike) would refuse the spend too: a
+    # second round trip only held the answer a second redis.socket_timeout on a Redis that hangs.
+    taskd = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=5, concurrent_per_project=0)
+    )
+    await taskd.submit("generate_video", TASK_DATA["generate_video"])  # the scripts loaded
+    quota = keys.rate_limit("submit", key_id(API_KEY))
+    refused = []
+
+    async def submit() -> None:
+        await redis.config_set("maxmemory", (await redis.info("memory"))["used_memory"] // 2)
+        try:
+            refused.append(await post_submit(taskd.base_url, API_KEY))
+        finally:
+            await redis.config_set("maxmemory", 0)
+
+    sent = await sent_to_valkey(redis, submit)
+
+    assert refused[0].status == 503
+    assert len([command for command in sent if quota in command]) == 1

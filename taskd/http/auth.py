@@ -31,10 +31,16 @@ def query_key_allowed(handler: Handler) -> Handler:
 
 def _sent_keys(request: web.Request) -> tuple[str, list[str]]:
     # Where the key came from and every value sent there: the header, else `?api_key=` on the
-    # routes that take it.
+    # routes that take it; both, on those routes, when both were sent.
     sent = request.headers.getall(HEADER, [])
-    if not any(sent) and getattr(request.match_info.handler, _QUERY_KEY_ALLOWED, False):
-        return QUERY_KEY, request.query.getall(QUERY_KEY, [])
+    if not getattr(request.match_info.handler, _QUERY_KEY_ALLOWED, False):
+        return HEADER, sent
+    in_query = request.query.getall(QUERY_KEY, [])
+    if not any(sent):
+        return QUERY_KEY, in_query
+    if in_query:
+        # Sent twice, as two headers are: a proxy in front may check one and taskd the other.
+        return f"{HEADER} with {QUERY_KEY}", sent + in_query
     return HEADER, sent
 
 

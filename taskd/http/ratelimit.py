@@ -29,6 +29,7 @@ import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from taskd import keys
 from taskd.http.context import API
@@ -176,6 +177,10 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if route == SUBMIT_ROUTE:
         try:
             return await handler(request)
+        except RedisError:
+            # Redis refused the submit or did not answer (503): it would refuse the spend too, and
+            # one that hangs would hold the answer a second redis.socket_timeout.
+            raise
         except Exception:
             await spend_if_unspent(request, "submit")
             raise
