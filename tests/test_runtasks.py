@@ -4,7 +4,9 @@ shared library started for every caller."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -17,6 +19,22 @@ from taskd.runtasks import RunTasks
 
 async def _ok(_: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]], port: int
+) -> AsyncIterator[None]:
+    """An HTTP server on 127.0.0.1:`port` answering GET / with `handler`, while in the block."""
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
 
 
 class _HeldResolver(AbstractResolver):
@@ -52,39 +70,34 @@ async def test_a_host_name_lookup_begun_by_a_runs_request_outlives_the_end_of_th
     # aiohttp looks a name up once for every request to it meanwhile: were that lookup one of the
     # tasks of the run whose request came first, the run's end would fail the other requests.
     runtasks.watch(asyncio.get_running_loop())
-    app = web.Application()
-    app.router.add_get("/", _ok)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
     resolver = _HeldResolver()
     run = RunTasks()
     url = f"http://provider.test:{unused_tcp_port}/"
-    try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver)) as session:
+    async with (
+        _serving(_ok, unused_tcp_port),
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver)) as session,
+    ):
 
-            async def get() -> Any:
-                async with session.get(url) as response:
-                    return await response.text()
+        async def get() -> Any:
+            async with session.get(url) as response:
+                return await response.text()
 
-            async def get_in_a_run() -> Any:
-                run.enter()
-                return await get()
+        async def get_in_a_run() -> Any:
+            run.enter()
+            return await get()
 
-            in_run = asyncio.create_task(get_in_a_run())
-            await asyncio.sleep(0.05)
-            beside = asyncio.create_task(get())
-            await asyncio.sleep(0.05)
-            assert resolver.lookups == 1  # the two requests wait on one lookup
+        in_run = asyncio.create_task(get_in_a_run())
+        await asyncio.sleep(0.05)
+        beside = asyncio.create_task(get())
+        await asyncio.sleep(0.05)
+        assert resolver.lookups == 1  # the two requests wait on one lookup
 
-            await run.stop(timeout=5)
-            resolver.answer.set()
+        await run.stop(timeout=5)
+        resolver.answer.set()
 
-            async with asyncio.timeout(10):
-                assert await beside == "ok"
-                assert await in_run == "ok"
-    finally:
-        await runner.cleanup()
+        async with asyncio.timeout(10):
+            assert await beside == "ok"
+            assert await in_run == "ok"
 
 
 async def test_a_task_a_handler_makes_of_a_shared_librarys_coroutine_ends_with_its_run(
@@ -102,14 +115,9 @@ async def test_a_task_a_handler_makes_of_a_shared_librarys_coroutine_ends_with_i
         await release.wait()
         return response
 
-    app = web.Application()
-    app.router.add_get("/", held_body)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
     run = RunTasks()
-    try:
-        async with aiohttp.ClientSession() as session:
+    async with _serving(held_body, unused_tcp_port), aiohttp.ClientSession() as session:
+        try:
 
             async def handler() -> asyncio.Task[bytes]:
                 run.enter()
@@ -121,6 +129,5 @@ async def test_a_task_a_handler_makes_of_a_shared_librarys_coroutine_ends_with_i
 
             assert await run.stop(timeout=10) == []
             assert reading.cancelled()
-    finally:
-        release.set()
-        await runner.cleanup()
+        finally:
+            release.set()
