@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -63,21 +64,14 @@ async def test_in_chromium_the_dashboard_never_puts_the_key_in_a_url(taskd, tmp_
     assert any(url.endswith("/api/v1/projects/proj-1/events") for url in requests)
 
 
-@needs_chromium
-async def test_in_chromium_the_event_reader_parses_server_sent_events_split_anywhere(taskd, tmp_path: Path):
-    # The chunks cut a CRLF in two, a data line in two, and carry a comment, a retry and an
-    # unnamed event (which taskd never sends and the page does not take).
-    chunks = [
-        'id: 5-0\r\nevent: progress\r\ndata: {"task_id": "a",',
-        ' "n": 1}\r',
-        '\n\r\n: keep-alive\n\nretry: 7000\nevent: status\ndata: {"task_id": "b",\ndata: "n": 2}\n\n',
-        'data: {"task_id": "c"}\n\nid: 6-0\nevent: status\ndata: {"task_id": "d"}\n\n',
-    ]
+async def _read_in_the_page(taskd, tmp_path: Path, chunks: list[str]) -> dict[str, Any]:
+    """What the dashboard's event reader (readEvents) makes of a body arriving in `chunks`: the
+    events it applied (type and data) and its stream's state (lastId, retryMs) after the body ends."""
     browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
     try:
         await browser.navigate(f"{taskd.base_url}/dashboard")
         await browser.wait_for("!document.getElementById('key-panel').hidden")
-        seen = await browser.evaluate(
+        return await browser.evaluate(
             f"""(async () => {{
               const seen = [];
               applyEvent = (event) => seen.push([event.type, JSON.parse(event.data)]);
@@ -96,7 +90,20 @@ async def test_in_chromium_the_event_reader_parses_server_sent_events_split_anyw
     finally:
         await browser.close()
 
-    assert seen == {
+
+@needs_chromium
+async def test_in_chromium_the_event_reader_parses_server_sent_events_split_anywhere(taskd, tmp_path: Path):
+    # The chunks cut a CRLF in two, a data line in two, and carry a comment, a retry and an
+    # unnamed event (which taskd never sends and the page does not take).
+    chunks = [
+        'id: 5-0\r\nevent: progress\r\ndata: {"task_id": "a",',
+        ' "n": 1}\r',
+        '\n\r\n: keep-alive\n\nretry: 7000\nevent: status\ndata: {"task_id": "b",\ndata: "n": 2}\n\n',
+        'data: {"task_id": "c"}\n\nid: 6-0\nevent: status\ndata: {"task_id": "d"}\n\n',
+    ]
+    read = await _read_in_the_page(taskd, tmp_path, chunks)
+
+    assert read == {
         "seen": [
             ["progress", {"task_id": "a", "n": 1}],
             ["status", {"task_id": "b", "n": 2}],
@@ -116,30 +123,10 @@ async def test_in_chromium_a_stream_cut_inside_an_event_resumes_from_the_last_co
         'id: 5-0\nevent: status\ndata: {"task_id": "a"}\n\n',
         'id: 6-0\nevent: status\ndata: {"task_',
     ]
-    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
-    try:
-        await browser.navigate(f"{taskd.base_url}/dashboard")
-        await browser.wait_for("!document.getElementById('key-panel').hidden")
-        seen = await browser.evaluate(
-            f"""(async () => {{
-              const seen = [];
-              applyEvent = (event) => seen.push(JSON.parse(event.data).task_id);
-              const chunks = {json.dumps(chunks)};
-              const body = new ReadableStream({{
-                start(controller) {{
-                  for (const chunk of chunks) controller.enqueue(new TextEncoder().encode(chunk));
-                  controller.close();
-                }},
-              }});
-              const stream = {{ lastId: "", retryMs: 3000 }};
-              await readEvents(body, stream);
-              return {{ seen, lastId: stream.lastId }};
-            }})()"""
-        )
-    finally:
-        await browser.close()
+    read = await _read_in_the_page(taskd, tmp_path, chunks)
 
-    assert seen == {"seen": ["a"], "lastId": "5-0"}
+    assert read["seen"] == [["status", {"task_id": "a"}]]
+    assert read["stream"]["lastId"] == "5-0"
 
 
 @needs_chromium
