@@ -194,3 +194,15 @@ async def enter_key(browser: Browser, key: str) -> None:
         f"document.getElementById('api-key').value = {json.dumps(key)};"
         "document.getElementById('key-form').requestSubmit(); true"
     )
+
+
+async def open_live(browser: Browser, base_url: str, project: str, key: str) -> None:
+    """Open the dashboard on `project`, give it `key`, and wait until its list is live."""
+    await browser.navigate(f"{base_url}/dashboard?project={project}")
+    await enter_key(browser, key)
+    await browser.wait_for("document.getElementById('live').textContent === 'live'")
+
+
+def row(task_id: str) -> str:
+    """A JavaScript expression for the dashboard list's row of `task_id` (null while not listed)."""
+    return f"document.querySelector('#tasks tr[data-task-id=\"{task_id}\"]')"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from chromium import CHROMIUM, Browser, enter_key, needs_chromium
+from chromium import CHROMIUM, Browser, needs_chromium, open_live, row
 from conftest import API_KEY
 
 from taskd.gpu.devices import SimulatedBackend
@@ -107,19 +107,13 @@ async def test_the_task_list_the_page_shows_carries_waiting_for_and_scheduled_fo
     assert {"waiting_for", "depends_on", "scheduled_for"}.isdisjoint(listed[first["task_id"]])
 
 
-def row(task_id: str) -> str:
-    return f"document.querySelector('#tasks tr[data-task-id=\"{task_id}\"]')"
-
-
 @needs_chromium
 async def test_in_chromium_a_submitted_task_shows_up_its_progress_moves_and_cancel_works(
     taskd, tmp_path: Path
 ):
     browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
     try:
-        await browser.navigate(f"{taskd.base_url}/dashboard?project=proj-1")
-        await enter_key(browser, API_KEY)
-        await browser.wait_for("document.getElementById('live').textContent === 'live'")
+        await open_live(browser, taskd.base_url, "proj-1", API_KEY)
         await browser.wait_for("document.querySelectorAll('#workers tbody tr').length === 1")
 
         task = await taskd.submit("sleep", {"seconds": 3, "steps": 6})
@@ -153,9 +147,7 @@ async def test_in_chromium_a_waiting_task_shows_what_it_waits_for_and_a_schedule
     scheduled_for = (await taskd.status(later["task_id"]))["scheduled_for"]
     browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
     try:
-        await browser.navigate(f"{taskd.base_url}/dashboard?project=proj-1")
-        await enter_key(browser, API_KEY)
-        await browser.wait_for("document.getElementById('live').textContent === 'live'")
+        await open_live(browser, taskd.base_url, "proj-1", API_KEY)
         await browser.wait_for(f"{row(dependent['task_id'])} !== null")
         waits = await browser.evaluate(
             f"{row(dependent['task_id'])}.querySelector('.waiting-for').textContent"

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from chromium import CHROMIUM, Browser, enter_key, needs_chromium
+from chromium import CHROMIUM, Browser, enter_key, needs_chromium, open_live, row
 from conftest import API_KEY
 
 from taskd.config import AuthConfig, ScopedKey, WebhooksConfig
@@ -42,17 +42,11 @@ true
 """
 
 
-def row(task_id: str) -> str:
-    return f"document.querySelector('#tasks tr[data-task-id=\"{task_id}\"]')"
-
-
 @needs_chromium
 async def test_in_chromium_the_dashboard_never_puts_the_key_in_a_url(taskd, tmp_path: Path):
     browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
     try:
-        await browser.navigate(f"{taskd.base_url}/dashboard?project=proj-1")
-        await enter_key(browser, API_KEY)
-        await browser.wait_for("document.getElementById('live').textContent === 'live'")
+        await open_live(browser, taskd.base_url, "proj-1", API_KEY)
         task = await taskd.submit("sleep", {"seconds": 3, "steps": 6})
         # Only the event stream moves a listed task's progress: it is live, with the key sent.
         await browser.wait_for(f"{row(task['task_id'])}?.querySelector('progress').value > 0")
@@ -220,9 +214,7 @@ async def test_in_chromium_an_answer_that_comes_after_the_key_is_forgotten_is_no
 async def test_in_chromium_a_list_reload_due_when_the_key_is_forgotten_is_not_made(taskd, tmp_path: Path):
     browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
     try:
-        await browser.navigate(f"{taskd.base_url}/dashboard?project=proj-1")
-        await enter_key(browser, API_KEY)
-        await browser.wait_for("document.getElementById('live').textContent === 'live'")
+        await open_live(browser, taskd.base_url, "proj-1", API_KEY)
         # A live event about a task not listed yet asks for the list again a moment later; the key
         # is forgotten in that moment. The reload's 300 ms are long past when the page is read.
         left = await browser.evaluate(
