@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -15,8 +16,10 @@ from redis_probes import alive
 from taskd import keys
 from taskd.config import QueueConfig, RetryConfig
 from taskd.engine import reclaim
-from taskd.engine.executor import Executor
-from taskd.model import TaskRecord
+from taskd.engine.executor import Executor, Outcome
+from taskd.model import TaskRecord, now
+from taskd.store.records import RunningTask
+from taskd.tasks.diagnostics import runs_path
 
 ONE_AT_A_TIME = {
     "default": QueueConfig(concurrency=1, timeout=60),
@@ -196,6 +199,92 @@ async def test_a_retry_that_starts_before_its_first_runs_end_returned_is_not_tak
 
     assert (body["status"], body["attempt"]) == ("completed", 2)
     assert "the end of its run was lost" not in (body["last_error"] or "")
+
+
+async def _requeued_as_a_lapsed_heartbeat_would(executor: Executor, record: TaskRecord) -> None:
+    """Queue the task again under a new job while `record`'s run is still going in its live worker,
+    as the reclaim does when that worker's heartbeat lapsed (a stalled event loop, SIGSTOP): here
+    through its path for a task thought lost, which leaves the live worker's heartbeat alone."""
+    lost = RunningTask(
+        record.task_id, record.queue, record.priority, record.job_id or "", executor.worker_id, True
+    )
+    assert await executor.store.reclaim(record.task_id, record.queue, now(), 0, 3, lost=lost) == "requeued"
+
+
+async def test_a_task_requeued_while_its_runs_end_is_written_runs_again_only_after_that_end(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    record_end = Executor._record
+    second_began_before_the_first_end: list[bool] = []
+
+    async def requeued_then_ended(executor: Executor, record: TaskRecord, outcome: Outcome) -> bool:
+        if record.attempt == 1:
+            # Its run is over (out of `running`) and its end not written yet: the worker's own take
+            # starts the task again meanwhile.
+            await _requeued_as_a_lapsed_heartbeat_would(executor, record)
+            await wait_until_started(redis, record.task_id, attempt=2)
+            runs = runs_path(executor.config.data_path).read_text()
+            second_began_before_the_first_end.append(f"start {record.task_id} 2 " in runs)
+        return await record_end(executor, record, outcome)
+
+    monkeypatch.setattr(Executor, "_record", requeued_then_ended)
+    service = await start_service()
+    task_id = (await service.submit("record_run", {"seconds": 0}))["task_id"]
+
+    body = await service.wait_terminal(task_id)
+    await service.wait_idle()  # the first run's end too
+
+    assert second_began_before_the_first_end == [False]
+    assert (body["status"], body["attempt"], body["result"]["attempt"]) == ("completed", 2, 2)
+
+
+async def test_a_start_waiting_for_its_earlier_runs_end_is_handed_back_when_the_worker_stops(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    record_end = Executor._record
+
+    async def requeued_then_stuck(executor: Executor, record: TaskRecord, outcome: Outcome) -> bool:
+        if record.attempt == 1:
+            await _requeued_as_a_lapsed_heartbeat_would(executor, record)
+            await wait_until_started(redis, record.task_id, attempt=2)
+            await asyncio.Event().wait()  # its end is still to be written when the worker stops
+        return await record_end(executor, record, outcome)
+
+    monkeypatch.setattr(Executor, "_record", requeued_then_stuck)
+    service = await start_service()
+    task_id = (await service.submit("record_run", {"seconds": 0}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=2)
+    waiting_job = await redis.hget(keys.task(task_id), "job_id")
+
+    await service.service.stop(grace=0.2)
+
+    status, job_id = await redis.hmget(keys.task(task_id), "status", "job_id")
+    assert status == b"queued"  # not left `processing` under a worker that is gone
+    assert job_id != waiting_job  # handed back: queued under a new job
+
+
+async def test_a_start_waiting_for_its_earlier_runs_end_does_not_run_when_the_task_is_cancelled_meanwhile(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    record_end = Executor._record
+    service = await start_service()
+
+    async def requeued_then_cancelled(executor: Executor, record: TaskRecord, outcome: Outcome) -> bool:
+        if record.attempt == 1:
+            await _requeued_as_a_lapsed_heartbeat_would(executor, record)
+            await wait_until_started(redis, record.task_id, attempt=2)
+            async with service.client.delete(f"/api/v1/tasks/{record.task_id}") as response:
+                assert response.status == 200
+        return await record_end(executor, record, outcome)
+
+    monkeypatch.setattr(Executor, "_record", requeued_then_cancelled)
+    task_id = (await service.submit("record_run", {"seconds": 0}))["task_id"]
+    await service.wait_for(task_id, lambda b: b["status"] == "cancelled")
+    await service.wait_idle()
+
+    runs = runs_path(service.service.config.data_path).read_text().splitlines()
+    assert runs == [f"start {task_id} 1 {os.getpid()}", f"end {task_id} 1 {os.getpid()}"]
+    assert (await service.status(task_id))["status"] == "cancelled"
 
 
 # Real processes: a worker killed with SIGKILL.

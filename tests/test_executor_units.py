@@ -156,6 +156,40 @@ async def test_the_finish_of_a_taken_job_touches_neither_a_lock_nor_arqs_set(sta
     assert ran["cmdstat_zrem"]["calls"] == 1
 
 
+async def test_an_earlier_runs_progress_retry_and_end_are_refused_once_its_worker_started_the_task_again(
+    start_service, redis
+):
+    from taskd.store import TaskStore
+    from taskd.store.records import RunningTask
+
+    api_only = await start_service(workers=False)
+    task_id = (await api_only.submit("noop", {}))["task_id"]
+    store = TaskStore(redis, 3600)
+    await alive(redis, "worker-a")
+    (first,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+    assert first.record and first.record.job_id
+    # Queued again while that run goes on (as when worker-a's heartbeat lapsed), and taken again by it.
+    lost = RunningTask(task_id, "default", 2, first.record.job_id, "worker-a", True)
+    assert await store.reclaim(task_id, "default", time.time(), 0, 3, lost=lost) == "requeued"
+    (again,) = (await store.take("default", "worker-a", time.time(), 1, 100)).started
+    assert again.record and again.record.job_id != first.record.job_id
+    at = time.time()
+
+    assert not await store.progress(task_id, first.record.job_id, "worker-a", 0.5, "older", at)
+    assert not await store.requeue(first.record, "worker-a", at, at * 1000, retry_error="older")
+    assert not (
+        await store.finish(first.record, "worker-a", TaskStatus.COMPLETED, at, result={"run": 1})
+    ).written
+    assert (await store.finish(again.record, "worker-a", TaskStatus.COMPLETED, at, result={"run": 2})).written
+    record = await store.get(task_id)
+    assert (record.status, record.attempt, record.result, record.current_step) == (
+        TaskStatus.COMPLETED,
+        2,
+        {"run": 2},
+        None,
+    )
+
+
 async def test_a_claimed_job_whose_task_ended_comes_back_without_a_record(start_service, redis):
     from taskd.store import TaskStore
 

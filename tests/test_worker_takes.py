@@ -656,7 +656,7 @@ async def test_a_take_after_a_lost_submit_reply_leaves_a_slot_for_the_task_that_
 
     worker = TaskdWorker(
         claim=claim,
-        running=lambda task_id: False,
+        run_of=lambda task_id: None,
         lines=[(redis, keys.queue("default"))],
         take=take,
         functions=[func(job, name="job")],

@@ -358,6 +358,12 @@ class Executor:
         # Task id -> the job of its latest start here: a run that ends lets go of its own job only,
         # not of a newer run of the task (a retry due at once) that started meanwhile.
         self.held: dict[str, str | None] = {}
+        # Each task's latest run in this process, from its job function's call until its end is
+        # written (or refused): task id -> (its job, set when it is over). A task queued again while
+        # its run here went on (this worker's heartbeat lapsed: a stalled loop, SIGSTOP) may be
+        # started again by this worker's own take: that newer run waits for the older one's end
+        # (_after_earlier_run), so that the two never run together and the task's end is its own.
+        self._runs: dict[str, tuple[str | None, asyncio.Future[None]]] = {}
         # GPU slots taken for a task at its claim, held until its run ends.
         self._leases: dict[str, Lease] = {}
         # Queued tasks already shown as waiting for a GPU (one write each, not one per poll).
@@ -484,19 +490,78 @@ class Executor:
 
         return run_task
 
+    def run_of(self, task_id: str) -> str | None:
+        """The job of `task_id`'s latest run in this process, from its job function's call until its
+        end is written; None when there is none."""
+        run = self._runs.get(task_id)
+        return None if run is None else run[0]
+
     async def _run(self, record: TaskRecord, queue: str) -> bool:
         task_id = record.task_id
         # A task a submit's script started for this worker's held slot comes here without a take.
         self.held[task_id] = record.job_id
+        # Registered before the first await: a later start of the task, which can only come in
+        # through a reply read after this run's task began, finds it.
+        earlier = self._runs.get(task_id)
+        over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._runs[task_id] = (record.job_id, over)
         lease = self._leases.get(task_id)  # taken by the claim, before the run
         try:
+            if earlier is not None and not await self._after_earlier_run(record, earlier[1]):
+                return False
             with tracing.run_span(record, None if lease is None else str(lease.device)):
                 return await self._run_claimed(record)
         finally:
+            over.set_result(None)
+            if self._runs[task_id][1] is over:
+                del self._runs[task_id]
             if self.held.get(task_id) == record.job_id:
                 del self.held[task_id]
             if task_id in self._leases:  # not on a host without GPUs: no task for nothing
                 await asyncio.shield(self._release_lease(task_id))
+
+    async def _after_earlier_run(self, record: TaskRecord, earlier: asyncio.Future[None]) -> bool:
+        """Wait until the earlier run of the task here is over, its end written or refused (the
+        scripts check the job: that end is refused now); then whether `record`'s start is still the
+        task's to run here, not cancelled or queued again meanwhile.
+
+        Skipped, as before, this start never ran and the earlier run's end was written under it (one
+        run's result with another's attempt and start); and a start that came once the earlier run
+        had left `running`, before its end was written, ran alongside it.
+        """
+        log.info(
+            "task %s started again here (job %s) before its earlier run here ended; it runs once "
+            "that run's end is written",
+            record.task_id,
+            record.job_id,
+        )
+        try:
+            await asyncio.shield(earlier)
+        except asyncio.CancelledError:
+            # The worker is stopping: this start is handed back, as a run would be.
+            await self._hand_back(record)
+            raise
+        records = await _until_stored(
+            f"the check of task {record.task_id}'s start", partial(self.store.get_many, [record.task_id])
+        )
+        now_is = [(r.status, r.worker_id, r.job_id) for r in records]
+        if now_is == [(TaskStatus.PROCESSING, self.worker_id, record.job_id)]:
+            return True
+        # Cancelled meanwhile (the cancel stopped the earlier run), or taken back again: nothing to
+        # write, and a cancel heard meanwhile is spent.
+        self._heard_cancels.pop(record.task_id, None)
+        log.info(
+            "task %s: its start under job %s is no longer current; not run", record.task_id, record.job_id
+        )
+        return False
+
+    async def _hand_back(self, record: TaskRecord) -> None:
+        """Write the hand-back of a run the worker's stop cancels; the write outlives the run (a stop
+        cancels a run more than once) and the service waits for it (finish_hand_backs)."""
+        write = asyncio.ensure_future(self._record(record, Outcome("handed_back")))
+        self._hand_backs.add(write)
+        write.add_done_callback(self._hand_backs.discard)
+        await asyncio.shield(write)
 
     async def _resolve_refs(self, record: TaskRecord) -> dict[str, Any]:
         """record.task_data with each $ref replaced from its dependency's result; raises refs.Unresolved,
@@ -549,10 +614,7 @@ class Executor:
                 outcome = await self._in_loop(record, task_type, data, running, device)
         except asyncio.CancelledError:
             # The worker is stopping: hand the task back so another worker runs it.
-            write = asyncio.ensure_future(self._record(record, Outcome("handed_back")))
-            self._hand_backs.add(write)
-            write.add_done_callback(self._hand_backs.discard)
-            await asyncio.shield(write)
+            await self._hand_back(record)
             raise
         except Exception as exc:
             # taskd's side of the run failed (a handler's own errors are outcomes already): the task
@@ -728,7 +790,7 @@ class Executor:
             config=self.config,
             http=self.http,
             metadata=record.metadata,
-            sink=partial(self._report, record.task_id),
+            sink=partial(self._report, record.task_id, record.job_id or ""),
             device=device,
             provider_limits=self.provider_limits,
             run_state=self.run_states.of(record.task_id) if self.run_states else None,
@@ -901,7 +963,9 @@ class Executor:
             "device": device,
         }
         try:
-            result = await runner.execute(request, limits, partial(self._report, record.task_id))
+            result = await runner.execute(
+                request, limits, partial(self._report, record.task_id, record.job_id or "")
+            )
         except asyncio.CancelledError:
             runner.terminate(min(execution.cancel_grace, 5.0))
             await asyncio.shield(runner.wait_exit(execution.cancel_grace))
@@ -1075,11 +1139,11 @@ class Executor:
             running.cancel(self.config.execution.cancel_grace)
         return True
 
-    async def _report(self, task_id: str, progress: float, step: str | None) -> None:
+    async def _report(self, task_id: str, job_id: str, progress: float, step: str | None) -> None:
         # Progress is told, not kept: a write Redis cannot take now (down, full, refusing writes) is
         # dropped, and the run goes on; its outcome is written, retried, when it ends.
         try:
-            written = await self.store.progress(task_id, self.worker_id, progress, step, now())
+            written = await self.store.progress(task_id, job_id, self.worker_id, progress, step, now())
         except (RedisError, OSError) as exc:
             self._progress_dropped(task_id, exc)
             return

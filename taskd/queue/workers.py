@@ -43,6 +43,10 @@ class JobRunner(Protocol):
         """Tasks running in this process, by task id."""
         ...
 
+    def run_of(self, task_id: str) -> str | None:
+        """The job of the task's latest run in this process until its end is written; None: none."""
+        ...
+
     async def claim(self, queue: str, job_id: str, lock_ms: int) -> Start:
         """Claim a job of `queue` and start its task (one round trip)."""
         ...
@@ -95,7 +99,7 @@ class TaskdWorker(Worker):
         self,
         *args: object,
         claim: Claim,
-        running: Callable[[str], bool],
+        run_of: Callable[[str], str | None],
         lines: Sequence[tuple[Redis, str]],
         take: Take | None = None,
         **kwargs: object,
@@ -113,7 +117,9 @@ class TaskdWorker(Worker):
         self.stopping = False
         self.polled = False  # it reached Redis at least once
         self._claim = claim
-        self._running = running
+        # The job of a task's run in this process (any worker of it, this one or one it replaced)
+        # until that run's end is written (JobRunner.run_of).
+        self._run_of = run_of
         self._take = take
         # Whether a freed slot should take at once: not when the last take found nothing more and
         # left the worker in the idle set, where the next job wakes it (one empty take less a task).
@@ -193,9 +199,12 @@ class TaskdWorker(Worker):
                 offset += len(job_ids)
 
     def _known(self, taken: Taken) -> bool:
-        # A task a recovering take (after a lost reply) returned that already runs here.
+        # A job a recovering take (after a lost reply) returned that already runs here. A newer job
+        # of a task whose earlier run here has not ended (the task was queued again meanwhile) is
+        # not: it is run, and waits for that earlier run's end (Executor._run). Skipped, it never
+        # ran, and the earlier run's end was written under its start.
         return taken.job_id in self.tasks or (
-            taken.record is not None and self._running(taken.record.task_id)
+            taken.record is not None and self._run_of(taken.record.task_id) == taken.job_id
         )
 
     async def _launch(self, taken: Taken) -> None:
@@ -287,9 +296,11 @@ class TaskdWorker(Worker):
                 self.sem.release()
                 return
             job_id = raw.decode()
-            if job_id in self.tasks or self._running(job_id.rsplit(".", 1)[0]):
+            if job_id in self.tasks or self._run_of(job_id.rsplit(".", 1)[0]) is not None:
                 # Already running here: arq lists a job until it is dropped, and a claim by the
-                # same worker counts as a retry of a lost reply, so it must not be asked again.
+                # same worker counts as a retry of a lost reply, so it must not be asked again. A
+                # newer job of a task whose run here has not ended is left on the queue too (not
+                # claimed): it is claimed once that run's end is written, here or elsewhere.
                 self.sem.release()
                 continue
             self.job_counter += 1
@@ -426,7 +437,7 @@ class WorkerPool:
     def _make_worker(self, queue: str) -> TaskdWorker:
         return TaskdWorker(
             claim=partial(self.executor.claim, queue),
-            running=self.executor.running.__contains__,
+            run_of=self.executor.run_of,
             take=partial(self.executor.take, queue) if self.take else None,
             lines=[(client, keys.queue(queue, partition)) for partition, client in enumerate(self.clients)],
             # arq's protocol admits any arguments (`ctx, *args, **kwargs`); ours takes (ctx, task_id).

@@ -986,9 +986,10 @@ class TaskStore:
         return sum(await self._each_partition(due))
 
     async def progress(
-        self, task_id: str, worker_id: str, progress: float, step: str | None, at: float
+        self, task_id: str, job_id: str, worker_id: str, progress: float, step: str | None, at: float
     ) -> bool:
-        """Record progress of a task this worker runs; False if the task is no longer its to run."""
+        """Record progress of a task this worker runs under `job_id`; False if the task is no longer
+        that run's."""
         partition = keys.task_partition(task_id)
         written = await self._progress(
             client=self.clients[partition],
@@ -1005,6 +1006,7 @@ class TaskStore:
                 "task_id": task_id,
                 "now_ms": int(at * 1000),
                 "interval_ms": self.progress_interval_ms,
+                "job_id": job_id,
             },
         )
         return bool(written)
@@ -1053,7 +1055,7 @@ class TaskStore:
         **fields: Any,
     ) -> Finished:
         """End a processing task as completed or failed, dropping its arq job; not written if it was
-        cancelled or taken over meanwhile.
+        cancelled or taken over meanwhile, or started again since under a newer job than `record`'s.
 
         With `webhook_lease` (ms), the end's webhook, if the task wants one, is queued already leased
         until then to the caller's sender, which is then to send it (finish.lua).
@@ -1080,6 +1082,7 @@ class TaskStore:
                 record.task_id,
                 record.queue,
                 worker_id,
+                record.job_id or "",
                 counter,
                 record.task_type,
                 repr(processing_time),
@@ -1103,8 +1106,9 @@ class TaskStore:
         retry_error: str | None = None,
         not_run: bool = False,
     ) -> bool:
-        """Put a task this worker runs back on its queue at `score` (ms): a retry if `retry_error` is
-        given; with `not_run`, a task handed on before its handler ran (its attempt not counted)."""
+        """Put a task this worker runs under `record`'s job back on its queue at `score` (ms): a retry
+        if `retry_error` is given; with `not_run`, a task handed on before its handler ran (its
+        attempt not counted)."""
         # The script's status reply (bytes), or None for a Lua false: the record is gone.
         partition = keys.task_partition(record.task_id)
         outcome: bytes | None = await self._requeue(
@@ -1125,6 +1129,7 @@ class TaskStore:
                 "last_error": retry_error or "",
                 "aging_ms": self.aging_ms,
                 "not_run": "1" if not_run else "0",
+                "job_id": record.job_id or "",
             },
         )
         return outcome == b"ok"

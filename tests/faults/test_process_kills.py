@@ -1,4 +1,5 @@
-"""SIGKILL of `taskd serve` and of one of three `taskd worker` processes loses no task and no webhook."""
+"""SIGKILL of `taskd serve` and of one of three `taskd worker` processes loses no task and no webhook;
+a worker stopped (SIGSTOP) past its heartbeat TTL runs its task again only after the first run."""
 
 from __future__ import annotations
 
@@ -80,3 +81,34 @@ async def test_worker_killed_among_three_has_its_tasks_finished_by_the_others(sp
     assert [body["status"] for body in bodies] == ["completed"] * len(task_ids)
     assert all(ends[task_id] == 1 for task_id in task_ids)
     assert {body["attempt"] for body in bodies if body["task_id"] in interrupted} == {2}
+
+
+async def test_a_task_requeued_while_its_stopped_worker_ran_it_runs_again_there_after_that_run_with_its_own_fields(
+    spawn_taskd, tmp_path
+):
+    # A worker stopped (SIGSTOP: a paused VM, a stalled event loop) past its heartbeat TTL: the
+    # reclaim queues its task again while that run is still going; once the worker goes on, its
+    # own take starts the task again. That newer start waits for the older run's end (refused: the
+    # task is another job's now), then runs: the record holds the second run's attempt and result.
+    # Before, the worker skipped the newer start and the older run's end was written under it.
+    data = tmp_path / "data"
+    env = child_env(data)
+    async with asyncio.timeout(90), aiohttp.ClientSession() as session:
+        api = Api(session, spawn_taskd("serve", "--no-worker", env=env).base_url)
+        worker = spawn_taskd("worker", env=env, wait_listening=False)
+        task_id = await api.submit("record_run", {"seconds": 10})
+        await api.wait_all([task_id], lambda b: b["status"] == "processing")
+        worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            await api.wait_all([task_id], lambda b: b["status"] == "queued", timeout=30)
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
+        [body] = await api.wait_all([task_id], timeout=60)
+
+    assert (body["status"], body["attempt"], body["result"]["attempt"]) == ("completed", 2, 2)
+    assert [(event, attempt) for event, _, attempt, _ in runs(data)] == [
+        ("start", 1),
+        ("end", 1),
+        ("start", 2),
+        ("end", 2),
+    ]

@@ -1,9 +1,13 @@
--- finish.lua: ends processing tasks as completed or failed, each if the calling worker still runs it.
+-- finish.lua: ends processing tasks as completed or failed, each if the calling worker still runs it
+-- under the same job.
 --
 -- Drops the task's arq job (a claimed one's lock and place on arq's set), writes its end, counts it
 -- (a completed task's duration also feeds the per-type sum, count and histogram bucket), and,
 -- through ended(), frees its project slot, makes its webhook due and emits the event. A task
--- cancelled or taken over meanwhile is left as it is.
+-- cancelled or taken over meanwhile is left as it is, and so is one started again since under a newer
+-- job, even by the calling worker (queued again while this run went on, as when the worker's
+-- heartbeat lapsed): that newer run's end is the task's, and the worker runs it once this end is
+-- refused (taskd.engine.executor, Executor._run).
 -- With a `webhook_lease`, the end's webhook goes into the outbox already leased to the calling
 -- worker's own sender, which POSTs it as soon as this returns: no claim, no wake-up in between. It
 -- is in the outbox all the same, so if that process dies before the POST is recorded, the lease
@@ -20,7 +24,7 @@
 -- ARGV[2]  aging_ms   execution.priority_aging in ms (lib/fair.lua), for the dependents it queues
 -- ARGV[3..] ends      the ends, one after another, each in ENDS_AT_START values and then its fields:
 --                     task_id, queue (the task's; its running set and arq's set of it), worker_id
---                     (the calling worker's), counter ('completed_tasks' or 'failed_tasks'),
+--                     (the calling worker's), job_id (the arq job of the run that ended), counter ('completed_tasks' or 'failed_tasks'),
 --                     task_type (for the per-type counters), duration (seconds the run took),
 --                     now_ms (when its webhook is due), webhook_lease (the ms until which the
 --                     caller's webhook sender holds the end's webhook, or '': due now, every
@@ -35,17 +39,18 @@
 -- include lib/ended.lua
 -- include lib/record.lua
 -- include lib/later.lua
-local ENDS_AT_START = 9
+local ENDS_AT_START = 10
 local ttl, aging_ms = ARGV[1], tonumber(ARGV[2])
 local later = later_writes(KEYS[1])
 
 local function finish(at, n)
-  local task_id, queue, worker_id, counter = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-  local task_type, duration, now_ms, lease = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6], ARGV[at + 7]
+  local task_id, queue, worker_id, job_id = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local counter, task_type, duration = ARGV[at + 4], ARGV[at + 5], ARGV[at + 6]
+  local now_ms, lease = ARGV[at + 7], ARGV[at + 8]
   local task_key = '@TASK_PREFIX@' .. task_id
   -- The record once: the check here and what ended() does come from it, with the end written in.
   local record = read_record(task_key)
-  if record.status ~= 'processing' or record.worker_id ~= worker_id then
+  if record.status ~= 'processing' or record.worker_id ~= worker_id or record.job_id ~= job_id then
     return record.status or false
   end
   -- A job a take started left arq's set then and has no lock (`claimed` '0', lib/begin.lua): nothing

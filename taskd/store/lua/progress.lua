@@ -1,4 +1,4 @@
--- progress.lua: records the progress of a task, if the calling worker still runs it.
+-- progress.lua: records the progress of a task, if the calling worker still runs it under the same job.
 --
 -- A task whose webhook_events include `progress` gets a progress webhook, coalesced
 -- (queue_progress_webhook in lib/webhook_event.lua).
@@ -12,12 +12,14 @@
 -- ARGV[5]  task_id         the task's id
 -- ARGV[6]  now_ms          now, in ms
 -- ARGV[7]  interval_ms     webhooks.progress_interval in ms: the least time between two progress webhooks
--- Returns 1 when written (and a progress event emitted); 0 when the task is not processing or
--- is another worker's.
+-- ARGV[8]  job_id          the arq job of the reporting run: an older run's reports do not reach the
+--                          record of a newer one (finish.lua)
+-- Returns 1 when written (and a progress event emitted); 0 when the task is not processing, or is
+-- another worker's or another job's.
 -- include lib/emit.lua
 -- include lib/webhook_event.lua
-if redis.call('HGET', KEYS[1], 'status') ~= 'processing' then return 0 end
-if redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[4] then return 0 end
+local status, worker_id, job_id = unpack(redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'job_id'))
+if status ~= 'processing' or worker_id ~= ARGV[4] or job_id ~= ARGV[8] then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'updated_at', ARGV[3])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'current_step', ARGV[2]) end
 queue_progress_webhook(KEYS[1], KEYS[2], KEYS[3], ARGV[5], ARGV[6], ARGV[7])

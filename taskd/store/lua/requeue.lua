@@ -1,7 +1,8 @@
 -- requeue.lua: puts a task the calling worker runs back on its queue, under a new arq job.
 --
 -- A retry after a transient error (counted, with the error and when it is next tried), a running
--- task handed back at shutdown, or a task handed on by a worker without its type. A task cancelled or taken over meanwhile is left as it is.
+-- task handed back at shutdown, or a task handed on by a worker without its type. A task cancelled or taken over meanwhile is left as it is, and so is one
+-- started again since under a newer job (finish.lua).
 -- KEYS[1]  task        {taskd}:task:{id}, the record hash
 -- KEYS[2]  running     {taskd}:running:{queue}, the queue's processing tasks
 -- KEYS[3]  metrics     {taskd}:metrics, the shared counters
@@ -17,14 +18,15 @@
 -- ARGV[10] not_run     '1' for a task handed on untouched (its type is not installed on the calling
 --                      worker's host: taskd.engine.executor): its take started nothing, so its
 --                      `attempt` goes back to what it was and its `hand_ons` count goes up; '0' else
+-- ARGV[11] job_id      the arq job of the calling worker's run
 -- The task leaves its project's processing set ({taskd}:project_processing:{project_id}) and its new
 -- job joins its project's line (lib/fair.lua).
 -- Returns 'ok' when requeued here; else the task's status (false if the record is gone).
 -- include lib/emit.lua
 -- include lib/enqueue.lua
 -- include lib/drop_job.lua
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'processing' or redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[1] then
+local status, worker_id, job_id = unpack(redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'job_id'))
+if status ~= 'processing' or worker_id ~= ARGV[1] or job_id ~= ARGV[11] then
   return status or false
 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'updated_at', ARGV[3], 'progress', '0.0')
