@@ -5,16 +5,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint install clean bench scaling profile floors gallery
 
+# The venv's tools are run as `$(BIN)/python -m <tool>`, not through their scripts in $(BIN): pip
+# writes each script's interpreter path inside double quotes for /bin/sh where the checkout's path has
+# a space, so a `$` in that path (`~/it's $5 & more/taskd`) was expanded and the script found no
+# interpreter (docs/development.md#build-and-test). ruff is a binary of its own, not a script.
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/taskd serve --print-key
+	$(BIN)/python -m taskd serve --print-key
 
 # Two passes (docs/development.md#build-and-test): the suite in parallel (pytest-xdist, work stealing:
 # the minutes-long soak starts first and the others take its share), then the tests marked `serial`
@@ -28,13 +32,13 @@ TEST_WORKERS ?= 4
 SCHEMATHESIS_RUN := tests/test_openapi_conformance.py
 
 test: $(STAMP)
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial"
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -m serial --ignore=$(SCHEMATHESIS_RUN)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial"
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -m serial --ignore=$(SCHEMATHESIS_RUN)
 
 # The bench tools (py-spy, pyinstrument) in taskd's own .venv: the `bench` extra, not a dependency.
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 # taskd beside the FastAPI + Celery stack it replaces and the task libraries a user would pick instead
@@ -66,7 +70,7 @@ gallery: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/python -m mypy
 
 # The lowest version pyproject.toml allows of each runtime dependency, installed in a throwaway venv
 # and run against a smoke subset (docs/development.md#packaging). Needs the network; not in `make test`.
