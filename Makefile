@@ -9,8 +9,19 @@ STAMP := $(VENV)/.installed
 # writes each script's interpreter path inside double quotes for /bin/sh where the checkout's path has
 # a space, so a `$` in that path (`~/it's $5 & more/taskd`) was expanded and the script found no
 # interpreter (docs/development.md#build-and-test). ruff is a binary of its own, not a script.
+# The lowest Python taskd runs on, read from pyproject.toml's requires-python (">=3.11").
+MIN_PYTHON := $(shell sed -n 's/^requires-python = ">=\([0-9.]*\)"$$/\1/p' pyproject.toml)
+# A .venv is kept while its python is new enough and has pip. Else it is made again, with --clear: a
+# Ctrl-C while `python -m venv` ran left a .venv without pip, and one made by an older python3 stayed
+# ("requires a different Python") even after `make install PYTHON=python3.12`, until `make clean`.
+NEW_ENOUGH := sys.version_info[:2] >= tuple(map(int, "$(MIN_PYTHON)".split(".")))
+VENV_USABLE := import sys, pip; sys.exit(not $(NEW_ENOUGH))
+PYTHON_NEW_ENOUGH := import sys; sys.exit(None if $(NEW_ENOUGH) else "make: taskd needs Python $(MIN_PYTHON) \
+	or newer, and $(PYTHON) is %d.%d; name another: make PYTHON=python3.12" % sys.version_info[:2])
+
 $(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -c '$(VENV_USABLE)' 2>/dev/null || { \
+		$(PYTHON) -c '$(PYTHON_NEW_ENOUGH)' && echo "$(PYTHON) -m venv --clear $(VENV)" && $(PYTHON) -m venv --clear $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
