@@ -1034,7 +1034,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
-            continue
+            # TASKD_HTTP__PORT__=9000 or TASKD_HTTP____PORT: a typo, once skipped without a word
+            # (taskd listened on 8001); an unknown key is refused, and so is this.
+            raise ConfigError(f"{name}: an empty name between double underscores (TASKD_<SECTION>__<KEY>)")
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
