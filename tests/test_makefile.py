@@ -154,6 +154,8 @@ def test_make_install_replaces_a_venv_an_older_python_made(tmp_path: Path) -> No
     if older is None:
         pytest.skip("no Python older than requires-python on this machine")
     checkout = _bare_checkout(tmp_path, older)
-    _make_install_offline(checkout, f"PYTHON={sys.executable}")
+    # The interpreter the venv's python links to: make splits PYTHON at spaces, and this checkout's
+    # own path (hence its .venv/bin/python) may hold some.
+    _make_install_offline(checkout, f"PYTHON={os.path.realpath(sys.executable)}")
     made_by = _venv_python(checkout, "import sys; print(*sys.version_info[:2])").stdout.split()
     assert made_by == [str(part) for part in sys.version_info[:2]]
