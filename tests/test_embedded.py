@@ -196,6 +196,22 @@ async def test_the_server_allocates_with_mimalloc_from_the_server_extras_wheel(
 
 
 @linux_only
+async def test_the_server_allocates_with_mimalloc_where_its_path_holds_a_space_and_a_colon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A venv under "~/My Projects": LD_PRELOAD cannot name it as it is.
+    library = embedded.mimalloc_library()
+    assert library is not None, "cmeel-mimalloc, a dependency of taskd[server] on Linux, is not installed"
+    spaced = tmp_path / "My Projects: taskd" / library.name
+    spaced.parent.mkdir()
+    spaced.symlink_to(library)
+    monkeypatch.setattr(embedded, "mimalloc_library", lambda: spaced)
+    async with EmbeddedValkey(tmp_path / "data") as valkey:
+        assert valkey.pid is not None
+        assert str(library.resolve()) in _maps(valkey.pid)
+
+
+@linux_only
 async def test_the_libc_allocator_preloads_nothing(tmp_path: Path) -> None:
     async with EmbeddedValkey(tmp_path, allocator="libc") as valkey:
         assert valkey.pid is not None
