@@ -156,9 +156,20 @@ def _preload_name(library: Path, valkey_dir: Path) -> str | None:
 
 def unix_socket_path(valkey_dir: Path) -> Path | None:
     """Where the server in `valkey_dir` listens on a unix socket; None where that path is too long
-    for a socket address (a deep data_dir), and the server listens on TCP only."""
+    for a socket address (a deep data_dir) or no URL can name it, and the server listens on TCP only."""
     path = valkey_dir / SOCKETFILE
-    return path if len(os.fsencode(path)) <= SOCKET_PATH_MAX else None
+    return path if len(os.fsencode(path)) <= SOCKET_PATH_MAX and _nameable_in_url(path) else None
+
+
+def _nameable_in_url(path: Path) -> bool:
+    """Whether a redis URL can name `path`. Bytes the filesystem's encoding could not decode (a
+    Latin-1 directory name where it is UTF-8) are lone surrogates in the path's text, which no URL
+    carries; such a server is reached over TCP."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class DataDirInUse(RuntimeError):
@@ -631,7 +642,7 @@ async def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
 def _previous_port(conf: Path) -> int | None:
     """The port the config file of the last start names, if it names one."""
     with contextlib.suppress(OSError):
-        for line in conf.read_text().splitlines():
+        for line in os.fsdecode(conf.read_bytes()).splitlines():
             words = line.split()
             if len(words) == 2 and words[0] == "port" and words[1].isdigit() and 0 < int(words[1]) < 65536:
                 return int(words[1])
@@ -663,13 +674,17 @@ def _load_or_create_password(path: Path) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write a file readable by its owner only, atomically, so a reader never sees half of it."""
+    """Write a file readable by its owner only, atomically, so a reader never sees half of it.
+
+    Encoded as paths are (os.fsencode): the config names paths, and the server must read each as the
+    bytes it is on disk, UTF-8 or not (a Latin-1 directory name made taskd stop with a traceback).
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with naming(path), os.fdopen(fd, "w") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o600)
-            f.write(text)
+            f.write(os.fsencode(text))
     except OSError:
         tmp.unlink(missing_ok=True)  # a full disk: nothing half-written left behind
         raise

@@ -187,6 +187,17 @@ async def test_a_data_dir_with_url_characters_in_its_path_connects(socket_dir: P
         assert await _get(valkey.url, "path") == b"quoted"
 
 
+async def test_a_data_dir_whose_name_is_not_utf8_starts_and_answers(tmp_path: Path) -> None:
+    # A Latin-1 directory name on a UTF-8 system: its text holds a lone surrogate, which the config
+    # file (and a redis URL) had to encode as UTF-8.
+    data_dir = tmp_path / os.fsdecode(b"lat\xe9in")
+    async with EmbeddedValkey(data_dir) as valkey:
+        assert valkey.url is not None
+        await _set(valkey.url, "path", "latin-1")
+        assert await _get(valkey.url, "path") == b"latin-1"
+    assert os.path.isdir(os.fsencode(tmp_path) + b"/lat\xe9in/valkey/appendonly")
+
+
 def _maps(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 
