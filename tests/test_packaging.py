@@ -146,3 +146,13 @@ def test_every_file_taskd_reads_at_run_time_is_named_by_its_packages_package_dat
             left_out.append(str(path.relative_to(ROOT)))
 
     assert left_out == []
+
+
+def test_the_installed_metadata_names_the_license_as_an_spdx_expression():
+    # `license = {text = "MIT"}`, a table, is deprecated: every install printed setuptools' notice
+    # that it would be refused after 2027-02-18, which would fail `make install` from a fresh clone.
+    # The string is read from setuptools 77 on, the build's floor.
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert "setuptools>=77" in build
+    metadata = importlib.metadata.metadata("taskd")
+    assert (metadata["License-Expression"], metadata["License"]) == ("MIT", None)

@@ -195,18 +195,22 @@ def test_the_units_command_line_parses_with_the_config_file(unit, command):
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_the_units_pass_systemd_analyze_verify(tmp_path):
-    # verify checks that ExecStart= exists: point it at this checkout's taskd.
-    taskd = Path(sys.executable).parent / "taskd"
-    for unit in UNITS:
-        text = (ROOT / "systemd" / unit).read_text().replace("/opt/taskd/.venv/bin/taskd", str(taskd))
-        (tmp_path / unit).write_text(text)
+    # verify checks that ExecStart= exists: point it at this checkout's taskd, through a link in a
+    # directory under /tmp, since systemd refuses an executable's name with a quote, `$` or `%` and
+    # splits it at spaces, and the checkout's path or TMPDIR may hold some.
+    with tempfile.TemporaryDirectory(prefix="taskd-", dir="/tmp") as bin_dir:
+        taskd = Path(bin_dir) / "taskd"
+        taskd.symlink_to(Path(sys.executable).parent / "taskd")
+        for unit in UNITS:
+            text = (ROOT / "systemd" / unit).read_text().replace("/opt/taskd/.venv/bin/taskd", str(taskd))
+            (tmp_path / unit).write_text(text)
 
-    result = subprocess.run(
-        ["systemd-analyze", "verify", "./taskd.service", "./taskd-worker@gpu_heavy.service"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+        result = subprocess.run(
+            ["systemd-analyze", "verify", "./taskd.service", "./taskd-worker@gpu_heavy.service"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
 
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
         result.stdout + result.stderr
