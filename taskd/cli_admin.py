@@ -392,6 +392,11 @@ def _run_operator(config: Config, args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(main())
+    except BrokenPipeError:
+        # stdout's reader went away (`taskd queues | head -1`), not Redis (redis-py raises its own
+        # ConnectionError for its sockets): cli.main ends quietly with the SIGPIPE status. Taken for
+        # Redis, a `purge --yes | head` that had cancelled its tasks said Redis had failed.
+        raise
     except (RedisError, OSError) as exc:
         # Down, unreachable, a wrong password (WRONGPASS/NOAUTH), a timeout: one line, no traceback.
         _note(f"taskd: Redis at {_where(url)}: {type(exc).__name__}: {exc}{tls_hint(url, exc)}")

