@@ -18,6 +18,7 @@ from taskd import keys
 from taskd.client import TaskClient
 from taskd.config import Config, GpuConfig, QueueConfig, RedisConfig
 from taskd.engine.executor import Executor
+from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.store import Start
 
 OUTAGE = 5.0
@@ -176,6 +177,30 @@ async def test_a_claim_that_met_the_outage_gives_its_worker_slot_back(tmp_path, 
 
     assert failed
     assert [body["status"] for body in bodies] == ["completed", "completed"]
+
+
+async def test_gpu_slots_whose_release_met_a_redis_error_are_given_back(tmp_path, monkeypatch):
+    # A holder of a device's slots is dropped only with its worker's heartbeat: a release Redis did
+    # not take (its connection lost as the run ended) held the slots for as long as the worker
+    # lived, and a task that needs the whole device waited for it for ever.
+    failed = []
+    release = GpuScheduler.release
+
+    async def failing_once(self: GpuScheduler, lease: Lease) -> None:
+        if not failed:
+            failed.append(lease.task_id)
+            raise RedisConnectionError("Redis went away during the release")
+        await release(self, lease)
+
+    monkeypatch.setattr(GpuScheduler, "release", failing_once)
+    async with serving(tmp_path, RedisConfig(), gpu=GpuConfig(simulate=1, slots=2)) as (_, api):
+        first = await api.submit("gpu_hold", {"seconds": 0})
+        await api.wait_all([first], timeout=30)
+        whole = await api.submit("gpu_hold_whole", {"seconds": 0})
+        [body] = await api.wait_all([whole], timeout=30)
+
+    assert failed == [first]
+    assert body["status"] == "completed"
 
 
 def _seconds(rfc3339: str) -> float:
