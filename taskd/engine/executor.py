@@ -472,7 +472,12 @@ class Executor:
     async def _release_lease(self, task_id: str, *, wake: bool = True) -> None:
         lease = self._leases.pop(task_id, None)
         if lease is not None and self.gpu is not None:
-            await self.gpu.release(lease)
+            # Retried as a run's end is: a holder is dropped only with its worker's heartbeat, so a
+            # release Redis did not take (a connection lost as the run ended) held the device's slots
+            # for as long as this worker lived, and a whole-device task waited for them for ever.
+            await _until_stored(
+                f"release of the GPU slots of task {task_id}", partial(self.gpu.release, lease)
+            )
             if wake:
                 # Slots are free: the GPU queues' workers look for a job that fits now.
                 self.slots_freed()

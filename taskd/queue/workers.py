@@ -304,7 +304,13 @@ class TaskdWorker(Worker):
                 self.sem.release()
                 continue
             self.job_counter += 1
-            start = await self._claim(job_id, int(self.in_progress_timeout_s * 1000))
+            try:
+                start = await self._claim(job_id, int(self.in_progress_timeout_s * 1000))
+            except BaseException:
+                # The slot is this worker's again: it outlives the error (WorkerPool._supervise).
+                self.job_counter -= 1
+                self.sem.release()
+                raise
             if not start.claimed:
                 self.job_counter -= 1
                 self.sem.release()
@@ -363,8 +369,14 @@ class TaskdWorker(Worker):
         self.wake.set()
 
     async def main(self) -> None:
-        """Poll, then wait for a wake-up (a submit, a finished job) or the poll delay; until stopped."""
+        """Poll, then wait for a wake-up (a submit, a finished job) or the poll delay; until stopped.
+
+        Run again after an error (WorkerPool._supervise), it keeps its running jobs and slots."""
         self.ctx["redis"] = self.pool
+        # Not ready (WorkerPool.unready) until it reaches Redis again, and its first look goes
+        # everywhere: the partitions the failed look was woken for are not known any more.
+        self.polled = False
+        self._everywhere = True
         while not self.stopping:
             self.wake.clear()
             await self._poll_iteration()
@@ -457,11 +469,17 @@ class WorkerPool:
         )
 
     async def _supervise(self, queue: str) -> None:
-        # arq's worker loop ends on the first Redis error; a new one takes over after a pause.
+        # arq's worker loop ends on the first Redis error; it starts again after a pause. The same
+        # worker, not a new one: the jobs it started run on through the error, and only it counts
+        # them (job_counter, its semaphore) and hands them back at a stop. A new worker counted
+        # none of them and started `concurrency` more (a Redis restart on a host with GPUs, whose
+        # poll meets it, had a queue of concurrency 2 run 3 jobs, more with each restart), and a
+        # stop neither waited for them nor handed them back: their job processes were killed and
+        # their tasks failed.
         restarts = Backoff.reconnect()
+        worker = self._make_worker(queue)
+        self.workers[queue] = worker
         while not self._stopping:
-            worker = self._make_worker(queue)
-            self.workers[queue] = worker
             try:
                 await worker.main()
             except asyncio.CancelledError:

@@ -10,11 +10,16 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import API_KEY
+from conftest import API_KEY, TERMINAL
 from faultkit import Api, ValkeyServer, runs, serving
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from taskd import keys
 from taskd.client import TaskClient
-from taskd.config import RedisConfig
+from taskd.config import Config, GpuConfig, QueueConfig, RedisConfig
+from taskd.engine.executor import Executor
+from taskd.gpu.scheduler import GpuScheduler, Lease
+from taskd.store import Start
 
 OUTAGE = 5.0
 
@@ -112,6 +117,90 @@ async def test_job_process_tasks_reporting_progress_through_an_outage_complete_a
     assert [(body["status"], body["attempt"]) for body in ended] == [("completed", 1)] * 3
     assert later["status"] == "completed"
     assert _seconds(later["completed_at"]) - _seconds(later["started_at"]) >= 2 - 1  # times to the second
+
+
+async def test_a_worker_whose_poll_met_the_outage_runs_no_more_jobs_than_its_concurrency_after_it(tmp_path):
+    # A host with GPUs claims one job at a time, so its workers' polls meet an outage and end (their
+    # supervisor starts them again). The started one was a new worker that counted none of the jobs
+    # still running: concurrency 2, one job running, and after the outage three ran at once.
+    server = await ValkeyServer(tmp_path / "valkey").start()
+    two_slots = {**Config().queues, "default": QueueConfig(concurrency=2, timeout=60)}
+    try:
+        async with serving(
+            tmp_path,
+            RedisConfig(url=server.url, socket_timeout=2),
+            queues=two_slots,
+            gpu=GpuConfig(simulate=1),
+        ) as (_, api):
+            first = await api.submit("sleep", {"seconds": 6, "steps": 1}, project_id="first")
+            await api.wait_all([first], lambda body: body["status"] == "processing", timeout=20)
+            server.stop()
+            await asyncio.sleep(
+                1
+            )  # under the heartbeat TTL: the running job is not taken for a dead worker's
+            await server.start()
+            later = [
+                await api.submit("sleep", {"seconds": 1, "steps": 1}, project_id=f"p{i}") for i in range(3)
+            ]
+            most = 0
+            async with server.client() as redis, asyncio.timeout(60):
+                while {(await api.status(task_id))["status"] for task_id in [first, *later]} - TERMINAL:
+                    most = max(most, await redis.zcard(keys.running("default")))
+                    await asyncio.sleep(0.05)
+            bodies = await api.wait_all([first, *later])
+    finally:
+        server.stop()
+
+    assert most == 2
+    assert [(body["status"], body["attempt"]) for body in bodies] == [("completed", 1)] * 4
+
+
+async def test_a_claim_that_met_the_outage_gives_its_worker_slot_back(tmp_path, monkeypatch):
+    # A host with GPUs claims each job on its own, and the reads before the start (the task's type,
+    # its GPU slots) are not retried: the first claim here meets a Redis error. Its worker, kept
+    # through the error with the jobs it runs, must not keep the slot that claim took: with one
+    # slot, no job would ever start again.
+    failed = []
+    claim = Executor.claim
+
+    async def failing_once(self: Executor, queue: str, job_id: str, lock_ms: int) -> Start:
+        if not failed:
+            failed.append(job_id)
+            raise RedisConnectionError("Redis went away during the claim")
+        return await claim(self, queue, job_id, lock_ms)
+
+    monkeypatch.setattr(Executor, "claim", failing_once)
+    one_slot = {**Config().queues, "default": QueueConfig(concurrency=1, timeout=60)}
+    async with serving(tmp_path, RedisConfig(), queues=one_slot, gpu=GpuConfig(simulate=1)) as (_, api):
+        task_ids = [await api.submit("noop", {}) for _ in range(2)]
+        bodies = await api.wait_all(task_ids, timeout=30)
+
+    assert failed
+    assert [body["status"] for body in bodies] == ["completed", "completed"]
+
+
+async def test_gpu_slots_whose_release_met_a_redis_error_are_given_back(tmp_path, monkeypatch):
+    # A holder of a device's slots is dropped only with its worker's heartbeat: a release Redis did
+    # not take (its connection lost as the run ended) held the slots for as long as the worker
+    # lived, and a task that needs the whole device waited for it for ever.
+    failed = []
+    release = GpuScheduler.release
+
+    async def failing_once(self: GpuScheduler, lease: Lease) -> None:
+        if not failed:
+            failed.append(lease.task_id)
+            raise RedisConnectionError("Redis went away during the release")
+        await release(self, lease)
+
+    monkeypatch.setattr(GpuScheduler, "release", failing_once)
+    async with serving(tmp_path, RedisConfig(), gpu=GpuConfig(simulate=1, slots=2)) as (_, api):
+        first = await api.submit("gpu_hold", {"seconds": 0})
+        await api.wait_all([first], timeout=30)
+        whole = await api.submit("gpu_hold_whole", {"seconds": 0})
+        [body] = await api.wait_all([whole], timeout=30)
+
+    assert failed == [first]
+    assert body["status"] == "completed"
 
 
 def _seconds(rfc3339: str) -> float:
