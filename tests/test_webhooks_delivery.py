@@ -350,6 +350,27 @@ async def test_a_retried_webhook_keeps_its_tasks_record_until_its_last_attempt(s
     assert webhook["attempts"] == 5
 
 
+async def test_a_delivered_webhooks_state_is_kept_as_long_as_a_long_keep_for(start, receiver, redis):
+    service = await start()
+    task_id = await submit_prompt(service, receiver, keep_for=30 * 24 * 3600)
+    await webhook_settled(service, task_id)
+
+    assert await redis.ttl(keys.webhook(task_id)) > 29 * 24 * 3600
+
+
+async def test_a_redelivered_webhooks_state_is_kept_as_long_as_a_long_keep_for(start, receiver, redis):
+    service = await start()
+    task_id = await submit_prompt(service, receiver, keep_for=30 * 24 * 3600)
+    await webhook_settled(service, task_id)
+    await redis.expire(keys.webhook(task_id), 60)
+    receiver.hang(60)  # the redelivered attempt records nothing while the test looks
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        assert response.status == 202, await response.text()
+
+    assert await redis.ttl(keys.webhook(task_id)) > 29 * 24 * 3600
+
+
 async def test_a_slow_receiver_does_not_delay_other_deliveries(start, receiver):
     service = await start()
     async with WebhookReceiver() as slow:

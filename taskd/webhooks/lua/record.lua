@@ -11,7 +11,7 @@
 -- ARGV[6]  status    the receiver's HTTP status, or '' (none: it could not be reached)
 -- ARGV[7]  error     what went wrong, or ''
 -- ARGV[8]  next_due  for a retry, the ms the next attempt is due; else ''
--- ARGV[9]  ttl       seconds the state hash is kept
+-- ARGV[9]  ttl       seconds the state hash is kept at least (as long as the task's record if longer)
 -- ARGV[10] keep_until for a retry, the ms until which the task's record must last: the next attempt's
 --                    end (its due time and webhooks.timeout) and a margin; else ''
 -- Returns 1 when written; 0 when the lease was lost (another sender holds the webhook now).
@@ -23,14 +23,14 @@
 -- include lib/stored.lua
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+-- The member is the task id, or `{id}:started` / `{id}:progress`.
+local task_key = '@TASK_PREFIX@' .. string.match(ARGV[1], '^[^:]+')
 redis.call('HSET', KEYS[2], 'attempts', ARGV[4], 'last_attempt_at', ARGV[3])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'last_status', ARGV[6]) else redis.call('HDEL', KEYS[2], 'last_status') end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[7]) else redis.call('HDEL', KEYS[2], 'last_error') end
 if ARGV[5] == 'retry' then
   redis.call('ZADD', KEYS[1], ARGV[8], ARGV[1])
   redis.call('HSET', KEYS[2], 'next_attempt_at', ARGV[8])
-  -- The member is the task id, or `{id}:started` / `{id}:progress`.
-  local task_key = '@TASK_PREFIX@' .. string.match(ARGV[1], '^[^:]+')
   local now_s = tonumber(ARGV[3]) / 1000
   local need = math.ceil((tonumber(ARGV[10]) - tonumber(ARGV[3])) / 1000)
   local left = redis.call('TTL', task_key)
@@ -51,5 +51,6 @@ else
   redis.call('HSET', KEYS[2], field, ARGV[3])
   redis.call('HINCRBY', KEYS[3], 'webhooks_' .. ARGV[5], 1)
 end
-redis.call('EXPIRE', KEYS[2], ARGV[9])
+-- Kept as long as the record, whose `keep_for` may be longer than `ttl`: GET status shows it.
+redis.call('EXPIRE', KEYS[2], math.max(tonumber(ARGV[9]), redis.call('TTL', task_key)))
 return 1
