@@ -6,6 +6,7 @@ have, and checks the task still ends with its record."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -58,6 +59,20 @@ async def test_a_task_waiting_for_a_dependency_past_its_records_expiry_still_run
     body = await service.wait_terminal(waiting, timeout=60)
 
     assert body["status"] == "completed"
+
+
+async def test_a_task_running_past_its_event_streams_expiry_keeps_its_first_events(
+    start_service, redis: Redis
+):
+    service = await start_service()
+    task_id = (await service.submit("sleep", {"seconds": LEFT_S + 3, "steps": 1}))["task_id"]
+    await service.wait_for(task_id, lambda body: body["status"] == "processing")
+    await redis.expire(keys.task_events(task_id), LEFT_S)
+
+    await service.wait_terminal(task_id, timeout=60)
+    events = [orjson.loads(fields[b"event"]) for _, fields in await redis.xrange(keys.task_events(task_id))]
+
+    assert [event["status"] for event in events][:2] == ["queued", "processing"]
 
 
 async def test_an_ended_tasks_record_is_not_renewed(start_service, redis: Redis):

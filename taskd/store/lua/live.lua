@@ -6,7 +6,8 @@
 -- its run went on, and its end, result and webhook were dropped. Every taskd process passes the ids
 -- of each queue's waiting and running tasks here (taskd.engine.keeper), often enough that a live
 -- record is renewed, to `ttl` from now, before it has `below` seconds left; and with it what lives
--- as long as it: its run state ({taskd}:run:{id}), the delivery state of its `started` and
+-- as long as it: its run state ({taskd}:run:{id}), its event stream (kept `events_ttl` from then
+-- when under half of that is left, whether or not the record was renewed), the delivery state of its `started` and
 -- `progress` webhooks, its project's index and active set (pushed back, never shortened), and the
 -- tasks waiting for it to complete (`depends_on`: {taskd}:dependents:{id}, their records, and
 -- those waiting for them in turn), which are in no queue yet. A heavy record's bytes are counted
@@ -40,6 +41,12 @@ local function keep(id)
   if left == -2 then return {} end
   local f = redis.call('HMGET', key, 'status', 'project_id', 'dependents', 'stored_until', 'stored_bytes')
   if f[1] ~= 'queued' and f[1] ~= 'processing' then return {} end
+  -- Its event stream expires a day (at most) after its last event: one that waited or ran silent
+  -- that long lost the events a client reading its stream starts with (its queued and processing
+  -- ones), and one that then read it got nothing until the next event.
+  local events = '@TASK_EVENTS_PREFIX@' .. id
+  local quiet = redis.call('TTL', events)
+  if quiet >= 0 and quiet < @EVENTS_TTL@ / 2 then redis.call('EXPIRE', events, @EVENTS_TTL@) end
   if left >= 0 and left < below then
     redis.call('EXPIRE', key, ttl)
     renewed = renewed + 1
