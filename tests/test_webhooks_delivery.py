@@ -350,6 +350,20 @@ async def test_a_retried_webhook_keeps_its_tasks_record_until_its_last_attempt(s
     assert webhook["attempts"] == 5
 
 
+async def test_a_redelivery_to_a_failing_receiver_does_not_keep_the_tasks_record(start, receiver, redis):
+    service = await start()
+    task_id = await submit_prompt(service, receiver, keep_for=60)
+    await webhook_settled(service, task_id)
+    receiver.always(500)
+    await redis.expire(keys.task(task_id), 30)
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        assert response.status == 202, await response.text()
+    await receiver.wait_for(3)  # the redelivery's first attempt and a retry have failed
+
+    assert await redis.ttl(keys.task(task_id)) <= 30
+
+
 async def test_a_delivered_webhooks_state_is_kept_as_long_as_a_long_keep_for(start, receiver, redis):
     service = await start()
     task_id = await submit_prompt(service, receiver, keep_for=30 * 24 * 3600)

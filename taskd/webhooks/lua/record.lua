@@ -19,7 +19,8 @@
 -- sooner: an ended record lives its `keep_for` or storage.task_ttl from its end, and a retry
 -- window longer than that (`keep_for` 60 and a receiver that hangs through two 30 s timeouts;
 -- webhooks.extra_delays past the TTL) had its later attempts dropped, the task gone. A heavy
--- record's bytes are counted until then (lib/stored.lua).
+-- record's bytes are counted until then (lib/stored.lua). A redelivery's retries (POST
+-- …/webhook/redeliver) do not keep it: the record lives no longer than its end's schedule made it.
 -- include lib/stored.lua
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
@@ -34,7 +35,9 @@ if ARGV[5] == 'retry' then
   local now_s = tonumber(ARGV[3]) / 1000
   local need = math.ceil((tonumber(ARGV[10]) - tonumber(ARGV[3])) / 1000)
   local left = redis.call('TTL', task_key)
-  if left >= 0 and left < need then
+  -- Not for a redelivery's retries: a caller redelivering to a receiver that fails would keep its
+  -- record for ever, a minute and a half at a time.
+  if left >= 0 and left < need and redis.call('HEXISTS', KEYS[2], 'redelivered_at') == 0 then
     redis.call('EXPIRE', task_key, need)
     local f = redis.call('HMGET', task_key, 'project_id', 'stored_until', 'stored_bytes')
     local index = '@PROJECT_PREFIX@' .. f[1]
