@@ -19,7 +19,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | key | type | lives |
 |---|---|---|
 | `{taskd}:task:{id}` | hash: one task record | `storage.task_ttl` (24 h) from creation (a scheduled task's: from its time); while the task is queued or processing, renewed to that from now before half of it is left (taskd.engine.keeper, live.lua), so a live task never loses it however long it waits or runs; renewed when the task ends, so a finished task stays readable for a full day (or for its submission's `keep_for`), and past that until its webhook's next attempt is over while one is retried (webhooks/lua/record.lua) |
-| `{taskd}:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task with a `keep_for` ends, to at least that; ids whose record expired are pruned when listed, and by a submit at most once a minute (`INDEX_PRUNE_BATCH` ids created more than `storage.task_ttl` ago, lib/admit.lua) |
+| `{taskd}:project:{project_id}` | sorted set: task id -> created ms | renewed with every submit, and when a task ends, to at least its record's life (`storage.task_ttl` or its `keep_for`); ids whose record expired are pruned when listed, and by a submit at most once a minute (`INDEX_PRUNE_BATCH` ids created more than `storage.task_ttl` ago, lib/admit.lua) |
 | `{taskd}:metrics` | hash: cumulative counters | forever: the document says metrics survive restarts |
 | `{taskd}:running:{queue}` | sorted set: task id -> started ms | members leave when their task ends |
 | `{taskd}:workers` | sorted set: worker id -> last heartbeat ms | members older than the heartbeat TTL are dead and pruned |
