@@ -9,6 +9,7 @@ from faultkit import Receiver
 
 from taskd import keys
 from taskd.config import WebhooksConfig
+from taskd.engine.keeper import LiveRecords
 from taskd.store import TaskStore
 from taskd.store.records import RunningTask
 
@@ -88,3 +89,19 @@ async def _delivered(receiver: Receiver, task_id: str) -> None:
     async with asyncio.timeout(10):
         while f"msg_{task_id}_completed" not in receiver.delivered:
             await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("breakage", ["missing_fields", "bad_stored_until"])
+async def test_the_keeper_renews_the_records_after_a_corrupt_one(start_service, redis, breakage):
+    service = await start_service(workers=False)
+    broken, good = [(await service.submit("noop", {}, project_id="p"))["task_id"] for _ in range(2)]
+    if breakage == "missing_fields":
+        await BREAKAGES[breakage](redis, keys.task(broken))
+    else:
+        await redis.hset(keys.task(broken), mapping={"stored_until": "soon", "stored_bytes": "many"})
+    for task_id in (broken, good):
+        await redis.expire(keys.task(task_id), 3)
+
+    await LiveRecords(TaskStore(redis, 24 * 3600), ["default"]).once()
+
+    assert await redis.ttl(keys.task(good)) > 3

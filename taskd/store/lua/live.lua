@@ -66,11 +66,15 @@ end
 
 -- The tasks waiting for a live one, which are in no queue yet, and those waiting for them, without
 -- recursion: a chain of dependencies may be longer than Lua's call depth.
+-- Each id on its own: a record broken by hand (no project_id, a stored_until that is not a
+-- number) raises an error for itself alone, not for the ids after it.
 local waiting = {}
-for i = 4, #ARGV do
-  for _, other in ipairs(keep(ARGV[i])) do waiting[#waiting + 1] = other end
+local function keep_one(id)
+  local ok, others = pcall(keep, id)
+  if ok then
+    for _, other in ipairs(others) do waiting[#waiting + 1] = other end
+  end
 end
-while #waiting > 0 do
-  for _, other in ipairs(keep(table.remove(waiting))) do waiting[#waiting + 1] = other end
-end
+for i = 4, #ARGV do keep_one(ARGV[i]) end
+while #waiting > 0 do keep_one(table.remove(waiting)) end
 return renewed
