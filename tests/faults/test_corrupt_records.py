@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from faultkit import Receiver
@@ -105,3 +106,23 @@ async def test_the_keeper_renews_the_records_after_a_corrupt_one(start_service, 
     await LiveRecords(TaskStore(redis, 24 * 3600), ["default"]).once()
 
     assert await redis.ttl(keys.task(good)) > 3
+
+
+async def test_a_retried_webhook_of_a_record_with_a_broken_count_is_recorded(
+    start_service, redis, receiver, caplog
+):
+    caplog.set_level(logging.WARNING, logger="taskd.webhooks")
+    api = await start_service(webhooks=WebhooksConfig(allow_private=True, timeout=1))
+    receiver.always(500)
+    receiver.hang(5)  # the first attempt times out after the record is broken
+    task_id = (await api.submit("noop", {}, callback_url=receiver.url(), keep_for=60))["task_id"]
+    await receiver.wait_for(1)
+    await redis.hset(keys.task(task_id), mapping={"stored_until": "soon", "stored_bytes": "many"})
+    await redis.expire(keys.task(task_id), 30)
+
+    await receiver.wait_for(4, timeout=60)
+    async with asyncio.timeout(30):
+        while b"failed_at" not in await redis.hgetall(keys.webhook(task_id)):
+            await asyncio.sleep(0.1)
+
+    assert not [record for record in caplog.records if "broke off" in record.getMessage()]

@@ -39,12 +39,17 @@ if ARGV[5] == 'retry' then
   -- record for ever, a minute and a half at a time.
   if left >= 0 and left < need and redis.call('HEXISTS', KEYS[2], 'redelivered_at') == 0 then
     redis.call('EXPIRE', task_key, need)
+    -- A record broken by hand (no project_id, a count that is not a number) is only kept: this
+    -- script must not fail, or the attempt's outcome would never be written.
     local f = redis.call('HMGET', task_key, 'project_id', 'stored_until', 'stored_bytes')
-    local index = '@PROJECT_PREFIX@' .. f[1]
-    local kept = redis.call('TTL', index)
-    if kept >= 0 and kept < need then redis.call('EXPIRE', index, need) end
-    if f[2] and tonumber(f[2]) < now_s + need then
-      count_stored(f[1], task_key, f[3], stored_until(now_s, need), f[2], f[3], now_s)
+    if f[1] then
+      local index = '@PROJECT_PREFIX@' .. f[1]
+      local kept = redis.call('TTL', index)
+      if kept >= 0 and kept < need then redis.call('EXPIRE', index, need) end
+      local counted, size = tonumber(f[2]), tonumber(f[3])
+      if counted and size and counted < now_s + need then
+        count_stored(f[1], task_key, f[3], stored_until(now_s, need), f[2], f[3], now_s)
+      end
     end
   end
 else
