@@ -645,10 +645,23 @@ def _host_id(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
         )
 
 
+def _outlives_beats(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    # A heartbeat that expires before the next one is written makes its live worker look dead
+    # between beats: every other process's reclaim took its running tasks back, again and again,
+    # until `execution.max_worker_deaths` failed them while their first run went on. Twice the
+    # interval leaves one beat's room for a slow write or a busy loop.
+    if value < 2 * instance.heartbeat_interval:
+        raise ValueError(
+            f"'{attribute.name}' must be at least twice 'heartbeat_interval' ({instance.heartbeat_interval} "
+            f"seconds): a worker whose heartbeat expires before its next beat is taken for dead and its "
+            f"running tasks are taken back, got {value}"
+        )
+
+
 @attrs.frozen
 class WorkerConfig:
     heartbeat_interval: float = attrs.field(default=5.0, validator=_seconds(gt=0))
-    heartbeat_ttl: float = attrs.field(default=20.0, validator=_seconds(gt=0))
+    heartbeat_ttl: float = attrs.field(default=20.0, validator=[_seconds(gt=0), _outlives_beats])
     poll_delay: float = attrs.field(default=0.5, validator=_seconds(gt=0))
     # The name this worker host goes by (its GPUs, its slot counts, its workers): empty means the
     # machine's hostname. Part of Redis key names, hence the short plain alphabet.

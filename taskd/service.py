@@ -25,6 +25,7 @@ from taskd.config import Config, ConfigError
 from taskd.embedded import DataDirInUse, EmbeddedValkey, ServerDidNotStart
 from taskd.engine.executor import Executor
 from taskd.engine.jobproc.pool import RunnerPool
+from taskd.engine.keeper import LiveRecords
 from taskd.engine.loopwatch import LoopWatch
 from taskd.engine.reclaim import Reclaimer
 from taskd.engine.scheduled import ScheduledRelease
@@ -264,6 +265,8 @@ class Service:
             None if executor is None else executor.held.__contains__,
         )
         self._background.append(asyncio.create_task(reclaimer.run(), name="reclaimer"))
+        live = LiveRecords(store, sorted(set(self.config.queues) | self.registry.queues()))
+        self._background.append(asyncio.create_task(live.run(), name="live-records"))
         release = ScheduledRelease(store)
         self._background.append(asyncio.create_task(release.run(), name="scheduled-release"))
         for warning in self.config.webhooks.idle_caps():

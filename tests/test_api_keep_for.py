@@ -44,6 +44,16 @@ async def test_a_later_submit_to_the_project_leaves_a_long_keep_for_in_its_list(
     assert await redis.ttl(keys.project("films")) > 29 * DAY
 
 
+async def test_a_task_that_ran_a_while_stays_in_its_projects_list_as_long_as_its_record(
+    start_service, redis: Redis
+):
+    service = await start_service()
+    task = await service.submit("sleep", {"seconds": 3, "steps": 1}, project_id="films")
+    await service.wait_terminal(task["task_id"])
+
+    assert await redis.ttl(keys.project("films")) >= await redis.ttl(keys.task(task["task_id"]))
+
+
 async def test_without_keep_for_an_ended_tasks_record_is_kept_24_hours(start_service, redis: Redis):
     service = await start_service()
     task = await service.submit("noop", {})

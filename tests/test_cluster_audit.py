@@ -33,7 +33,7 @@ def in_the_scripts() -> dict[str, tuple[str, set[str]]]:
             # The script as Redis runs it minus the constants: its own text and its libraries'.
             files: list[str] = []
             scripts._with_includes(entry.name, package, files)
-            text = "\n".join(scripts.read(name, package) for name in files)
+            text = "\n".join(scripts.read(name, scripts.library_package(name, package)) for name in files)
             tokens = set(re.findall(r"@([A-Z_]+)@", text))
             built = {
                 scripts.PARTITION_PREFIXES[token]

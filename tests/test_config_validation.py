@@ -199,6 +199,16 @@ def test_a_number_that_is_not_finite_is_refused(tmp_path, name, value, key):
     assert refusal(tmp_path, **{name: value}) == f"config key {key}: expected a finite number, got {value!r}"
 
 
+def test_a_heartbeat_ttl_not_twice_its_interval_is_refused(tmp_path):
+    message = refusal(tmp_path, TASKD_WORKER__HEARTBEAT_TTL="2", TASKD_WORKER__HEARTBEAT_INTERVAL="5")
+
+    assert message == (
+        "config key worker: 'heartbeat_ttl' must be at least twice 'heartbeat_interval' (5.0 seconds): a "
+        "worker whose heartbeat expires before its next beat is taken for dead and its running tasks are "
+        "taken back, got 2.0"
+    )
+
+
 def test_an_infinite_toml_float_is_refused(tmp_path):
     message = refusal(tmp_path, "[worker]\nheartbeat_ttl = inf\n")
 

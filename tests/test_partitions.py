@@ -19,6 +19,7 @@ from sse import read_events
 from taskd import keys
 from taskd.admin import operator
 from taskd.config import ConfigError, LimitsConfig, RedisConfig, WebhooksConfig, WorkerConfig
+from taskd.engine import keeper
 from taskd.service import Service
 from taskd.store import TaskStore
 
@@ -137,6 +138,21 @@ async def test_a_queued_task_outside_partition_zero_is_listed_and_cancelled(star
 
     assert listed == [task["task_id"]]
     assert (cancelled["status"], cancelled["previous_state"]) == ("cancelled", "queued")
+
+
+async def test_a_queued_tasks_record_outside_partition_zero_is_kept_while_it_waits(
+    start_service, partitioned, monkeypatch, redis: Redis
+):
+    monkeypatch.setattr(keeper, "KEEP_EVERY_MAX_S", 0.2)
+    api_only = await start_service(redis=partitioned, workers=False)
+    task_id = (await api_only.submit("noop", {}, project_id=PROJECTS[2]))["task_id"]
+    await redis.expire(keys.task(task_id), 3)
+
+    async with asyncio.timeout(30):
+        while await redis.ttl(keys.task(task_id)) <= 3:
+            await asyncio.sleep(0.1)
+
+    assert (await api_only.status(task_id))["status"] == "queued"
 
 
 async def test_the_event_stream_of_a_task_outside_partition_zero_ends_with_its_completion(

@@ -18,6 +18,7 @@ from test_submit_together import new_task
 
 from taskd import keys
 from taskd.config import LimitsConfig, load_config
+from taskd.engine.keeper import LiveRecords
 from taskd.model import RateLimited, TaskStatus
 from taskd.store import TaskStore
 from taskd.store.records import Admission
@@ -482,3 +483,20 @@ async def test_a_test_prompt_whose_parameter_is_a_ref_reserves_the_rendered_limi
     estimate = await redis.hget(keys.task(submitted["task_id"]), "result_estimate")
 
     assert int(estimate) == RENDERED_LIMIT
+
+
+async def test_a_heavy_queued_record_kept_past_its_expiry_stays_counted_until_its_new_one(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False)
+    task_id = (await api.submit("noop", {}, project_id="big", metadata=LARGE))["task_id"]
+    # As if it had waited all but a few seconds of storage.task_ttl: the keeper renews it.
+    await redis.expire(keys.task(task_id), 3)
+    record = await redis.hgetall(keys.task(task_id))
+    await redis.hset(keys.task(task_id), "stored_until", int(time.time()) + 3)
+    await redis.hset(keys.stored("big"), str(int(time.time()) + 3), record[b"stored_bytes"])
+    await redis.hdel(keys.stored("big"), record[b"stored_until"])
+
+    await LiveRecords(TaskStore(redis, 24 * 3600), ["default"]).once()
+
+    assert max(await stored(redis, "big")) > time.time() + 23 * 3600

@@ -335,6 +335,56 @@ async def test_extra_delays_add_attempts_after_the_documented_four(start, receiv
     assert 0.3 <= times[5] - times[4] <= 1.7
 
 
+async def test_a_retried_webhook_keeps_its_tasks_record_until_its_last_attempt(start, receiver, redis):
+    # The last attempt comes 1 + 2 + 4 + 8 s after the first: past the 12 s left to the record, as
+    # if its keep_for's minute had run out while the receiver hung through two 30 s timeouts.
+    service = await start(extra_delays=[8])
+    receiver.always(500)
+    task_id = await submit_prompt(service, receiver, keep_for=60)
+    await service.wait_terminal(task_id)
+    await redis.expire(keys.task(task_id), 12)
+
+    await receiver.wait_for(5, timeout=60)
+    webhook = await webhook_settled(service, task_id, timeout=30)
+
+    assert webhook["attempts"] == 5
+
+
+async def test_a_redelivery_to_a_failing_receiver_does_not_keep_the_tasks_record(start, receiver, redis):
+    service = await start()
+    task_id = await submit_prompt(service, receiver, keep_for=60)
+    await webhook_settled(service, task_id)
+    receiver.always(500)
+    await redis.expire(keys.task(task_id), 30)
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        assert response.status == 202, await response.text()
+    await receiver.wait_for(3)  # the redelivery's first attempt and a retry have failed
+
+    assert await redis.ttl(keys.task(task_id)) <= 30
+
+
+async def test_a_delivered_webhooks_state_is_kept_as_long_as_a_long_keep_for(start, receiver, redis):
+    service = await start()
+    task_id = await submit_prompt(service, receiver, keep_for=30 * 24 * 3600)
+    await webhook_settled(service, task_id)
+
+    assert await redis.ttl(keys.webhook(task_id)) > 29 * 24 * 3600
+
+
+async def test_a_redelivered_webhooks_state_is_kept_as_long_as_a_long_keep_for(start, receiver, redis):
+    service = await start()
+    task_id = await submit_prompt(service, receiver, keep_for=30 * 24 * 3600)
+    await webhook_settled(service, task_id)
+    await redis.expire(keys.webhook(task_id), 60)
+    receiver.hang(60)  # the redelivered attempt records nothing while the test looks
+
+    async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+        assert response.status == 202, await response.text()
+
+    assert await redis.ttl(keys.webhook(task_id)) > 29 * 24 * 3600
+
+
 async def test_a_slow_receiver_does_not_delay_other_deliveries(start, receiver):
     service = await start()
     async with WebhookReceiver() as slow:

@@ -185,6 +185,9 @@ TAKE_SCAN = 100
 # Ids of a project's index read by one call of list.lua: a listing of a project of 10,000 tasks is
 # ten calls, each holding Valkey ~1-3 ms.
 LIST_STRETCH = 1000
+# Ids of waiting or running tasks passed to one call of live.lua: each costs a TTL read, and a few
+# more commands when renewed (at most once per half of storage.task_ttl).
+LIVE_BATCH = 500
 
 
 class AlreadyRetried(Exception):
@@ -388,6 +391,7 @@ class TaskStore:
             for partition, client in enumerate(self.clients)
         ]
         self._due = load("due")
+        self._live = load("live")
         self._list = load("list")
         self._progress_again = load("progress_again")
         # Where each queue's next take starts among the partitions whose first due jobs are equally
@@ -984,6 +988,43 @@ class TaskStore:
             )
 
         return sum(await self._each_partition(due))
+
+    async def keep_live(self, queues: Iterable[str], at: float, below: float) -> int:
+        """Renew, to `storage.task_ttl` from `at`, the record of every task waiting or running on
+        `queues` that has less than `below` seconds left (live.lua), with what lives as long as it;
+        returns how many were renewed."""
+        names = list(queues)
+
+        async def keep(client: Redis, partition: int) -> int:
+            renewed = 0
+            for queue in names:
+                # The waiting set holds job ids ({task id}.{n}), the running set task ids. ZSCAN
+                # returns every member there from its start to its end, in pages.
+                waiting = [
+                    raw.decode().rpartition(".")[0]
+                    async for raw, _ in client.zscan_iter(keys.waiting(queue, partition), count=LIVE_BATCH)
+                ]
+                running = [
+                    raw.decode()
+                    async for raw, _ in client.zscan_iter(keys.running(queue, partition), count=LIVE_BATCH)
+                ]
+                ids = waiting + running
+                for first in range(0, len(ids), LIVE_BATCH):
+                    renewed += int(
+                        await self._live(
+                            client=client,
+                            keys={"partition": keys.no_key(partition)},
+                            args={
+                                "ttl": self.task_ttl,
+                                "below": math.ceil(below),
+                                "now_s": repr(at),
+                                "ids": ids[first : first + LIVE_BATCH],
+                            },
+                        )
+                    )
+            return renewed
+
+        return sum(await self._each_partition(keep))
 
     async def progress(
         self, task_id: str, job_id: str, worker_id: str, progress: float, step: str | None, at: float

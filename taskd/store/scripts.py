@@ -13,7 +13,8 @@ key and argument, in order, each with the name callers pass it under:
     -- include lib/emit.lua
 
 `-- include lib/<name>.lua` prepends a library file (a `local function` shared by several
-scripts; libraries may include others, each file comes in once, in the order first named).
+scripts; libraries may include others, each file comes in once, in the order first named). A
+room's script may include a library of the store's that its own `lua/` folder has none of.
 `'@NAME@'` tokens are replaced by the key prefixes of taskd.keys, in the partition of the script's
 first key (PARTITION_PREFIXES), and `@NAME@` by its constants (CONSTANTS), so the Lua and the
 Python cannot disagree on a key's spelling; an unknown token is an error.
@@ -153,9 +154,17 @@ def read(name: str, package: str = STORE) -> str:
     return (resources.files(package) / "lua" / name).read_text(encoding="utf-8")
 
 
+def library_package(name: str, package: str) -> str:
+    """Where file `name` of a script of `package` is: in `package`, or, for a library it has none
+    of, in the store's (its libraries are shared, as the slot's guard is)."""
+    if package != STORE and not (resources.files(package) / "lua" / name).is_file():
+        return STORE
+    return package
+
+
 def _with_includes(name: str, package: str, seen: list[str]) -> None:
     # Depth first, so a library comes before the first file that calls it.
-    for include in parse_header(name, read(name, package)).includes:
+    for include in parse_header(name, read(name, library_package(name, package))).includes:
         if include not in seen:
             _with_includes(include, package, seen)
     if name not in seen:
@@ -206,7 +215,7 @@ def source(
     their last event (taskd.keys.events_ttl)."""
     files: list[str] = []
     _with_includes(f"{name}.lua", package, files)
-    text = _fill("\n".join(read(file, package) for file in files), events_ttl)
+    text = _fill("\n".join(read(file, library_package(file, package)) for file in files), events_ttl)
     return _guarded(f"{name}.lua", package, text, guarded)
 
 

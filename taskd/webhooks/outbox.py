@@ -22,6 +22,9 @@ from taskd.model import now
 from taskd.store import scripts
 
 LUA = "taskd.webhooks"  # the package whose lua/ folder holds the outbox's scripts
+# How long past its next attempt's end a retried webhook's task record is kept at least: room for
+# the attempt's outcome to be written and GET status to show it (record.lua).
+KEEP_MARGIN_MS = 60_000
 
 
 def now_ms() -> int:
@@ -132,9 +135,17 @@ class Outbox:
         return claims, min(firsts, default=None)
 
     async def record(
-        self, claim: Claim, attempt: int, outcome: Attempt, now_ms: int, next_ms: int | None
+        self,
+        claim: Claim,
+        attempt: int,
+        outcome: Attempt,
+        now_ms: int,
+        next_ms: int | None,
+        attempt_ms: int = 0,
     ) -> bool:
-        """Write an attempt's outcome: delivered, retry at `next_ms`, or failed for good; False if the lease was lost."""
+        """Write an attempt's outcome: delivered, retry at `next_ms`, or failed for good; False if the
+        lease was lost. A retry keeps the task's record until that attempt, taking `attempt_ms`, is
+        over (record.lua)."""
         if outcome.delivered:
             result = "delivered"
         elif next_ms is not None:
@@ -151,6 +162,7 @@ class Outbox:
             "error": outcome.error or "",
             "next_due": "" if next_ms is None else next_ms,
             "ttl": self.ttl,
+            "keep_until": "" if next_ms is None else next_ms + attempt_ms + KEEP_MARGIN_MS,
         }
         partition = _partition(claim.task_id)
         written = await self._record(

@@ -401,7 +401,7 @@ class WebhookSender:
                 )
             else:
                 next_ms = done + int(delay * 1000)
-        await self.outbox.record(claim, attempt, outcome, done, next_ms)
+        await self.outbox.record(claim, attempt, outcome, done, next_ms, int(self.config.timeout * 1000))
         if event == PROGRESS:
             await self.store.progress_again(record, done / 1000)
 

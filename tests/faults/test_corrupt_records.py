@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from faultkit import Receiver
 
 from taskd import keys
 from taskd.config import WebhooksConfig
+from taskd.engine.keeper import LiveRecords
 from taskd.store import TaskStore
 from taskd.store.records import RunningTask
 
@@ -88,3 +90,39 @@ async def _delivered(receiver: Receiver, task_id: str) -> None:
     async with asyncio.timeout(10):
         while f"msg_{task_id}_completed" not in receiver.delivered:
             await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("breakage", ["missing_fields", "bad_stored_until"])
+async def test_the_keeper_renews_the_records_after_a_corrupt_one(start_service, redis, breakage):
+    service = await start_service(workers=False)
+    broken, good = [(await service.submit("noop", {}, project_id="p"))["task_id"] for _ in range(2)]
+    if breakage == "missing_fields":
+        await BREAKAGES[breakage](redis, keys.task(broken))
+    else:
+        await redis.hset(keys.task(broken), mapping={"stored_until": "soon", "stored_bytes": "many"})
+    for task_id in (broken, good):
+        await redis.expire(keys.task(task_id), 3)
+
+    await LiveRecords(TaskStore(redis, 24 * 3600), ["default"]).once()
+
+    assert await redis.ttl(keys.task(good)) > 3
+
+
+async def test_a_retried_webhook_of_a_record_with_a_broken_count_is_recorded(
+    start_service, redis, receiver, caplog
+):
+    caplog.set_level(logging.WARNING, logger="taskd.webhooks")
+    api = await start_service(webhooks=WebhooksConfig(allow_private=True, timeout=1))
+    receiver.always(500)
+    receiver.hang(5)  # the first attempt times out after the record is broken
+    task_id = (await api.submit("noop", {}, callback_url=receiver.url(), keep_for=60))["task_id"]
+    await receiver.wait_for(1)
+    await redis.hset(keys.task(task_id), mapping={"stored_until": "soon", "stored_bytes": "many"})
+    await redis.expire(keys.task(task_id), 30)
+
+    await receiver.wait_for(4, timeout=60)
+    async with asyncio.timeout(30):
+        while b"failed_at" not in await redis.hgetall(keys.webhook(task_id)):
+            await asyncio.sleep(0.1)
+
+    assert not [record for record in caplog.records if "broke off" in record.getMessage()]

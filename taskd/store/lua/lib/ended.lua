@@ -30,9 +30,8 @@
 -- ({taskd}:project_active:{project_id}) and processing ones ({taskd}:project_processing:{project_id},
 -- the throttle start.lua keeps), queues its webhook when it has a callback_url and its
 -- webhook_events include this end (lib/webhook_event.lua; waking the senders on
--- {taskd}:webhooks:wake), keeps the record for its `keep_for` or `ttl` (and, with a
--- `keep_for`, the project's index {taskd}:project:{project_id} at least as long, so the task stays in
--- the project's list), takes it off {taskd}:scheduled if it was waiting for its time there and
+-- {taskd}:webhooks:wake), keeps the record for its `keep_for` or `ttl` (and the project's index
+-- {taskd}:project:{project_id} at least as long, so the task stays in the project's list), takes it off {taskd}:scheduled if it was waiting for its time there and
 -- emits a status event. A heavy record's bytes follow its expiry (lib/stored.lua), as do those
 -- of a dependent it queues. It deletes the task's run state ({taskd}:run:{id}, taskd.store.run_state)
 -- when its record's `run_state` says it has one.
@@ -82,14 +81,13 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
   if r.scheduled_for then redis.call('ZREM', '@SCHEDULED@', task_id) end
   -- Its own `keep_for` decides how long this record stays; `ttl` stays the default for the
   -- dependents settled below.
-  local kept = ttl
-  local keep_for = r.keep_for
-  if keep_for then
-    kept = keep_for
-    local index = '@PROJECT_PREFIX@' .. project
-    if redis.call('TTL', index) < tonumber(keep_for) then redis.call('EXPIRE', index, keep_for) end
-  end
+  local kept = r.keep_for or ttl
   redis.call('EXPIRE', task_key, kept)
+  -- The project's index lists the task as long as its record lives. It was kept `ttl` from the
+  -- project's last submit, and pushed back at an end only for a `keep_for`: a task that ran (or
+  -- waited) for hours left its project's list that long before its record expired, while its
+  -- status still answered.
+  keep_later(later, '@PROJECT_PREFIX@' .. project, tonumber(kept))
   -- A heavy record (its result may have made it one) is counted until its new expiry; a light one
   -- costs nothing here (lib/stored.lua).
   if r.stored_until or heavy(r, ttl) then

@@ -1,0 +1,80 @@
+-- live.lua: keeps the records of tasks still queued or processing from expiring.
+--
+-- A record is kept storage.task_ttl from its submit (lib/admit.lua) and renewed when its task ends
+-- (lib/ended.lua). Before, nothing renewed it in between: a task that waited behind a backlog, or
+-- ran, longer than that lost its record on the way. Its status, listing and cancel said 404 while
+-- its run went on, and its end, result and webhook were dropped. Every taskd process passes the ids
+-- of each queue's waiting and running tasks here (taskd.engine.keeper), often enough that a live
+-- record is renewed, to `ttl` from now, before it has `below` seconds left; and with it what lives
+-- as long as it: its run state ({taskd}:run:{id}), its event stream (kept `events_ttl` from then
+-- when under half of that is left, whether or not the record was renewed), the delivery state of its `started` and
+-- `progress` webhooks, its project's index and active set (pushed back, never shortened), and the
+-- tasks waiting for it to complete (`depends_on`: {taskd}:dependents:{id}, their records, and
+-- those waiting for them in turn), which are in no queue yet. A heavy record's bytes are counted
+-- until its new expiry (lib/stored.lua).
+-- KEYS[1]  partition  a name in the tasks' partition's slot ({taskd}:none, taskd.keys.no_key), never
+--                     read or written: each task's key is built here from its id, in that partition
+-- ARGV[1]  ttl        storage.task_ttl, in seconds: how long a renewed record is kept from now
+-- ARGV[2]  below      seconds: a live record with less than this left is renewed
+-- ARGV[3]  now_s      now, in seconds
+-- ARGV[4..] ids       the ids of the tasks in a queue's waiting or running set
+-- Returns how many records were renewed.
+-- include lib/stored.lua
+local ttl, below, now_s = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local renewed = 0
+local seen = {}
+
+-- A key that expires is kept at least `ttl` from now; a key that is gone (-2) or kept for good
+-- (-1) is left as it is.
+local function push_back(key)
+  local left = redis.call('TTL', key)
+  if left >= 0 and left < ttl then redis.call('EXPIRE', key, ttl) end
+end
+
+-- Renews one live record with less than `below` seconds left, and what goes with it. Returns the
+-- ids of the tasks waiting for it (whatever its own record had left: theirs may have less).
+local function keep(id)
+  if seen[id] then return {} end
+  seen[id] = true
+  local key = '@TASK_PREFIX@' .. id
+  local left = redis.call('TTL', key)
+  if left == -2 then return {} end
+  local f = redis.call('HMGET', key, 'status', 'project_id', 'dependents', 'stored_until', 'stored_bytes')
+  if f[1] ~= 'queued' and f[1] ~= 'processing' then return {} end
+  -- Its event stream expires a day (at most) after its last event: one that waited or ran silent
+  -- that long lost the events a client reading its stream starts with (its queued and processing
+  -- ones), and one that then read it got nothing until the next event.
+  local events = '@TASK_EVENTS_PREFIX@' .. id
+  local quiet = redis.call('TTL', events)
+  if quiet >= 0 and quiet < @EVENTS_TTL@ / 2 then redis.call('EXPIRE', events, @EVENTS_TTL@) end
+  if left >= 0 and left < below then
+    redis.call('EXPIRE', key, ttl)
+    renewed = renewed + 1
+    if f[4] then count_stored(f[2], key, f[5], stored_until(now_s, ttl), f[4], f[5], now_s) end
+    push_back('@RUN_STATE_PREFIX@' .. id)
+    push_back('@WEBHOOK_PREFIX@' .. id .. ':started')
+    push_back('@WEBHOOK_PREFIX@' .. id .. ':progress')
+    push_back('@PROJECT_PREFIX@' .. f[2])
+    push_back('@ACTIVE_PREFIX@' .. f[2])
+  end
+  -- A record of a version before the field may have dependents too.
+  if f[3] == '0' then return {} end
+  local dependents = '@DEPENDENTS_PREFIX@' .. id
+  push_back(dependents)
+  return redis.call('SMEMBERS', dependents)
+end
+
+-- The tasks waiting for a live one, which are in no queue yet, and those waiting for them, without
+-- recursion: a chain of dependencies may be longer than Lua's call depth.
+-- Each id on its own: a record broken by hand (no project_id, a stored_until that is not a
+-- number) raises an error for itself alone, not for the ids after it.
+local waiting = {}
+local function keep_one(id)
+  local ok, others = pcall(keep, id)
+  if ok then
+    for _, other in ipairs(others) do waiting[#waiting + 1] = other end
+  end
+end
+for i = 4, #ARGV do keep_one(ARGV[i]) end
+while #waiting > 0 do keep_one(table.remove(waiting)) end
+return renewed
