@@ -106,6 +106,40 @@ async def test_a_finished_task_whose_stream_expired_still_gets_a_terminal_event(
     ]
 
 
+async def test_a_task_stream_ends_when_the_tasks_record_goes_while_it_is_followed(taskd, redis, monkeypatch):
+    monkeypatch.setattr(events_module, "RECHECK_SECONDS", 0.2)
+    task = await taskd.submit("sleep", {"seconds": 1}, delay_seconds=3600)
+    path = f"/api/v1/tasks/{task['task_id']}/events"
+
+    async with asyncio.timeout(20), taskd.client.get(path) as response:
+        queued = await read_events(response, 1)
+        # As the record of a task that waited past storage.task_ttl expires, or a Redis restarted
+        # without its data: no event will come.
+        await redis.delete(keys.task(task["task_id"]), keys.task_events(task["task_id"]))
+        rest = await read_events(response)
+    async with taskd.client.get(path, headers={"Last-Event-ID": queued[0].id}) as again:
+        body = await again.json()
+
+    assert [e.data["status"] for e in queued] == ["queued"]
+    assert rest == []
+    assert (again.status, body["error"]) == (404, "task_not_found")
+
+
+async def test_a_task_stream_sends_the_end_its_record_holds_when_no_event_brought_it(
+    taskd, redis, monkeypatch
+):
+    monkeypatch.setattr(events_module, "RECHECK_SECONDS", 0.2)
+    task = await taskd.submit("sleep", {"seconds": 1}, delay_seconds=3600)
+
+    async with asyncio.timeout(20), taskd.client.get(f"/api/v1/tasks/{task['task_id']}/events") as response:
+        await read_events(response, 1)
+        # The record ends without an entry in the streams, as one the hub's read never brings.
+        await redis.hset(keys.task(task["task_id"]), mapping={"status": "failed", "error": "gone"})
+        rest = await read_events(response)
+
+    assert [(e.id, e.data["status"], e.data["error"]) for e in rest] == [(None, "failed", "gone")]
+
+
 async def test_unknown_task_is_404_task_not_found_before_any_stream(taskd):
     async with taskd.client.get("/api/v1/tasks/nope/events") as response:
         body = await response.json()

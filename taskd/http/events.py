@@ -19,7 +19,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import attrs
 import orjson
@@ -45,6 +45,9 @@ WAKE_TTL_MS = 60_000  # the hub's wake stream expires this long after its last w
 READ_COUNT = 500  # entries per stream per XREAD
 MAX_PENDING = 5000  # events held for one slow client before it re-reads the stream itself
 CHECK_SECONDS = 1.0  # how often an idle stream (or a Prefer: wait) notices that its client went away
+# How often a task's stream looks at its record itself, past the hub: a task whose record is gone
+# (expired while it waited, a Redis that lost its data) has no event left to come.
+RECHECK_SECONDS = 15.0
 # ASCII digits only: `\d` would take other scripts' digits, which int() reads but Redis refuses.
 _EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 _TERMINAL_NAMES = frozenset(status.value for status in TERMINAL)
@@ -357,6 +360,11 @@ class EventWriter:
         """True once the client closed the connection."""
         return client_gone(self.request)
 
+    @property
+    def position(self) -> str:
+        """The id of the newest entry sent (or the point the stream was read after)."""
+        return "{}-{}".format(*self.last)
+
 
 def client_gone(request: web.Request) -> bool:
     """True once the client of `request` closed its connection."""
@@ -377,19 +385,36 @@ def _stream_response() -> web.StreamResponse:
 
 
 async def _follow(
-    writer: EventWriter, subscription: Subscription, redis: Redis, *, until_terminal: bool
+    writer: EventWriter,
+    subscription: Subscription,
+    redis: Redis,
+    *,
+    until_terminal: bool,
+    recheck: Callable[[str], Awaitable[list[StreamEvent] | None]] | None = None,
 ) -> None:
-    """Send live events (and keep-alives) until the client leaves, the server stops, or the task ends."""
+    """Send live events (and keep-alives) until the client leaves, the server stops, or the task ends.
+
+    `recheck(after)`, every RECHECK_SECONDS: the events after `after` that the hub may not bring
+    (the task's end when its record says it ended), or None when there will be none (no record).
+    """
+    checked = time.monotonic()
     while not (until_terminal and writer.sent_terminal):
         if subscription.closed or writer.client_gone():
             return
+        if recheck is not None and time.monotonic() - checked >= RECHECK_SECONDS:
+            checked = time.monotonic()
+            missed = await recheck(writer.position)
+            if missed is None:
+                return
+            await writer.send(missed)
+            continue
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CHECK_SECONDS):
                 await subscription.wakeup.wait()
         events = subscription.take()
         if subscription.overflowed:
             subscription.overflowed = False
-            events = await _read_after(redis, subscription.stream, "{}-{}".format(*writer.last))
+            events = await _read_after(redis, subscription.stream, writer.position)
         await writer.send(events)
         if time.monotonic() - writer.last_write >= KEEPALIVE_SECONDS:
             await writer.write(b": keep-alive\n\n")
@@ -403,6 +428,7 @@ async def _serve(
     backlog: list[StreamEvent],
     *,
     until_terminal: bool,
+    recheck: Callable[[str], Awaitable[list[StreamEvent] | None]] | None = None,
 ) -> web.StreamResponse:
     api = request.app[API]
     if request.method == "HEAD":
@@ -416,7 +442,7 @@ async def _serve(
         await writer.write(f"retry: {RECONNECT_MS}\n\n".encode())
         await writer.send(backlog)
         redis = api.store.client(keys.partition_of_key(subscription.stream))
-        await _follow(writer, subscription, redis, until_terminal=until_terminal)
+        await _follow(writer, subscription, redis, until_terminal=until_terminal, recheck=recheck)
     except ConnectionResetError:
         pass  # the client went away
     except Exception as exc:  # headers are sent: the error can only end the stream
@@ -481,9 +507,38 @@ async def _task_events(request: web.Request) -> web.StreamResponse:
             backlog.append(StreamEvent.from_record(record))
         response = _stream_response()
         writer = EventWriter(request, response, after)
-        return await _serve(request, response, writer, subscription, backlog, until_terminal=True)
+
+        async def recheck(sent: str) -> list[StreamEvent] | None:
+            return await _missed_end(redis, task_id, stream, sent)
+
+        return await _serve(
+            request, response, writer, subscription, backlog, until_terminal=True, recheck=recheck
+        )
     finally:
         hub.unsubscribe(subscription)
+
+
+async def _missed_end(redis: Redis, task_id: str, stream: str, after: str) -> list[StreamEvent] | None:
+    """The end of `task_id` if it ended (its stream's entries after `after`, with the end made from the
+    record when the stream lacks it); None if its record is gone, [] while it runs or waits.
+
+    A follower learns of a task through the hub, which only brings entries that are written: a task
+    whose record expired while it waited (storage.task_ttl), or that a Redis restarted without its
+    data lost, writes no end, and its followers were sent keep-alives for ever. Ended here, the
+    stream's next connection is a 404 task_not_found, which every client stops at.
+    """
+    status = await redis.hget(keys.task(task_id), "status")
+    if status is None:
+        return None
+    if status.decode() not in _TERMINAL_NAMES:
+        return []
+    try:
+        record, events = await _record_and_events(redis, task_id, stream, after)
+    except TaskNotFound:
+        return None
+    if not any(event.terminal for event in events):
+        events.append(StreamEvent.from_record(record))
+    return events
 
 
 async def _is_terminal_entry(redis: Redis, stream: str, event_id: str) -> bool:
