@@ -44,6 +44,14 @@ BLOCK_MS = 5000  # one XREAD waits at most this long before it is issued again
 WAKE_TTL_MS = 60_000  # the hub's wake stream expires this long after its last wake
 READ_COUNT = 500  # entries per stream per XREAD
 MAX_PENDING = 5000  # events held for one slow client before it re-reads the stream itself
+MAX_PENDING_BYTES = 4 * 2**20  # or their bytes: a project's events carry its tasks' results
+# What one client's stream holds in memory, however far behind it is and however large the events:
+# the stream's stored entries are read a page at a time (up to BACKLOG_PAGE entries, fewer where the
+# last page's were large, so that a page is about PAGE_BYTES), each page once the last was taken,
+# and written in chunks of about WRITE_CHUNK bytes, each once the client took the last.
+BACKLOG_PAGE = 100
+PAGE_BYTES = 256 * 1024
+WRITE_CHUNK = 64 * 1024
 CHECK_SECONDS = 1.0  # how often an idle stream (or a Prefer: wait) notices that its client went away
 # How often a task's stream looks at its record itself, past the hub: a task whose record is gone
 # (expired while it waited, a Redis that lost its data) has no event left to come.
@@ -112,6 +120,7 @@ class Subscription:
     def __init__(self, stream: str) -> None:
         self.stream = stream
         self.pending: collections.deque[StreamEvent] = collections.deque()
+        self.pending_bytes = 0
         self.overflowed = False  # events were dropped: the client must re-read the stream
         self.closed = False
         self.wakeup = asyncio.Event()
@@ -119,11 +128,15 @@ class Subscription:
     def push(self, events: Iterable[StreamEvent]) -> None:
         """Hand new events to the client (or mark it overflowed when it is too far behind)."""
         for event in events:
-            if len(self.pending) >= MAX_PENDING:
+            if self.pending and (
+                len(self.pending) >= MAX_PENDING or self.pending_bytes + len(event.data) > MAX_PENDING_BYTES
+            ):
                 self.pending.clear()
+                self.pending_bytes = 0
                 self.overflowed = True
                 break
             self.pending.append(event)
+            self.pending_bytes += len(event.data)
         self.wakeup.set()
 
     def close(self) -> None:
@@ -135,6 +148,7 @@ class Subscription:
         """Everything pending, oldest first."""
         events = list(self.pending)
         self.pending.clear()
+        self.pending_bytes = 0
         self.wakeup.clear()
         return events
 
@@ -308,23 +322,50 @@ def _last_event_id(request: web.Request) -> str | None:
     return raw
 
 
-async def _resume_point(redis: Redis, stream: str, event_id: str | None) -> str:
-    """What `stream` is read after: `event_id`, but never past the stream's newest entry, which None
-    stands for ("0-0" when the stream has none).
+async def _newest(redis: Redis, stream: str) -> str:
+    """The id of the newest entry of `stream` ("0-0" when it has none)."""
+    newest = await redis.xrevrange(stream, count=1)
+    return newest[0][0].decode() if newest else "0-0"
+
+
+def _resume_point(event_id: str | None, newest: str) -> str:
+    """What a stream is read after: `event_id`, but never past the stream's `newest` entry, which None
+    stands for.
 
     An id past the newest entry was sent by no stream. The hub reads a stream from the point its
     first watcher gave, for every client of that stream in the process: a client that came first
     with an id from the future held back the live events of all the others until it left.
     """
-    newest = await redis.xrevrange(stream, count=1)
-    newest_id = newest[0][0].decode() if newest else "0-0"
-    return newest_id if event_id is None else min(event_id, newest_id, key=id_key)
+    return newest if event_id is None else min(event_id, newest, key=id_key)
 
 
-async def _read_after(redis: Redis, stream: str, after: str) -> list[StreamEvent]:
-    """Entries of `stream` newer than `after`."""
-    entries = await redis.xrange(stream, min=f"({after}", max="+")
+async def _read_page(redis: Redis, stream: str, after: str, count: int) -> list[StreamEvent]:
+    """The first `count` entries of `stream` newer than `after`."""
+    entries = await redis.xrange(stream, min=f"({after}", max="+", count=count)
     return [StreamEvent.from_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+def _page_after(page: list[StreamEvent]) -> int:
+    """How many entries to read next: about PAGE_BYTES of entries the size of `page`'s."""
+    size = sum(len(event.data) for event in page) // max(len(page), 1)
+    return max(1, min(BACKLOG_PAGE, PAGE_BYTES // max(size, 1)))
+
+
+async def _send_stored(writer: EventWriter, redis: Redis, stream: str, count: int = 1) -> None:
+    """Send the entries of `stream` past those sent, a page at a time: each page is taken by the client
+    before the next is read.
+
+    Read whole, a project's stream (up to ~10 000 events, with the results of its tasks: as much as
+    its stored_bytes_per_project) was held by the process, several times over, for each client that
+    resumed it from far back or fell behind: twenty such clients of a stream of 40 MiB took the
+    process from 60 MiB to 3 GiB.
+    """
+    while True:
+        page = await _read_page(redis, stream, writer.position, count)
+        await writer.send(page)
+        if len(page) < count:
+            return
+        count = _page_after(page)
 
 
 class EventWriter:
@@ -338,8 +379,9 @@ class EventWriter:
         self.last_write = time.monotonic()
 
     async def send(self, events: Iterable[StreamEvent]) -> None:
-        """Write the events not sent yet."""
-        frames = []
+        """Write the events not sent yet, in writes of about WRITE_CHUNK bytes, each taken before the next."""
+        frames: list[bytes] = []
+        size = 0
         for event in events:
             if event.id is not None:
                 key = id_key(event.id)
@@ -347,7 +389,11 @@ class EventWriter:
                     continue
                 self.last = key
             frames.append(event.frame())
+            size += len(frames[-1])
             self.sent_terminal = self.sent_terminal or event.terminal
+            if size >= WRITE_CHUNK:
+                await self.write(b"".join(frames))
+                frames, size = [], 0
         if frames:
             await self.write(b"".join(frames))
 
@@ -414,8 +460,9 @@ async def _follow(
         events = subscription.take()
         if subscription.overflowed:
             subscription.overflowed = False
-            events = await _read_after(redis, subscription.stream, writer.position)
-        await writer.send(events)
+            await _send_stored(writer, redis, subscription.stream)
+        else:
+            await writer.send(events)
         if time.monotonic() - writer.last_write >= KEEPALIVE_SECONDS:
             await writer.write(b": keep-alive\n\n")
 
@@ -429,7 +476,9 @@ async def _serve(
     *,
     until_terminal: bool,
     recheck: Callable[[str], Awaitable[list[StreamEvent] | None]] | None = None,
+    more_stored: bool = False,
 ) -> web.StreamResponse:
+    """Send `backlog`, then the stream's stored entries past it when `more_stored`, then live events."""
     api = request.app[API]
     if request.method == "HEAD":
         # The headers GET would send, and no body: events written here would reach the client as
@@ -442,6 +491,8 @@ async def _serve(
         await writer.write(f"retry: {RECONNECT_MS}\n\n".encode())
         await writer.send(backlog)
         redis = api.store.client(keys.partition_of_key(subscription.stream))
+        if more_stored:
+            await _send_stored(writer, redis, subscription.stream, _page_after(backlog))
         await _follow(writer, subscription, redis, until_terminal=until_terminal, recheck=recheck)
     except ConnectionResetError:
         pass  # the client went away
@@ -495,7 +546,7 @@ async def _task_events(request: web.Request) -> web.StreamResponse:
     last_event_id = _last_event_id(request)
     stream = keys.task_events(task_id)
     redis = api.store.client(keys.task_partition(task_id))
-    after = "0-0" if last_event_id is None else await _resume_point(redis, stream, last_event_id)
+    after = "0-0" if last_event_id is None else _resume_point(last_event_id, await _newest(redis, stream))
     # Watched before the read: an event appended after it reaches the client through the hub.
     subscription = hub.subscribe(stream, after)
     try:
@@ -560,13 +611,27 @@ async def _project_events(request: web.Request) -> web.StreamResponse:
     stream = keys.project_events(project_id)
     redis = api.store.client(keys.project_partition(project_id))
     # From now on, or after the client's Last-Event-ID.
-    after = await _resume_point(redis, stream, _last_event_id(request))
-    subscription = hub.subscribe(stream, after)
+    last_event_id = _last_event_id(request)
+    newest = await _newest(redis, stream)
+    after = _resume_point(last_event_id, newest)
+    # The hub reads on from the newest entry: those before it are the backlog's, read below a page at
+    # a time. From `after`, one XREAD brought a client's whole backlog at once.
+    subscription = hub.subscribe(stream, newest)
     try:
-        backlog = await _read_after(redis, stream, after)
+        # The first entry before the stream starts, so that a Redis that fails the read is a 503
+        # answer; the rest, of a size not known yet, a page at a time once the stream has started.
+        backlog = await _read_page(redis, stream, after, 1)
         response = _stream_response()
         writer = EventWriter(request, response, after)
-        return await _serve(request, response, writer, subscription, backlog, until_terminal=False)
+        return await _serve(
+            request,
+            response,
+            writer,
+            subscription,
+            backlog,
+            until_terminal=False,
+            more_stored=bool(backlog),
+        )
     finally:
         hub.unsubscribe(subscription)
 
