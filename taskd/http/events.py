@@ -494,11 +494,13 @@ async def _serve(
         if more_stored:
             await _send_stored(writer, redis, subscription.stream, _page_after(backlog))
         await _follow(writer, subscription, redis, until_terminal=until_terminal, recheck=recheck)
-    except ConnectionResetError:
-        pass  # the client went away
+    except ConnectionError:
+        # The client went away: a reset, or aiohttp's ConnectionError("Connection lost") for one that
+        # left while a write waited for it to take what it was sent. (Redis's errors are not these.)
+        pass
     except Exception as exc:  # headers are sent: the error can only end the stream
         log.warning("event stream for %s ended: %s", request.path, exc)
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ import orjson
 from conftest import API_KEY, RunningService
 
 from taskd import keys
+from taskd.config import LimitsConfig
 
 RESULT_BYTES = 256 * 1024
 STORED_EVENTS = 64  # 16 MiB of a project's results in its stream
@@ -54,13 +56,17 @@ async def stalled_stream(service: RunningService, path: str, last_event_id: str)
         writer.close()
 
 
+async def fill_stream(redis, stream: str) -> None:
+    for index in range(STORED_EVENTS):
+        await redis.xadd(stream, {"event": completed_event(index)})
+
+
 async def test_clients_resuming_a_projects_stream_from_far_back_hold_a_page_of_it_not_all(
     start_service, redis
 ):
     service = await start_service(workers=False)
     stream = keys.project_events("heavy")
-    for index in range(STORED_EVENTS):
-        await redis.xadd(stream, {"event": completed_event(index)})
+    await fill_stream(redis, stream)
     path = "/api/v1/projects/heavy/events"
 
     tracemalloc.start()
@@ -76,3 +82,26 @@ async def test_clients_resuming_a_projects_stream_from_far_back_hold_a_page_of_i
     # Four clients that stopped reading hold less than one whole stream: read whole, each held it
     # several times over (the entries, their frames, the joined write).
     assert held - before < STORED_EVENTS * RESULT_BYTES
+
+
+async def test_a_client_that_leaves_while_taskd_waits_to_send_it_more_is_no_warning(
+    start_service, redis, caplog
+):
+    # One stream at a time for the key: the next opens once taskd has ended the first.
+    service = await start_service(workers=False, limits=LimitsConfig(open_streams=1))
+    # One event larger than the kernel's buffers on both ends take (net.ipv4.tcp_wmem's largest is
+    # 4 MiB by default): taskd is still waiting to write the rest of it when the client leaves.
+    huge = orjson.dumps({**orjson.loads(completed_event(0)), "result": {"filler": "x" * 32 * 2**20}})
+    await redis.xadd(keys.project_events("heavy"), {"event": huge})
+    caplog.set_level(logging.INFO, logger="taskd")
+
+    async with stalled_stream(service, "/api/v1/projects/heavy/events", "0-1"):
+        pass
+    async with asyncio.timeout(10):
+        while True:
+            async with service.client.get("/api/v1/projects/other/events") as response:
+                if response.status == 200:
+                    break
+            await asyncio.sleep(0.1)
+
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
