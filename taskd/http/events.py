@@ -398,7 +398,7 @@ class EventWriter:
             await self.write(b"".join(frames))
 
     async def write(self, data: bytes) -> None:
-        """Write raw bytes; raises ConnectionResetError once the client has gone."""
+        """Write raw bytes; raises ConnectionError once the client has gone."""
         await self.response.write(data)
         self.last_write = time.monotonic()
 
