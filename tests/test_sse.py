@@ -209,6 +209,44 @@ async def test_project_stream_resumes_after_last_event_id(taskd):
     assert rest == everything[3:]
 
 
+async def test_a_task_stream_resumed_past_what_its_cap_trimmed_says_gap_first(taskd, redis):
+    task = await taskd.submit("sleep", {"seconds": 0.3, "steps": 3})
+    await taskd.wait_terminal(task["task_id"])
+    stream = keys.task_events(task["task_id"])
+    first_id = (await redis.xrange(stream, count=1))[0][0]
+    # As a task's ~200-event cap does past a long run of progress events: only its end is left.
+    await redis.xtrim(stream, maxlen=1, approximate=False)
+
+    async with taskd.client.get(
+        f"/api/v1/tasks/{task['task_id']}/events", headers={"Last-Event-ID": first_id.decode()}
+    ) as response:
+        seen = await read_events(response)
+
+    assert (seen[0].id, seen[0].event, seen[0].data["after"]) == (None, "gap", first_id.decode())
+    assert seen[0].data["kept_from"] == seen[1].id
+    assert shape(seen[1:]) == [("status", "completed", "step_3_of_3")]
+
+
+async def test_a_project_stream_resumed_past_what_its_cap_trimmed_says_gap_first(taskd, redis):
+    tasks = [await taskd.submit("noop", {}, project_id="films") for _ in range(2)]
+    for task in tasks:
+        await taskd.wait_terminal(task["task_id"])
+    stream = keys.project_events("films")
+    first_id = (await redis.xrange(stream, count=1))[0][0].decode()
+    kept = await redis.xrange(stream)
+    await redis.xtrim(stream, maxlen=2, approximate=False)
+
+    async with (
+        asyncio.timeout(10),
+        taskd.client.get("/api/v1/projects/films/events", headers={"Last-Event-ID": first_id}) as response,
+    ):
+        seen = await read_events(response, count=3)
+
+    assert (seen[0].id, seen[0].event, seen[0].data["after"]) == (None, "gap", first_id)
+    assert seen[0].data["kept_from"] == kept[-2][0].decode()
+    assert [e.id for e in seen[1:]] == [entry_id.decode() for entry_id, _ in kept[-2:]]
+
+
 FROM_THE_FUTURE = "99999999999999-0"  # past every entry a stream can have now
 
 

@@ -34,7 +34,7 @@ from taskd.http.ratelimit import OPEN_STREAMS
 from taskd.http.scope import Touches, touches
 from taskd.model import TERMINAL, TaskNotFound, TaskRecord, TaskStatus, ValidationError
 from taskd.stopping import cancel_and_wait
-from taskd.store import decode
+from taskd.store import TaskStore, decode
 
 log = logging.getLogger("taskd.http.events")
 
@@ -100,6 +100,12 @@ class StreamEvent:
             result=record.result if record.status is TaskStatus.COMPLETED else shapes.ABSENT,
         )
         return cls(None, "status", record.status.value, orjson.dumps(shapes.render(event)))
+
+    @classmethod
+    def gap(cls, after: str, kept_from: str) -> StreamEvent:
+        """The event that tells a client the entries after `after` and before `kept_from` are gone."""
+        data = orjson.dumps({"type": "gap", "after": after, "kept_from": kept_from})
+        return cls(None, "gap", "", data)
 
     @property
     def terminal(self) -> bool:
@@ -351,7 +357,20 @@ def _page_after(page: list[StreamEvent]) -> int:
     return max(1, min(BACKLOG_PAGE, PAGE_BYTES // max(size, 1)))
 
 
-async def _send_stored(writer: EventWriter, redis: Redis, stream: str, count: int = 1) -> None:
+async def _gap(store: TaskStore, stream: str, after: str) -> list[StreamEvent]:
+    """A `gap` event when entries of `stream` newer than `after` were trimmed off it, else none.
+
+    The streams are capped (~200 events a task, ~10 000 a project): a client that resumes after an
+    id the trimming has passed, or falls that far behind, would otherwise be sent what is left as
+    if nothing was missing, a project's client without the ends of the tasks it lost.
+    """
+    kept_from = await store.kept_from(stream)
+    return [StreamEvent.gap(after, kept_from)] if id_key(after) < id_key(kept_from) else []
+
+
+async def _send_stored(
+    writer: EventWriter, store: TaskStore, stream: str, count: int = 1, *, tell_gap: bool = False
+) -> None:
     """Send the entries of `stream` past those sent, a page at a time: each page is taken by the client
     before the next is read.
 
@@ -360,6 +379,15 @@ async def _send_stored(writer: EventWriter, redis: Redis, stream: str, count: in
     resumed it from far back or fell behind: twenty such clients of a stream of 40 MiB took the
     process from 60 MiB to 3 GiB.
     """
+    redis = store.client(keys.partition_of_key(stream))
+    if tell_gap:
+        # Asked after the read: a trim between the two makes the client told of a gap it may not
+        # have, never the other way.
+        page = await _read_page(redis, stream, writer.position, count)
+        await writer.send([*await _gap(store, stream, writer.position), *page])
+        if len(page) < count:
+            return
+        count = _page_after(page)
     while True:
         page = await _read_page(redis, stream, writer.position, count)
         await writer.send(page)
@@ -433,7 +461,7 @@ def _stream_response() -> web.StreamResponse:
 async def _follow(
     writer: EventWriter,
     subscription: Subscription,
-    redis: Redis,
+    store: TaskStore,
     *,
     until_terminal: bool,
     recheck: Callable[[str], Awaitable[list[StreamEvent] | None]] | None = None,
@@ -460,7 +488,7 @@ async def _follow(
         events = subscription.take()
         if subscription.overflowed:
             subscription.overflowed = False
-            await _send_stored(writer, redis, subscription.stream)
+            await _send_stored(writer, store, subscription.stream, tell_gap=True)
         else:
             await writer.send(events)
         if time.monotonic() - writer.last_write >= KEEPALIVE_SECONDS:
@@ -490,10 +518,9 @@ async def _serve(
         await response.prepare(request)
         await writer.write(f"retry: {RECONNECT_MS}\n\n".encode())
         await writer.send(backlog)
-        redis = api.store.client(keys.partition_of_key(subscription.stream))
         if more_stored:
-            await _send_stored(writer, redis, subscription.stream, _page_after(backlog))
-        await _follow(writer, subscription, redis, until_terminal=until_terminal, recheck=recheck)
+            await _send_stored(writer, api.store, subscription.stream, _page_after(backlog))
+        await _follow(writer, subscription, api.store, until_terminal=until_terminal, recheck=recheck)
     except ConnectionError:
         # The client went away: a reset, or aiohttp's ConnectionError("Connection lost") for one that
         # left while a write waited for it to take what it was sent. (Redis's errors are not these.)
@@ -558,6 +585,7 @@ async def _task_events(request: web.Request) -> web.StreamResponse:
             if last_event_id and await _is_terminal_entry(redis, stream, last_event_id):
                 return web.Response(status=204)  # EventSource stops reconnecting on 204
             backlog.append(StreamEvent.from_record(record))
+        backlog[:0] = await _gap(api.store, stream, after)
         response = _stream_response()
         writer = EventWriter(request, response, after)
 
@@ -623,6 +651,7 @@ async def _project_events(request: web.Request) -> web.StreamResponse:
         # The first entry before the stream starts, so that a Redis that fails the read is a 503
         # answer; the rest, of a size not known yet, a page at a time once the stream has started.
         backlog = await _read_page(redis, stream, after, 1)
+        gap = await _gap(api.store, stream, after) if last_event_id is not None else []
         response = _stream_response()
         writer = EventWriter(request, response, after)
         return await _serve(
@@ -630,7 +659,7 @@ async def _project_events(request: web.Request) -> web.StreamResponse:
             response,
             writer,
             subscription,
-            backlog,
+            [*gap, *backlog],
             until_terminal=False,
             more_stored=bool(backlog),
         )
