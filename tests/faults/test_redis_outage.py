@@ -15,6 +15,7 @@ from faultkit import Api, ValkeyServer, runs, serving
 
 from taskd.client import TaskClient
 from taskd.config import RedisConfig
+from taskd.model import TaskStatus
 
 OUTAGE = 5.0
 
@@ -112,6 +113,25 @@ async def test_job_process_tasks_reporting_progress_through_an_outage_complete_a
     assert [(body["status"], body["attempt"]) for body in ended] == [("completed", 1)] * 3
     assert later["status"] == "completed"
     assert _seconds(later["completed_at"]) - _seconds(later["started_at"]) >= 2 - 1  # times to the second
+
+
+async def test_a_wait_following_a_tasks_stream_through_a_redis_outage_gets_its_end(outage_service):
+    # The process's one reader of the streams loses Redis with it, and reads on from where it was.
+    server, api, _ = outage_service
+    task_id = await api.submit("sleep", {"seconds": 3, "steps": 30})
+    seen: list[str] = []
+    async with TaskClient(api.base_url, API_KEY) as client:
+        follow = asyncio.create_task(
+            client.wait(task_id, timeout=60, on_event=lambda e: seen.append(e.status))
+        )
+        await api.wait_all([task_id], lambda body: body["progress"] > 0, timeout=20)
+        server.stop()
+        await asyncio.sleep(1)  # under the workers' heartbeat TTL, as above
+        await server.start()
+        task = await follow
+
+    assert task.status is TaskStatus.COMPLETED
+    assert seen[-1] == "completed"
 
 
 def _seconds(rfc3339: str) -> float:
