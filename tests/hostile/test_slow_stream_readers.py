@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 from conftest import API_KEY, RunningService
+from sse import iter_events
 
 from taskd import keys
 from taskd.config import LimitsConfig
@@ -38,20 +39,22 @@ def completed_event(index: int) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def stalled_stream(service: RunningService, path: str, last_event_id: str) -> AsyncIterator[None]:
-    """A client that asks for `path` from `last_event_id`, reads its first event's start, then nothing."""
+async def stalled_stream(
+    service: RunningService, path: str, last_event_id: str | None, first: bytes = b"data: "
+) -> AsyncIterator[asyncio.StreamReader]:
+    """A client that asks for `path` (after `last_event_id`), reads up to `first` (its first event's
+    start), then nothing until the caller reads on from the reader it is given."""
     host, port = service.base_url.removeprefix("http://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
     reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {API_KEY}\r\nLast-Event-ID: {last_event_id}\r\n\r\n".encode()
-    )
-    await reader.readuntil(b"data: ")
+    resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {API_KEY}\r\n{resume}\r\n".encode())
+    await reader.readuntil(first)
     try:
-        yield
+        yield reader
     finally:
         writer.close()
 
@@ -105,3 +108,28 @@ async def test_a_client_that_leaves_while_taskd_waits_to_send_it_more_is_no_warn
             await asyncio.sleep(0.1)
 
     assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
+async def test_a_client_that_fell_behind_past_what_the_cap_trimmed_is_told_of_the_gap(start_service, redis):
+    service = await start_service(workers=False)
+    stream = keys.project_events("heavy")
+    path = "/api/v1/projects/heavy/events"
+
+    async with (
+        asyncio.timeout(60),
+        stalled_stream(service, path, None, first=b"retry: ") as behind,
+        service.client.get(path) as keeping_up,
+    ):
+        await fill_stream(redis, stream)  # far more than the kernel's buffers and MAX_PENDING_BYTES
+        newest = (await redis.xrevrange(stream, count=1))[0][0].decode()
+        # The process's reader has handed every event to both clients once this one has the newest.
+        async for event in iter_events(keeping_up):
+            if event.id == newest:
+                break
+        # As the cap does to a busy project's stream: what the stalled client was not sent is gone.
+        await redis.xtrim(stream, maxlen=2, approximate=False)
+        received = b""
+        while f"id: {newest}\n".encode() not in received:
+            received += await behind.read(2**20)
+
+    assert b"event: gap\n" in received
