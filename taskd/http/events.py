@@ -534,9 +534,9 @@ async def _serve(
 
 async def _record_and_events(
     redis: Redis, task_id: str, stream: str, after: str
-) -> tuple[TaskRecord, list[StreamEvent]]:
-    """The record of `task_id` and the entries of its `stream` newer than `after`, read in one MULTI (one
-    round trip); raises TaskNotFound.
+) -> tuple[TaskRecord, list[StreamEvent], int]:
+    """The record of `task_id`, the entries of its `stream` newer than `after` and the stream's length,
+    read in one MULTI (one round trip); raises TaskNotFound.
 
     The store changes a record and appends its event in one script, so this read sees both or
     neither: a record not yet terminal here has no terminal entry yet, and a terminal one has it
@@ -546,10 +546,11 @@ async def _record_and_events(
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hgetall(keys.task(task_id))
         pipe.xrange(stream, min=f"({after}", max="+")
-        fields, entries = await pipe.execute()
+        pipe.xlen(stream)
+        fields, entries, length = await pipe.execute()
     if not fields:
         raise TaskNotFound(task_id)
-    return decode(fields), [StreamEvent.from_entry(entry_id, entry) for entry_id, entry in entries]
+    return decode(fields), [StreamEvent.from_entry(entry_id, entry) for entry_id, entry in entries], length
 
 
 @query_key_allowed
@@ -580,12 +581,15 @@ async def _task_events(request: web.Request) -> web.StreamResponse:
     subscription = hub.subscribe(stream, after)
     try:
         # A 404 task_not_found comes from here, before any stream starts.
-        record, backlog = await _record_and_events(redis, task_id, stream, after)
+        record, backlog, length = await _record_and_events(redis, task_id, stream, after)
         if record.is_terminal and not any(event.terminal for event in backlog):
             if last_event_id and await _is_terminal_entry(redis, stream, last_event_id):
                 return web.Response(status=204)  # EventSource stops reconnecting on 204
             backlog.append(StreamEvent.from_record(record))
-        backlog[:0] = await _gap(api.store, stream, after)
+        if length >= keys.TASK_EVENTS_MAXLEN:
+            # Trimmed at most down to its cap, so a shorter stream was never trimmed: no round trip
+            # more for the streams of most tasks, to learn there was no gap.
+            backlog[:0] = await _gap(api.store, stream, after)
         response = _stream_response()
         writer = EventWriter(request, response, after)
 
@@ -614,7 +618,7 @@ async def _missed_end(redis: Redis, task_id: str, stream: str, after: str) -> li
     if status.decode() not in _TERMINAL_NAMES:
         return []
     try:
-        record, events = await _record_and_events(redis, task_id, stream, after)
+        record, events, _ = await _record_and_events(redis, task_id, stream, after)
     except TaskNotFound:
         return None
     if not any(event.terminal for event in events):
