@@ -25,6 +25,7 @@ import attrs
 import orjson
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from taskd import keys, shapes
 from taskd.backoff import Backoff
@@ -477,7 +478,12 @@ async def _follow(
             return
         if recheck is not None and time.monotonic() - checked >= RECHECK_SECONDS:
             checked = time.monotonic()
-            missed = await recheck(writer.position)
+            try:
+                missed = await recheck(writer.position)
+            except RedisError as exc:
+                # Redis is away for a moment: the stream rides it out, as the hub's read does.
+                log.debug("event stream's look at its record failed: %s", exc)
+                missed = []
             if missed is None:
                 return
             await writer.send(missed)
