@@ -106,6 +106,40 @@ async def test_a_finished_task_whose_stream_expired_still_gets_a_terminal_event(
     ]
 
 
+async def test_a_task_stream_ends_when_the_tasks_record_goes_while_it_is_followed(taskd, redis, monkeypatch):
+    monkeypatch.setattr(events_module, "RECHECK_SECONDS", 0.2)
+    task = await taskd.submit("sleep", {"seconds": 1}, delay_seconds=3600)
+    path = f"/api/v1/tasks/{task['task_id']}/events"
+
+    async with asyncio.timeout(20), taskd.client.get(path) as response:
+        queued = await read_events(response, 1)
+        # As the record of a task that waited past storage.task_ttl expires, or a Redis restarted
+        # without its data: no event will come.
+        await redis.delete(keys.task(task["task_id"]), keys.task_events(task["task_id"]))
+        rest = await read_events(response)
+    async with taskd.client.get(path, headers={"Last-Event-ID": queued[0].id}) as again:
+        body = await again.json()
+
+    assert [e.data["status"] for e in queued] == ["queued"]
+    assert rest == []
+    assert (again.status, body["error"]) == (404, "task_not_found")
+
+
+async def test_a_task_stream_sends_the_end_its_record_holds_when_no_event_brought_it(
+    taskd, redis, monkeypatch
+):
+    monkeypatch.setattr(events_module, "RECHECK_SECONDS", 0.2)
+    task = await taskd.submit("sleep", {"seconds": 1}, delay_seconds=3600)
+
+    async with asyncio.timeout(20), taskd.client.get(f"/api/v1/tasks/{task['task_id']}/events") as response:
+        await read_events(response, 1)
+        # The record ends without an entry in the streams, as one the hub's read never brings.
+        await redis.hset(keys.task(task["task_id"]), mapping={"status": "failed", "error": "gone"})
+        rest = await read_events(response)
+
+    assert [(e.id, e.data["status"], e.data["error"]) for e in rest] == [(None, "failed", "gone")]
+
+
 async def test_unknown_task_is_404_task_not_found_before_any_stream(taskd):
     async with taskd.client.get("/api/v1/tasks/nope/events") as response:
         body = await response.json()
@@ -173,6 +207,50 @@ async def test_project_stream_resumes_after_last_event_id(taskd):
         rest = await read_events(response, count=3)
 
     assert rest == everything[3:]
+
+
+async def first_event_id(taskd, task_id: str) -> str:
+    async with asyncio.timeout(10), taskd.client.get(f"/api/v1/tasks/{task_id}/events") as response:
+        (first,) = await read_events(response, 1)
+    assert first.id is not None
+    return first.id
+
+
+async def test_a_task_stream_resumed_past_what_its_cap_trimmed_says_gap_first(taskd):
+    # More progress events than a task's stream keeps (keys.TASK_EVENTS_MAXLEN): the first are trimmed.
+    task = await taskd.submit("sleep", {"seconds": 0.5, "steps": 300})
+    first_id = await first_event_id(taskd, task["task_id"])
+    await taskd.wait_terminal(task["task_id"])
+
+    async with taskd.client.get(
+        f"/api/v1/tasks/{task['task_id']}/events", headers={"Last-Event-ID": first_id}
+    ) as response:
+        seen = await read_events(response)
+
+    assert (seen[0].id, seen[0].event, seen[0].data["after"]) == (None, "gap", first_id)
+    assert seen[0].data["kept_from"] == seen[1].id
+    assert order_key(seen[1].id) > order_key(first_id)
+    assert shape(seen[-1:]) == [("status", "completed", "step_300_of_300")]
+
+
+async def test_a_project_stream_resumed_past_what_its_cap_trimmed_says_gap_first(taskd, redis):
+    tasks = [await taskd.submit("noop", {}, project_id="films") for _ in range(2)]
+    for task in tasks:
+        await taskd.wait_terminal(task["task_id"])
+    stream = keys.project_events("films")
+    first_id = (await redis.xrange(stream, count=1))[0][0].decode()
+    kept = await redis.xrange(stream)
+    await redis.xtrim(stream, maxlen=2, approximate=False)
+
+    async with (
+        asyncio.timeout(10),
+        taskd.client.get("/api/v1/projects/films/events", headers={"Last-Event-ID": first_id}) as response,
+    ):
+        seen = await read_events(response, count=3)
+
+    assert (seen[0].id, seen[0].event, seen[0].data["after"]) == (None, "gap", first_id)
+    assert seen[0].data["kept_from"] == kept[-2][0].decode()
+    assert [e.id for e in seen[1:]] == [entry_id.decode() for entry_id, _ in kept[-2:]]
 
 
 FROM_THE_FUTURE = "99999999999999-0"  # past every entry a stream can have now

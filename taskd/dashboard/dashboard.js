@@ -393,6 +393,10 @@ async function readEvents(body, stream) {
         if (data.length && (type === "status" || type === "progress")) {
           // A page error, as from an EventSource listener: reported, and the stream goes on.
           try { applyEvent({ type, data: data.join("\n") }); } catch (error) { reportError(error); }
+        } else if (data.length && type === "gap") {
+          // Events this page was not sent are gone (the stream's cap trimmed them while it was
+          // away or behind), the ends of listed tasks among them: the list is read again.
+          reloadSoon();
         }
         type = "";
         data = [];

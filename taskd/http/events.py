@@ -19,12 +19,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import attrs
 import orjson
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from taskd import keys, shapes
 from taskd.backoff import Backoff
@@ -34,7 +35,7 @@ from taskd.http.ratelimit import OPEN_STREAMS
 from taskd.http.scope import Touches, touches
 from taskd.model import TERMINAL, TaskNotFound, TaskRecord, TaskStatus, ValidationError
 from taskd.stopping import cancel_and_wait
-from taskd.store import decode
+from taskd.store import TaskStore, decode
 
 log = logging.getLogger("taskd.http.events")
 
@@ -44,7 +45,18 @@ BLOCK_MS = 5000  # one XREAD waits at most this long before it is issued again
 WAKE_TTL_MS = 60_000  # the hub's wake stream expires this long after its last wake
 READ_COUNT = 500  # entries per stream per XREAD
 MAX_PENDING = 5000  # events held for one slow client before it re-reads the stream itself
+MAX_PENDING_BYTES = 4 * 2**20  # or their bytes: a project's events carry its tasks' results
+# What one client's stream holds in memory, however far behind it is and however large the events:
+# the stream's stored entries are read a page at a time (up to BACKLOG_PAGE entries, fewer where the
+# last page's were large, so that a page is about PAGE_BYTES), each page once the last was taken,
+# and written in chunks of about WRITE_CHUNK bytes, each once the client took the last.
+BACKLOG_PAGE = 100
+PAGE_BYTES = 256 * 1024
+WRITE_CHUNK = 64 * 1024
 CHECK_SECONDS = 1.0  # how often an idle stream (or a Prefer: wait) notices that its client went away
+# How often a task's stream looks at its record itself, past the hub: a task whose record is gone
+# (expired while it waited, a Redis that lost its data) has no event left to come.
+RECHECK_SECONDS = 15.0
 # ASCII digits only: `\d` would take other scripts' digits, which int() reads but Redis refuses.
 _EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 _TERMINAL_NAMES = frozenset(status.value for status in TERMINAL)
@@ -90,6 +102,12 @@ class StreamEvent:
         )
         return cls(None, "status", record.status.value, orjson.dumps(shapes.render(event)))
 
+    @classmethod
+    def gap(cls, after: str, kept_from: str) -> StreamEvent:
+        """The event that tells a client the entries after `after` and before `kept_from` are gone."""
+        data = orjson.dumps({"type": "gap", "after": after, "kept_from": kept_from})
+        return cls(None, "gap", "", data)
+
     @property
     def terminal(self) -> bool:
         """True for the status event that ends a task."""
@@ -109,6 +127,7 @@ class Subscription:
     def __init__(self, stream: str) -> None:
         self.stream = stream
         self.pending: collections.deque[StreamEvent] = collections.deque()
+        self.pending_bytes = 0
         self.overflowed = False  # events were dropped: the client must re-read the stream
         self.closed = False
         self.wakeup = asyncio.Event()
@@ -116,11 +135,15 @@ class Subscription:
     def push(self, events: Iterable[StreamEvent]) -> None:
         """Hand new events to the client (or mark it overflowed when it is too far behind)."""
         for event in events:
-            if len(self.pending) >= MAX_PENDING:
+            if self.pending and (
+                len(self.pending) >= MAX_PENDING or self.pending_bytes + len(event.data) > MAX_PENDING_BYTES
+            ):
                 self.pending.clear()
+                self.pending_bytes = 0
                 self.overflowed = True
                 break
             self.pending.append(event)
+            self.pending_bytes += len(event.data)
         self.wakeup.set()
 
     def close(self) -> None:
@@ -132,6 +155,7 @@ class Subscription:
         """Everything pending, oldest first."""
         events = list(self.pending)
         self.pending.clear()
+        self.pending_bytes = 0
         self.wakeup.clear()
         return events
 
@@ -305,23 +329,72 @@ def _last_event_id(request: web.Request) -> str | None:
     return raw
 
 
-async def _resume_point(redis: Redis, stream: str, event_id: str | None) -> str:
-    """What `stream` is read after: `event_id`, but never past the stream's newest entry, which None
-    stands for ("0-0" when the stream has none).
+async def _newest(redis: Redis, stream: str) -> str:
+    """The id of the newest entry of `stream` ("0-0" when it has none)."""
+    newest = await redis.xrevrange(stream, count=1)
+    return newest[0][0].decode() if newest else "0-0"
+
+
+def _resume_point(event_id: str | None, newest: str) -> str:
+    """What a stream is read after: `event_id`, but never past the stream's `newest` entry, which None
+    stands for.
 
     An id past the newest entry was sent by no stream. The hub reads a stream from the point its
     first watcher gave, for every client of that stream in the process: a client that came first
     with an id from the future held back the live events of all the others until it left.
     """
-    newest = await redis.xrevrange(stream, count=1)
-    newest_id = newest[0][0].decode() if newest else "0-0"
-    return newest_id if event_id is None else min(event_id, newest_id, key=id_key)
+    return newest if event_id is None else min(event_id, newest, key=id_key)
 
 
-async def _read_after(redis: Redis, stream: str, after: str) -> list[StreamEvent]:
-    """Entries of `stream` newer than `after`."""
-    entries = await redis.xrange(stream, min=f"({after}", max="+")
+async def _read_page(redis: Redis, stream: str, after: str, count: int) -> list[StreamEvent]:
+    """The first `count` entries of `stream` newer than `after`."""
+    entries = await redis.xrange(stream, min=f"({after}", max="+", count=count)
     return [StreamEvent.from_entry(entry_id, fields) for entry_id, fields in entries]
+
+
+def _page_after(page: list[StreamEvent]) -> int:
+    """How many entries to read next: about PAGE_BYTES of entries the size of `page`'s."""
+    size = sum(len(event.data) for event in page) // max(len(page), 1)
+    return max(1, min(BACKLOG_PAGE, PAGE_BYTES // max(size, 1)))
+
+
+async def _gap(store: TaskStore, stream: str, after: str) -> list[StreamEvent]:
+    """A `gap` event when entries of `stream` newer than `after` were trimmed off it, else none.
+
+    The streams are capped (~200 events a task, ~10 000 a project): a client that resumes after an
+    id the trimming has passed, or falls that far behind, would otherwise be sent what is left as
+    if nothing was missing, a project's client without the ends of the tasks it lost.
+    """
+    kept_from = await store.kept_from(stream)
+    return [StreamEvent.gap(after, kept_from)] if id_key(after) < id_key(kept_from) else []
+
+
+async def _send_stored(
+    writer: EventWriter, store: TaskStore, stream: str, count: int = 1, *, tell_gap: bool = False
+) -> None:
+    """Send the entries of `stream` past those sent, a page at a time: each page is taken by the client
+    before the next is read.
+
+    Read whole, a project's stream (up to ~10 000 events, with the results of its tasks: as much as
+    its stored_bytes_per_project) was held by the process, several times over, for each client that
+    resumed it from far back or fell behind: twenty such clients of a stream of 40 MiB took the
+    process from 60 MiB to 3 GiB.
+    """
+    redis = store.client(keys.partition_of_key(stream))
+    if tell_gap:
+        # Asked after the read: a trim between the two makes the client told of a gap it may not
+        # have, never the other way.
+        page = await _read_page(redis, stream, writer.position, count)
+        await writer.send([*await _gap(store, stream, writer.position), *page])
+        if len(page) < count:
+            return
+        count = _page_after(page)
+    while True:
+        page = await _read_page(redis, stream, writer.position, count)
+        await writer.send(page)
+        if len(page) < count:
+            return
+        count = _page_after(page)
 
 
 class EventWriter:
@@ -335,8 +408,9 @@ class EventWriter:
         self.last_write = time.monotonic()
 
     async def send(self, events: Iterable[StreamEvent]) -> None:
-        """Write the events not sent yet."""
-        frames = []
+        """Write the events not sent yet, in writes of about WRITE_CHUNK bytes, each taken before the next."""
+        frames: list[bytes] = []
+        size = 0
         for event in events:
             if event.id is not None:
                 key = id_key(event.id)
@@ -344,18 +418,27 @@ class EventWriter:
                     continue
                 self.last = key
             frames.append(event.frame())
+            size += len(frames[-1])
             self.sent_terminal = self.sent_terminal or event.terminal
+            if size >= WRITE_CHUNK:
+                await self.write(b"".join(frames))
+                frames, size = [], 0
         if frames:
             await self.write(b"".join(frames))
 
     async def write(self, data: bytes) -> None:
-        """Write raw bytes; raises ConnectionResetError once the client has gone."""
+        """Write raw bytes; raises ConnectionError once the client has gone."""
         await self.response.write(data)
         self.last_write = time.monotonic()
 
     def client_gone(self) -> bool:
         """True once the client closed the connection."""
         return client_gone(self.request)
+
+    @property
+    def position(self) -> str:
+        """The id of the newest entry sent (or the point the stream was read after)."""
+        return "{}-{}".format(*self.last)
 
 
 def client_gone(request: web.Request) -> bool:
@@ -377,20 +460,43 @@ def _stream_response() -> web.StreamResponse:
 
 
 async def _follow(
-    writer: EventWriter, subscription: Subscription, redis: Redis, *, until_terminal: bool
+    writer: EventWriter,
+    subscription: Subscription,
+    store: TaskStore,
+    *,
+    until_terminal: bool,
+    recheck: Callable[[str], Awaitable[list[StreamEvent] | None]] | None = None,
 ) -> None:
-    """Send live events (and keep-alives) until the client leaves, the server stops, or the task ends."""
+    """Send live events (and keep-alives) until the client leaves, the server stops, or the task ends.
+
+    `recheck(after)`, every RECHECK_SECONDS: the events after `after` that the hub may not bring
+    (the task's end when its record says it ended), or None when there will be none (no record).
+    """
+    checked = time.monotonic()
     while not (until_terminal and writer.sent_terminal):
         if subscription.closed or writer.client_gone():
             return
+        if recheck is not None and time.monotonic() - checked >= RECHECK_SECONDS:
+            checked = time.monotonic()
+            try:
+                missed = await recheck(writer.position)
+            except RedisError as exc:
+                # Redis is away for a moment: the stream rides it out, as the hub's read does.
+                log.debug("event stream's look at its record failed: %s", exc)
+                missed = []
+            if missed is None:
+                return
+            await writer.send(missed)
+            continue
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CHECK_SECONDS):
                 await subscription.wakeup.wait()
         events = subscription.take()
         if subscription.overflowed:
             subscription.overflowed = False
-            events = await _read_after(redis, subscription.stream, "{}-{}".format(*writer.last))
-        await writer.send(events)
+            await _send_stored(writer, store, subscription.stream, tell_gap=True)
+        else:
+            await writer.send(events)
         if time.monotonic() - writer.last_write >= KEEPALIVE_SECONDS:
             await writer.write(b": keep-alive\n\n")
 
@@ -403,7 +509,10 @@ async def _serve(
     backlog: list[StreamEvent],
     *,
     until_terminal: bool,
+    recheck: Callable[[str], Awaitable[list[StreamEvent] | None]] | None = None,
+    more_stored: bool = False,
 ) -> web.StreamResponse:
+    """Send `backlog`, then the stream's stored entries past it when `more_stored`, then live events."""
     api = request.app[API]
     if request.method == "HEAD":
         # The headers GET would send, and no body: events written here would reach the client as
@@ -415,22 +524,25 @@ async def _serve(
         await response.prepare(request)
         await writer.write(f"retry: {RECONNECT_MS}\n\n".encode())
         await writer.send(backlog)
-        redis = api.store.client(keys.partition_of_key(subscription.stream))
-        await _follow(writer, subscription, redis, until_terminal=until_terminal)
-    except ConnectionResetError:
-        pass  # the client went away
+        if more_stored:
+            await _send_stored(writer, api.store, subscription.stream, _page_after(backlog))
+        await _follow(writer, subscription, api.store, until_terminal=until_terminal, recheck=recheck)
+    except ConnectionError:
+        # The client went away: a reset, or aiohttp's ConnectionError("Connection lost") for one that
+        # left while a write waited for it to take what it was sent. (Redis's errors are not these.)
+        pass
     except Exception as exc:  # headers are sent: the error can only end the stream
         log.warning("event stream for %s ended: %s", request.path, exc)
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(ConnectionError):
         await response.write_eof()
     return response
 
 
 async def _record_and_events(
     redis: Redis, task_id: str, stream: str, after: str
-) -> tuple[TaskRecord, list[StreamEvent]]:
-    """The record of `task_id` and the entries of its `stream` newer than `after`, read in one MULTI (one
-    round trip); raises TaskNotFound.
+) -> tuple[TaskRecord, list[StreamEvent], int]:
+    """The record of `task_id`, the entries of its `stream` newer than `after` and the stream's length,
+    read in one MULTI (one round trip); raises TaskNotFound.
 
     The store changes a record and appends its event in one script, so this read sees both or
     neither: a record not yet terminal here has no terminal entry yet, and a terminal one has it
@@ -440,10 +552,11 @@ async def _record_and_events(
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hgetall(keys.task(task_id))
         pipe.xrange(stream, min=f"({after}", max="+")
-        fields, entries = await pipe.execute()
+        pipe.xlen(stream)
+        fields, entries, length = await pipe.execute()
     if not fields:
         raise TaskNotFound(task_id)
-    return decode(fields), [StreamEvent.from_entry(entry_id, entry) for entry_id, entry in entries]
+    return decode(fields), [StreamEvent.from_entry(entry_id, entry) for entry_id, entry in entries], length
 
 
 @query_key_allowed
@@ -469,21 +582,54 @@ async def _task_events(request: web.Request) -> web.StreamResponse:
     last_event_id = _last_event_id(request)
     stream = keys.task_events(task_id)
     redis = api.store.client(keys.task_partition(task_id))
-    after = "0-0" if last_event_id is None else await _resume_point(redis, stream, last_event_id)
+    after = "0-0" if last_event_id is None else _resume_point(last_event_id, await _newest(redis, stream))
     # Watched before the read: an event appended after it reaches the client through the hub.
     subscription = hub.subscribe(stream, after)
     try:
         # A 404 task_not_found comes from here, before any stream starts.
-        record, backlog = await _record_and_events(redis, task_id, stream, after)
+        record, backlog, length = await _record_and_events(redis, task_id, stream, after)
         if record.is_terminal and not any(event.terminal for event in backlog):
             if last_event_id and await _is_terminal_entry(redis, stream, last_event_id):
                 return web.Response(status=204)  # EventSource stops reconnecting on 204
             backlog.append(StreamEvent.from_record(record))
+        if length >= keys.TASK_EVENTS_MAXLEN:
+            # Trimmed at most down to its cap, so a shorter stream was never trimmed: no round trip
+            # more for the streams of most tasks, to learn there was no gap.
+            backlog[:0] = await _gap(api.store, stream, after)
         response = _stream_response()
         writer = EventWriter(request, response, after)
-        return await _serve(request, response, writer, subscription, backlog, until_terminal=True)
+
+        async def recheck(sent: str) -> list[StreamEvent] | None:
+            return await _missed_end(redis, task_id, stream, sent)
+
+        return await _serve(
+            request, response, writer, subscription, backlog, until_terminal=True, recheck=recheck
+        )
     finally:
         hub.unsubscribe(subscription)
+
+
+async def _missed_end(redis: Redis, task_id: str, stream: str, after: str) -> list[StreamEvent] | None:
+    """The end of `task_id` if it ended (its stream's entries after `after`, with the end made from the
+    record when the stream lacks it); None if its record is gone, [] while it runs or waits.
+
+    A follower learns of a task through the hub, which only brings entries that are written: a task
+    whose record expired while it waited (storage.task_ttl), or that a Redis restarted without its
+    data lost, writes no end, and its followers were sent keep-alives for ever. Ended here, the
+    stream's next connection is a 404 task_not_found, which every client stops at.
+    """
+    status = await redis.hget(keys.task(task_id), "status")
+    if status is None:
+        return None
+    if status.decode() not in _TERMINAL_NAMES:
+        return []
+    try:
+        record, events, _ = await _record_and_events(redis, task_id, stream, after)
+    except TaskNotFound:
+        return None
+    if not any(event.terminal for event in events):
+        events.append(StreamEvent.from_record(record))
+    return events
 
 
 async def _is_terminal_entry(redis: Redis, stream: str, event_id: str) -> bool:
@@ -505,13 +651,28 @@ async def _project_events(request: web.Request) -> web.StreamResponse:
     stream = keys.project_events(project_id)
     redis = api.store.client(keys.project_partition(project_id))
     # From now on, or after the client's Last-Event-ID.
-    after = await _resume_point(redis, stream, _last_event_id(request))
-    subscription = hub.subscribe(stream, after)
+    last_event_id = _last_event_id(request)
+    newest = await _newest(redis, stream)
+    after = _resume_point(last_event_id, newest)
+    # The hub reads on from the newest entry: those before it are the backlog's, read below a page at
+    # a time. From `after`, one XREAD brought a client's whole backlog at once.
+    subscription = hub.subscribe(stream, newest)
     try:
-        backlog = await _read_after(redis, stream, after)
+        # The first entry before the stream starts, so that a Redis that fails the read is a 503
+        # answer; the rest, of a size not known yet, a page at a time once the stream has started.
+        backlog = await _read_page(redis, stream, after, 1)
+        gap = await _gap(api.store, stream, after) if last_event_id is not None else []
         response = _stream_response()
         writer = EventWriter(request, response, after)
-        return await _serve(request, response, writer, subscription, backlog, until_terminal=False)
+        return await _serve(
+            request,
+            response,
+            writer,
+            subscription,
+            [*gap, *backlog],
+            until_terminal=False,
+            more_stored=bool(backlog),
+        )
     finally:
         hub.unsubscribe(subscription)
 

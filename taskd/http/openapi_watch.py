@@ -41,6 +41,8 @@ _QUERY_KEY = {
 _EVENT_STREAM = {
     "description": (
         "Server-sent events: `id: <stream id>`, `event: status|progress`, `data: <TaskEvent JSON>`; "
+        "where the stream's cap trimmed events this client was not sent, `event: gap` (no id) with "
+        '`data: {"type": "gap", "after": <id>, "kept_from": <id>}` before the events that follow them; '
         "a `: keep-alive` comment every 15 s"
     ),
     "content": {"text/event-stream": {"schema": {"type": "string"}}},

@@ -394,11 +394,18 @@ class TaskStore:
         self._live = load("live")
         self._list = load("list")
         self._progress_again = load("progress_again")
+        self._trimmed = load("trimmed")
         # Where each queue's next take starts among the partitions whose first due jobs are equally
         # old (none due in either, most often), so that none is always last.
         self._take_turns: dict[str, itertools.cycle[int]] = {}
         # Per queue, the partitions whose idle set this process's worker may be waiting in (take).
         self._idle_in: dict[str, set[int]] = {}
+
+    async def kept_from(self, stream: str) -> str:
+        """The id of event stream `stream`'s oldest entry when its cap trimmed some off ("0-0" when none)."""
+        client = self.client(keys.partition_of_key(stream))
+        kept: bytes = await self._trimmed(keys={"stream": stream}, args={}, client=client)
+        return kept.decode()
 
     def client(self, partition: int) -> Redis:
         """The client of one partition's keys."""

@@ -13,12 +13,15 @@ import pytest
 from conftest import API_KEY, TERMINAL
 from faultkit import Api, ValkeyServer, runs, serving
 from redis.exceptions import ConnectionError as RedisConnectionError
+from sse import read_events
 
 from taskd import keys
 from taskd.client import TaskClient
 from taskd.config import Config, GpuConfig, QueueConfig, RedisConfig
 from taskd.engine.executor import Executor
 from taskd.gpu.scheduler import GpuScheduler, Lease
+from taskd.http import events as events_module
+from taskd.model import TaskStatus
 from taskd.store import Start
 
 OUTAGE = 5.0
@@ -201,6 +204,46 @@ async def test_gpu_slots_whose_release_met_a_redis_error_are_given_back(tmp_path
 
     assert failed == [first]
     assert body["status"] == "completed"
+
+
+async def test_a_wait_following_a_tasks_stream_through_a_redis_outage_gets_its_end(outage_service):
+    # The process's one reader of the streams loses Redis with it, and reads on from where it was.
+    server, api, _ = outage_service
+    task_id = await api.submit("sleep", {"seconds": 3, "steps": 30})
+    seen: list[str] = []
+    async with TaskClient(api.base_url, API_KEY) as client:
+        follow = asyncio.create_task(
+            client.wait(task_id, timeout=60, on_event=lambda e: seen.append(e.status))
+        )
+        await api.wait_all([task_id], lambda body: body["progress"] > 0, timeout=20)
+        server.stop()
+        await asyncio.sleep(1)  # under the workers' heartbeat TTL, as above
+        await server.start()
+        task = await follow
+
+    assert task.status is TaskStatus.COMPLETED
+    assert seen[-1] == "completed"
+
+
+async def test_a_task_stream_open_through_a_redis_outage_stays_open_and_sends_the_end(
+    outage_service, monkeypatch
+):
+    # The stream's looks at the record (every RECHECK_SECONDS) fail while Redis is down: each is
+    # skipped, not the end of the stream.
+    monkeypatch.setattr(events_module, "RECHECK_SECONDS", 0.1)
+    monkeypatch.setattr(events_module, "CHECK_SECONDS", 0.1)
+    server, api, _ = outage_service
+    task_id = await api.submit("sleep", {"seconds": 3, "steps": 30})
+    path = f"{api.base_url}/api/v1/tasks/{task_id}/events"
+
+    async with asyncio.timeout(60), api.session.get(path, headers={"X-API-Key": API_KEY}) as response:
+        await api.wait_all([task_id], lambda body: body["progress"] > 0, timeout=20)
+        server.stop()
+        await asyncio.sleep(1)  # under the workers' heartbeat TTL, as above
+        await server.start()
+        seen = await read_events(response)
+
+    assert seen[-1].data["status"] == "completed"
 
 
 def _seconds(rfc3339: str) -> float:

@@ -60,7 +60,8 @@ async def test_in_chromium_the_dashboard_never_puts_the_key_in_a_url(taskd, tmp_
 
 async def _read_in_the_page(taskd, tmp_path: Path, chunks: list[str]) -> dict[str, Any]:
     """What the dashboard's event reader (readEvents) makes of a body arriving in `chunks`: the
-    events it applied (type and data) and its stream's state (lastId, retryMs) after the body ends."""
+    events it applied (type and data) and the list reloads it asked (`["reload", None]`), and its
+    stream's state (lastId, retryMs) after the body ends."""
     browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
     try:
         await browser.navigate(f"{taskd.base_url}/dashboard")
@@ -69,6 +70,7 @@ async def _read_in_the_page(taskd, tmp_path: Path, chunks: list[str]) -> dict[st
             f"""(async () => {{
               const seen = [];
               applyEvent = (event) => seen.push([event.type, JSON.parse(event.data)]);
+              reloadSoon = () => seen.push(["reload", null]);
               const chunks = {json.dumps(chunks)};
               const body = new ReadableStream({{
                 start(controller) {{
@@ -121,6 +123,20 @@ async def test_in_chromium_a_stream_cut_inside_an_event_resumes_from_the_last_co
 
     assert read["seen"] == [["status", {"task_id": "a"}]]
     assert read["stream"]["lastId"] == "5-0"
+
+
+@needs_chromium
+async def test_in_chromium_a_gap_in_the_projects_event_stream_makes_the_dashboard_list_its_tasks_again(
+    taskd, tmp_path: Path
+):
+    chunks = [
+        'event: gap\ndata: {"type": "gap", "after": "5-0", "kept_from": "9-0"}\n\n',
+        'id: 9-0\nevent: status\ndata: {"task_id": "a"}\n\n',
+    ]
+    read = await _read_in_the_page(taskd, tmp_path, chunks)
+
+    assert read["seen"] == [["reload", None], ["status", {"task_id": "a"}]]
+    assert read["stream"]["lastId"] == "9-0"
 
 
 @needs_chromium
