@@ -164,3 +164,20 @@ def test_make_install_replaces_a_venv_an_older_python_made(tmp_path: Path) -> No
     _make_install_offline(checkout)
     made_by = _venv_python(checkout, "import sys; print(*sys.version_info[:2])").stdout.split()
     assert made_by == [str(part) for part in sys.version_info[:2]]
+
+
+def test_make_install_leaves_a_linked_venv_it_cannot_use_as_it_is(tmp_path: Path) -> None:
+    # A .venv linked to a venv elsewhere (~/.virtualenvs/taskd) that has no pip: `python -m venv
+    # --clear` empties the venv the link names, then refuses the link, and every later make failed.
+    checkout = _bare_checkout(tmp_path)
+    elsewhere = tmp_path / "virtualenvs" / "taskd"
+    elsewhere.parent.mkdir()
+    (checkout / ".venv").rename(elsewhere)
+    (checkout / ".venv").symlink_to(elsewhere)
+    kept = elsewhere / "a developer's own file"
+    kept.touch()
+
+    made = _make_install_offline(checkout)
+
+    assert (made.returncode, kept.exists()) == (2, True), made.stderr
+    assert f"make: .venv links to {elsewhere}" in made.stderr
