@@ -18,9 +18,13 @@ NEW_ENOUGH := sys.version_info[:2] >= tuple(map(int, "$(MIN_PYTHON)".split("."))
 VENV_USABLE := import sys, pip; sys.exit(not $(NEW_ENOUGH))
 PYTHON_NEW_ENOUGH := import sys; sys.exit(None if $(NEW_ENOUGH) else "make: taskd needs Python $(MIN_PYTHON) \
 	or newer, and $(PYTHON) is %d.%d; name another: make PYTHON=python3.12" % sys.version_info[:2])
+# A .venv that links to a venv elsewhere (~/.virtualenvs/taskd) is not made again: `python -m venv
+# --clear` empties the venv the link names, then refuses the link, and every later make failed.
+VENV_NOT_A_LINK := test ! -L $(VENV) || { echo "make: $(VENV) links to $$(readlink $(VENV)), whose python \
+	is older than $(MIN_PYTHON) or has no pip; fix that venv, or remove the link and make makes its own" >&2; false; }
 
 $(STAMP): pyproject.toml
-	@$(BIN)/python -c '$(VENV_USABLE)' 2>/dev/null || { \
+	@$(BIN)/python -c '$(VENV_USABLE)' 2>/dev/null || { $(VENV_NOT_A_LINK) && \
 		$(PYTHON) -c '$(PYTHON_NEW_ENOUGH)' && echo "$(PYTHON) -m venv --clear $(VENV)" && $(PYTHON) -m venv --clear $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -28,6 +28,14 @@ from taskd.validation import errors_by_path
 ENV_PREFIX = "TASKD_"
 # Read by the client commands (`taskd status`, ...), not config keys.
 NOT_CONFIG = frozenset({"TASKD_CONFIG", "TASKD_URL", "TASKD_API_KEY"})
+# Kubernetes gives every container the address of each Service in its namespace, in variables named
+# after the Service: one named `taskd` (or `taskd-api`) gives TASKD_SERVICE_HOST, TASKD_SERVICE_PORT,
+# TASKD_SERVICE_PORT_<PORT NAME>, TASKD_PORT and TASKD_PORT_8001_TCP[_PROTO|_PORT|_ADDR] (TASKD_API_…).
+# They name no key: refused as typos, they stopped every pod started after such a Service was made.
+# What follows the Service's name; each set comes with its <SERVICE>_SERVICE_HOST.
+_SERVICE_LINK = re.compile(
+    r"SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?"
+)
 SEARCH_PATHS = (Path("taskd.toml"), Path("/etc/taskd/taskd.toml"))
 
 
@@ -1045,8 +1053,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     # Names are matched without their case, so TASKD_HTTP__PORT and TASKD_Http__Port are one key:
     # given both, the environment's order picked the value without a word.
     named: dict[tuple[str, ...], str] = {}
+    links = _service_links(environ)
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG:
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG or name in links:
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         if not all(path):
@@ -1062,6 +1071,21 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
                 raise ConfigError(f"{name}: conflicts with another TASKD_ variable")
         node[path[-1]] = value
     return tree
+
+
+def _service_links(environ: Mapping[str, str]) -> set[str]:
+    """The TASKD_ names in `environ` that Kubernetes set for a Service named taskd or taskd-…: those
+    of a Service whose <SERVICE>_SERVICE_HOST is there. A TASKD_PORT alone is still a typo."""
+    suffix = "_SERVICE_HOST"
+    services = {
+        name.removesuffix(suffix) for name in environ if name.startswith(ENV_PREFIX) and name.endswith(suffix)
+    }
+    return {
+        name
+        for name in environ
+        for service in services
+        if name.startswith(f"{service}_") and _SERVICE_LINK.fullmatch(name[len(service) + 1 :])
+    }
 
 
 def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -163,6 +163,38 @@ def test_two_environment_names_for_one_key_are_refused():
         load_config(environ={"TASKD_HTTP__PORT": "9000", "TASKD_Http__Port": "9001"})
 
 
+# What Kubernetes sets in every container of a namespace holding a Service named taskd (its port
+# named http) and one named taskd-api.
+KUBERNETES_SERVICE_VARIABLES = {
+    "TASKD_SERVICE_HOST": "10.96.3.7",
+    "TASKD_SERVICE_PORT": "8001",
+    "TASKD_SERVICE_PORT_HTTP": "8001",
+    "TASKD_PORT": "tcp://10.96.3.7:8001",
+    "TASKD_PORT_8001_TCP": "tcp://10.96.3.7:8001",
+    "TASKD_PORT_8001_TCP_PROTO": "tcp",
+    "TASKD_PORT_8001_TCP_PORT": "8001",
+    "TASKD_PORT_8001_TCP_ADDR": "10.96.3.7",
+    "TASKD_API_SERVICE_HOST": "10.96.3.8",
+    "TASKD_API_SERVICE_PORT": "80",
+    "TASKD_API_PORT": "tcp://10.96.3.8:80",
+    "TASKD_API_PORT_80_TCP": "tcp://10.96.3.8:80",
+    "TASKD_API_PORT_80_TCP_PROTO": "tcp",
+    "TASKD_API_PORT_80_TCP_PORT": "80",
+    "TASKD_API_PORT_80_TCP_ADDR": "10.96.3.8",
+}
+
+
+def test_kubernetes_variables_of_a_service_named_taskd_are_left_alone():
+    config = load_config(environ={**KUBERNETES_SERVICE_VARIABLES, "TASKD_HTTP__PORT": "9000"})
+
+    assert config.http.port == 9000
+
+
+def test_a_port_variable_without_a_service_host_is_still_refused():
+    with pytest.raises(ConfigError, match="config key port: Unknown field"):
+        load_config(environ={"TASKD_PORT": "9000"})
+
+
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "nope.toml"), environ={})

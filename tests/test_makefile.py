@@ -90,11 +90,18 @@ def test_make_run_starts_taskd_from_a_path_with_spaces_quotes_and_dollar_signs(
     assert wait_listening(make_run, timeout=60).startswith("http://127.0.0.1:")
 
 
-def _make_install_offline(checkout: Path, *variables: str) -> subprocess.CompletedProcess[str]:
+# The interpreter behind this suite's, named as PYTHON: `python3` on PATH may be older than
+# requires-python (Ubuntu 22.04's 3.10, RHEL 9's 3.9: the README's `make PYTHON=python3.12`), and
+# make refuses it. Its real path: make splits PYTHON at spaces, and this checkout's own path (hence
+# its .venv/bin/python) may hold some.
+SUITE_PYTHON = os.path.realpath(sys.executable)
+
+
+def _make_install_offline(checkout: Path, python: str = SUITE_PYTHON) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
     env["PIP_NO_INDEX"] = "1"
     return subprocess.run(
-        ["make", "install", *variables],
+        ["make", "install", f"PYTHON={python}"],
         cwd=checkout,
         env=env,
         capture_output=True,
@@ -141,7 +148,7 @@ def test_make_install_with_a_python_too_old_says_so_and_names_the_variable(tmp_p
     checkout.mkdir()
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy(ROOT / name, checkout / name)
-    made = _make_install_offline(checkout, f"PYTHON={older}")
+    made = _make_install_offline(checkout, older)
     assert made.returncode != 0
     minimum = PROJECT["requires-python"].removeprefix(">=")
     assert f"taskd needs Python {minimum} or newer" in made.stderr
@@ -154,8 +161,23 @@ def test_make_install_replaces_a_venv_an_older_python_made(tmp_path: Path) -> No
     if older is None:
         pytest.skip("no Python older than requires-python on this machine")
     checkout = _bare_checkout(tmp_path, older)
-    # The interpreter the venv's python links to: make splits PYTHON at spaces, and this checkout's
-    # own path (hence its .venv/bin/python) may hold some.
-    _make_install_offline(checkout, f"PYTHON={os.path.realpath(sys.executable)}")
+    _make_install_offline(checkout)
     made_by = _venv_python(checkout, "import sys; print(*sys.version_info[:2])").stdout.split()
     assert made_by == [str(part) for part in sys.version_info[:2]]
+
+
+def test_make_install_leaves_a_linked_venv_it_cannot_use_as_it_is(tmp_path: Path) -> None:
+    # A .venv linked to a venv elsewhere (~/.virtualenvs/taskd) that has no pip: `python -m venv
+    # --clear` empties the venv the link names, then refuses the link, and every later make failed.
+    checkout = _bare_checkout(tmp_path)
+    elsewhere = tmp_path / "virtualenvs" / "taskd"
+    elsewhere.parent.mkdir()
+    (checkout / ".venv").rename(elsewhere)
+    (checkout / ".venv").symlink_to(elsewhere)
+    kept = elsewhere / "a developer's own file"
+    kept.touch()
+
+    made = _make_install_offline(checkout)
+
+    assert (made.returncode, kept.exists()) == (2, True), made.stderr
+    assert f"make: .venv links to {elsewhere}" in made.stderr
