@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             # A pipe's stdout is block-buffered: the last 8 KiB of output (all of a short one) are
             # written by this flush, not by the interpreter at exit, which would report a reader
             # gone away as `Exception ignored … BrokenPipeError` and exit 120 (or 0, output lost).
-            sys.stdout.flush()
+            # None: started with no stdout at all (`>&-`), where print writes nothing.
+            if sys.stdout is not None:
+                sys.stdout.flush()
             return code
     except BrokenPipeError:
         # The reader went away (`taskd tasks films --json | head`, `taskd config show | head`): stop

@@ -494,6 +494,29 @@ async def test_config_show_whose_reader_went_away_ends_quietly_with_the_sigpipe_
     )
 
 
+async def test_config_check_started_without_a_stdout_ends_as_with_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    env.update(TASKD_DATA_DIR=str(tmp_path))
+    # `taskd config check >&-`: fd 1 closed, so Python's sys.stdout is None and print writes nothing.
+    proc = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        'exec "$@" >&-',
+        "sh",
+        sys.executable,
+        "-m",
+        "taskd",
+        "config",
+        "check",
+        env=env,
+        cwd=tmp_path,  # no ./taskd.toml
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+
+    assert (proc.returncode, err.decode()) == (0, "")
+
+
 def test_config_show_masks_credentials_in_url_query_strings(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
     monkeypatch.setenv(
