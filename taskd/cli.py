@@ -112,13 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        code: int | None = None
         if getattr(args, "client_command", None) is not None:
-            return cli_client.run(args)
-        if args.command in cli_admin.COMMANDS:
-            return cli_admin.run(args)
-        if args.command == "completion":
+            code = cli_client.run(args)
+        elif args.command in cli_admin.COMMANDS:
+            code = cli_admin.run(args)
+        elif args.command == "completion":
             print(shtab.complete(parser, shell=args.shell), end="")
-            return 0
+            code = 0
+        if code is not None:
+            # A pipe's stdout is block-buffered: the last 8 KiB of output (all of a short one) are
+            # written by this flush, not by the interpreter at exit, which would report a reader
+            # gone away as `Exception ignored … BrokenPipeError` and exit 120 (or 0, output lost).
+            # None: started with no stdout at all (`>&-`), where print writes nothing.
+            if sys.stdout is not None:
+                sys.stdout.flush()
+            return code
     except BrokenPipeError:
         # The reader went away (`taskd tasks films --json | head`, `taskd config show | head`): stop
         # quietly, as a tool that SIGPIPE ends would, and keep the interpreter's last flush from

@@ -48,6 +48,9 @@ async def operator_cli(
     if reader_gone:
         read_end, stdout = os.pipe()
         os.close(read_end)
+        # Block-buffered, as an operator's shell leaves it: output short of the buffer is written at
+        # the end, not by the print (PYTHONUNBUFFERED, set on some machines, hid that case).
+        full_env.pop("PYTHONUNBUFFERED", None)
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -465,7 +468,8 @@ def test_config_show_prints_the_route_of_a_task_type_named_like_a_secret(monkeyp
 async def test_config_show_whose_reader_went_away_ends_quietly_with_the_sigpipe_status(tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)  # as `| head` does once it has its lines
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    # Without PYTHONUNBUFFERED: stdout block-buffered, as an operator's shell leaves it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_") and k != "PYTHONUNBUFFERED"}
     env.update(TASKD_DATA_DIR=str(tmp_path))
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -488,6 +492,29 @@ async def test_config_show_whose_reader_went_away_ends_quietly_with_the_sigpipe_
         141,
         "config: no file: defaults, with the TASKD_* environment\n",
     )
+
+
+async def test_config_check_started_without_a_stdout_ends_as_with_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    env.update(TASKD_DATA_DIR=str(tmp_path))
+    # `taskd config check >&-`: fd 1 closed, so Python's sys.stdout is None and print writes nothing.
+    proc = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        'exec "$@" >&-',
+        "sh",
+        sys.executable,
+        "-m",
+        "taskd",
+        "config",
+        "check",
+        env=env,
+        cwd=tmp_path,  # no ./taskd.toml
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+
+    assert (proc.returncode, err.decode()) == (0, "")
 
 
 def test_config_show_masks_credentials_in_url_query_strings(monkeypatch, capsys, tmp_path):

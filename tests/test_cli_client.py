@@ -284,7 +284,9 @@ async def test_output_whose_reader_went_away_ends_quietly_with_the_sigpipe_statu
     await taskd.submit("noop", {}, project_id="films")
     read_end, write_end = os.pipe()
     os.close(read_end)  # as `| head` does once it has its lines
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
+    # Without PYTHONUNBUFFERED: stdout block-buffered, as a caller's shell leaves it, so the short
+    # output is written at the end rather than by the print.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_") and k != "PYTHONUNBUFFERED"}
     env.update(TASKD_DATA_DIR="/nonexistent", TASKD_URL=taskd.base_url, TASKD_API_KEY=API_KEY)
     try:
         proc = await asyncio.create_subprocess_exec(
