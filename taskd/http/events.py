@@ -55,7 +55,8 @@ PAGE_BYTES = 256 * 1024
 WRITE_CHUNK = 64 * 1024
 CHECK_SECONDS = 1.0  # how often an idle stream (or a Prefer: wait) notices that its client went away
 # How often a task's stream looks at its record itself, past the hub: a task whose record is gone
-# (expired while it waited, a Redis that lost its data) has no event left to come.
+# (a Redis that lost its data, one that expired while no taskd process ran to renew it) has no event
+# left to come.
 RECHECK_SECONDS = 15.0
 # ASCII digits only: `\d` would take other scripts' digits, which int() reads but Redis refuses.
 _EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
@@ -608,8 +609,8 @@ async def _missed_end(redis: Redis, task_id: str, stream: str, after: str) -> li
     record when the stream lacks it); None if its record is gone, [] while it runs or waits.
 
     A follower learns of a task through the hub, which only brings entries that are written: a task
-    whose record expired while it waited (storage.task_ttl), or that a Redis restarted without its
-    data lost, writes no end, and its followers were sent keep-alives for ever. Ended here, the
+    whose record expired while no taskd process ran to renew it (storage.task_ttl), or that a Redis
+    restarted without its data lost, writes no end, and its followers were sent keep-alives for ever. Ended here, the
     stream's next connection is a 404 task_not_found, which every client stops at.
     """
     status = await redis.hget(keys.task(task_id), "status")
