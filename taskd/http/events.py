@@ -139,12 +139,18 @@ class Subscription:
             if self.pending and (
                 len(self.pending) >= MAX_PENDING or self.pending_bytes + len(event.data) > MAX_PENDING_BYTES
             ):
-                self.pending.clear()
-                self.pending_bytes = 0
-                self.overflowed = True
+                self.reread()
                 break
             self.pending.append(event)
             self.pending_bytes += len(event.data)
+        self.wakeup.set()
+
+    def reread(self) -> None:
+        """Drop what is pending: the client reads the stream itself after the last event it sent (and
+        is told of a gap where the cap trimmed what it had not sent)."""
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.overflowed = True
         self.wakeup.set()
 
     def close(self) -> None:
@@ -185,6 +191,9 @@ class EventHub:
         self._wakes: set[asyncio.Task[None]] = set()
         self._wake_written = False
         self._closed = False
+        # A read failed (Redis away, or this process cut off from it): entries written meanwhile may
+        # have been trimmed past a cursor before the next read.
+        self._failed = False
 
     def subscribe(self, stream: str, after: str) -> Subscription:
         """Watch `stream`; entries newer than `after` (or than where the hub already reads) are pushed."""
@@ -257,6 +266,7 @@ class EventHub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: keep the cursors, read again once it is back
+                self._failed = True
                 delay = reconnects.next_delay()
                 log.warning("event stream reader failed, retrying in %.2f s: %s", delay, exc)
                 await asyncio.sleep(delay)
@@ -278,6 +288,15 @@ class EventHub:
             finally:
                 self._reading = False
             reconnects.reset()
+            if self._failed:
+                # While this read was away, other processes went on writing (workers on other hosts
+                # keep a project busy through a cut that is this process's alone), and a stream's cap
+                # may have trimmed past its cursor: this read would bring what is left as if nothing
+                # was missing. Each client reads on from its own last event instead, told of a gap.
+                self._failed = False
+                for stream_watchers in self._subscribers.values():
+                    for subscription in stream_watchers:
+                        subscription.reread()
             for raw_stream, entries in reply or []:
                 stream = raw_stream.decode()
                 if stream == self._wake_key:
