@@ -6,9 +6,12 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from conftest import API_KEY
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sse import iter_events, read_events
 
 from taskd import keys
@@ -251,6 +254,61 @@ async def test_a_project_stream_resumed_past_what_its_cap_trimmed_says_gap_first
     assert (seen[0].id, seen[0].event, seen[0].data["after"]) == (None, "gap", first_id)
     assert seen[0].data["kept_from"] == kept[-2][0].decode()
     assert [e.id for e in seen[1:]] == [entry_id.decode() for entry_id, _ in kept[-2:]]
+
+
+def project_event(index: int) -> dict[str, bytes]:
+    event = {"type": "status", "task_id": f"t{index}", "project_id": "films", "status": "queued"}
+    return {"event": orjson.dumps(event)}
+
+
+async def test_a_project_stream_whose_events_were_trimmed_while_the_hubs_redis_was_away_says_gap(
+    start_service, redis, monkeypatch
+):
+    reader_away = asyncio.Event()  # set: the hub's next read fails once `back` is set
+    reading_again = asyncio.Event()
+    back = asyncio.Event()
+
+    class ReaderThatLosesRedis(Redis):
+        """The hub's reader connection, which loses Redis (a network cut) when the test says so, while
+        the workers of other hosts go on writing its project's events."""
+
+        async def xread(self, *args, **kwargs):
+            if reader_away.is_set():
+                reader_away.clear()
+                reading_again.set()
+                await back.wait()
+                raise RedisConnectionError("Connection reset by peer")
+            return await super().xread(*args, **kwargs)
+
+    monkeypatch.setattr(events_module, "Redis", ReaderThatLosesRedis)
+    # No read ends by its timeout while the test counts on the one in flight to bring `t1`.
+    monkeypatch.setattr(events_module, "BLOCK_MS", 60_000)
+    service = await start_service(workers=False)
+    stream = keys.project_events("films")
+
+    async with asyncio.timeout(30), service.client.get("/api/v1/projects/films/events") as response:
+        events = iter_events(response)
+        await redis.xadd(stream, project_event(0))
+        assert (await anext(events)).data["task_id"] == "t0"
+        reader_away.set()
+        await redis.xadd(stream, project_event(1))  # the read in flight returns it; the next fails
+        last_sent = await anext(events)
+        await reading_again.wait()
+        # More events than the cap keeps are written while the reader is away.
+        for index in range(2, 7):
+            await redis.xadd(stream, project_event(index))
+        await redis.xtrim(stream, maxlen=2, approximate=False)
+        back.set()
+        seen = []
+        while not seen or seen[-1].data.get("task_id") != "t6":
+            seen.append(await anext(events))
+
+    assert [(e.event, e.data.get("task_id")) for e in seen] == [
+        ("gap", None),
+        ("status", "t5"),
+        ("status", "t6"),
+    ]
+    assert seen[0].data["after"] == last_sent.id
 
 
 FROM_THE_FUTURE = "99999999999999-0"  # past every entry a stream can have now

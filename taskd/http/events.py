@@ -55,7 +55,8 @@ PAGE_BYTES = 256 * 1024
 WRITE_CHUNK = 64 * 1024
 CHECK_SECONDS = 1.0  # how often an idle stream (or a Prefer: wait) notices that its client went away
 # How often a task's stream looks at its record itself, past the hub: a task whose record is gone
-# (expired while it waited, a Redis that lost its data) has no event left to come.
+# (a Redis that lost its data, one that expired while no taskd process ran to renew it) has no event
+# left to come.
 RECHECK_SECONDS = 15.0
 # ASCII digits only: `\d` would take other scripts' digits, which int() reads but Redis refuses.
 _EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
@@ -138,12 +139,18 @@ class Subscription:
             if self.pending and (
                 len(self.pending) >= MAX_PENDING or self.pending_bytes + len(event.data) > MAX_PENDING_BYTES
             ):
-                self.pending.clear()
-                self.pending_bytes = 0
-                self.overflowed = True
+                self.reread()
                 break
             self.pending.append(event)
             self.pending_bytes += len(event.data)
+        self.wakeup.set()
+
+    def reread(self) -> None:
+        """Drop what is pending: the client reads the stream itself after the last event it sent (and
+        is told of a gap where the cap trimmed what it had not sent)."""
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.overflowed = True
         self.wakeup.set()
 
     def close(self) -> None:
@@ -184,6 +191,9 @@ class EventHub:
         self._wakes: set[asyncio.Task[None]] = set()
         self._wake_written = False
         self._closed = False
+        # A read failed (Redis away, or this process cut off from it): entries written meanwhile may
+        # have been trimmed past a cursor before the next read.
+        self._failed = False
 
     def subscribe(self, stream: str, after: str) -> Subscription:
         """Watch `stream`; entries newer than `after` (or than where the hub already reads) are pushed."""
@@ -256,6 +266,7 @@ class EventHub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: keep the cursors, read again once it is back
+                self._failed = True
                 delay = reconnects.next_delay()
                 log.warning("event stream reader failed, retrying in %.2f s: %s", delay, exc)
                 await asyncio.sleep(delay)
@@ -277,6 +288,15 @@ class EventHub:
             finally:
                 self._reading = False
             reconnects.reset()
+            if self._failed:
+                # While this read was away, other processes went on writing (workers on other hosts
+                # keep a project busy through a cut that is this process's alone), and a stream's cap
+                # may have trimmed past its cursor: this read would bring what is left as if nothing
+                # was missing. Each client reads on from its own last event instead, told of a gap.
+                self._failed = False
+                for stream_watchers in self._subscribers.values():
+                    for subscription in stream_watchers:
+                        subscription.reread()
             for raw_stream, entries in reply or []:
                 stream = raw_stream.decode()
                 if stream == self._wake_key:
@@ -369,29 +389,23 @@ async def _gap(store: TaskStore, stream: str, after: str) -> list[StreamEvent]:
     return [StreamEvent.gap(after, kept_from)] if id_key(after) < id_key(kept_from) else []
 
 
-async def _send_stored(
-    writer: EventWriter, store: TaskStore, stream: str, count: int = 1, *, tell_gap: bool = False
-) -> None:
+async def _send_stored(writer: EventWriter, store: TaskStore, stream: str, count: int = 1) -> None:
     """Send the entries of `stream` past those sent, a page at a time: each page is taken by the client
-    before the next is read.
+    before the next is read, and is preceded by a `gap` when the cap trimmed entries not sent yet.
 
     Read whole, a project's stream (up to ~10 000 events, with the results of its tasks: as much as
     its stored_bytes_per_project) was held by the process, several times over, for each client that
     resumed it from far back or fell behind: twenty such clients of a stream of 40 MiB took the
-    process from 60 MiB to 3 GiB.
+    process from 60 MiB to 3 GiB. Read a page at a time, a busy project's cap can trim the entries
+    past the page a slow client is being sent: each page's read is followed by the question, or
+    those would be skipped as if none was missing.
     """
     redis = store.client(keys.partition_of_key(stream))
-    if tell_gap:
-        # Asked after the read: a trim between the two makes the client told of a gap it may not
-        # have, never the other way.
-        page = await _read_page(redis, stream, writer.position, count)
-        await writer.send([*await _gap(store, stream, writer.position), *page])
-        if len(page) < count:
-            return
-        count = _page_after(page)
     while True:
         page = await _read_page(redis, stream, writer.position, count)
-        await writer.send(page)
+        # Asked after the read: a trim between the two makes the client told of a gap it may not
+        # have, never the other way.
+        await writer.send([*await _gap(store, stream, writer.position), *page])
         if len(page) < count:
             return
         count = _page_after(page)
@@ -494,7 +508,7 @@ async def _follow(
         events = subscription.take()
         if subscription.overflowed:
             subscription.overflowed = False
-            await _send_stored(writer, store, subscription.stream, tell_gap=True)
+            await _send_stored(writer, store, subscription.stream)
         else:
             await writer.send(events)
         if time.monotonic() - writer.last_write >= KEEPALIVE_SECONDS:
@@ -614,8 +628,8 @@ async def _missed_end(redis: Redis, task_id: str, stream: str, after: str) -> li
     record when the stream lacks it); None if its record is gone, [] while it runs or waits.
 
     A follower learns of a task through the hub, which only brings entries that are written: a task
-    whose record expired while it waited (storage.task_ttl), or that a Redis restarted without its
-    data lost, writes no end, and its followers were sent keep-alives for ever. Ended here, the
+    whose record expired while no taskd process ran to renew it (storage.task_ttl), or that a Redis
+    restarted without its data lost, writes no end, and its followers were sent keep-alives for ever. Ended here, the
     stream's next connection is a 404 task_not_found, which every client stops at.
     """
     status = await redis.hget(keys.task(task_id), "status")

@@ -133,3 +133,35 @@ async def test_a_client_that_fell_behind_past_what_the_cap_trimmed_is_told_of_th
             received += await behind.read(2**20)
 
     assert b"event: gap\n" in received
+
+
+async def test_a_resuming_client_whose_unread_backlog_the_cap_trims_meanwhile_is_told_of_the_gap(
+    start_service, redis
+):
+    service = await start_service(workers=False)
+    stream = keys.project_events("heavy")
+    await fill_stream(redis, stream)
+    ids = [entry_id.decode() for entry_id, _ in await redis.xrange(stream)]
+    path = "/api/v1/projects/heavy/events"
+
+    # Nothing was trimmed when it resumed: taskd reads the backlog a page at a time, and the client
+    # stops reading after its first event, far less than the backlog (16 MiB) the buffers take.
+    async with asyncio.timeout(60), stalled_stream(service, path, ids[0]) as behind:
+        # As the cap does to a busy project's stream while the client reads its backlog slowly.
+        await redis.xtrim(stream, maxlen=2, approximate=False)
+        received = b""
+        while f"id: {ids[-1]}\n".encode() not in received:
+            received += await behind.read(2**20)
+
+    sent = [line.removeprefix(b"id: ").decode() for line in received.split(b"\n") if line.startswith(b"id: ")]
+    # ids[1], the first event, was read (its id with it) before the trim.
+    before_trim = [ids[1], *sent[:-2]]
+    assert sent == [*ids[2 : len(before_trim) + 1], *ids[-2:]]
+    assert len(sent) < len(ids) - 1  # events were lost: the test is not one where nothing was trimmed
+    assert b"event: gap\n" in received
+    gap = orjson.loads(received.split(b"event: gap\ndata: ")[1].split(b"\n")[0])
+    # After the last id sent before it (or one before that, where the trim came between a page's
+    # read and the question whether entries past the client's last id were trimmed).
+    assert gap["after"] in before_trim[-2:]
+    assert gap["kept_from"] == ids[-2]
+    assert received.index(b"event: gap\n") < received.index(f"id: {ids[-2]}\n".encode())
