@@ -83,6 +83,10 @@ class TaskRecord:
     error: str | None = None
     traceback: str | None = None
     attempt: int = 0
+    # Automatic retries made after the task's own transient errors (requeue.lua): what
+    # `retry.max_retries` bounds. Not `attempt`, which also counts the runs that taskd cut short (a
+    # stop's hand-back, a worker's death: `deaths`), which are not the task's failures.
+    retries: int = 0
     deaths: int = 0
     enqueues: int = 0
     # Times a worker without its type handed it on (taskd.engine.executor): each doubles the wait

@@ -136,3 +136,19 @@ async def test_evaluation_fails_once_the_retries_of_a_failing_provider_run_out(s
     assert (body["status"], body["attempt"], body["result"]) == ("failed", 2, None)
     assert body["error"] == "Evaluation could not be made: LLM provider returned HTTP 500: upstream exploded"
     assert len(fake_llm.requests) == 2
+
+
+async def test_a_run_handed_back_at_a_stop_spends_none_of_the_tasks_automatic_retries(start_service):
+    # Its first run is cut short by the worker's stop (handed back): not the task's failure. Its
+    # later runs' transient errors still get retry.max_retries (3) retries, as any task's do.
+    first = await start_service(retry=RetryConfig(base_delay=0.05))
+    task_id = (await first.submit("long_first_run_then_transient", {}))["task_id"]
+    await first.wait_for(task_id, lambda b: b["status"] == "processing")
+    await first.service.stop(grace=0.2)
+    second = await start_service(retry=RetryConfig(base_delay=0.05))
+
+    body = await second.wait_terminal(task_id)
+
+    assert (body["status"], body["attempt"]) == ("failed", 5)
+    assert body["error"] == "provider down (attempt 5, final True)"
+    assert (await metrics(second))["retried_tasks"] == 3
