@@ -152,3 +152,21 @@ async def test_a_run_handed_back_at_a_stop_spends_none_of_the_tasks_automatic_re
     assert (body["status"], body["attempt"]) == ("failed", 5)
     assert body["error"] == "provider down (attempt 5, final True)"
     assert (await metrics(second))["retried_tasks"] == 3
+
+
+@pytest.mark.parametrize("runs_made", [1, 3])
+async def test_a_record_stored_before_retries_were_counted_has_its_runs_taken_for_its_retries(
+    start_service, redis, runs_made
+):
+    # A task queued by a version that bounded retries by `attempt` alone: runs made, no `retries`.
+    # It fails at its 4th run, as it would have there, after the retries it had left.
+    api_only = await start_service(workers=False)
+    task_id = (await api_only.submit("fail", {"transient": True, "message": "provider down"}))["task_id"]
+    await redis.hset(keys.task(task_id), "attempt", runs_made)
+    await redis.hdel(keys.task(task_id), "retries")
+    await start_service(http=False, retry=RetryConfig(base_delay=0.05))
+
+    body = await api_only.wait_terminal(task_id)
+
+    assert (body["status"], body["attempt"]) == ("failed", 4)
+    assert (await metrics(api_only))["retried_tasks"] == 3 - runs_made

@@ -387,7 +387,7 @@ class Executor:
         plus the automatic retries it has left (`retry.max_retries` less those made). The first plus
         the retries for a task no one interrupted; a run taskd cut short (a stop's hand-back, a
         worker's death) spends none of them, as it was not the task's failure."""
-        return record.attempt + max(0, self.config.retry.max_retries - record.retries)
+        return record.attempt + max(0, self.config.retry.max_retries - record.retries_made)
 
     async def claim(self, queue: str, job_id: str, lock_ms: int) -> Start:
         """Claim an arq job of `queue` for this worker and start its task (one round trip).
@@ -1045,7 +1045,7 @@ class Executor:
             )
         if outcome.kind == "retry":
             # The first retry waits up to base_delay, whatever runs were cut short before it.
-            delay = retry_delay(record.retries + 1, self.config.retry.base_delay)
+            delay = retry_delay(record.retries_made + 1, self.config.retry.base_delay)
             log.warning(
                 "task %s attempt %d failed (%s); retrying in %.1f s",
                 record.task_id,
