@@ -98,6 +98,25 @@ async def test_retry_waits_double_from_the_base_delay(start_service, redis, monk
     assert delays == [pytest.approx(0.4, abs=0.01), pytest.approx(0.8, abs=0.01)]
 
 
+async def test_retry_waits_double_no_further_than_max_delay(start_service, redis, monkeypatch):
+    # Every draw the longest, as above: the third wait's bound would be 1.6 s, the fourth's 3.2 s.
+    monkeypatch.setattr(backoff_module, "random", SimpleNamespace(random=lambda: 0.0))
+    service = await start_service(retry=RetryConfig(base_delay=0.4, max_delay=0.5, max_retries=4))
+    task = await service.submit("fail", {"transient": True, "fail_times": 4})
+    schedule: dict[int, tuple[float, float]] = {}
+    async with asyncio.timeout(20):
+        while len(schedule) < 4:
+            attempt, failed_at, retry_at = await redis.hmget(
+                keys.task(task["task_id"]), "attempt", "updated_at", "next_retry_at"
+            )
+            if retry_at is not None:
+                schedule[int(attempt)] = (float(failed_at), float(retry_at))
+            await asyncio.sleep(0.01)
+
+    delays = [retry_at - failed_at for failed_at, retry_at in (schedule[n] for n in range(1, 5))]
+    assert delays == [pytest.approx(bound, abs=0.01) for bound in (0.4, 0.5, 0.5, 0.5)]
+
+
 async def test_provider_rate_limit_is_retried(start_service, fake_llm):
     service = await start_service(llm_url=fake_llm.base_url, retry=RetryConfig(base_delay=0.05))
     fake_llm.fail(429, "slow down")

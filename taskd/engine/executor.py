@@ -1045,7 +1045,8 @@ class Executor:
             )
         if outcome.kind == "retry":
             # The first retry waits up to base_delay, whatever runs were cut short before it.
-            delay = retry_delay(record.retries_made + 1, self.config.retry.base_delay)
+            retry = self.config.retry
+            delay = retry_delay(record.retries_made + 1, retry.base_delay, retry.max_delay)
             log.warning(
                 "task %s attempt %d failed (%s); retrying in %.1f s",
                 record.task_id,
