@@ -16,7 +16,7 @@ RECONNECT_CAP = 1.0
 RECONNECT_JITTER = 0.5
 
 # Automatic task retries: the configured schedule (retry.base_delay, 2x, 4x: 60/120/240 s by
-# default) gives upper bounds, and each wait is drawn uniformly below its bound ("full jitter"),
+# default, doubling no further than retry.max_delay) gives upper bounds, and each wait is drawn uniformly below its bound ("full jitter"),
 # so the tasks that one provider outage failed together come back spread over the whole window
 # instead of all in the same second.
 RETRY_JITTER = 1.0
@@ -37,9 +37,10 @@ def exponential_delay(
     return delay * (1.0 - jitter * random.random()) if jitter else delay
 
 
-def retry_delay(attempt: int, base: float) -> float:
-    """Seconds before the automatic retry after failed attempt `attempt`: at random in (0, base * 2**(attempt-1)]."""
-    return exponential_delay(attempt, base, jitter=RETRY_JITTER)
+def retry_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds before the automatic retry after failed attempt `attempt`: at random in
+    (0, min(base * 2**(attempt-1), cap)]."""
+    return exponential_delay(attempt, base, cap=cap, jitter=RETRY_JITTER)
 
 
 @attrs.define

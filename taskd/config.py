@@ -622,6 +622,10 @@ class WebhooksConfig:
 class RetryConfig:
     base_delay: float = attrs.field(default=60.0, validator=_seconds(ge=0))
     max_retries: int = attrs.field(default=3, validator=attrs.validators.ge(0))
+    # The longest bound of one wait: the doubling stops there. Without it, a larger max_retries
+    # made waits of months (base_delay x 2^19 for the 20th), and past ~34 retries a wait beyond
+    # year 9999, whose next_retry_at made every status read of the task a 500.
+    max_delay: float = attrs.field(default=3600.0, validator=_seconds(ge=0))
 
 
 @attrs.frozen

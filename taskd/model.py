@@ -83,6 +83,11 @@ class TaskRecord:
     error: str | None = None
     traceback: str | None = None
     attempt: int = 0
+    # Automatic retries made (requeue.lua): what `retry.max_retries` bounds. Not `attempt`, which
+    # also counts the runs that taskd cut short (a stop's hand-back, a worker's death: `deaths`),
+    # not the task's failures. Stored from the submit on (0); None: a record of a version that did
+    # not count them, whose retries are bounded by `attempt` as they were then (`retries_made`).
+    retries: int | None = None
     deaths: int = 0
     enqueues: int = 0
     # Times a worker without its type handed it on (taskd.engine.executor): each doubles the wait
@@ -128,6 +133,12 @@ class TaskRecord:
     def is_terminal(self) -> bool:
         """True once the task can change no more."""
         return self.status in TERMINAL
+
+    @property
+    def retries_made(self) -> int:
+        """The automatic retries made so far; for a record that does not count them, every run
+        but this one, as they were counted then."""
+        return self.retries if self.retries is not None else max(0, self.attempt - 1)
 
 
 class ApiError(Exception):

@@ -17,7 +17,14 @@ import cattrs
 
 from taskd import proctree
 from taskd.tasks.diagnostics import marker_path
-from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskContext, TaskType
+from taskd.tasks.spec import (
+    Cancelled,
+    ProcessContext,
+    SoftTimeLimitExceeded,
+    TaskContext,
+    TaskType,
+    TransientError,
+)
 
 # A tool child: leaves a `child_started` marker with its pid (after touching `megabytes` of memory),
 # a `child_sigterm` marker when SIGTERM comes (then exits, unless told to ignore it), and waits.
@@ -412,8 +419,24 @@ async def swallow_cancels(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]
     return {"ok": True}
 
 
+async def long_first_run_then_transient(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """Its first run waits to be cut short (a stop hands it back, a kill reclaims it); every later
+    run fails with a transient error, reporting the attempt and whether it was the final one."""
+    _mark(ctx, f"started.{ctx.attempt}")
+    if ctx.attempt == 1:
+        await asyncio.sleep(3600)
+    raise TransientError(f"provider down (attempt {ctx.attempt}, final {ctx.final_attempt})")
+
+
 TASKS = [
     TaskType("append", AppendInput, queue="default", expected_duration=0.01, handler=append),
+    TaskType(
+        "long_first_run_then_transient",
+        AnythingInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=long_first_run_then_transient,
+    ),
     TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0),
     TaskType(
         "show_what_i_got", ShowWhatIGotInput, queue="default", expected_duration=0.1, handler=show_what_i_got

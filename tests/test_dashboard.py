@@ -177,3 +177,31 @@ async def test_in_chromium_a_waiting_task_shows_what_it_waits_for_and_a_schedule
     assert when == scheduled_for
     assert after_cancel is None
     assert exceptions == []
+
+
+@needs_chromium
+async def test_in_chromium_a_double_click_on_retry_runs_the_task_again_once(taskd, tmp_path: Path):
+    failed = await taskd.submit("fail", {"message": "bad input"})
+    await taskd.wait_terminal(failed["task_id"])
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await open_live(browser, taskd.base_url, "proj-1", API_KEY)
+        await browser.wait_for(f"{row(failed['task_id'])} !== null")
+        await browser.evaluate(f"{row(failed['task_id'])}.click(); true")
+        await browser.wait_for("document.getElementById('detail').dataset.status === 'failed'")
+
+        await browser.evaluate(
+            "const button = document.getElementById('retry-button'); button.click(); button.click(); true"
+        )
+        await browser.wait_for(
+            "document.getElementById('action-message').textContent.startsWith('retried as')"
+        )
+        await browser.wait_for(f"document.getElementById('detail-id').textContent !== '{failed['task_id']}'")
+        exceptions = browser.exceptions
+    finally:
+        await browser.close()
+
+    async with taskd.client.get("/api/v1/projects/proj-1/tasks") as response:
+        listed = (await response.json())["tasks"]
+    assert [task["task_type"] for task in listed].count("fail") == 2  # the failed task and one retry
+    assert exceptions == []

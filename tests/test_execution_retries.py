@@ -98,6 +98,25 @@ async def test_retry_waits_double_from_the_base_delay(start_service, redis, monk
     assert delays == [pytest.approx(0.4, abs=0.01), pytest.approx(0.8, abs=0.01)]
 
 
+async def test_retry_waits_double_no_further_than_max_delay(start_service, redis, monkeypatch):
+    # Every draw the longest, as above: the third wait's bound would be 1.6 s, the fourth's 3.2 s.
+    monkeypatch.setattr(backoff_module, "random", SimpleNamespace(random=lambda: 0.0))
+    service = await start_service(retry=RetryConfig(base_delay=0.4, max_delay=0.5, max_retries=4))
+    task = await service.submit("fail", {"transient": True, "fail_times": 4})
+    schedule: dict[int, tuple[float, float]] = {}
+    async with asyncio.timeout(20):
+        while len(schedule) < 4:
+            attempt, failed_at, retry_at = await redis.hmget(
+                keys.task(task["task_id"]), "attempt", "updated_at", "next_retry_at"
+            )
+            if retry_at is not None:
+                schedule[int(attempt)] = (float(failed_at), float(retry_at))
+            await asyncio.sleep(0.01)
+
+    delays = [retry_at - failed_at for failed_at, retry_at in (schedule[n] for n in range(1, 5))]
+    assert delays == [pytest.approx(bound, abs=0.01) for bound in (0.4, 0.5, 0.5, 0.5)]
+
+
 async def test_provider_rate_limit_is_retried(start_service, fake_llm):
     service = await start_service(llm_url=fake_llm.base_url, retry=RetryConfig(base_delay=0.05))
     fake_llm.fail(429, "slow down")
@@ -136,3 +155,37 @@ async def test_evaluation_fails_once_the_retries_of_a_failing_provider_run_out(s
     assert (body["status"], body["attempt"], body["result"]) == ("failed", 2, None)
     assert body["error"] == "Evaluation could not be made: LLM provider returned HTTP 500: upstream exploded"
     assert len(fake_llm.requests) == 2
+
+
+async def test_a_run_handed_back_at_a_stop_spends_none_of_the_tasks_automatic_retries(start_service):
+    # Its first run is cut short by the worker's stop (handed back): not the task's failure. Its
+    # later runs' transient errors still get retry.max_retries (3) retries, as any task's do.
+    first = await start_service(retry=RetryConfig(base_delay=0.05))
+    task_id = (await first.submit("long_first_run_then_transient", {}))["task_id"]
+    await first.wait_for(task_id, lambda b: b["status"] == "processing")
+    await first.service.stop(grace=0.2)
+    second = await start_service(retry=RetryConfig(base_delay=0.05))
+
+    body = await second.wait_terminal(task_id)
+
+    assert (body["status"], body["attempt"]) == ("failed", 5)
+    assert body["error"] == "provider down (attempt 5, final True)"
+    assert (await metrics(second))["retried_tasks"] == 3
+
+
+@pytest.mark.parametrize("runs_made", [1, 3])
+async def test_a_record_stored_before_retries_were_counted_has_its_runs_taken_for_its_retries(
+    start_service, redis, runs_made
+):
+    # A task queued by a version that bounded retries by `attempt` alone: runs made, no `retries`.
+    # It fails at its 4th run, as it would have there, after the retries it had left.
+    api_only = await start_service(workers=False)
+    task_id = (await api_only.submit("fail", {"transient": True, "message": "provider down"}))["task_id"]
+    await redis.hset(keys.task(task_id), "attempt", runs_made)
+    await redis.hdel(keys.task(task_id), "retries")
+    await start_service(http=False, retry=RetryConfig(base_delay=0.05))
+
+    body = await api_only.wait_terminal(task_id)
+
+    assert (body["status"], body["attempt"]) == ("failed", 4)
+    assert (await metrics(api_only))["retried_tasks"] == 3 - runs_made

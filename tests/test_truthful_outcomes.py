@@ -52,7 +52,7 @@ async def test_evaluation_answered_without_a_rating_fails_without_a_result(start
 
 def test_retry_waits_are_drawn_below_the_documented_60_120_240_s():
     for attempt, bound in ((1, 60.0), (2, 120.0), (3, 240.0)):
-        drawn = [retry_delay(attempt, 60.0) for _ in range(500)]
+        drawn = [retry_delay(attempt, 60.0, RetryConfig().max_delay) for _ in range(500)]
 
         assert all(0.0 < delay <= bound for delay in drawn)
         assert len(set(drawn)) > 1
@@ -60,7 +60,7 @@ def test_retry_waits_are_drawn_below_the_documented_60_120_240_s():
 
 def test_retry_waits_spread_over_the_whole_window_not_around_the_bound():
     # Full jitter, not ±20 %: waits come from the whole of (0, 60], short ones included.
-    drawn = [retry_delay(1, 60.0) for _ in range(2000)]
+    drawn = [retry_delay(1, 60.0, RetryConfig().max_delay) for _ in range(2000)]
 
     assert min(drawn) < 6.0
     assert max(drawn) > 54.0

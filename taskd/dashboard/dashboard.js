@@ -497,7 +497,11 @@ async function cancelSelected() {
 
 async function retrySelected() {
   const taskId = state.selected;
-  if (!taskId) return;
+  const button = $("retry-button");
+  if (!taskId || button.disabled) return;
+  // Each POST runs the task again as a new task: a second click while the first is answered
+  // (a double click) would run it twice. openDetail sets it again from the task it shows next.
+  button.disabled = true;
   try {
     const body = await api(`/api/v1/tasks/${encodeURIComponent(taskId)}/retry`, { method: "POST" });
     $("action-message").textContent = `retried as ${body.new_task_id}`;
@@ -505,6 +509,7 @@ async function retrySelected() {
     await openDetail(body.new_task_id);
   } catch (error) {
     $("action-message").textContent = handleError(error);
+    if (state.selected === taskId) button.disabled = false;
   }
 }
 

@@ -382,10 +382,12 @@ class Executor:
         # (_without_handler); the oldest are forgotten past HEARD_CANCELS_MAX.
         self._handed_at_once: collections.OrderedDict[str, int] = collections.OrderedDict()
 
-    @property
-    def max_attempts(self) -> int:
-        """Runs a task gets before a transient error fails it: the first plus the retries."""
-        return 1 + self.config.retry.max_retries
+    def max_attempts(self, record: TaskRecord) -> int:
+        """The run of `record` at which a transient error fails it rather than retrying it: this run
+        plus the automatic retries it has left (`retry.max_retries` less those made). The first plus
+        the retries for a task no one interrupted; a run taskd cut short (a stop's hand-back, a
+        worker's death) spends none of them, as it was not the task's failure."""
+        return record.attempt + max(0, self.config.retry.max_retries - record.retries_made)
 
     async def claim(self, queue: str, job_id: str, lock_ms: int) -> Start:
         """Claim an arq job of `queue` for this worker and start its task (one round trip).
@@ -627,7 +629,7 @@ class Executor:
             # under a worker whose heartbeat goes on.
             log.exception("running task %s failed", task_id)
             error = f"Task execution failed: {describe(exc)}"
-            retry = record.attempt < self.max_attempts
+            retry = record.attempt < self.max_attempts(record)
             outcome = Outcome("retry" if retry else "failed", error=error, traceback=traceback.format_exc())
         finally:
             self.running.pop(task_id, None)
@@ -791,7 +793,7 @@ class Executor:
             task_id=record.task_id,
             project_id=record.project_id,
             attempt=record.attempt,
-            max_attempts=self.max_attempts,
+            max_attempts=self.max_attempts(record),
             config=self.config,
             http=self.http,
             metadata=record.metadata,
@@ -964,7 +966,7 @@ class Executor:
             "task_data": record.task_data,
             "metadata": record.metadata,
             "attempt": record.attempt,
-            "max_attempts": self.max_attempts,
+            "max_attempts": self.max_attempts(record),
             "device": device,
         }
         try:
@@ -1001,7 +1003,7 @@ class Executor:
         if result.kind == "template_gone":
             # taskd's own process went, not the task's: run it again while it has attempts.
             error = f"Job process died while running the task ({result.error})"
-            return Outcome("retry" if record.attempt < self.max_attempts else "failed", error=error)
+            return Outcome("retry" if record.attempt < self.max_attempts(record) else "failed", error=error)
         if result.kind == "crashed":
             return Outcome("failed", error=f"Job process died while running the task ({result.error})")
         if result.error_kind == "soft_limit" and soft is not None:
@@ -1010,14 +1012,14 @@ class Executor:
                 error=f"Task exceeded its soft time limit of {soft:g} seconds",
                 traceback=result.traceback,
             )
-        if result.error_kind == "transient" and record.attempt < self.max_attempts:
+        if result.error_kind == "transient" and record.attempt < self.max_attempts(record):
             return Outcome("retry", error=result.error, traceback=result.traceback)
         return Outcome("failed", error=result.error, traceback=result.traceback)
 
     def _failure(self, record: TaskRecord, exc: Exception) -> Outcome:
         trace = traceback.format_exc()
         message = message_of(exc) if isinstance(exc, TaskError) else f"Task execution failed: {describe(exc)}"
-        if is_transient(exc) and record.attempt < self.max_attempts:
+        if is_transient(exc) and record.attempt < self.max_attempts(record):
             return Outcome("retry", error=message, traceback=trace)
         return Outcome("failed", error=message, traceback=trace)
 
@@ -1042,7 +1044,9 @@ class Executor:
                 record, TaskStatus.FAILED, at, error=outcome.error, traceback=outcome.traceback
             )
         if outcome.kind == "retry":
-            delay = retry_delay(record.attempt, self.config.retry.base_delay)
+            # The first retry waits up to base_delay, whatever runs were cut short before it.
+            retry = self.config.retry
+            delay = retry_delay(record.retries_made + 1, retry.base_delay, retry.max_delay)
             log.warning(
                 "task %s attempt %d failed (%s); retrying in %.1f s",
                 record.task_id,

@@ -31,7 +31,7 @@ _FLOAT_FIELDS = frozenset(
     }
 )
 _INT_FIELDS = frozenset(
-    {"priority", "attempt", "deaths", "enqueues", "hand_ons", "keep_for", "result_estimate"}
+    {"priority", "attempt", "retries", "deaths", "enqueues", "hand_ons", "keep_for", "result_estimate"}
 )
 _FIELD_NAMES = tuple(field.name for field in attrs.fields(TaskRecord))
 

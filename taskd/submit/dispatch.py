@@ -164,6 +164,7 @@ class Dispatcher:
             trace_context=tracing.carrier(),
             result_estimate=self._result_estimate(task_type, submission.task_data),
             enqueues=1,
+            retries=0,
             created_at=now() if created_at is None else created_at,
         )
         job = self.queue.new_job(record.task_id, 1, record.priority, record.created_at)

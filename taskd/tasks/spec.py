@@ -60,6 +60,8 @@ class TaskContext:
     task_id: str
     project_id: str
     attempt: int
+    # The run at which a TransientError fails the task: this one plus the automatic retries left.
+    # Runs taskd cut short (a stop's hand-back, a worker's death) count in `attempt`, not here.
     max_attempts: int
     config: Config
     # For the providers the operator configured, never for a URL a caller or a provider's answer
@@ -123,6 +125,8 @@ class ProcessContext:
     task_id: str
     project_id: str
     attempt: int
+    # The run at which a TransientError fails the task: this one plus the automatic retries left.
+    # Runs taskd cut short (a stop's hand-back, a worker's death) count in `attempt`, not here.
     max_attempts: int
     config: Config
     metadata: dict[str, Any]
