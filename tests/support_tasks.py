@@ -17,7 +17,14 @@ import cattrs
 
 from taskd import proctree
 from taskd.tasks.diagnostics import marker_path
-from taskd.tasks.spec import Cancelled, ProcessContext, SoftTimeLimitExceeded, TaskContext, TaskType
+from taskd.tasks.spec import (
+    Cancelled,
+    ProcessContext,
+    SoftTimeLimitExceeded,
+    TaskContext,
+    TaskType,
+    TransientError,
+)
 
 # A tool child: leaves a `child_started` marker with its pid (after touching `megabytes` of memory),
 # a `child_sigterm` marker when SIGTERM comes (then exits, unless told to ignore it), and waits.
@@ -412,7 +419,28 @@ async def swallow_cancels(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]
     return {"ok": True}
 
 
+@attrs.frozen
+class RetryThenHoldInput:
+    seconds: float = 30.0
+
+
+async def retry_then_hold_gpu(ctx: TaskContext, data: RetryThenHoldInput) -> dict[str, Any]:
+    """A GPU task whose first attempt fails transiently; the next holds its slot for `seconds`."""
+    if ctx.attempt == 1:
+        raise TransientError("the first attempt fails")
+    await asyncio.sleep(data.seconds)
+    return {"attempt": ctx.attempt}
+
+
 TASKS = [
+    TaskType(
+        "retry_then_hold_gpu",
+        RetryThenHoldInput,
+        queue="gpu_medium",
+        expected_duration=1.0,
+        handler=retry_then_hold_gpu,
+        gpu="slot",
+    ),
     TaskType("append", AppendInput, queue="default", expected_duration=0.01, handler=append),
     TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0),
     TaskType(
