@@ -428,7 +428,28 @@ async def long_first_run_then_transient(ctx: TaskContext, __: AnythingInput) -> 
     raise TransientError(f"provider down (attempt {ctx.attempt}, final {ctx.final_attempt})")
 
 
+@attrs.frozen
+class RetryThenHoldInput:
+    seconds: float = 30.0
+
+
+async def retry_then_hold_gpu(ctx: TaskContext, data: RetryThenHoldInput) -> dict[str, Any]:
+    """A GPU task whose first attempt fails transiently; the next holds its slot for `seconds`."""
+    if ctx.attempt == 1:
+        raise TransientError("the first attempt fails")
+    await asyncio.sleep(data.seconds)
+    return {"attempt": ctx.attempt}
+
+
 TASKS = [
+    TaskType(
+        "retry_then_hold_gpu",
+        RetryThenHoldInput,
+        queue="gpu_medium",
+        expected_duration=1.0,
+        handler=retry_then_hold_gpu,
+        gpu="slot",
+    ),
     TaskType("append", AppendInput, queue="default", expected_duration=0.01, handler=append),
     TaskType(
         "long_first_run_then_transient",

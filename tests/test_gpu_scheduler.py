@@ -101,6 +101,23 @@ async def test_slots_of_a_dead_worker_come_back(redis):
     assert (await alive.try_acquire("next", 1)).device == 0
 
 
+async def test_a_release_sent_again_leaves_the_slots_another_worker_took_for_the_same_task(redis):
+    # A release is retried until Redis answers (Executor._release_lease): one whose HDEL went through
+    # and whose reply was lost is sent again, and by then the task, queued again, may hold the
+    # device under another worker of the host. The second HDEL dropped that holder while it ran.
+    await live_worker(redis, "w1")
+    await live_worker(redis, "w2")
+    earlier = GpuScheduler(redis, GpuInventory(GpuConfig(slots=2), FakeNvml([0])), "w1", host="h")
+    later = GpuScheduler(redis, GpuInventory(GpuConfig(slots=2), FakeNvml([0])), "w2", host="h")
+    lease = await earlier.try_acquire("t", 1)
+    await earlier.release(lease)
+    taken = await later.try_acquire("t", 1)
+
+    await earlier.release(lease)
+
+    assert await redis.hget(later.device_key(taken.device), "t") == b"w2|1"
+
+
 async def test_a_reservation_left_by_a_task_that_stopped_asking_expires(redis):
     await live_worker(redis, "w1")
     scheduler = GpuScheduler(redis, GpuInventory(GpuConfig(slots=2), FakeNvml([0])), "w1", host="h")

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.config import LimitsConfig
 from taskd.engine import keeper
-from taskd.store import TaskStore
+from taskd.store import TaskStore, records
 
 # As if the task had already waited, or run, all but this many seconds of storage.task_ttl.
 LEFT_S = 3
@@ -85,3 +85,35 @@ async def test_an_ended_tasks_record_is_not_renewed(start_service, redis: Redis)
 
     assert renewed == 0
     assert await redis.ttl(keys.task(task_id)) <= 600
+
+
+async def test_one_look_renews_no_more_than_a_batch_of_records_per_script_call(
+    start_service, redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    # The tasks waiting for a live one were walked inside the script of the batch that named it:
+    # a task with tens of thousands of dependents (and theirs) held Valkey for the whole walk, in
+    # every process, at every look.
+    monkeypatch.setattr(records, "LIVE_BATCH", 2)
+    service = await start_service()
+    running = (await service.submit("sleep", {"seconds": 30}))["task_id"]
+    await service.wait_for(running, lambda body: body["status"] == "processing")
+    fanned = [(await service.submit("noop", {}, depends_on=[running]))["task_id"] for _ in range(3)]
+    chained = [fanned[0]]
+    for _ in range(3):
+        chained.append((await service.submit("noop", {}, depends_on=[chained[-1]]))["task_id"])
+    # A store whose TTL is ten times the service's: every live record has under half of it left.
+    store = TaskStore(redis, 10 * 24 * 3600)
+    script = store._live
+    per_call: list[int] = []
+
+    async def counted(**kwargs: object) -> object:
+        reply = await script(**kwargs)
+        per_call.append(int(reply[0] if isinstance(reply, list) else reply))
+        return reply
+
+    monkeypatch.setattr(store, "_live", counted)
+
+    renewed = await keeper.LiveRecords(store, ["default"]).once()
+
+    assert renewed == 1 + 3 + 3
+    assert max(per_call) <= 2

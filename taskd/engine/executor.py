@@ -366,6 +366,10 @@ class Executor:
         self._runs: dict[str, tuple[str | None, asyncio.Future[None]]] = {}
         # GPU slots taken for a task at its claim, held until its run ends.
         self._leases: dict[str, Lease] = {}
+        # Tasks whose GPU slots' release is still being sent (retried until Redis answers). A new
+        # claim of one waits for it: it would take the slots under the same holder, and the release
+        # sent again after a lost reply would drop them while that run went on (gpu/release.lua).
+        self._releasing: set[str] = set()
         # Queued tasks already shown as waiting for a GPU (one write each, not one per poll).
         self._waiting_noted: set[str] = set()
         # Tasks whose cancel was heard while no run of theirs was registered here (cancel_local).
@@ -449,6 +453,8 @@ class Executor:
     async def _lease_for(self, task_id: str, job_id: str, queue: str) -> Lease | Literal[False] | None:
         """The GPU slots `task_id` needs, taken now; None when it needs none (or the host has no GPU);
         False when no device has room."""
+        if task_id in self._releasing:
+            return False
         if self.gpu is None or task_id in self._leases or not self.gpu.inventory.read():
             return None
         name = await self.store.task_type(task_id)
@@ -477,9 +483,13 @@ class Executor:
             # Retried as a run's end is: a holder is dropped only with its worker's heartbeat, so a
             # release Redis did not take (a connection lost as the run ended) held the device's slots
             # for as long as this worker lived, and a whole-device task waited for them for ever.
-            await _until_stored(
-                f"release of the GPU slots of task {task_id}", partial(self.gpu.release, lease)
-            )
+            self._releasing.add(task_id)
+            try:
+                await _until_stored(
+                    f"release of the GPU slots of task {task_id}", partial(self.gpu.release, lease)
+                )
+            finally:
+                self._releasing.discard(task_id)
             if wake:
                 # Slots are free: the GPU queues' workers look for a job that fits now.
                 self.slots_freed()

@@ -74,6 +74,7 @@ class GpuScheduler:
         self.host = host or socket.gethostname()
         self._acquire = scripts.load(redis, "acquire", "taskd.gpu")
         self._waiting = scripts.load(redis, "waiting", "taskd.gpu")
+        self._release = scripts.load(redis, "release", "taskd.gpu")
 
     def slots_for(self, task_type: str, queue: str, declared: str | None = None) -> int | None:
         """Slots a task takes (0 = whole device), or None when it needs no GPU.
@@ -147,8 +148,11 @@ class GpuScheduler:
         )
 
     async def release(self, lease: Lease) -> None:
-        """Give the slots back."""
-        await self.redis.hdel(self.device_key(lease.device), lease.task_id)
+        """Give the slots back, unless another worker holds them for the same task now (release.lua)."""
+        await self._release(
+            {"device": self.device_key(lease.device)},
+            {"task_id": lease.task_id, "holder": f"{self.worker_id}|{lease.slots}"},
+        )
 
     async def usage(self) -> list[DeviceUse]:
         """Holders of every selected device on this host (live workers only)."""

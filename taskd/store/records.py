@@ -1004,6 +1004,7 @@ class TaskStore:
 
         async def keep(client: Redis, partition: int) -> int:
             renewed = 0
+            seen: set[str] = set()
             for queue in names:
                 # The waiting set holds job ids ({task id}.{n}), the running set task ids. ZSCAN
                 # returns every member there from its start to its end, in pages.
@@ -1015,20 +1016,31 @@ class TaskStore:
                     raw.decode()
                     async for raw, _ in client.zscan_iter(keys.running(queue, partition), count=LIVE_BATCH)
                 ]
-                ids = waiting + running
-                for first in range(0, len(ids), LIVE_BATCH):
-                    renewed += int(
-                        await self._live(
-                            client=client,
-                            keys={"partition": keys.no_key(partition)},
-                            args={
-                                "ttl": self.task_ttl,
-                                "below": math.ceil(below),
-                                "now_s": repr(at),
-                                "ids": ids[first : first + LIVE_BATCH],
-                            },
-                        )
+                # The tasks waiting for these (depends_on) are in no queue: each call returns those
+                # of its live tasks, passed on in later calls (with those waiting for them in turn),
+                # so that no call handles more than a batch, whatever a task's dependents number.
+                ids = [task_id for task_id in waiting + running if task_id not in seen]
+                seen.update(ids)
+                done = 0
+                while done < len(ids):
+                    batch = ids[done : done + LIVE_BATCH]
+                    done += len(batch)
+                    reply = await self._live(
+                        client=client,
+                        keys={"partition": keys.no_key(partition)},
+                        args={
+                            "ttl": self.task_ttl,
+                            "below": math.ceil(below),
+                            "now_s": repr(at),
+                            "ids": batch,
+                        },
                     )
+                    renewed += int(reply[0])
+                    for raw in reply[1:]:
+                        waiting_for = raw.decode()
+                        if waiting_for not in seen:
+                            seen.add(waiting_for)
+                            ids.append(waiting_for)
             return renewed
 
         return sum(await self._each_partition(keep))

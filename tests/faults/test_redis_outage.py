@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ from sse import read_events
 
 from taskd import keys
 from taskd.client import TaskClient
-from taskd.config import Config, GpuConfig, QueueConfig, RedisConfig
+from taskd.config import Config, GpuConfig, QueueConfig, RedisConfig, RetryConfig
 from taskd.engine.executor import Executor
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.http import events as events_module
@@ -244,6 +245,42 @@ async def test_a_task_stream_open_through_a_redis_outage_stays_open_and_sends_th
         seen = await read_events(response)
 
     assert seen[-1].data["status"] == "completed"
+
+
+async def test_a_gpu_release_sent_again_leaves_the_slot_of_the_tasks_next_run(tmp_path, monkeypatch):
+    # A release is retried until Redis answers. The task's first attempt ended in a retry, queued
+    # again at once; its release met a Redis error, and meanwhile the same worker claimed the next
+    # attempt, taking the slot under the same holder. The release sent again dropped that slot
+    # while the next run held the GPU: another task could be given it.
+    releases: list[str] = []
+    release = GpuScheduler.release
+
+    async def failing_first(self: GpuScheduler, lease: Lease) -> None:
+        releases.append(lease.task_id)
+        if len(releases) == 1:
+            # Room for the next attempt to be claimed, where nothing holds it back.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    task = keys.task(lease.task_id)
+                    while await self.redis.hmget(task, "status", "attempt") != [b"processing", b"2"]:
+                        await asyncio.sleep(0.05)
+            raise RedisConnectionError("Redis went away during the release")
+        await release(self, lease)
+
+    monkeypatch.setattr(GpuScheduler, "release", failing_first)
+    async with serving(
+        tmp_path, RedisConfig(), gpu=GpuConfig(simulate=1, slots=2), retry=RetryConfig(base_delay=0)
+    ) as (_, api):
+        task_id = await api.submit("retry_then_hold_gpu", {"seconds": 60})
+        await api.wait_all([task_id], lambda body: (body["status"], body["attempt"]) == ("processing", 2))
+        async with asyncio.timeout(30):
+            while len(releases) < 2:
+                await asyncio.sleep(0.05)
+        _, health = await api.call("GET", "/api/v1/health")
+        body = await api.status(task_id)
+
+    assert body["status"] == "processing"
+    assert health["gpus"][0]["running"] == {task_id: 1}
 
 
 def _seconds(rfc3339: str) -> float:

@@ -9,16 +9,19 @@
 -- as long as it: its run state ({taskd}:run:{id}), its event stream (kept `events_ttl` from then
 -- when under half of that is left, whether or not the record was renewed), the delivery state of its `started` and
 -- `progress` webhooks, its project's index and active set (pushed back, never shortened), and the
--- tasks waiting for it to complete (`depends_on`: {taskd}:dependents:{id}, their records, and
--- those waiting for them in turn), which are in no queue yet. A heavy record's bytes are counted
--- until its new expiry (lib/stored.lua).
+-- set of the tasks waiting for it to complete (`depends_on`: {taskd}:dependents:{id}). Those tasks
+-- are in no queue yet: their ids are returned, and the caller passes them here in turn (with those
+-- waiting for them), a batch at a time. Walked here, one task's dependents (tens of thousands with
+-- the caps off) and theirs held Valkey in a single call, at every look of every process. A heavy
+-- record's bytes are counted until its new expiry (lib/stored.lua).
 -- KEYS[1]  partition  a name in the tasks' partition's slot ({taskd}:none, taskd.keys.no_key), never
 --                     read or written: each task's key is built here from its id, in that partition
 -- ARGV[1]  ttl        storage.task_ttl, in seconds: how long a renewed record is kept from now
 -- ARGV[2]  below      seconds: a live record with less than this left is renewed
 -- ARGV[3]  now_s      now, in seconds
--- ARGV[4..] ids       the ids of the tasks in a queue's waiting or running set
--- Returns how many records were renewed.
+-- ARGV[4..] ids       the ids of the tasks in a queue's waiting or running set, or of tasks waiting
+--                     for one of them (an earlier call's reply)
+-- Returns {how many records were renewed, then the ids of the tasks waiting for the live ones}.
 -- include lib/stored.lua
 local ttl, below, now_s = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local renewed = 0
@@ -64,17 +67,14 @@ local function keep(id)
   return redis.call('SMEMBERS', dependents)
 end
 
--- The tasks waiting for a live one, which are in no queue yet, and those waiting for them, without
--- recursion: a chain of dependencies may be longer than Lua's call depth.
 -- Each id on its own: a record broken by hand (no project_id, a stored_until that is not a
 -- number) raises an error for itself alone, not for the ids after it.
-local waiting = {}
-local function keep_one(id)
-  local ok, others = pcall(keep, id)
+local reply = {0}
+for i = 4, #ARGV do
+  local ok, others = pcall(keep, ARGV[i])
   if ok then
-    for _, other in ipairs(others) do waiting[#waiting + 1] = other end
+    for _, other in ipairs(others) do reply[#reply + 1] = other end
   end
 end
-for i = 4, #ARGV do keep_one(ARGV[i]) end
-while #waiting > 0 do keep_one(table.remove(waiting)) end
-return renewed
+reply[1] = renewed
+return reply
