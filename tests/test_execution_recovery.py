@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -261,6 +262,43 @@ async def test_a_start_waiting_for_its_earlier_runs_end_is_handed_back_when_the_
     status, job_id = await redis.hmget(keys.task(task_id), "status", "job_id")
     assert status == b"queued"  # not left `processing` under a worker that is gone
     assert job_id != waiting_job  # handed back: queued under a new job
+
+
+async def test_a_worker_stop_while_a_start_waits_for_its_earlier_run_in_the_handler_logs_no_error(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # The stop hands the waiting start back at once; the earlier run, in its handler, is handed back
+    # after it (here: once the waiting start is gone, as when its handler takes a moment to stop).
+    hand_back = Executor._hand_back
+
+    async def once_the_waiting_start_is_gone(executor: Executor, record: TaskRecord) -> None:
+        if record.attempt == 1:
+
+            async def gone() -> None:
+                async with asyncio.timeout(10):
+                    while executor.run_of(record.task_id) is not None:
+                        await asyncio.sleep(0.01)
+
+            await asyncio.shield(gone())
+        await hand_back(executor, record)
+
+    monkeypatch.setattr(Executor, "_hand_back", once_the_waiting_start_is_gone)
+    service = await start_service()
+    executor = service.service._executor
+    assert executor is not None
+    task_id = (await service.submit("record_run", {"seconds": 60}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    await _requeued_as_a_lapsed_heartbeat_would(executor, await executor.store.get(task_id))
+    await wait_until_started(redis, task_id, attempt=2)
+    waiting_job = (await redis.hget(keys.task(task_id), "job_id")).decode()
+    async with asyncio.timeout(10):
+        while executor.run_of(task_id) != waiting_job:
+            await asyncio.sleep(0.01)
+
+    await service.service.stop(grace=0.2)
+
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    assert await redis.hget(keys.task(task_id), "status") == b"queued"
 
 
 async def test_a_start_waiting_for_its_earlier_runs_end_does_not_run_when_the_task_is_cancelled_meanwhile(

@@ -513,7 +513,11 @@ class Executor:
                 return await self._run_claimed(record)
         finally:
             over.set_result(None)
-            if self._runs[task_id][1] is over:
+            # Only the task's latest run lets go of its entry. An earlier run can end after it, and
+            # find none: when the worker stops, a later start that waited is handed back at once,
+            # while the earlier run is still being stopped.
+            latest = self._runs.get(task_id)
+            if latest is not None and latest[1] is over:
                 del self._runs[task_id]
             if self.held.get(task_id) == record.job_id:
                 del self.held[task_id]
