@@ -301,6 +301,35 @@ async def test_a_worker_stop_while_a_start_waits_for_its_earlier_run_in_the_hand
     assert await redis.hget(keys.task(task_id), "status") == b"queued"
 
 
+async def test_a_start_that_waited_for_its_earlier_runs_end_gets_the_whole_job_timeout_for_its_run(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    # arq's job timeout (a safety net past the hard limit), made short here. The earlier run ends
+    # 0.8 of it after the newer start began waiting; the newer run takes 0.5 of it.
+    from taskd.queue import workers
+
+    job_timeout = 4.0
+    monkeypatch.setattr(workers.WorkerPool, "_arq_timeout", lambda pool, queue: job_timeout)
+    run_claimed = Executor._run_claimed
+
+    async def requeued_then_ended_late(executor: Executor, record: TaskRecord) -> bool:
+        if record.attempt == 1:  # no handler: its end comes after the newer start's wait
+            await _requeued_as_a_lapsed_heartbeat_would(executor, record)
+            await wait_until_started(redis, record.task_id, attempt=2)
+            await asyncio.sleep(0.8 * job_timeout)
+            return await executor._record(record, Outcome("completed", result={}))
+        return await run_claimed(executor, record)
+
+    monkeypatch.setattr(Executor, "_run_claimed", requeued_then_ended_late)
+    service = await start_service()
+    task_id = (await service.submit("record_run", {"seconds": 0.5 * job_timeout}))["task_id"]
+
+    body = await service.wait_terminal(task_id)
+
+    # Before, the newer run was cut 0.2 of the timeout into its handler, handed back, and run again.
+    assert (body["status"], body["attempt"], body["result"]["attempt"]) == ("completed", 2, 2)
+
+
 async def test_a_start_waiting_for_its_earlier_runs_end_does_not_run_when_the_task_is_cancelled_meanwhile(
     start_service, redis, monkeypatch: pytest.MonkeyPatch
 ):
