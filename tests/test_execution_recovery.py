@@ -82,6 +82,39 @@ async def test_graceful_stop_hands_a_running_task_back_for_another_worker(start_
     assert body["attempt"] == 2
 
 
+async def test_a_graceful_stop_hands_back_the_task_of_a_worker_that_was_replaced_while_it_ran(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    # arq's worker loop ends on a Redis error (here: its health record's write) and the pool starts a
+    # new worker for the queue; the job the first one ran goes on.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from taskd.queue.workers import TaskdWorker
+
+    service = await start_service()
+    pool = service.service._pool
+    assert pool is not None
+    task_id = (await service.submit("record_run", {"seconds": 60}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    first = pool.workers["default"]
+    heart_beat = TaskdWorker.heart_beat
+
+    async def failing_in_the_first(worker: TaskdWorker) -> None:
+        if worker is first:
+            raise RedisConnectionError("Connection reset by peer")
+        await heart_beat(worker)
+
+    monkeypatch.setattr(TaskdWorker, "heart_beat", failing_in_the_first)
+    first.woken(None)
+    async with asyncio.timeout(10):
+        while pool.workers["default"] is first:
+            await asyncio.sleep(0.01)
+
+    await service.service.stop(grace=0.2)
+
+    assert await redis.hget(keys.task(task_id), "status") == b"queued"
+
+
 async def test_a_hand_back_that_outlives_its_cancelled_run_is_waited_for(start_service, redis):
     # A stop cancels a run more than once; a slow hand-back write then outlives the run, and the
     # service must wait for it before letting go of Redis (the embedded Valkey stops next).

@@ -222,6 +222,20 @@ class TaskdWorker(Worker):
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[taken.job_id] = task
 
+    async def adopt(self, previous: TaskdWorker) -> None:
+        """Go on with the jobs still running in `previous`, the worker of the queue this one replaces
+        (its loop ended on a Redis error; its jobs did not): each holds a slot here, is known to
+        this worker's takes, and is waited for and handed back by a stop (WorkerPool.stop), which
+        looks at the current workers only. Before, their tasks were left `processing` by a stop,
+        their runs still going after it, and the queue had its slots twice over meanwhile."""
+        for job_id, task in previous.tasks.items():
+            if task.done():
+                continue
+            await self.sem.acquire()  # immediate: `previous` ran no more than the slots
+            self.job_counter += 1
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
     @property
     def idle(self) -> bool:
         """Whether its last take left it waiting in the idle set for the next job, and it is not taking."""
@@ -467,8 +481,11 @@ class WorkerPool:
     async def _supervise(self, queue: str) -> None:
         # arq's worker loop ends on the first Redis error; a new one takes over after a pause.
         restarts = Backoff.reconnect()
+        previous: TaskdWorker | None = None
         while not self._stopping:
             worker = self._make_worker(queue)
+            if previous is not None:
+                await worker.adopt(previous)
             self.workers[queue] = worker
             try:
                 await worker.main()
@@ -481,6 +498,7 @@ class WorkerPool:
                     restarts.reset()
                 delay = restarts.next_delay()
                 log.warning("worker for queue %s stopped (%s); restarting in %.2f s", queue, exc, delay)
+                previous = worker
                 await asyncio.sleep(delay)
 
     def start(self) -> None:
