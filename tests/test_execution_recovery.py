@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
@@ -79,6 +80,42 @@ async def test_graceful_stop_hands_a_running_task_back_for_another_worker(start_
     assert handed_back["status"] == "queued"
     assert body["status"] == "completed"
     assert body["attempt"] == 2
+
+
+async def test_a_graceful_stop_hands_back_the_task_of_a_worker_whose_loop_met_a_redis_error(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    # arq's worker loop ends on a Redis error (here: its health record's write) and the pool starts
+    # it again; the job it ran goes on, and a stop must still hand its task back.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from taskd.queue.workers import TaskdWorker
+
+    service = await start_service()
+    pool = service.service._pool
+    assert pool is not None
+    task_id = (await service.submit("record_run", {"seconds": 60}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    worker = pool.workers["default"]
+    heart_beat = TaskdWorker.heart_beat
+    beats = 0
+
+    async def failing_once(self: TaskdWorker) -> None:
+        nonlocal beats
+        beats += 1
+        if beats == 1:
+            raise RedisConnectionError("Connection reset by peer")
+        await heart_beat(self)
+
+    monkeypatch.setattr(TaskdWorker, "heart_beat", failing_once)
+    worker.woken(None)
+    async with asyncio.timeout(30):
+        while beats < 2:  # the loop ended on the error and was started again
+            await asyncio.sleep(0.01)
+
+    await service.service.stop(grace=0.2)
+
+    assert await redis.hget(keys.task(task_id), "status") == b"queued"
 
 
 async def test_a_hand_back_that_outlives_its_cancelled_run_is_waited_for(start_service, redis):
@@ -261,6 +298,72 @@ async def test_a_start_waiting_for_its_earlier_runs_end_is_handed_back_when_the_
     status, job_id = await redis.hmget(keys.task(task_id), "status", "job_id")
     assert status == b"queued"  # not left `processing` under a worker that is gone
     assert job_id != waiting_job  # handed back: queued under a new job
+
+
+async def test_a_worker_stop_while_a_start_waits_for_its_earlier_run_in_the_handler_logs_no_error(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # The stop hands the waiting start back at once; the earlier run, in its handler, is handed back
+    # after it (here: once the waiting start is gone, as when its handler takes a moment to stop).
+    hand_back = Executor._hand_back
+
+    async def once_the_waiting_start_is_gone(executor: Executor, record: TaskRecord) -> None:
+        if record.attempt == 1:
+
+            async def gone() -> None:
+                async with asyncio.timeout(10):
+                    while executor.run_of(record.task_id) is not None:
+                        await asyncio.sleep(0.01)
+
+            await asyncio.shield(gone())
+        await hand_back(executor, record)
+
+    monkeypatch.setattr(Executor, "_hand_back", once_the_waiting_start_is_gone)
+    service = await start_service()
+    executor = service.service._executor
+    assert executor is not None
+    task_id = (await service.submit("record_run", {"seconds": 60}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    await _requeued_as_a_lapsed_heartbeat_would(executor, await executor.store.get(task_id))
+    await wait_until_started(redis, task_id, attempt=2)
+    waiting_job = (await redis.hget(keys.task(task_id), "job_id")).decode()
+    async with asyncio.timeout(10):
+        while executor.run_of(task_id) != waiting_job:
+            await asyncio.sleep(0.01)
+
+    await service.service.stop(grace=0.2)
+
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    assert await redis.hget(keys.task(task_id), "status") == b"queued"
+
+
+async def test_a_start_that_waited_for_its_earlier_runs_end_gets_the_whole_job_timeout_for_its_run(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    # arq's job timeout (a safety net past the hard limit), made short here. The earlier run ends
+    # 0.8 of it after the newer start began waiting; the newer run takes 0.5 of it.
+    from taskd.queue import workers
+
+    job_timeout = 4.0
+    monkeypatch.setattr(workers.WorkerPool, "_arq_timeout", lambda pool, queue: job_timeout)
+    run_claimed = Executor._run_claimed
+
+    async def requeued_then_ended_late(executor: Executor, record: TaskRecord) -> bool:
+        if record.attempt == 1:  # no handler: its end comes after the newer start's wait
+            await _requeued_as_a_lapsed_heartbeat_would(executor, record)
+            await wait_until_started(redis, record.task_id, attempt=2)
+            await asyncio.sleep(0.8 * job_timeout)
+            return await executor._record(record, Outcome("completed", result={}))
+        return await run_claimed(executor, record)
+
+    monkeypatch.setattr(Executor, "_run_claimed", requeued_then_ended_late)
+    service = await start_service()
+    task_id = (await service.submit("record_run", {"seconds": 0.5 * job_timeout}))["task_id"]
+
+    body = await service.wait_terminal(task_id)
+
+    # Before, the newer run was cut 0.2 of the timeout into its handler, handed back, and run again.
+    assert (body["status"], body["attempt"], body["result"]["attempt"]) == ("completed", 2, 2)
 
 
 async def test_a_start_waiting_for_its_earlier_runs_end_does_not_run_when_the_task_is_cancelled_meanwhile(

@@ -495,7 +495,8 @@ class Executor:
                 self.slots_freed()
 
     def job_for(self, queue: str) -> JobFunction:
-        """The arq job function for `queue`: runs the task its claim started (`ctx["record"]`).
+        """The arq job function for `queue`: runs the task its claim started (`ctx["record"]`), under
+        the worker's job timeout (`ctx["deadline"]`).
 
         Returns True when the store dropped the arq job with the write that ended the run.
         """
@@ -503,7 +504,7 @@ class Executor:
         async def run_task(ctx: dict[str, Any], task_id: str) -> bool:
             record: TaskRecord = ctx["record"]
             with bind_task(record):
-                return await self._run(record, queue)
+                return await self._run(record, queue, ctx.get("deadline"))
 
         return run_task
 
@@ -513,7 +514,7 @@ class Executor:
         run = self._runs.get(task_id)
         return None if run is None else run[0]
 
-    async def _run(self, record: TaskRecord, queue: str) -> bool:
+    async def _run(self, record: TaskRecord, queue: str, deadline: asyncio.Timeout | None = None) -> bool:
         task_id = record.task_id
         # A task a submit's script started for this worker's held slot comes here without a take.
         self.held[task_id] = record.job_id
@@ -524,23 +525,33 @@ class Executor:
         self._runs[task_id] = (record.job_id, over)
         lease = self._leases.get(task_id)  # taken by the claim, before the run
         try:
-            if earlier is not None and not await self._after_earlier_run(record, earlier[1]):
+            if earlier is not None and not await self._after_earlier_run(record, earlier[1], deadline):
                 return False
             with tracing.run_span(record, None if lease is None else str(lease.device)):
                 return await self._run_claimed(record)
         finally:
             over.set_result(None)
-            if self._runs[task_id][1] is over:
+            # Only the task's latest run lets go of its entry. An earlier run can end after it, and
+            # find none: when the worker stops, a later start that waited is handed back at once,
+            # while the earlier run is still being stopped.
+            latest = self._runs.get(task_id)
+            if latest is not None and latest[1] is over:
                 del self._runs[task_id]
             if self.held.get(task_id) == record.job_id:
                 del self.held[task_id]
             if task_id in self._leases:  # not on a host without GPUs: no task for nothing
                 await asyncio.shield(self._release_lease(task_id))
 
-    async def _after_earlier_run(self, record: TaskRecord, earlier: asyncio.Future[None]) -> bool:
+    async def _after_earlier_run(
+        self, record: TaskRecord, earlier: asyncio.Future[None], deadline: asyncio.Timeout | None
+    ) -> bool:
         """Wait until the earlier run of the task here is over, its end written or refused (the
         scripts check the job: that end is refused now); then whether `record`'s start is still the
         task's to run here, not cancelled or queued again meanwhile.
+
+        The job's `deadline` (arq's job timeout, set for one run) is moved on by the wait: counted
+        from the start, it cut a run that had waited long (an earlier run near its hard limit)
+        before that run's own limits, and the task was handed back to run a third time.
 
         Skipped, as before, this start never ran and the earlier run's end was written under it (one
         run's result with another's attempt and start); and a start that came once the earlier run
@@ -552,12 +563,18 @@ class Executor:
             record.task_id,
             record.job_id,
         )
+        loop = asyncio.get_running_loop()
+        waited_from, due = loop.time(), None if deadline is None else deadline.when()
+        if deadline is not None:
+            deadline.reschedule(None)  # the earlier run has its own, which bounds this wait
         try:
             await asyncio.shield(earlier)
         except asyncio.CancelledError:
             # The worker is stopping: this start is handed back, as a run would be.
             await self._hand_back(record)
             raise
+        if deadline is not None and due is not None:
+            deadline.reschedule(due + loop.time() - waited_from)
         records = await _until_stored(
             f"the check of task {record.task_id}'s start", partial(self.store.get_many, [record.task_id])
         )

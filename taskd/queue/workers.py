@@ -331,10 +331,18 @@ class TaskdWorker(Worker):
         """
         dropped = False
         if start.record is not None:
-            ctx = {**self.ctx, "job_id": job_id, "score": start.score, "record": start.record}
             try:
                 # arq's own job timeout: a safety net well after taskd's hard limit (ARQ_TIMEOUT_MARGIN).
-                async with asyncio.timeout(self.job_timeout_s):
+                # It is the run's: the job function moves it on by the time a start waits for the
+                # end of its task's earlier run here (`deadline`: Executor._after_earlier_run).
+                async with asyncio.timeout(self.job_timeout_s) as deadline:
+                    ctx = {
+                        **self.ctx,
+                        "job_id": job_id,
+                        "score": start.score,
+                        "record": start.record,
+                        "deadline": deadline,
+                    }
                     dropped = await self.functions[JOB_FUNCTION].coroutine(ctx, start.record.task_id)
             except asyncio.CancelledError:
                 # Shutdown: the executor has handed the task back under a new job id.
