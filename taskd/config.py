@@ -618,6 +618,17 @@ class WebhooksConfig:
         ]
 
 
+def _not_below_base_delay(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    # A cap below the base would cut the first wait's bound too, silently: a `base_delay` above the
+    # default cap (3600 s), valid before the cap came, made every wait at most an hour.
+    if value < instance.base_delay:
+        raise ValueError(
+            f"'{attribute.name}' must be at least 'base_delay' ({instance.base_delay} seconds): the "
+            f"first retry waits at most base_delay and the bound doubles up to {attribute.name}, "
+            f"got {value}"
+        )
+
+
 @attrs.frozen
 class RetryConfig:
     base_delay: float = attrs.field(default=60.0, validator=_seconds(ge=0))
@@ -625,7 +636,7 @@ class RetryConfig:
     # The longest bound of one wait: the doubling stops there. Without it, a larger max_retries
     # made waits of months (base_delay x 2^19 for the 20th), and past ~34 retries a wait beyond
     # year 9999, whose next_retry_at made every status read of the task a 500.
-    max_delay: float = attrs.field(default=3600.0, validator=_seconds(ge=0))
+    max_delay: float = attrs.field(default=3600.0, validator=[_seconds(ge=0), _not_below_base_delay])
 
 
 @attrs.frozen

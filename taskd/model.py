@@ -86,7 +86,7 @@ class TaskRecord:
     # Automatic retries made (requeue.lua): what `retry.max_retries` bounds. Not `attempt`, which
     # also counts the runs that taskd cut short (a stop's hand-back, a worker's death: `deaths`),
     # not the task's failures. Stored from the submit on (0); None: a record of a version that did
-    # not count them, whose retries are bounded by `attempt` as they were then (`retries_made`).
+    # not count them, until its first start here sets it from `attempt` (lib/begin.lua).
     retries: int | None = None
     deaths: int = 0
     enqueues: int = 0
@@ -136,8 +136,8 @@ class TaskRecord:
 
     @property
     def retries_made(self) -> int:
-        """The automatic retries made so far; for a record that does not count them, every run
-        but this one, as they were counted then."""
+        """The automatic retries made so far; for a record that does not count them yet (a version
+        before, not started since), every run but this one, as they were counted then."""
         return self.retries if self.retries is not None else max(0, self.attempt - 1)
 
 

@@ -209,6 +209,16 @@ def test_a_heartbeat_ttl_not_twice_its_interval_is_refused(tmp_path):
     )
 
 
+def test_a_retry_max_delay_below_the_base_delay_is_refused(tmp_path):
+    # Accepted before: a base_delay above the default cap (3600 s) made every wait at most an hour.
+    message = refusal(tmp_path, TASKD_RETRY__BASE_DELAY="7200")
+
+    assert message == (
+        "config key retry: 'max_delay' must be at least 'base_delay' (7200.0 seconds): the first retry "
+        "waits at most base_delay and the bound doubles up to max_delay, got 3600.0"
+    )
+
+
 def test_an_infinite_toml_float_is_refused(tmp_path):
     message = refusal(tmp_path, "[worker]\nheartbeat_ttl = inf\n")
 

@@ -543,9 +543,11 @@ async def test_a_job_taken_by_a_take_under_way_when_a_stop_began_is_handed_back(
     assert body["status"] == "queued"
 
 
-async def _a_task_of_worker_w_without_its_heartbeat(service, redis) -> str:
+async def _a_task_of_worker_w_without_its_heartbeat(
+    service, redis, task_type: str = "sleep", task_data: dict | None = None
+) -> str:
     """A task processing, as Redis says, under worker "w", whose heartbeat is missing."""
-    task_id = (await service.submit("sleep", {"seconds": 1}))["task_id"]
+    task_id = (await service.submit(task_type, {"seconds": 1} if task_data is None else task_data))["task_id"]
     await redis.hset(keys.task(task_id), mapping={"status": "processing", "worker_id": "w"})
     await redis.zadd(keys.running("default"), {task_id: 1})
     return task_id
@@ -578,3 +580,21 @@ async def test_a_process_just_started_takes_a_dead_workers_task_back_after_a_hea
     body = await service.wait_for(task_id, lambda body: body["status"] == "queued" and body["last_error"], 30)
 
     assert body["last_error"] == "worker w died while running the task"
+
+
+async def test_a_run_whose_worker_died_spends_none_of_the_tasks_automatic_retries(start_service, redis):
+    # Its first run's worker died: the reclaim runs it again, which is not the task's failure. Its
+    # later runs' transient errors still get retry.max_retries (3) retries, as any task's do.
+    service = await start_service(workers=False)
+    task_id = await _a_task_of_worker_w_without_its_heartbeat(
+        service, redis, "long_first_run_then_transient", {}
+    )
+    await redis.hset(keys.task(task_id), "attempt", 1)  # the run that died with "w"
+    await start_service(http=False, retry=RetryConfig(base_delay=0.05))
+
+    body = await service.wait_terminal(task_id, 60)
+
+    assert (body["status"], body["attempt"]) == ("failed", 5)
+    assert body["error"] == "provider down (attempt 5, final True)"
+    async with service.client.get("/api/v1/tasks/metrics") as response:
+        assert (await response.json())["metrics"]["retried_tasks"] == 3

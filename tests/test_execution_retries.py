@@ -189,3 +189,22 @@ async def test_a_record_stored_before_retries_were_counted_has_its_runs_taken_fo
 
     assert (body["status"], body["attempt"]) == ("failed", 4)
     assert (await metrics(api_only))["retried_tasks"] == 3 - runs_made
+
+
+async def test_a_record_stored_before_retries_were_counted_spends_none_on_a_later_hand_back(
+    start_service, redis
+):
+    # Queued by a version that did not count retries (no `retries`) and not run yet: its first run
+    # here, handed back at a stop, spends none of its retries either; 3 are left for its errors.
+    api_only = await start_service(workers=False)
+    task_id = (await api_only.submit("long_first_run_then_transient", {}))["task_id"]
+    await redis.hdel(keys.task(task_id), "retries")
+    first = await start_service(http=False, retry=RetryConfig(base_delay=0.05))
+    await api_only.wait_for(task_id, lambda b: b["status"] == "processing")
+    await first.service.stop(grace=0.2)
+    await start_service(http=False, retry=RetryConfig(base_delay=0.05))
+
+    body = await api_only.wait_terminal(task_id)
+
+    assert (body["status"], body["attempt"]) == ("failed", 5)
+    assert (await metrics(api_only))["retried_tasks"] == 3

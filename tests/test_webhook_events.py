@@ -126,7 +126,7 @@ async def test_a_started_webhook_retried_while_its_task_waits_for_its_next_run_i
     # The task's retry waits up to a day (full jitter): it is cancelled long before, so no later run
     # replaces the started webhook, whose retry comes 1 s after its failed first attempt.
     service = await start_service(
-        webhooks=WebhooksConfig(allow_private=True), retry=RetryConfig(base_delay=86400)
+        webhooks=WebhooksConfig(allow_private=True), retry=RetryConfig(base_delay=86400, max_delay=86400)
     )
     receiver.respond(500)  # the started webhook's first attempt
     body = await service.submit(

@@ -35,11 +35,9 @@ redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('SREM', '@PROCESSING_PREFIX@' .. redis.call('HGET', KEYS[1], 'project_id'), ARGV[2])
 if ARGV[7] == '1' then
   redis.call('HINCRBY', KEYS[3], 'retried_tasks', 1)
-  -- The task's own count, which retry.max_retries bounds (`attempt` also counts runs cut short).
-  -- A record of a version that did not keep it counted every run but the first as a retry.
-  if redis.call('HSETNX', KEYS[1], 'retries', redis.call('HGET', KEYS[1], 'attempt')) == 0 then
-    redis.call('HINCRBY', KEYS[1], 'retries', 1)
-  end
+  -- The task's own count, which retry.max_retries bounds (`attempt` also counts runs cut short);
+  -- a record of a version that did not keep it got it at its start here (lib/begin.lua).
+  redis.call('HINCRBY', KEYS[1], 'retries', 1)
   redis.call('HINCRBY', KEYS[3], 'retried:' .. redis.call('HGET', KEYS[1], 'task_type'), 1)
   redis.call('HSET', KEYS[1], 'last_error', ARGV[8], 'next_retry_at', tonumber(ARGV[6]) / 1000)
 end

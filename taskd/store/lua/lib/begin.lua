@@ -54,6 +54,13 @@
 
 local function begin(task_key, task_id, job_id, record, worker_id, now, now_ms, aging_ms, keys_of, claimed, later,
                      before, outside)
+  if not record.retries then
+    -- A record of a version that did not count its retries: the runs it made before this start are
+    -- taken for retries, as that version bounded them (which of them were cut short, it did not
+    -- keep); from here on they are counted (requeue.lua), so a later run cut short spends none.
+    record.retries = record.attempt or '0'
+    redis.call('HSET', task_key, 'retries', record.retries)
+  end
   local attempt = tostring((tonumber(record.attempt) or 0) + 1)
   -- A retry could start no earlier than this (its back-off is not waiting); read before it is cleared.
   local retry_ms = (tonumber(record.next_retry_at) or 0) * 1000
