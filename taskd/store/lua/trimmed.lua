@@ -1,6 +1,7 @@
 -- trimmed.lua: where an event stream starts now that its cap has trimmed it, for a reader that resumes it.
 --
 -- KEYS[1]  stream  an event stream ({taskd}:events:task:{id} or {taskd}:events:project:{project_id})
+-- ARGV: none
 -- Returns the id of the stream's oldest entry when entries were trimmed off it (entries-added
 -- past its length), else '0-0' (none was, or there is no stream): a reader whose last id is older
 -- than that id may have missed entries (none, where the entry trimmed last was its own).
