@@ -207,8 +207,8 @@ async def test_while_redis_cannot_persist_metrics_say_so_and_stop_saying_it_afte
 
 async def test_a_task_running_through_a_refusal_longer_than_the_heartbeat_ttl_runs_once(tmp_path):
     # Every heartbeat is refused too, and expires: a worker alive all along. Once Redis takes writes
-    # again, its next beat comes up to 3 s later, and the reclaimer looks every 0.5 s meanwhile.
-    worker = WorkerConfig(heartbeat_interval=3, heartbeat_ttl=5, poll_delay=0.5)
+    # again, its next beat comes up to 2.5 s later, and the reclaimer looks every 0.5 s meanwhile.
+    worker = WorkerConfig(heartbeat_interval=2.5, heartbeat_ttl=5, poll_delay=0.5)
     async with _snapshotting(tmp_path, worker=worker) as (server, api):
         _, ended = await _through_a_failed_snapshot(server, api, {"seconds": 9}, refused_for=6.5)
 
