@@ -389,15 +389,31 @@ class WebhookSender:
                 record.task_id,
             )
         else:
-            log.warning(
-                "Webhook request failed callback_url=%s error=%s attempt=%d", shown, outcome.error, attempt
+            # The end's webhook fails with the API document's WARNING and ERROR, a few lines a task.
+            # A `started` or `progress` one (a progress webhook every progress_interval for as long
+            # as the task runs) to a receiver the tenant runs is the tenant's to mend: at those
+            # levels a dead receiver wrote about a line a second at WARNING or above per running
+            # task, for as long as it ran, past any submit quota.
+            failed_level, given_up_level = (
+                (logging.WARNING, logging.ERROR) if event is None else (logging.DEBUG, logging.INFO)
+            )
+            extra = {} if event is None else {"event": event}
+            log.log(
+                failed_level,
+                "Webhook request failed callback_url=%s error=%s attempt=%d",
+                shown,
+                outcome.error,
+                attempt,
+                extra=extra,
             )
             delay = self.schedule.delay_after(attempt)
             if delay is None:
-                log.error(
+                log.log(
+                    given_up_level,
                     "Failed to send webhook after all retries callback_url=%s task_id=%s",
                     shown,
                     record.task_id,
+                    extra=extra if event is None else {**extra, "error": outcome.error},
                 )
             else:
                 next_ms = done + int(delay * 1000)
