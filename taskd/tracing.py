@@ -39,6 +39,11 @@ SERVICE_NAME = "taskd"
 HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
 # The exporters taskd installs (the `otel` extra): OTLP over HTTP, or spans printed to stdout.
 EXPORTERS = ("otlp", "console")
+# The longest value of a span's attribute (an event's too: an exception's message and traceback),
+# in characters, unless OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT says otherwise; the SDK's default is no
+# limit. aiohttp's error for an answer it cannot parse quotes what it read, ~185 kB of whatever a
+# webhook receiver sends, recorded on the POST's span at each attempt. As much as a task's traceback.
+ATTRIBUTE_MAX_CHARS = 32_000
 
 _provider: TracerProvider | None = None
 
@@ -80,7 +85,7 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
         )
     try:
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import SpanLimits, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
     except ModuleNotFoundError as exc:
         raise ConfigError(
@@ -104,7 +109,8 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
     # The sampler comes from OTEL_TRACES_SAMPLER; the batch's size and delay from OTEL_BSP_*.
-    provider = TracerProvider(resource=resource)
+    length = None if "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT" in environ else ATTRIBUTE_MAX_CHARS
+    provider = TracerProvider(resource=resource, span_limits=SpanLimits(max_attribute_length=length))
     provider.add_span_processor(BatchSpanProcessor(_masking(exporter)))
     _provider = provider
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from conftest import API_KEY, TERMINAL, child_env
 from examples import TASK_DATA
 from otlp_collector import OtlpCollector, ReceivedSpan
+from test_webhooks_connections import answering, scripted
 
 from taskd import keys, logs, tracing
 from taskd.config import WebhooksConfig
@@ -314,6 +315,26 @@ async def test_an_error_recorded_on_a_client_span_has_the_urls_credentials_maske
         exception["exception.message"] == f"Connection timeout to host http://127.0.0.1:{port}/hook?token=***"
     )
     assert "receiver-secret" not in str(exception)
+
+
+async def test_an_error_recorded_on_a_client_span_is_cut_to_the_attribute_limit(monkeypatch, collector):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    monkeypatch.setattr(tracing, "_provider", None)  # this process's own, put back after the test
+    tracing.setup()
+
+    # aiohttp's error for an answer that is not HTTP quotes what it read: here ~100 kB of it.
+    async with (
+        scripted(answering(b"\x1bgarbage " * 10_000)) as receiver,
+        aiohttp.ClientSession(trace_configs=tracing.client_trace_configs()) as session,
+    ):
+        with pytest.raises(aiohttp.ClientResponseError):
+            await session.post(str(receiver.url()), data=b"{}")
+    await asyncio.to_thread(tracing.flush)
+
+    [post] = collector.spans
+    [(name, exception)] = post.events
+    assert name == "exception"
+    assert len(str(exception["exception.message"])) == tracing.ATTRIBUTE_MAX_CHARS
 
 
 async def test_with_tracing_on_a_webhook_connect_may_take_as_long_as_webhooks_timeout(

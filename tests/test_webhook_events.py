@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -108,6 +109,30 @@ async def test_progress_webhooks_are_coalesced_to_one_per_interval_carrying_the_
     # One end's webhook; a progress one sent as the task ended may arrive after it (docs/webhooks.md:
     # webhooks of different events are sent independently).
     assert [request.json["event"] for request in receiver.received].count("completed") == 1
+
+
+@pytest.mark.parametrize(("event", "seconds"), [("started", 0.1), ("progress", 12.0)])
+async def test_a_started_or_progress_webhook_to_a_receiver_that_always_fails_logs_nothing_above_info(
+    start, receiver, caplog, event, seconds
+):
+    # A progress webhook is retried only while its task runs: the first, a second in, has the 1 + 2 + 4 s
+    # of its retries before the task ends; the next would be due 30 s later.
+    caplog.set_level(logging.DEBUG, logger="taskd.webhooks")
+    service = await start(progress_interval=30)
+    receiver.always(500)
+
+    await submit_sleep(service, receiver, seconds, max(1, int(seconds)), webhook_events=[event])
+    await receiver.wait_for(4)
+    async with asyncio.timeout(20):
+        while not (given_up := [r for r in caplog.records if "after all retries" in r.getMessage()]):
+            await asyncio.sleep(0.05)
+
+    lines = [record for record in caplog.records if record.name == "taskd.webhooks"]
+    assert [r.levelname for r in lines if r.getMessage().startswith("Webhook request failed")] == [
+        "DEBUG"
+    ] * 4
+    assert max(record.levelno for record in lines) == logging.INFO
+    assert [(r.levelname, r.event, r.error) for r in given_up] == [("INFO", event, "HTTP 500")]
 
 
 async def test_an_end_left_out_of_webhook_events_cannot_be_redelivered(start, receiver):

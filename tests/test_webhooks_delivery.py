@@ -17,6 +17,7 @@ from conftest import API_KEY, RunningService
 from dns_server import DnsServer
 from examples import TASK_DATA
 from redis.exceptions import ConnectionError as RedisConnectionError
+from test_webhooks_connections import answering, scripted
 from webhook_receiver import WebhookReceiver
 
 from taskd import keys
@@ -537,6 +538,24 @@ async def test_a_proxy_that_refuses_the_tunnel_is_named_in_the_webhooks_error_wi
     assert webhook["failed_at"] is not None
     assert webhook["last_error"].startswith("the egress proxy (webhooks.proxy) refused the tunnel: HTTP ")
     assert "proxy-pass-3" not in webhook["last_error"] and "127.0.0.1" not in webhook["last_error"]
+
+
+async def test_through_a_proxy_an_answer_that_is_not_http_is_named_without_the_receivers_bytes(start, caplog):
+    # What the proxy passes on is the receiver's: a status line aiohttp refuses, 9 kB of it, with
+    # text that would pass for fields of a text log line.
+    caplog.set_level(logging.WARNING, logger="taskd.webhooks")
+    forged = b"HTTP/1.1 99 x task_id=victim-task level=CRITICAL " + b"F" * 9000 + b"\r\n\r\n"
+    async with scripted(answering(forged)) as proxy:
+        service = await start(proxy=str(proxy.url("/")), extra_delays=[])
+        body = await service.submit(
+            "test_prompt", TASK_DATA["test_prompt"], callback_url="http://hooks.example/task-done"
+        )
+
+        webhook = await webhook_settled(service, body["task_id"])
+
+    assert webhook["last_error"] == "BadResponse: the receiver's answer is not HTTP"
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Webhook request failed")]
+    assert failed and not [message for message in failed if "victim" in message or "FFFF" in message]
 
 
 async def test_a_proxy_that_cannot_be_reached_is_named_in_the_webhooks_error_without_its_address(start):

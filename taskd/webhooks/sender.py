@@ -26,13 +26,13 @@ from yarl import URL
 from taskd import keys, tracing
 from taskd.backoff import Backoff
 from taskd.config import WebhooksConfig
-from taskd.logs import MASK, REDACTOR, bind_task, mask_url
+from taskd.logs import MASK, bind_task, mask_url, shorten
 from taskd.model import TaskRecord, TaskStatus
 from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port, refusal
 from taskd.redis_conn import refuses_writes
 from taskd.stopping import cancel_and_wait
 from taskd.store import TaskStore, decode
-from taskd.webhooks.connections import Receiver, ReceiverConnections, receiver_of
+from taskd.webhooks.connections import BadResponse, Receiver, ReceiverConnections, receiver_of
 from taskd.webhooks.outbox import Attempt, Claim, Outbox, now_ms
 from taskd.webhooks.payload import PROGRESS, STARTED, build_payload, event_id
 from taskd.webhooks.schedule import SUCCESS_CODES, DeliverySchedule
@@ -389,15 +389,31 @@ class WebhookSender:
                 record.task_id,
             )
         else:
-            log.warning(
-                "Webhook request failed callback_url=%s error=%s attempt=%d", shown, outcome.error, attempt
+            # The end's webhook fails with the API document's WARNING and ERROR, a few lines a task.
+            # A `started` or `progress` one (a progress webhook every progress_interval for as long
+            # as the task runs) to a receiver the tenant runs is the tenant's to mend: at those
+            # levels a dead receiver wrote about a line a second at WARNING or above per running
+            # task, for as long as it ran, past any submit quota.
+            failed_level, given_up_level = (
+                (logging.WARNING, logging.ERROR) if event is None else (logging.DEBUG, logging.INFO)
+            )
+            extra = {} if event is None else {"event": event}
+            log.log(
+                failed_level,
+                "Webhook request failed callback_url=%s error=%s attempt=%d",
+                shown,
+                outcome.error,
+                attempt,
+                extra=extra,
             )
             delay = self.schedule.delay_after(attempt)
             if delay is None:
-                log.error(
+                log.log(
+                    given_up_level,
                     "Failed to send webhook after all retries callback_url=%s task_id=%s",
                     shown,
                     record.task_id,
+                    extra=extra if event is None else {**extra, "error": outcome.error},
                 )
             else:
                 next_ms = done + int(delay * 1000)
@@ -494,11 +510,18 @@ def _failed(exc: BaseException, proxy: str = "") -> Attempt:
         )
     if isinstance(exc, aiohttp.ClientProxyConnectionError) or _at_proxy(exc, proxy):
         return Attempt(False, None, "the egress proxy (webhooks.proxy) could not be reached")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # An answer aiohttp's parser refused (with a proxy or tracing on): its message quotes what
+        # it could not parse, up to all the receiver sent (100 kB and more), which became a log line
+        # of that size and the task's last_error, with spaces where the receiver's text passed for
+        # fields of a text log line (`task_id=…`). Said as taskd's own client says it.
+        return Attempt(False, None, f"{BadResponse.__name__}: the receiver's answer is not HTTP")
     if isinstance(exc, OSError) and exc.errno is None and exc.strerror:
         # A lookup's failure (c-ares, via aiohttp) has no errno: "[Errno None] Domain name not found".
         return Attempt(False, None, f"{type(exc).__name__}: {exc.strerror}")
     # Masked as a task's error is: any other library's text may quote a URL with its credentials.
-    return Attempt(False, None, REDACTOR.redact(f"{type(exc).__name__}: {exc}"))
+    # One line of SHORT_MESSAGE_CHARS at most, whatever it quotes.
+    return Attempt(False, None, shorten(f"{type(exc).__name__}: {exc}"))
 
 
 def _at_proxy(exc: BaseException, proxy: str) -> bool:
