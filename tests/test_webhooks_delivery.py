@@ -558,6 +558,27 @@ async def test_through_a_proxy_an_answer_that_is_not_http_is_named_without_the_r
     assert failed and not [message for message in failed if "victim" in message or "FFFF" in message]
 
 
+async def test_a_proxy_answering_an_https_callbacks_tunnel_request_with_garbage_is_named_not_the_receiver(
+    start,
+):
+    # The receiver of an https callback is reached through the proxy's tunnel: the answer to CONNECT
+    # is the proxy's, and this one is not HTTP.
+    async with scripted(answering(b"HTTP/1.1 99 x " + b"F" * 500 + b"\r\n\r\n")) as proxy:
+        service = await start(
+            proxy=str(proxy.url("/")).replace("http://", "http://egress:proxy-pass-5@"), extra_delays=[]
+        )
+        body = await service.submit(
+            "test_prompt", TASK_DATA["test_prompt"], callback_url="https://hooks.example/task-done"
+        )
+
+        webhook = await webhook_settled(service, body["task_id"])
+
+    assert (
+        webhook["last_error"]
+        == "the egress proxy (webhooks.proxy) refused the tunnel: its answer is not HTTP"
+    )
+
+
 async def test_a_proxy_that_cannot_be_reached_is_named_in_the_webhooks_error_without_its_address(start):
     service = await start(proxy="http://egress:proxy-pass-4@127.0.0.1:1/", extra_delays=[])
     body = await service.submit(
