@@ -21,7 +21,7 @@ from test_webhooks_connections import answering, scripted
 from webhook_receiver import WebhookReceiver
 
 from taskd import keys
-from taskd.config import AuthConfig, WebhooksConfig
+from taskd.config import AuthConfig, LimitsConfig, WebhooksConfig
 from taskd.net import guard
 from taskd.webhooks import outbox, sender
 
@@ -676,6 +676,26 @@ async def test_redeliver_restarts_the_attempt_count(start, receiver):
 
     assert webhook["attempts"] == 1  # a fresh delivery, not attempt 2 of the old one
     assert webhook["delivered_at"] is not None
+
+
+async def test_a_redelivery_spends_a_submission_of_the_keys_quota(start_service, fake_llm, receiver):
+    # Each redelivery to a receiver that fails writes the end's WARNING lines: unspent, one task
+    # redelivered in a loop wrote them as fast as the key asked.
+    service = await start_service(
+        llm_url=fake_llm.base_url,
+        webhooks=WebhooksConfig(allow_private=True, extra_delays=[]),
+        limits=LimitsConfig(submit_per_minute=2),
+    )
+    receiver.always(500)
+    task_id = await submit_prompt(service, receiver)
+    await webhook_settled(service, task_id)
+
+    answers = []
+    for _ in range(2):
+        async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+            answers.append((response.status, (await response.json()).get("error")))
+
+    assert answers == [(202, None), (429, "rate_limited")]
 
 
 async def test_redeliver_of_an_unknown_task_is_404(start):
