@@ -110,7 +110,12 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
         resource = resource.merge(Resource({"service.name": SERVICE_NAME}))
     # The sampler comes from OTEL_TRACES_SAMPLER; the batch's size and delay from OTEL_BSP_*.
     length = None if "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT" in environ else ATTRIBUTE_MAX_CHARS
-    provider = TracerProvider(resource=resource, span_limits=SpanLimits(max_attribute_length=length))
+    try:
+        # The SDK reads its OTEL_*_LIMIT variables here; one that is not a number is its ValueError.
+        limits = SpanLimits(max_attribute_length=length)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    provider = TracerProvider(resource=resource, span_limits=limits)
     provider.add_span_processor(BatchSpanProcessor(_masking(exporter)))
     _provider = provider
 

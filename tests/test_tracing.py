@@ -197,6 +197,24 @@ def test_an_exporter_taskd_does_not_ship_stops_start_up_with_one_line(tmp_path):
     ]
 
 
+def test_an_attribute_length_limit_that_is_not_a_number_stops_start_up_with_one_line(tmp_path):
+    env = {
+        **os.environ,
+        **child_env(tmp_path / "data"),
+        "OTEL_TRACES_EXPORTER": "console",
+        "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT": "32k",
+    }
+
+    result = subprocess.run(
+        [sys.executable, "-m", "taskd", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "taskd: OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT must be a non-negative integer but got 32k"
+    ]
+
+
 async def _submit_span_with_headers(
     spawn_taskd, tmp_path: Path, collector: OtlpCollector, headers: dict[str, str]
 ) -> tuple[int, ReceivedSpan]:

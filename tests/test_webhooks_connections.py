@@ -76,12 +76,15 @@ async def scripted(handler: Handler, tls: ssl.SSLContext | None = None) -> Async
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
-    """One request's head and body (sent with Content-Length)."""
+    """One request's head and body (sent with Content-Length; none, as a proxy's CONNECT, is empty)."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
     )
     return head + await reader.readexactly(length)
 

@@ -21,7 +21,7 @@ from test_webhooks_connections import answering, scripted
 from webhook_receiver import WebhookReceiver
 
 from taskd import keys
-from taskd.config import AuthConfig, WebhooksConfig
+from taskd.config import AuthConfig, LimitsConfig, WebhooksConfig
 from taskd.net import guard
 from taskd.webhooks import outbox, sender
 
@@ -558,6 +558,27 @@ async def test_through_a_proxy_an_answer_that_is_not_http_is_named_without_the_r
     assert failed and not [message for message in failed if "victim" in message or "FFFF" in message]
 
 
+async def test_a_proxy_answering_an_https_callbacks_tunnel_request_with_garbage_is_named_not_the_receiver(
+    start,
+):
+    # The receiver of an https callback is reached through the proxy's tunnel: the answer to CONNECT
+    # is the proxy's, and this one is not HTTP.
+    async with scripted(answering(b"HTTP/1.1 99 x " + b"F" * 500 + b"\r\n\r\n")) as proxy:
+        service = await start(
+            proxy=str(proxy.url("/")).replace("http://", "http://egress:proxy-pass-5@"), extra_delays=[]
+        )
+        body = await service.submit(
+            "test_prompt", TASK_DATA["test_prompt"], callback_url="https://hooks.example/task-done"
+        )
+
+        webhook = await webhook_settled(service, body["task_id"])
+
+    assert (
+        webhook["last_error"]
+        == "the egress proxy (webhooks.proxy) refused the tunnel: its answer is not HTTP"
+    )
+
+
 async def test_a_proxy_that_cannot_be_reached_is_named_in_the_webhooks_error_without_its_address(start):
     service = await start(proxy="http://egress:proxy-pass-4@127.0.0.1:1/", extra_delays=[])
     body = await service.submit(
@@ -655,6 +676,26 @@ async def test_redeliver_restarts_the_attempt_count(start, receiver):
 
     assert webhook["attempts"] == 1  # a fresh delivery, not attempt 2 of the old one
     assert webhook["delivered_at"] is not None
+
+
+async def test_a_redelivery_spends_a_submission_of_the_keys_quota(start_service, fake_llm, receiver):
+    # Each redelivery to a receiver that fails writes the end's WARNING lines: unspent, one task
+    # redelivered in a loop wrote them as fast as the key asked.
+    service = await start_service(
+        llm_url=fake_llm.base_url,
+        webhooks=WebhooksConfig(allow_private=True, extra_delays=[]),
+        limits=LimitsConfig(submit_per_minute=2),
+    )
+    receiver.always(500)
+    task_id = await submit_prompt(service, receiver)
+    await webhook_settled(service, task_id)
+
+    answers = []
+    for _ in range(2):
+        async with service.client.post(f"/api/v1/tasks/{task_id}/webhook/redeliver") as response:
+            answers.append((response.status, (await response.json()).get("error")))
+
+    assert answers == [(202, None), (429, "rate_limited")]
 
 
 async def test_redeliver_of_an_unknown_task_is_404(start):

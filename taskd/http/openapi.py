@@ -498,14 +498,14 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/tasks/{task_id}/webhook/redeliver": {
             "post": {
-                "summary": "Send an ended task's webhook again",
+                "summary": "Send an ended task's webhook again (quota `submit`)",
                 "operationId": "redeliver_webhook",
                 "security": key,
                 "parameters": [_task_id()],
                 "responses": {
-                    "202": _json("RedeliverResponse", "Delivery scheduled"),
-                    "400": _json("Detail", "No callback_url, or the task has not ended"),
-                    **_errors(401, 404, 503),
+                    "202": _json("RedeliverResponse", "Delivery scheduled", _LIMIT_HEADERS),
+                    "400": _json("Detail", "No callback_url, or the task has not ended", _LIMIT_HEADERS),
+                    **_errors(401, 404, 429, 503, limited=True),
                 },
             }
         },

@@ -46,11 +46,15 @@ OPEN_STREAMS_RETRY_AFTER = 10
 SUBMIT_ROUTE = ("POST", "/api/v1/tasks/submit")
 BATCH_ROUTE = ("POST", "/api/v1/tasks/batch")
 # Which routes the middleware spends which quota for, before anything else of the request is
-# looked at (its project scope included); a retry creates a task, so it is a submission. A submit
-# spends its unit of `submit` from its handler, inside the submit script (`submit_quota`), or here
-# when it is refused before that; a batch spends one unit per item (`_batch_cost`). HEAD is GET.
+# looked at (its project scope included); a retry creates a task, so it is a submission, and so is
+# a redelivery: it starts a delivery as a submit's end does (with its WARNING and ERROR lines, to a
+# receiver that fails), and unspent, one task redelivered in a loop wrote a WARNING line a request,
+# past any quota. A submit spends its unit of `submit` from its handler, inside the submit script
+# (`submit_quota`), or here when it is refused before that; a batch spends one unit per item
+# (`_batch_cost`). HEAD is GET.
 POLICIES = {
     ("POST", "/api/v1/tasks/{task_id}/retry"): "submit",
+    ("POST", "/api/v1/tasks/{task_id}/webhook/redeliver"): "submit",
     ("GET", "/api/v1/tasks/{task_id}/status"): "status",
     BATCH_ROUTE: "submit",
 }

@@ -510,6 +510,12 @@ def _failed(exc: BaseException, proxy: str = "") -> Attempt:
         )
     if isinstance(exc, aiohttp.ClientProxyConnectionError) or _at_proxy(exc, proxy):
         return Attempt(False, None, "the egress proxy (webhooks.proxy) could not be reached")
+    if isinstance(exc, aiohttp.ClientResponseError) and exc.request_info.method == "CONNECT":
+        # The proxy's own answer to an https callback's tunnel request: the receiver was never
+        # reached, so it is not the receiver's answer that is not HTTP.
+        return Attempt(
+            False, None, "the egress proxy (webhooks.proxy) refused the tunnel: its answer is not HTTP"
+        )
     if isinstance(exc, aiohttp.ClientResponseError):
         # An answer aiohttp's parser refused (with a proxy or tracing on): its message quotes what
         # it could not parse, up to all the receiver sent (100 kB and more), which became a log line
