@@ -114,10 +114,23 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
         # The SDK reads its OTEL_*_LIMIT variables here; one that is not a number is its ValueError.
         limits = SpanLimits(max_attribute_length=length)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(_bad_limits(environ) or str(exc)) from None
     provider = TracerProvider(resource=resource, span_limits=limits)
     provider.add_span_processor(BatchSpanProcessor(_masking(exporter)))
     _provider = provider
+
+
+def _bad_limits(environ: Mapping[str, str]) -> str:
+    """The OTEL_*_LIMIT variables that are not a count, said in taskd's words: the SDK's own message
+    depends on its version (at the floor, 1.20, its own format string raised instead of naming it)."""
+    return "; ".join(
+        f"{name} must be a non-negative integer but got {value}"
+        for name, value in sorted(environ.items())
+        if name.startswith("OTEL_")
+        and name.endswith("_LIMIT")
+        and value.strip()
+        and not value.strip().isdigit()
+    )
 
 
 def _masking(exporter: SpanExporter) -> SpanExporter:
