@@ -84,15 +84,7 @@ async def test_retry_waits_double_from_the_base_delay(start_service, redis, monk
     monkeypatch.setattr(backoff_module, "random", SimpleNamespace(random=lambda: 0.0))
     service = await start_service(retry=RetryConfig(base_delay=0.4))
     task = await service.submit("fail", {"transient": True, "fail_times": 2})
-    schedule: dict[int, tuple[float, float]] = {}
-    async with asyncio.timeout(20):
-        while len(schedule) < 2:
-            attempt, failed_at, retry_at = await redis.hmget(
-                keys.task(task["task_id"]), "attempt", "updated_at", "next_retry_at"
-            )
-            if retry_at is not None:
-                schedule[int(attempt)] = (float(failed_at), float(retry_at))
-            await asyncio.sleep(0.01)
+    schedule = await _retry_schedule(redis, task["task_id"], 2)
 
     delays = [retry_at - failed_at for failed_at, retry_at in (schedule[1], schedule[2])]
     assert delays == [pytest.approx(0.4, abs=0.01), pytest.approx(0.8, abs=0.01)]
@@ -103,15 +95,7 @@ async def test_retry_waits_double_no_further_than_max_delay(start_service, redis
     monkeypatch.setattr(backoff_module, "random", SimpleNamespace(random=lambda: 0.0))
     service = await start_service(retry=RetryConfig(base_delay=0.4, max_delay=0.5, max_retries=4))
     task = await service.submit("fail", {"transient": True, "fail_times": 4})
-    schedule: dict[int, tuple[float, float]] = {}
-    async with asyncio.timeout(20):
-        while len(schedule) < 4:
-            attempt, failed_at, retry_at = await redis.hmget(
-                keys.task(task["task_id"]), "attempt", "updated_at", "next_retry_at"
-            )
-            if retry_at is not None:
-                schedule[int(attempt)] = (float(failed_at), float(retry_at))
-            await asyncio.sleep(0.01)
+    schedule = await _retry_schedule(redis, task["task_id"], 4)
 
     delays = [retry_at - failed_at for failed_at, retry_at in (schedule[n] for n in range(1, 5))]
     assert delays == [pytest.approx(bound, abs=0.01) for bound in (0.4, 0.5, 0.5, 0.5)]
@@ -208,3 +192,18 @@ async def test_a_record_stored_before_retries_were_counted_spends_none_on_a_late
 
     assert (body["status"], body["attempt"]) == ("failed", 5)
     assert (await metrics(api_only))["retried_tasks"] == 3
+
+
+async def _retry_schedule(redis, task_id: str, retries: int) -> dict[int, tuple[float, float]]:
+    """For each of the task's first `retries` failed attempts: when it failed and when its retry is
+    due, read off the record as each retry is scheduled."""
+    schedule: dict[int, tuple[float, float]] = {}
+    async with asyncio.timeout(20):
+        while len(schedule) < retries:
+            attempt, failed_at, retry_at = await redis.hmget(
+                keys.task(task_id), "attempt", "updated_at", "next_retry_at"
+            )
+            if retry_at is not None:
+                schedule[int(attempt)] = (float(failed_at), float(retry_at))
+            await asyncio.sleep(0.01)
+    return schedule
