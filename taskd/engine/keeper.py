@@ -12,9 +12,10 @@ A look reads every live record (6 to 16 µs of Valkey each, bench/keeper_cost.py
 in turns: once per interval across every process, per partition, not once per process. Every
 process asks for the turn every sixteenth of the interval (one SET NX); the one that gets it looks
 and keeps it 13/16 of the interval from the look's end, so the next look begins between 13/16 and
-14/16 of the interval after. While it looks it holds the turn a sixteenth at a time, renewed at
+14/16 of the interval after. While it looks it holds the turn a sixteenth at a time, set again at
 each script call: a holder that dies mid-look leaves it to the next asker within two sixteenths,
-and the look after still begins within the interval. A process that starts while another's look
+and the look after still begins within the interval of the last whole look (and however long the
+dead one ran). A process that starts while another's look
 is recent does not look at once: its first look no longer competes with the backlog its worker
 starts draining.
 """
