@@ -265,7 +265,7 @@ class Service:
             None if executor is None else executor.held.__contains__,
         )
         self._background.append(asyncio.create_task(reclaimer.run(), name="reclaimer"))
-        live = LiveRecords(store, sorted(set(self.config.queues) | self.registry.queues()))
+        live = LiveRecords(store, sorted(set(self.config.queues) | self.registry.queues()), self.worker_id)
         self._background.append(asyncio.create_task(live.run(), name="live-records"))
         release = ScheduledRelease(store)
         self._background.append(asyncio.create_task(release.run(), name="scheduled-release"))

@@ -10,6 +10,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from taskd import keys
+from taskd.engine.keeper import LiveRecords
+from taskd.store import TaskStore
 
 # A URL of each kind taskd opens (taskd.redis_conn.connect), none reachable: what a connection made
 # for it is can be looked at without a server.
@@ -87,3 +89,12 @@ async def sent_to_valkey(
     or with `by_scripts` only those."""
     _, sent, ran = await monitored(redis, during)
     return ran if by_scripts else sent
+
+
+async def keeper_looked(redis: Redis, task_ttl: int = 24 * 3600, partition: int = 0) -> None:
+    """Once a service's keeper has ended its look at `partition` (it looks as it starts): its turn
+    rests, held longer than a look holds it, so the test's own changes come after that look."""
+    holds_ms = LiveRecords(TaskStore(redis, task_ttl), []).ask_every * 1000
+    async with asyncio.timeout(30):
+        while await redis.pttl(keys.keeper_turn(partition)) <= holds_ms:
+            await asyncio.sleep(0.02)

@@ -174,3 +174,13 @@ def test_scaling_benchmark_runs_each_configuration_and_prints_its_table(tmp_path
     # a task costs depends on how many met in one call: a fraction of one on a loaded machine.
     assert all(run["commands_per_task"]["evalsha"] > 0 for run in runs)
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_keeper_cost_benchmark_reads_what_the_looks_cost_valkey():
+    result = run_bench(
+        "keeper_cost.py", "--tasks", "600", "--processes", "1", "3", "--interval", "2", "--intervals", "1"
+    )
+
+    assert "tasks=600 partitions=1 processes=1: " in result.stdout
+    assert "tasks=600 partitions=1 processes=3: " in result.stdout
+    assert "one call held Valkey p50" in result.stdout

@@ -179,6 +179,22 @@ async def test_with_three_partitions_a_dead_workers_task_is_taken_back_while_ano
     assert body["last_error"] == "worker gone died while running the task"
 
 
+async def test_with_three_partitions_each_partitions_keeper_turn_is_taken_on_its_own_primary(
+    start_service, valkey_url, cluster
+):
+    # The processes look at live tasks in turns, per partition: each turn lives in its partition's
+    # slot, on the primary that serves it, where that partition's live tasks are.
+    serve = await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=3))
+    holder = serve.service.worker_id.encode()
+    with cluster.client() as client:
+        async with asyncio.timeout(30):
+            while [client.get(keys.keeper_turn(p)) for p in range(3)] != [holder] * 3:
+                await asyncio.sleep(0.05)
+        nodes = {client.get_node_from_key(keys.keeper_turn(p)).port for p in range(3)}
+
+    assert nodes == {node.port for node in cluster.primaries}
+
+
 async def test_a_queued_task_is_cancelled_and_never_starts(start_service):
     api_only = await start_service(workers=False)
     task = await api_only.submit("generate_video", {"duration": 7})

@@ -6,6 +6,8 @@ have, and checks the task still ends with its record."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -14,6 +16,7 @@ from taskd import keys
 from taskd.config import LimitsConfig
 from taskd.engine import keeper
 from taskd.store import TaskStore, records
+from taskd.store.records import LIVE_BATCH
 
 # As if the task had already waited, or run, all but this many seconds of storage.task_ttl.
 LEFT_S = 3
@@ -117,3 +120,103 @@ async def test_one_look_renews_no_more_than_a_batch_of_records_per_script_call(
 
     assert renewed == 1 + 3 + 3
     assert max(per_call) <= 2
+
+
+async def _queued(redis: Redis, left_s: int) -> str:
+    """A queued task's record with `left_s` seconds left, on the default queue: what a look reads."""
+    task_id = keys.new_task_id("p")
+    await redis.hset(keys.task(task_id), mapping={"status": "queued", "project_id": "p", "dependents": "0"})
+    await redis.expire(keys.task(task_id), left_s)
+    await redis.zadd(keys.waiting("default"), {keys.job_id(task_id, 1): 1})
+    return task_id
+
+
+@pytest.fixture
+def turns_of_a_real_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keeper's interval is a quarter of the store's TTL, as in production: a turn rests long
+    enough that a process's look cannot lapse while the test asks."""
+    monkeypatch.setattr(keeper, "KEEP_EVERY_MAX_S", 3600.0)
+
+
+@pytest.mark.usefixtures("turns_of_a_real_length")
+async def test_of_processes_asking_at_once_only_one_looks(redis: Redis):
+    # Every process looked at every live record each interval: 4 processes, 4 looks of ~4 µs of
+    # Valkey per live task each (a second of Valkey per look of 100,000 queued tasks).
+    await _queued(redis, 600)
+    processes = [keeper.LiveRecords(TaskStore(redis, 24 * 3600), ["default"], f"p{n}") for n in range(4)]
+
+    looks = await asyncio.gather(*(process.turn() for process in processes))
+
+    assert sorted(looks, key=lambda look: look != [None]) == [[None], [None], [None], [1]]
+
+
+@pytest.mark.usefixtures("turns_of_a_real_length")
+async def test_a_process_starting_right_after_anothers_look_does_not_look_at_once(redis: Redis):
+    # Its first look read every live record at its start, when a worker starts draining a backlog.
+    first = keeper.LiveRecords(TaskStore(redis, 24 * 3600), ["default"], "first")
+    await first.turn()
+    task_id = await _queued(redis, 600)
+
+    look = await keeper.LiveRecords(TaskStore(redis, 24 * 3600), ["default"], "starting").turn()
+
+    assert look == [None]
+    assert await redis.ttl(keys.task(task_id)) <= 600
+
+
+@pytest.mark.usefixtures("turns_of_a_real_length")
+async def test_the_turn_of_a_process_that_failed_mid_look_passes_to_the_next_soon(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    # A look that dies keeps the turn a sixteenth of the interval, not the rest between two looks:
+    # the next process looks before a live record comes near its expiry.
+    store = TaskStore(redis, 40)
+    ids = [await _queued(redis, 15) for _ in range(LIVE_BATCH + 1)]
+    script = store._live
+    calls = 0
+
+    async def dies_after_one_call(**kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise ConnectionError("the process died")
+        return await script(**kwargs)
+
+    monkeypatch.setattr(store, "_live", dies_after_one_call)
+    dying = keeper.LiveRecords(store, ["default"], "dying")
+    with pytest.raises(ConnectionError):
+        await dying.turn()
+    assert await redis.pttl(keys.keeper_turn(0)) <= dying.ask_every * 1000
+    next_one = keeper.LiveRecords(TaskStore(redis, 40), ["default"], "next")
+
+    async def its_turn() -> list[int | None]:
+        while (look := await next_one.turn()) == [None]:
+            await asyncio.sleep(0.05)
+        return look
+
+    look = await asyncio.wait_for(its_turn(), 30)
+
+    assert look == [1]  # the one the dying look did not reach
+    assert all([await redis.ttl(keys.task(task_id)) > 15 for task_id in ids])
+
+
+@pytest.mark.usefixtures("turns_of_a_real_length")
+async def test_a_look_whose_turn_lapsed_on_the_way_still_rests_after_it(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    # The turn was renewed with PEXPIRE, a no-op on a key that is gone: one that lapsed during a
+    # long look (a scan of 100,000 waiting jobs outlasts a short interval's sixteenth) stayed gone,
+    # rest included, and the next ask looked again at once, look after look.
+    await _queued(redis, 600)
+    store = TaskStore(redis, 24 * 3600)
+    script = store._live
+
+    async def after_a_stall(**kwargs: object) -> object:
+        await redis.delete(keys.keeper_turn(0))
+        return await script(**kwargs)
+
+    monkeypatch.setattr(store, "_live", after_a_stall)
+    looking = keeper.LiveRecords(store, ["default"], "looking")
+
+    await looking.turn()
+
+    assert await redis.pttl(keys.keeper_turn(0)) > looking.ask_every * 1000

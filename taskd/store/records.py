@@ -190,6 +190,17 @@ LIST_STRETCH = 1000
 LIVE_BATCH = 500
 
 
+@attrs.frozen
+class KeeperTurn:
+    """A process's claim to look at a partition's live tasks (taskd.engine.keeper): taken only
+    where no other process's is held (SET NX), held `hold_ms` at a time while it looks, and kept
+    `rest_ms` from the look's end, during which no process looks there again."""
+
+    holder: str
+    hold_ms: int
+    rest_ms: int
+
+
 class AlreadyRetried(Exception):
     """A retry asked for only if the task had none yet (`first_retry`) found one: `retry_id`."""
 
@@ -996,13 +1007,20 @@ class TaskStore:
 
         return sum(await self._each_partition(due))
 
-    async def keep_live(self, queues: Iterable[str], at: float, below: float) -> int:
+    async def keep_live(
+        self, queues: Iterable[str], at: float, below: float, turn: KeeperTurn | None = None
+    ) -> list[int | None]:
         """Renew, to `storage.task_ttl` from `at`, the record of every task waiting or running on
         `queues` that has less than `below` seconds left (live.lua), with what lives as long as it;
-        returns how many were renewed."""
+        returns how many were renewed, per partition. With a `turn`, only in the partitions where
+        it is `turn.holder`'s (None for the others: another process looked there recently or
+        looks now)."""
         names = list(queues)
 
-        async def keep(client: Redis, partition: int) -> int:
+        async def keep(client: Redis, partition: int) -> int | None:
+            lease = keys.keeper_turn(partition)
+            if turn is not None and not await client.set(lease, turn.holder, nx=True, px=turn.hold_ms):
+                return None
             renewed = 0
             seen: set[str] = set()
             for queue in names:
@@ -1041,9 +1059,18 @@ class TaskStore:
                         if waiting_for not in seen:
                             seen.add(waiting_for)
                             ids.append(waiting_for)
+                    if turn is not None:
+                        # Still looking: the turn is this process's a while more. Set, not renewed
+                        # (PEXPIRE): one that lapsed during a stall (a long scan of the waiting set)
+                        # would stay gone, and with it the rest after this look, so that every ask
+                        # looked again. Another process may have taken it since: this makes its
+                        # turn this one's, which only delays the next look until both have ended.
+                        await client.set(lease, turn.holder, px=turn.hold_ms)
+            if turn is not None:
+                await client.set(lease, turn.holder, px=turn.rest_ms)
             return renewed
 
-        return sum(await self._each_partition(keep))
+        return await self._each_partition(keep)
 
     async def progress(
         self, task_id: str, job_id: str, worker_id: str, progress: float, step: str | None, at: float
