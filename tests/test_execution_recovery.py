@@ -15,7 +15,7 @@ from conftest import API_KEY, TERMINAL, child_env
 from redis_probes import alive
 
 from taskd import keys
-from taskd.config import QueueConfig, RetryConfig
+from taskd.config import QueueConfig, RetryConfig, WorkerConfig
 from taskd.engine import reclaim
 from taskd.engine.executor import Executor, Outcome
 from taskd.model import TaskRecord, now
@@ -273,6 +273,34 @@ async def test_a_task_requeued_while_its_runs_end_is_written_runs_again_only_aft
 
     assert second_began_before_the_first_end == [False]
     assert (body["status"], body["attempt"], body["result"]["attempt"]) == ("completed", 2, 2)
+
+
+async def test_a_newer_start_of_a_task_stops_its_earlier_run_in_the_same_worker_at_once(start_service, redis):
+    # Heartbeats far apart: their check of the record (Executor.reconcile) is not what stops it.
+    service = await start_service(
+        worker=WorkerConfig(heartbeat_interval=600, heartbeat_ttl=1800, poll_delay=0.5)
+    )
+    executor = service.service._executor
+    assert executor is not None
+    task_id = (await service.submit("record_run", {"seconds": 600}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    runs = runs_path(service.service.config.data_path)
+    while f"start {task_id} 1 " not in runs.read_text():
+        await asyncio.sleep(0.01)
+
+    await _requeued_as_a_lapsed_heartbeat_would(executor, await executor.store.get(task_id))
+    async with asyncio.timeout(30):
+        while f"start {task_id} 2 " not in runs.read_text():
+            await asyncio.sleep(0.05)
+
+    # Before, the newer start waited for the earlier run's own end, 600 s on.
+    pid = os.getpid()
+    assert runs.read_text().splitlines() == [
+        f"start {task_id} 1 {pid}",
+        f"stopped {task_id} 1 {pid}",
+        f"start {task_id} 2 {pid}",
+    ]
+    assert (await service.status(task_id))["status"] == "processing"
 
 
 async def test_a_start_waiting_for_its_earlier_runs_end_is_handed_back_when_the_worker_stops(
