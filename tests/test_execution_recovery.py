@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,9 +16,10 @@ from conftest import API_KEY, TERMINAL, child_env
 from redis_probes import alive
 
 from taskd import keys
-from taskd.config import QueueConfig, RetryConfig, WorkerConfig
+from taskd.config import GpuConfig, QueueConfig, RetryConfig, WorkerConfig
 from taskd.engine import reclaim
 from taskd.engine.executor import Executor, Outcome
+from taskd.gpu.devices import SimulatedBackend
 from taskd.model import TaskRecord, now
 from taskd.store.records import RunningTask
 from taskd.tasks.diagnostics import runs_path
@@ -301,6 +303,38 @@ async def test_a_newer_start_of_a_task_stops_its_earlier_run_in_the_same_worker_
         f"start {task_id} 2 {pid}",
     ]
     assert (await service.status(task_id))["status"] == "processing"
+
+
+async def test_a_gpu_task_started_again_as_its_earlier_runs_slots_are_released_runs_on_slots_of_its_own(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    # The release of the earlier run's slots begins late (a busy loop): the worker's poll comes
+    # first and sees the task's job queued again, its earlier run over.
+    release_lease = Executor._release_lease
+    released: list[str] = []
+
+    async def late(executor: Executor, task_id: str, **kwargs: Any) -> None:
+        await asyncio.sleep(1)
+        await release_lease(executor, task_id, **kwargs)
+        released.append(task_id)
+
+    monkeypatch.setattr(Executor, "_release_lease", late)
+    service = await start_service(gpu_backend=SimulatedBackend(1), gpu=GpuConfig(slots=2))
+    executor = service.service._executor
+    assert executor is not None
+    task_id = (await service.submit("gpu_hold", {"seconds": 600}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+
+    await _requeued_as_a_lapsed_heartbeat_would(executor, await executor.store.get(task_id))
+    async with asyncio.timeout(60):
+        while task_id not in released or executor.running.get(task_id) is None:
+            await asyncio.sleep(0.01)
+    async with service.client.get("/api/v1/health") as response:
+        gpus = (await response.json())["gpus"]
+
+    # Before, the newer run took no slots (the task held some), and the earlier run's were released
+    # under it: it ran on a device whose slot the next GPU task was given.
+    assert [list(gpu["running"]) for gpu in gpus] == [[task_id]]
 
 
 async def test_a_start_waiting_for_its_earlier_runs_end_is_handed_back_when_the_worker_stops(

@@ -494,7 +494,9 @@ class Executor:
 
     async def _release_lease(self, task_id: str, *, wake: bool = True) -> None:
         lease = self._leases.pop(task_id, None)
-        if lease is not None and self.gpu is not None:
+        if lease is None or self.gpu is None:
+            self._releasing.discard(task_id)
+        else:
             # Retried as a run's end is: a holder is dropped only with its worker's heartbeat, so a
             # release Redis did not take (a connection lost as the run ended) held the device's slots
             # for as long as this worker lived, and a whole-device task waited for them for ever.
@@ -561,6 +563,10 @@ class Executor:
             if self.held.get(task_id) == record.job_id:
                 del self.held[task_id]
             if task_id in self._leases:  # not on a host without GPUs: no task for nothing
+                # Marked now, not by the release's task once it begins: a claim of the task's newer
+                # job in between (the run's entry is gone) took no lease of its own, the task
+                # holding one, and that lease was then released under the newer run.
+                self._releasing.add(task_id)
                 await asyncio.shield(self._release_lease(task_id))
 
     async def _after_earlier_run(
