@@ -305,6 +305,22 @@ async def test_a_newer_start_of_a_task_stops_its_earlier_run_in_the_same_worker_
     assert (await service.status(task_id))["status"] == "processing"
 
 
+async def test_a_run_whose_start_a_failover_lost_is_not_stopped_as_taken_over(start_service, redis):
+    # The record says `queued` under the run's own job: this worker may take that job again, and
+    # the run's end is then written.
+    service = await start_service()
+    executor = service.service._executor
+    assert executor is not None
+    task_id = (await service.submit("record_run", {"seconds": 600}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    running = executor.running[task_id]
+
+    await redis.hset(keys.task(task_id), mapping={"status": "queued", "worker_id": ""})
+    await executor.reconcile([task_id])
+
+    assert not running.cancelled
+
+
 async def test_a_gpu_task_started_again_as_its_earlier_runs_slots_are_released_runs_on_slots_of_its_own(
     start_service, redis, monkeypatch: pytest.MonkeyPatch
 ):

@@ -1268,12 +1268,7 @@ class Executor:
                 # Ended meanwhile (its end is written after it leaves `running`): its runner may
                 # run another task by now.
                 continue
-            elif status is not None and (status, worker_id, job_id) != (
-                TaskStatus.PROCESSING.value,
-                self.worker_id,
-                running.job_id,
-            ):
-                # No record (deleted with its project) leaves the run alone, as before.
+            elif self._taken_over(running, status, worker_id, job_id):
                 log.warning(
                     "task %s was started again since its run here (job %s) began (now %s, worker %s, "
                     "job %s); stopping this run, whose end would be refused",
@@ -1284,6 +1279,21 @@ class Executor:
                     job_id,
                 )
                 running.take_over(self.config.execution.cancel_grace)
+
+    def _taken_over(
+        self, running: _Running, status: str | None, worker_id: str | None, job_id: str | None
+    ) -> bool:
+        """Whether the record (`status`, `worker_id`, `job_id`) says that `running` is no longer the
+        task's run: another job's, another worker's, or ended. No record (deleted with its project)
+        and a record `queued` under the run's own job (a failover lost its start: this worker may
+        take the job again, and the run's end is written then) leave the run alone."""
+        if status is None:
+            return False
+        if job_id != running.job_id:
+            return True
+        if status == TaskStatus.PROCESSING.value:
+            return worker_id != self.worker_id
+        return status != TaskStatus.QUEUED.value
 
     async def listen(
         self,
