@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -15,9 +16,10 @@ from conftest import API_KEY, TERMINAL, child_env
 from redis_probes import alive
 
 from taskd import keys
-from taskd.config import QueueConfig, RetryConfig
+from taskd.config import GpuConfig, QueueConfig, RetryConfig, WorkerConfig
 from taskd.engine import reclaim
 from taskd.engine.executor import Executor, Outcome
+from taskd.gpu.devices import SimulatedBackend
 from taskd.model import TaskRecord, now
 from taskd.store.records import RunningTask
 from taskd.tasks.diagnostics import runs_path
@@ -273,6 +275,82 @@ async def test_a_task_requeued_while_its_runs_end_is_written_runs_again_only_aft
 
     assert second_began_before_the_first_end == [False]
     assert (body["status"], body["attempt"], body["result"]["attempt"]) == ("completed", 2, 2)
+
+
+async def test_a_newer_start_of_a_task_stops_its_earlier_run_in_the_same_worker_at_once(start_service, redis):
+    # Heartbeats far apart: their check of the record (Executor.reconcile) is not what stops it.
+    service = await start_service(
+        worker=WorkerConfig(heartbeat_interval=600, heartbeat_ttl=1800, poll_delay=0.5)
+    )
+    executor = service.service._executor
+    assert executor is not None
+    task_id = (await service.submit("record_run", {"seconds": 600}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    runs = runs_path(service.service.config.data_path)
+    while f"start {task_id} 1 " not in runs.read_text():
+        await asyncio.sleep(0.01)
+
+    await _requeued_as_a_lapsed_heartbeat_would(executor, await executor.store.get(task_id))
+    async with asyncio.timeout(30):
+        while f"start {task_id} 2 " not in runs.read_text():
+            await asyncio.sleep(0.05)
+
+    # Before, the newer start waited for the earlier run's own end, 600 s on.
+    pid = os.getpid()
+    assert runs.read_text().splitlines() == [
+        f"start {task_id} 1 {pid}",
+        f"stopped {task_id} 1 {pid}",
+        f"start {task_id} 2 {pid}",
+    ]
+    assert (await service.status(task_id))["status"] == "processing"
+
+
+async def test_a_run_whose_start_a_failover_lost_is_not_stopped_as_taken_over(start_service, redis):
+    # The record says `queued` under the run's own job: this worker may take that job again, and
+    # the run's end is then written.
+    service = await start_service()
+    executor = service.service._executor
+    assert executor is not None
+    task_id = (await service.submit("record_run", {"seconds": 600}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    running = executor.running[task_id]
+
+    await redis.hset(keys.task(task_id), mapping={"status": "queued", "worker_id": ""})
+    await executor.reconcile([task_id])
+
+    assert not running.cancelled
+
+
+async def test_a_gpu_task_started_again_as_its_earlier_runs_slots_are_released_runs_on_slots_of_its_own(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    # The release of the earlier run's slots begins late (a busy loop): the worker's poll comes
+    # first and sees the task's job queued again, its earlier run over.
+    release_lease = Executor._release_lease
+    released: list[str] = []
+
+    async def late(executor: Executor, task_id: str, **kwargs: Any) -> None:
+        await asyncio.sleep(1)
+        await release_lease(executor, task_id, **kwargs)
+        released.append(task_id)
+
+    monkeypatch.setattr(Executor, "_release_lease", late)
+    service = await start_service(gpu_backend=SimulatedBackend(1), gpu=GpuConfig(slots=2))
+    executor = service.service._executor
+    assert executor is not None
+    task_id = (await service.submit("gpu_hold", {"seconds": 600}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+
+    await _requeued_as_a_lapsed_heartbeat_would(executor, await executor.store.get(task_id))
+    async with asyncio.timeout(60):
+        while task_id not in released or executor.running.get(task_id) is None:
+            await asyncio.sleep(0.01)
+    async with service.client.get("/api/v1/health") as response:
+        gpus = (await response.json())["gpus"]
+
+    # Before, the newer run took no slots (the task held some), and the earlier run's were released
+    # under it: it ran on a device whose slot the next GPU task was given.
+    assert [list(gpu["running"]) for gpu in gpus] == [[task_id]]
 
 
 async def test_a_start_waiting_for_its_earlier_runs_end_is_handed_back_when_the_worker_stops(

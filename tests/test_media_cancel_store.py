@@ -16,6 +16,7 @@ import pytest
 from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, FileServer, png, sine_wav
 from fake_payload import FakePayload
 
+from taskd import keys
 from taskd.config import (
     ExecutionConfig,
     ImageProvider,
@@ -198,6 +199,28 @@ async def test_a_task_that_completes_after_a_cancel_its_worker_did_not_hear_leav
     assert (body["status"], body["result"]) == ("cancelled", None)
     assert len(fakes.cms.uploads) == 1  # the CMS document is the CMS's: docs/media.md
     assert stored_files(service) == []
+
+
+async def test_a_run_whose_task_another_worker_started_since_stores_no_file(
+    start_service, fakes, tmp_path, redis
+):
+    fakes.images.delay = 5  # the answer comes once the record names another run
+    # Heartbeats far apart: the run learns it was taken over when its `storing_media` is refused.
+    service = await start(
+        start_service, fakes, tmp_path, worker=WorkerConfig(heartbeat_interval=60, heartbeat_ttl=180)
+    )
+    task = await service.submit("generate_image", MEDIA_TASKS["generate_image"](fakes), project_id=PROJECT)
+    async with asyncio.timeout(60):
+        while not fakes.images.requests:
+            await asyncio.sleep(0.02)
+
+    # As another worker's take of the task, queued again while this worker stalled, writes it.
+    await redis.hset(keys.task(task["task_id"]), mapping={"worker_id": "worker-b", "job_id": "job-b"})
+    await service.wait_idle()
+
+    # Before, the older run went on and stored its file under the newer run's name.
+    assert stored_files(service) == []
+    assert (await service.status(task["task_id"]))["status"] == "processing"
 
 
 async def test_a_hard_time_limit_reached_while_the_output_is_stored_fails_the_task_for_the_hard_limit(

@@ -237,9 +237,17 @@ async def _handler_run(
 class _Running:
     """A task running in this process, and how to stop it."""
 
-    def __init__(self, task: asyncio.Task[Any] | None = None, runner: Runner | None = None) -> None:
+    def __init__(
+        self, task: asyncio.Task[Any] | None = None, runner: Runner | None = None, job_id: str | None = None
+    ) -> None:
         self.task = task
         self.runner = runner
+        # The arq job of the run: the record names it while the run is the task's current one.
+        self.job_id = job_id
+        # Stopped because the task was started again since (here or by another worker): a run
+        # whose end the scripts would refuse; it writes nothing and keeps the media it stored,
+        # which the newer run stores under the same names.
+        self.taken_over = False
         # The processes a coroutine handler started (ffmpeg, espeak-ng, a plugin's tools).
         self.tree: ProcessTree | None = None
         self.cancelled = False
@@ -273,6 +281,13 @@ class _Running:
             # cancelled at its current await, so its `finally` cleanup runs meanwhile.
             self.tree.terminate(grace)
         self._cancel_handler()
+
+    def take_over(self, grace: float) -> None:
+        """The task was started again since: stop this run as a cancel stops it."""
+        if not self.taken_over:
+            self.taken_over = True
+            if not self.cancelled:
+                self.cancel(grace)
 
     def stop_for(self, reason: str) -> None:
         """A limit was passed: kill the task's processes now and cancel the handler."""
@@ -479,7 +494,9 @@ class Executor:
 
     async def _release_lease(self, task_id: str, *, wake: bool = True) -> None:
         lease = self._leases.pop(task_id, None)
-        if lease is not None and self.gpu is not None:
+        if lease is None or self.gpu is None:
+            self._releasing.discard(task_id)
+        else:
             # Retried as a run's end is: a holder is dropped only with its worker's heartbeat, so a
             # release Redis did not take (a connection lost as the run ended) held the device's slots
             # for as long as this worker lived, and a whole-device task waited for them for ever.
@@ -525,6 +542,12 @@ class Executor:
         self._runs[task_id] = (record.job_id, over)
         lease = self._leases.get(task_id)  # taken by the claim, before the run
         try:
+            if earlier is not None:
+                # The earlier run is stale: its end would be refused. Stopped now, as a cancel stops
+                # it, rather than let run to its own end (up to its hard limit) while this start waits.
+                stale = self.running.get(task_id)
+                if stale is not None and stale.job_id != record.job_id:
+                    stale.take_over(self.config.execution.cancel_grace)
             if earlier is not None and not await self._after_earlier_run(record, earlier[1], deadline):
                 return False
             with tracing.run_span(record, None if lease is None else str(lease.device)):
@@ -540,6 +563,10 @@ class Executor:
             if self.held.get(task_id) == record.job_id:
                 del self.held[task_id]
             if task_id in self._leases:  # not on a host without GPUs: no task for nothing
+                # Marked now, not by the release's task once it begins: a claim of the task's newer
+                # job in between (the run's entry is gone) took no lease of its own, the task
+                # holding one, and that lease was then released under the newer run.
+                self._releasing.add(task_id)
                 await asyncio.shield(self._release_lease(task_id))
 
     async def _after_earlier_run(
@@ -637,7 +664,7 @@ class Executor:
             return await self._record(record, Outcome("cancelled"))
         if record.attempt > 1:
             await self._remove_earlier_scratch(task_id)
-        running = _Running()
+        running = _Running(job_id=record.job_id)
         self.running[task_id] = running
         lease = self._leases.get(task_id)
         device = None if lease is None else str(lease.device)
@@ -660,6 +687,15 @@ class Executor:
             outcome = Outcome("retry" if retry else "failed", error=error, traceback=traceback.format_exc())
         finally:
             self.running.pop(task_id, None)
+        if running.taken_over:
+            # Its end would be refused; its media are the newer run's names, not to be withdrawn.
+            log.info(
+                "task %s: run under job %s stopped, the task having been started again since; "
+                "nothing written",
+                task_id,
+                record.job_id,
+            )
+            return False
         # A result refused for its size fails the task here, before its media's fate is decided:
         # no result will name what the run stored.
         outcome = self._storable(outcome)
@@ -1207,21 +1243,57 @@ class Executor:
         )
 
     async def reconcile(self, task_ids: Iterable[str] | None = None) -> None:
-        """Stop every task running here (or those of `task_ids`) whose record says `cancelled`.
+        """Stop every task running here (or those of `task_ids`) whose record says `cancelled`, or
+        no longer names this worker and the run's job (the task was taken over: this worker stalled
+        past its heartbeat TTL and another run started since).
 
         The cancel channel is the fast path; this is the one that cannot be lost. It runs on every
         refused progress write and on every heartbeat, so a cancel published while this process's
-        subscriber was disconnected stops the task within one heartbeat interval.
+        subscriber was disconnected stops the task within one heartbeat interval, and so does a
+        take-over, of which nothing is published.
         """
-        ids = [
-            task_id for task_id in (self.running if task_ids is None else task_ids) if task_id in self.running
+        runs = [
+            (task_id, running)
+            for task_id in (self.running if task_ids is None else task_ids)
+            if (running := self.running.get(task_id)) is not None
         ]
-        if not ids:
+        if not runs:
             return
-        for task_id, status in zip(ids, await self.store.statuses(ids), strict=True):
+        now_are = await self.store.runners([task_id for task_id, _ in runs])
+        for (task_id, running), (status, worker_id, job_id) in zip(runs, now_are, strict=True):
             if status == TaskStatus.CANCELLED.value:
                 log.info("task %s is cancelled in its record; stopping it", task_id)
                 self.cancel_local(task_id)
+            elif self.running.get(task_id) is not running:
+                # Ended meanwhile (its end is written after it leaves `running`): its runner may
+                # run another task by now.
+                continue
+            elif self._taken_over(running, status, worker_id, job_id):
+                log.warning(
+                    "task %s was started again since its run here (job %s) began (now %s, worker %s, "
+                    "job %s); stopping this run, whose end would be refused",
+                    task_id,
+                    running.job_id,
+                    status,
+                    worker_id,
+                    job_id,
+                )
+                running.take_over(self.config.execution.cancel_grace)
+
+    def _taken_over(
+        self, running: _Running, status: str | None, worker_id: str | None, job_id: str | None
+    ) -> bool:
+        """Whether the record (`status`, `worker_id`, `job_id`) says that `running` is no longer the
+        task's run: another job's, another worker's, or ended. No record (deleted with its project)
+        and a record `queued` under the run's own job (a failover lost its start: this worker may
+        take the job again, and the run's end is written then) leave the run alone."""
+        if status is None:
+            return False
+        if job_id != running.job_id:
+            return True
+        if status == TaskStatus.PROCESSING.value:
+            return worker_id != self.worker_id
+        return status != TaskStatus.QUEUED.value
 
     async def listen(
         self,

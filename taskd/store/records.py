@@ -1131,6 +1131,15 @@ class TaskStore:
         raw = await self.field_of_each(task_ids, "status")
         return [None if value is None else value.decode() for value in raw]
 
+    async def runners(self, task_ids: list[str]) -> list[tuple[str | None, str | None, str | None]]:
+        """The status, worker and job of each task in its record (Nones where there is no record), in
+        one round trip: whose run the record holds, as the scripts that write a run's end check it."""
+        raw = await self._per_task(
+            task_ids, lambda pipe, task_id: pipe.hmget(keys.task(task_id), "status", "worker_id", "job_id")
+        )
+        decoded = [[None if value is None else value.decode() for value in row] for row in raw]
+        return [(status, worker_id, job_id) for status, worker_id, job_id in decoded]
+
     async def finish(
         self,
         record: TaskRecord,

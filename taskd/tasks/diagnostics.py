@@ -87,13 +87,19 @@ def runs_path(data_dir: Path) -> Path:
 
 
 async def record_run(ctx: TaskContext, data: RecordRunInput) -> dict[str, Any]:
-    """Append `start`, wait `seconds`, append `end` to the runs file: what fault tests count runs with."""
+    """Append `start`, wait `seconds`, append `end` (`stopped` when the wait is cancelled) to the runs
+    file: what fault tests count runs with."""
     path = runs_path(ctx.config.data_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = f"{ctx.task_id} {ctx.attempt} {os.getpid()}\n"
     with path.open("a") as runs:  # one short O_APPEND write per line: lines never interleave
         runs.write("start " + line)
-    await asyncio.sleep(data.seconds)
+    try:
+        await asyncio.sleep(data.seconds)
+    except asyncio.CancelledError:
+        with path.open("a") as runs:
+            runs.write("stopped " + line)
+        raise
     with path.open("a") as runs:
         runs.write("end " + line)
     return {"attempt": ctx.attempt, "pid": os.getpid()}

@@ -1,5 +1,6 @@
 """SIGKILL of `taskd serve` and of one of three `taskd worker` processes loses no task and no webhook;
-a worker stopped (SIGSTOP) past its heartbeat TTL runs its task again only after the first run."""
+a worker stopped (SIGSTOP) past its heartbeat TTL stops its run of a task started again since, by it
+or by another worker, once it goes on."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import aiohttp
 from faultkit import Api, Receiver, child_env, runs
 
 from taskd.embedded import EmbeddedValkey
+from taskd.tasks.diagnostics import marker_path
 
 
 async def test_serve_killed_mid_run_finishes_every_task_once_after_restart(spawn_taskd, tmp_path):
@@ -87,10 +89,11 @@ async def test_a_task_requeued_while_its_stopped_worker_ran_it_runs_again_there_
     spawn_taskd, tmp_path
 ):
     # A worker stopped (SIGSTOP: a paused VM, a stalled event loop) past its heartbeat TTL: the
-    # reclaim queues its task again while that run is still going; once the worker goes on, its
-    # own take starts the task again. That newer start waits for the older run's end (refused: the
-    # task is another job's now), then runs: the record holds the second run's attempt and result.
-    # Before, the worker skipped the newer start and the older run's end was written under it.
+    # reclaim queues its task again while that run is still going; once the worker goes on, it
+    # stops that run (its end would be refused: the task is another job's now) and its own take
+    # starts the task again: the record holds the second run's attempt and result. Before, the
+    # worker skipped the newer start and the older run's end was written under it; then the newer
+    # start waited for the whole older run.
     data = tmp_path / "data"
     env = child_env(data)
     async with asyncio.timeout(90), aiohttp.ClientSession() as session:
@@ -108,7 +111,65 @@ async def test_a_task_requeued_while_its_stopped_worker_ran_it_runs_again_there_
     assert (body["status"], body["attempt"], body["result"]["attempt"]) == ("completed", 2, 2)
     assert [(event, attempt) for event, _, attempt, _ in runs(data)] == [
         ("start", 1),
-        ("end", 1),
+        ("stopped", 1),
         ("start", 2),
         ("end", 2),
     ]
+
+
+async def test_a_stopped_workers_run_of_a_task_another_worker_started_since_is_stopped_once_it_goes_on(
+    spawn_taskd, tmp_path
+):
+    # Nothing is published when another worker takes the task: the stalled worker learns it from
+    # the record at its first heartbeat once it goes on. Before, both runs went on to their ends.
+    data = tmp_path / "data"
+    env = child_env(data)
+    async with asyncio.timeout(120), aiohttp.ClientSession() as session:
+        api = Api(session, spawn_taskd("serve", "--no-worker", env=env).base_url)
+        stalled = spawn_taskd("worker", env=env, wait_listening=False)
+        task_id = await api.submit("record_run", {"seconds": 600})
+        await api.wait_all([task_id], lambda b: b["status"] == "processing")
+        stalled.proc.send_signal(signal.SIGSTOP)
+        try:
+            spawn_taskd("worker", env=env, wait_listening=False)
+            await api.wait_all([task_id], lambda b: (b["status"], b["attempt"]) == ("processing", 2))
+        finally:
+            stalled.proc.send_signal(signal.SIGCONT)
+        while ("stopped", 1) not in [(event, attempt) for event, _, attempt, _ in runs(data)]:
+            await asyncio.sleep(0.1)
+        await api.call("DELETE", f"/api/v1/tasks/{task_id}")
+
+    rows = [(event, attempt, pid) for event, _, attempt, pid in runs(data)]
+    assert ("stopped", 1, stalled.proc.pid) in rows
+    assert ("end", 1, stalled.proc.pid) not in rows
+
+
+async def test_a_stopped_workers_job_process_of_a_task_another_worker_started_since_is_terminated(
+    spawn_taskd, tmp_path
+):
+    # A task run in a job process: stopped as a cancel stops it (SIGTERM, the handler's Cancelled).
+    data = tmp_path / "data"
+    env = child_env(data)
+    async with asyncio.timeout(120), aiohttp.ClientSession() as session:
+        api = Api(session, spawn_taskd("serve", "--no-worker", env=env).base_url)
+        stalled = spawn_taskd("worker", env=env, wait_listening=False)
+        task_id = await api.submit("cpu", {"seconds": 120})
+        await api.wait_all([task_id], lambda b: b["status"] == "processing")
+        started = marker_path(data, task_id, "started")
+        while not started.exists():
+            await asyncio.sleep(0.1)
+        older = started.read_text()
+        stalled.proc.send_signal(signal.SIGSTOP)
+        try:
+            spawn_taskd("worker", env=env, wait_listening=False)
+            await api.wait_all([task_id], lambda b: (b["status"], b["attempt"]) == ("processing", 2))
+        finally:
+            stalled.proc.send_signal(signal.SIGCONT)
+        terminated = marker_path(data, task_id, "sigterm")
+        while not terminated.exists():
+            await asyncio.sleep(0.1)
+        body = await api.status(task_id)
+        await api.call("DELETE", f"/api/v1/tasks/{task_id}")
+
+    assert terminated.read_text() == older
+    assert (body["status"], body["attempt"]) == ("processing", 2)
