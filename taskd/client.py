@@ -354,6 +354,7 @@ class Health:
     queue_sizes: dict[str, int]
     system_load: dict[str, Any]
     uptime: int
+    redis_note: str | None = None  # Redis answers but refuses writes: which partition, and why
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
 

@@ -475,6 +475,9 @@ class ServiceHealth:
         ),
     )
     gpu_note: str | Absent = attrs.field(default=ABSENT, metadata=meta("When no worker host has a GPU"))
+    redis_note: str | Absent = attrs.field(
+        default=ABSENT, metadata=meta("When Redis answers but refuses writes (status degraded)")
+    )
 
 
 @attrs.frozen

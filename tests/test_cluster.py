@@ -179,6 +179,29 @@ async def test_with_three_partitions_a_dead_workers_task_is_taken_back_while_ano
     assert body["last_error"] == "worker gone died while running the task"
 
 
+async def test_with_three_partitions_a_full_shard_of_another_partition_makes_the_health_degraded_naming_it(
+    start_service, valkey_url, cluster
+):
+    # The node of partition 0 takes writes: only a write to each partition's node tells.
+    running = await start_service(redis=RedisConfig(url=valkey_url, partitions=3))
+    with cluster.client() as client:
+        port = client.get_node_from_key(keys.partition_prefix(2)).port
+    (full,) = [node for node in cluster.primaries if node.port == port]
+    with full.client() as client:
+        client.config_set("maxmemory", 1)  # noeviction: every write there answers OOM
+    try:
+        async with running.client.get("/api/v1/health") as response:
+            body = await response.json()
+    finally:
+        with full.client() as client:
+            client.config_set("maxmemory", 0)
+
+    assert (body["status"], body["redis_status"]) == ("degraded", "connected")
+    assert body["redis_note"].startswith(
+        "Redis refuses writes (partition 2's Redis: it is full (maxmemory reached, policy noeviction))"
+    )
+
+
 async def test_a_queued_task_is_cancelled_and_never_starts(start_service):
     api_only = await start_service(workers=False)
     task = await api_only.submit("generate_video", {"duration": 7})
