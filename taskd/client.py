@@ -370,6 +370,7 @@ class Alert:
     worker_id: str | None = None
     queue: str | None = None  # `queue_without_worker`
     setting: str | None = None  # `settings_mismatch`
+    partition: int | None = None  # `redis_*` on a cluster: the lowest partition of the shard
 
 
 @attrs.frozen

@@ -56,7 +56,7 @@ from taskd.redis_conn import (
     tls_hint,
     wait_until_answers,
 )
-from taskd.redis_memory import eviction_risk, read_memory
+from taskd.redis_memory import eviction_risk, read_every_node, redis_of
 from taskd.redis_needs import check_commands
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
@@ -219,9 +219,11 @@ class Service:
         await layout.check_partitions(redis)
         await check_commands(redis)
         # A managed Redis often comes with an evicting policy (allkeys-lru, volatile-lru): said at
-        # every start, as /api/v1/tasks/health says it, rather than learnt from lost tasks.
-        if (memory := await read_memory(redis)) is not None and (risk := eviction_risk(memory)):
-            log.warning("%s", risk)
+        # every start, as /api/v1/tasks/health says it, rather than learnt from lost tasks. Each
+        # partition's server: a cluster's shards each have their own policy.
+        for node in await read_every_node(partition_clients):
+            if node.memory is not None and (risk := eviction_risk(node.memory, redis_of(node.partition))):
+                log.warning("%s", risk)
         # Before anything stamps a time: every process's times on Redis's clock (taskd/clock.py).
         redis_clock = RedisClock(redis)
         await redis_clock.follow()

@@ -179,27 +179,88 @@ async def test_with_three_partitions_a_dead_workers_task_is_taken_back_while_ano
     assert body["last_error"] == "worker gone died while running the task"
 
 
+@contextlib.contextmanager
+def _shard_of_partition(cluster: ValkeyCluster, partition: int, **settings: str | int) -> Iterator[None]:
+    """The primary serving `partition`'s slot with its CONFIG `settings` (maxmemory=1: every write
+    there answers OOM), put back as the cluster was made (no maxmemory, noeviction) after."""
+    with cluster.client() as client:
+        port = client.get_node_from_key(keys.partition_prefix(partition)).port
+    (node,) = [node for node in cluster.primaries if node.port == port]
+    with node.client() as client:
+        for name, value in settings.items():
+            client.config_set(name.replace("_", "-"), value)
+    try:
+        yield
+    finally:
+        with node.client() as client:
+            client.config_set("maxmemory", 0)
+            client.config_set("maxmemory-policy", "noeviction")
+
+
 async def test_with_three_partitions_a_full_shard_of_another_partition_makes_the_health_degraded_naming_it(
     start_service, valkey_url, cluster
 ):
     # The node of partition 0 takes writes: only a write to each partition's node tells.
     running = await start_service(redis=RedisConfig(url=valkey_url, partitions=3))
-    with cluster.client() as client:
-        port = client.get_node_from_key(keys.partition_prefix(2)).port
-    (full,) = [node for node in cluster.primaries if node.port == port]
-    with full.client() as client:
-        client.config_set("maxmemory", 1)  # noeviction: every write there answers OOM
-    try:
+    with _shard_of_partition(cluster, 2, maxmemory=1):
         async with running.client.get("/api/v1/health") as response:
             body = await response.json()
-    finally:
-        with full.client() as client:
-            client.config_set("maxmemory", 0)
 
     assert (body["status"], body["redis_status"]) == ("degraded", "connected")
     assert body["redis_note"].startswith(
         "Redis refuses writes (partition 2's Redis: it is full (maxmemory reached, policy noeviction))"
     )
+
+
+async def test_with_three_partitions_a_full_shard_of_another_partition_raises_its_memory_alert(
+    start_service, valkey_url, cluster
+):
+    running = await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=3))
+    with _shard_of_partition(cluster, 2, maxmemory=1):
+        async with running.client.get("/api/v1/tasks/health") as response:
+            body = await response.json()
+
+    [alert] = [alert for alert in body["alerts"] if alert["metric"] == "redis_memory"]
+    assert (body["status"], alert["severity"], alert["partition"]) == ("critical", "critical", 2)
+    assert alert["message"].startswith("Partition 2's Redis memory at ")
+
+
+async def test_with_three_partitions_an_evicting_shard_of_another_partition_raises_its_eviction_alert(
+    start_service, valkey_url, cluster
+):
+    running = await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=3))
+    with _shard_of_partition(cluster, 1, maxmemory="1gb", maxmemory_policy="allkeys-lru"):
+        async with running.client.get("/api/v1/tasks/health") as response:
+            body = await response.json()
+
+    [alert] = [alert for alert in body["alerts"] if alert["metric"] == "redis_eviction"]
+    assert (alert["severity"], alert["partition"]) == ("warning", 1)
+    assert alert["message"].startswith("Partition 1's Redis maxmemory-policy is allkeys-lru: ")
+
+
+async def test_with_three_partitions_an_evicting_shard_of_another_partition_is_warned_of_at_start(
+    start_service, valkey_url, cluster, caplog
+):
+    keys.configure_partitions(3)  # as the start will: the shard is found by its partition's tag
+    with _shard_of_partition(cluster, 1, maxmemory="1gb", maxmemory_policy="allkeys-lru"):
+        await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=3))
+
+    assert any(
+        record.getMessage().startswith("Partition 1's Redis maxmemory-policy is allkeys-lru: ")
+        for record in caplog.records
+    )
+
+
+async def test_with_three_partitions_the_redis_memory_gauges_are_the_fullest_shards(
+    start_service, valkey_url, cluster
+):
+    running = await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=3))
+    with _shard_of_partition(cluster, 1, maxmemory="1gb"):
+        async with running.client.get("/metrics") as response:
+            text = await response.text()
+
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("taskd_redis_memory"))
+    assert float(lines["taskd_redis_memory_max_bytes"]) == 1024**3
 
 
 async def test_a_queued_task_is_cancelled_and_never_starts(start_service):

@@ -13,9 +13,7 @@ from taskd import agreement, shapes
 from taskd.alerts import (
     overall_status,
     queue_alerts,
-    redis_eviction_alerts,
-    redis_memory_alerts,
-    redis_persistence_alerts,
+    redis_node_alerts,
     settings_alerts,
 )
 from taskd.heartbeat import live_workers
@@ -26,7 +24,7 @@ from taskd.http.scope import Touches, touches, visible_tasks
 from taskd.http.views import gpu_reading, stamp
 from taskd.model import now
 from taskd.redis_conn import distinct_partitions, writes_refused
-from taskd.redis_memory import eviction_risk, read_memory, read_persistence_failure
+from taskd.redis_memory import read_every_node
 
 routes = web.RouteTableDef()
 
@@ -151,10 +149,7 @@ async def queue_health(request: web.Request) -> web.Response:
     named = await visible_tasks(request, [*running, *(str(event.get("task_id")) for event in recycles)])
     waiting = await api.queue.waiting(api.queue_names)
     alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named, waiting)
-    if (redis_memory := await read_memory(api.redis)) is not None:
-        alerts += redis_memory_alerts(redis_memory.used, redis_memory.limit)
-        alerts += redis_eviction_alerts(eviction_risk(redis_memory), redis_memory.share)
-    alerts += redis_persistence_alerts(await read_persistence_failure(api.redis))
+    alerts += redis_node_alerts(await read_every_node(api.store.clients))
     alerts += settings_alerts(
         agreement.differences(await agreement.read(api.redis, api.config.worker.heartbeat_ttl))
     )
