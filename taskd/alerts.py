@@ -47,11 +47,15 @@ class Alert:
 
 
 def _failure_rate(metrics: Metrics) -> list[Alert]:
-    rate = metrics.failure_rate
+    # The exact share, not `metrics.failure_rate` (rounded to one decimal for the metrics body):
+    # 201 failures of 2,001 tasks (10.045 %) rounded to 10.0 and raised nothing.
+    if not metrics.total_tasks:
+        return []
+    rate = 100.0 * metrics.failed_tasks / metrics.total_tasks
     if rate > FAILURE_RATE_CRITICAL:
-        return [Alert("critical", f"Critical failure rate: {rate:.2f}%", "failure_rate", rate)]
+        return [Alert("critical", f"Critical failure rate: {rate:.2f}%", "failure_rate", round(rate, 2))]
     if rate > FAILURE_RATE_WARNING:
-        return [Alert("warning", f"Elevated failure rate: {rate:.2f}%", "failure_rate", rate)]
+        return [Alert("warning", f"Elevated failure rate: {rate:.2f}%", "failure_rate", round(rate, 2))]
     return []
 
 
