@@ -10,7 +10,8 @@ import attrs
 from taskd.agreement import Difference
 from taskd.heartbeat import WorkerInfo
 from taskd.model import Metrics
-from taskd.redis_memory import NodeState, eviction_risk, redis_of
+from taskd.redis_conn import redis_of
+from taskd.redis_memory import NodeState, eviction_risk
 
 FAILURE_RATE_WARNING, FAILURE_RATE_CRITICAL = 10.0, 20.0
 DURATION_WARNING, DURATION_CRITICAL = 8 * 60.0, 9.5 * 60.0

@@ -255,6 +255,12 @@ def distinct_partitions(clients: Sequence[Redis]) -> list[tuple[int, Redis]]:
     return sorted(distinct.values(), key=lambda pair: pair[0])
 
 
+def redis_of(partition: int | None) -> str:
+    """How a message names a Redis server: "Redis", or the one of a partition where the
+    partitions are on servers of their own (a cluster)."""
+    return "Redis" if partition is None else f"Partition {partition}'s Redis"
+
+
 async def serves_every_partition(clients: Sequence[Redis]) -> None:
     """Read a key of each partition through its client (taskd.keys.client_per_partition); raise what a
     read raises. A PING is not enough on a cluster: a node answers it while the slot of taskd's

@@ -90,12 +90,6 @@ async def read_persistence_failure(redis: Redis) -> str | None:
     return next((what for field, what in _PERSISTENCE_FAILURES if info.get(field) == "err"), None)
 
 
-def redis_of(partition: int | None) -> str:
-    """How a message names a Redis server: "Redis", or the one of a partition where the
-    partitions are on servers of their own (a cluster)."""
-    return "Redis" if partition is None else f"Partition {partition}'s Redis"
-
-
 @attrs.frozen
 class NodeState:
     """What one server of taskd's partitions says of its memory and its disk."""

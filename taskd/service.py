@@ -51,12 +51,14 @@ from taskd.queue.workers import WorkerPool
 from taskd.redis_conn import (
     connect,
     connect_partitions,
+    distinct_partitions,
     printable,
+    redis_of,
     refuse_cluster,
     tls_hint,
     wait_until_answers,
 )
-from taskd.redis_memory import eviction_risk, read_every_node, redis_of
+from taskd.redis_memory import eviction_risk, read_every_node
 from taskd.redis_needs import check_commands
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
@@ -217,7 +219,10 @@ class Service:
         await refuse_cluster(url, redis)
         await layout.upgrade(redis)
         await layout.check_partitions(redis)
-        await check_commands(redis)
+        # On a cluster each shard has its own ACL and rename-commands: each partition's is checked.
+        nodes = distinct_partitions(partition_clients)
+        for partition, client in nodes:
+            await check_commands(client, redis_of(partition if len(nodes) > 1 else None))
         # A managed Redis often comes with an evicting policy (allkeys-lru, volatile-lru): said at
         # every start, as /api/v1/tasks/health says it, rather than learnt from lost tasks. Each
         # partition's server: a cluster's shards each have their own policy.

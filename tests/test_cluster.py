@@ -23,7 +23,7 @@ from taskd import keys
 from taskd.config import ConfigError, RedisConfig, WebhooksConfig
 from taskd.providers.limits import ProviderLimits
 from taskd.redis_conn import connect, parse_cluster_url
-from taskd.service import Service
+from taskd.service import Service, StartFailed
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +261,30 @@ async def test_with_three_partitions_the_redis_memory_gauges_are_the_fullest_sha
 
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("taskd_redis_memory"))
     assert float(lines["taskd_redis_memory_max_bytes"]) == 1024**3
+
+
+async def test_with_three_partitions_a_shard_that_refuses_scripts_stops_start_up_naming_its_partition(
+    cluster, tmp_path
+):
+    # Each node has its own ACL: partition 0's allowing scripts told nothing of the others'.
+    keys.configure_partitions(3)  # as the start will: the shard is found by its partition's tag
+    with cluster.client() as client:
+        port = client.get_node_from_key(keys.partition_prefix(1)).port
+    for node in cluster.primaries:
+        with node.client() as client:
+            refused = ["-evalsha"] if node.port == port else []
+            client.execute_command("ACL", "SETUSER", "taskd", "on", ">pw", "~*", "&*", "+@all", *refused)
+    url = "redis+cluster://taskd:pw@" + ",".join(f"127.0.0.1:{node.port}" for node in cluster.primaries)
+    config = make_config(tmp_path, url, redis=RedisConfig(url=url, partitions=3))
+    try:
+        with pytest.raises(StartFailed) as caught:
+            await Service(config, http=True, workers=False).start()
+    finally:
+        for node in cluster.primaries:
+            with node.client() as client:
+                client.execute_command("ACL", "DELUSER", "taskd")
+
+    assert "CommandsRefused: Partition 1's Redis: EVALSHA of a script that publishes on" in str(caught.value)
 
 
 async def test_a_queued_task_is_cancelled_and_never_starts(start_service):
