@@ -115,7 +115,7 @@ async def test_while_redis_cannot_persist_the_service_health_is_degraded_saying_
     assert failing[1]["redis_note"].startswith(
         "Redis refuses writes (Redis: it cannot write to its disk (MISCONF))"
     )
-    assert (after["status"], "redis_note" in after) == ("healthy", False)
+    assert "redis_note" not in after  # (its status waits for the workers' next beats, refused meanwhile)
 
 
 async def test_while_redis_cannot_persist_the_log_says_so_once_not_once_per_request(
