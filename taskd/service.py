@@ -465,7 +465,7 @@ class Service:
         )
         if self._pool is not None:
             api.unready_queues = self._pool.unready
-        psutil.cpu_percent(interval=None)  # the first reading only primes the counter
+        self._background.append(asyncio.create_task(api.cpu_load.run(), name="cpu-load"))
         self._runner = web.AppRunner(
             create_app(api), access_log=None, keepalive_timeout=self.config.http.idle_timeout
         )

@@ -70,7 +70,7 @@ async def service_health(request: web.Request) -> web.Response:
     """Redis, live workers, queue sizes, system load (every worker host's GPUs) and uptime."""
     api = request.app[API]
     uptime = int(time.monotonic() - api.started_at)
-    cpu_percent = psutil.cpu_percent(interval=None)
+    cpu_percent = api.cpu_load.percent
     memory_percent = psutil.virtual_memory().percent
     if (refused := await _redis_refusals(api)) is None:
         # Without Redis no host's report can be read: the GPUs of the answering node, as NVML reads them.
