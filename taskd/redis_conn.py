@@ -272,7 +272,7 @@ async def serves_every_partition(clients: Sequence[Redis]) -> None:
 
 async def writes_refused(clients: Sequence[Redis], writer: str) -> dict[int, str]:
     """The partitions whose Redis refuses writes now (`refuses_writes`: full at its maxmemory, unable
-    to persist, a replica), each with Redis's words; empty when every one takes them. Raise what
+    to persist, a replica), each with why (`why_writes_refused`); empty when every one takes them. Raise what
     else a write raises (Redis unreachable, a partition's slot unserved or the cluster down): the
     write tells all that serves_every_partition's read does. Redis answers reads and PING while it
     refuses every write, so only a write tells: one SET a distinct client, of a key nothing reads
