@@ -10,6 +10,8 @@ import attrs
 from taskd.agreement import Difference
 from taskd.heartbeat import WorkerInfo
 from taskd.model import Metrics
+from taskd.redis_conn import redis_of
+from taskd.redis_memory import NodeState, eviction_risk
 
 FAILURE_RATE_WARNING, FAILURE_RATE_CRITICAL = 10.0, 20.0
 DURATION_WARNING, DURATION_CRITICAL = 8 * 60.0, 9.5 * 60.0
@@ -46,11 +48,15 @@ class Alert:
 
 
 def _failure_rate(metrics: Metrics) -> list[Alert]:
-    rate = metrics.failure_rate
+    # The exact share, not `metrics.failure_rate` (rounded to one decimal for the metrics body):
+    # 201 failures of 2,001 tasks (10.045 %) rounded to 10.0 and raised nothing.
+    if not metrics.total_tasks:
+        return []
+    rate = 100.0 * metrics.failed_tasks / metrics.total_tasks
     if rate > FAILURE_RATE_CRITICAL:
-        return [Alert("critical", f"Critical failure rate: {rate:.2f}%", "failure_rate", rate)]
+        return [Alert("critical", f"Critical failure rate: {rate:.2f}%", "failure_rate", round(rate, 2))]
     if rate > FAILURE_RATE_WARNING:
-        return [Alert("warning", f"Elevated failure rate: {rate:.2f}%", "failure_rate", rate)]
+        return [Alert("warning", f"Elevated failure rate: {rate:.2f}%", "failure_rate", round(rate, 2))]
     return []
 
 
@@ -141,8 +147,14 @@ def queue_alerts(
     ]
 
 
-def redis_memory_alerts(used: int, maxmemory: int) -> list[Alert]:
-    """A warning from 80 % of Redis's maxmemory, critical from 95 %; none without a maxmemory."""
+def _on(partition: int | None) -> dict[str, Any]:
+    # An alert about the server of some partitions (a cluster's shard) names the lowest of them.
+    return {} if partition is None else {"partition": partition}
+
+
+def redis_memory_alerts(used: int, maxmemory: int, partition: int | None = None) -> list[Alert]:
+    """A warning from 80 % of Redis's maxmemory, critical from 95 %; none without a maxmemory.
+    `partition`: the server's, where partitions are on servers of their own."""
     if maxmemory <= 0:
         return []
     share = used / maxmemory
@@ -151,31 +163,43 @@ def redis_memory_alerts(used: int, maxmemory: int) -> list[Alert]:
     severity = "critical" if share >= REDIS_MEMORY_CRITICAL_SHARE else "warning"
     percent = round(share * 100, 1)
     message = (
-        f"Redis memory at {percent}% of maxmemory ({used / 1024**2:.1f} of {maxmemory / 1024**2:.1f} MB); "
-        "when it is full new tasks are refused"
+        f"{redis_of(partition)} memory at {percent}% of maxmemory ({used / 1024**2:.1f} of "
+        f"{maxmemory / 1024**2:.1f} MB); when it is full new tasks are refused"
     )
-    extra = {"used_memory": used, "maxmemory": maxmemory}
+    extra = {"used_memory": used, "maxmemory": maxmemory, **_on(partition)}
     return [Alert(severity, message, "redis_memory", percent, extra)]
 
 
-def redis_eviction_alerts(risk: str | None, share: float | None) -> list[Alert]:
+def redis_eviction_alerts(risk: str | None, share: float | None, partition: int | None = None) -> list[Alert]:
     """An alert while Redis's maxmemory-policy may drop taskd's keys (`risk`, taskd.redis_memory):
     a warning, critical once its memory (`share` of maxmemory) is where keys are being dropped."""
     if risk is None:
         return []
     severity = "critical" if (share or 0.0) >= REDIS_MEMORY_CRITICAL_SHARE else "warning"
-    return [Alert(severity, risk, "redis_eviction", 1.0)]
+    return [Alert(severity, risk, "redis_eviction", 1.0, _on(partition))]
 
 
-def redis_persistence_alerts(failed: str | None) -> list[Alert]:
+def redis_persistence_alerts(failed: str | None, partition: int | None = None) -> list[Alert]:
     """Critical while Redis cannot write `failed` (its append-only file, a snapshot) to its disk."""
     if failed is None:
         return []
     message = (
-        f"Redis cannot write {failed} to its disk (full or failing): new tasks are refused and task "
-        "outcomes wait until it can; see its log"
+        f"{redis_of(partition)} cannot write {failed} to its disk (full or failing): new tasks are "
+        "refused and task outcomes wait until it can; see its log"
     )
-    return [Alert("critical", message, "redis_persistence", 1.0)]
+    return [Alert("critical", message, "redis_persistence", 1.0, _on(partition))]
+
+
+def redis_node_alerts(states: Iterable[NodeState]) -> list[Alert]:
+    """The memory, eviction and persistence alerts of each server of taskd's partitions."""
+    alerts = []
+    for state in states:
+        if (memory := state.memory) is not None:
+            alerts += redis_memory_alerts(memory.used, memory.limit, state.partition)
+            risk = eviction_risk(memory, redis_of(state.partition))
+            alerts += redis_eviction_alerts(risk, memory.share, state.partition)
+        alerts += redis_persistence_alerts(state.persistence_failure, state.partition)
+    return alerts
 
 
 def settings_alerts(differences: Iterable[Difference]) -> list[Alert]:

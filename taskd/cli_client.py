@@ -462,6 +462,8 @@ async def cmd_health(client: TaskClient, args: argparse.Namespace) -> int:
         f"service:  {printable(health.status)} (redis {printable(health.redis_status)}, "
         f"{health.worker_count} workers, up {health.uptime} s)"
     )
+    if health.redis_note:
+        print(f"redis:    {printable(health.redis_note)}")
     queue_sizes = sorted(health.queue_sizes.items())
     print("queues:   " + ", ".join(f"{printable(name)} {size}" for name, size in queue_sizes))
     gpus = health.system_load.get("gpu_utilization") or []

@@ -354,6 +354,7 @@ class Health:
     queue_sizes: dict[str, int]
     system_load: dict[str, Any]
     uptime: int
+    redis_note: str | None = None  # Redis answers but refuses writes: which partition, and why
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
 
@@ -369,6 +370,7 @@ class Alert:
     worker_id: str | None = None
     queue: str | None = None  # `queue_without_worker`
     setting: str | None = None  # `settings_mismatch`
+    partition: int | None = None  # `redis_*` on a cluster: the lowest partition of the shard
 
 
 @attrs.frozen

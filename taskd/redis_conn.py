@@ -248,13 +248,59 @@ def slot_elsewhere(message: str) -> bool:
     return message.startswith(_SLOT_ELSEWHERE) or any(words in message for words in _SLOT_ELSEWHERE_IN_SCRIPT)
 
 
+def distinct_partitions(clients: Sequence[Redis]) -> list[tuple[int, Redis]]:
+    """One (partition, client) per distinct client, the lowest partition of each: on one server
+    every partition has the same client, and one command there tells for all."""
+    distinct = {id(client): (partition, client) for partition, client in reversed(list(enumerate(clients)))}
+    return sorted(distinct.values(), key=lambda pair: pair[0])
+
+
+def redis_of(partition: int | None) -> str:
+    """How a message names a Redis server: "Redis", or the one of a partition where the
+    partitions are on servers of their own (a cluster)."""
+    return "Redis" if partition is None else f"Partition {partition}'s Redis"
+
+
 async def serves_every_partition(clients: Sequence[Redis]) -> None:
     """Read a key of each partition through its client (taskd.keys.client_per_partition); raise what a
     read raises. A PING is not enough on a cluster: a node answers it while the slot of taskd's
     partition is unserved or the cluster is down, when every command with a key fails."""
-    # On one server every partition has the same client: one read tells for all.
-    distinct = {id(client): (partition, client) for partition, client in reversed(list(enumerate(clients)))}
-    await asyncio.gather(*(client.exists(keys.metrics(partition)) for partition, client in distinct.values()))
+    await asyncio.gather(
+        *(client.exists(keys.metrics(partition)) for partition, client in distinct_partitions(clients))
+    )
+
+
+async def writes_refused(clients: Sequence[Redis], writer: str) -> dict[int, str]:
+    """The partitions whose Redis refuses writes now (`refuses_writes`: full at its maxmemory, unable
+    to persist, a replica), each with why (`why_writes_refused`); empty when every one takes them. Raise what
+    else a write raises (Redis unreachable, a partition's slot unserved or the cluster down): the
+    write tells all that serves_every_partition's read does. Redis answers reads and PING while it
+    refuses every write, so only a write tells: one SET a distinct client, of a key nothing reads
+    (keys.writes_taken), which a refusing Redis refuses as it refuses a submit."""
+    distinct = distinct_partitions(clients)
+    replies = await asyncio.gather(
+        *(
+            client.set(keys.writes_taken(partition), writer, px=keys.WRITES_TAKEN_TTL_MS)
+            for partition, client in distinct
+        ),
+        return_exceptions=True,
+    )
+    refused = {}
+    for (partition, _), reply in zip(distinct, replies, strict=True):
+        if isinstance(reply, BaseException):
+            if not refuses_writes(reply):
+                raise reply
+            refused[partition] = why_writes_refused(reply)
+    return refused
+
+
+def why_writes_refused(exc: BaseException) -> str:
+    """Why Redis refuses writes, in taskd's words, for an error that `refuses_writes`."""
+    if isinstance(exc, OutOfMemoryError):
+        return "it is full (maxmemory reached, policy noeviction)"
+    if isinstance(exc, ReadOnlyError):
+        return "it is a read-only replica"
+    return "it cannot write to its disk (MISCONF)"
 
 
 # How a Redis URL is printed: its password and credential query values masked.

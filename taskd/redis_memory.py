@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import attrs
 from redis.asyncio import Redis
+
+from taskd.redis_conn import distinct_partitions
 
 log = logging.getLogger("taskd")
 
@@ -40,12 +43,13 @@ class RedisMemory:
         return self.limit > 0 and self.policy != NO_EVICTION
 
 
-def eviction_risk(memory: RedisMemory) -> str | None:
-    """What taskd loses to Redis's maxmemory-policy, or None when Redis never drops a key."""
+def eviction_risk(memory: RedisMemory, who: str = "Redis") -> str | None:
+    """What taskd loses to Redis's maxmemory-policy, or None when Redis never drops a key; `who`
+    names the server (`redis_of`)."""
     if not memory.evicts:
         return None
     return (
-        f"Redis maxmemory-policy is {memory.policy}: once at its maxmemory it drops keys, and tasks, "
+        f"{who} maxmemory-policy is {memory.policy}: once at its maxmemory it drops keys, and tasks, "
         "queued jobs and webhooks are lost without a word; set maxmemory-policy noeviction "
         "(docs/production.md, Redis)"
     )
@@ -84,3 +88,33 @@ async def read_persistence_failure(redis: Redis) -> str | None:
         log.debug("reading redis persistence failed: %s", exc)
         return None
     return next((what for field, what in _PERSISTENCE_FAILURES if info.get(field) == "err"), None)
+
+
+@attrs.frozen
+class NodeState:
+    """What one server of taskd's partitions says of its memory and its disk."""
+
+    # None on one server (every partition there); else the lowest partition the server holds.
+    partition: int | None
+    memory: RedisMemory | None
+    persistence_failure: str | None
+
+
+async def read_every_node(clients: Sequence[Redis]) -> list[NodeState]:
+    """`read_memory` and `read_persistence_failure` of the server of each partition (one read on one
+    server): on a cluster each shard has its own memory and disk, and one that is full or cannot
+    persist refuses the writes of its partitions alone, unseen from partition 0's."""
+    nodes = distinct_partitions(clients)
+
+    async def read(partition: int, client: Redis) -> NodeState:
+        named = partition if len(nodes) > 1 else None
+        return NodeState(named, await read_memory(client), await read_persistence_failure(client))
+
+    return list(await asyncio.gather(*(read(partition, client) for partition, client in nodes)))
+
+
+def fullest(states: Sequence[NodeState]) -> RedisMemory | None:
+    """The memory figures of the server nearest its maxmemory (without one anywhere: the one that
+    uses most), for the gauges that have one value; None when no server answered INFO."""
+    read = [state.memory for state in states if state.memory is not None]
+    return max(read, key=lambda memory: (memory.share or 0.0, memory.used), default=None)

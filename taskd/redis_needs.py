@@ -33,8 +33,9 @@ class CommandsRefused(RedisError):  # type: ignore[misc]
     """Redis lacks, or refuses taskd's user, a command taskd cannot work without."""
 
 
-async def check_commands(redis: Redis) -> None:
-    """Raise CommandsRefused naming each command Redis refused, in Redis's own words."""
+async def check_commands(redis: Redis, who: str = "Redis") -> None:
+    """Raise CommandsRefused naming each command Redis refused, in Redis's own words; `who` names
+    the server where it is one of several (taskd.redis_conn.redis_of)."""
     refused = []
     try:
         await redis.script_load(_PROBE)
@@ -47,4 +48,5 @@ async def check_commands(redis: Redis) -> None:
     except ResponseError as exc:
         refused.append(f"EVALSHA of a script that publishes on {keys.START_CHECK_CHANNEL}: {exc}")
     if refused:
-        raise CommandsRefused("; ".join([*refused, WHAT_TO_GRANT]))
+        message = "; ".join([*refused, WHAT_TO_GRANT])
+        raise CommandsRefused(message if who == "Redis" else f"{who}: {message}")

@@ -51,12 +51,14 @@ from taskd.queue.workers import WorkerPool
 from taskd.redis_conn import (
     connect,
     connect_partitions,
+    distinct_partitions,
     printable,
+    redis_of,
     refuse_cluster,
     tls_hint,
     wait_until_answers,
 )
-from taskd.redis_memory import eviction_risk, read_memory
+from taskd.redis_memory import eviction_risk, read_every_node
 from taskd.redis_needs import check_commands
 from taskd.sdnotify import Notifier
 from taskd.stopping import cancel_and_wait
@@ -217,11 +219,16 @@ class Service:
         await refuse_cluster(url, redis)
         await layout.upgrade(redis)
         await layout.check_partitions(redis)
-        await check_commands(redis)
+        # On a cluster each shard has its own ACL and rename-commands: each partition's is checked.
+        nodes = distinct_partitions(partition_clients)
+        for partition, client in nodes:
+            await check_commands(client, redis_of(partition if len(nodes) > 1 else None))
         # A managed Redis often comes with an evicting policy (allkeys-lru, volatile-lru): said at
-        # every start, as /api/v1/tasks/health says it, rather than learnt from lost tasks.
-        if (memory := await read_memory(redis)) is not None and (risk := eviction_risk(memory)):
-            log.warning("%s", risk)
+        # every start, as /api/v1/tasks/health says it, rather than learnt from lost tasks. Each
+        # partition's server: a cluster's shards each have their own policy.
+        for node in await read_every_node(partition_clients):
+            if node.memory is not None and (risk := eviction_risk(node.memory, redis_of(node.partition))):
+                log.warning("%s", risk)
         # Before anything stamps a time: every process's times on Redis's clock (taskd/clock.py).
         redis_clock = RedisClock(redis)
         await redis_clock.follow()
@@ -458,7 +465,7 @@ class Service:
         )
         if self._pool is not None:
             api.unready_queues = self._pool.unready
-        psutil.cpu_percent(interval=None)  # the first reading only primes the counter
+        self._background.append(asyncio.create_task(api.cpu_load.run(), name="cpu-load"))
         self._runner = web.AppRunner(
             create_app(api), access_log=None, keepalive_timeout=self.config.http.idle_timeout
         )

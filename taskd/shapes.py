@@ -475,6 +475,9 @@ class ServiceHealth:
         ),
     )
     gpu_note: str | Absent = attrs.field(default=ABSENT, metadata=meta("When no worker host has a GPU"))
+    redis_note: str | Absent = attrs.field(
+        default=ABSENT, metadata=meta("When Redis answers but refuses writes (status degraded)")
+    )
 
 
 @attrs.frozen
@@ -541,6 +544,12 @@ class Alert:
     maxmemory: int | Absent = attrs.field(default=ABSENT, metadata=meta("`redis_memory`: bytes"))
     queue: str | Absent = attrs.field(default=ABSENT, metadata=meta("`queue_without_worker`"))
     setting: str | Absent = attrs.field(default=ABSENT, metadata=meta("`settings_mismatch`"))
+    partition: int | Absent = attrs.field(
+        default=ABSENT,
+        metadata=meta(
+            "`redis_*`, where partitions are on servers of their own: the server's lowest partition"
+        ),
+    )
 
 
 QueueStatus = Literal["healthy", "warning", "critical"]

@@ -27,6 +27,22 @@ def test_failure_rate_thresholds(failed, expected):
 
 
 @pytest.mark.parametrize(
+    ("failed", "total", "expected"),
+    [(200, 2000, "healthy"), (201, 2001, "warning"), (400, 2000, "warning"), (401, 2001, "critical")],
+)
+def test_failure_rate_thresholds_hold_past_the_metrics_rounding(failed, total, expected):
+    # 201 of 2,001 is 10.045 %, and 401 of 2,001 is 20.04 %: both above their threshold, while the
+    # metrics body's one-decimal rates say 10.0 and 20.0.
+    assert overall_status(queue_alerts(metrics(failed, total), {}, [], 0)) == expected
+
+
+def test_a_failure_rate_alert_says_the_rate_to_two_decimals():
+    (alert,) = queue_alerts(metrics(201, 2001), {}, [], 0)
+
+    assert (alert.message, alert.value) == ("Elevated failure rate: 10.04%", 10.04)
+
+
+@pytest.mark.parametrize(
     ("seconds", "expected"), [(480, "healthy"), (481, "warning"), (570, "warning"), (571, "critical")]
 )
 def test_task_duration_thresholds(seconds, expected):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import orjson
+import psutil
 from examples import TASK_DATA
 from redis.asyncio import Redis
 
 from taskd import keys
+from taskd.http import cpu_load
 
 
 async def get(service, path):
@@ -134,6 +137,19 @@ async def test_currently_running_counts_processing_tasks(taskd, fake_llm):
     _, body = await get(taskd, "/api/v1/tasks/metrics")
 
     assert body["metrics"]["currently_running"] == 1
+
+
+async def test_service_health_cpu_is_the_last_windows_however_often_it_is_asked(start_service, monkeypatch):
+    # psutil's reading runs from its previous call, whoever made it: read per request, a caller
+    # polling every few milliseconds left every other caller a window of milliseconds (0.0 or 100.0).
+    readings = itertools.count(1.0)
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None: next(readings))
+    monkeypatch.setattr(cpu_load, "SAMPLE_S", 3600.0)  # no window ends during the test
+    service = await start_service(workers=False)
+
+    answers = [await get(service, "/api/v1/health") for _ in range(3)]
+
+    assert [body["system_load"]["cpu_percent"] for _, body in answers] == [0.0, 0.0, 0.0]
 
 
 async def run_batch(taskd, completed: int, failed: int) -> None:

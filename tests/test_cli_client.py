@@ -337,6 +337,18 @@ async def test_health_exits_1_when_no_worker_is_alive(start_service):
     assert run.out.startswith("service:  degraded")
 
 
+async def test_health_exits_1_and_says_why_while_redis_refuses_writes(taskd, redis):
+    await redis.config_set("maxmemory", 1)  # noeviction: every write answers OOM
+    try:
+        run = await taskd_cli("health", url=taskd.base_url)
+    finally:
+        await redis.config_set("maxmemory", 0)
+
+    assert run.code == 1
+    assert run.out.startswith("service:  degraded")
+    assert "redis:    Redis refuses writes (Redis: it is full" in run.out
+
+
 async def test_the_key_is_read_from_the_data_dir_when_none_is_given(start_service, tmp_path: Path):
     taskd = await start_service(workers=False, auth=AuthConfig(api_keys=[]))  # taskd makes and keeps a key
 

@@ -23,7 +23,7 @@ from taskd import keys
 from taskd.config import ConfigError, RedisConfig, WebhooksConfig
 from taskd.providers.limits import ProviderLimits
 from taskd.redis_conn import connect, parse_cluster_url
-from taskd.service import Service
+from taskd.service import Service, StartFailed
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +193,114 @@ async def test_with_three_partitions_each_partitions_keeper_turn_is_taken_on_its
         nodes = {client.get_node_from_key(keys.keeper_turn(p)).port for p in range(3)}
 
     assert nodes == {node.port for node in cluster.primaries}
+
+
+@contextlib.contextmanager
+def _shard_of_partition(cluster: ValkeyCluster, partition: int, **settings: str | int) -> Iterator[None]:
+    """The primary serving `partition`'s slot with its CONFIG `settings` (maxmemory=1: every write
+    there answers OOM), put back as the cluster was made (no maxmemory, noeviction) after."""
+    with cluster.client() as client:
+        port = client.get_node_from_key(keys.partition_prefix(partition)).port
+    (node,) = [node for node in cluster.primaries if node.port == port]
+    with node.client() as client:
+        for name, value in settings.items():
+            client.config_set(name.replace("_", "-"), value)
+    try:
+        yield
+    finally:
+        with node.client() as client:
+            client.config_set("maxmemory", 0)
+            client.config_set("maxmemory-policy", "noeviction")
+
+
+async def test_with_three_partitions_a_full_shard_of_another_partition_makes_the_health_degraded_naming_it(
+    start_service, valkey_url, cluster
+):
+    # The node of partition 0 takes writes: only a write to each partition's node tells.
+    running = await start_service(redis=RedisConfig(url=valkey_url, partitions=3))
+    with _shard_of_partition(cluster, 2, maxmemory=1):
+        async with running.client.get("/api/v1/health") as response:
+            body = await response.json()
+
+    assert (body["status"], body["redis_status"]) == ("degraded", "connected")
+    assert body["redis_note"].startswith(
+        "Redis refuses writes (partition 2's Redis: it is full (maxmemory reached, policy noeviction))"
+    )
+
+
+async def test_with_three_partitions_a_full_shard_of_another_partition_raises_its_memory_alert(
+    start_service, valkey_url, cluster
+):
+    running = await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=3))
+    with _shard_of_partition(cluster, 2, maxmemory=1):
+        async with running.client.get("/api/v1/tasks/health") as response:
+            body = await response.json()
+
+    [alert] = [alert for alert in body["alerts"] if alert["metric"] == "redis_memory"]
+    assert (body["status"], alert["severity"], alert["partition"]) == ("critical", "critical", 2)
+    assert alert["message"].startswith("Partition 2's Redis memory at ")
+
+
+async def test_with_three_partitions_an_evicting_shard_of_another_partition_raises_its_eviction_alert(
+    start_service, valkey_url, cluster
+):
+    running = await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=3))
+    with _shard_of_partition(cluster, 1, maxmemory="1gb", maxmemory_policy="allkeys-lru"):
+        async with running.client.get("/api/v1/tasks/health") as response:
+            body = await response.json()
+
+    [alert] = [alert for alert in body["alerts"] if alert["metric"] == "redis_eviction"]
+    assert (alert["severity"], alert["partition"]) == ("warning", 1)
+    assert alert["message"].startswith("Partition 1's Redis maxmemory-policy is allkeys-lru: ")
+
+
+async def test_with_three_partitions_an_evicting_shard_of_another_partition_is_warned_of_at_start(
+    start_service, valkey_url, cluster, caplog
+):
+    keys.configure_partitions(3)  # as the start will: the shard is found by its partition's tag
+    with _shard_of_partition(cluster, 1, maxmemory="1gb", maxmemory_policy="allkeys-lru"):
+        await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=3))
+
+    assert any(
+        record.getMessage().startswith("Partition 1's Redis maxmemory-policy is allkeys-lru: ")
+        for record in caplog.records
+    )
+
+
+async def test_with_three_partitions_the_redis_memory_gauges_are_the_fullest_shards(
+    start_service, valkey_url, cluster
+):
+    running = await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=3))
+    with _shard_of_partition(cluster, 1, maxmemory="1gb"):
+        async with running.client.get("/metrics") as response:
+            text = await response.text()
+
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("taskd_redis_memory"))
+    assert float(lines["taskd_redis_memory_max_bytes"]) == 1024**3
+
+
+async def test_with_three_partitions_a_shard_that_refuses_scripts_stops_start_up_naming_its_partition(
+    cluster, tmp_path
+):
+    # Each node has its own ACL: partition 0's allowing scripts told nothing of the others'.
+    keys.configure_partitions(3)  # as the start will: the shard is found by its partition's tag
+    with cluster.client() as client:
+        port = client.get_node_from_key(keys.partition_prefix(1)).port
+    for node in cluster.primaries:
+        with node.client() as client:
+            refused = ["-evalsha"] if node.port == port else []
+            client.execute_command("ACL", "SETUSER", "taskd", "on", ">pw", "~*", "&*", "+@all", *refused)
+    url = "redis+cluster://taskd:pw@" + ",".join(f"127.0.0.1:{node.port}" for node in cluster.primaries)
+    config = make_config(tmp_path, url, redis=RedisConfig(url=url, partitions=3))
+    try:
+        with pytest.raises(StartFailed) as caught:
+            await Service(config, http=True, workers=False).start()
+    finally:
+        for node in cluster.primaries:
+            with node.client() as client:
+                client.execute_command("ACL", "DELUSER", "taskd")
+
+    assert "CommandsRefused: Partition 1's Redis: EVALSHA of a script that publishes on" in str(caught.value)
 
 
 async def test_a_queued_task_is_cancelled_and_never_starts(start_service):

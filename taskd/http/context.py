@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from taskd.config import Config
 from taskd.gpu.scheduler import GpuScheduler
+from taskd.http.cpu_load import CpuLoad
 from taskd.http.keytable import KeyTable
 from taskd.queue.task_queue import TaskQueue
 from taskd.store import TaskStore
@@ -37,6 +38,8 @@ class Api:
     keys: KeyTable
     gpu: GpuScheduler
     started_at: float = attrs.Factory(time.monotonic)
+    # This node's CPU use, sampled by the service (taskd.http.cpu_load).
+    cpu_load: CpuLoad = attrs.Factory(CpuLoad)
     # The queues this node serves whose worker is not polling its queue (`GET /readyz`).
     unready_queues: Callable[[], list[str]] = no_workers
 

@@ -13,9 +13,7 @@ from taskd import agreement, shapes
 from taskd.alerts import (
     overall_status,
     queue_alerts,
-    redis_eviction_alerts,
-    redis_memory_alerts,
-    redis_persistence_alerts,
+    redis_node_alerts,
     settings_alerts,
 )
 from taskd.heartbeat import live_workers
@@ -25,8 +23,8 @@ from taskd.http.responses import shape_response
 from taskd.http.scope import Touches, touches, visible_tasks
 from taskd.http.views import gpu_reading, stamp
 from taskd.model import now
-from taskd.redis_conn import serves_every_partition
-from taskd.redis_memory import eviction_risk, read_memory, read_persistence_failure
+from taskd.redis_conn import distinct_partitions, writes_refused
+from taskd.redis_memory import read_every_node
 
 routes = web.RouteTableDef()
 
@@ -42,13 +40,28 @@ async def liveness(_: web.Request) -> web.Response:
     return shape_response(shapes.Liveness(status="healthy", service="taskd"))
 
 
-async def _redis_ok(api: Api) -> bool:
+async def _redis_refusals(api: Api) -> dict[int, str] | None:
+    """The partitions whose Redis refuses writes (taskd.redis_conn.writes_refused), or None when
+    Redis does not answer."""
     try:
         async with asyncio.timeout(2):
-            await serves_every_partition(api.store.clients)
-    except Exception:  # any failure to answer means disconnected
-        return False
-    return True
+            return await writes_refused(api.store.clients, "api")
+    except Exception:  # any other failure to answer means disconnected
+        return None
+
+
+def _refusal_note(refused: dict[int, str], partitioned: bool) -> str | shapes.Absent:
+    # Redis answers reads and PING meanwhile: only a write tells that submits and task outcomes are refused.
+    if not refused:
+        return shapes.ABSENT
+    whose = "; ".join(
+        f"partition {partition}'s Redis: {why}" if partitioned else f"Redis: {why}"
+        for partition, why in sorted(refused.items())
+    )
+    return (
+        f"Redis refuses writes ({whose}): submits answer 503 and task outcomes wait until it takes "
+        "them again; see /api/v1/tasks/health"
+    )
 
 
 @routes.get("/api/v1/health")
@@ -57,9 +70,9 @@ async def service_health(request: web.Request) -> web.Response:
     """Redis, live workers, queue sizes, system load (every worker host's GPUs) and uptime."""
     api = request.app[API]
     uptime = int(time.monotonic() - api.started_at)
-    cpu_percent = psutil.cpu_percent(interval=None)
+    cpu_percent = api.cpu_load.percent
     memory_percent = psutil.virtual_memory().percent
-    if not await _redis_ok(api):
+    if (refused := await _redis_refusals(api)) is None:
         # Without Redis no host's report can be read: the GPUs of the answering node, as NVML reads them.
         local = [device.utilization for device in api.gpu.inventory.read()]
         unhealthy = shapes.ServiceHealth(
@@ -74,7 +87,7 @@ async def service_health(request: web.Request) -> web.Response:
     workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
     rows = await gpu_rows(api)
     health = shapes.ServiceHealth(
-        status="healthy" if workers else "degraded",
+        status="healthy" if workers and not refused else "degraded",
         redis_status="connected",
         worker_count=len(workers),
         queue_sizes=await api.queue.waiting(api.queue_names),
@@ -82,6 +95,7 @@ async def service_health(request: web.Request) -> web.Response:
         uptime=uptime,
         gpus=await _gpus(request, rows),
         gpu_note=shapes.ABSENT if rows else NO_GPU_NOTE,
+        redis_note=_refusal_note(refused, len(distinct_partitions(api.store.clients)) > 1),
     )
     return shape_response(health)
 
@@ -135,10 +149,7 @@ async def queue_health(request: web.Request) -> web.Response:
     named = await visible_tasks(request, [*running, *(str(event.get("task_id")) for event in recycles)])
     waiting = await api.queue.waiting(api.queue_names)
     alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named, waiting)
-    if (redis_memory := await read_memory(api.redis)) is not None:
-        alerts += redis_memory_alerts(redis_memory.used, redis_memory.limit)
-        alerts += redis_eviction_alerts(eviction_risk(redis_memory), redis_memory.share)
-    alerts += redis_persistence_alerts(await read_persistence_failure(api.redis))
+    alerts += redis_node_alerts(await read_every_node(api.store.clients))
     alerts += settings_alerts(
         agreement.differences(await agreement.read(api.redis, api.config.worker.heartbeat_ttl))
     )

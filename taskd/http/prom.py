@@ -24,7 +24,7 @@ from taskd.heartbeat import WorkerInfo, live_workers
 from taskd.http.context import API, Api
 from taskd.http.scope import CALLER
 from taskd.model import ApiError, now
-from taskd.redis_memory import RedisMemory, read_memory, read_persistence_failure
+from taskd.redis_memory import RedisMemory, fullest, read_every_node
 from taskd.version import version
 
 log = logging.getLogger("taskd.http")
@@ -72,6 +72,8 @@ async def take_snapshot(api: Api) -> Snapshot:
     queues = api.queue_names
     per_queue = await api.store.running_first(queues, 1)
     published = await agreement.read(api.redis, api.config.worker.heartbeat_ttl)
+    # One value for every partition's server: the one nearest full, a failure to persist of any.
+    nodes = await read_every_node(api.store.clients)
     return Snapshot(
         counters=await api.store.counters(),
         waiting=await api.queue.waiting(queues),
@@ -79,10 +81,12 @@ async def take_snapshot(api: Api) -> Snapshot:
         oldest_started={queue: first[0][1] if first else None for queue, (_, first) in per_queue.items()},
         workers=await live_workers(api.redis, api.config.worker.heartbeat_ttl),
         at=now(),
-        redis_memory=await read_memory(api.redis),
+        redis_memory=fullest(nodes),
         webhooks_due=await api.store.webhooks_due(),
         gpus=await read_hosts(api.redis, api.config.worker.heartbeat_ttl),
-        redis_persistence_failure=await read_persistence_failure(api.redis),
+        redis_persistence_failure=next(
+            (node.persistence_failure for node in nodes if node.persistence_failure), None
+        ),
         compared_settings=frozenset(
             name for process in published for name in process.digests if agreement.governs(name) is not None
         ),

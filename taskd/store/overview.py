@@ -8,7 +8,7 @@ import attrs
 from redis.asyncio import Redis
 
 from taskd import keys
-from taskd.model import PRIORITY_HIGH, PRIORITY_LOW
+from taskd.model import PRIORITY_HIGH, PRIORITY_LOW, now
 
 
 @attrs.frozen
@@ -18,7 +18,7 @@ class QueueState:
     name: str
     waiting: int
     running: int
-    # Epoch seconds; None when nothing waits.
+    # Epoch seconds; None when nothing waits, or every waiting job waits for its time (a back-off).
     oldest_waiting_since: float | None
 
 
@@ -55,26 +55,43 @@ async def queue_states(
                 pipe.zrange(keys.waiting(name, partition), 0, 0, withscores=True)
                 waits, runs, first = await pipe.execute()
             waiting, running = waiting + int(waits), running + int(runs)
-            if first:
-                oldest.append(await _oldest(redis, name, partition, first[0][1], aging_window))
+            if (
+                first
+                and (since := await _oldest(redis, name, partition, first[0][1], aging_window)) is not None
+            ):
+                oldest.append(since)
         states.append(QueueState(name, waiting, running, min(oldest, default=None)))
     return states
 
 
-async def _oldest(redis: Redis, queue: str, partition: int, lowest: float, aging_window: float) -> float:
+async def _oldest(
+    redis: Redis, queue: str, partition: int, lowest: float, aging_window: float
+) -> float | None:
+    """Since when the partition's longest-waiting due job has waited (epoch seconds); None when
+    every job waits for its time (a retry's back-off).
+
+    A job is due from its enqueue (`enqueued_ms`) or its score, whichever is later: a fresh job's
+    score is its enqueue time moved earlier by its priority (taskd.queue.task_queue.job_score), a
+    retry's (and a hand-on's) the end of its back-off, unmoved. Every score is within two aging
+    windows before its job's due time, so the earliest due job is within two windows of `lowest`.
+    """
     window_ms = (PRIORITY_LOW - PRIORITY_HIGH) * aging_window * 1000
     candidates = await redis.zrangebyscore(
         keys.waiting(queue, partition), lowest, lowest + window_ms, withscores=True
     )
     async with redis.pipeline(transaction=False) as pipe:
         for job, _ in candidates:
-            pipe.hget(keys.task(_task_id(job.decode())), "priority")
-        priorities = await pipe.execute()
-    queued_ms = [
-        score + (PRIORITY_LOW - int(priority or PRIORITY_LOW)) * aging_window * 1000
-        for (_, score), priority in zip(candidates, priorities, strict=True)
-    ]
-    return float(min(queued_ms)) / 1000
+            pipe.hmget(keys.task(_task_id(job.decode())), "enqueued_ms", "priority")
+        fields = await pipe.execute()
+    due_ms = []
+    for (_, score), (enqueued_ms, priority) in zip(candidates, fields, strict=True):
+        if enqueued_ms is None:  # a record of a version before enqueued_ms: the score and its priority
+            due_ms.append(score + (PRIORITY_LOW - int(priority or PRIORITY_LOW)) * aging_window * 1000)
+        else:
+            due_ms.append(max(float(enqueued_ms), score))
+    now_ms = now() * 1000
+    due = [at for at in due_ms if at <= now_ms]
+    return min(due) / 1000 if due else None
 
 
 def _task_id(job: str) -> str:

@@ -104,6 +104,20 @@ async def test_while_redis_cannot_persist_the_health_reads_and_metrics_still_ans
     assert "taskd_redis_up 1.0" in metrics.splitlines()  # not "Redis is down"
 
 
+async def test_while_redis_cannot_persist_the_service_health_is_degraded_saying_why(tmp_path):
+    async with _snapshotting(tmp_path) as (server, api):
+        await _snapshot_fails(server)
+        failing = await api.call("GET", "/api/v1/health")
+        await _snapshot_works(server)
+        _, after = await api.call("GET", "/api/v1/health")
+
+    assert (failing[0], failing[1]["status"], failing[1]["redis_status"]) == (200, "degraded", "connected")
+    assert failing[1]["redis_note"].startswith(
+        "Redis refuses writes (Redis: it cannot write to its disk (MISCONF))"
+    )
+    assert "redis_note" not in after  # (its status waits for the workers' next beats, refused meanwhile)
+
+
 async def test_while_redis_cannot_persist_the_log_says_so_once_not_once_per_request(
     tmp_path, caplog, monkeypatch
 ):

@@ -305,6 +305,26 @@ async def test_a_submit_to_a_full_redis_answers_503_in_the_documented_shape(star
     assert retry_after is not None
 
 
+async def test_a_full_redis_makes_the_service_health_degraded_saying_why(start_service, redis):
+    # Redis answers reads and PING while full: the health said "healthy" while every submit was a 503.
+    running = await start_service()
+    await fill_up(redis)
+    try:
+        async with running.client.get("/api/v1/health") as response:
+            status, full = response.status, await response.json()
+    finally:
+        await redis.config_set("maxmemory", 0)
+    async with running.client.get("/api/v1/health") as response:
+        after = await response.json()
+
+    assert (status, full["status"], full["redis_status"]) == (200, "degraded", "connected")
+    assert full["redis_note"] == (
+        "Redis refuses writes (Redis: it is full (maxmemory reached, policy noeviction)): submits answer "
+        "503 and task outcomes wait until it takes them again; see /api/v1/tasks/health"
+    )
+    assert "redis_note" not in after  # (its status waits for the workers' next beats, refused meanwhile)
+
+
 @pytest.mark.parametrize(
     ("used", "expected"),
     [(0, None), (799, None), (800, "warning"), (949, "warning"), (950, "critical"), (1200, "critical")],
