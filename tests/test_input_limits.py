@@ -103,3 +103,53 @@ async def test_unknown_top_level_fields_are_ignored(start_service, redis):
     assert status == 200
     assert b"colour" not in stored
     assert b"colour" not in stored[b"task_data"]
+
+
+async def test_an_integer_past_64_bits_in_task_data_is_refused_by_name_and_nothing_stored(
+    start_service, redis
+):
+    taskd = await start_service(workers=False)
+    # orjson reads it as 1.8446744073709552e+19: stored, it came back as that float.
+    body = b'{"project_id": "p", "task_type": "test_prompt", "task_data": {"prompt_template": "Hi", "seed": 18446744073709551616}}'
+
+    status, error = await post(taskd, body)
+
+    assert status == 400
+    assert error["details"] == {
+        "body": "18446744073709551616 is an integer outside -9223372036854775808 to "
+        "18446744073709551615, which taskd cannot keep exactly: send it as a string"
+    }
+    assert await redis.zcard(keys.project("p")) == 0
+
+
+async def test_an_integer_too_large_for_a_float_is_named_not_called_invalid_json(start_service):
+    taskd = await start_service(workers=False)
+    body = (
+        b'{"project_id": "p", "task_type": "test_prompt", "task_data": {"prompt_template": "Hi", "n": 1'
+        + b"0" * 400
+        + b"}}"
+    )
+
+    status, error = await post(taskd, body)
+
+    assert status == 400
+    assert error["details"]["body"].startswith("1" + "0" * 39 + "… is an integer outside")
+
+
+async def test_integers_at_the_ends_of_the_64_bit_range_read_back_exactly(start_service):
+    taskd = await start_service(workers=False)
+    body = (
+        b'{"project_id": "p", "task_type": "test_prompt", "task_data": {"prompt_template": "Hi",'
+        b' "low": -9223372036854775808, "high": 18446744073709551615, "text": "123456789012345678901234"}}'
+    )
+
+    status, _ = await post(taskd, body)
+    async with taskd.client.get("/api/v1/projects/p/tasks") as response:
+        (listed,) = (await response.json())["tasks"]
+
+    assert status == 200
+    assert (listed["task_data"]["low"], listed["task_data"]["high"], listed["task_data"]["text"]) == (
+        -(2**63),
+        2**64 - 1,
+        "123456789012345678901234",
+    )

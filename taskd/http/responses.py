@@ -11,8 +11,10 @@ from aiohttp import web
 from taskd import shapes
 from taskd.http.context import API
 from taskd.model import BodyCutOff, RequestTimeout, UnreadableBody, ValidationError
+from taskd.wide_ints import wide_integer, wide_integer_message
 
 _PARSED = web.RequestKey("taskd_parsed_body", object)
+_NOT_JSON = object()
 
 
 class NotJson(ValidationError):
@@ -64,7 +66,14 @@ async def read_json(request: web.Request) -> Any:
         return request[_PARSED]
     raw = await read_body(request)
     try:
-        request[_PARSED] = parsed = orjson.loads(raw)
+        parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise NotJson({"body": "Request body must be valid JSON"}, "Invalid request body") from None
+        parsed = _NOT_JSON
+    # orjson reads an integer past 64 bits as a float, or one too large for a float as not JSON:
+    # refused by name, as it could not be stored and read back as sent.
+    if (literal := wide_integer(raw)) is not None:
+        raise NotJson({"body": wide_integer_message(literal)}, "Invalid request body")
+    if parsed is _NOT_JSON:
+        raise NotJson({"body": "Request body must be valid JSON"}, "Invalid request body")
+    request[_PARSED] = parsed
     return parsed
