@@ -153,3 +153,19 @@ async def test_integers_at_the_ends_of_the_64_bit_range_read_back_exactly(start_
         2**64 - 1,
         "123456789012345678901234",
     )
+
+
+async def test_a_body_that_is_not_json_is_told_why_and_where(start_service):
+    taskd = await start_service(workers=False)
+    # A byte order mark, as some Windows tools write: the body looks like JSON in an editor.
+    body = (
+        b'\xef\xbb\xbf{"project_id": "p", "task_type": "test_prompt", "task_data": {"prompt_template": "Hi"}}'
+    )
+
+    status, error = await post(taskd, body)
+
+    assert status == 400
+    # orjson's own words (its reason, then the place), which its versions may phrase differently.
+    message = error["details"]["body"]
+    assert message.startswith("Request body must be valid JSON: ")
+    assert message.endswith("line 1 column 1 (char 0)")

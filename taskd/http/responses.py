@@ -14,7 +14,6 @@ from taskd.model import BodyCutOff, RequestTimeout, UnreadableBody, ValidationEr
 from taskd.wide_ints import wide_integer, wide_integer_message
 
 _PARSED = web.RequestKey("taskd_parsed_body", object)
-_NOT_JSON = object()
 
 
 class NotJson(ValidationError):
@@ -67,13 +66,18 @@ async def read_json(request: web.Request) -> Any:
     raw = await read_body(request)
     try:
         parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        parsed = _NOT_JSON
+    except orjson.JSONDecodeError as exc:
+        # orjson's reason and place ("UTF-8 byte order mark (BOM) is not supported: line 1 column 1
+        # (char 0)", "trailing comma is not allowed: …"): the caller's editor may show a body that
+        # looks fine. It quotes nothing of the body.
+        problem: str | None = str(exc)
+    else:
+        problem = None
     # orjson reads an integer past 64 bits as a float, or one too large for a float as not JSON:
     # refused by name, as it could not be stored and read back as sent.
     if (literal := wide_integer(raw)) is not None:
         raise NotJson({"body": wide_integer_message(literal)}, "Invalid request body")
-    if parsed is _NOT_JSON:
-        raise NotJson({"body": "Request body must be valid JSON"}, "Invalid request body")
+    if problem is not None:
+        raise NotJson({"body": f"Request body must be valid JSON: {problem}"}, "Invalid request body")
     request[_PARSED] = parsed
     return parsed
