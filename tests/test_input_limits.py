@@ -8,7 +8,7 @@ import orjson
 from examples import TASK_DATA
 
 from taskd import keys
-from taskd.config import LimitsConfig
+from taskd.config import MAX_TASK_DATA_DEPTH, LimitsConfig
 
 
 def nested(depth: int) -> dict:
@@ -169,3 +169,22 @@ async def test_a_body_that_is_not_json_is_told_why_and_where(start_service):
     message = error["details"]["body"]
     assert message.startswith("Request body must be valid JSON: ")
     assert message.endswith("line 1 column 1 (char 0)")
+
+
+async def test_task_data_at_the_deepest_depth_a_config_may_allow_is_stored_and_read_back(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(max_task_data_depth=MAX_TASK_DATA_DEPTH))
+    deepest = nested(MAX_TASK_DATA_DEPTH - 1)  # task_data itself is the first level
+    batch = {"tasks": [submission(deep=deepest)]}
+
+    # A batch with an Idempotency-Key writes it deepest: in the fingerprint of [route, body].
+    async with taskd.client.post(
+        "/api/v1/tasks/batch",
+        data=orjson.dumps(batch),
+        headers={"Content-Type": "application/json", "Idempotency-Key": "deepest"},
+    ) as response:
+        status = response.status
+    async with taskd.client.get("/api/v1/projects/p/tasks") as response:
+        (listed,) = (await response.json())["tasks"]
+
+    assert status == 200
+    assert listed["task_data"]["deep"] == deepest
