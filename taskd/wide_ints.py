@@ -6,7 +6,7 @@ orjson reads an integer literal outside -2**63 … 2**64-1 as the nearest float,
 and sends it back, so such a number in `task_data` or `metadata` came back changed. A second parse
 with the standard library, whose integers are exact, names the first such literal; it runs only
 for a text with 19 digits in a row (no literal out of range has fewer), so an ordinary body costs
-one scan of a regular expression.
+a count of its digits.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import re
 LOWEST = -(2**63)
 HIGHEST = 2**64 - 1
 
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_RUN = 19
+_DIGITS = b"0123456789"
+_LONG_DIGITS = re.compile(rb"[0-9]{%d}" % _RUN)
 # Past this many digits a literal is out of range whatever it says; checked before int() is asked
 # to convert it (Python refuses over 4300 digits, and a long one costs time).
 _MOST_DIGITS = len(str(HIGHEST))
@@ -38,7 +40,9 @@ def wide_integer(text: bytes | str) -> str | None:
     """The first integer literal of the JSON `text` outside -2**63 … 2**64-1 (cut to 40 characters
     and "…"), or None: when there is none, or when `text` is not JSON (the caller's parser says why)."""
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    if _LONG_DIGITS.search(raw) is None:
+    # Counting the digits (bytes.translate, ~0.1 ns a byte) first spares most bodies the regular
+    # expression, which costs more than orjson's whole parse of a usual submit (~3 us against ~1).
+    if len(raw) - len(raw.translate(None, _DIGITS)) < _RUN or _LONG_DIGITS.search(raw) is None:
         return None
     try:
         json.loads(raw, parse_int=_exact)
