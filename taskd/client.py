@@ -230,6 +230,32 @@ def _structure(cls: type[_Shape], body: Any) -> _Shape:
         return _converter.structure(fields, cls)
 
 
+def _encoded(body: Any) -> bytes:
+    """`body` as JSON; a ValueError naming the field of a NaN or an infinity, which orjson would send
+    as null (the stored task_data then held null where the caller passed a number)."""
+    data = orjson.dumps(body)
+    # orjson writes them as null: where no null was written there is none to look for.
+    if b"null" in data and (path := _non_finite(body, "")) is not None:
+        raise ValueError(f"{path or 'the body'} is not a finite number, which JSON cannot carry")
+    return data
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    # The path of the first NaN or infinity in `value`, or None.
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        children: Any = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+    elif isinstance(value, list | tuple):
+        children = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for child_path, child in children:
+        if (found := _non_finite(child, child_path)) is not None:
+            return found
+    return None
+
+
 def _segment(value: str) -> str:
     """An id as one segment of a path: "/", "?", "#", "%" and every dot percent-encoded, so that
     whatever a caller passed ("../x", "a/b") names that id and no other route."""
@@ -656,7 +682,7 @@ class TaskClient:
         extra_headers: dict[str, str] | None,
         extra_time: float,
     ) -> Any:
-        data = orjson.dumps(json) if json is not None else None
+        data = _encoded(json) if json is not None else None
         headers = self._headers({"Content-Type": "application/json"} if data is not None else None)
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key

@@ -48,6 +48,7 @@ class ConfigError(Exception):
 # (every submit failed) and asyncio an infinite timeout (start-up died on an OverflowError).
 MAX_SECONDS = 10 * 365 * 24 * 3600
 SEND_TIMEOUT_MAX = (2**31 - 1) // 1000  # seconds: http.send_timeout in ms must fit a C int
+MAX_TASK_DATA_DEPTH = 200
 
 
 def _seconds(*, gt: float | None = None, ge: float | None = None) -> Any:
@@ -749,7 +750,12 @@ class LimitsConfig:
     # Seconds ahead a submit's `run_at`/`delay_seconds` may schedule a task; later is a 400.
     max_schedule_ahead: int = attrs.field(default=MAX_SCHEDULE_AHEAD, validator=_seconds(ge=1))
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1024))
-    max_task_data_depth: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    # At most MAX_TASK_DATA_DEPTH: orjson writes JSON at most 254 levels deep, and task_data is written
+    # a few levels down (a batch's fingerprint, a job's payload); past that a submit it let in was a
+    # 500 ("Recursion limit reached") when its record was written.
+    max_task_data_depth: int = attrs.field(
+        default=32, validator=[attrs.validators.ge(1), attrs.validators.le(MAX_TASK_DATA_DEPTH)]
+    )
     max_task_data_items: int = attrs.field(default=10000, validator=attrs.validators.ge(1))
 
 

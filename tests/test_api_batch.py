@@ -149,6 +149,17 @@ async def test_more_than_100_items_or_none_is_400(start_service, redis):
     assert await stored_tasks(redis) == 0
 
 
+async def test_an_item_that_is_not_an_object_is_named_as_the_item_and_stores_nothing(start_service, redis):
+    api_only = await start_service(workers=False)
+
+    status, body, _ = await post_batch(api_only, [item("noop", {}), ["noop"]])
+
+    assert status == 400
+    # It was "tasks[1].body": "Request body must be a JSON object", as if the batch's body were not one.
+    assert body["details"] == {"tasks[1]": "Each item of tasks must be a submission: a JSON object"}
+    assert await stored_tasks(redis) == 0
+
+
 async def test_a_full_project_refuses_the_whole_batch(start_service, redis):
     api_only = await start_service(workers=False, limits=LimitsConfig(queued_per_project=2))
 

@@ -175,3 +175,19 @@ async def test_a_submits_key_sent_on_a_retry_is_422(start_service):
     status, body, _ = await retry(api_only.client, task["task_id"], "scene-1")
 
     assert status == 422 and body["error"] == "idempotency_key_reused"
+
+
+async def test_a_body_too_deep_to_fingerprint_is_a_400_naming_it_and_stores_nothing(start_service, redis):
+    api_only = await start_service(workers=False)
+    # An ignored top-level field past the 253 levels orjson writes back: it was a 500 and a traceback.
+    deep: list[Any] = []
+    for _ in range(299):
+        deep = [deep]
+
+    status, body, _ = await submit(api_only.client, "scene-1", {**BODY, "extra": deep})
+
+    assert status == 400
+    assert body["details"] == {
+        "body": "Request body must be nested at most 253 levels deep when sent with an Idempotency-Key"
+    }
+    assert await stored_tasks(redis) == 0

@@ -822,3 +822,18 @@ async def test_an_idempotency_key_holding_a_line_break_is_a_usage_error_in_one_l
     assert run.err.splitlines() == [
         "taskd: --idempotency-key: it holds a line break or another control character"
     ]
+
+
+async def test_submit_data_with_an_integer_past_64_bits_exits_2_naming_it():
+    # orjson read it as 1.8446744073709552e+19, and the CLI sent that float.
+    data = '{"seed": 18446744073709551616}'
+
+    run = await taskd_cli(
+        "submit", "--project", "films", "--type", "noop", "--data", data, url="http://127.0.0.1:1"
+    )
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        "taskd: --data: 18446744073709551616 is an integer outside -9223372036854775808 to "
+        "18446744073709551615, which taskd cannot keep exactly: send it as a string"
+    ]

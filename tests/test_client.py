@@ -186,6 +186,15 @@ async def test_an_invalid_submission_raises_validation_failed_with_the_details(c
     assert "task_data.duration" in refused.value.details
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+async def test_a_submit_holding_a_non_finite_float_raises_naming_it_and_stores_nothing(client, redis, value):
+    # orjson writes NaN and the infinities as null: the task was stored holding null.
+    with pytest.raises(ValueError, match=r"^task_data\.scores\[1\] is not a finite number"):
+        await client.submit("films", "noop", {"scores": [1.0, value]})
+
+    assert await redis.zcard(keys.project("films")) == 0
+
+
 async def test_an_unknown_task_raises_task_not_found_with_the_documented_body(client):
     with pytest.raises(TaskNotFoundError) as missing:
         await client.status("nope")

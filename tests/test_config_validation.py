@@ -471,3 +471,12 @@ def test_serve_refuses_a_config_file_that_is_not_utf8_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"taskd: config file {tmp_path / 'latin1.toml'} is not UTF-8 (at byte 15)"
     ]
+
+
+def test_a_task_data_depth_past_what_taskd_can_write_is_refused(tmp_path):
+    # orjson writes at most 254 levels: with 1000, a submit's task_data 300 levels deep passed the
+    # check and was a 500 when its record was written.
+    assert (
+        refusal(tmp_path, TASKD_LIMITS__MAX_TASK_DATA_DEPTH="1000")
+        == "config key limits: 'max_task_data_depth' must be <= 200: 1000"
+    )

@@ -8,7 +8,7 @@ import orjson
 from examples import TASK_DATA
 
 from taskd import keys
-from taskd.config import LimitsConfig
+from taskd.config import MAX_TASK_DATA_DEPTH, LimitsConfig
 
 
 def nested(depth: int) -> dict:
@@ -103,3 +103,88 @@ async def test_unknown_top_level_fields_are_ignored(start_service, redis):
     assert status == 200
     assert b"colour" not in stored
     assert b"colour" not in stored[b"task_data"]
+
+
+async def test_an_integer_past_64_bits_in_task_data_is_refused_by_name_and_nothing_stored(
+    start_service, redis
+):
+    taskd = await start_service(workers=False)
+    # orjson reads it as 1.8446744073709552e+19: stored, it came back as that float.
+    body = b'{"project_id": "p", "task_type": "test_prompt", "task_data": {"prompt_template": "Hi", "seed": 18446744073709551616}}'
+
+    status, error = await post(taskd, body)
+
+    assert status == 400
+    assert error["details"] == {
+        "body": "18446744073709551616 is an integer outside -9223372036854775808 to "
+        "18446744073709551615, which taskd cannot keep exactly: send it as a string"
+    }
+    assert await redis.zcard(keys.project("p")) == 0
+
+
+async def test_an_integer_too_large_for_a_float_is_named_not_called_invalid_json(start_service):
+    taskd = await start_service(workers=False)
+    body = (
+        b'{"project_id": "p", "task_type": "test_prompt", "task_data": {"prompt_template": "Hi", "n": 1'
+        + b"0" * 400
+        + b"}}"
+    )
+
+    status, error = await post(taskd, body)
+
+    assert status == 400
+    assert error["details"]["body"].startswith("1" + "0" * 39 + "… is an integer outside")
+
+
+async def test_integers_at_the_ends_of_the_64_bit_range_read_back_exactly(start_service):
+    taskd = await start_service(workers=False)
+    body = (
+        b'{"project_id": "p", "task_type": "test_prompt", "task_data": {"prompt_template": "Hi",'
+        b' "low": -9223372036854775808, "high": 18446744073709551615, "text": "123456789012345678901234"}}'
+    )
+
+    status, _ = await post(taskd, body)
+    async with taskd.client.get("/api/v1/projects/p/tasks") as response:
+        (listed,) = (await response.json())["tasks"]
+
+    assert status == 200
+    assert (listed["task_data"]["low"], listed["task_data"]["high"], listed["task_data"]["text"]) == (
+        -(2**63),
+        2**64 - 1,
+        "123456789012345678901234",
+    )
+
+
+async def test_a_body_that_is_not_json_is_told_why_and_where(start_service):
+    taskd = await start_service(workers=False)
+    # A byte order mark, as some Windows tools write: the body looks like JSON in an editor.
+    body = (
+        b'\xef\xbb\xbf{"project_id": "p", "task_type": "test_prompt", "task_data": {"prompt_template": "Hi"}}'
+    )
+
+    status, error = await post(taskd, body)
+
+    assert status == 400
+    # orjson's own words (its reason, then the place), which its versions may phrase differently.
+    message = error["details"]["body"]
+    assert message.startswith("Request body must be valid JSON: ")
+    assert message.endswith("line 1 column 1 (char 0)")
+
+
+async def test_task_data_at_the_deepest_depth_a_config_may_allow_is_stored_and_read_back(start_service):
+    taskd = await start_service(workers=False, limits=LimitsConfig(max_task_data_depth=MAX_TASK_DATA_DEPTH))
+    deepest = nested(MAX_TASK_DATA_DEPTH - 1)  # task_data itself is the first level
+    batch = {"tasks": [submission(deep=deepest)]}
+
+    # A batch with an Idempotency-Key writes it deepest: in the fingerprint of [route, body].
+    async with taskd.client.post(
+        "/api/v1/tasks/batch",
+        data=orjson.dumps(batch),
+        headers={"Content-Type": "application/json", "Idempotency-Key": "deepest"},
+    ) as response:
+        status = response.status
+    async with taskd.client.get("/api/v1/projects/p/tasks") as response:
+        (listed,) = (await response.json())["tasks"]
+
+    assert status == 200
+    assert listed["task_data"]["deep"] == deepest

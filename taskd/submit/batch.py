@@ -45,6 +45,11 @@ def parse_batch(
     details: dict[str, str] = {}
     submissions = []
     for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            # Named as the item itself: the submit's own words ("body": "Request body must be a
+            # JSON object") read as if the batch's body were not one.
+            details[f"tasks[{index}]"] = "Each item of tasks must be a submission: a JSON object"
+            continue
         try:
             submission = parse_submission(item, registry, max_schedule_ahead, key_id)
         except ValidationError as exc:

@@ -21,6 +21,8 @@ HEADER = "Idempotency-Key"
 # The header a replayed answer carries.
 REPLAYED = "Idempotent-Replayed"
 MAX_KEY = 255
+# The deepest [route, body] orjson writes is 254 levels: the body within it, 253.
+MAX_DEPTH = 253
 
 
 def idempotency(headers: list[str], key_id: str, route: str, body: Any) -> Idempotency | None:
@@ -39,5 +41,15 @@ def idempotency(headers: list[str], key_id: str, route: str, body: Any) -> Idemp
         raise ValidationError(
             {HEADER: f"{HEADER} must be 1-{MAX_KEY} characters"}, f"Invalid {HEADER} header"
         )
-    canonical = orjson.dumps([route, body], option=orjson.OPT_SORT_KEYS)
+    try:
+        canonical = orjson.dumps([route, body], option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # orjson writes at most 254 levels, and parses up to 1024: a body deeper than that in a field
+        # taskd ignores (task_data and metadata are held to limits.max_task_data_depth) was a 500.
+        raise ValidationError(
+            {
+                "body": f"Request body must be nested at most {MAX_DEPTH} levels deep when sent with an {HEADER}"
+            },
+            "Invalid request body",
+        ) from None
     return Idempotency(keys.idempotency(key_id, header), hashlib.sha256(canonical).hexdigest())
