@@ -40,12 +40,17 @@ class Bounds:
     max_input_seconds: float
     max_output_bytes: int
     max_audio_samples: int
+    max_decoded_image_bytes: int
 
     @classmethod
     def from_config(cls, media: MediaConfig) -> Bounds:
         """The bounds of the `[media]` section."""
         return cls(
-            media.max_image_pixels, media.max_input_seconds, media.max_output_bytes, media.max_audio_samples
+            media.max_image_pixels,
+            media.max_input_seconds,
+            media.max_output_bytes,
+            media.max_audio_samples,
+            media.max_decoded_image_bytes,
         )
 
     def check_image(self, path: Path, what: str) -> tuple[int, int]:
@@ -104,6 +109,19 @@ class Bounds:
             raise TaskError(
                 f"{what} would decode {samples} samples (sample rate x channels x seconds), over the "
                 f"limit of {self.max_audio_samples} (media.max_audio_samples)"
+            )
+
+    def decoded_image_bytes(self, path: Path, size: tuple[int, int]) -> int:
+        """What the image (of `size`, from check_image) takes decoded in ffmpeg, from its header."""
+        width, height = size
+        return math.ceil(width * height * image_header.bytes_per_pixel(path))
+
+    def check_decoded_images(self, total: int, what: str) -> None:
+        """TaskError when images that ffmpeg decodes together would take more than max_decoded_image_bytes."""
+        if total > self.max_decoded_image_bytes:
+            raise TaskError(
+                f"{what} would take {total} bytes decoded (ffmpeg holds them all at once), over the limit "
+                f"of {self.max_decoded_image_bytes} bytes (media.max_decoded_image_bytes)"
             )
 
     def image_input(self, path: Path) -> list[str]:

@@ -75,6 +75,16 @@ def wide_silent_flac(workdir: Path, seconds: float, rate: int = 384_000, layout:
     return target.read_bytes()
 
 
+def png_rgba64(workdir: Path, width: int, height: int) -> bytes:
+    """A PNG of 16-bit RGBA (what Pillow cannot write): 8 bytes a pixel once decoded."""
+    target = workdir / "deep.png"
+    _ffmpeg(
+        *("-f", "lavfi", "-i", f"color=c=0x336699:s={width}x{height}", "-frames:v", "1"),
+        *("-pix_fmt", "rgba64be", str(target)),
+    )
+    return target.read_bytes()
+
+
 def wav_claiming(seconds: float, body_seconds: float = 1.0, rate: int = 8000) -> bytes:
     """A WAV whose header declares `seconds` of audio but whose body holds only `body_seconds`."""
     real = square_wav(body_seconds, rate)

@@ -22,6 +22,7 @@ from media_files import (
     long_silent_flac,
     m4a_stamped_zero,
     png_bomb,
+    png_rgba64,
     silent_wav,
     square_wav,
     wav_claiming,
@@ -89,6 +90,26 @@ async def test_a_jpeg_of_many_scans_fails_before_it_is_decoded(start_service, tm
 
     assert body["status"] == "failed", body
     assert body["error"] == f"Image {url} is a JPEG of more than 200 scans, the most an input may have"
+
+
+async def test_images_each_under_the_pixel_limit_fail_on_what_they_take_decoded_together(
+    start_service, tmp_path, files
+):
+    # ffmpeg decodes a render's inputs all at once: three 1000x1000 RGBA PNGs hold 12 MB together.
+    service = await start(start_service, tmp_path, max_decoded_image_bytes=10_000_000)
+    urls = [files.add(f"big{i}.png", encoded("PNG", (1000, 1000), mode="RGBA", colour=i)) for i in range(3)]
+
+    task = await service.submit(
+        "render_animation",
+        {"character_id": "c", "keyframes": [{"image_url": url, "time": i} for i, url in enumerate(urls)]},
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == (
+        "The images would take 12000000 bytes decoded (ffmpeg holds them all at once), over the limit "
+        "of 10000000 bytes (media.max_decoded_image_bytes)"
+    )
 
 
 async def test_a_generated_image_over_the_pixel_limit_is_not_stored(tmp_path, http):
@@ -320,7 +341,11 @@ async def test_ffmpeg_itself_refuses_to_decode_an_image_over_the_pixel_bound(tmp
     path = tmp_path / "big.png"
     path.write_bytes(png_bomb(2_000, 1_000))
     bounds = Bounds(
-        max_image_pixels=1_000_000, max_input_seconds=60, max_output_bytes=MEGABYTE, max_audio_samples=10**9
+        max_image_pixels=1_000_000,
+        max_input_seconds=60,
+        max_output_bytes=MEGABYTE,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
     )
     log = tmp_path / "ffmpeg.log"
 
@@ -335,7 +360,11 @@ async def test_ffmpeg_reads_no_more_of_an_audio_input_than_the_duration_bound(tm
     path, out = tmp_path / "two.wav", tmp_path / "out.wav"
     path.write_bytes(square_wav(2.0))
     bounds = Bounds(
-        max_image_pixels=1_000_000, max_input_seconds=0.5, max_output_bytes=MEGABYTE, max_audio_samples=10**9
+        max_image_pixels=1_000_000,
+        max_input_seconds=0.5,
+        max_output_bytes=MEGABYTE,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
     )
 
     await ffmpeg.run_ffmpeg(
@@ -379,9 +408,9 @@ async def test_a_track_whose_timestamps_say_less_than_it_holds_is_decoded_no_fur
     assert body["result"]["metadata"]["duration"] <= 1.1
 
 
-def encoded(fmt: str, size: tuple[int, int], **options: object) -> bytes:
+def encoded(fmt: str, size: tuple[int, int], mode: str = "RGB", colour: int = 0, **options: object) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", size, (90, 40, 200)).save(out, fmt, **options)
+    Image.new(mode, size, (90, 40, 200 + colour, 255)[: len(mode)]).save(out, fmt, **options)
     return out.getvalue()
 
 
@@ -402,6 +431,32 @@ def test_image_sizes_are_read_from_the_header(tmp_path, fmt, options):
     path.write_bytes(encoded(fmt, (1234, 567), **options))
 
     assert image_header.dimensions(path) == (1234, 567)
+
+
+def test_a_sixteen_bit_rgba_png_is_counted_at_eight_bytes_a_pixel(tmp_path):
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_rgba64(tmp_path, 64, 48))
+
+    assert image_header.bytes_per_pixel(path) == 8
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options", "expected"),
+    [
+        ("PNG", "RGB", {}, 3),
+        ("PNG", "L", {}, 1),
+        ("JPEG", "RGB", {"subsampling": 2}, 1.5),  # 4:2:0
+        ("JPEG", "RGB", {"subsampling": 0}, 3),  # 4:4:4
+        ("JPEG", "L", {}, 1),
+        ("GIF", "RGB", {}, 4),
+        ("WEBP", "RGB", {}, 4),
+    ],
+)
+def test_what_a_pixel_takes_decoded_is_read_from_the_header(tmp_path, fmt, mode, options, expected):
+    path = tmp_path / "image"
+    path.write_bytes(encoded(fmt, (64, 48), mode=mode, **options))
+
+    assert image_header.bytes_per_pixel(path) == expected
 
 
 def test_a_jpeg_frame_header_hidden_in_an_app_segment_is_not_read(tmp_path):
