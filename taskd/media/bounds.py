@@ -1,7 +1,7 @@
 """What a task's inputs may make ffmpeg decode, and what a task may write: the `media.max_*` settings.
 
 Each bound is checked before ffmpeg decodes anything (an image's header, an audio input's packets
-counted without decoding), and enforced by ffmpeg itself as a second line (`-max_pixels`, `-t`, the
+counted without decoding; what a task's images, or its audio inputs, decode together), and enforced by ffmpeg itself as a second line (`-max_pixels`, `-t`, the
 samples counted in the filter graph, `-fs`) so that a file which lies in its header or timestamps
 still cannot make it decode or write more. Every input is read by the demuxer of the type its
 first bytes showed (`ffmpeg.demuxer`), never one ffmpeg guesses.
@@ -136,12 +136,11 @@ class Bounds:
         looping = ["-stream_loop", "-1"] if loop else []
         return [*looping, "-t", f"{self.max_input_seconds:.3f}", *ffmpeg.demuxer(path), "-i", str(path)]
 
-    def audio_samples(self, stream: ffmpeg.AudioInput | None = None) -> str:
+    def audio_samples(self, stream: ffmpeg.AudioInput) -> str:
         """The filters an audio input's chain starts with: timestamps counted from its samples (a
-        file's own may all say 0), and nothing past max_input_seconds of them, nor past what the
-        budget counted of `stream` (`decoded_seconds`)."""
-        end = self.max_input_seconds if stream is None else self.decoded_seconds(stream)
-        return f"asetpts=N/SR/TB,atrim=end={end:.3f}"
+        file's own may all say 0), and nothing past `decoded_seconds` of them, which is what
+        max_input_seconds and max_audio_samples counted of the input."""
+        return f"asetpts=N/SR/TB,atrim=end={self.decoded_seconds(stream):.3f}"
 
     def output_args(self) -> list[str]:
         """Output options: no tags or chapters copied from the inputs, and ffmpeg stops at max_output_bytes."""
