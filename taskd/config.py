@@ -512,7 +512,16 @@ class MediaConfig:
     # Bounds on what a task's inputs may make ffmpeg decode, and on what it may write.
     max_image_pixels: int = attrs.field(default=40_000_000, validator=attrs.validators.ge(1))
     max_input_seconds: float = attrs.field(default=3600.0, validator=_seconds(gt=0))
+    # Bytes a render's images take decoded, summed over its distinct images: ffmpeg decodes them all at
+    # once, so 10 inputs each under max_image_pixels (36 megapixels of 16-bit RGBA, 288 MB decoded)
+    # took the render past execution.memory_limit_mb (2048) after half a minute of work.
+    max_decoded_image_bytes: int = attrs.field(default=1024**3, validator=attrs.validators.ge(1024 * 1024))
     max_output_bytes: int = attrs.field(default=2 * 1024**3, validator=attrs.validators.ge(1024 * 1024))
+    # Samples (rate x channels x seconds) a task's audio inputs may decode, summed over them: a 50 MB
+    # FLAC holds an hour of 384 kHz 7.1 silence, 11 billion samples that took ffmpeg about three
+    # minutes a pass to decode and resample on one core, and a mix decodes its tracks twice (measuring,
+    # mixing), so 16 of them held a worker to its time limit. 4 billion is 11.5 hours of 48 kHz stereo.
+    max_audio_samples: int = attrs.field(default=4_000_000_000, validator=attrs.validators.ge(1))
     # Stored media older than this (seconds, by mtime) is deleted by the sweeper, every sweep_interval.
     retention: int = attrs.field(default=7 * 24 * 3600, validator=_seconds(ge=60))
     sweep_interval: float = attrs.field(default=3600.0, validator=_seconds(gt=0))

@@ -1,7 +1,7 @@
 """What a task's inputs may make ffmpeg decode, and what a task may write: the `media.max_*` settings.
 
 Each bound is checked before ffmpeg decodes anything (an image's header, an audio input's packets
-counted without decoding), and enforced by ffmpeg itself as a second line (`-max_pixels`, `-t`, the
+counted without decoding; what a task's images, or its audio inputs, decode together), and enforced by ffmpeg itself as a second line (`-max_pixels`, `-t`, the
 samples counted in the filter graph, `-fs`) so that a file which lies in its header or timestamps
 still cannot make it decode or write more. Every input is read by the demuxer of the type its
 first bytes showed (`ffmpeg.demuxer`), never one ffmpeg guesses.
@@ -9,6 +9,7 @@ first bytes showed (`ffmpeg.demuxer`), never one ffmpeg guesses.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import attrs
@@ -26,6 +27,9 @@ MAX_SAMPLE_RATE = 384_000
 # scan that changes nothing takes 31 bytes, so 50 MiB of them kept a worker decoding one 40-megapixel
 # image for hours (2000 made a 16-megapixel grey one take 2 s). Real files have a few dozen at most.
 MAX_JPEG_SCANS = 200
+# An input's decoding stops this long past the length its packets counted: the count is where its
+# last packet starts, and a file whose timestamps say less than it holds decodes no more than that.
+AUDIO_SLACK_SECONDS = 1.0
 
 
 @attrs.frozen
@@ -35,11 +39,19 @@ class Bounds:
     max_image_pixels: int
     max_input_seconds: float
     max_output_bytes: int
+    max_audio_samples: int
+    max_decoded_image_bytes: int
 
     @classmethod
     def from_config(cls, media: MediaConfig) -> Bounds:
         """The bounds of the `[media]` section."""
-        return cls(media.max_image_pixels, media.max_input_seconds, media.max_output_bytes)
+        return cls(
+            media.max_image_pixels,
+            media.max_input_seconds,
+            media.max_output_bytes,
+            media.max_audio_samples,
+            media.max_decoded_image_bytes,
+        )
 
     def check_image(self, path: Path, what: str) -> tuple[int, int]:
         """The image's (width, height) from its header; TaskError if it has none, is over max_image_pixels,
@@ -59,9 +71,9 @@ class Bounds:
             )
         return size
 
-    async def check_audio(self, path: Path, what: str) -> float:
-        """The audio input's length in seconds, counted from its packets; TaskError over max_input_seconds,
-        MAX_AUDIO_CHANNELS or MAX_SAMPLE_RATE."""
+    async def check_audio(self, path: Path, what: str) -> ffmpeg.AudioInput:
+        """The audio input's length (seconds, counted from its packets), rate and channels; TaskError
+        over max_input_seconds, MAX_AUDIO_CHANNELS or MAX_SAMPLE_RATE."""
         stream = await ffmpeg.measure_audio(path, self.max_input_seconds, what)
         if stream.seconds > self.max_input_seconds:
             raise TaskError(
@@ -76,7 +88,41 @@ class Bounds:
             raise TaskError(
                 f"{what} has a sample rate of {stream.sample_rate} Hz, over the limit of {MAX_SAMPLE_RATE} Hz"
             )
-        return stream.seconds
+        return stream
+
+    def decoded_seconds(self, stream: ffmpeg.AudioInput) -> float:
+        """How much of an input its filter chain lets ffmpeg decode (`audio_samples`): the length its
+        packets counted and AUDIO_SLACK_SECONDS, at most max_input_seconds."""
+        return min(self.max_input_seconds, stream.seconds + AUDIO_SLACK_SECONDS)
+
+    @staticmethod
+    def samples(stream: ffmpeg.AudioInput, seconds: float) -> int:
+        """The samples `seconds` of the stream decode to (rate x channels x seconds); a parameter
+        ffmpeg did not say counts at its bound."""
+        rate = stream.sample_rate if stream.sample_rate is not None else MAX_SAMPLE_RATE
+        channels = stream.channels if stream.channels is not None else MAX_AUDIO_CHANNELS
+        return math.ceil(rate * channels * seconds)
+
+    def check_samples(self, samples: int, what: str) -> None:
+        """TaskError when a task's audio inputs would decode more than max_audio_samples, before any is."""
+        if samples > self.max_audio_samples:
+            raise TaskError(
+                f"{what} would decode {samples} samples (sample rate x channels x seconds), over the "
+                f"limit of {self.max_audio_samples} (media.max_audio_samples)"
+            )
+
+    def decoded_image_bytes(self, path: Path, size: tuple[int, int]) -> int:
+        """What the image (of `size`, from check_image) takes decoded in ffmpeg, from its header."""
+        width, height = size
+        return math.ceil(width * height * image_header.bytes_per_pixel(path))
+
+    def check_decoded_images(self, total: int, what: str) -> None:
+        """TaskError when images that ffmpeg decodes together would take more than max_decoded_image_bytes."""
+        if total > self.max_decoded_image_bytes:
+            raise TaskError(
+                f"{what} would take {total} bytes decoded (ffmpeg holds them all at once), over the limit "
+                f"of {self.max_decoded_image_bytes} bytes (media.max_decoded_image_bytes)"
+            )
 
     def image_input(self, path: Path) -> list[str]:
         """`-i` for a fetched image, read by its type's demuxer, with ffmpeg's decoder refusing any
@@ -90,10 +136,11 @@ class Bounds:
         looping = ["-stream_loop", "-1"] if loop else []
         return [*looping, "-t", f"{self.max_input_seconds:.3f}", *ffmpeg.demuxer(path), "-i", str(path)]
 
-    def audio_samples(self) -> str:
+    def audio_samples(self, stream: ffmpeg.AudioInput) -> str:
         """The filters an audio input's chain starts with: timestamps counted from its samples (a
-        file's own may all say 0), and nothing past max_input_seconds of them."""
-        return f"asetpts=N/SR/TB,atrim=end={self.max_input_seconds:.3f}"
+        file's own may all say 0), and nothing past `decoded_seconds` of them, which is what
+        max_input_seconds and max_audio_samples counted of the input."""
+        return f"asetpts=N/SR/TB,atrim=end={self.decoded_seconds(stream):.3f}"
 
     def output_args(self) -> list[str]:
         """Output options: no tags or chapters copied from the inputs, and ffmpeg stops at max_output_bytes."""

@@ -293,7 +293,7 @@ class AudioInput:
 
     seconds: float
     sample_rate: int | None
-    channels: int | None  # as layout_channels() counts them: None for a named layout (24 at most)
+    channels: int | None  # as layout_channels() counts them: None when ffmpeg named no layout
 
 
 async def measure_audio(path: Path, limit: float, what: str) -> AudioInput:
@@ -343,13 +343,35 @@ def _read_header(stream: Path) -> str:
         return ""
 
 
+# ffmpeg's named channel layouts that are not written as their channel groups (`5.1.4`).
+_NAMED_LAYOUTS = {
+    "mono": 1,
+    "stereo": 2,
+    "binaural": 2,
+    "downmix": 2,
+    "quad": 4,
+    "hexagonal": 6,
+    "octagonal": 8,
+    "cube": 8,
+    "hexadecagonal": 16,
+}
+
+
 def layout_channels(name: str) -> int | None:
     """Channels of a layout as ffmpeg describes it: `N channels (…)` (any layout without a name),
-    `ambisonic N` (at least (N+1)^2); None for a standard named one, mono to 22.2, of 24 at most."""
+    `ambisonic N` (at least (N+1)^2), a standard name (`5.1(side)`: 6, `22.2`: 24, `octagonal`: 8),
+    or channel names joined by `+` (a custom order); None for anything else."""
     if count := re.match(r"(\d+) channels", name):
         return int(count.group(1))
     if order := re.match(r"ambisonic (\d+)", name):
         return (int(order.group(1)) + 1) ** 2
+    base = name.split("(")[0].strip()
+    if re.fullmatch(r"\d+(?:\.\d+)+", base):
+        return sum(int(group) for group in base.split("."))
+    if base in _NAMED_LAYOUTS:
+        return _NAMED_LAYOUTS[base]
+    if "+" in name:
+        return len(name.split("+"))
     return None
 
 

@@ -58,6 +58,42 @@ def dimensions(path: Path) -> tuple[int, int] | None:
     return None
 
 
+# Channels of a PNG by its colour type (IHDR): grey, RGB, palette (one index a pixel), grey+alpha, RGBA.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# What ffmpeg's GIF, BMP and WebP decoders give a pixel at most: 8-bit RGBA.
+_RGBA_BYTES = 4
+# The widest pixel ffmpeg decodes an image of these formats to: RGBA of 16 bits a channel.
+_WIDEST_BYTES = 8
+
+
+def bytes_per_pixel(path: Path) -> float:
+    """What the decoded picture holds per pixel in ffmpeg (its planes together): a PNG by its colour
+    type and bit depth, a JPEG by its components, their subsampling and precision (4:2:0 of 8 bits:
+    1.5), other formats as 8-bit RGBA; a header it cannot read counts as the widest pixel."""
+    with path.open("rb") as stream:
+        head = stream.read(32)
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            depth, colour = head[24], head[25]
+            return _PNG_CHANNELS.get(colour, 4) * (2 if depth > 8 else 1)
+        if head.startswith(b"\xff\xd8"):
+            stream.seek(2)
+            frame = _jpeg_frame(stream)
+            return _WIDEST_BYTES if frame is None else _jpeg_pixel(frame)
+    return _RGBA_BYTES
+
+
+def _jpeg_pixel(frame: bytes) -> float:
+    # The frame header: precision, height, width, components, then (id, H<<4|V, table) for each.
+    if len(frame) < 6:
+        return _WIDEST_BYTES
+    components = [frame[6 + 3 * i + 1] for i in range(min(frame[5], 4)) if 6 + 3 * i + 1 < len(frame)]
+    factors = [(hv >> 4, hv & 0x0F) for hv in components if hv >> 4 and hv & 0x0F]
+    if not factors or len(factors) != frame[5]:
+        return _WIDEST_BYTES
+    most = max(h for h, _ in factors) * max(v for _, v in factors)
+    return sum(h * v for h, v in factors) / most * (2 if frame[0] > 8 else 1)
+
+
 def jpeg_scans(path: Path, most: int) -> int:
     """How many scans ffmpeg's decoder could run over for a JPEG (0 for a file that is no JPEG), up
     to `most` + 1.
@@ -164,9 +200,20 @@ def _webp_chunk_sizes(kind: bytes, data: bytes) -> list[tuple[int, int]]:
 
 
 def _jpeg(stream: BinaryIO) -> tuple[int, int] | None:
+    stream.seek(2)
+    frame = _jpeg_frame(stream)
+    if frame is None:
+        return None
+    height, width = struct.unpack(">HH", frame[1:5])
+    return _positive(width, height)
+
+
+def _jpeg_frame(stream: BinaryIO) -> bytes | None:
+    """The first frame header's bytes after its length (precision, height, width, then the components'
+    count and up to 4 components' factors when the file holds them), read from just after SOI; None
+    without one."""
     # Walk the segments after SOI by their lengths (so an EXIF thumbnail's SOF is never read) up to the
     # first frame header; the entropy-coded data only starts after it.
-    stream.seek(2)
     for _ in range(_JPEG_SEGMENTS_READ):
         if stream.read(1) != b"\xff":
             return None
@@ -189,10 +236,7 @@ def _jpeg(stream: BinaryIO) -> tuple[int, int] | None:
         if length < 2:
             return None
         if code in _JPEG_SOF:
-            frame = stream.read(5)
-            if len(frame) < 5:
-                return None
-            height, width = struct.unpack(">HH", frame[1:5])
-            return _positive(width, height)
+            frame = stream.read(6 + 3 * 4)
+            return frame if len(frame) >= 5 else None
         stream.seek(length - 2, 1)
     return None

@@ -123,6 +123,7 @@ class FfmpegRenderer:
                 own = OwnMedia(self.store, clip.project_id)
             files: dict[str, Path] = {}
             sizes: dict[str, tuple[int, int]] = {}
+            decoded = 0
             for i, url in enumerate(urls):
                 files[url] = await download.fetch(
                     self.inputs,
@@ -135,6 +136,10 @@ class FfmpegRenderer:
                 )
                 # The header is read from disk: in a thread.
                 sizes[url] = await asyncio.to_thread(self.bounds.check_image, files[url], f"Image {url}")
+                # ffmpeg decodes every input at once: the sum is what the render holds, checked as
+                # each arrives so that no more are fetched once it is over.
+                decoded += await asyncio.to_thread(self.bounds.decoded_image_bytes, files[url], sizes[url])
+                self.bounds.check_decoded_images(decoded, "The images")
                 await progress(0.2 * (i + 1) / len(urls))
             # One ffmpeg input per distinct URL (the graph splits one used more than once): an image is
             # decoded once however often the clip shows it.

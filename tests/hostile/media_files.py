@@ -64,6 +64,27 @@ def long_silent_flac(workdir: Path, hours: float) -> bytes:
     return target.read_bytes()
 
 
+def wide_silent_flac(workdir: Path, seconds: float, rate: int = 384_000, layout: str = "7.1") -> bytes:
+    """A FLAC of `seconds` of silence at a high rate in many channels: a few KB a second that decode
+    to millions of samples (an hour of 384 kHz 7.1 fits under 50 MB)."""
+    target = workdir / "wide.flac"
+    _ffmpeg(
+        *("-f", "lavfi", "-i", f"anullsrc=r={rate}:cl={layout}", "-t", str(seconds)),
+        *("-c:a", "flac", str(target)),
+    )
+    return target.read_bytes()
+
+
+def png_rgba64(workdir: Path, width: int, height: int) -> bytes:
+    """A PNG of 16-bit RGBA (what Pillow cannot write): 8 bytes a pixel once decoded."""
+    target = workdir / "deep.png"
+    _ffmpeg(
+        *("-f", "lavfi", "-i", f"color=c=0x336699:s={width}x{height}", "-frames:v", "1"),
+        *("-pix_fmt", "rgba64be", str(target)),
+    )
+    return target.read_bytes()
+
+
 def wav_claiming(seconds: float, body_seconds: float = 1.0, rate: int = 8000) -> bytes:
     """A WAV whose header declares `seconds` of audio but whose body holds only `body_seconds`."""
     real = square_wav(body_seconds, rate)

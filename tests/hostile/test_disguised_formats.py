@@ -111,7 +111,13 @@ def test_every_type_the_fetch_sniffs_is_read_by_the_demuxer_taskd_names_for_it(t
 
 
 def test_every_input_of_a_callers_file_names_its_demuxer(tmp_path):
-    bounds = Bounds(max_image_pixels=1_000_000, max_input_seconds=60, max_output_bytes=1 << 20)
+    bounds = Bounds(
+        max_image_pixels=1_000_000,
+        max_input_seconds=60,
+        max_output_bytes=1 << 20,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
+    )
 
     image = bounds.image_input(tmp_path / "image0.jpg")
     sound = bounds.audio_input(tmp_path / "track0.m4a", loop=True)

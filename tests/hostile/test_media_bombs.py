@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from media_files import (
     long_silent_flac,
     m4a_stamped_zero,
     png_bomb,
+    png_rgba64,
     silent_wav,
     square_wav,
     wav_claiming,
+    wide_silent_flac,
 )
 from PIL import Image
 
@@ -87,6 +90,26 @@ async def test_a_jpeg_of_many_scans_fails_before_it_is_decoded(start_service, tm
 
     assert body["status"] == "failed", body
     assert body["error"] == f"Image {url} is a JPEG of more than 200 scans, the most an input may have"
+
+
+async def test_images_each_under_the_pixel_limit_fail_on_what_they_take_decoded_together(
+    start_service, tmp_path, files
+):
+    # ffmpeg decodes a render's inputs all at once: three 1000x1000 RGBA PNGs hold 12 MB together.
+    service = await start(start_service, tmp_path, max_decoded_image_bytes=10_000_000)
+    urls = [files.add(f"big{i}.png", encoded("PNG", (1000, 1000), mode="RGBA", colour=i)) for i in range(3)]
+
+    task = await service.submit(
+        "render_animation",
+        {"character_id": "c", "keyframes": [{"image_url": url, "time": i} for i, url in enumerate(urls)]},
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == (
+        "The images would take 12000000 bytes decoded (ffmpeg holds them all at once), over the limit "
+        "of 10000000 bytes (media.max_decoded_image_bytes)"
+    )
 
 
 async def test_a_generated_image_over_the_pixel_limit_is_not_stored(tmp_path, http):
@@ -158,6 +181,99 @@ async def test_the_duration_limit_is_a_setting(start_service, tmp_path, files):
     assert body["error"] == f"Track {url} is longer than the limit of 1.5 s (media.max_input_seconds)"
 
 
+async def test_a_track_of_many_channels_at_a_high_rate_fails_before_it_is_decoded(
+    start_service, tmp_path, files
+):
+    # 2 s of 384 kHz 7.1 silence: 6 million samples to decode from a few KB.
+    service = await start(start_service, tmp_path, max_audio_samples=5_000_000)
+    url = files.add("wide.flac", wide_silent_flac(tmp_path, seconds=2))
+
+    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert re.fullmatch(
+        r"The tracks would decode 6\d{6} samples \(sample rate x channels x seconds\), over the limit "
+        r"of 5000000 \(media.max_audio_samples\)",
+        body["error"],
+    ), body["error"]
+    assert_no_internals(body, service)
+
+
+async def test_tracks_each_under_the_sample_limit_fail_on_their_sum(start_service, tmp_path, files):
+    # Two tracks of 16 000 samples (2 s at 8 kHz, mono) against a limit of 20 000.
+    service = await start(start_service, tmp_path, max_audio_samples=20_000)
+    first = files.add("one.wav", square_wav(2.0))
+    second = files.add("two.wav", square_wav(2.0))
+
+    task = await service.submit(
+        "process_audio", {"tracks": [{"url": first}, {"url": second}], "normalize": False}
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == (
+        "The tracks would decode 32000 samples (sample rate x channels x seconds), over the limit "
+        "of 20000 (media.max_audio_samples)"
+    )
+
+
+async def test_a_background_of_many_channels_at_a_high_rate_is_refused_before_it_is_decoded(
+    tmp_path, http, files
+):
+    url = files.add("wide.flac", wide_silent_flac(tmp_path, seconds=2))
+    async with FakeSpeechAPI() as api:
+        config = Config(
+            data_dir=str(tmp_path / "data"),
+            media=MediaConfig(
+                base_url="http://media.test",
+                scratch_dir=str(tmp_path / "scratch"),
+                max_audio_samples=1_000_000,
+            ),
+            providers=ProvidersConfig(speech=SpeechProvider(base_url=api.base_url)),
+            network=NetworkConfig(allow_private=True),
+        )
+        ctx, _ = make_ctx(http, config)
+
+        with pytest.raises(TaskError) as refused:
+            await generate_character_voice.run(
+                ctx, GenerateCharacterVoiceInput(text="Hi", background_noise=url)
+            )
+
+    assert re.fullmatch(
+        rf"The synthesised speech and Background noise {re.escape(url)} would decode \d+ samples "
+        r"\(sample rate x channels x seconds\), over the limit of 1000000 \(media.max_audio_samples\)",
+        str(refused.value),
+    ), str(refused.value)
+    assert not list((tmp_path / "scratch").rglob("background_plain.wav"))
+
+
+async def test_a_named_channel_layout_is_measured_by_its_channels(tmp_path):
+    path = tmp_path / "wide.flac"
+    path.write_bytes(wide_silent_flac(tmp_path, seconds=0.1, rate=48_000, layout="7.1"))
+
+    assert (await ffmpeg.measure_audio(path, limit=3600, what="Track")).channels == 8
+
+
+@pytest.mark.parametrize(
+    ("layout", "channels"),
+    [
+        ("mono", 1),
+        ("5.1(side)", 6),
+        ("7.1(wide-side)", 8),
+        ("5.1.4", 10),
+        ("22.2", 24),
+        ("octagonal", 8),
+        ("hexadecagonal", 16),
+        ("FL+FR+LFE", 3),
+        ("65 channels", 65),
+        ("ambisonic 3", 16),
+    ],
+)
+def test_channel_layouts_are_counted(layout, channels):
+    assert ffmpeg.layout_channels(layout) == channels
+
+
 async def test_a_header_claiming_ten_hours_is_measured_by_what_the_file_holds(tmp_path):
     path = tmp_path / "liar.wav"
     path.write_bytes(wav_claiming(seconds=36_000, body_seconds=1.0))
@@ -224,7 +340,13 @@ async def test_ffmpeg_itself_refuses_to_decode_an_image_over_the_pixel_bound(tmp
     # The second line, for a picture the header reader did not see (a later frame, a format it skips).
     path = tmp_path / "big.png"
     path.write_bytes(png_bomb(2_000, 1_000))
-    bounds = Bounds(max_image_pixels=1_000_000, max_input_seconds=60, max_output_bytes=MEGABYTE)
+    bounds = Bounds(
+        max_image_pixels=1_000_000,
+        max_input_seconds=60,
+        max_output_bytes=MEGABYTE,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
+    )
     log = tmp_path / "ffmpeg.log"
 
     with pytest.raises(TaskError, match=r"^Decoding failed \(ffmpeg exit"):
@@ -237,7 +359,13 @@ async def test_ffmpeg_reads_no_more_of_an_audio_input_than_the_duration_bound(tm
     # The second line, for a file whose packets were counted short but decode long.
     path, out = tmp_path / "two.wav", tmp_path / "out.wav"
     path.write_bytes(square_wav(2.0))
-    bounds = Bounds(max_image_pixels=1_000_000, max_input_seconds=0.5, max_output_bytes=MEGABYTE)
+    bounds = Bounds(
+        max_image_pixels=1_000_000,
+        max_input_seconds=0.5,
+        max_output_bytes=MEGABYTE,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
+    )
 
     await ffmpeg.run_ffmpeg(
         [*bounds.audio_input(path), *bounds.output_args(), str(out)], log_path=tmp_path / "log"
@@ -263,9 +391,26 @@ async def test_a_track_whose_timestamps_all_say_zero_is_mixed_no_longer_than_the
     assert body["result"]["metadata"]["duration"] <= 2.1
 
 
-def encoded(fmt: str, size: tuple[int, int], **options: object) -> bytes:
+async def test_a_track_whose_timestamps_say_less_than_it_holds_is_decoded_no_further_than_they_count(
+    start_service, tmp_path, files
+):
+    # Its packets count ~0 s, so the sample limit counts ~0 s of it: decoding stops a second past that.
+    service = await start(start_service, tmp_path)
+    url = files.add("zero.m4a", m4a_stamped_zero(tmp_path, seconds=30))
+
+    task = await service.submit(
+        "process_audio",
+        {"tracks": [{"url": url}], "normalize": False, "output_format": "wav", "sample_rate": 8000},
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "completed", body
+    assert body["result"]["metadata"]["duration"] <= 1.1
+
+
+def encoded(fmt: str, size: tuple[int, int], mode: str = "RGB", colour: int = 0, **options: object) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", size, (90, 40, 200)).save(out, fmt, **options)
+    Image.new(mode, size, (90, 40, 200 + colour, 255)[: len(mode)]).save(out, fmt, **options)
     return out.getvalue()
 
 
@@ -286,6 +431,32 @@ def test_image_sizes_are_read_from_the_header(tmp_path, fmt, options):
     path.write_bytes(encoded(fmt, (1234, 567), **options))
 
     assert image_header.dimensions(path) == (1234, 567)
+
+
+def test_a_sixteen_bit_rgba_png_is_counted_at_eight_bytes_a_pixel(tmp_path):
+    path = tmp_path / "deep.png"
+    path.write_bytes(png_rgba64(tmp_path, 64, 48))
+
+    assert image_header.bytes_per_pixel(path) == 8
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode", "options", "expected"),
+    [
+        ("PNG", "RGB", {}, 3),
+        ("PNG", "L", {}, 1),
+        ("JPEG", "RGB", {"subsampling": 2}, 1.5),  # 4:2:0
+        ("JPEG", "RGB", {"subsampling": 0}, 3),  # 4:4:4
+        ("JPEG", "L", {}, 1),
+        ("GIF", "RGB", {}, 4),
+        ("WEBP", "RGB", {}, 4),
+    ],
+)
+def test_what_a_pixel_takes_decoded_is_read_from_the_header(tmp_path, fmt, mode, options, expected):
+    path = tmp_path / "image"
+    path.write_bytes(encoded(fmt, (64, 48), mode=mode, **options))
+
+    assert image_header.bytes_per_pixel(path) == expected
 
 
 def test_a_jpeg_frame_header_hidden_in_an_app_segment_is_not_read(tmp_path):

@@ -86,7 +86,7 @@ async def synthesise(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdi
 
 
 async def _background(
-    ctx: TaskContext, name: str, workdir: Path, bounds: Bounds, voice_seconds: float, sample_rate: int
+    ctx: TaskContext, name: str, workdir: Path, bounds: Bounds, voice: ffmpeg.AudioInput, sample_rate: int
 ) -> list[str]:
     """The `-i` of the background: a built-in noise, or the fetched file decoded once into a plain WAV
     of at most the voice's length, which is what ffmpeg loops."""
@@ -103,14 +103,19 @@ async def _background(
         what="Background noise",
         own=OwnMedia.for_task(ctx.config, ctx.project_id),  # e.g. an earlier process_audio's media_url
     )
-    await bounds.check_audio(path, what)
+    stream = await bounds.check_audio(path, what)
     # Looping the fetched file itself would read all of it again on every pass, however few samples
     # (or however short timestamps) each pass gives: decoded once, by its samples, it is looped as
     # a WAV whose timestamps are its samples and whose bytes are only those samples.
     plain = workdir / "background_plain.wav"
     # No more than the voice needs (and no less than the shortest background taken).
-    needed = max(voice_seconds, MIN_BACKGROUND_SECONDS)
-    chain = f"{bounds.audio_samples()},atrim=end={needed:.3f},aresample={sample_rate}"
+    needed = max(voice.seconds, MIN_BACKGROUND_SECONDS)
+    decoded = min(needed, stream.seconds)
+    bounds.check_samples(
+        bounds.samples(voice, voice.seconds) + bounds.samples(stream, decoded),
+        f"The synthesised speech and {what}",
+    )
+    chain = f"{bounds.audio_samples(stream)},atrim=end={needed:.3f},aresample={sample_rate}"
     await ffmpeg.run_ffmpeg(
         [
             *bounds.audio_input(path),
@@ -142,16 +147,18 @@ async def voice(ctx: TaskContext, data: GenerateCharacterVoiceInput, workdir: Pa
     await ctx.progress(0.6, "mixing_audio")
     bounds = Bounds.from_config(ctx.config.media)
     # A speech provider's answer is bounded like a caller's file.
-    length = await bounds.check_audio(speech_file, "The synthesised speech")
+    speech = await bounds.check_audio(speech_file, "The synthesised speech")
+    bounds.check_samples(bounds.samples(speech, speech.seconds), "The synthesised speech")
+    length = speech.seconds
     voice_chain = f"aresample={data.sample_rate},aformat=sample_fmts=fltp:channel_layouts=mono"
     inputs = bounds.audio_input(speech_file)
-    graph = f"[0:a]{bounds.audio_samples()},{voice_chain}[out]"
+    graph = f"[0:a]{bounds.audio_samples(speech)},{voice_chain}[out]"
     if data.background_noise:
-        inputs += await _background(ctx, data.background_noise, workdir, bounds, length, data.sample_rate)
+        inputs += await _background(ctx, data.background_noise, workdir, bounds, speech, data.sample_rate)
         # Both kinds of background have honest timestamps: a generated noise (lavfi), a fetched
         # file decoded into a plain WAV.
         graph = (
-            f"[0:a]{bounds.audio_samples()},{voice_chain}[v];"
+            f"[0:a]{bounds.audio_samples(speech)},{voice_chain}[v];"
             f"[1:a]volume={NOISE_GAIN_DB:g}dB,{voice_chain}[n];"
             "[v][n]amix=inputs=2:duration=first:normalize=0[out]"
         )

@@ -47,14 +47,14 @@ class ProcessAudioInput:
     )
 
 
-def mix_graph(tracks: list[AudioTrack], sample_rate: int, samples: str) -> tuple[str, str]:
-    """Bound (`samples`: Bounds.audio_samples), trim, gain, resample to stereo and delay each input,
-    then sum them (no level change by amix)."""
+def mix_graph(tracks: list[AudioTrack], sample_rate: int, samples: list[str]) -> tuple[str, str]:
+    """Bound (`samples`, each track's Bounds.audio_samples), trim, gain, resample to stereo and delay
+    each input, then sum them (no level change by amix)."""
     parts = []
-    for i, track in enumerate(tracks):
+    for i, (track, bound) in enumerate(zip(tracks, samples, strict=True)):
         trim = [f"start={track.start:g}"] if track.start is not None else []
         trim += [f"end={track.end:g}"] if track.end is not None else []
-        steps = [samples]
+        steps = [bound]
         steps += [f"atrim={':'.join(trim)}"] if trim else []
         steps += [
             "asetpts=PTS-STARTPTS",
@@ -110,15 +110,20 @@ async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> d
         )
         await ctx.progress(0.05 + 0.15 * (i + 1) / len(data.tracks), "fetching_tracks")
     bounds = Bounds.from_config(ctx.config.media)
-    lengths: list[float | None] = [
+    streams = [
         await bounds.check_audio(path, f"Track {track.url}")
         for path, track in zip(files, data.tracks, strict=True)
     ]
+    # Every track is decoded whole, up to its end, whatever its trim keeps.
+    bounds.check_samples(sum(bounds.samples(stream, stream.seconds) for stream in streams), "The tracks")
+    lengths: list[float | None] = [stream.seconds for stream in streams]
     expected = mix_length(data.tracks, lengths)
     if expected is not None and expected <= 0:
         raise TaskError("Nothing is left to mix after trimming")
     inputs = [arg for path in files for arg in bounds.audio_input(path)]
-    graph, label = mix_graph(data.tracks, data.sample_rate, bounds.audio_samples())
+    graph, label = mix_graph(
+        data.tracks, data.sample_rate, [bounds.audio_samples(stream) for stream in streams]
+    )
 
     async def analysing(fraction: float) -> None:
         await ctx.progress(0.2 + 0.35 * fraction, "measuring_loudness")
