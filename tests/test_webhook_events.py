@@ -111,6 +111,27 @@ async def test_progress_webhooks_are_coalesced_to_one_per_interval_carrying_the_
     assert [request.json["event"] for request in receiver.received].count("completed") == 1
 
 
+async def test_a_progress_webhook_names_the_run_it_reports(start, receiver):
+    service = await start(progress_interval=0.1)
+
+    task_id = await submit_sleep(service, receiver, 0.2, 2, webhook_events=["progress"])
+    progress = await receiver.wait_for(1)
+    await service.wait_terminal(task_id)
+
+    assert progress[0].json["attempt"] == 1
+    assert set(progress[0].json) == {
+        "task_id",
+        "project_id",
+        "event",
+        "status",
+        "attempt",
+        "progress",
+        "current_step",
+        "updated_at",
+        "metadata",
+    }
+
+
 @pytest.mark.parametrize(("event", "seconds"), [("started", 0.1), ("progress", 12.0)])
 async def test_a_started_or_progress_webhook_to_a_receiver_that_always_fails_logs_nothing_above_info(
     start, receiver, caplog, event, seconds

@@ -45,6 +45,9 @@ def build_payload(record: TaskRecord, event: str | None = None) -> dict[str, Any
             **common,
             "event": PROGRESS,
             "status": record.status.value,
+            # The run it reports: one of an earlier run sent as a later one started can arrive after
+            # that run's `started` (docs/webhooks.md).
+            "attempt": record.attempt,
             "progress": record.progress,
             "current_step": record.current_step,
             "updated_at": iso(record.updated_at),
