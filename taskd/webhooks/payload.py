@@ -71,9 +71,13 @@ def build_payload(record: TaskRecord, event: str | None = None) -> dict[str, Any
             "metadata": record.metadata,
         }
     if record.status is TaskStatus.CANCELLED:
+        # A cancel taskd made (a dependency that failed or was cancelled) says why, as the status
+        # and the event stream do; a caller's cancel has no error.
+        why = {} if record.error is None else {"error": record.error}
         return {
             **common,
             "previous_state": record.previous_state,
+            **why,
             "cancelled_at": iso(record.cancelled_at),
             "metadata": record.metadata,
         }
