@@ -74,10 +74,11 @@
 -- an HGET and an HGETALL a submit). A job's score on arq's set (or that it is not there) is kept
 -- the same way, from its first read (a ZSCORE when a submit behind its project's head asks, a
 -- ZMSCORE of the heads for a position) or this file's ZADD or ZREM of it, and lib/take.lua's ZREM
--- of a job it starts or drops; and a line's count of due jobs from its first ZCOUNT until this file writes the
--- line (or a take writes its batch). So the submits of one call read the other projects' heads'
--- scores and lines' lengths once for all their positions, not once each: with thousands of projects
--- waiting on a queue, those reads were most of a submit's cost, and a call carries up to 64 submits.
+-- of a job it starts or drops; and a line's count of due jobs from its first ZCOUNT until this
+-- file writes the line (or a take writes its batch). So the submits of one call read the other
+-- projects' heads' scores and lines' counts once for all their positions, not once each: with
+-- thousands of projects waiting on a queue, those reads were most of a submit's cost, and a call
+-- carries up to 64 submits.
 -- Returns: seat, leave_line and orphan_leaves whether a job was put on arq's set (a new head: a worker may be
 -- woken for it), and if so that job, its score there and, when it was left off for the caller's
 -- next start (`before`), its record; wait_in_line the job's 0-based place in its project's line when it went behind
@@ -396,7 +397,8 @@ local function estimated_place(queue, project, line, k, now_ms)
     return redis.call('ZCOUNT', '@QUEUE_PREFIX@' .. queue, '-inf', '(' .. string.format('%.17g', mine)) + 1
   end
   local others = heads - (head and 1 or 0)
-  local waiting = redis.call('ZCOUNT', '@WAITING_PREFIX@' .. queue, '-inf', now_ms) - due_in_line(line, now_ms)
+  local due = redis.call('ZCOUNT', '@WAITING_PREFIX@' .. queue, '-inf', now_ms)
+  local waiting = due - due_in_line(line, now_ms)
   return k + math.min(math.max(waiting, 0), k * others) + 1
 end
 
