@@ -381,6 +381,7 @@ STATUS_FIELDS = (
     "cancelled_at",
     "retry_of",
     "last_error",
+    "next_retry_at",
     "error",
 )
 

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar, overload
 from urllib.parse import quote
 
 import aiohttp
@@ -137,6 +137,17 @@ class RateLimited(TaskdError):
 
 class ServiceUnavailable(RateLimited):
     """503 `service_unavailable` (storage unreachable, queue full); `retry_after` seconds."""
+
+
+class EventsLost(TaskdError):
+    """A project's event stream told of events it no longer kept (a `gap`): whole tasks' events,
+    their ends among them, may be missing; `gap` says after which id. List the project's tasks
+    again, or follow it with `project_events(…, gaps=True)`, which hands the gap over instead."""
+
+    def __init__(self, gap: StreamGap) -> None:
+        message = f"events after {gap.after} were trimmed before they were sent (kept from {gap.kept_from})"
+        super().__init__(200, {"error": "events_lost", "message": message})
+        self.gap = gap
 
 
 class TaskEnded(Exception):
@@ -427,8 +438,21 @@ class Metrics:
     raw: dict[str, Any] = attrs.field(factory=dict, repr=False, eq=False)
 
 
-# The event types taskd sends; a stream's other types are skipped.
+# The event types taskd sends about a task; `gap` is the stream's own (StreamGap), and any other
+# type is skipped.
 _EVENT_TYPES = frozenset({"status", "progress"})
+_GAP = "gap"
+# What a stream's reader does with a `gap`: skip it, raise EventsLost, or yield a StreamGap.
+_GapMode = Literal["skip", "raise", "yield"]
+
+
+@attrs.frozen
+class StreamGap:
+    """A stream's `gap` event: events after `after` (`0-0`: from the first) were trimmed before the
+    stream sent them; `kept_from` is the oldest id it still kept. Not a task's event: no id."""
+
+    after: str
+    kept_from: str
 
 
 @attrs.frozen
@@ -543,6 +567,25 @@ async def _sse(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[tu
             size += len(value)
             if size > limit:  # data lines that never end their event
                 raise _too_large(200, "an event", limit)
+
+
+def _stream_item(
+    event_id: str | None, name: str, data: str, on_gap: _GapMode
+) -> TaskEvent | StreamGap | None:
+    """What the stream's reader yields for one event: None for one it skips."""
+    if name == _GAP and on_gap != "skip":
+        with _taskd_answer("StreamGap"):
+            gap = _structure(StreamGap, orjson.loads(data))
+        if on_gap == "raise":
+            raise EventsLost(gap)
+        return gap
+    if name not in _EVENT_TYPES:
+        # A type a later taskd may add: skipped, as an EventSource skips a type it has no listener
+        # for, rather than ending every wait of an older client.
+        return None
+    with _taskd_answer("TaskEvent"):
+        fields = {**orjson.loads(data), "id": event_id, "type": name}
+    return _structure(TaskEvent, fields)
 
 
 async def _deliver(on_event: Callable[[TaskEvent], Any], event: TaskEvent) -> None:
@@ -898,23 +941,53 @@ class TaskClient:
             metrics = _structure(Metrics, {**body["metrics"], "timestamp": body.get("timestamp")})
         return attrs.evolve(metrics, raw=body)
 
-    async def events(self, task_id: str, *, last_event_id: str | None = None) -> AsyncIterator[TaskEvent]:
-        """A task's events as they happen (from the first, or after `last_event_id`); ends after the last."""
-        async for event in self._stream(f"/api/v1/tasks/{_segment(task_id)}/events", last_event_id):
+    @overload
+    def events(
+        self, task_id: str, *, last_event_id: str | None = None, gaps: Literal[False] = False
+    ) -> AsyncIterator[TaskEvent]: ...
+    @overload
+    def events(
+        self, task_id: str, *, last_event_id: str | None = None, gaps: Literal[True]
+    ) -> AsyncIterator[TaskEvent | StreamGap]: ...
+    async def events(
+        self, task_id: str, *, last_event_id: str | None = None, gaps: bool = False
+    ) -> AsyncIterator[TaskEvent | StreamGap]:
+        """A task's events as they happen (from the first, or after `last_event_id`); ends after the last.
+
+        A `gap` (progress events trimmed before they were sent) is skipped: every event carries the
+        task's whole state and its end is never trimmed. With `gaps=True` it is yielded as a StreamGap.
+        """
+        path = f"/api/v1/tasks/{_segment(task_id)}/events"
+        async for event in self._stream(path, last_event_id, "yield" if gaps else "skip"):
             yield event
 
+    @overload
+    def project_events(
+        self, project_id: str, *, last_event_id: str | None = None, gaps: Literal[False] = False
+    ) -> AsyncIterator[TaskEvent]: ...
+    @overload
+    def project_events(
+        self, project_id: str, *, last_event_id: str | None = None, gaps: Literal[True]
+    ) -> AsyncIterator[TaskEvent | StreamGap]: ...
     async def project_events(
-        self, project_id: str, *, last_event_id: str | None = None
-    ) -> AsyncIterator[TaskEvent]:
-        """Events of every task of a project from now (or after `last_event_id`); never ends by itself."""
-        async for event in self._stream(f"/api/v1/projects/{_segment(project_id)}/events", last_event_id):
+        self, project_id: str, *, last_event_id: str | None = None, gaps: bool = False
+    ) -> AsyncIterator[TaskEvent | StreamGap]:
+        """Events of every task of a project from now (or after `last_event_id`); never ends by itself.
+
+        A `gap` means whole tasks' events, their ends among them, were lost: it raises EventsLost,
+        unless `gaps=True`, which yields it as a StreamGap (then list the project's tasks again).
+        """
+        path = f"/api/v1/projects/{_segment(project_id)}/events"
+        async for event in self._stream(path, last_event_id, "yield" if gaps else "raise"):
             yield event
 
     def _url(self, path: str) -> yarl.URL:
         # Sent as built: parsing it again would decode the segments' dots and resolve them.
         return yarl.URL(self._base + path, encoded=True)
 
-    async def _stream(self, path: str, last_event_id: str | None) -> AsyncIterator[TaskEvent]:
+    async def _stream(
+        self, path: str, last_event_id: str | None, on_gap: _GapMode
+    ) -> AsyncIterator[TaskEvent | StreamGap]:
         headers = self._headers({"Accept": "text/event-stream"})
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
@@ -940,13 +1013,9 @@ class TaskClient:
                 if not response.content_type.startswith("text/event-stream"):
                     raise _StreamUnavailable(path)
                 async for event_id, name, data in _sse(response, self.max_response_bytes):
-                    if name not in _EVENT_TYPES:
-                        # A type a later taskd may add: skipped, as an EventSource skips a type it
-                        # has no listener for, rather than ending every wait of an older client.
-                        continue
-                    with _taskd_answer("TaskEvent"):
-                        fields = {**orjson.loads(data), "id": event_id, "type": name}
-                    yield _structure(TaskEvent, fields)
+                    event = _stream_item(event_id, name, data, on_gap)
+                    if event is not None:
+                        yield event
         except aiohttp.ClientError as exc:
             raise TaskdConnectionError(f"event stream from {self._shown} broke: {exc}") from exc
         except TimeoutError as exc:

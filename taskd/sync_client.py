@@ -22,12 +22,13 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeVar, overload
 
-from taskd.client import DEFAULT_URL, MAX_RESPONSE_BYTES, Task, TaskClient, TaskEvent
+from taskd.client import DEFAULT_URL, MAX_RESPONSE_BYTES, StreamGap, Task, TaskClient, TaskEvent
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_Item = TypeVar("_Item")
 # Put after the last event: the coroutine that produced them has returned or raised.
 _END = object()
 # Events read from the stream and not yet taken by the caller's thread: past this, the client's
@@ -174,15 +175,48 @@ class SyncTaskClient:
         finally:
             future.cancel()
 
-    def events(self, task_id: str, *, last_event_id: str | None = None) -> Iterator[TaskEvent]:
-        """A task's events as they happen (from the first, or after `last_event_id`); ends after the last."""
-        return self._iterate(self.client.events(task_id, last_event_id=last_event_id))
+    @overload
+    def events(
+        self, task_id: str, *, last_event_id: str | None = None, gaps: Literal[False] = False
+    ) -> Iterator[TaskEvent]: ...
+    @overload
+    def events(
+        self, task_id: str, *, last_event_id: str | None = None, gaps: Literal[True]
+    ) -> Iterator[TaskEvent | StreamGap]: ...
+    def events(
+        self, task_id: str, *, last_event_id: str | None = None, gaps: bool = False
+    ) -> Iterator[TaskEvent | StreamGap]:
+        """A task's events as they happen (from the first, or after `last_event_id`); ends after the last.
+        A `gap` is skipped, or yielded as a StreamGap with `gaps=True` (TaskClient.events)."""
+        source: AsyncIterator[TaskEvent | StreamGap]
+        if gaps:
+            source = self.client.events(task_id, last_event_id=last_event_id, gaps=True)
+        else:
+            source = self.client.events(task_id, last_event_id=last_event_id)
+        return self._iterate(source)
 
-    def project_events(self, project_id: str, *, last_event_id: str | None = None) -> Iterator[TaskEvent]:
-        """Events of every task of a project from now (or after `last_event_id`); never ends by itself."""
-        return self._iterate(self.client.project_events(project_id, last_event_id=last_event_id))
+    @overload
+    def project_events(
+        self, project_id: str, *, last_event_id: str | None = None, gaps: Literal[False] = False
+    ) -> Iterator[TaskEvent]: ...
+    @overload
+    def project_events(
+        self, project_id: str, *, last_event_id: str | None = None, gaps: Literal[True]
+    ) -> Iterator[TaskEvent | StreamGap]: ...
+    def project_events(
+        self, project_id: str, *, last_event_id: str | None = None, gaps: bool = False
+    ) -> Iterator[TaskEvent | StreamGap]:
+        """Events of every task of a project from now (or after `last_event_id`); never ends by itself.
+        A `gap` raises EventsLost, or is yielded as a StreamGap with `gaps=True`
+        (TaskClient.project_events)."""
+        source: AsyncIterator[TaskEvent | StreamGap]
+        if gaps:
+            source = self.client.project_events(project_id, last_event_id=last_event_id, gaps=True)
+        else:
+            source = self.client.project_events(project_id, last_event_id=last_event_id)
+        return self._iterate(source)
 
-    def _iterate(self, source: AsyncIterator[TaskEvent]) -> Iterator[TaskEvent]:
+    def _iterate(self, source: AsyncIterator[_Item]) -> Iterator[_Item]:
         """Yield what `source` yields on the client's loop; leaving the loop early closes the stream."""
         events = _HandOver(self._loop)
 

@@ -18,7 +18,7 @@ from fake_taskd import Handler, fake_taskd
 
 from taskd.cli_client import ProgressView
 from taskd.client import TaskEvent, TaskStatus
-from taskd.config import AuthConfig, ExecutionConfig, load_config
+from taskd.config import AuthConfig, ExecutionConfig, RetryConfig, load_config
 
 
 @attrs.frozen
@@ -449,6 +449,16 @@ async def test_submit_delay_shows_scheduled_for_in_the_status(taskd):
     assert [line.split()[0] for line in status.out.splitlines() if "scheduled_for" in line] == [
         "scheduled_for:"
     ]
+
+
+async def test_status_of_a_task_waiting_for_its_retry_shows_when_it_runs_next(start_service):
+    api = await start_service(retry=RetryConfig(base_delay=600))
+    task_id = (await api.submit("fail", {"transient": True}))["task_id"]
+    waiting = await api.wait_for(task_id, lambda body: body["next_retry_at"] is not None)
+
+    status = await taskd_cli("status", task_id, url=api.base_url)
+
+    assert f"next_retry_at:   {waiting['next_retry_at']}" in status.out.splitlines()
 
 
 CHAIN = """

@@ -15,10 +15,12 @@ from fake_taskd import event_stream, fake_taskd
 from taskd import keys
 from taskd.client import (
     AuthenticationFailed,
+    EventsLost,
     IdempotencyKeyReused,
     InvalidState,
     RateLimited,
     ServiceUnavailable,
+    StreamGap,
     Task,
     TaskCancelled,
     TaskClient,
@@ -139,6 +141,43 @@ async def test_a_completed_event_carrying_the_largest_result_the_server_keeps_is
     assert seen[-1].is_terminal
     assert seen[-1].result == task.result
     assert replayed[-1].result == task.result
+
+
+async def _trimmed_project_stream(taskd, redis) -> tuple[str, list[str]]:
+    """Two ended tasks of `films`, their project stream trimmed to its last two events: the id of
+    its first event (which the trim passed) and the ids kept."""
+    for task in [await taskd.submit("noop", {}, project_id="films") for _ in range(2)]:
+        await taskd.wait_terminal(task["task_id"])
+    stream = keys.project_events("films")
+    first_id = (await redis.xrange(stream, count=1))[0][0].decode()
+    await redis.xtrim(stream, maxlen=2, approximate=False)
+    return first_id, [entry_id.decode() for entry_id, _ in await redis.xrange(stream)]
+
+
+async def test_project_events_raises_events_lost_where_the_stream_says_gap(client, taskd, redis):
+    first_id, kept = await _trimmed_project_stream(taskd, redis)
+
+    with pytest.raises(EventsLost) as lost:
+        async with asyncio.timeout(10):
+            async for _ in client.project_events("films", last_event_id=first_id):
+                pass
+
+    assert lost.value.gap == StreamGap(after=first_id, kept_from=kept[0])
+    assert lost.value.error == "events_lost"
+
+
+async def test_project_events_with_gaps_yields_the_gap_then_the_events_kept(client, taskd, redis):
+    first_id, kept = await _trimmed_project_stream(taskd, redis)
+    seen: list[Any] = []
+
+    async with asyncio.timeout(10):
+        async for item in client.project_events("films", last_event_id=first_id, gaps=True):
+            seen.append(item)
+            if len(seen) == 3:
+                break
+
+    assert seen[0] == StreamGap(after=first_id, kept_from=kept[0])
+    assert [event.id for event in seen[1:]] == kept
 
 
 async def test_wait_raises_task_failed_carrying_the_final_status(client):

@@ -6,6 +6,8 @@ import orjson
 
 from taskd import keys
 from taskd.config import StorageConfig
+from taskd.model import now
+from taskd.store import TaskStore
 
 
 async def events(redis, stream: str) -> list[dict]:
@@ -33,6 +35,21 @@ async def test_progress_events_carry_the_current_step(taskd, redis):
         (0.5, "step_1_of_2"),
         (1.0, "step_2_of_2"),
     ]
+
+
+async def test_a_progress_report_below_the_recorded_one_is_dropped(taskd, redis):
+    # Reports a handler makes at once go on several connections: Redis may run an older one last.
+    task_id = (await taskd.submit("report_step", {"step": "halfway"}))["task_id"]
+    await taskd.wait_for(task_id, lambda body: body["progress"] == 0.5)
+    worker_id, job_id = [raw.decode() for raw in await redis.hmget(keys.task(task_id), "worker_id", "job_id")]
+
+    written = await TaskStore(redis, 3600).progress(task_id, job_id, worker_id, 0.25, "older", now())
+
+    assert written  # still this run's: no reconcile
+    status = await taskd.status(task_id)
+    assert (status["progress"], status["current_step"]) == (0.5, "halfway")
+    progress = [e for e in await events(redis, keys.task_events(task_id)) if e["type"] == "progress"]
+    assert [(e["progress"], e["current_step"]) for e in progress] == [(0.5, "halfway")]
 
 
 async def test_failure_event_carries_the_error(taskd, redis):

@@ -9,7 +9,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from taskd import keys
-from taskd.config import ExecutionConfig, LimitsConfig, QueueConfig, load_config
+from taskd.config import ExecutionConfig, LimitsConfig, QueueConfig, RetryConfig, load_config
 
 SLEEP = "sleep"
 
@@ -200,6 +200,21 @@ async def test_queue_position_counts_the_turns_of_other_projects(start_service):
 
     # Turns: many's 1st, one's only task, then the rest of many.
     assert positions == [1, 3, 4, 5, 6, 2]
+
+
+async def test_queue_position_does_not_count_a_retry_waiting_for_its_back_off(start_service):
+    retry = RetryConfig(base_delay=3600)
+    api = await start_service(workers=False, retry=retry)
+    worker = await start_service(http=False, retry=retry)
+    flaky = (await api.submit("fail", {"transient": True}, project_id="flaky"))["task_id"]
+    await api.wait_for(flaky, lambda body: body["attempt"] == 1 and body["status"] == "queued")
+    await worker.service.stop(grace=1)
+    waiting = [(await api.submit("noop", {}, project_id="p"))["task_id"] for _ in range(2)]
+
+    positions = [(await api.status(task_id))["queue_position"] for task_id in waiting]
+
+    # The retry is due in an hour: both of p's tasks start before it.
+    assert positions == [1, 2]
 
 
 async def test_a_projects_tasks_submitted_within_one_millisecond_keep_their_order(

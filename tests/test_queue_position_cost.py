@@ -17,8 +17,8 @@ from taskd import keys
 from taskd.config import LimitsConfig
 from taskd.store import TaskStore
 
-# The commands place() may spend per other project: a line's length, a head's score.
-PER_PROJECT_READS = ("zcard", "zscore", "zmscore")
+# The commands place() may spend per other project: a line's count of due jobs, a head's score.
+PER_PROJECT_READS = ("zcard", "zcount", "zscore", "zmscore")
 
 
 async def waiting_projects(api: Any, names: range, each: int) -> None:
@@ -139,7 +139,7 @@ async def test_the_tasks_of_one_call_read_each_other_projects_head_and_line_once
     # every project; from the third on, each other project has no more waiting than it.
     assert [answer["queue_position"] for answer in answers] == [21, 42, *range(43, 51)]
     lines = [keys.project_waiting("default", f"waiting-{n}") for n in range(20)]
-    assert sorted(c.split()[1] for c in ran if c.startswith("ZCARD") and c.split()[1] in lines) == sorted(
+    assert sorted(c.split()[1] for c in ran if c.startswith("ZCOUNT") and c.split()[1] in lines) == sorted(
         lines
     )
     assert [c.split()[:2] for c in ran if c.startswith("ZMSCORE")] == [["ZMSCORE", keys.queue("default")]]
@@ -162,7 +162,7 @@ async def test_status_reads_made_at_once_read_each_other_projects_head_and_line_
 
     assert positions == [21, 42, 43, 44, 45]
     lines = [keys.project_waiting("default", f"waiting-{n}") for n in range(20)]
-    assert sorted(c.split()[1] for c in ran if c.startswith("ZCARD") and c.split()[1] in lines) == sorted(
+    assert sorted(c.split()[1] for c in ran if c.startswith("ZCOUNT") and c.split()[1] in lines) == sorted(
         lines
     )
     assert [c.split()[:2] for c in ran if c.startswith("ZMSCORE")] == [["ZMSCORE", keys.queue("default")]]
@@ -210,7 +210,7 @@ async def test_past_the_exact_limit_a_submit_and_a_status_read_cost_the_same_how
     ran_then = await sent_to_valkey(redis, submit_and_read, by_scripts=True)
 
     # As many commands on the queue's lines and heads, and none that reads every project's head
-    # (HGETALL of the heads, ZMSCORE of their scores) or line (a ZCARD each).
+    # (HGETALL of the heads, ZMSCORE of their scores) or line (a ZCOUNT each).
     queue = (
         keys.heads("default"),
         keys.queue("default"),
@@ -221,7 +221,7 @@ async def test_past_the_exact_limit_a_submit_and_a_status_read_cost_the_same_how
         [c for c in ran if c.split()[1:2] and c.split()[1].startswith(queue)]
     )
     lines = keys.project_waiting("default", "many-")
-    every = ("HGETALL " + keys.heads("default"), "ZMSCORE", "ZCARD " + lines)
+    every = ("HGETALL " + keys.heads("default"), "ZMSCORE", "ZCARD " + lines, "ZCOUNT " + lines)
     assert not [c for c in ran + ran_then if c.startswith(every)]
     # Every other project has one task waiting, so the counts are exact here: a new project's head
     # after every other head; mine's second task after its head and one turn of every other project.

@@ -92,11 +92,12 @@ def test_every_key_and_argument_a_script_uses_is_the_one_its_header_documents(na
     assert _used("KEYS", body) | partition == set(range(1, len(header.keys) + 1))
     assert _used("ARGV", body) == set(range(1, len(header.args) + 1))
     rest = len(header.args) + 1
-    # The trailing ARGV[n..] is read by a loop over its values or its pairs, passed on whole
+    # The trailing ARGV[n..] is read by a loop over its values, pairs or triples, passed on whole
     # (unpack), or walked one call's values after another (finish.lua's ends).
     takes_rest = (
         f"for i = {rest}, #ARGV do" in body
         or f"for i = {rest}, #ARGV, 2" in body
+        or f"for i = {rest}, #ARGV, 3" in body
         or f"unpack(ARGV, {rest})" in body
         or (f"local at = {rest}\n" in body and "while at <= #ARGV do" in body)
     )

@@ -12,7 +12,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import API_KEY, TaskdProcess, child_env
 
-from taskd.client import RateLimited, ServiceUnavailable, TaskFailed, TaskNotFoundError, TaskStatus
+from taskd.client import (
+    EventsLost,
+    RateLimited,
+    ServiceUnavailable,
+    StreamGap,
+    TaskFailed,
+    TaskNotFoundError,
+    TaskStatus,
+)
 from taskd.sync_client import SyncTaskClient
 
 
@@ -118,7 +126,8 @@ SUBMITTED = {
 
 
 class Refusing(ThreadingHTTPServer):
-    """Answers the submit route with `refusals` (status, Retry-After or None) in turn, then 200."""
+    """Answers the submit route with `refusals` (status, Retry-After or None) in turn, then 200; any
+    GET with a project stream that says `gap`."""
 
     def __init__(self, refusals: list[tuple[int, str | None]]) -> None:
         super().__init__(("127.0.0.1", 0), _RefusingHandler)
@@ -143,6 +152,23 @@ class _RefusingHandler(BaseHTTPRequestHandler):
             self._answer(status, {"error": "rate_limited", "message": "slow down"}, retry_after)
         else:
             self._answer(200, SUBMITTED, None)
+
+    def do_GET(self) -> None:
+        # A project's stream that lost events: a gap, then the one event it kept.
+        raw = (
+            b"event: gap\n"
+            b'data: {"type": "gap", "after": "1-0", "kept_from": "5-0"}\n\n'
+            + b"id: 5-0\nevent: status\ndata: "
+            + json.dumps(
+                {"type": "status", "task_id": "t1", "project_id": "films", "status": "completed"}
+            ).encode()
+            + b"\n\n"
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
 
     def _answer(self, status: int, body: dict[str, object], retry_after: str | None) -> None:
         raw = json.dumps(body).encode()
@@ -229,3 +255,18 @@ async def test_a_blocking_call_works_inside_a_running_event_loop(refusing: Refus
         submitted = client.submit("films", "noop", {})
 
     assert submitted.task_id == "t1"
+
+
+def test_project_events_raise_events_lost_at_a_gap(refusing: Refusing):
+    with SyncTaskClient(refusing.url, API_KEY) as client, pytest.raises(EventsLost) as lost:
+        list(client.project_events("films", last_event_id="1-0"))
+
+    assert lost.value.gap == StreamGap(after="1-0", kept_from="5-0")
+
+
+def test_project_events_with_gaps_yield_the_gap_then_the_events(refusing: Refusing):
+    with SyncTaskClient(refusing.url, API_KEY) as client:
+        seen = list(client.project_events("films", last_event_id="1-0", gaps=True))
+
+    assert seen[0] == StreamGap(after="1-0", kept_from="5-0")
+    assert [(event.id, event.status) for event in seen[1:]] == [("5-0", TaskStatus.COMPLETED)]

@@ -12,6 +12,7 @@ import pytest
 from conftest import RunningService
 from webhook_receiver import WebhookReceiver
 
+from taskd import keys
 from taskd.config import RetryConfig, WebhooksConfig
 
 
@@ -109,6 +110,49 @@ async def test_progress_webhooks_are_coalesced_to_one_per_interval_carrying_the_
     # One end's webhook; a progress one sent as the task ended may arrive after it (docs/webhooks.md:
     # webhooks of different events are sent independently).
     assert [request.json["event"] for request in receiver.received].count("completed") == 1
+
+
+async def test_a_progress_webhook_names_the_run_it_reports(start, receiver):
+    service = await start(progress_interval=0.1)
+
+    task_id = await submit_sleep(service, receiver, 0.2, 2, webhook_events=["progress"])
+    progress = await receiver.wait_for(1)
+    await service.wait_terminal(task_id)
+
+    assert progress[0].json["attempt"] == 1
+    assert set(progress[0].json) == {
+        "task_id",
+        "project_id",
+        "event",
+        "status",
+        "attempt",
+        "progress",
+        "current_step",
+        "updated_at",
+        "metadata",
+    }
+
+
+async def test_a_progress_webhook_left_by_an_earlier_run_is_not_sent_before_the_next_run_reports(
+    start, receiver, redis
+):
+    service = await start(progress_interval=0.1)
+    task_id = await submit_sleep(service, receiver, 60, 1, webhook_events=["progress", "cancelled"])
+    await service.wait_for(task_id, lambda body: body["status"] == "processing")
+    # As a run handed back at a stop leaves it: its progress webhook due, the next run started.
+    member = keys.webhook_member(task_id, "progress")
+    outbox = keys.webhooks_due(keys.task_partition(task_id))
+    await redis.zadd(outbox, {member: 0})
+    await redis.publish(keys.WEBHOOKS_WAKE, member)
+    async with asyncio.timeout(10):
+        while await redis.zscore(outbox, member) is not None:
+            await asyncio.sleep(0.05)
+
+    async with service.client.delete(f"/api/v1/tasks/{task_id}") as response:
+        assert response.status == 200
+    await receiver.wait_for(1)
+
+    assert [request.json["event"] for request in receiver.received] == ["cancelled"]
 
 
 @pytest.mark.parametrize(("event", "seconds"), [("started", 0.1), ("progress", 12.0)])

@@ -139,6 +139,22 @@ async def test_cancelled_task_posts_a_cancelled_payload(start, receiver):
     }
 
 
+async def test_a_task_cancelled_because_its_dependency_failed_posts_the_reason(start, receiver):
+    service = await start()
+    failing = (await service.submit("fail", {"message": "no good"}))["task_id"]
+    dependent = (
+        await service.submit(
+            "noop", {}, depends_on=[failing], callback_url=receiver.url(), webhook_events=["cancelled"]
+        )
+    )["task_id"]
+
+    (request,) = await receiver.wait_for(1)
+    status = await service.status(dependent)
+
+    assert request.json["error"] == status["error"] == f"Dependency '{failing}' failed"
+    assert request.json["cancelled_at"] == status["cancelled_at"]
+
+
 async def test_metadata_is_passed_through_unchanged(start, receiver):
     service = await start()
     await submit_prompt(service, receiver, metadata=METADATA)

@@ -984,7 +984,9 @@ class TaskStore:
         projects' tasks (lib/fair.lua's place); 0 when it is not waiting."""
         if record.job_id is None:
             return 0
-        place, _ = await self._position[keys.task_partition(record.task_id)]([record.task_id, record.job_id])
+        place, _ = await self._position[keys.task_partition(record.task_id)](
+            [record.task_id, record.job_id, int(now() * 1000)]
+        )
         return int(place)
 
     async def queue_due(self, at: float, batch: int) -> int:

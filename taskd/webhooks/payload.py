@@ -45,6 +45,9 @@ def build_payload(record: TaskRecord, event: str | None = None) -> dict[str, Any
             **common,
             "event": PROGRESS,
             "status": record.status.value,
+            # The run it reports: one of an earlier run sent as a later one started can arrive after
+            # that run's `started` (docs/webhooks.md).
+            "attempt": record.attempt,
             "progress": record.progress,
             "current_step": record.current_step,
             "updated_at": iso(record.updated_at),
@@ -68,9 +71,13 @@ def build_payload(record: TaskRecord, event: str | None = None) -> dict[str, Any
             "metadata": record.metadata,
         }
     if record.status is TaskStatus.CANCELLED:
+        # A cancel taskd made (a dependency that failed or was cancelled) says why, as the status
+        # and the event stream do; a caller's cancel has no error.
+        why = {} if record.error is None else {"error": record.error}
         return {
             **common,
             "previous_state": record.previous_state,
+            **why,
             "cancelled_at": iso(record.cancelled_at),
             "metadata": record.metadata,
         }

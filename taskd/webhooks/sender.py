@@ -348,6 +348,10 @@ class WebhookSender:
         url = record.callback_url
         if not url or not _still_news(record, event or None):
             await self.outbox.release(claim, None)
+            if url and event == PROGRESS:
+                # A report made since the claim read the record queued nothing (this webhook was
+                # in the outbox): queued now, or it would wait for the run's next report.
+                await self.store.progress_again(record, now_ms() / 1000)
             return
         await self._send(claim, record, url, event or None)
 
@@ -543,11 +547,14 @@ def _at_proxy(exc: BaseException, proxy: str) -> bool:
 
 def _still_news(record: TaskRecord, event: str | None) -> bool:
     """Whether the webhook is still worth sending: an end's once the task ended, a start once it
-    started, a progress while the task still runs (after its end, the end's webhook says more)."""
+    started, a progress while the task still runs (after its end, the end's webhook says more) and
+    its run has reported some: one queued by an earlier run, which a stop or a worker's death cut
+    short, would otherwise report the next run's start (0, no step) ahead of its `started`."""
     if event == STARTED:
         return record.started_at is not None
     if event == PROGRESS:
-        return record.status is TaskStatus.PROCESSING
+        reported = record.progress > 0 or record.current_step is not None
+        return record.status is TaskStatus.PROCESSING and reported
     return record.is_terminal
 
 

@@ -14,12 +14,19 @@
 -- ARGV[7]  interval_ms     webhooks.progress_interval in ms: the least time between two progress webhooks
 -- ARGV[8]  job_id          the arq job of the reporting run: an older run's reports do not reach the
 --                          record of a newer one (finish.lua)
--- Returns 1 when written (and a progress event emitted); 0 when the task is not processing, or is
--- another worker's or another job's.
+-- Returns 1 when written (and a progress event emitted), or when the report is older than the one
+-- recorded (below); 0 when the task is not processing, or is another worker's or another job's.
+--
+-- A run's progress never goes back (its start set it to 0): a report below the recorded one is
+-- dropped, step and all. A handler's context never reports less than it did (taskd.tasks.spec),
+-- but reports a handler makes at once (its asyncio tasks each reporting their part) are written
+-- on several connections, and Redis may run a later report's write first.
 -- include lib/emit.lua
 -- include lib/webhook_event.lua
-local status, worker_id, job_id = unpack(redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'job_id'))
+local status, worker_id, job_id, recorded =
+  unpack(redis.call('HMGET', KEYS[1], 'status', 'worker_id', 'job_id', 'progress'))
 if status ~= 'processing' or worker_id ~= ARGV[4] or job_id ~= ARGV[8] then return 0 end
+if tonumber(ARGV[1]) < (tonumber(recorded) or 0) then return 1 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'updated_at', ARGV[3])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'current_step', ARGV[2]) end
 queue_progress_webhook(KEYS[1], KEYS[2], KEYS[3], ARGV[5], ARGV[6], ARGV[7])

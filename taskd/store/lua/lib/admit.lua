@@ -217,7 +217,7 @@ local function store(task, later)
     -- Behind its project's head, the job is not on arq's set: no worker can take it yet, and the
     -- head's start puts it there (lib/take.lua takes it in the same call; start.lua wakes a worker).
     if not task.unwoken and not k then wake_one(task.queue) end
-    position = place(task.queue, task.project, task.job_id, k)
+    position = place(task.queue, task.project, task.job_id, task.created_ms, k)
   end
   emit_record(named, 'status', false, later)
   return position, named

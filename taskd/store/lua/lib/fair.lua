@@ -28,7 +28,9 @@
 --   turn_score(own, now_ms, priority, aging_ms)           a new head's score on arq's set (below)
 --   pass_turn(arq_queue, job, score, priority, now_ms, aging_ms)  a throttled head goes behind the
 --                                                         heads waiting now (below)
---   place(queue, project, job, k)                         a waiting job's queue position
+--   place(queue, project, job, now_ms, k)                 a waiting job's queue position (the jobs of
+--                                                         other projects due at now_ms counted: a
+--                                                         retry waiting for its back-off is not)
 --   all_heads(queue)                                      the queue's heads (project -> job), read once
 --                                                         a script run (below)
 --     task_key  the task's record hash ({taskd}:task:{id}); its queue and project_id name the lines
@@ -72,10 +74,11 @@
 -- an HGET and an HGETALL a submit). A job's score on arq's set (or that it is not there) is kept
 -- the same way, from its first read (a ZSCORE when a submit behind its project's head asks, a
 -- ZMSCORE of the heads for a position) or this file's ZADD or ZREM of it, and lib/take.lua's ZREM
--- of a job it starts or drops; and a line's length from its first ZCARD until this file writes the
--- line (or a take writes its batch). So the submits of one call read the other projects' heads'
--- scores and lines' lengths once for all their positions, not once each: with thousands of projects
--- waiting on a queue, those reads were most of a submit's cost, and a call carries up to 64 submits.
+-- of a job it starts or drops; and a line's count of due jobs from its first ZCOUNT until this
+-- file writes the line (or a take writes its batch). So the submits of one call read the other
+-- projects' heads' scores and lines' counts once for all their positions, not once each: with
+-- thousands of projects waiting on a queue, those reads were most of a submit's cost, and a call
+-- carries up to 64 submits.
 -- Returns: seat, leave_line and orphan_leaves whether a job was put on arq's set (a new head: a worker may be
 -- woken for it), and if so that job, its score there and, when it was left off for the caller's
 -- next start (`before`), its record; wait_in_line the job's 0-based place in its project's line when it went behind
@@ -148,11 +151,13 @@ local function left_arq(job)
   arq_score[job] = false
 end
 
--- How many jobs wait in a project's line, read once until the line is written (see above).
-local function line_length(line)
+-- How many jobs in a project's line are due at now_ms (a retry waiting for its back-off is not
+-- yet: its score is its due time), read once until the line is written (see above), at the first
+-- caller's now: a script run's callers are within a few ms of each other.
+local function due_in_line(line, now_ms)
   local length = lengths[line]
   if not length then
-    length = redis.call('ZCARD', line)
+    length = redis.call('ZCOUNT', line, '-inf', now_ms)
     lengths[line] = length
   end
   return length
@@ -384,7 +389,7 @@ local scored = {}
 -- by its k earlier jobs and k jobs of every other project, or all the other projects' waiting jobs
 -- if fewer (exact when no other project has more than k waiting, or all have at least k; the
 -- heads ahead with more than k waiting are not counted).
-local function estimated_place(queue, project, line, k)
+local function estimated_place(queue, project, line, k, now_ms)
   local head = head_of(queue, project)
   local mine = head and score_on_arq(queue, head)
   local heads = heads_counted[queue]
@@ -392,15 +397,16 @@ local function estimated_place(queue, project, line, k)
     return redis.call('ZCOUNT', '@QUEUE_PREFIX@' .. queue, '-inf', '(' .. string.format('%.17g', mine)) + 1
   end
   local others = heads - (head and 1 or 0)
-  local waiting = redis.call('ZCARD', '@WAITING_PREFIX@' .. queue) - line_length(line)
+  local due = redis.call('ZCOUNT', '@WAITING_PREFIX@' .. queue, '-inf', now_ms)
+  local waiting = due - due_in_line(line, now_ms)
   return k + math.min(math.max(waiting, 0), k * others) + 1
 end
 
-local function place(queue, project, job, k)
+local function place(queue, project, job, now_ms, k)
   local line = '@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. project
   k = k or redis.call('ZRANK', line, job)
   if not k then return 0 end
-  if not few_heads(queue) then return estimated_place(queue, project, line, k) end
+  if not few_heads(queue) then return estimated_place(queue, project, line, k, now_ms) end
   local heads = all_heads(queue)
   local first = next(heads)
   if first == project and next(heads, first) == nil then return k + 1 end
@@ -424,7 +430,7 @@ local function place(queue, project, job, k)
     if other ~= project then
       local waiting = 1
       if k > 0 then
-        waiting = line_length('@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. other)
+        waiting = due_in_line('@PROJECT_WAITING_PREFIX@' .. queue .. ':' .. other, now_ms)
         ahead = ahead + math.min(waiting, k)
       end
       if waiting > k then
