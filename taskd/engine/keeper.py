@@ -18,11 +18,21 @@ and the look after still begins within the interval of the last whole look (and 
 dead one ran). A process that starts while another's look
 is recent does not look at once: its first look no longer competes with the backlog its worker
 starts draining.
+
+Only processes that keep records alike take turns together: a turn per `storage.task_ttl` and set
+of queues looked at (`group`). Hosts whose settings differ (a deploy, a mistake: warned as
+settings_mismatch) took the same turn: a process with a day's TTL rested ~49 minutes after its
+look, and one with a minute's TTL, whose records had a minute, did not look meanwhile, so they
+expired while their tasks waited; likewise the queues only one process's routes name. Each group
+now looks on its own interval, at its own queues, as every process did before turns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+
+import orjson
 
 from taskd.loops import every
 from taskd.model import now
@@ -46,6 +56,8 @@ class LiveRecords:
         self.store = store
         self.queues = queues
         self.holder = holder
+        kept_alike = orjson.dumps([store.task_ttl, sorted(queues)])
+        self.group = hashlib.sha256(kept_alike).hexdigest()[:12]
 
     @property
     def interval(self) -> float:
@@ -57,9 +69,15 @@ class LiveRecords:
         """Seconds between two asks for the turn."""
         return self.interval / ASKS_PER_INTERVAL
 
+    def turn_key(self, partition: int) -> str:
+        """The turn this process takes at `partition`, with those that keep records alike."""
+        return self._turn().key(partition)
+
     def _turn(self) -> KeeperTurn:
         ask_ms = max(1, round(self.ask_every * 1000))
-        return KeeperTurn(self.holder, hold_ms=ask_ms, rest_ms=round(self.interval * 1000) - 3 * ask_ms)
+        return KeeperTurn(
+            self.holder, self.group, hold_ms=ask_ms, rest_ms=round(self.interval * 1000) - 3 * ask_ms
+        )
 
     async def once(self) -> int:
         """One look at every partition, whoever's turn it is; returns how many records were renewed."""

@@ -197,8 +197,14 @@ class KeeperTurn:
     `rest_ms` from the look's end, during which no process looks there again."""
 
     holder: str
+    # The processes that keep records alike, taking turns among themselves (taskd.engine.keeper).
+    group: str
     hold_ms: int
     rest_ms: int
+
+    def key(self, partition: int) -> str:
+        """The turn at `partition`."""
+        return keys.keeper_turn(partition, self.group)
 
 
 class AlreadyRetried(Exception):
@@ -1018,8 +1024,9 @@ class TaskStore:
         names = list(queues)
 
         async def keep(client: Redis, partition: int) -> int | None:
-            lease = keys.keeper_turn(partition)
-            if turn is not None and not await client.set(lease, turn.holder, nx=True, px=turn.hold_ms):
+            if turn is not None and not await client.set(
+                turn.key(partition), turn.holder, nx=True, px=turn.hold_ms
+            ):
                 return None
             renewed = 0
             seen: set[str] = set()
@@ -1065,9 +1072,9 @@ class TaskStore:
                         # would stay gone, and with it the rest after this look, so that every ask
                         # looked again. Another process may have taken it since: this makes its
                         # turn this one's, which only delays the next look until both have ended.
-                        await client.set(lease, turn.holder, px=turn.hold_ms)
+                        await client.set(turn.key(partition), turn.holder, px=turn.hold_ms)
             if turn is not None:
-                await client.set(lease, turn.holder, px=turn.rest_ms)
+                await client.set(turn.key(partition), turn.holder, px=turn.rest_ms)
             return renewed
 
         return await self._each_partition(keep)
