@@ -243,3 +243,32 @@ async def test_a_process_with_a_shorter_task_ttl_looks_while_one_with_a_longer_r
     async with asyncio.timeout(30):
         while await redis.ttl(keys.task(task_id)) <= 20:
             await asyncio.sleep(0.1)
+
+
+@pytest.mark.usefixtures("turns_of_a_real_length")
+async def test_a_look_that_stalled_while_another_took_the_turn_leaves_the_turn_to_that_one(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    # A look that stalled past its hold (SIGSTOP, a paused VM) while another process took the turn
+    # and looked afresh went on, on resuming, with the ids it had read before the stall, then set
+    # the turn its own, resting from its own end: the next look came up to twice the interval after
+    # the last fresh one, and the tasks queued during the stall were not read meanwhile.
+    await _queued(redis, 600)
+    store = TaskStore(redis, 24 * 3600)
+    stalled = keeper.LiveRecords(store, ["default"], "stalled")
+    other = keeper.LiveRecords(TaskStore(redis, 24 * 3600), ["default"], "other")
+    script = store._live
+    fresh: list[list[int | None]] = []
+
+    async def after_a_stall(**kwargs: object) -> object:
+        await redis.delete(stalled.turn_key(0))  # its hold lapsed
+        fresh.append(await other.turn())
+        return await script(**kwargs)
+
+    monkeypatch.setattr(store, "_live", after_a_stall)
+    await stalled.turn()
+    rest_ms = await redis.pttl(other.turn_key(0))
+
+    assert fresh == [[1]]
+    assert await redis.get(other.turn_key(0)) == b"other"
+    assert rest_ms > other.ask_every * 1000

@@ -13,7 +13,9 @@ in turns: once per interval across every process, per partition, not once per pr
 process asks for the turn every sixteenth of the interval (one SET NX); the one that gets it looks
 and keeps it 13/16 of the interval from the look's end, so the next look begins between 13/16 and
 14/16 of the interval after. While it looks it holds the turn a sixteenth at a time, set again at
-each script call: a holder that dies mid-look leaves it to the next asker within two sixteenths,
+each script call (turn.lua: unless another process has taken it, when a look that stalled past its
+hold stops, leaving the turn and its rest to the one whose look read the queues afresh): a holder
+that dies mid-look leaves it to the next asker within two sixteenths,
 and the look after still begins within the interval of the last whole look (and however long the
 dead one ran). A process that starts while another's look
 is recent does not look at once: its first look no longer competes with the backlog its worker

@@ -409,6 +409,7 @@ class TaskStore:
         ]
         self._due = load("due")
         self._live = load("live")
+        self._keeper_turn = load("turn")
         self._list = load("list")
         self._progress_again = load("progress_again")
         self._trimmed = load("trimmed")
@@ -1048,6 +1049,10 @@ class TaskStore:
                 seen.update(ids)
                 done = 0
                 while done < len(ids):
+                    # Still looking: the turn is this process's a while more, unless another took
+                    # it while this look stalled (its look read the sets afresh, and covers these).
+                    if turn is not None and not await self._still_mine(client, partition, turn, turn.hold_ms):
+                        return renewed
                     batch = ids[done : done + LIVE_BATCH]
                     done += len(batch)
                     reply = await self._live(
@@ -1066,18 +1071,21 @@ class TaskStore:
                         if waiting_for not in seen:
                             seen.add(waiting_for)
                             ids.append(waiting_for)
-                    if turn is not None:
-                        # Still looking: the turn is this process's a while more. Set, not renewed
-                        # (PEXPIRE): one that lapsed during a stall (a long scan of the waiting set)
-                        # would stay gone, and with it the rest after this look, so that every ask
-                        # looked again. Another process may have taken it since: this makes its
-                        # turn this one's, which only delays the next look until both have ended.
-                        await client.set(turn.key(partition), turn.holder, px=turn.hold_ms)
             if turn is not None:
-                await client.set(turn.key(partition), turn.holder, px=turn.rest_ms)
+                await self._still_mine(client, partition, turn, turn.rest_ms)
             return renewed
 
         return await self._each_partition(keep)
+
+    async def _still_mine(self, client: Redis, partition: int, turn: KeeperTurn, ms: int) -> bool:
+        """Whether `turn` at `partition` is still its holder's (or lapsed: it is again), now for `ms`
+        (turn.lua). Set, not renewed (PEXPIRE): one that lapsed during a stall (a long scan of the
+        waiting set) would stay gone, and with it the rest after the look, so that every ask looked
+        again."""
+        reply = await self._keeper_turn(
+            client=client, keys={"turn": turn.key(partition)}, args={"holder": turn.holder, "ms": ms}
+        )
+        return bool(reply)
 
     async def progress(
         self, task_id: str, job_id: str, worker_id: str, progress: float, step: str | None, at: float
