@@ -8,7 +8,7 @@ now, each live record with less than half the TTL left (taskd/store/lua/live.lua
 most an `interval` (a quarter of the TTL, at most KEEP_EVERY_MAX_S) after the last one ended while
 any taskd process is up: a live record never comes within a quarter of its expiry.
 
-A look reads every live record (6 to 16 µs of Valkey each, bench/keeper_cost.py), so it is taken
+A look reads every live record (5 to 7 µs of Valkey each, bench/keeper_cost.py), so it is taken
 in turns: once per interval across every process, per partition, not once per process. Every
 process asks for the turn every sixteenth of the interval (one SET NX); the one that gets it looks
 and keeps it 13/16 of the interval from the look's end, so the next look begins between 13/16 and
