@@ -39,7 +39,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:gpu_host:{host}` | string: the host's JSON GPU report (devices, NVML readings, slots in use), written with every heartbeat of a worker process there | heartbeat TTL: a host that stops beating disappears from health, /metrics and the dashboard |
 | `{taskd}:settings` | sorted set: process id -> ms it last published its settings' digests (taskd.agreement) | members older than the heartbeat TTL are pruned when read |
 | `{taskd}:settings:{process id}` | string: JSON of one process's host, pid, roles and a digest of each setting every process must agree on (never a value), written every heartbeat interval | heartbeat TTL; deleted when the process stops |
-| `{taskd}:keeper` | string: the id of the process whose turn it is to look at the partition's live tasks and renew their records (taskd.engine.keeper); one look per interval across every process, not one per process | a sixteenth of the keeper's interval while its look runs, set again at each of the look's script calls, so that another process takes over within that of a holder that died; then 13/16 of the interval from the look's end |
+| `{taskd}:keeper:{group}` | string: the id of the process whose turn it is to look at the partition's live tasks and renew their records (taskd.engine.keeper); one look per interval across every process that keeps them alike, not one per process (`group`: a digest of `storage.task_ttl` and the queues looked at, so that processes whose settings differ each keep their own pace and queues) | a sixteenth of the keeper's interval while its look runs, set again at each of the look's script calls, so that another process takes over within that of a holder that died; then 13/16 of the interval from the look's end |
 | `{taskd}:writes_taken` | string: the id of the last process whose look for dead workers' tasks, or `GET /api/v1/health`, wrote it; a write that Redis refuses (full, its disk failing, a replica, busy) tells that process that the heartbeats were refused too (taskd.engine.reclaim; in partition 0's slot, with the heartbeats: another partition's refusals lapse none), and the health that Redis refuses writes (each partition's copy, `{taskd:<n>}:writes_taken`, written by the health only) | `WRITES_TAKEN_TTL_MS` (a minute) after the last look or health read |
 | `{taskd}:start_check` | pub/sub channel: published to once by each start, from a script (taskd/lua/start_check.lua), to learn that Redis lets taskd's scripts publish (taskd.redis_needs); nobody listens | no storage |
 | `{taskd}:cancel` | pub/sub channel: ids of running tasks to stop | no storage |
@@ -297,9 +297,10 @@ def no_key(partition: int) -> str:
     return f"{partition_prefix(partition)}none"
 
 
-def keeper_turn(partition: int) -> str:
-    """Who looks at the partition's live tasks now, or did last (taskd.engine.keeper)."""
-    return f"{partition_prefix(partition)}keeper"
+def keeper_turn(partition: int, group: str) -> str:
+    """Who of the processes that keep live records alike (`group`: taskd.engine.keeper) looks at
+    the partition's live tasks now, or did last."""
+    return f"{partition_prefix(partition)}keeper:{group}"
 
 
 def in_partition(key: str, partition: int) -> str:

@@ -95,6 +95,12 @@ async def keeper_looked(redis: Redis, task_ttl: int = 24 * 3600, partition: int 
     """Once a service's keeper has ended its look at `partition` (it looks as it starts): its turn
     rests, held longer than a look holds it, so the test's own changes come after that look."""
     holds_ms = LiveRecords(TaskStore(redis, task_ttl), []).ask_every * 1000
+
+    async def rests() -> bool:
+        # The service's turn, whatever its group (its TTL and queues: taskd.engine.keeper).
+        turns = [key async for key in redis.scan_iter(match=keys.keeper_turn(partition, "*"))]
+        return any([await redis.pttl(key) > holds_ms for key in turns])
+
     async with asyncio.timeout(30):
-        while await redis.pttl(keys.keeper_turn(partition)) <= holds_ms:
+        while not await rests():
             await asyncio.sleep(0.02)

@@ -11,9 +11,10 @@ import asyncio
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis_probes import keeper_looked
 
 from taskd import keys
-from taskd.config import LimitsConfig
+from taskd.config import LimitsConfig, StorageConfig
 from taskd.engine import keeper
 from taskd.store import TaskStore, records
 from taskd.store.records import LIVE_BATCH
@@ -185,7 +186,7 @@ async def test_the_turn_of_a_process_that_failed_mid_look_passes_to_the_next_soo
     dying = keeper.LiveRecords(store, ["default"], "dying")
     with pytest.raises(ConnectionError):
         await dying.turn()
-    assert await redis.pttl(keys.keeper_turn(0)) <= dying.ask_every * 1000
+    assert await redis.pttl(dying.turn_key(0)) <= dying.ask_every * 1000
     next_one = keeper.LiveRecords(TaskStore(redis, 40), ["default"], "next")
 
     async def its_turn() -> list[int | None]:
@@ -210,13 +211,64 @@ async def test_a_look_whose_turn_lapsed_on_the_way_still_rests_after_it(
     store = TaskStore(redis, 24 * 3600)
     script = store._live
 
+    looking = keeper.LiveRecords(store, ["default"], "looking")
+
     async def after_a_stall(**kwargs: object) -> object:
-        await redis.delete(keys.keeper_turn(0))
+        await redis.delete(looking.turn_key(0))
         return await script(**kwargs)
 
     monkeypatch.setattr(store, "_live", after_a_stall)
-    looking = keeper.LiveRecords(store, ["default"], "looking")
 
     await looking.turn()
 
-    assert await redis.pttl(keys.keeper_turn(0)) > looking.ask_every * 1000
+    assert await redis.pttl(looking.turn_key(0)) > looking.ask_every * 1000
+
+
+@pytest.mark.usefixtures("turns_of_a_real_length")
+async def test_a_process_with_a_shorter_task_ttl_looks_while_one_with_a_longer_rests(
+    start_service, redis: Redis
+):
+    # Hosts whose storage.task_ttl differ (a deploy, a mistake: warned as settings_mismatch) took
+    # the same turns: the day-long TTL's look rested ~49 minutes, during which the process with a
+    # minute's TTL, whose records have less than a minute, did not look, and they expired while
+    # their tasks waited.
+    long_ttl = await start_service(workers=False)
+    await keeper_looked(redis)
+    task_id = (await long_ttl.submit("noop", {}))["task_id"]
+    # As a record the one-minute process admitted 40 s ago: under half of its TTL left.
+    await redis.expire(keys.task(task_id), 20)
+
+    await start_service(workers=False, storage=StorageConfig(task_ttl=60))
+
+    async with asyncio.timeout(30):
+        while await redis.ttl(keys.task(task_id)) <= 20:
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.usefixtures("turns_of_a_real_length")
+async def test_a_look_that_stalled_while_another_took_the_turn_leaves_the_turn_to_that_one(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    # A look that stalled past its hold (SIGSTOP, a paused VM) while another process took the turn
+    # and looked afresh went on, on resuming, with the ids it had read before the stall, then set
+    # the turn its own, resting from its own end: the next look came up to twice the interval after
+    # the last fresh one, and the tasks queued during the stall were not read meanwhile.
+    await _queued(redis, 600)
+    store = TaskStore(redis, 24 * 3600)
+    stalled = keeper.LiveRecords(store, ["default"], "stalled")
+    other = keeper.LiveRecords(TaskStore(redis, 24 * 3600), ["default"], "other")
+    script = store._live
+    fresh: list[list[int | None]] = []
+
+    async def after_a_stall(**kwargs: object) -> object:
+        await redis.delete(stalled.turn_key(0))  # its hold lapsed
+        fresh.append(await other.turn())
+        return await script(**kwargs)
+
+    monkeypatch.setattr(store, "_live", after_a_stall)
+    await stalled.turn()
+    rest_ms = await redis.pttl(other.turn_key(0))
+
+    assert fresh == [[1]]
+    assert await redis.get(other.turn_key(0)) == b"other"
+    assert rest_ms > other.ask_every * 1000

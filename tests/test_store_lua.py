@@ -55,6 +55,8 @@ def test_the_store_has_its_scripts_and_libraries_as_files():
         "keep",
         # The records of tasks still queued or processing, renewed (taskd.engine.keeper).
         "live",
+        # The keeper's turn, kept the looking process's unless another took it (taskd.engine.keeper).
+        "turn",
         # Where an event stream starts once its cap trimmed it (taskd.http.events' gap).
         "trimmed",
     }

@@ -8,21 +8,33 @@ now, each live record with less than half the TTL left (taskd/store/lua/live.lua
 most an `interval` (a quarter of the TTL, at most KEEP_EVERY_MAX_S) after the last one ended while
 any taskd process is up: a live record never comes within a quarter of its expiry.
 
-A look reads every live record (6 to 16 µs of Valkey each, bench/keeper_cost.py), so it is taken
+A look reads every live record (5 to 7 µs of Valkey each, bench/keeper_cost.py), so it is taken
 in turns: once per interval across every process, per partition, not once per process. Every
 process asks for the turn every sixteenth of the interval (one SET NX); the one that gets it looks
 and keeps it 13/16 of the interval from the look's end, so the next look begins between 13/16 and
 14/16 of the interval after. While it looks it holds the turn a sixteenth at a time, set again at
-each script call: a holder that dies mid-look leaves it to the next asker within two sixteenths,
+each script call (turn.lua: unless another process has taken it, when a look that stalled past its
+hold stops, leaving the turn and its rest to the one whose look read the queues afresh): a holder
+that dies mid-look leaves it to the next asker within two sixteenths,
 and the look after still begins within the interval of the last whole look (and however long the
 dead one ran). A process that starts while another's look
 is recent does not look at once: its first look no longer competes with the backlog its worker
 starts draining.
+
+Only processes that keep records alike take turns together: a turn per `storage.task_ttl` and set
+of queues looked at (`group`). Hosts whose settings differ (a deploy, a mistake: warned as
+settings_mismatch) took the same turn: a process with a day's TTL rested ~49 minutes after its
+look, and one with a minute's TTL, whose records had a minute, did not look meanwhile, so they
+expired while their tasks waited; likewise the queues only one process's routes name. Each group
+now looks on its own interval, at its own queues, as every process did before turns.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+
+import orjson
 
 from taskd.loops import every
 from taskd.model import now
@@ -46,6 +58,8 @@ class LiveRecords:
         self.store = store
         self.queues = queues
         self.holder = holder
+        kept_alike = orjson.dumps([store.task_ttl, sorted(queues)])
+        self.group = hashlib.sha256(kept_alike).hexdigest()[:12]
 
     @property
     def interval(self) -> float:
@@ -57,9 +71,15 @@ class LiveRecords:
         """Seconds between two asks for the turn."""
         return self.interval / ASKS_PER_INTERVAL
 
+    def turn_key(self, partition: int) -> str:
+        """The turn this process takes at `partition`, with those that keep records alike."""
+        return self._turn().key(partition)
+
     def _turn(self) -> KeeperTurn:
         ask_ms = max(1, round(self.ask_every * 1000))
-        return KeeperTurn(self.holder, hold_ms=ask_ms, rest_ms=round(self.interval * 1000) - 3 * ask_ms)
+        return KeeperTurn(
+            self.holder, self.group, hold_ms=ask_ms, rest_ms=round(self.interval * 1000) - 3 * ask_ms
+        )
 
     async def once(self) -> int:
         """One look at every partition, whoever's turn it is; returns how many records were renewed."""

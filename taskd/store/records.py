@@ -197,8 +197,14 @@ class KeeperTurn:
     `rest_ms` from the look's end, during which no process looks there again."""
 
     holder: str
+    # The processes that keep records alike, taking turns among themselves (taskd.engine.keeper).
+    group: str
     hold_ms: int
     rest_ms: int
+
+    def key(self, partition: int) -> str:
+        """The turn at `partition`."""
+        return keys.keeper_turn(partition, self.group)
 
 
 class AlreadyRetried(Exception):
@@ -403,6 +409,7 @@ class TaskStore:
         ]
         self._due = load("due")
         self._live = load("live")
+        self._keeper_turn = load("turn")
         self._list = load("list")
         self._progress_again = load("progress_again")
         self._trimmed = load("trimmed")
@@ -1020,8 +1027,9 @@ class TaskStore:
         names = list(queues)
 
         async def keep(client: Redis, partition: int) -> int | None:
-            lease = keys.keeper_turn(partition)
-            if turn is not None and not await client.set(lease, turn.holder, nx=True, px=turn.hold_ms):
+            if turn is not None and not await client.set(
+                turn.key(partition), turn.holder, nx=True, px=turn.hold_ms
+            ):
                 return None
             renewed = 0
             seen: set[str] = set()
@@ -1043,6 +1051,10 @@ class TaskStore:
                 seen.update(ids)
                 done = 0
                 while done < len(ids):
+                    # Still looking: the turn is this process's a while more, unless another took
+                    # it while this look stalled (its look read the sets afresh, and covers these).
+                    if turn is not None and not await self._still_mine(client, partition, turn, turn.hold_ms):
+                        return renewed
                     batch = ids[done : done + LIVE_BATCH]
                     done += len(batch)
                     reply = await self._live(
@@ -1061,18 +1073,21 @@ class TaskStore:
                         if waiting_for not in seen:
                             seen.add(waiting_for)
                             ids.append(waiting_for)
-                    if turn is not None:
-                        # Still looking: the turn is this process's a while more. Set, not renewed
-                        # (PEXPIRE): one that lapsed during a stall (a long scan of the waiting set)
-                        # would stay gone, and with it the rest after this look, so that every ask
-                        # looked again. Another process may have taken it since: this makes its
-                        # turn this one's, which only delays the next look until both have ended.
-                        await client.set(lease, turn.holder, px=turn.hold_ms)
             if turn is not None:
-                await client.set(lease, turn.holder, px=turn.rest_ms)
+                await self._still_mine(client, partition, turn, turn.rest_ms)
             return renewed
 
         return await self._each_partition(keep)
+
+    async def _still_mine(self, client: Redis, partition: int, turn: KeeperTurn, ms: int) -> bool:
+        """Whether `turn` at `partition` is still its holder's (or lapsed: it is again), now for `ms`
+        (turn.lua). Set, not renewed (PEXPIRE): one that lapsed during a stall (a long scan of the
+        waiting set) would stay gone, and with it the rest after the look, so that every ask looked
+        again."""
+        reply = await self._keeper_turn(
+            client=client, keys={"turn": turn.key(partition)}, args={"holder": turn.holder, "ms": ms}
+        )
+        return bool(reply)
 
     async def progress(
         self, task_id: str, job_id: str, worker_id: str, progress: float, step: str | None, at: float
