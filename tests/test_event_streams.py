@@ -9,7 +9,7 @@ from taskd import keys
 from taskd.config import Config, StorageConfig
 from taskd.model import now
 from taskd.store import TaskStore
-from taskd.tasks.spec import TaskContext
+from taskd.tasks.spec import ProcessContext, TaskContext
 
 
 async def events(redis, stream: str) -> list[dict]:
@@ -73,6 +73,25 @@ async def test_reports_made_at_once_keep_the_last_step_named_whichever_redis_run
     await ctx.progress(0.7)
     store = TaskStore(redis, 3600)
     for fraction, step in reversed(reports[1:]):  # as Redis may run them
+        await store.progress(task_id, job_id, worker_id, fraction, step, now())
+
+    status = await taskd.status(task_id)
+    assert (status["progress"], status["current_step"]) == (0.7, "downloading")
+
+
+async def test_reports_made_at_once_in_a_job_process_keep_the_last_step_named(taskd, redis):
+    # A plain-function handler's threads report at once: the worker may get the later report's
+    # frame first, and the earlier one is then dropped as below it, and its step with it.
+    task_id = (await taskd.submit("report_step", {"step": "halfway"}))["task_id"]
+    await taskd.wait_for(task_id, lambda body: body["progress"] == 0.5)
+    worker_id, job_id = [raw.decode() for raw in await redis.hmget(keys.task(task_id), "worker_id", "job_id")]
+    reports: list[tuple[float, str | None]] = []
+    ctx = ProcessContext(task_id, "p", 1, 1, Config(), {}, None, lambda *report: reports.append(report))
+    ctx.progress(0.5, "halfway")
+    ctx.progress(0.6, "downloading")
+    ctx.progress(0.7)
+    store = TaskStore(redis, 3600)
+    for fraction, step in reversed(reports[1:]):  # as the frames may come
         await store.progress(task_id, job_id, worker_id, fraction, step, now())
 
     status = await taskd.status(task_id)

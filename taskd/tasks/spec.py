@@ -136,6 +136,7 @@ class ProcessContext:
     device: str | None
     _send: Callable[[float, str | None], None]
     _progress: float = attrs.field(default=0.0, init=False)
+    _step: str | None = attrs.field(default=None, init=False)
 
     @property
     def final_attempt(self) -> bool:
@@ -145,7 +146,10 @@ class ProcessContext:
     def progress(self, fraction: float, step: str | None = None) -> None:
         """Report progress 0..1 and the current step; progress never moves backwards."""
         self._progress = max(self._progress, min(1.0, max(0.0, fraction)))
-        self._send(self._progress, step)
+        # Each report carries the step last named, as TaskContext's do: the handler's threads'
+        # reports may reach the worker out of order, and one below the recorded progress is dropped.
+        self._step = step or self._step
+        self._send(self._progress, self._step)
 
 
 Handler = Callable[[Any, Any], Awaitable[dict[str, Any]] | dict[str, Any]]
