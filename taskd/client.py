@@ -949,6 +949,10 @@ class TaskClient:
     def events(
         self, task_id: str, *, last_event_id: str | None = None, gaps: Literal[True]
     ) -> AsyncIterator[TaskEvent | StreamGap]: ...
+    @overload
+    def events(
+        self, task_id: str, *, last_event_id: str | None = None, gaps: bool = False
+    ) -> AsyncIterator[TaskEvent | StreamGap]: ...
     async def events(
         self, task_id: str, *, last_event_id: str | None = None, gaps: bool = False
     ) -> AsyncIterator[TaskEvent | StreamGap]:
@@ -968,6 +972,10 @@ class TaskClient:
     @overload
     def project_events(
         self, project_id: str, *, last_event_id: str | None = None, gaps: Literal[True]
+    ) -> AsyncIterator[TaskEvent | StreamGap]: ...
+    @overload
+    def project_events(
+        self, project_id: str, *, last_event_id: str | None = None, gaps: bool = False
     ) -> AsyncIterator[TaskEvent | StreamGap]: ...
     async def project_events(
         self, project_id: str, *, last_event_id: str | None = None, gaps: bool = False

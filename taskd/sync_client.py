@@ -183,17 +183,16 @@ class SyncTaskClient:
     def events(
         self, task_id: str, *, last_event_id: str | None = None, gaps: Literal[True]
     ) -> Iterator[TaskEvent | StreamGap]: ...
+    @overload
+    def events(
+        self, task_id: str, *, last_event_id: str | None = None, gaps: bool = False
+    ) -> Iterator[TaskEvent | StreamGap]: ...
     def events(
         self, task_id: str, *, last_event_id: str | None = None, gaps: bool = False
     ) -> Iterator[TaskEvent | StreamGap]:
         """A task's events as they happen (from the first, or after `last_event_id`); ends after the last.
         A `gap` is skipped, or yielded as a StreamGap with `gaps=True` (TaskClient.events)."""
-        source: AsyncIterator[TaskEvent | StreamGap]
-        if gaps:
-            source = self.client.events(task_id, last_event_id=last_event_id, gaps=True)
-        else:
-            source = self.client.events(task_id, last_event_id=last_event_id)
-        return self._iterate(source)
+        return self._iterate(self.client.events(task_id, last_event_id=last_event_id, gaps=gaps))
 
     @overload
     def project_events(
@@ -203,18 +202,17 @@ class SyncTaskClient:
     def project_events(
         self, project_id: str, *, last_event_id: str | None = None, gaps: Literal[True]
     ) -> Iterator[TaskEvent | StreamGap]: ...
+    @overload
+    def project_events(
+        self, project_id: str, *, last_event_id: str | None = None, gaps: bool = False
+    ) -> Iterator[TaskEvent | StreamGap]: ...
     def project_events(
         self, project_id: str, *, last_event_id: str | None = None, gaps: bool = False
     ) -> Iterator[TaskEvent | StreamGap]:
         """Events of every task of a project from now (or after `last_event_id`); never ends by itself.
         A `gap` raises EventsLost, or is yielded as a StreamGap with `gaps=True`
         (TaskClient.project_events)."""
-        source: AsyncIterator[TaskEvent | StreamGap]
-        if gaps:
-            source = self.client.project_events(project_id, last_event_id=last_event_id, gaps=True)
-        else:
-            source = self.client.project_events(project_id, last_event_id=last_event_id)
-        return self._iterate(source)
+        return self._iterate(self.client.project_events(project_id, last_event_id=last_event_id, gaps=gaps))
 
     def _iterate(self, source: AsyncIterator[_Item]) -> Iterator[_Item]:
         """Yield what `source` yields on the client's loop; leaving the loop early closes the stream."""

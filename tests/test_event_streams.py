@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import aiohttp
 import orjson
 
 from taskd import keys
-from taskd.config import StorageConfig
+from taskd.config import Config, StorageConfig
 from taskd.model import now
 from taskd.store import TaskStore
+from taskd.tasks.spec import ProcessContext, TaskContext
 
 
 async def events(redis, stream: str) -> list[dict]:
@@ -50,6 +52,50 @@ async def test_a_progress_report_below_the_recorded_one_is_dropped(taskd, redis)
     assert (status["progress"], status["current_step"]) == (0.5, "halfway")
     progress = [e for e in await events(redis, keys.task_events(task_id)) if e["type"] == "progress"]
     assert [(e["progress"], e["current_step"]) for e in progress] == [(0.5, "halfway")]
+
+
+async def test_reports_made_at_once_keep_the_last_step_named_whichever_redis_runs_first(
+    taskd, redis, http: aiohttp.ClientSession
+):
+    # A handler names a step, and another of its asyncio tasks reports more progress at once: if
+    # Redis runs the later report first, the earlier one is dropped as below it, and its step with it.
+    task_id = (await taskd.submit("report_step", {"step": "halfway"}))["task_id"]
+    await taskd.wait_for(task_id, lambda body: body["progress"] == 0.5)
+    worker_id, job_id = [raw.decode() for raw in await redis.hmget(keys.task(task_id), "worker_id", "job_id")]
+    reports: list[tuple[float, str | None]] = []
+
+    async def made(fraction: float, step: str | None) -> None:
+        reports.append((fraction, step))
+
+    ctx = TaskContext(task_id, "p", 1, 1, Config(), http, {}, made)
+    await ctx.progress(0.5, "halfway")
+    await ctx.progress(0.6, "downloading")
+    await ctx.progress(0.7)
+    store = TaskStore(redis, 3600)
+    for fraction, step in reversed(reports[1:]):  # as Redis may run them
+        await store.progress(task_id, job_id, worker_id, fraction, step, now())
+
+    status = await taskd.status(task_id)
+    assert (status["progress"], status["current_step"]) == (0.7, "downloading")
+
+
+async def test_reports_made_at_once_in_a_job_process_keep_the_last_step_named(taskd, redis):
+    # A plain-function handler's threads report at once: the worker may get the later report's
+    # frame first, and the earlier one is then dropped as below it, and its step with it.
+    task_id = (await taskd.submit("report_step", {"step": "halfway"}))["task_id"]
+    await taskd.wait_for(task_id, lambda body: body["progress"] == 0.5)
+    worker_id, job_id = [raw.decode() for raw in await redis.hmget(keys.task(task_id), "worker_id", "job_id")]
+    reports: list[tuple[float, str | None]] = []
+    ctx = ProcessContext(task_id, "p", 1, 1, Config(), {}, None, lambda *report: reports.append(report))
+    ctx.progress(0.5, "halfway")
+    ctx.progress(0.6, "downloading")
+    ctx.progress(0.7)
+    store = TaskStore(redis, 3600)
+    for fraction, step in reversed(reports[1:]):  # as the frames may come
+        await store.progress(task_id, job_id, worker_id, fraction, step, now())
+
+    status = await taskd.status(task_id)
+    assert (status["progress"], status["current_step"]) == (0.7, "downloading")
 
 
 async def test_failure_event_carries_the_error(taskd, redis):

@@ -155,6 +155,38 @@ async def test_a_progress_webhook_left_by_an_earlier_run_is_not_sent_before_the_
     assert [request.json["event"] for request in receiver.received] == ["cancelled"]
 
 
+async def test_a_progress_webhook_dropped_after_the_end_asks_redis_for_nothing_more(
+    start, receiver, redis, monkeypatch
+):
+    service = await start(progress_interval=0.1)
+    task_id = await submit_sleep(service, receiver, 60, 1, webhook_events=["progress", "cancelled"])
+    await service.wait_for(task_id, lambda body: body["status"] == "processing")
+    async with service.client.delete(f"/api/v1/tasks/{task_id}") as response:
+        assert response.status == 200
+    await receiver.wait_for(1)
+    store = service.service._executor.webhooks.store
+    asked: list[str] = []
+    checked = store.progress_again
+
+    async def progress_again(record: Any, at: float) -> bool:
+        asked.append(record.status.value)
+        return await checked(record, at)
+
+    monkeypatch.setattr(store, "progress_again", progress_again)
+    # As a task that ends with a progress webhook still waiting for its interval leaves it.
+    member = keys.webhook_member(task_id, "progress")
+    outbox = keys.webhooks_due(keys.task_partition(task_id))
+    await redis.zadd(outbox, {member: 0})
+    await redis.publish(keys.WEBHOOKS_WAKE, member)
+    async with asyncio.timeout(10):
+        while await redis.zscore(outbox, member) is not None:
+            await asyncio.sleep(0.05)
+
+    # Dropped: the end's webhook said more, and no later report of the task can come.
+    assert asked == []
+    assert [request.json["event"] for request in receiver.received] == ["cancelled"]
+
+
 @pytest.mark.parametrize(("event", "seconds"), [("started", 0.1), ("progress", 12.0)])
 async def test_a_started_or_progress_webhook_to_a_receiver_that_always_fails_logs_nothing_above_info(
     start, receiver, caplog, event, seconds

@@ -96,9 +96,12 @@ class TaskContext:
     async def progress(self, fraction: float, step: str | None = None) -> None:
         """Report progress 0..1 and the current step; progress never moves backwards."""
         self._progress = max(self._progress, min(1.0, max(0.0, fraction)))
-        # None or "" leaves the stored step as it was.
+        # None or "" keeps the step last named. Each report carries it, whole: reports made at once
+        # (the handler's asyncio tasks) may be run by Redis out of order, and one found below the
+        # recorded progress is dropped (progress.lua), so a later report that named no step would
+        # leave the step of the one before the dropped one.
         self._step = step or self._step
-        await self._sink(self._progress, step)
+        await self._sink(self._progress, self._step)
 
     def provider_gate(self, name: Literal["llm", "image", "speech", "video"]) -> Gate | None:
         """The shared limits of provider `name` ("llm", "image", "speech" or "video") for its client; None when
@@ -133,6 +136,7 @@ class ProcessContext:
     device: str | None
     _send: Callable[[float, str | None], None]
     _progress: float = attrs.field(default=0.0, init=False)
+    _step: str | None = attrs.field(default=None, init=False)
 
     @property
     def final_attempt(self) -> bool:
@@ -142,7 +146,10 @@ class ProcessContext:
     def progress(self, fraction: float, step: str | None = None) -> None:
         """Report progress 0..1 and the current step; progress never moves backwards."""
         self._progress = max(self._progress, min(1.0, max(0.0, fraction)))
-        self._send(self._progress, step)
+        # Each report carries the step last named, as TaskContext's do: the handler's threads'
+        # reports may reach the worker out of order, and one below the recorded progress is dropped.
+        self._step = step or self._step
+        self._send(self._progress, self._step)
 
 
 Handler = Callable[[Any, Any], Awaitable[dict[str, Any]] | dict[str, Any]]

@@ -348,9 +348,10 @@ class WebhookSender:
         url = record.callback_url
         if not url or not _still_news(record, event or None):
             await self.outbox.release(claim, None)
-            if url and event == PROGRESS:
-                # A report made since the claim read the record queued nothing (this webhook was
-                # in the outbox): queued now, or it would wait for the run's next report.
+            if url and event == PROGRESS and not record.is_terminal:
+                # Between runs, or held back while its run has reported nothing: a report made since
+                # the claim read the record queued nothing (this webhook was in the outbox), so it is
+                # queued now, or it would wait for the run's next report. After the end none can come.
                 await self.store.progress_again(record, now_ms() / 1000)
             return
         await self._send(claim, record, url, event or None)
