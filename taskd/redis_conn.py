@@ -72,7 +72,12 @@ _SLOT_ELSEWHERE_IN_SCRIPT = ("non local key in a cluster node", "while the clust
 # A Redis that cannot persist refuses writes with MISCONF. Inside a pipeline redis-py puts the
 # command before the reply: "Command # 1 (ZREMRANGEBYSCORE …) of pipeline caused error: MISCONF …"
 # (redis-py 5.0), or "…caused error: ('MISCONF …',)" (later: the exception's args, as repr quotes them).
-_MISCONF = re.compile(r"""(?:Command # \d+ \(.*\) of pipeline caused error: \(?['"]?)?MISCONF""", re.S)
+_PIPELINED = r"""(?:Command # \d+ \(.*\) of pipeline caused error: \(?['"]?)?"""
+_MISCONF = re.compile(_PIPELINED + "MISCONF", re.S)
+# A primary set to write only with replicas in sync (`min-replicas-to-write`) refuses writes with
+# NOREPLICAS while too few are, in a script too ("NOREPLICAS … script: on @user_script:27."), until
+# a replica catches up.
+_NOREPLICAS = re.compile(_PIPELINED + "NOREPLICAS", re.S)
 # The reply of a Redis running another client's long script (BusyAsUnavailable).
 _BUSY = "BUSY "
 # A bound on every connect; a Redis that is down answers 503 at once instead of hanging requests.
@@ -225,12 +230,19 @@ def _taskd_connection(connection_class: type) -> type:
 
 def refuses_writes(exc: BaseException) -> bool:
     """True for a Redis that takes no writes for now but will again: full (OOM, maxmemory), unable
-    to persist (MISCONF: a disk full or failing under its append-only file or snapshots), or a
+    to persist (MISCONF: a disk full or failing under its append-only file or snapshots), a
     replica (READONLY: a primary demoted behind a plain redis:// address, until it or the address
-    serves a primary again)."""
-    return isinstance(exc, OutOfMemoryError | ReadOnlyError) or (
-        isinstance(exc, ResponseError) and _MISCONF.match(str(exc)) is not None
+    serves a primary again), or short of replicas in sync (NOREPLICAS: `lacks_replicas`)."""
+    return (
+        isinstance(exc, OutOfMemoryError | ReadOnlyError)
+        or (isinstance(exc, ResponseError) and _MISCONF.match(str(exc)) is not None)
+        or lacks_replicas(exc)
     )
+
+
+def lacks_replicas(exc: BaseException) -> bool:
+    """True for a write refused by a primary with too few replicas in sync (`min-replicas-to-write`)."""
+    return isinstance(exc, ResponseError) and _NOREPLICAS.match(str(exc)) is not None
 
 
 def refused_by_acl(exc: BaseException) -> bool:
@@ -300,6 +312,8 @@ def why_writes_refused(exc: BaseException) -> str:
         return "it is full (maxmemory reached, policy noeviction)"
     if isinstance(exc, ReadOnlyError):
         return "it is a read-only replica"
+    if lacks_replicas(exc):
+        return "too few of its replicas are in sync (min-replicas-to-write)"
     return "it cannot write to its disk (MISCONF)"
 
 

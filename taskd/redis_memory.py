@@ -104,13 +104,39 @@ async def read_every_node(clients: Sequence[Redis]) -> list[NodeState]:
     """`read_memory` and `read_persistence_failure` of the server of each partition (one read on one
     server): on a cluster each shard has its own memory and disk, and one that is full or cannot
     persist refuses the writes of its partitions alone, unseen from partition 0's."""
-    nodes = distinct_partitions(clients)
+    nodes = await _distinct_servers(distinct_partitions(clients))
+    named = len(nodes) > 1
 
     async def read(partition: int, client: Redis) -> NodeState:
-        named = partition if len(nodes) > 1 else None
-        return NodeState(named, await read_memory(client), await read_persistence_failure(client))
+        memory, failure = await asyncio.gather(read_memory(client), read_persistence_failure(client))
+        return NodeState(partition if named else None, memory, failure)
 
     return list(await asyncio.gather(*(read(partition, client) for partition, client in nodes)))
+
+
+async def _distinct_servers(nodes: list[tuple[int, Redis]]) -> list[tuple[int, Redis]]:
+    """`nodes` (partition, client), one per server, the lowest partition of each: a cluster with more
+    partitions than primaries (`redis.partitions` a multiple of them, as cluster.md advises) has the
+    clients of several partitions on one server, which raised one alert per partition and read its
+    INFO as many times. Told apart by INFO server's run_id; a server that does not say (INFO refused)
+    counts once per partition."""
+    if len(nodes) == 1:
+        return nodes
+    servers = await asyncio.gather(*(_server_id(client) for _, client in nodes))
+    distinct: dict[int | str, tuple[int, Redis]] = {}
+    for (partition, client), server in zip(nodes, servers, strict=True):
+        distinct.setdefault(partition if server is None else server, (partition, client))
+    return list(distinct.values())
+
+
+async def _server_id(redis: Redis) -> str | None:
+    try:
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            info = await redis.info("server")
+        return str(info["run_id"])
+    except Exception as exc:  # health must still answer: a managed Redis may refuse INFO
+        log.debug("reading redis run_id failed: %s", exc)
+        return None
 
 
 def fullest(states: Sequence[NodeState]) -> RedisMemory | None:

@@ -152,6 +152,16 @@ async def test_service_health_cpu_is_the_last_windows_however_often_it_is_asked(
     assert [body["system_load"]["cpu_percent"] for _, body in answers] == [0.0, 0.0, 0.0]
 
 
+async def test_service_health_cpu_is_sampled_in_the_background(start_service, monkeypatch):
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None: 42.5)
+    monkeypatch.setattr(cpu_load, "SAMPLE_S", 0.05)
+    service = await start_service(workers=False)
+
+    async with asyncio.timeout(30):
+        while (await get(service, "/api/v1/health"))[1]["system_load"]["cpu_percent"] != 42.5:
+            await asyncio.sleep(0.05)
+
+
 async def run_batch(taskd, completed: int, failed: int) -> None:
     ids = [(await taskd.submit("test_prompt", TASK_DATA["test_prompt"]))["task_id"] for _ in range(completed)]
     ids += [(await taskd.submit("fail", {}))["task_id"] for _ in range(failed)]

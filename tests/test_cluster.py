@@ -276,6 +276,19 @@ async def test_with_three_partitions_an_evicting_shard_of_another_partition_is_w
     )
 
 
+async def test_with_two_partitions_a_shard_a_full_shard_raises_one_memory_alert_naming_its_lowest_partition(
+    start_service, valkey_url, cluster
+):
+    # Six partitions on three primaries: partitions 2 and 3 share a shard, which is one server.
+    running = await start_service(workers=False, redis=RedisConfig(url=valkey_url, partitions=6))
+    with _shard_of_partition(cluster, 3, maxmemory=1):
+        async with running.client.get("/api/v1/tasks/health") as response:
+            body = await response.json()
+
+    alerts = [alert for alert in body["alerts"] if alert["metric"] == "redis_memory"]
+    assert [alert["partition"] for alert in alerts] == [2]
+
+
 async def test_with_three_partitions_the_redis_memory_gauges_are_the_fullest_shards(
     start_service, valkey_url, cluster
 ):

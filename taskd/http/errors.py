@@ -18,11 +18,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskd import shapes
 from taskd.http.responses import shape_response
 from taskd.model import ApiError, BodyCutOff, InvalidState, ServiceUnavailable
-from taskd.redis_conn import refused_by_acl, refuses_writes
+from taskd.redis_conn import lacks_replicas, refused_by_acl, refuses_writes
 
 log = logging.getLogger("taskd.http")
 
 STORAGE_FULL = "Task storage is full; new work is refused until it has room again, please try again later"
+STORAGE_UNAVAILABLE = "Task storage is unavailable, please try again later"
+STORAGE_UNAVAILABLE_RETRY_AFTER = 5
 STORAGE_CANNOT_WRITE = "Task storage cannot write to its disk now; please try again later"
 STORAGE_FULL_RETRY_AFTER = 60
 STORAGE_REFUSES_US = "Task storage refuses this service a command it needs; please try again later"
@@ -144,9 +146,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # READONLY: the server of a plain redis:// URL became a replica (a failover, or a demoted
         # primary): writes come back once it, or the address, is a primary again.
         _REFUSALS.warn("storage unavailable", request, exc)
-        return render(
-            ServiceUnavailable("Task storage is unavailable, please try again later", retry_after=5)
-        )
+        return render(ServiceUnavailable(STORAGE_UNAVAILABLE, retry_after=STORAGE_UNAVAILABLE_RETRY_AFTER))
     except Exception as exc:
         return _unexpected(request, exc)
 
@@ -154,6 +154,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 def _unexpected(request: web.Request, exc: Exception) -> web.Response:
     """The answer to an exception no handler expected: a 503 for a Redis that refuses or a process
     out of open files (nothing the request did wrong), else the 500 with its traceback logged."""
+    if lacks_replicas(exc):
+        # NOREPLICAS: too few replicas in sync with the primary (min-replicas-to-write); it takes
+        # writes again once one catches up, within seconds (min-replicas-max-lag) where one is alive.
+        _REFUSALS.warn("storage lacks its replicas", request, exc)
+        return render(ServiceUnavailable(STORAGE_UNAVAILABLE, retry_after=STORAGE_UNAVAILABLE_RETRY_AFTER))
     if refuses_writes(exc):
         # MISCONF: its disk is full or failing; it takes writes again once it can persist them.
         _REFUSALS.warn("storage refuses writes", request, exc)
