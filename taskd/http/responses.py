@@ -8,10 +8,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from taskd import shapes
+from taskd import shapes, wide_ints
 from taskd.http.context import API
 from taskd.model import BodyCutOff, RequestTimeout, UnreadableBody, ValidationError
-from taskd.wide_ints import wide_integer, wide_integer_message
 
 _PARSED = web.RequestKey("taskd_parsed_body", object)
 
@@ -65,19 +64,15 @@ async def read_json(request: web.Request) -> Any:
         return request[_PARSED]
     raw = await read_body(request)
     try:
-        parsed = orjson.loads(raw)
+        # orjson reads an integer past 64 bits as a float, or one too large for a float as not JSON:
+        # refused by name, as it could not be stored and read back as sent.
+        parsed = wide_ints.loads(raw)
+    except wide_ints.WideInteger as exc:
+        raise NotJson({"body": str(exc)}, "Invalid request body") from None
     except orjson.JSONDecodeError as exc:
         # orjson's reason and place ("UTF-8 byte order mark (BOM) is not supported: line 1 column 1
         # (char 0)", "trailing comma is not allowed: …"): the caller's editor may show a body that
         # looks fine. It quotes nothing of the body.
-        problem: str | None = str(exc)
-    else:
-        problem = None
-    # orjson reads an integer past 64 bits as a float, or one too large for a float as not JSON:
-    # refused by name, as it could not be stored and read back as sent.
-    if (literal := wide_integer(raw)) is not None:
-        raise NotJson({"body": wide_integer_message(literal)}, "Invalid request body")
-    if problem is not None:
-        raise NotJson({"body": f"Request body must be valid JSON: {problem}"}, "Invalid request body")
+        raise NotJson({"body": f"Request body must be valid JSON: {exc}"}, "Invalid request body") from None
     request[_PARSED] = parsed
     return parsed
