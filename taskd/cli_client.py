@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 import orjson
 import yarl
 
+from taskd import wide_ints
 from taskd.apikey import KEY_FILE
 from taskd.config import ConfigError, load_config
 from taskd.model import TaskStatus
 from taskd.printable import printable, printable_json
-from taskd.wide_ints import wide_integer, wide_integer_message
 
 if TYPE_CHECKING:
     from taskd.client import Task, TaskClient, TaskEvent
@@ -67,11 +67,11 @@ def _read_data(raw: str) -> dict[str, Any]:
             text = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read {source}: {exc.strerror}") from None
-    # orjson reads an integer past 64 bits as the nearest float, which would be sent changed.
-    if (literal := wide_integer(text)) is not None:
-        raise UsageError(f"{source}: {wide_integer_message(literal)}")
     try:
-        data = orjson.loads(text)
+        # orjson reads an integer past 64 bits as the nearest float, which would be sent changed.
+        data = wide_ints.loads(text)
+    except wide_ints.WideInteger as exc:
+        raise UsageError(f"{source}: {exc}") from None
     except orjson.JSONDecodeError as exc:
         raise UsageError(f"{source} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -7,7 +7,7 @@ import hmac
 import pytest
 from conftest import API_KEY
 
-from taskd import keys
+from taskd import keys, wide_ints
 from taskd.config import AuthConfig, ScopedKey
 from taskd.http import keytable
 
@@ -73,6 +73,26 @@ async def test_a_project_key_gets_404_for_another_projects_task_list(scoped):
 
     assert response.status == 404
     assert body == {"error": "not_found", "message": "Project 'p2' not found"}
+
+
+async def test_a_project_keys_submit_that_is_refused_as_not_json_is_parsed_once(scoped, monkeypatch):
+    # The scope check reads the body first and leaves a refusal to the handler, which read it again.
+    service, _ = scoped
+    parses = []
+    loads = wide_ints.loads
+    monkeypatch.setattr(wide_ints, "loads", lambda raw: parses.append(raw) or loads(raw))
+    body = (
+        b'{"project_id": "p1", "task_type": "echo", "task_data": {"message": "x", "n": 18446744073709551616}}'
+    )
+
+    async with service.client.post(
+        "/api/v1/tasks/submit", data=body, headers={"X-API-Key": P1_KEY, "Content-Type": "application/json"}
+    ) as response:
+        error = await response.json()
+
+    assert response.status == 400
+    assert error["details"]["body"].startswith("18446744073709551616 is an integer outside")
+    assert len(parses) == 1
 
 
 async def test_a_project_key_cannot_submit_to_another_project(scoped, redis):

@@ -8,12 +8,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from taskd import shapes
+from taskd import shapes, wide_ints
 from taskd.http.context import API
 from taskd.model import BodyCutOff, RequestTimeout, UnreadableBody, ValidationError
-from taskd.wide_ints import wide_integer, wide_integer_message
 
 _PARSED = web.RequestKey("taskd_parsed_body", object)
+# A body refused as not JSON, kept so that a second reader (the project scope check lets the handler
+# answer it) is refused without parsing it again: the search for integers past 64 bits can cost a
+# few times orjson's parse.
+_REFUSED = web.RequestKey("taskd_refused_body", str)
 
 
 class NotJson(ValidationError):
@@ -60,24 +63,26 @@ async def read_body(request: web.Request) -> bytes:
 
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON, parsed once per request (the rate limit, the project scope and the
-    handler may each want it); a 400 in the documented shape when it is not JSON."""
+    handler may each want it); a 400 in the documented shape when it is not JSON, from that one
+    parse too."""
     if _PARSED in request:
         return request[_PARSED]
+    if _REFUSED in request:
+        raise NotJson({"body": request[_REFUSED]}, "Invalid request body")
     raw = await read_body(request)
     try:
-        parsed = orjson.loads(raw)
+        # orjson reads an integer past 64 bits as a float, or one too large for a float as not JSON:
+        # refused by name, as it could not be stored and read back as sent.
+        parsed = wide_ints.loads(raw)
+    except wide_ints.WideInteger as exc:
+        problem = str(exc)
     except orjson.JSONDecodeError as exc:
         # orjson's reason and place ("UTF-8 byte order mark (BOM) is not supported: line 1 column 1
         # (char 0)", "trailing comma is not allowed: …"): the caller's editor may show a body that
         # looks fine. It quotes nothing of the body.
-        problem: str | None = str(exc)
+        problem = f"Request body must be valid JSON: {exc}"
     else:
-        problem = None
-    # orjson reads an integer past 64 bits as a float, or one too large for a float as not JSON:
-    # refused by name, as it could not be stored and read back as sent.
-    if (literal := wide_integer(raw)) is not None:
-        raise NotJson({"body": wide_integer_message(literal)}, "Invalid request body")
-    if problem is not None:
-        raise NotJson({"body": f"Request body must be valid JSON: {problem}"}, "Invalid request body")
-    request[_PARSED] = parsed
-    return parsed
+        request[_PARSED] = parsed
+        return parsed
+    request[_REFUSED] = problem
+    raise NotJson({"body": problem}, "Invalid request body")
