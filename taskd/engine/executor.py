@@ -283,10 +283,14 @@ class _Running:
         self._cancel_handler()
 
     def take_over(self, grace: float) -> None:
-        """The task was started again since: stop this run as a cancel stops it."""
+        """The task was started again since: stop this run as a cancel stops it, leaving what it
+        started and kept (a provider's job) to the newer run, which reads it, as a hand-back does.
+        Cancelled at the provider, the job the newer run followed ended under it, unmade."""
         if not self.taken_over:
             self.taken_over = True
             if not self.cancelled:
+                if self.run_state is not None:
+                    self.run_state.handed_back = True
                 self.cancel(grace)
 
     def stop_for(self, reason: str) -> None:
