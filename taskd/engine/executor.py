@@ -1045,6 +1045,10 @@ class Executor:
             await asyncio.shield(runner.wait_exit(execution.cancel_grace))
             raise
         finally:
+            # Detached before it goes back to the pool: the run stays registered until its end is
+            # written, and a cancel or take-over heard meanwhile sent its SIGTERM to this process,
+            # idle in the pool or running another task by then.
+            running.runner = None
             await asyncio.shield(self.runners.release(runner))
         return await self._process_outcome(record, result, soft, hard, limits)
 
