@@ -279,6 +279,25 @@ async def test_a_run_whose_task_another_worker_started_since_leaves_the_job_to_t
     assert len(api.created) == 1
 
 
+async def test_a_run_whose_task_ended_meanwhile_under_its_job_cancels_the_job(start_service, api, redis):
+    api.hang = True
+    taskd = await start_service(
+        providers=ProvidersConfig(video=provider(api, "openai")), network=NetworkConfig(allow_private=True)
+    )
+    task = await taskd.submit("generate_video", {"scene_description": "Rain", "duration": 2})
+    await taskd.wait_for(task["task_id"], lambda _: api.jobs.get("job_1", 0) >= 2)
+    executor = taskd.service._executor
+    assert executor is not None
+
+    # As the reclaim writes it once the task's worker died execution.max_worker_deaths times: no
+    # run comes next to follow the job.
+    await redis.hset(keys.task(task["task_id"]), mapping={"status": "failed", "worker_id": ""})
+    await executor.reconcile([task["task_id"]])
+    await taskd.wait_idle()
+
+    assert api.cancelled == ["job_1"]
+
+
 async def test_a_task_cancelled_while_its_create_answers_slower_than_the_cancel_grace_cancels_the_job(
     start_service, api
 ):

@@ -282,14 +282,16 @@ class _Running:
             self.tree.terminate(grace)
         self._cancel_handler()
 
-    def take_over(self, grace: float) -> None:
-        """The task was started again since: stop this run as a cancel stops it, leaving what it
-        started and kept (a provider's job) to the newer run, which reads it, as a hand-back does.
-        Cancelled at the provider, the job the newer run followed ended under it, unmade."""
+    def take_over(self, grace: float, *, runs_again: bool) -> None:
+        """The task was started again since: stop this run as a cancel stops it. When the task
+        `runs_again` (its newer run is queued or running), what this run started and kept (a
+        provider's job) is left to that run, which reads it, as at a hand-back: cancelled at the
+        provider, the job the newer run followed ended under it, unmade. A task that ended
+        meanwhile (failed for its worker's deaths) has no next run: the job is cancelled."""
         if not self.taken_over:
             self.taken_over = True
             if not self.cancelled:
-                if self.run_state is not None:
+                if self.run_state is not None and runs_again:
                     self.run_state.handed_back = True
                 self.cancel(grace)
 
@@ -551,7 +553,7 @@ class Executor:
                 # it, rather than let run to its own end (up to its hard limit) while this start waits.
                 stale = self.running.get(task_id)
                 if stale is not None and stale.job_id != record.job_id:
-                    stale.take_over(self.config.execution.cancel_grace)
+                    stale.take_over(self.config.execution.cancel_grace, runs_again=True)
             if earlier is not None and not await self._after_earlier_run(record, earlier[1], deadline):
                 return False
             with tracing.run_span(record, None if lease is None else str(lease.device)):
@@ -1286,7 +1288,10 @@ class Executor:
                     worker_id,
                     job_id,
                 )
-                running.take_over(self.config.execution.cancel_grace)
+                running.take_over(
+                    self.config.execution.cancel_grace,
+                    runs_again=status in (TaskStatus.QUEUED.value, TaskStatus.PROCESSING.value),
+                )
 
     def _taken_over(
         self, running: _Running, status: str | None, worker_id: str | None, job_id: str | None
