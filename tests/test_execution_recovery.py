@@ -356,6 +356,31 @@ async def test_a_take_over_heard_as_a_runs_job_process_goes_back_to_the_pool_lea
     assert (second["status"], second["result"]["pid"]) == ("completed", pid)
 
 
+async def test_a_claimed_task_whose_start_a_failover_lost_runs_again_after_its_runs_end_is_refused(
+    start_service, redis
+):
+    # A host with GPUs claims its jobs one by one (start.lua), and its own running job is never
+    # claimed again while it runs: the run's end comes first, refused, the record being `queued`.
+    service = await start_service(gpu_backend=SimulatedBackend(1), gpu=GpuConfig(slots=2))
+    task_id = (await service.submit("record_run", {"seconds": 2}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    job_id = (await redis.hget(keys.task(task_id), "job_id")).decode()
+
+    # As the new primary has it when the failover lost the start: the job on arq's set, unlocked.
+    await redis.hset(keys.task(task_id), mapping={"status": "queued", "attempt": "0"})
+    await redis.hdel(keys.task(task_id), "worker_id", "started_at")
+    await redis.delete(keys.arq_in_progress(job_id))
+    async with asyncio.timeout(60):
+        while await redis.hget(keys.task(task_id), "status") != b"completed":
+            await asyncio.sleep(0.1)
+    body = await service.status(task_id)
+    runs = runs_path(service.service.config.data_path).read_text().splitlines()
+
+    # Before, the refused end dropped the job: the task stayed `queued` for ever, with no job.
+    assert (body["status"], body["attempt"]) == ("completed", 1)
+    assert [line.split()[0] for line in runs] == ["start", "end", "start", "end"]
+
+
 async def test_a_gpu_task_started_again_as_its_earlier_runs_slots_are_released_runs_on_slots_of_its_own(
     start_service, redis, monkeypatch: pytest.MonkeyPatch
 ):

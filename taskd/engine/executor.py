@@ -521,7 +521,9 @@ class Executor:
         """The arq job function for `queue`: runs the task its claim started (`ctx["record"]`), under
         the worker's job timeout (`ctx["deadline"]`).
 
-        Returns True when the store dropped the arq job with the write that ended the run.
+        Returns True when the store dropped the arq job with the write that ended the run, or when
+        the job is not to be dropped: the run's end was refused, the record being `queued` under
+        that job again (Executor._queued_again_under).
         """
 
         async def run_task(ctx: dict[str, Any], task_id: str) -> bool:
@@ -557,7 +559,8 @@ class Executor:
             if earlier is not None and not await self._after_earlier_run(record, earlier[1], deadline):
                 return False
             with tracing.run_span(record, None if lease is None else str(lease.device)):
-                return await self._run_claimed(record)
+                written = await self._run_claimed(record)
+            return written or await self._queued_again_under(record)
         finally:
             over.set_result(None)
             # Only the task's latest run lets go of its entry. An earlier run can end after it, and
@@ -574,6 +577,16 @@ class Executor:
                 # holding one, and that lease was then released under the newer run.
                 self._releasing.add(task_id)
                 await asyncio.shield(self._release_lease(task_id))
+
+    async def _queued_again_under(self, record: TaskRecord) -> bool:
+        """Whether the record, after this run's end was refused, says `queued` under the run's own
+        job: a failover lost the run's start, and arq's set has the job again. The job is then left
+        there for a claim or a take to start the task again; dropped as after any refused end, it
+        left the task `queued` with no job, never to run again."""
+        [(status, _, job_id)] = await _until_stored(
+            f"the check of task {record.task_id}'s refused end", partial(self.store.runners, [record.task_id])
+        )
+        return status == TaskStatus.QUEUED.value and job_id == record.job_id
 
     async def _after_earlier_run(
         self, record: TaskRecord, earlier: asyncio.Future[None], deadline: asyncio.Timeout | None
