@@ -19,10 +19,11 @@ from taskd import keys
 from taskd.config import GpuConfig, QueueConfig, RetryConfig, WorkerConfig
 from taskd.engine import reclaim
 from taskd.engine.executor import Executor, Outcome
+from taskd.engine.jobproc.pool import RunnerPool
 from taskd.gpu.devices import SimulatedBackend
 from taskd.model import TaskRecord, now
 from taskd.store.records import RunningTask
-from taskd.tasks.diagnostics import runs_path
+from taskd.tasks.diagnostics import marker_path, runs_path
 
 ONE_AT_A_TIME = {
     "default": QueueConfig(concurrency=1, timeout=60),
@@ -319,6 +320,65 @@ async def test_a_run_whose_start_a_failover_lost_is_not_stopped_as_taken_over(st
     await executor.reconcile([task_id])
 
     assert not running.cancelled
+
+
+async def test_a_take_over_heard_as_a_runs_job_process_goes_back_to_the_pool_leaves_that_process_alone(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    # The run's job process is back in the pool while the run is still registered; a heartbeat's
+    # check of the record whose reply comes then (here: one sent from the release) finds the task
+    # started again since.
+    service = await start_service()
+    executor = service.service._executor
+    assert executor is not None
+    release = RunnerPool.release
+    checked: list[str] = []
+
+    async def release_then_checked(pool: RunnerPool, runner: Any) -> None:
+        await release(pool, runner)
+        for task_id in [task_id for task_id in executor.running if not checked]:
+            checked.append(task_id)
+            await redis.hset(keys.task(task_id), mapping={"worker_id": "worker-b", "job_id": "job-b"})
+            await executor.reconcile([task_id])
+
+    monkeypatch.setattr(RunnerPool, "release", release_then_checked)
+    first = (await service.submit("cpu", {"seconds": 0}))["task_id"]
+    async with asyncio.timeout(60):
+        while not checked:
+            await asyncio.sleep(0.02)
+    await service.wait_idle()
+    pid = int(marker_path(service.service.config.data_path, first, "started").read_text())
+
+    second = await service.wait_terminal((await service.submit("cpu", {"seconds": 0}))["task_id"])
+
+    # Before, the take-over's SIGTERM went to that process, idle in the pool (or running the next
+    # task by then, which ended `cancelled` with nothing written).
+    assert (second["status"], second["result"]["pid"]) == ("completed", pid)
+
+
+async def test_a_claimed_task_whose_start_a_failover_lost_runs_again_after_its_runs_end_is_refused(
+    start_service, redis
+):
+    # A host with GPUs claims its jobs one by one (start.lua), and its own running job is never
+    # claimed again while it runs: the run's end comes first, refused, the record being `queued`.
+    service = await start_service(gpu_backend=SimulatedBackend(1), gpu=GpuConfig(slots=2))
+    task_id = (await service.submit("record_run", {"seconds": 2}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    job_id = (await redis.hget(keys.task(task_id), "job_id")).decode()
+
+    # As the new primary has it when the failover lost the start: the job on arq's set, unlocked.
+    await redis.hset(keys.task(task_id), mapping={"status": "queued", "attempt": "0"})
+    await redis.hdel(keys.task(task_id), "worker_id", "started_at")
+    await redis.delete(keys.arq_in_progress(job_id))
+    async with asyncio.timeout(60):
+        while await redis.hget(keys.task(task_id), "status") != b"completed":
+            await asyncio.sleep(0.1)
+    body = await service.status(task_id)
+    runs = runs_path(service.service.config.data_path).read_text().splitlines()
+
+    # Before, the refused end dropped the job: the task stayed `queued` for ever, with no job.
+    assert (body["status"], body["attempt"]) == ("completed", 1)
+    assert [line.split()[0] for line in runs] == ["start", "end", "start", "end"]
 
 
 async def test_a_gpu_task_started_again_as_its_earlier_runs_slots_are_released_runs_on_slots_of_its_own(

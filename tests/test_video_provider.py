@@ -12,6 +12,7 @@ from fake_media_apis import OversizedAPI, RedirectingAPI, make_ctx, png
 from fake_video_apis import FakeVideoAPI, make_mp4
 from PIL import Image
 
+from taskd import keys
 from taskd.config import (
     Config,
     ConfigError,
@@ -253,6 +254,48 @@ async def test_cancelling_the_task_cancels_the_providers_job(start_service, api,
     path = "/v1/videos/job_1" if protocol == "openai" else "/v1/predictions/job_1/cancel"
     assert (cancel, path) in api.requests
     assert (await taskd.status(task["task_id"]))["status"] == "cancelled"
+
+
+async def test_a_run_whose_task_another_worker_started_since_leaves_the_job_to_that_run(
+    start_service, api, redis
+):
+    api.hang = True
+    taskd = await start_service(
+        providers=ProvidersConfig(video=provider(api, "openai")), network=NetworkConfig(allow_private=True)
+    )
+    task = await taskd.submit("generate_video", {"scene_description": "Rain", "duration": 2})
+    await taskd.wait_for(task["task_id"], lambda _: api.jobs.get("job_1", 0) >= 2)
+    executor = taskd.service._executor
+    assert executor is not None
+
+    # As another worker's take of the task, queued again while this worker stalled, writes it:
+    # that run reads the job this one kept and follows it.
+    await redis.hset(keys.task(task["task_id"]), mapping={"worker_id": "worker-b", "job_id": "job-b"})
+    await executor.reconcile([task["task_id"]])
+    await taskd.wait_idle()
+
+    # Before, the stopped run cancelled the job at the provider, under the newer run following it.
+    assert api.cancelled == []
+    assert len(api.created) == 1
+
+
+async def test_a_run_whose_task_ended_meanwhile_under_its_job_cancels_the_job(start_service, api, redis):
+    api.hang = True
+    taskd = await start_service(
+        providers=ProvidersConfig(video=provider(api, "openai")), network=NetworkConfig(allow_private=True)
+    )
+    task = await taskd.submit("generate_video", {"scene_description": "Rain", "duration": 2})
+    await taskd.wait_for(task["task_id"], lambda _: api.jobs.get("job_1", 0) >= 2)
+    executor = taskd.service._executor
+    assert executor is not None
+
+    # As the reclaim writes it once the task's worker died execution.max_worker_deaths times: no
+    # run comes next to follow the job.
+    await redis.hset(keys.task(task["task_id"]), mapping={"status": "failed", "worker_id": ""})
+    await executor.reconcile([task["task_id"]])
+    await taskd.wait_idle()
+
+    assert api.cancelled == ["job_1"]
 
 
 async def test_a_task_cancelled_while_its_create_answers_slower_than_the_cancel_grace_cancels_the_job(

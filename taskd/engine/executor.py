@@ -282,11 +282,17 @@ class _Running:
             self.tree.terminate(grace)
         self._cancel_handler()
 
-    def take_over(self, grace: float) -> None:
-        """The task was started again since: stop this run as a cancel stops it."""
+    def take_over(self, grace: float, *, runs_again: bool) -> None:
+        """The task was started again since: stop this run as a cancel stops it. When the task
+        `runs_again` (its newer run is queued or running), what this run started and kept (a
+        provider's job) is left to that run, which reads it, as at a hand-back: cancelled at the
+        provider, the job the newer run followed ended under it, unmade. A task that ended
+        meanwhile (failed for its worker's deaths) has no next run: the job is cancelled."""
         if not self.taken_over:
             self.taken_over = True
             if not self.cancelled:
+                if self.run_state is not None and runs_again:
+                    self.run_state.handed_back = True
                 self.cancel(grace)
 
     def stop_for(self, reason: str) -> None:
@@ -515,7 +521,9 @@ class Executor:
         """The arq job function for `queue`: runs the task its claim started (`ctx["record"]`), under
         the worker's job timeout (`ctx["deadline"]`).
 
-        Returns True when the store dropped the arq job with the write that ended the run.
+        Returns True when the store dropped the arq job with the write that ended the run, or when
+        the job is not to be dropped: the run's end was refused, the record being `queued` under
+        that job again (Executor._queued_again_under).
         """
 
         async def run_task(ctx: dict[str, Any], task_id: str) -> bool:
@@ -547,11 +555,12 @@ class Executor:
                 # it, rather than let run to its own end (up to its hard limit) while this start waits.
                 stale = self.running.get(task_id)
                 if stale is not None and stale.job_id != record.job_id:
-                    stale.take_over(self.config.execution.cancel_grace)
+                    stale.take_over(self.config.execution.cancel_grace, runs_again=True)
             if earlier is not None and not await self._after_earlier_run(record, earlier[1], deadline):
                 return False
             with tracing.run_span(record, None if lease is None else str(lease.device)):
-                return await self._run_claimed(record)
+                written = await self._run_claimed(record)
+            return written or await self._queued_again_under(record)
         finally:
             over.set_result(None)
             # Only the task's latest run lets go of its entry. An earlier run can end after it, and
@@ -568,6 +577,16 @@ class Executor:
                 # holding one, and that lease was then released under the newer run.
                 self._releasing.add(task_id)
                 await asyncio.shield(self._release_lease(task_id))
+
+    async def _queued_again_under(self, record: TaskRecord) -> bool:
+        """Whether the record, after this run's end was refused, says `queued` under the run's own
+        job: a failover lost the run's start, and arq's set has the job again. The job is then left
+        there for a claim or a take to start the task again; dropped as after any refused end, it
+        left the task `queued` with no job, never to run again."""
+        [(status, _, job_id)] = await _until_stored(
+            f"the check of task {record.task_id}'s refused end", partial(self.store.runners, [record.task_id])
+        )
+        return status == TaskStatus.QUEUED.value and job_id == record.job_id
 
     async def _after_earlier_run(
         self, record: TaskRecord, earlier: asyncio.Future[None], deadline: asyncio.Timeout | None
@@ -1041,6 +1060,10 @@ class Executor:
             await asyncio.shield(runner.wait_exit(execution.cancel_grace))
             raise
         finally:
+            # Detached before it goes back to the pool: the run stays registered until its end is
+            # written, and a cancel or take-over heard meanwhile sent its SIGTERM to this process,
+            # idle in the pool or running another task by then.
+            running.runner = None
             await asyncio.shield(self.runners.release(runner))
         return await self._process_outcome(record, result, soft, hard, limits)
 
@@ -1278,7 +1301,10 @@ class Executor:
                     worker_id,
                     job_id,
                 )
-                running.take_over(self.config.execution.cancel_grace)
+                running.take_over(
+                    self.config.execution.cancel_grace,
+                    runs_again=status in (TaskStatus.QUEUED.value, TaskStatus.PROCESSING.value),
+                )
 
     def _taken_over(
         self, running: _Running, status: str | None, worker_id: str | None, job_id: str | None
