@@ -17,6 +17,7 @@ import psutil
 import pytest
 from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, make_ctx, mono_wav
 from media_files import (
+    flac_of_changing_layouts,
     jpeg_of_empty_segments,
     jpeg_of_many_scans,
     long_silent_flac,
@@ -406,6 +407,26 @@ async def test_a_track_whose_timestamps_say_less_than_it_holds_is_decoded_no_fur
 
     assert body["status"] == "completed", body
     assert body["result"]["metadata"]["duration"] <= 1.1
+
+
+async def test_a_track_whose_channels_change_past_what_its_packets_count_is_not_decoded_further(
+    start_service, tmp_path, files
+):
+    # Its packets count 1 s (each stretch's frames start at 0 again), and each change of channels
+    # rebuilt the filter graph, whose sample count started again: all 20 s were mixed.
+    service = await start(start_service, tmp_path)
+    url = files.add("changing.flac", flac_of_changing_layouts(tmp_path, segments=20))
+
+    task = await service.submit(
+        "process_audio",
+        {"tracks": [{"url": url}], "normalize": False, "output_format": "wav", "sample_rate": 8000},
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"].startswith("Mixing failed (ffmpeg exit "), body["error"]
+    assert "Changing audio frame properties on the fly is not supported" in body["error"]
+    assert_no_internals(body, service)
 
 
 def encoded(fmt: str, size: tuple[int, int], mode: str = "RGB", colour: int = 0, **options: object) -> bytes:
