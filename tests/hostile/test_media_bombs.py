@@ -33,6 +33,7 @@ from PIL import Image
 
 from taskd.config import (
     Config,
+    ExecutionConfig,
     ImageProvider,
     MediaConfig,
     NetworkConfig,
@@ -111,6 +112,31 @@ async def test_images_each_under_the_pixel_limit_fail_on_what_they_take_decoded_
         "The images would take 12000000 bytes decoded (ffmpeg holds them all at once), over the limit "
         "of 10000000 bytes (media.max_decoded_image_bytes)"
     )
+
+
+async def test_a_renders_photos_are_held_decoded_not_also_as_full_size_rgba(start_service, tmp_path, files):
+    # Four 36-megapixel 4:2:0 JPEGs: 54 MB each decoded, as max_decoded_image_bytes counts them. Turned
+    # into RGBA before being scaled down, each was held a second time at 144 MB, and the render passed
+    # 500 MB (32 twelve-megapixel phone photos passed the default 2048).
+    service = await start_service(
+        media=MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch")),
+        network=NetworkConfig(allow_private=True),
+        execution=ExecutionConfig(memory_limit_mb=500),
+    )
+    urls = [files.add(f"photo{i}.jpg", encoded("JPEG", (6000, 6000), colour=i)) for i in range(4)]
+
+    task = await service.submit(
+        "render_animation",
+        {
+            "character_id": "c",
+            "duration": 1,
+            "resolution": "320x180",
+            "keyframes": [{"image_url": url, "time": i / 4} for i, url in enumerate(urls)],
+        },
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=120)
+
+    assert body["status"] == "completed", body
 
 
 async def test_a_generated_image_over_the_pixel_limit_is_not_stored(tmp_path, http):
