@@ -36,12 +36,15 @@ ProgressFn = Callable[[float], Awaitable[None]]
 # probes the content, and a file that passes the sniff may still probe as another format, e.g. a
 # DASH manifest, whose demuxer opens every local path the file lists (a tenant read the host's files).
 # A file behind an ID3v2 tag may be MP3, FLAC or ADTS AAC: ffmpeg picks among those three alone.
+# A still image is read whole as one picture (`image2`, its name taken as it is, its decoder named):
+# the `*_pipe` demuxers cut a file into every picture it holds, and ffmpeg decoded those after the
+# first as well, pictures no header check or media.max_decoded_image_bytes had counted.
 DEMUXERS = {
-    "png": ["-f", "png_pipe"],
-    "jpg": ["-f", "jpeg_pipe"],
+    "png": ["-f", "image2", "-pattern_type", "none", "-c:v", "png"],
+    "jpg": ["-f", "image2", "-pattern_type", "none", "-c:v", "mjpeg"],
     "gif": ["-f", "gif"],
-    "bmp": ["-f", "bmp_pipe"],
-    "webp": ["-f", "webp_pipe"],
+    "bmp": ["-f", "image2", "-pattern_type", "none", "-c:v", "bmp"],
+    "webp": ["-f", "image2", "-pattern_type", "none", "-c:v", "webp"],
     "wav": ["-f", "wav"],
     "mp3": ["-f", "mp3"],
     "id3": ["-format_whitelist", "mp3,flac,aac"],

@@ -99,8 +99,9 @@ def jpeg_scans(path: Path, most: int) -> int:
     to `most` + 1.
 
     Every 0xFF 0xDA up to the first picture's end, and after it every one from the first frame
-    header the decoder could accept: a later picture is decoded too (ffmpeg reads a few ahead of the
-    one frame taken), one without a frame header is not. Counting every 0xFF 0xDA in the file took
+    header the decoder could accept: a later picture was decoded too while ffmpeg read a file picture
+    by picture (`jpeg_pipe`; now it reads it whole, `ffmpeg.DEMUXERS`, and the count errs on the safe
+    side), one without a frame header is not. Counting every 0xFF 0xDA in the file took
     the bytes after the picture for scans: random bytes hold one per 64 KiB, and a phone's motion
     photo (its video follows the picture) of 15 MB was refused as "a JPEG of 207 scans".
     """

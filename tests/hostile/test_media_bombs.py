@@ -382,6 +382,28 @@ async def test_ffmpeg_itself_refuses_to_decode_an_image_over_the_pixel_bound(tmp
     assert "exceeds specified max pixel count 1000000" in log.read_text()
 
 
+@pytest.mark.parametrize(("fmt", "ext"), [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("BMP", "bmp")])
+async def test_ffmpeg_decodes_no_picture_of_an_image_file_after_its_first(tmp_path, fmt, ext):
+    # A 16x16 picture, then a 2000x1500 one: the header (and max_decoded_image_bytes) counts the first;
+    # read picture by picture, the second was decoded as well, whatever the render took.
+    path, out = tmp_path / f"image0.{ext}", tmp_path / "frames.txt"
+    path.write_bytes(encoded(fmt, (16, 16)) + encoded(fmt, (2000, 1500), colour=1))
+    bounds = Bounds(
+        max_image_pixels=40_000_000,
+        max_input_seconds=60,
+        max_output_bytes=MEGABYTE,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
+    )
+
+    await ffmpeg.run_ffmpeg(
+        [*bounds.image_input(path), "-f", "framecrc", str(out)], log_path=tmp_path / "ffmpeg.log"
+    )
+
+    frames = [line for line in out.read_text().splitlines() if not line.startswith("#")]
+    assert len(frames) == 1, frames
+
+
 async def test_ffmpeg_reads_no_more_of_an_audio_input_than_the_duration_bound(tmp_path):
     # The second line, for a file whose packets were counted short but decode long.
     path, out = tmp_path / "two.wav", tmp_path / "out.wav"
