@@ -113,8 +113,7 @@ class Bounds:
 
     def decoded_image_bytes(self, path: Path, size: tuple[int, int]) -> int:
         """What the image (of `size`, from check_image) takes decoded in ffmpeg, from its header."""
-        width, height = size
-        return math.ceil(width * height * image_header.bytes_per_pixel(path))
+        return math.ceil(image_header.decoded_bytes(path, size, self.max_image_pixels))
 
     def check_decoded_images(self, total: int, what: str) -> None:
         """TaskError when images that ffmpeg decodes together would take more than max_decoded_image_bytes."""

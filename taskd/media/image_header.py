@@ -82,6 +82,32 @@ def bytes_per_pixel(path: Path) -> float:
     return _RGBA_BYTES
 
 
+def decoded_bytes(path: Path, size: tuple[int, int], most_pixels: int) -> float:
+    """What ffmpeg's decoder holds for the image whose header declares `size`: width x height x
+    `bytes_per_pixel`; for a JPEG, at least what every frame header its decoder may reach before the
+    picture's end declares, together.
+
+    A frame header met inside the picture starts it again at the new size: a 16x16 picture without
+    its end, then a 2000x1500 one, was decoded at 2000x1500. The count takes each frame header the
+    decoder could accept (an EXIF thumbnail's, a few KB, too), up to `most_pixels` of it (over that,
+    ffmpeg's `-max_pixels` refuses it and nothing is allocated)."""
+    width, height = size
+    first = width * height * bytes_per_pixel(path)
+    with path.open("rb") as stream:
+        if stream.read(2) != b"\xff\xd8":
+            return first
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            end = _picture_end(data) or len(data)
+            reached = 0.0
+            for header in _JPEG_FRAME_HEADER.finditer(data, 0, end):
+                # As _jpeg_frame reads it: after the marker and the length.
+                frame = data[header.start() + 4 : header.start() + 4 + 6 + 3 * 4]
+                height_at, width_at = struct.unpack(">HH", frame[1:5])
+                if width_at * height_at <= most_pixels:
+                    reached += width_at * height_at * _jpeg_pixel(frame)
+    return max(first, reached)
+
+
 def _jpeg_pixel(frame: bytes) -> float:
     # The frame header: precision, height, width, components, then (id, H<<4|V, table) for each.
     if len(frame) < 6:

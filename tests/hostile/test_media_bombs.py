@@ -528,6 +528,26 @@ def test_what_a_pixel_takes_decoded_is_read_from_the_header(tmp_path, fmt, mode,
     assert image_header.bytes_per_pixel(path) == expected
 
 
+def test_a_jpeg_picture_whose_second_frame_header_is_larger_is_counted_by_it(tmp_path):
+    # A 16x16 picture without its end, then a 2000x1500 4:4:4 one: ffmpeg's decoder takes the second
+    # frame header for the one picture's and decodes 2000x1500 (9 MB), where the first said 768 bytes.
+    path = tmp_path / "image0.jpg"
+    small = encoded("JPEG", (16, 16))
+    path.write_bytes(small[:-2] + encoded("JPEG", (2000, 1500), subsampling=0))
+    bounds = Bounds(
+        max_image_pixels=40_000_000,
+        max_input_seconds=60,
+        max_output_bytes=MEGABYTE,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
+    )
+
+    size = bounds.check_image(path, "Image")
+
+    assert size == (16, 16)
+    assert bounds.decoded_image_bytes(path, size) >= 2000 * 1500 * 3
+
+
 def test_a_jpeg_frame_header_hidden_in_an_app_segment_is_not_read(tmp_path):
     jpeg = encoded("JPEG", (64, 48))
     fake_sof = b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 60_000, 60_000) + b"\x03" + b"\x00" * 9
