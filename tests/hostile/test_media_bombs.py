@@ -516,6 +516,9 @@ def test_a_sixteen_bit_rgba_png_is_counted_at_eight_bytes_a_pixel(tmp_path):
         ("PNG", "L", {}, 1),
         ("JPEG", "RGB", {"subsampling": 2}, 1.5),  # 4:2:0
         ("JPEG", "RGB", {"subsampling": 0}, 3),  # 4:4:4
+        # Progressive: the decoder also keeps every block's coefficients, 2 bytes a sample.
+        ("JPEG", "RGB", {"subsampling": 2, "progressive": True}, 4.5),
+        ("JPEG", "RGB", {"subsampling": 0, "progressive": True}, 9),
         ("JPEG", "L", {}, 1),
         ("GIF", "RGB", {}, 4),
         ("WEBP", "RGB", {}, 4),
