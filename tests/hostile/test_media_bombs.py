@@ -531,6 +531,17 @@ def test_what_a_pixel_takes_decoded_is_read_from_the_header(tmp_path, fmt, mode,
     assert image_header.bytes_per_pixel(path) == expected
 
 
+def test_an_animated_gif_is_counted_at_three_canvases_a_pixel(tmp_path):
+    # ffmpeg's GIF decoder keeps its canvas, the one a "restore to previous" frame goes back to, and
+    # the next frame it decodes while the render holds the first: four 6000x6000 GIFs of three frames
+    # took 1.8 GB, counted at 4 bytes a pixel as 576 MB.
+    path = tmp_path / "image0.gif"
+    frames = [Image.new("RGB", (64, 48), (80 * n, 0, 0)) for n in range(3)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], disposal=3, duration=100)
+
+    assert image_header.bytes_per_pixel(path) == 12
+
+
 def test_a_jpeg_picture_whose_second_frame_header_is_larger_is_counted_by_it(tmp_path):
     # A 16x16 picture without its end, then a 2000x1500 4:4:4 one: ffmpeg's decoder takes the second
     # frame header for the one picture's and decodes 2000x1500 (9 MB), where the first said 768 bytes.
