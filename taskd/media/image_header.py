@@ -47,9 +47,10 @@ def dimensions(path: Path) -> tuple[int, int] | None:
     """(width, height) the image's header declares, or None when the file has no header taskd can read."""
     with path.open("rb") as stream:
         head = stream.read(32)
-        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        # A header cut short is no header (unpacked, it failed the task with struct's own words).
+        if _png_header(head):
             return _positive(*struct.unpack(">II", head[16:24]))
-        if head[:6] in (b"GIF87a", b"GIF89a"):
+        if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 13:
             return _positive(*struct.unpack("<HH", head[6:10]))
         if head.startswith(b"BM") and len(head) >= 26:
             return _bmp(head)
@@ -78,7 +79,7 @@ def bytes_per_pixel(path: Path) -> float:
     1.5), other formats as 8-bit RGBA; a header it cannot read counts as the widest pixel."""
     with path.open("rb") as stream:
         head = stream.read(32)
-        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        if _png_header(head):
             depth, colour = head[24], head[25]
             return _PNG_CHANNELS.get(colour, 4) * (2 if depth > 8 else 1)
         if head.startswith(b"\xff\xd8"):
@@ -89,6 +90,11 @@ def bytes_per_pixel(path: Path) -> float:
             with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 return _RGBA_BYTES if _gif_still(data) else _GIF_ANIMATION_BYTES
     return _RGBA_BYTES
+
+
+def _png_header(head: bytes) -> bool:
+    """Whether `head` starts with a PNG's signature and IHDR, up to its colour type."""
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 26
 
 
 def _gif_still(data: mmap.mmap) -> bool:

@@ -643,7 +643,15 @@ def test_a_webp_canvas_smaller_than_its_picture_is_measured_by_the_picture(tmp_p
 
 
 @pytest.mark.parametrize(
-    "data", [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0\x00", b"RIFF\x00\x00\x00\x00WEBP"]
+    "data",
+    [
+        b"",
+        b"\x89PNG\r\n\x1a\n",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00",  # cut inside IHDR: it failed the task
+        b"GIF89a\x10\x00\x10",  # cut inside the screen size: "error: unpack requires a buffer of 4 bytes"
+        b"\xff\xd8\xff\xe0\x00",
+        b"RIFF\x00\x00\x00\x00WEBP",
+    ],
 )
 def test_a_truncated_header_reads_as_no_size(tmp_path, data):
     path = tmp_path / "image"
