@@ -21,6 +21,8 @@ _JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 # JPEG markers that stand alone, with no length field after them.
 _JPEG_BARE = frozenset({0x01, *range(0xD0, 0xD9)})
 _WEBP_CHUNKS_READ = 4096  # an animation has a chunk per frame
+# A PNG's chunks before its first IDAT: a header, a palette, a few of text, colour and size.
+_PNG_CHUNKS_READ = 1024
 # What a JPEG's walk reads before its frame header at most. Real files have a few dozen segments
 # (EXIF, ICC, XMP, tables) and a handful of fill bytes there; a crafted file of millions of empty
 # ones kept a thread of the API's process walking for seconds, and is refused instead.
@@ -81,7 +83,10 @@ def bytes_per_pixel(path: Path) -> float:
         head = stream.read(32)
         if _png_header(head):
             depth, colour = head[24], head[25]
-            return _PNG_CHANNELS.get(colour, 4) * (2 if depth > 8 else 1)
+            channels = _PNG_CHANNELS.get(colour, 4)
+            if colour in (0, 2) and _png_transparent(stream):
+                channels += 1  # ffmpeg decodes grey or RGB with a tRNS chunk as ya8/ya16, rgba/rgba64
+            return channels * (2 if depth > 8 else 1)
         if head.startswith(b"\xff\xd8"):
             stream.seek(2)
             found = _jpeg_frame(stream)
@@ -90,6 +95,21 @@ def bytes_per_pixel(path: Path) -> float:
             with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 return _RGBA_BYTES if _gif_still(data) else _GIF_ANIMATION_BYTES
     return _RGBA_BYTES
+
+
+def _png_transparent(stream: BinaryIO) -> bool:
+    """Whether the PNG has a tRNS chunk before its first IDAT, walked by the chunks' lengths; a walk
+    that does not reach IDAT says it has."""
+    stream.seek(8)
+    for _ in range(_PNG_CHUNKS_READ):
+        chunk = stream.read(8)
+        if len(chunk) < 8:
+            return True
+        kind = chunk[4:]
+        if kind in (b"tRNS", b"IDAT"):
+            return kind == b"tRNS"
+        stream.seek(int.from_bytes(chunk[:4], "big") + 4, 1)  # its data and CRC
+    return True
 
 
 def _png_header(head: bytes) -> bool:

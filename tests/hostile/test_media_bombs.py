@@ -514,6 +514,9 @@ def test_a_sixteen_bit_rgba_png_is_counted_at_eight_bytes_a_pixel(tmp_path):
     [
         ("PNG", "RGB", {}, 3),
         ("PNG", "L", {}, 1),
+        # A tRNS chunk: ffmpeg decodes grey or RGB with an alpha channel (ya8, rgba).
+        ("PNG", "L", {"transparency": 5}, 2),
+        ("PNG", "RGB", {"transparency": (5, 5, 5)}, 4),
         ("JPEG", "RGB", {"subsampling": 2}, 1.5),  # 4:2:0
         ("JPEG", "RGB", {"subsampling": 0}, 3),  # 4:4:4
         # Progressive: the decoder also keeps every block's coefficients, 2 bytes a sample.
