@@ -362,12 +362,15 @@ _NAMED_LAYOUTS = {
 
 def layout_channels(name: str) -> int | None:
     """Channels of a layout as ffmpeg describes it: `N channels (…)` (any layout without a name),
-    `ambisonic N` (at least (N+1)^2), a standard name (`5.1(side)`: 6, `22.2`: 24, `octagonal`: 8),
+    `ambisonic N` ((N+1)^2, and those of a layout after a `+`), a standard name (`5.1(side)`: 6, `22.2`: 24, `octagonal`: 8),
     or channel names joined by `+` (a custom order); None for anything else."""
     if count := re.match(r"(\d+) channels", name):
         return int(count.group(1))
     if order := re.match(r"ambisonic (\d+)", name):
-        return (int(order.group(1)) + 1) ** 2
+        # Channels past the ambisonic ones follow a `+` (Opus: `ambisonic 0+stereo`, 3 channels).
+        extra = name[order.end() :].removeprefix("+")
+        more = (layout_channels(extra) or len(extra.split("+"))) if extra else 0
+        return (int(order.group(1)) + 1) ** 2 + more
     base = name.split("(")[0].strip()
     if re.fullmatch(r"\d+(?:\.\d+)+", base):
         return sum(int(group) for group in base.split("."))

@@ -11,6 +11,7 @@ import io
 import json
 import re
 import struct
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -282,6 +283,22 @@ async def test_a_named_channel_layout_is_measured_by_its_channels(tmp_path):
     assert (await ffmpeg.measure_audio(path, limit=3600, what="Track")).channels == 8
 
 
+async def test_an_ambisonic_track_with_more_channels_is_measured_by_all_of_them(tmp_path):
+    # Opus of first-order-0 ambisonics and a stereo pair (ffmpeg: "ambisonic 0+stereo"): 3 channels,
+    # which were counted as the 1 of the ambisonic part.
+    path = tmp_path / "track0.ogg"
+    subprocess.run(
+        [
+            *(ffmpeg.ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi"),
+            *("-i", "anullsrc=r=48000:cl=ambisonic 0+stereo", "-t", "0.1"),
+            *("-c:a", "libopus", "-mapping_family", "2", str(path)),
+        ],
+        check=True,
+    )
+
+    assert (await ffmpeg.measure_audio(path, limit=3600, what="Track")).channels == 3
+
+
 @pytest.mark.parametrize(
     ("layout", "channels"),
     [
@@ -295,6 +312,8 @@ async def test_a_named_channel_layout_is_measured_by_its_channels(tmp_path):
         ("FL+FR+LFE", 3),
         ("65 channels", 65),
         ("ambisonic 3", 16),
+        ("ambisonic 0+stereo", 3),
+        ("ambisonic 1+FL+FR", 6),
     ],
 )
 def test_channel_layouts_are_counted(layout, channels):
