@@ -25,6 +25,8 @@ log = logging.getLogger("taskd.media")
 _STDERR_TAIL = 600
 _LOG_END = 64 * 1024
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
+# What ffmpeg says when an input's frames change parameters and its filter graph may not be rebuilt.
+_PARAMETERS_CHANGED = "Changing audio frame properties on the fly is not supported"
 # ffmpeg exits with its error code's low byte: AVERROR(ENOSPC) = -28 is exit 228. A full disk (or
 # quota) also leaves its log empty (the log is on the same disk), so the exit status is what tells.
 _DISK_FULL_EXITS = {-errno.ENOSPC & 0xFF, -errno.EDQUOT & 0xFF}
@@ -172,6 +174,13 @@ async def run_ffmpeg(
         log.warning("ffmpeg ran out of disk space writing in %s (exit %d)", log_path.parent, code)
         raise TransientError(f"{what} failed: no space left on the disk it writes to (ffmpeg exit {code})")
     if code != 0:
+        logged = await asyncio.to_thread(log_ends, log_path)
+        if _PARAMETERS_CHANGED in logged[1]:
+            # Bounds.audio_input's -reinit_filter 0; at loglevel info the line is lost among others.
+            raise TaskError(
+                f"{what} failed: an audio input changes its sample rate, channels or sample format "
+                "part-way, which taskd does not decode"
+            )
         # A file in the scratch dir is named alone (where taskd keeps its data is not the caller's
         # business), and ffmpeg's `[png @ 0x55d6...]` prefixes lose their memory addresses.
         ends = [
@@ -180,7 +189,7 @@ async def run_ffmpeg(
                 for line in _ADDRESS.sub("", end.replace(f"{log_path.parent}/", "")).splitlines()
                 if line.strip()
             ]
-            for end in await asyncio.to_thread(log_ends, log_path)
+            for end in logged
         ]
         # At loglevel error the first line says why, as a rule; the last ones are ffmpeg's own steps
         # of giving up (at info, the first line is the input's description). Each is cut on its own.
