@@ -283,10 +283,12 @@ def _image_track(
         width, height = fitted[image]
         labels.append(f"{out}_i{n}")
         chains.append(
-            # rgba again after the scale: in a YUV format pad would round an odd box down, below the image.
+            # rgba only after the scale: turned into rgba at its full size, each image was held a second
+            # time at 4 bytes a pixel (32 phone photos took a render past 2 GB); and rgba before pad, for
+            # in a YUV format pad would round an odd box down, below the image.
             # Fitted, not forced, into its size: ffmpeg turns a JPEG by its EXIF orientation, which its
             # header's size does not; forced, a turned photo was stretched (never larger than the box).
-            f"[{picture}]trim=end_frame=1,format=rgba,"
+            f"[{picture}]trim=end_frame=1,"
             f"scale=w={width}:h={height}:force_original_aspect_ratio=decrease,format=rgba,"
             f"pad=w={wide}:h={tall}:x=(ow-iw)/2:y=(oh-ih)/2:color=black@0,setsar=1,"
             f"loop=loop={clip.frame_count - 1}:size=1:start=0,setpts=N/({clip.fps}*TB),"
@@ -320,9 +322,10 @@ def layer_chains(
     parts: list[str] = []
     if len(pictures) == 1:
         (picture,) = pictures.values()
+        # rgba only at the size it is shown at (see _image_track).
         steps = [
-            f"[{picture}]trim=end_frame=1,format=rgba,"
-            f"scale=w={box_h * 2}:h={box_h}:force_original_aspect_ratio=decrease,"
+            f"[{picture}]trim=end_frame=1,"
+            f"scale=w={box_h * 2}:h={box_h}:force_original_aspect_ratio=decrease,format=rgba,"
             f"loop=loop={clip.frame_count - 1}:size=1:start=0,setpts=N/({clip.fps}*TB)"
         ]
     else:

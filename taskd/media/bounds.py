@@ -113,8 +113,7 @@ class Bounds:
 
     def decoded_image_bytes(self, path: Path, size: tuple[int, int]) -> int:
         """What the image (of `size`, from check_image) takes decoded in ffmpeg, from its header."""
-        width, height = size
-        return math.ceil(width * height * image_header.bytes_per_pixel(path))
+        return math.ceil(image_header.decoded_bytes(path, size, self.max_image_pixels))
 
     def check_decoded_images(self, total: int, what: str) -> None:
         """TaskError when images that ffmpeg decodes together would take more than max_decoded_image_bytes."""
@@ -132,9 +131,15 @@ class Bounds:
     def audio_input(self, path: Path, *, loop: bool = False) -> list[str]:
         """`-i` for a fetched audio file, read by its type's demuxer, of which ffmpeg reads at most
         max_input_seconds as its timestamps count (looped or not); `audio_samples` bounds what is
-        decoded whatever they say."""
+        decoded whatever they say.
+
+        A change of sample rate, channels or sample format part-way fails the run: left to itself,
+        ffmpeg rebuilds the filter graph on one, and the rebuilt `audio_samples` counts from 0 again, so
+        a FLAC whose every second restarted its frame numbers (1 s counted) and its channels was
+        decoded whole."""
         looping = ["-stream_loop", "-1"] if loop else []
-        return [*looping, "-t", f"{self.max_input_seconds:.3f}", *ffmpeg.demuxer(path), "-i", str(path)]
+        bounded = ["-t", f"{self.max_input_seconds:.3f}", "-reinit_filter", "0"]
+        return [*looping, *bounded, *ffmpeg.demuxer(path), "-i", str(path)]
 
     def audio_samples(self, stream: ffmpeg.AudioInput) -> str:
         """The filters an audio input's chain starts with: timestamps counted from its samples (a

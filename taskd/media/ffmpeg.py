@@ -25,6 +25,8 @@ log = logging.getLogger("taskd.media")
 _STDERR_TAIL = 600
 _LOG_END = 64 * 1024
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
+# What ffmpeg says when an input's frames change parameters and its filter graph may not be rebuilt.
+_PARAMETERS_CHANGED = "Changing audio frame properties on the fly is not supported"
 # ffmpeg exits with its error code's low byte: AVERROR(ENOSPC) = -28 is exit 228. A full disk (or
 # quota) also leaves its log empty (the log is on the same disk), so the exit status is what tells.
 _DISK_FULL_EXITS = {-errno.ENOSPC & 0xFF, -errno.EDQUOT & 0xFF}
@@ -36,12 +38,15 @@ ProgressFn = Callable[[float], Awaitable[None]]
 # probes the content, and a file that passes the sniff may still probe as another format, e.g. a
 # DASH manifest, whose demuxer opens every local path the file lists (a tenant read the host's files).
 # A file behind an ID3v2 tag may be MP3, FLAC or ADTS AAC: ffmpeg picks among those three alone.
+# A still image is read whole as one picture (`image2`, its name taken as it is, its decoder named):
+# the `*_pipe` demuxers cut a file into every picture it holds, and ffmpeg decoded those after the
+# first as well, pictures no header check or media.max_decoded_image_bytes had counted.
 DEMUXERS = {
-    "png": ["-f", "png_pipe"],
-    "jpg": ["-f", "jpeg_pipe"],
+    "png": ["-f", "image2", "-pattern_type", "none", "-c:v", "png"],
+    "jpg": ["-f", "image2", "-pattern_type", "none", "-c:v", "mjpeg"],
     "gif": ["-f", "gif"],
-    "bmp": ["-f", "bmp_pipe"],
-    "webp": ["-f", "webp_pipe"],
+    "bmp": ["-f", "image2", "-pattern_type", "none", "-c:v", "bmp"],
+    "webp": ["-f", "image2", "-pattern_type", "none", "-c:v", "webp"],
     "wav": ["-f", "wav"],
     "mp3": ["-f", "mp3"],
     "id3": ["-format_whitelist", "mp3,flac,aac"],
@@ -169,6 +174,13 @@ async def run_ffmpeg(
         log.warning("ffmpeg ran out of disk space writing in %s (exit %d)", log_path.parent, code)
         raise TransientError(f"{what} failed: no space left on the disk it writes to (ffmpeg exit {code})")
     if code != 0:
+        logged = await asyncio.to_thread(log_ends, log_path)
+        if _PARAMETERS_CHANGED in logged[1]:
+            # Bounds.audio_input's -reinit_filter 0; at loglevel info the line is lost among others.
+            raise TaskError(
+                f"{what} failed: an audio input changes its sample rate, channels or sample format "
+                "part-way, which taskd does not decode"
+            )
         # A file in the scratch dir is named alone (where taskd keeps its data is not the caller's
         # business), and ffmpeg's `[png @ 0x55d6...]` prefixes lose their memory addresses.
         ends = [
@@ -177,7 +189,7 @@ async def run_ffmpeg(
                 for line in _ADDRESS.sub("", end.replace(f"{log_path.parent}/", "")).splitlines()
                 if line.strip()
             ]
-            for end in await asyncio.to_thread(log_ends, log_path)
+            for end in logged
         ]
         # At loglevel error the first line says why, as a rule; the last ones are ffmpeg's own steps
         # of giving up (at info, the first line is the input's description). Each is cut on its own.
@@ -359,12 +371,15 @@ _NAMED_LAYOUTS = {
 
 def layout_channels(name: str) -> int | None:
     """Channels of a layout as ffmpeg describes it: `N channels (…)` (any layout without a name),
-    `ambisonic N` (at least (N+1)^2), a standard name (`5.1(side)`: 6, `22.2`: 24, `octagonal`: 8),
+    `ambisonic N` ((N+1)^2, and those of a layout after a `+`), a standard name (`5.1(side)`: 6, `22.2`: 24, `octagonal`: 8),
     or channel names joined by `+` (a custom order); None for anything else."""
     if count := re.match(r"(\d+) channels", name):
         return int(count.group(1))
     if order := re.match(r"ambisonic (\d+)", name):
-        return (int(order.group(1)) + 1) ** 2
+        # Channels past the ambisonic ones follow a `+` (Opus: `ambisonic 0+stereo`, 3 channels).
+        extra = name[order.end() :].removeprefix("+")
+        more = (layout_channels(extra) or len(extra.split("+"))) if extra else 0
+        return (int(order.group(1)) + 1) ** 2 + more
     base = name.split("(")[0].strip()
     if re.fullmatch(r"\d+(?:\.\d+)+", base):
         return sum(int(group) for group in base.split("."))

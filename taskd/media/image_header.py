@@ -16,9 +16,13 @@ from typing import BinaryIO
 # JPEG start-of-frame markers: every SOFn except DHT (C4), JPG (C8) and DAC (CC), and JPEG-LS's SOF55 (F7),
 # which ffmpeg's decoder reads too.
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+# The progressive ones (DCT, Huffman or arithmetic, sequential or differential).
+_JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 # JPEG markers that stand alone, with no length field after them.
 _JPEG_BARE = frozenset({0x01, *range(0xD0, 0xD9)})
 _WEBP_CHUNKS_READ = 4096  # an animation has a chunk per frame
+# A PNG's chunks before its first IDAT: a header, a palette, a few of text, colour and size.
+_PNG_CHUNKS_READ = 1024
 # What a JPEG's walk reads before its frame header at most. Real files have a few dozen segments
 # (EXIF, ICC, XMP, tables) and a handful of fill bytes there; a crafted file of millions of empty
 # ones kept a thread of the API's process walking for seconds, and is refused instead.
@@ -45,9 +49,10 @@ def dimensions(path: Path) -> tuple[int, int] | None:
     """(width, height) the image's header declares, or None when the file has no header taskd can read."""
     with path.open("rb") as stream:
         head = stream.read(32)
-        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        # A header cut short is no header (unpacked, it failed the task with struct's own words).
+        if _png_header(head):
             return _positive(*struct.unpack(">II", head[16:24]))
-        if head[:6] in (b"GIF87a", b"GIF89a"):
+        if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 13:
             return _positive(*struct.unpack("<HH", head[6:10]))
         if head.startswith(b"BM") and len(head) >= 26:
             return _bmp(head)
@@ -62,6 +67,10 @@ def dimensions(path: Path) -> tuple[int, int] | None:
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 # What ffmpeg's GIF, BMP and WebP decoders give a pixel at most: 8-bit RGBA.
 _RGBA_BYTES = 4
+# What ffmpeg's GIF decoder holds for an animation: its canvas, the canvas a "restore to previous"
+# frame goes back to, and the next frame, decoded while the render still holds the first (four
+# 6000x6000 GIFs of three frames took 1.8 GB; counted at one canvas, 576 MB).
+_GIF_ANIMATION_BYTES = 3 * _RGBA_BYTES
 # The widest pixel ffmpeg decodes an image of these formats to: RGBA of 16 bits a channel.
 _WIDEST_BYTES = 8
 
@@ -72,17 +81,96 @@ def bytes_per_pixel(path: Path) -> float:
     1.5), other formats as 8-bit RGBA; a header it cannot read counts as the widest pixel."""
     with path.open("rb") as stream:
         head = stream.read(32)
-        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        if _png_header(head):
             depth, colour = head[24], head[25]
-            return _PNG_CHANNELS.get(colour, 4) * (2 if depth > 8 else 1)
+            channels = _PNG_CHANNELS.get(colour, 4)
+            if colour in (0, 2) and _png_transparent(stream):
+                channels += 1  # ffmpeg decodes grey or RGB with a tRNS chunk as ya8/ya16, rgba/rgba64
+            return channels * (2 if depth > 8 else 1)
         if head.startswith(b"\xff\xd8"):
             stream.seek(2)
-            frame = _jpeg_frame(stream)
-            return _WIDEST_BYTES if frame is None else _jpeg_pixel(frame)
+            found = _jpeg_frame(stream)
+            return _WIDEST_BYTES if found is None else _jpeg_pixel(*found)
+        if head[:6] in (b"GIF87a", b"GIF89a"):
+            with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                return _RGBA_BYTES if _gif_still(data) else _GIF_ANIMATION_BYTES
     return _RGBA_BYTES
 
 
-def _jpeg_pixel(frame: bytes) -> float:
+def _png_transparent(stream: BinaryIO) -> bool:
+    """Whether the PNG has a tRNS chunk before its first IDAT, walked by the chunks' lengths; a walk
+    that does not reach IDAT says it has."""
+    stream.seek(8)
+    for _ in range(_PNG_CHUNKS_READ):
+        chunk = stream.read(8)
+        if len(chunk) < 8:
+            return True
+        kind = chunk[4:]
+        if kind in (b"tRNS", b"IDAT"):
+            return kind == b"tRNS"
+        stream.seek(int.from_bytes(chunk[:4], "big") + 4, 1)  # its data and CRC
+    return True
+
+
+def _png_header(head: bytes) -> bool:
+    """Whether `head` starts with a PNG's signature and IHDR, up to its colour type."""
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 26
+
+
+def _gif_still(data: mmap.mmap) -> bool:
+    """Whether the GIF is one image and its end, walked by its blocks; anything else (a second image,
+    a byte that starts no block) counts as an animation."""
+    position = 13
+    if data[10] & 0x80:  # the global colour table
+        position += 3 * (2 << (data[10] & 0x07))
+    images = 0
+    while position < len(data):
+        kind = data[position]
+        if kind == 0x3B:  # the trailer
+            break
+        if kind == 0x2C and images == 0 and position + 10 <= len(data):
+            images += 1
+            local = data[position + 9]
+            position += 10 + (3 * (2 << (local & 0x07)) if local & 0x80 else 0) + 1  # + LZW code size
+        elif kind == 0x21:  # an extension: its label, then its sub-blocks
+            position += 2
+        else:
+            return False
+        while position < len(data):  # sub-blocks, up to the empty one
+            size = data[position]
+            position += 1 + size
+            if size == 0:
+                break
+    return images == 1
+
+
+def decoded_bytes(path: Path, size: tuple[int, int], most_pixels: int) -> float:
+    """What ffmpeg's decoder holds for the image whose header declares `size`: width x height x
+    `bytes_per_pixel`; for a JPEG, at least what every frame header its decoder may reach before the
+    picture's end declares, together.
+
+    A frame header met inside the picture starts it again at the new size: a 16x16 picture without
+    its end, then a 2000x1500 one, was decoded at 2000x1500. The count takes each frame header the
+    decoder could accept (an EXIF thumbnail's, a few KB, too), up to `most_pixels` of it (over that,
+    ffmpeg's `-max_pixels` refuses it and nothing is allocated)."""
+    width, height = size
+    first = width * height * bytes_per_pixel(path)
+    with path.open("rb") as stream:
+        if stream.read(2) != b"\xff\xd8":
+            return first
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            end = _picture_end(data) or len(data)
+            reached = 0.0
+            for header in _JPEG_FRAME_HEADER.finditer(data, 0, end):
+                # As _jpeg_frame reads it: after the marker and the length.
+                frame = data[header.start() + 4 : header.start() + 4 + 6 + 3 * 4]
+                height_at, width_at = struct.unpack(">HH", frame[1:5])
+                if width_at * height_at <= most_pixels:
+                    reached += width_at * height_at * _jpeg_pixel(data[header.start() + 1], frame)
+    return max(first, reached)
+
+
+def _jpeg_pixel(code: int, frame: bytes) -> float:
     # The frame header: precision, height, width, components, then (id, H<<4|V, table) for each.
     if len(frame) < 6:
         return _WIDEST_BYTES
@@ -91,7 +179,11 @@ def _jpeg_pixel(frame: bytes) -> float:
     if not factors or len(factors) != frame[5]:
         return _WIDEST_BYTES
     most = max(h for h, _ in factors) * max(v for _, v in factors)
-    return sum(h * v for h, v in factors) / most * (2 if frame[0] > 8 else 1)
+    samples = sum(h * v for h, v in factors) / most
+    # A progressive picture's decoder keeps every block's coefficients (16 bits a sample) besides the
+    # picture: a 36-megapixel 4:4:4 one held 200 MB more than a baseline one.
+    coefficients = 2 * samples if code in _JPEG_PROGRESSIVE else 0
+    return samples * (2 if frame[0] > 8 else 1) + coefficients
 
 
 def jpeg_scans(path: Path, most: int) -> int:
@@ -99,8 +191,9 @@ def jpeg_scans(path: Path, most: int) -> int:
     to `most` + 1.
 
     Every 0xFF 0xDA up to the first picture's end, and after it every one from the first frame
-    header the decoder could accept: a later picture is decoded too (ffmpeg reads a few ahead of the
-    one frame taken), one without a frame header is not. Counting every 0xFF 0xDA in the file took
+    header the decoder could accept: a later picture was decoded too while ffmpeg read a file picture
+    by picture (`jpeg_pipe`; now it reads it whole, `ffmpeg.DEMUXERS`, and the count errs on the safe
+    side), one without a frame header is not. Counting every 0xFF 0xDA in the file took
     the bytes after the picture for scans: random bytes hold one per 64 KiB, and a phone's motion
     photo (its video follows the picture) of 15 MB was refused as "a JPEG of 207 scans".
     """
@@ -201,17 +294,18 @@ def _webp_chunk_sizes(kind: bytes, data: bytes) -> list[tuple[int, int]]:
 
 def _jpeg(stream: BinaryIO) -> tuple[int, int] | None:
     stream.seek(2)
-    frame = _jpeg_frame(stream)
-    if frame is None:
+    found = _jpeg_frame(stream)
+    if found is None:
         return None
+    _, frame = found
     height, width = struct.unpack(">HH", frame[1:5])
     return _positive(width, height)
 
 
-def _jpeg_frame(stream: BinaryIO) -> bytes | None:
-    """The first frame header's bytes after its length (precision, height, width, then the components'
-    count and up to 4 components' factors when the file holds them), read from just after SOI; None
-    without one."""
+def _jpeg_frame(stream: BinaryIO) -> tuple[int, bytes] | None:
+    """The first frame header's marker code and its bytes after its length (precision, height, width,
+    then the components' count and up to 4 components' factors when the file holds them), read from
+    just after SOI; None without one."""
     # Walk the segments after SOI by their lengths (so an EXIF thumbnail's SOF is never read) up to the
     # first frame header; the entropy-coded data only starts after it.
     for _ in range(_JPEG_SEGMENTS_READ):
@@ -237,6 +331,6 @@ def _jpeg_frame(stream: BinaryIO) -> bytes | None:
             return None
         if code in _JPEG_SOF:
             frame = stream.read(6 + 3 * 4)
-            return frame if len(frame) >= 5 else None
+            return (code, frame) if len(frame) >= 5 else None
         stream.seek(length - 2, 1)
     return None

@@ -141,6 +141,29 @@ def m4a_stamped_zero(workdir: Path, seconds: float, rate: int = 8000) -> bytes:
     return target.read_bytes()
 
 
+def flac_of_changing_layouts(workdir: Path, segments: int, seconds: float = 1.0) -> bytes:
+    """A FLAC of `segments` stretches of 8 kHz silence, mono and stereo in turn, each encoded on its
+    own: every stretch's frames count from frame 0 again, so its packets count one stretch's length,
+    and every change of channels makes ffmpeg rebuild a filter graph left to do so."""
+    stretches = []
+    for n, layout in enumerate(["mono", "stereo"]):
+        target = workdir / f"stretch{n}.flac"
+        _ffmpeg("-f", "lavfi", "-i", f"anullsrc=r=8000:cl={layout}", "-t", str(seconds), str(target))
+        stretches.append(_flac_split(target.read_bytes()))
+    frames = [frames for _, frames in stretches]
+    return stretches[0][0] + b"".join(frames[n % 2] for n in range(segments))
+
+
+def _flac_split(data: bytes) -> tuple[bytes, bytes]:
+    # `fLaC`, then metadata blocks up to the one whose header has its top bit set, then the frames.
+    end = 4
+    while True:
+        last = data[end] & 0x80
+        end += 4 + int.from_bytes(data[end + 1 : end + 4], "big")
+        if last:
+            return data[:end], data[end:]
+
+
 def jpeg_of_empty_segments(count: int) -> bytes:
     """SOI, `count` empty comment segments, then a 16x16 frame header: a walk of `count` segments."""
     return b"\xff\xd8" + b"\xff\xfe\x00\x02" * count + b"\xff\xc0\x00\x11\x08\x00\x10\x00\x10\x03"

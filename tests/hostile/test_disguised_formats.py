@@ -122,5 +122,7 @@ def test_every_input_of_a_callers_file_names_its_demuxer(tmp_path):
     image = bounds.image_input(tmp_path / "image0.jpg")
     sound = bounds.audio_input(tmp_path / "track0.m4a", loop=True)
 
-    assert image[image.index("-i") - 2 : image.index("-i")] == ["-f", "jpeg_pipe"]
+    assert image[image.index("-i") - 6 : image.index("-i")] == [
+        *("-f", "image2", "-pattern_type", "none", "-c:v", "mjpeg")
+    ]
     assert sound[sound.index("-i") - 2 : sound.index("-i")] == ["-f", "mov"]

@@ -11,12 +11,14 @@ import io
 import json
 import re
 import struct
+import subprocess
 from pathlib import Path
 
 import psutil
 import pytest
 from fake_media_apis import FakeImagesAPI, FakeSpeechAPI, make_ctx, mono_wav
 from media_files import (
+    flac_of_changing_layouts,
     jpeg_of_empty_segments,
     jpeg_of_many_scans,
     long_silent_flac,
@@ -32,6 +34,7 @@ from PIL import Image
 
 from taskd.config import (
     Config,
+    ExecutionConfig,
     ImageProvider,
     MediaConfig,
     NetworkConfig,
@@ -110,6 +113,31 @@ async def test_images_each_under_the_pixel_limit_fail_on_what_they_take_decoded_
         "The images would take 12000000 bytes decoded (ffmpeg holds them all at once), over the limit "
         "of 10000000 bytes (media.max_decoded_image_bytes)"
     )
+
+
+async def test_a_renders_photos_are_held_decoded_not_also_as_full_size_rgba(start_service, tmp_path, files):
+    # Four 36-megapixel 4:2:0 JPEGs: 54 MB each decoded, as max_decoded_image_bytes counts them. Turned
+    # into RGBA before being scaled down, each was held a second time at 144 MB, and the render passed
+    # 500 MB (32 twelve-megapixel phone photos passed the default 2048).
+    service = await start_service(
+        media=MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch")),
+        network=NetworkConfig(allow_private=True),
+        execution=ExecutionConfig(memory_limit_mb=500),
+    )
+    urls = [files.add(f"photo{i}.jpg", encoded("JPEG", (6000, 6000), colour=i)) for i in range(4)]
+
+    task = await service.submit(
+        "render_animation",
+        {
+            "character_id": "c",
+            "duration": 1,
+            "resolution": "320x180",
+            "keyframes": [{"image_url": url, "time": i / 4} for i, url in enumerate(urls)],
+        },
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=120)
+
+    assert body["status"] == "completed", body
 
 
 async def test_a_generated_image_over_the_pixel_limit_is_not_stored(tmp_path, http):
@@ -255,6 +283,22 @@ async def test_a_named_channel_layout_is_measured_by_its_channels(tmp_path):
     assert (await ffmpeg.measure_audio(path, limit=3600, what="Track")).channels == 8
 
 
+async def test_an_ambisonic_track_with_more_channels_is_measured_by_all_of_them(tmp_path):
+    # Opus of first-order-0 ambisonics and a stereo pair (ffmpeg: "ambisonic 0+stereo"): 3 channels,
+    # which were counted as the 1 of the ambisonic part.
+    path = tmp_path / "track0.ogg"
+    subprocess.run(
+        [
+            *(ffmpeg.ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi"),
+            *("-i", "anullsrc=r=48000:cl=ambisonic 0+stereo", "-t", "0.1"),
+            *("-c:a", "libopus", "-mapping_family", "2", str(path)),
+        ],
+        check=True,
+    )
+
+    assert (await ffmpeg.measure_audio(path, limit=3600, what="Track")).channels == 3
+
+
 @pytest.mark.parametrize(
     ("layout", "channels"),
     [
@@ -268,6 +312,8 @@ async def test_a_named_channel_layout_is_measured_by_its_channels(tmp_path):
         ("FL+FR+LFE", 3),
         ("65 channels", 65),
         ("ambisonic 3", 16),
+        ("ambisonic 0+stereo", 3),
+        ("ambisonic 1+FL+FR", 6),
     ],
 )
 def test_channel_layouts_are_counted(layout, channels):
@@ -355,6 +401,28 @@ async def test_ffmpeg_itself_refuses_to_decode_an_image_over_the_pixel_bound(tmp
     assert "exceeds specified max pixel count 1000000" in log.read_text()
 
 
+@pytest.mark.parametrize(("fmt", "ext"), [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("BMP", "bmp")])
+async def test_ffmpeg_decodes_no_picture_of_an_image_file_after_its_first(tmp_path, fmt, ext):
+    # A 16x16 picture, then a 2000x1500 one: the header (and max_decoded_image_bytes) counts the first;
+    # read picture by picture, the second was decoded as well, whatever the render took.
+    path, out = tmp_path / f"image0.{ext}", tmp_path / "frames.txt"
+    path.write_bytes(encoded(fmt, (16, 16)) + encoded(fmt, (2000, 1500), colour=1))
+    bounds = Bounds(
+        max_image_pixels=40_000_000,
+        max_input_seconds=60,
+        max_output_bytes=MEGABYTE,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
+    )
+
+    await ffmpeg.run_ffmpeg(
+        [*bounds.image_input(path), "-f", "framecrc", str(out)], log_path=tmp_path / "ffmpeg.log"
+    )
+
+    frames = [line for line in out.read_text().splitlines() if not line.startswith("#")]
+    assert len(frames) == 1, frames
+
+
 async def test_ffmpeg_reads_no_more_of_an_audio_input_than_the_duration_bound(tmp_path):
     # The second line, for a file whose packets were counted short but decode long.
     path, out = tmp_path / "two.wav", tmp_path / "out.wav"
@@ -408,6 +476,24 @@ async def test_a_track_whose_timestamps_say_less_than_it_holds_is_decoded_no_fur
     assert body["result"]["metadata"]["duration"] <= 1.1
 
 
+async def test_a_track_whose_channels_change_past_what_its_packets_count_is_not_decoded_further(
+    start_service, tmp_path, files
+):
+    # Its packets count 1 s (each stretch's frames start at 0 again), and each change of channels
+    # rebuilt the filter graph, whose sample count started again: all 20 s were mixed.
+    service = await start(start_service, tmp_path)
+    url = files.add("changing.flac", flac_of_changing_layouts(tmp_path, segments=20))
+
+    task = await service.submit("process_audio", {"tracks": [{"url": url}], "output_format": "wav"})
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"] == (
+        "Loudness analysis failed: an audio input changes its sample rate, channels or sample format "
+        "part-way, which taskd does not decode"
+    )
+
+
 def encoded(fmt: str, size: tuple[int, int], mode: str = "RGB", colour: int = 0, **options: object) -> bytes:
     out = io.BytesIO()
     Image.new(mode, size, (90, 40, 200 + colour, 255)[: len(mode)]).save(out, fmt, **options)
@@ -445,8 +531,14 @@ def test_a_sixteen_bit_rgba_png_is_counted_at_eight_bytes_a_pixel(tmp_path):
     [
         ("PNG", "RGB", {}, 3),
         ("PNG", "L", {}, 1),
+        # A tRNS chunk: ffmpeg decodes grey or RGB with an alpha channel (ya8, rgba).
+        ("PNG", "L", {"transparency": 5}, 2),
+        ("PNG", "RGB", {"transparency": (5, 5, 5)}, 4),
         ("JPEG", "RGB", {"subsampling": 2}, 1.5),  # 4:2:0
         ("JPEG", "RGB", {"subsampling": 0}, 3),  # 4:4:4
+        # Progressive: the decoder also keeps every block's coefficients, 2 bytes a sample.
+        ("JPEG", "RGB", {"subsampling": 2, "progressive": True}, 4.5),
+        ("JPEG", "RGB", {"subsampling": 0, "progressive": True}, 9),
         ("JPEG", "L", {}, 1),
         ("GIF", "RGB", {}, 4),
         ("WEBP", "RGB", {}, 4),
@@ -457,6 +549,37 @@ def test_what_a_pixel_takes_decoded_is_read_from_the_header(tmp_path, fmt, mode,
     path.write_bytes(encoded(fmt, (64, 48), mode=mode, **options))
 
     assert image_header.bytes_per_pixel(path) == expected
+
+
+def test_an_animated_gif_is_counted_at_three_canvases_a_pixel(tmp_path):
+    # ffmpeg's GIF decoder keeps its canvas, the one a "restore to previous" frame goes back to, and
+    # the next frame it decodes while the render holds the first: four 6000x6000 GIFs of three frames
+    # took 1.8 GB, counted at 4 bytes a pixel as 576 MB.
+    path = tmp_path / "image0.gif"
+    frames = [Image.new("RGB", (64, 48), (80 * n, 0, 0)) for n in range(3)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], disposal=3, duration=100)
+
+    assert image_header.bytes_per_pixel(path) == 12
+
+
+def test_a_jpeg_picture_whose_second_frame_header_is_larger_is_counted_by_it(tmp_path):
+    # A 16x16 picture without its end, then a 2000x1500 4:4:4 one: ffmpeg's decoder takes the second
+    # frame header for the one picture's and decodes 2000x1500 (9 MB), where the first said 768 bytes.
+    path = tmp_path / "image0.jpg"
+    small = encoded("JPEG", (16, 16))
+    path.write_bytes(small[:-2] + encoded("JPEG", (2000, 1500), subsampling=0))
+    bounds = Bounds(
+        max_image_pixels=40_000_000,
+        max_input_seconds=60,
+        max_output_bytes=MEGABYTE,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
+    )
+
+    size = bounds.check_image(path, "Image")
+
+    assert size == (16, 16)
+    assert bounds.decoded_image_bytes(path, size) >= 2000 * 1500 * 3
 
 
 def test_a_jpeg_frame_header_hidden_in_an_app_segment_is_not_read(tmp_path):
@@ -540,7 +663,15 @@ def test_a_webp_canvas_smaller_than_its_picture_is_measured_by_the_picture(tmp_p
 
 
 @pytest.mark.parametrize(
-    "data", [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0\x00", b"RIFF\x00\x00\x00\x00WEBP"]
+    "data",
+    [
+        b"",
+        b"\x89PNG\r\n\x1a\n",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00",  # cut inside IHDR: it failed the task
+        b"GIF89a\x10\x00\x10",  # cut inside the screen size: "error: unpack requires a buffer of 4 bytes"
+        b"\xff\xd8\xff\xe0\x00",
+        b"RIFF\x00\x00\x00\x00WEBP",
+    ],
 )
 def test_a_truncated_header_reads_as_no_size(tmp_path, data):
     path = tmp_path / "image"
