@@ -156,6 +156,22 @@ async def test_a_task_cancelled_while_its_upload_runs_leaves_no_object_in_the_bu
     assert seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
 
 
+async def test_a_task_cancelled_while_it_waits_to_run_again_leaves_no_object_an_earlier_run_stored(
+    start_service, seaweed, bucket, files, tmp_path, answer_lost_once
+):
+    retry = RetryConfig(base_delay=3600, max_delay=3600)  # the task waits its retry until cancelled
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path), retry=retry)
+    task = await submit_audio(running, files)
+    await running.wait_for(task["task_id"], lambda body: body.get("next_retry_at") is not None, 30)
+    assert len(seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", [])) == 1
+
+    async with running.client.delete(f"/api/v1/tasks/{task['task_id']}") as resp:
+        assert resp.status == 200
+
+    # Before, the object stayed in the bucket for media.retention (7 days).
+    assert seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
 async def test_the_media_route_needs_a_key_and_answers_404_for_a_missing_object(
     start_service, seaweed, bucket, tmp_path
 ):
