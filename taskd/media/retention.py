@@ -22,7 +22,7 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import attrs
@@ -205,15 +205,18 @@ class MediaSweeper:
                 log.warning("removed abandoned scratch dir %s", entry.path)
 
 
-def _entries(path: Path, report: SweepReport) -> list[os.DirEntry[str]]:
+def _entries(path: Path, report: SweepReport) -> Iterator[os.DirEntry[str]]:
+    """The entries of `path`, read as they are used: a project dir of a million files is never held
+    whole (each entry about 1 KB), in every process that sweeps it. Removing the entries already read
+    does not make the listing skip the others (`rm -r` relies on it); one removed may still be
+    listed, and is then found gone."""
     try:
         with os.scandir(path) as listing:
-            return list(listing)
+            yield from listing
     except FileNotFoundError:
-        return []
+        return
     except OSError as exc:
         _failed("listing", str(path), exc, report)
-        return []
 
 
 def _older(entry: os.DirEntry[str], cutoff: float, report: SweepReport) -> bool:
