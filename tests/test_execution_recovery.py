@@ -55,8 +55,6 @@ async def test_waiting_high_priority_tasks_start_first_and_fifo_within_a_priorit
 
 
 async def test_low_priority_task_that_waited_past_the_aging_window_is_not_passed_over(start_service, redis):
-    from taskd.config import ExecutionConfig
-
     service = await start_service(queues=ONE_AT_A_TIME, execution=ExecutionConfig(priority_aging=0.2))
     blocker = await service.submit("sleep", {"seconds": 1.0, "steps": 1})
     await service.wait_for(blocker["task_id"], lambda b: b["status"] == "processing")
