@@ -38,6 +38,7 @@ from taskd.config import (
     WorkerConfig,
 )
 from taskd.embedded import EmbeddedValkey
+from taskd.errors import TransientError
 from taskd.media import publish
 from taskd.service import Service
 from taskd.store.run_state import RunState, RunStates
@@ -132,6 +133,24 @@ def held_store(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, thread
 
     monkeypatch.setattr(publish, "_store", store)
     return began, release
+
+
+@pytest.fixture
+def answer_lost_once(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The first store of a media output puts the file in the store, then fails as a store whose
+    answer was lost does (a bucket that wrote the object, the connection reset before its reply):
+    the run is retried, and keeps its file. `stored` says it happened."""
+    stored, real = threading.Event(), publish._store
+
+    def store(*args: Any) -> Any:
+        made = real(*args)
+        if not stored.is_set():
+            stored.set()
+            raise TransientError("Media store refused or failed the upload: the connection was reset")
+        return made
+
+    monkeypatch.setattr(publish, "_store", store)
+    return stored
 
 
 @pytest.fixture

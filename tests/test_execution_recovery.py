@@ -16,13 +16,15 @@ from conftest import API_KEY, TERMINAL, child_env
 from redis_probes import alive
 
 from taskd import keys
-from taskd.config import GpuConfig, QueueConfig, RetryConfig, WorkerConfig
+from taskd.config import ExecutionConfig, GpuConfig, QueueConfig, RetryConfig, WorkerConfig
 from taskd.engine import reclaim
 from taskd.engine.executor import Executor, Outcome
 from taskd.engine.jobproc.pool import RunnerPool
 from taskd.gpu.devices import SimulatedBackend
+from taskd.media.store import media_dir
 from taskd.model import TaskRecord, now
 from taskd.store.records import RunningTask
+from taskd.store.run_state import RunStates
 from taskd.tasks.diagnostics import marker_path, runs_path
 
 ONE_AT_A_TIME = {
@@ -54,8 +56,6 @@ async def test_waiting_high_priority_tasks_start_first_and_fifo_within_a_priorit
 
 
 async def test_low_priority_task_that_waited_past_the_aging_window_is_not_passed_over(start_service, redis):
-    from taskd.config import ExecutionConfig
-
     service = await start_service(queues=ONE_AT_A_TIME, execution=ExecutionConfig(priority_aging=0.2))
     blocker = await service.submit("sleep", {"seconds": 1.0, "steps": 1})
     await service.wait_for(blocker["task_id"], lambda b: b["status"] == "processing")
@@ -736,3 +736,22 @@ async def test_a_run_whose_worker_died_spends_none_of_the_tasks_automatic_retrie
     assert body["error"] == "provider down (attempt 5, final True)"
     async with service.client.get("/api/v1/tasks/metrics") as response:
         assert (await response.json())["metrics"]["retried_tasks"] == 3
+
+
+async def test_a_task_failed_for_its_dead_workers_leaves_no_file_its_runs_stored(start_service, redis):
+    service = await start_service(workers=False, execution=ExecutionConfig(max_worker_deaths=1))
+    task_id = await _a_task_of_worker_w_without_its_heartbeat(service, redis)
+    project = (await service.status(task_id))["project_id"]
+    # What a media task's run under "w" noted, then stored, before "w" died.
+    await RunStates(redis, [redis], "w").of(task_id).note_media(project, f"audio_{task_id}.wav")
+    stored = media_dir(service.service.config) / project / f"audio_{task_id}.wav"
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(b"RIFF")
+
+    body = await service.wait_terminal(task_id, 30)
+
+    assert body["error"].startswith("Task failed: its worker died 1 times")
+    # Before, the file stayed until media.retention (7 days).
+    async with asyncio.timeout(30):
+        while stored.exists():
+            await asyncio.sleep(0.05)

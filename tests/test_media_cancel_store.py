@@ -24,6 +24,7 @@ from taskd.config import (
     NetworkConfig,
     PayloadConfig,
     ProvidersConfig,
+    RetryConfig,
     SpeechProvider,
     TasksConfig,
     WorkerConfig,
@@ -273,4 +274,37 @@ async def test_a_task_failed_for_a_result_over_its_limit_leaves_no_stored_file(
 
     assert body["status"] == "failed"
     assert "over the limit of 64 bytes" in body["error"]
+    assert stored_files(service) == []
+
+
+async def test_a_task_cancelled_while_it_waits_to_run_again_leaves_no_file_an_earlier_run_stored(
+    start_service, fakes, tmp_path, answer_lost_once
+):
+    retry = RetryConfig(base_delay=3600, max_delay=3600)  # the task waits its retry until cancelled
+    service = await start(start_service, fakes, tmp_path, retry=retry)
+    task = await service.submit("process_audio", MEDIA_TASKS["process_audio"](fakes), project_id=PROJECT)
+    await service.wait_for(task["task_id"], lambda body: body.get("next_retry_at") is not None, 30)
+    assert stored_files(service) == [f"audio_{task['task_id']}.wav"]
+
+    await cancel(service, task["task_id"])
+
+    # Before, nothing deleted it: the file stayed for media.retention (7 days).
+    async with asyncio.timeout(30):
+        while stored_files(service):
+            await asyncio.sleep(0.05)
+
+
+async def test_a_task_whose_later_run_fails_for_good_leaves_no_file_an_earlier_run_stored(
+    start_service, fakes, tmp_path, answer_lost_once
+):
+    service = await start(start_service, fakes, tmp_path, retry=RetryConfig(base_delay=0.2, max_delay=0.2))
+    data = MEDIA_TASKS["process_audio"](fakes)
+    task = await service.submit("process_audio", data, project_id=PROJECT)
+    assert await asyncio.to_thread(answer_lost_once.wait, 60)
+    fakes.files.files.clear()  # the next run's input is gone (404): it fails for good before it stores
+
+    body = await service.wait_terminal(task["task_id"], 60)
+    await service.wait_idle()
+
+    assert body["status"] == "failed"
     assert stored_files(service) == []

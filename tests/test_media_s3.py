@@ -6,6 +6,9 @@ import asyncio
 import secrets
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,7 +23,7 @@ from taskd.config import Config, ConfigError, MediaConfig, NetworkConfig, RetryC
 from taskd.errors import TransientError
 from taskd.media.backend import media_backend
 from taskd.media.retention import MediaSweeper
-from taskd.media.s3 import S3Store
+from taskd.media.s3 import DELETE_BATCH, S3Store
 
 PREFIX = "taskd/media/"
 
@@ -156,6 +159,22 @@ async def test_a_task_cancelled_while_its_upload_runs_leaves_no_object_in_the_bu
     assert seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
 
 
+async def test_a_task_cancelled_while_it_waits_to_run_again_leaves_no_object_an_earlier_run_stored(
+    start_service, seaweed, bucket, files, tmp_path, answer_lost_once
+):
+    retry = RetryConfig(base_delay=3600, max_delay=3600)  # the task waits its retry until cancelled
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path), retry=retry)
+    task = await submit_audio(running, files)
+    await running.wait_for(task["task_id"], lambda body: body.get("next_retry_at") is not None, 30)
+    assert len(seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", [])) == 1
+
+    async with running.client.delete(f"/api/v1/tasks/{task['task_id']}") as resp:
+        assert resp.status == 200
+
+    # Before, the object stayed in the bucket for media.retention (7 days).
+    assert seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
 async def test_the_media_route_needs_a_key_and_answers_404_for_a_missing_object(
     start_service, seaweed, bucket, tmp_path
 ):
@@ -183,6 +202,43 @@ def test_the_sweeper_deletes_objects_past_retention_under_the_prefix_only(seawee
     assert (report.media_files, report.errors) == (2, 0)
     left = sorted(item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"])
     assert left == ["elsewhere/keep.txt", f"{PREFIX}p1/sub/deep.mp4"]
+
+
+def test_the_sweeper_deletes_old_objects_as_it_lists_them_and_misses_none(
+    seaweed, bucket, tmp_path, monkeypatch
+):
+    config = Config(data_dir=str(tmp_path / "data"), media=s3_media(seaweed, bucket, tmp_path))
+    client = seaweed.client()
+    count = DELETE_BATCH * 2 + 500  # three pages of the listing (1,000 keys a page)
+    with ThreadPoolExecutor(16) as pool:
+        list(
+            pool.map(
+                lambda n: client.put_object(Bucket=bucket, Key=f"{PREFIX}p1/a_{n:05d}.wav", Body=b"x"),
+                range(count),
+            )
+        )
+    sweeper = MediaSweeper.from_config(config)
+    assert sweeper.bucket is not None
+    listed, listed_at_first_delete = [0], []
+    objects, delete = sweeper.bucket.objects, sweeper.bucket.delete
+
+    def counted() -> Iterator[tuple[str, datetime]]:
+        for item in objects():
+            listed[0] += 1
+            yield item
+
+    def deleting(keys: list[str]) -> tuple[int, int]:
+        listed_at_first_delete.append(listed[0])
+        return delete(keys)
+
+    monkeypatch.setattr(sweeper.bucket, "objects", counted)
+    monkeypatch.setattr(sweeper.bucket, "delete", deleting)
+    report = sweeper.sweep(at=time.time() + config.media.retention + 5)
+
+    # Before, every old key of the bucket was listed and held before the first was deleted.
+    assert listed_at_first_delete[0] == DELETE_BATCH
+    assert (report.media_files, report.errors) == (count, 0)
+    assert client.list_objects_v2(Bucket=bucket).get("Contents", []) == []
 
 
 def test_the_sweeper_aborts_a_multipart_upload_a_killed_worker_left_once_older_than_any_task_can_run(

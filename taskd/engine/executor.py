@@ -47,7 +47,7 @@ from taskd.runtasks import RunTasks
 from taskd.shapes import MAX_DEPENDS_ON
 from taskd.stopping import cancel_and_wait
 from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
-from taskd.store.run_state import RunState, RunStates
+from taskd.store.run_state import RunState, RunStates, stored_media
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import SoftTimeLimitExceeded, TaskContext, TaskError, TaskType, is_transient
 
@@ -681,9 +681,9 @@ class Executor:
             # runs. The record says cancelled: nothing to write.
             del self._heard_cancels[task_id]
             return await self._record(record, Outcome("cancelled"))
-        if record.attempt > 1:
-            await self._remove_earlier_scratch(task_id)
         running = _Running(job_id=record.job_id)
+        if record.attempt > 1:
+            await self._after_earlier_runs(record, task_type, running.stored)
         self.running[task_id] = running
         lease = self._leases.get(task_id)
         device = None if lease is None else str(lease.device)
@@ -719,9 +719,17 @@ class Executor:
         # no result will name what the run stored.
         outcome = self._storable(outcome)
         written = await self._record(record, outcome)
-        if running.stored.names:
+        if running.stored.names or running.stored.earlier:
             await self._withdraw_if_unnamed(record, outcome, written, running.stored)
         return written
+
+    async def _after_earlier_runs(self, record: TaskRecord, task_type: TaskType, stored: Stored) -> None:
+        """Before a task's second or later run: its earlier runs' scratch dirs removed, and what they
+        put into the media store read, for this run to delete should it end without a result."""
+        await self._remove_earlier_scratch(record.task_id)
+        if task_type.stores_media:
+            client = self.store.clients[keys.task_partition(record.task_id)]
+            stored.earlier = await stored_media(client, record.task_id)
 
     async def _remove_earlier_scratch(self, task_id: str) -> None:
         """Remove the scratch dirs of an earlier run of the task whose worker was killed (they are
@@ -742,7 +750,14 @@ class Executor:
         was refused because the task was cancelled meanwhile (a cancel that came while the media was
         being stored, or after, before the end was written). A `completed` refused because another
         attempt took the task over keeps them, and so does a run to be retried: those runs store
-        the same names."""
+        the same names. What the task's earlier runs stored goes with them; once the task has
+        completed, only what its result does not name (an image an earlier run stored in another
+        format)."""
+        if outcome.kind == "completed" and written:
+            unnamed = [name for name in stored.earlier if name not in stored.names]
+            if unnamed:
+                await self._withdraw(record, unnamed)
+            return
         if not (
             outcome.kind == "cancelled"
             or (outcome.kind == "failed" and written)
@@ -757,7 +772,14 @@ class Executor:
             log.info("task %s ended without a result; deleting the media it stored", record.task_id)
             # A copy still going (its handler given up on after its cancel grace) would land after.
             await stored.copied()
-            await withdraw(self.config, stored.names)
+        except Exception as exc:  # Redis failing now: the media sweeper deletes them later
+            log.warning("could not delete the media task %s stored: %s", record.task_id, exc)
+            return
+        await self._withdraw(record, [*stored.earlier, *(n for n in stored.names if n not in stored.earlier)])
+
+    async def _withdraw(self, record: TaskRecord, names: list[tuple[str, str]]) -> None:
+        try:
+            await withdraw(self.config, names)
         except Exception as exc:  # Redis or the store failing now: the media sweeper deletes them later
             log.warning("could not delete the media task %s stored: %s", record.task_id, exc)
 
@@ -885,6 +907,7 @@ class Executor:
             run_state=self.run_states.of(record.task_id) if self.run_states else None,
         )
         running.run_state = context.run_state
+        running.stored.state = context.run_state
         soft, hard = self._limits(record, task_type)
         assert task_type.handler is not None
         tree = ProcessTree(self._tree_limits())

@@ -12,10 +12,12 @@ from redis.exceptions import RedisError
 from taskd import keys
 from taskd.config import Config
 from taskd.loops import every
+from taskd.media.publish import withdraw
 from taskd.model import now
 from taskd.queue.task_queue import TaskQueue
 from taskd.store import TaskStore
 from taskd.store.records import RunningTask
+from taskd.store.run_state import stored_media
 
 log = logging.getLogger("taskd.engine")
 # Seconds a task of this worker must stay not held before it is taken back: far past the moment
@@ -134,6 +136,8 @@ class Reclaimer:
     async def _take_back(self, task: RunningTask, lost: RunningTask | None) -> str | None:
         """'requeued' or 'failed' when the task was taken back; None when it was not."""
         at = now()
+        # Read before the reclaim: failing the task drops the run state that names them.
+        stored = await stored_media(self.store.clients[keys.task_partition(task.task_id)], task.task_id)
         outcome = await self.store.reclaim(
             task.task_id,
             task.queue,
@@ -142,6 +146,10 @@ class Reclaimer:
             self.config.execution.max_worker_deaths,
             lost=lost,
         )
+        if outcome == "failed" and stored:
+            # No run of it will end it without a result now, and delete what its runs stored.
+            log.info("task %s failed; deleting the media its runs stored", task.task_id)
+            await withdraw(self.config, stored)
         return outcome if outcome in ("requeued", "failed") else None
 
     async def run(self) -> None:

@@ -36,6 +36,11 @@ class Stored:
     names: list[tuple[str, str]] = attrs.Factory(list)
     # The copies into the store still going, each in a thread that no cancel stops.
     copying: set[asyncio.Future[StoredMedia]] = attrs.Factory(set)
+    # Where the names are noted for the task's later runs and its end (RunState.note_media).
+    state: RunState | None = None
+    # What the task's earlier runs stored (read from its run state when this run began): a run
+    # killed after its copy, or whose store failed after writing, was run again.
+    earlier: list[tuple[str, str]] = attrs.Factory(list)
 
     async def copied(self) -> None:
         """Wait for the copies still going to end."""
@@ -65,6 +70,9 @@ async def publish(
     run = STORED.get()
     if run is not None:
         run.names.append((project_id, filename))
+        if run.state is not None:
+            # Before the copy: a worker killed during it leaves the name for the task's end.
+            await run.state.note_media(project_id, filename)
     # Storing copies or sends the whole file: in a thread, so the API keeps answering meanwhile. A
     # cancel cannot stop the thread, so it is waited for: once the run has ended, nothing it began
     # lands in the store behind the withdrawal of its files. The run's end may give up on a handler

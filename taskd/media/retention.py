@@ -22,7 +22,7 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import attrs
@@ -182,12 +182,19 @@ class MediaSweeper:
     def _sweep_objects(self, bucket: S3Store, at: float, report: SweepReport) -> None:
         cutoff = at - self.retention
         try:
-            # Listed whole, then deleted: deleting while paging would move the pages under the listing.
-            old = [key for key, modified in bucket.objects() if modified.timestamp() < cutoff]
-            for start in range(0, len(old), DELETE_BATCH):
-                deleted, errors = bucket.delete(old[start : start + DELETE_BATCH])
-                report.media_files += deleted
-                report.errors += errors
+            # Deleted a batch at a time as the listing goes, not listed whole first: a backlog of
+            # millions (a retention shortened, a sweep refused for weeks) held every key at once.
+            # Deleting keys already listed moves no later page: a listing goes on after the last
+            # key it gave (as `aws s3 rm --recursive` relies on).
+            old: list[str] = []
+            for key, modified in bucket.objects():
+                if modified.timestamp() < cutoff:
+                    old.append(key)
+                if len(old) == DELETE_BATCH:
+                    _delete(bucket, old, report)
+                    old = []
+            if old:
+                _delete(bucket, old, report)
         except Exception as exc:  # botocore raises errors of many kinds; the next sweep tries again
             report.errors += 1
             log.warning("media sweep: %s failed: %s", bucket.where, describe(exc))
@@ -205,15 +212,24 @@ class MediaSweeper:
                 log.warning("removed abandoned scratch dir %s", entry.path)
 
 
-def _entries(path: Path, report: SweepReport) -> list[os.DirEntry[str]]:
+def _delete(bucket: S3Store, keys: list[str], report: SweepReport) -> None:
+    deleted, errors = bucket.delete(keys)
+    report.media_files += deleted
+    report.errors += errors
+
+
+def _entries(path: Path, report: SweepReport) -> Iterator[os.DirEntry[str]]:
+    """The entries of `path`, read as they are used: a project dir of a million files is never held
+    whole (each entry about 1 KB), in every process that sweeps it. Removing the entries already read
+    does not make the listing skip the others (`rm -r` relies on it); one removed may still be
+    listed, and is then found gone."""
     try:
         with os.scandir(path) as listing:
-            return list(listing)
+            yield from listing
     except FileNotFoundError:
-        return []
+        return
     except OSError as exc:
         _failed("listing", str(path), exc, report)
-        return []
 
 
 def _older(entry: os.DirEntry[str], cutoff: float, report: SweepReport) -> bool:

@@ -35,6 +35,10 @@ log = logging.getLogger("taskd.store")
 # What one task may keep: a result's default cap (execution.result_max_bytes), which what a run
 # keeps (each department's items, a job id) stays well under.
 MAX_BYTES = 1024 * 1024
+# The field of the files the task's runs put into the media store, `[[project_id, filename], …]`:
+# noted before each copy begins, so that the task's end without a result deletes them whichever run
+# stored them (a run whose worker was killed, or whose store failed after writing, is run again).
+STORED_MEDIA = "stored_media"
 
 
 class RunState:
@@ -89,6 +93,26 @@ class RunState:
                 MAX_BYTES,
             )
         return bool(kept == 1)
+
+    async def note_media(self, project_id: str, filename: str) -> None:
+        """Note that a run of this task puts `project_id/filename` into the media store."""
+        noted = await stored_media(self._redis, self.task_id)
+        if (project_id, filename) not in noted:
+            await self.keep(STORED_MEDIA, [*noted, (project_id, filename)])
+
+
+async def stored_media(redis: Redis, task_id: str) -> list[tuple[str, str]]:
+    """The files the runs of `task_id` noted they put into the media store (RunState.note_media);
+    none when there are none or they cannot be read (the media sweeper then deletes them later)."""
+    try:
+        raw = await redis.hget(keys.run_state(task_id), STORED_MEDIA)
+        noted = orjson.loads(raw) if raw is not None else []
+    except (RedisError, orjson.JSONDecodeError) as exc:
+        log.warning("task %s: the media its runs stored could not be read: %s", task_id, exc)
+        return []
+    if not isinstance(noted, list):
+        return []
+    return [(str(pair[0]), str(pair[1])) for pair in noted if isinstance(pair, list) and len(pair) == 2]
 
 
 class RunStates:

@@ -15,6 +15,7 @@ from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord,
 from taskd.queue.task_queue import TaskQueue
 from taskd.shapes import WebhookEvent
 from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJob, Quota, Taker, TaskStore
+from taskd.store.run_state import stored_media
 from taskd.submit.batch import batch_ref
 from taskd.submit.submission import Submission
 from taskd.tasks.registry import Registry
@@ -53,6 +54,7 @@ class Dispatcher:
         media_capacity: MediaCapacity | None = None,
         hold: Callable[[str], Awaitable[Taker | None]] | None = None,
         webhook_secret_ids: Mapping[str, str] | None = None,
+        withdraw_media: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -63,6 +65,9 @@ class Dispatcher:
         self.on_enqueued = on_enqueued
         # Refuses task types that store media while the media or scratch disk is nearly full (None: never).
         self.media_capacity = media_capacity
+        # Deletes files from the media store (taskd.media.publish.withdraw); None: this process
+        # leaves them to the worker and the media sweeper.
+        self.withdraw_media = withdraw_media
         # A free slot of this process's worker of a queue, held for a submit whose script may then
         # start the task for it: no wake-up and no take before it starts (TaskStore.create).
         self.hold = hold
@@ -190,13 +195,33 @@ class Dispatcher:
     async def cancel(self, task_id: str) -> CancelOutcome:
         """Revoke a queued task or stop a running one; raise InvalidState for one that already ended."""
         record = await self.store.get(task_id)
+        earlier = await self._stored_media(record)
         outcome = await self.store.cancel(record, now())
+        if earlier and self.withdraw_media is not None and outcome.was is TaskStatus.QUEUED:
+            # Queued again after a run that stored its output (its worker killed after the copy,
+            # or the store's answer lost): no worker runs it again to delete it, and its end just
+            # dropped the run state that named it. One that was processing is the worker's.
+            await self.withdraw_media(earlier)
         if outcome.was is TaskStatus.PROCESSING:
             # Every worker process listens; the one running the task stops it.
             await self.redis.publish(keys.CANCEL_CHANNEL, task_id)
         elif outcome.was in _CANNOT_CANCEL:
             raise InvalidState(_CANNOT_CANCEL[outcome.was])
         return outcome
+
+    async def _stored_media(self, record: TaskRecord) -> list[tuple[str, str]]:
+        """What the earlier runs of a queued task stored in the media store (none for a task that
+        never ran or whose type stores none, or without a way to delete them here)."""
+        task_type = self.registry.types.get(record.task_type)
+        if (
+            self.withdraw_media is None
+            or record.status is not TaskStatus.QUEUED
+            or not record.attempt
+            or task_type is None
+            or not task_type.stores_media
+        ):
+            return []
+        return await stored_media(self.store.clients[keys.task_partition(record.task_id)], record.task_id)
 
     async def retry(
         self, task_id: str, idempotency: Idempotency | None = None, *, first_retry: bool = False

@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import time
+import tracemalloc
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -60,6 +61,26 @@ def test_media_older_than_the_retention_is_deleted_and_newer_media_kept(config):
 
     assert not old.exists()
     assert new.exists()
+
+
+def test_the_sweeper_reads_a_project_dir_of_many_files_one_entry_at_a_time(config):
+    # Every process (the API and each worker) sweeps the same dir: a project of a million files
+    # held whole in each was hundreds of MB apiece, every sweep.
+    folder = media_dir(config) / "proj-a"
+    folder.mkdir(parents=True)
+    for n in range(20_000):
+        (folder / f"audio_{n:040d}.wav").touch()
+    sweeper = MediaSweeper.from_config(config)
+
+    tracemalloc.start()
+    try:
+        report = sweeper.sweep(at=time.time() + DAY + 60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert report.media_files == 20_000
+    assert peak < 1_000_000  # the 20,000 entries held at once take about 5 MB
 
 
 def test_an_old_symlink_in_the_media_dir_is_removed_as_a_link_and_its_target_survives(config, tmp_path):
