@@ -1,0 +1,41 @@
+"""A task's caller reads no path of the operator's machine: a failed task's traceback names taskd's
+files inside the package, not where taskd is installed, and an error naming a file of the data dir
+names it under `<data_dir>`, `<media_dir>` or `<scratch_dir>` (docs/security.md, "Secrets")."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import taskd
+
+INSTALL = str(Path(taskd.__file__).resolve().parent.parent)
+
+
+async def test_a_failed_tasks_traceback_names_files_inside_their_package_not_the_install(start_service):
+    service = await start_service()
+    task = await service.submit("fail", {"message": "no rain"})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    frames = [line.strip() for line in body["traceback"].splitlines() if line.strip().startswith("File ")]
+    assert 'File "taskd/tasks/diagnostics.py"' in " ".join(frames), body["traceback"]
+    assert [frame for frame in frames if frame.startswith('File "/')] == []
+    assert INSTALL not in json.dumps(body) and sys.prefix not in json.dumps(body)
+
+
+async def test_an_error_naming_a_file_of_the_data_dir_names_it_under_a_placeholder(start_service):
+    service = await start_service()
+    data_dir = service.service.config.data_path
+    message = (
+        f"[Errno 28] No space left on device: '{data_dir}/media/proj-1/take.mp4' (from {data_dir}/scratch/t1)"
+    )
+    task = await service.submit("fail", {"message": message})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["error"] == (
+        "[Errno 28] No space left on device: '<media_dir>/proj-1/take.mp4' (from <scratch_dir>/t1)"
+    )
+    assert str(data_dir) not in json.dumps(body)
