@@ -338,6 +338,8 @@ class Service:
         SHOWN_PATHS.add(self.config.data_path, "<data_dir>")
         SHOWN_PATHS.add(media_dir(self.config), "<media_dir>")
         SHOWN_PATHS.add(scratch_root(self.config), "<scratch_dir>")
+        # A model cache or a credentials file a handler names (~ stays ~ without a home to expand).
+        SHOWN_PATHS.add(os.path.expanduser("~"), "~")
 
     def _webhook_signers(self) -> Signers:
         signers = Signers.from_config(self.config)

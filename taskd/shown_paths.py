@@ -5,7 +5,7 @@ home directory and its user's name, the virtualenv, the Python build. A caller n
 file's path inside what it was imported from (`taskd/media/download.py`, `asyncio/tasks.py`). A
 file-system error names a path in the data dir, the media dir or the scratch dir: those are written
 `<data_dir>`, `<media_dir>`, `<scratch_dir>`, as ffmpeg's errors already name their scratch file
-alone. The worker's log line of a failure quotes the error as the caller reads it.
+alone, and one in the home dir of taskd's user (a model cache) `~/…`. The worker's log line of a failure quotes the error as the caller reads it.
 """
 
 from __future__ import annotations

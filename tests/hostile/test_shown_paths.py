@@ -5,6 +5,7 @@ names it under `<data_dir>`, `<media_dir>` or `<scratch_dir>` (docs/security.md,
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,3 +40,13 @@ async def test_an_error_naming_a_file_of_the_data_dir_names_it_under_a_placehold
         "[Errno 28] No space left on device: '<media_dir>/proj-1/take.mp4' (from <scratch_dir>/t1)"
     )
     assert str(data_dir) not in json.dumps(body)
+
+
+async def test_an_error_naming_a_file_in_the_home_dir_names_it_under_a_tilde(start_service):
+    service = await start_service()
+    home = os.path.expanduser("~")
+    task = await service.submit("fail", {"message": f"no model at {home}/.cache/models/voice.onnx"})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["error"] == "no model at ~/.cache/models/voice.onnx"
