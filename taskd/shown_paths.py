@@ -2,7 +2,8 @@
 
 A traceback names each frame's file by its absolute path, which says where taskd is installed: a
 home directory and its user's name, the virtualenv, the Python build. A caller needs only the
-file's path inside what it was imported from (`taskd/media/download.py`, `asyncio/tasks.py`). A
+file's path inside what it was imported from (`taskd/media/download.py`, `asyncio/tasks.py`), in
+a frame as in an error's text (a tool's binary inside a package). A
 file-system error names a path in the data dir, the media dir or the scratch dir: those are written
 `<data_dir>`, `<media_dir>`, `<scratch_dir>`, as ffmpeg's errors already name their scratch file
 alone, and one in the home dir of taskd's user (a model cache) `~/…`. The worker's log line of a failure quotes the error as the caller reads it.
@@ -51,9 +52,12 @@ class ShownPaths:
         self._places.sort(key=lambda place: len(place[0].pattern), reverse=True)
 
     def text(self, text: str) -> str:
-        """`text` with each registered folder written as its placeholder."""
+        """`text` with each registered folder written as its placeholder, then a path under an
+        import root from that root on (`imageio_ffmpeg/binaries/…`, as a frame's file is named)."""
         for pattern, shown in self._places:
             text = pattern.sub(shown, text)
+        for root in _import_roots():
+            text = text.replace(root + "/", "")
         return text
 
     def traceback(self, text: str) -> str:

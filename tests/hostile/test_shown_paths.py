@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import imageio_ffmpeg
+
 import taskd
 
 INSTALL = str(Path(taskd.__file__).resolve().parent.parent)
@@ -50,3 +52,13 @@ async def test_an_error_naming_a_file_in_the_home_dir_names_it_under_a_tilde(sta
     body = await service.wait_terminal(task["task_id"])
 
     assert body["error"] == "no model at ~/.cache/models/voice.onnx"
+
+
+async def test_an_error_naming_a_file_inside_an_installed_package_names_it_from_the_package_on(start_service):
+    service = await start_service()
+    binaries = Path(imageio_ffmpeg.__file__).parent / "binaries"
+    task = await service.submit("fail", {"message": f"[Errno 13] Permission denied: '{binaries}/ffmpeg'"})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["error"] == "[Errno 13] Permission denied: 'imageio_ffmpeg/binaries/ffmpeg'"
