@@ -19,8 +19,9 @@ import taskd
 
 # A frame's line of a formatted traceback: `  File "/abs/path.py", line 12, in run`.
 _FRAME_FILE = re.compile(r'(?m)^(?P<head>[ \t]*File ")(?P<path>/[^"\n]*)(?=", line \d)')
-# What may follow a folder's name when the folder itself is meant, not a longer name that starts
-# the same (`/data` in `/database`).
+# What may come before a folder's absolute name, and after it, when that folder is meant: not the
+# path of a URL (`https://example.com/data/x`), nor a longer name that starts the same (`/database`).
+_START_OF_PATH = r"(?<![\w.~/-])"
 _END_OF_NAME = r"(?![\w.-])"
 # taskd itself, wherever it was imported from: an editable install is found through an import
 # hook, not a sys.path entry.
@@ -43,7 +44,7 @@ class ShownPaths:
     def add(self, folder: str | Path, shown: str) -> None:
         """Write `folder` (absolute) as `shown` from now on, in errors and tracebacks."""
         name = str(folder).rstrip("/")
-        pattern = re.compile(re.escape(name) + _END_OF_NAME)
+        pattern = re.compile(_START_OF_PATH + re.escape(name) + _END_OF_NAME)
         # Every service of a process adds its own (tests start several, each with its data dir).
         if not name.startswith("/") or any(pattern == known for known, _ in self._places):
             return
@@ -56,9 +57,8 @@ class ShownPaths:
         import root from that root on (`imageio_ffmpeg/binaries/…`, as a frame's file is named)."""
         for pattern, shown in self._places:
             text = pattern.sub(shown, text)
-        for root in _import_roots():
-            text = text.replace(root + "/", "")
-        return text
+        roots = "|".join(re.escape(root) for root in _import_roots())  # longest first: it is tried first
+        return re.sub(f"{_START_OF_PATH}(?:{roots})/", "", text)
 
     def traceback(self, text: str) -> str:
         """A formatted traceback with each frame's file named inside its import root (or by its

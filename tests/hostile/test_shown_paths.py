@@ -62,3 +62,16 @@ async def test_an_error_naming_a_file_inside_an_installed_package_names_it_from_
     body = await service.wait_terminal(task["task_id"])
 
     assert body["error"] == "[Errno 13] Permission denied: 'imageio_ffmpeg/binaries/ffmpeg'"
+
+
+async def test_a_url_whose_path_spells_a_folder_of_the_server_is_left_as_written(start_service):
+    service = await start_service()
+    data_dir = service.service.config.data_path
+    message = (
+        f"Image https://example.com{data_dir}/x.png (from https://example.com{INSTALL}/y) is not readable"
+    )
+    task = await service.submit("fail", {"message": message})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["error"] == message
