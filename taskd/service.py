@@ -44,7 +44,7 @@ from taskd.media.capacity import MediaCapacity
 from taskd.media.publish import withdraw
 from taskd.media.retention import MediaSweeper
 from taskd.media.store import base_url as media_base_url
-from taskd.media.store import load_secret
+from taskd.media.store import load_secret, media_dir, scratch_root
 from taskd.model import now
 from taskd.net.guard import AddressPolicy
 from taskd.providers.limits import ProviderLimits
@@ -63,6 +63,7 @@ from taskd.redis_conn import (
 from taskd.redis_memory import eviction_risk, read_every_node
 from taskd.redis_needs import check_commands
 from taskd.sdnotify import Notifier
+from taskd.shown_paths import SHOWN_PATHS
 from taskd.stopping import cancel_and_wait
 from taskd.store import Admission, TaskStore, layout
 from taskd.store.run_state import RunStates
@@ -335,6 +336,12 @@ class Service:
         configured = self.config.auth.api_keys or self.config.auth.keys
         kept = None if configured else apikey.kept_key(self.config.data_path)
         REDACTOR.add(*secrets_of(self.config), kept, media_secret)
+        # Not secrets, but the operator's, and no business of a task's caller (shown_paths).
+        SHOWN_PATHS.add(self.config.data_path, "<data_dir>")
+        SHOWN_PATHS.add(media_dir(self.config), "<media_dir>")
+        SHOWN_PATHS.add(scratch_root(self.config), "<scratch_dir>")
+        # A model cache or a credentials file a handler names (~ stays ~ without a home to expand).
+        SHOWN_PATHS.add(os.path.expanduser("~"), "~")
 
     def _webhook_signers(self) -> Signers:
         signers = Signers.from_config(self.config)

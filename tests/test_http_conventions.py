@@ -1,6 +1,6 @@
 """HTTP conventions on every route of the app, found from its router: a 405 names the allowed
-methods in `Allow` (RFC 9110) with the documented error body, HEAD answers wherever GET does, and
-no answer under `/api/v1/` may be kept by a cache."""
+methods in `Allow` (RFC 9110) with the documented error body, HEAD answers wherever GET does, no
+answer under `/api/v1/` may be kept by a cache, and none names the server's software versions."""
 
 from __future__ import annotations
 
@@ -107,3 +107,19 @@ async def test_no_answer_under_api_v1_may_be_kept_by_a_cache(start_service):
 
     assert kept == {}
     assert refused_cache_control == (401, "no-store")
+
+
+async def test_no_answer_names_the_server_software_or_its_version(start_service):
+    taskd = await start_service(workers=False)
+    by_path = routes_by_path(taskd.service._runner.app)
+    paths = [concrete(path) for path, methods in by_path.items() if "GET" in methods]
+    paths += ["/no/such/route"]
+
+    servers = {}
+    for path in paths:
+        async with taskd.client.get(path, headers={"Accept": "application/json"}) as response:
+            servers[path] = response.headers.get("Server")
+    async with aiohttp.ClientSession(taskd.base_url) as anonymous, anonymous.get("/api/v1/health") as refused:
+        servers["/api/v1/health (no key)"] = refused.headers.get("Server")
+
+    assert {path: server for path, server in servers.items() if server != "taskd"} == {}

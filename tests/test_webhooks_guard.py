@@ -155,7 +155,7 @@ class ScriptedResolver(AbstractResolver):
 async def test_resolver_refuses_a_name_that_resolves_to_a_private_address():
     guard = GuardedResolver(ScriptedResolver(["10.0.0.7"]))
 
-    with pytest.raises(ForbiddenAddress, match=r"hooks.example \(10.0.0.7\) is not a public address"):
+    with pytest.raises(ForbiddenAddress, match=r"^hooks\.example resolves to an address that is not public$"):
         await guard.resolve("hooks.example", 443)
 
 

@@ -45,6 +45,7 @@ from taskd.queue.workers import JobFunction
 from taskd.redis_conn import refused_by_acl, refuses_writes
 from taskd.runtasks import RunTasks
 from taskd.shapes import MAX_DEPENDS_ON
+from taskd.shown_paths import SHOWN_PATHS
 from taskd.stopping import cancel_and_wait
 from taskd.store import TAKE_SCAN, CorruptRecord, Start, Takes, TaskStore
 from taskd.store.run_state import RunState, RunStates, stored_media
@@ -137,11 +138,11 @@ def _cut(text: str | None, limit: int) -> str | None:
 
 
 def _cut_error(text: str | None) -> str | None:
-    return _cut(text, ERROR_MAX_CHARS)
+    return _cut(None if text is None else SHOWN_PATHS.text(text), ERROR_MAX_CHARS)
 
 
 def _cut_traceback(text: str | None) -> str | None:
-    return _cut(text, TRACEBACK_MAX_CHARS)
+    return _cut(None if text is None else SHOWN_PATHS.traceback(text), TRACEBACK_MAX_CHARS)
 
 
 @attrs.frozen
@@ -150,8 +151,9 @@ class Outcome:
 
     kind: str  # completed | failed | retry | cancelled | handed_back | handed_on
     result: Any = None
-    # What the caller reads is masked like a log line (a provider's error may quote a key), and
-    # bounded: a handler's message may hold what a caller sent, and it is stored, logged and sent.
+    # What the caller reads is masked like a log line (a provider's error may quote a key), names
+    # none of the operator's folders (shown_paths), and is bounded: a handler's message may hold
+    # what a caller sent, and it is stored, logged and sent.
     error: str | None = attrs.field(default=None, converter=_cut_error)
     traceback: str | None = attrs.field(default=None, converter=_cut_traceback)
     # A hand-on's seconds until the task is due again, and the worker woken for it then (one that

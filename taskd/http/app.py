@@ -36,6 +36,15 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     return await prom.metrics(request)
 
 
+# aiohttp's own `Server` value names its version and Python's, which tell anyone who connects which
+# published flaws to try; a caller needs neither (the API's version is in /openapi.json).
+SERVER = "taskd"
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
+
+
 def create_app(api: Api) -> web.Application:
     """The HTTP API with auth and the documented error bodies on every route."""
     app = web.Application(
@@ -51,6 +60,7 @@ def create_app(api: Api) -> web.Application:
         client_max_size=api.config.limits.max_body_bytes,
     )
     app[API] = api
+    app.on_response_prepare.append(_server_header)
     protocol_log.install()
     auth.install(app)
     ratelimit.install(app)

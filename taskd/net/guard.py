@@ -113,8 +113,14 @@ def check_addresses(
     for address in addresses:
         ip = parse_ip(address)
         if ip is None or not allowed(ip):
-            where = host if address == host else f"{host} ({address})"
-            raise ForbiddenAddress(f"{where} is not a public address")
+            if address == host:
+                raise ForbiddenAddress(f"{host} is not a public address")
+            if parse_ip(host) is not None:  # the caller's own spelling of an address (0x7f000001)
+                raise ForbiddenAddress(f"{host} ({address}) is not a public address")
+            # The address a name resolves to is not told: the caller reads this (a 400 at submit,
+            # a task's error, a webhook's last_error), and the operator's DNS would tell it the
+            # inside of its network (`db.corp` is 10.20.30.40) one name at a time.
+            raise ForbiddenAddress(f"{host} resolves to an address that is not public")
 
 
 def host_and_port(url: URL) -> tuple[str, int]:
