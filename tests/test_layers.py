@@ -24,6 +24,7 @@ FLOORS = [
         "refs.py",
         "version.py",
         "printable.py",
+        "wide_ints.py",
         "shown_paths.py",
         "files.py",
     ],
