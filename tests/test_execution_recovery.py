@@ -381,6 +381,77 @@ async def test_a_claimed_task_whose_start_a_failover_lost_runs_again_after_its_r
     assert [line.split()[0] for line in runs] == ["start", "end", "start", "end"]
 
 
+async def test_a_taken_task_whose_start_a_failover_lost_runs_again_after_its_runs_end_is_refused(
+    start_service, redis
+):
+    # A host without GPUs takes its jobs in batches (take.lua, which takes the job off arq's set).
+    # Its run's end, refused (the record being `queued`), leaves the job there, and the worker's
+    # next take, as the run's slot comes free (its only one: no take while the run goes on), starts
+    # the task again for this same worker.
+    service = await start_service(queues=ONE_AT_A_TIME)
+    task_id = (await service.submit("record_run", {"seconds": 2}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    job_id = (await redis.hget(keys.task(task_id), "job_id")).decode()
+    partition = keys.task_partition(task_id)
+
+    # As the new primary has it when the failover lost the take: the job on arq's set, unlocked.
+    await redis.hset(keys.task(task_id), mapping={"status": "queued", "attempt": "0"})
+    await redis.hdel(keys.task(task_id), "worker_id", "started_at")
+    await redis.zrem(keys.running("default", partition), task_id)
+    await redis.zadd(keys.queue("default", partition), {job_id: int(time.time() * 1000)})
+    await redis.delete(keys.arq_in_progress(job_id))
+    async with asyncio.timeout(60):
+        while await redis.hget(keys.task(task_id), "status") != b"completed":
+            await asyncio.sleep(0.1)
+    body = await service.status(task_id)
+    runs = runs_path(service.service.config.data_path).read_text().splitlines()
+
+    # Before, the take started the task again for this worker while the ended run's job was still
+    # listed as running here: it was not run, and the task stayed `processing` for ever.
+    assert (body["status"], body["attempt"]) == ("completed", 1)
+    assert [line.split()[0] for line in runs] == ["start", "end", "start", "end"]
+
+
+async def test_a_start_that_waited_for_its_earlier_run_and_whose_start_a_failover_lost_runs_again(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    after_earlier_run = Executor._after_earlier_run
+    lost: list[str] = []
+
+    async def start_lost(executor: Executor, record: TaskRecord, *args: Any) -> bool:
+        if not lost:
+            # As the new primary has it when a failover lost this start while it waited for the
+            # earlier run here to end: the job on arq's set, unlocked, the record `queued` under it.
+            lost.append(record.job_id or "")
+            partition = keys.task_partition(record.task_id)
+            await redis.hset(keys.task(record.task_id), mapping={"status": "queued", "attempt": "1"})
+            await redis.hdel(keys.task(record.task_id), "worker_id", "started_at")
+            await redis.zrem(keys.running(record.queue, partition), record.task_id)
+            await redis.zadd(keys.queue(record.queue, partition), {lost[0]: int(time.time() * 1000)})
+            await redis.delete(keys.arq_in_progress(lost[0]))
+        return await after_earlier_run(executor, record, *args)
+
+    monkeypatch.setattr(Executor, "_after_earlier_run", start_lost)
+    service = await start_service(
+        worker=WorkerConfig(heartbeat_interval=600, heartbeat_ttl=1800, poll_delay=0.5)
+    )
+    executor = service.service._executor
+    assert executor is not None
+    task_id = (await service.submit("record_run", {"seconds": 3}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+
+    await _requeued_as_a_lapsed_heartbeat_would(executor, await executor.store.get(task_id))
+    async with asyncio.timeout(60):
+        while await redis.hget(keys.task(task_id), "status") != b"completed":
+            await asyncio.sleep(0.1)
+    runs = runs_path(service.service.config.data_path).read_text().splitlines()
+
+    # Before, the start, no longer current once the earlier run had ended, dropped its job: the
+    # task stayed `queued` for ever, with no job.
+    assert await redis.hmget(keys.task(task_id), "job_id", "attempt") == [lost[0].encode(), b"2"]
+    assert [line.split()[0] for line in runs] == ["start", "stopped", "start", "end"]
+
+
 async def test_a_gpu_task_started_again_as_its_earlier_runs_slots_are_released_runs_on_slots_of_its_own(
     start_service, redis, monkeypatch: pytest.MonkeyPatch
 ):

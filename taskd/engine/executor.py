@@ -559,7 +559,9 @@ class Executor:
                 if stale is not None and stale.job_id != record.job_id:
                     stale.take_over(self.config.execution.cancel_grace, runs_again=True)
             if earlier is not None and not await self._after_earlier_run(record, earlier[1], deadline):
-                return False
+                # Its job is kept as after a refused end: a failover may have lost this start while
+                # it waited, and dropped, the job left the task `queued` for ever.
+                return await self._queued_again_under(record)
             with tracing.run_span(record, None if lease is None else str(lease.device)):
                 written = await self._run_claimed(record)
             return written or await self._queued_again_under(record)
@@ -581,10 +583,11 @@ class Executor:
                 await asyncio.shield(self._release_lease(task_id))
 
     async def _queued_again_under(self, record: TaskRecord) -> bool:
-        """Whether the record, after this run's end was refused, says `queued` under the run's own
-        job: a failover lost the run's start, and arq's set has the job again. The job is then left
-        there for a claim or a take to start the task again; dropped as after any refused end, it
-        left the task `queued` with no job, never to run again."""
+        """Whether the record, after this run's end was refused (or its start, which waited for an
+        earlier run, found not current), says `queued` under the run's own job: a failover lost the
+        run's start, and arq's set has the job again. The job is then left there for a claim or a
+        take to start the task again; dropped as after any refused end, it left the task `queued`
+        with no job, never to run again."""
         [(status, _, job_id)] = await _until_stored(
             f"the check of task {record.task_id}'s refused end", partial(self.store.runners, [record.task_id])
         )

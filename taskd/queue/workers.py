@@ -202,8 +202,13 @@ class TaskdWorker(Worker):
         # A job a recovering take (after a lost reply) returned that already runs here. A newer job
         # of a task whose earlier run here has not ended (the task was queued again meanwhile) is
         # not: it is run, and waits for that earlier run's end (Executor._run). Skipped, it never
-        # ran, and the earlier run's end was written under its start.
-        return taken.job_id in self.tasks or (
+        # ran, and the earlier run's end was written under its start. Nor is a job whose run here
+        # has ended, listed until the poll's look after the take forgets it: the take started its
+        # task again since (a failover lost the run's start, and its refused end left the job on
+        # the queue: Executor._queued_again_under). Skipped, the task stayed `processing` here for
+        # ever, unrun, and held (the reclaim left it alone).
+        job = self.tasks.get(taken.job_id)
+        return (job is not None and not job.done()) or (
             taken.record is not None and self._run_of(taken.record.task_id) == taken.job_id
         )
 
@@ -218,6 +223,11 @@ class TaskdWorker(Worker):
     def _run_in_slot(self, taken: Taken) -> None:
         # The slot (the semaphore and job_counter) is held already.
         start = Start(claimed=True, score=taken.score, record=taken.record)
+        ended = self.tasks.pop(taken.job_id, None)  # the job's earlier run here (_known)
+        if ended is not None and not ended.cancelled() and (error := ended.exception()) is not None:
+            # What the poll's look would have raised (and the worker restarted for): the new run
+            # is not given up for it.
+            log.warning("job %s failed: %s", taken.job_id, error)
         task = self.loop.create_task(self.run_job(taken.job_id, start))
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[taken.job_id] = task
