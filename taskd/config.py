@@ -943,9 +943,26 @@ def _to_number(value: Any, kind: type[int] | type[float]) -> int | float:
     return number
 
 
+def _json_items(text: str) -> list[Any] | None:
+    """The items of a list setting given as one string (an environment variable) written as a JSON
+    list, `["k1", "k2"]`, as auth.keys is given; None for comma-separated items. Read by commas, a
+    JSON list was taken as it stood: TASKD_AUTH__API_KEYS='["k1"]' made the key `["k1"]`, and no
+    client got in, without a word at start-up."""
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        items = json.loads(text)
+    except ValueError:
+        raise ValueError("expected a JSON list (the value starts with [) or comma-separated items") from None
+    return list(items)
+
+
 def _to_str_list(value: Any, _: type) -> list[str]:
     if isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
+        items = _json_items(value)
+        if items is None:
+            return [item.strip() for item in value.split(",") if item.strip()]
+        value = items
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return list(value)
     raise ValueError(f"expected a list of strings, got {_kind(value)}")
@@ -954,7 +971,7 @@ def _to_str_list(value: Any, _: type) -> list[str]:
 def _to_api_keys(value: Any, _: type) -> list[str]:
     # Unlike other lists, an empty item is kept (and refused): "k1,,k2" or " , " is a mistake,
     # not fewer keys; a blank value as a whole means none (taskd makes one).
-    if isinstance(value, str):
+    if isinstance(value, str) and _json_items(value) is None:
         keys = [item.strip() for item in value.split(",")] if value.strip() else []
     else:
         keys = _to_str_list(value, list)
@@ -971,7 +988,10 @@ def _to_projects(value: Any, _: type) -> list[str]:
 
 
 def _to_float_list(value: Any, _: type) -> list[float]:
-    items = value.split(",") if isinstance(value, str) else value
+    items = value
+    if isinstance(value, str):
+        parsed = _json_items(value)
+        items = value.split(",") if parsed is None else parsed
     if not isinstance(items, list):
         raise ValueError(f"expected a list of numbers, got {_kind(value)}")
     return [float(_to_number(item, float)) for item in items if not isinstance(item, str) or item.strip()]

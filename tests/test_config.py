@@ -91,6 +91,27 @@ def test_environment_overrides_each_contract_key(env, read):
     assert read(load_config(environ=env))
 
 
+@pytest.mark.parametrize(
+    ("env", "read"),
+    [
+        ({"TASKD_AUTH__API_KEYS": '["k1", "k2"]'}, lambda c: c.auth.api_keys == ["k1", "k2"]),
+        (
+            {"TASKD_TASKS__MODULES": '["taskd.tasks.diagnostics"]'},
+            lambda c: c.tasks.modules == ["taskd.tasks.diagnostics"],
+        ),
+        (
+            {"TASKD_NETWORK__ALLOW_NETWORKS": ' ["10.0.0.0/8"]'},
+            lambda c: c.network.allow_networks == ["10.0.0.0/8"],
+        ),
+        ({"TASKD_WEBHOOKS__EXTRA_DELAYS": "[1, 2.5]"}, lambda c: c.webhooks.extra_delays == [1.0, 2.5]),
+        ({"TASKD_AUTH__API_KEYS": "[]"}, lambda c: c.auth.api_keys == []),
+    ],
+)
+def test_a_list_given_in_the_environment_as_a_json_list_is_read_as_its_items(env, read):
+    # As auth.keys is given; read by commas, '["k1"]' was the one key `["k1"]` and no client got in.
+    assert read(load_config(environ=env))
+
+
 def test_environment_wins_over_the_file(tmp_path):
     path = tmp_path / "taskd.toml"
     path.write_text("[http]\nport = 7000\nhost = '0.0.0.0'\n")

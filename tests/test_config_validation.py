@@ -171,6 +171,14 @@ def test_a_key_given_twice_in_auth_keys_is_refused_without_the_key(tmp_path):
     assert message == "config key auth: auth.keys[0] and auth.keys[1] have the same key"
 
 
+def test_a_list_that_starts_as_json_but_is_not_json_is_refused_without_its_items(tmp_path):
+    message = refusal(tmp_path, TASKD_AUTH__API_KEYS='["TOPSECRETKEY1", TOPSECRETKEY2]')
+
+    assert message == (
+        "config key auth.api_keys: expected a JSON list (the value starts with [) or comma-separated items"
+    )
+
+
 def test_a_key_both_in_api_keys_and_in_auth_keys_is_refused(tmp_path):
     message = refusal(
         tmp_path,

@@ -166,6 +166,18 @@ async def test_resolver_refuses_a_name_with_any_private_address_among_public_one
         await guard.resolve("hooks.example", 443)
 
 
+async def test_the_address_a_refused_name_resolves_to_is_logged_at_debug_for_the_operator(caplog):
+    # The caller is not told it; the operator debugging a refusal (a public A record beside a
+    # private AAAA one) needs it.
+    caplog.set_level(logging.DEBUG, logger="taskd.net")
+    guard = GuardedResolver(ScriptedResolver(["93.184.216.34", "fd00::7"]))
+
+    with pytest.raises(ForbiddenAddress):
+        await guard.resolve("hooks.example", 443)
+
+    assert "hooks.example resolves to fd00::7, which is not allowed; refused" in caplog.messages
+
+
 async def test_connection_goes_to_the_checked_address_and_a_rebinding_is_refused():
     # Only 127.0.0.1 counts as allowed here, standing in for a public address the test can reach.
     dns = ScriptedResolver(["127.0.0.1"], ["10.255.255.1"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from collections.abc import Callable, Iterable
 
@@ -22,6 +23,8 @@ from yarl import URL
 
 from taskd.config import Config
 from taskd.model import ValidationError
+
+log = logging.getLogger("taskd.net")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -119,7 +122,11 @@ def check_addresses(
                 raise ForbiddenAddress(f"{host} ({address}) is not a public address")
             # The address a name resolves to is not told: the caller reads this (a 400 at submit,
             # a task's error, a webhook's last_error), and the operator's DNS would tell it the
-            # inside of its network (`db.corp` is 10.20.30.40) one name at a time.
+            # inside of its network (`db.corp` is 10.20.30.40) one name at a time. The operator
+            # may need it (a public A record beside a private AAAA one is refused too, and
+            # `network.allow_networks` is written in addresses): at DEBUG, as a caller's mistake
+            # makes no log line at INFO.
+            log.debug("%s resolves to %s, which is not allowed; refused", host, address)
             raise ForbiddenAddress(f"{host} resolves to an address that is not public")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import imageio_ffmpeg
 
 import taskd
+from taskd.shown_paths import SHOWN_PATHS
 
 INSTALL = str(Path(taskd.__file__).resolve().parent.parent)
 
@@ -75,3 +76,21 @@ async def test_a_url_whose_path_spells_a_folder_of_the_server_is_left_as_written
     body = await service.wait_terminal(task["task_id"])
 
     assert body["error"] == message
+
+
+def test_a_traceback_line_full_of_frame_look_alikes_is_rewritten_in_one_read():
+    # A handler's error quoting a caller's text ends its traceback. Each `File "/…", line 1` of one
+    # line once made the rewrite read the line back to its start: 3.4 s of the worker's loop for
+    # 1 MiB (the default body limit), many minutes for these 16 MiB, past the suite's timeout.
+    # Quoted after other text on their line, they are no frame's line, so they stay as written.
+    line = 'File "/a", line 1 ' * (16 * 1024 * 1024 // 18)
+    text = (
+        f'Traceback (most recent call last):\n  File "{taskd.__file__}", line 9, in run\nTaskError: {line}\n'
+    )
+
+    shown = SHOWN_PATHS.traceback(text)
+
+    assert (
+        shown
+        == f'Traceback (most recent call last):\n  File "taskd/__init__.py", line 9, in run\nTaskError: {line}\n'
+    )
