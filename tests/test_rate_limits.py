@@ -17,6 +17,7 @@ from redis_probes import sent_to_valkey
 from taskd import keys
 from taskd.config import AuthConfig, LimitsConfig, ScopedKey, load_config
 from taskd.http.ratelimit import key_id
+from taskd.store import records
 
 OTHER_KEY = "other-key-9876543210"
 SUBMIT_INTERVAL = 60 / 100  # seconds between refills of the default submit quota
@@ -474,3 +475,38 @@ async def test_a_submit_that_redis_refuses_sends_no_second_script_to_spend_its_u
 
     assert refused[0].status == 503
     assert len([command for command in sent if quota in command]) == 1
+
+
+async def test_a_listing_spends_one_status_unit_per_call_it_makes_on_the_projects_index(
+    start_service, redis, monkeypatch
+):
+    # Three stretches of 5 ids: 12 tasks are read in three calls of list.lua.
+    monkeypatch.setattr(records, "LIST_STRETCH", 5)
+    taskd = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=0))
+    for _ in range(12):
+        await taskd.submit("noop", {}, project_id="listed")
+
+    async with taskd.client.get("/api/v1/projects/listed/tasks") as response:
+        body = await response.json()
+
+    assert response.status == 200 and body["pagination"]["total"] == 12
+    assert response.headers["RateLimit"].startswith('"status";r=997;')
+    assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 3
+
+
+async def test_a_listing_costing_more_than_the_status_quota_spends_all_of_it_and_is_answered(
+    start_service, redis, monkeypatch
+):
+    monkeypatch.setattr(records, "LIST_STRETCH", 5)
+    taskd = await start_service(workers=False, limits=LimitsConfig(status_per_minute=2))
+    for _ in range(12):
+        await taskd.submit("noop", {}, project_id="listed")
+
+    async with taskd.client.get("/api/v1/projects/listed/tasks") as listed:
+        pass
+    async with taskd.client.get("/api/v1/projects/listed/tasks") as refused:
+        body = await refused.json()
+
+    assert listed.status == 200 and listed.headers["RateLimit"].startswith('"status";r=0;')
+    assert refused.status == 429 and body["error"] == "rate_limited"
+    assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 2
