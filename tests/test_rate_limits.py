@@ -510,3 +510,39 @@ async def test_a_listing_costing_more_than_the_status_quota_spends_all_of_it_and
     assert listed.status == 200 and listed.headers["RateLimit"].startswith('"status";r=0;')
     assert refused.status == 429 and body["error"] == "rate_limited"
     assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 2
+
+
+async def test_each_event_stream_started_spends_a_status_unit(start_service, redis):
+    taskd = await start_service(workers=False, limits=LimitsConfig(status_per_minute=2))
+    task_id = (await taskd.submit("noop", {}))["task_id"]
+    async with taskd.client.delete(f"/api/v1/tasks/{task_id}") as cancelled:
+        assert cancelled.status == 200
+    answers = []
+
+    # An ended task's stream sends its events and closes: as good as a status read.
+    for _ in range(3):
+        async with taskd.client.get(f"/api/v1/tasks/{task_id}/events") as response:
+            await response.read()
+            answers.append((response.status, response.headers.get("Retry-After")))
+
+    assert [status for status, _ in answers] == [200, 200, 429]
+    assert answers[2][1] is not None and int(answers[2][1]) >= 1
+    assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 2
+
+
+async def test_an_event_stream_given_its_key_in_the_query_spends_that_keys_quota(start_service, redis):
+    taskd = await start_service(workers=False)
+    task_id = (await taskd.submit("noop", {}))["task_id"]
+    async with taskd.client.delete(f"/api/v1/tasks/{task_id}") as cancelled:
+        assert cancelled.status == 200
+
+    async with (
+        aiohttp.ClientSession() as keyless,
+        keyless.get(
+            f"{taskd.base_url}/api/v1/tasks/{task_id}/events", params={"api_key": API_KEY}
+        ) as response,
+    ):
+        await response.read()
+
+    assert response.status == 200 and response.headers["RateLimit"].startswith('"status";r=999;')
+    assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 1

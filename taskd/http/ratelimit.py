@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskd import keys
+from taskd.http import auth
 from taskd.http.context import API
 from taskd.http.responses import read_json
 from taskd.model import RateLimited, ValidationError
@@ -54,11 +55,16 @@ BATCH_ROUTE = ("POST", "/api/v1/tasks/batch")
 # receiver that fails), and unspent, one task redelivered in a loop wrote a WARNING line a request,
 # past any quota. A submit spends its unit of `submit` from its handler, inside the submit script
 # (`submit_quota`), or here when it is refused before that; a batch spends one unit per item
-# (`_batch_cost`). HEAD is GET.
+# (`_batch_cost`). An event stream's start reads and sends the task's (or project's) state as a
+# status read does, at the same cost to Valkey: unspent, it was a way round the status quota
+# (a stream of an ended task answers its end and closes), so each start spends one unit of it,
+# however long the stream then stays open. HEAD is GET.
 POLICIES = {
     ("POST", "/api/v1/tasks/{task_id}/retry"): "submit",
     ("POST", "/api/v1/tasks/{task_id}/webhook/redeliver"): "submit",
     ("GET", "/api/v1/tasks/{task_id}/status"): "status",
+    ("GET", "/api/v1/tasks/{task_id}/events"): "status",
+    ("GET", "/api/v1/projects/{project_id}/events"): "status",
     BATCH_ROUTE: "submit",
 }
 
@@ -220,7 +226,7 @@ async def spend(request: web.Request, policy: str, cost: int) -> None:
         return
     _decided(
         request,
-        await request.app[LIMITER].hit(policy, request.headers.get("X-API-Key", ""), limit, cost),
+        await request.app[LIMITER].hit(policy, request[auth.KEY], limit, cost),
         cost,
     )
 
@@ -260,7 +266,7 @@ async def submit_quota(request: web.Request) -> Quota | None:
         )
         _decided(request, decision, 1)
 
-    api_key = request.headers.get("X-API-Key", "")
+    api_key = request[auth.KEY]
     return Quota(
         keys.rate_limit("submit", key_id(api_key)), limit, WINDOW * 1000, secrets.token_hex(6), report
     )
