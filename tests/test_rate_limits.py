@@ -546,3 +546,14 @@ async def test_an_event_stream_given_its_key_in_the_query_spends_that_keys_quota
 
     assert response.status == 200 and response.headers["RateLimit"].startswith('"status";r=999;')
     assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 1
+
+
+async def test_submits_refused_for_the_rate_limit_spend_nothing(start_service, redis):
+    taskd = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=3, concurrent_per_project=0)
+    )
+
+    statuses = [(await post_submit(taskd.base_url, API_KEY)).status for _ in range(6)]
+
+    assert statuses == [200, 200, 200, 429, 429, 429]
+    assert await redis.zcard(keys.rate_limit("submit", key_id(API_KEY))) == 3
