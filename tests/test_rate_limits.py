@@ -17,6 +17,7 @@ from redis_probes import sent_to_valkey
 from taskd import keys
 from taskd.config import AuthConfig, LimitsConfig, ScopedKey, load_config
 from taskd.http.ratelimit import key_id
+from taskd.store import records
 
 OTHER_KEY = "other-key-9876543210"
 SUBMIT_INTERVAL = 60 / 100  # seconds between refills of the default submit quota
@@ -474,3 +475,85 @@ async def test_a_submit_that_redis_refuses_sends_no_second_script_to_spend_its_u
 
     assert refused[0].status == 503
     assert len([command for command in sent if quota in command]) == 1
+
+
+async def test_a_listing_spends_one_status_unit_per_call_it_makes_on_the_projects_index(
+    start_service, redis, monkeypatch
+):
+    # Three stretches of 5 ids: 12 tasks are read in three calls of list.lua.
+    monkeypatch.setattr(records, "LIST_STRETCH", 5)
+    taskd = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=0))
+    for _ in range(12):
+        await taskd.submit("noop", {}, project_id="listed")
+
+    async with taskd.client.get("/api/v1/projects/listed/tasks") as response:
+        body = await response.json()
+
+    assert response.status == 200 and body["pagination"]["total"] == 12
+    assert response.headers["RateLimit"].startswith('"status";r=997;')
+    assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 3
+
+
+async def test_a_listing_costing_more_than_the_status_quota_spends_all_of_it_and_is_answered(
+    start_service, redis, monkeypatch
+):
+    monkeypatch.setattr(records, "LIST_STRETCH", 5)
+    taskd = await start_service(workers=False, limits=LimitsConfig(status_per_minute=2))
+    for _ in range(12):
+        await taskd.submit("noop", {}, project_id="listed")
+
+    async with taskd.client.get("/api/v1/projects/listed/tasks") as listed:
+        pass
+    async with taskd.client.get("/api/v1/projects/listed/tasks") as refused:
+        body = await refused.json()
+
+    assert listed.status == 200 and listed.headers["RateLimit"].startswith('"status";r=0;')
+    assert refused.status == 429 and body["error"] == "rate_limited"
+    assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 2
+
+
+async def test_each_event_stream_started_spends_a_status_unit(start_service, redis):
+    taskd = await start_service(workers=False, limits=LimitsConfig(status_per_minute=2))
+    task_id = (await taskd.submit("noop", {}))["task_id"]
+    async with taskd.client.delete(f"/api/v1/tasks/{task_id}") as cancelled:
+        assert cancelled.status == 200
+    answers = []
+
+    # An ended task's stream sends its events and closes: as good as a status read.
+    for _ in range(3):
+        async with taskd.client.get(f"/api/v1/tasks/{task_id}/events") as response:
+            await response.read()
+            answers.append((response.status, response.headers.get("Retry-After")))
+
+    assert [status for status, _ in answers] == [200, 200, 429]
+    assert answers[2][1] is not None and int(answers[2][1]) >= 1
+    assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 2
+
+
+async def test_an_event_stream_given_its_key_in_the_query_spends_that_keys_quota(start_service, redis):
+    taskd = await start_service(workers=False)
+    task_id = (await taskd.submit("noop", {}))["task_id"]
+    async with taskd.client.delete(f"/api/v1/tasks/{task_id}") as cancelled:
+        assert cancelled.status == 200
+
+    async with (
+        aiohttp.ClientSession() as keyless,
+        keyless.get(
+            f"{taskd.base_url}/api/v1/tasks/{task_id}/events", params={"api_key": API_KEY}
+        ) as response,
+    ):
+        await response.read()
+
+    assert response.status == 200 and response.headers["RateLimit"].startswith('"status";r=999;')
+    assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 1
+
+
+async def test_submits_refused_for_the_rate_limit_spend_nothing(start_service, redis):
+    taskd = await start_service(
+        workers=False, limits=LimitsConfig(submit_per_minute=3, concurrent_per_project=0)
+    )
+
+    statuses = [(await post_submit(taskd.base_url, API_KEY)).status for _ in range(6)]
+
+    assert statuses == [200, 200, 200, 429, 429, 429]
+    assert await redis.zcard(keys.rate_limit("submit", key_id(API_KEY))) == 3

@@ -21,6 +21,8 @@ QUERY_KEY = "api_key"
 _QUERY_KEY_ALLOWED = "_taskd_query_key_allowed"
 # The id of the request's key (never the key): tasks it submits are signed with its webhook secret.
 KEY_ID = web.RequestKey("taskd_key_id", str)
+# The valid key itself, from its header or `?api_key=`: the rate limits count by a hash of it.
+KEY = web.RequestKey("taskd_key", str)
 
 
 def query_key_allowed(handler: Handler) -> Handler:
@@ -75,6 +77,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if valid:
         request[CALLER] = Caller(projects)
         request[KEY_ID] = key_id(given)
+        request[KEY] = given
     elif (refused := _unmatched(request, where, sent)) is not None:
         raise refused
     return await handler(request)

@@ -511,7 +511,10 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/projects/{project_id}/tasks": {
             "get": {
-                "summary": "A project's tasks, newest first, filtered and paged",
+                "summary": (
+                    "A project's tasks, newest first, filtered and paged "
+                    "(quota `status`: one unit per 1,000 tasks of the project)"
+                ),
                 "operationId": "project_tasks",
                 "security": key,
                 "parameters": [
@@ -534,7 +537,11 @@ def _paths() -> dict[str, Any]:
                         },
                     },
                 ],
-                "responses": {"200": _json("ProjectTasks", "One page"), **_errors(400, 401, 404, 503)},
+                "responses": {
+                    "200": _json("ProjectTasks", "One page", _LIMIT_HEADERS),
+                    # Spent after the query and the project are checked: a 400 or 404 spends none.
+                    **_errors(400, 401, 404, 429, 503),
+                },
             }
         },
         "/media/{project_id}/{filename}": {

@@ -19,8 +19,9 @@ def _error(description: str) -> Schema:
 
 _TOO_MANY_OPEN = {
     **_error(
-        "`rate_limited`: the key already holds `limits.open_streams` event streams and "
-        "`Prefer: wait` submits open on this process"
+        "`rate_limited`: the key's `status` quota is spent (each stream started spends one unit; "
+        "with the RateLimit fields), or the key already holds `limits.open_streams` event streams "
+        "and `Prefer: wait` submits open on this process"
     ),
     "headers": {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
 }

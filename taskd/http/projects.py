@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from taskd import shapes
+from taskd.http import ratelimit
 from taskd.http.context import API
 from taskd.http.media import resigned
 from taskd.http.responses import shape_response
@@ -51,8 +52,10 @@ async def project_tasks(request: web.Request) -> web.Response:
     )
     if details:
         raise ValidationError(details, "Invalid query parameters")
+    project_id = request.match_info["project_id"]
+    await ratelimit.spend_listing(request, lambda: api.store.list_calls(project_id))
     records, total = await api.store.list_project(
-        request.match_info["project_id"],
+        project_id,
         status=status,
         task_type=query.get("task_type") or None,
         offset=(page - 1) * limit,

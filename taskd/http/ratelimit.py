@@ -11,6 +11,9 @@ Each limited response carries the IETF `RateLimit-Policy` and `RateLimit` fields
 (draft-ietf-httpapi-ratelimit-headers), e.g. `RateLimit-Policy: "submit";q=100;w=60` and
 `RateLimit: "submit";r=57;t=12`.
 
+A listing of a project's tasks spends `status` units too, one per 1,000 ids of the project's index
+it reads (`spend_listing`, from its handler).
+
 Requests a key holds open (event streams, `Prefer: wait` submits) are counted apart, in the process
 that holds them (`OpenStreams`): what they use up is that process's connections.
 """
@@ -23,7 +26,7 @@ import functools
 import hashlib
 import math
 import secrets
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import attrs
 from aiohttp import web
@@ -32,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskd import keys
+from taskd.http import auth
 from taskd.http.context import API
 from taskd.http.responses import read_json
 from taskd.model import RateLimited, ValidationError
@@ -51,11 +55,16 @@ BATCH_ROUTE = ("POST", "/api/v1/tasks/batch")
 # receiver that fails), and unspent, one task redelivered in a loop wrote a WARNING line a request,
 # past any quota. A submit spends its unit of `submit` from its handler, inside the submit script
 # (`submit_quota`), or here when it is refused before that; a batch spends one unit per item
-# (`_batch_cost`). HEAD is GET.
+# (`_batch_cost`). An event stream's start reads and sends the task's (or project's) state as a
+# status read does, at the same cost to Valkey: unspent, it was a way round the status quota
+# (a stream of an ended task answers its end and closes), so each start spends one unit of it,
+# however long the stream then stays open. HEAD is GET.
 POLICIES = {
     ("POST", "/api/v1/tasks/{task_id}/retry"): "submit",
     ("POST", "/api/v1/tasks/{task_id}/webhook/redeliver"): "submit",
     ("GET", "/api/v1/tasks/{task_id}/status"): "status",
+    ("GET", "/api/v1/tasks/{task_id}/events"): "status",
+    ("GET", "/api/v1/projects/{project_id}/events"): "status",
     BATCH_ROUTE: "submit",
 }
 
@@ -217,9 +226,24 @@ async def spend(request: web.Request, policy: str, cost: int) -> None:
         return
     _decided(
         request,
-        await request.app[LIMITER].hit(policy, request.headers.get("X-API-Key", ""), limit, cost),
+        await request.app[LIMITER].hit(policy, request[auth.KEY], limit, cost),
         cost,
     )
+
+
+async def spend_listing(request: web.Request, calls: Callable[[], Awaitable[int]]) -> None:
+    """Spend a project listing's `status` units: one per call of list.lua it makes (`calls`, asked
+    only under a limit), or the whole quota when it makes more.
+
+    A listing reads its project's whole index, 1,000 ids a call (~2-3 ms of Valkey each): one
+    request of a project of 100,000 tasks held Valkey ~170 ms, and unlimited, one key listing in a
+    loop slowed every other key's submits tenfold. Capped at the limit, a listing of any size still
+    passes once the key's window is empty. Spent after the project scope (the route's handler), so
+    that a key never learns from its remaining quota how large another project is.
+    """
+    limit = _limit(request, "status")
+    if limit:
+        await spend(request, "status", min(limit, await calls()))
 
 
 async def submit_quota(request: web.Request) -> Quota | None:
@@ -242,7 +266,7 @@ async def submit_quota(request: web.Request) -> Quota | None:
         )
         _decided(request, decision, 1)
 
-    api_key = request.headers.get("X-API-Key", "")
+    api_key = request[auth.KEY]
     return Quota(
         keys.rate_limit("submit", key_id(api_key)), limit, WINDOW * 1000, secrets.token_hex(6), report
     )

@@ -1367,6 +1367,15 @@ class TaskStore:
         was = TaskStatus(previous) if status == "cancelled_now" else TaskStatus(status)
         return CancelOutcome(was, previous or None, float(cancelled_at) if cancelled_at else None)
 
+    async def list_calls(self, project_id: str) -> int:
+        """How many calls of list.lua a listing of the project makes now: what it costs Valkey.
+
+        `list_project` reads the index LIST_STRETCH ids a call until a call reads fewer, ids of
+        expired records included (it drops them as it goes), so the index's size decides it.
+        """
+        size: int = await self.clients[keys.project_partition(project_id)].zcard(keys.project(project_id))
+        return size // LIST_STRETCH + 1
+
     async def list_project(
         self,
         project_id: str,
