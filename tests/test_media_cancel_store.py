@@ -308,3 +308,29 @@ async def test_a_task_whose_later_run_fails_for_good_leaves_no_file_an_earlier_r
 
     assert body["status"] == "failed"
     assert stored_files(service) == []
+
+
+async def test_a_cancel_answers_without_waiting_for_the_media_store_to_delete_an_earlier_runs_file(
+    start_service, fakes, tmp_path, answer_lost_once, monkeypatch
+):
+    retry = RetryConfig(base_delay=3600, max_delay=3600)  # the task waits its retry until cancelled
+    service = await start(start_service, fakes, tmp_path, retry=retry)
+    task = await service.submit("process_audio", MEDIA_TASKS["process_audio"](fakes), project_id=PROJECT)
+    await service.wait_for(task["task_id"], lambda body: body.get("next_retry_at") is not None, 30)
+    # A store that takes its time to answer a delete (a bucket out of reach: boto3's timeouts, up
+    # to minutes a file), until released.
+    release, real = threading.Event(), publish._withdraw
+    monkeypatch.setattr(publish, "_withdraw", lambda *args: (release.wait(120), real(*args)))
+
+    try:
+        # Before, the DELETE's answer waited for the store: a client that gave up and sent it again
+        # was told the task was already cancelled.
+        async with asyncio.timeout(30):
+            await cancel(service, task["task_id"])
+        assert stored_files(service) == [f"audio_{task['task_id']}.wav"]
+    finally:
+        release.set()
+
+    async with asyncio.timeout(30):
+        while stored_files(service):
+            await asyncio.sleep(0.05)

@@ -54,7 +54,7 @@ class Dispatcher:
         media_capacity: MediaCapacity | None = None,
         hold: Callable[[str], Awaitable[Taker | None]] | None = None,
         webhook_secret_ids: Mapping[str, str] | None = None,
-        withdraw_media: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None,
+        withdraw_media: Callable[[list[tuple[str, str]]], None] | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -65,8 +65,8 @@ class Dispatcher:
         self.on_enqueued = on_enqueued
         # Refuses task types that store media while the media or scratch disk is nearly full (None: never).
         self.media_capacity = media_capacity
-        # Deletes files from the media store (taskd.media.publish.withdraw); None: this process
-        # leaves them to the worker and the media sweeper.
+        # Begins deleting files from the media store, not waited for (taskd.media.publish.withdraw_later);
+        # None: this process leaves them to the worker and the media sweeper.
         self.withdraw_media = withdraw_media
         # A free slot of this process's worker of a queue, held for a submit whose script may then
         # start the task for it: no wake-up and no take before it starts (TaskStore.create).
@@ -200,8 +200,9 @@ class Dispatcher:
         if earlier and self.withdraw_media is not None and outcome.was is TaskStatus.QUEUED:
             # Queued again after a run that stored its output (its worker killed after the copy,
             # or the store's answer lost): no worker runs it again to delete it, and its end just
-            # dropped the run state that named it. One that was processing is the worker's.
-            await self.withdraw_media(earlier)
+            # dropped the run state that named it. One that was processing is the worker's. The
+            # answer does not wait for the store: the file is gone a moment later.
+            self.withdraw_media(earlier)
         if outcome.was is TaskStatus.PROCESSING:
             # Every worker process listens; the one running the task stops it.
             await self.redis.publish(keys.CANCEL_CHANNEL, task_id)
