@@ -41,7 +41,7 @@ from taskd.logs import REDACTOR, secrets_of, url_password
 from taskd.loops import every
 from taskd.media import ffmpeg
 from taskd.media.capacity import MediaCapacity
-from taskd.media.publish import withdraw
+from taskd.media.publish import withdraw_later
 from taskd.media.retention import MediaSweeper
 from taskd.media.store import base_url as media_base_url
 from taskd.media.store import load_secret, media_dir, scratch_root
@@ -468,7 +468,7 @@ class Service:
             # This process's own idle worker gets the task started by the submit script itself.
             hold=self._pool.hold if self._pool is not None and self._pool.take else None,
             webhook_secret_ids=own_secret_ids(self.config),
-            withdraw_media=partial(withdraw, self.config),
+            withdraw_media=partial(withdraw_later, self.config),
         )
         api = Api(
             self.config, redis, store, queue, self.registry, dispatcher, KeyTable.of(api_keys, scoped), gpu

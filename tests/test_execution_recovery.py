@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from taskd.engine import reclaim
 from taskd.engine.executor import Executor, Outcome
 from taskd.engine.jobproc.pool import RunnerPool
 from taskd.gpu.devices import SimulatedBackend
+from taskd.media import publish
 from taskd.media.store import media_dir
 from taskd.model import TaskRecord, now
 from taskd.store.records import RunningTask
@@ -826,3 +828,25 @@ async def test_a_task_failed_for_its_dead_workers_leaves_no_file_its_runs_stored
     async with asyncio.timeout(30):
         while stored.exists():
             await asyncio.sleep(0.05)
+
+
+async def test_the_reclaimer_takes_back_a_dead_workers_other_tasks_while_the_media_store_is_slow_to_delete(
+    start_service, redis, monkeypatch
+):
+    service = await start_service(workers=False, execution=ExecutionConfig(max_worker_deaths=1))
+    task_ids = [await _a_task_of_worker_w_without_its_heartbeat(service, redis) for _ in range(2)]
+    for task_id in task_ids:
+        project = (await service.status(task_id))["project_id"]
+        await RunStates(redis, [redis], "w").of(task_id).note_media(project, f"audio_{task_id}.wav")
+    # A store that takes its time to answer a delete (a bucket out of reach: boto3's timeouts, up
+    # to minutes a file), until released.
+    release, real = threading.Event(), publish._withdraw
+    monkeypatch.setattr(publish, "_withdraw", lambda *args: (release.wait(120), real(*args)))
+
+    try:
+        # Before, the look waited for the first task's delete before it took the second back.
+        async with asyncio.timeout(30):
+            while [await redis.hget(keys.task(task_id), "status") for task_id in task_ids] != [b"failed"] * 2:
+                await asyncio.sleep(0.05)
+    finally:
+        release.set()

@@ -308,3 +308,73 @@ async def test_a_task_whose_later_run_fails_for_good_leaves_no_file_an_earlier_r
 
     assert body["status"] == "failed"
     assert stored_files(service) == []
+
+
+async def test_a_cancel_answers_without_waiting_for_the_media_store_to_delete_an_earlier_runs_file(
+    start_service, fakes, tmp_path, answer_lost_once, monkeypatch
+):
+    retry = RetryConfig(base_delay=3600, max_delay=3600)  # the task waits its retry until cancelled
+    service = await start(start_service, fakes, tmp_path, retry=retry)
+    task = await service.submit("process_audio", MEDIA_TASKS["process_audio"](fakes), project_id=PROJECT)
+    await service.wait_for(task["task_id"], lambda body: body.get("next_retry_at") is not None, 30)
+    # A store that takes its time to answer a delete (a bucket out of reach: boto3's timeouts, up
+    # to minutes a file), until released.
+    release, real = threading.Event(), publish._withdraw
+    monkeypatch.setattr(publish, "_withdraw", lambda *args: (release.wait(120), real(*args)))
+
+    try:
+        # Before, the DELETE's answer waited for the store: a client that gave up and sent it again
+        # was told the task was already cancelled.
+        async with asyncio.timeout(30):
+            await cancel(service, task["task_id"])
+        assert stored_files(service) == [f"audio_{task['task_id']}.wav"]
+    finally:
+        release.set()
+
+    async with asyncio.timeout(30):
+        while stored_files(service):
+            await asyncio.sleep(0.05)
+
+
+async def test_a_cancel_heard_before_a_later_run_began_here_leaves_no_file_an_earlier_run_stored(
+    start_service, fakes, tmp_path, answer_lost_once, monkeypatch
+):
+    service = await start(start_service, fakes, tmp_path, retry=RetryConfig(base_delay=0.2, max_delay=0.2))
+    executor = service.service._executor
+    # The second run pauses between its start (the record says processing, so the API's cancel
+    # leaves the file to the worker) and its registration here: where it reads its $refs, one round
+    # trip that the cancel message can overtake.
+    paused, go, heard = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    resolve, cancel_local = executor._resolve_refs, executor.cancel_local
+
+    async def resolve_when_told(record):
+        if record.attempt > 1:
+            paused.set()
+            await go.wait()
+        return await resolve(record)
+
+    def hear(task_id: str) -> bool:
+        stopped = cancel_local(task_id)
+        heard.set()
+        return stopped
+
+    monkeypatch.setattr(executor, "_resolve_refs", resolve_when_told)
+    monkeypatch.setattr(executor, "cancel_local", hear)
+    first = await service.submit("noop", {}, project_id=PROJECT)
+    data = MEDIA_TASKS["process_audio"](fakes)
+    data["tracks"][0]["gain_db"] = {"$ref": f"{first['task_id']}#/attempt"}
+    task = await service.submit("process_audio", data, project_id=PROJECT, depends_on=[first["task_id"]])
+    async with asyncio.timeout(60):
+        await paused.wait()
+    assert stored_files(service) == [f"audio_{task['task_id']}.wav"]
+    await cancel(service, task["task_id"])  # "Task was running and has been terminated"
+    async with asyncio.timeout(20):
+        await heard.wait()
+    go.set()
+
+    # Before, the run ended before it read what its earlier runs stored: the file stayed for
+    # media.retention (7 days).
+    async with asyncio.timeout(30):
+        while stored_files(service):
+            await asyncio.sleep(0.05)
+    assert (await service.status(task["task_id"]))["status"] == "cancelled"

@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from taskd import keys
 from taskd.config import Config
 from taskd.loops import every
-from taskd.media.publish import withdraw
+from taskd.media.publish import withdraw_later
 from taskd.model import now
 from taskd.queue.task_queue import TaskQueue
 from taskd.store import TaskStore
@@ -147,9 +147,10 @@ class Reclaimer:
             lost=lost,
         )
         if outcome == "failed" and stored:
-            # No run of it will end it without a result now, and delete what its runs stored.
+            # No run of it will end it without a result now, and delete what its runs stored. Not
+            # waited for: a store out of reach held the look, and every other dead worker's task.
             log.info("task %s failed; deleting the media its runs stored", task.task_id)
-            await withdraw(self.config, stored)
+            withdraw_later(self.config, stored)
         return outcome if outcome in ("requeued", "failed") else None
 
     async def run(self) -> None:

@@ -112,6 +112,25 @@ async def withdraw(config: Config, names: Iterable[tuple[str, str]]) -> None:
     await asyncio.to_thread(_withdraw, config, list(names))
 
 
+# The withdrawals begun by withdraw_later and not ended: the loop holds only weak references to its tasks.
+_LATER: set[asyncio.Task[None]] = set()
+
+
+def withdraw_later(config: Config, names: Iterable[tuple[str, str]]) -> None:
+    """`withdraw`, begun and not waited for: for a caller that must not wait on the store (the API's
+    cancel, whose answer a bucket out of reach held for boto3's timeouts, up to minutes a file)."""
+    task = runtasks.detached(withdraw(config, names))
+    _LATER.add(task)
+    task.add_done_callback(_ended_later)
+
+
+def _ended_later(task: asyncio.Task[None]) -> None:
+    _LATER.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        # The store's own errors are logged per file; this is what came before (its client not made).
+        log.warning("could not delete the media of a task without a result: %s", exc)
+
+
 def _withdraw(config: Config, names: list[tuple[str, str]]) -> None:
     backend = media_backend(config)
     for project_id, filename in names:

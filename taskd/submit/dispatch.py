@@ -40,6 +40,10 @@ class Accepted:
     replayed: bool = False
 
 
+# What a cancel ended, rather than refused.
+_ENDED_BY_CANCEL = (TaskStatus.QUEUED, TaskStatus.PROCESSING)
+
+
 class Dispatcher:
     """Creates tasks on their queues, revokes or stops them, and re-submits failed ones."""
 
@@ -54,7 +58,7 @@ class Dispatcher:
         media_capacity: MediaCapacity | None = None,
         hold: Callable[[str], Awaitable[Taker | None]] | None = None,
         webhook_secret_ids: Mapping[str, str] | None = None,
-        withdraw_media: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None,
+        withdraw_media: Callable[[list[tuple[str, str]]], None] | None = None,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -65,8 +69,8 @@ class Dispatcher:
         self.on_enqueued = on_enqueued
         # Refuses task types that store media while the media or scratch disk is nearly full (None: never).
         self.media_capacity = media_capacity
-        # Deletes files from the media store (taskd.media.publish.withdraw); None: this process
-        # leaves them to the worker and the media sweeper.
+        # Begins deleting files from the media store, not waited for (taskd.media.publish.withdraw_later);
+        # None: this process leaves them to the worker and the media sweeper.
         self.withdraw_media = withdraw_media
         # A free slot of this process's worker of a queue, held for a submit whose script may then
         # start the task for it: no wake-up and no take before it starts (TaskStore.create).
@@ -197,11 +201,15 @@ class Dispatcher:
         record = await self.store.get(task_id)
         earlier = await self._stored_media(record)
         outcome = await self.store.cancel(record, now())
-        if earlier and self.withdraw_media is not None and outcome.was is TaskStatus.QUEUED:
-            # Queued again after a run that stored its output (its worker killed after the copy,
-            # or the store's answer lost): no worker runs it again to delete it, and its end just
-            # dropped the run state that named it. One that was processing is the worker's.
-            await self.withdraw_media(earlier)
+        if earlier and self.withdraw_media is not None and outcome.was in _ENDED_BY_CANCEL:
+            # Run again after a run that stored its output (its worker killed after the copy, or
+            # the store's answer lost): its end just dropped the run state that named it. Queued,
+            # no worker runs it again to delete it; running, its run may not have read the names
+            # yet (the cancel came between its start and its registration on the worker), and a
+            # second delete of what it did read changes nothing. What the running one stores
+            # itself is the worker's. The answer does not wait for the store: the file is gone a
+            # moment later.
+            self.withdraw_media(earlier)
         if outcome.was is TaskStatus.PROCESSING:
             # Every worker process listens; the one running the task stops it.
             await self.redis.publish(keys.CANCEL_CHANNEL, task_id)
@@ -210,13 +218,15 @@ class Dispatcher:
         return outcome
 
     async def _stored_media(self, record: TaskRecord) -> list[tuple[str, str]]:
-        """What the earlier runs of a queued task stored in the media store (none for a task that
-        never ran or whose type stores none, or without a way to delete them here)."""
+        """What the earlier runs of a queued or running task stored in the media store (none for a
+        task that has had no earlier run or whose type stores none, or without a way to delete them
+        here)."""
         task_type = self.registry.types.get(record.task_type)
+        # A queued task's `attempt` is its last run's; a running one's, the run now going.
+        earlier_runs = {TaskStatus.QUEUED: record.attempt, TaskStatus.PROCESSING: record.attempt - 1}
         if (
             self.withdraw_media is None
-            or record.status is not TaskStatus.QUEUED
-            or not record.attempt
+            or earlier_runs.get(record.status, 0) < 1
             or task_type is None
             or not task_type.stores_media
         ):
