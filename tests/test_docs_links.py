@@ -1,8 +1,9 @@
-"""README.md and docs/*.md: every relative link and #anchor resolves, every table row is in a table, and the
-README stays a front door."""
+"""README.md and docs/*.md: every relative link and #anchor resolves, every test they name exists, every
+table row is in a table, and the README stays a front door."""
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,10 @@ LINK_TEXT = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 TABLE_ROW = re.compile(r"^\s{0,3}\|")
 TABLE_DELIMITER = re.compile(r"^\s{0,3}\|(\s*:?-+:?\s*\|)+\s*$")
 SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.I)
+# A test file a page names ("tests/faults/test_x.py"), and a test in it ("tests/test_x.py::test_y"); a
+# name after "…::" is of the test file named last before it on the page.
+TEST_FILE = re.compile(r"(?<![\w/])tests/[\w/]+\.py")
+TEST_NAME = re.compile(r"(tests/[\w/]+\.py|…)::(\w+)")
 # A page of docs/ named in a comment or string of the code, the build or the config: "docs/media.md".
 DOCS_PATH = re.compile(r"\bdocs/[\w./-]+?\.md(?:#[\w-]+)?")
 NAMING_DOCS = (
@@ -146,6 +151,33 @@ def problems(files: list[Path]) -> list[str]:
     return [problem for problem in found if problem is not None]
 
 
+def defined_names(path: Path) -> set[str]:
+    """The functions and classes a Python file defines, at any depth."""
+    tree = ast.parse(path.read_text("utf-8"))
+    return {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    }
+
+
+def missing_tests(path: Path, root: Path = ROOT) -> list[str]:
+    """Each `tests/….py::name` (or `…::name`) of a page whose file does not define that name."""
+    text = path.read_text("utf-8")
+    files = {match.start(): match.group(0) for match in TEST_FILE.finditer(text)}
+    missing = []
+    for match in TEST_NAME.finditer(text):
+        before = [start for start in files if start < match.start()]
+        named = match.group(1) if match.group(1) != "…" else files[max(before)] if before else None
+        line = text.count("\n", 0, match.start()) + 1
+        where = f"{path.name}:{line}: {match.group(0)}"
+        if named is None or not (root / named).is_file():
+            missing.append(f"{where}: no test file {named}")
+        elif match.group(2) not in defined_names(root / named):
+            missing.append(f"{where}: {named} has no {match.group(2)}")
+    return missing
+
+
 def stray_table_rows(path: Path) -> list[str]:
     """Lines that look like a table row but start no table and continue none: a blank line cut them off
     their table (or they have no header), so they show as text with pipes in it."""
@@ -205,6 +237,31 @@ def test_every_relative_link_and_anchor_in_readme_and_docs_resolves() -> None:
     found = problems(files)
 
     assert len(checked) > 50, "the link check found almost no links: is the pattern broken?"
+    assert found == []
+
+
+def test_the_test_check_reports_a_test_its_file_lacks(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("def test_here():\n    pass\n", "utf-8")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "`tests/test_a.py::test_here`, `…::test_gone`, `tests/test_b.py::test_x`\n"
+        "(`tests/test_a.py`, then `…::test_here`)\n",
+        "utf-8",
+    )
+
+    assert missing_tests(page, tmp_path) == [
+        "page.md:1: …::test_gone: tests/test_a.py has no test_gone",
+        "page.md:1: tests/test_b.py::test_x: no test file tests/test_b.py",
+    ]
+
+
+def test_every_test_readme_and_docs_name_exists() -> None:
+    named = [match for path in documentation_files() for match in TEST_NAME.finditer(path.read_text("utf-8"))]
+
+    found = [problem for path in documentation_files() for problem in missing_tests(path)]
+
+    assert len(named) > 50, "the test check found almost no tests named: is the pattern broken?"
     assert found == []
 
 

@@ -118,6 +118,13 @@ def test_submit_and_retry_document_the_idempotency_key_its_replay_and_its_422(pa
     assert "idempotency_key_reused" in operation["responses"]["422"]["description"]
 
 
+def test_the_service_health_documents_degraded_while_redis_refuses_writes():
+    answer = DOCUMENT["paths"]["/api/v1/health"]["get"]["responses"]["200"]
+
+    assert "Redis refuses writes" in answer["description"]
+    assert "redis_note" in answer["description"]
+
+
 def test_the_schemathesis_run_left_out_of_the_serial_pass_holds_no_serial_test():
     makefile = (ROOT / "Makefile").read_text()
     conformance = ROOT / "tests" / "test_openapi_conformance.py"

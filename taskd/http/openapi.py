@@ -378,7 +378,10 @@ def _paths() -> dict[str, Any]:
                 "operationId": "service_health",
                 "security": key,
                 "responses": {
-                    "200": _json("ServiceHealth", "Healthy, or degraded (no live worker)"),
+                    "200": _json(
+                        "ServiceHealth",
+                        "Healthy, or degraded: no live worker, or Redis refuses writes (redis_note says why)",
+                    ),
                     "503": _json("ServiceHealth", "Unhealthy: Redis is unreachable"),
                     **_errors(401),
                 },

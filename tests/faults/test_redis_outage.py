@@ -350,6 +350,25 @@ async def test_a_redis_that_became_a_replica_answers_503_to_writes_and_takes_the
     assert again == 200
 
 
+async def test_a_redis_that_became_a_replica_makes_the_service_health_say_so(tmp_path):
+    primary = await ValkeyServer(tmp_path / "primary").start()
+    other = await ValkeyServer(tmp_path / "other").start()
+    try:
+        async with (
+            serving(tmp_path, RedisConfig(url=primary.url), workers=False) as (_, api),
+            primary.client() as admin,
+        ):
+            await admin.execute_command("REPLICAOF", "127.0.0.1", str(other.port))
+            status, health = await api.call("GET", "/api/v1/health")
+            await admin.execute_command("REPLICAOF", "NO", "ONE")
+    finally:
+        primary.stop()
+        other.stop()
+
+    assert (status, health["status"], health["redis_status"]) == (200, "degraded", "connected")
+    assert health["redis_note"].startswith("Redis refuses writes (Redis: it is a read-only replica)")
+
+
 async def _synced(replica: ValkeyServer) -> None:
     async with replica.client() as client, asyncio.timeout(20):
         while (await client.info("replication")).get("master_link_status") != "up":
