@@ -100,7 +100,8 @@ async def test_images_each_under_the_pixel_limit_fail_on_what_they_take_decoded_
 ):
     # ffmpeg decodes a render's inputs all at once: three 1000x1000 RGBA PNGs hold 12 MB together.
     service = await start(start_service, tmp_path, max_decoded_image_bytes=10_000_000)
-    urls = [files.add(f"big{i}.png", encoded("PNG", (1000, 1000), mode="RGBA", colour=i)) for i in range(3)]
+    pngs = [encoded("PNG", (1000, 1000), mode="RGBA", colour=i) for i in range(3)]
+    urls = [files.add(f"big{i}.png", png) for i, png in enumerate(pngs)]
 
     task = await service.submit(
         "render_animation",
@@ -109,9 +110,33 @@ async def test_images_each_under_the_pixel_limit_fail_on_what_they_take_decoded_
     body = await service.wait_terminal(task["task_id"], timeout=60)
 
     assert body["status"] == "failed", body
+    # Each picture, and its file's bytes (the packet ffmpeg decodes it from).
+    taken = 3 * 1000 * 1000 * 4 + sum(len(png) for png in pngs)
     assert body["error"] == (
-        "The images would take 12000000 bytes decoded (ffmpeg holds them all at once), over the limit "
+        f"The images would take {taken} bytes decoded (ffmpeg holds them all at once), over the limit "
         "of 10000000 bytes (media.max_decoded_image_bytes)"
+    )
+
+
+async def test_the_bytes_of_an_image_file_count_with_its_picture(start_service, tmp_path, files):
+    # ffmpeg reads each image file whole as one packet and holds it while decoding, every input at
+    # once: 32 JPEGs counted at 1 GB decoded, each followed by 49 MB (a motion photo's video, or
+    # padding), took a render to 2.7 GB, killed at execution.memory_limit_mb.
+    service = await start(start_service, tmp_path, max_decoded_image_bytes=2 * MEGABYTE)
+    padded = [encoded("JPEG", (16, 16), colour=i) + bytes(MEGABYTE) for i in range(3)]
+    urls = [files.add(f"padded{i}.jpg", jpeg) for i, jpeg in enumerate(padded)]
+
+    task = await service.submit(
+        "render_animation",
+        {"character_id": "c", "keyframes": [{"image_url": url, "time": i} for i, url in enumerate(urls)]},
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    taken = sum(16 * 16 * 1.5 + len(jpeg) for jpeg in padded[:2])  # over at the second
+    assert body["error"] == (
+        f"The images would take {taken:.0f} bytes decoded (ffmpeg holds them all at once), over the limit "
+        f"of {2 * MEGABYTE} bytes (media.max_decoded_image_bytes)"
     )
 
 
