@@ -152,7 +152,8 @@ def decoded_bytes(path: Path, size: tuple[int, int], most_pixels: int) -> float:
     A frame header met inside the picture starts it again at the new size: a 16x16 picture without
     its end, then a 2000x1500 one, was decoded at 2000x1500. The count takes each frame header the
     decoder could accept (an EXIF thumbnail's, a few KB, too), up to `most_pixels` of it (over that,
-    ffmpeg's `-max_pixels` refuses it and nothing is allocated)."""
+    ffmpeg's `-max_pixels` refuses it and nothing is allocated); `jpeg_frames` says how many there
+    are, to refuse a file of more than can be summed quickly (Bounds.check_image)."""
     width, height = size
     first = width * height * bytes_per_pixel(path)
     with path.open("rb") as stream:
@@ -168,6 +169,22 @@ def decoded_bytes(path: Path, size: tuple[int, int], most_pixels: int) -> float:
                 if width_at * height_at <= most_pixels:
                     reached += width_at * height_at * _jpeg_pixel(data[header.start() + 1], frame)
     return max(first, reached)
+
+
+def jpeg_frames(path: Path, most: int) -> int:
+    """How many frame headers `decoded_bytes` would sum for a JPEG (0 for a file that is no JPEG), up
+    to `most` + 1."""
+    with path.open("rb") as stream:
+        if stream.read(2) != b"\xff\xd8":
+            return 0
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            found = 0
+            # A loop, not a generator kept in a name: the mmap cannot close while a search holds it.
+            for _ in _JPEG_FRAME_HEADER.finditer(data, 0, _picture_end(data) or len(data)):
+                found += 1
+                if found > most:
+                    break
+    return found
 
 
 def _jpeg_pixel(code: int, frame: bytes) -> float:

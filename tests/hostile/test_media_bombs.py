@@ -607,6 +607,26 @@ def test_a_jpeg_picture_whose_second_frame_header_is_larger_is_counted_by_it(tmp
     assert bounds.decoded_image_bytes(path, size) >= 2000 * 1500 * 3
 
 
+def test_a_jpeg_of_more_frame_headers_than_are_summed_is_refused(tmp_path):
+    # Each frame header in the picture is summed (each may restart it at its size): a 50 MB file of
+    # 2.7 million 16x16 ones kept the worker's thread summing for 19 s, and passed.
+    frame = b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 16, 16) + b"\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    path = tmp_path / "image0.jpg"
+    path.write_bytes(b"\xff\xd8" + frame * 65 + encoded("JPEG", (16, 16))[2:])
+    bounds = Bounds(
+        max_image_pixels=40_000_000,
+        max_input_seconds=60,
+        max_output_bytes=MEGABYTE,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
+    )
+
+    with pytest.raises(TaskError) as refused:
+        bounds.check_image(path, "Image")
+
+    assert str(refused.value) == "Image is a JPEG of more than 64 frame headers, the most an input may have"
+
+
 def test_a_jpeg_frame_header_hidden_in_an_app_segment_is_not_read(tmp_path):
     jpeg = encoded("JPEG", (64, 48))
     fake_sof = b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 60_000, 60_000) + b"\x03" + b"\x00" * 9
