@@ -71,6 +71,10 @@ _RGBA_BYTES = 4
 # frame goes back to, and the next frame, decoded while the render still holds the first (four
 # 6000x6000 GIFs of three frames took 1.8 GB; counted at one canvas, 576 MB).
 _GIF_ANIMATION_BYTES = 3 * _RGBA_BYTES
+# Blocks and sub-blocks the GIF walk visits at most, one at a time in Python: a 50 MB file of 1-byte
+# sub-blocks kept a thread of the worker's process walking for 6 s. An encoder writes sub-blocks of 255
+# bytes, so this many cover 64 MiB; a file the walk does not finish counts as an animation.
+_GIF_BLOCKS_READ = 256 * 1024
 # The widest pixel ffmpeg decodes an image of these formats to: RGBA of 16 bits a channel.
 _WIDEST_BYTES = 8
 
@@ -119,12 +123,16 @@ def _png_header(head: bytes) -> bool:
 
 def _gif_still(data: mmap.mmap) -> bool:
     """Whether the GIF is one image and its end, walked by its blocks; anything else (a second image,
-    a byte that starts no block) counts as an animation."""
+    a byte that starts no block, more than _GIF_BLOCKS_READ blocks) counts as an animation."""
     position = 13
     if data[10] & 0x80:  # the global colour table
         position += 3 * (2 << (data[10] & 0x07))
     images = 0
+    steps = 0
     while position < len(data):
+        steps += 1
+        if steps > _GIF_BLOCKS_READ:
+            return False
         kind = data[position]
         if kind == 0x3B:  # the trailer
             break
@@ -137,6 +145,9 @@ def _gif_still(data: mmap.mmap) -> bool:
         else:
             return False
         while position < len(data):  # sub-blocks, up to the empty one
+            steps += 1
+            if steps > _GIF_BLOCKS_READ:
+                return False
             size = data[position]
             position += 1 + size
             if size == 0:

@@ -587,6 +587,17 @@ def test_an_animated_gif_is_counted_at_three_canvases_a_pixel(tmp_path):
     assert image_header.bytes_per_pixel(path) == 12
 
 
+def test_a_gif_of_more_blocks_than_are_walked_is_counted_as_an_animation(tmp_path):
+    # Whether a GIF is one image is found by walking its blocks one by one: a 50 MB file of 1-byte
+    # sub-blocks kept the worker's thread walking for 6 s. One image, its data in 300,000 of them.
+    screen = b"GIF89a" + struct.pack("<HHBBB", 16, 16, 0, 0, 0)
+    image = b"\x2c" + struct.pack("<HHHHB", 0, 0, 16, 16, 0) + b"\x02"
+    path = tmp_path / "image0.gif"
+    path.write_bytes(screen + image + b"\x01\x00" * 300_000 + b"\x00\x3b")
+
+    assert image_header.bytes_per_pixel(path) == 12
+
+
 def test_a_jpeg_picture_whose_second_frame_header_is_larger_is_counted_by_it(tmp_path):
     # A 16x16 picture without its end, then a 2000x1500 4:4:4 one: ffmpeg's decoder takes the second
     # frame header for the one picture's and decodes 2000x1500 (9 MB), where the first said 768 bytes.
