@@ -576,6 +576,15 @@ def test_what_a_pixel_takes_decoded_is_read_from_the_header(tmp_path, fmt, mode,
     assert image_header.bytes_per_pixel(path) == expected
 
 
+def test_a_lossy_webp_with_alpha_is_counted_with_its_alpha_picture(tmp_path):
+    # ffmpeg decodes the picture as yuva420p (2.5) and the alpha chunk on its own as an ARGB picture
+    # (4): a 36-megapixel one took 223 MB, counted at 4 bytes a pixel as 144 MB.
+    path = tmp_path / "image0.webp"
+    Image.new("RGBA", (64, 48), (90, 40, 200, 128)).save(path, "WEBP", lossless=False)
+
+    assert image_header.bytes_per_pixel(path) == 6.5
+
+
 def test_an_animated_gif_is_counted_at_three_canvases_a_pixel(tmp_path):
     # ffmpeg's GIF decoder keeps its canvas, the one a "restore to previous" frame goes back to, and
     # the next frame it decodes while the render holds the first: four 6000x6000 GIFs of three frames
