@@ -27,6 +27,10 @@ MAX_SAMPLE_RATE = 384_000
 # scan that changes nothing takes 31 bytes, so 50 MiB of them kept a worker decoding one 40-megapixel
 # image for hours (2000 made a 16-megapixel grey one take 2 s). Real files have a few dozen at most.
 MAX_JPEG_SCANS = 200
+# Frame headers a JPEG's picture may hold (its own, an EXIF thumbnail's, a maker note's previews):
+# `image_header.decoded_bytes` sums each in Python, and 2.7 million of them (a 50 MB file of 19-byte
+# headers) kept a thread of the worker's process counting for 19 s. Real files have a handful at most.
+MAX_JPEG_FRAMES = 64
 # An input's decoding stops this long past the length its packets counted: the count is where its
 # last packet starts, and a file whose timestamps say less than it holds decodes no more than that.
 AUDIO_SLACK_SECONDS = 1.0
@@ -55,7 +59,7 @@ class Bounds:
 
     def check_image(self, path: Path, what: str) -> tuple[int, int]:
         """The image's (width, height) from its header; TaskError if it has none, is over max_image_pixels,
-        or is a JPEG of more than MAX_JPEG_SCANS scans."""
+        or is a JPEG of more than MAX_JPEG_SCANS scans or MAX_JPEG_FRAMES frame headers."""
         size = image_header.dimensions(path)
         if size is None:
             raise TaskError(f"{what} is not a readable image (no PNG, JPEG, GIF, BMP or WebP header)")
@@ -68,6 +72,10 @@ class Bounds:
         if image_header.jpeg_scans(path, MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
             raise TaskError(
                 f"{what} is a JPEG of more than {MAX_JPEG_SCANS} scans, the most an input may have"
+            )
+        if image_header.jpeg_frames(path, MAX_JPEG_FRAMES) > MAX_JPEG_FRAMES:
+            raise TaskError(
+                f"{what} is a JPEG of more than {MAX_JPEG_FRAMES} frame headers, the most an input may have"
             )
         return size
 
@@ -112,8 +120,12 @@ class Bounds:
             )
 
     def decoded_image_bytes(self, path: Path, size: tuple[int, int]) -> int:
-        """What the image (of `size`, from check_image) takes decoded in ffmpeg, from its header."""
-        return math.ceil(image_header.decoded_bytes(path, size, self.max_image_pixels))
+        """What the image (of `size`, from check_image) takes in ffmpeg while it is decoded: the
+        picture, from its header, and the file's own bytes, which ffmpeg reads whole as the one packet
+        it decodes, every input at once (32 JPEGs whose pictures counted 1 GB, each followed by 49 MB,
+        took a render to 2.7 GB)."""
+        decoded = math.ceil(image_header.decoded_bytes(path, size, self.max_image_pixels))
+        return decoded + path.stat().st_size
 
     def check_decoded_images(self, total: int, what: str) -> None:
         """TaskError when images that ffmpeg decodes together would take more than max_decoded_image_bytes."""

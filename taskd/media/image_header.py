@@ -71,6 +71,14 @@ _RGBA_BYTES = 4
 # frame goes back to, and the next frame, decoded while the render still holds the first (four
 # 6000x6000 GIFs of three frames took 1.8 GB; counted at one canvas, 576 MB).
 _GIF_ANIMATION_BYTES = 3 * _RGBA_BYTES
+# Blocks and sub-blocks the GIF walk visits at most, one at a time in Python: a 50 MB file of 1-byte
+# sub-blocks kept a thread of the worker's process walking for 6 s. An encoder writes sub-blocks of 255
+# bytes, so this many cover 64 MiB; a file the walk does not finish counts as an animation.
+_GIF_BLOCKS_READ = 256 * 1024
+# What ffmpeg's WebP decoder holds for a lossy picture with an alpha chunk: the picture as yuva420p
+# (2.5), and the alpha decoded as a lossless picture of its own, ARGB (4): a 36-megapixel one took
+# 223 MB, counted at 4 bytes a pixel as 144 MB.
+_WEBP_ALPHA_BYTES = 6.5
 # The widest pixel ffmpeg decodes an image of these formats to: RGBA of 16 bits a channel.
 _WIDEST_BYTES = 8
 
@@ -78,7 +86,8 @@ _WIDEST_BYTES = 8
 def bytes_per_pixel(path: Path) -> float:
     """What the decoded picture holds per pixel in ffmpeg (its planes together): a PNG by its colour
     type and bit depth, a JPEG by its components, their subsampling and precision (4:2:0 of 8 bits:
-    1.5), other formats as 8-bit RGBA; a header it cannot read counts as the widest pixel."""
+    1.5), a lossy WebP with alpha as its picture and its alpha's (6.5), other formats as 8-bit
+    RGBA; a header it cannot read counts as the widest pixel."""
     with path.open("rb") as stream:
         head = stream.read(32)
         if _png_header(head):
@@ -94,7 +103,23 @@ def bytes_per_pixel(path: Path) -> float:
         if head[:6] in (b"GIF87a", b"GIF89a"):
             with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 return _RGBA_BYTES if _gif_still(data) else _GIF_ANIMATION_BYTES
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and _webp_alpha(stream):
+            return _WEBP_ALPHA_BYTES
     return _RGBA_BYTES
+
+
+def _webp_alpha(stream: BinaryIO) -> bool:
+    """Whether the WebP has an alpha chunk, walked by its chunks' lengths as `_webp` walks them."""
+    stream.seek(12)
+    for _ in range(_WEBP_CHUNKS_READ):
+        header = stream.read(8)
+        if len(header) < 8:
+            return False
+        if header[:4] == b"ALPH":
+            return True
+        size = struct.unpack("<I", header[4:])[0]
+        stream.seek(size + (size & 1), 1)
+    return False
 
 
 def _png_transparent(stream: BinaryIO) -> bool:
@@ -119,12 +144,16 @@ def _png_header(head: bytes) -> bool:
 
 def _gif_still(data: mmap.mmap) -> bool:
     """Whether the GIF is one image and its end, walked by its blocks; anything else (a second image,
-    a byte that starts no block) counts as an animation."""
+    a byte that starts no block, more than _GIF_BLOCKS_READ blocks) counts as an animation."""
     position = 13
     if data[10] & 0x80:  # the global colour table
         position += 3 * (2 << (data[10] & 0x07))
     images = 0
+    steps = 0
     while position < len(data):
+        steps += 1
+        if steps > _GIF_BLOCKS_READ:
+            return False
         kind = data[position]
         if kind == 0x3B:  # the trailer
             break
@@ -137,6 +166,9 @@ def _gif_still(data: mmap.mmap) -> bool:
         else:
             return False
         while position < len(data):  # sub-blocks, up to the empty one
+            steps += 1
+            if steps > _GIF_BLOCKS_READ:
+                return False
             size = data[position]
             position += 1 + size
             if size == 0:
@@ -152,7 +184,8 @@ def decoded_bytes(path: Path, size: tuple[int, int], most_pixels: int) -> float:
     A frame header met inside the picture starts it again at the new size: a 16x16 picture without
     its end, then a 2000x1500 one, was decoded at 2000x1500. The count takes each frame header the
     decoder could accept (an EXIF thumbnail's, a few KB, too), up to `most_pixels` of it (over that,
-    ffmpeg's `-max_pixels` refuses it and nothing is allocated)."""
+    ffmpeg's `-max_pixels` refuses it and nothing is allocated); `jpeg_frames` says how many there
+    are, to refuse a file of more than can be summed quickly (Bounds.check_image)."""
     width, height = size
     first = width * height * bytes_per_pixel(path)
     with path.open("rb") as stream:
@@ -168,6 +201,22 @@ def decoded_bytes(path: Path, size: tuple[int, int], most_pixels: int) -> float:
                 if width_at * height_at <= most_pixels:
                     reached += width_at * height_at * _jpeg_pixel(data[header.start() + 1], frame)
     return max(first, reached)
+
+
+def jpeg_frames(path: Path, most: int) -> int:
+    """How many frame headers `decoded_bytes` would sum for a JPEG (0 for a file that is no JPEG), up
+    to `most` + 1."""
+    with path.open("rb") as stream:
+        if stream.read(2) != b"\xff\xd8":
+            return 0
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            found = 0
+            # A loop, not a generator kept in a name: the mmap cannot close while a search holds it.
+            for _ in _JPEG_FRAME_HEADER.finditer(data, 0, _picture_end(data) or len(data)):
+                found += 1
+                if found > most:
+                    break
+    return found
 
 
 def _jpeg_pixel(code: int, frame: bytes) -> float:

@@ -100,7 +100,8 @@ async def test_images_each_under_the_pixel_limit_fail_on_what_they_take_decoded_
 ):
     # ffmpeg decodes a render's inputs all at once: three 1000x1000 RGBA PNGs hold 12 MB together.
     service = await start(start_service, tmp_path, max_decoded_image_bytes=10_000_000)
-    urls = [files.add(f"big{i}.png", encoded("PNG", (1000, 1000), mode="RGBA", colour=i)) for i in range(3)]
+    pngs = [encoded("PNG", (1000, 1000), mode="RGBA", colour=i) for i in range(3)]
+    urls = [files.add(f"big{i}.png", png) for i, png in enumerate(pngs)]
 
     task = await service.submit(
         "render_animation",
@@ -109,9 +110,33 @@ async def test_images_each_under_the_pixel_limit_fail_on_what_they_take_decoded_
     body = await service.wait_terminal(task["task_id"], timeout=60)
 
     assert body["status"] == "failed", body
+    # Each picture, and its file's bytes (the packet ffmpeg decodes it from).
+    taken = 3 * 1000 * 1000 * 4 + sum(len(png) for png in pngs)
     assert body["error"] == (
-        "The images would take 12000000 bytes decoded (ffmpeg holds them all at once), over the limit "
+        f"The images would take {taken} bytes decoded (ffmpeg holds them all at once), over the limit "
         "of 10000000 bytes (media.max_decoded_image_bytes)"
+    )
+
+
+async def test_the_bytes_of_an_image_file_count_with_its_picture(start_service, tmp_path, files):
+    # ffmpeg reads each image file whole as one packet and holds it while decoding, every input at
+    # once: 32 JPEGs counted at 1 GB decoded, each followed by 49 MB (a motion photo's video, or
+    # padding), took a render to 2.7 GB, killed at execution.memory_limit_mb.
+    service = await start(start_service, tmp_path, max_decoded_image_bytes=2 * MEGABYTE)
+    padded = [encoded("JPEG", (16, 16), colour=i) + bytes(MEGABYTE) for i in range(3)]
+    urls = [files.add(f"padded{i}.jpg", jpeg) for i, jpeg in enumerate(padded)]
+
+    task = await service.submit(
+        "render_animation",
+        {"character_id": "c", "keyframes": [{"image_url": url, "time": i} for i, url in enumerate(urls)]},
+    )
+    body = await service.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    taken = sum(16 * 16 * 1.5 + len(jpeg) for jpeg in padded[:2])  # over at the second
+    assert body["error"] == (
+        f"The images would take {taken:.0f} bytes decoded (ffmpeg holds them all at once), over the limit "
+        f"of {2 * MEGABYTE} bytes (media.max_decoded_image_bytes)"
     )
 
 
@@ -551,6 +576,15 @@ def test_what_a_pixel_takes_decoded_is_read_from_the_header(tmp_path, fmt, mode,
     assert image_header.bytes_per_pixel(path) == expected
 
 
+def test_a_lossy_webp_with_alpha_is_counted_with_its_alpha_picture(tmp_path):
+    # ffmpeg decodes the picture as yuva420p (2.5) and the alpha chunk on its own as an ARGB picture
+    # (4): a 36-megapixel one took 223 MB, counted at 4 bytes a pixel as 144 MB.
+    path = tmp_path / "image0.webp"
+    Image.new("RGBA", (64, 48), (90, 40, 200, 128)).save(path, "WEBP", lossless=False)
+
+    assert image_header.bytes_per_pixel(path) == 6.5
+
+
 def test_an_animated_gif_is_counted_at_three_canvases_a_pixel(tmp_path):
     # ffmpeg's GIF decoder keeps its canvas, the one a "restore to previous" frame goes back to, and
     # the next frame it decodes while the render holds the first: four 6000x6000 GIFs of three frames
@@ -558,6 +592,17 @@ def test_an_animated_gif_is_counted_at_three_canvases_a_pixel(tmp_path):
     path = tmp_path / "image0.gif"
     frames = [Image.new("RGB", (64, 48), (80 * n, 0, 0)) for n in range(3)]
     frames[0].save(path, save_all=True, append_images=frames[1:], disposal=3, duration=100)
+
+    assert image_header.bytes_per_pixel(path) == 12
+
+
+def test_a_gif_of_more_blocks_than_are_walked_is_counted_as_an_animation(tmp_path):
+    # Whether a GIF is one image is found by walking its blocks one by one: a 50 MB file of 1-byte
+    # sub-blocks kept the worker's thread walking for 6 s. One image, its data in 300,000 of them.
+    screen = b"GIF89a" + struct.pack("<HHBBB", 16, 16, 0, 0, 0)
+    image = b"\x2c" + struct.pack("<HHHHB", 0, 0, 16, 16, 0) + b"\x02"
+    path = tmp_path / "image0.gif"
+    path.write_bytes(screen + image + b"\x01\x00" * 300_000 + b"\x00\x3b")
 
     assert image_header.bytes_per_pixel(path) == 12
 
@@ -580,6 +625,26 @@ def test_a_jpeg_picture_whose_second_frame_header_is_larger_is_counted_by_it(tmp
 
     assert size == (16, 16)
     assert bounds.decoded_image_bytes(path, size) >= 2000 * 1500 * 3
+
+
+def test_a_jpeg_of_more_frame_headers_than_are_summed_is_refused(tmp_path):
+    # Each frame header in the picture is summed (each may restart it at its size): a 50 MB file of
+    # 2.7 million 16x16 ones kept the worker's thread summing for 19 s, and passed.
+    frame = b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", 16, 16) + b"\x03\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    path = tmp_path / "image0.jpg"
+    path.write_bytes(b"\xff\xd8" + frame * 65 + encoded("JPEG", (16, 16))[2:])
+    bounds = Bounds(
+        max_image_pixels=40_000_000,
+        max_input_seconds=60,
+        max_output_bytes=MEGABYTE,
+        max_audio_samples=10**9,
+        max_decoded_image_bytes=1 << 30,
+    )
+
+    with pytest.raises(TaskError) as refused:
+        bounds.check_image(path, "Image")
+
+    assert str(refused.value) == "Image is a JPEG of more than 64 frame headers, the most an input may have"
 
 
 def test_a_jpeg_frame_header_hidden_in_an_app_segment_is_not_read(tmp_path):
