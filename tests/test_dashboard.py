@@ -205,3 +205,44 @@ async def test_in_chromium_a_double_click_on_retry_runs_the_task_again_once(task
         listed = (await response.json())["tasks"]
     assert [task["task_type"] for task in listed].count("fail") == 2  # the failed task and one retry
     assert exceptions == []
+
+
+@needs_chromium
+async def test_in_chromium_a_list_refused_with_429_is_read_again_after_its_retry_after(taskd, tmp_path: Path):
+    task = await taskd.submit("noop", {})
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await open_live(browser, taskd.base_url, "proj-1", API_KEY)
+        await browser.wait_for(f"{row(task['task_id'])} !== null")
+        # The list is emptied and read again; its first read is refused as a spent status quota
+        # refuses it, and a live event asks for a reload during the Retry-After.
+        waits = await browser.evaluate(
+            """(async () => {
+              const fetched = window.fetch;
+              let refused = 0;
+              window.fetch = (path, options) => {
+                if (String(path).includes("/tasks?") && !refused++) {
+                  return Promise.resolve(new Response(
+                    JSON.stringify({ error: "rate_limited", message: "Too many status requests", retry_after: 1 }),
+                    { status: 429, headers: { "Retry-After": "1", "Content-Type": "application/json" } },
+                  ));
+                }
+                return fetched(path, options);
+              };
+              const waits = [];
+              const later = window.setTimeout;
+              window.setTimeout = (run, ms, ...args) => { waits.push(ms); return later(run, ms, ...args); };
+              state.tasks = new Map();
+              renderTasks();
+              await loadTasks();
+              reloadSoon();
+              return waits;
+            })()"""
+        )
+        await browser.wait_for(f"{row(task['task_id'])} !== null")
+        exceptions = browser.exceptions
+    finally:
+        await browser.close()
+
+    assert waits == [1000]  # the Retry-After's reload, and no earlier one for the live event
+    assert exceptions == []

@@ -557,3 +557,34 @@ async def test_submits_refused_for_the_rate_limit_spend_nothing(start_service, r
 
     assert statuses == [200, 200, 200, 429, 429, 429]
     assert await redis.zcard(keys.rate_limit("submit", key_id(API_KEY))) == 3
+
+
+async def test_a_listing_of_a_project_its_key_may_not_see_spends_nothing(start_service, redis):
+    scoped = "key-of-project-own-only-7d2e0a"
+    taskd = await start_service(
+        workers=False, auth=AuthConfig(api_keys=[API_KEY], keys=[ScopedKey(scoped, ["own"])])
+    )
+    await taskd.submit("noop", {}, project_id="theirs")
+
+    async with (
+        aiohttp.ClientSession(headers={"X-API-Key": scoped}) as session,
+        session.get(f"{taskd.base_url}/api/v1/projects/theirs/tasks") as response,
+    ):
+        await response.read()
+
+    assert response.status == 404 and "RateLimit" not in response.headers
+    assert await redis.zcard(keys.rate_limit("status", key_id(scoped))) == 0
+
+
+async def test_a_project_event_stream_started_spends_a_status_unit(start_service, redis):
+    taskd = await start_service(workers=False, limits=LimitsConfig(status_per_minute=1))
+
+    async with taskd.client.get("/api/v1/projects/watched/events") as first:
+        pass
+    async with taskd.client.get("/api/v1/projects/watched/events") as second:
+        # A project's stream never ends by itself: its body is read only when it is the 429's.
+        body = await second.json() if second.status == 429 else None
+
+    assert first.status == 200 and first.headers["RateLimit"].startswith('"status";r=0;')
+    assert second.status == 429 and body is not None and body["error"] == "rate_limited"
+    assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 1

@@ -20,6 +20,7 @@ const state = {
   source: null, // the AbortController of the live event stream
   overviewTimer: null,
   reloadTimer: null,
+  listRefused: false, // a list reload was refused with 429: the one its Retry-After set is due
 };
 
 const $ = (id) => document.getElementById(id);
@@ -56,6 +57,14 @@ class AuthError extends Error {}
 // The answer to a request made with a key since forgotten or replaced: what it holds is not for
 // whoever uses the page now, and is dropped.
 class KeyChanged extends Error {}
+// A 429: the key's quota is spent; `retryAfterMs` is its Retry-After (10 s without one, as the
+// event stream's reconnection takes it).
+class RateLimited extends Error {
+  constructor(message, retryAfterMs) {
+    super(message);
+    this.retryAfterMs = retryAfterMs;
+  }
+}
 
 async function api(path, options = {}) {
   const key = state.key;
@@ -69,6 +78,9 @@ async function api(path, options = {}) {
   if (response.status === 401) throw new AuthError((body && body.message) || "Invalid API key");
   if (!response.ok) {
     const message = body ? body.message || body.detail || JSON.stringify(body) : response.statusText;
+    if (response.status === 429) {
+      throw new RateLimited(message, 1000 * (Number(response.headers.get("Retry-After")) || 10));
+    }
     throw new Error(message);
   }
   return body;
@@ -272,6 +284,9 @@ function renderTasks() {
 
 async function loadTasks() {
   if (!state.project) return;
+  // This read stands for any reload due (a 429's, a live event's): it is made now.
+  clearTimeout(state.reloadTimer);
+  state.listRefused = false;
   const query = new URLSearchParams({ page: state.page, limit: PAGE_SIZE });
   if (state.status) query.set("status", state.status);
   if (state.type) query.set("task_type", state.type);
@@ -282,11 +297,21 @@ async function loadTasks() {
     $("task-count").textContent = `${body.pagination.total} in ${state.project}`;
     renderTasks();
   } catch (error) {
+    if (error instanceof RateLimited) {
+      // A listing spends the key's `status` quota (one unit per 1,000 tasks of the project): the
+      // list is read again when the 429's Retry-After says, not left as it was until a new task
+      // happens to reload it, and not sooner (a live event's reload would be refused too).
+      state.listRefused = true;
+      state.reloadTimer = setTimeout(loadTasks, error.retryAfterMs);
+      console.warn(error);
+      return;
+    }
     handleError(error);
   }
 }
 
 function reloadSoon() {
+  if (state.listRefused) return;
   clearTimeout(state.reloadTimer);
   state.reloadTimer = setTimeout(loadTasks, 300);
 }
