@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import select
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -331,7 +332,8 @@ async def test_close_closes_every_connection():
     assert server.closed_by_peer == 1
 
 
-async def test_a_name_is_connected_at_the_address_its_resolver_checked_and_a_rebinding_is_refused():
+async def test_a_name_is_connected_at_the_address_its_resolver_checked_and_a_rebinding_is_refused(caplog):
+    caplog.set_level(logging.DEBUG, logger="taskd.net")
     # Only 127.0.0.1 counts as allowed here, standing in for a public address the test can reach.
     dns = ScriptedResolver(["127.0.0.1"], ["10.255.255.1"])
     pool = ReceiverConnections(GuardedResolver(dns, allowed=lambda ip: str(ip) == "127.0.0.1"))
@@ -339,10 +341,14 @@ async def test_a_name_is_connected_at_the_address_its_resolver_checked_and_a_reb
         url = URL(f"http://hooks.example:{receiver.port}/hook")
         first = await pool.post(url, JSON, b"{}")
         pool.close()  # the next POST needs a new connection, and so a new lookup
-        with pytest.raises(ForbiddenAddress, match=r"10.255.255.1"):
+        with pytest.raises(
+            ForbiddenAddress, match=r"hooks\.example resolves to an address that is not public"
+        ):
             await pool.post(url, JSON, b"{}")
 
     assert first == 200
+    # The second lookup's answer is what was refused (told to the operator's log, not the tenant).
+    assert "hooks.example resolves to 10.255.255.1" in caplog.text
     assert dns.lookups == ["hooks.example", "hooks.example"]
     assert receiver.received[0].headers["host"] == f"hooks.example:{receiver.port}"
     assert len(receiver.received) == 1
