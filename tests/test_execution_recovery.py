@@ -324,6 +324,25 @@ async def test_a_run_whose_start_a_failover_lost_is_not_stopped_as_taken_over(st
     assert not running.cancelled
 
 
+async def test_a_take_over_found_by_several_checks_at_once_is_logged_once(
+    start_service, redis, caplog: pytest.LogCaptureFixture
+):
+    # A stalled worker wakes with its heartbeat and its refused progress writes each checking the
+    # record while the run is still registered (its stop takes the cancel grace): one stop, one line.
+    service = await start_service()
+    executor = service.service._executor
+    assert executor is not None
+    task_id = (await service.submit("record_run", {"seconds": 600}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+
+    await redis.hset(keys.task(task_id), mapping={"worker_id": "worker-b", "job_id": "job-b"})
+    with caplog.at_level(logging.WARNING, logger="taskd.engine"):
+        await asyncio.gather(*(executor.reconcile([task_id]) for _ in range(3)))
+
+    said = [r for r in caplog.records if "was started again since its run here" in r.getMessage()]
+    assert len(said) == 1
+
+
 async def test_a_take_over_heard_as_a_runs_job_process_goes_back_to_the_pool_leaves_that_process_alone(
     start_service, redis, monkeypatch: pytest.MonkeyPatch
 ):

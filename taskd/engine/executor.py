@@ -1319,7 +1319,9 @@ class Executor:
                 # Ended meanwhile (its end is written after it leaves `running`): its runner may
                 # run another task by now.
                 continue
-            elif self._taken_over(running, status, worker_id, job_id):
+            elif not running.taken_over and self._taken_over(running, status, worker_id, job_id):
+                # Once: a heartbeat and refused progress writes may each find it before the run's
+                # stop (up to its cancel grace) has taken it off `running`.
                 log.warning(
                     "task %s was started again since its run here (job %s) began (now %s, worker %s, "
                     "job %s); stopping this run, whose end would be refused",
