@@ -433,6 +433,55 @@ async def test_a_taken_task_whose_start_a_failover_lost_runs_again_after_its_run
     assert [line.split()[0] for line in runs] == ["start", "end", "start", "end"]
 
 
+async def test_a_take_whose_reply_was_lost_does_not_run_again_a_task_whose_run_here_ended_meanwhile(
+    start_service, redis, monkeypatch: pytest.MonkeyPatch
+):
+    # A take whose reply was lost is sent again asking for the tasks this worker runs (take.lua's
+    # recover). Over several partitions it is one script each: the run of a task it returned can
+    # end, its end written, while the take goes on to the next partition.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from taskd.store.records import TaskStore
+
+    real_take = TaskStore.take
+    running: list[str] = []  # the job whose run the take is to outlive, once it runs
+    returned = asyncio.Event()
+
+    async def lost_then_outlived(store: TaskStore, *args: Any, recover: bool = False, **kwargs: Any) -> Any:
+        takes = await real_take(store, *args, recover=recover, **kwargs)
+        if not running or returned.is_set():
+            return takes
+        if not recover:
+            raise RedisConnectionError("Connection reset by peer")  # after the script ran: its reply lost
+        assert [t.job_id for t in takes.started] == running
+        job = worker.tasks[running[0]]
+        async with asyncio.timeout(30):
+            while not job.done():  # the run's end written meanwhile
+                await asyncio.sleep(0.01)
+        returned.set()
+        return takes
+
+    monkeypatch.setattr(TaskStore, "take", lost_then_outlived)
+    service = await start_service(serve_queues=["default"], worker=WorkerConfig(poll_delay=0.2))
+    pool = service.service._pool
+    assert pool is not None
+    worker = pool.workers["default"]
+    task_id = (await service.submit("record_run", {"seconds": 1}))["task_id"]
+    await wait_until_started(redis, task_id, attempt=1)
+    job_id = (await redis.hget(keys.task(task_id), "job_id")).decode()
+
+    running.append(job_id)  # the worker's next poll takes, with a free slot
+    async with asyncio.timeout(30):
+        await returned.wait()
+        while job_id in worker.tasks:  # forgotten once ended (the ended run's, or a second one's)
+            await asyncio.sleep(0.05)
+    runs = runs_path(service.service.config.data_path).read_text().splitlines()
+
+    assert await redis.hmget(keys.task(task_id), "status", "attempt") == [b"completed", b"1"]
+    # Not run a second time: the take returned it as this worker's, but that was the run that ended.
+    assert [line.split()[0] for line in runs] == ["start", "end"]
+
+
 async def test_a_start_that_waited_for_its_earlier_run_and_whose_start_a_failover_lost_runs_again(
     start_service, redis, monkeypatch: pytest.MonkeyPatch
 ):

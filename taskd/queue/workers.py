@@ -136,6 +136,10 @@ class TaskdWorker(Worker):
         # Held slots whose submit lost its reply: the next take asks for the tasks this worker runs
         # (each such submit may have started one for it) and for that many fewer new ones.
         self._lost = 0
+        # The start (its record's started_at) each job in `tasks` ran under here, so that a job whose
+        # run has ended tells a take that started its task again (run it: _known) from one that
+        # returned that same start (a lost reply's take, asking for this worker's tasks).
+        self._started_at: dict[str, float | None] = {}
 
     async def _poll_iteration(self) -> None:
         if self.allow_pick_jobs and self.job_counter < self.max_jobs:
@@ -160,6 +164,7 @@ class TaskdWorker(Worker):
         for job_id, task in list(self.tasks.items()):
             if task.done():
                 del self.tasks[job_id]
+                self._started_at.pop(job_id, None)
                 task.result()  # as arq's poll: an error in run_job is raised here
         await self.heart_beat()
 
@@ -206,11 +211,18 @@ class TaskdWorker(Worker):
         # has ended, listed until the poll's look after the take forgets it: the take started its
         # task again since (a failover lost the run's start, and its refused end left the job on
         # the queue: Executor._queued_again_under). Skipped, the task stayed `processing` here for
-        # ever, unrun, and held (the reclaim left it alone).
+        # ever, unrun, and held (the reclaim left it alone). Unless the take returned that ended
+        # run's own start: a take sent again after a lost reply returns the tasks this worker runs,
+        # read before the run's end was written (over several partitions, the run can end while
+        # the take looks in the next): run again, a completed task's handler ran a second time.
         job = self.tasks.get(taken.job_id)
-        return (job is not None and not job.done()) or (
-            taken.record is not None and self._run_of(taken.record.task_id) == taken.job_id
-        )
+        if job is not None and (
+            not job.done()
+            or taken.record is None
+            or taken.record.started_at == self._started_at.get(taken.job_id)
+        ):
+            return True
+        return taken.record is not None and self._run_of(taken.record.task_id) == taken.job_id
 
     async def _launch(self, taken: Taken) -> None:
         if self._known(taken):
@@ -231,6 +243,7 @@ class TaskdWorker(Worker):
         task = self.loop.create_task(self.run_job(taken.job_id, start))
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[taken.job_id] = task
+        self._started_at[taken.job_id] = None if taken.record is None else taken.record.started_at
 
     @property
     def idle(self) -> bool:
@@ -328,6 +341,7 @@ class TaskdWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, start))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+            self._started_at[job_id] = None if start.record is None else start.record.started_at
 
     async def run_job(self, job_id: str, start: Start) -> None:  # type: ignore[override]
         """Run the task a claim started, then make sure the job is gone: arq's run_job minus what taskd
