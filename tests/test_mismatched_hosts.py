@@ -14,6 +14,7 @@ import attrs
 from conftest import RunningService
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
+from redis_probes import idle_worker
 
 from taskd.agreement import Agreement, Published, digests
 from taskd.config import (
@@ -93,15 +94,22 @@ async def test_a_task_handed_on_is_taken_again_no_sooner_than_its_back_off(start
 
 
 async def test_a_task_handed_on_is_run_at_once_by_an_idle_worker_that_has_its_type(
-    start_service, tmp_path, caplog
+    start_service, tmp_path, caplog, redis: Redis
 ):
     caplog.set_level(logging.INFO, logger="taskd.engine")
     api = await start_api(start_service, tmp_path)
-    # Idle longest, the host without the type is the one a submit wakes.
-    await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
-    # The host with the type looks for due jobs only once a minute unless woken.
+    # Idle longest, the host without the type is the one a submit wakes: waited for in the idle set
+    # before the other starts (a start returns before its worker's first take; the other's could
+    # come first, and that host was woken and ran the task itself).
+    await idle_worker(
+        redis, await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
+    )
+    # The host with the type looks for due jobs only once a minute unless woken; idle too before the
+    # submit, or its first take could find the task.
     worker = attrs.evolve(FAST_BEATS, host_id="new-host", poll_delay=60)
-    await start_service(http=False, data_dir=str(tmp_path / "new-host"), worker=worker, **SHARED)
+    await idle_worker(
+        redis, await start_service(http=False, data_dir=str(tmp_path / "new-host"), worker=worker, **SHARED)
+    )
 
     task = await api.submit("noop", {})
     body = await api.wait_terminal(task["task_id"], timeout=30)
