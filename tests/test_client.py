@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import mypy.api
 import pytest
 from aiohttp import web
 from conftest import API_KEY
@@ -180,26 +178,6 @@ async def test_project_events_with_gaps_yields_the_gap_then_the_events_kept(clie
 
     assert seen[0] == StreamGap(after=first_id, kept_from=kept[0])
     assert [event.id for event in seen[1:]] == kept
-
-
-def test_the_stream_methods_type_check_with_gaps_held_in_a_bool(tmp_path: Path):
-    # A caller passing its own flag on (gaps=follow_gaps), not a literal True or False.
-    caller = tmp_path / "caller.py"
-    caller.write_text(
-        "from taskd.client import StreamGap, TaskClient, TaskEvent\n"
-        "from taskd.sync_client import SyncTaskClient\n"
-        "async def follow(client: TaskClient, sync: SyncTaskClient, flag: bool) -> list[TaskEvent | StreamGap]:\n"
-        "    seen: list[TaskEvent | StreamGap] = []\n"
-        "    seen += [item async for item in client.events('t', gaps=flag)]\n"
-        "    seen += [item async for item in client.project_events('p', gaps=flag)]\n"
-        "    seen += list(sync.events('t', gaps=flag))\n"
-        "    seen += list(sync.project_events('p', gaps=flag))\n"
-        "    return seen\n"
-    )
-
-    report, errors, status = mypy.api.run(["--strict", "--cache-dir", str(tmp_path / "cache"), str(caller)])
-
-    assert status == 0, report + errors
 
 
 async def test_wait_raises_task_failed_carrying_the_final_status(client):
