@@ -57,6 +57,15 @@ async def start(start_service, tmp_path: Path, **media: object):
     return await start_service(media=MediaConfig(**settings), network=NetworkConfig(allow_private=True))
 
 
+async def mixed(service, *urls: str, **options: object) -> dict:
+    """The status of a `process_audio` of the tracks at `urls` (not normalized unless `options` say),
+    once it ended."""
+    task = await service.submit(
+        "process_audio", {"tracks": [{"url": url} for url in urls], "normalize": False, **options}
+    )
+    return await service.wait_terminal(task["task_id"], timeout=60)
+
+
 def assert_no_internals(body: dict, service) -> None:
     """The task's error names neither where taskd keeps its data nor a secret it holds."""
     text = json.dumps(body)
@@ -189,8 +198,7 @@ async def test_a_ten_hour_track_fails_naming_the_duration_limit(start_service, t
     service = await start(start_service, tmp_path)
     url = files.add("long.flac", long_silent_flac(tmp_path, hours=10))  # ~120 KB
 
-    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
-    body = await service.wait_terminal(task["task_id"], timeout=60)
+    body = await mixed(service, url)
 
     assert body["status"] == "failed", body
     assert body["error"] == f"Track {url} is longer than the limit of 3600 s (media.max_input_seconds)"
@@ -203,8 +211,7 @@ async def test_a_track_of_more_channels_than_ffmpeg_can_mix_fails_naming_the_lim
     service = await start(start_service, tmp_path)
     url = files.add("wide.wav", silent_wav(0.1, 8000, channels=65))
 
-    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
-    body = await service.wait_terminal(task["task_id"], timeout=60)
+    body = await mixed(service, url)
 
     assert body["status"] == "failed", body
     assert body["error"] == (
@@ -216,8 +223,7 @@ async def test_a_track_at_768_khz_fails_naming_the_sample_rate_limit(start_servi
     service = await start(start_service, tmp_path)
     url = files.add("fast.wav", silent_wav(0.01, 768_000, channels=1))
 
-    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
-    body = await service.wait_terminal(task["task_id"], timeout=60)
+    body = await mixed(service, url)
 
     assert body["status"] == "failed", body
     assert body["error"] == f"Track {url} has a sample rate of 768000 Hz, over the limit of 384000 Hz"
@@ -227,8 +233,7 @@ async def test_the_duration_limit_is_a_setting(start_service, tmp_path, files):
     service = await start(start_service, tmp_path, max_input_seconds=1.5)
     url = files.add("two.wav", square_wav(2.0))
 
-    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
-    body = await service.wait_terminal(task["task_id"], timeout=60)
+    body = await mixed(service, url)
 
     assert body["status"] == "failed", body
     assert body["error"] == f"Track {url} is longer than the limit of 1.5 s (media.max_input_seconds)"
@@ -241,8 +246,7 @@ async def test_a_track_of_many_channels_at_a_high_rate_fails_before_it_is_decode
     service = await start(start_service, tmp_path, max_audio_samples=5_000_000)
     url = files.add("wide.flac", wide_silent_flac(tmp_path, seconds=2))
 
-    task = await service.submit("process_audio", {"tracks": [{"url": url}], "normalize": False})
-    body = await service.wait_terminal(task["task_id"], timeout=60)
+    body = await mixed(service, url)
 
     assert body["status"] == "failed", body
     assert re.fullmatch(
@@ -259,10 +263,7 @@ async def test_tracks_each_under_the_sample_limit_fail_on_their_sum(start_servic
     first = files.add("one.wav", square_wav(2.0))
     second = files.add("two.wav", square_wav(2.0))
 
-    task = await service.submit(
-        "process_audio", {"tracks": [{"url": first}, {"url": second}], "normalize": False}
-    )
-    body = await service.wait_terminal(task["task_id"], timeout=60)
+    body = await mixed(service, first, second)
 
     assert body["status"] == "failed", body
     assert body["error"] == (
@@ -381,11 +382,7 @@ async def test_a_mix_over_the_output_limit_fails_instead_of_being_stored(start_s
     service = await start(start_service, tmp_path, max_output_bytes=MEGABYTE)
     url = files.add("ten.wav", square_wav(10.0))  # 10 s as 48 kHz stereo WAV: 1.8 MB
 
-    task = await service.submit(
-        "process_audio",
-        {"tracks": [{"url": url}], "normalize": False, "output_format": "wav", "sample_rate": 48000},
-    )
-    body = await service.wait_terminal(task["task_id"], timeout=60)
+    body = await mixed(service, url, output_format="wav", sample_rate=48000)
 
     assert body["status"] == "failed", body
     assert body["error"] == "The mix reached the limit of 1048576 bytes (media.max_output_bytes)"
@@ -474,11 +471,7 @@ async def test_a_track_whose_timestamps_all_say_zero_is_mixed_no_longer_than_the
     service = await start(start_service, tmp_path, max_input_seconds=2)
     url = files.add("zero.m4a", m4a_stamped_zero(tmp_path, seconds=30))
 
-    task = await service.submit(
-        "process_audio",
-        {"tracks": [{"url": url}], "normalize": False, "output_format": "wav", "sample_rate": 8000},
-    )
-    body = await service.wait_terminal(task["task_id"], timeout=60)
+    body = await mixed(service, url, output_format="wav", sample_rate=8000)
 
     assert body["status"] == "completed", body
     assert body["result"]["metadata"]["duration"] <= 2.1
@@ -491,11 +484,7 @@ async def test_a_track_whose_timestamps_say_less_than_it_holds_is_decoded_no_fur
     service = await start(start_service, tmp_path)
     url = files.add("zero.m4a", m4a_stamped_zero(tmp_path, seconds=30))
 
-    task = await service.submit(
-        "process_audio",
-        {"tracks": [{"url": url}], "normalize": False, "output_format": "wav", "sample_rate": 8000},
-    )
-    body = await service.wait_terminal(task["task_id"], timeout=60)
+    body = await mixed(service, url, output_format="wav", sample_rate=8000)
 
     assert body["status"] == "completed", body
     assert body["result"]["metadata"]["duration"] <= 1.1
@@ -509,8 +498,7 @@ async def test_a_track_whose_channels_change_past_what_its_packets_count_is_not_
     service = await start(start_service, tmp_path)
     url = files.add("changing.flac", flac_of_changing_layouts(tmp_path, segments=20))
 
-    task = await service.submit("process_audio", {"tracks": [{"url": url}], "output_format": "wav"})
-    body = await service.wait_terminal(task["task_id"], timeout=60)
+    body = await mixed(service, url, normalize=True, output_format="wav")
 
     assert body["status"] == "failed", body
     assert body["error"] == (
