@@ -191,3 +191,21 @@ async def test_a_body_too_deep_to_fingerprint_is_a_400_naming_it_and_stores_noth
         "body": "Request body must be nested at most 253 levels deep when sent with an Idempotency-Key"
     }
     assert await stored_tasks(redis) == 0
+
+
+async def test_a_replay_with_prefer_wait_of_a_task_whose_record_expired_gets_the_first_answer(
+    start_service, redis
+):
+    api_only = await start_service(workers=False)
+    _, first, _ = await submit(api_only.client, "scene-1")
+    # As its expiry does: a record kept less than the key's 24 h (storage.task_ttl, keep_for).
+    await redis.delete(keys.task(first["task_id"]))
+
+    status, again, headers = await post(
+        api_only.client, "/api/v1/tasks/submit", BODY, **{"Idempotency-Key": "scene-1", "Prefer": "wait=1"}
+    )
+
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert "Preference-Applied" not in headers

@@ -21,7 +21,7 @@ from taskd.http.responses import read_json, shape_response
 from taskd.http.scope import Touches, touches
 from taskd.http.views import stamp, status_view
 from taskd.logs import bind_task
-from taskd.model import TaskRecord, TaskStatus, ValidationError, iso
+from taskd.model import TaskNotFound, TaskRecord, TaskStatus, ValidationError, iso
 from taskd.net.guard import AddressPolicy, check_callback_url
 from taskd.submit.batch import batch_items, parse_batch
 from taskd.submit.dispatch import Accepted
@@ -50,9 +50,19 @@ async def submit(request: web.Request) -> web.Response:
         # task is stored, so the submit answers at once rather than refusing what it has done.
         with request.app[ratelimit.OPEN_STREAMS].holding(request[KEY_ID]) as held:
             if held:
-                record = await wait_for_end(
-                    request.app[HUB], api.store, accepted.record.task_id, wait, lambda: client_gone(request)
-                )
+                try:
+                    record = await wait_for_end(
+                        request.app[HUB],
+                        api.store,
+                        accepted.record.task_id,
+                        wait,
+                        lambda: client_gone(request),
+                    )
+                except TaskNotFound:
+                    # Only a replay names a task whose record is gone (expired: the Idempotency-Key is
+                    # kept 24 h, the record `keep_for`); it is answered as without the wait, not 404.
+                    if not accepted.replayed:
+                        raise
     if record is not None:
         view = await _status_view(request, record)
         return shape_response(
