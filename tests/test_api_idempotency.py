@@ -10,7 +10,7 @@ from conftest import API_KEY
 from redis.asyncio import Redis
 
 from taskd import keys
-from taskd.config import AuthConfig, LimitsConfig
+from taskd.config import AuthConfig, LimitsConfig, MediaConfig
 
 OTHER_KEY = "other-key-9876543210"
 BODY = {"project_id": "films", "task_type": "generate_video", "task_data": {"duration": 7}}
@@ -209,3 +209,42 @@ async def test_a_replay_with_prefer_wait_of_a_task_whose_record_expired_gets_the
     assert again == first
     assert headers["Idempotent-Replayed"] == "true"
     assert "Preference-Applied" not in headers
+
+
+# More than any disk has free: every media task is refused with a 503.
+NEARLY_FULL = MediaConfig(min_free_bytes=2**62)
+IMAGE = {"project_id": "films", "task_type": "generate_image", "task_data": {"prompt": "a rain-soaked alley"}}
+
+
+async def test_a_replay_of_a_stored_media_task_is_not_refused_while_the_media_disk_is_nearly_full(
+    start_service, redis
+):
+    with_room = await start_service(workers=False)
+    nearly_full = await start_service(workers=False, media=NEARLY_FULL)
+    _, first, _ = await submit(with_room.client, "scene-1", IMAGE)
+
+    status, again, headers = await submit(nearly_full.client, "scene-1", IMAGE)
+
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 1
+
+
+async def test_a_replay_of_a_stored_batch_is_not_refused_while_the_media_disk_is_nearly_full(
+    start_service, redis
+):
+    with_room = await start_service(workers=False)
+    nearly_full = await start_service(workers=False, media=NEARLY_FULL)
+    batch = {"tasks": [IMAGE, BODY]}
+    _, first, _ = await post(with_room.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"})
+
+    status, again, headers = await post(
+        nearly_full.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"}
+    )
+
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 2
+
