@@ -10,7 +10,7 @@ from conftest import API_KEY
 from redis.asyncio import Redis
 
 from taskd import keys
-from taskd.config import AuthConfig, LimitsConfig, MediaConfig
+from taskd.config import AuthConfig, LimitsConfig, MediaConfig, WebhooksConfig
 
 OTHER_KEY = "other-key-9876543210"
 BODY = {"project_id": "films", "task_type": "generate_video", "task_data": {"duration": 7}}
@@ -248,3 +248,46 @@ async def test_a_replay_of_a_stored_batch_is_not_refused_while_the_media_disk_is
     assert headers["Idempotent-Replayed"] == "true"
     assert await stored_tasks(redis) == 2
 
+
+async def test_a_replay_is_not_refused_for_a_callback_url_the_guard_refuses_now(start_service, redis):
+    # The first request's callback passed the guard (here by allow_private; a name that resolved
+    # then); the resend's check refuses it (a lookup that fails now), yet the task is stored.
+    accepted = await start_service(workers=False, webhooks=WebhooksConfig(allow_private=True))
+    guarded = await start_service(workers=False)
+    body = {**BODY, "callback_url": "http://127.0.0.1:9/hook"}
+    _, first, _ = await submit(accepted.client, "scene-1", body)
+
+    status, again, headers = await submit(guarded.client, "scene-1", body)
+
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 1
+
+
+async def test_a_replayed_batch_is_not_refused_for_a_callback_url_the_guard_refuses_now(start_service, redis):
+    accepted = await start_service(workers=False, webhooks=WebhooksConfig(allow_private=True))
+    guarded = await start_service(workers=False)
+    batch = {"tasks": [BODY, {**BODY, "callback_url": "http://127.0.0.1:9/hook"}]}
+    _, first, _ = await post(accepted.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"})
+
+    status, again, headers = await post(
+        guarded.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"}
+    )
+
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 2
+
+
+async def test_a_new_key_is_still_refused_for_a_callback_url_the_guard_refuses(start_service, redis):
+    guarded = await start_service(workers=False)
+
+    status, body, _ = await submit(
+        guarded.client, "scene-1", {**BODY, "callback_url": "http://127.0.0.1:9/hook"}
+    )
+
+    assert status == 400
+    assert "callback_url" in body["details"]
+    assert await stored_tasks(redis) == 0
