@@ -16,7 +16,7 @@ from taskd.queue.task_queue import TaskQueue
 from taskd.shapes import WebhookEvent
 from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJob, Quota, Taker, TaskStore
 from taskd.store.run_state import stored_media
-from taskd.submit.batch import batch_ref
+from taskd.submit.batch import batch_ref, check_within_limits
 from taskd.submit.submission import Submission
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import TaskType
@@ -114,6 +114,12 @@ class Dispatcher:
         submission of the batch: taskd.submit.batch checked that) becomes that task's id before
         anything is stored.
         """
+        check_within_limits(
+            submissions,
+            self.admission.queued_per_project,
+            self.admission.max_queue_length,
+            lambda submission: self.registry.types[submission.task_type].queue,
+        )
         await self._refuse_without_media_room(submissions, idempotency)
         ids = [keys.new_task_id(submission.project_id) for submission in submissions]
         batch_ids = {batch_ref(index): task_id for index, task_id in enumerate(ids)}
