@@ -162,14 +162,51 @@ async def test_an_item_that_is_not_an_object_is_named_as_the_item_and_stores_not
 
 async def test_a_full_project_refuses_the_whole_batch(start_service, redis):
     api_only = await start_service(workers=False, limits=LimitsConfig(queued_per_project=2))
+    await api_only.submit("noop", {}, project_id="scene-1")
 
-    status, body, _ = await post_batch(api_only, [item("noop", {})] * 3)
+    status, body, _ = await post_batch(api_only, [item("noop", {})] * 2)
 
     assert status == 429, body
     assert body["message"].startswith(
-        "Project 'scene-1' already has 2 tasks waiting to start, counting the 2 of this batch before tasks[2]; "
+        "Project 'scene-1' already has 2 tasks waiting to start, counting the 1 of this batch before tasks[1]; "
     )
-    assert await stored_tasks(redis) == 0
+    assert await stored_tasks(redis) == 1
+
+
+async def test_a_batch_of_more_tasks_of_a_project_than_may_wait_is_a_400_without_retry_after(
+    start_service, redis
+):
+    api_only = await start_service(workers=False, limits=LimitsConfig(queued_per_project=2))
+
+    too_large = await post_batch(api_only, [item("noop", {})] * 3)
+    accepted = await post_batch(api_only, [item("noop", {})] * 2)
+
+    assert too_large[0] == 400, too_large[1]
+    assert too_large[1]["details"] == {
+        "tasks": "A batch of 3 tasks of project 'scene-1' is more than the 2 a project may have waiting "
+        "at once: send them in smaller batches"
+    }
+    assert "Retry-After" not in too_large[2]
+    assert accepted[0] == 200, accepted[1]
+    assert await stored_tasks(redis) == 2
+
+
+async def test_a_batch_of_more_tasks_to_queue_at_once_than_the_queue_holds_is_a_400(start_service, redis):
+    api_only = await start_service(workers=False, limits=LimitsConfig(max_queue_length=2))
+    # Two to queue now, and one that waits for the first: it goes on the queue later.
+    chained = [item("noop", {}), item("noop", {}, depends_on=["@0"]), item("noop", {})]
+
+    too_large = await post_batch(api_only, [item("noop", {})] * 3)
+    accepted = await post_batch(api_only, chained)
+
+    assert too_large[0] == 400, too_large[1]
+    assert too_large[1]["details"] == {
+        "tasks": "A batch of 3 tasks to queue at once on queue 'default' is more than the 2 that may "
+        "wait on it: send them in smaller batches"
+    }
+    assert "Retry-After" not in too_large[2]
+    assert accepted[0] == 200, accepted[1]
+    assert await stored_tasks(redis) == 3
 
 
 async def test_each_item_counts_for_the_rate_limit(start_service, redis):

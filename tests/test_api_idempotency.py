@@ -10,7 +10,7 @@ from conftest import API_KEY
 from redis.asyncio import Redis
 
 from taskd import keys
-from taskd.config import AuthConfig, LimitsConfig
+from taskd.config import AuthConfig, LimitsConfig, MediaConfig, WebhooksConfig
 
 OTHER_KEY = "other-key-9876543210"
 BODY = {"project_id": "films", "task_type": "generate_video", "task_data": {"duration": 7}}
@@ -190,4 +190,104 @@ async def test_a_body_too_deep_to_fingerprint_is_a_400_naming_it_and_stores_noth
     assert body["details"] == {
         "body": "Request body must be nested at most 253 levels deep when sent with an Idempotency-Key"
     }
+    assert await stored_tasks(redis) == 0
+
+
+async def test_a_replay_with_prefer_wait_of_a_task_whose_record_expired_gets_the_first_answer(
+    start_service, redis
+):
+    api_only = await start_service(workers=False)
+    _, first, _ = await submit(api_only.client, "scene-1")
+    # As its expiry does: a record kept less than the key's 24 h (storage.task_ttl, keep_for).
+    await redis.delete(keys.task(first["task_id"]))
+
+    status, again, headers = await post(
+        api_only.client, "/api/v1/tasks/submit", BODY, **{"Idempotency-Key": "scene-1", "Prefer": "wait=1"}
+    )
+
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert "Preference-Applied" not in headers
+
+
+# More than any disk has free: every media task is refused with a 503.
+NEARLY_FULL = MediaConfig(min_free_bytes=2**62)
+IMAGE = {"project_id": "films", "task_type": "generate_image", "task_data": {"prompt": "a rain-soaked alley"}}
+
+
+async def test_a_replay_of_a_stored_media_task_is_not_refused_while_the_media_disk_is_nearly_full(
+    start_service, redis
+):
+    with_room = await start_service(workers=False)
+    nearly_full = await start_service(workers=False, media=NEARLY_FULL)
+    _, first, _ = await submit(with_room.client, "scene-1", IMAGE)
+
+    status, again, headers = await submit(nearly_full.client, "scene-1", IMAGE)
+
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 1
+
+
+async def test_a_replay_of_a_stored_batch_is_not_refused_while_the_media_disk_is_nearly_full(
+    start_service, redis
+):
+    with_room = await start_service(workers=False)
+    nearly_full = await start_service(workers=False, media=NEARLY_FULL)
+    batch = {"tasks": [IMAGE, BODY]}
+    _, first, _ = await post(with_room.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"})
+
+    status, again, headers = await post(
+        nearly_full.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"}
+    )
+
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 2
+
+
+async def test_a_replay_is_not_refused_for_a_callback_url_the_guard_refuses_now(start_service, redis):
+    # The first request's callback passed the guard (here by allow_private; a name that resolved
+    # then); the resend's check refuses it (a lookup that fails now), yet the task is stored.
+    accepted = await start_service(workers=False, webhooks=WebhooksConfig(allow_private=True))
+    guarded = await start_service(workers=False)
+    body = {**BODY, "callback_url": "http://127.0.0.1:9/hook"}
+    _, first, _ = await submit(accepted.client, "scene-1", body)
+
+    status, again, headers = await submit(guarded.client, "scene-1", body)
+
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 1
+
+
+async def test_a_replayed_batch_is_not_refused_for_a_callback_url_the_guard_refuses_now(start_service, redis):
+    accepted = await start_service(workers=False, webhooks=WebhooksConfig(allow_private=True))
+    guarded = await start_service(workers=False)
+    batch = {"tasks": [BODY, {**BODY, "callback_url": "http://127.0.0.1:9/hook"}]}
+    _, first, _ = await post(accepted.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"})
+
+    status, again, headers = await post(
+        guarded.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"}
+    )
+
+    assert status == 200
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 2
+
+
+async def test_a_new_key_is_still_refused_for_a_callback_url_the_guard_refuses(start_service, redis):
+    guarded = await start_service(workers=False)
+
+    status, body, _ = await submit(
+        guarded.client, "scene-1", {**BODY, "callback_url": "http://127.0.0.1:9/hook"}
+    )
+
+    assert status == 400
+    assert "callback_url" in body["details"]
     assert await stored_tasks(redis) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import attrs
 from aiohttp import web
@@ -21,8 +22,9 @@ from taskd.http.responses import read_json, shape_response
 from taskd.http.scope import Touches, touches
 from taskd.http.views import stamp, status_view
 from taskd.logs import bind_task
-from taskd.model import TaskRecord, TaskStatus, ValidationError, iso
+from taskd.model import TaskNotFound, TaskRecord, TaskStatus, ValidationError, iso
 from taskd.net.guard import AddressPolicy, check_callback_url
+from taskd.store import Idempotency, TaskStore
 from taskd.submit.batch import batch_items, parse_batch
 from taskd.submit.dispatch import Accepted
 from taskd.submit.idempotency import HEADER, REPLAYED, idempotency
@@ -50,9 +52,19 @@ async def submit(request: web.Request) -> web.Response:
         # task is stored, so the submit answers at once rather than refusing what it has done.
         with request.app[ratelimit.OPEN_STREAMS].holding(request[KEY_ID]) as held:
             if held:
-                record = await wait_for_end(
-                    request.app[HUB], api.store, accepted.record.task_id, wait, lambda: client_gone(request)
-                )
+                try:
+                    record = await wait_for_end(
+                        request.app[HUB],
+                        api.store,
+                        accepted.record.task_id,
+                        wait,
+                        lambda: client_gone(request),
+                    )
+                except TaskNotFound:
+                    # Only a replay names a task whose record is gone (expired: the Idempotency-Key is
+                    # kept 24 h, the record `keep_for`); it is answered as without the wait, not 404.
+                    if not accepted.replayed:
+                        raise
     if record is not None:
         view = await _status_view(request, record)
         return shape_response(
@@ -73,7 +85,12 @@ async def _submitted(request: web.Request) -> tuple[Accepted, int | None]:
     submission = parse_submission(body, api.registry, api.config.limits.max_schedule_ahead, request[KEY_ID])
     remembered = idempotency(request.headers.getall(HEADER, []), request[KEY_ID], request.path, body)
     if submission.callback_url:
-        await check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
+        await _unless_remembered(
+            check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config)),
+            api.store,
+            remembered,
+            submission.project_id,
+        )
     accepted = await api.dispatcher.submit(
         submission, idempotency=remembered, quota=await ratelimit.submit_quota(request)
     )
@@ -99,7 +116,12 @@ async def submit_batch(request: web.Request) -> web.Response:
             ) from None
     submissions = parse_batch(items, api.registry, api.config.limits.max_schedule_ahead, request[KEY_ID])
     remembered = idempotency(request.headers.getall(HEADER, []), request[KEY_ID], request.path, body)
-    await _check_callback_urls(submissions, AddressPolicy.from_config(api.config))
+    await _unless_remembered(
+        _check_callback_urls(submissions, AddressPolicy.from_config(api.config)),
+        api.store,
+        remembered,
+        submissions[0].project_id,
+    )
     accepted = await api.dispatcher.submit_batch(submissions, idempotency=remembered)
     for one in accepted:
         _log_submitted(one)
@@ -107,6 +129,23 @@ async def submit_batch(request: web.Request) -> web.Response:
         shapes.BatchResponse(tasks=[_submit_response(one) for one in accepted]),
         headers=_replayed(accepted[0]),
     )
+
+
+async def _unless_remembered(
+    check: Awaitable[None], store: TaskStore, remembered: Idempotency | None, project_id: str
+) -> None:
+    """Await a check whose answer depends on the moment (a callback URL's name lookup); its 400
+    stands unless the request's Idempotency-Key is already remembered.
+
+    A resend of a stored request (its answer lost, or a 503 after it) then gets that task, or a
+    422, from the submit script, which stores nothing for it: refused for a lookup that failed
+    now, the caller would read the task as never stored and could send it again under a new key.
+    """
+    try:
+        await check
+    except ValidationError:
+        if remembered is None or not await store.remembers(remembered, project_id):
+            raise
 
 
 async def _check_callback_urls(submissions: list[Submission], policy: AddressPolicy) -> None:

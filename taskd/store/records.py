@@ -754,6 +754,12 @@ class TaskStore:
                 why = "project" if await self.clients[elsewhere].exists(keys.task(task_id)) else "unknown"
                 raise _bad_dependency(field, why, task_id)
 
+    async def remembers(self, idempotency: Idempotency, project_id: str) -> bool:
+        """Whether the Idempotency-Key's first request is remembered in the project's partition: a
+        script sent with it there stores nothing (it answers with that request's tasks, or refuses)."""
+        partition = keys.project_partition(project_id)
+        return bool(await self.clients[partition].exists(keys.in_partition(idempotency.key, partition)))
+
     async def _refuse_key_used_elsewhere(self, idempotency: Idempotency | None, partition: int) -> None:
         """An Idempotency-Key is remembered in the partition of the request's project. A request
         with the same fingerprint names the same project, so one remembered in another partition

@@ -9,6 +9,8 @@ by the task id it gives that item before anything is stored (taskd.submit.dispat
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskd.model import ValidationError
@@ -68,3 +70,38 @@ def parse_batch(
     if details:
         raise ValidationError(details, "Invalid batch")
     return submissions
+
+
+def check_within_limits(
+    submissions: Sequence[Submission],
+    queued_per_project: int,
+    max_queue_length: int,
+    queue_of: Callable[[Submission], str],
+) -> None:
+    """A 400 naming `tasks` for a batch that no wait lets pass (0 = unlimited): more tasks of one
+    project than `queued_per_project`, or more to queue at once on one queue than `max_queue_length`.
+
+    The batch script counts its own earlier tasks as waiting (batch.lua), so such a batch is refused
+    even on an empty project and queue: as a 429 or 503, its Retry-After invited a resend refused
+    the same way for ever. An item waiting for dependencies or its time may not go on its queue at
+    once, so only those without either are counted against `max_queue_length`.
+    """
+    projects = Counter(submission.project_id for submission in submissions)
+    queues = Counter(
+        queue_of(submission)
+        for submission in submissions
+        if not submission.depends_on and submission.scheduled_for is None
+    )
+    over = [
+        f"A batch of {count} tasks of project '{project}' is more than the {queued_per_project} "
+        "a project may have waiting at once: send them in smaller batches"
+        for project, count in projects.items()
+        if queued_per_project and count > queued_per_project
+    ] + [
+        f"A batch of {count} tasks to queue at once on queue '{queue}' is more than the "
+        f"{max_queue_length} that may wait on it: send them in smaller batches"
+        for queue, count in queues.items()
+        if max_queue_length and count > max_queue_length
+    ]
+    if over:
+        raise ValidationError({"tasks": over[0]}, "Invalid batch")
