@@ -25,6 +25,7 @@ from taskd import keys
 from taskd.config import Config
 from taskd.heartbeat import beating_within
 from taskd.model import now
+from taskd.net.guard import AddressPolicy
 
 log = logging.getLogger("taskd.settings")
 _CONVERTER = cattrs.Converter(forbid_extra_keys=False)
@@ -85,6 +86,9 @@ GOVERNS: dict[str, frozenset[str]] = {
     "execution.priority_aging": BOTH,
     "tasks": BOTH,
     "execution.result_max_bytes": frozenset({WORKER}),
+    # API nodes check a submit's callback_url with it, and every process sends webhooks (and a
+    # worker fetches inputs) through it.
+    "network": BOTH,
 }
 # Settings published one field (or provider) apiece, as `<group>.<name>`: a version that adds a
 # limit, a retry field or a provider publishes one more digest, which the other versions do not
@@ -132,6 +136,7 @@ def digests(
         # A link signed by one node is checked by another; the files are shared by a mount.
         store = [media.backend, media_secret.decode("utf-8", "replace")]
     tasks = config.tasks
+    policy = AddressPolicy.from_config(config)
     # open_streams caps each process's own connections: per process by design.
     limits = {
         f"limits.{name}": value
@@ -160,6 +165,9 @@ def digests(
             False,
         ),
         "execution.result_max_bytes": (config.execution.result_max_bytes, False),
+        # As the guard reads it (webhooks.allow_private is an alias): the same rules written either
+        # way agree.
+        "network": ([policy.allow_private, sorted(str(net) for net in policy.networks)], False),
     }
     for name, value in (limits | retry | providers).items():
         values[name] = (value, False)

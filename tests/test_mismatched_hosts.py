@@ -21,6 +21,7 @@ from taskd.config import (
     Config,
     LimitsConfig,
     MediaConfig,
+    NetworkConfig,
     QueueConfig,
     StorageConfig,
     TasksConfig,
@@ -255,6 +256,24 @@ async def test_a_worker_whose_media_links_start_elsewhere_than_the_api_s_says_so
 
     warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
     assert any(": media.base_url; every process must agree" in message for message in warnings), warnings
+
+
+async def test_an_api_node_whose_outbound_guard_differs_from_another_s_says_so(
+    start_service, tmp_path, caplog
+):
+    # Each API node checks a submit's callback_url with its own [network] rules, and every process
+    # sends webhooks with its own: one node refused what another took, and nothing said why.
+    await start_api(start_service, tmp_path)
+
+    await start_service(
+        workers=False,
+        data_dir=str(tmp_path / "api-b"),
+        network=NetworkConfig(allow_networks=["10.20.0.0/16"]),
+        **SHARED,
+    )
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(": network; every process must agree" in message for message in warnings), warnings
 
 
 async def test_a_process_reads_the_settings_of_another_once_not_at_every_publish(redis: Redis):
