@@ -82,6 +82,8 @@ GOVERNS: dict[str, frozenset[str]] = {
     "media": BOTH,
     "media.base_url": BOTH,
     "media.previous_secret": BOTH,
+    # Every process sweeps the one store (bucket or shared dir) with its own: the shortest wins.
+    "media.retention": BOTH,
     "storage.task_ttl": BOTH,
     "execution.priority_aging": BOTH,
     "tasks": BOTH,
@@ -158,6 +160,7 @@ def digests(
         # The secret a rotation still takes links of (published on its own: versions without it
         # compare the rest).
         "media.previous_secret": ("" if media.backend == "s3" else media.previous_secret, True),
+        "media.retention": (media.retention, False),
         "storage.task_ttl": (config.storage.task_ttl, False),
         "execution.priority_aging": (config.execution.priority_aging, False),
         "tasks": (

@@ -276,6 +276,17 @@ async def test_an_api_node_whose_outbound_guard_differs_from_another_s_says_so(
     assert any(": network; every process must agree" in message for message in warnings), warnings
 
 
+async def test_a_host_whose_media_retention_differs_from_another_s_says_so(start_service, tmp_path, caplog):
+    # Every process sweeps the one media store with its own retention: the shortest deletes the
+    # files every other keeps (and the links they signed for a week answer 404 after an hour).
+    await start_api(start_service, tmp_path)
+
+    await start_host(start_service, tmp_path, "host-b", media=attrs.evolve(SHARED["media"], retention=3600))
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(": media.retention; every process must agree" in message for message in warnings), warnings
+
+
 async def test_a_process_reads_the_settings_of_another_once_not_at_every_publish(redis: Redis):
     # Every process publishes every heartbeat interval; a process's settings never change while it
     # lives, so the N processes need not read the N records (about 1.2 KB each) every time.
