@@ -78,6 +78,8 @@ def _digest(name: str, value: object, *, secret: bool = False) -> str:
 # Which processes each setting governs: compared only between two that both have one of these roles.
 GOVERNS: dict[str, frozenset[str]] = {
     "auth.api_keys/auth.keys": frozenset({API}),
+    # Each API node answers /metrics by its own: without a key on one, every figure is anyone's.
+    "metrics.require_key": frozenset({API}),
     "webhooks.secret": BOTH,
     "media": BOTH,
     "media.base_url": BOTH,
@@ -161,6 +163,7 @@ def digests(
         # compare the rest).
         "media.previous_secret": ("" if media.backend == "s3" else media.previous_secret, True),
         "media.retention": (media.retention, False),
+        "metrics.require_key": (config.metrics.require_key, False),
         "storage.task_ttl": (config.storage.task_ttl, False),
         "execution.priority_aging": (config.execution.priority_aging, False),
         "tasks": (

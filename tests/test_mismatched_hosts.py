@@ -21,6 +21,7 @@ from taskd.config import (
     Config,
     LimitsConfig,
     MediaConfig,
+    MetricsConfig,
     NetworkConfig,
     QueueConfig,
     StorageConfig,
@@ -285,6 +286,21 @@ async def test_a_host_whose_media_retention_differs_from_another_s_says_so(start
 
     warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
     assert any(": media.retention; every process must agree" in message for message in warnings), warnings
+
+
+async def test_an_api_node_that_serves_metrics_without_a_key_while_another_asks_for_one_says_so(
+    start_service, tmp_path, caplog
+):
+    # Behind a load balancer, /metrics asked the key on one node and showed every figure to anyone
+    # on the other.
+    await start_api(start_service, tmp_path)
+
+    await start_service(
+        workers=False, data_dir=str(tmp_path / "api-b"), metrics=MetricsConfig(require_key=True), **SHARED
+    )
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(": metrics.require_key; every process must agree" in message for message in warnings), warnings
 
 
 async def test_a_process_reads_the_settings_of_another_once_not_at_every_publish(redis: Redis):
