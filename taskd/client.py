@@ -786,7 +786,11 @@ class TaskClient:
                     raise error_for(response.status, body, response.headers.get("Retry-After"))
                 return body
         except aiohttp.ClientError as exc:
-            dropped = not isinstance(exc, aiohttp.ClientConnectorError)
+            # Ended after the request went out (a reset or a close mid-answer): not a refused
+            # connection, nor a URL or redirect aiohttp would not send to.
+            dropped = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError) or (
+                isinstance(exc, aiohttp.ClientOSError) and not isinstance(exc, aiohttp.ClientConnectorError)
+            )
             raise TaskdConnectionError(
                 f"cannot reach taskd at {self._shown}: {exc}", dropped=dropped
             ) from exc

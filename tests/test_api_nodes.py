@@ -17,7 +17,7 @@ from aiohttp import web
 from conftest import TaskdProcess, child_env
 from fake_taskd import fake_taskd
 
-from taskd.client import TaskClient
+from taskd.client import TaskClient, TaskdConnectionError
 from taskd.embedded import EmbeddedValkey
 
 API_KEY = "api-nodes-key-0123456789"
@@ -91,3 +91,18 @@ async def test_a_client_submit_whose_node_died_after_storing_it_is_resent_to_ano
         page = await client.list_tasks("lost-answer")
 
     assert [task.task_id for task in page.tasks] == [submitted.task_id]
+
+
+async def test_a_client_submit_whose_connection_is_refused_is_raised_without_a_resend(monkeypatch):
+    # Nothing reached taskd, so there is nothing to learn: a mistyped URL or a stopped server is
+    # said at once, not after the retries' pauses.
+    pauses: list[int] = []
+    monkeypatch.setattr(TaskClient, "_backoff", staticmethod(lambda tries: pauses.append(tries) or 0.0))
+    async with fake_taskd({}) as url:
+        pass  # gone: its port refuses connections
+
+    async with TaskClient(url, API_KEY, retries=2) as client:
+        with pytest.raises(TaskdConnectionError) as refused:
+            await client.submit("refused", "noop", {})
+
+    assert (refused.value.dropped, pauses) == (False, [])
