@@ -86,6 +86,8 @@ GOVERNS: dict[str, frozenset[str]] = {
     "media.previous_secret": BOTH,
     # Every process sweeps the one store (bucket or shared dir) with its own: the shortest wins.
     "media.retention": BOTH,
+    # How long a link lasts is the signer's: the worker's in a webhook, the node's in a status read.
+    "media.url_ttl": BOTH,
     "storage.task_ttl": BOTH,
     "execution.priority_aging": BOTH,
     "tasks": BOTH,
@@ -163,6 +165,7 @@ def digests(
         # compare the rest).
         "media.previous_secret": ("" if media.backend == "s3" else media.previous_secret, True),
         "media.retention": (media.retention, False),
+        "media.url_ttl": (media.url_ttl, False),
         "metrics.require_key": (config.metrics.require_key, False),
         "storage.task_ttl": (config.storage.task_ttl, False),
         "execution.priority_aging": (config.execution.priority_aging, False),

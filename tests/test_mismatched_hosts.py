@@ -288,6 +288,19 @@ async def test_a_host_whose_media_retention_differs_from_another_s_says_so(start
     assert any(": media.retention; every process must agree" in message for message in warnings), warnings
 
 
+async def test_a_host_whose_media_link_lifetime_differs_from_another_s_says_so(
+    start_service, tmp_path, caplog
+):
+    # A link's expiry is set by whoever signs it: a status read through one node gave a week, the
+    # same read through the other an hour.
+    await start_api(start_service, tmp_path)
+
+    await start_host(start_service, tmp_path, "host-b", media=attrs.evolve(SHARED["media"], url_ttl=3600))
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(": media.url_ttl; every process must agree" in message for message in warnings), warnings
+
+
 async def test_an_api_node_that_serves_metrics_without_a_key_while_another_asks_for_one_says_so(
     start_service, tmp_path, caplog
 ):
