@@ -25,6 +25,7 @@ from taskd import keys
 from taskd.config import Config
 from taskd.heartbeat import beating_within
 from taskd.model import now
+from taskd.net.guard import AddressPolicy
 
 log = logging.getLogger("taskd.settings")
 _CONVERTER = cattrs.Converter(forbid_extra_keys=False)
@@ -77,14 +78,23 @@ def _digest(name: str, value: object, *, secret: bool = False) -> str:
 # Which processes each setting governs: compared only between two that both have one of these roles.
 GOVERNS: dict[str, frozenset[str]] = {
     "auth.api_keys/auth.keys": frozenset({API}),
+    # Each API node answers /metrics by its own: without a key on one, every figure is anyone's.
+    "metrics.require_key": frozenset({API}),
     "webhooks.secret": BOTH,
     "media": BOTH,
     "media.base_url": BOTH,
     "media.previous_secret": BOTH,
+    # Every process sweeps the one store (bucket or shared dir) with its own: the shortest wins.
+    "media.retention": BOTH,
+    # How long a link lasts is the signer's: the worker's in a webhook, the node's in a status read.
+    "media.url_ttl": BOTH,
     "storage.task_ttl": BOTH,
     "execution.priority_aging": BOTH,
     "tasks": BOTH,
     "execution.result_max_bytes": frozenset({WORKER}),
+    # API nodes check a submit's callback_url with it, and every process sends webhooks (and a
+    # worker fetches inputs) through it.
+    "network": BOTH,
 }
 # Settings published one field (or provider) apiece, as `<group>.<name>`: a version that adds a
 # limit, a retry field or a provider publishes one more digest, which the other versions do not
@@ -132,6 +142,7 @@ def digests(
         # A link signed by one node is checked by another; the files are shared by a mount.
         store = [media.backend, media_secret.decode("utf-8", "replace")]
     tasks = config.tasks
+    policy = AddressPolicy.from_config(config)
     # open_streams caps each process's own connections: per process by design.
     limits = {
         f"limits.{name}": value
@@ -153,6 +164,9 @@ def digests(
         # The secret a rotation still takes links of (published on its own: versions without it
         # compare the rest).
         "media.previous_secret": ("" if media.backend == "s3" else media.previous_secret, True),
+        "media.retention": (media.retention, False),
+        "media.url_ttl": (media.url_ttl, False),
+        "metrics.require_key": (config.metrics.require_key, False),
         "storage.task_ttl": (config.storage.task_ttl, False),
         "execution.priority_aging": (config.execution.priority_aging, False),
         "tasks": (
@@ -160,6 +174,9 @@ def digests(
             False,
         ),
         "execution.result_max_bytes": (config.execution.result_max_bytes, False),
+        # As the guard reads it (webhooks.allow_private is an alias): the same rules written either
+        # way agree.
+        "network": ([policy.allow_private, sorted(str(net) for net in policy.networks)], False),
     }
     for name, value in (limits | retry | providers).items():
         values[name] = (value, False)

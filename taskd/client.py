@@ -53,6 +53,9 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 # Between tries of a request refused with 429/503 and no Retry-After: 0.5, 1, 2 s ... up to 8 s,
 # each up to half shorter at random, so that clients refused together do not come back together.
 _REFUSED_RETRY_FIRST, _REFUSED_RETRY_CAP, _REFUSED_RETRY_JITTER = 0.5, 8.0, 0.5
+# What a proxy answers when the taskd behind it died or went away while answering (an API node
+# killed behind a load balancer): the request may have been carried out, its answer is lost.
+_ANSWER_LOST = frozenset({502, 504})
 
 
 # ---- errors ----
@@ -72,8 +75,12 @@ class TaskdError(Exception):
 class TaskdConnectionError(TaskdError):
     """taskd could not be reached at all (status 0)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, dropped: bool = False) -> None:
         super().__init__(0, {"error": "connection_error", "message": message})
+        # The connection ended after the request went out and before its answer came back: taskd
+        # may have carried it out. Not after a refused connection (nothing reached taskd), nor a
+        # timeout (a resend would take the timeout once more per try).
+        self.dropped = dropped
 
 
 class InvalidResponse(TaskdError):
@@ -180,6 +187,13 @@ def retry_after_seconds(header: str | None, at: datetime | None = None) -> int |
     if when.tzinfo is None:  # an HTTP date is GMT; parsedate gives "-0000" as naive
         when = when.replace(tzinfo=UTC)
     return max(0, math.ceil((when - (at or datetime.now(UTC))).total_seconds()))
+
+
+def _answer_lost(failed: TaskdError) -> bool:
+    """Whether the request may have been carried out with its answer lost on the way back."""
+    if isinstance(failed, TaskdConnectionError):
+        return failed.dropped
+    return failed.status in _ANSWER_LOST
 
 
 def error_for(status: int, body: Any, retry_after_header: str | None = None) -> TaskdError:
@@ -687,7 +701,10 @@ class TaskClient:
 
         A request that `creates` tasks is sent with an `Idempotency-Key` of its own when the caller
         gave none and it may be sent again: a 503 can come after the task was stored (Redis answered
-        too late), and taskd answers the resend with that task instead of storing another.
+        too late), and taskd answers the resend with that task instead of storing another. A request
+        with an `Idempotency-Key` is also sent again when its answer was lost (the connection
+        dropped after it went out, or a proxy's 502 or 504: the API node died while answering): a load balancer
+        takes the resend to another node, which answers with what the first one stored, if it did.
         """
         if creates and idempotency_key is None and self.retries:
             idempotency_key = str(uuid.uuid4())
@@ -703,16 +720,26 @@ class TaskClient:
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)
+            except TaskdError as failed:
+                tries += 1
+                if idempotency_key is None or not _answer_lost(failed) or tries > self.retries:
+                    raise
+                await asyncio.sleep(self._backoff(tries))
 
     def _retry_delay(self, refused: RateLimited, tries: int) -> float | None:
         """Seconds before sending again after the `tries`-th refusal; None: give up and raise it."""
         if tries > self.retries:
             return None
         if refused.retry_after is None:
-            return exponential_delay(
-                tries, _REFUSED_RETRY_FIRST, cap=_REFUSED_RETRY_CAP, jitter=_REFUSED_RETRY_JITTER
-            )
+            return self._backoff(tries)
         return float(refused.retry_after) if refused.retry_after <= self.max_retry_wait else None
+
+    @staticmethod
+    def _backoff(tries: int) -> float:
+        """Seconds before sending again after the `tries`-th failure that named no wait."""
+        return exponential_delay(
+            tries, _REFUSED_RETRY_FIRST, cap=_REFUSED_RETRY_CAP, jitter=_REFUSED_RETRY_JITTER
+        )
 
     async def _send(
         self,
@@ -759,7 +786,14 @@ class TaskClient:
                     raise error_for(response.status, body, response.headers.get("Retry-After"))
                 return body
         except aiohttp.ClientError as exc:
-            raise TaskdConnectionError(f"cannot reach taskd at {self._shown}: {exc}") from exc
+            # Ended after the request went out (a reset or a close mid-answer): not a refused
+            # connection, nor a URL or redirect aiohttp would not send to.
+            dropped = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError) or (
+                isinstance(exc, aiohttp.ClientOSError) and not isinstance(exc, aiohttp.ClientConnectorError)
+            )
+            raise TaskdConnectionError(
+                f"cannot reach taskd at {self._shown}: {exc}", dropped=dropped
+            ) from exc
         except TimeoutError as exc:
             raise TaskdConnectionError(f"taskd at {self._shown} did not answer in {self.timeout} s") from exc
 

@@ -21,6 +21,8 @@ from taskd.config import (
     Config,
     LimitsConfig,
     MediaConfig,
+    MetricsConfig,
+    NetworkConfig,
     QueueConfig,
     StorageConfig,
     TasksConfig,
@@ -255,6 +257,63 @@ async def test_a_worker_whose_media_links_start_elsewhere_than_the_api_s_says_so
 
     warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
     assert any(": media.base_url; every process must agree" in message for message in warnings), warnings
+
+
+async def test_an_api_node_whose_outbound_guard_differs_from_another_s_says_so(
+    start_service, tmp_path, caplog
+):
+    # Each API node checks a submit's callback_url with its own [network] rules, and every process
+    # sends webhooks with its own: one node refused what another took, and nothing said why.
+    await start_api(start_service, tmp_path)
+
+    await start_service(
+        workers=False,
+        data_dir=str(tmp_path / "api-b"),
+        network=NetworkConfig(allow_networks=["10.20.0.0/16"]),
+        **SHARED,
+    )
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(": network; every process must agree" in message for message in warnings), warnings
+
+
+async def test_a_host_whose_media_retention_differs_from_another_s_says_so(start_service, tmp_path, caplog):
+    # Every process sweeps the one media store with its own retention: the shortest deletes the
+    # files every other keeps (and the links they signed for a week answer 404 after an hour).
+    await start_api(start_service, tmp_path)
+
+    await start_host(start_service, tmp_path, "host-b", media=attrs.evolve(SHARED["media"], retention=3600))
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(": media.retention; every process must agree" in message for message in warnings), warnings
+
+
+async def test_a_host_whose_media_link_lifetime_differs_from_another_s_says_so(
+    start_service, tmp_path, caplog
+):
+    # A link's expiry is set by whoever signs it: a status read through one node gave a week, the
+    # same read through the other an hour.
+    await start_api(start_service, tmp_path)
+
+    await start_host(start_service, tmp_path, "host-b", media=attrs.evolve(SHARED["media"], url_ttl=3600))
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(": media.url_ttl; every process must agree" in message for message in warnings), warnings
+
+
+async def test_an_api_node_that_serves_metrics_without_a_key_while_another_asks_for_one_says_so(
+    start_service, tmp_path, caplog
+):
+    # Behind a load balancer, /metrics asked the key on one node and showed every figure to anyone
+    # on the other.
+    await start_api(start_service, tmp_path)
+
+    await start_service(
+        workers=False, data_dir=str(tmp_path / "api-b"), metrics=MetricsConfig(require_key=True), **SHARED
+    )
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "taskd.settings"]
+    assert any(": metrics.require_key; every process must agree" in message for message in warnings), warnings
 
 
 async def test_a_process_reads_the_settings_of_another_once_not_at_every_publish(redis: Redis):

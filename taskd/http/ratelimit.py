@@ -163,9 +163,11 @@ class OpenStreams:
 
     def refusal(self) -> RateLimited:
         """The 429 `rate_limited` for a stream past the cap."""
+        # "on each taskd process": behind a load balancer the key holds this many on every API
+        # node, and a cap read as the key's overall one would not add up for its holder.
         return RateLimited(
-            f"Too many open event streams: at most {self.limit} per API key at once "
-            "(event streams and Prefer: wait submits); "
+            f"Too many open event streams: at most {self.limit} per API key at once on each taskd "
+            "process (event streams and Prefer: wait submits); "
             f"retry in {OPEN_STREAMS_RETRY_AFTER} s",
             OPEN_STREAMS_RETRY_AFTER,
         )

@@ -65,6 +65,25 @@ async def test_a_stream_past_the_keys_cap_is_refused_with_429_rate_limited(start
     assert f"at most {CAP} per API key" in body["message"]
 
 
+async def test_a_key_at_its_cap_on_one_api_node_is_told_the_cap_is_per_node_and_opens_streams_on_another(
+    start_service,
+):
+    # Two API nodes on one Redis, as behind a load balancer: the count is each process's own
+    # (docs/api.md#rate-limits), and the refusal must not read as a cap on the key's streams overall.
+    first = await start_service(workers=False, **CAPPED)
+    second = await start_service(workers=False, **CAPPED)
+
+    async with held_streams(first, project_streams(CAP)):
+        async with first.client.get("/api/v1/projects/proj-x/events") as response:
+            body = await response.json()
+        on_the_other = await open_stream_status(second)
+
+    assert body["message"].startswith(
+        f"Too many open event streams: at most {CAP} per API key at once on each taskd process"
+    )
+    assert on_the_other == 200
+
+
 async def test_another_key_opens_streams_while_one_key_is_at_its_cap(start_service):
     service = await start_service(workers=False, **CAPPED)
 
