@@ -121,6 +121,9 @@ INDEX_PRUNE_BATCH = 1000
 # The longest a project's listing counts ({taskd}:project_counts:{project_id}) are kept, even where
 # none of its records expires sooner: a project listed once holds no memory for days.
 LIST_COUNTS_MAX_MS = 3_600_000
+# A listing of a project whose last status event is more recent than this does not count it for
+# the listings after it (list_look.lua): a project that busy changes again before they come.
+LIST_QUIET_MS = 1000
 # The most projects waiting on a queue (in a partition) for which a queue position is counted
 # exactly, from every waiting project's head and line (lib/fair.lua's place, one command or more a
 # project); past it, a position is estimated from a few counts, so that a submit and a status read

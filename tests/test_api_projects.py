@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from examples import TASK_DATA
+from redis_probes import project_quiet as quiet
 
 
 async def listing(service, project_id, **params):
@@ -350,6 +351,7 @@ async def test_a_listing_after_one_that_read_the_whole_index_reads_only_its_page
     from redis_probes import sent_to_valkey
 
     ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
     await listing(api_only, "p")  # reads the whole index, and keeps its counts
     answers = []
 
@@ -378,6 +380,7 @@ async def test_pages_read_with_the_kept_counts_are_those_of_a_whole_read(
             assert cancelled.status == 200
     filters = {"status": status} if status else {}
     whole, kept = [], []
+    await quiet(redis)
 
     for page in range(1, 6):
         await redis.delete(keys.project_counts("p"))
@@ -388,8 +391,9 @@ async def test_pages_read_with_the_kept_counts_are_those_of_a_whole_read(
     assert await redis.exists(keys.project_counts("p"))
 
 
-async def test_a_task_submitted_after_a_listing_is_in_the_next_ones_count(api_only, monkeypatch):
+async def test_a_task_submitted_after_a_listing_is_in_the_next_ones_count(api_only, redis, monkeypatch):
     ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
     await listing(api_only, "p")
 
     newest = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
@@ -400,8 +404,9 @@ async def test_a_task_submitted_after_a_listing_is_in_the_next_ones_count(api_on
     assert newest["task_id"] not in [task["task_id"] for task in body["tasks"]]
 
 
-async def test_a_status_changed_after_a_listing_is_in_the_next_ones_counts(api_only, monkeypatch):
+async def test_a_status_changed_after_a_listing_is_in_the_next_ones_counts(api_only, redis, monkeypatch):
     ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
     await listing(api_only, "p", status="queued")
 
     async with api_only.client.delete(f"/api/v1/tasks/{ids[3]}") as cancelled:
@@ -421,6 +426,7 @@ async def test_a_record_that_expired_after_a_listing_is_not_in_the_next_ones_cou
     from taskd import keys
 
     ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
     await redis.pexpire(keys.task(ids[6]), 1500)
     _, before = await listing(api_only, "p")
 
@@ -439,6 +445,7 @@ async def test_counts_of_a_listing_a_submit_came_during_are_not_kept(api_only, r
     from taskd.store import TaskStore
 
     await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
     store = TaskStore(redis, 3600)
     read_stretch = store._list
     stretches = 0
@@ -458,3 +465,44 @@ async def test_counts_of_a_listing_a_submit_came_during_are_not_kept(api_only, r
     assert not await redis.exists(keys.project_counts("p"))
     _, body = await listing(api_only, "p")
     assert body["pagination"]["total"] == 11
+
+
+async def test_a_listing_of_a_project_that_just_changed_keeps_no_counts(api_only, redis, monkeypatch):
+    from taskd import keys
+
+    await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+
+    _, body = await listing(api_only, "p")  # within LIST_QUIET_MS of the last submit
+
+    assert body["pagination"]["total"] == 10
+    assert not await redis.exists(keys.project_counts("p"))
+
+
+async def test_a_progress_event_after_a_listing_leaves_its_counts_in_use(api_only, redis, monkeypatch):
+    import json
+
+    from redis_probes import sent_to_valkey
+
+    from taskd import keys
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
+    await listing(api_only, "p")
+    # As lib/emit.lua writes a progress report (a running task's): nothing a listing counts changed.
+    progress = {
+        "type": "progress",
+        "task_id": ids[0],
+        "project_id": "p",
+        "status": "processing",
+        "progress": 0.5,
+    }
+    await redis.xadd(keys.project_events("p"), {"event": json.dumps(progress, separators=(",", ":"))})
+    answers = []
+
+    async def again():
+        answers.append(await listing(api_only, "p", limit=3))
+
+    ran = await sent_to_valkey(redis, again, by_scripts=True)
+
+    assert answers[0][1]["pagination"]["total"] == 10
+    assert not [command for command in ran if command.startswith("ZREVRANGEBYSCORE ")]  # no list.lua

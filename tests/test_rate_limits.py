@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from conftest import API_KEY
 from examples import TASK_DATA
-from redis_probes import sent_to_valkey
+from redis_probes import project_quiet, sent_to_valkey
 
 from taskd import keys
 from taskd.config import AuthConfig, LimitsConfig, ScopedKey, load_config
@@ -503,6 +503,7 @@ async def test_a_listing_after_one_that_counted_an_unchanged_project_spends_one_
     taskd = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=0))
     for _ in range(12):
         await taskd.submit("noop", {}, project_id="listed")
+    await project_quiet(redis, "listed")
     async with taskd.client.get("/api/v1/projects/listed/tasks") as first:
         assert first.status == 200
 

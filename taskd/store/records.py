@@ -1470,14 +1470,15 @@ class TaskStore:
         the caller's quota there, and a refusal it raises reads nothing more.
 
         The count is kept (list_look.lua): while the project's tasks are as the last listing that
-        read the whole index found them, the listing reads only its page (one call for an unfiltered
+        read the whole index found them (its status events: lib/listed.lua), the listing reads only its page (one call for an unfiltered
         one, the stretches its page spans for a filtered one). Otherwise list.lua reads the whole
         index a stretch of LIST_STRETCH ids per call, drops the ids whose record expired, and
         answers how many matched and the page's ids: the count stays exact, no call holds Valkey
         for more than one stretch, and this process decodes only the page's records (it read and
         parsed a reply per task of the project before: ~90 ms of its CPU a request for a project
-        of 10,000 tasks, ~190 ms with a filter); that reading counts the tasks under every filter
-        as it goes, and keeps the counts for the listings after it (list_keep.lua). Each stretch
+        of 10,000 tasks, ~190 ms with a filter); unless the project changed within LIST_QUIET_MS,
+        that reading counts the tasks under every filter as it goes, and keeps the counts for the
+        listings after it (list_keep.lua). Each stretch
         starts where the one before ended, by score (`below`, and `seen` for the ids of that very
         score already read): tasks submitted meanwhile, newer, are not read, and none is read twice.
         """
@@ -1508,11 +1509,13 @@ class TaskStore:
                 self._list, below=below, seen=seen, offset=skip, limit=limit, whole=False
             )
             return await self.get_many(page), total
-        version, size = look[1], int(look[2])
+        version, size, census = look[1], int(look[2]), bool(int(look[3]))
         if spend is not None:
             await spend(size // LIST_STRETCH + 1)
-        cursor = _Stretch(client, index, status or "", task_type or "", census=True)
+        cursor = _Stretch(client, index, status or "", task_type or "", census=census)
         page = await cursor.read(self._list, below=b"+inf", seen=0, offset=offset, limit=limit, whole=True)
+        if not census:
+            return await self.get_many(page), cursor.matched
         await self._list_keep(
             client=client,
             keys={"events": events, "counts": keys.project_counts(project_id)},

@@ -11,29 +11,34 @@
 -- ARGV[3]  limit   the page's size
 -- ARGV[4]  count   how many ids list.lua reads a call (a stretch)
 -- The counts hold while nothing a listing shows has changed since they were made: every change of
--- a task's status, and every submit, appends to the project's event stream (lib/emit.lua), so its
--- last id is the project's version; and a record leaves only when it expires, no earlier than
+-- a task's status, and every submit, appends a status event to the project's event stream
+-- (lib/emit.lua), so the newest one's id is the project's version (lib/listed.lua); and a record leaves only when it expires, no earlier than
 -- `until`, the first expiry among the records counted. With them, the index holds only tasks that
 -- exist (the census dropped the others, and none was added or expired since), so a rank in it is a
 -- rank among the listing's tasks: the page of an unfiltered listing is read by rank, and a
 -- filtered one starts at the stretch its offset falls in (the census's checkpoints: how many tasks
 -- matched each filter before each stretch), not at the top.
 -- Returns one of
---   {0, version, size}               not kept (or no longer true): the stream's last id ('' for
---                                    none), which list_keep.lua is given, and the index's size
+--   {0, version, size, census}       not kept (or no longer true): the version (lib/listed.lua),
+--                                    which list_keep.lua is given, the index's size, and 1 when
+--                                    the project last changed LIST_QUIET_MS ago or more (its
+--                                    listing counts for keeps: list.lua's census), else 0
 --   {1, total, id...}                kept, and the page's ids are here (an unfiltered listing whose
 --                                    page is at most a stretch; none past the end)
 --   {2, total, below, seen, skip, calls}  kept: the page starts `skip` matches after list.lua's
 --                                    position (`below`, `seen`), and ends within `calls` stretches
-local version = ''
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-if last[1] then version = last[1][1] end
+-- include lib/listed.lua
+local version, changed_ms = listed_version(KEYS[2])
 local key, offset, limit, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local kept = redis.call('HMGET', KEYS[3], 'v', 'u', 'c:' .. key, 'k:' .. key, 'k:a')
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 if kept[1] ~= version or (kept[2] ~= '' and now_ms >= tonumber(kept[2])) then
-  return {0, version, redis.call('ZCARD', KEYS[1])}
+  -- A project that changed within LIST_QUIET_MS most likely changes again before the next request:
+  -- counted for keeps, it would cost twice a plain count (list.lua) for nothing.
+  local census = 0
+  if now_ms - changed_ms >= @LIST_QUIET_MS@ then census = 1 end
+  return {0, version, redis.call('ZCARD', KEYS[1]), census}
 end
 local total = tonumber(kept[3]) or 0
 if offset >= total then return {1, total} end
