@@ -506,3 +506,24 @@ async def test_a_progress_event_after_a_listing_leaves_its_counts_in_use(api_onl
 
     assert answers[0][1]["pagination"]["total"] == 10
     assert not [command for command in ran if command.startswith("ZREVRANGEBYSCORE ")]  # no list.lua
+
+
+@pytest.mark.parametrize("limit", [3, 5])  # a page read by rank, and one from a stretch's checkpoint
+async def test_pages_read_with_the_kept_counts_list_tasks_created_at_one_instant_once(
+    api_only, redis, monkeypatch, limit
+):
+    from taskd import keys
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await redis.zadd(keys.project("p"), dict.fromkeys(ids, 1_796_000_000_000.5))
+    await quiet(redis)
+    await listing(api_only, "p")  # counts the project, and keeps the counts
+    listed = []
+
+    for page in range(1, 5):
+        _, body = await listing(api_only, "p", page=page, limit=limit)
+        listed += [task["task_id"] for task in body["tasks"]]
+
+    assert sorted(listed) == sorted(ids)
+    assert len(listed) == 10
+    assert await redis.exists(keys.project_counts("p"))
