@@ -65,6 +65,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:stored:{project_id}` | hash: the bytes of the project's heavy records (large `task_data`/`metadata`/result/error or expected result, or kept longer than `storage.task_ttl`) -> the second by which they are gone, rounded up (lib/stored.lua); the project's sum is what `limits.stored_bytes_per_project` bounds | fields past their second are dropped when the hash is read; the hash expires with its latest field |
 | `{taskd}:project_active_pruned:{project_id}`, `{taskd}:project_processing_pruned:{project_id}` | string: set when that set of the project was last pruned of gone records; while it lives the cap or the throttle counts the set as it is (lib/prune.lua) | `PRUNE_EVERY_MS` (a minute) |
 | `{taskd}:project_pruned:{project_id}` | string: set when a submit last read the project's index for the ids of gone records (lib/admit.lua) | `PRUNE_EVERY_MS` (a minute) |
+| `{taskd}:project_counts:{project_id}` | hash: how many of the project's tasks match each filter of a listing, and checkpoints into its index, as the last listing that read the whole index counted them, with the project's event stream's last id then (list_keep.lua); listings use them while that id is still the last and no counted record has expired (list_look.lua) | until the first counted record expires, at most `LIST_COUNTS_MAX_MS` (an hour) |
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ PRUNE_EVERY_MS = 60_000
 # at most once a PRUNE_EVERY_MS, this many ids a time (lib/admit.lua's prune_index): more than a
 # key's default submits a minute (100), so a steady stream of submits cannot outgrow it.
 INDEX_PRUNE_BATCH = 1000
+# The longest a project's listing counts ({taskd}:project_counts:{project_id}) are kept, even where
+# none of its records expires sooner: a project listed once holds no memory for days.
+LIST_COUNTS_MAX_MS = 3_600_000
+# A listing of a project whose last status event is more recent than this does not count it for
+# the listings after it (list_look.lua): a project that busy changes again before they come.
+LIST_QUIET_MS = 1000
 # The most projects waiting on a queue (in a partition) for which a queue position is counted
 # exactly, from every waiting project's head and line (lib/fair.lua's place, one command or more a
 # project); past it, a position is estimated from a few counts, so that a submit and a status read
@@ -411,6 +418,11 @@ def stored(project_id: str) -> str:
 def project_pruned(project_id: str) -> str:
     """Set for PRUNE_EVERY_MS when a submit last read the project's index for the ids of gone records."""
     return f"{_of_project(project_id)}project_pruned:{project_id}"
+
+
+def project_counts(project_id: str) -> str:
+    """The counts of the project's tasks per listing filter, kept for the listings after the one that made them."""
+    return f"{_of_project(project_id)}project_counts:{project_id}"
 
 
 def project_processing_pruned(project_id: str) -> str:

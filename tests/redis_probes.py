@@ -104,3 +104,16 @@ async def keeper_looked(redis: Redis, task_ttl: int = 24 * 3600, partition: int 
     async with asyncio.timeout(30):
         while not await rests():
             await asyncio.sleep(0.02)
+
+
+async def project_quiet(redis: Redis, project_id: str = "p") -> None:
+    """Once the project's newest event is LIST_QUIET_MS old by Valkey's clock: a listing that
+    counts the project then keeps its counts (list_look.lua)."""
+    async with asyncio.timeout(30):
+        while True:
+            newest = await redis.xrevrange(keys.project_events(project_id), count=1)
+            seconds, micros = await redis.time()
+            at_ms = int(newest[0][0].split(b"-")[0]) if newest else 0
+            if seconds * 1000 + micros // 1000 - at_ms >= keys.LIST_QUIET_MS:
+                return
+            await asyncio.sleep(0.05)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from examples import TASK_DATA
+from redis_probes import project_quiet as quiet
 
 
 async def listing(service, project_id, **params):
@@ -342,3 +343,187 @@ async def test_a_project_index_is_read_for_expired_records_at_most_once_a_minute
 
     assert await redis.zcard(keys.project("p")) == 2
     assert 0 < await redis.pttl(keys.project_pruned("p")) <= keys.PRUNE_EVERY_MS
+
+
+async def test_a_listing_after_one_that_read_the_whole_index_reads_only_its_page(
+    api_only, redis, monkeypatch
+):
+    from redis_probes import sent_to_valkey
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
+    await listing(api_only, "p")  # reads the whole index, and keeps its counts
+    answers = []
+
+    async def second_page():
+        answers.append(await listing(api_only, "p", page=2, limit=3))
+
+    ran = await sent_to_valkey(redis, second_page, by_scripts=True)
+
+    _, body = answers[0]
+    assert [task["task_id"] for task in body["tasks"]] == ids[::-1][3:6]
+    assert body["pagination"]["total"] == 10
+    # No record is read for the count: only the kept counts, the index's page and the stream's last id.
+    assert not [command for command in ran if command.startswith(("EXISTS ", "PTTL ", "HMGET {taskd}:task:"))]
+    assert not [command for command in ran if command.startswith("ZREVRANGEBYSCORE ")]  # no list.lua
+
+
+@pytest.mark.parametrize("status", [None, "queued", "cancelled"])
+async def test_pages_read_with_the_kept_counts_are_those_of_a_whole_read(
+    api_only, redis, monkeypatch, status
+):
+    from taskd import keys
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    for task_id in (ids[1], ids[4], ids[5], ids[8]):
+        async with api_only.client.delete(f"/api/v1/tasks/{task_id}") as cancelled:
+            assert cancelled.status == 200
+    filters = {"status": status} if status else {}
+    whole, kept = [], []
+    await quiet(redis)
+
+    for page in range(1, 6):
+        await redis.delete(keys.project_counts("p"))
+        whole.append(await listing(api_only, "p", page=page, limit=2, **filters))
+        kept.append(await listing(api_only, "p", page=page, limit=2, **filters))
+
+    assert kept == whole
+    assert await redis.exists(keys.project_counts("p"))
+
+
+async def test_a_task_submitted_after_a_listing_is_in_the_next_ones_count(api_only, redis, monkeypatch):
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
+    await listing(api_only, "p")
+
+    newest = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+    _, body = await listing(api_only, "p", page=2, limit=3)
+
+    assert body["pagination"]["total"] == 11
+    assert [task["task_id"] for task in body["tasks"]] == [*ids[::-1]][2:5]
+    assert newest["task_id"] not in [task["task_id"] for task in body["tasks"]]
+
+
+async def test_a_status_changed_after_a_listing_is_in_the_next_ones_counts(api_only, redis, monkeypatch):
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
+    await listing(api_only, "p", status="queued")
+
+    async with api_only.client.delete(f"/api/v1/tasks/{ids[3]}") as cancelled:
+        assert cancelled.status == 200
+    _, queued = await listing(api_only, "p", status="queued")
+    _, gone = await listing(api_only, "p", status="cancelled")
+
+    assert queued["pagination"]["total"] == 9
+    assert [task["task_id"] for task in gone["tasks"]] == [ids[3]]
+
+
+async def test_a_record_that_expired_after_a_listing_is_not_in_the_next_ones_count(
+    api_only, redis, monkeypatch
+):
+    import asyncio
+
+    from taskd import keys
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
+    await redis.pexpire(keys.task(ids[6]), 1500)
+    _, before = await listing(api_only, "p")
+
+    async with asyncio.timeout(30):
+        while await redis.exists(keys.task(ids[6])):
+            await asyncio.sleep(0.05)
+    _, after = await listing(api_only, "p", page=2, limit=3)
+
+    assert before["pagination"]["total"] == 10
+    assert after["pagination"]["total"] == 9
+    assert [task["task_id"] for task in after["tasks"]] == [ids[5], ids[4], ids[3]]
+
+
+async def test_counts_of_a_listing_a_submit_came_during_are_not_kept(api_only, redis, monkeypatch):
+    from taskd import keys
+    from taskd.store import TaskStore
+
+    await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
+    store = TaskStore(redis, 3600)
+    read_stretch = store._list
+    stretches = 0
+
+    async def a_submit_after_the_first_stretch(**call):
+        nonlocal stretches
+        stretches += 1
+        if stretches == 2:
+            await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+        return await read_stretch(**call)
+
+    monkeypatch.setattr(store, "_list", a_submit_after_the_first_stretch)
+
+    _, total = await store.list_project("p", status=None, task_type=None, offset=0, limit=5)
+
+    assert total == 10
+    assert not await redis.exists(keys.project_counts("p"))
+    _, body = await listing(api_only, "p")
+    assert body["pagination"]["total"] == 11
+
+
+async def test_a_listing_of_a_project_that_just_changed_keeps_no_counts(api_only, redis, monkeypatch):
+    from taskd import keys
+
+    await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+
+    _, body = await listing(api_only, "p")  # within LIST_QUIET_MS of the last submit
+
+    assert body["pagination"]["total"] == 10
+    assert not await redis.exists(keys.project_counts("p"))
+
+
+async def test_a_progress_event_after_a_listing_leaves_its_counts_in_use(api_only, redis, monkeypatch):
+    import json
+
+    from redis_probes import sent_to_valkey
+
+    from taskd import keys
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
+    await listing(api_only, "p")
+    # As lib/emit.lua writes a progress report (a running task's): nothing a listing counts changed.
+    progress = {
+        "type": "progress",
+        "task_id": ids[0],
+        "project_id": "p",
+        "status": "processing",
+        "progress": 0.5,
+    }
+    await redis.xadd(keys.project_events("p"), {"event": json.dumps(progress, separators=(",", ":"))})
+    answers = []
+
+    async def again():
+        answers.append(await listing(api_only, "p", limit=3))
+
+    ran = await sent_to_valkey(redis, again, by_scripts=True)
+
+    assert answers[0][1]["pagination"]["total"] == 10
+    assert not [command for command in ran if command.startswith("ZREVRANGEBYSCORE ")]  # no list.lua
+
+
+@pytest.mark.parametrize("limit", [3, 5])  # a page read by rank, and one from a stretch's checkpoint
+async def test_pages_read_with_the_kept_counts_list_tasks_created_at_one_instant_once(
+    api_only, redis, monkeypatch, limit
+):
+    from taskd import keys
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await redis.zadd(keys.project("p"), dict.fromkeys(ids, 1_796_000_000_000.5))
+    await quiet(redis)
+    await listing(api_only, "p")  # counts the project, and keeps the counts
+    listed = []
+
+    for page in range(1, 5):
+        _, body = await listing(api_only, "p", page=page, limit=limit)
+        listed += [task["task_id"] for task in body["tasks"]]
+
+    assert sorted(listed) == sorted(ids)
+    assert len(listed) == 10
+    assert await redis.exists(keys.project_counts("p"))

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from conftest import API_KEY
 from examples import TASK_DATA
-from redis_probes import sent_to_valkey
+from redis_probes import project_quiet, sent_to_valkey
 
 from taskd import keys
 from taskd.config import AuthConfig, LimitsConfig, ScopedKey, load_config
@@ -492,6 +492,27 @@ async def test_a_listing_spends_one_status_unit_per_call_it_makes_on_the_project
     assert response.status == 200 and body["pagination"]["total"] == 12
     assert response.headers["RateLimit"].startswith('"status";r=997;')
     assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 3
+
+
+async def test_a_listing_after_one_that_counted_an_unchanged_project_spends_one_status_unit(
+    start_service, redis, monkeypatch
+):
+    # The first listing reads the 12 ids in three calls of list.lua and keeps the counts; the
+    # pages after it read only themselves, however far down they are.
+    monkeypatch.setattr(records, "LIST_STRETCH", 5)
+    taskd = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=0))
+    for _ in range(12):
+        await taskd.submit("noop", {}, project_id="listed")
+    await project_quiet(redis, "listed")
+    async with taskd.client.get("/api/v1/projects/listed/tasks") as first:
+        assert first.status == 200
+
+    async with taskd.client.get("/api/v1/projects/listed/tasks", params={"page": 3, "limit": 5}) as last:
+        body = await last.json()
+
+    assert last.status == 200 and body["pagination"]["total"] == 12 and len(body["tasks"]) == 2
+    assert last.headers["RateLimit"].startswith('"status";r=996;')
+    assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 4
 
 
 async def test_a_listing_costing_more_than_the_status_quota_spends_all_of_it_and_is_answered(

@@ -48,6 +48,9 @@ def test_the_store_has_its_scripts_and_libraries_as_files():
         "waiting_heads",
         # A listing of a project's tasks (TaskStore.list_project), a stretch of its index per call.
         "list",
+        # A listing's first call, reading the counts kept for it (list_look.lua), and their keeping.
+        "list_look",
+        "list_keep",
         # The per-key rate limit's sliding window (taskd.http.ratelimit), among the store's scripts
         # so that submit.lua can include its library and spend a submit's quota in the same step.
         "window",

@@ -53,13 +53,13 @@ async def project_tasks(request: web.Request) -> web.Response:
     if details:
         raise ValidationError(details, "Invalid query parameters")
     project_id = request.match_info["project_id"]
-    await ratelimit.spend_listing(request, lambda: api.store.list_calls(project_id))
     records, total = await api.store.list_project(
         project_id,
         status=status,
         task_type=query.get("task_type") or None,
         offset=(page - 1) * limit,
         limit=limit,
+        spend=lambda calls: ratelimit.spend_listing(request, calls),
     )
     return shape_response(
         shapes.ProjectTasks(

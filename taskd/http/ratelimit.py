@@ -26,7 +26,7 @@ import functools
 import hashlib
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 import attrs
 from aiohttp import web
@@ -233,19 +233,21 @@ async def spend(request: web.Request, policy: str, cost: int) -> None:
     )
 
 
-async def spend_listing(request: web.Request, calls: Callable[[], Awaitable[int]]) -> None:
-    """Spend a project listing's `status` units: one per call of list.lua it makes (`calls`, asked
-    only under a limit), or the whole quota when it makes more.
+async def spend_listing(request: web.Request, calls: int) -> None:
+    """Spend a project listing's `status` units: one per call of list.lua/list_look.lua it makes
+    (`calls`, TaskStore.list_project's count once its first call told it), or the whole quota when
+    it makes more.
 
-    A listing reads its project's whole index, 1,000 ids a call (~2-3 ms of Valkey each): one
-    request of a project of 100,000 tasks held Valkey ~170 ms, and unlimited, one key listing in a
-    loop slowed every other key's submits tenfold. Capped at the limit, a listing of any size still
-    passes once the key's window is empty. Spent after the project scope (the route's handler), so
-    that a key never learns from its remaining quota how large another project is.
+    A listing that reads its project's whole index, 1,000 ids a call (~2-3 ms of Valkey each),
+    held Valkey ~170 ms at 100,000 tasks, and unlimited, one key listing in a loop slowed every
+    other key's submits tenfold. Most listings read only their page (the counts kept by the one
+    that read it all): one unit. Capped at the limit, a listing of any size still passes once the
+    key's window is empty. Spent after the project scope (the route's handler), so that a key never
+    learns from its remaining quota how large another project is.
     """
     limit = _limit(request, "status")
     if limit:
-        await spend(request, "status", min(limit, await calls()))
+        await spend(request, "status", min(limit, calls))
 
 
 async def submit_quota(request: web.Request) -> Quota | None:

@@ -190,6 +190,90 @@ LIST_STRETCH = 1000
 LIVE_BATCH = 500
 
 
+def _filter_key(status: str | None, task_type: str | None) -> str:
+    """The name list.lua's census counts a listing's filter under."""
+    if status and task_type:
+        return f"b:{status}\n{task_type}"
+    if status:
+        return f"s:{status}"
+    if task_type:
+        return f"t:{task_type}"
+    return "a"
+
+
+def _per_filter(counts: Mapping[str, int]) -> dict[str, int]:
+    """A census's counts ('<status>\n<task_type>' -> tasks) added up under every filter key."""
+    per: Counter[str] = Counter()
+    for both, count in counts.items():
+        status, _, task_type = both.partition("\n")
+        for name in ("a", f"s:{status}", f"t:{task_type}", f"b:{both}"):
+            per[name] += int(count)
+    return dict(per)
+
+
+class _Stretch:
+    """A listing's walk down its project's index, a call of list.lua (one stretch) at a time, with
+    what a census of it counted: how many tasks match each filter before each stretch."""
+
+    def __init__(self, client: Redis, index: str, status: str, task_type: str, *, census: bool) -> None:
+        self.client, self.index, self.status, self.task_type, self.census = (
+            client,
+            index,
+            status,
+            task_type,
+            census,
+        )
+        self.matched = 0
+        # Per stretch read, its census counts (filter key -> tasks of the stretch it matches).
+        self.stretches: list[dict[str, int]] = []
+        # When the first record counted expires (ms of Valkey's clock), None for none.
+        self.soonest: int | None = None
+
+    async def read(
+        self, script: scripts.Script, *, below: bytes, seen: int, offset: int, limit: int, whole: bool
+    ) -> list[str]:
+        """The ids of the page `offset` matches down from (`below`, `seen`); on to the index's end
+        when `whole` (for the count), else only until the page is full."""
+        page: list[str] = []
+        while True:
+            reply = await script(
+                client=self.client,
+                keys={"index": self.index},
+                args={
+                    "below": below,
+                    "seen": seen,
+                    "count": LIST_STRETCH,
+                    "status": self.status,
+                    "task_type": self.task_type,
+                    "skip": offset - self.matched,
+                    "want": limit - len(page),
+                    "census": "1" if self.census else "",
+                },
+            )
+            found, read, below, seen = int(reply[0]), int(reply[1]), reply[2], int(reply[3])
+            if self.census:
+                counted = orjson.loads(reply[4])
+                self.stretches.append(_per_filter(counted["counts"]))
+                soonest = int(counted["soonest"])
+                if soonest >= 0 and (self.soonest is None or soonest < self.soonest):
+                    self.soonest = soonest
+            page.extend(raw.decode() for raw in reply[5:])
+            self.matched += found
+            if read < LIST_STRETCH or (not whole and len(page) >= limit):
+                return page
+
+    def kept_fields(self) -> list[str | int]:
+        """list_keep.lua's fields: each filter's count (`c:`) and its matches before each stretch (`k:`)."""
+        fields: list[str | int] = []
+        for name in sorted({name for counts in self.stretches for name in counts} | {"a"}):
+            before, running = [], 0
+            for counts in self.stretches:
+                before.append(str(running))
+                running += counts.get(name, 0)
+            fields += [f"c:{name}", running, f"k:{name}", ",".join(before)]
+        return fields
+
+
 @attrs.frozen
 class KeeperTurn:
     """A process's claim to look at a partition's live tasks (taskd.engine.keeper): taken only
@@ -411,6 +495,8 @@ class TaskStore:
         self._live = load("live")
         self._keeper_turn = load("turn")
         self._list = load("list")
+        self._list_look = load("list_look")
+        self._list_keep = load("list_keep")
         self._progress_again = load("progress_again")
         self._trimmed = load("trimmed")
         # Where each queue's next take starts among the partitions whose first due jobs are equally
@@ -1373,15 +1459,6 @@ class TaskStore:
         was = TaskStatus(previous) if status == "cancelled_now" else TaskStatus(status)
         return CancelOutcome(was, previous or None, float(cancelled_at) if cancelled_at else None)
 
-    async def list_calls(self, project_id: str) -> int:
-        """How many calls of list.lua a listing of the project makes now: what it costs Valkey.
-
-        `list_project` reads the index LIST_STRETCH ids a call until a call reads fewer, ids of
-        expired records included (it drops them as it goes), so the index's size decides it.
-        """
-        size: int = await self.clients[keys.project_partition(project_id)].zcard(keys.project(project_id))
-        return size // LIST_STRETCH + 1
-
     async def list_project(
         self,
         project_id: str,
@@ -1390,39 +1467,72 @@ class TaskStore:
         task_type: str | None,
         offset: int,
         limit: int,
+        spend: Callable[[int], Awaitable[None]] | None = None,
     ) -> tuple[list[TaskRecord], int]:
         """One page of a project's tasks (newest first) matching the filters, and how many match in all.
 
-        list.lua reads the project's index a stretch of LIST_STRETCH ids per call, drops the ids whose
-        record expired, and answers how many matched and the page's ids: the count stays exact, no
-        call holds Valkey for more than one stretch, and this process decodes only the page's records
-        (it read and parsed a reply per task of the project before: ~90 ms of its CPU a request for
-        a project of 10,000 tasks, ~190 ms with a filter). Each stretch starts where the one before
-        ended, by score (`below`, and `seen` for the ids of that very score already read): tasks
-        submitted meanwhile, newer, are not read, and none is read twice.
+        `spend` is given how many calls of list_look.lua/list.lua the listing makes (what it costs
+        Valkey) once that is known, after its first call and before the others: the API spends
+        the caller's quota there, and a refusal it raises reads nothing more.
+
+        The count is kept (list_look.lua): while the project's tasks are as the last listing that
+        read the whole index found them (its status events: lib/listed.lua), the listing reads only its page (one call for an unfiltered
+        one, the stretches its page spans for a filtered one). Otherwise list.lua reads the whole
+        index a stretch of LIST_STRETCH ids per call, drops the ids whose record expired, and
+        answers how many matched and the page's ids: the count stays exact, no call holds Valkey
+        for more than one stretch, and this process decodes only the page's records (it read and
+        parsed a reply per task of the project before: ~90 ms of its CPU a request for a project
+        of 10,000 tasks, ~190 ms with a filter); unless the project changed within LIST_QUIET_MS,
+        that reading counts the tasks under every filter as it goes, and keeps the counts for the
+        listings after it (list_keep.lua). Each stretch
+        starts where the one before ended, by score (`below`, and `seen` for the ids of that very
+        score already read): tasks submitted meanwhile, newer, are not read, and none is read twice.
         """
         client = self.clients[keys.project_partition(project_id)]
-        matched, below, seen = 0, b"+inf", 0
-        page: list[str] = []
-        while True:
-            reply = await self._list(
-                client=client,
-                keys={"index": keys.project(project_id)},
-                args={
-                    "below": below,
-                    "seen": seen,
-                    "count": LIST_STRETCH,
-                    "status": status or "",
-                    "task_type": task_type or "",
-                    "skip": offset - matched,
-                    "want": limit - len(page),
-                },
+        index, events = keys.project(project_id), keys.project_events(project_id)
+        look = await self._list_look(
+            client=client,
+            keys={"index": index, "events": events, "counts": keys.project_counts(project_id)},
+            args={
+                "key": _filter_key(status, task_type),
+                "offset": offset,
+                "limit": limit,
+                "count": LIST_STRETCH,
+            },
+        )
+        kept = int(look[0])
+        if kept == 1:
+            total = int(look[1])
+            if spend is not None:
+                await spend(1)
+            return await self.get_many([raw.decode() for raw in look[2:]]), total
+        if kept == 2:
+            total, below, seen, skip, calls = int(look[1]), look[2], int(look[3]), int(look[4]), int(look[5])
+            if spend is not None:
+                await spend(calls)
+            cursor = _Stretch(client, index, status or "", task_type or "", census=False)
+            page = await cursor.read(
+                self._list, below=below, seen=seen, offset=skip, limit=limit, whole=False
             )
-            found, read, below, seen = int(reply[0]), int(reply[1]), reply[2], int(reply[3])
-            page.extend(raw.decode() for raw in reply[4:])
-            matched += found
-            if read < LIST_STRETCH:
-                return await self.get_many(page), matched
+            return await self.get_many(page), total
+        version, size, census = look[1], int(look[2]), bool(int(look[3]))
+        if spend is not None:
+            await spend(size // LIST_STRETCH + 1)
+        cursor = _Stretch(client, index, status or "", task_type or "", census=census)
+        page = await cursor.read(self._list, below=b"+inf", seen=0, offset=offset, limit=limit, whole=True)
+        if not census:
+            return await self.get_many(page), cursor.matched
+        await self._list_keep(
+            client=client,
+            keys={"events": events, "counts": keys.project_counts(project_id)},
+            args={
+                "version": version,
+                "until": "" if cursor.soonest is None else cursor.soonest,
+                "most_ms": keys.LIST_COUNTS_MAX_MS,
+                "fields": cursor.kept_fields(),
+            },
+        )
+        return await self.get_many(page), cursor.matched
 
     async def metrics(self, queues: Iterable[str]) -> Metrics:
         """The shared counters (every partition's added up), with the running count and average

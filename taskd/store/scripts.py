@@ -81,6 +81,8 @@ CONSTANTS: Mapping[str, str] = {
     "PRUNE_EVERY_MS": str(keys.PRUNE_EVERY_MS),
     # The most ids of a project's index such a read looks at (lib/admit.lua's prune_index).
     "INDEX_PRUNE_BATCH": str(keys.INDEX_PRUNE_BATCH),
+    # A project changed more recently than this is listed without keeping its counts (list_look.lua).
+    "LIST_QUIET_MS": str(keys.LIST_QUIET_MS),
     # Past this many projects waiting on a queue, a queue position is estimated (lib/fair.lua).
     "EXACT_PLACE_HEADS": str(keys.EXACT_PLACE_HEADS),
     # A task's end wakes the webhook senders of every process at once; a job wakes the workers.
