@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from taskd.config import Config, ConfigError, S3Config
 from taskd.errors import TransientError
@@ -75,6 +75,8 @@ class S3Store:
                 f"media.s3: cannot sign URLs ({describe(exc)}): set access_key_id and secret_access_key"
             ) from None
         self._url_start = probe.split("?", 1)[0][:-1]
+        # The access key id every URL this store signs names (SigV4's X-Amz-Credential, `<id>/<scope>`).
+        self._access_key_id = _credential(probe)
 
     @classmethod
     def from_config(cls, config: Config) -> S3Store:
@@ -125,6 +127,25 @@ class S3Store:
         if len(parts) != 2 or self.key_of(parts[0], parts[1]) is None:
             return None
         return parts[0], parts[1]
+
+    def project_of(self, url: str) -> str | None:
+        """The project whose object `url` names, when it is a link to this store's objects: at the
+        address this store signs for (signed or not), or signed with its credentials under any
+        other name of the store (its IP address, the other addressing style, a proxy's path);
+        else None."""
+        located = self.locate(url)
+        if located is not None:
+            return located[0]
+        if self._access_key_id is None or _credential(url) != self._access_key_id:
+            return None
+        # The key is `<prefix><project_id>/<filename>`, the path's end in either addressing style
+        # (the prefix may end inside a name: `media-`).
+        folder, _, filename = unquote(urlsplit(url).path).rpartition("/")
+        at = folder.rfind(f"/{self.prefix}")
+        project_id = folder[at + 1 + len(self.prefix) :]
+        if at < 0 or self.key_of(project_id, filename) is None:
+            return None
+        return project_id
 
     def exists(self, project_id: str, filename: str) -> bool:
         """True when the object is there; TransientError when the store cannot be asked."""
@@ -181,6 +202,15 @@ class S3Store:
         for error in errors:
             log.warning("media sweep: removing s3 key %s failed: %s", error.get("Key"), error.get("Message"))
         return len(keys) - len(errors), len(errors)
+
+
+def _credential(url: str) -> str | None:
+    """The access key id a presigned URL was signed with, or None."""
+    try:
+        credential = parse_qs(urlsplit(url).query).get("X-Amz-Credential")
+    except ValueError:
+        return None
+    return credential[0].split("/", 1)[0] if credential else None
 
 
 def describe(exc: BaseException) -> str:
