@@ -191,6 +191,13 @@ def check_data_dir(path: Path) -> None:
         _check_folder(folder, os.stat(folder), owner, sticky_will_do=folder not in (real, path))
 
 
+def check_folder_in(folder: Path, data_dir: Path) -> None:
+    """Refuse a folder of the data directory that another user owns or can write, as check_data_dir
+    refuses the data directory: one made while the data directory was open to them, before taskd
+    checked it (its `valkey/`, with a password they know)."""
+    _check_folder(folder, os.stat(folder), os.stat(data_dir).st_uid, sticky_will_do=False)
+
+
 def _check_folder(folder: Path, status: os.stat_result, data_owner: int, *, sticky_will_do: bool) -> None:
     me = os.geteuid()
     # As root, the data directory's owner is trusted as _trusted trusts its files (root_squash NFS).

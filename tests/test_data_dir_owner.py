@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from taskd.embedded import EmbeddedValkey
 from taskd.files import check_data_dir
 
 OTHER_USER = 4243
@@ -145,3 +146,35 @@ def test_taskd_running_as_root_uses_a_data_dir_of_another_user(tmp_path):
     _others(export / "data")
 
     check_data_dir(export / "data")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a folder another user's needs root")
+async def test_an_embedded_valkey_folder_another_user_made_is_refused(tmp_path):
+    # Made while the data directory was open to them: taskd as root would chmod it 0700 and use it,
+    # with the password they left there.
+    valkey = tmp_path / "data" / "valkey"
+    valkey.mkdir(parents=True, mode=0o700)
+    _others(valkey)
+    server = EmbeddedValkey(tmp_path / "data")
+
+    with pytest.raises(OSError, match=rf"owned by uid {OTHER_USER}, not by taskd's user") as raised:
+        await server.start()
+
+    assert raised.value.filename == str(valkey)
+    assert server.pid is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a file another user's needs root")
+async def test_an_embedded_valkey_password_another_user_made_is_refused(tmp_path):
+    valkey = tmp_path / "data" / "valkey"
+    valkey.mkdir(parents=True, mode=0o700)
+    (valkey / "password").write_text("the-other-users-password\n")
+    (valkey / "password").chmod(0o600)
+    _others(valkey / "password")
+    server = EmbeddedValkey(tmp_path / "data")
+
+    with pytest.raises(OSError, match=rf"owned by uid {OTHER_USER}, not by taskd's user") as raised:
+        await server.start()
+
+    assert raised.value.filename == str(valkey / "password")
+    assert server.pid is None
