@@ -415,3 +415,20 @@ async def test_a_projects_own_presigned_link_as_an_input_is_fetched(
     body = await running.wait_terminal(task["task_id"], timeout=60)
 
     assert body["status"] == "completed", body
+
+
+async def test_a_presigned_link_tells_caches_to_ask_the_bucket_again_before_each_reuse(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    # As /media does (docs/security.md "Browsers"): without it a browser may reuse a deleted
+    # object's answer, fresh by its Last-Modified date alone (heuristic freshness).
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    body = await audio_task(running, files)
+
+    async with (
+        aiohttp.ClientSession() as anonymous,
+        anonymous.get(URL(body["result"]["media_url"], encoded=True)) as resp,
+    ):
+        cache_control = resp.headers.get("Cache-Control")
+
+    assert cache_control == "private, no-cache"

@@ -25,6 +25,10 @@ log = logging.getLogger("taskd.media")
 DELETE_BATCH = 1000
 # Presigned URLs are valid for at most 7 days (SigV4).
 MAX_PRESIGN_S = 7 * 24 * 3600
+# Kept with each object and sent by the bucket with it, as /media sends its files (taskd.http.media):
+# no shared cache keeps a tenant's file, and a browser asks again before each reuse, so a deleted
+# object is not shown from a cache (without it, fresh by its Last-Modified date alone).
+CACHE_CONTROL = "private, no-cache"
 
 
 def _boto3() -> Any:
@@ -101,7 +105,12 @@ class S3Store:
             raise ValueError(f"unsafe media name {project_id}/{filename}")
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         try:
-            self._client.upload_file(str(source), self.bucket, key, ExtraArgs={"ContentType": content_type})
+            self._client.upload_file(
+                str(source),
+                self.bucket,
+                key,
+                ExtraArgs={"ContentType": content_type, "CacheControl": CACHE_CONTROL},
+            )
         except Exception as exc:  # boto3 raises botocore and s3transfer errors of many kinds
             raise TransientError(
                 f"Media store {self.where} refused or failed the upload: {describe(exc)}"
