@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 
 from taskd.backoff import Backoff
 from taskd.childenv import child_environment
-from taskd.files import naming
+from taskd.files import check_folder_in, naming, read_kept
 
 log = logging.getLogger("taskd.embedded")
 
@@ -258,6 +258,9 @@ class EmbeddedValkey:
         if self._proc is not None:
             raise RuntimeError("embedded valkey is already started")
         _make_private_dir(self.dir)
+        # chmod made it 0700, but taskd as root chmods a folder of anyone's: its owner would know
+        # the password (and could change the config) of the server every process trusts.
+        check_folder_in(self.dir, self.dir.parent)
         # Before anything else in the directory: two taskd started at the same moment both found
         # no pidfile, and each started a server writing the one append-only file.
         self._lock = _lock_dir(self.dir)
@@ -665,7 +668,8 @@ def _make_private_dir(path: Path) -> None:
 def _load_or_create_password(path: Path) -> str:
     """The server password, made once and then reused so that existing clients keep working."""
     with contextlib.suppress(FileNotFoundError):
-        password = path.read_text().strip()
+        # As the kept key is read: a file another user made or can write is refused (read_kept).
+        password = os.fsdecode(read_kept(path)).strip()
         if password:
             return password
     password = secrets.token_urlsafe(24)

@@ -170,6 +170,57 @@ def _own_groups() -> set[int]:
     return {os.getegid(), *os.getgroups()}
 
 
+def check_data_dir(path: Path) -> None:
+    """Make the data directory (0700) when it is missing, then refuse it when another user controls
+    it or a folder above it.
+
+    Whoever can replace the directory, or anything in it, chooses what taskd trusts there: the
+    kept key and secrets, the embedded Valkey's password and its config (which names modules the
+    server loads, as taskd's user). So each folder whose entries lead to it, from the root down, its
+    link-free path's and the path's as written (a link's folder names where it leads), must be of
+    the users _trusted takes kept files from, and writable by no other user: not by everyone, nor by
+    a group taskd's process is not in (a Kubernetes fsGroup is one it is in). A folder above with
+    the sticky bit may be (/tmp: nobody renames or deletes another's entries there); the data
+    directory itself may not: whoever could add to it would make its `valkey/` first.
+    """
+    path = Path(os.path.abspath(path))
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    real = path.resolve()
+    owner = os.stat(real).st_uid
+    for folder in dict.fromkeys([real, *real.parents, path, *path.parents]):
+        _check_folder(folder, os.stat(folder), owner, sticky_will_do=folder not in (real, path))
+
+
+def check_folder_in(folder: Path, data_dir: Path) -> None:
+    """Refuse a folder of the data directory that another user owns or can write, as check_data_dir
+    refuses the data directory: one made while the data directory was open to them, before taskd
+    checked it (its `valkey/`, with a password they know)."""
+    _check_folder(folder, os.stat(folder), os.stat(data_dir).st_uid, sticky_will_do=False)
+
+
+def _check_folder(folder: Path, status: os.stat_result, data_owner: int, *, sticky_will_do: bool) -> None:
+    me = os.geteuid()
+    # As root, the data directory's owner is trusted as _trusted trusts its files (root_squash NFS).
+    if status.st_uid not in (me, 0) and not (me == 0 and status.st_uid == data_owner):
+        raise OSError(
+            errno.EPERM,
+            f"it is owned by uid {status.st_uid}, not by taskd's user (uid {me}) or root: whoever owns "
+            "it can replace the data directory's files, and choose the keys and secrets taskd would "
+            "trust; chown it, or give taskd a data_dir of its own",
+            str(folder),
+        )
+    mode = status.st_mode
+    writable = mode & 0o002 or (mode & 0o020 and status.st_gid not in _own_groups())
+    if writable and not (sticky_will_do and mode & stat.S_ISVTX):
+        raise OSError(
+            errno.EPERM,
+            f"other users can write it (mode {stat.S_IMODE(mode):04o}): they can replace the data "
+            "directory's files, and choose the keys and secrets taskd would trust; chmod go-w it, or "
+            "give taskd a data_dir of its own",
+            str(folder),
+        )
+
+
 _warned: set[Path] = set()
 
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from taskd import apikey, keys, logs, tracing
+from taskd import apikey, files, keys, logs, tracing
 from taskd.agreement import Agreement, Published, digests, roles_of
 from taskd.clock import RedisClock
 from taskd.config import Config, ConfigError
@@ -199,6 +199,8 @@ class Service:
             raise
 
     async def _start(self) -> None:
+        # Before anything in it is read or made: another user's data dir chooses what taskd trusts.
+        files.check_data_dir(self.config.data_path)
         signers = self._webhook_signers()  # first: a damaged secret file stops start-up before anything runs
         # Before the API and the sessions are made: they take the tracing middleware and trace configs.
         tracing.setup()

@@ -6,7 +6,8 @@ file's path inside what it was imported from (`taskd/media/download.py`, `asynci
 a frame as in an error's text (a tool's binary inside a package). A file-system error names a
 path in the data dir, the media dir or the scratch dir: those are written
 `<data_dir>`, `<media_dir>`, `<scratch_dir>`, as ffmpeg's errors already name their scratch file
-alone, and one in the home dir of taskd's user (a model cache) `~/…`. The worker's log line of a
+alone, and one in the home dir of taskd's user (a model cache) `~/…`, in a `file://` URL as well
+(`file://~/…`). The worker's log line of a
 failure quotes the error as the caller reads it.
 """
 
@@ -30,6 +31,10 @@ _FRAME_FILE = re.compile(r'\n(?P<indent>[ \t]*)File "(?P<path>/[^"\n]*)(?=", lin
 # quickly (a lookbehind first took 4 s over a 40 MiB error, on the worker's loop).
 _IN_A_NAME = frozenset("_.~/-")
 _END_OF_NAME = r"(?![\w.-])"
+# A file URL's path is a path of this machine, though a `/` comes before it (`file:///home/u/x`, or
+# with the host named, `file://localhost/home/u/x`): read just before a match, at its end.
+_FILE_URL = re.compile(r"file://(?:localhost)?\Z", re.IGNORECASE)
+_FILE_URL_MAX = len("file://localhost")
 # taskd itself, wherever it was imported from: an editable install is found through an import
 # hook, not a sys.path entry.
 _TASKD_ROOT = str(Path(taskd.__file__).resolve().parent.parent)
@@ -46,7 +51,10 @@ def _at_path_starts(pattern: re.Pattern[str], shown: str, text: str) -> str:
     """`text` with `shown` for each match of `pattern` that starts a path."""
 
     def one(match: re.Match[str]) -> str:
-        before = text[match.start() - 1] if match.start() else " "
+        start = match.start()
+        if _FILE_URL.search(text, max(0, start - _FILE_URL_MAX), start):
+            return shown  # the path of a file:// URL is the file's (RFC 8089): `file://<data_dir>/x`
+        before = text[start - 1] if start else " "
         return match[0] if before.isalnum() or before in _IN_A_NAME else shown
 
     return pattern.sub(one, text)

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 import cattrs
+import redis.asyncio
 
 from taskd import proctree
 from taskd.tasks.diagnostics import marker_path
@@ -259,6 +260,22 @@ async def raise_unprintable(_: TaskContext, data: UnprintableInput) -> dict[str,
 def raise_unprintable_in_process(_: ProcessContext, data: UnprintableInput) -> dict[str, Any]:
     """The same, from a job process."""
     raise _unprintable(data)
+
+
+@attrs.frozen
+class RedisCallInput:
+    port: int  # a loopback port nothing listens on
+
+
+async def call_a_redis_that_is_down(_: TaskContext, data: RedisCallInput) -> dict[str, Any]:
+    """A coroutine handler whose Redis call fails, as one of taskd's (a provider gate, run_state)
+    does while Redis is down: redis-py's own error, naming the server."""
+    client = redis.asyncio.Redis(host="127.0.0.1", port=data.port)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+    return {}
 
 
 @attrs.frozen
@@ -523,6 +540,13 @@ TASKS = [
         queue="default",
         expected_duration=0.1,
         handler=raise_unprintable,
+    ),
+    TaskType(
+        "call_a_redis_that_is_down",
+        RedisCallInput,
+        queue="default",
+        expected_duration=0.1,
+        handler=call_a_redis_that_is_down,
     ),
     TaskType(
         "raise_unprintable_in_process",

@@ -84,6 +84,38 @@ async def test_media_is_served_as_its_own_type_never_as_a_page(served):
         assert resp.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
 
 
+async def test_a_browser_asks_again_before_each_reuse_of_a_media_file(served):
+    # security.md: a file deleted (purge, retention) or a link expired stops being shown at once,
+    # not an hour later from the browser's cache; a shared cache keeps nothing.
+    running, body = served
+    url = local(body["result"]["media_url"])
+
+    async with aiohttp.ClientSession(base_url=running.base_url) as anonymous:
+        async with anonymous.get(url) as first:
+            await first.read()
+        async with anonymous.get(url, headers={"If-None-Match": first.headers["ETag"]}) as again:
+            revalidated = again.status
+
+    assert first.headers["Cache-Control"] == "private, no-cache"
+    assert revalidated == 304  # asking again costs no body while the file is there
+
+
+async def test_asking_again_for_a_deleted_media_file_is_a_404(served):
+    running, body = served
+    url = local(body["result"]["media_url"])
+    store = MediaStore.from_config(running.service.config)
+    async with aiohttp.ClientSession(base_url=running.base_url) as anonymous:
+        async with anonymous.get(url) as first:
+            await first.read()
+        path = store.path_of("noir_001", urlsplit(url).path.rsplit("/", 1)[1])
+        assert path is not None
+        path.unlink()
+        async with anonymous.get(url, headers={"If-None-Match": first.headers["ETag"]}) as again:
+            status = again.status
+
+    assert status == 404
+
+
 async def test_tampered_and_expired_signatures_are_refused(served):
     running, body = served
     url = local(body["result"]["media_url"])

@@ -353,3 +353,82 @@ def test_the_s3_backend_without_credentials_stops_with_one_line(monkeypatch, tmp
 
     with pytest.raises(ConfigError, match=r"^media.s3: cannot sign URLs \(Unable to locate credentials\)"):
         media_backend(config)
+
+
+async def test_another_projects_presigned_link_as_an_input_is_refused(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    # docs/security.md "Media": a task reads no other project's media, whichever backend stores it;
+    # a local link of another project is refused (tests/hostile/test_own_media_links.py), and so is a bucket's.
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    theirs = (await audio_task(running, files))["result"]["media_url"]
+
+    task = await running.submit(
+        "process_audio", {"tracks": [{"url": theirs}], "output_format": "wav"}, project_id="other_project"
+    )
+    body = await running.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed"
+    assert body["error"].endswith("was refused: it is a media link of another project")
+
+
+async def test_another_projects_object_named_without_a_signature_is_refused(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    # A bucket that lets taskd's network read without credentials would answer it to taskd alone.
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    theirs = (await audio_task(running, files))["result"]["media_url"].split("?", 1)[0]
+
+    task = await running.submit(
+        "process_audio", {"tracks": [{"url": theirs}], "output_format": "wav"}, project_id="other_project"
+    )
+    body = await running.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["error"] == f"Track {theirs} was refused: it is a media link of another project"
+
+
+async def test_another_projects_presigned_link_under_another_name_of_the_store_is_refused(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    theirs = (await audio_task(running, files))["result"]["media_url"].replace("127.0.0.1", "localhost", 1)
+
+    task = await running.submit(
+        "process_audio", {"tracks": [{"url": theirs}], "output_format": "wav"}, project_id="other_project"
+    )
+    body = await running.wait_terminal(task["task_id"], timeout=60)
+
+    # Its signature is masked in the error (docs/security.md "Secrets").
+    assert body["error"].startswith(f"Track {theirs.split('?', 1)[0]}?")
+    assert body["error"].endswith(" was refused: it is a media link of another project")
+
+
+async def test_a_projects_own_presigned_link_as_an_input_is_fetched(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    own = (await audio_task(running, files))["result"]["media_url"]
+
+    task = await running.submit(
+        "process_audio", {"tracks": [{"url": own}], "output_format": "wav"}, project_id="noir_001"
+    )
+    body = await running.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "completed", body
+
+
+async def test_a_presigned_link_tells_caches_to_ask_the_bucket_again_before_each_reuse(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    # As /media does (docs/security.md "Browsers"): without it a browser may reuse a deleted
+    # object's answer, fresh by its Last-Modified date alone (heuristic freshness).
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    body = await audio_task(running, files)
+
+    async with (
+        aiohttp.ClientSession() as anonymous,
+        anonymous.get(URL(body["result"]["media_url"], encoded=True)) as resp,
+    ):
+        cache_control = resp.headers.get("Cache-Control")
+
+    assert cache_control == "private, no-cache"

@@ -145,6 +145,22 @@ def _cut_traceback(text: str | None) -> str | None:
     return _cut(None if text is None else SHOWN_PATHS.traceback(text), TRACEBACK_MAX_CHARS)
 
 
+# What a task's caller reads of a Redis failure in its run. redis-py's message names the server
+# (`Error 111 connecting to 10.0.0.5:6379`), as do its traceback's frames (the connection's
+# arguments): the operator's, whose log has them. Sentinel and cluster find their servers at run
+# time, so no list of addresses to rewrite (shown_paths) could cover them.
+REDIS_FAILED = (
+    "Task execution failed: taskd's task storage (Redis) failed: {kind}; the operator's log has the detail"
+)
+
+
+def _shown(exc: Exception, error: str, trace: str) -> tuple[str, str | None]:
+    """The error and traceback a caller reads of `exc`: those given, unless Redis failed."""
+    if isinstance(exc, RedisError):
+        return REDIS_FAILED.format(kind=type(exc).__name__), None
+    return error, trace
+
+
 @attrs.frozen
 class Outcome:
     """How a run ended, before it is recorded."""
@@ -706,9 +722,9 @@ class Executor:
             # still ends, retried while it has attempts, or it would stay `processing` for ever
             # under a worker whose heartbeat goes on.
             log.exception("running task %s failed", task_id)
-            error = f"Task execution failed: {describe(exc)}"
+            error, trace = _shown(exc, f"Task execution failed: {describe(exc)}", traceback.format_exc())
             retry = record.attempt < self.max_attempts(record)
-            outcome = Outcome("retry" if retry else "failed", error=error, traceback=traceback.format_exc())
+            outcome = Outcome("retry" if retry else "failed", error=error, traceback=trace)
         finally:
             self.running.pop(task_id, None)
         if running.taken_over:
@@ -1131,8 +1147,11 @@ class Executor:
         return Outcome("failed", error=result.error, traceback=result.traceback)
 
     def _failure(self, record: TaskRecord, exc: Exception) -> Outcome:
-        trace = traceback.format_exc()
+        if isinstance(exc, RedisError):
+            # The caller reads no more than that Redis failed (_shown): the operator, all of it.
+            log.warning("task %s: its handler met a Redis failure", record.task_id, exc_info=exc)
         message = message_of(exc) if isinstance(exc, TaskError) else f"Task execution failed: {describe(exc)}"
+        message, trace = _shown(exc, message, traceback.format_exc())
         if is_transient(exc) and record.attempt < self.max_attempts(record):
             return Outcome("retry", error=message, traceback=trace)
         return Outcome("failed", error=message, traceback=trace)

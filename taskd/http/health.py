@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import typing
+from collections.abc import Awaitable, Callable
 
 import psutil
 from aiohttp import web
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from taskd import agreement, shapes
 from taskd.alerts import (
@@ -27,6 +30,12 @@ from taskd.redis_conn import distinct_partitions, writes_refused
 from taskd.redis_memory import read_every_node
 
 routes = web.RouteTableDef()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# How long the health and metrics routes wait for Redis in all, as a /metrics scrape does (prom.py):
+# a hung Redis (no answer, no error) held each of their reads for redis.socket_timeout, and one
+# answer for tens of seconds, past any probe's or load balancer's timeout.
+HEALTH_WAIT_S = 5.0
 
 NO_GPU_NOTE = (
     "No GPU on any live worker host (NVML unavailable or no device, or no worker); GPU queues run on the CPU"
@@ -64,6 +73,22 @@ def _refusal_note(refused: dict[int, str], partitioned: bool) -> str | shapes.Ab
     )
 
 
+def _bounded(handler: Handler) -> Handler:
+    """`handler`, answering the 503 of a Redis that is unavailable once Redis has not answered its
+    reads within HEALTH_WAIT_S (a monitor's timeout is seconds, not a socket timeout's)."""
+
+    @functools.wraps(handler)
+    async def bounded(request: web.Request) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout(HEALTH_WAIT_S):
+                return await handler(request)
+        except TimeoutError:
+            # Told as a lost Redis is (taskd.http.errors): its 503, and a line in the log.
+            raise RedisTimeoutError(f"Redis did not answer within {HEALTH_WAIT_S:g} s") from None
+
+    return bounded
+
+
 @routes.get("/api/v1/health")
 @touches(Touches.FILTERED)
 async def service_health(request: web.Request) -> web.Response:
@@ -72,7 +97,14 @@ async def service_health(request: web.Request) -> web.Response:
     uptime = int(time.monotonic() - api.started_at)
     cpu_percent = api.cpu_load.percent
     memory_percent = psutil.virtual_memory().percent
-    if (refused := await _redis_refusals(api)) is None:
+    health = None
+    if (refused := await _redis_refusals(api)) is not None:
+        try:
+            async with asyncio.timeout(HEALTH_WAIT_S):
+                health = await _connected_health(request, refused, uptime, cpu_percent, memory_percent)
+        except TimeoutError:  # it answered the first read, then hung: as unreachable
+            health = None
+    if health is None:
         # Without Redis no host's report can be read: the GPUs of the answering node, as NVML reads them.
         local = [device.utilization for device in api.gpu.inventory.read()]
         unhealthy = shapes.ServiceHealth(
@@ -84,9 +116,16 @@ async def service_health(request: web.Request) -> web.Response:
             uptime=uptime,
         )
         return shape_response(unhealthy, 503)
+    return shape_response(health)
+
+
+async def _connected_health(
+    request: web.Request, refused: dict[int, str], uptime: int, cpu_percent: float, memory_percent: float
+) -> shapes.ServiceHealth:
+    api = request.app[API]
     workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
     rows = await gpu_rows(api)
-    health = shapes.ServiceHealth(
+    return shapes.ServiceHealth(
         status="healthy" if workers and not refused else "degraded",
         redis_status="connected",
         worker_count=len(workers),
@@ -97,7 +136,6 @@ async def service_health(request: web.Request) -> web.Response:
         gpu_note=shapes.ABSENT if rows else NO_GPU_NOTE,
         redis_note=_refusal_note(refused, len(distinct_partitions(api.store.clients)) > 1),
     )
-    return shape_response(health)
 
 
 async def _gpus(request: web.Request, rows: list[GpuRow]) -> list[shapes.GpuDevice]:
@@ -115,6 +153,7 @@ async def _gpus(request: web.Request, rows: list[GpuRow]) -> list[shapes.GpuDevi
 
 @routes.get("/api/v1/tasks/metrics")
 @touches(Touches.NOTHING)
+@_bounded
 async def task_metrics(request: web.Request) -> web.Response:
     """The cumulative counters shared by every process."""
     api = request.app[API]
@@ -137,6 +176,7 @@ async def task_metrics(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/tasks/health")
 @touches(Touches.FILTERED)
+@_bounded
 async def queue_health(request: web.Request) -> web.Response:
     """Alerts from the failure rate, long-running tasks, worker memory and Redis memory."""
     api = request.app[API]

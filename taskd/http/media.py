@@ -20,9 +20,12 @@ from taskd.model import ApiError, TaskRecord
 
 STORE = web.AppKey("media_store", MediaBackend)
 # A file is served from the API's own origin, the dashboard's: a browser must take it as the type
-# its name gives (no sniffing it into a page) and, opened on its own, run nothing in it.
+# its name gives (no sniffing it into a page) and, opened on its own, run nothing in it. It is a
+# tenant's: no shared cache keeps it (`private`), and a browser asks again before each reuse
+# (`no-cache`; a 304 while it is there), so a deleted file or an expired link stops being shown at
+# once (with `max-age=3600` a browser showed either for up to an hour).
 _FILE_HEADERS = {
-    "Cache-Control": "private, max-age=3600",
+    "Cache-Control": "private, no-cache",
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; sandbox",
 }

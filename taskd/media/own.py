@@ -9,11 +9,16 @@ file of the task's own project; then the file is read from the store. A link of 
 refused even when its signature is good, so a task can read no more media than its own project's
 (a signed link is a bearer token for whoever holds it, but not a way for one project's tasks to
 pull another's files into their results).
+
+With `media.backend = "s3"` a task's links are the bucket's presigned URLs, fetched over HTTP with
+their own signature; one of another project's objects is refused just the same (S3Store.project_of),
+as is an unsigned URL of one, which a bucket that lets taskd's network read would answer.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 from yarl import URL
@@ -24,17 +29,34 @@ from taskd.media.store import MediaStore
 from taskd.net.guarded import RedirectRefused
 
 
+class BucketLinks(Protocol):
+    """What OwnMedia asks of the s3 backend's store (taskd.media.s3.S3Store)."""
+
+    def project_of(self, url: str) -> str | None: ...
+
+
 @attrs.frozen
 class OwnMedia:
     """The media links of this taskd's store that one project's task may read directly."""
 
     store: MediaStore
     project_id: str
+    bucket: BucketLinks | None = None  # the s3 backend's store
 
     @classmethod
     def for_task(cls, config: Config, project_id: str) -> OwnMedia:
         """The store `config` describes, for a task of `project_id`."""
-        return cls(MediaStore.from_config(config), project_id)
+        bucket = None
+        if config.media.backend == "s3":
+            from taskd.media.s3 import S3Store  # boto3 is the optional `s3` extra
+
+            bucket = S3Store.from_config(config)
+        return cls(MediaStore.from_config(config), project_id, bucket)
+
+    def _another_projects_object(self, url: str) -> bool:
+        """Whether `url` names an object of another project in the s3 backend's bucket."""
+        owner = None if self.bucket is None else self.bucket.project_of(url)
+        return owner is not None and owner != self.project_id
 
     def _media_path(self, url: URL) -> str | None:
         """What follows `/media/` in `url` when it is a link to this store, else None: at its media
@@ -71,6 +93,8 @@ class OwnMedia:
         bring another project's file past them."""
         if self.is_link(target):
             raise RedirectRefused("it redirects to a media link of this taskd; give the link itself")
+        if self._another_projects_object(str(target)):
+            raise RedirectRefused("it redirects to a media link of another project")
 
     def find(self, url: str, what: str) -> Path | None:
         """The stored file `url` links to, or None when it is no link to this store.
@@ -78,6 +102,8 @@ class OwnMedia:
         TaskError, naming the URL, for a link to the store that this task may not read: a bad or
         expired signature, another project's file, a name that is not a stored file's.
         """
+        if self._another_projects_object(url):
+            raise TaskError(f"{what} {url} was refused: it is a media link of another project")
         try:
             parsed = URL(url)
         except ValueError:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from taskd.config import Config, ConfigError, S3Config
 from taskd.errors import TransientError
@@ -25,6 +25,10 @@ log = logging.getLogger("taskd.media")
 DELETE_BATCH = 1000
 # Presigned URLs are valid for at most 7 days (SigV4).
 MAX_PRESIGN_S = 7 * 24 * 3600
+# Kept with each object and sent by the bucket with it, as /media sends its files (taskd.http.media):
+# no shared cache keeps a tenant's file, and a browser asks again before each reuse, so a deleted
+# object is not shown from a cache (without it, fresh by its Last-Modified date alone).
+CACHE_CONTROL = "private, no-cache"
 
 
 def _boto3() -> Any:
@@ -75,6 +79,8 @@ class S3Store:
                 f"media.s3: cannot sign URLs ({describe(exc)}): set access_key_id and secret_access_key"
             ) from None
         self._url_start = probe.split("?", 1)[0][:-1]
+        # The access key id every URL this store signs names (SigV4's X-Amz-Credential, `<id>/<scope>`).
+        self._access_key_id = _credential(probe)
 
     @classmethod
     def from_config(cls, config: Config) -> S3Store:
@@ -99,7 +105,12 @@ class S3Store:
             raise ValueError(f"unsafe media name {project_id}/{filename}")
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         try:
-            self._client.upload_file(str(source), self.bucket, key, ExtraArgs={"ContentType": content_type})
+            self._client.upload_file(
+                str(source),
+                self.bucket,
+                key,
+                ExtraArgs={"ContentType": content_type, "CacheControl": CACHE_CONTROL},
+            )
         except Exception as exc:  # boto3 raises botocore and s3transfer errors of many kinds
             raise TransientError(
                 f"Media store {self.where} refused or failed the upload: {describe(exc)}"
@@ -125,6 +136,25 @@ class S3Store:
         if len(parts) != 2 or self.key_of(parts[0], parts[1]) is None:
             return None
         return parts[0], parts[1]
+
+    def project_of(self, url: str) -> str | None:
+        """The project whose object `url` names, when it is a link to this store's objects: at the
+        address this store signs for (signed or not), or signed with its credentials under any
+        other name of the store (its IP address, the other addressing style, a proxy's path);
+        else None."""
+        located = self.locate(url)
+        if located is not None:
+            return located[0]
+        if self._access_key_id is None or _credential(url) != self._access_key_id:
+            return None
+        # The key is `<prefix><project_id>/<filename>`, the path's end in either addressing style
+        # (the prefix may end inside a name: `media-`).
+        folder, _, filename = unquote(urlsplit(url).path).rpartition("/")
+        at = folder.rfind(f"/{self.prefix}")
+        project_id = folder[at + 1 + len(self.prefix) :]
+        if at < 0 or self.key_of(project_id, filename) is None:
+            return None
+        return project_id
 
     def exists(self, project_id: str, filename: str) -> bool:
         """True when the object is there; TransientError when the store cannot be asked."""
@@ -181,6 +211,15 @@ class S3Store:
         for error in errors:
             log.warning("media sweep: removing s3 key %s failed: %s", error.get("Key"), error.get("Message"))
         return len(keys) - len(errors), len(errors)
+
+
+def _credential(url: str) -> str | None:
+    """The access key id a presigned URL was signed with, or None."""
+    try:
+        credential = parse_qs(urlsplit(url).query).get("X-Amz-Credential")
+    except ValueError:
+        return None
+    return credential[0].split("/", 1)[0] if credential else None
 
 
 def describe(exc: BaseException) -> str:

@@ -83,6 +83,35 @@ async def test_readyz_is_503_while_redis_is_down_and_ready_again_after_it(outage
     assert back == (200, {"status": "ready"})
 
 
+@pytest.mark.parametrize("path", ["/api/v1/tasks/health", "/api/v1/tasks/metrics"])
+async def test_queue_health_and_metrics_answer_503_while_redis_hangs(tmp_path, path):
+    # A hung Redis (stopped: it takes connections and never answers) with no socket timeout, which
+    # held these for ever (for redis.socket_timeout per read with one): a monitor needs an answer.
+    server = await ValkeyServer(tmp_path / "valkey").start()
+    try:
+        async with serving(tmp_path, RedisConfig(url=server.url, socket_timeout=0), workers=False) as (
+            _,
+            api,
+        ):
+            server.proc.send_signal(signal.SIGSTOP)
+            async with asyncio.timeout(60):
+                answer = await api.call("GET", path)
+            server.proc.send_signal(signal.SIGCONT)
+    finally:
+        if server.proc is not None:
+            server.proc.send_signal(signal.SIGCONT)
+        server.stop()
+
+    assert answer == (
+        503,
+        {
+            "error": "service_unavailable",
+            "message": "Task storage is unavailable, please try again later",
+            "retry_after": 5,
+        },
+    )
+
+
 async def test_tasks_submitted_before_a_redis_outage_all_complete_after_it(outage_service, tmp_path):
     server, api, config = outage_service
     task_ids = [await api.submit("record_run", {"seconds": 0.5 if i % 3 else 0}) for i in range(30)]

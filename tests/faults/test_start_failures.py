@@ -287,6 +287,21 @@ async def test_a_data_dir_that_cannot_be_made_stops_start_up_with_one_line_and_e
     assert _last_line(done.stderr).endswith(": Not a directory")
 
 
+async def test_a_data_dir_other_users_can_write_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
+    # security.md: whoever can write it chooses the embedded Valkey's password and config, and the keys.
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data").chmod(0o777)
+
+    done = await _serve(tmp_path)
+
+    assert done.returncode == 4
+    assert "Traceback" not in done.stderr
+    assert _last_line(done.stderr).startswith(
+        f"taskd: cannot use {tmp_path / 'data'}: other users can write it (mode 0777)"
+    )
+    assert not (tmp_path / "data" / "valkey").exists()  # nothing read or made there
+
+
 async def test_a_full_disk_under_the_data_dir_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
     # /dev/full answers every write with ENOSPC, as a full filesystem does: the embedded Valkey's
     # config is written aside first, and that aside file is made to land there.

@@ -55,6 +55,18 @@ async def test_an_error_naming_a_file_in_the_home_dir_names_it_under_a_tilde(sta
     assert body["error"] == "no model at ~/.cache/models/voice.onnx"
 
 
+async def test_a_file_url_in_an_error_names_its_file_under_a_placeholder(start_service):
+    # A file URL's path is the file's own, though a `/` comes before it (a URL's path, elsewhere).
+    service = await start_service()
+    home, data_dir = os.path.expanduser("~"), service.service.config.data_path
+    message = f"cannot open file://{home}/.cache/voice.onnx nor FILE://localhost{data_dir}/media/p/x.wav"
+    task = await service.submit("fail", {"message": message})
+
+    body = await service.wait_terminal(task["task_id"])
+
+    assert body["error"] == "cannot open file://~/.cache/voice.onnx nor FILE://localhost<media_dir>/p/x.wav"
+
+
 async def test_an_error_naming_a_file_inside_an_installed_package_names_it_from_the_package_on(start_service):
     service = await start_service()
     binaries = Path(imageio_ffmpeg.__file__).parent / "binaries"
