@@ -199,6 +199,11 @@ async def test_a_callback_url_whose_credentials_basic_auth_cannot_send_is_refuse
         ("http://example.com:99999/hook", "Port out of range 0-65535"),
         ("http://[::1/hook", "Invalid IPv6 URL"),
         ("http://example.com:0/hook", "port 0 cannot be connected to"),
+        ("http://a\x00b.example.com/hook", "its host holds a control character"),
+        (
+            "http://xn--.example.com/hook",
+            "decoding with 'idna' codec failed (UnicodeError: label empty or too long)",
+        ),
     ],
 )
 async def test_a_callback_url_that_is_not_a_valid_url_is_refused_with_its_reason(taskd, url, reason):
@@ -208,6 +213,31 @@ async def test_a_callback_url_that_is_not_a_valid_url_is_refused_with_its_reason
 
     assert status == 400
     assert body["details"] == {"callback_url": f"Callback URL is not a valid URL: {reason}"}
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://a\x00b.example.com/x.wav", " is not a valid URL: its host holds a control character"),
+        ("http://a\x1bb.example.com/x.wav", " is not a valid URL: its host holds a control character"),
+        (
+            "http://xn--.example.com/x.wav",
+            " is not a valid URL: decoding with 'idna' codec failed (UnicodeError: label empty or too long)",
+        ),
+        ("http://example.com:99999/x.wav", " is not a valid URL: Port out of range 0-65535"),
+        (
+            "http://user:密码@example.com/x.wav",
+            "'s user name and password must be Latin-1 text: HTTP Basic authentication sends them so",
+        ),
+    ],
+)
+async def test_a_task_input_url_that_cannot_be_requested_is_refused_with_its_reason(taskd, url, reason):
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "process_audio", "task_data": {"tracks": [{"url": url}]}}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.tracks[0].url": f"Track url{reason}"}
 
 
 async def test_body_that_is_not_json_is_a_validation_error(taskd):
