@@ -240,6 +240,36 @@ async def test_a_task_input_url_that_cannot_be_requested_is_refused_with_its_rea
     assert body["details"] == {"task_data.tracks[0].url": f"Track url{reason}"}
 
 
+async def test_a_string_sent_for_a_list_of_names_is_refused_not_split_into_characters(taskd):
+    task_data = {"brief": "A noir series.", "departments": "lighting"}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "automated_gather_creation", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.departments": "Must be a list"}
+
+
+async def test_a_long_string_sent_for_a_list_of_objects_is_one_field_error(taskd):
+    task_data = {"tracks": "a" * 100_000}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "process_audio", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.tracks": "Must be a list"}
+
+
+async def test_a_string_in_a_list_of_objects_is_named_as_not_an_object(taskd):
+    task_data = {"tracks": ["https://media.ft.tc/dialogue.wav"]}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "process_audio", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.tracks[0]": "Must be an object"}
+
+
 async def test_body_that_is_not_json_is_a_validation_error(taskd):
     async with taskd.client.post("/api/v1/tasks/submit", data=b"{not json") as response:
         body = await response.json()
