@@ -270,6 +270,17 @@ async def test_a_string_in_a_list_of_objects_is_named_as_not_an_object(taskd):
     assert body["details"] == {"task_data.tracks[0]": "Must be an object"}
 
 
+@pytest.mark.parametrize("text", ["\u200b", "\u200b\u2060\ufeff", "\u202e\u200f", "\x00\u3000\u2028"])
+async def test_text_of_only_zero_width_or_control_characters_counts_as_blank(taskd, text):
+    task_data = {"text": text}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_character_voice", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.text": "Text is required"}
+
+
 async def test_body_that_is_not_json_is_a_validation_error(taskd):
     async with taskd.client.post("/api/v1/tasks/submit", data=b"{not json") as response:
         body = await response.json()
