@@ -250,14 +250,21 @@ class HttpUrl:
             return
         if not _HTTP_URL.match(value):
             raise ValueError(f"{self.what} must be an http(s) URL")
-        problem = url_problem(value)
+        problem = unrequestable(self.what, value)
         if problem is not None:
-            raise ValueError(f"{self.what} is not a valid URL: {problem}")
-        if not latin1_credentials(URL(value)):
-            raise ValueError(
-                f"{self.what}'s user name and password must be Latin-1 text: HTTP Basic authentication "
-                "sends them so"
-            )
+            raise ValueError(problem)
+
+
+def unrequestable(what: str, url: str) -> str | None:
+    """Why `what`, the http(s) URL `url`, cannot be requested as written (a field error), or None."""
+    problem = url_problem(url)
+    if problem is not None:
+        return f"{what} is not a valid URL: {problem}"
+    if not latin1_credentials(URL(url)):
+        return (
+            f"{what}'s user name and password must be Latin-1 text: HTTP Basic authentication sends them so"
+        )
+    return None
 
 
 def http_url(what: str) -> HttpUrl:

@@ -240,6 +240,22 @@ async def test_a_task_input_url_that_cannot_be_requested_is_refused_with_its_rea
     assert body["details"] == {"task_data.tracks[0].url": f"Track url{reason}"}
 
 
+@pytest.mark.parametrize(
+    ("field", "what"),
+    [("character_voice_profile", "Character voice profile"), ("background_noise", "Background noise")],
+)
+async def test_a_voice_url_that_cannot_be_requested_is_refused_with_its_reason(taskd, field, what):
+    task_data = {"text": "Hello", field: "http://a\x00b.example.com/x"}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_character_voice", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        f"task_data.{field}": f"{what} is not a valid URL: its host holds a control character"
+    }
+
+
 async def test_a_string_sent_for_a_list_of_names_is_refused_not_split_into_characters(taskd):
     task_data = {"brief": "A noir series.", "departments": "lighting"}
     status, body = await post(
