@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -12,6 +11,8 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from yarl import URL
+
+from taskd.printable import shows_nothing
 
 T = TypeVar("T")
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
@@ -159,20 +160,11 @@ def one_of(choices: Sequence[str], what: str) -> Check:
     )
 
 
-# What shows nothing on its own: controls, format characters (zero-width spaces and joiners,
-# bidirectional marks, the byte order mark, tag characters) and spaces and separators.
-_UNSEEN_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
-
-
-def _shows_something(text: str) -> bool:
-    # str.strip() leaves U+200B and its kind, so "\u200b" passed for a prompt: a provider was asked
-    # (and paid) to voice or draw nothing.
-    return any(not char.isspace() and unicodedata.category(char) not in _UNSEEN_CATEGORIES for char in text)
-
-
 def not_blank(message: str) -> Check:
     """Value is a string with something other than whitespace, controls and zero-width characters."""
-    return check(_shows_something, message, {"minLength": 1})
+    # str.strip() leaves U+200B and its kind, so "\u200b" passed for a prompt: a provider was asked
+    # (and paid) to voice or draw nothing.
+    return check(lambda v: not shows_nothing(v), message, {"minLength": 1})
 
 
 def max_length(limit: int, what: str, unit: str = "characters") -> Check:
