@@ -226,6 +226,10 @@ async def test_a_callback_url_that_is_not_a_valid_url_is_refused_with_its_reason
         ),
         ("http://example.com:99999/x.wav", " is not a valid URL: Port out of range 0-65535"),
         (
+            "http://" + "ä" * 300 + "/x.wav",
+            " is not a valid URL: its host name is longer than 253 characters",
+        ),
+        (
             "http://user:密码@example.com/x.wav",
             "'s user name and password must be Latin-1 text: HTTP Basic authentication sends them so",
         ),
