@@ -14,6 +14,8 @@ _UNSEEN = (
 )
 _CONTROLS = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNSEEN}]")
 _CONTROLS_BUT_LINES = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_UNSEEN}]")
+# Text that shows nothing at all: whitespace, controls and the characters above.
+_NOTHING_SHOWN = re.compile(f"[\\s\\x00-\\x1f\\x7f-\\x9f{_UNSEEN}]*")
 # What JSON leaves as it is inside a string (it escapes only C0, the quote and the backslash).
 _JSON_LEAVES = re.compile(f"[\\x7f-\\x9f{_UNSEEN}]")
 
@@ -50,3 +52,9 @@ def printable_json(text: str) -> str:
     if text.isascii() and "\x7f" not in text:
         return text
     return _JSON_LEAVES.sub(_json_escape, text)
+
+
+def shows_nothing(text: str) -> bool:
+    """True when `text` holds only whitespace, control characters and characters that reorder or
+    hide text (zero-width, bidirectional, tag characters): what a person would read as blank."""
+    return _NOTHING_SHOWN.fullmatch(text) is not None

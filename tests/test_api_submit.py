@@ -199,6 +199,11 @@ async def test_a_callback_url_whose_credentials_basic_auth_cannot_send_is_refuse
         ("http://example.com:99999/hook", "Port out of range 0-65535"),
         ("http://[::1/hook", "Invalid IPv6 URL"),
         ("http://example.com:0/hook", "port 0 cannot be connected to"),
+        ("http://a\x00b.example.com/hook", "its host holds a control character"),
+        (
+            "http://xn--.example.com/hook",
+            "decoding with 'idna' codec failed (UnicodeError: label empty or too long)",
+        ),
     ],
 )
 async def test_a_callback_url_that_is_not_a_valid_url_is_refused_with_its_reason(taskd, url, reason):
@@ -208,6 +213,92 @@ async def test_a_callback_url_that_is_not_a_valid_url_is_refused_with_its_reason
 
     assert status == 400
     assert body["details"] == {"callback_url": f"Callback URL is not a valid URL: {reason}"}
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://a\x00b.example.com/x.wav", " is not a valid URL: its host holds a control character"),
+        ("http://a\x1bb.example.com/x.wav", " is not a valid URL: its host holds a control character"),
+        (
+            "http://xn--.example.com/x.wav",
+            " is not a valid URL: decoding with 'idna' codec failed (UnicodeError: label empty or too long)",
+        ),
+        ("http://example.com:99999/x.wav", " is not a valid URL: Port out of range 0-65535"),
+        (
+            "http://" + "ä" * 300 + "/x.wav",
+            " is not a valid URL: its host name is longer than 253 characters",
+        ),
+        (
+            "http://user:密码@example.com/x.wav",
+            "'s user name and password must be Latin-1 text: HTTP Basic authentication sends them so",
+        ),
+    ],
+)
+async def test_a_task_input_url_that_cannot_be_requested_is_refused_with_its_reason(taskd, url, reason):
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "process_audio", "task_data": {"tracks": [{"url": url}]}}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.tracks[0].url": f"Track url{reason}"}
+
+
+@pytest.mark.parametrize(
+    ("field", "what"),
+    [("character_voice_profile", "Character voice profile"), ("background_noise", "Background noise")],
+)
+async def test_a_voice_url_that_cannot_be_requested_is_refused_with_its_reason(taskd, field, what):
+    task_data = {"text": "Hello", field: "http://a\x00b.example.com/x"}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_character_voice", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        f"task_data.{field}": f"{what} is not a valid URL: its host holds a control character"
+    }
+
+
+async def test_a_string_sent_for_a_list_of_names_is_refused_not_split_into_characters(taskd):
+    task_data = {"brief": "A noir series.", "departments": "lighting"}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "automated_gather_creation", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.departments": "Must be a list"}
+
+
+async def test_a_long_string_sent_for_a_list_of_objects_is_one_field_error(taskd):
+    task_data = {"tracks": "a" * 100_000}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "process_audio", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.tracks": "Must be a list"}
+
+
+async def test_a_string_in_a_list_of_objects_is_named_as_not_an_object(taskd):
+    task_data = {"tracks": ["https://media.ft.tc/dialogue.wav"]}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "process_audio", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.tracks[0]": "Must be an object"}
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u200b\u2060\ufeff", "\u202e\u200f", "\x00\u3000\u2028"])
+async def test_text_of_only_zero_width_or_control_characters_counts_as_blank(taskd, text):
+    task_data = {"text": text}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_character_voice", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.text": "Text is required"}
 
 
 async def test_body_that_is_not_json_is_a_validation_error(taskd):

@@ -172,6 +172,20 @@ async def test_a_body_that_is_not_json_is_told_why_and_where(start_service):
     assert message.endswith("line 1 column 1 (char 0)")
 
 
+async def test_a_body_that_is_not_utf8_is_told_so_and_where(start_service):
+    taskd = await start_service(workers=False)
+    # A Latin-1 body, as a client whose strings are Latin-1 sends it: "é" is one byte, 0xe9.
+    body = '{"project_id": "p", "task_type": "test_prompt", "task_data": {"prompt_template": "été"}}'
+
+    status, error = await post(taskd, body.encode("latin-1"))
+
+    assert status == 400
+    assert error["details"]["body"] == (
+        "Request body must be valid JSON: it is not UTF-8 text (byte 0xe9 at offset 82); JSON is sent "
+        "as UTF-8, whatever charset the Content-Type names"
+    )
+
+
 async def test_a_body_that_is_not_json_is_not_parsed_a_second_time(start_service, monkeypatch):
     taskd = await start_service(workers=False)
     parsed = []

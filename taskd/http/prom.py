@@ -15,7 +15,7 @@ import attrs
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
 from taskd import agreement, keys
@@ -336,7 +336,13 @@ def exposition(snapshot: Snapshot | None, accept: str = "") -> tuple[bytes, str]
     registry.register(SnapshotCollector(snapshot))
     # The standard names (`process_cpu_seconds_total`, ...), which dashboards and alerts expect.
     ProcessCollector(registry=registry)
-    encoder, content_type = choose_encoder(accept)
+    try:
+        encoder, content_type = choose_encoder(accept)
+    except TypeError:
+        # prometheus_client compares a `version=` it cannot read as numbers (`version=abc`, `1.x`)
+        # with a tuple of ints and raises: a 500 and a traceback for a header anyone may send. An
+        # Accept it cannot read gets the text format, as one it does not know does.
+        encoder, content_type = generate_latest, CONTENT_TYPE_PLAIN_0_0_4
     return encoder(registry), content_type
 
 

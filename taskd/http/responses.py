@@ -61,6 +61,23 @@ async def read_body(request: web.Request) -> bytes:
         raise BodyCutOff from None
 
 
+def _not_utf8(raw: bytes) -> str | None:
+    """Where `raw` stops being UTF-8, or None when it is UTF-8.
+
+    orjson says "str is not valid UTF-8: surrogates not allowed: line 1 column 1 (char 0)" of any
+    such body: a body in Latin-1 (`é` as one byte) or UTF-16 is told of surrogates it does not hold,
+    at a place where nothing is wrong. Looked for only once orjson has refused the body.
+    """
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"it is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); JSON is sent as UTF-8, "
+            "whatever charset the Content-Type names"
+        )
+    return None
+
+
 async def read_json(request: web.Request) -> Any:
     """The request body as JSON, parsed once per request (the rate limit, the project scope and the
     handler may each want it); a 400 in the documented shape when it is not JSON, from that one
@@ -80,7 +97,7 @@ async def read_json(request: web.Request) -> Any:
         # orjson's reason and place ("UTF-8 byte order mark (BOM) is not supported: line 1 column 1
         # (char 0)", "trailing comma is not allowed: …"): the caller's editor may show a body that
         # looks fine. It quotes nothing of the body.
-        problem = f"Request body must be valid JSON: {exc}"
+        problem = f"Request body must be valid JSON: {_not_utf8(raw) or exc}"
     else:
         request[_PARSED] = parsed
         return parsed

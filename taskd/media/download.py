@@ -17,6 +17,7 @@ from taskd.errors import TaskError, TransientError
 from taskd.media.own import OwnMedia
 from taskd.net.guard import ForbiddenAddress, NotHttp, refusal
 from taskd.net.guarded import GuardedClient, RedirectRefused
+from taskd.validation import latin1_credentials, url_problem
 
 _CHUNK = 64 * 1024
 _SNIFFED = 16  # the bytes sniff() is given: every magic below lies within them
@@ -105,10 +106,12 @@ async def fetch(
     With `own`, a link to this taskd's media store is read from the store instead (see OwnMedia),
     with the same size and content checks.
     """
-    try:
-        URL(url)
-    except ValueError:
-        raise TaskError(f"{what} {url} is not a valid URL") from None
+    # Checked at submit (validation.HttpUrl), but a `$ref` fills a URL in at run time.
+    problem = url_problem(url)
+    if problem is not None:
+        raise TaskError(f"{what} {url} is not a valid URL: {problem}")
+    if not latin1_credentials(URL(url)):
+        raise TaskError(f"{what} {url} is not a valid URL: its user name and password must be Latin-1 text")
     if own is not None:
         copied = await asyncio.to_thread(_copy_own, own, url, dest, kind, limits, what)
         if copied is not None:

@@ -32,6 +32,7 @@ from taskd.shapes import (
     WebhookEvent,
 )
 from taskd.tasks.registry import Registry
+from taskd.validation import latin1_credentials, url_problem
 
 __all__ = ["CALLBACK_URL", "MAX_CALLBACK_URL", "PROJECT_ID", "Submission", "parse_submission"]
 
@@ -76,31 +77,14 @@ def _callback_url(value: Any, details: dict[str, str]) -> None:
             f"Callback URL must be an http(s) URL of at most {MAX_CALLBACK_URL} characters"
         )
         return
-    try:
-        parsed = URL(value)
-    except ValueError as exc:  # yarl's reason: "Port out of range 0-65535", "Invalid IPv6 URL"
-        details["callback_url"] = f"Callback URL is not a valid URL: {exc}"
-        return
-    # The port as written: before yarl 1.17.2, `port` read an explicit 0 as the scheme's default.
-    # taskd's own client went to port 80, aiohttp's to port 0.
-    if parsed.explicit_port == 0:
-        details["callback_url"] = "Callback URL is not a valid URL: port 0 cannot be connected to"
-        return
-    if not _sendable_credentials(parsed):
+    problem = url_problem(value)
+    if problem is not None:
+        details["callback_url"] = f"Callback URL is not a valid URL: {problem}"
+    elif not latin1_credentials(URL(value)):
         details["callback_url"] = (
             "Callback URL's user name and password must be Latin-1 text: HTTP Basic authentication "
             "sends them so"
         )
-
-
-def _sendable_credentials(url: URL) -> bool:
-    # A user or password that Basic authentication cannot encode would fail every attempt.
-    try:
-        (url.user or "").encode("latin-1")
-        (url.password or "").encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _keep_for(value: Any, details: dict[str, str]) -> None:

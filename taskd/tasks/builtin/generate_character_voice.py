@@ -17,7 +17,7 @@ from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
 from taskd.providers import speech
 from taskd.tasks.spec import TaskContext, TaskError, TaskType
-from taskd.validation import check, max_length, not_blank, one_of
+from taskd.validation import check, max_length, not_blank, one_of, unrequestable
 
 SAMPLE_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 NOISE_GAIN_DB = -20.0
@@ -39,12 +39,26 @@ def _background_ok(value: str | None) -> bool:
     return value is None or value in NOISES or value.lower().startswith(("http://", "https://"))
 
 
+def _requestable(what: str) -> Any:
+    """An attrs validator: a value that is an http(s) URL must be one a download can request."""
+
+    def validate(_: Any, __: attrs.Attribute[Any], value: str | None) -> None:
+        if value is not None and value.lower().startswith(("http://", "https://")):
+            problem = unrequestable(what, value)
+            if problem is not None:
+                raise ValueError(problem)
+
+    return validate
+
+
 @attrs.frozen
 class GenerateCharacterVoiceInput:
     text: str = attrs.field(
         validator=attrs.validators.and_(not_blank("Text is required"), max_length(5000, "Text"))
     )
-    character_voice_profile: str | None = None
+    character_voice_profile: str | None = attrs.field(
+        default=None, validator=_requestable("Character voice profile")
+    )
     emotion: str | None = None
     pace: str | None = attrs.field(
         default=None,
@@ -52,7 +66,10 @@ class GenerateCharacterVoiceInput:
     )
     background_noise: str | None = attrs.field(
         default=None,
-        validator=check(_background_ok, f"Background noise must be an http(s) URL or one of {tuple(NOISES)}"),
+        validator=[
+            check(_background_ok, f"Background noise must be an http(s) URL or one of {tuple(NOISES)}"),
+            _requestable("Background noise"),
+        ],
     )
     output_format: str = attrs.field(default="mp3", validator=one_of(("mp3", "wav"), "Output format"))
     sample_rate: int = attrs.field(
