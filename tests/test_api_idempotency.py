@@ -291,3 +291,24 @@ async def test_a_new_key_is_still_refused_for_a_callback_url_the_guard_refuses(s
     assert status == 400
     assert "callback_url" in body["details"]
     assert await stored_tasks(redis) == 0
+
+
+async def test_a_replay_of_a_stored_batch_is_not_refused_by_a_lower_limit_on_the_node_it_reaches(
+    start_service, redis
+):
+    # The batch was stored by a node allowing 3 waiting tasks a project; its resend reaches one that
+    # allows 2 (a limit lowered since, or a node configured apart): the batch stands, so the resend
+    # gets it, not a 400 telling the caller to send the tasks again in smaller batches.
+    roomy = await start_service(workers=False, limits=LimitsConfig(queued_per_project=3))
+    lowered = await start_service(workers=False, limits=LimitsConfig(queued_per_project=2))
+    batch = {"tasks": [BODY] * 3}
+    _, first, _ = await post(roomy.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"})
+
+    status, again, headers = await post(
+        lowered.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"}
+    )
+
+    assert status == 200, again
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 3

@@ -11,7 +11,15 @@ from redis.asyncio import Redis
 from taskd import keys, refs, tracing
 from taskd.media import capacity
 from taskd.media.capacity import MediaCapacity
-from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
+from taskd.model import (
+    RETRYABLE,
+    InvalidState,
+    ServiceUnavailable,
+    TaskRecord,
+    TaskStatus,
+    ValidationError,
+    now,
+)
 from taskd.queue.task_queue import TaskQueue
 from taskd.shapes import WebhookEvent
 from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJob, Quota, Taker, TaskStore
@@ -114,12 +122,20 @@ class Dispatcher:
         submission of the batch: taskd.submit.batch checked that) becomes that task's id before
         anything is stored.
         """
-        check_within_limits(
-            submissions,
-            self.admission.queued_per_project,
-            self.admission.max_queue_length,
-            lambda submission: self.registry.types[submission.task_type].queue,
-        )
+        try:
+            check_within_limits(
+                submissions,
+                self.admission.queued_per_project,
+                self.admission.max_queue_length,
+                lambda submission: self.registry.types[submission.task_type].queue,
+            )
+        except ValidationError:
+            # A resend of a batch stored under a higher limit (another node's, or this one's before it
+            # was lowered) gets that batch from the script, as before this check; told to send the
+            # tasks again in smaller batches, the caller would store them twice. Were the key to
+            # expire meanwhile, the script refuses the batch by these limits itself.
+            if not await self._remembered(idempotency, submissions):
+                raise
         await self._refuse_without_media_room(submissions, idempotency)
         ids = [keys.new_task_id(submission.project_id) for submission in submissions]
         batch_ids = {batch_ref(index): task_id for index, task_id in enumerate(ids)}
@@ -164,10 +180,14 @@ class Dispatcher:
         refused = self.media_capacity.refusal()
         if refused is None:
             return
-        # A batch is one partition's (TaskStore.create_batch): its first item's project names it.
-        if idempotency is not None and await self.store.remembers(idempotency, submissions[0].project_id):
+        if await self._remembered(idempotency, submissions):
             return
         raise ServiceUnavailable(refused, retry_after=capacity.RETRY_AFTER)
+
+    async def _remembered(self, idempotency: Idempotency | None, submissions: Sequence[Submission]) -> bool:
+        """Whether the request's Idempotency-Key is remembered: its script will store nothing."""
+        # A batch is one partition's (TaskStore.create_batch): its first item's project names it.
+        return idempotency is not None and await self.store.remembers(idempotency, submissions[0].project_id)
 
     def _new(
         self,
