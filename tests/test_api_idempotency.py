@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from taskd import keys
 from taskd.config import AuthConfig, LimitsConfig, MediaConfig, WebhooksConfig
+from taskd.store import TaskStore
 
 OTHER_KEY = "other-key-9876543210"
 BODY = {"project_id": "films", "task_type": "generate_video", "task_data": {"duration": 7}}
@@ -312,3 +313,53 @@ async def test_a_replay_of_a_stored_batch_is_not_refused_by_a_lower_limit_on_the
     assert again == first
     assert headers["Idempotent-Replayed"] == "true"
     assert await stored_tasks(redis) == 3
+
+
+def forgetting_the_key_first(monkeypatch, redis: Redis, method: str) -> None:
+    """TaskStore.<method> made to drop the request's Idempotency-Key just before its script: as the
+    key's 24 h run out between a check of the moment and the script."""
+    store = getattr(TaskStore, method)
+
+    async def expired_meanwhile(self, *args: Any, **kwargs: Any) -> Any:
+        idempotency = kwargs.get("idempotency") or args[2 if method == "create_batch" else 3]
+        await redis.delete(idempotency.key)
+        return await store(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskStore, method, expired_meanwhile)
+
+
+async def test_a_callback_url_the_guard_refuses_is_refused_when_the_key_expires_before_the_script(
+    start_service, redis, monkeypatch
+):
+    # A key seen once lets a request past the guard only to be answered by its first request; a new
+    # body under it, sent as the key runs out, must not be stored with an address the guard refused.
+    guarded = await start_service(workers=False)
+    await submit(guarded.client, "scene-1")
+    forgetting_the_key_first(monkeypatch, redis, "create")
+
+    status, body, _ = await submit(
+        guarded.client, "scene-1", {**BODY, "callback_url": "http://127.0.0.1:9/hook"}
+    )
+
+    assert status == 400, body
+    assert "callback_url" in body["details"]
+    assert await stored_tasks(redis) == 1
+
+
+async def test_a_media_batch_is_refused_while_the_disk_is_nearly_full_when_the_key_expires_before_the_script(
+    start_service, redis, monkeypatch
+):
+    with_room = await start_service(workers=False)
+    nearly_full = await start_service(workers=False, media=NEARLY_FULL)
+    batch = {"tasks": [IMAGE, BODY]}
+    await post(with_room.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"})
+    forgetting_the_key_first(monkeypatch, redis, "create_batch")
+
+    status, body, headers = await post(
+        nearly_full.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"}
+    )
+
+    assert status == 503, body
+    assert body["message"].startswith("Media storage is nearly full")
+    assert "Retry-After" in headers
+    assert await stored_tasks(redis) == 2

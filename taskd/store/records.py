@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.model import (
     ACTIVE,
+    ApiError,
     ForeignDependency,
     IdempotencyKeyReused,
     Metrics,
@@ -257,6 +258,11 @@ class Idempotency:
     key: str
     # A digest of the route and body: the same key with another fingerprint is refused.
     fingerprint: str
+    # What a check of the moment answered the request (taskd.submit.idempotency.unless_remembered):
+    # only a replay may answer it then, so the script stores nothing, and it is raised when the key
+    # is not remembered. Decided in the script, a key that expires after a look of its own would
+    # let a new request through the check.
+    refused: ApiError | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -535,6 +541,7 @@ class TaskStore:
                     keys.in_partition(idempotency.key, partition) if idempotency else "",
                     quota.key if quota else "",
                     "1" if first_retry else "",
+                    "1" if idempotency is not None and idempotency.refused is not None else "",
                 ]
             )
         except BaseException:
@@ -551,13 +558,20 @@ class TaskStore:
         if quota is not None:
             allowed, remaining, retry_ms, reset_ms = spent
             quota.report(Spent(bool(allowed), int(remaining), int(retry_ms), int(reset_ms)))
-        return self._created(reply, replicated, record, admission)
+        return self._created(reply, replicated, record, admission, idempotency)
 
     def _created(
-        self, reply: list[Any], replicated: int | None, record: TaskRecord, admission: Admission
+        self,
+        reply: list[Any],
+        replicated: int | None,
+        record: TaskRecord,
+        admission: Admission,
+        idempotency: Idempotency | None,
     ) -> Created:
         """submit.lua's outcome for `record`: what it created or replayed, or the error it refused with."""
         verdict = reply[0].decode()
+        if verdict == "not_remembered" and idempotency is not None and idempotency.refused is not None:
+            raise idempotency.refused
         if verdict == "rate_limited":
             raise RuntimeError("a submit over its rate limit was refused, yet Quota.report let it through")
         if verdict == "idempotency_key_reused":
@@ -668,9 +682,12 @@ class TaskStore:
                 "idempotency_ttl": keys.IDEMPOTENCY_TTL,
                 "tasks": orjson.dumps(tasks),
                 "stored_limit": admission.stored_bytes_per_project,
+                "replay_only": "1" if idempotency is not None and idempotency.refused is not None else "",
             },
         )
         verdict = reply[0].decode()
+        if verdict == "not_remembered" and idempotency is not None and idempotency.refused is not None:
+            raise idempotency.refused
         if verdict == "idempotency_key_reused":
             raise IdempotencyKeyReused()
         if verdict == "retried_before":
@@ -753,12 +770,6 @@ class TaskStore:
             if elsewhere != partition:
                 why = "project" if await self.clients[elsewhere].exists(keys.task(task_id)) else "unknown"
                 raise _bad_dependency(field, why, task_id)
-
-    async def remembers(self, idempotency: Idempotency, project_id: str) -> bool:
-        """Whether the Idempotency-Key's first request is remembered in the project's partition: a
-        script sent with it there stores nothing (it answers with that request's tasks, or refuses)."""
-        partition = keys.project_partition(project_id)
-        return bool(await self.clients[partition].exists(keys.in_partition(idempotency.key, partition)))
 
     async def _refuse_key_used_elsewhere(self, idempotency: Idempotency | None, partition: int) -> None:
         """An Idempotency-Key is remembered in the partition of the request's project. A request
