@@ -311,3 +311,22 @@ async def test_a_batch_whose_task_comes_after_more_to_queue_at_once_than_the_que
     }
     assert "Retry-After" not in headers
     assert await stored_tasks(redis) == 0
+
+
+async def test_a_batch_whose_tasks_after_a_completed_dependency_fill_the_queue_is_a_400(start_service, redis):
+    # A task whose dependencies have completed queues at once, which only the batch script sees: two
+    # of them fill a queue holding 2, so the third task is refused on any queue, for ever.
+    taskd = await start_service(limits=LimitsConfig(max_queue_length=2))
+    done = (await taskd.submit("noop", {}, project_id="scene-1"))["task_id"]
+    assert (await taskd.wait_terminal(done))["status"] == "completed"
+    behind = [item("noop", {}, depends_on=[done]), item("noop", {}, depends_on=[done]), item("noop", {})]
+
+    status, body, headers = await post_batch(taskd, behind)
+
+    assert status == 400, body
+    assert body["details"] == {
+        "tasks": "tasks[2] comes after 2 tasks of this batch to queue at once on queue 'default', which "
+        "holds 2 at most: send them in smaller batches"
+    }
+    assert "Retry-After" not in headers
+    assert await stored_tasks(redis) == 1

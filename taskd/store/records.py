@@ -116,6 +116,27 @@ def _queue_full(queue: str, waiting: int, in_batch: str = "") -> ServiceUnavaila
     )
 
 
+def batch_fills_queue(index: int, ours: int, queue: str, limit: int) -> ValidationError:
+    """The 400 for a batch whose task `index` comes after `ours` of its own tasks queued at once on
+    `queue`, `limit` or more: batch.lua refuses it on an empty queue too, so a 503's Retry-After would
+    invite the same refusal for ever."""
+    return ValidationError(
+        {
+            "tasks": f"tasks[{index}] comes after {ours} tasks of this batch to queue at once on queue "
+            f"'{queue}', which holds {limit} at most: send them in smaller batches"
+        },
+        "Invalid batch",
+    )
+
+
+def _batch_queue_full(queue: str, index: int, waiting: int, ours: int, limit: int) -> ApiError:
+    # The batch's own tasks that queue at once include those whose dependencies have completed,
+    # which taskd.submit.batch.check_within_limits cannot count: alone they fill it, a 400.
+    if ours >= limit:
+        return batch_fills_queue(index, ours, queue, limit)
+    return _queue_full(queue, waiting, _in_batch(index, ours))
+
+
 def _in_batch(index: int, ours: int) -> str:
     # A batch's earlier items count as stored: say so, or a batch into an empty project reads false.
     return f", counting the {ours} of this batch before tasks[{index}]" if ours else ""
@@ -700,7 +721,7 @@ class TaskStore:
             raise _project_full(batch[index][0].project_id, waiting, admission, _in_batch(index, ours))
         if verdict == "queue_full":
             index, waiting, ours = (int(part) for part in reply[1:])
-            raise _queue_full(batch[index][0].queue, waiting, _in_batch(index, ours))
+            raise _batch_queue_full(batch[index][0].queue, index, waiting, ours, admission.max_queue_length)
         if verdict == "stored_full":
             index, total, ours, size, wait = (int(part) for part in reply[1:])
             in_batch = f", counting this batch's tasks before tasks[{index}]" if ours else ""

@@ -15,6 +15,7 @@ from typing import Any
 
 from taskd.model import ValidationError
 from taskd.shapes import MAX_BATCH, MAX_SCHEDULE_AHEAD
+from taskd.store import batch_fills_queue
 from taskd.submit.submission import Submission, parse_submission
 from taskd.tasks.registry import Registry
 
@@ -88,25 +89,23 @@ def check_within_limits(
     task (one waiting for dependencies or its time too, as a submit to a full queue) while the
     batch's earlier tasks that went on it at once fill it; of those only the ones without
     dependencies or a time are known here (a dependency met already queues at once too, which
-    only the script sees), so these are counted: what they refuse is refused on any queue.
+    only the script sees: TaskStore.create_batch answers that with the same 400), so these are
+    counted: what they refuse is refused on any queue.
     """
     projects = Counter(submission.project_id for submission in submissions)
-    over = [
-        f"A batch of {count} tasks of project '{project}' is more than the {queued_per_project} "
-        "a project may have waiting at once: send them in smaller batches"
-        for project, count in projects.items()
-        if queued_per_project and count > queued_per_project
-    ]
+    for project, count in projects.items():
+        if queued_per_project and count > queued_per_project:
+            raise ValidationError(
+                {
+                    "tasks": f"A batch of {count} tasks of project '{project}' is more than the "
+                    f"{queued_per_project} a project may have waiting at once: send them in smaller batches"
+                },
+                "Invalid batch",
+            )
     at_once: Counter[str] = Counter()
     for index, submission in enumerate(submissions):
         queue = queue_of(submission)
         if max_queue_length and at_once[queue] >= max_queue_length:
-            over.append(
-                f"tasks[{index}] comes after {at_once[queue]} tasks of this batch to queue at once on "
-                f"queue '{queue}', which holds {max_queue_length} at most: send them in smaller batches"
-            )
-            break
+            raise batch_fills_queue(index, at_once[queue], queue, max_queue_length)
         if not submission.depends_on and submission.scheduled_for is None:
             at_once[queue] += 1
-    if over:
-        raise ValidationError({"tasks": over[0]}, "Invalid batch")
