@@ -201,8 +201,8 @@ async def test_a_batch_of_more_tasks_to_queue_at_once_than_the_queue_holds_is_a_
 
     assert too_large[0] == 400, too_large[1]
     assert too_large[1]["details"] == {
-        "tasks": "A batch of 3 tasks to queue at once on queue 'default' is more than the 2 that may "
-        "wait on it: send them in smaller batches"
+        "tasks": "tasks[2] comes after 2 tasks of this batch to queue at once on queue 'default', which "
+        "holds 2 at most: send them in smaller batches"
     }
     assert "Retry-After" not in too_large[2]
     assert accepted[0] == 200, accepted[1]
@@ -291,3 +291,42 @@ async def test_a_batchs_items_of_one_project_queue_in_the_batchs_order(start_ser
 
     assert status == 200, body
     assert [task["queue_position"] for task in body["tasks"]] == list(range(1, 9))
+
+
+async def test_a_batch_whose_task_comes_after_more_to_queue_at_once_than_the_queue_holds_is_a_400(
+    start_service, redis
+):
+    # A task that waits for an earlier one or for its time is refused by a queue that is full, as a
+    # submit is (batch.lua): behind two of its own to queue at once on a queue holding 2, the third
+    # task of this batch is refused on an empty queue too, and a later resend would be as well.
+    api_only = await start_service(workers=False, limits=LimitsConfig(max_queue_length=2))
+    behind = [item("noop", {}), item("noop", {}), item("noop", {}, depends_on=["@0"])]
+
+    status, body, headers = await post_batch(api_only, behind)
+
+    assert status == 400, body
+    assert body["details"] == {
+        "tasks": "tasks[2] comes after 2 tasks of this batch to queue at once on queue 'default', which "
+        "holds 2 at most: send them in smaller batches"
+    }
+    assert "Retry-After" not in headers
+    assert await stored_tasks(redis) == 0
+
+
+async def test_a_batch_whose_tasks_after_a_completed_dependency_fill_the_queue_is_a_400(start_service, redis):
+    # A task whose dependencies have completed queues at once, which only the batch script sees: two
+    # of them fill a queue holding 2, so the third task is refused on any queue, for ever.
+    taskd = await start_service(limits=LimitsConfig(max_queue_length=2))
+    done = (await taskd.submit("noop", {}, project_id="scene-1"))["task_id"]
+    assert (await taskd.wait_terminal(done))["status"] == "completed"
+    behind = [item("noop", {}, depends_on=[done]), item("noop", {}, depends_on=[done]), item("noop", {})]
+
+    status, body, headers = await post_batch(taskd, behind)
+
+    assert status == 400, body
+    assert body["details"] == {
+        "tasks": "tasks[2] comes after 2 tasks of this batch to queue at once on queue 'default', which "
+        "holds 2 at most: send them in smaller batches"
+    }
+    assert "Retry-After" not in headers
+    assert await stored_tasks(redis) == 1

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from taskd import keys
 from taskd.config import AuthConfig, LimitsConfig, MediaConfig, WebhooksConfig
+from taskd.store import TaskStore
 
 OTHER_KEY = "other-key-9876543210"
 BODY = {"project_id": "films", "task_type": "generate_video", "task_data": {"duration": 7}}
@@ -291,3 +292,74 @@ async def test_a_new_key_is_still_refused_for_a_callback_url_the_guard_refuses(s
     assert status == 400
     assert "callback_url" in body["details"]
     assert await stored_tasks(redis) == 0
+
+
+async def test_a_replay_of_a_stored_batch_is_not_refused_by_a_lower_limit_on_the_node_it_reaches(
+    start_service, redis
+):
+    # The batch was stored by a node allowing 3 waiting tasks a project; its resend reaches one that
+    # allows 2 (a limit lowered since, or a node configured apart): the batch stands, so the resend
+    # gets it, not a 400 telling the caller to send the tasks again in smaller batches.
+    roomy = await start_service(workers=False, limits=LimitsConfig(queued_per_project=3))
+    lowered = await start_service(workers=False, limits=LimitsConfig(queued_per_project=2))
+    batch = {"tasks": [BODY] * 3}
+    _, first, _ = await post(roomy.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"})
+
+    status, again, headers = await post(
+        lowered.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"}
+    )
+
+    assert status == 200, again
+    assert again == first
+    assert headers["Idempotent-Replayed"] == "true"
+    assert await stored_tasks(redis) == 3
+
+
+def forgetting_the_key_first(monkeypatch, redis: Redis, method: str) -> None:
+    """TaskStore.<method> made to drop the request's Idempotency-Key just before its script: as the
+    key's 24 h run out between a check of the moment and the script."""
+    store = getattr(TaskStore, method)
+
+    async def expired_meanwhile(self, *args: Any, **kwargs: Any) -> Any:
+        idempotency = kwargs.get("idempotency") or args[2 if method == "create_batch" else 3]
+        await redis.delete(idempotency.key)
+        return await store(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskStore, method, expired_meanwhile)
+
+
+async def test_a_callback_url_the_guard_refuses_is_refused_when_the_key_expires_before_the_script(
+    start_service, redis, monkeypatch
+):
+    # A key seen once lets a request past the guard only to be answered by its first request; a new
+    # body under it, sent as the key runs out, must not be stored with an address the guard refused.
+    guarded = await start_service(workers=False)
+    await submit(guarded.client, "scene-1")
+    forgetting_the_key_first(monkeypatch, redis, "create")
+
+    status, body, _ = await submit(
+        guarded.client, "scene-1", {**BODY, "callback_url": "http://127.0.0.1:9/hook"}
+    )
+
+    assert status == 400, body
+    assert "callback_url" in body["details"]
+    assert await stored_tasks(redis) == 1
+
+
+async def test_a_media_batch_is_refused_while_the_disk_is_nearly_full_when_the_key_expires_before_the_script(
+    start_service, redis, monkeypatch
+):
+    with_room = await start_service(workers=False)
+    nearly_full = await start_service(workers=False, media=NEARLY_FULL)
+    batch = {"tasks": [IMAGE, BODY]}
+    await post(with_room.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"})
+    forgetting_the_key_first(monkeypatch, redis, "create_batch")
+
+    status, body, headers = await post(
+        nearly_full.client, "/api/v1/tasks/batch", batch, **{"Idempotency-Key": "scenes"}
+    )
+
+    assert status == 503, body
+    assert body["message"].startswith("Media storage is nearly full")
+    assert "Retry-After" in headers
+    assert await stored_tasks(redis) == 2

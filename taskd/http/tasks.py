@@ -24,10 +24,9 @@ from taskd.http.views import stamp, status_view
 from taskd.logs import bind_task
 from taskd.model import TaskNotFound, TaskRecord, TaskStatus, ValidationError, iso
 from taskd.net.guard import AddressPolicy, check_callback_url
-from taskd.store import Idempotency, TaskStore
 from taskd.submit.batch import batch_items, parse_batch
 from taskd.submit.dispatch import Accepted
-from taskd.submit.idempotency import HEADER, REPLAYED, idempotency
+from taskd.submit.idempotency import HEADER, REPLAYED, idempotency, unless_remembered
 from taskd.submit.submission import Submission, parse_submission
 from taskd.webhooks.outbox import delivery_state
 
@@ -85,11 +84,11 @@ async def _submitted(request: web.Request) -> tuple[Accepted, int | None]:
     submission = parse_submission(body, api.registry, api.config.limits.max_schedule_ahead, request[KEY_ID])
     remembered = idempotency(request.headers.getall(HEADER, []), request[KEY_ID], request.path, body)
     if submission.callback_url:
-        await _unless_remembered(
-            check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config)),
-            api.store,
+        remembered = unless_remembered(
+            await _refusal(
+                check_callback_url(submission.callback_url, AddressPolicy.from_config(api.config))
+            ),
             remembered,
-            submission.project_id,
         )
     accepted = await api.dispatcher.submit(
         submission, idempotency=remembered, quota=await ratelimit.submit_quota(request)
@@ -116,11 +115,8 @@ async def submit_batch(request: web.Request) -> web.Response:
             ) from None
     submissions = parse_batch(items, api.registry, api.config.limits.max_schedule_ahead, request[KEY_ID])
     remembered = idempotency(request.headers.getall(HEADER, []), request[KEY_ID], request.path, body)
-    await _unless_remembered(
-        _check_callback_urls(submissions, AddressPolicy.from_config(api.config)),
-        api.store,
-        remembered,
-        submissions[0].project_id,
+    remembered = unless_remembered(
+        await _refusal(_check_callback_urls(submissions, AddressPolicy.from_config(api.config))), remembered
     )
     accepted = await api.dispatcher.submit_batch(submissions, idempotency=remembered)
     for one in accepted:
@@ -131,21 +127,14 @@ async def submit_batch(request: web.Request) -> web.Response:
     )
 
 
-async def _unless_remembered(
-    check: Awaitable[None], store: TaskStore, remembered: Idempotency | None, project_id: str
-) -> None:
-    """Await a check whose answer depends on the moment (a callback URL's name lookup); its 400
-    stands unless the request's Idempotency-Key is already remembered.
-
-    A resend of a stored request (its answer lost, or a 503 after it) then gets that task, or a
-    422, from the submit script, which stores nothing for it: refused for a lookup that failed
-    now, the caller would read the task as never stored and could send it again under a new key.
-    """
+async def _refusal(check: Awaitable[None]) -> ValidationError | None:
+    """The 400 of a check whose answer depends on the moment (a callback URL's name lookup), or
+    None: it stands unless the request's Idempotency-Key is remembered (unless_remembered)."""
     try:
         await check
-    except ValidationError:
-        if remembered is None or not await store.remembers(remembered, project_id):
-            raise
+    except ValidationError as refused:
+        return refused
+    return None
 
 
 async def _check_callback_urls(submissions: list[Submission], policy: AddressPolicy) -> None:

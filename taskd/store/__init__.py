@@ -24,6 +24,7 @@ from taskd.store.records import (
     Taker,
     Takes,
     TaskStore,
+    batch_fills_queue,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Taker",
     "Takes",
     "TaskStore",
+    "batch_fills_queue",
     "decode",
     "encode",
 ]

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from taskd import keys
 from taskd.model import (
     ACTIVE,
+    ApiError,
     ForeignDependency,
     IdempotencyKeyReused,
     Metrics,
@@ -113,6 +114,27 @@ def _queue_full(queue: str, waiting: int, in_batch: str = "") -> ServiceUnavaila
         f"Queue '{queue}' is full ({waiting} tasks waiting{in_batch}), please try again later",
         retry_after=QUEUE_FULL_RETRY_AFTER,
     )
+
+
+def batch_fills_queue(index: int, ours: int, queue: str, limit: int) -> ValidationError:
+    """The 400 for a batch whose task `index` comes after `ours` of its own tasks queued at once on
+    `queue`, `limit` or more: batch.lua refuses it on an empty queue too, so a 503's Retry-After would
+    invite the same refusal for ever."""
+    return ValidationError(
+        {
+            "tasks": f"tasks[{index}] comes after {ours} tasks of this batch to queue at once on queue "
+            f"'{queue}', which holds {limit} at most: send them in smaller batches"
+        },
+        "Invalid batch",
+    )
+
+
+def _batch_queue_full(queue: str, index: int, waiting: int, ours: int, limit: int) -> ApiError:
+    # The batch's own tasks that queue at once include those whose dependencies have completed,
+    # which taskd.submit.batch.check_within_limits cannot count: alone they fill it, a 400.
+    if ours >= limit:
+        return batch_fills_queue(index, ours, queue, limit)
+    return _queue_full(queue, waiting, _in_batch(index, ours))
 
 
 def _in_batch(index: int, ours: int) -> str:
@@ -341,6 +363,11 @@ class Idempotency:
     key: str
     # A digest of the route and body: the same key with another fingerprint is refused.
     fingerprint: str
+    # What a check of the moment answered the request (taskd.submit.idempotency.unless_remembered):
+    # only a replay may answer it then, so the script stores nothing, and it is raised when the key
+    # is not remembered. Decided in the script, a key that expires after a look of its own would
+    # let a new request through the check.
+    refused: ApiError | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -621,6 +648,7 @@ class TaskStore:
                     keys.in_partition(idempotency.key, partition) if idempotency else "",
                     quota.key if quota else "",
                     "1" if first_retry else "",
+                    "1" if idempotency is not None and idempotency.refused is not None else "",
                 ]
             )
         except BaseException:
@@ -637,13 +665,20 @@ class TaskStore:
         if quota is not None:
             allowed, remaining, retry_ms, reset_ms = spent
             quota.report(Spent(bool(allowed), int(remaining), int(retry_ms), int(reset_ms)))
-        return self._created(reply, replicated, record, admission)
+        return self._created(reply, replicated, record, admission, idempotency)
 
     def _created(
-        self, reply: list[Any], replicated: int | None, record: TaskRecord, admission: Admission
+        self,
+        reply: list[Any],
+        replicated: int | None,
+        record: TaskRecord,
+        admission: Admission,
+        idempotency: Idempotency | None,
     ) -> Created:
         """submit.lua's outcome for `record`: what it created or replayed, or the error it refused with."""
         verdict = reply[0].decode()
+        if verdict == "not_remembered" and idempotency is not None and idempotency.refused is not None:
+            raise idempotency.refused
         if verdict == "rate_limited":
             raise RuntimeError("a submit over its rate limit was refused, yet Quota.report let it through")
         if verdict == "idempotency_key_reused":
@@ -754,9 +789,12 @@ class TaskStore:
                 "idempotency_ttl": keys.IDEMPOTENCY_TTL,
                 "tasks": orjson.dumps(tasks),
                 "stored_limit": admission.stored_bytes_per_project,
+                "replay_only": "1" if idempotency is not None and idempotency.refused is not None else "",
             },
         )
         verdict = reply[0].decode()
+        if verdict == "not_remembered" and idempotency is not None and idempotency.refused is not None:
+            raise idempotency.refused
         if verdict == "idempotency_key_reused":
             raise IdempotencyKeyReused()
         if verdict == "retried_before":
@@ -769,7 +807,7 @@ class TaskStore:
             raise _project_full(batch[index][0].project_id, waiting, admission, _in_batch(index, ours))
         if verdict == "queue_full":
             index, waiting, ours = (int(part) for part in reply[1:])
-            raise _queue_full(batch[index][0].queue, waiting, _in_batch(index, ours))
+            raise _batch_queue_full(batch[index][0].queue, index, waiting, ours, admission.max_queue_length)
         if verdict == "stored_full":
             index, total, ours, size, wait = (int(part) for part in reply[1:])
             in_batch = f", counting this batch's tasks before tasks[{index}]" if ours else ""
@@ -839,12 +877,6 @@ class TaskStore:
             if elsewhere != partition:
                 why = "project" if await self.clients[elsewhere].exists(keys.task(task_id)) else "unknown"
                 raise _bad_dependency(field, why, task_id)
-
-    async def remembers(self, idempotency: Idempotency, project_id: str) -> bool:
-        """Whether the Idempotency-Key's first request is remembered in the project's partition: a
-        script sent with it there stores nothing (it answers with that request's tasks, or refuses)."""
-        partition = keys.project_partition(project_id)
-        return bool(await self.clients[partition].exists(keys.in_partition(idempotency.key, partition)))
 
     async def _refuse_key_used_elsewhere(self, idempotency: Idempotency | None, partition: int) -> None:
         """An Idempotency-Key is remembered in the partition of the request's project. A request

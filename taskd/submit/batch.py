@@ -15,6 +15,7 @@ from typing import Any
 
 from taskd.model import ValidationError
 from taskd.shapes import MAX_BATCH, MAX_SCHEDULE_AHEAD
+from taskd.store import batch_fills_queue
 from taskd.submit.submission import Submission, parse_submission
 from taskd.tasks.registry import Registry
 
@@ -79,29 +80,32 @@ def check_within_limits(
     queue_of: Callable[[Submission], str],
 ) -> None:
     """A 400 naming `tasks` for a batch that no wait lets pass (0 = unlimited): more tasks of one
-    project than `queued_per_project`, or more to queue at once on one queue than `max_queue_length`.
+    project than `queued_per_project`, or a task that comes after `max_queue_length` of the batch's
+    tasks to queue at once on its queue.
 
     The batch script counts its own earlier tasks as waiting (batch.lua), so such a batch is refused
     even on an empty project and queue: as a 429 or 503, its Retry-After invited a resend refused
-    the same way for ever. An item waiting for dependencies or its time may not go on its queue at
-    once, so only those without either are counted against `max_queue_length`.
+    the same way for ever. Every task counts for its project. On a queue, the script refuses any
+    task (one waiting for dependencies or its time too, as a submit to a full queue) while the
+    batch's earlier tasks that went on it at once fill it; of those only the ones without
+    dependencies or a time are known here (a dependency met already queues at once too, which
+    only the script sees: TaskStore.create_batch answers that with the same 400), so these are
+    counted: what they refuse is refused on any queue.
     """
     projects = Counter(submission.project_id for submission in submissions)
-    queues = Counter(
-        queue_of(submission)
-        for submission in submissions
-        if not submission.depends_on and submission.scheduled_for is None
-    )
-    over = [
-        f"A batch of {count} tasks of project '{project}' is more than the {queued_per_project} "
-        "a project may have waiting at once: send them in smaller batches"
-        for project, count in projects.items()
-        if queued_per_project and count > queued_per_project
-    ] + [
-        f"A batch of {count} tasks to queue at once on queue '{queue}' is more than the "
-        f"{max_queue_length} that may wait on it: send them in smaller batches"
-        for queue, count in queues.items()
-        if max_queue_length and count > max_queue_length
-    ]
-    if over:
-        raise ValidationError({"tasks": over[0]}, "Invalid batch")
+    for project, count in projects.items():
+        if queued_per_project and count > queued_per_project:
+            raise ValidationError(
+                {
+                    "tasks": f"A batch of {count} tasks of project '{project}' is more than the "
+                    f"{queued_per_project} a project may have waiting at once: send them in smaller batches"
+                },
+                "Invalid batch",
+            )
+    at_once: Counter[str] = Counter()
+    for index, submission in enumerate(submissions):
+        queue = queue_of(submission)
+        if max_queue_length and at_once[queue] >= max_queue_length:
+            raise batch_fills_queue(index, at_once[queue], queue, max_queue_length)
+        if not submission.depends_on and submission.scheduled_for is None:
+            at_once[queue] += 1

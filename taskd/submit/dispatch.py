@@ -11,12 +11,21 @@ from redis.asyncio import Redis
 from taskd import keys, refs, tracing
 from taskd.media import capacity
 from taskd.media.capacity import MediaCapacity
-from taskd.model import RETRYABLE, InvalidState, ServiceUnavailable, TaskRecord, TaskStatus, now
+from taskd.model import (
+    RETRYABLE,
+    InvalidState,
+    ServiceUnavailable,
+    TaskRecord,
+    TaskStatus,
+    ValidationError,
+    now,
+)
 from taskd.queue.task_queue import TaskQueue
 from taskd.shapes import WebhookEvent
 from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJob, Quota, Taker, TaskStore
 from taskd.store.run_state import stored_media
 from taskd.submit.batch import batch_ref, check_within_limits
+from taskd.submit.idempotency import unless_remembered
 from taskd.submit.submission import Submission
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import TaskType
@@ -94,7 +103,7 @@ class Dispatcher:
         With a `quota`, the script spends one unit of the caller's rate limit first (TaskStore.create).
         When this process's worker of the queue waits for jobs, the script starts the task for it.
         """
-        await self._refuse_without_media_room([submission], idempotency)
+        idempotency = unless_remembered(self._media_refusal([submission]), idempotency)
         record, job = self._new(submission, keys.new_task_id(submission.project_id), retry_of)
         taker = None if self.hold is None else await self.hold(record.queue)
         created = await self.store.create(record, job, self.admission, idempotency, quota, taker, first_retry)
@@ -114,13 +123,19 @@ class Dispatcher:
         submission of the batch: taskd.submit.batch checked that) becomes that task's id before
         anything is stored.
         """
-        check_within_limits(
-            submissions,
-            self.admission.queued_per_project,
-            self.admission.max_queue_length,
-            lambda submission: self.registry.types[submission.task_type].queue,
-        )
-        await self._refuse_without_media_room(submissions, idempotency)
+        try:
+            check_within_limits(
+                submissions,
+                self.admission.queued_per_project,
+                self.admission.max_queue_length,
+                lambda submission: self.registry.types[submission.task_type].queue,
+            )
+        except ValidationError as refused:
+            # A resend of a batch stored under a higher limit (another node's, or this one's before it
+            # was lowered) gets that batch from the script, as before this check; told to send the
+            # tasks again in smaller batches, the caller would store them twice.
+            idempotency = unless_remembered(refused, idempotency)
+        idempotency = unless_remembered(self._media_refusal(submissions), idempotency)
         ids = [keys.new_task_id(submission.project_id) for submission in submissions]
         batch_ids = {batch_ref(index): task_id for index, task_id in enumerate(ids)}
         # One millisecond apart, the last now: a job's score is its creation in ms, and items of one
@@ -147,27 +162,18 @@ class Dispatcher:
             for (record, _), made in zip(new, created, strict=True)
         ]
 
-    async def _refuse_without_media_room(
-        self, submissions: Sequence[Submission], idempotency: Idempotency | None
-    ) -> None:
-        """A 503 while a type of the submissions that stores media could not store it.
+    def _media_refusal(self, submissions: Sequence[Submission]) -> ServiceUnavailable | None:
+        """A 503 while a type of the submissions that stores media could not store it (None: room).
 
-        Not for an Idempotency-Key already remembered: its script stores nothing, and answers with
-        the first request's tasks (or a 422). A resend of a request that was stored (its answer
-        lost, or a 503 after it) gets that task whatever the disk holds now; refused, the caller
-        would read the task as never stored and could send it again under a new key.
+        Not for an Idempotency-Key already remembered (unless_remembered): a resend of a request
+        that was stored gets that task whatever the disk holds now.
         """
         if self.media_capacity is None or not any(
             self.registry.types[submission.task_type].stores_media for submission in submissions
         ):
-            return
+            return None
         refused = self.media_capacity.refusal()
-        if refused is None:
-            return
-        # A batch is one partition's (TaskStore.create_batch): its first item's project names it.
-        if idempotency is not None and await self.store.remembers(idempotency, submissions[0].project_id):
-            return
-        raise ServiceUnavailable(refused, retry_after=capacity.RETRY_AFTER)
+        return None if refused is None else ServiceUnavailable(refused, retry_after=capacity.RETRY_AFTER)
 
     def _new(
         self,

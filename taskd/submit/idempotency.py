@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import attrs
 import orjson
 
 from taskd import keys
-from taskd.model import ValidationError
+from taskd.model import ApiError, ValidationError
 from taskd.store import Idempotency
 
 HEADER = "Idempotency-Key"
@@ -53,3 +54,20 @@ def idempotency(headers: list[str], key_id: str, route: str, body: Any) -> Idemp
             "Invalid request body",
         ) from None
     return Idempotency(keys.idempotency(key_id, header), hashlib.sha256(canonical).hexdigest())
+
+
+def unless_remembered(refused: ApiError | None, remembered: Idempotency | None) -> Idempotency | None:
+    """The Idempotency to store a request with that a check of the moment `refused` (None: passed).
+
+    Refused, it stands unless the request's Idempotency-Key is remembered, which the script decides
+    (TaskStore.create, create_batch): it stores nothing then, and answers with the first request's
+    tasks (or a 422), or raises `refused` for a key it does not remember. A resend of a stored
+    request (its answer lost, or a 503 after it) gets that task; refused for a disk nearly full now
+    or a callback name that does not resolve now, the caller would read the task as never stored
+    and could send it again under a new key. A check that refused first is the one raised.
+    """
+    if refused is None:
+        return remembered
+    if remembered is None:
+        raise refused
+    return remembered if remembered.refused is not None else attrs.evolve(remembered, refused=refused)

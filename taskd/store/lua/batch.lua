@@ -20,6 +20,9 @@
 --                          score, job_id, depends_on, scheduled_ms, fields, elsewhere}: what
 --                          submit.lua gets as its arguments (fields: name, value, ...)
 -- ARGV[8]  stored_limit    the most bytes a project's heavy records may hold (lib/stored.lua); 0 = unlimited
+-- ARGV[9]  replay_only     '1': a check of the moment refused the request (taskd.submit.idempotency), so
+--                          only a replay may answer it: with the key not remembered, {'not_remembered'}
+--                          and nothing is written; '' otherwise
 -- The keys of each task (its record, its project's index and sets, its queue's line) are
 -- built here from taskd.keys's prefixes, all in the partition of KEYS[1] (docs/cluster.md).
 -- Returns {'ok', results}: results a JSON list, in order, of [position, duration_sum,
@@ -27,8 +30,8 @@
 -- {'project_full', index, waiting tasks, of them this batch's}, {'queue_full', index, waiting tasks,
 -- of them this batch's}, {'stored_full', index, the bytes the project's heavy records hold, of them
 -- this batch's, this task's, the seconds until enough are gone (0: never)}: the 0-based index of the first task refused, and nothing is written; or {'replayed', results, ids, created}
--- (JSON lists: what the key's first request got) or {'idempotency_key_reused'}, and nothing is
--- written either.
+-- (JSON lists: what the key's first request got) or {'idempotency_key_reused'} or {'not_remembered'}
+-- (replay_only), and nothing is written either.
 -- include lib/admit.lua
 local remembered = KEYS[2] ~= '@NO_KEY@'
 if remembered then
@@ -37,6 +40,7 @@ if remembered then
     if first[1] ~= ARGV[5] or not first[2] then return {'idempotency_key_reused'} end
     return {'replayed', first[2], first[3], first[4]}
   end
+  if ARGV[9] == '1' then return {'not_remembered'} end
 end
 local tasks = cjson.decode(ARGV[7])
 local queued_limit, queue_limit = tonumber(ARGV[2]), tonumber(ARGV[3])

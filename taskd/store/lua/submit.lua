@@ -56,6 +56,9 @@
 --                  (`taskd retry-failed`); '' for any other submit. Every retry stored names itself on
 --                  the task it retries (`retried_as`), in this script, so an operator's retry sees a
 --                  tenant's stored before it, however close
+--   replay_only    '1': a check of the moment refused the request (taskd.submit.idempotency), so
+--                  only a replay may answer it: with its key not remembered, {'not_remembered'}
+--                  and nothing is written; '' for any other submit
 -- The checks and the writes are lib/admit.lua's, which batch.lua shares: a task with dependencies
 -- not yet completed waits for them with no job; a task scheduled for later waits on
 -- {taskd}:scheduled with no job, in no line, until due.lua queues it.
@@ -85,7 +88,8 @@
 -- (0: never, it alone is over the limit)}, or {'bad_dependency', id, why}
 -- (why: 'unknown', 'project', 'failed' or 'cancelled'), and then nothing is written; or
 -- {'replayed', position, duration_sum, duration_count, task_id, created_ms}, what the key's first
--- request got, or {'idempotency_key_reused'}, or {'retried_before', the retry's id} (`first_retry`),
+-- request got, or {'idempotency_key_reused'}, or {'not_remembered'} (`replay_only`), or
+-- {'retried_before', the retry's id} (`first_retry`),
 -- and then nothing is written either. A task waiting
 -- for its dependencies or its time has position 0. `handed` is {} when no start was made for
 -- `taker`, else take.lua's reply for it: {look, entry}, or {look} when it started nothing.
@@ -96,7 +100,7 @@
 local SUBMIT = {'task_id', 'created_ms', 'score', 'job_id', 'queued_limit', 'queue_limit', 'stored_limit', 'queue',
   'task_type',
   'fingerprint', 'depends_on', 'scheduled_ms', 'rate_limit', 'rate_window', 'rate_nonce', 'fields', 'elsewhere',
-  'taker', 'taker_room', 'now', 'idempotency', 'ratelimit', 'first_retry'}
+  'taker', 'taker_room', 'now', 'idempotency', 'ratelimit', 'first_retry', 'replay_only'}
 local ttl, aging_ms, idempotency_ttl, scan, project_limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
   tonumber(ARGV[5])
 local later = later_writes(KEYS[1])
@@ -118,6 +122,7 @@ local function submit(a)
       if first[1] ~= a.fingerprint then return {{'idempotency_key_reused'}, quota, {}} end
       return {{'replayed', first[2], first[3], first[4], first[5], first[6]}, quota, {}}
     end
+    if a.replay_only == '1' then return {{'not_remembered'}, quota, {}} end
   end
   local fields = cjson.decode(a.fields)
   local named = by_name(fields)
