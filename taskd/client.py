@@ -724,11 +724,12 @@ class TaskClient:
                 tries += 1
                 if idempotency_key is None or not _answer_lost(failed) or tries > self.retries:
                     raise
-                if failed.status == 504 and extra_time:
-                    # The proxy gave up waiting before the held answer came (its timeout shorter
-                    # than the Prefer: wait): one that waits again gets a 504 again, each try one
-                    # more wait and one more submit of the key's quota. Without the wait, the
-                    # resend answers at once with what the first stored (the server did not wait).
+                if extra_time:
+                    # A held answer (Prefer: wait) is lost when a proxy gives up before the wait is
+                    # up: nginx's 504, a Google load balancer's 502, an idle timeout's close. One
+                    # that waits again is lost again, each try one more wait and one more submit of
+                    # the key's quota. Without the wait, the resend answers at once with what the
+                    # first stored (the server did not wait), wherever the first one was lost.
                     extra_headers = {k: v for k, v in (extra_headers or {}).items() if k != "Prefer"}
                     extra_time = 0.0
                 await asyncio.sleep(self._backoff(tries))

@@ -26,19 +26,41 @@ API_KEY = "api-nodes-key-0123456789"
 FORWARDED = ("X-API-Key", "Idempotency-Key", "Content-Type", "Prefer", "Last-Event-ID")
 
 
+def _gateway_timeout(_: web.Request) -> web.StreamResponse:
+    # nginx past its proxy_read_timeout
+    return web.Response(
+        status=504, text="<html><body><h1>504 Gateway Time-out</h1></body></html>", content_type="text/html"
+    )
+
+
+def _backend_timeout(_: web.Request) -> web.StreamResponse:
+    # Google Cloud's load balancer past its backend service timeout (30 s by default)
+    return web.Response(
+        status=502, text="<html><body>502 Server Error</body></html>", content_type="text/html"
+    )
+
+
+def _idle_timeout(request: web.Request) -> web.StreamResponse:
+    # A balancer that closes a connection idle past its timeout (an AWS classic ELB's 60 s)
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
+
+
 @attrs.define
 class Balancer:
     """Sends each request to the next of `nodes` that is still running. `answer_lost`, when set,
     is applied to the next answer instead of passing it on (then cleared): the node's death.
     `held_timeout`, when set, is how long it waits for the answer to a request sent with `Prefer`
-    before answering 504 itself, as a proxy whose read timeout is shorter than the wait does (only
-    those: a loaded machine's slow plain answer is not a 504); `sent` is each request's headers as
-    it passed them on."""
+    before `gives_up` answers it, as a proxy whose timeout is shorter than the wait does (only
+    those: a loaded machine's slow plain answer is not given up on); `sent` is each request's
+    headers as it passed them on."""
 
     nodes: list[TaskdProcess]
     session: aiohttp.ClientSession
     answer_lost: Callable[[web.Request, TaskdProcess], web.StreamResponse] | None = None
     held_timeout: float | None = None
+    gives_up: Callable[[web.Request], web.StreamResponse] = _gateway_timeout
     sent: list[dict[str, str]] = attrs.Factory(list)
     turns: itertools.count[int] = attrs.Factory(itertools.count)
 
@@ -55,11 +77,7 @@ class Balancer:
                 ) as upstream:
                     body = await upstream.read()
         except TimeoutError:
-            return web.Response(
-                status=504,
-                text="<html><body><h1>504 Gateway Time-out</h1></body></html>",
-                content_type="text/html",
-            )
+            return self.gives_up(request)
         if self.answer_lost is not None:
             lose, self.answer_lost = self.answer_lost, None
             return lose(request, node)
@@ -110,12 +128,17 @@ async def test_a_client_submit_whose_node_died_after_storing_it_is_resent_to_ano
     assert [task.task_id for task in page.tasks] == [submitted.task_id]
 
 
-async def test_a_client_submit_waiting_longer_than_the_balancer_does_is_resent_without_the_wait(balancer):
+@pytest.mark.parametrize(
+    "gives_up", [_gateway_timeout, _backend_timeout, _idle_timeout], ids=["504", "502", "closed"]
+)
+async def test_a_client_submit_waiting_longer_than_the_balancer_does_is_resent_without_the_wait(
+    balancer, gives_up
+):
     # The balancer gives up on every held answer before the wait is up: a resend that waits again
-    # gets a 504 again, each try one more wait and one more submit of the key's quota, and then
+    # is given up on again, each try one more wait and one more submit of the key's quota, and then
     # raises. Sent without the wait, the resend answers at once with the task the first one stored.
     url, front = balancer
-    front.held_timeout = 1.0
+    front.held_timeout, front.gives_up = 1.0, gives_up
     async with TaskClient(url, API_KEY, retries=3) as client:
         submitted = await client.submit("waited", "noop", {}, wait=30)
         page = await client.list_tasks("waited")
