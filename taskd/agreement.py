@@ -175,8 +175,14 @@ def digests(
         ),
         "execution.result_max_bytes": (config.execution.result_max_bytes, False),
         # As the guard reads it (webhooks.allow_private is an alias): the same rules written either
-        # way agree.
-        "network": ([policy.allow_private, sorted(str(net) for net in policy.networks)], False),
+        # way agree, and with allow_private the networks, which it then never reads, are not compared.
+        "network": (
+            [
+                policy.allow_private,
+                [] if policy.allow_private else sorted({str(net) for net in policy.networks}),
+            ],
+            False,
+        ),
     }
     for name, value in (limits | retry | providers).items():
         values[name] = (value, False)

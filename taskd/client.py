@@ -724,6 +724,14 @@ class TaskClient:
                 tries += 1
                 if idempotency_key is None or not _answer_lost(failed) or tries > self.retries:
                     raise
+                if extra_time:
+                    # A held answer (Prefer: wait) is lost when a proxy gives up before the wait is
+                    # up: nginx's 504, a Google load balancer's 502, an idle timeout's close. One
+                    # that waits again is lost again, each try one more wait and one more submit of
+                    # the key's quota. Without the wait, the resend answers at once with what the
+                    # first stored (the server did not wait), wherever the first one was lost.
+                    extra_headers = {k: v for k, v in (extra_headers or {}).items() if k != "Prefer"}
+                    extra_time = 0.0
                 await asyncio.sleep(self._backoff(tries))
 
     def _retry_delay(self, refused: RateLimited, tries: int) -> float | None:

@@ -7,6 +7,7 @@ small balancer in front that sends each request to the next live node, as HAProx
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
 
@@ -25,28 +26,62 @@ API_KEY = "api-nodes-key-0123456789"
 FORWARDED = ("X-API-Key", "Idempotency-Key", "Content-Type", "Prefer", "Last-Event-ID")
 
 
+def _gateway_timeout(_: web.Request) -> web.StreamResponse:
+    # nginx past its proxy_read_timeout
+    return web.Response(
+        status=504, text="<html><body><h1>504 Gateway Time-out</h1></body></html>", content_type="text/html"
+    )
+
+
+def _backend_timeout(_: web.Request) -> web.StreamResponse:
+    # Google Cloud's load balancer past its backend service timeout (30 s by default)
+    return web.Response(
+        status=502, text="<html><body>502 Server Error</body></html>", content_type="text/html"
+    )
+
+
+def _idle_timeout(request: web.Request) -> web.StreamResponse:
+    # A balancer that closes a connection idle past its timeout (an AWS classic ELB's 60 s)
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response()
+
+
 @attrs.define
 class Balancer:
     """Sends each request to the next of `nodes` that is still running. `answer_lost`, when set,
-    is applied to the next answer instead of passing it on (then cleared): the node's death."""
+    is applied to the next answer instead of passing it on (then cleared): the node's death.
+    `held_timeout`, when set, is how long it waits for the answer to a request sent with `Prefer`
+    before `gives_up` answers it, as a proxy whose timeout is shorter than the wait does (only
+    those: a loaded machine's slow plain answer is not given up on); `sent` is each request's
+    headers as it passed them on."""
 
     nodes: list[TaskdProcess]
     session: aiohttp.ClientSession
     answer_lost: Callable[[web.Request, TaskdProcess], web.StreamResponse] | None = None
+    held_timeout: float | None = None
+    gives_up: Callable[[web.Request], web.StreamResponse] = _gateway_timeout
+    sent: list[dict[str, str]] = attrs.Factory(list)
     turns: itertools.count[int] = attrs.Factory(itertools.count)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         live = [node for node in self.nodes if node.proc.poll() is None]
         node = live[next(self.turns) % len(live)]
         headers = {name: request.headers[name] for name in FORWARDED if name in request.headers}
-        async with self.session.request(
-            request.method, f"{node.base_url}{request.rel_url}", headers=headers, data=await request.read()
-        ) as upstream:
-            body = await upstream.read()
-            if self.answer_lost is not None:
-                lose, self.answer_lost = self.answer_lost, None
-                return lose(request, node)
-            return web.Response(status=upstream.status, body=body, content_type=upstream.content_type)
+        self.sent.append(headers)
+        data = await request.read()
+        try:
+            async with asyncio.timeout(self.held_timeout if "Prefer" in headers else None):
+                async with self.session.request(
+                    request.method, f"{node.base_url}{request.rel_url}", headers=headers, data=data
+                ) as upstream:
+                    body = await upstream.read()
+        except TimeoutError:
+            return self.gives_up(request)
+        if self.answer_lost is not None:
+            lose, self.answer_lost = self.answer_lost, None
+            return lose(request, node)
+        return web.Response(status=upstream.status, body=body, content_type=upstream.content_type)
 
 
 @pytest.fixture
@@ -91,6 +126,29 @@ async def test_a_client_submit_whose_node_died_after_storing_it_is_resent_to_ano
         page = await client.list_tasks("lost-answer")
 
     assert [task.task_id for task in page.tasks] == [submitted.task_id]
+
+
+@pytest.mark.parametrize(
+    "gives_up", [_gateway_timeout, _backend_timeout, _idle_timeout], ids=["504", "502", "closed"]
+)
+async def test_a_client_submit_waiting_longer_than_the_balancer_does_is_resent_without_the_wait(
+    balancer, gives_up
+):
+    # The balancer gives up on every held answer before the wait is up: a resend that waits again
+    # is given up on again, each try one more wait and one more submit of the key's quota, and then
+    # raises. Sent without the wait, the resend answers at once with the task the first one stored.
+    url, front = balancer
+    front.held_timeout, front.gives_up = 1.0, gives_up
+    async with TaskClient(url, API_KEY, retries=3) as client:
+        submitted = await client.submit("waited", "noop", {}, wait=30)
+        page = await client.list_tasks("waited")
+
+    submits = [headers.get("Prefer") for headers in front.sent if "Idempotency-Key" in headers]
+    assert (submits, submitted.task, [task.task_id for task in page.tasks]) == (
+        ["wait=30", None],
+        None,
+        [submitted.task_id],
+    )
 
 
 async def test_a_client_submit_whose_connection_is_refused_is_raised_without_a_resend(monkeypatch):

@@ -277,6 +277,25 @@ async def test_an_api_node_whose_outbound_guard_differs_from_another_s_says_so(
     assert any(": network; every process must agree" in message for message in warnings), warnings
 
 
+async def test_api_nodes_that_allow_every_address_agree_whatever_networks_they_list(
+    start_service, tmp_path, caplog
+):
+    # With allow_private the guard never reads allow_networks: both nodes take the same callback
+    # URLs, and a warning (and a settings_mismatch alert) would send the operator after nothing.
+    await start_service(
+        workers=False, data_dir=str(tmp_path / "api"), network=NetworkConfig(allow_private=True), **SHARED
+    )
+
+    await start_service(
+        workers=False,
+        data_dir=str(tmp_path / "api-b"),
+        network=NetworkConfig(allow_private=True, allow_networks=["10.20.0.0/16"]),
+        **SHARED,
+    )
+
+    assert [r.getMessage() for r in caplog.records if r.name == "taskd.settings"] == []
+
+
 async def test_a_host_whose_media_retention_differs_from_another_s_says_so(start_service, tmp_path, caplog):
     # Every process sweeps the one media store with its own retention: the shortest deletes the
     # files every other keeps (and the links they signed for a week answer 404 after an hour).
