@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -358,7 +358,10 @@ class TaskdSpawner:
         self.cwd = cwd
         self.procs: list[TaskdProcess] = []
 
-    def __call__(self, *args: str, env: dict[str, str], wait_listening: bool = True) -> TaskdProcess:
+    def __call__(
+        self, *args: str, env: dict[str, str], wait_listening: bool = True, pass_fds: Sequence[int] = ()
+    ) -> TaskdProcess:
+        """Start `taskd *args`; `pass_fds`: descriptors it inherits, as a careless parent's would be."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
         full_env.update(env)
         proc = subprocess.Popen(
@@ -368,6 +371,7 @@ class TaskdSpawner:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            pass_fds=pass_fds,
         )
         base_url = _read_until_listening(proc, 30) if wait_listening else None
         running = TaskdProcess(proc, base_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import sys
 
@@ -140,6 +141,19 @@ async def test_a_tool_child_gets_its_own_process_group_and_the_address_space_lim
 
     assert out.decode().split() == ["True", str(512 * 1024 * 1024)]
     assert resource.getrlimit(resource.RLIMIT_AS)[0] != 512 * 1024 * 1024  # taskd's own is untouched
+
+
+async def test_a_tool_child_keeps_a_descriptor_it_was_passed():
+    # Its start closes every other one above stderr (tests/test_child_descriptors.py).
+    read_end, write_end = os.pipe()
+    try:
+        writer = f"import os; os.write({write_end}, b'kept')"
+        child = await proctree.ProcessTree().spawn(sys.executable, "-c", writer, pass_fds=(write_end,))
+        await child.wait()
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b"kept"
 
 
 async def test_an_allocation_past_the_address_space_limit_fails_inside_the_tool():

@@ -31,6 +31,7 @@ import cattrs
 import orjson
 import psutil
 
+from taskd.childenv import close_inherited_descriptors
 from taskd.config import Config
 from taskd.engine.jobproc import child, frames
 from taskd.proctree import die_with_parent
@@ -184,6 +185,9 @@ class _Template:
 
 def main() -> None:
     """Load the config and the task types once, then fork job processes on request."""
+    # The second copies of its stdin and stdout that uvloop's spawn left open: else every job process
+    # forked here kept the channels it closes (_become_job_process).
+    close_inherited_descriptors()
     control = socket.socket(fileno=0)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a task module that prints must not corrupt the frames
