@@ -126,6 +126,42 @@ async def test_what_a_job_process_handler_started_dies_with_a_worker_killed_by_s
     assert alive == []
 
 
+async def test_a_job_process_and_its_template_that_outlive_a_killed_worker_print_no_traceback(
+    spawn_taskd, tmp_path
+):
+    # The kernel closes a SIGKILLed worker's ends of the pipes before its template hears of its death
+    # (the parent-death signal comes as the worker's teardown ends, over a second under load): a job
+    # process writing progress meanwhile met a broken pipe, failed its answer the same way, and
+    # printed two tracebacks into the worker's log; its template, reporting that exit, a third. The
+    # template is held stopped here to open that window for certain.
+    data_dir = tmp_path / "data"
+    log = tmp_path / "serve.log"
+    serve = spawn_taskd("serve", env=child_env(data_dir), stderr=log)
+    async with aiohttp.ClientSession(serve.base_url, headers={"X-API-Key": API_KEY}) as session:
+        body = {"project_id": "p", "task_type": "cpu", "task_data": {"seconds": 60}}
+        async with session.post("/api/v1/tasks/submit", json=body) as response:
+            task_id = (await response.json())["task_id"]
+    marker = marker_path(data_dir, task_id, "started")
+    async with asyncio.timeout(30):
+        while not (marker.exists() and marker.read_text()):
+            await asyncio.sleep(0.05)
+    job_process = psutil.Process(int(marker.read_text()))
+    template = psutil.Process(job_process.ppid())
+
+    template.suspend()
+    try:
+        serve.stop(signal.SIGKILL)
+        async with asyncio.timeout(30):  # its next progress report (every 0.2 s) finds the pipe broken
+            while job_process.is_running() and job_process.status() != psutil.STATUS_ZOMBIE:
+                await asyncio.sleep(0.05)
+    finally:
+        template.resume()
+    _, alive = psutil.wait_procs([template], timeout=30)
+
+    assert alive == []
+    assert "Traceback" not in log.read_text()
+
+
 def _forked_under(pid: int) -> list[psutil.Process]:
     found = []
     for proc in psutil.Process(pid).children(recursive=True):

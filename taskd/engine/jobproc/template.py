@@ -83,6 +83,12 @@ class _Template:
                     self._reap()
                 if self.control.fileno() in readable and not self._fork_requested():
                     return
+        except BrokenPipeError:
+            # The worker is gone (killed: the kernel closes its ends of the pipes before this process
+            # gets its parent-death signal) and a report to it failed: nobody reads them any more.
+            # Not an error to print into the worker's log; the unsent frame goes with the stream.
+            with contextlib.suppress(BrokenPipeError):
+                self.out.close()
         finally:
             self._kill_everything()
 
@@ -175,6 +181,12 @@ class _Template:
             read_fd, write_fd = fds
             with os.fdopen(read_fd, "rb") as tasks, os.fdopen(write_fd, "wb") as answers:
                 child.serve(tasks, answers, self.config, self.registry)
+        except BrokenPipeError:
+            # Its worker is gone (killed) and the answer or a progress report went to a pipe nobody
+            # reads (child.serve writes nothing else; a handler's own errors are its task's answer):
+            # the task is taken back from its record. Printed, it was two tracebacks in the worker's
+            # log (the write, then the close of the stream) for each task a killed worker ran here.
+            code = 1
         except BaseException:  # nothing may unwind into the template's loop in a child
             traceback.print_exc()
             code = 1
