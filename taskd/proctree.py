@@ -18,7 +18,7 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -103,6 +103,18 @@ def signal_group(pid: int, sig: int) -> None:
     # Each member leads its own group (start_new_session), so the group id is its pid.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def kill_sessions(leaders: Collection[int]) -> None:
+    """SIGKILL every process left in the sessions these processes led, now gone (job processes whose
+    template was killed). A session's id is not reused while a member lives; a process that got the
+    number since (only once the pid counter has wrapped round) leads a session of its own (pid ==
+    sid) and is spared, its own children would not be: that needs a wrap within this one look."""
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            sid = os.getsid(process.pid)
+            if sid in leaders and process.pid != sid:
+                process.kill()
 
 
 class ProcessTree:
