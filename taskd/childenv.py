@@ -1,15 +1,23 @@
-"""What a child process of taskd gets: an allow-listed environment, and for a job process a config
-without secrets.
+"""What a child process of taskd gets: an allow-listed environment, no open file it was not given,
+and for a job process a config without secrets.
 
 Job processes, ffmpeg, espeak-ng and any other tool child start from `child_environment()`, never
 from `os.environ`: taskd's own environment may hold `TASKD_AUTH__API_KEYS`, a Redis URL with its
 password, provider keys or `OPENAI_API_KEY`, and a child needs none of them. A job process gets
 `job_config()`, the config with every secret blanked; it answers no requests, talks to no Redis
 and signs nothing, and the handlers it runs are plain functions that burn CPU or GPU.
+
+Open files: uvloop's spawn, unlike the standard library's, closes none (it has no `close_fds`),
+so a child got every inheritable descriptor of taskd's, those taskd inherited from whoever started
+it included (a pipe, a lock, a socket), and a second copy of each stdio descriptor it was given
+(a job process kept its template's channels to the worker). `taskd serve` and `taskd worker` keep
+what they inherited to themselves (`keep_inherited_descriptors`), and a child that is Python at its
+start closes the copies (`close_inherited_descriptors`; a tool child in proctree.TOOL_START).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -100,6 +108,33 @@ def child_environment(
         env["HOME"] = str(home)
     env.update(extra or {})
     return env
+
+
+def _open_descriptors() -> list[int]:
+    """The descriptors this process has open above stderr (none found where there is no /dev/fd)."""
+    try:
+        names = os.listdir("/dev/fd")
+    except OSError:
+        return []
+    return [fd for fd in map(int, names) if fd > 2]
+
+
+def keep_inherited_descriptors() -> None:
+    """Make every descriptor above stderr that this process has open close-on-exec: at start-up,
+    those are what it inherited, which no child of taskd is meant to get."""
+    for fd in _open_descriptors():
+        # The listing's own descriptor is closed by now: EBADF.
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, False)
+
+
+def close_inherited_descriptors() -> None:
+    """Close every inheritable descriptor above stderr: in a child that is Python at its start, what
+    its parent passed on besides its stdio (what Python opens itself is not inheritable)."""
+    for fd in _open_descriptors():
+        with contextlib.suppress(OSError):
+            if os.get_inheritable(fd):
+                os.close(fd)
 
 
 def _blank(value: Any) -> Any:

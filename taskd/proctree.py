@@ -18,7 +18,7 @@ import ctypes
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -37,13 +37,28 @@ _PR_SET_PDEATHSIG = 1
 
 MB = 1024 * 1024
 
-# What a tool child runs first, as `python -I -S -c TOOL_START <address space> <parent pid> cmd…`:
-# the address-space rlimit (0 = none; the second line behind the tree's RSS watcher: an allocation
-# past it fails inside the tool at once, between two watcher ticks), the parent-death signal
-# (Linux: a tool must not outlive a worker killed by SIGKILL, nobody would stop it), then exec.
+# What a tool child runs first, as `python -I -S -c TOOL_START <address space> <parent pid> <kept fds>
+# cmd…`: it closes every descriptor above stderr it was not given (`pass_fds`, comma-separated), as
+# childenv.close_inherited_descriptors does (uvloop's spawn, unlike the standard library's, closes
+# none: the tool got a second copy of each of its stdio descriptors, and anything else inheritable),
+# sets the address-space rlimit (0 = none; the second line behind the tree's RSS watcher: an allocation
+# past it fails inside the tool at once, between two watcher ticks), and the parent-death signal
+# (Linux: a tool must not outlive a worker killed by SIGKILL, nobody would stop it), then execs.
 TOOL_START = """
 import os, resource, sys
-limit, parent, command = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+limit, parent, command = int(sys.argv[1]), int(sys.argv[2]), sys.argv[4:]
+kept = {int(fd) for fd in sys.argv[3].split(",") if fd}
+try:
+    found = [int(name) for name in os.listdir("/dev/fd")]
+except OSError:
+    found = []  # no /dev/fd (a container without /proc): nothing to close is known
+for fd in found:
+    if fd > 2 and fd not in kept:
+        try:
+            if os.get_inheritable(fd):
+                os.close(fd)
+        except OSError:
+            pass  # the listing's own descriptor, closed since
 if limit:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 if sys.platform.startswith("linux"):
@@ -90,6 +105,18 @@ def signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def kill_sessions(leaders: Collection[int]) -> None:
+    """SIGKILL every process left in the sessions these processes led, now gone (job processes whose
+    template was killed). A session's id is not reused while a member lives; a process that got the
+    number since (only once the pid counter has wrapped round) leads a session of its own (pid ==
+    sid) and is spared, its own children would not be: that needs a wrap within this one look."""
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            sid = os.getsid(process.pid)
+            if sid in leaders and process.pid != sid:
+                process.kill()
+
+
 class ProcessTree:
     """The children one task started, each the leader of its own process group."""
 
@@ -105,11 +132,13 @@ class ProcessTree:
     ) -> asyncio.subprocess.Process:
         """Start `cmd` as a member of this tree (asyncio.create_subprocess_exec's keyword arguments).
 
-        It starts as `python -I -S -c TOOL_START <limit> <parent pid> cmd…`, which sets the rlimit and
-        the parent-death signal and then execs `cmd` (same pid, same group): a `preexec_fn` would
-        do the same in the forked child, but it makes Python fork the whole worker instead of vfork,
-        and the event loop waits for that fork, tens of milliseconds under load.
+        It starts as `python -I -S -c TOOL_START <limit> <parent pid> <kept fds> cmd…`, which closes
+        the descriptors it was not given, sets the rlimit and the parent-death signal and then execs
+        `cmd` (same pid, same group): a `preexec_fn` would do the same in the forked child, but it
+        makes Python fork the whole worker instead of vfork, and the event loop waits for that fork,
+        tens of milliseconds under load.
         """
+        pass_fds: Sequence[int] = kwargs.pop("pass_fds", ())
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-I",
@@ -118,9 +147,11 @@ class ProcessTree:
             TOOL_START,
             str(self.limits.address_space_bytes),
             str(os.getpid()),
+            ",".join(map(str, pass_fds)),
             *cmd,
             env=child_environment() if env is None else env,
             start_new_session=True,
+            pass_fds=pass_fds,
             **kwargs,
         )
         self.adopt(proc)

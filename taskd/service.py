@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from taskd import apikey, files, keys, logs, tracing
 from taskd.agreement import Agreement, Published, digests, roles_of
+from taskd.childenv import keep_inherited_descriptors
 from taskd.clock import RedisClock
 from taskd.config import Config, ConfigError
 from taskd.embedded import DataDirInUse, EmbeddedValkey, ServerDidNotStart
@@ -563,6 +564,8 @@ async def run(
     config: Config, *, http: bool, workers: bool, queues: list[str] | None = None, print_key: bool = False
 ) -> None:
     """Run a Service until SIGTERM, SIGINT or SIGHUP; `print_key`: `Service.announce`'s."""
+    # Before any child starts: what whoever started taskd left open is not passed on to them.
+    keep_inherited_descriptors()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # SIGHUP: the terminal it was started from closed (an ssh session dropped). Its default would end

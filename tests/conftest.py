@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import re
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -358,17 +359,28 @@ class TaskdSpawner:
         self.cwd = cwd
         self.procs: list[TaskdProcess] = []
 
-    def __call__(self, *args: str, env: dict[str, str], wait_listening: bool = True) -> TaskdProcess:
+    def __call__(
+        self,
+        *args: str,
+        env: dict[str, str],
+        wait_listening: bool = True,
+        pass_fds: Sequence[int] = (),
+        stderr: Path | None = None,
+    ) -> TaskdProcess:
+        """Start `taskd *args`; `pass_fds`: descriptors it inherits, as a careless parent's would be;
+        `stderr`: a file its stderr (its log, and its children's) is appended to."""
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TASKD_")}
         full_env.update(env)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taskd", *args],
-            env=full_env,
-            cwd=self.cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        with stderr.open("ab") if stderr is not None else contextlib.nullcontext() as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "taskd", *args],
+                env=full_env,
+                cwd=self.cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL if err is None else err,
+                text=True,
+                pass_fds=pass_fds,
+            )
         base_url = _read_until_listening(proc, 30) if wait_listening else None
         running = TaskdProcess(proc, base_url)
         self.procs.append(running)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import pytest
 import support_tasks
 from conftest import TEST_TASK_MODULES, is_running
 
-from taskd.config import ExecutionConfig, QueueConfig, TasksConfig
+from taskd.config import ExecutionConfig, QueueConfig, RetryConfig, TasksConfig
 from taskd.tasks.diagnostics import marker_path
 
 
@@ -76,6 +77,22 @@ async def test_cancel_sends_sigterm_to_the_job_process_and_its_cleanup_runs(star
     assert int(await wait_marker(service, task["task_id"], "sigterm")) == pid
     await wait_marker(service, task["task_id"], "cleanup")
     assert (await service.status(task["task_id"]))["status"] == "cancelled"
+
+
+async def test_a_job_process_a_sigterm_from_outside_taskd_stopped_waits_for_a_retry(start_service):
+    # As when a stop reaches every process of the service at once (systemd's default
+    # KillMode=control-group) or a kill by hand: the handler is stopped as by a cancel, but nobody
+    # cancelled the task. Before, nothing was written and the task stayed `processing` until a
+    # check of the worker's runs found it and queued it again.
+    service = await start_service(retry=RetryConfig(base_delay=3600))
+    task = await service.submit("cpu", {"seconds": 60})
+    pid = int(await wait_marker(service, task["task_id"], "started"))
+
+    os.kill(pid, signal.SIGTERM)
+
+    body = await service.wait_for(task["task_id"], lambda body: body["last_error"] is not None, timeout=30)
+    assert body["status"] == "queued"
+    assert "stopped by a signal from outside taskd" in body["last_error"]
 
 
 async def test_job_process_that_ignores_sigterm_is_killed_after_the_grace(start_service):

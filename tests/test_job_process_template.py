@@ -9,7 +9,7 @@ import signal
 
 import aiohttp
 import psutil
-from conftest import API_KEY, TEST_TASK_MODULES, child_env, make_config
+from conftest import API_KEY, TEST_TASK_MODULES, child_env, is_running, make_config
 
 from taskd.config import ExecutionConfig
 from taskd.engine.jobproc.forkserver import ForkedProcess, Template, TemplateGone
@@ -45,6 +45,32 @@ async def test_a_killed_template_is_replaced_and_the_next_task_runs(start_servic
     second = await _show(service)
 
     assert second["parent_pid"] != first["parent_pid"]
+
+
+async def test_what_a_job_process_handler_started_in_its_session_dies_with_a_template_killed_by_sigkill(
+    start_service,
+):
+    # The OOM killer, or a kill by hand: the job processes die of their parent-death signal, and what
+    # their handlers started had no subreaper left to end it; it ran on for ever, beside the task's
+    # next run. A child that made a session of its own (the other one here) is beyond this reach.
+    service = await start_service()
+    task = await service.submit("leave_stubborn_children", {"then": "wait"})
+    marker = marker_path(service.service.config.data_path, task["task_id"], "children")
+    async with asyncio.timeout(30):
+        while not marker.exists():
+            await asyncio.sleep(0.05)
+    in_session, own_session = (psutil.Process(int(pid)) for pid in marker.read_text().split())
+    template = psutil.Process(psutil.Process(in_session.ppid()).ppid())
+    try:
+        template.kill()
+        async with asyncio.timeout(20):
+            # Killed; reaped by init, or a zombie where init reaps none (some containers)
+            while is_running(in_session.pid):
+                await asyncio.sleep(0.05)
+    finally:
+        for child in (in_session, own_session):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
 
 
 async def test_a_fork_that_finds_the_template_gone_starts_a_new_one_before_its_exit_is_noticed(
@@ -124,6 +150,42 @@ async def test_what_a_job_process_handler_started_dies_with_a_worker_killed_by_s
     _, alive = psutil.wait_procs(children, timeout=10)
 
     assert alive == []
+
+
+async def test_a_job_process_and_its_template_that_outlive_a_killed_worker_print_no_traceback(
+    spawn_taskd, tmp_path
+):
+    # The kernel closes a SIGKILLed worker's ends of the pipes before its template hears of its death
+    # (the parent-death signal comes as the worker's teardown ends, over a second under load): a job
+    # process writing progress meanwhile met a broken pipe, failed its answer the same way, and
+    # printed two tracebacks into the worker's log; its template, reporting that exit, a third. The
+    # template is held stopped here to open that window for certain.
+    data_dir = tmp_path / "data"
+    log = tmp_path / "serve.log"
+    serve = spawn_taskd("serve", env=child_env(data_dir), stderr=log)
+    async with aiohttp.ClientSession(serve.base_url, headers={"X-API-Key": API_KEY}) as session:
+        body = {"project_id": "p", "task_type": "cpu", "task_data": {"seconds": 60}}
+        async with session.post("/api/v1/tasks/submit", json=body) as response:
+            task_id = (await response.json())["task_id"]
+    marker = marker_path(data_dir, task_id, "started")
+    async with asyncio.timeout(30):
+        while not (marker.exists() and marker.read_text()):
+            await asyncio.sleep(0.05)
+    job_process = psutil.Process(int(marker.read_text()))
+    template = psutil.Process(job_process.ppid())
+
+    template.suspend()
+    try:
+        serve.stop(signal.SIGKILL)
+        async with asyncio.timeout(30):  # its next progress report (every 0.2 s) finds the pipe broken
+            while job_process.is_running() and job_process.status() != psutil.STATUS_ZOMBIE:
+                await asyncio.sleep(0.05)
+    finally:
+        template.resume()
+    _, alive = psutil.wait_procs([template], timeout=30)
+
+    assert alive == []
+    assert "Traceback" not in log.read_text()
 
 
 def _forked_under(pid: int) -> list[psutil.Process]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 import sys
 
@@ -12,7 +13,7 @@ from conftest import TEST_TASK_MODULES
 from fake_media_apis import png
 
 from taskd import proctree
-from taskd.config import ExecutionConfig, MediaConfig, NetworkConfig, TasksConfig
+from taskd.config import ExecutionConfig, MediaConfig, NetworkConfig, RetryConfig, TasksConfig
 from taskd.tasks.diagnostics import marker_path
 
 
@@ -129,6 +130,30 @@ async def test_a_cancel_mid_render_stops_ffmpeg_and_removes_the_scratch_dir(star
             await asyncio.sleep(0.05)
 
 
+async def test_a_render_whose_ffmpeg_a_signal_from_outside_taskd_stopped_waits_for_a_retry(
+    start_service, tmp_path
+):
+    # As when a stop reaches every process of the service at once (systemd's default
+    # KillMode=control-group, `tini -g`): ffmpeg, which traps SIGTERM, exits 255. taskd's own
+    # cancels and stops cancel the handler as they signal, so they never see that exit.
+    media = MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch"))
+    service = await start_service(media=media, retry=RetryConfig(base_delay=3600))
+    data = {"scene_description": "card", "duration": 30, "fps": 60, "resolution": "1920x1080"}
+    task_id = (await service.submit("generate_video", data))["task_id"]
+    async with asyncio.timeout(60):
+        while not (renderers := [p for p in psutil.Process().children() if "ffmpeg" in p.name()]):
+            await asyncio.sleep(0.05)
+    # Rendering: past its start (where it sets its handlers), ffmpeg reports progress.
+    before = (await service.status(task_id))["progress"]
+    await service.wait_for(task_id, lambda body: body["progress"] > before, timeout=60)
+
+    renderers[0].terminate()
+
+    body = await service.wait_for(task_id, lambda body: body["status"] != "processing", timeout=60)
+    assert body["status"] == "queued"
+    assert "stopped by a signal from outside taskd" in body["last_error"]
+
+
 async def test_a_tool_child_gets_its_own_process_group_and_the_address_space_limit():
     tree = proctree.ProcessTree(proctree.TreeLimits(address_space_bytes=512 * 1024 * 1024))
     probe = (
@@ -140,6 +165,19 @@ async def test_a_tool_child_gets_its_own_process_group_and_the_address_space_lim
 
     assert out.decode().split() == ["True", str(512 * 1024 * 1024)]
     assert resource.getrlimit(resource.RLIMIT_AS)[0] != 512 * 1024 * 1024  # taskd's own is untouched
+
+
+async def test_a_tool_child_keeps_a_descriptor_it_was_passed():
+    # Its start closes every other one above stderr (tests/test_child_descriptors.py).
+    read_end, write_end = os.pipe()
+    try:
+        writer = f"import os; os.write({write_end}, b'kept')"
+        child = await proctree.ProcessTree().spawn(sys.executable, "-c", writer, pass_fds=(write_end,))
+        await child.wait()
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b"kept"
 
 
 async def test_an_allocation_past_the_address_space_limit_fails_inside_the_tool():

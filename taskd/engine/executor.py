@@ -77,6 +77,9 @@ ACL_RETRY = 10.0
 # execution.cancel_grace = 0 kills a task's processes at once, and no wait at all cut a handler's
 # cleanup at its second await (cancelled again, left running, warned of).
 HANDLER_GRACE_MIN = 1.0
+# The error of a run whose job process SIGTERM from outside taskd stopped (_in_process): a transient
+# one, retried.
+STOPPED_FROM_OUTSIDE = "The task's job process was stopped by a signal from outside taskd; it is tried again"
 T = TypeVar("T")
 
 
@@ -1109,6 +1112,14 @@ class Executor:
             # idle in the pool or running another task by then.
             running.runner = None
             await asyncio.shield(self.runners.release(runner))
+        if result.kind == "cancelled" and not running.cancelled:
+            # SIGTERM reached the job process from outside taskd (a stop sent to every process of the
+            # service at once, systemd's default KillMode=control-group; a kill by hand): nobody
+            # cancelled the task, and the input is not at fault. Taken for a cancel, nothing was
+            # written and the task stayed `processing` until a check of this worker's runs queued it.
+            log.warning("task %s: its job process was stopped by SIGTERM from outside taskd", record.task_id)
+            kind = "retry" if record.attempt < self.max_attempts(record) else "failed"
+            return Outcome(kind, error=STOPPED_FROM_OUTSIDE)
         return await self._process_outcome(record, result, soft, hard, limits)
 
     async def _process_outcome(

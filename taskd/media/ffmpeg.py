@@ -11,6 +11,7 @@ import errno
 import functools
 import logging
 import re
+import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -30,6 +31,10 @@ _PARAMETERS_CHANGED = "Changing audio frame properties on the fly is not support
 # ffmpeg exits with its error code's low byte: AVERROR(ENOSPC) = -28 is exit 228. A full disk (or
 # quota) also leaves its log empty (the log is on the same disk), so the exit status is what tells.
 _DISK_FULL_EXITS = {-errno.ENOSPC & 0xFF, -errno.EDQUOT & 0xFF}
+# How ffmpeg ends when SIGTERM or SIGINT stops it: 255 once it has set its handlers, killed by the
+# signal before (asyncio's negative status). 255 is also AVERROR(EPERM)'s low byte, an error that
+# no file taskd hands ffmpeg meets.
+_STOPPED_EXITS = {255, -signal.SIGTERM, -signal.SIGINT}
 ProgressFn = Callable[[float], Awaitable[None]]
 
 
@@ -169,6 +174,15 @@ async def run_ffmpeg(
             code = await proc.wait()
         finally:
             await proctree.stop_process(proc)
+    if code in _STOPPED_EXITS:
+        # Not taskd's doing: a cancel, a limit or a stop of taskd cancels this coroutine as it
+        # signals, so that exit is never looked at. A stop sent to every process of the service at
+        # once (systemd's default KillMode=control-group, `tini -g`) or a kill by hand reached ffmpeg
+        # itself: not the input's fault, so tried again, not failed as "ffmpeg exit 255".
+        log.warning(
+            "ffmpeg was stopped by a signal from outside taskd (exit %d) in %s", code, log_path.parent
+        )
+        raise TransientError(f"{what} was stopped by a signal from outside taskd; it is tried again")
     if code in _DISK_FULL_EXITS:
         # Not the input's fault, and gone once space is freed: retried like a provider that is down.
         log.warning("ffmpeg ran out of disk space writing in %s (exit %d)", log_path.parent, code)

@@ -24,7 +24,7 @@ from taskd.childenv import child_environment, job_config
 from taskd.config import Config
 from taskd.engine.jobproc import frames
 from taskd.media.store import scratch_root
-from taskd.proctree import die_with_parent
+from taskd.proctree import die_with_parent, kill_sessions
 
 log = logging.getLogger("taskd.engine")
 
@@ -151,6 +151,9 @@ class Template:
         finally:
             # Gone: its job processes die with it (their parent-death signal).
             self.gone = True
+            # Killed, not closed (the OOM killer, a kill by hand): it could not kill what their
+            # handlers started, and nothing else would.
+            orphaned = set(self._exits) if self._control is not None else set()
             for waiter in self._forks:
                 if not waiter.done():
                     waiter.set_exception(TemplateGone("the job-process template exited"))
@@ -159,6 +162,10 @@ class Template:
                 if not exited.done():
                     exited.set_result(-signal.SIGKILL)
             self._exits.clear()
+            if orphaned:
+                # What stayed in a job process's session goes now (after the runs learn their end:
+                # a task's next run is in a session of its own); one that made its own is beyond reach.
+                await asyncio.to_thread(kill_sessions, orphaned)
 
     async def fork(self, device: str | None) -> ForkedProcess:
         """A new job process (seeing only GPU `device`, if given), its frame streams connected."""

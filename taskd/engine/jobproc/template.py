@@ -31,6 +31,7 @@ import cattrs
 import orjson
 import psutil
 
+from taskd.childenv import close_inherited_descriptors
 from taskd.config import Config
 from taskd.engine.jobproc import child, frames
 from taskd.proctree import die_with_parent
@@ -82,6 +83,12 @@ class _Template:
                     self._reap()
                 if self.control.fileno() in readable and not self._fork_requested():
                     return
+        except BrokenPipeError:
+            # The worker is gone (killed: the kernel closes its ends of the pipes before this process
+            # gets its parent-death signal) and a report to it failed: nobody reads them any more.
+            # Not an error to print into the worker's log; the unsent frame goes with the stream.
+            with contextlib.suppress(BrokenPipeError):
+                self.out.close()
         finally:
             self._kill_everything()
 
@@ -174,6 +181,12 @@ class _Template:
             read_fd, write_fd = fds
             with os.fdopen(read_fd, "rb") as tasks, os.fdopen(write_fd, "wb") as answers:
                 child.serve(tasks, answers, self.config, self.registry)
+        except BrokenPipeError:
+            # Its worker is gone (killed) and the answer or a progress report went to a pipe nobody
+            # reads (child.serve writes nothing else; a handler's own errors are its task's answer):
+            # the task is taken back from its record. Printed, it was two tracebacks in the worker's
+            # log (the write, then the close of the stream) for each task a killed worker ran here.
+            code = 1
         except BaseException:  # nothing may unwind into the template's loop in a child
             traceback.print_exc()
             code = 1
@@ -184,6 +197,9 @@ class _Template:
 
 def main() -> None:
     """Load the config and the task types once, then fork job processes on request."""
+    # The second copies of its stdin and stdout that uvloop's spawn left open: else every job process
+    # forked here kept the channels it closes (_become_job_process).
+    close_inherited_descriptors()
     control = socket.socket(fileno=0)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a task module that prints must not corrupt the frames
