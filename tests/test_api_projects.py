@@ -527,3 +527,23 @@ async def test_pages_read_with_the_kept_counts_list_tasks_created_at_one_instant
     assert sorted(listed) == sorted(ids)
     assert len(listed) == 10
     assert await redis.exists(keys.project_counts("p"))
+
+
+async def test_counts_of_a_project_without_an_event_stream_are_not_used_once_a_later_stream_expired(
+    api_only, redis, monkeypatch
+):
+    # A stream expires events_ttl after its last event (storage.task_ttl: a minute at least), while
+    # records with a longer `keep_for` stay listed. Counts kept against "no stream" held again once
+    # the stream of a later submit had expired too, and the listing missed that task.
+    from taskd import keys
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await redis.delete(keys.project_events("p"))  # as its expiry does
+    await listing(api_only, "p")
+    newest = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+    await redis.delete(keys.project_events("p"))
+
+    _, body = await listing(api_only, "p", limit=3)
+
+    assert body["pagination"]["total"] == 11
+    assert [task["task_id"] for task in body["tasks"]] == [newest["task_id"], ids[9], ids[8]]

@@ -21,8 +21,9 @@
 -- Returns one of
 --   {0, version, size, census}       not kept (or no longer true): the version (lib/listed.lua),
 --                                    which list_keep.lua is given, the index's size, and 1 when
---                                    the project last changed LIST_QUIET_MS ago or more (its
---                                    listing counts for keeps: list.lua's census), else 0
+--                                    the project last changed LIST_QUIET_MS ago or more and has
+--                                    an event stream (its listing counts for keeps: list.lua's
+--                                    census), else 0
 --   {1, total, id...}                kept, and the page's ids are here (an unfiltered listing whose
 --                                    page is at most a stretch; none past the end)
 --   {2, total, below, seen, skip, calls}  kept: the page starts `skip` matches after list.lua's
@@ -35,9 +36,12 @@ local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 if kept[1] ~= version or (kept[2] ~= '' and now_ms >= tonumber(kept[2])) then
   -- A project that changed within LIST_QUIET_MS most likely changes again before the next request:
-  -- counted for keeps, it would cost twice a plain count (list.lua) for nothing.
+  -- counted for keeps, it would cost twice a plain count (list.lua) for nothing. Nor is a project
+  -- without an event stream (none for events_ttl, while records with a longer `keep_for` stay):
+  -- its version, '', comes back each time a stream expires, so counts kept against it would hold
+  -- again once the stream of a later submit had expired, without that task.
   local census = 0
-  if now_ms - changed_ms >= @LIST_QUIET_MS@ then census = 1 end
+  if version ~= '' and now_ms - changed_ms >= @LIST_QUIET_MS@ then census = 1 end
   return {0, version, redis.call('ZCARD', KEYS[1]), census}
 end
 local total = tonumber(kept[3]) or 0
