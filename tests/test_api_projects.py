@@ -547,3 +547,25 @@ async def test_counts_of_a_project_without_an_event_stream_are_not_used_once_a_l
 
     assert body["pagination"]["total"] == 11
     assert [task["task_id"] for task in body["tasks"]] == [newest["task_id"], ids[9], ids[8]]
+
+
+async def test_a_filtered_page_whose_kept_checkpoint_is_past_the_index_end_is_counted_again(
+    api_only, redis, monkeypatch
+):
+    # Records deleted by hand, and dropped from the index by a listing that came across them: the
+    # kept checkpoints point past the index's end. list_look.lua found it and answered without
+    # saying whether to count for keeps, and the API failed with a 500.
+    from taskd import keys
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
+    await listing(api_only, "p")  # keeps the counts: checkpoints at ranks 0, 4 and 8
+    for task_id in ids[:7]:
+        await redis.delete(keys.task(task_id))
+        await redis.zrem(keys.project("p"), task_id)
+
+    status, body = await listing(api_only, "p", status="queued", page=9, limit=1)
+
+    assert status == 200
+    assert body["pagination"]["total"] == 3
+    assert body["tasks"] == []
