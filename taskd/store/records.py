@@ -252,7 +252,10 @@ class _Stretch:
             )
             found, read, below, seen = int(reply[0]), int(reply[1]), reply[2], int(reply[3])
             if self.census:
-                counted = orjson.loads(reply[4])
+                # cjson passes a record's bytes through as they are: one not UTF-8 (a record broken
+                # by hand) would fail the whole listing. Such a record's status or type is counted
+                # under its replacement characters, a filter no listing of a real task asks for.
+                counted = orjson.loads(reply[4].decode(errors="replace"))
                 self.stretches.append(_per_filter(counted["counts"]))
                 soonest = int(counted["soonest"])
                 if soonest >= 0 and (self.soonest is None or soonest < self.soonest):
