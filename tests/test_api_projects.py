@@ -569,3 +569,28 @@ async def test_a_filtered_page_whose_kept_checkpoint_is_past_the_index_end_is_co
     assert status == 200
     assert body["pagination"]["total"] == 3
     assert body["tasks"] == []
+
+
+async def test_a_filtered_last_page_from_the_kept_counts_reads_no_further_than_its_last_match(
+    api_only, redis, monkeypatch
+):
+    # One cancelled task, the newest: the page holding it is the last. It read on to the index's
+    # end looking for matches the counts say are not there: on a project of a million tasks, a
+    # thousand stretches for the one unit its checkpoints made it cost.
+    from redis_probes import sent_to_valkey
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    async with api_only.client.delete(f"/api/v1/tasks/{ids[9]}") as cancelled:
+        assert cancelled.status == 200
+    await quiet(redis)
+    await listing(api_only, "p")  # keeps the counts
+    answers = []
+
+    async def last_page():
+        answers.append(await listing(api_only, "p", status="cancelled", limit=5))
+
+    ran = await sent_to_valkey(redis, last_page, by_scripts=True)
+
+    assert [task["task_id"] for task in answers[0][1]["tasks"]] == [ids[9]]
+    assert answers[0][1]["pagination"]["total"] == 1
+    assert len([command for command in ran if command.startswith("ZREVRANGEBYSCORE ")]) == 1
