@@ -137,6 +137,16 @@ async def test_unknown_project_has_no_tasks(api_only):
     assert body == {"tasks": [], "pagination": {"page": 1, "limit": 20, "total": 0, "total_pages": 0}}
 
 
+async def test_a_listing_of_an_unknown_project_keeps_nothing(api_only, redis):
+    # Counts were kept for any project id a key listed (an hour each): a key looping over made-up
+    # ids filled Valkey with them, ~60,000 an hour at the default `status` quota.
+    from taskd import keys
+
+    await listing(api_only, "nobody")
+
+    assert not await redis.exists(keys.project_counts("nobody"))
+
+
 async def test_status_filter(api_only):
     keep = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
     gone = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
