@@ -604,3 +604,25 @@ async def test_a_filtered_last_page_from_the_kept_counts_reads_no_further_than_i
     assert [task["task_id"] for task in answers[0][1]["tasks"]] == [ids[9]]
     assert answers[0][1]["pagination"]["total"] == 1
     assert len([command for command in ran if command.startswith("ZREVRANGEBYSCORE ")]) == 1
+
+
+async def test_a_listing_reads_no_event_past_the_newest_status_one(api_only, redis, monkeypatch):
+    # Events after the newest status one were read in batches (1, 7, then 24 entries): a status
+    # event carries its task's result (up to execution.result_max_bytes, a MiB), and behind eight
+    # progress reports each listing copied up to 24 of them into Valkey's Lua (~40 ms a request
+    # at a MiB each, for one status unit).
+    import json
+
+    from redis_probes import sent_to_valkey
+
+    from taskd import keys
+
+    await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    for _ in range(8):
+        progress = {"type": "progress", "project_id": "p", "status": "processing", "progress": 0.5}
+        await redis.xadd(keys.project_events("p"), {"event": json.dumps(progress, separators=(",", ":"))})
+
+    ran = await sent_to_valkey(redis, lambda: listing(api_only, "p"), by_scripts=True)
+
+    reads = [command.split() for command in ran if command.startswith("XREVRANGE ")]
+    assert sum(int(read[-1]) for read in reads) == 9  # the 8 progress reports and the status event
