@@ -137,6 +137,16 @@ async def test_unknown_project_has_no_tasks(api_only):
     assert body == {"tasks": [], "pagination": {"page": 1, "limit": 20, "total": 0, "total_pages": 0}}
 
 
+async def test_a_listing_of_an_unknown_project_keeps_nothing(api_only, redis):
+    # Counts were kept for any project id a key listed (an hour each): a key looping over made-up
+    # ids filled Valkey with them, ~60,000 an hour at the default `status` quota.
+    from taskd import keys
+
+    await listing(api_only, "nobody")
+
+    assert not await redis.exists(keys.project_counts("nobody"))
+
+
 async def test_status_filter(api_only):
     keep = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
     gone = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
@@ -527,3 +537,92 @@ async def test_pages_read_with_the_kept_counts_list_tasks_created_at_one_instant
     assert sorted(listed) == sorted(ids)
     assert len(listed) == 10
     assert await redis.exists(keys.project_counts("p"))
+
+
+async def test_counts_of_a_project_without_an_event_stream_are_not_used_once_a_later_stream_expired(
+    api_only, redis, monkeypatch
+):
+    # A stream expires events_ttl after its last event (storage.task_ttl: a minute at least), while
+    # records with a longer `keep_for` stay listed. Counts kept against "no stream" held again once
+    # the stream of a later submit had expired too, and the listing missed that task.
+    from taskd import keys
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await redis.delete(keys.project_events("p"))  # as its expiry does
+    await listing(api_only, "p")
+    newest = await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+    await redis.delete(keys.project_events("p"))
+
+    _, body = await listing(api_only, "p", limit=3)
+
+    assert body["pagination"]["total"] == 11
+    assert [task["task_id"] for task in body["tasks"]] == [newest["task_id"], ids[9], ids[8]]
+
+
+async def test_a_filtered_page_whose_kept_checkpoint_is_past_the_index_end_is_counted_again(
+    api_only, redis, monkeypatch
+):
+    # Records deleted by hand, and dropped from the index by a listing that came across them: the
+    # kept checkpoints point past the index's end. list_look.lua found it and answered without
+    # saying whether to count for keeps, and the API failed with a 500.
+    from taskd import keys
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    await quiet(redis)
+    await listing(api_only, "p")  # keeps the counts: checkpoints at ranks 0, 4 and 8
+    for task_id in ids[:7]:
+        await redis.delete(keys.task(task_id))
+        await redis.zrem(keys.project("p"), task_id)
+
+    status, body = await listing(api_only, "p", status="queued", page=9, limit=1)
+
+    assert status == 200
+    assert body["pagination"]["total"] == 3
+    assert body["tasks"] == []
+
+
+async def test_a_filtered_last_page_from_the_kept_counts_reads_no_further_than_its_last_match(
+    api_only, redis, monkeypatch
+):
+    # One cancelled task, the newest: the page holding it is the last. It read on to the index's
+    # end looking for matches the counts say are not there: on a project of a million tasks, a
+    # thousand stretches for the one unit its checkpoints made it cost.
+    from redis_probes import sent_to_valkey
+
+    ids = await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    async with api_only.client.delete(f"/api/v1/tasks/{ids[9]}") as cancelled:
+        assert cancelled.status == 200
+    await quiet(redis)
+    await listing(api_only, "p")  # keeps the counts
+    answers = []
+
+    async def last_page():
+        answers.append(await listing(api_only, "p", status="cancelled", limit=5))
+
+    ran = await sent_to_valkey(redis, last_page, by_scripts=True)
+
+    assert [task["task_id"] for task in answers[0][1]["tasks"]] == [ids[9]]
+    assert answers[0][1]["pagination"]["total"] == 1
+    assert len([command for command in ran if command.startswith("ZREVRANGEBYSCORE ")]) == 1
+
+
+async def test_a_listing_reads_no_event_past_the_newest_status_one(api_only, redis, monkeypatch):
+    # Events after the newest status one were read in batches (1, 7, then 24 entries): a status
+    # event carries its task's result (up to execution.result_max_bytes, a MiB), and behind eight
+    # progress reports each listing copied up to 24 of them into Valkey's Lua (~40 ms a request
+    # at a MiB each, for one status unit).
+    import json
+
+    from redis_probes import sent_to_valkey
+
+    from taskd import keys
+
+    await ten_tasks_in_stretches_of_four(api_only, monkeypatch)
+    for _ in range(8):
+        progress = {"type": "progress", "project_id": "p", "status": "processing", "progress": 0.5}
+        await redis.xadd(keys.project_events("p"), {"event": json.dumps(progress, separators=(",", ":"))})
+
+    ran = await sent_to_valkey(redis, lambda: listing(api_only, "p"), by_scripts=True)
+
+    reads = [command.split() for command in ran if command.startswith("XREVRANGE ")]
+    assert sum(int(read[-1]) for read in reads) == 9  # the 8 progress reports and the status event

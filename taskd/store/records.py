@@ -274,7 +274,10 @@ class _Stretch:
             )
             found, read, below, seen = int(reply[0]), int(reply[1]), reply[2], int(reply[3])
             if self.census:
-                counted = orjson.loads(reply[4])
+                # cjson passes a record's bytes through as they are: one not UTF-8 (a record broken
+                # by hand) would fail the whole listing. Such a record's status or type is counted
+                # under its replacement characters, a filter no listing of a real task asks for.
+                counted = orjson.loads(reply[4].decode(errors="replace"))
                 self.stretches.append(_per_filter(counted["counts"]))
                 soonest = int(counted["soonest"])
                 if soonest >= 0 and (self.soonest is None or soonest < self.soonest):
@@ -1543,8 +1546,11 @@ class TaskStore:
             if spend is not None:
                 await spend(calls)
             cursor = _Stretch(client, index, status or "", task_type or "", census=False)
+            # The page ends at the count's last match: a last page not full would otherwise read
+            # on to the index's end for matches the counts say are not there, past the stretches
+            # `calls` spent for (a thousand at a million tasks, for a filter matching few).
             page = await cursor.read(
-                self._list, below=below, seen=seen, offset=skip, limit=limit, whole=False
+                self._list, below=below, seen=seen, offset=skip, limit=min(limit, total - offset), whole=False
             )
             return await self.get_many(page), total
         version, size, census = look[1], int(look[2]), bool(int(look[3]))

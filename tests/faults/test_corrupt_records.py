@@ -126,3 +126,21 @@ async def test_a_retried_webhook_of_a_record_with_a_broken_count_is_recorded(
             await asyncio.sleep(0.1)
 
     assert not [record for record in caplog.records if "broke off" in record.getMessage()]
+
+
+async def test_project_list_of_a_quiet_project_skips_a_record_whose_type_is_not_utf8(start_service, redis):
+    # A listing of a project that has not changed for a second counts its tasks by status and type
+    # (list.lua's census, JSON): a record's bytes that are not UTF-8 must not fail it.
+    from redis_probes import project_quiet
+
+    service = await start_service(workers=False)
+    good = [(await service.submit("noop", {}, project_id="p"))["task_id"] for _ in range(3)]
+    broken = (await service.submit("noop", {}, project_id="p"))["task_id"]
+    await redis.hset(keys.task(broken), "task_type", b"\xff\xfe")
+    await project_quiet(redis)
+
+    async with service.client.get("/api/v1/projects/p/tasks") as response:
+        body = await response.json()
+
+    assert response.status == 200
+    assert {task["task_id"] for task in body["tasks"]} == set(good)

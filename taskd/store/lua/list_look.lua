@@ -21,8 +21,9 @@
 -- Returns one of
 --   {0, version, size, census}       not kept (or no longer true): the version (lib/listed.lua),
 --                                    which list_keep.lua is given, the index's size, and 1 when
---                                    the project last changed LIST_QUIET_MS ago or more (its
---                                    listing counts for keeps: list.lua's census), else 0
+--                                    the project last changed LIST_QUIET_MS ago or more and has
+--                                    an event stream (its listing counts for keeps: list.lua's
+--                                    census), else 0
 --   {1, total, id...}                kept, and the page's ids are here (an unfiltered listing whose
 --                                    page is at most a stretch; none past the end)
 --   {2, total, below, seen, skip, calls}  kept: the page starts `skip` matches after list.lua's
@@ -33,13 +34,18 @@ local key, offset, limit, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
 local kept = redis.call('HMGET', KEYS[3], 'v', 'u', 'c:' .. key, 'k:' .. key, 'k:a')
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-if kept[1] ~= version or (kept[2] ~= '' and now_ms >= tonumber(kept[2])) then
+-- The reply when the counts are not kept, or not true.
+local function not_kept()
   -- A project that changed within LIST_QUIET_MS most likely changes again before the next request:
-  -- counted for keeps, it would cost twice a plain count (list.lua) for nothing.
+  -- counted for keeps, it would cost twice a plain count (list.lua) for nothing. Nor is a project
+  -- without an event stream (none for events_ttl, while records with a longer `keep_for` stay):
+  -- its version, '', comes back each time a stream expires, so counts kept against it would hold
+  -- again once the stream of a later submit had expired, without that task.
   local census = 0
-  if now_ms - changed_ms >= @LIST_QUIET_MS@ then census = 1 end
+  if version ~= '' and now_ms - changed_ms >= @LIST_QUIET_MS@ then census = 1 end
   return {0, version, redis.call('ZCARD', KEYS[1]), census}
 end
+if kept[1] ~= version or (kept[2] ~= '' and now_ms >= tonumber(kept[2])) then return not_kept() end
 local total = tonumber(kept[3]) or 0
 if offset >= total then return {1, total} end
 if key == 'a' and limit <= count then
@@ -68,7 +74,7 @@ local rank = ranks[first] or 0
 local at = redis.call('ZREVRANGE', KEYS[1], rank, rank, 'WITHSCORES')
 local below = at[2]
 -- Kept counts that a rank falls outside of are not true (the index was changed by hand).
-if not below then return {0, version, redis.call('ZCARD', KEYS[1])} end
+if not below then return not_kept() end
 -- list.lua's `seen`: the ids of that very score ranked before it.
 local seen = rank - redis.call('ZCOUNT', KEYS[1], '(' .. below, '+inf')
 return {2, total, below, seen, offset - (before[first] or 0), calls}
