@@ -113,6 +113,16 @@ async def test_a_run_at_with_an_offset_is_the_same_instant(start_service):
     assert (await api_only.status(accepted["task_id"]))["scheduled_for"] == rfc3339(at)
 
 
+async def test_a_run_at_on_a_leap_second_is_the_instant_after_second_59(start_service):
+    api_only = await start_service(workers=False)
+    day = (datetime.now(UTC) + timedelta(days=1)).date()
+
+    accepted = await api_only.submit("noop", {}, run_at=f"{day}T23:59:60Z")
+
+    midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+    assert (await api_only.status(accepted["task_id"]))["scheduled_for"] == rfc3339(midnight)
+
+
 async def test_more_than_the_limit_ahead_is_a_400_naming_the_field(start_service):
     api_only = await start_service(workers=False)
     too_late = datetime.now(UTC) + timedelta(seconds=MAX_SCHEDULE_AHEAD + 3600)
@@ -180,11 +190,16 @@ async def test_run_at_and_delay_seconds_together_are_a_400(start_service):
 
 async def test_a_malformed_time_or_delay_is_a_400_naming_the_field(start_service):
     api_only = await start_service(workers=False)
+    # Within the limit ahead, so that only the form can be what is refused.
+    day = (datetime.now(UTC) + timedelta(days=1)).date()
 
     for fields in (
         {"run_at": "tomorrow"},
-        {"run_at": "2030-01-01T00:00:00"},  # no offset: which 00:00?
-        {"run_at": "2030-01-01"},
+        {"run_at": f"{day}T00:00:00"},  # no offset: which 00:00?
+        {"run_at": f"{day}"},
+        {"run_at": f"{day}T00:00:00+05:60"},  # offset minutes past 59 (not +06:00)
+        {"run_at": f"{day}T00:00:00+24:00"},
+        {"run_at": f"{day}T00:00:61Z"},
         {"run_at": 1893456000},
         {"delay_seconds": -1},
         {"delay_seconds": "5"},
