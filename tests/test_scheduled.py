@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import aiohttp
@@ -11,7 +12,9 @@ from conftest import API_KEY, child_env
 
 from taskd import keys
 from taskd.config import LimitsConfig
+from taskd.engine import scheduled
 from taskd.shapes import MAX_SCHEDULE_AHEAD
+from taskd.store import TaskStore
 
 
 def rfc3339(at: datetime) -> str:
@@ -263,6 +266,26 @@ async def test_a_scheduled_task_waits_for_its_dependencies_and_its_time(start_se
     assert await started_at(redis, after_time["task_id"]) >= created + 1.5 - 0.002
     slow_done = float(await redis.hget(keys.task(slow["task_id"]), "completed_at"))
     assert await started_at(redis, after_dependency["task_id"]) >= slow_done
+
+
+async def test_a_full_batch_of_due_tasks_still_waiting_for_dependencies_does_not_hold_back_the_rest(
+    start_service, redis, monkeypatch
+):
+    # Only the look below queues due tasks: the service's own looks are off.
+    monkeypatch.setattr(scheduled.ScheduledRelease, "run", lambda _: asyncio.sleep(0))
+    monkeypatch.setattr(scheduled, "BATCH", 2)
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    # Due first, but waiting for `first` too: taken off the schedule, not queued.
+    for _ in range(2):
+        await api_only.submit("noop", {}, depends_on=[first["task_id"]], delay_seconds=600)
+    ready = [(await api_only.submit("noop", {}, delay_seconds=700))["task_id"] for _ in range(2)]
+    monkeypatch.setattr(scheduled, "now", lambda: time.time() + 1200)
+
+    queued = await scheduled.ScheduledRelease(TaskStore(redis, 3600)).once()
+
+    assert queued == 2
+    assert [(await api_only.status(task_id)).get("scheduled_for") for task_id in ready] == [None, None]
 
 
 async def test_a_scheduled_task_survives_a_restart_and_runs(spawn_taskd, tmp_path):
