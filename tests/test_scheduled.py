@@ -80,6 +80,65 @@ async def test_a_task_waiting_for_one_scheduled_days_ahead_is_kept_while_that_on
     assert await redis.ttl(keys.project_active("proj-1")) >= first_kept
 
 
+async def test_a_completed_dependency_is_kept_as_long_as_a_task_scheduled_days_ahead_that_reads_it(
+    start_service, redis
+):
+    taskd = await start_service()
+    first = await taskd.submit("noop", {})
+    await taskd.wait_terminal(first["task_id"])
+
+    later = await taskd.submit("noop", {}, depends_on=[first["task_id"]], delay_seconds=3 * 24 * 3600)
+
+    kept = await redis.ttl(keys.task(later["task_id"]))
+    assert kept >= 3 * 24 * 3600
+    assert await redis.ttl(keys.task(first["task_id"])) >= kept
+    assert await redis.ttl(keys.project("proj-1")) >= kept
+
+
+async def test_a_dependency_that_completes_is_kept_as_long_as_a_task_scheduled_days_ahead_that_reads_it(
+    start_service, redis
+):
+    taskd = await start_service()
+    first = await taskd.submit("sleep", {"seconds": 0.5, "steps": 1})
+    later = await taskd.submit("noop", {}, depends_on=[first["task_id"]], delay_seconds=3 * 24 * 3600)
+
+    assert (await taskd.wait_terminal(first["task_id"]))["status"] == "completed"
+
+    kept = await redis.ttl(keys.task(later["task_id"]))
+    assert kept >= 3 * 24 * 3600
+    assert await redis.ttl(keys.task(first["task_id"])) >= kept - 5
+
+
+async def test_a_completed_dependency_is_kept_as_long_as_a_task_that_also_waits_for_one_scheduled_days_ahead(
+    start_service, redis
+):
+    taskd = await start_service()
+    done = await taskd.submit("noop", {})
+    await taskd.wait_terminal(done["task_id"])
+    ahead = await taskd.submit("noop", {}, delay_seconds=3 * 24 * 3600)
+
+    waiting = await taskd.submit("noop", {}, depends_on=[done["task_id"], ahead["task_id"]])
+
+    kept = await redis.ttl(keys.task(waiting["task_id"]))
+    assert kept >= 3 * 24 * 3600
+    assert await redis.ttl(keys.task(done["task_id"])) >= kept
+
+
+async def test_a_dependency_that_completes_is_kept_as_long_as_a_task_still_waiting_for_one_scheduled_days_ahead(
+    start_service, redis
+):
+    taskd = await start_service()
+    first = await taskd.submit("sleep", {"seconds": 0.5, "steps": 1})
+    ahead = await taskd.submit("noop", {}, delay_seconds=3 * 24 * 3600)
+    waiting = await taskd.submit("noop", {}, depends_on=[first["task_id"], ahead["task_id"]])
+
+    assert (await taskd.wait_terminal(first["task_id"]))["status"] == "completed"
+
+    kept = await redis.ttl(keys.task(waiting["task_id"]))
+    assert kept >= 3 * 24 * 3600
+    assert await redis.ttl(keys.task(first["task_id"])) >= kept - 5
+
+
 async def test_a_later_submit_to_the_project_keeps_a_task_scheduled_days_ahead_in_its_list(
     start_service, redis
 ):
