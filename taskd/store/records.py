@@ -1124,12 +1124,16 @@ class TaskStore:
         return int(place)
 
     async def queue_due(self, at: float, batch: int) -> int:
-        """Queue up to `batch` scheduled tasks of each partition whose time is `at` or earlier; returns
-        how many were queued."""
+        """Queue every scheduled task whose time is `at` or earlier, `batch` at a time (one due.lua
+        call each, so that no one script runs long); returns how many were queued. Each partition
+        is called again while its last call took a full batch: whether more are due is each
+        partition's own to say (a sum over partitions, or a count of only the tasks queued, which
+        leaves out those still waiting for dependencies, said "no more" while some were due)."""
 
         async def due(client: Redis, partition: int) -> int:
-            return int(
-                await self._due(
+            queued = 0
+            while True:
+                done, taken = await self._due(
                     client=client,
                     keys={"scheduled": keys.scheduled(partition)},
                     args={
@@ -1139,7 +1143,9 @@ class TaskStore:
                         "ttl": self.task_ttl,
                     },
                 )
-            )
+                queued += int(done)
+                if int(taken) < batch:
+                    return queued
 
         return sum(await self._each_partition(due))
 
