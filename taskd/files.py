@@ -188,7 +188,11 @@ def check_data_dir(path: Path) -> None:
     real = path.resolve()
     owner = os.stat(real).st_uid
     for folder in dict.fromkeys([real, *real.parents, path, *path.parents]):
-        _check_folder(folder, os.stat(folder), owner, sticky_will_do=folder not in (real, path))
+        # Every user may add to a folder everyone can write (/tmp, sticky): an entry there that is
+        # not root's or taskd's user's was made by another user, whom taskd as root must not take
+        # for the data directory's owner (_check_folder), or they would choose all it trusts.
+        trusted = os.geteuid() if os.stat(folder.parent).st_mode & 0o002 else owner
+        _check_folder(folder, os.stat(folder), trusted, sticky_will_do=folder not in (real, path))
 
 
 def check_folder_in(folder: Path, data_dir: Path) -> None:

@@ -149,6 +149,25 @@ def test_taskd_running_as_root_uses_a_data_dir_of_another_user(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a folder another user's needs root")
+def test_taskd_running_as_root_refuses_a_data_dir_another_user_made_in_a_folder_everyone_can_write(tmp_path):
+    # /tmp: anyone may make the data directory there before taskd's first start; as root, taskd
+    # took its owner for the root_squash owner of the test above, and all its files with it.
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    data = shared / "data"
+    data.mkdir(mode=0o700)
+    _others(data)
+
+    with pytest.raises(
+        OSError, match=rf"owned by uid {OTHER_USER}, not by taskd's user \(uid 0\) or root"
+    ) as raised:
+        check_data_dir(data)
+
+    assert raised.value.filename == str(data)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a folder another user's needs root")
 async def test_an_embedded_valkey_folder_another_user_made_is_refused(tmp_path):
     # Made while the data directory was open to them: taskd as root would chmod it 0700 and use it,
     # with the password they left there.
