@@ -184,6 +184,9 @@ def check_data_dir(path: Path) -> None:
     directory itself may not: whoever could add to it would make its `valkey/` first.
     """
     path = Path(os.path.abspath(path))
+    # Before the mkdir, which follows them: taskd as root would make a folder where one leads.
+    for entry in (path, *path.parents):
+        _check_link_on_path(entry)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     real = path.resolve()
     owner = os.stat(real).st_uid
@@ -193,6 +196,24 @@ def check_data_dir(path: Path) -> None:
         # for the data directory's owner (_check_folder), or they would choose all it trusts.
         trusted = os.geteuid() if os.stat(folder.parent).st_mode & 0o002 else owner
         _check_folder(folder, os.stat(folder), trusted, sticky_will_do=folder not in (real, path))
+
+
+def _check_link_on_path(entry: Path) -> None:
+    """Refuse a link on the data directory's path as written that another user made: in a folder
+    whose sticky bit lets them replace it (/tmp), they choose the directory each start uses."""
+    try:
+        status = os.lstat(entry)
+    except FileNotFoundError:
+        return  # made by the mkdir, taskd's
+    me = os.geteuid()
+    if stat.S_ISLNK(status.st_mode) and status.st_uid not in (me, 0):
+        raise OSError(
+            errno.EPERM,
+            f"it is a link made by uid {status.st_uid}, not by taskd's user (uid {me}) or root: whoever "
+            "made it chooses the data directory taskd would use; give taskd the path it leads to, or a "
+            "data_dir of its own",
+            str(entry),
+        )
 
 
 def check_folder_in(folder: Path, data_dir: Path) -> None:

@@ -108,6 +108,22 @@ def test_a_link_to_the_data_dir_in_a_folder_other_users_can_write_is_refused(tmp
     assert raised.value.filename == str(links)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a link another user's needs root")
+def test_a_link_to_the_data_dir_another_user_made_in_a_sticky_folder_is_refused(tmp_path, as_user):
+    # /tmp's sticky bit lets the link's maker replace it: they choose the data dir of each start.
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "taskd").symlink_to(tmp_path / "chosen" / "data")
+    os.lchown(shared / "taskd", OTHER_USER, -1)
+
+    with pytest.raises(OSError, match=rf"a link made by uid {OTHER_USER}, not by taskd's user") as raised:
+        check_data_dir(shared / "taskd")
+
+    assert raised.value.filename == str(shared / "taskd")
+    assert not (tmp_path / "chosen").exists()  # no folder made where it leads
+
+
 def test_a_missing_data_dir_is_made_for_taskds_user_alone(tmp_path):
     check_data_dir(tmp_path / "new" / "data")
 
