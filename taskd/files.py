@@ -185,9 +185,10 @@ def check_data_dir(path: Path) -> None:
     """
     path = Path(os.path.abspath(path))
     # Before the mkdir, which follows them: taskd as root would make a folder where one leads.
-    for entry in (path, *path.parents):
-        _check_link_on_path(entry)
+    _check_links_on_path(path)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # And after it: a link made in a missing folder's place meanwhile chose where the rest was made.
+    _check_links_on_path(path)
     real = path.resolve()
     owner = os.stat(real).st_uid
     for folder in dict.fromkeys([real, *real.parents, path, *path.parents]):
@@ -198,13 +199,18 @@ def check_data_dir(path: Path) -> None:
         _check_folder(folder, os.stat(folder), trusted, sticky_will_do=folder not in (real, path))
 
 
-def _check_link_on_path(entry: Path) -> None:
+def _check_links_on_path(path: Path) -> None:
     """Refuse a link on the data directory's path as written that another user made: in a folder
     whose sticky bit lets them replace it (/tmp), they choose the directory each start uses."""
+    for entry in (path, *path.parents):
+        _check_link_on_path(entry)
+
+
+def _check_link_on_path(entry: Path) -> None:
     try:
         status = os.lstat(entry)
     except FileNotFoundError:
-        return  # made by the mkdir, taskd's
+        return  # not there yet: check_data_dir looks again once it has made it
     me = os.geteuid()
     if stat.S_ISLNK(status.st_mode) and status.st_uid not in (me, 0):
         raise OSError(

@@ -124,6 +124,32 @@ def test_a_link_to_the_data_dir_another_user_made_in_a_sticky_folder_is_refused(
     assert not (tmp_path / "chosen").exists()  # no folder made where it leads
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a link another user's needs root")
+def test_a_link_another_user_makes_on_the_path_while_the_data_dir_is_made_is_refused(
+    tmp_path, as_user, monkeypatch: pytest.MonkeyPatch
+):
+    # The missing /tmp/taskd, checked and found absent, made a link to a folder of their choice
+    # just before taskd's mkdir makes the rest of the path.
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (tmp_path / "chosen").mkdir()
+    mkdir = Path.mkdir
+
+    def raced(self: Path, *args, **kwargs) -> None:
+        if not (shared / "taskd").is_symlink():
+            (shared / "taskd").symlink_to(tmp_path / "chosen")
+            os.lchown(shared / "taskd", OTHER_USER, -1)
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", raced)
+
+    with pytest.raises(OSError, match=rf"a link made by uid {OTHER_USER}, not by taskd's user") as raised:
+        check_data_dir(shared / "taskd" / "data")
+
+    assert raised.value.filename == str(shared / "taskd")
+
+
 def test_a_missing_data_dir_is_made_for_taskds_user_alone(tmp_path):
     check_data_dir(tmp_path / "new" / "data")
 
