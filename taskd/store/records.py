@@ -1510,7 +1510,25 @@ class TaskStore:
         limit: int,
         spend: Callable[[int], Awaitable[None]] | None = None,
     ) -> tuple[list[TaskRecord], int]:
-        """One page of a project's tasks (newest first) matching the filters, and how many match in all.
+        """One page of a project's tasks (newest first) matching the filters, and how many match in
+        all: `list_project_ids`' page read whole."""
+        page, total = await self.list_project_ids(
+            project_id, status=status, task_type=task_type, offset=offset, limit=limit, spend=spend
+        )
+        return await self.get_many(page), total
+
+    async def list_project_ids(
+        self,
+        project_id: str,
+        *,
+        status: str | None,
+        task_type: str | None,
+        offset: int,
+        limit: int,
+        spend: Callable[[int], Awaitable[None]] | None = None,
+    ) -> tuple[list[str], int]:
+        """The ids of one page of a project's tasks (newest first) matching the filters, and how many
+        match in all; their records are read by the caller (`get_many`), as many at once as it holds.
 
         `spend` is given how many calls of list_look.lua/list.lua the listing makes (what it costs
         Valkey) once that is known, after its first call and before the others: the API spends
@@ -1546,7 +1564,7 @@ class TaskStore:
             total = int(look[1])
             if spend is not None:
                 await spend(1)
-            return await self.get_many([raw.decode() for raw in look[2:]]), total
+            return [raw.decode() for raw in look[2:]], total
         if kept == 2:
             total, below, seen, skip, calls = int(look[1]), look[2], int(look[3]), int(look[4]), int(look[5])
             if spend is not None:
@@ -1558,14 +1576,14 @@ class TaskStore:
             page = await cursor.read(
                 self._list, below=below, seen=seen, offset=skip, limit=min(limit, total - offset), whole=False
             )
-            return await self.get_many(page), total
+            return page, total
         version, size, census = look[1], int(look[2]), bool(int(look[3]))
         if spend is not None:
             await spend(size // LIST_STRETCH + 1)
         cursor = _Stretch(client, index, status or "", task_type or "", census=census)
         page = await cursor.read(self._list, below=b"+inf", seen=0, offset=offset, limit=limit, whole=True)
         if not census:
-            return await self.get_many(page), cursor.matched
+            return page, cursor.matched
         await self._list_keep(
             client=client,
             keys={"events": events, "counts": keys.project_counts(project_id)},
@@ -1576,7 +1594,7 @@ class TaskStore:
                 "fields": cursor.kept_fields(),
             },
         )
-        return await self.get_many(page), cursor.matched
+        return page, cursor.matched
 
     async def metrics(self, queues: Iterable[str]) -> Metrics:
         """The shared counters (every partition's added up), with the running count and average
