@@ -106,6 +106,29 @@ async def test_a_task_queued_past_its_completed_dependencys_expiry_still_reads_i
     assert body["result"]["text"] == "storyboard!!"
 
 
+async def test_a_task_running_past_its_completed_dependencys_expiry_keeps_it_for_its_next_run(
+    start_service, redis: Redis
+):
+    # A run handed back at a stop, or retried, reads its $refs again.
+    service = await start_service()
+    done = (await service.submit("append", {"text": "storyboard"}))["task_id"]
+    await service.wait_terminal(done)
+    running = (
+        await service.submit(
+            "long_first_run_then_transient", {"text": {"$ref": f"{done}#/text"}}, depends_on=[done]
+        )
+    )["task_id"]
+    await service.wait_for(running, lambda body: body["status"] == "processing")
+    await redis.expire(keys.task(running), LEFT_S)
+    await redis.expire(keys.task(done), LEFT_S)
+
+    async with asyncio.timeout(60):
+        while await redis.ttl(keys.task(running)) <= LEFT_S:
+            await asyncio.sleep(0.1)
+
+    assert await redis.ttl(keys.task(done)) > LEFT_S
+
+
 async def test_a_task_running_past_its_event_streams_expiry_keeps_its_first_events(
     start_service, redis: Redis
 ):

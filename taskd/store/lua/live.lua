@@ -14,10 +14,11 @@
 -- waiting for them), a batch at a time. Walked here, one task's dependents (tens of thousands with
 -- the caps off) and theirs held Valkey in a single call, at every look of every process. A heavy
 -- record's bytes are counted until its new expiry (lib/stored.lua).
--- A renewed task not started yet (waiting for its dependencies, or in its line) keeps its completed
--- dependencies at least as long (lib/outlive.lua): it reads their results (its `$ref`s) only when it
--- runs, which may be more than `ttl` after they ended (one waits for another that runs or waits for
--- days; a line days long), and their records were kept only `ttl` from then, or from its submit.
+-- A renewed task keeps its completed dependencies at least as long (lib/outlive.lua): it reads their
+-- results (its `$ref`s) at each run, the first of which may come more than `ttl` after they ended
+-- (it waits for another that runs or waits for days; a line days long), and a later one (a retry,
+-- a run handed back at a stop) after a run that long; their records were kept only `ttl` from
+-- their end, or from its submit.
 -- KEYS[1]  partition  a name in the tasks' partition's slot ({taskd}:none, taskd.keys.no_key), never
 --                     read or written: each task's key is built here from its id, in that partition
 -- ARGV[1]  ttl        storage.task_ttl, in seconds: how long a renewed record is kept from now
@@ -68,7 +69,7 @@ local function keep(id)
     push_back('@WEBHOOK_PREFIX@' .. id .. ':progress')
     push_back('@PROJECT_PREFIX@' .. f[2])
     push_back('@ACTIVE_PREFIX@' .. f[2])
-    if f[1] == 'queued' and f[6] then
+    if f[6] then
       for _, dependency in ipairs(cjson.decode(f[6])) do
         if redis.call('HGET', '@TASK_PREFIX@' .. dependency, 'status') == 'completed' then
           outlive(dependency, ttl, ttl, now_s, later)
