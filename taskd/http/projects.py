@@ -96,13 +96,18 @@ async def _send_in_groups(
     liked, at one `status` unit a page. Now a listing holds one group's records and bytes.
     """
     api = request.app[API]
+    # The first group is read before anything is sent: a Redis lost by then is still the 503 (with
+    # its Retry-After, which clients wait and retry on), as for a page of ten or fewer.
+    records = await api.store.get_many(ids[:RECORDS_AT_ONCE])
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
     try:
         await response.write(b'{"tasks":[')
         separator = b""
         for start in range(0, len(ids), RECORDS_AT_ONCE):
-            for record in await api.store.get_many(ids[start : start + RECORDS_AT_ONCE]):
+            if start:
+                records = await api.store.get_many(ids[start : start + RECORDS_AT_ONCE])
+            for record in records:
                 await response.write(separator + orjson.dumps(shapes.render(_entry(request, record))))
                 separator = b","
         await response.write(b'],"pagination":' + orjson.dumps(shapes.render(pagination)) + b"}")
