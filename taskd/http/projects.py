@@ -6,6 +6,7 @@ import logging
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from taskd import shapes
 from taskd.http import ratelimit
@@ -114,9 +115,13 @@ async def _send_in_groups(
         await response.write_eof()
     except Exception as exc:
         # Its status and first bytes are sent: no error answer can follow. The client sees the
-        # connection close before the JSON ends, which it cannot take for a whole page.
-        if not isinstance(exc, ConnectionError):
+        # connection close before the JSON ends, which it cannot take for a whole page. A client
+        # gone is nothing to log, a lost Redis one line (no traceback: nothing here to mend); the
+        # rest is a bug, logged with its traceback as the error middleware logs a 500's.
+        if isinstance(exc, RedisError):
             log.warning("project listing cut off after it began: %s", type(exc).__name__)
+        elif not isinstance(exc, ConnectionError):
+            log.exception("project listing cut off after it began", exc_info=exc)
         request.protocol.force_close()
     return response
 
