@@ -74,12 +74,14 @@ async def test_retry_of_unknown_task_is_404(taskd):
     assert body["error"] == "task_not_found"
 
 
-async def _cancelled_with_stored_data(api_only, redis, stored):
-    """A cancelled automated_gather_creation whose record holds `stored` as its task_data, as a
+async def _cancelled_with_stored_data(api_only, redis, stored, field="task_data"):
+    """A cancelled automated_gather_creation whose record holds `stored` as its `field`, as a
     version whose checks were laxer stored it."""
     task = await api_only.submit("automated_gather_creation", TASK_DATA["automated_gather_creation"])
     await api_only.client.delete(f"/api/v1/tasks/{task['task_id']}")
-    await redis.hset(keys.task(task["task_id"]), "task_data", json.dumps(stored))
+    await redis.hset(
+        keys.task(task["task_id"]), field, json.dumps(stored) if field == "task_data" else stored
+    )
     return task["task_id"]
 
 
@@ -114,3 +116,16 @@ async def test_a_resent_retry_gets_its_task_though_the_stored_data_is_now_refuse
 
     assert status == 200
     assert again["new_task_id"] == first["new_task_id"]
+
+
+async def test_a_task_whose_stored_callback_url_is_now_refused_is_not_retried(start_service, redis):
+    api_only = await start_service(workers=False)
+    # Up to 4a69c06 an xn-- host that does not decode was taken; every webhook to it fails.
+    task_id = await _cancelled_with_stored_data(
+        api_only, redis, "https://xn--zz.example/hook", field="callback_url"
+    )
+
+    status, body = await retry(api_only, task_id)
+
+    assert status == 400
+    assert list(body["details"]) == ["callback_url"]

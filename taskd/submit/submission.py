@@ -185,6 +185,17 @@ def input_problems(
     return {}
 
 
+def stored_problems(
+    registry: Registry, task_type: TaskType, task_data: dict[str, Any], callback_url: str | None
+) -> dict[str, str]:
+    """What a submit's checks of its body refuse in a stored task's task_data and callback_url (a
+    retry submits them again): an earlier version, whose checks were laxer, may have stored them."""
+    details: dict[str, str] = {}
+    _callback_url(callback_url, details)
+    details.update(input_problems(registry, task_type, task_data, [path for path, _ in refs.find(task_data)]))
+    return details
+
+
 def parse_submission(
     body: Any, registry: Registry, max_schedule_ahead: int = MAX_SCHEDULE_AHEAD, key_id: str | None = None
 ) -> Submission:
