@@ -143,11 +143,11 @@ def digests(
         store = [media.backend, media_secret.decode("utf-8", "replace")]
     tasks = config.tasks
     policy = AddressPolicy.from_config(config)
-    # open_streams caps each process's own connections: per process by design.
+    # open_streams and open_bodies cap each process's own connections and memory: per process by design.
     limits = {
         f"limits.{name}": value
         for name, value in attrs.asdict(config.limits).items()
-        if name != "open_streams"
+        if name not in ("open_streams", "open_bodies")
     }
     retry = {f"retry.{name}": value for name, value in attrs.asdict(config.retry).items()}
     providers = {

@@ -24,7 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Self, TypeVar, overload
 from urllib.parse import quote
@@ -864,10 +864,14 @@ class TaskClient:
         server did not wait).
         """
         if isinstance(run_at, datetime):
-            if run_at.tzinfo is None:
+            offset = run_at.utcoffset()
+            if offset is None:
                 # A naive time would be read in the server's zone, or refused: say so here.
                 raise ValueError("run_at must be timezone-aware (e.g. datetime.now(UTC) + ...)")
-            run_at = run_at.isoformat()
+            # RFC 3339's offsets are whole minutes; isoformat writes an offset's seconds too (a
+            # zone's local mean time before its standard time, a timezone(timedelta(seconds=…))),
+            # which the server refuses: such a time is sent as the same instant in UTC.
+            run_at = (run_at if not offset % timedelta(minutes=1) else run_at.astimezone(UTC)).isoformat()
         body: dict[str, Any] = {
             "project_id": project_id,
             "task_type": task_type,

@@ -756,6 +756,9 @@ class LimitsConfig:
     # holds a connection (a file descriptor) for minutes or for ever, and the per-minute limits do
     # not count them: without a cap one key could take every connection the process can open.
     open_streams: int = attrs.field(default=100, validator=attrs.validators.ge(0))
+    # Request bodies still arriving per API key, in each taskd process: each is held in memory, up to
+    # max_body_bytes, for up to http.body_timeout; past the cap the next one is a 429, unread.
+    open_bodies: int = attrs.field(default=32, validator=attrs.validators.ge(0))
     # Seconds ahead a submit's `run_at`/`delay_seconds` may schedule a task; later is a 400.
     max_schedule_ahead: int = attrs.field(default=MAX_SCHEDULE_AHEAD, validator=_seconds(ge=1))
     max_body_bytes: int = attrs.field(default=1024 * 1024, validator=attrs.validators.ge(1024))

@@ -184,11 +184,42 @@ def check_data_dir(path: Path) -> None:
     directory itself may not: whoever could add to it would make its `valkey/` first.
     """
     path = Path(os.path.abspath(path))
+    # Before the mkdir, which follows them: taskd as root would make a folder where one leads.
+    _check_links_on_path(path)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # And after it: a link made in a missing folder's place meanwhile chose where the rest was made.
+    _check_links_on_path(path)
     real = path.resolve()
     owner = os.stat(real).st_uid
     for folder in dict.fromkeys([real, *real.parents, path, *path.parents]):
-        _check_folder(folder, os.stat(folder), owner, sticky_will_do=folder not in (real, path))
+        # Every user may add to a folder everyone can write (/tmp, sticky): an entry there that is
+        # not root's or taskd's user's was made by another user, whom taskd as root must not take
+        # for the data directory's owner (_check_folder), or they would choose all it trusts.
+        trusted = os.geteuid() if os.stat(folder.parent).st_mode & 0o002 else owner
+        _check_folder(folder, os.stat(folder), trusted, sticky_will_do=folder not in (real, path))
+
+
+def _check_links_on_path(path: Path) -> None:
+    """Refuse a link on the data directory's path as written that another user made: in a folder
+    whose sticky bit lets them replace it (/tmp), they choose the directory each start uses."""
+    for entry in (path, *path.parents):
+        _check_link_on_path(entry)
+
+
+def _check_link_on_path(entry: Path) -> None:
+    try:
+        status = os.lstat(entry)
+    except FileNotFoundError:
+        return  # not there yet: check_data_dir looks again once it has made it
+    me = os.geteuid()
+    if stat.S_ISLNK(status.st_mode) and status.st_uid not in (me, 0):
+        raise OSError(
+            errno.EPERM,
+            f"it is a link made by uid {status.st_uid}, not by taskd's user (uid {me}) or root: whoever "
+            "made it chooses the data directory taskd would use; give taskd the path it leads to, or a "
+            "data_dir of its own",
+            str(entry),
+        )
 
 
 def check_folder_in(folder: Path, data_dir: Path) -> None:

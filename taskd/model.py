@@ -204,6 +204,23 @@ class RateLimited(ApiError):
         self.retry_after = retry_after
 
 
+class TooManyBodies(RateLimited):
+    """429 `rate_limited`: the key is sending `limits.open_bodies` request bodies at once in this process.
+
+    The body is not read: the connection is closed after the answer.
+    """
+
+    close_connection = True
+    RETRY_AFTER = 5
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"Too many request bodies arriving at once: at most {limit} per API key on each taskd "
+            f"process; retry in {self.RETRY_AFTER} s",
+            self.RETRY_AFTER,
+        )
+
+
 class UnreadableBody(ValidationError):
     """400 `validation_error`: the body's Content-Encoding or Transfer-Encoding is broken."""
 

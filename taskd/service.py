@@ -122,6 +122,9 @@ class Service:
         queues: list[str] | None = None,
         gpu_backend: DeviceBackend | None = None,
     ) -> None:
+        # As written, links and all (anchored() resolves them): whoever can replace a link on it
+        # chooses where it leads, so check_data_dir checks the folders of both paths.
+        self._data_dir_written = Path(os.path.abspath(Path(config.data_dir).expanduser()))
         # Its directories fixed now: a handler's os.chdir must not move them (Config.anchored).
         self.config = config = config.anchored()
         self.gpu_backend = gpu_backend
@@ -201,7 +204,7 @@ class Service:
 
     async def _start(self) -> None:
         # Before anything in it is read or made: another user's data dir chooses what taskd trusts.
-        files.check_data_dir(self.config.data_path)
+        files.check_data_dir(self._data_dir_written)
         signers = self._webhook_signers()  # first: a damaged secret file stops start-up before anything runs
         # Before the API and the sessions are made: they take the tracing middleware and trace configs.
         tracing.setup()

@@ -213,7 +213,11 @@ def url_problem(url: str) -> str | None:
         # Decoding an IDNA host (`xn--…`) is done lazily by yarl, by the client at connect time: a
         # host that does not decode would fail the run with a UnicodeError.
         parsed.host  # noqa: B018
-    except ValueError as exc:  # yarl's reason ("Port out of range 0-65535"); UnicodeError is one too
+    except UnicodeError:
+        # Python's IDNA codec, encoding a name (a label over 63 characters) or decoding one (`xn--`):
+        # its words differ from one Python to the next, and name bytes of no use to the caller.
+        return "its host is not a valid internationalized domain name"
+    except ValueError as exc:  # yarl's reason ("Port out of range 0-65535")
         return str(exc)
     # The port as written: before yarl 1.17.2, `port` read an explicit 0 as the scheme's default.
     # taskd's own client went to port 80, aiohttp's to port 0.

@@ -226,21 +226,31 @@ async def test_each_item_counts_for_the_rate_limit(start_service, redis):
     assert await stored_tasks(redis) == 3
 
 
-async def test_a_batch_larger_than_the_rate_limit_is_a_400_that_spends_nothing(start_service, redis):
+async def test_a_batch_larger_than_the_rate_limit_is_a_400_that_spends_one_unit(start_service, redis):
     api_only = await start_service(
         workers=False, limits=LimitsConfig(submit_per_minute=3, concurrent_per_project=0)
     )
 
     too_large = await post_batch(api_only, [item("noop", {})] * 4)
-    accepted = await post_batch(api_only, [item("noop", {})] * 3)
+    accepted = await post_batch(api_only, [item("noop", {})] * 2)
 
     assert too_large[0] == 400, too_large[1]
     assert too_large[1]["details"] == {
         "tasks": "A batch of 4 is more than this API key's 3 submissions per minute"
     }
     assert "Retry-After" not in too_large[2]
+    assert too_large[2]["RateLimit"] == '"submit";r=2;t=60'
     assert accepted[0] == 200, accepted[1]
-    assert await stored_tasks(redis) == 3
+    assert await stored_tasks(redis) == 2
+
+
+async def test_batches_refused_for_their_body_are_refused_with_429_past_the_rate_limit(start_service):
+    # Each such body is read and parsed whole: unspent, one key could send them without end.
+    api_only = await start_service(workers=False, limits=LimitsConfig(submit_per_minute=3))
+    not_a_batch = [await post_batch(api_only, "not a list") for _ in range(4)]
+
+    assert [status for status, _, _ in not_a_batch] == [400, 400, 400, 429]
+    assert not_a_batch[3][1]["message"].startswith("Too many submit requests: at most 3 per minute")
 
 
 async def test_an_idempotent_batch_replays_the_first_answer_and_creates_nothing(start_service, redis):

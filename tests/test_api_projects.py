@@ -626,3 +626,59 @@ async def test_a_listing_reads_no_event_past_the_newest_status_one(api_only, red
 
     reads = [command.split() for command in ran if command.startswith("XREVRANGE ")]
     assert sum(int(read[-1]) for read in reads) == 9  # the 8 progress reports and the status event
+
+
+async def test_a_page_of_more_than_ten_tasks_is_read_and_sent_ten_records_at_a_time(api_only, monkeypatch):
+    # A page of 100 tasks holding a MiB of task_data and of result each was read and rendered
+    # whole: some 270 MB of the process a listing, for as long as its client took to read it.
+    from taskd.http.projects import RECORDS_AT_ONCE
+    from taskd.store import TaskStore
+
+    ids = [
+        (await api_only.submit("generate_video", {"duration": 7}, project_id="p"))["task_id"]
+        for _ in range(25)
+    ]
+    read_at_once = []
+    get_many = TaskStore.get_many
+
+    async def counted(self, task_ids):
+        read_at_once.append(len(task_ids))
+        return await get_many(self, task_ids)
+
+    monkeypatch.setattr(TaskStore, "get_many", counted)
+
+    status, body = await listing(api_only, "p", limit=25)
+
+    assert status == 200
+    assert [task["task_id"] for task in body["tasks"]] == ids[::-1]
+    assert body["pagination"] == {"page": 1, "limit": 25, "total": 25, "total_pages": 1}
+    assert read_at_once == [RECORDS_AT_ONCE, RECORDS_AT_ONCE, 5]
+
+
+async def test_a_page_whose_records_cannot_be_read_part_way_ends_in_a_closed_connection_without_a_traceback(
+    api_only, monkeypatch, caplog
+):
+    import aiohttp
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from taskd.store import TaskStore
+
+    for _ in range(25):
+        await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+    get_many = TaskStore.get_many
+    calls = 0
+
+    async def lost_after_the_first_group(self, task_ids):
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RedisConnectionError("Connection closed by server.")
+        return await get_many(self, task_ids)
+
+    monkeypatch.setattr(TaskStore, "get_many", lost_after_the_first_group)
+
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await listing(api_only, "p", limit=25)
+
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert "project listing cut off after it began: ConnectionError" in caplog.text

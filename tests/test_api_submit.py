@@ -200,10 +200,7 @@ async def test_a_callback_url_whose_credentials_basic_auth_cannot_send_is_refuse
         ("http://[::1/hook", "Invalid IPv6 URL"),
         ("http://example.com:0/hook", "port 0 cannot be connected to"),
         ("http://a\x00b.example.com/hook", "its host holds a control character"),
-        (
-            "http://xn--.example.com/hook",
-            "decoding with 'idna' codec failed (UnicodeError: label empty or too long)",
-        ),
+        ("http://xn--.example.com/hook", "its host is not a valid internationalized domain name"),
     ],
 )
 async def test_a_callback_url_that_is_not_a_valid_url_is_refused_with_its_reason(taskd, url, reason):
@@ -220,9 +217,16 @@ async def test_a_callback_url_that_is_not_a_valid_url_is_refused_with_its_reason
     [
         ("http://a\x00b.example.com/x.wav", " is not a valid URL: its host holds a control character"),
         ("http://a\x1bb.example.com/x.wav", " is not a valid URL: its host holds a control character"),
+        # In the same words on every Python: the IDNA codec's own differ (3.11 "decoding with 'idna'
+        # codec failed (UnicodeError: label empty or too long)", 3.13 "'idna' codec can't decode
+        # byte 0x78 in position 0: label empty").
         (
             "http://xn--.example.com/x.wav",
-            " is not a valid URL: decoding with 'idna' codec failed (UnicodeError: label empty or too long)",
+            " is not a valid URL: its host is not a valid internationalized domain name",
+        ),
+        (
+            "http://" + "ä" * 64 + ".example.com/x.wav",
+            " is not a valid URL: its host is not a valid internationalized domain name",
         ),
         ("http://example.com:99999/x.wav", " is not a valid URL: Port out of range 0-65535"),
         (

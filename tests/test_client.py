@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -335,6 +335,15 @@ async def test_submit_with_delay_seconds_or_run_at_schedules_the_task(client):
     assert delayed_task.scheduled_for is not None
     assert timedelta(seconds=290) < delayed_task.scheduled_for - datetime.now(UTC) <= timedelta(seconds=300)
     assert timed_task.scheduled_for == at.replace(microsecond=0)
+
+
+async def test_submit_sends_a_run_at_whose_offset_has_seconds_as_the_same_instant(client):
+    at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    odd_zone = timezone(timedelta(minutes=19, seconds=32))  # Amsterdam's local mean time
+
+    timed = await client.submit("films", "noop", {}, run_at=at.astimezone(odd_zone))
+
+    assert (await client.status(timed.task_id)).scheduled_for == at
 
 
 async def test_submit_refuses_a_naive_run_at_before_sending_it(client):

@@ -108,6 +108,48 @@ def test_a_link_to_the_data_dir_in_a_folder_other_users_can_write_is_refused(tmp
     assert raised.value.filename == str(links)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a link another user's needs root")
+def test_a_link_to_the_data_dir_another_user_made_in_a_sticky_folder_is_refused(tmp_path, as_user):
+    # /tmp's sticky bit lets the link's maker replace it: they choose the data dir of each start.
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "taskd").symlink_to(tmp_path / "chosen" / "data")
+    os.lchown(shared / "taskd", OTHER_USER, -1)
+
+    with pytest.raises(OSError, match=rf"a link made by uid {OTHER_USER}, not by taskd's user") as raised:
+        check_data_dir(shared / "taskd")
+
+    assert raised.value.filename == str(shared / "taskd")
+    assert not (tmp_path / "chosen").exists()  # no folder made where it leads
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a link another user's needs root")
+def test_a_link_another_user_makes_on_the_path_while_the_data_dir_is_made_is_refused(
+    tmp_path, as_user, monkeypatch: pytest.MonkeyPatch
+):
+    # The missing /tmp/taskd, checked and found absent, made a link to a folder of their choice
+    # just before taskd's mkdir makes the rest of the path.
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (tmp_path / "chosen").mkdir()
+    mkdir = Path.mkdir
+
+    def raced(self: Path, *args, **kwargs) -> None:
+        if not (shared / "taskd").is_symlink():
+            (shared / "taskd").symlink_to(tmp_path / "chosen")
+            os.lchown(shared / "taskd", OTHER_USER, -1)
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", raced)
+
+    with pytest.raises(OSError, match=rf"a link made by uid {OTHER_USER}, not by taskd's user") as raised:
+        check_data_dir(shared / "taskd" / "data")
+
+    assert raised.value.filename == str(shared / "taskd")
+
+
 def test_a_missing_data_dir_is_made_for_taskds_user_alone(tmp_path):
     check_data_dir(tmp_path / "new" / "data")
 
@@ -146,6 +188,25 @@ def test_taskd_running_as_root_uses_a_data_dir_of_another_user(tmp_path):
     _others(export / "data")
 
     check_data_dir(export / "data")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a folder another user's needs root")
+def test_taskd_running_as_root_refuses_a_data_dir_another_user_made_in_a_folder_everyone_can_write(tmp_path):
+    # /tmp: anyone may make the data directory there before taskd's first start; as root, taskd
+    # took its owner for the root_squash owner of the test above, and all its files with it.
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    data = shared / "data"
+    data.mkdir(mode=0o700)
+    _others(data)
+
+    with pytest.raises(
+        OSError, match=rf"owned by uid {OTHER_USER}, not by taskd's user \(uid 0\) or root"
+    ) as raised:
+        check_data_dir(data)
+
+    assert raised.value.filename == str(data)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="making a folder another user's needs root")

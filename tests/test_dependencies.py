@@ -40,6 +40,21 @@ async def test_a_three_step_chain_feeds_each_result_into_the_next_step(start_ser
     assert body["depends_on"] == [second["task_id"]]
 
 
+async def test_a_completed_dependency_near_its_expiry_is_kept_as_long_as_a_task_submitted_to_read_it(
+    start_service, redis: Redis
+):
+    taskd = await start_service()
+    done = (await taskd.submit("noop", {}))["task_id"]
+    await taskd.wait_terminal(done)
+    # As if it had ended all but a minute of storage.task_ttl (a day) ago: a task queued now behind
+    # a line longer than that minute would find it gone.
+    await redis.expire(keys.task(done), 60)
+
+    await taskd.submit("noop", {}, depends_on=[done])
+
+    assert await redis.ttl(keys.task(done)) > 3600
+
+
 async def test_a_waiting_task_is_queued_with_the_ids_it_still_waits_for(start_service):
     api_only = await start_service(workers=False)
     first = await api_only.submit("noop", {})

@@ -65,6 +65,70 @@ async def test_a_task_waiting_for_a_dependency_past_its_records_expiry_still_run
     assert body["status"] == "completed"
 
 
+async def test_a_task_waiting_past_its_completed_dependencys_expiry_still_reads_its_result(
+    start_service, redis: Redis
+):
+    service = await start_service()
+    done = (await service.submit("append", {"text": "storyboard"}))["task_id"]
+    await service.wait_terminal(done)
+    running = (await service.submit("sleep", {"seconds": LEFT_S + 3}))["task_id"]
+    waiting = (
+        await service.submit("append", {"text": {"$ref": f"{done}#/text"}}, depends_on=[done, running])
+    )["task_id"]
+    # As if it had waited a day for the running one: its record and its completed dependency's
+    # (kept as long as it at its submit) both near their expiry.
+    await redis.expire(keys.task(waiting), LEFT_S)
+    await redis.expire(keys.task(done), LEFT_S)
+
+    body = await service.wait_terminal(waiting, timeout=60)
+
+    assert body["status"] == "completed", body
+    assert body["result"]["text"] == "storyboard!!"
+
+
+async def test_a_task_queued_past_its_completed_dependencys_expiry_still_reads_its_result(
+    start_service, redis: Redis
+):
+    service = await start_service(limits=LimitsConfig(concurrent_per_project=1))
+    done = (await service.submit("append", {"text": "storyboard"}))["task_id"]
+    await service.wait_terminal(done)
+    first = (await service.submit("sleep", {"seconds": LEFT_S + 3}))["task_id"]
+    await service.wait_for(first, lambda body: body["status"] == "processing")
+    behind = (await service.submit("append", {"text": {"$ref": f"{done}#/text"}}, depends_on=[done]))[
+        "task_id"
+    ]
+    await redis.expire(keys.task(behind), LEFT_S)
+    await redis.expire(keys.task(done), LEFT_S)
+
+    body = await service.wait_terminal(behind, timeout=60)
+
+    assert body["status"] == "completed", body
+    assert body["result"]["text"] == "storyboard!!"
+
+
+async def test_a_task_running_past_its_completed_dependencys_expiry_keeps_it_for_its_next_run(
+    start_service, redis: Redis
+):
+    # A run handed back at a stop, or retried, reads its $refs again.
+    service = await start_service()
+    done = (await service.submit("append", {"text": "storyboard"}))["task_id"]
+    await service.wait_terminal(done)
+    running = (
+        await service.submit(
+            "long_first_run_then_transient", {"text": {"$ref": f"{done}#/text"}}, depends_on=[done]
+        )
+    )["task_id"]
+    await service.wait_for(running, lambda body: body["status"] == "processing")
+    await redis.expire(keys.task(running), LEFT_S)
+    await redis.expire(keys.task(done), LEFT_S)
+
+    async with asyncio.timeout(60):
+        while await redis.ttl(keys.task(running)) <= LEFT_S:
+            await asyncio.sleep(0.1)
+
+    assert await redis.ttl(keys.task(done)) > LEFT_S
+
+
 async def test_a_task_running_past_its_event_streams_expiry_keeps_its_first_events(
     start_service, redis: Redis
 ):

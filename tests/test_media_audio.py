@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
+import psutil
 import pytest
 from fake_media_apis import make_ctx, png, sine_wav
 
@@ -13,7 +15,7 @@ from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
 from taskd.tasks.builtin import process_audio
 from taskd.tasks.builtin.process_audio import AudioTrack, ProcessAudioInput
-from taskd.tasks.spec import TaskError
+from taskd.tasks.spec import TaskError, TransientError
 
 
 def media_config(tmp_path: Path) -> Config:
@@ -148,3 +150,60 @@ async def test_an_image_given_as_a_track_is_refused(tmp_path, files, http):
     with pytest.raises(TaskError, match=r"is not a supported audio file$"):
         await process_audio.run(ctx, data)
     assert not list((tmp_path / "scratch").iterdir())
+
+
+def wma_in_wav(rate: int) -> bytes:
+    """A WAV whose format tag names WMA v2 at `rate` Hz: its packets copy (the length is measured), but
+    ffmpeg's WMA decoder refuses a rate over 50 kHz with -1, AVERROR(EPERM): ffmpeg exits 255."""
+    fmt = struct.pack("<HHIIHHH", 0x0161, 1, rate, 16000, 2048, 16, 10) + bytes(10)
+    data = bytes(8192)
+    body = b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+async def test_a_track_ffmpeg_cannot_decode_fails_with_its_reason_though_ffmpeg_exits_as_when_stopped(
+    tmp_path, files, http
+):
+    ctx, _ = make_ctx(http, media_config(tmp_path))
+    data = ProcessAudioInput(tracks=[AudioTrack(files.add("wma.wav", wma_in_wav(96000)))], normalize=False)
+
+    with pytest.raises(TaskError) as failed:
+        await process_audio.run(ctx, data)
+
+    assert not isinstance(failed.value, TransientError)
+    assert re.search(r"\(ffmpeg exit 255\): .*Error while opening decoder", str(failed.value))
+
+
+async def test_a_mix_ffmpeg_cannot_decode_fails_with_its_reason_though_its_log_is_at_info(
+    tmp_path, files, http
+):
+    # The loudness pass logs at info: ffmpeg's last line is its reason, not the one a signal leaves.
+    ctx, _ = make_ctx(http, media_config(tmp_path))
+    data = ProcessAudioInput(tracks=[AudioTrack(files.add("wma.wav", wma_in_wav(96000)))])
+
+    with pytest.raises(TaskError) as failed:
+        await process_audio.run(ctx, data)
+
+    assert not isinstance(failed.value, TransientError)
+    assert re.search(r"\(ffmpeg exit 255\): .*Operation not permitted", str(failed.value))
+
+
+async def test_an_ffmpeg_logging_at_info_that_sigterm_stopped_is_tried_again(tmp_path):
+    stopped: list[int] = []
+
+    async def stop_it(_: float) -> None:
+        # Past its start (where it sets its handlers) once it reports progress.
+        if not stopped:
+            renderer = next(p for p in psutil.Process().children() if "ffmpeg" in p.name())
+            stopped.append(renderer.pid)
+            renderer.terminate()
+
+    with pytest.raises(TransientError, match="stopped by a signal from outside taskd"):
+        await ffmpeg.run_ffmpeg(
+            ["-re", "-f", "lavfi", "-i", "sine", "-f", "null", "-"],
+            log_path=tmp_path / "ffmpeg.log",
+            duration=3600,
+            progress=stop_it,
+            loglevel="info",
+        )
+    assert stopped

@@ -15,15 +15,27 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from aiohttp import web
-from fake_media_apis import FileServer, _Server, sine_wav
+from fake_media_apis import FileServer, _Server, png, sine_wav
+from fake_video_apis import FakeVideoAPI, make_mp4
 from seaweedfs import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from yarl import URL
 
-from taskd.config import Config, ConfigError, MediaConfig, NetworkConfig, RetryConfig, S3Config
+from taskd.config import (
+    Config,
+    ConfigError,
+    MediaConfig,
+    NetworkConfig,
+    ProvidersConfig,
+    RetryConfig,
+    S3Config,
+    VideoProvider,
+)
 from taskd.errors import TransientError
 from taskd.media.backend import media_backend
+from taskd.media.own import OwnMedia
 from taskd.media.retention import MediaSweeper
 from taskd.media.s3 import DELETE_BATCH, S3Store
+from taskd.tasks.spec import TaskError
 
 PREFIX = "taskd/media/"
 
@@ -401,6 +413,94 @@ async def test_another_projects_presigned_link_under_another_name_of_the_store_i
     # Its signature is masked in the error (docs/security.md "Secrets").
     assert body["error"].startswith(f"Track {theirs.split('?', 1)[0]}?")
     assert body["error"].endswith(" was refused: it is a media link of another project")
+
+
+async def test_another_projects_presigned_link_with_dot_segments_is_refused(
+    start_service, seaweed, bucket, files, tmp_path
+):
+    # The fetch sends the path with its dot segments removed (RFC 3986), which the signature
+    # then matches: `<prefix>other_project/../noir_001/x` is noir_001's object.
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    theirs = (await audio_task(running, files))["result"]["media_url"]
+    spelled = theirs.replace(f"/{PREFIX}noir_001/", f"/{PREFIX}other_project/../noir_001/", 1)
+
+    task = await running.submit(
+        "process_audio", {"tracks": [{"url": spelled}], "output_format": "wav"}, project_id="other_project"
+    )
+    body = await running.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed"
+    assert body["error"].endswith("was refused: it is a media link of another project")
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(lambda url: url.replace("http://", "HTTP://", 1), id="upper-case scheme"),
+        pytest.param(lambda url: url + "#x", id="fragment"),
+        pytest.param(
+            lambda url: url.replace(f"/{PREFIX}", f"/%{ord(PREFIX[0]):02X}{PREFIX[1:]}", 1), id="escaped"
+        ),
+        pytest.param(lambda url: url.replace(f"/{PREFIX}", f"/{PREFIX}./", 1), id="dot segment"),
+        pytest.param(
+            lambda url: url.replace(f"/{PREFIX}noir_001/", f"/{PREFIX}noir_001%2F", 1), id="escaped slash"
+        ),
+    ],
+)
+def test_another_projects_object_named_without_a_signature_in_another_spelling_is_refused(
+    seaweed, bucket, tmp_path, spelling
+):
+    # Each spelling names the same object once the URL is normalised (as the fetch does) or the
+    # store decodes its key.
+    config = Config(data_dir=str(tmp_path / "data"), media=s3_media(seaweed, bucket, tmp_path))
+    theirs = spelling(S3Store.from_config(config).url("noir_001", "audio_x.wav").split("?", 1)[0])
+
+    with pytest.raises(TaskError, match="was refused: it is a media link of another project"):
+        OwnMedia.for_task(config, "other_project").find(theirs, "Track")
+
+
+async def test_another_projects_image_as_a_storyboard_image_is_refused(
+    start_service, seaweed, bucket, tmp_path
+):
+    # The built-in renderer reads its images through the same check as process_audio's tracks.
+    running = await start(start_service, s3_media(seaweed, bucket, tmp_path))
+    source = tmp_path / "frame.png"
+    source.write_bytes(png(320, 240))
+    theirs = S3Store.from_config(running.service.config).put("noir_001", "image_x.png", source).url
+
+    task = await running.submit(
+        "generate_video",
+        {"storyboard_images": [theirs], "duration": 2, "fps": 12, "resolution": "320x240"},
+        project_id="other_project",
+    )
+    body = await running.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"].endswith("was refused: it is a media link of another project")
+
+
+async def test_another_projects_image_as_a_video_providers_reference_is_refused(
+    start_service, seaweed, bucket, tmp_path
+):
+    source = tmp_path / "frame.png"
+    source.write_bytes(png(320, 240))
+    async with FakeVideoAPI(make_mp4(tmp_path / "fake.mp4")) as api:
+        video = VideoProvider(protocol="openai", base_url=api.base_url, api_key="sk-video", model="sora-2")
+        running = await start(
+            start_service, s3_media(seaweed, bucket, tmp_path), providers=ProvidersConfig(video=video)
+        )
+        theirs = S3Store.from_config(running.service.config).put("noir_001", "image_x.png", source).url
+
+        task = await running.submit(
+            "generate_video",
+            {"scene_description": "A rainy alley", "storyboard_images": [theirs], "duration": 2},
+            project_id="other_project",
+        )
+        body = await running.wait_terminal(task["task_id"], timeout=60)
+
+    assert body["status"] == "failed", body
+    assert body["error"].endswith("was refused: it is a media link of another project")
+    assert api.created == []
 
 
 async def test_a_projects_own_presigned_link_as_an_input_is_fetched(

@@ -19,7 +19,7 @@ from sse import read_events
 from taskd import keys
 from taskd.admin import operator
 from taskd.config import ConfigError, LimitsConfig, RedisConfig, WebhooksConfig, WorkerConfig
-from taskd.engine import keeper
+from taskd.engine import keeper, scheduled
 from taskd.service import Service
 from taskd.store import TaskStore
 
@@ -187,6 +187,26 @@ async def test_a_task_delayed_in_another_partition_starts_when_due(start_service
 
     assert (await taskd.status(task["task_id"]))["status"] == "queued"
     assert (await taskd.wait_terminal(task["task_id"]))["status"] == "completed"
+
+
+async def test_one_look_queues_every_due_task_of_every_partition_past_a_batch_in_each(
+    start_service, partitioned, redis, monkeypatch
+):
+    # Only the look below queues due tasks: the service's own looks are off.
+    monkeypatch.setattr(scheduled.ScheduledRelease, "run", lambda _: asyncio.sleep(0))
+    monkeypatch.setattr(scheduled, "BATCH", 2)
+    api_only = await start_service(redis=partitioned, workers=False)
+    for project in PROJECTS:
+        for _ in range(3):
+            await api_only.submit("noop", {}, project_id=project, delay_seconds=600)
+    monkeypatch.setattr(scheduled, "now", lambda: time.time() + 1200)
+
+    queued = await scheduled.ScheduledRelease(TaskStore(redis, 3600)).once()
+
+    assert queued == 3 * PARTITIONS
+    assert [await redis.zcard(keys.scheduled(partition)) for partition in range(PARTITIONS)] == [
+        0
+    ] * PARTITIONS
 
 
 async def test_a_batch_chain_of_one_project_runs_in_order(start_service, partitioned):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import aiohttp
@@ -11,7 +12,9 @@ from conftest import API_KEY, child_env
 
 from taskd import keys
 from taskd.config import LimitsConfig
+from taskd.engine import scheduled
 from taskd.shapes import MAX_SCHEDULE_AHEAD
+from taskd.store import TaskStore
 
 
 def rfc3339(at: datetime) -> str:
@@ -77,6 +80,65 @@ async def test_a_task_waiting_for_one_scheduled_days_ahead_is_kept_while_that_on
     assert await redis.ttl(keys.project_active("proj-1")) >= first_kept
 
 
+async def test_a_completed_dependency_is_kept_as_long_as_a_task_scheduled_days_ahead_that_reads_it(
+    start_service, redis
+):
+    taskd = await start_service()
+    first = await taskd.submit("noop", {})
+    await taskd.wait_terminal(first["task_id"])
+
+    later = await taskd.submit("noop", {}, depends_on=[first["task_id"]], delay_seconds=3 * 24 * 3600)
+
+    kept = await redis.ttl(keys.task(later["task_id"]))
+    assert kept >= 3 * 24 * 3600
+    assert await redis.ttl(keys.task(first["task_id"])) >= kept
+    assert await redis.ttl(keys.project("proj-1")) >= kept
+
+
+async def test_a_dependency_that_completes_is_kept_as_long_as_a_task_scheduled_days_ahead_that_reads_it(
+    start_service, redis
+):
+    taskd = await start_service()
+    first = await taskd.submit("sleep", {"seconds": 0.5, "steps": 1})
+    later = await taskd.submit("noop", {}, depends_on=[first["task_id"]], delay_seconds=3 * 24 * 3600)
+
+    assert (await taskd.wait_terminal(first["task_id"]))["status"] == "completed"
+
+    kept = await redis.ttl(keys.task(later["task_id"]))
+    assert kept >= 3 * 24 * 3600
+    assert await redis.ttl(keys.task(first["task_id"])) >= kept - 5
+
+
+async def test_a_completed_dependency_is_kept_as_long_as_a_task_that_also_waits_for_one_scheduled_days_ahead(
+    start_service, redis
+):
+    taskd = await start_service()
+    done = await taskd.submit("noop", {})
+    await taskd.wait_terminal(done["task_id"])
+    ahead = await taskd.submit("noop", {}, delay_seconds=3 * 24 * 3600)
+
+    waiting = await taskd.submit("noop", {}, depends_on=[done["task_id"], ahead["task_id"]])
+
+    kept = await redis.ttl(keys.task(waiting["task_id"]))
+    assert kept >= 3 * 24 * 3600
+    assert await redis.ttl(keys.task(done["task_id"])) >= kept
+
+
+async def test_a_dependency_that_completes_is_kept_as_long_as_a_task_still_waiting_for_one_scheduled_days_ahead(
+    start_service, redis
+):
+    taskd = await start_service()
+    first = await taskd.submit("sleep", {"seconds": 0.5, "steps": 1})
+    ahead = await taskd.submit("noop", {}, delay_seconds=3 * 24 * 3600)
+    waiting = await taskd.submit("noop", {}, depends_on=[first["task_id"], ahead["task_id"]])
+
+    assert (await taskd.wait_terminal(first["task_id"]))["status"] == "completed"
+
+    kept = await redis.ttl(keys.task(waiting["task_id"]))
+    assert kept >= 3 * 24 * 3600
+    assert await redis.ttl(keys.task(first["task_id"])) >= kept - 5
+
+
 async def test_a_later_submit_to_the_project_keeps_a_task_scheduled_days_ahead_in_its_list(
     start_service, redis
 ):
@@ -111,6 +173,16 @@ async def test_a_run_at_with_an_offset_is_the_same_instant(start_service):
 
     assert in_paris_summer.endswith("+02:00")
     assert (await api_only.status(accepted["task_id"]))["scheduled_for"] == rfc3339(at)
+
+
+async def test_a_run_at_on_a_leap_second_is_the_instant_after_second_59(start_service):
+    api_only = await start_service(workers=False)
+    day = (datetime.now(UTC) + timedelta(days=1)).date()
+
+    accepted = await api_only.submit("noop", {}, run_at=f"{day}T23:59:60Z")
+
+    midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+    assert (await api_only.status(accepted["task_id"]))["scheduled_for"] == rfc3339(midnight)
 
 
 async def test_more_than_the_limit_ahead_is_a_400_naming_the_field(start_service):
@@ -180,11 +252,16 @@ async def test_run_at_and_delay_seconds_together_are_a_400(start_service):
 
 async def test_a_malformed_time_or_delay_is_a_400_naming_the_field(start_service):
     api_only = await start_service(workers=False)
+    # Within the limit ahead, so that only the form can be what is refused.
+    day = (datetime.now(UTC) + timedelta(days=1)).date()
 
     for fields in (
         {"run_at": "tomorrow"},
-        {"run_at": "2030-01-01T00:00:00"},  # no offset: which 00:00?
-        {"run_at": "2030-01-01"},
+        {"run_at": f"{day}T00:00:00"},  # no offset: which 00:00?
+        {"run_at": f"{day}"},
+        {"run_at": f"{day}T00:00:00+05:60"},  # offset minutes past 59 (not +06:00)
+        {"run_at": f"{day}T00:00:00+24:00"},
+        {"run_at": f"{day}T00:00:61Z"},
         {"run_at": 1893456000},
         {"delay_seconds": -1},
         {"delay_seconds": "5"},
@@ -248,6 +325,26 @@ async def test_a_scheduled_task_waits_for_its_dependencies_and_its_time(start_se
     assert await started_at(redis, after_time["task_id"]) >= created + 1.5 - 0.002
     slow_done = float(await redis.hget(keys.task(slow["task_id"]), "completed_at"))
     assert await started_at(redis, after_dependency["task_id"]) >= slow_done
+
+
+async def test_a_full_batch_of_due_tasks_still_waiting_for_dependencies_does_not_hold_back_the_rest(
+    start_service, redis, monkeypatch
+):
+    # Only the look below queues due tasks: the service's own looks are off.
+    monkeypatch.setattr(scheduled.ScheduledRelease, "run", lambda _: asyncio.sleep(0))
+    monkeypatch.setattr(scheduled, "BATCH", 2)
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    # Due first, but waiting for `first` too: taken off the schedule, not queued.
+    for _ in range(2):
+        await api_only.submit("noop", {}, depends_on=[first["task_id"]], delay_seconds=600)
+    ready = [(await api_only.submit("noop", {}, delay_seconds=700))["task_id"] for _ in range(2)]
+    monkeypatch.setattr(scheduled, "now", lambda: time.time() + 1200)
+
+    queued = await scheduled.ScheduledRelease(TaskStore(redis, 3600)).once()
+
+    assert queued == 2
+    assert [(await api_only.status(task_id)).get("scheduled_for") for task_id in ready] == [None, None]
 
 
 async def test_a_scheduled_task_survives_a_restart_and_runs(spawn_taskd, tmp_path):

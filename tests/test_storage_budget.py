@@ -155,6 +155,23 @@ async def test_a_heavy_task_queued_late_for_its_time_is_counted_until_its_new_ex
     assert int(until) > was
 
 
+async def test_a_light_dependency_kept_for_a_task_scheduled_days_ahead_is_counted_until_then(
+    start_service: Any, redis: Redis
+):
+    taskd = await start_service()
+    first = await taskd.submit("noop", {}, project_id="kept")
+    await taskd.wait_terminal(first["task_id"])
+    assert await stored(redis, "kept") == {}
+
+    await taskd.submit(
+        "noop", {}, project_id="kept", depends_on=[first["task_id"]], delay_seconds=3 * 24 * 3600
+    )
+
+    until, size = await redis.hmget(keys.task(first["task_id"]), "stored_until", "stored_bytes")
+    assert int(until) >= time.time() + 3 * 24 * 3600
+    assert (await stored(redis, "kept"))[int(until)] >= int(size) > 0
+
+
 async def test_a_heavy_task_queued_by_its_dependencys_end_is_counted_once(start_service: Any, redis: Redis):
     api = await start_service(workers=False)
     store = TaskStore(redis, 24 * 3600)

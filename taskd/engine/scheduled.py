@@ -29,11 +29,8 @@ class ScheduledRelease:
         self.store = store
 
     async def once(self) -> int:
-        """One look; returns how many tasks were queued (looking again at once while a batch was full)."""
-        total = 0
-        while (queued := await self.store.queue_due(now(), BATCH)) == BATCH:
-            total += queued
-        return total + queued
+        """One look; returns how many tasks were queued (every task due, a batch at a time)."""
+        return await self.store.queue_due(now(), BATCH)
 
     async def run(self) -> None:
         """Look every LOOK_EVERY_S seconds until cancelled; a Redis outage only delays the next look."""

@@ -22,6 +22,7 @@ from taskd.http import (
     webhooks,
 )
 from taskd.http.auth import auth_middleware
+from taskd.http.bodies import OPEN_BODIES, OpenBodies
 from taskd.http.context import API, Api
 from taskd.http.errors import error_middleware
 from taskd.http.ratelimit import rate_limit_middleware
@@ -60,6 +61,7 @@ def create_app(api: Api) -> web.Application:
         client_max_size=api.config.limits.max_body_bytes,
     )
     app[API] = api
+    app[OPEN_BODIES] = OpenBodies(api.config.limits.open_bodies, lambda request: request.get(auth.KEY))
     app.on_response_prepare.append(_server_header)
     protocol_log.install()
     auth.install(app)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping
 
 import attrs
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from taskd import agreement, keys
@@ -329,6 +330,10 @@ class SnapshotCollector(Collector):
         yield settings_gauge(self.snapshot.compared_settings, self.snapshot.differing_settings)
 
 
+# The `version=` parameter of a media range in an Accept header.
+_VERSION = re.compile(r";\s*version=[^;,]*")
+
+
 def exposition(snapshot: Snapshot | None, accept: str = "") -> tuple[bytes, str]:
     """One scrape (this process's CPU, memory and file descriptors included) and its content type,
     in the text format or OpenMetrics as the `Accept` header asks."""
@@ -339,10 +344,11 @@ def exposition(snapshot: Snapshot | None, accept: str = "") -> tuple[bytes, str]
     try:
         encoder, content_type = choose_encoder(accept)
     except TypeError:
-        # prometheus_client compares a `version=` it cannot read as numbers (`version=abc`, `1.x`)
-        # with a tuple of ints and raises: a 500 and a traceback for a header anyone may send. An
-        # Accept it cannot read gets the text format, as one it does not know does.
-        encoder, content_type = generate_latest, CONTENT_TYPE_PLAIN_0_0_4
+        # A newer prometheus_client compares a `version=` it cannot read as numbers (`version=abc`,
+        # `1.x`) with a tuple of ints and raises: a 500 and a traceback for a header anyone may send.
+        # Such a version is read as none, as prometheus-client 0.20 (the floor) reads every version:
+        # `application/openmetrics-text` gets OpenMetrics 1.0.0, `text/plain` the text format.
+        encoder, content_type = choose_encoder(_VERSION.sub("", accept))
     return encoder(registry), content_type
 
 

@@ -31,10 +31,14 @@ _PARAMETERS_CHANGED = "Changing audio frame properties on the fly is not support
 # ffmpeg exits with its error code's low byte: AVERROR(ENOSPC) = -28 is exit 228. A full disk (or
 # quota) also leaves its log empty (the log is on the same disk), so the exit status is what tells.
 _DISK_FULL_EXITS = {-errno.ENOSPC & 0xFF, -errno.EDQUOT & 0xFF}
-# How ffmpeg ends when SIGTERM or SIGINT stops it: 255 once it has set its handlers, killed by the
-# signal before (asyncio's negative status). 255 is also AVERROR(EPERM)'s low byte, an error that
-# no file taskd hands ffmpeg meets.
-_STOPPED_EXITS = {255, -signal.SIGTERM, -signal.SIGINT}
+# How ffmpeg ends when SIGTERM or SIGINT stops it: killed by the signal before it sets its handlers
+# (asyncio's negative status), else exit 255 with "Exiting normally, received signal 15." as its last
+# line at loglevel info, and no line at all at loglevel error. 255 is also AVERROR(EPERM)'s low byte,
+# which a caller's file can cause (a decoder that refuses its parameters with -1: WMA at 96 kHz in a
+# WAV), and then ffmpeg says why: so an exit 255 is a stop only with that line last, or with none.
+_KILLED_BY = {-signal.SIGTERM, -signal.SIGINT}
+_STOPPED_EXIT = 255
+_STOPPED_LINE = re.compile(r"Exiting normally, received signal (?:2|15)\.")
 ProgressFn = Callable[[float], Awaitable[None]]
 
 
@@ -174,21 +178,21 @@ async def run_ffmpeg(
             code = await proc.wait()
         finally:
             await proctree.stop_process(proc)
-    if code in _STOPPED_EXITS:
-        # Not taskd's doing: a cancel, a limit or a stop of taskd cancels this coroutine as it
-        # signals, so that exit is never looked at. A stop sent to every process of the service at
-        # once (systemd's default KillMode=control-group, `tini -g`) or a kill by hand reached ffmpeg
-        # itself: not the input's fault, so tried again, not failed as "ffmpeg exit 255".
-        log.warning(
-            "ffmpeg was stopped by a signal from outside taskd (exit %d) in %s", code, log_path.parent
-        )
-        raise TransientError(f"{what} was stopped by a signal from outside taskd; it is tried again")
     if code in _DISK_FULL_EXITS:
         # Not the input's fault, and gone once space is freed: retried like a provider that is down.
         log.warning("ffmpeg ran out of disk space writing in %s (exit %d)", log_path.parent, code)
         raise TransientError(f"{what} failed: no space left on the disk it writes to (ffmpeg exit {code})")
     if code != 0:
         logged = await asyncio.to_thread(log_ends, log_path)
+        if _stopped(code, logged[1]):
+            # Not taskd's doing: a cancel, a limit or a stop of taskd cancels this coroutine as it
+            # signals, so that exit is never looked at. A stop sent to every process of the service
+            # at once (systemd's default KillMode=control-group, `tini -g`) or a kill by hand reached
+            # ffmpeg itself: not the input's fault, so tried again, not failed as "ffmpeg exit 255".
+            log.warning(
+                "ffmpeg was stopped by a signal from outside taskd (exit %d) in %s", code, log_path.parent
+            )
+            raise TransientError(f"{what} was stopped by a signal from outside taskd; it is tried again")
         if _PARAMETERS_CHANGED in logged[1]:
             # Bounds.audio_input's -reinit_filter 0; at loglevel info the line is lost among others.
             raise TaskError(
@@ -211,6 +215,14 @@ async def run_ffmpeg(
         first = [line[:_STDERR_TAIL] for line in ends[0][:1] if loglevel == "error" and line not in last]
         said = " | ".join([*first, " | ".join(last)[-_STDERR_TAIL:]] if last else first)
         raise TaskError(f"{what} failed (ffmpeg exit {code}): {said or 'no message'}")
+
+
+def _stopped(code: int, tail: str) -> bool:
+    """Whether ffmpeg ended with `code`, its log ending in `tail`, as SIGTERM or SIGINT ends it."""
+    if code in _KILLED_BY:
+        return True
+    lines = [line for line in tail.splitlines() if line.strip()]
+    return code == _STOPPED_EXIT and (not lines or _STOPPED_LINE.fullmatch(lines[-1].strip()) is not None)
 
 
 def log_ends(path: Path, size: int = _LOG_END) -> tuple[str, str]:

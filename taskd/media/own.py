@@ -36,6 +36,30 @@ class BucketLinks(Protocol):
 
 
 @attrs.frozen
+class MediaLinks:
+    """This taskd's media links that a task's input may be: the local store's and, with the s3
+    backend, the bucket's presigned URLs. Whatever reads a task's media inputs takes both (of), or
+    another project's objects in the bucket were fetched (the built-in renderer's images did)."""
+
+    store: MediaStore
+    bucket: BucketLinks | None = None  # the s3 backend's store
+
+    @classmethod
+    def from_config(cls, config: Config) -> MediaLinks:
+        """The stores `config` describes."""
+        bucket = None
+        if config.media.backend == "s3":
+            from taskd.media.s3 import S3Store  # boto3 is the optional `s3` extra
+
+            bucket = S3Store.from_config(config)
+        return cls(MediaStore.from_config(config), bucket)
+
+    def of(self, project_id: str) -> OwnMedia:
+        """The links a task of `project_id` may read."""
+        return OwnMedia(self.store, project_id, self.bucket)
+
+
+@attrs.frozen
 class OwnMedia:
     """The media links of this taskd's store that one project's task may read directly."""
 
@@ -45,13 +69,8 @@ class OwnMedia:
 
     @classmethod
     def for_task(cls, config: Config, project_id: str) -> OwnMedia:
-        """The store `config` describes, for a task of `project_id`."""
-        bucket = None
-        if config.media.backend == "s3":
-            from taskd.media.s3 import S3Store  # boto3 is the optional `s3` extra
-
-            bucket = S3Store.from_config(config)
-        return cls(MediaStore.from_config(config), project_id, bucket)
+        """The stores `config` describes, for a task of `project_id`."""
+        return MediaLinks.from_config(config).of(project_id)
 
     def _another_projects_object(self, url: str) -> bool:
         """Whether `url` names an object of another project in the s3 backend's bucket."""

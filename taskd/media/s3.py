@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from yarl import URL
+
 from taskd.config import Config, ConfigError, S3Config
 from taskd.errors import TransientError
 from taskd.logs import shorten
@@ -79,6 +81,9 @@ class S3Store:
                 f"media.s3: cannot sign URLs ({describe(exc)}): set access_key_id and secret_access_key"
             ) from None
         self._url_start = probe.split("?", 1)[0][:-1]
+        # The same as project_of compares a URL: its origin, and its path decoded up to the key's project.
+        self._origin = _origin(URL(probe))
+        self._key_start = URL(probe).path[:-1]
         # The access key id every URL this store signs names (SigV4's X-Amz-Credential, `<id>/<scope>`).
         self._access_key_id = _credential(probe)
 
@@ -138,23 +143,32 @@ class S3Store:
         return parts[0], parts[1]
 
     def project_of(self, url: str) -> str | None:
-        """The project whose object `url` names, when it is a link to this store's objects: at the
-        address this store signs for (signed or not), or signed with its credentials under any
-        other name of the store (its IP address, the other addressing style, a proxy's path);
-        else None."""
-        located = self.locate(url)
-        if located is not None:
-            return located[0]
-        if self._access_key_id is None or _credential(url) != self._access_key_id:
+        """The project folder of this store's objects that `url` names: at the address this store
+        signs for (signed or not), or signed with its credentials under any other name of the store
+        (its IP address, the other addressing style, a proxy's path); else None.
+
+        Read as the fetch sends it (yarl: dot segments removed, the scheme and host in lower case,
+        an escaped letter decoded) and as the store reads its key (every escape decoded, `%2F` a
+        `/`): compared as written, `<prefix>mine/../theirs/x`, `HTTP://…` or `…/x#y` named another
+        project's object and passed as no link of the store. A key that is no `<project>/<file>`
+        under the prefix is returned whole, which no project's name equals: nothing the task may read.
+        """
+        try:
+            parsed = URL(url)
+        except ValueError:
             return None
-        # The key is `<prefix><project_id>/<filename>`, the path's end in either addressing style
-        # (the prefix may end inside a name: `media-`).
-        folder, _, filename = unquote(urlsplit(url).path).rpartition("/")
-        at = folder.rfind(f"/{self.prefix}")
-        project_id = folder[at + 1 + len(self.prefix) :]
-        if at < 0 or self.key_of(project_id, filename) is None:
+        path = parsed.path
+        if _origin(parsed) == self._origin and path.startswith(self._key_start):
+            key = path[len(self._key_start) :]
+        elif self._access_key_id is not None and _credential(url) == self._access_key_id:
+            # The key is `<prefix><project_id>/<filename>`, the path's end in either addressing
+            # style (the prefix may end inside a name: `media-`).
+            at = path.rfind(f"/{self.prefix}")
+            key = path[at + 1 + len(self.prefix) :] if at >= 0 else path
+        else:
             return None
-        return project_id
+        project_id, _, filename = key.rpartition("/")
+        return project_id if self.key_of(project_id, filename) is not None else key
 
     def exists(self, project_id: str, filename: str) -> bool:
         """True when the object is there; TransientError when the store cannot be asked."""
@@ -211,6 +225,11 @@ class S3Store:
         for error in errors:
             log.warning("media sweep: removing s3 key %s failed: %s", error.get("Key"), error.get("Message"))
         return len(keys) - len(errors), len(errors)
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    # A host's trailing dot names the same host (`s3.example.com.`).
+    return url.scheme, (url.host or "").rstrip("."), url.port
 
 
 def _credential(url: str) -> str | None:

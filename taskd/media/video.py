@@ -16,8 +16,7 @@ from taskd.media import download, ffmpeg
 from taskd.media.animatic_graph import animatic, find_font, title_graph
 from taskd.media.bounds import Bounds
 from taskd.media.clip import MOTIONS, ClipRequest, ImageChange, Layer, Pose, Shot, Subtitle
-from taskd.media.own import OwnMedia
-from taskd.media.store import MediaStore
+from taskd.media.own import MediaLinks
 from taskd.net.guarded import GuardedClient
 
 # The request types live in taskd.media.clip; they are named here too, where renderers look for them.
@@ -62,7 +61,7 @@ def load_renderer(config: Config, http: aiohttp.ClientSession) -> ClipRenderer:
             GuardedClient.from_config(config, http),
             download.Limits.from_config(config.media),
             Bounds.from_config(config.media),
-            MediaStore.from_config(config),
+            MediaLinks.from_config(config),
         )
     module_name, _, attr = plugin.partition(":")
     try:
@@ -102,12 +101,12 @@ class FfmpegRenderer:
     model = MODEL
 
     def __init__(
-        self, inputs: GuardedClient, limits: download.Limits, bounds: Bounds, store: MediaStore | None = None
+        self, inputs: GuardedClient, limits: download.Limits, bounds: Bounds, media: MediaLinks | None = None
     ) -> None:
         self.inputs = inputs
         self.limits = limits
         self.bounds = bounds
-        self.store = store
+        self.media = media
 
     async def render(self, clip: ClipRequest, workdir: Path, progress: ProgressFn) -> Path:
         """Download, then render; progress is 0..0.2 for downloads and 0.2..1 for ffmpeg."""
@@ -119,8 +118,8 @@ class FfmpegRenderer:
             urls = list(dict.fromkeys(used))
             download.check_count(urls, self.limits, "images")
             own = None
-            if self.store is not None and clip.project_id is not None:
-                own = OwnMedia(self.store, clip.project_id)
+            if self.media is not None and clip.project_id is not None:
+                own = self.media.of(clip.project_id)
             files: dict[str, Path] = {}
             sizes: dict[str, tuple[int, int]] = {}
             decoded = 0

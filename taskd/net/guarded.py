@@ -13,14 +13,15 @@ from yarl import URL
 from taskd import tracing
 from taskd.config import Config
 from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, host_and_port
+from taskd.validation import latin1_credentials, url_problem
 
 MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class RedirectRefused(Exception):
-    """A redirect taskd does not follow: past MAX_REDIRECTS, to a URL that does not parse, or to one
-    the caller's `redirect_check` refuses."""
+    """A redirect taskd does not follow: past MAX_REDIRECTS, to a URL that does not parse or that no
+    request can be made to, or to one the caller's `redirect_check` refuses."""
 
 
 def origin(url: str | URL) -> tuple[str, str, int] | None:
@@ -35,9 +36,19 @@ def origin(url: str | URL) -> tuple[str, str, int] | None:
 
 def _redirect_target(current: URL, location: str) -> URL:
     try:
-        return current.join(URL(location))
+        target = current.join(URL(location))
     except ValueError:
         raise RedirectRefused("it redirects to a URL that does not parse") from None
+    # The checks a submit makes of an input URL (validation.HttpUrl): a redirect is a URL too, and
+    # one that no request can be made to failed the run with a library's error (aiohttp's
+    # UnicodeEncodeError for a password Basic authentication cannot send), or was retried as a
+    # connection that might mend (port 0).
+    problem = url_problem(str(target))
+    if problem is None and not latin1_credentials(target):
+        problem = "its user name and password must be Latin-1 text"
+    if problem is not None:
+        raise RedirectRefused(f"it redirects to a URL that cannot be requested: {problem}")
+    return target
 
 
 @attrs.frozen

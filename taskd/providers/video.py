@@ -28,8 +28,7 @@ from taskd.config import Config, VideoProvider
 from taskd.errors import TaskError
 from taskd.media import download, ffmpeg
 from taskd.media.bounds import Bounds
-from taskd.media.own import OwnMedia
-from taskd.media.store import MediaStore
+from taskd.media.own import MediaLinks
 from taskd.media.video import ClipRequest, ProgressFn
 from taskd.net.guarded import GuardedClient
 from taskd.providers.http import ProviderError
@@ -80,7 +79,7 @@ def renderer(
         download.Limits.from_config(config.media),
         Bounds.from_config(config.media),
         gate,
-        MediaStore.from_config(config),
+        MediaLinks.from_config(config),
         state,
     )
 
@@ -135,7 +134,7 @@ class ProviderRenderer:
         limits: download.Limits,
         bounds: Bounds,
         gate: Gate | None,
-        store: MediaStore | None = None,
+        media: MediaLinks | None = None,
         state: RunState | None = None,
     ) -> None:
         self.model = settings.model
@@ -146,7 +145,7 @@ class ProviderRenderer:
         self._limits = limits
         self._bounds = bounds
         self._gate = gate
-        self._store = store
+        self._media = media
         self._state = state
         # The job the run state holds for the next run (this run's, or the one it follows).
         self._kept: str | None = None
@@ -209,8 +208,8 @@ class ProviderRenderer:
         # signature and became this task's reference (and the task's own one, at taskd's loopback
         # address, was refused by the SSRF guard).
         own = None
-        if self._store is not None and clip.project_id is not None:
-            own = OwnMedia(self._store, clip.project_id)
+        if self._media is not None and clip.project_id is not None:
+            own = self._media.of(clip.project_id)
         if not self._api.uploads_reference:
             # The provider fetches the URL itself: only checked here.
             if own is not None:

@@ -1124,12 +1124,16 @@ class TaskStore:
         return int(place)
 
     async def queue_due(self, at: float, batch: int) -> int:
-        """Queue up to `batch` scheduled tasks of each partition whose time is `at` or earlier; returns
-        how many were queued."""
+        """Queue every scheduled task whose time is `at` or earlier, `batch` at a time (one due.lua
+        call each, so that no one script runs long); returns how many were queued. Each partition
+        is called again while its last call took a full batch: whether more are due is each
+        partition's own to say (a sum over partitions, or a count of only the tasks queued, which
+        leaves out those still waiting for dependencies, said "no more" while some were due)."""
 
         async def due(client: Redis, partition: int) -> int:
-            return int(
-                await self._due(
+            queued = 0
+            while True:
+                done, taken = await self._due(
                     client=client,
                     keys={"scheduled": keys.scheduled(partition)},
                     args={
@@ -1139,7 +1143,9 @@ class TaskStore:
                         "ttl": self.task_ttl,
                     },
                 )
-            )
+                queued += int(done)
+                if int(taken) < batch:
+                    return queued
 
         return sum(await self._each_partition(due))
 
@@ -1504,7 +1510,25 @@ class TaskStore:
         limit: int,
         spend: Callable[[int], Awaitable[None]] | None = None,
     ) -> tuple[list[TaskRecord], int]:
-        """One page of a project's tasks (newest first) matching the filters, and how many match in all.
+        """One page of a project's tasks (newest first) matching the filters, and how many match in
+        all: `list_project_ids`' page read whole."""
+        page, total = await self.list_project_ids(
+            project_id, status=status, task_type=task_type, offset=offset, limit=limit, spend=spend
+        )
+        return await self.get_many(page), total
+
+    async def list_project_ids(
+        self,
+        project_id: str,
+        *,
+        status: str | None,
+        task_type: str | None,
+        offset: int,
+        limit: int,
+        spend: Callable[[int], Awaitable[None]] | None = None,
+    ) -> tuple[list[str], int]:
+        """The ids of one page of a project's tasks (newest first) matching the filters, and how many
+        match in all; their records are read by the caller (`get_many`), as many at once as it holds.
 
         `spend` is given how many calls of list_look.lua/list.lua the listing makes (what it costs
         Valkey) once that is known, after its first call and before the others: the API spends
@@ -1540,7 +1564,7 @@ class TaskStore:
             total = int(look[1])
             if spend is not None:
                 await spend(1)
-            return await self.get_many([raw.decode() for raw in look[2:]]), total
+            return [raw.decode() for raw in look[2:]], total
         if kept == 2:
             total, below, seen, skip, calls = int(look[1]), look[2], int(look[3]), int(look[4]), int(look[5])
             if spend is not None:
@@ -1552,14 +1576,14 @@ class TaskStore:
             page = await cursor.read(
                 self._list, below=below, seen=seen, offset=skip, limit=min(limit, total - offset), whole=False
             )
-            return await self.get_many(page), total
+            return page, total
         version, size, census = look[1], int(look[2]), bool(int(look[3]))
         if spend is not None:
             await spend(size // LIST_STRETCH + 1)
         cursor = _Stretch(client, index, status or "", task_type or "", census=census)
         page = await cursor.read(self._list, below=b"+inf", seen=0, offset=offset, limit=limit, whole=True)
         if not census:
-            return await self.get_many(page), cursor.matched
+            return page, cursor.matched
         await self._list_keep(
             client=client,
             keys={"events": events, "counts": keys.project_counts(project_id)},
@@ -1570,7 +1594,7 @@ class TaskStore:
                 "fields": cursor.kept_fields(),
             },
         )
-        return await self.get_many(page), cursor.matched
+        return page, cursor.matched
 
     async def metrics(self, queues: Iterable[str]) -> Metrics:
         """The shared counters (every partition's added up), with the running count and average

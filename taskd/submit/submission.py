@@ -52,8 +52,26 @@ class Submission(SubmitRequest):
 
 
 # RFC 3339's date-time: a full date, a time and an offset (fromisoformat alone also takes a bare
-# date, a time without an offset and ISO 8601's other forms).
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+# date, a time without an offset and ISO 8601's other forms). The offset's hours and minutes are
+# held to RFC 3339's ranges here: fromisoformat reads "+05:60" as "+06:00". ASCII digits only.
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:)(\d{2})(\.\d+)?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)", re.ASCII
+)
+# RFC 3339 allows a leap second (second 60); Python's datetime has none.
+_LEAP_SECOND = "60"
+
+
+def _rfc3339(value: Any) -> float:
+    """An RFC 3339 date-time as epoch seconds; ValueError for anything else. A leap second
+    (`23:59:60`) is read as the instant after second 59 (the next day's 00:00:00), as POSIX time
+    has no leap seconds to count it in."""
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(value)
+    head, second, fraction, offset = match.groups()
+    leap = second == _LEAP_SECOND
+    text = (head + ("59" if leap else second) + (fraction or "") + offset).upper().replace("Z", "+00:00")
+    return datetime.fromisoformat(text).timestamp() + (1 if leap else 0)
 
 
 def _project_id(value: Any, details: dict[str, str]) -> None:
@@ -108,9 +126,7 @@ def _scheduled_for(body: dict[str, Any], max_ahead: int, details: dict[str, str]
     if run_at is not None:
         field = "run_at"
         try:
-            if not isinstance(run_at, str) or not _RFC3339.fullmatch(run_at):
-                raise ValueError(run_at)
-            when = datetime.fromisoformat(run_at.upper().replace("Z", "+00:00")).timestamp()
+            when = _rfc3339(run_at)
         except ValueError:
             details[field] = "run_at must be an RFC 3339 timestamp with its offset, e.g. 2030-01-31T09:00:00Z"
             return None

@@ -302,6 +302,25 @@ async def test_a_data_dir_other_users_can_write_stops_start_up_with_one_line_and
     assert not (tmp_path / "data" / "valkey").exists()  # nothing read or made there
 
 
+async def test_a_data_dir_named_through_a_link_other_users_can_replace_stops_start_up_with_exit_status_4(
+    tmp_path,
+):
+    # Whoever can write the link's folder chooses where the data dir is at each start.
+    (tmp_path / "real").mkdir(mode=0o700)
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "data").symlink_to(tmp_path / "real")
+    links.chmod(0o777)
+
+    done = await _serve(tmp_path, timeout=30, TASKD_DATA_DIR=str(links / "data"))
+
+    assert done.returncode == 4
+    assert _last_line(done.stderr).startswith(
+        f"taskd: cannot use {links}: other users can write it (mode 0777)"
+    )
+    assert not (tmp_path / "real" / "valkey").exists()
+
+
 async def test_a_full_disk_under_the_data_dir_stops_start_up_with_one_line_and_exit_status_4(tmp_path):
     # /dev/full answers every write with ENOSPC, as a full filesystem does: the embedded Valkey's
     # config is written aside first, and that aside file is made to land there.

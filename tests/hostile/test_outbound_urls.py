@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -200,6 +201,32 @@ async def test_a_redirect_to_another_scheme_is_refused(start_service, public, ta
 
     assert_refused(final, url)
     assert "only http and https" in final["error"]
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        # Basic authentication sends these as Latin-1: aiohttp raised UnicodeEncodeError, and the
+        # run failed with it and a traceback.
+        (f"http://u:%E5%AF%86@{PUBLIC_HOST}:{{port}}/files/track.wav", "user name and password"),
+        # A connection that fails, so retried as one that might mend: a port 0 cannot.
+        (f"http://{PUBLIC_HOST}:0/files/track.wav", "port 0 cannot be connected to"),
+    ],
+    ids=["credentials-not-latin1", "port-0"],
+)
+async def test_a_redirect_to_a_url_no_request_can_be_made_to_is_refused_as_a_submit_refuses_it(
+    start_service, public, target, why
+):
+    service = await start_service(network=TRUST_PUBLIC)
+    public.add("track.wav", TRACK)
+    url = public.url("/redirect?" + urlencode({"to": target.format(port=public.port)}))
+
+    final = await fetch_track(service, url)
+
+    assert_refused(final, url)
+    assert "it redirects to a URL that cannot be requested: " in final["error"], final["error"]
+    assert why in final["error"]
+    assert len(public.hits) == 1  # the redirect only: the file it points to was never asked for
 
 
 async def test_more_than_five_redirects_are_refused(start_service, public):

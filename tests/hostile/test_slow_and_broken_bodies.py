@@ -15,7 +15,7 @@ import pytest
 from conftest import API_KEY, RunningService
 
 from taskd import keys
-from taskd.config import HttpConfig
+from taskd.config import HttpConfig, LimitsConfig
 from taskd.http import errors
 from taskd.http.ratelimit import key_id
 
@@ -136,6 +136,63 @@ async def test_a_body_that_stops_arriving_is_a_408_after_the_body_timeout_and_th
         {"error": "request_timeout", "message": "The request body did not arrive within 0.5 s"},
     )
     assert await total_tasks(taskd) == 0
+
+
+async def stall_mid_body(taskd: RunningService) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Announce 100 bytes of a submit's body, send 4, and keep the connection open."""
+    address = urlsplit(taskd.base_url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    writer.write(SUBMIT + b"Content-Length: 100\r\n\r\n" + BODY[:4])
+    await writer.drain()
+    return reader, writer
+
+
+async def one_more_stalled_body(taskd: RunningService) -> bytes:
+    """What the server answers a stalled body once it has counted the key's earlier ones, and closed
+    the connection after: a try not answered soon is hung up on (its place given back) and made again."""
+    async with asyncio.timeout(30):
+        while True:
+            reader, writer = await stall_mid_body(taskd)
+            try:
+                async with asyncio.timeout(0.5):
+                    return await reader.read()
+            except TimeoutError:
+                pass
+            finally:
+                writer.close()
+
+
+async def test_a_body_past_the_keys_open_bodies_is_a_429_unread_and_the_connection_closes(start_service):
+    taskd = await start_service(limits=LimitsConfig(open_bodies=2))
+    held = [await stall_mid_body(taskd) for _ in range(2)]
+
+    raw = await one_more_stalled_body(taskd)
+
+    for _, writer in held:
+        writer.close()
+    assert final_answer(raw) == (
+        429,
+        {
+            "error": "rate_limited",
+            "message": "Too many request bodies arriving at once: at most 2 per API key on each taskd "
+            "process; retry in 5 s",
+            "retry_after": 5,
+        },
+    )
+    assert b"\r\nRetry-After: 5\r\n" in raw
+    assert await total_tasks(taskd) == 0
+
+
+async def test_a_submit_whose_body_came_whole_passes_while_its_key_holds_open_bodies(start_service):
+    taskd = await start_service(limits=LimitsConfig(open_bodies=2))
+    held = [await stall_mid_body(taskd) for _ in range(2)]
+    await one_more_stalled_body(taskd)  # the two are counted
+
+    submitted = await taskd.submit("noop", {})
+
+    for _, writer in held:
+        writer.close()
+    assert submitted["status"] in ("queued", "processing", "completed")
 
 
 async def hang_up_mid_body(taskd: RunningService) -> None:

@@ -15,7 +15,8 @@
 -- record is kept `ttl` from now, as a fresh submit's is, and a heavy record's bytes are counted until
 -- then (lib/stored.lua). A task that ended
 -- (cancelled) or expired meanwhile is only taken off the set.
--- Returns how many tasks were queued.
+-- Returns {queued, taken}: how many tasks were queued, and how many were taken off the set (the
+-- ones waiting for dependencies, ended or expired too): `taken` equal to `batch` says more may be due.
 -- include lib/emit.lua
 -- include lib/enqueue.lua
 -- include lib/stored.lua
@@ -23,7 +24,8 @@ local now_ms = tonumber(ARGV[1])
 local aging_ms = tonumber(ARGV[2])
 local now = tostring(now_ms / 1000)
 local queued = 0
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))) do
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[1], id)
   local key = '@TASK_PREFIX@' .. id
   local fields = redis.call('HMGET', key, 'status', 'scheduled_for', 'waiting_for', 'queue', 'priority',
@@ -44,4 +46,4 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT'
     emit(key, 'status')
   end
 end
-return queued
+return {queued, #due}

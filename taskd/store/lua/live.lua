@@ -14,6 +14,11 @@
 -- waiting for them), a batch at a time. Walked here, one task's dependents (tens of thousands with
 -- the caps off) and theirs held Valkey in a single call, at every look of every process. A heavy
 -- record's bytes are counted until its new expiry (lib/stored.lua).
+-- A renewed task keeps its completed dependencies at least as long (lib/outlive.lua): it reads their
+-- results (its `$ref`s) at each run, the first of which may come more than `ttl` after they ended
+-- (it waits for another that runs or waits for days; a line days long), and a later one (a retry,
+-- a run handed back at a stop) after a run that long; their records were kept only `ttl` from
+-- their end, or from its submit.
 -- KEYS[1]  partition  a name in the tasks' partition's slot ({taskd}:none, taskd.keys.no_key), never
 --                     read or written: each task's key is built here from its id, in that partition
 -- ARGV[1]  ttl        storage.task_ttl, in seconds: how long a renewed record is kept from now
@@ -23,9 +28,13 @@
 --                     for one of them (an earlier call's reply)
 -- Returns {how many records were renewed, then the ids of the tasks waiting for the live ones}.
 -- include lib/stored.lua
+-- include lib/later.lua
+-- include lib/outlive.lua
 local ttl, below, now_s = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local renewed = 0
 local seen = {}
+-- The project indexes that outlive() pushes back, written at the end.
+local later = later_writes(nil)
 
 -- A key that expires is kept at least `ttl` from now; a key that is gone (-2) or kept for good
 -- (-1) is left as it is.
@@ -42,7 +51,8 @@ local function keep(id)
   local key = '@TASK_PREFIX@' .. id
   local left = redis.call('TTL', key)
   if left == -2 then return {} end
-  local f = redis.call('HMGET', key, 'status', 'project_id', 'dependents', 'stored_until', 'stored_bytes')
+  local f = redis.call('HMGET', key, 'status', 'project_id', 'dependents', 'stored_until', 'stored_bytes',
+    'depends_on')
   if f[1] ~= 'queued' and f[1] ~= 'processing' then return {} end
   -- Its event stream expires a day (at most) after its last event: one that waited or ran silent
   -- that long lost the events a client reading its stream starts with (its queued and processing
@@ -59,6 +69,13 @@ local function keep(id)
     push_back('@WEBHOOK_PREFIX@' .. id .. ':progress')
     push_back('@PROJECT_PREFIX@' .. f[2])
     push_back('@ACTIVE_PREFIX@' .. f[2])
+    if f[6] then
+      for _, dependency in ipairs(cjson.decode(f[6])) do
+        if redis.call('HGET', '@TASK_PREFIX@' .. dependency, 'status') == 'completed' then
+          outlive(dependency, ttl, ttl, now_s, later)
+        end
+      end
+    end
   end
   -- A record of a version before the field may have dependents too.
   if f[3] == '0' then return {} end
@@ -76,5 +93,6 @@ for i = 4, #ARGV do
     for _, other in ipairs(others) do reply[#reply + 1] = other end
   end
 end
+write_later(later)
 reply[1] = renewed
 return reply

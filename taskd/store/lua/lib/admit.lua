@@ -46,7 +46,8 @@
 -- `scheduled_for` and no job, and added to {taskd}:scheduled, its record (and the project's index
 -- and active set) kept until `ttl` past its time; due.lua queues it when its time comes. Until then
 -- it is in no line, so it holds up no other task of its project and counts in no queue position.
--- Either way its position is 0.
+-- Either way its position is 0. Any task's completed dependencies are kept as long as it
+-- (lib/outlive.lua), for its `$ref`s to read their results when it runs.
 -- Every record starts with `dependents` '0': no task waits for it yet. A task that comes to wait
 -- for it sets that to '1' as it joins its {taskd}:dependents:{id}, so the end of a task nothing
 -- waits for reads no dependents' set (lib/ended.lua).
@@ -56,6 +57,7 @@
 -- include lib/later.lua
 -- include lib/prune.lua
 -- include lib/stored.lua
+-- include lib/outlive.lua
 
 local function unmet(project, depends_on, pending)
   local waiting_for = {}
@@ -172,6 +174,18 @@ local function store(task, later)
   if scheduled_ms > 0 then kept = kept + math.ceil((scheduled_ms - tonumber(task.created_ms)) / 1000) end
   for _, id in ipairs(task.waiting_for) do
     kept = math.max(kept, redis.call('TTL', '@TASK_PREFIX@' .. id) + 60)
+  end
+  -- A task keeps its completed dependencies as long as itself, for it to read their results when it
+  -- runs (lib/outlive.lua): later than theirs would have lasted if it waits for its time or its other
+  -- dependencies, or if one ended all but minutes of `ttl` ago and it waits in a line longer than
+  -- that (live.lua renews them with it only from its first renewal); those not completed yet keep
+  -- them at their end (lib/ended.lua).
+  if named.depends_on then
+    local waits = {}
+    for _, id in ipairs(task.waiting_for) do waits[id] = true end
+    for _, id in ipairs(cjson.decode(named.depends_on)) do
+      if not waits[id] then outlive(id, kept, task.ttl, tonumber(task.created_ms) / 1000, later) end
+    end
   end
   if task.stored then
     -- Counted until its expiry, which its record says, so that a renewal can move it.

@@ -35,6 +35,8 @@
 -- emits a status event. A heavy record's bytes follow its expiry (lib/stored.lua), as do those
 -- of a dependent it queues. It deletes the task's run state ({taskd}:run:{id}, taskd.store.run_state)
 -- when its record's `run_state` says it has one.
+-- A completed task that a dependent still waiting (for its time or its other dependencies) will
+-- read when it runs is kept as long as that dependent (lib/outlive.lua).
 -- Then it settles the tasks waiting for this one ({taskd}:dependents:{id}, `depends_on`; not read
 -- when the record's `dependents` is '0', lib/admit.lua), in the
 -- same script so that no end can be lost between the two: when this one completed, it leaves
@@ -51,6 +53,7 @@
 -- include lib/record.lua
 -- include lib/later.lua
 -- include lib/stored.lua
+-- include lib/outlive.lua
 -- One task's end; the dependents it cancels are put on `cancelled` (their ids) for the caller to end.
 local function end_one(task_key, metrics_key, outbox_key, counter, per_type, task_id, now_ms, ttl, aging_ms, record,
                        lease, later, cancelled)
@@ -109,6 +112,9 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
   -- now_ms comes from ARGV, a string; the line (lib/fair.lua) compares it with numbers.
   local at_ms = tonumber(now_ms)
   local now = tostring(at_ms / 1000)
+  -- The longest a dependent still waiting (for its time, or for its other dependencies) is kept:
+  -- it reads this result only when it runs.
+  local outlast = 0
   for _, id in ipairs(dependents) do
     local key = '@TASK_PREFIX@' .. id
     local fields = redis.call('HMGET', key, 'status', 'waiting_for', 'queue', 'priority', 'scheduled_for',
@@ -120,6 +126,7 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
         for _, other in ipairs(cjson.decode(fields[2])) do
           if other ~= task_id then table.insert(waiting, other) end
         end
+        if #waiting > 0 or fields[5] then outlast = math.max(outlast, redis.call('TTL', key)) end
         if #waiting > 0 then
           redis.call('HSET', key, 'waiting_for', cjson.encode(waiting))
         elseif fields[5] then
@@ -147,6 +154,7 @@ local function end_one(task_key, metrics_key, outbox_key, counter, per_type, tas
       end
     end
   end
+  if outlast > 0 then outlive(task_id, outlast, ttl, at_ms / 1000, later) end
   return webhook
 end
 
