@@ -682,3 +682,53 @@ async def test_a_page_whose_records_cannot_be_read_part_way_ends_in_a_closed_con
 
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
     assert "project listing cut off after it began: ConnectionError" in caplog.text
+
+
+async def test_a_page_whose_first_records_cannot_be_read_is_a_503_not_a_cut_off_200(api_only, monkeypatch):
+    # Nothing of the page is sent before its first group is read: a Redis lost then is the 503 a
+    # client retries after its Retry-After, as for a page of ten, not a 200 cut off.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from taskd.store import TaskStore
+
+    for _ in range(25):
+        await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+
+    async def lost(self, task_ids):
+        raise RedisConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(TaskStore, "get_many", lost)
+
+    async with api_only.client.get("/api/v1/projects/p/tasks", params={"limit": 25}) as response:
+        body = await response.json()
+
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+    assert body["error"] == "service_unavailable"
+
+
+async def test_a_page_cut_off_part_way_by_a_bug_logs_its_traceback(api_only, monkeypatch, caplog):
+    # Only a lost Redis is the expected cut-off (a WARNING line, no traceback); anything else is a
+    # bug to find, as it was when the page was rendered whole (a 500 with its traceback).
+    import aiohttp
+
+    from taskd.http import projects
+
+    for _ in range(25):
+        await api_only.submit("generate_video", {"duration": 7}, project_id="p")
+    rendered = 0
+    list_item_view = projects.list_item_view
+
+    def broken_after_ten(record):
+        nonlocal rendered
+        rendered += 1
+        if rendered > 10:
+            raise KeyError("status")
+        return list_item_view(record)
+
+    monkeypatch.setattr(projects, "list_item_view", broken_after_ten)
+
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await listing(api_only, "p", limit=25)
+
+    assert [type(r.exc_info[1]) for r in caplog.records if r.exc_info] == [KeyError]

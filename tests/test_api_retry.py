@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 from examples import TASK_DATA
+
+from taskd import keys
 
 
 async def retry(service, task_id):
@@ -68,3 +72,60 @@ async def test_retry_of_unknown_task_is_404(taskd):
 
     assert status == 404
     assert body["error"] == "task_not_found"
+
+
+async def _cancelled_with_stored_data(api_only, redis, stored, field="task_data"):
+    """A cancelled automated_gather_creation whose record holds `stored` as its `field`, as a
+    version whose checks were laxer stored it."""
+    task = await api_only.submit("automated_gather_creation", TASK_DATA["automated_gather_creation"])
+    await api_only.client.delete(f"/api/v1/tasks/{task['task_id']}")
+    await redis.hset(
+        keys.task(task["task_id"]), field, json.dumps(stored) if field == "task_data" else stored
+    )
+    return task["task_id"]
+
+
+async def test_a_task_whose_stored_data_its_type_now_refuses_is_not_retried(start_service, redis):
+    api_only = await start_service(workers=False)
+    # Up to 4a69c06 a string was taken for a list (and run a character at a time).
+    task_id = await _cancelled_with_stored_data(
+        api_only, redis, {"brief": "A noir series.", "departments": "lighting"}
+    )
+
+    status, body = await retry(api_only, task_id)
+
+    assert status == 400
+    assert body["error"] == "validation_error"
+    assert body["details"] == {"task_data.departments": "Must be a list"}
+    async with api_only.client.get("/api/v1/projects/proj-1/tasks") as response:
+        assert (await response.json())["pagination"]["total"] == 1
+
+
+async def test_a_resent_retry_gets_its_task_though_the_stored_data_is_now_refused(start_service, redis):
+    api_only = await start_service(workers=False)
+    task_id = await _cancelled_with_stored_data(api_only, redis, TASK_DATA["automated_gather_creation"])
+    headers = {"Idempotency-Key": "retry-once"}
+    async with api_only.client.post(f"/api/v1/tasks/{task_id}/retry", headers=headers) as response:
+        first = await response.json()
+    await redis.hset(
+        keys.task(task_id), "task_data", json.dumps({"brief": "A noir series.", "departments": "lighting"})
+    )
+
+    async with api_only.client.post(f"/api/v1/tasks/{task_id}/retry", headers=headers) as response:
+        status, again = response.status, await response.json()
+
+    assert status == 200
+    assert again["new_task_id"] == first["new_task_id"]
+
+
+async def test_a_task_whose_stored_callback_url_is_now_refused_is_not_retried(start_service, redis):
+    api_only = await start_service(workers=False)
+    # Up to 4a69c06 an xn-- host that does not decode was taken; every webhook to it fails.
+    task_id = await _cancelled_with_stored_data(
+        api_only, redis, "https://xn--zz.example/hook", field="callback_url"
+    )
+
+    status, body = await retry(api_only, task_id)
+
+    assert status == 400
+    assert list(body["details"]) == ["callback_url"]

@@ -56,6 +56,12 @@ def refusal(request: web.Request) -> ApiError | None:
     return _unmatched(request, where, sent)
 
 
+def sent_key(request: web.Request) -> str | None:
+    """The one key the request sent, valid or not; None when it sent none, or several."""
+    sent = _sent_keys(request)[1]
+    return sent[0] if len(sent) == 1 else None
+
+
 def _unmatched(request: web.Request, where: str, sent: list[str]) -> ApiError | None:
     """The 401 for a request whose keys (`sent`, from `where`) matched none, on `/api/v1/`."""
     if not request.path.startswith(PROTECTED_PREFIX):

@@ -40,8 +40,8 @@ class OpenBodies:
         if key is None or not self.limit:
             yield
             return
-        if self._open[key] >= self.limit:
-            raise TooManyBodies(self.limit)
+        if (refused := self.refusal(key)) is not None:
+            raise refused
         self._open[key] += 1
         try:
             yield
@@ -49,6 +49,13 @@ class OpenBodies:
             self._open[key] -= 1
             if not self._open[key]:
                 del self._open[key]
+
+    def refusal(self, key: str) -> TooManyBodies | None:
+        """The 429 for one more body of `key` now, or None while it has room (taskd.http.expect asks
+        before its `100 Continue`)."""
+        if self.limit and self._open[key] >= self.limit:
+            return TooManyBodies(self.limit)
+        return None
 
 
 OPEN_BODIES = web.AppKey("open_bodies", OpenBodies)

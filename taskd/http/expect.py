@@ -2,9 +2,10 @@
 
 aiohttp's own expect handler sends `100 Continue` to every such request, so a client that asks first
 (curl does, before a body over 1 MB) went on to upload a body that taskd then refused for its
-declared size or its key. Where the headers decide the answer, it is sent instead of the `100`
-(RFC 9110, 10.1.1) and the body never comes; an expectation taskd does not know is a 417 in the
-documented shape rather than aiohttp's plain text. Runs before the middlewares (aiohttp calls it
+declared size, its key, or the bodies its key already had arriving (`limits.open_bodies`). Where
+the headers and that count decide the answer, it is sent instead of the `100` (RFC 9110, 10.1.1)
+and the body never comes; an expectation taskd does not know is a 417 in the documented shape
+rather than aiohttp's plain text. Runs before the middlewares (aiohttp calls it
 between the headers and the handler), so it renders its answers itself.
 """
 
@@ -14,6 +15,7 @@ from aiohttp import HttpVersion11, web
 
 from taskd import shapes
 from taskd.http import auth
+from taskd.http.bodies import OPEN_BODIES
 from taskd.http.errors import answer_and_close, render, too_large
 from taskd.http.responses import shape_response
 
@@ -46,4 +48,8 @@ def _answer_from_headers(request: web.Request, expect: str) -> web.Response | No
         return render(refused)
     if request.content_length is not None and request.content_length > request.client_max_size:
         return shape_response(shapes.Error("payload_too_large", too_large(request.client_max_size)), 413)
+    # A key sending `limits.open_bodies` bodies already: its next one would be refused unread.
+    key = auth.sent_key(request)
+    if key is not None and (too_many := request.app[OPEN_BODIES].refusal(key)) is not None:
+        return render(too_many)
     return None

@@ -6,6 +6,7 @@ import logging
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from taskd import shapes
 from taskd.http import ratelimit
@@ -96,22 +97,31 @@ async def _send_in_groups(
     liked, at one `status` unit a page. Now a listing holds one group's records and bytes.
     """
     api = request.app[API]
+    # The first group is read before anything is sent: a Redis lost by then is still the 503 (with
+    # its Retry-After, which clients wait and retry on), as for a page of ten or fewer.
+    records = await api.store.get_many(ids[:RECORDS_AT_ONCE])
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
     try:
         await response.write(b'{"tasks":[')
         separator = b""
         for start in range(0, len(ids), RECORDS_AT_ONCE):
-            for record in await api.store.get_many(ids[start : start + RECORDS_AT_ONCE]):
+            if start:
+                records = await api.store.get_many(ids[start : start + RECORDS_AT_ONCE])
+            for record in records:
                 await response.write(separator + orjson.dumps(shapes.render(_entry(request, record))))
                 separator = b","
         await response.write(b'],"pagination":' + orjson.dumps(shapes.render(pagination)) + b"}")
         await response.write_eof()
     except Exception as exc:
         # Its status and first bytes are sent: no error answer can follow. The client sees the
-        # connection close before the JSON ends, which it cannot take for a whole page.
-        if not isinstance(exc, ConnectionError):
+        # connection close before the JSON ends, which it cannot take for a whole page. A client
+        # gone is nothing to log, a lost Redis one line (no traceback: nothing here to mend); the
+        # rest is a bug, logged with its traceback as the error middleware logs a 500's.
+        if isinstance(exc, RedisError):
             log.warning("project listing cut off after it began: %s", type(exc).__name__)
+        elif not isinstance(exc, ConnectionError):
+            log.exception("project listing cut off after it began", exc_info=exc)
         request.protocol.force_close()
     return response
 

@@ -26,7 +26,7 @@ from taskd.store import Admission, CancelOutcome, Created, Idempotency, QueuedJo
 from taskd.store.run_state import stored_media
 from taskd.submit.batch import batch_ref, check_within_limits
 from taskd.submit.idempotency import unless_remembered
-from taskd.submit.submission import Submission
+from taskd.submit.submission import Submission, stored_problems
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import TaskType
 
@@ -277,6 +277,21 @@ class Dispatcher:
             )
         if record.task_type not in self.registry.types:
             raise InvalidState(f"Task type '{record.task_type}' is no longer installed")
+        # Stored by a version whose checks were laxer (a string for a list, an input URL no download
+        # can request), the data fails every run at its start, and such a callback URL every
+        # webhook: the retry would be a task that fails at once, or whose webhooks never arrive. A
+        # resend of a retry that was stored still gets that retry (unless_remembered).
+        problems = stored_problems(
+            self.registry, self.registry.types[record.task_type], record.task_data, record.callback_url
+        )
+        refused = None
+        if problems:
+            said = "; ".join(f"{field}: {message}" for field, message in problems.items())
+            refused = ValidationError(
+                problems,
+                f"The task as stored no longer passes a submit's checks ({said}); submit it corrected",
+            )
+        idempotency = unless_remembered(refused, idempotency)
         submission = Submission(
             project_id=record.project_id,
             task_type=record.task_type,

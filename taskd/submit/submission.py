@@ -32,6 +32,7 @@ from taskd.shapes import (
     WebhookEvent,
 )
 from taskd.tasks.registry import Registry
+from taskd.tasks.spec import TaskType
 from taskd.validation import latin1_credentials, url_problem
 
 __all__ = ["CALLBACK_URL", "MAX_CALLBACK_URL", "PROJECT_ID", "Submission", "parse_submission"]
@@ -184,6 +185,33 @@ def _webhook_events(value: Any, details: dict[str, str]) -> list[WebhookEvent] |
     return cast(list[WebhookEvent], list(dict.fromkeys(value)))  # each event once, in the order given
 
 
+def input_problems(
+    registry: Registry, task_type: TaskType, task_data: dict[str, Any], ref_paths: list[str]
+) -> dict[str, str]:
+    """What the type's checks refuse in `task_data` (field -> message), leaving out the fields a $ref
+    at one of `ref_paths` fills (its value is known only when the task runs)."""
+    try:
+        registry.parse_input(task_type, refs.blank(task_data) if ref_paths else task_data)
+    except ValidationError as exc:
+        return {
+            field: message
+            for field, message in exc.details.items()
+            if not any(refs.covers(path, field) for path in ref_paths)
+        }
+    return {}
+
+
+def stored_problems(
+    registry: Registry, task_type: TaskType, task_data: dict[str, Any], callback_url: str | None
+) -> dict[str, str]:
+    """What a submit's checks of its body refuse in a stored task's task_data and callback_url (a
+    retry submits them again): an earlier version, whose checks were laxer, may have stored them."""
+    details: dict[str, str] = {}
+    _callback_url(callback_url, details)
+    details.update(input_problems(registry, task_type, task_data, [path for path, _ in refs.find(task_data)]))
+    return details
+
+
 def parse_submission(
     body: Any, registry: Registry, max_schedule_ahead: int = MAX_SCHEDULE_AHEAD, key_id: str | None = None
 ) -> Submission:
@@ -228,14 +256,7 @@ def parse_submission(
     else:
         ref_paths = _refs(task_data, depends_on, details)
         if task_type is not None:
-            try:
-                registry.parse_input(task_type, refs.blank(task_data) if ref_paths else task_data)
-            except ValidationError as exc:
-                details.update(
-                    (field, message)
-                    for field, message in exc.details.items()
-                    if not any(refs.covers(path, field) for path in ref_paths)
-                )
+            details.update(input_problems(registry, task_type, task_data, ref_paths))
 
     if details or task_type is None or not isinstance(task_data, dict):
         raise ValidationError(details)

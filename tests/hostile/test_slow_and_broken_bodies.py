@@ -195,6 +195,22 @@ async def test_a_submit_whose_body_came_whole_passes_while_its_key_holds_open_bo
     assert submitted["status"] in ("queued", "processing", "completed")
 
 
+async def test_a_body_past_the_keys_open_bodies_that_expects_100_continue_gets_the_429_instead(start_service):
+    # Asked for with a 100, the body would be sent only to be refused unread, the connection closed
+    # under it.
+    taskd = await start_service(limits=LimitsConfig(open_bodies=2))
+    held = [await stall_mid_body(taskd) for _ in range(2)]
+    await one_more_stalled_body(taskd)  # the two are counted
+
+    raw = await exchange(taskd.base_url, SUBMIT + b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n")
+
+    for _, writer in held:
+        writer.close()
+    assert raw.startswith(b"HTTP/1.1 429 ")  # no 100 Continue first: the body is never asked for
+    assert b"\r\nRetry-After: 5\r\n" in raw
+    assert final_answer(raw)[1]["error"] == "rate_limited"
+
+
 async def hang_up_mid_body(taskd: RunningService) -> None:
     """Announce 100 bytes of a submit's body, send 4, then go away."""
     address = urlsplit(taskd.base_url)
