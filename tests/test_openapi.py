@@ -195,3 +195,9 @@ def test_the_batch_documents_its_400_for_a_batch_no_wait_lets_pass():
 
     assert "limits.queued_per_project" in description
     assert "limits.max_queue_length" in description
+
+
+def test_a_retry_s_400_documents_a_stored_task_a_submit_s_checks_now_refuse():
+    answer = DOCUMENT["paths"]["/api/v1/tasks/{task_id}/retry"]["post"]["responses"]["400"]
+
+    assert "stored `task_data` or `callback_url`" in answer["description"]

@@ -508,8 +508,9 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json("RetryResponse", "Submitted as a new task", {**_LIMIT_HEADERS, **_REPLAYED}),
                     "400": {
-                        "description": "The task is not failed or cancelled (`Detail`), or a bad "
-                        "Idempotency-Key (`Error`, `validation_error`)",
+                        "description": "The task is not failed or cancelled (`Detail`); a bad "
+                        "Idempotency-Key, or a stored `task_data` or `callback_url` that a submit's checks "
+                        "now refuse (`Error`, `validation_error` naming the fields; nothing is stored)",
                         "content": {
                             "application/json": {"schema": {"anyOf": [_ref("Detail"), _ref("Error")]}}
                         },
@@ -566,7 +567,8 @@ def _paths() -> dict[str, Any]:
                     "200": _json(
                         "ProjectTasks",
                         f"One page; one of more than {RECORDS_AT_ONCE} tasks is sent as it is read (chunked),"
-                        " and a Redis failure part-way through closes the connection before the JSON ends",
+                        f" from its first {RECORDS_AT_ONCE} on, and a Redis failure after them closes the"
+                        " connection before the JSON ends",
                         _LIMIT_HEADERS,
                     ),
                     # Spent after the query and the project are checked: a 400 or 404 spends none.
