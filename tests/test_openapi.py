@@ -9,7 +9,10 @@ import jsonschema_rs
 import pytest
 from examples import TASK_DATA
 
+from taskd.http.health import HEALTH_WAIT_S
+from taskd.http.media import _FILE_HEADERS
 from taskd.http.openapi import document
+from taskd.http.projects import RECORDS_AT_ONCE
 from taskd.model import ValidationError
 from taskd.submit.submission import parse_submission
 from taskd.tasks.registry import default_registry
@@ -154,3 +157,47 @@ async def test_a_waited_submit_answer_is_valid_by_the_document(start_service):
     assert "estimated_duration" in answer
     validator("WaitedTaskStatus").validate(answer)
     assert not validator("SubmitResponse").is_valid(answer)
+
+
+def test_media_files_document_the_cache_control_they_are_sent_with_and_their_304():
+    answers = DOCUMENT["paths"]["/media/{project_id}/{filename}"]["get"]["responses"]
+
+    assert answers["200"]["headers"]["Cache-Control"]["schema"]["const"] == _FILE_HEADERS["Cache-Control"]
+    assert "304" in answers
+
+
+def test_the_listing_documents_its_status_units_per_ids_read_and_its_pages_sent_as_read():
+    listing = DOCUMENT["paths"]["/api/v1/projects/{project_id}/tasks"]["get"]
+
+    assert "1,000 ids of the project's index it reads" in listing["summary"]
+    assert "unchanged since its last listing" in listing["summary"]
+    assert (
+        f"more than {RECORDS_AT_ONCE} tasks is sent as it is read"
+        in listing["responses"]["200"]["description"]
+    )
+
+
+@pytest.mark.parametrize("path", ["/api/v1/health", "/api/v1/tasks/health", "/api/v1/tasks/metrics"])
+def test_the_health_routes_document_their_503_for_a_redis_that_does_not_answer_in_time(path):
+    answer = DOCUMENT["paths"][path]["get"]["responses"]["503"]
+
+    assert f"did not answer within {HEALTH_WAIT_S:g} s" in answer["description"]
+
+
+def test_a_submit_s_429_documents_the_key_s_open_bodies():
+    answer = DOCUMENT["paths"]["/api/v1/tasks/submit"]["post"]["responses"]["429"]
+
+    assert "limits.open_bodies" in answer["description"]
+
+
+def test_the_batch_documents_its_400_for_a_batch_no_wait_lets_pass():
+    description = DOCUMENT["paths"]["/api/v1/tasks/batch"]["post"]["description"]
+
+    assert "limits.queued_per_project" in description
+    assert "limits.max_queue_length" in description
+
+
+def test_a_retry_s_400_documents_a_stored_task_a_submit_s_checks_now_refuse():
+    answer = DOCUMENT["paths"]["/api/v1/tasks/{task_id}/retry"]["post"]["responses"]["400"]
+
+    assert "stored `task_data` or `callback_url`" in answer["description"]

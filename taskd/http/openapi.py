@@ -22,7 +22,8 @@ from aiohttp import web
 from taskd import shapes
 from taskd.http import openapi_ops, openapi_watch
 from taskd.http.context import API
-from taskd.http.projects import DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE
+from taskd.http.health import HEALTH_WAIT_S
+from taskd.http.projects import DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE, RECORDS_AT_ONCE
 from taskd.http.responses import json_response
 from taskd.http.scope import Touches, touches
 from taskd.model import TaskStatus
@@ -270,6 +271,11 @@ _LIMIT_HEADERS = {
     },
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}}
+# A tenant's file: no shared cache keeps it, and a browser asks again before each reuse (taskd.http.media).
+_MEDIA_CACHE_CONTROL = {
+    "description": "`private, no-cache`: a browser revalidates before each reuse, so a deleted file stops showing",
+    "schema": {"type": "string", "const": "private, no-cache"},
+}
 
 
 def _errors(*codes: int, limited: bool = False) -> dict[str, Schema]:
@@ -289,7 +295,9 @@ def _errors(*codes: int, limited: bool = False) -> dict[str, Schema]:
         417: _json("Error", "`expectation_failed`: an `Expect` other than `100-continue`"),
         429: _json(
             "Error",
-            "`rate_limited`: a per-key quota or the project's active-task limit",
+            "`rate_limited`: a per-key quota (per minute, or `limits.open_bodies` request bodies still"
+            " arriving at once on one taskd process: that body is not read and the connection is closed),"
+            " or the project's waiting-task limit or stored-bytes budget",
             {**_LIMIT_HEADERS, **_RETRY_AFTER},
         ),
         503: _json(
@@ -300,6 +308,14 @@ def _errors(*codes: int, limited: bool = False) -> dict[str, Schema]:
         ),
     }
     return {str(code): described[code] for code in codes}
+
+
+# The queue health and the task counters answer within HEALTH_WAIT_S of a Redis that hangs (health.py).
+_BOUNDED_503 = _json(
+    "Error",
+    f"`service_unavailable`: Redis is unreachable, or did not answer within {HEALTH_WAIT_S:g} s",
+    _RETRY_AFTER,
+)
 
 
 _REPLAYED = {
@@ -382,7 +398,10 @@ def _paths() -> dict[str, Any]:
                         "ServiceHealth",
                         "Healthy, or degraded: no live worker, or Redis refuses writes (redis_note says why)",
                     ),
-                    "503": _json("ServiceHealth", "Unhealthy: Redis is unreachable"),
+                    "503": _json(
+                        "ServiceHealth",
+                        f"Unhealthy: Redis is unreachable, or did not answer within {HEALTH_WAIT_S:g} s",
+                    ),
                     **_errors(401),
                 },
             }
@@ -392,7 +411,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Cumulative task counters shared by every process",
                 "operationId": "task_metrics",
                 "security": key,
-                "responses": {"200": _json("TaskMetrics", "Counters"), **_errors(401, 503)},
+                "responses": {"200": _json("TaskMetrics", "Counters"), **_errors(401), "503": _BOUNDED_503},
             }
         },
         "/api/v1/tasks/health": {
@@ -400,7 +419,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Queue health alerts (failure rate, long-running tasks, worker memory)",
                 "operationId": "queue_health",
                 "security": key,
-                "responses": {"200": _json("QueueHealth", "Alerts"), **_errors(401, 503)},
+                "responses": {"200": _json("QueueHealth", "Alerts"), **_errors(401), "503": _BOUNDED_503},
             }
         },
         "/api/v1/tasks/submit": {
@@ -436,7 +455,9 @@ def _paths() -> dict[str, Any]:
                 "summary": "Submit several tasks, stored all or none (quota `submit`: one per task)",
                 "description": 'A task may depend on an earlier one of the batch: `"@<index>"` in its '
                 '`depends_on`, `{"$ref": "@<index>#/<JSON pointer>"}` in its `task_data`. A 400 names '
-                "each bad field as `tasks[<index>].<field>`.",
+                "each bad field as `tasks[<index>].<field>`; a batch no wait would let pass (more tasks of a "
+                "project than `limits.queued_per_project`, or more to queue at once than "
+                "`limits.max_queue_length`) is a 400 on `tasks`, with no `Retry-After`.",
                 "operationId": "submit_batch",
                 "security": key,
                 "parameters": [_idempotency_key()],
@@ -487,8 +508,9 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json("RetryResponse", "Submitted as a new task", {**_LIMIT_HEADERS, **_REPLAYED}),
                     "400": {
-                        "description": "The task is not failed or cancelled (`Detail`), or a bad "
-                        "Idempotency-Key (`Error`, `validation_error`)",
+                        "description": "The task is not failed or cancelled (`Detail`); a bad "
+                        "Idempotency-Key, or a stored `task_data` or `callback_url` that a submit's checks "
+                        "now refuse (`Error`, `validation_error` naming the fields; nothing is stored)",
                         "content": {
                             "application/json": {"schema": {"anyOf": [_ref("Detail"), _ref("Error")]}}
                         },
@@ -515,8 +537,9 @@ def _paths() -> dict[str, Any]:
         "/api/v1/projects/{project_id}/tasks": {
             "get": {
                 "summary": (
-                    "A project's tasks, newest first, filtered and paged "
-                    "(quota `status`: one unit per 1,000 tasks of the project)"
+                    "A project's tasks, newest first, filtered and paged (quota `status`: one unit per "
+                    "1,000 ids of the project's index it reads; one for a page of a project unchanged since "
+                    "its last listing)"
                 ),
                 "operationId": "project_tasks",
                 "security": key,
@@ -541,7 +564,13 @@ def _paths() -> dict[str, Any]:
                     },
                 ],
                 "responses": {
-                    "200": _json("ProjectTasks", "One page", _LIMIT_HEADERS),
+                    "200": _json(
+                        "ProjectTasks",
+                        f"One page; one of more than {RECORDS_AT_ONCE} tasks is sent as it is read (chunked),"
+                        f" from its first {RECORDS_AT_ONCE} on, and a Redis failure after them closes the"
+                        " connection before the JSON ends",
+                        _LIMIT_HEADERS,
+                    ),
                     # Spent after the query and the project are checked: a 400 or 404 spends none.
                     **_errors(400, 401, 404, 429, 503),
                 },
@@ -559,7 +588,14 @@ def _paths() -> dict[str, Any]:
                     {"name": "sig", "in": "query", "schema": {"type": "string"}},
                 ],
                 "responses": {
-                    "200": {"description": "The file", "content": {"*/*": {"schema": {}}}},
+                    "200": {
+                        "description": "The file",
+                        "headers": {"Cache-Control": _MEDIA_CACHE_CONTROL},
+                        "content": {"*/*": {"schema": {}}},
+                    },
+                    "304": {
+                        "description": "Not modified: the file the `If-None-Match` ETag names is still there"
+                    },
                     **_errors(401, 403, 404),
                 },
             }
