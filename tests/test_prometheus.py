@@ -330,7 +330,12 @@ async def test_a_scheduled_tasks_wait_counts_from_its_time_not_from_its_submit(t
     assert value(samples, "taskd_task_wait_seconds_sum", **series) < 2  # it was submitted 3 s before
 
 
-async def test_a_retrys_wait_counts_from_its_next_retry_at_not_from_the_failure(start_service, redis):
+async def test_a_retrys_wait_counts_from_its_next_retry_at_not_from_the_failure(
+    start_service, redis, monkeypatch
+):
+    # The whole 3 s: a wait drawn at random below it (full jitter) was now and then too short for the
+    # loop below to see the retry waiting, and the test timed out.
+    monkeypatch.setattr("taskd.backoff.RETRY_JITTER", 0.0)
     service = await start_service(retry=RetryConfig(base_delay=3))
     task = await service.submit("fail", {"transient": True, "fail_times": 1})
     series = "default:fail"
