@@ -98,6 +98,27 @@ async def test_a_fork_that_finds_the_template_gone_starts_a_new_one_before_its_e
         await pool.close()
 
 
+async def test_a_template_close_cancelled_while_it_waits_leaves_the_template_killed_and_reaped(
+    tmp_path, valkey_url
+):
+    # A worker's stop cut short (its own deadline, a test's teardown) cancelled close() in its wait:
+    # the template was killed and never waited for, and the event loop could end first, its
+    # transport left "still running" (a ResourceWarning at the next collection, seen in CI).
+    template = Template(make_config(tmp_path, valkey_url))
+    await template.start()
+    proc = template._proc
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGSTOP)  # it cannot exit at its control socket's close
+    closing = asyncio.create_task(template.close())
+    await asyncio.sleep(0.2)  # in its wait
+
+    closing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+
+    assert proc.returncode == -signal.SIGKILL
+
+
 async def test_a_job_process_reads_nothing_on_its_stdin(start_service):
     service = await start_service()
 

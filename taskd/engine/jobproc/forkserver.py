@@ -212,6 +212,9 @@ class Template:
                 if proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
+                    # Cancelled in its wait: reaped all the same (a SIGKILL ends it at once), or the
+                    # loop could close first and leave its transport "still running".
+                    await proc.wait()
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
