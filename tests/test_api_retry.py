@@ -129,3 +129,26 @@ async def test_a_task_whose_stored_callback_url_is_now_refused_is_not_retried(st
 
     assert status == 400
     assert list(body["details"]) == ["callback_url"]
+
+
+async def test_a_task_whose_stored_data_holds_a_ref_a_submit_now_refuses_is_not_retried(start_service, redis):
+    api_only = await start_service(workers=False)
+    # A $ref must name a task of depends_on (this task has none); its run could never resolve it.
+    task_id = await _cancelled_with_stored_data(
+        api_only, redis, {**TASK_DATA["automated_gather_creation"], "brief": {"$ref": "elsewhere#/brief"}}
+    )
+
+    status, body = await retry(api_only, task_id)
+
+    assert status == 400
+    assert list(body["details"]) == ["task_data.brief"]
+
+
+async def test_a_task_whose_stored_data_is_not_an_object_is_a_400_not_a_500(start_service, redis):
+    api_only = await start_service(workers=False)
+    task_id = await _cancelled_with_stored_data(api_only, redis, ["a", "list"])
+
+    status, body = await retry(api_only, task_id)
+
+    assert status == 400
+    assert body["details"] == {"task_data": "Task data must be an object"}

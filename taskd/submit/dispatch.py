@@ -282,7 +282,11 @@ class Dispatcher:
         # webhook: the retry would be a task that fails at once, or whose webhooks never arrive. A
         # resend of a retry that was stored still gets that retry (unless_remembered).
         problems = stored_problems(
-            self.registry, self.registry.types[record.task_type], record.task_data, record.callback_url
+            self.registry,
+            self.registry.types[record.task_type],
+            record.task_data,
+            record.callback_url,
+            record.depends_on or [],
         )
         refused = None
         if problems:
