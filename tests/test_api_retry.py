@@ -129,3 +129,47 @@ async def test_a_task_whose_stored_callback_url_is_now_refused_is_not_retried(st
 
     assert status == 400
     assert list(body["details"]) == ["callback_url"]
+
+
+async def test_a_task_whose_stored_data_holds_a_ref_a_submit_now_refuses_is_not_retried(start_service, redis):
+    api_only = await start_service(workers=False)
+    # A $ref must name a task of depends_on (this task has none); its run could never resolve it.
+    task_id = await _cancelled_with_stored_data(
+        api_only, redis, {**TASK_DATA["automated_gather_creation"], "brief": {"$ref": "elsewhere#/brief"}}
+    )
+
+    status, body = await retry(api_only, task_id)
+
+    assert status == 400
+    assert list(body["details"]) == ["task_data.brief"]
+
+
+async def test_a_task_whose_stored_data_is_not_an_object_is_a_400_not_a_500(start_service, redis):
+    api_only = await start_service(workers=False)
+    task_id = await _cancelled_with_stored_data(api_only, redis, ["a", "list"])
+
+    status, body = await retry(api_only, task_id)
+
+    assert status == 400
+    assert body["details"] == {"task_data": "Task data must be an object"}
+
+
+async def test_a_resent_retry_of_a_type_that_estimates_its_result_gets_its_task_though_its_data_is_now_refused(
+    start_service, redis
+):
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("test_prompt", TASK_DATA["test_prompt"])
+    await api_only.client.delete(f"/api/v1/tasks/{task['task_id']}")
+    headers = {"Idempotency-Key": "retry-once"}
+    async with api_only.client.post(f"/api/v1/tasks/{task['task_id']}/retry", headers=headers) as response:
+        first = await response.json()
+    await redis.hset(
+        keys.task(task["task_id"]),
+        "task_data",
+        json.dumps({**TASK_DATA["test_prompt"], "test_parameters": "x"}),
+    )
+
+    async with api_only.client.post(f"/api/v1/tasks/{task['task_id']}/retry", headers=headers) as response:
+        status, again = response.status, await response.json()
+
+    assert (status, again.get("new_task_id")) == (200, first["new_task_id"])

@@ -327,6 +327,26 @@ async def test_retry_failed_leaves_a_task_retried_already_through_the_api_alone(
     assert run.err.splitlines()[-1] == "project films: 1 retried, 1 retried before, 0 refused"
 
 
+async def test_retry_failed_names_the_api_retry_of_a_task_whose_stored_data_a_submit_now_refuses(
+    taskd, valkey_url, redis
+):
+    failed = await taskd.submit("fail", {}, project_id="films")
+    await taskd.wait_terminal(failed["task_id"])
+    async with taskd.client.post(f"/api/v1/tasks/{failed['task_id']}/retry") as response:
+        retry = (await response.json())["new_task_id"]
+    await taskd.wait_terminal(retry)
+    # Stored by a version whose checks were laxer: an xn-- host that does not decode.
+    await redis.hset(keys.task(failed["task_id"]), "callback_url", "https://xn--zz.example/hook")
+
+    run = await operator_cli("retry-failed", "--project", "films", "--json", redis_url=valkey_url)
+
+    # It was retried already: that is its answer, as for any task retried through the API, not a
+    # refusal that tells the operator to submit it again.
+    outcome = next(item for item in run.json()["tasks"] if item["task_id"] == failed["task_id"])
+    assert (outcome["new_task_id"], outcome["replayed"], outcome["refused"]) == (retry, True, None)
+    assert run.code == 0, run.err
+
+
 async def test_retry_failed_says_a_task_type_its_own_config_does_not_install_is_why_it_refused(
     taskd, valkey_url
 ):

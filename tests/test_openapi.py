@@ -166,6 +166,15 @@ def test_media_files_document_the_cache_control_they_are_sent_with_and_their_304
     assert "304" in answers
 
 
+def test_media_files_document_the_answers_of_a_range_and_of_the_s3_backend():
+    answers = DOCUMENT["paths"]["/media/{project_id}/{filename}"]["get"]["responses"]
+
+    # aiohttp's FileResponse answers Range and the preconditions; the s3 backend redirects, or is a
+    # 503 when the bucket cannot be asked whether the file is there.
+    assert {"206", "302", "412", "416", "503"} <= set(answers)
+    assert answers["302"]["headers"]["Cache-Control"]["schema"]["const"] == "no-store"
+
+
 def test_the_listing_documents_its_status_units_per_ids_read_and_its_pages_sent_as_read():
     listing = DOCUMENT["paths"]["/api/v1/projects/{project_id}/tasks"]["get"]
 

@@ -593,10 +593,30 @@ def _paths() -> dict[str, Any]:
                         "headers": {"Cache-Control": _MEDIA_CACHE_CONTROL},
                         "content": {"*/*": {"schema": {}}},
                     },
-                    "304": {
-                        "description": "Not modified: the file the `If-None-Match` ETag names is still there"
+                    "206": {
+                        "description": "The part of the file a `Range` asked for",
+                        "headers": {"Cache-Control": _MEDIA_CACHE_CONTROL},
+                        "content": {"*/*": {"schema": {}}},
                     },
+                    "302": {
+                        "description": "With the s3 backend (a key only): to a presigned URL of the bucket",
+                        "headers": {
+                            "Location": {"description": "The presigned URL", "schema": {"type": "string"}},
+                            "Cache-Control": {"schema": {"type": "string", "const": "no-store"}},
+                        },
+                    },
+                    "304": {
+                        "description": "Not modified: the file the `If-None-Match` ETag (or "
+                        "`If-Modified-Since`) names is still there"
+                    },
+                    "412": {"description": "An `If-Match` or `If-Unmodified-Since` the file does not meet"},
+                    "416": {"description": "A `Range` outside the file"},
                     **_errors(401, 403, 404),
+                    "503": _json(
+                        "Error",
+                        "`service_unavailable`: with the s3 backend, the bucket could not be asked whether "
+                        "the file is there",
+                    ),
                 },
             }
         },

@@ -104,7 +104,12 @@ class Dispatcher:
         When this process's worker of the queue waits for jobs, the script starts the task for it.
         """
         idempotency = unless_remembered(self._media_refusal([submission]), idempotency)
-        record, job = self._new(submission, keys.new_task_id(submission.project_id), retry_of)
+        # A request a check refused is only ever replayed (unless_remembered): its record is not
+        # stored, and its data may be what the check refused, which no estimate can read.
+        replay_only = idempotency is not None and idempotency.refused is not None
+        record, job = self._new(
+            submission, keys.new_task_id(submission.project_id), retry_of, estimate=not replay_only
+        )
         taker = None if self.hold is None else await self.hold(record.queue)
         created = await self.store.create(record, job, self.admission, idempotency, quota, taker, first_retry)
         if created.replayed:
@@ -181,8 +186,9 @@ class Dispatcher:
         task_id: str,
         retry_of: str | None = None,
         created_at: float | None = None,
+        estimate: bool = True,
     ) -> tuple[TaskRecord, QueuedJob]:
-        """The record and first job of a new task."""
+        """The record and first job of a new task (without its result estimate unless `estimate`)."""
         task_type = self.registry.types[submission.task_type]
         record = TaskRecord(
             task_id=task_id,
@@ -203,7 +209,7 @@ class Dispatcher:
             scheduled_for=submission.scheduled_for,
             # The submitting request's span: the task's runs and webhooks are its children.
             trace_context=tracing.carrier(),
-            result_estimate=self._result_estimate(task_type, submission.task_data),
+            result_estimate=self._result_estimate(task_type, submission.task_data) if estimate else None,
             enqueues=1,
             retries=0,
             created_at=now() if created_at is None else created_at,
@@ -282,7 +288,11 @@ class Dispatcher:
         # webhook: the retry would be a task that fails at once, or whose webhooks never arrive. A
         # resend of a retry that was stored still gets that retry (unless_remembered).
         problems = stored_problems(
-            self.registry, self.registry.types[record.task_type], record.task_data, record.callback_url
+            self.registry,
+            self.registry.types[record.task_type],
+            record.task_data,
+            record.callback_url,
+            record.depends_on or [],
         )
         refused = None
         if problems:

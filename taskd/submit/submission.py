@@ -201,14 +201,39 @@ def input_problems(
     return {}
 
 
+def _task_data(
+    task_data: Any,
+    depends_on: list[str],
+    registry: Registry,
+    task_type: TaskType | None,
+    details: dict[str, str],
+) -> None:
+    if task_data is None:
+        details["task_data"] = "Task data is required"
+    elif not isinstance(task_data, dict):
+        details["task_data"] = "Task data must be an object"
+    elif refs.is_ref(task_data):
+        # What a task type reads is an object of fields: a $ref goes in a field of it.
+        details["task_data"] = "Task data must be an object of fields, not a $ref: put the $ref in a field"
+    else:
+        ref_paths = _refs(task_data, depends_on, details)
+        if task_type is not None:
+            details.update(input_problems(registry, task_type, task_data, ref_paths))
+
+
 def stored_problems(
-    registry: Registry, task_type: TaskType, task_data: dict[str, Any], callback_url: str | None
+    registry: Registry,
+    task_type: TaskType,
+    task_data: Any,
+    callback_url: str | None,
+    depends_on: list[str],
 ) -> dict[str, str]:
-    """What a submit's checks of its body refuse in a stored task's task_data and callback_url (a
-    retry submits them again): an earlier version, whose checks were laxer, may have stored them."""
+    """What a submit's checks of its body refuse in a stored task's task_data (its $refs too, against
+    its `depends_on`) and callback_url (a retry submits them again): an earlier version, whose checks
+    were laxer, may have stored them; anything else in Redis's copy, a 400 rather than a 500."""
     details: dict[str, str] = {}
     _callback_url(callback_url, details)
-    details.update(input_problems(registry, task_type, task_data, [path for path, _ in refs.find(task_data)]))
+    _task_data(task_data, depends_on, registry, task_type, details)
     return details
 
 
@@ -246,17 +271,7 @@ def parse_submission(
         )
 
     task_data = body.get("task_data")
-    if task_data is None:
-        details["task_data"] = "Task data is required"
-    elif not isinstance(task_data, dict):
-        details["task_data"] = "Task data must be an object"
-    elif refs.is_ref(task_data):
-        # What a task type reads is an object of fields: a $ref goes in a field of it.
-        details["task_data"] = "Task data must be an object of fields, not a $ref: put the $ref in a field"
-    else:
-        ref_paths = _refs(task_data, depends_on, details)
-        if task_type is not None:
-            details.update(input_problems(registry, task_type, task_data, ref_paths))
+    _task_data(task_data, depends_on, registry, task_type, details)
 
     if details or task_type is None or not isinstance(task_data, dict):
         raise ValidationError(details)

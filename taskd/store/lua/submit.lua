@@ -57,8 +57,8 @@
 --                  the task it retries (`retried_as`), in this script, so an operator's retry sees a
 --                  tenant's stored before it, however close
 --   replay_only    '1': a check of the moment refused the request (taskd.submit.idempotency), so
---                  only a replay may answer it: with its key not remembered, {'not_remembered'}
---                  and nothing is written; '' for any other submit
+--                  only a replay (or `first_retry`'s retried_before) may answer it: with its key not
+--                  remembered, {'not_remembered'} and nothing is written; '' for any other submit
 -- The checks and the writes are lib/admit.lua's, which batch.lua shares: a task with dependencies
 -- not yet completed waits for them with no job; a task scheduled for later waits on
 -- {taskd}:scheduled with no job, in no line, until due.lua queues it.
@@ -122,7 +122,6 @@ local function submit(a)
       if first[1] ~= a.fingerprint then return {{'idempotency_key_reused'}, quota, {}} end
       return {{'replayed', first[2], first[3], first[4], first[5], first[6]}, quota, {}}
     end
-    if a.replay_only == '1' then return {{'not_remembered'}, quota, {}} end
   end
   local fields = cjson.decode(a.fields)
   local named = by_name(fields)
@@ -133,6 +132,9 @@ local function submit(a)
     local earlier = redis.call('HGET', original, 'retried_as')
     if earlier then return {{'retried_before', earlier}, quota, {}} end
   end
+  -- After the retry it has: a task retried already is named with its retry (`taskd retry-failed`),
+  -- whatever a check of the moment now thinks of it.
+  if remembered and a.replay_only == '1' then return {{'not_remembered'}, quota, {}} end
   local waiting_for, bad, why = unmet(project, cjson.decode(a.depends_on), {})
   if not waiting_for then return {{'bad_dependency', bad, why}, quota, {}} end
   local queued_limit, queue_limit = tonumber(a.queued_limit), tonumber(a.queue_limit)
