@@ -477,14 +477,20 @@ async def test_a_submit_that_redis_refuses_sends_no_second_script_to_spend_its_u
     assert len([command for command in sent if quota in command]) == 1
 
 
+async def _twelve_listed(start_service, monkeypatch, limits: LimitsConfig):
+    """A service without workers whose project "listed" holds 12 queued tasks, its index read in
+    stretches of 5 ids: a whole listing makes three calls of list.lua."""
+    monkeypatch.setattr(records, "LIST_STRETCH", 5)
+    taskd = await start_service(workers=False, limits=limits)
+    for _ in range(12):
+        await taskd.submit("noop", {}, project_id="listed")
+    return taskd
+
+
 async def test_a_listing_spends_one_status_unit_per_call_it_makes_on_the_projects_index(
     start_service, redis, monkeypatch
 ):
-    # Three stretches of 5 ids: 12 tasks are read in three calls of list.lua.
-    monkeypatch.setattr(records, "LIST_STRETCH", 5)
-    taskd = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=0))
-    for _ in range(12):
-        await taskd.submit("noop", {}, project_id="listed")
+    taskd = await _twelve_listed(start_service, monkeypatch, LimitsConfig(concurrent_per_project=0))
 
     async with taskd.client.get("/api/v1/projects/listed/tasks") as response:
         body = await response.json()
@@ -499,10 +505,7 @@ async def test_a_listing_after_one_that_counted_an_unchanged_project_spends_one_
 ):
     # The first listing reads the 12 ids in three calls of list.lua and keeps the counts; the
     # pages after it read only themselves, however far down they are.
-    monkeypatch.setattr(records, "LIST_STRETCH", 5)
-    taskd = await start_service(workers=False, limits=LimitsConfig(concurrent_per_project=0))
-    for _ in range(12):
-        await taskd.submit("noop", {}, project_id="listed")
+    taskd = await _twelve_listed(start_service, monkeypatch, LimitsConfig(concurrent_per_project=0))
     await project_quiet(redis, "listed")
     async with taskd.client.get("/api/v1/projects/listed/tasks") as first:
         assert first.status == 200
@@ -518,10 +521,7 @@ async def test_a_listing_after_one_that_counted_an_unchanged_project_spends_one_
 async def test_a_listing_costing_more_than_the_status_quota_spends_all_of_it_and_is_answered(
     start_service, redis, monkeypatch
 ):
-    monkeypatch.setattr(records, "LIST_STRETCH", 5)
-    taskd = await start_service(workers=False, limits=LimitsConfig(status_per_minute=2))
-    for _ in range(12):
-        await taskd.submit("noop", {}, project_id="listed")
+    taskd = await _twelve_listed(start_service, monkeypatch, LimitsConfig(status_per_minute=2))
 
     async with taskd.client.get("/api/v1/projects/listed/tasks") as listed:
         pass
