@@ -88,10 +88,28 @@ def _slot_counts(gpu: Any, attribute: attrs.Attribute[dict[str, int]], value: di
             )
 
 
+# What a queue's or a task type's name may be. Both are parts of Redis key names, where a project
+# id follows a queue's name after a ':' (`{taskd}:project_waiting:<queue>:<project>`), of the
+# metrics hash's fields (`wait_in:<queue>:<type>:<le>`) and of `--queues a,b`: with a ':' in a
+# queue's name, queue `q` with project `big:alpha` and queue `q:big` with project `alpha` were one
+# line, and a tenant's tasks waited in another's; a type with a ':' had no counters of its own.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_RULE = "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def name_problem(what: str, name: str) -> str | None:
+    """Why `name` cannot be the name of a queue or task type (`what` says which), or None."""
+    if NAME.fullmatch(name):
+        return None
+    return f"{what} must be {NAME_RULE} (it is part of Redis key names), got {name!r}"
+
+
 def _queue_names(_: Any, attribute: attrs.Attribute[dict[str, str]], value: dict[str, str]) -> None:
     for task_type, queue in value.items():
         if not queue.strip():
             raise ValueError(f"'{attribute.name}.{task_type}' must name a queue, got an empty string")
+        if problem := name_problem(f"'{attribute.name}.{task_type}'", queue):
+            raise ValueError(problem)
 
 
 # A table keyed by task type or queue name, whose keys say nothing of whether a value is secret
@@ -1158,6 +1176,8 @@ def _with_queue_defaults(raw: dict[str, Any]) -> dict[str, Any]:
         return raw
     filled = {name: attrs.asdict(q) for name, q in _default_queues().items()}
     for name, settings in queues.items():
+        if problem := name_problem("a queue's name", name):
+            raise ConfigError(f"config key queues: {problem}")
         if isinstance(settings, Mapping):
             filled[name] = {**filled.get(name, {}), **settings}
         else:

@@ -12,6 +12,8 @@ import pytest
 
 from taskd.config import Config, ConfigError, DeviceSelection, load_config
 from taskd.logs import SECRET_FIELD
+from taskd.tasks import registry
+from taskd.tasks.spec import TaskType
 
 
 def refusal(tmp_path: Path, toml: str | None = None, **env: str) -> str:
@@ -295,6 +297,27 @@ def test_a_route_to_no_queue_is_refused(tmp_path):
     assert message == "config key tasks: 'routes.generate_video' must name a queue, got an empty string"
 
 
+# A queue's name is followed by a project id in Redis key names (`project_waiting:<queue>:<project>`):
+# with a ':' in it, queue `q` with project `big:alpha` and queue `q:big` with project `alpha` shared
+# one line, one tenant's tasks counted (and turned) in another's.
+def test_a_queue_whose_name_holds_a_colon_is_refused(tmp_path):
+    message = refusal(tmp_path, '["queues"."q:big"]\nconcurrency = 1\ntimeout = 60\n')
+
+    assert message == (
+        "config key queues: a queue's name must be 1-64 letters, digits, '.', '_' or '-', starting with a "
+        "letter or digit (it is part of Redis key names), got 'q:big'"
+    )
+
+
+def test_a_route_to_a_queue_whose_name_holds_a_colon_is_refused(tmp_path):
+    message = refusal(tmp_path, TASKD_TASKS__ROUTES__GENERATE_VIDEO="gpu_heavy:big")
+
+    assert message == (
+        "config key tasks: 'routes.generate_video' must be 1-64 letters, digits, '.', '_' or '-', starting "
+        "with a letter or digit (it is part of Redis key names), got 'gpu_heavy:big'"
+    )
+
+
 # ---- start-up ----
 
 
@@ -329,6 +352,86 @@ def test_serve_refuses_a_task_module_that_is_not_installed_in_one_line(tmp_path)
         "taskd: config key tasks.modules: no.such.module could not be imported: "
         "ModuleNotFoundError: No module named 'no'"
     ]
+
+
+# A type's name is part of the metrics hash's fields (`failed:<type>`, `wait_in:<queue>:<type>:<le>`):
+# one with a ':' had no counters of its own (they were read as another's, or as `unknown`).
+def _odd_module(tmp_path: Path, name: str, queue: str) -> None:
+    (tmp_path / "odd_types.py").write_text(
+        "import attrs\n"
+        "from taskd.tasks.spec import TaskType\n"
+        "@attrs.frozen\n"
+        "class Input:\n"
+        "    pass\n"
+        f"TASK = TaskType({name!r}, Input, queue={queue!r}, expected_duration=1.0)\n"
+    )
+
+
+_NAME_RULE = "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (it is part of Redis key names)"
+
+
+def test_serve_refuses_a_task_module_whose_type_has_a_name_no_key_can_hold(tmp_path):
+    _odd_module(tmp_path, "render:4k", "default")
+
+    result = start_up_refusal(tmp_path, "serve", TASKD_TASKS__MODULES="odd_types")
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"taskd: config key tasks.modules: odd_types exports task type 'render:4k', whose name {_NAME_RULE}, "
+        "got 'render:4k'"
+    ]
+
+
+def test_serve_refuses_a_task_type_on_a_queue_no_key_can_hold(tmp_path):
+    _odd_module(tmp_path, "render", "gpu:big")
+
+    result = start_up_refusal(tmp_path, "serve", TASKD_TASKS__MODULES="odd_types")
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"taskd: config key tasks.routes: the queue of task type 'render' {_NAME_RULE}, got 'gpu:big'; "
+        "route it to another queue"
+    ]
+
+
+def test_a_task_type_whose_own_queue_no_key_can_hold_may_be_routed_to_another(tmp_path):
+    _odd_module(tmp_path, "render", "gpu:big")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "taskd", "config", "check"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "TASKD_DATA_DIR": str(tmp_path / "data"),
+            "TASKD_TASKS__MODULES": "odd_types",
+            "TASKD_TASKS__ROUTES__RENDER": "gpu_heavy",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_plugins_task_type_whose_name_no_key_can_hold_is_ignored(monkeypatch, caplog):
+    @attrs.frozen
+    class Input:
+        pass
+
+    class Entry:
+        name = "odd"
+
+        @staticmethod
+        def load() -> TaskType:
+            return TaskType("render:4k", Input, queue="default", expected_duration=1.0)
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [Entry()])
+
+    loaded = registry.default_registry(builtin=False)
+
+    assert "render:4k" not in loaded.types
+    assert "entry point odd in taskd.tasks: task type 'render:4k', whose name must be" in caplog.text
 
 
 # ---- redis.url ----

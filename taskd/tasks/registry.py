@@ -14,7 +14,7 @@ import cattrs
 from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn
 
-from taskd.config import Config, ConfigError, TasksConfig
+from taskd.config import Config, ConfigError, TasksConfig, name_problem
 from taskd.model import ValidationError
 from taskd.tasks.spec import TaskType
 from taskd.validation import FieldErrors, structure_checked
@@ -139,8 +139,16 @@ def _module_types(modules: Iterable[str]) -> list[TaskType]:
             raise ConfigError(
                 f"config key tasks.modules: {name} must export TASK (a TaskType) or TASKS (a list of them)"
             )
+        for task_type in exported:
+            if bad_name := _name_problem(task_type):
+                raise ConfigError(f"config key tasks.modules: {name} exports {bad_name}")
         found += exported
     return found
+
+
+def _name_problem(task_type: TaskType) -> str | None:
+    """Why a type's name (a part of Redis key names: taskd.config.NAME) cannot be used, or None."""
+    return name_problem(f"task type {task_type.name!r}, whose name", task_type.name)
 
 
 def _plugin_types() -> list[TaskType]:
@@ -149,6 +157,9 @@ def _plugin_types() -> list[TaskType]:
         task_type = entry.load()
         if not isinstance(task_type, TaskType):
             log.error("entry point %s in %s is not a TaskType; ignored", entry.name, ENTRY_POINT_GROUP)
+            continue
+        if problem := _name_problem(task_type):
+            log.error("entry point %s in %s: %s; ignored", entry.name, ENTRY_POINT_GROUP, problem)
             continue
         found.append(task_type)
     return found
@@ -197,4 +208,10 @@ def default_registry(tasks: TasksConfig | None = None, *, builtin: bool = True) 
     `tasks.modules` (later names win), with the queue and time limits `[tasks]` sets for each."""
     tasks = tasks or TasksConfig()
     found = [*(_builtin_types() if builtin else []), *_plugin_types(), *_module_types(tasks.modules)]
-    return Registry([_configured(task_type, tasks) for task_type in found])
+    configured = [_configured(task_type, tasks) for task_type in found]
+    for task_type in configured:
+        # The queue as routed: a type's own queue that no key can hold is for the operator to route
+        # elsewhere, which a third party's package does not let them change.
+        if problem := name_problem(f"the queue of task type {task_type.name!r}", task_type.queue):
+            raise ConfigError(f"config key tasks.routes: {problem}; route it to another queue")
+    return Registry(configured)
