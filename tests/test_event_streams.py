@@ -120,6 +120,25 @@ async def test_cancel_event_reaches_the_project_stream(start_service, redis):
     ]
 
 
+async def test_a_tasks_end_drops_its_projects_events_older_than_a_streams_life(taskd, redis):
+    # A quiet project's stream (far fewer events a day than its cap) is pushed back by each event:
+    # its tasks' results stayed in it, replayed from an early Last-Event-ID, long after their records.
+    stream = keys.project_events("films")
+    written_ms = int((now() - keys.EVENTS_TTL - 60) * 1000)
+    old = {"type": "status", "task_id": "gone", "status": "completed", "result": {"secret": "kept"}}
+    await redis.xadd(stream, {"event": orjson.dumps(old)}, id=f"{written_ms}-0")
+    task = await taskd.submit("noop", {}, project_id="films")
+    await taskd.wait_terminal(task["task_id"])
+
+    seen = await events(redis, stream)
+
+    assert [(e["task_id"], e["status"]) for e in seen] == [
+        (task["task_id"], "queued"),
+        (task["task_id"], "processing"),
+        (task["task_id"], "completed"),
+    ]
+
+
 async def test_empty_lists_in_a_result_stay_lists(taskd, redis, fake_llm):
     fake_llm.reply('{"rating": 90, "summary": "fine", "issues": [], "suggestions": [], "confidence": 0.9}')
     from examples import TASK_DATA
