@@ -177,3 +177,12 @@ async def test_event_streams_live_a_day_at_most_whatever_the_task_ttl(start_serv
 
     assert 86_000 < await redis.ttl(keys.task_events(task["task_id"])) <= keys.EVENTS_TTL
     assert 86_000 < await redis.ttl(keys.project_events("kept")) <= keys.EVENTS_TTL
+
+
+async def test_an_ended_tasks_stream_expires_with_its_record_when_its_keep_for_is_shorter(taskd, redis):
+    # A caller shortens keep_for so that a result goes sooner: the task's stream, which holds the
+    # result too and which nothing reads once the record is gone, must not stay the day.
+    task = await taskd.submit("noop", {}, keep_for=60)
+    await taskd.wait_terminal(task["task_id"])
+
+    assert 0 < await redis.ttl(keys.task_events(task["task_id"])) <= 60

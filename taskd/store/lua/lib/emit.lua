@@ -15,7 +15,8 @@
 --
 -- Appends the event (the record's public fields, and the result once completed) to the task's
 -- stream ({taskd}:events:task:{id}) and its project's stream ({taskd}:events:project:{project_id}),
--- which the SSE endpoints read; both are capped and expire a day after their last event (a task's
+-- which the SSE endpoints read; both are capped and expire a day after their last event (an ended
+-- task's own stream sooner, with its record, when its `keep_for` is shorter; a task's
 -- end, and an event carrying a large result or error, also drops its project's events older than
 -- that), except
 -- that a start (start.lua passes `kept`) does not push their expiry back: the queued event before
@@ -53,7 +54,12 @@ local function emit_record(r, kind, kept, later)
     redis.call('XTRIM', project_stream, 'MINID', string.format('%d', math.floor((at - @EVENTS_TTL@) * 1000)))
   end
   if not kept then
-    redis.call('EXPIRE', task_stream, @EVENTS_TTL@)
+    -- An ended task's stream is read only while its record lives (GET …/events answers 404 once it
+    -- is gone): kept no longer than the record's `keep_for`, which its caller may have shortened so
+    -- that its result goes sooner. It stayed the day in Redis, and in its append-only file.
+    local life = @EVENTS_TTL@
+    if ended and r.keep_for then life = math.min(life, tonumber(r.keep_for) or life) end
+    redis.call('EXPIRE', task_stream, life)
     if later then
       expire_later(later, project_stream, @EVENTS_TTL@)
     else
