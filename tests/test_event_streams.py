@@ -120,6 +120,25 @@ async def test_cancel_event_reaches_the_project_stream(start_service, redis):
     ]
 
 
+async def test_a_tasks_end_drops_its_projects_events_older_than_a_streams_life(taskd, redis):
+    # A quiet project's stream (far fewer events a day than its cap) is pushed back by each event:
+    # its tasks' results stayed in it, replayed from an early Last-Event-ID, long after their records.
+    stream = keys.project_events("films")
+    written_ms = int((now() - keys.EVENTS_TTL - 60) * 1000)
+    old = {"type": "status", "task_id": "gone", "status": "completed", "result": {"secret": "kept"}}
+    await redis.xadd(stream, {"event": orjson.dumps(old)}, id=f"{written_ms}-0")
+    task = await taskd.submit("noop", {}, project_id="films")
+    await taskd.wait_terminal(task["task_id"])
+
+    seen = await events(redis, stream)
+
+    assert [(e["task_id"], e["status"]) for e in seen] == [
+        (task["task_id"], "queued"),
+        (task["task_id"], "processing"),
+        (task["task_id"], "completed"),
+    ]
+
+
 async def test_empty_lists_in_a_result_stay_lists(taskd, redis, fake_llm):
     fake_llm.reply('{"rating": 90, "summary": "fine", "issues": [], "suggestions": [], "confidence": 0.9}')
     from examples import TASK_DATA
@@ -158,3 +177,12 @@ async def test_event_streams_live_a_day_at_most_whatever_the_task_ttl(start_serv
 
     assert 86_000 < await redis.ttl(keys.task_events(task["task_id"])) <= keys.EVENTS_TTL
     assert 86_000 < await redis.ttl(keys.project_events("kept")) <= keys.EVENTS_TTL
+
+
+async def test_an_ended_tasks_stream_expires_with_its_record_when_its_keep_for_is_shorter(taskd, redis):
+    # A caller shortens keep_for so that a result goes sooner: the task's stream, which holds the
+    # result too and which nothing reads once the record is gone, must not stay the day.
+    task = await taskd.submit("noop", {}, keep_for=60)
+    await taskd.wait_terminal(task["task_id"])
+
+    assert 0 < await redis.ttl(keys.task_events(task["task_id"])) <= 60

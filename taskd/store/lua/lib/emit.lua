@@ -15,8 +15,10 @@
 --
 -- Appends the event (the record's public fields, and the result once completed) to the task's
 -- stream ({taskd}:events:task:{id}) and its project's stream ({taskd}:events:project:{project_id}),
--- which the SSE endpoints read; both are capped and expire a day after their last event (an event
--- carrying a large result or error also drops its project's events older than that), except
+-- which the SSE endpoints read; both are capped and expire a day after their last event (an ended
+-- task's own stream sooner, with its record, when its `keep_for` is shorter; a task's
+-- end, and an event carrying a large result or error, also drops its project's events older than
+-- that), except
 -- that a start (start.lua passes `kept`) does not push their expiry back: the queued event before
 -- it set one and the event that follows it (an end, a retry, a hand-back) sets it again: two
 -- EXPIREs less per task. (A stream that expired while its task waited over a day to start is made
@@ -35,20 +37,29 @@ local function emit_record(r, kind, kept, later)
   local project_stream = '@PROJECT_EVENTS_PREFIX@' .. r.project_id
   redis.call('XADD', task_stream, 'MAXLEN', '~', @TASK_EVENTS_MAXLEN@, '*', 'event', data)
   redis.call('XADD', project_stream, 'MAXLEN', '~', @PROJECT_EVENTS_MAXLEN@, '*', 'event', data)
-  -- A large result or error is counted (lib/stored.lua) while its record lives, no shorter than a
-  -- stream's life; but the project's stream, capped by count alone and pushed back by each of its
-  -- events, kept it on past that: a busy project held its past days' large results (up to
-  -- ~PROJECT_EVENTS_MAXLEN of them) while its budget was given back for each. So an event carrying
-  -- one drops its project's events older than a stream's life: as large results come only with such
-  -- events, the stream holds at most the large results of the day before its latest one, which were
-  -- counted together then. Light events add no command.
+  -- The project's stream is capped by count alone and pushed back by each of its events: a project
+  -- that had fewer than ~PROJECT_EVENTS_MAXLEN events a day kept its tasks' results, errors and
+  -- steps on past their records (`storage.task_ttl`, a day) for as long as it went on, and replayed
+  -- them to any reader resuming from an early Last-Event-ID; and a busy project held its past days'
+  -- large results while its budget (lib/stored.lua) was given back for each. So a task's end (and
+  -- an event carrying a large result or error: a retry's error) drops its project's events older
+  -- than a stream's life, exactly (`~` keeps a whole node of them, which in a quiet project can be
+  -- days old), once per stream in a script's batch (finish.lua): one command a task's end at most.
   local carried = r.status == 'completed' and r.result or r.error
   local at = tonumber(r.updated_at)
-  if carried and at and #carried > @STORED_FREE_BYTES@ then
-    redis.call('XTRIM', project_stream, 'MINID', '~', string.format('%d', math.floor((at - @EVENTS_TTL@) * 1000)))
+  local ended = r.status == 'completed' or r.status == 'failed' or r.status == 'cancelled'
+  if at and (ended or (carried and #carried > @STORED_FREE_BYTES@))
+      and not (later and later.trimmed[project_stream]) then
+    if later then later.trimmed[project_stream] = true end
+    redis.call('XTRIM', project_stream, 'MINID', string.format('%d', math.floor((at - @EVENTS_TTL@) * 1000)))
   end
   if not kept then
-    redis.call('EXPIRE', task_stream, @EVENTS_TTL@)
+    -- An ended task's stream is read only while its record lives (GET …/events answers 404 once it
+    -- is gone): kept no longer than the record's `keep_for`, which its caller may have shortened so
+    -- that its result goes sooner. It stayed the day in Redis, and in its append-only file.
+    local life = @EVENTS_TTL@
+    if ended and r.keep_for then life = math.min(life, tonumber(r.keep_for) or life) end
+    redis.call('EXPIRE', task_stream, life)
     if later then
       expire_later(later, project_stream, @EVENTS_TTL@)
     else

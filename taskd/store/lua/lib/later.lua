@@ -4,7 +4,8 @@
 -- for the members a ZADD, ZREM, SADD or SREM gives or takes (pending(later, command, key): how many
 -- values wait for that command on that key), expire_later(later, key, ttl) for an expiry,
 -- keep_later(later, key, ttl) for an expiry pushed back but never shortened, and write_later(later),
--- which writes them.
+-- which writes them. `trimmed` holds the event streams lib/emit.lua has trimmed of old events in the
+-- script: once each.
 --
 -- A library function: the scripts that include it get it prepended, so it reads no KEYS or ARGV
 -- of its own; its caller passes the keys and values it works on.
@@ -32,7 +33,7 @@
 -- Returns: later_writes the table the others fill; pending a count; the others nothing.
 local function later_writes(metrics_key)
   return {metrics = metrics_key, names = {}, by = {}, float = {}, groups = {}, members = {}, expiring = {},
-          ttl = {}, keeping = {}, kept = {}}
+          ttl = {}, keeping = {}, kept = {}, trimmed = {}}
 end
 
 local function count(later, field, by, float)
