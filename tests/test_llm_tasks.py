@@ -13,10 +13,11 @@ import attrs
 import cattrs
 import orjson
 import pytest
-from fake_media_apis import OversizedAPI, RedirectingAPI
+from fake_media_apis import BROKEN_STATUS_LINE, NotHttpAPI, OversizedAPI, RedirectingAPI
 from fake_openai import FakeOpenAI
 
 from taskd.config import Config, LlmProvider, ProvidersConfig
+from taskd.logs import SHORT_MESSAGE_CHARS
 from taskd.providers.http import JSON_REPLY_LIMIT
 from taskd.providers.llm import OBJECT_SCAN, OBJECT_TRIES, ChatClient, ProviderError
 from taskd.tasks.builtin import automated_gather_creation as gather_task
@@ -276,6 +277,22 @@ async def test_client_connection_refused_is_transient(http: aiohttp.ClientSessio
     with pytest.raises(ProviderError) as caught:
         await ChatClient(LlmProvider(base_url=base_url), http).complete([{"role": "user", "content": "hi"}])
     assert caught.value.transient and caught.value.status is None
+
+
+async def test_client_error_of_a_reply_that_is_not_http_is_one_short_line(
+    http: aiohttp.ClientSession,
+) -> None:
+    # aiohttp's parser error quotes the bytes it could not read: a provider's status line of kilobytes
+    # that ends up in the task's error, where another service's message is one line of at most 300.
+    async with NotHttpAPI(BROKEN_STATUS_LINE) as api:
+        client = ChatClient(LlmProvider(base_url=f"{api.url}/v1"), http)
+        with pytest.raises(ProviderError) as caught:
+            await client.complete([{"role": "user", "content": "hi"}])
+    message = str(caught.value)
+    assert message.startswith("LLM provider unreachable: ClientResponseError")
+    assert len(message) <= len("LLM provider unreachable: ") + SHORT_MESSAGE_CHARS
+    assert "\n" not in message
+    assert caught.value.transient
 
 
 async def test_client_without_api_key_sends_no_authorization(

@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 import pytest
-from fake_media_apis import OversizedAPI, RedirectingAPI, make_ctx, png
+from fake_media_apis import BROKEN_STATUS_LINE, NotHttpAPI, OversizedAPI, RedirectingAPI, make_ctx, png
 from fake_video_apis import FakeVideoAPI, make_mp4
 from PIL import Image
 
@@ -23,6 +23,7 @@ from taskd.config import (
     VideoProvider,
     load_config,
 )
+from taskd.logs import SHORT_MESSAGE_CHARS
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
 from taskd.providers import video
@@ -384,6 +385,18 @@ async def test_a_job_state_over_the_size_limit_fails_at_once_without_being_read_
     assert str(caught.value) == f"Video provider sent a reply larger than {JSON_REPLY_LIMIT} bytes"
     assert not caught.value.transient
     assert api.sent < 2 * JSON_REPLY_LIMIT
+
+
+async def test_the_error_of_a_job_state_that_is_not_http_is_one_short_line(http):
+    # aiohttp's parser error quotes the bytes it could not read, kilobytes over lines.
+    async with NotHttpAPI(BROKEN_STATUS_LINE) as api:
+        settings = VideoProvider(protocol="openai", base_url=api.url, model="sora-2", max_retries=0)
+        with pytest.raises(ProviderError) as caught:
+            await ProviderCalls(settings, http).call("GET", "videos/video_1")
+    message = str(caught.value)
+    assert message.startswith("Video provider unreachable: ClientResponseError")
+    assert len(message) <= len("Video provider unreachable: ") + SHORT_MESSAGE_CHARS
+    assert "\n" not in message
 
 
 async def test_a_redirect_of_a_provider_call_is_not_followed(http, api):

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from taskd.errors import TaskError
-from taskd.logs import redact, shorten
+from taskd.logs import shorten
 from taskd.providers.limits import Gate
 
 # The most taskd reads of a provider's JSON answer (a chat completion, a video job's state): far
@@ -165,7 +165,9 @@ async def post_json(
         # Checked before ClientError: aiohttp's timeout errors are both.
         raise ProviderError(f"{name} did not answer within {timeout:g}s", True, timeout=True) from None
     except aiohttp.ClientError as exc:
-        reason = redact(f"{type(exc).__name__}: {exc}", api_key)
+        # aiohttp's message may quote what it could not parse of the answer (a status line or
+        # a header of kilobytes, over lines): the provider's words, cut as its error's are.
+        reason = shorten(f"{type(exc).__name__}: {exc}", api_key)
         raise ProviderError(f"{name} unreachable: {reason}", True) from None
     if 300 <= status < 400:
         raise redirected(name, status)
