@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,19 @@ async def test_429_and_503_on_create_are_retried(tmp_path, http, api, protocol):
 
     assert len(api.created) == 3
     assert result["metadata"]["generation_model"] == MODELS[protocol]
+
+
+@pytest.mark.parametrize("retry_after", ["-5", "nan"])
+async def test_a_retry_after_that_is_no_wait_gets_the_backoffs_wait(http, api, caplog, retry_after):
+    # A negative or unreadable number of seconds asks for nothing: it was taken as 0, every try
+    # sent at once.
+    api.create_errors, api.retry_after = [429], retry_after
+    calls = ProviderCalls(provider(api, "replicate", retry_delay=1.0, max_retries=1), http)
+
+    with caplog.at_level(logging.INFO, logger="taskd.providers"):
+        await calls.call("POST", "predictions", lambda: {"version": "v", "input": {}})
+
+    assert [record.getMessage().rsplit(" ", 1)[-1] for record in caplog.records] == ["1.0s"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

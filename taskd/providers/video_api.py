@@ -110,12 +110,14 @@ def json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    # Only the delta-seconds form: an HTTP date would need a trustworthy clock on both sides.
+    # Only the delta-seconds form: an HTTP date would need a trustworthy clock on both sides. A
+    # negative number or NaN asks for no wait at all: the backoff's wait, not every try at once.
     value = headers.get("Retry-After", "")
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    return seconds if seconds >= 0 else None
 
 
 class ProviderCalls:
