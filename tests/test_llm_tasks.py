@@ -600,6 +600,35 @@ async def test_gather_stops_before_a_call_that_would_pass_the_configured_soft_li
     assert (result["stopped_early"], list(result["gather_data"])) == ("soft time limit", ["story"])
 
 
+async def test_gather_asks_for_no_other_department_once_the_provider_refuses_the_key(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # A revoked key fails every call alike: each department asked in turn was a request sent in vain.
+    ctx, _ = make_ctx(http, server.base_url)
+    for _ in range(3):
+        server.fail(401, "Incorrect API key provided")
+    data = AutomatedGatherCreationInput("A noir brief", departments=["story", "audio", "sets"])
+    with pytest.raises(ProviderError) as caught:
+        await gather_task.run(ctx, data)
+    assert str(caught.value) == "LLM provider returned HTTP 401: Incorrect API key provided"
+    assert not caught.value.transient
+    assert len(server.requests) == 1
+
+
+async def test_gather_keeps_what_it_gathered_before_the_provider_refused_the_key(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply('{"items": [{"content": "A harbour at dawn"}]}')
+    server.fail(403, "Key revoked")
+    data = AutomatedGatherCreationInput("A noir brief", departments=["story", "audio", "sets"])
+    result = await gather_task.run(ctx, data)
+    assert list(result["gather_data"]) == ["story"]
+    assert result["failed_departments"] == {"audio": "HTTP 403"}
+    assert result["stopped_early"] == "the LLM provider refused the key (HTTP 403)"
+    assert len(server.requests) == 2
+
+
 async def test_gather_fails_when_no_department_slug_is_usable(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
