@@ -190,6 +190,23 @@ async def test_prompt_401_raises_non_transient_provider_error(
     assert "sk-test" not in str(caught.value)
 
 
+async def test_prompt_error_carries_the_message_of_a_vllm_error_body(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # vLLM's OpenAI-compatible server (before its errors took OpenAI's shape) puts the message at the top.
+    ctx, _ = make_ctx(http, server.base_url)
+    body = {
+        "object": "error",
+        "message": "The model `gpt-x` does not exist.",
+        "type": "NotFoundError",
+        "code": 404,
+    }
+    server.raw(orjson.dumps(body), status=404)
+    with pytest.raises(ProviderError) as caught:
+        await prompt_task.run(ctx, TestPromptInput("hi"))
+    assert str(caught.value) == "LLM provider returned HTTP 404: The model `gpt-x` does not exist."
+
+
 async def test_prompt_503_raises_transient_provider_error(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:

@@ -78,20 +78,23 @@ class ProviderError(TaskError):
 
 def error_detail(raw: bytes, secret: str = "") -> str:
     """The provider's own error message, masked and shortened: OpenAI's `{"error": {"message": ...}}`
-    or `{"error": "..."}`, or an RFC 9457 problem's `{"detail": "..."}` (Replicate's)."""
+    or `{"error": "..."}` (Ollama's), an RFC 9457 problem's `{"detail": "..."}` (Replicate's), or
+    `{"object": "error", "message": "..."}` (vLLM's before it took OpenAI's shape)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         text = raw.decode("utf-8", "replace").strip()
     else:
-        error = data.get("error") if isinstance(data, dict) else None
-        detail = data.get("detail") if isinstance(data, dict) else None
+        fields = data if isinstance(data, dict) else {}
+        error, detail, message = fields.get("error"), fields.get("detail"), fields.get("message")
         if isinstance(error, dict):
             text = str(error.get("message") or "")
         elif isinstance(error, str):
             text = error
         elif isinstance(detail, str):
             text = detail
+        elif isinstance(message, str):
+            text = message
         else:
             text = ""
     return shorten(text, secret)
