@@ -10,6 +10,7 @@ JSON keys, or `key=value` pairs after the message in text.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import logging
 import os
@@ -22,7 +23,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from logging.handlers import QueueHandler, QueueListener
 from typing import IO, Any, Protocol
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 import attrs
 import orjson
@@ -170,12 +171,21 @@ def _masked_parameter(match: re.Match[str]) -> str:
     return match["head"] + MASK if _is_secret_parameter(match["name"], match["value"]) else match[0]
 
 
+def basic_credentials(user: str, password: str) -> str:
+    """The token of `Authorization: Basic` for a URL's user and password, as aiohttp sends it (the
+    decoded user and password in Latin-1, base64): a provider that quotes its request's headers in
+    an error quotes this, no form of the password masked otherwise."""
+    pair = f"{unquote(user)}:{unquote(password)}".encode("latin-1", "replace")
+    return base64.b64encode(pair).decode("ascii")
+
+
 def url_secrets(url: str) -> list[str]:
-    """The secrets a URL carries: its password, and each query value named like a credential (as
-    written and decoded, so that either form is masked)."""
+    """The secrets a URL carries: its password (and the Basic credentials made of it), and each
+    query value named like a credential (as written and decoded, so that either form is masked)."""
     try:
         parts = urlsplit(url)
-        found = [parts.password] if parts.password else []
+        password = parts.password
+        found = [password, basic_credentials(parts.username or "", password)] if password else []
     except ValueError:
         return []
     for pair in parts.query.split("&"):

@@ -236,6 +236,27 @@ class RedirectingAPI(_Server):
         return web.Response(status=self.status, headers={"Location": self.location})
 
 
+# A status line of kilobytes with a terminal escape in it: what aiohttp's parser error quotes.
+BROKEN_STATUS_LINE = b"HTTP/1.1 2\x1b[31m00 OK " + b"X" * 5000 + b"\r\n\r\n"
+
+
+class NotHttpAPI(_Server):
+    """Answers any request with exactly `data` on the connection, then closes it: a reply that is not
+    HTTP (a broken status line, a bad header), as a broken or hostile provider may send."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = data
+        self.app.router.add_route("*", "/{path:.*}", self._answer)
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        await request.read()
+        assert request.transport is not None
+        request.transport.write(self.data)
+        request.transport.close()
+        return web.Response()  # aiohttp's own answer goes nowhere: the connection is closed
+
+
 class Progress:
     """Records every progress report a handler makes."""
 

@@ -48,6 +48,8 @@ class FakeVideoAPI(_Server):
         self.create_errors: list[int] = []
         # The same for the polls of a job (OpenAI's GET /v1/videos/{id}).
         self.poll_errors: list[int] = []
+        # The Retry-After header of those error answers ("": none).
+        self.retry_after = ""
         # Replicate: where the output is said to be ("" = this server's /files/<id>.mp4).
         self.output_url = ""
         # OpenAI: where GET /v1/videos/{id}/content redirects to ("" = it answers with the video).
@@ -80,7 +82,10 @@ class FakeVideoAPI(_Server):
 
     def _error(self, status: int, message: str) -> web.Response:
         body = {"error": {"message": message, "type": "invalid_request_error"}}
-        return web.json_response(body, status=status)
+        return web.json_response(body, status=status, headers=self._retry_after())
+
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": self.retry_after} if self.retry_after else {}
 
     def _start(self) -> str:
         job = f"job_{len(self.jobs) + 1}"
@@ -163,7 +168,11 @@ class FakeVideoAPI(_Server):
         await asyncio.sleep(self.create_delay)
         if self.create_errors:
             status = self.create_errors.pop(0)
-            return web.json_response({"title": "refused", "detail": "fake create refused"}, status=status)
+            return web.json_response(
+                {"title": "refused", "detail": "fake create refused"},
+                status=status,
+                headers=self._retry_after(),
+            )
         job = self._start()
         return web.json_response(self._prediction(job, "starting", body.get("input")), status=201)
 

@@ -13,10 +13,11 @@ import attrs
 import cattrs
 import orjson
 import pytest
-from fake_media_apis import OversizedAPI, RedirectingAPI
+from fake_media_apis import BROKEN_STATUS_LINE, NotHttpAPI, OversizedAPI, RedirectingAPI
 from fake_openai import FakeOpenAI
 
 from taskd.config import Config, LlmProvider, ProvidersConfig
+from taskd.logs import SHORT_MESSAGE_CHARS
 from taskd.providers.http import JSON_REPLY_LIMIT
 from taskd.providers.llm import OBJECT_SCAN, OBJECT_TRIES, ChatClient, ProviderError
 from taskd.tasks.builtin import automated_gather_creation as gather_task
@@ -189,6 +190,23 @@ async def test_prompt_401_raises_non_transient_provider_error(
     assert "sk-test" not in str(caught.value)
 
 
+async def test_prompt_error_carries_the_message_of_a_vllm_error_body(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # vLLM's OpenAI-compatible server (before its errors took OpenAI's shape) puts the message at the top.
+    ctx, _ = make_ctx(http, server.base_url)
+    body = {
+        "object": "error",
+        "message": "The model `gpt-x` does not exist.",
+        "type": "NotFoundError",
+        "code": 404,
+    }
+    server.raw(orjson.dumps(body), status=404)
+    with pytest.raises(ProviderError) as caught:
+        await prompt_task.run(ctx, TestPromptInput("hi"))
+    assert str(caught.value) == "LLM provider returned HTTP 404: The model `gpt-x` does not exist."
+
+
 async def test_prompt_503_raises_transient_provider_error(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
@@ -276,6 +294,22 @@ async def test_client_connection_refused_is_transient(http: aiohttp.ClientSessio
     with pytest.raises(ProviderError) as caught:
         await ChatClient(LlmProvider(base_url=base_url), http).complete([{"role": "user", "content": "hi"}])
     assert caught.value.transient and caught.value.status is None
+
+
+async def test_client_error_of_a_reply_that_is_not_http_is_one_short_line(
+    http: aiohttp.ClientSession,
+) -> None:
+    # aiohttp's parser error quotes the bytes it could not read: a provider's status line of kilobytes
+    # that ends up in the task's error, where another service's message is one line of at most 300.
+    async with NotHttpAPI(BROKEN_STATUS_LINE) as api:
+        client = ChatClient(LlmProvider(base_url=f"{api.url}/v1"), http)
+        with pytest.raises(ProviderError) as caught:
+            await client.complete([{"role": "user", "content": "hi"}])
+    message = str(caught.value)
+    assert message.startswith("LLM provider unreachable: ClientResponseError")
+    assert len(message) <= len("LLM provider unreachable: ") + SHORT_MESSAGE_CHARS
+    assert "\n" not in message
+    assert caught.value.transient
 
 
 async def test_client_without_api_key_sends_no_authorization(
@@ -581,6 +615,35 @@ async def test_gather_stops_before_a_call_that_would_pass_the_configured_soft_li
     data = AutomatedGatherCreationInput("A noir brief", departments=["story", "audio", "sets"])
     result = await gather_task.run(ctx, data)
     assert (result["stopped_early"], list(result["gather_data"])) == ("soft time limit", ["story"])
+
+
+async def test_gather_asks_for_no_other_department_once_the_provider_refuses_the_key(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # A revoked key fails every call alike: each department asked in turn was a request sent in vain.
+    ctx, _ = make_ctx(http, server.base_url)
+    for _ in range(3):
+        server.fail(401, "Incorrect API key provided")
+    data = AutomatedGatherCreationInput("A noir brief", departments=["story", "audio", "sets"])
+    with pytest.raises(ProviderError) as caught:
+        await gather_task.run(ctx, data)
+    assert str(caught.value) == "LLM provider returned HTTP 401: Incorrect API key provided"
+    assert not caught.value.transient
+    assert len(server.requests) == 1
+
+
+async def test_gather_keeps_what_it_gathered_before_the_provider_refused_the_key(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.reply('{"items": [{"content": "A harbour at dawn"}]}')
+    server.fail(403, "Key revoked")
+    data = AutomatedGatherCreationInput("A noir brief", departments=["story", "audio", "sets"])
+    result = await gather_task.run(ctx, data)
+    assert list(result["gather_data"]) == ["story"]
+    assert result["failed_departments"] == {"audio": "HTTP 403"}
+    assert result["stopped_early"] == "the LLM provider refused the key (HTTP 403)"
+    assert len(server.requests) == 2
 
 
 async def test_gather_fails_when_no_department_slug_is_usable(

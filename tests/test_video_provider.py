@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from pathlib import Path
 
 import pytest
-from fake_media_apis import OversizedAPI, RedirectingAPI, make_ctx, png
+from fake_media_apis import BROKEN_STATUS_LINE, NotHttpAPI, OversizedAPI, RedirectingAPI, make_ctx, png
 from fake_video_apis import FakeVideoAPI, make_mp4
 from PIL import Image
 
@@ -23,6 +24,7 @@ from taskd.config import (
     VideoProvider,
     load_config,
 )
+from taskd.logs import SHORT_MESSAGE_CHARS
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
 from taskd.providers import video
@@ -226,6 +228,19 @@ async def test_429_and_503_on_create_are_retried(tmp_path, http, api, protocol):
     assert result["metadata"]["generation_model"] == MODELS[protocol]
 
 
+@pytest.mark.parametrize("retry_after", ["-5", "nan"])
+async def test_a_retry_after_that_is_no_wait_gets_the_backoffs_wait(http, api, caplog, retry_after):
+    # A negative or unreadable number of seconds asks for nothing: it was taken as 0, every try
+    # sent at once.
+    api.create_errors, api.retry_after = [429], retry_after
+    calls = ProviderCalls(provider(api, "replicate", retry_delay=1.0, max_retries=1), http)
+
+    with caplog.at_level(logging.INFO, logger="taskd.providers"):
+        await calls.call("POST", "predictions", lambda: {"version": "v", "input": {}})
+
+    assert [record.getMessage().rsplit(" ", 1)[-1] for record in caplog.records] == ["1.0s"]
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_a_400_on_create_fails_at_once_with_the_providers_message(tmp_path, http, api, protocol):
     api.create_errors = [400]
@@ -384,6 +399,18 @@ async def test_a_job_state_over_the_size_limit_fails_at_once_without_being_read_
     assert str(caught.value) == f"Video provider sent a reply larger than {JSON_REPLY_LIMIT} bytes"
     assert not caught.value.transient
     assert api.sent < 2 * JSON_REPLY_LIMIT
+
+
+async def test_the_error_of_a_job_state_that_is_not_http_is_one_short_line(http):
+    # aiohttp's parser error quotes the bytes it could not read, kilobytes over lines.
+    async with NotHttpAPI(BROKEN_STATUS_LINE) as api:
+        settings = VideoProvider(protocol="openai", base_url=api.url, model="sora-2", max_retries=0)
+        with pytest.raises(ProviderError) as caught:
+            await ProviderCalls(settings, http).call("GET", "videos/video_1")
+    message = str(caught.value)
+    assert message.startswith("Video provider unreachable: ClientResponseError")
+    assert len(message) <= len("Video provider unreachable: ") + SHORT_MESSAGE_CHARS
+    assert "\n" not in message
 
 
 async def test_a_redirect_of_a_provider_call_is_not_followed(http, api):

@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from taskd.errors import TaskError
-from taskd.logs import redact, shorten
+from taskd.logs import shorten
 from taskd.providers.limits import Gate
 
 # The most taskd reads of a provider's JSON answer (a chat completion, a video job's state): far
@@ -78,20 +78,23 @@ class ProviderError(TaskError):
 
 def error_detail(raw: bytes, secret: str = "") -> str:
     """The provider's own error message, masked and shortened: OpenAI's `{"error": {"message": ...}}`
-    or `{"error": "..."}`, or an RFC 9457 problem's `{"detail": "..."}` (Replicate's)."""
+    or `{"error": "..."}` (Ollama's), an RFC 9457 problem's `{"detail": "..."}` (Replicate's), or
+    `{"object": "error", "message": "..."}` (vLLM's before it took OpenAI's shape)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         text = raw.decode("utf-8", "replace").strip()
     else:
-        error = data.get("error") if isinstance(data, dict) else None
-        detail = data.get("detail") if isinstance(data, dict) else None
+        fields = data if isinstance(data, dict) else {}
+        error, detail, message = fields.get("error"), fields.get("detail"), fields.get("message")
         if isinstance(error, dict):
             text = str(error.get("message") or "")
         elif isinstance(error, str):
             text = error
         elif isinstance(detail, str):
             text = detail
+        elif isinstance(message, str):
+            text = message
         else:
             text = ""
     return shorten(text, secret)
@@ -165,7 +168,9 @@ async def post_json(
         # Checked before ClientError: aiohttp's timeout errors are both.
         raise ProviderError(f"{name} did not answer within {timeout:g}s", True, timeout=True) from None
     except aiohttp.ClientError as exc:
-        reason = redact(f"{type(exc).__name__}: {exc}", api_key)
+        # aiohttp's message may quote what it could not parse of the answer (a status line or
+        # a header of kilobytes, over lines): the provider's words, cut as its error's are.
+        reason = shorten(f"{type(exc).__name__}: {exc}", api_key)
         raise ProviderError(f"{name} unreachable: {reason}", True) from None
     if 300 <= status < 400:
         raise redirected(name, status)

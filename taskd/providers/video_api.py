@@ -17,7 +17,7 @@ import orjson
 from taskd.backoff import Backoff
 from taskd.config import VideoProvider
 from taskd.errors import TaskError
-from taskd.logs import redact
+from taskd.logs import shorten
 from taskd.providers.http import (
     JSON_REPLY_LIMIT,
     ProviderError,
@@ -110,12 +110,14 @@ def json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    # Only the delta-seconds form: an HTTP date would need a trustworthy clock on both sides.
+    # Only the delta-seconds form: an HTTP date would need a trustworthy clock on both sides. A
+    # negative number or NaN asks for no wait at all: the backoff's wait, not every try at once.
     value = headers.get("Retry-After", "")
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None
+    return seconds if seconds >= 0 else None
 
 
 class ProviderCalls:
@@ -190,7 +192,9 @@ class ProviderCalls:
             # Checked before ClientError: aiohttp's timeout errors are both.
             raise ProviderError(f"{NAME} did not answer within {timeout:g}s", True, timeout=True) from None
         except aiohttp.ClientError as exc:
-            reason = redact(f"{type(exc).__name__}: {exc}", self.settings.api_key)
+            # aiohttp's message may quote what it could not parse of the answer (a status line or
+            # a header of kilobytes, over lines): the provider's words, cut as its error's are.
+            reason = shorten(f"{type(exc).__name__}: {exc}", self.settings.api_key)
             raise ProviderError(f"{NAME} unreachable: {reason}", True) from None
         if 300 <= status < 400:
             raise redirected(NAME, status)

@@ -168,7 +168,7 @@ class Served:
 async def serve_with_secrets(
     tmp_path: Path, valkey_url: str, fake_llm: FakeOpenAI
 ) -> AsyncIterator[Callable[..., Served]]:
-    """Starts `taskd serve` with every secret set (and `extra` environment on top); stopped at the end."""
+    """Starts `taskd serve` with every secret set (`extra` environment on top, replacing any of it); stopped at the end."""
     started: list[subprocess.Popen[str]] = []
     password = url_password(valkey_url)
     assert password
@@ -184,20 +184,20 @@ async def serve_with_secrets(
     }
 
     def start(**extra: str) -> Served:
-        env = _base_env(
-            tmp_path / "data",
-            TASKD_REDIS__URL=valkey_url,
-            TASKD_AUTH__API_KEYS=ADMIN_KEY,
-            TASKD_AUTH__KEYS=json.dumps([{"key": SCOPED_KEY, "projects": ["tenant-a"]}]),
-            TASKD_MEDIA__SECRET=MEDIA_SECRET,
-            TASKD_WEBHOOKS__SECRET=WEBHOOK_SECRET,
-            TASKD_WEBHOOKS__ALLOW_PRIVATE="true",
-            TASKD_PROVIDERS__LLM__BASE_URL=fake_llm.base_url,
-            TASKD_PROVIDERS__LLM__MODEL="test-model",
+        settings = {
+            "TASKD_REDIS__URL": valkey_url,
+            "TASKD_AUTH__API_KEYS": ADMIN_KEY,
+            "TASKD_AUTH__KEYS": json.dumps([{"key": SCOPED_KEY, "projects": ["tenant-a"]}]),
+            "TASKD_MEDIA__SECRET": MEDIA_SECRET,
+            "TASKD_WEBHOOKS__SECRET": WEBHOOK_SECRET,
+            "TASKD_WEBHOOKS__ALLOW_PRIVATE": "true",
+            "TASKD_PROVIDERS__LLM__BASE_URL": fake_llm.base_url,
+            "TASKD_PROVIDERS__LLM__MODEL": "test-model",
             **{f"TASKD_PROVIDERS__{name}__API_KEY": key for name, key in PROVIDER_KEYS.items()},
             **FOREIGN,
-            **extra,
-        )
+        }
+        # `extra` may replace any of these (another provider URL, a key left blank).
+        env = _base_env(tmp_path / "data", **{**settings, **extra})
         log_path = tmp_path / "taskd.log"
         proc, printed = _start(["serve"], env, tmp_path, log_path)
         started.append(proc)
@@ -451,6 +451,28 @@ async def test_a_provider_error_quoting_secrets_reaches_neither_the_task_nor_the
     assert "Incorrect API key provided" in failed["error"]  # the provider's reason still reaches the caller
     assert _leaks(json.dumps(failed), served.secrets) == []
     assert _leaks(served.log(), served.secrets) == []
+
+
+async def test_a_provider_error_quoting_the_basic_credentials_of_its_url_reaches_neither_the_task_nor_the_log(
+    serve_with_secrets, fake_llm
+):
+    # The provider's credentials in its base URL: aiohttp sends them as `Authorization: Basic
+    # base64(user:password)`, which a provider (or a gateway before it) may quote in an error.
+    password = "llm-url-password-4d2a"
+    basic = base64.b64encode(f"llm-user:{password}".encode()).decode()
+    served = serve_with_secrets(
+        TASKD_PROVIDERS__LLM__BASE_URL=fake_llm.base_url.replace("://", f"://llm-user:{password}@"),
+        TASKD_PROVIDERS__LLM__API_KEY="",
+    )
+    fake_llm.fail(401, f"Invalid credentials in Authorization: Basic {basic}")
+
+    failed = await served.run("test_prompt", TASK_DATA["test_prompt"])
+
+    assert failed["status"] == "failed", failed
+    assert "Invalid credentials" in failed["error"]
+    secrets = {**served.secrets, "url password": password, "basic credentials": basic}
+    assert _leaks(json.dumps(failed), secrets) == []
+    assert _leaks(served.log(), secrets) == []
 
 
 # The generated API key

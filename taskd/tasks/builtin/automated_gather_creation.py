@@ -39,6 +39,8 @@ NOTHING_IN_TIME = "Soft time limit reached before any department was gathered"
 # result, so a model that writes a megabyte there is cut here.
 FOCUS_LIMIT = 500
 TOO_LONG = "reply too long"
+# The provider's answers that refuse the key itself, not one department's request.
+KEY_REFUSED = frozenset({401, 403})
 # The run state's fields (taskd.store.run_state): the outline, and each department's items.
 KEPT_OUTLINE = "gather:outline"
 KEPT_DEPARTMENT = "gather:department:"
@@ -198,6 +200,10 @@ class Workflow:
                 items = await self.items(slug, focus)
             except ProviderError as exc:
                 failed[slug], last_error = exc.reason, exc
+                if exc.status in KEY_REFUSED:
+                    # The key is refused (revoked, or of no access): every department's call would be.
+                    stopped = f"the LLM provider refused the key ({exc.reason})"
+                    break
                 continue
             except SoftTimeLimitExceeded:
                 stopped = "soft time limit"
