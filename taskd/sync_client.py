@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import queue
+import selectors
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeVar, overload
@@ -75,6 +78,20 @@ def _blocking(
     return call
 
 
+# Every SyncTaskClient of this process, made new in a child after os.fork(); and in a child, what
+# they were in the parent (kept, see SyncTaskClient._after_fork).
+_CLIENTS: weakref.WeakSet[SyncTaskClient] = weakref.WeakSet()
+_INHERITED: list[tuple[TaskClient, asyncio.AbstractEventLoop, selectors.BaseSelector]] = []
+
+
+def _after_fork() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
 class SyncTaskClient:
     """A blocking client of one taskd server; use `with` (or call `close`). Arguments as TaskClient's."""
 
@@ -88,18 +105,45 @@ class SyncTaskClient:
         max_retry_wait: float = 60.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
-        self.client = TaskClient(
-            url,
-            api_key,
-            timeout=timeout,
-            retries=retries,
-            max_retry_wait=max_retry_wait,
-            max_response_bytes=max_response_bytes,
-        )
-        self._loop = asyncio.new_event_loop()
+        self._settings: dict[str, Any] = {
+            "timeout": timeout,
+            "retries": retries,
+            "max_retry_wait": max_retry_wait,
+            "max_response_bytes": max_response_bytes,
+        }
+        self._url, self._api_key = url, api_key
+        self._open()
+        _CLIENTS.add(self)
+
+    def _open(self) -> None:
+        """The TaskClient, and the event loop and thread it runs on."""
+        self.client = TaskClient(self._url, self._api_key, **self._settings)
+        # Its selector held here, for _after_fork.
+        self._selector = selectors.DefaultSelector()
+        self._loop = asyncio.SelectorEventLoop(self._selector)
         # A daemon thread: a program that forgets `close` still exits.
         self._thread = threading.Thread(target=self._loop.run_forever, name="taskd-client", daemon=True)
         self._thread.start()
+
+    def _after_fork(self) -> None:
+        """In a child process forked from the one that made this client: a loop, thread and session
+        of its own (the parent's loop has no thread here: a call waited for it forever).
+
+        What the child holds of the parent's loop is cut off from the parent first. Its epoll is
+        one kernel object with the parent's: the child's copies of the parent's connections, closed
+        when the child collects them (at its exit), took the parent's pooled sockets out of it, and
+        the parent's next request on one never saw its answer (a TaskdConnectionError after
+        `timeout`). The child's descriptor of it now names an epoll of the child's own; the
+        parent's objects are kept, never used, so that they are not collected before the child ends.
+        """
+        if self._loop.is_closed():
+            return
+        if (fileno := getattr(self._selector, "fileno", None)) is not None:
+            own = type(self._selector)()
+            os.dup2(own.fileno(), fileno(), inheritable=False)
+            own.close()
+        _INHERITED.append((self.client, self._loop, self._selector))
+        self._open()
 
     def __enter__(self) -> Self:
         return self

@@ -4,6 +4,9 @@ server that refuses with 429/503 and `Retry-After` before it answers."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -111,6 +114,54 @@ def test_a_closed_client_refuses_calls(server: TaskdProcess):
 
     with pytest.raises(RuntimeError, match="closed"):
         client.status("x")
+
+
+def _forking(server: TaskdProcess, program: str) -> str:
+    """Run `program` in a Python of its own after `client = SyncTaskClient(<server>)`, `client.health()`
+    (a pooled connection) and `child = os.fork()`; its standard output. A child that waits for
+    nothing is ended by SIGALRM after 60 s, rather than holding the test."""
+    prologue = f"""
+        import os, signal, sys
+        from taskd.sync_client import SyncTaskClient
+        client = SyncTaskClient({server.base_url!r}, {API_KEY!r}, timeout=30)
+        client.health()
+        child = os.fork()
+    """
+    source = textwrap.dedent(prologue) + textwrap.dedent(program)
+    return subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+
+
+def test_a_client_made_before_a_fork_answers_in_the_child(server: TaskdProcess):
+    out = _forking(
+        server,
+        """
+        if child == 0:
+            signal.alarm(60)
+            print("child", client.health().status, flush=True)
+            client.close()
+            os._exit(0)
+        print("child ended with", os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
+        """,
+    )
+
+    assert out.splitlines() == ["child healthy", "child ended with 0"]
+
+
+def test_the_parent_is_answered_after_a_forked_child_exits(server: TaskdProcess):
+    out = _forking(
+        server,
+        """
+        if child == 0:
+            sys.exit(0)  # an interpreter's exit: it collects what it holds of the parent's client
+        os.waitpid(child, 0)
+        print("parent", client.health().status)
+        client.close()
+        """,
+    )
+
+    assert out.splitlines() == ["parent healthy"]
 
 
 # A local server that refuses first, then answers: the retries of both clients.
