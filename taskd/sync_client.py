@@ -92,6 +92,27 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+def _shut_down(client: TaskClient, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    """Close `client`'s session on `loop`, then stop the loop and end its `thread`."""
+    if threading.current_thread() is thread:
+        # Collected on its own thread (the collector runs in whichever thread it is triggered),
+        # which cannot wait for itself: the loop closes the session, then stops.
+        async def close_and_stop() -> None:
+            try:
+                await client.close()
+            finally:
+                loop.stop()
+
+        loop.call_soon(loop.create_task, close_and_stop())
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(client.close(), loop).result()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
 class SyncTaskClient:
     """A blocking client of one taskd server; use `with` (or call `close`). Arguments as TaskClient's."""
 
@@ -124,6 +145,10 @@ class SyncTaskClient:
         # A daemon thread: a program that forgets `close` still exits.
         self._thread = threading.Thread(target=self._loop.run_forever, name="taskd-client", daemon=True)
         self._thread.start()
+        # `close`, and for a client nobody closed, its collection or the interpreter's exit: else
+        # aiohttp printed "Unclosed client session" and "Unclosed connector" at the exit of a program
+        # that never called `close`, and each client collected unclosed left its thread running.
+        self._closer = weakref.finalize(self, _shut_down, self.client, self._loop, self._thread)
 
     def _after_fork(self) -> None:
         """In a child process forked from the one that made this client: a loop, thread and session
@@ -138,6 +163,8 @@ class SyncTaskClient:
         """
         if self._loop.is_closed():
             return
+        # The parent's thread is not here to shut its loop down: left alone at the child's exit.
+        self._closer.detach()
         if (fileno := getattr(self._selector, "fileno", None)) is not None:
             own = type(self._selector)()
             os.dup2(own.fileno(), fileno(), inheritable=False)
@@ -153,14 +180,7 @@ class SyncTaskClient:
 
     def close(self) -> None:
         """Close the HTTP session and stop the client's thread; the client cannot be used after."""
-        if self._loop.is_closed():
-            return
-        try:
-            self._run(self.client.close())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+        self._closer()
 
     def _start(self, coroutine: Coroutine[Any, Any, _R]) -> Future[_R]:
         if self._loop.is_closed():

@@ -116,21 +116,46 @@ def test_a_closed_client_refuses_calls(server: TaskdProcess):
         client.status("x")
 
 
-def _forking(server: TaskdProcess, program: str) -> str:
-    """Run `program` in a Python of its own after `client = SyncTaskClient(<server>)`, `client.health()`
-    (a pooled connection) and `child = os.fork()`; its standard output. A child that waits for
-    nothing is ended by SIGALRM after 60 s, rather than holding the test."""
+def _python(server: TaskdProcess, program: str) -> subprocess.CompletedProcess[str]:
+    """Run `program` in a Python of its own after `client = SyncTaskClient(<server>)` and
+    `client.health()` (a pooled connection); what it printed."""
     prologue = f"""
-        import os, signal, sys
+        import gc, os, signal, sys
         from taskd.sync_client import SyncTaskClient
         client = SyncTaskClient({server.base_url!r}, {API_KEY!r}, timeout=30)
         client.health()
-        child = os.fork()
     """
     source = textwrap.dedent(prologue) + textwrap.dedent(program)
     return subprocess.run(
         [sys.executable, "-c", source], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
+    )
+
+
+def test_a_client_never_closed_leaves_nothing_unclosed_at_exit(server: TaskdProcess):
+    ran = _python(server, "print('exiting')")
+
+    assert (ran.stdout, ran.stderr) == ("exiting\n", "")
+
+
+def test_a_client_collected_unclosed_ends_its_thread(server: TaskdProcess):
+    ran = _python(
+        server,
+        """
+        thread = client._thread
+        del client
+        gc.collect()
+        thread.join(60)
+        print("thread running:", thread.is_alive())
+        """,
+    )
+
+    assert ran.stdout == "thread running: False\n"
+
+
+def _forking(server: TaskdProcess, program: str) -> str:
+    """`_python` with `child = os.fork()` after the prologue; the standard output. A child that waits
+    for nothing is ended by SIGALRM after 60 s, rather than holding the test."""
+    return _python(server, "child = os.fork()\n" + textwrap.dedent(program)).stdout
 
 
 def test_a_client_made_before_a_fork_answers_in_the_child(server: TaskdProcess):
