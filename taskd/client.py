@@ -23,7 +23,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Self, TypeVar, overload
@@ -836,14 +836,14 @@ class TaskClient:
         self,
         project_id: str,
         task_type: str,
-        task_data: dict[str, Any],
+        task_data: Mapping[str, Any],
         *,
         priority: int = 2,
         callback_url: str | None = None,
-        metadata: dict[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
         keep_for: int | None = None,
         idempotency_key: str | None = None,
-        depends_on: list[str] | None = None,
+        depends_on: Sequence[str] | None = None,
         run_at: datetime | str | None = None,
         delay_seconds: float | None = None,
         webhook_events: Sequence[str] | None = None,
@@ -875,16 +875,17 @@ class TaskClient:
         body: dict[str, Any] = {
             "project_id": project_id,
             "task_type": task_type,
-            "task_data": task_data,
+            # As dicts: a Mapping that is not one (a MappingProxyType) is not JSON to the encoder.
+            "task_data": dict(task_data),
             "priority": priority,
-            "metadata": metadata or {},
+            "metadata": dict(metadata or {}),
         }
         if callback_url:
             body["callback_url"] = callback_url
         if keep_for is not None:
             body["keep_for"] = keep_for
         if depends_on:
-            body["depends_on"] = depends_on
+            body["depends_on"] = list(depends_on)
         if run_at is not None:
             body["run_at"] = run_at
         if delay_seconds is not None:
@@ -906,7 +907,7 @@ class TaskClient:
         return submitted
 
     async def submit_batch(
-        self, tasks: list[dict[str, Any]], *, idempotency_key: str | None = None
+        self, tasks: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
     ) -> list[Submitted]:
         """Submit up to 100 tasks at once, stored all or none; the answers are in the same order.
 
@@ -918,7 +919,7 @@ class TaskClient:
         answer = await self._request(
             "POST",
             "/api/v1/tasks/batch",
-            json={"tasks": tasks},
+            json={"tasks": [dict(task) for task in tasks]},
             idempotency_key=idempotency_key,
             creates=True,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -78,6 +79,23 @@ async def test_submit_batch_chains_its_items_by_index_and_answers_in_order(clien
 
     assert task.result == {"text": "frame!!", "length": 7}
     assert task.depends_on == [first.task_id]
+
+
+async def test_submit_takes_any_mapping_and_sequence_for_its_data_and_dependencies(client):
+    first, *_ = await client.submit_batch(
+        (MappingProxyType({"project_id": "films", "task_type": "append", "task_data": {"text": "frame"}}),)
+    )
+    second = await client.submit(
+        "films",
+        "append",
+        MappingProxyType({"text": {"$ref": f"{first.task_id}#/text"}}),
+        metadata=MappingProxyType({"user_id": "u1"}),
+        depends_on=(first.task_id,),
+    )
+
+    task = await client.wait(second.task_id, timeout=10)
+
+    assert task.result == {"text": "frame!!", "length": 7}
 
 
 async def test_submit_batch_raises_validation_failed_naming_the_item(client):
