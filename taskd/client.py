@@ -38,6 +38,45 @@ import yarl
 from taskd.backoff import exponential_delay
 from taskd.model import TaskStatus
 
+# What a caller imports from here. TaskStatus, the type of every result's `status`, among them:
+# without it in `__all__`, `from taskd.client import TaskStatus` ran, but a caller's mypy --strict
+# refused it ("does not explicitly export attribute").
+__all__ = [
+    "DEFAULT_URL",
+    "MAX_RESPONSE_BYTES",
+    "TERMINAL",
+    "Alert",
+    "AuthenticationFailed",
+    "Cancellation",
+    "EventsLost",
+    "Health",
+    "IdempotencyKeyReused",
+    "InvalidResponse",
+    "InvalidState",
+    "Metrics",
+    "QueueHealth",
+    "RateLimited",
+    "Retried",
+    "ServiceUnavailable",
+    "StreamGap",
+    "Submitted",
+    "Task",
+    "TaskCancelled",
+    "TaskClient",
+    "TaskEnded",
+    "TaskEvent",
+    "TaskFailed",
+    "TaskNotFoundError",
+    "TaskPage",
+    "TaskStatus",
+    "TaskSummary",
+    "TaskdConnectionError",
+    "TaskdError",
+    "ValidationFailed",
+    "error_for",
+    "retry_after_seconds",
+]
+
 DEFAULT_URL = "http://127.0.0.1:8001"
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 _STREAM_READ_TIMEOUT = 45.0  # the server sends a keep-alive every 15 s

@@ -51,3 +51,16 @@ def test_submits_type_check_with_typed_dicts_mappings_and_tuples(tmp_path: Path)
     report, errors, status = mypy.api.run(["--strict", "--cache-dir", str(tmp_path / "cache"), str(caller)])
 
     assert status == 0, report + errors
+
+
+def test_task_status_imports_from_the_client_module_under_strict_checking(tmp_path: Path):
+    caller = tmp_path / "caller.py"
+    caller.write_text(
+        "from taskd.client import Task, TaskStatus\n"
+        "def done(task: Task) -> bool:\n"
+        "    return task.status is TaskStatus.COMPLETED\n"
+    )
+
+    report, errors, status = mypy.api.run(["--strict", "--cache-dir", str(tmp_path / "cache"), str(caller)])
+
+    assert status == 0, report + errors
