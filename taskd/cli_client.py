@@ -636,9 +636,14 @@ def _checked_key(key: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run one client command; its exit code."""
-    # Imported here, not at the top: `taskd serve` builds this module's parsers too, and the client
-    # library is ~0.9 MiB of a server's idle memory that it never uses.
-    from taskd.client import TaskdError
+    try:
+        # Imported here, not at the top: `taskd serve` builds this module's parsers too, and the
+        # client library is ~0.9 MiB of a server's idle memory that it never uses.
+        from taskd.client import TaskdError
+    except KeyboardInterrupt:
+        # Ctrl-C while it loads (aiohttp: a few tenths of a second): the quiet end of one while
+        # following, not a traceback of the import machinery.
+        return 130
 
     try:
         url, key = _server(args, args.config)

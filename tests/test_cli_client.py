@@ -82,6 +82,33 @@ async def test_ctrl_c_in_submit_wait_json_names_the_task_that_goes_on(taskd):
     assert (await taskd.status(task_id))["status"] in ("queued", "processing")
 
 
+_CTRL_C_WHILE_LOADING = """
+import sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "taskd.client":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, CtrlC())
+from taskd.cli import main
+sys.exit(main(["status", "t1", "--url", "http://127.0.0.1:1", "--api-key", "k"]))
+"""
+
+
+async def test_ctrl_c_while_a_client_command_loads_the_client_ends_it_with_130_and_no_traceback():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CTRL_C_WHILE_LOADING,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+
+    assert (proc.returncode, out, err) == (130, b"", b"")
+
+
 async def test_submit_prints_the_task_id_and_exits_0(taskd):
     run = await taskd_cli(
         "submit", "--project", "films", "--type", "noop", "--data", "{}", url=taskd.base_url
