@@ -100,6 +100,19 @@ _ANSWER_LOST = frozenset({502, 504})
 # ---- errors ----
 
 
+_Error = TypeVar("_Error", bound=BaseException)
+
+
+def _rebuilt(cls: type[_Error], args: tuple[Any, ...], state: dict[str, Any]) -> _Error:
+    """An error as pickle and copy make it again: its attributes as they were. The default calls
+    `cls(*args)`, and these errors' `args` (their message) are not what their __init__ takes, so a
+    TaskFailed raised in a ProcessPoolExecutor's worker broke the pool when the parent unpickled it."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class TaskdError(Exception):
     """A request taskd refused (or could not answer): HTTP `status` and the error `body` as sent."""
 
@@ -109,6 +122,9 @@ class TaskdError(Exception):
         self.error: str = str(body.get("error", "invalid_state" if "detail" in body else "http_error"))
         self.message: str = str(body.get("message") or body.get("detail") or f"HTTP {status}")
         super().__init__(self.message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, self.__dict__)
 
 
 class TaskdConnectionError(TaskdError):
@@ -202,6 +218,9 @@ class TaskEnded(Exception):
     def __init__(self, task: Task) -> None:
         self.task = task
         super().__init__(f"Task {task.task_id} {task.status.value}: {task.error or 'no error given'}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, self.__dict__)
 
 
 class TaskFailed(TaskEnded):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
@@ -206,6 +207,32 @@ async def test_wait_raises_task_failed_carrying_the_final_status(client):
 
     assert failed.value.task.status is TaskStatus.FAILED
     assert failed.value.task.error == "no good"
+
+
+async def test_a_task_failed_survives_pickling_with_its_final_status(client):
+    # As a ProcessPoolExecutor's worker hands it to its parent.
+    submitted = await client.submit("films", "fail", {"message": "no good"})
+    with pytest.raises(TaskFailed) as failed:
+        await client.wait(submitted.task_id, timeout=10)
+
+    again = pickle.loads(pickle.dumps(failed.value))
+
+    assert (type(again), again.task, str(again)) == (TaskFailed, failed.value.task, str(failed.value))
+
+
+async def test_a_refusal_survives_pickling_with_its_status_and_body(client):
+    with pytest.raises(ValidationFailed) as refused:
+        await client.submit("films", "generate_video", {"duration": 99})
+
+    again = pickle.loads(pickle.dumps(refused.value))
+
+    assert (type(again), again.status, again.body, again.details, str(again)) == (
+        ValidationFailed,
+        400,
+        refused.value.body,
+        refused.value.details,
+        str(refused.value),
+    )
 
 
 async def test_wait_raises_task_cancelled_when_the_task_is_cancelled(client):
