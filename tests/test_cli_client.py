@@ -68,8 +68,10 @@ async def test_ctrl_c_in_submit_wait_json_names_the_task_that_goes_on(taskd):
     )
     # Following once it holds two connections to taskd: the submit's, kept alive, and the stream's.
     port = int(taskd.base_url.rsplit(":", 1)[1])
+    child = psutil.Process(proc.pid)
+    connections = getattr(child, "net_connections", None) or child.connections  # psutil < 6 (floors)
     async with asyncio.timeout(30):
-        while sum(c.raddr and c.raddr.port == port for c in psutil.Process(proc.pid).net_connections()) < 2:
+        while sum(bool(c.raddr) and c.raddr.port == port for c in connections()) < 2:
             await asyncio.sleep(0.05)
 
     proc.send_signal(signal.SIGINT)
