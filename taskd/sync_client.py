@@ -92,6 +92,14 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The client's thread: its loop, closed once stopped (by `_shut_down`, from whichever thread)."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
 def _shut_down(client: TaskClient, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
     """Close `client`'s session on `loop`, then stop the loop and end its `thread`."""
     if threading.current_thread() is thread:
@@ -110,7 +118,6 @@ def _shut_down(client: TaskClient, loop: asyncio.AbstractEventLoop, thread: thre
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
-        loop.close()
 
 
 class SyncTaskClient:
@@ -143,7 +150,7 @@ class SyncTaskClient:
         self._selector = selectors.DefaultSelector()
         self._loop = asyncio.SelectorEventLoop(self._selector)
         # A daemon thread: a program that forgets `close` still exits.
-        self._thread = threading.Thread(target=self._loop.run_forever, name="taskd-client", daemon=True)
+        self._thread = threading.Thread(target=_serve, args=(self._loop,), name="taskd-client", daemon=True)
         self._thread.start()
         # `close`, and for a client nobody closed, its collection or the interpreter's exit: else
         # aiohttp printed "Unclosed client session" and "Unclosed connector" at the exit of a program
