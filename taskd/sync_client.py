@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import os
 import queue
 import selectors
@@ -225,7 +226,8 @@ class SyncTaskClient:
         """Follow a task until it ends and return its final status (as TaskClient.wait).
 
         `on_event` is called in this thread with each TaskEvent; an exception it raises stops the
-        wait and is raised here.
+        wait and is raised here. It is a plain function: one that returns an awaitable (an `async
+        def`, which TaskClient.wait awaits) raises TypeError, as nothing here could await it.
         """
         events = _HandOver(self._loop)
         future = self._start(
@@ -240,8 +242,15 @@ class SyncTaskClient:
         future.add_done_callback(events.end)
         try:
             while (event := events.get()) is not _END:
-                if on_event is not None:
-                    on_event(event)
+                if on_event is not None and inspect.isawaitable(outcome := on_event(event)):
+                    # Else its body never ran, and the wait went on as if it had (a RuntimeWarning
+                    # "never awaited" at most).
+                    if inspect.iscoroutine(outcome):
+                        outcome.close()
+                    raise TypeError(
+                        "SyncTaskClient.wait's on_event returned an awaitable (an async def?); "
+                        "it is called in the caller's thread, where nothing awaits it: pass a plain function"
+                    )
             return future.result()
         finally:
             future.cancel()

@@ -75,6 +75,16 @@ def test_an_exception_in_on_event_stops_the_wait_and_is_raised(client):
     assert time.monotonic() - started < 4
 
 
+def test_an_async_on_event_raises_type_error_rather_than_never_running(client):
+    submitted = client.submit("films", "noop", {})
+
+    async def on_event(_event: object) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="on_event returned an awaitable"):
+        client.wait(submitted.task_id, timeout=20, on_event=on_event)
+
+
 def test_wait_raises_task_failed_with_the_final_status(client):
     submitted = client.submit("films", "fail", {"message": "no good"})
 
