@@ -703,6 +703,7 @@ class TaskClient:
         self._session = session
         self._own_session = session is None
         self._streams: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -711,7 +712,8 @@ class TaskClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP session this client made."""
+        """Close the HTTP session this client made; the client cannot be used after."""
+        self._closed = True
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -722,6 +724,10 @@ class TaskClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         """The aiohttp session (made on first use)."""
+        if self._closed:
+            # Rather than a session made again, which nothing would close: aiohttp printed
+            # "Unclosed client session" at the program's exit (SyncTaskClient refuses the same way).
+            raise RuntimeError("this TaskClient is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
@@ -733,7 +739,7 @@ class TaskClient:
         (aiohttp's limit) left every request waiting for a connection until a stream ended, and then
         raising TaskdConnectionError after `timeout` without taskd ever being asked. A caller's
         `session` is used for both."""
-        if not self._own_session:
+        if not self._own_session or self._closed:
             return self.session
         if self._streams is None:
             self._streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))

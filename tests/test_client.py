@@ -235,6 +235,16 @@ async def test_a_refusal_survives_pickling_with_its_status_and_body(client):
     )
 
 
+async def test_a_closed_client_refuses_calls_rather_than_opening_a_session_again(taskd):
+    client = TaskClient(taskd.base_url, API_KEY)
+    await client.health()
+    await client.close()
+
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.health()
+    assert client._session is None
+
+
 async def test_wait_raises_task_cancelled_when_the_task_is_cancelled(client):
     submitted = await client.submit("films", "sleep", {"seconds": 30, "steps": 30})
     waiting = asyncio.create_task(client.wait(submitted.task_id, timeout=10))
