@@ -695,6 +695,10 @@ class TaskClient:
         self._base = str(base)
         # How errors name it: a password in the URL is not repeated in them.
         self._shown = str(base.with_password("***")) if base.password else self.url
+        if base.scheme not in ("http", "https") or not base.host:
+            # Else each call raised TaskdConnectionError "cannot reach taskd at 127.0.0.1:8001:
+            # 127.0.0.1:8001/api/v1/health", as though taskd were down, for a URL without its scheme.
+            raise ValueError(f"url must be http(s)://host[:port], not {self._shown!r}")
         self.api_key = api_key
         self.timeout = timeout
         self.retries = retries

@@ -245,6 +245,12 @@ async def test_a_closed_client_refuses_calls_rather_than_opening_a_session_again
     assert client._session is None
 
 
+@pytest.mark.parametrize("url", ["127.0.0.1:8001", "localhost", "ftp://127.0.0.1:8001", "http://"])
+def test_a_url_without_http_and_a_host_is_refused_when_the_client_is_made(url):
+    with pytest.raises(ValueError, match=r"^url must be http\(s\)://host\[:port\]"):
+        TaskClient(url, API_KEY)
+
+
 async def test_wait_raises_task_cancelled_when_the_task_is_cancelled(client):
     submitted = await client.submit("films", "sleep", {"seconds": 30, "steps": 30})
     waiting = asyncio.create_task(client.wait(submitted.task_id, timeout=10))
