@@ -163,8 +163,18 @@ def _note_unfinished(task: Task) -> None:
         _note(f"task {printable(task.task_id)} was cancelled (it was {printable(task.previous_state)})")
 
 
+def _note_going_on(task_ids: list[str]) -> None:
+    """Ctrl-C while following: the tasks go on, and with --json their ids were never printed."""
+    shown = " ".join(printable(task_id) for task_id in task_ids)
+    _note(f"taskd: interrupted; the tasks go on (`taskd cancel ID` stops one): {shown}")
+
+
 async def _follow(client: TaskClient, task_id: str, args: argparse.Namespace) -> int:
-    task = await _await_end(client, task_id, args.timeout, args.json)
+    try:
+        task = await _await_end(client, task_id, args.timeout, args.json)
+    except asyncio.CancelledError:  # asyncio.run's answer to Ctrl-C
+        _note_going_on([task_id])
+        raise
     if task is None:
         return EXIT_TIMEOUT
     if args.json:
@@ -345,11 +355,15 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
     # (a later step has mostly ended by the time it is reached), all against one deadline.
     deadline = None if args.timeout is None else asyncio.get_running_loop().time() + args.timeout
     ended: list[Task] = []
-    for name, answer in zip(pipeline.names, submitted, strict=True):
+    for index, (name, answer) in enumerate(zip(pipeline.names, submitted, strict=True)):
         if not args.json:
             _note(f"{name}:")
         left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
-        task = await _await_end(client, answer.task_id, left, args.json)
+        try:
+            task = await _await_end(client, answer.task_id, left, args.json)
+        except asyncio.CancelledError:
+            _note_going_on([later.task_id for later in submitted[index:]])
+            raise
         if task is None:
             return EXIT_TIMEOUT
         if not args.json:
@@ -622,9 +636,14 @@ def _checked_key(key: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run one client command; its exit code."""
-    # Imported here, not at the top: `taskd serve` builds this module's parsers too, and the client
-    # library is ~0.9 MiB of a server's idle memory that it never uses.
-    from taskd.client import TaskdError
+    try:
+        # Imported here, not at the top: `taskd serve` builds this module's parsers too, and the
+        # client library is ~0.9 MiB of a server's idle memory that it never uses.
+        from taskd.client import TaskdError
+    except KeyboardInterrupt:
+        # Ctrl-C while it loads (aiohttp: a few tenths of a second): the quiet end of one while
+        # following, not a traceback of the import machinery.
+        return 130
 
     try:
         url, key = _server(args, args.config)

@@ -23,7 +23,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Self, TypeVar, overload
@@ -37,6 +37,45 @@ import yarl
 
 from taskd.backoff import exponential_delay
 from taskd.model import TaskStatus
+
+# What a caller imports from here. TaskStatus, the type of every result's `status`, among them:
+# without it in `__all__`, `from taskd.client import TaskStatus` ran, but a caller's mypy --strict
+# refused it ("does not explicitly export attribute").
+__all__ = [
+    "DEFAULT_URL",
+    "MAX_RESPONSE_BYTES",
+    "TERMINAL",
+    "Alert",
+    "AuthenticationFailed",
+    "Cancellation",
+    "EventsLost",
+    "Health",
+    "IdempotencyKeyReused",
+    "InvalidResponse",
+    "InvalidState",
+    "Metrics",
+    "QueueHealth",
+    "RateLimited",
+    "Retried",
+    "ServiceUnavailable",
+    "StreamGap",
+    "Submitted",
+    "Task",
+    "TaskCancelled",
+    "TaskClient",
+    "TaskEnded",
+    "TaskEvent",
+    "TaskFailed",
+    "TaskNotFoundError",
+    "TaskPage",
+    "TaskStatus",
+    "TaskSummary",
+    "TaskdConnectionError",
+    "TaskdError",
+    "ValidationFailed",
+    "error_for",
+    "retry_after_seconds",
+]
 
 DEFAULT_URL = "http://127.0.0.1:8001"
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
@@ -61,6 +100,19 @@ _ANSWER_LOST = frozenset({502, 504})
 # ---- errors ----
 
 
+_Error = TypeVar("_Error", bound=BaseException)
+
+
+def _rebuilt(cls: type[_Error], args: tuple[Any, ...], state: dict[str, Any]) -> _Error:
+    """An error as pickle and copy make it again: its attributes as they were. The default calls
+    `cls(*args)`, and these errors' `args` (their message) are not what their __init__ takes, so a
+    TaskFailed raised in a ProcessPoolExecutor's worker broke the pool when the parent unpickled it."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
 class TaskdError(Exception):
     """A request taskd refused (or could not answer): HTTP `status` and the error `body` as sent."""
 
@@ -70,6 +122,9 @@ class TaskdError(Exception):
         self.error: str = str(body.get("error", "invalid_state" if "detail" in body else "http_error"))
         self.message: str = str(body.get("message") or body.get("detail") or f"HTTP {status}")
         super().__init__(self.message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, self.__dict__)
 
 
 class TaskdConnectionError(TaskdError):
@@ -163,6 +218,9 @@ class TaskEnded(Exception):
     def __init__(self, task: Task) -> None:
         self.task = task
         super().__init__(f"Task {task.task_id} {task.status.value}: {task.error or 'no error given'}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuilt, (type(self), self.args, self.__dict__)
 
 
 class TaskFailed(TaskEnded):
@@ -637,6 +695,10 @@ class TaskClient:
         self._base = str(base)
         # How errors name it: a password in the URL is not repeated in them.
         self._shown = str(base.with_password("***")) if base.password else self.url
+        if base.scheme not in ("http", "https") or not base.host:
+            # Else each call raised TaskdConnectionError "cannot reach taskd at 127.0.0.1:8001:
+            # 127.0.0.1:8001/api/v1/health", as though taskd were down, for a URL without its scheme.
+            raise ValueError(f"url must be http(s)://host[:port], not {self._shown!r}")
         self.api_key = api_key
         self.timeout = timeout
         self.retries = retries
@@ -645,6 +707,7 @@ class TaskClient:
         self._session = session
         self._own_session = session is None
         self._streams: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -653,7 +716,8 @@ class TaskClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP session this client made."""
+        """Close the HTTP session this client made; the client cannot be used after."""
+        self._closed = True
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -664,6 +728,10 @@ class TaskClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         """The aiohttp session (made on first use)."""
+        if self._closed:
+            # Rather than a session made again, which nothing would close: aiohttp printed
+            # "Unclosed client session" at the program's exit (SyncTaskClient refuses the same way).
+            raise RuntimeError("this TaskClient is closed")
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
@@ -675,7 +743,7 @@ class TaskClient:
         (aiohttp's limit) left every request waiting for a connection until a stream ended, and then
         raising TaskdConnectionError after `timeout` without taskd ever being asked. A caller's
         `session` is used for both."""
-        if not self._own_session:
+        if not self._own_session or self._closed:
             return self.session
         if self._streams is None:
             self._streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -836,14 +904,14 @@ class TaskClient:
         self,
         project_id: str,
         task_type: str,
-        task_data: dict[str, Any],
+        task_data: Mapping[str, Any],
         *,
         priority: int = 2,
         callback_url: str | None = None,
-        metadata: dict[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
         keep_for: int | None = None,
         idempotency_key: str | None = None,
-        depends_on: list[str] | None = None,
+        depends_on: Sequence[str] | None = None,
         run_at: datetime | str | None = None,
         delay_seconds: float | None = None,
         webhook_events: Sequence[str] | None = None,
@@ -875,16 +943,17 @@ class TaskClient:
         body: dict[str, Any] = {
             "project_id": project_id,
             "task_type": task_type,
-            "task_data": task_data,
+            # As dicts: a Mapping that is not one (a MappingProxyType) is not JSON to the encoder.
+            "task_data": dict(task_data),
             "priority": priority,
-            "metadata": metadata or {},
+            "metadata": dict(metadata or {}),
         }
         if callback_url:
             body["callback_url"] = callback_url
         if keep_for is not None:
             body["keep_for"] = keep_for
         if depends_on:
-            body["depends_on"] = depends_on
+            body["depends_on"] = list(depends_on)
         if run_at is not None:
             body["run_at"] = run_at
         if delay_seconds is not None:
@@ -906,7 +975,7 @@ class TaskClient:
         return submitted
 
     async def submit_batch(
-        self, tasks: list[dict[str, Any]], *, idempotency_key: str | None = None
+        self, tasks: Sequence[Mapping[str, Any]], *, idempotency_key: str | None = None
     ) -> list[Submitted]:
         """Submit up to 100 tasks at once, stored all or none; the answers are in the same order.
 
@@ -918,7 +987,7 @@ class TaskClient:
         answer = await self._request(
             "POST",
             "/api/v1/tasks/batch",
-            json={"tasks": tasks},
+            json={"tasks": [dict(task) for task in tasks]},
             idempotency_key=idempotency_key,
             creates=True,
         )

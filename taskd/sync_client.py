@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import os
 import queue
+import selectors
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeVar, overload
@@ -75,6 +79,48 @@ def _blocking(
     return call
 
 
+# Every SyncTaskClient of this process, made new in a child after os.fork(); and in a child, what
+# they were in the parent (kept, see SyncTaskClient._after_fork).
+_CLIENTS: weakref.WeakSet[SyncTaskClient] = weakref.WeakSet()
+_INHERITED: list[tuple[TaskClient, asyncio.AbstractEventLoop, selectors.BaseSelector]] = []
+
+
+def _after_fork() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    """The client's thread: its loop, closed once stopped (by `_shut_down`, from whichever thread)."""
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+
+
+def _shut_down(client: TaskClient, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    """Close `client`'s session on `loop`, then stop the loop and end its `thread`."""
+    if threading.current_thread() is thread:
+        # Collected on its own thread (the collector runs in whichever thread it is triggered),
+        # which cannot wait for itself: the loop closes the session, then stops.
+        async def close_and_stop() -> None:
+            try:
+                await client.close()
+            finally:
+                loop.stop()
+
+        loop.call_soon(loop.create_task, close_and_stop())
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(client.close(), loop).result()
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+
+
 class SyncTaskClient:
     """A blocking client of one taskd server; use `with` (or call `close`). Arguments as TaskClient's."""
 
@@ -88,18 +134,51 @@ class SyncTaskClient:
         max_retry_wait: float = 60.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
-        self.client = TaskClient(
-            url,
-            api_key,
-            timeout=timeout,
-            retries=retries,
-            max_retry_wait=max_retry_wait,
-            max_response_bytes=max_response_bytes,
-        )
-        self._loop = asyncio.new_event_loop()
+        self._settings: dict[str, Any] = {
+            "timeout": timeout,
+            "retries": retries,
+            "max_retry_wait": max_retry_wait,
+            "max_response_bytes": max_response_bytes,
+        }
+        self._url, self._api_key = url, api_key
+        self._open()
+        _CLIENTS.add(self)
+
+    def _open(self) -> None:
+        """The TaskClient, and the event loop and thread it runs on."""
+        self.client = TaskClient(self._url, self._api_key, **self._settings)
+        # Its selector held here, for _after_fork.
+        self._selector = selectors.DefaultSelector()
+        self._loop = asyncio.SelectorEventLoop(self._selector)
         # A daemon thread: a program that forgets `close` still exits.
-        self._thread = threading.Thread(target=self._loop.run_forever, name="taskd-client", daemon=True)
+        self._thread = threading.Thread(target=_serve, args=(self._loop,), name="taskd-client", daemon=True)
         self._thread.start()
+        # `close`, and for a client nobody closed, its collection or the interpreter's exit: else
+        # aiohttp printed "Unclosed client session" and "Unclosed connector" at the exit of a program
+        # that never called `close`, and each client collected unclosed left its thread running.
+        self._closer = weakref.finalize(self, _shut_down, self.client, self._loop, self._thread)
+
+    def _after_fork(self) -> None:
+        """In a child process forked from the one that made this client: a loop, thread and session
+        of its own (the parent's loop has no thread here: a call waited for it forever).
+
+        What the child holds of the parent's loop is cut off from the parent first. Its epoll is
+        one kernel object with the parent's: the child's copies of the parent's connections, closed
+        when the child collects them (at its exit), took the parent's pooled sockets out of it, and
+        the parent's next request on one never saw its answer (a TaskdConnectionError after
+        `timeout`). The child's descriptor of it now names an epoll of the child's own; the
+        parent's objects are kept, never used, so that they are not collected before the child ends.
+        """
+        if self._loop.is_closed():
+            return
+        # The parent's thread is not here to shut its loop down: left alone at the child's exit.
+        self._closer.detach()
+        if (fileno := getattr(self._selector, "fileno", None)) is not None:
+            own = type(self._selector)()
+            os.dup2(own.fileno(), fileno(), inheritable=False)
+            own.close()
+        _INHERITED.append((self.client, self._loop, self._selector))
+        self._open()
 
     def __enter__(self) -> Self:
         return self
@@ -109,14 +188,7 @@ class SyncTaskClient:
 
     def close(self) -> None:
         """Close the HTTP session and stop the client's thread; the client cannot be used after."""
-        if self._loop.is_closed():
-            return
-        try:
-            self._run(self.client.close())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+        self._closer()
 
     def _start(self, coroutine: Coroutine[Any, Any, _R]) -> Future[_R]:
         if self._loop.is_closed():
@@ -154,7 +226,8 @@ class SyncTaskClient:
         """Follow a task until it ends and return its final status (as TaskClient.wait).
 
         `on_event` is called in this thread with each TaskEvent; an exception it raises stops the
-        wait and is raised here.
+        wait and is raised here. It is a plain function: one that returns an awaitable (an `async
+        def`, which TaskClient.wait awaits) raises TypeError, as nothing here could await it.
         """
         events = _HandOver(self._loop)
         future = self._start(
@@ -169,8 +242,15 @@ class SyncTaskClient:
         future.add_done_callback(events.end)
         try:
             while (event := events.get()) is not _END:
-                if on_event is not None:
-                    on_event(event)
+                if on_event is not None and inspect.isawaitable(outcome := on_event(event)):
+                    # Else its body never ran, and the wait went on as if it had (a RuntimeWarning
+                    # "never awaited" at most).
+                    if inspect.iscoroutine(outcome):
+                        outcome.close()
+                    raise TypeError(
+                        "SyncTaskClient.wait's on_event returned an awaitable (an async def?); "
+                        "it is called in the caller's thread, where nothing awaits it: pass a plain function"
+                    )
             return future.result()
         finally:
             future.cancel()

@@ -7,10 +7,12 @@ import io
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
 import attrs
+import psutil
 import pytest
 from aiohttp import web
 from conftest import API_KEY
@@ -51,6 +53,62 @@ async def taskd_cli(*args: str, url: str | None = None, key: str | None = API_KE
     )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def test_ctrl_c_in_submit_wait_json_names_the_task_that_goes_on(taskd):
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "taskd", "submit", "--project", "films", "--type", "sleep"),
+        *("--data", '{"seconds": 60}', "--wait", "--json"),
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("TASKD_")},
+            **{"TASKD_URL": taskd.base_url, "TASKD_API_KEY": API_KEY, "TASKD_DATA_DIR": "/nonexistent"},
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    # Following once it holds two connections to taskd: the submit's, kept alive, and the stream's.
+    port = int(taskd.base_url.rsplit(":", 1)[1])
+    child = psutil.Process(proc.pid)
+    connections = getattr(child, "net_connections", None) or child.connections  # psutil < 6 (floors)
+    async with asyncio.timeout(30):
+        while sum(bool(c.raddr) and c.raddr.port == port for c in connections()) < 2:
+            await asyncio.sleep(0.05)
+
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+
+    assert (proc.returncode, out) == (130, b"")
+    [line] = err.decode().splitlines()
+    task_id = line.rsplit(" ", 1)[1]
+    assert line == f"taskd: interrupted; the tasks go on (`taskd cancel ID` stops one): {task_id}"
+    assert (await taskd.status(task_id))["status"] in ("queued", "processing")
+
+
+_CTRL_C_WHILE_LOADING = """
+import sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "taskd.client":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, CtrlC())
+from taskd.cli import main
+sys.exit(main(["status", "t1", "--url", "http://127.0.0.1:1", "--api-key", "k"]))
+"""
+
+
+async def test_ctrl_c_while_a_client_command_loads_the_client_ends_it_with_130_and_no_traceback():
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CTRL_C_WHILE_LOADING,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+
+    assert (proc.returncode, out, err) == (130, b"", b"")
 
 
 async def test_submit_prints_the_task_id_and_exits_0(taskd):

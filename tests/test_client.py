@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -78,6 +80,23 @@ async def test_submit_batch_chains_its_items_by_index_and_answers_in_order(clien
 
     assert task.result == {"text": "frame!!", "length": 7}
     assert task.depends_on == [first.task_id]
+
+
+async def test_submit_takes_any_mapping_and_sequence_for_its_data_and_dependencies(client):
+    first, *_ = await client.submit_batch(
+        (MappingProxyType({"project_id": "films", "task_type": "append", "task_data": {"text": "frame"}}),)
+    )
+    second = await client.submit(
+        "films",
+        "append",
+        MappingProxyType({"text": {"$ref": f"{first.task_id}#/text"}}),
+        metadata=MappingProxyType({"user_id": "u1"}),
+        depends_on=(first.task_id,),
+    )
+
+    task = await client.wait(second.task_id, timeout=10)
+
+    assert task.result == {"text": "frame!!", "length": 7}
 
 
 async def test_submit_batch_raises_validation_failed_naming_the_item(client):
@@ -188,6 +207,48 @@ async def test_wait_raises_task_failed_carrying_the_final_status(client):
 
     assert failed.value.task.status is TaskStatus.FAILED
     assert failed.value.task.error == "no good"
+
+
+async def test_a_task_failed_survives_pickling_with_its_final_status(client):
+    # As a ProcessPoolExecutor's worker hands it to its parent.
+    submitted = await client.submit("films", "fail", {"message": "no good"})
+    with pytest.raises(TaskFailed) as failed:
+        await client.wait(submitted.task_id, timeout=10)
+
+    again = pickle.loads(pickle.dumps(failed.value))
+
+    assert (type(again), again.task, str(again)) == (TaskFailed, failed.value.task, str(failed.value))
+
+
+async def test_a_refusal_survives_pickling_with_its_status_and_body(client):
+    with pytest.raises(ValidationFailed) as refused:
+        await client.submit("films", "generate_video", {"duration": 99})
+
+    again = pickle.loads(pickle.dumps(refused.value))
+
+    assert (type(again), again.status, again.body, again.details, str(again)) == (
+        ValidationFailed,
+        400,
+        refused.value.body,
+        refused.value.details,
+        str(refused.value),
+    )
+
+
+async def test_a_closed_client_refuses_calls_rather_than_opening_a_session_again(taskd):
+    client = TaskClient(taskd.base_url, API_KEY)
+    await client.health()
+    await client.close()
+
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.health()
+    assert client._session is None
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8001", "localhost", "ftp://127.0.0.1:8001", "http://"])
+def test_a_url_without_http_and_a_host_is_refused_when_the_client_is_made(url):
+    with pytest.raises(ValueError, match=r"^url must be http\(s\)://host\[:port\]"):
+        TaskClient(url, API_KEY)
 
 
 async def test_wait_raises_task_cancelled_when_the_task_is_cancelled(client):

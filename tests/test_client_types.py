@@ -28,3 +28,39 @@ def test_the_stream_methods_type_check_with_gaps_held_in_a_bool(tmp_path: Path):
     report, errors, status = mypy.api.run(["--strict", "--cache-dir", str(tmp_path / "cache"), str(caller)])
 
     assert status == 0, report + errors
+
+
+def test_submits_type_check_with_typed_dicts_mappings_and_tuples(tmp_path: Path):
+    # What a caller's typed code passes: its task data as a TypedDict (or a read-only Mapping), its
+    # dependencies and its batch as tuples.
+    caller = tmp_path / "caller.py"
+    caller.write_text(
+        "from collections.abc import Mapping\n"
+        "from typing import TypedDict\n"
+        "from taskd.client import Submitted, TaskClient\n"
+        "from taskd.sync_client import SyncTaskClient\n"
+        "class Prompt(TypedDict):\n"
+        "    prompt_template: str\n"
+        "async def submit(client: TaskClient, sync: SyncTaskClient, prompt: Prompt,\n"
+        "                 item: Mapping[str, object]) -> list[Submitted]:\n"
+        "    first = await client.submit('p', 'test_prompt', prompt, depends_on=('t',), metadata=item)\n"
+        "    second = sync.submit('p', 'test_prompt', prompt, depends_on=('t',), metadata=item)\n"
+        "    return [first, second, *await client.submit_batch((item,)), *sync.submit_batch((item,))]\n"
+    )
+
+    report, errors, status = mypy.api.run(["--strict", "--cache-dir", str(tmp_path / "cache"), str(caller)])
+
+    assert status == 0, report + errors
+
+
+def test_task_status_imports_from_the_client_module_under_strict_checking(tmp_path: Path):
+    caller = tmp_path / "caller.py"
+    caller.write_text(
+        "from taskd.client import Task, TaskStatus\n"
+        "def done(task: Task) -> bool:\n"
+        "    return task.status is TaskStatus.COMPLETED\n"
+    )
+
+    report, errors, status = mypy.api.run(["--strict", "--cache-dir", str(tmp_path / "cache"), str(caller)])
+
+    assert status == 0, report + errors

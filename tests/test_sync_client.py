@@ -4,6 +4,9 @@ server that refuses with 429/503 and `Retry-After` before it answers."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -72,6 +75,16 @@ def test_an_exception_in_on_event_stops_the_wait_and_is_raised(client):
     assert time.monotonic() - started < 4
 
 
+def test_an_async_on_event_raises_type_error_rather_than_never_running(client):
+    submitted = client.submit("films", "noop", {})
+
+    async def on_event(_event: object) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="on_event returned an awaitable"):
+        client.wait(submitted.task_id, timeout=20, on_event=on_event)
+
+
 def test_wait_raises_task_failed_with_the_final_status(client):
     submitted = client.submit("films", "fail", {"message": "no good"})
 
@@ -111,6 +124,79 @@ def test_a_closed_client_refuses_calls(server: TaskdProcess):
 
     with pytest.raises(RuntimeError, match="closed"):
         client.status("x")
+
+
+def _python(server: TaskdProcess, program: str) -> subprocess.CompletedProcess[str]:
+    """Run `program` in a Python of its own after `client = SyncTaskClient(<server>)` and
+    `client.health()` (a pooled connection); what it printed."""
+    prologue = f"""
+        import gc, os, signal, sys
+        from taskd.sync_client import SyncTaskClient
+        client = SyncTaskClient({server.base_url!r}, {API_KEY!r}, timeout=30)
+        client.health()
+    """
+    source = textwrap.dedent(prologue) + textwrap.dedent(program)
+    return subprocess.run(
+        [sys.executable, "-c", source], capture_output=True, text=True, timeout=120, check=True
+    )
+
+
+def test_a_client_never_closed_leaves_nothing_unclosed_at_exit(server: TaskdProcess):
+    ran = _python(server, "print('exiting')")
+
+    assert (ran.stdout, ran.stderr) == ("exiting\n", "")
+
+
+def test_a_client_collected_unclosed_ends_its_thread(server: TaskdProcess):
+    ran = _python(
+        server,
+        """
+        thread = client._thread
+        del client
+        gc.collect()
+        thread.join(60)
+        print("thread running:", thread.is_alive())
+        """,
+    )
+
+    assert ran.stdout == "thread running: False\n"
+
+
+def _forking(server: TaskdProcess, program: str) -> str:
+    """`_python` with `child = os.fork()` after the prologue; the standard output. A child that waits
+    for nothing is ended by SIGALRM after 60 s, rather than holding the test."""
+    return _python(server, "child = os.fork()\n" + textwrap.dedent(program)).stdout
+
+
+def test_a_client_made_before_a_fork_answers_in_the_child(server: TaskdProcess):
+    out = _forking(
+        server,
+        """
+        if child == 0:
+            signal.alarm(60)
+            print("child", client.health().status, flush=True)
+            client.close()
+            os._exit(0)
+        print("child ended with", os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
+        """,
+    )
+
+    assert out.splitlines() == ["child healthy", "child ended with 0"]
+
+
+def test_the_parent_is_answered_after_a_forked_child_exits(server: TaskdProcess):
+    out = _forking(
+        server,
+        """
+        if child == 0:
+            sys.exit(0)  # an interpreter's exit: it collects what it holds of the parent's client
+        os.waitpid(child, 0)
+        print("parent", client.health().status)
+        client.close()
+        """,
+    )
+
+    assert out.splitlines() == ["parent healthy"]
 
 
 # A local server that refuses first, then answers: the retries of both clients.
