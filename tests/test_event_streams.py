@@ -186,3 +186,18 @@ async def test_an_ended_tasks_stream_expires_with_its_record_when_its_keep_for_i
     await taskd.wait_terminal(task["task_id"])
 
     assert 0 < await redis.ttl(keys.task_events(task["task_id"])) <= 60
+
+
+async def test_a_short_kept_dependencys_stream_lives_on_with_its_record_kept_for_a_waiting_dependent(
+    taskd, redis
+):
+    # Its end expires its stream with its keep_for; a dependent scheduled an hour ahead keeps its
+    # record that long. The stream had gone a minute after the end: its events route sent one event
+    # made from the record, even to a client resuming with the end's id (no 204: EventSource went on
+    # reconnecting for the hour).
+    first = await taskd.submit("sleep", {"seconds": 0.5, "steps": 1}, keep_for=60)
+    await taskd.submit("noop", {}, depends_on=[first["task_id"]], delay_seconds=3600)
+    await taskd.wait_terminal(first["task_id"])
+
+    assert await redis.ttl(keys.task(first["task_id"])) > 3000
+    assert await redis.ttl(keys.task_events(first["task_id"])) > 3000

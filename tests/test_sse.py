@@ -16,6 +16,7 @@ from sse import iter_events, read_events
 
 from taskd import keys
 from taskd.http import events as events_module
+from taskd.model import now
 
 EXPECTED_SLEEP_3 = [
     ("status", "queued", None),
@@ -254,6 +255,28 @@ async def test_a_project_stream_resumed_past_what_its_cap_trimmed_says_gap_first
     assert (seen[0].id, seen[0].event, seen[0].data["after"]) == (None, "gap", first_id)
     assert seen[0].data["kept_from"] == kept[-2][0].decode()
     assert [e.id for e in seen[1:]] == [entry_id.decode() for entry_id, _ in kept[-2:]]
+
+
+async def test_a_project_stream_resumed_from_before_a_streams_life_sends_no_older_event_but_a_gap(
+    taskd, redis
+):
+    # A task's end drops its project's events older than a stream's life, but only then: between two
+    # ends (up to a day apart) the stream still held a gone task's `completed` event with its result,
+    # and replayed it, near two days old, to any key of the project resuming from an early id.
+    stream = keys.project_events("films")
+    aged = {"type": "status", "task_id": "gone", "status": "completed", "result": {"secret": "kept"}}
+    aged_ms = int((now() - keys.EVENTS_TTL - 60) * 1000)
+    await redis.xadd(stream, {"event": orjson.dumps(aged)}, id=f"{aged_ms}-0")
+    recent = await redis.xadd(stream, project_event(1))
+
+    async with (
+        asyncio.timeout(10),
+        taskd.client.get("/api/v1/projects/films/events", headers={"Last-Event-ID": "1-0"}) as response,
+    ):
+        seen = await read_events(response, count=2)
+
+    assert (seen[0].id, seen[0].event, seen[0].data["after"]) == (None, "gap", "1-0")
+    assert (seen[1].id, seen[1].data["task_id"]) == (recent.decode(), "t1")
 
 
 def project_event(index: int) -> dict[str, bytes]:

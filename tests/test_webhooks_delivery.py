@@ -367,6 +367,24 @@ async def test_a_retried_webhook_keeps_its_tasks_record_until_its_last_attempt(s
     assert webhook["attempts"] == 5
 
 
+async def test_a_retried_webhook_keeps_its_tasks_event_stream_as_long_as_its_record(start, receiver, redis):
+    # As if its keep_for had all but run out: the next retry keeps its record on, and its event
+    # stream, which its end had expired with the record, went first (no 204 for the end's id then).
+    service = await start()
+    receiver.always(500)
+    task_id = await submit_prompt(service, receiver, keep_for=60)
+    await service.wait_terminal(task_id)
+    await receiver.wait_for(1, timeout=30)
+    for key in (keys.task(task_id), keys.task_events(task_id)):
+        await redis.expire(key, 3)
+
+    async with asyncio.timeout(30):
+        while await redis.ttl(keys.task(task_id)) <= 10:
+            await asyncio.sleep(0.05)
+
+    assert await redis.ttl(keys.task_events(task_id)) > 10
+
+
 async def test_a_redelivery_to_a_failing_receiver_does_not_keep_the_tasks_record(start, receiver, redis):
     service = await start()
     task_id = await submit_prompt(service, receiver, keep_for=60)

@@ -33,7 +33,7 @@ from taskd.http.auth import KEY_ID, query_key_allowed
 from taskd.http.context import API
 from taskd.http.ratelimit import OPEN_STREAMS
 from taskd.http.scope import Touches, touches
-from taskd.model import TERMINAL, TaskNotFound, TaskRecord, TaskStatus, ValidationError
+from taskd.model import TERMINAL, TaskNotFound, TaskRecord, TaskStatus, ValidationError, now
 from taskd.stopping import cancel_and_wait
 from taskd.store import TaskStore, decode
 
@@ -378,15 +378,37 @@ def _page_after(page: list[StreamEvent]) -> int:
     return max(1, min(BACKLOG_PAGE, PAGE_BYTES // max(size, 1)))
 
 
-async def _gap(store: TaskStore, stream: str, after: str) -> list[StreamEvent]:
-    """A `gap` event when entries of `stream` newer than `after` were trimmed off it, else none.
+async def _gap(store: TaskStore, stream: str, after: str, start: str | None = None) -> list[StreamEvent]:
+    """A `gap` event when entries of `stream` newer than `after` were trimmed off it, or lie up to
+    `start` (where the read begins instead: `_life_ago`), else none.
 
     The streams are capped (~200 events a task, ~10 000 a project): a client that resumes after an
     id the trimming has passed, or falls that far behind, would otherwise be sent what is left as
-    if nothing was missing, a project's client without the ends of the tasks it lost.
+    if nothing was missing, a project's client without the ends of the tasks it lost. Entries up to
+    `start` are looked for with an XRANGE of one entry, only for a client resuming from further back
+    than `start`.
     """
     kept_from = await store.kept_from(stream)
-    return [StreamEvent.gap(after, kept_from)] if id_key(after) < id_key(kept_from) else []
+    start = start or after
+    if id_key(after) < id_key(kept_from) or (
+        id_key(after) < id_key(start)
+        and await store.client(keys.partition_of_key(stream)).xrange(
+            stream, min=f"({after}", max=start, count=1
+        )
+    ):
+        return [StreamEvent.gap(after, max(kept_from, start, key=id_key))]
+    return []
+
+
+def _life_ago(store: TaskStore) -> str:
+    """The id a project's stream is read from at the earliest: a stream's life (keys.events_ttl) ago.
+
+    A task's end drops its project's events older than that (lib/emit.lua), but only then: between
+    two ends, up to a stream's life apart, the stream still held them, a gone task's `completed`
+    event and its result among them, and sent them, near twice that old, to a client of the project
+    resuming from an early Last-Event-ID. Stream ids are Redis's milliseconds, as is model.now().
+    """
+    return f"{int((now() - keys.events_ttl(store.task_ttl)) * 1000)}-0"
 
 
 async def _send_stored(writer: EventWriter, store: TaskStore, stream: str, count: int = 1) -> None:
@@ -668,16 +690,19 @@ async def _project_events(request: web.Request) -> web.StreamResponse:
     last_event_id = _last_event_id(request)
     newest = await _newest(redis, stream)
     after = _resume_point(last_event_id, newest)
+    # No event older than a stream's life is sent: the stream holds one that old only until its
+    # project's next end (lib/emit.lua).
+    start = after if last_event_id is None else max(after, _life_ago(api.store), key=id_key)
     # The hub reads on from the newest entry: those before it are the backlog's, read below a page at
     # a time. From `after`, one XREAD brought a client's whole backlog at once.
     subscription = hub.subscribe(stream, newest)
     try:
         # The first entry before the stream starts, so that a Redis that fails the read is a 503
         # answer; the rest, of a size not known yet, a page at a time once the stream has started.
-        backlog = await _read_page(redis, stream, after, 1)
-        gap = await _gap(api.store, stream, after) if last_event_id is not None else []
+        backlog = await _read_page(redis, stream, start, 1)
+        gap = await _gap(api.store, stream, after, start) if last_event_id is not None else []
         response = _stream_response()
-        writer = EventWriter(request, response, after)
+        writer = EventWriter(request, response, start)
         return await _serve(
             request,
             response,

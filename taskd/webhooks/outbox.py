@@ -100,7 +100,8 @@ class Outbox:
         self._turn = 0
         self.ttl = ttl
         self._claim = scripts.load(redis, "claim", LUA)
-        self._record = scripts.load(redis, "record", LUA)
+        # Its record's event stream lives no longer than a taskd whose records live `ttl` lets it.
+        self._record = scripts.load(redis, "record", LUA, events_ttl=keys.events_ttl(ttl))
         self._release = scripts.load(redis, "release", LUA)
         self._redeliver = scripts.load(redis, "redeliver", LUA)
 

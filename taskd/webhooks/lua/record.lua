@@ -15,7 +15,7 @@
 -- ARGV[10] keep_until for a retry, the ms until which the task's record must last: the next attempt's
 --                    end (its due time and webhooks.timeout) and a margin; else ''
 -- Returns 1 when written; 0 when the lease was lost (another sender holds the webhook now).
--- A retry keeps the task's record (and its project's index) until `keep_until` when it would be gone
+-- A retry keeps the task's record (its project's index and its event stream) until `keep_until` when it would be gone
 -- sooner: an ended record lives its `keep_for` or storage.task_ttl from its end, and a retry
 -- window longer than that (`keep_for` 60 and a receiver that hangs through two 30 s timeouts;
 -- webhooks.extra_delays past the TTL) had its later attempts dropped, the task gone. A heavy
@@ -41,7 +41,15 @@ if ARGV[5] == 'retry' then
     redis.call('EXPIRE', task_key, need)
     -- A record broken by hand (no project_id, a count that is not a number) is only kept: this
     -- script must not fail, or the attempt's outcome would never be written.
-    local f = redis.call('HMGET', task_key, 'project_id', 'stored_until', 'stored_bytes')
+    local f = redis.call('HMGET', task_key, 'project_id', 'stored_until', 'stored_bytes', 'updated_at')
+    -- Its event stream with it, never past a stream's life after its end (`updated_at`): the end
+    -- expired it with a short `keep_for` (lib/emit.lua), and while the record was kept on, a client
+    -- resuming its events with the end's id got the end again, made from the record, instead of a
+    -- 204, and an EventSource reconnected every few seconds until the record went.
+    local events = '@TASK_EVENTS_PREFIX@' .. string.match(ARGV[1], '^[^:]+')
+    local life = math.min(need, @EVENTS_TTL@ - math.floor(now_s - (tonumber(f[4]) or now_s)))
+    local quiet = redis.call('TTL', events)
+    if quiet >= 0 and quiet < life then redis.call('EXPIRE', events, life) end
     if f[1] then
       local index = '@PROJECT_PREFIX@' .. f[1]
       local kept = redis.call('TTL', index)

@@ -7,7 +7,8 @@
 -- expired (`storage.task_ttl` from that one's end, a day): its `$ref`s found nothing and it failed.
 -- So the scripts that leave a task waiting with a completed dependency (lib/admit.lua at its
 -- submit; lib/ended.lua at that one's end) push the completed record's expiry back to the
--- dependent's own, and its project's index with it, never shortened. A
+-- dependent's own, and its project's index with it (and its event stream, up to a stream's life
+-- after its end), never shortened. A
 -- record kept past `ttl` this way is counted in its project's stored bytes until its new expiry,
 -- as one kept by `keep_for` is (lib/stored.lua), whatever its size.
 --
@@ -31,8 +32,17 @@ local function outlive(task_id, kept, ttl, now_s, later)
   -- Gone, kept for good, or kept long enough already.
   if left < 0 or left >= kept then return end
   redis.call('EXPIRE', key, kept)
-  local f = redis.call('HMGET', key, 'project_id', 'stored_until', 'stored_bytes')
+  local f = redis.call('HMGET', key, 'project_id', 'stored_until', 'stored_bytes', 'updated_at')
   keep_later(later, '@PROJECT_PREFIX@' .. f[1], kept)
+  -- Its event stream with it, though never past a stream's life after its last event (the end,
+  -- `updated_at`): its end expired it with the record's `keep_for` (lib/emit.lua), and a record
+  -- kept on for a dependent answered GET …/events with one event made from it, so a client
+  -- resuming with the end's id got that event again instead of a 204, and an EventSource
+  -- reconnected every few seconds for as long as the record was kept.
+  local events = '@TASK_EVENTS_PREFIX@' .. task_id
+  local life = math.min(kept, @EVENTS_TTL@ - math.floor(now_s - (tonumber(f[4]) or now_s)))
+  local quiet = redis.call('TTL', events)
+  if quiet >= 0 and quiet < life then redis.call('EXPIRE', events, life) end
   local until_at = stored_until(now_s, kept)
   if f[2] then
     -- Counted already, by its bytes as it ended: moved, without reading a result of up to
