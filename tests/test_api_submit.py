@@ -342,3 +342,17 @@ async def test_a_dialogue_line_with_a_start_but_no_end_is_a_field_error(taskd):
     assert body["details"] == {
         "task_data.dialogue": "Give each dialogue line both a start and an end (start before end), or neither"
     }
+
+
+async def test_a_character_id_longer_than_the_result_can_repeat_is_refused_at_submit(taskd):
+    # The result's metadata.applied repeats each drawn character's id: eight of 130 000 characters
+    # were accepted, rendered, and failed the task on its result's size (execution.result_max_bytes).
+    task_data = {"character_positions": [{"character_id": "j" * 101}]}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_video", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.character_positions[0].character_id": "Character ID must have at most 100 characters"
+    }
