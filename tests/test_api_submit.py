@@ -356,3 +356,18 @@ async def test_a_character_id_longer_than_the_result_can_repeat_is_refused_at_su
     assert body["details"] == {
         "task_data.character_positions[0].character_id": "Character ID must have at most 100 characters"
     }
+
+
+async def test_an_image_prompts_appended_fields_are_bounded_at_submit(taskd):
+    # Appended to the prompt the API is sent: unbounded, they took it past its own 4000 characters.
+    task_data = {"prompt": "a detective", "character_id": "j" * 101, "pose": "p" * 501, "lighting": "l" * 501}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_image", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.character_id": "Character ID must have at most 100 characters",
+        "task_data.pose": "Pose must have at most 500 characters",
+        "task_data.lighting": "Lighting must have at most 500 characters",
+    }
