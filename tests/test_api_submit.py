@@ -371,3 +371,18 @@ async def test_an_image_prompts_appended_fields_are_bounded_at_submit(taskd):
         "task_data.pose": "Pose must have at most 500 characters",
         "task_data.lighting": "Lighting must have at most 500 characters",
     }
+
+
+async def test_an_animation_of_more_distinct_images_than_a_render_fetches_is_refused_at_submit(taskd):
+    # Accepted, it waited its turn and failed "Too many images: 33 given" as it started.
+    keyframes = [{"image_url": f"https://x.example/{i}.png"} for i in range(32)]
+    task_data = {"character_id": "c", "keyframes": keyframes, "background_url": "https://x.example/bg.png"}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "render_animation", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.keyframes": "Keyframes must show at most 32 distinct images, background_url included "
+        "(33 given): each is a download"
+    }
