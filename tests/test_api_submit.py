@@ -386,3 +386,15 @@ async def test_an_animation_of_more_distinct_images_than_a_render_fetches_is_ref
         "task_data.keyframes": "Keyframes must show at most 32 distinct images, background_url included "
         "(33 given): each is a download"
     }
+
+
+async def test_an_animations_character_id_is_bounded_at_submit(taskd):
+    # A line of a video provider's prompt: unbounded, it carried the body's MiB to the provider.
+    keyframes = [{"image_url": "https://x.example/c.png"}]
+    task_data = {"character_id": "c" * 101, "keyframes": keyframes}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "render_animation", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.character_id": "Character ID must have at most 100 characters"}

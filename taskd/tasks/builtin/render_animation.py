@@ -61,7 +61,10 @@ def _times_all_or_none(keyframes: list[Keyframe]) -> bool:
 
 @attrs.frozen
 class RenderAnimationInput:
-    character_id: str = attrs.field(validator=not_blank("Character ID is required"))
+    # The layer's label, and a line of a video provider's prompt: bounded as generate_video's ids are.
+    character_id: str = attrs.field(
+        validator=[not_blank("Character ID is required"), max_length(100, "Character ID")]
+    )
     keyframes: list[Keyframe] = attrs.field(
         validator=attrs.validators.and_(
             max_length(120, "Keyframes", "items"),
