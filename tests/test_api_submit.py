@@ -342,3 +342,59 @@ async def test_a_dialogue_line_with_a_start_but_no_end_is_a_field_error(taskd):
     assert body["details"] == {
         "task_data.dialogue": "Give each dialogue line both a start and an end (start before end), or neither"
     }
+
+
+async def test_a_character_id_longer_than_the_result_can_repeat_is_refused_at_submit(taskd):
+    # The result's metadata.applied repeats each drawn character's id: eight of 130 000 characters
+    # were accepted, rendered, and failed the task on its result's size (execution.result_max_bytes).
+    task_data = {"character_positions": [{"character_id": "j" * 101}]}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_video", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.character_positions[0].character_id": "Character ID must have at most 100 characters"
+    }
+
+
+async def test_an_image_prompts_appended_fields_are_bounded_at_submit(taskd):
+    # Appended to the prompt the API is sent: unbounded, they took it past its own 4000 characters.
+    task_data = {"prompt": "a detective", "character_id": "j" * 101, "pose": "p" * 501, "lighting": "l" * 501}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_image", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.character_id": "Character ID must have at most 100 characters",
+        "task_data.pose": "Pose must have at most 500 characters",
+        "task_data.lighting": "Lighting must have at most 500 characters",
+    }
+
+
+async def test_an_animation_of_more_distinct_images_than_a_render_fetches_is_refused_at_submit(taskd):
+    # Accepted, it waited its turn and failed "Too many images: 33 given" as it started.
+    keyframes = [{"image_url": f"https://x.example/{i}.png"} for i in range(32)]
+    task_data = {"character_id": "c", "keyframes": keyframes, "background_url": "https://x.example/bg.png"}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "render_animation", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.keyframes": "Keyframes must show at most 32 distinct images, background_url included "
+        "(33 given): each is a download"
+    }
+
+
+async def test_an_animations_character_id_is_bounded_at_submit(taskd):
+    # A line of a video provider's prompt: unbounded, it carried the body's MiB to the provider.
+    keyframes = [{"image_url": "https://x.example/c.png"}]
+    task_data = {"character_id": "c" * 101, "keyframes": keyframes}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "render_animation", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.character_id": "Character ID must have at most 100 characters"}

@@ -33,9 +33,11 @@ class GenerateImageInput:
             attrs.validators.deep_iterable(http_url("Reference images")),
         ),
     )
-    character_id: str | None = None
-    pose: str | None = None
-    lighting: str | None = None
+    # Appended to the prompt the API is sent: unbounded, they carried a prompt past its own 4000 up to
+    # the body limit (a MiB sent to the provider, again at each retry of a 5xx).
+    character_id: str | None = attrs.field(default=None, validator=max_length(100, "Character ID"))
+    pose: str | None = attrs.field(default=None, validator=max_length(500, "Pose"))
+    lighting: str | None = attrs.field(default=None, validator=max_length(500, "Lighting"))
     resolution: str = attrs.field(default="1024x1024", validator=resolution(4096))
     quality: str = attrs.field(default="high", validator=one_of(QUALITIES, "Quality"))
 

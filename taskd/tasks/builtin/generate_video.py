@@ -44,7 +44,10 @@ H264_FRAME = check(
 
 @attrs.frozen
 class CharacterPosition:
-    character_id: str
+    # Echoed in the result's `metadata.applied` (for each character drawn): unbounded, eight ids of
+    # 130 000 characters passed every submit check, rendered, and then failed the task on a result
+    # over execution.result_max_bytes. The marker shows its first 30; a dialogue line's takes 100.
+    character_id: str = attrs.field(validator=max_length(100, "Character ID"))
     position: str | None = None
     action: str | None = None
 

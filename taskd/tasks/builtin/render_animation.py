@@ -35,6 +35,25 @@ class Keyframe:
     easing: str = attrs.field(default="ease_in_out", validator=one_of(EASINGS, "Keyframe easing"))
 
 
+# The most distinct images a render fetches, as generate_video's storyboard_images (and, at run time,
+# media.max_inputs, whose default this is).
+MAX_IMAGES = 32
+
+
+def _few_enough_images(instance: Any, _: attrs.Attribute[Any], keyframes: list[Keyframe]) -> None:
+    # 120 keyframes may name 120 images: over 32 the task was queued, waited its turn, and failed
+    # "Too many images" as it started. The background is one more (None: the field checked alone;
+    # a $ref, unknown until the run, is counted there).
+    background = getattr(instance, "background_url", None)
+    urls = {k.image_url for k in keyframes if k.image_url is not None}
+    urls |= {background} if background else set()
+    if len(urls) > MAX_IMAGES:
+        raise ValueError(
+            f"Keyframes must show at most {MAX_IMAGES} distinct images, background_url included "
+            f"({len(urls)} given): each is a download"
+        )
+
+
 def _times_all_or_none(keyframes: list[Keyframe]) -> bool:
     timed = [k.time is not None for k in keyframes]
     return all(timed) or not any(timed)
@@ -42,12 +61,16 @@ def _times_all_or_none(keyframes: list[Keyframe]) -> bool:
 
 @attrs.frozen
 class RenderAnimationInput:
-    character_id: str = attrs.field(validator=not_blank("Character ID is required"))
+    # The layer's label, and a line of a video provider's prompt: bounded as generate_video's ids are.
+    character_id: str = attrs.field(
+        validator=[not_blank("Character ID is required"), max_length(100, "Character ID")]
+    )
     keyframes: list[Keyframe] = attrs.field(
         validator=attrs.validators.and_(
             max_length(120, "Keyframes", "items"),
             attrs.validators.min_len(1),
             check(_times_all_or_none, "Give a time for every keyframe or for none"),
+            _few_enough_images,
         )
     )
     animation_type: str = attrs.field(default="ken_burns", validator=one_of(video.MOTIONS, "Animation type"))
