@@ -156,9 +156,12 @@ def blank(data: Any) -> Any:
 
 
 def covers(ref_path: Path, field_path: Path) -> bool:
-    """Whether a validation error at `field_path` is about the value at `ref_path` (or inside it).
+    """Whether a validation error at `field_path` may be about the value at `ref_path`: the error is
+    at the $ref's field or inside it, or at an object or list that holds it, whose check reads the
+    $ref's value with the others (generate_video's dialogue lines, each with a start before its end
+    or neither: a $ref for one line's start made the line "without a start" at submit).
 
     By their keys, not their text: a key holding "." or "[" ("tracks[0]", next to "tracks") names as
     text what a nested field does, and its $ref set aside the errors of that field.
     """
-    return within(field_path, ref_path)
+    return within(field_path, ref_path) or within(ref_path, field_path)

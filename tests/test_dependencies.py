@@ -315,6 +315,16 @@ async def test_a_ref_under_a_key_named_like_a_nested_field_leaves_that_fields_er
     assert list(body["details"]) == ["task_data.tracks[0].url"]
 
 
+async def test_a_ref_read_by_a_check_of_the_list_holding_it_is_left_to_the_run(start_service):
+    # Each dialogue line has a start before its end, or neither: checked on the whole list, which
+    # saw a line "without a start" while its start was a $ref.
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    line = {"speaker": "Ada", "text": "Hello", "start": ref(first["task_id"], "/attempt"), "end": 5}
+
+    await api_only.submit("generate_video", {"dialogue": [line]}, depends_on=[first["task_id"]])
+
+
 async def test_a_ref_that_resolves_to_nothing_fails_the_task_naming_the_ref(start_service):
     taskd = await start_service()
     first = await taskd.submit("append", {"text": "mix"})
