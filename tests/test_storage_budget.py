@@ -508,6 +508,16 @@ async def test_a_test_prompt_whose_parameter_is_a_ref_reserves_the_rendered_limi
     assert int(estimate) == RENDERED_LIMIT
 
 
+async def test_a_test_prompt_reserves_no_more_than_a_result_may_hold(start_service: Any, redis: Redis):
+    # Its parameter, a $ref, may render up to RENDERED_LIMIT; its result, at most result_max_bytes.
+    api = await start_service(workers=False, execution=ExecutionConfig(result_max_bytes=300_000))
+    first = await api.submit("noop", {}, project_id="referring")
+    data = {"prompt_template": "{{a}}", "test_parameters": {"a": {"$ref": f"{first['task_id']}#/text"}}}
+    submitted = await api.submit("test_prompt", data, project_id="referring", depends_on=[first["task_id"]])
+
+    assert await redis.hget(keys.task(submitted["task_id"]), "result_estimate") == b"300000"
+
+
 async def submit_prompt_made_by_a_ref(api: Any, task_data: dict[str, Any]) -> dict[str, Any]:
     """A test_prompt whose task_data has a $ref (to "@dependency") where its type refuses None."""
     first = await api.submit("noop", {}, project_id="referring")

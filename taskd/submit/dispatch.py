@@ -231,17 +231,19 @@ class Dispatcher:
         A $ref in a field that its type refuses as None (test_prompt's `prompt_template`, or its
         whole `test_parameters`) leaves no input to estimate from: the submit set those errors aside
         (input_problems), and what the field will hold is known only when the task runs. Such a task
-        reserves execution.result_max_bytes, the most any result may hold.
+        reserves execution.result_max_bytes, the most any result may hold; and no estimate is more:
+        a larger result fails its task, and is not stored.
         """
         if task_type.result_estimate is None:
             return None
         if not any(refs.find(task_data)):
-            return task_type.result_estimate(self.registry.parse_input(task_type, task_data))
-        try:
-            data = self.registry.parse_input(task_type, refs.blank(task_data))
-        except ValidationError:
-            return self.result_max_bytes
-        return task_type.result_estimate(data)
+            data = self.registry.parse_input(task_type, task_data)
+        else:
+            try:
+                data = self.registry.parse_input(task_type, refs.blank(task_data))
+            except ValidationError:
+                return self.result_max_bytes
+        return min(task_type.result_estimate(data), self.result_max_bytes)
 
     def _accepted(self, record: TaskRecord, created: Created) -> Accepted:
         if created.duration_count:
