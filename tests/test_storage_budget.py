@@ -560,6 +560,24 @@ async def test_a_retry_of_a_test_prompt_whose_template_is_a_ref_reserves_the_res
     assert await redis.hget(keys.task(again), "result_estimate") == b"300000"
 
 
+@pytest.mark.parametrize(
+    "parameter",
+    [{"v": {"$ref": "@dependency#/text"}}, [{"$ref": "@dependency#/text"}]],
+    ids=["object", "list"],
+)
+async def test_a_test_prompt_whose_parameter_holds_a_ref_reserves_the_rendered_limit(
+    start_service: Any, redis: Redis, parameter: Any
+):
+    # Only a parameter that was itself a $ref counted: one inside it rendered as null, a light submit.
+    api = await start_service(workers=False)
+    data = {"prompt_template": "{{a}}" * 400, "test_parameters": {"a": parameter}}
+    submitted = await submit_prompt_made_by_a_ref(api, data)
+
+    estimate = await redis.hget(keys.task(submitted["task_id"]), "result_estimate")
+
+    assert int(estimate) == RENDERED_LIMIT
+
+
 async def test_a_heavy_queued_record_kept_past_its_expiry_stays_counted_until_its_new_one(
     start_service: Any, redis: Redis
 ):
