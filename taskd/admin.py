@@ -125,6 +125,7 @@ class Operator:
             media_capacity=MediaCapacity.from_config(self.config),
             # A retry of a record from before webhook secret ids gets its key's, as the API's does.
             webhook_secret_ids=own_secret_ids(self.config),
+            result_max_bytes=self.config.execution.result_max_bytes,
         )
         return await bulk.retry_failed(dispatcher, project, since)
 

@@ -15,6 +15,8 @@ from typing import Any
 import attrs
 import orjson
 
+from taskd.validation import Path, path_text, within
+
 REF = "$ref"
 # `<task_id>#` and then a JSON pointer: empty (the whole result) or `/`-separated tokens.
 _REF = re.compile(r"(?P<task_id>[^#\s]+)#(?P<pointer>(/[^/]*)*)")
@@ -34,8 +36,8 @@ class Ref:
 class Unresolved(LookupError):
     """A $ref whose pointer reaches nothing in its task's result."""
 
-    def __init__(self, text: str, path: str) -> None:
-        super().__init__(f"$ref '{text}' at {path} resolves to nothing in that task's result")
+    def __init__(self, text: str, path: Path) -> None:
+        super().__init__(f"$ref '{text}' at {path_text(path)} resolves to nothing in that task's result")
 
 
 class TooLarge(ValueError):
@@ -65,24 +67,19 @@ def parse(value: Any) -> Ref | None:
     )
 
 
-def _join(path: str, part: str | int) -> str:
-    # The paths taskd.validation.errors_by_path names fields by.
-    return f"{path}[{part}]" if isinstance(part, int) else f"{path}.{part}"
-
-
-def find(data: Any, path: str = "task_data") -> Iterator[tuple[str, Any]]:
+def find(data: Any, path: Path = ("task_data",)) -> Iterator[tuple[Path, Any]]:
     """Every $ref object in `data`: its field path and its `$ref` value (not yet checked)."""
     if is_ref(data):
         yield path, data[REF]
     elif isinstance(data, dict):
         for key, value in data.items():
-            yield from find(value, _join(path, key))
+            yield from find(value, (*path, key))
     elif isinstance(data, list):
         for index, value in enumerate(data):
-            yield from find(value, _join(path, index))
+            yield from find(value, (*path, index))
 
 
-def _resolve(document: Any, ref: Ref, path: str) -> Any:
+def _resolve(document: Any, ref: Ref, path: Path) -> Any:
     for token in ref.tokens:
         if isinstance(document, dict) and token in document:
             document = document[token]
@@ -93,7 +90,7 @@ def _resolve(document: Any, ref: Ref, path: str) -> Any:
     return document
 
 
-def substitute(data: Any, results: Mapping[str, Any], path: str = "task_data") -> Any:
+def substitute(data: Any, results: Mapping[str, Any], path: Path = ("task_data",)) -> Any:
     """`data` with each $ref replaced by what it points to in `results` (task id -> result).
 
     Raises Unresolved for a $ref that is malformed, names a task not in `results`, or points at nothing.
@@ -104,9 +101,9 @@ def substitute(data: Any, results: Mapping[str, Any], path: str = "task_data") -
             raise Unresolved(str(data[REF]), path)
         return _resolve(results[ref.task_id], ref, path)
     if isinstance(data, dict):
-        return {key: substitute(value, results, _join(path, key)) for key, value in data.items()}
+        return {key: substitute(value, results, (*path, key)) for key, value in data.items()}
     if isinstance(data, list):
-        return [substitute(value, results, _join(path, index)) for index, value in enumerate(data)]
+        return [substitute(value, results, (*path, index)) for index, value in enumerate(data)]
     return data
 
 
@@ -158,6 +155,13 @@ def blank(data: Any) -> Any:
     return data
 
 
-def covers(ref_path: str, field_path: str) -> bool:
-    """Whether a validation error at `field_path` is about the value at `ref_path` (or inside it)."""
-    return field_path == ref_path or field_path.startswith((f"{ref_path}.", f"{ref_path}["))
+def covers(ref_path: Path, field_path: Path) -> bool:
+    """Whether a validation error at `field_path` may be about the value at `ref_path`: the error is
+    at the $ref's field or inside it, or at an object or list that holds it, whose check reads the
+    $ref's value with the others (generate_video's dialogue lines, each with a start before its end
+    or neither: a $ref for one line's start made the line "without a start" at submit).
+
+    By their keys, not their text: a key holding "." or "[" ("tracks[0]", next to "tracks") names as
+    text what a nested field does, and its $ref set aside the errors of that field.
+    """
+    return within(field_path, ref_path) or within(ref_path, field_path)

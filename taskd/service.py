@@ -475,6 +475,7 @@ class Service:
             hold=self._pool.hold if self._pool is not None and self._pool.take else None,
             webhook_secret_ids=own_secret_ids(self.config),
             withdraw_media=partial(withdraw_later, self.config),
+            result_max_bytes=self.config.execution.result_max_bytes,
         )
         api = Api(
             self.config, redis, store, queue, self.registry, dispatcher, KeyTable.of(api_keys, scoped), gpu

@@ -16,12 +16,23 @@ from taskd.printable import shows_nothing
 
 T = TypeVar("T")
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+# A field's place: its keys and indexes from the top. Kept apart until it is named to a caller
+# (path_text): "a.b" as text is both key "b" inside "a" and the key "a.b", and which one an error is
+# at decides whether a $ref sets it aside (taskd.refs.covers).
+Path = tuple[str | int, ...]
 
 
-def _join(prefix: str, part: str | int) -> str:
-    if isinstance(part, int):
-        return f"{prefix}[{part}]"
-    return f"{prefix}.{part}" if prefix else part
+def path_text(path: Path) -> str:
+    """`path` as the API's `details` name a field: `task_data.tracks[0].url` (`body` for none)."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
+    return text or "body"
+
+
+def within(path: Path, outer: Path) -> bool:
+    """Whether `path` is `outer` or a field inside it."""
+    return path[: len(outer)] == outer
 
 
 def _describe(exc: BaseException) -> str:
@@ -37,10 +48,15 @@ def _describe(exc: BaseException) -> str:
 
 def errors_by_path(exc: BaseException, prefix: str = "") -> dict[str, str]:
     """Flatten a cattrs exception tree into dotted field paths with a readable message each."""
-    found: dict[str, str] = {}
+    return {path_text(path): message for path, message in errors_at(exc, (prefix,) if prefix else ()).items()}
+
+
+def errors_at(exc: BaseException, prefix: Path = ()) -> dict[Path, str]:
+    """Flatten a cattrs exception tree into field paths with a readable message each."""
+    found: dict[Path, str] = {}
     if isinstance(exc, ForbiddenExtraKeysError):
         for key in sorted(exc.extra_fields):
-            found[_join(prefix, key)] = "Unknown field"
+            found[(*prefix, key)] = "Unknown field"
         return found
     if isinstance(exc, ClassValidationError | IterableValidationError):
         for sub in exc.exceptions:
@@ -49,20 +65,20 @@ def errors_by_path(exc: BaseException, prefix: str = "") -> dict[str, str]:
                 name = getattr(note, "name", None)
                 index = getattr(note, "index", None)
                 if name is not None:
-                    path = _join(prefix, name)
+                    path = (*prefix, name)
                 elif index is not None:
-                    path = _join(prefix, index)
-            found.update(errors_by_path(sub, path))
+                    path = (*prefix, index)
+            found.update(errors_at(sub, path))
         return found
-    found[prefix or "body"] = _describe(exc)
+    found[prefix] = _describe(exc)
     return found
 
 
-def _run_validators(obj: Any, prefix: str, found: dict[str, str]) -> None:
+def _run_validators(obj: Any, prefix: Path, found: dict[Path, str]) -> None:
     if attrs.has(type(obj)):
         for field in attrs.fields(type(obj)):
             value = getattr(obj, field.name)
-            path = _join(prefix, field.name)
+            path = (*prefix, field.name)
             if field.validator is not None:
                 try:
                     field.validator(obj, field, value)
@@ -72,7 +88,7 @@ def _run_validators(obj: Any, prefix: str, found: dict[str, str]) -> None:
             _run_validators(value, path, found)
     elif isinstance(obj, list | tuple):
         for index, item in enumerate(obj):
-            _run_validators(item, _join(prefix, index), found)
+            _run_validators(item, (*prefix, index), found)
 
 
 def structure_checked(converter: cattrs.Converter, data: Any, cls: type[T], prefix: str = "") -> T:
@@ -80,32 +96,31 @@ def structure_checked(converter: cattrs.Converter, data: Any, cls: type[T], pref
 
     Raises `FieldErrors` whose `details` maps each bad field's path to a message.
     """
+    top: Path = (prefix,) if prefix else ()
     with attrs.validators.disabled():
         try:
             obj = converter.structure(data, cls)
         except Exception as exc:  # cattrs raises exception groups of many kinds
-            found = errors_by_path(exc, prefix)
-            _check_fields_alone(converter, data, cls, prefix, found)
+            found = errors_at(exc, top)
+            _check_fields_alone(converter, data, cls, top, found)
             raise FieldErrors(found) from None
     found = {}
-    _run_validators(obj, prefix, found)
+    _run_validators(obj, top, found)
     if found:
         raise FieldErrors(found)
     return obj
 
 
 def _check_fields_alone(
-    converter: cattrs.Converter, data: Any, cls: type, prefix: str, found: dict[str, str]
+    converter: cattrs.Converter, data: Any, cls: type, prefix: Path, found: dict[Path, str]
 ) -> None:
     # The whole object could not be built, so its validators never ran: check each
     # well-typed top-level field on its own, so one response names every bad field.
     if not isinstance(data, dict) or not attrs.has(cls):
         return
     for field in attrs.fields(cls):
-        path = _join(prefix, field.name)
-        if field.name not in data or any(
-            key == path or key.startswith((f"{path}.", f"{path}[")) for key in found
-        ):
+        path = (*prefix, field.name)
+        if field.name not in data or any(within(key, path) for key in found):
             continue
         try:
             with attrs.validators.disabled():
@@ -119,11 +134,13 @@ def _check_fields_alone(
 
 
 class FieldErrors(Exception):
-    """One or more fields are invalid; `details` maps each path to its message."""
+    """One or more fields are invalid; `at` maps each one's path to its message, `details` each one's
+    path as text (path_text)."""
 
-    def __init__(self, details: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in details.items()))
-        self.details = details
+    def __init__(self, at: dict[Path, str]) -> None:
+        self.at = at
+        self.details = {path_text(path): message for path, message in at.items()}
+        super().__init__("; ".join(f"{k}: {v}" for k, v in self.details.items()))
 
 
 @attrs.frozen

@@ -297,6 +297,34 @@ async def test_a_ref_stands_for_a_typed_value_at_submit_while_other_fields_are_c
     assert list(body["details"]) == ["task_data.suffix"]
 
 
+async def test_a_ref_under_a_key_named_like_a_nested_field_leaves_that_fields_error_to_the_submit(
+    start_service,
+):
+    # "tracks[0]" as text is also the first track: its $ref set aside the error at tracks[0].url, and
+    # the task was stored to fail at its start.
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+
+    body = await refused(
+        api_only,
+        "process_audio",
+        {"tracks": [{"url": "ftp://x"}], "tracks[0]": ref(first["task_id"], "/text")},
+        depends_on=[first["task_id"]],
+    )
+
+    assert list(body["details"]) == ["task_data.tracks[0].url"]
+
+
+async def test_a_ref_read_by_a_check_of_the_list_holding_it_is_left_to_the_run(start_service):
+    # Each dialogue line has a start before its end, or neither: checked on the whole list, which
+    # saw a line "without a start" while its start was a $ref.
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    line = {"speaker": "Ada", "text": "Hello", "start": ref(first["task_id"], "/attempt"), "end": 5}
+
+    await api_only.submit("generate_video", {"dialogue": [line]}, depends_on=[first["task_id"]])
+
+
 async def test_a_ref_that_resolves_to_nothing_fails_the_task_naming_the_ref(start_service):
     taskd = await start_service()
     first = await taskd.submit("append", {"text": "mix"})

@@ -17,7 +17,7 @@ from redis_probes import alive, keeper_looked, monitored
 from test_submit_together import new_task
 
 from taskd import keys
-from taskd.config import LimitsConfig, load_config
+from taskd.config import ExecutionConfig, LimitsConfig, load_config
 from taskd.engine.keeper import LiveRecords
 from taskd.model import RateLimited, TaskStatus
 from taskd.store import TaskStore
@@ -502,6 +502,76 @@ async def test_a_test_prompt_whose_parameter_is_a_ref_reserves_the_rendered_limi
     first = await api.submit("noop", {}, project_id="referring")
     data = {"prompt_template": "{{a}}" * 400, "test_parameters": {"a": {"$ref": f"{first['task_id']}#/text"}}}
     submitted = await api.submit("test_prompt", data, project_id="referring", depends_on=[first["task_id"]])
+
+    estimate = await redis.hget(keys.task(submitted["task_id"]), "result_estimate")
+
+    assert int(estimate) == RENDERED_LIMIT
+
+
+async def test_a_test_prompt_reserves_no_more_than_a_result_may_hold(start_service: Any, redis: Redis):
+    # Its parameter, a $ref, may render up to RENDERED_LIMIT; its result, at most result_max_bytes.
+    api = await start_service(workers=False, execution=ExecutionConfig(result_max_bytes=300_000))
+    first = await api.submit("noop", {}, project_id="referring")
+    data = {"prompt_template": "{{a}}", "test_parameters": {"a": {"$ref": f"{first['task_id']}#/text"}}}
+    submitted = await api.submit("test_prompt", data, project_id="referring", depends_on=[first["task_id"]])
+
+    assert await redis.hget(keys.task(submitted["task_id"]), "result_estimate") == b"300000"
+
+
+async def submit_prompt_made_by_a_ref(api: Any, task_data: dict[str, Any]) -> dict[str, Any]:
+    """A test_prompt whose task_data has a $ref (to "@dependency") where its type refuses None."""
+    first = await api.submit("noop", {}, project_id="referring")
+    filled = orjson.loads(orjson.dumps(task_data).replace(b"@dependency", first["task_id"].encode()))
+    return await api.submit("test_prompt", filled, project_id="referring", depends_on=[first["task_id"]])
+
+
+async def test_a_test_prompt_whose_template_is_a_ref_is_accepted_and_reserves_the_result_limit(
+    start_service: Any, redis: Redis
+):
+    # The template, and so the rendered prompt, is known only when it runs.
+    api = await start_service(workers=False, execution=ExecutionConfig(result_max_bytes=300_000))
+    submitted = await submit_prompt_made_by_a_ref(api, {"prompt_template": {"$ref": "@dependency#/text"}})
+
+    assert await redis.hget(keys.task(submitted["task_id"]), "result_estimate") == b"300000"
+
+
+async def test_a_test_prompt_whose_parameters_are_one_ref_is_accepted_and_reserves_the_result_limit(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False, execution=ExecutionConfig(result_max_bytes=300_000))
+    data = {"prompt_template": "{{a}}", "test_parameters": {"$ref": "@dependency#"}}
+    submitted = await submit_prompt_made_by_a_ref(api, data)
+
+    assert await redis.hget(keys.task(submitted["task_id"]), "result_estimate") == b"300000"
+
+
+async def test_a_retry_of_a_test_prompt_whose_template_is_a_ref_reserves_the_result_limit(
+    start_service: Any, redis: Redis
+):
+    api = await start_service(workers=False, execution=ExecutionConfig(result_max_bytes=300_000))
+    submitted = await submit_prompt_made_by_a_ref(api, {"prompt_template": {"$ref": "@dependency#/text"}})
+    async with api.client.delete(f"/api/v1/tasks/{submitted['task_id']}") as cancelled:
+        assert cancelled.status == 200
+
+    async with api.client.post(f"/api/v1/tasks/{submitted['task_id']}/retry") as retried:
+        assert retried.status == 200, await retried.text()
+        again = (await retried.json())["new_task_id"]
+
+    assert await redis.hget(keys.task(again), "result_estimate") == b"300000"
+
+
+@pytest.mark.parametrize(
+    "parameter",
+    [{"v": {"$ref": "@dependency#/text"}}, [{"$ref": "@dependency#/text"}]],
+    ids=["object", "list"],
+)
+async def test_a_test_prompt_whose_parameter_holds_a_ref_reserves_the_rendered_limit(
+    start_service: Any, redis: Redis, parameter: Any
+):
+    # Only a parameter that was itself a $ref counted: one inside it rendered as null, a light submit.
+    api = await start_service(workers=False)
+    data = {"prompt_template": "{{a}}" * 400, "test_parameters": {"a": parameter}}
+    submitted = await submit_prompt_made_by_a_ref(api, data)
 
     estimate = await redis.hget(keys.task(submitted["task_id"]), "result_estimate")
 

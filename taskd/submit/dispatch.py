@@ -68,6 +68,8 @@ class Dispatcher:
         hold: Callable[[str], Awaitable[Taker | None]] | None = None,
         webhook_secret_ids: Mapping[str, str] | None = None,
         withdraw_media: Callable[[list[tuple[str, str]]], None] | None = None,
+        *,
+        result_max_bytes: int,
     ) -> None:
         self.redis = redis
         self.store = store
@@ -87,6 +89,9 @@ class Dispatcher:
         # The id of each key's own webhook secret by the key's id (taskd.webhooks.signing.own_secret_ids):
         # kept in its tasks' records, so that they are signed with it after the key is rotated away.
         self.webhook_secret_ids = webhook_secret_ids or {}
+        # execution.result_max_bytes: the most any result holds, reserved for one whose estimate needs
+        # a field that a $ref fills (_result_estimate).
+        self.result_max_bytes = result_max_bytes
 
     async def submit(
         self,
@@ -221,11 +226,24 @@ class Dispatcher:
 
     def _result_estimate(self, task_type: TaskType, task_data: dict[str, Any]) -> int | None:
         """What the type expects its result to hold (TaskType.result_estimate); None for a type that
-        estimates nothing. Its input was checked at submit; its $refs are None here, as they were then."""
+        estimates nothing. Its input was checked at submit; its $refs are None here, as they were then.
+
+        A $ref in a field that its type refuses as None (test_prompt's `prompt_template`, or its
+        whole `test_parameters`) leaves no input to estimate from: the submit set those errors aside
+        (input_problems), and what the field will hold is known only when the task runs. Such a task
+        reserves execution.result_max_bytes, the most any result may hold; and no estimate is more:
+        a larger result fails its task, and is not stored.
+        """
         if task_type.result_estimate is None:
             return None
-        data = refs.blank(task_data) if any(refs.find(task_data)) else task_data
-        return task_type.result_estimate(self.registry.parse_input(task_type, data))
+        if not any(refs.find(task_data)):
+            data = self.registry.parse_input(task_type, task_data)
+        else:
+            try:
+                data = self.registry.parse_input(task_type, refs.blank(task_data))
+            except ValidationError:
+                return self.result_max_bytes
+        return min(task_type.result_estimate(data), self.result_max_bytes)
 
     def _accepted(self, record: TaskRecord, created: Created) -> Accepted:
         if created.duration_count:

@@ -33,7 +33,7 @@ from taskd.shapes import (
 )
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import TaskType
-from taskd.validation import latin1_credentials, url_problem
+from taskd.validation import Path, latin1_credentials, path_text, url_problem
 
 __all__ = ["CALLBACK_URL", "MAX_CALLBACK_URL", "PROJECT_ID", "Submission", "parse_submission"]
 
@@ -161,16 +161,16 @@ def _depends_on(value: Any, details: dict[str, str]) -> list[str]:
     return []
 
 
-def _refs(task_data: dict[str, Any], depends_on: list[str], details: dict[str, str]) -> list[str]:
+def _refs(task_data: dict[str, Any], depends_on: list[str], details: dict[str, str]) -> list[Path]:
     """Check every $ref in task_data; return the field paths they stand at."""
     paths = []
     for path, value in refs.find(task_data):
         paths.append(path)
         ref = refs.parse(value)
         if ref is None:
-            details[path] = refs.MALFORMED
+            details[path_text(path)] = refs.MALFORMED
         elif ref.task_id not in depends_on:
-            details[path] = f"A $ref must name a task in depends_on; '{ref.task_id}' is not"
+            details[path_text(path)] = f"A $ref must name a task in depends_on; '{ref.task_id}' is not"
     return paths
 
 
@@ -186,19 +186,16 @@ def _webhook_events(value: Any, details: dict[str, str]) -> list[WebhookEvent] |
 
 
 def input_problems(
-    registry: Registry, task_type: TaskType, task_data: dict[str, Any], ref_paths: list[str]
+    registry: Registry, task_type: TaskType, task_data: dict[str, Any], ref_paths: list[Path]
 ) -> dict[str, str]:
     """What the type's checks refuse in `task_data` (field -> message), leaving out the fields a $ref
     at one of `ref_paths` fills (its value is known only when the task runs)."""
-    try:
-        registry.parse_input(task_type, refs.blank(task_data) if ref_paths else task_data)
-    except ValidationError as exc:
-        return {
-            field: message
-            for field, message in exc.details.items()
-            if not any(refs.covers(path, field) for path in ref_paths)
-        }
-    return {}
+    errors = registry.input_errors(task_type, refs.blank(task_data) if ref_paths else task_data)
+    return {
+        path_text(field): message
+        for field, message in errors.items()
+        if not any(refs.covers(path, field) for path in ref_paths)
+    }
 
 
 def _task_data(

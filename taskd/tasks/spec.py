@@ -176,9 +176,10 @@ class TaskType:
     )
     # For a type whose result's size the caller decides (a small input may ask for a large result):
     # the bytes its result will hold as JSON, from its validated input (a $ref's value, known only
-    # when it runs, is None there). A submit reserves that much of its project's storage budget, as
-    # a large result would take, and is refused (429) when it does not fit; the task's end counts
-    # its real result instead (docs/production.md, "Memory a task takes"). None: the type's results
+    # when it runs, is None there; an input that cannot be read so, a $ref in a field refusing None,
+    # reserves execution.result_max_bytes instead). A submit reserves that much of its project's
+    # storage budget, as a large result would take, and is refused (429) when it does not fit; the
+    # task's end counts its real result instead (docs/production.md, "Memory a task takes"). None: the type's results
     # are bounded by taskd, not by its caller, and nothing is reserved.
     result_estimate: Callable[[Any], int] | None = None
 

@@ -75,14 +75,22 @@ def _json_bytes(text: str) -> int:
     return len(orjson.dumps(text)) - 2
 
 
+def _holds_none(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_none(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_none(item) for item in value)
+    return value is None
+
+
 def result_estimate(data: TestPromptInput) -> int:
     """The bytes the result's `rendered_prompt` will hold as JSON, without building the text.
 
     A caller decides it (a 4 KiB input may render ~1,000,000 characters), so a submit reserves it
     of its project's storage budget (taskd.tasks.spec.TaskType.result_estimate). A parameter that
-    is None (a $ref, filled in only when the task runs) may fill the rest of RENDERED_LIMIT: the
-    estimate is then that limit. The LLM's `response` is not counted: its length is the
-    provider's, bounded by execution.result_max_bytes alone.
+    is or holds None (a $ref, filled in only when the task runs: `{"a": [{"$ref": …}]}` too) may
+    fill the rest of RENDERED_LIMIT: the estimate is then that limit. The LLM's `response` is not
+    counted: its length is the provider's, bounded by execution.result_max_bytes alone.
     """
     parameters = data.test_parameters
     size = _json_bytes(data.prompt_template)
@@ -90,7 +98,7 @@ def result_estimate(data: TestPromptInput) -> int:
     for match in _PLACEHOLDER.finditer(data.prompt_template):
         name = match.group(1)
         if name in parameters:
-            if parameters[name] is None:
+            if _holds_none(parameters[name]):
                 return RENDERED_LIMIT
             if name not in texts:
                 texts[name] = _json_bytes(_as_text(parameters[name]))
