@@ -646,6 +646,25 @@ async def test_gather_keeps_what_it_gathered_before_the_provider_refused_the_key
     assert len(server.requests) == 2
 
 
+async def test_gather_that_lost_what_it_gathered_before_the_key_was_refused_says_so(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # The one department gathered is too long for the result; the next is refused: nothing is left,
+    # and the soft time limit had nothing to do with it.
+    ctx, _ = make_ctx(http, server.base_url)
+    execution = attrs.evolve(ctx.config.execution, result_max_bytes=2048)
+    ctx = attrs.evolve(ctx, config=attrs.evolve(ctx.config, execution=execution))
+    server.reply(orjson.dumps({"items": [{"content": "A harbour at dawn " * 200}]}).decode())
+    server.fail(401, "Incorrect API key provided")
+    data = AutomatedGatherCreationInput("A noir brief", departments=["story", "audio", "sets"])
+    with pytest.raises(TaskError) as caught:
+        await gather_task.run(ctx, data)
+    assert str(caught.value) == (
+        "No gather items: the departments gathered made the result too long "
+        "(execution.result_max_bytes), and the run stopped early: the LLM provider refused the key (HTTP 401)"
+    )
+
+
 async def test_gather_fails_when_no_department_slug_is_usable(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
