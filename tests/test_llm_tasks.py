@@ -207,6 +207,35 @@ async def test_prompt_error_carries_the_message_of_a_vllm_error_body(
     assert str(caught.value) == "LLM provider returned HTTP 404: The model `gpt-x` does not exist."
 
 
+async def test_prompt_error_carries_the_invalid_fields_of_a_fastapi_validation_error(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # A server built on FastAPI answers a request it cannot validate with its own 422 shape.
+    ctx, _ = make_ctx(http, server.base_url)
+    body = {
+        "detail": [
+            {"type": "missing", "loc": ["body", "model"], "msg": "Field required", "input": {"a": "b"}},
+            {"type": "less_than_equal", "loc": ["body", "temperature"], "msg": "Input should be <= 2"},
+        ]
+    }
+    server.raw(orjson.dumps(body), status=422)
+    with pytest.raises(ProviderError) as caught:
+        await prompt_task.run(ctx, TestPromptInput("hi"))
+    assert str(caught.value) == (
+        "LLM provider returned HTTP 422: body.model: Field required; body.temperature: Input should be <= 2"
+    )
+
+
+async def test_prompt_error_carries_the_top_level_message_when_its_error_object_has_none(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.raw(orjson.dumps({"error": {"code": 404}, "message": "No such model: gpt-x"}), status=404)
+    with pytest.raises(ProviderError) as caught:
+        await prompt_task.run(ctx, TestPromptInput("hi"))
+    assert str(caught.value) == "LLM provider returned HTTP 404: No such model: gpt-x"
+
+
 async def test_prompt_503_raises_transient_provider_error(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
