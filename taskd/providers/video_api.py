@@ -150,7 +150,10 @@ class ProviderCalls:
                     raise
                 wait = delays.next_delay()
                 asked = exc.retry_after if isinstance(exc, ProviderError) else None
-                wait = min(RETRY_CAP, asked) if asked is not None else wait
+                if asked is not None:
+                    # A longer wait the provider asks for is waited (up to the cap); a shorter one,
+                    # `Retry-After: 0` on every 429, would send every try at once.
+                    wait = max(wait, min(RETRY_CAP, asked))
                 log.info("%s: %s; try %d again in %.1fs", what, exc, delays.failures + 1, wait)
                 await asyncio.sleep(wait)
 
