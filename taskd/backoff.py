@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from itertools import islice
 
 import attrs
@@ -68,3 +71,21 @@ class Backoff:
     def reset(self) -> None:
         """Start again from `first`: the last try worked."""
         self.failures = 0
+
+
+def retry_after_seconds(header: str | None, at: datetime | None = None) -> int | None:
+    """A Retry-After header's seconds (RFC 9110: a number of seconds or an HTTP date, a date past
+    giving 0); None if unreadable (a negative or fractional number, NaN). The one reading of it, for
+    taskd's client and the video provider; each caller bounds what it waits."""
+    if header is None:
+        return None
+    header = header.strip()
+    if header.isascii() and header.isdigit():  # int() would refuse other digits ("²")
+        return int(header)
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; parsedate gives "-0000" as naive
+        when = when.replace(tzinfo=UTC)
+    return max(0, math.ceil((when - (at or datetime.now(UTC))).total_seconds()))

@@ -27,7 +27,7 @@ from taskd.config import (
 from taskd.logs import SHORT_MESSAGE_CHARS
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
-from taskd.providers import video
+from taskd.providers import video, video_api
 from taskd.providers.http import JSON_REPLY_LIMIT, ProviderError
 from taskd.providers.video_api import ProviderCalls, VideoRequest
 from taskd.tasks.builtin import generate_video, render_animation
@@ -403,6 +403,18 @@ async def test_a_job_state_over_the_size_limit_fails_at_once_without_being_read_
 
 async def test_a_retry_after_longer_than_the_backoffs_wait_is_waited(http, api, caplog):
     api.create_errors, api.retry_after = [429], "1"
+    calls = ProviderCalls(provider(api, "replicate", retry_delay=0.01, max_retries=1), http)
+
+    with caplog.at_level(logging.INFO, logger="taskd.providers"):
+        await calls.call("POST", "predictions", lambda: {"version": "v", "input": {}})
+
+    assert [record.getMessage().rsplit(" ", 1)[-1] for record in caplog.records] == ["1.0s"]
+
+
+async def test_a_retry_after_date_is_waited_up_to_the_cap(http, api, caplog, monkeypatch):
+    # RFC 9110's other form, read as taskd's client reads it; a date this far ahead waits the cap.
+    monkeypatch.setattr(video_api, "RETRY_CAP", 1.0)
+    api.create_errors, api.retry_after = [503], "Wed, 21 Oct 2099 07:28:00 GMT"
     calls = ProviderCalls(provider(api, "replicate", retry_delay=0.01, max_retries=1), http)
 
     with caplog.at_level(logging.INFO, logger="taskd.providers"):
