@@ -24,6 +24,9 @@ RECONNECT_JITTER = 0.5
 # instead of all in the same second.
 RETRY_JITTER = 1.0
 
+# The most seconds a Retry-After reads as (about 31 billion years): a longer number is no other wait.
+LONGEST_RETRY_AFTER = 10**18
+
 
 def exponential_delay(
     attempt: int, base: float, *, factor: float = 2.0, cap: float | None = None, jitter: float = 0.0
@@ -81,7 +84,10 @@ def retry_after_seconds(header: str | None, at: datetime | None = None) -> int |
         return None
     header = header.strip()
     if header.isascii() and header.isdigit():  # int() would refuse other digits ("²")
-        return int(header)
+        # int() refuses a string of more than 4,300 digits (Python's bound on the conversion): a
+        # ValueError out of reading an answer. Any number that long is a wait longer than any.
+        digits = header.lstrip("0") or "0"
+        return int(digits) if len(digits) < len(str(LONGEST_RETRY_AFTER)) else LONGEST_RETRY_AFTER
     try:
         when = parsedate_to_datetime(header)
     except (TypeError, ValueError):
