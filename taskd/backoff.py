@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from itertools import islice
 
 import attrs
@@ -20,6 +23,9 @@ RECONNECT_JITTER = 0.5
 # so the tasks that one provider outage failed together come back spread over the whole window
 # instead of all in the same second.
 RETRY_JITTER = 1.0
+
+# The most seconds a Retry-After reads as (about 31 billion years): a longer number is no other wait.
+LONGEST_RETRY_AFTER = 10**18
 
 
 def exponential_delay(
@@ -68,3 +74,24 @@ class Backoff:
     def reset(self) -> None:
         """Start again from `first`: the last try worked."""
         self.failures = 0
+
+
+def retry_after_seconds(header: str | None, at: datetime | None = None) -> int | None:
+    """A Retry-After header's seconds (RFC 9110: a number of seconds or an HTTP date, a date past
+    giving 0); None if unreadable (a negative or fractional number, NaN). The one reading of it, for
+    taskd's client and the video provider; each caller bounds what it waits."""
+    if header is None:
+        return None
+    header = header.strip()
+    if header.isascii() and header.isdigit():  # int() would refuse other digits ("²")
+        # int() refuses a string of more than 4,300 digits (Python's bound on the conversion): a
+        # ValueError out of reading an answer. Any number that long is a wait longer than any.
+        digits = header.lstrip("0") or "0"
+        return int(digits) if len(digits) < len(str(LONGEST_RETRY_AFTER)) else LONGEST_RETRY_AFTER
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP date is GMT; parsedate gives "-0000" as naive
+        when = when.replace(tzinfo=UTC)
+    return max(0, math.ceil((when - (at or datetime.now(UTC))).total_seconds()))

@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal, Self, TypeVar, overload
 from urllib.parse import quote
 
@@ -35,7 +34,7 @@ import cattrs
 import orjson
 import yarl
 
-from taskd.backoff import exponential_delay
+from taskd.backoff import exponential_delay, retry_after_seconds
 from taskd.model import TaskStatus
 
 # What a caller imports from here. TaskStatus, the type of every result's `status`, among them:
@@ -229,22 +228,6 @@ class TaskFailed(TaskEnded):
 
 class TaskCancelled(TaskEnded):
     """The task was cancelled."""
-
-
-def retry_after_seconds(header: str | None, at: datetime | None = None) -> int | None:
-    """A Retry-After header's seconds (RFC 9110: a number of seconds or an HTTP date); None if unreadable."""
-    if header is None:
-        return None
-    header = header.strip()
-    if header.isascii() and header.isdigit():  # int() would refuse other digits ("²")
-        return int(header)
-    try:
-        when = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # an HTTP date is GMT; parsedate gives "-0000" as naive
-        when = when.replace(tzinfo=UTC)
-    return max(0, math.ceil((when - (at or datetime.now(UTC))).total_seconds()))
 
 
 def _answer_lost(failed: TaskdError) -> bool:

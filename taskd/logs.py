@@ -181,13 +181,17 @@ def basic_credentials(user: str, password: str) -> str:
 
 def url_secrets(url: str) -> list[str]:
     """The secrets a URL carries: its password (and the Basic credentials made of it), and each
-    query value named like a credential (as written and decoded, so that either form is masked)."""
+    query value named like a credential, each as written and decoded, so that either form is masked
+    (`p%40ss` is sent, and quoted back by the provider that decoded it, as `p@ss`)."""
     try:
         parts = urlsplit(url)
         password = parts.password
-        found = [password, basic_credentials(parts.username or "", password)] if password else []
     except ValueError:
         return []
+    found: list[str] = []
+    if password:
+        found.extend(dict.fromkeys([password, unquote(password)]))
+        found.append(basic_credentials(parts.username or "", password))
     for pair in parts.query.split("&"):
         name, _, value = pair.partition("=")
         if _is_secret_parameter(name, value):

@@ -13,6 +13,7 @@ from aiohttp import web
 from conftest import API_KEY
 from fake_taskd import Handler, event_stream, fake_taskd
 
+from taskd.backoff import LONGEST_RETRY_AFTER
 from taskd.client import (
     InvalidResponse,
     RateLimited,
@@ -140,6 +141,20 @@ async def test_a_retry_after_of_non_ascii_digits_is_ignored_not_raised():
             await client.status("t1")
 
     assert raised.value.retry_after is None
+
+
+async def test_a_retry_after_of_thousands_of_digits_is_the_longest_wait_not_a_value_error():
+    # Past 4,300 digits int() refuses to convert a string: a ValueError out of the client's call.
+    refused = answering(
+        text='{"error": "rate_limited", "message": "slow down"}',
+        status=429,
+        headers={"Retry-After": "9" * 5000},
+    )
+    async with fake_taskd({STATUS: refused}) as url, TaskClient(url, API_KEY, retries=0) as client:
+        with pytest.raises(RateLimited) as raised:
+            await client.status("t1")
+
+    assert raised.value.retry_after == LONGEST_RETRY_AFTER
 
 
 async def endless(

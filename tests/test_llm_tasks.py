@@ -207,6 +207,35 @@ async def test_prompt_error_carries_the_message_of_a_vllm_error_body(
     assert str(caught.value) == "LLM provider returned HTTP 404: The model `gpt-x` does not exist."
 
 
+async def test_prompt_error_carries_the_invalid_fields_of_a_fastapi_validation_error(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # A server built on FastAPI answers a request it cannot validate with its own 422 shape.
+    ctx, _ = make_ctx(http, server.base_url)
+    body = {
+        "detail": [
+            {"type": "missing", "loc": ["body", "model"], "msg": "Field required", "input": {"a": "b"}},
+            {"type": "less_than_equal", "loc": ["body", "temperature"], "msg": "Input should be <= 2"},
+        ]
+    }
+    server.raw(orjson.dumps(body), status=422)
+    with pytest.raises(ProviderError) as caught:
+        await prompt_task.run(ctx, TestPromptInput("hi"))
+    assert str(caught.value) == (
+        "LLM provider returned HTTP 422: body.model: Field required; body.temperature: Input should be <= 2"
+    )
+
+
+async def test_prompt_error_carries_the_top_level_message_when_its_error_object_has_none(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    ctx, _ = make_ctx(http, server.base_url)
+    server.raw(orjson.dumps({"error": {"code": 404}, "message": "No such model: gpt-x"}), status=404)
+    with pytest.raises(ProviderError) as caught:
+        await prompt_task.run(ctx, TestPromptInput("hi"))
+    assert str(caught.value) == "LLM provider returned HTTP 404: No such model: gpt-x"
+
+
 async def test_prompt_503_raises_transient_provider_error(
     server: FakeOpenAI, http: aiohttp.ClientSession
 ) -> None:
@@ -644,6 +673,25 @@ async def test_gather_keeps_what_it_gathered_before_the_provider_refused_the_key
     assert result["failed_departments"] == {"audio": "HTTP 403"}
     assert result["stopped_early"] == "the LLM provider refused the key (HTTP 403)"
     assert len(server.requests) == 2
+
+
+async def test_gather_that_lost_what_it_gathered_before_the_key_was_refused_says_so(
+    server: FakeOpenAI, http: aiohttp.ClientSession
+) -> None:
+    # The one department gathered is too long for the result; the next is refused: nothing is left,
+    # and the soft time limit had nothing to do with it.
+    ctx, _ = make_ctx(http, server.base_url)
+    execution = attrs.evolve(ctx.config.execution, result_max_bytes=2048)
+    ctx = attrs.evolve(ctx, config=attrs.evolve(ctx.config, execution=execution))
+    server.reply(orjson.dumps({"items": [{"content": "A harbour at dawn " * 200}]}).decode())
+    server.fail(401, "Incorrect API key provided")
+    data = AutomatedGatherCreationInput("A noir brief", departments=["story", "audio", "sets"])
+    with pytest.raises(TaskError) as caught:
+        await gather_task.run(ctx, data)
+    assert str(caught.value) == (
+        "No gather items: the departments gathered made the result too long "
+        "(execution.result_max_bytes), and the run stopped early: the LLM provider refused the key (HTTP 401)"
+    )
 
 
 async def test_gather_fails_when_no_department_slug_is_usable(

@@ -27,7 +27,7 @@ from taskd.config import (
 from taskd.logs import SHORT_MESSAGE_CHARS
 from taskd.media import ffmpeg
 from taskd.media.store import MediaStore
-from taskd.providers import video
+from taskd.providers import video, video_api
 from taskd.providers.http import JSON_REPLY_LIMIT, ProviderError
 from taskd.providers.video_api import ProviderCalls, VideoRequest
 from taskd.tasks.builtin import generate_video, render_animation
@@ -228,10 +228,10 @@ async def test_429_and_503_on_create_are_retried(tmp_path, http, api, protocol):
     assert result["metadata"]["generation_model"] == MODELS[protocol]
 
 
-@pytest.mark.parametrize("retry_after", ["-5", "nan"])
+@pytest.mark.parametrize("retry_after", ["-5", "nan", "0", "0.2"])
 async def test_a_retry_after_that_is_no_wait_gets_the_backoffs_wait(http, api, caplog, retry_after):
-    # A negative or unreadable number of seconds asks for nothing: it was taken as 0, every try
-    # sent at once.
+    # A negative or unreadable number of seconds asks for nothing, and one shorter than the back-off's
+    # wait is not waited instead of it: taken as 0, every try was sent at once.
     api.create_errors, api.retry_after = [429], retry_after
     calls = ProviderCalls(provider(api, "replicate", retry_delay=1.0, max_retries=1), http)
 
@@ -399,6 +399,28 @@ async def test_a_job_state_over_the_size_limit_fails_at_once_without_being_read_
     assert str(caught.value) == f"Video provider sent a reply larger than {JSON_REPLY_LIMIT} bytes"
     assert not caught.value.transient
     assert api.sent < 2 * JSON_REPLY_LIMIT
+
+
+async def test_a_retry_after_longer_than_the_backoffs_wait_is_waited(http, api, caplog):
+    api.create_errors, api.retry_after = [429], "1"
+    calls = ProviderCalls(provider(api, "replicate", retry_delay=0.01, max_retries=1), http)
+
+    with caplog.at_level(logging.INFO, logger="taskd.providers"):
+        await calls.call("POST", "predictions", lambda: {"version": "v", "input": {}})
+
+    assert [record.getMessage().rsplit(" ", 1)[-1] for record in caplog.records] == ["1.0s"]
+
+
+async def test_a_retry_after_date_is_waited_up_to_the_cap(http, api, caplog, monkeypatch):
+    # RFC 9110's other form, read as taskd's client reads it; a date this far ahead waits the cap.
+    monkeypatch.setattr(video_api, "RETRY_CAP", 1.0)
+    api.create_errors, api.retry_after = [503], "Wed, 21 Oct 2099 07:28:00 GMT"
+    calls = ProviderCalls(provider(api, "replicate", retry_delay=0.01, max_retries=1), http)
+
+    with caplog.at_level(logging.INFO, logger="taskd.providers"):
+        await calls.call("POST", "predictions", lambda: {"version": "v", "input": {}})
+
+    assert [record.getMessage().rsplit(" ", 1)[-1] for record in caplog.records] == ["1.0s"]
 
 
 async def test_the_error_of_a_job_state_that_is_not_http_is_one_short_line(http):

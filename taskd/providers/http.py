@@ -76,27 +76,38 @@ class ProviderError(TaskError):
         return "connection failed" if self.transient else "malformed reply"
 
 
+def _invalid_fields(detail: Any) -> str:
+    # FastAPI's 422 (a server built on it that leaves its validation errors as they come):
+    # [{"loc": ["body", "messages"], "msg": "Field required", "type": "missing", "input": ...}].
+    # Only each field's place and reason: `input` is the request's own body.
+    if not isinstance(detail, list):
+        return ""
+    reasons = []
+    for entry in detail:
+        if isinstance(entry, dict) and isinstance(entry.get("msg"), str):
+            place = entry.get("loc")
+            where = ".".join(map(str, place)) if isinstance(place, list) else ""
+            reasons.append(f"{where}: {entry['msg']}" if where else entry["msg"])
+    return "; ".join(reasons)
+
+
 def error_detail(raw: bytes, secret: str = "") -> str:
     """The provider's own error message, masked and shortened: OpenAI's `{"error": {"message": ...}}`
-    or `{"error": "..."}` (Ollama's), an RFC 9457 problem's `{"detail": "..."}` (Replicate's), or
-    `{"object": "error", "message": "..."}` (vLLM's before it took OpenAI's shape)."""
+    or `{"error": "..."}` (Ollama's), an RFC 9457 problem's `{"detail": "..."}` (Replicate's),
+    FastAPI's `{"detail": [{"loc": ..., "msg": ...}]}`, or `{"object": "error", "message": "..."}`
+    (vLLM's before it took OpenAI's shape): the first of them that says something."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        text = raw.decode("utf-8", "replace").strip()
-    else:
-        fields = data if isinstance(data, dict) else {}
-        error, detail, message = fields.get("error"), fields.get("detail"), fields.get("message")
-        if isinstance(error, dict):
-            text = str(error.get("message") or "")
-        elif isinstance(error, str):
-            text = error
-        elif isinstance(detail, str):
-            text = detail
-        elif isinstance(message, str):
-            text = message
-        else:
-            text = ""
+        return shorten(raw.decode("utf-8", "replace").strip(), secret)
+    fields = data if isinstance(data, dict) else {}
+    error, detail, message = fields.get("error"), fields.get("detail"), fields.get("message")
+    candidates = (
+        str(error.get("message") or "") if isinstance(error, dict) else error,
+        detail if isinstance(detail, str) else _invalid_fields(detail),
+        message,
+    )
+    text = next((found for found in candidates if isinstance(found, str) and found.strip()), "")
     return shorten(text, secret)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -14,7 +14,7 @@ import aiohttp
 import attrs
 import orjson
 
-from taskd.backoff import Backoff
+from taskd.backoff import Backoff, retry_after_seconds
 from taskd.config import VideoProvider
 from taskd.errors import TaskError
 from taskd.logs import shorten
@@ -109,17 +109,6 @@ def json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    # Only the delta-seconds form: an HTTP date would need a trustworthy clock on both sides. A
-    # negative number or NaN asks for no wait at all: the backoff's wait, not every try at once.
-    value = headers.get("Retry-After", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
 class ProviderCalls:
     """HTTP calls to `[providers.video]`: its key, its timeout, and retries of 429, 5xx and broken
     connections with backoff (Retry-After honoured up to RETRY_CAP)."""
@@ -150,7 +139,10 @@ class ProviderCalls:
                     raise
                 wait = delays.next_delay()
                 asked = exc.retry_after if isinstance(exc, ProviderError) else None
-                wait = min(RETRY_CAP, asked) if asked is not None else wait
+                if asked is not None:
+                    # A longer wait the provider asks for is waited (up to the cap); a shorter one,
+                    # `Retry-After: 0` on every 429, would send every try at once.
+                    wait = max(wait, min(RETRY_CAP, asked))
                 log.info("%s: %s; try %d again in %.1fs", what, exc, delays.failures + 1, wait)
                 await asyncio.sleep(wait)
 
@@ -186,7 +178,7 @@ class ProviderCalls:
                 status, raw, retry_after = (
                     response.status,
                     await read_reply(response, JSON_REPLY_LIMIT),
-                    _retry_after(response.headers),
+                    retry_after_seconds(response.headers.get("Retry-After")),
                 )
         except TimeoutError:
             # Checked before ClientError: aiohttp's timeout errors are both.

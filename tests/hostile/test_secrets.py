@@ -475,6 +475,28 @@ async def test_a_provider_error_quoting_the_basic_credentials_of_its_url_reaches
     assert _leaks(served.log(), secrets) == []
 
 
+async def test_a_provider_error_quoting_the_decoded_password_of_its_url_reaches_neither_the_task_nor_the_log(
+    serve_with_secrets, fake_llm
+):
+    # A password with `@` or `:` is percent-encoded in the URL; the provider gets it decoded (in the
+    # Basic credentials) and quotes it so.
+    password = "llm-p@ss:4d2a"
+    encoded = "llm-p%40ss%3A4d2a"
+    served = serve_with_secrets(
+        TASKD_PROVIDERS__LLM__BASE_URL=fake_llm.base_url.replace("://", f"://llm-user:{encoded}@"),
+        TASKD_PROVIDERS__LLM__API_KEY="",
+    )
+    fake_llm.fail(401, f"Invalid credentials: wrong password {password} for llm-user")
+
+    failed = await served.run("test_prompt", TASK_DATA["test_prompt"])
+
+    assert failed["status"] == "failed", failed
+    assert "Invalid credentials" in failed["error"]
+    secrets = {**served.secrets, "url password": password}
+    assert _leaks(json.dumps(failed), secrets) == []
+    assert _leaks(served.log(), secrets) == []
+
+
 # The generated API key
 
 

@@ -246,14 +246,22 @@ def fit_result(result: dict[str, Any], limit: int) -> None:
 
 def _nothing_gathered(result: dict[str, Any]) -> str:
     """Why a workflow that raised nothing still has no gather item."""
-    if result["stopped_early"]:
-        return NOTHING_IN_TIME
+    stopped = result["stopped_early"]
     if not result["departments"]:
         return "No gather items: no department to gather for (the given slugs are blank)"
+    # Checked before `stopped`: a run that gathered departments before it stopped (the soft limit, a
+    # refused key) and then lost them to the result's limit did not stop "before any was gathered".
     if any(reason.startswith(TOO_LONG) for reason in result["failed_departments"].values()):
+        if stopped:
+            return (
+                "No gather items: the departments gathered made the result too long "
+                f"(execution.result_max_bytes), and the run stopped early: {stopped}"
+            )
         return (
             "No gather items: every department's items made the result too long (execution.result_max_bytes)"
         )
+    if stopped:
+        return NOTHING_IN_TIME
     return "No gather items: the LLM's reply for every department was unreadable"
 
 
