@@ -1,7 +1,7 @@
 """Tasks left on a queue that no process's config names any more (a queue removed or renamed, a
 type routed elsewhere by `tasks.routes`), or that only another node's config names: they are kept
 until a worker serves their queue, and every node's health, `/metrics` and `taskd queues` show
-them.
+them (docs/guarantees.md#a-task-on-a-queue-nobody-serves).
 
 Each test submits through a node whose config routes `noop` to queue `old`, stops it, and looks
 through a node of the default config, as after a restart with the queue gone from the config.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from conftest import TEST_TASK_MODULES, RunningService
 from redis.asyncio import Redis
 from test_cli_admin import operator_cli
@@ -19,12 +20,19 @@ from test_prometheus import parse, scrape, value
 
 from taskd import keys
 from taskd.config import Config, QueueConfig, TasksConfig
+from taskd.engine import keeper
 
 # The node that admitted the tasks: `noop` goes to queue `old`, which later configs drop.
 WITH_OLD: dict[str, Any] = {
     "queues": {**Config().queues, "old": QueueConfig(concurrency=2, timeout=60)},
     "tasks": TasksConfig(modules=TEST_TASK_MODULES, routes={"noop": "old"}),
 }
+
+
+@pytest.fixture(autouse=True)
+def look_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keeper looks every 0.2 s, not every hour."""
+    monkeypatch.setattr(keeper, "KEEP_EVERY_MAX_S", 0.2)
 
 
 async def submit_on_old(start_service: Any, **fields: Any) -> str:
@@ -66,6 +74,20 @@ async def test_a_scheduled_task_due_on_a_queue_no_config_names_is_told_by_the_he
     await wait_until_waiting_on_old(node)
 
     assert UNSERVED_OLD in (await health(node, "/api/v1/tasks/health"))["alerts"]
+
+
+async def test_a_task_waiting_on_a_queue_no_config_names_is_kept_past_its_records_expiry(
+    start_service, redis: Redis
+):
+    task_id = await submit_on_old(start_service)
+    await start_service()
+    # As if it had waited all but a few seconds of storage.task_ttl.
+    await redis.expire(keys.task(task_id), 3)
+
+    async with asyncio.timeout(30):
+        while (left := await redis.ttl(keys.task(task_id))) <= 3600:
+            assert left != -2, "the record expired while its task was queued"
+            await asyncio.sleep(0.1)
 
 
 async def test_a_task_on_a_queue_no_config_names_runs_once_a_worker_serves_it(start_service):

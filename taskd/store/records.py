@@ -1186,7 +1186,8 @@ class TaskStore:
         self, queues: Iterable[str], at: float, below: float, turn: KeeperTurn | None = None
     ) -> list[int | None]:
         """Renew, to `storage.task_ttl` from `at`, the record of every task waiting or running on
-        `queues` that has less than `below` seconds left (live.lua), with what lives as long as it;
+        `queues`, or on a queue of the partition's known queues that no config names any more
+        (`known_queues`), that has less than `below` seconds left (live.lua), with what lives as long as it;
         returns how many were renewed, per partition. With a `turn`, only in the partitions where
         it is `turn.holder`'s (None for the others: another process looked there recently or
         looks now)."""
@@ -1199,7 +1200,11 @@ class TaskStore:
                 return None
             renewed = 0
             seen: set[str] = set()
-            for queue in names:
+            # A task waiting on a queue that no process's config names any more (renamed, removed,
+            # its type routed elsewhere) is kept too, until a worker serves it or it is purged:
+            # nothing else renews it, and it expired while `queued`, never run and never told.
+            known = {name.decode() for name in await client.smembers(keys.queues(partition))}
+            for queue in [*names, *sorted(known.difference(names))]:
                 # The waiting set holds job ids ({task id}.{n}), the running set task ids. ZSCAN
                 # returns every member there from its start to its end, in pages.
                 waiting = [
