@@ -43,7 +43,8 @@ async def submit_on_old(start_service: Any, **fields: Any) -> str:
     return str(task_id)
 
 
-async def health(node: RunningService, path: str) -> dict[str, Any]:
+async def get_body(node: RunningService, path: str) -> dict[str, Any]:
+    """The JSON body of a 200 answer to `GET path`."""
     async with node.client.get(path) as response:
         assert response.status == 200, await response.text()
         body: dict[str, Any] = await response.json()
@@ -53,7 +54,7 @@ async def health(node: RunningService, path: str) -> dict[str, Any]:
 async def wait_until_waiting_on_old(node: RunningService) -> dict[str, Any]:
     """The node's `/api/v1/health` once it counts a task waiting on `old`."""
     async with asyncio.timeout(30):
-        while (body := await health(node, "/api/v1/health"))["queue_sizes"].get("old") != 1:
+        while (body := await get_body(node, "/api/v1/health"))["queue_sizes"].get("old") != 1:
             await asyncio.sleep(0.1)
     return body
 
@@ -73,7 +74,7 @@ async def test_a_scheduled_task_due_on_a_queue_no_config_names_is_told_by_the_he
 
     await wait_until_waiting_on_old(node)
 
-    assert UNSERVED_OLD in (await health(node, "/api/v1/tasks/health"))["alerts"]
+    assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
 
 
 async def test_a_task_waiting_on_a_queue_no_config_names_is_kept_past_its_records_expiry(
@@ -113,7 +114,7 @@ async def test_a_dependent_released_onto_a_queue_no_process_named_is_told_by_the
 
     await wait_until_waiting_on_old(node)
 
-    assert UNSERVED_OLD in (await health(node, "/api/v1/tasks/health"))["alerts"]
+    assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
 
 
 async def test_a_task_an_earlier_version_queued_on_a_queue_no_config_names_is_told_by_the_health(
@@ -126,7 +127,7 @@ async def test_a_task_an_earlier_version_queued_on_a_queue_no_config_names_is_to
 
     await wait_until_waiting_on_old(node)
 
-    assert UNSERVED_OLD in (await health(node, "/api/v1/tasks/health"))["alerts"]
+    assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
 
 
 async def test_another_nodes_queue_that_no_worker_serves_is_told_by_every_nodes_health(start_service):
@@ -137,7 +138,7 @@ async def test_another_nodes_queue_that_no_worker_serves_is_told_by_every_nodes_
     body = await wait_until_waiting_on_old(other)
 
     assert body["status"] == "healthy"  # its workers serve its own queues
-    assert UNSERVED_OLD in (await health(other, "/api/v1/tasks/health"))["alerts"]
+    assert UNSERVED_OLD in (await get_body(other, "/api/v1/tasks/health"))["alerts"]
 
 
 async def test_metrics_count_the_tasks_waiting_on_a_queue_no_config_names(start_service):
@@ -148,6 +149,16 @@ async def test_metrics_count_the_tasks_waiting_on_a_queue_no_config_names(start_
 
     assert value(samples, "taskd_queue_waiting_tasks", queue="old") == 1
     assert value(samples, "taskd_queue_workers", queue="old") == 0
+
+
+async def test_the_dashboard_lists_a_queue_no_config_names_while_tasks_wait_on_it(start_service):
+    await submit_on_old(start_service)
+    node = await start_service()
+
+    overview = await get_body(node, "/api/v1/dashboard/overview")
+
+    queues = {queue["name"]: queue for queue in overview["queues"]}
+    assert (queues["old"]["waiting"], queues["old"]["workers"], queues["old"]["concurrency"]) == (1, 0, None)
 
 
 async def test_queues_lists_a_queue_no_config_names_while_tasks_wait_on_it(start_service, valkey_url):
