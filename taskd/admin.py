@@ -85,7 +85,7 @@ class Operator:
         """The live workers, by host and pid, each with the tasks it runs now."""
         infos = await live_workers(self.redis, self.config.worker.heartbeat_ttl)
         beats = await last_beats(self.redis)
-        running = await running_tasks(self.store.clients, self.queues)
+        running = await running_tasks(self.store.clients, await self.queues_in_use())
         views = [
             WorkerView(
                 info,
@@ -99,11 +99,19 @@ class Operator:
     async def serving(self) -> dict[str, int]:
         """Each queue's live worker processes that serve it."""
         infos = await live_workers(self.redis, self.config.worker.heartbeat_ttl)
-        return {queue: sum(queue in info.queues for info in infos) for queue in self.queues}
+        return {queue: sum(queue in info.queues for info in infos) for queue in await self.queues_in_use()}
+
+    async def queues_in_use(self) -> list[str]:
+        """`queues`, and every other queue with tasks waiting or running: one no config names any
+        more, or another node's (TaskStore.queues_in_use)."""
+        return await self.store.queues_in_use(self.queues)
 
     async def queue_states(self) -> list[QueueState]:
-        """Each queue's waiting and running counts and its oldest waiting job."""
-        return await queue_states(self.store.clients, self.queues, self.config.execution.priority_aging)
+        """Each queue's waiting and running counts and its oldest waiting job, those of every queue
+        in use included."""
+        return await queue_states(
+            self.store.clients, await self.queues_in_use(), self.config.execution.priority_aging
+        )
 
     async def waiting_on(self, queue: str) -> list[TaskRecord]:
         """The tasks queued on `queue` (bulk.waiting_on)."""

@@ -58,6 +58,7 @@ their score. Keys written before the tag (`taskd:…`) are renamed once, at star
 | `{taskd}:idempotency:{key id}:{sha256 of the Idempotency-Key}` | hash: what the first submit or retry with that key by that API key made (its body's fingerprint, the task id, its creation time, queue position and the type's durations), for replays | `IDEMPOTENCY_TTL` (24 h) from that first request |
 | `{taskd}:run:{id}` | hash: what a run of the task kept for the next run of the same task, should it be cut short (a video provider's job id, each department's LLM answer, the CMS document of its upload, the files its runs put into the media store: taskd.store.run_state); written only while the task is `processing` under the writing worker, at most `run_state.MAX_BYTES`; the record's `run_state` field says it has one | deleted when the task ends (lib/ended.lua); until then it expires with the task's record |
 | `{taskd}:dependents:{id}` | set: the ids of the tasks waiting for task `{id}` to complete (`depends_on`); the script that ends the task releases or cancels them, and reads the set only when the task's record says `dependents` `1` (or has no such field, as a record of an earlier version) | deleted when the task ends; until then as long as the longest-kept dependent (a minute past the task's own record's expiry, at least) |
+| `{taskd}:queues` | set: every queue name a task may wait on in the partition: each taskd process adds the queues its config names (`[queues]`, the types' routes) at start (the first start of a version with the set adds those tasks wait or run on: taskd.store.layout.know_queues), and lib/enqueue.lua the queue of each job it puts on a line (a scheduled task's at its time, a `depends_on` task's when released, a retry, a reclaimed run); read by the keeper, the look for dead workers' tasks, the health, `/metrics`, the dashboard and `taskd queues`, so that tasks on a queue no process's config names any more (renamed, removed, a type routed elsewhere) are still kept and shown (docs/guarantees.md) | forever: a handful of names an operator chose, never a tenant's |
 | `{taskd}:scheduled` | sorted set: task id -> ms it is due, of the queued tasks submitted with `run_at`/`delay_seconds` that wait for their time (no job yet); due.lua queues them | members leave when their time comes (every process looks twice a second) or their task ends (cancel) |
 | `{taskd}:partitions` | string: the number of partitions (`redis.partitions`) the tasks are spread over, kept by the first start (taskd.store.layout.check_partitions) | forever |
 | `{taskd}:layout` | string: `tagged` once the keys of versions before the tag (`taskd:…`) were renamed (taskd.store.layout) | forever |
@@ -328,6 +329,11 @@ def metrics(partition: int) -> str:
 def webhooks_due(partition: int) -> str:
     """One partition's webhook outbox."""
     return f"{partition_prefix(partition)}webhooks:due"
+
+
+def queues(partition: int) -> str:
+    """The names of every queue a task of the partition may wait on (taskd.store.records.TaskStore.known_queues)."""
+    return f"{partition_prefix(partition)}queues"
 
 
 def scheduled(partition: int) -> str:

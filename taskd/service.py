@@ -256,6 +256,10 @@ class Service:
             progress_interval=self.config.webhooks.progress_interval,
             partition_clients=partition_clients,
         )
+        # Every process's queues are known to every other, and stay known once a later config names
+        # them no more: their tasks are still kept, shown and alerted on (docs/guarantees.md).
+        await layout.know_queues(store.clients)
+        await store.name_queues(set(self.config.queues) | self.registry.queues())
         queue = TaskQueue(redis, self.config.execution.priority_aging, partition_clients)
         gpu = GpuScheduler(
             redis,

@@ -26,7 +26,9 @@ of queues looked at (`group`). Hosts whose settings differ (a deploy, a mistake:
 settings_mismatch) took the same turn: a process with a day's TTL rested ~49 minutes after its
 look, and one with a minute's TTL, whose records had a minute, did not look meanwhile, so they
 expired while their tasks waited; likewise the queues only one process's routes name. Each group
-now looks on its own interval, at its own queues, as every process did before turns.
+now looks on its own interval, at its own queues, as every process did before turns. Every look
+also covers the known queues ({taskd}:queues) that its group's config does not name: a queue
+removed, renamed or routed away since its tasks were admitted, whose records nobody else renews.
 """
 
 from __future__ import annotations

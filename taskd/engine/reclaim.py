@@ -67,7 +67,10 @@ class Reclaimer:
         """One look; returns how many tasks were taken back."""
         if not await self._heartbeats_could_go_in():
             return 0
-        running = await self.store.running_tasks(self.queues)
+        # With the queues no config here names any more (the store's known queues): a dead
+        # worker's task there was left `processing` for ever, its worker gone and nobody looking.
+        known = await self.store.known_queues()
+        running = await self.store.running_tasks(sorted(set(self.queues).union(known)))
         taken = 0
         for task in running:
             if not task.alive and (outcome := await self._take_back(task, None)):

@@ -48,5 +48,10 @@ class Api:
         """Every queue the service knows: configured ones and those task types route to."""
         return sorted(set(self.config.queues) | self.registry.queues())
 
+    async def queues_in_use(self) -> list[str]:
+        """`queue_names`, and every other queue with tasks waiting or running (one no config here
+        names any more, another node's): TaskStore.queues_in_use."""
+        return await self.store.queues_in_use(self.queue_names)
+
 
 API = web.AppKey("api", Api)

@@ -79,7 +79,7 @@ async def asset(request: web.Request) -> web.Response:
 
 async def _queues(request: web.Request, workers: list[Any]) -> list[shapes.DashboardQueue]:
     api = request.app[API]
-    names = api.queue_names
+    names = await api.queues_in_use()
     waiting = await api.queue.waiting(names)
     # A scoped key's first running tasks are found among them all: the first of every project's
     # could all be other projects', and would list none of its own.

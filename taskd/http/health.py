@@ -125,11 +125,12 @@ async def _connected_health(
     api = request.app[API]
     workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
     rows = await gpu_rows(api)
+    queues = await api.queues_in_use()
     return shapes.ServiceHealth(
         status="healthy" if workers and not refused else "degraded",
         redis_status="connected",
         worker_count=len(workers),
-        queue_sizes=await api.queue.waiting(api.queue_names),
+        queue_sizes=await api.queue.waiting(queues),
         system_load=shapes.SystemLoad(cpu_percent, memory_percent, [row.device.utilization for row in rows]),
         uptime=uptime,
         gpus=await _gpus(request, rows),
@@ -157,7 +158,7 @@ async def _gpus(request: web.Request, rows: list[GpuRow]) -> list[shapes.GpuDevi
 async def task_metrics(request: web.Request) -> web.Response:
     """The cumulative counters shared by every process."""
     api = request.app[API]
-    metrics = await api.store.metrics(api.queue_names)
+    metrics = await api.store.metrics(await api.queues_in_use())
     counters = shapes.Counters(
         total_tasks=metrics.total_tasks,
         completed_tasks=metrics.completed_tasks,
@@ -180,14 +181,16 @@ async def task_metrics(request: web.Request) -> web.Response:
 async def queue_health(request: web.Request) -> web.Response:
     """Alerts from the failure rate, long-running tasks, worker memory and Redis memory."""
     api = request.app[API]
-    metrics = await api.store.metrics(api.queue_names)
-    running = await api.store.running_since(api.queue_names)
+    # With the queues no config here names that hold tasks: theirs wait, or run, unseen otherwise.
+    queues = await api.queues_in_use()
+    metrics = await api.store.metrics(queues)
+    running = await api.store.running_since(queues)
     workers = await live_workers(api.redis, api.config.worker.heartbeat_ttl)
     at = now()
     recycles = await api.store.memory_recycles(at)
     memory_limit = api.config.execution.memory_limit_mb * 1024 * 1024
     named = await visible_tasks(request, [*running, *(str(event.get("task_id")) for event in recycles)])
-    waiting = await api.queue.waiting(api.queue_names)
+    waiting = await api.queue.waiting(queues)
     alerts = queue_alerts(metrics, running, workers, at, memory_limit, recycles, named, waiting)
     alerts += redis_node_alerts(await read_every_node(api.store.clients))
     alerts += settings_alerts(

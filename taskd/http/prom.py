@@ -70,7 +70,7 @@ class Snapshot:
 
 async def take_snapshot(api: Api) -> Snapshot:
     """Read counters, queues, live workers, the webhook outbox and this host's GPU slots from Redis."""
-    queues = api.queue_names
+    queues = await api.queues_in_use()
     per_queue = await api.store.running_first(queues, 1)
     published = await agreement.read(api.redis, api.config.worker.heartbeat_ttl)
     # One value for every partition's server: the one nearest full, a failure to persist of any.

@@ -1,5 +1,6 @@
-"""The key layout: taskd's keys under the hash tag `{taskd}` (taskd.keys), and the one-time rename of
-the keys that versions before the tag wrote as `taskd:…`.
+"""The key layout: taskd's keys under the hash tag `{taskd}` (taskd.keys), the one-time rename of
+the keys that versions before the tag wrote as `taskd:…`, and the one-time filling of the known
+queues ({taskd}:queues) from the queues that tasks of versions before that set wait on (`know_queues`).
 
 Every start calls `upgrade`; after the first it costs one GET (the marker). The first start of
 this version on an existing Redis renames each `taskd:…` key to `{taskd}:…` with RENAMENX, which
@@ -16,6 +17,7 @@ queue's timeout plus 100 s).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -46,6 +48,28 @@ async def upgrade(redis: Redis) -> int:
     if renamed:
         log.info("renamed %d keys to the tagged layout ({taskd}:…)", renamed)
     return renamed
+
+
+async def know_queues(clients: Sequence[Redis]) -> int:
+    """Fill each partition's known queues ({taskd}:queues, taskd.keys) from the queues its tasks
+    wait or run on, once: the first start of a version that keeps that set finds the tasks an
+    earlier one queued, on a queue this start's config may name no more (renamed, removed), which
+    would otherwise be kept by no keeper and shown by no health. Later starts cost one EXISTS a
+    partition. Returns how many names were added."""
+    added = 0
+    for partition, client in enumerate(clients):
+        known = keys.queues(partition)
+        if await client.exists(known):
+            continue
+        names: set[str] = set()
+        for what in (keys.waiting("", partition), keys.running("", partition)):
+            async for raw in client.scan_iter(match=what + "*", count=SCAN_COUNT):
+                names.add(raw.decode("utf-8", "surrogateescape").removeprefix(what))
+        if names:
+            added += await client.sadd(known, *sorted(names))
+    if added:
+        log.info("found %d queues with tasks waiting or running", added)
+    return added
 
 
 async def check_partitions(redis: Redis) -> None:

@@ -575,6 +575,39 @@ class TaskStore:
                 replies[index] = row
         return replies
 
+    async def name_queues(self, queues: Iterable[str]) -> None:
+        """Add `queues` (those this process's config names) to every partition's known queues
+        ({taskd}:queues), so that their tasks stay kept and shown by every process once a later
+        config names them no more."""
+        names = sorted(set(queues))
+        if names:
+            await self._each_partition(lambda client, p: client.sadd(keys.queues(p), *names))
+
+    async def known_queues(self) -> list[str]:
+        """Every queue some process named or put a job on (`name_queues`, lib/enqueue.lua), in
+        every partition: one SMEMBERS each."""
+        parts = await self._each_partition(lambda client, p: client.smembers(keys.queues(p)))
+        return sorted(set[str]().union(*({name.decode() for name in part} for part in parts)))
+
+    async def queues_in_use(self, queues: Iterable[str]) -> list[str]:
+        """`queues` (this process's), and each other known queue (`known_queues`) with a task
+        waiting or running now: one no config here names (renamed, removed, its types routed
+        elsewhere), or another node's that no worker here serves. Its tasks wait for a worker of
+        it as any queue's do; the health, `/metrics` and `taskd queues` must show them."""
+        names = set(queues)
+        others = [name for name in await self.known_queues() if name not in names]
+        if others:
+
+            async def count(client: Redis, p: int) -> list[int]:
+                async with client.pipeline(transaction=False) as pipe:
+                    for name in others:
+                        pipe.exists(keys.waiting(name, p), keys.running(name, p))
+                    return list(await pipe.execute())
+
+            counts = await self._each_partition(count)
+            names.update(name for i, name in enumerate(others) if any(row[i] for row in counts))
+        return sorted(names)
+
     async def _waiting_elsewhere(self, queues: Iterable[str], partition: int, limit: int) -> dict[str, int]:
         """The tasks waiting on each queue in the partitions other than `partition` (all 0 with one
         partition, or without a queue limit, which is all they are counted for)."""
@@ -1153,7 +1186,8 @@ class TaskStore:
         self, queues: Iterable[str], at: float, below: float, turn: KeeperTurn | None = None
     ) -> list[int | None]:
         """Renew, to `storage.task_ttl` from `at`, the record of every task waiting or running on
-        `queues` that has less than `below` seconds left (live.lua), with what lives as long as it;
+        `queues`, or on a queue of the partition's known queues that no config names any more
+        (`known_queues`), that has less than `below` seconds left (live.lua), with what lives as long as it;
         returns how many were renewed, per partition. With a `turn`, only in the partitions where
         it is `turn.holder`'s (None for the others: another process looked there recently or
         looks now)."""
@@ -1166,7 +1200,11 @@ class TaskStore:
                 return None
             renewed = 0
             seen: set[str] = set()
-            for queue in names:
+            # A task waiting on a queue that no process's config names any more (renamed, removed,
+            # its type routed elsewhere) is kept too, until a worker serves it or it is purged:
+            # nothing else renews it, and it expired while `queued`, never run and never told.
+            known = {name.decode() for name in await client.smembers(keys.queues(partition))}
+            for queue in [*names, *sorted(known.difference(names))]:
                 # The waiting set holds job ids ({task id}.{n}), the running set task ids. ZSCAN
                 # returns every member there from its start to its end, in pages.
                 waiting = [

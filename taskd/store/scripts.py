@@ -60,6 +60,7 @@ PARTITION_PREFIXES: Mapping[str, str] = {
     "RUN_STATE_PREFIX": "run:",
     "STORED_PREFIX": "stored:",
     "SCHEDULED": "scheduled",
+    "QUEUES": "queues",
     "IN_PROGRESS_PREFIX": "arq:in-progress:",
     "TASK_EVENTS_PREFIX": "events:task:",
     "PROJECT_EVENTS_PREFIX": "events:project:",

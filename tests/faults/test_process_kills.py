@@ -176,3 +176,33 @@ async def test_a_stopped_workers_job_process_of_a_task_another_worker_started_si
 
     assert by == older
     assert (body["status"], body["attempt"]) == ("processing", 2)
+
+
+async def test_a_killed_workers_task_on_a_queue_no_config_names_any_more_is_queued_again_and_told(
+    spawn_taskd, tmp_path
+):
+    # `record_run` routed to queue `old`, run by a worker that is then killed; the service started
+    # again names no `old` (the queue removed). Before, its reclaim looked only at the queues its
+    # config names: the task stayed `processing` for ever, its worker gone.
+    data = tmp_path / "data"
+    old = child_env(
+        data,
+        TASKD_QUEUES__OLD__CONCURRENCY="1",
+        TASKD_QUEUES__OLD__TIMEOUT="60",
+        TASKD_TASKS__ROUTES__RECORD_RUN="old",
+    )
+    async with asyncio.timeout(90), aiohttp.ClientSession() as session:
+        first = spawn_taskd("serve", env=old)
+        task_id = await Api(session, first.base_url).submit("record_run", {"seconds": 60})
+        await Api(session, first.base_url).wait_all([task_id], lambda b: b["status"] == "processing")
+        first.stop(signal.SIGKILL)
+        api = Api(session, spawn_taskd("serve", env=child_env(data)).base_url)
+
+        (body,) = await api.wait_all([task_id], lambda b: b["status"] == "queued")
+        _, health = await api.call("GET", "/api/v1/tasks/health")
+
+    assert "worker" in body["last_error"]
+    assert any(
+        alert["metric"] == "queue_without_worker" and alert.get("queue") == "old"
+        for alert in health["alerts"]
+    ), health["alerts"]

@@ -16,11 +16,17 @@
 -- id and its enqueue time (`enqueued_ms`, for the wait-time histogram: lib/begin.lua); arq's job
 -- definition is not written, as nothing reads it. It waits in its project's line (lib/fair.lua),
 -- on arq's set once it is the project's head; then one idle worker of the queue is woken (lib/wake.lua).
+-- The queue joins the partition's known queues ({taskd}:queues): a scheduled task due, a dependent
+-- released, a retry or a reclaimed run may go on a queue no process's config names any more (renamed,
+-- removed, a type routed elsewhere since its submit); the keeper, the health and `taskd queues` read
+-- that set, so such a task is still kept and told of rather than left to expire unseen. A submit
+-- does not add it: its queue is one its node's config names, which that node added at its start.
 -- Keys built here follow taskd.keys (arq's layout, under the hash tag {taskd}: docs/cluster.md).
 -- Returns the new job id.
 -- include lib/fair.lua
 -- include lib/wake.lua
 local function enqueue(task_key, task_id, queue, score, now_ms, aging_ms)
+  redis.call('SADD', '@QUEUES@', queue)
   local n = redis.call('HINCRBY', task_key, 'enqueues', 1)
   local job_id = task_id .. '.' .. n
   redis.call('HSET', task_key, 'job_id', job_id, 'enqueued_ms', now_ms)

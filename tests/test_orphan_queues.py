@@ -1,0 +1,183 @@
+"""Tasks left on a queue that no process's config names any more (a queue removed or renamed, a
+type routed elsewhere by `tasks.routes`), or that only another node's config names: they are kept
+until a worker serves their queue, and every node's health, `/metrics` and `taskd queues` show
+them (docs/guarantees.md#a-task-on-a-queue-nobody-serves).
+
+Each test submits through a node whose config routes `noop` to queue `old`, stops it, and looks
+through a node of the default config, as after a restart with the queue gone from the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from conftest import TEST_TASK_MODULES, RunningService
+from redis.asyncio import Redis
+from test_cli_admin import operator_cli
+from test_prometheus import parse, scrape, value
+
+from taskd import keys
+from taskd.config import Config, QueueConfig, TasksConfig
+from taskd.engine import keeper
+
+# The node that admitted the tasks: `noop` goes to queue `old`, which later configs drop.
+WITH_OLD: dict[str, Any] = {
+    "queues": {**Config().queues, "old": QueueConfig(concurrency=2, timeout=60)},
+    "tasks": TasksConfig(modules=TEST_TASK_MODULES, routes={"noop": "old"}),
+}
+
+
+@pytest.fixture(autouse=True)
+def look_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keeper looks every 0.2 s, not every hour."""
+    monkeypatch.setattr(keeper, "KEEP_EVERY_MAX_S", 0.2)
+
+
+async def submit_on_old(start_service: Any, **fields: Any) -> str:
+    """A `noop` admitted to queue `old` by a node (no worker) that is then stopped; its id."""
+    admitting = await start_service(workers=False, **WITH_OLD)
+    task_id = (await admitting.submit("noop", {}, **fields))["task_id"]
+    await admitting.service.stop(grace=1)
+    return str(task_id)
+
+
+async def get_body(node: RunningService, path: str) -> dict[str, Any]:
+    """The JSON body of a 200 answer to `GET path`."""
+    async with node.client.get(path) as response:
+        assert response.status == 200, await response.text()
+        body: dict[str, Any] = await response.json()
+        return body
+
+
+async def wait_until_waiting_on_old(node: RunningService) -> dict[str, Any]:
+    """The node's `/api/v1/health` once it counts a task waiting on `old`."""
+    async with asyncio.timeout(30):
+        while (body := await get_body(node, "/api/v1/health"))["queue_sizes"].get("old") != 1:
+            await asyncio.sleep(0.1)
+    return body
+
+
+UNSERVED_OLD = {
+    "severity": "critical",
+    "message": "Queue old has 1 task waiting and no live worker serves it",
+    "metric": "queue_without_worker",
+    "value": 1,
+    "queue": "old",
+}
+
+
+async def test_a_scheduled_task_due_on_a_queue_no_config_names_is_told_by_the_health(start_service):
+    await submit_on_old(start_service, delay_seconds=1)
+    node = await start_service()
+
+    await wait_until_waiting_on_old(node)
+
+    assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
+
+
+async def test_a_task_waiting_on_a_queue_no_config_names_is_kept_past_its_records_expiry(
+    start_service, redis: Redis
+):
+    task_id = await submit_on_old(start_service)
+    await start_service()
+    # As if it had waited all but a few seconds of storage.task_ttl.
+    await redis.expire(keys.task(task_id), 3)
+
+    async with asyncio.timeout(30):
+        while (left := await redis.ttl(keys.task(task_id))) <= 3600:
+            assert left != -2, "the record expired while its task was queued"
+            await asyncio.sleep(0.1)
+
+
+async def test_a_task_on_a_queue_no_config_names_runs_once_a_worker_serves_it(start_service):
+    task_id = await submit_on_old(start_service)
+    node = await start_service()
+    await start_service(http=False, serve_queues=["old"], **WITH_OLD)
+
+    body = await node.wait_terminal(task_id, timeout=30)
+
+    assert body["status"] == "completed"
+
+
+async def test_a_dependent_released_onto_a_queue_no_process_named_is_told_by_the_health(
+    start_service, redis: Redis
+):
+    admitting = await start_service(workers=False, **WITH_OLD)
+    first = (await admitting.submit("sleep", {"seconds": 1}))["task_id"]  # queue default
+    await admitting.submit("noop", {}, depends_on=[first])
+    await admitting.service.stop(grace=1)
+    # As an earlier version left it: no process ever said that queue `old` exists.
+    await redis.delete(keys.queues(0))
+    node = await start_service()
+
+    await wait_until_waiting_on_old(node)
+
+    assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
+
+
+async def test_a_task_an_earlier_version_queued_on_a_queue_no_config_names_is_told_by_the_health(
+    start_service, redis: Redis
+):
+    await submit_on_old(start_service)
+    # As an earlier version left it: no process ever said that queue `old` exists.
+    await redis.delete(keys.queues(0))
+    node = await start_service()
+
+    await wait_until_waiting_on_old(node)
+
+    assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
+
+
+async def test_another_nodes_queue_that_no_worker_serves_is_told_by_every_nodes_health(start_service):
+    admitting = await start_service(workers=False, **WITH_OLD)  # still up
+    await admitting.submit("noop", {})
+    other = await start_service()
+
+    body = await wait_until_waiting_on_old(other)
+
+    assert body["status"] == "healthy"  # its workers serve its own queues
+    assert UNSERVED_OLD in (await get_body(other, "/api/v1/tasks/health"))["alerts"]
+
+
+async def test_metrics_count_the_tasks_waiting_on_a_queue_no_config_names(start_service):
+    await submit_on_old(start_service)
+    node = await start_service()
+
+    samples = parse((await scrape(node.base_url))[2])
+
+    assert value(samples, "taskd_queue_waiting_tasks", queue="old") == 1
+    assert value(samples, "taskd_queue_workers", queue="old") == 0
+
+
+async def test_the_dashboard_lists_a_queue_no_config_names_while_tasks_wait_on_it(start_service):
+    await submit_on_old(start_service)
+    node = await start_service()
+
+    overview = await get_body(node, "/api/v1/dashboard/overview")
+
+    queues = {queue["name"]: queue for queue in overview["queues"]}
+    assert (queues["old"]["waiting"], queues["old"]["workers"], queues["old"]["concurrency"]) == (1, 0, None)
+
+
+async def test_queues_lists_a_queue_no_config_names_while_tasks_wait_on_it(start_service, valkey_url):
+    await submit_on_old(start_service)
+    await start_service()
+
+    run = await operator_cli("queues", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    rows = {line.split()[0]: line.split()[1:] for line in run.out.splitlines()[1:]}
+    assert rows["old"][:3] == ["1", "0", "0"]
+    assert "no live worker serves old: tasks waiting there do not start" in run.err
+
+
+async def test_purge_cancels_the_tasks_of_a_queue_no_config_names(start_service, valkey_url):
+    task_id = await submit_on_old(start_service)
+    node = await start_service()
+
+    run = await operator_cli("purge", "old", "--yes", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    assert (await node.status(task_id))["status"] == "cancelled"
