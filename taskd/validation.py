@@ -278,5 +278,5 @@ def unrequestable(what: str, url: str) -> str | None:
 
 def http_url(what: str) -> HttpUrl:
     """An absolute http(s) URL that can be requested as written."""
-    # Not published as a pattern: tests/test_openapi.py pins URL fields (`style_guide`) as plain strings.
+    # Not published as a pattern: tests/test_openapi.py pins URL fields (`style_guide`) as strings without one.
     return HttpUrl(what)

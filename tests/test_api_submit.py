@@ -398,3 +398,18 @@ async def test_an_animations_character_id_is_bounded_at_submit(taskd):
 
     assert status == 400
     assert body["details"] == {"task_data.character_id": "Character ID must have at most 100 characters"}
+
+
+async def test_an_image_prompts_appended_urls_are_bounded_at_submit(taskd):
+    # Not fetched, appended to the prompt as text: 16 URLs of 64 KB took it to the body limit.
+    long_url = "https://x.example/" + "r" * (2049 - len("https://x.example/"))
+    task_data = {"prompt": "a detective", "style_guide": long_url, "reference_images": [long_url]}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_image", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.style_guide": "Style guide URL must have at most 2048 characters",
+        "task_data.reference_images": "Each reference image URL must have at most 2048 characters",
+    }

@@ -66,8 +66,15 @@ def test_task_data_schemas_follow_the_input_classes():
     image = DOCUMENT["components"]["schemas"]["GenerateImageInput"]
 
     assert image["required"] == ["prompt"]
-    assert image["properties"]["reference_images"] == {"type": "array", "items": {"type": "string"}}
-    assert image["properties"]["style_guide"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    # URLs appended to the prompt as text: each bounded, and the bound published for generated clients.
+    assert image["properties"]["reference_images"] == {
+        "type": "array",
+        "items": {"type": "string", "maxLength": 2048},
+    }
+    assert image["properties"]["style_guide"] == {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "maxLength": 2048,
+    }
     assert image["additionalProperties"] is True
 
 
