@@ -446,3 +446,14 @@ async def test_a_video_naming_more_characters_than_a_prompt_holds_is_refused_at_
     assert body["details"] == {
         "task_data.character_positions": "Character positions must have at most 50 entries"
     }
+
+
+async def test_a_voices_emotion_sent_as_instructions_is_bounded_at_submit(taskd):
+    # Sent to a speech API as its instructions: unbounded, it went whole to the provider.
+    task_data = {"text": "I've been expecting you.", "emotion": "m" * 501}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_character_voice", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.emotion": "Emotion must have at most 500 characters"}
