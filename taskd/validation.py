@@ -186,10 +186,9 @@ def not_blank(message: str) -> Check:
 
 def max_length(limit: int, what: str, unit: str = "characters") -> Check:
     """A string or list no longer than `limit`."""
-    # Published for strings only: the schema of a list field stays its item type (tests/test_openapi.py
-    # pins `reference_images` as a plain array of strings).
-    schema = {"maxLength": limit} if unit == "characters" else {}
-    return check(lambda v: len(v) <= limit, f"{what} must have at most {limit} {unit}", schema)
+    # Published as maxLength; the OpenAPI document makes it maxItems on a list field (openapi._merge),
+    # so a generated client knows a list's bound as it knows a string's.
+    return check(lambda v: len(v) <= limit, f"{what} must have at most {limit} {unit}", {"maxLength": limit})
 
 
 _RESOLUTION = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
@@ -295,5 +294,5 @@ def unrequestable(what: str, url: str) -> str | None:
 
 def http_url(what: str) -> HttpUrl:
     """An absolute http(s) URL that can be requested as written."""
-    # Not published as a pattern: tests/test_openapi.py pins URL fields (`style_guide`) as plain strings.
+    # Not published as a pattern: tests/test_openapi.py pins URL fields (`style_guide`) as strings without one.
     return HttpUrl(what)

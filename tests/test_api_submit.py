@@ -398,3 +398,62 @@ async def test_an_animations_character_id_is_bounded_at_submit(taskd):
 
     assert status == 400
     assert body["details"] == {"task_data.character_id": "Character ID must have at most 100 characters"}
+
+
+async def test_an_image_prompts_appended_urls_are_bounded_at_submit(taskd):
+    # Not fetched, appended to the prompt as text: 16 URLs of 64 KB took it to the body limit.
+    long_url = "https://x.example/" + "r" * (2049 - len("https://x.example/"))
+    task_data = {"prompt": "a detective", "style_guide": long_url, "reference_images": [long_url]}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_image", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.style_guide": "Style guide URL must have at most 2048 characters",
+        "task_data.reference_images": "Each reference image URL must have at most 2048 characters",
+    }
+
+
+async def test_a_video_providers_prompt_fields_are_bounded_at_submit(taskd):
+    # Written whole into a video provider's prompt: unbounded, they took it to the body limit.
+    task_data = {
+        "camera_angle": "w" * 501,
+        "lighting": "n" * 501,
+        "character_positions": [{"character_id": "jones", "position": "c" * 501, "action": "a" * 501}],
+    }
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_video", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.camera_angle": "Camera angle must have at most 500 characters",
+        "task_data.lighting": "Lighting must have at most 500 characters",
+        "task_data.character_positions[0].position": "Position must have at most 500 characters",
+        "task_data.character_positions[0].action": "Action must have at most 500 characters",
+    }
+
+
+async def test_a_video_naming_more_characters_than_a_prompt_holds_is_refused_at_submit(taskd):
+    # Every entry is a clause of a video provider's prompt (the built-in renderer draws 8).
+    task_data = {"character_positions": [{"character_id": f"c{i}"} for i in range(51)]}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_video", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.character_positions": "Character positions must have at most 50 entries"
+    }
+
+
+async def test_a_voices_emotion_sent_as_instructions_is_bounded_at_submit(taskd):
+    # Sent to a speech API as its instructions: unbounded, it went whole to the provider.
+    task_data = {"text": "I've been expecting you.", "emotion": "m" * 501}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_character_voice", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.emotion": "Emotion must have at most 500 characters"}

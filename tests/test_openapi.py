@@ -66,8 +66,16 @@ def test_task_data_schemas_follow_the_input_classes():
     image = DOCUMENT["components"]["schemas"]["GenerateImageInput"]
 
     assert image["required"] == ["prompt"]
-    assert image["properties"]["reference_images"] == {"type": "array", "items": {"type": "string"}}
-    assert image["properties"]["style_guide"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    # URLs appended to the prompt as text: each bounded, and the bound published for generated clients.
+    assert image["properties"]["reference_images"] == {
+        "type": "array",
+        "items": {"type": "string", "maxLength": 2048},
+        "maxItems": 16,
+    }
+    assert image["properties"]["style_guide"] == {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "maxLength": 2048,
+    }
     assert image["additionalProperties"] is True
 
 
@@ -109,6 +117,19 @@ def test_a_submission_past_a_limit_is_refused_by_the_parser_and_not_valid_by_the
         parse_submission(body, default_registry())
     assert list(refused.value.details) == [field]
     assert not validator("SubmitRequest").is_valid(body)
+
+
+def test_a_task_data_list_past_its_bound_is_refused_by_the_parser_and_not_valid_by_the_document():
+    # A list's bound was left out of the document (only a string's was published): a generated
+    # client sent 33 storyboard images as valid and got the 400.
+    images = [f"https://media.example/{i}.png" for i in range(33)]
+    body = {"project_id": "p", "task_type": "generate_video", "task_data": {"storyboard_images": images}}
+
+    with pytest.raises(ValidationError) as refused:
+        parse_submission(body, default_registry())
+    assert list(refused.value.details) == ["task_data.storyboard_images"]
+    assert not validator("SubmitRequest").is_valid(body)
+    assert validator("SubmitRequest").is_valid({**body, "task_data": {"storyboard_images": images[:32]}})
 
 
 @pytest.mark.parametrize("path", ["/api/v1/tasks/submit", "/api/v1/tasks/{task_id}/retry"])

@@ -1,9 +1,10 @@
 """The animatic's vocabulary: free-text camera, lighting, position and action words mapped by keyword.
 
 The API document gives these fields as free text (`"wide_shot"`, `"dramatic_noir"`, `"center_frame"`,
-`"walking_slowly"`), so any string is accepted; this module finds the first rule whose keywords
-appear in it and names the vocabulary value the renderer applies, or `UNRECOGNISED`. Rules are
-tried in order, so `"wide tracking shot"` is a tracking shot and `"dramatic noir"` is noir.
+`"walking_slowly"`), so any string of up to 500 characters (the bound at submit, for a video
+provider's prompt) is accepted; this module finds the first rule whose keywords appear in it and
+names the vocabulary value the renderer applies, or `UNRECOGNISED`. Rules are tried in order, so
+`"wide tracking shot"` is a tracking shot and `"dramatic noir"` is noir.
 """
 
 from __future__ import annotations

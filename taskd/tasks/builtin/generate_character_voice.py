@@ -59,7 +59,9 @@ class GenerateCharacterVoiceInput:
     character_voice_profile: str | None = attrs.field(
         default=None, validator=_requestable("Character voice profile")
     )
-    emotion: str | None = None
+    # Sent to a speech API as `instructions` ("Speak in a … tone."): unbounded, it went whole to the
+    # provider (up to the body limit, again at each retry of a 5xx), as generate_image's pose did.
+    emotion: str | None = attrs.field(default=None, validator=max_length(500, "Emotion"))
     pace: str | None = attrs.field(
         default=None,
         validator=check(speech.valid_pace, f"Pace must be one of {tuple(speech.PACES)} or a number 0.25..4"),

@@ -18,6 +18,10 @@ from taskd.tasks.spec import TaskContext, TaskError, TaskType
 from taskd.validation import http_url, max_length, not_blank, one_of, resolution
 
 QUALITIES = ("low", "medium", "high", "standard", "hd", "auto")
+# style_guide and reference_images are not fetched: they go into the prompt as text, so each is bounded
+# as a callback_url is. Unbounded, 16 URLs of 64 KB took the prompt past its own 4000 characters up to
+# the body limit, as character_id, pose and lighting did.
+MAX_URL = 2048
 
 
 @attrs.frozen
@@ -25,12 +29,18 @@ class GenerateImageInput:
     prompt: str = attrs.field(
         validator=attrs.validators.and_(not_blank("Prompt is required"), max_length(4000, "Prompt"))
     )
-    style_guide: str | None = attrs.field(default=None, validator=http_url("Style guide"))
+    style_guide: str | None = attrs.field(
+        default=None, validator=[max_length(MAX_URL, "Style guide URL"), http_url("Style guide")]
+    )
     reference_images: list[str] = attrs.field(
         factory=list,
         validator=attrs.validators.and_(
             max_length(16, "Reference images", "images"),
-            attrs.validators.deep_iterable(http_url("Reference images")),
+            attrs.validators.deep_iterable(
+                attrs.validators.and_(
+                    max_length(MAX_URL, "Each reference image URL"), http_url("Reference images")
+                )
+            ),
         ),
     )
     # Appended to the prompt the API is sent: unbounded, they carried a prompt past its own 4000 up to

@@ -42,14 +42,24 @@ H264_FRAME = check(
 )
 
 
+# The most characters of a free-text field a video provider's prompt is written from (camera_angle,
+# lighting, a character's position and action), as generate_image's pose and lighting; and the most
+# characters it names, as dialogue's lines (8 are drawn by the built-in renderer, every one goes into
+# a provider's prompt).
+FREE_TEXT = 500
+MAX_CHARACTERS = 50
+
+
 @attrs.frozen
 class CharacterPosition:
     # Echoed in the result's `metadata.applied` (for each character drawn): unbounded, eight ids of
     # 130 000 characters passed every submit check, rendered, and then failed the task on a result
     # over execution.result_max_bytes. The marker shows its first 30; a dialogue line's takes 100.
     character_id: str = attrs.field(validator=max_length(100, "Character ID"))
-    position: str | None = None
-    action: str | None = None
+    # Free text, read by the vocabulary, and written whole into a video provider's prompt: bounded as
+    # generate_image's pose (see GenerateVideoInput's camera_angle).
+    position: str | None = attrs.field(default=None, validator=max_length(FREE_TEXT, "Position"))
+    action: str | None = attrs.field(default=None, validator=max_length(FREE_TEXT, "Action"))
 
 
 @attrs.frozen
@@ -83,9 +93,13 @@ def _urls(what: str) -> Any:
 class GenerateVideoInput:
     storyboard_images: list[str] = attrs.field(factory=list, validator=_urls("Storyboard images"))
     scene_description: str | None = attrs.field(default=None, validator=max_length(5000, "Scene description"))
-    camera_angle: str | None = None
-    lighting: str | None = None
-    character_positions: list[CharacterPosition] = attrs.Factory(list)
+    # Unbounded, these went whole into a video provider's prompt (up to the body limit, sent again at
+    # each retry of a 5xx): the vocabulary reads any text, but no prompt needs a MiB of it.
+    camera_angle: str | None = attrs.field(default=None, validator=max_length(FREE_TEXT, "Camera angle"))
+    lighting: str | None = attrs.field(default=None, validator=max_length(FREE_TEXT, "Lighting"))
+    character_positions: list[CharacterPosition] = attrs.field(
+        factory=list, validator=max_length(MAX_CHARACTERS, "Character positions", "entries")
+    )
     duration: float = attrs.field(
         default=7, validator=between(1, 30, "Duration must be between 1 and 30 seconds")
     )
