@@ -90,7 +90,10 @@ def _after_fork() -> None:
         client._after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+# POSIX only: Windows has neither fork nor os.register_at_fork, whose absence made this module
+# fail to import there (the base install, client included, is for Windows too).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:

@@ -199,6 +199,22 @@ def test_the_parent_is_answered_after_a_forked_child_exits(server: TaskdProcess)
     assert out.splitlines() == ["parent healthy"]
 
 
+def test_the_client_imports_and_answers_where_os_has_no_fork(server: TaskdProcess):
+    # As on Windows, whose os module has neither fork nor register_at_fork.
+    program = f"""
+        import os
+        del os.fork, os.register_at_fork
+        from taskd.sync_client import SyncTaskClient
+        with SyncTaskClient({server.base_url!r}, {API_KEY!r}) as client:
+            print(client.health().status)
+    """
+    ran = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(program)], capture_output=True, text=True, timeout=120
+    )
+
+    assert (ran.stdout, ran.returncode) == ("healthy\n", 0), ran.stderr
+
+
 # A local server that refuses first, then answers: the retries of both clients.
 
 SUBMITTED = {
