@@ -99,6 +99,30 @@ async def test_submit_takes_any_mapping_and_sequence_for_its_data_and_dependenci
     assert task.result == {"text": "frame!!", "length": 7}
 
 
+@pytest.mark.parametrize(
+    ("arguments", "field", "problem"),
+    [
+        ({"task_data": {"text": "a"}, "depends_on": "abc"}, "depends_on", "must be a list"),
+        ({"task_data": [("text", "a")]}, "task_data", "must be an object"),
+        ({"task_data": None}, "task_data", "required"),
+        ({"task_data": {"text": "a"}, "metadata": [("user_id", "u1")]}, "metadata", "must be an object"),
+    ],
+    ids=["str-depends-on", "pairs-task-data", "none-task-data", "pairs-metadata"],
+)
+async def test_submit_leaves_a_value_of_the_wrong_kind_for_taskd_to_refuse(client, arguments, field, problem):
+    with pytest.raises(ValidationFailed) as refused:
+        await client.submit("films", "append", **arguments)
+
+    assert problem in refused.value.details[field]
+
+
+async def test_submit_batch_leaves_an_item_that_is_no_mapping_for_taskd_to_refuse(client):
+    with pytest.raises(ValidationFailed) as refused:
+        await client.submit_batch([None])
+
+    assert "tasks[0]" in refused.value.details
+
+
 async def test_submit_batch_raises_validation_failed_naming_the_item(client):
     with pytest.raises(ValidationFailed) as refused:
         await client.submit_batch([{"project_id": "films", "task_type": "noop", "task_data": {}}, {}])
