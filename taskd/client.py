@@ -729,8 +729,10 @@ class TaskClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP session this client made; the client cannot be used after."""
-        self._closed = True
+        """Close the HTTP session this client made; the client cannot be used after. One given the
+        caller's `session` closes nothing and stays usable, as it always was (`async with` around
+        each use of a long-lived client): that session is the caller's to close."""
+        self._closed = self._own_session
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from aiohttp import web
@@ -267,6 +268,17 @@ async def test_a_closed_client_refuses_calls_rather_than_opening_a_session_again
     with pytest.raises(RuntimeError, match="closed"):
         await client.health()
     assert client._session is None
+
+
+async def test_a_client_on_the_callers_session_is_usable_after_it_is_closed(taskd):
+    async with aiohttp.ClientSession() as session:
+        client = TaskClient(taskd.base_url, API_KEY, session=session)
+        async with client:
+            await client.health()
+
+        health = await client.health()
+
+    assert health.status == "healthy"
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8001", "localhost", "ftp://127.0.0.1:8001", "http://"])
