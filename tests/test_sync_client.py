@@ -126,6 +126,33 @@ def test_a_closed_client_refuses_calls(server: TaskdProcess):
         client.status("x")
 
 
+def test_closing_the_client_ends_a_wait_in_another_thread_with_runtime_error(
+    server: TaskdProcess, client: SyncTaskClient
+):
+    assert server.base_url is not None
+    closing = SyncTaskClient(server.base_url, API_KEY)
+    submitted = client.submit("films", "sleep", {"seconds": 60, "steps": 60})
+    following = threading.Event()
+    raised: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            closing.wait(submitted.task_id, timeout=90, on_event=lambda _: following.set())
+        except BaseException as error:
+            raised.append(error)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    assert following.wait(30)
+    closing.close()
+    follower.join(30)
+    client.cancel(submitted.task_id)
+
+    assert [(type(error), str(error)) for error in raised] == [
+        (RuntimeError, "this SyncTaskClient was closed while the call ran")
+    ]
+
+
 def _python(server: TaskdProcess, program: str) -> subprocess.CompletedProcess[str]:
     """Run `program` in a Python of its own after `client = SyncTaskClient(<server>)` and
     `client.health()` (a pooled connection); what it printed."""
