@@ -189,6 +189,25 @@ def test_a_client_collected_unclosed_ends_its_thread(server: TaskdProcess):
     assert ran.stdout == "thread running: False\n"
 
 
+def test_a_client_collected_unclosed_on_its_own_thread_ends_that_thread(server: TaskdProcess):
+    # The collector runs in whichever thread triggers it, the client's own among them, which
+    # cannot wait for its loop as another thread does.
+    ran = _python(
+        server,
+        """
+        gc.disable()
+        client.cycle = client  # only the collector frees it
+        loop, thread = client._loop, client._thread
+        del client
+        loop.call_soon_threadsafe(gc.collect)
+        thread.join(60)
+        print("thread running:", thread.is_alive(), "loop closed:", loop.is_closed())
+        """,
+    )
+
+    assert (ran.stdout, ran.stderr) == ("thread running: False loop closed: True\n", "")
+
+
 def _forking(server: TaskdProcess, program: str) -> str:
     """`_python` with `child = os.fork()` after the prologue; the standard output. A child that waits
     for nothing is ended by SIGALRM after 60 s, rather than holding the test."""
