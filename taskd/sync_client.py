@@ -62,7 +62,12 @@ class _HandOver:
         """In the caller's thread: the next item, or _END."""
         item = self._items.get()
         if item is not _END:
-            self._loop.call_soon_threadsafe(self._room.release)
+            try:
+                self._loop.call_soon_threadsafe(self._room.release)
+            except RuntimeError:
+                # The loop is closed: the client was, and what it ran cancelled. Nothing more is
+                # handed over (the caller's call raises that), rather than "Event loop is closed".
+                return _END
         return item
 
 

@@ -20,6 +20,7 @@ from taskd.client import (
     RateLimited,
     ServiceUnavailable,
     StreamGap,
+    TaskEvent,
     TaskFailed,
     TaskNotFoundError,
     TaskStatus,
@@ -151,6 +152,27 @@ def test_closing_the_client_ends_a_wait_in_another_thread_with_runtime_error(
     assert [(type(error), str(error)) for error in raised] == [
         (RuntimeError, "this SyncTaskClient was closed while the call ran")
     ]
+
+
+def test_closing_the_client_in_on_event_ends_the_wait_with_runtime_error(
+    server: TaskdProcess, client: SyncTaskClient
+):
+    assert server.base_url is not None
+    closing = SyncTaskClient(server.base_url, API_KEY)
+    # More events than are handed over ahead of the caller (16): the wait is still running, held
+    # until this thread takes them, when the client is closed.
+    submitted = client.submit("films", "sleep", {"seconds": 0.5, "steps": 40})
+    seen: list[TaskEvent] = []
+
+    def on_event(event: TaskEvent) -> None:
+        seen.append(event)
+        # The task has ended: as many later events as are handed over wait for this thread.
+        client.wait(submitted.task_id, timeout=30)
+        closing.close()
+
+    with pytest.raises(RuntimeError, match=r"^this SyncTaskClient was closed while the call ran$"):
+        closing.wait(submitted.task_id, timeout=30, on_event=on_event)
+    assert len(seen) == 1
 
 
 def _python(server: TaskdProcess, program: str) -> subprocess.CompletedProcess[str]:
