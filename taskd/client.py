@@ -296,6 +296,19 @@ def _structure(cls: type[_Shape], body: Any) -> _Shape:
         return _converter.structure(fields, cls)
 
 
+def _as_json(value: Any) -> Any:
+    """`value` as the encoder takes it: a Mapping that is not a dict (a MappingProxyType) as a dict,
+    a Sequence that is not a list or tuple as a list. Anything else is sent as it is, for taskd to
+    refuse with its ValidationFailed: dict() and list() of every value made a caller's mistake a
+    local TypeError (None), a task stored (a list of pairs as task_data), or a ValidationFailed about
+    other ids (a str for depends_on: each of its characters sent as an id)."""
+    if isinstance(value, Mapping) and not isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray | list | tuple):
+        return list(value)
+    return value
+
+
 def _encoded(body: Any) -> bytes:
     """`body` as JSON; a ValueError naming the field of a NaN or an infinity, which orjson would send
     as null (the stored task_data then held null where the caller passed a number)."""
@@ -699,8 +712,10 @@ class TaskClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP session this client made; the client cannot be used after."""
-        self._closed = True
+        """Close the HTTP session this client made; the client cannot be used after. One given the
+        caller's `session` closes nothing and stays usable, as it always was (`async with` around
+        each use of a long-lived client): that session is the caller's to close."""
+        self._closed = self._own_session
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -926,17 +941,16 @@ class TaskClient:
         body: dict[str, Any] = {
             "project_id": project_id,
             "task_type": task_type,
-            # As dicts: a Mapping that is not one (a MappingProxyType) is not JSON to the encoder.
-            "task_data": dict(task_data),
+            "task_data": _as_json(task_data),
             "priority": priority,
-            "metadata": dict(metadata or {}),
+            "metadata": _as_json(metadata or {}),
         }
         if callback_url:
             body["callback_url"] = callback_url
         if keep_for is not None:
             body["keep_for"] = keep_for
         if depends_on:
-            body["depends_on"] = list(depends_on)
+            body["depends_on"] = _as_json(depends_on)
         if run_at is not None:
             body["run_at"] = run_at
         if delay_seconds is not None:
@@ -967,10 +981,11 @@ class TaskClient:
         `{"$ref": "@<index>#/<JSON pointer>"}`. One bad item raises ValidationFailed with details
         named `tasks[<index>].<field>`, and nothing is stored. `idempotency_key`: as for `submit`.
         """
+        sent = _as_json(tasks)
         answer = await self._request(
             "POST",
             "/api/v1/tasks/batch",
-            json={"tasks": [dict(task) for task in tasks]},
+            json={"tasks": [_as_json(task) for task in sent] if isinstance(sent, list | tuple) else sent},
             idempotency_key=idempotency_key,
             creates=True,
         )

@@ -25,7 +25,7 @@ import selectors
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeVar, overload
 
 from taskd.client import DEFAULT_URL, MAX_RESPONSE_BYTES, StreamGap, Task, TaskClient, TaskEvent
@@ -62,7 +62,12 @@ class _HandOver:
         """In the caller's thread: the next item, or _END."""
         item = self._items.get()
         if item is not _END:
-            self._loop.call_soon_threadsafe(self._room.release)
+            try:
+                self._loop.call_soon_threadsafe(self._room.release)
+            except RuntimeError:
+                # The loop is closed: the client was, and what it ran cancelled. Nothing more is
+                # handed over (the caller's call raises that), rather than "Event loop is closed".
+                return _END
         return item
 
 
@@ -90,7 +95,10 @@ def _after_fork() -> None:
         client._after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork)
+# POSIX only: Windows has neither fork nor os.register_at_fork, whose absence made this module
+# fail to import there (the base install, client included, is for Windows too).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
@@ -101,8 +109,11 @@ def _serve(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-def _shut_down(client: TaskClient, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
-    """Close `client`'s session on `loop`, then stop the loop and end its `thread`."""
+def _shut_down(
+    client: TaskClient, loop: asyncio.AbstractEventLoop, thread: threading.Thread, *, calls: bool = False
+) -> None:
+    """Close `client`'s session on `loop`, then stop the loop and end its `thread`; with `calls`,
+    cancel first what the loop still runs for other threads (their waits, events() loops, calls)."""
     if threading.current_thread() is thread:
         # Collected on its own thread (the collector runs in whichever thread it is triggered),
         # which cannot wait for itself: the loop closes the session, then stops.
@@ -114,8 +125,16 @@ def _shut_down(client: TaskClient, loop: asyncio.AbstractEventLoop, thread: thre
 
         loop.call_soon(loop.create_task, close_and_stop())
         return
+
+    async def close() -> None:
+        if calls and (running := asyncio.all_tasks() - {asyncio.current_task()}):
+            for call in running:
+                call.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        await client.close()
+
     try:
-        asyncio.run_coroutine_threadsafe(client.close(), loop).result()
+        asyncio.run_coroutine_threadsafe(close(), loop).result()
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
@@ -187,8 +206,14 @@ class SyncTaskClient:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP session and stop the client's thread; the client cannot be used after."""
-        self._closer()
+        """Close the HTTP session and stop the client's thread; the client cannot be used after. A
+        call another thread is making on it (a wait, an events() loop) raises RuntimeError."""
+        # Detached, not called, so that one close among threads closing at once does it. What runs
+        # for other threads is cancelled here, not in the finalizer: left pending, its future never
+        # ended and the thread waited forever; but at the interpreter's exit a daemon thread in a
+        # wait is left as it is, rather than woken to print a traceback.
+        if self._closer.detach() is not None:
+            _shut_down(self.client, self._loop, self._thread, calls=True)
 
     def _start(self, coroutine: Coroutine[Any, Any, _R]) -> Future[_R]:
         if self._loop.is_closed():
@@ -196,10 +221,20 @@ class SyncTaskClient:
             raise RuntimeError("this SyncTaskClient is closed")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
+    def _result(self, future: Future[_R]) -> _R:
+        """`future`'s result; RuntimeError where another thread closed the client while it ran
+        (closing cancels what the client's loop still runs)."""
+        try:
+            return future.result()
+        except CancelledError:
+            if self._closer.alive:
+                raise
+            raise RuntimeError("this SyncTaskClient was closed while the call ran") from None
+
     def _run(self, coroutine: Coroutine[Any, Any, _R]) -> _R:
         future = self._start(coroutine)
         try:
-            return future.result()
+            return self._result(future)
         finally:
             # After Ctrl-C in the caller, the request stops too.
             future.cancel()
@@ -251,7 +286,7 @@ class SyncTaskClient:
                         "SyncTaskClient.wait's on_event returned an awaitable (an async def?); "
                         "it is called in the caller's thread, where nothing awaits it: pass a plain function"
                     )
-            return future.result()
+            return self._result(future)
         finally:
             future.cancel()
 
@@ -307,6 +342,6 @@ class SyncTaskClient:
         try:
             while (event := events.get()) is not _END:
                 yield event
-            future.result()
+            self._result(future)
         finally:
             future.cancel()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from aiohttp import web
@@ -97,6 +98,30 @@ async def test_submit_takes_any_mapping_and_sequence_for_its_data_and_dependenci
     task = await client.wait(second.task_id, timeout=10)
 
     assert task.result == {"text": "frame!!", "length": 7}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field", "problem"),
+    [
+        ({"task_data": {"text": "a"}, "depends_on": "abc"}, "depends_on", "must be a list"),
+        ({"task_data": [("text", "a")]}, "task_data", "must be an object"),
+        ({"task_data": None}, "task_data", "required"),
+        ({"task_data": {"text": "a"}, "metadata": [("user_id", "u1")]}, "metadata", "must be an object"),
+    ],
+    ids=["str-depends-on", "pairs-task-data", "none-task-data", "pairs-metadata"],
+)
+async def test_submit_leaves_a_value_of_the_wrong_kind_for_taskd_to_refuse(client, arguments, field, problem):
+    with pytest.raises(ValidationFailed) as refused:
+        await client.submit("films", "append", **arguments)
+
+    assert problem in refused.value.details[field]
+
+
+async def test_submit_batch_leaves_an_item_that_is_no_mapping_for_taskd_to_refuse(client):
+    with pytest.raises(ValidationFailed) as refused:
+        await client.submit_batch([None])
+
+    assert "tasks[0]" in refused.value.details
 
 
 async def test_submit_batch_raises_validation_failed_naming_the_item(client):
@@ -243,6 +268,17 @@ async def test_a_closed_client_refuses_calls_rather_than_opening_a_session_again
     with pytest.raises(RuntimeError, match="closed"):
         await client.health()
     assert client._session is None
+
+
+async def test_a_client_on_the_callers_session_is_usable_after_it_is_closed(taskd):
+    async with aiohttp.ClientSession() as session:
+        client = TaskClient(taskd.base_url, API_KEY, session=session)
+        async with client:
+            await client.health()
+
+        health = await client.health()
+
+    assert health.status == "healthy"
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8001", "localhost", "ftp://127.0.0.1:8001", "http://"])

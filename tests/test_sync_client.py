@@ -20,6 +20,7 @@ from taskd.client import (
     RateLimited,
     ServiceUnavailable,
     StreamGap,
+    TaskEvent,
     TaskFailed,
     TaskNotFoundError,
     TaskStatus,
@@ -126,6 +127,54 @@ def test_a_closed_client_refuses_calls(server: TaskdProcess):
         client.status("x")
 
 
+def test_closing_the_client_ends_a_wait_in_another_thread_with_runtime_error(
+    server: TaskdProcess, client: SyncTaskClient
+):
+    assert server.base_url is not None
+    closing = SyncTaskClient(server.base_url, API_KEY)
+    submitted = client.submit("films", "sleep", {"seconds": 60, "steps": 60})
+    following = threading.Event()
+    raised: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            closing.wait(submitted.task_id, timeout=90, on_event=lambda _: following.set())
+        except BaseException as error:
+            raised.append(error)
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    assert following.wait(30)
+    closing.close()
+    follower.join(30)
+    client.cancel(submitted.task_id)
+
+    assert [(type(error), str(error)) for error in raised] == [
+        (RuntimeError, "this SyncTaskClient was closed while the call ran")
+    ]
+
+
+def test_closing_the_client_in_on_event_ends_the_wait_with_runtime_error(
+    server: TaskdProcess, client: SyncTaskClient
+):
+    assert server.base_url is not None
+    closing = SyncTaskClient(server.base_url, API_KEY)
+    # More events than are handed over ahead of the caller (16): the wait is still running, held
+    # until this thread takes them, when the client is closed.
+    submitted = client.submit("films", "sleep", {"seconds": 0.5, "steps": 40})
+    seen: list[TaskEvent] = []
+
+    def on_event(event: TaskEvent) -> None:
+        seen.append(event)
+        # The task has ended: as many later events as are handed over wait for this thread.
+        client.wait(submitted.task_id, timeout=30)
+        closing.close()
+
+    with pytest.raises(RuntimeError, match=r"^this SyncTaskClient was closed while the call ran$"):
+        closing.wait(submitted.task_id, timeout=30, on_event=on_event)
+    assert len(seen) == 1
+
+
 def _python(server: TaskdProcess, program: str) -> subprocess.CompletedProcess[str]:
     """Run `program` in a Python of its own after `client = SyncTaskClient(<server>)` and
     `client.health()` (a pooled connection); what it printed."""
@@ -160,6 +209,25 @@ def test_a_client_collected_unclosed_ends_its_thread(server: TaskdProcess):
     )
 
     assert ran.stdout == "thread running: False\n"
+
+
+def test_a_client_collected_unclosed_on_its_own_thread_ends_that_thread(server: TaskdProcess):
+    # The collector runs in whichever thread triggers it, the client's own among them, which
+    # cannot wait for its loop as another thread does.
+    ran = _python(
+        server,
+        """
+        gc.disable()
+        client.cycle = client  # only the collector frees it
+        loop, thread = client._loop, client._thread
+        del client
+        loop.call_soon_threadsafe(gc.collect)
+        thread.join(60)
+        print("thread running:", thread.is_alive(), "loop closed:", loop.is_closed())
+        """,
+    )
+
+    assert (ran.stdout, ran.stderr) == ("thread running: False loop closed: True\n", "")
 
 
 def _forking(server: TaskdProcess, program: str) -> str:
@@ -197,6 +265,22 @@ def test_the_parent_is_answered_after_a_forked_child_exits(server: TaskdProcess)
     )
 
     assert out.splitlines() == ["parent healthy"]
+
+
+def test_the_client_imports_and_answers_where_os_has_no_fork(server: TaskdProcess):
+    # As on Windows, whose os module has neither fork nor register_at_fork.
+    program = f"""
+        import os
+        del os.fork, os.register_at_fork
+        from taskd.sync_client import SyncTaskClient
+        with SyncTaskClient({server.base_url!r}, {API_KEY!r}) as client:
+            print(client.health().status)
+    """
+    ran = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(program)], capture_output=True, text=True, timeout=120
+    )
+
+    assert (ran.stdout, ran.returncode) == ("healthy\n", 0), ran.stderr
 
 
 # A local server that refuses first, then answers: the retries of both clients.
