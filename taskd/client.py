@@ -699,6 +699,10 @@ class TaskClient:
             # Else each call raised TaskdConnectionError "cannot reach taskd at 127.0.0.1:8001:
             # 127.0.0.1:8001/api/v1/health", as though taskd were down, for a URL without its scheme.
             raise ValueError(f"url must be http(s)://host[:port], not {self._shown!r}")
+        if not api_key.isprintable():
+            # Else each request raised aiohttp's "Forbidden control character detected in headers"
+            # from deep inside it: a key read from a file with its line break, say. Not repeated.
+            raise ValueError("api_key holds a line break or another control character")
         self.api_key = api_key
         self.timeout = timeout
         self.retries = retries

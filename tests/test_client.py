@@ -251,6 +251,11 @@ def test_a_url_without_http_and_a_host_is_refused_when_the_client_is_made(url):
         TaskClient(url, API_KEY)
 
 
+def test_an_api_key_with_a_control_character_is_refused_when_the_client_is_made():
+    with pytest.raises(ValueError, match=r"^api_key holds a line break or another control character$"):
+        TaskClient("http://127.0.0.1:8001", API_KEY + "\n")
+
+
 async def test_wait_raises_task_cancelled_when_the_task_is_cancelled(client):
     submitted = await client.submit("films", "sleep", {"seconds": 30, "steps": 30})
     waiting = asyncio.create_task(client.wait(submitted.task_id, timeout=10))
