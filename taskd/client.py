@@ -711,6 +711,8 @@ class TaskClient:
         self._session = session
         self._own_session = session is None
         self._streams: aiohttp.ClientSession | None = None
+        # The event loop its own sessions were made in: they work in that loop only.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -736,9 +738,30 @@ class TaskClient:
             # Rather than a session made again, which nothing would close: aiohttp printed
             # "Unclosed client session" at the program's exit (SyncTaskClient refuses the same way).
             raise RuntimeError("this TaskClient is closed")
+        self._check_loop()
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
+
+    def _check_loop(self) -> None:
+        """Refuse a call from an event loop other than the one this client's sessions were made in.
+
+        A client used again in a second `asyncio.run` raised aiohttp's "Event loop is closed" from
+        deep inside a request (its connections belong to the first loop, gone with it).
+        """
+        if not self._own_session:
+            return  # the caller's session: the caller's loop
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # `session` read outside any loop: aiohttp says what it says
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError(
+                "this TaskClient was first used in another event loop (an earlier asyncio.run?); "
+                "a TaskClient works in one event loop only: make one in each"
+            )
 
     @property
     def _stream_session(self) -> aiohttp.ClientSession:
@@ -749,6 +772,7 @@ class TaskClient:
         `session` is used for both."""
         if not self._own_session or self._closed:
             return self.session
+        self._check_loop()
         if self._streams is None:
             self._streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return self._streams

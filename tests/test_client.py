@@ -245,6 +245,20 @@ async def test_a_closed_client_refuses_calls_rather_than_opening_a_session_again
     assert client._session is None
 
 
+async def test_a_client_used_in_an_event_loop_that_ended_says_so_in_another(taskd):
+    client = TaskClient(taskd.base_url, API_KEY)
+
+    async def first_use() -> None:
+        client.session  # noqa: B018 -- made there, as by a request (which would leave its socket open)
+
+    # A first asyncio.run (in a thread: this test's own loop is the second one).
+    await asyncio.to_thread(asyncio.run, first_use())
+
+    with pytest.raises(RuntimeError, match="first used in another event loop"):
+        await client.health()
+    await client.close()  # closing is still possible, from any loop
+
+
 @pytest.mark.parametrize("url", ["127.0.0.1:8001", "localhost", "ftp://127.0.0.1:8001", "http://"])
 def test_a_url_without_http_and_a_host_is_refused_when_the_client_is_made(url):
     with pytest.raises(ValueError, match=r"^url must be http\(s\)://host\[:port\]"):
