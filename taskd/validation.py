@@ -35,8 +35,9 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or exc.__class__.__name__
 
 
-def errors_by_path(exc: BaseException, prefix: str = "") -> dict[str, str]:
-    """Flatten a cattrs exception tree into dotted field paths with a readable message each."""
+def errors_by_path(exc: BaseException, prefix: str = "", root: str = "body") -> dict[str, str]:
+    """Flatten a cattrs exception tree into dotted field paths with a readable message each;
+    `root` is the path of an error of the outermost class itself (its own validators)."""
     found: dict[str, str] = {}
     if isinstance(exc, ForbiddenExtraKeysError):
         for key in sorted(exc.extra_fields):
@@ -52,9 +53,9 @@ def errors_by_path(exc: BaseException, prefix: str = "") -> dict[str, str]:
                     path = _join(prefix, name)
                 elif index is not None:
                     path = _join(prefix, index)
-            found.update(errors_by_path(sub, path))
+            found.update(errors_by_path(sub, path, root))
         return found
-    found[prefix or "body"] = _describe(exc)
+    found[prefix or root] = _describe(exc)
     return found
 
 
