@@ -69,7 +69,7 @@ class CollectionsInput:
     a_pair: tuple[str, int] = ("", 0)
     a_sequence: Sequence[str] = ()
     a_set: set[str] = attrs.field(factory=set)
-    a_frozenset: frozenset[str] = attrs.field(factory=frozenset)
+    a_frozenset: frozenset[str] = frozenset({"b", "a"})
     a_mapping: Mapping[str, int] = attrs.field(factory=dict)
 
 

@@ -81,7 +81,7 @@ def _is(*origins: type) -> Callable[[Any], bool]:
 
 # What a JSON list is read into: cattrs builds each of them from any iterable, a string included
 # (a `tuple[str, ...]` or `set[str]` field took "abc" as three items, as list fields did before).
-_FROM_A_LIST = (
+FROM_A_LIST = (
     list,
     tuple,
     set,
@@ -91,11 +91,11 @@ _FROM_A_LIST = (
     collections.abc.Set,
     collections.abc.MutableSet,
 )
-_FROM_AN_OBJECT = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+FROM_AN_OBJECT = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 
 
 def _from_a_list(cl: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
-    """The hook cattrs itself has for `cl`, one of `_FROM_A_LIST`, through its public factories."""
+    """The hook cattrs itself has for `cl`, one of `FROM_A_LIST`, through its public factories."""
     origin, args = typing.get_origin(cl) or cl, typing.get_args(cl)
     if origin in (list, collections.abc.MutableSequence):
         return list_structure_factory(cl, conv)
@@ -116,9 +116,9 @@ def json_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _strict(int))
     conv.register_structure_hook(bool, _strict(bool))
     conv.register_structure_hook(float, _float)
-    conv.register_structure_hook_factory(_is(*_FROM_A_LIST), _only(list, "a list", _from_a_list))
+    conv.register_structure_hook_factory(_is(*FROM_A_LIST), _only(list, "a list", _from_a_list))
     conv.register_structure_hook_factory(
-        _is(*_FROM_AN_OBJECT), _only(dict, "an object", mapping_structure_factory)
+        _is(*FROM_AN_OBJECT), _only(dict, "an object", mapping_structure_factory)
     )
     conv.register_structure_hook_factory(attrs.has, _only(dict, "an object", make_dict_structure_fn))
     return conv
