@@ -595,42 +595,51 @@ def add_commands(commands: Any) -> None:
 
 def _server(args: argparse.Namespace, config_path: str | None) -> tuple[str, str]:
     """The URL and key to use, from the options, the environment, then the config."""
-    url = args.url or os.environ.get("TASKD_URL", "")
-    key = args.api_key or os.environ.get("TASKD_API_KEY", "")
+    # Each check's error names where the value came from: "--url: …" for a $TASKD_URL sent the
+    # user to look for an option they never gave.
+    url, url_from = _given(args.url, "--url", "TASKD_URL")
+    key, key_from = _given(args.api_key, "--api-key", "TASKD_API_KEY")
     if url and key:
-        return _checked_url(url), _checked_key(key)
+        return _checked_url(url, url_from), _checked_key(key, key_from)
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     if not url:
         host = config.http.host if config.http.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        url = f"http://{host}:{config.http.port}"
+        url, url_from = f"http://{host}:{config.http.port}", "the config's http.host and http.port"
     if not key and config.auth.api_keys:
-        key = config.auth.api_keys[0]
+        key, key_from = config.auth.api_keys[0], "the config's auth.api_keys"
     key_file = config.data_path / KEY_FILE
     if not key and key_file.is_file():
-        key = key_file.read_text().strip()
+        key, key_from = key_file.read_text().strip(), str(key_file)
     if not key:
         raise UsageError(f"no API key: pass --api-key, set TASKD_API_KEY, or run where {key_file} exists")
-    return _checked_url(url), _checked_key(key)
+    return _checked_url(url, url_from), _checked_key(key, key_from)
 
 
-def _checked_url(url: str) -> str:
+def _given(option: str | None, flag: str, variable: str) -> tuple[str, str]:
+    """The option's value, else the environment variable's ("" if neither), and which it was."""
+    if option:
+        return option, flag
+    return os.environ.get(variable, ""), f"${variable}"
+
+
+def _checked_url(url: str, given_as: str) -> str:
     # Checked here, so a typo is a usage error (exit 2), not a traceback from deep in aiohttp.
     try:
         parsed = yarl.URL(url)
         parsed.port  # noqa: B018 -- reading it raises for a port that is not a number in range
     except ValueError as exc:
-        raise UsageError(f"--url: not a valid URL ({exc})") from None
+        raise UsageError(f"{given_as}: not a valid URL ({exc})") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise UsageError("--url: expected http(s)://host[:port]")
+        raise UsageError(f"{given_as}: expected http(s)://host[:port]")
     return url
 
 
-def _checked_key(key: str) -> str:
+def _checked_key(key: str, given_as: str) -> str:
     if not key.isprintable():
-        raise UsageError("--api-key: it holds a line break or another control character")
+        raise UsageError(f"{given_as}: it holds a line break or another control character")
     return key
 
 

@@ -695,6 +695,10 @@ class TaskClient:
             # Else each call raised TaskdConnectionError "cannot reach taskd at 127.0.0.1:8001:
             # 127.0.0.1:8001/api/v1/health", as though taskd were down, for a URL without its scheme.
             raise ValueError(f"url must be http(s)://host[:port], not {self._shown!r}")
+        if not api_key.isprintable():
+            # Else each request raised aiohttp's "Forbidden control character detected in headers"
+            # from deep inside it: a key read from a file with its line break, say. Not repeated.
+            raise ValueError("api_key holds a line break or another control character")
         self.api_key = api_key
         self.timeout = timeout
         self.retries = retries
@@ -703,6 +707,8 @@ class TaskClient:
         self._session = session
         self._own_session = session is None
         self._streams: aiohttp.ClientSession | None = None
+        # The event loop its own sessions were made in: they work in that loop only.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -730,9 +736,30 @@ class TaskClient:
             # Rather than a session made again, which nothing would close: aiohttp printed
             # "Unclosed client session" at the program's exit (SyncTaskClient refuses the same way).
             raise RuntimeError("this TaskClient is closed")
+        self._check_loop()
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         return self._session
+
+    def _check_loop(self) -> None:
+        """Refuse a call from an event loop other than the one this client's sessions were made in.
+
+        A client used again in a second `asyncio.run` raised aiohttp's "Event loop is closed" from
+        deep inside a request (its connections belong to the first loop, gone with it).
+        """
+        if not self._own_session:
+            return  # the caller's session: the caller's loop
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # `session` read outside any loop: aiohttp says what it says
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError(
+                "this TaskClient was first used in another event loop (an earlier asyncio.run?); "
+                "a TaskClient works in one event loop only: make one in each"
+            )
 
     @property
     def _stream_session(self) -> aiohttp.ClientSession:
@@ -743,6 +770,7 @@ class TaskClient:
         `session` is used for both."""
         if not self._own_session or self._closed:
             return self.session
+        self._check_loop()
         if self._streams is None:
             self._streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return self._streams

@@ -112,6 +112,15 @@ def _queue_names(_: Any, attribute: attrs.Attribute[dict[str, str]], value: dict
             raise ValueError(problem)
 
 
+def _queue_table(_: Any, attribute: attrs.Attribute[dict[str, Any]], value: dict[str, Any]) -> None:
+    # Here, not in load_config: a Config built in Python (a test, an embedding program) is held
+    # to the same names as one read from a file or the environment. Config's own field: its
+    # message names it (there is no section above it to).
+    for name in value:
+        if problem := name_problem("a queue's name", name):
+            raise ValueError(f"{attribute.name}: {problem}")
+
+
 # A table keyed by task type or queue name, whose keys say nothing of whether a value is secret
 # (logs.KEYED_BY_NAME).
 _BY_NAME = {KEYED_BY_NAME: True}
@@ -874,7 +883,9 @@ class Config:
     webhooks: WebhooksConfig = attrs.Factory(WebhooksConfig)
     network: NetworkConfig = attrs.Factory(NetworkConfig)
     retry: RetryConfig = attrs.Factory(RetryConfig)
-    queues: dict[str, QueueConfig] = attrs.field(factory=_default_queues, metadata=_BY_NAME)
+    queues: dict[str, QueueConfig] = attrs.field(
+        factory=_default_queues, validator=_queue_table, metadata=_BY_NAME
+    )
     storage: StorageConfig = attrs.Factory(StorageConfig)
     worker: WorkerConfig = attrs.Factory(WorkerConfig)
     execution: ExecutionConfig = attrs.Factory(ExecutionConfig)
@@ -1176,8 +1187,6 @@ def _with_queue_defaults(raw: dict[str, Any]) -> dict[str, Any]:
         return raw
     filled = {name: attrs.asdict(q) for name, q in _default_queues().items()}
     for name, settings in queues.items():
-        if problem := name_problem("a queue's name", name):
-            raise ConfigError(f"config key queues: {problem}")
         if isinstance(settings, Mapping):
             filled[name] = {**filled.get(name, {}), **settings}
         else:
@@ -1213,6 +1222,7 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
     try:
         return _CONVERTER.structure(raw, Config)
     except Exception as exc:  # cattrs raises exception groups of many kinds
-        problems = errors_by_path(exc)
+        problems = errors_by_path(exc, root="")
         key, problem = next(iter(problems.items()))
-        raise ConfigError(f"config key {key}: {problem}") from None
+        # A validator of Config's own fields names its key in its message.
+        raise ConfigError(f"config key {key}: {problem}" if key else f"config key {problem}") from None

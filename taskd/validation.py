@@ -46,9 +46,11 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or exc.__class__.__name__
 
 
-def errors_by_path(exc: BaseException, prefix: str = "") -> dict[str, str]:
-    """Flatten a cattrs exception tree into dotted field paths with a readable message each."""
-    return {path_text(path): message for path, message in errors_at(exc, (prefix,) if prefix else ()).items()}
+def errors_by_path(exc: BaseException, prefix: str = "", root: str = "body") -> dict[str, str]:
+    """Flatten a cattrs exception tree into dotted field paths with a readable message each;
+    `root` is the path of an error of the outermost class itself (its own validators)."""
+    found = errors_at(exc, (prefix,) if prefix else ())
+    return {path_text(path) if path else root: message for path, message in found.items()}
 
 
 def errors_at(exc: BaseException, prefix: Path = ()) -> dict[Path, str]:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -58,6 +59,26 @@ class AnythingInput:
 @attrs.frozen
 class ShowWhatIGotInput:
     pass
+
+
+@attrs.frozen
+class CollectionsInput:
+    """A field of each kind that a JSON list or object is read into, for tests of what each takes."""
+
+    a_tuple: tuple[str, ...] = ()
+    a_pair: tuple[str, int] = ("", 0)
+    a_sequence: Sequence[str] = ()
+    a_set: set[str] = attrs.field(factory=set)
+    a_frozenset: frozenset[str] = frozenset({"b", "a"})
+    a_mapping: Mapping[str, int] = attrs.field(factory=dict)
+
+
+def collections_taken(_: ProcessContext, data: CollectionsInput) -> dict[str, Any]:
+    """What each field was read as, with its Python type."""
+    return {
+        name: [type(value).__name__, sorted(value) if isinstance(value, set | frozenset) else value]
+        for name, value in attrs.asdict(data, recurse=False).items()
+    }
 
 
 # The process that imported this module: in a job process, the template it was forked from.
@@ -476,6 +497,9 @@ TASKS = [
         handler=long_first_run_then_transient,
     ),
     TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0),
+    TaskType(
+        "collections", CollectionsInput, queue="default", expected_duration=0.01, handler=collections_taken
+    ),
     TaskType(
         "show_what_i_got", ShowWhatIGotInput, queue="default", expected_duration=0.1, handler=show_what_i_got
     ),

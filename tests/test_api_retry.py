@@ -101,6 +101,22 @@ async def test_a_task_whose_stored_data_its_type_now_refuses_is_not_retried(star
         assert (await response.json())["pagination"]["total"] == 1
 
 
+async def test_a_refused_retry_names_its_fields_in_details_not_again_in_its_message(start_service, redis):
+    api_only = await start_service(workers=False)
+    task_id = await _cancelled_with_stored_data(
+        api_only, redis, {"brief": "A noir series.", "departments": "lighting"}
+    )
+
+    status, body = await retry(api_only, task_id)
+
+    assert status == 400
+    assert body == {
+        "error": "validation_error",
+        "message": "The task as stored no longer passes a submit's checks; submit it corrected",
+        "details": {"task_data.departments": "Must be a list"},
+    }
+
+
 async def test_a_resent_retry_gets_its_task_though_the_stored_data_is_now_refused(start_service, redis):
     api_only = await start_service(workers=False)
     task_id = await _cancelled_with_stored_data(api_only, redis, TASK_DATA["automated_gather_creation"])

@@ -274,6 +274,48 @@ async def test_a_string_sent_for_a_list_of_names_is_refused_not_split_into_chara
     assert body["details"] == {"task_data.departments": "Must be a list"}
 
 
+@pytest.mark.parametrize("field", ["a_tuple", "a_pair", "a_sequence", "a_set", "a_frozenset"])
+async def test_a_string_sent_for_a_tuple_sequence_or_set_is_refused_as_for_a_list(taskd, field):
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "collections", "task_data": {field: "lighting"}}
+    )
+
+    assert status == 400
+    assert body["details"] == {f"task_data.{field}": "Must be a list"}
+
+
+async def test_a_list_sent_for_a_string_keyed_mapping_field_must_be_an_object(taskd):
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "collections", "task_data": {"a_mapping": ["a"]}}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.a_mapping": "Must be an object"}
+
+
+async def test_lists_sent_for_tuple_sequence_and_set_fields_are_read_as_their_types(taskd):
+    task_data = {
+        "a_tuple": ["a", "b"],
+        "a_pair": ["a", 1],
+        "a_sequence": ["a"],
+        "a_set": ["a", "a"],
+        "a_frozenset": ["b"],
+        "a_mapping": {"a": 1},
+    }
+    task = await taskd.submit("collections", task_data)
+    done = await taskd.wait_terminal(task["task_id"], timeout=30)
+
+    assert done["status"] == "completed", done
+    assert done["result"] == {
+        "a_tuple": ["tuple", ["a", "b"]],
+        "a_pair": ["tuple", ["a", 1]],
+        "a_sequence": ["tuple", ["a"]],
+        "a_set": ["set", ["a"]],
+        "a_frozenset": ["frozenset", ["b"]],
+        "a_mapping": ["dict", {"a": 1}],
+    }
+
+
 async def test_a_long_string_sent_for_a_list_of_objects_is_one_field_error(taskd):
     task_data = {"tracks": "a" * 100_000}
     status, body = await post(

@@ -379,6 +379,22 @@ async def test_retry_failed_writes_out_the_control_characters_of_a_refusal_that_
     assert not any(line.startswith("taskd: forged") for line in run.err.splitlines()), run.err
 
 
+async def test_retry_failed_names_the_fields_of_a_task_stored_with_data_a_submit_now_refuses(
+    taskd, valkey_url, redis
+):
+    failed = await taskd.submit("fail", {}, project_id="films")
+    await taskd.wait_terminal(failed["task_id"])
+    await redis.hset(keys.task(failed["task_id"]), "task_data", json.dumps({"fail_times": "7"}))
+
+    run = await operator_cli("retry-failed", "--project", "films", redis_url=valkey_url)
+
+    assert run.code == 1
+    assert run.err.splitlines()[0] == (
+        f"{failed['task_id']}: not retried: The task as stored no longer passes a submit's checks; "
+        "submit it corrected (task_data.fail_times: Must be an integer)"
+    )
+
+
 async def test_retry_failed_since_a_time_skips_older_failures(taskd, valkey_url):
     older = await taskd.submit("fail", {}, project_id="films")
     await taskd.wait_terminal(older["task_id"])

@@ -708,19 +708,38 @@ async def test_a_password_in_the_url_is_not_repeated_when_taskd_cannot_be_reache
 
 
 @pytest.mark.parametrize(
-    ("url", "key"),
+    ("url", "key", "named"),
     [
-        ("http://127.0.0.1:notaport", API_KEY),
-        ("ftp://127.0.0.1:1", API_KEY),
-        ("http://127.0.0.1:1", "k\r\nX: 1"),
+        ("http://127.0.0.1:notaport", API_KEY, "taskd: $TASKD_URL: not a valid URL"),
+        ("ftp://127.0.0.1:1", API_KEY, "taskd: $TASKD_URL: expected http(s)://host[:port]"),
+        ("http://127.0.0.1:1", "k\r\nX: 1", "taskd: $TASKD_API_KEY: it holds a line break"),
     ],
 )
-async def test_a_malformed_url_or_key_is_a_usage_error_in_one_line(url, key):
+async def test_a_malformed_url_or_key_in_the_environment_is_a_usage_error_naming_its_variable(
+    url, key, named
+):
+    # The variables, as taskd_cli passes them: up to d42cb17 the error said "--url:" (and
+    # "--api-key:") though no option was given.
     run = await taskd_cli("tasks", "films", url=url, key=key)
 
     assert run.code == 2
     [line] = run.err.splitlines()
-    assert line.startswith(("taskd: --url:", "taskd: --api-key:"))
+    assert line.startswith(named)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--url", "ftp://127.0.0.1:1", "taskd: --url: expected http(s)://host[:port]"),
+        ("--api-key", "k\r\nX: 1", "taskd: --api-key: it holds a line break"),
+    ],
+)
+async def test_a_malformed_url_or_key_option_is_a_usage_error_naming_the_option(option, value, named):
+    run = await taskd_cli("tasks", "films", option, value, url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    [line] = run.err.splitlines()
+    assert line.startswith(named)
 
 
 # Against a server that is not taskd (a proxy, a wrong URL, a compromised host).

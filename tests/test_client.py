@@ -281,10 +281,29 @@ async def test_a_client_on_the_callers_session_is_usable_after_it_is_closed(task
     assert health.status == "healthy"
 
 
+async def test_a_client_used_in_an_event_loop_that_ended_says_so_in_another(taskd):
+    client = TaskClient(taskd.base_url, API_KEY)
+
+    async def first_use() -> None:
+        client.session  # noqa: B018 -- made there, as by a request (which would leave its socket open)
+
+    # A first asyncio.run (in a thread: this test's own loop is the second one).
+    await asyncio.to_thread(asyncio.run, first_use())
+
+    with pytest.raises(RuntimeError, match="first used in another event loop"):
+        await client.health()
+    await client.close()  # closing is still possible, from any loop
+
+
 @pytest.mark.parametrize("url", ["127.0.0.1:8001", "localhost", "ftp://127.0.0.1:8001", "http://"])
 def test_a_url_without_http_and_a_host_is_refused_when_the_client_is_made(url):
     with pytest.raises(ValueError, match=r"^url must be http\(s\)://host\[:port\]"):
         TaskClient(url, API_KEY)
+
+
+def test_an_api_key_with_a_control_character_is_refused_when_the_client_is_made():
+    with pytest.raises(ValueError, match=r"^api_key holds a line break or another control character$"):
+        TaskClient("http://127.0.0.1:8001", API_KEY + "\n")
 
 
 async def test_wait_raises_task_cancelled_when_the_task_is_cancelled(client):

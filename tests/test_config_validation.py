@@ -10,7 +10,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from taskd.config import Config, ConfigError, DeviceSelection, load_config
+from taskd.config import Config, ConfigError, DeviceSelection, QueueConfig, load_config
 from taskd.logs import SECRET_FIELD
 from taskd.tasks import registry
 from taskd.tasks.spec import TaskType
@@ -307,6 +307,11 @@ def test_a_queue_whose_name_holds_a_colon_is_refused(tmp_path):
         "config key queues: a queue's name must be 1-64 letters, digits, '.', '_' or '-', starting with a "
         "letter or digit (it is part of Redis key names), got 'q:big'"
     )
+
+
+def test_a_config_built_in_python_with_a_queue_whose_name_holds_a_colon_is_refused():
+    with pytest.raises(ValueError, match=r"^queues: a queue's name must be 1-64 letters.*, got 'q:big'$"):
+        Config(queues={"q:big": QueueConfig(concurrency=1, timeout=60)})
 
 
 def test_a_route_to_a_queue_whose_name_holds_a_colon_is_refused(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -114,6 +115,34 @@ async def test_asking_again_for_a_deleted_media_file_is_a_404(served):
             status = again.status
 
     assert status == 404
+
+
+async def test_a_media_file_deleted_while_its_answer_is_made_is_the_documented_404(served, monkeypatch):
+    running, body = served
+    url = local(body["result"]["media_url"])
+    looked_up = MediaStore.path_of
+
+    class GoneAfterTheLook(type(Path())):  # type: ignore[misc]
+        """The file is deleted (its task purged) just after the handler saw it there."""
+
+        def is_file(self) -> bool:
+            there = super().is_file()
+            self.unlink()
+            return there
+
+    def path_of(store: MediaStore, project_id: str, filename: str) -> Path | None:
+        path = looked_up(store, project_id, filename)
+        return None if path is None else GoneAfterTheLook(path)
+
+    monkeypatch.setattr(MediaStore, "path_of", path_of)
+    async with aiohttp.ClientSession(base_url=running.base_url) as anonymous, anonymous.get(url) as resp:
+        status, content_type, data = resp.status, resp.content_type, await resp.json()
+
+    assert (status, content_type) == (404, "application/json")
+    assert data == {
+        "error": "not_found",
+        "message": f"Media 'noir_001/{urlsplit(url).path.rsplit('/', 1)[1]}' not found",
+    }
 
 
 async def test_tampered_and_expired_signatures_are_refused(served):

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import jsonschema_rs
 import pytest
+import support_tasks
 from examples import TASK_DATA
 
 from taskd.http.health import HEALTH_WAIT_S
 from taskd.http.media import _FILE_HEADERS
-from taskd.http.openapi import document
+from taskd.http.openapi import document, schema_name
 from taskd.http.projects import RECORDS_AT_ONCE
 from taskd.model import ValidationError
 from taskd.submit.submission import parse_submission
-from taskd.tasks.registry import default_registry
+from taskd.tasks.registry import Registry, default_registry
 
 DOCUMENT = document(default_registry())
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +78,26 @@ def test_task_data_schemas_follow_the_input_classes():
         "maxLength": 2048,
     }
     assert image["additionalProperties"] is True
+
+
+def test_a_plugin_s_tuple_sequence_set_and_mapping_fields_are_published_as_arrays_and_objects():
+    collections = next(task_type for task_type in support_tasks.TASKS if task_type.name == "collections")
+    schemas = document(Registry([collections]))["components"]["schemas"]
+    fields = schemas[schema_name(collections.input)]["properties"]
+
+    assert fields["a_tuple"] == {"type": "array", "items": {"type": "string"}, "default": []}
+    assert fields["a_pair"] == {
+        "type": "array",
+        "prefixItems": [{"type": "string"}, {"type": "integer"}],
+        "minItems": 2,
+        "maxItems": 2,
+        "default": ["", 0],
+    }
+    assert fields["a_sequence"] == {"type": "array", "items": {"type": "string"}, "default": []}
+    assert fields["a_set"] == {"type": "array", "items": {"type": "string"}}
+    # JSON has no sets: the default is a list, in one order (a set in the document was a 500).
+    assert fields["a_frozenset"] == {"type": "array", "items": {"type": "string"}, "default": ["a", "b"]}
+    assert fields["a_mapping"] == {"type": "object", "additionalProperties": {"type": "integer"}}
 
 
 def test_a_submission_without_required_task_data_fields_is_not_valid():

@@ -440,3 +440,8 @@ def test_project_events_with_gaps_yield_the_gap_then_the_events(refusing: Refusi
 
     assert seen[0] == StreamGap(after="1-0", kept_from="5-0")
     assert [(event.id, event.status) for event in seen[1:]] == [("5-0", TaskStatus.COMPLETED)]
+
+
+def test_an_api_key_with_a_control_character_is_refused_when_the_client_is_made():
+    with pytest.raises(ValueError, match=r"^api_key holds a line break or another control character$"):
+        SyncTaskClient("http://127.0.0.1:8001", "tsk_key\r\n")

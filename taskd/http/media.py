@@ -7,12 +7,15 @@ so the URL in a fresh document works for `media.url_ttl` seconds while the file 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import attrs
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from taskd.errors import TransientError
 from taskd.http.context import API
+from taskd.http.errors import render
 from taskd.http.scope import CALLER, Touches, touches
 from taskd.media.backend import MediaBackend, media_backend, resign
 from taskd.media.store import MediaStore, valid_name
@@ -31,6 +34,44 @@ _FILE_HEADERS = {
 }
 
 
+def _not_found(project_id: str, filename: str) -> ApiError:
+    return ApiError(404, "not_found", f"Media '{project_id}/{filename}' not found")
+
+
+class _ShapedRefusal(web.StreamResponse):
+    """The refusals `web.FileResponse` makes itself, in the document's error shape.
+
+    FileResponse opens the file only when the response is sent, after the handler: a file deleted
+    (its task purged, retention) between the handler's look and that open was aiohttp's own 404 with
+    an empty body. FileResponse sends such a refusal through `super().prepare()`; this class sits
+    after it in `_MediaFile`'s MRO, so that call lands here, before the headers go out.
+    """
+
+    refusal: ApiError
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        # 403: a file taskd may not read; 404: one gone (or no regular file). To the caller either
+        # is a file that is not there to have.
+        if self.status not in (403, 404):
+            return await super().prepare(request)
+        shaped = render(self.refusal)
+        body = shaped.body
+        assert isinstance(body, bytes)
+        self.set_status(shaped.status)
+        self.content_type = shaped.content_type
+        self.content_length = len(body)
+        writer = await super().prepare(request)
+        if request.method != "HEAD":
+            await self.write(body)
+        return writer
+
+
+class _MediaFile(web.FileResponse, _ShapedRefusal):
+    def __init__(self, path: Path, refusal: ApiError) -> None:
+        super().__init__(path, headers=_FILE_HEADERS)
+        self.refusal = refusal
+
+
 @touches(Touches.PATH_PROJECT)
 async def serve_media(request: web.Request) -> web.StreamResponse:
     """The file, if the request carries a key of its project, or `expires` + `sig` that check out.
@@ -41,7 +82,7 @@ async def serve_media(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     project_id, filename = request.match_info["project_id"], request.match_info["filename"]
     if not (valid_name(project_id) and valid_name(filename)):
-        raise ApiError(404, "not_found", f"Media '{project_id}/{filename}' not found")
+        raise _not_found(project_id, filename)
     # With a valid key the scope check has already run (another project's file is 404 for it).
     if CALLER not in request:
         expires, sig = request.query.get("expires"), request.query.get("sig")
@@ -53,8 +94,8 @@ async def serve_media(request: web.Request) -> web.StreamResponse:
     if isinstance(store, MediaStore):
         path = store.path_of(project_id, filename)
         if path is None or not path.is_file():
-            raise ApiError(404, "not_found", f"Media '{project_id}/{filename}' not found")
-        return web.FileResponse(path, headers=_FILE_HEADERS)
+            raise _not_found(project_id, filename)
+        return _MediaFile(path, _not_found(project_id, filename))
     return await _redirect(store, project_id, filename)
 
 
@@ -65,7 +106,7 @@ async def _redirect(store: MediaBackend, project_id: str, filename: str) -> web.
     except TransientError as exc:
         raise ApiError(503, "service_unavailable", str(exc)) from None
     if not exists:
-        raise ApiError(404, "not_found", f"Media '{project_id}/{filename}' not found")
+        raise _not_found(project_id, filename)
     return web.Response(
         status=302, headers={"Location": store.url(project_id, filename), "Cache-Control": "no-store"}
     )

@@ -28,7 +28,7 @@ from taskd.http.responses import json_response
 from taskd.http.scope import Touches, touches
 from taskd.model import TaskStatus
 from taskd.submit import idempotency
-from taskd.tasks.registry import Registry
+from taskd.tasks.registry import FROM_A_LIST, FROM_AN_OBJECT, Registry
 from taskd.validation import Check
 
 Schema = dict[str, Any]
@@ -91,9 +91,12 @@ class _Classes:
             options = [self.type_schema(arg) for arg in args if arg not in (type(None), shapes.Absent)]
             schema = options[0] if len(options) == 1 else {"anyOf": options}
             return _nullable(schema) if type(None) in args else schema
-        if origin in (list, tuple, set, frozenset):
+        if (origin or kind) in FROM_A_LIST:
+            if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[str, int]: each its own
+                items = [self.type_schema(arg) for arg in args]
+                return {"type": "array", "prefixItems": items, "minItems": len(items), "maxItems": len(items)}
             return {"type": "array", "items": self.type_schema(args[0]) if args else {}}
-        if origin is dict:
+        if (origin or kind) in FROM_AN_OBJECT:
             return {"type": "object", "additionalProperties": self.type_schema(args[1]) if args else {}}
         if origin is typing.Literal:
             schema = {"const": args[0]} if len(args) == 1 else {"enum": list(args)}
@@ -142,15 +145,28 @@ class _Classes:
         default = field.default
         constant = default is not attrs.NOTHING and not isinstance(default, _FACTORY)
         if not self.sent and constant and default is not None:
-            schema["default"] = default.value if isinstance(default, enum.Enum) else default
+            schema["default"] = _as_json(default)
         return schema
+
+
+def _as_json(default: Any) -> Any:
+    """A field's default as the JSON it stands for: a tuple's or set's as a list (a plugin's
+    `frozenset()` default made /openapi.json a 500: JSON has no sets), a set's in one order
+    whatever the hash seed."""
+    if isinstance(default, enum.Enum):
+        return default.value
+    if isinstance(default, set | frozenset):
+        return sorted(default, key=repr)
+    if isinstance(default, tuple):
+        return list(default)
+    return default
 
 
 def _is_array(kind: Any) -> bool:
     args = [arg for arg in typing.get_args(kind) if arg not in (type(None), shapes.Absent)]
     if typing.get_origin(kind) in (types.UnionType, typing.Union) and len(args) == 1:
         return _is_array(args[0])
-    return typing.get_origin(kind) in (list, tuple, set, frozenset)
+    return (typing.get_origin(kind) or kind) in FROM_A_LIST
 
 
 def _validator_schema(validator: Any) -> Schema:

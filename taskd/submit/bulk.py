@@ -15,7 +15,7 @@ import sys
 import attrs
 
 from taskd import keys
-from taskd.model import ApiError, TaskRecord, TaskStatus, now
+from taskd.model import ApiError, TaskRecord, TaskStatus, ValidationError, now
 from taskd.store import AlreadyRetried, TaskStore
 from taskd.submit.dispatch import Dispatcher
 from taskd.submit.idempotency import idempotency
@@ -97,6 +97,11 @@ async def retry_failed(dispatcher: Dispatcher, project: str, since: float | None
             accepted = await dispatcher.retry(record.task_id, remembered, first_retry=True)
         except AlreadyRetried as retried:
             outcomes.append(Retried(record.task_id, retried.retry_id, replayed=True))
+            continue
+        except ValidationError as refused:
+            # A line on stderr has no `details`: the fields go in its text.
+            said = "; ".join(f"{field}: {message}" for field, message in refused.details.items())
+            outcomes.append(Retried(record.task_id, refused=f"{refused} ({said})"))
             continue
         except ApiError as refused:
             outcomes.append(Retried(record.task_id, refused=str(refused)))

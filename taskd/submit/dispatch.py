@@ -312,13 +312,14 @@ class Dispatcher:
             record.callback_url,
             record.depends_on or [],
         )
-        refused = None
-        if problems:
-            said = "; ".join(f"{field}: {message}" for field, message in problems.items())
-            refused = ValidationError(
-                problems,
-                f"The task as stored no longer passes a submit's checks ({said}); submit it corrected",
+        # The fields are named in `details` alone, as a submit's are (the message said them again).
+        refused = (
+            ValidationError(
+                problems, "The task as stored no longer passes a submit's checks; submit it corrected"
             )
+            if problems
+            else None
+        )
         idempotency = unless_remembered(refused, idempotency)
         submission = Submission(
             project_id=record.project_id,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections.abc
 import logging
+import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from importlib import import_module
@@ -11,7 +13,7 @@ from typing import Any
 
 import attrs
 import cattrs
-from cattrs.cols import list_structure_factory, mapping_structure_factory
+from cattrs.cols import homogenous_tuple_structure_factory, list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn
 
 from taskd.config import Config, ConfigError, TasksConfig, name_problem
@@ -73,8 +75,38 @@ def _only(kind: type, expected: str, make: Callable[[Any, cattrs.Converter], Any
     return factory
 
 
-def _is(origin: type) -> Callable[[Any], bool]:
-    return lambda cl: cl is origin or typing.get_origin(cl) is origin
+def _is(*origins: type) -> Callable[[Any], bool]:
+    return lambda cl: (typing.get_origin(cl) or cl) in origins
+
+
+# What a JSON list is read into: cattrs builds each of them from any iterable, a string included
+# (a `tuple[str, ...]` or `set[str]` field took "abc" as three items, as list fields did before).
+FROM_A_LIST = (
+    list,
+    tuple,
+    set,
+    frozenset,
+    collections.abc.Sequence,
+    collections.abc.MutableSequence,
+    collections.abc.Set,
+    collections.abc.MutableSet,
+)
+FROM_AN_OBJECT = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+
+
+def _from_a_list(cl: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """The hook cattrs itself has for `cl`, one of `FROM_A_LIST`, through its public factories."""
+    origin, args = typing.get_origin(cl) or cl, typing.get_args(cl)
+    if origin in (list, collections.abc.MutableSequence):
+        return list_structure_factory(cl, conv)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return conv.gen_structure_hetero_tuple(cl)  # tuple[int, str]: its length is checked too
+    if origin in (tuple, collections.abc.Sequence):
+        return homogenous_tuple_structure_factory(cl, conv)
+    # A set: its items read as a list's (a bad one named by its index), then made the set cattrs makes.
+    items = list_structure_factory(typing.cast(type, types.GenericAlias(list, args or (Any,))), conv)
+    made = set if origin in (set, collections.abc.MutableSet) else frozenset
+    return lambda value, type_: made(items(value, type_))
 
 
 def json_converter() -> cattrs.Converter:
@@ -84,8 +116,10 @@ def json_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _strict(int))
     conv.register_structure_hook(bool, _strict(bool))
     conv.register_structure_hook(float, _float)
-    conv.register_structure_hook_factory(_is(list), _only(list, "a list", list_structure_factory))
-    conv.register_structure_hook_factory(_is(dict), _only(dict, "an object", mapping_structure_factory))
+    conv.register_structure_hook_factory(_is(*FROM_A_LIST), _only(list, "a list", _from_a_list))
+    conv.register_structure_hook_factory(
+        _is(*FROM_AN_OBJECT), _only(dict, "an object", mapping_structure_factory)
+    )
     conv.register_structure_hook_factory(attrs.has, _only(dict, "an object", make_dict_structure_fn))
     return conv
 
