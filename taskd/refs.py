@@ -163,5 +163,7 @@ def covers(ref_path: Path, field_path: Path) -> bool:
 
     By their keys, not their text: a key holding "." or "[" ("tracks[0]", next to "tracks") names as
     text what a nested field does, and its $ref set aside the errors of that field.
+
+    A list's length is refused all the same (taskd.validation.FieldErrors.firm): no item's value changes it.
     """
     return within(field_path, ref_path) or within(ref_path, field_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from typing import Any, TypeVar
 
 import attrs
@@ -74,7 +74,18 @@ def errors_at(exc: BaseException, prefix: Path = ()) -> dict[Path, str]:
     return found
 
 
-def _run_validators(obj: Any, prefix: Path, found: dict[Path, str]) -> None:
+class LengthError(ValueError):
+    """A string or list longer than its limit: an error about the field as it was given, which no
+    value inside it can change (FieldErrors.firm)."""
+
+
+def _found(exc: TypeError | ValueError, path: Path, found: dict[Path, str], firm: set[Path]) -> None:
+    found[path] = _describe(exc)
+    if isinstance(exc, LengthError):
+        firm.add(path)
+
+
+def _run_validators(obj: Any, prefix: Path, found: dict[Path, str], firm: set[Path]) -> None:
     if attrs.has(type(obj)):
         for field in attrs.fields(type(obj)):
             value = getattr(obj, field.name)
@@ -83,12 +94,12 @@ def _run_validators(obj: Any, prefix: Path, found: dict[Path, str]) -> None:
                 try:
                     field.validator(obj, field, value)
                 except (TypeError, ValueError) as exc:
-                    found[path] = _describe(exc)
+                    _found(exc, path, found, firm)
                     continue
-            _run_validators(value, path, found)
+            _run_validators(value, path, found, firm)
     elif isinstance(obj, list | tuple):
         for index, item in enumerate(obj):
-            _run_validators(item, (*prefix, index), found)
+            _run_validators(item, (*prefix, index), found, firm)
 
 
 def structure_checked(converter: cattrs.Converter, data: Any, cls: type[T], prefix: str = "") -> T:
@@ -97,22 +108,23 @@ def structure_checked(converter: cattrs.Converter, data: Any, cls: type[T], pref
     Raises `FieldErrors` whose `details` maps each bad field's path to a message.
     """
     top: Path = (prefix,) if prefix else ()
+    firm: set[Path] = set()
     with attrs.validators.disabled():
         try:
             obj = converter.structure(data, cls)
         except Exception as exc:  # cattrs raises exception groups of many kinds
             found = errors_at(exc, top)
-            _check_fields_alone(converter, data, cls, top, found)
-            raise FieldErrors(found) from None
+            _check_fields_alone(converter, data, cls, top, found, firm)
+            raise FieldErrors(found, firm) from None
     found = {}
-    _run_validators(obj, top, found)
+    _run_validators(obj, top, found, firm)
     if found:
-        raise FieldErrors(found)
+        raise FieldErrors(found, firm)
     return obj
 
 
 def _check_fields_alone(
-    converter: cattrs.Converter, data: Any, cls: type, prefix: Path, found: dict[Path, str]
+    converter: cattrs.Converter, data: Any, cls: type, prefix: Path, found: dict[Path, str], firm: set[Path]
 ) -> None:
     # The whole object could not be built, so its validators never ran: check each
     # well-typed top-level field on its own, so one response names every bad field.
@@ -128,17 +140,19 @@ def _check_fields_alone(
             if field.validator is not None:
                 field.validator(None, field, value)
         except (TypeError, ValueError) as exc:
-            found[path] = _describe(exc)
+            _found(exc, path, found, firm)
         except Exception:  # type errors inside were already reported by the first pass
             continue
 
 
 class FieldErrors(Exception):
     """One or more fields are invalid; `at` maps each one's path to its message, `details` each one's
-    path as text (path_text)."""
+    path as text (path_text). `firm`: the paths of those that no value inside the field can change (a
+    list's length, LengthError), which a `$ref` inside it does not set aside (taskd.refs.covers)."""
 
-    def __init__(self, at: dict[Path, str]) -> None:
+    def __init__(self, at: dict[Path, str], firm: Set[Path] = frozenset()) -> None:
         self.at = at
+        self.firm = frozenset(firm)
         self.details = {path_text(path): message for path, message in at.items()}
         super().__init__("; ".join(f"{k}: {v}" for k, v in self.details.items()))
 
@@ -148,16 +162,18 @@ class Check:
     """An attrs validator: raises `message` when `predicate(value)` is false; None always passes.
 
     `schema` is the same rule as JSON Schema keywords, which the OpenAPI document publishes
-    for the field (empty when JSON Schema cannot say it).
+    for the field (empty when JSON Schema cannot say it); `error`, what it raises (LengthError for a
+    check that reads the value's length alone).
     """
 
     predicate: Callable[[Any], bool]
     message: str
     schema: Mapping[str, Any] = attrs.field(factory=dict)
+    error: type[ValueError] = ValueError
 
     def __call__(self, _: Any, __: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and not self.predicate(value):
-            raise ValueError(self.message)
+            raise self.error(self.message)
 
 
 def check(predicate: Callable[[Any], bool], message: str, schema: Mapping[str, Any] | None = None) -> Check:
@@ -189,7 +205,9 @@ def max_length(limit: int, what: str, unit: str = "characters") -> Check:
     # Published for strings only: the schema of a list field stays its item type (tests/test_openapi.py
     # pins `reference_images` as a plain array of strings).
     schema = {"maxLength": limit} if unit == "characters" else {}
-    return check(lambda v: len(v) <= limit, f"{what} must have at most {limit} {unit}", schema)
+    # A LengthError: a list's length is the caller's whatever a `$ref` in one of its items brings,
+    # so the submit refuses it (taskd.submit.submission.input_problems).
+    return Check(lambda v: len(v) <= limit, f"{what} must have at most {limit} {unit}", schema, LengthError)
 
 
 _RESOLUTION = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")

@@ -325,6 +325,20 @@ async def test_a_ref_read_by_a_check_of_the_list_holding_it_is_left_to_the_run(s
     await api_only.submit("generate_video", {"dialogue": [line]}, depends_on=[first["task_id"]])
 
 
+async def test_a_list_too_long_is_refused_at_submit_though_an_item_holds_a_ref(start_service):
+    # Whole-list checks wait for a $ref in an item (the test above), but a list's length is the
+    # caller's whatever the $ref brings: 51 lines were stored, queued behind their dependency, and
+    # failed at their start.
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    lines = [{"text": "Hello", "start": ref(first["task_id"], "/attempt"), "end": 5}]
+    lines += [{"text": "Hello"}] * 50
+
+    body = await refused(api_only, "generate_video", {"dialogue": lines}, depends_on=[first["task_id"]])
+
+    assert body["details"] == {"task_data.dialogue": "Dialogue must have at most 50 lines"}
+
+
 async def test_a_ref_that_resolves_to_nothing_fails_the_task_naming_the_ref(start_service):
     taskd = await start_service()
     first = await taskd.submit("append", {"text": "mix"})
