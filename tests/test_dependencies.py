@@ -339,6 +339,19 @@ async def test_a_list_too_long_is_refused_at_submit_though_an_item_holds_a_ref(s
     assert body["details"] == {"task_data.dialogue": "Dialogue must have at most 50 lines"}
 
 
+async def test_a_list_too_long_is_refused_at_submit_though_a_ref_fills_a_string_in_an_item(start_service):
+    # The $ref's None where a track's url goes kept the tracks from being built, and with them
+    # their length check: 17 tracks were stored, queued behind their dependency, and failed at
+    # their start.
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    tracks = [{"url": ref(first["task_id"], "/text")}] + [{"url": "https://example.com/a.mp3"}] * 16
+
+    body = await refused(api_only, "process_audio", {"tracks": tracks}, depends_on=[first["task_id"]])
+
+    assert body["details"] == {"task_data.tracks": "Tracks must have at most 16 tracks"}
+
+
 async def test_a_ref_that_resolves_to_nothing_fails_the_task_naming_the_ref(start_service):
     taskd = await start_service()
     first = await taskd.submit("append", {"text": "mix"})
