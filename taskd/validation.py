@@ -18,7 +18,7 @@ T = TypeVar("T")
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 # A field's place: its keys and indexes from the top. Kept apart until it is named to a caller
 # (path_text): "a.b" as text is both key "b" inside "a" and the key "a.b", and which one an error is
-# at decides whether a $ref sets it aside (taskd.refs.covers).
+# at decides whether a $ref sets it aside (taskd.refs.SetAside).
 Path = tuple[str | int, ...]
 
 
@@ -178,7 +178,7 @@ def _length_checks(validator: Any) -> Iterator[Check]:
 class FieldErrors(Exception):
     """One or more fields are invalid; `at` maps each one's path to its message, `details` each one's
     path as text (path_text). `firm`: the paths of those that no value inside the field can change (a
-    list's length, LengthError), which a `$ref` inside it does not set aside (taskd.refs.covers)."""
+    list's length, LengthError), which a `$ref` inside it does not set aside (taskd.refs.SetAside)."""
 
     def __init__(self, at: dict[Path, str], firm: Set[Path] = frozenset()) -> None:
         self.at = at
