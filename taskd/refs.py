@@ -179,3 +179,13 @@ class SetAside:
         return field_path in self._holders or any(
             field_path[:end] in self._refs for end in range(1, len(field_path))
         )
+
+
+def filled_in(error_paths: Iterable[Path], data: Any) -> str:
+    """A run's error's tail naming the $refs of `data` (task_data as stored) that errors at
+    `error_paths`, found once they were filled in, may be about: `; filled in by $ref:
+    task_data.dialogue[0].start = '<$ref>'` ("" for none)."""
+    # The relation is the same both ways: an error at a $ref's field, inside or around it.
+    errors = SetAside(error_paths)
+    named = [f"{path_text(path)} = '{text}'" for path, text in find(data) if errors.covers(path)]
+    return f"; filled in by $ref: {', '.join(named)}" if named else ""

@@ -416,6 +416,23 @@ async def test_a_ref_value_of_the_wrong_type_fails_with_the_field_named_message(
     assert body["error"].startswith("Invalid task data: {'task_data.text': ")
 
 
+async def test_a_run_refusing_what_a_ref_brought_names_the_ref(start_service):
+    # The submit set the field's check aside for the $ref; the run's error named the field alone.
+    taskd = await start_service()
+    first = await taskd.submit("append", {"text": "scene"})
+    pointer = f"{first['task_id']}#/length"
+    second = await taskd.submit(
+        "append", {"text": {"$ref": pointer}, "suffix": "?"}, depends_on=[first["task_id"]]
+    )
+
+    body = await taskd.wait_terminal(second["task_id"])
+
+    assert body["status"] == "failed"
+    assert body["error"] == (
+        f"Invalid task data: {{'task_data.text': 'Must be a string'}}; filled in by $ref: task_data.text = '{pointer}'"
+    )
+
+
 async def test_refs_that_would_copy_a_result_past_the_limit_fail_the_task_before_it_runs(start_service):
     # Limit: max_body_bytes + 20 x result_max_bytes = 10,000 + 20 x 1,000 = 30,000 bytes.
     taskd = await start_service(
