@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from typing import Any, TypeVar
 
 import attrs
@@ -18,7 +18,7 @@ T = TypeVar("T")
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 # A field's place: its keys and indexes from the top. Kept apart until it is named to a caller
 # (path_text): "a.b" as text is both key "b" inside "a" and the key "a.b", and which one an error is
-# at decides whether a $ref sets it aside (taskd.refs.covers).
+# at decides whether a $ref sets it aside (taskd.refs.SetAside).
 Path = tuple[str | int, ...]
 
 
@@ -76,7 +76,18 @@ def errors_at(exc: BaseException, prefix: Path = ()) -> dict[Path, str]:
     return found
 
 
-def _run_validators(obj: Any, prefix: Path, found: dict[Path, str]) -> None:
+class LengthError(ValueError):
+    """A string or list longer than its limit: an error about the field as it was given, which no
+    value inside it can change (FieldErrors.firm)."""
+
+
+def _found(exc: TypeError | ValueError, path: Path, found: dict[Path, str], firm: set[Path]) -> None:
+    found[path] = _describe(exc)
+    if isinstance(exc, LengthError):
+        firm.add(path)
+
+
+def _run_validators(obj: Any, prefix: Path, found: dict[Path, str], firm: set[Path]) -> None:
     if attrs.has(type(obj)):
         for field in attrs.fields(type(obj)):
             value = getattr(obj, field.name)
@@ -85,12 +96,12 @@ def _run_validators(obj: Any, prefix: Path, found: dict[Path, str]) -> None:
                 try:
                     field.validator(obj, field, value)
                 except (TypeError, ValueError) as exc:
-                    found[path] = _describe(exc)
+                    _found(exc, path, found, firm)
                     continue
-            _run_validators(value, path, found)
+            _run_validators(value, path, found, firm)
     elif isinstance(obj, list | tuple):
         for index, item in enumerate(obj):
-            _run_validators(item, (*prefix, index), found)
+            _run_validators(item, (*prefix, index), found, firm)
 
 
 def structure_checked(converter: cattrs.Converter, data: Any, cls: type[T], prefix: str = "") -> T:
@@ -99,22 +110,23 @@ def structure_checked(converter: cattrs.Converter, data: Any, cls: type[T], pref
     Raises `FieldErrors` whose `details` maps each bad field's path to a message.
     """
     top: Path = (prefix,) if prefix else ()
+    firm: set[Path] = set()
     with attrs.validators.disabled():
         try:
             obj = converter.structure(data, cls)
         except Exception as exc:  # cattrs raises exception groups of many kinds
             found = errors_at(exc, top)
-            _check_fields_alone(converter, data, cls, top, found)
-            raise FieldErrors(found) from None
+            _check_fields_alone(converter, data, cls, top, found, firm)
+            raise FieldErrors(found, firm) from None
     found = {}
-    _run_validators(obj, top, found)
+    _run_validators(obj, top, found, firm)
     if found:
-        raise FieldErrors(found)
+        raise FieldErrors(found, firm)
     return obj
 
 
 def _check_fields_alone(
-    converter: cattrs.Converter, data: Any, cls: type, prefix: Path, found: dict[Path, str]
+    converter: cattrs.Converter, data: Any, cls: type, prefix: Path, found: dict[Path, str], firm: set[Path]
 ) -> None:
     # The whole object could not be built, so its validators never ran: check each
     # well-typed top-level field on its own, so one response names every bad field.
@@ -122,7 +134,10 @@ def _check_fields_alone(
         return
     for field in attrs.fields(cls):
         path = (*prefix, field.name)
-        if field.name not in data or any(within(key, path) for key in found):
+        if field.name not in data:
+            continue
+        if any(within(key, path) for key in found):
+            _check_length_alone(field, data[field.name], path, found, firm)
             continue
         try:
             with attrs.validators.disabled():
@@ -130,17 +145,46 @@ def _check_fields_alone(
             if field.validator is not None:
                 field.validator(None, field, value)
         except (TypeError, ValueError) as exc:
-            found[path] = _describe(exc)
+            _found(exc, path, found, firm)
         except Exception:  # type errors inside were already reported by the first pass
             continue
 
 
+def _check_length_alone(
+    field: attrs.Attribute[Any], value: Any, path: Path, found: dict[Path, str], firm: set[Path]
+) -> None:
+    # A list whose items could not be built is as long as it was sent: its length is checked, as
+    # the items' errors are no reason to leave it out. Above all where they are a $ref's (None
+    # where a string goes: `tracks[0].url`), which the submit sets aside: 17 tracks were stored,
+    # to fail at their start.
+    if path in found or not isinstance(value, list):
+        return
+    for length in _length_checks(field.validator):
+        try:
+            length(None, field, value)
+        except LengthError as exc:
+            _found(exc, path, found, firm)
+            return
+
+
+def _length_checks(validator: Any) -> Iterator[Check]:
+    """The checks among `validator`'s that read its value's length alone (LengthError)."""
+    if isinstance(validator, Check):
+        if issubclass(validator.error, LengthError):
+            yield validator
+        return
+    for part in getattr(validator, "_validators", ()):  # attrs.validators.and_, or a list of validators
+        yield from _length_checks(part)
+
+
 class FieldErrors(Exception):
     """One or more fields are invalid; `at` maps each one's path to its message, `details` each one's
-    path as text (path_text)."""
+    path as text (path_text). `firm`: the paths of those that no value inside the field can change (a
+    list's length, LengthError), which a `$ref` inside it does not set aside (taskd.refs.SetAside)."""
 
-    def __init__(self, at: dict[Path, str]) -> None:
+    def __init__(self, at: dict[Path, str], firm: Set[Path] = frozenset()) -> None:
         self.at = at
+        self.firm = frozenset(firm)
         self.details = {path_text(path): message for path, message in at.items()}
         super().__init__("; ".join(f"{k}: {v}" for k, v in self.details.items()))
 
@@ -150,16 +194,18 @@ class Check:
     """An attrs validator: raises `message` when `predicate(value)` is false; None always passes.
 
     `schema` is the same rule as JSON Schema keywords, which the OpenAPI document publishes
-    for the field (empty when JSON Schema cannot say it).
+    for the field (empty when JSON Schema cannot say it); `error`, what it raises (LengthError for a
+    check that reads the value's length alone).
     """
 
     predicate: Callable[[Any], bool]
     message: str
     schema: Mapping[str, Any] = attrs.field(factory=dict)
+    error: type[ValueError] = ValueError
 
     def __call__(self, _: Any, __: attrs.Attribute[Any], value: Any) -> None:
         if value is not None and not self.predicate(value):
-            raise ValueError(self.message)
+            raise self.error(self.message)
 
 
 def check(predicate: Callable[[Any], bool], message: str, schema: Mapping[str, Any] | None = None) -> Check:
@@ -190,7 +236,14 @@ def max_length(limit: int, what: str, unit: str = "characters") -> Check:
     """A string or list no longer than `limit`."""
     # Published as maxLength; the OpenAPI document makes it maxItems on a list field (openapi._merge),
     # so a generated client knows a list's bound as it knows a string's.
-    return check(lambda v: len(v) <= limit, f"{what} must have at most {limit} {unit}", {"maxLength": limit})
+    # A LengthError: a list's length is the caller's whatever a `$ref` in one of its items brings,
+    # so the submit refuses it (taskd.submit.submission.input_problems).
+    return Check(
+        lambda v: len(v) <= limit,
+        f"{what} must have at most {limit} {unit}",
+        {"maxLength": limit},
+        LengthError,
+    )
 
 
 _RESOLUTION = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")

@@ -683,11 +683,23 @@ class Executor:
         resolved: dict[str, Any] = refs.substitute(record.task_data, results)
         return resolved
 
+    def _invalid(
+        self, task_type: TaskType, submitted: dict[str, Any], filled: dict[str, Any], exc: ValidationError
+    ) -> str:
+        """A run's error for task_data its type refuses (`submitted`, as stored; `filled`, its $refs filled in)."""
+        error = f"Invalid task data: {exc.details}"
+        if submitted is filled:
+            return error
+        # What a $ref brought is checked only now: the error says which $refs it may be about (one
+        # for a dialogue line's start, when the whole list's check refuses it).
+        return error + refs.filled_in(self.registry.input_errors(task_type, filled).at, submitted)
+
     async def _run_claimed(self, record: TaskRecord) -> bool:
         task_id = record.task_id
         task_type = self.registry.get(record.task_type)
         if task_type is None or task_type.handler is None:
             return await self._record(record, await self._without_handler(record))
+        submitted = record.task_data
         if record.depends_on and any(refs.find(record.task_data)):
             try:
                 # The stored task_data keeps its $refs (a retry resolves them again); this run,
@@ -698,7 +710,8 @@ class Executor:
         try:
             data = self.registry.parse_input(task_type, record.task_data)
         except ValidationError as exc:
-            return await self._record(record, Outcome("failed", error=f"Invalid task data: {exc.details}"))
+            error = self._invalid(task_type, submitted, record.task_data, exc)
+            return await self._record(record, Outcome("failed", error=error))
         if task_id in self._heard_cancels:
             # Cancelled after its start was written and before this run was registered (it read
             # its $refs, or the take's reply came after the cancel's message): the handler never

@@ -189,12 +189,14 @@ def input_problems(
     registry: Registry, task_type: TaskType, task_data: dict[str, Any], ref_paths: list[Path]
 ) -> dict[str, str]:
     """What the type's checks refuse in `task_data` (field -> message), leaving out the fields a $ref
-    at one of `ref_paths` fills (its value is known only when the task runs)."""
+    at one of `ref_paths` fills (its value is known only when the task runs) and the checks that read
+    it (refs.SetAside); not a list's length (FieldErrors.firm), which no $ref in an item changes."""
     errors = registry.input_errors(task_type, refs.blank(task_data) if ref_paths else task_data)
+    set_aside = refs.SetAside(ref_paths)
     return {
         path_text(field): message
-        for field, message in errors.items()
-        if not any(refs.covers(path, field) for path in ref_paths)
+        for field, message in errors.at.items()
+        if field in errors.firm or not set_aside.covers(field)
     }
 
 

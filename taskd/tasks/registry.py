@@ -19,7 +19,7 @@ from cattrs.gen import make_dict_structure_fn
 from taskd.config import Config, ConfigError, TasksConfig, name_problem
 from taskd.model import ValidationError
 from taskd.tasks.spec import TaskType
-from taskd.validation import FieldErrors, Path, structure_checked
+from taskd.validation import FieldErrors, structure_checked
 
 log = logging.getLogger("taskd.tasks")
 
@@ -152,13 +152,13 @@ class Registry:
         except FieldErrors as exc:
             raise ValidationError(exc.details) from None
 
-    def input_errors(self, task_type: TaskType, task_data: Mapping[str, Any]) -> dict[Path, str]:
-        """What the type's checks refuse in `task_data`, by field path (empty: nothing)."""
+    def input_errors(self, task_type: TaskType, task_data: Mapping[str, Any]) -> FieldErrors:
+        """What the type's checks refuse in `task_data`, by field path (`at` empty: nothing)."""
         try:
             structure_checked(self._converter, dict(task_data), task_type.input, prefix="task_data")
         except FieldErrors as exc:
-            return exc.at
-        return {}
+            return exc
+        return FieldErrors({})
 
 
 def _builtin_types() -> list[TaskType]:
