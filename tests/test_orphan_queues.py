@@ -184,6 +184,16 @@ async def test_purge_cancels_the_tasks_of_a_queue_no_config_names(start_service,
     assert (await node.status(task_id))["status"] == "cancelled"
 
 
+async def test_purge_cancels_the_scheduled_tasks_of_a_queue_no_config_names(start_service, valkey_url):
+    task_id = await submit_on_old(start_service, delay_seconds=3600)
+    node = await start_service()
+
+    run = await operator_cli("purge", "old", "--yes", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    assert (await node.status(task_id))["status"] == "cancelled"
+
+
 async def test_the_first_start_reads_a_servers_keys_once_for_every_partition(
     redis: Redis, monkeypatch: pytest.MonkeyPatch
 ):
