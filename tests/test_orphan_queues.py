@@ -219,3 +219,33 @@ async def test_the_first_start_reads_a_servers_keys_once_for_every_partition(
         {b"renamed"},
         {b"busy", b"gone"},
     ]
+
+
+async def test_the_first_start_on_a_cluster_matches_each_partitions_own_hash_tag(
+    valkey_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    keys.configure_partitions(3)
+    # A client per partition, as on a cluster (each pinned to its partition's primary).
+    clients = [Redis.from_url(valkey_url) for _ in range(3)]
+    await clients[1].zadd(keys.waiting("old", 1), {"t.1": 1})
+    matched: list[str] = []
+    for client in clients:
+        scan = client.scan
+
+        async def recorded(cursor: int = 0, *, match: str, scan: Any = scan, **options: Any) -> Any:
+            matched.append(match)
+            return await scan(cursor, match=match, **options)
+
+        monkeypatch.setattr(client, "scan", recorded)
+
+    try:
+        await layout.know_queues(clients)
+        # A pattern with its exact tag: a cluster node reads that slot's keys alone (a pattern of
+        # every partition's made Valkey read all of the node's).
+        assert sorted({pattern[: pattern.index("}") + 2] for pattern in matched}) == sorted(
+            keys.partition_prefix(p) for p in range(3)
+        )
+        assert await clients[1].smembers(keys.queues(1)) == {b"old"}
+    finally:
+        for client in clients:
+            await client.aclose()

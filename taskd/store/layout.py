@@ -31,9 +31,11 @@ UNTAGGED_PREFIX = "taskd:"
 # The marker's value: the layout the keys are in.
 TAGGED = "tagged"
 SCAN_COUNT = 1000
-# Every partition's waiting and running sets (taskd.keys.waiting, running: `{taskd}:waiting:<queue>`,
-# `{taskd:<n>}:running:<queue>`) in one glob; the names it lets by are checked exactly.
-QUEUE_KEYS_MATCH = "{taskd*}:[rw][ua][ni][nt]ing:*"
+# A partition's waiting and running sets (taskd.keys.waiting, running: `{taskd}:waiting:<queue>`,
+# `{taskd:<n>}:running:<queue>`) in one glob after its prefix; the names it lets by are checked exactly.
+QUEUE_KEYS_MATCH = "[rw][ua][ni][nt]ing:*"
+# The prefix of every partition's keys, for the pass over a server that holds several.
+ANY_PARTITION = keys.PREFIX.removesuffix("}:") + "*}:"
 
 
 async def upgrade(redis: Redis) -> int:
@@ -62,7 +64,8 @@ async def know_queues(clients: Sequence[Redis]) -> int:
 
     Each server's keys are read in one pass (SCAN) for every partition it holds: a pass per
     partition and per kind of key read all of a big keyspace twice a partition (64 times with 32
-    partitions on one server) while the start waited."""
+    partitions on one server) while the start waited. On a cluster each partition's pass reads
+    its slot alone."""
     unknown = [
         partition
         for partition, client in enumerate(clients)
@@ -75,16 +78,19 @@ async def know_queues(clients: Sequence[Redis]) -> int:
     for partitions in on_server.values():
         # Only the names of these partitions' waiting and running sets, exactly: another key the
         # glob lets by (another server's partition, a name of an unforeseen shape) adds nothing.
-        prefixes = [
-            (prefix, partition)
+        names_of = [
+            (start, partition)
             for partition in partitions
-            for prefix in (keys.waiting("", partition), keys.running("", partition))
+            for start in (keys.waiting("", partition), keys.running("", partition))
         ]
-        async for raw in clients[partitions[0]].scan_iter(match=QUEUE_KEYS_MATCH, count=SCAN_COUNT):
+        # A partition alone on its server (a cluster's) is matched by its own hash tag: Valkey then
+        # reads only that slot's keys, not the whole node's.
+        prefix = keys.partition_prefix(partitions[0]) if len(partitions) == 1 else ANY_PARTITION
+        async for raw in clients[partitions[0]].scan_iter(match=prefix + QUEUE_KEYS_MATCH, count=SCAN_COUNT):
             name = raw.decode("utf-8", "surrogateescape")
-            for prefix, partition in prefixes:
-                if name.startswith(prefix):
-                    found[partition].add(name.removeprefix(prefix))
+            for start, partition in names_of:
+                if name.startswith(start):
+                    found[partition].add(name.removeprefix(start))
     added = 0
     for partition, names in found.items():
         if names:
