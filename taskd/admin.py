@@ -106,6 +106,12 @@ class Operator:
         more, or another node's (TaskStore.queues_in_use)."""
         return await self.store.queues_in_use(self.queues)
 
+    async def queues_known(self) -> list[str]:
+        """`queues`, and every other queue a task may wait on (TaskStore.known_queues), whether or
+        not one waits there now: a queue no config names any more may hold only tasks scheduled
+        for later, which a purge cancels too."""
+        return sorted(set(self.queues).union(await self.store.known_queues()))
+
     async def queue_states(self) -> list[QueueState]:
         """Each queue's waiting and running counts and its oldest waiting job, those of every queue
         in use included."""

@@ -179,8 +179,9 @@ def _confirmed(question: str) -> bool:
 
 async def cmd_purge(ops: Operator, args: argparse.Namespace) -> int:
     """Cancel every task waiting on a queue, after a confirmation (or --yes)."""
-    # A queue no config names any more is purged as well while it holds tasks (docs/guarantees.md).
-    known = await ops.queues_in_use()
+    # A queue no config names any more is purged as well (docs/guarantees.md), its tasks scheduled
+    # for later included: with only those it has none waiting or running, and was refused.
+    known = await ops.queues_known()
     if args.queue not in known:
         raise UsageError(f"unknown queue {args.queue!r}; known: {', '.join(known)}")
     count = len(await ops.waiting_on(args.queue))

@@ -21,6 +21,7 @@ from test_prometheus import parse, scrape, value
 from taskd import keys
 from taskd.config import Config, QueueConfig, TasksConfig
 from taskd.engine import keeper
+from taskd.store import layout
 
 # The node that admitted the tasks: `noop` goes to queue `old`, which later configs drop.
 WITH_OLD: dict[str, Any] = {
@@ -181,3 +182,70 @@ async def test_purge_cancels_the_tasks_of_a_queue_no_config_names(start_service,
 
     assert run.code == 0, run.err
     assert (await node.status(task_id))["status"] == "cancelled"
+
+
+async def test_purge_cancels_the_scheduled_tasks_of_a_queue_no_config_names(start_service, valkey_url):
+    task_id = await submit_on_old(start_service, delay_seconds=3600)
+    node = await start_service()
+
+    run = await operator_cli("purge", "old", "--yes", redis_url=valkey_url)
+
+    assert run.code == 0, run.err
+    assert (await node.status(task_id))["status"] == "cancelled"
+
+
+async def test_the_first_start_reads_a_servers_keys_once_for_every_partition(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    keys.configure_partitions(3)  # on one server, as without a cluster
+    for partition, queue in enumerate(["old", "renamed", "gone"]):
+        await redis.zadd(keys.waiting(queue, partition), {"t.1": 1})
+    await redis.zadd(keys.running("busy", 2), {"t": 1})
+    passes = 0
+    scan = redis.scan
+
+    async def counted(cursor: int = 0, **options: Any) -> Any:
+        nonlocal passes
+        passes += int(cursor) == 0
+        return await scan(cursor, **options)
+
+    monkeypatch.setattr(redis, "scan", counted)
+
+    await layout.know_queues([redis] * 3)
+
+    assert passes == 1
+    assert [await redis.smembers(keys.queues(p)) for p in range(3)] == [
+        {b"old"},
+        {b"renamed"},
+        {b"busy", b"gone"},
+    ]
+
+
+async def test_the_first_start_on_a_cluster_matches_each_partitions_own_hash_tag(
+    valkey_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    keys.configure_partitions(3)
+    # A client per partition, as on a cluster (each pinned to its partition's primary).
+    clients = [Redis.from_url(valkey_url) for _ in range(3)]
+    await clients[1].zadd(keys.waiting("old", 1), {"t.1": 1})
+    matched: list[str] = []
+    for client in clients:
+        scan = client.scan
+
+        async def recorded(cursor: int = 0, *, match: str, scan: Any = scan, **options: Any) -> Any:
+            matched.append(match)
+            return await scan(cursor, match=match, **options)
+
+        monkeypatch.setattr(client, "scan", recorded)
+
+    try:
+        await layout.know_queues(clients)
+        # A pattern with its exact tag: a cluster node reads that slot's keys alone (a pattern of
+        # every partition's made Valkey read all of the node's).
+        assert sorted({pattern[: pattern.index("}") + 2] for pattern in matched}) == sorted(
+            keys.partition_prefix(p) for p in range(3)
+        )
+        assert await clients[1].smembers(keys.queues(1)) == {b"old"}
+    finally:
+        for client in clients:
+            await client.aclose()

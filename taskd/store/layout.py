@@ -31,6 +31,11 @@ UNTAGGED_PREFIX = "taskd:"
 # The marker's value: the layout the keys are in.
 TAGGED = "tagged"
 SCAN_COUNT = 1000
+# A partition's waiting and running sets (taskd.keys.waiting, running: `{taskd}:waiting:<queue>`,
+# `{taskd:<n>}:running:<queue>`) in one glob after its prefix; the names it lets by are checked exactly.
+QUEUE_KEYS_MATCH = "[rw][ua][ni][nt]ing:*"
+# The prefix of every partition's keys, for the pass over a server that holds several.
+ANY_PARTITION = keys.PREFIX.removesuffix("}:") + "*}:"
 
 
 async def upgrade(redis: Redis) -> int:
@@ -55,18 +60,41 @@ async def know_queues(clients: Sequence[Redis]) -> int:
     wait or run on, once: the first start of a version that keeps that set finds the tasks an
     earlier one queued, on a queue this start's config may name no more (renamed, removed), which
     would otherwise be kept by no keeper and shown by no health. Later starts cost one EXISTS a
-    partition. Returns how many names were added."""
+    partition. Returns how many names were added.
+
+    Each server's keys are read in one pass (SCAN) for every partition it holds: a pass per
+    partition and per kind of key read all of a big keyspace twice a partition (64 times with 32
+    partitions on one server) while the start waited. On a cluster each partition's pass reads
+    its slot alone."""
+    unknown = [
+        partition
+        for partition, client in enumerate(clients)
+        if not await client.exists(keys.queues(partition))
+    ]
+    on_server: dict[int, list[int]] = {}
+    for partition in unknown:
+        on_server.setdefault(id(clients[partition]), []).append(partition)
+    found: dict[int, set[str]] = {partition: set() for partition in unknown}
+    for partitions in on_server.values():
+        # Only the names of these partitions' waiting and running sets, exactly: another key the
+        # glob lets by (another server's partition, a name of an unforeseen shape) adds nothing.
+        names_of = [
+            (start, partition)
+            for partition in partitions
+            for start in (keys.waiting("", partition), keys.running("", partition))
+        ]
+        # A partition alone on its server (a cluster's) is matched by its own hash tag: Valkey then
+        # reads only that slot's keys, not the whole node's.
+        prefix = keys.partition_prefix(partitions[0]) if len(partitions) == 1 else ANY_PARTITION
+        async for raw in clients[partitions[0]].scan_iter(match=prefix + QUEUE_KEYS_MATCH, count=SCAN_COUNT):
+            name = raw.decode("utf-8", "surrogateescape")
+            for start, partition in names_of:
+                if name.startswith(start):
+                    found[partition].add(name.removeprefix(start))
     added = 0
-    for partition, client in enumerate(clients):
-        known = keys.queues(partition)
-        if await client.exists(known):
-            continue
-        names: set[str] = set()
-        for what in (keys.waiting("", partition), keys.running("", partition)):
-            async for raw in client.scan_iter(match=what + "*", count=SCAN_COUNT):
-                names.add(raw.decode("utf-8", "surrogateescape").removeprefix(what))
+    for partition, names in found.items():
         if names:
-            added += await client.sadd(known, *sorted(names))
+            added += await clients[partition].sadd(keys.queues(partition), *sorted(names))
     if added:
         log.info("found %d queues with tasks waiting or running", added)
     return added
