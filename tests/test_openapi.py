@@ -252,3 +252,11 @@ def test_a_retry_s_400_documents_a_stored_task_a_submit_s_checks_now_refuse():
     answer = DOCUMENT["paths"]["/api/v1/tasks/{task_id}/retry"]["post"]["responses"]["400"]
 
     assert "stored `task_data` or `callback_url`" in answer["description"]
+
+
+def test_a_project_stream_documents_its_gap_for_a_client_resuming_from_before_the_streams_life():
+    answer = DOCUMENT["paths"]["/api/v1/projects/{project_id}/events"]["get"]["responses"]["200"]
+
+    assert "older than the streams' life" in answer["description"]
+    assert "`event: gap` first" in answer["description"]
+
