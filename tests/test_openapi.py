@@ -265,4 +265,6 @@ def test_a_project_stream_documents_its_gap_for_a_client_resuming_from_before_th
 def test_render_animation_s_keyframes_document_their_bound_on_distinct_images():
     keyframes = DOCUMENT["components"]["schemas"]["RenderAnimationInput"]["properties"]["keyframes"]
 
-    assert f"At most {MAX_IMAGES} distinct image_url values, background_url included" in keyframes["description"]
+    assert (
+        f"At most {MAX_IMAGES} distinct image_url values, background_url included" in keyframes["description"]
+    )
