@@ -38,6 +38,7 @@ from taskd.heartbeat import Heartbeat, WorkerInfo, new_worker_id
 from taskd.http.app import create_app
 from taskd.http.context import Api
 from taskd.http.keytable import KeyTable
+from taskd.http.send_timeout import BoundedSite
 from taskd.logs import REDACTOR, secrets_of, url_password
 from taskd.loops import every
 from taskd.media import ffmpeg
@@ -493,7 +494,7 @@ class Service:
         await self._runner.setup()
         host, port = self.config.http.host, self.config.http.port
         try:
-            await web.TCPSite(self._runner, host, port).start()
+            await BoundedSite(self._runner, host, port, send_timeout=self.config.http.send_timeout).start()
         except OSError as exc:
             # errno's own words ("Address already in use"), not the event loop's long sentence.
             reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)

@@ -56,15 +56,21 @@ def render(shape: Any) -> Any:
     kind: type = type(shape)
     if kind in _PLAIN:
         return shape
+    # A plain value is taken as it is without a call of render for it: most of a body's values are
+    # plain, and a call each was most of what rendering an answer cost (docs/performance.md).
     names = _field_names(kind)
     if names is not None:
-        return {name: render(value) for name in names if (value := getattr(shape, name)) is not ABSENT}
+        return {
+            name: value if type(value) in _PLAIN else render(value)
+            for name in names
+            if (value := getattr(shape, name)) is not ABSENT
+        }
     if isinstance(shape, enum.Enum):
         return shape.value
     if isinstance(shape, list | tuple):
-        return [render(item) for item in shape]
+        return [item if type(item) in _PLAIN else render(item) for item in shape]
     if isinstance(shape, dict):
-        return {key: render(value) for key, value in shape.items()}
+        return {key: value if type(value) in _PLAIN else render(value) for key, value in shape.items()}
     return shape
 
 

@@ -17,7 +17,6 @@ from taskd.http import (
     projects,
     protocol_log,
     ratelimit,
-    send_timeout,
     tasks,
     webhooks,
 )
@@ -66,7 +65,6 @@ def create_app(api: Api) -> web.Application:
     protocol_log.install()
     auth.install(app)
     ratelimit.install(app)
-    send_timeout.install(app)
     openapi.add_routes(app)
     app.router.add_get("/metrics", _metrics)
     health.add_routes(app)

@@ -24,7 +24,9 @@ import collections
 import contextlib
 import functools
 import hashlib
+import itertools
 import math
+import os
 import secrets
 from collections.abc import Iterator
 
@@ -69,6 +71,28 @@ POLICIES = {
 }
 
 _HEADERS = web.RequestKey("ratelimit_headers", dict)
+
+
+class _Nonces:
+    """What makes each request's entries in its key's log its own (lib/window.lua: two requests of
+    one key may share a millisecond): a random part per process, 48 bits as each request's own
+    random bytes were, and a count. secrets.token_hex(6) per request was a getrandom system call,
+    ~1 µs of a submit's CPU (docs/performance.md)."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        """A new random part (a forked child's, so that it never repeats its parent's nonces)."""
+        self._prefix = secrets.token_hex(6) + "."
+        self._count = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count):x}"
+
+
+_nonce = _Nonces()
+os.register_at_fork(after_in_child=_nonce.renew)
 
 
 @attrs.frozen
@@ -120,7 +144,7 @@ class RateLimiter:
         """Spend `cost` requests of `limit` per minute for `api_key` under `policy`, all or none."""
         allowed, remaining, retry_ms, reset_ms = await self._window(
             {"log": keys.rate_limit(policy, key_id(api_key))},
-            {"limit": limit, "window": WINDOW * 1000, "nonce": secrets.token_hex(6), "cost": cost},
+            {"limit": limit, "window": WINDOW * 1000, "nonce": _nonce(), "cost": cost},
         )
         return Decision(policy, limit, bool(allowed), int(remaining), int(retry_ms), int(reset_ms))
 
@@ -287,9 +311,7 @@ async def submit_quota(request: web.Request) -> Quota | None:
         _decided(request, decision, 1)
 
     api_key = request[auth.KEY]
-    return Quota(
-        keys.rate_limit("submit", key_id(api_key)), limit, WINDOW * 1000, secrets.token_hex(6), report
-    )
+    return Quota(keys.rate_limit("submit", key_id(api_key)), limit, WINDOW * 1000, _nonce(), report)
 
 
 async def spend_if_unspent(request: web.Request, policy: str) -> None:

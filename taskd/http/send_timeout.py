@@ -8,35 +8,39 @@ TCP_USER_TIMEOUT, a connection whose sent data stays unacknowledged, or whose wi
 that long is reset, and the write waiting on it ends in the ConnectionResetError aiohttp and the
 event streams already take for a client gone. A client reading slowly but reading is not cut off.
 Only Linux has the option; elsewhere nothing is set.
+
+The option is set once, on the listening sockets: Linux copies it to every connection they accept.
+It was set on each connection as each answer started, a socket object made and a setsockopt for
+every response (~3 µs of a submit's ~130 µs of the API's CPU, docs/performance.md). Until
+something is sent, the option has nothing to time, so a connection bounded from its accept behaves
+as one bounded at its first answer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
 
 from aiohttp import web
 
-from taskd.http.context import API
-
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
-def install(app: web.Application) -> None:
-    """Bound, on every connection an answer is sent on, how long the client may leave it untaken."""
-    option: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)  # None on macOS, Windows
-    if option is None:
-        return
-    milliseconds = max(1, round(app[API].config.http.send_timeout * 1000))
+class BoundedSite(web.TCPSite):
+    """A TCPSite whose connections are reset once what it sent stays untaken `send_timeout` seconds."""
 
-    async def bound_sending(request: web.Request, response: web.StreamResponse) -> None:
-        # Set as each answer starts: a connection only needs it once something is sent on it, and a
-        # setsockopt costs less than remembering which connections already have it.
-        transport = request.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None and sock.family in _TCP_FAMILIES:
-            # A connection the client has just torn down has nothing left to bound.
-            with contextlib.suppress(OSError):
+    __slots__ = ("_send_timeout",)
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, send_timeout: float) -> None:
+        super().__init__(runner, host, port)
+        self._send_timeout = send_timeout
+
+    async def start(self) -> None:
+        """Listen, then bound the listening sockets, before anything is told where they listen."""
+        await super().start()
+        option: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)  # None on macOS, Windows
+        if option is None or self._server is None:
+            return
+        milliseconds = max(1, round(self._send_timeout * 1000))
+        for sock in self._server.sockets:  # type: ignore[attr-defined]
+            if sock.family in _TCP_FAMILIES:
                 sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
-
-    app.on_response_prepare.append(bound_sending)
