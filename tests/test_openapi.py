@@ -16,6 +16,7 @@ from taskd.http.openapi import document, schema_name
 from taskd.http.projects import RECORDS_AT_ONCE
 from taskd.model import ValidationError
 from taskd.submit.submission import parse_submission
+from taskd.tasks.builtin.render_animation import MAX_IMAGES
 from taskd.tasks.registry import Registry, default_registry
 
 DOCUMENT = document(default_registry())
@@ -252,3 +253,18 @@ def test_a_retry_s_400_documents_a_stored_task_a_submit_s_checks_now_refuse():
     answer = DOCUMENT["paths"]["/api/v1/tasks/{task_id}/retry"]["post"]["responses"]["400"]
 
     assert "stored `task_data` or `callback_url`" in answer["description"]
+
+
+def test_a_project_stream_documents_its_gap_for_a_client_resuming_from_before_the_streams_life():
+    answer = DOCUMENT["paths"]["/api/v1/projects/{project_id}/events"]["get"]["responses"]["200"]
+
+    assert "older than the streams' life" in answer["description"]
+    assert "`event: gap` first" in answer["description"]
+
+
+def test_render_animation_s_keyframes_document_their_bound_on_distinct_images():
+    keyframes = DOCUMENT["components"]["schemas"]["RenderAnimationInput"]["properties"]["keyframes"]
+
+    assert (
+        f"At most {MAX_IMAGES} distinct image_url values, background_url included" in keyframes["description"]
+    )

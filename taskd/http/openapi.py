@@ -526,7 +526,7 @@ def _paths() -> dict[str, Any]:
                     "400": {
                         "description": "The task is not failed or cancelled (`Detail`); a bad "
                         "Idempotency-Key, or a stored `task_data` or `callback_url` that a submit's checks "
-                        "now refuse (`Error`, `validation_error` naming the fields; nothing is stored)",
+                        "now refuse (`Error`, `validation_error` naming the fields in `details`; nothing is stored)",
                         "content": {
                             "application/json": {"schema": {"anyOf": [_ref("Detail"), _ref("Error")]}}
                         },

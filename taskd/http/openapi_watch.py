@@ -48,6 +48,17 @@ _EVENT_STREAM = {
     ),
     "content": {"text/event-stream": {"schema": {"type": "string"}}},
 }
+# A project's stream resumed from before a stream's life (keys.events_ttl: storage.task_ttl, a day at
+# most) is sent nothing older, and is told so by a gap when the stream still held such events.
+_PROJECT_EVENT_STREAM = {
+    **_EVENT_STREAM,
+    "description": (
+        f"{_EVENT_STREAM['description']}. A `Last-Event-ID` older than the streams' life "
+        "(`storage.task_ttl`, a day at most) is resumed from that time: `event: gap` first, its "
+        "`kept_from` that time's id (`<milliseconds>-0`), when the stream still held events between "
+        "the two, and no event older than that is sent"
+    ),
+}
 
 
 def paths() -> dict[str, Any]:
@@ -87,7 +98,7 @@ def paths() -> dict[str, Any]:
                     _QUERY_KEY,
                 ],
                 "responses": {
-                    "200": _EVENT_STREAM,
+                    "200": _PROJECT_EVENT_STREAM,
                     "400": _error("`validation_error`: a malformed Last-Event-ID"),
                     "401": _error("`authentication_failed`: missing or wrong key"),
                     "429": _TOO_MANY_OPEN,
