@@ -98,6 +98,7 @@ def test_a_plugin_s_tuple_sequence_set_and_mapping_fields_are_published_as_array
     # JSON has no sets: the default is a list, in one order (a set in the document was a 500).
     assert fields["a_frozenset"] == {"type": "array", "items": {"type": "string"}, "default": ["a", "b"]}
     assert fields["a_mapping"] == {"type": "object", "additionalProperties": {"type": "integer"}}
+    assert fields["a_deque"] == {"type": "array", "items": {"type": "string"}}
 
 
 def test_a_submission_without_required_task_data_fields_is_not_valid():
