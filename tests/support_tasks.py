@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,14 +72,22 @@ class CollectionsInput:
     a_set: set[str] = attrs.field(factory=set)
     a_frozenset: frozenset[str] = frozenset({"b", "a"})
     a_mapping: Mapping[str, int] = attrs.field(factory=dict)
+    a_deque: deque[str] = attrs.field(factory=deque)
 
 
 def collections_taken(_: ProcessContext, data: CollectionsInput) -> dict[str, Any]:
     """What each field was read as, with its Python type."""
     return {
-        name: [type(value).__name__, sorted(value) if isinstance(value, set | frozenset) else value]
+        name: [type(value).__name__, _listed(value)]
         for name, value in attrs.asdict(data, recurse=False).items()
     }
+
+
+def _listed(value: Any) -> Any:
+    # A result is JSON, which has neither sets (their items sorted here) nor deques.
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    return list(value) if isinstance(value, deque) else value
 
 
 # The process that imported this module: in a job process, the template it was forked from.

@@ -274,7 +274,7 @@ async def test_a_string_sent_for_a_list_of_names_is_refused_not_split_into_chara
     assert body["details"] == {"task_data.departments": "Must be a list"}
 
 
-@pytest.mark.parametrize("field", ["a_tuple", "a_pair", "a_sequence", "a_set", "a_frozenset"])
+@pytest.mark.parametrize("field", ["a_tuple", "a_pair", "a_sequence", "a_set", "a_frozenset", "a_deque"])
 async def test_a_string_sent_for_a_tuple_sequence_or_set_is_refused_as_for_a_list(taskd, field):
     status, body = await post(
         taskd, {"project_id": "p", "task_type": "collections", "task_data": {field: "lighting"}}
@@ -301,6 +301,7 @@ async def test_lists_sent_for_tuple_sequence_and_set_fields_are_read_as_their_ty
         "a_set": ["a", "a"],
         "a_frozenset": ["b"],
         "a_mapping": {"a": 1},
+        "a_deque": ["a", "b"],
     }
     task = await taskd.submit("collections", task_data)
     done = await taskd.wait_terminal(task["task_id"], timeout=30)
@@ -313,6 +314,7 @@ async def test_lists_sent_for_tuple_sequence_and_set_fields_are_read_as_their_ty
         "a_set": ["set", ["a"]],
         "a_frozenset": ["frozenset", ["b"]],
         "a_mapping": ["dict", {"a": 1}],
+        "a_deque": ["deque", ["a", "b"]],
     }
 
 

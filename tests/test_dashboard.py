@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import aiohttp
@@ -10,6 +11,7 @@ import pytest
 from chromium import CHROMIUM, Browser, needs_chromium, open_live, row
 from conftest import API_KEY
 
+from taskd import keys
 from taskd.gpu.devices import SimulatedBackend
 
 
@@ -205,6 +207,32 @@ async def test_in_chromium_a_double_click_on_retry_runs_the_task_again_once(task
         listed = (await response.json())["tasks"]
     assert [task["task_type"] for task in listed].count("fail") == 2  # the failed task and one retry
     assert exceptions == []
+
+
+@needs_chromium
+async def test_in_chromium_a_refused_retry_shows_the_fields_its_details_name(taskd, redis, tmp_path: Path):
+    failed = await taskd.submit("fail", {"message": "bad input"})
+    await taskd.wait_terminal(failed["task_id"])
+    # Stored by an earlier version whose checks were laxer: the retry is a 400 whose message names
+    # no field (they are in `details` alone).
+    await redis.hset(keys.task(failed["task_id"]), "task_data", json.dumps({"fail_times": "7"}))
+    browser = await Browser.start(CHROMIUM, tmp_path / "chromium")
+    try:
+        await open_live(browser, taskd.base_url, "proj-1", API_KEY)
+        await browser.wait_for(f"{row(failed['task_id'])} !== null")
+        await browser.evaluate(f"{row(failed['task_id'])}.click(); true")
+        await browser.wait_for("document.getElementById('detail').dataset.status === 'failed'")
+
+        await browser.evaluate("document.getElementById('retry-button').click(); true")
+        await browser.wait_for("document.getElementById('action-message').textContent !== ''")
+        shown = await browser.evaluate("document.getElementById('action-message').textContent")
+    finally:
+        await browser.close()
+
+    assert shown == (
+        "The task as stored no longer passes a submit's checks; submit it corrected "
+        "(task_data.fail_times: Must be an integer)"
+    )
 
 
 @needs_chromium

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import jsonschema_rs
+import orjson
 import pytest
 import support_tasks
 from examples import TASK_DATA
@@ -18,6 +20,7 @@ from taskd.model import ValidationError
 from taskd.submit.submission import parse_submission
 from taskd.tasks.builtin.render_animation import MAX_IMAGES
 from taskd.tasks.registry import Registry, default_registry
+from taskd.tasks.spec import TaskType
 
 DOCUMENT = document(default_registry())
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +102,28 @@ def test_a_plugin_s_tuple_sequence_set_and_mapping_fields_are_published_as_array
     # JSON has no sets: the default is a list, in one order (a set in the document was a 500).
     assert fields["a_frozenset"] == {"type": "array", "items": {"type": "string"}, "default": ["a", "b"]}
     assert fields["a_mapping"] == {"type": "object", "additionalProperties": {"type": "integer"}}
+    assert fields["a_deque"] == {"type": "array", "items": {"type": "string"}}
+
+
+@attrs.frozen
+class _Style:
+    size: int = 3
+    tags: frozenset[str] = frozenset({"b", "a"})
+
+
+@attrs.frozen
+class _NestedDefaultsInput:
+    style: _Style = _Style()
+    groups: tuple[frozenset[str], ...] = (frozenset({"x"}),)
+
+
+def test_a_plugin_s_attrs_instance_or_nested_set_default_is_published_as_the_json_it_stands_for():
+    nested = TaskType("nested_defaults", _NestedDefaultsInput, queue="default", expected_duration=1.0)
+    served = orjson.loads(orjson.dumps(document(Registry([nested]))))  # as GET /openapi.json renders it
+    fields = served["components"]["schemas"][schema_name(_NestedDefaultsInput)]["properties"]
+
+    assert fields["style"]["default"] == {"size": 3, "tags": ["a", "b"]}
+    assert fields["groups"]["default"] == [["x"]]
 
 
 def test_a_submission_without_required_task_data_fields_is_not_valid():

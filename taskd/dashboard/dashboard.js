@@ -77,13 +77,23 @@ async function api(path, options = {}) {
   if (key !== state.key) throw new KeyChanged("the key changed while this request was out");
   if (response.status === 401) throw new AuthError((body && body.message) || "Invalid API key");
   if (!response.ok) {
-    const message = body ? body.message || body.detail || JSON.stringify(body) : response.statusText;
+    const message = body
+      ? withDetails(body.message || body.detail || JSON.stringify(body), body.details)
+      : response.statusText;
     if (response.status === 429) {
       throw new RateLimited(message, 1000 * (Number(response.headers.get("Retry-After")) || 10));
     }
     throw new Error(message);
   }
   return body;
+}
+
+// A 400 names its fields in `details` alone (a refused retry's message is "The task as stored no
+// longer passes a submit's checks; submit it corrected"): they are shown after it.
+function withDetails(message, details) {
+  if (!details || typeof details !== "object") return message;
+  const named = Object.entries(details).map(([field, problem]) => `${field}: ${problem}`);
+  return named.length ? `${message} (${named.join("; ")})` : message;
 }
 
 function showKeyForm(message) {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import types
 import typing
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import attrs
@@ -150,15 +151,20 @@ class _Classes:
 
 
 def _as_json(default: Any) -> Any:
-    """A field's default as the JSON it stands for: a tuple's or set's as a list (a plugin's
-    `frozenset()` default made /openapi.json a 500: JSON has no sets), a set's in one order
-    whatever the hash seed."""
+    """A field's default as the JSON it stands for, at every depth: an attrs instance's as an object
+    of its fields, a tuple's or set's as a list (a set's in one order whatever the hash seed). A
+    plugin's `frozenset()` default, or a `Style()` one of an attrs class, made /openapi.json a 500:
+    orjson writes neither."""
     if isinstance(default, enum.Enum):
         return default.value
-    if isinstance(default, set | frozenset):
-        return sorted(default, key=repr)
-    if isinstance(default, tuple):
-        return list(default)
+    if attrs.has(type(default)):
+        return {field.name: _as_json(getattr(default, field.name)) for field in attrs.fields(type(default))}
+    if isinstance(default, Mapping):
+        return {key: _as_json(value) for key, value in default.items()}
+    if isinstance(default, Set):
+        return sorted((_as_json(item) for item in default), key=repr)
+    if isinstance(default, Sequence) and not isinstance(default, str | bytes):
+        return [_as_json(item) for item in default]
     return default
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import collections.abc
 import logging
 import types
@@ -80,17 +81,27 @@ def _is(*origins: type) -> Callable[[Any], bool]:
 
 
 # What a JSON list is read into: cattrs builds each of them from any iterable, a string included
-# (a `tuple[str, ...]` or `set[str]` field took "abc" as three items, as list fields did before).
+# (a `tuple[str, ...]`, `set[str]` or `deque[str]` field took "abc" as three items, as list fields
+# did before).
 FROM_A_LIST = (
     list,
     tuple,
     set,
     frozenset,
+    collections.deque,
     collections.abc.Sequence,
     collections.abc.MutableSequence,
     collections.abc.Set,
     collections.abc.MutableSet,
 )
+# The FROM_A_LIST kinds made from a list of their items, as cattrs makes them.
+_MADE_FROM_ITEMS: dict[Any, Callable[[list[Any]], Any]] = {
+    set: set,
+    collections.abc.MutableSet: set,
+    frozenset: frozenset,
+    collections.abc.Set: frozenset,
+    collections.deque: collections.deque,
+}
 FROM_AN_OBJECT = (dict, collections.abc.Mapping, collections.abc.MutableMapping)
 
 
@@ -103,9 +114,10 @@ def _from_a_list(cl: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
         return conv.gen_structure_hetero_tuple(cl)  # tuple[int, str]: its length is checked too
     if origin in (tuple, collections.abc.Sequence):
         return homogenous_tuple_structure_factory(cl, conv)
-    # A set: its items read as a list's (a bad one named by its index), then made the set cattrs makes.
+    # A set or a deque: its items read as a list's (a bad one named by its index), then made the
+    # set or deque cattrs makes.
     items = list_structure_factory(typing.cast(type, types.GenericAlias(list, args or (Any,))), conv)
-    made = set if origin in (set, collections.abc.MutableSet) else frozenset
+    made = _MADE_FROM_ITEMS[origin]
     return lambda value, type_: made(items(value, type_))
 
 
