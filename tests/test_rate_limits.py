@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
+import textwrap
 import time
 
 import aiohttp
@@ -609,3 +612,33 @@ async def test_a_project_event_stream_started_spends_a_status_unit(start_service
     assert first.status == 200 and first.headers["RateLimit"].startswith('"status";r=0;')
     assert second.status == 429 and body is not None and body["error"] == "rate_limited"
     assert await redis.zcard(keys.rate_limit("status", key_id(API_KEY))) == 1
+
+
+# A process's request entries differ from every other's by a random part drawn when it starts
+# (taskd.http.ratelimit._Nonces): a child forked from it after that (multiprocessing's fork
+# workers, a preforking server) draws one of its own, or its requests and its parent's that share a
+# millisecond would be one entry of their key's log, each counted once for two.
+FORKED_NONCES = """
+    import os
+    from taskd.http import ratelimit
+    ratelimit._nonce()
+    reading, writing = os.pipe()
+    if os.fork() == 0:
+        os.write(writing, ratelimit._nonce().encode())
+        os._exit(0)
+    os.wait()
+    print(os.read(reading, 100).decode(), ratelimit._nonce())
+"""
+
+
+def test_a_forked_process_draws_request_nonces_of_its_own():
+    ran = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FORKED_NONCES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    child, parent = ran.stdout.split()
+
+    assert child.split(".")[0] != parent.split(".")[0]
