@@ -218,6 +218,38 @@ class BusyAsUnavailable(AbstractConnection):  # type: ignore[misc]
             raise ServerBusy(str(exc)) from exc
 
 
+class ConnectsOutsideTheLock(ConnectionPool):  # type: ignore[misc]
+    """Connects a new connection, and checks a kept one, after letting go of the pool's lock.
+
+    redis-py 5's pool made each new connection under its lock, handshake included (AUTH, CLIENT
+    SETINFO: a read each, of up to redis.socket_timeout): on a Redis that takes connections and
+    never answers, the requests that needed a new connection queued behind one another, the n-th
+    answered its 503 after n socket timeouts (20 requests at once: the last after minutes). Its
+    BlockingConnectionPool connects outside its lock, as here.
+    """
+
+    async def get_connection(
+        self, command_name: Any = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        """A connection of the pool, connected and holding no reply nobody read."""
+        async with self._lock:
+            connection: AbstractConnection = self.get_available_connection()
+        try:
+            await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+
+@functools.cache
+def _taskd_pool(pool_class: type) -> type:
+    # One subclass per pool class in use: the plain one, Sentinel's.
+    if issubclass(pool_class, ConnectsOutsideTheLock):
+        return pool_class
+    return type(f"Taskd{pool_class.__name__}", (ConnectsOutsideTheLock, pool_class), {})
+
+
 @functools.cache
 def _taskd_connection(connection_class: type) -> type:
     # One subclass per connection class in use: TCP, TLS, unix socket, Sentinel's, the cluster's.
@@ -389,6 +421,8 @@ def connect(url: str, *, socket_timeout: float | None = None, partition: int = 0
     # Before the pool made any connection (it makes them lazily), so that every one is taskd's.
     pool = client.connection_pool
     pool.connection_class = _taskd_connection(pool.connection_class)
+    pool_class: type = type(pool)
+    pool.__class__ = _taskd_pool(pool_class)
     return client
 
 

@@ -10,6 +10,7 @@ import signal
 import time
 from datetime import datetime
 
+import psutil
 import pytest
 from conftest import API_KEY, TERMINAL
 from faultkit import Api, ValkeyServer, runs, serving
@@ -23,9 +24,11 @@ from taskd.engine.executor import Executor
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.http import events as events_module
 from taskd.model import TaskStatus
+from taskd.redis_conn import connect
 from taskd.store import Start
 
 OUTAGE = 5.0
+CONCURRENT = 10
 
 
 @pytest.fixture
@@ -109,6 +112,39 @@ async def test_queue_health_and_metrics_answer_503_while_redis_hangs(tmp_path, p
             "message": "Task storage is unavailable, please try again later",
             "retry_after": 5,
         },
+    )
+
+
+async def test_requests_on_a_hung_redis_each_open_their_connection_at_once(tmp_path):
+    # A connection's handshake (CLIENT SETINFO) waits for a hung Redis: made under the pool's lock,
+    # each request that needed a new connection waited for the one before it, and the n-th answered
+    # after n socket timeouts. Each connection open at once means each waits its own timeout only.
+    server = await ValkeyServer(tmp_path / "valkey").start()
+    client = connect(server.url, socket_timeout=60)
+    reads: list[asyncio.Task[object]] = []
+    try:
+        server.proc.send_signal(signal.SIGSTOP)
+        reads = [asyncio.create_task(client.get("k")) for _ in range(CONCURRENT)]
+        async with asyncio.timeout(30):
+            while _connections_to(server.port) < CONCURRENT:
+                await asyncio.sleep(0.1)
+        server.proc.send_signal(signal.SIGCONT)
+        async with asyncio.timeout(30):
+            answers = await asyncio.gather(*reads)
+    finally:
+        for read in reads:
+            read.cancel()
+        if server.proc is not None:
+            server.proc.send_signal(signal.SIGCONT)
+        await client.aclose()
+        server.stop()
+
+    assert answers == [None] * CONCURRENT
+
+
+def _connections_to(port: int) -> int:
+    return sum(
+        1 for held in psutil.Process().net_connections("tcp") if held.raddr and held.raddr.port == port
     )
 
 
