@@ -48,6 +48,9 @@ class Published:
     pid: int
     roles: list[str]
     digests: dict[str, str]
+    # Whether the process names the queue of each job it lines up in the known queues
+    # ({taskd}:queues, lib/enqueue.lua). A version before that set publishes no such field.
+    names_queues: bool = False
 
     def does(self, roles: Iterable[str]) -> bool:
         """True when this process has one of `roles`."""
@@ -215,6 +218,12 @@ async def read(redis: Redis, ttl: float) -> list[Published]:
     return [published for published in found.values() if published is not None]
 
 
+async def queues_watched(redis: Redis, ttl: float) -> bool:
+    """True when a live process names the queue of each job it lines up in the known queues
+    ({taskd}:queues): one of this version has watched them, up to now."""
+    return any(published.names_queues for published in await read(redis, ttl))
+
+
 async def _records(redis: Redis, process_ids: list[str]) -> dict[str, Published | None]:
     """The published settings of `process_ids` that are still there: None for one it cannot read."""
     if not process_ids:
@@ -263,6 +272,11 @@ class Agreement:
             if process_id in self._known or process_id in new
         }
         self.warn(published for published in self._known.values() if published is not None)
+
+    def earlier_alive(self) -> bool:
+        """True when, at the last publish, another live process was of a version before the known
+        queues ({taskd}:queues): one that lines up jobs without naming their queue there."""
+        return any(other is not None and not other.names_queues for other in self._known.values())
 
     def warn(self, others: Iterable[Published]) -> None:
         """Log each setting that differs between this process and one of `others` (the live

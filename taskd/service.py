@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskd import apikey, files, keys, logs, tracing
-from taskd.agreement import Agreement, Published, digests, roles_of
+from taskd.agreement import Agreement, Published, digests, queues_watched, roles_of
 from taskd.childenv import keep_inherited_descriptors
 from taskd.clock import RedisClock
 from taskd.config import Config, ConfigError
@@ -258,8 +259,12 @@ class Service:
             partition_clients=partition_clients,
         )
         # Every process's queues are known to every other, and stay known once a later config names
-        # them no more: their tasks are still kept, shown and alerted on (docs/guarantees.md).
-        await layout.know_queues(store.clients)
+        # them no more: their tasks are still kept, shown and alerted on (docs/guarantees.md). With
+        # no process of this version alive, processes of an earlier one may have run meanwhile (a
+        # downgrade and this upgrade again, the end of a rolling upgrade), lining up jobs without
+        # naming their queue: the queues are looked for again.
+        watched = await queues_watched(redis, self.config.worker.heartbeat_ttl)
+        await layout.know_queues(store.clients, again=not watched)
         await store.name_queues(set(self.config.queues) | self.registry.queues())
         queue = TaskQueue(redis, self.config.execution.priority_aging, partition_clients)
         gpu = GpuScheduler(
@@ -310,9 +315,9 @@ class Service:
         self._background.append(
             asyncio.create_task(sweeper.run(self.config.media.sweep_interval), name="media-sweeper")
         )
-        await self._start_agreement(redis, signers)
+        await self._start_agreement(redis, signers, store.clients)
 
-    async def _start_agreement(self, redis: Redis, signers: Signers) -> None:
+    async def _start_agreement(self, redis: Redis, signers: Signers, clients: Sequence[Redis]) -> None:
         # Settings that differ between hosts are said at start-up, by the process that starts, and
         # by every other one within its next publish (taskd.agreement).
         worker = self.config.worker
@@ -328,12 +333,26 @@ class Service:
                 media_secret=load_secret(self.config),
                 media_base_url=media_base_url(self.config),
             ),
+            names_queues=True,
         )
         self._agreement = agreement = Agreement(redis, me, worker.heartbeat_ttl)
         await agreement.publish()
+        earlier = agreement.earlier_alive()
+
+        async def publish() -> None:
+            nonlocal earlier
+            await agreement.publish()
+            # A process of an earlier version (a rolling upgrade) lines up jobs without naming their
+            # queue in the known queues, and its config may name a queue no config here names: once
+            # it was gone, nothing here kept or showed the tasks it left there, the start's one look
+            # (layout.know_queues) being long past. So the queues are looked for again then, once.
+            was, earlier = earlier, agreement.earlier_alive()
+            if was and not earlier:
+                await layout.know_queues(clients, again=True)
+
         self._background.append(
             asyncio.create_task(
-                every(worker.heartbeat_interval, agreement.publish, name="settings", wait_first=True),
+                every(worker.heartbeat_interval, publish, name="settings", wait_first=True),
                 name="settings",
             )
         )

@@ -10,8 +10,11 @@ through a node of the default config, as after a restart with the queue gone fro
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from conftest import TEST_TASK_MODULES, RunningService
 from redis.asyncio import Redis
@@ -128,6 +131,55 @@ async def test_a_task_an_earlier_version_queued_on_a_queue_no_config_names_is_to
 
     await wait_until_waiting_on_old(node)
 
+    assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
+
+
+async def test_a_queue_an_earlier_version_filled_after_a_downgrade_is_told_by_the_next_start(
+    start_service, redis: Redis
+):
+    await submit_on_old(start_service)  # this version ran: the known queues are there
+    # As a process of the earlier version (a downgrade, every process of this version stopped)
+    # queued it: it named no queue.
+    await redis.srem(keys.queues(0), "old")
+    node = await start_service()
+
+    await wait_until_waiting_on_old(node)
+    assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
+
+
+async def keep_publishing_as_an_earlier_version(redis: Redis, process_id: str) -> None:
+    """What a live process of a version before the known queues publishes of itself (taskd.agreement):
+    a settings record without `names_queues`, renewed as its publish loop does, until cancelled."""
+    record = {"process_id": process_id, "host": "old-host", "pid": 1, "roles": ["api"], "digests": {}}
+    try:
+        while True:
+            await redis.set(keys.settings(process_id), orjson.dumps(record), px=60_000)
+            await redis.zadd(keys.SETTINGS, {process_id: int(time.time() * 1000)})
+            await asyncio.sleep(0.2)
+    finally:
+        await redis.delete(keys.settings(process_id))
+        await redis.zrem(keys.SETTINGS, process_id)
+
+
+@pytest.fixture
+async def earlier_version(redis: Redis) -> AsyncIterator[asyncio.Task[None]]:
+    """A live process of an earlier version, for as long as the task runs."""
+    task = asyncio.create_task(keep_publishing_as_an_earlier_version(redis, "earlier-process"))
+    yield task
+    task.cancel()
+
+
+async def test_a_queue_an_earlier_version_filled_during_a_rolling_upgrade_is_told_once_it_is_gone(
+    start_service, redis: Redis, earlier_version: asyncio.Task[None]
+):
+    node = await start_service()  # the known queues are there: a later start does not look for others
+    await submit_on_old(start_service)
+    # As a process of the earlier version queued it after that start: it named no queue.
+    await redis.srem(keys.queues(0), "old")
+
+    earlier_version.cancel()  # it stops: its config, the only one that named `old`, is gone
+
+    await wait_until_waiting_on_old(node)
     assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
 
 

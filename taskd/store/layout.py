@@ -55,12 +55,15 @@ async def upgrade(redis: Redis) -> int:
     return renamed
 
 
-async def know_queues(clients: Sequence[Redis]) -> int:
+async def know_queues(clients: Sequence[Redis], *, again: bool = False) -> int:
     """Fill each partition's known queues ({taskd}:queues, taskd.keys) from the queues its tasks
     wait or run on, once: the first start of a version that keeps that set finds the tasks an
     earlier one queued, on a queue this start's config may name no more (renamed, removed), which
-    would otherwise be kept by no keeper and shown by no health. Later starts cost one EXISTS a
-    partition. Returns how many names were added.
+    would otherwise be kept by no keeper and shown by no health. `again` looks though the set is
+    there: processes of an earlier version, which line up jobs without naming their queue there,
+    may have run since the last look (taskd.service: a start with no process of this version alive,
+    and the moment the last earlier one is gone). Otherwise one EXISTS a partition. Returns how
+    many names were added.
 
     Each server's keys are read in one pass (SCAN) for every partition it holds: a pass per
     partition and per kind of key read all of a big keyspace twice a partition (64 times with 32
@@ -69,7 +72,7 @@ async def know_queues(clients: Sequence[Redis]) -> int:
     unknown = [
         partition
         for partition, client in enumerate(clients)
-        if not await client.exists(keys.queues(partition))
+        if again or not await client.exists(keys.queues(partition))
     ]
     on_server: dict[int, list[int]] = {}
     for partition in unknown:
