@@ -423,12 +423,16 @@ def connect(url: str, *, socket_timeout: float | None = None, partition: int = 0
     # Before the pool made any connection (it makes them lazily), so that every one is taskd's.
     pool = client.connection_pool
     pool.connection_class = _taskd_connection(pool.connection_class)
+    _connect_outside_the_lock(pool)
+    return client
+
+
+def _connect_outside_the_lock(pool: ConnectionPool) -> None:
     # redis-py below 5.3 (pyproject.toml allows 5.0.1) has no pool lock, nor the methods that
     # ConnectsOutsideTheLock calls: its pool connects outside of any lock already.
     if hasattr(pool, "_lock"):
         pool_class: type = type(pool)
         pool.__class__ = _taskd_pool(pool_class)
-    return client
 
 
 def connect_partitions(url: str, first: Redis, *, socket_timeout: float | None = None) -> list[Redis]:
@@ -466,6 +470,10 @@ def _connect(url: str, *, socket_timeout: float | None, partition: int) -> Redis
     if parsed.sentinel_password:
         sentinel_options["password"] = parsed.sentinel_password
     sentinel = Sentinel(parsed.hosts, sentinel_kwargs=sentinel_options)
+    # Each new connection to the primary first asks a sentinel where it is, through these clients:
+    # a sentinel that hangs would queue those questions as a hung primary queues commands.
+    for sentinel_client in sentinel.sentinels:
+        _connect_outside_the_lock(sentinel_client.connection_pool)
     client = sentinel.master_for(
         parsed.service,
         redis_class=_SentinelRedis,
