@@ -22,7 +22,8 @@ TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis 
 # nvidia-ml-py (GPU scheduler), boto3 (the `s3` extra: media in a bucket, against SeaweedFS),
 # swagger-ui-bundle-v2 (/docs), shtab (shell completion), OpenTelemetry (the `otel` extra: tracing),
 # httptools (the webhook sender's client); and redis-py's and hiredis's parts taskd's connections
-# build on (taskd/redis_conn.py).
+# build on (taskd/redis_conn.py), its pool's included: requests on a hung Redis open their
+# connections at once.
 SMOKE=(
     tests/test_api_submit.py
     tests/test_api_status.py
@@ -42,6 +43,7 @@ SMOKE=(
     tests/test_tracing.py
     tests/test_redis_packing.py
     tests/test_redis_ready_check.py
+    tests/faults/test_redis_outage.py::test_requests_on_a_hung_redis_each_open_their_connection_at_once
     tests/test_webhooks_connections.py
 )
 # Import names of the `server` extra: none of them may come with the base install.

@@ -225,7 +225,9 @@ class ConnectsOutsideTheLock(ConnectionPool):  # type: ignore[misc]
     SETINFO: a read each, of up to redis.socket_timeout): on a Redis that takes connections and
     never answers, the requests that needed a new connection queued behind one another, the n-th
     answered its 503 after n socket timeouts (20 requests at once: the last after minutes). Its
-    BlockingConnectionPool connects outside its lock, as here.
+    BlockingConnectionPool connects outside its lock, as here. That lock came with redis-py 5.3;
+    the pools of the releases before it have none (and connect outside of any): `connect` gives
+    this class only to a pool that has the lock.
     """
 
     async def get_connection(
@@ -421,9 +423,16 @@ def connect(url: str, *, socket_timeout: float | None = None, partition: int = 0
     # Before the pool made any connection (it makes them lazily), so that every one is taskd's.
     pool = client.connection_pool
     pool.connection_class = _taskd_connection(pool.connection_class)
-    pool_class: type = type(pool)
-    pool.__class__ = _taskd_pool(pool_class)
+    _connect_outside_the_lock(pool)
     return client
+
+
+def _connect_outside_the_lock(pool: ConnectionPool) -> None:
+    # redis-py below 5.3 (pyproject.toml allows 5.0.1) has no pool lock, nor the methods that
+    # ConnectsOutsideTheLock calls: its pool connects outside of any lock already.
+    if hasattr(pool, "_lock"):
+        pool_class: type = type(pool)
+        pool.__class__ = _taskd_pool(pool_class)
 
 
 def connect_partitions(url: str, first: Redis, *, socket_timeout: float | None = None) -> list[Redis]:
@@ -461,6 +470,10 @@ def _connect(url: str, *, socket_timeout: float | None, partition: int) -> Redis
     if parsed.sentinel_password:
         sentinel_options["password"] = parsed.sentinel_password
     sentinel = Sentinel(parsed.hosts, sentinel_kwargs=sentinel_options)
+    # Each new connection to the primary first asks a sentinel where it is, through these clients:
+    # a sentinel that hangs would queue those questions as a hung primary queues commands.
+    for sentinel_client in sentinel.sentinels:
+        _connect_outside_the_lock(sentinel_client.connection_pool)
     client = sentinel.master_for(
         parsed.service,
         redis_class=_SentinelRedis,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from aiohttp import web
 from conftest import API_KEY, TERMINAL, make_config
 from redis.asyncio import Redis
@@ -218,6 +219,13 @@ def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "TASKD_EXECUTION__RECLAIM_INTERVAL": "0.5",
         **extra,
     }
+
+
+def connections_to(port: int) -> int:
+    """How many TCP connections this process holds to `port`."""
+    return sum(
+        1 for held in psutil.Process().net_connections("tcp") if held.raddr and held.raddr.port == port
+    )
 
 
 def monotonic() -> float:

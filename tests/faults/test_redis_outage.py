@@ -10,10 +10,9 @@ import signal
 import time
 from datetime import datetime
 
-import psutil
 import pytest
 from conftest import API_KEY, TERMINAL
-from faultkit import Api, ValkeyServer, runs, serving
+from faultkit import Api, ValkeyServer, connections_to, runs, serving
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sse import read_events
 
@@ -126,7 +125,7 @@ async def test_requests_on_a_hung_redis_each_open_their_connection_at_once(tmp_p
         server.proc.send_signal(signal.SIGSTOP)
         reads = [asyncio.create_task(client.get("k")) for _ in range(CONCURRENT)]
         async with asyncio.timeout(30):
-            while _connections_to(server.port) < CONCURRENT:
+            while connections_to(server.port) < CONCURRENT:
                 await asyncio.sleep(0.1)
         server.proc.send_signal(signal.SIGCONT)
         async with asyncio.timeout(30):
@@ -140,12 +139,6 @@ async def test_requests_on_a_hung_redis_each_open_their_connection_at_once(tmp_p
         server.stop()
 
     assert answers == [None] * CONCURRENT
-
-
-def _connections_to(port: int) -> int:
-    return sum(
-        1 for held in psutil.Process().net_connections("tcp") if held.raddr and held.raddr.port == port
-    )
 
 
 async def test_tasks_submitted_before_a_redis_outage_all_complete_after_it(outage_service, tmp_path):

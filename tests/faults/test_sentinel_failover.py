@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 
 import aiohttp
 import pytest
 from conftest import make_config
-from faultkit import Api, ValkeyServer
+from faultkit import Api, ValkeyServer, connections_to
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -16,6 +17,8 @@ from taskd import keys
 from taskd.config import LimitsConfig, RedisConfig
 from taskd.redis_conn import connect, parse_sentinel_url
 from taskd.service import Service
+
+CONCURRENT = 10
 
 
 def test_sentinel_url_names_every_sentinel_the_service_and_the_db():
@@ -101,6 +104,35 @@ async def test_connect_follows_the_primary_the_sentinels_name(sentinel_cluster):
             assert await direct.get("written-through-sentinel") == b"1"
     finally:
         await client.aclose()
+
+
+async def test_requests_on_a_hung_sentinel_each_open_their_connection_to_it_at_once(sentinel_cluster):
+    # Each new connection to the primary asks a sentinel where it is, through a client of that
+    # sentinel: with that client's pool connecting under its lock, the requests that needed a new
+    # connection while the first sentinel hung queued behind one another, the n-th answering after
+    # n socket timeouts, as for a hung primary (test_redis_outage.py).
+    _, _, sentinels = sentinel_cluster
+    hung = sentinels[0]
+    url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in sentinels) + "/mymaster/0"
+    client = connect(url, socket_timeout=60)
+    reads: list[asyncio.Task[object]] = []
+    try:
+        hung.proc.send_signal(signal.SIGSTOP)
+        reads = [asyncio.create_task(client.get("k")) for _ in range(CONCURRENT)]
+        async with asyncio.timeout(30):
+            while connections_to(hung.port) < CONCURRENT:
+                await asyncio.sleep(0.1)
+        hung.proc.send_signal(signal.SIGCONT)
+        async with asyncio.timeout(30):
+            answers = await asyncio.gather(*reads)
+    finally:
+        for read in reads:
+            read.cancel()
+        if hung.proc is not None:
+            hung.proc.send_signal(signal.SIGCONT)
+        await client.aclose()
+
+    assert answers == [None] * CONCURRENT
 
 
 async def _is_primary(client: Redis) -> bool:
