@@ -210,6 +210,25 @@ async def test_a_batch_with_a_ref_to_an_earlier_item_is_accepted_and_valid_by_th
     validator("BatchRequest").validate(body)
 
 
+@pytest.mark.parametrize("ref", ["t-1#/response", 5])
+def test_task_data_that_is_itself_a_ref_is_refused_by_the_parser_and_not_valid_by_the_document(ref):
+    # generate_video requires no field: its schema took a bare $ref object as task_data, a 400.
+    body = {
+        "project_id": "p",
+        "task_type": "generate_video",
+        "depends_on": ["t-1"],
+        "task_data": {"$ref": ref},
+    }
+
+    with pytest.raises(ValidationError) as refused:
+        parse_submission(body, default_registry())
+    assert list(refused.value.details) == ["task_data"]
+    assert not validator("SubmitRequest").is_valid(body)
+    beside_a_field = {**body, "task_data": {"$ref": ref, "duration": 5}}  # an unknown field, kept as sent
+    parse_submission(beside_a_field, default_registry())
+    assert validator("SubmitRequest").is_valid(beside_a_field)
+
+
 @pytest.mark.parametrize("text", ["t-1", "t 1#/response", "#/response", "t-1#response"])
 def test_a_malformed_ref_is_refused_by_the_parser_and_not_valid_by_the_document(text):
     body = {

@@ -273,6 +273,11 @@ def _body_schemas() -> dict[str, Schema]:
 _STATUS = {"type": "string", "enum": [status.value for status in TaskStatus]}
 
 
+# An object whose only key is "$ref" (taskd.refs.is_ref), whatever its value: what task_data itself
+# may not be, though a type with no required field takes any object.
+_BARE_REF: Schema = {"required": [refs.REF], "maxProperties": 1}
+
+
 def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
     """`SubmitRequest`: one variant of `shapes.SubmitRequest` per task type, told apart by `task_type`."""
     # Generated aside: the class's own name is the union's, and only its variants are published.
@@ -288,7 +293,11 @@ def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
             "properties": {
                 **properties,
                 "task_type": {**properties["task_type"], "const": name},
-                "task_data": {**_ref(data), "description": properties["task_data"]["description"]},
+                "task_data": {
+                    **_ref(data),
+                    "not": _BARE_REF,
+                    "description": properties["task_data"]["description"],
+                },
             },
             "description": f"A `{name}` task; runs on the `{task_type.queue}` queue.",
         }
