@@ -19,7 +19,11 @@ from taskd.validation import Path, path_text
 
 REF = "$ref"
 # `<task_id>#` and then a JSON pointer: empty (the whole result) or `/`-separated tokens.
-_REF = re.compile(r"(?P<task_id>[^#\s]+)#(?P<pointer>(/[^/]*)*)")
+_TASK_ID, _POINTER = r"[^#\s]+", r"(/[^/]*)*"
+_REF = re.compile(rf"(?P<task_id>{_TASK_ID})#(?P<pointer>{_POINTER})")
+# The same form as a JSON Schema pattern for /openapi.json: ECMA-262 has no `(?P<name>`, and a
+# pattern matches anywhere unless anchored.
+PATTERN = rf"^{_TASK_ID}#{_POINTER}$"
 _INDEX = re.compile(r"0|[1-9][0-9]*")
 MALFORMED = 'A $ref must be "<task_id>#/<JSON pointer>"'
 

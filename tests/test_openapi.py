@@ -24,14 +24,16 @@ from taskd.tasks.spec import TaskType
 
 DOCUMENT = document(default_registry())
 ROOT = Path(__file__).resolve().parent.parent
+# A task_data field's alternative: a $ref object in its place.
+TASK_REF = {"$ref": "#/components/schemas/TaskRef"}
 
 
 def described(doc: dict) -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
 
 
-def validator(schema_name: str) -> jsonschema_rs.Validator:
-    root = {**DOCUMENT, "$ref": f"#/components/schemas/{schema_name}"}
+def validator(schema_name: str, doc: dict = DOCUMENT) -> jsonschema_rs.Validator:
+    root = {**doc, "$ref": f"#/components/schemas/{schema_name}"}
     return jsonschema_rs.Draft202012Validator(root)
 
 
@@ -73,12 +75,17 @@ def test_task_data_schemas_follow_the_input_classes():
     assert image["required"] == ["prompt"]
     # URLs appended to the prompt as text: each bounded, and the bound published for generated clients.
     assert image["properties"]["reference_images"] == {
-        "type": "array",
-        "items": {"type": "string", "maxLength": 2048},
-        "maxItems": 16,
+        "anyOf": [
+            {
+                "type": "array",
+                "items": {"anyOf": [{"type": "string", "maxLength": 2048}, TASK_REF]},
+                "maxItems": 16,
+            },
+            TASK_REF,
+        ]
     }
     assert image["properties"]["style_guide"] == {
-        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "anyOf": [{"type": "string"}, {"type": "null"}, TASK_REF],
         "maxLength": 2048,
     }
     assert image["additionalProperties"] is True
@@ -89,20 +96,35 @@ def test_a_plugin_s_tuple_sequence_set_and_mapping_fields_are_published_as_array
     schemas = document(Registry([collections]))["components"]["schemas"]
     fields = schemas[schema_name(collections.input)]["properties"]
 
-    assert fields["a_tuple"] == {"type": "array", "items": {"type": "string"}, "default": []}
+    # Each field, item and value, or a $ref object in its place.
+    strings = {"type": "array", "items": {"anyOf": [{"type": "string"}, TASK_REF]}}
+    assert fields["a_tuple"] == {"anyOf": [strings, TASK_REF], "default": []}
     assert fields["a_pair"] == {
-        "type": "array",
-        "prefixItems": [{"type": "string"}, {"type": "integer"}],
-        "minItems": 2,
-        "maxItems": 2,
+        "anyOf": [
+            {
+                "type": "array",
+                "prefixItems": [
+                    {"anyOf": [{"type": "string"}, TASK_REF]},
+                    {"anyOf": [{"type": "integer"}, TASK_REF]},
+                ],
+                "minItems": 2,
+                "maxItems": 2,
+            },
+            TASK_REF,
+        ],
         "default": ["", 0],
     }
-    assert fields["a_sequence"] == {"type": "array", "items": {"type": "string"}, "default": []}
-    assert fields["a_set"] == {"type": "array", "items": {"type": "string"}}
+    assert fields["a_sequence"] == {"anyOf": [strings, TASK_REF], "default": []}
+    assert fields["a_set"] == {"anyOf": [strings, TASK_REF]}
     # JSON has no sets: the default is a list, in one order (a set in the document was a 500).
-    assert fields["a_frozenset"] == {"type": "array", "items": {"type": "string"}, "default": ["a", "b"]}
-    assert fields["a_mapping"] == {"type": "object", "additionalProperties": {"type": "integer"}}
-    assert fields["a_deque"] == {"type": "array", "items": {"type": "string"}}
+    assert fields["a_frozenset"] == {"anyOf": [strings, TASK_REF], "default": ["a", "b"]}
+    assert fields["a_mapping"] == {
+        "anyOf": [
+            {"type": "object", "additionalProperties": {"anyOf": [{"type": "integer"}, TASK_REF]}},
+            TASK_REF,
+        ]
+    }
+    assert fields["a_deque"] == {"anyOf": [strings, TASK_REF]}
 
 
 @attrs.frozen
@@ -129,6 +151,96 @@ def test_a_plugin_s_attrs_instance_or_nested_set_default_is_published_as_the_jso
 def test_a_submission_without_required_task_data_fields_is_not_valid():
     body = {"project_id": "p", "task_type": "generate_image", "task_data": {}}
 
+    assert not validator("SubmitRequest").is_valid(body)
+
+
+# A $ref object in place of each kind of task_data field the server accepts one for.
+REF_PLACES = {
+    "a string": ("generate_image", {"prompt": "@"}),
+    "a number": ("generate_video", {"duration": "@"}),
+    "a choice": ("generate_video", {"transition": "@"}),
+    "a list": ("generate_video", {"storyboard_images": "@"}),
+    "a list item": ("generate_video", {"storyboard_images": ["https://media.example/1.png", "@"]}),
+    "a field of an object in a list": ("generate_video", {"dialogue": [{"text": "Hello", "start": "@"}]}),
+}
+
+
+def _with_ref(data: object, ref: dict) -> object:
+    if data == "@":
+        return ref
+    if isinstance(data, dict):
+        return {key: _with_ref(value, ref) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_with_ref(value, ref) for value in data]
+    return data
+
+
+@pytest.mark.parametrize("place", sorted(REF_PLACES))
+async def test_a_submission_with_a_ref_in_place_of_a_field_is_accepted_and_valid_by_the_document(
+    start_service, place
+):
+    # The task_data schemas allowed no $ref object: a generated client (or a validator of requests)
+    # refused a chain of steps the server takes.
+    taskd = await start_service(workers=False)
+    first = await taskd.submit("test_prompt", TASK_DATA["test_prompt"])
+    task_type, task_data = REF_PLACES[place]
+    ref = {"$ref": f"{first['task_id']}#/response"}
+    body = {"project_id": "proj-1", "task_type": task_type, "depends_on": [first["task_id"]]}
+    body["task_data"] = _with_ref(task_data, ref)
+
+    async with taskd.client.get("/openapi.json") as response:
+        served = await response.json()
+    await taskd.submit(task_type, body["task_data"], depends_on=body["depends_on"])
+    validator("SubmitRequest", served).validate(body)
+
+
+async def test_a_batch_with_a_ref_to_an_earlier_item_is_accepted_and_valid_by_the_document(start_service):
+    taskd = await start_service(workers=False)
+    first = {"project_id": "proj-1", "task_type": "test_prompt", "task_data": TASK_DATA["test_prompt"]}
+    second = {
+        "project_id": "proj-1",
+        "task_type": "generate_image",
+        "depends_on": ["@0"],
+        "task_data": {"prompt": {"$ref": "@0#/response"}},
+    }
+    body = {"tasks": [first, second]}
+
+    async with taskd.client.post("/api/v1/tasks/batch", json=body) as response:
+        assert response.status == 200, await response.text()
+    validator("BatchRequest").validate(body)
+
+
+@pytest.mark.parametrize("ref", ["t-1#/response", 5])
+def test_task_data_that_is_itself_a_ref_is_refused_by_the_parser_and_not_valid_by_the_document(ref):
+    # generate_video requires no field: its schema took a bare $ref object as task_data, a 400.
+    body = {
+        "project_id": "p",
+        "task_type": "generate_video",
+        "depends_on": ["t-1"],
+        "task_data": {"$ref": ref},
+    }
+
+    with pytest.raises(ValidationError) as refused:
+        parse_submission(body, default_registry())
+    assert list(refused.value.details) == ["task_data"]
+    assert not validator("SubmitRequest").is_valid(body)
+    beside_a_field = {**body, "task_data": {"$ref": ref, "duration": 5}}  # an unknown field, kept as sent
+    parse_submission(beside_a_field, default_registry())
+    assert validator("SubmitRequest").is_valid(beside_a_field)
+
+
+@pytest.mark.parametrize("text", ["t-1", "t 1#/response", "#/response", "t-1#response"])
+def test_a_malformed_ref_is_refused_by_the_parser_and_not_valid_by_the_document(text):
+    body = {
+        "project_id": "p",
+        "task_type": "generate_image",
+        "depends_on": ["t-1"],
+        "task_data": {"prompt": {"$ref": text}},
+    }
+
+    with pytest.raises(ValidationError) as refused:
+        parse_submission(body, default_registry())
+    assert list(refused.value.details) == ["task_data.prompt"]
     assert not validator("SubmitRequest").is_valid(body)
 
 

@@ -4,7 +4,8 @@ Every schema is generated from an attrs class: the bodies taskd sends from `task
 classes the views and the error middleware render), the submission from `shapes.SubmitRequest`
 (with the limits `taskd.submit.submission` checks), and each installed task type's `task_data`
 from its input class, with the defaults, ranges, enums and patterns of its validators
-(`taskd.validation.Check.schema`), so a plugin task type is described as soon as it is installed.
+(`taskd.validation.Check.schema`), so a plugin task type is described as soon as it is installed;
+each of its fields, at any depth, may be a `$ref` object (`TaskRef`) instead (taskd.refs).
 Only the paths, their parameters and headers are written out here, in `openapi_watch` and in
 `openapi_ops`. A test walks the app's routes and fails when a route and this document disagree.
 """
@@ -20,7 +21,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 
-from taskd import shapes
+from taskd import refs, shapes
 from taskd.http import openapi_ops, openapi_watch
 from taskd.http.context import API
 from taskd.http.health import HEALTH_WAIT_S
@@ -71,17 +72,61 @@ def _nullable(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
+TASK_REF = "TaskRef"
+# `patternProperties`, not `properties`: a key "$ref" whose value is a schema, not a reference, is
+# what tools that resolve every "$ref" key of a document (Swagger UI's) stumble on.
+_TASK_REF_SCHEMA: Schema = {
+    "type": "object",
+    "patternProperties": {r"^\$ref$": {"type": "string", "pattern": refs.PATTERN}},
+    "required": [refs.REF],
+    "additionalProperties": False,
+    "description": (
+        'In place of any field of `task_data` (not of `task_data` itself), at any depth: `{"$ref": '
+        '"<task_id>#/<JSON pointer>"}`, the task one of `depends_on` (`@<index>` in a batch), replaced '
+        "just before the task runs by what the RFC 6901 pointer reaches in that task's result, which is "
+        "then checked as the field's value"
+    ),
+}
+# Kept beside the alternatives, where a reader of the document looks for them.
+_ANNOTATIONS = ("description", "default")
+# Keywords that only a string, number or list can fail: an object passes them, whatever their value.
+_NOT_OF_OBJECTS = frozenset(
+    {"minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
+    | {"multipleOf", "items", "prefixItems", "minItems", "maxItems", "uniqueItems"}
+)
+
+
+def _or_task_ref(schema: Schema) -> Schema:
+    """A task_data field's schema, or a `$ref` object in its place: the field's, and each list
+    item's and mapping value's it holds. One that accepts anything stays as it is."""
+    inner = dict(schema)
+    for key in ("items", "additionalProperties"):
+        if isinstance(inner.get(key), dict):
+            inner[key] = _or_task_ref(inner[key])
+    if "prefixItems" in inner:
+        inner["prefixItems"] = [_or_task_ref(item) for item in inner["prefixItems"]]
+    notes = {key: inner.pop(key) for key in _ANNOTATIONS if key in inner}
+    if not inner:
+        return notes
+    if "anyOf" in inner and set(inner) - {"anyOf"} <= _NOT_OF_OBJECTS:  # `string | null`: one more
+        return {**inner, "anyOf": [*inner["anyOf"], _ref(TASK_REF)], **notes}
+    # Else around the whole schema: an `enum` or `type` beside its other keywords refuses an object.
+    return {"anyOf": [inner, _ref(TASK_REF)], **notes}
+
+
 def schema_name(cls: type) -> str:
     """The name of an attrs class among the document's schemas."""
     return str(getattr(cls, "schema_name", cls.__name__))
 
 
 class _Classes:
-    """Collects the schemas of attrs classes by name; `sent` for what taskd sends, else what it reads."""
+    """Collects the schemas of attrs classes by name; `sent` for what taskd sends, else what it reads;
+    `task_refs` for a task type's input, whose every field may be a `$ref` object."""
 
-    def __init__(self, schemas: dict[str, Schema], *, sent: bool) -> None:
+    def __init__(self, schemas: dict[str, Schema], *, sent: bool, task_refs: bool = False) -> None:
         self.schemas = schemas
         self.sent = sent
+        self.task_refs = task_refs
 
     def type_schema(self, kind: Any) -> Schema:
         if kind in _SCALARS:
@@ -147,7 +192,7 @@ class _Classes:
         constant = default is not attrs.NOTHING and not isinstance(default, _FACTORY)
         if not self.sent and constant and default is not None:
             schema["default"] = _as_json(default)
-        return schema
+        return _or_task_ref(schema) if self.task_refs else schema
 
 
 def _as_json(default: Any) -> Any:
@@ -211,9 +256,10 @@ def _merge(schema: Schema, keywords: typing.Mapping[str, Any], *, array: bool) -
             schema[_ITEM_COUNTS.get(key, key) if array else key] = value
 
 
-def class_schema(cls: type, schemas: dict[str, Schema]) -> str:
-    """Add a task input class (and the classes it uses) to `schemas`; its name there."""
-    return _Classes(schemas, sent=False).add(cls)
+def class_schema(cls: type, schemas: dict[str, Schema], *, task_refs: bool = False) -> str:
+    """Add a class taskd reads (and the classes it uses) to `schemas`; its name there. `task_refs` for
+    a task type's input: each field may be a `$ref` object instead."""
+    return _Classes(schemas, sent=False, task_refs=task_refs).add(cls)
 
 
 def _body_schemas() -> dict[str, Schema]:
@@ -227,21 +273,31 @@ def _body_schemas() -> dict[str, Schema]:
 _STATUS = {"type": "string", "enum": [status.value for status in TaskStatus]}
 
 
+# An object whose only key is "$ref" (taskd.refs.is_ref), whatever its value: what task_data itself
+# may not be, though a type with no required field takes any object.
+_BARE_REF: Schema = {"required": [refs.REF], "maxProperties": 1}
+
+
 def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
     """`SubmitRequest`: one variant of `shapes.SubmitRequest` per task type, told apart by `task_type`."""
     # Generated aside: the class's own name is the union's, and only its variants are published.
     generated: dict[str, Schema] = {}
     request = generated[class_schema(shapes.SubmitRequest, generated)]
     variants = []
+    schemas[TASK_REF] = _TASK_REF_SCHEMA
     for name, task_type in sorted(registry.types.items()):
-        data = class_schema(task_type.input, schemas)
+        data = class_schema(task_type.input, schemas, task_refs=True)
         properties = request["properties"]
         schemas[f"Submit_{name}"] = {
             **request,
             "properties": {
                 **properties,
                 "task_type": {**properties["task_type"], "const": name},
-                "task_data": {**_ref(data), "description": properties["task_data"]["description"]},
+                "task_data": {
+                    **_ref(data),
+                    "not": _BARE_REF,
+                    "description": properties["task_data"]["description"],
+                },
             },
             "description": f"A `{name}` task; runs on the `{task_type.queue}` queue.",
         }
