@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -315,9 +314,9 @@ class Service:
         self._background.append(
             asyncio.create_task(sweeper.run(self.config.media.sweep_interval), name="media-sweeper")
         )
-        await self._start_agreement(redis, signers, store.clients)
+        await self._start_agreement(redis, signers, layout.Relook(store.clients))
 
-    async def _start_agreement(self, redis: Redis, signers: Signers, clients: Sequence[Redis]) -> None:
+    async def _start_agreement(self, redis: Redis, signers: Signers, relook: layout.Relook) -> None:
         # Settings that differ between hosts are said at start-up, by the process that starts, and
         # by every other one within its next publish (taskd.agreement).
         worker = self.config.worker
@@ -345,17 +344,22 @@ class Service:
             # A process of an earlier version (a rolling upgrade) lines up jobs without naming their
             # queue in the known queues, and its config may name a queue no config here names: once
             # it was gone, nothing here kept or showed the tasks it left there, the start's one look
-            # (layout.know_queues) being long past. So the queues are looked for again then, once.
+            # (layout.know_queues) being long past. So the queues are looked for again then, once,
+            # by a loop of its own (layout.Relook): this one keeps the settings record alive.
             was, earlier = earlier, agreement.earlier_alive()
             if was and not earlier:
-                await layout.know_queues(clients, again=True)
+                relook.ask()
 
-        self._background.append(
+        self._background += [
             asyncio.create_task(
                 every(worker.heartbeat_interval, publish, name="settings", wait_first=True),
                 name="settings",
-            )
-        )
+            ),
+            asyncio.create_task(
+                every(worker.heartbeat_interval, relook.look_if_asked, name="queues look", wait_first=True),
+                name="queues-look",
+            ),
+        ]
 
     def _register_secrets(self) -> None:
         # Every process masks every secret it holds, however it was started (the CLI, tests, an

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from conftest import TEST_TASK_MODULES, RunningService
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from test_cli_admin import operator_cli
 from test_prometheus import parse, scrape, value
 
@@ -181,6 +182,47 @@ async def test_a_queue_an_earlier_version_filled_during_a_rolling_upgrade_is_tol
 
     await wait_until_waiting_on_old(node)
     assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
+
+
+async def test_the_settings_record_is_renewed_while_the_look_after_an_earlier_version_lasts(
+    start_service, redis: Redis, earlier_version: asyncio.Task[None], monkeypatch: pytest.MonkeyPatch
+):
+    await start_service()
+    (mine,) = [member for member in await redis.zrange(keys.SETTINGS, 0, -1) if member != b"earlier-process"]
+    looking = asyncio.Event()
+
+    async def held_look(clients: list[Redis], *, again: bool = False) -> int:
+        looking.set()
+        await asyncio.Event().wait()  # a pass over a big keyspace: it lasts till the end of the test
+        return 0
+
+    monkeypatch.setattr(layout, "know_queues", held_look)
+    earlier_version.cancel()
+    async with asyncio.timeout(30):
+        await looking.wait()
+    published = await redis.zscore(keys.SETTINGS, mine)
+
+    async with asyncio.timeout(30):
+        while await redis.zscore(keys.SETTINGS, mine) == published:
+            await asyncio.sleep(0.1)
+
+
+async def test_a_look_after_an_earlier_version_that_fails_is_made_again(
+    start_service, redis: Redis, earlier_version: asyncio.Task[None], monkeypatch: pytest.MonkeyPatch
+):
+    node = await start_service()
+    await submit_on_old(start_service)
+    await redis.srem(keys.queues(0), "old")  # queued by the earlier version
+    looks = layout.know_queues
+
+    async def failing_once(clients: list[Redis], *, again: bool = False) -> int:
+        monkeypatch.setattr(layout, "know_queues", looks)
+        raise RedisError("Redis went away mid-look")
+
+    monkeypatch.setattr(layout, "know_queues", failing_once)
+    earlier_version.cancel()
+
+    await wait_until_waiting_on_old(node)
 
 
 async def test_another_nodes_queue_that_no_worker_serves_is_told_by_every_nodes_health(start_service):

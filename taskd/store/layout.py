@@ -103,6 +103,32 @@ async def know_queues(clients: Sequence[Redis], *, again: bool = False) -> int:
     return added
 
 
+class Relook:
+    """The look for queues again (`know_queues(again=True)`), asked for by the settings loop when
+    the last live process of an earlier version is gone (taskd.service), made by a loop of its own
+    (`look_if_asked`, run every `worker.heartbeat_interval`): a pass over a big keyspace takes
+    seconds, and the loop that asked renews this process's settings record, which would expire
+    meanwhile (the process then counted as gone by every other). Asks made during a look are one
+    more look after it; one that fails is made again at the next round."""
+
+    def __init__(self, clients: Sequence[Redis]) -> None:
+        self.clients = clients
+        self._asked = 0
+        self._looked = 0
+
+    def ask(self) -> None:
+        """Look again at the next round."""
+        self._asked += 1
+
+    async def look_if_asked(self) -> None:
+        """Look again if asked since the last look began."""
+        asked = self._asked
+        if asked == self._looked:
+            return
+        await know_queues(self.clients, again=True)
+        self._looked = asked
+
+
 async def check_partitions(redis: Redis) -> None:
     """Keep this process's number of partitions with the data the first time; refuse to start with
     another one later (ConfigError): a task's id and its project name its partition by that number,
