@@ -148,6 +148,29 @@ async def test_a_queue_an_earlier_version_filled_after_a_downgrade_is_told_by_th
     assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
 
 
+async def test_a_start_with_no_other_process_of_this_version_alive_does_not_wait_for_its_look(
+    start_service, monkeypatch: pytest.MonkeyPatch
+):
+    # An ordinary restart of a whole deployment: the known queues are there, no process is alive.
+    await (await start_service()).service.stop(grace=1)
+    looks = layout.know_queues
+    looking = asyncio.Event()
+
+    async def held_look(clients: list[Redis], *, again: bool = False) -> int:
+        if again:  # a pass over a big keyspace: it lasts till the end of the test
+            looking.set()
+            await asyncio.Event().wait()
+        return await looks(clients)
+
+    monkeypatch.setattr(layout, "know_queues", held_look)
+
+    async with asyncio.timeout(30):
+        node = await start_service()
+    await get_body(node, "/api/v1/health")
+    async with asyncio.timeout(30):
+        await looking.wait()  # the look is still made, after the start
+
+
 async def keep_publishing_as_an_earlier_version(redis: Redis, process_id: str) -> None:
     """What a live process of a version before the known queues publishes of itself (taskd.agreement):
     a settings record without `names_queues`, renewed as its publish loop does, until cancelled."""

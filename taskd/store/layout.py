@@ -103,13 +103,22 @@ async def know_queues(clients: Sequence[Redis], *, again: bool = False) -> int:
     return added
 
 
+async def queues_known(clients: Sequence[Redis]) -> bool:
+    """True when every partition has its known queues: `know_queues` has no first look to make."""
+    for partition, client in enumerate(clients):
+        if not await client.exists(keys.queues(partition)):
+            return False
+    return True
+
+
 class Relook:
-    """The look for queues again (`know_queues(again=True)`), asked for by the settings loop when
-    the last live process of an earlier version is gone (taskd.service), made by a loop of its own
-    (`look_if_asked`, run every `worker.heartbeat_interval`): a pass over a big keyspace takes
-    seconds, and the loop that asked renews this process's settings record, which would expire
-    meanwhile (the process then counted as gone by every other). Asks made during a look are one
-    more look after it; one that fails is made again at the next round."""
+    """The look for queues again (`know_queues(again=True)`), asked for by a start with no other
+    process of this version alive and by the settings loop when the last live process of an
+    earlier version is gone (taskd.service), made by a loop of its own (`look_if_asked`, run every
+    `worker.heartbeat_interval`): a pass over a big keyspace takes seconds, which neither a start
+    nor the loop that renews this process's settings record (it would expire meanwhile, the process
+    then counted as gone by every other) should wait. Asks made during a look are one more look
+    after it; one that fails is made again at the next round."""
 
     def __init__(self, clients: Sequence[Redis]) -> None:
         self.clients = clients
