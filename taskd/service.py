@@ -267,9 +267,9 @@ class Service:
         # deployment, and a start waited seconds for it each time (3 million keys: 7 to 19 s).
         # This process's settings, published at the end of its start, spare those that start next.
         watched = await queues_watched(redis, self.config.worker.heartbeat_ttl)
-        relook = layout.Relook(store.clients)
-        if not watched and await layout.queues_known(store.clients):
-            relook.ask()
+        relook = layout.Relook(
+            store.clients, at_start=not watched and await layout.queues_known(store.clients)
+        )
         await layout.know_queues(store.clients)
         await store.name_queues(set(self.config.queues) | self.registry.queues())
         queue = TaskQueue(redis, self.config.execution.priority_aging, partition_clients)
