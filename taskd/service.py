@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
@@ -262,9 +261,16 @@ class Service:
         # them no more: their tasks are still kept, shown and alerted on (docs/guarantees.md). With
         # no process of this version alive, processes of an earlier one may have run meanwhile (a
         # downgrade and this upgrade again, the end of a rolling upgrade), lining up jobs without
-        # naming their queue: the queues are looked for again.
+        # naming their queue: the queues are looked for again. That look, a pass over the whole
+        # keyspace, is made after the start, by the loop that makes the one at the end of a rolling
+        # upgrade (layout.Relook): every process stopped is also an ordinary restart of a whole
+        # deployment, and a start waited seconds for it each time (3 million keys: 7 to 19 s).
+        # This process's settings, published at the end of its start, spare those that start next.
         watched = await queues_watched(redis, self.config.worker.heartbeat_ttl)
-        await layout.know_queues(store.clients, again=not watched)
+        relook = layout.Relook(
+            store.clients, at_start=not watched and await layout.queues_known(store.clients)
+        )
+        await layout.know_queues(store.clients)
         await store.name_queues(set(self.config.queues) | self.registry.queues())
         queue = TaskQueue(redis, self.config.execution.priority_aging, partition_clients)
         gpu = GpuScheduler(
@@ -315,9 +321,9 @@ class Service:
         self._background.append(
             asyncio.create_task(sweeper.run(self.config.media.sweep_interval), name="media-sweeper")
         )
-        await self._start_agreement(redis, signers, store.clients)
+        await self._start_agreement(redis, signers, relook)
 
-    async def _start_agreement(self, redis: Redis, signers: Signers, clients: Sequence[Redis]) -> None:
+    async def _start_agreement(self, redis: Redis, signers: Signers, relook: layout.Relook) -> None:
         # Settings that differ between hosts are said at start-up, by the process that starts, and
         # by every other one within its next publish (taskd.agreement).
         worker = self.config.worker
@@ -345,17 +351,22 @@ class Service:
             # A process of an earlier version (a rolling upgrade) lines up jobs without naming their
             # queue in the known queues, and its config may name a queue no config here names: once
             # it was gone, nothing here kept or showed the tasks it left there, the start's one look
-            # (layout.know_queues) being long past. So the queues are looked for again then, once.
+            # (layout.know_queues) being long past. So the queues are looked for again then, once,
+            # by a loop of its own (layout.Relook): this one keeps the settings record alive.
             was, earlier = earlier, agreement.earlier_alive()
             if was and not earlier:
-                await layout.know_queues(clients, again=True)
+                relook.ask()
 
-        self._background.append(
+        self._background += [
             asyncio.create_task(
                 every(worker.heartbeat_interval, publish, name="settings", wait_first=True),
                 name="settings",
-            )
-        )
+            ),
+            asyncio.create_task(
+                every(worker.heartbeat_interval, relook.look_if_asked, name="queues look", wait_first=True),
+                name="queues-look",
+            ),
+        ]
 
     def _register_secrets(self) -> None:
         # Every process masks every secret it holds, however it was started (the CLI, tests, an

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from conftest import TEST_TASK_MODULES, RunningService
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from test_cli_admin import operator_cli
 from test_prometheus import parse, scrape, value
 
@@ -147,6 +148,29 @@ async def test_a_queue_an_earlier_version_filled_after_a_downgrade_is_told_by_th
     assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
 
 
+async def test_a_start_with_no_other_process_of_this_version_alive_does_not_wait_for_its_look(
+    start_service, monkeypatch: pytest.MonkeyPatch
+):
+    # An ordinary restart of a whole deployment: the known queues are there, no process is alive.
+    await (await start_service()).service.stop(grace=1)
+    looks = layout.know_queues
+    looking = asyncio.Event()
+
+    async def held_look(clients: list[Redis], *, again: bool = False) -> int:
+        if again:  # a pass over a big keyspace: it lasts till the end of the test
+            looking.set()
+            await asyncio.Event().wait()
+        return await looks(clients)
+
+    monkeypatch.setattr(layout, "know_queues", held_look)
+
+    async with asyncio.timeout(30):
+        node = await start_service()
+    await get_body(node, "/api/v1/health")
+    async with asyncio.timeout(30):
+        await looking.wait()  # the look is still made, after the start
+
+
 async def keep_publishing_as_an_earlier_version(redis: Redis, process_id: str) -> None:
     """What a live process of a version before the known queues publishes of itself (taskd.agreement):
     a settings record without `names_queues`, renewed as its publish loop does, until cancelled."""
@@ -181,6 +205,125 @@ async def test_a_queue_an_earlier_version_filled_during_a_rolling_upgrade_is_tol
 
     await wait_until_waiting_on_old(node)
     assert UNSERVED_OLD in (await get_body(node, "/api/v1/tasks/health"))["alerts"]
+
+
+async def test_the_settings_record_is_renewed_while_the_look_after_an_earlier_version_lasts(
+    start_service, redis: Redis, earlier_version: asyncio.Task[None], monkeypatch: pytest.MonkeyPatch
+):
+    await start_service()
+    (mine,) = [member for member in await redis.zrange(keys.SETTINGS, 0, -1) if member != b"earlier-process"]
+    looking = asyncio.Event()
+
+    async def held_look(clients: list[Redis], *, again: bool = False) -> int:
+        looking.set()
+        await asyncio.Event().wait()  # a pass over a big keyspace: it lasts till the end of the test
+        return 0
+
+    monkeypatch.setattr(layout, "know_queues", held_look)
+    earlier_version.cancel()
+    async with asyncio.timeout(30):
+        await looking.wait()
+    published = await redis.zscore(keys.SETTINGS, mine)
+
+    async with asyncio.timeout(30):
+        while await redis.zscore(keys.SETTINGS, mine) == published:
+            await asyncio.sleep(0.1)
+
+
+async def test_a_look_after_an_earlier_version_that_fails_is_made_again(
+    start_service, redis: Redis, earlier_version: asyncio.Task[None], monkeypatch: pytest.MonkeyPatch
+):
+    node = await start_service()
+    await submit_on_old(start_service)
+    await redis.srem(keys.queues(0), "old")  # queued by the earlier version
+    looks = layout.know_queues
+
+    async def failing_once(clients: list[Redis], *, again: bool = False) -> int:
+        monkeypatch.setattr(layout, "know_queues", looks)
+        raise RedisError("Redis went away mid-look")
+
+    monkeypatch.setattr(layout, "know_queues", failing_once)
+    earlier_version.cancel()
+
+    await wait_until_waiting_on_old(node)
+
+
+async def published_twice(redis: Redis, process_id: bytes) -> None:
+    """Once the process has published its settings twice more (each publish reads every other's)."""
+    for _ in range(2):
+        published = await redis.zscore(keys.SETTINGS, process_id)
+        async with asyncio.timeout(30):
+            while await redis.zscore(keys.SETTINGS, process_id) == published:
+                await asyncio.sleep(0.05)
+
+
+async def test_an_earlier_version_that_comes_and_goes_again_is_not_looked_after_again_at_once(
+    start_service, redis: Redis, earlier_version: asyncio.Task[None], monkeypatch: pytest.MonkeyPatch
+):
+    rounds, looks = 0, 0
+    look_if_asked, know_queues = layout.Relook.look_if_asked, layout.know_queues
+
+    async def counted_round(relook: layout.Relook) -> None:
+        nonlocal rounds
+        rounds += 1
+        await look_if_asked(relook)
+
+    async def counted_look(clients: list[Redis], *, again: bool = False) -> int:
+        nonlocal looks
+        looks += again
+        return await know_queues(clients, again=again)
+
+    monkeypatch.setattr(layout.Relook, "look_if_asked", counted_round)
+    monkeypatch.setattr(layout, "know_queues", counted_look)
+    await start_service()
+    (mine,) = [member for member in await redis.zrange(keys.SETTINGS, 0, -1) if member != b"earlier-process"]
+    earlier_version.cancel()  # it stops: the queues are looked for
+    async with asyncio.timeout(30):
+        while looks < 1:
+            await asyncio.sleep(0.05)
+
+    # It comes back (a restart in a loop) and goes again.
+    again = asyncio.create_task(keep_publishing_as_an_earlier_version(redis, "earlier-process-again"))
+    async with asyncio.timeout(30):
+        while not await redis.exists(keys.settings("earlier-process-again")):
+            await asyncio.sleep(0.05)
+    await published_twice(redis, mine)
+    again.cancel()
+    async with asyncio.timeout(30):
+        while await redis.exists(keys.settings("earlier-process-again")):
+            await asyncio.sleep(0.05)
+    await published_twice(redis, mine)
+    seen = rounds
+    async with asyncio.timeout(30):
+        while rounds < seen + 2:
+            await asyncio.sleep(0.05)
+
+    assert looks == 1
+
+
+async def test_an_earlier_version_gone_soon_after_a_starts_look_is_looked_after_at_once(
+    start_service, redis: Redis, earlier_version: asyncio.Task[None], monkeypatch: pytest.MonkeyPatch
+):
+    await submit_on_old(start_service)  # the known queues are there, no process of this version alive
+    looks = 0
+    know_queues = layout.know_queues
+
+    async def counted_look(clients: list[Redis], *, again: bool = False) -> int:
+        nonlocal looks
+        looks += again
+        return await know_queues(clients, again=again)
+
+    monkeypatch.setattr(layout, "know_queues", counted_look)
+    node = await start_service()  # beside the earlier version's process: it looks after its start
+    async with asyncio.timeout(30):
+        while looks < 1:
+            await asyncio.sleep(0.05)
+    # The earlier version's process queued it after that look: it named no queue.
+    await redis.srem(keys.queues(0), "old")
+
+    earlier_version.cancel()
+
+    await wait_until_waiting_on_old(node)
 
 
 async def test_another_nodes_queue_that_no_worker_serves_is_told_by_every_nodes_health(start_service):

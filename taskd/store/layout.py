@@ -1,6 +1,7 @@
 """The key layout: taskd's keys under the hash tag `{taskd}` (taskd.keys), the one-time rename of
-the keys that versions before the tag wrote as `taskd:…`, and the one-time filling of the known
-queues ({taskd}:queues) from the queues that tasks of versions before that set wait on (`know_queues`).
+the keys that versions before the tag wrote as `taskd:…`, and the filling of the known queues
+({taskd}:queues) from the queues that tasks of versions before that set wait on (`know_queues`; again
+after a start or a rolling upgrade's end, while such versions may have run: `Relook`).
 
 Every start calls `upgrade`; after the first it costs one GET (the marker). The first start of
 this version on an existing Redis renames each `taskd:…` key to `{taskd}:…` with RENAMENX, which
@@ -17,6 +18,7 @@ queue's timeout plus 100 s).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
@@ -101,6 +103,58 @@ async def know_queues(clients: Sequence[Redis], *, again: bool = False) -> int:
     if added:
         log.info("found %d queues with tasks waiting or running", added)
     return added
+
+
+async def queues_known(clients: Sequence[Redis]) -> bool:
+    """True when every partition has its known queues: `know_queues` has no first look to make."""
+    for partition, client in enumerate(clients):
+        if not await client.exists(keys.queues(partition)):
+            return False
+    return True
+
+
+class Relook:
+    """The look for queues again (`know_queues(again=True)`), asked for by a start with no other
+    process of this version alive and by the settings loop when the last live process of an
+    earlier version is gone (taskd.service), made by a loop of its own (`look_if_asked`, run every
+    `worker.heartbeat_interval`): a pass over a big keyspace takes seconds, which neither a start
+    nor the loop that renews this process's settings record (it would expire meanwhile, the process
+    then counted as gone by every other) should wait. Asks made during a look are one more look
+    after it; one that fails is made again at the next round. A look begins `EVERY_MIN_S` at least
+    after the last one began: a process of an earlier version restarting in a loop (or any settings
+    record without the mark, taskd.agreement) is gone at each of its stops, and each was a pass
+    over the whole keyspace by every process of this version. The set is shared: one process's look
+    tells every other, so one that waits its turn delays nothing the others found. The start's
+    look (`at_start`) is not counted: a rolling upgrade's first new process starts beside the old
+    ones, which may all be gone a minute later."""
+
+    EVERY_MIN_S = 300.0
+
+    def __init__(self, clients: Sequence[Redis], *, at_start: bool) -> None:
+        self.clients = clients
+        self._at_start = at_start
+        self._asked = 0
+        self._looked = 0
+        self._began: float | None = None  # time.monotonic() the last look that ended began
+
+    def ask(self) -> None:
+        """Look again at the next round: a process of an earlier version is gone."""
+        self._asked += 1
+
+    async def look_if_asked(self) -> None:
+        """Look again if asked at the start, or by a departure since the last look began."""
+        if self._at_start:
+            await know_queues(self.clients, again=True)
+            self._at_start = False
+            return
+        asked = self._asked
+        if asked == self._looked:
+            return
+        began = time.monotonic()
+        if self._began is not None and began - self._began < self.EVERY_MIN_S:
+            return
+        await know_queues(self.clients, again=True)
+        self._looked, self._began = asked, began
 
 
 async def check_partitions(redis: Redis) -> None:
