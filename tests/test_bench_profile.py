@@ -89,5 +89,7 @@ async def test_the_profiled_load_lasts_its_seconds_however_fast_taskd_is_and_wai
         await receiver.stop()
 
     assert elapsed >= 1.0
-    assert tasks > 4
+    # At least one submit a client: on a loaded machine a cold server's first submits alone can
+    # take the whole second (make test saw 4 of 4), so no more than that is asked.
+    assert tasks >= 4
     assert len(receiver.received) == tasks
