@@ -223,9 +223,9 @@ def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 def connections_to(port: int) -> int:
     """How many TCP connections this process holds to `port`."""
-    return sum(
-        1 for held in psutil.Process().net_connections("tcp") if held.raddr and held.raddr.port == port
-    )
+    process = psutil.Process()
+    connections = getattr(process, "net_connections", None) or process.connections  # psutil < 6 (floors)
+    return sum(1 for held in connections("tcp") if held.raddr and held.raddr.port == port)
 
 
 def monotonic() -> float:
