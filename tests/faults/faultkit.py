@@ -228,6 +228,28 @@ def connections_to(port: int) -> int:
     return sum(1 for held in connections("tcp") if held.raddr and held.raddr.port == port)
 
 
+async def reads_across_a_stop(
+    client: Redis, proc: subprocess.Popen[bytes], port: int, count: int
+) -> list[Any]:
+    """`count` GETs of a missing key sent while `proc` (a Valkey or a sentinel) is stopped
+    (SIGSTOP), which is resumed once each of them holds a connection of its own to `port`: their
+    answers. A pool that connects under its lock never gets there (the wait's 30 s raise)."""
+    reads: list[asyncio.Task[Any]] = []
+    try:
+        proc.send_signal(signal.SIGSTOP)
+        reads = [asyncio.create_task(client.get("k")) for _ in range(count)]
+        async with asyncio.timeout(30):
+            while connections_to(port) < count:
+                await asyncio.sleep(0.1)
+        proc.send_signal(signal.SIGCONT)
+        async with asyncio.timeout(30):
+            return await asyncio.gather(*reads)
+    finally:
+        for read in reads:
+            read.cancel()
+        proc.send_signal(signal.SIGCONT)
+
+
 def monotonic() -> float:
     """time.monotonic, for measuring how long a step took."""
     return time.monotonic()

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import pytest
 from conftest import API_KEY, TERMINAL
-from faultkit import Api, ValkeyServer, connections_to, runs, serving
+from faultkit import Api, ValkeyServer, reads_across_a_stop, runs, serving
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sse import read_events
 
@@ -120,21 +120,10 @@ async def test_requests_on_a_hung_redis_each_open_their_connection_at_once(tmp_p
     # after n socket timeouts. Each connection open at once means each waits its own timeout only.
     server = await ValkeyServer(tmp_path / "valkey").start()
     client = connect(server.url, socket_timeout=60)
-    reads: list[asyncio.Task[object]] = []
     try:
-        server.proc.send_signal(signal.SIGSTOP)
-        reads = [asyncio.create_task(client.get("k")) for _ in range(CONCURRENT)]
-        async with asyncio.timeout(30):
-            while connections_to(server.port) < CONCURRENT:
-                await asyncio.sleep(0.1)
-        server.proc.send_signal(signal.SIGCONT)
-        async with asyncio.timeout(30):
-            answers = await asyncio.gather(*reads)
+        assert server.proc is not None
+        answers = await reads_across_a_stop(client, server.proc, server.port, CONCURRENT)
     finally:
-        for read in reads:
-            read.cancel()
-        if server.proc is not None:
-            server.proc.send_signal(signal.SIGCONT)
         await client.aclose()
         server.stop()
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 
 import aiohttp
 import pytest
 from conftest import make_config
-from faultkit import Api, ValkeyServer, connections_to
+from faultkit import Api, ValkeyServer, reads_across_a_stop
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -115,21 +114,10 @@ async def test_requests_on_a_hung_sentinel_each_open_their_connection_to_it_at_o
     hung = sentinels[0]
     url = "redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in sentinels) + "/mymaster/0"
     client = connect(url, socket_timeout=60)
-    reads: list[asyncio.Task[object]] = []
     try:
-        hung.proc.send_signal(signal.SIGSTOP)
-        reads = [asyncio.create_task(client.get("k")) for _ in range(CONCURRENT)]
-        async with asyncio.timeout(30):
-            while connections_to(hung.port) < CONCURRENT:
-                await asyncio.sleep(0.1)
-        hung.proc.send_signal(signal.SIGCONT)
-        async with asyncio.timeout(30):
-            answers = await asyncio.gather(*reads)
+        assert hung.proc is not None
+        answers = await reads_across_a_stop(client, hung.proc, hung.port, CONCURRENT)
     finally:
-        for read in reads:
-            read.cancel()
-        if hung.proc is not None:
-            hung.proc.send_signal(signal.SIGCONT)
         await client.aclose()
 
     assert answers == [None] * CONCURRENT
