@@ -249,3 +249,44 @@ def test_links_are_signed_with_the_current_secret_never_the_previous(tmp_path):
 
     assert sig == store.signature("p1", "a.wav", 1000 + 3600)
     assert old.check("p1", "a.wav", str(1000 + 3600), sig, now=1000.0) == "Media link signature is invalid"
+
+
+@pytest.fixture
+async def kept_file(start_service, tmp_path):
+    """A running taskd with one file in project noir_001's store (as a task's run leaves it), its
+    path and its name; the service's own client sends the key."""
+    running = await start_service(media=MediaConfig(scratch_dir=str(tmp_path / "scratch")), workers=False)
+    source = tmp_path / "first.wav"
+    source.write_bytes(b"first run's bytes " * 64)
+    store = MediaStore.from_config(running.service.config)
+    stored = await asyncio.to_thread(store.put, "noir_001", "audio_x.wav", source)
+    assert stored.path is not None
+    return running, stored.path, "/media/noir_001/audio_x.wav"
+
+
+async def test_a_resumed_download_of_a_file_replaced_since_gets_the_whole_new_file(kept_file, tmp_path):
+    # A browser resumes with `If-Range: <the ETag it has>`: when the file was stored again since (a
+    # task's run again), a part of the new file would be spliced onto the old one's start.
+    running, path, url = kept_file
+    async with running.client.get(url) as first:
+        etag = first.headers["ETag"]
+        await first.read()
+    replacement = tmp_path / "second.wav"
+    replacement.write_bytes(b"another run's bytes, longer " * 64)
+    MediaStore.from_config(running.service.config).put("noir_001", path.name, replacement)
+
+    async with running.client.get(url, headers={"Range": "bytes=100-", "If-Range": etag}) as resumed:
+        status, data = resumed.status, await resumed.read()
+
+    assert (status, data) == (200, replacement.read_bytes())
+
+
+async def test_a_resumed_download_of_an_unchanged_file_gets_the_part_asked(kept_file):
+    running, path, url = kept_file
+    async with running.client.get(url) as first:
+        etag, last_modified = first.headers["ETag"], first.headers["Last-Modified"]
+        await first.read()
+
+    for validator in (etag, last_modified):
+        async with running.client.get(url, headers={"Range": "bytes=100-", "If-Range": validator}) as resumed:
+            assert (resumed.status, await resumed.read()) == (206, path.read_bytes()[100:])

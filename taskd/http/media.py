@@ -7,10 +7,12 @@ so the URL in a fresh document works for `media.url_ttl` seconds while the file 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
 from pathlib import Path
 
 import attrs
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from taskd.errors import TransientError
@@ -70,6 +72,48 @@ class _MediaFile(web.FileResponse, _ShapedRefusal):
     def __init__(self, path: Path, refusal: ApiError) -> None:
         super().__init__(path, headers=_FILE_HEADERS)
         self.refusal = refusal
+        self.file = path
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if hdrs.RANGE in request.headers and hdrs.IF_RANGE in request.headers:
+            try:
+                stat = await asyncio.to_thread(self.file.stat)
+            except OSError:
+                stat = None  # gone: aiohttp's own look answers it, the 404
+            if stat is not None and not _if_range_holds(request, stat):
+                request = _whole_file_asked(request)
+        return await super().prepare(request)
+
+
+def _if_range_holds(request: web.BaseRequest, stat: os.stat_result) -> bool:
+    """RFC 9110's If-Range (section 13.1.5): whether the `Range` is for the file as it is now.
+
+    aiohttp reads If-Range only as a date, and as "not modified after" it: an entity tag, the
+    validator browsers resume a download with, was ignored, so a client resuming a file replaced since
+    (a task's run again storing the same name) got a part of the new file to splice onto the old.
+    An entity tag must be the file's own, strong; a date the file's `Last-Modified` exactly; anything
+    else fails, and the whole file is sent (200). The file may still change between this look and
+    aiohttp's: its answer then carries the new file's ETag, which a resuming client checks.
+    """
+    validator = request.headers[hdrs.IF_RANGE]
+    if validator.startswith('"'):
+        # aiohttp's ETag of a file (web.FileResponse); should it change, nothing matches and the
+        # whole file is sent, never a wrong part.
+        return validator == f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    date = request.if_range
+    # aiohttp sends Last-Modified as the modification time rounded up to the second.
+    return date is not None and date.timestamp() == math.ceil(stat.st_mtime)
+
+
+def _whole_file_asked(request: web.BaseRequest) -> web.BaseRequest:
+    """`request` without its `Range` and `If-Range`, for aiohttp to send the whole file."""
+    headers = request.headers.copy()
+    headers.popall(hdrs.RANGE)
+    headers.popall(hdrs.IF_RANGE, None)
+    whole = request.clone(headers=headers)
+    # What the middlewares noted (the caller, the RateLimit fields) is read when the answer is prepared.
+    whole.update(request)
+    return whole
 
 
 @touches(Touches.PATH_PROJECT)

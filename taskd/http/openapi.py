@@ -672,7 +672,9 @@ def _paths() -> dict[str, Any]:
                         "content": {"*/*": {"schema": {}}},
                     },
                     "206": {
-                        "description": "The part of the file a `Range` asked for",
+                        "description": "The part of the file a `Range` asked for; with `If-Range`, only while it "
+                        "names the file as it is now (its `ETag`, or exactly its `Last-Modified`), else the "
+                        "whole file (200)",
                         "headers": {"Cache-Control": _MEDIA_CACHE_CONTROL},
                         "content": {"*/*": {"schema": {}}},
                     },
