@@ -290,3 +290,21 @@ async def test_a_resumed_download_of_an_unchanged_file_gets_the_part_asked(kept_
     for validator in (etag, last_modified):
         async with running.client.get(url, headers={"Range": "bytes=100-", "If-Range": validator}) as resumed:
             assert (resumed.status, await resumed.read()) == (206, path.read_bytes()[100:])
+
+
+@pytest.mark.parametrize("asked", ["bytes=0-1,5-6", "bytes=0-,0-", "items=0-3", "bytes=\u00ff"])
+async def test_a_range_of_several_parts_or_another_unit_gets_the_whole_file(kept_file, asked):
+    # RFC 9110 section 14.2: ignored (another unit: must be), never a 416 "none of it is in the file".
+    running, path, url = kept_file
+
+    async with running.client.get(url, headers={"Range": asked}) as resp:
+        status, data = resp.status, await resp.read()
+
+    assert (status, data) == (200, path.read_bytes())
+
+
+async def test_a_range_past_the_end_of_the_file_is_a_416(kept_file):
+    running, path, url = kept_file
+
+    async with running.client.get(url, headers={"Range": f"bytes={path.stat().st_size}-"}) as resp:
+        assert resp.status == 416

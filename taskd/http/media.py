@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 from pathlib import Path
 
 import attrs
@@ -75,17 +76,37 @@ class _MediaFile(web.FileResponse, _ShapedRefusal):
         self.file = path
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        if hdrs.RANGE in request.headers and hdrs.IF_RANGE in request.headers:
-            try:
-                stat = await asyncio.to_thread(self.file.stat)
-            except OSError:
-                stat = None  # gone: aiohttp's own look answers it, the 404
-            if stat is not None and not _if_range_holds(request, stat):
-                request = _whole_file_asked(request)
+        asked = request.headers.getall(hdrs.RANGE, [])
+        if asked and not (_one_byte_range(asked) and await self._if_range_holds(request)):
+            request = _whole_file_asked(request)
         return await super().prepare(request)
 
+    async def _if_range_holds(self, request: web.BaseRequest) -> bool:
+        if hdrs.IF_RANGE not in request.headers:
+            return True
+        try:
+            stat = await asyncio.to_thread(self.file.stat)
+        except OSError:
+            return True  # gone: aiohttp's own look answers it, the 404
+        return _validator_matches(request, stat)
 
-def _if_range_holds(request: web.BaseRequest, stat: os.stat_result) -> bool:
+
+def _one_byte_range(asked: list[str]) -> bool:
+    """Whether a `Range` is one range of bytes, the only kind aiohttp serves.
+
+    aiohttp answers any other 416 "Range Not Satisfiable", which tells a client that none of its
+    ranges overlap the file: for another unit (`items=0-3`), which RFC 9110 (section 14.2) says a
+    server must ignore, and for several ranges (`bytes=0-1,5-6`), which it may ignore (the whole file,
+    200) but not call unsatisfiable. Such a `Range` is ignored; one range past the file's end stays a 416.
+    """
+    return len(asked) == 1 and _BYTE_RANGE.fullmatch(asked[0]) is not None
+
+
+# The one form aiohttp reads (web.BaseRequest.http_range): a first and a last byte, either may be left out.
+_BYTE_RANGE = re.compile(r"bytes=[0-9]*-[0-9]*", re.IGNORECASE)
+
+
+def _validator_matches(request: web.BaseRequest, stat: os.stat_result) -> bool:
     """RFC 9110's If-Range (section 13.1.5): whether the `Range` is for the file as it is now.
 
     aiohttp reads If-Range only as a date, and as "not modified after" it: an entity tag, the

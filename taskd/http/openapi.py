@@ -690,7 +690,10 @@ def _paths() -> dict[str, Any]:
                         "`If-Modified-Since`) names is still there"
                     },
                     "412": {"description": "An `If-Match` or `If-Unmodified-Since` the file does not meet"},
-                    "416": {"description": "A `Range` outside the file"},
+                    "416": {
+                        "description": "A range of bytes that starts past the file's end (a `Range` of several "
+                        "ranges, or of another unit, is ignored: the whole file, 200)"
+                    },
                     **_errors(401, 403, 404),
                     "503": _json(
                         "Error",
