@@ -308,3 +308,11 @@ async def test_a_range_past_the_end_of_the_file_is_a_416(kept_file):
 
     async with running.client.get(url, headers={"Range": f"bytes={path.stat().st_size}-"}) as resp:
         assert resp.status == 416
+
+
+async def test_a_range_field_named_in_lower_case_is_ignored_as_well(kept_file):
+    # Field names are case-insensitive (HTTP/2 proxies send them in lower case).
+    running, path, url = kept_file
+
+    async with running.client.get(url, headers={"range": "bytes=0-1,5-6"}) as resp:
+        assert (resp.status, await resp.read()) == (200, path.read_bytes())

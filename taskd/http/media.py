@@ -126,11 +126,18 @@ def _validator_matches(request: web.BaseRequest, stat: os.stat_result) -> bool:
     return date is not None and date.timestamp() == math.ceil(stat.st_mtime)
 
 
+_RANGE_FIELDS = frozenset({hdrs.RANGE.lower(), hdrs.IF_RANGE.lower()})
+
+
 def _whole_file_asked(request: web.BaseRequest) -> web.BaseRequest:
     """`request` without its `Range` and `If-Range`, for aiohttp to send the whole file."""
-    headers = request.headers.copy()
-    headers.popall(hdrs.RANGE)
-    headers.popall(hdrs.IF_RANGE, None)
+    headers = [
+        # clone() encodes the values as UTF-8 again: bytes that were not UTF-8 (read as lone
+        # surrogates) would raise. Those become U+FFFD, which matches no validator, as they did not.
+        (name, value.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        for name, value in request.headers.items()
+        if name.lower() not in _RANGE_FIELDS
+    ]
     whole = request.clone(headers=headers)
     # What the middlewares noted (the caller, the RateLimit fields) is read when the answer is prepared.
     whole.update(request)
