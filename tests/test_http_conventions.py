@@ -1,6 +1,7 @@
 """HTTP conventions on every route of the app, found from its router: a 405 names the allowed
 methods in `Allow` (RFC 9110) with the documented error body, HEAD answers wherever GET does, no
-answer under `/api/v1/` may be kept by a cache, and none names the server's software versions."""
+answer under `/api/v1/` may be kept by a cache, every other says how one may keep it, and none
+names the server's software versions."""
 
 from __future__ import annotations
 
@@ -107,6 +108,29 @@ async def test_no_answer_under_api_v1_may_be_kept_by_a_cache(start_service):
 
     assert kept == {}
     assert refused_cache_control == (401, "no-store")
+
+
+async def test_no_answer_is_left_to_a_cache_s_own_guess(start_service):
+    # Without Cache-Control a cache may keep a 200 or a 404 as long as it likes, keyed by the URL
+    # alone: a /media 404 to another project's key was then the file's own project's answer.
+    taskd = await start_service(workers=False)
+    by_path = routes_by_path(taskd.service._runner.app)
+    paths = [concrete(path) for path, methods in by_path.items() if "GET" in methods]
+    paths += ["/no/such/route"]
+
+    unsaid = {}
+    for path in paths:
+        async with taskd.client.get(path, headers={"Accept": "application/json"}) as response:
+            if "Cache-Control" not in response.headers:
+                unsaid[path] = response.status
+    async with (
+        aiohttp.ClientSession(taskd.base_url) as anonymous,
+        anonymous.get("/media/p_missing/none.png") as refused,
+    ):
+        media_refused = (refused.status, refused.headers.get("Cache-Control"))
+
+    assert unsaid == {}
+    assert media_refused == (401, "no-store")
 
 
 async def test_no_answer_names_the_server_software_or_its_version(start_service):

@@ -249,3 +249,70 @@ def test_links_are_signed_with_the_current_secret_never_the_previous(tmp_path):
 
     assert sig == store.signature("p1", "a.wav", 1000 + 3600)
     assert old.check("p1", "a.wav", str(1000 + 3600), sig, now=1000.0) == "Media link signature is invalid"
+
+
+@pytest.fixture
+async def kept_file(start_service, tmp_path):
+    """A running taskd with one file in project noir_001's store (as a task's run leaves it), its
+    path and its name; the service's own client sends the key."""
+    running = await start_service(media=MediaConfig(scratch_dir=str(tmp_path / "scratch")), workers=False)
+    source = tmp_path / "first.wav"
+    source.write_bytes(b"first run's bytes " * 64)
+    store = MediaStore.from_config(running.service.config)
+    stored = await asyncio.to_thread(store.put, "noir_001", "audio_x.wav", source)
+    assert stored.path is not None
+    return running, stored.path, "/media/noir_001/audio_x.wav"
+
+
+async def test_a_resumed_download_of_a_file_replaced_since_gets_the_whole_new_file(kept_file, tmp_path):
+    # A browser resumes with `If-Range: <the ETag it has>`: when the file was stored again since (a
+    # task's run again), a part of the new file would be spliced onto the old one's start.
+    running, path, url = kept_file
+    async with running.client.get(url) as first:
+        etag = first.headers["ETag"]
+        await first.read()
+    replacement = tmp_path / "second.wav"
+    replacement.write_bytes(b"another run's bytes, longer " * 64)
+    MediaStore.from_config(running.service.config).put("noir_001", path.name, replacement)
+
+    async with running.client.get(url, headers={"Range": "bytes=100-", "If-Range": etag}) as resumed:
+        status, data = resumed.status, await resumed.read()
+
+    assert (status, data) == (200, replacement.read_bytes())
+
+
+async def test_a_resumed_download_of_an_unchanged_file_gets_the_part_asked(kept_file):
+    running, path, url = kept_file
+    async with running.client.get(url) as first:
+        etag, last_modified = first.headers["ETag"], first.headers["Last-Modified"]
+        await first.read()
+
+    for validator in (etag, last_modified):
+        async with running.client.get(url, headers={"Range": "bytes=100-", "If-Range": validator}) as resumed:
+            assert (resumed.status, await resumed.read()) == (206, path.read_bytes()[100:])
+
+
+@pytest.mark.parametrize("asked", ["bytes=0-1,5-6", "bytes=0-,0-", "items=0-3", "bytes=\u00ff"])
+async def test_a_range_of_several_parts_or_another_unit_gets_the_whole_file(kept_file, asked):
+    # RFC 9110 section 14.2: ignored (another unit: must be), never a 416 "none of it is in the file".
+    running, path, url = kept_file
+
+    async with running.client.get(url, headers={"Range": asked}) as resp:
+        status, data = resp.status, await resp.read()
+
+    assert (status, data) == (200, path.read_bytes())
+
+
+async def test_a_range_past_the_end_of_the_file_is_a_416(kept_file):
+    running, path, url = kept_file
+
+    async with running.client.get(url, headers={"Range": f"bytes={path.stat().st_size}-"}) as resp:
+        assert resp.status == 416
+
+
+async def test_a_range_field_named_in_lower_case_is_ignored_as_well(kept_file):
+    # Field names are case-insensitive (HTTP/2 proxies send them in lower case).
+    running, path, url = kept_file
+
+    async with running.client.get(url, headers={"range": "bytes=0-1,5-6"}) as resp:
+        assert (resp.status, await resp.read()) == (200, path.read_bytes())

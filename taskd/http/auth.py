@@ -7,7 +7,7 @@ A valid key, on any route, becomes the request's `Caller`. The rate limits then 
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from taskd.http.context import API
@@ -94,10 +94,17 @@ async def _not_stored(request: web.Request, response: web.StreamResponse) -> Non
     # apart by a header that caches do not know: only `Authorization` keeps an answer out of a
     # shared cache by itself (RFC 9111, section 3.5), and a browser writes what it fetched to its
     # disk cache, where it outlives the tab and the dashboard's Forget key.
-    if request.path.startswith(PROTECTED_PREFIX):
-        response.headers["Cache-Control"] = "no-store"
+    # Any other answer that says nothing of caching is not stored either: a cache may keep a 200 or
+    # a 404 without Cache-Control for a time of its own choosing (RFC 9111, section 4.2.2; Varnish
+    # 120 s, a CDN caching by extension minutes), keyed by the URL alone. So `/media`'s 404 to a
+    # key of another project was handed to the file's own project's key for as long, and a
+    # probe's or `/health`'s 200 outlived the node's health. The routes whose answer may be kept
+    # say so themselves (the file, the pages).
+    if request.path.startswith(PROTECTED_PREFIX) or hdrs.CACHE_CONTROL not in response.headers:
+        response.headers[hdrs.CACHE_CONTROL] = "no-store"
 
 
 def install(app: web.Application) -> None:
-    """Tell every cache, shared or a browser's, to keep no answer of `/api/v1/`, errors included."""
+    """Tell every cache, shared or a browser's, to keep no answer of `/api/v1/`, errors included,
+    nor any other answer that does not say how it may be kept."""
     app.on_response_prepare.append(_not_stored)

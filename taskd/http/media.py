@@ -7,10 +7,13 @@ so the URL in a fresh document works for `media.url_ttl` seconds while the file 
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+import re
 from pathlib import Path
 
 import attrs
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 
 from taskd.errors import TransientError
@@ -70,6 +73,75 @@ class _MediaFile(web.FileResponse, _ShapedRefusal):
     def __init__(self, path: Path, refusal: ApiError) -> None:
         super().__init__(path, headers=_FILE_HEADERS)
         self.refusal = refusal
+        self.file = path
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        asked = request.headers.getall(hdrs.RANGE, [])
+        if asked and not (_one_byte_range(asked) and await self._if_range_holds(request)):
+            request = _whole_file_asked(request)
+        return await super().prepare(request)
+
+    async def _if_range_holds(self, request: web.BaseRequest) -> bool:
+        if hdrs.IF_RANGE not in request.headers:
+            return True
+        try:
+            stat = await asyncio.to_thread(self.file.stat)
+        except OSError:
+            return True  # gone: aiohttp's own look answers it, the 404
+        return _validator_matches(request, stat)
+
+
+def _one_byte_range(asked: list[str]) -> bool:
+    """Whether a `Range` is one range of bytes, the only kind aiohttp serves.
+
+    aiohttp answers any other 416 "Range Not Satisfiable", which tells a client that none of its
+    ranges overlap the file: for another unit (`items=0-3`), which RFC 9110 (section 14.2) says a
+    server must ignore, and for several ranges (`bytes=0-1,5-6`), which it may ignore (the whole file,
+    200) but not call unsatisfiable. Such a `Range` is ignored; one range past the file's end stays a 416.
+    """
+    return len(asked) == 1 and _BYTE_RANGE.fullmatch(asked[0]) is not None
+
+
+# The one form aiohttp reads (web.BaseRequest.http_range): a first and a last byte, either may be left out.
+_BYTE_RANGE = re.compile(r"bytes=[0-9]*-[0-9]*", re.IGNORECASE)
+
+
+def _validator_matches(request: web.BaseRequest, stat: os.stat_result) -> bool:
+    """RFC 9110's If-Range (section 13.1.5): whether the `Range` is for the file as it is now.
+
+    aiohttp reads If-Range only as a date, and as "not modified after" it: an entity tag, the
+    validator browsers resume a download with, was ignored, so a client resuming a file replaced since
+    (a task's run again storing the same name) got a part of the new file to splice onto the old.
+    An entity tag must be the file's own, strong; a date the file's `Last-Modified` exactly; anything
+    else fails, and the whole file is sent (200). The file may still change between this look and
+    aiohttp's: its answer then carries the new file's ETag, which a resuming client checks.
+    """
+    validator = request.headers[hdrs.IF_RANGE]
+    if validator.startswith('"'):
+        # aiohttp's ETag of a file (web.FileResponse); should it change, nothing matches and the
+        # whole file is sent, never a wrong part.
+        return validator == f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    date = request.if_range
+    # aiohttp sends Last-Modified as the modification time rounded up to the second.
+    return date is not None and date.timestamp() == math.ceil(stat.st_mtime)
+
+
+_RANGE_FIELDS = frozenset({hdrs.RANGE.lower(), hdrs.IF_RANGE.lower()})
+
+
+def _whole_file_asked(request: web.BaseRequest) -> web.BaseRequest:
+    """`request` without its `Range` and `If-Range`, for aiohttp to send the whole file."""
+    headers = [
+        # clone() encodes the values as UTF-8 again: bytes that were not UTF-8 (read as lone
+        # surrogates) would raise. Those become U+FFFD, which matches no validator, as they did not.
+        (name, value.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        for name, value in request.headers.items()
+        if name.lower() not in _RANGE_FIELDS
+    ]
+    whole = request.clone(headers=headers)
+    # What the middlewares noted (the caller, the RateLimit fields) is read when the answer is prepared.
+    whole.update(request)
+    return whole
 
 
 @touches(Touches.PATH_PROJECT)

@@ -672,7 +672,9 @@ def _paths() -> dict[str, Any]:
                         "content": {"*/*": {"schema": {}}},
                     },
                     "206": {
-                        "description": "The part of the file a `Range` asked for",
+                        "description": "The part of the file a `Range` asked for; with `If-Range`, only while it "
+                        "names the file as it is now (its `ETag`, or exactly its `Last-Modified`), else the "
+                        "whole file (200)",
                         "headers": {"Cache-Control": _MEDIA_CACHE_CONTROL},
                         "content": {"*/*": {"schema": {}}},
                     },
@@ -688,7 +690,10 @@ def _paths() -> dict[str, Any]:
                         "`If-Modified-Since`) names is still there"
                     },
                     "412": {"description": "An `If-Match` or `If-Unmodified-Since` the file does not meet"},
-                    "416": {"description": "A `Range` outside the file"},
+                    "416": {
+                        "description": "A range of bytes that starts past the file's end (a `Range` of several "
+                        "ranges, or of another unit, is ignored: the whole file, 200)"
+                    },
                     **_errors(401, 403, 404),
                     "503": _json(
                         "Error",

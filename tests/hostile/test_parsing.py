@@ -16,9 +16,10 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 import pytest
-from conftest import child_env
+from conftest import API_KEY, child_env
 
 from taskd.http.keytable import KeyTable
+from taskd.media.store import MediaStore
 
 MEDIA_PATH = "/media/noir_001/audio_0123.wav"
 SIGNATURE = "0" * 64
@@ -69,6 +70,23 @@ async def test_a_media_expiry_that_is_not_a_short_run_of_ascii_digits_is_403(tas
         status, body = r.status, await r.json()
 
     assert (status, body) == (403, {"error": "forbidden", "message": "Media link is missing a valid expiry"})
+    assert problems_logged(caplog) == []
+
+
+async def test_a_media_range_ignored_beside_a_header_that_is_not_utf8_sends_the_whole_file(
+    taskd, caplog, tmp_path
+):
+    # The whole file is sent for a Range of several parts: the request is copied without it, and
+    # the copy's other headers once raised on bytes that were not UTF-8 (a dropped connection and
+    # an ERROR traceback).
+    source = tmp_path / "first.wav"
+    source.write_bytes(b"a stored file's bytes " * 64)
+    MediaStore.from_config(taskd.service.config).put("noir_001", "audio_0123.wav", source)
+    headers = {b"X-API-Key": API_KEY.encode(), b"range": b"bytes=0-1,5-6", b"X-Note": b"\xff\xfe"}
+
+    status, body = await raw_get(taskd.base_url, MEDIA_PATH.encode(), headers)
+
+    assert (status, body) == (200, source.read_bytes())
     assert problems_logged(caplog) == []
 
 
