@@ -91,6 +91,34 @@ def test_task_data_schemas_follow_the_input_classes():
     assert image["additionalProperties"] is True
 
 
+@pytest.mark.parametrize(
+    ("task_type", "task_data", "accepted"),
+    [
+        ("generate_character_voice", {"text": "Hello", "sample_rate": 48000}, True),
+        ("generate_character_voice", {"text": "Hello", "sample_rate": 44101}, False),
+        ("generate_character_voice", {"text": "Hello", "sample_rate": 96000}, False),
+        ("generate_video", {"duration": 30, "fps": 60}, True),
+        ("generate_video", {"duration": 30.5}, False),
+        ("generate_video", {"storyboard_images": ["https://example.com/a.png"] * 33}, False),
+        ("process_audio", {"tracks": [{"url": "https://example.com/a.wav"}], "sample_rate": 96001}, False),
+        ("evaluate_department", {"department_slug": "s", "department_number": 13, "gather_data": []}, False),
+    ],
+)
+async def test_the_published_bounds_of_task_data_are_the_ones_the_server_checks(
+    start_service, task_type, task_data, accepted
+):
+    api_only = await start_service(workers=False)
+    async with api_only.client.get("/openapi.json") as response:
+        published = await response.json()
+    body = {"project_id": "p", "task_type": task_type, "task_data": task_data}
+
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        status = response.status
+
+    assert status == (200 if accepted else 400)
+    assert validator("SubmitRequest", published).is_valid(body) is accepted
+
+
 def test_a_plugin_s_tuple_sequence_set_and_mapping_fields_are_published_as_arrays_and_objects():
     collections = next(task_type for task_type in support_tasks.TASKS if task_type.name == "collections")
     schemas = document(Registry([collections]))["components"]["schemas"]

@@ -74,9 +74,14 @@ class GenerateCharacterVoiceInput:
         ],
     )
     output_format: str = attrs.field(default="mp3", validator=one_of(("mp3", "wav"), "Output format"))
+    # The rates as an enum in the OpenAPI document: without it, the schema took any integer.
     sample_rate: int = attrs.field(
         default=44100,
-        validator=check(lambda v: v in SAMPLE_RATES, f"Sample rate must be one of {SAMPLE_RATES}"),
+        validator=check(
+            lambda v: v in SAMPLE_RATES,
+            f"Sample rate must be one of {SAMPLE_RATES}",
+            {"enum": list(SAMPLE_RATES)},
+        ),
     )
 
 
