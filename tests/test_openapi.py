@@ -119,6 +119,24 @@ async def test_the_published_bounds_of_task_data_are_the_ones_the_server_checks(
     assert validator("SubmitRequest", published).is_valid(body) is accepted
 
 
+@pytest.mark.parametrize(("project_id", "listed"), [("p" * 128, True), ("p" * 129, False), ("_p", False)])
+async def test_a_project_path_takes_the_ids_a_submit_takes_and_its_published_pattern_says_so(
+    start_service, project_id, listed
+):
+    # A listing of an id no submit takes is a 404; the path parameter was any string.
+    api_only = await start_service(workers=False)
+    async with api_only.client.get("/openapi.json") as response:
+        paths = (await response.json())["paths"]
+
+    async with api_only.client.get(f"/api/v1/projects/{project_id}/tasks") as response:
+        status = response.status
+
+    assert status == (200 if listed else 404)
+    for path in ("/api/v1/projects/{project_id}/tasks", "/api/v1/projects/{project_id}/events"):
+        (param,) = (p for p in paths[path]["get"]["parameters"] if p["name"] == "project_id")
+        assert jsonschema_rs.Draft202012Validator(param["schema"]).is_valid(project_id) is listed
+
+
 def test_a_plugin_s_tuple_sequence_set_and_mapping_fields_are_published_as_arrays_and_objects():
     collections = next(task_type for task_type in support_tasks.TASKS if task_type.name == "collections")
     schemas = document(Registry([collections]))["components"]["schemas"]

@@ -622,7 +622,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "project_tasks",
                 "security": key,
                 "parameters": [
-                    {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    openapi_watch.PROJECT_ID_PARAM,
                     {"name": "status", "in": "query", "schema": _STATUS},
                     {"name": "task_type", "in": "query", "schema": {"type": "string"}},
                     {
@@ -660,7 +660,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "media_file",
                 "security": [*key, {}],
                 "parameters": [
-                    {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    openapi_watch.PROJECT_ID_PARAM,
                     {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}},
                     {"name": "expires", "in": "query", "schema": {"type": "string"}},
                     {"name": "sig", "in": "query", "schema": {"type": "string"}},
