@@ -41,7 +41,11 @@ class AudioTrack:
     )
     start: float | None = attrs.field(default=None, validator=between(0, 3600, "Start must be 0..3600 s"))
     end: float | None = attrs.field(
-        default=None, validator=[between(0, 3600, "End must be 0..3600 s"), _end_after_start]
+        default=None,
+        validator=[between(0, 3600, "End must be 0..3600 s"), _end_after_start],
+        metadata={
+            "description": "After start, when both are given"
+        },  # no JSON Schema keyword compares two fields
     )
     offset: float = attrs.field(default=0.0, validator=between(0, 3600, "Offset must be 0..3600 s"))
 
@@ -59,7 +63,9 @@ class ProcessAudioInput:
         default="mp3", validator=one_of(("mp3", "wav", "flac", "ogg"), "Output format")
     )
     sample_rate: int = attrs.field(
-        default=44100, validator=[between(8000, 96000, "Sample rate must be 8000..96000"), _mp3_rate]
+        default=44100,
+        validator=[between(8000, 96000, "Sample rate must be 8000..96000"), _mp3_rate],
+        metadata={"description": f"With output_format mp3, one of {', '.join(map(str, audio.MP3_RATES))}"},
     )
 
 
