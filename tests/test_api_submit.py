@@ -439,6 +439,32 @@ async def test_an_audio_mix_at_the_edge_of_its_rates_and_cuts_is_accepted(taskd,
     assert status == 200
 
 
+@pytest.mark.parametrize(
+    ("task_type", "task_data", "top", "field"),
+    [
+        ("generate_video", {"fps": 24.0}, {}, "task_data.fps"),
+        (
+            "evaluate_department",
+            {"department_slug": "s", "department_number": 1.0, "gather_data": []},
+            {},
+            "task_data.department_number",
+        ),
+        ("generate_video", {}, {"priority": 2.0}, "priority"),
+        ("generate_video", {}, {"keep_for": 60.0}, "keep_for"),
+    ],
+)
+async def test_an_integer_written_with_a_fraction_is_refused_as_api_md_says(
+    taskd, task_type, task_data, top, field
+):
+    # JSON Schema counts 24.0 an integer; taskd does not (api.md, Limits on input; /openapi.json's info).
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": task_type, "task_data": task_data, **top}
+    )
+
+    assert status == 400
+    assert set(body["details"]) == {field}
+
+
 async def test_a_character_id_longer_than_the_result_can_repeat_is_refused_at_submit(taskd):
     # The result's metadata.applied repeats each drawn character's id: eight of 130 000 characters
     # were accepted, rendered, and failed the task on its result's size (execution.result_max_bytes).

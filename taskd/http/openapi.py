@@ -716,7 +716,9 @@ def document(registry: Registry) -> dict[str, Any]:
                 "views across projects name only its own tasks. "
                 "Request bodies over `limits.max_body_bytes` (1 MiB) get 413, bodies that take longer than "
                 "`http.body_timeout` (60 s) to arrive 408; unknown top-level fields "
-                "of a submission are ignored, unknown `task_data` fields are kept as sent."
+                "of a submission are ignored, unknown `task_data` fields are kept as sent. An `integer` "
+                "field takes a number written without a fraction or exponent (`24`): `24.0` and `2.4e1`, "
+                "which JSON Schema counts as integers, are a 400 naming the field."
             ),
         },
         "components": {
