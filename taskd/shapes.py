@@ -199,7 +199,9 @@ class SubmitRequest:
     delay_seconds: float | None = attrs.field(
         default=None,
         metadata=meta(
-            "Seconds from now before the task may start, like `run_at`; not with `run_at`", minimum=0
+            "Seconds from now before the task may start, like `run_at`: at most `limits.max_schedule_ahead` "
+            "(30 days) ahead; not with `run_at`",
+            minimum=0,
         ),
     )
 

@@ -388,6 +388,83 @@ async def test_a_dialogue_line_with_a_start_but_no_end_is_a_field_error(taskd):
     }
 
 
+@pytest.mark.parametrize(
+    ("task_data", "field", "message"),
+    [
+        (
+            {"tracks": [{"url": "https://example.com/a.wav", "start": 2, "end": 1}]},
+            "task_data.tracks[0].end",
+            "End (1 s) must be after start (2 s)",
+        ),
+        (
+            {"tracks": [{"url": "https://example.com/a.wav", "start": 1.5, "end": 1.5}]},
+            "task_data.tracks[0].end",
+            "End (1.5 s) must be after start (1.5 s)",
+        ),
+        (
+            {"tracks": [{"url": "https://example.com/a.wav"}], "sample_rate": 96000},
+            "task_data.sample_rate",
+            "MP3 cannot have a sample rate of 96000 Hz; use one of "
+            "(8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)",
+        ),
+        (
+            {"tracks": [{"url": "https://example.com/a.wav"}], "output_format": "mp3", "sample_rate": 44101},
+            "task_data.sample_rate",
+            "MP3 cannot have a sample rate of 44101 Hz; use one of "
+            "(8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)",
+        ),
+    ],
+)
+async def test_an_audio_mix_its_run_would_refuse_is_refused_at_submit(taskd, task_data, field, message):
+    # Both were taken (200) and failed when the run started.
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "process_audio", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {field: message}
+
+
+@pytest.mark.parametrize(
+    "task_data",
+    [
+        {"tracks": [{"url": "https://example.com/a.wav", "start": 1, "end": 1.5}], "sample_rate": 48000},
+        {"tracks": [{"url": "https://example.com/a.wav"}], "output_format": "wav", "sample_rate": 96000},
+        {"tracks": [{"url": "https://example.com/a.wav"}], "output_format": "flac", "sample_rate": 44101},
+    ],
+)
+async def test_an_audio_mix_at_the_edge_of_its_rates_and_cuts_is_accepted(taskd, task_data):
+    status, _ = await post(taskd, {"project_id": "p", "task_type": "process_audio", "task_data": task_data})
+
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("task_type", "task_data", "top", "field"),
+    [
+        ("generate_video", {"fps": 24.0}, {}, "task_data.fps"),
+        (
+            "evaluate_department",
+            {"department_slug": "s", "department_number": 1.0, "gather_data": []},
+            {},
+            "task_data.department_number",
+        ),
+        ("generate_video", {}, {"priority": 2.0}, "priority"),
+        ("generate_video", {}, {"keep_for": 60.0}, "keep_for"),
+    ],
+)
+async def test_an_integer_written_with_a_fraction_is_refused_as_api_md_says(
+    taskd, task_type, task_data, top, field
+):
+    # JSON Schema counts 24.0 an integer; taskd does not (api.md, Limits on input; /openapi.json's info).
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": task_type, "task_data": task_data, **top}
+    )
+
+    assert status == 400
+    assert set(body["details"]) == {field}
+
+
 async def test_a_character_id_longer_than_the_result_can_repeat_is_refused_at_submit(taskd):
     # The result's metadata.applied repeats each drawn character's id: eight of 130 000 characters
     # were accepted, rendered, and failed the task on its result's size (execution.result_max_bytes).

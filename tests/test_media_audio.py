@@ -127,22 +127,6 @@ async def test_trim_and_offset_set_the_mix_length_and_mp3_rate(tmp_path, files, 
     assert result["media_url"].startswith("http://media.test/media/proj-1/audio_task-1.mp3?")
 
 
-async def test_end_before_start_is_refused(tmp_path, files, http):
-    ctx, _ = make_ctx(http, media_config(tmp_path))
-    data = ProcessAudioInput(tracks=[AudioTrack(files.add("a.wav", sine_wav(1)), start=2, end=1)])
-
-    with pytest.raises(TaskError, match=r"Track 0: end \(1 s\) must be after start \(2 s\)"):
-        await process_audio.run(ctx, data)
-
-
-async def test_mp3_at_an_impossible_rate_is_refused(tmp_path, files, http):
-    ctx, _ = make_ctx(http, media_config(tmp_path))
-    data = ProcessAudioInput(tracks=[AudioTrack(files.add("a.wav", sine_wav(1)))], sample_rate=96000)
-
-    with pytest.raises(TaskError, match="MP3 cannot have a sample rate of 96000"):
-        await process_audio.run(ctx, data)
-
-
 async def test_an_image_given_as_a_track_is_refused(tmp_path, files, http):
     ctx, _ = make_ctx(http, media_config(tmp_path))
     data = ProcessAudioInput(tracks=[AudioTrack(files.add("p.png", png(), "image/png"))])

@@ -622,7 +622,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "project_tasks",
                 "security": key,
                 "parameters": [
-                    {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    openapi_watch.PROJECT_ID_PARAM,
                     {"name": "status", "in": "query", "schema": _STATUS},
                     {"name": "task_type", "in": "query", "schema": {"type": "string"}},
                     {
@@ -660,7 +660,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "media_file",
                 "security": [*key, {}],
                 "parameters": [
-                    {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    openapi_watch.PROJECT_ID_PARAM,
                     {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}},
                     {"name": "expires", "in": "query", "schema": {"type": "string"}},
                     {"name": "sig", "in": "query", "schema": {"type": "string"}},
@@ -721,7 +721,9 @@ def document(registry: Registry) -> dict[str, Any]:
                 "views across projects name only its own tasks. "
                 "Request bodies over `limits.max_body_bytes` (1 MiB) get 413, bodies that take longer than "
                 "`http.body_timeout` (60 s) to arrive 408; unknown top-level fields "
-                "of a submission are ignored, unknown `task_data` fields are kept as sent."
+                "of a submission are ignored, unknown `task_data` fields are kept as sent. An `integer` "
+                "field takes a number written without a fraction or exponent (`24`): `24.0` and `2.4e1`, "
+                "which JSON Schema counts as integers, are a 400 naming the field."
             ),
         },
         "components": {

@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from taskd import shapes
+
 Schema = dict[str, Any]
+
+# Every path that names a project (its listing, its events, its media; shared with taskd.http.openapi):
+# an id no submit takes is a 404 on each (taskd.http.scope), so it has the submission's pattern.
+PROJECT_ID_PARAM: Schema = {
+    "name": "project_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": f"^{shapes.PROJECT_ID.pattern}$"},
+}
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _KEY: list[dict[str, list[str]]] = [{"ApiKey": []}]
@@ -93,7 +104,7 @@ def paths() -> dict[str, Any]:
                 "operationId": "project_events",
                 "security": _KEY,
                 "parameters": [
-                    {"name": "project_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    PROJECT_ID_PARAM,
                     _LAST_EVENT_ID,
                     _QUERY_KEY,
                 ],

@@ -65,6 +65,9 @@ class GenerateCharacterVoiceInput:
     pace: str | None = attrs.field(
         default=None,
         validator=check(speech.valid_pace, f"Pace must be one of {tuple(speech.PACES)} or a number 0.25..4"),
+        metadata={
+            "description": f"One of {', '.join(speech.PACES)}, or a number 0.25..4 written as a string"
+        },
     )
     background_noise: str | None = attrs.field(
         default=None,
@@ -72,11 +75,17 @@ class GenerateCharacterVoiceInput:
             check(_background_ok, f"Background noise must be an http(s) URL or one of {tuple(NOISES)}"),
             _requestable("Background noise"),
         ],
+        metadata={"description": f"An http(s) URL of an audio file, or one of {', '.join(NOISES)}"},
     )
     output_format: str = attrs.field(default="mp3", validator=one_of(("mp3", "wav"), "Output format"))
+    # The rates as an enum in the OpenAPI document: without it, the schema took any integer.
     sample_rate: int = attrs.field(
         default=44100,
-        validator=check(lambda v: v in SAMPLE_RATES, f"Sample rate must be one of {SAMPLE_RATES}"),
+        validator=check(
+            lambda v: v in SAMPLE_RATES,
+            f"Sample rate must be one of {SAMPLE_RATES}",
+            {"enum": list(SAMPLE_RATES)},
+        ),
     )
 
 

@@ -40,6 +40,12 @@ H264_FRAME = check(
     f"Resolution must fit an H.264 frame: at most {H264_MAX_MACROBLOCKS} macroblocks of 16x16 pixels "
     "(7680x4320 fits, 7680x7680 does not)",
 )
+# The two checks above, published in the OpenAPI document (its pattern says only WxH): no JSON
+# Schema keyword reads numbers out of a string.
+RESOLUTION_RULES = {
+    "description": f"WxH with an even width and height (H.264), at most {H264_MAX_MACROBLOCKS} macroblocks "
+    "of 16x16 pixels (7680x4320 fits, 7680x7680 does not): else a 400 at submit"
+}
 
 
 # The most characters of a free-text field a video provider's prompt is written from (camera_angle,
@@ -104,7 +110,9 @@ class GenerateVideoInput:
         default=7, validator=between(1, 30, "Duration must be between 1 and 30 seconds")
     )
     fps: int = attrs.field(default=24, validator=between(1, 60, "FPS must be between 1 and 60"))
-    resolution: str = attrs.field(default="1920x1080", validator=[resolution(), EVEN_RESOLUTION, H264_FRAME])
+    resolution: str = attrs.field(
+        default="1920x1080", validator=[resolution(), EVEN_RESOLUTION, H264_FRAME], metadata=RESOLUTION_RULES
+    )
     # Not in the API document: taskd's own, for the animatic (a video model may ignore them).
     transition: str = attrs.field(default="crossfade", validator=one_of(TRANSITIONS, "Transition"))
     dialogue: list[DialogueLine] = attrs.field(
@@ -115,6 +123,8 @@ class GenerateVideoInput:
                 _timed_lines, "Give each dialogue line both a start and an end (start before end), or neither"
             ),
         ),
+        # Published: no JSON Schema keyword compares two fields of an item.
+        metadata={"description": "Each line has both a start and an end (start before end), or neither"},
     )
 
 

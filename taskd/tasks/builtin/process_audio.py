@@ -19,6 +19,20 @@ from taskd.validation import between, http_url, max_length, one_of
 MODEL = "taskd-ffmpeg"
 
 
+def _end_after_start(track: AudioTrack | None, _: attrs.Attribute[Any], end: float | None) -> None:
+    # A cut that keeps nothing, checked at submit (a 400 naming the field) as every other field is:
+    # before, it was taken and its run failed at its start.
+    if track is not None and end is not None and track.start is not None and end <= track.start:
+        raise ValueError(f"End ({end:g} s) must be after start ({track.start:g} s)")
+
+
+def _mp3_rate(data: ProcessAudioInput | None, _: attrs.Attribute[Any], rate: int) -> None:
+    # 8000..96000 is any format's range; MP3 has nine rates of its own. Checked at submit, as the
+    # end after the start is: an MP3 at 96000 Hz was taken and its run failed at its start.
+    if data is not None and data.output_format == "mp3" and rate not in audio.MP3_RATES:
+        raise ValueError(f"MP3 cannot have a sample rate of {rate} Hz; use one of {audio.MP3_RATES}")
+
+
 @attrs.frozen
 class AudioTrack:
     url: str = attrs.field(validator=http_url("Track url"))
@@ -26,7 +40,13 @@ class AudioTrack:
         default=0.0, validator=between(-60, 24, "Gain must be between -60 and 24 dB")
     )
     start: float | None = attrs.field(default=None, validator=between(0, 3600, "Start must be 0..3600 s"))
-    end: float | None = attrs.field(default=None, validator=between(0, 3600, "End must be 0..3600 s"))
+    end: float | None = attrs.field(
+        default=None,
+        validator=[between(0, 3600, "End must be 0..3600 s"), _end_after_start],
+        metadata={
+            "description": "After start, when both are given"
+        },  # no JSON Schema keyword compares two fields
+    )
     offset: float = attrs.field(default=0.0, validator=between(0, 3600, "Offset must be 0..3600 s"))
 
 
@@ -43,7 +63,9 @@ class ProcessAudioInput:
         default="mp3", validator=one_of(("mp3", "wav", "flac", "ogg"), "Output format")
     )
     sample_rate: int = attrs.field(
-        default=44100, validator=between(8000, 96000, "Sample rate must be 8000..96000")
+        default=44100,
+        validator=[between(8000, 96000, "Sample rate must be 8000..96000"), _mp3_rate],
+        metadata={"description": f"With output_format mp3, one of {', '.join(map(str, audio.MP3_RATES))}"},
     )
 
 
@@ -81,13 +103,6 @@ def mix_length(tracks: list[AudioTrack], lengths: list[float | None]) -> float |
         end = min(length, track.end) if track.end is not None else length
         ends.append(track.offset + max(0.0, end - (track.start or 0.0)))
     return max(ends)
-
-
-def _check(data: ProcessAudioInput) -> None:
-    for i, track in enumerate(data.tracks):
-        if track.start is not None and track.end is not None and track.end <= track.start:
-            raise TaskError(f"Track {i}: end ({track.end:g} s) must be after start ({track.start:g} s)")
-    audio.encode_args(data.output_format, data.sample_rate)
 
 
 async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> dict[str, Any]:
@@ -160,7 +175,6 @@ async def process(ctx: TaskContext, data: ProcessAudioInput, workdir: Path) -> d
 
 async def run(ctx: TaskContext, data: ProcessAudioInput) -> dict[str, Any]:
     """Mix the tracks with their gains and trims, normalise to target_lufs, encode at sample_rate."""
-    _check(data)
     async with scratch_dir(scratch_root(ctx.config), ctx.task_id) as workdir:
         result = await process(ctx, data, workdir)
     await ctx.progress(1.0, "done")

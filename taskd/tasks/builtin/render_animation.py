@@ -8,7 +8,12 @@ import attrs
 
 from taskd.media import video
 from taskd.media.clip import EASINGS
-from taskd.tasks.builtin.generate_video import EVEN_RESOLUTION, H264_FRAME, render_and_publish
+from taskd.tasks.builtin.generate_video import (
+    EVEN_RESOLUTION,
+    H264_FRAME,
+    RESOLUTION_RULES,
+    render_and_publish,
+)
 from taskd.tasks.spec import TaskContext, TaskError, TaskType
 from taskd.validation import between, check, http_url, max_length, not_blank, one_of, resolution
 
@@ -83,7 +88,9 @@ class RenderAnimationInput:
         default=5, validator=between(1, 60, "Duration must be between 1 and 60 seconds")
     )
     fps: int = attrs.field(default=24, validator=between(1, 60, "FPS must be between 1 and 60"))
-    resolution: str = attrs.field(default="1280x720", validator=[resolution(), EVEN_RESOLUTION, H264_FRAME])
+    resolution: str = attrs.field(
+        default="1280x720", validator=[resolution(), EVEN_RESOLUTION, H264_FRAME], metadata=RESOLUTION_RULES
+    )
     background_url: str | None = attrs.field(default=None, validator=http_url("Background URL"))
 
 

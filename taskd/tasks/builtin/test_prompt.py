@@ -58,7 +58,14 @@ class TestPromptInput:
     )
     prompt_id: str | None = None
     agent_type: str | None = None
-    test_parameters: dict[str, Any] = attrs.field(factory=dict, validator=_renders_within_limit)
+    test_parameters: dict[str, Any] = attrs.field(
+        factory=dict,
+        validator=_renders_within_limit,
+        metadata={
+            "description": f"prompt_template with its placeholders filled from these may have at most "
+            f"{RENDERED_LIMIT} characters"
+        },
+    )
     test_result_id: str | None = None
 
 
