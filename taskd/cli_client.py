@@ -323,9 +323,18 @@ class Pipeline:
         """`{ref = "name#/pointer"}` → {"$ref": "@<index>#/pointer"}; its task becomes a dependency,
         as the server resolves a $ref only to one."""
         if isinstance(value, dict) and set(value) == {"ref"} and isinstance(value["ref"], str):
-            name, hash_sign, pointer = value["ref"].partition("#")
+            ref = value["ref"]
+            # A name may hold "#" itself ("scene#2"): the longest earlier name the ref begins with,
+            # followed by "#", is the task; else the ref's first "#" ends the name (an index).
+            named = max(
+                (name for name in self.names[:index] if ref.startswith(name + "#")), key=len, default=None
+            )
+            if named is None:
+                name, hash_sign, pointer = ref.partition("#")
+            else:
+                name, hash_sign, pointer = named, "#", ref[len(named) + 1 :]
             if not hash_sign:
-                raise self._error(index, f"ref {value['ref']!r} is not name#/pointer")
+                raise self._error(index, f"ref {ref!r} is not name#/pointer")
             earlier = self._index(index, name)
             depends_on.append(earlier)
             return {"$ref": f"@{earlier}#{pointer}"}

@@ -574,6 +574,17 @@ async def test_run_a_pipeline_whose_ref_names_an_unknown_step_exits_2_with_one_l
     ]
 
 
+async def test_run_a_pipeline_whose_ref_names_a_step_whose_name_holds_a_hash_reads_that_step(
+    taskd, tmp_path: Path
+):
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace('"first', '"scene#1'))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    assert (await taskd.status(run.out.split()[2]))["result"] == {"text": "rain!?!", "length": 7}
+
+
 @pytest.mark.parametrize("step", ["²", "\u0661"])
 async def test_run_a_pipeline_whose_after_names_a_step_in_other_digits_exits_2_with_one_line(
     tmp_path: Path, step
