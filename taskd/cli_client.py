@@ -160,7 +160,9 @@ def _note_unfinished(task: Task) -> None:
         # The error is the task's text: its line breaks are written out too (only a traceback keeps them).
         _note(f"task {printable(task.task_id)} failed: {printable(task.error)}")
     elif task.status is TaskStatus.CANCELLED:
-        _note(f"task {printable(task.task_id)} was cancelled (it was {printable(task.previous_state)})")
+        # A cancel by a caller has no error; one by taskd says why ("Dependency '…' failed", a purge).
+        why = f": {printable(task.error)}" if task.error else ""
+        _note(f"task {printable(task.task_id)} was cancelled (it was {printable(task.previous_state)}){why}")
 
 
 def _note_going_on(task_ids: list[str]) -> None:

@@ -192,6 +192,21 @@ async def test_wait_exits_1_when_the_task_is_cancelled(taskd):
     assert run.json()["status"] == "cancelled"
 
 
+async def test_wait_on_a_task_its_failed_dependency_cancelled_exits_1_saying_why(taskd):
+    # One batch: a dependent submitted on its own could come after the failure, and be refused.
+    steps = [
+        {"project_id": "films", "task_type": "fail", "task_data": {"message": "no good"}},
+        {"project_id": "films", "task_type": "noop", "task_data": {}, "depends_on": ["@0"]},
+    ]
+    async with taskd.client.post("/api/v1/tasks/batch", json={"tasks": steps}) as response:
+        first, then = [task["task_id"] for task in (await response.json())["tasks"]]
+
+    run = await taskd_cli("wait", then, url=taskd.base_url)
+
+    assert run.code == 1
+    assert f"task {then} was cancelled (it was queued): Dependency '{first}' failed" in run.err
+
+
 async def test_wait_with_a_timeout_exits_4(taskd):
     task = await taskd.submit("sleep", {"seconds": 30, "steps": 1})
 
