@@ -271,6 +271,12 @@ class Pipeline:
             if not isinstance(step, dict):
                 raise self._error(index, "must be a table")
             name = step.get("name", str(index))
+            if "name" not in step and name in self.names:
+                # Its index stands for its name, and an earlier task is named so: `after` and `ref`
+                # could not tell the two apart.
+                raise self._error(
+                    index, f"it has no name, and its index {name!r} is task {self.names.index(name)}'s name"
+                )
             if not isinstance(name, str) or name in self.names:
                 raise self._error(index, "name must be a string no other task has")
             self.names.append(name)

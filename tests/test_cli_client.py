@@ -600,6 +600,21 @@ async def test_run_a_pipeline_whose_ref_names_a_step_whose_name_holds_a_hash_rea
     assert (await taskd.status(run.out.split()[2]))["result"] == {"text": "rain!?!", "length": 7}
 
 
+async def test_run_a_pipeline_whose_unnamed_task_has_an_earlier_tasks_name_as_index_exits_2_saying_so(
+    tmp_path: Path,
+):
+    (tmp_path / "pipeline.toml").write_text(
+        CHAIN.replace('name = "first"', 'name = "1"', 1).replace('name = "second"\n', "")
+    )
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 1: it has no name, and its index '1' is task 0's name"
+    ]
+
+
 @pytest.mark.parametrize("step", ["²", "\u0661"])
 async def test_run_a_pipeline_whose_after_names_a_step_in_other_digits_exits_2_with_one_line(
     tmp_path: Path, step
