@@ -129,8 +129,13 @@ class ProgressView:
             self.drawn = False
 
 
-async def _await_end(client: TaskClient, task_id: str, timeout: float | None, json: bool) -> Task | None:
-    """Follow a task to its end, its progress on stderr; None when `timeout` ran out first."""
+async def _await_end(
+    client: TaskClient, task_id: str, timeout: float | None, json: bool, given: float | None = None
+) -> Task | None:
+    """Follow a task to its end, its progress on stderr; None when `timeout` ran out first.
+
+    `given`: the --timeout to name when it runs out, where `timeout` is what was left of it (a
+    pipeline's, spent in part on its earlier steps)."""
     view = ProgressView(sys.stderr, sys.stderr.isatty()) if not json else None
     try:
         return await client.wait(task_id, timeout=timeout, on_event=view, raise_on_failure=False)
@@ -148,7 +153,7 @@ async def _await_end(client: TaskClient, task_id: str, timeout: float | None, js
             task = None
         if task is not None and task.is_terminal:
             return task
-        _note(f"taskd: task {printable(task_id)} did not end within {timeout} s")
+        _note(f"taskd: task {printable(task_id)} did not end within {timeout if given is None else given} s")
         return None
     finally:
         if view is not None:
@@ -165,10 +170,11 @@ def _note_unfinished(task: Task) -> None:
         _note(f"task {printable(task.task_id)} was cancelled (it was {printable(task.previous_state)}){why}")
 
 
-def _note_going_on(task_ids: list[str]) -> None:
-    """Ctrl-C while following: the tasks go on, and with --json their ids were never printed."""
+def _note_going_on(task_ids: list[str], why: str = "interrupted") -> None:
+    """Ctrl-C (or a pipeline's --timeout) while following: the tasks go on, and with --json their ids
+    were never printed."""
     shown = " ".join(printable(task_id) for task_id in task_ids)
-    _note(f"taskd: interrupted; the tasks go on (`taskd cancel ID` stops one): {shown}")
+    _note(f"taskd: {why}; the tasks go on (`taskd cancel ID` stops one): {shown}")
 
 
 async def _follow(client: TaskClient, task_id: str, args: argparse.Namespace) -> int:
@@ -377,11 +383,15 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
             _note(f"{name}:")
         left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
         try:
-            task = await _await_end(client, answer.task_id, left, args.json)
+            task = await _await_end(client, answer.task_id, left, args.json, args.timeout)
         except asyncio.CancelledError:
             _note_going_on([later.task_id for later in submitted[index:]])
             raise
         if task is None:
+            # Those not yet followed may not have ended either; with --json no id was printed.
+            _note_going_on(
+                [later.task_id for later in submitted[index:]], f"--timeout {args.timeout:g} s ran out"
+            )
             return EXIT_TIMEOUT
         if not args.json:
             _note_unfinished(task)

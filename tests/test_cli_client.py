@@ -740,6 +740,28 @@ async def test_run_exits_1_when_a_step_fails_and_names_the_cancelled_rest(taskd,
     assert f"task {second} was cancelled (it was queued)" in run.err
 
 
+async def test_run_whose_timeout_runs_out_names_the_tasks_that_go_on_even_with_json(taskd, tmp_path: Path):
+    # A step that outlasts the pipeline's --timeout, and one waiting for it.
+    (tmp_path / "pipeline.toml").write_text(
+        CHAIN.replace('type = "append"\ndata = {text = "rain"}', 'type = "sleep"\ndata = {seconds = 30}')
+    )
+
+    run = await taskd_cli(
+        "run", str(tmp_path / "pipeline.toml"), "--json", "--timeout", "1", url=taskd.base_url
+    )
+
+    assert run.code == 4
+    assert run.out == ""
+    ids = run.err.splitlines()[-1].split(": ")[-1].split()
+    assert run.err.splitlines() == [
+        f"taskd: task {ids[0]} did not end within 1.0 s",
+        f"taskd: --timeout 1 s ran out; the tasks go on (`taskd cancel ID` stops one): {' '.join(ids)}",
+    ]
+    async with taskd.client.get("/api/v1/projects/films/tasks") as response:
+        stored = [task["task_id"] for task in (await response.json())["tasks"]]
+    assert sorted(ids) == sorted(stored)  # every task of the pipeline, none of which has ended
+
+
 async def test_a_password_in_the_url_is_not_repeated_when_taskd_cannot_be_reached():
     run = await taskd_cli("tasks", "films", url="http://someone:URL-SECRET-5e1f@127.0.0.1:1")
 
