@@ -129,8 +129,13 @@ class ProgressView:
             self.drawn = False
 
 
-async def _await_end(client: TaskClient, task_id: str, timeout: float | None, json: bool) -> Task | None:
-    """Follow a task to its end, its progress on stderr; None when `timeout` ran out first."""
+async def _await_end(
+    client: TaskClient, task_id: str, timeout: float | None, json: bool, given: float | None = None
+) -> Task | None:
+    """Follow a task to its end, its progress on stderr; None when `timeout` ran out first.
+
+    `given`: the --timeout to name when it runs out, where `timeout` is what was left of it (a
+    pipeline's, spent in part on its earlier steps)."""
     view = ProgressView(sys.stderr, sys.stderr.isatty()) if not json else None
     try:
         return await client.wait(task_id, timeout=timeout, on_event=view, raise_on_failure=False)
@@ -148,7 +153,7 @@ async def _await_end(client: TaskClient, task_id: str, timeout: float | None, js
             task = None
         if task is not None and task.is_terminal:
             return task
-        _note(f"taskd: task {printable(task_id)} did not end within {timeout} s")
+        _note(f"taskd: task {printable(task_id)} did not end within {timeout if given is None else given} s")
         return None
     finally:
         if view is not None:
@@ -160,13 +165,16 @@ def _note_unfinished(task: Task) -> None:
         # The error is the task's text: its line breaks are written out too (only a traceback keeps them).
         _note(f"task {printable(task.task_id)} failed: {printable(task.error)}")
     elif task.status is TaskStatus.CANCELLED:
-        _note(f"task {printable(task.task_id)} was cancelled (it was {printable(task.previous_state)})")
+        # A cancel by a caller has no error; one by taskd says why ("Dependency '…' failed", a purge).
+        why = f": {printable(task.error)}" if task.error else ""
+        _note(f"task {printable(task.task_id)} was cancelled (it was {printable(task.previous_state)}){why}")
 
 
-def _note_going_on(task_ids: list[str]) -> None:
-    """Ctrl-C while following: the tasks go on, and with --json their ids were never printed."""
+def _note_going_on(task_ids: list[str], why: str = "interrupted") -> None:
+    """Ctrl-C (or a pipeline's --timeout) while following: the tasks go on, and with --json their ids
+    were never printed."""
     shown = " ".join(printable(task_id) for task_id in task_ids)
-    _note(f"taskd: interrupted; the tasks go on (`taskd cancel ID` stops one): {shown}")
+    _note(f"taskd: {why}; the tasks go on (`taskd cancel ID` stops one): {shown}")
 
 
 async def _follow(client: TaskClient, task_id: str, args: argparse.Namespace) -> int:
@@ -269,6 +277,12 @@ class Pipeline:
             if not isinstance(step, dict):
                 raise self._error(index, "must be a table")
             name = step.get("name", str(index))
+            if "name" not in step and name in self.names:
+                # Its index stands for its name, and an earlier task is named so: `after` and `ref`
+                # could not tell the two apart.
+                raise self._error(
+                    index, f"it has no name, and its index {name!r} is task {self.names.index(name)}'s name"
+                )
             if not isinstance(name, str) or name in self.names:
                 raise self._error(index, "name must be a string no other task has")
             self.names.append(name)
@@ -323,9 +337,18 @@ class Pipeline:
         """`{ref = "name#/pointer"}` → {"$ref": "@<index>#/pointer"}; its task becomes a dependency,
         as the server resolves a $ref only to one."""
         if isinstance(value, dict) and set(value) == {"ref"} and isinstance(value["ref"], str):
-            name, hash_sign, pointer = value["ref"].partition("#")
+            ref = value["ref"]
+            # A name may hold "#" itself ("scene#2"): the longest earlier name the ref begins with,
+            # followed by "#", is the task; else the ref's first "#" ends the name (an index).
+            named = max(
+                (name for name in self.names[:index] if ref.startswith(name + "#")), key=len, default=None
+            )
+            if named is None:
+                name, hash_sign, pointer = ref.partition("#")
+            else:
+                name, hash_sign, pointer = named, "#", ref[len(named) + 1 :]
             if not hash_sign:
-                raise self._error(index, f"ref {value['ref']!r} is not name#/pointer")
+                raise self._error(index, f"ref {ref!r} is not name#/pointer")
             earlier = self._index(index, name)
             depends_on.append(earlier)
             return {"$ref": f"@{earlier}#{pointer}"}
@@ -360,11 +383,15 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
             _note(f"{name}:")
         left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
         try:
-            task = await _await_end(client, answer.task_id, left, args.json)
+            task = await _await_end(client, answer.task_id, left, args.json, args.timeout)
         except asyncio.CancelledError:
             _note_going_on([later.task_id for later in submitted[index:]])
             raise
         if task is None:
+            # Those not yet followed may not have ended either; with --json no id was printed.
+            _note_going_on(
+                [later.task_id for later in submitted[index:]], f"--timeout {args.timeout:g} s ran out"
+            )
             return EXIT_TIMEOUT
         if not args.json:
             _note_unfinished(task)

@@ -192,6 +192,21 @@ async def test_wait_exits_1_when_the_task_is_cancelled(taskd):
     assert run.json()["status"] == "cancelled"
 
 
+async def test_wait_on_a_task_its_failed_dependency_cancelled_exits_1_saying_why(taskd):
+    # One batch: a dependent submitted on its own could come after the failure, and be refused.
+    steps = [
+        {"project_id": "films", "task_type": "fail", "task_data": {"message": "no good"}},
+        {"project_id": "films", "task_type": "noop", "task_data": {}, "depends_on": ["@0"]},
+    ]
+    async with taskd.client.post("/api/v1/tasks/batch", json={"tasks": steps}) as response:
+        first, then = [task["task_id"] for task in (await response.json())["tasks"]]
+
+    run = await taskd_cli("wait", then, url=taskd.base_url)
+
+    assert run.code == 1
+    assert f"task {then} was cancelled (it was queued): Dependency '{first}' failed" in run.err
+
+
 async def test_wait_with_a_timeout_exits_4(taskd):
     task = await taskd.submit("sleep", {"seconds": 30, "steps": 1})
 
@@ -574,6 +589,32 @@ async def test_run_a_pipeline_whose_ref_names_an_unknown_step_exits_2_with_one_l
     ]
 
 
+async def test_run_a_pipeline_whose_ref_names_a_step_whose_name_holds_a_hash_reads_that_step(
+    taskd, tmp_path: Path
+):
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace('"first', '"scene#1'))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    assert (await taskd.status(run.out.split()[2]))["result"] == {"text": "rain!?!", "length": 7}
+
+
+async def test_run_a_pipeline_whose_unnamed_task_has_an_earlier_tasks_name_as_index_exits_2_saying_so(
+    tmp_path: Path,
+):
+    (tmp_path / "pipeline.toml").write_text(
+        CHAIN.replace('name = "first"', 'name = "1"', 1).replace('name = "second"\n', "")
+    )
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 1: it has no name, and its index '1' is task 0's name"
+    ]
+
+
 @pytest.mark.parametrize("step", ["²", "\u0661"])
 async def test_run_a_pipeline_whose_after_names_a_step_in_other_digits_exits_2_with_one_line(
     tmp_path: Path, step
@@ -697,6 +738,28 @@ async def test_run_exits_1_when_a_step_fails_and_names_the_cancelled_rest(taskd,
     first, second, _ = run.out.split()
     assert f"task {first} failed: no rain" in run.err
     assert f"task {second} was cancelled (it was queued)" in run.err
+
+
+async def test_run_whose_timeout_runs_out_names_the_tasks_that_go_on_even_with_json(taskd, tmp_path: Path):
+    # A step that outlasts the pipeline's --timeout, and one waiting for it.
+    (tmp_path / "pipeline.toml").write_text(
+        CHAIN.replace('type = "append"\ndata = {text = "rain"}', 'type = "sleep"\ndata = {seconds = 30}')
+    )
+
+    run = await taskd_cli(
+        "run", str(tmp_path / "pipeline.toml"), "--json", "--timeout", "1", url=taskd.base_url
+    )
+
+    assert run.code == 4
+    assert run.out == ""
+    ids = run.err.splitlines()[-1].split(": ")[-1].split()
+    assert run.err.splitlines() == [
+        f"taskd: task {ids[0]} did not end within 1.0 s",
+        f"taskd: --timeout 1 s ran out; the tasks go on (`taskd cancel ID` stops one): {' '.join(ids)}",
+    ]
+    async with taskd.client.get("/api/v1/projects/films/tasks") as response:
+        stored = [task["task_id"] for task in (await response.json())["tasks"]]
+    assert sorted(ids) == sorted(stored)  # every task of the pipeline, none of which has ended
 
 
 async def test_a_password_in_the_url_is_not_repeated_when_taskd_cannot_be_reached():

@@ -47,6 +47,10 @@ def parse_batch(
     naming every problem of every item."""
     details: dict[str, str] = {}
     submissions = []
+    # The project of each item that passed, by its index: an "@<index>" of another project is
+    # refused here, by the name the caller wrote. The batch script would refuse it too, naming the
+    # id chosen for that item, which the caller never saw and which no task has (nothing is stored).
+    projects: dict[int, str] = {}
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             # Named as the item itself: the submit's own words ("body": "Request body must be a
@@ -59,14 +63,20 @@ def parse_batch(
             details.update((f"tasks[{index}].{field}", message) for field, message in exc.details.items())
             continue
         for earlier in submission.depends_on:
-            if earlier.startswith("@") and not (
-                (match := _BATCH_REF.fullmatch(earlier)) and int(match[1]) < index
-            ):
+            if not earlier.startswith("@"):
+                continue
+            if not ((match := _BATCH_REF.fullmatch(earlier)) and int(match[1]) < index):
                 details[f"tasks[{index}].depends_on"] = (
                     f"'{earlier}' must name an earlier item of the batch, '@0' to '@{index - 1}'"
                     if index
                     else f"'{earlier}': the first item of a batch cannot depend on another"
                 )
+            elif (project := projects.get(int(match[1]), submission.project_id)) != submission.project_id:
+                details[f"tasks[{index}].depends_on"] = (
+                    f"'{earlier}' is an item of another project ('{project}'): a task may depend only "
+                    "on tasks of its own project"
+                )
+        projects[index] = submission.project_id
         submissions.append(submission)
     if details:
         raise ValidationError(details, "Invalid batch")
