@@ -328,3 +328,13 @@ async def test_a_range_unit_in_capitals_gets_the_part_asked(kept_file):
 
     async with running.client.get(url, headers={"Range": "BYTES=2-5"}) as resp:
         assert (resp.status, await resp.read()) == (206, path.read_bytes()[2:6])
+
+
+async def test_a_range_on_head_is_ignored(kept_file):
+    # RFC 9110 section 14.2: GET is the only method with ranges; a server must ignore one on any other.
+    running, path, url = kept_file
+
+    async with running.client.head(url, headers={"Range": "bytes=0-3"}) as resp:
+        answer = (resp.status, resp.headers.get("Content-Length"), resp.headers.get("Content-Range"))
+
+    assert answer == (200, str(path.stat().st_size), None)

@@ -77,7 +77,9 @@ class _MediaFile(web.FileResponse, _ShapedRefusal):
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         asked = request.headers.getall(hdrs.RANGE, [])
-        if asked and not (_one_byte_range(asked) and await self._if_range_holds(request)):
+        # GET is the only method with ranges (RFC 9110, section 14.2): aiohttp answered a HEAD's 206.
+        ranged = request.method == hdrs.METH_GET and _one_byte_range(asked)
+        if asked and not (ranged and await self._if_range_holds(request)):
             request = _with_range(request, None)
         elif asked and not asked[0].startswith("bytes="):
             # A range unit is case-insensitive (RFC 9110, section 14.1), but aiohttp below 3.14.4
