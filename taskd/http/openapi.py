@@ -691,8 +691,9 @@ def _paths() -> dict[str, Any]:
                     },
                     "412": {"description": "An `If-Match` or `If-Unmodified-Since` the file does not meet"},
                     "416": {
-                        "description": "A range of bytes that starts past the file's end (a `Range` of several "
-                        "ranges, or of another unit, is ignored: the whole file, 200)"
+                        "description": "A range of bytes that starts past the file's end, ends before it "
+                        "starts (`bytes=5-3`) or names no byte (`bytes=-`); a `Range` of several ranges, or of "
+                        "another unit, is ignored: the whole file, 200"
                     },
                     **_errors(401, 403, 404),
                     "503": _json(
