@@ -149,10 +149,9 @@ def _with_range(request: web.BaseRequest, asked: str | None) -> web.BaseRequest:
     ]
     if asked is not None:
         headers.append((hdrs.RANGE, asked))
-    copied = request.clone(headers=headers)
-    # What the middlewares noted (the caller, the RateLimit fields) is read when the answer is prepared.
-    copied.update(request)
-    return copied
+    # clone() copies what the middlewares noted (the caller, the RateLimit fields), which is read
+    # when the answer is prepared.
+    return request.clone(headers=headers)
 
 
 @touches(Touches.PATH_PROJECT)
