@@ -494,18 +494,32 @@ async def _wait_ready(proc: asyncio.subprocess.Process, port: int, password: str
     client = Redis(host=HOST, port=port, password=password, socket_connect_timeout=1, socket_timeout=1)
     try:
         while loop.time() < deadline and proc.returncode is None:
-            try:
-                await client.ping()
-                # Make sure it is our server that answered, not another one on a reused port.
-                info = await client.info("server")
-                if info.get("process_id") == proc.pid:
+            # Nothing is sent to the port before our server holds it: a client connects with the
+            # password (AUTH), and until then whatever answers there is another local user's, who
+            # may have taken the port of the last start (kept for workers that reach it over TCP)
+            # while the server was down, and would be handed the password.
+            if _listens_on(proc.pid, port):
+                try:
+                    await client.ping()
                     return True
-            except (RedisError, OSError):
-                pass
+                except (RedisError, OSError):
+                    pass
             await asyncio.sleep(_POLL_S)
     finally:
         await client.aclose()
     return False
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds the listening socket on HOST:`port`. While it does, no
+    other process can listen there (valkey sets no SO_REUSEPORT), so a connection reaches it."""
+    try:
+        process = psutil.Process(pid)
+        connections = getattr(process, "net_connections", None) or process.connections  # psutil < 6
+        held = connections("tcp4")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and tuple(c.laddr) == (HOST, port) for c in held)
 
 
 async def _shutdown(url: str) -> bool:

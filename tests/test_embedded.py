@@ -460,6 +460,34 @@ async def test_a_second_start_listens_on_the_port_of_the_first(tmp_path: Path) -
         assert second.tcp_url == first_url
 
 
+class _Squatter:
+    """Another local user's process listening on a port taskd's server had: what it was sent."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    async def _keep(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(4096):
+            self.received.extend(data)
+        writer.close()
+
+    async def listen(self, port: int) -> asyncio.Server:
+        return await asyncio.start_server(self._keep, "127.0.0.1", port)
+
+
+async def test_a_start_sends_no_password_to_whoever_took_the_port_of_the_last_one(tmp_path: Path) -> None:
+    async with EmbeddedValkey(tmp_path) as first:
+        assert first.tcp_url is not None
+        old_port = urlsplit(first.tcp_url).port
+    assert old_port is not None
+    squatter = _Squatter()
+    async with await squatter.listen(old_port), EmbeddedValkey(tmp_path) as second:
+        assert second.tcp_url is not None
+        assert urlsplit(second.tcp_url).port != old_port
+        await _set(second.tcp_url, "on", "another port")
+    assert squatter.received == b""
+
+
 async def test_the_server_is_in_a_session_of_its_own_so_a_ctrl_c_reaches_taskd_alone(
     server: EmbeddedValkey,
 ) -> None:
@@ -482,6 +510,26 @@ async def test_a_server_killed_under_supervision_is_started_again_with_its_data_
             await asyncio.sleep(0.1)
 
     assert await _get(server.url, "kept") == b"through a kill"
+    await server.stop()
+    await asyncio.wait_for(supervising, 5)
+
+
+async def test_a_restart_under_supervision_sends_no_password_to_whoever_took_its_port(
+    server: EmbeddedValkey, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert server.tcp_url is not None and server.pid is not None
+    port = urlsplit(server.tcp_url).port
+    assert port is not None
+    supervising = asyncio.create_task(server.supervise())
+    killed = server.pid
+    os.kill(killed, 9)
+    assert await _wait_gone(killed)
+    squatter = _Squatter()
+    async with await squatter.listen(port):
+        async with asyncio.timeout(15):
+            while "did not start again" not in caplog.text:
+                await asyncio.sleep(0.05)
+    assert squatter.received == b""
     await server.stop()
     await asyncio.wait_for(supervising, 5)
 
