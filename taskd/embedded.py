@@ -402,7 +402,10 @@ class EmbeddedValkey:
         _write_private(
             conf, _config_text(self.dir, port, password, socket_path, self.appendfsync, self.maxmemory)
         )
-        with open(self.log_path, "ab") as log_file:
+        # Made 0600 as the server's own files are (_server_setup): it is in the private folder anyway.
+        with os.fdopen(
+            os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
+        ) as log_file:
             log_offset = log_file.tell()
             # The log file, not a pipe: nobody would read a pipe, and a full one blocks the server.
             proc = await asyncio.create_subprocess_exec(
@@ -418,7 +421,7 @@ class EmbeddedValkey:
                 # alone, which drains its workers and writes their hand-backs before it stops the
                 # server; the parent-death signal still ends it with taskd.
                 start_new_session=True,
-                preexec_fn=_die_with_parent_hook() if self._die_with_parent else None,
+                preexec_fn=_server_setup(self._die_with_parent),
             )
         # Valkey writes its pidfile too, but only once it gets that far; ours closes the gap.
         _write_private(self.dir / PIDFILE, f"{proc.pid}\n")
@@ -546,6 +549,22 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+
+
+def _server_setup(die_with_parent: bool) -> Callable[[], None]:
+    """The server's preexec_fn: the files it makes are its user's alone, and (where the kernel can)
+    it is SIGTERMed when taskd dies."""
+    die = _die_with_parent_hook() if die_with_parent else None
+
+    def setup() -> None:
+        # Its append-only files hold every tenant's tasks. With taskd's umask (022 from a shell)
+        # they were 0644, in a 0755 appendonly/ folder: private only while they stay in the 0700
+        # valkey/ folder, not in a copy made with `cp -r` to move them to a Redis of one's own.
+        os.umask(0o077)
+        if die is not None:
+            die()
+
+    return setup
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:

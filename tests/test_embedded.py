@@ -249,6 +249,36 @@ async def test_url_and_password_files_are_private(server: EmbeddedValkey) -> Non
     assert (server.dir / "redis.url").read_text().strip() == server.url
 
 
+@pytest.fixture
+def shell_umask() -> Iterator[None]:
+    """taskd started from a shell: umask 022, which makes new files 0644."""
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+async def test_every_file_the_server_makes_is_private_under_a_shells_umask(
+    shell_umask: None, socket_dir: Path
+) -> None:
+    async with EmbeddedValkey(socket_dir) as valkey:
+        assert valkey.url is not None
+        await _set(valkey.url, "every tenant's", "tasks")
+        client = Redis.from_url(valkey.url)
+        try:
+            await client.bgrewriteaof()  # a new base and increment, as Valkey makes them as it grows
+            async with asyncio.timeout(30):
+                while (await client.info("persistence"))["aof_rewrite_in_progress"]:
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        made = sorted(valkey.dir.rglob("*"))
+        opened = {path: stat.S_IMODE(path.stat().st_mode) for path in made if not path.is_symlink()}
+    assert any(path.suffix == ".aof" for path in opened)
+    assert {str(path): mode for path, mode in opened.items() if mode & 0o077} == {}
+
+
 async def test_data_survives_stop_and_start(tmp_path: Path) -> None:
     async with EmbeddedValkey(tmp_path) as first:
         assert first.url is not None
