@@ -196,6 +196,9 @@ class ServerDidNotStart(RuntimeError):
 class _PortTaken(Exception):
     """The server exited because another process took its port first."""
 
+    def __str__(self) -> str:
+        return "another process holds its port"
+
 
 class _SocketRefused(Exception):
     """The server exited because it could not open its unix socket (a filesystem without
@@ -290,7 +293,7 @@ class EmbeddedValkey:
                 socket_path = None
                 continue
             self._port, self._password, self._socket_path = port, password, socket_path
-            self._tcp_url = f"redis://:{password}@{HOST}:{port}/0"
+            self._tcp_url = _tcp_url(password, port)
             self._url = f"unix://:{password}@{quote(str(socket_path))}?db=0" if socket_path else self._tcp_url
             _write_private(self.dir / URLFILE, self._url + "\n")
             log.info(
@@ -308,9 +311,11 @@ class EmbeddedValkey:
         socket and port, so the URL of taskd and its workers stays the same; until stop().
 
         Without it a dead server left every request a 503 until taskd itself was restarted, while
-        `/livez` said alive, so no supervisor restarted it either. The port is kept even while
-        another process holds it: taskd's clients know only that address (a unix socket's path
-        too long for it, theirs is the port's), so a start on another one would reach nobody.
+        `/livez` said alive, so no supervisor restarted it either. Where taskd's clients know only
+        the port (a unix socket's path too long for it), it is kept even while another process
+        holds it, as a start on another one would reach nobody. Where they use the socket, a port
+        another process took is left for a free one: any local user could take it while the server
+        was down, and it stayed down (every request a 503) for as long as they held it.
         """
         delays = Backoff(RESTART_FIRST_S, RESTART_CAP_S)
         started = time.monotonic()
@@ -328,6 +333,9 @@ class EmbeddedValkey:
                 restarted = await self._spawn_and_wait(self._port, self._password, self._socket_path)
             except (_PortTaken, _SocketRefused, RuntimeError, OSError) as exc:
                 log.error("embedded valkey did not start again: %s", exc or type(exc).__name__)
+                if isinstance(exc, _PortTaken) and self._socket_path is not None:
+                    self._port = _free_port()
+                    self._tcp_url = _tcp_url(self._password, self._port)
                 continue
             if self._proc is not proc:  # stop() came meanwhile
                 await _kill(restarted)
@@ -446,6 +454,10 @@ class EmbeddedValkey:
         raise ServerDidNotStart(
             f"embedded valkey {what} during start-up; {self.log_path} ends:\n{tail}", reason
         )
+
+
+def _tcp_url(password: str, port: int) -> str:
+    return f"redis://:{password}@{HOST}:{port}/0"
 
 
 def _config_text(

@@ -564,6 +564,28 @@ async def test_a_restart_under_supervision_sends_no_password_to_whoever_took_its
     await asyncio.wait_for(supervising, 5)
 
 
+async def test_a_server_served_on_its_socket_starts_again_on_another_port_when_its_port_was_taken(
+    server: EmbeddedValkey,
+) -> None:
+    assert server.url is not None and server.url.startswith("unix://") and server.pid is not None
+    assert server.tcp_url is not None
+    port = urlsplit(server.tcp_url).port
+    assert port is not None
+    await _set(server.url, "kept", "through a kill")
+    supervising = asyncio.create_task(server.supervise())
+    killed = server.pid
+    os.kill(killed, 9)
+    assert await _wait_gone(killed)
+    async with await _Squatter().listen(port):
+        async with asyncio.timeout(30):
+            while server.pid == killed or await _get_or_none(server.url, "kept") is None:
+                await asyncio.sleep(0.1)
+        assert server.tcp_url is not None and urlsplit(server.tcp_url).port != port
+        assert await _get(server.tcp_url, "kept") == b"through a kill"
+    await server.stop()
+    await asyncio.wait_for(supervising, 5)
+
+
 async def _get_or_none(url: str, key: str) -> bytes | None:
     try:
         return await _get(url, key)
