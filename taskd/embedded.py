@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import psutil
@@ -435,7 +436,7 @@ class EmbeddedValkey:
         _write_private(self.dir / PIDFILE, f"{proc.pid}\n")
         _write_private(self.dir / OWNERFILE, f"{os.getpid()}\n")
         try:
-            ready = await _wait_ready(proc, port, password)
+            ready = await _wait_ready(proc, port, password, socket_path)
         except BaseException:
             await _kill(proc)
             raise
@@ -502,18 +503,28 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-async def _wait_ready(proc: asyncio.subprocess.Process, port: int, password: str) -> bool:
-    """True once our server answers PING; False if it exits first or stays silent too long."""
+async def _wait_ready(
+    proc: asyncio.subprocess.Process, port: int, password: str, socket_path: Path | None
+) -> bool:
+    """True once our server answers PING; False if it exits first or stays silent too long.
+
+    A client connects with the password (AUTH), so it connects only where nobody else can listen:
+    the socket, in the private folder (the server opens it once its port too is open, and exits
+    where it cannot), else the port once our server holds it. Until then whatever answers on the
+    port is another local user's, who may have taken the port of the last start while the server
+    was down, and would be handed the password.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT_S
-    client = Redis(host=HOST, port=port, password=password, socket_connect_timeout=1, socket_timeout=1)
+    options: dict[str, Any] = {"password": password, "socket_connect_timeout": 1, "socket_timeout": 1}
+    client = (
+        Redis(unix_socket_path=str(socket_path), **options)
+        if socket_path is not None
+        else Redis(host=HOST, port=port, **options)
+    )
     try:
         while loop.time() < deadline and proc.returncode is None:
-            # Nothing is sent to the port before our server holds it: a client connects with the
-            # password (AUTH), and until then whatever answers there is another local user's, who
-            # may have taken the port of the last start (kept for workers that reach it over TCP)
-            # while the server was down, and would be handed the password.
-            if _listens_on(proc.pid, port):
+            if socket_path is not None or _listens_on(proc.pid, port):
                 try:
                     await client.ping()
                     return True

@@ -505,13 +505,24 @@ class _Squatter:
         return await asyncio.start_server(self._keep, "127.0.0.1", port)
 
 
-async def test_a_start_sends_no_password_to_whoever_took_the_port_of_the_last_one(tmp_path: Path) -> None:
-    async with EmbeddedValkey(tmp_path) as first:
+@pytest.fixture(params=["socket", "port alone"])
+def reached_either_way(request: pytest.FixtureRequest, socket_dir: Path) -> Path:
+    """A data dir whose server taskd reaches on its socket, or on its port alone (too deep for a
+    socket's path)."""
+    if request.param == "socket":
+        return socket_dir
+    return socket_dir / ("d" * (embedded.SOCKET_PATH_MAX - len(str(socket_dir))))
+
+
+async def test_a_start_sends_no_password_to_whoever_took_the_port_of_the_last_one(
+    reached_either_way: Path,
+) -> None:
+    async with EmbeddedValkey(reached_either_way) as first:
         assert first.tcp_url is not None
         old_port = urlsplit(first.tcp_url).port
     assert old_port is not None
     squatter = _Squatter()
-    async with await squatter.listen(old_port), EmbeddedValkey(tmp_path) as second:
+    async with await squatter.listen(old_port), EmbeddedValkey(reached_either_way) as second:
         assert second.tcp_url is not None
         assert urlsplit(second.tcp_url).port != old_port
         await _set(second.tcp_url, "on", "another port")
@@ -545,23 +556,22 @@ async def test_a_server_killed_under_supervision_is_started_again_with_its_data_
 
 
 async def test_a_restart_under_supervision_sends_no_password_to_whoever_took_its_port(
-    server: EmbeddedValkey, caplog: pytest.LogCaptureFixture
+    reached_either_way: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert server.tcp_url is not None and server.pid is not None
-    port = urlsplit(server.tcp_url).port
-    assert port is not None
-    supervising = asyncio.create_task(server.supervise())
-    killed = server.pid
-    os.kill(killed, 9)
-    assert await _wait_gone(killed)
-    squatter = _Squatter()
-    async with await squatter.listen(port):
-        async with asyncio.timeout(15):
+    async with EmbeddedValkey(reached_either_way) as server:
+        assert server.tcp_url is not None and server.pid is not None
+        port = urlsplit(server.tcp_url).port
+        assert port is not None
+        supervising = asyncio.create_task(server.supervise())
+        killed = server.pid
+        os.kill(killed, 9)
+        assert await _wait_gone(killed)
+        squatter = _Squatter()
+        async with await squatter.listen(port), asyncio.timeout(15):
             while "did not start again" not in caplog.text:
                 await asyncio.sleep(0.05)
-    assert squatter.received == b""
-    await server.stop()
     await asyncio.wait_for(supervising, 5)
+    assert squatter.received == b""
 
 
 async def test_a_server_served_on_its_socket_starts_again_on_another_port_when_its_port_was_taken(
