@@ -335,8 +335,11 @@ class EmbeddedValkey:
             except (_PortTaken, _SocketRefused, RuntimeError, OSError) as exc:
                 log.error("embedded valkey did not start again: %s", exc or type(exc).__name__)
                 if isinstance(exc, _PortTaken) and self._socket_path is not None:
-                    self._port = _free_port()
+                    taken, self._port = self._port, _free_port()
                     self._tcp_url = _tcp_url(self._password, self._port)
+                    log.warning(
+                        "embedded valkey leaves port %d to its holder; next on port %d", taken, self._port
+                    )
                 continue
             if self._proc is not proc:  # stop() came meanwhile
                 await _kill(restarted)
