@@ -85,3 +85,9 @@ async def test_a_certificate_for_another_name_is_not_reported_as_a_server_withou
         with pytest.raises(RedisConnectionError) as refused:
             await ping(url)
     assert tls_hint(url, refused.value) == ""
+
+
+async def test_a_rediss_url_with_ssl_cert_reqs_none_connects_to_a_certificate_for_another_name(valkey):
+    # No certificate check asked for: no name check either (Python's ssl refuses one without the other).
+    async with tls_front(valkey.port, "hooks.example") as port:
+        assert await ping(rediss_url(port, "&ssl_cert_reqs=none"))
