@@ -586,12 +586,13 @@ async def test_a_restart_under_supervision_sends_no_password_to_whoever_took_its
         assert server.tcp_url is not None and server.pid is not None
         port = urlsplit(server.tcp_url).port
         assert port is not None
-        supervising = asyncio.create_task(server.supervise())
         killed = server.pid
         os.kill(killed, 9)
         assert await _wait_gone(killed)
         squatter = _Squatter()
-        async with await squatter.listen(port), asyncio.timeout(15):
+        # Supervised once the port is taken: a restart cannot win the port first on a slow machine.
+        async with await squatter.listen(port), asyncio.timeout(30):
+            supervising = asyncio.create_task(server.supervise())
             while "did not start again" not in caplog.text:
                 await asyncio.sleep(0.05)
     await asyncio.wait_for(supervising, 5)
@@ -606,11 +607,12 @@ async def test_a_server_served_on_its_socket_starts_again_on_another_port_when_i
     port = urlsplit(server.tcp_url).port
     assert port is not None
     await _set(server.url, "kept", "through a kill")
-    supervising = asyncio.create_task(server.supervise())
     killed = server.pid
     os.kill(killed, 9)
     assert await _wait_gone(killed)
     async with await _Squatter().listen(port):
+        # Supervised once the port is taken: a restart cannot win the port first on a slow machine.
+        supervising = asyncio.create_task(server.supervise())
         async with asyncio.timeout(30):
             while server.pid == killed or await _get_or_none(server.url, "kept") is None:
                 await asyncio.sleep(0.1)
