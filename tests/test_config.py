@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 
 import attrs
 import pytest
+from conftest import child_env
 
 from taskd.cli import DESCRIPTION, _parser
 from taskd.config import Config, ConfigError, load_config
@@ -257,3 +259,43 @@ def test_help_summary_names_every_command():
     named = set(re.findall(r"[a-z][a-z-]*", " ".join(re.findall(r"^  taskd (\S+)", DESCRIPTION, re.M))))
 
     assert set(commands.choices) - named == set()
+
+
+def _serve_on_a_redis_that_is_not_there(config_file: Path, data_dir: Path) -> str:
+    """What `taskd serve --config FILE` writes to stderr before it gives up on a Redis nobody runs."""
+    environ = {
+        **os.environ,
+        **child_env(data_dir, TASKD_REDIS__START_WAIT="0.5", TASKD_LOGGING__FORMAT="text"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "taskd", "--config", str(config_file), "serve"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, done.stderr
+    return done.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "redis_url", "warned"),
+    [
+        (0o644, "redis://:hunter2hunter2@127.0.0.1:1/0", True),
+        (0o640, "redis://:hunter2hunter2@127.0.0.1:1/0", False),  # production.md's root:taskd 0640
+        (0o644, "redis://127.0.0.1:1/0", False),  # nothing secret in it
+    ],
+    ids=["everyone reads a password", "its group reads a password", "everyone reads no secret"],
+)
+def test_a_config_file_holding_secrets_that_every_user_can_read_is_warned_of(
+    tmp_path: Path, mode: int, redis_url: str, warned: bool
+):
+    config_file = tmp_path / "taskd.toml"
+    config_file.write_text(f'[redis]\nurl = "{redis_url}"\n')
+    config_file.chmod(mode)
+
+    stderr = _serve_on_a_redis_that_is_not_there(config_file, tmp_path / "data")
+
+    warning = f"config file {config_file} holds secrets and every user of this host can read it (mode 0644)"
+    assert (warning in stderr) == warned, stderr
+    assert "hunter2hunter2" not in stderr

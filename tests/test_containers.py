@@ -251,6 +251,31 @@ def test_the_compose_valkey_has_the_memory_settings_production_md_asks_of_a_redi
     assert settings["stream-node-max-bytes"] == "1024"
 
 
+def test_the_valkey_health_check_gives_valkey_cli_the_password_in_no_argument(tmp_path):
+    # Every user of the host reads the arguments of a container's processes (ps, /proc/<pid>/cmdline),
+    # and the check runs every 5 s. Run as the container's shell runs it, with a valkey-cli (the
+    # image's is not here) that writes down its arguments and the password of its environment.
+    kind, check = compose()["services"]["valkey"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    cli = tmp_path / "bin" / "valkey-cli"
+    cli.parent.mkdir()
+    cli.write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$@" > "$SEEN/arguments"\nprintf "%s" "$REDISCLI_AUTH" > "$SEEN/auth"\necho PONG\n'
+    )
+    cli.chmod(0o755)
+    environment = {
+        "PATH": f"{cli.parent}:/usr/bin:/bin",
+        "VALKEY_PASSWORD": DOT_ENV["VALKEY_PASSWORD"],
+        "SEEN": str(tmp_path),
+    }
+
+    done = subprocess.run(["/bin/sh", "-c", check], env=environment, timeout=30)
+
+    assert done.returncode == 0
+    assert DOT_ENV["VALKEY_PASSWORD"] not in (tmp_path / "arguments").read_text()
+    assert (tmp_path / "auth").read_text() == DOT_ENV["VALKEY_PASSWORD"]
+
+
 def test_the_bucket_maker_creates_the_media_bucket_on_a_real_seaweedfs(tmp_path):
     maker = compose()["services"]["media-bucket"]
     env = {**service_env(maker), "TASKD_MEDIA__S3__ENDPOINT": "", "PATH": os.environ["PATH"]}

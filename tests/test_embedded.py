@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import stat
@@ -20,6 +21,7 @@ import psutil
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from taskd import embedded
 from taskd.embedded import EmbeddedValkey
@@ -142,6 +144,29 @@ async def test_refuses_commands_without_the_password(server: EmbeddedValkey) -> 
             await client.aclose()
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("CONFIG", "SET", "dir", "/tmp"),
+        ("CONFIG", "SET", "dbfilename", "authorized_keys"),
+        ("MODULE", "LOAD", "/tmp/module.so"),
+        ("DEBUG", "SLEEP", "0"),
+    ],
+    ids=" ".join,
+)
+async def test_the_password_does_not_open_commands_that_write_files_or_load_code(
+    server: EmbeddedValkey, command: tuple[str, ...]
+) -> None:
+    assert server.url is not None
+    client = Redis.from_url(server.url)
+    try:
+        with pytest.raises(ResponseError, match=r"protected config|not allowed"):
+            await client.execute_command(*command)
+        assert (await client.config_get("dir"))["dir"] == str(server.dir)
+    finally:
+        await client.aclose()
+
+
 async def test_taskd_connects_through_a_unix_socket_only_its_owner_can_open(
     server: EmbeddedValkey,
 ) -> None:
@@ -247,6 +272,36 @@ async def test_url_and_password_files_are_private(server: EmbeddedValkey) -> Non
     for name in ("redis.url", "password", "valkey.conf"):
         assert stat.S_IMODE((server.dir / name).stat().st_mode) == 0o600, name
     assert (server.dir / "redis.url").read_text().strip() == server.url
+
+
+@pytest.fixture
+def shell_umask() -> Iterator[None]:
+    """taskd started from a shell: umask 022, which makes new files 0644."""
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+async def test_every_file_the_server_makes_is_private_under_a_shells_umask(
+    shell_umask: None, socket_dir: Path
+) -> None:
+    async with EmbeddedValkey(socket_dir) as valkey:
+        assert valkey.url is not None
+        await _set(valkey.url, "every tenant's", "tasks")
+        client = Redis.from_url(valkey.url)
+        try:
+            await client.bgrewriteaof()  # a new base and increment, as Valkey makes them as it grows
+            async with asyncio.timeout(30):
+                while (await client.info("persistence"))["aof_rewrite_in_progress"]:
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        made = sorted(valkey.dir.rglob("*"))
+        opened = {path: stat.S_IMODE(path.stat().st_mode) for path in made if not path.is_symlink()}
+    assert any(path.suffix == ".aof" for path in opened)
+    assert {str(path): mode for path, mode in opened.items() if mode & 0o077} == {}
 
 
 async def test_data_survives_stop_and_start(tmp_path: Path) -> None:
@@ -460,6 +515,54 @@ async def test_a_second_start_listens_on_the_port_of_the_first(tmp_path: Path) -
         assert second.tcp_url == first_url
 
 
+class _Squatter:
+    """Another local user's process listening on a port taskd's server had: what it was sent."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    async def _keep(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(4096):
+            self.received.extend(data)
+        writer.close()
+
+    async def listen(self, port: int) -> asyncio.Server:
+        """Listen on `port` as soon as it is free: the server that had it may still be going, and
+        once it is gone any process's outgoing connection may take it a moment as its own end."""
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    return await asyncio.start_server(self._keep, "127.0.0.1", port)
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+                await asyncio.sleep(0.001)
+
+
+@pytest.fixture(params=["socket", "port alone"])
+def reached_either_way(request: pytest.FixtureRequest, socket_dir: Path) -> Path:
+    """A data dir whose server taskd reaches on its socket, or on its port alone (too deep for a
+    socket's path)."""
+    if request.param == "socket":
+        return socket_dir
+    return socket_dir / ("d" * (embedded.SOCKET_PATH_MAX - len(str(socket_dir))))
+
+
+async def test_a_start_sends_no_password_to_whoever_took_the_port_of_the_last_one(
+    reached_either_way: Path,
+) -> None:
+    async with EmbeddedValkey(reached_either_way) as first:
+        assert first.tcp_url is not None
+        old_port = urlsplit(first.tcp_url).port
+    assert old_port is not None
+    squatter = _Squatter()
+    async with await squatter.listen(old_port), EmbeddedValkey(reached_either_way) as second:
+        assert second.tcp_url is not None
+        assert urlsplit(second.tcp_url).port != old_port
+        await _set(second.tcp_url, "on", "another port")
+    assert squatter.received == b""
+
+
 async def test_the_server_is_in_a_session_of_its_own_so_a_ctrl_c_reaches_taskd_alone(
     server: EmbeddedValkey,
 ) -> None:
@@ -482,6 +585,47 @@ async def test_a_server_killed_under_supervision_is_started_again_with_its_data_
             await asyncio.sleep(0.1)
 
     assert await _get(server.url, "kept") == b"through a kill"
+    await server.stop()
+    await asyncio.wait_for(supervising, 5)
+
+
+async def test_a_restart_under_supervision_sends_no_password_to_whoever_took_its_port(
+    reached_either_way: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with EmbeddedValkey(reached_either_way) as server:
+        assert server.tcp_url is not None and server.pid is not None
+        port = urlsplit(server.tcp_url).port
+        assert port is not None
+        killed = server.pid
+        os.kill(killed, 9)
+        squatter = _Squatter()
+        # Supervised once the port is taken: a restart cannot win the port first on a slow machine.
+        async with await squatter.listen(port), asyncio.timeout(30):
+            supervising = asyncio.create_task(server.supervise())
+            while "did not start again" not in caplog.text:
+                await asyncio.sleep(0.05)
+    await asyncio.wait_for(supervising, 5)
+    assert squatter.received == b""
+
+
+async def test_a_server_served_on_its_socket_starts_again_on_another_port_when_its_port_was_taken(
+    server: EmbeddedValkey,
+) -> None:
+    assert server.url is not None and server.url.startswith("unix://") and server.pid is not None
+    assert server.tcp_url is not None
+    port = urlsplit(server.tcp_url).port
+    assert port is not None
+    await _set(server.url, "kept", "through a kill")
+    killed = server.pid
+    os.kill(killed, 9)
+    async with await _Squatter().listen(port):
+        # Supervised once the port is taken: a restart cannot win the port first on a slow machine.
+        supervising = asyncio.create_task(server.supervise())
+        async with asyncio.timeout(30):
+            while server.pid == killed or await _get_or_none(server.url, "kept") is None:
+                await asyncio.sleep(0.1)
+        assert server.tcp_url is not None and urlsplit(server.tcp_url).port != port
+        assert await _get(server.tcp_url, "kept") == b"through a kill"
     await server.stop()
     await asyncio.wait_for(supervising, 5)
 
