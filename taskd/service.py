@@ -80,6 +80,9 @@ log = logging.getLogger("taskd")
 # Redis (they retry while Redis is unreachable; one not done by then is queued again by the reclaim).
 HAND_BACK_WAIT = 10.0
 
+# aiohttp reads a shutdown_timeout of 0 as "no bound": a grace of 0 still ends requests in flight.
+LEAST_REQUEST_WAIT = 0.1
+
 # The exit status of a start-up that could not use its Redis: the operator commands' (cli_admin).
 EXIT_REDIS = 3
 # ... that the host refused what it needs: its HTTP address (in use, not this host's), a file or
@@ -519,7 +522,13 @@ class Service:
             api.unready_queues = self._pool.unready
         self._background.append(asyncio.create_task(api.cpu_load.run(), name="cpu-load"))
         self._runner = web.AppRunner(
-            create_app(api), access_log=None, keepalive_timeout=self.config.http.idle_timeout
+            create_app(api),
+            access_log=None,
+            keepalive_timeout=self.config.http.idle_timeout,
+            # A stop gives the requests in flight the running jobs' grace, at the same time, then
+            # cancels them: aiohttp's own 60 s let one client that never sent its body (held up to
+            # http.body_timeout) keep the jobs running that long before their grace even began.
+            shutdown_timeout=max(self.config.execution.shutdown_grace, LEAST_REQUEST_WAIT),
         )
         await self._runner.setup()
         host, port = self.config.http.host, self.config.http.port
@@ -538,10 +547,10 @@ class Service:
         if self._stopped:
             return
         self._stopped = True
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._pool is not None:
-            await self._pool.stop(self.config.execution.shutdown_grace if grace is None else grace)
+        grace = self.config.execution.shutdown_grace if grace is None else grace
+        # The API and the workers stop side by side: the workers take no job from the moment the
+        # stop begins, and a request still in flight costs the stop no more than the jobs' grace.
+        await asyncio.gather(self._stop_http(), self._stop_workers(grace))
         if self._executor is not None:
             await self._executor.finish_hand_backs(HAND_BACK_WAIT)
         if self._runners is not None:
@@ -557,6 +566,16 @@ class Service:
         # The spans of the last runs and requests leave before the process does.
         if tracing.enabled():
             await asyncio.to_thread(tracing.flush)
+
+    async def _stop_http(self) -> None:
+        # Stops listening, ends the event streams and Prefer: wait submits, waits for the other
+        # requests up to the runner's shutdown_timeout, then cancels those still running.
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _stop_workers(self, grace: float) -> None:
+        if self._pool is not None:
+            await self._pool.stop(grace)
 
     def announce(self, *, print_key: bool = False) -> None:
         """Print where the API listens and, when taskd made the key itself on this start, the key:
