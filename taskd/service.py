@@ -66,7 +66,7 @@ from taskd.redis_memory import eviction_risk, read_every_node
 from taskd.redis_needs import check_commands
 from taskd.sdnotify import Notifier
 from taskd.shown_paths import SHOWN_PATHS
-from taskd.stopping import cancel_and_wait
+from taskd.stopping import cancel_and_wait, cancel_within_rounds
 from taskd.store import Admission, TaskStore, layout
 from taskd.store.run_state import RunStates
 from taskd.submit.dispatch import Dispatcher
@@ -655,6 +655,29 @@ async def run(
         notifier.stopping("stopping: draining running jobs")
         await service.stop()
         watchdog.cancel()
+        await _end_what_handlers_left()
+
+
+async def _end_what_handlers_left() -> None:
+    """Cancel what still runs on the loop once the service has stopped, and exit without what will
+    not end: a coroutine handler that swallows every cancel, left running when its run was handed
+    back (Executor._in_loop). The loop's own close (asyncio.run) would wait for it for ever, and
+    the process, its work done and its tasks handed back, never exited."""
+    current = asyncio.current_task()
+    deaf = await cancel_within_rounds(task for task in asyncio.all_tasks() if task is not current)
+    if not deaf:
+        return
+    log.warning(
+        "%d asyncio task(s) went on through every cancel (%s): taskd exits without them",
+        len(deaf),
+        ", ".join(sorted(task.get_name() for task in deaf)),
+    )
+    logs.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    os._exit(0)
 
 
 async def _start_unless_stopped(service: Service, stop: asyncio.Event) -> bool:

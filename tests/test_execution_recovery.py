@@ -798,6 +798,28 @@ async def test_a_stop_hands_running_jobs_back_within_their_grace_while_a_request
         writer.close()
 
 
+async def test_a_stop_hands_back_a_coroutine_handler_deaf_to_its_cancel_and_exits_without_it(
+    spawn_taskd, tmp_path, session
+):
+    modules = {"TASKD_TASKS__MODULES": "taskd.tasks.diagnostics,support_tasks"}
+    api = Api(session, spawn_taskd("serve", "--no-worker", env=env_for(tmp_path, **modules)).base_url)
+    worker = spawn_taskd(
+        "worker",
+        env=env_for(tmp_path, TASKD_EXECUTION__SHUTDOWN_GRACE="0.5", **modules),
+        wait_listening=False,
+    )
+    task_id = await api.submit("ignore_cancels", {})
+    await api.wait(task_id, lambda b: b["status"] == "processing")
+
+    # Before, the process wrote the hand-back and then never exited: the loop's close waited for
+    # the handler, which swallows every cancel.
+    assert await asyncio.to_thread(worker.stop, signal.SIGTERM, 60) == 0
+    body = await api.status(task_id)
+
+    assert body["status"] == "queued"
+    assert marker_path(tmp_path / "data", task_id, "cancel_swallowed").exists()
+
+
 async def test_a_worker_started_with_sighup_ignored_as_by_nohup_keeps_running_its_task_at_a_sighup(
     spawn_taskd, tmp_path, session
 ):
