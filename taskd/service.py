@@ -628,13 +628,39 @@ async def run(
     loop = asyncio.get_running_loop()
     # SIGHUP: the terminal it was started from closed (an ssh session dropped). Its default would end
     # the process at once, its running jobs left to the reclaim; stopped as by SIGTERM, they go back.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    handled = [
+        sig
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         # One it was started with ignored stays ignored, as Python leaves SIGINT: `nohup taskd serve`
         # asked to outlive its terminal, and a shell script's `taskd serve &` is not for the Ctrl-C
         # of the terminal the script runs in.
-        if sig != signal.SIGTERM and signal.getsignal(sig) == signal.SIG_IGN:
-            continue
+        if sig == signal.SIGTERM or signal.getsignal(sig) != signal.SIG_IGN
+    ]
+    for sig in handled:
         loop.add_signal_handler(sig, stop.set)
+    try:
+        await _serve(config, stop, http=http, workers=workers, queues=queues, print_key=print_key)
+    finally:
+        # Stopped: another of these signals now (a second Ctrl-C) changes nothing. Left to the
+        # loop, they got their defaults back when it closed, and Python's exit restores the default
+        # of any it handles itself: one in the moments before the exit killed the process, which
+        # ended with status 130 (143, 129) rather than 0. Its children are gone by now, so none
+        # inherits the ignored signals.
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+
+
+async def _serve(
+    config: Config,
+    stop: asyncio.Event,
+    *,
+    http: bool,
+    workers: bool,
+    queues: list[str] | None,
+    print_key: bool,
+) -> None:
+    """Start a Service, serve until `stop` is set, then stop it (run's body)."""
     open_files = raise_open_files_limit()
     notifier = Notifier.from_env()
     service = Service(config, http=http, workers=workers, queues=queues)

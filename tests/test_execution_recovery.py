@@ -820,6 +820,20 @@ async def test_a_stop_hands_back_a_coroutine_handler_deaf_to_its_cancel_and_exit
     assert marker_path(tmp_path / "data", task_id, "cancel_swallowed").exists()
 
 
+async def test_ctrl_c_pressed_again_and_again_during_a_stop_leaves_its_exit_status_0(spawn_taskd, tmp_path):
+    node = spawn_taskd("serve", env=env_for(tmp_path))
+    node.proc.send_signal(signal.SIGINT)
+
+    # Before, one that came once the loop had closed (its handlers back to the defaults) or as
+    # Python exited killed the process: status -2 (130 in a shell).
+    async with asyncio.timeout(60):
+        while node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.01)
+
+    assert node.proc.returncode == 0
+
+
 async def test_a_worker_started_with_sighup_ignored_as_by_nohup_keeps_running_its_task_at_a_sighup(
     spawn_taskd, tmp_path, session
 ):
