@@ -66,7 +66,7 @@ from taskd.redis_memory import eviction_risk, read_every_node
 from taskd.redis_needs import check_commands
 from taskd.sdnotify import Notifier
 from taskd.shown_paths import SHOWN_PATHS
-from taskd.stopping import cancel_and_wait
+from taskd.stopping import cancel_and_wait, cancel_within_rounds
 from taskd.store import Admission, TaskStore, layout
 from taskd.store.run_state import RunStates
 from taskd.submit.dispatch import Dispatcher
@@ -79,6 +79,9 @@ log = logging.getLogger("taskd")
 # How long a stop waits for the hand-back writes of the runs it cancelled before it lets go of
 # Redis (they retry while Redis is unreachable; one not done by then is queued again by the reclaim).
 HAND_BACK_WAIT = 10.0
+
+# aiohttp reads a shutdown_timeout of 0 as "no bound": a grace of 0 still ends requests in flight.
+LEAST_REQUEST_WAIT = 0.1
 
 # The exit status of a start-up that could not use its Redis: the operator commands' (cli_admin).
 EXIT_REDIS = 3
@@ -519,7 +522,13 @@ class Service:
             api.unready_queues = self._pool.unready
         self._background.append(asyncio.create_task(api.cpu_load.run(), name="cpu-load"))
         self._runner = web.AppRunner(
-            create_app(api), access_log=None, keepalive_timeout=self.config.http.idle_timeout
+            create_app(api),
+            access_log=None,
+            keepalive_timeout=self.config.http.idle_timeout,
+            # A stop gives the requests in flight the running jobs' grace, at the same time, then
+            # cancels them: aiohttp's own 60 s let one client that never sent its body (held up to
+            # http.body_timeout) keep the jobs running that long before their grace even began.
+            shutdown_timeout=max(self.config.execution.shutdown_grace, LEAST_REQUEST_WAIT),
         )
         await self._runner.setup()
         host, port = self.config.http.host, self.config.http.port
@@ -538,10 +547,10 @@ class Service:
         if self._stopped:
             return
         self._stopped = True
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._pool is not None:
-            await self._pool.stop(self.config.execution.shutdown_grace if grace is None else grace)
+        grace = self.config.execution.shutdown_grace if grace is None else grace
+        # The API and the workers stop side by side: the workers take no job from the moment the
+        # stop begins, and a request still in flight costs the stop no more than the jobs' grace.
+        await asyncio.gather(self._stop_http(), self._stop_workers(grace))
         if self._executor is not None:
             await self._executor.finish_hand_backs(HAND_BACK_WAIT)
         if self._runners is not None:
@@ -557,6 +566,16 @@ class Service:
         # The spans of the last runs and requests leave before the process does.
         if tracing.enabled():
             await asyncio.to_thread(tracing.flush)
+
+    async def _stop_http(self) -> None:
+        # Stops listening, ends the event streams and Prefer: wait submits, waits for the other
+        # requests up to the runner's shutdown_timeout, then cancels those still running.
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _stop_workers(self, grace: float) -> None:
+        if self._pool is not None:
+            await self._pool.stop(grace)
 
     def announce(self, *, print_key: bool = False) -> None:
         """Print where the API listens and, when taskd made the key itself on this start, the key:
@@ -609,13 +628,39 @@ async def run(
     loop = asyncio.get_running_loop()
     # SIGHUP: the terminal it was started from closed (an ssh session dropped). Its default would end
     # the process at once, its running jobs left to the reclaim; stopped as by SIGTERM, they go back.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    handled = [
+        sig
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         # One it was started with ignored stays ignored, as Python leaves SIGINT: `nohup taskd serve`
         # asked to outlive its terminal, and a shell script's `taskd serve &` is not for the Ctrl-C
         # of the terminal the script runs in.
-        if sig != signal.SIGTERM and signal.getsignal(sig) == signal.SIG_IGN:
-            continue
+        if sig == signal.SIGTERM or signal.getsignal(sig) != signal.SIG_IGN
+    ]
+    for sig in handled:
         loop.add_signal_handler(sig, stop.set)
+    try:
+        await _serve(config, stop, http=http, workers=workers, queues=queues, print_key=print_key)
+    finally:
+        # Stopped: another of these signals now (a second Ctrl-C) changes nothing. Left to the
+        # loop, they got their defaults back when it closed, and Python's exit restores the default
+        # of any it handles itself: one in the moments before the exit killed the process, which
+        # ended with status 130 (143, 129) rather than 0. Its children are gone by now, so none
+        # inherits the ignored signals.
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+
+
+async def _serve(
+    config: Config,
+    stop: asyncio.Event,
+    *,
+    http: bool,
+    workers: bool,
+    queues: list[str] | None,
+    print_key: bool,
+) -> None:
+    """Start a Service, serve until `stop` is set, then stop it (run's body)."""
     open_files = raise_open_files_limit()
     notifier = Notifier.from_env()
     service = Service(config, http=http, workers=workers, queues=queues)
@@ -636,6 +681,29 @@ async def run(
         notifier.stopping("stopping: draining running jobs")
         await service.stop()
         watchdog.cancel()
+        await _end_what_handlers_left()
+
+
+async def _end_what_handlers_left() -> None:
+    """Cancel what still runs on the loop once the service has stopped, and exit without what will
+    not end: a coroutine handler that swallows every cancel, left running when its run was handed
+    back (Executor._in_loop). The loop's own close (asyncio.run) would wait for it for ever, and
+    the process, its work done and its tasks handed back, never exited."""
+    current = asyncio.current_task()
+    deaf = await cancel_within_rounds(task for task in asyncio.all_tasks() if task is not current)
+    if not deaf:
+        return
+    log.warning(
+        "%d asyncio task(s) went on through every cancel (%s): taskd exits without them",
+        len(deaf),
+        ", ".join(sorted(task.get_name() for task in deaf)),
+    )
+    logs.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    os._exit(0)
 
 
 async def _start_unless_stopped(service: Service, stop: asyncio.Event) -> bool:

@@ -19,6 +19,14 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
     code, asyncio.wait_for on Python 3.11) can swallow a CancelledError that lands at the wrong
     instant, and the task then simply goes on.
     """
+    tasks = list(tasks)
+    await cancel_within_rounds(tasks)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def cancel_within_rounds(tasks: Iterable[asyncio.Task[Any]]) -> list[asyncio.Task[Any]]:
+    """Cancel `tasks` as `cancel_and_wait` does, for its rounds only; those still running then (each
+    swallowed every cancel) are returned, not waited for."""
     pending = [task for task in tasks if not task.done()]
     for _ in range(ROUNDS):
         if not pending:
@@ -27,7 +35,7 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
             task.cancel()
         _, still = await asyncio.wait(pending, timeout=ROUND_SECONDS)
         pending = list(still)
-    await asyncio.gather(*tasks, return_exceptions=True)
+    return pending
 
 
 async def outlast(future: asyncio.Future[T]) -> T:

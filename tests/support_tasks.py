@@ -466,6 +466,17 @@ async def swallow_cancels(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]
     return {"ok": True}
 
 
+async def ignore_cancels(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
+    """A handler that catches every CancelledError and goes on for ever (in a taskd child process,
+    where no test can clear `SWALLOWING`)."""
+    _mark(ctx, "started")
+    while True:
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            _mark(ctx, "cancel_swallowed")
+
+
 async def long_first_run_then_transient(ctx: TaskContext, __: AnythingInput) -> dict[str, Any]:
     """Its first run waits to be cut short (a stop hands it back, a kill reclaims it); every later
     run fails with a transient error, reporting the attempt and whether it was the final one."""
@@ -567,6 +578,7 @@ TASKS = [
     TaskType(
         "swallow_cancels", AnythingInput, queue="default", expected_duration=0.1, handler=swallow_cancels
     ),
+    TaskType("ignore_cancels", AnythingInput, queue="default", expected_duration=0.1, handler=ignore_cancels),
     TaskType(
         "raise_unprintable",
         UnprintableInput,

@@ -15,9 +15,11 @@ import aiohttp
 import pytest
 from conftest import API_KEY, TERMINAL, child_env
 from redis_probes import alive
+from yarl import URL
 
 from taskd import keys
 from taskd.config import ExecutionConfig, GpuConfig, QueueConfig, RetryConfig, WorkerConfig
+from taskd.embedded import EmbeddedValkey
 from taskd.engine import reclaim
 from taskd.engine.executor import Executor, Outcome
 from taskd.engine.jobproc.pool import RunnerPool
@@ -752,6 +754,84 @@ async def test_a_stop_signal_to_a_worker_hands_its_running_task_back(spawn_taskd
 
     assert body["status"] == "queued"
     assert body["attempt"] == 1
+
+
+async def test_a_stop_hands_running_jobs_back_within_their_grace_while_a_request_body_never_arrives(
+    spawn_taskd, tmp_path, session
+):
+    # The one Redis is the API node's; the node stopped runs the API and the workers on it.
+    api = Api(session, spawn_taskd("serve", "--no-worker", env=env_for(tmp_path)).base_url)
+    redis_url = EmbeddedValkey.running_url(tmp_path / "data")
+    assert redis_url is not None
+    node = spawn_taskd(
+        "serve",
+        env=child_env(
+            tmp_path / "node",
+            TASKD_REDIS__URL=redis_url,
+            TASKD_EXECUTION__SHUTDOWN_GRACE="1",
+            TASKD_HTTP__BODY_TIMEOUT="3600",
+        ),
+    )
+    task_id = await api.submit("sleep", {"seconds": 3600, "steps": 1000})
+    await api.wait(task_id, lambda b: b["status"] == "processing")
+    url = URL(node.base_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            b"POST /api/v1/tasks/submit HTTP/1.1\r\nHost: taskd\r\nX-API-Key: "
+            + API_KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.5)  # the request's handler waits for the rest of the body
+
+        node.proc.send_signal(signal.SIGTERM)
+
+        # Before, the stop first waited for that request (aiohttp's 60 s) with the workers still taking
+        # jobs, and only then gave the running ones their grace: past the units' TimeoutStopSec.
+        body = await api.wait(task_id, lambda b: b["status"] == "queued", timeout=30)
+        assert body["attempt"] == 1
+        assert await asyncio.to_thread(node.proc.wait, 30) == 0
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""  # cut, never answered: nothing was stored
+    finally:
+        writer.close()
+
+
+async def test_a_stop_hands_back_a_coroutine_handler_deaf_to_its_cancel_and_exits_without_it(
+    spawn_taskd, tmp_path, session
+):
+    modules = {"TASKD_TASKS__MODULES": "taskd.tasks.diagnostics,support_tasks"}
+    api = Api(session, spawn_taskd("serve", "--no-worker", env=env_for(tmp_path, **modules)).base_url)
+    worker = spawn_taskd(
+        "worker",
+        env=env_for(tmp_path, TASKD_EXECUTION__SHUTDOWN_GRACE="0.5", **modules),
+        wait_listening=False,
+    )
+    task_id = await api.submit("ignore_cancels", {})
+    await api.wait(task_id, lambda b: b["status"] == "processing")
+
+    # Before, the process wrote the hand-back and then never exited: the loop's close waited for
+    # the handler, which swallows every cancel.
+    assert await asyncio.to_thread(worker.stop, signal.SIGTERM, 60) == 0
+    body = await api.status(task_id)
+
+    assert body["status"] == "queued"
+    assert marker_path(tmp_path / "data", task_id, "cancel_swallowed").exists()
+
+
+async def test_ctrl_c_pressed_again_and_again_during_a_stop_leaves_its_exit_status_0(spawn_taskd, tmp_path):
+    node = spawn_taskd("serve", env=env_for(tmp_path))
+    node.proc.send_signal(signal.SIGINT)
+
+    # Before, one that came once the loop had closed (its handlers back to the defaults) or as
+    # Python exited killed the process: status -2 (130 in a shell).
+    async with asyncio.timeout(60):
+        while node.proc.poll() is None:
+            node.proc.send_signal(signal.SIGINT)
+            await asyncio.sleep(0.01)
+
+    assert node.proc.returncode == 0
 
 
 async def test_a_worker_started_with_sighup_ignored_as_by_nohup_keeps_running_its_task_at_a_sighup(

@@ -956,7 +956,11 @@ class Executor:
         runtasks.watch(loop)
         running.made = made = RunTasks()
         grace = max(self.config.execution.cancel_grace, HANDLER_GRACE_MIN)
-        task = asyncio.create_task(_handler_run(interruptible, tree, running, made))
+        # Named for the log line of a stop that exits without a handler deaf to its cancel.
+        task = asyncio.create_task(
+            _handler_run(interruptible, tree, running, made),
+            name=f"{record.task_type} handler of task {record.task_id}",
+        )
         running.watch(task, loop.create_future(), grace)
         timers = [loop.call_later(hard, running.stop_for, "hard_limit")]
         if soft is not None:

@@ -87,6 +87,12 @@ class _HandedBackJobs(logging.Filter):
 logging.getLogger("arq.worker").addFilter(_HandedBackJobs())
 
 
+def _log_failed_drop(job_id: str, drop: asyncio.Future[None]) -> None:
+    if not drop.cancelled() and (error := drop.exception()) is not None:
+        # Left on its queue, the job is dropped by the take that finds it: its task has moved on.
+        log.warning("dropping job %s at the stop failed: %s", job_id, error)
+
+
 class TaskdWorker(Worker):
     """arq's worker, woken by an event instead of sleeping a full poll delay between polls.
 
@@ -379,7 +385,15 @@ class TaskdWorker(Worker):
         if not dropped:
             # The store drops the job in the script that ends the run; a skipped or failed run
             # leaves it to the worker.
-            await asyncio.shield(self._drop_job(job_id))
+            drop = asyncio.ensure_future(self._drop_job(job_id))
+            try:
+                await asyncio.shield(drop)
+            except asyncio.CancelledError:
+                # A stop cancelled the run again while the drop waits on a hung Redis: the drop goes
+                # on alone, and its failure is said here, not as asyncio's ERROR "Task exception was
+                # never retrieved" with a traceback once the process lets go of it.
+                drop.add_done_callback(partial(_log_failed_drop, job_id))
+                raise
 
     async def _drop_job(self, job_id: str) -> None:
         # What arq's finish_job does for a finished job that keeps no result, in one round trip.

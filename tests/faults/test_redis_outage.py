@@ -10,9 +10,10 @@ import signal
 import time
 from datetime import datetime
 
+import aiohttp
 import pytest
 from conftest import API_KEY, TERMINAL
-from faultkit import Api, ValkeyServer, reads_across_a_stop, runs, serving
+from faultkit import Api, ValkeyServer, child_env, reads_across_a_stop, runs, serving
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sse import read_events
 
@@ -112,6 +113,41 @@ async def test_queue_health_and_metrics_answer_503_while_redis_hangs(tmp_path, p
             "retry_after": 5,
         },
     )
+
+
+async def test_a_stop_while_redis_hangs_logs_no_error_for_the_job_it_could_not_drop(tmp_path, spawn_taskd):
+    server = await ValkeyServer(tmp_path / "valkey").start()
+    log = tmp_path / "taskd.log"
+    node = spawn_taskd(
+        "serve",
+        env=child_env(
+            tmp_path / "data",
+            TASKD_REDIS__URL=server.url,
+            TASKD_REDIS__SOCKET_TIMEOUT="2",
+            TASKD_EXECUTION__SHUTDOWN_GRACE="0.5",
+        ),
+        stderr=log,
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, str(node.base_url))
+            task_id = await api.submit("sleep", {"seconds": 3600, "steps": 1000})
+            await api.wait_all([task_id], lambda body: body["status"] == "processing")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+
+        status = await asyncio.to_thread(node.stop, signal.SIGTERM, 180)
+    finally:
+        if server.proc is not None:
+            server.proc.send_signal(signal.SIGCONT)
+        server.stop()
+
+    # Before, the run's job, whose drop the stop cut short, was logged as asyncio's ERROR "Task
+    # exception was never retrieved" with a traceback; now a warning names it.
+    assert status == 0
+    lines = log.read_text().splitlines()
+    assert [line for line in lines if '"level":"ERROR"' in line] == []
+    assert any("at the stop failed" in line for line in lines)
 
 
 async def test_requests_on_a_hung_redis_each_open_their_connection_at_once(tmp_path):
