@@ -22,6 +22,27 @@ Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 Path = tuple[str | int, ...]
 
 
+# The whole numbers a double holds exactly (IEEE 754's 53-bit significand): past them, a float's
+# integer value need not be the number the caller wrote.
+_EXACT_IN_A_DOUBLE = 2**53
+
+
+def whole_number(value: Any) -> int | None:
+    """A JSON number with no fractional part as an int, else None (`true`, `"7"`, `7.5`).
+
+    JSON has one kind of number, and JSON Schema's `integer` (the OpenAPI document's) is any number
+    whose fractional part is zero: `24.0` is one, as Python's json module writes a float field and
+    as pydantic (the document's own service) read it. Only a float a double holds exactly is taken.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_IN_A_DOUBLE:
+        return int(value)
+    return None
+
+
 def path_text(path: Path) -> str:
     """`path` as the API's `details` name a field: `task_data.tracks[0].url` (`body` for none)."""
     text = ""

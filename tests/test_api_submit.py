@@ -168,6 +168,23 @@ async def test_invalid_priority_is_refused(taskd, priority):
     assert "priority" in body["details"]
 
 
+async def test_whole_numbers_written_with_a_zero_fraction_are_integers(taskd, redis: Redis):
+    # JSON has one kind of number: 1.0 and 24.0 are integers to the OpenAPI document's JSON Schema.
+    task = await taskd.submit("generate_video", {"fps": 24.0, "duration": 7}, priority=1.0)
+
+    assert await redis.hget(keys.task(task["task_id"]), "priority") == b"1"
+
+
+@pytest.mark.parametrize("fps", [24.5, "24", True, 2.0**60])
+async def test_an_integer_task_data_field_refuses_what_is_not_a_whole_number(taskd, fps):
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "generate_video", "task_data": {"fps": fps}}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.fps": "Must be an integer"}
+
+
 async def test_callback_url_must_be_http(taskd):
     status, body = await post(
         taskd,
