@@ -78,7 +78,12 @@ def test_task_data_schemas_follow_the_input_classes():
         "anyOf": [
             {
                 "type": "array",
-                "items": {"anyOf": [{"type": "string", "maxLength": 2048}, TASK_REF]},
+                "items": {
+                    "anyOf": [
+                        {"type": "string", "maxLength": 2048, "pattern": "^https?://[^\\s/]+"},
+                        TASK_REF,
+                    ]
+                },
                 "maxItems": 16,
             },
             TASK_REF,
@@ -87,6 +92,7 @@ def test_task_data_schemas_follow_the_input_classes():
     assert image["properties"]["style_guide"] == {
         "anyOf": [{"type": "string"}, {"type": "null"}, TASK_REF],
         "maxLength": 2048,
+        "pattern": "^https?://[^\\s/]+",
     }
     assert image["additionalProperties"] is True
 
@@ -241,6 +247,45 @@ def test_a_malformed_ref_is_refused_by_the_parser_and_not_valid_by_the_document(
     with pytest.raises(ValidationError) as refused:
         parse_submission(body, default_registry())
     assert list(refused.value.details) == ["task_data.prompt"]
+    assert not validator("SubmitRequest").is_valid(body)
+
+
+# A task input URL (downloaded when the task runs), by task type, the field's place and its value.
+NOT_HTTP_URLS = [
+    ("generate_image", "style_guide", {"prompt": "a door", "style_guide": ""}),
+    (
+        "generate_image",
+        "reference_images",
+        {"prompt": "a door", "reference_images": ["ftp://media.example/a.png"]},
+    ),
+    ("generate_video", "storyboard_images", {"storyboard_images": ["media.example/a.png"]}),
+    ("process_audio", "tracks[0].url", {"tracks": [{"url": "file:///etc/passwd"}]}),
+    (
+        "render_animation",
+        "background_url",
+        {
+            "character_id": "hero",
+            "keyframes": [{"image_url": "https://media.example/a.png"}],
+            "background_url": "0",
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("task_type", "field", "task_data"), NOT_HTTP_URLS)
+async def test_a_task_input_url_that_is_not_http_is_refused_by_the_service_and_not_valid_by_the_document(
+    start_service, task_type, field, task_data
+):
+    # The document published these as any string: a generated client sent "" as a valid style
+    # guide and got the 400.
+    api_only = await start_service(workers=False)
+    body = {"project_id": "p", "task_type": task_type, "task_data": task_data}
+
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        status, refused = response.status, await response.json()
+
+    assert status == 400
+    assert list(refused["details"]) == [f"task_data.{field}"]
     assert not validator("SubmitRequest").is_valid(body)
 
 

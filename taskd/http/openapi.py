@@ -31,7 +31,7 @@ from taskd.http.scope import Touches, touches
 from taskd.model import TaskStatus
 from taskd.submit import idempotency
 from taskd.tasks.registry import FROM_A_LIST, FROM_AN_OBJECT, Registry
-from taskd.validation import Check
+from taskd.validation import Check, HttpUrl
 
 Schema = dict[str, Any]
 
@@ -224,7 +224,7 @@ def _validator_schema(validator: Any) -> Schema:
     """The JSON Schema keywords a validator stands for: taskd's `Check`s and attrs' own."""
     if validator is None:
         return {}
-    if isinstance(validator, Check):
+    if isinstance(validator, Check | HttpUrl):
         return dict(validator.schema)
     found: Schema = {}
     for part in getattr(validator, "_validators", ()):  # attrs.validators.and_, or a list of validators
