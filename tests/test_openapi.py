@@ -289,6 +289,32 @@ async def test_a_task_input_url_that_is_not_http_is_refused_by_the_service_and_n
     assert not validator("SubmitRequest").is_valid(body)
 
 
+async def test_null_depends_on_and_metadata_are_accepted_by_the_service_and_valid_by_the_document(
+    start_service,
+):
+    # As if left out, as docs/api.md says; the document published an array and an object only.
+    api_only = await start_service(workers=False)
+    body = {**submission(), "depends_on": None, "metadata": None}
+
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        assert response.status == 200, await response.text()
+    validator("SubmitRequest").validate(body)
+
+
+async def test_an_empty_task_id_in_depends_on_is_refused_by_the_service_and_not_valid_by_the_document(
+    start_service,
+):
+    api_only = await start_service(workers=False)
+    body = submission(depends_on=[""])
+
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        status, refused = response.status, await response.json()
+
+    assert status == 400
+    assert list(refused["details"]) == ["depends_on"]
+    assert not validator("SubmitRequest").is_valid(body)
+
+
 def submission(**fields: object) -> dict:
     return {"project_id": "p", "task_type": "test_prompt", "task_data": TASK_DATA["test_prompt"], **fields}
 
