@@ -315,6 +315,23 @@ async def test_an_empty_task_id_in_depends_on_is_refused_by_the_service_and_not_
     assert not validator("SubmitRequest").is_valid(body)
 
 
+async def test_run_at_with_delay_seconds_is_refused_by_the_service_and_not_valid_by_the_document(
+    start_service,
+):
+    api_only = await start_service(workers=False)
+    body = submission(run_at="2030-01-31T09:00:00Z", delay_seconds=5)
+
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        status, refused = response.status, await response.json()
+
+    assert status == 400
+    assert set(refused["details"]) == {"run_at", "delay_seconds"}
+    assert not validator("SubmitRequest").is_valid(body)
+    # One of them null is as if left out: the other schedules it.
+    assert validator("SubmitRequest").is_valid({**body, "run_at": None})
+    assert validator("SubmitRequest").is_valid({**body, "delay_seconds": None})
+
+
 def submission(**fields: object) -> dict:
     return {"project_id": "p", "task_type": "test_prompt", "task_data": TASK_DATA["test_prompt"], **fields}
 

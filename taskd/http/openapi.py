@@ -276,6 +276,12 @@ _STATUS = {"type": "string", "enum": [status.value for status in TaskStatus]}
 # An object whose only key is "$ref" (taskd.refs.is_ref), whatever its value: what task_data itself
 # may not be, though a type with no required field takes any object.
 _BARE_REF: Schema = {"required": [refs.REF], "maxProperties": 1}
+# A submission that schedules by both `run_at` and `delay_seconds` (`null` is either left out): a 400
+# (taskd.submit.submission._scheduled_for), which the fields' own schemas cannot say.
+_BOTH_SCHEDULES: Schema = {
+    "required": ["run_at", "delay_seconds"],
+    "properties": {"run_at": {"type": "string"}, "delay_seconds": {"type": "number"}},
+}
 
 
 def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
@@ -299,6 +305,7 @@ def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
                     "description": properties["task_data"]["description"],
                 },
             },
+            "not": _BOTH_SCHEDULES,
             "description": f"A `{name}` task; runs on the `{task_type.queue}` queue.",
         }
         variants.append(_ref(f"Submit_{name}"))
