@@ -332,6 +332,30 @@ async def test_run_at_with_delay_seconds_is_refused_by_the_service_and_not_valid
     assert validator("SubmitRequest").is_valid({**body, "delay_seconds": None})
 
 
+async def test_a_last_event_id_longer_than_a_stream_id_is_refused_by_the_service_and_not_valid_by_the_document(
+    start_service,
+):
+    # The document's pattern took any run of digits: 21 of them was valid there and a 400 here.
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("noop", {})
+    too_long = "1" * 21 + "-0"
+
+    async with api_only.client.get(
+        f"/api/v1/tasks/{task['task_id']}/events", headers={"Last-Event-ID": too_long}
+    ) as response:
+        status, refused = response.status, await response.json()
+
+    assert status == 400
+    assert list(refused["details"]) == ["Last-Event-ID"]
+    parameters = DOCUMENT["paths"]["/api/v1/tasks/{task_id}/events"]["get"]["parameters"]
+    header = jsonschema_rs.Draft202012Validator(
+        next(parameter for parameter in parameters if parameter["name"] == "Last-Event-ID")["schema"]
+    )
+    assert not header.is_valid(too_long)
+    assert header.is_valid("1700000000000-3")
+    assert header.is_valid("")  # as if not sent
+
+
 def submission(**fields: object) -> dict:
     return {"project_id": "p", "task_type": "test_prompt", "task_data": TASK_DATA["test_prompt"], **fields}
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from taskd.http.events import EVENT_ID_PATTERN
+
 Schema = dict[str, Any]
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -30,8 +32,11 @@ _TOO_MANY_OPEN = {
 _LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
-    "description": "Resume after this event id (sent by EventSource on reconnect)",
-    "schema": {"type": "string", "pattern": r"^\d+(-\d+)?$"},
+    "description": (
+        "Resume after this event id (sent by EventSource on reconnect); each part below 2^64, as a"
+        " stream's ids are; an empty one is as if not sent"
+    ),
+    "schema": {"type": "string", "pattern": f"^({EVENT_ID_PATTERN})?$"},
 }
 _QUERY_KEY = {
     "name": "api_key",
