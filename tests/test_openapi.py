@@ -356,6 +356,22 @@ async def test_a_last_event_id_longer_than_a_stream_id_is_refused_by_the_service
     assert header.is_valid("")  # as if not sent
 
 
+@pytest.mark.parametrize("route", ["tasks", "events"])
+async def test_a_project_id_no_task_can_have_is_a_documented_404_on_the_project_s_routes(
+    start_service, route
+):
+    # The project's event stream answered it 404 without documenting a 404.
+    api_only = await start_service(workers=False)
+
+    async with api_only.client.get(f"/api/v1/projects/-films/{route}") as response:
+        status, refused = response.status, await response.json()
+
+    assert status == 404
+    assert refused["error"] == "not_found"
+    responses = DOCUMENT["paths"][f"/api/v1/projects/{{project_id}}/{route}"]["get"]["responses"]
+    assert responses["404"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
 def submission(**fields: object) -> dict:
     return {"project_id": "p", "task_type": "test_prompt", "task_data": TASK_DATA["test_prompt"], **fields}
 

@@ -106,6 +106,11 @@ def paths() -> dict[str, Any]:
                     "200": _PROJECT_EVENT_STREAM,
                     "400": _error("`validation_error`: a malformed Last-Event-ID"),
                     "401": _error("`authentication_failed`: missing or wrong key"),
+                    # taskd.http.scope, before the stream starts, as for the project's listing.
+                    "404": _error(
+                        "`not_found`: a project_id no task can have (see a submission's `project_id`), "
+                        "or a project the key may not use (`auth.keys`)"
+                    ),
                     "429": _TOO_MANY_OPEN,
                     "503": _error("`service_unavailable`: storage unreachable"),
                 },
