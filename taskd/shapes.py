@@ -166,8 +166,11 @@ class SubmitRequest:
             maxLength=MAX_CALLBACK_URL,
         ),
     )
+    # `null` is as if left out, as for the optional fields typed `| None` (the document's own
+    # clients send it); published so, as the parser takes it.
     metadata: dict[str, Any] = attrs.field(
-        factory=dict, metadata=meta("Kept with the task and sent back in its webhook")
+        factory=dict,
+        metadata=meta("Kept with the task and sent back in its webhook", type=["object", "null"]),
     )
     keep_for: int | None = attrs.field(
         default=None,
@@ -183,6 +186,8 @@ class SubmitRequest:
             "Ids of tasks of the same project that must complete before this one queues; "
             'task_data may then hold {"$ref": "<task_id>#/<JSON pointer>"} objects, replaced by '
             "that part of the named task's result just before this one runs",
+            type=["array", "null"],
+            items={"minLength": 1},
             maxItems=MAX_DEPENDS_ON,
             uniqueItems=True,
         ),

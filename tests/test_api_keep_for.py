@@ -100,6 +100,17 @@ async def test_keep_for_out_of_range_or_not_a_whole_number_is_400(start_service,
     assert await redis.zcard(keys.project("films")) == 0
 
 
+async def test_a_keep_for_written_as_a_whole_float_is_that_many_seconds(start_service, redis: Redis):
+    api_only = await start_service(workers=False)
+    # 600.0 is an integer to JSON Schema (the OpenAPI document's `integer`), and what Python's json
+    # module writes for a float; it was a 400.
+    task = await api_only.submit("noop", {}, keep_for=600.0)
+    await api_only.client.delete(f"/api/v1/tasks/{task['task_id']}")
+
+    assert await redis.hget(keys.task(task["task_id"]), "keep_for") == b"600"
+    assert 580 < await redis.ttl(keys.task(task["task_id"])) <= 600
+
+
 @pytest.mark.parametrize("keep_for", [60, 30 * DAY])
 async def test_keep_for_at_its_limits_is_accepted(start_service, keep_for):
     api_only = await start_service(workers=False)

@@ -78,7 +78,12 @@ def test_task_data_schemas_follow_the_input_classes():
         "anyOf": [
             {
                 "type": "array",
-                "items": {"anyOf": [{"type": "string", "maxLength": 2048}, TASK_REF]},
+                "items": {
+                    "anyOf": [
+                        {"type": "string", "maxLength": 2048, "pattern": "^https?://[^\\s/]+"},
+                        TASK_REF,
+                    ]
+                },
                 "maxItems": 16,
             },
             TASK_REF,
@@ -87,6 +92,7 @@ def test_task_data_schemas_follow_the_input_classes():
     assert image["properties"]["style_guide"] == {
         "anyOf": [{"type": "string"}, {"type": "null"}, TASK_REF],
         "maxLength": 2048,
+        "pattern": "^https?://[^\\s/]+",
     }
     assert image["additionalProperties"] is True
 
@@ -313,6 +319,128 @@ def test_a_malformed_ref_is_refused_by_the_parser_and_not_valid_by_the_document(
         parse_submission(body, default_registry())
     assert list(refused.value.details) == ["task_data.prompt"]
     assert not validator("SubmitRequest").is_valid(body)
+
+
+# A task input URL (downloaded when the task runs), by task type, the field's place and its value.
+NOT_HTTP_URLS = [
+    ("generate_image", "style_guide", {"prompt": "a door", "style_guide": ""}),
+    (
+        "generate_image",
+        "reference_images",
+        {"prompt": "a door", "reference_images": ["ftp://media.example/a.png"]},
+    ),
+    ("generate_video", "storyboard_images", {"storyboard_images": ["media.example/a.png"]}),
+    ("process_audio", "tracks[0].url", {"tracks": [{"url": "file:///etc/passwd"}]}),
+    (
+        "render_animation",
+        "background_url",
+        {
+            "character_id": "hero",
+            "keyframes": [{"image_url": "https://media.example/a.png"}],
+            "background_url": "0",
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("task_type", "field", "task_data"), NOT_HTTP_URLS)
+async def test_a_task_input_url_that_is_not_http_is_refused_by_the_service_and_not_valid_by_the_document(
+    start_service, task_type, field, task_data
+):
+    # The document published these as any string: a generated client sent "" as a valid style
+    # guide and got the 400.
+    api_only = await start_service(workers=False)
+    body = {"project_id": "p", "task_type": task_type, "task_data": task_data}
+
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        status, refused = response.status, await response.json()
+
+    assert status == 400
+    assert list(refused["details"]) == [f"task_data.{field}"]
+    assert not validator("SubmitRequest").is_valid(body)
+
+
+async def test_null_depends_on_and_metadata_are_accepted_by_the_service_and_valid_by_the_document(
+    start_service,
+):
+    # As if left out, as docs/api.md says; the document published an array and an object only.
+    api_only = await start_service(workers=False)
+    body = {**submission(), "depends_on": None, "metadata": None}
+
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        assert response.status == 200, await response.text()
+    validator("SubmitRequest").validate(body)
+
+
+async def test_an_empty_task_id_in_depends_on_is_refused_by_the_service_and_not_valid_by_the_document(
+    start_service,
+):
+    api_only = await start_service(workers=False)
+    body = submission(depends_on=[""])
+
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        status, refused = response.status, await response.json()
+
+    assert status == 400
+    assert list(refused["details"]) == ["depends_on"]
+    assert not validator("SubmitRequest").is_valid(body)
+
+
+async def test_run_at_with_delay_seconds_is_refused_by_the_service_and_not_valid_by_the_document(
+    start_service,
+):
+    api_only = await start_service(workers=False)
+    body = submission(run_at="2030-01-31T09:00:00Z", delay_seconds=5)
+
+    async with api_only.client.post("/api/v1/tasks/submit", json=body) as response:
+        status, refused = response.status, await response.json()
+
+    assert status == 400
+    assert set(refused["details"]) == {"run_at", "delay_seconds"}
+    assert not validator("SubmitRequest").is_valid(body)
+    # One of them null is as if left out: the other schedules it.
+    assert validator("SubmitRequest").is_valid({**body, "run_at": None})
+    assert validator("SubmitRequest").is_valid({**body, "delay_seconds": None})
+
+
+async def test_a_last_event_id_longer_than_a_stream_id_is_refused_by_the_service_and_not_valid_by_the_document(
+    start_service,
+):
+    # The document's pattern took any run of digits: 21 of them was valid there and a 400 here.
+    api_only = await start_service(workers=False)
+    task = await api_only.submit("noop", {})
+    too_long = "1" * 21 + "-0"
+
+    async with api_only.client.get(
+        f"/api/v1/tasks/{task['task_id']}/events", headers={"Last-Event-ID": too_long}
+    ) as response:
+        status, refused = response.status, await response.json()
+
+    assert status == 400
+    assert list(refused["details"]) == ["Last-Event-ID"]
+    parameters = DOCUMENT["paths"]["/api/v1/tasks/{task_id}/events"]["get"]["parameters"]
+    header = jsonschema_rs.Draft202012Validator(
+        next(parameter for parameter in parameters if parameter["name"] == "Last-Event-ID")["schema"]
+    )
+    assert not header.is_valid(too_long)
+    assert header.is_valid("1700000000000-3")
+    assert header.is_valid("")  # as if not sent
+
+
+@pytest.mark.parametrize("route", ["tasks", "events"])
+async def test_a_project_id_no_task_can_have_is_a_documented_404_on_the_project_s_routes(
+    start_service, route
+):
+    # The project's event stream answered it 404 without documenting a 404.
+    api_only = await start_service(workers=False)
+
+    async with api_only.client.get(f"/api/v1/projects/-films/{route}") as response:
+        status, refused = response.status, await response.json()
+
+    assert status == 404
+    assert refused["error"] == "not_found"
+    responses = DOCUMENT["paths"][f"/api/v1/projects/{{project_id}}/{route}"]["get"]["responses"]
+    assert responses["404"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
 
 
 def submission(**fields: object) -> dict:

@@ -59,7 +59,9 @@ CHECK_SECONDS = 1.0  # how often an idle stream (or a Prefer: wait) notices that
 # left to come.
 RECHECK_SECONDS = 15.0
 # ASCII digits only: `\d` would take other scripts' digits, which int() reads but Redis refuses.
-_EVENT_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+# Published in the OpenAPI document (taskd.http.openapi_watch), where an empty one is as if not sent.
+EVENT_ID_PATTERN = r"[0-9]{1,20}(-[0-9]{1,20})?"
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
 _TERMINAL_NAMES = frozenset(status.value for status in TERMINAL)
 
 

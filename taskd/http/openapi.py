@@ -31,7 +31,7 @@ from taskd.http.scope import Touches, touches
 from taskd.model import TaskStatus
 from taskd.submit import idempotency
 from taskd.tasks.registry import FROM_A_LIST, FROM_AN_OBJECT, Registry
-from taskd.validation import Check
+from taskd.validation import Check, HttpUrl
 
 Schema = dict[str, Any]
 
@@ -224,7 +224,7 @@ def _validator_schema(validator: Any) -> Schema:
     """The JSON Schema keywords a validator stands for: taskd's `Check`s and attrs' own."""
     if validator is None:
         return {}
-    if isinstance(validator, Check):
+    if isinstance(validator, Check | HttpUrl):
         return dict(validator.schema)
     found: Schema = {}
     for part in getattr(validator, "_validators", ()):  # attrs.validators.and_, or a list of validators
@@ -276,6 +276,12 @@ _STATUS = {"type": "string", "enum": [status.value for status in TaskStatus]}
 # An object whose only key is "$ref" (taskd.refs.is_ref), whatever its value: what task_data itself
 # may not be, though a type with no required field takes any object.
 _BARE_REF: Schema = {"required": [refs.REF], "maxProperties": 1}
+# A submission that schedules by both `run_at` and `delay_seconds` (`null` is either left out): a 400
+# (taskd.submit.submission._scheduled_for), which the fields' own schemas cannot say.
+_BOTH_SCHEDULES: Schema = {
+    "required": ["run_at", "delay_seconds"],
+    "properties": {"run_at": {"type": "string"}, "delay_seconds": {"type": "number"}},
+}
 
 
 def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
@@ -299,6 +305,7 @@ def _submit_schemas(registry: Registry, schemas: dict[str, Schema]) -> None:
                     "description": properties["task_data"]["description"],
                 },
             },
+            "not": _BOTH_SCHEDULES,
             "description": f"A `{name}` task; runs on the `{task_type.queue}` queue.",
         }
         variants.append(_ref(f"Submit_{name}"))
@@ -723,8 +730,8 @@ def document(registry: Registry) -> dict[str, Any]:
                 "Request bodies over `limits.max_body_bytes` (1 MiB) get 413, bodies that take longer than "
                 "`http.body_timeout` (60 s) to arrive 408; unknown top-level fields "
                 "of a submission are ignored, unknown `task_data` fields are kept as sent. An `integer` "
-                "field takes a number written without a fraction or exponent (`24`): `24.0` and `2.4e1`, "
-                "which JSON Schema counts as integers, are a 400 naming the field."
+                "field takes any number with no fractional part, as JSON Schema counts them: `24.0` is "
+                "24; `24.5`, and a float past 2^53, are a 400 naming the field."
             ),
         },
         "components": {

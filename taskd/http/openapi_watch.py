@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskd import shapes
+from taskd.http.events import EVENT_ID_PATTERN
 
 Schema = dict[str, Any]
 
@@ -41,8 +42,11 @@ _TOO_MANY_OPEN = {
 _LAST_EVENT_ID = {
     "name": "Last-Event-ID",
     "in": "header",
-    "description": "Resume after this event id (sent by EventSource on reconnect)",
-    "schema": {"type": "string", "pattern": r"^\d+(-\d+)?$"},
+    "description": (
+        "Resume after this event id (sent by EventSource on reconnect); each part below 2^64, as a"
+        " stream's ids are; an empty one is as if not sent"
+    ),
+    "schema": {"type": "string", "pattern": f"^({EVENT_ID_PATTERN})?$"},
 }
 _QUERY_KEY = {
     "name": "api_key",
@@ -112,6 +116,11 @@ def paths() -> dict[str, Any]:
                     "200": _PROJECT_EVENT_STREAM,
                     "400": _error("`validation_error`: a malformed Last-Event-ID"),
                     "401": _error("`authentication_failed`: missing or wrong key"),
+                    # taskd.http.scope, before the stream starts, as for the project's listing.
+                    "404": _error(
+                        "`not_found`: a project_id no task can have (see a submission's `project_id`), "
+                        "or a project the key may not use (`auth.keys`)"
+                    ),
                     "429": _TOO_MANY_OPEN,
                     "503": _error("`service_unavailable`: storage unreachable"),
                 },

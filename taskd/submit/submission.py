@@ -33,7 +33,7 @@ from taskd.shapes import (
 )
 from taskd.tasks.registry import Registry
 from taskd.tasks.spec import TaskType
-from taskd.validation import Path, latin1_credentials, path_text, url_problem
+from taskd.validation import Path, latin1_credentials, path_text, url_problem, whole_number
 
 __all__ = ["CALLBACK_URL", "MAX_CALLBACK_URL", "PROJECT_ID", "Submission", "parse_submission"]
 
@@ -83,9 +83,13 @@ def _project_id(value: Any, details: dict[str, str]) -> None:
         )
 
 
-def _priority(value: Any, details: dict[str, str]) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not PRIORITY_HIGH <= value <= PRIORITY_LOW:
+def _priority(value: Any, details: dict[str, str]) -> int:
+    """The priority as an int (`2.0` is 2: JSON Schema's integer); PRIORITY_NORMAL with a detail if bad."""
+    number = whole_number(value)
+    if number is None or not PRIORITY_HIGH <= number <= PRIORITY_LOW:
         details["priority"] = "Priority must be 1 (high), 2 (normal) or 3 (low)"
+        return PRIORITY_NORMAL
+    return number
 
 
 def _callback_url(value: Any, details: dict[str, str]) -> None:
@@ -106,13 +110,17 @@ def _callback_url(value: Any, details: dict[str, str]) -> None:
         )
 
 
-def _keep_for(value: Any, details: dict[str, str]) -> None:
+def _keep_for(value: Any, details: dict[str, str]) -> int | None:
+    """Seconds as an int (`60.0` is 60, and Redis's EXPIRE takes no other), or None."""
     if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not MIN_KEEP_FOR <= value <= MAX_KEEP_FOR:
+        return None
+    number = whole_number(value)
+    if number is None or not MIN_KEEP_FOR <= number <= MAX_KEEP_FOR:
         details["keep_for"] = (
             f"Keep for must be a whole number of seconds from {MIN_KEEP_FOR} to {MAX_KEEP_FOR} (30 days)"
         )
+        return None
+    return number
 
 
 def _scheduled_for(body: dict[str, Any], max_ahead: int, details: dict[str, str]) -> float | None:
@@ -248,10 +256,9 @@ def parse_submission(
         raise ValidationError({"body": "Request body must be a JSON object"}, "Invalid request body")
     details: dict[str, str] = {}
     _project_id(body.get("project_id"), details)
-    priority = body.get("priority", PRIORITY_NORMAL)
-    _priority(priority, details)
+    priority = _priority(body.get("priority", PRIORITY_NORMAL), details)
     _callback_url(body.get("callback_url"), details)
-    _keep_for(body.get("keep_for"), details)
+    keep_for = _keep_for(body.get("keep_for"), details)
     depends_on = _depends_on(body.get("depends_on"), details)
     scheduled_for = _scheduled_for(body, max_schedule_ahead, details)
     webhook_events = _webhook_events(body.get("webhook_events"), details)
@@ -281,7 +288,7 @@ def parse_submission(
         priority=priority,
         callback_url=body.get("callback_url"),
         metadata=metadata,
-        keep_for=body.get("keep_for"),
+        keep_for=keep_for,
         depends_on=depends_on,
         run_at=body.get("run_at"),
         delay_seconds=body.get("delay_seconds"),

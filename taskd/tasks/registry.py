@@ -20,7 +20,7 @@ from cattrs.gen import make_dict_structure_fn
 from taskd.config import Config, ConfigError, TasksConfig, name_problem
 from taskd.model import ValidationError
 from taskd.tasks.spec import TaskType
-from taskd.validation import FieldErrors, structure_checked
+from taskd.validation import FieldErrors, structure_checked, whole_number
 
 log = logging.getLogger("taskd.tasks")
 
@@ -37,11 +37,19 @@ BUILTIN_MODULES = (
 ENTRY_POINT_GROUP = "taskd.tasks"
 
 
+def _integer(value: Any, _: type) -> int:
+    # 24.0 is a whole number (JSON Schema's integer); 24.5, "24" and true are not.
+    number = whole_number(value)
+    if number is None:
+        raise ValueError("Must be an integer")
+    return number
+
+
 def _strict(kind: type) -> Any:
     # JSON has no implicit conversions: "7" is not a number and true is not 1.
     def hook(value: Any, _: type) -> Any:
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            expected = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[kind]
+        if not isinstance(value, kind):
+            expected = {str: "a string", bool: "true or false"}[kind]
             raise ValueError(f"Must be {expected}")
         return value
 
@@ -125,7 +133,7 @@ def json_converter() -> cattrs.Converter:
     """A converter that accepts JSON values only as their own types; unknown keys are kept by the caller."""
     conv = cattrs.Converter()
     conv.register_structure_hook(str, _strict(str))
-    conv.register_structure_hook(int, _strict(int))
+    conv.register_structure_hook(int, _integer)
     conv.register_structure_hook(bool, _strict(bool))
     conv.register_structure_hook(float, _float)
     conv.register_structure_hook_factory(_is(*FROM_A_LIST), _only(list, "a list", _from_a_list))
