@@ -252,18 +252,21 @@ def max_length(limit: int, what: str, unit: str = "characters") -> Check:
 
 
 _RESOLUTION = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
+# A `WxH` resolution's sides: named where a field's description says them, as its pattern cannot.
+MIN_SIDE = 16
+MAX_SIDE = 7680
 
 
-def resolution(max_side: int = 7680) -> Check:
-    """A `WIDTHxHEIGHT` string with both sides even and at most `max_side`."""
+def resolution(max_side: int = MAX_SIDE) -> Check:
+    """A `WIDTHxHEIGHT` string with each side from MIN_SIDE to `max_side`."""
 
     def ok(value: str) -> bool:
         match = _RESOLUTION.match(value)
-        return match is not None and all(16 <= int(side) <= max_side for side in match.groups())
+        return match is not None and all(MIN_SIDE <= int(side) <= max_side for side in match.groups())
 
     return check(
         ok,
-        f"Resolution must look like 1920x1080, each side between 16 and {max_side}",
+        f"Resolution must look like 1920x1080, each side between {MIN_SIDE} and {max_side}",
         {"pattern": _RESOLUTION.pattern},
     )
 
