@@ -145,6 +145,7 @@ async def test_a_project_path_takes_the_ids_a_submit_takes_and_its_published_pat
         ("GenerateVideoInput", "resolution", "each side 16..7680"),
         ("RenderAnimationInput", "resolution", "each side 16..7680"),
         ("GenerateImageInput", "resolution", "each side 16..4096"),
+        ("RenderAnimationInput", "keyframes", "a time for every keyframe or for none"),
         ("GenerateVideoInput", "dialogue", "both a start and an end"),
         ("AudioTrack", "end", "After start"),
         ("ProcessAudioInput", "sample_rate", "With output_format mp3, one of 8000, 11025, 12000"),
