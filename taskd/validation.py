@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import types
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from typing import Any, TypeVar
 
@@ -49,11 +51,6 @@ def path_text(path: Path) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
     return text or "body"
-
-
-def within(path: Path, outer: Path) -> bool:
-    """Whether `path` is `outer` or a field inside it."""
-    return path[: len(outer)] == outer
 
 
 def _describe(exc: BaseException) -> str:
@@ -152,18 +149,31 @@ def structure_checked(converter: cattrs.Converter, data: Any, cls: type[T], pref
 
 
 def _check_fields_alone(
-    converter: cattrs.Converter, data: Any, cls: type, prefix: Path, found: dict[Path, str], firm: set[Path]
+    converter: cattrs.Converter,
+    data: Any,
+    cls: type,
+    prefix: Path,
+    found: dict[Path, str],
+    firm: set[Path],
+    broken: Set[Path] | None = None,
 ) -> None:
     # The whole object could not be built, so its validators never ran: check each
-    # well-typed top-level field on its own, so one response names every bad field.
+    # well-typed field on its own, and the objects it holds with theirs, so one response names every
+    # bad field. A field that could not be built either (a list of objects, one of them holding a
+    # $ref's None where a string goes) is checked inside the same way (_check_inside): a track's
+    # gain, or another track's end before its start, went unchecked beside a $ref for one track's url.
     if not isinstance(data, dict) or not attrs.has(cls):
         return
+    if broken is None:
+        # Every path at or above an error of the attempt to build the whole: what could not be built.
+        broken = {key[:end] for key in found for end in range(len(key) + 1)}
     for field in attrs.fields(cls):
         path = (*prefix, field.name)
         if field.name not in data:
             continue
-        if any(within(key, path) for key in found):
+        if path in broken:
             _check_length_alone(field, data[field.name], path, found, firm)
+            _check_inside(converter, data[field.name], field.type, path, found, firm, broken)
             continue
         try:
             with attrs.validators.disabled():
@@ -172,8 +182,40 @@ def _check_fields_alone(
                 field.validator(None, field, value)
         except (TypeError, ValueError) as exc:
             _found(exc, path, found, firm)
+            continue
         except Exception:  # type errors inside were already reported by the first pass
             continue
+        _run_validators(value, path, found, firm)
+
+
+def _check_inside(
+    converter: cattrs.Converter,
+    value: Any,
+    kind: Any,
+    path: Path,
+    found: dict[Path, str],
+    firm: set[Path],
+    broken: Set[Path],
+) -> None:
+    """Check what can be checked of a value of type `kind` that could not be built whole: an
+    object's fields alone, each item of a list, an object that could be built with its validators."""
+    kinds = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    if typing.get_origin(kind) in (types.UnionType, typing.Union) and len(kinds) == 1:
+        kind = kinds[0]  # an optional field: what it holds when given
+    if attrs.has(kind):
+        if path in broken:
+            _check_fields_alone(converter, value, kind, path, found, firm, broken)
+            return
+        try:
+            with attrs.validators.disabled():
+                built = converter.structure(value, kind)
+        except Exception:  # built in the first pass: not expected, and nothing more to learn here
+            return
+        _run_validators(built, path, found, firm)
+    elif typing.get_origin(kind) in (list, Sequence) and isinstance(value, list):
+        (item_kind,) = typing.get_args(kind)
+        for index, item in enumerate(value):
+            _check_inside(converter, item, item_kind, (*path, index), found, firm, broken)
 
 
 def _check_length_alone(
@@ -273,18 +315,21 @@ def max_length(limit: int, what: str, unit: str = "characters") -> Check:
 
 
 _RESOLUTION = re.compile(r"^([1-9][0-9]{1,4})x([1-9][0-9]{1,4})$")
+# A `WxH` resolution's sides: named where a field's description says them, as its pattern cannot.
+MIN_SIDE = 16
+MAX_SIDE = 7680
 
 
-def resolution(max_side: int = 7680) -> Check:
-    """A `WIDTHxHEIGHT` string with both sides even and at most `max_side`."""
+def resolution(max_side: int = MAX_SIDE) -> Check:
+    """A `WIDTHxHEIGHT` string with each side from MIN_SIDE to `max_side`."""
 
     def ok(value: str) -> bool:
         match = _RESOLUTION.match(value)
-        return match is not None and all(16 <= int(side) <= max_side for side in match.groups())
+        return match is not None and all(MIN_SIDE <= int(side) <= max_side for side in match.groups())
 
     return check(
         ok,
-        f"Resolution must look like 1920x1080, each side between 16 and {max_side}",
+        f"Resolution must look like 1920x1080, each side between {MIN_SIDE} and {max_side}",
         {"pattern": _RESOLUTION.pattern},
     )
 

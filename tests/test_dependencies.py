@@ -356,6 +356,48 @@ async def test_a_list_too_long_is_refused_at_submit_though_a_ref_fills_a_string_
     assert body["details"] == {"task_data.tracks": "Tracks must have at most 16 tracks"}
 
 
+async def test_a_field_beside_a_ref_in_an_item_is_checked_at_submit(start_service):
+    # The $ref's None where a track's url goes kept the track from being built, and with it every
+    # check of the task_data below the top: a gain of 100 dB was stored to fail at its start.
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    tracks = [{"url": ref(first["task_id"], "/text"), "gain_db": 100}]
+
+    body = await refused(api_only, "process_audio", {"tracks": tracks}, depends_on=[first["task_id"]])
+
+    assert body["details"] == {"task_data.tracks[0].gain_db": "Gain must be between -60 and 24 dB"}
+
+
+CUT_BACKWARDS = {"url": "https://example.com/a.mp3", "start": 5, "end": 1}
+
+
+@pytest.mark.parametrize(
+    ("ref_at", "task_data", "field"),
+    [
+        ("/text", lambda pointer: {"tracks": [{"url": pointer}, CUT_BACKWARDS]}, "task_data.tracks[1].end"),
+        (
+            "/attempt",
+            lambda pointer: {"tracks": [CUT_BACKWARDS], "sample_rate": pointer},
+            "task_data.tracks[0].end",
+        ),
+    ],
+    ids=["beside-an-item-with-a-ref", "beside-a-top-level-ref"],
+)
+async def test_an_object_without_a_ref_is_checked_whole_at_submit_beside_one(
+    start_service, ref_at, task_data, field
+):
+    # Its own checks (an end after its start) never ran where a $ref elsewhere kept the whole
+    # task_data from being built: the track was stored to fail at its start.
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+
+    body = await refused(
+        api_only, "process_audio", task_data(ref(first["task_id"], ref_at)), depends_on=[first["task_id"]]
+    )
+
+    assert body["details"] == {field: "End (1 s) must be after start (5 s)"}
+
+
 def python_calls_to_check(registry: Registry, count: int) -> int:
     """The Python function calls a submit's check makes of a list of `count` $refs (a count that
     no machine's load changes, as a time would)."""

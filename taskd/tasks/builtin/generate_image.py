@@ -15,9 +15,11 @@ from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
 from taskd.providers.images import ImagesClient
 from taskd.tasks.spec import TaskContext, TaskError, TaskType
-from taskd.validation import http_url, max_length, not_blank, one_of, resolution
+from taskd.validation import MIN_SIDE, http_url, max_length, not_blank, one_of, resolution
 
 QUALITIES = ("low", "medium", "high", "standard", "hd", "auto")
+# The largest side of an image asked for (the `size` sent to the provider).
+MAX_SIDE = 4096
 # style_guide and reference_images are not fetched: they go into the prompt as text, so each is bounded
 # as a callback_url is. Unbounded, 16 URLs of 64 KB took the prompt past its own 4000 characters up to
 # the body limit, as character_id, pose and lighting did.
@@ -48,7 +50,12 @@ class GenerateImageInput:
     character_id: str | None = attrs.field(default=None, validator=max_length(100, "Character ID"))
     pose: str | None = attrs.field(default=None, validator=max_length(500, "Pose"))
     lighting: str | None = attrs.field(default=None, validator=max_length(500, "Lighting"))
-    resolution: str = attrs.field(default="1024x1024", validator=resolution(4096))
+    resolution: str = attrs.field(
+        default="1024x1024",
+        validator=resolution(MAX_SIDE),
+        # The sides' bounds, which the published pattern (10 to 99999 a side) cannot say.
+        metadata={"description": f"WxH, each side {MIN_SIDE}..{MAX_SIDE}: else a 400 at submit"},
+    )
     quality: str = attrs.field(default="high", validator=one_of(QUALITIES, "Quality"))
 
 

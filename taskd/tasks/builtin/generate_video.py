@@ -15,7 +15,17 @@ from taskd.media.scratch import scratch_dir
 from taskd.media.store import scratch_root
 from taskd.providers import video as video_provider
 from taskd.tasks.spec import TaskContext, TaskType
-from taskd.validation import between, check, http_url, max_length, not_blank, one_of, resolution
+from taskd.validation import (
+    MAX_SIDE,
+    MIN_SIDE,
+    between,
+    check,
+    http_url,
+    max_length,
+    not_blank,
+    one_of,
+    resolution,
+)
 
 EVEN_RESOLUTION = check(
     lambda v: all(int(side) % 2 == 0 for side in v.split("x") if side.isdigit()),
@@ -40,11 +50,12 @@ H264_FRAME = check(
     f"Resolution must fit an H.264 frame: at most {H264_MAX_MACROBLOCKS} macroblocks of 16x16 pixels "
     "(7680x4320 fits, 7680x7680 does not)",
 )
-# The two checks above, published in the OpenAPI document (its pattern says only WxH): no JSON
-# Schema keyword reads numbers out of a string.
+# resolution()'s sides and the two checks above, published in the OpenAPI document (its pattern says
+# only WxH, 10 to 99999 a side): no JSON Schema keyword reads numbers out of a string.
 RESOLUTION_RULES = {
-    "description": f"WxH with an even width and height (H.264), at most {H264_MAX_MACROBLOCKS} macroblocks "
-    "of 16x16 pixels (7680x4320 fits, 7680x7680 does not): else a 400 at submit"
+    "description": f"WxH, each side {MIN_SIDE}..{MAX_SIDE}, with an even width and height (H.264), at most "
+    f"{H264_MAX_MACROBLOCKS} macroblocks of 16x16 pixels (7680x4320 fits, 7680x7680 does not): else a 400 "
+    "at submit"
 }
 
 

@@ -77,10 +77,11 @@ class RenderAnimationInput:
             check(_times_all_or_none, "Give a time for every keyframe or for none"),
             _few_enough_images,
         ),
-        # Published: no JSON Schema keyword counts distinct values across items and another field.
+        # Published: no JSON Schema keyword counts distinct values across items and another field, or
+        # says that a field is given in every item or in none.
         metadata={
-            "description": f"At most {MAX_IMAGES} distinct image_url values, background_url included "
-            "(more is a 400 at submit)"
+            "description": f"At most {MAX_IMAGES} distinct image_url values, background_url included, and "
+            "a time for every keyframe or for none (else a 400 at submit)"
         },
     )
     animation_type: str = attrs.field(default="ken_burns", validator=one_of(video.MOTIONS, "Animation type"))
