@@ -340,9 +340,15 @@ class Pipeline:
             ref = value["ref"]
             # A name may hold "#" itself ("scene#2"): the longest earlier name the ref begins with,
             # followed by "#", is the task; else the ref's first "#" ends the name (an index).
-            named = max(
-                (name for name in self.names[:index] if ref.startswith(name + "#")), key=len, default=None
-            )
+            begun = [name for name in self.names[:index] if ref.startswith(name + "#")]
+            # Beside "a", a task named "a#/b" makes "a#/b#/c" read as either, with a pointer after
+            # it (one may hold "#"): refused, rather than one of them taken in silence.
+            readings = [name for name in begun if ref[len(name) + 1 :][:1] in ("", "/")]
+            if len(readings) > 1:
+                raise self._error(
+                    index, f"ref {ref!r} could read task {readings[0]!r} or task {readings[1]!r}: rename one"
+                )
+            named = max(begun, key=len, default=None)
             if named is None:
                 name, hash_sign, pointer = ref.partition("#")
             else:
