@@ -355,7 +355,19 @@ class Pipeline:
                 name, hash_sign, pointer = named, "#", ref[len(named) + 1 :]
             if not hash_sign:
                 raise self._error(index, f"ref {ref!r} is not name#/pointer")
-            earlier = self._index(index, name)
+            try:
+                earlier = self._index(index, name)
+            except UsageError:
+                # Not "'scene' is not an earlier task" of "scene#2#/text" when the task named "scene#2"
+                # is this one or a later one: the name the author wrote, whole.
+                written = max(
+                    (later for later in self.names[index:] if ref.startswith(later + "#")),
+                    key=len,
+                    default=None,
+                )
+                if written is None:
+                    raise
+                raise self._error(index, f"{written!r} is not an earlier task") from None
             depends_on.append(earlier)
             return {"$ref": f"@{earlier}#{pointer}"}
         if isinstance(value, dict):

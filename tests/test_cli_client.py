@@ -600,6 +600,23 @@ async def test_run_a_pipeline_whose_ref_names_a_step_whose_name_holds_a_hash_rea
     assert (await taskd.status(run.out.split()[2]))["result"] == {"text": "rain!?!", "length": 7}
 
 
+async def test_run_a_pipeline_whose_ref_names_a_later_step_whose_name_holds_a_hash_exits_2_naming_it_whole(
+    tmp_path: Path,
+):
+    (tmp_path / "pipeline.toml").write_text(
+        CHAIN.replace('{ref = "first#/text"}', '{ref = "scene#2#/text"}').replace(
+            '[[task]]\nproject = "films"', '[[task]]\nname = "scene#2"\nproject = "films"'
+        )
+    )
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 1: 'scene#2' is not an earlier task"
+    ]
+
+
 async def test_run_a_pipeline_whose_ref_two_earlier_names_could_read_exits_2_naming_both(tmp_path: Path):
     # "second" is named "first#/text": "first#/text#/text" is task 0's "/text#/text" or its "/text".
     (tmp_path / "pipeline.toml").write_text(
