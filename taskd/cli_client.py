@@ -389,7 +389,7 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
     elif not args.json:
         for name, answer in zip(pipeline.names, submitted, strict=True):
             print(printable(answer.task_id), flush=True)
-            _note(f"{name}: {printable(answer.task_id)}")
+            _note(f"{printable(name)}: {printable(answer.task_id)}")
     if args.no_wait:
         return EXIT_OK
     # --timeout bounds the whole pipeline: the tasks are followed one at a time in the file's order
@@ -398,7 +398,7 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
     ended: list[Task] = []
     for index, (name, answer) in enumerate(zip(pipeline.names, submitted, strict=True)):
         if not args.json:
-            _note(f"{name}:")
+            _note(f"{printable(name)}:")
         left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
         try:
             task = await _await_end(client, answer.task_id, left, args.json, args.timeout)

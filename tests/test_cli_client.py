@@ -760,6 +760,22 @@ async def test_the_pipeline_file_of_the_docs_is_one_batch_the_server_accepts(sta
     assert (await taskd.status(ids[3]))["waiting_for"] == [ids[2]]
 
 
+async def test_run_writes_out_the_line_breaks_of_a_step_name_on_stderr(start_service, tmp_path: Path):
+    taskd = await start_service(workers=False)
+    # TOML's "\n" in a name: printed as it is, it began a line of its own, passing for taskd's.
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace('"first', '"first\\ntaskd: forged'))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), "--no-wait", url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    ids = run.out.split()
+    assert run.err.splitlines() == [
+        f"first\\x0ataskd: forged: {ids[0]}",
+        f"second: {ids[1]}",
+        f"2: {ids[2]}",
+    ]
+
+
 async def test_run_exits_1_when_a_step_fails_and_names_the_cancelled_rest(taskd, tmp_path: Path):
     failing_first = CHAIN.replace(
         'type = "append"\ndata = {text = "rain"}', 'type = "fail"\ndata = {message = "no rain"}'
