@@ -104,6 +104,20 @@ async def test_an_item_naming_a_later_or_missing_item_is_400_and_stores_nothing(
     assert await stored_tasks(redis) == 0
 
 
+async def test_an_item_naming_an_index_of_thousands_of_digits_is_400_not_500(start_service, redis):
+    api_only = await start_service(workers=False)
+    # More digits than int() reads (4,300): the check converted it to compare, and answered 500.
+    huge = "@" + "1" * 5000
+
+    status, body, _ = await post_batch(api_only, [item("noop", {}), item("noop", {}, depends_on=[huge])])
+
+    assert status == 400, body
+    assert body["details"] == {
+        "tasks[1].depends_on": f"'{huge}' must name an earlier item of the batch, '@0' to '@0'"
+    }
+    assert await stored_tasks(redis) == 0
+
+
 async def test_a_ref_to_an_item_not_in_depends_on_is_400(start_service):
     api_only = await start_service(workers=False)
 
