@@ -297,8 +297,10 @@ class Pipeline:
         """An earlier step, named by its name or its index (the server reads only earlier ones)."""
         if isinstance(step, str) and step in self.names[:index]:
             return self.names.index(step)
-        # ASCII digits only: str.isdigit() is true of "²" too, which int() refuses.
-        if isinstance(step, str) and step.isascii() and step.isdigit():
+        # ASCII digits only: str.isdigit() is true of "²" too, which int() refuses; and no more of
+        # them than `index` has: past 4,300 int() raises ValueError (a traceback), and any such
+        # number is not an earlier task anyway.
+        if isinstance(step, str) and step.isascii() and step.isdigit() and len(step) <= len(str(index)):
             step = int(step)
         if isinstance(step, int) and not isinstance(step, bool) and 0 <= step < index:
             return step

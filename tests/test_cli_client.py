@@ -649,6 +649,21 @@ async def test_run_a_pipeline_whose_unnamed_task_has_an_earlier_tasks_name_as_in
     ]
 
 
+async def test_run_a_pipeline_whose_after_names_an_index_of_thousands_of_digits_exits_2_with_one_line(
+    tmp_path: Path,
+):
+    # More digits than int() reads (4,300): the index was converted to compare, a traceback.
+    huge = "1" * 5000
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace('after = ["first"]', f'after = ["{huge}"]'))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 1: '{huge}' is not an earlier task"
+    ]
+
+
 @pytest.mark.parametrize("step", ["²", "\u0661"])
 async def test_run_a_pipeline_whose_after_names_a_step_in_other_digits_exits_2_with_one_line(
     tmp_path: Path, step
