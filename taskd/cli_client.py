@@ -89,6 +89,11 @@ def _check_sendable(value: Any, source: str) -> None:
         raise UsageError(f"{source} cannot be sent as JSON: {exc}") from None
 
 
+def _seconds(value: float) -> str:
+    """A number of seconds as it was given: `1` for 1.0, every digit of 1.0000001 (`:g` keeps six)."""
+    return str(int(value)) if value.is_integer() else str(value)
+
+
 def _fraction(progress: float) -> float:
     """`progress` as the 0..1 a bar and a percentage can show: a server may send 1e9, -5 or inf."""
     return min(max(progress, 0.0), 1.0) if math.isfinite(progress) else 0.0
@@ -410,7 +415,8 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
         if task is None:
             # Those not yet followed may not have ended either; with --json no id was printed.
             _note_going_on(
-                [later.task_id for later in submitted[index:]], f"--timeout {args.timeout:g} s ran out"
+                [later.task_id for later in submitted[index:]],
+                f"--timeout {_seconds(args.timeout)} s ran out",
             )
             return EXIT_TIMEOUT
         if not args.json:

@@ -827,6 +827,20 @@ async def test_run_whose_timeout_runs_out_names_the_tasks_that_go_on_even_with_j
     assert sorted(ids) == sorted(stored)  # every task of the pipeline, none of which has ended
 
 
+async def test_run_whose_timeout_runs_out_names_the_timeout_with_every_digit_given(taskd, tmp_path: Path):
+    (tmp_path / "pipeline.toml").write_text(
+        CHAIN.replace('type = "append"\ndata = {text = "rain"}', 'type = "sleep"\ndata = {seconds = 30}')
+    )
+
+    run = await taskd_cli(
+        "run", str(tmp_path / "pipeline.toml"), "--json", "--timeout", "1.0000001", url=taskd.base_url
+    )
+
+    assert run.code == 4
+    # Not "--timeout 1 s": six significant digits, as `:g` wrote it.
+    assert run.err.splitlines()[-1].startswith("taskd: --timeout 1.0000001 s ran out; the tasks go on")
+
+
 async def test_a_password_in_the_url_is_not_repeated_when_taskd_cannot_be_reached():
     run = await taskd_cli("tasks", "films", url="http://someone:URL-SECRET-5e1f@127.0.0.1:1")
 
