@@ -58,9 +58,9 @@ def parse_batch(
     naming every problem of every item."""
     details: dict[str, str] = {}
     submissions = []
-    # The project of each item that passed, by its index: an "@<index>" of another project is
-    # refused here, by the name the caller wrote. The batch script would refuse it too, naming the
-    # id chosen for that item, which the caller never saw and which no task has (nothing is stored).
+    # The project of each item whose project_id passed, by its index: an "@<index>" of another
+    # project is refused here, by the name the caller wrote. The batch script would refuse it too,
+    # naming the id chosen for that item, which the caller never saw and which no task has.
     projects: dict[int, str] = {}
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -72,6 +72,9 @@ def parse_batch(
             submission = parse_submission(item, registry, max_schedule_ahead, key_id)
         except ValidationError as exc:
             details.update((f"tasks[{index}].{field}", message) for field, message in exc.details.items())
+            if "project_id" not in exc.details:
+                # Its project is good: an item depending on it from another is named in the same answer.
+                projects[index] = item["project_id"]
             continue
         for earlier in submission.depends_on:
             if not earlier.startswith("@"):
