@@ -89,6 +89,11 @@ def _check_sendable(value: Any, source: str) -> None:
         raise UsageError(f"{source} cannot be sent as JSON: {exc}") from None
 
 
+def _seconds(value: float) -> str:
+    """A number of seconds as it was given: `1` for 1.0, every digit of 1.0000001 (`:g` keeps six)."""
+    return str(int(value)) if value.is_integer() else str(value)
+
+
 def _fraction(progress: float) -> float:
     """`progress` as the 0..1 a bar and a percentage can show: a server may send 1e9, -5 or inf."""
     return min(max(progress, 0.0), 1.0) if math.isfinite(progress) else 0.0
@@ -297,8 +302,10 @@ class Pipeline:
         """An earlier step, named by its name or its index (the server reads only earlier ones)."""
         if isinstance(step, str) and step in self.names[:index]:
             return self.names.index(step)
-        # ASCII digits only: str.isdigit() is true of "²" too, which int() refuses.
-        if isinstance(step, str) and step.isascii() and step.isdigit():
+        # ASCII digits only: str.isdigit() is true of "²" too, which int() refuses; and no more of
+        # them than `index` has: past 4,300 int() raises ValueError (a traceback), and any such
+        # number is not an earlier task anyway.
+        if isinstance(step, str) and step.isascii() and step.isdigit() and len(step) <= len(str(index)):
             step = int(step)
         if isinstance(step, int) and not isinstance(step, bool) and 0 <= step < index:
             return step
@@ -340,16 +347,34 @@ class Pipeline:
             ref = value["ref"]
             # A name may hold "#" itself ("scene#2"): the longest earlier name the ref begins with,
             # followed by "#", is the task; else the ref's first "#" ends the name (an index).
-            named = max(
-                (name for name in self.names[:index] if ref.startswith(name + "#")), key=len, default=None
-            )
+            begun = [name for name in self.names[:index] if ref.startswith(name + "#")]
+            # Beside "a", a task named "a#/b" makes "a#/b#/c" read as either, with a pointer after
+            # it (one may hold "#"): refused, rather than one of them taken in silence.
+            readings = [name for name in begun if ref[len(name) + 1 :][:1] in ("", "/")]
+            if len(readings) > 1:
+                raise self._error(
+                    index, f"ref {ref!r} could read task {readings[0]!r} or task {readings[1]!r}: rename one"
+                )
+            named = max(begun, key=len, default=None)
             if named is None:
                 name, hash_sign, pointer = ref.partition("#")
             else:
                 name, hash_sign, pointer = named, "#", ref[len(named) + 1 :]
             if not hash_sign:
                 raise self._error(index, f"ref {ref!r} is not name#/pointer")
-            earlier = self._index(index, name)
+            try:
+                earlier = self._index(index, name)
+            except UsageError:
+                # Not "'scene' is not an earlier task" of "scene#2#/text" when the task named "scene#2"
+                # is this one or a later one: the name the author wrote, whole.
+                written = max(
+                    (later for later in self.names[index:] if ref.startswith(later + "#")),
+                    key=len,
+                    default=None,
+                )
+                if written is None:
+                    raise
+                raise self._error(index, f"{written!r} is not an earlier task") from None
             depends_on.append(earlier)
             return {"$ref": f"@{earlier}#{pointer}"}
         if isinstance(value, dict):
@@ -371,7 +396,7 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
     elif not args.json:
         for name, answer in zip(pipeline.names, submitted, strict=True):
             print(printable(answer.task_id), flush=True)
-            _note(f"{name}: {printable(answer.task_id)}")
+            _note(f"{printable(name)}: {printable(answer.task_id)}")
     if args.no_wait:
         return EXIT_OK
     # --timeout bounds the whole pipeline: the tasks are followed one at a time in the file's order
@@ -380,7 +405,7 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
     ended: list[Task] = []
     for index, (name, answer) in enumerate(zip(pipeline.names, submitted, strict=True)):
         if not args.json:
-            _note(f"{name}:")
+            _note(f"{printable(name)}:")
         left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
         try:
             task = await _await_end(client, answer.task_id, left, args.json, args.timeout)
@@ -390,7 +415,8 @@ async def cmd_run(client: TaskClient, args: argparse.Namespace) -> int:
         if task is None:
             # Those not yet followed may not have ended either; with --json no id was printed.
             _note_going_on(
-                [later.task_id for later in submitted[index:]], f"--timeout {args.timeout:g} s ran out"
+                [later.task_id for later in submitted[index:]],
+                f"--timeout {_seconds(args.timeout)} s ran out",
             )
             return EXIT_TIMEOUT
         if not args.json:

@@ -83,12 +83,22 @@ def find(data: Any, path: Path = ("task_data",)) -> Iterator[tuple[Path, Any]]:
             yield from find(value, (*path, index))
 
 
+def _list_index(token: str, length: int) -> int | None:
+    """The item of a list of `length` items that `token` names (digits, no leading zero), or None."""
+    # No int() of more digits than `length` has: past 4,300 it raises ValueError (each run ended
+    # in a traceback, the task never did), and any such index is past the end anyway.
+    if not _INDEX.fullmatch(token) or len(token) > len(str(length)):
+        return None
+    position = int(token)
+    return position if position < length else None
+
+
 def _resolve(document: Any, ref: Ref, path: Path) -> Any:
     for token in ref.tokens:
         if isinstance(document, dict) and token in document:
             document = document[token]
-        elif isinstance(document, list) and _INDEX.fullmatch(token) and int(token) < len(document):
-            document = document[int(token)]
+        elif isinstance(document, list) and (position := _list_index(token, len(document))) is not None:
+            document = document[position]
         else:
             raise Unresolved(ref.text, path)
     return document

@@ -104,6 +104,35 @@ async def test_an_item_naming_a_later_or_missing_item_is_400_and_stores_nothing(
     assert await stored_tasks(redis) == 0
 
 
+async def test_an_item_depending_on_a_bad_item_of_another_project_is_named_in_the_same_400(
+    start_service, redis
+):
+    api_only = await start_service(workers=False)
+
+    status, body, _ = await post_batch(
+        api_only, [item("noop", {}, project_id="scene-2", priority=9), item("noop", {}, depends_on=["@0"])]
+    )
+
+    assert status == 400, body
+    assert set(body["details"]) == {"tasks[0].priority", "tasks[1].depends_on"}
+    assert body["details"]["tasks[1].depends_on"].startswith("'@0' is an item of another project ('scene-2')")
+    assert await stored_tasks(redis, "scene-2") == 0
+
+
+async def test_an_item_naming_an_index_of_thousands_of_digits_is_400_not_500(start_service, redis):
+    api_only = await start_service(workers=False)
+    # More digits than int() reads (4,300): the check converted it to compare, and answered 500.
+    huge = "@" + "1" * 5000
+
+    status, body, _ = await post_batch(api_only, [item("noop", {}), item("noop", {}, depends_on=[huge])])
+
+    assert status == 400, body
+    assert body["details"] == {
+        "tasks[1].depends_on": f"'{huge}' must name an earlier item of the batch, '@0' to '@0'"
+    }
+    assert await stored_tasks(redis) == 0
+
+
 async def test_a_ref_to_an_item_not_in_depends_on_is_400(start_service):
     api_only = await start_service(workers=False)
 

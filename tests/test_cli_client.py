@@ -600,6 +600,40 @@ async def test_run_a_pipeline_whose_ref_names_a_step_whose_name_holds_a_hash_rea
     assert (await taskd.status(run.out.split()[2]))["result"] == {"text": "rain!?!", "length": 7}
 
 
+async def test_run_a_pipeline_whose_ref_names_a_later_step_whose_name_holds_a_hash_exits_2_naming_it_whole(
+    tmp_path: Path,
+):
+    (tmp_path / "pipeline.toml").write_text(
+        CHAIN.replace('{ref = "first#/text"}', '{ref = "scene#2#/text"}').replace(
+            '[[task]]\nproject = "films"', '[[task]]\nname = "scene#2"\nproject = "films"'
+        )
+    )
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 1: 'scene#2' is not an earlier task"
+    ]
+
+
+async def test_run_a_pipeline_whose_ref_two_earlier_names_could_read_exits_2_naming_both(tmp_path: Path):
+    # "second" is named "first#/text": "first#/text#/text" is task 0's "/text#/text" or its "/text".
+    (tmp_path / "pipeline.toml").write_text(
+        CHAIN.replace('name = "second"', 'name = "first#/text"')
+        .replace('after = ["second"]', 'after = ["first#/text"]')
+        .replace('{ref = "second#/text"}', '{ref = "first#/text#/text"}')
+    )
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 2: ref 'first#/text#/text' could read task 'first' "
+        "or task 'first#/text': rename one"
+    ]
+
+
 async def test_run_a_pipeline_whose_unnamed_task_has_an_earlier_tasks_name_as_index_exits_2_saying_so(
     tmp_path: Path,
 ):
@@ -612,6 +646,21 @@ async def test_run_a_pipeline_whose_unnamed_task_has_an_earlier_tasks_name_as_in
     assert run.code == 2
     assert run.err.splitlines() == [
         f"taskd: {tmp_path / 'pipeline.toml'}: task 1: it has no name, and its index '1' is task 0's name"
+    ]
+
+
+async def test_run_a_pipeline_whose_after_names_an_index_of_thousands_of_digits_exits_2_with_one_line(
+    tmp_path: Path,
+):
+    # More digits than int() reads (4,300): the index was converted to compare, a traceback.
+    huge = "1" * 5000
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace('after = ["first"]', f'after = ["{huge}"]'))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url="http://127.0.0.1:1")
+
+    assert run.code == 2
+    assert run.err.splitlines() == [
+        f"taskd: {tmp_path / 'pipeline.toml'}: task 1: '{huge}' is not an earlier task"
     ]
 
 
@@ -726,6 +775,22 @@ async def test_the_pipeline_file_of_the_docs_is_one_batch_the_server_accepts(sta
     assert (await taskd.status(ids[3]))["waiting_for"] == [ids[2]]
 
 
+async def test_run_writes_out_the_line_breaks_of_a_step_name_on_stderr(start_service, tmp_path: Path):
+    taskd = await start_service(workers=False)
+    # TOML's "\n" in a name: printed as it is, it began a line of its own, passing for taskd's.
+    (tmp_path / "pipeline.toml").write_text(CHAIN.replace('"first', '"first\\ntaskd: forged'))
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), "--no-wait", url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    ids = run.out.split()
+    assert run.err.splitlines() == [
+        f"first\\x0ataskd: forged: {ids[0]}",
+        f"second: {ids[1]}",
+        f"2: {ids[2]}",
+    ]
+
+
 async def test_run_exits_1_when_a_step_fails_and_names_the_cancelled_rest(taskd, tmp_path: Path):
     failing_first = CHAIN.replace(
         'type = "append"\ndata = {text = "rain"}', 'type = "fail"\ndata = {message = "no rain"}'
@@ -760,6 +825,20 @@ async def test_run_whose_timeout_runs_out_names_the_tasks_that_go_on_even_with_j
     async with taskd.client.get("/api/v1/projects/films/tasks") as response:
         stored = [task["task_id"] for task in (await response.json())["tasks"]]
     assert sorted(ids) == sorted(stored)  # every task of the pipeline, none of which has ended
+
+
+async def test_run_whose_timeout_runs_out_names_the_timeout_with_every_digit_given(taskd, tmp_path: Path):
+    (tmp_path / "pipeline.toml").write_text(
+        CHAIN.replace('type = "append"\ndata = {text = "rain"}', 'type = "sleep"\ndata = {seconds = 30}')
+    )
+
+    run = await taskd_cli(
+        "run", str(tmp_path / "pipeline.toml"), "--json", "--timeout", "1.0000001", url=taskd.base_url
+    )
+
+    assert run.code == 4
+    # Not "--timeout 1 s": six significant digits, as `:g` wrote it.
+    assert run.err.splitlines()[-1].startswith("taskd: --timeout 1.0000001 s ran out; the tasks go on")
 
 
 async def test_a_password_in_the_url_is_not_repeated_when_taskd_cannot_be_reached():

@@ -445,6 +445,22 @@ async def test_a_ref_that_resolves_to_nothing_fails_the_task_naming_the_ref(star
     assert "task_data.text" in body["error"]
 
 
+async def test_a_ref_indexing_a_list_with_thousands_of_digits_fails_the_task_naming_the_ref(start_service):
+    taskd = await start_service()
+    first = await taskd.submit("collections", {})  # its result holds lists: {"a_tuple": ["tuple", []], …}
+    pointer = "/a_tuple/" + "1" * 5000  # more digits than int() reads (4,300)
+    second = await taskd.submit(
+        "append", {"text": ref(first["task_id"], pointer)}, depends_on=[first["task_id"]]
+    )
+
+    body = await taskd.wait_terminal(second["task_id"])
+
+    assert body["status"] == "failed"
+    # The error is cut to its limit in the middle of the pointer.
+    assert body["error"].startswith(f"$ref '{first['task_id']}#/a_tuple/111")
+    assert body["error"].endswith("' at task_data.text resolves to nothing in that task's result")
+
+
 async def test_a_ref_value_of_the_wrong_type_fails_with_the_field_named_message(start_service):
     taskd = await start_service()
     first = await taskd.submit("append", {"text": "scene"})

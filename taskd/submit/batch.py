@@ -27,6 +27,17 @@ def batch_ref(index: int) -> str:
     return f"@{index}"
 
 
+def _earlier_item(ref: str, index: int) -> int | None:
+    """The index an `"@<index>"` of item `index` names, when it is an earlier item; else None."""
+    match = _BATCH_REF.fullmatch(ref)
+    # No int() of more digits than `index` has: past 4,300 it raises ValueError (a 500), and any
+    # such number is out of the batch anyway.
+    if match is None or len(match[1]) > len(str(index)):
+        return None
+    earlier = int(match[1])
+    return earlier if earlier < index else None
+
+
 def batch_items(body: Any) -> list[Any]:
     """The batch's items; a 400 naming `tasks` when it is not a list of 1 to MAX_BATCH of them."""
     tasks = body.get("tasks") if isinstance(body, dict) else None
@@ -47,9 +58,9 @@ def parse_batch(
     naming every problem of every item."""
     details: dict[str, str] = {}
     submissions = []
-    # The project of each item that passed, by its index: an "@<index>" of another project is
-    # refused here, by the name the caller wrote. The batch script would refuse it too, naming the
-    # id chosen for that item, which the caller never saw and which no task has (nothing is stored).
+    # The project of each item whose project_id passed, by its index: an "@<index>" of another
+    # project is refused here, by the name the caller wrote. The batch script would refuse it too,
+    # naming the id chosen for that item, which the caller never saw and which no task has.
     projects: dict[int, str] = {}
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -61,17 +72,21 @@ def parse_batch(
             submission = parse_submission(item, registry, max_schedule_ahead, key_id)
         except ValidationError as exc:
             details.update((f"tasks[{index}].{field}", message) for field, message in exc.details.items())
+            if "project_id" not in exc.details:
+                # Its project is good: an item depending on it from another is named in the same answer.
+                projects[index] = item["project_id"]
             continue
         for earlier in submission.depends_on:
             if not earlier.startswith("@"):
                 continue
-            if not ((match := _BATCH_REF.fullmatch(earlier)) and int(match[1]) < index):
+            item_index = _earlier_item(earlier, index)
+            if item_index is None:
                 details[f"tasks[{index}].depends_on"] = (
                     f"'{earlier}' must name an earlier item of the batch, '@0' to '@{index - 1}'"
                     if index
                     else f"'{earlier}': the first item of a batch cannot depend on another"
                 )
-            elif (project := projects.get(int(match[1]), submission.project_id)) != submission.project_id:
+            elif (project := projects.get(item_index, submission.project_id)) != submission.project_id:
                 details[f"tasks[{index}].depends_on"] = (
                     f"'{earlier}' is an item of another project ('{project}'): a task may depend only "
                     "on tasks of its own project"
