@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.sdk.trace.sampling import Sampler
+    from opentelemetry.trace import Link
+    from opentelemetry.trace.span import TraceState
     from opentelemetry.util.types import Attributes, AttributeValue
     from yarl import URL
 
@@ -116,8 +119,51 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
     except ValueError as exc:
         raise ConfigError(_bad_limits(environ) or str(exc)) from None
     provider = TracerProvider(resource=resource, span_limits=limits)
+    provider.sampler = _deciding_for_callers(provider.sampler)
     provider.add_span_processor(BatchSpanProcessor(_masking(exporter)))
     _provider = provider
+
+
+def _deciding_for_callers(sampler: Sampler) -> Sampler:
+    """`sampler`, deciding a request's span as it decides a new trace's, whatever the caller's flag says.
+
+    The caller's `traceparent` names the trace and the parent of its request's span (a platform
+    sees its task inside its own trace), but its sampled flag is a tenant's word: obeyed, a `-00`
+    would hide the task's whole trace (submit, runs, provider calls, webhooks) from the operator's
+    collector, and a `-01` would force every trace past a ratio the operator chose. The decision is
+    the sampler's for a trace with no parent, drawn on a random id rather than the caller's trace id
+    (a ratio sampler keeps the ids under a bound, which a caller could choose). The spans after the
+    request's (the run, its calls, the webhooks) follow that decision, their parent's.
+    """
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
+    from opentelemetry.trace import SpanKind, get_current_span
+
+    ids = RandomIdGenerator()
+
+    class DecidingForCallers(Sampler):
+        def should_sample(
+            self,
+            parent_context: Context | None,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Attributes = None,
+            links: Sequence[Link] | None = None,
+            trace_state: TraceState | None = None,
+        ) -> SamplingResult:
+            parent = get_current_span(parent_context).get_span_context()
+            if kind is not SpanKind.SERVER or not parent.is_valid or not parent.is_remote:
+                return sampler.should_sample(parent_context, trace_id, name, kind, attributes, links)
+            # The SERVER span is the API's request, its remote parent the caller's header.
+            root = sampler.should_sample(Context(), ids.generate_trace_id(), name, kind, attributes, links)
+            return SamplingResult(root.decision, root.attributes, parent.trace_state)
+
+        def get_description(self) -> str:
+            return f"DecidingForCallers{{{sampler.get_description()}}}"
+
+    return DecidingForCallers()
 
 
 def _bad_limits(environ: Mapping[str, str]) -> str:
