@@ -125,7 +125,8 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
 
 
 def _deciding_for_callers(sampler: Sampler) -> Sampler:
-    """`sampler`, deciding a request's span as it decides a new trace's, whatever the caller's flag says.
+    """`sampler`, deciding a request's span as it decides a new trace's, whatever the caller's flag
+    says, and without the caller's `tracestate`.
 
     The caller's `traceparent` names the trace and the parent of its request's span (a platform
     sees its task inside its own trace), but its sampled flag is a tenant's word: obeyed, a `-00`
@@ -134,6 +135,11 @@ def _deciding_for_callers(sampler: Sampler) -> Sampler:
     the sampler's for a trace with no parent, drawn on a random id rather than the caller's trace id
     (a ratio sampler keeps the ids under a bound, which a caller could choose). The spans after the
     request's (the run, its calls, the webhooks) follow that decision, their parent's.
+
+    The caller's `tracestate` is not kept either (a span's comes from its sampler): it is state for
+    the tracing vendors of the caller's own chain, and kept with the task it would go on to the
+    operator's providers and CMS in every call the task makes (its vendors' ids, a vendor's
+    "keep this trace" entry), up to 8 KiB of a tenant's text in each.
     """
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -157,8 +163,7 @@ def _deciding_for_callers(sampler: Sampler) -> Sampler:
             if kind is not SpanKind.SERVER or not parent.is_valid or not parent.is_remote:
                 return sampler.should_sample(parent_context, trace_id, name, kind, attributes, links)
             # The SERVER span is the API's request, its remote parent the caller's header.
-            root = sampler.should_sample(Context(), ids.generate_trace_id(), name, kind, attributes, links)
-            return SamplingResult(root.decision, root.attributes, parent.trace_state)
+            return sampler.should_sample(Context(), ids.generate_trace_id(), name, kind, attributes, links)
 
         def get_description(self) -> str:
             return f"DecidingForCallers{{{sampler.get_description()}}}"
@@ -318,7 +323,7 @@ def _without_query(url: URL) -> str:
 
 
 def carrier() -> dict[str, str] | None:
-    """The current trace context as W3C headers (`traceparent`, `tracestate`), kept with a new task; None when off."""
+    """The current trace context as W3C headers (`traceparent`), kept with a new task; None when off."""
     if _provider is None:
         return None
     from opentelemetry import propagate

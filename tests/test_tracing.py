@@ -326,6 +326,29 @@ async def test_a_callers_unsampled_flag_does_not_hide_the_tasks_trace(
     assert _one(collector.spans, name="run test_prompt").trace_id == caller_trace
 
 
+async def test_the_callers_tracestate_and_baggage_reach_neither_providers_nor_webhooks(
+    spawn_taskd, tmp_path, collector, fake_llm, receiver
+):
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    provider_call, webhook = await _headers_sent_on(
+        spawn_taskd,
+        tmp_path,
+        collector,
+        fake_llm,
+        receiver,
+        {
+            "traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01",
+            "tracestate": "dd=s:2;o:tenant-a,congo=t61rcWkgMzE",
+            "baggage": "tenant.secret=hunter2",
+        },
+    )
+
+    assert provider_call["traceparent"].startswith(f"00-{caller_trace}-")
+    assert webhook["traceparent"].startswith(f"00-{caller_trace}-")
+    assert {"tracestate", "baggage"}.isdisjoint(name.lower() for name in [*provider_call, *webhook])
+
+
 async def test_the_run_span_of_a_gpu_task_names_its_device(spawn_taskd, tmp_path, collector):
     node = spawn_taskd(
         "serve",
