@@ -23,6 +23,7 @@ from taskd.model import TaskRecord
 if TYPE_CHECKING:
     import aiohttp
     from aiohttp.typedefs import Handler, Middleware
+    from multidict import CIMultiDictProxy
     from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -37,6 +38,9 @@ TASK_ID, TASK_TYPE, PROJECT_ID = "taskd.task.id", "taskd.task.type", "taskd.proj
 QUEUE, ATTEMPT, DEVICE, OUTCOME = "taskd.queue", "taskd.attempt", "taskd.device", "taskd.outcome"
 WEBHOOK_EVENT = "taskd.webhook.event"
 TRACER = "taskd"
+# The W3C headers of a caller's that taskd does not read (`server_middlewares`): only its trace
+# and parent are kept (docs/tracing.md, "The caller's trace context").
+UNREAD_HEADERS = frozenset({"tracestate", "baggage"})
 SERVICE_NAME = "taskd"
 # Where the OTLP exporter reads the headers it sends the collector.
 HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
@@ -125,8 +129,7 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
 
 
 def _deciding_for_callers(sampler: Sampler) -> Sampler:
-    """`sampler`, deciding a request's span as it decides a new trace's, whatever the caller's flag
-    says, and without the caller's `tracestate`.
+    """`sampler`, deciding a request's span as it decides a new trace's, whatever the caller's flag says.
 
     The caller's `traceparent` names the trace and the parent of its request's span (a platform
     sees its task inside its own trace), but its sampled flag is a tenant's word: obeyed, a `-00`
@@ -136,10 +139,8 @@ def _deciding_for_callers(sampler: Sampler) -> Sampler:
     (a ratio sampler keeps the ids under a bound, which a caller could choose). The spans after the
     request's (the run, its calls, the webhooks) follow that decision, their parent's.
 
-    The caller's `tracestate` is not kept either (a span's comes from its sampler): it is state for
-    the tracing vendors of the caller's own chain, and kept with the task it would go on to the
-    operator's providers and CMS in every call the task makes (its vendors' ids, a vendor's
-    "keep this trace" entry), up to 8 KiB of a tenant's text in each.
+    The caller's `tracestate` is not kept either: the propagators are not shown it
+    (`server_middlewares`), and a span's comes from its sampler, which decides here as for a root.
     """
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -280,8 +281,27 @@ def server_middlewares() -> list[Middleware]:
         return []
     from aiohttp import web
     from opentelemetry import propagate, trace
+    from opentelemetry.propagators.textmap import Getter
 
     tracer = _provider.get_tracer(TRACER)
+
+    class TraceHeaders(Getter["CIMultiDictProxy[str]"]):
+        """A request's headers as the propagators read them, without `tracestate` and `baggage`.
+
+        taskd keeps neither (`_deciding_for_callers`), and the SDK's parsers log a WARNING quoting
+        each member of them that does not parse: one request of anyone's, before its key is
+        checked, wrote 181 lines of its own text (180 baggage members, the most the parser reads).
+        """
+
+        def get(self, carrier: CIMultiDictProxy[str], key: str) -> list[str] | None:
+            if key.lower() in UNREAD_HEADERS:
+                return None
+            return carrier.getall(key, None)
+
+        def keys(self, carrier: CIMultiDictProxy[str]) -> list[str]:
+            return [key for key in carrier if key.lower() not in UNREAD_HEADERS]
+
+    headers = TraceHeaders()
 
     @web.middleware
     async def trace_request(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -290,7 +310,7 @@ def server_middlewares() -> list[Middleware]:
         pattern = route.canonical if route is not None else None
         with tracer.start_as_current_span(
             f"{request.method} {pattern}" if pattern else request.method,
-            context=propagate.extract(request.headers),
+            context=propagate.extract(request.headers, getter=headers),
             kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": request.method, "url.path": request.path},
         ) as span:

@@ -349,6 +349,31 @@ async def test_the_callers_tracestate_and_baggage_reach_neither_providers_nor_we
     assert {"tracestate", "baggage"}.isdisjoint(name.lower() for name in [*provider_call, *webhook])
 
 
+async def test_a_callers_malformed_tracestate_and_baggage_write_nothing_to_the_log(
+    spawn_taskd, tmp_path, collector
+):
+    # Before any key is checked: one request of anyone's made a warning line of each member.
+    log = tmp_path / "taskd.log"
+    node = spawn_taskd(
+        "serve", "--no-worker", env=_traced_env(tmp_path / "data", collector, "taskd"), stderr=log
+    )
+    headers = {
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "tracestate": "forged log line",
+        "baggage": ",".join(["forged log line"] * 180),
+    }
+
+    async with (
+        aiohttp.ClientSession(node.base_url) as session,
+        session.get("/livez", headers=headers) as response,
+    ):
+        assert response.status == 200
+    await collector.wait_for(lambda spans: any(span.kind == "server" for span in spans))
+    node.stop()
+
+    assert "forged" not in log.read_text()
+
+
 async def test_the_run_span_of_a_gpu_task_names_its_device(spawn_taskd, tmp_path, collector):
     node = spawn_taskd(
         "serve",
