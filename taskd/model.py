@@ -113,7 +113,7 @@ class TaskRecord:
     webhook_secret_id: str | None = None
     # Seconds the record is kept once the task ends (`keep_for`); None: storage.task_ttl.
     keep_for: int | None = None
-    # The W3C trace context (`traceparent`, `tracestate`) of the request that submitted it, when
+    # The W3C trace context (`traceparent`) of the request that submitted it, when
     # tracing is on (taskd.tracing): its runs and webhooks join that trace. None when tracing is off.
     trace_context: dict[str, str] | None = None
     # The bytes its task type expects its result to hold as JSON, from its input at submit

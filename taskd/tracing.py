@@ -23,9 +23,13 @@ from taskd.model import TaskRecord
 if TYPE_CHECKING:
     import aiohttp
     from aiohttp.typedefs import Handler, Middleware
+    from multidict import CIMultiDictProxy
     from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.sdk.trace.sampling import Sampler
+    from opentelemetry.trace import Link
+    from opentelemetry.trace.span import TraceState
     from opentelemetry.util.types import Attributes, AttributeValue
     from yarl import URL
 
@@ -34,6 +38,9 @@ TASK_ID, TASK_TYPE, PROJECT_ID = "taskd.task.id", "taskd.task.type", "taskd.proj
 QUEUE, ATTEMPT, DEVICE, OUTCOME = "taskd.queue", "taskd.attempt", "taskd.device", "taskd.outcome"
 WEBHOOK_EVENT = "taskd.webhook.event"
 TRACER = "taskd"
+# The W3C headers of a caller's that taskd does not read (`server_middlewares`): only its trace
+# and parent are kept (docs/tracing.md, "The caller's trace context").
+UNREAD_HEADERS = frozenset({"tracestate", "baggage"})
 SERVICE_NAME = "taskd"
 # Where the OTLP exporter reads the headers it sends the collector.
 HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
@@ -116,8 +123,53 @@ def setup(environ: Mapping[str, str] = os.environ) -> None:
     except ValueError as exc:
         raise ConfigError(_bad_limits(environ) or str(exc)) from None
     provider = TracerProvider(resource=resource, span_limits=limits)
+    provider.sampler = _deciding_for_callers(provider.sampler)
     provider.add_span_processor(BatchSpanProcessor(_masking(exporter)))
     _provider = provider
+
+
+def _deciding_for_callers(sampler: Sampler) -> Sampler:
+    """`sampler`, deciding a request's span as it decides a new trace's, whatever the caller's flag says.
+
+    The caller's `traceparent` names the trace and the parent of its request's span (a platform
+    sees its task inside its own trace), but its sampled flag is a tenant's word: obeyed, a `-00`
+    would hide the task's whole trace (submit, runs, provider calls, webhooks) from the operator's
+    collector, and a `-01` would force every trace past a ratio the operator chose. The decision is
+    the sampler's for a trace with no parent, drawn on a random id rather than the caller's trace id
+    (a ratio sampler keeps the ids under a bound, which a caller could choose). The spans after the
+    request's (the run, its calls, the webhooks) follow that decision, their parent's.
+
+    The caller's `tracestate` is not kept either: the propagators are not shown it
+    (`server_middlewares`), and a span's comes from its sampler, which decides here as for a root.
+    """
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
+    from opentelemetry.trace import SpanKind, get_current_span
+
+    ids = RandomIdGenerator()
+
+    class DecidingForCallers(Sampler):
+        def should_sample(
+            self,
+            parent_context: Context | None,
+            trace_id: int,
+            name: str,
+            kind: SpanKind | None = None,
+            attributes: Attributes = None,
+            links: Sequence[Link] | None = None,
+            trace_state: TraceState | None = None,
+        ) -> SamplingResult:
+            parent = get_current_span(parent_context).get_span_context()
+            if kind is not SpanKind.SERVER or not parent.is_valid or not parent.is_remote:
+                return sampler.should_sample(parent_context, trace_id, name, kind, attributes, links)
+            # The SERVER span is the API's request, its remote parent the caller's header.
+            return sampler.should_sample(Context(), ids.generate_trace_id(), name, kind, attributes, links)
+
+        def get_description(self) -> str:
+            return f"DecidingForCallers{{{sampler.get_description()}}}"
+
+    return DecidingForCallers()
 
 
 def _bad_limits(environ: Mapping[str, str]) -> str:
@@ -229,8 +281,27 @@ def server_middlewares() -> list[Middleware]:
         return []
     from aiohttp import web
     from opentelemetry import propagate, trace
+    from opentelemetry.propagators.textmap import Getter
 
     tracer = _provider.get_tracer(TRACER)
+
+    class TraceHeaders(Getter["CIMultiDictProxy[str]"]):
+        """A request's headers as the propagators read them, without `tracestate` and `baggage`.
+
+        taskd keeps neither (`_deciding_for_callers`), and the SDK's parsers log a WARNING quoting
+        each member of them that does not parse: one request of anyone's, before its key is
+        checked, wrote 181 lines of its own text (180 baggage members, the most the parser reads).
+        """
+
+        def get(self, carrier: CIMultiDictProxy[str], key: str) -> list[str] | None:
+            if key.lower() in UNREAD_HEADERS:
+                return None
+            return carrier.getall(key, None)
+
+        def keys(self, carrier: CIMultiDictProxy[str]) -> list[str]:
+            return [key for key in carrier if key.lower() not in UNREAD_HEADERS]
+
+    headers = TraceHeaders()
 
     @web.middleware
     async def trace_request(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -239,7 +310,7 @@ def server_middlewares() -> list[Middleware]:
         pattern = route.canonical if route is not None else None
         with tracer.start_as_current_span(
             f"{request.method} {pattern}" if pattern else request.method,
-            context=propagate.extract(request.headers),
+            context=propagate.extract(request.headers, getter=headers),
             kind=trace.SpanKind.SERVER,
             attributes={"http.request.method": request.method, "url.path": request.path},
         ) as span:
@@ -272,7 +343,7 @@ def _without_query(url: URL) -> str:
 
 
 def carrier() -> dict[str, str] | None:
-    """The current trace context as W3C headers (`traceparent`, `tracestate`), kept with a new task; None when off."""
+    """The current trace context as W3C headers (`traceparent`), kept with a new task; None when off."""
     if _provider is None:
         return None
     from opentelemetry import propagate

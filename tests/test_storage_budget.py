@@ -389,7 +389,7 @@ async def test_a_task_whose_stored_trace_context_is_large_counts_however_small_i
     await start_service(workers=False)  # the task types, the scripts' keys
     store = TaskStore(redis, 24 * 3600)
     record, job = new_task("traced_submit")
-    # With tracing on, the submit's `tracestate` header (up to 8 KiB) is kept in the record.
+    # A record written before taskd dropped the caller's `tracestate` keeps it (up to 8 KiB).
     state = ",".join(f"k{n}={'v' * 250}" for n in range(30))
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     await store.create(

@@ -253,6 +253,127 @@ async def test_a_malformed_traceparent_from_the_caller_starts_a_new_trace(spawn_
     assert len(submit.trace_id) == 32 and submit.trace_id != "0" * 32
 
 
+async def _headers_sent_on(
+    spawn_taskd,
+    tmp_path: Path,
+    collector: OtlpCollector,
+    fake_llm,
+    receiver,
+    headers: dict[str, str],
+    **env: str,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The headers of the provider call and of the webhook of a task submitted with `headers`."""
+    node = spawn_taskd(
+        "serve",
+        env=_traced_env(
+            tmp_path / "data", collector, "taskd", TASKD_PROVIDERS__LLM__BASE_URL=fake_llm.base_url, **env
+        ),
+    )
+    body = {
+        "project_id": "traced",
+        "task_type": "test_prompt",
+        "task_data": TASK_DATA["test_prompt"],
+        "callback_url": receiver.url("/hook"),
+    }
+    async with (
+        aiohttp.ClientSession(node.base_url, headers={"X-API-Key": API_KEY, **headers}) as session,
+        session.post("/api/v1/tasks/submit", json=body) as response,
+    ):
+        assert response.status == 200, await response.text()
+    [webhook] = await receiver.wait_for(1)
+    return dict(fake_llm.requests[-1].headers), dict(webhook.headers)
+
+
+async def test_a_callers_sampled_flag_does_not_force_a_trace_the_sampler_drops(
+    spawn_taskd, tmp_path, collector, fake_llm, receiver
+):
+    # A ratio of 0 samples nothing; the trace id is the lowest, which a ratio sampler keeps first.
+    caller_trace = "00000000000000000000000000000001"
+
+    provider_call, webhook = await _headers_sent_on(
+        spawn_taskd,
+        tmp_path,
+        collector,
+        fake_llm,
+        receiver,
+        {"traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01"},
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0",
+    )
+
+    assert provider_call["traceparent"].startswith(f"00-{caller_trace}-")
+    assert provider_call["traceparent"].endswith("-00")
+    assert webhook["traceparent"].endswith("-00")
+
+
+async def test_a_callers_unsampled_flag_does_not_hide_the_tasks_trace(
+    spawn_taskd, tmp_path, collector, fake_llm, receiver
+):
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    provider_call, webhook = await _headers_sent_on(
+        spawn_taskd,
+        tmp_path,
+        collector,
+        fake_llm,
+        receiver,
+        {"traceparent": f"00-{caller_trace}-00f067aa0ba902b7-00"},
+    )
+    await collector.wait_for(lambda spans: "run test_prompt" in {span.name for span in spans})
+
+    assert provider_call["traceparent"].endswith("-01")
+    assert webhook["traceparent"].endswith("-01")
+    assert _one(collector.spans, name="run test_prompt").trace_id == caller_trace
+
+
+async def test_the_callers_tracestate_and_baggage_reach_neither_providers_nor_webhooks(
+    spawn_taskd, tmp_path, collector, fake_llm, receiver
+):
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    provider_call, webhook = await _headers_sent_on(
+        spawn_taskd,
+        tmp_path,
+        collector,
+        fake_llm,
+        receiver,
+        {
+            "traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01",
+            "tracestate": "dd=s:2;o:tenant-a,congo=t61rcWkgMzE",
+            "baggage": "tenant.secret=hunter2",
+        },
+    )
+
+    assert provider_call["traceparent"].startswith(f"00-{caller_trace}-")
+    assert webhook["traceparent"].startswith(f"00-{caller_trace}-")
+    assert {"tracestate", "baggage"}.isdisjoint(name.lower() for name in [*provider_call, *webhook])
+
+
+async def test_a_callers_malformed_tracestate_and_baggage_write_nothing_to_the_log(
+    spawn_taskd, tmp_path, collector
+):
+    # Before any key is checked: one request of anyone's made a warning line of each member.
+    log = tmp_path / "taskd.log"
+    node = spawn_taskd(
+        "serve", "--no-worker", env=_traced_env(tmp_path / "data", collector, "taskd"), stderr=log
+    )
+    headers = {
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "tracestate": "forged log line",
+        "baggage": ",".join(["forged log line"] * 180),
+    }
+
+    async with (
+        aiohttp.ClientSession(node.base_url) as session,
+        session.get("/livez", headers=headers) as response,
+    ):
+        assert response.status == 200
+    await collector.wait_for(lambda spans: any(span.kind == "server" for span in spans))
+    node.stop()
+
+    assert "forged" not in log.read_text()
+
+
 async def test_the_run_span_of_a_gpu_task_names_its_device(spawn_taskd, tmp_path, collector):
     node = spawn_taskd(
         "serve",

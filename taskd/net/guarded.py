@@ -16,6 +16,10 @@ from taskd.net.guard import AddressPolicy, GuardedResolver, check_literal_host, 
 from taskd.validation import latin1_credentials, url_problem
 
 MAX_REDIRECTS = 5
+# What a fetch of a caller's URL says it is: aiohttp's own (`Python/3.11 aiohttp/3.14.5`) told
+# whoever runs that server taskd's Python and aiohttp versions, which its answers never name
+# (docs/security.md, "What taskd says, to whom"). As the webhook sender's, taskd's name alone.
+USER_AGENT = "taskd-downloads/1"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -82,6 +86,7 @@ class GuardedClient:
             async with aiohttp.ClientSession(
                 connector=connector,
                 cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": USER_AGENT},
                 trace_configs=tracing.client_trace_configs(),
             ) as session:
                 yield session

@@ -53,6 +53,7 @@ class Peer:
         self.ipv6 = ipv6
         self.port = 0
         self.hits: list[str] = []
+        self.user_agents: list[str] = []
         self.files: dict[str, bytes] = {}
         self.image_url = ""  # what the images API answers with
         app = web.Application()
@@ -82,6 +83,7 @@ class Peer:
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         self.hits.append(request.path_qs)
+        self.user_agents.append(request.headers.get("User-Agent", ""))
         if request.path == "/redirect":
             return web.Response(status=302, headers={"Location": request.query["to"]})
         if request.path.startswith("/hops/"):
@@ -175,6 +177,15 @@ async def test_an_input_on_an_allowed_network_is_fetched(start_service, public):
 
     assert final["status"] == "completed", final
     assert public.hits == ["/files/track.wav"]
+
+
+async def test_a_fetch_of_a_callers_url_names_no_software_or_version_of_taskds(start_service, public):
+    service = await start_service(network=TRUST_PUBLIC)
+
+    final = await fetch_track(service, public.add("track.wav", TRACK))
+
+    assert final["status"] == "completed", final
+    assert public.user_agents == ["taskd-downloads/1"]
 
 
 async def test_a_redirect_from_an_allowed_server_to_loopback_is_refused_unfetched(

@@ -48,7 +48,7 @@ end
 local function heavy(record, ttl)
   -- A failure's traceback (up to 32,000 characters, its exception's message and the ones it was
   -- raised from in full) and the error a retry followed are kept as its error is; with tracing on,
-  -- the submit's trace context holds the caller's `tracestate` header (up to 8 KiB).
+  -- a record from before taskd dropped a caller's `tracestate` holds it in its trace context (up to 8 KiB).
   local data = #(record.task_data or '') + #(record.metadata or '') + #(record.result or '')
     + #(record.error or '') + #(record.traceback or '') + #(record.last_error or '')
     + #(record.trace_context or '') + reserved(record)
