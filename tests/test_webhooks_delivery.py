@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import itertools
 import logging
 import time
@@ -18,7 +15,7 @@ from dns_server import DnsServer
 from examples import TASK_DATA
 from redis.exceptions import ConnectionError as RedisConnectionError
 from test_webhooks_connections import answering, scripted
-from webhook_receiver import WebhookReceiver
+from webhook_receiver import WebhookReceiver, documented_verify
 
 from taskd import keys
 from taskd.config import AuthConfig, LimitsConfig, WebhooksConfig
@@ -29,14 +26,7 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 METADATA = {"userId": "user-123", "testResultId": "result-456", "sessionId": "session-789"}
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """A receiver's check of a Standard Webhooks signature, as docs/webhooks.md shows it."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    return any(
-        hmac.compare_digest(expected, sig.removeprefix("v1,")) for sig in headers["webhook-signature"].split()
-    )
+verify = documented_verify()
 
 
 @pytest.fixture

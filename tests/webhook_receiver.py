@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 import orjson
 from aiohttp import web
+
+WEBHOOKS_DOC = Path(__file__).resolve().parents[1] / "docs" / "webhooks.md"
+
+
+def documented_verify() -> Callable[[str, Mapping[str, str], bytes], bool]:
+    """The `verify` of docs/webhooks.md's example, run as a receiver that copied it would run it."""
+    (example,) = re.findall(
+        r"```python\n(import base64, hashlib.*?def verify\(.*?)```", WEBHOOKS_DOC.read_text(), re.S
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(example, str(WEBHOOKS_DOC), "exec"), namespace)
+    verify: Callable[[str, Mapping[str, str], bytes], bool] = namespace["verify"]
+    return verify
 
 
 @attrs.frozen
