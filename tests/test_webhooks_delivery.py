@@ -174,6 +174,18 @@ async def test_signature_verifies_with_the_shared_secret(start, receiver):
     assert verify(SECRET, request.headers, request.body)
 
 
+async def test_a_retried_attempt_is_the_same_message_signed_again_when_sent(start, receiver):
+    service = await start(secret=SECRET)
+    receiver.respond(500)
+    await submit_prompt(service, receiver)
+
+    first, retried = await receiver.wait_for(2)
+
+    assert (retried.headers["webhook-id"], retried.body) == (first.headers["webhook-id"], first.body)
+    assert int(retried.headers["webhook-timestamp"]) >= int(first.headers["webhook-timestamp"])
+    assert verify(SECRET, first.headers, first.body) and verify(SECRET, retried.headers, retried.body)
+
+
 async def test_signature_fails_when_the_body_is_altered(start, receiver):
     service = await start(secret=SECRET)
     await submit_prompt(service, receiver)
