@@ -249,6 +249,20 @@ class AuthConfig:
     # [{key = "…", projects = ["p1", "p2"], webhook_secret = "whsec_…"}]; env TASKD_AUTH__KEYS as JSON.
     keys: list[ScopedKey] = attrs.field(factory=list, validator=_distinct_keys)
 
+    def shared_webhook_secrets(self) -> list[str]:
+        """Why a scoped key's tenant can verify and forge other tenants' webhooks: it has no
+        `webhook_secret` of its own, so its tasks are signed with the global one, as are those of
+        every key without one (a valid choice for keys of one owner, but not what `projects` is
+        for). Said at start and by `taskd config check`."""
+        return [
+            f"auth.keys[{index}] (projects {', '.join(entry.projects)}) has no webhook_secret: its "
+            "tasks' webhooks are signed with the global webhooks.secret, as those of every key "
+            "without one of its own, so each such key's receiver verifies the others' webhooks "
+            "and whoever holds that secret can forge them; give each tenant's key its own"
+            for index, entry in enumerate(self.keys)
+            if entry.projects and not entry.webhook_secret
+        ]
+
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 # The query options of a redis://, rediss:// or unix:// URL that redis-py's connections take (any

@@ -640,6 +640,28 @@ def test_config_check_warns_of_webhook_caps_that_a_lowered_max_concurrency_left_
     )
 
 
+def test_config_check_warns_of_a_tenant_key_whose_webhooks_share_the_global_secret(
+    monkeypatch, capsys, tmp_path
+):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(
+        "TASKD_AUTH__KEYS",
+        json.dumps(
+            [{"key": "tenant-a-key-4f1e2d3c", "projects": ["films", "ads"]}, {"key": "admin-key-9a8b7c6d"}]
+        ),
+    )
+
+    code = main(["config", "check"])
+
+    assert code == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "warning: auth.keys[0] (projects films, ads) has no webhook_secret: its tasks' webhooks are "
+        "signed with the global webhooks.secret, as those of every key without one of its own, so "
+        "each such key's receiver verifies the others' webhooks and whoever holds that secret can "
+        "forge them; give each tenant's key its own"
+    )
+
+
 def test_config_may_follow_the_command(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
     (tmp_path / "taskd.toml").write_text("[http]\nport = 8123\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import multiprocessing
 import stat
 from collections.abc import Callable
@@ -354,6 +355,21 @@ async def test_the_documented_verify_refuses_a_genuine_delivery_replayed_after_f
     )
 
     assert not DOCUMENTED_VERIFY(SECRET_A, replayed, request.body)
+
+
+async def test_a_start_warns_of_each_tenant_key_without_a_webhook_secret_of_its_own(start_service, caplog):
+    caplog.set_level(logging.WARNING, "taskd")
+    tenants = [
+        ScopedKey(TENANT_A, projects=["pa"]),
+        ScopedKey(TENANT_B, projects=["pb"], webhook_secret=SECRET_B),
+    ]
+
+    await start_service(workers=False, auth=AuthConfig(api_keys=[API_KEY], keys=tenants))
+
+    warned = [r.getMessage() for r in caplog.records if "has no webhook_secret" in r.getMessage()]
+    assert [message.split(":")[0] for message in warned] == [
+        "auth.keys[0] (projects pa) has no webhook_secret"
+    ]
 
 
 async def test_the_task_record_keeps_a_key_id_never_the_key(start, receiver, redis):
