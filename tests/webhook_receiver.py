@@ -15,7 +15,9 @@ import attrs
 import orjson
 from aiohttp import web
 
-WEBHOOKS_DOC = Path(__file__).resolve().parents[1] / "docs" / "webhooks.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+WEBHOOKS_DOC = DOCS / "webhooks.md"
+SECURITY_DOC = DOCS / "security.md"
 
 
 def documented_verify() -> Callable[[str, Mapping[str, str], bytes], bool]:
@@ -27,6 +29,19 @@ def documented_verify() -> Callable[[str, Mapping[str, str], bytes], bool]:
     exec(compile(example, str(WEBHOOKS_DOC), "exec"), namespace)
     verify: Callable[[str, Mapping[str, str], bytes], bool] = namespace["verify"]
     return verify
+
+
+def documented_verified(secret: str) -> Callable[[bytes, Mapping[str, str]], Any]:
+    """The `verified` of security.md's `standardwebhooks` example, holding `secret` where it says `whsec_…`."""
+    (example,) = re.findall(
+        r"```python\n(from standardwebhooks import Webhook\n.*?def verified\(.*?)```",
+        SECURITY_DOC.read_text(),
+        re.S,
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(example.replace('"whsec_…"', repr(secret)), str(SECURITY_DOC), "exec"), namespace)
+    verified: Callable[[bytes, Mapping[str, str]], Any] = namespace["verified"]
+    return verified
 
 
 @attrs.frozen

@@ -21,7 +21,7 @@ import pytest
 from conftest import API_KEY, RunningService, child_env
 from standardwebhooks import Webhook, WebhookVerificationError
 from test_cli_admin import operator_cli
-from webhook_receiver import Received, documented_verify
+from webhook_receiver import Received, documented_verified, documented_verify
 
 from taskd import keys
 from taskd.config import AuthConfig, ConfigError, ScopedKey, WebhooksConfig, load_config
@@ -355,6 +355,30 @@ async def test_the_documented_verify_refuses_a_genuine_delivery_replayed_after_f
     )
 
     assert not DOCUMENTED_VERIFY(SECRET_A, replayed, request.body)
+
+
+async def test_the_documented_standardwebhooks_check_returns_a_genuine_deliverys_payload(start, receiver):
+    service = await start(secret=GLOBAL)
+    await submit_as(service, TENANT_A, receiver.url())
+
+    (request,) = await receiver.wait_for(1)
+
+    assert documented_verified(SECRET_A)(request.body, request.headers) == request.json
+    assert documented_verified(SECRET_B)(request.body, request.headers) is None
+
+
+@pytest.mark.parametrize("header", ["webhook-signature", "webhook-id"])
+async def test_the_documented_standardwebhooks_check_refuses_a_header_byte_past_ascii_without_raising(
+    start, receiver, header
+):
+    service = await start(secret=GLOBAL)
+    await submit_as(service, TENANT_A, receiver.url())
+
+    (request,) = await receiver.wait_for(1)
+    # A byte 0xff, as aiohttp decodes it: the library's own encode() raises UnicodeEncodeError.
+    forged = {**request.headers, header: request.headers[header] + "\udcff"}
+
+    assert documented_verified(SECRET_A)(request.body, forged) is None
 
 
 async def test_a_start_warns_of_each_tenant_key_without_a_webhook_secret_of_its_own(start_service, caplog):
