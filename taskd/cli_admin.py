@@ -300,7 +300,10 @@ def cmd_config_check(config: Config, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     source = find_config_file(args.config, os.environ)
-    for warning in config.webhooks.idle_caps():
+    for warning in [
+        *config.webhooks.idle_caps(),
+        *config.auth.shared_webhook_secrets(config.webhooks),
+    ]:
         print(f"warning: {warning}")
     print(f"config OK: {source or 'no file: defaults'}, with the TASKD_* environment")
     return EXIT_OK

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -248,6 +249,47 @@ class AuthConfig:
     api_keys: list[str] = attrs.field(factory=list, validator=attrs.validators.deep_iterable(_api_key))
     # [{key = "…", projects = ["p1", "p2"], webhook_secret = "whsec_…"}]; env TASKD_AUTH__KEYS as JSON.
     keys: list[ScopedKey] = attrs.field(factory=list, validator=_distinct_keys)
+
+    def shared_webhook_secrets(self, webhooks: WebhooksConfig) -> list[str]:
+        """Why a scoped key's tenant can verify and forge another's webhooks: it has no
+        `webhook_secret` of its own, so its tasks are signed with the global one (`webhooks`' secret
+        and previous_secret), as are those of every key without one; its secret is
+        a global one; or another scoped key with other projects has its secret (keys of one tenant,
+        as in a key's rotation, have the same projects). Each a valid choice for keys of one owner,
+        but not what `projects` is for. Said at start and by `taskd config check`."""
+        warnings = [
+            f"auth.keys[{index}] (projects {', '.join(entry.projects)}) has no webhook_secret: its "
+            "tasks' webhooks are signed with the global webhooks.secret, as those of every key "
+            "without one of its own, so each such key's receiver verifies the others' webhooks "
+            "and whoever holds that secret can forge them; give each tenant's key its own"
+            for index, entry in enumerate(self.keys)
+            if entry.projects and not entry.webhook_secret
+        ]
+        scoped = [
+            (index, entry, _own_secrets(entry)) for index, entry in enumerate(self.keys) if entry.projects
+        ]
+        shared_global = {secret for secret in (webhooks.secret, webhooks.previous_secret) if secret}
+        for index, entry, secrets in scoped:
+            if secrets & shared_global:
+                warnings.append(
+                    f"auth.keys[{index}] (projects {', '.join(entry.projects)}) has a webhook secret "
+                    "that is also webhooks.secret or previous_secret: its receiver verifies the "
+                    "webhooks of every key without a secret of its own, and its tenant can forge "
+                    "them; give it one of its own"
+                )
+        for (first, one, ones), (second, other, others) in itertools.combinations(scoped, 2):
+            if ones & others and set(one.projects) != set(other.projects):
+                warnings.append(
+                    f"auth.keys[{first}] and auth.keys[{second}] have a webhook secret in common but "
+                    "not their projects: each one's receiver verifies the other's webhooks, and each "
+                    "tenant can forge them; give each its own"
+                )
+        return warnings
+
+
+def _own_secrets(entry: ScopedKey) -> set[str]:
+    """The webhook secrets a key of auth.keys signs with: its own and, during a rotation, the previous one."""
+    return {secret for secret in (entry.webhook_secret, entry.previous_webhook_secret) if secret}
 
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")

@@ -304,7 +304,10 @@ class Service:
         self._background.append(asyncio.create_task(live.run(), name="live-records"))
         release = ScheduledRelease(store)
         self._background.append(asyncio.create_task(release.run(), name="scheduled-release"))
-        for warning in self.config.webhooks.idle_caps():
+        for warning in [
+            *self.config.webhooks.idle_caps(),
+            *self.config.auth.shared_webhook_secrets(self.config.webhooks),
+        ]:
             log.warning("%s", warning)
         sender = WebhookSender(
             redis,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import socket
 import sys
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -638,6 +640,86 @@ def test_config_check_warns_of_webhook_caps_that_a_lowered_max_concurrency_left_
         "warning: webhooks.max_per_tenant (48) is not below webhooks.max_concurrency (16): one API "
         "key's tasks can hold every place; set it lower to keep some for the others"
     )
+
+
+def test_config_check_warns_of_a_tenant_key_whose_webhooks_share_the_global_secret(
+    monkeypatch, capsys, tmp_path
+):
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(
+        "TASKD_AUTH__KEYS",
+        json.dumps(
+            [{"key": "tenant-a-key-4f1e2d3c", "projects": ["films", "ads"]}, {"key": "admin-key-9a8b7c6d"}]
+        ),
+    )
+
+    code = main(["config", "check"])
+
+    assert code == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "warning: auth.keys[0] (projects films, ads) has no webhook_secret: its tasks' webhooks are "
+        "signed with the global webhooks.secret, as those of every key without one of its own, so "
+        "each such key's receiver verifies the others' webhooks and whoever holds that secret can "
+        "forge them; give each tenant's key its own"
+    )
+
+
+TENANT_SECRET = "whsec_" + base64.b64encode(b"tenant-secret-of-32-bytes-0123456"[:32]).decode()
+
+
+def config_check_warnings(monkeypatch, capsys, tmp_path, keys: list[dict[str, Any]], **env: str) -> list[str]:
+    """The warning lines of `taskd config check` with these auth.keys (and TASKD_* `env`)."""
+    monkeypatch.setenv("TASKD_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TASKD_AUTH__KEYS", json.dumps(keys))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["config", "check"]) == 0
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+
+
+def test_config_check_warns_of_a_tenant_key_whose_webhook_secret_is_the_global_one(
+    monkeypatch, capsys, tmp_path
+):
+    keys = [{"key": "tenant-a-key-4f1e2d3c", "projects": ["films"], "webhook_secret": TENANT_SECRET}]
+
+    warnings = config_check_warnings(
+        monkeypatch, capsys, tmp_path, keys, TASKD_WEBHOOKS__SECRET=TENANT_SECRET
+    )
+
+    assert [line.split(":")[1].strip() for line in warnings] == [
+        "auth.keys[0] (projects films) has a webhook secret that is also webhooks.secret or previous_secret"
+    ]
+
+
+def test_config_check_warns_of_tenant_keys_of_other_projects_sharing_a_webhook_secret(
+    monkeypatch, capsys, tmp_path
+):
+    keys = [
+        {"key": "tenant-a-key-4f1e2d3c", "projects": ["films"], "webhook_secret": TENANT_SECRET},
+        {
+            "key": "tenant-b-key-9a8b7c6d",
+            "projects": ["ads"],
+            "previous_webhook_secret": TENANT_SECRET,
+            "webhook_secret": "whsec_" + base64.b64encode(b"b" * 32).decode(),
+        },
+    ]
+
+    warnings = config_check_warnings(monkeypatch, capsys, tmp_path, keys)
+
+    assert [line.split(":")[1].strip() for line in warnings] == [
+        "auth.keys[0] and auth.keys[1] have a webhook secret in common but not their projects"
+    ]
+
+
+def test_config_check_is_quiet_about_a_rotated_tenant_key_that_kept_its_webhook_secret(
+    monkeypatch, capsys, tmp_path
+):
+    keys = [
+        {"key": "tenant-a-old-key-4f1e2d3c", "projects": ["films", "ads"], "webhook_secret": TENANT_SECRET},
+        {"key": "tenant-a-new-key-9a8b7c6d", "projects": ["ads", "films"], "webhook_secret": TENANT_SECRET},
+    ]
+
+    assert config_check_warnings(monkeypatch, capsys, tmp_path, keys) == []
 
 
 def test_config_may_follow_the_command(monkeypatch, capsys, tmp_path):

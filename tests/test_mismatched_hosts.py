@@ -6,6 +6,7 @@ Each Service here is a host of its own on the test's Valkey: its own data dir, h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from conftest import RunningService
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from redis_probes import idle_worker
+from webhook_receiver import Received
 
 from taskd.agreement import Agreement, Published, digests
 from taskd.config import (
@@ -38,9 +40,9 @@ SHARED = {
 }
 
 
-async def start_api(start_service: Any, tmp_path: Path) -> RunningService:
+async def start_api(start_service: Any, tmp_path: Path, **settings: Any) -> RunningService:
     """An API node (`taskd serve --no-worker`) with its own data dir."""
-    return await start_service(workers=False, data_dir=str(tmp_path / "api"), **SHARED)
+    return await start_service(workers=False, data_dir=str(tmp_path / "api"), **(SHARED | settings))
 
 
 async def start_host(start_service: Any, tmp_path: Path, host: str, **settings: Any) -> RunningService:
@@ -51,20 +53,24 @@ async def start_host(start_service: Any, tmp_path: Path, host: str, **settings: 
     )
 
 
-async def run_a_task_handed_on(start_service: Any, tmp_path: Path, caplog: Any) -> dict[str, Any]:
-    """A `noop` that a host without the type takes first and hands on to one that has it; its
-    status once it ended. Its hand-ons are logged at INFO by taskd.engine."""
+async def run_a_task_handed_on(
+    start_service: Any, tmp_path: Path, caplog: Any, settings: dict[str, Any] | None = None, **fields: Any
+) -> dict[str, Any]:
+    """A `noop` (with the submit's `fields`) that a host without the type takes first and hands on to
+    one that has it, every host with `settings` too; its status once it ended. Its hand-ons are
+    logged at INFO by taskd.engine."""
     caplog.set_level(logging.INFO, logger="taskd.engine")
-    api = await start_api(start_service, tmp_path)
+    settings = settings or {}
+    api = await start_api(start_service, tmp_path, **settings)
     # The host that has the type runs one task of `default` at a time and is kept busy, so the
     # host without it (started after, so that the other's heartbeat is there) takes the next one.
     queues = Config().queues | {"default": QueueConfig(concurrency=1, timeout=120)}
-    await start_host(start_service, tmp_path, "new-host", queues=queues)
+    await start_host(start_service, tmp_path, "new-host", queues=queues, **settings)
     busy = await api.submit("sleep", {"seconds": 3})
     await api.wait_for(busy["task_id"], lambda body: body["status"] == "processing")
-    await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]))
+    await start_host(start_service, tmp_path, "old-host", tasks=TasksConfig(modules=[]), **settings)
 
-    task = await api.submit("noop", {})
+    task = await api.submit("noop", {}, **fields)
     body: dict[str, Any] = await api.wait_terminal(task["task_id"], timeout=60)
     return body
 
@@ -85,6 +91,32 @@ async def test_a_task_handed_on_runs_as_its_first_attempt(start_service, tmp_pat
     # No handler ran where it was handed on: it keeps every retry it has (retry.max_retries).
     assert any("handed on" in r.getMessage() for r in caplog.records)
     assert (body["attempt"], body["result"]["attempt"]) == (1, 1)
+
+
+async def test_each_take_of_a_task_handed_on_sends_a_started_webhook_of_its_own_id(
+    start_service, tmp_path, caplog, receiver
+):
+    webhooks = attrs.evolve(SHARED["webhooks"], allow_private=True)
+    body = await run_a_task_handed_on(
+        start_service,
+        tmp_path,
+        caplog,
+        {"webhooks": webhooks},
+        callback_url=receiver.url(),
+        webhook_events=["started", "completed"],
+    )
+
+    def started() -> list[Received]:
+        return [r for r in receiver.received if r.json["event"] == "started"]
+
+    async with asyncio.timeout(30):  # the run's own start, which may come after its end
+        while body["started_at"] not in [r.json["started_at"] for r in started()]:
+            await receiver.wait_for(len(receiver.received) + 1)
+
+    # Each hand-on's take and the run: all attempt 1. Before, all had the id msg_<id>_started_1, and
+    # a receiver that drops repeated ids kept the first take's start and dropped the run's.
+    assert len(started()) >= 2 and {r.json["attempt"] for r in started()} == {1}
+    assert len({r.headers["webhook-id"] for r in started()}) == len(started())
 
 
 async def test_a_task_handed_on_is_taken_again_no_sooner_than_its_back_off(start_service, tmp_path, caplog):

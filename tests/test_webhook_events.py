@@ -248,7 +248,8 @@ async def test_a_started_webhook_retried_while_its_task_waits_for_its_next_run_i
 
     # Before, the retry found the record back at `queued` without a started_at and dropped the
     # webhook as no longer news: the start was never delivered.
-    assert again.headers["webhook-id"] == first.headers["webhook-id"] == f"msg_{task_id}_started_1"
+    assert again.headers["webhook-id"] == first.headers["webhook-id"]
+    assert first.headers["webhook-id"].startswith(f"msg_{task_id}_started_1_")
     assert again.json == first.json
     assert again.json["attempt"] == 1 and again.json["started_at"] is not None
 

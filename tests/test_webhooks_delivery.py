@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import itertools
 import logging
 import time
@@ -18,7 +15,7 @@ from dns_server import DnsServer
 from examples import TASK_DATA
 from redis.exceptions import ConnectionError as RedisConnectionError
 from test_webhooks_connections import answering, scripted
-from webhook_receiver import WebhookReceiver
+from webhook_receiver import WebhookReceiver, documented_verify
 
 from taskd import keys
 from taskd.config import AuthConfig, LimitsConfig, WebhooksConfig
@@ -29,14 +26,7 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 METADATA = {"userId": "user-123", "testResultId": "result-456", "sessionId": "session-789"}
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
-    """A receiver's check of a Standard Webhooks signature, as docs/webhooks.md shows it."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
-    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
-    return any(
-        hmac.compare_digest(expected, sig.removeprefix("v1,")) for sig in headers["webhook-signature"].split()
-    )
+verify = documented_verify()
 
 
 @pytest.fixture
@@ -182,6 +172,18 @@ async def test_signature_verifies_with_the_shared_secret(start, receiver):
 
     assert request.headers["webhook-signature"].startswith("v1,")
     assert verify(SECRET, request.headers, request.body)
+
+
+async def test_a_retried_attempt_is_the_same_message_signed_again_when_sent(start, receiver):
+    service = await start(secret=SECRET)
+    receiver.respond(500)
+    await submit_prompt(service, receiver)
+
+    first, retried = await receiver.wait_for(2)
+
+    assert (retried.headers["webhook-id"], retried.body) == (first.headers["webhook-id"], first.body)
+    assert int(retried.headers["webhook-timestamp"]) >= int(first.headers["webhook-timestamp"])
+    assert verify(SECRET, first.headers, first.body) and verify(SECRET, retried.headers, retried.body)
 
 
 async def test_signature_fails_when_the_body_is_altered(start, receiver):

@@ -4,13 +4,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 import orjson
 from aiohttp import web
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+WEBHOOKS_DOC = DOCS / "webhooks.md"
+SECURITY_DOC = DOCS / "security.md"
+
+
+def documented_verify() -> Callable[[str, Mapping[str, str], bytes], bool]:
+    """The `verify` of docs/webhooks.md's example, run as a receiver that copied it would run it."""
+    (example,) = re.findall(
+        r"```python\n(import base64, hashlib.*?def verify\(.*?)```", WEBHOOKS_DOC.read_text(), re.S
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(example, str(WEBHOOKS_DOC), "exec"), namespace)
+    verify: Callable[[str, Mapping[str, str], bytes], bool] = namespace["verify"]
+    return verify
+
+
+def documented_verified(secret: str) -> Callable[[bytes, Mapping[str, str]], Any]:
+    """The `verified` of security.md's `standardwebhooks` example, holding `secret` where it says `whsec_…`."""
+    (example,) = re.findall(
+        r"```python\n(from standardwebhooks import Webhook\n.*?def verified\(.*?)```",
+        SECURITY_DOC.read_text(),
+        re.S,
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(example.replace('"whsec_…"', repr(secret)), str(SECURITY_DOC), "exec"), namespace)
+    verified: Callable[[bytes, Mapping[str, str]], Any] = namespace["verified"]
+    return verified
 
 
 @attrs.frozen

@@ -17,11 +17,15 @@ PROGRESS = "progress"
 def event_id(record: TaskRecord, event: str | None = None) -> str:
     """The `webhook-id`, the same on every attempt and redelivery of one message.
 
-    The end's: one per task and terminal status. `started`: one per run (`attempt`). `progress`: one
-    per progress written, so a receiver that drops repeats never drops a newer progress.
+    The end's: one per task and terminal status. `started`: one per take of the task by a worker
+    (`attempt` and the ms it started): a take by a host without the task's type (tasks.modules
+    differs between hosts) starts it and hands it on without counting an attempt, so the run that
+    follows has that take's `attempt`, and with an id of `attempt` alone a receiver that drops
+    repeats dropped the real start as a repeat of the take's. `progress`: one per progress written,
+    so a receiver that drops repeats never drops a newer progress.
     """
     if event == STARTED:
-        return f"msg_{record.task_id}_started_{record.attempt}"
+        return f"msg_{record.task_id}_started_{record.attempt}_{round((record.started_at or 0) * 1000)}"
     if event == PROGRESS:
         return f"msg_{record.task_id}_progress_{round((record.updated_at or 0) * 1000)}"
     return f"msg_{record.task_id}_{record.status.value}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import multiprocessing
 import stat
 from collections.abc import Callable
@@ -20,11 +21,11 @@ import pytest
 from conftest import API_KEY, RunningService, child_env
 from standardwebhooks import Webhook, WebhookVerificationError
 from test_cli_admin import operator_cli
-from webhook_receiver import Received
+from webhook_receiver import Received, documented_verified, documented_verify
 
 from taskd import keys
 from taskd.config import AuthConfig, ConfigError, ScopedKey, WebhooksConfig, load_config
-from taskd.webhooks.signing import SECRET_FILE, load_or_create_secret, secret_id
+from taskd.webhooks.signing import SECRET_FILE, load_or_create_secret, secret_id, secret_key, signature
 
 
 def whsec(seed: bytes) -> str:
@@ -250,6 +251,149 @@ async def test_retry_failed_gives_a_retry_of_a_record_from_before_secret_ids_its
     assert run.code == 0, run.err
     (retried,) = (line.split(" -> ")[1] for line in run.out.splitlines())
     assert await redis.hget(keys.task(retried), "webhook_secret_id") == secret_id(SECRET_A).encode()
+
+
+# A receiver that copied docs/webhooks.md's example, faced with what anyone who finds its URL can send.
+DOCUMENTED_VERIFY = documented_verify()
+
+
+async def test_the_documented_verify_accepts_a_tenants_genuine_delivery_and_no_other_secret(start, receiver):
+    service = await start(secret=GLOBAL)
+    await submit_as(service, TENANT_A, receiver.url())
+
+    (request,) = await receiver.wait_for(1)
+
+    assert [
+        DOCUMENTED_VERIFY(secret, request.headers, request.body) for secret in (SECRET_A, SECRET_B, GLOBAL)
+    ] == [
+        True,
+        False,
+        False,
+    ]
+
+
+async def test_the_documented_verify_accepts_either_secret_of_a_rotation(start_service, receiver):
+    tenant = ScopedKey(TENANT_A, webhook_secret=SECRET_A, previous_webhook_secret=OLD_SECRET_A)
+    service = await start_service(
+        auth=AuthConfig(api_keys=[API_KEY], keys=[tenant]), webhooks=WebhooksConfig(allow_private=True)
+    )
+    await submit_as(service, TENANT_A, receiver.url())
+
+    (request,) = await receiver.wait_for(1)
+
+    assert DOCUMENTED_VERIFY(SECRET_A, request.headers, request.body)
+    assert DOCUMENTED_VERIFY(OLD_SECRET_A, request.headers, request.body)
+
+
+def _forged(headers: dict[str, str], **changed: str | None) -> dict[str, str]:
+    """`headers` with `changed` (underscores for dashes) set, or left out where None."""
+    forged = dict(headers)
+    for name, value in changed.items():
+        forged.pop(name.replace("_", "-"))
+        if value is not None:
+            forged[name.replace("_", "-")] = value
+    return forged
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"webhook_signature": None},
+        {"webhook_id": None},
+        {"webhook_timestamp": None},
+        {"webhook_timestamp": "soon"},
+        {"webhook_timestamp": "9" * 5000},  # past int()'s 4,300 digits: a ValueError
+        {"webhook_timestamp": "\uff11\uff17\uff19\uff16"},  # digits int() reads, outside ASCII
+        {"webhook_signature": "v1,\u00e9"},  # compare_digest refuses a str outside ASCII
+        {"webhook_signature": "v1,\udcff"},  # a byte past ASCII as aiohttp decodes a header
+        {"webhook_id": "msg_\udcff"},
+    ],
+    ids=[
+        "no-signature",
+        "no-id",
+        "no-timestamp",
+        "timestamp-not-a-number",
+        "timestamp-5000-digits",
+        "timestamp-fullwidth-digits",
+        "signature-non-ascii",
+        "signature-undecodable-byte",
+        "id-undecodable-byte",
+    ],
+)
+async def test_the_documented_verify_refuses_malformed_headers_without_raising(start, receiver, changed):
+    service = await start(secret=GLOBAL)
+    await submit_as(service, TENANT_A, receiver.url())
+
+    (request,) = await receiver.wait_for(1)
+
+    assert DOCUMENTED_VERIFY(SECRET_A, _forged(request.headers, **changed), request.body) is False
+
+
+async def test_the_documented_verify_refuses_a_signature_without_its_version(start, receiver):
+    service = await start(secret=GLOBAL)
+    await submit_as(service, TENANT_A, receiver.url())
+
+    (request,) = await receiver.wait_for(1)
+    unversioned = request.headers["webhook-signature"].removeprefix("v1,")
+
+    assert not DOCUMENTED_VERIFY(
+        SECRET_A, _forged(request.headers, webhook_signature=unversioned), request.body
+    )
+
+
+async def test_the_documented_verify_refuses_a_genuine_delivery_replayed_after_five_minutes(start, receiver):
+    service = await start(secret=GLOBAL)
+    await submit_as(service, TENANT_A, receiver.url())
+
+    (request,) = await receiver.wait_for(1)
+    # The delivery as taskd would have signed it 301 s earlier: a capture replayed now.
+    then = int(request.headers["webhook-timestamp"]) - 301
+    replayed = _forged(
+        request.headers,
+        webhook_timestamp=str(then),
+        webhook_signature=signature(secret_key(SECRET_A), request.headers["webhook-id"], then, request.body),
+    )
+
+    assert not DOCUMENTED_VERIFY(SECRET_A, replayed, request.body)
+
+
+async def test_the_documented_standardwebhooks_check_returns_a_genuine_deliverys_payload(start, receiver):
+    service = await start(secret=GLOBAL)
+    await submit_as(service, TENANT_A, receiver.url())
+
+    (request,) = await receiver.wait_for(1)
+
+    assert documented_verified(SECRET_A)(request.body, request.headers) == request.json
+    assert documented_verified(SECRET_B)(request.body, request.headers) is None
+
+
+@pytest.mark.parametrize("header", ["webhook-signature", "webhook-id"])
+async def test_the_documented_standardwebhooks_check_refuses_a_header_byte_past_ascii_without_raising(
+    start, receiver, header
+):
+    service = await start(secret=GLOBAL)
+    await submit_as(service, TENANT_A, receiver.url())
+
+    (request,) = await receiver.wait_for(1)
+    # A byte 0xff, as aiohttp decodes it: the library's own encode() raises UnicodeEncodeError.
+    forged = {**request.headers, header: request.headers[header] + "\udcff"}
+
+    assert documented_verified(SECRET_A)(request.body, forged) is None
+
+
+async def test_a_start_warns_of_each_tenant_key_without_a_webhook_secret_of_its_own(start_service, caplog):
+    caplog.set_level(logging.WARNING, "taskd")
+    tenants = [
+        ScopedKey(TENANT_A, projects=["pa"]),
+        ScopedKey(TENANT_B, projects=["pb"], webhook_secret=SECRET_B),
+    ]
+
+    await start_service(workers=False, auth=AuthConfig(api_keys=[API_KEY], keys=tenants))
+
+    warned = [r.getMessage() for r in caplog.records if "has no webhook_secret" in r.getMessage()]
+    assert [message.split(":")[0] for message in warned] == [
+        "auth.keys[0] (projects pa) has no webhook_secret"
+    ]
 
 
 async def test_the_task_record_keeps_a_key_id_never_the_key(start, receiver, redis):
