@@ -327,9 +327,26 @@ class EmbeddedValkey:
             log.error("embedded valkey (pid %d) exited unasked (status %s)", proc.pid, proc.returncode)
             if time.monotonic() - started > RESTART_STEADY_S:
                 delays.reset()  # it ran a while: a new failure, not the same one again
+            restarted = await self._start_again(proc, delays)
+            if restarted is None:
+                return  # stop() came meanwhile
+            self._proc, started = restarted, time.monotonic()
+            log.warning("embedded valkey started again (pid %d) with what it had written", restarted.pid)
+
+    async def _start_again(
+        self, proc: asyncio.subprocess.Process, delays: Backoff
+    ) -> asyncio.subprocess.Process | None:
+        """Start the server that was `proc` again, waiting `delays` before each try, until one
+        starts; None once stop() came.
+
+        Its own loop: whether the server had run a while is asked once, when it exits; asked again
+        at each failed try, it reset the delays each time, and a server that died after its first
+        minute was tried every 0.5 s for as long as it failed (a process and two log lines each).
+        """
+        while True:
             await asyncio.sleep(delays.next_delay())
             if self._proc is not proc:
-                return  # stop() came during the wait
+                return None
             try:
                 restarted = await self._spawn_and_wait(self._port, self._password, self._socket_path)
             except (_PortTaken, _SocketRefused, RuntimeError, OSError) as exc:
@@ -341,11 +358,10 @@ class EmbeddedValkey:
                         "embedded valkey leaves port %d to its holder; next on port %d", taken, self._port
                     )
                 continue
-            if self._proc is not proc:  # stop() came meanwhile
+            if self._proc is not proc:
                 await _kill(restarted)
-                return
-            self._proc, started = restarted, time.monotonic()
-            log.warning("embedded valkey started again (pid %d) with what it had written", restarted.pid)
+                return None
+            return restarted
 
     async def stop(self) -> None:
         """Shut the server down cleanly (SHUTDOWN, else SIGTERM; SIGKILL after a timeout); idempotent."""
