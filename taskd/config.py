@@ -1226,13 +1226,24 @@ def warn_if_everyone_reads_secrets(path: str | None = None, environ: Mapping[str
         mode = stat.S_IMODE(config_file.stat().st_mode)
     except OSError:
         return  # read a moment ago; nothing to say of a file gone since
-    if mode & stat.S_IROTH and any(secrets_of(_read_toml(config_file))):
+    if mode & stat.S_IROTH and any(_secrets_in(config_file)):
         logging.getLogger("taskd").warning(
             "config file %s holds secrets and every user of this host can read it (mode %04o): "
             "chmod o-r it (docs/production.md makes it root:taskd, 0640)",
             config_file,
             mode,
         )
+
+
+def _secrets_in(config_file: Path) -> list[str]:
+    """The secrets the config file itself holds, read as the loaded config's are: the entries of a
+    table keyed by task type or queue (tasks.routes, gpu.task_needs) are names, not settings, and a
+    plugin type called refresh_token routed to "cpu" holds no secret. A file valid only with the
+    environment's values has its every string named like a secret counted."""
+    try:
+        return secrets_of(load_config(str(config_file), environ={}))
+    except ConfigError:
+        return secrets_of(_read_toml(config_file))
 
 
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

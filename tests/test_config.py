@@ -16,7 +16,7 @@ import pytest
 from conftest import child_env
 
 from taskd.cli import DESCRIPTION, _parser
-from taskd.config import Config, ConfigError, load_config
+from taskd.config import Config, ConfigError, load_config, warn_if_everyone_reads_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -299,3 +299,17 @@ def test_a_config_file_holding_secrets_that_every_user_can_read_is_warned_of(
     warning = f"config file {config_file} holds secrets and every user of this host can read it (mode 0644)"
     assert (warning in stderr) == warned, stderr
     assert "hunter2hunter2" not in stderr
+
+
+def test_a_config_file_whose_task_types_are_named_like_secrets_is_not_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    # Task types are keys of tasks.routes and gpu.task_needs: a plugin's refresh_token routed to
+    # "cpu" names no secret, as the log's masking reads such tables too (logs.KEYED_BY_NAME).
+    config_file = tmp_path / "taskd.toml"
+    config_file.write_text('[tasks.routes]\nrefresh_token = "cpu"\n\n[gpu.task_needs]\nsign_key = "slot"\n')
+    config_file.chmod(0o644)
+
+    warn_if_everyone_reads_secrets(str(config_file), environ={})
+
+    assert "holds secrets" not in caplog.text
