@@ -34,8 +34,8 @@ from urllib.parse import quote
 
 import psutil
 from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from taskd.backoff import Backoff
 from taskd.childenv import child_environment
@@ -534,6 +534,11 @@ async def _wait_ready(
 ) -> bool:
     """True once our server answers PING; False if it exits first or stays silent too long.
 
+    A server that answered LOADING is reading its append-only file, and is waited for until it
+    answers or exits (a PING may time out between the points where a loading server answers): a
+    big file outlasts READY_TIMEOUT_S, and such a server was killed half-loaded at every start
+    (taskd stopped with exit status 3) and every supervised restart, for ever.
+
     A client connects with the password (AUTH), so it connects only where nobody else can listen:
     the socket, in the private folder (the server opens it once its port too is open, and exits
     where it cannot), else the port once our server holds it. Until then whatever answers on the
@@ -548,12 +553,15 @@ async def _wait_ready(
         if socket_path is not None
         else Redis(host=HOST, port=port, **options)
     )
+    loading = False
     try:
-        while loop.time() < deadline and proc.returncode is None:
+        while (loading or loop.time() < deadline) and proc.returncode is None:
             if socket_path is not None or _listens_on(proc.pid, port):
                 try:
                     await client.ping()
                     return True
+                except BusyLoadingError:
+                    loading = True
                 except (RedisError, OSError):
                     pass
             await asyncio.sleep(_POLL_S)

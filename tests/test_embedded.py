@@ -314,6 +314,39 @@ async def test_data_survives_stop_and_start(tmp_path: Path) -> None:
         assert await _get(second.url, "kept") == b"across restarts"
 
 
+async def test_a_server_still_loading_its_data_when_the_ready_timeout_ends_is_waited_for(
+    socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A big append-only file outlasts READY_TIMEOUT_S as it loads; here 30 keys held 0.2 s each
+    # (Valkey's key-load-delay) outlast a 3 s one by 3 s, which a loaded machine's slow start of the
+    # process does not eat up, and the server answers LOADING meanwhile.
+    async with EmbeddedValkey(socket_dir) as first:
+        assert first.url is not None
+        client = Redis.from_url(first.url)
+        try:
+            # Values LZF cannot shrink: Valkey answers while loading once per 1024 bytes read.
+            values = {f"key{n}": os.urandom(2048) for n in range(30)}
+            await client.mset(values)
+            await client.bgrewriteaof()  # into the base file, which loads key by key
+            async with asyncio.timeout(30):
+                while (await client.info("persistence"))["aof_rewrite_in_progress"]:
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+    config_text = embedded._config_text
+    monkeypatch.setattr(
+        embedded,
+        "_config_text",
+        lambda *args: (
+            config_text(*args) + "key-load-delay 200000\nloading-process-events-interval-bytes 1024\n"
+        ),
+    )
+    monkeypatch.setattr(embedded, "READY_TIMEOUT_S", 3.0)
+    async with EmbeddedValkey(socket_dir) as second:
+        assert second.url is not None
+        assert await _get(second.url, "key29") == values["key29"]
+
+
 async def test_password_is_reused_across_restarts(socket_dir: Path) -> None:
     async with EmbeddedValkey(socket_dir) as first:
         first_url = first.url
