@@ -23,7 +23,8 @@ TEST_TOOLS=(pytest pytest-asyncio pytest-timeout httpx Pillow pyyaml hypothesis 
 # swagger-ui-bundle-v2 (/docs), shtab (shell completion), OpenTelemetry (the `otel` extra: tracing),
 # httptools (the webhook sender's client); redis-py's and hiredis's parts taskd's connections
 # build on (taskd/redis_conn.py), its pool's included: requests on a hung Redis open their
-# connections at once; and /media's Range and If-Range answers, built on aiohttp's FileResponse
+# connections at once, and a rediss:// URL checks its server's certificate and name and says why it
+# refused one; and /media's Range and If-Range answers, built on aiohttp's FileResponse
 # (its ETag and Last-Modified, and a Range unit it reads only in lower case below 3.14.4).
 SMOKE=(
     tests/test_api_submit.py
@@ -44,6 +45,7 @@ SMOKE=(
     tests/test_tracing.py
     tests/test_redis_packing.py
     tests/test_redis_ready_check.py
+    tests/faults/test_redis_tls.py
     tests/faults/test_redis_outage.py::test_requests_on_a_hung_redis_each_open_their_connection_at_once
     tests/test_webhooks_connections.py
     tests/test_media_http.py

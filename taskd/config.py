@@ -1260,21 +1260,36 @@ def warn_if_everyone_reads_secrets(path: str | None = None, environ: Mapping[str
     key) and every user of the host can read it: production.md makes it root:taskd 0640, and taskd
     refuses or warns of its own kept secrets so readable (files.warn_if_readable), but a file left
     0644 handed every local user the keys and the Redis password without a word. A group may read
-    it (taskd's, in the units); the environment's secrets are not in it."""
+    it (taskd's, in the units), and a file in a folder others cannot enter is not theirs to read;
+    the environment's secrets are not in it."""
     config_file = find_config_file(path, os.environ if environ is None else environ)
     if config_file is None:
         return
     try:
-        mode = stat.S_IMODE(config_file.stat().st_mode)
+        real = config_file.resolve(strict=True)
+        mode = stat.S_IMODE(real.stat().st_mode)
+        # A folder above it that other users cannot enter (a home made 0750) keeps it from them.
+        reachable = all(folder.stat().st_mode & stat.S_IXOTH for folder in real.parents)
     except OSError:
         return  # read a moment ago; nothing to say of a file gone since
-    if mode & stat.S_IROTH and any(secrets_of(_read_toml(config_file))):
+    if mode & stat.S_IROTH and reachable and any(_secrets_in(config_file)):
         logging.getLogger("taskd").warning(
             "config file %s holds secrets and every user of this host can read it (mode %04o): "
             "chmod o-r it (docs/production.md makes it root:taskd, 0640)",
             config_file,
             mode,
         )
+
+
+def _secrets_in(config_file: Path) -> list[str]:
+    """The secrets the config file itself holds, read as the loaded config's are: the entries of a
+    table keyed by task type or queue (tasks.routes, gpu.task_needs) are names, not settings, and a
+    plugin type called refresh_token routed to "cpu" holds no secret. A file valid only with the
+    environment's values has its every string named like a secret counted."""
+    try:
+        return secrets_of(load_config(str(config_file), environ={}))
+    except ConfigError:
+        return secrets_of(_read_toml(config_file))
 
 
 def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

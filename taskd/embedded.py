@@ -34,8 +34,8 @@ from urllib.parse import quote
 
 import psutil
 from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from taskd.backoff import Backoff
 from taskd.childenv import child_environment
@@ -327,9 +327,26 @@ class EmbeddedValkey:
             log.error("embedded valkey (pid %d) exited unasked (status %s)", proc.pid, proc.returncode)
             if time.monotonic() - started > RESTART_STEADY_S:
                 delays.reset()  # it ran a while: a new failure, not the same one again
+            restarted = await self._start_again(proc, delays)
+            if restarted is None:
+                return  # stop() came meanwhile
+            self._proc, started = restarted, time.monotonic()
+            log.warning("embedded valkey started again (pid %d) with what it had written", restarted.pid)
+
+    async def _start_again(
+        self, proc: asyncio.subprocess.Process, delays: Backoff
+    ) -> asyncio.subprocess.Process | None:
+        """Start the server that was `proc` again, waiting `delays` before each try, until one
+        starts; None once stop() came.
+
+        Its own loop: whether the server had run a while is asked once, when it exits; asked again
+        at each failed try, it reset the delays each time, and a server that died after its first
+        minute was tried every 0.5 s for as long as it failed (a process and two log lines each).
+        """
+        while True:
             await asyncio.sleep(delays.next_delay())
             if self._proc is not proc:
-                return  # stop() came during the wait
+                return None
             try:
                 restarted = await self._spawn_and_wait(self._port, self._password, self._socket_path)
             except (_PortTaken, _SocketRefused, RuntimeError, OSError) as exc:
@@ -341,11 +358,10 @@ class EmbeddedValkey:
                         "embedded valkey leaves port %d to its holder; next on port %d", taken, self._port
                     )
                 continue
-            if self._proc is not proc:  # stop() came meanwhile
+            if self._proc is not proc:
                 await _kill(restarted)
-                return
-            self._proc, started = restarted, time.monotonic()
-            log.warning("embedded valkey started again (pid %d) with what it had written", restarted.pid)
+                return None
+            return restarted
 
     async def stop(self) -> None:
         """Shut the server down cleanly (SHUTDOWN, else SIGTERM; SIGKILL after a timeout); idempotent."""
@@ -518,6 +534,11 @@ async def _wait_ready(
 ) -> bool:
     """True once our server answers PING; False if it exits first or stays silent too long.
 
+    A server that answered LOADING is reading its append-only file, and is waited for until it
+    answers or exits (a PING may time out between the points where a loading server answers): a
+    big file outlasts READY_TIMEOUT_S, and such a server was killed half-loaded at every start
+    (taskd stopped with exit status 3) and every supervised restart, for ever.
+
     A client connects with the password (AUTH), so it connects only where nobody else can listen:
     the socket, in the private folder (the server opens it once its port too is open, and exits
     where it cannot), else the port once our server holds it. Until then whatever answers on the
@@ -532,12 +553,15 @@ async def _wait_ready(
         if socket_path is not None
         else Redis(host=HOST, port=port, **options)
     )
+    loading = False
     try:
-        while loop.time() < deadline and proc.returncode is None:
+        while (loading or loop.time() < deadline) and proc.returncode is None:
             if socket_path is not None or _listens_on(proc.pid, port):
                 try:
                     await client.ping()
                     return True
+                except BusyLoadingError:
+                    loading = True
                 except (RedisError, OSError):
                     pass
             await asyncio.sleep(_POLL_S)

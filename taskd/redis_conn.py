@@ -367,12 +367,16 @@ def tls_hint(url: str, exc: BaseException) -> str:
     A plain Redis behind a `rediss://` URL reads the TLS hello as the start of a command and waits
     for its end: the connect times out, saying nothing of TLS. A server that answers in plain text
     fails the handshake (an ssl.SSLError, under redis-py's ConnectionError). A certificate refused
-    (another name's, an authority not trusted) came from a server that speaks TLS: no hint.
+    (another name's, an authority not trusted) came from a server that speaks TLS: no hint, but the
+    reason where redis-py's message lacks it: 5.0.1 (pyproject's floor) writes an error's number in
+    place of its text, "Error 1 connecting to redis.internal:6380. 1.", not a word of a certificate.
     """
     if urlsplit(url).scheme.lower() != "rediss":
         return ""
-    if any(isinstance(cause, ssl.SSLCertVerificationError) for cause in (exc, exc.__context__)):
-        return ""
+    refused = next((c for c in (exc, exc.__context__) if isinstance(c, ssl.SSLCertVerificationError)), None)
+    if refused is not None:
+        reason = refused.verify_message or str(refused)
+        return "" if reason in str(exc) else f"; certificate verify failed: {reason}"
     if isinstance(exc, TimeoutError | RedisTimeoutError | ssl.SSLError) or isinstance(
         exc.__context__, ssl.SSLError
     ):

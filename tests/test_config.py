@@ -7,7 +7,9 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 from conftest import child_env
 
 from taskd.cli import DESCRIPTION, _parser
-from taskd.config import Config, ConfigError, load_config
+from taskd.config import Config, ConfigError, load_config, warn_if_everyone_reads_secrets
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -261,6 +263,14 @@ def test_help_summary_names_every_command():
     assert set(commands.choices) - named == set()
 
 
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder every user can enter, as /etc/taskd: pytest's tmp_path is under a 0700 one."""
+    with tempfile.TemporaryDirectory(prefix="taskd-", dir="/tmp") as folder:
+        Path(folder).chmod(0o755)
+        yield Path(folder)
+
+
 def _serve_on_a_redis_that_is_not_there(config_file: Path, data_dir: Path) -> str:
     """What `taskd serve --config FILE` writes to stderr before it gives up on a Redis nobody runs."""
     environ = {
@@ -288,9 +298,9 @@ def _serve_on_a_redis_that_is_not_there(config_file: Path, data_dir: Path) -> st
     ids=["everyone reads a password", "its group reads a password", "everyone reads no secret"],
 )
 def test_a_config_file_holding_secrets_that_every_user_can_read_is_warned_of(
-    tmp_path: Path, mode: int, redis_url: str, warned: bool
+    tmp_path: Path, open_folder: Path, mode: int, redis_url: str, warned: bool
 ):
-    config_file = tmp_path / "taskd.toml"
+    config_file = open_folder / "taskd.toml"
     config_file.write_text(f'[redis]\nurl = "{redis_url}"\n')
     config_file.chmod(mode)
 
@@ -299,3 +309,33 @@ def test_a_config_file_holding_secrets_that_every_user_can_read_is_warned_of(
     warning = f"config file {config_file} holds secrets and every user of this host can read it (mode 0644)"
     assert (warning in stderr) == warned, stderr
     assert "hunter2hunter2" not in stderr
+
+
+def test_a_config_file_whose_task_types_are_named_like_secrets_is_not_warned_of(
+    open_folder: Path, caplog: pytest.LogCaptureFixture
+):
+    # Task types are keys of tasks.routes and gpu.task_needs: a plugin's refresh_token routed to
+    # "cpu" names no secret, as the log's masking reads such tables too (logs.KEYED_BY_NAME).
+    config_file = open_folder / "taskd.toml"
+    config_file.write_text('[tasks.routes]\nrefresh_token = "cpu"\n\n[gpu.task_needs]\nsign_key = "slot"\n')
+    config_file.chmod(0o644)
+
+    warn_if_everyone_reads_secrets(str(config_file), environ={})
+
+    assert "holds secrets" not in caplog.text
+
+
+def test_a_config_file_in_a_folder_other_users_cannot_enter_is_not_warned_of(
+    open_folder: Path, caplog: pytest.LogCaptureFixture
+):
+    # A checkout's ./taskd.toml left 0644 in a home made 0750: nobody but its user and group reads it.
+    home = open_folder / "home"
+    home.mkdir(mode=0o750)
+    home.chmod(0o750)
+    config_file = home / "taskd.toml"
+    config_file.write_text('[redis]\nurl = "redis://:hunter2hunter2@127.0.0.1:1/0"\n')
+    config_file.chmod(0o644)
+
+    warn_if_everyone_reads_secrets(str(config_file), environ={})
+
+    assert "holds secrets" not in caplog.text

@@ -314,6 +314,39 @@ async def test_data_survives_stop_and_start(tmp_path: Path) -> None:
         assert await _get(second.url, "kept") == b"across restarts"
 
 
+async def test_a_server_still_loading_its_data_when_the_ready_timeout_ends_is_waited_for(
+    socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A big append-only file outlasts READY_TIMEOUT_S as it loads; here 30 keys held 0.2 s each
+    # (Valkey's key-load-delay) outlast a 3 s one by 3 s, which a loaded machine's slow start of the
+    # process does not eat up, and the server answers LOADING meanwhile.
+    async with EmbeddedValkey(socket_dir) as first:
+        assert first.url is not None
+        client = Redis.from_url(first.url)
+        try:
+            # Values LZF cannot shrink: Valkey answers while loading once per 1024 bytes read.
+            values = {f"key{n}": os.urandom(2048) for n in range(30)}
+            await client.mset(values)
+            await client.bgrewriteaof()  # into the base file, which loads key by key
+            async with asyncio.timeout(30):
+                while (await client.info("persistence"))["aof_rewrite_in_progress"]:
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+    config_text = embedded._config_text
+    monkeypatch.setattr(
+        embedded,
+        "_config_text",
+        lambda *args: (
+            config_text(*args) + "key-load-delay 200000\nloading-process-events-interval-bytes 1024\n"
+        ),
+    )
+    monkeypatch.setattr(embedded, "READY_TIMEOUT_S", 3.0)
+    async with EmbeddedValkey(socket_dir) as second:
+        assert second.url is not None
+        assert await _get(second.url, "key29") == values["key29"]
+
+
 async def test_password_is_reused_across_restarts(socket_dir: Path) -> None:
     async with EmbeddedValkey(socket_dir) as first:
         first_url = first.url
@@ -543,8 +576,11 @@ class _Squatter:
 def reached_either_way(request: pytest.FixtureRequest, socket_dir: Path) -> Path:
     """A data dir whose server taskd reaches on its socket, or on its port alone (too deep for a
     socket's path)."""
-    if request.param == "socket":
-        return socket_dir
+    return socket_dir if request.param == "socket" else _too_deep_for_a_socket(socket_dir)
+
+
+def _too_deep_for_a_socket(socket_dir: Path) -> Path:
+    """A data dir in `socket_dir` whose server listens on its port alone."""
     return socket_dir / ("d" * (embedded.SOCKET_PATH_MAX - len(str(socket_dir))))
 
 
@@ -606,6 +642,34 @@ async def test_a_restart_under_supervision_sends_no_password_to_whoever_took_its
                 await asyncio.sleep(0.05)
     await asyncio.wait_for(supervising, 5)
     assert squatter.received == b""
+
+
+async def test_a_restart_that_keeps_failing_after_the_server_ran_a_while_backs_off(
+    socket_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that ran past RESTART_STEADY_S (0 here: every one has) and died; its port stays
+    # taken and its clients know only the port, so each restart fails until the holder lets go.
+    monkeypatch.setattr(embedded, "RESTART_STEADY_S", 0.0)
+    monkeypatch.setattr(embedded, "RESTART_FIRST_S", 0.05)
+    drawn: list[float] = []
+
+    class RecordedDelays(embedded.Backoff):
+        def next_delay(self) -> float:
+            drawn.append(super().next_delay())
+            return drawn[-1]
+
+    monkeypatch.setattr(embedded, "Backoff", RecordedDelays)
+    async with EmbeddedValkey(_too_deep_for_a_socket(socket_dir)) as server:
+        assert server.tcp_url is not None and server.pid is not None
+        port = urlsplit(server.tcp_url).port
+        assert port is not None
+        os.kill(server.pid, 9)
+        async with await _Squatter().listen(port), asyncio.timeout(60):
+            supervising = asyncio.create_task(server.supervise())
+            while len(drawn) < 4:
+                await asyncio.sleep(0.05)
+    await asyncio.wait_for(supervising, 5)
+    assert drawn[:4] == pytest.approx([0.05, 0.1, 0.2, 0.4])
 
 
 async def test_a_server_served_on_its_socket_starts_again_on_another_port_when_its_port_was_taken(

@@ -70,8 +70,11 @@ async def test_a_rediss_url_connects_to_a_server_whose_certificate_is_for_its_ho
 
 async def test_a_rediss_url_refuses_a_server_whose_certificate_is_for_another_name(valkey):
     async with tls_front(valkey.port, "hooks.example") as port:
-        with pytest.raises(RedisConnectionError, match="Hostname mismatch"):
-            await ping(rediss_url(port))
+        url = rediss_url(port)
+        with pytest.raises(RedisConnectionError) as refused:
+            await ping(url)
+    # As start-up's last line says it (taskd.service): at redis-py 5.0.1 the reason is the hint's.
+    assert "Hostname mismatch" in f"{refused.value}{tls_hint(url, refused.value)}"
 
 
 async def test_a_rediss_url_with_ssl_check_hostname_false_takes_a_certificate_for_another_name(valkey):
@@ -84,7 +87,7 @@ async def test_a_certificate_for_another_name_is_not_reported_as_a_server_withou
         url = rediss_url(port)
         with pytest.raises(RedisConnectionError) as refused:
             await ping(url)
-    assert tls_hint(url, refused.value) == ""
+    assert "speaking TLS" not in tls_hint(url, refused.value)
 
 
 async def test_a_rediss_url_with_ssl_cert_reqs_none_connects_to_a_certificate_for_another_name(valkey):
