@@ -554,6 +554,10 @@ class Service:
         # The API and the workers stop side by side: the workers take no job from the moment the
         # stop begins, and a request still in flight costs the stop no more than the jobs' grace.
         await asyncio.gather(self._stop_http(), self._stop_workers(grace))
+        if self._pool is not None:
+            # A submit in flight may have started a job for a worker after the workers' stop (its
+            # script held up past their wait for the slot it held): no request is left now.
+            await self._pool.hand_back_late()
         if self._executor is not None:
             await self._executor.finish_hand_backs(HAND_BACK_WAIT)
         if self._runners is not None:

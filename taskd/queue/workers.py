@@ -609,11 +609,7 @@ class WorkerPool:
         # the running ones were gathered: handed back now, not left running unwatched while the
         # process goes on to close its connections (at a start-up that failed just after the workers
         # started, their hand-back then found no Redis and taskd took minutes to exit).
-        late = [task for worker in self.workers.values() for task in worker.tasks.values() if not task.done()]
-        if late:
-            log.info("handing %d jobs taken as the stop began back to their queues", len(late))
-            self.executor.handing_back()
-        await cancel_and_wait(late)
+        await self.hand_back_late()
         if self.take and self.queues:
             # No submit should wake a worker that is gone (one killed is dropped when its turn comes).
             with contextlib.suppress(Exception):  # Redis may be gone already: best effort
@@ -623,3 +619,14 @@ class WorkerPool:
                             for queue in self.queues:
                                 pipe.zrem(keys.idle(queue, partition), self.executor.worker_id)
                             await pipe.execute()
+
+    async def hand_back_late(self) -> None:
+        """Hand back the jobs started after `stop` gathered the running ones: by a take under way as it
+        began, or by a submit's script for a slot held before it (TaskdWorker.hold) that answered
+        after its wait for held slots. Called again once the API has stopped, when no submit is
+        left: such a run went on past the stop, its task `processing` until the reclaim."""
+        late = [task for worker in self.workers.values() for task in worker.tasks.values() if not task.done()]
+        if late:
+            log.info("handing %d jobs taken as the stop began back to their queues", len(late))
+            self.executor.handing_back()
+        await cancel_and_wait(late)

@@ -8,18 +8,29 @@ import contextlib
 import os
 import signal
 import time
+import types
 from datetime import datetime
+from typing import Any
 
 import aiohttp
 import pytest
 from conftest import API_KEY, TERMINAL
 from faultkit import Api, ValkeyServer, child_env, reads_across_a_stop, runs, serving
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis_probes import idle_worker
 from sse import read_events
 
 from taskd import keys
 from taskd.client import TaskClient
-from taskd.config import Config, GpuConfig, QueueConfig, RedisConfig, RetryConfig
+from taskd.config import (
+    Config,
+    ExecutionConfig,
+    GpuConfig,
+    QueueConfig,
+    RedisConfig,
+    RetryConfig,
+    WorkerConfig,
+)
 from taskd.engine.executor import Executor
 from taskd.gpu.scheduler import GpuScheduler, Lease
 from taskd.http import events as events_module
@@ -148,6 +159,59 @@ async def test_a_stop_while_redis_hangs_logs_no_error_for_the_job_it_could_not_d
     lines = log.read_text().splitlines()
     assert [line for line in lines if '"level":"ERROR"' in line] == []
     assert any("at the stop failed" in line for line in lines)
+
+
+async def test_a_task_a_submit_started_for_the_idle_worker_after_the_stop_handed_back_its_jobs_is_handed_back(
+    tmp_path,
+):
+    # The submit holds a slot of the idle worker and its script waits on a Redis that holds writes
+    # back past the pool's wait for held slots (5 s); the stop meanwhile handed back the running jobs
+    # (none). Writes let through, the script starts the task for the worker, which had stopped
+    # counting its jobs: the run went on past the stop, and the task stayed `processing`.
+    server = await ValkeyServer(tmp_path / "valkey").start()
+    probe = server.client()
+    execution = ExecutionConfig(cancel_grace=2, reclaim_interval=0.5, shutdown_grace=60)
+    submit: asyncio.Task[tuple[int, Any]] | None = None
+    try:
+        async with serving(
+            tmp_path,
+            RedisConfig(url=server.url, socket_timeout=60),
+            execution=execution,
+            # No poll of its own while the slot is held, and a heartbeat that outlasts the writes held back.
+            worker=WorkerConfig(heartbeat_interval=0.5, heartbeat_ttl=30, poll_delay=60),
+        ) as (service, api):
+            assert service._pool is not None
+            pool, worker = service._pool, service._pool.workers["default"]
+            # The submit script loaded (a first EVALSHA is refused, and sent again after the pause).
+            await api.wait_all([await api.submit("noop", {})])
+            await idle_worker(probe, types.SimpleNamespace(service=service))
+            # Scripts are held back with the other writes, and run in the order they came.
+            await probe.client_pause(120_000, all=False)
+            body = {"project_id": "p", "task_type": "sleep", "task_data": {"seconds": 3600, "steps": 1000}}
+            submit = asyncio.create_task(api.call("POST", "/api/v1/tasks/submit", json=body))
+            async with asyncio.timeout(30):
+                while worker.settled.is_set():  # the submit holds the slot; its script is sent
+                    await asyncio.sleep(0.02)
+
+            stop = asyncio.create_task(service.stop())
+            async with asyncio.timeout(60):
+                while pool._supervisors or not worker.stopping:  # past its hand-back of late jobs
+                    await asyncio.sleep(0.05)
+            await probe.client_unpause()
+            async with asyncio.timeout(60):
+                await stop
+                status, reply = await submit
+            assert status == 200, reply
+            record = await probe.hgetall(keys.task(reply["task_id"]))
+    finally:
+        with contextlib.suppress(Exception):
+            await probe.client_unpause()
+        if submit is not None:
+            submit.cancel()
+        await probe.aclose()
+        server.stop()
+
+    assert (record[b"status"], record[b"attempt"]) == (b"queued", b"1")
 
 
 async def test_requests_on_a_hung_redis_each_open_their_connection_at_once(tmp_path):
