@@ -749,7 +749,11 @@ def _take_back_from_others(valkey_dir: Path) -> None:
         except FileNotFoundError:
             continue
         if stat.S_IMODE(mode) & 0o077 and (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            path.chmod(stat.S_IMODE(mode) & 0o700)
+            try:
+                path.chmod(stat.S_IMODE(mode) & 0o700)
+            except PermissionError:
+                # Another user's (a backup copied back by root): the server reads it as before.
+                log.warning("cannot take group's and others' access off %s: it is not taskd's user's", path)
         if path == folder and stat.S_ISDIR(mode):
             kept += folder.iterdir()
 
