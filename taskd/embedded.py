@@ -24,6 +24,7 @@ import platform
 import secrets
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -276,6 +277,7 @@ class EmbeddedValkey:
 
     async def _start(self) -> str:
         await _stop_stale_server(self.dir)
+        _take_back_from_others(self.dir)
         password = _load_or_create_password(self.dir / PASSWORDFILE)
         socket_path = unix_socket_path(self.dir)
         # The port of the last start first: a worker that reaches the server over TCP (its socket's
@@ -753,6 +755,31 @@ def _make_private_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     # mkdir's mode is filtered by the umask and ignored for an existing directory.
     path.chmod(0o700)
+
+
+def _take_back_from_others(valkey_dir: Path) -> None:
+    """Take from group and others what an earlier taskd left them in `valkey_dir`: the server's
+    append-only files, its folder and the log, which taskd up to 28b50af made with its own umask
+    (0644 and 0755 from a shell). The server now makes them private (_server_setup), but only as
+    it makes them: the folder and the log are never made again, and an append-only file is kept
+    until Valkey's next rewrite, so an upgraded data dir kept them readable, in a copy made to
+    move them to another Redis too. Links are left alone (their target may be anyone's)."""
+    folder = valkey_dir / AOF_DIRNAME
+    kept = [valkey_dir / LOGFILE, folder]
+    while kept:
+        path = kept.pop()
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_IMODE(mode) & 0o077 and (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            try:
+                path.chmod(stat.S_IMODE(mode) & 0o700)
+            except PermissionError:
+                # Another user's (a backup copied back by root): the server reads it as before.
+                log.warning("cannot take group's and others' access off %s: it is not taskd's user's", path)
+        if path == folder and stat.S_ISDIR(mode):
+            kept += folder.iterdir()
 
 
 def _load_or_create_password(path: Path) -> str:

@@ -389,8 +389,8 @@ async def wait_until_answers(redis: Redis, url: str, wait: float) -> None:
 
     A Redis started with (or after) taskd, a network not yet up at boot: taskd waits for it rather
     than exit at once into a restart loop its supervisor may give up on (systemd's start limit).
-    What waiting cannot mend (a wrong password, a user refused the command) and the last failure
-    are raised.
+    What waiting cannot mend (a wrong password, a user refused the command, a certificate issued
+    for another name) and the last failure are raised.
     """
     deadline = time.monotonic() + wait
     delays = Backoff(RECONNECT_FIRST_AT_START, RECONNECT_CAP_AT_START)
@@ -404,6 +404,8 @@ async def wait_until_answers(redis: Redis, url: str, wait: float) -> None:
         except (AuthenticationError, AuthorizationError):
             raise
         except (RedisConnectionError, RedisTimeoutError, TimeoutError) as exc:
+            if _issued_for_another_name(exc):
+                raise
             left = deadline - time.monotonic()
             if left <= 0 and isinstance(exc, RedisError):
                 raise
@@ -418,6 +420,24 @@ async def wait_until_answers(redis: Redis, url: str, wait: float) -> None:
                 left,
             )
             await asyncio.sleep(min(delays.next_delay(), left))
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH (ssl names no constant).
+_NAME_MISMATCH = frozenset({62, 64})
+
+
+def _issued_for_another_name(exc: BaseException) -> bool:
+    """Whether `exc` is a `rediss://` server's certificate refused for naming another host than the
+    URL's (the URL names it by its IP address, the certificate by its DNS name, say). The server is
+    up and speaks TLS, so no wait mends it, as none mends a wrong password: a start that waited
+    `redis.start_wait` for it logged "does not answer" at each try before it gave up, which an
+    upgrade from 28b50af, when the name began to be checked, showed every deployment so named.
+    Other refusals are still waited out: a certificate not yet valid (a clock not yet set at boot)
+    or just expired (its renewal under way) may mend itself."""
+    return any(
+        isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in _NAME_MISMATCH
+        for cause in (exc, exc.__context__)
+    )
 
 
 def connect(url: str, *, socket_timeout: float | None = None, partition: int = 0) -> Redis:

@@ -304,6 +304,21 @@ async def test_every_file_the_server_makes_is_private_under_a_shells_umask(
     assert {str(path): mode for path, mode in opened.items() if mode & 0o077} == {}
 
 
+async def test_a_start_takes_back_what_an_earlier_version_left_others_to_read(socket_dir: Path) -> None:
+    async with EmbeddedValkey(socket_dir) as first:
+        assert first.url is not None
+        await _set(first.url, "every tenant's", "tasks")
+    # As taskd up to 28b50af left them under a shell's umask: the server made its files with it.
+    folder = socket_dir / "valkey" / "appendonly"
+    for path in [socket_dir / "valkey" / "valkey.log", folder, *folder.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+    async with EmbeddedValkey(socket_dir) as valkey:
+        modes = {str(path): stat.S_IMODE(path.stat().st_mode) for path in valkey.dir.rglob("*")}
+    assert any(path.endswith(".aof") for path in modes)
+    assert {path: mode for path, mode in modes.items() if mode & 0o077} == {}
+
+
 async def test_data_survives_stop_and_start(tmp_path: Path) -> None:
     async with EmbeddedValkey(tmp_path) as first:
         assert first.url is not None

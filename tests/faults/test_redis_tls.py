@@ -13,7 +13,7 @@ import pytest
 from faultkit import ValkeyServer
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from taskd.redis_conn import connect, tls_hint
+from taskd.redis_conn import connect, tls_hint, wait_until_answers
 
 TLS = Path(__file__).parent.parent / "tls"  # the test authority and what it signed (tests/tls/make.sh)
 PASSWORD = "tls-test-password"
@@ -94,3 +94,21 @@ async def test_a_rediss_url_with_ssl_cert_reqs_none_connects_to_a_certificate_fo
     # No certificate check asked for: no name check either (Python's ssl refuses one without the other).
     async with tls_front(valkey.port, "hooks.example") as port:
         assert await ping(rediss_url(port, "&ssl_cert_reqs=none"))
+
+
+@pytest.mark.parametrize(("host", "name"), [("127.0.0.1", "localhost"), ("localhost", "hooks.example")])
+async def test_a_start_does_not_wait_for_a_server_whose_certificate_names_another_host(
+    valkey, caplog, host, name
+):
+    # The server answers with TLS, for another name than the URL's (an IP address where the
+    # certificate names the host, as many URLs did before the name was checked): no wait mends that.
+    # Start-up waited redis.start_wait (60 s), logging "does not answer" at each try.
+    async with tls_front(valkey.port, name) as port:
+        url = f"rediss://:{PASSWORD}@{host}:{port}/0?ssl_ca_certs={TLS / 'ca.pem'}"
+        client = connect(url, socket_timeout=10)
+        try:
+            with pytest.raises(RedisConnectionError, match="mismatch"):
+                await asyncio.wait_for(wait_until_answers(client, url, 600), 60)
+        finally:
+            await client.aclose()
+    assert "does not answer" not in caplog.text
