@@ -137,17 +137,21 @@ def _deciding_for_callers(sampler: Sampler) -> Sampler:
     collector, and a `-01` would force every trace past a ratio the operator chose. The decision is
     the sampler's for a trace with no parent, drawn on a random id rather than the caller's trace id
     (a ratio sampler keeps the ids under a bound, which a caller could choose). The spans after the
-    request's (the run, its calls, the webhooks) follow that decision, their parent's.
+    request's (the run, its calls, the webhooks) follow that decision, their parent's, whatever the
+    sampler: a plain `traceidratio` decided each of them again on the trace id, the caller's, so a
+    task's run was kept without its submit, or its submit without its run, about as often as not.
 
     The caller's `tracestate` is not kept either: the propagators are not shown it
     (`server_middlewares`), and a span's comes from its sampler, which decides here as for a root.
     """
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
+    from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, SamplingResult
     from opentelemetry.trace import SpanKind, get_current_span
 
     ids = RandomIdGenerator()
+    # A span with a parent takes its parent's decision (a parent-based sampler's own does the same).
+    following = ParentBased(sampler)
 
     class DecidingForCallers(Sampler):
         def should_sample(
@@ -161,10 +165,17 @@ def _deciding_for_callers(sampler: Sampler) -> Sampler:
             trace_state: TraceState | None = None,
         ) -> SamplingResult:
             parent = get_current_span(parent_context).get_span_context()
-            if kind is not SpanKind.SERVER or not parent.is_valid or not parent.is_remote:
+            if not parent.is_valid:
+                # A new trace: its id is taskd's own.
                 return sampler.should_sample(parent_context, trace_id, name, kind, attributes, links)
-            # The SERVER span is the API's request, its remote parent the caller's header.
-            return sampler.should_sample(Context(), ids.generate_trace_id(), name, kind, attributes, links)
+            if kind is SpanKind.SERVER and parent.is_remote:
+                # The SERVER span is the API's request, its remote parent the caller's header.
+                return sampler.should_sample(
+                    Context(), ids.generate_trace_id(), name, kind, attributes, links
+                )
+            # The run and the webhooks (their parent the submit's context, kept with the task) and
+            # every span inside one: the task's one decision.
+            return following.should_sample(parent_context, trace_id, name, kind, attributes, links)
 
         def get_description(self) -> str:
             return f"DecidingForCallers{{{sampler.get_description()}}}"
