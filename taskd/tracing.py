@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
     from multidict import CIMultiDictProxy
     from opentelemetry.attributes import BoundedAttributes
+    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.sampling import Sampler
@@ -38,8 +39,9 @@ TASK_ID, TASK_TYPE, PROJECT_ID = "taskd.task.id", "taskd.task.type", "taskd.proj
 QUEUE, ATTEMPT, DEVICE, OUTCOME = "taskd.queue", "taskd.attempt", "taskd.device", "taskd.outcome"
 WEBHOOK_EVENT = "taskd.webhook.event"
 TRACER = "taskd"
-# The W3C headers of a caller's that taskd does not read (`server_middlewares`): only its trace
-# and parent are kept (docs/tracing.md, "The caller's trace context").
+# The W3C headers of a caller's that taskd does not read (`server_middlewares`; nor in a record an
+# earlier taskd stored them in, `_submitted_in`): only its trace and parent are kept
+# (docs/tracing.md, "The caller's trace context").
 UNREAD_HEADERS = frozenset({"tracestate", "baggage"})
 SERVICE_NAME = "taskd"
 # Where the OTLP exporter reads the headers it sends the collector.
@@ -364,13 +366,26 @@ def carrier() -> dict[str, str] | None:
     return headers or None
 
 
+def _submitted_in(record: TaskRecord) -> Context:
+    """The context of the span that submitted `record`, from its stored headers, `tracestate` not read.
+
+    A record written before taskd stopped keeping a caller's `tracestate` (up to 94145fd) holds it:
+    read back, it became the run's and the webhook's and went on in every provider call and webhook
+    of the task, queued, scheduled or retried after the upgrade.
+    """
+    from opentelemetry import propagate
+
+    stored = record.trace_context or {}
+    return propagate.extract({name: value for name, value in stored.items() if name not in UNREAD_HEADERS})
+
+
 @contextlib.contextmanager
 def run_span(record: TaskRecord, device: str | None) -> Iterator[None]:
     """The span of one run of `record` on this worker: a child of the span that submitted it."""
     if _provider is None:
         yield
         return
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
 
     attributes: dict[str, str | int] = {
         TASK_ID: record.task_id,
@@ -383,7 +398,7 @@ def run_span(record: TaskRecord, device: str | None) -> Iterator[None]:
         attributes[DEVICE] = device
     with _provider.get_tracer(TRACER).start_as_current_span(
         f"run {record.task_type}",
-        context=propagate.extract(record.trace_context or {}),
+        context=_submitted_in(record),
         kind=trace.SpanKind.CONSUMER,
         attributes=attributes,
     ):
@@ -408,13 +423,13 @@ def webhook_span(record: TaskRecord, event: str | None, attempt: int) -> Iterato
     if _provider is None:
         yield
         return
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
 
     # An end's webhook has no event of its own: it is named for the status it reports.
     name = event or record.status.value
     with _provider.get_tracer(TRACER).start_as_current_span(
         f"webhook {name}",
-        context=propagate.extract(record.trace_context or {}),
+        context=_submitted_in(record),
         kind=trace.SpanKind.PRODUCER,
         attributes={TASK_ID: record.task_id, WEBHOOK_EVENT: name, ATTEMPT: attempt},
     ):

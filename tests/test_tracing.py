@@ -373,6 +373,29 @@ async def test_the_callers_tracestate_and_baggage_reach_neither_providers_nor_we
     assert {"tracestate", "baggage"}.isdisjoint(name.lower() for name in [*provider_call, *webhook])
 
 
+async def test_a_tracestate_stored_with_a_task_before_the_upgrade_is_not_sent_on(
+    monkeypatch, collector, start_service, redis, fake_llm, receiver
+):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    monkeypatch.setattr(tracing, "_provider", None)  # this process's own, put back after the test
+    tracing.setup()
+    webhooks = WebhooksConfig(allow_private=True)
+    api = await start_service(workers=False, llm_url=fake_llm.base_url, webhooks=webhooks)
+    submitted = await api.submit("test_prompt", TASK_DATA["test_prompt"], callback_url=receiver.url("/hook"))
+    # As taskd up to 94145fd stored it: the submit's context with the caller's `tracestate`.
+    stored = orjson.loads(await redis.hget(keys.task(submitted["task_id"]), "trace_context"))
+    old = {**stored, "tracestate": "dd=s:2;o:tenant-a,congo=t61rcWkgMzE"}
+    await redis.hset(keys.task(submitted["task_id"]), "trace_context", orjson.dumps(old))
+
+    await start_service(http=False, llm_url=fake_llm.base_url, webhooks=webhooks)
+    [webhook] = await receiver.wait_for(1)
+
+    provider_call = fake_llm.requests[-1].headers
+    assert provider_call["traceparent"].split("-")[1] == stored["traceparent"].split("-")[1]
+    assert "tracestate" not in provider_call
+    assert "tracestate" not in webhook.headers
+
+
 async def test_a_callers_malformed_tracestate_and_baggage_write_nothing_to_the_log(
     spawn_taskd, tmp_path, collector
 ):
