@@ -49,6 +49,7 @@ from taskd.media.store import base_url as media_base_url
 from taskd.media.store import load_secret, media_dir, scratch_root
 from taskd.model import now
 from taskd.net.guard import AddressPolicy
+from taskd.providers.http import USER_AGENT as PROVIDERS_USER_AGENT
 from taskd.providers.limits import ProviderLimits
 from taskd.queue.task_queue import TaskQueue
 from taskd.queue.workers import WorkerPool
@@ -248,7 +249,9 @@ class Service:
         self._background.append(asyncio.create_task(redis_clock.run(), name="redis-clock"))
         # Providers' calls go through this session: with tracing on, each is a span of its run.
         session = await self._stack.enter_async_context(
-            aiohttp.ClientSession(trace_configs=tracing.client_trace_configs())
+            aiohttp.ClientSession(
+                headers={"User-Agent": PROVIDERS_USER_AGENT}, trace_configs=tracing.client_trace_configs()
+            )
         )
         store = TaskStore(
             redis,

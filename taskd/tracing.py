@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from aiohttp.typedefs import Handler, Middleware
     from multidict import CIMultiDictProxy
     from opentelemetry.attributes import BoundedAttributes
+    from opentelemetry.context import Context
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.sampling import Sampler
@@ -38,8 +39,9 @@ TASK_ID, TASK_TYPE, PROJECT_ID = "taskd.task.id", "taskd.task.type", "taskd.proj
 QUEUE, ATTEMPT, DEVICE, OUTCOME = "taskd.queue", "taskd.attempt", "taskd.device", "taskd.outcome"
 WEBHOOK_EVENT = "taskd.webhook.event"
 TRACER = "taskd"
-# The W3C headers of a caller's that taskd does not read (`server_middlewares`): only its trace
-# and parent are kept (docs/tracing.md, "The caller's trace context").
+# The W3C headers of a caller's that taskd does not read (`server_middlewares`; nor in a record an
+# earlier taskd stored them in, `_submitted_in`): only its trace and parent are kept
+# (docs/tracing.md, "The caller's trace context").
 UNREAD_HEADERS = frozenset({"tracestate", "baggage"})
 SERVICE_NAME = "taskd"
 # Where the OTLP exporter reads the headers it sends the collector.
@@ -137,17 +139,21 @@ def _deciding_for_callers(sampler: Sampler) -> Sampler:
     collector, and a `-01` would force every trace past a ratio the operator chose. The decision is
     the sampler's for a trace with no parent, drawn on a random id rather than the caller's trace id
     (a ratio sampler keeps the ids under a bound, which a caller could choose). The spans after the
-    request's (the run, its calls, the webhooks) follow that decision, their parent's.
+    request's (the run, its calls, the webhooks) follow that decision, their parent's, whatever the
+    sampler: a plain `traceidratio` decided each of them again on the trace id, the caller's, so a
+    task's run was kept without its submit, or its submit without its run, about as often as not.
 
     The caller's `tracestate` is not kept either: the propagators are not shown it
     (`server_middlewares`), and a span's comes from its sampler, which decides here as for a root.
     """
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-    from opentelemetry.sdk.trace.sampling import Sampler, SamplingResult
+    from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, SamplingResult
     from opentelemetry.trace import SpanKind, get_current_span
 
     ids = RandomIdGenerator()
+    # A span with a parent takes its parent's decision (a parent-based sampler's own does the same).
+    following = ParentBased(sampler)
 
     class DecidingForCallers(Sampler):
         def should_sample(
@@ -161,10 +167,17 @@ def _deciding_for_callers(sampler: Sampler) -> Sampler:
             trace_state: TraceState | None = None,
         ) -> SamplingResult:
             parent = get_current_span(parent_context).get_span_context()
-            if kind is not SpanKind.SERVER or not parent.is_valid or not parent.is_remote:
+            if not parent.is_valid:
+                # A new trace: its id is taskd's own.
                 return sampler.should_sample(parent_context, trace_id, name, kind, attributes, links)
-            # The SERVER span is the API's request, its remote parent the caller's header.
-            return sampler.should_sample(Context(), ids.generate_trace_id(), name, kind, attributes, links)
+            if kind is SpanKind.SERVER and parent.is_remote:
+                # The SERVER span is the API's request, its remote parent the caller's header.
+                return sampler.should_sample(
+                    Context(), ids.generate_trace_id(), name, kind, attributes, links
+                )
+            # The run and the webhooks (their parent the submit's context, kept with the task) and
+            # every span inside one: the task's one decision.
+            return following.should_sample(parent_context, trace_id, name, kind, attributes, links)
 
         def get_description(self) -> str:
             return f"DecidingForCallers{{{sampler.get_description()}}}"
@@ -353,13 +366,26 @@ def carrier() -> dict[str, str] | None:
     return headers or None
 
 
+def _submitted_in(record: TaskRecord) -> Context:
+    """The context of the span that submitted `record`, from its stored headers, `tracestate` not read.
+
+    A record written before taskd stopped keeping a caller's `tracestate` (up to 94145fd) holds it:
+    read back, it became the run's and the webhook's and went on in every provider call and webhook
+    of the task, queued, scheduled or retried after the upgrade.
+    """
+    from opentelemetry import propagate
+
+    stored = record.trace_context or {}
+    return propagate.extract({name: value for name, value in stored.items() if name not in UNREAD_HEADERS})
+
+
 @contextlib.contextmanager
 def run_span(record: TaskRecord, device: str | None) -> Iterator[None]:
     """The span of one run of `record` on this worker: a child of the span that submitted it."""
     if _provider is None:
         yield
         return
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
 
     attributes: dict[str, str | int] = {
         TASK_ID: record.task_id,
@@ -372,7 +398,7 @@ def run_span(record: TaskRecord, device: str | None) -> Iterator[None]:
         attributes[DEVICE] = device
     with _provider.get_tracer(TRACER).start_as_current_span(
         f"run {record.task_type}",
-        context=propagate.extract(record.trace_context or {}),
+        context=_submitted_in(record),
         kind=trace.SpanKind.CONSUMER,
         attributes=attributes,
     ):
@@ -397,13 +423,13 @@ def webhook_span(record: TaskRecord, event: str | None, attempt: int) -> Iterato
     if _provider is None:
         yield
         return
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
 
     # An end's webhook has no event of its own: it is named for the status it reports.
     name = event or record.status.value
     with _provider.get_tracer(TRACER).start_as_current_span(
         f"webhook {name}",
-        context=propagate.extract(record.trace_context or {}),
+        context=_submitted_in(record),
         kind=trace.SpanKind.PRODUCER,
         attributes={TASK_ID: record.task_id, WEBHOOK_EVENT: name, ATTEMPT: attempt},
     ):

@@ -306,6 +306,30 @@ async def test_a_callers_sampled_flag_does_not_force_a_trace_the_sampler_drops(
     assert webhook["traceparent"].endswith("-00")
 
 
+async def test_with_a_plain_traceidratio_the_run_and_webhook_follow_the_submits_decision(
+    spawn_taskd, tmp_path, collector, fake_llm, receiver
+):
+    # The ratio keeps the trace ids whose low 64 bits are under 18: the caller's one, and (almost)
+    # no random id the submit's decision is drawn on. Decided again on the trace id, the run and
+    # the webhook were kept under a submit that was not.
+    caller_trace = "00000000000000000000000000000001"
+
+    provider_call, webhook = await _headers_sent_on(
+        spawn_taskd,
+        tmp_path,
+        collector,
+        fake_llm,
+        receiver,
+        {"traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01"},
+        OTEL_TRACES_SAMPLER="traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="1e-18",
+    )
+
+    assert provider_call["traceparent"].startswith(f"00-{caller_trace}-")
+    assert provider_call["traceparent"].endswith("-00")
+    assert webhook["traceparent"].endswith("-00")
+
+
 async def test_a_callers_unsampled_flag_does_not_hide_the_tasks_trace(
     spawn_taskd, tmp_path, collector, fake_llm, receiver
 ):
@@ -347,6 +371,29 @@ async def test_the_callers_tracestate_and_baggage_reach_neither_providers_nor_we
     assert provider_call["traceparent"].startswith(f"00-{caller_trace}-")
     assert webhook["traceparent"].startswith(f"00-{caller_trace}-")
     assert {"tracestate", "baggage"}.isdisjoint(name.lower() for name in [*provider_call, *webhook])
+
+
+async def test_a_tracestate_stored_with_a_task_before_the_upgrade_is_not_sent_on(
+    monkeypatch, collector, start_service, redis, fake_llm, receiver
+):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    monkeypatch.setattr(tracing, "_provider", None)  # this process's own, put back after the test
+    tracing.setup()
+    webhooks = WebhooksConfig(allow_private=True)
+    api = await start_service(workers=False, llm_url=fake_llm.base_url, webhooks=webhooks)
+    submitted = await api.submit("test_prompt", TASK_DATA["test_prompt"], callback_url=receiver.url("/hook"))
+    # As taskd up to 94145fd stored it: the submit's context with the caller's `tracestate`.
+    stored = orjson.loads(await redis.hget(keys.task(submitted["task_id"]), "trace_context"))
+    old = {**stored, "tracestate": "dd=s:2;o:tenant-a,congo=t61rcWkgMzE"}
+    await redis.hset(keys.task(submitted["task_id"]), "trace_context", orjson.dumps(old))
+
+    await start_service(http=False, llm_url=fake_llm.base_url, webhooks=webhooks)
+    [webhook] = await receiver.wait_for(1)
+
+    provider_call = fake_llm.requests[-1].headers
+    assert provider_call["traceparent"].split("-")[1] == stored["traceparent"].split("-")[1]
+    assert "tracestate" not in provider_call
+    assert "tracestate" not in webhook.headers
 
 
 async def test_a_callers_malformed_tracestate_and_baggage_write_nothing_to_the_log(

@@ -19,6 +19,10 @@ JSON_REPLY_LIMIT = 16 * 1024 * 1024
 # Of an error answer only the start is read: its message is cut to SHORT_MESSAGE_CHARS anyway.
 _ERROR_READ_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
+# What taskd's calls to a provider say they are (and its fetches from a provider's own origin, on
+# the same session): aiohttp's own (`Python/3.11 aiohttp/3.14.5`) told the provider taskd's Python
+# and aiohttp versions (docs/security.md, "What taskd says, to whom"). As the webhooks' and downloads'.
+USER_AGENT = "taskd-providers/1"
 
 
 class ProviderSettings(Protocol):

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
+from examples import TASK_DATA
 from fake_media_apis import FakeImagesAPI, make_ctx, png, sine_wav
 
 from taskd.config import (
@@ -186,6 +187,16 @@ async def test_a_fetch_of_a_callers_url_names_no_software_or_version_of_taskds(s
 
     assert final["status"] == "completed", final
     assert public.user_agents == ["taskd-downloads/1"]
+
+
+async def test_a_providers_call_names_no_software_or_version_of_taskds(start_service, fake_llm):
+    service = await start_service(llm_url=fake_llm.base_url)
+
+    task = await service.submit("test_prompt", TASK_DATA["test_prompt"])
+    final = await service.wait_terminal(task["task_id"])
+
+    assert final["status"] == "completed", final
+    assert [request.headers["User-Agent"] for request in fake_llm.requests] == ["taskd-providers/1"]
 
 
 async def test_a_redirect_from_an_allowed_server_to_loopback_is_refused_unfetched(
