@@ -24,8 +24,9 @@ Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 Path = tuple[str | int, ...]
 
 
-# The whole numbers a double holds exactly (IEEE 754's 53-bit significand): past them, a float's
-# integer value need not be the number the caller wrote.
+# The whole numbers a double holds exactly (IEEE 754's 53-bit significand) are those below 2^53:
+# 2^53 itself is also what 2^53 + 1 reads as (`9007199254740993.0` is the double 2^53), so from it
+# on a float's integer value need not be the number the caller wrote.
 _EXACT_IN_A_DOUBLE = 2**53
 
 
@@ -40,7 +41,7 @@ def whole_number(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_IN_A_DOUBLE:
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_IN_A_DOUBLE:
         return int(value)
     return None
 

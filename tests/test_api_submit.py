@@ -185,6 +185,18 @@ async def test_an_integer_task_data_field_refuses_what_is_not_a_whole_number(tas
     assert body["details"] == {"task_data.fps": "Must be an integer"}
 
 
+async def test_a_float_of_2_to_the_53_is_not_taken_as_an_integer_as_it_may_have_been_written_one_more(taskd):
+    # 9007199254740993.0 reads as the double 2^53: taken, a handler got 9007199254740992.
+    body = '{"project_id": "p", "task_type": "collections", "task_data": {"a_mapping": {"n": 9007199254740993.0}}}'
+    async with taskd.client.post(
+        "/api/v1/tasks/submit", data=body, headers={"Content-Type": "application/json"}
+    ) as response:
+        status, answer = response.status, await response.json()
+
+    assert status == 400
+    assert answer["details"] == {"task_data.a_mapping.n": "Must be an integer"}
+
+
 async def test_callback_url_must_be_http(taskd):
     status, body = await post(
         taskd,

@@ -731,7 +731,7 @@ def document(registry: Registry) -> dict[str, Any]:
                 "`http.body_timeout` (60 s) to arrive 408; unknown top-level fields "
                 "of a submission are ignored, unknown `task_data` fields are kept as sent. An `integer` "
                 "field takes any number with no fractional part, as JSON Schema counts them: `24.0` is "
-                "24; `24.5`, and a float past 2^53, are a 400 naming the field."
+                "24; `24.5`, and a float of 2^53 or more, are a 400 naming the field."
             ),
         },
         "components": {
