@@ -12,7 +12,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import cattrs
@@ -88,6 +88,18 @@ def _listed(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return sorted(value)
     return list(value) if isinstance(value, deque) else value
+
+
+@attrs.frozen
+class ChoiceInput:
+    """A `Literal` field of whole numbers, for tests of what it takes."""
+
+    rate: Literal[1, 24] = 1
+
+
+async def choice_taken(_: TaskContext, data: ChoiceInput) -> dict[str, Any]:
+    """The rate as the handler got it, with its Python type."""
+    return {"rate": [type(data.rate).__name__, data.rate]}
 
 
 # The process that imported this module: in a job process, the template it was forked from.
@@ -520,6 +532,7 @@ TASKS = [
     TaskType(
         "collections", CollectionsInput, queue="default", expected_duration=0.01, handler=collections_taken
     ),
+    TaskType("choice", ChoiceInput, queue="default", expected_duration=0.01, handler=choice_taken),
     TaskType(
         "show_what_i_got", ShowWhatIGotInput, queue="default", expected_duration=0.1, handler=show_what_i_got
     ),

@@ -197,6 +197,21 @@ async def test_a_float_of_2_to_the_53_is_not_taken_as_an_integer_as_it_may_have_
     assert answer["details"] == {"task_data.a_mapping.n": "Must be an integer"}
 
 
+async def test_a_literal_field_takes_24_0_as_its_own_24_and_hands_on_an_int(taskd):
+    task = await taskd.submit("choice", {"rate": 24.0})
+    done = await taskd.wait_terminal(task["task_id"], timeout=30)
+
+    assert done["status"] == "completed", done
+    assert done["result"] == {"rate": ["int", 24]}
+
+
+async def test_true_is_not_a_literal_field_s_1(taskd):
+    status, body = await post(taskd, {"project_id": "p", "task_type": "choice", "task_data": {"rate": True}})
+
+    assert status == 400
+    assert body["details"] == {"task_data.rate": "Must be one of: 1, 24"}
+
+
 async def test_callback_url_must_be_http(taskd):
     status, body = await post(
         taskd,

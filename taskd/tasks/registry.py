@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import enum
 import logging
 import types
 import typing
@@ -14,6 +15,7 @@ from typing import Any
 
 import attrs
 import cattrs
+import orjson
 from cattrs.cols import homogenous_tuple_structure_factory, list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn
 
@@ -43,6 +45,44 @@ def _integer(value: Any, _: type) -> int:
     if number is None:
         raise ValueError("Must be an integer")
     return number
+
+
+def _is_json(value: Any, choice: Any) -> bool:
+    """Whether the JSON value `value` is `choice`, a Literal's value, as JSON tells values apart."""
+    choice = choice.value if isinstance(choice, enum.Enum) else choice
+    if isinstance(choice, bool) or isinstance(value, bool):
+        return value is choice  # true is not 1, nor 1 true
+    if isinstance(choice, int):
+        return whole_number(value) == choice  # 24.0 is 24, as for an int field
+    if isinstance(choice, float):
+        return isinstance(value, int | float) and value == choice
+    return type(value) is type(choice) and value == choice
+
+
+def _is_literal(cl: Any) -> bool:
+    return bool(typing.get_origin(cl) == typing.Literal)
+
+
+def _literal(cl: Any, _: cattrs.Converter) -> Any:
+    """A `Literal[…]` field's hook: the declared value the JSON value is, never the value as sent.
+
+    cattrs' own takes any value `==` to one of them and hands on the value sent: `true` reached a
+    handler as a bool for `Literal[1]`, and `24.0` as a float for `Literal[24]` (which formats as
+    "24.0" in a file name or an argument).
+    """
+    choices = typing.get_args(cl)
+    listed = ", ".join(
+        orjson.dumps(choice.value if isinstance(choice, enum.Enum) else choice, default=repr).decode()
+        for choice in choices
+    )
+
+    def hook(value: Any, _: Any) -> Any:
+        for choice in choices:
+            if _is_json(value, choice):
+                return choice
+        raise ValueError(f"Must be one of: {listed}")
+
+    return hook
 
 
 def _strict(kind: type) -> Any:
@@ -136,6 +176,7 @@ def json_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _integer)
     conv.register_structure_hook(bool, _strict(bool))
     conv.register_structure_hook(float, _float)
+    conv.register_structure_hook_factory(_is_literal, _literal)
     conv.register_structure_hook_factory(_is(*FROM_A_LIST), _only(list, "a list", _from_a_list))
     conv.register_structure_hook_factory(
         _is(*FROM_AN_OBJECT), _only(dict, "an object", mapping_structure_factory)
