@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import enum
 import os
 import signal
 import subprocess
@@ -90,16 +91,28 @@ def _listed(value: Any) -> Any:
     return list(value) if isinstance(value, deque) else value
 
 
+class Speed(enum.IntEnum):
+    SLOW = 1
+    FAST = 24
+
+
+class Mode(enum.StrEnum):
+    DRAFT = "draft"
+
+
 @attrs.frozen
 class ChoiceInput:
-    """A `Literal` field of whole numbers, for tests of what it takes."""
+    """Fields that take one of some values (a `Literal`, an `IntEnum`, a `StrEnum`), for tests of what
+    each takes."""
 
     rate: Literal[1, 24] = 1
+    speed: Speed = Speed.SLOW
+    mode: Mode = Mode.DRAFT
 
 
 async def choice_taken(_: TaskContext, data: ChoiceInput) -> dict[str, Any]:
-    """The rate as the handler got it, with its Python type."""
-    return {"rate": [type(data.rate).__name__, data.rate]}
+    """Each field as the handler got it, with its Python type."""
+    return {name: [type(value).__name__, value] for name, value in attrs.asdict(data, recurse=False).items()}
 
 
 # The process that imported this module: in a job process, the template it was forked from.
