@@ -29,6 +29,7 @@ from taskd.tasks.spec import (
     TaskType,
     TransientError,
 )
+from taskd.validation import between
 
 # A tool child: leaves a `child_started` marker with its pid (after touching `megabytes` of memory),
 # a `child_sigterm` marker when SIGTERM comes (then exits, unless told to ignore it), and waits.
@@ -113,6 +114,20 @@ class ChoiceInput:
 async def choice_taken(_: TaskContext, data: ChoiceInput) -> dict[str, Any]:
     """Each field as the handler got it, with its Python type."""
     return {name: [type(value).__name__, value] for name, value in attrs.asdict(data, recurse=False).items()}
+
+
+@attrs.frozen
+class Shot:
+    url: str
+    seconds: float = attrs.field(default=1, validator=between(0, 10, "Seconds must be between 0 and 10"))
+
+
+@attrs.frozen
+class ShotsInput:
+    """Objects in a tuple and in a mapping, for tests of what a submit checks beside a $ref in one."""
+
+    in_a_tuple: tuple[Shot, ...] = ()
+    by_name: Mapping[str, Shot] = attrs.field(factory=dict)
 
 
 # The process that imported this module: in a job process, the template it was forked from.
@@ -542,6 +557,7 @@ TASKS = [
         handler=long_first_run_then_transient,
     ),
     TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0),
+    TaskType("shots", ShotsInput, queue="default", expected_duration=1.0),
     TaskType(
         "collections", CollectionsInput, queue="default", expected_duration=0.01, handler=collections_taken
     ),
