@@ -302,11 +302,13 @@ class Pipeline:
         """An earlier step, named by its name or its index (the server reads only earlier ones)."""
         if isinstance(step, str) and step in self.names[:index]:
             return self.names.index(step)
-        # ASCII digits only: str.isdigit() is true of "²" too, which int() refuses; and no more of
-        # them than `index` has: past 4,300 int() raises ValueError (a traceback), and any such
-        # number is not an earlier task anyway.
-        if isinstance(step, str) and step.isascii() and step.isdigit() and len(step) <= len(str(index)):
-            step = int(step)
+        # ASCII digits only: str.isdigit() is true of "²" too, which int() refuses; and, leading
+        # zeros aside ("00" is 0 at any step), no more of them than `index` has: past 4,300 int()
+        # raises ValueError (a traceback), and any such number is not an earlier task anyway.
+        if isinstance(step, str) and step.isascii() and step.isdigit():
+            digits = step.lstrip("0") or "0"
+            if len(digits) <= len(str(index)):
+                step = int(digits)
         if isinstance(step, int) and not isinstance(step, bool) and 0 <= step < index:
             return step
         raise self._error(index, f"{step!r} is not an earlier task")

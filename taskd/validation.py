@@ -6,7 +6,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, MutableSequence, Sequence, Set
 from typing import Any, TypeVar
 
 import attrs
@@ -24,8 +24,9 @@ Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 Path = tuple[str | int, ...]
 
 
-# The whole numbers a double holds exactly (IEEE 754's 53-bit significand): past them, a float's
-# integer value need not be the number the caller wrote.
+# The whole numbers a double holds exactly (IEEE 754's 53-bit significand) are those below 2^53:
+# 2^53 itself is also what 2^53 + 1 reads as (`9007199254740993.0` is the double 2^53), so from it
+# on a float's integer value need not be the number the caller wrote.
 _EXACT_IN_A_DOUBLE = 2**53
 
 
@@ -40,7 +41,7 @@ def whole_number(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_IN_A_DOUBLE:
+    if isinstance(value, float) and value.is_integer() and abs(value) < _EXACT_IN_A_DOUBLE:
         return int(value)
     return None
 
@@ -212,10 +213,30 @@ def _check_inside(
         except Exception:  # built in the first pass: not expected, and nothing more to learn here
             return
         _run_validators(built, path, found, firm)
-    elif typing.get_origin(kind) in (list, Sequence) and isinstance(value, list):
-        (item_kind,) = typing.get_args(kind)
-        for index, item in enumerate(value):
+    elif isinstance(value, list):
+        for index, (item, item_kind) in enumerate(zip(value, _item_kinds(kind, len(value)), strict=False)):
             _check_inside(converter, item, item_kind, (*path, index), found, firm, broken)
+    elif isinstance(value, dict) and typing.get_origin(kind) in _MAPPINGS and len(typing.get_args(kind)) == 2:
+        item_kind = typing.get_args(kind)[1]
+        for key, item in value.items():
+            _check_inside(converter, item, item_kind, (*path, key), found, firm, broken)
+
+
+# The kinds a JSON list is read into in order, so that an error is at an item's index: a plugin's
+# `tuple[Track, ...]` or `Mapping[str, Track]` is checked inside as a `list[Track]` is (up to 894458b,
+# 2026-12-06, only a list or Sequence was, the objects beside a $ref in the others left to the run).
+_IN_ORDER = (list, tuple, Sequence, MutableSequence)
+_MAPPINGS = (dict, Mapping, MutableMapping)
+
+
+def _item_kinds(kind: Any, count: int) -> list[Any]:
+    """The kind of each of `count` items of a list read as `kind`; none when it is not read in order."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin not in _IN_ORDER or not args:
+        return []
+    if origin is tuple and args[-1] is not Ellipsis:
+        return list(args)  # tuple[str, Track]: each its own (a length it lacks is the first pass's error)
+    return [args[0]] * count
 
 
 def _check_length_alone(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import enum
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import cattrs
@@ -28,6 +29,7 @@ from taskd.tasks.spec import (
     TaskType,
     TransientError,
 )
+from taskd.validation import between
 
 # A tool child: leaves a `child_started` marker with its pid (after touching `megabytes` of memory),
 # a `child_sigterm` marker when SIGTERM comes (then exits, unless told to ignore it), and waits.
@@ -88,6 +90,44 @@ def _listed(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return sorted(value)
     return list(value) if isinstance(value, deque) else value
+
+
+class Speed(enum.IntEnum):
+    SLOW = 1
+    FAST = 24
+
+
+class Mode(enum.StrEnum):
+    DRAFT = "draft"
+
+
+@attrs.frozen
+class ChoiceInput:
+    """Fields that take one of some values (a `Literal`, an `IntEnum`, a `StrEnum`), for tests of what
+    each takes."""
+
+    rate: Literal[1, 24] = 1
+    speed: Speed = Speed.SLOW
+    mode: Mode = Mode.DRAFT
+
+
+async def choice_taken(_: TaskContext, data: ChoiceInput) -> dict[str, Any]:
+    """Each field as the handler got it, with its Python type."""
+    return {name: [type(value).__name__, value] for name, value in attrs.asdict(data, recurse=False).items()}
+
+
+@attrs.frozen
+class Shot:
+    url: str
+    seconds: float = attrs.field(default=1, validator=between(0, 10, "Seconds must be between 0 and 10"))
+
+
+@attrs.frozen
+class ShotsInput:
+    """Objects in a tuple and in a mapping, for tests of what a submit checks beside a $ref in one."""
+
+    in_a_tuple: tuple[Shot, ...] = ()
+    by_name: Mapping[str, Shot] = attrs.field(factory=dict)
 
 
 # The process that imported this module: in a job process, the template it was forked from.
@@ -517,9 +557,11 @@ TASKS = [
         handler=long_first_run_then_transient,
     ),
     TaskType("declared_only", AnythingInput, queue="default", expected_duration=1.0),
+    TaskType("shots", ShotsInput, queue="default", expected_duration=1.0),
     TaskType(
         "collections", CollectionsInput, queue="default", expected_duration=0.01, handler=collections_taken
     ),
+    TaskType("choice", ChoiceInput, queue="default", expected_duration=0.01, handler=choice_taken),
     TaskType(
         "show_what_i_got", ShowWhatIGotInput, queue="default", expected_duration=0.1, handler=show_what_i_got
     ),

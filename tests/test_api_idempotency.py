@@ -67,6 +67,19 @@ async def test_the_same_key_with_another_body_is_422_and_stores_nothing(start_se
     assert await stored_tasks(redis) == 1
 
 
+async def test_a_resend_writing_a_whole_number_with_a_fraction_is_another_body_422(start_service, redis):
+    # 2.0 is the priority 2, but the task_data and metadata of a task come back as they were sent
+    # (24.0 as 24.0): the body is compared as JSON text, its numbers as written.
+    api_only = await start_service(workers=False)
+    await submit(api_only.client, "scene-1", {**BODY, "priority": 2})
+
+    status, body, _ = await submit(api_only.client, "scene-1", {**BODY, "priority": 2.0})
+
+    assert status == 422
+    assert body["error"] == "idempotency_key_reused"
+    assert await stored_tasks(redis) == 1
+
+
 async def test_twenty_identical_requests_racing_make_one_task(start_service, redis):
     api_only = await start_service(workers=False)
 

@@ -185,6 +185,43 @@ async def test_an_integer_task_data_field_refuses_what_is_not_a_whole_number(tas
     assert body["details"] == {"task_data.fps": "Must be an integer"}
 
 
+async def test_a_float_of_2_to_the_53_is_not_taken_as_an_integer_as_it_may_have_been_written_one_more(taskd):
+    # 9007199254740993.0 reads as the double 2^53: taken, a handler got 9007199254740992.
+    body = '{"project_id": "p", "task_type": "collections", "task_data": {"a_mapping": {"n": 9007199254740993.0}}}'
+    async with taskd.client.post(
+        "/api/v1/tasks/submit", data=body, headers={"Content-Type": "application/json"}
+    ) as response:
+        status, answer = response.status, await response.json()
+
+    assert status == 400
+    assert answer["details"] == {"task_data.a_mapping.n": "Must be an integer"}
+
+
+async def test_a_literal_field_takes_24_0_as_its_own_24_and_hands_on_an_int(taskd):
+    task = await taskd.submit("choice", {"rate": 24.0})
+    done = await taskd.wait_terminal(task["task_id"], timeout=30)
+
+    assert done["status"] == "completed", done
+    assert done["result"]["rate"] == ["int", 24]
+
+
+async def test_true_is_not_a_literal_field_s_1(taskd):
+    status, body = await post(taskd, {"project_id": "p", "task_type": "choice", "task_data": {"rate": True}})
+
+    assert status == 400
+    assert body["details"] == {"task_data.rate": "Must be one of: 1, 24"}
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [("speed", 5, "1, 24"), ("mode", "final", '"draft"')])
+async def test_an_enum_field_refuses_a_value_that_is_no_member_s(taskd, field, value, message):
+    # cattrs hands an IntEnum the int hook and a str Enum the str hook: any int or string was taken,
+    # and reached the handler as a plain int or str.
+    status, body = await post(taskd, {"project_id": "p", "task_type": "choice", "task_data": {field: value}})
+
+    assert status == 400
+    assert body["details"] == {f"task_data.{field}": f"Must be one of: {message}"}
+
+
 async def test_callback_url_must_be_http(taskd):
     status, body = await post(
         taskd,

@@ -664,6 +664,18 @@ async def test_run_a_pipeline_whose_after_names_an_index_of_thousands_of_digits_
     ]
 
 
+async def test_run_reads_an_index_written_with_leading_zeros_as_that_index_at_any_step(taskd, tmp_path: Path):
+    # "00" was step 0 at a step of two digits, and "not an earlier task" at one of one digit.
+    (tmp_path / "pipeline.toml").write_text(
+        CHAIN.replace('after = ["first"]', 'after = ["00"]').replace('"first#/text"', '"00#/text"')
+    )
+
+    run = await taskd_cli("run", str(tmp_path / "pipeline.toml"), url=taskd.base_url)
+
+    assert run.code == 0, run.err
+    assert (await taskd.status(run.out.split()[2]))["result"] == {"text": "rain!?!", "length": 7}
+
+
 @pytest.mark.parametrize("step", ["²", "\u0661"])
 async def test_run_a_pipeline_whose_after_names_a_step_in_other_digits_exits_2_with_one_line(
     tmp_path: Path, step

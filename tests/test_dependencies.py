@@ -368,6 +368,28 @@ async def test_a_field_beside_a_ref_in_an_item_is_checked_at_submit(start_servic
     assert body["details"] == {"task_data.tracks[0].gain_db": "Gain must be between -60 and 24 dB"}
 
 
+@pytest.mark.parametrize(
+    ("field", "holding", "at"),
+    [
+        ("in_a_tuple", lambda shots: shots, "[1]"),
+        ("by_name", lambda shots: dict(zip("ab", shots, strict=True)), ".b"),
+    ],
+    ids=["tuple", "mapping"],
+)
+async def test_an_object_beside_a_ref_in_a_tuple_or_mapping_field_is_checked_at_submit(
+    start_service, field, holding, at
+):
+    # Only a list or Sequence of objects was checked inside: in a plugin's tuple or Mapping, a shot
+    # of 50 s beside one whose url is a $ref was stored, to fail at its start.
+    api_only = await start_service(workers=False)
+    first = await api_only.submit("noop", {})
+    shots = [{"url": ref(first["task_id"], "/text")}, {"url": "https://example.com/b.png", "seconds": 50}]
+
+    body = await refused(api_only, "shots", {field: holding(shots)}, depends_on=[first["task_id"]])
+
+    assert body["details"] == {f"task_data.{field}{at}.seconds": "Seconds must be between 0 and 10"}
+
+
 CUT_BACKWARDS = {"url": "https://example.com/a.mp3", "start": 5, "end": 1}
 
 

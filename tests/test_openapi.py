@@ -220,6 +220,16 @@ class _NestedDefaultsInput:
     groups: tuple[frozenset[str], ...] = (frozenset({"x"}),)
 
 
+def test_a_plugin_s_int_enum_field_is_published_as_its_numbers():
+    choice = next(task_type for task_type in support_tasks.TASKS if task_type.name == "choice")
+    schemas = document(Registry([choice]))["components"]["schemas"]
+    fields = schemas[schema_name(choice.input)]["properties"]
+
+    # Not {"type": "string", "enum": [1, 24]}, which no value is.
+    assert fields["speed"] == {"anyOf": [{"enum": [1, 24]}, TASK_REF], "default": 1}
+    assert fields["mode"] == {"anyOf": [{"type": "string", "const": "draft"}, TASK_REF], "default": "draft"}
+
+
 def test_a_plugin_s_attrs_instance_or_nested_set_default_is_published_as_the_json_it_stands_for():
     nested = TaskType("nested_defaults", _NestedDefaultsInput, queue="default", expected_duration=1.0)
     served = orjson.loads(orjson.dumps(document(Registry([nested]))))  # as GET /openapi.json renders it

@@ -119,6 +119,12 @@ def schema_name(cls: type) -> str:
     return str(getattr(cls, "schema_name", cls.__name__))
 
 
+def _choices(values: list[Any]) -> Schema:
+    """The schema of a field that takes one of `values` (a Literal's, an Enum's), as its hook reads them."""
+    schema = {"const": values[0]} if len(values) == 1 else {"enum": values}
+    return {"type": "string", **schema} if all(isinstance(value, str) for value in values) else schema
+
+
 class _Classes:
     """Collects the schemas of attrs classes by name; `sent` for what taskd sends, else what it reads;
     `task_refs` for a task type's input, whose every field may be a `$ref` object."""
@@ -145,10 +151,11 @@ class _Classes:
         if (origin or kind) in FROM_AN_OBJECT:
             return {"type": "object", "additionalProperties": self.type_schema(args[1]) if args else {}}
         if origin is typing.Literal:
-            schema = {"const": args[0]} if len(args) == 1 else {"enum": list(args)}
-            return {"type": "string", **schema} if all(isinstance(arg, str) for arg in args) else schema
+            return _choices([arg.value if isinstance(arg, enum.Enum) else arg for arg in args])
         if isinstance(kind, type) and issubclass(kind, enum.Enum):
-            return {"type": "string", "enum": [member.value for member in kind]}
+            # Its members' values, of whatever type: an IntEnum's are numbers (up to 893666b,
+            # 2026-12-06, every Enum was published as strings, which no value of an IntEnum is).
+            return _choices([member.value for member in kind])
         if attrs.has(kind):
             return _ref(self.add(kind))
         return {}
@@ -731,7 +738,7 @@ def document(registry: Registry) -> dict[str, Any]:
                 "`http.body_timeout` (60 s) to arrive 408; unknown top-level fields "
                 "of a submission are ignored, unknown `task_data` fields are kept as sent. An `integer` "
                 "field takes any number with no fractional part, as JSON Schema counts them: `24.0` is "
-                "24; `24.5`, and a float past 2^53, are a 400 naming the field."
+                "24; `24.5`, and a float of 2^53 or more, are a 400 naming the field."
             ),
         },
         "components": {

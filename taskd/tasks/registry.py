@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import enum
 import logging
 import types
 import typing
@@ -14,6 +15,7 @@ from typing import Any
 
 import attrs
 import cattrs
+import orjson
 from cattrs.cols import homogenous_tuple_structure_factory, list_structure_factory, mapping_structure_factory
 from cattrs.gen import make_dict_structure_fn
 
@@ -37,7 +39,14 @@ BUILTIN_MODULES = (
 ENTRY_POINT_GROUP = "taskd.tasks"
 
 
-def _integer(value: Any, _: type) -> int:
+def _is_enum(kind: Any) -> typing.TypeGuard[type[enum.Enum]]:
+    return isinstance(kind, type) and issubclass(kind, enum.Enum)
+
+
+def _integer(value: Any, kind: type) -> Any:
+    # An IntEnum: cattrs hands an int subclass the int hook (`is not` first: a submit reads many ints).
+    if kind is not int and _is_enum(kind):
+        return _choose(value, list(kind))
     # 24.0 is a whole number (JSON Schema's integer); 24.5, "24" and true are not.
     number = whole_number(value)
     if number is None:
@@ -45,9 +54,57 @@ def _integer(value: Any, _: type) -> int:
     return number
 
 
+def _json_value(choice: Any) -> Any:
+    return choice.value if isinstance(choice, enum.Enum) else choice
+
+
+def _is_json(value: Any, choice: Any) -> bool:
+    """Whether the JSON value `value` is `choice` (a Literal's value, an Enum's member) as JSON tells
+    values apart."""
+    choice = _json_value(choice)
+    if isinstance(choice, bool) or isinstance(value, bool):
+        return value is choice  # true is not 1, nor 1 true
+    if isinstance(choice, int):
+        return whole_number(value) == choice  # 24.0 is 24, as for an int field
+    if isinstance(choice, float):
+        return isinstance(value, int | float) and value == choice
+    return type(value) is type(choice) and value == choice
+
+
+def _choose(value: Any, choices: typing.Sequence[Any]) -> Any:
+    """The one of `choices` (a Literal's values, an Enum's members) that the JSON `value` is, itself.
+
+    cattrs' own hooks take any value `==` to one (or, for an IntEnum or a `str` Enum, any int or
+    string at all) and hand on the value sent: `true` reached a handler as a bool for `Literal[1]`,
+    `24.0` as a float for `Literal[24]` (which formats as "24.0" in a file name or an argument), and
+    5 as a plain int for an IntEnum without such a member.
+    """
+    for choice in choices:
+        if _is_json(value, choice):
+            return choice
+    listed = ", ".join(orjson.dumps(_json_value(choice), default=repr).decode() for choice in choices)
+    raise ValueError(f"Must be one of: {listed}")
+
+
+def _is_literal(cl: Any) -> bool:
+    return bool(typing.get_origin(cl) == typing.Literal)
+
+
+def _literal(cl: Any, _: cattrs.Converter) -> Any:
+    choices = typing.get_args(cl)
+    return lambda value, _: _choose(value, choices)
+
+
+def _member(cl: Any, _: cattrs.Converter) -> Any:
+    members = list(cl)
+    return lambda value, _: _choose(value, members)
+
+
 def _strict(kind: type) -> Any:
     # JSON has no implicit conversions: "7" is not a number and true is not 1.
-    def hook(value: Any, _: type) -> Any:
+    def hook(value: Any, type_: type) -> Any:
+        if type_ is not kind and _is_enum(type_):  # a StrEnum: cattrs hands a str subclass the str hook
+            return _choose(value, list(type_))
         if not isinstance(value, kind):
             expected = {str: "a string", bool: "true or false"}[kind]
             raise ValueError(f"Must be {expected}")
@@ -56,7 +113,9 @@ def _strict(kind: type) -> Any:
     return hook
 
 
-def _float(value: Any, _: type) -> float:
+def _float(value: Any, kind: type) -> Any:
+    if kind is not float and _is_enum(kind):
+        return _choose(value, list(kind))
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("Must be a number")
     return float(value)
@@ -136,6 +195,8 @@ def json_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _integer)
     conv.register_structure_hook(bool, _strict(bool))
     conv.register_structure_hook(float, _float)
+    conv.register_structure_hook_factory(_is_literal, _literal)
+    conv.register_structure_hook_factory(_is_enum, _member)
     conv.register_structure_hook_factory(_is(*FROM_A_LIST), _only(list, "a list", _from_a_list))
     conv.register_structure_hook_factory(
         _is(*FROM_AN_OBJECT), _only(dict, "an object", mapping_structure_factory)
