@@ -253,10 +253,11 @@ class AuthConfig:
     def shared_webhook_secrets(self, webhooks: WebhooksConfig) -> list[str]:
         """Why a scoped key's tenant can verify and forge another's webhooks: it has no
         `webhook_secret` of its own, so its tasks are signed with the global one (`webhooks`' secret
-        and previous_secret), as are those of every key without one; its secret is
-        a global one; or another scoped key with other projects has its secret (keys of one tenant,
-        as in a key's rotation, have the same projects). Each a valid choice for keys of one owner,
-        but not what `projects` is for. Said at start and by `taskd config check`."""
+        and previous_secret), as are those of every key without one; its secret is a global one; or
+        another key of auth.keys with other projects (every project, for one without `projects`) has
+        its secret (keys of one tenant, as in a key's rotation, have the same projects). Each a valid
+        choice for keys of one owner, but not what `projects` is for. Said at start and by `taskd
+        config check`."""
         warnings = [
             f"auth.keys[{index}] (projects {', '.join(entry.projects)}) has no webhook_secret: its "
             "tasks' webhooks are signed with the global webhooks.secret, as those of every key "
@@ -277,7 +278,10 @@ class AuthConfig:
                     "webhooks of every key without a secret of its own, and its tenant can forge "
                     "them; give it one of its own"
                 )
-        for (first, one, ones), (second, other, others) in itertools.combinations(scoped, 2):
+        # Every key with a secret of its own, scoped or not: a key of every project (no `projects`)
+        # that shares a tenant's secret has that tenant verify and forge all its webhooks.
+        owning = [(index, entry, _own_secrets(entry)) for index, entry in enumerate(self.keys)]
+        for (first, one, ones), (second, other, others) in itertools.combinations(owning, 2):
             if ones & others and set(one.projects) != set(other.projects):
                 warnings.append(
                     f"auth.keys[{first}] and auth.keys[{second}] have a webhook secret in common but "

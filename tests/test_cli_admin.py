@@ -711,6 +711,34 @@ def test_config_check_warns_of_tenant_keys_of_other_projects_sharing_a_webhook_s
     ]
 
 
+def test_config_check_warns_of_a_tenant_key_sharing_its_webhook_secret_with_a_key_of_every_project(
+    monkeypatch, capsys, tmp_path
+):
+    keys = [
+        {"key": "admin-key-9a8b7c6d", "webhook_secret": TENANT_SECRET},
+        {"key": "tenant-a-key-4f1e2d3c", "projects": ["films"], "webhook_secret": TENANT_SECRET},
+    ]
+
+    warnings = config_check_warnings(monkeypatch, capsys, tmp_path, keys)
+
+    # Before, a key without `projects` was left out of the comparison: the tenant verified and
+    # could forge the webhooks of every task that key submitted, in every project, unwarned.
+    assert [line.split(":")[1].strip() for line in warnings] == [
+        "auth.keys[0] and auth.keys[1] have a webhook secret in common but not their projects"
+    ]
+
+
+def test_config_check_is_quiet_about_keys_of_every_project_sharing_a_webhook_secret(
+    monkeypatch, capsys, tmp_path
+):
+    keys = [
+        {"key": "admin-old-key-4f1e2d3c", "webhook_secret": TENANT_SECRET},
+        {"key": "admin-new-key-9a8b7c6d", "webhook_secret": TENANT_SECRET},
+    ]
+
+    assert config_check_warnings(monkeypatch, capsys, tmp_path, keys) == []
+
+
 def test_config_check_is_quiet_about_a_rotated_tenant_key_that_kept_its_webhook_secret(
     monkeypatch, capsys, tmp_path
 ):

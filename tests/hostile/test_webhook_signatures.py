@@ -381,6 +381,25 @@ async def test_the_documented_standardwebhooks_check_refuses_a_header_byte_past_
     assert documented_verified(SECRET_A)(request.body, forged) is None
 
 
+@pytest.mark.parametrize(
+    ("signature", "body"),
+    [("garbage", None), ("v1,A", None), (None, b"\xff" * 8)],
+    ids=["signature-without-version", "signature-broken-base64", "body-not-utf8"],
+)
+async def test_the_documented_standardwebhooks_check_refuses_plain_malformed_requests_without_raising(
+    start, receiver, signature, body
+):
+    service = await start(secret=GLOBAL)
+    await submit_as(service, TENANT_A, receiver.url())
+
+    (request,) = await receiver.wait_for(1)
+    # ASCII anyone can send: standardwebhooks 1.1 raises ValueError, binascii.Error and
+    # UnicodeDecodeError for them, not WebhookVerificationError (security.md).
+    forged = request.headers if signature is None else {**request.headers, "webhook-signature": signature}
+
+    assert documented_verified(SECRET_A)(body or request.body, forged) is None
+
+
 async def test_a_start_warns_of_each_tenant_key_without_a_webhook_secret_of_its_own(start_service, caplog):
     caplog.set_level(logging.WARNING, "taskd")
     tenants = [
