@@ -537,6 +537,31 @@ async def test_an_animation_of_more_distinct_images_than_a_render_fetches_is_ref
     }
 
 
+async def test_an_animation_keyframe_at_or_past_its_end_is_refused_at_submit(taskd):
+    # Accepted, it waited its turn and failed "Keyframe time 6 s is not before the end …" as it started.
+    keyframes = [{"image_url": "https://x.example/c.png", "time": t} for t in (0, 6)]
+    task_data = {"character_id": "c", "keyframes": keyframes, "duration": 5}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "render_animation", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {
+        "task_data.keyframes": "Keyframe time 6 s is not before the end of the 5 s animation"
+    }
+
+
+async def test_two_animation_keyframes_at_one_time_are_refused_at_submit(taskd):
+    keyframes = [{"image_url": "https://x.example/c.png", "time": 1} for _ in range(2)]
+    task_data = {"character_id": "c", "keyframes": keyframes}
+    status, body = await post(
+        taskd, {"project_id": "p", "task_type": "render_animation", "task_data": task_data}
+    )
+
+    assert status == 400
+    assert body["details"] == {"task_data.keyframes": "Two keyframes have the same time"}
+
+
 async def test_an_animations_character_id_is_bounded_at_submit(taskd):
     # A line of a video provider's prompt: unbounded, it carried the body's MiB to the provider.
     keyframes = [{"image_url": "https://x.example/c.png"}]

@@ -64,6 +64,19 @@ def _times_all_or_none(keyframes: list[Keyframe]) -> bool:
     return all(timed) or not any(timed)
 
 
+def _times_inside_the_animation(instance: Any, _: attrs.Attribute[Any], keyframes: list[Keyframe]) -> None:
+    # Checked at submit, as the other fields are (a 400 naming the field): a time at or past the
+    # end, or two keyframes at one time, were taken and the run failed as it started (timed()).
+    times = [k.time for k in keyframes if k.time is not None]
+    if len(set(times)) != len(times):
+        raise ValueError("Two keyframes have the same time")
+    duration = getattr(instance, "duration", None)  # None: the field checked alone
+    if duration is not None and times and max(times) >= duration:
+        raise ValueError(
+            f"Keyframe time {max(times):g} s is not before the end of the {duration:g} s animation"
+        )
+
+
 @attrs.frozen
 class RenderAnimationInput:
     # The layer's label, and a line of a video provider's prompt: bounded as generate_video's ids are.
@@ -75,13 +88,15 @@ class RenderAnimationInput:
             max_length(120, "Keyframes", "items"),
             attrs.validators.min_len(1),
             check(_times_all_or_none, "Give a time for every keyframe or for none"),
+            _times_inside_the_animation,
             _few_enough_images,
         ),
         # Published: no JSON Schema keyword counts distinct values across items and another field, or
         # says that a field is given in every item or in none.
         metadata={
             "description": f"At most {MAX_IMAGES} distinct image_url values, background_url included, and "
-            "a time for every keyframe or for none (else a 400 at submit)"
+            "a time for every keyframe or for none, each before the duration and no two the same (else a "
+            "400 at submit)"
         },
     )
     animation_type: str = attrs.field(default="ken_burns", validator=one_of(video.MOTIONS, "Animation type"))
