@@ -85,6 +85,25 @@ async def test_media_is_served_as_its_own_type_never_as_a_page(served):
         assert resp.headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
 
 
+@pytest.mark.parametrize(("output_format", "expected"), [("flac", "audio/flac"), ("ogg", "audio/ogg")])
+async def test_a_mix_is_served_as_its_formats_type_whatever_pythons_own_table_knows(
+    start_service, tmp_path, files, output_format, expected
+):
+    # Python before 3.13 has no .flac or .ogg in the table aiohttp's file answers guess from: these
+    # were application/octet-stream, with nosniff, so a browser's <audio> was told it is no audio.
+    media = MediaConfig(base_url="http://media.test", scratch_dir=str(tmp_path / "scratch"))
+    running = await start_service(media=media, network=NetworkConfig(allow_private=True))
+    tracks = [{"url": files.add("tone.wav", sine_wav(1.0))}]
+    task = await running.submit("process_audio", {"tracks": tracks, "output_format": output_format})
+    body = await running.wait_terminal(task["task_id"], timeout=30)
+
+    async with (
+        aiohttp.ClientSession(base_url=running.base_url) as anonymous,
+        anonymous.get(local(body["result"]["media_url"])) as resp,
+    ):
+        assert (resp.status, resp.content_type) == (200, expected)
+
+
 async def test_a_browser_asks_again_before_each_reuse_of_a_media_file(served):
     # security.md: a file deleted (purge, retention) or a link expired stops being shown at once,
     # not an hour later from the browser's cache; a shared cache keeps nothing.

@@ -105,9 +105,24 @@ async def test_a_finished_task_whose_stream_expired_still_gets_a_terminal_event(
     async with taskd.client.get(f"/api/v1/tasks/{task['task_id']}/events") as response:
         seen = await read_events(response)
 
-    assert [(e.id, e.event, e.data["status"], e.data["error"]) for e in seen] == [
-        (None, "status", "failed", "no good")
-    ]
+    assert [(e.event, e.data["status"], e.data["error"]) for e in seen] == [("status", "failed", "no good")]
+
+
+async def test_reconnecting_with_the_id_of_an_end_made_from_the_record_gets_204_so_eventsource_stops(
+    taskd, redis
+):
+    # A record kept past its stream (a keep_for over a day): the end is made from the record. Sent
+    # without an id, EventSource reconnected every 3 s with nothing to resume from, and was sent the
+    # end again each time, for as long as the record was kept.
+    task = await taskd.submit("noop", {}, keep_for=604800)
+    await taskd.wait_terminal(task["task_id"])
+    await redis.delete(keys.task_events(task["task_id"]))
+    path = f"/api/v1/tasks/{task['task_id']}/events"
+    async with taskd.client.get(path) as response:
+        (end,) = await read_events(response)
+
+    async with taskd.client.get(path, headers={"Last-Event-ID": end.id}) as response:
+        assert (end.data["status"], response.status) == ("completed", 204)
 
 
 async def test_a_task_stream_ends_when_the_tasks_record_goes_while_it_is_followed(taskd, redis, monkeypatch):
@@ -141,7 +156,23 @@ async def test_a_task_stream_sends_the_end_its_record_holds_when_no_event_brough
         await redis.hset(keys.task(task["task_id"]), mapping={"status": "failed", "error": "gone"})
         rest = await read_events(response)
 
-    assert [(e.id, e.data["status"], e.data["error"]) for e in rest] == [(None, "failed", "gone")]
+    assert [(e.data["status"], e.data["error"]) for e in rest] == [("failed", "gone")]
+
+
+async def test_an_end_made_from_the_record_while_followed_comes_after_the_events_sent_and_ends_eventsource(
+    taskd, redis, monkeypatch
+):
+    monkeypatch.setattr(events_module, "RECHECK_SECONDS", 0.2)
+    task = await taskd.submit("sleep", {"seconds": 1}, delay_seconds=3600)
+    path = f"/api/v1/tasks/{task['task_id']}/events"
+
+    async with asyncio.timeout(20), taskd.client.get(path) as response:
+        queued = await read_events(response, 1)
+        await redis.hset(keys.task(task["task_id"]), mapping={"status": "failed", "error": "gone"})
+        (end,) = await read_events(response)
+    async with taskd.client.get(path, headers={"Last-Event-ID": end.id}) as again:
+        assert again.status == 204
+    assert events_module.id_key(end.id) > events_module.id_key(queued[0].id)
 
 
 async def test_unknown_task_is_404_task_not_found_before_any_stream(taskd):

@@ -63,6 +63,12 @@ RECHECK_SECONDS = 15.0
 EVENT_ID_PATTERN = r"[0-9]{1,20}(-[0-9]{1,20})?"
 _EVENT_ID = re.compile(EVENT_ID_PATTERN)
 _TERMINAL_NAMES = frozenset(status.value for status in TERMINAL)
+# The sequence of the id given to an end made up from the record (a task whose stream expired, or
+# whose end no event brought). No entry has it (Redis numbers a millisecond's entries from 0), so a
+# reconnection with such an id is known to hold the end, and is a 204 as one with the end's own
+# entry id is. Sent without an id, the made-up end left EventSource with nothing to resume from: it
+# reconnected every `retry:` for as long as the record was kept, and had the end each time.
+MADE_UP_END_SEQ = 2**64 - 1
 
 
 def id_key(event_id: str) -> tuple[int, int]:
@@ -73,7 +79,7 @@ def id_key(event_id: str) -> tuple[int, int]:
 
 @attrs.frozen
 class StreamEvent:
-    """One entry of an event stream: its id (None for an event made up from the record) and the JSON."""
+    """One entry of an event stream: its id (None for a gap) and the JSON."""
 
     id: str | None
     type: str
@@ -88,8 +94,12 @@ class StreamEvent:
         return cls(entry_id.decode(), str(event.get("type", "status")), str(event.get("status", "")), data)
 
     @classmethod
-    def from_record(cls, record: TaskRecord) -> StreamEvent:
-        """The status event of a record, for a finished task whose stream has expired."""
+    def from_record(cls, record: TaskRecord, after: Iterable[str]) -> StreamEvent:
+        """The status event of a record, for a finished task whose stream lacks its end; its id is the
+        record's last change in ms, or the ms of the newest of the ids `after` (what the client was
+        sent or is sent before it) if later, with MADE_UP_END_SEQ: past every one of them."""
+        at = record.updated_at or record.created_at
+        ms = max([int(at * 1000), *(id_key(event_id)[0] for event_id in after)])
         event = shapes.TaskEvent(
             type="status",
             task_id=record.task_id,
@@ -100,10 +110,12 @@ class StreamEvent:
             current_step=record.current_step,
             error=record.error,
             attempt=record.attempt,
-            at=record.updated_at or record.created_at,
+            at=at,
             result=record.result if record.status is TaskStatus.COMPLETED else shapes.ABSENT,
         )
-        return cls(None, "status", record.status.value, orjson.dumps(shapes.render(event)))
+        return cls(
+            f"{ms}-{MADE_UP_END_SEQ}", "status", record.status.value, orjson.dumps(shapes.render(event))
+        )
 
     @classmethod
     def gap(cls, after: str, kept_from: str) -> StreamEvent:
@@ -627,9 +639,12 @@ async def _task_events(request: web.Request) -> web.StreamResponse:
         # A 404 task_not_found comes from here, before any stream starts.
         record, backlog, length = await _record_and_events(redis, task_id, stream, after)
         if record.is_terminal and not any(event.terminal for event in backlog):
-            if last_event_id and await _is_terminal_entry(redis, stream, last_event_id):
+            if last_event_id and (
+                id_key(last_event_id)[1] == MADE_UP_END_SEQ
+                or await _is_terminal_entry(redis, stream, last_event_id)
+            ):
                 return web.Response(status=204)  # EventSource stops reconnecting on 204
-            backlog.append(StreamEvent.from_record(record))
+            backlog.append(StreamEvent.from_record(record, [after, *_ids(backlog)]))
         if length >= keys.TASK_EVENTS_MAXLEN:
             # Trimmed at most down to its cap, so a shorter stream was never trimmed: no round trip
             # more for the streams of most tasks, to learn there was no gap.
@@ -666,8 +681,12 @@ async def _missed_end(redis: Redis, task_id: str, stream: str, after: str) -> li
     except TaskNotFound:
         return None
     if not any(event.terminal for event in events):
-        events.append(StreamEvent.from_record(record))
+        events.append(StreamEvent.from_record(record, [after, *_ids(events)]))
     return events
+
+
+def _ids(events: Iterable[StreamEvent]) -> list[str]:
+    return [event.id for event in events if event.id is not None]
 
 
 async def _is_terminal_entry(redis: Redis, stream: str, event_id: str) -> bool:

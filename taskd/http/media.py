@@ -21,6 +21,7 @@ from taskd.http.context import API
 from taskd.http.errors import render
 from taskd.http.scope import CALLER, Touches, touches
 from taskd.media.backend import MediaBackend, media_backend, resign
+from taskd.media.content_types import content_type
 from taskd.media.store import MediaStore, valid_name
 from taskd.model import ApiError, TaskRecord
 
@@ -71,7 +72,8 @@ class _ShapedRefusal(web.StreamResponse):
 
 class _MediaFile(web.FileResponse, _ShapedRefusal):
     def __init__(self, path: Path, refusal: ApiError) -> None:
-        super().__init__(path, headers=_FILE_HEADERS)
+        # Its type from taskd's table, not aiohttp's guess: see taskd.media.content_types.
+        super().__init__(path, headers={**_FILE_HEADERS, hdrs.CONTENT_TYPE: content_type(path.name)})
         self.refusal = refusal
         self.file = path
 

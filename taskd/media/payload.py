@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import mimetypes
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ import attrs
 
 from taskd.config import PayloadConfig
 from taskd.logs import redact
+from taskd.media import content_types
 
 if TYPE_CHECKING:
     from taskd.store.run_state import RunState
@@ -212,7 +212,7 @@ async def _post(
     credentials: list[str],
 ) -> str:
     url = _collection_url(settings)
-    content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    content_type = content_types.content_type(filename)
     with source.open("rb") as file:
         form = aiohttp.FormData()
         form.add_field("file", file, filename=filename, content_type=content_type)

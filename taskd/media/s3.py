@@ -7,7 +7,6 @@ signature (no request), so it is cheap enough for the event loop on every status
 from __future__ import annotations
 
 import logging
-import mimetypes
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from yarl import URL
 from taskd.config import Config, ConfigError, S3Config
 from taskd.errors import TransientError
 from taskd.logs import shorten
+from taskd.media import content_types
 from taskd.media.store import StoredMedia, valid_name
 
 log = logging.getLogger("taskd.media")
@@ -108,7 +108,7 @@ class S3Store:
         key = self.key_of(project_id, filename)
         if key is None:
             raise ValueError(f"unsafe media name {project_id}/{filename}")
-        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        content_type = content_types.content_type(filename)
         try:
             self._client.upload_file(
                 str(source),
