@@ -353,6 +353,17 @@ def carrier() -> dict[str, str] | None:
     return headers or None
 
 
+def _stored_context(record: TaskRecord) -> dict[str, str]:
+    """The trace context `record` was stored with, without what taskd keeps of no caller: a record
+    stored before a caller's `tracestate` was dropped at submit (up to 28b50af) holds it, and its
+    runs and webhooks would still pass it on to every provider and receiver they call."""
+    return {
+        name: value
+        for name, value in (record.trace_context or {}).items()
+        if name.lower() not in UNREAD_HEADERS
+    }
+
+
 @contextlib.contextmanager
 def run_span(record: TaskRecord, device: str | None) -> Iterator[None]:
     """The span of one run of `record` on this worker: a child of the span that submitted it."""
@@ -372,7 +383,7 @@ def run_span(record: TaskRecord, device: str | None) -> Iterator[None]:
         attributes[DEVICE] = device
     with _provider.get_tracer(TRACER).start_as_current_span(
         f"run {record.task_type}",
-        context=propagate.extract(record.trace_context or {}),
+        context=propagate.extract(_stored_context(record)),
         kind=trace.SpanKind.CONSUMER,
         attributes=attributes,
     ):
@@ -403,7 +414,7 @@ def webhook_span(record: TaskRecord, event: str | None, attempt: int) -> Iterato
     name = event or record.status.value
     with _provider.get_tracer(TRACER).start_as_current_span(
         f"webhook {name}",
-        context=propagate.extract(record.trace_context or {}),
+        context=propagate.extract(_stored_context(record)),
         kind=trace.SpanKind.PRODUCER,
         attributes={TASK_ID: record.task_id, WEBHOOK_EVENT: name, ATTEMPT: attempt},
     ):

@@ -25,6 +25,7 @@ from test_webhooks_connections import answering, scripted
 
 from taskd import keys, logs, tracing
 from taskd.config import WebhooksConfig
+from taskd.model import TaskRecord, TaskStatus
 
 
 @pytest.fixture
@@ -347,6 +348,34 @@ async def test_the_callers_tracestate_and_baggage_reach_neither_providers_nor_we
     assert provider_call["traceparent"].startswith(f"00-{caller_trace}-")
     assert webhook["traceparent"].startswith(f"00-{caller_trace}-")
     assert {"tracestate", "baggage"}.isdisjoint(name.lower() for name in [*provider_call, *webhook])
+
+
+@pytest.mark.parametrize("span", ["run", "webhook"])
+async def test_a_callers_tracestate_kept_by_an_earlier_version_is_not_passed_on(monkeypatch, collector, span):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+    monkeypatch.setattr(tracing, "_provider", None)  # this process's own, put back after the test
+    tracing.setup()
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    # As 28b50af stored a task submitted with a tracestate, queued or scheduled across the upgrade.
+    record = TaskRecord(
+        "t1",
+        "p1",
+        "test_prompt",
+        "default",
+        {},
+        status=TaskStatus.PROCESSING,
+        trace_context={
+            "traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01",
+            "tracestate": "dd=s:2;o:tenant-a,congo=t61rcWkgMzE",
+        },
+    )
+
+    with tracing.run_span(record, None) if span == "run" else tracing.webhook_span(record, "started", 1):
+        sent = tracing.carrier()  # the headers each provider call and webhook POST of the span carry
+    await asyncio.to_thread(tracing.flush)
+
+    assert sent is not None and sent["traceparent"].startswith(f"00-{caller_trace}-")
+    assert "tracestate" not in sent
 
 
 async def test_a_callers_malformed_tracestate_and_baggage_write_nothing_to_the_log(
