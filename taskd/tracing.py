@@ -376,7 +376,9 @@ def _submitted_in(record: TaskRecord) -> Context:
     from opentelemetry import propagate
 
     stored = record.trace_context or {}
-    return propagate.extract({name: value for name, value in stored.items() if name not in UNREAD_HEADERS})
+    return propagate.extract(
+        {name: value for name, value in stored.items() if name.lower() not in UNREAD_HEADERS}
+    )
 
 
 @contextlib.contextmanager

@@ -319,6 +319,20 @@ async def test_a_start_takes_back_what_an_earlier_version_left_others_to_read(so
     assert {path: mode for path, mode in modes.items() if mode & 0o077} == {}
 
 
+async def test_a_start_leaves_the_file_a_link_in_appendonly_names(socket_dir: Path, tmp_path: Path) -> None:
+    async with EmbeddedValkey(socket_dir):
+        pass
+    # Another file of taskd's user, named by a link the take-back walks past.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("not the server's")
+    elsewhere.chmod(0o644)
+    (socket_dir / "valkey" / "appendonly" / "planted").symlink_to(elsewhere)
+
+    async with EmbeddedValkey(socket_dir):
+        pass
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o644
+
+
 async def test_data_survives_stop_and_start(tmp_path: Path) -> None:
     async with EmbeddedValkey(tmp_path) as first:
         assert first.url is not None

@@ -107,8 +107,25 @@ async def test_a_start_does_not_wait_for_a_server_whose_certificate_names_anothe
         url = f"rediss://:{PASSWORD}@{host}:{port}/0?ssl_ca_certs={TLS / 'ca.pem'}"
         client = connect(url, socket_timeout=10)
         try:
-            with pytest.raises(RedisConnectionError, match="mismatch"):
+            with pytest.raises(RedisConnectionError) as refused:
                 await asyncio.wait_for(wait_until_answers(client, url, 600), 60)
         finally:
             await client.aclose()
     assert "does not answer" not in caplog.text
+    # As start-up's last line says it (taskd.service): at redis-py 5.0.1 the reason is the hint's.
+    assert "mismatch" in f"{refused.value}{tls_hint(url, refused.value)}"
+
+
+async def test_a_start_waits_for_a_server_whose_certificate_no_trusted_authority_signed(valkey, caplog):
+    # The authority that signed it not yet among the trusted ones (a rotation half done): unlike a
+    # certificate for another name, that may mend itself, so start-up waits redis.start_wait out.
+    async with tls_front(valkey.port, "localhost") as port:
+        url = f"rediss://:{PASSWORD}@localhost:{port}/0?ssl_ca_certs={TLS / 'hooks.example.pem'}"
+        client = connect(url, socket_timeout=10)
+        try:
+            with pytest.raises(RedisConnectionError) as refused:
+                await wait_until_answers(client, url, 1)
+        finally:
+            await client.aclose()
+    assert "does not answer" in caplog.text
+    assert "unable to get local issuer certificate" in f"{refused.value}{tls_hint(url, refused.value)}"
