@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -102,6 +103,21 @@ async def test_a_mix_is_served_as_its_formats_type_whatever_pythons_own_table_kn
         anonymous.get(local(body["result"]["media_url"])) as resp,
     ):
         assert (resp.status, resp.content_type) == (200, expected)
+
+
+async def test_a_compressed_media_file_is_served_as_bytes_not_as_what_it_holds(served, tmp_path):
+    # A plugin's `page.svg.gz`: Python's table reads it as SVG in gzip, and it was sent as
+    # image/svg+xml (aiohttp's own answer, up to e338a9b, was application/gzip).
+    running, _ = served
+    source = tmp_path / "page.svg.gz"
+    source.write_bytes(gzip.compress(b"<svg xmlns='http://www.w3.org/2000/svg'/>"))
+    stored = MediaStore.from_config(running.service.config).put("noir_001", source.name, source)
+
+    async with (
+        aiohttp.ClientSession(base_url=running.base_url) as anonymous,
+        anonymous.get(local(stored.url)) as resp,
+    ):
+        assert (resp.status, resp.content_type) == (200, "application/octet-stream")
 
 
 async def test_a_browser_asks_again_before_each_reuse_of_a_media_file(served):

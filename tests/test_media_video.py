@@ -863,3 +863,27 @@ def test_a_dialogue_line_past_the_end_of_the_clip_is_left_out():
     shown = generate_video.subtitles(GenerateVideoInput(dialogue=lines, duration=3))
 
     assert [(s.text, s.start, s.end) for s in shown] == [("in time", 0.5, 3)]
+
+
+async def test_keyframes_closer_than_a_microsecond_make_the_character_jump_not_vanish(tmp_path, files, http):
+    # Distinct times (0.1 + 0.2 and 0.3 pass the submit's check), but written to ffmpeg to the
+    # microsecond their step was a division by 0.000000: NaN at the first one's frame, where the
+    # character was drawn nowhere.
+    url = files.add("k.png", png(20, 30, (230, 30, 30)))
+    config = media_config(tmp_path)
+    ctx, _ = make_ctx(http, config)
+    keyframes = [
+        Keyframe(url, time=0, x=0.2),
+        Keyframe(url, time=0.5, x=0.2),
+        Keyframe(url, time=0.5000000001, x=0.8),
+    ]
+    data = RenderAnimationInput(
+        "hero", keyframes, animation_type="static", duration=1, fps=2, resolution="160x90"
+    )
+
+    frames = await decoded(config, await render_animation.run(ctx, data))
+
+    assert [centre_x(box_of(frame, (230, 30, 30))) for frame in frames] == [
+        pytest.approx(0.2 * 160, abs=3),
+        pytest.approx(0.8 * 160, abs=3),
+    ]

@@ -175,6 +175,28 @@ async def test_an_end_made_from_the_record_while_followed_comes_after_the_events
     assert events_module.id_key(end.id) > events_module.id_key(queued[0].id)
 
 
+async def test_the_made_up_end_of_another_task_sent_as_last_event_id_skips_none_of_this_tasks_events(
+    taskd, redis
+):
+    # Any id with the made-up end's sequence was a 204: an id held from one task's stream (a client
+    # that reuses its Last-Event-ID) made another, ended task's stream send nothing, neither the
+    # events its stream holds after that id nor its end.
+    first = await taskd.submit("noop", {}, keep_for=604800)
+    await taskd.wait_terminal(first["task_id"])
+    await redis.delete(keys.task_events(first["task_id"]))
+    async with taskd.client.get(f"/api/v1/tasks/{first['task_id']}/events") as response:
+        (first_end,) = await read_events(response)
+    task = await taskd.submit("sleep", {"seconds": 1}, delay_seconds=3600)
+    # Its record ends without an entry in its stream, which holds the `queued` event only.
+    await redis.hset(keys.task(task["task_id"]), mapping={"status": "failed", "error": "gone"})
+
+    path = f"/api/v1/tasks/{task['task_id']}/events"
+    async with taskd.client.get(path, headers={"Last-Event-ID": first_end.id}) as response:
+        seen = await read_events(response)
+
+    assert (response.status, [e.data["status"] for e in seen]) == (200, ["queued", "failed"])
+
+
 async def test_unknown_task_is_404_task_not_found_before_any_stream(taskd):
     async with taskd.client.get("/api/v1/tasks/nope/events") as response:
         body = await response.json()

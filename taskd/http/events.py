@@ -64,9 +64,9 @@ EVENT_ID_PATTERN = r"[0-9]{1,20}(-[0-9]{1,20})?"
 _EVENT_ID = re.compile(EVENT_ID_PATTERN)
 _TERMINAL_NAMES = frozenset(status.value for status in TERMINAL)
 # The sequence of the id given to an end made up from the record (a task whose stream expired, or
-# whose end no event brought). No entry has it (Redis numbers a millisecond's entries from 0), so a
-# reconnection with such an id is known to hold the end, and is a 204 as one with the end's own
-# entry id is. Sent without an id, the made-up end left EventSource with nothing to resume from: it
+# whose end no event brought). No entry has it (Redis numbers a millisecond's entries from 0), so
+# the id is past every entry of its millisecond, and a reconnection with the id of the end that
+# would be made up again is known to hold it, and is a 204 as one with the end's own entry id is. Sent without an id, the made-up end left EventSource with nothing to resume from: it
 # reconnected every `retry:` for as long as the record was kept, and had the end each time.
 MADE_UP_END_SEQ = 2**64 - 1
 
@@ -639,12 +639,16 @@ async def _task_events(request: web.Request) -> web.StreamResponse:
         # A 404 task_not_found comes from here, before any stream starts.
         record, backlog, length = await _record_and_events(redis, task_id, stream, after)
         if record.is_terminal and not any(event.terminal for event in backlog):
+            end = StreamEvent.from_record(record, [after, *_ids(backlog)])
+            # The end made up now is the one the client has when its id is that end's: any id with
+            # MADE_UP_END_SEQ was taken for it, and one held from another task's stream (or an
+            # earlier end of this task's, before events written since) was a 204 that sent none of
+            # this task's events, nor its end.
             if last_event_id and (
-                id_key(last_event_id)[1] == MADE_UP_END_SEQ
-                or await _is_terminal_entry(redis, stream, last_event_id)
+                last_event_id == end.id or await _is_terminal_entry(redis, stream, last_event_id)
             ):
                 return web.Response(status=204)  # EventSource stops reconnecting on 204
-            backlog.append(StreamEvent.from_record(record, [after, *_ids(backlog)]))
+            backlog.append(end)
         if length >= keys.TASK_EVENTS_MAXLEN:
             # Trimmed at most down to its cap, so a shorter stream was never trimmed: no round trip
             # more for the streams of most tasks, to learn there was no gap.

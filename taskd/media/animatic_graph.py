@@ -169,11 +169,14 @@ def track(poses: Sequence[Pose], value: str, time: str = "t") -> str:
     for a, b, va, vb in zip(poses, poses[1:], values, values[1:], strict=False):
         if vb == va:
             continue
-        if b.time <= a.time:
-            # Two poses at one time: the value jumps there.
+        span = f"{b.time - a.time:.6f}"
+        if float(span) <= 0:
+            # Two poses at one time, or closer than the microsecond the expression is written to
+            # (0.1 + 0.2 and 0.3): the value jumps there. Divided by 0.000000, the step was NaN at
+            # the first one's time, and a character at it was drawn nowhere in that frame.
             terms.append(f"({vb - va:.6f})*gte({time},{b.time:.6f})")
             continue
-        progress = f"clip(({time}-{a.time:.6f})/{b.time - a.time:.6f},0,1)"
+        progress = f"clip(({time}-{a.time:.6f})/{span},0,1)"
         terms.append(f"({vb - va:.6f})*{_eased(a.easing, progress)}")
     return _sum(terms)
 

@@ -35,4 +35,9 @@ def content_type(filename: str) -> str:
     """The type of a file named `filename`: taskd's own for the types it writes, else Python's guess."""
     dot = filename.rfind(".")
     known = _KNOWN.get(filename[dot:].lower()) if dot >= 0 else None
-    return known or mimetypes.guess_type(filename)[0] or FALLBACK
+    if known:
+        return known
+    guessed, encoding = mimetypes.guess_type(filename)
+    # `page.svg.gz` is gzip bytes, sent as they are (no Content-Encoding): Python's table names what
+    # they decompress to, and a type a browser would read as a page or a script is no type for them.
+    return guessed if guessed and encoding is None else FALLBACK
