@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from taskd.config import ConfigError
 from taskd.logs import REDACTOR
@@ -23,7 +23,6 @@ from taskd.model import TaskRecord
 if TYPE_CHECKING:
     import aiohttp
     from aiohttp.typedefs import Handler, Middleware
-    from multidict import CIMultiDictProxy
     from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -39,6 +38,16 @@ TASK_ID, TASK_TYPE, PROJECT_ID = "taskd.task.id", "taskd.task.type", "taskd.proj
 QUEUE, ATTEMPT, DEVICE, OUTCOME = "taskd.queue", "taskd.attempt", "taskd.device", "taskd.outcome"
 WEBHOOK_EVENT = "taskd.webhook.event"
 TRACER = "taskd"
+
+
+class _Headers(Protocol):
+    """What the trace middleware reads of a request's headers (aiohttp's `CIMultiDictProxy`)."""
+
+    def getall(self, key: str, default: None) -> list[str] | None: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+
 # The W3C headers of a caller's that taskd does not read (`server_middlewares`; nor in a record an
 # earlier taskd stored them in, `_submitted_in`): only its trace and parent are kept
 # (docs/tracing.md, "The caller's trace context").
@@ -298,7 +307,7 @@ def server_middlewares() -> list[Middleware]:
 
     tracer = _provider.get_tracer(TRACER)
 
-    class TraceHeaders(Getter["CIMultiDictProxy[str]"]):
+    class TraceHeaders(Getter[_Headers]):
         """A request's headers as the propagators read them, without `tracestate` and `baggage`.
 
         taskd keeps neither (`_deciding_for_callers`), and the SDK's parsers log a WARNING quoting
@@ -306,12 +315,12 @@ def server_middlewares() -> list[Middleware]:
         checked, wrote 181 lines of its own text (180 baggage members, the most the parser reads).
         """
 
-        def get(self, carrier: CIMultiDictProxy[str], key: str) -> list[str] | None:
+        def get(self, carrier: _Headers, key: str) -> list[str] | None:
             if key.lower() in UNREAD_HEADERS:
                 return None
             return carrier.getall(key, None)
 
-        def keys(self, carrier: CIMultiDictProxy[str]) -> list[str]:
+        def keys(self, carrier: _Headers) -> list[str]:
             return [key for key in carrier if key.lower() not in UNREAD_HEADERS]
 
     headers = TraceHeaders()
