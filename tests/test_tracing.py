@@ -284,10 +284,20 @@ async def _headers_sent_on(
     return dict(fake_llm.requests[-1].headers), dict(webhook.headers)
 
 
+@pytest.mark.parametrize(
+    ("sampler", "ratio"),
+    [
+        # A ratio of 0 samples nothing; the trace id is the lowest, which a ratio sampler keeps first.
+        ("parentbased_traceidratio", "0"),
+        # The ratio keeps the trace ids whose low 64 bits are under 18: the caller's one, and (almost)
+        # no random id the submit's decision is drawn on. Decided again on the trace id, the run and
+        # the webhook were kept under a submit that was not.
+        ("traceidratio", "1e-18"),
+    ],
+)
 async def test_a_callers_sampled_flag_does_not_force_a_trace_the_sampler_drops(
-    spawn_taskd, tmp_path, collector, fake_llm, receiver
+    spawn_taskd, tmp_path, collector, fake_llm, receiver, sampler, ratio
 ):
-    # A ratio of 0 samples nothing; the trace id is the lowest, which a ratio sampler keeps first.
     caller_trace = "00000000000000000000000000000001"
 
     provider_call, webhook = await _headers_sent_on(
@@ -297,32 +307,8 @@ async def test_a_callers_sampled_flag_does_not_force_a_trace_the_sampler_drops(
         fake_llm,
         receiver,
         {"traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01"},
-        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
-        OTEL_TRACES_SAMPLER_ARG="0",
-    )
-
-    assert provider_call["traceparent"].startswith(f"00-{caller_trace}-")
-    assert provider_call["traceparent"].endswith("-00")
-    assert webhook["traceparent"].endswith("-00")
-
-
-async def test_with_a_plain_traceidratio_the_run_and_webhook_follow_the_submits_decision(
-    spawn_taskd, tmp_path, collector, fake_llm, receiver
-):
-    # The ratio keeps the trace ids whose low 64 bits are under 18: the caller's one, and (almost)
-    # no random id the submit's decision is drawn on. Decided again on the trace id, the run and
-    # the webhook were kept under a submit that was not.
-    caller_trace = "00000000000000000000000000000001"
-
-    provider_call, webhook = await _headers_sent_on(
-        spawn_taskd,
-        tmp_path,
-        collector,
-        fake_llm,
-        receiver,
-        {"traceparent": f"00-{caller_trace}-00f067aa0ba902b7-01"},
-        OTEL_TRACES_SAMPLER="traceidratio",
-        OTEL_TRACES_SAMPLER_ARG="1e-18",
+        OTEL_TRACES_SAMPLER=sampler,
+        OTEL_TRACES_SAMPLER_ARG=ratio,
     )
 
     assert provider_call["traceparent"].startswith(f"00-{caller_trace}-")
